@@ -1,0 +1,40 @@
+/**
+ * @module
+ * Reads raw variable values, resolving `NAME_FILE` (Docker secrets: the file's contents are the
+ * value) for every secret.
+ */
+import { readFileSync } from "node:fs";
+import { ConfigError } from "./error";
+import { SECRET_VARIABLES } from "./variables";
+
+export type Environment = Record<string, string | undefined>;
+export type ReadTextFile = (path: string) => string;
+
+const readUtf8: ReadTextFile = (path) => readFileSync(path, "utf8");
+
+/**
+ * Returns the environment with each secret's `NAME_FILE` folded into `NAME`. Setting both is refused
+ * rather than guessed at, since either could be the stale one.
+ */
+export function resolveFileSecrets(env: Environment, readFile: ReadTextFile = readUtf8): Environment {
+  const resolved: Environment = { ...env };
+  for (const name of SECRET_VARIABLES) {
+    const filePath = env[`${name}_FILE`];
+    if (filePath === undefined || filePath === "") continue;
+    if (env[name] !== undefined && env[name] !== "") {
+      throw new ConfigError(`${name}_FILE`, `is set together with ${name}; set only one`);
+    }
+    let contents: string;
+    try {
+      contents = readFile(filePath);
+    } catch (error) {
+      const reason = (error as NodeJS.ErrnoException).code ?? "unreadable";
+      throw new ConfigError(`${name}_FILE`, `cannot be read (${reason})`);
+    }
+    // Secret files are usually written with a trailing newline by `echo` or an editor.
+    const value = contents.replace(/\r?\n$/, "");
+    if (value === "") throw new ConfigError(`${name}_FILE`, "points to an empty file");
+    resolved[name] = value;
+  }
+  return resolved;
+}

@@ -1,0 +1,215 @@
+/**
+ * @module
+ * Configuration: read the environment once, validate every variable, apply the profile's defaults
+ * and return one frozen object that the rest of the app receives as a dependency.
+ */
+import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
+import { ConfigError } from "./error";
+import {
+  parseCidrList,
+  parseEnum,
+  parseInteger,
+  parseList,
+  parseOrigins,
+  parseTrustProxy,
+  parseUrl,
+  type TrustProxy,
+} from "./parse";
+import {
+  APP_ENVS,
+  type AppEnv,
+  type BodyLimits,
+  LOG_LEVELS,
+  type LogLevel,
+  PROFILES,
+  type PasswordPolicy,
+} from "./profiles";
+import { generateSecret, secretWeakness } from "./secrets";
+import { SECRET_VARIABLES } from "./variables";
+
+export { ConfigError } from "./error";
+export type { TrustProxy } from "./parse";
+export type { AppEnv, BodyLimits, LogLevel, PasswordPolicy } from "./profiles";
+
+export interface Config {
+  appEnv: AppEnv;
+  host: string;
+  port: number;
+  databasePath: string;
+  logLevel: LogLevel;
+  trustProxy: TrustProxy;
+  jwt: { secretKey: string; accessTokenExpireMinutes: number; refreshTokenExpireDays: number };
+  csrf: { secretKey: string };
+  cors: { allowedOrigins: string[] };
+  rateLimit: { perMinute: number; burst: number; allowCidrs: string[] };
+  redisUrl: string | null;
+  openai: { apiKey: string | null; baseUrl: string | null; model: string };
+  stripe: { secretKey: string | null; webhookSecret: string | null; apiUrl: string | null };
+  whatsapp: {
+    appSecret: string | null;
+    verifyToken: string | null;
+    accessToken: string | null;
+    apiUrl: string;
+  };
+  sentryDsn: string | null;
+  metricsToken: string | null;
+  auditRetentionDays: number;
+  chatRetentionDays: number;
+  apiKeys: string[];
+  passwordPolicy: PasswordPolicy;
+  bodyLimits: BodyLimits;
+  enumerationResistance: boolean;
+  requireTls: boolean;
+  docsPage: boolean;
+  /** Secrets this run generated because they were missing (development only). */
+  generatedSecrets: string[];
+  /** Every secret value in this config, for scrubbing logs and error reports. */
+  secretValues: string[];
+}
+
+export interface LoadConfigOptions {
+  readFile?: ReadTextFile;
+}
+
+const HTTP_PROTOCOLS = ["http:", "https:"] as const;
+
+/** Parses and validates the environment. Throws ConfigError naming the first bad variable. */
+export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {}): Readonly<Config> {
+  const appEnv = parseEnum("APP_ENV", rawEnv.APP_ENV ?? "development", APP_ENVS);
+  const profile = PROFILES[appEnv];
+  const env = resolveFileSecrets(rawEnv, options.readFile);
+  const deployed = !profile.generateMissingSecrets;
+
+  const text = (name: string): string | undefined => {
+    const value = env[name];
+    return value === undefined || value.trim() === "" ? undefined : value.trim();
+  };
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = text(name);
+    return raw === undefined ? fallback : parseInteger(name, raw, min, max);
+  };
+  const url = (name: string, protocols: readonly string[] = HTTP_PROTOCOLS): string | null => {
+    const raw = text(name);
+    return raw === undefined ? null : parseUrl(name, raw, protocols);
+  };
+
+  const generatedSecrets: string[] = [];
+  /** A signing key: required and strong when deployed, generated for this run in development. */
+  const signingKey = (name: string): string => {
+    const value = env[name];
+    if (value === undefined || value === "") {
+      if (deployed) throw new ConfigError(name, `is required when APP_ENV=${appEnv}`);
+      generatedSecrets.push(name);
+      return generateSecret();
+    }
+    const weakness = secretWeakness(value);
+    if (weakness && deployed) throw new ConfigError(name, weakness);
+    return value;
+  };
+  /** An optional secret: absent is fine, but a deployed one must not be guessable. */
+  const optionalSecret = (name: string, mustBeStrong = false): string | null => {
+    const value = env[name];
+    if (value === undefined || value === "") return null;
+    if (mustBeStrong && deployed) {
+      const weakness = secretWeakness(value);
+      if (weakness) throw new ConfigError(name, weakness);
+    }
+    return value;
+  };
+
+  const corsRaw = text("CORS_ALLOWED_ORIGINS");
+  const rateLimitPerMinute = integer("RATE_LIMIT_PER_MINUTE", profile.rateLimitPerMinute, 1, 1e6);
+  const apiKeys = parseList(env.API_KEYS ?? "");
+  if (deployed) {
+    for (const key of apiKeys) {
+      const weakness = secretWeakness(key);
+      if (weakness) throw new ConfigError("API_KEYS", `has a key that ${weakness}`);
+    }
+  }
+
+  const config: Config = {
+    appEnv,
+    host: text("HOST") ?? "127.0.0.1",
+    port: integer("PORT", 3000, 0, 65535),
+    databasePath: text("DATABASE_PATH") ?? "./data/palisade.db",
+    logLevel: parseEnum("LOG_LEVEL", text("LOG_LEVEL") ?? profile.logLevel, LOG_LEVELS),
+    trustProxy: parseTrustProxy("TRUST_PROXY", text("TRUST_PROXY")),
+    jwt: {
+      secretKey: signingKey("JWT_SECRET_KEY"),
+      accessTokenExpireMinutes: integer(
+        "ACCESS_TOKEN_EXPIRE_MINUTES",
+        profile.accessTokenExpireMinutes,
+        1,
+        24 * 60,
+      ),
+      refreshTokenExpireDays: integer(
+        "REFRESH_TOKEN_EXPIRE_DAYS",
+        profile.refreshTokenExpireDays,
+        1,
+        365,
+      ),
+    },
+    csrf: { secretKey: signingKey("CSRF_SECRET_KEY") },
+    cors: {
+      allowedOrigins:
+        corsRaw === undefined
+          ? profile.corsAllowedOrigins
+          : parseOrigins("CORS_ALLOWED_ORIGINS", corsRaw, appEnv === "production"),
+    },
+    rateLimit: {
+      perMinute: rateLimitPerMinute,
+      burst: integer("RATE_LIMIT_BURST", profile.rateLimitBurst, 1, 1e6),
+      allowCidrs: parseCidrList("RATE_LIMIT_ALLOW_CIDRS", env.RATE_LIMIT_ALLOW_CIDRS ?? ""),
+    },
+    redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
+    openai: {
+      apiKey: optionalSecret("OPENAI_API_KEY"),
+      baseUrl: url("OPENAI_BASE_URL"),
+      model: text("OPENAI_MODEL") ?? "gpt-4o-mini",
+    },
+    stripe: {
+      secretKey: optionalSecret("STRIPE_SECRET_KEY"),
+      webhookSecret: optionalSecret("STRIPE_WEBHOOK_SECRET"),
+      apiUrl: url("STRIPE_API_URL"),
+    },
+    whatsapp: {
+      appSecret: optionalSecret("WHATSAPP_APP_SECRET"),
+      verifyToken: optionalSecret("WHATSAPP_VERIFY_TOKEN"),
+      accessToken: optionalSecret("WHATSAPP_ACCESS_TOKEN"),
+      apiUrl: url("WHATSAPP_API_URL") ?? "https://graph.facebook.com/v21.0",
+    },
+    sentryDsn: url("SENTRY_DSN"),
+    metricsToken: optionalSecret("METRICS_TOKEN", true),
+    auditRetentionDays: integer("AUDIT_RETENTION_DAYS", profile.auditRetentionDays, 1, 3650),
+    chatRetentionDays: integer("CHAT_RETENTION_DAYS", profile.chatRetentionDays, 1, 3650),
+    apiKeys,
+    passwordPolicy: profile.passwordPolicy,
+    bodyLimits: profile.bodyLimits,
+    enumerationResistance: profile.enumerationResistance,
+    requireTls: profile.requireTls,
+    docsPage: profile.docsPage,
+    generatedSecrets,
+    secretValues: [],
+  };
+  config.secretValues = collectSecretValues(config, env);
+  return deepFreeze(config);
+}
+
+function collectSecretValues(config: Config, env: Environment): string[] {
+  const values = new Set<string>([config.jwt.secretKey, config.csrf.secretKey, ...config.apiKeys]);
+  for (const name of SECRET_VARIABLES) {
+    const value = env[name];
+    if (value) values.add(value);
+  }
+  if (config.sentryDsn) values.add(config.sentryDsn);
+  // Very short values would scrub ordinary words out of logs; they are refused in deployed profiles.
+  return [...values].filter((value) => value.length >= 8);
+}
+
+function deepFreeze<T>(value: T): Readonly<T> {
+  if (value && typeof value === "object" && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const inner of Object.values(value)) deepFreeze(inner);
+  }
+  return value;
+}

@@ -1,0 +1,112 @@
+/**
+ * @module
+ * Parsers for one variable each. Each takes the raw string and throws a ConfigError naming the
+ * variable; none of them echoes the value, which may be a secret.
+ */
+import ipaddr from "ipaddr.js";
+import { ConfigError } from "./error";
+
+export function parseEnum<T extends string>(name: string, raw: string, allowed: readonly T[]): T {
+  if ((allowed as readonly string[]).includes(raw)) return raw as T;
+  throw new ConfigError(name, `must be one of ${allowed.join(", ")}`);
+}
+
+export function parseInteger(name: string, raw: string, min: number, max: number): number {
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(name, "must be a whole number");
+  const value = Number(raw.trim());
+  if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}`);
+  return value;
+}
+
+export function parseList(raw: string): string[] {
+  return raw
+    .split(",")
+    .map((item) => item.trim())
+    .filter((item) => item !== "");
+}
+
+/** Named ranges, as proxy-addr and Express accept them. */
+const NAMED_RANGES: Record<string, string[]> = {
+  loopback: ["127.0.0.0/8", "::1/128"],
+  linklocal: ["169.254.0.0/16", "fe80::/10"],
+  uniquelocal: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+};
+
+/** A comma list of CIDRs, bare addresses (one host) or the names loopback, linklocal, uniquelocal. */
+export function parseCidrList(name: string, raw: string): string[] {
+  const cidrs: string[] = [];
+  for (const item of parseList(raw)) {
+    const named = NAMED_RANGES[item.toLowerCase()];
+    if (named) {
+      cidrs.push(...named);
+      continue;
+    }
+    if (item.includes("/")) {
+      if (!ipaddr.isValidCIDR(item)) throw new ConfigError(name, `has an invalid CIDR "${item}"`);
+      cidrs.push(item);
+    } else {
+      if (!ipaddr.isValid(item)) throw new ConfigError(name, `has an invalid address "${item}"`);
+      const address = ipaddr.process(item);
+      cidrs.push(`${address.toString()}/${address.kind() === "ipv4" ? 32 : 128}`);
+    }
+  }
+  return cidrs;
+}
+
+export type TrustProxy =
+  | { kind: "none" }
+  | { kind: "hops"; hops: number }
+  | { kind: "cidrs"; cidrs: string[] };
+
+export function parseTrustProxy(name: string, raw: string | undefined): TrustProxy {
+  if (raw === undefined || raw.trim() === "" || raw.trim() === "0") return { kind: "none" };
+  const trimmed = raw.trim();
+  if (/^\d+$/.test(trimmed)) return { kind: "hops", hops: parseInteger(name, trimmed, 0, 32) };
+  // "true" in Express trusts every hop, which lets any client choose its address.
+  if (/^(true|all|\*)$/i.test(trimmed)) {
+    throw new ConfigError(name, "must be a number of hops or a list of CIDRs, not trust-everything");
+  }
+  const cidrs = parseCidrList(name, trimmed);
+  if (cidrs.length === 0) return { kind: "none" };
+  return { kind: "cidrs", cidrs };
+}
+
+/** A browser origin: scheme, host and optional port, nothing else. */
+export function parseOrigins(name: string, raw: string, requireHttps: boolean): string[] {
+  const origins: string[] = [];
+  for (const item of parseList(raw)) {
+    if (item === "*") throw new ConfigError(name, "must list origins explicitly; * is refused");
+    if (item === "null") throw new ConfigError(name, 'must not allow the "null" origin');
+    let url: URL;
+    try {
+      url = new URL(item);
+    } catch {
+      throw new ConfigError(name, `has an invalid origin "${item}"`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") {
+      throw new ConfigError(name, `has a non-web origin "${item}"`);
+    }
+    if (url.origin !== item.replace(/\/$/, "")) {
+      throw new ConfigError(name, `has "${item}", which is not a bare origin (scheme://host[:port])`);
+    }
+    if (url.hostname.includes("*")) throw new ConfigError(name, "must not use wildcard hosts");
+    if (requireHttps && url.protocol !== "https:") {
+      throw new ConfigError(name, `has "${item}"; only https origins are allowed in this profile`);
+    }
+    origins.push(url.origin);
+  }
+  return origins;
+}
+
+export function parseUrl(name: string, raw: string, protocols: readonly string[]): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(name, "must be a URL");
+  }
+  if (!protocols.includes(url.protocol)) {
+    throw new ConfigError(name, `must use ${protocols.map((p) => p.replace(":", "")).join(" or ")}`);
+  }
+  return raw.replace(/\/$/, "");
+}

@@ -1,0 +1,90 @@
+/**
+ * @module
+ * Profile defaults. A profile changes what an unset variable means; an explicit variable always wins.
+ * Production and staging are deployed profiles: secrets must be supplied and strong. Development
+ * generates what is missing so `bun run start` works on a fresh clone.
+ */
+
+export const APP_ENVS = ["development", "staging", "production"] as const;
+export type AppEnv = (typeof APP_ENVS)[number];
+
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface PasswordPolicy {
+  minLength: number;
+  maxLength: number;
+  /** Minimum zxcvbn score (0–4). */
+  minScore: number;
+}
+
+export interface BodyLimits {
+  /** Bytes; the default for every route class not named below. */
+  default: number;
+  chat: number;
+  webhooks: number;
+  /** Bun.serve's outer bound: no request body is read past this, whatever the route. */
+  server: number;
+}
+
+export interface ProfileDefaults {
+  logLevel: LogLevel;
+  corsAllowedOrigins: string[];
+  accessTokenExpireMinutes: number;
+  refreshTokenExpireDays: number;
+  rateLimitPerMinute: number;
+  rateLimitBurst: number;
+  passwordPolicy: PasswordPolicy;
+  bodyLimits: BodyLimits;
+  /** Register answers a duplicate email like a new one, so accounts cannot be enumerated. */
+  enumerationResistance: boolean;
+  /** Strict-Transport-Security and `__Host-`/`Secure` cookies: only behind TLS. */
+  requireTls: boolean;
+  /** `GET /docs` renders the OpenAPI document; never in production. */
+  docsPage: boolean;
+  /** Missing secrets are generated for this run instead of refusing to start. */
+  generateMissingSecrets: boolean;
+  auditRetentionDays: number;
+  chatRetentionDays: number;
+}
+
+const KIB = 1024;
+
+const bodyLimits: BodyLimits = {
+  default: 64 * KIB,
+  chat: 32 * KIB,
+  webhooks: 256 * KIB,
+  server: 1024 * KIB,
+};
+
+const deployed: ProfileDefaults = {
+  logLevel: "info",
+  corsAllowedOrigins: [],
+  accessTokenExpireMinutes: 60,
+  refreshTokenExpireDays: 30,
+  rateLimitPerMinute: 60,
+  rateLimitBurst: 20,
+  passwordPolicy: { minLength: 12, maxLength: 256, minScore: 3 },
+  bodyLimits,
+  enumerationResistance: true,
+  requireTls: true,
+  docsPage: false,
+  generateMissingSecrets: false,
+  auditRetentionDays: 90,
+  chatRetentionDays: 365,
+};
+
+export const PROFILES: Record<AppEnv, ProfileDefaults> = {
+  development: {
+    ...deployed,
+    logLevel: "debug",
+    corsAllowedOrigins: ["http://localhost:3000", "http://127.0.0.1:3000"],
+    passwordPolicy: { minLength: 8, maxLength: 256, minScore: 2 },
+    enumerationResistance: false,
+    requireTls: false,
+    docsPage: true,
+    generateMissingSecrets: true,
+  },
+  staging: { ...deployed, docsPage: true },
+  production: deployed,
+};

@@ -1,0 +1,25 @@
+/**
+ * @module
+ * Secret strength and generation. A secret is weak when it is short (under 32 bytes, the HMAC-SHA256
+ * block of entropy the token schemes rely on), repetitive, or still a placeholder copied from
+ * `.env.example`.
+ */
+
+export const MIN_SECRET_BYTES = 32;
+const MIN_DISTINCT_CHARACTERS = 10;
+const PLACEHOLDER = /change[-_ ]?me|replace[-_ ]?me|example|placeholder|^x+$/i;
+
+/** Why a secret is too weak to use in a deployed profile, or `null` when it is acceptable. */
+export function secretWeakness(value: string): string | null {
+  if (Buffer.byteLength(value, "utf8") < MIN_SECRET_BYTES) {
+    return `is shorter than ${MIN_SECRET_BYTES} bytes`;
+  }
+  if (new Set(value).size < MIN_DISTINCT_CHARACTERS) return "is too repetitive to be random";
+  if (PLACEHOLDER.test(value)) return "is a placeholder, not a generated secret";
+  return null;
+}
+
+/** A fresh 256-bit secret, base64url, for development runs that did not supply one. */
+export function generateSecret(): string {
+  return Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
+}

@@ -1,0 +1,55 @@
+/**
+ * @module
+ * Every environment variable Palisade reads, in one list. `.env.example` documents exactly these
+ * (a test holds the two together), and every secret is also accepted as `NAME_FILE`.
+ */
+
+export interface VariableSpec {
+  name: string;
+  /** Secrets may come from `NAME_FILE` and are redacted wherever they could be printed. */
+  secret: boolean;
+  description: string;
+}
+
+const v = (name: string, description: string, secret = false): VariableSpec => ({
+  name,
+  secret,
+  description,
+});
+
+export const VARIABLES: readonly VariableSpec[] = [
+  v("APP_ENV", "development, staging or production"),
+  v("HOST", "address to listen on"),
+  v("PORT", "port to listen on"),
+  v("DATABASE_PATH", "SQLite file"),
+  v("LOG_LEVEL", "fatal, error, warn, info, debug, trace or silent"),
+  v("TRUST_PROXY", "trusted proxy hops (a number) or a comma list of CIDRs"),
+  v("JWT_SECRET_KEY", "HMAC key for access tokens, at least 32 bytes", true),
+  v("ACCESS_TOKEN_EXPIRE_MINUTES", "access token lifetime"),
+  v("REFRESH_TOKEN_EXPIRE_DAYS", "refresh token lifetime"),
+  v("CSRF_SECRET_KEY", "HMAC key for CSRF tokens, at least 32 bytes", true),
+  v("CORS_ALLOWED_ORIGINS", "comma list of origins allowed to call the API from a browser"),
+  v("RATE_LIMIT_PER_MINUTE", "default requests per minute per principal"),
+  v("RATE_LIMIT_BURST", "requests per 10 seconds per principal"),
+  v("RATE_LIMIT_ALLOW_CIDRS", "comma list of CIDRs that are never rate limited"),
+  v("REDIS_URL", "shared rate-limiter store for several VMs", true),
+  v("OPENAI_API_KEY", "key for the OpenAI-compatible chat provider", true),
+  v("OPENAI_BASE_URL", "base URL of the OpenAI-compatible API"),
+  v("OPENAI_MODEL", "chat model name"),
+  v("STRIPE_SECRET_KEY", "Stripe secret key", true),
+  v("STRIPE_WEBHOOK_SECRET", "Stripe webhook signing secret", true),
+  v("STRIPE_API_URL", "a local Stripe-compatible server, for tests"),
+  v("WHATSAPP_APP_SECRET", "Meta app secret for webhook signatures", true),
+  v("WHATSAPP_VERIFY_TOKEN", "token Meta echoes when subscribing the webhook", true),
+  v("WHATSAPP_ACCESS_TOKEN", "Graph API token for replies", true),
+  v("WHATSAPP_API_URL", "Graph API base URL"),
+  v("SENTRY_DSN", "report errors to Sentry when set", true),
+  v("METRICS_TOKEN", "bearer token required on /metrics when set", true),
+  v("AUDIT_RETENTION_DAYS", "days audit rows are kept"),
+  v("CHAT_RETENTION_DAYS", "days chat messages are kept"),
+  v("API_KEYS", "comma list of bootstrap API keys, stored only as hashes", true),
+];
+
+export const SECRET_VARIABLES: readonly string[] = VARIABLES.filter((s) => s.secret).map(
+  (s) => s.name,
+);

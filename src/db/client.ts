@@ -1,0 +1,51 @@
+/**
+ * @module
+ * Opens the SQLite database with the pragmas every process sharing the file must agree on:
+ * WAL so readers never block the writer, synchronous=NORMAL (durable at each checkpoint, safe
+ * against corruption), a busy timeout so concurrent writers wait instead of failing, foreign keys.
+ */
+import { Database } from "bun:sqlite";
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
+import * as schema from "./schema";
+
+export type AppDatabase = BunSQLiteDatabase<typeof schema> & { $client: Database };
+
+export const BUSY_TIMEOUT_MS = 5000;
+
+/** A database that cannot be used, described for the operator in one line. */
+export class DatabaseOpenError extends Error {
+  constructor(path: string, reason: string) {
+    super(`DATABASE_PATH ${path} ${reason}`);
+    this.name = "DatabaseOpenError";
+  }
+}
+
+export function openDatabase(path: string): AppDatabase {
+  let sqlite: Database;
+  try {
+    if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+    sqlite = new Database(path, { create: true, strict: true });
+  } catch (error) {
+    throw new DatabaseOpenError(path, `cannot be opened: ${describe(error)}`);
+  }
+  try {
+    sqlite.run("PRAGMA journal_mode = WAL");
+    sqlite.run("PRAGMA synchronous = NORMAL");
+    sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    sqlite.run("PRAGMA foreign_keys = ON");
+    // A probe write: a read-only file or directory fails here, at start, not on the first request.
+    sqlite.run("BEGIN IMMEDIATE");
+    sqlite.run("ROLLBACK");
+  } catch (error) {
+    sqlite.close();
+    throw new DatabaseOpenError(path, `is not a usable SQLite database: ${describe(error)}`);
+  }
+  return drizzle({ client: sqlite, schema }) as AppDatabase;
+}
+
+function describe(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split("\n")[0] ?? "unknown error";
+}

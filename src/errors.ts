@@ -1,0 +1,152 @@
+/**
+ * @module
+ * The error model: one closed list of codes, one code-to-status switch, and the RFC 9457
+ * problem+json body every error response carries. Services return outcomes as values; only the
+ * HTTP edge throws AppError, and one onError turns everything into a problem document.
+ */
+
+export const ERROR_CODES = [
+  "VALIDATION_FAILED",
+  "MALFORMED_BODY",
+  "UNAUTHENTICATED",
+  "FORBIDDEN",
+  "RATE_LIMITED",
+  "IP_BLOCKED",
+  "CSRF_FAILED",
+  "PAYLOAD_TOO_LARGE",
+  "UNSUPPORTED_MEDIA_TYPE",
+  "BAD_REQUEST",
+  "BAD_SIGNATURE",
+  "NOT_FOUND",
+  "METHOD_NOT_ALLOWED",
+  "CONFLICT",
+  "UPSTREAM_UNAVAILABLE",
+  "SERVICE_UNAVAILABLE",
+  "INTERNAL",
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export function statusForCode(code: ErrorCode): number {
+  switch (code) {
+    case "VALIDATION_FAILED":
+      return 422;
+    case "MALFORMED_BODY":
+    case "BAD_REQUEST":
+      return 400;
+    case "UNAUTHENTICATED":
+    case "BAD_SIGNATURE":
+      return 401;
+    case "FORBIDDEN":
+    case "IP_BLOCKED":
+    case "CSRF_FAILED":
+      return 403;
+    case "NOT_FOUND":
+      return 404;
+    case "METHOD_NOT_ALLOWED":
+      return 405;
+    case "CONFLICT":
+      return 409;
+    case "PAYLOAD_TOO_LARGE":
+      return 413;
+    case "UNSUPPORTED_MEDIA_TYPE":
+      return 415;
+    case "RATE_LIMITED":
+      return 429;
+    case "INTERNAL":
+      return 500;
+    case "UPSTREAM_UNAVAILABLE":
+      return 502;
+    case "SERVICE_UNAVAILABLE":
+      return 503;
+  }
+}
+
+const TITLES: Record<ErrorCode, string> = {
+  VALIDATION_FAILED: "The request did not pass validation",
+  MALFORMED_BODY: "The request body could not be parsed",
+  UNAUTHENTICATED: "Authentication is required",
+  FORBIDDEN: "Not allowed",
+  RATE_LIMITED: "Too many requests",
+  IP_BLOCKED: "This address is blocked",
+  CSRF_FAILED: "CSRF check failed",
+  PAYLOAD_TOO_LARGE: "The request body is too large",
+  UNSUPPORTED_MEDIA_TYPE: "Unsupported content type",
+  BAD_REQUEST: "Bad request",
+  BAD_SIGNATURE: "The signature did not verify",
+  NOT_FOUND: "Not found",
+  METHOD_NOT_ALLOWED: "Method not allowed",
+  CONFLICT: "Conflict",
+  UPSTREAM_UNAVAILABLE: "An upstream service is unavailable",
+  SERVICE_UNAVAILABLE: "The service is unavailable",
+  INTERNAL: "Internal error",
+};
+
+/** One failing field of a validation error: where, and which rule. Never the value sent. */
+export interface FieldError {
+  field: string;
+  message: string;
+}
+
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  code: ErrorCode;
+  requestId: string;
+  errors?: FieldError[];
+}
+
+/** An error meant for the client: its code, a detail safe to show, and optional field errors. */
+export class AppError extends Error {
+  readonly status: number;
+  constructor(
+    readonly code: ErrorCode,
+    readonly detail: string = TITLES[code],
+    readonly fieldErrors?: FieldError[],
+    /** Extra response headers, e.g. Retry-After on 429 or Allow on 405. */
+    readonly headers?: Record<string, string>,
+  ) {
+    super(detail);
+    this.name = "AppError";
+    this.status = statusForCode(code);
+  }
+}
+
+export function problemType(code: ErrorCode): string {
+  return `urn:palisade:problem:${code.toLowerCase().replaceAll("_", "-")}`;
+}
+
+export function toProblem(
+  code: ErrorCode,
+  detail: string,
+  requestId: string,
+  fieldErrors?: FieldError[],
+): Problem {
+  const problem: Problem = {
+    type: problemType(code),
+    title: TITLES[code],
+    status: statusForCode(code),
+    detail,
+    code,
+    requestId,
+  };
+  if (fieldErrors && fieldErrors.length > 0) problem.errors = fieldErrors;
+  return problem;
+}
+
+export const PROBLEM_CONTENT_TYPE = "application/problem+json";
+
+/** A complete problem+json response, for the places that answer before Elysia's handlers run. */
+export function problemResponse(
+  code: ErrorCode,
+  detail: string,
+  requestId: string,
+  headers: Record<string, string> = {},
+): Response {
+  return new Response(JSON.stringify(toProblem(code, detail, requestId)), {
+    status: statusForCode(code),
+    headers: { ...headers, "content-type": PROBLEM_CONTENT_TYPE, "x-request-id": requestId },
+  });
+}

@@ -1,0 +1,49 @@
+/**
+ * @module
+ * Start: config → database → migrations → app → listen. SIGTERM and SIGINT drain in-flight
+ * requests, then close the database. A configuration or database that cannot work stops the start
+ * with one line naming the cause and exit code 2.
+ */
+import { createApp } from "./app";
+import { ConfigError, loadConfig } from "./config";
+import { DatabaseOpenError, openDatabase } from "./db/client";
+import { applyMigrations } from "./db/migrate";
+import { createLogger } from "./logging/logger";
+import { startServer } from "./server";
+
+const EXIT_BAD_CONFIG = 2;
+
+function fail(message: string): never {
+  process.stderr.write(`palisade: ${message}\n`);
+  process.exit(EXIT_BAD_CONFIG);
+}
+
+let config: ReturnType<typeof loadConfig>;
+try {
+  config = loadConfig(process.env);
+} catch (error) {
+  if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
+  throw error;
+}
+
+const logger = createLogger({ level: config.logLevel, secretValues: config.secretValues });
+
+if (config.generatedSecrets.length > 0) {
+  const names = config.generatedSecrets.join(", ");
+  const banner = `WARNING: ${names} not set; generated random development secrets for this run only. Tokens will not survive a restart. Never run like this in production.`;
+  process.stderr.write(`\n${"!".repeat(banner.length)}\n${banner}\n${"!".repeat(banner.length)}\n\n`);
+  logger.warn({ generated: config.generatedSecrets }, "development secrets generated");
+}
+
+let db: ReturnType<typeof openDatabase>;
+try {
+  db = openDatabase(config.databasePath);
+  applyMigrations(db);
+} catch (error) {
+  if (error instanceof DatabaseOpenError) fail(error.message);
+  const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
+  fail(`DATABASE_PATH ${config.databasePath}: migrations failed: ${reason}`);
+}
+
+const app = createApp({ config, db, logger });
+startServer({ app, config, logger, onClosed: () => db.$client.close() });

@@ -1,0 +1,28 @@
+/**
+ * @module
+ * Liveness (`/health`: the process answers) and readiness (`/ready`: its dependencies answer), for
+ * Docker's HEALTHCHECK, load balancers and Prometheus blackbox probes.
+ */
+import { Elysia } from "elysia";
+import { HealthResponse, ReadyResponse } from "./model";
+import { type ReadinessCheck, runChecks } from "./service";
+
+export function healthModule({ checks }: { checks: Record<string, ReadinessCheck> }) {
+  return new Elysia({ name: "palisade.health" })
+    .get("/health", () => ({ status: "ok" as const }), {
+      response: { 200: HealthResponse },
+      detail: { tags: ["health"], summary: "Liveness" },
+    })
+    .get(
+      "/ready",
+      async ({ set }) => {
+        const result = await runChecks(checks);
+        set.status = result.status === "ready" ? 200 : 503;
+        return result;
+      },
+      {
+        response: { 200: ReadyResponse, 503: ReadyResponse },
+        detail: { tags: ["health"], summary: "Readiness: each dependency's state" },
+      },
+    );
+}

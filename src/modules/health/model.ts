@@ -1,0 +1,17 @@
+import { t } from "elysia";
+
+export const HealthResponse = t.Object({ status: t.Literal("ok") });
+
+export const DependencyState = t.Object({
+  status: t.Union([t.Literal("up"), t.Literal("down")]),
+  latencyMs: t.Number(),
+  error: t.Optional(t.String()),
+});
+
+export const ReadyResponse = t.Object({
+  status: t.Union([t.Literal("ready"), t.Literal("unavailable")]),
+  checks: t.Record(t.String(), DependencyState),
+});
+
+export type DependencyState = typeof DependencyState.static;
+export type ReadyResponse = typeof ReadyResponse.static;

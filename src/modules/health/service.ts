@@ -1,0 +1,27 @@
+import type { DependencyState, ReadyResponse } from "./model";
+
+/** A readiness check: resolves when the dependency answers, throws or rejects when it does not. */
+export type ReadinessCheck = () => void | Promise<void>;
+
+export async function runChecks(checks: Record<string, ReadinessCheck>): Promise<ReadyResponse> {
+  const entries = await Promise.all(
+    Object.entries(checks).map(async ([name, check]): Promise<[string, DependencyState]> => {
+      const started = performance.now();
+      try {
+        await check();
+        return [name, { status: "up", latencyMs: elapsed(started) }];
+      } catch (error) {
+        // The first line of a driver's message ("disk I/O error") tells the operator enough and
+        // carries no connection string.
+        const message = error instanceof Error ? error.message.split("\n")[0] : "failed";
+        return [name, { status: "down", latencyMs: elapsed(started), error: message }];
+      }
+    }),
+  );
+  const ready = entries.every(([, state]) => state.status === "up");
+  return { status: ready ? "ready" : "unavailable", checks: Object.fromEntries(entries) };
+}
+
+function elapsed(started: number): number {
+  return Math.round((performance.now() - started) * 1000) / 1000;
+}

@@ -1,0 +1,120 @@
+/**
+ * @module
+ * The one place errors become responses: every failure, whether thrown by a handler, raised by
+ * validation, or a route that does not exist, leaves as RFC 9457 problem+json with a stable code
+ * and the request id. Unexpected errors are logged with their stack here and shown to the client
+ * only as INTERNAL, without the exception's message.
+ */
+import { Elysia, type ValidationError } from "elysia";
+import {
+  AppError,
+  type ErrorCode,
+  type FieldError,
+  PROBLEM_CONTENT_TYPE,
+  statusForCode,
+  toProblem,
+} from "../../errors";
+import type { Logger } from "../../logging/logger";
+import { type RouteEntry, routeMethodIndex } from "./route-methods";
+
+export interface ErrorHandlerOptions {
+  logger: Logger;
+  /** The app's registered routes, read once on the first miss, to tell 404 from 405. */
+  routes: () => readonly RouteEntry[];
+}
+
+interface Outcome {
+  code: ErrorCode;
+  detail: string;
+  fieldErrors?: FieldError[];
+  headers?: Record<string, string>;
+}
+
+const STATUS_CODES: Record<number, ErrorCode> = {
+  400: "BAD_REQUEST",
+  401: "UNAUTHENTICATED",
+  403: "FORBIDDEN",
+  404: "NOT_FOUND",
+  405: "METHOD_NOT_ALLOWED",
+  409: "CONFLICT",
+  413: "PAYLOAD_TOO_LARGE",
+  415: "UNSUPPORTED_MEDIA_TYPE",
+  422: "VALIDATION_FAILED",
+  429: "RATE_LIMITED",
+  502: "UPSTREAM_UNAVAILABLE",
+  503: "SERVICE_UNAVAILABLE",
+};
+
+/** The failing fields of a schema error: JSON pointer and the rule, never the value sent. */
+export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
+  const seen = new Set<string>();
+  const fields: FieldError[] = [];
+  for (const issue of error.all) {
+    const path = "path" in issue && typeof issue.path === "string" ? issue.path : "";
+    const field = `${error.type}${path}`;
+    if (seen.has(field)) continue;
+    seen.add(field);
+    const message = "summary" in issue && issue.summary ? issue.summary : issue.message;
+    fields.push({ field, message: String(message) });
+  }
+  return fields;
+}
+
+export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
+  const allowedMethods = routeMethodIndex(routes);
+
+  return new Elysia({ name: "palisade.error-handler" })
+    .onError(function toProblemResponse(context) {
+      const { code, error, request, set } = context;
+      const requestId = (context as { requestId?: string }).requestId || "unknown";
+      let outcome: Outcome;
+
+      if (error instanceof AppError) {
+        outcome = {
+          code: error.code,
+          detail: error.detail,
+          fieldErrors: error.fieldErrors,
+          headers: error.headers,
+        };
+      } else if (code === "VALIDATION") {
+        outcome = {
+          code: "VALIDATION_FAILED",
+          detail: `The request ${error.type} is invalid.`,
+          fieldErrors: fieldErrorsOf(error),
+        };
+      } else if (code === "PARSE") {
+        outcome = { code: "MALFORMED_BODY", detail: "The request body could not be parsed." };
+      } else if (code === "NOT_FOUND") {
+        const path = new URL(request.url).pathname;
+        const allow = allowedMethods(path);
+        outcome =
+          allow.length > 0 && !allow.includes(request.method)
+            ? {
+                code: "METHOD_NOT_ALLOWED",
+                detail: `${request.method} is not allowed here.`,
+                headers: { allow: allow.join(", ") },
+              }
+            : { code: "NOT_FOUND", detail: "No route matches this path." };
+      } else if (typeof code === "number" && STATUS_CODES[code]) {
+        outcome = { code: STATUS_CODES[code]!, detail: "The request was refused." };
+      } else if (code === "INVALID_COOKIE_SIGNATURE") {
+        outcome = { code: "BAD_REQUEST", detail: "A signed cookie did not verify." };
+      } else {
+        logger.error(
+          { err: error, requestId, method: request.method, route: context.route },
+          "unhandled error",
+        );
+        outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
+      }
+
+      const status = statusForCode(outcome.code);
+      set.status = status;
+      if (outcome.headers) Object.assign(set.headers, outcome.headers);
+      set.headers["content-type"] = PROBLEM_CONTENT_TYPE;
+      return new Response(
+        JSON.stringify(toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors)),
+        { status, headers: set.headers as Record<string, string> },
+      );
+    })
+    .as("global");
+}

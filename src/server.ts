@@ -1,0 +1,75 @@
+/**
+ * @module
+ * Listening and graceful shutdown. On SIGTERM or SIGINT the server stops accepting connections,
+ * lets in-flight requests finish (up to a drain timeout, after which they are cut), runs the
+ * closers (flush logs, close the database) and exits 0.
+ */
+import type { Config } from "./config";
+import type { Logger } from "./logging/logger";
+
+/** The slice of an Elysia app this module drives. */
+export interface Listenable {
+  listen(options: Bun.Serve.Options<unknown> | Record<string, unknown>): unknown;
+  stop(closeActiveConnections?: boolean): Promise<unknown>;
+  server: Bun.Server<unknown> | null;
+}
+
+export interface StartServerOptions {
+  app: Listenable;
+  config: Pick<Readonly<Config>, "host" | "port" | "bodyLimits">;
+  logger: Logger;
+  /** Runs after the last request has been answered. */
+  onClosed?: () => void | Promise<void>;
+  /** How long in-flight requests may take to finish once shutdown starts. */
+  drainTimeoutMs?: number;
+  /** Exit the process after shutdown; tests that drive shutdown in-process pass false. */
+  exitProcess?: boolean;
+  signals?: readonly NodeJS.Signals[];
+}
+
+export interface RunningServer {
+  url: URL;
+  shutdown(reason: string): Promise<void>;
+}
+
+export function startServer(options: StartServerOptions): RunningServer {
+  const { app, config, logger } = options;
+  const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+  const signals = options.signals ?? ["SIGTERM", "SIGINT"];
+
+  app.listen({
+    hostname: config.host,
+    port: config.port,
+    maxRequestBodySize: config.bodyLimits.server,
+    // Several processes may share one port; the kernel spreads connections between them.
+    reusePort: true,
+  });
+  const server = app.server!;
+  const url = server.url;
+  logger.info({ url: url.toString() }, "listening");
+
+  let shuttingDown: Promise<void> | null = null;
+  const shutdown = (reason: string): Promise<void> => {
+    shuttingDown ??= (async () => {
+      logger.info({ reason, pending: server.pendingRequests }, "shutting down");
+      const drained = app.stop(false).then(() => true);
+      const timedOut = Bun.sleep(drainTimeoutMs).then(() => false);
+      if (!(await Promise.race([drained, timedOut]))) {
+        logger.warn({ pending: server.pendingRequests }, "drain timed out; closing connections");
+        await app.stop(true);
+      }
+      await options.onClosed?.();
+      logger.info("shutdown complete");
+      for (const signal of signals) process.off(signal, onSignal);
+      if (options.exitProcess ?? true) {
+        logger.flush();
+        process.exit(0);
+      }
+    })();
+    return shuttingDown;
+  };
+  const onSignal = (signal: NodeJS.Signals) => void shutdown(signal);
+  for (const signal of signals) process.on(signal, onSignal);
+
+  return { url, shutdown };
+}
