@@ -31,7 +31,9 @@ const logger = createLogger({ level: config.logLevel, secretValues: config.secre
 if (config.generatedSecrets.length > 0) {
   const names = config.generatedSecrets.join(", ");
   const banner = `WARNING: ${names} not set; generated random development secrets for this run only. Tokens will not survive a restart. Never run like this in production.`;
-  process.stderr.write(`\n${"!".repeat(banner.length)}\n${banner}\n${"!".repeat(banner.length)}\n\n`);
+  process.stderr.write(
+    `\n${"!".repeat(banner.length)}\n${banner}\n${"!".repeat(banner.length)}\n\n`,
+  );
   logger.warn({ generated: config.generatedSecrets }, "development secrets generated");
 }
 

@@ -16,7 +16,10 @@ const readUtf8: ReadTextFile = (path) => readFileSync(path, "utf8");
  * Returns the environment with each secret's `NAME_FILE` folded into `NAME`. Setting both is refused
  * rather than guessed at, since either could be the stale one.
  */
-export function resolveFileSecrets(env: Environment, readFile: ReadTextFile = readUtf8): Environment {
+export function resolveFileSecrets(
+  env: Environment,
+  readFile: ReadTextFile = readUtf8,
+): Environment {
   const resolved: Environment = { ...env };
   for (const name of SECRET_VARIABLES) {
     const filePath = env[`${name}_FILE`];

@@ -21,8 +21,8 @@ import {
   type BodyLimits,
   LOG_LEVELS,
   type LogLevel,
-  PROFILES,
   type PasswordPolicy,
+  PROFILES,
 } from "./profiles";
 import { generateSecret, secretWeakness } from "./secrets";
 import { SECRET_VARIABLES } from "./variables";

@@ -64,7 +64,10 @@ export function parseTrustProxy(name: string, raw: string | undefined): TrustPro
   if (/^\d+$/.test(trimmed)) return { kind: "hops", hops: parseInteger(name, trimmed, 0, 32) };
   // "true" in Express trusts every hop, which lets any client choose its address.
   if (/^(true|all|\*)$/i.test(trimmed)) {
-    throw new ConfigError(name, "must be a number of hops or a list of CIDRs, not trust-everything");
+    throw new ConfigError(
+      name,
+      "must be a number of hops or a list of CIDRs, not trust-everything",
+    );
   }
   const cidrs = parseCidrList(name, trimmed);
   if (cidrs.length === 0) return { kind: "none" };
@@ -87,7 +90,10 @@ export function parseOrigins(name: string, raw: string, requireHttps: boolean): 
       throw new ConfigError(name, `has a non-web origin "${item}"`);
     }
     if (url.origin !== item.replace(/\/$/, "")) {
-      throw new ConfigError(name, `has "${item}", which is not a bare origin (scheme://host[:port])`);
+      throw new ConfigError(
+        name,
+        `has "${item}", which is not a bare origin (scheme://host[:port])`,
+      );
     }
     if (url.hostname.includes("*")) throw new ConfigError(name, "must not use wildcard hosts");
     if (requireHttps && url.protocol !== "https:") {
@@ -106,7 +112,10 @@ export function parseUrl(name: string, raw: string, protocols: readonly string[]
     throw new ConfigError(name, "must be a URL");
   }
   if (!protocols.includes(url.protocol)) {
-    throw new ConfigError(name, `must use ${protocols.map((p) => p.replace(":", "")).join(" or ")}`);
+    throw new ConfigError(
+      name,
+      `must use ${protocols.map((p) => p.replace(":", "")).join(" or ")}`,
+    );
   }
   return raw.replace(/\/$/, "");
 }

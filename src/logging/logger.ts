@@ -63,6 +63,7 @@ export function createLogger({ level, secretValues = [], destination }: LoggerOp
   );
 }
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
 const UNSAFE_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
 const MAX_LOGGED_LENGTH = 512;
 

@@ -58,7 +58,9 @@ export function parseAddress(raw: string): Address | null {
 
 /** The normalised text form: IPv4 dotted, IPv6 RFC 5952 compact. */
 export function formatAddress(address: Address): string {
-  return address.kind() === "ipv6" ? (address as ipaddr.IPv6).toRFC5952String() : address.toString();
+  return address.kind() === "ipv6"
+    ? (address as ipaddr.IPv6).toRFC5952String()
+    : address.toString();
 }
 
 export interface ClientAddressInput {

@@ -23,7 +23,26 @@ export function openapiDocument({ docsPage }: { docsPage: boolean }) {
           "A security-hardened backend for AI chatbots that take payments. Every error is RFC 9457 " +
           "application/problem+json with a stable `code` and the `requestId`.",
       },
-      tags: [{ name: "health", description: "Liveness and readiness" }],
+      tags: [
+        { name: "health", description: "Liveness and readiness" },
+        { name: "meta", description: "This API's own description" },
+      ],
+      // The plugin does not describe its own route; the contract lists it, so the document does.
+      paths: {
+        [OPENAPI_PATH]: {
+          get: {
+            tags: ["meta"],
+            summary: "This OpenAPI document",
+            operationId: "getOpenApiDocument",
+            responses: {
+              200: {
+                description: "The OpenAPI 3.1 document, generated from the route schemas",
+                content: { "application/json": { schema: { type: "object" } } },
+              },
+            },
+          },
+        },
+      },
     },
   });
 }

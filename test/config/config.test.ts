@@ -1,0 +1,241 @@
+import { describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ConfigError, loadConfig } from "../../src/config";
+import { secretWeakness } from "../../src/config/secrets";
+import { VARIABLES } from "../../src/config/variables";
+import { tempDir } from "../support/app";
+
+const STRONG = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
+const STRONG_2 = "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4";
+
+const production = (extra: Record<string, string | undefined> = {}) => ({
+  APP_ENV: "production",
+  JWT_SECRET_KEY: STRONG,
+  CSRF_SECRET_KEY: STRONG_2,
+  ...extra,
+});
+
+function refusal(env: Record<string, string | undefined>): ConfigError {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    if (error instanceof ConfigError) return error;
+    throw error;
+  }
+  throw new Error("expected the configuration to be refused");
+}
+
+describe("development profile", () => {
+  test("starts with no variables, generating the missing signing secrets", () => {
+    const config = loadConfig({});
+    expect(config.appEnv).toBe("development");
+    expect(config.host).toBe("127.0.0.1");
+    expect(config.port).toBe(3000);
+    expect(config.databasePath).toBe("./data/palisade.db");
+    expect(config.generatedSecrets).toEqual(["JWT_SECRET_KEY", "CSRF_SECRET_KEY"]);
+    expect(config.jwt.secretKey.length).toBeGreaterThanOrEqual(43);
+    expect(secretWeakness(config.jwt.secretKey)).toBeNull();
+    expect(config.jwt.secretKey).not.toBe(loadConfig({}).jwt.secretKey);
+  });
+
+  test("applies the development defaults", () => {
+    const config = loadConfig({});
+    expect(config.rateLimit.perMinute).toBe(60);
+    expect(config.jwt.accessTokenExpireMinutes).toBe(60);
+    expect(config.jwt.refreshTokenExpireDays).toBe(30);
+    expect(config.passwordPolicy).toEqual({ minLength: 8, maxLength: 256, minScore: 2 });
+    expect(config.docsPage).toBe(true);
+    expect(config.requireTls).toBe(false);
+    expect(config.cors.allowedOrigins).toContain("http://localhost:3000");
+    expect(config.trustProxy).toEqual({ kind: "none" });
+  });
+
+  test("returns a frozen object", () => {
+    const config = loadConfig({});
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.jwt)).toBe(true);
+    expect(() => {
+      (config as { port: number }).port = 1;
+    }).toThrow();
+  });
+
+  test("keeps a weak secret it was given, since nothing is deployed", () => {
+    const config = loadConfig({ JWT_SECRET_KEY: "short" });
+    expect(config.jwt.secretKey).toBe("short");
+    expect(config.generatedSecrets).toEqual(["CSRF_SECRET_KEY"]);
+  });
+});
+
+describe("production profile", () => {
+  test("accepts strong secrets and applies the deployed defaults", () => {
+    const config = loadConfig(production());
+    expect(config.generatedSecrets).toEqual([]);
+    expect(config.passwordPolicy).toEqual({ minLength: 12, maxLength: 256, minScore: 3 });
+    expect(config.docsPage).toBe(false);
+    expect(config.requireTls).toBe(true);
+    expect(config.enumerationResistance).toBe(true);
+    expect(config.cors.allowedOrigins).toEqual([]);
+    expect(config.logLevel).toBe("info");
+  });
+
+  test.each([
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: undefined }, "is required when APP_ENV=production"],
+    ["CSRF_SECRET_KEY", { CSRF_SECRET_KEY: "" }, "is required when APP_ENV=production"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "too-short-secret" }, "shorter than 32 bytes"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "ab".repeat(20) }, "too repetitive"],
+    [
+      "CSRF_SECRET_KEY",
+      { CSRF_SECRET_KEY: "replace-me-with-a-long-random-string-0123" },
+      "placeholder",
+    ],
+    ["METRICS_TOKEN", { METRICS_TOKEN: "metrics" }, "shorter than 32 bytes"],
+    ["API_KEYS", { API_KEYS: `${STRONG},weak` }, "has a key that is shorter"],
+    ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
+    ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
+    ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
+    ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "http://app.test" }, "only https origins"],
+    [
+      "CORS_ALLOWED_ORIGINS",
+      { CORS_ALLOWED_ORIGINS: "https://app.test/path" },
+      "not a bare origin",
+    ],
+    ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://*.app.test" }, "wildcard hosts"],
+    ["APP_ENV", { APP_ENV: "prod" }, "must be one of development, staging, production"],
+    ["LOG_LEVEL", { LOG_LEVEL: "verbose" }, "must be one of"],
+    ["PORT", { PORT: "http" }, "must be a whole number"],
+    ["PORT", { PORT: "70000" }, "between 0 and 65535"],
+    ["RATE_LIMIT_PER_MINUTE", { RATE_LIMIT_PER_MINUTE: "0" }, "between 1 and"],
+    ["RATE_LIMIT_BURST", { RATE_LIMIT_BURST: "-5" }, "must be a whole number"],
+    ["ACCESS_TOKEN_EXPIRE_MINUTES", { ACCESS_TOKEN_EXPIRE_MINUTES: "99999" }, "between 1 and 1440"],
+    ["TRUST_PROXY", { TRUST_PROXY: "true" }, "not trust-everything"],
+    ["TRUST_PROXY", { TRUST_PROXY: "10.0.0.0/33" }, "invalid CIDR"],
+    ["RATE_LIMIT_ALLOW_CIDRS", { RATE_LIMIT_ALLOW_CIDRS: "not-an-ip" }, "invalid address"],
+    ["REDIS_URL", { REDIS_URL: "http://localhost:6379" }, "must use redis or rediss"],
+    ["OPENAI_BASE_URL", { OPENAI_BASE_URL: "not a url" }, "must be a URL"],
+    ["SENTRY_DSN", { SENTRY_DSN: "ftp://x@sentry.test/1" }, "must use http or https"],
+  ])("refuses %s (%o)", (variable, extra, reason) => {
+    const error = refusal(production(extra));
+    expect(error.variable).toBe(variable);
+    expect(error.message).toContain(variable);
+    expect(error.message).toContain(reason);
+    expect(error.message.split("\n")).toHaveLength(1);
+  });
+
+  test("never echoes a refused secret's value", () => {
+    const error = refusal(production({ JWT_SECRET_KEY: "hunter2-is-my-password" }));
+    expect(error.message).not.toContain("hunter2");
+  });
+
+  test("staging also refuses missing secrets but allows http origins", () => {
+    expect(refusal({ APP_ENV: "staging" }).variable).toBe("JWT_SECRET_KEY");
+    const config = loadConfig({
+      ...production({ APP_ENV: "staging" }),
+      CORS_ALLOWED_ORIGINS: "http://staging.app.test",
+    });
+    expect(config.cors.allowedOrigins).toEqual(["http://staging.app.test"]);
+  });
+});
+
+describe("parsed values", () => {
+  test("origin lists are trimmed and normalised", () => {
+    const config = loadConfig(
+      production({ CORS_ALLOWED_ORIGINS: " https://app.test/ , https://admin.app.test:8443" }),
+    );
+    expect(config.cors.allowedOrigins).toEqual(["https://app.test", "https://admin.app.test:8443"]);
+  });
+
+  test("TRUST_PROXY takes hops, CIDRs, bare addresses and named ranges", () => {
+    expect(loadConfig({ TRUST_PROXY: "2" }).trustProxy).toEqual({ kind: "hops", hops: 2 });
+    expect(loadConfig({ TRUST_PROXY: "0" }).trustProxy).toEqual({ kind: "none" });
+    expect(loadConfig({ TRUST_PROXY: "10.0.0.0/8, 192.0.2.7, loopback" }).trustProxy).toEqual({
+      kind: "cidrs",
+      cidrs: ["10.0.0.0/8", "192.0.2.7/32", "127.0.0.0/8", "::1/128"],
+    });
+  });
+
+  test("optional integrations stay off until configured", () => {
+    const config = loadConfig({});
+    expect(config.redisUrl).toBeNull();
+    expect(config.sentryDsn).toBeNull();
+    expect(config.stripe.secretKey).toBeNull();
+    expect(config.openai.model).toBe("gpt-4o-mini");
+    const configured = loadConfig({ REDIS_URL: "redis://127.0.0.1:6379/0" });
+    expect(configured.redisUrl).toBe("redis://127.0.0.1:6379/0");
+  });
+
+  test("collects every secret value for scrubbing", () => {
+    const config = loadConfig(production({ STRIPE_SECRET_KEY: "sk_test_abcdefgh12345" }));
+    expect(config.secretValues).toContain(STRONG);
+    expect(config.secretValues).toContain(STRONG_2);
+    expect(config.secretValues).toContain("sk_test_abcdefgh12345");
+  });
+});
+
+describe("secrets from files (NAME_FILE)", () => {
+  test("reads the value from the file, without its trailing newline", () => {
+    const dir = tempDir();
+    try {
+      const jwtPath = join(dir.path, "jwt");
+      const csrfPath = join(dir.path, "csrf");
+      writeFileSync(jwtPath, `${STRONG}\n`);
+      writeFileSync(csrfPath, STRONG_2);
+      const config = loadConfig({
+        APP_ENV: "production",
+        JWT_SECRET_KEY_FILE: jwtPath,
+        CSRF_SECRET_KEY_FILE: csrfPath,
+      });
+      expect(config.jwt.secretKey).toBe(STRONG);
+      expect(config.csrf.secretKey).toBe(STRONG_2);
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("every secret variable accepts _FILE", () => {
+    const read: string[] = [];
+    const secrets = VARIABLES.filter((v) => v.secret);
+    const env: Record<string, string> = { APP_ENV: "development" };
+    for (const variable of secrets) env[`${variable.name}_FILE`] = `/run/secrets/${variable.name}`;
+    const values: Record<string, string> = {
+      REDIS_URL: "redis://127.0.0.1:6379",
+      SENTRY_DSN: "http://public@127.0.0.1:9000/1",
+    };
+    const config = loadConfig(env, {
+      readFile: (path) => {
+        read.push(path);
+        const name = path.split("/").pop()!;
+        return values[name] ?? `${name.toLowerCase()}-value-0123456789-abcdefghijklmnop`;
+      },
+    });
+    expect(read.sort()).toEqual(secrets.map((v) => `/run/secrets/${v.name}`).sort());
+    expect(config.stripe.webhookSecret).toStartWith("stripe_webhook_secret-value");
+    expect(config.redisUrl).toBe("redis://127.0.0.1:6379");
+  });
+
+  test("refuses an unreadable file, naming the _FILE variable", () => {
+    const error = refusal({ JWT_SECRET_KEY_FILE: "/nonexistent/palisade/jwt" });
+    expect(error.variable).toBe("JWT_SECRET_KEY_FILE");
+    expect(error.message).toContain("ENOENT");
+  });
+
+  test("refuses an empty file and refuses NAME together with NAME_FILE", () => {
+    const dir = tempDir();
+    try {
+      const empty = join(dir.path, "empty");
+      writeFileSync(empty, "\n");
+      expect(refusal({ CSRF_SECRET_KEY_FILE: empty }).message).toContain("empty file");
+      const both = refusal({ JWT_SECRET_KEY: STRONG, JWT_SECRET_KEY_FILE: empty });
+      expect(both.variable).toBe("JWT_SECRET_KEY_FILE");
+      expect(both.message).toContain("set only one");
+    } finally {
+      dir.remove();
+    }
+  });
+});
+
+test(".env.example documents exactly the variables Palisade reads", () => {
+  const example = readFileSync(new URL("../../.env.example", import.meta.url), "utf8");
+  const documented = [...example.matchAll(/^#?\s*([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]);
+  expect(new Set(documented)).toEqual(new Set(VARIABLES.map((v) => v.name)));
+});

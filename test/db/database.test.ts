@@ -1,0 +1,136 @@
+import { describe, expect, test } from "bun:test";
+import { readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { eq } from "drizzle-orm";
+import { DatabaseOpenError, openDatabase } from "../../src/db/client";
+import { applyMigrations, MIGRATIONS_FOLDER } from "../../src/db/migrate";
+import { users } from "../../src/db/schema";
+import { tempDir } from "../support/app";
+
+const migrationCount = () =>
+  readdirSync(MIGRATIONS_FOLDER).filter((f) => f.endsWith(".sql")).length;
+
+describe("openDatabase", () => {
+  test("sets WAL, synchronous=NORMAL, a busy timeout and foreign keys", () => {
+    const dir = tempDir();
+    try {
+      const db = openDatabase(join(dir.path, "nested", "dir", "app.db"));
+      const pragma = (name: string) => db.$client.query(`PRAGMA ${name}`).values()[0]![0];
+      expect(pragma("journal_mode")).toBe("wal");
+      expect(pragma("synchronous")).toBe(1); // NORMAL
+      expect(pragma("busy_timeout")).toBe(5000);
+      expect(pragma("foreign_keys")).toBe(1);
+      db.$client.close();
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("a file that is not SQLite is a one-line start error naming DATABASE_PATH", () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "corrupt.db");
+      writeFileSync(path, "this is not a database, just text ".repeat(200));
+      let error: unknown;
+      try {
+        openDatabase(path);
+      } catch (caught) {
+        error = caught;
+      }
+      expect(error).toBeInstanceOf(DatabaseOpenError);
+      const message = (error as Error).message;
+      expect(message).toStartWith(`DATABASE_PATH ${path}`);
+      expect(message).toContain("not a usable SQLite database");
+      expect(message).not.toContain("\n");
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("an unwritable path is a one-line start error", () => {
+    const dir = tempDir();
+    try {
+      const blocker = join(dir.path, "a-file");
+      writeFileSync(blocker, "");
+      // The parent "directory" is a regular file: no user, root included, can create the database.
+      expect(() => openDatabase(join(blocker, "app.db"))).toThrow(DatabaseOpenError);
+      expect(() => openDatabase(join(blocker, "app.db"))).toThrow(/cannot be opened/);
+    } finally {
+      dir.remove();
+    }
+  });
+});
+
+describe("migrations", () => {
+  test("create every table on an empty database", () => {
+    const dir = tempDir();
+    try {
+      const db = openDatabase(join(dir.path, "app.db"));
+      applyMigrations(db);
+      const tables = db.$client
+        .query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .values()
+        .flat();
+      expect(tables).toContain("users");
+      expect(tables).toContain("__drizzle_migrations");
+      const applied = db.$client.query("SELECT count(*) FROM __drizzle_migrations").values();
+      expect(applied[0]![0]).toBe(migrationCount());
+      db.$client.close();
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("on an existing database apply nothing twice and keep the data", () => {
+    const dir = tempDir();
+    const path = join(dir.path, "app.db");
+    try {
+      const first = openDatabase(path);
+      applyMigrations(first);
+      const now = new Date();
+      first
+        .insert(users)
+        .values({
+          id: "u1",
+          email: "kept@example.test",
+          passwordHash: "x",
+          createdAt: now,
+          updatedAt: now,
+        })
+        .run();
+      first.$client.close();
+
+      const second = openDatabase(path);
+      applyMigrations(second);
+      const applied = second.$client.query("SELECT count(*) FROM __drizzle_migrations").values();
+      expect(applied[0]![0]).toBe(migrationCount());
+      const row = second.select().from(users).where(eq(users.id, "u1")).get();
+      expect(row?.email).toBe("kept@example.test");
+      second.$client.close();
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("the users table refuses a second account with the same email in another case", () => {
+    const dir = tempDir();
+    try {
+      const db = openDatabase(join(dir.path, "app.db"));
+      applyMigrations(db);
+      const now = new Date();
+      const row = { passwordHash: "x", createdAt: now, updatedAt: now };
+      db.insert(users)
+        .values({ id: "a", email: "Ann@example.test", ...row })
+        .run();
+      expect(() =>
+        db
+          .insert(users)
+          .values({ id: "b", email: "ann@example.test", ...row })
+          .run(),
+      ).toThrow(/UNIQUE/);
+      db.$client.close();
+    } finally {
+      dir.remove();
+    }
+  });
+});

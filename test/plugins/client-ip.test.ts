@@ -1,0 +1,140 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { Elysia } from "elysia";
+import { parseTrustProxy } from "../../src/config/parse";
+import { clientIp } from "../../src/plugins/client-ip";
+import {
+  compileTrust,
+  parseAddress,
+  resolveClientIp,
+  UNKNOWN_CLIENT,
+} from "../../src/plugins/client-ip/resolve";
+import { buildTestApp, fromPeer, type TestApp } from "../support/app";
+
+const trust = (raw?: string) => compileTrust(parseTrustProxy("TRUST_PROXY", raw));
+const resolve = (peer: string | null, forwardedFor: string | null, raw?: string) =>
+  resolveClientIp({ peer, forwardedFor }, trust(raw));
+
+describe("without trusted proxies", () => {
+  test("the socket peer is the client and X-Forwarded-For is ignored", () => {
+    expect(resolve("198.51.100.7", null)).toBe("198.51.100.7");
+    expect(resolve("198.51.100.7", "1.2.3.4")).toBe("198.51.100.7");
+    expect(resolve("198.51.100.7", "1.2.3.4, 5.6.7.8")).toBe("198.51.100.7");
+  });
+
+  test("IPv4-mapped IPv6 folds to IPv4 and IPv6 is written compactly", () => {
+    expect(resolve("::ffff:10.1.2.3", null)).toBe("10.1.2.3");
+    expect(resolve("2001:0db8:0000:0000:0000:0000:0000:0001", null)).toBe("2001:db8::1");
+  });
+
+  test("an unknown peer is 'unknown', never a header's value", () => {
+    expect(resolve(null, "1.2.3.4")).toBe(UNKNOWN_CLIENT);
+    expect(resolve("garbage", "1.2.3.4")).toBe(UNKNOWN_CLIENT);
+  });
+});
+
+describe("trusting a number of hops", () => {
+  test("one hop: the entry the proxy appended", () => {
+    expect(resolve("10.0.0.1", "203.0.113.5", "1")).toBe("203.0.113.5");
+  });
+
+  test("a client cannot choose its address by prepending entries", () => {
+    // The client sent "X-Forwarded-For: 6.6.6.6"; the one trusted proxy appended the real address.
+    expect(resolve("10.0.0.1", "6.6.6.6, 203.0.113.5", "1")).toBe("203.0.113.5");
+  });
+
+  test("two hops walk two entries from the right", () => {
+    expect(resolve("10.0.0.1", "6.6.6.6, 203.0.113.5, 10.0.0.2", "2")).toBe("203.0.113.5");
+  });
+
+  test("more hops than entries stop at the leftmost", () => {
+    expect(resolve("10.0.0.1", "203.0.113.5", "3")).toBe("203.0.113.5");
+  });
+
+  test("a malformed entry stops the walk at the proxy that wrote it", () => {
+    expect(resolve("10.0.0.1", "203.0.113.5, not-an-ip", "2")).toBe("10.0.0.1");
+  });
+
+  test("ports and brackets written by proxies are understood", () => {
+    expect(resolve("10.0.0.1", "203.0.113.5:51234", "1")).toBe("203.0.113.5");
+    expect(resolve("10.0.0.1", "[2001:db8::7]:443", "1")).toBe("2001:db8::7");
+    expect(resolve("10.0.0.1", "::ffff:192.0.2.1", "1")).toBe("192.0.2.1");
+  });
+});
+
+describe("trusting CIDRs", () => {
+  test("trusted proxies are skipped from the right until an untrusted address", () => {
+    expect(resolve("10.0.0.1", "6.6.6.6, 203.0.113.5, 10.0.0.9", "10.0.0.0/8")).toBe("203.0.113.5");
+  });
+
+  test("a peer outside the trusted ranges is the client, whatever it sends", () => {
+    expect(resolve("198.51.100.7", "1.2.3.4", "10.0.0.0/8")).toBe("198.51.100.7");
+  });
+
+  test("all-trusted chains end at the leftmost entry", () => {
+    expect(resolve("10.0.0.1", "10.0.0.5", "10.0.0.0/8")).toBe("10.0.0.5");
+  });
+
+  test("IPv4-mapped peers match IPv4 ranges, and mapped ranges match IPv4 peers", () => {
+    expect(resolve("::ffff:10.0.0.1", "203.0.113.5", "10.0.0.0/8")).toBe("203.0.113.5");
+    expect(resolve("10.0.0.1", "203.0.113.5", "::ffff:10.0.0.0/104")).toBe("203.0.113.5");
+  });
+
+  test("IPv6 ranges and the loopback name", () => {
+    expect(resolve("fd00::1", "2001:db8::5", "fc00::/7")).toBe("2001:db8::5");
+    expect(resolve("::1", "203.0.113.5", "loopback")).toBe("203.0.113.5");
+  });
+});
+
+test("parseAddress refuses what is not an address", () => {
+  expect(parseAddress("")).toBeNull();
+  expect(parseAddress("1.2.3")).not.toBeNull(); // ipaddr.js accepts classful shorthand, as inet_aton does
+  expect(parseAddress("example.com")).toBeNull();
+  expect(parseAddress("1.2.3.4.5")).toBeNull();
+  expect(parseAddress("fe80::1%eth0")?.toString()).toBe("fe80::1");
+});
+
+describe("in the app", () => {
+  let current: TestApp | null = null;
+  afterEach(() => {
+    current?.close();
+    current = null;
+  });
+
+  const appReportingIp = (env: Record<string, string>) => {
+    current = buildTestApp({ env });
+    return current.app.get("/test/ip", ({ clientIp }) => ({ ip: clientIp }));
+  };
+  const ipFor = async (app: ReturnType<typeof appReportingIp>, peer: string, xff?: string) => {
+    const request = new Request("http://localhost/test/ip", {
+      headers: xff ? { "x-forwarded-for": xff } : {},
+    });
+    const response = await app.handle(fromPeer(request, peer));
+    return ((await response.json()) as { ip: string }).ip;
+  };
+
+  test("spoofed X-Forwarded-For from an untrusted peer is ignored", async () => {
+    const app = appReportingIp({});
+    expect(await ipFor(app, "198.51.100.7", "127.0.0.1")).toBe("198.51.100.7");
+  });
+
+  test("behind a trusted proxy the forwarded address is used", async () => {
+    const app = appReportingIp({ TRUST_PROXY: "10.0.0.0/8" });
+    expect(await ipFor(app, "10.1.1.1", "203.0.113.80")).toBe("203.0.113.80");
+    expect(await ipFor(app, "198.51.100.7", "203.0.113.80")).toBe("198.51.100.7");
+  });
+
+  test("uses the real socket address when served", async () => {
+    const app = new Elysia()
+      .use(clientIp({ trustProxy: { kind: "none" } }))
+      .get("/ip", ({ clientIp }) => clientIp)
+      .listen({ hostname: "127.0.0.1", port: 0 });
+    try {
+      const response = await fetch(new URL("/ip", app.server!.url), {
+        headers: { "x-forwarded-for": "6.6.6.6" },
+      });
+      expect(await response.text()).toBe("127.0.0.1");
+    } finally {
+      await app.stop(true);
+    }
+  });
+});

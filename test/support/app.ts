@@ -1,0 +1,134 @@
+/**
+ * Builds a real app on its own temporary SQLite file, with logs collected in memory and the
+ * client's socket address chosen per request.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { createApp } from "../../src/app";
+import type { Clock } from "../../src/clock";
+import { type Config, loadConfig } from "../../src/config";
+import { type AppDatabase, openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
+import { createLogger, type Logger } from "../../src/logging/logger";
+
+export const TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuv";
+export const TEST_CSRF_SECRET = "test-csrf-secret-0123456789abcdefghijklmnopqrstu";
+
+export function tempDir(prefix = "palisade-test-"): { path: string; remove: () => void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** A pino destination that keeps every line, parsed. */
+export class LogCapture extends Writable {
+  readonly raw: string[] = [];
+  override _write(chunk: Buffer, _encoding: string, done: () => void) {
+    this.raw.push(chunk.toString());
+    done();
+  }
+  get text(): string {
+    return this.raw.join("");
+  }
+  get lines(): string[] {
+    return this.text.split("\n").filter((line) => line !== "");
+  }
+  get entries(): Record<string, unknown>[] {
+    return this.lines.map((line) => JSON.parse(line));
+  }
+}
+
+const peers = new WeakMap<Request, string>();
+
+/** Marks a request as arriving from `address`, as the socket would say. */
+export function fromPeer(request: Request, address: string): Request {
+  peers.set(request, address);
+  return request;
+}
+
+export interface TestAppOptions {
+  env?: Record<string, string | undefined>;
+  clock?: Clock;
+}
+
+export interface TestApp {
+  app: ReturnType<typeof createApp>;
+  config: Readonly<Config>;
+  db: AppDatabase;
+  logs: LogCapture;
+  logger: Logger;
+  databasePath: string;
+  close(): void;
+}
+
+export function buildTestApp(options: TestAppOptions = {}): TestApp {
+  const dir = tempDir();
+  const databasePath = join(dir.path, "palisade.db");
+  const config = loadConfig({
+    APP_ENV: "development",
+    LOG_LEVEL: "info",
+    JWT_SECRET_KEY: TEST_JWT_SECRET,
+    CSRF_SECRET_KEY: TEST_CSRF_SECRET,
+    DATABASE_PATH: databasePath,
+    ...options.env,
+  });
+  const logs = new LogCapture();
+  const logger = createLogger({
+    level: config.logLevel,
+    secretValues: config.secretValues,
+    destination: logs,
+  });
+  const db = openDatabase(databasePath);
+  applyMigrations(db);
+  const app = createApp({
+    config,
+    db,
+    logger,
+    clock: options.clock,
+    peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
+  });
+  return {
+    app,
+    config,
+    db,
+    logs,
+    logger,
+    databasePath,
+    close() {
+      db.$client.close();
+      dir.remove();
+    },
+  };
+}
+
+export interface SendOptions {
+  method?: string;
+  headers?: Record<string, string>;
+  /** An object is sent as JSON; a string as is. */
+  body?: unknown;
+  peer?: string;
+}
+
+export async function send(
+  target: { app: { handle(request: Request): Promise<Response> } },
+  path: string,
+  options: SendOptions = {},
+): Promise<Response> {
+  const headers = new Headers(options.headers);
+  let body: string | undefined;
+  if (options.body !== undefined) {
+    body = typeof options.body === "string" ? options.body : JSON.stringify(options.body);
+    if (!headers.has("content-type")) headers.set("content-type", "application/json");
+  }
+  const request = new Request(`http://localhost${path}`, {
+    method: options.method ?? (body === undefined ? "GET" : "POST"),
+    headers,
+    body,
+  });
+  if (options.peer) fromPeer(request, options.peer);
+  const response = await target.app.handle(request);
+  // Access logs are written after the response; let the hook run before the test reads them.
+  await Bun.sleep(0);
+  return response;
+}
