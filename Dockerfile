@@ -1,0 +1,30 @@
+# Palisade on the official Bun image. Build: docker build -t palisade .
+# Secrets come from Docker secrets through NAME_FILE (see compose.yaml), never from build args.
+ARG BUN_VERSION=1.4.5
+
+FROM oven/bun:${BUN_VERSION}-slim AS deps
+WORKDIR /app
+COPY package.json bun.lock ./
+RUN bun install --frozen-lockfile --production --ignore-scripts
+
+FROM oven/bun:${BUN_VERSION}-slim
+WORKDIR /app
+ENV APP_ENV=production \
+    HOST=0.0.0.0 \
+    PORT=3000 \
+    DATABASE_PATH=/data/palisade.db \
+    JWT_SECRET_KEY_FILE=/run/secrets/jwt_secret_key \
+    CSRF_SECRET_KEY_FILE=/run/secrets/csrf_secret_key
+COPY --from=deps /app/node_modules ./node_modules
+COPY package.json bun.lock tsconfig.json ./
+COPY drizzle ./drizzle
+COPY src ./src
+# The image's own non-root user; the database lives on a volume it owns.
+RUN mkdir -p /data && chown bun:bun /data
+USER bun
+VOLUME ["/data"]
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
+  CMD bun -e "fetch('http://127.0.0.1:' + (process.env.PORT ?? 3000) + '/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
+STOPSIGNAL SIGTERM
+CMD ["bun", "run", "src/index.ts"]

@@ -1,0 +1,67 @@
+/**
+ * @module
+ * What a CLI command is: a name, a one-line summary, its usage, and a function that takes parsed
+ * arguments and the means to reach config and database. Commands print with `out` and return an
+ * exit code; a CliError is a one-line failure with its own code.
+ */
+import type { Config } from "../config";
+import type { AppDatabase } from "../db/client";
+
+export interface ParsedArgs {
+  positional: string[];
+  flags: Record<string, string | true>;
+}
+
+export interface CommandContext {
+  /** The validated configuration; loading it may throw a ConfigError. */
+  config(): Readonly<Config>;
+  /** The migrated database at DATABASE_PATH, opened on first use and closed after the command. */
+  db(): AppDatabase;
+  out(line: string): void;
+  /** Standard input, for secrets that must not appear in argv or shell history. */
+  readStdin(): Promise<string>;
+}
+
+export interface Command {
+  name: string;
+  summary: string;
+  usage: string;
+  run(args: ParsedArgs, context: CommandContext): Promise<number> | number;
+}
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
+
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number = EXIT_FAILED,
+  ) {
+    super(message);
+    this.name = "CliError";
+  }
+}
+
+/** `--name value`, `--name=value` and bare `--flag`; anything else is positional. */
+export function parseArgs(argv: readonly string[]): ParsedArgs {
+  const positional: string[] = [];
+  const flags: Record<string, string | true> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith("--")) {
+      positional.push(arg);
+      continue;
+    }
+    const body = arg.slice(2);
+    const equals = body.indexOf("=");
+    if (equals >= 0) {
+      flags[body.slice(0, equals)] = body.slice(equals + 1);
+    } else if (argv[i + 1] !== undefined && !argv[i + 1]!.startsWith("--")) {
+      flags[body] = argv[++i]!;
+    } else {
+      flags[body] = true;
+    }
+  }
+  return { positional, flags };
+}

@@ -1,0 +1,38 @@
+import type { Config } from "../../config";
+import type { Command } from "../command";
+
+/** The effective configuration with every secret shown only as set or not set. */
+export function describeConfig(config: Readonly<Config>): Record<string, unknown> {
+  const secret = (value: string | null) => (value ? "(set)" : "(not set)");
+  return {
+    appEnv: config.appEnv,
+    listen: `${config.host}:${config.port}`,
+    databasePath: config.databasePath,
+    logLevel: config.logLevel,
+    trustProxy: config.trustProxy,
+    corsAllowedOrigins: config.cors.allowedOrigins,
+    rateLimit: config.rateLimit,
+    accessTokenExpireMinutes: config.jwt.accessTokenExpireMinutes,
+    refreshTokenExpireDays: config.jwt.refreshTokenExpireDays,
+    jwtSecretKey: config.generatedSecrets.includes("JWT_SECRET_KEY") ? "(generated)" : "(set)",
+    csrfSecretKey: config.generatedSecrets.includes("CSRF_SECRET_KEY") ? "(generated)" : "(set)",
+    redis: secret(config.redisUrl),
+    chatProvider: config.openai.apiKey ? `openai (${config.openai.model})` : "offline",
+    stripe: secret(config.stripe.secretKey),
+    whatsapp: secret(config.whatsapp.appSecret),
+    sentry: secret(config.sentryDsn),
+    metricsToken: secret(config.metricsToken),
+    apiKeys: config.apiKeys.length,
+  };
+}
+
+export const configCheck: Command = {
+  name: "config:check",
+  summary: "Validate the environment and print the effective configuration (secrets masked)",
+  usage: "config:check",
+  run(_args, context) {
+    const config = context.config();
+    context.out(JSON.stringify(describeConfig(config), null, 2));
+    return 0;
+  },
+};

@@ -1,0 +1,91 @@
+/**
+ * @module
+ * The CLI runner: finds the command, prints help, and turns every expected failure (bad usage, bad
+ * configuration, a command's CliError) into one line on stderr and a non-zero exit code.
+ */
+import { type Config, ConfigError, loadConfig } from "../config";
+import type { Environment } from "../config/env-source";
+import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
+import { applyMigrations } from "../db/migrate";
+import { CliError, type Command, type CommandContext, EXIT_USAGE, parseArgs } from "./command";
+
+export interface CliIo {
+  out(line: string): void;
+  err(line: string): void;
+  readStdin(): Promise<string>;
+}
+
+export function helpText(commands: readonly Command[]): string {
+  const width = Math.max(...commands.map((c) => c.name.length));
+  return [
+    "Palisade operator commands",
+    "",
+    "Usage: bun run cli <command> [options]",
+    "       bun run cli <command> --help",
+    "",
+    "Commands:",
+    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    "",
+    "Configuration comes from the same environment as the server (see .env.example).",
+  ].join("\n");
+}
+
+export async function runCli(
+  argv: readonly string[],
+  env: Environment,
+  io: CliIo,
+  commands: readonly Command[],
+): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
+    io.out(helpText(commands));
+    return name === undefined ? EXIT_USAGE : 0;
+  }
+  const command = commands.find((c) => c.name === name);
+  if (!command) {
+    io.err(`palisade: unknown command "${name}"; run "bun run cli help" for the list`);
+    return EXIT_USAGE;
+  }
+  const args = parseArgs(rest);
+  if (args.flags.help) {
+    io.out(`Usage: bun run cli ${command.usage}\n\n${command.summary}`);
+    return 0;
+  }
+
+  let config: Readonly<Config> | null = null;
+  let db: AppDatabase | null = null;
+  const context: CommandContext = {
+    config: () => {
+      config ??= loadConfig(env);
+      return config;
+    },
+    db: () => {
+      if (!db) {
+        db = openDatabase(context.config().databasePath);
+        applyMigrations(db);
+      }
+      return db;
+    },
+    out: io.out,
+    readStdin: io.readStdin,
+  };
+  try {
+    return await command.run(args, context);
+  } catch (error) {
+    if (error instanceof CliError) {
+      io.err(`palisade ${command.name}: ${error.message}`);
+      return error.exitCode;
+    }
+    if (error instanceof ConfigError) {
+      io.err(`palisade ${command.name}: ${error.message}`);
+      return EXIT_USAGE;
+    }
+    if (error instanceof DatabaseOpenError) {
+      io.err(`palisade ${command.name}: ${error.message}`);
+      return 1;
+    }
+    throw error;
+  } finally {
+    (db as AppDatabase | null)?.$client.close();
+  }
+}

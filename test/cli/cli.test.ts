@@ -1,0 +1,74 @@
+import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { parseArgs } from "../../src/cli/command";
+import { tempDir } from "../support/app";
+import { runToExit } from "../support/process";
+
+const cli = (args: string[], env: Record<string, string> = {}) =>
+  runToExit(["bun", "run", "src/cli/index.ts", ...args], env);
+
+describe("bun run cli", () => {
+  test("with no command prints the help screen and exits 2", async () => {
+    const result = await cli([]);
+    expect(result.code).toBe(2);
+    expect(result.stdout).toContain("Usage: bun run cli <command>");
+    expect(result.stdout).toContain("config:check");
+    expect(result.stdout).toContain("db:migrate");
+  });
+
+  test("help exits 0; a command's --help prints its usage", async () => {
+    expect((await cli(["help"])).code).toBe(0);
+    const result = await cli(["db:migrate", "--help"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain("Usage: bun run cli db:migrate");
+  });
+
+  test("an unknown command is one line on stderr and exit 2", async () => {
+    const result = await cli(["users:explode"]);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim().split("\n")).toHaveLength(1);
+    expect(result.stderr).toContain('unknown command "users:explode"');
+  });
+
+  test("config:check prints the configuration with secrets masked", async () => {
+    const secret = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
+    const result = await cli(["config:check"], {
+      APP_ENV: "production",
+      JWT_SECRET_KEY: secret,
+      CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+    });
+    expect(result.code).toBe(0);
+    const described = JSON.parse(result.stdout);
+    expect(described.appEnv).toBe("production");
+    expect(described.jwtSecretKey).toBe("(set)");
+    expect(result.stdout).not.toContain(secret);
+  });
+
+  test("config:check refuses a bad configuration with one line and exit 2", async () => {
+    const result = await cli(["config:check"], { APP_ENV: "production" });
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim()).toBe(
+      "palisade config:check: JWT_SECRET_KEY is required when APP_ENV=production",
+    );
+  });
+
+  test("db:migrate creates and migrates the database", async () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "cli.db");
+      const result = await cli(["db:migrate"], { DATABASE_PATH: path });
+      expect(result.code).toBe(0);
+      expect(result.stdout).toContain("is at migration");
+      expect(await Bun.file(path).exists()).toBe(true);
+    } finally {
+      dir.remove();
+    }
+  });
+});
+
+test("parseArgs reads --flag value, --flag=value, bare flags and positionals", () => {
+  expect(parseArgs(["ID1", "--name", "bot", "--scopes=chat,payments", "--yes"])).toEqual({
+    positional: ["ID1"],
+    flags: { name: "bot", scopes: "chat,payments", yes: true },
+  });
+});
