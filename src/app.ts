@@ -1,47 +1,78 @@
 /**
  * @module
- * Builds the application from its dependencies. The defences run in the documented order,
- * each an Elysia plugin whose `onRequest`/`onAfterResponse` hooks apply to every route:
+ * Builds the application from its services. Every request passes the defences in this order:
  *
- *   request id → client ip → IP block → rate limit → body-size and request guard →
+ *   request id → client address → IP block → rate limit → body-size and request guard →
  *   security headers → CORS → CSRF → auth → validation → handler → audit and metrics
+ *
+ * Two stages only add response headers — the security headers and the CORS headers of an allowed
+ * origin — so they are attached at the very start: every refusal of a later check (403, 429, 413 …)
+ * carries them. Their checks (answering a CORS preflight) run at their place in the order.
  *
  * Nothing here is a module-level singleton: a test builds its own app on its own database.
  */
 import { Elysia } from "elysia";
-import type { Clock } from "./clock";
-import { systemClock } from "./clock";
-import type { Config } from "./config";
-import type { AppDatabase } from "./db/client";
-import type { Logger } from "./logging/logger";
 import { healthModule } from "./modules/health";
 import { accessLog } from "./plugins/access-log";
+import { audit } from "./plugins/audit";
 import { clientIp } from "./plugins/client-ip";
+import { corsHeaders, corsPreflight } from "./plugins/cors";
+import { csrf } from "./plugins/csrf";
 import { errorHandler } from "./plugins/error-handler";
 import type { RouteEntry } from "./plugins/error-handler/route-methods";
-import { openapiDocument } from "./plugins/openapi";
+import { ipBlock } from "./plugins/ip-block";
+import { metrics } from "./plugins/metrics";
+import { DOCS_PATH, openapiDocument } from "./plugins/openapi";
+import { rateLimit } from "./plugins/rate-limit";
+import { requestGuard } from "./plugins/request-guard";
 import { requestId } from "./plugins/request-id";
+import { securityHeaders } from "./plugins/security-headers";
+import type { Services } from "./services";
 
-export interface AppDeps {
-  config: Readonly<Config>;
-  db: AppDatabase;
-  logger: Logger;
-  clock?: Clock;
+export interface AppDeps extends Services {
   /** Overrides the socket peer lookup; for tests that call `app.handle` without a server. */
   peerAddress?: (request: Request) => string | null;
 }
 
 export function createApp(deps: AppDeps) {
-  const { config, db, logger } = deps;
-  const clock = deps.clock ?? systemClock;
-  void clock;
+  const { config, db, logger, clock, registry, ipBlocks } = deps;
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
   const app = new Elysia({ name: "palisade" })
     .use(requestId())
     .use(clientIp({ trustProxy: config.trustProxy, peerAddress: deps.peerAddress }))
+    .use(securityHeaders({ hsts: config.requireTls, htmlPaths: [DOCS_PATH] }))
+    .use(corsHeaders({ allowedOrigins: config.cors.allowedOrigins }))
+    .use(ipBlock({ service: ipBlocks, clock }))
+    .use(
+      rateLimit({
+        store: deps.limiter,
+        policies: deps.policies,
+        allowCidrs: config.rateLimit.allowCidrs,
+        clock,
+        logger,
+        audit: deps.audit,
+        metrics: deps.rateLimitMetrics,
+        onRefused: async (client, _policy, id) => {
+          await ipBlocks.recordViolation("ratelimit", client, id);
+        },
+      }),
+    )
+    .use(requestGuard({ bodyLimits: config.bodyLimits, audit: deps.audit }))
+    .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
+    .use(
+      csrf({
+        secretKey: config.csrf.secretKey,
+        requireTls: config.requireTls,
+        clock,
+        audit: deps.audit,
+        registry,
+      }),
+    )
     .use(errorHandler({ logger, routes: () => registeredRoutes() }))
     .use(accessLog({ logger }))
+    .use(metrics({ registry, token: config.metricsToken }))
+    .use(audit({ log: deps.audit }))
     .use(openapiDocument({ docsPage: config.docsPage }))
     .use(
       healthModule({

@@ -16,6 +16,10 @@ export const ERROR_CODES = [
   "PAYLOAD_TOO_LARGE",
   "UNSUPPORTED_MEDIA_TYPE",
   "BAD_REQUEST",
+  "BAD_PATH",
+  "BAD_HEADER",
+  "DUPLICATE_HEADER",
+  "URI_TOO_LONG",
   "BAD_SIGNATURE",
   "NOT_FOUND",
   "METHOD_NOT_ALLOWED",
@@ -33,6 +37,9 @@ export function statusForCode(code: ErrorCode): number {
       return 422;
     case "MALFORMED_BODY":
     case "BAD_REQUEST":
+    case "BAD_PATH":
+    case "BAD_HEADER":
+    case "DUPLICATE_HEADER":
       return 400;
     case "UNAUTHENTICATED":
     case "BAD_SIGNATURE":
@@ -49,6 +56,8 @@ export function statusForCode(code: ErrorCode): number {
       return 409;
     case "PAYLOAD_TOO_LARGE":
       return 413;
+    case "URI_TOO_LONG":
+      return 414;
     case "UNSUPPORTED_MEDIA_TYPE":
       return 415;
     case "RATE_LIMITED":
@@ -73,6 +82,10 @@ const TITLES: Record<ErrorCode, string> = {
   PAYLOAD_TOO_LARGE: "The request body is too large",
   UNSUPPORTED_MEDIA_TYPE: "Unsupported content type",
   BAD_REQUEST: "Bad request",
+  BAD_PATH: "The request path is not acceptable",
+  BAD_HEADER: "A request header is not acceptable",
+  DUPLICATE_HEADER: "A request header was sent more than once",
+  URI_TOO_LONG: "The request URI is too long",
   BAD_SIGNATURE: "The signature did not verify",
   NOT_FOUND: "Not found",
   METHOD_NOT_ALLOWED: "Method not allowed",
@@ -137,16 +150,3 @@ export function toProblem(
 }
 
 export const PROBLEM_CONTENT_TYPE = "application/problem+json";
-
-/** A complete problem+json response, for the places that answer before Elysia's handlers run. */
-export function problemResponse(
-  code: ErrorCode,
-  detail: string,
-  requestId: string,
-  headers: Record<string, string> = {},
-): Response {
-  return new Response(JSON.stringify(toProblem(code, detail, requestId)), {
-    status: statusForCode(code),
-    headers: { ...headers, "content-type": PROBLEM_CONTENT_TYPE, "x-request-id": requestId },
-  });
-}

@@ -10,6 +10,7 @@ import { DatabaseOpenError, openDatabase } from "./db/client";
 import { applyMigrations } from "./db/migrate";
 import { createLogger } from "./logging/logger";
 import { startServer } from "./server";
+import { createServices } from "./services";
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -47,5 +48,14 @@ try {
   fail(`DATABASE_PATH ${config.databasePath}: migrations failed: ${reason}`);
 }
 
-const app = createApp({ config, db, logger });
-startServer({ app, config, logger, onClosed: () => db.$client.close() });
+const services = createServices({ config, db, logger });
+const app = createApp(services);
+startServer({
+  app,
+  config,
+  logger,
+  onClosed: () => {
+    services.close();
+    db.$client.close();
+  },
+});

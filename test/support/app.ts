@@ -12,6 +12,8 @@ import { type Config, loadConfig } from "../../src/config";
 import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createLogger, type Logger } from "../../src/logging/logger";
+import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
+import { createServices, type Services } from "../../src/services";
 
 export const TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuv";
 export const TEST_CSRF_SECRET = "test-csrf-secret-0123456789abcdefghijklmnopqrstu";
@@ -50,6 +52,7 @@ export function fromPeer(request: Request, address: string): Request {
 export interface TestAppOptions {
   env?: Record<string, string | undefined>;
   clock?: Clock;
+  ipBlockSettings?: Partial<IpBlockSettings>;
 }
 
 export interface TestApp {
@@ -58,6 +61,7 @@ export interface TestApp {
   db: AppDatabase;
   logs: LogCapture;
   logger: Logger;
+  services: Services;
   databasePath: string;
   close(): void;
 }
@@ -81,21 +85,31 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
   });
   const db = openDatabase(databasePath);
   applyMigrations(db);
-  const app = createApp({
+  const services = createServices({
     config,
     db,
     logger,
     clock: options.clock,
+    ipBlockSettings: options.ipBlockSettings,
+    maintenanceIntervalMs: 0,
+  });
+  const app = createApp({
+    ...services,
     peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
   });
+  let closed = false;
   return {
     app,
     config,
     db,
     logs,
     logger,
+    services,
     databasePath,
     close() {
+      if (closed) return;
+      closed = true;
+      services.close();
       db.$client.close();
       dir.remove();
     },
@@ -129,6 +143,6 @@ export async function send(
   if (options.peer) fromPeer(request, options.peer);
   const response = await target.app.handle(request);
   // Access logs are written after the response; let the hook run before the test reads them.
-  await Bun.sleep(0);
+  await Bun.sleep(1);
   return response;
 }

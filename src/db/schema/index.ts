@@ -1,1 +1,4 @@
+export * from "./audit";
+export * from "./ip-blocks";
+export * from "./rate-limit";
 export * from "./users";

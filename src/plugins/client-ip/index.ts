@@ -1,10 +1,19 @@
 /**
  * @module
- * Adds `clientIp` to every request's context, before any defence that keys on it runs.
+ * Adds `clientIp` (the normalised address) and `clientKey` (what limits and blocks are keyed by:
+ * the IPv4 address or the IPv6 /64) to every request's context, before any defence that uses them.
+ * Resolutions are memoised per (peer, X-Forwarded-For) pair: most requests repeat one.
  */
 import { Elysia } from "elysia";
 import type { TrustProxy } from "../../config";
-import { compileTrust, resolveClientIp } from "./resolve";
+import {
+  type Address,
+  clientKeyOf,
+  compileTrust,
+  formatAddress,
+  resolveClientAddress,
+  UNKNOWN_CLIENT,
+} from "./resolve";
 
 export interface ClientIpOptions {
   trustProxy: TrustProxy;
@@ -15,18 +24,48 @@ export interface ClientIpOptions {
   peerAddress?: (request: Request) => string | null;
 }
 
+export interface ResolvedClient {
+  ip: string;
+  key: string;
+  address: Address | null;
+}
+
+const MEMO_LIMIT = 10_000;
+
 export function clientIp({ trustProxy, peerAddress }: ClientIpOptions) {
   const trust = compileTrust(trustProxy);
+  const memo = new Map<string, ResolvedClient>();
+
+  const resolve = (peer: string | null, forwardedFor: string | null): ResolvedClient => {
+    const memoKey =
+      trust.kind === "none" || forwardedFor === null ? (peer ?? "") : `${peer}|${forwardedFor}`;
+    let resolved = memo.get(memoKey);
+    if (resolved === undefined) {
+      const address = resolveClientAddress({ peer, forwardedFor }, trust);
+      resolved = {
+        ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
+        key: clientKeyOf(address),
+        address,
+      };
+      // A flood of distinct addresses must not grow memory without bound.
+      if (memo.size >= MEMO_LIMIT) memo.clear();
+      memo.set(memoKey, resolved);
+    }
+    return resolved;
+  };
+
   return new Elysia({ name: "palisade.client-ip", seed: trustProxy })
     .decorate("clientIp", "")
-    .onRequest(function resolveClientAddress(context) {
+    .decorate("clientKey", "")
+    .decorate("client", null as ResolvedClient | null)
+    .onRequest(function resolveClientAddressOfRequest(context) {
       const peer = peerAddress
         ? peerAddress(context.request)
         : (context.server?.requestIP(context.request)?.address ?? null);
-      context.clientIp = resolveClientIp(
-        { peer, forwardedFor: context.request.headers.get("x-forwarded-for") },
-        trust,
-      );
+      const resolved = resolve(peer, context.request.headers.get("x-forwarded-for"));
+      context.client = resolved;
+      context.clientIp = resolved.ip;
+      context.clientKey = resolved.key;
     })
     .as("global");
 }

@@ -10,7 +10,7 @@
 import ipaddr from "ipaddr.js";
 import type { TrustProxy } from "../../config";
 
-type Address = ipaddr.IPv4 | ipaddr.IPv6;
+export type Address = ipaddr.IPv4 | ipaddr.IPv6;
 type Range = [Address, number];
 
 /** A TrustProxy from config, with its CIDRs parsed once. */
@@ -73,9 +73,29 @@ export interface ClientAddressInput {
 export const UNKNOWN_CLIENT = "unknown";
 
 export function resolveClientIp(input: ClientAddressInput, trust: CompiledTrust): string {
+  const address = resolveClientAddress(input, trust);
+  return address === null ? UNKNOWN_CLIENT : formatAddress(address);
+}
+
+/**
+ * The key a client is counted and blocked under: the IPv4 address, or the IPv6 /64 prefix, since
+ * a single host is usually given a whole /64 and can rotate through it at will.
+ */
+export function clientKeyOf(address: Address | null): string {
+  if (address === null) return UNKNOWN_CLIENT;
+  if (address.kind() === "ipv4") return address.toString();
+  const parts = (address as ipaddr.IPv6).parts.slice(0, 4);
+  const prefix = ipaddr.IPv6.parse(`${parts.map((p) => p.toString(16)).join(":")}::`);
+  return `${prefix.toRFC5952String()}/64`;
+}
+
+export function resolveClientAddress(
+  input: ClientAddressInput,
+  trust: CompiledTrust,
+): Address | null {
   const peer = input.peer === null ? null : parseAddress(input.peer);
-  if (peer === null) return UNKNOWN_CLIENT;
-  if (trust.kind === "none" || !input.forwardedFor) return formatAddress(peer);
+  if (peer === null) return null;
+  if (trust.kind === "none" || !input.forwardedFor) return peer;
 
   const forwarded = input.forwardedFor.split(",");
   if (trust.kind === "hops") {
@@ -87,7 +107,7 @@ export function resolveClientIp(input: ClientAddressInput, trust: CompiledTrust)
       if (next === null) break;
       client = next;
     }
-    return formatAddress(client);
+    return client;
   }
 
   let client = peer;
@@ -98,5 +118,5 @@ export function resolveClientIp(input: ClientAddressInput, trust: CompiledTrust)
     if (next === null) break;
     client = next;
   }
-  return formatAddress(client);
+  return client;
 }

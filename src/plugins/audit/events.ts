@@ -1,0 +1,54 @@
+/**
+ * @module
+ * What an audit event is, and which ones must never be lost.
+ */
+
+export type AuditOutcome = "success" | "failure" | "denied" | "info";
+
+export type AuditDetail = Record<string, string | number | boolean | null>;
+
+export interface AuditEvent {
+  type: string;
+  outcome: AuditOutcome;
+  actor?: string | null;
+  ip?: string | null;
+  route?: string | null;
+  requestId?: string | null;
+  detail?: AuditDetail;
+  /** Milliseconds since the epoch; the log's clock when absent. */
+  at?: number;
+}
+
+/**
+ * Events written before the response is sent, in their own transaction: who logged in, what an
+ * admin changed, what was paid, which address was blocked. The rest are batched.
+ */
+export function mustNotLose(type: string): boolean {
+  return (
+    type.startsWith("auth.") ||
+    type.startsWith("admin.") ||
+    type.startsWith("payment.") ||
+    type === "ip.blocked"
+  );
+}
+
+const SECRET_KEY = /pass(word)?|secret|token|api[-_]?key|authorization|cookie|signature/i;
+const MAX_DETAIL_VALUE = 256;
+
+/**
+ * The detail as stored: keys that name a secret are dropped whatever the caller passed, and long
+ * strings are cut, so the audit log can be shown to an operator as it is.
+ */
+export function encodeDetail(detail: AuditDetail | undefined): string {
+  if (!detail) return "{}";
+  const safe: AuditDetail = {};
+  for (const key of Object.keys(detail).sort()) {
+    if (SECRET_KEY.test(key)) continue;
+    const value = detail[key]!;
+    safe[key] =
+      typeof value === "string" && value.length > MAX_DETAIL_VALUE
+        ? `${value.slice(0, MAX_DETAIL_VALUE)}…`
+        : value;
+  }
+  return JSON.stringify(safe);
+}

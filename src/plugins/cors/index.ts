@@ -1,0 +1,88 @@
+/**
+ * @module
+ * CORS for the configured origins only. Written here rather than taken from @elysiajs/cors because
+ * that plugin (1.4) sends `Access-Control-Allow-Credentials` and the allowed headers on every
+ * response, and answers every preflight with the requested method and headers, whatever the
+ * origin; here a disallowed origin gets no CORS header at all.
+ *
+ * Origins are compared exactly, as the serialised origin the browser sends: no wildcard, no
+ * suffix match (so `https://example.com.evil.test` is not `https://example.com`), no `null`.
+ * Every response says `Vary: Origin`, since its CORS headers depend on it.
+ */
+import { Elysia } from "elysia";
+
+export const CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+export const CORS_ALLOWED_HEADERS = [
+  "authorization",
+  "content-type",
+  "idempotency-key",
+  "x-api-key",
+  "x-csrf-token",
+  "x-request-id",
+];
+export const CORS_EXPOSED_HEADERS = [
+  "x-request-id",
+  "x-ratelimit-limit",
+  "x-ratelimit-remaining",
+  "x-ratelimit-reset",
+  "ratelimit",
+  "ratelimit-policy",
+  "retry-after",
+];
+const PREFLIGHT_MAX_AGE_SECONDS = 600;
+
+interface CorsOptions {
+  allowedOrigins: readonly string[];
+}
+
+/**
+ * Attaches the CORS response headers for an allowed origin. It only adds headers, so it runs at
+ * the start of the chain: a refusal by the IP block, the limiter or the guard still carries them,
+ * and a browser client can read its 429 instead of seeing a network error.
+ */
+export function corsHeaders({ allowedOrigins }: CorsOptions) {
+  const allowed = new Set(allowedOrigins);
+  const exposeHeaders = CORS_EXPOSED_HEADERS.join(", ");
+  return new Elysia({ name: "palisade.cors-headers", seed: allowedOrigins })
+    .onRequest(function applyCorsHeaders({ request, set }) {
+      set.headers.vary = "Origin";
+      const origin = request.headers.get("origin");
+      if (origin === null || !allowed.has(origin)) return;
+      set.headers["access-control-allow-origin"] = origin;
+      set.headers["access-control-allow-credentials"] = "true";
+      set.headers["access-control-expose-headers"] = exposeHeaders;
+    })
+    .as("global");
+}
+
+/**
+ * Answers preflights, at the CORS stage of the chain (after the limiter and the guard). An allowed
+ * origin asking for an allowed method gets the methods, headers and max age; anything else gets a
+ * bare 204 that permits nothing.
+ */
+export function corsPreflight({ allowedOrigins }: CorsOptions) {
+  const allowed = new Set(allowedOrigins);
+  const allowMethods = CORS_METHODS.join(", ");
+  const allowHeaders = CORS_ALLOWED_HEADERS.join(", ");
+  const allowedMethodSet = new Set(CORS_METHODS);
+  const bare = (set: { headers: Record<string, unknown> }) => {
+    delete set.headers["access-control-expose-headers"];
+    return new Response(null, { status: 204 });
+  };
+
+  return new Elysia({ name: "palisade.cors-preflight", seed: allowedOrigins })
+    .onRequest(function answerPreflight({ request, set }) {
+      if (request.method !== "OPTIONS") return;
+      const method = request.headers.get("access-control-request-method");
+      if (method === null) return;
+      const origin = request.headers.get("origin");
+      if (origin === null || !allowed.has(origin)) return bare(set);
+      if (!allowedMethodSet.has(method.toUpperCase())) return bare(set);
+      delete set.headers["access-control-expose-headers"];
+      set.headers["access-control-allow-methods"] = allowMethods;
+      set.headers["access-control-allow-headers"] = allowHeaders;
+      set.headers["access-control-max-age"] = String(PREFLIGHT_MAX_AGE_SECONDS);
+      return new Response(null, { status: 204 });
+    })
+    .as("global");
+}

@@ -1,0 +1,108 @@
+/**
+ * @module
+ * CSRF protection for browser clients that authenticate with the session cookie, and
+ * `GET /api/auth/csrf` that issues the token.
+ *
+ * A state-changing request (not GET, HEAD or OPTIONS) that carries a session or refresh cookie
+ * must send `X-CSRF-Token` equal to the CSRF cookie, signed for that session and less than an hour
+ * old, and must not be marked `Sec-Fetch-Site: cross-site` (Fetch Metadata: the browser says where
+ * the request came from, and no page on another site has a reason to change state here).
+ *
+ * Exempt, by design:
+ * - requests with an `Authorization` or `X-API-Key` header: a browser never attaches those on its
+ *   own, so a forged cross-site request cannot carry them;
+ * - `/webhooks/*`: called server to server, authenticated by their HMAC signatures;
+ * - requests with no session cookie: they carry no ambient credential to abuse.
+ */
+import { Elysia, t } from "elysia";
+import { Counter, type Registry } from "prom-client";
+import type { Clock } from "../../clock";
+import { AppError } from "../../errors";
+import type { AuditLog } from "../audit/log";
+import { stateOf } from "../request-state";
+import { cookieNames, readCookie, serializeCookie } from "./cookies";
+import {
+  CSRF_TOKEN_LIFETIME_MS,
+  constantTimeEqual,
+  issueCsrfToken,
+  verifyCsrfToken,
+} from "./token";
+
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+export interface CsrfOptions {
+  secretKey: string;
+  requireTls: boolean;
+  clock: Clock;
+  audit: AuditLog;
+  registry: Registry;
+}
+
+export const CsrfTokenResponse = t.Object({
+  token: t.String({ description: "Send this value as X-CSRF-Token on state-changing requests" }),
+});
+
+export function csrf({ secretKey, requireTls, clock, audit, registry }: CsrfOptions) {
+  const names = cookieNames(requireTls);
+  const failures = new Counter({
+    name: "csrf_failures_total",
+    help: "State-changing browser requests refused by the CSRF check",
+    registers: [registry],
+  });
+
+  const check = (request: Request): string | null => {
+    const cookies = request.headers.get("cookie");
+    const session = readCookie(cookies, names.session);
+    if (session === null && readCookie(cookies, names.refresh) === null) return null;
+    if (request.headers.get("sec-fetch-site") === "cross-site") return "cross-site request";
+    const header = request.headers.get("x-csrf-token");
+    const cookie = readCookie(cookies, names.csrf);
+    if (header === null || cookie === null) return "missing token";
+    if (!constantTimeEqual(header, cookie)) return "header and cookie differ";
+    const verdict = verifyCsrfToken(secretKey, header, session, clock.now());
+    return verdict === "VALID" ? null : `token ${verdict.toLowerCase().replace("_", " ")}`;
+  };
+
+  return new Elysia({ name: "palisade.csrf" })
+    .onRequest(function enforceCsrf(context) {
+      const { request, path, clientIp, requestId } = stateOf(context);
+      if (SAFE_METHODS.has(request.method)) return;
+      if (path.startsWith("/webhooks/")) return;
+      if (request.headers.has("authorization") || request.headers.has("x-api-key")) return;
+      const failure = check(request);
+      if (failure === null) return;
+      failures.inc();
+      audit.record({
+        type: "csrf.failed",
+        outcome: "denied",
+        ip: clientIp,
+        route: `${request.method} ${path}`,
+        requestId,
+        detail: { reason: failure },
+      });
+      throw new AppError("CSRF_FAILED", `CSRF check failed: ${failure}.`);
+    })
+    .get(
+      "/api/auth/csrf",
+      ({ request, set }) => {
+        const session = readCookie(request.headers.get("cookie"), names.session);
+        const token = issueCsrfToken(secretKey, session, clock.now());
+        // Readable by the page's script (not HttpOnly): it must copy the value into the header.
+        set.headers["set-cookie"] = serializeCookie(names.csrf, token, {
+          maxAgeSeconds: CSRF_TOKEN_LIFETIME_MS / 1000,
+          httpOnly: false,
+          secure: requireTls,
+        });
+        return { token };
+      },
+      {
+        response: { 200: CsrfTokenResponse },
+        detail: {
+          tags: ["auth"],
+          summary:
+            "Issue a CSRF token (cookie and body) for browser clients using the session cookie",
+        },
+      },
+    )
+    .as("global");
+}

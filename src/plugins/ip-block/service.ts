@@ -1,0 +1,248 @@
+/**
+ * @module
+ * IP blocks: automatic ones after repeated violations, manual ones by an admin. Blocks live in
+ * SQLite (they survive restarts and are shared by every process on the file) and are read from an
+ * in-memory copy reloaded at most every `cacheTtlMs`, so checking a request costs no query; a block
+ * made by another process takes effect here within that time.
+ *
+ * Violations (rate-limit refusals, failed logins) are counted with the limiter store, as sliding
+ * windows per address; crossing a threshold blocks the address for 15 minutes, then 1 hour, then
+ * 24 hours for each further automatic block within a week.
+ */
+import type { Database, Statement } from "bun:sqlite";
+import type { Logger } from "pino";
+import { Gauge, type Registry } from "prom-client";
+import type { Clock } from "../../clock";
+import type { AuditLog } from "../audit/log";
+import type { ResolvedClient } from "../client-ip";
+import type { Policy } from "../rate-limit/policies";
+import type { LimiterStore } from "../rate-limit/store";
+
+const MINUTE = 60_000;
+const HOUR = 60 * MINUTE;
+
+export type ViolationKind = "ratelimit" | "login";
+
+export interface ViolationThreshold {
+  count: number;
+  windowMs: number;
+}
+
+export interface IpBlockSettings {
+  thresholds: Record<ViolationKind, ViolationThreshold>;
+  /** TTL of the first, second, third (and later) automatic block. */
+  escalation: readonly number[];
+  /** How far back earlier automatic blocks count towards escalation. */
+  escalationLookbackMs: number;
+  cacheTtlMs: number;
+}
+
+export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
+  thresholds: {
+    ratelimit: { count: 5, windowMs: 10 * MINUTE },
+    login: { count: 10, windowMs: 15 * MINUTE },
+  },
+  escalation: [15 * MINUTE, HOUR, 24 * HOUR],
+  escalationLookbackMs: 7 * 24 * HOUR,
+  cacheTtlMs: 1000,
+};
+
+export interface IpBlock {
+  id: number;
+  address: string;
+  reason: string;
+  source: "auto" | "admin";
+  createdBy: string | null;
+  createdAt: number;
+  expiresAt: number;
+}
+
+export interface NewBlock {
+  address: string;
+  reason: string;
+  ttlMs: number;
+  source: "auto" | "admin";
+  createdBy?: string | null;
+  requestId?: string | null;
+}
+
+export interface IpBlockServiceOptions {
+  sqlite: Database;
+  clock: Clock;
+  logger: Logger;
+  audit: AuditLog;
+  limiter: LimiterStore;
+  registry?: Registry;
+  settings?: Partial<IpBlockSettings>;
+}
+
+const BLOCK_COLUMNS =
+  "id, address, reason, source, created_by AS createdBy, created_at AS createdAt, expires_at AS expiresAt";
+
+export class IpBlockService {
+  private readonly settings: IpBlockSettings;
+  private readonly violationPolicies: Record<ViolationKind, Policy>;
+  private active = new Map<string, number>();
+  private loadedAt = Number.NEGATIVE_INFINITY;
+  private readonly loadActive: Statement<{ address: string; expiresAt: number }, [number]>;
+  private readonly insertBlock: Statement<IpBlock>;
+  private readonly priorAutoBlocks: Statement<{ n: number }, [string, number]>;
+
+  constructor(private readonly options: IpBlockServiceOptions) {
+    this.settings = { ...DEFAULT_IP_BLOCK_SETTINGS, ...options.settings };
+    const policy = (kind: ViolationKind): Policy => {
+      const { count, windowMs } = this.settings.thresholds[kind];
+      // The count-th violation is the one refused, and refusal is what blocks.
+      const limit = Math.max(1, count - 1);
+      return { id: `violations.${kind}`, limit, windowMs, burstLimit: limit, failClosed: false };
+    };
+    this.violationPolicies = { ratelimit: policy("ratelimit"), login: policy("login") };
+    const { sqlite } = options;
+    this.loadActive = sqlite.prepare(
+      `SELECT address, max(expires_at) AS expiresAt FROM ip_blocks
+       WHERE expires_at > ? AND lifted_at IS NULL GROUP BY address`,
+    );
+    this.insertBlock = sqlite.prepare(
+      `INSERT INTO ip_blocks (address, reason, source, created_by, created_at, expires_at)
+       VALUES (?, ?, ?, ?, ?, ?) RETURNING ${BLOCK_COLUMNS}`,
+    );
+    this.priorAutoBlocks = sqlite.prepare(
+      "SELECT count(*) AS n FROM ip_blocks WHERE address = ? AND source = 'auto' AND created_at > ?",
+    );
+    if (options.registry) {
+      const service = this;
+      new Gauge({
+        name: "ip_blocks_active",
+        help: "Client addresses blocked right now",
+        registers: [options.registry],
+        collect() {
+          this.set(service.activeCount());
+        },
+      });
+    }
+  }
+
+  /** When the block on this address ends, or null when it is not blocked. */
+  blockedUntil(address: string): number | null {
+    const now = this.options.clock.now();
+    this.refresh(now);
+    const expiresAt = this.active.get(address);
+    return expiresAt !== undefined && expiresAt > now ? expiresAt : null;
+  }
+
+  activeCount(): number {
+    const now = this.options.clock.now();
+    this.refresh(now, true);
+    let count = 0;
+    for (const expiresAt of this.active.values()) if (expiresAt > now) count++;
+    return count;
+  }
+
+  block(block: NewBlock): IpBlock {
+    const now = this.options.clock.now();
+    const { sqlite, audit } = this.options;
+    const row = sqlite
+      .transaction(() => {
+        const inserted = this.insertBlock.get(
+          block.address,
+          block.reason,
+          block.source,
+          block.createdBy ?? null,
+          now,
+          now + block.ttlMs,
+        )!;
+        audit.record({
+          type: "ip.blocked",
+          outcome: "success",
+          actor: block.createdBy ?? "system",
+          ip: block.address,
+          requestId: block.requestId ?? null,
+          detail: { reason: block.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
+          at: now,
+        });
+        return inserted;
+      })
+      .immediate();
+    this.active.set(row.address, Math.max(row.expiresAt, this.active.get(row.address) ?? 0));
+    this.options.logger.warn(
+      { address: row.address, reason: row.reason, source: row.source, expiresAt: row.expiresAt },
+      "ip blocked",
+    );
+    return row;
+  }
+
+  /** Ends every active block on the address now. Returns how many were lifted. */
+  lift(address: string, liftedBy: string | null, requestId?: string | null): number {
+    const now = this.options.clock.now();
+    const { sqlite, audit } = this.options;
+    const lifted = sqlite
+      .transaction(() => {
+        const changes = sqlite.run(
+          "UPDATE ip_blocks SET lifted_at = ? WHERE address = ? AND expires_at > ? AND lifted_at IS NULL",
+          [now, address, now],
+        ).changes;
+        if (changes > 0) {
+          audit.record({
+            type: "ip.unblocked",
+            outcome: "success",
+            actor: liftedBy ?? "system",
+            ip: address,
+            requestId: requestId ?? null,
+            at: now,
+          });
+        }
+        return changes;
+      })
+      .immediate();
+    this.active.delete(address);
+    return lifted;
+  }
+
+  listActive(): IpBlock[] {
+    return this.options.sqlite
+      .query<IpBlock, [number]>(
+        `SELECT ${BLOCK_COLUMNS} FROM ip_blocks WHERE expires_at > ? AND lifted_at IS NULL
+         ORDER BY created_at DESC`,
+      )
+      .all(this.options.clock.now());
+  }
+
+  /**
+   * Counts one violation by this client; blocks it when the threshold is crossed. Returns the new
+   * block, if one was made.
+   */
+  async recordViolation(
+    kind: ViolationKind,
+    client: ResolvedClient,
+    requestId: string | null = null,
+  ): Promise<IpBlock | null> {
+    if (client.address === null) return null;
+    const now = this.options.clock.now();
+    const policy = this.violationPolicies[kind];
+    const [outcome] = await this.options.limiter.check([{ policy, key: `ip:${client.key}`, now }]);
+    if (outcome?.admitted !== false) return null;
+    if (this.blockedUntil(client.key) !== null) return null;
+    const earlier = this.priorAutoBlocks.get(
+      client.key,
+      now - this.settings.escalationLookbackMs,
+    )!.n;
+    const ladder = this.settings.escalation;
+    const ttlMs = ladder[Math.min(earlier, ladder.length - 1)]!;
+    const { count, windowMs } = this.settings.thresholds[kind];
+    return this.block({
+      address: client.key,
+      reason: `${count} ${kind === "login" ? "failed logins" : "rate-limit refusals"} in ${windowMs / MINUTE} min`,
+      ttlMs,
+      source: "auto",
+      requestId,
+    });
+  }
+
+  private refresh(now: number, force = false): void {
+    if (!force && now - this.loadedAt < this.settings.cacheTtlMs) return;
+    const next = new Map<string, number>();
+    for (const row of this.loadActive.all(now)) next.set(row.address, row.expiresAt);
+    this.active = next;
+    this.loadedAt = now;
+  }
+}

@@ -1,0 +1,69 @@
+/**
+ * @module
+ * The sliding-window counter, as pure arithmetic.
+ *
+ * Time is cut into fixed windows of W ms. A key keeps the count of its current window (C) and of
+ * the one before (P). At an instant `e` ms into the current window, the requests in the last W ms
+ * are estimated as P × (1 − e/W) + C: the previous window's count, weighted by how much of it still
+ * overlaps the sliding window. A request is admitted when the estimate plus itself stays within the
+ * limit, and only admitted requests are counted.
+ *
+ * Error bound: the estimate assumes the previous window's requests were spread evenly. If they all
+ * came at its very end, up to P × e/W of them still inside the sliding window are discounted, so in
+ * the worst case a client gets up to twice the limit in one rolling W (the limit at the end of one
+ * window and again at the start of the next, weighted); with traffic spread over the window it is
+ * exact, and Cloudflare measured 0.003 % of decisions wrong on real traffic. It needs two integers
+ * per key instead of a log of timestamps, which is what lets one SQLite UPSERT decide.
+ */
+
+export interface WindowState {
+  previous: number;
+  current: number;
+  /** Start of the current fixed window, ms since the epoch. */
+  windowStart: number;
+}
+
+export function windowStartOf(now: number, windowMs: number): number {
+  return now - (now % windowMs);
+}
+
+/** Weight of the previous window at `now`: 1 at the start of the current window, 0 at its end. */
+export function previousWeight(now: number, windowMs: number): number {
+  return 1 - (now - windowStartOf(now, windowMs)) / windowMs;
+}
+
+export function estimate(state: WindowState, now: number, windowMs: number): number {
+  return state.previous * previousWeight(now, windowMs) + state.current;
+}
+
+export function remaining(state: WindowState, now: number, windowMs: number, limit: number) {
+  return Math.max(0, Math.floor(limit - estimate(state, now, windowMs)));
+}
+
+/**
+ * Milliseconds until one more request would be admitted. Within the current window the estimate
+ * falls as the previous window slides out; if that is not enough, in the next window the current
+ * count becomes the previous one and slides out in turn.
+ */
+export function retryAfterMs(
+  state: WindowState,
+  now: number,
+  windowMs: number,
+  limit: number,
+): number {
+  const excess = estimate(state, now, windowMs) - (limit - 1);
+  if (excess <= 0) return 0;
+  const untilWindowEnd = state.windowStart + windowMs - now;
+  if (state.previous > 0) {
+    const needed = (excess * windowMs) / state.previous;
+    if (state.current <= limit - 1 && needed <= untilWindowEnd) return Math.ceil(needed);
+  }
+  if (state.current <= limit - 1) return untilWindowEnd;
+  return Math.ceil(untilWindowEnd + windowMs * (1 - (limit - 1) / state.current));
+}
+
+/** Milliseconds until the window fully resets (both counts have slid out). */
+export function resetMs(state: WindowState, now: number, windowMs: number): number {
+  const untilWindowEnd = state.windowStart + windowMs - now;
+  return state.current > 0 ? untilWindowEnd + windowMs : untilWindowEnd;
+}

@@ -1,0 +1,86 @@
+/**
+ * @module
+ * The request guard: refuses, before any parsing, what no honest client sends (over-long URLs,
+ * encoded traversal and NUL in the path, control characters in headers, repeated single-valued
+ * headers, bodies that are not JSON, bodies over the route class's limit), and reads JSON bodies
+ * itself so a chunked body is cut off at the limit while it streams. Bun.serve's
+ * `maxRequestBodySize` is the outer bound for everything.
+ *
+ * It does not look for "SQL injection patterns" in user text: that breaks real messages and
+ * protects nothing that parameterised queries (used everywhere) do not.
+ */
+import { Elysia } from "elysia";
+import type { BodyLimits } from "../../config";
+import { AppError } from "../../errors";
+import type { AuditLog } from "../audit/log";
+import { stateOf } from "../request-state";
+import { readBodyWithin } from "./body";
+import {
+  checkContentType,
+  checkDeclaredLength,
+  checkHeaders,
+  checkUrl,
+  DEFAULT_GUARD_LIMITS,
+  type GuardLimits,
+  hasBody,
+  type Refusal,
+} from "./checks";
+
+export function bodyLimitFor(path: string, limits: BodyLimits): number {
+  if (path.startsWith("/webhooks/")) return limits.webhooks;
+  if (path === "/api/chat" || path.startsWith("/api/chat/")) return limits.chat;
+  return limits.default;
+}
+
+export interface RequestGuardOptions {
+  bodyLimits: BodyLimits;
+  audit: AuditLog;
+  limits?: GuardLimits;
+}
+
+export function requestGuard({
+  bodyLimits,
+  audit,
+  limits = DEFAULT_GUARD_LIMITS,
+}: RequestGuardOptions) {
+  const refuse = (context: object, refusal: Refusal): never => {
+    const { request, path, clientIp, requestId } = stateOf(context);
+    audit.record({
+      type: "request.rejected",
+      outcome: "denied",
+      ip: clientIp,
+      route: `${request.method} ${path}`,
+      requestId,
+      detail: { code: refusal.code, reason: refusal.reason },
+    });
+    throw new AppError(refusal.code, `Refused: ${refusal.reason}.`);
+  };
+
+  return new Elysia({ name: "palisade.request-guard" })
+    .onRequest(function guardRequest(context) {
+      const { request, path } = stateOf(context);
+      const headers = request.headers;
+      const refusal =
+        checkUrl(request.url, limits) ??
+        checkHeaders(headers) ??
+        (hasBody(request.method, headers)
+          ? (checkDeclaredLength(headers, bodyLimitFor(path, bodyLimits)) ??
+            checkContentType(headers))
+          : null);
+      if (refusal) refuse(context, refusal);
+    })
+    .onParse(async function parseJsonWithinLimit(context, contentType) {
+      if (contentType !== "application/json") return;
+      const { request, path } = stateOf(context);
+      const text = await readBodyWithin(request, bodyLimitFor(path, bodyLimits));
+      // Webhook signatures are computed over the exact bytes received, not a re-serialisation.
+      (context as { rawBody?: string }).rawBody = text;
+      if (text === "") return undefined;
+      try {
+        return JSON.parse(text);
+      } catch {
+        throw new AppError("MALFORMED_BODY", "The request body is not valid JSON.");
+      }
+    })
+    .as("global");
+}

@@ -1,0 +1,96 @@
+/**
+ * @module
+ * The stateful parts of one running app, built from config and database: metrics registry, audit
+ * log, limiter store, IP blocker, and the background tasks that keep them tidy. `createApp` takes
+ * these as dependencies; `close()` stops the tasks and flushes what is queued.
+ */
+import type { Logger } from "pino";
+import { type Clock, systemClock } from "./clock";
+import type { Config } from "./config";
+import type { AppDatabase } from "./db/client";
+import { type AuditLog, pruneAuditEvents, SqliteAuditLog } from "./plugins/audit/log";
+import { IpBlockService, type IpBlockSettings } from "./plugins/ip-block/service";
+import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
+import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
+import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
+import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
+import type { LimiterStore } from "./plugins/rate-limit/store";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+export interface Services {
+  config: Readonly<Config>;
+  db: AppDatabase;
+  logger: Logger;
+  clock: Clock;
+  registry: Registry;
+  audit: AuditLog;
+  limiter: LimiterStore;
+  policies: PolicyTable;
+  rateLimitMetrics: RateLimitMetrics;
+  ipBlocks: IpBlockService;
+  /** Runs the background tasks once now (tests call this instead of waiting for timers). */
+  runMaintenance(): void;
+  close(): void;
+}
+
+export interface ServiceOptions {
+  config: Readonly<Config>;
+  db: AppDatabase;
+  logger: Logger;
+  clock?: Clock;
+  limiter?: LimiterStore;
+  ipBlockSettings?: Partial<IpBlockSettings>;
+  /** Background task period; 0 disables the timer (tests drive maintenance themselves). */
+  maintenanceIntervalMs?: number;
+}
+
+export function createServices(options: ServiceOptions): Services {
+  const { config, db, logger } = options;
+  const clock = options.clock ?? systemClock;
+  const sqlite = db.$client;
+  const registry = createMetricsRegistry();
+  const audit = new SqliteAuditLog({ sqlite, clock, logger, registry });
+  const limiter = options.limiter ?? new SqliteLimiterStore({ sqlite });
+  const ipBlocks = new IpBlockService({
+    sqlite,
+    clock,
+    logger,
+    audit,
+    limiter,
+    registry,
+    settings: options.ipBlockSettings,
+  });
+
+  const runMaintenance = () => {
+    const now = clock.now();
+    try {
+      limiter.prune(now);
+      pruneAuditEvents(sqlite, now - config.auditRetentionDays * DAY_MS, now);
+    } catch (error) {
+      logger.error({ err: error }, "maintenance failed");
+    }
+  };
+  const intervalMs = options.maintenanceIntervalMs ?? 10_000;
+  const timer = intervalMs > 0 ? setInterval(runMaintenance, intervalMs) : null;
+  timer?.unref();
+
+  return {
+    config,
+    db,
+    logger,
+    clock,
+    registry,
+    audit,
+    limiter,
+    policies: buildPolicyTable(config.rateLimit),
+    rateLimitMetrics: createRateLimitMetrics(registry),
+    ipBlocks,
+    runMaintenance,
+    close() {
+      if (timer) clearInterval(timer);
+      limiter.close();
+      audit.close();
+    },
+  };
+}
