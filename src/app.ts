@@ -52,7 +52,7 @@ export function createApp(deps: AppDeps) {
         clock,
         logger,
         audit: deps.audit,
-        metrics: deps.rateLimitMetrics,
+        metrics: deps.metrics.rateLimit,
         onRefused: async (client, _policy, id) => {
           await ipBlocks.recordViolation("ratelimit", client, id);
         },
@@ -66,12 +66,12 @@ export function createApp(deps: AppDeps) {
         requireTls: config.requireTls,
         clock,
         audit: deps.audit,
-        registry,
+        metrics: deps.metrics.csrf,
       }),
     )
     .use(errorHandler({ logger, routes: () => registeredRoutes() }))
     .use(accessLog({ logger }))
-    .use(metrics({ registry, token: config.metricsToken }))
+    .use(metrics({ registry, http: deps.metrics.http, token: config.metricsToken }))
     .use(audit({ log: deps.audit }))
     .use(openapiDocument({ docsPage: config.docsPage }))
     .use(

@@ -9,7 +9,9 @@ import { type Clock, systemClock } from "./clock";
 import type { Config } from "./config";
 import type { AppDatabase } from "./db/client";
 import { type AuditLog, pruneAuditEvents, SqliteAuditLog } from "./plugins/audit/log";
+import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
 import { IpBlockService, type IpBlockSettings } from "./plugins/ip-block/service";
+import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
 import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
@@ -27,7 +29,7 @@ export interface Services {
   audit: AuditLog;
   limiter: LimiterStore;
   policies: PolicyTable;
-  rateLimitMetrics: RateLimitMetrics;
+  metrics: { http: HttpMetrics; rateLimit: RateLimitMetrics; csrf: CsrfMetrics };
   ipBlocks: IpBlockService;
   /** Runs the background tasks once now (tests call this instead of waiting for timers). */
   runMaintenance(): void;
@@ -84,7 +86,11 @@ export function createServices(options: ServiceOptions): Services {
     audit,
     limiter,
     policies: buildPolicyTable(config.rateLimit),
-    rateLimitMetrics: createRateLimitMetrics(registry),
+    metrics: {
+      http: createHttpMetrics(registry),
+      rateLimit: createRateLimitMetrics(registry),
+      csrf: createCsrfMetrics(registry),
+    },
     ipBlocks,
     runMaintenance,
     close() {

@@ -15,12 +15,12 @@
  * - requests with no session cookie: they carry no ambient credential to abuse.
  */
 import { Elysia, t } from "elysia";
-import { Counter, type Registry } from "prom-client";
 import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import { stateOf } from "../request-state";
 import { cookieNames, readCookie, serializeCookie } from "./cookies";
+import type { CsrfMetrics } from "./metrics";
 import {
   CSRF_TOKEN_LIFETIME_MS,
   constantTimeEqual,
@@ -35,20 +35,15 @@ export interface CsrfOptions {
   requireTls: boolean;
   clock: Clock;
   audit: AuditLog;
-  registry: Registry;
+  metrics: CsrfMetrics;
 }
 
 export const CsrfTokenResponse = t.Object({
   token: t.String({ description: "Send this value as X-CSRF-Token on state-changing requests" }),
 });
 
-export function csrf({ secretKey, requireTls, clock, audit, registry }: CsrfOptions) {
+export function csrf({ secretKey, requireTls, clock, audit, metrics }: CsrfOptions) {
   const names = cookieNames(requireTls);
-  const failures = new Counter({
-    name: "csrf_failures_total",
-    help: "State-changing browser requests refused by the CSRF check",
-    registers: [registry],
-  });
 
   const check = (request: Request): string | null => {
     const cookies = request.headers.get("cookie");
@@ -71,7 +66,7 @@ export function csrf({ secretKey, requireTls, clock, audit, registry }: CsrfOpti
       if (request.headers.has("authorization") || request.headers.has("x-api-key")) return;
       const failure = check(request);
       if (failure === null) return;
-      failures.inc();
+      metrics.failures.inc();
       audit.record({
         type: "csrf.failed",
         outcome: "denied",

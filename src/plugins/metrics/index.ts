@@ -11,12 +11,17 @@ import { AppError } from "../../errors";
 import { statusOf, UNMATCHED_ROUTE } from "../access-log";
 import { constantTimeEqual } from "../csrf/token";
 import { stateOf } from "../request-state";
-import { createHttpMetrics } from "./http";
+import type { HttpMetrics } from "./http";
 
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 
-export function metrics({ registry, token }: { registry: Registry; token: string | null }) {
-  const http = createHttpMetrics(registry);
+export interface MetricsOptions {
+  registry: Registry;
+  http: HttpMetrics;
+  token: string | null;
+}
+
+export function metrics({ registry, http, token }: MetricsOptions) {
   const expected = token === null ? null : `Bearer ${token}`;
 
   return new Elysia({ name: "palisade.metrics" })

@@ -56,10 +56,15 @@ export function retryAfterMs(
   const untilWindowEnd = state.windowStart + windowMs - now;
   if (state.previous > 0) {
     const needed = (excess * windowMs) / state.previous;
-    if (state.current <= limit - 1 && needed <= untilWindowEnd) return Math.ceil(needed);
+    if (state.current <= limit - 1 && needed <= untilWindowEnd) return ceilMs(needed);
   }
   if (state.current <= limit - 1) return untilWindowEnd;
-  return Math.ceil(untilWindowEnd + windowMs * (1 - (limit - 1) / state.current));
+  return ceilMs(untilWindowEnd + windowMs * (1 - (limit - 1) / state.current));
+}
+
+/** Rounds up, ignoring floating-point dust (3000.0000000000005 is 3000). */
+function ceilMs(ms: number): number {
+  return Math.ceil(ms - 1e-6);
 }
 
 /** Milliseconds until the window fully resets (both counts have slid out). */

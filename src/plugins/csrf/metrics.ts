@@ -1,0 +1,13 @@
+import { Counter, type Registry } from "prom-client";
+
+export function createCsrfMetrics(registry: Registry) {
+  return {
+    failures: new Counter({
+      name: "csrf_failures_total",
+      help: "State-changing browser requests refused by the CSRF check",
+      registers: [registry],
+    }),
+  };
+}
+
+export type CsrfMetrics = ReturnType<typeof createCsrfMetrics>;
