@@ -69,12 +69,19 @@ export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
       const requestId = (context as { requestId?: string }).requestId || "unknown";
       let outcome: Outcome;
 
-      if (error instanceof AppError) {
+      // Elysia wraps what a parse hook throws in its ParseError; the AppError is the cause.
+      const appError =
+        error instanceof AppError
+          ? error
+          : (error as { cause?: unknown }).cause instanceof AppError
+            ? ((error as { cause?: unknown }).cause as AppError)
+            : null;
+      if (appError) {
         outcome = {
-          code: error.code,
-          detail: error.detail,
-          fieldErrors: error.fieldErrors,
-          headers: error.headers,
+          code: appError.code,
+          detail: appError.detail,
+          fieldErrors: appError.fieldErrors,
+          headers: appError.headers,
         };
       } else if (code === "VALIDATION") {
         outcome = {

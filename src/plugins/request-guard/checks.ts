@@ -85,10 +85,13 @@ export function checkHeaders(headers: Headers): Refusal | null {
 
 const BODY_METHODS = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
-export function hasBody(method: string, headers: Headers): boolean {
-  if (!BODY_METHODS.has(method)) return false;
-  const length = headers.get("content-length");
-  return (length !== null && length !== "0") || headers.has("transfer-encoding");
+export function hasBody(request: Request): boolean {
+  if (!BODY_METHODS.has(request.method)) return false;
+  const length = request.headers.get("content-length");
+  if (length !== null) return length !== "0";
+  if (request.headers.has("transfer-encoding")) return true;
+  // A Request built in-process (app.handle) carries its body without either header.
+  return request.body !== null;
 }
 
 /** JSON only, and if a charset is named it must be UTF-8 (RFC 8259). */

@@ -63,7 +63,7 @@ export function requestGuard({
       const refusal =
         checkUrl(request.url, limits) ??
         checkHeaders(headers) ??
-        (hasBody(request.method, headers)
+        (hasBody(request)
           ? (checkDeclaredLength(headers, bodyLimitFor(path, bodyLimits)) ??
             checkContentType(headers))
           : null);

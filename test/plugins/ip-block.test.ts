@@ -1,0 +1,161 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { createApp } from "../../src/app";
+import { createLogger } from "../../src/logging/logger";
+import { createServices } from "../../src/services";
+import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
+import { ManualClock } from "../support/clock";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const MINUTE = 60_000;
+
+function blockingApp(clock = new ManualClock()) {
+  current = buildTestApp({ env: { RATE_LIMIT_PER_MINUTE: "1", RATE_LIMIT_BURST: "100" }, clock });
+  return current;
+}
+
+/** Sends until the address has collected `refusals` rate-limit refusals. */
+async function provoke(target: TestApp, peer: string, refusals: number) {
+  const statuses: number[] = [];
+  while (statuses.filter((s) => s === 429).length < refusals) {
+    statuses.push((await send(target, "/openapi.json", { peer })).status);
+  }
+  return statuses;
+}
+
+describe("automatic blocks", () => {
+  test("5 rate-limit refusals within 10 minutes block the address with 403 IP_BLOCKED", async () => {
+    const target = blockingApp();
+    const statuses = await provoke(target, "203.0.113.7", 5);
+    expect(statuses).toEqual([200, 429, 429, 429, 429, 429]);
+    const blocked = await send(target, "/openapi.json", { peer: "203.0.113.7" });
+    expect(blocked.status).toBe(403);
+    const body = (await blocked.json()) as { code: string };
+    expect(body.code).toBe("IP_BLOCKED");
+    expect(Number(blocked.headers.get("retry-after"))).toBe(15 * 60);
+    // Another address is unaffected, and the probes stay open for the blocked one.
+    expect((await send(target, "/openapi.json", { peer: "203.0.113.8" })).status).toBe(200);
+    expect((await send(target, "/health", { peer: "203.0.113.7" })).status).toBe(200);
+
+    const event = target.db.$client
+      .query("SELECT actor, ip, outcome, detail FROM audit_events WHERE type = 'ip.blocked'")
+      .get() as { actor: string; ip: string; detail: string };
+    expect(event.actor).toBe("system");
+    expect(event.ip).toBe("203.0.113.7");
+    expect(JSON.parse(event.detail)).toMatchObject({ source: "auto", ttlSeconds: 900 });
+    const metrics = await (await send(target, "/metrics", { peer: "127.0.0.1" })).text();
+    expect(metrics).toContain("ip_blocks_active 1");
+  });
+
+  test("refusals spread over more than 10 minutes do not block", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp(clock);
+    for (let i = 0; i < 6; i++) {
+      await provoke(target, "203.0.113.7", 1);
+      clock.advance(4 * MINUTE);
+    }
+    expect((await send(target, "/openapi.json", { peer: "203.0.113.7" })).status).not.toBe(403);
+  });
+
+  test("repeat offenders are blocked for 15 minutes, then 1 hour, then 24 hours", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp(clock);
+    const ttls: number[] = [];
+    for (let round = 0; round < 4; round++) {
+      await provoke(target, "198.51.100.4", 5);
+      const blocked = await send(target, "/openapi.json", { peer: "198.51.100.4" });
+      expect(blocked.status).toBe(403);
+      const ttl = Number(blocked.headers.get("retry-after"));
+      ttls.push(ttl);
+      clock.advance(ttl * 1000 + 11 * MINUTE);
+    }
+    expect(ttls).toEqual([15 * 60, 60 * 60, 24 * 60 * 60, 24 * 60 * 60]);
+  });
+
+  test("an IPv6 block covers the whole /64", async () => {
+    const target = blockingApp();
+    await provoke(target, "2001:db8:aa:bb::1", 5);
+    const other = await send(target, "/openapi.json", { peer: "2001:db8:aa:bb:ffff::2" });
+    expect(other.status).toBe(403);
+    const row = target.db.$client.query("SELECT address FROM ip_blocks").get();
+    expect(row).toEqual({ address: "2001:db8:aa:bb::/64" });
+  });
+});
+
+describe("manual blocks", () => {
+  test("an admin block with reason and TTL refuses at once, and lifting it restores access", async () => {
+    const target = blockingApp();
+    target.services.ipBlocks.block({
+      address: "192.0.2.50",
+      reason: "abuse report #12",
+      ttlMs: 60 * MINUTE,
+      source: "admin",
+      createdBy: "admin@example.test",
+    });
+    expect((await send(target, "/openapi.json", { peer: "192.0.2.50" })).status).toBe(403);
+    expect(target.services.ipBlocks.listActive()).toMatchObject([
+      { address: "192.0.2.50", reason: "abuse report #12", source: "admin" },
+    ]);
+    expect(target.services.ipBlocks.lift("192.0.2.50", "admin@example.test")).toBe(1);
+    expect((await send(target, "/openapi.json", { peer: "192.0.2.50" })).status).toBe(200);
+    const types = target.db.$client
+      .query("SELECT type, actor FROM audit_events ORDER BY id")
+      .all() as { type: string; actor: string }[];
+    expect(types).toEqual([
+      { type: "ip.blocked", actor: "admin@example.test" },
+      { type: "ip.unblocked", actor: "admin@example.test" },
+    ]);
+  });
+
+  test("blocks survive a restart and reach other processes on the same file", async () => {
+    const target = blockingApp();
+    target.services.ipBlocks.block({
+      address: "192.0.2.60",
+      reason: "test",
+      ttlMs: 60 * MINUTE,
+      source: "admin",
+    });
+    // A second app on the same database file, as another process or a restart would open it.
+    const logs = new LogCapture();
+    const services = createServices({
+      config: target.config,
+      db: target.db,
+      logger: createLogger({ level: "info", destination: logs }),
+      maintenanceIntervalMs: 0,
+    });
+    const other = createApp({ ...services, peerAddress: () => "192.0.2.60" });
+    const response = await other.handle(new Request("http://localhost/openapi.json"));
+    expect(response.status).toBe(403);
+    services.close();
+  });
+
+  test("the in-memory copy is refreshed, so a block made elsewhere applies within its TTL", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp(clock);
+    expect((await send(target, "/openapi.json", { peer: "192.0.2.70" })).status).toBe(200);
+    target.db.$client.run(
+      "INSERT INTO ip_blocks (address, reason, source, created_at, expires_at) VALUES (?, 'x', 'admin', ?, ?)",
+      ["192.0.2.70", clock.now(), clock.now() + 10 * MINUTE],
+    );
+    clock.advance(1_001);
+    expect((await send(target, "/openapi.json", { peer: "192.0.2.70" })).status).toBe(403);
+  });
+
+  test("failed logins feed the blocker: 10 within 15 minutes block", async () => {
+    const target = blockingApp();
+    const client = { ip: "192.0.2.80", key: "192.0.2.80", address: null };
+    const { parseAddress } = await import("../../src/plugins/client-ip/resolve");
+    const resolved = { ...client, address: parseAddress("192.0.2.80") };
+    const blocks = [];
+    for (let i = 0; i < 10; i++) {
+      blocks.push(await target.services.ipBlocks.recordViolation("login", resolved));
+    }
+    expect(blocks.slice(0, 9).every((b) => b === null)).toBe(true);
+    expect(blocks[9]).toMatchObject({ address: "192.0.2.80", source: "auto" });
+    expect(blocks[9]!.reason).toBe("10 failed logins in 15 min");
+  });
+});

@@ -1,0 +1,272 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { t } from "elysia";
+import { users } from "../../src/db/schema";
+import { startServer } from "../../src/server";
+import { buildTestApp, send, type TestApp } from "../support/app";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+function guardedApp() {
+  current = buildTestApp({ env: { RATE_LIMIT_PER_MINUTE: "10000", RATE_LIMIT_BURST: "10000" } });
+  const app = current.app
+    .post("/api/echo", ({ body }) => ({ length: JSON.stringify(body).length }), {
+      body: t.Object({ text: t.String() }),
+    })
+    .post("/api/chat", ({ body }) => ({ length: JSON.stringify(body).length }), {
+      body: t.Object({ message: t.String() }),
+    })
+    .post("/webhooks/test", ({ body }) => ({ ok: body !== undefined }));
+  return { ...current, app };
+}
+
+async function codeOf(response: Response) {
+  return ((await response.json()) as { code: string }).code;
+}
+
+describe("body limits", () => {
+  test("a declared Content-Length over the route class's limit is 413 before parsing", async () => {
+    const target = guardedApp();
+    const justOver = JSON.stringify({ text: "x".repeat(64 * 1024) });
+    const refused = await send(target, "/api/echo", { body: justOver });
+    expect(refused.status).toBe(413);
+    expect(await codeOf(refused)).toBe("PAYLOAD_TOO_LARGE");
+    const fits = await send(target, "/api/echo", { body: { text: "x".repeat(60 * 1024) } });
+    expect(fits.status).toBe(200);
+  });
+
+  test("chat is limited to 32 KiB and webhooks to 256 KiB", async () => {
+    const target = guardedApp();
+    const chat = await send(target, "/api/chat", { body: { message: "x".repeat(40 * 1024) } });
+    expect(chat.status).toBe(413);
+    const webhook = await send(target, "/webhooks/test", {
+      body: { data: "x".repeat(200 * 1024) },
+    });
+    expect(webhook.status).toBe(200);
+  });
+
+  test("a chunked body is cut off while streaming once it passes the limit", async () => {
+    const target = guardedApp();
+    let sent = 0;
+    const chunk = new TextEncoder().encode("x".repeat(16 * 1024));
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode('{"text":"'));
+      },
+      pull(controller) {
+        // An endless body: the reader must stop, not this stream.
+        sent += chunk.byteLength;
+        controller.enqueue(chunk);
+      },
+    });
+    const request = new Request("http://localhost/api/echo", {
+      method: "POST",
+      headers: { "content-type": "application/json", "transfer-encoding": "chunked" },
+      body: stream,
+      duplex: "half",
+    });
+    const response = await target.app.handle(request);
+    expect(response.status).toBe(413);
+    expect(sent).toBeLessThan(256 * 1024);
+  });
+
+  test("a real server refuses a chunked body past the limit", async () => {
+    const target = guardedApp();
+    const running = startServer({
+      app: target.app,
+      config: { ...target.config, port: 0 },
+      logger: target.logger,
+      exitProcess: false,
+      signals: [],
+    });
+    try {
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(`{"text":"${"y".repeat(100 * 1024)}"}`));
+          controller.close();
+        },
+      });
+      const response = await fetch(new URL("/api/echo", running.url), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+      expect(response.status).toBe(413);
+      expect(((await response.json()) as { code: string }).code).toBe("PAYLOAD_TOO_LARGE");
+    } finally {
+      await running.shutdown("test");
+    }
+  });
+});
+
+describe("content types", () => {
+  test("a body that is not JSON is 415", async () => {
+    const target = guardedApp();
+    const form = await send(target, "/api/echo", {
+      body: "text=hello",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+    });
+    expect(form.status).toBe(415);
+    expect(await codeOf(form)).toBe("UNSUPPORTED_MEDIA_TYPE");
+    const latin1 = await send(target, "/api/echo", {
+      body: '{"text":"a"}',
+      headers: { "content-type": "application/json; charset=iso-8859-1" },
+    });
+    expect(latin1.status).toBe(415);
+    const utf8 = await send(target, "/api/echo", {
+      body: '{"text":"a"}',
+      headers: { "content-type": "application/json; charset=UTF-8" },
+    });
+    expect(utf8.status).toBe(200);
+  });
+
+  test("a body without Content-Type is 415", async () => {
+    const target = guardedApp();
+    const response = await target.app.handle(
+      new Request("http://localhost/api/echo", {
+        method: "POST",
+        body: new Blob(['{"text":"a"}']),
+      }),
+    );
+    expect(response.status).toBe(415);
+  });
+});
+
+describe("what no honest client sends", () => {
+  test("control characters in a header value are 400 BAD_HEADER and audited", async () => {
+    const target = guardedApp();
+    const response = await send(target, "/openapi.json", {
+      headers: { "user-agent": "evil\u0001agent" },
+    });
+    expect(response.status).toBe(400);
+    expect(await codeOf(response)).toBe("BAD_HEADER");
+    target.services.audit.flush();
+    const row = target.db.$client
+      .query("SELECT detail FROM audit_events WHERE type = 'request.rejected'")
+      .get() as { detail: string };
+    expect(JSON.parse(row.detail)).toEqual({
+      code: "BAD_HEADER",
+      reason: "control characters in user-agent",
+    });
+  });
+
+  test.each([
+    ["authorization", "Bearer a, Bearer b"],
+    ["x-api-key", "pal_live_a, pal_live_b"],
+    ["content-type", "application/json, text/plain"],
+  ])("a repeated %s is 400 DUPLICATE_HEADER", async (name, value) => {
+    const target = guardedApp();
+    const response = await send(target, "/openapi.json", { headers: { [name]: value } });
+    expect(response.status).toBe(400);
+    expect(await codeOf(response)).toBe("DUPLICATE_HEADER");
+  });
+
+  test("over-long URLs and query strings are 414", async () => {
+    const target = guardedApp();
+    const longPath = await send(target, `/api/${"a".repeat(5000)}`);
+    expect(longPath.status).toBe(414);
+    expect(await codeOf(longPath)).toBe("URI_TOO_LONG");
+    const longQuery = await send(target, `/openapi.json?q=${"b".repeat(3000)}`);
+    expect(longQuery.status).toBe(414);
+  });
+
+  test.each([
+    ["/api/..%2fetc/passwd"],
+    ["/api/%2e%2e%2fetc"],
+    ["/api/file%00.json"],
+    ["/api/%252e%252e/secret"],
+    ["/api/..%5cwindows"],
+    ["/api/%2E%2E%2Fcase"],
+  ])("the path %s is 400 BAD_PATH", async (path) => {
+    const target = guardedApp();
+    const response = await send(target, path);
+    expect(response.status).toBe(400);
+    expect(await codeOf(response)).toBe("BAD_PATH");
+  });
+
+  test("paths sent raw over a socket are checked as sent", async () => {
+    const target = guardedApp();
+    const running = startServer({
+      app: target.app,
+      config: { ...target.config, port: 0 },
+      logger: target.logger,
+      exitProcess: false,
+      signals: [],
+    });
+    const raw = (path: string) =>
+      new Promise<string>((resolve) => {
+        let out = "";
+        Bun.connect({
+          hostname: "127.0.0.1",
+          port: Number(running.url.port),
+          socket: {
+            open(socket) {
+              socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`);
+            },
+            data(_socket, data) {
+              out += data.toString();
+            },
+            close() {
+              resolve(out.split("\r\n")[0] ?? "");
+            },
+            error() {
+              resolve("error");
+            },
+          },
+        });
+      });
+    try {
+      expect(await raw("/api/..%2f..%2fetc/passwd")).toBe("HTTP/1.1 400 Bad Request");
+      expect(await raw("/api/x%00y")).toBe("HTTP/1.1 400 Bad Request");
+      // Plain dot segments are resolved by the server before routing: /api/../health is /health.
+      expect(await raw("/api/../health")).toBe("HTTP/1.1 200 OK");
+    } finally {
+      await running.shutdown("test");
+    }
+  });
+});
+
+describe("injection", () => {
+  const hostile = [
+    "'; DROP TABLE users; --",
+    '" OR 1=1 --',
+    "Robert'); DELETE FROM audit_events; --",
+    "\u0000\u001b[31m<script>alert(1)</script>",
+    "💣 ${process.env} {{7*7}} %s%n",
+  ];
+
+  test("hostile strings are stored and read back unchanged, tables intact", () => {
+    const target = guardedApp();
+    const now = new Date();
+    hostile.forEach((text, i) => {
+      target.db
+        .insert(users)
+        .values({ id: `u${i}`, email: text, passwordHash: text, createdAt: now, updatedAt: now })
+        .run();
+      target.services.audit.record({
+        type: "auth.login.failed",
+        outcome: "failure",
+        actor: text,
+        detail: { note: text },
+      });
+    });
+    const stored = target.db.select().from(users).all();
+    expect(stored.map((u) => u.email)).toEqual(hostile);
+    const audited = target.db.$client
+      .query("SELECT actor, detail FROM audit_events ORDER BY id")
+      .all() as { actor: string; detail: string }[];
+    expect(audited.map((a) => a.actor)).toEqual(hostile);
+    expect(audited.map((a) => JSON.parse(a.detail).note)).toEqual(hostile);
+  });
+
+  test("a SQL-looking chat message is not refused: there is no pattern blocking", async () => {
+    const target = guardedApp();
+    const response = await send(target, "/api/chat", {
+      body: { message: "How do I write SELECT * FROM users WHERE name = 'x' OR 1=1; --?" },
+    });
+    expect(response.status).toBe(200);
+  });
+});
