@@ -1,0 +1,217 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { createLogger } from "../../../src/logging/logger";
+import { pruneAuditEvents, SqliteAuditLog, verifyAuditChain } from "../../../src/plugins/audit/log";
+import { createMetricsRegistry } from "../../../src/plugins/metrics/registry";
+import { buildTestApp, LogCapture, type TestApp } from "../../support/app";
+import { ManualClock } from "../../support/clock";
+import { runToExit } from "../../support/process";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+function auditOn(options: { flushIntervalMs?: number; flushBatchSize?: number } = {}) {
+  current = buildTestApp();
+  const clock = new ManualClock();
+  const registry = createMetricsRegistry();
+  const log = new SqliteAuditLog({
+    sqlite: current.db.$client,
+    clock,
+    logger: createLogger({ level: "info", destination: new LogCapture() }),
+    registry,
+    ...options,
+  });
+  const count = () =>
+    (current!.db.$client.query("SELECT count(*) AS n FROM audit_events").get() as { n: number }).n;
+  return { log, clock, count, sqlite: current.db.$client, registry };
+}
+
+describe("writing", () => {
+  test("ordinary events are batched and written after the flush interval", async () => {
+    const { log, count } = auditOn({ flushIntervalMs: 30 });
+    log.record({ type: "ratelimit.rejected", outcome: "denied", ip: "192.0.2.1" });
+    log.record({ type: "csrf.failed", outcome: "denied" });
+    expect(count()).toBe(0);
+    await Bun.sleep(80);
+    expect(count()).toBe(2);
+  });
+
+  test("a full batch is written at once", () => {
+    const { log, count } = auditOn({ flushIntervalMs: 60_000, flushBatchSize: 3 });
+    for (let i = 0; i < 3; i++) log.record({ type: "request.rejected", outcome: "denied" });
+    expect(count()).toBe(3);
+  });
+
+  test("must-not-lose events are written before record returns, after what was queued", () => {
+    const { log, count, sqlite } = auditOn({ flushIntervalMs: 60_000 });
+    log.record({ type: "csrf.failed", outcome: "denied" });
+    log.record({ type: "auth.login.failed", outcome: "failure", actor: "a@example.test" });
+    expect(count()).toBe(2);
+    const types = sqlite.query("SELECT type FROM audit_events ORDER BY id").values().flat();
+    expect(types).toEqual(["csrf.failed", "auth.login.failed"]);
+  });
+
+  test("close flushes the queue", () => {
+    const { log, count } = auditOn({ flushIntervalMs: 60_000 });
+    log.record({ type: "csrf.failed", outcome: "denied" });
+    log.close();
+    expect(count()).toBe(1);
+  });
+
+  test("secret-named detail keys never reach the table; long values are cut", () => {
+    const { log, sqlite } = auditOn();
+    log.record({
+      type: "admin.key.created",
+      outcome: "success",
+      detail: {
+        name: "bot",
+        apiKey: "pal_live_x",
+        password: "p",
+        token: "t",
+        note: "n".repeat(400),
+      },
+    });
+    const { detail } = sqlite.query("SELECT detail FROM audit_events").get() as { detail: string };
+    const parsed = JSON.parse(detail);
+    expect(Object.keys(parsed).sort()).toEqual(["name", "note"]);
+    expect(parsed.note.length).toBe(257);
+  });
+
+  test("events are counted in audit_events_total by type", async () => {
+    const { log, registry } = auditOn();
+    log.record({ type: "auth.login.failed", outcome: "failure" });
+    log.record({ type: "auth.login.failed", outcome: "failure" });
+    expect(await registry.metrics()).toContain('audit_events_total{type="auth.login.failed"} 2');
+  });
+});
+
+describe("the hash chain", () => {
+  function seeded() {
+    const audit = auditOn();
+    for (let i = 0; i < 5; i++) {
+      audit.log.record({
+        type: "admin.block.added",
+        outcome: "success",
+        actor: `admin${i}@example.test`,
+        ip: `192.0.2.${i}`,
+        detail: { n: i },
+      });
+    }
+    return audit;
+  }
+
+  test("an untouched log verifies", () => {
+    const { sqlite } = seeded();
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 5 });
+  });
+
+  test("an edited field breaks the chain at that row", () => {
+    const { sqlite } = seeded();
+    sqlite.run("UPDATE audit_events SET outcome = 'failure' WHERE id = 3");
+    expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 3, checked: 2 });
+  });
+
+  test("an edited actor or address is caught through its commitment", () => {
+    const { sqlite } = seeded();
+    sqlite.run("UPDATE audit_events SET actor = 'someone-else' WHERE id = 2");
+    expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 2 });
+  });
+
+  test("a deleted row breaks the chain at the row after it", () => {
+    const { sqlite } = seeded();
+    sqlite.run("DELETE FROM audit_events WHERE id = 2");
+    expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 3 });
+  });
+
+  test("a re-hashed edit is still caught by the next row", () => {
+    const { sqlite } = seeded();
+    sqlite.run("UPDATE audit_events SET hash = 'f' || substr(hash, 2) WHERE id = 4");
+    expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 4 });
+  });
+
+  test("pseudonymising actor and address (salt dropped) keeps the chain intact", () => {
+    const { sqlite } = seeded();
+    sqlite.run(
+      "UPDATE audit_events SET actor = 'erased:1a2b', ip = NULL, subject_salt = NULL WHERE id = 2",
+    );
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 5 });
+  });
+
+  test("retention deletes old rows from the start and leaves a checkpoint that verifies", () => {
+    const { log, clock, sqlite } = auditOn();
+    for (let i = 0; i < 4; i++) log.record({ type: "admin.x", outcome: "success", detail: { i } });
+    clock.advance(10 * 24 * 60 * 60 * 1000);
+    for (let i = 0; i < 3; i++) log.record({ type: "admin.y", outcome: "success", detail: { i } });
+    const cutoff = clock.now() - 24 * 60 * 60 * 1000;
+    expect(pruneAuditEvents(sqlite, cutoff, clock.now(), 3)).toBe(3);
+    expect(pruneAuditEvents(sqlite, cutoff, clock.now(), 3)).toBe(1);
+    expect(pruneAuditEvents(sqlite, cutoff, clock.now(), 3)).toBe(0);
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 3 });
+    // New rows continue the chain after the checkpoint even if every old row is gone.
+    log.record({ type: "admin.z", outcome: "success" });
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 4 });
+    // Deleting the oldest kept row by hand, without a checkpoint, is caught.
+    sqlite.run("DELETE FROM audit_events WHERE id = (SELECT min(id) FROM audit_events)");
+    expect(verifyAuditChain(sqlite).ok).toBe(false);
+  });
+
+  test("two logs on one file (two processes) append to one chain", () => {
+    const { log, sqlite } = auditOn();
+    const other = new SqliteAuditLog({
+      sqlite,
+      clock: new ManualClock(),
+      logger: createLogger({ level: "info", destination: new LogCapture() }),
+    });
+    for (let i = 0; i < 4; i++) {
+      (i % 2 ? log : other).record({ type: "auth.login.succeeded", outcome: "success" });
+    }
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 4 });
+  });
+});
+
+describe("CLI", () => {
+  test("audit:tail prints recent events and audit:verify passes, then fails after an edit", async () => {
+    const { log, sqlite } = auditOn();
+    log.record({ type: "auth.login.failed", outcome: "failure", actor: "eve@example.test" });
+    log.record({ type: "ip.blocked", outcome: "success", ip: "192.0.2.9" });
+    const env = { DATABASE_PATH: current!.databasePath };
+    const tail = await runToExit(["bun", "run", "src/cli/index.ts", "audit:tail"], env);
+    expect(tail.code).toBe(0);
+    const lines = tail.stdout.trim().split("\n");
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toContain("auth.login.failed");
+    expect(lines[0]).toContain("actor=eve@example.test");
+    expect(lines[1]).toContain("ip=192.0.2.9");
+    const json = await runToExit(["bun", "run", "src/cli/index.ts", "audit:tail", "--json"], env);
+    expect(JSON.parse(json.stdout.split("\n")[0]!)).toMatchObject({ type: "auth.login.failed" });
+
+    const ok = await runToExit(["bun", "run", "src/cli/index.ts", "audit:verify"], env);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain("audit chain intact: 2 rows verified");
+
+    sqlite.run("UPDATE audit_events SET type = 'auth.login.succeeded' WHERE id = 1");
+    const broken = await runToExit(["bun", "run", "src/cli/index.ts", "audit:verify"], env);
+    expect(broken.code).toBe(1);
+    expect(broken.stderr.trim()).toBe(
+      "palisade audit:verify: chain broken at row 1 (its fields were altered); 0 rows before it verified",
+    );
+  });
+
+  test("blocks:list shows the blocks in force", async () => {
+    current = buildTestApp();
+    current.services.ipBlocks.block({
+      address: "192.0.2.44",
+      reason: "manual test",
+      ttlMs: 60_000,
+      source: "admin",
+      createdBy: "ops",
+    });
+    const env = { DATABASE_PATH: current.databasePath };
+    const result = await runToExit(["bun", "run", "src/cli/index.ts", "blocks:list"], env);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain("192.0.2.44");
+    expect(result.stdout).toContain("admin by ops  manual test");
+  });
+});

@@ -1,0 +1,97 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../support/app";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const ALLOWED = "https://app.example.com";
+
+function corsApp() {
+  current = buildTestApp({ env: { CORS_ALLOWED_ORIGINS: `${ALLOWED},https://admin.example.com` } });
+  return current;
+}
+
+const preflight = (origin: string, method = "POST") =>
+  send(current!, "/api/anything", {
+    method: "OPTIONS",
+    headers: {
+      origin,
+      "access-control-request-method": method,
+      "access-control-request-headers": "authorization, content-type",
+    },
+  });
+
+function corsHeadersOf(response: Response) {
+  return [...response.headers.keys()].filter((k) => k.startsWith("access-control-"));
+}
+
+describe("CORS", () => {
+  test("an allowed origin gets its own origin back, credentials, exposed headers and Vary", async () => {
+    corsApp();
+    const response = await send(current!, "/health", { headers: { origin: ALLOWED } });
+    expect(response.headers.get("access-control-allow-origin")).toBe(ALLOWED);
+    expect(response.headers.get("access-control-allow-credentials")).toBe("true");
+    expect(response.headers.get("access-control-expose-headers")).toContain("x-request-id");
+    expect(response.headers.get("vary")).toBe("Origin");
+  });
+
+  test("an allowed origin's preflight lists the explicit methods and headers", async () => {
+    corsApp();
+    const response = await preflight(ALLOWED);
+    expect(response.status).toBe(204);
+    expect(response.headers.get("access-control-allow-origin")).toBe(ALLOWED);
+    expect(response.headers.get("access-control-allow-methods")).toBe(
+      "GET, POST, PUT, PATCH, DELETE",
+    );
+    expect(response.headers.get("access-control-allow-headers")).toContain("authorization");
+    expect(response.headers.get("access-control-max-age")).toBe("600");
+  });
+
+  test.each([
+    ["an unlisted origin", "https://evil.test"],
+    ["a look-alike suffix", "https://app.example.com.evil.test"],
+    ["a look-alike prefix", "https://evilapp.example.com"],
+    ["another scheme", "http://app.example.com"],
+    ["another port", "https://app.example.com:8443"],
+    ["the null origin", "null"],
+    ["a case trick", "https://APP.example.com"],
+  ])("%s gets no CORS headers, on requests and preflights", async (_label, origin) => {
+    corsApp();
+    const response = await send(current!, "/health", { headers: { origin } });
+    expect(corsHeadersOf(response)).toEqual([]);
+    expect(response.headers.get("vary")).toBe("Origin");
+    const pre = await preflight(origin);
+    expect(pre.status).toBe(204);
+    expect(corsHeadersOf(pre)).toEqual([]);
+  });
+
+  test("a preflight for a method outside the list permits nothing", async () => {
+    corsApp();
+    const response = await preflight(ALLOWED, "TRACE");
+    expect(response.headers.get("access-control-allow-methods")).toBeNull();
+  });
+
+  test("refusals by earlier stages still carry CORS headers for an allowed origin", async () => {
+    corsApp();
+    const refused = await send(current!, "/api/x%00y", { headers: { origin: ALLOWED } });
+    expect(refused.status).toBe(400);
+    expect(refused.headers.get("access-control-allow-origin")).toBe(ALLOWED);
+  });
+
+  test("the production profile has no allowed origins by default", async () => {
+    current = buildTestApp({
+      env: {
+        APP_ENV: "production",
+        JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
+        CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+      },
+    });
+    const response = await send(current, "/health", {
+      headers: { origin: "http://localhost:3000" },
+    });
+    expect(corsHeadersOf(response)).toEqual([]);
+  });
+});

@@ -1,0 +1,175 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { issueCsrfToken, verifyCsrfToken } from "../../src/plugins/csrf/token";
+import { buildTestApp, send, TEST_CSRF_SECRET, type TestApp } from "../support/app";
+import { ManualClock } from "../support/clock";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const SESSION = "session-token-value";
+
+function csrfApp(clock = new ManualClock(), env: Record<string, string> = {}) {
+  current = buildTestApp({ clock, env });
+  const app = current.app
+    .post("/api/test/change", () => ({ changed: true }))
+    .post("/webhooks/test", () => ({ received: true }));
+  return { ...current, app, clock };
+}
+
+type Handles = { app: { handle(request: Request): Promise<Response> } };
+
+async function issue(target: Handles, cookie = `palisade_session=${SESSION}`) {
+  const response = await send(target, "/api/auth/csrf", { headers: { cookie } });
+  const { token } = (await response.json()) as { token: string };
+  return { response, token };
+}
+
+const change = (target: Handles, headers: Record<string, string>, method = "POST") =>
+  send(target, "/api/test/change", { method, headers });
+
+describe("issuing", () => {
+  test("GET /api/auth/csrf returns the token and sets it as a readable, strict cookie", async () => {
+    const target = csrfApp();
+    const { response, token } = await issue(target);
+    expect(response.status).toBe(200);
+    expect(token).toMatch(/^\d+\.[\w-]+\.[\w-]+$/);
+    const cookie = response.headers.get("set-cookie")!;
+    expect(cookie).toStartWith(`palisade_csrf=${token};`);
+    expect(cookie).toContain("SameSite=Strict");
+    expect(cookie).toContain("Path=/");
+    expect(cookie).toContain("Max-Age=3600");
+    expect(cookie).not.toContain("HttpOnly");
+  });
+
+  test("in production the cookie is __Host- prefixed and Secure", async () => {
+    const target = csrfApp(new ManualClock(), {
+      APP_ENV: "production",
+      JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
+      CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+    });
+    const { response } = await issue(target, `__Host-palisade_session=${SESSION}`);
+    const cookie = response.headers.get("set-cookie")!;
+    expect(cookie).toStartWith("__Host-palisade_csrf=");
+    expect(cookie).toContain("Secure");
+  });
+});
+
+describe("checking", () => {
+  test("a cookie-authenticated change with the matching token passes", async () => {
+    const target = csrfApp();
+    const { token } = await issue(target);
+    const response = await change(target, {
+      cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
+      "x-csrf-token": token,
+      "sec-fetch-site": "same-origin",
+    });
+    expect(response.status).toBe(200);
+  });
+
+  test.each([
+    [
+      "no header",
+      (token: string) => ({ cookie: `palisade_session=${SESSION}; palisade_csrf=${token}` }),
+    ],
+    [
+      "no cookie",
+      (token: string) => ({ cookie: `palisade_session=${SESSION}`, "x-csrf-token": token }),
+    ],
+    [
+      "header and cookie differ",
+      (token: string) => ({
+        cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
+        "x-csrf-token": `${token}x`,
+      }),
+    ],
+    [
+      "a token for another session",
+      (token: string) => ({
+        cookie: `palisade_session=someone-else; palisade_csrf=${token}`,
+        "x-csrf-token": token,
+      }),
+    ],
+    [
+      "a cross-site request",
+      (token: string) => ({
+        cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
+        "x-csrf-token": token,
+        "sec-fetch-site": "cross-site",
+      }),
+    ],
+    [
+      "only the refresh cookie",
+      (token: string) => ({ cookie: `palisade_refresh=r; palisade_csrf=${token}` }),
+    ],
+  ])("refuses %s with 403 CSRF_FAILED", async (_label, headersFor) => {
+    const target = csrfApp();
+    const { token } = await issue(target);
+    const response = await change(target, headersFor(token));
+    expect(response.status).toBe(403);
+    expect(((await response.json()) as { code: string }).code).toBe("CSRF_FAILED");
+  });
+
+  test("every state-changing method is checked; safe methods are not", async () => {
+    const target = csrfApp();
+    const cookie = `palisade_session=${SESSION}`;
+    for (const method of ["PUT", "PATCH", "DELETE"]) {
+      expect((await change(target, { cookie }, method)).status).toBe(403);
+    }
+    expect((await send(target, "/health", { headers: { cookie } })).status).toBe(200);
+  });
+
+  test("an expired token is refused, even with a valid signature", async () => {
+    const target = csrfApp();
+    const { token } = await issue(target);
+    target.clock.advance(60 * 60 * 1000 + 1);
+    const response = await change(target, {
+      cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
+      "x-csrf-token": token,
+    });
+    expect(response.status).toBe(403);
+    expect(((await response.json()) as { detail: string }).detail).toContain("expired");
+  });
+
+  test("a token re-signed with another key, or with a changed timestamp, is refused", async () => {
+    const target = csrfApp();
+    const now = target.clock.now();
+    const forged = issueCsrfToken("attacker-key-0123456789-abcdefghijkl", SESSION, now);
+    const [, nonce, signature] = (await issue(target)).token.split(".");
+    const restamped = `${now + 1000}.${nonce}.${signature}`;
+    for (const token of [forged, restamped]) {
+      const response = await change(target, {
+        cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
+        "x-csrf-token": token,
+      });
+      expect(response.status).toBe(403);
+    }
+    expect(verifyCsrfToken(TEST_CSRF_SECRET, forged, SESSION, now)).toBe("BAD_SIGNATURE");
+    expect(verifyCsrfToken(TEST_CSRF_SECRET, "not-a-token", SESSION, now)).toBe("MALFORMED");
+  });
+
+  test("header-authenticated requests, cookie-less requests and webhooks are exempt", async () => {
+    const target = csrfApp();
+    const cookie = `palisade_session=${SESSION}`;
+    expect((await change(target, { cookie, authorization: "Bearer abc" })).status).toBe(200);
+    expect((await change(target, { cookie, "x-api-key": "pal_test_abc" })).status).toBe(200);
+    expect((await change(target, {})).status).toBe(200);
+    const webhook = await send(target, "/webhooks/test", { method: "POST", headers: { cookie } });
+    expect(webhook.status).toBe(200);
+  });
+
+  test("refusals are counted and audited", async () => {
+    const target = csrfApp();
+    await change(target, { cookie: `palisade_session=${SESSION}` });
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain("csrf_failures_total 1");
+    target.services.audit.flush();
+    const row = target.db.$client
+      .query("SELECT route, outcome, detail FROM audit_events WHERE type = 'csrf.failed'")
+      .get() as { route: string; detail: string };
+    expect(row.route).toBe("POST /api/test/change");
+    expect(JSON.parse(row.detail)).toEqual({ reason: "missing token" });
+  });
+});
