@@ -1,0 +1,141 @@
+/**
+ * The limiter and the audit log across real processes: several service processes sharing one
+ * SQLite file, and a process killed with SIGKILL.
+ */
+import { Database } from "bun:sqlite";
+import { expect, test } from "bun:test";
+import { join } from "node:path";
+import { tempDir } from "./support/app";
+import { runToExit, type ServiceProcess, startService } from "./support/process";
+
+/** Waits until at least `marginMs` remain in the current minute, so a burst stays in one window. */
+async function awayFromMinuteEnd(marginMs: number) {
+  const left = 60_000 - (Date.now() % 60_000);
+  if (left < marginMs) await Bun.sleep(left + 50);
+}
+
+test("three processes on one file admit exactly 50 of 300 concurrent requests for one key", async () => {
+  const dir = tempDir();
+  const services: ServiceProcess[] = [];
+  try {
+    const env = {
+      DATABASE_PATH: join(dir.path, "shared.db"),
+      RATE_LIMIT_PER_MINUTE: "50",
+      RATE_LIMIT_BURST: "1000",
+      LOG_LEVEL: "info",
+    };
+    // Migrations run at start; starting one first keeps the others from racing to create tables.
+    services.push(await startService(env));
+    services.push(...(await Promise.all([startService(env), startService(env)])));
+    await awayFromMinuteEnd(15_000);
+
+    const responses = await Promise.all(
+      Array.from({ length: 300 }, (_, i) =>
+        fetch(new URL("/openapi.json", services[i % 3]!.url)).then(async (r) => {
+          await r.arrayBuffer();
+          return r.status;
+        }),
+      ),
+    );
+    const admitted = responses.filter((s) => s === 200).length;
+    expect(admitted).toBe(50);
+    expect(responses.every((s) => s === 200 || s === 429 || s === 403)).toBe(true);
+    // Each process answered its share, so the count really was shared.
+    for (let i = 0; i < 3; i++) {
+      const own = responses.filter((_, j) => j % 3 === i);
+      expect(own.length).toBe(100);
+    }
+    const db = new Database(env.DATABASE_PATH, { readonly: true });
+    const row = db
+      .query(
+        "SELECT current FROM rate_limit_counters WHERE policy = 'default' AND key = 'ip:127.0.0.1'",
+      )
+      .get() as { current: number };
+    db.close();
+    expect(row.current).toBe(50);
+  } finally {
+    await Promise.all(services.map((s) => s.stop("SIGKILL")));
+    dir.remove();
+  }
+}, 60_000);
+
+test("after SIGKILL every must-not-lose event of an answered request is on disk", async () => {
+  const dir = tempDir();
+  const path = join(dir.path, "crash.db");
+  const env = {
+    DATABASE_PATH: path,
+    TRUST_PROXY: "loopback",
+    RATE_LIMIT_PER_MINUTE: "1",
+    RATE_LIMIT_BURST: "1000",
+    LOG_LEVEL: "info",
+  };
+  let service: ServiceProcess | null = await startService(env);
+  try {
+    await awayFromMinuteEnd(15_000);
+    const url = service.url;
+    const from = (ip: string) =>
+      fetch(new URL("/openapi.json", url), { headers: { "x-forwarded-for": ip } }).then(
+        async (r) => {
+          await r.arrayBuffer();
+          return r.status;
+        },
+        () => 0,
+      );
+
+    // Background traffic that is still in flight when the process dies.
+    let flooding = true;
+    const flood = (async () => {
+      let n = 0;
+      while (flooding) {
+        await Promise.all(Array.from({ length: 20 }, () => from(`198.51.100.${n++ % 250}`)));
+      }
+    })();
+
+    // Each client is refused until the 5th refusal blocks it; its 403 proves the block was answered.
+    const clients = Array.from({ length: 30 }, (_, i) => `203.0.113.${i + 1}`);
+    const blockedSeen = await Promise.all(
+      clients.map(async (ip) => {
+        for (let i = 0; i < 10; i++) if ((await from(ip)) === 403) return ip;
+        return null;
+      }),
+    );
+    service.proc.kill("SIGKILL");
+    await service.proc.exited;
+    flooding = false;
+    await flood;
+    service = null;
+
+    const answered = blockedSeen.filter((ip): ip is string => ip !== null);
+    expect(answered.length).toBe(clients.length);
+
+    // The service starts again on the crashed file.
+    service = await startService(env);
+    expect((await fetch(new URL("/ready", service.url))).status).toBe(200);
+    await service.stop();
+    service = null;
+
+    const db = new Database(path, { readonly: true });
+    const logged = new Set(
+      db
+        .query("SELECT ip FROM audit_events WHERE type = 'ip.blocked'")
+        .values()
+        .map((row) => row[0] as string),
+    );
+    db.close();
+    for (const ip of answered) expect(logged.has(ip)).toBe(true);
+
+    const cli = (command: string) => runToExit(["bun", "run", "src/cli/index.ts", command], env);
+    const intact = await cli("audit:verify");
+    expect(intact.code).toBe(0);
+
+    const writable = new Database(path);
+    writable.run("UPDATE audit_events SET detail = '{}' WHERE id = 1");
+    writable.close();
+    const broken = await cli("audit:verify");
+    expect(broken.code).toBe(1);
+    expect(broken.stderr).toContain("chain broken at row 1");
+  } finally {
+    await service?.stop("SIGKILL");
+    dir.remove();
+  }
+}, 90_000);
