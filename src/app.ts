@@ -70,8 +70,8 @@ export function createApp(deps: AppDeps) {
       }),
     )
     .use(errorHandler({ logger, routes: () => registeredRoutes() }))
-    .use(accessLog({ logger }))
-    .use(metrics({ registry, http: deps.metrics.http, token: config.metricsToken }))
+    .use(accessLog({ logger, http: deps.metrics.http, secretValues: config.secretValues }))
+    .use(metrics({ registry, token: config.metricsToken }))
     .use(audit({ log: deps.audit }))
     .use(openapiDocument({ docsPage: config.docsPage }))
     .use(

@@ -1,42 +1,71 @@
 /**
  * @module
- * One JSON line per request, after the response is sent: request id, method, route pattern,
- * status, duration and client address. Client-supplied text (the path of an unmatched request, the
- * user agent) goes through logSafe, so it cannot forge or split a line.
+ * The last stage: after each response, one access-log line and the request metrics, in a single
+ * `onAfterResponse` hook (each such hook costs every request).
+ *
+ * The line carries request id, method, route pattern, status, duration and client address, in
+ * pino's layout on pino's own destination, but is serialised here: pino's general path (redaction
+ * by path, formatters) costs ~7 µs a line on this machine against ~0.5 µs for one JSON.stringify
+ * of a flat object whose fields we choose. The same secret scrubber runs over it. Client-supplied
+ * text (the path of an unmatched request, the user agent) goes through logSafe, so it cannot forge
+ * or split a line.
  */
 import { Elysia } from "elysia";
-import { type Logger, logSafe } from "../../logging/logger";
+import pino from "pino";
+import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
+import type { HttpMetrics } from "../metrics/http";
+import { stateOf } from "../request-state";
 
 export const UNMATCHED_ROUTE = "<unmatched>";
+const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 
 export function statusOf(response: unknown, fallback: number | string | undefined): number {
   if (response instanceof Response) return response.status;
   return typeof fallback === "number" ? fallback : 200;
 }
 
-export function accessLog({ logger }: { logger: Logger }) {
+export interface AccessLogOptions {
+  logger: Logger;
+  http: HttpMetrics;
+  secretValues?: readonly string[];
+}
+
+interface Destination {
+  write(line: string): unknown;
+}
+
+export function accessLog({ logger, http, secretValues = [] }: AccessLogOptions) {
+  const destination = (logger as unknown as Record<symbol, Destination>)[pino.symbols.streamSym]!;
+  const scrub = secretScrubber(secretValues);
+  const bindings = logger.bindings();
+  const service = typeof bindings.service === "string" ? bindings.service : "palisade";
+
   return new Elysia({ name: "palisade.access-log" })
-    .onAfterResponse(function logRequest(context) {
-      const { request, set, route } = context;
-      const { requestId, startedAt, clientIp } = context as unknown as {
-        requestId: string;
-        startedAt: number;
-        clientIp: string;
-      };
-      const status = statusOf(context.responseValue, set.status);
-      const entry = {
+    .onAfterResponse(function observeRequest(context) {
+      const { request, startedAt, requestId, clientIp } = stateOf(context);
+      const seconds = (performance.now() - startedAt) / 1000;
+      const status = statusOf(context.responseValue, context.set.status);
+      const route = context.route || UNMATCHED_ROUTE;
+      const method = KNOWN_METHODS.has(request.method) ? request.method : "OTHER";
+      http.observe(method, route, status, seconds);
+
+      const level = status >= 500 ? "error" : status >= 400 ? "warn" : "info";
+      if (!logger.isLevelEnabled(level)) return;
+      const line = JSON.stringify({
+        level,
+        time: new Date().toISOString(),
+        service,
         requestId,
-        method: request.method,
-        route: route || UNMATCHED_ROUTE,
-        path: route ? undefined : logSafe(new URL(request.url).pathname),
+        method: logSafe(request.method),
+        route,
+        path: context.route ? undefined : logSafe(stateOf(context).path),
         status,
-        durationMs: Math.round((performance.now() - startedAt) * 1000) / 1000,
+        durationMs: Math.round(seconds * 1e6) / 1000,
         clientIp,
         userAgent: logSafe(request.headers.get("user-agent")),
-      };
-      if (status >= 500) logger.error(entry, "request");
-      else if (status >= 400) logger.warn(entry, "request");
-      else logger.info(entry, "request");
+        msg: "request",
+      });
+      destination.write(`${scrub(line)}\n`);
     })
     .as("global");
 }

@@ -1,40 +1,24 @@
 /**
  * @module
- * Request metrics, counted after each response, and `GET /metrics` in Prometheus text format
- * (behind `Authorization: Bearer METRICS_TOKEN` when one is configured). The `route` label is the
- * route pattern, or `<unmatched>`, and the method label is one of the standard methods or OTHER, so
- * a scanner cannot grow the label sets.
+ * `GET /metrics` in Prometheus text format, behind `Authorization: Bearer METRICS_TOKEN` when one
+ * is configured. The request metrics are counted by the access-log stage (one hook for both); its
+ * `route` label is the route pattern or `<unmatched>`, and its method label a standard method or
+ * OTHER, so a scanner cannot grow the label sets.
  */
 import { Elysia } from "elysia";
 import type { Registry } from "prom-client";
 import { AppError } from "../../errors";
-import { statusOf, UNMATCHED_ROUTE } from "../access-log";
 import { constantTimeEqual } from "../csrf/token";
-import { stateOf } from "../request-state";
-import type { HttpMetrics } from "./http";
-
-const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 
 export interface MetricsOptions {
   registry: Registry;
-  http: HttpMetrics;
   token: string | null;
 }
 
-export function metrics({ registry, http, token }: MetricsOptions) {
+export function metrics({ registry, token }: MetricsOptions) {
   const expected = token === null ? null : `Bearer ${token}`;
 
   return new Elysia({ name: "palisade.metrics" })
-    .onAfterResponse(function countRequest(context) {
-      const { request, startedAt } = stateOf(context);
-      const method = KNOWN_METHODS.has(request.method) ? request.method : "OTHER";
-      http.observe(
-        method,
-        context.route || UNMATCHED_ROUTE,
-        statusOf(context.responseValue, context.set.status),
-        (performance.now() - startedAt) / 1000,
-      );
-    })
     .get(
       "/metrics",
       async ({ request, set }) => {

@@ -3,77 +3,96 @@
  * Rate-limit response headers: the de-facto `X-RateLimit-*` trio and the IETF httpapi fields
  * (draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy` lists each policy's quota and window,
  * `RateLimit` the remaining quota and seconds to reset of the one closest to refusing).
+ *
+ * This runs on every limited response, so the policy list is rendered once per policy set and the
+ * wait before a retry is worked out only for refusals.
  */
 import { BURST_WINDOW_MS, type Policy } from "./policies";
 import { remaining, resetMs, retryAfterMs, type WindowState } from "./sliding-window";
 import type { LimitOutcome } from "./store";
 
-export interface Standing {
-  /** `policy` or `policy.burst` */
+interface Window {
   name: string;
   limit: number;
   windowMs: number;
-  remaining: number;
-  resetSeconds: number;
-  retryAfterMs: number;
+  state: WindowState;
 }
 
-function longWindow(o: LimitOutcome): WindowState {
-  return { previous: o.previous, current: o.current, windowStart: o.windowStart };
-}
-
-function burstWindow(o: LimitOutcome): WindowState {
-  return { previous: o.burstPrevious, current: o.burstCurrent, windowStart: o.burstWindowStart };
-}
-
-/** Both windows of one outcome, as the client should see them. */
-export function standingsOf(policy: Policy, outcome: LimitOutcome, now: number): Standing[] {
-  const windows: [string, number, number, WindowState][] = [
-    [policy.id, policy.limit, policy.windowMs, longWindow(outcome)],
-  ];
+function windowsOf(policy: Policy, outcome: LimitOutcome, into: Window[]): void {
+  into.push({
+    name: policy.id,
+    limit: policy.limit,
+    windowMs: policy.windowMs,
+    state: {
+      previous: outcome.previous,
+      current: outcome.current,
+      windowStart: outcome.windowStart,
+    },
+  });
+  // The burst window is shown only where it is tighter than the policy itself.
   if (policy.burstLimit < policy.limit) {
-    windows.push([`${policy.id}.burst`, policy.burstLimit, BURST_WINDOW_MS, burstWindow(outcome)]);
+    into.push({
+      name: `${policy.id}.burst`,
+      limit: policy.burstLimit,
+      windowMs: BURST_WINDOW_MS,
+      state: {
+        previous: outcome.burstPrevious,
+        current: outcome.burstCurrent,
+        windowStart: outcome.burstWindowStart,
+      },
+    });
   }
-  return windows.map(([name, limit, windowMs, state]) => ({
-    name,
-    limit,
-    windowMs,
-    remaining: remaining(state, now, windowMs, limit),
-    resetSeconds: Math.max(1, Math.ceil(resetMs(state, now, windowMs) / 1000)),
-    retryAfterMs: retryAfterMs(state, now, windowMs, limit),
-  }));
 }
 
-/** The standing closest to refusing: the fewest remaining, then the longest wait. */
-export function tightest(standings: readonly Standing[]): Standing {
-  let best = standings[0]!;
-  for (const s of standings) {
-    if (
-      s.remaining < best.remaining ||
-      (s.remaining === best.remaining && s.retryAfterMs > best.retryAfterMs)
-    ) {
-      best = s;
-    }
+const policyHeaderCache = new WeakMap<readonly Policy[], string>();
+
+function policyHeader(policies: readonly Policy[], windows: readonly Window[]): string {
+  let header = policyHeaderCache.get(policies);
+  if (header === undefined) {
+    header = windows.map((w) => `"${w.name}";q=${w.limit};w=${w.windowMs / 1000}`).join(", ");
+    policyHeaderCache.set(policies, header);
   }
-  return best;
+  return header;
 }
 
+/**
+ * The headers for the outcomes of `policies` (in order; a refused check ends the list). Pass the
+ * same `policies` array for the same route each time: its rendering is cached on it.
+ */
 export function rateLimitHeaders(
-  standings: readonly Standing[],
+  policies: readonly Policy[],
+  outcomes: readonly LimitOutcome[],
+  now: number,
   refused: boolean,
 ): Record<string, string> {
-  const closest = tightest(standings);
+  const windows: Window[] = [];
+  for (let i = 0; i < outcomes.length; i++) windowsOf(policies[i]!, outcomes[i]!, windows);
+
+  let closest = windows[0]!;
+  let closestRemaining = remaining(closest.state, now, closest.windowMs, closest.limit);
+  for (let i = 1; i < windows.length; i++) {
+    const w = windows[i]!;
+    const left = remaining(w.state, now, w.windowMs, w.limit);
+    if (left < closestRemaining) {
+      closest = w;
+      closestRemaining = left;
+    }
+  }
+  const shownRemaining = refused ? 0 : closestRemaining;
+  const reset = Math.max(1, Math.ceil(resetMs(closest.state, now, closest.windowMs) / 1000));
   const headers: Record<string, string> = {
     "x-ratelimit-limit": String(closest.limit),
-    "x-ratelimit-remaining": String(refused ? 0 : closest.remaining),
-    "x-ratelimit-reset": String(closest.resetSeconds),
-    "ratelimit-policy": standings
-      .map((s) => `"${s.name}";q=${s.limit};w=${s.windowMs / 1000}`)
-      .join(", "),
-    ratelimit: `"${closest.name}";r=${refused ? 0 : closest.remaining};t=${closest.resetSeconds}`,
+    "x-ratelimit-remaining": String(shownRemaining),
+    "x-ratelimit-reset": String(reset),
+    "ratelimit-policy":
+      outcomes.length === policies.length
+        ? policyHeader(policies, windows)
+        : windows.map((w) => `"${w.name}";q=${w.limit};w=${w.windowMs / 1000}`).join(", "),
+    ratelimit: `"${closest.name}";r=${shownRemaining};t=${reset}`,
   };
   if (refused) {
-    const wait = Math.max(...standings.map((s) => s.retryAfterMs));
+    let wait = 0;
+    for (const w of windows) wait = Math.max(wait, retryAfterMs(w.state, now, w.windowMs, w.limit));
     headers["retry-after"] = String(Math.max(1, Math.ceil(wait / 1000)));
   }
   return headers;

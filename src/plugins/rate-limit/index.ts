@@ -14,9 +14,9 @@ import type { AuditLog } from "../audit/log";
 import type { ResolvedClient } from "../client-ip";
 import { inRanges, parseRange } from "../client-ip/resolve";
 import { stateOf } from "../request-state";
-import { rateLimitHeaders, standingsOf } from "./headers";
+import { rateLimitHeaders } from "./headers";
 import type { RateLimitMetrics } from "./metrics";
-import { type PolicyTable, UNLIMITED_PATHS } from "./policies";
+import { type Policy, type PolicyTable, UNLIMITED_PATHS } from "./policies";
 import type { LimitCheck, LimiterStore } from "./store";
 
 export interface RateLimitOptions {
@@ -34,6 +34,19 @@ export interface RateLimitOptions {
 export function rateLimit(options: RateLimitOptions) {
   const { store, policies, clock, logger, audit, metrics, onRefused } = options;
   const allowRanges = options.allowCidrs.map(parseRange);
+  // One array per route policy, reused, so the header rendering cached on it is found again.
+  const defaultOnly = [policies.defaultPolicy] as const;
+  const layered = new Map<Policy, readonly Policy[]>();
+  const policiesFor = (method: string, path: string): readonly Policy[] => {
+    const routePolicy = policies.routePolicy(method, path);
+    if (routePolicy === null) return defaultOnly;
+    let list = layered.get(routePolicy);
+    if (!list) {
+      list = [routePolicy, policies.defaultPolicy];
+      layered.set(routePolicy, list);
+    }
+    return list;
+  };
 
   return new Elysia({ name: "palisade.rate-limit" })
     .onRequest(async function enforceRateLimit(context) {
@@ -43,13 +56,8 @@ export function rateLimit(options: RateLimitOptions) {
 
       const now = clock.now();
       const key = `ip:${client.key}`;
-      const routePolicy = policies.routePolicy(request.method, path);
-      const checks: LimitCheck[] = routePolicy
-        ? [
-            { policy: routePolicy, key, now },
-            { policy: policies.defaultPolicy, key, now },
-          ]
-        : [{ policy: policies.defaultPolicy, key, now }];
+      const applied = policiesFor(request.method, path);
+      const checks: LimitCheck[] = applied.map((policy) => ({ policy, key, now }));
 
       let outcomes: Awaited<ReturnType<LimiterStore["check"]>>;
       try {
@@ -67,11 +75,8 @@ export function rateLimit(options: RateLimitOptions) {
         );
       }
 
-      const standings = outcomes.flatMap((outcome, i) =>
-        standingsOf(checks[i]!.policy, outcome, now),
-      );
       const refusedAt = outcomes.findIndex((o) => !o.admitted);
-      const headers = rateLimitHeaders(standings, refusedAt >= 0);
+      const headers = rateLimitHeaders(applied, outcomes, now, refusedAt >= 0);
       if (refusedAt < 0) {
         Object.assign(context.set.headers, headers);
         return;

@@ -41,9 +41,11 @@ export function checkUrl(url: string, limits: GuardLimits): Refusal | null {
   if (SUSPICIOUS_PATH.test(path)) {
     return { code: "BAD_PATH", reason: "encoded or control characters in the path" };
   }
-  for (const segment of path.split("/")) {
-    if (segment === ".." || segment === ".") {
-      return { code: "BAD_PATH", reason: "dot segments in the path" };
+  if (path.includes("/.")) {
+    for (const segment of path.split("/")) {
+      if (segment === ".." || segment === ".") {
+        return { code: "BAD_PATH", reason: "dot segments in the path" };
+      }
     }
   }
   return null;

