@@ -7,7 +7,7 @@ import pino from "pino";
 import { loadConfig } from "../src/config";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
-import { createLogger, LOG_BUFFER_BYTES } from "../src/logging/logger";
+import { createLogger } from "../src/logging/logger";
 import { accessLog } from "../src/plugins/access-log";
 import { clientIp } from "../src/plugins/client-ip";
 import { corsHeaders, corsPreflight } from "../src/plugins/cors";
@@ -42,7 +42,7 @@ export async function measureChain(dir: string, requests: number, concurrency: n
   const logger = createLogger({
     level: "info",
     secretValues: config.secretValues,
-    destination: pino.destination({ dest: "/dev/null", sync: false, minLength: LOG_BUFFER_BYTES }),
+    destination: pino.destination({ dest: "/dev/null", sync: false }),
   });
   const s = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
   const peer = () => "127.0.0.1";

@@ -30,12 +30,6 @@ const REDACT_PATHS = [
   "apiKey",
 ];
 
-/**
- * Lines are buffered up to this size before a write: one write(2) per line cost ~40 % of the CPU
- * of a busy server here. The buffer is flushed on shutdown; a crash loses at most this much.
- */
-export const LOG_BUFFER_BYTES = 4096;
-
 export interface LoggerOptions {
   level: LogLevel;
   /** Values scrubbed from every line, whatever field they appear in. */
@@ -69,7 +63,7 @@ export function createLogger({ level, secretValues = [], destination }: LoggerOp
       redact: { paths: REDACT_PATHS, censor: REDACTED },
       hooks: { streamWrite: scrub },
     },
-    destination ?? pino.destination({ dest: 1, sync: false, minLength: LOG_BUFFER_BYTES }),
+    destination ?? pino.destination({ dest: 1, sync: false }),
   );
 }
 
