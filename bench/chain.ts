@@ -42,7 +42,7 @@ export async function measureChain(dir: string, requests: number, concurrency: n
   const logger = createLogger({
     level: "info",
     secretValues: config.secretValues,
-    destination: pino.destination({ dest: "/dev/null", sync: false }),
+    destination: pino.destination({ dest: "/dev/null", sync: true }),
   });
   const s = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
   const peer = () => "127.0.0.1";
