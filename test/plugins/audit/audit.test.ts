@@ -127,7 +127,10 @@ describe("the hash chain", () => {
 
   test("a re-hashed edit is still caught by the next row", () => {
     const { sqlite } = seeded();
-    sqlite.run("UPDATE audit_events SET hash = 'f' || substr(hash, 2) WHERE id = 4");
+    sqlite.run(
+      `UPDATE audit_events SET hash = (CASE WHEN substr(hash, 1, 1) = 'f' THEN '0' ELSE 'f' END)
+         || substr(hash, 2) WHERE id = 4`,
+    );
     expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 4 });
   });
 
