@@ -1,7 +1,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { startServer } from "../src/server";
-import { buildTestApp, type TestApp, tempDir } from "./support/app";
+import { buildTestApp, serveInProcess, type TestApp, tempDir } from "./support/app";
 import { runToExit, startService } from "./support/process";
 
 describe("graceful shutdown (in process)", () => {
@@ -19,16 +18,14 @@ describe("graceful shutdown (in process)", () => {
       order.push("slow answered");
       return { done: true };
     });
-    const running = startServer({
-      app,
-      config: { ...current.config, port: 0 },
-      logger: current.logger,
-      exitProcess: false,
-      signals: [],
-      onClosed: () => {
-        order.push("closed");
+    const running = serveInProcess(
+      { ...current, app },
+      {
+        onClosed: () => {
+          order.push("closed");
+        },
       },
-    });
+    );
     const slow = fetch(new URL("/test/slow", running.url));
     await Bun.sleep(50);
     const shutdown = running.shutdown("test");
@@ -49,14 +46,7 @@ describe("graceful shutdown (in process)", () => {
       await Bun.sleep(5_000);
       return "late";
     });
-    const running = startServer({
-      app,
-      config: { ...current.config, port: 0 },
-      logger: current.logger,
-      exitProcess: false,
-      signals: [],
-      drainTimeoutMs: 100,
-    });
+    const running = serveInProcess({ ...current, app }, { drainTimeoutMs: 100 });
     const stuck = fetch(new URL("/test/stuck", running.url)).catch((error: Error) => error);
     await Bun.sleep(50);
     const started = performance.now();

@@ -1,8 +1,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { t } from "elysia";
 import { users } from "../../src/db/schema";
-import { startServer } from "../../src/server";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { buildTestApp, send, serveInProcess, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -75,13 +74,7 @@ describe("body limits", () => {
 
   test("a real server refuses a chunked body past the limit", async () => {
     const target = guardedApp();
-    const running = startServer({
-      app: target.app,
-      config: { ...target.config, port: 0 },
-      logger: target.logger,
-      exitProcess: false,
-      signals: [],
-    });
+    const running = serveInProcess(target);
     try {
       const body = new ReadableStream<Uint8Array>({
         start(controller) {
@@ -189,13 +182,7 @@ describe("what no honest client sends", () => {
 
   test("paths sent raw over a socket are checked as sent", async () => {
     const target = guardedApp();
-    const running = startServer({
-      app: target.app,
-      config: { ...target.config, port: 0 },
-      logger: target.logger,
-      exitProcess: false,
-      signals: [],
-    });
+    const running = serveInProcess(target);
     const raw = (path: string) =>
       new Promise<string>((resolve) => {
         let out = "";

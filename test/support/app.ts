@@ -13,6 +13,12 @@ import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createLogger, type Logger } from "../../src/logging/logger";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
+import {
+  type Listenable,
+  type RunningServer,
+  type StartServerOptions,
+  startServer,
+} from "../../src/server";
 import { createServices, type Services } from "../../src/services";
 
 export const TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuv";
@@ -145,4 +151,22 @@ export async function send(
   // Access logs are written after the response; let the hook run before the test reads them.
   await Bun.sleep(1);
   return response;
+}
+
+/**
+ * Serves an app on a loopback port in this process, as `bun run start` would, without taking over
+ * the process's signals or exiting on shutdown.
+ */
+export function serveInProcess(
+  target: { app: Listenable; config: Readonly<Config>; logger: Logger },
+  options: Pick<StartServerOptions, "onClosed" | "drainTimeoutMs"> = {},
+): RunningServer {
+  return startServer({
+    app: target.app,
+    config: { ...target.config, port: 0 },
+    logger: target.logger,
+    exitProcess: false,
+    signals: [],
+    ...options,
+  });
 }

@@ -19,6 +19,11 @@ import { BURST_WINDOW_MS } from "./policies";
 import { previousWeight, windowStartOf } from "./sliding-window";
 import type { LimitCheck, LimiterStore, LimitOutcome } from "./store";
 
+// ?1 policy, ?2 key, ?3 window start, ?4 window ms, ?5 weight of the previous window, ?6 burst
+// window start, ?7 burst window ms, ?8 burst weight, ?9 limit, ?10 burst limit, ?11 expiry.
+// The rolled-over counts are spelled out in each SET expression because SET sees only the old row.
+// Computing them once in a CTE joined to the row reads better but measured 10× slower here
+// (16k against 180k checks/s grouped): SQLite materialised the CTE instead of using the key.
 const UPSERT = `
 INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
   burst_window_start, burst_current, burst_previous, admitted, expires_at)
