@@ -65,17 +65,7 @@ export async function measureChain(dir: string, requests: number, concurrency: n
     {
       name: "rate limit (SQLite)",
       add: (a) =>
-        a.use(
-          rateLimit({
-            store: s.limiter,
-            policies: s.policies,
-            allowCidrs: [],
-            clock: s.clock,
-            logger,
-            audit: s.audit,
-            metrics: s.metrics.rateLimit,
-          }),
-        ),
+        a.use(rateLimit({ enforce: s.enforceLimits, policies: s.policies, allowCidrs: [] })),
     },
     {
       name: "request guard",

@@ -46,16 +46,9 @@ export function createApp(deps: AppDeps) {
     .use(ipBlock({ service: ipBlocks, clock }))
     .use(
       rateLimit({
-        store: deps.limiter,
+        enforce: deps.enforceLimits,
         policies: deps.policies,
         allowCidrs: config.rateLimit.allowCidrs,
-        clock,
-        logger,
-        audit: deps.audit,
-        metrics: deps.metrics.rateLimit,
-        onRefused: async (client, _policy, id) => {
-          await ipBlocks.recordViolation("ratelimit", client, id);
-        },
       }),
     )
     .use(requestGuard({ bodyLimits: config.bodyLimits, audit: deps.audit }))

@@ -13,6 +13,7 @@ import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
 import { IpBlockService, type IpBlockSettings } from "./plugins/ip-block/service";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
 import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
+import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
 import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
@@ -31,6 +32,8 @@ export interface Services {
   policies: PolicyTable;
   metrics: { http: HttpMetrics; rateLimit: RateLimitMetrics; csrf: CsrfMetrics };
   ipBlocks: IpBlockService;
+  /** Checks a key against policies; see plugins/rate-limit/enforce. */
+  enforceLimits: LimitEnforcer;
   /** Runs the background tasks once now (tests call this instead of waiting for timers). */
   runMaintenance(): void;
   close(): void;
@@ -64,6 +67,22 @@ export function createServices(options: ServiceOptions): Services {
     settings: options.ipBlockSettings,
   });
 
+  const metrics = {
+    http: createHttpMetrics(registry),
+    rateLimit: createRateLimitMetrics(registry),
+    csrf: createCsrfMetrics(registry),
+  };
+  const enforceLimits = createLimitEnforcer({
+    store: limiter,
+    clock,
+    logger,
+    audit,
+    metrics: metrics.rateLimit,
+    onRefused: async (client, _policy, requestId) => {
+      await ipBlocks.recordViolation("ratelimit", client, requestId);
+    },
+  });
+
   const runMaintenance = () => {
     const now = clock.now();
     try {
@@ -86,12 +105,9 @@ export function createServices(options: ServiceOptions): Services {
     audit,
     limiter,
     policies: buildPolicyTable(config.rateLimit),
-    metrics: {
-      http: createHttpMetrics(registry),
-      rateLimit: createRateLimitMetrics(registry),
-      csrf: createCsrfMetrics(registry),
-    },
+    metrics,
     ipBlocks,
+    enforceLimits,
     runMaintenance,
     close() {
       if (timer) clearInterval(timer);

@@ -13,6 +13,7 @@ import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createLogger, type Logger } from "../../src/logging/logger";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
+import type { LimiterStore } from "../../src/plugins/rate-limit/store";
 import {
   type Listenable,
   type RunningServer,
@@ -59,6 +60,7 @@ export interface TestAppOptions {
   env?: Record<string, string | undefined>;
   clock?: Clock;
   ipBlockSettings?: Partial<IpBlockSettings>;
+  limiter?: LimiterStore;
 }
 
 export interface TestApp {
@@ -97,6 +99,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     logger,
     clock: options.clock,
     ipBlockSettings: options.ipBlockSettings,
+    limiter: options.limiter,
     maintenanceIntervalMs: 0,
   });
   const app = createApp({

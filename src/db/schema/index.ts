@@ -1,4 +1,5 @@
 export * from "./audit";
+export * from "./auth";
 export * from "./ip-blocks";
 export * from "./rate-limit";
 export * from "./users";

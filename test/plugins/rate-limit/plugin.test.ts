@@ -63,7 +63,7 @@ describe("rate limiting", () => {
       type: "ratelimit.rejected",
       ip: "127.0.0.1",
       outcome: "denied",
-      detail: '{"policy":"default"}',
+      detail: '{"key":"ip","policy":"default"}',
     });
     const logged = target.logs.entries.find((e) => e.status === 429);
     expect(logged).toMatchObject({ route: "<unmatched>", path: "/openapi.json" });
@@ -150,9 +150,8 @@ describe("rate limiting", () => {
       prune: () => 0,
       close: () => {},
     };
-    current = buildTestApp();
-    const { createApp } = await import("../../../src/app");
-    const app = createApp({ ...current.services, limiter: failing });
+    current = buildTestApp({ limiter: failing });
+    const app = current.app;
     const open = await send({ app }, "/openapi.json");
     expect(open.status).toBe(200);
     const closed = await send({ app }, "/api/auth/login", { body: { email: "a@b.test" } });

@@ -1,0 +1,73 @@
+import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+import { users } from "./users";
+
+/**
+ * Refresh tokens, stored as SHA-256 hashes. Each login starts a family; each refresh marks its
+ * token used and adds the next one to the family. A used token presented again means it was
+ * copied: the whole family is revoked.
+ */
+export const refreshTokens = sqliteTable(
+  "refresh_tokens",
+  {
+    id: text("id").primaryKey(),
+    userId: text("user_id")
+      .notNull()
+      .references(() => users.id, { onDelete: "cascade" }),
+    familyId: text("family_id").notNull(),
+    tokenHash: text("token_hash").notNull(),
+    createdAt: integer("created_at").notNull(),
+    expiresAt: integer("expires_at").notNull(),
+    usedAt: integer("used_at"),
+    revokedAt: integer("revoked_at"),
+  },
+  (table) => [
+    uniqueIndex("refresh_tokens_hash").on(table.tokenHash),
+    index("refresh_tokens_family").on(table.familyId),
+    index("refresh_tokens_user").on(table.userId),
+  ],
+);
+
+export const API_KEY_SCOPES = ["chat", "payments", "admin", "metrics"] as const;
+
+/**
+ * API keys: only a short lookup prefix and the SHA-256 of the whole key are kept. Rotation gives
+ * the old key an expiry (the grace period) and points it at its successor.
+ */
+export const apiKeys = sqliteTable(
+  "api_keys",
+  {
+    id: text("id").primaryKey(),
+    name: text("name").notNull(),
+    /** The key's first 16 characters: shown to operators and used to find the row. */
+    prefix: text("prefix").notNull(),
+    secretHash: text("secret_hash").notNull(),
+    /** JSON array of scopes. */
+    scopes: text("scopes").notNull(),
+    /** The user the key acts for (its creator); null for bootstrap keys from API_KEYS. */
+    userId: text("user_id").references(() => users.id, { onDelete: "cascade" }),
+    createdAt: integer("created_at").notNull(),
+    expiresAt: integer("expires_at"),
+    lastUsedAt: integer("last_used_at"),
+    revokedAt: integer("revoked_at"),
+    replacedBy: text("replaced_by"),
+  },
+  (table) => [uniqueIndex("api_keys_prefix").on(table.prefix)],
+);
+
+export const REVOCATION_KINDS = ["family", "key", "user"] as const;
+
+/**
+ * An append-only feed of revocations that every process polls (at most a second apart) to drop
+ * what it cached: a refresh family (logout, reuse), an API key (revoke, rotation), or every token
+ * of a user issued before the row (role change, erasure).
+ */
+export const authRevocations = sqliteTable(
+  "auth_revocations",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    kind: text("kind", { enum: REVOCATION_KINDS }).notNull(),
+    subject: text("subject").notNull(),
+    createdAt: integer("created_at").notNull(),
+  },
+  (table) => [index("auth_revocations_created").on(table.createdAt)],
+);

@@ -1,0 +1,70 @@
+/**
+ * @module
+ * Password policy and hashing. Strength is zxcvbn's score, whose dictionaries hold the common and
+ * leaked passwords, so there is no hand-made blocklist. Hashes are argon2id through Bun.password.
+ */
+import { ZxcvbnFactory } from "@zxcvbn-ts/core";
+import * as zxcvbnCommon from "@zxcvbn-ts/language-common";
+import * as zxcvbnEnglish from "@zxcvbn-ts/language-en";
+import type { PasswordPolicy } from "../../config";
+
+export type PasswordVerdict = { ok: true } | { ok: false; rule: string; message: string };
+
+export interface PasswordHashing {
+  /** argon2id memory in KiB; Bun's default when absent. */
+  memoryCost?: number;
+  timeCost?: number;
+}
+
+export function createPasswordChecker(policy: PasswordPolicy) {
+  const zxcvbn = new ZxcvbnFactory({
+    dictionary: { ...zxcvbnCommon.dictionary, ...zxcvbnEnglish.dictionary },
+    graphs: zxcvbnCommon.adjacencyGraphs,
+    translations: zxcvbnEnglish.translations,
+  });
+
+  /** Names the first rule the password breaks and how to fix it; never echoes the password. */
+  return function checkPassword(password: string, email: string): PasswordVerdict {
+    if (password.length < policy.minLength) {
+      return {
+        ok: false,
+        rule: "min_length",
+        message: `Use at least ${policy.minLength} characters.`,
+      };
+    }
+    if (password.length > policy.maxLength) {
+      return {
+        ok: false,
+        rule: "max_length",
+        message: `Use at most ${policy.maxLength} characters.`,
+      };
+    }
+    const localPart = email.slice(0, email.lastIndexOf("@")).toLowerCase();
+    if (localPart.length >= 3 && password.toLowerCase().includes(localPart)) {
+      return {
+        ok: false,
+        rule: "contains_email",
+        message: "Do not use your email address in your password.",
+      };
+    }
+    const result = zxcvbn.check(password, [email, localPart]);
+    if (result.score < policy.minScore) {
+      const hints = [result.feedback.warning, ...result.feedback.suggestions].filter(Boolean);
+      return {
+        ok: false,
+        rule: "too_weak",
+        message:
+          `This password is too easy to guess (strength ${result.score} of 4, ${policy.minScore} needed). ${hints.join(" ")}`.trim(),
+      };
+    }
+    return { ok: true };
+  };
+}
+
+export function hashPassword(password: string, hashing: PasswordHashing = {}): Promise<string> {
+  return Bun.password.hash(password, { algorithm: "argon2id", ...hashing });
+}
+
+export function verifyPassword(password: string, hash: string): Promise<boolean> {
+  return Bun.password.verify(password, hash);
+}
