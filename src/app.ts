@@ -5,6 +5,8 @@
  *   request id → client address → IP block → rate limit → body-size and request guard →
  *   security headers → CORS → CSRF → auth → validation → handler → audit and metrics
  *
+ * Auth is per route: each route declares `{ public: true }` or `{ auth: … }` (plugins/auth).
+ *
  * Two stages only add response headers — the security headers and the CORS headers of an allowed
  * origin — so they are attached at the very start: every refusal of a later check (403, 429, 413 …)
  * carries them. Their checks (answering a CORS preflight) run at their place in the order.
@@ -12,12 +14,14 @@
  * Nothing here is a module-level singleton: a test builds its own app on its own database.
  */
 import { Elysia } from "elysia";
+import { authModule } from "./modules/auth";
 import { healthModule } from "./modules/health";
 import { accessLog } from "./plugins/access-log";
 import { audit } from "./plugins/audit";
+import { authPlugin } from "./plugins/auth";
 import { clientIp } from "./plugins/client-ip";
 import { corsHeaders, corsPreflight } from "./plugins/cors";
-import { csrf } from "./plugins/csrf";
+import { createCsrfIssuer, csrf } from "./plugins/csrf";
 import { errorHandler } from "./plugins/error-handler";
 import type { RouteEntry } from "./plugins/error-handler/route-methods";
 import { ipBlock } from "./plugins/ip-block";
@@ -36,6 +40,14 @@ export interface AppDeps extends Services {
 
 export function createApp(deps: AppDeps) {
   const { config, db, logger, clock, registry, ipBlocks } = deps;
+  const auth = authPlugin({
+    credentials: deps.credentials,
+    enforceLimits: deps.enforceLimits,
+    policies: deps.policies,
+    requireTls: config.requireTls,
+    metrics: deps.metrics.auth,
+    audit: deps.audit,
+  });
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
   const app = new Elysia({ name: "palisade" })
@@ -64,16 +76,34 @@ export function createApp(deps: AppDeps) {
     )
     .use(errorHandler({ logger, routes: () => registeredRoutes() }))
     .use(accessLog({ logger, http: deps.metrics.http, secretValues: config.secretValues }))
-    .use(metrics({ registry, token: config.metricsToken }))
     .use(audit({ log: deps.audit }))
+    .use(auth)
     .use(openapiDocument({ docsPage: config.docsPage }))
+    .use(metrics({ registry, token: config.metricsToken, credentials: deps.credentials, auth }))
     .use(
       healthModule({
+        auth,
         checks: {
           database: () => {
             db.$client.query("SELECT 1").values();
           },
         },
+      }),
+    )
+    .use(
+      authModule({
+        service: deps.auth,
+        auth,
+        enforceLimits: deps.enforceLimits,
+        policies: deps.policies,
+        metrics: deps.metrics.auth,
+        requireTls: config.requireTls,
+        enumerationResistance: config.enumerationResistance,
+        issueCsrf: createCsrfIssuer({
+          secretKey: config.csrf.secretKey,
+          requireTls: config.requireTls,
+          clock,
+        }),
       }),
     );
   registeredRoutes = () => app.routes;

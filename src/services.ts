@@ -8,7 +8,13 @@ import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock";
 import type { Config } from "./config";
 import type { AppDatabase } from "./db/client";
+import { ApiKeyService } from "./modules/auth/api-keys";
+import { CredentialVerifier } from "./modules/auth/credentials";
+import type { PasswordHashing } from "./modules/auth/passwords";
+import { AuthService } from "./modules/auth/service";
+import { signingKey } from "./modules/auth/tokens";
 import { type AuditLog, pruneAuditEvents, SqliteAuditLog } from "./plugins/audit/log";
+import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
 import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
 import { IpBlockService, type IpBlockSettings } from "./plugins/ip-block/service";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
@@ -30,10 +36,18 @@ export interface Services {
   audit: AuditLog;
   limiter: LimiterStore;
   policies: PolicyTable;
-  metrics: { http: HttpMetrics; rateLimit: RateLimitMetrics; csrf: CsrfMetrics };
+  metrics: {
+    http: HttpMetrics;
+    rateLimit: RateLimitMetrics;
+    csrf: CsrfMetrics;
+    auth: AuthMetrics;
+  };
   ipBlocks: IpBlockService;
   /** Checks a key against policies; see plugins/rate-limit/enforce. */
   enforceLimits: LimitEnforcer;
+  credentials: CredentialVerifier;
+  auth: AuthService;
+  apiKeys: ApiKeyService;
   /** Runs the background tasks once now (tests call this instead of waiting for timers). */
   runMaintenance(): void;
   close(): void;
@@ -46,6 +60,8 @@ export interface ServiceOptions {
   clock?: Clock;
   limiter?: LimiterStore;
   ipBlockSettings?: Partial<IpBlockSettings>;
+  /** argon2id cost; Bun's defaults when absent. Tests lower it. */
+  passwordHashing?: PasswordHashing;
   /** Background task period; 0 disables the timer (tests drive maintenance themselves). */
   maintenanceIntervalMs?: number;
 }
@@ -71,6 +87,7 @@ export function createServices(options: ServiceOptions): Services {
     http: createHttpMetrics(registry),
     rateLimit: createRateLimitMetrics(registry),
     csrf: createCsrfMetrics(registry),
+    auth: createAuthMetrics(registry),
   };
   const enforceLimits = createLimitEnforcer({
     store: limiter,
@@ -82,6 +99,29 @@ export function createServices(options: ServiceOptions): Services {
       await ipBlocks.recordViolation("ratelimit", client, requestId);
     },
   });
+
+  const key = signingKey(config.jwt.secretKey);
+  const credentials = new CredentialVerifier({
+    sqlite,
+    clock,
+    signingKey: key,
+    accessTokenTtlMs: config.jwt.accessTokenExpireMinutes * 60_000,
+  });
+  const auth = new AuthService({
+    sqlite,
+    config,
+    clock,
+    logger,
+    audit,
+    limiter,
+    ipBlocks,
+    credentials,
+    signingKey: key,
+    passwordHashing: options.passwordHashing,
+  });
+  const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials);
+  const bootstrapped = apiKeys.bootstrap(config.apiKeys);
+  if (bootstrapped > 0) logger.info({ count: bootstrapped }, "bootstrap API keys stored as hashes");
 
   const runMaintenance = () => {
     const now = clock.now();
@@ -108,6 +148,9 @@ export function createServices(options: ServiceOptions): Services {
     metrics,
     ipBlocks,
     enforceLimits,
+    credentials,
+    auth,
+    apiKeys,
     runMaintenance,
     close() {
       if (timer) clearInterval(timer);

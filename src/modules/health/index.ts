@@ -4,12 +4,20 @@
  * Docker's HEALTHCHECK, load balancers and Prometheus blackbox probes.
  */
 import { Elysia } from "elysia";
+import type { authPlugin } from "../../plugins/auth";
 import { HealthResponse, ReadyResponse } from "./model";
 import { type ReadinessCheck, runChecks } from "./service";
 
-export function healthModule({ checks }: { checks: Record<string, ReadinessCheck> }) {
+export interface HealthModuleOptions {
+  checks: Record<string, ReadinessCheck>;
+  auth: ReturnType<typeof authPlugin>;
+}
+
+export function healthModule({ checks, auth }: HealthModuleOptions) {
   return new Elysia({ name: "palisade.health" })
+    .use(auth)
     .get("/health", () => ({ status: "ok" as const }), {
+      public: true,
       response: { 200: HealthResponse },
       detail: { tags: ["health"], summary: "Liveness" },
     })
@@ -21,6 +29,7 @@ export function healthModule({ checks }: { checks: Record<string, ReadinessCheck
         return result;
       },
       {
+        public: true,
         response: { 200: ReadyResponse, 503: ReadyResponse },
         detail: { tags: ["health"], summary: "Readiness: each dependency's state" },
       },

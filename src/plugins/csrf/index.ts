@@ -1,7 +1,7 @@
 /**
  * @module
- * CSRF protection for browser clients that authenticate with the session cookie, and
- * `GET /api/auth/csrf` that issues the token.
+ * CSRF protection for browser clients that authenticate with the session cookie, and the issuer
+ * behind `GET /api/auth/csrf` (mounted by the auth module).
  *
  * A state-changing request (not GET, HEAD or OPTIONS) that carries a session or refresh cookie
  * must send `X-CSRF-Token` equal to the CSRF cookie, signed for that session and less than an hour
@@ -42,6 +42,24 @@ export const CsrfTokenResponse = t.Object({
   token: t.String({ description: "Send this value as X-CSRF-Token on state-changing requests" }),
 });
 
+/**
+ * Issues a CSRF token bound to the request's session cookie: the body's `token`, and the same
+ * value as a cookie readable by the page's script (not HttpOnly: it copies it into the header).
+ */
+export function createCsrfIssuer(options: Pick<CsrfOptions, "secretKey" | "requireTls" | "clock">) {
+  const names = cookieNames(options.requireTls);
+  return function issue(request: Request, set: { headers: Record<string, unknown> }) {
+    const session = readCookie(request.headers.get("cookie"), names.session);
+    const token = issueCsrfToken(options.secretKey, session, options.clock.now());
+    set.headers["set-cookie"] = serializeCookie(names.csrf, token, {
+      maxAgeSeconds: CSRF_TOKEN_LIFETIME_MS / 1000,
+      httpOnly: false,
+      secure: options.requireTls,
+    });
+    return { token };
+  };
+}
+
 export function csrf({ secretKey, requireTls, clock, audit, metrics }: CsrfOptions) {
   const names = cookieNames(requireTls);
 
@@ -77,27 +95,5 @@ export function csrf({ secretKey, requireTls, clock, audit, metrics }: CsrfOptio
       });
       throw new AppError("CSRF_FAILED", `CSRF check failed: ${failure}.`);
     })
-    .get(
-      "/api/auth/csrf",
-      ({ request, set }) => {
-        const session = readCookie(request.headers.get("cookie"), names.session);
-        const token = issueCsrfToken(secretKey, session, clock.now());
-        // Readable by the page's script (not HttpOnly): it must copy the value into the header.
-        set.headers["set-cookie"] = serializeCookie(names.csrf, token, {
-          maxAgeSeconds: CSRF_TOKEN_LIFETIME_MS / 1000,
-          httpOnly: false,
-          secure: requireTls,
-        });
-        return { token };
-      },
-      {
-        response: { 200: CsrfTokenResponse },
-        detail: {
-          tags: ["auth"],
-          summary:
-            "Issue a CSRF token (cookie and body) for browser clients using the session cookie",
-        },
-      },
-    )
     .as("global");
 }

@@ -1,49 +1,66 @@
 /**
  * @module
- * `GET /metrics` in Prometheus text format, behind `Authorization: Bearer METRICS_TOKEN` when one
- * is configured. The request metrics are counted by the access-log stage (one hook for both); its
- * `route` label is the route pattern or `<unmatched>`, and its method label a standard method or
- * OTHER, so a scanner cannot grow the label sets.
+ * `GET /metrics` in Prometheus text format. When METRICS_TOKEN is set it needs
+ * `Authorization: Bearer METRICS_TOKEN`, or an API key holding the `metrics` scope; it is declared
+ * public to the auth stage because it checks its own credential (a scraper's token is not a user's).
+ * The request metrics are counted by the access-log stage (one hook for both); their `route` label
+ * is the route pattern or `<unmatched>`, and their method label a standard method or OTHER, so a
+ * scanner cannot grow the label sets.
  */
 import { Elysia } from "elysia";
 import type { Registry } from "prom-client";
 import { AppError } from "../../errors";
+import type { CredentialVerifier } from "../../modules/auth/credentials";
+import type { authPlugin } from "../auth";
 import { constantTimeEqual } from "../csrf/token";
 
 export interface MetricsOptions {
   registry: Registry;
   token: string | null;
+  credentials: CredentialVerifier;
+  auth: ReturnType<typeof authPlugin>;
 }
 
-export function metrics({ registry, token }: MetricsOptions) {
+export function metrics({ registry, token, credentials, auth }: MetricsOptions) {
   const expected = token === null ? null : `Bearer ${token}`;
 
-  return new Elysia({ name: "palisade.metrics" })
-    .get(
-      "/metrics",
-      async ({ request, set }) => {
-        if (expected !== null) {
-          const given = request.headers.get("authorization") ?? "";
-          if (!constantTimeEqual(given, expected)) {
-            throw new AppError("UNAUTHENTICATED", "A valid metrics token is required.", undefined, {
-              "www-authenticate": 'Bearer realm="metrics"',
-            });
-          }
-        }
-        set.headers["content-type"] = registry.contentType;
-        return registry.metrics();
-      },
-      {
-        detail: {
-          tags: ["meta"],
-          summary: "Prometheus metrics (text exposition format)",
-          security: token === null ? [] : [{ metricsToken: [] }],
-          responses: {
-            200: { description: "Prometheus text format" },
-            401: { description: "Missing or wrong metrics token (problem+json)" },
-          },
+  const allowed = (request: Request): boolean => {
+    if (expected === null) return true;
+    const authorization = request.headers.get("authorization") ?? "";
+    if (constantTimeEqual(authorization, expected)) return true;
+    const key =
+      request.headers.get("x-api-key") ??
+      (authorization.startsWith("Bearer pal_") ? authorization.slice(7) : null);
+    if (key === null) return false;
+    const verification = credentials.verifyApiKey(key);
+    return (
+      verification.ok &&
+      verification.principal.kind === "key" &&
+      verification.principal.scopes.includes("metrics")
+    );
+  };
+
+  return new Elysia({ name: "palisade.metrics" }).use(auth).get(
+    "/metrics",
+    async ({ request, set }) => {
+      if (!allowed(request)) {
+        throw new AppError("UNAUTHENTICATED", "A valid metrics token is required.", undefined, {
+          "www-authenticate": 'Bearer realm="metrics"',
+        });
+      }
+      set.headers["content-type"] = registry.contentType;
+      return registry.metrics();
+    },
+    {
+      public: true,
+      detail: {
+        tags: ["meta"],
+        summary: "Prometheus metrics (text exposition format)",
+        responses: {
+          200: { description: "Prometheus text format" },
+          401: { description: "Missing or wrong metrics token (problem+json)" },
         },
       },
-    )
-    .as("global");
+    },
+  );
 }

@@ -15,8 +15,8 @@
  * then fails open or closed by policy.
  */
 import type { Database, Statement } from "bun:sqlite";
-import { BURST_WINDOW_MS } from "./policies";
-import { previousWeight, windowStartOf } from "./sliding-window";
+import { BURST_WINDOW_MS, type Policy } from "./policies";
+import { estimate, previousWeight, windowStartOf } from "./sliding-window";
 import type { LimitCheck, LimiterStore, LimitOutcome } from "./store";
 
 // ?1 policy, ?2 key, ?3 window start, ?4 window ms, ?5 weight of the previous window, ?6 burst
@@ -69,6 +69,7 @@ export class SqliteLimiterStore implements LimiterStore {
   private readonly sqlite: Database;
   private readonly upsert: Statement;
   private readonly pruneStatement: Statement;
+  private readonly peekStatement: Statement;
   private readonly pruneBatch: number;
   private pending: Pending[] = [];
   private scheduled = false;
@@ -79,6 +80,9 @@ export class SqliteLimiterStore implements LimiterStore {
     this.pruneStatement = sqlite.prepare(
       `DELETE FROM rate_limit_counters WHERE rowid IN
          (SELECT rowid FROM rate_limit_counters WHERE expires_at < ? LIMIT ?)`,
+    );
+    this.peekStatement = sqlite.prepare(
+      "SELECT window_start, previous, current FROM rate_limit_counters WHERE policy = ? AND key = ?",
     );
     this.pruneBatch = pruneBatch;
   }
@@ -96,6 +100,22 @@ export class SqliteLimiterStore implements LimiterStore {
   /** Decides checks now, in one transaction; for callers that are already off the hot path. */
   checkNow(checks: readonly LimitCheck[]): LimitOutcome[] {
     return this.sqlite.transaction(() => checks.map((c) => this.decide(c))).immediate();
+  }
+
+  peek(policy: Policy, key: string, now: number): Promise<number> {
+    const row = this.peekStatement.values(policy.id, key)[0] as
+      | [number, number, number]
+      | undefined;
+    if (!row) return Promise.resolve(0);
+    const [windowStart, previous, current] = row;
+    const start = windowStartOf(now, policy.windowMs);
+    const state =
+      windowStart === start
+        ? { previous, current, windowStart: start }
+        : windowStart === start - policy.windowMs
+          ? { previous: current, current: 0, windowStart: start }
+          : { previous: 0, current: 0, windowStart: start };
+    return Promise.resolve(estimate(state, now, policy.windowMs));
   }
 
   prune(now: number): number {

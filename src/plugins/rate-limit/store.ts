@@ -30,6 +30,11 @@ export interface LimiterStore {
    * store itself failed; a refusal is an outcome with `admitted: false`.
    */
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]>;
+  /**
+   * The estimated count in the long window for (policy, key) now, without counting anything: for
+   * decisions that depend on what happened (a lockout after failures), not on this request.
+   */
+  peek(policy: Policy, key: string, now: number): Promise<number>;
   /** Deletes counters whose windows have all passed; bounded work per call. */
   prune(now: number): number;
   close(): void;

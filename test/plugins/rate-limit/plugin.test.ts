@@ -139,14 +139,15 @@ describe("rate limiting", () => {
         expect(response.headers.get("ratelimit-policy")).toContain('"register";q=3;w=60');
       }
     }
-    // The route does not exist yet (identity lands later): 404, 404, 404, then the policy refuses.
-    expect(statuses).toEqual([404, 404, 404, 429]);
+    // Without a password the body fails validation three times; the fourth is refused first.
+    expect(statuses).toEqual([422, 422, 422, 429]);
     expect(await metricsText(target)).toContain('rate_limit_rejections_total{policy="register"} 1');
   });
 
   test("a failing store lets public routes through and refuses auth routes, counting both", async () => {
     const failing: LimiterStore = {
       check: () => Promise.reject(new Error("database is locked")),
+      peek: () => Promise.reject(new Error("database is locked")),
       prune: () => 0,
       close: () => {},
     };

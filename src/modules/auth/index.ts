@@ -1,0 +1,255 @@
+/**
+ * @module
+ * `/api/auth`: register, login (bearer tokens, or cookies for browsers), refresh, logout, me.
+ */
+import { Elysia, type TSchema, t } from "elysia";
+import { AppError } from "../../errors";
+import type { authPlugin } from "../../plugins/auth";
+import type { AuthMetrics } from "../../plugins/auth/metrics";
+import { CsrfTokenResponse, type createCsrfIssuer } from "../../plugins/csrf";
+import {
+  type CookieNames,
+  cookieNames,
+  readCookie,
+  serializeCookie,
+} from "../../plugins/csrf/cookies";
+import type { LimitEnforcer } from "../../plugins/rate-limit/enforce";
+import type { PolicyTable } from "../../plugins/rate-limit/policies";
+import { stateOf } from "../../plugins/request-state";
+import {
+  CookieSession,
+  Credentials,
+  LoginQuery,
+  Me,
+  RefreshBody,
+  RegisteredUser,
+  TokenPair,
+} from "./model";
+import type { AuthService, IssuedTokens, RequestMeta } from "./service";
+import { sha256Hex } from "./tokens";
+
+export interface AuthModuleOptions {
+  issueCsrf: ReturnType<typeof createCsrfIssuer>;
+  service: AuthService;
+  auth: ReturnType<typeof authPlugin>;
+  enforceLimits: LimitEnforcer;
+  policies: PolicyTable;
+  metrics: AuthMetrics;
+  requireTls: boolean;
+  enumerationResistance: boolean;
+}
+
+type SetLike = { headers: Record<string, unknown>; status?: number | string };
+
+function metaOf(context: object, route: string): RequestMeta {
+  const { client, requestId } = stateOf(context);
+  return { client, requestId, route };
+}
+
+function sessionCookies(names: CookieNames, tokens: IssuedTokens, secure: boolean): string[] {
+  return [
+    serializeCookie(names.session, tokens.accessToken, {
+      maxAgeSeconds: tokens.expiresIn,
+      httpOnly: true,
+      secure,
+    }),
+    serializeCookie(names.refresh, tokens.refreshToken, {
+      maxAgeSeconds: tokens.refreshExpiresIn,
+      httpOnly: true,
+      secure,
+    }),
+  ];
+}
+
+function clearedCookies(names: CookieNames, secure: boolean): string[] {
+  return [names.session, names.refresh].map((name) =>
+    serializeCookie(name, "", { maxAgeSeconds: 0, httpOnly: true, secure }),
+  );
+}
+
+export function authModule(options: AuthModuleOptions) {
+  const { service, enforceLimits, policies, metrics, requireTls } = options;
+  const names = cookieNames(requireTls);
+  const loginPolicy = [policies.routePolicy("POST", "/api/auth/login")!] as const;
+
+  const respondWithTokens = (set: SetLike, tokens: IssuedTokens, mode: string | undefined) => {
+    if (mode === "cookie") {
+      set.headers["set-cookie"] = sessionCookies(names, tokens, requireTls);
+      return { tokenType: "Cookie" as const, expiresIn: tokens.expiresIn };
+    }
+    return {
+      accessToken: tokens.accessToken,
+      refreshToken: tokens.refreshToken,
+      tokenType: "Bearer" as const,
+      expiresIn: tokens.expiresIn,
+    };
+  };
+
+  return new Elysia({ name: "palisade.module.auth", prefix: "/api/auth" })
+    .use(options.auth)
+    .post(
+      "/register",
+      async (context) => {
+        const { body, set } = context;
+        const outcome = await service.register(
+          body.email,
+          body.password,
+          metaOf(context, "POST /api/auth/register"),
+        );
+        switch (outcome.code) {
+          case "INVALID_EMAIL":
+            throw new AppError("VALIDATION_FAILED", "The email address is not valid.", [
+              { field: "body/email", message: "Expected an email address" },
+            ]);
+          case "WEAK_PASSWORD":
+            throw new AppError("VALIDATION_FAILED", outcome.message, [
+              { field: "body/password", message: `${outcome.rule}: ${outcome.message}` },
+            ]);
+          case "DUPLICATE":
+            if (!options.enumerationResistance) {
+              throw new AppError("CONFLICT", "An account with this email already exists.");
+            }
+            // Answered like a new account, so the endpoint cannot tell who has one.
+            set.status = 201;
+            return { email: body.email.trim(), role: "user" as const };
+          case "CREATED":
+            set.status = 201;
+            return { email: outcome.user.email, role: outcome.user.role };
+        }
+      },
+      {
+        public: true,
+        body: Credentials,
+        response: { 201: RegisteredUser },
+        detail: { tags: ["auth"], summary: "Create an account" },
+      },
+    )
+    .post(
+      "/login",
+      async (context) => {
+        const { body, query, set, request } = context;
+        const state = stateOf(context);
+        const accountKey = `account:${sha256Hex(body.email.trim().toLowerCase())}`;
+        const headers = await enforceLimits(loginPolicy, accountKey, {
+          method: request.method,
+          path: state.path,
+          client: state.client,
+          requestId: state.requestId,
+        });
+        if (headers) Object.assign(set.headers, headers);
+        const outcome = await service.login(
+          body.email,
+          body.password,
+          metaOf(context, "POST /api/auth/login"),
+        );
+        if (outcome.code === "LOCKED") {
+          metrics.fail("locked");
+          throw new AppError(
+            "RATE_LIMITED",
+            "Too many failed sign-ins for this account; try again later.",
+            undefined,
+            { "retry-after": String(outcome.retryAfterSeconds) },
+          );
+        }
+        if (outcome.code === "INVALID") {
+          metrics.fail("bad_password");
+          throw new AppError("UNAUTHENTICATED", "The email or password is wrong.");
+        }
+        return respondWithTokens(set, outcome.tokens, query.mode);
+      },
+      {
+        public: true,
+        body: Credentials,
+        query: LoginQuery,
+        response: { 200: TokenPairOrCookie() },
+        detail: { tags: ["auth"], summary: "Sign in: tokens, or cookies with ?mode=cookie" },
+      },
+    )
+    .post(
+      "/refresh",
+      async (context) => {
+        const { body, set, request } = context;
+        const fromCookie = readCookie(request.headers.get("cookie"), names.refresh);
+        const token = body?.refreshToken ?? fromCookie;
+        if (!token) {
+          metrics.fail("invalid_refresh");
+          throw new AppError("UNAUTHENTICATED", "A refresh token is required.");
+        }
+        const outcome = await service.refresh(token, metaOf(context, "POST /api/auth/refresh"));
+        if (outcome.code !== "OK") {
+          metrics.fail(outcome.code === "REUSED" ? "refresh_reused" : "invalid_refresh");
+          if (fromCookie) set.headers["set-cookie"] = clearedCookies(names, requireTls);
+          throw new AppError("UNAUTHENTICATED", "The refresh token is not valid.");
+        }
+        return respondWithTokens(
+          set,
+          outcome.tokens,
+          body?.refreshToken ? "token" : fromCookie ? "cookie" : "token",
+        );
+      },
+      {
+        public: true,
+        body: t_optional(RefreshBody),
+        response: { 200: TokenPairOrCookie() },
+        detail: {
+          tags: ["auth"],
+          summary: "Rotate the refresh token; a reused one revokes its whole family",
+        },
+      },
+    )
+    .post(
+      "/logout",
+      (context) => {
+        const { principal, set } = context;
+        if (principal.kind !== "user")
+          throw new AppError("FORBIDDEN", "Only a session can log out.");
+        service.logout(principal.id, principal.familyId, metaOf(context, "POST /api/auth/logout"));
+        if (principal.via === "cookie")
+          set.headers["set-cookie"] = clearedCookies(names, requireTls);
+        set.status = 204;
+        return undefined;
+      },
+      {
+        auth: "user",
+        detail: { tags: ["auth"], summary: "Revoke this session's refresh family" },
+      },
+    )
+    .get("/csrf", ({ request, set }) => options.issueCsrf(request, set), {
+      public: true,
+      response: { 200: CsrfTokenResponse },
+      detail: {
+        tags: ["auth"],
+        summary:
+          "Issue a CSRF token (body and cookie) for browser clients using the session cookie",
+      },
+    })
+    .get(
+      "/me",
+      ({ principal }) => {
+        if (principal.kind === "key") {
+          return {
+            kind: "key" as const,
+            id: principal.id,
+            name: principal.name,
+            scopes: [...principal.scopes],
+          };
+        }
+        const user = service.findUser(principal.id);
+        if (!user) throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
+        return { kind: "user" as const, id: user.id, email: user.email, role: user.role };
+      },
+      {
+        auth: "principal",
+        response: { 200: Me },
+        detail: { tags: ["auth"], summary: "Who this credential is" },
+      },
+    );
+}
+
+function TokenPairOrCookie() {
+  return t.Union([TokenPair, CookieSession]);
+}
+
+function t_optional<T extends TSchema>(schema: T) {
+  return t.Optional(schema);
+}

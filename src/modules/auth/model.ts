@@ -1,0 +1,59 @@
+import { t } from "elysia";
+
+/** Must list what `API_KEY_SCOPES` lists (a test compares the two). */
+export const ScopeSchema = t.UnionEnum(["chat", "payments", "admin", "metrics"]);
+
+export const Credentials = t.Object({
+  email: t.String({
+    minLength: 3,
+    maxLength: 254,
+    description: "Trimmed; the domain is lower-cased",
+  }),
+  password: t.String({ minLength: 1, maxLength: 1024 }),
+});
+
+export const LoginQuery = t.Object({
+  mode: t.Optional(
+    t.Union([t.Literal("token"), t.Literal("cookie")], {
+      description: "cookie: tokens come as HttpOnly cookies for browser clients",
+    }),
+  ),
+});
+
+export const RegisteredUser = t.Object({
+  email: t.String(),
+  role: t.Union([t.Literal("user"), t.Literal("admin")]),
+});
+
+export const TokenPair = t.Object({
+  accessToken: t.String(),
+  refreshToken: t.String(),
+  tokenType: t.Literal("Bearer"),
+  expiresIn: t.Integer({ description: "Seconds until the access token expires" }),
+});
+
+export const CookieSession = t.Object({
+  tokenType: t.Literal("Cookie"),
+  expiresIn: t.Integer(),
+});
+
+export const RefreshBody = t.Object({
+  refreshToken: t.Optional(
+    t.String({ maxLength: 512, description: "Omit in cookie mode: the refresh cookie is used" }),
+  ),
+});
+
+export const Me = t.Union([
+  t.Object({
+    kind: t.Literal("user"),
+    id: t.String(),
+    email: t.String(),
+    role: t.Union([t.Literal("user"), t.Literal("admin")]),
+  }),
+  t.Object({
+    kind: t.Literal("key"),
+    id: t.String(),
+    name: t.String(),
+    scopes: t.Array(ScopeSchema),
+  }),
+]);

@@ -1,0 +1,347 @@
+/**
+ * @module
+ * Accounts and sessions: register, login (constant work whether the account exists), refresh with
+ * rotation and reuse detection, logout, and the operator's user commands. Outcomes are values; the
+ * routes turn them into responses.
+ */
+import type { Database, Statement } from "bun:sqlite";
+import type { Logger } from "pino";
+import type { Clock } from "../../clock";
+import type { Config } from "../../config";
+import type { AuditLog } from "../../plugins/audit/log";
+import type { ResolvedClient } from "../../plugins/client-ip";
+import type { IpBlockService } from "../../plugins/ip-block/service";
+import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
+import type { LimiterStore } from "../../plugins/rate-limit/store";
+import type { CredentialVerifier } from "./credentials";
+import { normalizeEmail } from "./email";
+import {
+  createPasswordChecker,
+  hashPassword,
+  type PasswordHashing,
+  verifyPassword,
+} from "./passwords";
+import type { Role } from "./principal";
+import { generateRefreshToken, sha256Hex, signAccessToken } from "./tokens";
+
+export interface RequestMeta {
+  client: ResolvedClient;
+  requestId: string | null;
+  route: string;
+}
+
+export interface IssuedTokens {
+  accessToken: string;
+  refreshToken: string;
+  expiresIn: number;
+  refreshExpiresIn: number;
+}
+
+export interface UserRecord {
+  id: string;
+  email: string;
+  role: Role;
+  createdAt: number;
+}
+
+export type RegisterOutcome =
+  | { code: "CREATED"; user: UserRecord }
+  | { code: "DUPLICATE" }
+  | { code: "INVALID_EMAIL" }
+  | { code: "WEAK_PASSWORD"; rule: string; message: string };
+
+export type LoginOutcome =
+  | { code: "OK"; user: UserRecord; tokens: IssuedTokens }
+  | { code: "INVALID" }
+  | { code: "LOCKED"; retryAfterSeconds: number };
+
+export type RefreshOutcome =
+  | { code: "OK"; tokens: IssuedTokens }
+  | { code: "INVALID" }
+  | { code: "REUSED" };
+
+export interface AuthServiceOptions {
+  sqlite: Database;
+  config: Readonly<Config>;
+  clock: Clock;
+  logger: Logger;
+  audit: AuditLog;
+  limiter: LimiterStore;
+  ipBlocks: IpBlockService;
+  credentials: CredentialVerifier;
+  signingKey: Uint8Array;
+  passwordHashing?: PasswordHashing;
+  /** Failed logins per account before it is locked, and over how long. */
+  lockout?: { failures: number; windowMs: number };
+}
+
+interface UserRow extends UserRecord {
+  passwordHash: string;
+}
+
+interface RefreshRow {
+  id: string;
+  userId: string;
+  familyId: string;
+  expiresAt: number;
+  usedAt: number | null;
+  revokedAt: number | null;
+}
+
+const USER_COLUMNS = "id, email, role, password_hash AS passwordHash, created_at AS createdAt";
+
+export class AuthService {
+  readonly checkPassword: ReturnType<typeof createPasswordChecker>;
+  private readonly lockoutPolicy: Policy;
+  private dummyHash: Promise<string> | null = null;
+  private readonly userByEmail: Statement<UserRow, [string]>;
+  private readonly userById: Statement<UserRow, [string]>;
+  private readonly refreshByHash: Statement<RefreshRow, [string]>;
+
+  constructor(private readonly options: AuthServiceOptions) {
+    const { sqlite, config } = options;
+    this.checkPassword = createPasswordChecker(config.passwordPolicy);
+    const lockout = options.lockout ?? { failures: 10, windowMs: 15 * MINUTE_MS };
+    this.lockoutPolicy = {
+      id: "lockout",
+      limit: lockout.failures,
+      windowMs: lockout.windowMs,
+      burstLimit: lockout.failures,
+      failClosed: true,
+    };
+    this.userByEmail = sqlite.prepare(
+      `SELECT ${USER_COLUMNS} FROM users WHERE lower(email) = lower(?)`,
+    );
+    this.userById = sqlite.prepare(`SELECT ${USER_COLUMNS} FROM users WHERE id = ?`);
+    this.refreshByHash = sqlite.prepare(
+      `SELECT id, user_id AS userId, family_id AS familyId, expires_at AS expiresAt,
+              used_at AS usedAt, revoked_at AS revokedAt
+       FROM refresh_tokens WHERE token_hash = ?`,
+    );
+  }
+
+  findUser(id: string): UserRecord | null {
+    const row = this.userById.get(id);
+    return row ? publicUser(row) : null;
+  }
+
+  findUserByEmail(email: string): UserRecord | null {
+    const row = this.userByEmail.get(email);
+    return row ? publicUser(row) : null;
+  }
+
+  async register(
+    rawEmail: string,
+    password: string,
+    meta: RequestMeta | null,
+    role: Role = "user",
+  ): Promise<RegisterOutcome> {
+    const email = normalizeEmail(rawEmail);
+    if (email === null) return { code: "INVALID_EMAIL" };
+    const verdict = this.checkPassword(password, email);
+    if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
+    if (this.userByEmail.get(email)) {
+      this.options.audit.record({
+        type: "auth.register.duplicate",
+        outcome: "failure",
+        ip: meta?.client.ip ?? null,
+        route: meta?.route ?? null,
+        requestId: meta?.requestId ?? null,
+      });
+      return { code: "DUPLICATE" };
+    }
+    const passwordHash = await hashPassword(password, this.options.passwordHashing);
+    const now = this.options.clock.now();
+    const id = Bun.randomUUIDv7();
+    try {
+      this.options.sqlite.run(
+        `INSERT INTO users (id, email, password_hash, role, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?)`,
+        [id, email, passwordHash, role, now, now],
+      );
+    } catch (error) {
+      // Two registrations raced past the lookup; the unique index decided.
+      if (String(error).includes("UNIQUE")) return { code: "DUPLICATE" };
+      throw error;
+    }
+    this.options.audit.record({
+      type: "auth.register.succeeded",
+      outcome: "success",
+      actor: `user:${id}`,
+      ip: meta?.client.ip ?? null,
+      route: meta?.route ?? null,
+      requestId: meta?.requestId ?? null,
+      detail: { role },
+    });
+    return { code: "CREATED", user: { id, email, role, createdAt: now } };
+  }
+
+  async login(rawEmail: string, password: string, meta: RequestMeta): Promise<LoginOutcome> {
+    const { audit, clock, limiter } = this.options;
+    const email = normalizeEmail(rawEmail) ?? rawEmail.trim().toLowerCase();
+    const accountKey = `account:${sha256Hex(email.toLowerCase())}`;
+    const now = clock.now();
+
+    const failures = await limiter.peek(this.lockoutPolicy, accountKey, now);
+    if (failures >= this.lockoutPolicy.limit) {
+      audit.record({
+        type: "auth.login.locked",
+        outcome: "denied",
+        ip: meta.client.ip,
+        route: meta.route,
+        requestId: meta.requestId,
+      });
+      return { code: "LOCKED", retryAfterSeconds: Math.ceil(this.lockoutPolicy.windowMs / 1000) };
+    }
+
+    const user = this.userByEmail.get(email);
+    // The same argon2 work whether or not the account exists, so timing tells nothing.
+    const valid = user
+      ? await verifyPassword(password, user.passwordHash)
+      : (await verifyPassword(password, await this.dummy()), false);
+
+    if (!user || !valid) {
+      await limiter.check([{ policy: this.lockoutPolicy, key: accountKey, now }]);
+      audit.record({
+        type: "auth.login.failed",
+        outcome: "failure",
+        actor: user ? `user:${user.id}` : null,
+        ip: meta.client.ip,
+        route: meta.route,
+        requestId: meta.requestId,
+        detail: { reason: user ? "bad_password" : "unknown_account" },
+      });
+      await this.options.ipBlocks.recordViolation("login", meta.client, meta.requestId);
+      return { code: "INVALID" };
+    }
+
+    const tokens = await this.issueTokens(user.id, user.role, Bun.randomUUIDv7(), now);
+    audit.record({
+      type: "auth.login.succeeded",
+      outcome: "success",
+      actor: `user:${user.id}`,
+      ip: meta.client.ip,
+      route: meta.route,
+      requestId: meta.requestId,
+    });
+    return { code: "OK", user: publicUser(user), tokens };
+  }
+
+  async refresh(token: string, meta: RequestMeta): Promise<RefreshOutcome> {
+    const { sqlite, clock, audit } = this.options;
+    const now = clock.now();
+    const row = this.refreshByHash.get(sha256Hex(token));
+    if (!row || row.revokedAt !== null || row.expiresAt <= now) return { code: "INVALID" };
+    // Mark it used only if nobody did first: a second use of one token is theft or a replay.
+    const claimed = sqlite.run(
+      "UPDATE refresh_tokens SET used_at = ? WHERE id = ? AND used_at IS NULL",
+      [now, row.id],
+    ).changes;
+    if (claimed === 0) {
+      this.revokeFamily(row.familyId);
+      audit.record({
+        type: "auth.refresh.reused",
+        outcome: "denied",
+        actor: `user:${row.userId}`,
+        ip: meta.client.ip,
+        route: meta.route,
+        requestId: meta.requestId,
+        detail: { family: row.familyId },
+      });
+      return { code: "REUSED" };
+    }
+    const user = this.userById.get(row.userId);
+    if (!user) return { code: "INVALID" };
+    const tokens = await this.issueTokens(user.id, user.role, row.familyId, now);
+    audit.record({
+      type: "auth.refresh.succeeded",
+      outcome: "success",
+      actor: `user:${user.id}`,
+      ip: meta.client.ip,
+      route: meta.route,
+      requestId: meta.requestId,
+    });
+    return { code: "OK", tokens };
+  }
+
+  logout(userId: string, familyId: string, meta: RequestMeta): void {
+    this.revokeFamily(familyId);
+    this.options.audit.record({
+      type: "auth.logout",
+      outcome: "success",
+      actor: `user:${userId}`,
+      ip: meta.client.ip,
+      route: meta.route,
+      requestId: meta.requestId,
+    });
+  }
+
+  /** Ends a refresh family and, within a second everywhere, its access tokens. */
+  revokeFamily(familyId: string): void {
+    this.options.sqlite.run(
+      "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+      [this.options.clock.now(), familyId],
+    );
+    this.options.credentials.revoke("family", familyId);
+  }
+
+  /** Ends every session of a user (role change, erasure). */
+  revokeUserSessions(userId: string): void {
+    const families = this.options.sqlite
+      .query<{ familyId: string }, [string]>(
+        "SELECT DISTINCT family_id AS familyId FROM refresh_tokens WHERE user_id = ? AND revoked_at IS NULL",
+      )
+      .all(userId);
+    for (const { familyId } of families) this.revokeFamily(familyId);
+  }
+
+  setRole(userId: string, role: Role, actor: string | null): boolean {
+    const changed = this.options.sqlite.run(
+      "UPDATE users SET role = ?, updated_at = ? WHERE id = ? AND role != ?",
+      [role, this.options.clock.now(), userId, role],
+    ).changes;
+    if (changed === 0) return false;
+    // Tokens carry the role: the old ones must not outlive the change.
+    this.revokeUserSessions(userId);
+    this.options.audit.record({
+      type: "admin.user.role_changed",
+      outcome: "success",
+      actor,
+      detail: { user: userId, role },
+    });
+    return true;
+  }
+
+  private async issueTokens(
+    userId: string,
+    role: Role,
+    familyId: string,
+    now: number,
+  ): Promise<IssuedTokens> {
+    const { config, sqlite } = this.options;
+    const accessTtl = config.jwt.accessTokenExpireMinutes * 60;
+    const refreshTtl = config.jwt.refreshTokenExpireDays * 24 * 60 * 60;
+    const accessToken = await signAccessToken(
+      this.options.signingKey,
+      { sub: userId, role, fam: familyId },
+      now,
+      accessTtl,
+    );
+    const refreshToken = generateRefreshToken();
+    sqlite.run(
+      `INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
+       VALUES (?, ?, ?, ?, ?, ?)`,
+      [Bun.randomUUIDv7(), userId, familyId, sha256Hex(refreshToken), now, now + refreshTtl * 1000],
+    );
+    return { accessToken, refreshToken, expiresIn: accessTtl, refreshExpiresIn: refreshTtl };
+  }
+
+  private dummy(): Promise<string> {
+    this.dummyHash ??= hashPassword(generateRefreshToken(), this.options.passwordHashing);
+    return this.dummyHash;
+  }
+}
+
+function publicUser(row: UserRow): UserRecord {
+  return { id: row.id, email: row.email, role: row.role, createdAt: row.createdAt };
+}

@@ -1,0 +1,34 @@
+import { Counter, type Registry } from "prom-client";
+
+export const AUTH_FAILURE_REASONS = [
+  "missing_credentials",
+  "invalid_token",
+  "expired_token",
+  "revoked_token",
+  "invalid_api_key",
+  "expired_api_key",
+  "revoked_api_key",
+  "forbidden",
+  "bad_password",
+  "locked",
+  "invalid_refresh",
+  "refresh_reused",
+] as const;
+
+export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];
+
+export function createAuthMetrics(registry: Registry) {
+  const failures = new Counter({
+    name: "auth_failures_total",
+    help: "Requests refused for their credentials or permissions, by reason",
+    labelNames: ["reason"] as const,
+    registers: [registry],
+  });
+  return {
+    fail(reason: AuthFailureReason) {
+      failures.labels(reason).inc();
+    },
+  };
+}
+
+export type AuthMetrics = ReturnType<typeof createAuthMetrics>;
