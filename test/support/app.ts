@@ -23,6 +23,7 @@ import {
 import { createServices, type Services } from "../../src/services";
 
 export const TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuv";
+export const TEST_PASSWORD_HASHING = { memoryCost: 1024, timeCost: 1 };
 export const TEST_CSRF_SECRET = "test-csrf-secret-0123456789abcdefghijklmnopqrstu";
 
 export function tempDir(prefix = "palisade-test-"): { path: string; remove: () => void } {
@@ -100,6 +101,8 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     clock: options.clock,
     ipBlockSettings: options.ipBlockSettings,
     limiter: options.limiter,
+    // Real argon2id, at a cost that keeps the suite fast; production uses Bun's defaults.
+    passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
   });
   const app = createApp({

@@ -1,0 +1,322 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { decodeJwt, decodeProtectedHeader } from "jose";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { bearer, logIn, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const PRODUCTION = {
+  APP_ENV: "production",
+  JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
+  CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+};
+
+async function problem(response: Response) {
+  return (await response.json()) as {
+    code: string;
+    detail: string;
+    errors?: { field: string; message: string }[];
+  };
+}
+
+describe("register", () => {
+  test("creates the account with a normalised email and an argon2id hash", async () => {
+    current = buildTestApp();
+    const response = await send(current, "/api/auth/register", {
+      body: { email: "  Ada.Lovelace@Example.TEST ", password: STRONG_PASSWORD },
+    });
+    expect(response.status).toBe(201);
+    expect(await response.json()).toEqual({ email: "Ada.Lovelace@example.test", role: "user" });
+    const row = current.db.$client
+      .query("SELECT email, password_hash AS hash, role FROM users")
+      .get() as { email: string; hash: string; role: string };
+    expect(row.email).toBe("Ada.Lovelace@example.test");
+    expect(row.hash).toStartWith("$argon2id$");
+    expect(row.role).toBe("user");
+    current.services.audit.flush();
+    const types = current.db.$client.query("SELECT type FROM audit_events").values().flat();
+    expect(types).toContain("auth.register.succeeded");
+  });
+
+  test("an invalid email is 422 naming the field", async () => {
+    current = buildTestApp();
+    const response = await send(current, "/api/auth/register", {
+      body: { email: "not-an-email", password: STRONG_PASSWORD },
+    });
+    expect(response.status).toBe(422);
+    expect((await problem(response)).errors?.[0]?.field).toBe("body/email");
+  });
+
+  test.each([
+    ["too short", "Ab1!x", "min_length"],
+    ["a common password", "password123", "too_weak"],
+    ["the email's local part", "grace-hopper-Navy-1906!", "contains_email"],
+    ["over the maximum", `${"Zq9!".repeat(70)}`, "max_length"],
+  ])(
+    "a weak password (%s) names the rule and never echoes the password",
+    async (_l, password, rule) => {
+      current = buildTestApp();
+      const response = await send(current, "/api/auth/register", {
+        body: { email: "grace-hopper@example.test", password },
+      });
+      expect(response.status).toBe(422);
+      const body = await problem(response);
+      expect(body.code).toBe("VALIDATION_FAILED");
+      expect(body.errors?.[0]?.field).toBe("body/password");
+      expect(body.errors?.[0]?.message).toStartWith(rule);
+      expect(JSON.stringify(body)).not.toContain(password);
+      expect(current.logs.text).not.toContain(password);
+    },
+  );
+
+  test("zxcvbn's suggestion is in the message", async () => {
+    current = buildTestApp();
+    const response = await send(current, "/api/auth/register", {
+      body: { email: "someone@example.test", password: "password123" },
+    });
+    expect((await problem(response)).detail).toContain("commonly used password");
+  });
+
+  test("the production policy needs 12 characters and strength 3", async () => {
+    current = buildTestApp({ env: PRODUCTION });
+    const weak = await send(current, "/api/auth/register", {
+      body: { email: "p@example.test", password: "qwerty123456" },
+    });
+    expect(weak.status).toBe(422);
+    const ok = await send(current, "/api/auth/register", {
+      body: { email: "p@example.test", password: STRONG_PASSWORD },
+    });
+    expect(ok.status).toBe(201);
+  });
+
+  test("a duplicate email (any case) is 409 in development", async () => {
+    current = buildTestApp();
+    await send(current, "/api/auth/register", {
+      body: { email: "dup@example.test", password: STRONG_PASSWORD },
+    });
+    const again = await send(current, "/api/auth/register", {
+      body: { email: "DUP@example.test", password: STRONG_PASSWORD },
+    });
+    expect(again.status).toBe(409);
+    expect((await problem(again)).code).toBe("CONFLICT");
+  });
+
+  test("with enumeration resistance a duplicate is answered exactly like a new account", async () => {
+    current = buildTestApp({ env: PRODUCTION });
+    const first = await send(current, "/api/auth/register", {
+      body: { email: "twice@example.test", password: STRONG_PASSWORD },
+      peer: "192.0.2.1",
+    });
+    const second = await send(current, "/api/auth/register", {
+      body: { email: "twice@example.test", password: STRONG_PASSWORD },
+      peer: "192.0.2.2",
+    });
+    expect(second.status).toBe(first.status);
+    expect(await second.json()).toEqual(await first.json());
+    const count = current.db.$client.query("SELECT count(*) AS n FROM users").get() as {
+      n: number;
+    };
+    expect(count.n).toBe(1);
+  });
+});
+
+describe("login", () => {
+  test("returns a bearer pair; the access token carries the checked claims", async () => {
+    current = buildTestApp();
+    const session = await signUp(current);
+    const header = decodeProtectedHeader(session.accessToken);
+    const claims = decodeJwt(session.accessToken);
+    expect(header.alg).toBe("HS256");
+    expect(claims).toMatchObject({
+      sub: session.userId,
+      role: "user",
+      iss: "palisade",
+      aud: "palisade-api",
+    });
+    expect(claims.exp! - claims.iat!).toBe(60 * 60);
+    expect(claims.jti).toBeString();
+    expect(claims.fam).toBeString();
+    const me = await send(current, "/api/auth/me", { headers: bearer(session.accessToken) });
+    expect(me.status).toBe(200);
+    expect(await me.json()).toEqual({
+      kind: "user",
+      id: session.userId,
+      email: session.email,
+      role: "user",
+    });
+  });
+
+  test("a wrong password and an unknown account get the same answer", async () => {
+    current = buildTestApp();
+    const session = await signUp(current);
+    const wrong = await send(current, "/api/auth/login", {
+      body: { email: session.email, password: "wrong-password-123" },
+    });
+    const unknown = await send(current, "/api/auth/login", {
+      body: { email: "nobody@example.test", password: "wrong-password-123" },
+    });
+    expect(wrong.status).toBe(401);
+    expect(unknown.status).toBe(401);
+    const [a, b] = [await problem(wrong), await problem(unknown)];
+    expect(a.code).toBe("UNAUTHENTICATED");
+    expect(a.detail).toBe(b.detail);
+    current.services.audit.flush();
+    const failed = current.db.$client
+      .query("SELECT actor, detail FROM audit_events WHERE type = 'auth.login.failed' ORDER BY id")
+      .all() as { actor: string | null; detail: string }[];
+    expect(failed).toEqual([
+      { actor: `user:${session.userId}`, detail: '{"reason":"bad_password"}' },
+      { actor: null, detail: '{"reason":"unknown_account"}' },
+    ]);
+    const metrics = await (await send(current, "/metrics")).text();
+    expect(metrics).toContain('auth_failures_total{reason="bad_password"} 2');
+  });
+
+  test("5 attempts per minute per account, from any address", async () => {
+    current = buildTestApp();
+    // Signing up logs in once: that is the first of the five.
+    const session = await signUp(current);
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const response = await send(current, "/api/auth/login", {
+        body: { email: session.email, password: "nope-nope-nope" },
+        peer: `198.51.100.${i + 1}`,
+      });
+      statuses.push(response.status);
+    }
+    expect(statuses).toEqual([401, 401, 401, 401, 429, 429]);
+  });
+
+  test("10 failures in 15 minutes lock the account, even for the right password", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const session = await signUp(current);
+    // Two minutes apart, so the 5-per-minute limit's sliding window has forgotten each batch.
+    clock.advance(120_000);
+    for (let i = 0; i < 10; i++) {
+      if (i === 5) clock.advance(120_000);
+      const response = await send(current, "/api/auth/login", {
+        body: { email: session.email, password: "nope-nope-nope" },
+        peer: `198.51.100.${i + 1}`,
+      });
+      expect(response.status).toBe(401);
+    }
+    clock.advance(120_000);
+    const locked = await send(current, "/api/auth/login", {
+      body: { email: session.email, password: STRONG_PASSWORD },
+      peer: "198.51.100.99",
+    });
+    expect(locked.status).toBe(429);
+    expect((await problem(locked)).detail).toContain("Too many failed sign-ins");
+    // An unknown account locks the same way: the lock tells nothing about who has an account.
+    clock.advance(16 * 60_000);
+    const unlocked = await send(current, "/api/auth/login", {
+      body: { email: session.email, password: STRONG_PASSWORD },
+      peer: "198.51.100.99",
+    });
+    expect(unlocked.status).toBe(200);
+  });
+
+  test("10 failed logins from one address block it", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    for (let i = 0; i < 10; i++) {
+      if (i === 5) clock.advance(120_000);
+      await send(current, "/api/auth/login", {
+        body: { email: `victim${i}@example.test`, password: "nope-nope-nope" },
+        peer: "203.0.113.66",
+      });
+    }
+    const blocked = await send(current, "/openapi.json", { peer: "203.0.113.66" });
+    expect(blocked.status).toBe(403);
+    expect((await problem(blocked)).code).toBe("IP_BLOCKED");
+  });
+});
+
+describe("refresh and logout", () => {
+  test("refresh rotates: a new pair, and the old refresh token is spent", async () => {
+    current = buildTestApp();
+    const session = await signUp(current);
+    const rotated = await send(current, "/api/auth/refresh", {
+      body: { refreshToken: session.refreshToken },
+    });
+    expect(rotated.status).toBe(200);
+    const next = (await rotated.json()) as { accessToken: string; refreshToken: string };
+    expect(next.refreshToken).not.toBe(session.refreshToken);
+    expect(decodeJwt(next.accessToken).fam).toBe(decodeJwt(session.accessToken).fam);
+    expect(
+      (await send(current, "/api/auth/me", { headers: bearer(next.accessToken) })).status,
+    ).toBe(200);
+  });
+
+  test("a reused refresh token revokes its whole family, access tokens included", async () => {
+    current = buildTestApp();
+    const session = await signUp(current);
+    const rotated = (await (
+      await send(current, "/api/auth/refresh", { body: { refreshToken: session.refreshToken } })
+    ).json()) as { accessToken: string; refreshToken: string };
+
+    const replay = await send(current, "/api/auth/refresh", {
+      body: { refreshToken: session.refreshToken },
+    });
+    expect(replay.status).toBe(401);
+    // The thief's copy and the owner's newer tokens are all dead now.
+    const newer = await send(current, "/api/auth/refresh", {
+      body: { refreshToken: rotated.refreshToken },
+    });
+    expect(newer.status).toBe(401);
+    for (const token of [session.accessToken, rotated.accessToken]) {
+      const me = await send(current, "/api/auth/me", { headers: bearer(token) });
+      expect(me.status).toBe(401);
+      expect((await problem(me)).detail).toBe("The token is revoked.");
+    }
+    const reused = current.db.$client
+      .query("SELECT actor FROM audit_events WHERE type = 'auth.refresh.reused'")
+      .get() as { actor: string };
+    expect(reused.actor).toBe(`user:${session.userId}`);
+    expect(await (await send(current, "/metrics")).text()).toContain(
+      'auth_failures_total{reason="refresh_reused"} 1',
+    );
+  });
+
+  test("logout revokes the family: the access token and the refresh token stop working", async () => {
+    current = buildTestApp();
+    const session = await signUp(current);
+    const other = await logIn(current, session.email, "10.7.0.1");
+    const out = await send(current, "/api/auth/logout", {
+      method: "POST",
+      headers: bearer(session.accessToken),
+    });
+    expect(out.status).toBe(204);
+    expect(
+      (await send(current, "/api/auth/me", { headers: bearer(session.accessToken) })).status,
+    ).toBe(401);
+    const refresh = await send(current, "/api/auth/refresh", {
+      body: { refreshToken: session.refreshToken },
+    });
+    expect(refresh.status).toBe(401);
+    // Another session of the same user is another family and lives on.
+    expect(
+      (await send(current, "/api/auth/me", { headers: bearer(other.accessToken) })).status,
+    ).toBe(200);
+  });
+
+  test("an expired or unknown refresh token is refused", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const session = await signUp(current);
+    expect(
+      (await send(current, "/api/auth/refresh", { body: { refreshToken: "not-a-token" } })).status,
+    ).toBe(401);
+    clock.advance(31 * 24 * 60 * 60 * 1000);
+    expect(
+      (await send(current, "/api/auth/refresh", { body: { refreshToken: session.refreshToken } }))
+        .status,
+    ).toBe(401);
+  });
+});
