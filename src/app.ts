@@ -14,8 +14,10 @@
  * Nothing here is a module-level singleton: a test builds its own app on its own database.
  */
 import { Elysia } from "elysia";
+import { adminModule } from "./modules/admin";
 import { authModule } from "./modules/auth";
 import { healthModule } from "./modules/health";
+import { privacyModule } from "./modules/privacy";
 import { accessLog } from "./plugins/access-log";
 import { audit } from "./plugins/audit";
 import { authPlugin } from "./plugins/auth";
@@ -105,7 +107,18 @@ export function createApp(deps: AppDeps) {
           clock,
         }),
       }),
-    );
+    )
+    .use(
+      adminModule({
+        auth,
+        apiKeys: deps.apiKeys,
+        ipBlocks,
+        audit: deps.audit,
+        sqlite: db.$client,
+        now: () => clock.now(),
+      }),
+    )
+    .use(privacyModule({ auth, service: deps.privacy }));
   registeredRoutes = () => app.routes;
   return app;
 }

@@ -4,6 +4,7 @@
  * log, limiter store, IP blocker, and the background tasks that keep them tidy. `createApp` takes
  * these as dependencies; `close()` stops the tasks and flushes what is queued.
  */
+import { createHmac } from "node:crypto";
 import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock";
 import type { Config } from "./config";
@@ -13,6 +14,7 @@ import { CredentialVerifier } from "./modules/auth/credentials";
 import type { PasswordHashing } from "./modules/auth/passwords";
 import { AuthService } from "./modules/auth/service";
 import { signingKey } from "./modules/auth/tokens";
+import { type PrivacyContributor, PrivacyService } from "./modules/privacy/service";
 import { type AuditLog, pruneAuditEvents, SqliteAuditLog } from "./plugins/audit/log";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
 import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
@@ -48,6 +50,7 @@ export interface Services {
   credentials: CredentialVerifier;
   auth: AuthService;
   apiKeys: ApiKeyService;
+  privacy: PrivacyService;
   /** Runs the background tasks once now (tests call this instead of waiting for timers). */
   runMaintenance(): void;
   close(): void;
@@ -60,6 +63,8 @@ export interface ServiceOptions {
   clock?: Clock;
   limiter?: LimiterStore;
   ipBlockSettings?: Partial<IpBlockSettings>;
+  /** What chat, payments and later features hold about users, for export and erasure. */
+  privacyContributors?: readonly PrivacyContributor[];
   /** argon2id cost; Bun's defaults when absent. Tests lower it. */
   passwordHashing?: PasswordHashing;
   /** Background task period; 0 disables the timer (tests drive maintenance themselves). */
@@ -120,6 +125,17 @@ export function createServices(options: ServiceOptions): Services {
     passwordHashing: options.passwordHashing,
   });
   const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials);
+  const privacy = new PrivacyService({
+    sqlite,
+    clock,
+    audit,
+    auth,
+    apiKeys,
+    pseudonymKey: createHmac("sha256", config.jwt.secretKey)
+      .update("audit-pseudonym")
+      .digest("hex"),
+    contributors: options.privacyContributors,
+  });
   const bootstrapped = apiKeys.bootstrap(config.apiKeys);
   if (bootstrapped > 0) logger.info({ count: bootstrapped }, "bootstrap API keys stored as hashes");
 
@@ -151,6 +167,7 @@ export function createServices(options: ServiceOptions): Services {
     credentials,
     auth,
     apiKeys,
+    privacy,
     runMaintenance,
     close() {
       if (timer) clearInterval(timer);

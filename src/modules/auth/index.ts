@@ -2,7 +2,7 @@
  * @module
  * `/api/auth`: register, login (bearer tokens, or cookies for browsers), refresh, logout, me.
  */
-import { Elysia, type TSchema, t } from "elysia";
+import { Elysia, t } from "elysia";
 import { AppError } from "../../errors";
 import type { authPlugin } from "../../plugins/auth";
 import type { AuthMetrics } from "../../plugins/auth/metrics";
@@ -16,15 +16,7 @@ import {
 import type { LimitEnforcer } from "../../plugins/rate-limit/enforce";
 import type { PolicyTable } from "../../plugins/rate-limit/policies";
 import { stateOf } from "../../plugins/request-state";
-import {
-  CookieSession,
-  Credentials,
-  LoginQuery,
-  Me,
-  RefreshBody,
-  RegisteredUser,
-  TokenPair,
-} from "./model";
+import { Credentials, LoginQuery, LoginResponse, Me, RefreshBody, RegisteredUser } from "./model";
 import type { AuthService, IssuedTokens, RequestMeta } from "./service";
 import { sha256Hex } from "./tokens";
 
@@ -161,7 +153,7 @@ export function authModule(options: AuthModuleOptions) {
         public: true,
         body: Credentials,
         query: LoginQuery,
-        response: { 200: TokenPairOrCookie() },
+        response: { 200: LoginResponse },
         detail: { tags: ["auth"], summary: "Sign in: tokens, or cookies with ?mode=cookie" },
       },
     )
@@ -189,8 +181,8 @@ export function authModule(options: AuthModuleOptions) {
       },
       {
         public: true,
-        body: t_optional(RefreshBody),
-        response: { 200: TokenPairOrCookie() },
+        body: t.Optional(RefreshBody),
+        response: { 200: LoginResponse },
         detail: {
           tags: ["auth"],
           summary: "Rotate the refresh token; a reused one revokes its whole family",
@@ -244,12 +236,4 @@ export function authModule(options: AuthModuleOptions) {
         detail: { tags: ["auth"], summary: "Who this credential is" },
       },
     );
-}
-
-function TokenPairOrCookie() {
-  return t.Union([TokenPair, CookieSession]);
-}
-
-function t_optional<T extends TSchema>(schema: T) {
-  return t.Optional(schema);
 }

@@ -37,6 +37,8 @@ export const CookieSession = t.Object({
   expiresIn: t.Integer(),
 });
 
+export const LoginResponse = t.Union([TokenPair, CookieSession]);
+
 export const RefreshBody = t.Object({
   refreshToken: t.Optional(
     t.String({ maxLength: 512, description: "Omit in cookie mode: the refresh cookie is used" }),

@@ -21,13 +21,14 @@ export interface AuditEvent {
 
 /**
  * Events written before the response is sent, in their own transaction: who logged in, what an
- * admin changed, what was paid, which address was blocked or unblocked. The rest are batched.
+ * admin changed, what was paid, which address was blocked or unblocked, who was erased. The rest are batched.
  */
 export function mustNotLose(type: string): boolean {
   return (
     type.startsWith("auth.") ||
     type.startsWith("admin.") ||
     type.startsWith("payment.") ||
+    type.startsWith("privacy.") ||
     type.startsWith("ip.")
   );
 }

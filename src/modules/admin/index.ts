@@ -1,0 +1,198 @@
+/**
+ * @module
+ * `/api/admin`: API keys (create, list, revoke, rotate), the audit log, IP blocks. Every route
+ * needs an admin (or a key with the `admin` scope), and every action is audited with the acting
+ * principal.
+ */
+import { Elysia, t } from "elysia";
+import { AppError } from "../../errors";
+import type { AuditLog } from "../../plugins/audit/log";
+import type { authPlugin } from "../../plugins/auth";
+import { clientKeyOf, parseAddress } from "../../plugins/client-ip/resolve";
+import type { IpBlockService } from "../../plugins/ip-block/service";
+import { stateOf } from "../../plugins/request-state";
+import { type ApiKeyRecord, type ApiKeyService, DEFAULT_ROTATION_GRACE_MS } from "../auth/api-keys";
+import { principalRef } from "../auth/principal";
+import { queryAuditEvents } from "./audit-query";
+import {
+  ApiKeyList,
+  AuditPage,
+  AuditQuery,
+  BlockList,
+  BlockView,
+  CreatedKey,
+  IdParams,
+  NewBlockBody,
+  NewKeyBody,
+  RotateBody,
+} from "./model";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+export interface AdminModuleOptions {
+  auth: ReturnType<typeof authPlugin>;
+  apiKeys: ApiKeyService;
+  ipBlocks: IpBlockService;
+  audit: AuditLog;
+  sqlite: import("bun:sqlite").Database;
+  now: () => number;
+}
+
+function view(record: ApiKeyRecord) {
+  const { userId: _owner, ...shown } = record;
+  return shown;
+}
+
+export function adminModule(options: AdminModuleOptions) {
+  const { apiKeys, ipBlocks, audit } = options;
+  const admin = { role: "admin" } as const;
+  const tags = ["admin"];
+
+  return new Elysia({ name: "palisade.module.admin", prefix: "/api/admin" })
+    .use(options.auth)
+    .post(
+      "/api-keys",
+      ({ body, principal, set }) => {
+        const created = apiKeys.create(
+          {
+            name: body.name,
+            scopes: body.scopes,
+            userId: principal.kind === "user" ? principal.id : principal.userId,
+            expiresAt: body.expiresInDays ? options.now() + body.expiresInDays * DAY_MS : null,
+            environment: body.environment,
+          },
+          principalRef(principal),
+        );
+        set.status = 201;
+        return { key: created.key, apiKey: view(created.record) };
+      },
+      {
+        auth: admin,
+        body: NewKeyBody,
+        response: { 201: CreatedKey },
+        detail: { tags, summary: "Create an API key; the key is in this response only" },
+      },
+    )
+    .get("/api-keys", () => ({ keys: apiKeys.list().map(view) }), {
+      auth: admin,
+      response: { 200: ApiKeyList },
+      detail: { tags, summary: "List API keys (never their secrets)" },
+    })
+    .delete(
+      "/api-keys/:id",
+      ({ params, principal, set }) => {
+        if (!apiKeys.revoke(params.id, principalRef(principal))) {
+          throw new AppError("NOT_FOUND", "No active key has that id.");
+        }
+        set.status = 204;
+        return undefined;
+      },
+      {
+        auth: admin,
+        params: IdParams,
+        detail: { tags, summary: "Revoke an API key (everywhere within a second)" },
+      },
+    )
+    .post(
+      "/api-keys/:id/rotate",
+      ({ params, body, principal, set }) => {
+        const graceMs =
+          body?.graceMinutes === undefined ? DEFAULT_ROTATION_GRACE_MS : body.graceMinutes * 60_000;
+        const rotated = apiKeys.rotate(params.id, graceMs, principalRef(principal));
+        if (!rotated) throw new AppError("NOT_FOUND", "No active key has that id.");
+        set.status = 201;
+        return { key: rotated.key, apiKey: view(rotated.record) };
+      },
+      {
+        auth: admin,
+        params: IdParams,
+        body: t.Optional(RotateBody),
+        response: { 201: CreatedKey },
+        detail: {
+          tags,
+          summary: "Replace a key; the old one keeps working for the grace period, then dies",
+        },
+      },
+    )
+    .get(
+      "/audit",
+      (context) => {
+        const { query, principal } = context;
+        const page = queryAuditEvents(options.sqlite, {
+          type: query.type,
+          actor: query.actor,
+          ip: query.ip,
+          since: query.since ? Date.parse(query.since) : undefined,
+          until: query.until ? Date.parse(query.until) : undefined,
+          cursor: query.cursor,
+          limit: query.limit ?? 100,
+        });
+        const { client, requestId, path } = stateOf(context);
+        audit.record({
+          type: "admin.audit.queried",
+          outcome: "success",
+          actor: principalRef(principal),
+          ip: client.ip,
+          route: `GET ${path}`,
+          requestId,
+          detail: { filters: Object.keys(query).sort().join(",") },
+        });
+        return page;
+      },
+      {
+        auth: admin,
+        query: AuditQuery,
+        response: { 200: AuditPage },
+        detail: { tags, summary: "Query the audit log, newest first (max 500 a page)" },
+      },
+    )
+    .get("/blocks", () => ({ blocks: ipBlocks.listActive() }), {
+      auth: admin,
+      response: { 200: BlockList },
+      detail: { tags, summary: "IP blocks in force" },
+    })
+    .post(
+      "/blocks",
+      (context) => {
+        const { body, principal, set } = context;
+        const address = parseAddress(body.address);
+        if (address === null) {
+          throw new AppError("VALIDATION_FAILED", "Not an IP address.", [
+            { field: "body/address", message: "Expected an IPv4 or IPv6 address" },
+          ]);
+        }
+        const block = ipBlocks.block({
+          address: clientKeyOf(address),
+          reason: body.reason,
+          ttlMs: body.ttlMinutes * 60_000,
+          source: "admin",
+          createdBy: principalRef(principal),
+          requestId: stateOf(context).requestId,
+        });
+        set.status = 201;
+        return block;
+      },
+      {
+        auth: admin,
+        body: NewBlockBody,
+        response: { 201: BlockView },
+        detail: { tags, summary: "Block an address (an IPv6 address blocks its /64)" },
+      },
+    )
+    .delete(
+      "/blocks/:id",
+      (context) => {
+        const { params, principal, set } = context;
+        const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
+        if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
+        ipBlocks.lift(block.address, principalRef(principal), stateOf(context).requestId);
+        set.status = 204;
+        return undefined;
+      },
+      {
+        auth: admin,
+        params: IdParams,
+        detail: { tags, summary: "Lift a block" },
+      },
+    );
+}

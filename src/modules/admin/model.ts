@@ -1,0 +1,89 @@
+import { t } from "elysia";
+import { ScopeSchema } from "../auth/model";
+
+export const NewKeyBody = t.Object({
+  name: t.String({ minLength: 1, maxLength: 100 }),
+  scopes: t.Array(ScopeSchema, { minItems: 1, uniqueItems: true }),
+  expiresInDays: t.Optional(t.Integer({ minimum: 1, maximum: 3650 })),
+  environment: t.Optional(t.UnionEnum(["live", "test"])),
+});
+
+export const RotateBody = t.Object({
+  graceMinutes: t.Optional(
+    t.Integer({
+      minimum: 0,
+      maximum: 7 * 24 * 60,
+      description: "How long the old key keeps working; 60 by default",
+    }),
+  ),
+});
+
+export const ApiKeyView = t.Object({
+  id: t.String(),
+  name: t.String(),
+  prefix: t.String(),
+  scopes: t.Array(ScopeSchema),
+  createdAt: t.Number(),
+  expiresAt: t.Nullable(t.Number()),
+  lastUsedAt: t.Nullable(t.Number()),
+  revokedAt: t.Nullable(t.Number()),
+  replacedBy: t.Nullable(t.String()),
+});
+
+export const CreatedKey = t.Object({
+  key: t.String({ description: "Shown once; only its hash is kept" }),
+  apiKey: ApiKeyView,
+});
+
+export const IdParams = t.Object({ id: t.String({ minLength: 1, maxLength: 64 }) });
+
+export const AuditQuery = t.Object({
+  type: t.Optional(t.String({ maxLength: 100 })),
+  actor: t.Optional(t.String({ maxLength: 200 })),
+  ip: t.Optional(t.String({ maxLength: 64 })),
+  since: t.Optional(t.String({ format: "date-time" })),
+  until: t.Optional(t.String({ format: "date-time" })),
+  cursor: t.Optional(t.Numeric({ minimum: 1 })),
+  limit: t.Optional(t.Numeric({ minimum: 1, maximum: 500 })),
+});
+
+export const AuditEventView = t.Object({
+  id: t.Number(),
+  at: t.String(),
+  type: t.String(),
+  actor: t.Nullable(t.String()),
+  ip: t.Nullable(t.String()),
+  route: t.Nullable(t.String()),
+  requestId: t.Nullable(t.String()),
+  outcome: t.String(),
+  detail: t.Record(t.String(), t.Any()),
+});
+
+export const AuditPage = t.Object({
+  events: t.Array(AuditEventView),
+  nextCursor: t.Nullable(t.Number()),
+});
+
+export const NewBlockBody = t.Object({
+  address: t.String({
+    minLength: 2,
+    maxLength: 64,
+    description: "An IPv4 or IPv6 address; IPv6 blocks cover its /64",
+  }),
+  ttlMinutes: t.Integer({ minimum: 1, maximum: 365 * 24 * 60 }),
+  reason: t.String({ minLength: 1, maxLength: 500 }),
+});
+
+export const BlockView = t.Object({
+  id: t.Number(),
+  address: t.String(),
+  reason: t.String(),
+  source: t.UnionEnum(["auto", "admin"]),
+  createdBy: t.Nullable(t.String()),
+  createdAt: t.Number(),
+  expiresAt: t.Number(),
+});
+
+export const ApiKeyList = t.Object({ keys: t.Array(ApiKeyView) });
+
+export const BlockList = t.Object({ blocks: t.Array(BlockView) });

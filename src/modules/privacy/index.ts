@@ -1,0 +1,54 @@
+/**
+ * @module
+ * `/api/me`: the signed-in user's export and erasure (3 per minute per user).
+ */
+import { Elysia } from "elysia";
+import { AppError } from "../../errors";
+import type { authPlugin } from "../../plugins/auth";
+import { stateOf } from "../../plugins/request-state";
+import { ExportDocument } from "./model";
+import type { PrivacyService } from "./service";
+
+export function privacyModule({
+  auth,
+  service,
+}: {
+  auth: ReturnType<typeof authPlugin>;
+  service: PrivacyService;
+}) {
+  return new Elysia({ name: "palisade.module.privacy", prefix: "/api/me" })
+    .use(auth)
+    .get(
+      "/export",
+      ({ principal }) => {
+        const document = service.export(principal.id);
+        if (!document) throw new AppError("NOT_FOUND", "The account no longer exists.");
+        return document as typeof ExportDocument.static;
+      },
+      {
+        auth: "user",
+        response: { 200: ExportDocument },
+        detail: { tags: ["privacy"], summary: "Export all data held about you, as JSON" },
+      },
+    )
+    .delete(
+      "",
+      (context) => {
+        const { principal, set } = context;
+        const { client, requestId } = stateOf(context);
+        if (!service.erase(principal.id, { ip: client.ip, requestId })) {
+          throw new AppError("NOT_FOUND", "The account no longer exists.");
+        }
+        set.status = 204;
+        return undefined;
+      },
+      {
+        auth: "user",
+        detail: {
+          tags: ["privacy"],
+          summary:
+            "Erase your account: sessions and keys revoked, data deleted, audit rows pseudonymised",
+        },
+      },
+    );
+}

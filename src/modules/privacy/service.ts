@@ -1,0 +1,108 @@
+/**
+ * @module
+ * The user's rights over their data: export everything held about them, and erasure.
+ *
+ * Erasure ends every session and key, lets each contributor (chat, payments, as they land) delete
+ * or strip what it holds, replaces the user's id in the audit log by a keyed pseudonym (dropping
+ * the address and the salt that committed to both, so the hash chain still verifies), and deletes
+ * the account row. Features register as `PrivacyContributor`s so the export and the erasure stay
+ * complete as they are added.
+ */
+import type { Database } from "bun:sqlite";
+import { createHmac } from "node:crypto";
+import type { Clock } from "../../clock";
+import type { AuditLog } from "../../plugins/audit/log";
+import type { ApiKeyService } from "../auth/api-keys";
+import type { AuthService } from "../auth/service";
+
+export interface PrivacyContributor {
+  /** Its section's name in the export document. */
+  name: string;
+  export(userId: string): unknown;
+  /** Deletes, or strips the personal fields of, what it holds for the user. */
+  erase(userId: string): void;
+}
+
+export interface PrivacyServiceOptions {
+  sqlite: Database;
+  clock: Clock;
+  audit: AuditLog;
+  auth: AuthService;
+  apiKeys: ApiKeyService;
+  /** Keys the pseudonyms, so they cannot be recomputed from a user id without it. */
+  pseudonymKey: string;
+  contributors?: readonly PrivacyContributor[];
+}
+
+export class PrivacyService {
+  constructor(private readonly options: PrivacyServiceOptions) {}
+
+  pseudonymOf(actor: string): string {
+    return `erased:${createHmac("sha256", this.options.pseudonymKey).update(actor).digest("hex").slice(0, 24)}`;
+  }
+
+  export(userId: string): Record<string, unknown> | null {
+    const { sqlite, auth, apiKeys } = this.options;
+    const user = auth.findUser(userId);
+    if (!user) return null;
+    const sessions = sqlite
+      .query(
+        `SELECT family_id AS familyId, min(created_at) AS startedAt, max(expires_at) AS expiresAt,
+                max(revoked_at) AS revokedAt
+         FROM refresh_tokens WHERE user_id = ? GROUP BY family_id ORDER BY startedAt`,
+      )
+      .all(userId);
+    const keys = apiKeys
+      .list()
+      .filter((key) => key.userId === userId)
+      .map(({ userId: _owner, ...key }) => key);
+    const auditEvents = sqlite
+      .query<{ detail: string }, [string]>(
+        `SELECT id, at, type, ip, route, request_id AS requestId, outcome, detail
+         FROM audit_events WHERE actor = ? ORDER BY id`,
+      )
+      .all(`user:${userId}`)
+      .map((row) => ({ ...row, detail: JSON.parse(row.detail) }));
+    const document: Record<string, unknown> = {
+      exportedAt: new Date(this.options.clock.now()).toISOString(),
+      profile: user,
+      sessions,
+      apiKeys: keys,
+      auditEvents,
+    };
+    for (const contributor of this.options.contributors ?? []) {
+      document[contributor.name] = contributor.export(userId);
+    }
+    return document;
+  }
+
+  erase(userId: string, meta: { ip: string | null; requestId: string | null }): boolean {
+    const { sqlite, auth, apiKeys, audit } = this.options;
+    if (!auth.findUser(userId)) return false;
+    const actor = `user:${userId}`;
+    const pseudonym = this.pseudonymOf(actor);
+    sqlite
+      .transaction(() => {
+        auth.revokeUserSessions(userId);
+        for (const key of apiKeys.list()) {
+          if (key.userId === userId && key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);
+        }
+        for (const contributor of this.options.contributors ?? []) contributor.erase(userId);
+        // Queued events about this user must be in the table before it is rewritten.
+        audit.flush();
+        sqlite.run(
+          "UPDATE audit_events SET actor = ?, ip = NULL, subject_salt = NULL WHERE actor = ?",
+          [pseudonym, actor],
+        );
+        sqlite.run("DELETE FROM users WHERE id = ?", [userId]);
+      })
+      .immediate();
+    audit.record({
+      type: "privacy.erased",
+      outcome: "success",
+      actor: pseudonym,
+      requestId: meta.requestId,
+    });
+    return true;
+  }
+}

@@ -1,0 +1,105 @@
+import { afterEach, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { STRONG_PASSWORD, signUp } from "../../support/auth";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+function cookiesOf(response: Response): Record<string, string> {
+  const jar: Record<string, string> = {};
+  for (const line of response.headers.getSetCookie()) {
+    const [pair] = line.split(";");
+    const [name, value] = pair!.split("=");
+    jar[name!] = value!;
+  }
+  return jar;
+}
+
+const cookieHeader = (jar: Record<string, string>) =>
+  Object.entries(jar)
+    .map(([k, v]) => `${k}=${v}`)
+    .join("; ");
+
+test("browser mode: HttpOnly strict cookies, /me by cookie, CSRF on logout, cookies cleared", async () => {
+  current = buildTestApp();
+  const { email } = await signUp(current);
+  const login = await send(current, "/api/auth/login?mode=cookie", {
+    body: { email, password: STRONG_PASSWORD },
+  });
+  expect(login.status).toBe(200);
+  expect(await login.json()).toEqual({ tokenType: "Cookie", expiresIn: 3600 });
+  const lines = login.headers.getSetCookie();
+  expect(lines).toHaveLength(2);
+  for (const line of lines) {
+    expect(line).toContain("HttpOnly");
+    expect(line).toContain("SameSite=Strict");
+    expect(line).toContain("Path=/");
+  }
+  const jar = cookiesOf(login);
+  expect(Object.keys(jar).sort()).toEqual(["palisade_refresh", "palisade_session"]);
+
+  const me = await send(current, "/api/auth/me", { headers: { cookie: cookieHeader(jar) } });
+  expect(me.status).toBe(200);
+
+  // A state-changing request riding on the cookie needs the CSRF token.
+  const forged = await send(current, "/api/auth/logout", {
+    method: "POST",
+    headers: { cookie: cookieHeader(jar) },
+  });
+  expect(forged.status).toBe(403);
+  expect(((await forged.json()) as { code: string }).code).toBe("CSRF_FAILED");
+
+  const csrf = await send(current, "/api/auth/csrf", { headers: { cookie: cookieHeader(jar) } });
+  const { token } = (await csrf.json()) as { token: string };
+  const withCsrf = { ...jar, ...cookiesOf(csrf) };
+  const out = await send(current, "/api/auth/logout", {
+    method: "POST",
+    headers: { cookie: cookieHeader(withCsrf), "x-csrf-token": token },
+  });
+  expect(out.status).toBe(204);
+  const cleared = out.headers.getSetCookie();
+  expect(cleared.every((line) => line.includes("Max-Age=0"))).toBe(true);
+  const after = await send(current, "/api/auth/me", { headers: { cookie: cookieHeader(jar) } });
+  expect(after.status).toBe(401);
+});
+
+test("browser mode refreshes from the refresh cookie", async () => {
+  current = buildTestApp();
+  const { email } = await signUp(current);
+  const login = await send(current, "/api/auth/login?mode=cookie", {
+    body: { email, password: STRONG_PASSWORD },
+  });
+  const jar = cookiesOf(login);
+  const csrf = await send(current, "/api/auth/csrf", { headers: { cookie: cookieHeader(jar) } });
+  const { token } = (await csrf.json()) as { token: string };
+  const refreshed = await send(current, "/api/auth/refresh", {
+    method: "POST",
+    headers: { cookie: cookieHeader({ ...jar, ...cookiesOf(csrf) }), "x-csrf-token": token },
+  });
+  expect(refreshed.status).toBe(200);
+  expect(await refreshed.json()).toMatchObject({ tokenType: "Cookie" });
+  expect(cookiesOf(refreshed).palisade_refresh).not.toBe(jar.palisade_refresh);
+});
+
+test("production cookies are __Host- prefixed and Secure", async () => {
+  current = buildTestApp({
+    env: {
+      APP_ENV: "production",
+      JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
+      CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+    },
+  });
+  const { email } = await signUp(current);
+  const login = await send(current, "/api/auth/login?mode=cookie", {
+    body: { email, password: STRONG_PASSWORD },
+  });
+  const lines = login.headers.getSetCookie();
+  expect(lines.map((l) => l.split("=")[0]).sort()).toEqual([
+    "__Host-palisade_refresh",
+    "__Host-palisade_session",
+  ]);
+  expect(lines.every((l) => l.includes("Secure"))).toBe(true);
+});

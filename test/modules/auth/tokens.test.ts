@@ -1,0 +1,164 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { createHmac } from "node:crypto";
+import { SignJWT } from "jose";
+import { createApp } from "../../../src/app";
+import { createLogger } from "../../../src/logging/logger";
+import { createServices } from "../../../src/services";
+import {
+  buildTestApp,
+  LogCapture,
+  send,
+  TEST_JWT_SECRET,
+  TEST_PASSWORD_HASHING,
+  type TestApp,
+} from "../../support/app";
+import { bearer, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const b64 = (value: object | string) =>
+  Buffer.from(typeof value === "string" ? value : JSON.stringify(value)).toString("base64url");
+
+function handBuilt(header: object, payload: object, sign: (input: string) => string) {
+  const input = `${b64(header)}.${b64(payload)}`;
+  return `${input}.${sign(input)}`;
+}
+
+const hmac = (secret: string) => (input: string) =>
+  createHmac("sha256", secret).update(input).digest("base64url");
+
+async function claimsFor(target: TestApp) {
+  const session = await signUp(target);
+  const now = Math.floor(Date.now() / 1000);
+  return {
+    session,
+    payload: {
+      sub: session.userId,
+      role: "admin",
+      fam: "forged-family",
+      jti: "forged",
+      iss: "palisade",
+      aud: "palisade-api",
+      iat: now,
+      exp: now + 600,
+    },
+  };
+}
+
+async function meWith(target: TestApp, token: string) {
+  const response = await send(target, "/api/auth/me", { headers: bearer(token) });
+  return { status: response.status, body: (await response.json()) as { code?: string } };
+}
+
+describe("access tokens are refused when", () => {
+  test("alg is none", async () => {
+    current = buildTestApp();
+    const { payload } = await claimsFor(current);
+    const token = `${b64({ alg: "none", typ: "JWT" })}.${b64(payload)}.`;
+    expect((await meWith(current, token)).status).toBe(401);
+  });
+
+  test("alg is RS256 with the HMAC secret used as the key", async () => {
+    current = buildTestApp();
+    const { payload } = await claimsFor(current);
+    const token = handBuilt({ alg: "RS256", typ: "JWT" }, payload, hmac(TEST_JWT_SECRET));
+    expect((await meWith(current, token)).status).toBe(401);
+  });
+
+  test("HS384/HS512 are used, even with the right secret", async () => {
+    current = buildTestApp();
+    const { payload } = await claimsFor(current);
+    const token = await new SignJWT(payload)
+      .setProtectedHeader({ alg: "HS512" })
+      .sign(new TextEncoder().encode(TEST_JWT_SECRET));
+    expect((await meWith(current, token)).status).toBe(401);
+  });
+
+  test("the payload was changed after signing", async () => {
+    current = buildTestApp();
+    const { session } = await claimsFor(current);
+    const [header, payload, signature] = session.accessToken.split(".");
+    const claims = JSON.parse(Buffer.from(payload!, "base64url").toString());
+    const promoted = `${header}.${b64({ ...claims, role: "admin" })}.${signature}`;
+    expect((await meWith(current, promoted)).status).toBe(401);
+  });
+
+  test("it is signed with another secret", async () => {
+    current = buildTestApp();
+    const { payload } = await claimsFor(current);
+    const token = handBuilt({ alg: "HS256", typ: "JWT" }, payload, hmac("another-secret-0123456789-abcdefghij"));
+    expect((await meWith(current, token)).status).toBe(401);
+  });
+
+  test.each([
+    ["the audience is wrong", { aud: "someone-else" }],
+    ["the issuer is wrong", { iss: "evil" }],
+    ["the subject is missing", { sub: undefined }],
+    ["the role is unknown", { role: "root" }],
+  ])("%s", async (_label, change) => {
+    current = buildTestApp();
+    const { payload } = await claimsFor(current);
+    const token = handBuilt({ alg: "HS256", typ: "JWT" }, { ...payload, ...change }, hmac(TEST_JWT_SECRET));
+    expect((await meWith(current, token)).status).toBe(401);
+  });
+
+  test("it has expired (beyond 30 s of clock skew), with its own failure reason", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const session = await signUp(current);
+    clock.advance(60 * 60 * 1000 + 20_000);
+    expect((await meWith(current, session.accessToken)).status).toBe(200);
+    clock.advance(20_000);
+    const expired = await meWith(current, session.accessToken);
+    expect(expired.status).toBe(401);
+    const metrics = await (await send(current, "/metrics")).text();
+    expect(metrics).toContain('auth_failures_total{reason="expired_token"} 1');
+  });
+
+  test("no credential at all: 401 with WWW-Authenticate", async () => {
+    current = buildTestApp();
+    const response = await send(current, "/api/auth/me");
+    expect(response.status).toBe(401);
+    expect(response.headers.get("www-authenticate")).toBe('Bearer realm="palisade"');
+  });
+
+  test("a hand-built token with every claim right and the right secret is accepted", async () => {
+    // The control for the cases above: they fail for their one change, not for the harness.
+    current = buildTestApp();
+    const { payload } = await claimsFor(current);
+    const token = handBuilt({ alg: "HS256", typ: "JWT" }, payload, hmac(TEST_JWT_SECRET));
+    expect((await meWith(current, token)).status).toBe(200);
+  });
+});
+
+describe("revocation across processes", () => {
+  test("a logout in one process reaches another process's cache within a second", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const session = await signUp(current);
+    // A second app on the same file: another process of the same deployment.
+    const services = createServices({
+      config: current.config,
+      db: current.db,
+      logger: createLogger({ level: "info", destination: new LogCapture() }),
+      clock,
+      passwordHashing: TEST_PASSWORD_HASHING,
+      maintenanceIntervalMs: 0,
+    });
+    const other = createApp({ ...services, peerAddress: () => "10.1.1.1" });
+    const meOnOther = async () =>
+      (await other.handle(new Request("http://localhost/api/auth/me", { headers: bearer(session.accessToken) }))).status;
+    expect(await meOnOther()).toBe(200); // now cached there
+
+    await send(current, "/api/auth/logout", { method: "POST", headers: bearer(session.accessToken) });
+    expect((await meWith(current, session.accessToken)).status).toBe(401); // here: at once
+    clock.advance(1_000);
+    expect(await meOnOther()).toBe(401); // there: within a second
+    services.close();
+  });
+});
