@@ -196,7 +196,9 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
 }
 
 function collectSecretValues(config: Config, env: Environment): string[] {
-  const values = new Set<string>([config.jwt.secretKey, config.csrf.secretKey, ...config.apiKeys]);
+  // An API_KEYS entry may carry its scopes after a colon; the key itself is the secret.
+  const keys = config.apiKeys.flatMap((entry) => [entry, entry.split(":")[0]!]);
+  const values = new Set<string>([config.jwt.secretKey, config.csrf.secretKey, ...keys]);
   for (const name of SECRET_VARIABLES) {
     const value = env[name];
     if (value) values.add(value);

@@ -26,7 +26,22 @@ export function openapiDocument({ docsPage }: { docsPage: boolean }) {
       tags: [
         { name: "health", description: "Liveness and readiness" },
         { name: "meta", description: "This API's own description" },
+        { name: "auth", description: "Accounts and sessions" },
+        { name: "admin", description: "API keys, audit log and IP blocks (admins only)" },
+        { name: "privacy", description: "Export and erasure of your data" },
       ],
+      components: {
+        securitySchemes: {
+          bearerAuth: { type: "http", scheme: "bearer", bearerFormat: "JWT or pal_ API key" },
+          apiKey: { type: "apiKey", in: "header", name: "X-API-Key" },
+          sessionCookie: {
+            type: "apiKey",
+            in: "cookie",
+            name: "palisade_session",
+            description: "Browser mode (__Host-palisade_session behind TLS); needs X-CSRF-Token",
+          },
+        },
+      },
       // The plugin does not describe its own route; the contract lists it, so the document does.
       paths: {
         [OPENAPI_PATH]: {

@@ -91,7 +91,11 @@ describe("access tokens are refused when", () => {
   test("it is signed with another secret", async () => {
     current = buildTestApp();
     const { payload } = await claimsFor(current);
-    const token = handBuilt({ alg: "HS256", typ: "JWT" }, payload, hmac("another-secret-0123456789-abcdefghij"));
+    const token = handBuilt(
+      { alg: "HS256", typ: "JWT" },
+      payload,
+      hmac("another-secret-0123456789-abcdefghij"),
+    );
     expect((await meWith(current, token)).status).toBe(401);
   });
 
@@ -103,7 +107,11 @@ describe("access tokens are refused when", () => {
   ])("%s", async (_label, change) => {
     current = buildTestApp();
     const { payload } = await claimsFor(current);
-    const token = handBuilt({ alg: "HS256", typ: "JWT" }, { ...payload, ...change }, hmac(TEST_JWT_SECRET));
+    const token = handBuilt(
+      { alg: "HS256", typ: "JWT" },
+      { ...payload, ...change },
+      hmac(TEST_JWT_SECRET),
+    );
     expect((await meWith(current, token)).status).toBe(401);
   });
 
@@ -152,10 +160,17 @@ describe("revocation across processes", () => {
     });
     const other = createApp({ ...services, peerAddress: () => "10.1.1.1" });
     const meOnOther = async () =>
-      (await other.handle(new Request("http://localhost/api/auth/me", { headers: bearer(session.accessToken) }))).status;
+      (
+        await other.handle(
+          new Request("http://localhost/api/auth/me", { headers: bearer(session.accessToken) }),
+        )
+      ).status;
     expect(await meOnOther()).toBe(200); // now cached there
 
-    await send(current, "/api/auth/logout", { method: "POST", headers: bearer(session.accessToken) });
+    await send(current, "/api/auth/logout", {
+      method: "POST",
+      headers: bearer(session.accessToken),
+    });
     expect((await meWith(current, session.accessToken)).status).toBe(401); // here: at once
     clock.advance(1_000);
     expect(await meOnOther()).toBe(401); // there: within a second

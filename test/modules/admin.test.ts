@@ -1,0 +1,128 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../support/app";
+import { bearer, signUp } from "../support/auth";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+describe("audit log query", () => {
+  test("filters by type, actor, address and time, newest first, with a cursor", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const { audit } = current.services;
+    for (let i = 0; i < 7; i++) {
+      audit.record({
+        type: i % 2 ? "csrf.failed" : "ratelimit.rejected",
+        outcome: "denied",
+        actor: i < 3 ? "user:someone" : null,
+        ip: `192.0.2.${i}`,
+        at: Date.parse("2026-01-01T00:00:00Z") + i * 60_000,
+      });
+    }
+    audit.flush();
+    const get = async (query: string) => {
+      const response = await send(current!, `/api/admin/audit?${query}`, {
+        headers: bearer(admin.accessToken),
+      });
+      expect(response.status).toBe(200);
+      return (await response.json()) as {
+        events: { id: number; type: string; ip: string; at: string }[];
+        nextCursor: number | null;
+      };
+    };
+    const csrf = await get("type=csrf.failed");
+    expect(csrf.events.map((e) => e.ip)).toEqual(["192.0.2.5", "192.0.2.3", "192.0.2.1"]);
+    expect((await get("actor=user:someone&type=ratelimit.rejected")).events).toHaveLength(2);
+    expect((await get("ip=192.0.2.4")).events.map((e) => e.type)).toEqual(["ratelimit.rejected"]);
+    const window = await get(
+      `since=${encodeURIComponent("2026-01-01T00:02:00Z")}&until=${encodeURIComponent("2026-01-01T00:04:00Z")}&type=ratelimit.rejected`,
+    );
+    expect(window.events.map((e) => e.ip)).toEqual(["192.0.2.4", "192.0.2.2"]);
+
+    const first = await get("limit=3&ip=192.0.2.6");
+    expect(first.events).toHaveLength(1);
+    const page1 = await get("limit=3&type=ratelimit.rejected");
+    expect(page1.events).toHaveLength(3);
+    expect(page1.nextCursor).toBe(page1.events[2]!.id);
+    const page2 = await get(`limit=3&type=ratelimit.rejected&cursor=${page1.nextCursor}`);
+    expect(page2.events).toHaveLength(1);
+    expect(page2.nextCursor).toBeNull();
+    expect(page2.events[0]!.id).toBeLessThan(page1.events[2]!.id);
+  });
+
+  test("a page is at most 500 and the query is itself audited", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const tooMany = await send(current, "/api/admin/audit?limit=501", {
+      headers: bearer(admin.accessToken),
+    });
+    expect(tooMany.status).toBe(422);
+    await send(current, "/api/admin/audit?limit=5", { headers: bearer(admin.accessToken) });
+    const row = current.db.$client
+      .query("SELECT actor FROM audit_events WHERE type = 'admin.audit.queried'")
+      .get() as { actor: string };
+    expect(row.actor).toBe(`user:${admin.userId}`);
+  });
+});
+
+describe("IP blocks", () => {
+  test("add with TTL and reason, list, remove; each action audited with the admin", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    const added = await send(current, "/api/admin/blocks", {
+      headers,
+      body: { address: "2001:db8:5:6::99", ttlMinutes: 30, reason: "credential stuffing" },
+    });
+    expect(added.status).toBe(201);
+    const block = (await added.json()) as {
+      id: number;
+      address: string;
+      expiresAt: number;
+      createdAt: number;
+    };
+    expect(block.address).toBe("2001:db8:5:6::/64");
+    expect(block.expiresAt - block.createdAt).toBe(30 * 60_000);
+    expect((await send(current, "/openapi.json", { peer: "2001:db8:5:6::1" })).status).toBe(403);
+
+    const list = (await (await send(current, "/api/admin/blocks", { headers })).json()) as {
+      blocks: { id: number; reason: string; createdBy: string }[];
+    };
+    expect(list.blocks).toEqual([
+      expect.objectContaining({
+        id: block.id,
+        reason: "credential stuffing",
+        createdBy: `user:${admin.userId}`,
+      }),
+    ]);
+    const removed = await send(current, `/api/admin/blocks/${block.id}`, {
+      method: "DELETE",
+      headers,
+    });
+    expect(removed.status).toBe(204);
+    expect((await send(current, "/openapi.json", { peer: "2001:db8:5:6::1" })).status).toBe(200);
+    const events = current.db.$client
+      .query("SELECT type, actor FROM audit_events WHERE type LIKE 'ip.%' ORDER BY id")
+      .all();
+    expect(events).toEqual([
+      { type: "ip.blocked", actor: `user:${admin.userId}` },
+      { type: "ip.unblocked", actor: `user:${admin.userId}` },
+    ]);
+    expect(
+      (await send(current, `/api/admin/blocks/${block.id}`, { method: "DELETE", headers })).status,
+    ).toBe(404);
+  });
+
+  test("a bad address is 422", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const response = await send(current, "/api/admin/blocks", {
+      headers: bearer(admin.accessToken),
+      body: { address: "not-an-ip", ttlMinutes: 5, reason: "x" },
+    });
+    expect(response.status).toBe(422);
+  });
+});

@@ -1,0 +1,120 @@
+import { afterEach, expect, test } from "bun:test";
+import { verifyAuditChain } from "../../src/plugins/audit/log";
+import { buildTestApp, send, type TestApp } from "../support/app";
+import { bearer, createKey, signUp } from "../support/auth";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+test("export returns the caller's data and nobody else's", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  createKey(current, ["chat"], alice.userId);
+  createKey(current, ["chat"], bob.userId);
+  current.services.audit.flush();
+  const response = await send(current, "/api/me/export", { headers: bearer(alice.accessToken) });
+  expect(response.status).toBe(200);
+  const document = (await response.json()) as {
+    profile: { id: string; email: string };
+    sessions: unknown[];
+    apiKeys: { name: string }[];
+    auditEvents: { type: string }[];
+  };
+  expect(document.profile).toMatchObject({ id: alice.userId, email: alice.email });
+  expect(document.sessions).toHaveLength(1);
+  expect(document.apiKeys).toHaveLength(1);
+  expect(document.auditEvents.map((e) => e.type)).toEqual(
+    expect.arrayContaining(["auth.register.succeeded", "auth.login.succeeded"]),
+  );
+  const text = JSON.stringify(document);
+  expect(text).not.toContain(bob.userId);
+  expect(text).not.toContain(bob.email);
+  expect(text).not.toContain("password");
+  expect(text).not.toContain("hash");
+});
+
+test("export and erasure need a signed-in user: an API key is refused", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const { key } = createKey(current, ["chat"], alice.userId);
+  expect((await send(current, "/api/me/export", { headers: { "x-api-key": key } })).status).toBe(
+    403,
+  );
+  expect(
+    (await send(current, "/api/me", { method: "DELETE", headers: { "x-api-key": key } })).status,
+  ).toBe(403);
+});
+
+test("erasure revokes sessions and keys, pseudonymises audit rows and keeps the chain intact", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const { key } = createKey(current, ["chat"], alice.userId);
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(alice.accessToken),
+  });
+  expect(erased.status).toBe(204);
+
+  expect((await send(current, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+    401,
+  );
+  expect((await send(current, "/api/auth/me", { headers: { "x-api-key": key } })).status).toBe(401);
+  const refresh = await send(current, "/api/auth/refresh", {
+    body: { refreshToken: alice.refreshToken },
+  });
+  expect(refresh.status).toBe(401);
+  expect((await send(current, "/api/auth/me", { headers: bearer(bob.accessToken) })).status).toBe(
+    200,
+  );
+
+  const sqlite = current.db.$client;
+  expect(sqlite.query("SELECT count(*) AS n FROM users WHERE id = ?").get(alice.userId)).toEqual({
+    n: 0,
+  });
+  expect(
+    sqlite.query("SELECT count(*) AS n FROM refresh_tokens WHERE user_id = ?").get(alice.userId),
+  ).toEqual({ n: 0 });
+  current.services.audit.flush();
+  const dump = JSON.stringify(sqlite.query("SELECT actor, ip, detail FROM audit_events").all());
+  expect(dump).not.toContain(`user:${alice.userId}`);
+  expect(dump).not.toContain(alice.email);
+  const pseudonymised = sqlite
+    .query(
+      "SELECT type, actor, ip, subject_salt AS salt FROM audit_events WHERE actor LIKE 'erased:%' ORDER BY id",
+    )
+    .all() as { type: string; actor: string; ip: string | null; salt: string | null }[];
+  expect(pseudonymised.map((r) => r.type)).toEqual([
+    "auth.register.succeeded",
+    "auth.login.succeeded",
+    "admin.key.revoked",
+    "privacy.erased",
+  ]);
+  expect(new Set(pseudonymised.map((r) => r.actor)).size).toBe(1);
+  // The rows written before erasure lost their address and the salt that committed to it.
+  expect(pseudonymised.slice(0, 2).every((r) => r.ip === null && r.salt === null)).toBe(true);
+  expect(verifyAuditChain(sqlite).ok).toBe(true);
+  // Bob's rows are untouched.
+  expect(dump).toContain(`user:${bob.userId}`);
+});
+
+test("3 exports per minute per user", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const statuses: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    statuses.push(
+      (
+        await send(current, "/api/me/export", {
+          headers: bearer(alice.accessToken),
+          peer: `10.3.0.${i}`,
+        })
+      ).status,
+    );
+  }
+  expect(statuses).toEqual([200, 200, 200, 429]);
+});
