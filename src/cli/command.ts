@@ -6,6 +6,7 @@
  */
 import type { Config } from "../config";
 import type { AppDatabase } from "../db/client";
+import type { Services } from "../services";
 
 export interface ParsedArgs {
   positional: string[];
@@ -17,6 +18,8 @@ export interface CommandContext {
   config(): Readonly<Config>;
   /** The migrated database at DATABASE_PATH, opened on first use and closed after the command. */
   db(): AppDatabase;
+  /** The app's services on that database (accounts, keys, blocks, audit), as the server has them. */
+  services(): Services;
   out(line: string): void;
   /** Standard input, for secrets that must not appear in argv or shell history. */
   readStdin(): Promise<string>;
@@ -64,4 +67,24 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     }
   }
   return { positional, flags };
+}
+
+/** A string flag's value, or a usage error naming it. */
+export function requireFlag(args: ParsedArgs, name: string): string {
+  const value = args.flags[name];
+  if (typeof value !== "string" || value === "") {
+    throw new CliError(`--${name} is required`, EXIT_USAGE);
+  }
+  return value;
+}
+
+const UNIT_MS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `45m`, `12h`, `30d` in milliseconds. */
+export function parseDuration(flag: string, raw: string): number {
+  const match = /^(\d+)([mhd])$/.exec(raw);
+  if (!match || Number(match[1]) === 0) {
+    throw new CliError(`--${flag} must look like 45m, 12h or 30d`, EXIT_USAGE);
+  }
+  return Number(match[1]) * UNIT_MS[match[2]!]!;
 }

@@ -3,10 +3,13 @@
  * The CLI runner: finds the command, prints help, and turns every expected failure (bad usage, bad
  * configuration, a command's CliError) into one line on stderr and a non-zero exit code.
  */
+import pino from "pino";
 import { type Config, ConfigError, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
 import { applyMigrations } from "../db/migrate";
+import { createLogger } from "../logging/logger";
+import { createServices, type Services } from "../services";
 import { CliError, type Command, type CommandContext, EXIT_USAGE, parseArgs } from "./command";
 
 export interface CliIo {
@@ -54,6 +57,7 @@ export async function runCli(
 
   let config: Readonly<Config> | null = null;
   let db: AppDatabase | null = null;
+  let services: Services | null = null;
   const context: CommandContext = {
     config: () => {
       config ??= loadConfig(env);
@@ -65,6 +69,16 @@ export async function runCli(
         applyMigrations(db);
       }
       return db;
+    },
+    services: () => {
+      services ??= createServices({
+        config: context.config(),
+        db: context.db(),
+        // Operators read the command's own output; only problems go to stderr.
+        logger: createLogger({ level: "warn", destination: pino.destination(2) }),
+        maintenanceIntervalMs: 0,
+      });
+      return services;
     },
     out: io.out,
     readStdin: io.readStdin,
@@ -86,6 +100,7 @@ export async function runCli(
     }
     throw error;
   } finally {
+    (services as Services | null)?.close();
     (db as AppDatabase | null)?.$client.close();
   }
 }

@@ -1,24 +1,12 @@
-import type { Command } from "../command";
+import { clientKeyOf, parseAddress } from "../../plugins/client-ip/resolve";
+import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
 
 export const blocksList: Command = {
   name: "blocks:list",
   summary: "List the IP blocks in force",
   usage: "blocks:list",
   run(_args, context) {
-    const rows = context
-      .db()
-      .$client.query(
-        `SELECT id, address, reason, source, created_by AS createdBy, expires_at AS expiresAt
-         FROM ip_blocks WHERE expires_at > ? AND lifted_at IS NULL ORDER BY created_at DESC`,
-      )
-      .all(Date.now()) as {
-      id: number;
-      address: string;
-      reason: string;
-      source: string;
-      createdBy: string | null;
-      expiresAt: number;
-    }[];
+    const rows = context.services().ipBlocks.listActive();
     if (rows.length === 0) {
       context.out("no active blocks");
       return 0;
@@ -30,6 +18,45 @@ export const blocksList: Command = {
         }  ${row.reason}`,
       );
     }
+    return 0;
+  },
+};
+
+export const blocksAdd: Command = {
+  name: "blocks:add",
+  summary: "Block an address (an IPv6 address blocks its /64) for a time, with a reason",
+  usage: "blocks:add --address A --ttl 60m --reason R",
+  run(args, context) {
+    const address = parseAddress(requireFlag(args, "address"));
+    if (address === null) throw new CliError("--address is not an IP address", EXIT_USAGE);
+    const ttlMs = parseDuration("ttl", requireFlag(args, "ttl"));
+    const reason = requireFlag(args, "reason");
+    const block = context.services().ipBlocks.block({
+      address: clientKeyOf(address),
+      reason,
+      ttlMs,
+      source: "admin",
+      createdBy: "cli",
+    });
+    context.out(
+      `blocked ${block.address} until ${new Date(block.expiresAt).toISOString()} (block ${block.id})`,
+    );
+    return 0;
+  },
+};
+
+export const blocksRemove: Command = {
+  name: "blocks:remove",
+  summary: "Lift a block by its id",
+  usage: "blocks:remove ID",
+  run(args, context) {
+    const id = args.positional[0];
+    if (!id) throw new CliError("the block id is required", EXIT_USAGE);
+    const { ipBlocks } = context.services();
+    const block = ipBlocks.listActive().find((b) => String(b.id) === id);
+    if (!block) throw new CliError(`no block in force has the id ${id}`);
+    ipBlocks.lift(block.address, "cli");
+    context.out(`lifted the block on ${block.address}`);
     return 0;
   },
 };

@@ -1,14 +1,23 @@
 import type { Command } from "../command";
 import { auditTail, auditVerify } from "./audit";
-import { blocksList } from "./blocks";
+import { blocksAdd, blocksList, blocksRemove } from "./blocks";
 import { configCheck } from "./config";
 import { dbMigrate } from "./db";
+import { keysCreate, keysList, keysRevoke } from "./keys";
+import { usersCreate, usersRole } from "./users";
 
 /** Every operator command, in the order the help screen lists them. */
 export const COMMANDS: readonly Command[] = [
+  usersCreate,
+  usersRole,
+  keysCreate,
+  keysList,
+  keysRevoke,
+  blocksList,
+  blocksAdd,
+  blocksRemove,
   auditTail,
   auditVerify,
-  blocksList,
   configCheck,
   dbMigrate,
 ];

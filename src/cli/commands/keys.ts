@@ -1,0 +1,90 @@
+import { isScope } from "../../modules/auth/api-keys";
+import type { Scope } from "../../modules/auth/principal";
+import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
+
+const iso = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString());
+
+export const keysCreate: Command = {
+  name: "keys:create",
+  summary:
+    "Create an API key with scopes (chat, payments, admin, metrics); the key is printed once",
+  usage: "keys:create --name N --scopes a,b [--expires 30d] [--env live|test] [--owner EMAIL]",
+  run(args, context) {
+    const name = requireFlag(args, "name");
+    const scopes = requireFlag(args, "scopes")
+      .split(",")
+      .map((s) => s.trim());
+    const unknown = scopes.filter((s) => !isScope(s));
+    if (unknown.length > 0) {
+      throw new CliError(
+        `unknown scope ${unknown.join(", ")}; use chat, payments, admin, metrics`,
+        EXIT_USAGE,
+      );
+    }
+    const env = args.flags.env ?? "live";
+    if (env !== "live" && env !== "test")
+      throw new CliError("--env must be live or test", EXIT_USAGE);
+    const services = context.services();
+    let userId: string | null = null;
+    if (typeof args.flags.owner === "string") {
+      const owner = services.auth.findUserByEmail(args.flags.owner);
+      if (!owner) throw new CliError(`no account has the email ${args.flags.owner}`);
+      userId = owner.id;
+    }
+    const expiresAt =
+      typeof args.flags.expires === "string"
+        ? services.clock.now() + parseDuration("expires", args.flags.expires)
+        : null;
+    const { key, record } = services.apiKeys.create(
+      { name, scopes: [...new Set(scopes)] as Scope[], userId, expiresAt, environment: env },
+      "cli",
+    );
+    context.out(
+      `created key ${record.id} (${record.prefix}…) scopes ${record.scopes.join(",")} expires ${iso(record.expiresAt)}`,
+    );
+    context.out(`key (shown once): ${key}`);
+    return 0;
+  },
+};
+
+export const keysList: Command = {
+  name: "keys:list",
+  summary: "List API keys (prefix, scopes, state); never the keys themselves",
+  usage: "keys:list",
+  run(_args, context) {
+    const { apiKeys, clock } = context.services();
+    const keys = apiKeys.list();
+    if (keys.length === 0) {
+      context.out("no API keys");
+      return 0;
+    }
+    const now = clock.now();
+    for (const key of keys) {
+      const state =
+        key.revokedAt !== null
+          ? "revoked"
+          : key.expiresAt !== null && key.expiresAt <= now
+            ? "expired"
+            : "active";
+      context.out(
+        `${key.id}  ${key.prefix}…  ${key.name}  ${key.scopes.join(",")}  ${state}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}`,
+      );
+    }
+    return 0;
+  },
+};
+
+export const keysRevoke: Command = {
+  name: "keys:revoke",
+  summary: "Revoke an API key by id (every process stops accepting it within a second)",
+  usage: "keys:revoke ID",
+  run(args, context) {
+    const id = args.positional[0];
+    if (!id) throw new CliError("the key id is required", EXIT_USAGE);
+    if (!context.services().apiKeys.revoke(id, "cli")) {
+      throw new CliError(`no active key has the id ${id}`);
+    }
+    context.out(`revoked ${id}`);
+    return 0;
+  },
+};

@@ -1,0 +1,57 @@
+import type { Role } from "../../modules/auth/principal";
+import { generateRefreshToken } from "../../modules/auth/tokens";
+import { CliError, type Command, EXIT_USAGE, type ParsedArgs, requireFlag } from "../command";
+
+function roleFlag(args: ParsedArgs): Role {
+  const role = args.flags.role ?? "user";
+  if (role !== "user" && role !== "admin") {
+    throw new CliError("--role must be user or admin", EXIT_USAGE);
+  }
+  return role;
+}
+
+export const usersCreate: Command = {
+  name: "users:create",
+  summary:
+    "Create an account (--role admin for the first admin); the password comes from stdin or is generated",
+  usage: "users:create --email E [--role user|admin] [--password-stdin]",
+  async run(args, context) {
+    const email = requireFlag(args, "email");
+    const role = roleFlag(args);
+    const fromStdin = args.flags["password-stdin"] === true;
+    // A generated password: 32 random bytes, far past any strength rule.
+    const password = fromStdin
+      ? (await context.readStdin()).replace(/\r?\n$/, "")
+      : generateRefreshToken();
+    const outcome = await context.services().auth.register(email, password, null, role);
+    switch (outcome.code) {
+      case "INVALID_EMAIL":
+        throw new CliError("--email is not a valid email address", EXIT_USAGE);
+      case "WEAK_PASSWORD":
+        throw new CliError(`the password is refused (${outcome.rule}): ${outcome.message}`);
+      case "DUPLICATE":
+        throw new CliError("an account with this email already exists");
+      case "CREATED":
+        context.out(`created ${outcome.user.role} ${outcome.user.email} (${outcome.user.id})`);
+        if (!fromStdin) context.out(`password (shown once): ${password}`);
+        return 0;
+    }
+  },
+};
+
+export const usersRole: Command = {
+  name: "users:role",
+  summary: "Change an account's role; its sessions end so the new role applies at once",
+  usage: "users:role --email E --role user|admin",
+  run(args, context) {
+    const email = requireFlag(args, "email");
+    if (args.flags.role === undefined) throw new CliError("--role is required", EXIT_USAGE);
+    const role = roleFlag(args);
+    const { auth } = context.services();
+    const user = auth.findUserByEmail(email);
+    if (!user) throw new CliError(`no account has the email ${email}`);
+    const changed = auth.setRole(user.id, role, "cli");
+    context.out(changed ? `${email} is now ${role}` : `${email} was already ${role}`);
+    return 0;
+  },
+};

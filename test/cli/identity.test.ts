@@ -1,0 +1,182 @@
+import { Database } from "bun:sqlite";
+import { afterEach, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { tempDir } from "../support/app";
+import { STRONG_PASSWORD } from "../support/auth";
+import { runToExit } from "../support/process";
+
+let cleanup: (() => void) | null = null;
+afterEach(() => {
+  cleanup?.();
+  cleanup = null;
+});
+
+function workspace() {
+  const dir = tempDir();
+  cleanup = dir.remove;
+  const env = { DATABASE_PATH: join(dir.path, "cli.db") };
+  const cli = (args: string[], stdin?: string) =>
+    runToExit(["bun", "run", "src/cli/index.ts", ...args], env, stdin);
+  const query = <T>(sql: string, ...params: string[]) => {
+    const db = new Database(env.DATABASE_PATH, { readonly: true });
+    try {
+      return db.query(sql).all(...params) as T[];
+    } finally {
+      db.close();
+    }
+  };
+  return { cli, query };
+}
+
+describe("users", () => {
+  test("users:create makes the first admin with a generated password shown once", async () => {
+    const { cli, query } = workspace();
+    const result = await cli(["users:create", "--email", "Root@Example.test", "--role", "admin"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain("created admin Root@example.test");
+    const password = /password \(shown once\): (\S+)/.exec(result.stdout)![1]!;
+    expect(password.length).toBeGreaterThanOrEqual(40);
+    const [row] = query<{ role: string; hash: string }>(
+      "SELECT role, password_hash AS hash FROM users",
+    );
+    expect(row!.role).toBe("admin");
+    expect(row!.hash).toStartWith("$argon2id$");
+    expect(row!.hash).not.toContain(password);
+  });
+
+  test("users:create reads the password from stdin, checks it, and refuses duplicates", async () => {
+    const { cli } = workspace();
+    const weak = await cli(
+      ["users:create", "--email", "a@example.test", "--password-stdin"],
+      "password\n",
+    );
+    expect(weak.code).toBe(1);
+    expect(weak.stderr.trim()).toStartWith("palisade users:create: the password is refused (");
+    expect(weak.stderr).not.toContain("password\n");
+    const ok = await cli(
+      ["users:create", "--email", "a@example.test", "--password-stdin"],
+      `${STRONG_PASSWORD}\n`,
+    );
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).not.toContain("shown once");
+    const dup = await cli(
+      ["users:create", "--email", "A@example.test", "--password-stdin"],
+      `${STRONG_PASSWORD}\n`,
+    );
+    expect(dup.code).toBe(1);
+    expect(dup.stderr.trim()).toBe(
+      "palisade users:create: an account with this email already exists",
+    );
+  });
+
+  test("users:role changes the role; usage errors exit 2 with one line", async () => {
+    const { cli, query } = workspace();
+    await cli(["users:create", "--email", "b@example.test"]);
+    const promoted = await cli(["users:role", "--email", "b@example.test", "--role", "admin"]);
+    expect(promoted.code).toBe(0);
+    expect(query<{ role: string }>("SELECT role FROM users")[0]!.role).toBe("admin");
+    const bad = await cli(["users:role", "--email", "b@example.test", "--role", "root"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.trim()).toBe("palisade users:role: --role must be user or admin");
+    const missing = await cli(["users:role", "--email", "nobody@example.test", "--role", "user"]);
+    expect(missing.code).toBe(1);
+    const noEmail = await cli(["users:create"]);
+    expect(noEmail.code).toBe(2);
+    expect(noEmail.stderr.trim()).toBe("palisade users:create: --email is required");
+  });
+});
+
+describe("keys", () => {
+  test("keys:create prints the key once; keys:list shows only prefixes; keys:revoke revokes", async () => {
+    const { cli, query } = workspace();
+    const created = await cli([
+      "keys:create",
+      "--name",
+      "bot",
+      "--scopes",
+      "chat,payments",
+      "--expires",
+      "30d",
+    ]);
+    expect(created.code).toBe(0);
+    const key = /key \(shown once\): (pal_live_\S+)/.exec(created.stdout)![1]!;
+    const id = /created key (\S+)/.exec(created.stdout)![1]!;
+    const listed = await cli(["keys:list"]);
+    expect(listed.stdout).toContain(`${id}  ${key.slice(0, 16)}…  bot  chat,payments  active`);
+    expect(listed.stdout).not.toContain(key);
+    expect(JSON.stringify(query("SELECT * FROM api_keys"))).not.toContain(key);
+    const revoked = await cli(["keys:revoke", id]);
+    expect(revoked.code).toBe(0);
+    expect((await cli(["keys:list"])).stdout).toContain("revoked");
+    expect((await cli(["keys:revoke", id])).code).toBe(1);
+  });
+
+  test("keys:create refuses unknown scopes and bad durations", async () => {
+    const { cli } = workspace();
+    const scope = await cli(["keys:create", "--name", "x", "--scopes", "chat,root"]);
+    expect(scope.code).toBe(2);
+    expect(scope.stderr).toContain("unknown scope root");
+    const duration = await cli([
+      "keys:create",
+      "--name",
+      "x",
+      "--scopes",
+      "chat",
+      "--expires",
+      "soon",
+    ]);
+    expect(duration.code).toBe(2);
+    expect(duration.stderr.trim()).toBe(
+      "palisade keys:create: --expires must look like 45m, 12h or 30d",
+    );
+  });
+});
+
+describe("blocks", () => {
+  test("blocks:add, blocks:list, blocks:remove", async () => {
+    const { cli } = workspace();
+    const added = await cli([
+      "blocks:add",
+      "--address",
+      "203.0.113.9",
+      "--ttl",
+      "2h",
+      "--reason",
+      "abuse",
+    ]);
+    expect(added.code).toBe(0);
+    const id = /\(block (\d+)\)/.exec(added.stdout)![1]!;
+    const listed = await cli(["blocks:list"]);
+    expect(listed.stdout).toContain("203.0.113.9");
+    expect(listed.stdout).toContain("admin by cli  abuse");
+    expect((await cli(["blocks:remove", id])).code).toBe(0);
+    expect((await cli(["blocks:list"])).stdout.trim()).toBe("no active blocks");
+    const bad = await cli(["blocks:add", "--address", "nope", "--ttl", "2h", "--reason", "x"]);
+    expect(bad.code).toBe(2);
+  });
+});
+
+test("every command has --help", async () => {
+  const { cli } = workspace();
+  const help = await cli(["help"]);
+  const names = [...help.stdout.matchAll(/^ {2}(\S+:\S+)/gm)].map((m) => m[1]!);
+  expect(names).toEqual(
+    expect.arrayContaining([
+      "users:create",
+      "users:role",
+      "keys:create",
+      "keys:list",
+      "keys:revoke",
+      "blocks:list",
+      "blocks:add",
+      "blocks:remove",
+      "audit:tail",
+      "audit:verify",
+    ]),
+  );
+  for (const name of names) {
+    const result = await cli([name, "--help"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toStartWith(`Usage: bun run cli ${name}`);
+  }
+});
