@@ -6,7 +6,9 @@ import { join } from "node:path";
 
 const ROOT = join(import.meta.dir, "..");
 
-async function startServer(mode: "bare" | "full") {
+type Mode = "bare" | "full" | "full-nocache";
+
+async function startServer(mode: Mode) {
   const proc = Bun.spawn(["taskset", "-c", "0", "bun", "run", "bench/server.ts", mode, "0"], {
     cwd: ROOT,
     env: { ...process.env, APP_ENV: "development", LOG_LEVEL: "info" },
@@ -22,12 +24,27 @@ async function startServer(mode: "bare" | "full") {
     text += new TextDecoder().decode(value);
   }
   reader.releaseLock();
-  return { proc, port: Number(/ready (\d+)/.exec(text)![1]) };
+  return {
+    proc,
+    port: Number(/ready (\d+)/.exec(text)![1]),
+    token: /token (\S+)/.exec(text)?.[1] ?? null,
+  };
 }
 
-async function wrk(port: number, seconds: number): Promise<number> {
+async function wrk(port: number, seconds: number, path = "/bench", token: string | null = null) {
+  const auth = token ? ["-H", `Authorization: Bearer ${token}`] : [];
   const proc = Bun.spawn(
-    ["taskset", "-c", "1", "wrk", "-t1", "-c64", `-d${seconds}s`, `http://127.0.0.1:${port}/bench`],
+    [
+      "taskset",
+      "-c",
+      "1",
+      "wrk",
+      "-t1",
+      "-c64",
+      `-d${seconds}s`,
+      ...auth,
+      `http://127.0.0.1:${port}${path}`,
+    ],
     { stdout: "pipe", stderr: "pipe" },
   );
   const out = await new Response(proc.stdout).text();
@@ -38,13 +55,30 @@ async function wrk(port: number, seconds: number): Promise<number> {
   return Number(match[1]);
 }
 
-export async function measureHttp(seconds: number, rounds: number) {
-  const best = { bare: 0, full: 0 };
+export interface HttpResults {
+  bare: number;
+  full: number;
+  authCached: number;
+  authUncached: number;
+}
+
+export async function measureHttp(seconds: number, rounds: number): Promise<HttpResults> {
+  const best: HttpResults = { bare: 0, full: 0, authCached: 0, authUncached: 0 };
+  const keep = (name: keyof HttpResults, value: number) => {
+    best[name] = Math.max(best[name], value);
+  };
   for (let round = 0; round < rounds; round++) {
-    for (const mode of ["bare", "full"] as const) {
+    for (const mode of ["bare", "full", "full-nocache"] as const) {
       const server = await startServer(mode);
       await wrk(server.port, 1); // warm-up
-      best[mode] = Math.max(best[mode], await wrk(server.port, seconds));
+      if (mode === "bare") keep("bare", await wrk(server.port, seconds));
+      if (mode === "full") {
+        keep("full", await wrk(server.port, seconds));
+        keep("authCached", await wrk(server.port, seconds, "/bench-auth", server.token));
+      }
+      if (mode === "full-nocache") {
+        keep("authUncached", await wrk(server.port, seconds, "/bench-auth", server.token));
+      }
       server.proc.kill("SIGKILL");
       await server.proc.exited;
     }

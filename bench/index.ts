@@ -8,6 +8,7 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
+import { measureAuth, measureAuth } from "./auth";
 import { measureChain } from "./chain";
 import { measureHttp, wrkAvailable } from "./http";
 import { measureLimiter } from "./limiter";
@@ -48,15 +49,26 @@ try {
     `| whole chain | ${chain.fullUs.toFixed(2)} (total), ${(chain.fullUs - chain.bareUs).toFixed(2)} over bare |`,
   );
 
+  const auth = await measureAuth(dir, quick ? 5_000 : 50_000);
+  console.log("\nCredentials (in process)");
+  console.log("| operation | rate |");
+  console.log("| --- | ---: |");
+  console.log(`| login: argon2id verify, Bun's default cost | ${auth.loginMs.toFixed(1)} ms each |`);
+  console.log(`| access token, cached | ${fmt(auth.tokenCached)}/s |`);
+  console.log(`| access token, jose HS256 verify (cache off) | ${fmt(auth.tokenUncached)}/s |`);
+  console.log(`| API key, cached | ${fmt(auth.keyCached)}/s |`);
+  console.log(`| API key, first sight (prefix lookup + SHA-256 compare) | ${fmt(auth.keyFirstSight)}/s |`);
+
   if (wrkAvailable()) {
     const http = await measureHttp(quick ? 2 : 5, quick ? 1 : 2);
+    const ratio = (n: number) => `${(n / http.bare).toFixed(2)}×`;
     console.log("\nHTTP, wrk -t1 -c64 (server on core 0, wrk on core 1; best of rounds)");
     console.log("| server | req/s | ratio |");
     console.log("| --- | ---: | ---: |");
     console.log(`| bare Elysia JSON route | ${fmt(http.bare)} | 1.00× |`);
-    console.log(
-      `| Palisade, every defence | ${fmt(http.full)} | ${(http.full / http.bare).toFixed(2)}× |`,
-    );
+    console.log(`| Palisade, every defence, public route | ${fmt(http.full)} | ${ratio(http.full)} |`);
+    console.log(`| Palisade, every defence, bearer token (cache on) | ${fmt(http.authCached)} | ${ratio(http.authCached)} |`);
+    console.log(`| Palisade, every defence, bearer token (cache off) | ${fmt(http.authUncached)} | ${ratio(http.authUncached)} |`);
   } else {
     console.log("\nHTTP: skipped (needs wrk and taskset: apt-get install wrk)");
   }

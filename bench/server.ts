@@ -1,6 +1,8 @@
 /**
- * A server for the HTTP benchmark, run in its own process: `bare` is Elysia with one JSON route,
- * `full` is the Palisade app (every defence) with the same route added.
+ * A server for the HTTP benchmark, run in its own process: `bare` is Elysia with one JSON route;
+ * `full` is the Palisade app (every defence) with the same route, public at `/bench` and behind a
+ * bearer token at `/bench-auth` (it prints a token); `full-nocache` the same without the
+ * verified-token cache.
  */
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,6 +13,7 @@ import { loadConfig } from "../src/config";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
 import { createLogger } from "../src/logging/logger";
+import { signAccessToken, signingKey } from "../src/modules/auth/tokens";
 import { createServices } from "../src/services";
 
 const mode = process.argv[2];
@@ -31,10 +34,17 @@ if (mode === "bare") {
   const db = openDatabase(config.databasePath);
   applyMigrations(db);
   const logger = createLogger({ level: config.logLevel, secretValues: config.secretValues });
-  const services = createServices({ config, db, logger });
+  const services = createServices({ config, db, logger, cacheTokens: mode !== "full-nocache" });
   const app = createApp(services)
-    .get("/bench", () => payload)
+    .get("/bench", () => payload, { public: true })
+    .get("/bench-auth", () => payload, { auth: "user" })
     .listen({ port, hostname: "127.0.0.1" });
-  process.stderr.write(`ready ${app.server!.port}\n`);
+  const token = await signAccessToken(
+    signingKey(config.jwt.secretKey),
+    { sub: "bench-user", role: "user", fam: "bench-family" },
+    Date.now(),
+    3600,
+  );
+  process.stderr.write(`token ${token}\nready ${app.server!.port}\n`);
 }
 process.on("SIGINT", () => process.exit(0));

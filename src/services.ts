@@ -65,6 +65,8 @@ export interface ServiceOptions {
   ipBlockSettings?: Partial<IpBlockSettings>;
   /** What chat, payments and later features hold about users, for export and erasure. */
   privacyContributors?: readonly PrivacyContributor[];
+  /** Cache verified access tokens (default true); the benchmark turns it off to compare. */
+  cacheTokens?: boolean;
   /** argon2id cost; Bun's defaults when absent. Tests lower it. */
   passwordHashing?: PasswordHashing;
   /** Background task period; 0 disables the timer (tests drive maintenance themselves). */
@@ -111,6 +113,7 @@ export function createServices(options: ServiceOptions): Services {
     clock,
     signingKey: key,
     accessTokenTtlMs: config.jwt.accessTokenExpireMinutes * 60_000,
+    cacheTokens: options.cacheTokens,
   });
   const auth = new AuthService({
     sqlite,
