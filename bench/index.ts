@@ -8,7 +8,7 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
-import { measureAuth, measureAuth } from "./auth";
+import { measureAuth } from "./auth";
 import { measureChain } from "./chain";
 import { measureHttp, wrkAvailable } from "./http";
 import { measureLimiter } from "./limiter";
