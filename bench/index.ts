@@ -53,11 +53,15 @@ try {
   console.log("\nCredentials (in process)");
   console.log("| operation | rate |");
   console.log("| --- | ---: |");
-  console.log(`| login: argon2id verify, Bun's default cost | ${auth.loginMs.toFixed(1)} ms each |`);
+  console.log(
+    `| login: argon2id verify, Bun's default cost | ${auth.loginMs.toFixed(1)} ms each |`,
+  );
   console.log(`| access token, cached | ${fmt(auth.tokenCached)}/s |`);
   console.log(`| access token, jose HS256 verify (cache off) | ${fmt(auth.tokenUncached)}/s |`);
   console.log(`| API key, cached | ${fmt(auth.keyCached)}/s |`);
-  console.log(`| API key, first sight (prefix lookup + SHA-256 compare) | ${fmt(auth.keyFirstSight)}/s |`);
+  console.log(
+    `| API key, first sight (prefix lookup + SHA-256 compare) | ${fmt(auth.keyFirstSight)}/s |`,
+  );
 
   if (wrkAvailable()) {
     const http = await measureHttp(quick ? 2 : 5, quick ? 1 : 2);
@@ -66,9 +70,15 @@ try {
     console.log("| server | req/s | ratio |");
     console.log("| --- | ---: | ---: |");
     console.log(`| bare Elysia JSON route | ${fmt(http.bare)} | 1.00× |`);
-    console.log(`| Palisade, every defence, public route | ${fmt(http.full)} | ${ratio(http.full)} |`);
-    console.log(`| Palisade, every defence, bearer token (cache on) | ${fmt(http.authCached)} | ${ratio(http.authCached)} |`);
-    console.log(`| Palisade, every defence, bearer token (cache off) | ${fmt(http.authUncached)} | ${ratio(http.authUncached)} |`);
+    console.log(
+      `| Palisade, every defence, public route | ${fmt(http.full)} | ${ratio(http.full)} |`,
+    );
+    console.log(
+      `| Palisade, every defence, bearer token (cache on) | ${fmt(http.authCached)} | ${ratio(http.authCached)} |`,
+    );
+    console.log(
+      `| Palisade, every defence, bearer token (cache off) | ${fmt(http.authUncached)} | ${ratio(http.authUncached)} |`,
+    );
   } else {
     console.log("\nHTTP: skipped (needs wrk and taskset: apt-get install wrk)");
   }

@@ -222,6 +222,7 @@ describe("injection", () => {
     '" OR 1=1 --',
     "Robert'); DELETE FROM audit_events; --",
     "\u0000\u001b[31m<script>alert(1)</script>",
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a template injection attempt, as text.
     "💣 ${process.env} {{7*7}} %s%n",
   ];
 

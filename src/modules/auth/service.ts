@@ -196,9 +196,8 @@ export class AuthService {
 
     const user = this.userByEmail.get(email);
     // The same argon2 work whether or not the account exists, so timing tells nothing.
-    const valid = user
-      ? await verifyPassword(password, user.passwordHash)
-      : (await verifyPassword(password, await this.dummy()), false);
+    const matches = await verifyPassword(password, user?.passwordHash ?? (await this.dummy()));
+    const valid = user !== null && user !== undefined && matches;
 
     if (!user || !valid) {
       await limiter.check([{ policy: this.lockoutPolicy, key: accountKey, now }]);

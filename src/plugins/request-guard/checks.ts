@@ -78,7 +78,7 @@ export function checkHeaders(headers: Headers): Refusal | null {
   }
   for (const name of SINGLE_VALUED) {
     const value = headers.get(name);
-    if (value !== null && value.includes(",")) {
+    if (value?.includes(",")) {
       return { code: "DUPLICATE_HEADER", reason: `${name} sent more than once` };
     }
   }
