@@ -12,7 +12,7 @@ import { clientKeyOf, parseAddress } from "../../plugins/client-ip/resolve";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import { stateOf } from "../../plugins/request-state";
 import { type ApiKeyRecord, type ApiKeyService, DEFAULT_ROTATION_GRACE_MS } from "../auth/api-keys";
-import { principalRef } from "../auth/principal";
+import { type Principal, principalRef } from "../auth/principal";
 import { queryAuditEvents } from "./audit-query";
 import {
   ApiKeyList,
@@ -46,6 +46,23 @@ function view(record: ApiKeyRecord) {
 export function adminModule(options: AdminModuleOptions) {
   const { apiKeys, ipBlocks, audit } = options;
   const admin = { role: "admin" } as const;
+  /** Reads are admin actions too: who looked at keys, blocks or the audit log is itself audited. */
+  const record = (
+    context: { principal: Principal },
+    type: string,
+    detail?: Record<string, string>,
+  ) => {
+    const { request, client, requestId, path } = stateOf(context);
+    audit.record({
+      type,
+      outcome: "success",
+      actor: principalRef(context.principal),
+      ip: client.ip,
+      route: `${request.method} ${path}`,
+      requestId,
+      detail,
+    });
+  };
   const tags = ["admin"];
 
   return new Elysia({ name: "palisade.module.admin", prefix: "/api/admin" })
@@ -73,11 +90,18 @@ export function adminModule(options: AdminModuleOptions) {
         detail: { tags, summary: "Create an API key; the key is in this response only" },
       },
     )
-    .get("/api-keys", () => ({ keys: apiKeys.list().map(view) }), {
-      auth: admin,
-      response: { 200: ApiKeyList },
-      detail: { tags, summary: "List API keys (never their secrets)" },
-    })
+    .get(
+      "/api-keys",
+      (context) => {
+        record(context, "admin.keys.listed");
+        return { keys: apiKeys.list().map(view) };
+      },
+      {
+        auth: admin,
+        response: { 200: ApiKeyList },
+        detail: { tags, summary: "List API keys (never their secrets)" },
+      },
+    )
     .delete(
       "/api-keys/:id",
       ({ params, principal, set }) => {
@@ -117,7 +141,7 @@ export function adminModule(options: AdminModuleOptions) {
     .get(
       "/audit",
       (context) => {
-        const { query, principal } = context;
+        const { query } = context;
         const page = queryAuditEvents(options.sqlite, {
           type: query.type,
           actor: query.actor,
@@ -127,16 +151,7 @@ export function adminModule(options: AdminModuleOptions) {
           cursor: query.cursor,
           limit: query.limit ?? 100,
         });
-        const { client, requestId, path } = stateOf(context);
-        audit.record({
-          type: "admin.audit.queried",
-          outcome: "success",
-          actor: principalRef(principal),
-          ip: client.ip,
-          route: `GET ${path}`,
-          requestId,
-          detail: { filters: Object.keys(query).sort().join(",") },
-        });
+        record(context, "admin.audit.queried", { filters: Object.keys(query).sort().join(",") });
         return page;
       },
       {
@@ -146,11 +161,18 @@ export function adminModule(options: AdminModuleOptions) {
         detail: { tags, summary: "Query the audit log, newest first (max 500 a page)" },
       },
     )
-    .get("/blocks", () => ({ blocks: ipBlocks.listActive() }), {
-      auth: admin,
-      response: { 200: BlockList },
-      detail: { tags, summary: "IP blocks in force" },
-    })
+    .get(
+      "/blocks",
+      (context) => {
+        record(context, "admin.blocks.listed");
+        return { blocks: ipBlocks.listActive() };
+      },
+      {
+        auth: admin,
+        response: { 200: BlockList },
+        detail: { tags, summary: "IP blocks in force" },
+      },
+    )
     .post(
       "/blocks",
       (context) => {
