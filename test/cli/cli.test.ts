@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { parseArgs } from "../../src/cli/command";
+import { CliError, EXIT_USAGE, parseArgs, parseDuration, requireFlag } from "../../src/cli/command";
 import { tempDir } from "../support/app";
 import { runToExit } from "../support/process";
 
@@ -71,4 +71,29 @@ test("parseArgs reads --flag value, --flag=value, bare flags and positionals", (
     positional: ["ID1"],
     flags: { name: "bot", scopes: "chat,payments", yes: true },
   });
+});
+
+test("parseDuration reads minutes, hours and days and refuses anything else", () => {
+  expect(parseDuration("ttl", "45m")).toBe(45 * 60_000);
+  expect(parseDuration("ttl", "12h")).toBe(12 * 3_600_000);
+  expect(parseDuration("ttl", "30d")).toBe(30 * 86_400_000);
+  for (const bad of ["0d", "5", "1w", "-3h", "soon"]) {
+    expect(() => parseDuration("ttl", bad)).toThrow("--ttl must look like 45m, 12h or 30d");
+  }
+});
+
+test("requireFlag returns the value or a usage error naming the flag", () => {
+  const args = parseArgs(["--name", "bot", "--flag"]);
+  expect(requireFlag(args, "name")).toBe("bot");
+  for (const missing of ["flag", "other"]) {
+    let error: unknown;
+    try {
+      requireFlag(args, missing);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(CliError);
+    expect((error as CliError).exitCode).toBe(EXIT_USAGE);
+    expect((error as CliError).message).toBe(`--${missing} is required`);
+  }
 });

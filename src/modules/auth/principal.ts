@@ -25,8 +25,3 @@ export type Principal =
 export function principalRef(principal: Principal): string {
   return principal.kind === "user" ? `user:${principal.id}` : `key:${principal.id}`;
 }
-
-/** The user whose data a principal may see: the user, or the user a key acts for. */
-export function ownerOf(principal: Principal): string | null {
-  return principal.kind === "user" ? principal.id : principal.userId;
-}
