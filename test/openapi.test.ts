@@ -1,7 +1,7 @@
 import { afterEach, expect, test } from "bun:test";
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { DOCS_PATH } from "../src/plugins/openapi";
-import { buildTestApp, send, type TestApp } from "./support/app";
+import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "./support/app";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -44,11 +44,7 @@ test("/docs renders outside production and is absent in production", async () =>
   current.close();
 
   current = buildTestApp({
-    env: {
-      APP_ENV: "production",
-      JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
-      CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
-    },
+    env: PRODUCTION_ENV,
   });
   expect((await send(current, "/docs")).status).toBe(404);
   expect((await send(current, "/openapi.json")).status).toBe(200);

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -83,11 +83,7 @@ describe("CORS", () => {
 
   test("the production profile has no allowed origins by default", async () => {
     current = buildTestApp({
-      env: {
-        APP_ENV: "production",
-        JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
-        CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
-      },
+      env: PRODUCTION_ENV,
     });
     const response = await send(current, "/health", {
       headers: { origin: "http://localhost:3000" },

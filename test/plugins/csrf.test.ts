@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { issueCsrfToken, verifyCsrfToken } from "../../src/plugins/csrf/token";
-import { buildTestApp, send, TEST_CSRF_SECRET, type TestApp } from "../support/app";
+import { buildTestApp, PRODUCTION_ENV, send, TEST_CSRF_SECRET, type TestApp } from "../support/app";
 import { ManualClock } from "../support/clock";
 
 let current: TestApp | null = null;
@@ -45,11 +45,7 @@ describe("issuing", () => {
   });
 
   test("in production the cookie is __Host- prefixed and Secure", async () => {
-    const target = csrfApp(new ManualClock(), {
-      APP_ENV: "production",
-      JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
-      CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
-    });
+    const target = csrfApp(new ManualClock(), PRODUCTION_ENV);
     const { response } = await issue(target, `__Host-palisade_session=${SESSION}`);
     const cookie = response.headers.get("set-cookie")!;
     expect(cookie).toStartWith("__Host-palisade_csrf=");

@@ -1,8 +1,5 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import { createApp } from "../../src/app";
-import { createLogger } from "../../src/logging/logger";
-import { createServices } from "../../src/services";
-import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
+import { buildTestApp, secondProcess, send, type TestApp } from "../support/app";
 import { ManualClock } from "../support/clock";
 
 let current: TestApp | null = null;
@@ -52,11 +49,12 @@ describe("automatic blocks", () => {
   });
 
   test("refusals spread over more than 10 minutes do not block", async () => {
-    const clock = new ManualClock();
+    const clock = new ManualClock(1_000, 10 * MINUTE);
     const target = blockingApp(clock);
+    // Six minutes apart: never more than two in any 10 minutes, wherever the windows fall.
     for (let i = 0; i < 6; i++) {
       await provoke(target, "203.0.113.7", 1);
-      clock.advance(4 * MINUTE);
+      clock.advance(6 * MINUTE);
     }
     expect((await send(target, "/openapi.json", { peer: "203.0.113.7" })).status).not.toBe(403);
   });
@@ -120,17 +118,10 @@ describe("manual blocks", () => {
       source: "admin",
     });
     // A second app on the same database file, as another process or a restart would open it.
-    const logs = new LogCapture();
-    const services = createServices({
-      config: target.config,
-      db: target.db,
-      logger: createLogger({ level: "info", destination: logs }),
-      maintenanceIntervalMs: 0,
-    });
-    const other = createApp({ ...services, peerAddress: () => "192.0.2.60" });
-    const response = await other.handle(new Request("http://localhost/openapi.json"));
+    const other = secondProcess(target, undefined, "192.0.2.60");
+    const response = await other.app.handle(new Request("http://localhost/openapi.json"));
     expect(response.status).toBe(403);
-    services.close();
+    other.close();
   });
 
   test("the in-memory copy is refreshed, so a block made elsewhere applies within its TTL", async () => {

@@ -1,18 +1,12 @@
 import { afterEach, expect, test } from "bun:test";
 import { API_CSP, DOCS_CSP } from "../../src/plugins/security-headers";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
 afterEach(() => {
   current?.close();
   current = null;
 });
-
-const PRODUCTION = {
-  APP_ENV: "production",
-  JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
-  CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
-};
 
 function expectSecurityHeaders(response: Response) {
   const h = response.headers;
@@ -56,7 +50,7 @@ test("HSTS only where the profile is served over TLS", async () => {
   current = buildTestApp();
   expect((await send(current, "/health")).headers.get("strict-transport-security")).toBeNull();
   current.close();
-  current = buildTestApp({ env: PRODUCTION });
+  current = buildTestApp({ env: PRODUCTION_ENV });
   expect((await send(current, "/health")).headers.get("strict-transport-security")).toBe(
     "max-age=31536000; includeSubDomains",
   );

@@ -23,6 +23,13 @@ import {
 import { createServices, type Services } from "../../src/services";
 
 export const TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuv";
+/** A production profile that starts: strong signing secrets, nothing else. */
+export const PRODUCTION_ENV = {
+  APP_ENV: "production",
+  JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
+  CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+};
+
 export const TEST_PASSWORD_HASHING = { memoryCost: 1024, timeCost: 1 };
 export const TEST_CSRF_SECRET = "test-csrf-secret-0123456789abcdefghijklmnopqrstu";
 
@@ -175,4 +182,21 @@ export function serveInProcess(
     signals: [],
     ...options,
   });
+}
+
+/**
+ * A second app on the same database file and clock: what another process of the same deployment
+ * sees. Close it with `close()`.
+ */
+export function secondProcess(target: TestApp, clock?: Clock, peer = "10.2.2.2") {
+  const services = createServices({
+    config: target.config,
+    db: target.db,
+    logger: createLogger({ level: "info", destination: new LogCapture() }),
+    clock,
+    passwordHashing: TEST_PASSWORD_HASHING,
+    maintenanceIntervalMs: 0,
+  });
+  const app = createApp({ ...services, peerAddress: () => peer });
+  return { app, services, close: () => services.close() };
 }

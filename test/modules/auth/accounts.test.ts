@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { decodeJwt, decodeProtectedHeader } from "jose";
-import { buildTestApp, send, type TestApp } from "../../support/app";
+import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../../support/app";
 import { bearer, logIn, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
 
@@ -9,12 +9,6 @@ afterEach(() => {
   current?.close();
   current = null;
 });
-
-const PRODUCTION = {
-  APP_ENV: "production",
-  JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
-  CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
-};
 
 async function problem(response: Response) {
   return (await response.json()) as {
@@ -83,7 +77,7 @@ describe("register", () => {
   });
 
   test("the production policy needs 12 characters and strength 3", async () => {
-    current = buildTestApp({ env: PRODUCTION });
+    current = buildTestApp({ env: PRODUCTION_ENV });
     const weak = await send(current, "/api/auth/register", {
       body: { email: "p@example.test", password: "qwerty123456" },
     });
@@ -107,7 +101,7 @@ describe("register", () => {
   });
 
   test("with enumeration resistance a duplicate is answered exactly like a new account", async () => {
-    current = buildTestApp({ env: PRODUCTION });
+    current = buildTestApp({ env: PRODUCTION_ENV });
     const first = await send(current, "/api/auth/register", {
       body: { email: "twice@example.test", password: STRONG_PASSWORD },
       peer: "192.0.2.1",
@@ -193,7 +187,8 @@ describe("login", () => {
   });
 
   test("10 failures in 15 minutes lock the account, even for the right password", async () => {
-    const clock = new ManualClock();
+    // Aligned to the lockout's 15-minute windows, so all ten failures share one.
+    const clock = new ManualClock(1_000, 15 * 60_000);
     current = buildTestApp({ clock });
     const session = await signUp(current);
     // Two minutes apart, so the 5-per-minute limit's sliding window has forgotten each batch.
@@ -223,7 +218,8 @@ describe("login", () => {
   });
 
   test("10 failed logins from one address block it", async () => {
-    const clock = new ManualClock();
+    // Aligned to the 15-minute violation window, so all ten failures share one.
+    const clock = new ManualClock(1_000, 15 * 60_000);
     current = buildTestApp({ clock });
     for (let i = 0; i < 10; i++) {
       if (i === 5) clock.advance(120_000);

@@ -1,18 +1,9 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { t } from "elysia";
-import { createApp } from "../../../src/app";
 import { API_KEY_SCOPES } from "../../../src/db/schema";
-import { createLogger } from "../../../src/logging/logger";
 import { generateApiKey, hasValidChecksum } from "../../../src/modules/auth/api-key-format";
 import { ScopeSchema } from "../../../src/modules/auth/model";
-import { createServices } from "../../../src/services";
-import {
-  buildTestApp,
-  LogCapture,
-  send,
-  TEST_PASSWORD_HASHING,
-  type TestApp,
-} from "../../support/app";
+import { buildTestApp, secondProcess, send, type TestApp } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
 
@@ -101,18 +92,10 @@ describe("admin routes", () => {
     current = buildTestApp({ clock });
     const headers = await adminHeaders(current);
     const { key, record } = createKey(current, ["chat"]);
-    const services = createServices({
-      config: current.config,
-      db: current.db,
-      logger: createLogger({ level: "info", destination: new LogCapture() }),
-      clock,
-      passwordHashing: TEST_PASSWORD_HASHING,
-      maintenanceIntervalMs: 0,
-    });
-    const other = createApp({ ...services, peerAddress: () => "10.2.2.2" });
+    const other = secondProcess(current, clock);
     const meOnOther = async () =>
       (
-        await other.handle(
+        await other.app.handle(
           new Request("http://localhost/api/auth/me", { headers: { "x-api-key": key } }),
         )
       ).status;
@@ -127,7 +110,7 @@ describe("admin routes", () => {
     );
     clock.advance(1_000);
     expect(await meOnOther()).toBe(401);
-    services.close();
+    other.close();
     const again = await send(current, `/api/admin/api-keys/${record.id}`, {
       method: "DELETE",
       headers,

@@ -1,5 +1,5 @@
 import { afterEach, expect, test } from "bun:test";
-import { buildTestApp, send, type TestApp } from "../../support/app";
+import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../../support/app";
 import { STRONG_PASSWORD, signUp } from "../../support/auth";
 
 let current: TestApp | null = null;
@@ -86,11 +86,7 @@ test("browser mode refreshes from the refresh cookie", async () => {
 
 test("production cookies are __Host- prefixed and Secure", async () => {
   current = buildTestApp({
-    env: {
-      APP_ENV: "production",
-      JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
-      CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
-    },
+    env: PRODUCTION_ENV,
   });
   const { email } = await signUp(current);
   const login = await send(current, "/api/auth/login?mode=cookie", {

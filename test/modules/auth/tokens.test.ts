@@ -1,15 +1,11 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createHmac } from "node:crypto";
 import { SignJWT } from "jose";
-import { createApp } from "../../../src/app";
-import { createLogger } from "../../../src/logging/logger";
-import { createServices } from "../../../src/services";
 import {
   buildTestApp,
-  LogCapture,
+  secondProcess,
   send,
   TEST_JWT_SECRET,
-  TEST_PASSWORD_HASHING,
   type TestApp,
 } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
@@ -149,19 +145,10 @@ describe("revocation across processes", () => {
     const clock = new ManualClock();
     current = buildTestApp({ clock });
     const session = await signUp(current);
-    // A second app on the same file: another process of the same deployment.
-    const services = createServices({
-      config: current.config,
-      db: current.db,
-      logger: createLogger({ level: "info", destination: new LogCapture() }),
-      clock,
-      passwordHashing: TEST_PASSWORD_HASHING,
-      maintenanceIntervalMs: 0,
-    });
-    const other = createApp({ ...services, peerAddress: () => "10.1.1.1" });
+    const other = secondProcess(current, clock, "10.1.1.1");
     const meOnOther = async () =>
       (
-        await other.handle(
+        await other.app.handle(
           new Request("http://localhost/api/auth/me", { headers: bearer(session.accessToken) }),
         )
       ).status;
@@ -174,6 +161,6 @@ describe("revocation across processes", () => {
     expect((await meWith(current, session.accessToken)).status).toBe(401); // here: at once
     clock.advance(1_000);
     expect(await meOnOther()).toBe(401); // there: within a second
-    services.close();
+    other.close();
   });
 });
