@@ -18,7 +18,11 @@ import { type PrivacyContributor, PrivacyService } from "./modules/privacy/servi
 import { type AuditLog, pruneAuditEvents, SqliteAuditLog } from "./plugins/audit/log";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
 import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
-import { IpBlockService, type IpBlockSettings } from "./plugins/ip-block/service";
+import {
+  DEFAULT_IP_BLOCK_SETTINGS,
+  IpBlockService,
+  type IpBlockSettings,
+} from "./plugins/ip-block/service";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
 import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
 import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
@@ -87,7 +91,19 @@ export function createServices(options: ServiceOptions): Services {
     audit,
     limiter,
     registry,
-    settings: options.ipBlockSettings,
+    settings: {
+      thresholds: {
+        ratelimit: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.ratelimit,
+          count: config.ipBlock.rateLimitRefusals,
+        },
+        login: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.login,
+          count: config.ipBlock.failedLogins,
+        },
+      },
+      ...options.ipBlockSettings,
+    },
   });
 
   const metrics = {

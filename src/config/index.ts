@@ -42,6 +42,8 @@ export interface Config {
   csrf: { secretKey: string };
   cors: { allowedOrigins: string[] };
   rateLimit: { perMinute: number; burst: number; allowCidrs: string[] };
+  /** Violations that block an address automatically; 0 turns that trigger off. */
+  ipBlock: { rateLimitRefusals: number; failedLogins: number };
   redisUrl: string | null;
   openai: { apiKey: string | null; baseUrl: string | null; model: string };
   stripe: { secretKey: string | null; webhookSecret: string | null; apiUrl: string | null };
@@ -160,6 +162,10 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       perMinute: rateLimitPerMinute,
       burst: integer("RATE_LIMIT_BURST", profile.rateLimitBurst, 1, 1e6),
       allowCidrs: parseCidrList("RATE_LIMIT_ALLOW_CIDRS", env.RATE_LIMIT_ALLOW_CIDRS ?? ""),
+    },
+    ipBlock: {
+      rateLimitRefusals: integer("IP_BLOCK_RATE_LIMIT_REFUSALS", 5, 0, 10_000),
+      failedLogins: integer("IP_BLOCK_FAILED_LOGINS", 10, 0, 10_000),
     },
     redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
     openai: {

@@ -32,6 +32,11 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("RATE_LIMIT_PER_MINUTE", "default requests per minute per principal"),
   v("RATE_LIMIT_BURST", "requests per 10 seconds per principal"),
   v("RATE_LIMIT_ALLOW_CIDRS", "comma list of CIDRs that are never rate limited"),
+  v(
+    "IP_BLOCK_RATE_LIMIT_REFUSALS",
+    "rate-limit refusals in 10 minutes that block an address (0: never)",
+  ),
+  v("IP_BLOCK_FAILED_LOGINS", "failed logins in 15 minutes that block an address (0: never)"),
   v("REDIS_URL", "shared rate-limiter store for several VMs", true),
   v("OPENAI_API_KEY", "key for the OpenAI-compatible chat provider", true),
   v("OPENAI_BASE_URL", "base URL of the OpenAI-compatible API"),

@@ -150,3 +150,29 @@ describe("manual blocks", () => {
     expect(blocks[9]!.reason).toBe("10 failed logins in 15 min");
   });
 });
+
+describe("configuration", () => {
+  test("IP_BLOCK_RATE_LIMIT_REFUSALS sets the threshold, and 0 turns automatic blocks off", async () => {
+    current = buildTestApp({
+      env: {
+        RATE_LIMIT_PER_MINUTE: "1",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "2",
+      },
+    });
+    expect(await provoke(current, "203.0.113.20", 2)).toEqual([200, 429, 429]);
+    expect((await send(current, "/openapi.json", { peer: "203.0.113.20" })).status).toBe(403);
+    current.close();
+
+    current = buildTestApp({
+      env: {
+        RATE_LIMIT_PER_MINUTE: "1",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "0",
+      },
+    });
+    await provoke(current, "203.0.113.21", 20);
+    expect((await send(current, "/openapi.json", { peer: "203.0.113.21" })).status).toBe(429);
+    expect(current.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+  });
+});

@@ -24,6 +24,7 @@ const HOUR = 60 * MINUTE;
 export type ViolationKind = "ratelimit" | "login";
 
 export interface ViolationThreshold {
+  /** Violations within the window that block; 0 never blocks. */
   count: number;
   windowMs: number;
 }
@@ -216,7 +217,7 @@ export class IpBlockService {
     client: ResolvedClient,
     requestId: string | null = null,
   ): Promise<IpBlock | null> {
-    if (client.address === null) return null;
+    if (client.address === null || this.settings.thresholds[kind].count === 0) return null;
     const now = this.options.clock.now();
     const policy = this.violationPolicies[kind];
     const [outcome] = await this.options.limiter.check([{ policy, key: `ip:${client.key}`, now }]);
