@@ -21,6 +21,7 @@ import { privacyModule } from "./modules/privacy";
 import { accessLog } from "./plugins/access-log";
 import { audit } from "./plugins/audit";
 import { authPlugin } from "./plugins/auth";
+import { createIdentify } from "./plugins/auth/identify";
 import { clientIp } from "./plugins/client-ip";
 import { corsHeaders, corsPreflight } from "./plugins/cors";
 import { createCsrfIssuer, csrf } from "./plugins/csrf";
@@ -42,14 +43,8 @@ export interface AppDeps extends Services {
 
 export function createApp(deps: AppDeps) {
   const { config, db, logger, clock, registry, ipBlocks } = deps;
-  const auth = authPlugin({
-    credentials: deps.credentials,
-    enforceLimits: deps.enforceLimits,
-    policies: deps.policies,
-    requireTls: config.requireTls,
-    metrics: deps.metrics.auth,
-    audit: deps.audit,
-  });
+  const identify = createIdentify(deps.credentials, config.requireTls);
+  const auth = authPlugin({ identify, metrics: deps.metrics.auth, audit: deps.audit });
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
   const app = new Elysia({ name: "palisade" })
@@ -63,6 +58,7 @@ export function createApp(deps: AppDeps) {
         enforce: deps.enforceLimits,
         policies: deps.policies,
         allowCidrs: config.rateLimit.allowCidrs,
+        identify,
       }),
     )
     .use(requestGuard({ bodyLimits: config.bodyLimits, audit: deps.audit }))

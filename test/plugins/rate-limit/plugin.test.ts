@@ -165,3 +165,43 @@ describe("rate limiting", () => {
     expect(current.logs.text).toContain("rate-limit store failed");
   });
 });
+
+describe("keys for authenticated requests", () => {
+  test("each principal has its own budget, whatever address it comes from", async () => {
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "3" });
+    // Keys keep signing up out of the picture: registration and login have their own limits.
+    const { createKey } = await import("../../support/auth");
+    const alice = createKey(target, ["chat"]);
+    const bob = createKey(target, ["chat"]);
+    const office = "198.51.100.50";
+    const status = async (key: string | null, peer = office) =>
+      (await send(target, "/api/auth/me", { headers: key ? { "x-api-key": key } : {}, peer }))
+        .status;
+    // Alice uses her 3, from one address then another: the budget follows her.
+    expect([
+      await status(alice.key),
+      await status(alice.key, "192.0.2.77"),
+      await status(alice.key),
+    ]).toEqual([200, 200, 200]);
+    expect(await status(alice.key, "192.0.2.78")).toBe(429);
+    // Bob, behind the same NAT, still has his own.
+    expect(await status(bob.key)).toBe(200);
+    // Anonymous requests from that address are counted by address, apart from both.
+    expect(await status(null)).toBe(401);
+    const response = await send(target, "/api/auth/me", { peer: office });
+    expect(response.headers.get("x-ratelimit-remaining")).toBe("1");
+  });
+
+  test("an invalid credential is counted by address, not by the principal it claims", async () => {
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "2" });
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const response = await send(target, "/api/auth/me", {
+        headers: { authorization: `Bearer forged.token.${i}` },
+        peer: "192.0.2.90",
+      });
+      statuses.push(response.status);
+    }
+    expect(statuses).toEqual([401, 401, 429]);
+  });
+});

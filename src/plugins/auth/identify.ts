@@ -1,0 +1,75 @@
+/**
+ * @module
+ * Finds and verifies a request's credential, once per request. The rate-limit stage asks first (an
+ * authenticated request is counted against its principal, not its address); the auth stage asks
+ * again and gets the same answer without verifying twice. A bad credential does not fail the
+ * rate-limit stage — it is counted by address — and is refused by the auth stage.
+ */
+import type { CredentialVerifier } from "../../modules/auth/credentials";
+import type { Principal } from "../../modules/auth/principal";
+import { cookieNames, readCookie } from "../csrf/cookies";
+import type { AuthFailureReason } from "./metrics";
+
+export type Identification =
+  | { status: "none" }
+  | { status: "ok"; principal: Principal }
+  | { status: "bad"; reason: AuthFailureReason; detail: string };
+
+const BEARER = /^Bearer ([A-Za-z0-9._~+/=-]+)$/;
+
+export type Identify = (request: Request) => Promise<Identification>;
+
+export function createIdentify(credentials: CredentialVerifier, requireTls: boolean): Identify {
+  const sessionCookie = cookieNames(requireTls).session;
+  const seen = new WeakMap<Request, Promise<Identification>>();
+
+  const identifyOnce = async (request: Request): Promise<Identification> => {
+    const authorization = request.headers.get("authorization");
+    const apiKey = request.headers.get("x-api-key");
+    if (authorization !== null && apiKey !== null) {
+      return { status: "bad", reason: "invalid_api_key", detail: "Send one credential, not two." };
+    }
+    let kind: "token" | "key";
+    let verification: Awaited<ReturnType<CredentialVerifier["verifyAccessToken"]>>;
+    if (apiKey !== null) {
+      kind = "key";
+      verification = credentials.verifyApiKey(apiKey);
+    } else if (authorization !== null) {
+      const match = BEARER.exec(authorization);
+      if (!match) {
+        return {
+          status: "bad",
+          reason: "invalid_token",
+          detail: "Use Authorization: Bearer <token>.",
+        };
+      }
+      const credential = match[1]!;
+      kind = credential.startsWith("pal_") ? "key" : "token";
+      verification =
+        kind === "key"
+          ? credentials.verifyApiKey(credential)
+          : await credentials.verifyAccessToken(credential, "bearer");
+    } else {
+      const session = readCookie(request.headers.get("cookie"), sessionCookie);
+      if (session === null) return { status: "none" };
+      kind = "token";
+      verification = await credentials.verifyAccessToken(session, "cookie");
+    }
+    if (verification.ok) return { status: "ok", principal: verification.principal };
+    const what = kind === "key" ? "API key" : "token";
+    return {
+      status: "bad",
+      reason: `${verification.reason}_${kind === "key" ? "api_key" : "token"}` as AuthFailureReason,
+      detail: `The ${what} is ${verification.reason}.`,
+    };
+  };
+
+  return (request) => {
+    let result = seen.get(request);
+    if (result === undefined) {
+      result = identifyOnce(request);
+      seen.set(request, result);
+    }
+    return result;
+  };
+}
