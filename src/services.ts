@@ -163,6 +163,7 @@ export function createServices(options: ServiceOptions): Services {
     try {
       limiter.prune(now);
       pruneAuditEvents(sqlite, now - config.auditRetentionDays * DAY_MS, now);
+      privacy.retain(now);
     } catch (error) {
       logger.error({ err: error }, "maintenance failed");
     }

@@ -118,3 +118,35 @@ test("3 exports per minute per user", async () => {
   }
   expect(statuses).toEqual([200, 200, 200, 429]);
 });
+
+test("contributors are part of export, erasure and retention", async () => {
+  const calls: string[] = [];
+  const { createServices } = await import("../../src/services");
+  current = buildTestApp();
+  const services = createServices({
+    config: current.config,
+    db: current.db,
+    logger: current.logger,
+    maintenanceIntervalMs: 0,
+    privacyContributors: [
+      {
+        name: "notes",
+        export: (userId) => [{ owner: userId, text: "hello" }],
+        erase: (userId) => calls.push(`erase ${userId}`),
+        retain: () => {
+          calls.push("retain");
+          return 2;
+        },
+      },
+    ],
+  });
+  const alice = await signUp(current);
+  expect(services.privacy.export(alice.userId)?.notes).toEqual([
+    { owner: alice.userId, text: "hello" },
+  ]);
+  services.runMaintenance();
+  expect(services.privacy.retain(Date.now())).toBe(2);
+  services.privacy.erase(alice.userId, { ip: null, requestId: null });
+  expect(calls).toEqual(["retain", "retain", `erase ${alice.userId}`]);
+  services.close();
+});

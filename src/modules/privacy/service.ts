@@ -21,6 +21,11 @@ export interface PrivacyContributor {
   export(userId: string): unknown;
   /** Deletes, or strips the personal fields of, what it holds for the user. */
   erase(userId: string): void;
+  /**
+   * Deletes what is older than its retention allows (chat messages past CHAT_RETENTION_DAYS);
+   * bounded work per call, run by the background maintenance. Returns how many rows went.
+   */
+  retain?(now: number): number;
 }
 
 export interface PrivacyServiceOptions {
@@ -74,6 +79,15 @@ export class PrivacyService {
       document[contributor.name] = contributor.export(userId);
     }
     return document;
+  }
+
+  /** Runs every contributor's retention; the maintenance task calls this. */
+  retain(now: number): number {
+    let removed = 0;
+    for (const contributor of this.options.contributors ?? []) {
+      removed += contributor.retain?.(now) ?? 0;
+    }
+    return removed;
   }
 
   erase(userId: string, meta: { ip: string | null; requestId: string | null }): boolean {
