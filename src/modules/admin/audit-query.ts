@@ -4,6 +4,7 @@
  * an id cursor (stable while rows are appended, unlike an offset).
  */
 import type { Database } from "bun:sqlite";
+import type { AuditRow } from "../../plugins/audit/log";
 
 export interface AuditFilter {
   type?: string;
@@ -27,17 +28,8 @@ export interface AuditEventView {
   detail: Record<string, unknown>;
 }
 
-interface Row {
-  id: number;
-  at: number;
-  type: string;
-  actor: string | null;
-  ip: string | null;
-  route: string | null;
-  requestId: string | null;
-  outcome: string;
-  detail: string;
-}
+/** The columns an admin sees: not the chain's own (salt, commitment, hashes). */
+type Row = Omit<AuditRow, "subjectSalt" | "subjectCommit" | "prevHash" | "hash">;
 
 export function queryAuditEvents(
   sqlite: Database,
