@@ -39,6 +39,8 @@ import type { Services } from "./services";
 export interface AppDeps extends Services {
   /** Overrides the socket peer lookup; for tests that call `app.handle` without a server. */
   peerAddress?: (request: Request) => string | null;
+  /** Write access-log lines in batches (default); tests that read each line at once turn it off. */
+  accessLogBuffered?: boolean;
 }
 
 export function createApp(deps: AppDeps) {
@@ -73,7 +75,14 @@ export function createApp(deps: AppDeps) {
       }),
     )
     .use(errorHandler({ logger, routes: () => registeredRoutes() }))
-    .use(accessLog({ logger, http: deps.metrics.http, secretValues: config.secretValues }))
+    .use(
+      accessLog({
+        logger,
+        http: deps.metrics.http,
+        secretValues: config.secretValues,
+        buffered: deps.accessLogBuffered,
+      }),
+    )
     .use(audit({ log: deps.audit }))
     .use(auth)
     .use(openapiDocument({ docsPage: config.docsPage }))

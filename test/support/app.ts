@@ -115,6 +115,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
   const app = createApp({
     ...services,
     peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
+    accessLogBuffered: false,
   });
   let closed = false;
   return {

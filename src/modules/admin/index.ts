@@ -10,7 +10,7 @@ import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { clientKeyOf, parseAddress } from "../../plugins/client-ip/resolve";
 import type { IpBlockService } from "../../plugins/ip-block/service";
-import { stateOf } from "../../plugins/request-state";
+import type { RequestState } from "../../plugins/request-state";
 import { type ApiKeyRecord, type ApiKeyService, DEFAULT_ROTATION_GRACE_MS } from "../auth/api-keys";
 import { type Principal, principalRef } from "../auth/principal";
 import { queryAuditEvents } from "./audit-query";
@@ -47,16 +47,18 @@ export function adminModule(options: AdminModuleOptions) {
   const { apiKeys, ipBlocks, audit } = options;
   const admin = { role: "admin" } as const;
   /** Reads are admin actions too: who looked at keys, blocks or the audit log is itself audited. */
+  type Actor = Pick<RequestState, "request" | "client" | "requestId" | "path"> & {
+    principal: Principal;
+  };
   const record = (
-    context: { principal: Principal },
+    { principal, request, client, requestId, path }: Actor,
     type: string,
     detail?: Record<string, string>,
   ) => {
-    const { request, client, requestId, path } = stateOf(context);
     audit.record({
       type,
       outcome: "success",
-      actor: principalRef(context.principal),
+      actor: principalRef(principal),
       ip: client.ip,
       route: `${request.method} ${path}`,
       requestId,
@@ -93,7 +95,9 @@ export function adminModule(options: AdminModuleOptions) {
     .get(
       "/api-keys",
       (context) => {
-        record(context, "admin.keys.listed");
+        const { principal, request, client, requestId, path } = context as typeof context &
+          RequestState;
+        record({ principal, request, client, requestId, path }, "admin.keys.listed");
         return { keys: apiKeys.list().map(view) };
       },
       {
@@ -141,7 +145,8 @@ export function adminModule(options: AdminModuleOptions) {
     .get(
       "/audit",
       (context) => {
-        const { query } = context;
+        const { query, principal, request, client, requestId, path } = context as typeof context &
+          RequestState;
         const page = queryAuditEvents(options.sqlite, {
           type: query.type,
           actor: query.actor,
@@ -151,7 +156,9 @@ export function adminModule(options: AdminModuleOptions) {
           cursor: query.cursor,
           limit: query.limit ?? 100,
         });
-        record(context, "admin.audit.queried", { filters: Object.keys(query).sort().join(",") });
+        record({ principal, request, client, requestId, path }, "admin.audit.queried", {
+          filters: Object.keys(query).sort().join(","),
+        });
         return page;
       },
       {
@@ -164,7 +171,9 @@ export function adminModule(options: AdminModuleOptions) {
     .get(
       "/blocks",
       (context) => {
-        record(context, "admin.blocks.listed");
+        const { principal, request, client, requestId, path } = context as typeof context &
+          RequestState;
+        record({ principal, request, client, requestId, path }, "admin.blocks.listed");
         return { blocks: ipBlocks.listActive() };
       },
       {
@@ -176,7 +185,7 @@ export function adminModule(options: AdminModuleOptions) {
     .post(
       "/blocks",
       (context) => {
-        const { body, principal, set } = context;
+        const { body, principal, set, requestId } = context as typeof context & RequestState;
         const address = parseAddress(body.address);
         if (address === null) {
           throw new AppError("VALIDATION_FAILED", "Not an IP address.", [
@@ -189,7 +198,7 @@ export function adminModule(options: AdminModuleOptions) {
           ttlMs: body.ttlMinutes * 60_000,
           source: "admin",
           createdBy: principalRef(principal),
-          requestId: stateOf(context).requestId,
+          requestId,
         });
         set.status = 201;
         return block;
@@ -204,10 +213,10 @@ export function adminModule(options: AdminModuleOptions) {
     .delete(
       "/blocks/:id",
       (context) => {
-        const { params, principal, set } = context;
+        const { params, principal, set, requestId } = context as typeof context & RequestState;
         const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
-        ipBlocks.lift(block.address, principalRef(principal), stateOf(context).requestId);
+        ipBlocks.lift(block.address, principalRef(principal), requestId);
         set.status = 204;
         return undefined;
       },

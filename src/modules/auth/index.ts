@@ -15,7 +15,7 @@ import {
 } from "../../plugins/csrf/cookies";
 import type { LimitEnforcer } from "../../plugins/rate-limit/enforce";
 import type { PolicyTable } from "../../plugins/rate-limit/policies";
-import { stateOf } from "../../plugins/request-state";
+import type { RequestState } from "../../plugins/request-state";
 import { Credentials, LoginQuery, LoginResponse, Me, RefreshBody, RegisteredUser } from "./model";
 import type { AuthService, IssuedTokens, RequestMeta } from "./service";
 import { sha256Hex } from "./tokens";
@@ -33,8 +33,10 @@ export interface AuthModuleOptions {
 
 type SetLike = { headers: Record<string, unknown>; status?: number | string };
 
-function metaOf(context: object, route: string): RequestMeta {
-  const { client, requestId } = stateOf(context);
+function meta(
+  { client, requestId }: Pick<RequestState, "client" | "requestId">,
+  route: string,
+): RequestMeta {
   return { client, requestId, route };
 }
 
@@ -82,11 +84,11 @@ export function authModule(options: AuthModuleOptions) {
     .post(
       "/register",
       async (context) => {
-        const { body, set } = context;
+        const { body, set, client, requestId } = context as typeof context & RequestState;
         const outcome = await service.register(
           body.email,
           body.password,
-          metaOf(context, "POST /api/auth/register"),
+          meta({ client, requestId }, "POST /api/auth/register"),
         );
         switch (outcome.code) {
           case "INVALID_EMAIL":
@@ -119,20 +121,20 @@ export function authModule(options: AuthModuleOptions) {
     .post(
       "/login",
       async (context) => {
-        const { body, query, set, request } = context;
-        const state = stateOf(context);
+        const { body, query, set, request, path, client, requestId } = context as typeof context &
+          RequestState;
         const accountKey = `account:${sha256Hex(body.email.trim().toLowerCase())}`;
         const headers = await enforceLimits(loginPolicy, accountKey, {
           method: request.method,
-          path: state.path,
-          client: state.client,
-          requestId: state.requestId,
+          path,
+          client,
+          requestId,
         });
         if (headers) Object.assign(set.headers, headers);
         const outcome = await service.login(
           body.email,
           body.password,
-          metaOf(context, "POST /api/auth/login"),
+          meta({ client, requestId }, "POST /api/auth/login"),
         );
         if (outcome.code === "LOCKED") {
           metrics.fail("locked");
@@ -160,14 +162,17 @@ export function authModule(options: AuthModuleOptions) {
     .post(
       "/refresh",
       async (context) => {
-        const { body, set, request } = context;
+        const { body, set, request, client, requestId } = context as typeof context & RequestState;
         const fromCookie = readCookie(request.headers.get("cookie"), names.refresh);
         const token = body?.refreshToken ?? fromCookie;
         if (!token) {
           metrics.fail("invalid_refresh");
           throw new AppError("UNAUTHENTICATED", "A refresh token is required.");
         }
-        const outcome = await service.refresh(token, metaOf(context, "POST /api/auth/refresh"));
+        const outcome = await service.refresh(
+          token,
+          meta({ client, requestId }, "POST /api/auth/refresh"),
+        );
         if (outcome.code !== "OK") {
           metrics.fail(outcome.code === "REUSED" ? "refresh_reused" : "invalid_refresh");
           if (fromCookie) set.headers["set-cookie"] = clearedCookies(names, requireTls);
@@ -192,10 +197,14 @@ export function authModule(options: AuthModuleOptions) {
     .post(
       "/logout",
       (context) => {
-        const { principal, set } = context;
+        const { principal, set, client, requestId } = context as typeof context & RequestState;
         if (principal.kind !== "user")
           throw new AppError("FORBIDDEN", "Only a session can log out.");
-        service.logout(principal.id, principal.familyId, metaOf(context, "POST /api/auth/logout"));
+        service.logout(
+          principal.id,
+          principal.familyId,
+          meta({ client, requestId }, "POST /api/auth/logout"),
+        );
         if (principal.via === "cookie")
           set.headers["set-cookie"] = clearedCookies(names, requireTls);
         set.status = 204;

@@ -5,7 +5,7 @@
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
 import type { authPlugin } from "../../plugins/auth";
-import { stateOf } from "../../plugins/request-state";
+import type { RequestState } from "../../plugins/request-state";
 import { ExportDocument } from "./model";
 import type { PrivacyService } from "./service";
 
@@ -34,8 +34,7 @@ export function privacyModule({
     .delete(
       "",
       (context) => {
-        const { principal, set } = context;
-        const { client, requestId } = stateOf(context);
+        const { principal, set, client, requestId } = context as typeof context & RequestState;
         if (!service.erase(principal.id, { ip: client.ip, requestId })) {
           throw new AppError("NOT_FOUND", "The account no longer exists.");
         }

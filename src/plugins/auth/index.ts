@@ -18,7 +18,7 @@ import { type DocumentDecoration, Elysia } from "elysia";
 import { AppError } from "../../errors";
 import { type Principal, principalRef, type Scope } from "../../modules/auth/principal";
 import type { AuditLog } from "../audit/log";
-import { stateOf } from "../request-state";
+import type { RequestState } from "../request-state";
 import type { Identify } from "./identify";
 import type { AuthMetrics } from "./metrics";
 
@@ -86,7 +86,7 @@ export function authPlugin(options: AuthPluginOptions) {
             : [{ bearerAuth: [] }, { sessionCookie: [] }, { apiKey: [] }],
         ),
         async resolve(context) {
-          const { request, path, client, requestId } = stateOf(context);
+          const { request, path, client, requestId } = context as unknown as RequestState;
           const principal = await authenticate(request);
           if (!satisfies(principal, requirement)) {
             metrics.fail("forbidden");

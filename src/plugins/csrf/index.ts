@@ -18,7 +18,7 @@ import { Elysia, t } from "elysia";
 import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
-import { stateOf } from "../request-state";
+import type { RequestState } from "../request-state";
 import { cookieNames, readCookie, serializeCookie } from "./cookies";
 import type { CsrfMetrics } from "./metrics";
 import {
@@ -78,7 +78,7 @@ export function csrf({ secretKey, requireTls, clock, audit, metrics }: CsrfOptio
 
   return new Elysia({ name: "palisade.csrf" })
     .onRequest(function enforceCsrf(context) {
-      const { request, path, clientIp, requestId } = stateOf(context);
+      const { request, path, clientIp, requestId } = context as unknown as RequestState;
       if (SAFE_METHODS.has(request.method)) return;
       if (path.startsWith("/webhooks/")) return;
       if (request.headers.has("authorization") || request.headers.has("x-api-key")) return;

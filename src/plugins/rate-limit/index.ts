@@ -12,7 +12,7 @@ import { Elysia } from "elysia";
 import { principalRef } from "../../modules/auth/principal";
 import type { Identify } from "../auth/identify";
 import { inRanges, parseRange } from "../client-ip/resolve";
-import { stateOf } from "../request-state";
+import type { RequestState } from "../request-state";
 import type { LimitEnforcer } from "./enforce";
 import { type Policy, type PolicyTable, UNLIMITED_PATHS } from "./policies";
 
@@ -42,7 +42,9 @@ export function rateLimit({ enforce, policies, allowCidrs, identify }: RateLimit
 
   return new Elysia({ name: "palisade.rate-limit" })
     .onRequest(async function enforceRateLimit(context) {
-      const { request, path, client, requestId } = stateOf(context);
+      const { request, path, client, requestId, set } = context as unknown as RequestState & {
+        set: { headers: Record<string, unknown> };
+      };
       if (UNLIMITED_PATHS.has(path)) return;
       if (allowRanges.length > 0 && client.address && inRanges(client.address, allowRanges)) return;
       const found = identify ? await identify(request) : null;
@@ -53,7 +55,7 @@ export function rateLimit({ enforce, policies, allowCidrs, identify }: RateLimit
         client,
         requestId,
       });
-      if (headers) Object.assign(context.set.headers, headers);
+      if (headers) Object.assign(set.headers, headers);
     })
     .as("global");
 }

@@ -13,7 +13,7 @@ import { Elysia } from "elysia";
 import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
-import { stateOf } from "../request-state";
+import type { RequestState } from "../request-state";
 import { readBodyWithin } from "./body";
 import {
   checkContentType,
@@ -43,8 +43,8 @@ export function requestGuard({
   audit,
   limits = DEFAULT_GUARD_LIMITS,
 }: RequestGuardOptions) {
-  const refuse = (context: object, refusal: Refusal): never => {
-    const { request, path, clientIp, requestId } = stateOf(context);
+  const refuse = (state: RequestState, refusal: Refusal): never => {
+    const { request, path, clientIp, requestId } = state;
     audit.record({
       type: "request.rejected",
       outcome: "denied",
@@ -58,7 +58,7 @@ export function requestGuard({
 
   return new Elysia({ name: "palisade.request-guard" })
     .onRequest(function guardRequest(context) {
-      const { request, path } = stateOf(context);
+      const { request, path, clientIp, requestId } = context as unknown as RequestState;
       const headers = request.headers;
       const refusal =
         checkUrl(request.url, limits) ??
@@ -67,11 +67,11 @@ export function requestGuard({
           ? (checkDeclaredLength(headers, bodyLimitFor(path, bodyLimits)) ??
             checkContentType(headers))
           : null);
-      if (refusal) refuse(context, refusal);
+      if (refusal) refuse({ request, path, clientIp, requestId } as RequestState, refusal);
     })
     .onParse(async function parseJsonWithinLimit(context, contentType) {
       if (contentType !== "application/json") return;
-      const { request, path } = stateOf(context);
+      const { request, path } = context as unknown as RequestState;
       const text = await readBodyWithin(request, bodyLimitFor(path, bodyLimits));
       // Webhook signatures are computed over the exact bytes received, not a re-serialisation.
       (context as { rawBody?: string }).rawBody = text;

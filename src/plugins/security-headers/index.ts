@@ -27,7 +27,7 @@
  * Bun sends no X-Powered-By or Server header, and neither do we.
  */
 import { Elysia } from "elysia";
-import { stateOf } from "../request-state";
+import type { RequestState } from "../request-state";
 
 export const API_CSP =
   "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
@@ -75,7 +75,7 @@ export function securityHeaders({ hsts, htmlPaths = [] }: SecurityHeadersOptions
     .onRequest(function applySecurityHeaders(context) {
       Object.assign(
         context.set.headers,
-        html.has(stateOf(context).path) ? htmlHeaders : apiHeaders,
+        html.has((context as unknown as RequestState).path) ? htmlHeaders : apiHeaders,
       );
     })
     .as("global");
