@@ -7,7 +7,9 @@
  *
  * Group commit: one autocommit UPSERT costs ~19 µs here, most of it the commit. Checks are queued
  * and run together in one BEGIN IMMEDIATE transaction per event-loop turn (setImmediate), which
- * costs a few µs per check under load and still holds the write lock across each decision. RETURNING
+ * costs a few µs per check under load and still holds the write lock across each decision.
+ * Concurrent checks for the same key are one statement asking for that many permits: the store
+ * grants as many as fit, and the first that many requests are admitted. RETURNING
  * rows are read with `.values()` inside that explicit transaction: reading them with `.get()`
  * outside one kept a read snapshot open and stopped the WAL from ever being reset.
  *
@@ -17,35 +19,32 @@
 import type { Database, Statement } from "bun:sqlite";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
 import { estimate, previousWeight, windowStartOf } from "./sliding-window";
-import type { LimitCheck, LimiterStore, LimitOutcome } from "./store";
+import type { LimitCheck, LimiterStore, LimitOutcome, WindowCounts } from "./store";
 
 // ?1 policy, ?2 key, ?3 window start, ?4 window ms, ?5 weight of the previous window, ?6 burst
-// window start, ?7 burst window ms, ?8 burst weight, ?9 limit, ?10 burst limit, ?11 expiry.
+// window start, ?7 burst window ms, ?8 burst weight, ?9 limit, ?10 burst limit, ?11 expiry,
+// ?12 permits wanted. Grants as many of the wanted permits as fit under both windows' limits
+// (floor(limit − estimate), never negative) and counts only those.
 // The rolled-over counts are spelled out in each SET expression because SET sees only the old row.
 // Computing them once in a CTE joined to the row reads better but measured 10× slower here
 // (16k against 180k checks/s grouped): SQLite materialised the CTE instead of using the key.
+const P =
+  "CASE WHEN window_start = ?3 THEN previous WHEN window_start = ?3 - ?4 THEN current ELSE 0 END";
+const C = "CASE WHEN window_start = ?3 THEN current ELSE 0 END";
+const BP =
+  "CASE WHEN burst_window_start = ?6 THEN burst_previous WHEN burst_window_start = ?6 - ?7 THEN burst_current ELSE 0 END";
+const BC = "CASE WHEN burst_window_start = ?6 THEN burst_current ELSE 0 END";
+const GRANTED = `MAX(0, MIN(?12, CAST(?9 - (${P}) * ?5 - (${C}) AS INTEGER), CAST(?10 - (${BP}) * ?8 - (${BC}) AS INTEGER)))`;
 const UPSERT = `
 INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
   burst_window_start, burst_current, burst_previous, admitted, expires_at)
-VALUES (?1, ?2, ?3, 1, 0, ?6, 1, 0, 1, ?11)
+VALUES (?1, ?2, ?3, MIN(?12, ?9, ?10), 0, ?6, MIN(?12, ?9, ?10), 0, MIN(?12, ?9, ?10), ?11)
 ON CONFLICT (policy, key) DO UPDATE SET
-  previous = CASE WHEN window_start = ?3 THEN previous WHEN window_start = ?3 - ?4 THEN current ELSE 0 END,
-  current = (CASE WHEN window_start = ?3 THEN current ELSE 0 END) + (
-    (CASE WHEN window_start = ?3 THEN previous WHEN window_start = ?3 - ?4 THEN current ELSE 0 END) * ?5
-      + (CASE WHEN window_start = ?3 THEN current ELSE 0 END) + 1 <= ?9
-    AND (CASE WHEN burst_window_start = ?6 THEN burst_previous WHEN burst_window_start = ?6 - ?7 THEN burst_current ELSE 0 END) * ?8
-      + (CASE WHEN burst_window_start = ?6 THEN burst_current ELSE 0 END) + 1 <= ?10),
-  burst_previous = CASE WHEN burst_window_start = ?6 THEN burst_previous WHEN burst_window_start = ?6 - ?7 THEN burst_current ELSE 0 END,
-  burst_current = (CASE WHEN burst_window_start = ?6 THEN burst_current ELSE 0 END) + (
-    (CASE WHEN window_start = ?3 THEN previous WHEN window_start = ?3 - ?4 THEN current ELSE 0 END) * ?5
-      + (CASE WHEN window_start = ?3 THEN current ELSE 0 END) + 1 <= ?9
-    AND (CASE WHEN burst_window_start = ?6 THEN burst_previous WHEN burst_window_start = ?6 - ?7 THEN burst_current ELSE 0 END) * ?8
-      + (CASE WHEN burst_window_start = ?6 THEN burst_current ELSE 0 END) + 1 <= ?10),
-  admitted = (
-    (CASE WHEN window_start = ?3 THEN previous WHEN window_start = ?3 - ?4 THEN current ELSE 0 END) * ?5
-      + (CASE WHEN window_start = ?3 THEN current ELSE 0 END) + 1 <= ?9
-    AND (CASE WHEN burst_window_start = ?6 THEN burst_previous WHEN burst_window_start = ?6 - ?7 THEN burst_current ELSE 0 END) * ?8
-      + (CASE WHEN burst_window_start = ?6 THEN burst_current ELSE 0 END) + 1 <= ?10),
+  previous = ${P},
+  current = (${C}) + ${GRANTED},
+  burst_previous = ${BP},
+  burst_current = (${BC}) + ${GRANTED},
+  admitted = ${GRANTED},
   window_start = ?3,
   burst_window_start = ?6,
   expires_at = ?11
@@ -97,9 +96,10 @@ export class SqliteLimiterStore implements LimiterStore {
     });
   }
 
-  /** Decides checks now, in one transaction; for callers that are already off the hot path. */
+  /** Decides one request's checks now, in one transaction; for callers off the hot path. */
   checkNow(checks: readonly LimitCheck[]): LimitOutcome[] {
-    return this.sqlite.transaction(() => checks.map((c) => this.decide(c))).immediate();
+    const entry = { checks, resolve() {}, reject() {} };
+    return this.sqlite.transaction(() => this.decideGroup([entry])[0]!).immediate();
   }
 
   peek(policy: Policy, key: string, now: number): Promise<number> {
@@ -130,30 +130,61 @@ export class SqliteLimiterStore implements LimiterStore {
     const batch = this.pending;
     this.pending = [];
     this.scheduled = false;
-    let results: LimitOutcome[][];
+    // Concurrent checks of the same policies for the same key are one request for that many
+    // permits: one statement decides them all, and the first `granted` of them are admitted.
+    const groups = new Map<string, Pending[]>();
+    for (const entry of batch) {
+      const signature = entry.checks.map((c) => `${c.policy.id}\u0000${c.key}`).join("\u0001");
+      const group = groups.get(signature);
+      if (group) group.push(entry);
+      else groups.set(signature, [entry]);
+    }
+    let decided: [Pending[], LimitOutcome[][]][];
     try {
-      results = this.sqlite
-        .transaction(() => batch.map((p) => this.decideInOrder(p.checks)))
+      decided = this.sqlite
+        .transaction(() =>
+          [...groups.values()].map(
+            (group) => [group, this.decideGroup(group)] as [Pending[], LimitOutcome[][]],
+          ),
+        )
         .immediate();
     } catch (error) {
       for (const p of batch) p.reject(error);
       return;
     }
-    for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results[i]!);
-  }
-
-  /** Stops at the first refusal, so a refused request is not counted by the policies after it. */
-  private decideInOrder(checks: readonly LimitCheck[]): LimitOutcome[] {
-    const outcomes: LimitOutcome[] = [];
-    for (const check of checks) {
-      const outcome = this.decide(check);
-      outcomes.push(outcome);
-      if (!outcome.admitted) break;
+    for (const [group, outcomes] of decided) {
+      for (let i = 0; i < group.length; i++) group[i]!.resolve(outcomes[i]!);
     }
-    return outcomes;
   }
 
-  private decide({ policy, key, now }: LimitCheck): LimitOutcome {
+  /**
+   * Each policy in order is asked for the permits the one before granted; a check stops at the
+   * first policy that did not grant its permit, so a refused request is not counted by the
+   * policies after it.
+   */
+  private decideGroup(group: readonly Pending[]): LimitOutcome[][] {
+    const checks = group[0]!.checks;
+    // The latest arrival's clock: the decision is made now, after all of them.
+    let now = 0;
+    for (const entry of group) for (const check of entry.checks) now = Math.max(now, check.now);
+    const perEntry: LimitOutcome[][] = group.map(() => []);
+    let wanted = group.length;
+    for (const check of checks) {
+      if (wanted === 0) break;
+      const counts = this.decide({ ...check, now }, wanted);
+      const granted = counts.granted;
+      for (let j = 0; j < wanted; j++) {
+        perEntry[j]!.push({ ...counts.state, admitted: j < granted });
+      }
+      wanted = granted;
+    }
+    return perEntry;
+  }
+
+  private decide(
+    { policy, key, now }: LimitCheck,
+    wanted: number,
+  ): { state: WindowCounts; granted: number } {
     const windowStart = windowStartOf(now, policy.windowMs);
     const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
     const expiresAt = windowStart + 2 * policy.windowMs;
@@ -169,15 +200,18 @@ export class SqliteLimiterStore implements LimiterStore {
       policy.limit,
       policy.burstLimit,
       Math.max(expiresAt, burstWindowStart + 2 * BURST_WINDOW_MS),
+      wanted,
     )[0] as unknown as Row;
     return {
-      windowStart: row[0],
-      previous: row[1],
-      current: row[2],
-      burstWindowStart: row[3],
-      burstPrevious: row[4],
-      burstCurrent: row[5],
-      admitted: row[6] === 1,
+      state: {
+        windowStart: row[0],
+        previous: row[1],
+        current: row[2],
+        burstWindowStart: row[3],
+        burstPrevious: row[4],
+        burstCurrent: row[5],
+      },
+      granted: row[6],
     };
   }
 }

@@ -47,7 +47,8 @@ describe("SqliteLimiterStore", () => {
     const row = db.$client
       .query("SELECT current, admitted FROM rate_limit_counters WHERE key = 'k'")
       .get() as { current: number; admitted: number };
-    expect(row).toEqual({ current: 50, admitted: 0 });
+    // The 80 concurrent checks were one statement asking for 80 permits; it granted 50.
+    expect(row).toEqual({ current: 50, admitted: 50 });
   });
 
   test("keys and policies are counted apart", async () => {
@@ -135,6 +136,26 @@ describe("SqliteLimiterStore", () => {
       store.check([{ policy: policy(5), key: "b", now }]),
     ]);
     expect(results.map((r) => r.status)).toEqual(["rejected", "rejected"]);
+  });
+
+  test("concurrent checks for one key are decided together, and refusals cost nothing", async () => {
+    const { store } = freshStore();
+    const now = minuteStart() + 1_000;
+    const strict = { ...policy(3), id: "strict" };
+    const loose = { ...policy(100), id: "loose" };
+    // Both policies, ten requests at once: 3 pass the first, so only 3 are counted by the second.
+    const outcomes = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        store.check([
+          { policy: strict, key: "k", now },
+          { policy: loose, key: "k", now },
+        ]),
+      ),
+    );
+    expect(outcomes.filter((o) => o.length === 2 && o[1]!.admitted)).toHaveLength(3);
+    expect(outcomes.filter((o) => o.length === 1 && !o[0]!.admitted)).toHaveLength(7);
+    const [looseAfter] = await store.check([{ policy: loose, key: "k", now }]);
+    expect(looseAfter!.current).toBe(4);
   });
 
   test("100,000 checks leave the WAL file under 64 MB", async () => {
