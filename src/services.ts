@@ -164,6 +164,8 @@ export function createServices(options: ServiceOptions): Services {
       limiter.prune(now);
       pruneAuditEvents(sqlite, now - config.auditRetentionDays * DAY_MS, now);
       privacy.retain(now);
+      auth.pruneSessions(now);
+      ipBlocks.prune(now);
     } catch (error) {
       logger.error({ err: error }, "maintenance failed");
     }

@@ -140,6 +140,8 @@ export class AuthService {
     if (email === null) return { code: "INVALID_EMAIL" };
     const verdict = this.checkPassword(password, email);
     if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
+    // Hashed even for a duplicate, so a new and an existing email take the same time.
+    const passwordHash = await hashPassword(password, this.options.passwordHashing);
     if (this.userByEmail.get(email)) {
       this.options.audit.record({
         type: "auth.register.duplicate",
@@ -150,7 +152,6 @@ export class AuthService {
       });
       return { code: "DUPLICATE" };
     }
-    const passwordHash = await hashPassword(password, this.options.passwordHashing);
     const now = this.options.clock.now();
     const id = Bun.randomUUIDv7();
     try {
@@ -282,6 +283,26 @@ export class AuthService {
       [this.options.clock.now(), familyId],
     );
     this.options.credentials.revoke("family", familyId);
+  }
+
+  /**
+   * Deletes refresh tokens that can no longer be used (expired, or revoked longer ago than any
+   * access token lives) and revocation rows no process needs any more. Bounded per call.
+   */
+  pruneSessions(now: number): number {
+    const { sqlite, config } = this.options;
+    const accessTtlMs = config.jwt.accessTokenExpireMinutes * 60_000;
+    const tokens = sqlite.run(
+      `DELETE FROM refresh_tokens WHERE rowid IN (SELECT rowid FROM refresh_tokens
+         WHERE expires_at < ?1 OR revoked_at < ?1 - ?2 LIMIT 1000)`,
+      [now, accessTtlMs],
+    ).changes;
+    const revocations = sqlite.run(
+      `DELETE FROM auth_revocations WHERE rowid IN (SELECT rowid FROM auth_revocations
+         WHERE created_at < ? LIMIT 1000)`,
+      [now - accessTtlMs - 60 * 60_000],
+    ).changes;
+    return tokens + revocations;
   }
 
   /** Ends every session of a user (role change, erasure). */

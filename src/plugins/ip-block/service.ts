@@ -239,6 +239,15 @@ export class IpBlockService {
     });
   }
 
+  /** Deletes blocks that ended longer ago than escalation looks back. Bounded per call. */
+  prune(now: number): number {
+    return this.options.sqlite.run(
+      `DELETE FROM ip_blocks WHERE rowid IN (SELECT rowid FROM ip_blocks
+         WHERE min(expires_at, coalesce(lifted_at, expires_at)) < ? LIMIT 1000)`,
+      [now - this.settings.escalationLookbackMs],
+    ).changes;
+  }
+
   private refresh(now: number, force = false): void {
     if (!force && now - this.loadedAt < this.settings.cacheTtlMs) return;
     const next = new Map<string, number>();

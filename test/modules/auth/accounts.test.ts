@@ -316,3 +316,38 @@ describe("refresh and logout", () => {
     ).toBe(401);
   });
 });
+
+describe("maintenance", () => {
+  test("spent refresh tokens, old revocations and old blocks are pruned; live ones stay", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const alive = await signUp(current);
+    const gone = await signUp(current);
+    await send(current, "/api/auth/logout", { method: "POST", headers: bearer(gone.accessToken) });
+    current.services.ipBlocks.block({
+      address: "192.0.2.200",
+      reason: "old",
+      ttlMs: 60_000,
+      source: "admin",
+    });
+    const count = (table: string) =>
+      (current!.db.$client.query(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+    expect(count("refresh_tokens")).toBe(2);
+    expect(count("auth_revocations")).toBe(1);
+    expect(count("ip_blocks")).toBe(1);
+
+    clock.advance(2 * 60 * 60 * 1000 + 1);
+    current.services.runMaintenance();
+    expect(count("refresh_tokens")).toBe(1); // the logged-out family's token
+    expect(count("auth_revocations")).toBe(0);
+    expect(count("ip_blocks")).toBe(1); // kept a week, for escalation
+    clock.advance(8 * 24 * 60 * 60 * 1000);
+    current.services.runMaintenance();
+    expect(count("ip_blocks")).toBe(0);
+    expect(count("refresh_tokens")).toBe(1); // 30 days: alive's token still valid
+    const refreshed = await send(current, "/api/auth/refresh", {
+      body: { refreshToken: alive.refreshToken },
+    });
+    expect(refreshed.status).toBe(200);
+  });
+});
