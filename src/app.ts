@@ -19,7 +19,6 @@ import { authModule } from "./modules/auth";
 import { healthModule } from "./modules/health";
 import { privacyModule } from "./modules/privacy";
 import { accessLog } from "./plugins/access-log";
-import { audit } from "./plugins/audit";
 import { authPlugin } from "./plugins/auth";
 import { createIdentify } from "./plugins/auth/identify";
 import { clientIp } from "./plugins/client-ip";
@@ -83,7 +82,6 @@ export function createApp(deps: AppDeps) {
         buffered: deps.accessLogBuffered,
       }),
     )
-    .use(audit({ log: deps.audit }))
     .use(auth)
     .use(openapiDocument({ docsPage: config.docsPage }))
     .use(metrics({ registry, token: config.metricsToken, credentials: deps.credentials, auth }))

@@ -139,3 +139,25 @@ test("after SIGKILL every must-not-lose event of an answered request is on disk"
     dir.remove();
   }
 }, 90_000);
+
+test("several processes share one port (SO_REUSEPORT) and one database", async () => {
+  const dir = tempDir();
+  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
+  const port = String(probe.port);
+  probe.stop(true);
+  const env = { DATABASE_PATH: join(dir.path, "shared.db"), PORT: port, LOG_LEVEL: "info" };
+  const first = await startService(env);
+  const second = await startService(env);
+  try {
+    expect(first.url.port).toBe(port);
+    expect(second.url.port).toBe(port);
+    // With the first gone, the second still answers on the same port.
+    expect(await first.stop()).toBe(0);
+    const response = await fetch(`http://127.0.0.1:${port}/ready`);
+    expect(response.status).toBe(200);
+  } finally {
+    await first.stop("SIGKILL");
+    await second.stop("SIGKILL");
+    dir.remove();
+  }
+}, 60_000);

@@ -1,14 +1,7 @@
 /**
  * @module
- * Puts the audit log on every request's context as `audit`, so defences and handlers record
- * security events in one way.
+ * The audit log: security events in a hash-chained SQLite table (see log.ts for how it is written,
+ * verified and pruned). Defences and modules receive the log as a dependency and call `record`.
  */
-import { Elysia } from "elysia";
-import type { AuditLog } from "./log";
-
 export type { AuditEvent } from "./events";
-export type { AuditLog } from "./log";
-
-export function audit({ log }: { log: AuditLog }) {
-  return new Elysia({ name: "palisade.audit" }).decorate("audit", log);
-}
+export { type AuditLog, SqliteAuditLog, verifyAuditChain } from "./log";
