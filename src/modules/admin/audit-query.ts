@@ -5,6 +5,7 @@
  */
 import type { Database } from "bun:sqlite";
 import type { AuditRow } from "../../plugins/audit/log";
+import type { AuditEventView as AuditEventViewSchema } from "./model";
 
 export interface AuditFilter {
   type?: string;
@@ -16,17 +17,8 @@ export interface AuditFilter {
   limit: number;
 }
 
-export interface AuditEventView {
-  id: number;
-  at: string;
-  type: string;
-  actor: string | null;
-  ip: string | null;
-  route: string | null;
-  requestId: string | null;
-  outcome: string;
-  detail: Record<string, unknown>;
-}
+/** As the API shows it: the schema in model.ts is the type. */
+export type AuditEventView = typeof AuditEventViewSchema.static;
 
 /** The columns an admin sees: not the chain's own (salt, commitment, hashes). */
 type Row = Omit<AuditRow, "subjectSalt" | "subjectCommit" | "prevHash" | "hash">;
