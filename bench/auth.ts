@@ -47,7 +47,7 @@ export async function measureAuth(dir: string, iterations: number) {
   const uncached = new CredentialVerifier({
     sqlite: db.$client,
     clock: services.clock,
-    signingKey: key,
+    signingKeys: { current: key, previous: null },
     accessTokenTtlMs: 3_600_000,
     cacheTokens: false,
   });

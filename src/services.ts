@@ -13,7 +13,7 @@ import { ApiKeyService } from "./modules/auth/api-keys";
 import { CredentialVerifier } from "./modules/auth/credentials";
 import type { PasswordHashing } from "./modules/auth/passwords";
 import { AuthService } from "./modules/auth/service";
-import { signingKey } from "./modules/auth/tokens";
+import { signingKeys } from "./modules/auth/tokens";
 import { type PrivacyContributor, PrivacyService } from "./modules/privacy/service";
 import { type AuditLog, pruneAuditEvents, SqliteAuditLog } from "./plugins/audit/log";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
@@ -123,11 +123,11 @@ export function createServices(options: ServiceOptions): Services {
     },
   });
 
-  const key = signingKey(config.jwt.secretKey);
+  const keys = signingKeys(config.jwt.secretKey, config.jwt.previousSecretKey);
   const credentials = new CredentialVerifier({
     sqlite,
     clock,
-    signingKey: key,
+    signingKeys: keys,
     accessTokenTtlMs: config.jwt.accessTokenExpireMinutes * 60_000,
     cacheTokens: options.cacheTokens,
   });
@@ -140,7 +140,7 @@ export function createServices(options: ServiceOptions): Services {
     limiter,
     ipBlocks,
     credentials,
-    signingKey: key,
+    signingKey: keys.current,
     passwordHashing: options.passwordHashing,
   });
   const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials);

@@ -38,7 +38,13 @@ export interface Config {
   databasePath: string;
   logLevel: LogLevel;
   trustProxy: TrustProxy;
-  jwt: { secretKey: string; accessTokenExpireMinutes: number; refreshTokenExpireDays: number };
+  jwt: {
+    secretKey: string;
+    /** Accepted, never used to sign: set while rotating JWT_SECRET_KEY, for one token lifetime. */
+    previousSecretKey: string | null;
+    accessTokenExpireMinutes: number;
+    refreshTokenExpireDays: number;
+  };
   csrf: { secretKey: string };
   cors: { allowedOrigins: string[] };
   rateLimit: { perMinute: number; burst: number; allowCidrs: string[] };
@@ -119,6 +125,11 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     return value;
   };
 
+  const jwtSecret = signingKey("JWT_SECRET_KEY");
+  const previousJwtSecret = optionalSecret("JWT_PREVIOUS_SECRET_KEY", true);
+  if (previousJwtSecret !== null && previousJwtSecret === jwtSecret) {
+    throw new ConfigError("JWT_PREVIOUS_SECRET_KEY", "must differ from JWT_SECRET_KEY");
+  }
   const corsRaw = text("CORS_ALLOWED_ORIGINS");
   const rateLimitPerMinute = integer("RATE_LIMIT_PER_MINUTE", profile.rateLimitPerMinute, 1, 1e6);
   const apiKeys = parseList(env.API_KEYS ?? "");
@@ -137,7 +148,8 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     logLevel: parseEnum("LOG_LEVEL", text("LOG_LEVEL") ?? profile.logLevel, LOG_LEVELS),
     trustProxy: parseTrustProxy("TRUST_PROXY", text("TRUST_PROXY")),
     jwt: {
-      secretKey: signingKey("JWT_SECRET_KEY"),
+      secretKey: jwtSecret,
+      previousSecretKey: previousJwtSecret,
       accessTokenExpireMinutes: integer(
         "ACCESS_TOKEN_EXPIRE_MINUTES",
         profile.accessTokenExpireMinutes,

@@ -25,6 +25,11 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("LOG_LEVEL", "fatal, error, warn, info, debug, trace or silent"),
   v("TRUST_PROXY", "trusted proxy hops (a number) or a comma list of CIDRs"),
   v("JWT_SECRET_KEY", "HMAC key for access tokens, at least 32 bytes", true),
+  v(
+    "JWT_PREVIOUS_SECRET_KEY",
+    "the key being rotated out: its tokens stay valid until they expire",
+    true,
+  ),
   v("ACCESS_TOKEN_EXPIRE_MINUTES", "access token lifetime"),
   v("REFRESH_TOKEN_EXPIRE_DAYS", "refresh token lifetime"),
   v("CSRF_SECRET_KEY", "HMAC key for CSRF tokens, at least 32 bytes", true),

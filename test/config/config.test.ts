@@ -90,6 +90,12 @@ describe("production profile", () => {
       "placeholder",
     ],
     ["METRICS_TOKEN", { METRICS_TOKEN: "metrics" }, "shorter than 32 bytes"],
+    ["JWT_PREVIOUS_SECRET_KEY", { JWT_PREVIOUS_SECRET_KEY: "old" }, "shorter than 32 bytes"],
+    [
+      "JWT_PREVIOUS_SECRET_KEY",
+      { JWT_PREVIOUS_SECRET_KEY: STRONG },
+      "must differ from JWT_SECRET_KEY",
+    ],
     ["API_KEYS", { API_KEYS: `${STRONG},weak` }, "has a key that is shorter"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],

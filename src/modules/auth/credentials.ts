@@ -17,7 +17,7 @@ import { timingSafeEqual } from "node:crypto";
 import type { Clock } from "../../clock";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
 import type { Principal, Scope } from "./principal";
-import { sha256Hex, verifyAccessToken } from "./tokens";
+import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
 
 export type Verification =
   | { ok: true; principal: Principal }
@@ -52,7 +52,7 @@ const LAST_USED_WRITE_MS = 60_000;
 export interface CredentialVerifierOptions {
   sqlite: Database;
   clock: Clock;
-  signingKey: Uint8Array;
+  signingKeys: SigningKeys;
   /** How long revoked families must be remembered: the access-token lifetime. */
   accessTokenTtlMs: number;
   /** Cache verified access tokens (default). Off only to measure what the cache saves. */
@@ -114,7 +114,7 @@ export class CredentialVerifier {
         principal: cached.principal.via === via ? cached.principal : { ...cached.principal, via },
       };
     }
-    const verdict = await verifyAccessToken(this.options.signingKey, token, now);
+    const verdict = await verifyAccessToken(this.options.signingKeys, token, now);
     if (!verdict.ok) return verdict;
     const { claims } = verdict;
     if (this.revokedFamilies.has(claims.fam)) return { ok: false, reason: "revoked" };

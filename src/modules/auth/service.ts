@@ -22,7 +22,7 @@ import {
   verifyPassword,
 } from "./passwords";
 import type { Role } from "./principal";
-import { generateRefreshToken, sha256Hex, signAccessToken } from "./tokens";
+import { generateRefreshToken, type SigningKey, sha256Hex, signAccessToken } from "./tokens";
 
 export interface RequestMeta {
   client: ResolvedClient;
@@ -69,7 +69,7 @@ export interface AuthServiceOptions {
   limiter: LimiterStore;
   ipBlocks: IpBlockService;
   credentials: CredentialVerifier;
-  signingKey: Uint8Array;
+  signingKey: SigningKey;
   passwordHashing?: PasswordHashing;
   /** Failed logins per account before it is locked, and over how long. */
   lockout?: { failures: number; windowMs: number };

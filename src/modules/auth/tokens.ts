@@ -1,13 +1,15 @@
 /**
  * @module
  * Access tokens are JWTs signed with HS256 through jose: `sub` (user id), `role`, `fam` (the
- * refresh family, so logout can end them), `jti`, `iat`, `exp`, issuer and audience. Verification
- * accepts HS256 only (so `alg: none` and RS256-with-the-secret-as-public-key are refused), checks
- * issuer, audience and expiry with 30 s of clock skew.
+ * refresh family, so logout can end them), `jti`, `iat`, `exp`, issuer and audience, and a `kid`
+ * header naming the key. Verification accepts HS256 only (so `alg: none` and
+ * RS256-with-the-secret-as-public-key are refused), checks issuer, audience and expiry with 30 s of
+ * clock skew, and picks the key by `kid`: the current one, or the previous one while a rotation is
+ * under way (JWT_PREVIOUS_SECRET_KEY), so rotating the secret logs nobody out.
  *
  * Refresh tokens are 256 random bits, base64url, stored only as their SHA-256.
  */
-import { errors, jwtVerify, SignJWT } from "jose";
+import { errors, type JWTHeaderParameters, jwtVerify, SignJWT } from "jose";
 
 export const TOKEN_ISSUER = "palisade";
 export const TOKEN_AUDIENCE = "palisade-api";
@@ -26,19 +28,35 @@ export type TokenVerdict =
   | { ok: true; claims: AccessClaims }
   | { ok: false; reason: "expired" | "invalid" };
 
-export function signingKey(secret: string): Uint8Array {
-  return new TextEncoder().encode(secret);
+export interface SigningKey {
+  /** Derived from the secret by a one-way hash: names the key without revealing it. */
+  kid: string;
+  key: Uint8Array;
+}
+
+export interface SigningKeys {
+  current: SigningKey;
+  previous: SigningKey | null;
+}
+
+export function signingKey(secret: string): SigningKey {
+  const kid = new Bun.CryptoHasher("sha256").update(`palisade-kid:${secret}`).digest("base64url");
+  return { kid: kid.slice(0, 12), key: new TextEncoder().encode(secret) };
+}
+
+export function signingKeys(secret: string, previous: string | null): SigningKeys {
+  return { current: signingKey(secret), previous: previous === null ? null : signingKey(previous) };
 }
 
 export function signAccessToken(
-  key: Uint8Array,
+  { kid, key }: SigningKey,
   claims: { sub: string; role: "user" | "admin"; fam: string },
   nowMs: number,
   ttlSeconds: number,
 ): Promise<string> {
   const iat = Math.floor(nowMs / 1000);
   return new SignJWT({ role: claims.role, fam: claims.fam })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setProtectedHeader({ alg: "HS256", typ: "JWT", kid })
     .setSubject(claims.sub)
     .setJti(crypto.randomUUID())
     .setIssuer(TOKEN_ISSUER)
@@ -49,12 +67,18 @@ export function signAccessToken(
 }
 
 export async function verifyAccessToken(
-  key: Uint8Array,
+  keys: SigningKeys,
   token: string,
   nowMs: number,
 ): Promise<TokenVerdict> {
+  // Tokens from before `kid` existed carry none: they were signed with the current key.
+  const keyFor = (header: JWTHeaderParameters): Uint8Array => {
+    if (header.kid === undefined || header.kid === keys.current.kid) return keys.current.key;
+    if (keys.previous !== null && header.kid === keys.previous.kid) return keys.previous.key;
+    throw new errors.JWSSignatureVerificationFailed("unknown kid");
+  };
   try {
-    const { payload } = await jwtVerify(token, key, {
+    const { payload } = await jwtVerify(token, keyFor, {
       algorithms: ["HS256"],
       issuer: TOKEN_ISSUER,
       audience: TOKEN_AUDIENCE,

@@ -1,6 +1,12 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createHmac } from "node:crypto";
-import { SignJWT } from "jose";
+import { decodeProtectedHeader, SignJWT } from "jose";
+import {
+  signAccessToken,
+  signingKey,
+  signingKeys,
+  verifyAccessToken,
+} from "../../../src/modules/auth/tokens";
 import {
   buildTestApp,
   secondProcess,
@@ -162,5 +168,48 @@ describe("revocation across processes", () => {
     clock.advance(1_000);
     expect(await meOnOther()).toBe(401); // there: within a second
     other.close();
+  });
+});
+
+describe("signing-key rotation", () => {
+  const OLD = "old-jwt-secret-0123456789-abcdefghijklmnopq";
+  const NEW = "new-jwt-secret-9876543210-zyxwvutsrqponmlkj";
+
+  test("tokens name their key in a kid header that does not reveal it", async () => {
+    current = buildTestApp();
+    const { session } = await claimsFor(current);
+    const header = decodeProtectedHeader(session.accessToken);
+    expect(header.kid).toBe(signingKey(TEST_JWT_SECRET).kid);
+    expect(TEST_JWT_SECRET).not.toContain(header.kid!);
+  });
+
+  test("while JWT_PREVIOUS_SECRET_KEY is set, tokens signed with it still work; after, they do not", async () => {
+    current = buildTestApp({ env: { JWT_SECRET_KEY: NEW, JWT_PREVIOUS_SECRET_KEY: OLD } });
+    const { session } = await claimsFor(current);
+    const byOldKey = await signAccessToken(
+      signingKey(OLD),
+      { sub: session.userId, role: "user", fam: "rotated-family" },
+      Date.now(),
+      600,
+    );
+    expect((await meWith(current, byOldKey)).status).toBe(200);
+    expect((await meWith(current, session.accessToken)).status).toBe(200);
+
+    const keys = signingKeys(NEW, null);
+    expect((await verifyAccessToken(keys, byOldKey, Date.now())).ok).toBe(false);
+    const stranger = await signAccessToken(
+      signingKey("stranger-secret-0123456789-abcdefghijkl"),
+      { sub: session.userId, role: "user", fam: "x" },
+      Date.now(),
+      600,
+    );
+    expect((await meWith(current, stranger)).status).toBe(401);
+  });
+
+  test("a token without kid (issued before kids existed) is checked against the current key", async () => {
+    current = buildTestApp();
+    const { payload } = await claimsFor(current);
+    const token = handBuilt({ alg: "HS256", typ: "JWT" }, payload, hmac(TEST_JWT_SECRET));
+    expect((await meWith(current, token)).status).toBe(200);
   });
 });
