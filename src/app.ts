@@ -85,16 +85,7 @@ export function createApp(deps: AppDeps) {
     .use(auth)
     .use(openapiDocument({ docsPage: config.docsPage }))
     .use(metrics({ registry, token: config.metricsToken, credentials: deps.credentials, auth }))
-    .use(
-      healthModule({
-        auth,
-        checks: {
-          database: () => {
-            db.$client.query("SELECT 1").values();
-          },
-        },
-      }),
-    )
+    .use(healthModule({ auth, checks: deps.readiness }))
     .use(
       authModule({
         service: deps.auth,

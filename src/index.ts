@@ -49,6 +49,7 @@ try {
 }
 
 const services = createServices({ config, db, logger });
+await services.start();
 const app = createApp(services);
 startServer({
   app,

@@ -5,6 +5,7 @@
  * these as dependencies; `close()` stops the tasks and flushes what is queued.
  */
 import { createHmac } from "node:crypto";
+import { RedisClient } from "bun";
 import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock";
 import type { Config } from "./config";
@@ -14,6 +15,7 @@ import { CredentialVerifier } from "./modules/auth/credentials";
 import type { PasswordHashing } from "./modules/auth/passwords";
 import { AuthService } from "./modules/auth/service";
 import { signingKeys } from "./modules/auth/tokens";
+import type { ReadinessCheck } from "./modules/health/service";
 import { type PrivacyContributor, PrivacyService } from "./modules/privacy/service";
 import { type AuditLog, pruneAuditEvents, SqliteAuditLog } from "./plugins/audit/log";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
@@ -28,6 +30,7 @@ import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry
 import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
+import { RedisLimiterStore } from "./plugins/rate-limit/redis-store";
 import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "./plugins/rate-limit/store";
 
@@ -55,6 +58,10 @@ export interface Services {
   auth: AuthService;
   apiKeys: ApiKeyService;
   privacy: PrivacyService;
+  /** Connects what needs connecting (Redis) before the server takes requests; never throws. */
+  start(): Promise<void>;
+  /** What `/ready` checks: the database, and Redis when the limiter uses it. */
+  readiness: Record<string, ReadinessCheck>;
   /** Runs the background tasks once now (tests call this instead of waiting for timers). */
   runMaintenance(): void;
   close(): void;
@@ -83,7 +90,24 @@ export function createServices(options: ServiceOptions): Services {
   const sqlite = db.$client;
   const registry = createMetricsRegistry();
   const audit = new SqliteAuditLog({ sqlite, clock, logger, registry });
-  const limiter = options.limiter ?? new SqliteLimiterStore({ sqlite });
+  // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
+  // Without an offline queue a command fails at once while Redis is unreachable, so the limiter
+  // fails open or closed at once instead of holding requests until a reconnect.
+  const redis = config.redisUrl
+    ? new RedisClient(config.redisUrl, { enableOfflineQueue: false, connectionTimeout: 2000 })
+    : null;
+  const limiter =
+    options.limiter ?? (redis ? new RedisLimiterStore(redis) : new SqliteLimiterStore({ sqlite }));
+  const readiness: Record<string, ReadinessCheck> = {
+    database: () => {
+      sqlite.query("SELECT 1").values();
+    },
+  };
+  if (redis) {
+    readiness.redis = async () => {
+      await redis.send("PING", []);
+    };
+  }
   const ipBlocks = new IpBlockService({
     sqlite,
     clock,
@@ -186,6 +210,18 @@ export function createServices(options: ServiceOptions): Services {
     metrics,
     ipBlocks,
     enforceLimits,
+    async start() {
+      if (!redis) return;
+      try {
+        await redis.connect();
+      } catch (error) {
+        logger.error(
+          { err: error },
+          "redis unreachable at start; the limiter fails open or closed by policy until it is back",
+        );
+      }
+    },
+    readiness,
     credentials,
     auth,
     apiKeys,

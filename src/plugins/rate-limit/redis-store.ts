@@ -1,0 +1,187 @@
+/**
+ * @module
+ * The Redis limiter store, for several VMs sharing one limit (REDIS_URL), through Bun's built-in
+ * Redis client.
+ *
+ * The same decision as the SQLite store, made by one Lua script per check list so it is atomic in
+ * Redis: each (policy, key) is a hash holding both windows' counts; the script rolls the windows,
+ * grants as many of the wanted permits as fit under both limits, counts them, and sets the hash to
+ * expire when it no longer matters (so there is nothing to prune). Concurrent checks of one key in
+ * one event-loop turn are coalesced into one script call asking for that many permits, as in the
+ * SQLite store; Bun's client pipelines the calls of one turn.
+ *
+ * Failure (Redis unreachable, timeout): the checks reject; the plugin fails open or closed by policy.
+ */
+import type { RedisClient } from "bun";
+import { BURST_WINDOW_MS, type Policy } from "./policies";
+import { estimate, previousWeight, windowStartOf } from "./sliding-window";
+import type { LimitCheck, LimiterStore, LimitOutcome, WindowCounts } from "./store";
+
+const PREFIX = "palisade:rl:";
+
+// KEYS: one hash per check. ARGV: wanted, then 9 values per check: window start, window ms, weight,
+// burst window start, burst window ms, burst weight, limit, burst limit, ttl ms.
+// Returns, per check decided (it stops after the first that granted nothing), its seven numbers.
+const SCRIPT = `
+local wanted = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  if wanted <= 0 then break end
+  local a = 1 + (i - 1) * 9
+  local ws, win, w = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local bws, bwin, bw = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local limit, blimit, ttl = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+  local row = redis.call('HMGET', KEYS[i], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
+  local ows, ocur, oprev = tonumber(row[1]), tonumber(row[2]) or 0, tonumber(row[3]) or 0
+  local obws, obcur, obprev = tonumber(row[4]), tonumber(row[5]) or 0, tonumber(row[6]) or 0
+  local prev, cur = 0, 0
+  if ows == ws then prev, cur = oprev, ocur elseif ows == ws - win then prev = ocur end
+  local bprev, bcur = 0, 0
+  if obws == bws then bprev, bcur = obprev, obcur elseif obws == bws - bwin then bprev = obcur end
+  local room = math.floor(limit - prev * w - cur)
+  local broom = math.floor(blimit - bprev * bw - bcur)
+  local granted = math.max(0, math.min(wanted, room, broom))
+  cur = cur + granted
+  bcur = bcur + granted
+  redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev)
+  redis.call('PEXPIRE', KEYS[i], ttl)
+  table.insert(out, {ws, prev, cur, bws, bprev, bcur, granted})
+  wanted = granted
+end
+return out`;
+
+interface Pending {
+  checks: readonly LimitCheck[];
+  resolve(outcomes: LimitOutcome[]): void;
+  reject(error: unknown): void;
+}
+
+export class RedisLimiterStore implements LimiterStore {
+  private pending: Pending[] = [];
+  private scheduled = false;
+  private sha: Promise<string> | null = null;
+
+  constructor(private readonly client: RedisClient) {}
+
+  check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ checks, resolve, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.runBatch());
+      }
+    });
+  }
+
+  async peek(policy: Policy, key: string, now: number): Promise<number> {
+    const [ws, cur, prev] = (await this.client.hmget(`${PREFIX}${policy.id}:${key}`, [
+      "ws",
+      "cur",
+      "prev",
+    ])) as (string | null)[];
+    if (ws === null || ws === undefined) return 0;
+    const start = windowStartOf(now, policy.windowMs);
+    const windowStart = Number(ws);
+    const state =
+      windowStart === start
+        ? { previous: Number(prev), current: Number(cur), windowStart: start }
+        : windowStart === start - policy.windowMs
+          ? { previous: Number(cur), current: 0, windowStart: start }
+          : { previous: 0, current: 0, windowStart: start };
+    return estimate(state, now, policy.windowMs);
+  }
+
+  /** Redis expires each key itself when its windows have passed. */
+  prune(): number {
+    return 0;
+  }
+
+  close(): void {
+    this.client.close();
+  }
+
+  private runBatch(): void {
+    const batch = this.pending;
+    this.pending = [];
+    this.scheduled = false;
+    const groups = new Map<string, Pending[]>();
+    for (const entry of batch) {
+      const signature = entry.checks.map((c) => `${c.policy.id}\u0000${c.key}`).join("\u0001");
+      const group = groups.get(signature);
+      if (group) group.push(entry);
+      else groups.set(signature, [entry]);
+    }
+    for (const group of groups.values()) {
+      this.decideGroup(group).then(
+        (outcomes) => {
+          for (let i = 0; i < group.length; i++) group[i]!.resolve(outcomes[i]!);
+        },
+        (error) => {
+          for (const entry of group) entry.reject(error);
+        },
+      );
+    }
+  }
+
+  private async decideGroup(group: readonly Pending[]): Promise<LimitOutcome[][]> {
+    const checks = group[0]!.checks;
+    let now = 0;
+    for (const entry of group) for (const check of entry.checks) now = Math.max(now, check.now);
+    const keys = checks.map((c) => `${PREFIX}${c.policy.id}:${c.key}`);
+    const args: string[] = [String(group.length)];
+    for (const { policy } of checks) {
+      const windowStart = windowStartOf(now, policy.windowMs);
+      const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
+      const ttl =
+        Math.max(windowStart + 2 * policy.windowMs, burstWindowStart + 2 * BURST_WINDOW_MS) - now;
+      args.push(
+        String(windowStart),
+        String(policy.windowMs),
+        String(previousWeight(now, policy.windowMs)),
+        String(burstWindowStart),
+        String(BURST_WINDOW_MS),
+        String(previousWeight(now, BURST_WINDOW_MS)),
+        String(policy.limit),
+        String(policy.burstLimit),
+        String(ttl),
+      );
+    }
+    const rows = (await this.evaluate(keys, args)) as number[][];
+    const perEntry: LimitOutcome[][] = group.map(() => []);
+    let wanted = group.length;
+    for (const row of rows) {
+      const state: WindowCounts = {
+        windowStart: row[0]!,
+        previous: row[1]!,
+        current: row[2]!,
+        burstWindowStart: row[3]!,
+        burstPrevious: row[4]!,
+        burstCurrent: row[5]!,
+      };
+      const granted = row[6]!;
+      for (let j = 0; j < wanted; j++) perEntry[j]!.push({ ...state, admitted: j < granted });
+      wanted = granted;
+    }
+    return perEntry;
+  }
+
+  /** EVALSHA, loading the script on first use and again if Redis forgot it (a restart). */
+  private async evaluate(keys: string[], args: string[]): Promise<unknown> {
+    this.sha ??= this.client.send("SCRIPT", ["LOAD", SCRIPT]) as Promise<string>;
+    try {
+      return await this.client.send("EVALSHA", [
+        await this.sha,
+        String(keys.length),
+        ...keys,
+        ...args,
+      ]);
+    } catch (error) {
+      if (!String(error).includes("NOSCRIPT")) {
+        this.sha = null;
+        throw error;
+      }
+      this.sha = this.client.send("SCRIPT", ["LOAD", SCRIPT]) as Promise<string>;
+      return this.client.send("EVALSHA", [await this.sha, String(keys.length), ...keys, ...args]);
+    }
+  }
+}
