@@ -1,8 +1,9 @@
 /**
  * @module
  * The stateful parts of one running app, built from config and database: metrics registry, audit
- * log, limiter store, IP blocker, and the background tasks that keep them tidy. `createApp` takes
- * these as dependencies; `close()` stops the tasks and flushes what is queued.
+ * log, limiter store (SQLite, or Redis with REDIS_URL), IP blocker, credential verifier, accounts,
+ * API keys, privacy, and the background tasks that keep them tidy. `createApp` takes these as
+ * dependencies; `start()` connects Redis; `close()` stops the tasks and flushes what is queued.
  */
 import { createHmac } from "node:crypto";
 import { RedisClient } from "bun";
