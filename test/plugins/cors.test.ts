@@ -91,3 +91,15 @@ describe("CORS", () => {
     expect(corsHeadersOf(response)).toEqual([]);
   });
 });
+
+test("preflights are logged and counted like any other request", async () => {
+  corsApp();
+  await preflight(ALLOWED);
+  await preflight("https://evil.test");
+  const entries = current!.logs.entries.filter((e) => e.method === "OPTIONS");
+  expect(entries.map((e) => e.status)).toEqual([204, 204]);
+  const metrics = await (await send(current!, "/metrics")).text();
+  expect(metrics).toContain(
+    'http_requests_total{method="OPTIONS",route="<unmatched>",status="204"} 2',
+  );
+});

@@ -10,6 +10,7 @@
  * Every response says `Vary: Origin`, since its CORS headers depend on it.
  */
 import { Elysia } from "elysia";
+import { EarlyAnswer } from "../error-handler/early-answer";
 
 export const CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 export const CORS_ALLOWED_HEADERS = [
@@ -65,9 +66,9 @@ export function corsPreflight({ allowedOrigins }: CorsOptions) {
   const allowMethods = CORS_METHODS.join(", ");
   const allowHeaders = CORS_ALLOWED_HEADERS.join(", ");
   const allowedMethodSet = new Set(CORS_METHODS);
-  const bare = (set: { headers: Record<string, unknown> }) => {
+  const bare = (set: { headers: Record<string, unknown> }): never => {
     delete set.headers["access-control-expose-headers"];
-    return new Response(null, { status: 204 });
+    throw new EarlyAnswer(204);
   };
 
   return new Elysia({ name: "palisade.cors-preflight", seed: allowedOrigins })
@@ -76,13 +77,13 @@ export function corsPreflight({ allowedOrigins }: CorsOptions) {
       const method = request.headers.get("access-control-request-method");
       if (method === null) return;
       const origin = request.headers.get("origin");
-      if (origin === null || !allowed.has(origin)) return bare(set);
-      if (!allowedMethodSet.has(method.toUpperCase())) return bare(set);
+      if (origin === null || !allowed.has(origin)) bare(set);
+      if (!allowedMethodSet.has(method.toUpperCase())) bare(set);
       delete set.headers["access-control-expose-headers"];
       set.headers["access-control-allow-methods"] = allowMethods;
       set.headers["access-control-allow-headers"] = allowHeaders;
       set.headers["access-control-max-age"] = String(PREFLIGHT_MAX_AGE_SECONDS);
-      return new Response(null, { status: 204 });
+      throw new EarlyAnswer(204);
     })
     .as("global");
 }

@@ -15,6 +15,7 @@ import {
   toProblem,
 } from "../../errors";
 import type { Logger } from "../../logging/logger";
+import { EarlyAnswer } from "./early-answer";
 import { type RouteEntry, routeMethodIndex } from "./route-methods";
 
 export interface ErrorHandlerOptions {
@@ -66,6 +67,13 @@ export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
   return new Elysia({ name: "palisade.error-handler" })
     .onError(function toProblemResponse(context) {
       const { code, error, request, set } = context;
+      if (error instanceof EarlyAnswer) {
+        set.status = error.status;
+        return new Response(null, {
+          status: error.status,
+          headers: set.headers as Record<string, string>,
+        });
+      }
       const requestId = (context as { requestId?: string }).requestId || "unknown";
       let outcome: Outcome;
 
