@@ -36,6 +36,7 @@ import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "./plugins/rate-limit/store";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
+const REDIS_START_WAIT_MS = 500;
 
 export interface Services {
   config: Readonly<Config>;
@@ -213,11 +214,16 @@ export function createServices(options: ServiceOptions): Services {
     enforceLimits,
     async start() {
       if (!redis) return;
-      try {
-        await redis.connect();
-      } catch (error) {
+      // Waits a moment for Redis, never for long: the service starts either way, and the client
+      // keeps reconnecting in the background while the limiter fails open or closed by policy.
+      const connected = redis.connect().then(
+        () => true,
+        () => false,
+      );
+      const timedOut = Bun.sleep(REDIS_START_WAIT_MS).then(() => false);
+      if (!(await Promise.race([connected, timedOut]))) {
         logger.error(
-          { err: error },
+          { redis: "unreachable" },
           "redis unreachable at start; the limiter fails open or closed by policy until it is back",
         );
       }

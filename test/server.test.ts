@@ -116,3 +116,25 @@ describe("the service process", () => {
     }
   });
 });
+
+test("with REDIS_URL unreachable the service still starts, and /ready reports Redis down", async () => {
+  const dir = tempDir();
+  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
+  const closedPort = probe.port;
+  probe.stop(true);
+  try {
+    const service = await startService({
+      DATABASE_PATH: join(dir.path, "app.db"),
+      REDIS_URL: `redis://127.0.0.1:${closedPort}`,
+    });
+    expect((await fetch(new URL("/health", service.url))).status).toBe(200);
+    const ready = await fetch(new URL("/ready", service.url));
+    expect(ready.status).toBe(503);
+    const body = (await ready.json()) as { checks: Record<string, { status: string }> };
+    expect(body.checks.redis?.status).toBe("down");
+    expect(service.stdout()).toContain("redis unreachable at start");
+    expect(await service.stop()).toBe(0);
+  } finally {
+    dir.remove();
+  }
+});
