@@ -11,7 +11,7 @@ import { applyMigrations } from "../src/db/migrate";
 import { measureAuth } from "./auth";
 import { measureChain } from "./chain";
 import { measureHttp, wrkAvailable } from "./http";
-import { measureLimiter } from "./limiter";
+import { measureLimiter, measureRedisLimiter } from "./limiter";
 
 const quick = process.argv.includes("--quick");
 const dir = mkdtempSync(join(tmpdir(), "palisade-bench-"));
@@ -26,7 +26,7 @@ try {
   applyMigrations(db);
   const limiter = await measureLimiter(db, quick ? 20_000 : 100_000);
   db.$client.close();
-  console.log("Limiter store (SQLite, WAL, synchronous=NORMAL, 10k keys)");
+  console.log("Limiter stores (SQLite: WAL, synchronous=NORMAL; 10k keys)");
   console.log("| form | checks/s | ratio |");
   console.log("| --- | ---: | ---: |");
   console.log(`| prepared UPSERT, one autocommit per check | ${fmt(limiter.autocommit)} | 1.00× |`);
@@ -35,6 +35,12 @@ try {
   );
   console.log(
     `| prepared UPSERT, group commit (the store) | ${fmt(limiter.grouped)} | ${(limiter.grouped / limiter.autocommit).toFixed(2)}× |`,
+  );
+  const redis = await measureRedisLimiter(quick ? 20_000 : 100_000);
+  console.log(
+    redis === null
+      ? "| Redis store (REDIS_URL), grouped | skipped: redis-server not installed | |"
+      : `| Redis store (REDIS_URL), grouped, Lua script per key | ${fmt(redis)} | ${(redis / limiter.autocommit).toFixed(2)}× |`,
   );
 
   const chain = await measureChain(dir, quick ? 5_000 : 30_000, 32);

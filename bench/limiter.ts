@@ -83,3 +83,57 @@ function drizzleUpsert(db: AppDatabase, key: string, now: number) {
     .returning()
     .all();
 }
+
+/**
+ * The Redis store's grouped checks per second against a real redis-server started here, or null
+ * when redis-server is not installed.
+ */
+export async function measureRedisLimiter(checks: number): Promise<number | null> {
+  if (Bun.which("redis-server") === null) return null;
+  const { RedisClient } = await import("bun");
+  const { RedisLimiterStore } = await import("../src/plugins/rate-limit/redis-store");
+  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
+  const port = probe.port!;
+  probe.stop(true);
+  const server = Bun.spawn(
+    [
+      "redis-server",
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+    ],
+    { stdout: "ignore", stderr: "ignore" },
+  );
+  const client = new RedisClient(`redis://127.0.0.1:${port}`);
+  try {
+    for (let tries = 0; ; tries++) {
+      try {
+        await client.send("PING", []);
+        break;
+      } catch (error) {
+        if (tries > 100) throw error;
+        await Bun.sleep(50);
+      }
+    }
+    const store = new RedisLimiterStore(client);
+    const now = Date.now();
+    const started = performance.now();
+    for (let done = 0; done < checks; done += 256) {
+      await Promise.all(
+        Array.from({ length: 256 }, (_, i) =>
+          store.check([{ policy, key: `r${(done + i) % KEYS}`, now }]),
+        ),
+      );
+    }
+    return rate(checks, performance.now() - started);
+  } finally {
+    client.close();
+    server.kill("SIGTERM");
+    await server.exited;
+  }
+}
