@@ -13,9 +13,18 @@
  * Failure (Redis unreachable, timeout): the checks reject; the plugin fails open or closed by policy.
  */
 import type { RedisClient } from "bun";
+import {
+  CheckQueue,
+  estimateStored,
+  fail,
+  latestNow,
+  type PendingCheck,
+  settle,
+  shareGrants,
+} from "./coalesce";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
-import { estimate, previousWeight, windowStartOf } from "./sliding-window";
-import type { LimitCheck, LimiterStore, LimitOutcome, WindowCounts } from "./store";
+import { previousWeight, windowStartOf } from "./sliding-window";
+import type { LimitCheck, LimiterStore, LimitOutcome } from "./store";
 
 const PREFIX = "palisade:rl:";
 
@@ -50,27 +59,14 @@ for i = 1, #KEYS do
 end
 return out`;
 
-interface Pending {
-  checks: readonly LimitCheck[];
-  resolve(outcomes: LimitOutcome[]): void;
-  reject(error: unknown): void;
-}
-
 export class RedisLimiterStore implements LimiterStore {
-  private pending: Pending[] = [];
-  private scheduled = false;
+  private readonly queue = new CheckQueue((groups) => this.runGroups(groups));
   private sha: Promise<string> | null = null;
 
   constructor(private readonly client: RedisClient) {}
 
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
-    return new Promise((resolve, reject) => {
-      this.pending.push({ checks, resolve, reject });
-      if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(() => this.runBatch());
-      }
-    });
+    return this.queue.check(checks);
   }
 
   async peek(policy: Policy, key: string, now: number): Promise<number> {
@@ -79,16 +75,11 @@ export class RedisLimiterStore implements LimiterStore {
       "cur",
       "prev",
     ])) as (string | null)[];
-    if (ws === null || ws === undefined) return 0;
-    const start = windowStartOf(now, policy.windowMs);
-    const windowStart = Number(ws);
-    const state =
-      windowStart === start
-        ? { previous: Number(prev), current: Number(cur), windowStart: start }
-        : windowStart === start - policy.windowMs
-          ? { previous: Number(cur), current: 0, windowStart: start }
-          : { previous: 0, current: 0, windowStart: start };
-    return estimate(state, now, policy.windowMs);
+    const stored =
+      ws === null || ws === undefined
+        ? null
+        : { windowStart: Number(ws), previous: Number(prev), current: Number(cur) };
+    return estimateStored(stored, now, policy.windowMs);
   }
 
   /** Redis expires each key itself when its windows have passed. */
@@ -100,33 +91,19 @@ export class RedisLimiterStore implements LimiterStore {
     this.client.close();
   }
 
-  private runBatch(): void {
-    const batch = this.pending;
-    this.pending = [];
-    this.scheduled = false;
-    const groups = new Map<string, Pending[]>();
-    for (const entry of batch) {
-      const signature = entry.checks.map((c) => `${c.policy.id}\u0000${c.key}`).join("\u0001");
-      const group = groups.get(signature);
-      if (group) group.push(entry);
-      else groups.set(signature, [entry]);
-    }
-    for (const group of groups.values()) {
+  /** Each group is one script call; Bun's client pipelines the calls of one turn. */
+  private runGroups(groups: PendingCheck[][]): void {
+    for (const group of groups) {
       this.decideGroup(group).then(
-        (outcomes) => {
-          for (let i = 0; i < group.length; i++) group[i]!.resolve(outcomes[i]!);
-        },
-        (error) => {
-          for (const entry of group) entry.reject(error);
-        },
+        (outcomes) => settle(group, outcomes),
+        (error) => fail(group, error),
       );
     }
   }
 
-  private async decideGroup(group: readonly Pending[]): Promise<LimitOutcome[][]> {
+  private async decideGroup(group: readonly PendingCheck[]): Promise<LimitOutcome[][]> {
     const checks = group[0]!.checks;
-    let now = 0;
-    for (const entry of group) for (const check of entry.checks) now = Math.max(now, check.now);
+    const now = latestNow(group);
     const keys = checks.map((c) => `${PREFIX}${c.policy.id}:${c.key}`);
     const args: string[] = [String(group.length)];
     for (const { policy } of checks) {
@@ -147,22 +124,22 @@ export class RedisLimiterStore implements LimiterStore {
       );
     }
     const rows = (await this.evaluate(keys, args)) as number[][];
-    const perEntry: LimitOutcome[][] = group.map(() => []);
-    let wanted = group.length;
-    for (const row of rows) {
-      const state: WindowCounts = {
-        windowStart: row[0]!,
-        previous: row[1]!,
-        current: row[2]!,
-        burstWindowStart: row[3]!,
-        burstPrevious: row[4]!,
-        burstCurrent: row[5]!,
+    // The script stops after the first policy that granted nothing, as shareGrants does.
+    return shareGrants(group.length, checks.length, (index) => {
+      const row = rows[index];
+      if (row === undefined) return undefined;
+      return {
+        state: {
+          windowStart: row[0]!,
+          previous: row[1]!,
+          current: row[2]!,
+          burstWindowStart: row[3]!,
+          burstPrevious: row[4]!,
+          burstCurrent: row[5]!,
+        },
+        granted: row[6]!,
       };
-      const granted = row[6]!;
-      for (let j = 0; j < wanted; j++) perEntry[j]!.push({ ...state, admitted: j < granted });
-      wanted = granted;
-    }
-    return perEntry;
+    });
   }
 
   /** EVALSHA, loading the script on first use and again if Redis forgot it (a restart). */

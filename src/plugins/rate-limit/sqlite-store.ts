@@ -17,9 +17,19 @@
  * then fails open or closed by policy.
  */
 import type { Database, Statement } from "bun:sqlite";
+import {
+  CheckQueue,
+  estimateStored,
+  fail,
+  type Grant,
+  latestNow,
+  type PendingCheck,
+  settle,
+  shareGrants,
+} from "./coalesce";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
-import { estimate, previousWeight, windowStartOf } from "./sliding-window";
-import type { LimitCheck, LimiterStore, LimitOutcome, WindowCounts } from "./store";
+import { previousWeight, windowStartOf } from "./sliding-window";
+import type { LimitCheck, LimiterStore, LimitOutcome } from "./store";
 
 // ?1 policy, ?2 key, ?3 window start, ?4 window ms, ?5 weight of the previous window, ?6 burst
 // window start, ?7 burst window ms, ?8 burst weight, ?9 limit, ?10 burst limit, ?11 expiry,
@@ -52,12 +62,6 @@ RETURNING window_start, previous, current, burst_window_start, burst_previous, b
 
 type Row = [number, number, number, number, number, number, number];
 
-interface Pending {
-  checks: readonly LimitCheck[];
-  resolve(outcomes: LimitOutcome[]): void;
-  reject(error: unknown): void;
-}
-
 export interface SqliteLimiterStoreOptions {
   sqlite: Database;
   /** Rows deleted per prune call at most, so a prune never stalls the event loop. */
@@ -70,8 +74,7 @@ export class SqliteLimiterStore implements LimiterStore {
   private readonly pruneStatement: Statement;
   private readonly peekStatement: Statement;
   private readonly pruneBatch: number;
-  private pending: Pending[] = [];
-  private scheduled = false;
+  private readonly queue = new CheckQueue((groups) => this.runGroups(groups));
 
   constructor({ sqlite, pruneBatch = 1000 }: SqliteLimiterStoreOptions) {
     this.sqlite = sqlite;
@@ -87,18 +90,12 @@ export class SqliteLimiterStore implements LimiterStore {
   }
 
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
-    return new Promise((resolve, reject) => {
-      this.pending.push({ checks, resolve, reject });
-      if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(() => this.runBatch());
-      }
-    });
+    return this.queue.check(checks);
   }
 
   /** Decides one request's checks now, in one transaction; for callers off the hot path. */
   checkNow(checks: readonly LimitCheck[]): LimitOutcome[] {
-    const entry = { checks, resolve() {}, reject() {} };
+    const entry: PendingCheck = { checks, resolve() {}, reject() {} };
     return this.sqlite.transaction(() => this.decideGroup([entry])[0]!).immediate();
   }
 
@@ -106,16 +103,8 @@ export class SqliteLimiterStore implements LimiterStore {
     const row = this.peekStatement.values(policy.id, key)[0] as
       | [number, number, number]
       | undefined;
-    if (!row) return Promise.resolve(0);
-    const [windowStart, previous, current] = row;
-    const start = windowStartOf(now, policy.windowMs);
-    const state =
-      windowStart === start
-        ? { previous, current, windowStart: start }
-        : windowStart === start - policy.windowMs
-          ? { previous: current, current: 0, windowStart: start }
-          : { previous: 0, current: 0, windowStart: start };
-    return Promise.resolve(estimate(state, now, policy.windowMs));
+    const stored = row ? { windowStart: row[0], previous: row[1], current: row[2] } : null;
+    return Promise.resolve(estimateStored(stored, now, policy.windowMs));
   }
 
   prune(now: number): number {
@@ -123,68 +112,30 @@ export class SqliteLimiterStore implements LimiterStore {
   }
 
   close(): void {
-    if (this.pending.length > 0) this.runBatch();
+    this.queue.flush();
   }
 
-  private runBatch(): void {
-    const batch = this.pending;
-    this.pending = [];
-    this.scheduled = false;
-    // Concurrent checks of the same policies for the same key are one request for that many
-    // permits: one statement decides them all, and the first `granted` of them are admitted.
-    const groups = new Map<string, Pending[]>();
-    for (const entry of batch) {
-      const signature = entry.checks.map((c) => `${c.policy.id}\u0000${c.key}`).join("\u0001");
-      const group = groups.get(signature);
-      if (group) group.push(entry);
-      else groups.set(signature, [entry]);
-    }
-    let decided: [Pending[], LimitOutcome[][]][];
+  /** All groups of one turn in one BEGIN IMMEDIATE transaction; a failure rejects them all. */
+  private runGroups(groups: PendingCheck[][]): void {
+    let decided: LimitOutcome[][][];
     try {
-      decided = this.sqlite
-        .transaction(() =>
-          [...groups.values()].map(
-            (group) => [group, this.decideGroup(group)] as [Pending[], LimitOutcome[][]],
-          ),
-        )
-        .immediate();
+      decided = this.sqlite.transaction(() => groups.map((g) => this.decideGroup(g))).immediate();
     } catch (error) {
-      for (const p of batch) p.reject(error);
+      for (const group of groups) fail(group, error);
       return;
     }
-    for (const [group, outcomes] of decided) {
-      for (let i = 0; i < group.length; i++) group[i]!.resolve(outcomes[i]!);
-    }
+    for (let g = 0; g < groups.length; g++) settle(groups[g]!, decided[g]!);
   }
 
-  /**
-   * Each policy in order is asked for the permits the one before granted; a check stops at the
-   * first policy that did not grant its permit, so a refused request is not counted by the
-   * policies after it.
-   */
-  private decideGroup(group: readonly Pending[]): LimitOutcome[][] {
+  private decideGroup(group: readonly PendingCheck[]): LimitOutcome[][] {
     const checks = group[0]!.checks;
-    // The latest arrival's clock: the decision is made now, after all of them.
-    let now = 0;
-    for (const entry of group) for (const check of entry.checks) now = Math.max(now, check.now);
-    const perEntry: LimitOutcome[][] = group.map(() => []);
-    let wanted = group.length;
-    for (const check of checks) {
-      if (wanted === 0) break;
-      const counts = this.decide({ ...check, now }, wanted);
-      const granted = counts.granted;
-      for (let j = 0; j < wanted; j++) {
-        perEntry[j]!.push({ ...counts.state, admitted: j < granted });
-      }
-      wanted = granted;
-    }
-    return perEntry;
+    const now = latestNow(group);
+    return shareGrants(group.length, checks.length, (index, wanted) =>
+      this.decide({ ...checks[index]!, now }, wanted),
+    );
   }
 
-  private decide(
-    { policy, key, now }: LimitCheck,
-    wanted: number,
-  ): { state: WindowCounts; granted: number } {
+  private decide({ policy, key, now }: LimitCheck, wanted: number): Grant {
     const windowStart = windowStartOf(now, policy.windowMs);
     const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
     const expiresAt = windowStart + 2 * policy.windowMs;
