@@ -92,34 +92,11 @@ export async function measureRedisLimiter(checks: number): Promise<number | null
   if (Bun.which("redis-server") === null) return null;
   const { RedisClient } = await import("bun");
   const { RedisLimiterStore } = await import("../src/plugins/rate-limit/redis-store");
-  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
-  const port = probe.port!;
-  probe.stop(true);
-  const server = Bun.spawn(
-    [
-      "redis-server",
-      "--port",
-      String(port),
-      "--bind",
-      "127.0.0.1",
-      "--save",
-      "",
-      "--appendonly",
-      "no",
-    ],
-    { stdout: "ignore", stderr: "ignore" },
-  );
-  const client = new RedisClient(`redis://127.0.0.1:${port}`);
+  // The tests' helper: a real redis-server on a free loopback port, started and stopped here.
+  const { startRedis } = await import("../test/support/redis");
+  const server = await startRedis();
+  const client = new RedisClient(server.url);
   try {
-    for (let tries = 0; ; tries++) {
-      try {
-        await client.send("PING", []);
-        break;
-      } catch (error) {
-        if (tries > 100) throw error;
-        await Bun.sleep(50);
-      }
-    }
     const store = new RedisLimiterStore(client);
     const now = Date.now();
     const started = performance.now();
@@ -133,7 +110,6 @@ export async function measureRedisLimiter(checks: number): Promise<number | null
     return rate(checks, performance.now() - started);
   } finally {
     client.close();
-    server.kill("SIGTERM");
-    await server.exited;
+    await server.stop();
   }
 }

@@ -6,7 +6,7 @@ import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { tempDir } from "./support/app";
-import { runToExit, type ServiceProcess, startService } from "./support/process";
+import { freePort, runToExit, type ServiceProcess, startService } from "./support/process";
 
 /** Waits until at least `marginMs` remain in the current minute, so a burst stays in one window. */
 async function awayFromMinuteEnd(marginMs: number) {
@@ -142,9 +142,7 @@ test("after SIGKILL every must-not-lose event of an answered request is on disk"
 
 test("several processes share one port (SO_REUSEPORT) and one database", async () => {
   const dir = tempDir();
-  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
-  const port = String(probe.port);
-  probe.stop(true);
+  const port = String(freePort());
   const env = { DATABASE_PATH: join(dir.path, "shared.db"), PORT: port, LOG_LEVEL: "info" };
   const first = await startService(env);
   const second = await startService(env);

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { buildTestApp, serveInProcess, type TestApp, tempDir } from "./support/app";
-import { runToExit, startService } from "./support/process";
+import { freePort, runToExit, startService } from "./support/process";
 
 describe("graceful shutdown (in process)", () => {
   let current: TestApp | null = null;
@@ -119,9 +119,7 @@ describe("the service process", () => {
 
 test("with REDIS_URL unreachable the service still starts, and /ready reports Redis down", async () => {
   const dir = tempDir();
-  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
-  const closedPort = probe.port;
-  probe.stop(true);
+  const closedPort = freePort();
   try {
     const service = await startService({
       DATABASE_PATH: join(dir.path, "app.db"),

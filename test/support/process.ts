@@ -4,6 +4,14 @@ import type { Subprocess } from "bun";
 
 export const REPO_ROOT = join(import.meta.dir, "..", "..");
 
+/** A loopback port nothing listens on right now (bound, read, released). */
+export function freePort(): number {
+  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
+  const port = probe.port!;
+  probe.stop(true);
+  return port;
+}
+
 export interface ServiceProcess {
   proc: Subprocess<"ignore", "pipe", "pipe">;
   url: URL;

@@ -3,6 +3,7 @@
  * not installed the Redis tests are skipped — except in CI (CI=true), where that is a failure.
  */
 import { RedisClient } from "bun";
+import { freePort } from "./process";
 
 export const redisAvailable = Bun.which("redis-server") !== null;
 
@@ -13,13 +14,6 @@ if (!redisAvailable && process.env.CI === "true") {
 export interface RedisServer {
   url: string;
   stop(): Promise<void>;
-}
-
-function freePort(): number {
-  const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
-  const port = probe.port!;
-  probe.stop(true);
-  return port;
 }
 
 export async function startRedis(): Promise<RedisServer> {
