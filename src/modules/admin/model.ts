@@ -1,4 +1,5 @@
 import { t } from "elysia";
+import { MAX_ROTATION_GRACE_MS } from "../auth/api-keys";
 import { ScopeSchema } from "../auth/model";
 
 export const NewKeyBody = t.Object({
@@ -12,7 +13,7 @@ export const RotateBody = t.Object({
   graceMinutes: t.Optional(
     t.Integer({
       minimum: 0,
-      maximum: 7 * 24 * 60,
+      maximum: MAX_ROTATION_GRACE_MS / 60_000,
       description: "How long the old key keeps working; 60 by default",
     }),
   ),

@@ -25,7 +25,6 @@ export interface PolicyTable {
   defaultPolicy: Policy;
   /** The extra policy for a method and path, if any. */
   routePolicy(method: string, path: string): Policy | null;
-  all: Policy[];
 }
 
 /** Paths that are never limited: probes must answer even when the limiter is saturated. */
@@ -66,6 +65,5 @@ export function buildPolicyTable(rateLimit: Config["rateLimit"]): PolicyTable {
       if (path.startsWith("/webhooks/")) return webhooks;
       return null;
     },
-    all: [defaultPolicy, login, register, refresh, chat, payments, webhooks, privacy],
   };
 }

@@ -93,7 +93,10 @@ export class SqliteLimiterStore implements LimiterStore {
     return this.queue.check(checks);
   }
 
-  /** Decides one request's checks now, in one transaction; for callers off the hot path. */
+  /**
+   * Decides one request's checks now, in a transaction of their own: the one-commit-per-check form
+   * the benchmark measures the group commit against. The app itself always goes through `check`.
+   */
   checkNow(checks: readonly LimitCheck[]): LimitOutcome[] {
     const entry: PendingCheck = { checks, resolve() {}, reject() {} };
     return this.sqlite.transaction(() => this.decideGroup([entry])[0]!).immediate();
