@@ -91,7 +91,8 @@ interface RefreshRow {
 const USER_COLUMNS = "id, email, role, password_hash AS passwordHash, created_at AS createdAt";
 
 export class AuthService {
-  readonly checkPassword: ReturnType<typeof createPasswordChecker>;
+  /** Built on first registration: zxcvbn's dictionaries take ~100 ms to load. */
+  private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
   private readonly lockoutPolicy: Policy;
   private dummyHash: Promise<string> | null = null;
   private readonly userByEmail: Statement<UserRow, [string]>;
@@ -100,7 +101,6 @@ export class AuthService {
 
   constructor(private readonly options: AuthServiceOptions) {
     const { sqlite, config } = options;
-    this.checkPassword = createPasswordChecker(config.passwordPolicy);
     const lockout = options.lockout ?? { failures: 10, windowMs: 15 * MINUTE_MS };
     this.lockoutPolicy = {
       id: "lockout",
@@ -138,7 +138,8 @@ export class AuthService {
   ): Promise<RegisterOutcome> {
     const email = normalizeEmail(rawEmail);
     if (email === null) return { code: "INVALID_EMAIL" };
-    const verdict = this.checkPassword(password, email);
+    this.passwordChecker ??= createPasswordChecker(this.options.config.passwordPolicy);
+    const verdict = this.passwordChecker(password, email);
     if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
     // Hashed even for a duplicate, so a new and an existing email take the same time.
     const passwordHash = await hashPassword(password, this.options.passwordHashing);
