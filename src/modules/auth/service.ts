@@ -100,7 +100,7 @@ export class AuthService {
   private readonly refreshByHash: Statement<RefreshRow, [string]>;
 
   constructor(private readonly options: AuthServiceOptions) {
-    const { sqlite, config } = options;
+    const { sqlite } = options;
     const lockout = options.lockout ?? { failures: 10, windowMs: 15 * MINUTE_MS };
     this.lockoutPolicy = {
       id: "lockout",
