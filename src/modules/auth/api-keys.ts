@@ -93,11 +93,19 @@ export class ApiKeyService {
     return row ? toRecord(row) : null;
   }
 
-  list(): ApiKeyRecord[] {
-    return this.sqlite
-      .query<Row, []>(`SELECT ${COLUMNS} FROM api_keys ORDER BY created_at DESC`)
-      .all()
-      .map(toRecord);
+  /** Every key, newest first; or only the keys acting for one user. */
+  list(userId?: string): ApiKeyRecord[] {
+    const rows =
+      userId === undefined
+        ? this.sqlite
+            .query<Row, []>(`SELECT ${COLUMNS} FROM api_keys ORDER BY created_at DESC`)
+            .all()
+        : this.sqlite
+            .query<Row, [string]>(
+              `SELECT ${COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created_at DESC`,
+            )
+            .all(userId);
+    return rows.map(toRecord);
   }
 
   revoke(id: string, actor: string | null): boolean {

@@ -57,10 +57,7 @@ export class PrivacyService {
          FROM refresh_tokens WHERE user_id = ? GROUP BY family_id ORDER BY startedAt`,
       )
       .all(userId);
-    const keys = apiKeys
-      .list()
-      .filter((key) => key.userId === userId)
-      .map(({ userId: _owner, ...key }) => key);
+    const keys = apiKeys.list(userId).map(({ userId: _owner, ...key }) => key);
     const auditEvents = sqlite
       .query<{ detail: string }, [string]>(
         `SELECT id, at, type, ip, route, request_id AS requestId, outcome, detail
@@ -98,8 +95,8 @@ export class PrivacyService {
     sqlite
       .transaction(() => {
         auth.revokeUserSessions(userId);
-        for (const key of apiKeys.list()) {
-          if (key.userId === userId && key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);
+        for (const key of apiKeys.list(userId)) {
+          if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);
         }
         for (const contributor of this.options.contributors ?? []) contributor.erase(userId);
         // Queued events about this user must be in the table before it is rewritten.
