@@ -5,7 +5,12 @@
  *   request id → client address → IP block → rate limit → body-size and request guard →
  *   security headers → CORS → CSRF → auth → validation → handler → audit and metrics
  *
- * Auth is per route: each route declares `{ public: true }` or `{ auth: … }` (plugins/auth).
+ * The stages before routing read what they need about a route (policy, body limit, probe, CSRF
+ * exemption) from one table of route classes, which each module declares next to its routes and
+ * which is composed here (`ROUTE_CLASSES`); no stage names a module's path.
+ *
+ * Auth is per route: each route declares `{ public: true }` or `{ auth: … }` (plugins/auth), and is
+ * checked before the body, query and path parameters are validated.
  *
  * Two stages only add response headers — the security headers and the CORS headers of an allowed
  * origin — so they are attached at the very start: every refusal of a later check (403, 429, 413 …)
@@ -14,10 +19,10 @@
  * Nothing here is a module-level singleton: a test builds its own app on its own database.
  */
 import { Elysia } from "elysia";
-import { adminModule } from "./modules/admin";
-import { authModule } from "./modules/auth";
-import { healthModule } from "./modules/health";
-import { privacyModule } from "./modules/privacy";
+import { adminModule, adminRouteClasses } from "./modules/admin";
+import { authModule, authRouteClasses } from "./modules/auth";
+import { healthModule, healthRouteClasses } from "./modules/health";
+import { privacyModule, privacyRouteClasses } from "./modules/privacy";
 import { accessLog } from "./plugins/access-log";
 import { authPlugin } from "./plugins/auth";
 import { createIdentify } from "./plugins/auth/identify";
@@ -27,17 +32,30 @@ import { createCsrfIssuer, csrf } from "./plugins/csrf";
 import { errorHandler } from "./plugins/error-handler";
 import type { RouteEntry } from "./plugins/error-handler/route-methods";
 import { ipBlock } from "./plugins/ip-block";
-import { metrics } from "./plugins/metrics";
-import { DOCS_PATH, openapiDocument } from "./plugins/openapi";
+import { metrics, metricsRouteClasses } from "./plugins/metrics";
+import { DOCS_PATH, openapiDocument, openapiRouteClasses } from "./plugins/openapi";
 import { rateLimit } from "./plugins/rate-limit";
 import { requestGuard } from "./plugins/request-guard";
 import { requestId } from "./plugins/request-id";
+import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/route-class";
 import { securityHeaders } from "./plugins/security-headers";
 import type { Services } from "./services";
+
+/** Every route's class, from the modules and plugins that own the routes. */
+export const ROUTE_CLASSES: readonly RouteClass[] = [
+  ...healthRouteClasses,
+  ...metricsRouteClasses,
+  ...openapiRouteClasses,
+  ...authRouteClasses,
+  ...adminRouteClasses,
+  ...privacyRouteClasses,
+];
 
 export interface AppDeps extends Services {
   /** Overrides the socket peer lookup; for tests that call `app.handle` without a server. */
   peerAddress?: (request: Request) => string | null;
+  /** Route classes beyond the modules' own (tests that add routes of their own declare them). */
+  extraRouteClasses?: readonly RouteClass[];
   /** Write access-log lines in batches (default); tests that read each line at once turn it off. */
   accessLogBuffered?: boolean;
 }
@@ -50,6 +68,11 @@ export function createApp(deps: AppDeps) {
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
   const app = new Elysia({ name: "palisade" })
     .use(requestId())
+    .use(
+      routeClass({
+        table: createRouteClassTable([...ROUTE_CLASSES, ...(deps.extraRouteClasses ?? [])]),
+      }),
+    )
     .use(clientIp({ trustProxy: config.trustProxy, peerAddress: deps.peerAddress }))
     .use(securityHeaders({ hsts: config.requireTls, htmlPaths: [DOCS_PATH] }))
     .use(corsHeaders({ allowedOrigins: config.cors.allowedOrigins }))
@@ -60,6 +83,8 @@ export function createApp(deps: AppDeps) {
         policies: deps.policies,
         allowCidrs: config.rateLimit.allowCidrs,
         identify,
+        lockedOutUntil: (principal) => ipBlocks.blockedUntil(principal),
+        now: () => clock.now(),
       }),
     )
     .use(requestGuard({ bodyLimits: config.bodyLimits, audit: deps.audit }))
@@ -84,7 +109,18 @@ export function createApp(deps: AppDeps) {
     )
     .use(auth)
     .use(openapiDocument({ docsPage: config.docsPage }))
-    .use(metrics({ registry, token: config.metricsToken, credentials: deps.credentials, auth }))
+    .use(
+      metrics({
+        registry,
+        token: config.metricsToken,
+        credentials: deps.credentials,
+        auth,
+        onAuthFailure: ({ client, requestId }) => {
+          deps.metrics.auth.fail("metrics_token");
+          return ipBlocks.recordViolation("login", client, requestId);
+        },
+      }),
+    )
     .use(healthModule({ auth, checks: deps.readiness }))
     .use(
       authModule({

@@ -25,6 +25,7 @@ import {
   DEFAULT_IP_BLOCK_SETTINGS,
   IpBlockService,
   type IpBlockSettings,
+  isPrincipalSubject,
 } from "./plugins/ip-block/service";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
 import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
@@ -127,6 +128,10 @@ export function createServices(options: ServiceOptions): Services {
           ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.login,
           count: config.ipBlock.failedLogins,
         },
+        principal: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.principal,
+          count: config.ipBlock.rateLimitRefusals,
+        },
       },
       ...options.ipBlockSettings,
     },
@@ -144,8 +149,10 @@ export function createServices(options: ServiceOptions): Services {
     logger,
     audit,
     metrics: metrics.rateLimit,
-    onRefused: async (client, _policy, requestId) => {
-      await ipBlocks.recordViolation("ratelimit", client, requestId);
+    onRefused: async ({ client, key, requestId }) => {
+      // A refused principal is that principal's violation, never its address's (see ip-block).
+      if (isPrincipalSubject(key)) await ipBlocks.recordPrincipalViolation(key, requestId);
+      else await ipBlocks.recordViolation("ratelimit", client, requestId);
     },
   });
 

@@ -3,9 +3,12 @@
  * Configuration: read the environment once, validate every variable, apply the profile's defaults
  * and return one frozen object that the rest of the app receives as a dependency.
  */
+
+import type { PolicyId } from "../plugins/rate-limit/policies";
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
 import { ConfigError } from "./error";
 import {
+  parseBoolean,
   parseCidrList,
   parseEnum,
   parseInteger,
@@ -47,7 +50,13 @@ export interface Config {
   };
   csrf: { secretKey: string };
   cors: { allowedOrigins: string[] };
-  rateLimit: { perMinute: number; burst: number; allowCidrs: string[] };
+  rateLimit: {
+    perMinute: number;
+    burst: number;
+    allowCidrs: string[];
+    /** Requests per minute for each policy, `default` being RATE_LIMIT_PER_MINUTE. */
+    policies: Record<PolicyId, number>;
+  };
   /** Violations that block an address automatically; 0 turns that trigger off. */
   ipBlock: { rateLimitRefusals: number; failedLogins: number };
   redisUrl: string | null;
@@ -61,6 +70,8 @@ export interface Config {
   };
   sentryDsn: string | null;
   metricsToken: string | null;
+  /** Whether /openapi.json is served to anyone (else to admins only). */
+  openapiPublic: boolean;
   auditRetentionDays: number;
   chatRetentionDays: number;
   apiKeys: string[];
@@ -174,6 +185,14 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       perMinute: rateLimitPerMinute,
       burst: integer("RATE_LIMIT_BURST", profile.rateLimitBurst, 1, 1e6),
       allowCidrs: parseCidrList("RATE_LIMIT_ALLOW_CIDRS", env.RATE_LIMIT_ALLOW_CIDRS ?? ""),
+      policies: {
+        default: rateLimitPerMinute,
+        login: integer("RATE_LIMIT_LOGIN", profile.routeLimits.login, 1, 1e6),
+        register: integer("RATE_LIMIT_REGISTER", profile.routeLimits.register, 1, 1e6),
+        refresh: integer("RATE_LIMIT_REFRESH", profile.routeLimits.refresh, 1, 1e6),
+        privacy: integer("RATE_LIMIT_PRIVACY", profile.routeLimits.privacy, 1, 1e6),
+        metrics: integer("RATE_LIMIT_METRICS", profile.routeLimits.metrics, 1, 1e6),
+      },
     },
     ipBlock: {
       rateLimitRefusals: integer("IP_BLOCK_RATE_LIMIT_REFUSALS", 5, 0, 10_000),
@@ -198,6 +217,10 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     },
     sentryDsn: url("SENTRY_DSN"),
     metricsToken: optionalSecret("METRICS_TOKEN", true),
+    openapiPublic: parseBoolean(
+      "OPENAPI_PUBLIC",
+      text("OPENAPI_PUBLIC") ?? String(profile.openapiPublic),
+    ),
     auditRetentionDays: integer("AUDIT_RETENTION_DAYS", profile.auditRetentionDays, 1, 3650),
     chatRetentionDays: integer("CHAT_RETENTION_DAYS", profile.chatRetentionDays, 1, 3650),
     apiKeys,

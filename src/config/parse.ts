@@ -18,6 +18,13 @@ export function parseInteger(name: string, raw: string, min: number, max: number
   return value;
 }
 
+export function parseBoolean(name: string, raw: string): boolean {
+  const value = raw.trim().toLowerCase();
+  if (value === "true" || value === "1") return true;
+  if (value === "false" || value === "0") return false;
+  throw new ConfigError(name, "must be true or false");
+}
+
 export function parseList(raw: string): string[] {
   return raw
     .split(",")

@@ -27,6 +27,14 @@ export interface BodyLimits {
   server: number;
 }
 
+export interface RouteLimits {
+  login: number;
+  register: number;
+  refresh: number;
+  privacy: number;
+  metrics: number;
+}
+
 export interface ProfileDefaults {
   logLevel: LogLevel;
   corsAllowedOrigins: string[];
@@ -34,6 +42,8 @@ export interface ProfileDefaults {
   refreshTokenExpireDays: number;
   rateLimitPerMinute: number;
   rateLimitBurst: number;
+  /** Requests per minute for each route policy; `RATE_LIMIT_<POLICY>` overrides one. */
+  routeLimits: RouteLimits;
   passwordPolicy: PasswordPolicy;
   bodyLimits: BodyLimits;
   /** Register answers a duplicate email like a new one, so accounts cannot be enumerated. */
@@ -42,6 +52,8 @@ export interface ProfileDefaults {
   requireTls: boolean;
   /** `GET /docs` renders the OpenAPI document; never in production. */
   docsPage: boolean;
+  /** `GET /openapi.json` for anyone; production serves it to admins unless OPENAPI_PUBLIC=true. */
+  openapiPublic: boolean;
   /** Missing secrets are generated for this run instead of refusing to start. */
   generateMissingSecrets: boolean;
   auditRetentionDays: number;
@@ -64,11 +76,13 @@ const deployed: ProfileDefaults = {
   refreshTokenExpireDays: 30,
   rateLimitPerMinute: 60,
   rateLimitBurst: 20,
+  routeLimits: { login: 5, register: 3, refresh: 10, privacy: 3, metrics: 60 },
   passwordPolicy: { minLength: 12, maxLength: 256, minScore: 3 },
   bodyLimits,
   enumerationResistance: true,
   requireTls: true,
   docsPage: false,
+  openapiPublic: false,
   generateMissingSecrets: false,
   auditRetentionDays: 90,
   chatRetentionDays: 365,
@@ -83,8 +97,9 @@ export const PROFILES: Record<AppEnv, ProfileDefaults> = {
     enumerationResistance: false,
     requireTls: false,
     docsPage: true,
+    openapiPublic: true,
     generateMissingSecrets: true,
   },
-  staging: { ...deployed, docsPage: true },
+  staging: { ...deployed, docsPage: true, openapiPublic: true },
   production: deployed,
 };

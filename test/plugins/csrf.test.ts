@@ -12,7 +12,14 @@ afterEach(() => {
 const SESSION = "session-token-value";
 
 function csrfApp(clock = new ManualClock(), env: Record<string, string> = {}) {
-  current = buildTestApp({ clock, env });
+  current = buildTestApp({
+    clock,
+    env,
+    routeClasses: [
+      { routes: ["POST /api/test/change"] },
+      { routes: ["POST /webhooks/test"], bodyLimit: "webhooks", csrfExempt: true },
+    ],
+  });
   const app = current.app
     .post("/api/test/change", () => ({ changed: true }))
     .post("/webhooks/test", () => ({ received: true }));
@@ -146,7 +153,7 @@ describe("checking", () => {
     expect(verifyCsrfToken(TEST_CSRF_SECRET, "not-a-token", SESSION, now)).toBe("MALFORMED");
   });
 
-  test("header-authenticated requests, cookie-less requests and webhooks are exempt", async () => {
+  test("header-authenticated requests, cookie-less requests and csrfExempt classes are exempt", async () => {
     const target = csrfApp();
     const cookie = `palisade_session=${SESSION}`;
     expect((await change(target, { cookie, authorization: "Bearer abc" })).status).toBe(200);

@@ -10,7 +10,14 @@ afterEach(() => {
 });
 
 function guardedApp() {
-  current = buildTestApp({ env: { RATE_LIMIT_PER_MINUTE: "10000", RATE_LIMIT_BURST: "10000" } });
+  current = buildTestApp({
+    env: { RATE_LIMIT_PER_MINUTE: "10000", RATE_LIMIT_BURST: "10000" },
+    routeClasses: [
+      { routes: ["POST /api/echo"] },
+      { routes: ["POST /api/chat"], bodyLimit: "chat" },
+      { routes: ["POST /webhooks/test"], bodyLimit: "webhooks", csrfExempt: true },
+    ],
+  });
   const app = current.app
     .post("/api/echo", ({ body }) => ({ length: JSON.stringify(body).length }), {
       body: t.Object({ text: t.String() }),
@@ -37,7 +44,7 @@ describe("body limits", () => {
     expect(fits.status).toBe(200);
   });
 
-  test("chat is limited to 32 KiB and webhooks to 256 KiB", async () => {
+  test("a route class's body limit applies: chat 32 KiB, webhooks 256 KiB", async () => {
     const target = guardedApp();
     const chat = await send(target, "/api/chat", { body: { message: "x".repeat(40 * 1024) } });
     expect(chat.status).toBe(413);

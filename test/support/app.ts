@@ -14,6 +14,7 @@ import { applyMigrations } from "../../src/db/migrate";
 import { createLogger, type Logger } from "../../src/logging/logger";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
 import type { LimiterStore } from "../../src/plugins/rate-limit/store";
+import type { RouteClass } from "../../src/plugins/route-class";
 import {
   type Listenable,
   type RunningServer,
@@ -69,6 +70,8 @@ export interface TestAppOptions {
   clock?: Clock;
   ipBlockSettings?: Partial<IpBlockSettings>;
   limiter?: LimiterStore;
+  /** Classes for routes a test adds to the app (see plugins/route-class). */
+  routeClasses?: readonly RouteClass[];
 }
 
 export interface TestApp {
@@ -116,6 +119,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     ...services,
     peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
     accessLogBuffered: false,
+    extraRouteClasses: options.routeClasses,
   });
   let closed = false;
   return {

@@ -11,6 +11,7 @@ import type { authPlugin } from "../../plugins/auth";
 import { clientKeyOf, parseAddress } from "../../plugins/client-ip/resolve";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
+import type { RouteClass } from "../../plugins/route-class";
 import { type ApiKeyRecord, type ApiKeyService, DEFAULT_ROTATION_GRACE_MS } from "../auth/api-keys";
 import { type Principal, principalRef } from "../auth/principal";
 import { queryAuditEvents } from "./audit-query";
@@ -42,6 +43,9 @@ function view(record: ApiKeyRecord) {
   const { userId: _owner, ...shown } = record;
   return shown;
 }
+
+/** Every admin route is on the default policy (per principal). */
+export const adminRouteClasses: readonly RouteClass[] = [{ routes: ["* /api/admin/*"] }];
 
 export function adminModule(options: AdminModuleOptions) {
   const { apiKeys, ipBlocks, audit } = options;

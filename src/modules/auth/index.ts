@@ -16,6 +16,7 @@ import {
 import type { LimitEnforcer } from "../../plugins/rate-limit/enforce";
 import type { PolicyTable } from "../../plugins/rate-limit/policies";
 import type { RequestState } from "../../plugins/request-state";
+import type { RouteClass } from "../../plugins/route-class";
 import { Credentials, LoginQuery, LoginResponse, Me, RefreshBody, RegisteredUser } from "./model";
 import type { AuthService, IssuedTokens, RequestMeta } from "./service";
 import { sha256Hex } from "./tokens";
@@ -61,10 +62,18 @@ function clearedCookies(names: CookieNames, secure: boolean): string[] {
   );
 }
 
+/** The auth routes' classes: sign-up, sign-in and refresh have policies of their own. */
+export const authRouteClasses: readonly RouteClass[] = [
+  { routes: ["POST /api/auth/register"], policy: "register" },
+  { routes: ["POST /api/auth/login"], policy: "login" },
+  { routes: ["POST /api/auth/refresh"], policy: "refresh" },
+  { routes: ["POST /api/auth/logout", "GET /api/auth/me", "GET /api/auth/csrf"] },
+];
+
 export function authModule(options: AuthModuleOptions) {
   const { service, enforceLimits, policies, metrics, requireTls } = options;
   const names = cookieNames(requireTls);
-  const loginPolicy = [policies.routePolicy("POST", "/api/auth/login")!] as const;
+  const loginPolicy = [policies.get("login")] as const;
 
   const respondWithTokens = (set: SetLike, tokens: IssuedTokens, mode: string | undefined) => {
     if (mode === "cookie") {

@@ -5,6 +5,7 @@
  */
 import { Elysia } from "elysia";
 import type { authPlugin } from "../../plugins/auth";
+import type { RouteClass } from "../../plugins/route-class";
 import { HealthResponse, ReadyResponse } from "./model";
 import { type ReadinessCheck, runChecks } from "./service";
 
@@ -12,6 +13,11 @@ export interface HealthModuleOptions {
   checks: Record<string, ReadinessCheck>;
   auth: ReturnType<typeof authPlugin>;
 }
+
+/** Probes: never rate limited nor blocked, so an orchestrator's checks keep answering. */
+export const healthRouteClasses: readonly RouteClass[] = [
+  { routes: ["GET /health", "GET /ready"], probe: true },
+];
 
 export function healthModule({ checks, auth }: HealthModuleOptions) {
   return new Elysia({ name: "palisade.health" })

@@ -6,8 +6,14 @@ import { Elysia } from "elysia";
 import { AppError } from "../../errors";
 import type { authPlugin } from "../../plugins/auth";
 import type { RequestState } from "../../plugins/request-state";
+import type { RouteClass } from "../../plugins/route-class";
 import { ExportDocument } from "./model";
 import type { PrivacyService } from "./service";
+
+/** Export and erasure share one small per-user policy. */
+export const privacyRouteClasses: readonly RouteClass[] = [
+  { routes: ["GET /api/me/export", "DELETE /api/me"], policy: "privacy" },
+];
 
 export function privacyModule({
   auth,

@@ -73,6 +73,35 @@ export function authPlugin(options: AuthPluginOptions) {
     });
   };
 
+  /**
+   * The principal, once it is known to meet the requirement; throws 401 or 403 otherwise. Called
+   * in `transform` and again in `resolve`: the second call finds the verification memoised for
+   * the request (identify.ts) and cannot fail where the first passed, so nothing is counted twice.
+   */
+  const authorize = async (
+    requirement: AuthRequirement,
+    request: Request,
+    path: string,
+    client: RequestState["client"],
+    requestId: string,
+  ): Promise<Principal> => {
+    const principal = await authenticate(request);
+    if (!satisfies(principal, requirement)) {
+      metrics.fail("forbidden");
+      audit.record({
+        type: "auth.forbidden",
+        outcome: "denied",
+        actor: principalRef(principal),
+        ip: client.ip,
+        route: `${request.method} ${path}`,
+        requestId,
+        detail: { requires: describeRequirement(requirement) },
+      });
+      throw new AppError("FORBIDDEN", "This credential may not do that.");
+    }
+    return principal;
+  };
+
   return new Elysia({ name: "palisade.auth" })
     .macro({
       public: (enabled: true) => ({
@@ -85,23 +114,16 @@ export function authPlugin(options: AuthPluginOptions) {
             ? [{ bearerAuth: [] }, { sessionCookie: [] }]
             : [{ bearerAuth: [] }, { sessionCookie: [] }, { apiKey: [] }],
         ),
+        // Authentication runs in `transform`, before Elysia validates the body, query and path
+        // parameters: an anonymous caller gets 401, not 422 with the route's schema. `resolve`
+        // (after validation) hands the handler the principal already verified for this request.
+        async transform(context) {
+          const { request, path, client, requestId } = context as unknown as RequestState;
+          await authorize(requirement, request, path, client, requestId);
+        },
         async resolve(context) {
           const { request, path, client, requestId } = context as unknown as RequestState;
-          const principal = await authenticate(request);
-          if (!satisfies(principal, requirement)) {
-            metrics.fail("forbidden");
-            audit.record({
-              type: "auth.forbidden",
-              outcome: "denied",
-              actor: principalRef(principal),
-              ip: client.ip,
-              route: `${request.method} ${path}`,
-              requestId,
-              detail: { requires: describeRequirement(requirement) },
-            });
-            throw new AppError("FORBIDDEN", "This credential may not do that.");
-          }
-          return { principal };
+          return { principal: await authorize(requirement, request, path, client, requestId) };
         },
       }),
     })

@@ -13,6 +13,7 @@ export const AUTH_FAILURE_REASONS = [
   "locked",
   "invalid_refresh",
   "refresh_reused",
+  "metrics_token",
 ] as const;
 
 export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];

@@ -11,7 +11,8 @@
  * Exempt, by design:
  * - requests with an `Authorization` or `X-API-Key` header: a browser never attaches those on its
  *   own, so a forged cross-site request cannot carry them;
- * - `/webhooks/*`: called server to server, authenticated by their HMAC signatures;
+ * - route classes marked `csrfExempt` (webhooks): called server to server, authenticated by their
+ *   HMAC signatures;
  * - requests with no session cookie: they carry no ambient credential to abuse.
  */
 import { Elysia, t } from "elysia";
@@ -78,9 +79,9 @@ export function csrf({ secretKey, requireTls, clock, audit, metrics }: CsrfOptio
 
   return new Elysia({ name: "palisade.csrf" })
     .onRequest(function enforceCsrf(context) {
-      const { request, path, clientIp, requestId } = context as unknown as RequestState;
+      const { request, path, clientIp, requestId, routeClass } = context as unknown as RequestState;
       if (SAFE_METHODS.has(request.method)) return;
-      if (path.startsWith("/webhooks/")) return;
+      if (routeClass.csrfExempt) return;
       if (request.headers.has("authorization") || request.headers.has("x-api-key")) return;
       const failure = check(request);
       if (failure === null) return;

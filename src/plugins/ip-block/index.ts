@@ -1,21 +1,21 @@
 /**
  * @module
- * The IP-block stage: a blocked address gets 403 IP_BLOCKED before any other work. The probes
- * (/health, /ready, /metrics) are exempt, so a container health check or a scrape from an address
- * that was blocked does not take the service down with it.
+ * The IP-block stage: a blocked address gets 403 IP_BLOCKED before any other work. Probe route
+ * classes (/health, /ready) are exempt, so a container health check from an address that was
+ * blocked does not take the service down with it. /metrics is not a probe here: it checks a token,
+ * and a blocked address must not keep guessing it.
  */
 import { Elysia } from "elysia";
 import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
-import { UNLIMITED_PATHS } from "../rate-limit/policies";
 import type { RequestState } from "../request-state";
 import type { IpBlockService } from "./service";
 
 export function ipBlock({ service, clock }: { service: IpBlockService; clock: Clock }) {
   return new Elysia({ name: "palisade.ip-block" })
     .onRequest(function refuseBlockedAddress(context) {
-      const { path, clientKey } = context as unknown as RequestState;
-      if (UNLIMITED_PATHS.has(path)) return;
+      const { routeClass, clientKey } = context as unknown as RequestState;
+      if (routeClass.probe) return;
       const until = service.blockedUntil(clientKey);
       if (until === null) return;
       const seconds = Math.max(1, Math.ceil((until - clock.now()) / 1000));

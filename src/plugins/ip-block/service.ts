@@ -5,9 +5,14 @@
  * in-memory copy reloaded at most every `cacheTtlMs`, so checking a request costs no query; a block
  * made by another process takes effect here within that time.
  *
- * Violations (rate-limit refusals, failed logins) are counted with the limiter store, as sliding
- * windows per address; crossing a threshold blocks the address for 15 minutes, then 1 hour, then
- * 24 hours for each further automatic block within a week.
+ * Violations (rate-limit refusals of anonymous requests, failed logins) are counted with the
+ * limiter store, as sliding windows per address; crossing a threshold blocks the address for 15
+ * minutes, then 1 hour, then 24 hours for each further automatic block within a week.
+ *
+ * A signed-in principal's rate-limit refusals count against the principal, not the address it
+ * came from: one noisy user behind a NAT must not get the office blocked. Crossing the same
+ * threshold locks the principal out (5 minutes, then 15, then 1 hour), stored as a block whose
+ * subject is the principal (`user:…`, `key:…`), so it is shared, listed and lifted like the others.
  */
 import type { Database, Statement } from "bun:sqlite";
 import type { Logger } from "pino";
@@ -21,7 +26,12 @@ import type { LimiterStore } from "../rate-limit/store";
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
 
-export type ViolationKind = "ratelimit" | "login";
+export type ViolationKind = "ratelimit" | "login" | "principal";
+
+/** Whether a block's subject is a principal (a lockout) rather than a client address. */
+export function isPrincipalSubject(subject: string): boolean {
+  return subject.startsWith("user:") || subject.startsWith("key:");
+}
 
 export interface ViolationThreshold {
   /** Violations within the window that block; 0 never blocks. */
@@ -33,6 +43,8 @@ export interface IpBlockSettings {
   thresholds: Record<ViolationKind, ViolationThreshold>;
   /** TTL of the first, second, third (and later) automatic block. */
   escalation: readonly number[];
+  /** The same for principal lockouts: shorter, since a principal is one client, not an office. */
+  lockoutEscalation: readonly number[];
   /** How far back earlier automatic blocks count towards escalation. */
   escalationLookbackMs: number;
   cacheTtlMs: number;
@@ -42,8 +54,10 @@ export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
   thresholds: {
     ratelimit: { count: 5, windowMs: 10 * MINUTE },
     login: { count: 10, windowMs: 15 * MINUTE },
+    principal: { count: 5, windowMs: 10 * MINUTE },
   },
   escalation: [15 * MINUTE, HOUR, 24 * HOUR],
+  lockoutEscalation: [5 * MINUTE, 15 * MINUTE, HOUR],
   escalationLookbackMs: 7 * 24 * HOUR,
   cacheTtlMs: 1000,
 };
@@ -95,9 +109,19 @@ export class IpBlockService {
       const { count, windowMs } = this.settings.thresholds[kind];
       // The count-th violation is the one refused, and refusal is what blocks.
       const limit = Math.max(1, count - 1);
-      return { id: `violations.${kind}`, limit, windowMs, burstLimit: limit, failClosed: false };
+      return {
+        id: `violations.${kind}`,
+        limit,
+        windowMs,
+        burstLimit: limit,
+        failClosed: false,
+      };
     };
-    this.violationPolicies = { ratelimit: policy("ratelimit"), login: policy("login") };
+    this.violationPolicies = {
+      ratelimit: policy("ratelimit"),
+      login: policy("login"),
+      principal: policy("principal"),
+    };
     const { sqlite } = options;
     this.loadActive = sqlite.prepare(
       `SELECT address, max(expires_at) AS expiresAt FROM ip_blocks
@@ -135,7 +159,9 @@ export class IpBlockService {
     const now = this.options.clock.now();
     this.refresh(now, true);
     let count = 0;
-    for (const expiresAt of this.active.values()) if (expiresAt > now) count++;
+    for (const [subject, expiresAt] of this.active) {
+      if (expiresAt > now && !isPrincipalSubject(subject)) count++;
+    }
     return count;
   }
 
@@ -152,11 +178,13 @@ export class IpBlockService {
           now,
           now + block.ttlMs,
         )!;
+        const lockout = isPrincipalSubject(block.address);
         audit.record({
-          type: "ip.blocked",
+          type: lockout ? "auth.locked_out" : "ip.blocked",
           outcome: "success",
-          actor: block.createdBy ?? "system",
-          ip: block.address,
+          // A lockout's subject is a principal: it is the actor the row is about, not an address.
+          actor: lockout ? block.address : (block.createdBy ?? "system"),
+          ip: lockout ? null : block.address,
           requestId: block.requestId ?? null,
           detail: { reason: block.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
           at: now,
@@ -167,7 +195,7 @@ export class IpBlockService {
     this.active.set(row.address, Math.max(row.expiresAt, this.active.get(row.address) ?? 0));
     this.options.logger.warn(
       { address: row.address, reason: row.reason, source: row.source, expiresAt: row.expiresAt },
-      "ip blocked",
+      isPrincipalSubject(row.address) ? "principal locked out" : "ip blocked",
     );
     return row;
   }
@@ -183,11 +211,13 @@ export class IpBlockService {
           [now, address, now],
         ).changes;
         if (changes > 0) {
+          const lockout = isPrincipalSubject(address);
           audit.record({
-            type: "ip.unblocked",
+            type: lockout ? "auth.lockout_lifted" : "ip.unblocked",
             outcome: "success",
             actor: liftedBy ?? "system",
-            ip: address,
+            ip: lockout ? null : address,
+            detail: lockout ? { subject: address } : undefined,
             requestId: requestId ?? null,
             at: now,
           });
@@ -213,26 +243,43 @@ export class IpBlockService {
    * block, if one was made.
    */
   async recordViolation(
-    kind: ViolationKind,
+    kind: Exclude<ViolationKind, "principal">,
     client: ResolvedClient,
     requestId: string | null = null,
   ): Promise<IpBlock | null> {
-    if (client.address === null || this.settings.thresholds[kind].count === 0) return null;
+    if (client.address === null) return null;
+    return this.countViolation(kind, client.key, `ip:${client.key}`, requestId);
+  }
+
+  /**
+   * Counts one rate-limit refusal of a signed-in principal (`user:…` or `key:…`); locks it out
+   * when the threshold is crossed. Returns the lockout, if one was made.
+   */
+  recordPrincipalViolation(principal: string, requestId: string | null = null) {
+    return this.countViolation("principal", principal, principal, requestId);
+  }
+
+  private async countViolation(
+    kind: ViolationKind,
+    subject: string,
+    counterKey: string,
+    requestId: string | null,
+  ): Promise<IpBlock | null> {
+    const { count, windowMs } = this.settings.thresholds[kind];
+    if (count === 0) return null;
     const now = this.options.clock.now();
     const policy = this.violationPolicies[kind];
-    const [outcome] = await this.options.limiter.check([{ policy, key: `ip:${client.key}`, now }]);
+    const [outcome] = await this.options.limiter.check([{ policy, key: counterKey, now }]);
     if (outcome?.admitted !== false) return null;
-    if (this.blockedUntil(client.key) !== null) return null;
-    const earlier = this.priorAutoBlocks.get(
-      client.key,
-      now - this.settings.escalationLookbackMs,
-    )!.n;
-    const ladder = this.settings.escalation;
+    if (this.blockedUntil(subject) !== null) return null;
+    const earlier = this.priorAutoBlocks.get(subject, now - this.settings.escalationLookbackMs)!.n;
+    const ladder =
+      kind === "principal" ? this.settings.lockoutEscalation : this.settings.escalation;
     const ttlMs = ladder[Math.min(earlier, ladder.length - 1)]!;
-    const { count, windowMs } = this.settings.thresholds[kind];
+    const what = kind === "login" ? "failed logins" : "rate-limit refusals";
     return this.block({
-      address: client.key,
-      reason: `${count} ${kind === "login" ? "failed logins" : "rate-limit refusals"} in ${windowMs / MINUTE} min`,
+      address: subject,
+      reason: `${count} ${what} in ${windowMs / MINUTE} min`,
       ttlMs,
       source: "auto",
       requestId,

@@ -6,22 +6,38 @@
  * The request metrics are counted by the access-log stage (one hook for both); their `route` label
  * is the route pattern or `<unmatched>`, and their method label a standard method or OTHER, so a
  * scanner cannot grow the label sets.
+ *
+ * A wrong token is a violation of the client's address (as a failed login is), the route is rate
+ * limited per address, and a blocked address is refused before its token is looked at.
  */
 import { Elysia } from "elysia";
 import type { Registry } from "prom-client";
 import { AppError } from "../../errors";
 import type { CredentialVerifier } from "../../modules/auth/credentials";
 import type { authPlugin } from "../auth";
+import type { ResolvedClient } from "../client-ip";
 import { constantTimeEqual } from "../csrf/token";
+import type { RequestState } from "../request-state";
+import type { RouteClass } from "../route-class";
 
 export interface MetricsOptions {
   registry: Registry;
   token: string | null;
   credentials: CredentialVerifier;
   auth: ReturnType<typeof authPlugin>;
+  /** A wrong or missing token: counted as a violation of the client's address, like a bad login. */
+  onAuthFailure?: (failure: { client: ResolvedClient; requestId: string }) => unknown;
 }
 
-export function metrics({ registry, token, credentials, auth }: MetricsOptions) {
+/**
+ * /metrics is limited per address (`RATE_LIMIT_METRICS`) and not a probe: it checks a token, so it
+ * must not be an unthrottled guessing oracle, even from a blocked address.
+ */
+export const metricsRouteClasses: readonly RouteClass[] = [
+  { routes: ["GET /metrics"], policy: "metrics" },
+];
+
+export function metrics({ registry, token, credentials, auth, onAuthFailure }: MetricsOptions) {
   const expected = token === null ? null : `Bearer ${token}`;
 
   const allowed = (request: Request): boolean => {
@@ -42,8 +58,10 @@ export function metrics({ registry, token, credentials, auth }: MetricsOptions) 
 
   return new Elysia({ name: "palisade.metrics" }).use(auth).get(
     "/metrics",
-    async ({ request, set }) => {
+    async (context) => {
+      const { request, set, client, requestId } = context as typeof context & RequestState;
       if (!allowed(request)) {
+        await onAuthFailure?.({ client, requestId });
         throw new AppError("UNAUTHENTICATED", "A valid metrics token is required.", undefined, {
           "www-authenticate": 'Bearer realm="metrics"',
         });

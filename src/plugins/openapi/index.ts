@@ -5,9 +5,14 @@
  */
 import { openapi } from "@elysiajs/openapi";
 import packageJson from "../../../package.json" with { type: "json" };
+import type { RouteClass } from "../route-class";
 
 export const OPENAPI_PATH = "/openapi.json";
 export const DOCS_PATH = "/docs";
+
+export const openapiRouteClasses: readonly RouteClass[] = [
+  { routes: [`GET ${OPENAPI_PATH}`, `GET ${DOCS_PATH}`] },
+];
 
 export function openapiDocument({ docsPage }: { docsPage: boolean }) {
   return openapi({

@@ -1,8 +1,8 @@
 /**
  * @module
- * Checks a request against a list of policies for one key and turns the outcome into headers or a
- * refusal. Used by the rate-limit stage (keyed by client address), by the auth stage (keyed by the
- * authenticated principal) and by login (keyed by the account's email).
+ * Checks a request against a list of policies, each for its own key, and turns the outcome into
+ * headers or a refusal. Used by the rate-limit stage (each policy keyed by address or principal, as
+ * the policy says) and by login (keyed by the account's email).
  */
 import type { Logger } from "pino";
 import type { Clock } from "../../clock";
@@ -27,13 +27,24 @@ export interface LimitEnforcerOptions {
   logger: Logger;
   audit: AuditLog;
   metrics: RateLimitMetrics;
-  /** Told of every refusal; the IP blocker counts these as violations of the client's address. */
-  onRefused?: (client: ResolvedClient, policyId: string, requestId: string) => void | Promise<void>;
+  /**
+   * Told of every refusal with the key that was refused: the IP blocker counts it against the
+   * principal when the key is one, else against the client's address.
+   */
+  onRefused?: (refusal: {
+    client: ResolvedClient;
+    policyId: string;
+    key: string;
+    requestId: string;
+  }) => void | Promise<void>;
 }
+
+/** One key for every policy, or one key per policy (same order). */
+export type LimitKeys = string | readonly string[];
 
 export type LimitEnforcer = (
   policies: readonly Policy[],
-  key: string,
+  keys: LimitKeys,
   request: LimitContext,
 ) => Promise<Record<string, string> | null>;
 
@@ -46,11 +57,12 @@ export type LimitEnforcer = (
 export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforcer {
   const { store, clock, logger, audit, metrics, onRefused } = options;
 
-  return async function enforceLimits(policies, key, request) {
+  return async function enforceLimits(policies, keys, request) {
     const now = clock.now();
+    const keyOf = (index: number) => (typeof keys === "string" ? keys : keys[index]!);
     let outcomes: LimitOutcome[];
     try {
-      outcomes = await store.check(policies.map((policy) => ({ policy, key, now })));
+      outcomes = await store.check(policies.map((policy, i) => ({ policy, key: keyOf(i), now })));
     } catch (error) {
       const failClosed = policies.some((policy) => policy.failClosed);
       metrics.storeErrors.labels(failClosed ? "closed" : "open").inc();
@@ -72,6 +84,7 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     if (refusedAt < 0) return headers;
 
     const policyId = policies[refusedAt]!.id;
+    const key = keyOf(refusedAt);
     metrics.rejections.labels(policyId).inc();
     audit.record({
       type: "ratelimit.rejected",
@@ -81,7 +94,7 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
       requestId: request.requestId,
       detail: { policy: policyId, key: key.slice(0, key.indexOf(":")) },
     });
-    await onRefused?.(request.client, policyId, request.requestId);
+    await onRefused?.({ client: request.client, policyId, key, requestId: request.requestId });
     throw new AppError(
       "RATE_LIMITED",
       `Too many requests; retry in ${headers["retry-after"]} s.`,

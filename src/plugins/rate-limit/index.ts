@@ -1,20 +1,23 @@
 /**
  * @module
- * The rate-limit stage. Runs before any parsing, on every path but the probes. A request with a
- * valid credential is keyed by its principal (the user or API key id: one office behind one NAT
- * does not share a budget, and a client cannot escape its budget by changing address); any other
- * request by client address (the IPv4 address or IPv6 /64). Each request is counted against its
- * route's policy (if the table names one) and the default policy, in that order; the first refusal
- * answers 429 with `Retry-After`, counts in `rate_limit_rejections_total`, goes to the audit log
- * and to the IP blocker as a violation of the address it came from.
+ * The rate-limit stage. Runs before any parsing, on every route class but the probes. Each request
+ * is counted against its route class's policy (if it names one) and the default policy, in that
+ * order, each keyed as the policy says (policies.ts): by client address (the IPv4 address or IPv6
+ * /64), or by principal (the user or API key id, verified once per request and shared with the
+ * auth stage; a request without a valid credential counts by address). The first refusal answers
+ * 429 with `Retry-After`, counts in `rate_limit_rejections_total`, goes to the audit log, and is a
+ * violation of whoever was refused: a principal (repeated refusals lock it out for a while) or an
+ * address (repeated refusals block it), never the address of a principal's request.
  */
 import { Elysia } from "elysia";
+import { AppError } from "../../errors";
 import { principalRef } from "../../modules/auth/principal";
 import type { Identify } from "../auth/identify";
 import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
+import type { ResolvedRouteClass } from "../route-class";
 import type { LimitEnforcer } from "./enforce";
-import { type Policy, type PolicyTable, UNLIMITED_PATHS } from "./policies";
+import type { PolicyTable, RoutePolicy } from "./policies";
 
 export interface RateLimitOptions {
   enforce: LimitEnforcer;
@@ -22,34 +25,60 @@ export interface RateLimitOptions {
   allowCidrs: readonly string[];
   /** Finds the request's principal, if its credential is valid (shared with the auth stage). */
   identify?: Identify;
+  /** When a principal's lockout ends, or null; repeated refusals of a principal lock it out. */
+  lockedOutUntil?: (principal: string) => number | null;
+  now?: () => number;
 }
 
-export function rateLimit({ enforce, policies, allowCidrs, identify }: RateLimitOptions) {
+export function rateLimit(options: RateLimitOptions) {
+  const { enforce, policies, allowCidrs, identify, lockedOutUntil } = options;
+  const now = options.now ?? Date.now;
   const allowRanges = allowCidrs.map(parseRange);
   // One array per route policy, reused, so the header rendering cached on it is found again.
   const defaultOnly = [policies.defaultPolicy] as const;
-  const layered = new Map<Policy, readonly Policy[]>();
-  const policiesFor = (method: string, path: string): readonly Policy[] => {
-    const routePolicy = policies.routePolicy(method, path);
-    if (routePolicy === null) return defaultOnly;
-    let list = layered.get(routePolicy);
+  const layered = new Map<string, readonly RoutePolicy[]>();
+  const policiesFor = (routeClass: ResolvedRouteClass): readonly RoutePolicy[] => {
+    if (routeClass.policy === null || routeClass.policy === "default") return defaultOnly;
+    let list = layered.get(routeClass.policy);
     if (!list) {
-      list = [routePolicy, policies.defaultPolicy];
-      layered.set(routePolicy, list);
+      list = [policies.get(routeClass.policy), policies.defaultPolicy];
+      layered.set(routeClass.policy, list);
     }
     return list;
   };
 
   return new Elysia({ name: "palisade.rate-limit" })
     .onRequest(async function enforceRateLimit(context) {
-      const { request, path, client, requestId, set } = context as unknown as RequestState & {
-        set: { headers: Record<string, unknown> };
-      };
-      if (UNLIMITED_PATHS.has(path)) return;
+      const { request, path, client, requestId, set, routeClass } =
+        context as unknown as RequestState & {
+          set: { headers: Record<string, unknown> };
+        };
+      if (routeClass.probe) return;
       if (allowRanges.length > 0 && client.address && inRanges(client.address, allowRanges)) return;
-      const found = identify ? await identify(request) : null;
-      const key = found?.status === "ok" ? principalRef(found.principal) : `ip:${client.key}`;
-      const headers = await enforce(policiesFor(request.method, path), key, {
+      const applied = policiesFor(routeClass);
+      const address = `ip:${client.key}`;
+      let principal: string | null = null;
+      if (identify && applied.some((policy) => policy.keyedBy === "principal")) {
+        const found = await identify(request);
+        if (found.status === "ok") principal = principalRef(found.principal);
+      }
+      if (principal !== null && lockedOutUntil) {
+        const until = lockedOutUntil(principal);
+        if (until !== null) {
+          const seconds = String(Math.max(1, Math.ceil((until - now()) / 1000)));
+          throw new AppError(
+            "RATE_LIMITED",
+            `Too many refused requests from this credential; retry in ${seconds} s.`,
+            undefined,
+            { "retry-after": seconds },
+          );
+        }
+      }
+      const keys =
+        principal === null
+          ? address
+          : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
+      const headers = await enforce(applied, keys, {
         method: request.method,
         path,
         client,

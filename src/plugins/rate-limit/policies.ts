@@ -1,13 +1,23 @@
 /**
  * @module
- * The rate-limit policies and the one table that says which routes they cover. Every limited
- * request is counted against the default policy; a route in the table is also counted against its
- * own. Each policy has a long window and a 10-second burst window layered on it.
+ * The rate-limit policies. A policy says how many requests a key may make per minute (with a
+ * 10-second burst window layered on it), whether the store failing lets requests through, and —
+ * as a property of the policy, not of what a request carries — what it counts per:
+ *
+ * - `address`: the client address (IPv4, or the IPv6 /64), whatever credential is attached. Sign-up,
+ *   sign-in and refresh are limited per address: a bearer token must not buy a fresh budget.
+ * - `principal`: the signed-in user or API key, so one office behind one NAT does not share a
+ *   budget; a request without a valid credential counts per address.
+ *
+ * Which routes a policy covers is said by the route classes (plugins/route-class); every limited
+ * request is also counted against the default policy.
  */
 import type { Config } from "../../config";
 
 export const BURST_WINDOW_MS = 10_000;
 export const MINUTE_MS = 60_000;
+
+export type KeyedBy = "address" | "principal";
 
 export interface Policy {
   id: string;
@@ -21,49 +31,48 @@ export interface Policy {
   failClosed: boolean;
 }
 
-export interface PolicyTable {
-  defaultPolicy: Policy;
-  /** The extra policy for a method and path, if any. */
-  routePolicy(method: string, path: string): Policy | null;
+/** A policy a route class names: the limiter's policy, and what it counts per. */
+export interface RoutePolicy extends Policy {
+  keyedBy: KeyedBy;
 }
 
-/** Paths that are never limited: probes must answer even when the limiter is saturated. */
-export const UNLIMITED_PATHS = new Set(["/health", "/ready", "/metrics"]);
+interface PolicySpec {
+  keyedBy: KeyedBy;
+  failClosed: boolean;
+}
+
+/** Every policy a route class may name, with its keying and failure mode. */
+export const POLICY_SPECS = {
+  default: { keyedBy: "principal", failClosed: false },
+  login: { keyedBy: "address", failClosed: true },
+  register: { keyedBy: "address", failClosed: true },
+  refresh: { keyedBy: "address", failClosed: true },
+  privacy: { keyedBy: "principal", failClosed: true },
+  metrics: { keyedBy: "address", failClosed: false },
+} as const satisfies Record<string, PolicySpec>;
+
+export type PolicyId = keyof typeof POLICY_SPECS;
+export const POLICY_IDS = Object.keys(POLICY_SPECS) as PolicyId[];
+
+export interface PolicyTable {
+  defaultPolicy: RoutePolicy;
+  get(id: PolicyId): RoutePolicy;
+}
 
 export function buildPolicyTable(rateLimit: Config["rateLimit"]): PolicyTable {
-  const burst = rateLimit.burst;
-  const policy = (id: string, limit: number, failClosed = false): Policy => ({
-    id,
-    limit,
-    windowMs: MINUTE_MS,
-    burstLimit: Math.min(burst, limit),
-    failClosed,
-  });
-  const defaultPolicy = policy("default", rateLimit.perMinute);
-  const login = policy("login", 5, true);
-  const register = policy("register", 3, true);
-  const refresh = policy("refresh", 10, true);
-  const chat = policy("chat", 20);
-  const payments = policy("payments", 10, true);
-  const webhooks = policy("webhooks", 30);
-  const privacy = policy("privacy", 3, true);
-
-  const exact = new Map<string, Policy>([
-    ["POST /api/auth/login", login],
-    ["POST /api/auth/register", register],
-    ["POST /api/auth/refresh", refresh],
-    ["POST /api/chat", chat],
-    ["POST /api/payments/intents", payments],
-    ["GET /api/me/export", privacy],
-    ["DELETE /api/me", privacy],
-  ]);
+  const built = new Map<PolicyId, RoutePolicy>();
+  for (const id of POLICY_IDS) {
+    const limit = rateLimit.policies[id];
+    built.set(id, {
+      id,
+      limit,
+      windowMs: MINUTE_MS,
+      burstLimit: Math.min(rateLimit.burst, limit),
+      ...POLICY_SPECS[id],
+    });
+  }
   return {
-    defaultPolicy,
-    routePolicy(method, path) {
-      const found = exact.get(`${method} ${path}`);
-      if (found) return found;
-      if (path.startsWith("/webhooks/")) return webhooks;
-      return null;
-    },
+    defaultPolicy: built.get("default")!,
+    get: (id) => built.get(id)!,
   };
 }

@@ -2,7 +2,7 @@
  * @module
  * The request guard: refuses, before any parsing, what no honest client sends (over-long URLs,
  * encoded traversal and NUL in the path, control characters in headers, repeated single-valued
- * headers, bodies that are not JSON, bodies over the route class's limit), and reads JSON bodies
+ * headers, bodies that are not JSON, bodies over the route class's limit, read from the route-class table), and reads JSON bodies
  * itself so a chunked body is cut off at the limit while it streams. Bun.serve's
  * `maxRequestBodySize` is the outer bound for everything.
  *
@@ -25,12 +25,6 @@ import {
   hasBody,
   type Refusal,
 } from "./checks";
-
-export function bodyLimitFor(path: string, limits: BodyLimits): number {
-  if (path.startsWith("/webhooks/")) return limits.webhooks;
-  if (path === "/api/chat" || path.startsWith("/api/chat/")) return limits.chat;
-  return limits.default;
-}
 
 export interface RequestGuardOptions {
   bodyLimits: BodyLimits;
@@ -58,21 +52,21 @@ export function requestGuard({
 
   return new Elysia({ name: "palisade.request-guard" })
     .onRequest(function guardRequest(context) {
-      const { request, path, clientIp, requestId } = context as unknown as RequestState;
+      const { request, path, clientIp, requestId, routeClass } = context as unknown as RequestState;
       const headers = request.headers;
       const refusal =
         checkUrl(request.url, limits) ??
         checkHeaders(headers) ??
         (hasBody(request)
-          ? (checkDeclaredLength(headers, bodyLimitFor(path, bodyLimits)) ??
+          ? (checkDeclaredLength(headers, bodyLimits[routeClass.bodyLimit]) ??
             checkContentType(headers))
           : null);
       if (refusal) refuse({ request, path, clientIp, requestId } as RequestState, refusal);
     })
     .onParse(async function parseJsonWithinLimit(context, contentType) {
       if (contentType !== "application/json") return;
-      const { request, path } = context as unknown as RequestState;
-      const text = await readBodyWithin(request, bodyLimitFor(path, bodyLimits));
+      const { request, routeClass } = context as unknown as RequestState;
+      const text = await readBodyWithin(request, bodyLimits[routeClass.bodyLimit]);
       // Webhook signatures are computed over the exact bytes received, not a re-serialisation.
       (context as { rawBody?: string }).rawBody = text;
       if (text === "") return undefined;
