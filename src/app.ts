@@ -108,7 +108,7 @@ export function createApp(deps: AppDeps) {
       }),
     )
     .use(auth)
-    .use(openapiDocument({ docsPage: config.docsPage }))
+    .use(openapiDocument({ docsPage: config.docsPage, public: config.openapiPublic, auth }))
     .use(
       metrics({
         registry,

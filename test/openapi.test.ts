@@ -2,6 +2,13 @@ import { afterEach, expect, test } from "bun:test";
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { DOCS_PATH } from "../src/plugins/openapi";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "./support/app";
+import { bearer, signUp } from "./support/auth";
+
+/** The production profile's secrets, under the staging profile. */
+const stagingSecrets = () => {
+  const { APP_ENV: _production, ...secrets } = PRODUCTION_ENV;
+  return secrets;
+};
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -47,5 +54,27 @@ test("/docs renders outside production and is absent in production", async () =>
     env: PRODUCTION_ENV,
   });
   expect((await send(current, "/docs")).status).toBe(404);
+});
+
+test("in production /openapi.json is for admins only, unless OPENAPI_PUBLIC=true", async () => {
+  current = buildTestApp({ env: PRODUCTION_ENV });
+  const anonymous = await send(current, "/openapi.json");
+  expect(anonymous.status).toBe(401);
+  const user = await signUp(current);
+  expect((await send(current, "/openapi.json", { headers: bearer(user.accessToken) })).status).toBe(
+    403,
+  );
+  const admin = await signUp(current, { role: "admin" });
+  const served = await send(current, "/openapi.json", { headers: bearer(admin.accessToken) });
+  expect(served.status).toBe(200);
+  const document = (await served.json()) as { paths: Record<string, unknown> };
+  expect(Object.keys(document.paths)).toContain("/api/auth/register");
+  current.close();
+
+  current = buildTestApp({ env: { ...PRODUCTION_ENV, OPENAPI_PUBLIC: "true" } });
+  expect((await send(current, "/openapi.json")).status).toBe(200);
+  current.close();
+
+  current = buildTestApp({ env: { APP_ENV: "staging", ...stagingSecrets() } });
   expect((await send(current, "/openapi.json")).status).toBe(200);
 });

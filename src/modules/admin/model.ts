@@ -44,8 +44,8 @@ export const AuditQuery = t.Object({
   ip: t.Optional(t.String({ maxLength: 64 })),
   since: t.Optional(t.String({ format: "date-time" })),
   until: t.Optional(t.String({ format: "date-time" })),
-  cursor: t.Optional(t.Numeric({ minimum: 1 })),
-  limit: t.Optional(t.Numeric({ minimum: 1, maximum: 500 })),
+  cursor: t.Optional(t.Integer({ minimum: 1 })),
+  limit: t.Optional(t.Integer({ minimum: 1, maximum: 500 })),
 });
 
 export const AuditEventView = t.Object({

@@ -4,7 +4,9 @@
  * the code. `GET /docs` renders it with Scalar outside production.
  */
 import { openapi } from "@elysiajs/openapi";
+import { Elysia } from "elysia";
 import packageJson from "../../../package.json" with { type: "json" };
+import type { authPlugin } from "../auth";
 import type { RouteClass } from "../route-class";
 
 export const OPENAPI_PATH = "/openapi.json";
@@ -14,7 +16,28 @@ export const openapiRouteClasses: readonly RouteClass[] = [
   { routes: [`GET ${OPENAPI_PATH}`, `GET ${DOCS_PATH}`] },
 ];
 
-export function openapiDocument({ docsPage }: { docsPage: boolean }) {
+export interface OpenapiOptions {
+  /** `GET /docs` renders the document (development and staging). */
+  docsPage: boolean;
+  /** Anyone may read the document; otherwise only admins (production, unless OPENAPI_PUBLIC). */
+  public: boolean;
+  auth: ReturnType<typeof authPlugin>;
+}
+
+/**
+ * The document describes every route and schema, which helps an attacker map the API; production
+ * serves it to admins only unless `OPENAPI_PUBLIC=true` says the API is public anyway.
+ */
+export function openapiDocument(options: OpenapiOptions) {
+  const document = describe(options.docsPage);
+  if (options.public) return document;
+  return new Elysia({ name: "palisade.openapi" })
+    .use(options.auth)
+    .guard({ auth: { role: "admin" } })
+    .use(document);
+}
+
+function describe(docsPage: boolean) {
   return openapi({
     path: DOCS_PATH,
     specPath: OPENAPI_PATH,

@@ -1,0 +1,253 @@
+/**
+ * What a policy counts per is a property of the policy, not of what the request carries; and whose
+ * violation a refusal is follows the same rule.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import type { Scope } from "../../../src/modules/auth/principal";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import {
+  bearer,
+  createKey,
+  logIn,
+  type Session,
+  STRONG_PASSWORD,
+  signUp,
+} from "../../support/auth";
+import { ManualClock } from "../../support/clock";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const MINUTE = 60_000;
+const PEER = "203.0.113.50";
+
+const codeOf = async (response: Response) => ((await response.json()) as { code: string }).code;
+
+async function scrape(target: TestApp, headers: Record<string, string> = {}, peer = "192.0.2.250") {
+  return send(target, "/metrics", { headers, peer });
+}
+
+/** Each credential a client could attach to a request. */
+async function credentialsFor(target: TestApp, user: Session) {
+  const { key } = createKey(target, ["chat", "payments", "admin"] as Scope[], user.userId);
+  return {
+    none: {},
+    bearer: bearer(user.accessToken),
+    "api key header": { "x-api-key": key },
+    "api key bearer": bearer(key),
+    "bad bearer": bearer("not.a.token"),
+  } as Record<string, Record<string, string>>;
+}
+
+describe("address-keyed policies stay per address whatever the request carries", () => {
+  const cases = [
+    {
+      policy: "register",
+      path: "/api/auth/register",
+      body: (i: number) => ({
+        email: `k${i}-${Date.now()}@example.test`,
+        password: STRONG_PASSWORD,
+      }),
+    },
+    {
+      policy: "login",
+      path: "/api/auth/login",
+      body: (i: number) => ({ email: `nobody${i}@example.test`, password: "wrong-password-123" }),
+    },
+    {
+      policy: "refresh",
+      path: "/api/auth/refresh",
+      body: () => ({ refreshToken: "x".repeat(40) }),
+    },
+    { policy: "metrics", path: "/metrics", body: () => undefined },
+  ];
+  for (const { policy, path, body } of cases) {
+    test(`${policy}: a credential does not buy a fresh budget`, async () => {
+      current = buildTestApp({
+        env: {
+          [`RATE_LIMIT_${policy.toUpperCase()}`]: "2",
+          RATE_LIMIT_PER_MINUTE: "1000",
+          RATE_LIMIT_BURST: "1000",
+          IP_BLOCK_RATE_LIMIT_REFUSALS: "0",
+          IP_BLOCK_FAILED_LOGINS: "0",
+        },
+      });
+      const user = await signUp(current, { peer: "10.1.1.1" });
+      const credentials = await credentialsFor(current, user);
+      const statuses: Record<string, number> = {};
+      let i = 0;
+      for (const [name, headers] of Object.entries(credentials)) {
+        const response = await send(current, path, {
+          method: path === "/metrics" ? "GET" : "POST",
+          headers,
+          body: body(i++),
+          peer: PEER,
+        });
+        statuses[name] = response.status;
+        if (i > 2) expect({ name, status: response.status }).toEqual({ name, status: 429 });
+      }
+      expect(Object.values(statuses).filter((status) => status === 429)).toHaveLength(3);
+      // Another address still has its own budget.
+      const other = await send(current, path, {
+        method: path === "/metrics" ? "GET" : "POST",
+        body: body(i++),
+        peer: "203.0.113.51",
+      });
+      expect(other.status).not.toBe(429);
+    });
+  }
+});
+
+describe("principal-keyed policies", () => {
+  test("two users behind one address each have their own budget", async () => {
+    current = buildTestApp({ env: { RATE_LIMIT_PRIVACY: "2" } });
+    const alice = await signUp(current, { peer: "10.1.1.1" });
+    const bob = await signUp(current, { peer: "10.1.1.2" });
+    const exportAs = (user: Session) =>
+      send(current!, "/api/me/export", { headers: bearer(user.accessToken), peer: PEER });
+    const statuses = [];
+    for (const user of [alice, alice, alice, bob, bob])
+      statuses.push((await exportAs(user)).status);
+    expect(statuses).toEqual([200, 200, 429, 200, 200]);
+  });
+
+  test("anonymous requests to a principal-keyed route count per address", async () => {
+    current = buildTestApp({ env: { RATE_LIMIT_PRIVACY: "2", IP_BLOCK_RATE_LIMIT_REFUSALS: "0" } });
+    const user = await signUp(current, { peer: "10.1.1.1" });
+    const statuses = [];
+    for (let i = 0; i < 3; i++)
+      statuses.push((await send(current, "/api/me/export", { peer: PEER })).status);
+    expect(statuses).toEqual([401, 401, 429]);
+    // The signed-in user from the same address is not charged for them.
+    const own = await send(current, "/api/me/export", {
+      headers: bearer(user.accessToken),
+      peer: PEER,
+    });
+    expect(own.status).toBe(200);
+  });
+});
+
+describe("whose violation a refusal is", () => {
+  const lockoutApp = (clock: ManualClock) =>
+    buildTestApp({
+      clock,
+      env: {
+        RATE_LIMIT_PER_MINUTE: "2",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "3",
+      },
+    });
+
+  test("a principal's refusals lock out the principal, never the address it shares", async () => {
+    const clock = new ManualClock();
+    current = lockoutApp(clock);
+    const noisy = await signUp(current, { peer: "10.1.1.1" });
+    const quiet = await signUp(current, { peer: "10.1.1.2" });
+    clock.advance(MINUTE);
+    const asNoisy = () =>
+      send(current!, "/api/auth/me", { headers: bearer(noisy.accessToken), peer: PEER });
+    const statuses = [];
+    for (let i = 0; i < 6; i++) statuses.push((await asNoisy()).status);
+    expect(statuses).toEqual([200, 200, 429, 429, 429, 429]);
+
+    // The office behind the same address is not blocked: another user and anonymous callers pass.
+    const quietMe = await send(current, "/api/auth/me", {
+      headers: bearer(quiet.accessToken),
+      peer: PEER,
+    });
+    expect(quietMe.status).toBe(200);
+    expect((await send(current, "/openapi.json", { peer: PEER })).status).toBe(200);
+    expect(await (await scrape(current)).text()).toContain("ip_blocks_active 0");
+
+    // The noisy principal is locked out past its window, with a Retry-After up to the lockout's end.
+    clock.advance(2 * MINUTE);
+    const locked = await asNoisy();
+    expect(locked.status).toBe(429);
+    expect(await codeOf(locked)).toBe("RATE_LIMITED");
+    expect(Number(locked.headers.get("retry-after"))).toBe(3 * 60);
+    const row = current.db.$client
+      .query("SELECT actor, ip FROM audit_events WHERE type = 'auth.locked_out'")
+      .get() as { actor: string; ip: string | null };
+    expect(row).toEqual({ actor: `user:${noisy.userId}`, ip: null });
+    // Its API keys are other principals, with budgets of their own.
+    clock.advance(5 * MINUTE);
+    expect((await asNoisy()).status).toBe(200);
+  });
+
+  test("an anonymous client's refusals still block its address", async () => {
+    const clock = new ManualClock();
+    current = lockoutApp(clock);
+    const statuses = [];
+    for (let i = 0; i < 6; i++)
+      statuses.push((await send(current, "/openapi.json", { peer: PEER })).status);
+    expect(statuses).toEqual([200, 200, 429, 429, 429, 403]);
+  });
+
+  test("an admin sees the lockout among the blocks and can lift it", async () => {
+    const clock = new ManualClock();
+    current = lockoutApp(clock);
+    const admin = await signUp(current, { role: "admin", peer: "10.1.1.3" });
+    const noisy = await signUp(current, { peer: "10.1.1.1" });
+    clock.advance(MINUTE);
+    for (let i = 0; i < 6; i++) {
+      await send(current, "/api/auth/me", { headers: bearer(noisy.accessToken), peer: PEER });
+    }
+    const list = await send(current, "/api/admin/blocks", { headers: bearer(admin.accessToken) });
+    const { blocks } = (await list.json()) as { blocks: { id: number; address: string }[] };
+    const lockout = blocks.find((block) => block.address === `user:${noisy.userId}`)!;
+    expect(lockout).toBeDefined();
+    const lifted = await send(current, `/api/admin/blocks/${lockout.id}`, {
+      method: "DELETE",
+      headers: bearer(admin.accessToken),
+    });
+    expect(lifted.status).toBe(204);
+    clock.advance(2 * MINUTE);
+    expect(
+      (await send(current, "/api/auth/me", { headers: bearer(noisy.accessToken), peer: PEER }))
+        .status,
+    ).toBe(200);
+  });
+});
+
+describe("/metrics is not a guessing oracle", () => {
+  const token = "metrics-token-0123456789-abcdefghijklmnop";
+
+  test("wrong tokens count as violations: the address is blocked, even for the right token", async () => {
+    current = buildTestApp({ env: { METRICS_TOKEN: token, IP_BLOCK_FAILED_LOGINS: "3" } });
+    const statuses = [];
+    for (let i = 0; i < 4; i++) {
+      statuses.push(
+        (await scrape(current, bearer(`guess-${i}-0123456789abcdefghijklmnop`), PEER)).status,
+      );
+    }
+    expect(statuses).toEqual([401, 401, 401, 403]);
+    const blocked = await scrape(current, bearer(token), PEER);
+    expect(blocked.status).toBe(403);
+    expect(await codeOf(blocked)).toBe("IP_BLOCKED");
+    const elsewhere = await scrape(current, bearer(token), "192.0.2.9");
+    expect(elsewhere.status).toBe(200);
+    const text = await elsewhere.text();
+    expect(text).toContain('auth_failures_total{reason="metrics_token"} 3');
+    expect(text).toContain("ip_blocks_active 1");
+  });
+
+  test("scrapes are limited per address by RATE_LIMIT_METRICS", async () => {
+    current = buildTestApp({
+      env: { METRICS_TOKEN: token, RATE_LIMIT_METRICS: "2", IP_BLOCK_FAILED_LOGINS: "0" },
+    });
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push((await scrape(current, bearer(token), PEER)).status);
+    expect(statuses).toEqual([200, 200, 429]);
+  });
+
+  test("logging in from an address is not slowed by the metrics policy", async () => {
+    current = buildTestApp({ env: { RATE_LIMIT_METRICS: "1" } });
+    const user = await signUp(current, { peer: PEER });
+    expect((await scrape(current, {}, PEER)).status).toBe(200);
+    expect((await scrape(current, {}, PEER)).status).toBe(429);
+    expect((await logIn(current, user.email, PEER)).accessToken).toBeString();
+  });
+});
