@@ -92,6 +92,7 @@ export function createApp(deps: AppDeps) {
     .use(
       csrf({
         secretKey: config.csrf.secretKey,
+        previousSecretKey: config.csrf.previousSecretKey,
         requireTls: config.requireTls,
         clock,
         audit: deps.audit,

@@ -28,6 +28,12 @@ try {
 }
 
 const logger = createLogger({ level: config.logLevel, secretValues: config.secretValues });
+for (const { name, suggestion } of config.unknownVariables) {
+  logger.warn(
+    { variable: name, suggestion },
+    `unknown variable ${name}: did you mean ${suggestion}?`,
+  );
+}
 
 if (config.generatedSecrets.length > 0) {
   const names = config.generatedSecrets.join(", ");

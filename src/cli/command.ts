@@ -21,6 +21,8 @@ export interface CommandContext {
   /** The app's services on that database (accounts, keys, blocks, audit), as the server has them. */
   services(): Services;
   out(line: string): void;
+  /** A warning for the operator, on stderr (the command's output stays parseable). */
+  err(line: string): void;
   /** Standard input, for secrets that must not appear in argv or shell history. */
   readStdin(): Promise<string>;
 }

@@ -81,6 +81,7 @@ export async function runCli(
       return services;
     },
     out: io.out,
+    err: io.err,
     readStdin: io.readStdin,
   };
   try {

@@ -8,11 +8,13 @@ import type { PolicyId } from "../plugins/rate-limit/policies";
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
 import { ConfigError } from "./error";
 import {
+  parseAppEnv,
   parseBoolean,
   parseCidrList,
   parseEnum,
   parseInteger,
   parseList,
+  parseLogLevel,
   parseOrigins,
   parseTrustProxy,
   parseUrl,
@@ -28,6 +30,7 @@ import {
   PROFILES,
 } from "./profiles";
 import { generateSecret, secretWeakness } from "./secrets";
+import { findUnknownVariables } from "./unknown-variables";
 import { SECRET_VARIABLES } from "./variables";
 
 export { ConfigError } from "./error";
@@ -48,7 +51,11 @@ export interface Config {
     accessTokenExpireMinutes: number;
     refreshTokenExpireDays: number;
   };
-  csrf: { secretKey: string };
+  csrf: {
+    secretKey: string;
+    /** Accepted, never used to sign: set while rotating CSRF_SECRET_KEY. */
+    previousSecretKey: string | null;
+  };
   cors: { allowedOrigins: string[] };
   rateLimit: {
     perMinute: number;
@@ -80,6 +87,8 @@ export interface Config {
   enumerationResistance: boolean;
   requireTls: boolean;
   docsPage: boolean;
+  /** Variables that look like Palisade's but are not (a typo), each with the closest known name. */
+  unknownVariables: { name: string; suggestion: string }[];
   /** Secrets this run generated because they were missing (development only). */
   generatedSecrets: string[];
   /** Every secret value in this config, for scrubbing logs and error reports. */
@@ -94,7 +103,7 @@ const HTTP_PROTOCOLS = ["http:", "https:"] as const;
 
 /** Parses and validates the environment. Throws ConfigError naming the first bad variable. */
 export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {}): Readonly<Config> {
-  const appEnv = parseEnum("APP_ENV", rawEnv.APP_ENV ?? "development", APP_ENVS);
+  const appEnv = parseAppEnv(rawEnv);
   const profile = PROFILES[appEnv];
   const env = resolveFileSecrets(rawEnv, options.readFile);
   const deployed = !profile.generateMissingSecrets;
@@ -141,6 +150,11 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   if (previousJwtSecret !== null && previousJwtSecret === jwtSecret) {
     throw new ConfigError("JWT_PREVIOUS_SECRET_KEY", "must differ from JWT_SECRET_KEY");
   }
+  const csrfSecret = signingKey("CSRF_SECRET_KEY");
+  const previousCsrfSecret = optionalSecret("CSRF_PREVIOUS_SECRET_KEY", true);
+  if (previousCsrfSecret !== null && previousCsrfSecret === csrfSecret) {
+    throw new ConfigError("CSRF_PREVIOUS_SECRET_KEY", "must differ from CSRF_SECRET_KEY");
+  }
   const corsRaw = text("CORS_ALLOWED_ORIGINS");
   const rateLimitPerMinute = integer("RATE_LIMIT_PER_MINUTE", profile.rateLimitPerMinute, 1, 1e6);
   const apiKeys = parseList(env.API_KEYS ?? "");
@@ -156,7 +170,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     host: text("HOST") ?? "127.0.0.1",
     port: integer("PORT", 3000, 0, 65535),
     databasePath: text("DATABASE_PATH") ?? "./data/palisade.db",
-    logLevel: parseEnum("LOG_LEVEL", text("LOG_LEVEL") ?? profile.logLevel, LOG_LEVELS),
+    logLevel: parseLogLevel("LOG_LEVEL", text("LOG_LEVEL") ?? profile.logLevel),
     trustProxy: parseTrustProxy("TRUST_PROXY", text("TRUST_PROXY")),
     jwt: {
       secretKey: jwtSecret,
@@ -174,7 +188,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
         365,
       ),
     },
-    csrf: { secretKey: signingKey("CSRF_SECRET_KEY") },
+    csrf: { secretKey: csrfSecret, previousSecretKey: previousCsrfSecret },
     cors: {
       allowedOrigins:
         corsRaw === undefined
@@ -229,6 +243,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     enumerationResistance: profile.enumerationResistance,
     requireTls: profile.requireTls,
     docsPage: profile.docsPage,
+    unknownVariables: findUnknownVariables(rawEnv),
     generatedSecrets,
     secretValues: [],
   };

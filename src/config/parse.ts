@@ -5,6 +5,7 @@
  */
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "./error";
+import { APP_ENVS, type AppEnv, LOG_LEVELS, type LogLevel } from "./profiles";
 
 export function parseEnum<T extends string>(name: string, raw: string, allowed: readonly T[]): T {
   if ((allowed as readonly string[]).includes(raw)) return raw as T;
@@ -16,6 +17,30 @@ export function parseInteger(name: string, raw: string, min: number, max: number
   const value = Number(raw.trim());
   if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}`);
   return value;
+}
+
+/**
+ * `APP_ENV`, or `ENVIRONMENT` as many deployments spell it; both set to different values is refused
+ * rather than guessed at. Any case.
+ */
+export function parseAppEnv(env: Record<string, string | undefined>): AppEnv {
+  const primary = env.APP_ENV?.trim().toLowerCase() || undefined;
+  const alias = env.ENVIRONMENT?.trim().toLowerCase() || undefined;
+  if (primary !== undefined && alias !== undefined && primary !== alias) {
+    throw new ConfigError("ENVIRONMENT", "differs from APP_ENV; set one of them");
+  }
+  if (primary === undefined && alias !== undefined)
+    return parseEnum("ENVIRONMENT", alias, APP_ENVS);
+  return parseEnum("APP_ENV", primary ?? "development", APP_ENVS);
+}
+
+/** Other tools' names for pino's levels. */
+const LOG_LEVEL_ALIASES: Record<string, LogLevel> = { warning: "warn", critical: "fatal" };
+
+/** A pino level name in any case, or WARNING / CRITICAL as Python's logging spells them. */
+export function parseLogLevel(name: string, raw: string): LogLevel {
+  const value = raw.trim().toLowerCase();
+  return LOG_LEVEL_ALIASES[value] ?? parseEnum(name, value, LOG_LEVELS);
 }
 
 export function parseBoolean(name: string, raw: string): boolean {

@@ -18,11 +18,11 @@ const v = (name: string, description: string, secret = false): VariableSpec => (
 });
 
 export const VARIABLES: readonly VariableSpec[] = [
-  v("APP_ENV", "development, staging or production"),
+  v("APP_ENV", "development, staging or production (ENVIRONMENT is accepted too)"),
   v("HOST", "address to listen on"),
   v("PORT", "port to listen on"),
   v("DATABASE_PATH", "SQLite file"),
-  v("LOG_LEVEL", "fatal, error, warn, info, debug, trace or silent"),
+  v("LOG_LEVEL", "fatal, error, warn, info, debug, trace or silent (any case; WARNING, CRITICAL)"),
   v("TRUST_PROXY", "trusted proxy hops (a number) or a comma list of CIDRs"),
   v("JWT_SECRET_KEY", "HMAC key for access tokens, at least 32 bytes", true),
   v(
@@ -33,6 +33,11 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("ACCESS_TOKEN_EXPIRE_MINUTES", "access token lifetime"),
   v("REFRESH_TOKEN_EXPIRE_DAYS", "refresh token lifetime"),
   v("CSRF_SECRET_KEY", "HMAC key for CSRF tokens, at least 32 bytes", true),
+  v(
+    "CSRF_PREVIOUS_SECRET_KEY",
+    "the CSRF key being rotated out: its tokens stay valid until they expire",
+    true,
+  ),
   v("CORS_ALLOWED_ORIGINS", "comma list of origins allowed to call the API from a browser"),
   v("RATE_LIMIT_PER_MINUTE", "default requests per minute per principal"),
   v("RATE_LIMIT_BURST", "requests per 10 seconds per principal"),

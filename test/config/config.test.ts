@@ -245,3 +245,58 @@ test(".env.example documents exactly the variables Palisade reads", () => {
   const documented = [...example.matchAll(/^#?\s*([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]);
   expect(new Set(documented)).toEqual(new Set(VARIABLES.map((v) => v.name)));
 });
+
+describe("configuration users will type", () => {
+  test("ENVIRONMENT is another name for APP_ENV; both set and different is refused", () => {
+    expect(
+      loadConfig({ ENVIRONMENT: "staging", ...production({ APP_ENV: undefined }) }).appEnv,
+    ).toBe("staging");
+    expect(loadConfig(production({ ENVIRONMENT: "production" })).appEnv).toBe("production");
+    expect(loadConfig(production({ APP_ENV: "Production" })).appEnv).toBe("production");
+    const both = refusal({ APP_ENV: "development", ENVIRONMENT: "production" });
+    expect(both.message).toBe("ENVIRONMENT differs from APP_ENV; set one of them");
+    // A production deploy that spells it ENVIRONMENT gets the production profile's checks.
+    expect(refusal({ ENVIRONMENT: "production" }).message).toContain("JWT_SECRET_KEY is required");
+    expect(refusal({ ENVIRONMENT: "prod" }).message).toStartWith("ENVIRONMENT must be one of");
+  });
+
+  test("log levels in any case, with WARNING and CRITICAL mapped to pino's names", () => {
+    const level = (LOG_LEVEL: string) => loadConfig({ LOG_LEVEL }).logLevel;
+    expect(level("WARNING")).toBe("warn");
+    expect(level("warning")).toBe("warn");
+    expect(level("CRITICAL")).toBe("fatal");
+    expect(level("INFO")).toBe("info");
+    expect(level(" Debug ")).toBe("debug");
+    expect(refusal({ LOG_LEVEL: "verbose" }).message).toStartWith("LOG_LEVEL must be one of");
+  });
+
+  test("a variable with one of Palisade's prefixes that it does not know is named, with the closest", () => {
+    const config = loadConfig({
+      JWT_SECRET: "x",
+      RATE_LIMIT_LOGINS: "5",
+      CORS_ALLOWED_ORIGIN: "http://localhost:3000",
+      JWT_SECRET_KEY_FILE: undefined,
+      PATH: "/usr/bin",
+      HOME: "/root",
+      DATABASE_URL: "postgres://elsewhere",
+    });
+    expect(config.unknownVariables).toEqual([
+      { name: "CORS_ALLOWED_ORIGIN", suggestion: "CORS_ALLOWED_ORIGINS" },
+      { name: "JWT_SECRET", suggestion: "JWT_SECRET_KEY" },
+      { name: "RATE_LIMIT_LOGINS", suggestion: "RATE_LIMIT_LOGIN" },
+    ]);
+    expect(loadConfig({ JWT_SECRET_KEY_FILE: "" }).unknownVariables).toEqual([]);
+  });
+
+  test("CSRF_PREVIOUS_SECRET_KEY is accepted in rotation, strong and different from the current key", () => {
+    const config = loadConfig(
+      production({ CSRF_PREVIOUS_SECRET_KEY: "p7Q2mW9xL4vR8tZ1yK6bN5cF0gH3jD2s" }),
+    );
+    expect(config.csrf.previousSecretKey).toBe("p7Q2mW9xL4vR8tZ1yK6bN5cF0gH3jD2s");
+    expect(config.secretValues).toContain("p7Q2mW9xL4vR8tZ1yK6bN5cF0gH3jD2s");
+    expect(refusal(production({ CSRF_PREVIOUS_SECRET_KEY: STRONG_2 })).message).toBe(
+      "CSRF_PREVIOUS_SECRET_KEY must differ from CSRF_SECRET_KEY",
+    );
+    expect(refusal(production({ CSRF_PREVIOUS_SECRET_KEY: "short" })).name).toBe("ConfigError");
+  });
+});

@@ -176,3 +176,30 @@ describe("checking", () => {
     expect(JSON.parse(row.detail)).toEqual({ reason: "missing token" });
   });
 });
+
+describe("rotating CSRF_SECRET_KEY", () => {
+  test("tokens signed with CSRF_PREVIOUS_SECRET_KEY still pass; only the current key signs", async () => {
+    const oldKey = "old-csrf-secret-0123456789abcdefghijklmnopqrstu";
+    const newKey = "new-csrf-secret-0123456789abcdefghijklmnopqrstu";
+    const before = csrfApp(new ManualClock(), { CSRF_SECRET_KEY: oldKey });
+    const { token: oldToken } = await issue(before);
+    before.close();
+
+    const during = csrfApp(new ManualClock(), {
+      CSRF_SECRET_KEY: newKey,
+      CSRF_PREVIOUS_SECRET_KEY: oldKey,
+    });
+    const withOld = {
+      cookie: `palisade_session=${SESSION}; palisade_csrf=${oldToken}`,
+      "x-csrf-token": oldToken,
+    };
+    expect((await change(during, withOld)).status).toBe(200);
+    const { token: newToken } = await issue(during);
+    expect(verifyCsrfToken(newKey, newToken, SESSION, during.clock.now())).toBe("VALID");
+    expect(verifyCsrfToken(oldKey, newToken, SESSION, during.clock.now())).toBe("BAD_SIGNATURE");
+    during.close();
+
+    const after = csrfApp(new ManualClock(), { CSRF_SECRET_KEY: newKey });
+    expect((await change(after, withOld)).status).toBe(403);
+  });
+});

@@ -32,6 +32,9 @@ export const configCheck: Command = {
   usage: "config:check",
   run(_args, context) {
     const config = context.config();
+    for (const { name, suggestion } of config.unknownVariables) {
+      context.err(`warning: unknown variable ${name}: did you mean ${suggestion}?`);
+    }
     context.out(JSON.stringify(describeConfig(config), null, 2));
     return 0;
   },

@@ -33,6 +33,8 @@ const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 
 export interface CsrfOptions {
   secretKey: string;
+  /** The key being rotated out: tokens it signed are still accepted; it never signs. */
+  previousSecretKey?: string | null;
   requireTls: boolean;
   clock: Clock;
   audit: AuditLog;
@@ -61,7 +63,9 @@ export function createCsrfIssuer(options: Pick<CsrfOptions, "secretKey" | "requi
   };
 }
 
-export function csrf({ secretKey, requireTls, clock, audit, metrics }: CsrfOptions) {
+export function csrf(options: CsrfOptions) {
+  const { secretKey, previousSecretKey, requireTls, clock, audit, metrics } = options;
+  const keys = previousSecretKey ? [secretKey, previousSecretKey] : secretKey;
   const names = cookieNames(requireTls);
 
   const check = (request: Request): string | null => {
@@ -73,7 +77,7 @@ export function csrf({ secretKey, requireTls, clock, audit, metrics }: CsrfOptio
     const cookie = readCookie(cookies, names.csrf);
     if (header === null || cookie === null) return "missing token";
     if (!constantTimeEqual(header, cookie)) return "header and cookie differ";
-    const verdict = verifyCsrfToken(secretKey, header, session, clock.now());
+    const verdict = verifyCsrfToken(keys, header, session, clock.now());
     return verdict === "VALID" ? null : `token ${verdict.toLowerCase().replace("_", " ")}`;
   };
 

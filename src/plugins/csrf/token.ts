@@ -36,8 +36,12 @@ export function constantTimeEqual(a: string, b: string): boolean {
   return left.length === right.length && timingSafeEqual(left, right);
 }
 
+/**
+ * Checks a token against the current key and, while a rotation is under way, the previous one
+ * (`keys` is one key or `[current, previous]`): tokens signed with either are accepted.
+ */
 export function verifyCsrfToken(
-  key: string,
+  keys: string | readonly string[],
   token: string,
   session: string | null,
   now: number,
@@ -45,7 +49,13 @@ export function verifyCsrfToken(
   const parts = token.split(".");
   if (parts.length !== 3 || !/^\d{1,15}$/.test(parts[0]!)) return "MALFORMED";
   const [issuedAt, nonce, signature] = parts as [string, string, string];
-  if (!constantTimeEqual(signature, sign(key, issuedAt, nonce, session))) return "BAD_SIGNATURE";
+  const candidates = typeof keys === "string" ? [keys] : keys;
+  // Every key is tried, so the time taken does not say which one signed.
+  let signed = false;
+  for (const key of candidates) {
+    if (constantTimeEqual(signature, sign(key, issuedAt, nonce, session))) signed = true;
+  }
+  if (!signed) return "BAD_SIGNATURE";
   const age = now - Number(issuedAt);
   if (age > CSRF_TOKEN_LIFETIME_MS || age < -CLOCK_SKEW_MS) return "EXPIRED";
   return "VALID";
