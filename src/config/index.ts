@@ -11,7 +11,6 @@ import {
   parseAppEnv,
   parseBoolean,
   parseCidrList,
-  parseEnum,
   parseInteger,
   parseList,
   parseLogLevel,
@@ -21,10 +20,8 @@ import {
   type TrustProxy,
 } from "./parse";
 import {
-  APP_ENVS,
   type AppEnv,
   type BodyLimits,
-  LOG_LEVELS,
   type LogLevel,
   type PasswordPolicy,
   PROFILES,
