@@ -9,7 +9,6 @@
  * complete as they are added.
  */
 import type { Database } from "bun:sqlite";
-import { createHmac } from "node:crypto";
 import type { Clock } from "../../clock";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { ApiKeyService } from "../auth/api-keys";
@@ -34,8 +33,6 @@ export interface PrivacyServiceOptions {
   audit: AuditLog;
   auth: AuthService;
   apiKeys: ApiKeyService;
-  /** Keys the pseudonyms, so they cannot be recomputed from a user id without it. */
-  pseudonymKey: string;
   contributors?: readonly PrivacyContributor[];
 }
 
@@ -43,7 +40,7 @@ export class PrivacyService {
   constructor(private readonly options: PrivacyServiceOptions) {}
 
   pseudonymOf(actor: string): string {
-    return `erased:${createHmac("sha256", this.options.pseudonymKey).update(actor).digest("hex").slice(0, 24)}`;
+    return this.options.audit.pseudonymOf(actor);
   }
 
   export(userId: string): Record<string, unknown> | null {
@@ -99,12 +96,8 @@ export class PrivacyService {
           if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);
         }
         for (const contributor of this.options.contributors ?? []) contributor.erase(userId);
-        // Queued events about this user must be in the table before it is rewritten.
-        audit.flush();
-        sqlite.run(
-          "UPDATE audit_events SET actor = ?, ip = NULL, subject_salt = NULL WHERE actor = ?",
-          [pseudonym, actor],
-        );
+        // Flushes queued events about this user first; each rewrite is authenticated.
+        audit.pseudonymise(actor, pseudonym);
         sqlite.run("DELETE FROM users WHERE id = ?", [userId]);
       })
       .immediate();
