@@ -4,7 +4,8 @@
  *
  * Erasure ends every session and key, lets each contributor (chat, payments, as they land) delete
  * or strip what it holds, replaces the user's id in the audit log by a keyed pseudonym (dropping
- * the address and the salt that committed to both, so the hash chain still verifies), and deletes
+ * the address and the salt that committed to both; the audit log authenticates each rewrite with
+ * AUDIT_SECRET_KEY, so the chain still verifies and a rewrite by anyone else does not), and deletes
  * the account row. Features register as `PrivacyContributor`s so the export and the erasure stay
  * complete as they are added.
  */
@@ -55,9 +56,13 @@ export class PrivacyService {
       )
       .all(userId);
     const keys = apiKeys.list(userId).map(({ userId: _owner, ...key }) => key);
+    // An event on the account is the user's data, but its address is only theirs when their own
+    // credential succeeded: a failed login or a replayed refresh token comes from whoever tried it,
+    // and that third party's address must not be handed out. Those events are listed without it.
     const auditEvents = sqlite
-      .query<{ detail: string }, [string]>(
-        `SELECT id, at, type, ip, route, request_id AS requestId, outcome, detail
+      .query<{ detail: string; ip: string | null }, [string]>(
+        `SELECT id, at, type, CASE WHEN outcome = 'success' THEN ip END AS ip, route,
+                request_id AS requestId, outcome, detail
          FROM audit_events WHERE actor = ? ORDER BY id`,
       )
       .all(`user:${userId}`)
