@@ -288,8 +288,8 @@ describe("AUDIT_SECRET_KEY in development", () => {
     const memory = loadConfig({ DATABASE_PATH: ":memory:" });
     expect(memory.generatedSecrets).toContain("AUDIT_SECRET_KEY");
     expect(memory.audit.developmentKeyFile).toBeNull();
-    expect(loadConfig({ AUDIT_SECRET_KEY: "given", DATABASE_PATH: ":memory:" }).audit.secretKey).toBe(
-      "given",
-    );
+    expect(
+      loadConfig({ AUDIT_SECRET_KEY: "given", DATABASE_PATH: ":memory:" }).audit.secretKey,
+    ).toBe("given");
   });
 });

@@ -75,7 +75,10 @@ export class AuditKeys {
 
   /** Authenticates an erasure's rewrite of a row's actor and address (its salt dropped). */
   erasureMac(id: number, subjectCommit: string, actor: string | null, ip: string | null): string {
-    return hmacHex(this.chainKey, JSON.stringify(["erasure", this.keyId, id, subjectCommit, actor, ip]));
+    return hmacHex(
+      this.chainKey,
+      JSON.stringify(["erasure", this.keyId, id, subjectCommit, actor, ip]),
+    );
   }
 
   checkpointMac(checkpoint: CheckpointFields): string {

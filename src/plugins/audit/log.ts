@@ -202,7 +202,9 @@ export class SqliteAuditLog implements AuditLog {
           return 0;
         }
         // Only a contiguous run from the start of the chain may go, or the chain would have a hole.
-        const deleted = this.sqlite.run("DELETE FROM audit_events WHERE id <= ?", [last.id]).changes;
+        const deleted = this.sqlite.run("DELETE FROM audit_events WHERE id <= ?", [
+          last.id,
+        ]).changes;
         const checkpoint = {
           createdAt: now,
           lastDeletedId: last.id,

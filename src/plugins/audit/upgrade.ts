@@ -37,7 +37,9 @@ export function keyLegacyAuditRows(
         )
         .all();
       const oldCheckpoints = sqlite
-        .query<{ n: number }, []>("SELECT count(*) AS n FROM audit_checkpoints WHERE key_id IS NULL")
+        .query<{ n: number }, []>(
+          "SELECT count(*) AS n FROM audit_checkpoints WHERE key_id IS NULL",
+        )
         .get()!.n;
       if (legacy.length === 0 && oldCheckpoints === 0) return null;
       const firstKeyed = sqlite

@@ -128,12 +128,13 @@ export function verifyAuditChain(
   let expectedPrev = checkpoint?.lastHash ?? GENESIS_HASH;
   let expectedId = (checkpoint?.lastDeletedId ?? 0) + 1;
   const anchor = options.anchor;
-  let anchorHash: string | null =
-    anchor && anchor.count === expectedId - 1 ? expectedPrev : null;
+  let anchorHash: string | null = anchor && anchor.count === expectedId - 1 ? expectedPrev : null;
   let checked = 0;
   const limit = options.untilId ?? Number.MAX_SAFE_INTEGER;
   for (const row of sqlite
-    .query<AuditRow, [number]>(`SELECT ${AUDIT_COLUMNS} FROM audit_events WHERE id <= ? ORDER BY id`)
+    .query<AuditRow, [number]>(
+      `SELECT ${AUDIT_COLUMNS} FROM audit_events WHERE id <= ? ORDER BY id`,
+    )
     .iterate(limit)) {
     const fault = rowFault(keys, row, expectedId, expectedPrev);
     if (fault) return fail(`row ${row.id}`, row.id, fault, checked);

@@ -9,7 +9,7 @@ import { runToExit } from "../../support/process";
 
 const keys = new AuditKeys("audit-unit-test-key-0123456789abcdefghijklmnop");
 const verifyAuditChain = (sqlite: Parameters<typeof verifyWith>[0]) => {
-  const { head: _head, ...rest } = verifyWith(sqlite, keys) as { head?: unknown };
+  const { head: _head, ...rest } = verifyWith(sqlite, keys) as { head?: unknown } & Record<string, unknown>;
   return rest;
 };
 

@@ -4,7 +4,7 @@
  * not hold AUDIT_SECRET_KEY fails, and the legitimate rewrites (retention, erasure, a restart with
  * the same key) pass.
  */
-import { Database } from "bun:sqlite";
+import type { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { statSync } from "node:fs";
 import { COMMANDS } from "../../../src/cli/commands";
@@ -51,7 +51,15 @@ function seeded(clock = new ManualClock()) {
   current = buildTestApp({ env: { AUDIT_SECRET_KEY: AUDIT_KEY }, clock });
   const { audit } = current.services;
   const event = (type: string, actor: string | null, ip: string | null, n: number) =>
-    audit.record({ type, outcome: "success", actor, ip, route: "/x", requestId: `r${n}`, detail: { n } });
+    audit.record({
+      type,
+      outcome: "success",
+      actor,
+      ip,
+      route: "/x",
+      requestId: `r${n}`,
+      detail: { n },
+    });
   event("auth.login.succeeded", "user:alice", "192.0.2.1", 1);
   event("auth.logout", "user:alice", "192.0.2.1", 2);
   event("auth.login.succeeded", "user:bob", "192.0.2.2", 3);
@@ -108,9 +116,15 @@ const columnEdits: [string, string][] = [
   ["request_id to NULL", "UPDATE audit_events SET request_id = NULL WHERE id = 3"],
   ["outcome", "UPDATE audit_events SET outcome = 'failure' WHERE id = 3"],
   ["detail", `UPDATE audit_events SET detail = '{"n":99}' WHERE id = 3`],
-  ["subject_salt", "UPDATE audit_events SET subject_salt = 'ab' || substr(subject_salt, 3) WHERE id = 3"],
+  [
+    "subject_salt",
+    "UPDATE audit_events SET subject_salt = 'ab' || substr(subject_salt, 3) WHERE id = 3",
+  ],
   ["subject_salt to NULL", "UPDATE audit_events SET subject_salt = NULL WHERE id = 3"],
-  ["subject_commit", "UPDATE audit_events SET subject_commit = 'ab' || substr(subject_commit, 3) WHERE id = 3"],
+  [
+    "subject_commit",
+    "UPDATE audit_events SET subject_commit = 'ab' || substr(subject_commit, 3) WHERE id = 3",
+  ],
   ["prev_hash", "UPDATE audit_events SET prev_hash = 'ab' || substr(prev_hash, 3) WHERE id = 3"],
   ["hash", "UPDATE audit_events SET hash = 'ab' || substr(hash, 3) WHERE id = 8"],
   ["key_id", "UPDATE audit_events SET key_id = 'ffffffffffffffff' WHERE id = 3"],
@@ -119,8 +133,14 @@ const columnEdits: [string, string][] = [
     "erasure_mac on a live row",
     "UPDATE audit_events SET erasure_mac = (SELECT erasure_mac FROM audit_events WHERE id = 1) WHERE id = 3",
   ],
-  ["erasure_mac to NULL on an erased row", "UPDATE audit_events SET erasure_mac = NULL WHERE id = 1"],
-  ["erased row's actor", "UPDATE audit_events SET actor = 'erased:000000000000000000000000' WHERE id = 1"],
+  [
+    "erasure_mac to NULL on an erased row",
+    "UPDATE audit_events SET erasure_mac = NULL WHERE id = 1",
+  ],
+  [
+    "erased row's actor",
+    "UPDATE audit_events SET actor = 'erased:000000000000000000000000' WHERE id = 1",
+  ],
   ["erased row's ip", "UPDATE audit_events SET ip = '192.0.2.1' WHERE id = 1"],
   ["erased row's actor to NULL", "UPDATE audit_events SET actor = NULL WHERE id = 1"],
   [
@@ -164,8 +184,16 @@ describe("audit:verify fails on tampering", () => {
     [
       "an inserted row at the end, hashed without the key",
       (sqlite) => {
-        const last = sqlite.query("SELECT * FROM audit_events ORDER BY id DESC LIMIT 1").get() as Record<string, unknown>;
-        const fields = { ...last, at: (last.at as number) + 1, type: "auth.login.succeeded", requestId: null, subjectCommit: last.subject_commit } as never;
+        const last = sqlite
+          .query("SELECT * FROM audit_events ORDER BY id DESC LIMIT 1")
+          .get() as Record<string, unknown>;
+        const fields = {
+          ...last,
+          at: (last.at as number) + 1,
+          type: "auth.login.succeeded",
+          requestId: null,
+          subjectCommit: last.subject_commit,
+        } as never;
         sqlite.run(
           `INSERT INTO audit_events (id, at, type, actor, ip, route, request_id, outcome, detail,
              subject_salt, subject_commit, prev_hash, hash, key_id)
@@ -190,7 +218,11 @@ describe("audit:verify fails on tampering", () => {
       },
       false,
     ],
-    ["a deleted middle row", (sqlite) => sqlite.run("DELETE FROM audit_events WHERE id = 5"), false],
+    [
+      "a deleted middle row",
+      (sqlite) => sqlite.run("DELETE FROM audit_events WHERE id = 5"),
+      false,
+    ],
     [
       "deleted oldest rows, no checkpoint",
       (sqlite) => sqlite.run("DELETE FROM audit_events WHERE id <= 3"),
@@ -199,7 +231,9 @@ describe("audit:verify fails on tampering", () => {
     [
       "deleted oldest rows and a forged checkpoint (random MAC)",
       (sqlite) => {
-        const row = sqlite.query("SELECT hash FROM audit_events WHERE id = 3").get() as { hash: string };
+        const row = sqlite.query("SELECT hash FROM audit_events WHERE id = 3").get() as {
+          hash: string;
+        };
         sqlite.run("DELETE FROM audit_events WHERE id <= 3");
         sqlite.run(
           `INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count, key_id, mac)
@@ -212,7 +246,9 @@ describe("audit:verify fails on tampering", () => {
     [
       "deleted oldest rows and a checkpoint MACed with a guessed key",
       (sqlite) => {
-        const row = sqlite.query("SELECT hash FROM audit_events WHERE id = 3").get() as { hash: string };
+        const row = sqlite.query("SELECT hash FROM audit_events WHERE id = 3").get() as {
+          hash: string;
+        };
         sqlite.run("DELETE FROM audit_events WHERE id <= 3");
         const checkpoint = { createdAt: 0, lastDeletedId: 3, lastHash: row.hash, deletedCount: 3 };
         sqlite.run(
@@ -226,7 +262,9 @@ describe("audit:verify fails on tampering", () => {
     [
       "deleted oldest rows and a checkpoint without key or MAC (the pre-upgrade form)",
       (sqlite) => {
-        const row = sqlite.query("SELECT hash FROM audit_events WHERE id = 3").get() as { hash: string };
+        const row = sqlite.query("SELECT hash FROM audit_events WHERE id = 3").get() as {
+          hash: string;
+        };
         sqlite.run("DELETE FROM audit_events WHERE id <= 3");
         sqlite.run(
           `INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count)
@@ -275,7 +313,9 @@ describe("audit:verify fails on tampering", () => {
     [
       "a forged pseudonymisation record: erasure MAC made with a guessed key",
       (sqlite) => {
-        const row = sqlite.query("SELECT subject_commit AS c FROM audit_events WHERE id = 4").get() as { c: string };
+        const row = sqlite
+          .query("SELECT subject_commit AS c FROM audit_events WHERE id = 4")
+          .get() as { c: string };
         const pseudonym = attackerKeys.pseudonym("user:bob");
         sqlite.run(
           "UPDATE audit_events SET actor = ?, ip = NULL, subject_salt = NULL, erasure_mac = ? WHERE id = 4",
@@ -336,7 +376,9 @@ describe("audit:verify fails on tampering", () => {
 
   test("a wrong AUDIT_SECRET_KEY is named as such", async () => {
     const { app } = seeded();
-    const result = await verify(app, [], { AUDIT_SECRET_KEY: "a-different-key-9d8c7b6a5f4e3d2c1b0a99887766" });
+    const result = await verify(app, [], {
+      AUDIT_SECRET_KEY: "a-different-key-9d8c7b6a5f4e3d2c1b0a99887766",
+    });
     expect(result.code).toBe(1);
     expect(result.stderr).toContain("keyed with another AUDIT_SECRET_KEY");
   });
@@ -363,7 +405,9 @@ describe("audit:verify accepts the legitimate rewrites", () => {
     // Every row pruned: the checkpoint alone still carries the head.
     clock.advance(10 * DAY_MS);
     expect(audit.prune(clock.now() - DAY_MS, clock.now())).toBe(1);
-    expect((await verify(app, ["--head", anchor.head, "--count", String(anchor.count)])).code).toBe(0);
+    expect((await verify(app, ["--head", anchor.head, "--count", String(anchor.count)])).code).toBe(
+      0,
+    );
     audit.record({ type: "auth.logout", outcome: "success", actor: "user:bob" });
     expect((await verify(app)).stdout).toContain("head");
     expect((await verify(app)).code).toBe(0);
@@ -393,19 +437,30 @@ describe("audit:verify accepts the legitimate rewrites", () => {
     const bobRow = sqlite
       .query("SELECT id FROM audit_events WHERE actor = ? ORDER BY id LIMIT 1")
       .get(`user:${bob.userId}`) as { id: number };
-    sqlite.run("UPDATE audit_events SET actor = ? WHERE id = ?", [`user:${alice.userId}`, bobRow.id]);
-    const erased = await send(current, "/api/me", { method: "DELETE", headers: bearer(alice.accessToken) });
+    sqlite.run("UPDATE audit_events SET actor = ? WHERE id = ?", [
+      `user:${alice.userId}`,
+      bobRow.id,
+    ]);
+    const erased = await send(current, "/api/me", {
+      method: "DELETE",
+      headers: bearer(alice.accessToken),
+    });
     expect(erased.status).toBe(204);
     const after = await verify(current);
     expect(after.code).toBe(1);
-    expect(after.stderr).toContain(`row ${bobRow.id} (its actor or address was rewritten without an authenticated erasure)`);
+    expect(after.stderr).toContain(
+      `row ${bobRow.id} (its actor or address was rewritten without an authenticated erasure)`,
+    );
 
     // Without the tampering, the same erasure verifies.
     current.close();
     current = buildTestApp({ env: { AUDIT_SECRET_KEY: AUDIT_KEY } });
     const carol = await signUp(current);
     await signUp(current);
-    const response = await send(current, "/api/me", { method: "DELETE", headers: bearer(carol.accessToken) });
+    const response = await send(current, "/api/me", {
+      method: "DELETE",
+      headers: bearer(carol.accessToken),
+    });
     expect(response.status).toBe(204);
     current.services.audit.flush();
     const rows = current.db.$client
@@ -422,7 +477,10 @@ describe("audit:verify accepts the legitimate rewrites", () => {
     const restarted = createServices({
       config: app.config,
       db: app.db,
-      logger: (await import("../../../src/logging/logger")).createLogger({ level: "info", destination: logs }),
+      logger: (await import("../../../src/logging/logger")).createLogger({
+        level: "info",
+        destination: logs,
+      }),
       maintenanceIntervalMs: 0,
     });
     restarted.audit.record({ type: "auth.login.succeeded", outcome: "success", actor: "user:bob" });

@@ -12,7 +12,12 @@ import { loadConfig } from "../../../src/config";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations, MIGRATIONS_FOLDER } from "../../../src/db/migrate";
 import { createLogger } from "../../../src/logging/logger";
-import { GENESIS_HASH, legacyRowHash, newSalt, subjectCommit } from "../../../src/plugins/audit/chain";
+import {
+  GENESIS_HASH,
+  legacyRowHash,
+  newSalt,
+  subjectCommit,
+} from "../../../src/plugins/audit/chain";
 import { createServices } from "../../../src/services";
 import { LogCapture, tempDir } from "../../support/app";
 
@@ -55,12 +60,27 @@ function legacyDatabase(options: { breakRow?: number } = {}) {
     sqlite.run(
       `INSERT INTO audit_events (at, type, actor, ip, route, request_id, outcome, detail,
          subject_salt, subject_commit, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [fields.at, fields.type, actor, ip, fields.route, fields.requestId, fields.outcome, "{}", salt, fields.subjectCommit, prev, hash],
+      [
+        fields.at,
+        fields.type,
+        actor,
+        ip,
+        fields.route,
+        fields.requestId,
+        fields.outcome,
+        "{}",
+        salt,
+        fields.subjectCommit,
+        prev,
+        hash,
+      ],
     );
     prev = hash;
   }
   // Old retention: rows 1-2 gone behind an unauthenticated checkpoint.
-  const second = sqlite.query("SELECT hash FROM audit_events WHERE id = 2").get() as { hash: string };
+  const second = sqlite.query("SELECT hash FROM audit_events WHERE id = 2").get() as {
+    hash: string;
+  };
   sqlite.run("DELETE FROM audit_events WHERE id <= 2");
   sqlite.run(
     "INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count) VALUES (1, 2, ?, 2)",
@@ -100,7 +120,11 @@ function start(path: string) {
     logger: createLogger({ level: "info", destination: logs }),
     maintenanceIntervalMs: 0,
   });
-  return { services, db, logs, close: () => (services.close(), db.$client.close()) };
+  const close = () => {
+    services.close();
+    db.$client.close();
+  };
+  return { services, db, logs, close };
 }
 
 test("old rows fail verify until the first start keys them; then the chain verifies and says so", async () => {
@@ -124,7 +148,11 @@ test("old rows fail verify until the first start keys them; then the chain verif
   db.$client.close();
   expect(keyed.id).toBe(7);
   expect(keyed.outcome).toBe("success");
-  expect(JSON.parse(keyed.detail)).toEqual({ firstBrokenId: null, legacyChainIntact: true, rows: 4 });
+  expect(JSON.parse(keyed.detail)).toEqual({
+    firstBrokenId: null,
+    legacyChainIntact: true,
+    rows: 4,
+  });
 
   // A second start has nothing left to key.
   const again = start(path);
