@@ -284,6 +284,21 @@ describe("AUDIT_SECRET_KEY in development", () => {
     }
   });
 
+  test("an empty key file, or one that cannot be created, is refused naming AUDIT_SECRET_KEY", () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "p.db");
+      writeFileSync(`${path}.audit-key`, "\n", { mode: 0o600 });
+      expect(refusal({ DATABASE_PATH: path }).message).toContain("is empty");
+      writeFileSync(join(dir.path, "file"), "");
+      const blocked = refusal({ DATABASE_PATH: join(dir.path, "file", "p.db") });
+      expect(blocked.variable).toBe("AUDIT_SECRET_KEY");
+      expect(blocked.message).toContain("cannot be used");
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("an in-memory database gets a key for the run; a set key is used as given", () => {
     const memory = loadConfig({ DATABASE_PATH: ":memory:" });
     expect(memory.generatedSecrets).toContain("AUDIT_SECRET_KEY");

@@ -383,6 +383,20 @@ describe("audit:verify fails on tampering", () => {
     expect(result.stderr).toContain("keyed with another AUDIT_SECRET_KEY");
   });
 
+  test("audit:tail shows the rows without salts, commitments or MACs", async () => {
+    const { app } = seeded();
+    const out: string[] = [];
+    const env = { DATABASE_PATH: app.databasePath, AUDIT_SECRET_KEY: AUDIT_KEY };
+    const io = { out: (l: string) => out.push(l), err: () => {}, readStdin: async () => "" };
+    expect(await runCli(["audit:tail", "--limit", "2", "--json"], env, io, COMMANDS)).toBe(0);
+    expect(await runCli(["audit:tail"], env, io, COMMANDS)).toBe(0);
+    expect(await runCli(["audit:tail", "--limit", "0"], env, io, COMMANDS)).toBe(2);
+    const row = JSON.parse(out[0]!);
+    expect(row).toMatchObject({ id: 7, type: "admin.key.created" });
+    expect(Object.keys(row)).not.toContain("erasureMac");
+    expect(Object.keys(row)).not.toContain("subjectSalt");
+  });
+
   test("--head and --count are checked as usage", async () => {
     const { app } = seeded();
     expect((await verify(app, ["--head", "zz", "--count", "3"])).code).toBe(2);
