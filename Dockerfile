@@ -14,7 +14,8 @@ ENV APP_ENV=production \
     PORT=3000 \
     DATABASE_PATH=/data/palisade.db \
     JWT_SECRET_KEY_FILE=/run/secrets/jwt_secret_key \
-    CSRF_SECRET_KEY_FILE=/run/secrets/csrf_secret_key
+    CSRF_SECRET_KEY_FILE=/run/secrets/csrf_secret_key \
+    AUDIT_SECRET_KEY_FILE=/run/secrets/audit_secret_key
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json bun.lock tsconfig.json ./
 COPY drizzle ./drizzle

@@ -44,6 +44,13 @@ if (config.generatedSecrets.length > 0) {
   logger.warn({ generated: config.generatedSecrets }, "development secrets generated");
 }
 
+if (config.audit.developmentKeyFile) {
+  logger.warn(
+    { file: config.audit.developmentKeyFile },
+    "AUDIT_SECRET_KEY not set; using the development audit key kept next to the database",
+  );
+}
+
 let db: ReturnType<typeof openDatabase>;
 try {
   db = openDatabase(config.databasePath);

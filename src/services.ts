@@ -5,7 +5,6 @@
  * API keys, privacy, and the background tasks that keep them tidy. `createApp` takes these as
  * dependencies; `start()` connects Redis; `close()` stops the tasks and flushes what is queued.
  */
-import { createHmac } from "node:crypto";
 import { RedisClient } from "bun";
 import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock";
@@ -18,7 +17,9 @@ import { AuthService } from "./modules/auth/service";
 import { signingKeys } from "./modules/auth/tokens";
 import type { ReadinessCheck } from "./modules/health/service";
 import { type PrivacyContributor, PrivacyService } from "./modules/privacy/service";
-import { type AuditLog, pruneAuditEvents, SqliteAuditLog } from "./plugins/audit/log";
+import { AuditKeys } from "./plugins/audit/chain";
+import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
+import { keyLegacyAuditRows } from "./plugins/audit/upgrade";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
 import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
 import {
@@ -92,7 +93,9 @@ export function createServices(options: ServiceOptions): Services {
   const clock = options.clock ?? systemClock;
   const sqlite = db.$client;
   const registry = createMetricsRegistry();
-  const audit = new SqliteAuditLog({ sqlite, clock, logger, registry });
+  const auditKeys = new AuditKeys(config.audit.secretKey);
+  const audit = new SqliteAuditLog({ sqlite, clock, logger, registry, keys: auditKeys });
+  keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
   // Without an offline queue a command fails at once while Redis is unreachable, so the limiter
   // fails open or closed at once instead of holding requests until a reconnect.
@@ -183,9 +186,6 @@ export function createServices(options: ServiceOptions): Services {
     audit,
     auth,
     apiKeys,
-    pseudonymKey: createHmac("sha256", config.jwt.secretKey)
-      .update("audit-pseudonym")
-      .digest("hex"),
     contributors: options.privacyContributors,
   });
   const bootstrapped = apiKeys.bootstrap(config.apiKeys);
@@ -195,13 +195,15 @@ export function createServices(options: ServiceOptions): Services {
     const now = clock.now();
     try {
       limiter.prune(now);
-      pruneAuditEvents(sqlite, now - config.auditRetentionDays * DAY_MS, now);
+      audit.prune(now - config.auditRetentionDays * DAY_MS, now);
       privacy.retain(now);
       auth.pruneSessions(now);
       ipBlocks.prune(now);
     } catch (error) {
       logger.error({ err: error }, "maintenance failed");
     }
+    // The anchor that lets audit:verify notice deleted newest rows; logged when the head moved.
+    audit.logHead();
   };
   const intervalMs = options.maintenanceIntervalMs ?? 10_000;
   const timer = intervalMs > 0 ? setInterval(runMaintenance, intervalMs) : null;

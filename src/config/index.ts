@@ -3,8 +3,8 @@
  * Configuration: read the environment once, validate every variable, apply the profile's defaults
  * and return one frozen object that the rest of the app receives as a dependency.
  */
-
 import type { PolicyId } from "../plugins/rate-limit/policies";
+import { developmentKeyPath, loadOrCreateDevelopmentKey } from "./development-key";
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
 import { ConfigError } from "./error";
 import {
@@ -52,6 +52,12 @@ export interface Config {
     secretKey: string;
     /** Accepted, never used to sign: set while rotating CSRF_SECRET_KEY. */
     previousSecretKey: string | null;
+  };
+  audit: {
+    /** Keys the audit chain, its checkpoints and erasure records, and the erasure pseudonyms. */
+    secretKey: string;
+    /** Development only: the file the key was kept in because AUDIT_SECRET_KEY was not set. */
+    developmentKeyFile: string | null;
   };
   cors: { allowedOrigins: string[] };
   rateLimit: {
@@ -152,6 +158,22 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   if (previousCsrfSecret !== null && previousCsrfSecret === csrfSecret) {
     throw new ConfigError("CSRF_PREVIOUS_SECRET_KEY", "must differ from CSRF_SECRET_KEY");
   }
+  const databasePath = text("DATABASE_PATH") ?? "./data/palisade.db";
+  // The audit key must survive restarts (old rows are verified with it), so development keeps a
+  // generated one next to the database instead of generating it for the run.
+  let auditSecret: string;
+  let developmentKeyFile: string | null = null;
+  const auditRaw = env.AUDIT_SECRET_KEY;
+  const keyFile = developmentKeyPath(databasePath);
+  if ((auditRaw === undefined || auditRaw === "") && !deployed && keyFile !== null) {
+    auditSecret = loadOrCreateDevelopmentKey(keyFile);
+    developmentKeyFile = keyFile;
+  } else {
+    auditSecret = signingKey("AUDIT_SECRET_KEY");
+  }
+  if (auditSecret === jwtSecret) {
+    throw new ConfigError("AUDIT_SECRET_KEY", "must differ from JWT_SECRET_KEY");
+  }
   const corsRaw = text("CORS_ALLOWED_ORIGINS");
   const rateLimitPerMinute = integer("RATE_LIMIT_PER_MINUTE", profile.rateLimitPerMinute, 1, 1e6);
   const apiKeys = parseList(env.API_KEYS ?? "");
@@ -166,7 +188,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     appEnv,
     host: text("HOST") ?? "127.0.0.1",
     port: integer("PORT", 3000, 0, 65535),
-    databasePath: text("DATABASE_PATH") ?? "./data/palisade.db",
+    databasePath,
     logLevel: parseLogLevel("LOG_LEVEL", text("LOG_LEVEL") ?? profile.logLevel),
     trustProxy: parseTrustProxy("TRUST_PROXY", text("TRUST_PROXY")),
     jwt: {
@@ -186,6 +208,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       ),
     },
     csrf: { secretKey: csrfSecret, previousSecretKey: previousCsrfSecret },
+    audit: { secretKey: auditSecret, developmentKeyFile },
     cors: {
       allowedOrigins:
         corsRaw === undefined
@@ -251,7 +274,12 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
 function collectSecretValues(config: Config, env: Environment): string[] {
   // An API_KEYS entry may carry its scopes after a colon; the key itself is the secret.
   const keys = config.apiKeys.flatMap((entry) => [entry, entry.split(":")[0]!]);
-  const values = new Set<string>([config.jwt.secretKey, config.csrf.secretKey, ...keys]);
+  const values = new Set<string>([
+    config.jwt.secretKey,
+    config.csrf.secretKey,
+    config.audit.secretKey,
+    ...keys,
+  ]);
   for (const name of SECRET_VARIABLES) {
     const value = env[name];
     if (value) values.add(value);

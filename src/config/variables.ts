@@ -38,6 +38,11 @@ export const VARIABLES: readonly VariableSpec[] = [
     "the CSRF key being rotated out: its tokens stay valid until they expire",
     true,
   ),
+  v(
+    "AUDIT_SECRET_KEY",
+    "HMAC key for the audit chain and erasure pseudonyms, at least 32 bytes; never rotate it",
+    true,
+  ),
   v("CORS_ALLOWED_ORIGINS", "comma list of origins allowed to call the API from a browser"),
   v("RATE_LIMIT_PER_MINUTE", "default requests per minute per principal"),
   v("RATE_LIMIT_BURST", "requests per 10 seconds per principal"),

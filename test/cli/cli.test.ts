@@ -36,11 +36,13 @@ describe("bun run cli", () => {
       APP_ENV: "production",
       JWT_SECRET_KEY: secret,
       CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+      AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC",
     });
     expect(result.code).toBe(0);
     const described = JSON.parse(result.stdout);
     expect(described.appEnv).toBe("production");
     expect(described.jwtSecretKey).toBe("(set)");
+    expect(described.auditSecretKey).toBe("(set)");
     expect(result.stdout).not.toContain(secret);
   });
 

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, loadConfig } from "../../src/config";
 import { secretWeakness } from "../../src/config/secrets";
@@ -8,11 +8,13 @@ import { tempDir } from "../support/app";
 
 const STRONG = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
 const STRONG_2 = "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4";
+const STRONG_3 = "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC";
 
 const production = (extra: Record<string, string | undefined> = {}) => ({
   APP_ENV: "production",
   JWT_SECRET_KEY: STRONG,
   CSRF_SECRET_KEY: STRONG_2,
+  AUDIT_SECRET_KEY: STRONG_3,
   ...extra,
 });
 
@@ -81,6 +83,9 @@ describe("production profile", () => {
 
   test.each([
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: undefined }, "is required when APP_ENV=production"],
+    ["AUDIT_SECRET_KEY", { AUDIT_SECRET_KEY: undefined }, "is required when APP_ENV=production"],
+    ["AUDIT_SECRET_KEY", { AUDIT_SECRET_KEY: "too-short-secret" }, "shorter than 32 bytes"],
+    ["AUDIT_SECRET_KEY", { AUDIT_SECRET_KEY: STRONG }, "must differ from JWT_SECRET_KEY"],
     ["CSRF_SECRET_KEY", { CSRF_SECRET_KEY: "" }, "is required when APP_ENV=production"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "too-short-secret" }, "shorter than 32 bytes"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "ab".repeat(20) }, "too repetitive"],
@@ -190,6 +195,7 @@ describe("secrets from files (NAME_FILE)", () => {
         APP_ENV: "production",
         JWT_SECRET_KEY_FILE: jwtPath,
         CSRF_SECRET_KEY_FILE: csrfPath,
+        AUDIT_SECRET_KEY: STRONG_3,
       });
       expect(config.jwt.secretKey).toBe(STRONG);
       expect(config.csrf.secretKey).toBe(STRONG_2);
@@ -298,5 +304,62 @@ describe("configuration users will type", () => {
       "CSRF_PREVIOUS_SECRET_KEY must differ from CSRF_SECRET_KEY",
     );
     expect(refusal(production({ CSRF_PREVIOUS_SECRET_KEY: "short" })).name).toBe("ConfigError");
+  });
+});
+
+describe("AUDIT_SECRET_KEY in development", () => {
+  test("is kept in a 0600 file beside the database and read back by the next load", () => {
+    const dir = tempDir();
+    try {
+      const env = { DATABASE_PATH: join(dir.path, "db", "p.db") };
+      const first = loadConfig(env);
+      const file = join(dir.path, "db", "p.db.audit-key");
+      expect(first.audit.developmentKeyFile).toBe(file);
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+      expect(secretWeakness(first.audit.secretKey)).toBeNull();
+      expect(loadConfig(env).audit.secretKey).toBe(first.audit.secretKey);
+      expect(first.generatedSecrets).not.toContain("AUDIT_SECRET_KEY");
+      expect(first.secretValues).toContain(first.audit.secretKey);
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("a key file other users can read is refused", () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "p.db");
+      writeFileSync(`${path}.audit-key`, "some-development-key-value-0123456789", { mode: 0o644 });
+      chmodSync(`${path}.audit-key`, 0o644);
+      const error = refusal({ DATABASE_PATH: path });
+      expect(error.variable).toBe("AUDIT_SECRET_KEY");
+      expect(error.message).toContain("readable by other users");
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("an empty key file, or one that cannot be created, is refused naming AUDIT_SECRET_KEY", () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "p.db");
+      writeFileSync(`${path}.audit-key`, "\n", { mode: 0o600 });
+      expect(refusal({ DATABASE_PATH: path }).message).toContain("is empty");
+      writeFileSync(join(dir.path, "file"), "");
+      const blocked = refusal({ DATABASE_PATH: join(dir.path, "file", "p.db") });
+      expect(blocked.variable).toBe("AUDIT_SECRET_KEY");
+      expect(blocked.message).toContain("cannot be used");
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("an in-memory database gets a key for the run; a set key is used as given", () => {
+    const memory = loadConfig({ DATABASE_PATH: ":memory:" });
+    expect(memory.generatedSecrets).toContain("AUDIT_SECRET_KEY");
+    expect(memory.audit.developmentKeyFile).toBeNull();
+    expect(
+      loadConfig({ AUDIT_SECRET_KEY: "given", DATABASE_PATH: ":memory:" }).audit.secretKey,
+    ).toBe("given");
   });
 });

@@ -1,4 +1,5 @@
 import { afterEach, expect, test } from "bun:test";
+import { AuditKeys } from "../../src/plugins/audit/chain";
 import { verifyAuditChain } from "../../src/plugins/audit/log";
 import { buildTestApp, send, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
@@ -35,6 +36,38 @@ test("export returns the caller's data and nobody else's", async () => {
   expect(text).not.toContain(bob.email);
   expect(text).not.toContain("password");
   expect(text).not.toContain("hash");
+});
+
+test("export shows no third party's address: a failed login on the account from elsewhere is listed without it", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current, { peer: "10.20.0.1" });
+  // Someone else tries Alice's account from their own address.
+  const failed = await send(current, "/api/auth/login", {
+    body: { email: alice.email, password: "not-alices-password-at-all" },
+    peer: "203.0.113.77",
+  });
+  expect(failed.status).toBe(401);
+  current.services.audit.flush();
+  const stored = current.db.$client
+    .query("SELECT count(*) AS n FROM audit_events WHERE actor = ? AND ip = '203.0.113.77'")
+    .get(`user:${alice.userId}`) as { n: number };
+  expect(stored.n).toBe(1);
+
+  const response = await send(current, "/api/me/export", {
+    headers: bearer(alice.accessToken),
+    peer: "10.20.0.1",
+  });
+  expect(response.status).toBe(200);
+  const text = await response.text();
+  expect(text).not.toContain("203.0.113.77");
+  const { auditEvents } = JSON.parse(text) as {
+    auditEvents: { type: string; ip: string | null; outcome: string }[];
+  };
+  expect(auditEvents.find((e) => e.type === "auth.login.failed")).toMatchObject({ ip: null });
+  // Her own successful sign-in keeps the address she used.
+  expect(auditEvents.find((e) => e.type === "auth.login.succeeded")).toMatchObject({
+    ip: "10.20.0.1",
+  });
 });
 
 test("export and erasure need a signed-in user: an API key is refused", async () => {
@@ -97,7 +130,7 @@ test("erasure revokes sessions and keys, pseudonymises audit rows and keeps the 
   expect(new Set(pseudonymised.map((r) => r.actor)).size).toBe(1);
   // The rows written before erasure lost their address and the salt that committed to it.
   expect(pseudonymised.slice(0, 2).every((r) => r.ip === null && r.salt === null)).toBe(true);
-  expect(verifyAuditChain(sqlite).ok).toBe(true);
+  expect(verifyAuditChain(sqlite, new AuditKeys(current.config.audit.secretKey)).ok).toBe(true);
   // Bob's rows are untouched.
   expect(dump).toContain(`user:${bob.userId}`);
 });

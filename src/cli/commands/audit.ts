@@ -1,4 +1,5 @@
-import { recentAuditEvents, verifyAuditChain } from "../../plugins/audit/log";
+import { AuditKeys } from "../../plugins/audit/chain";
+import { type AuditHead, recentAuditEvents, verifyAuditChain } from "../../plugins/audit/log";
 import { CliError, type Command, EXIT_USAGE } from "../command";
 
 export const auditTail: Command = {
@@ -13,7 +14,13 @@ export const auditTail: Command = {
     }
     for (const row of recentAuditEvents(context.db().$client, limit)) {
       if (args.flags.json) {
-        const { subjectSalt: _salt, subjectCommit: _commit, ...shown } = row;
+        const {
+          subjectSalt: _salt,
+          subjectCommit: _commit,
+          keyId: _key,
+          erasureMac: _erasure,
+          ...shown
+        } = row;
         context.out(JSON.stringify(shown));
         continue;
       }
@@ -36,16 +43,36 @@ export const auditTail: Command = {
 
 export const auditVerify: Command = {
   name: "audit:verify",
-  summary: "Check the audit log's hash chain; exits 1 at the first edited or removed row",
-  usage: "audit:verify",
-  run(_args, context) {
-    const result = verifyAuditChain(context.db().$client);
+  summary:
+    "Check the audit log's keyed hash chain (needs AUDIT_SECRET_KEY); with --head H --count N from a logged anchor, also that no newer row was deleted; exits 1 at the first fault",
+  usage: "audit:verify [--head HASH --count N]",
+  run(args, context) {
+    const anchor = parseAnchor(args.flags.head, args.flags.count);
+    const keys = new AuditKeys(context.config().audit.secretKey);
+    const result = verifyAuditChain(context.db().$client, keys, { anchor });
     if (!result.ok) {
       throw new CliError(
-        `chain broken at row ${result.badId} (${result.reason}); ${result.checked} rows before it verified`,
+        `chain broken at ${result.where} (${result.reason}); ${result.checked} rows before it verified`,
       );
     }
-    context.out(`audit chain intact: ${result.checked} rows verified`);
+    context.out(
+      `audit chain intact: ${result.checked} rows verified; head ${result.head.hash} count ${result.head.count}` +
+        (anchor ? `; anchor at row ${anchor.count} confirmed` : ""),
+    );
     return 0;
   },
 };
+
+function parseAnchor(
+  head: string | true | undefined,
+  count: string | true | undefined,
+): AuditHead | undefined {
+  if (head === undefined && count === undefined) return undefined;
+  if (typeof head !== "string" || !/^[0-9a-f]{64}$/.test(head)) {
+    throw new CliError("--head must be the 64 hex characters of a logged auditHead", EXIT_USAGE);
+  }
+  if (typeof count !== "string" || !/^\d{1,15}$/.test(count)) {
+    throw new CliError("--count must be the logged auditCount, a whole number", EXIT_USAGE);
+  }
+  return { hash: head, count: Number(count) };
+}

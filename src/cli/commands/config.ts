@@ -16,6 +16,11 @@ export function describeConfig(config: Readonly<Config>): Record<string, unknown
     refreshTokenExpireDays: config.jwt.refreshTokenExpireDays,
     jwtSecretKey: config.generatedSecrets.includes("JWT_SECRET_KEY") ? "(generated)" : "(set)",
     csrfSecretKey: config.generatedSecrets.includes("CSRF_SECRET_KEY") ? "(generated)" : "(set)",
+    auditSecretKey: config.audit.developmentKeyFile
+      ? `(development key file ${config.audit.developmentKeyFile})`
+      : config.generatedSecrets.includes("AUDIT_SECRET_KEY")
+        ? "(generated)"
+        : "(set)",
     redis: secret(config.redisUrl),
     chatProvider: config.openai.apiKey ? `openai (${config.openai.model})` : "offline",
     stripe: secret(config.stripe.secretKey),

@@ -1,10 +1,11 @@
 import { index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 
 /**
- * Security events, hash-chained: each row's `hash` covers its fields and the previous row's hash,
- * so editing or deleting a row breaks the chain at that point. Personal data (actor, client IP) is
- * covered through `subjectCommit`, a salted hash of the two, so erasure can replace them with a
- * pseudonym and drop the salt without breaking the chain.
+ * Security events, hash-chained with a key: each row's `hash` is an HMAC (keyed with
+ * AUDIT_SECRET_KEY) over its id, its fields and the previous row's hash, so editing, inserting,
+ * deleting or re-chaining rows breaks the chain for anyone without the key. Personal data (actor,
+ * client IP) is covered through `subjectCommit`, a salted hash of the two, so erasure can replace
+ * them with a pseudonym and drop the salt; the rewrite is itself authenticated by `erasureMac`.
  */
 export const auditEvents = sqliteTable(
   "audit_events",
@@ -23,6 +24,10 @@ export const auditEvents = sqliteTable(
     subjectCommit: text("subject_commit").notNull(),
     prevHash: text("prev_hash").notNull(),
     hash: text("hash").notNull(),
+    /** Which AUDIT_SECRET_KEY keyed the row; NULL: written before the chain was keyed. */
+    keyId: text("key_id"),
+    /** Set by erasure (with the salt dropped): HMAC over the row's id, commitment and new subject. */
+    erasureMac: text("erasure_mac"),
   },
   (table) => [
     index("audit_events_at").on(table.at),
@@ -31,11 +36,16 @@ export const auditEvents = sqliteTable(
   ],
 );
 
-/** Where retention cut the chain: the first kept row's prev_hash must equal `lastHash`. */
+/**
+ * Where retention cut the chain: the first kept row has id `lastDeletedId + 1` and its prev_hash
+ * equals `lastHash`. `mac` (keyed like the rows) makes a forged checkpoint detectable.
+ */
 export const auditCheckpoints = sqliteTable("audit_checkpoints", {
   id: integer("id").primaryKey({ autoIncrement: true }),
   createdAt: integer("created_at").notNull(),
   lastDeletedId: integer("last_deleted_id").notNull(),
   lastHash: text("last_hash").notNull(),
   deletedCount: integer("deleted_count").notNull(),
+  keyId: text("key_id"),
+  mac: text("mac"),
 });

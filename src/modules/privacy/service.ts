@@ -4,12 +4,12 @@
  *
  * Erasure ends every session and key, lets each contributor (chat, payments, as they land) delete
  * or strip what it holds, replaces the user's id in the audit log by a keyed pseudonym (dropping
- * the address and the salt that committed to both, so the hash chain still verifies), and deletes
+ * the address and the salt that committed to both; the audit log authenticates each rewrite with
+ * AUDIT_SECRET_KEY, so the chain still verifies and a rewrite by anyone else does not), and deletes
  * the account row. Features register as `PrivacyContributor`s so the export and the erasure stay
  * complete as they are added.
  */
 import type { Database } from "bun:sqlite";
-import { createHmac } from "node:crypto";
 import type { Clock } from "../../clock";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { ApiKeyService } from "../auth/api-keys";
@@ -34,8 +34,6 @@ export interface PrivacyServiceOptions {
   audit: AuditLog;
   auth: AuthService;
   apiKeys: ApiKeyService;
-  /** Keys the pseudonyms, so they cannot be recomputed from a user id without it. */
-  pseudonymKey: string;
   contributors?: readonly PrivacyContributor[];
 }
 
@@ -43,7 +41,7 @@ export class PrivacyService {
   constructor(private readonly options: PrivacyServiceOptions) {}
 
   pseudonymOf(actor: string): string {
-    return `erased:${createHmac("sha256", this.options.pseudonymKey).update(actor).digest("hex").slice(0, 24)}`;
+    return this.options.audit.pseudonymOf(actor);
   }
 
   export(userId: string): Record<string, unknown> | null {
@@ -58,9 +56,13 @@ export class PrivacyService {
       )
       .all(userId);
     const keys = apiKeys.list(userId).map(({ userId: _owner, ...key }) => key);
+    // An event on the account is the user's data, but its address is only theirs when their own
+    // credential succeeded: a failed login or a replayed refresh token comes from whoever tried it,
+    // and that third party's address must not be handed out. Those events are listed without it.
     const auditEvents = sqlite
-      .query<{ detail: string }, [string]>(
-        `SELECT id, at, type, ip, route, request_id AS requestId, outcome, detail
+      .query<{ detail: string; ip: string | null }, [string]>(
+        `SELECT id, at, type, CASE WHEN outcome = 'success' THEN ip END AS ip, route,
+                request_id AS requestId, outcome, detail
          FROM audit_events WHERE actor = ? ORDER BY id`,
       )
       .all(`user:${userId}`)
@@ -99,12 +101,8 @@ export class PrivacyService {
           if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);
         }
         for (const contributor of this.options.contributors ?? []) contributor.erase(userId);
-        // Queued events about this user must be in the table before it is rewritten.
-        audit.flush();
-        sqlite.run(
-          "UPDATE audit_events SET actor = ?, ip = NULL, subject_salt = NULL WHERE actor = ?",
-          [pseudonym, actor],
-        );
+        // Flushes queued events about this user first; each rewrite is authenticated.
+        audit.pseudonymise(actor, pseudonym);
         sqlite.run("DELETE FROM users WHERE id = ?", [userId]);
       })
       .immediate();

@@ -1,13 +1,21 @@
 /**
  * @module
- * The audit hash chain. Each row's hash is SHA-256 over the previous row's hash and the row's
- * fields, in a fixed order and encoding, so a changed, removed or reordered row shows as the first
- * row whose stored hash or prev_hash no longer matches.
+ * The keyed audit chain. Each row's hash is HMAC-SHA256, keyed with a key derived from
+ * AUDIT_SECRET_KEY, over the row's id, the previous row's hash and the row's fields in a fixed
+ * order and encoding. Without the key nobody can compute a valid hash, so an edited, inserted,
+ * deleted, reordered or re-chained row shows as the first row whose id, prev_hash or hash no longer
+ * matches. Retention checkpoints and erasure rewrites carry MACs under the same key, so they cannot
+ * be forged either. Keys are separated by purpose (chain, pseudonyms) with HMAC-based derivation.
+ *
+ * `legacyRowHash` is the unkeyed SHA-256 chain used before AUDIT_SECRET_KEY existed; it is only
+ * read when an old database is upgraded (see upgrade.ts).
  */
+import { createHmac } from "node:crypto";
 
 export const GENESIS_HASH = "0".repeat(64);
 
 export interface ChainedFields {
+  id: number;
   at: number;
   type: string;
   route: string | null;
@@ -17,11 +25,84 @@ export interface ChainedFields {
   subjectCommit: string;
 }
 
+export interface CheckpointFields {
+  createdAt: number;
+  lastDeletedId: number;
+  lastHash: string;
+  deletedCount: number;
+}
+
+function hmacHex(key: string | Buffer, text: string): string {
+  return createHmac("sha256", key).update(text).digest("hex");
+}
+
 function sha256Hex(text: string): string {
   return new Bun.CryptoHasher("sha256").update(text).digest("hex");
 }
 
-export function rowHash(prevHash: string, fields: ChainedFields): string {
+/** The keys the audit log derives from AUDIT_SECRET_KEY, and the MACs made with them. */
+export class AuditKeys {
+  /** Names the key in each row (not secret: a hash), so a wrong key is told apart from tampering. */
+  readonly keyId: string;
+  private readonly chainKey: Buffer;
+  private readonly pseudonymKey: Buffer;
+
+  constructor(secret: string) {
+    const derive = (purpose: string) => createHmac("sha256", secret).update(purpose).digest();
+    this.chainKey = derive("palisade audit chain v1");
+    this.pseudonymKey = derive("palisade audit pseudonym v1");
+    this.keyId = derive("palisade audit key id v1").toString("hex").slice(0, 16);
+  }
+
+  rowHash(prevHash: string, fields: ChainedFields): string {
+    return hmacHex(
+      this.chainKey,
+      JSON.stringify([
+        "row",
+        this.keyId,
+        fields.id,
+        prevHash,
+        fields.at,
+        fields.type,
+        fields.route,
+        fields.requestId,
+        fields.outcome,
+        fields.detail,
+        fields.subjectCommit,
+      ]),
+    );
+  }
+
+  /** Authenticates an erasure's rewrite of a row's actor and address (its salt dropped). */
+  erasureMac(id: number, subjectCommit: string, actor: string | null, ip: string | null): string {
+    return hmacHex(
+      this.chainKey,
+      JSON.stringify(["erasure", this.keyId, id, subjectCommit, actor, ip]),
+    );
+  }
+
+  checkpointMac(checkpoint: CheckpointFields): string {
+    return hmacHex(
+      this.chainKey,
+      JSON.stringify([
+        "checkpoint",
+        this.keyId,
+        checkpoint.createdAt,
+        checkpoint.lastDeletedId,
+        checkpoint.lastHash,
+        checkpoint.deletedCount,
+      ]),
+    );
+  }
+
+  /** A stable pseudonym for an erased actor that cannot be recomputed from the id without the key. */
+  pseudonym(actor: string): string {
+    return `erased:${hmacHex(this.pseudonymKey, actor).slice(0, 24)}`;
+  }
+}
+
+/** The unkeyed hash of rows written before the chain was keyed (anyone could recompute it). */
+export function legacyRowHash(prevHash: string, fields: Omit<ChainedFields, "id">): string {
   return sha256Hex(
     JSON.stringify([
       prevHash,

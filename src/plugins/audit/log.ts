@@ -8,43 +8,53 @@
  * can never outlive them. Queued events are lost only if the process is killed within those 100 ms;
  * `close()` flushes them on shutdown.
  *
- * Chain: every write runs in BEGIN IMMEDIATE and reads the last row's hash inside it, so several
- * processes appending to one file still form one chain.
+ * Chain: every write runs in BEGIN IMMEDIATE and reads the last row's id and hash inside it, so
+ * several processes appending to one file still form one chain. Each row is keyed with
+ * AUDIT_SECRET_KEY (see chain.ts; verify.ts checks it).
+ *
+ * Anchors: the chain cannot tell on its own that its newest rows were deleted, so the head (the
+ * newest row's hash and id) is written to the process log whenever it moved, at each maintenance
+ * run and at shutdown; `audit:verify --head H --count N` checks the table against such a line.
  *
  * Retention: rows older than the retention period are deleted oldest first, a bounded number per
- * run, leaving a checkpoint with the last deleted hash so the remaining chain still verifies.
+ * run, after checking them, leaving an authenticated checkpoint with the last deleted hash so the
+ * remaining chain still verifies.
+ *
+ * Erasure: `pseudonymise` replaces an actor by its pseudonym, drops the address and the salt, and
+ * authenticates that rewrite per row, so verification accepts it and refuses any other.
  */
 import type { Database, Statement } from "bun:sqlite";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
 import type { Clock } from "../../clock";
-import { GENESIS_HASH, newSalt, rowHash, subjectCommit } from "./chain";
+import { type AuditKeys, GENESIS_HASH, newSalt, subjectCommit } from "./chain";
 import { type AuditEvent, encodeDetail, mustNotLose } from "./events";
+import {
+  AUDIT_COLUMNS,
+  type AuditHead,
+  type AuditRow,
+  latestCheckpoint,
+  verifyAuditChain,
+} from "./verify";
 
-export interface AuditRow {
-  id: number;
-  at: number;
-  type: string;
-  actor: string | null;
-  ip: string | null;
-  route: string | null;
-  requestId: string | null;
-  outcome: string;
-  detail: string;
-  subjectSalt: string | null;
-  subjectCommit: string;
-  prevHash: string;
-  hash: string;
-}
-
-export type VerifyResult =
-  | { ok: true; checked: number }
-  | { ok: false; checked: number; badId: number; reason: string };
+export type { AuditHead, AuditRow, VerifyResult } from "./verify";
+export { verifyAuditChain } from "./verify";
 
 /** What the rest of the app needs from an audit log. */
 export interface AuditLog {
   record(event: AuditEvent): void;
   flush(): void;
+  /**
+   * Erasure: rewrites every row of `actor` to `pseudonym` without address or salt, authenticated
+   * per row. Queued events are written first. Returns how many rows were rewritten.
+   */
+  pseudonymise(actor: string, pseudonym: string): number;
+  /** The pseudonym erasure gives `actor` (keyed, so it cannot be recomputed without the key). */
+  pseudonymOf(actor: string): string;
+  /** Deletes expired rows from the start of the chain behind a checkpoint; returns how many. */
+  prune(cutoff: number, now: number, maxRows?: number): number;
+  /** Logs the chain's head when it moved since the last time (or always, with `force`). */
+  logHead(force?: boolean): void;
   close(): void;
 }
 
@@ -52,43 +62,45 @@ export interface SqliteAuditLogOptions {
   sqlite: Database;
   clock: Clock;
   logger: Logger;
+  keys: AuditKeys;
   registry?: Registry;
   flushIntervalMs?: number;
   flushBatchSize?: number;
 }
 
-const COLUMNS =
-  "id, at, type, actor, ip, route, request_id AS requestId, outcome, detail, " +
-  "subject_salt AS subjectSalt, subject_commit AS subjectCommit, prev_hash AS prevHash, hash";
-
 export class SqliteAuditLog implements AuditLog {
   private queue: AuditEvent[] = [];
   private timer: Timer | null = null;
   private closed = false;
+  private lastLoggedHead: string | null = null;
   private readonly sqlite: Database;
   private readonly clock: Clock;
   private readonly logger: Logger;
+  private readonly keys: AuditKeys;
   private readonly flushIntervalMs: number;
   private readonly flushBatchSize: number;
   private readonly insert: Statement;
-  private readonly lastRow: Statement<{ hash: string }>;
-  private readonly lastCheckpoint: Statement<{ lastHash: string }>;
+  private readonly lastRow: Statement<{ id: number; hash: string }>;
+  private readonly sequence: Statement<{ seq: number }>;
   private readonly counter: Counter<"type"> | null;
 
   constructor(options: SqliteAuditLogOptions) {
     this.sqlite = options.sqlite;
     this.clock = options.clock;
     this.logger = options.logger;
+    this.keys = options.keys;
     this.flushIntervalMs = options.flushIntervalMs ?? 100;
     this.flushBatchSize = options.flushBatchSize ?? 500;
     this.insert = this.sqlite.prepare(
-      `INSERT INTO audit_events (at, type, actor, ip, route, request_id, outcome, detail,
-         subject_salt, subject_commit, prev_hash, hash)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO audit_events (id, at, type, actor, ip, route, request_id, outcome, detail,
+         subject_salt, subject_commit, prev_hash, hash, key_id)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
-    this.lastRow = this.sqlite.prepare("SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1");
-    this.lastCheckpoint = this.sqlite.prepare(
-      "SELECT last_hash AS lastHash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+    this.lastRow = this.sqlite.prepare(
+      "SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1",
+    );
+    this.sequence = this.sqlite.prepare(
+      "SELECT seq FROM sqlite_sequence WHERE name = 'audit_events'",
     );
     this.counter = options.registry
       ? new Counter({
@@ -127,9 +139,104 @@ export class SqliteAuditLog implements AuditLog {
     }
   }
 
+  pseudonymOf(actor: string): string {
+    return this.keys.pseudonym(actor);
+  }
+
+  pseudonymise(actor: string, pseudonym: string): number {
+    this.flush();
+    const keys = this.keys;
+    return this.sqlite
+      .transaction(() => {
+        const rows = this.sqlite
+          .query<Pick<AuditRow, "id" | "actor" | "ip" | "subjectSalt" | "subjectCommit">, [string]>(
+            `SELECT id, actor, ip, subject_salt AS subjectSalt, subject_commit AS subjectCommit
+             FROM audit_events WHERE actor = ?`,
+          )
+          .all(actor);
+        const update = this.sqlite.prepare(
+          "UPDATE audit_events SET actor = ?, ip = NULL, subject_salt = NULL, erasure_mac = ? WHERE id = ?",
+        );
+        let untrusted = 0;
+        for (const row of rows) {
+          // Only a row whose subject still matches its commitment gets an authenticated rewrite:
+          // erasure must not turn someone's earlier tampering into a row that verifies.
+          const intact =
+            row.subjectSalt !== null &&
+            subjectCommit(row.subjectSalt, row.actor, row.ip) === row.subjectCommit;
+          if (!intact) untrusted++;
+          update.run(
+            pseudonym,
+            intact ? keys.erasureMac(row.id, row.subjectCommit, pseudonym, null) : null,
+            row.id,
+          );
+        }
+        if (untrusted > 0) {
+          this.logger.error(
+            { rows: untrusted },
+            "audit rows erased whose actor or address had been altered; audit:verify reports them",
+          );
+        }
+        return rows.length;
+      })
+      .immediate();
+  }
+
+  prune(cutoff: number, now: number, maxRows = 5000): number {
+    return this.sqlite
+      .transaction(() => {
+        const last = this.sqlite
+          .query<{ id: number; hash: string }, [number, number]>(
+            `SELECT id, hash FROM (SELECT id, hash FROM audit_events WHERE at < ? ORDER BY id LIMIT ?)
+             ORDER BY id DESC LIMIT 1`,
+          )
+          .get(cutoff, maxRows);
+        if (!last) return 0;
+        // The rows to go are checked first: a checkpoint over altered rows would bury the evidence.
+        const check = verifyAuditChain(this.sqlite, this.keys, { untilId: last.id });
+        if (!check.ok) {
+          this.logger.error(
+            { at: check.where, reason: check.reason },
+            "audit retention skipped: the rows it would delete do not verify",
+          );
+          return 0;
+        }
+        // Only a contiguous run from the start of the chain may go, or the chain would have a hole.
+        const deleted = this.sqlite.run("DELETE FROM audit_events WHERE id <= ?", [
+          last.id,
+        ]).changes;
+        const checkpoint = {
+          createdAt: now,
+          lastDeletedId: last.id,
+          lastHash: last.hash,
+          deletedCount: deleted,
+        };
+        this.sqlite.run(
+          `INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count, key_id, mac)
+           VALUES (?, ?, ?, ?, ?, ?)`,
+          [now, last.id, last.hash, deleted, this.keys.keyId, this.keys.checkpointMac(checkpoint)],
+        );
+        return deleted;
+      })
+      .immediate();
+  }
+
+  logHead(force = false): void {
+    try {
+      const head = auditHead(this.sqlite);
+      if (!force && head.hash === this.lastLoggedHead) return;
+      this.lastLoggedHead = head.hash;
+      this.logger.info({ auditHead: head.hash, auditCount: head.count }, "audit chain head");
+    } catch (error) {
+      this.logger.error({ err: error }, "audit chain head could not be read");
+    }
+  }
+
   close(): void {
+    if (this.closed) return;
     this.flush();
     this.closed = true;
+    this.logHead(true);
   }
 
   private takeQueue(): AuditEvent[] {
@@ -145,13 +252,19 @@ export class SqliteAuditLog implements AuditLog {
   private write(events: AuditEvent[]): void {
     this.sqlite
       .transaction(() => {
-        let prevHash =
-          this.lastRow.get()?.hash ?? this.lastCheckpoint.get()?.lastHash ?? GENESIS_HASH;
+        const last = this.lastRow.get();
+        const checkpoint = last ? null : latestCheckpoint(this.sqlite);
+        let prevHash = last?.hash ?? checkpoint?.lastHash ?? GENESIS_HASH;
+        // The id continues from the highest ever used (AUTOINCREMENT's sequence), not from the last
+        // row: rows deleted from the end then leave a gap that verification reports.
+        const used = this.sequence.get()?.seq ?? 0;
+        let id = Math.max(last?.id ?? 0, checkpoint?.lastDeletedId ?? 0, used) + 1;
         for (const event of events) {
           const salt = newSalt();
           const actor = event.actor ?? null;
           const ip = event.ip ?? null;
           const fields = {
+            id,
             at: event.at!,
             type: event.type,
             route: event.route ?? null,
@@ -160,8 +273,9 @@ export class SqliteAuditLog implements AuditLog {
             detail: encodeDetail(event.detail),
             subjectCommit: subjectCommit(salt, actor, ip),
           };
-          const hash = rowHash(prevHash, fields);
+          const hash = this.keys.rowHash(prevHash, fields);
           this.insert.run(
+            id,
             fields.at,
             fields.type,
             actor,
@@ -174,83 +288,33 @@ export class SqliteAuditLog implements AuditLog {
             fields.subjectCommit,
             prevHash,
             hash,
+            this.keys.keyId,
           );
           prevHash = hash;
+          id++;
         }
       })
       .immediate();
   }
 }
 
-/** Walks the chain from the oldest kept row; the first inconsistency is reported with its id. */
-export function verifyAuditChain(sqlite: Database): VerifyResult {
-  const checkpoint = sqlite
-    .query<{ lastHash: string }, []>(
-      "SELECT last_hash AS lastHash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+/** The newest row's hash and id, or the newest checkpoint's when every row is gone. */
+export function auditHead(sqlite: Database): AuditHead {
+  const last = sqlite
+    .query<{ id: number; hash: string }, []>(
+      "SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1",
     )
     .get();
-  let expectedPrev = checkpoint?.lastHash ?? GENESIS_HASH;
-  let checked = 0;
-  for (const row of sqlite
-    .query<AuditRow, []>(`SELECT ${COLUMNS} FROM audit_events ORDER BY id`)
-    .iterate()) {
-    if (row.prevHash !== expectedPrev) {
-      return {
-        ok: false,
-        checked,
-        badId: row.id,
-        reason: "a row before it was removed or altered",
-      };
-    }
-    if (rowHash(row.prevHash, row) !== row.hash) {
-      return { ok: false, checked, badId: row.id, reason: "its fields were altered" };
-    }
-    if (
-      row.subjectSalt !== null &&
-      subjectCommit(row.subjectSalt, row.actor, row.ip) !== row.subjectCommit
-    ) {
-      return { ok: false, checked, badId: row.id, reason: "its actor or address was altered" };
-    }
-    expectedPrev = row.hash;
-    checked++;
-  }
-  return { ok: true, checked };
+  if (last) return { hash: last.hash, count: last.id };
+  const checkpoint = latestCheckpoint(sqlite);
+  return checkpoint
+    ? { hash: checkpoint.lastHash, count: checkpoint.lastDeletedId }
+    : { hash: GENESIS_HASH, count: 0 };
 }
 
 export function recentAuditEvents(sqlite: Database, limit: number): AuditRow[] {
   return sqlite
-    .query<AuditRow, [number]>(`SELECT ${COLUMNS} FROM audit_events ORDER BY id DESC LIMIT ?`)
+    .query<AuditRow, [number]>(`SELECT ${AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT ?`)
     .all(limit)
     .reverse();
-}
-
-/**
- * Deletes up to `maxRows` of the oldest rows older than `cutoff`, recording a checkpoint with the
- * last deleted row's hash. Returns how many rows were deleted.
- */
-export function pruneAuditEvents(
-  sqlite: Database,
-  cutoff: number,
-  now: number,
-  maxRows = 5000,
-): number {
-  return sqlite
-    .transaction(() => {
-      const last = sqlite
-        .query<{ id: number; hash: string }, [number, number]>(
-          `SELECT id, hash FROM (SELECT id, hash FROM audit_events WHERE at < ? ORDER BY id LIMIT ?)
-           ORDER BY id DESC LIMIT 1`,
-        )
-        .get(cutoff, maxRows);
-      if (!last) return 0;
-      // Only a contiguous run from the start of the chain may go, or the chain would have a hole.
-      const deleted = sqlite.run("DELETE FROM audit_events WHERE id <= ?", [last.id]).changes;
-      sqlite.run(
-        `INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count)
-         VALUES (?, ?, ?, ?)`,
-        [now, last.id, last.hash, deleted],
-      );
-      return deleted;
-    })
-    .immediate();
 }

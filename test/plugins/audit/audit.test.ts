@@ -1,10 +1,20 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createLogger } from "../../../src/logging/logger";
-import { pruneAuditEvents, SqliteAuditLog, verifyAuditChain } from "../../../src/plugins/audit/log";
+import { AuditKeys } from "../../../src/plugins/audit/chain";
+import { SqliteAuditLog, verifyAuditChain as verifyWith } from "../../../src/plugins/audit/log";
 import { createMetricsRegistry } from "../../../src/plugins/metrics/registry";
 import { buildTestApp, LogCapture, type TestApp } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 import { runToExit } from "../../support/process";
+
+const keys = new AuditKeys("audit-unit-test-key-0123456789abcdefghijklmnop");
+const verifyAuditChain = (sqlite: Parameters<typeof verifyWith>[0]) => {
+  const { head: _head, ...rest } = verifyWith(sqlite, keys) as { head?: unknown } & Record<
+    string,
+    unknown
+  >;
+  return rest;
+};
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -21,6 +31,7 @@ function auditOn(options: { flushIntervalMs?: number; flushBatchSize?: number } 
     clock,
     logger: createLogger({ level: "info", destination: new LogCapture() }),
     registry,
+    keys,
     ...options,
   });
   const count = () =>
@@ -134,12 +145,14 @@ describe("the hash chain", () => {
     expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 4 });
   });
 
-  test("pseudonymising actor and address (salt dropped) keeps the chain intact", () => {
-    const { sqlite } = seeded();
-    sqlite.run(
-      "UPDATE audit_events SET actor = 'erased:1a2b', ip = NULL, subject_salt = NULL WHERE id = 2",
-    );
+  test("pseudonymising through the log keeps the chain intact; the same rewrite by hand does not", () => {
+    const { sqlite, log } = seeded();
+    expect(log.pseudonymise("admin1@example.test", log.pseudonymOf("admin1@example.test"))).toBe(1);
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 5 });
+    sqlite.run(
+      "UPDATE audit_events SET actor = 'erased:1a2b', ip = NULL, subject_salt = NULL WHERE id = 3",
+    );
+    expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 3 });
   });
 
   test("retention deletes old rows from the start and leaves a checkpoint that verifies", () => {
@@ -148,9 +161,9 @@ describe("the hash chain", () => {
     clock.advance(10 * 24 * 60 * 60 * 1000);
     for (let i = 0; i < 3; i++) log.record({ type: "admin.y", outcome: "success", detail: { i } });
     const cutoff = clock.now() - 24 * 60 * 60 * 1000;
-    expect(pruneAuditEvents(sqlite, cutoff, clock.now(), 3)).toBe(3);
-    expect(pruneAuditEvents(sqlite, cutoff, clock.now(), 3)).toBe(1);
-    expect(pruneAuditEvents(sqlite, cutoff, clock.now(), 3)).toBe(0);
+    expect(log.prune(cutoff, clock.now(), 3)).toBe(3);
+    expect(log.prune(cutoff, clock.now(), 3)).toBe(1);
+    expect(log.prune(cutoff, clock.now(), 3)).toBe(0);
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 3 });
     // New rows continue the chain after the checkpoint even if every old row is gone.
     log.record({ type: "admin.z", outcome: "success" });
@@ -166,6 +179,7 @@ describe("the hash chain", () => {
       sqlite,
       clock: new ManualClock(),
       logger: createLogger({ level: "info", destination: new LogCapture() }),
+      keys,
     });
     for (let i = 0; i < 4; i++) {
       (i % 2 ? log : other).record({ type: "auth.login.succeeded", outcome: "success" });
@@ -179,7 +193,10 @@ describe("CLI", () => {
     const { log, sqlite } = auditOn();
     log.record({ type: "auth.login.failed", outcome: "failure", actor: "eve@example.test" });
     log.record({ type: "ip.blocked", outcome: "success", ip: "192.0.2.9" });
-    const env = { DATABASE_PATH: current!.databasePath };
+    const env = {
+      DATABASE_PATH: current!.databasePath,
+      AUDIT_SECRET_KEY: "audit-unit-test-key-0123456789abcdefghijklmnop",
+    };
     const tail = await runToExit(["bun", "run", "src/cli/index.ts", "audit:tail"], env);
     expect(tail.code).toBe(0);
     const lines = tail.stdout.trim().split("\n");

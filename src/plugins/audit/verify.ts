@@ -1,0 +1,174 @@
+/**
+ * @module
+ * Verifying the keyed audit chain, as `audit:verify` does.
+ *
+ * The walk starts at the newest retention checkpoint (its MAC must verify; without one, at the
+ * genesis hash and id 1) and checks every kept row in id order: ids follow on without a gap, each
+ * row names the previous row's hash, its own hash is the HMAC of its fields, and its actor and
+ * address either still match their salted commitment or were rewritten by an authenticated
+ * erasure. The last row reached is the head: its hash and id (the number of rows the chain has
+ * ever held) are what the service logs as an anchor. Given an anchor from the logs, the walk also
+ * proves that the anchored row is still there with the anchored hash, which is the only way to
+ * notice that the newest rows were deleted.
+ */
+import type { Database } from "bun:sqlite";
+import { type AuditKeys, GENESIS_HASH, subjectCommit } from "./chain";
+
+export interface AuditRow {
+  id: number;
+  at: number;
+  type: string;
+  actor: string | null;
+  ip: string | null;
+  route: string | null;
+  requestId: string | null;
+  outcome: string;
+  detail: string;
+  subjectSalt: string | null;
+  subjectCommit: string;
+  prevHash: string;
+  hash: string;
+  keyId: string | null;
+  erasureMac: string | null;
+}
+
+export const AUDIT_COLUMNS =
+  "id, at, type, actor, ip, route, request_id AS requestId, outcome, detail, " +
+  "subject_salt AS subjectSalt, subject_commit AS subjectCommit, prev_hash AS prevHash, hash, " +
+  "key_id AS keyId, erasure_mac AS erasureMac";
+
+/** The chain's newest point: the hash of row `count` (the number of rows ever appended). */
+export interface AuditHead {
+  hash: string;
+  count: number;
+}
+
+export type VerifyResult =
+  | { ok: true; checked: number; head: AuditHead }
+  | { ok: false; checked: number; where: string; badId: number | null; reason: string };
+
+export interface VerifyOptions {
+  /** A head emitted earlier in the logs: it must still be part of the chain. */
+  anchor?: AuditHead;
+  /** Stop after this row (retention checks only the rows it is about to delete). */
+  untilId?: number;
+}
+
+interface CheckpointRow {
+  id: number;
+  createdAt: number;
+  lastDeletedId: number;
+  lastHash: string;
+  deletedCount: number;
+  keyId: string | null;
+  mac: string | null;
+}
+
+export function latestCheckpoint(sqlite: Database): CheckpointRow | null {
+  return sqlite
+    .query<CheckpointRow, []>(
+      `SELECT id, created_at AS createdAt, last_deleted_id AS lastDeletedId, last_hash AS lastHash,
+              deleted_count AS deletedCount, key_id AS keyId, mac
+       FROM audit_checkpoints ORDER BY id DESC LIMIT 1`,
+    )
+    .get();
+}
+
+/** Why a row does not belong to the chain, or null when it does. */
+function rowFault(keys: AuditKeys, row: AuditRow, expectedId: number, expectedPrev: string) {
+  if (row.keyId === null) {
+    return "it is in the unkeyed pre-upgrade form: written before the upgrade and not sealed by a start since, or altered";
+  }
+  if (row.keyId !== keys.keyId) {
+    return `it was keyed with another AUDIT_SECRET_KEY (key id ${row.keyId}, this one is ${keys.keyId}), or altered`;
+  }
+  if (row.id !== expectedId) {
+    return row.id > expectedId
+      ? `rows ${expectedId} to ${row.id - 1} before it are missing`
+      : "its id is out of order";
+  }
+  if (row.prevHash !== expectedPrev) return "a row before it was removed or altered";
+  // Timing does not matter here: verification runs offline on the operator's copy.
+  if (keys.rowHash(row.prevHash, row) !== row.hash) return "its fields were altered";
+  if (row.subjectSalt !== null) {
+    if (row.erasureMac !== null) return "its erasure record was altered";
+    if (subjectCommit(row.subjectSalt, row.actor, row.ip) !== row.subjectCommit) {
+      return "its actor or address was altered";
+    }
+  } else if (
+    row.erasureMac === null ||
+    keys.erasureMac(row.id, row.subjectCommit, row.actor, row.ip) !== row.erasureMac
+  ) {
+    return "its actor or address was rewritten without an authenticated erasure";
+  }
+  return null;
+}
+
+/** Walks the chain from the newest checkpoint; the first inconsistency is reported. */
+export function verifyAuditChain(
+  sqlite: Database,
+  keys: AuditKeys,
+  options: VerifyOptions = {},
+): VerifyResult {
+  const checkpoint = latestCheckpoint(sqlite);
+  const fail = (where: string, badId: number | null, reason: string, checked = 0) =>
+    ({ ok: false, checked, where, badId, reason }) as const;
+  if (checkpoint) {
+    if (checkpoint.keyId !== keys.keyId) {
+      return fail(
+        `checkpoint ${checkpoint.id}`,
+        null,
+        "it was not made with this AUDIT_SECRET_KEY, or was altered",
+      );
+    }
+    if (keys.checkpointMac(checkpoint) !== checkpoint.mac) {
+      return fail(`checkpoint ${checkpoint.id}`, null, "it was forged or altered");
+    }
+  }
+  let expectedPrev = checkpoint?.lastHash ?? GENESIS_HASH;
+  let expectedId = (checkpoint?.lastDeletedId ?? 0) + 1;
+  const anchor = options.anchor;
+  let anchorHash: string | null = anchor && anchor.count === expectedId - 1 ? expectedPrev : null;
+  let checked = 0;
+  const limit = options.untilId ?? Number.MAX_SAFE_INTEGER;
+  for (const row of sqlite
+    .query<AuditRow, [number]>(
+      `SELECT ${AUDIT_COLUMNS} FROM audit_events WHERE id <= ? ORDER BY id`,
+    )
+    .iterate(limit)) {
+    const fault = rowFault(keys, row, expectedId, expectedPrev);
+    if (fault) return fail(`row ${row.id}`, row.id, fault, checked);
+    if (anchor && row.id === anchor.count) anchorHash = row.hash;
+    expectedPrev = row.hash;
+    expectedId++;
+    checked++;
+  }
+  const head = { hash: expectedPrev, count: expectedId - 1 };
+  if (anchor) {
+    if (anchor.count > head.count) {
+      return fail(
+        "the head",
+        null,
+        `the anchor names row ${anchor.count} but the chain ends at row ${head.count}: the newest rows were deleted`,
+        checked,
+      );
+    }
+    if (anchorHash === null) {
+      return fail(
+        "the anchor",
+        null,
+        `row ${anchor.count} was removed by retention before this check; use a newer anchor`,
+        checked,
+      );
+    }
+    if (anchorHash !== anchor.hash) {
+      return fail(
+        `row ${anchor.count}`,
+        anchor.count,
+        "its hash differs from the anchor: the chain was rewritten since",
+        checked,
+      );
+    }
+  }
+  return { ok: true, checked, head };
+}

@@ -1,0 +1,189 @@
+/**
+ * Upgrading a database written before the chain was keyed: a real file migrated to 0002 with rows
+ * in the old unkeyed form (one erased the old way, behind an old checkpoint), then migrated and
+ * started with a key.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { COMMANDS } from "../../../src/cli/commands";
+import { runCli } from "../../../src/cli/run";
+import { loadConfig } from "../../../src/config";
+import { openDatabase } from "../../../src/db/client";
+import { applyMigrations, MIGRATIONS_FOLDER } from "../../../src/db/migrate";
+import { createLogger } from "../../../src/logging/logger";
+import {
+  GENESIS_HASH,
+  legacyRowHash,
+  newSalt,
+  subjectCommit,
+} from "../../../src/plugins/audit/chain";
+import { createServices } from "../../../src/services";
+import { LogCapture, tempDir } from "../../support/app";
+
+const AUDIT_KEY = "upgrade-test-key-4e8a1c7f3b9d2065ee17a3c8b5f90d42";
+const dirs: { remove(): void }[] = [];
+afterEach(() => {
+  for (const dir of dirs.splice(0)) dir.remove();
+});
+
+/** A database at migration 0002 holding `n` rows written the old way, rows 1–2 pruned. */
+function legacyDatabase(options: { breakRow?: number } = {}) {
+  const dir = tempDir();
+  dirs.push(dir);
+  const folder = join(dir.path, "drizzle-0002");
+  cpSync(MIGRATIONS_FOLDER, folder, { recursive: true });
+  rmSync(join(folder, "0003_keyed_audit_chain.sql"));
+  const journalPath = join(folder, "meta", "_journal.json");
+  const journal = JSON.parse(readFileSync(journalPath, "utf8"));
+  journal.entries = journal.entries.filter((e: { idx: number }) => e.idx <= 2);
+  writeFileSync(journalPath, JSON.stringify(journal));
+  const path = join(dir.path, "palisade.db");
+  const db = openDatabase(path);
+  applyMigrations(db, folder);
+  const sqlite = db.$client;
+  let prev = GENESIS_HASH;
+  for (let i = 1; i <= 6; i++) {
+    const salt = newSalt();
+    const actor = i % 2 ? "user:alice" : "user:bob";
+    const ip = `192.0.2.${i}`;
+    const fields = {
+      at: 1_700_000_000_000 + i,
+      type: "auth.login.succeeded",
+      route: "/api/auth/login",
+      requestId: `r${i}`,
+      outcome: "success",
+      detail: "{}",
+      subjectCommit: subjectCommit(salt, actor, ip),
+    };
+    const hash = legacyRowHash(prev, fields);
+    sqlite.run(
+      `INSERT INTO audit_events (at, type, actor, ip, route, request_id, outcome, detail,
+         subject_salt, subject_commit, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [
+        fields.at,
+        fields.type,
+        actor,
+        ip,
+        fields.route,
+        fields.requestId,
+        fields.outcome,
+        "{}",
+        salt,
+        fields.subjectCommit,
+        prev,
+        hash,
+      ],
+    );
+    prev = hash;
+  }
+  // Old retention: rows 1-2 gone behind an unauthenticated checkpoint.
+  const second = sqlite.query("SELECT hash FROM audit_events WHERE id = 2").get() as {
+    hash: string;
+  };
+  sqlite.run("DELETE FROM audit_events WHERE id <= 2");
+  sqlite.run(
+    "INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count) VALUES (1, 2, ?, 2)",
+    [second.hash],
+  );
+  // Old erasure: Bob's rows lost actor, address and salt.
+  sqlite.run(
+    "UPDATE audit_events SET actor = 'erased:0123', ip = NULL, subject_salt = NULL WHERE actor = 'user:bob'",
+  );
+  if (options.breakRow) {
+    sqlite.run("UPDATE audit_events SET outcome = 'failure' WHERE id = ?", [options.breakRow]);
+  }
+  sqlite.close();
+  return path;
+}
+
+async function verify(path: string) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await runCli(
+    ["audit:verify"],
+    { DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY },
+    { out: (l) => out.push(l), err: (l) => err.push(l), readStdin: async () => "" },
+    COMMANDS,
+  );
+  return { code, stdout: out.join("\n"), stderr: err.join("\n") };
+}
+
+function start(path: string) {
+  const config = loadConfig({ DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
+  const logs = new LogCapture();
+  const db = openDatabase(path);
+  applyMigrations(db);
+  const services = createServices({
+    config,
+    db,
+    logger: createLogger({ level: "info", destination: logs }),
+    maintenanceIntervalMs: 0,
+  });
+  const close = () => {
+    services.close();
+    db.$client.close();
+  };
+  return { services, db, logs, close };
+}
+
+test("old rows fail verify until the first start keys them; then the chain verifies and says so", async () => {
+  const path = legacyDatabase();
+  const before = await verify(path);
+  expect(before.code).toBe(1);
+  expect(before.stderr).toContain("checkpoint 1");
+
+  const app = start(path);
+  app.services.audit.record({ type: "auth.logout", outcome: "success", actor: "user:alice" });
+  app.close();
+  expect(app.logs.text).toContain("audit rows written before AUDIT_SECRET_KEY existed were keyed");
+  const after = await verify(path);
+  expect(after.code).toBe(0);
+  expect(after.stdout).toContain("audit chain intact: 6 rows verified");
+
+  const db = openDatabase(path);
+  const keyed = db.$client
+    .query("SELECT id, outcome, detail FROM audit_events WHERE type = 'audit.chain.keyed'")
+    .get() as { id: number; outcome: string; detail: string };
+  db.$client.close();
+  expect(keyed.id).toBe(7);
+  expect(keyed.outcome).toBe("success");
+  expect(JSON.parse(keyed.detail)).toEqual({
+    firstBrokenId: null,
+    legacyChainIntact: true,
+    rows: 4,
+  });
+
+  // A second start has nothing left to key.
+  const again = start(path);
+  again.close();
+  expect(again.logs.text).not.toContain("were keyed");
+  expect((await verify(path)).code).toBe(0);
+});
+
+test("an old chain that was already broken is keyed but recorded as broken", async () => {
+  const path = legacyDatabase({ breakRow: 4 });
+  const app = start(path);
+  app.close();
+  const db = openDatabase(path);
+  const keyed = db.$client
+    .query("SELECT outcome, detail FROM audit_events WHERE type = 'audit.chain.keyed'")
+    .get() as { outcome: string; detail: string };
+  db.$client.close();
+  expect(keyed.outcome).toBe("failure");
+  expect(JSON.parse(keyed.detail)).toMatchObject({ legacyChainIntact: false, firstBrokenId: 4 });
+});
+
+test("rows turned back into the unkeyed form after the upgrade are not keyed again", async () => {
+  const path = legacyDatabase();
+  start(path).close();
+  const db = openDatabase(path);
+  db.$client.run("UPDATE audit_events SET key_id = NULL WHERE id = 5");
+  db.$client.close();
+  const app = start(path);
+  app.close();
+  expect(app.logs.text).toContain("follow keyed rows");
+  const result = await verify(path);
+  expect(result.code).toBe(1);
+  expect(result.stderr).toContain("row 5");
+});
