@@ -124,6 +124,9 @@ describe("a validly signed access token is refused with 401 when", () => {
       refused("GET /api/auth/me"),
       refused("POST /api/auth/logout"),
     ]);
+    // The refused logout did not end the real session the token pointed at.
+    const alive = await send(app, "/api/auth/me", { headers: bearer(session.accessToken) });
+    expect(alive.status).toBe(200);
   });
 
   test("the control: the same hand-built token with every claim right is accepted", async () => {
