@@ -15,6 +15,7 @@ import { applyMigrations } from "../src/db/migrate";
 import { createLogger } from "../src/logging/logger";
 import { signAccessToken, signingKey } from "../src/modules/auth/tokens";
 import { createServices } from "../src/services";
+import { benchFamily } from "./family";
 
 const mode = process.argv[2];
 const port = Number(process.argv[3] ?? 0);
@@ -39,6 +40,8 @@ if (mode === "bare") {
     .get("/bench", () => payload, { public: true })
     .get("/bench-auth", () => payload, { auth: "user" })
     .listen({ port, hostname: "127.0.0.1" });
+  // A token is accepted only for a family the database knows: give it one.
+  benchFamily(db.$client, "bench-user", "bench-family");
   const token = await signAccessToken(
     signingKey(config.jwt.secretKey),
     { sub: "bench-user", role: "user", fam: "bench-family" },

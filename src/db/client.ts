@@ -4,7 +4,7 @@
  * WAL so readers never block the writer, synchronous=NORMAL (durable at each checkpoint, safe
  * against corruption), a busy timeout so concurrent writers wait instead of failing, foreign keys.
  */
-import { Database } from "bun:sqlite";
+import { Database, SQLiteError } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
@@ -43,6 +43,28 @@ export function openDatabase(path: string): AppDatabase {
     throw new DatabaseOpenError(path, `is not a usable SQLite database: ${describe(error)}`);
   }
   return drizzle({ client: sqlite, schema }) as AppDatabase;
+}
+
+/**
+ * SQLite's primary result codes that mean the store cannot be used right now, rather than that
+ * the statement was wrong: locked past the busy timeout, read-only, full, an I/O error.
+ */
+const UNAVAILABLE_CODES = [
+  "SQLITE_BUSY",
+  "SQLITE_LOCKED",
+  "SQLITE_READONLY",
+  "SQLITE_FULL",
+  "SQLITE_IOERR",
+  "SQLITE_CANTOPEN",
+  "SQLITE_PROTOCOL",
+] as const;
+
+/** Whether an error is the database being unavailable (answered 503), not a bug (500). */
+export function isStoreUnavailable(error: unknown): boolean {
+  if (!(error instanceof SQLiteError)) return false;
+  const code = String(error.code ?? "");
+  // Extended codes (SQLITE_BUSY_SNAPSHOT, SQLITE_IOERR_WRITE, …) share their primary's prefix.
+  return UNAVAILABLE_CODES.some((primary) => code === primary || code.startsWith(`${primary}_`));
 }
 
 function describe(error: unknown): string {

@@ -2,6 +2,32 @@ import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqli
 import { users } from "./users";
 
 /**
+ * Refresh families: one per login. Revocation (logout, reuse, role change, erasure) is recorded
+ * here, on the family, so it also covers tokens inserted after it: a refresh consumes its token and
+ * inserts the next one in one transaction that first checks this row, and every access-token
+ * verification that is not a cache hit reads it. `expires_at` is the latest expiry of any token
+ * issued in the family (refresh or access); the row is kept until then, so a family, once revoked,
+ * stays revoked for as long as any of its tokens could be valid. A token whose family has no row is
+ * refused.
+ */
+export const refreshFamilies = sqliteTable(
+  "refresh_families",
+  {
+    id: text("id").primaryKey(),
+    userId: text("user_id")
+      .notNull()
+      .references(() => users.id, { onDelete: "cascade" }),
+    createdAt: integer("created_at").notNull(),
+    expiresAt: integer("expires_at").notNull(),
+    revokedAt: integer("revoked_at"),
+  },
+  (table) => [
+    index("refresh_families_user").on(table.userId),
+    index("refresh_families_expires").on(table.expiresAt),
+  ],
+);
+
+/**
  * Refresh tokens, stored as SHA-256 hashes. Each login starts a family; each refresh marks its
  * token used and adds the next one to the family. A used token presented again means it was
  * copied: the whole family is revoked.

@@ -9,8 +9,14 @@
  *
  * Revocation: logout, refresh-token reuse, key revocation and rotation append to
  * `auth_revocations`. Every process reads the new rows at most once a second (on the next request
- * after a second has passed) and drops what they revoke, so a revocation takes effect everywhere
- * within a second; in the process that made it, at once.
+ * after a second has passed) and drops what they revoke from its caches, so a revocation takes
+ * effect everywhere within a second; in the process that made it, at once.
+ *
+ * The durable record of a family's revocation is its `refresh_families` row, not the feed: an
+ * access token that is not in the cache is accepted only if its family's row exists, belongs to
+ * its subject and is not revoked. So a process that starts, or forgot a revocation after its
+ * in-memory window, still refuses the token for its whole life; the feed only bounds how long a
+ * cached token outlives a revocation made elsewhere (a second).
  */
 import type { Database, Statement } from "bun:sqlite";
 import { timingSafeEqual } from "node:crypto";
@@ -74,6 +80,7 @@ export class CredentialVerifier {
   >;
   private readonly touchKey: Statement;
   private readonly insertRevocation: Statement;
+  private readonly familyState: Statement<{ userId: string; revokedAt: number | null }, [string]>;
 
   constructor(private readonly options: CredentialVerifierOptions) {
     const { sqlite } = options;
@@ -89,6 +96,9 @@ export class CredentialVerifier {
     this.touchKey = sqlite.prepare("UPDATE api_keys SET last_used_at = ? WHERE id = ?");
     this.insertRevocation = sqlite.prepare(
       "INSERT INTO auth_revocations (kind, subject, created_at) VALUES (?, ?, ?)",
+    );
+    this.familyState = sqlite.prepare(
+      "SELECT user_id AS userId, revoked_at AS revokedAt FROM refresh_families WHERE id = ?",
     );
     // Families revoked while their access tokens could still be alive must be known at start.
     const since = options.clock.now() - options.accessTokenTtlMs - 60_000;
@@ -114,10 +124,20 @@ export class CredentialVerifier {
         principal: cached.principal.via === via ? cached.principal : { ...cached.principal, via },
       };
     }
-    const verdict = await verifyAccessToken(this.options.signingKeys, token, now);
+    const verdict = await verifyAccessToken(
+      this.options.signingKeys,
+      token,
+      now,
+      this.options.accessTokenTtlMs / 1000,
+    );
     if (!verdict.ok) return verdict;
     const { claims } = verdict;
     if (this.revokedFamilies.has(claims.fam)) return { ok: false, reason: "revoked" };
+    // The durable check, read after the signature (no await between it and the cache write).
+    const family = this.familyState.get(claims.fam);
+    if (!family || family.userId !== claims.sub || family.revokedAt !== null) {
+      return { ok: false, reason: "revoked" };
+    }
     const principal = {
       kind: "user" as const,
       id: claims.sub,
@@ -168,7 +188,17 @@ export class CredentialVerifier {
 
   /** Records a revocation for every process and applies it here at once. */
   revoke(kind: "family" | "key", subject: string): void {
+    this.recordRevocation(kind, subject);
+    this.applyRevocations();
+  }
+
+  /** Appends to the feed only: for a caller that makes it part of its own transaction. */
+  recordRevocation(kind: "family" | "key", subject: string): void {
     this.insertRevocation.run(kind, subject, this.options.clock.now());
+  }
+
+  /** Reads the feed now, so what this process just revoked takes effect here at once. */
+  applyRevocations(): void {
     this.poll(this.options.clock.now());
   }
 
@@ -182,6 +212,9 @@ export class CredentialVerifier {
       this.lastRevocationId = row.id;
       if (row.kind === "family") {
         this.revokedFamilies.set(row.subject, row.createdAt);
+        for (const [hash, entry] of this.tokens) {
+          if (entry.principal.familyId === row.subject) this.tokens.delete(hash);
+        }
       } else if (row.kind === "key") {
         for (const [hash, entry] of this.keys) {
           if (entry.principal.id === row.subject) this.keys.delete(hash);

@@ -3,6 +3,21 @@
  * Accounts and sessions: register, login (constant work whether the account exists), refresh with
  * rotation and reuse detection, logout, and the operator's user commands. Outcomes are values; the
  * routes turn them into responses.
+ *
+ * Sessions are refresh families (`refresh_families`). The guarantees, across every process on the
+ * file:
+ * - A refresh consumes its token and inserts the successor in one BEGIN IMMEDIATE transaction that
+ *   first reads the token and its family: of any number of concurrent uses of one token, exactly
+ *   one succeeds. Signing is asynchronous, so the new pair is signed before the transaction and
+ *   thrown away if the transaction refuses it.
+ * - A token used a second time revokes its family, in the same transaction that detected it.
+ * - Revocation (logout, reuse, role change, erasure) is recorded on the family row, which every
+ *   refresh and every uncached access-token verification reads. A successor inserted by a refresh
+ *   that committed before the revocation is covered by it; a refresh that commits after it is
+ *   refused. So after a reuse detection or a logout no token of the family works again.
+ * - A store failure (database locked past the busy timeout, read-only, full) is thrown as the
+ *   SQLite error and answered 503 SERVICE_UNAVAILABLE by the error handler; the transaction rolls
+ *   back, so nothing is half done.
  */
 import type { Database, Statement } from "bun:sqlite";
 import type { Logger } from "pino";
@@ -86,6 +101,16 @@ interface RefreshRow {
   expiresAt: number;
   usedAt: number | null;
   revokedAt: number | null;
+  /** The family's revocation; null also when the family has no row (refused as well). */
+  familyRevokedAt: number | null;
+  familyKnown: number;
+}
+
+/** A signed pair not yet stored: stored only if the transaction that consumes the parent agrees. */
+interface PreparedTokens extends IssuedTokens {
+  refreshHash: string;
+  /** When the last of the pair expires, in ms: how long the family row must be kept. */
+  lastExpiry: number;
 }
 
 const USER_COLUMNS = "id, email, role, password_hash AS passwordHash, created_at AS createdAt";
@@ -114,9 +139,11 @@ export class AuthService {
     );
     this.userById = sqlite.prepare(`SELECT ${USER_COLUMNS} FROM users WHERE id = ?`);
     this.refreshByHash = sqlite.prepare(
-      `SELECT id, user_id AS userId, family_id AS familyId, expires_at AS expiresAt,
-              used_at AS usedAt, revoked_at AS revokedAt
-       FROM refresh_tokens WHERE token_hash = ?`,
+      `SELECT t.id, t.user_id AS userId, t.family_id AS familyId, t.expires_at AS expiresAt,
+              t.used_at AS usedAt, t.revoked_at AS revokedAt, f.revoked_at AS familyRevokedAt,
+              f.id IS NOT NULL AS familyKnown
+       FROM refresh_tokens t LEFT JOIN refresh_families f ON f.id = t.family_id
+       WHERE t.token_hash = ?`,
     );
   }
 
@@ -216,7 +243,18 @@ export class AuthService {
       return { code: "INVALID" };
     }
 
-    const tokens = await this.issueTokens(user.id, user.role, Bun.randomUUIDv7(), now);
+    const familyId = Bun.randomUUIDv7();
+    const tokens = await this.prepareTokens(user.id, user.role, familyId, now);
+    this.options.sqlite
+      .transaction(() => {
+        this.options.sqlite.run(
+          `INSERT INTO refresh_families (id, user_id, created_at, expires_at)
+           VALUES (?, ?, ?, ?)`,
+          [familyId, user.id, now, tokens.lastExpiry],
+        );
+        this.storeRefreshToken(user.id, familyId, tokens, now);
+      })
+      .immediate();
     audit.record({
       type: "auth.login.succeeded",
       outcome: "success",
@@ -225,35 +263,57 @@ export class AuthService {
       route: meta.route,
       requestId: meta.requestId,
     });
-    return { code: "OK", user: publicUser(user), tokens };
+    return { code: "OK", user: publicUser(user), tokens: publicTokens(tokens) };
   }
 
   async refresh(token: string, meta: RequestMeta): Promise<RefreshOutcome> {
     const { sqlite, clock, audit } = this.options;
     const now = clock.now();
-    const row = this.refreshByHash.get(sha256Hex(token));
-    if (!row || row.revokedAt !== null || row.expiresAt <= now) return { code: "INVALID" };
-    // Mark it used only if nobody did first: a second use of one token is theft or a replay.
-    const claimed = sqlite.run(
-      "UPDATE refresh_tokens SET used_at = ? WHERE id = ? AND used_at IS NULL",
-      [now, row.id],
-    ).changes;
-    if (claimed === 0) {
-      this.revokeFamily(row.familyId);
+    const hash = sha256Hex(token);
+    // A first look outside the transaction, so an unknown token costs no signature.
+    const seen = this.refreshByHash.get(hash);
+    if (!seen || !usable(seen, now)) return { code: "INVALID" };
+    const user = this.userById.get(seen.userId);
+    if (!user) return { code: "INVALID" };
+    const tokens = await this.prepareTokens(user.id, user.role, seen.familyId, now);
+
+    // The decision, made again inside one write transaction: everything above may be stale.
+    const decision = sqlite
+      .transaction((): "OK" | "INVALID" | "REUSED" => {
+        const row = this.refreshByHash.get(hash);
+        if (!row || !usable(row, now)) return "INVALID";
+        if (row.usedAt !== null) {
+          // A second use of one token is theft or a replay: the whole family ends, now.
+          this.revokeFamilyRows(row.familyId, now);
+          return "REUSED";
+        }
+        // The role is in the access token: a change since it was signed refuses it (and the
+        // change revoked the family anyway).
+        if (this.userById.get(row.userId)?.role !== user.role) return "INVALID";
+        sqlite.run("UPDATE refresh_tokens SET used_at = ? WHERE id = ?", [now, row.id]);
+        sqlite.run("UPDATE refresh_families SET expires_at = max(expires_at, ?) WHERE id = ?", [
+          tokens.lastExpiry,
+          row.familyId,
+        ]);
+        this.storeRefreshToken(row.userId, row.familyId, tokens, now);
+        return "OK";
+      })
+      .immediate();
+
+    if (decision === "INVALID") return { code: "INVALID" };
+    if (decision === "REUSED") {
+      this.options.credentials.applyRevocations();
       audit.record({
         type: "auth.refresh.reused",
         outcome: "denied",
-        actor: `user:${row.userId}`,
+        actor: `user:${seen.userId}`,
         ip: meta.client.ip,
         route: meta.route,
         requestId: meta.requestId,
-        detail: { family: row.familyId },
+        detail: { family: seen.familyId },
       });
       return { code: "REUSED" };
     }
-    const user = this.userById.get(row.userId);
-    if (!user) return { code: "INVALID" };
-    const tokens = await this.issueTokens(user.id, user.role, row.familyId, now);
     audit.record({
       type: "auth.refresh.succeeded",
       outcome: "success",
@@ -262,7 +322,7 @@ export class AuthService {
       route: meta.route,
       requestId: meta.requestId,
     });
-    return { code: "OK", tokens };
+    return { code: "OK", tokens: publicTokens(tokens) };
   }
 
   logout(userId: string, familyId: string, meta: RequestMeta): void {
@@ -279,11 +339,9 @@ export class AuthService {
 
   /** Ends a refresh family and, within a second everywhere, its access tokens. */
   revokeFamily(familyId: string): void {
-    this.options.sqlite.run(
-      "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
-      [this.options.clock.now(), familyId],
-    );
-    this.options.credentials.revoke("family", familyId);
+    const now = this.options.clock.now();
+    this.options.sqlite.transaction(() => this.revokeFamilyRows(familyId, now)).immediate();
+    this.options.credentials.applyRevocations();
   }
 
   /**
@@ -298,22 +356,36 @@ export class AuthService {
          WHERE expires_at < ?1 OR revoked_at < ?1 - ?2 LIMIT 1000)`,
       [now, accessTtlMs],
     ).changes;
+    // A family row goes only once no token of it can be valid, revoked or not: a token whose
+    // family has no row is refused, so this never revives anything.
+    const families = sqlite.run(
+      `DELETE FROM refresh_families WHERE rowid IN (SELECT rowid FROM refresh_families
+         WHERE expires_at < ? LIMIT 1000)`,
+      [now - FAMILY_GRACE_MS],
+    ).changes;
     const revocations = sqlite.run(
       `DELETE FROM auth_revocations WHERE rowid IN (SELECT rowid FROM auth_revocations
          WHERE created_at < ? LIMIT 1000)`,
       [now - accessTtlMs - 60 * 60_000],
     ).changes;
-    return tokens + revocations;
+    return tokens + families + revocations;
   }
 
   /** Ends every session of a user (role change, erasure). */
   revokeUserSessions(userId: string): void {
-    const families = this.options.sqlite
-      .query<{ familyId: string }, [string]>(
-        "SELECT DISTINCT family_id AS familyId FROM refresh_tokens WHERE user_id = ? AND revoked_at IS NULL",
-      )
-      .all(userId);
-    for (const { familyId } of families) this.revokeFamily(familyId);
+    const { sqlite, clock, credentials } = this.options;
+    const now = clock.now();
+    sqlite
+      .transaction(() => {
+        const families = sqlite
+          .query<{ id: string }, [string]>(
+            "SELECT id FROM refresh_families WHERE user_id = ? AND revoked_at IS NULL",
+          )
+          .all(userId);
+        for (const { id } of families) this.revokeFamilyRows(id, now);
+      })
+      .immediate();
+    credentials.applyRevocations();
   }
 
   setRole(userId: string, role: Role, actor: string | null): boolean {
@@ -333,13 +405,28 @@ export class AuthService {
     return true;
   }
 
-  private async issueTokens(
+  /** Marks a family revoked, its tokens too, and tells every process. Call inside a transaction. */
+  private revokeFamilyRows(familyId: string, now: number): void {
+    const { sqlite, credentials } = this.options;
+    sqlite.run("UPDATE refresh_families SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [
+      now,
+      familyId,
+    ]);
+    sqlite.run(
+      "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+      [now, familyId],
+    );
+    credentials.recordRevocation("family", familyId);
+  }
+
+  /** Signs an access token and draws a refresh token; nothing is stored yet. */
+  private async prepareTokens(
     userId: string,
     role: Role,
     familyId: string,
     now: number,
-  ): Promise<IssuedTokens> {
-    const { config, sqlite } = this.options;
+  ): Promise<PreparedTokens> {
+    const { config } = this.options;
     const accessTtl = config.jwt.accessTokenExpireMinutes * 60;
     const refreshTtl = config.jwt.refreshTokenExpireDays * 24 * 60 * 60;
     const accessToken = await signAccessToken(
@@ -349,18 +436,58 @@ export class AuthService {
       accessTtl,
     );
     const refreshToken = generateRefreshToken();
-    sqlite.run(
+    return {
+      accessToken,
+      refreshToken,
+      expiresIn: accessTtl,
+      refreshExpiresIn: refreshTtl,
+      refreshHash: sha256Hex(refreshToken),
+      lastExpiry: now + Math.max(accessTtl, refreshTtl) * 1000,
+    };
+  }
+
+  private storeRefreshToken(
+    userId: string,
+    familyId: string,
+    tokens: PreparedTokens,
+    now: number,
+  ): void {
+    this.options.sqlite.run(
       `INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
        VALUES (?, ?, ?, ?, ?, ?)`,
-      [Bun.randomUUIDv7(), userId, familyId, sha256Hex(refreshToken), now, now + refreshTtl * 1000],
+      [
+        Bun.randomUUIDv7(),
+        userId,
+        familyId,
+        tokens.refreshHash,
+        now,
+        now + tokens.refreshExpiresIn * 1000,
+      ],
     );
-    return { accessToken, refreshToken, expiresIn: accessTtl, refreshExpiresIn: refreshTtl };
   }
 
   private dummy(): Promise<string> {
     this.dummyHash ??= hashPassword(generateRefreshToken(), this.options.passwordHashing);
     return this.dummyHash;
   }
+}
+
+/** Clock skew allowed on access tokens, and then some: how long a family outlives its tokens. */
+const FAMILY_GRACE_MS = 60_000;
+
+/** Whether a refresh token may be presented at all: known, its family live, not expired. */
+function usable(row: RefreshRow, now: number): boolean {
+  return (
+    row.familyKnown === 1 &&
+    row.familyRevokedAt === null &&
+    row.revokedAt === null &&
+    row.expiresAt > now
+  );
+}
+
+function publicTokens(tokens: PreparedTokens): IssuedTokens {
+  const { accessToken, refreshToken, expiresIn, refreshExpiresIn } = tokens;
+  return { accessToken, refreshToken, expiresIn, refreshExpiresIn };
 }
 
 function publicUser(row: UserRow): UserRecord {

@@ -7,6 +7,13 @@
  * clock skew, and picks the key by `kid`: the current one, or the previous one while a rotation is
  * under way (JWT_PREVIOUS_SECRET_KEY), so rotating the secret logs nobody out.
  *
+ * Every claim the service reads is checked for its type after the signature: a validly signed
+ * token with `sub` as an object or `exp` as a string is refused as invalid, never passed on. A
+ * token whose lifetime (exp − iat) is longer than the configured one (plus the skew), or whose
+ * `iat` is in the future beyond the skew, is refused too: lowering ACCESS_TOKEN_EXPIRE_MINUTES
+ * must shorten what is accepted, not only what is issued, since revocations are remembered in
+ * memory for that long.
+ *
  * Refresh tokens are 256 random bits, base64url, stored only as their SHA-256.
  */
 import { errors, type JWTHeaderParameters, jwtVerify, SignJWT } from "jose";
@@ -66,10 +73,30 @@ export function signAccessToken(
     .sign(key);
 }
 
+/** An identifier claim: a non-empty string of bounded length. */
+function isId(value: unknown): value is string {
+  return typeof value === "string" && value.length > 0 && value.length <= 128;
+}
+
+function isSeconds(value: unknown): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+}
+
+/** The claims the service reads, each of its type, or null. */
+function accessClaimsOf(payload: Record<string, unknown>): AccessClaims | null {
+  const { sub, role, fam, jti, iat, exp } = payload;
+  if (!isId(sub) || !isId(fam) || !isId(jti)) return null;
+  if (role !== "user" && role !== "admin") return null;
+  if (!isSeconds(iat) || !isSeconds(exp)) return null;
+  return { sub, role, fam, jti, iat, exp };
+}
+
 export async function verifyAccessToken(
   keys: SigningKeys,
   token: string,
   nowMs: number,
+  /** The configured access-token lifetime: a token claiming a longer one is refused. */
+  maxLifetimeSeconds: number,
 ): Promise<TokenVerdict> {
   // Tokens from before `kid` existed carry none: they were signed with the current key.
   const keyFor = (header: JWTHeaderParameters): Uint8Array => {
@@ -86,11 +113,13 @@ export async function verifyAccessToken(
       currentDate: new Date(nowMs),
       requiredClaims: ["sub", "exp", "iat", "jti"],
     });
-    const role = payload.role;
-    if ((role !== "user" && role !== "admin") || typeof payload.fam !== "string") {
+    const claims = accessClaimsOf(payload);
+    if (claims === null) return { ok: false, reason: "invalid" };
+    if (claims.iat > nowMs / 1000 + CLOCK_SKEW_SECONDS) return { ok: false, reason: "invalid" };
+    if (claims.exp - claims.iat > maxLifetimeSeconds + CLOCK_SKEW_SECONDS) {
       return { ok: false, reason: "invalid" };
     }
-    return { ok: true, claims: payload as unknown as AccessClaims };
+    return { ok: true, claims };
   } catch (error) {
     if (error instanceof errors.JWTExpired) return { ok: false, reason: "expired" };
     return { ok: false, reason: "invalid" };

@@ -6,6 +6,7 @@
  * only as INTERNAL, without the exception's message.
  */
 import { Elysia, type ValidationError } from "elysia";
+import { isStoreUnavailable } from "../../db/client";
 import {
   AppError,
   type ErrorCode,
@@ -114,6 +115,17 @@ export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
         outcome = { code: STATUS_CODES[code]!, detail: "The request was refused." };
       } else if (code === "INVALID_COOKIE_SIGNATURE") {
         outcome = { code: "BAD_REQUEST", detail: "A signed cookie did not verify." };
+      } else if (isStoreUnavailable(error)) {
+        // Locked, read-only or full: the client may retry; the operator needs the stack.
+        logger.error(
+          { err: error, requestId, method: request.method, route: context.route },
+          "database unavailable",
+        );
+        outcome = {
+          code: "SERVICE_UNAVAILABLE",
+          detail: "The service cannot store this right now; try again shortly.",
+          headers: { "retry-after": "1" },
+        };
       } else {
         logger.error(
           { err: error, requestId, method: request.method, route: context.route },

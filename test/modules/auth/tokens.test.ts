@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createHmac } from "node:crypto";
-import { decodeProtectedHeader, SignJWT } from "jose";
+import { decodeJwt, decodeProtectedHeader, SignJWT } from "jose";
 import {
   signAccessToken,
   signingKey,
@@ -42,7 +42,8 @@ async function claimsFor(target: TestApp) {
     payload: {
       sub: session.userId,
       role: "admin",
-      fam: "forged-family",
+      // The session's own family: a token is accepted only for a family the database knows.
+      fam: decodeJwt(session.accessToken).fam as string,
       jti: "forged",
       iss: "palisade",
       aud: "palisade-api",
@@ -188,7 +189,7 @@ describe("signing-key rotation", () => {
     const { session } = await claimsFor(current);
     const byOldKey = await signAccessToken(
       signingKey(OLD),
-      { sub: session.userId, role: "user", fam: "rotated-family" },
+      { sub: session.userId, role: "user", fam: decodeJwt(session.accessToken).fam as string },
       Date.now(),
       600,
     );
@@ -196,7 +197,7 @@ describe("signing-key rotation", () => {
     expect((await meWith(current, session.accessToken)).status).toBe(200);
 
     const keys = signingKeys(NEW, null);
-    expect((await verifyAccessToken(keys, byOldKey, Date.now())).ok).toBe(false);
+    expect((await verifyAccessToken(keys, byOldKey, Date.now(), 600)).ok).toBe(false);
     const stranger = await signAccessToken(
       signingKey("stranger-secret-0123456789-abcdefghijkl"),
       { sub: session.userId, role: "user", fam: "x" },

@@ -1,0 +1,120 @@
+/**
+ * The session store failing under logout and refresh: the database locked by another connection
+ * past the busy timeout, or not writable. Each is 503 SERVICE_UNAVAILABLE with Retry-After and no
+ * detail of the failure, and nothing is half done: once the store is back, the same logout or
+ * refresh succeeds (the refresh token was not consumed by the failed attempt).
+ */
+import { Database } from "bun:sqlite";
+import { afterEach, describe, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { bearer, type Session, signUp } from "../../support/auth";
+
+const ENV = { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" };
+
+interface Failure {
+  name: string;
+  /** Makes the app's store fail; returns how to undo it. */
+  break(target: TestApp): () => void;
+}
+
+const FAILURES: Failure[] = [
+  {
+    name: "locked by another connection",
+    break(target) {
+      // The app waits 50 ms instead of 5 s for the lock, so the test is quick.
+      target.db.$client.run("PRAGMA busy_timeout = 50");
+      const other = new Database(target.databasePath);
+      other.run("BEGIN EXCLUSIVE");
+      other.run("DELETE FROM rate_limit_counters WHERE 0");
+      return () => {
+        other.run("ROLLBACK");
+        other.close();
+        target.db.$client.run("PRAGMA busy_timeout = 5000");
+      };
+    },
+  },
+  {
+    name: "read-only",
+    break(target) {
+      target.db.$client.run("PRAGMA query_only = ON");
+      return () => target.db.$client.run("PRAGMA query_only = OFF");
+    },
+  },
+];
+
+interface Operation {
+  name: string;
+  run(target: TestApp, session: Session): Promise<Response>;
+  succeeded: number;
+}
+
+const OPERATIONS: Operation[] = [
+  {
+    name: "logout",
+    run: (target, session) =>
+      send(target, "/api/auth/logout", { method: "POST", headers: bearer(session.accessToken) }),
+    succeeded: 204,
+  },
+  {
+    name: "refresh",
+    run: (target, session) =>
+      send(target, "/api/auth/refresh", { body: { refreshToken: session.refreshToken } }),
+    succeeded: 200,
+  },
+];
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+describe("a failing session store", () => {
+  for (const failure of FAILURES) {
+    for (const operation of OPERATIONS) {
+      test(`${failure.name}: ${operation.name} is 503 SERVICE_UNAVAILABLE, and works once the store is back`, async () => {
+        current = buildTestApp({ env: ENV });
+        const session = await signUp(current);
+        const restore = failure.break(current);
+        let response: Response;
+        try {
+          response = await operation.run(current, session);
+        } finally {
+          restore();
+        }
+        expect(response.status).toBe(503);
+        expect(response.headers.get("content-type")).toContain("application/problem+json");
+        expect(response.headers.get("retry-after")).toBe("1");
+        const body = await response.text();
+        expect(JSON.parse(body).code).toBe("SERVICE_UNAVAILABLE");
+        expect(body).not.toMatch(/SQLITE|locked|readonly|at \//i);
+
+        const again = await operation.run(current, session);
+        expect(again.status).toBe(operation.succeeded);
+      });
+    }
+  }
+
+  test("a reuse detected while the store is read-only is 503, and is still detected afterwards", async () => {
+    current = buildTestApp({ env: ENV });
+    const session = await signUp(current);
+    const first = await send(current, "/api/auth/refresh", {
+      body: { refreshToken: session.refreshToken },
+    });
+    expect(first.status).toBe(200);
+    const { refreshToken: child } = (await first.json()) as { refreshToken: string };
+    const restore = FAILURES[1]!.break(current);
+    const replay = await send(current, "/api/auth/refresh", {
+      body: { refreshToken: session.refreshToken },
+    });
+    restore();
+    expect(replay.status).toBe(503);
+    // The replay had no effect, so it is caught again, and it ends the family then.
+    const again = await send(current, "/api/auth/refresh", {
+      body: { refreshToken: session.refreshToken },
+    });
+    expect(again.status).toBe(401);
+    const childAfter = await send(current, "/api/auth/refresh", { body: { refreshToken: child } });
+    expect(childAfter.status).toBe(401);
+  });
+});

@@ -1,0 +1,59 @@
+/**
+ * Another instance of the service on a test app's database file, with its own SQLite connection,
+ * caches and (optionally) configuration: what a second process on the same VM, or the same process
+ * after a restart with changed settings, sees.
+ */
+import { createApp } from "../../src/app";
+import type { Clock } from "../../src/clock";
+import { loadConfig } from "../../src/config";
+import { openDatabase } from "../../src/db/client";
+import { createLogger } from "../../src/logging/logger";
+import { createServices } from "../../src/services";
+import {
+  LogCapture,
+  TEST_CSRF_SECRET,
+  TEST_JWT_SECRET,
+  TEST_PASSWORD_HASHING,
+  type TestApp,
+} from "./app";
+
+export interface Instance {
+  app: ReturnType<typeof createApp>;
+  services: ReturnType<typeof createServices>;
+  close(): void;
+}
+
+export function anotherInstance(
+  target: TestApp,
+  options: { clock?: Clock; env?: Record<string, string> } = {},
+): Instance {
+  const config = loadConfig({
+    APP_ENV: "development",
+    LOG_LEVEL: "info",
+    JWT_SECRET_KEY: TEST_JWT_SECRET,
+    CSRF_SECRET_KEY: TEST_CSRF_SECRET,
+    DATABASE_PATH: target.databasePath,
+    ...options.env,
+  });
+  const db = openDatabase(target.databasePath);
+  const services = createServices({
+    config,
+    db,
+    logger: createLogger({ level: "info", destination: new LogCapture() }),
+    clock: options.clock,
+    passwordHashing: TEST_PASSWORD_HASHING,
+    maintenanceIntervalMs: 0,
+  });
+  const app = createApp({ ...services, peerAddress: () => "127.0.0.1" });
+  let closed = false;
+  return {
+    app,
+    services,
+    close() {
+      if (closed) return;
+      closed = true;
+      services.close();
+      db.$client.close();
+    },
+  };
+}
