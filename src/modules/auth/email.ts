@@ -6,7 +6,7 @@
  * them, so every address goes through one normalisation before it is stored or looked up:
  *
  * 1. trimmed, then NFKC (compatibility forms fold: fullwidth, ligatures, composed vs decomposed);
- * 2. refused if any control, format, private-use, unassigned, surrogate, separator or
+ * 2. refused if any control, format, private-use, unassigned, surrogate, separator, U+FFFD or
  *    default-ignorable (invisible: zero-width space and joiners, soft hyphen, BOM, variation
  *    selectors, Hangul fillers) character is left;
  * 3. the domain: its one trailing dot dropped, then IDNA-mapped to ASCII (`domainToASCII`: case,
@@ -24,7 +24,7 @@ const MAX_EMAIL_LENGTH = 254;
 const MAX_LOCAL_LENGTH = 64;
 /** Characters that are invisible, control or otherwise not part of any real address. */
 const FORBIDDEN =
-  /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}\p{Default_Ignorable_Code_Point}\s]/u;
+  /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}\p{Default_Ignorable_Code_Point}\s\uFFFD]/u;
 /** A host name in ASCII: dot-separated labels of letters, digits and inner hyphens. */
 const HOST_NAME = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/;
 
