@@ -200,10 +200,10 @@ describe("passwords with lone surrogates are refused", () => {
     ["a high surrogate", "\\ud800"],
     ["a low surrogate", "\\udc00"],
     ["U+FFFD itself", "\\ufffd"],
-  ])("%s in the raw JSON: 422 naming body/password", async (_name, escape) => {
+  ])("%s in the raw JSON: 422 naming body/password", async (_name, suffix) => {
     const target = app();
     const response = await send(target, "/api/auth/register", {
-      body: `{"email":"pw@example.com","password":"${STRONG_PASSWORD}${escape}"}`,
+      body: `{"email":"pw@example.com","password":"${STRONG_PASSWORD}${suffix}"}`,
       peer: nextPeer(),
     });
     expect(response.status).toBe(422);
@@ -218,8 +218,8 @@ describe("passwords with lone surrogates are refused", () => {
 
   test("a password sent with \\ud800 cannot be used with \\udbff: nothing collapses to U+FFFD", async () => {
     const target = app();
-    const raw = (escape: string) =>
-      `{"email":"pw@example.com","password":"${STRONG_PASSWORD}${escape}"}`;
+    const raw = (suffix: string) =>
+      `{"email":"pw@example.com","password":"${STRONG_PASSWORD}${suffix}"}`;
     const registered = await send(target, "/api/auth/register", {
       body: raw("\\ud800"),
       peer: nextPeer(),
