@@ -8,6 +8,7 @@ import { afterEach, describe, expect, spyOn, test } from "bun:test";
 import { buildTestApp, PRODUCTION_ENV, secondProcess, send, type TestApp } from "../../support/app";
 import { STRONG_PASSWORD } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
+import { runToExit } from "../../support/process";
 
 const open: TestApp[] = [];
 afterEach(() => {
@@ -329,4 +330,31 @@ describe("rows stored before normalisation", () => {
       next.close();
     }
   });
+});
+
+describe("the CLI finds accounts by the same normalisation", () => {
+  test("users:create refuses a look-alike; users:role finds the account by any spelling", async () => {
+    const target = app();
+    const env = { DATABASE_PATH: target.databasePath };
+    const cli = (args: string[]) => runToExit(["bun", "run", "src/cli/index.ts", ...args], env);
+    expect((await cli(["users:create", "--email", "\u00e9mile@example.com"])).code).toBe(0);
+    const twin = await cli(["users:create", "--email", "E\u0301MILE@ＥＸＡＭＰＬＥ.com."]);
+    expect(twin.code).toBe(1);
+    expect(twin.stderr.trim()).toBe(
+      "palisade users:create: an account with this email already exists",
+    );
+    const invisible = await cli(["users:create", "--email", "\u00e9mile\u200b@example.com"]);
+    expect(invisible.code).toBe(2);
+    expect(invisible.stderr).not.toContain("example.com");
+    const promoted = await cli([
+      "users:role",
+      "--email",
+      "E\u0301mile@Example.com.",
+      "--role",
+      "admin",
+    ]);
+    expect(promoted.code).toBe(0);
+    const rows = target.db.$client.query("SELECT email, role FROM users").all();
+    expect(rows).toEqual([{ email: "\u00e9mile@example.com", role: "admin" }]);
+  }, 30_000);
 });
