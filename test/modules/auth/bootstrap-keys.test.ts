@@ -114,6 +114,32 @@ describe("bootstrap keys follow API_KEYS across restarts", () => {
     expect(await powers(running, k1)).toEqual({ me: 200, scopes: ["chat"], admin: 403 });
   });
 
+  test("processes starting together on one file store each bootstrap key once", async () => {
+    const path = databaseFile();
+    start(path, "").close(); // migrated, as after the first deployment
+    const keys = [generateApiKey("live"), generateApiKey("live"), generateApiKey("live")];
+    const env = { DATABASE_PATH: path, API_KEYS: `${keys[0]}:admin,${keys[1]},${keys[2]}:chat` };
+    const runs = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        runToExit(["bun", "run", "src/cli/index.ts", "keys:list"], env),
+      ),
+    );
+    expect(runs.map((run) => run.code)).toEqual([0, 0, 0, 0]);
+    expect(runs.map((run) => run.stderr)).toEqual(["", "", "", ""]);
+    const after = start(path, env.API_KEYS);
+    const rows = after.db.$client
+      .query(
+        "SELECT scopes FROM api_keys WHERE origin = 'bootstrap' AND revoked_at IS NULL ORDER BY name",
+      )
+      .all();
+    expect(rows).toEqual([
+      { scopes: '["admin"]' },
+      { scopes: '["chat","payments"]' },
+      { scopes: '["chat"]' },
+    ]);
+    expect(auditRows(after, ["admin.key.created"])).toHaveLength(3);
+  }, 30_000);
+
   test("an entry that is already a key made through the API or CLI is refused, naming API_KEYS", () => {
     const path = databaseFile();
     const first = start(path, "");
