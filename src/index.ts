@@ -61,7 +61,14 @@ try {
   fail(`DATABASE_PATH ${config.databasePath}: migrations failed: ${reason}`);
 }
 
-const services = createServices({ config, db, logger });
+let services: ReturnType<typeof createServices>;
+try {
+  services = createServices({ config, db, logger });
+} catch (error) {
+  // API_KEYS checked against the stored keys (a key already made through the API, a prefix clash).
+  if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
+  throw error;
+}
 await services.start();
 const app = createApp(services);
 startServer({

@@ -84,6 +84,8 @@ export interface ServiceOptions {
   cacheTokens?: boolean;
   /** argon2id cost; Bun's defaults when absent. Tests lower it. */
   passwordHashing?: PasswordHashing;
+  /** Prepare the unknown-email login's dummy hash now (default true; the CLI serves no logins). */
+  prepareLogin?: boolean;
   /** Background task period; 0 disables the timer (tests drive maintenance themselves). */
   maintenanceIntervalMs?: number;
 }
@@ -166,6 +168,10 @@ export function createServices(options: ServiceOptions): Services {
     signingKeys: keys,
     accessTokenTtlMs: config.jwt.accessTokenExpireMinutes * 60_000,
     cacheTokens: options.cacheTokens,
+    refuseTestKeys: config.appEnv === "production",
+  });
+  const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials, {
+    refuseTestKeys: config.appEnv === "production",
   });
   const auth = new AuthService({
     sqlite,
@@ -176,10 +182,11 @@ export function createServices(options: ServiceOptions): Services {
     limiter,
     ipBlocks,
     credentials,
+    apiKeys,
     signingKey: keys.current,
     passwordHashing: options.passwordHashing,
+    prepareLogin: options.prepareLogin,
   });
-  const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials);
   const privacy = new PrivacyService({
     sqlite,
     clock,
@@ -188,8 +195,18 @@ export function createServices(options: ServiceOptions): Services {
     apiKeys,
     contributors: options.privacyContributors,
   });
-  const bootstrapped = apiKeys.bootstrap(config.apiKeys);
-  if (bootstrapped > 0) logger.info({ count: bootstrapped }, "bootstrap API keys stored as hashes");
+  // API_KEYS is the truth for bootstrap keys: added, re-scoped and revoked to match it.
+  const bootstrap = apiKeys.reconcileBootstrap(config.apiKeys);
+  if (bootstrap.added + bootstrap.updated + bootstrap.revoked > 0) {
+    const { added, updated, revoked } = bootstrap;
+    logger.info({ added, updated, revoked }, "bootstrap API keys reconciled with API_KEYS");
+  }
+  if (bootstrap.stillRevoked.length > 0) {
+    logger.warn(
+      { entries: bootstrap.stillRevoked },
+      "API_KEYS lists keys that were revoked; they stay revoked: remove them from API_KEYS",
+    );
+  }
 
   const runMaintenance = () => {
     const now = clock.now();

@@ -77,6 +77,7 @@ export async function runCli(
         // Operators read the command's own output; only problems go to stderr.
         logger: createLogger({ level: "warn", destination: pino.destination(2) }),
         maintenanceIntervalMs: 0,
+        prepareLogin: false,
       });
       return services;
     },

@@ -4,6 +4,7 @@
  * and return one frozen object that the rest of the app receives as a dependency.
  */
 import type { PolicyId } from "../plugins/rate-limit/policies";
+import { type BootstrapKey, parseApiKeys } from "./api-keys";
 import { developmentKeyPath, loadOrCreateDevelopmentKey } from "./development-key";
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
 import { ConfigError } from "./error";
@@ -30,6 +31,7 @@ import { generateSecret, secretWeakness } from "./secrets";
 import { findUnknownVariables } from "./unknown-variables";
 import { SECRET_VARIABLES } from "./variables";
 
+export type { BootstrapKey } from "./api-keys";
 export { ConfigError } from "./error";
 export type { TrustProxy } from "./parse";
 export type { AppEnv, BodyLimits, LogLevel, PasswordPolicy } from "./profiles";
@@ -84,7 +86,8 @@ export interface Config {
   openapiPublic: boolean;
   auditRetentionDays: number;
   chatRetentionDays: number;
-  apiKeys: string[];
+  /** Bootstrap keys from API_KEYS, reconciled with the database at every start. */
+  apiKeys: BootstrapKey[];
   passwordPolicy: PasswordPolicy;
   bodyLimits: BodyLimits;
   enumerationResistance: boolean;
@@ -176,13 +179,10 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   }
   const corsRaw = text("CORS_ALLOWED_ORIGINS");
   const rateLimitPerMinute = integer("RATE_LIMIT_PER_MINUTE", profile.rateLimitPerMinute, 1, 1e6);
-  const apiKeys = parseList(env.API_KEYS ?? "");
-  if (deployed) {
-    for (const key of apiKeys) {
-      const weakness = secretWeakness(key);
-      if (weakness) throw new ConfigError("API_KEYS", `has a key that ${weakness}`);
-    }
-  }
+  const apiKeys = parseApiKeys(env.API_KEYS ?? "", {
+    deployed,
+    production: appEnv === "production",
+  });
 
   const config: Config = {
     appEnv,
@@ -273,7 +273,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
 
 function collectSecretValues(config: Config, env: Environment): string[] {
   // An API_KEYS entry may carry its scopes after a colon; the key itself is the secret.
-  const keys = config.apiKeys.flatMap((entry) => [entry, entry.split(":")[0]!]);
+  const keys = [...parseList(env.API_KEYS ?? ""), ...config.apiKeys.map((entry) => entry.key)];
   const values = new Set<string>([
     config.jwt.secretKey,
     config.csrf.secretKey,

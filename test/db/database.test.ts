@@ -112,7 +112,7 @@ describe("migrations", () => {
     }
   });
 
-  test("the users table refuses a second account with the same email in another case", () => {
+  test("the users table refuses a second account with the same email key (normalised, case-folded)", () => {
     const dir = tempDir();
     try {
       const db = openDatabase(join(dir.path, "app.db"));
@@ -120,12 +120,12 @@ describe("migrations", () => {
       const now = new Date();
       const row = { passwordHash: "x", createdAt: now, updatedAt: now };
       db.insert(users)
-        .values({ id: "a", email: "Ann@example.test", ...row })
+        .values({ id: "a", email: "Ann@example.test", emailKey: "ann@example.test", ...row })
         .run();
       expect(() =>
         db
           .insert(users)
-          .values({ id: "b", email: "ann@example.test", ...row })
+          .values({ id: "b", email: "ann@example.test", emailKey: "ann@example.test", ...row })
           .run(),
       ).toThrow(/UNIQUE/);
       db.$client.close();

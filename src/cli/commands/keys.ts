@@ -35,10 +35,25 @@ export const keysCreate: Command = {
       typeof args.flags.expires === "string"
         ? services.clock.now() + parseDuration("expires", args.flags.expires)
         : null;
-    const { key, record } = services.apiKeys.create(
-      { name, scopes: [...new Set(scopes)] as Scope[], userId, expiresAt, environment: env },
-      "cli",
-    );
+    const spec = {
+      name,
+      scopes: [...new Set(scopes)] as Scope[],
+      userId,
+      expiresAt,
+      environment: env as "live" | "test",
+    };
+    const refused = services.apiKeys.refusal(spec);
+    if (refused?.code === "TEST_KEY_IN_PRODUCTION") {
+      throw new CliError("--env test is refused when APP_ENV=production", EXIT_USAGE);
+    }
+    if (refused?.code === "SCOPES_EXCEED_ROLE") {
+      throw new CliError(
+        `--owner is a ${refused.role}, whose keys may not hold ${refused.scopes.join(", ")}`,
+        EXIT_USAGE,
+      );
+    }
+    if (refused) throw new CliError("the owner no longer exists");
+    const { key, record } = services.apiKeys.create(spec, "cli");
     context.out(
       `created key ${record.id} (${record.prefix}…) scopes ${record.scopes.join(",")} expires ${iso(record.expiresAt)}`,
     );
@@ -49,7 +64,7 @@ export const keysCreate: Command = {
 
 export const keysList: Command = {
   name: "keys:list",
-  summary: "List API keys (prefix, scopes, state); never the keys themselves",
+  summary: "List API keys (prefix, scopes, state, owner); never the keys themselves",
   usage: "keys:list",
   run(_args, context) {
     const { apiKeys, clock } = context.services();
@@ -66,8 +81,14 @@ export const keysList: Command = {
           : key.expiresAt !== null && key.expiresAt <= now
             ? "expired"
             : "active";
+      const owner =
+        key.userId !== null
+          ? `${key.ownerEmail}`
+          : key.origin === "bootstrap"
+            ? "(API_KEYS)"
+            : "(operator)";
       context.out(
-        `${key.id}  ${key.prefix}…  ${key.name}  ${key.scopes.join(",")}  ${state}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}`,
+        `${key.id}  ${key.prefix}…  ${key.name}  ${key.scopes.join(",")}  ${state}  owner ${owner}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}`,
       );
     }
     return 0;

@@ -26,7 +26,12 @@ export const usersCreate: Command = {
     const outcome = await context.services().auth.register(email, password, null, role);
     switch (outcome.code) {
       case "INVALID_EMAIL":
-        throw new CliError("--email is not a valid email address", EXIT_USAGE);
+        throw new CliError(
+          outcome.reason === "invisible_characters"
+            ? "--email has invisible, control or unpaired surrogate characters"
+            : "--email is not a valid email address",
+          EXIT_USAGE,
+        );
       case "WEAK_PASSWORD":
         throw new CliError(`the password is refused (${outcome.rule}): ${outcome.message}`);
       case "DUPLICATE":

@@ -54,6 +54,8 @@ export const refreshTokens = sqliteTable(
 );
 
 export const API_KEY_SCOPES = ["chat", "payments", "admin", "metrics"] as const;
+/** api: created through the admin API or the CLI; bootstrap: from API_KEYS, reconciled at start. */
+export const API_KEY_ORIGINS = ["api", "bootstrap"] as const;
 
 /**
  * API keys: only a short lookup prefix and the SHA-256 of the whole key are kept. Rotation gives
@@ -76,6 +78,7 @@ export const apiKeys = sqliteTable(
     lastUsedAt: integer("last_used_at"),
     revokedAt: integer("revoked_at"),
     replacedBy: text("replaced_by"),
+    origin: text("origin", { enum: API_KEY_ORIGINS }).notNull().default("api"),
   },
   (table) => [uniqueIndex("api_keys_prefix").on(table.prefix)],
 );

@@ -1,4 +1,3 @@
-import { sql } from "drizzle-orm";
 import { sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 import { timestamps } from "./columns";
 
@@ -8,11 +7,17 @@ export const users = sqliteTable(
   "users",
   {
     id: text("id").primaryKey(),
-    /** Normalised (trimmed, lower-cased domain) before it is stored; unique without regard to case. */
+    /** Normalised before it is stored (NFKC, IDNA domain; see modules/auth/email.ts), as typed otherwise. */
     email: text("email").notNull(),
+    /**
+     * The normalised, case-folded address: what uniqueness and every lookup by email compare. Null
+     * only for a row stored before normalisation whose address another account already holds (set
+     * aside at start; see reconcileEmailKeys).
+     */
+    emailKey: text("email_key"),
     passwordHash: text("password_hash").notNull(),
     role: text("role", { enum: USER_ROLES }).notNull().default("user"),
     ...timestamps,
   },
-  (table) => [uniqueIndex("users_email_unique").on(sql`lower(${table.email})`)],
+  (table) => [uniqueIndex("users_email_key_unique").on(table.emailKey)],
 );

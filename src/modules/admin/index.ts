@@ -39,9 +39,13 @@ export interface AdminModuleOptions {
   now: () => number;
 }
 
+/** A key as admins see it: its owner (or null for an operator key), never its secret. */
 function view(record: ApiKeyRecord) {
-  const { userId: _owner, ...shown } = record;
-  return shown;
+  const { userId, ownerEmail, ...shown } = record;
+  return {
+    ...shown,
+    owner: userId === null ? null : { id: userId, email: ownerEmail ?? "" },
+  };
 }
 
 /** Every admin route is on the default policy (per principal). */
@@ -76,16 +80,32 @@ export function adminModule(options: AdminModuleOptions) {
     .post(
       "/api-keys",
       ({ body, principal, set }) => {
-        const created = apiKeys.create(
-          {
-            name: body.name,
-            scopes: body.scopes,
-            userId: principal.kind === "user" ? principal.id : principal.userId,
-            expiresAt: body.expiresInDays ? options.now() + body.expiresInDays * DAY_MS : null,
-            environment: body.environment,
-          },
-          principalRef(principal),
-        );
+        // The new key acts for the caller's owner and may hold nothing that owner's role may not.
+        const spec = {
+          name: body.name,
+          scopes: body.scopes,
+          userId: principal.kind === "user" ? principal.id : principal.userId,
+          expiresAt: body.expiresInDays ? options.now() + body.expiresInDays * DAY_MS : null,
+          environment: body.environment,
+        };
+        const refused = apiKeys.refusal(spec);
+        if (refused?.code === "TEST_KEY_IN_PRODUCTION") {
+          throw new AppError("VALIDATION_FAILED", "pal_test_ keys are refused in production.", [
+            { field: "body/environment", message: "Must be live in production" },
+          ]);
+        }
+        if (refused?.code === "SCOPES_EXCEED_ROLE") {
+          throw new AppError("VALIDATION_FAILED", "The key's owner may not hold these scopes.", [
+            {
+              field: "body/scopes",
+              message: `A ${refused.role}'s key may not hold ${refused.scopes.join(", ")}`,
+            },
+          ]);
+        }
+        if (refused?.code === "NO_OWNER") {
+          throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
+        }
+        const created = apiKeys.create(spec, principalRef(principal));
         set.status = 201;
         return { key: created.key, apiKey: view(created.record) };
       },
@@ -107,7 +127,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         response: { 200: ApiKeyList },
-        detail: { tags, summary: "List API keys (never their secrets)" },
+        detail: { tags, summary: "List API keys with their owners (never their secrets)" },
       },
     )
     .delete(

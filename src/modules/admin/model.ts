@@ -29,6 +29,18 @@ export const ApiKeyView = t.Object({
   lastUsedAt: t.Nullable(t.Number()),
   revokedAt: t.Nullable(t.Number()),
   replacedBy: t.Nullable(t.String()),
+  origin: t.UnionEnum(["api", "bootstrap"], {
+    description: "bootstrap: from API_KEYS, reconciled with it at every start",
+  }),
+  owner: t.Nullable(
+    t.Object(
+      { id: t.String(), email: t.String() },
+      {
+        description:
+          "The user the key acts for; its scopes are bounded by that user's role. Null: an operator key",
+      },
+    ),
+  ),
 });
 
 export const CreatedKey = t.Object({

@@ -7,10 +7,16 @@
  * by their prefix (no hash over the whole table), compared by SHA-256 in constant time, cached for
  * 30 s.
  *
+ * A key acts for its owner: its effective scopes are its stored scopes bounded by the owner's role
+ * as read with the key (see `boundScopes`), so a demoted admin's key stops being an admin key. A
+ * key whose owner row is gone is refused. In production `pal_test_` keys are refused outright.
+ *
  * Revocation: logout, refresh-token reuse, key revocation and rotation append to
- * `auth_revocations`. Every process reads the new rows at most once a second (on the next request
- * after a second has passed) and drops what they revoke from its caches, so a revocation takes
- * effect everywhere within a second; in the process that made it, at once.
+ * `auth_revocations`; so do role changes and erasure (kind `user`: every cached key of that user is
+ * dropped, and re-read with the owner's new role at its next use). Every process reads the new
+ * rows at most once a second (on the next request after a second has passed) and drops what they
+ * revoke from its caches, so a revocation takes effect everywhere within a second; in the process
+ * that made it, at once.
  *
  * The durable record of a family's revocation is its `refresh_families` row, not the feed: an
  * access token that is not in the cache is accepted only if its family's row exists, belongs to
@@ -22,7 +28,7 @@ import type { Database, Statement } from "bun:sqlite";
 import { timingSafeEqual } from "node:crypto";
 import type { Clock } from "../../clock";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
-import type { Principal, Scope } from "./principal";
+import { boundScopes, type Principal, type Role, type Scope } from "./principal";
 import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
 
 export type Verification =
@@ -46,6 +52,8 @@ interface KeyRow {
   secretHash: string;
   scopes: string;
   userId: string | null;
+  /** The owner's role now; null for an ownerless key, or when the owner row is gone. */
+  ownerRole: Role | null;
   expiresAt: number | null;
   revokedAt: number | null;
 }
@@ -63,6 +71,8 @@ export interface CredentialVerifierOptions {
   accessTokenTtlMs: number;
   /** Cache verified access tokens (default). Off only to measure what the cache saves. */
   cacheTokens?: boolean;
+  /** Production: `pal_test_` keys are refused (401) whatever the database says. */
+  refuseTestKeys?: boolean;
 }
 
 export class CredentialVerifier {
@@ -85,9 +95,9 @@ export class CredentialVerifier {
   constructor(private readonly options: CredentialVerifierOptions) {
     const { sqlite } = options;
     this.findKey = sqlite.prepare(
-      `SELECT id, name, secret_hash AS secretHash, scopes, user_id AS userId,
-              expires_at AS expiresAt, revoked_at AS revokedAt
-       FROM api_keys WHERE prefix = ?`,
+      `SELECT k.id, k.name, k.secret_hash AS secretHash, k.scopes, k.user_id AS userId,
+              u.role AS ownerRole, k.expires_at AS expiresAt, k.revoked_at AS revokedAt
+       FROM api_keys k LEFT JOIN users u ON u.id = k.user_id WHERE k.prefix = ?`,
     );
     this.newRevocations = sqlite.prepare(
       `SELECT id, kind, subject, created_at AS createdAt FROM auth_revocations
@@ -158,6 +168,9 @@ export class CredentialVerifier {
     if (KEY_PATTERN.test(key) ? !hasValidChecksum(key) : key.length < 16) {
       return { ok: false, reason: "invalid" };
     }
+    if (this.options.refuseTestKeys && key.startsWith("pal_test_")) {
+      return { ok: false, reason: "invalid" };
+    }
     const hash = hashApiKey(key);
     const cached = this.keys.get(hash);
     if (cached && now - cached.cachedAt < KEY_CACHE_MS) {
@@ -173,12 +186,14 @@ export class CredentialVerifier {
     }
     if (row.revokedAt !== null) return { ok: false, reason: "revoked" };
     if (row.expiresAt !== null && row.expiresAt <= now) return { ok: false, reason: "expired" };
+    // An owned key whose owner is gone acts for nobody.
+    if (row.userId !== null && row.ownerRole === null) return { ok: false, reason: "revoked" };
     const principal = {
       kind: "key" as const,
       id: row.id,
       name: row.name,
       userId: row.userId,
-      scopes: JSON.parse(row.scopes) as Scope[],
+      scopes: boundScopes(JSON.parse(row.scopes) as Scope[], row.ownerRole),
     };
     if (this.keys.size >= CACHE_LIMIT) this.keys.clear();
     this.keys.set(hash, { principal, cachedAt: now, expiresAt: row.expiresAt });
@@ -187,13 +202,13 @@ export class CredentialVerifier {
   }
 
   /** Records a revocation for every process and applies it here at once. */
-  revoke(kind: "family" | "key", subject: string): void {
+  revoke(kind: "family" | "key" | "user", subject: string): void {
     this.recordRevocation(kind, subject);
     this.applyRevocations();
   }
 
   /** Appends to the feed only: for a caller that makes it part of its own transaction. */
-  recordRevocation(kind: "family" | "key", subject: string): void {
+  recordRevocation(kind: "family" | "key" | "user", subject: string): void {
     this.insertRevocation.run(kind, subject, this.options.clock.now());
   }
 
@@ -218,6 +233,11 @@ export class CredentialVerifier {
       } else if (row.kind === "key") {
         for (const [hash, entry] of this.keys) {
           if (entry.principal.id === row.subject) this.keys.delete(hash);
+        }
+      } else if (row.kind === "user") {
+        // The owner's role changed or the account went: its keys are re-read at their next use.
+        for (const [hash, entry] of this.keys) {
+          if (entry.principal.userId === row.subject) this.keys.delete(hash);
         }
       }
     }

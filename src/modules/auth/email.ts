@@ -1,17 +1,80 @@
 /**
  * @module
- * Email addresses as accounts: trimmed, the domain lower-cased (the local part is the mailbox
- * owner's and may be case-sensitive, so it is kept), and checked for a plausible shape. Uniqueness
- * in the database ignores case entirely, so `Ann@x` and `ann@x` cannot both register.
+ * Email addresses as accounts. One address has many spellings that a person reads as the same
+ * (`émile` composed or decomposed, fullwidth `ｔ１`, `ＥＸＡＭＰＬＥ.com`, `example.com.`), and some
+ * that look the same but are not (`t1\u200b`). An account must not be registrable twice through
+ * them, so every address goes through one normalisation before it is stored or looked up:
+ *
+ * 1. trimmed, then NFKC (compatibility forms fold: fullwidth, ligatures, composed vs decomposed);
+ * 2. refused if any control, format, private-use, unassigned, surrogate, separator, U+FFFD or
+ *    default-ignorable (invisible: zero-width space and joiners, soft hyphen, BOM, variation
+ *    selectors, Hangul fillers) character is left;
+ * 3. the domain: its one trailing dot dropped, then IDNA-mapped to ASCII (`domainToASCII`: case,
+ *    width and Unicode labels to `xn--`), and checked as a host name;
+ * 4. the local part is kept as typed (it is the mailbox owner's, and may be case-sensitive), but
+ *    uniqueness and every lookup compare the `key`: the local part case-folded (upper then lower, so
+ *    `ß` meets `SS`) and NFKC again, at the ASCII domain.
+ *
+ * Written here because no small library does exactly this; the Unicode work is the platform's
+ * (`String.normalize`, Unicode property escapes, node:url's IDNA).
  */
+import { domainToASCII } from "node:url";
 
 const MAX_EMAIL_LENGTH = 254;
-// One @, no spaces or control characters, a dotted domain: what every real address has.
-const EMAIL_SHAPE = /^[^\s@\p{Cc}]{1,64}@[^\s@\p{Cc}]+\.[^\s@\p{Cc}]+$/u;
+const MAX_LOCAL_LENGTH = 64;
+/** Characters that are invisible, control or otherwise not part of any real address. */
+const FORBIDDEN =
+  /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}\p{Default_Ignorable_Code_Point}\s\uFFFD]/u;
+/** A host name in ASCII: dot-separated labels of letters, digits and inner hyphens. */
+const HOST_NAME = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/;
 
-export function normalizeEmail(raw: string): string | null {
+export interface NormalizedEmail {
+  /** What is stored and shown: NFKC, the domain in lower-case ASCII. */
+  email: string;
+  /** What uniqueness and lookups compare: `email` with its local part case-folded. */
+  key: string;
+}
+
+export type EmailVerdict =
+  | ({ ok: true } & NormalizedEmail)
+  | { ok: false; reason: "invisible_characters" | "not_an_address" };
+
+export function foldCase(value: string): string {
+  return value.normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC");
+}
+
+export function checkEmail(raw: string): EmailVerdict {
+  // A lone surrogate cannot be normalised meaningfully: refuse it before anything else.
+  if (!raw.isWellFormed()) return { ok: false, reason: "invisible_characters" };
   const trimmed = raw.trim();
-  if (trimmed.length > MAX_EMAIL_LENGTH || !EMAIL_SHAPE.test(trimmed)) return null;
-  const at = trimmed.lastIndexOf("@");
-  return `${trimmed.slice(0, at)}@${trimmed.slice(at + 1).toLowerCase()}`;
+  const normalized = trimmed.normalize("NFKC");
+  if (FORBIDDEN.test(trimmed) || FORBIDDEN.test(normalized)) {
+    return { ok: false, reason: "invisible_characters" };
+  }
+  const at = normalized.lastIndexOf("@");
+  const local = normalized.slice(0, at);
+  let domain = normalized.slice(at + 1);
+  if (at < 1 || local.length > MAX_LOCAL_LENGTH || local.includes("@")) {
+    return { ok: false, reason: "not_an_address" };
+  }
+  if (domain.endsWith(".")) domain = domain.slice(0, -1);
+  const ascii = domainToASCII(domain);
+  if (!HOST_NAME.test(ascii)) return { ok: false, reason: "not_an_address" };
+  const email = `${local}@${ascii}`;
+  if (email.length > MAX_EMAIL_LENGTH) return { ok: false, reason: "not_an_address" };
+  return { ok: true, email, key: `${foldCase(local)}@${ascii}` };
+}
+
+/** The normalised address and its key, or null when it is not one. */
+export function normalizeEmail(raw: string): NormalizedEmail | null {
+  const verdict = checkEmail(raw);
+  return verdict.ok ? { email: verdict.email, key: verdict.key } : null;
+}
+
+/**
+ * What an account is found by for a string that may not be a valid address (a login with a typo):
+ * its key when it is one, else the trimmed, case-folded text, which matches no account.
+ */
+export function emailLookupKey(raw: string): string {
+  return normalizeEmail(raw)?.key ?? foldCase(raw.toWellFormed().trim());
 }

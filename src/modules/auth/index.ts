@@ -18,8 +18,7 @@ import type { PolicyTable } from "../../plugins/rate-limit/policies";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
 import { Credentials, LoginQuery, LoginResponse, Me, RefreshBody, RegisteredUser } from "./model";
-import type { AuthService, IssuedTokens, RequestMeta } from "./service";
-import { sha256Hex } from "./tokens";
+import { type AuthService, accountLimitKey, type IssuedTokens, type RequestMeta } from "./service";
 
 export interface AuthModuleOptions {
   issueCsrf: ReturnType<typeof createCsrfIssuer>;
@@ -101,8 +100,15 @@ export function authModule(options: AuthModuleOptions) {
         );
         switch (outcome.code) {
           case "INVALID_EMAIL":
+            // Names the field and the rule, never the value (it may hold invisible characters).
             throw new AppError("VALIDATION_FAILED", "The email address is not valid.", [
-              { field: "body/email", message: "Expected an email address" },
+              {
+                field: "body/email",
+                message:
+                  outcome.reason === "invisible_characters"
+                    ? "Must not contain invisible, control or unpaired surrogate characters"
+                    : "Expected an email address",
+              },
             ]);
           case "WEAK_PASSWORD":
             throw new AppError("VALIDATION_FAILED", outcome.message, [
@@ -112,9 +118,10 @@ export function authModule(options: AuthModuleOptions) {
             if (!options.enumerationResistance) {
               throw new AppError("CONFLICT", "An account with this email already exists.");
             }
-            // Answered like a new account, so the endpoint cannot tell who has one.
+            // Answered byte for byte like a new account (the same normalised address, the same
+            // role), so the endpoint cannot tell who has one.
             set.status = 201;
-            return { email: body.email.trim(), role: "user" as const };
+            return { email: outcome.email, role: "user" as const };
           case "CREATED":
             set.status = 201;
             return { email: outcome.user.email, role: outcome.user.role };
@@ -132,7 +139,7 @@ export function authModule(options: AuthModuleOptions) {
       async (context) => {
         const { body, query, set, request, path, client, requestId } = context as typeof context &
           RequestState;
-        const accountKey = `account:${sha256Hex(body.email.trim().toLowerCase())}`;
+        const accountKey = accountLimitKey(body.email);
         const headers = await enforceLimits(loginPolicy, accountKey, {
           method: request.method,
           path,

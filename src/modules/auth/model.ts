@@ -7,7 +7,8 @@ export const Credentials = t.Object({
   email: t.String({
     minLength: 3,
     maxLength: 254,
-    description: "Trimmed; the domain is lower-cased",
+    description:
+      "NFKC-normalised, the domain IDNA-mapped to ASCII without a trailing dot; invisible and control characters are refused",
   }),
   password: t.String({ minLength: 1, maxLength: 1024 }),
 });

@@ -25,6 +25,16 @@ export function createPasswordChecker(policy: PasswordPolicy) {
 
   /** Names the first rule the password breaks and how to fix it; never echoes the password. */
   return function checkPassword(password: string, email: string): PasswordVerdict {
+    // A lone surrogate (a broken `\ud800` escape) would reach argon2 as U+FFFD, so distinct
+    // passwords would collapse into one; U+FFFD itself is what a broken encoding leaves behind.
+    if (!password.isWellFormed() || password.includes("\uFFFD")) {
+      return {
+        ok: false,
+        rule: "invalid_characters",
+        message:
+          "The password has unpaired surrogates or U+FFFD, which cannot be stored faithfully.",
+      };
+    }
     if (password.length < policy.minLength) {
       return {
         ok: false,

@@ -25,3 +25,21 @@ export type Principal =
 export function principalRef(principal: Principal): string {
   return principal.kind === "user" ? `user:${principal.id}` : `key:${principal.id}`;
 }
+
+/**
+ * The scopes a key may hold for an owner of each role. A key acts for its owner, so it can never do
+ * more than the owner may: an admin's key any scope, a user's key only what a user does (chat and
+ * payments; `admin` and `metrics` are the operators'). Applied when a key is created, when its
+ * owner's role changes (the stored scopes narrow), and again at every use.
+ */
+export const ROLE_SCOPES: Record<Role, readonly Scope[]> = {
+  admin: ["chat", "payments", "admin", "metrics"],
+  user: ["chat", "payments"],
+};
+
+/** A key's effective scopes: its own, bounded by its owner's role (ownerless keys: their own). */
+export function boundScopes(scopes: readonly Scope[], ownerRole: Role | null): Scope[] {
+  if (ownerRole === null) return [...scopes];
+  const allowed = ROLE_SCOPES[ownerRole];
+  return scopes.filter((scope) => allowed.includes(scope));
+}

@@ -28,8 +28,9 @@ import type { ResolvedClient } from "../../plugins/client-ip";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
+import type { ApiKeyService } from "./api-keys";
 import type { CredentialVerifier } from "./credentials";
-import { normalizeEmail } from "./email";
+import { checkEmail, emailLookupKey } from "./email";
 import {
   createPasswordChecker,
   hashPassword,
@@ -61,8 +62,8 @@ export interface UserRecord {
 
 export type RegisterOutcome =
   | { code: "CREATED"; user: UserRecord }
-  | { code: "DUPLICATE" }
-  | { code: "INVALID_EMAIL" }
+  | { code: "DUPLICATE"; email: string }
+  | { code: "INVALID_EMAIL"; reason: "invisible_characters" | "not_an_address" }
   | { code: "WEAK_PASSWORD"; rule: string; message: string };
 
 export type LoginOutcome =
@@ -84,8 +85,15 @@ export interface AuthServiceOptions {
   limiter: LimiterStore;
   ipBlocks: IpBlockService;
   credentials: CredentialVerifier;
+  /** Narrows or revokes a user's keys when the role changes. */
+  apiKeys: ApiKeyService;
   signingKey: SigningKey;
   passwordHashing?: PasswordHashing;
+  /**
+   * Hash the dummy password for unknown-email logins when the service is built (default), so the
+   * first such login is not slower than the rest. Off for the CLI, which serves no logins.
+   */
+  prepareLogin?: boolean;
   /** Failed logins per account before it is locked, and over how long. */
   lockout?: { failures: number; windowMs: number };
 }
@@ -115,11 +123,18 @@ interface PreparedTokens extends IssuedTokens {
 
 const USER_COLUMNS = "id, email, role, password_hash AS passwordHash, created_at AS createdAt";
 
+/** The limiter key for one account: every spelling of an address shares it. */
+export function accountLimitKey(rawEmail: string): string {
+  return `account:${sha256Hex(emailLookupKey(rawEmail))}`;
+}
+
 export class AuthService {
   /** Built on first registration: zxcvbn's dictionaries take ~100 ms to load. */
   private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
   private readonly lockoutPolicy: Policy;
+  /** What unknown-email logins verify against; hashed when the service is built. */
   private dummyHash: Promise<string> | null = null;
+  private dummyHashReady = false;
   private readonly userByEmail: Statement<UserRow, [string]>;
   private readonly userById: Statement<UserRow, [string]>;
   private readonly refreshByHash: Statement<RefreshRow, [string]>;
@@ -134,9 +149,7 @@ export class AuthService {
       burstLimit: lockout.failures,
       failClosed: true,
     };
-    this.userByEmail = sqlite.prepare(
-      `SELECT ${USER_COLUMNS} FROM users WHERE lower(email) = lower(?)`,
-    );
+    this.userByEmail = sqlite.prepare(`SELECT ${USER_COLUMNS} FROM users WHERE email_key = ?`);
     this.userById = sqlite.prepare(`SELECT ${USER_COLUMNS} FROM users WHERE id = ?`);
     this.refreshByHash = sqlite.prepare(
       `SELECT t.id, t.user_id AS userId, t.family_id AS familyId, t.expires_at AS expiresAt,
@@ -145,15 +158,80 @@ export class AuthService {
        FROM refresh_tokens t LEFT JOIN refresh_families f ON f.id = t.family_id
        WHERE t.token_hash = ?`,
     );
+    // Made now, not at the first unknown-email login, so that login is not the slow one.
+    if (options.prepareLogin !== false) void this.dummy();
+    this.reconcileEmailKeys();
   }
 
+  /** Whether the dummy hash for unknown-email logins exists yet (it is started at construction). */
+  get loginPrepared(): boolean {
+    return this.dummyHashReady;
+  }
+
+  /** Resolves once the dummy hash exists. */
+  async prepared(): Promise<void> {
+    await this.dummy();
+  }
+
+  private dummy(): Promise<string> {
+    this.dummyHash ??= hashPassword(generateRefreshToken(), this.options.passwordHashing).then(
+      (hash) => {
+        this.dummyHashReady = true;
+        return hash;
+      },
+    );
+    return this.dummyHash;
+  }
+
+  /**
+   * Rows stored before addresses were normalised have no `email_key`. Each gets its normalised
+   * address and key now, oldest first; a row whose address is invalid under today's rules, or
+   * collapses onto an address another account already holds, is set aside (key left null: it can
+   * no longer sign in by email) and reported on every start until an operator resolves it. Runs in
+   * one immediate transaction, so processes starting together do it once.
+   */
+  private reconcileEmailKeys(): void {
+    const { sqlite, logger } = this.options;
+    const setAside: string[] = [];
+    sqlite
+      .transaction(() => {
+        const rows = sqlite
+          .query<{ id: string; email: string }, []>(
+            "SELECT id, email FROM users WHERE email_key IS NULL ORDER BY created_at, id",
+          )
+          .all();
+        const taken = sqlite.query<{ id: string }, [string]>(
+          "SELECT id FROM users WHERE email_key = ?",
+        );
+        for (const row of rows) {
+          const verdict = checkEmail(row.email);
+          if (!verdict.ok || taken.get(verdict.key)) {
+            setAside.push(row.id);
+            continue;
+          }
+          sqlite.run("UPDATE users SET email = ?, email_key = ? WHERE id = ?", [
+            verdict.email,
+            verdict.key,
+            row.id,
+          ]);
+        }
+      })
+      .immediate();
+    if (setAside.length > 0) {
+      logger.warn(
+        { users: setAside },
+        "accounts stored before email normalisation collide with another account or are not valid addresses; they cannot sign in by email until resolved",
+      );
+    }
+  }
   findUser(id: string): UserRecord | null {
     const row = this.userById.get(id);
     return row ? publicUser(row) : null;
   }
 
+  /** Any spelling of the address finds the account (see email.ts). */
   findUserByEmail(email: string): UserRecord | null {
-    const row = this.userByEmail.get(email);
+    const row = this.userByEmail.get(emailLookupKey(email));
     return row ? publicUser(row) : null;
   }
 
@@ -163,14 +241,15 @@ export class AuthService {
     meta: RequestMeta | null,
     role: Role = "user",
   ): Promise<RegisterOutcome> {
-    const email = normalizeEmail(rawEmail);
-    if (email === null) return { code: "INVALID_EMAIL" };
+    const address = checkEmail(rawEmail);
+    if (!address.ok) return { code: "INVALID_EMAIL", reason: address.reason };
+    const { email, key } = address;
     this.passwordChecker ??= createPasswordChecker(this.options.config.passwordPolicy);
     const verdict = this.passwordChecker(password, email);
     if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
     // Hashed even for a duplicate, so a new and an existing email take the same time.
     const passwordHash = await hashPassword(password, this.options.passwordHashing);
-    if (this.userByEmail.get(email)) {
+    if (this.userByEmail.get(key)) {
       this.options.audit.record({
         type: "auth.register.duplicate",
         outcome: "failure",
@@ -178,19 +257,19 @@ export class AuthService {
         route: meta?.route ?? null,
         requestId: meta?.requestId ?? null,
       });
-      return { code: "DUPLICATE" };
+      return { code: "DUPLICATE", email };
     }
     const now = this.options.clock.now();
     const id = Bun.randomUUIDv7();
     try {
       this.options.sqlite.run(
-        `INSERT INTO users (id, email, password_hash, role, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?)`,
-        [id, email, passwordHash, role, now, now],
+        `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+        [id, email, key, passwordHash, role, now, now],
       );
     } catch (error) {
       // Two registrations raced past the lookup; the unique index decided.
-      if (String(error).includes("UNIQUE")) return { code: "DUPLICATE" };
+      if (String(error).includes("UNIQUE")) return { code: "DUPLICATE", email };
       throw error;
     }
     this.options.audit.record({
@@ -207,8 +286,7 @@ export class AuthService {
 
   async login(rawEmail: string, password: string, meta: RequestMeta): Promise<LoginOutcome> {
     const { audit, clock, limiter } = this.options;
-    const email = normalizeEmail(rawEmail) ?? rawEmail.trim().toLowerCase();
-    const accountKey = `account:${sha256Hex(email.toLowerCase())}`;
+    const accountKey = accountLimitKey(rawEmail);
     const now = clock.now();
 
     const failures = await limiter.peek(this.lockoutPolicy, accountKey, now);
@@ -223,10 +301,16 @@ export class AuthService {
       return { code: "LOCKED", retryAfterSeconds: Math.ceil(this.lockoutPolicy.windowMs / 1000) };
     }
 
-    const user = this.userByEmail.get(email);
+    const user = this.userByEmail.get(emailLookupKey(rawEmail));
+    // A password with a lone surrogate was never accepted at registration: it matches nothing,
+    // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
+    const usable = password.isWellFormed();
     // The same argon2 work whether or not the account exists, so timing tells nothing.
-    const matches = await verifyPassword(password, user?.passwordHash ?? (await this.dummy()));
-    const valid = user !== null && user !== undefined && matches;
+    const matches = await verifyPassword(
+      usable ? password : "",
+      user?.passwordHash ?? (await this.dummy()),
+    );
+    const valid = user !== null && user !== undefined && usable && matches;
 
     if (!user || !valid) {
       await limiter.check([{ policy: this.lockoutPolicy, key: accountKey, now }]);
@@ -371,7 +455,10 @@ export class AuthService {
     return tokens + families + revocations;
   }
 
-  /** Ends every session of a user (role change, erasure). */
+  /**
+   * Ends every session of a user (role change, erasure), and drops every process's cached copies of
+   * the user's keys, so their next use is checked against the account as it now is.
+   */
   revokeUserSessions(userId: string): void {
     const { sqlite, clock, credentials } = this.options;
     const now = clock.now();
@@ -385,24 +472,31 @@ export class AuthService {
         for (const { id } of families) this.revokeFamilyRows(id, now);
       })
       .immediate();
-    credentials.applyRevocations();
+    credentials.revoke("user", userId);
   }
 
   setRole(userId: string, role: Role, actor: string | null): boolean {
-    const changed = this.options.sqlite.run(
-      "UPDATE users SET role = ?, updated_at = ? WHERE id = ? AND role != ?",
-      [role, this.options.clock.now(), userId, role],
-    ).changes;
-    if (changed === 0) return false;
-    // Tokens carry the role: the old ones must not outlive the change.
-    this.revokeUserSessions(userId);
-    this.options.audit.record({
-      type: "admin.user.role_changed",
-      outcome: "success",
-      actor,
-      detail: { user: userId, role },
-    });
-    return true;
+    const { sqlite } = this.options;
+    return sqlite
+      .transaction(() => {
+        const changed = sqlite.run(
+          "UPDATE users SET role = ?, updated_at = ? WHERE id = ? AND role != ?",
+          [role, this.options.clock.now(), userId, role],
+        ).changes;
+        if (changed === 0) return false;
+        this.options.audit.record({
+          type: "admin.user.role_changed",
+          outcome: "success",
+          actor,
+          detail: { user: userId, role },
+        });
+        // The user's keys may hold no more than the new role allows (narrowed or revoked, audited).
+        this.options.apiKeys.boundToRole(userId, role, actor);
+        // Tokens carry the role, and caches hold the keys: neither may outlive the change.
+        this.revokeUserSessions(userId);
+        return true;
+      })
+      .immediate();
   }
 
   /** Marks a family revoked, its tokens too, and tells every process. Call inside a transaction. */
@@ -464,11 +558,6 @@ export class AuthService {
         now + tokens.refreshExpiresIn * 1000,
       ],
     );
-  }
-
-  private dummy(): Promise<string> {
-    this.dummyHash ??= hashPassword(generateRefreshToken(), this.options.passwordHashing);
-    return this.dummyHash;
   }
 }
 

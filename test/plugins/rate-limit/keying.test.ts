@@ -32,7 +32,7 @@ async function scrape(target: TestApp, headers: Record<string, string> = {}, pee
 
 /** Each credential a client could attach to a request. */
 async function credentialsFor(target: TestApp, user: Session) {
-  const { key } = createKey(target, ["chat", "payments", "admin"] as Scope[], user.userId);
+  const { key } = createKey(target, ["chat", "payments"] as Scope[], user.userId);
   return {
     none: {},
     bearer: bearer(user.accessToken),

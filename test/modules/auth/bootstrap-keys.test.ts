@@ -1,0 +1,204 @@
+/**
+ * API_KEYS is the truth for bootstrap keys at every start: restarts on one database file add,
+ * re-scope and revoke to match it (audited), and an API_KEYS that could not work is a one-line
+ * refusal naming the variable, from `config:check` as from the start.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { ConfigError, loadConfig } from "../../../src/config";
+import { generateApiKey } from "../../../src/modules/auth/api-key-format";
+import type { Scope } from "../../../src/modules/auth/principal";
+import { PRODUCTION_ENV, send, tempDir } from "../../support/app";
+import { bearer } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
+import { runToExit } from "../../support/process";
+import { startOn } from "../../support/restart";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+function databaseFile(): string {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  return join(dir.path, "palisade.db");
+}
+
+function start(path: string, apiKeys: string, clock?: ManualClock) {
+  const started = startOn(path, { API_KEYS: apiKeys }, clock);
+  cleanups.push(started.close);
+  return started;
+}
+
+type Target = { app: { handle(request: Request): Promise<Response> } };
+
+async function powers(target: Target, key: string) {
+  const me = await send(target, "/api/auth/me", { headers: { "x-api-key": key } });
+  const scopes = me.status === 200 ? ((await me.json()) as { scopes: Scope[] }).scopes : null;
+  const admin = (await send(target, "/api/admin/api-keys", { headers: bearer(key) })).status;
+  return { me: me.status, scopes, admin };
+}
+
+function auditRows(target: ReturnType<typeof startOn>, types: string[]) {
+  return target.db.$client
+    .query(
+      `SELECT type, actor, detail FROM audit_events WHERE type IN (${types.map(() => "?").join(",")}) ORDER BY id`,
+    )
+    .all(...types)
+    .map((row) => {
+      const { type, actor, detail } = row as { type: string; actor: string; detail: string };
+      return { type, actor, detail: JSON.parse(detail) as Record<string, string> };
+    });
+}
+
+describe("bootstrap keys follow API_KEYS across restarts", () => {
+  test("added, re-scoped, removed: each start matches the variable, audited", async () => {
+    const path = databaseFile();
+    const k1 = generateApiKey("live");
+    const k2 = generateApiKey("live");
+
+    const first = start(path, `${k1}:admin+chat,${k2}`);
+    expect(await powers(first, k1)).toEqual({ me: 200, scopes: ["admin", "chat"], admin: 200 });
+    expect(await powers(first, k2)).toEqual({ me: 200, scopes: ["chat", "payments"], admin: 403 });
+    first.close();
+
+    // Fewer scopes for k1, k2 removed.
+    const second = start(path, `${k1}:chat`);
+    expect(await powers(second, k1)).toEqual({ me: 200, scopes: ["chat"], admin: 403 });
+    expect((await powers(second, k2)).me).toBe(401);
+    const events = auditRows(second, ["admin.key.scopes_changed", "admin.key.revoked"]);
+    expect(events).toEqual([
+      {
+        type: "admin.key.scopes_changed",
+        actor: "system",
+        detail: expect.objectContaining({
+          from: "admin,chat",
+          to: "chat",
+          reason: "api_keys_changed",
+        }),
+      },
+      {
+        type: "admin.key.revoked",
+        actor: "system",
+        detail: expect.objectContaining({ reason: "removed_from_api_keys" }),
+      },
+    ]);
+    expect(JSON.stringify(events)).not.toContain(k1);
+    second.close();
+
+    // A revoked bootstrap key listed again stays revoked, with a warning.
+    const third = start(path, `${k1}:chat,${k2}`);
+    expect((await powers(third, k2)).me).toBe(401);
+    expect(third.logs.text).toContain("they stay revoked");
+    expect(third.logs.text).not.toContain(k2);
+    third.close();
+
+    // API_KEYS emptied: no bootstrap key is left.
+    const fourth = start(path, "");
+    expect((await powers(fourth, k1)).me).toBe(401);
+    const active = fourth.db.$client
+      .query("SELECT count(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+      .get();
+    expect(active).toEqual({ n: 0 });
+  });
+
+  test("a process still running sees a restart's narrowing within a second", async () => {
+    const path = databaseFile();
+    const clock = new ManualClock();
+    const k1 = generateApiKey("live");
+    const running = start(path, `${k1}:admin`, clock);
+    expect((await powers(running, k1)).admin).toBe(200); // cached in this process
+    start(path, `${k1}:chat`, clock); // the next process, started with the new value
+    clock.advance(1_100);
+    expect(await powers(running, k1)).toEqual({ me: 200, scopes: ["chat"], admin: 403 });
+  });
+
+  test("processes starting together on one file store each bootstrap key once", async () => {
+    const path = databaseFile();
+    start(path, "").close(); // migrated, as after the first deployment
+    const keys = [generateApiKey("live"), generateApiKey("live"), generateApiKey("live")];
+    const env = { DATABASE_PATH: path, API_KEYS: `${keys[0]}:admin,${keys[1]},${keys[2]}:chat` };
+    const runs = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        runToExit(["bun", "run", "src/cli/index.ts", "keys:list"], env),
+      ),
+    );
+    expect(runs.map((run) => run.code)).toEqual([0, 0, 0, 0]);
+    expect(runs.map((run) => run.stderr)).toEqual(["", "", "", ""]);
+    const after = start(path, env.API_KEYS);
+    const rows = after.db.$client
+      .query(
+        "SELECT scopes FROM api_keys WHERE origin = 'bootstrap' AND revoked_at IS NULL ORDER BY name",
+      )
+      .all();
+    expect(rows).toEqual([
+      { scopes: '["admin"]' },
+      { scopes: '["chat","payments"]' },
+      { scopes: '["chat"]' },
+    ]);
+    expect(auditRows(after, ["admin.key.created"])).toHaveLength(3);
+  }, 30_000);
+
+  test("an entry that is already a key made through the API or CLI is refused, naming API_KEYS", () => {
+    const path = databaseFile();
+    const first = start(path, "");
+    const made = first.services.apiKeys.create({ name: "k", scopes: ["chat"], userId: null }, "t");
+    first.close();
+    let error: unknown;
+    try {
+      start(path, made.key);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as ConfigError).variable).toBe("API_KEYS");
+    expect((error as ConfigError).message).not.toContain(made.key);
+  });
+});
+
+describe("an API_KEYS that cannot work is refused in one line", () => {
+  const key = generateApiKey("live");
+  const twin = `${key.slice(0, 16)}${"x".repeat(24)}`;
+  const longKey = "a-long-bootstrap-key-0123456789-abcdef";
+  const badChecksum = `${key.slice(0, -1)}${key.endsWith("A") ? "B" : "A"}`;
+  test.each([
+    ["the same key twice", `${key},${key}:chat`, {}, "share their first 16 characters"],
+    ["two keys sharing their first 16 characters", `${key},${twin}`, {}, "entries 1 and 2 share"],
+    ["an unknown scope", `${longKey}:chat+root`, {}, "names a scope that is not one of"],
+    ["an empty scope list", `${longKey}:`, {}, "names a scope that is not one of"],
+    ["a key under 16 characters", "short-key", {}, "shorter than 16 characters"],
+    ["a pal_ key with a wrong checksum", badChecksum, {}, "checksum is wrong"],
+    ["a pal_test_ key in production", generateApiKey("test"), PRODUCTION_ENV, "pal_test_"],
+  ])("%s", (_name, apiKeys, env, reason) => {
+    let error: unknown;
+    try {
+      loadConfig({ ...env, API_KEYS: apiKeys });
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const refusal = error as ConfigError;
+    expect(refusal.variable).toBe("API_KEYS");
+    expect(refusal.message).toContain(reason);
+    expect(refusal.message.split("\n")).toHaveLength(1);
+    for (const entry of apiKeys.split(","))
+      expect(refusal.message).not.toContain(entry.split(":")[0]);
+  });
+
+  test("config:check and the start both refuse a collision: one line, exit 2", async () => {
+    const path = databaseFile();
+    const env = { DATABASE_PATH: path, API_KEYS: `${key},${twin}`, PORT: "0" };
+    const check = await runToExit(["bun", "run", "src/cli/index.ts", "config:check"], env);
+    expect(check.code).toBe(2);
+    expect(check.stderr.trim().split("\n")).toHaveLength(1);
+    expect(check.stderr).toContain("API_KEYS entries 1 and 2 share their first 16 characters");
+    const started = await runToExit(["bun", "run", "src/index.ts"], env);
+    expect(started.code).toBe(2);
+    expect(started.stderr.trim()).toStartWith(
+      "palisade: refusing to start: API_KEYS entries 1 and 2",
+    );
+    expect(started.stderr.trim().split("\n")).toHaveLength(1);
+    expect(started.stderr).not.toContain(key);
+  });
+});

@@ -1,0 +1,360 @@
+/**
+ * One address, many spellings: every spelling a person reads as the same address must reach the
+ * same account (register collides, login works, limits are shared), invisible and control
+ * characters are refused without echoing them, and in the deployed profiles a duplicate
+ * registration is answered byte for byte like a new one.
+ */
+import { afterEach, describe, expect, spyOn, test } from "bun:test";
+import { buildTestApp, PRODUCTION_ENV, secondProcess, send, type TestApp } from "../../support/app";
+import { STRONG_PASSWORD } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
+import { runToExit } from "../../support/process";
+
+const open: TestApp[] = [];
+afterEach(() => {
+  for (const target of open.splice(0)) target.close();
+});
+function app(options: Parameters<typeof buildTestApp>[0] = {}): TestApp {
+  const target = buildTestApp(options);
+  open.push(target);
+  return target;
+}
+
+interface Problem {
+  code: string;
+  errors?: { field: string; message: string }[];
+}
+
+let peerCounter = 0;
+const nextPeer = () => `198.51.${Math.floor(++peerCounter / 250)}.${peerCounter % 250}`;
+
+function register(target: TestApp, email: string, password = STRONG_PASSWORD, peer = nextPeer()) {
+  return send(target, "/api/auth/register", { body: { email, password }, peer });
+}
+
+function login(target: TestApp, email: string, password = STRONG_PASSWORD, peer = nextPeer()) {
+  return send(target, "/api/auth/login", { body: { email, password }, peer });
+}
+
+/** [canonical address, spellings that must all be that same account] */
+const LOOK_ALIKES: [string, string[]][] = [
+  [
+    "t1@example.com",
+    [
+      "ｔ1@example.com", // fullwidth t
+      "t１@example.com", // fullwidth 1
+      "ｔ１@ｅｘａｍｐｌｅ.ｃｏｍ", // all fullwidth
+      "T1@example.com", // case of the local part
+      "t1@ＥＸＡＭＰＬＥ.com", // fullwidth capitals in the domain
+      "t1@EXAMPLE.COM",
+      "t1@example.com.", // the root's trailing dot
+      "  t1@example.com\t", // surrounding whitespace
+      "t1@example\uFF0Ecom", // fullwidth full stop
+    ],
+  ],
+  [
+    "\u00e9mile@example.com", // é composed (NFC)
+    [
+      "e\u0301mile@example.com", // é decomposed (NFD)
+      "\u00c9MILE@example.com", // upper case, composed
+      "E\u0301MILE@example.com", // upper case, decomposed
+      "\u00e9mile@Example.Com.",
+    ],
+  ],
+  [
+    "ann@b\u00fccher.example", // an internationalised domain
+    [
+      "ann@xn--bcher-kva.example", // its ASCII form
+      "ann@BU\u0308CHER.example", // decomposed, upper case
+      "ANN@b\u00fccher.example.",
+    ],
+  ],
+  [
+    "strasse@example.com",
+    ["STRASSE@example.com", "stra\u00dfe@example.com"], // ß folds to ss
+  ],
+];
+
+const CASES = LOOK_ALIKES.flatMap(([canonical, spellings]) =>
+  spellings.map((spelling) => [canonical, spelling] as const),
+);
+
+describe("look-alike spellings are one account", () => {
+  test.each(CASES)(
+    "%s and %o: register is 409, login works, one row",
+    async (canonical, spelling) => {
+      const target = app();
+      expect((await register(target, canonical)).status).toBe(201);
+      const again = await register(target, spelling);
+      expect(again.status).toBe(409);
+      expect(((await again.json()) as Problem).code).toBe("CONFLICT");
+      const signedIn = await login(target, spelling);
+      expect(signedIn.status).toBe(200);
+      const count = target.db.$client.query("SELECT count(*) AS n FROM users").get() as {
+        n: number;
+      };
+      expect(count.n).toBe(1);
+      // And the other way round: the spelling first, the canonical address collides with it.
+      const reverse = app();
+      expect((await register(reverse, spelling)).status).toBe(201);
+      expect((await register(reverse, canonical)).status).toBe(409);
+      expect((await login(reverse, canonical)).status).toBe(200);
+    },
+  );
+
+  test("concurrent registrations of different spellings make exactly one account", async () => {
+    const target = app();
+    const spellings = LOOK_ALIKES[0]![1];
+    const answers = await Promise.all(spellings.map((spelling) => register(target, spelling)));
+    const statuses = answers.map((response) => response.status).sort();
+    expect(statuses.filter((status) => status === 201)).toHaveLength(1);
+    expect(statuses.filter((status) => status === 409)).toHaveLength(spellings.length - 1);
+    const rows = target.db.$client.query("SELECT email, email_key AS emailKey FROM users").all();
+    expect(rows).toHaveLength(1);
+  });
+
+  test("the stored address is the normalised one: NFKC, the domain in ASCII, no trailing dot", async () => {
+    const target = app();
+    const created = await register(target, "  E\u0301mile@BU\u0308CHER.Example. ");
+    expect(created.status).toBe(201);
+    expect(((await created.json()) as { email: string }).email).toBe(
+      "\u00c9mile@xn--bcher-kva.example",
+    );
+    const row = target.db.$client.query("SELECT email, email_key AS emailKey FROM users").get();
+    expect(row).toEqual({
+      email: "\u00c9mile@xn--bcher-kva.example",
+      emailKey: "\u00e9mile@xn--bcher-kva.example",
+    });
+  });
+
+  test("the per-account login limit is shared by every spelling", async () => {
+    const target = app();
+    expect((await register(target, "t1@example.com")).status).toBe(201);
+    const spellings = LOOK_ALIKES[0]![1];
+    const statuses: number[] = [];
+    for (const spelling of spellings.slice(0, 6)) {
+      statuses.push((await login(target, spelling, "wrong-password-123")).status);
+    }
+    // 5 per minute per account, from any address and in any spelling.
+    expect(statuses.slice(0, 5)).toEqual([401, 401, 401, 401, 401]);
+    expect(statuses[5]).toBe(429);
+  });
+});
+
+/** Spellings with a character that is invisible, a control, or not a character at all. */
+const INVISIBLE: [string, string][] = [
+  ["zero-width space", "t1\u200b@example.com"],
+  ["zero-width non-joiner", "t\u200c1@example.com"],
+  ["zero-width joiner", "t1\u200d@example.com"],
+  ["word joiner", "\u2060t1@example.com"],
+  ["byte order mark", "t1\ufeff@example.com"],
+  ["soft hyphen", "t\u00ad1@example.com"],
+  ["right-to-left override", "t1\u202e@example.com"],
+  ["Hangul filler", "t1\u3164@example.com"],
+  ["variation selector", "t1\ufe0f@example.com"],
+  ["NUL", "t1\u0000@example.com"],
+  ["BEL", "t1\u0007@example.com"],
+  ["DEL", "t1\u007f@example.com"],
+  ["line separator", "t1\u2028@example.com"],
+  ["private use", "t1\ue000@example.com"],
+  ["zero-width space in the domain", "t1@exa\u200bmple.com"],
+  ["no-break space inside", "t1\u00a0x@example.com"],
+];
+
+describe("invisible and control characters in an email are refused", () => {
+  test.each(INVISIBLE)(
+    "%s: 422 naming body/email, never echoing the value",
+    async (_name, email) => {
+      const target = app();
+      const response = await register(target, email);
+      expect(response.status).toBe(422);
+      const text = await response.text();
+      const body = JSON.parse(text) as Problem;
+      expect(body.code).toBe("VALIDATION_FAILED");
+      expect(body.errors?.map((error) => error.field)).toEqual(["body/email"]);
+      expect(text).not.toContain("t1");
+      expect(text).not.toContain("example.com");
+      expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 0 });
+    },
+  );
+
+  test("a lone surrogate sent as a raw JSON escape is refused, not turned into U+FFFD", async () => {
+    const target = app();
+    const response = await send(target, "/api/auth/register", {
+      body: `{"email":"t1\\ud800@example.com","password":"${STRONG_PASSWORD}"}`,
+      peer: nextPeer(),
+    });
+    expect(response.status).toBe(422);
+    const body = (await response.json()) as Problem;
+    expect(body.errors?.map((error) => error.field)).toEqual(["body/email"]);
+  });
+
+  test("a look-alike with an invisible character cannot sign in to the real account", async () => {
+    const target = app();
+    expect((await register(target, "t1@example.com")).status).toBe(201);
+    expect((await login(target, "t1\u200b@example.com")).status).toBe(401);
+  });
+});
+
+describe("passwords with lone surrogates are refused", () => {
+  test.each([
+    ["a high surrogate", "\\ud800"],
+    ["a low surrogate", "\\udc00"],
+    ["U+FFFD itself", "\\ufffd"],
+  ])("%s in the raw JSON: 422 naming body/password", async (_name, suffix) => {
+    const target = app();
+    const response = await send(target, "/api/auth/register", {
+      body: `{"email":"pw@example.com","password":"${STRONG_PASSWORD}${suffix}"}`,
+      peer: nextPeer(),
+    });
+    expect(response.status).toBe(422);
+    const text = await response.text();
+    const body = JSON.parse(text) as Problem;
+    expect(body.code).toBe("VALIDATION_FAILED");
+    expect(body.errors?.[0]?.field).toBe("body/password");
+    expect(body.errors?.[0]?.message).toStartWith("invalid_characters");
+    expect(text).not.toContain(STRONG_PASSWORD);
+    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 0 });
+  });
+
+  test("a password sent with \\ud800 cannot be used with \\udbff: nothing collapses to U+FFFD", async () => {
+    const target = app();
+    const raw = (suffix: string) =>
+      `{"email":"pw@example.com","password":"${STRONG_PASSWORD}${suffix}"}`;
+    const registered = await send(target, "/api/auth/register", {
+      body: raw("\\ud800"),
+      peer: nextPeer(),
+    });
+    expect(registered.status).toBe(422);
+    const other = await send(target, "/api/auth/login", { body: raw("\\udbff"), peer: nextPeer() });
+    expect(other.status).toBe(401);
+  });
+});
+
+describe("enumeration resistance (staging and production)", () => {
+  const STAGING = { ...PRODUCTION_ENV, APP_ENV: "staging" };
+  /** Status, every header but the request id, and the body's bytes. */
+  async function snapshot(response: Response) {
+    const headers = [...response.headers.entries()].filter(([name]) => name !== "x-request-id");
+    return { status: response.status, headers, body: await response.text() };
+  }
+
+  test.each(CASES)(
+    "%s exists, %o registers: byte-identical to a new account",
+    async (canonical, spelling) => {
+      const clock = new ManualClock();
+      const existing = app({ env: STAGING, clock });
+      expect((await register(existing, canonical, STRONG_PASSWORD, "192.0.2.200")).status).toBe(
+        201,
+      );
+      const fresh = app({ env: STAGING, clock });
+      const peer = "192.0.2.10";
+      const asDuplicate = await snapshot(await register(existing, spelling, STRONG_PASSWORD, peer));
+      const asNew = await snapshot(await register(fresh, spelling, STRONG_PASSWORD, peer));
+      expect(asDuplicate).toEqual(asNew);
+      expect(asNew.status).toBe(201);
+      expect(existing.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 1 });
+    },
+  );
+
+  test("the same password hashing for a new and an existing address", async () => {
+    const target = app({ env: PRODUCTION_ENV });
+    expect((await register(target, "t1@example.com")).status).toBe(201);
+    const hash = spyOn(Bun.password, "hash");
+    try {
+      await register(target, "ｔ1@example.com");
+      const forDuplicate = hash.mock.calls.length;
+      await register(target, "t2@example.com");
+      const forNew = hash.mock.calls.length - forDuplicate;
+      expect(forDuplicate).toBe(1);
+      expect(forNew).toBe(1);
+    } finally {
+      hash.mockRestore();
+    }
+  });
+});
+
+describe("the unknown-email login's dummy hash", () => {
+  test("is made when the service is built, before any login", async () => {
+    const target = app();
+    const deadline = Date.now() + 5_000;
+    while (!target.services.auth.loginPrepared && Date.now() < deadline) await Bun.sleep(5);
+    expect(target.services.auth.loginPrepared).toBe(true);
+    // The first unknown-email login verifies against it: it hashes nothing itself.
+    const hash = spyOn(Bun.password, "hash");
+    const verify = spyOn(Bun.password, "verify");
+    try {
+      expect((await login(target, "nobody@example.com")).status).toBe(401);
+      expect(hash).not.toHaveBeenCalled();
+      expect(verify).toHaveBeenCalledTimes(1);
+    } finally {
+      hash.mockRestore();
+      verify.mockRestore();
+    }
+  });
+});
+
+describe("rows stored before normalisation", () => {
+  test("are normalised at start; a collision keeps the oldest and sets the others aside", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const insert = (id: string, email: string, at: number) =>
+      sqlite.run(
+        `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
+         VALUES (?, ?, NULL, 'x', 'user', ?, ?)`,
+        [id, email, at, at],
+      );
+    insert("old-nfc", "\u00e9mile@example.com", 1);
+    insert("old-nfd", "e\u0301mile@example.com", 2);
+    insert("old-width", "ｔ1@EXAMPLE.com", 3);
+    insert("old-invisible", "t\u200b9@example.com", 4);
+    // A second process starting on the file: what the next start of the service does.
+    const next = secondProcess(target);
+    try {
+      const rows = sqlite
+        .query("SELECT id, email, email_key AS emailKey FROM users ORDER BY created_at")
+        .all();
+      expect(rows).toEqual([
+        { id: "old-nfc", email: "\u00e9mile@example.com", emailKey: "\u00e9mile@example.com" },
+        { id: "old-nfd", email: "e\u0301mile@example.com", emailKey: null },
+        { id: "old-width", email: "t1@example.com", emailKey: "t1@example.com" },
+        { id: "old-invisible", email: "t\u200b9@example.com", emailKey: null },
+      ]);
+      expect(next.services.auth.findUserByEmail("E\u0301MILE@example.com")?.id).toBe("old-nfc");
+      const duplicate = await send(next, "/api/auth/register", {
+        body: { email: "e\u0301mile@example.com", password: STRONG_PASSWORD },
+        peer: nextPeer(),
+      });
+      expect(duplicate.status).toBe(409);
+    } finally {
+      next.close();
+    }
+  });
+});
+
+describe("the CLI finds accounts by the same normalisation", () => {
+  test("users:create refuses a look-alike; users:role finds the account by any spelling", async () => {
+    const target = app();
+    const env = { DATABASE_PATH: target.databasePath };
+    const cli = (args: string[]) => runToExit(["bun", "run", "src/cli/index.ts", ...args], env);
+    expect((await cli(["users:create", "--email", "\u00e9mile@example.com"])).code).toBe(0);
+    const twin = await cli(["users:create", "--email", "E\u0301MILE@ＥＸＡＭＰＬＥ.com."]);
+    expect(twin.code).toBe(1);
+    expect(twin.stderr.trim()).toBe(
+      "palisade users:create: an account with this email already exists",
+    );
+    const invisible = await cli(["users:create", "--email", "\u00e9mile\u200b@example.com"]);
+    expect(invisible.code).toBe(2);
+    expect(invisible.stderr).not.toContain("example.com");
+    const promoted = await cli([
+      "users:role",
+      "--email",
+      "E\u0301mile@Example.com.",
+      "--role",
+      "admin",
+    ]);
+    expect(promoted.code).toBe(0);
+    const rows = target.db.$client.query("SELECT email, role FROM users").all();
+    expect(rows).toEqual([{ email: "\u00e9mile@example.com", role: "admin" }]);
+  }, 30_000);
+});

@@ -1,0 +1,61 @@
+/**
+ * The service started again on an existing database file with another environment: what a restart
+ * (or another process with other settings) sees. Migrations run as at start; close() closes this
+ * start's services and connection, never the file.
+ */
+import { createApp } from "../../src/app";
+import type { Clock } from "../../src/clock";
+import { loadConfig } from "../../src/config";
+import { openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
+import { createLogger } from "../../src/logging/logger";
+import { createServices } from "../../src/services";
+import { LogCapture, TEST_CSRF_SECRET, TEST_JWT_SECRET, TEST_PASSWORD_HASHING } from "./app";
+
+export function startOn(
+  databasePath: string,
+  env: Record<string, string | undefined> = {},
+  clock?: Clock,
+) {
+  const config = loadConfig({
+    APP_ENV: "development",
+    LOG_LEVEL: "info",
+    JWT_SECRET_KEY: TEST_JWT_SECRET,
+    CSRF_SECRET_KEY: TEST_CSRF_SECRET,
+    DATABASE_PATH: databasePath,
+    ...env,
+  });
+  const logs = new LogCapture();
+  const logger = createLogger({
+    level: "info",
+    secretValues: config.secretValues,
+    destination: logs,
+  });
+  const db = openDatabase(databasePath);
+  applyMigrations(db);
+  let services: ReturnType<typeof createServices>;
+  try {
+    services = createServices({
+      config,
+      db,
+      logger,
+      clock,
+      passwordHashing: TEST_PASSWORD_HASHING,
+      maintenanceIntervalMs: 0,
+    });
+  } catch (error) {
+    db.$client.close();
+    throw error;
+  }
+  const app = createApp({ ...services, peerAddress: () => "10.3.3.3", accessLogBuffered: false });
+  return {
+    app,
+    services,
+    db,
+    logs,
+    close() {
+      services.close();
+      db.$client.close();
+    },
+  };
+}
