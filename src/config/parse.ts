@@ -3,7 +3,7 @@
  * Parsers for one variable each. Each takes the raw string and throws a ConfigError naming the
  * variable; none of them echoes the value, which may be a secret.
  */
-import ipaddr from "ipaddr.js";
+import { formatAddress, formatRange, parseCidr, parseIp } from "../plugins/client-ip/address";
 import { ConfigError } from "./error";
 
 export function parseEnum<T extends string>(name: string, raw: string, allowed: readonly T[]): T {
@@ -41,13 +41,26 @@ export function parseCidrList(name: string, raw: string): string[] {
       cidrs.push(...named);
       continue;
     }
+    // Addresses are read by the one strict parser the request path uses (plugins/client-ip/address):
+    // canonical dotted-decimal IPv4 or IPv6, never inet_aton's octal, hex or short forms.
     if (item.includes("/")) {
-      if (!ipaddr.isValidCIDR(item)) throw new ConfigError(name, `has an invalid CIDR "${item}"`);
-      cidrs.push(item);
+      const range = parseCidr(item);
+      if (range === null) {
+        throw new ConfigError(
+          name,
+          `has an invalid CIDR "${item}" (expected a canonical IPv4 or IPv6 address, /bits)`,
+        );
+      }
+      cidrs.push(formatRange(range));
     } else {
-      if (!ipaddr.isValid(item)) throw new ConfigError(name, `has an invalid address "${item}"`);
-      const address = ipaddr.process(item);
-      cidrs.push(`${address.toString()}/${address.kind() === "ipv4" ? 32 : 128}`);
+      const address = parseIp(item);
+      if (address === null) {
+        throw new ConfigError(
+          name,
+          `has an invalid address "${item}" (expected canonical dotted-decimal IPv4 or IPv6)`,
+        );
+      }
+      cidrs.push(`${formatAddress(address)}/${address.kind() === "ipv4" ? 32 : 128}`);
     }
   }
   return cidrs;
