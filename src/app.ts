@@ -31,6 +31,7 @@ import { metrics } from "./plugins/metrics";
 import { DOCS_PATH, openapiDocument } from "./plugins/openapi";
 import { rateLimit } from "./plugins/rate-limit";
 import { requestGuard } from "./plugins/request-guard";
+import { realPathFirst } from "./plugins/request-guard/host";
 import { requestId } from "./plugins/request-id";
 import { securityHeaders } from "./plugins/security-headers";
 import type { Services } from "./services";
@@ -49,6 +50,9 @@ export function createApp(deps: AppDeps) {
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
   const app = new Elysia({ name: "palisade" })
+    // Before anything reads the path: Elysia slices it from request.url at a fixed offset, which a
+    // short or malformed Host shifts (plugins/request-guard/host).
+    .wrap(realPathFirst)
     .use(requestId())
     .use(clientIp({ trustProxy: config.trustProxy, peerAddress: deps.peerAddress }))
     .use(securityHeaders({ hsts: config.requireTls, htmlPaths: [DOCS_PATH] }))
@@ -62,7 +66,13 @@ export function createApp(deps: AppDeps) {
         identify,
       }),
     )
-    .use(requestGuard({ bodyLimits: config.bodyLimits, audit: deps.audit }))
+    .use(
+      requestGuard({
+        bodyLimits: config.bodyLimits,
+        audit: deps.audit,
+        allowedHosts: config.allowedHosts,
+      }),
+    )
     .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
     .use(
       csrf({

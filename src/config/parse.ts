@@ -4,6 +4,7 @@
  * variable; none of them echoes the value, which may be a secret.
  */
 import { formatAddress, formatRange, parseCidr, parseIp } from "../plugins/client-ip/address";
+import { parseHost } from "../plugins/request-guard/host";
 import { ConfigError } from "./error";
 
 export function parseEnum<T extends string>(name: string, raw: string, allowed: readonly T[]): T {
@@ -64,6 +65,31 @@ export function parseCidrList(name: string, raw: string): string[] {
     }
   }
   return cidrs;
+}
+
+/**
+ * ALLOWED_HOSTS: host names (or IP literals, IPv6 in brackets) this service answers for, without
+ * ports, normalised as the Host check normalises a request's (lower case, no trailing dot).
+ */
+export function parseAllowedHosts(name: string, raw: string): string[] {
+  const hosts: string[] = [];
+  for (const item of parseList(raw)) {
+    if (item === "*") {
+      throw new ConfigError(
+        name,
+        "must list host names; * is refused (leave it unset outside production)",
+      );
+    }
+    const host = parseHost(item);
+    if (host === null || host.port !== null) {
+      throw new ConfigError(
+        name,
+        `has "${item}", which is not a host name (no scheme, port or path)`,
+      );
+    }
+    hosts.push(host.name);
+  }
+  return hosts;
 }
 
 export type TrustProxy =

@@ -13,6 +13,7 @@ const production = (extra: Record<string, string | undefined> = {}) => ({
   APP_ENV: "production",
   JWT_SECRET_KEY: STRONG,
   CSRF_SECRET_KEY: STRONG_2,
+  ALLOWED_HOSTS: "api.example.test",
   ...extra,
 });
 
@@ -188,6 +189,7 @@ describe("secrets from files (NAME_FILE)", () => {
       writeFileSync(csrfPath, STRONG_2);
       const config = loadConfig({
         APP_ENV: "production",
+        ALLOWED_HOSTS: "api.example.test",
         JWT_SECRET_KEY_FILE: jwtPath,
         CSRF_SECRET_KEY_FILE: csrfPath,
       });
@@ -244,4 +246,39 @@ test(".env.example documents exactly the variables Palisade reads", () => {
   const example = readFileSync(new URL("../../.env.example", import.meta.url), "utf8");
   const documented = [...example.matchAll(/^#?\s*([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]);
   expect(new Set(documented)).toEqual(new Set(VARIABLES.map((v) => v.name)));
+});
+
+describe("ALLOWED_HOSTS", () => {
+  test("is required in production, optional elsewhere (unset: any well-formed host)", () => {
+    expect(refusal(production({ ALLOWED_HOSTS: undefined })).message).toBe(
+      "ALLOWED_HOSTS is required when APP_ENV=production",
+    );
+    expect(refusal(production({ ALLOWED_HOSTS: " , " })).message).toBe(
+      "ALLOWED_HOSTS is required when APP_ENV=production",
+    );
+    expect(loadConfig({ APP_ENV: "development" }).allowedHosts).toBeNull();
+    expect(
+      loadConfig({ ...production(), APP_ENV: "staging", ALLOWED_HOSTS: "" }).allowedHosts,
+    ).toBeNull();
+  });
+
+  test("names are normalised: lower case, no trailing dot, IPv6 in brackets", () => {
+    const config = loadConfig(
+      production({ ALLOWED_HOSTS: "API.Example.Test., 203.0.113.4, [2001:DB8::1]" }),
+    );
+    expect(config.allowedHosts).toEqual(["api.example.test", "203.0.113.4", "[2001:db8::1]"]);
+  });
+
+  test.each([
+    "*",
+    "https://api.example.test",
+    "api.example.test:443",
+    "api.example.test/x",
+    "a b",
+    "010.1.1.1",
+    "::1",
+  ])("refuses %p with one line naming the variable", (value) => {
+    const error = refusal(production({ ALLOWED_HOSTS: value }));
+    expect(error.message).toStartWith("ALLOWED_HOSTS ");
+  });
 });

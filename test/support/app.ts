@@ -28,6 +28,7 @@ export const PRODUCTION_ENV = {
   APP_ENV: "production",
   JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
   CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+  ALLOWED_HOSTS: "localhost",
 };
 
 export const TEST_PASSWORD_HASHING = { memoryCost: 1024, timeCost: 1 };

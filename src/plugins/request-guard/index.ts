@@ -25,6 +25,7 @@ import {
   hasBody,
   type Refusal,
 } from "./checks";
+import { checkHost } from "./host";
 
 export function bodyLimitFor(path: string, limits: BodyLimits): number {
   if (path.startsWith("/webhooks/")) return limits.webhooks;
@@ -34,6 +35,8 @@ export function bodyLimitFor(path: string, limits: BodyLimits): number {
 
 export interface RequestGuardOptions {
   bodyLimits: BodyLimits;
+  /** Host names `Host` may name (ALLOWED_HOSTS); null: any well-formed host. */
+  allowedHosts?: readonly string[] | null;
   audit: AuditLog;
   limits?: GuardLimits;
 }
@@ -42,7 +45,9 @@ export function requestGuard({
   bodyLimits,
   audit,
   limits = DEFAULT_GUARD_LIMITS,
+  allowedHosts = null,
 }: RequestGuardOptions) {
+  const hosts = allowedHosts === null ? null : new Set(allowedHosts);
   const refuse = (state: RequestState, refusal: Refusal): never => {
     const { request, path, clientIp, requestId } = state;
     audit.record({
@@ -63,6 +68,7 @@ export function requestGuard({
       const refusal =
         checkUrl(request.url, limits) ??
         checkHeaders(headers) ??
+        checkHost(request, hosts) ??
         (hasBody(request)
           ? (checkDeclaredLength(headers, bodyLimitFor(path, bodyLimits)) ??
             checkContentType(headers))
