@@ -9,6 +9,7 @@ import { Writable } from "node:stream";
 import { createApp } from "../../src/app";
 import type { Clock } from "../../src/clock";
 import { type Config, loadConfig } from "../../src/config";
+import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "../../src/db/busy";
 import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createLogger, type Logger } from "../../src/logging/logger";
@@ -102,6 +103,8 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
   });
   const db = openDatabase(databasePath);
   applyMigrations(db);
+  // As src/index.ts serves.
+  setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
   const services = createServices({
     config,
     db,

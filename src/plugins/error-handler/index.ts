@@ -6,6 +6,7 @@
  * only as INTERNAL, without the exception's message.
  */
 import { Elysia, type ValidationError } from "elysia";
+import { isDatabaseBusy } from "../../db/busy";
 import {
   AppError,
   type ErrorCode,
@@ -114,6 +115,15 @@ export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
         outcome = { code: STATUS_CODES[code]!, detail: "The request was refused." };
       } else if (code === "INVALID_COOKIE_SIGNATURE") {
         outcome = { code: "BAD_REQUEST", detail: "A signed cookie did not verify." };
+      } else if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
+        // Another process holds the write lock past our short wait (db/busy): not a bug, and
+        // retrying shortly will work.
+        logger.warn({ requestId, method: request.method, route: context.route }, "database locked");
+        outcome = {
+          code: "SERVICE_UNAVAILABLE",
+          detail: "The database is busy; try again shortly.",
+          headers: { "retry-after": "1" },
+        };
       } else {
         logger.error(
           { err: error, requestId, method: request.method, route: context.route },
