@@ -36,6 +36,7 @@ import { metrics, metricsRouteClasses } from "./plugins/metrics";
 import { DOCS_PATH, openapiDocument, openapiRouteClasses } from "./plugins/openapi";
 import { rateLimit } from "./plugins/rate-limit";
 import { requestGuard } from "./plugins/request-guard";
+import { realPathFirst } from "./plugins/request-guard/host";
 import { requestId } from "./plugins/request-id";
 import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/route-class";
 import { securityHeaders } from "./plugins/security-headers";
@@ -67,6 +68,9 @@ export function createApp(deps: AppDeps) {
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
   const app = new Elysia({ name: "palisade" })
+    // Before anything reads the path: Elysia slices it from request.url at a fixed offset, which a
+    // short or malformed Host shifts (plugins/request-guard/host).
+    .wrap(realPathFirst)
     .use(requestId())
     .use(
       routeClass({
@@ -87,7 +91,13 @@ export function createApp(deps: AppDeps) {
         now: () => clock.now(),
       }),
     )
-    .use(requestGuard({ bodyLimits: config.bodyLimits, audit: deps.audit }))
+    .use(
+      requestGuard({
+        bodyLimits: config.bodyLimits,
+        audit: deps.audit,
+        allowedHosts: config.allowedHosts,
+      }),
+    )
     .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
     .use(
       csrf({

@@ -6,6 +6,7 @@
  */
 import { createApp } from "./app";
 import { ConfigError, loadConfig } from "./config";
+import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, openDatabase } from "./db/client";
 import { applyMigrations } from "./db/migrate";
 import { createLogger } from "./logging/logger";
@@ -70,6 +71,8 @@ try {
   throw error;
 }
 await services.start();
+// Serving: a statement waits for another process's write lock briefly, never seconds (db/busy).
+setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
 const app = createApp(services);
 startServer({
   app,

@@ -9,6 +9,7 @@ import { RedisClient } from "bun";
 import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock";
 import type { Config } from "./config";
+import { isDatabaseBusy, probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
 import { ApiKeyService } from "./modules/auth/api-keys";
 import { CredentialVerifier } from "./modules/auth/credentials";
@@ -107,8 +108,12 @@ export function createServices(options: ServiceOptions): Services {
   const limiter =
     options.limiter ?? (redis ? new RedisLimiterStore(redis) : new SqliteLimiterStore({ sqlite }));
   const readiness: Record<string, ReadinessCheck> = {
+    // Ready means writable: a file another process holds locked (or that cannot be written)
+    // answers reads but not a login. Takes the write lock for no work, waiting at most the short
+    // busy timeout (db/busy).
     database: () => {
       sqlite.query("SELECT 1").values();
+      probeWritable(sqlite);
     },
   };
   if (redis) {
@@ -217,7 +222,9 @@ export function createServices(options: ServiceOptions): Services {
       auth.pruneSessions(now);
       ipBlocks.prune(now);
     } catch (error) {
-      logger.error({ err: error }, "maintenance failed");
+      // Locked by another process: the next run tries again; nothing waits for the lock.
+      if (isDatabaseBusy(error)) logger.warn("maintenance deferred: the database is locked");
+      else logger.error({ err: error }, "maintenance failed");
     }
     // The anchor that lets audit:verify notice deleted newest rows; logged when the head moved.
     audit.logHead();

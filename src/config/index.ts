@@ -9,6 +9,7 @@ import { developmentKeyPath, loadOrCreateDevelopmentKey } from "./development-ke
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
 import { ConfigError } from "./error";
 import {
+  parseAllowedHosts,
   parseAppEnv,
   parseBoolean,
   parseCidrList,
@@ -43,6 +44,8 @@ export interface Config {
   databasePath: string;
   logLevel: LogLevel;
   trustProxy: TrustProxy;
+  /** Host names requests may name in `Host` (port ignored); null: any well-formed host. */
+  allowedHosts: string[] | null;
   jwt: {
     secretKey: string;
     /** Accepted, never used to sign: set while rotating JWT_SECRET_KEY, for one token lifetime. */
@@ -266,9 +269,21 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     unknownVariables: findUnknownVariables(rawEnv),
     generatedSecrets,
     secretValues: [],
+    // Last, so a missing signing secret is still the first thing a production start reports.
+    allowedHosts: allowedHosts(text("ALLOWED_HOSTS"), appEnv),
   };
   config.secretValues = collectSecretValues(config, env);
   return deepFreeze(config);
+}
+
+function allowedHosts(raw: string | undefined, appEnv: AppEnv): string[] | null {
+  const hosts = parseAllowedHosts("ALLOWED_HOSTS", raw ?? "");
+  if (hosts.length > 0) return hosts;
+  // As Django's ALLOWED_HOSTS: a deployment names the hosts it serves.
+  if (appEnv === "production") {
+    throw new ConfigError("ALLOWED_HOSTS", "is required when APP_ENV=production");
+  }
+  return null;
 }
 
 function collectSecretValues(config: Config, env: Environment): string[] {

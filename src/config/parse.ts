@@ -3,7 +3,8 @@
  * Parsers for one variable each. Each takes the raw string and throws a ConfigError naming the
  * variable; none of them echoes the value, which may be a secret.
  */
-import ipaddr from "ipaddr.js";
+import { formatAddress, formatRange, parseCidr, parseIp } from "../plugins/client-ip/address";
+import { parseHost } from "../plugins/request-guard/host";
 import { ConfigError } from "./error";
 import { APP_ENVS, type AppEnv, LOG_LEVELS, type LogLevel } from "./profiles";
 
@@ -73,16 +74,54 @@ export function parseCidrList(name: string, raw: string): string[] {
       cidrs.push(...named);
       continue;
     }
+    // Addresses are read by the one strict parser the request path uses (plugins/client-ip/address):
+    // canonical dotted-decimal IPv4 or IPv6, never inet_aton's octal, hex or short forms.
     if (item.includes("/")) {
-      if (!ipaddr.isValidCIDR(item)) throw new ConfigError(name, `has an invalid CIDR "${item}"`);
-      cidrs.push(item);
+      const range = parseCidr(item);
+      if (range === null) {
+        throw new ConfigError(
+          name,
+          `has an invalid CIDR "${item}" (expected a canonical IPv4 or IPv6 address, /bits)`,
+        );
+      }
+      cidrs.push(formatRange(range));
     } else {
-      if (!ipaddr.isValid(item)) throw new ConfigError(name, `has an invalid address "${item}"`);
-      const address = ipaddr.process(item);
-      cidrs.push(`${address.toString()}/${address.kind() === "ipv4" ? 32 : 128}`);
+      const address = parseIp(item);
+      if (address === null) {
+        throw new ConfigError(
+          name,
+          `has an invalid address "${item}" (expected canonical dotted-decimal IPv4 or IPv6)`,
+        );
+      }
+      cidrs.push(`${formatAddress(address)}/${address.kind() === "ipv4" ? 32 : 128}`);
     }
   }
   return cidrs;
+}
+
+/**
+ * ALLOWED_HOSTS: host names (or IP literals, IPv6 in brackets) this service answers for, without
+ * ports, normalised as the Host check normalises a request's (lower case, no trailing dot).
+ */
+export function parseAllowedHosts(name: string, raw: string): string[] {
+  const hosts: string[] = [];
+  for (const item of parseList(raw)) {
+    if (item === "*") {
+      throw new ConfigError(
+        name,
+        "must list host names; * is refused (leave it unset outside production)",
+      );
+    }
+    const host = parseHost(item);
+    if (host === null || host.port !== null) {
+      throw new ConfigError(
+        name,
+        `has "${item}", which is not a host name (no scheme, port or path)`,
+      );
+    }
+    hosts.push(host.name);
+  }
+  return hosts;
 }
 
 export type TrustProxy =

@@ -24,6 +24,7 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("DATABASE_PATH", "SQLite file"),
   v("LOG_LEVEL", "fatal, error, warn, info, debug, trace or silent (any case; WARNING, CRITICAL)"),
   v("TRUST_PROXY", "trusted proxy hops (a number) or a comma list of CIDRs"),
+  v("ALLOWED_HOSTS", "comma list of host names the Host header may name; required in production"),
   v("JWT_SECRET_KEY", "HMAC key for access tokens, at least 32 bytes", true),
   v(
     "JWT_PREVIOUS_SECRET_KEY",

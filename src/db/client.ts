@@ -3,6 +3,8 @@
  * Opens the SQLite database with the pragmas every process sharing the file must agree on:
  * WAL so readers never block the writer, synchronous=NORMAL (durable at each checkpoint, safe
  * against corruption), a busy timeout so concurrent writers wait instead of failing, foreign keys.
+ * The 5 s timeout is for start-up (probe, migrations) and the CLI; a serving process lowers it to
+ * REQUEST_BUSY_TIMEOUT_MS once migrated (see db/busy), since every wait blocks its event loop.
  */
 import { Database, SQLiteError } from "bun:sqlite";
 import { mkdirSync } from "node:fs";

@@ -50,6 +50,7 @@ describe("bun run cli", () => {
     const secret = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
     const result = await cli(["config:check"], {
       APP_ENV: "production",
+      ALLOWED_HOSTS: "api.example.test",
       JWT_SECRET_KEY: secret,
       CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
       AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC",

@@ -15,6 +15,7 @@ const production = (extra: Record<string, string | undefined> = {}) => ({
   JWT_SECRET_KEY: STRONG,
   CSRF_SECRET_KEY: STRONG_2,
   AUDIT_SECRET_KEY: STRONG_3,
+  ALLOWED_HOSTS: "api.example.test",
   ...extra,
 });
 
@@ -193,6 +194,7 @@ describe("secrets from files (NAME_FILE)", () => {
       writeFileSync(csrfPath, STRONG_2);
       const config = loadConfig({
         APP_ENV: "production",
+        ALLOWED_HOSTS: "api.example.test",
         JWT_SECRET_KEY_FILE: jwtPath,
         CSRF_SECRET_KEY_FILE: csrfPath,
         AUDIT_SECRET_KEY: STRONG_3,
@@ -361,5 +363,40 @@ describe("AUDIT_SECRET_KEY in development", () => {
     expect(
       loadConfig({ AUDIT_SECRET_KEY: "given", DATABASE_PATH: ":memory:" }).audit.secretKey,
     ).toBe("given");
+  });
+});
+
+describe("ALLOWED_HOSTS", () => {
+  test("is required in production, optional elsewhere (unset: any well-formed host)", () => {
+    expect(refusal(production({ ALLOWED_HOSTS: undefined })).message).toBe(
+      "ALLOWED_HOSTS is required when APP_ENV=production",
+    );
+    expect(refusal(production({ ALLOWED_HOSTS: " , " })).message).toBe(
+      "ALLOWED_HOSTS is required when APP_ENV=production",
+    );
+    expect(loadConfig({ APP_ENV: "development" }).allowedHosts).toBeNull();
+    expect(
+      loadConfig({ ...production(), APP_ENV: "staging", ALLOWED_HOSTS: "" }).allowedHosts,
+    ).toBeNull();
+  });
+
+  test("names are normalised: lower case, no trailing dot, IPv6 in brackets", () => {
+    const config = loadConfig(
+      production({ ALLOWED_HOSTS: "API.Example.Test., 203.0.113.4, [2001:DB8::1]" }),
+    );
+    expect(config.allowedHosts).toEqual(["api.example.test", "203.0.113.4", "[2001:db8::1]"]);
+  });
+
+  test.each([
+    "*",
+    "https://api.example.test",
+    "api.example.test:443",
+    "api.example.test/x",
+    "a b",
+    "010.1.1.1",
+    "::1",
+  ])("refuses %p with one line naming the variable", (value) => {
+    const error = refusal(production({ ALLOWED_HOSTS: value }));
+    expect(error.message).toStartWith("ALLOWED_HOSTS ");
   });
 });

@@ -4,7 +4,7 @@ import { parseTrustProxy } from "../../src/config/parse";
 import { clientIp } from "../../src/plugins/client-ip";
 import {
   compileTrust,
-  parseAddress,
+  parseForwardedEntry,
   resolveClientIp,
   UNKNOWN_CLIENT,
 } from "../../src/plugins/client-ip/resolve";
@@ -85,12 +85,13 @@ describe("trusting CIDRs", () => {
   });
 });
 
-test("parseAddress refuses what is not an address", () => {
-  expect(parseAddress("")).toBeNull();
-  expect(parseAddress("1.2.3")).not.toBeNull(); // ipaddr.js accepts classful shorthand, as inet_aton does
-  expect(parseAddress("example.com")).toBeNull();
-  expect(parseAddress("1.2.3.4.5")).toBeNull();
-  expect(parseAddress("fe80::1%eth0")?.toString()).toBe("fe80::1");
+test("parseForwardedEntry refuses what is not an address", () => {
+  expect(parseForwardedEntry("")).toBeNull();
+  expect(parseForwardedEntry("1.2.3")).toBeNull(); // inet_aton's short form: not canonical
+  expect(parseForwardedEntry("example.com")).toBeNull();
+  expect(parseForwardedEntry("1.2.3.4.5")).toBeNull();
+  expect(parseForwardedEntry("fe80::1%eth0")).toBeNull();
+  expect(parseForwardedEntry(" 203.0.113.5\t")?.toString()).toBe("203.0.113.5");
 });
 
 describe("in the app", () => {

@@ -139,8 +139,8 @@ describe("manual blocks", () => {
   test("failed logins feed the blocker: 10 within 15 minutes block", async () => {
     const target = blockingApp();
     const client = { ip: "192.0.2.80", key: "192.0.2.80", address: null };
-    const { parseAddress } = await import("../../src/plugins/client-ip/resolve");
-    const resolved = { ...client, address: parseAddress("192.0.2.80") };
+    const { parseIp } = await import("../../src/plugins/client-ip/address");
+    const resolved = { ...client, address: parseIp("192.0.2.80") };
     const blocks = [];
     for (let i = 0; i < 10; i++) {
       blocks.push(await target.services.ipBlocks.recordViolation("login", resolved));

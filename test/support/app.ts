@@ -9,6 +9,7 @@ import { Writable } from "node:stream";
 import { createApp } from "../../src/app";
 import type { Clock } from "../../src/clock";
 import { type Config, loadConfig } from "../../src/config";
+import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "../../src/db/busy";
 import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createLogger, type Logger } from "../../src/logging/logger";
@@ -30,6 +31,7 @@ export const PRODUCTION_ENV = {
   JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
   CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
   AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC",
+  ALLOWED_HOSTS: "localhost",
 };
 
 export const TEST_PASSWORD_HASHING = { memoryCost: 1024, timeCost: 1 };
@@ -105,6 +107,8 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
   });
   const db = openDatabase(databasePath);
   applyMigrations(db);
+  // As src/index.ts serves.
+  setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
   const services = createServices({
     config,
     db,

@@ -1,4 +1,5 @@
-import { clientKeyOf, parseAddress } from "../../plugins/client-ip/resolve";
+import { parseIp } from "../../plugins/client-ip/address";
+import { clientKeyOf } from "../../plugins/client-ip/resolve";
 import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
 
 export const blocksList: Command = {
@@ -27,8 +28,13 @@ export const blocksAdd: Command = {
   summary: "Block an address (an IPv6 address blocks its /64) for a time, with a reason",
   usage: "blocks:add --address A --ttl 60m --reason R",
   run(args, context) {
-    const address = parseAddress(requireFlag(args, "address"));
-    if (address === null) throw new CliError("--address is not an IP address", EXIT_USAGE);
+    const address = parseIp(requireFlag(args, "address"));
+    if (address === null) {
+      throw new CliError(
+        "--address must be a canonical dotted-decimal IPv4 or an IPv6 address",
+        EXIT_USAGE,
+      );
+    }
     const ttlMs = parseDuration("ttl", requireFlag(args, "ttl"));
     const reason = requireFlag(args, "reason");
     const block = context.services().ipBlocks.block({

@@ -8,7 +8,8 @@ import { Elysia, t } from "elysia";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
-import { clientKeyOf, parseAddress } from "../../plugins/client-ip/resolve";
+import { parseIp } from "../../plugins/client-ip/address";
+import { clientKeyOf } from "../../plugins/client-ip/resolve";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
@@ -210,10 +211,13 @@ export function adminModule(options: AdminModuleOptions) {
       "/blocks",
       (context) => {
         const { body, principal, set, requestId } = context as typeof context & RequestState;
-        const address = parseAddress(body.address);
+        const address = parseIp(body.address);
         if (address === null) {
           throw new AppError("VALIDATION_FAILED", "Not an IP address.", [
-            { field: "body/address", message: "Expected an IPv4 or IPv6 address" },
+            {
+              field: "body/address",
+              message: "Expected a canonical dotted-decimal IPv4 or an IPv6 address",
+            },
           ]);
         }
         const block = ipBlocks.block({

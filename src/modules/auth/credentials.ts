@@ -24,9 +24,11 @@
  * in-memory window, still refuses the token for its whole life; the feed only bounds how long a
  * cached token outlives a revocation made elsewhere (a second).
  */
+
 import type { Database, Statement } from "bun:sqlite";
 import { timingSafeEqual } from "node:crypto";
 import type { Clock } from "../../clock";
+import { isDatabaseBusy } from "../../db/busy";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
 import { boundScopes, type Principal, type Role, type Scope } from "./principal";
 import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
@@ -252,6 +254,12 @@ export class CredentialVerifier {
     const last = this.lastUsedWritten.get(keyId) ?? 0;
     if (now - last < LAST_USED_WRITE_MS) return;
     this.lastUsedWritten.set(keyId, now);
-    this.touchKey.run(now, keyId);
+    try {
+      this.touchKey.run(now, keyId);
+    } catch (error) {
+      // last_used_at is a hint: a locked database must not fail the request it describes.
+      if (!isDatabaseBusy(error)) throw error;
+      this.lastUsedWritten.set(keyId, last);
+    }
   }
 }

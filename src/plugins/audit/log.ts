@@ -27,6 +27,7 @@ import type { Database, Statement } from "bun:sqlite";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
 import type { Clock } from "../../clock";
+import { isDatabaseBusy } from "../../db/busy";
 import { type AuditKeys, GENESIS_HASH, newSalt, subjectCommit } from "./chain";
 import { type AuditEvent, encodeDetail, mustNotLose } from "./events";
 import {
@@ -68,11 +69,15 @@ export interface SqliteAuditLogOptions {
   flushBatchSize?: number;
 }
 
+const MAX_QUEUED_EVENTS = 100_000;
+
 export class SqliteAuditLog implements AuditLog {
   private queue: AuditEvent[] = [];
   private timer: Timer | null = null;
   private closed = false;
   private lastLoggedHead: string | null = null;
+  /** A batch met the lock and waits for the timer. */
+  private deferred = false;
   private readonly sqlite: Database;
   private readonly clock: Clock;
   private readonly logger: Logger;
@@ -116,11 +121,20 @@ export class SqliteAuditLog implements AuditLog {
     const stamped = event.at === undefined ? { ...event, at: this.clock.now() } : event;
     this.counter?.labels(event.type).inc();
     if (this.closed || mustNotLose(event.type)) {
-      this.write([...this.takeQueue(), stamped]);
+      const batch = [...this.takeQueue(), stamped];
+      try {
+        this.write(batch);
+        this.deferred = false;
+      } catch (error) {
+        if (!isDatabaseBusy(error) || this.closed) throw error;
+        this.requeue(batch);
+        throw error;
+      }
       return;
     }
     this.queue.push(stamped);
-    if (this.queue.length >= this.flushBatchSize) {
+    // While the database is locked the timer retries; a full queue must not try on every event.
+    if (this.queue.length >= this.flushBatchSize && !this.deferred) {
       this.flush();
     } else if (this.timer === null) {
       this.timer = setTimeout(() => this.flush(), this.flushIntervalMs);
@@ -133,8 +147,14 @@ export class SqliteAuditLog implements AuditLog {
     if (batch.length === 0) return;
     try {
       this.write(batch);
+      this.deferred = false;
     } catch (error) {
-      // A locked or full database must not crash a request; the events are logged instead.
+      if (isDatabaseBusy(error) && !this.closed) {
+        this.logger.warn({ queued: batch.length }, "audit flush deferred: the database is locked");
+        this.requeue(batch);
+        return;
+      }
+      // A full or broken database must not crash a request; the events are logged instead.
       this.logger.error({ err: error, lost: batch.length }, "audit flush failed");
     }
   }
@@ -232,10 +252,33 @@ export class SqliteAuditLog implements AuditLog {
     }
   }
 
+  /** Puts a batch back in front of the queue (keeping order) and schedules the next try. */
+  private requeue(batch: AuditEvent[]): void {
+    this.deferred = true;
+    this.queue = batch.concat(this.queue);
+    // A lock held for very long must not hold memory without bound; the oldest go first.
+    const excess = this.queue.length - MAX_QUEUED_EVENTS;
+    if (excess > 0) {
+      this.queue.splice(0, excess);
+      this.logger.error({ lost: excess }, "audit events dropped: the database stayed locked");
+    }
+    if (this.timer === null) {
+      this.timer = setTimeout(() => this.flush(), this.flushIntervalMs);
+      this.timer.unref?.();
+    }
+  }
+
   close(): void {
     if (this.closed) return;
     this.flush();
     this.closed = true;
+    const left = this.takeQueue();
+    if (left.length > 0) {
+      this.logger.error(
+        { lost: left.length },
+        "audit events lost at shutdown: the database stayed locked",
+      );
+    }
     this.logHead(true);
   }
 

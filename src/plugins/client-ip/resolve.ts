@@ -4,14 +4,17 @@
  * `X-Forwarded-For` is ignored: any client can write that header. With TRUST_PROXY the chain
  * [X-Forwarded-For…, peer] is read right to left, since each proxy appends the address it saw:
  * with N hops, the address N steps left of the peer; with CIDRs, the first address that is not a
- * trusted proxy. Addresses are parsed by ipaddr.js and IPv4-mapped IPv6 is folded to IPv4, so
- * `::ffff:10.0.0.1` and `10.0.0.1` are one client.
+ * trusted proxy. Every address goes through parseIp (./address): a non-canonical spelling
+ * (`010.1.1.1`, `127.1`, a zone id) is not an address. An entry in the part of the chain we read
+ * that is not an address ends the walk: the client is the trusted hop that handed it over, never a
+ * guess at what the spelling meant.
  */
 import ipaddr from "ipaddr.js";
 import type { TrustProxy } from "../../config";
+import { type Address, formatAddress, parseCidr, parseIp, type Range } from "./address";
 
-export type Address = ipaddr.IPv4 | ipaddr.IPv6;
-type Range = [Address, number];
+export type { Address } from "./address";
+export { formatAddress } from "./address";
 
 /** A TrustProxy from config, with its CIDRs parsed once. */
 export type CompiledTrust =
@@ -24,13 +27,11 @@ export function compileTrust(trust: TrustProxy): CompiledTrust {
   return { kind: "cidrs", ranges: trust.cidrs.map(parseRange) };
 }
 
+/** A range from config, which has already been validated by the same parser. */
 export function parseRange(cidr: string): Range {
-  const [address, bits] = ipaddr.parseCIDR(cidr);
-  // Addresses are folded from IPv4-mapped IPv6 to IPv4 before matching, so the range must be too.
-  if (address.kind() === "ipv6" && (address as ipaddr.IPv6).isIPv4MappedAddress() && bits >= 96) {
-    return [(address as ipaddr.IPv6).toIPv4Address(), bits - 96];
-  }
-  return [address, bits];
+  const range = parseCidr(cidr);
+  if (range === null) throw new Error(`not a CIDR range: ${cidr}`);
+  return range;
 }
 
 export function inRanges(address: Address, ranges: readonly Range[]): boolean {
@@ -40,27 +41,21 @@ export function inRanges(address: Address, ranges: readonly Range[]): boolean {
   return false;
 }
 
-/** Parses one address as proxies write it: bare, `v4:port`, `[v6]` or `[v6]:port`. */
-export function parseAddress(raw: string): Address | null {
-  let text = raw.trim();
-  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(text);
-  if (bracketed) text = bracketed[1]!;
-  else if (/^\d{1,3}(\.\d{1,3}){3}:\d+$/.test(text)) text = text.slice(0, text.lastIndexOf(":"));
-  // Zone ids (fe80::1%eth0) are local to the proxy's host and never identify a client.
-  text = text.replace(/%.*$/, "");
-  if (!ipaddr.isValid(text)) return null;
-  try {
-    return ipaddr.process(text);
-  } catch {
-    return null;
-  }
-}
+const PORT = "(?:[1-9][0-9]{0,4})";
+const V4_WITH_PORT = new RegExp(`^([0-9.]+):${PORT}$`);
+const BRACKETED = new RegExp(`^\\[([^\\]]+)\\](?::${PORT})?$`);
 
-/** The normalised text form: IPv4 dotted, IPv6 RFC 5952 compact. */
-export function formatAddress(address: Address): string {
-  return address.kind() === "ipv6"
-    ? (address as ipaddr.IPv6).toRFC5952String()
-    : address.toString();
+/**
+ * Parses one `X-Forwarded-For` entry as proxies write it: bare, `v4:port`, `[v6]` or
+ * `[v6]:port`, with the header's optional whitespace (space, tab) around it. The address itself
+ * goes through parseIp.
+ */
+export function parseForwardedEntry(raw: string): Address | null {
+  const text = raw.replace(/^[ \t]+|[ \t]+$/g, "");
+  const bracketed = BRACKETED.exec(text);
+  if (bracketed) return parseIp(bracketed[1]!);
+  const withPort = V4_WITH_PORT.exec(text);
+  return parseIp(withPort ? withPort[1]! : text);
 }
 
 export interface ClientAddressInput {
@@ -93,7 +88,7 @@ export function resolveClientAddress(
   input: ClientAddressInput,
   trust: CompiledTrust,
 ): Address | null {
-  const peer = input.peer === null ? null : parseAddress(input.peer);
+  const peer = input.peer === null ? null : parseIp(input.peer);
   if (peer === null) return null;
   if (trust.kind === "none" || !input.forwardedFor) return peer;
 
@@ -103,7 +98,7 @@ export function resolveClientAddress(
     // parseable entry is the best the chain can tell.
     let client = peer;
     for (let step = 1; step <= trust.hops && step <= forwarded.length; step++) {
-      const next = parseAddress(forwarded[forwarded.length - step]!);
+      const next = parseForwardedEntry(forwarded[forwarded.length - step]!);
       if (next === null) break;
       client = next;
     }
@@ -113,7 +108,7 @@ export function resolveClientAddress(
   let client = peer;
   for (let index = forwarded.length - 1; index >= 0; index--) {
     if (!inRanges(client, trust.ranges)) break;
-    const next = parseAddress(forwarded[index]!);
+    const next = parseForwardedEntry(forwarded[index]!);
     // A malformed entry was written by the trusted proxy to its right; that proxy is what we know.
     if (next === null) break;
     client = next;

@@ -6,6 +6,7 @@
  * only as INTERNAL, without the exception's message.
  */
 import { Elysia, type ValidationError } from "elysia";
+import { isDatabaseBusy } from "../../db/busy";
 import { isStoreUnavailable } from "../../db/client";
 import {
   AppError,
@@ -115,8 +116,17 @@ export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
         outcome = { code: STATUS_CODES[code]!, detail: "The request was refused." };
       } else if (code === "INVALID_COOKIE_SIGNATURE") {
         outcome = { code: "BAD_REQUEST", detail: "A signed cookie did not verify." };
+      } else if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
+        // Another process holds the write lock past our short wait (db/busy): not a bug, and
+        // retrying shortly will work.
+        logger.warn({ requestId, method: request.method, route: context.route }, "database locked");
+        outcome = {
+          code: "SERVICE_UNAVAILABLE",
+          detail: "The database is busy; try again shortly.",
+          headers: { "retry-after": "1" },
+        };
       } else if (isStoreUnavailable(error)) {
-        // Locked, read-only or full: the client may retry; the operator needs the stack.
+        // Read-only, full or failing: the client may retry; the operator needs the stack.
         logger.error(
           { err: error, requestId, method: request.method, route: context.route },
           "database unavailable",

@@ -13,10 +13,15 @@
  * rows are read with `.values()` inside that explicit transaction: reading them with `.get()`
  * outside one kept a read snapshot open and stopped the WAL from ever being reset.
  *
- * Failure (locked past the busy timeout, disk full): every check of the batch rejects; the plugin
- * then fails open or closed by policy.
+ * Another connection's write lock: the transaction waits the connection's short busy timeout
+ * (db/busy), then the batch waits in a backlog and is retried from a timer, the event loop running
+ * in between; batches that arrive meanwhile join the backlog, so one attempt (one short wait) is
+ * made per retry however many requests are waiting. A batch still locked out after `busyWaitMs`
+ * rejects. Any other failure (disk full) rejects at once. The plugin then fails open or closed by
+ * policy.
  */
 import type { Database, Statement } from "bun:sqlite";
+import { isDatabaseBusy } from "../../db/busy";
 import {
   CheckQueue,
   estimateStored,
@@ -62,8 +67,19 @@ RETURNING window_start, previous, current, burst_window_start, burst_previous, b
 
 type Row = [number, number, number, number, number, number, number];
 
+/** How long a check waits for another connection's write lock before the store gives up. */
+export const LIMITER_BUSY_WAIT_MS = 500;
+const BUSY_RETRY_MS = 25;
+
+interface Waiting {
+  groups: PendingCheck[][];
+  since: number;
+}
+
 export interface SqliteLimiterStoreOptions {
   sqlite: Database;
+  /** How long checks wait for a locked database in total; LIMITER_BUSY_WAIT_MS by default. */
+  busyWaitMs?: number;
   /** Rows deleted per prune call at most, so a prune never stalls the event loop. */
   pruneBatch?: number;
 }
@@ -74,10 +90,18 @@ export class SqliteLimiterStore implements LimiterStore {
   private readonly pruneStatement: Statement;
   private readonly peekStatement: Statement;
   private readonly pruneBatch: number;
+  private readonly busyWaitMs: number;
   private readonly queue = new CheckQueue((groups) => this.runGroups(groups));
+  private backlog: Waiting[] = [];
+  private retryTimer: Timer | null = null;
 
-  constructor({ sqlite, pruneBatch = 1000 }: SqliteLimiterStoreOptions) {
+  constructor({
+    sqlite,
+    pruneBatch = 1000,
+    busyWaitMs = LIMITER_BUSY_WAIT_MS,
+  }: SqliteLimiterStoreOptions) {
     this.sqlite = sqlite;
+    this.busyWaitMs = busyWaitMs;
     this.upsert = sqlite.prepare(UPSERT);
     this.pruneStatement = sqlite.prepare(
       `DELETE FROM rate_limit_counters WHERE rowid IN
@@ -116,18 +140,47 @@ export class SqliteLimiterStore implements LimiterStore {
 
   close(): void {
     this.queue.flush();
+    if (this.retryTimer !== null) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+    }
+    const closed = new Error("the limiter store is closed");
+    for (const waiting of this.backlog) for (const group of waiting.groups) fail(group, closed);
+    this.backlog = [];
   }
 
-  /** All groups of one turn in one BEGIN IMMEDIATE transaction; a failure rejects them all. */
   private runGroups(groups: PendingCheck[][]): void {
+    const waiting = { groups, since: performance.now() };
+    // While the lock holds, new checks wait with the others rather than each meeting it.
+    if (this.retryTimer !== null) this.backlog.push(waiting);
+    else this.attempt([waiting]);
+  }
+
+  /** All groups in one BEGIN IMMEDIATE transaction; a failure rejects them all, or waits. */
+  private attempt(entries: Waiting[]): void {
+    const groups = entries.length === 1 ? entries[0]!.groups : entries.flatMap((e) => e.groups);
     let decided: LimitOutcome[][][];
     try {
       decided = this.sqlite.transaction(() => groups.map((g) => this.decideGroup(g))).immediate();
     } catch (error) {
-      for (const group of groups) fail(group, error);
+      const now = performance.now();
+      for (const entry of entries) {
+        if (isDatabaseBusy(error) && now - entry.since < this.busyWaitMs) this.backlog.push(entry);
+        else for (const group of entry.groups) fail(group, error);
+      }
+      if (this.backlog.length > 0 && this.retryTimer === null) {
+        this.retryTimer = setTimeout(() => this.retryBacklog(), BUSY_RETRY_MS);
+      }
       return;
     }
     for (let g = 0; g < groups.length; g++) settle(groups[g]!, decided[g]!);
+  }
+
+  private retryBacklog(): void {
+    this.retryTimer = null;
+    const entries = this.backlog;
+    this.backlog = [];
+    if (entries.length > 0) this.attempt(entries);
   }
 
   private decideGroup(group: readonly PendingCheck[]): LimitOutcome[][] {

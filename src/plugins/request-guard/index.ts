@@ -25,9 +25,12 @@ import {
   hasBody,
   type Refusal,
 } from "./checks";
+import { checkHost } from "./host";
 
 export interface RequestGuardOptions {
   bodyLimits: BodyLimits;
+  /** Host names `Host` may name (ALLOWED_HOSTS); null: any well-formed host. */
+  allowedHosts?: readonly string[] | null;
   audit: AuditLog;
   limits?: GuardLimits;
 }
@@ -36,7 +39,9 @@ export function requestGuard({
   bodyLimits,
   audit,
   limits = DEFAULT_GUARD_LIMITS,
+  allowedHosts = null,
 }: RequestGuardOptions) {
+  const hosts = allowedHosts === null ? null : new Set(allowedHosts);
   const refuse = (state: RequestState, refusal: Refusal): never => {
     const { request, path, clientIp, requestId } = state;
     audit.record({
@@ -57,6 +62,7 @@ export function requestGuard({
       const refusal =
         checkUrl(request.url, limits) ??
         checkHeaders(headers) ??
+        checkHost(request, hosts) ??
         (hasBody(request)
           ? (checkDeclaredLength(headers, bodyLimits[routeClass.bodyLimit]) ??
             checkContentType(headers))

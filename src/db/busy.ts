@@ -1,0 +1,43 @@
+/**
+ * @module
+ * The database under another connection's write lock.
+ *
+ * bun:sqlite is synchronous: while SQLite waits out its busy timeout the whole process waits with
+ * it, health checks included. So the serving process waits at most REQUEST_BUSY_TIMEOUT_MS per
+ * statement (start-up and the CLI keep the long wait: they serve nobody). What must be written
+ * is retried later from a timer, the event loop running in between: the limiter for a bounded
+ * total (then it fails open or closed by policy), the audit queue until the lock goes. A request
+ * whose own write meets the lock answers 503 SERVICE_UNAVAILABLE with `Retry-After` (the error
+ * handler recognises isDatabaseBusy); nothing answers 500 for a lock.
+ */
+import type { Database } from "bun:sqlite";
+
+/** The longest one statement of the serving process waits for another's write lock. */
+export const REQUEST_BUSY_TIMEOUT_MS = 50;
+
+/** SQLITE_BUSY or SQLITE_LOCKED (and their extended codes): another connection holds the lock. */
+export function isDatabaseBusy(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  return (
+    typeof code === "string" && (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED"))
+  );
+}
+
+export function setBusyTimeout(sqlite: Database, ms: number): void {
+  sqlite.run(`PRAGMA busy_timeout = ${Math.max(0, Math.floor(ms))}`);
+}
+
+/**
+ * Whether this connection could write now: takes the write lock (waiting the connection's busy
+ * timeout at most) and gives it back without writing. Throws, saying why, when it cannot.
+ */
+export function probeWritable(sqlite: Database): void {
+  try {
+    sqlite.run("BEGIN IMMEDIATE");
+  } catch (error) {
+    const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
+    throw new Error(`not writable: ${reason}`);
+  }
+  sqlite.run("ROLLBACK");
+}

@@ -1,0 +1,83 @@
+/**
+ * @module
+ * The one parser for IP addresses and CIDR ranges, used everywhere an address is read: the socket
+ * peer, `X-Forwarded-For` entries, `TRUST_PROXY`, `RATE_LIMIT_ALLOW_CIDRS`, and the admin blocks
+ * API and CLI.
+ *
+ * Only two spellings are accepted: canonical dotted-decimal IPv4 (four decimal octets 0–255, no
+ * leading zeros) and IPv6 as RFC 4291 writes it (an embedded IPv4 tail must be canonical too). No
+ * zone ids, no whitespace, no ports. ipaddr.js alone accepts what inet_aton does (`010.1.1.1` is
+ * octal 8.1.1.1, `0x7f.1` and `2130706433` are 127.0.0.1, `127.1` is short for 127.0.0.1): each is
+ * a different address to a person reading it, so a block or a trusted range written that way
+ * would not cover what its author meant. The grammar is checked here by hand (RFC 3986's
+ * `IPv6address` and a strict `dec-octet`); ipaddr.js then turns the checked text into a value.
+ * IPv4-mapped IPv6 is folded to IPv4, so `::ffff:10.0.0.1` and `10.0.0.1` are one client.
+ */
+import ipaddr from "ipaddr.js";
+
+export type Address = ipaddr.IPv4 | ipaddr.IPv6;
+/** An address and the number of leading bits that must match. */
+export type Range = [Address, number];
+
+const OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+const V4 = `${OCTET}(?:\\.${OCTET}){3}`;
+const H = "[0-9A-Fa-f]{1,4}";
+const LS32 = `(?:${H}:${H}|${V4})`;
+// RFC 3986 section 3.2.2, IPv6address, alternative by alternative.
+const V6 = [
+  `(?:${H}:){6}${LS32}`,
+  `::(?:${H}:){5}${LS32}`,
+  `(?:${H})?::(?:${H}:){4}${LS32}`,
+  `(?:(?:${H}:){0,1}${H})?::(?:${H}:){3}${LS32}`,
+  `(?:(?:${H}:){0,2}${H})?::(?:${H}:){2}${LS32}`,
+  `(?:(?:${H}:){0,3}${H})?::${H}:${LS32}`,
+  `(?:(?:${H}:){0,4}${H})?::${LS32}`,
+  `(?:(?:${H}:){0,5}${H})?::${H}`,
+  `(?:(?:${H}:){0,6}${H})?::`,
+].join("|");
+
+const IPV4_TEXT = new RegExp(`^${V4}$`);
+const IPV6_TEXT = new RegExp(`^(?:${V6})$`);
+const PREFIX_LENGTH = /^(?:0|[1-9][0-9]{0,2})$/;
+
+/** Parses a canonical IPv4 or a valid IPv6 address; anything else is null. */
+export function parseIp(text: string): Address | null {
+  if (text.length > 45) return null;
+  if (IPV4_TEXT.test(text)) return ipaddr.IPv4.parse(text);
+  if (!IPV6_TEXT.test(text)) return null;
+  const address = ipaddr.IPv6.parse(text);
+  return address.isIPv4MappedAddress() ? address.toIPv4Address() : address;
+}
+
+/**
+ * Parses `address/bits` (bits in decimal without leading zeros, at most 32 or 128); null when
+ * either part is not as parseIp and the address family allow. An IPv4-mapped range of /96 or
+ * more becomes the IPv4 range it covers, since addresses are folded the same way.
+ */
+export function parseCidr(text: string): Range | null {
+  const slash = text.indexOf("/");
+  if (slash === -1) return null;
+  const bitsText = text.slice(slash + 1);
+  if (!PREFIX_LENGTH.test(bitsText)) return null;
+  const bits = Number(bitsText);
+  const addressText = text.slice(0, slash);
+  if (IPV4_TEXT.test(addressText)) {
+    return bits <= 32 ? [ipaddr.IPv4.parse(addressText), bits] : null;
+  }
+  if (!IPV6_TEXT.test(addressText) || bits > 128) return null;
+  const address = ipaddr.IPv6.parse(addressText);
+  if (address.isIPv4MappedAddress() && bits >= 96) return [address.toIPv4Address(), bits - 96];
+  return [address, bits];
+}
+
+/** The normalised text form: IPv4 dotted, IPv6 RFC 5952 compact. */
+export function formatAddress(address: Address): string {
+  return address.kind() === "ipv6"
+    ? (address as ipaddr.IPv6).toRFC5952String()
+    : address.toString();
+}
+
+/** A range's normalised text form, `address/bits`. */
+export function formatRange([address, bits]: Range): string {
+  return `${formatAddress(address)}/${bits}`;
+}
