@@ -8,9 +8,9 @@ import { loadConfig } from "../src/config";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
 import { createLogger } from "../src/logging/logger";
-import { CredentialVerifier } from "../src/modules/auth/credentials";
 import { hashPassword, verifyPassword } from "../src/modules/auth/passwords";
-import { signAccessToken, signingKey } from "../src/modules/auth/tokens";
+import { CredentialVerifier } from "../src/plugins/auth/credentials";
+import { signAccessToken, signingKey } from "../src/plugins/auth/tokens";
 import { createServices } from "../src/services";
 import { benchFamily } from "./family";
 

@@ -13,7 +13,7 @@ import { loadConfig } from "../src/config";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
 import { createLogger } from "../src/logging/logger";
-import { signAccessToken, signingKey } from "../src/modules/auth/tokens";
+import { signAccessToken, signingKey } from "../src/plugins/auth/tokens";
 import { createServices } from "../src/services";
 import { benchFamily } from "./family";
 

@@ -12,16 +12,16 @@ import type { Config } from "./config";
 import { isDatabaseBusy, probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
 import { ApiKeyService } from "./modules/auth/api-keys";
-import { CredentialVerifier } from "./modules/auth/credentials";
 import type { PasswordHashing } from "./modules/auth/passwords";
 import { AuthService } from "./modules/auth/service";
-import { signingKeys } from "./modules/auth/tokens";
 import type { ReadinessCheck } from "./modules/health/service";
 import { type PrivacyContributor, PrivacyService } from "./modules/privacy/service";
 import { AuditKeys } from "./plugins/audit/chain";
 import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
 import { keyLegacyAuditRows } from "./plugins/audit/upgrade";
+import { CredentialVerifier } from "./plugins/auth/credentials";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
+import { signingKeys } from "./plugins/auth/tokens";
 import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
 import {
   DEFAULT_IP_BLOCK_SETTINGS,

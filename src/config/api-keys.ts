@@ -8,7 +8,7 @@
  * Messages name entries by position, never by value: the keys are secrets.
  */
 import { API_KEY_SCOPES } from "../db/schema/auth";
-import { hasValidChecksum, KEY_PATTERN, PREFIX_LENGTH } from "../modules/auth/api-key-format";
+import { hasValidChecksum, KEY_PATTERN, PREFIX_LENGTH } from "../plugins/auth/api-key-format";
 import { ConfigError } from "./error";
 import { parseList } from "./parse";
 import { secretWeakness } from "./secrets";

@@ -1,5 +1,5 @@
 /** Helpers for tests that need accounts, sessions and keys. */
-import type { Scope } from "../../src/modules/auth/principal";
+import type { Scope } from "../../src/plugins/auth/principal";
 import { send, type TestApp } from "./app";
 
 export const STRONG_PASSWORD = "violet-Harbor-quantum-73!";

@@ -1,5 +1,5 @@
 import { isScope } from "../../modules/auth/api-keys";
-import type { Scope } from "../../modules/auth/principal";
+import type { Scope } from "../../plugins/auth/principal";
 import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
 
 const iso = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString());

@@ -1,5 +1,5 @@
-import type { Role } from "../../modules/auth/principal";
-import { generateRefreshToken } from "../../modules/auth/tokens";
+import type { Role } from "../../plugins/auth/principal";
+import { generateRefreshToken } from "../../plugins/auth/tokens";
 import { CliError, type Command, EXIT_USAGE, type ParsedArgs, requireFlag } from "../command";
 
 function roleFlag(args: ParsedArgs): Role {

@@ -8,13 +8,13 @@ import { Elysia, t } from "elysia";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
+import { type Principal, principalRef } from "../../plugins/auth/principal";
 import { parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
 import { type ApiKeyRecord, type ApiKeyService, DEFAULT_ROTATION_GRACE_MS } from "../auth/api-keys";
-import { type Principal, principalRef } from "../auth/principal";
 import { queryAuditEvents } from "./audit-query";
 import {
   ApiKeyList,

@@ -16,9 +16,14 @@ import type { Clock } from "../../clock";
 import { type BootstrapKey, ConfigError } from "../../config";
 import { API_KEY_SCOPES } from "../../db/schema";
 import type { AuditLog } from "../../plugins/audit/log";
-import { generateApiKey, hashApiKey, type KeyEnvironment, keyPrefix } from "./api-key-format";
-import type { CredentialVerifier } from "./credentials";
-import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "./principal";
+import {
+  generateApiKey,
+  hashApiKey,
+  type KeyEnvironment,
+  keyPrefix,
+} from "../../plugins/auth/api-key-format";
+import type { CredentialVerifier } from "../../plugins/auth/credentials";
+import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
 
 export interface ApiKeyRecord {
   id: string;

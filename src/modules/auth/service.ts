@@ -24,12 +24,19 @@ import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import type { AuditLog } from "../../plugins/audit/log";
+import type { CredentialVerifier } from "../../plugins/auth/credentials";
+import type { Role } from "../../plugins/auth/principal";
+import {
+  generateRefreshToken,
+  type SigningKey,
+  sha256Hex,
+  signAccessToken,
+} from "../../plugins/auth/tokens";
 import type { ResolvedClient } from "../../plugins/client-ip";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import type { ApiKeyService } from "./api-keys";
-import type { CredentialVerifier } from "./credentials";
 import { checkEmail, emailLookupKey } from "./email";
 import {
   createPasswordChecker,
@@ -37,8 +44,6 @@ import {
   type PasswordHashing,
   verifyPassword,
 } from "./passwords";
-import type { Role } from "./principal";
-import { generateRefreshToken, type SigningKey, sha256Hex, signAccessToken } from "./tokens";
 
 export interface RequestMeta {
   client: ResolvedClient;

@@ -5,10 +5,11 @@
  * again and gets the same answer without verifying twice. A bad credential does not fail the
  * rate-limit stage — it is counted by address — and is refused by the auth stage.
  */
-import type { CredentialVerifier } from "../../modules/auth/credentials";
-import type { Principal } from "../../modules/auth/principal";
+
 import { cookieNames, readCookie } from "../csrf/cookies";
+import type { CredentialVerifier } from "./credentials";
 import type { AuthFailureReason } from "./metrics";
+import type { Principal } from "./principal";
 
 export type Identification =
   | { status: "none" }

@@ -16,11 +16,11 @@
  */
 import { type DocumentDecoration, Elysia } from "elysia";
 import { AppError } from "../../errors";
-import { type Principal, principalRef, type Scope } from "../../modules/auth/principal";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
 import type { Identify } from "./identify";
 import type { AuthMetrics } from "./metrics";
+import { type Principal, principalRef, type Scope } from "./principal";
 
 export type AuthRequirement = "user" | "principal" | { scope: Scope } | { role: "admin" };
 

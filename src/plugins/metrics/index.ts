@@ -13,8 +13,8 @@
 import { Elysia } from "elysia";
 import type { Registry } from "prom-client";
 import { AppError } from "../../errors";
-import type { CredentialVerifier } from "../../modules/auth/credentials";
 import type { authPlugin } from "../auth";
+import type { CredentialVerifier } from "../auth/credentials";
 import type { ResolvedClient } from "../client-ip";
 import { constantTimeEqual } from "../csrf/token";
 import type { RequestState } from "../request-state";

@@ -11,8 +11,8 @@
  */
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
-import { principalRef } from "../../modules/auth/principal";
 import type { Identify } from "../auth/identify";
+import { principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";

@@ -1,8 +1,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { t } from "elysia";
 import { API_KEY_SCOPES } from "../../../src/db/schema";
-import { generateApiKey, hasValidChecksum } from "../../../src/modules/auth/api-key-format";
 import { ScopeSchema } from "../../../src/modules/auth/model";
+import { generateApiKey, hasValidChecksum } from "../../../src/plugins/auth/api-key-format";
 import { buildTestApp, secondProcess, send, type TestApp } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";

@@ -6,8 +6,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { ConfigError, loadConfig } from "../../../src/config";
-import { generateApiKey } from "../../../src/modules/auth/api-key-format";
-import type { Scope } from "../../../src/modules/auth/principal";
+import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
+import type { Scope } from "../../../src/plugins/auth/principal";
 import { PRODUCTION_ENV, send, tempDir } from "../../support/app";
 import { bearer } from "../../support/auth";
 import { ManualClock } from "../../support/clock";

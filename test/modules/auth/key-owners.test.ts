@@ -5,7 +5,7 @@
  * refused in production.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import type { Scope } from "../../../src/modules/auth/principal";
+import type { Scope } from "../../../src/plugins/auth/principal";
 
 /** What a key may hold for an owner of each role (the policy under test, written out). */
 const ROLE_SCOPES: Record<"admin" | "user", readonly Scope[]> = {

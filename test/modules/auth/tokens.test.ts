@@ -6,7 +6,7 @@ import {
   signingKey,
   signingKeys,
   verifyAccessToken,
-} from "../../../src/modules/auth/tokens";
+} from "../../../src/plugins/auth/tokens";
 import {
   buildTestApp,
   secondProcess,

@@ -3,7 +3,7 @@
  * violation a refusal is follows the same rule.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import type { Scope } from "../../../src/modules/auth/principal";
+import type { Scope } from "../../../src/plugins/auth/principal";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import {
   bearer,
