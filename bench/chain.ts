@@ -17,6 +17,7 @@ import { ipBlock } from "../src/plugins/ip-block";
 import { rateLimit } from "../src/plugins/rate-limit";
 import { requestGuard } from "../src/plugins/request-guard";
 import { requestId } from "../src/plugins/request-id";
+import { createRouteClassTable, routeClass } from "../src/plugins/route-class";
 import { securityHeaders } from "../src/plugins/security-headers";
 import { createServices } from "../src/services";
 
@@ -49,6 +50,11 @@ export async function measureChain(dir: string, requests: number, concurrency: n
 
   const stages: Stage[] = [
     { name: "request id", add: (a) => a.use(requestId()) },
+    {
+      name: "route class",
+      add: (a) =>
+        a.use(routeClass({ table: createRouteClassTable([{ routes: ["GET /bench"] }]) })),
+    },
     {
       name: "client address",
       add: (a) => a.use(clientIp({ trustProxy: config.trustProxy, peerAddress: peer })),

@@ -19,16 +19,13 @@
  * Nothing here is a module-level singleton: a test builds its own app on its own database.
  */
 import { Elysia } from "elysia";
-import { adminModule, adminRouteClasses } from "./modules/admin";
-import { authModule, authRouteClasses } from "./modules/auth";
-import { healthModule, healthRouteClasses } from "./modules/health";
-import { privacyModule, privacyRouteClasses } from "./modules/privacy";
+import type { Feature } from "./modules/feature";
 import { accessLog } from "./plugins/access-log";
 import { authPlugin } from "./plugins/auth";
 import { createIdentify } from "./plugins/auth/identify";
 import { clientIp } from "./plugins/client-ip";
 import { corsHeaders, corsPreflight } from "./plugins/cors";
-import { createCsrfIssuer, csrf } from "./plugins/csrf";
+import { csrf } from "./plugins/csrf";
 import { errorHandler } from "./plugins/error-handler";
 import type { RouteEntry } from "./plugins/error-handler/route-methods";
 import { ipBlock } from "./plugins/ip-block";
@@ -42,15 +39,16 @@ import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/ro
 import { securityHeaders } from "./plugins/security-headers";
 import type { Services } from "./services";
 
-/** Every route's class, from the modules and plugins that own the routes. */
-export const ROUTE_CLASSES: readonly RouteClass[] = [
-  ...healthRouteClasses,
+/** The classes of the routes the app itself serves (the features bring their own). */
+export const CORE_ROUTE_CLASSES: readonly RouteClass[] = [
   ...metricsRouteClasses,
   ...openapiRouteClasses,
-  ...authRouteClasses,
-  ...adminRouteClasses,
-  ...privacyRouteClasses,
 ];
+
+/** Every route class of an app with these features. */
+export function routeClassesOf(features: readonly Feature[]): RouteClass[] {
+  return [...CORE_ROUTE_CLASSES, ...features.flatMap((feature) => feature.routeClasses)];
+}
 
 export interface AppDeps extends Services {
   /** Overrides the socket peer lookup; for tests that call `app.handle` without a server. */
@@ -62,7 +60,7 @@ export interface AppDeps extends Services {
 }
 
 export function createApp(deps: AppDeps) {
-  const { config, db, logger, clock, registry, ipBlocks } = deps;
+  const { config, logger, clock, registry, ipBlocks } = deps;
   const identify = createIdentify(deps.credentials, config.requireTls);
   const auth = authPlugin({ identify, metrics: deps.metrics.auth, audit: deps.audit });
 
@@ -74,7 +72,10 @@ export function createApp(deps: AppDeps) {
     .use(requestId())
     .use(
       routeClass({
-        table: createRouteClassTable([...ROUTE_CLASSES, ...(deps.extraRouteClasses ?? [])]),
+        table: createRouteClassTable([
+          ...routeClassesOf(deps.features),
+          ...(deps.extraRouteClasses ?? []),
+        ]),
       }),
     )
     .use(clientIp({ trustProxy: config.trustProxy, peerAddress: deps.peerAddress }))
@@ -132,34 +133,13 @@ export function createApp(deps: AppDeps) {
         },
       }),
     )
-    .use(healthModule({ auth, checks: deps.readiness }))
+    // The features' modules, in the order of the feature list.
     .use(
-      authModule({
-        service: deps.auth,
-        auth,
-        enforceLimits: deps.enforceLimits,
-        policies: deps.policies,
-        metrics: deps.metrics.auth,
-        requireTls: config.requireTls,
-        enumerationResistance: config.enumerationResistance,
-        issueCsrf: createCsrfIssuer({
-          secretKey: config.csrf.secretKey,
-          requireTls: config.requireTls,
-          clock,
-        }),
-      }),
-    )
-    .use(
-      adminModule({
-        auth,
-        apiKeys: deps.apiKeys,
-        ipBlocks,
-        audit: deps.audit,
-        sqlite: db.$client,
-        now: () => clock.now(),
-      }),
-    )
-    .use(privacyModule({ auth, service: deps.privacy }));
+      deps.features.reduce(
+        (modules, feature) => modules.use(feature.routes({ auth, readiness: deps.readiness })),
+        new Elysia(),
+      ),
+    );
   registeredRoutes = () => app.routes;
   return app;
 }

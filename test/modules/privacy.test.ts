@@ -1,4 +1,5 @@
 import { afterEach, expect, test } from "bun:test";
+import { Elysia } from "elysia";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { verifyAuditChain } from "../../src/plugins/audit/log";
 import { buildTestApp, send, type TestApp } from "../support/app";
@@ -161,15 +162,22 @@ test("contributors are part of export, erasure and retention", async () => {
     db: current.db,
     logger: current.logger,
     maintenanceIntervalMs: 0,
-    privacyContributors: [
+    extraFeatures: [
       {
         name: "notes",
-        export: (userId) => [{ owner: userId, text: "hello" }],
-        erase: (userId) => calls.push(`erase ${userId}`),
-        retain: () => {
-          calls.push("retain");
-          return 2;
-        },
+        routeClasses: [],
+        routes: () => new Elysia(),
+        privacy: [
+          {
+            name: "notes",
+            export: (userId) => [{ owner: userId, text: "hello" }],
+            erase: (userId) => calls.push(`erase ${userId}`),
+            retain: () => {
+              calls.push("retain");
+              return 2;
+            },
+          },
+        ],
       },
     ],
   });

@@ -1,0 +1,207 @@
+/**
+ * @module
+ * The core: the stateful parts of the defences that every feature builds on, made once per app
+ * from config and database — metrics registry, audit log, limiter store (SQLite, or Redis with
+ * REDIS_URL), IP blocker, limit enforcer, credential verifier. Features receive it whole
+ * (`src/modules/feature.ts`); nothing here knows a feature.
+ */
+import { RedisClient } from "bun";
+import type { Logger } from "pino";
+import { type Clock, systemClock } from "./clock";
+import type { Config } from "./config";
+import { probeWritable } from "./db/busy";
+import type { AppDatabase } from "./db/client";
+import type { ReadinessCheck } from "./modules/health/service";
+import { AuditKeys } from "./plugins/audit/chain";
+import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
+import { keyLegacyAuditRows } from "./plugins/audit/upgrade";
+import { CredentialVerifier } from "./plugins/auth/credentials";
+import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
+import { type SigningKeys, signingKeys } from "./plugins/auth/tokens";
+import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
+import {
+  DEFAULT_IP_BLOCK_SETTINGS,
+  IpBlockService,
+  type IpBlockSettings,
+  isPrincipalSubject,
+} from "./plugins/ip-block/service";
+import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
+import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
+import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
+import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
+import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
+import { RedisLimiterStore } from "./plugins/rate-limit/redis-store";
+import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
+import type { LimiterStore } from "./plugins/rate-limit/store";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+const REDIS_START_WAIT_MS = 500;
+
+export interface Core {
+  config: Readonly<Config>;
+  db: AppDatabase;
+  logger: Logger;
+  clock: Clock;
+  registry: Registry;
+  audit: AuditLog;
+  limiter: LimiterStore;
+  policies: PolicyTable;
+  metrics: {
+    http: HttpMetrics;
+    rateLimit: RateLimitMetrics;
+    csrf: CsrfMetrics;
+    auth: AuthMetrics;
+  };
+  ipBlocks: IpBlockService;
+  /** Checks a key against policies; see plugins/rate-limit/enforce. */
+  enforceLimits: LimitEnforcer;
+  credentials: CredentialVerifier;
+  /** The keys access tokens are signed (current) and verified (current and previous) with. */
+  signingKeys: SigningKeys;
+  /** The core's own readiness: the database (writable), and Redis when the limiter uses it. */
+  readiness: Record<string, ReadinessCheck>;
+  /** Connects what needs connecting (Redis) before the server takes requests; never throws. */
+  start(): Promise<void>;
+  /** The core's share of the background clean-up (limiter, audit retention, blocks). */
+  maintenance(now: number): void;
+  close(): void;
+}
+
+export interface CoreOptions {
+  config: Readonly<Config>;
+  db: AppDatabase;
+  logger: Logger;
+  clock?: Clock;
+  limiter?: LimiterStore;
+  ipBlockSettings?: Partial<IpBlockSettings>;
+  /** Cache verified access tokens (default true); the benchmark turns it off to compare. */
+  cacheTokens?: boolean;
+}
+
+export function createCore(options: CoreOptions): Core {
+  const { config, db, logger } = options;
+  const clock = options.clock ?? systemClock;
+  const sqlite = db.$client;
+  const registry = createMetricsRegistry();
+  const auditKeys = new AuditKeys(config.audit.secretKey);
+  const audit = new SqliteAuditLog({ sqlite, clock, logger, registry, keys: auditKeys });
+  keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
+  // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
+  // Without an offline queue a command fails at once while Redis is unreachable, so the limiter
+  // fails open or closed at once instead of holding requests until a reconnect.
+  const redis = config.redisUrl
+    ? new RedisClient(config.redisUrl, { enableOfflineQueue: false, connectionTimeout: 2000 })
+    : null;
+  const limiter =
+    options.limiter ?? (redis ? new RedisLimiterStore(redis) : new SqliteLimiterStore({ sqlite }));
+  const readiness: Record<string, ReadinessCheck> = {
+    // Ready means writable: a file another process holds locked (or that cannot be written)
+    // answers reads but not a login. Takes the write lock for no work, waiting at most the short
+    // busy timeout (db/busy).
+    database: () => {
+      sqlite.query("SELECT 1").values();
+      probeWritable(sqlite);
+    },
+  };
+  if (redis) {
+    readiness.redis = async () => {
+      await redis.send("PING", []);
+    };
+  }
+  const ipBlocks = new IpBlockService({
+    sqlite,
+    clock,
+    logger,
+    audit,
+    limiter,
+    registry,
+    settings: {
+      thresholds: {
+        ratelimit: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.ratelimit,
+          count: config.ipBlock.rateLimitRefusals,
+        },
+        login: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.login,
+          count: config.ipBlock.failedLogins,
+        },
+        principal: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.principal,
+          count: config.ipBlock.rateLimitRefusals,
+        },
+      },
+      ...options.ipBlockSettings,
+    },
+  });
+
+  const metrics = {
+    http: createHttpMetrics(registry),
+    rateLimit: createRateLimitMetrics(registry),
+    csrf: createCsrfMetrics(registry),
+    auth: createAuthMetrics(registry),
+  };
+  const enforceLimits = createLimitEnforcer({
+    store: limiter,
+    clock,
+    logger,
+    audit,
+    metrics: metrics.rateLimit,
+    onRefused: async ({ client, key, requestId }) => {
+      // A refused principal is that principal's violation, never its address's (see ip-block).
+      if (isPrincipalSubject(key)) await ipBlocks.recordPrincipalViolation(key, requestId);
+      else await ipBlocks.recordViolation("ratelimit", client, requestId);
+    },
+  });
+
+  const keys = signingKeys(config.jwt.secretKey, config.jwt.previousSecretKey);
+  const credentials = new CredentialVerifier({
+    sqlite,
+    clock,
+    signingKeys: keys,
+    accessTokenTtlMs: config.jwt.accessTokenExpireMinutes * 60_000,
+    cacheTokens: options.cacheTokens,
+    refuseTestKeys: config.appEnv === "production",
+  });
+
+  return {
+    config,
+    db,
+    logger,
+    clock,
+    registry,
+    audit,
+    limiter,
+    policies: buildPolicyTable(config.rateLimit),
+    metrics,
+    ipBlocks,
+    enforceLimits,
+    credentials,
+    signingKeys: keys,
+    readiness,
+    async start() {
+      if (!redis) return;
+      // Waits a moment for Redis, never for long: the service starts either way, and the client
+      // keeps reconnecting in the background while the limiter fails open or closed by policy.
+      const connected = redis.connect().then(
+        () => true,
+        () => false,
+      );
+      const timedOut = Bun.sleep(REDIS_START_WAIT_MS).then(() => false);
+      if (!(await Promise.race([connected, timedOut]))) {
+        logger.error(
+          { redis: "unreachable" },
+          "redis unreachable at start; the limiter fails open or closed by policy until it is back",
+        );
+      }
+    },
+    maintenance(now) {
+      limiter.prune(now);
+      audit.prune(now - config.auditRetentionDays * DAY_MS, now);
+      ipBlocks.prune(now);
+    },
+    close() {
+      limiter.close();
+      audit.close();
+    },
+  };
+}

@@ -1,0 +1,37 @@
+/**
+ * @module
+ * The feature list. Each feature is a folder in `src/modules/` with one factory (see
+ * `src/modules/feature.ts`); adding one is a line here. Privacy is built last, over what every
+ * other feature contributes.
+ */
+import type { Core } from "./core";
+import { adminFeature } from "./modules/admin/feature";
+import { type AuthFeature, type AuthFeatureOptions, authFeature } from "./modules/auth/feature";
+import type { Feature } from "./modules/feature";
+import { healthFeature } from "./modules/health/feature";
+import { type PrivacyFeature, privacyFeature } from "./modules/privacy/feature";
+
+export interface FeatureOptions extends AuthFeatureOptions {
+  /** Features beyond the list (a test plugs one in the way a new folder would be). */
+  extraFeatures?: readonly Feature[];
+}
+
+export interface Features {
+  /** Every feature, in the order their routes are mounted. */
+  list: readonly Feature[];
+  /** The handles the CLI and the tests drive directly. */
+  auth: AuthFeature;
+  privacy: PrivacyFeature;
+}
+
+export function createFeatures(core: Core, options: FeatureOptions = {}): Features {
+  const auth = authFeature(core, options);
+  const features: Feature[] = [
+    healthFeature(),
+    auth,
+    adminFeature(core, { apiKeys: auth.apiKeys }),
+    ...(options.extraFeatures ?? []),
+  ];
+  const privacy = privacyFeature(core, { account: auth.account, features });
+  return { list: [...features, privacy], auth, privacy };
+}

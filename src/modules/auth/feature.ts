@@ -1,0 +1,92 @@
+/**
+ * @module
+ * The auth feature: accounts, sessions and API keys, their routes, their clean-up and what they
+ * hold about a user. Verifying credentials is the auth defence's (plugins/auth), in the core.
+ */
+import type { Core } from "../../core";
+import { createCsrfIssuer } from "../../plugins/csrf";
+import type { Feature } from "../feature";
+import { ApiKeyService } from "./api-keys";
+import { authModule, authRouteClasses } from "./index";
+import type { PasswordHashing } from "./passwords";
+import { account, apiKeysContributor, sessionsContributor } from "./privacy";
+import { AuthService } from "./service";
+
+export interface AuthFeatureOptions {
+  /** argon2id cost; Bun's defaults when absent. Tests lower it. */
+  passwordHashing?: PasswordHashing;
+  /** Prepare the unknown-email login's dummy hash now (default true; the CLI serves no logins). */
+  prepareLogin?: boolean;
+}
+
+export interface AuthFeature extends Feature {
+  service: AuthService;
+  apiKeys: ApiKeyService;
+  /** The account row, for the privacy feature: its profile and its deletion. */
+  account: ReturnType<typeof account>;
+}
+
+export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthFeature {
+  const { config, db, clock, logger, audit, limiter, ipBlocks, credentials } = core;
+  const sqlite = db.$client;
+  const refuseTestKeys = config.appEnv === "production";
+  const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials, { refuseTestKeys });
+  const service = new AuthService({
+    sqlite,
+    config,
+    clock,
+    logger,
+    audit,
+    limiter,
+    ipBlocks,
+    credentials,
+    apiKeys,
+    signingKey: core.signingKeys.current,
+    passwordHashing: options.passwordHashing,
+    prepareLogin: options.prepareLogin,
+  });
+  reconcileBootstrapKeys(core, apiKeys);
+
+  return {
+    name: "auth",
+    service,
+    apiKeys,
+    account: account(db, service),
+    routeClasses: authRouteClasses,
+    routes: ({ auth }) =>
+      authModule({
+        service,
+        auth,
+        enforceLimits: core.enforceLimits,
+        policies: core.policies,
+        metrics: core.metrics.auth,
+        requireTls: config.requireTls,
+        enumerationResistance: config.enumerationResistance,
+        issueCsrf: createCsrfIssuer({
+          secretKey: config.csrf.secretKey,
+          requireTls: config.requireTls,
+          clock,
+        }),
+      }),
+    maintenance: (now) => {
+      service.pruneSessions(now);
+    },
+    privacy: [sessionsContributor(db, service), apiKeysContributor(apiKeys)],
+  };
+}
+
+/** API_KEYS is the truth for bootstrap keys: added, re-scoped and revoked to match it. */
+function reconcileBootstrapKeys(core: Core, apiKeys: ApiKeyService): void {
+  const { config, logger } = core;
+  const bootstrap = apiKeys.reconcileBootstrap(config.apiKeys);
+  if (bootstrap.added + bootstrap.updated + bootstrap.revoked > 0) {
+    const { added, updated, revoked } = bootstrap;
+    logger.info({ added, updated, revoked }, "bootstrap API keys reconciled with API_KEYS");
+  }
+  if (bootstrap.stillRevoked.length > 0) {
+    logger.warn(
+      { entries: bootstrap.stillRevoked },
+      "API_KEYS lists keys that were revoked; they stay revoked: remove them from API_KEYS",
+    );
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * @module
+ * What the auth feature holds about a user, as privacy contributors: the sessions (refresh-token
+ * families) and the API keys the user owns. The account row itself is the privacy service's
+ * `account`: it is exported as the profile and deleted last.
+ */
+import { asc, eq, sql } from "drizzle-orm";
+import type { AppDatabase } from "../../db/client";
+import { refreshFamilies, users } from "../../db/schema";
+import type { PrivacyContributor } from "../privacy/contributor";
+import type { PrivacyAccount } from "../privacy/service";
+import type { ApiKeyService } from "./api-keys";
+import type { AuthService } from "./service";
+
+export function sessionsContributor(db: AppDatabase, auth: AuthService): PrivacyContributor {
+  const sessions = db
+    .select({
+      familyId: refreshFamilies.id,
+      startedAt: refreshFamilies.createdAt,
+      expiresAt: refreshFamilies.expiresAt,
+      revokedAt: refreshFamilies.revokedAt,
+    })
+    .from(refreshFamilies)
+    .where(eq(refreshFamilies.userId, sql.placeholder("userId")))
+    .orderBy(asc(refreshFamilies.createdAt))
+    .prepare();
+  return {
+    name: "sessions",
+    export: (userId) => sessions.all({ userId }),
+    erase: (userId) => auth.revokeUserSessions(userId),
+  };
+}
+
+export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
+  return {
+    name: "apiKeys",
+    export: (userId) => apiKeys.list(userId).map(({ userId: _owner, ...key }) => key),
+    erase(userId, { pseudonym }) {
+      for (const key of apiKeys.list(userId)) {
+        if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);
+      }
+    },
+  };
+}
+
+export function account(db: AppDatabase, auth: AuthService): PrivacyAccount {
+  return {
+    find: (userId) => auth.findUser(userId),
+    remove(userId) {
+      db.delete(users).where(eq(users.id, userId)).run();
+    },
+  };
+}

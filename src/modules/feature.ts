@@ -1,0 +1,36 @@
+/**
+ * @module
+ * What a feature contributes to the app. Each feature folder in `src/modules/` has one factory that
+ * takes the core (the defences' stateful parts, see `src/core.ts`) and returns this; `src/features.ts`
+ * lists the factories, and `createServices` / `createApp` compose whatever the list holds. Adding a
+ * feature is writing its folder and one line in that list: no shared file grows with it.
+ */
+import type { AnyElysia } from "elysia";
+import type { authPlugin } from "../plugins/auth";
+import type { RouteClass } from "../plugins/route-class";
+import type { ReadinessCheck } from "./health/service";
+import type { PrivacyContributor } from "./privacy/contributor";
+
+/** What a feature's routes are built with, once the app's auth stage exists. */
+export interface WebContext {
+  /** The auth stage: every route declares `{ public: true }` or `{ auth: … }` against it. */
+  auth: ReturnType<typeof authPlugin>;
+  /** Every readiness check of the core and the features (what `/ready` runs). */
+  readiness: Record<string, ReadinessCheck>;
+}
+
+export interface Feature {
+  name: string;
+  /** The classes of the feature's routes: policy, body limit, probe, CSRF exemption. */
+  routeClasses: readonly RouteClass[];
+  /** The feature's Elysia module (its controller). */
+  routes(web: WebContext): AnyElysia;
+  /** Dependencies `/ready` checks, by name. */
+  readiness?: Record<string, ReadinessCheck>;
+  /** Bounded clean-up, run by the background maintenance every few seconds. */
+  maintenance?(now: number): void;
+  /** What the feature holds about a user, for export, erasure and retention. */
+  privacy?: readonly PrivacyContributor[];
+  /** Flushes and stops what the feature runs; called once at shutdown. */
+  close?(): void;
+}

@@ -1,0 +1,46 @@
+/**
+ * @module
+ * The privacy feature: export and erasure over what every other feature contributes, and their
+ * retention. Built after the others, from their privacy contributors; the audit log's own
+ * contribution comes last, so erasure pseudonymises the rows the other contributors wrote too.
+ */
+import type { Core } from "../../core";
+import { createAuditExport } from "../../plugins/audit/privacy";
+import type { Feature } from "../feature";
+import type { PrivacyContributor } from "./contributor";
+import { privacyModule, privacyRouteClasses } from "./index";
+import { type PrivacyAccount, PrivacyService } from "./service";
+
+export interface PrivacyFeature extends Feature {
+  service: PrivacyService;
+}
+
+export function privacyFeature(
+  core: Core,
+  { account, features }: { account: PrivacyAccount; features: readonly Feature[] },
+): PrivacyFeature {
+  const exportAuditEvents = createAuditExport(core.db, core.audit);
+  const auditEvents: PrivacyContributor = {
+    name: "auditEvents",
+    export: (userId) => exportAuditEvents(`user:${userId}`),
+    erase: (userId, { pseudonym }) => {
+      core.audit.pseudonymise(`user:${userId}`, pseudonym);
+    },
+  };
+  const service = new PrivacyService({
+    sqlite: core.db.$client,
+    clock: core.clock,
+    audit: core.audit,
+    account,
+    contributors: [...features.flatMap((feature) => feature.privacy ?? []), auditEvents],
+  });
+  return {
+    name: "privacy",
+    service,
+    routeClasses: privacyRouteClasses,
+    routes: ({ auth }) => privacyModule({ auth, service }),
+    maintenance: (now) => {
+      service.retain(now);
+    },
+  };
+}
