@@ -13,6 +13,7 @@ import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "../../src/db/busy";
 import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createLogger, type Logger } from "../../src/logging/logger";
+import type { Feature } from "../../src/modules/feature";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
 import type { LimiterStore } from "../../src/plugins/rate-limit/store";
 import type { RouteClass } from "../../src/plugins/route-class";
@@ -73,6 +74,8 @@ export interface TestAppOptions {
   clock?: Clock;
   ipBlockSettings?: Partial<IpBlockSettings>;
   limiter?: LimiterStore;
+  /** Features beyond the list, plugged in as a new folder would be (see src/features.ts). */
+  extraFeatures?: readonly Feature[];
   /** Classes for routes a test adds to the app (see plugins/route-class). */
   routeClasses?: readonly RouteClass[];
 }
@@ -119,6 +122,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     // Real argon2id, at a cost that keeps the suite fast; production uses Bun's defaults.
     passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
+    extraFeatures: options.extraFeatures,
   });
   const app = createApp({
     ...services,
