@@ -52,8 +52,7 @@ export async function measureChain(dir: string, requests: number, concurrency: n
     { name: "request id", add: (a) => a.use(requestId()) },
     {
       name: "route class",
-      add: (a) =>
-        a.use(routeClass({ table: createRouteClassTable([{ routes: ["GET /bench"] }]) })),
+      add: (a) => a.use(routeClass({ table: createRouteClassTable([{ routes: ["GET /bench"] }]) })),
     },
     {
       name: "client address",

@@ -1,13 +1,16 @@
 /**
  * @module
- * The per-request values the early stages put on Elysia's context. Elysia types `onRequest` and
- * `onError` contexts without decorators, so hooks read them as
+ * The per-request values the early stages put on Elysia's context. Route handlers see them typed:
+ * the auth plugin, which every module uses, declares them with `requestStateTypes()` (decorated
+ * placeholders that the early stages overwrite on each request before any handler runs). Elysia
+ * types `onRequest` and `onError` contexts without decorators, so hooks read them as
  * `const { path, client } = context as unknown as RequestState`.
  *
  * Always destructure what a hook needs, never hand the whole context to a function: Elysia reads
  * each hook's source to decide what to parse per request, and a context passed whole makes it parse
  * everything (cookies, query, headers) for every request (measured: +7 µs a request with cookies).
  */
+import { Elysia } from "elysia";
 import type { ResolvedClient } from "./client-ip";
 import type { ResolvedRouteClass } from "./route-class/table";
 
@@ -22,4 +25,24 @@ export interface RequestState {
   client: ResolvedClient;
   clientIp: string;
   clientKey: string;
+}
+
+/** The fields the early stages set, as a handler reads them. */
+export type RequestStateFields = Omit<RequestState, "request" | "path">;
+
+/**
+ * Declares the request state's types to the routes of whoever uses it. The values here are
+ * placeholders: the request-id, route-class and client-ip stages set the real ones in `onRequest`,
+ * before routing, on every request.
+ */
+export function requestStateTypes() {
+  const placeholders = {
+    requestId: "",
+    routeClass: undefined,
+    startedAt: 0,
+    client: undefined,
+    clientIp: "",
+    clientKey: "",
+  } as unknown as RequestStateFields;
+  return new Elysia({ name: "palisade.request-state" }).decorate(placeholders);
 }

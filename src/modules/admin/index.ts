@@ -119,9 +119,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/api-keys",
-      (context) => {
-        const { principal, request, client, requestId, path } = context as typeof context &
-          RequestState;
+      ({ principal, request, client, requestId, path }) => {
         record({ principal, request, client, requestId, path }, "admin.keys.listed");
         return { keys: apiKeys.list().map(view) };
       },
@@ -169,9 +167,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/audit",
-      (context) => {
-        const { query, principal, request, client, requestId, path } = context as typeof context &
-          RequestState;
+      ({ query, principal, request, client, requestId, path }) => {
         const page = queryAuditEvents(options.sqlite, {
           type: query.type,
           actor: query.actor,
@@ -195,9 +191,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/blocks",
-      (context) => {
-        const { principal, request, client, requestId, path } = context as typeof context &
-          RequestState;
+      ({ principal, request, client, requestId, path }) => {
         record({ principal, request, client, requestId, path }, "admin.blocks.listed");
         return { blocks: ipBlocks.listActive() };
       },
@@ -209,8 +203,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .post(
       "/blocks",
-      (context) => {
-        const { body, principal, set, requestId } = context as typeof context & RequestState;
+      ({ body, principal, set, requestId }) => {
         const address = parseIp(body.address);
         if (address === null) {
           throw new AppError("VALIDATION_FAILED", "Not an IP address.", [
@@ -240,8 +233,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .delete(
       "/blocks/:id",
-      (context) => {
-        const { params, principal, set, requestId } = context as typeof context & RequestState;
+      ({ params, principal, set, requestId }) => {
         const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
         ipBlocks.lift(block.address, principalRef(principal), requestId);

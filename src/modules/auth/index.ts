@@ -91,8 +91,7 @@ export function authModule(options: AuthModuleOptions) {
     .use(options.auth)
     .post(
       "/register",
-      async (context) => {
-        const { body, set, client, requestId } = context as typeof context & RequestState;
+      async ({ body, set, client, requestId }) => {
         const outcome = await service.register(
           body.email,
           body.password,
@@ -136,9 +135,7 @@ export function authModule(options: AuthModuleOptions) {
     )
     .post(
       "/login",
-      async (context) => {
-        const { body, query, set, request, path, client, requestId } = context as typeof context &
-          RequestState;
+      async ({ body, query, set, request, path, client, requestId }) => {
         const accountKey = accountLimitKey(body.email);
         const headers = await enforceLimits(loginPolicy, accountKey, {
           method: request.method,
@@ -177,8 +174,7 @@ export function authModule(options: AuthModuleOptions) {
     )
     .post(
       "/refresh",
-      async (context) => {
-        const { body, set, request, client, requestId } = context as typeof context & RequestState;
+      async ({ body, set, request, client, requestId }) => {
         const fromCookie = readCookie(request.headers.get("cookie"), names.refresh);
         const token = body?.refreshToken ?? fromCookie;
         if (!token) {
@@ -212,8 +208,7 @@ export function authModule(options: AuthModuleOptions) {
     )
     .post(
       "/logout",
-      (context) => {
-        const { principal, set, client, requestId } = context as typeof context & RequestState;
+      ({ principal, set, client, requestId }) => {
         if (principal.kind !== "user")
           throw new AppError("FORBIDDEN", "Only a session can log out.");
         service.logout(

@@ -5,7 +5,6 @@
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
 import type { authPlugin } from "../../plugins/auth";
-import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
 import { ExportDocument } from "./model";
 import type { PrivacyService } from "./service";
@@ -39,8 +38,7 @@ export function privacyModule({
     )
     .delete(
       "",
-      (context) => {
-        const { principal, set, client, requestId } = context as typeof context & RequestState;
+      ({ principal, set, client, requestId }) => {
         if (!service.erase(principal.id, { ip: client.ip, requestId })) {
           throw new AppError("NOT_FOUND", "The account no longer exists.");
         }

@@ -17,7 +17,7 @@
 import { type DocumentDecoration, Elysia } from "elysia";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
-import type { RequestState } from "../request-state";
+import { type RequestState, requestStateTypes } from "../request-state";
 import type { Identify } from "./identify";
 import type { AuthMetrics } from "./metrics";
 import { type Principal, principalRef, type Scope } from "./principal";
@@ -103,6 +103,7 @@ export function authPlugin(options: AuthPluginOptions) {
   };
 
   return new Elysia({ name: "palisade.auth" })
+    .use(requestStateTypes())
     .macro({
       public: (enabled: true) => ({
         detail: authDetail(enabled ? "public" : "undeclared", []),

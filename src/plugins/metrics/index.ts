@@ -17,7 +17,6 @@ import type { authPlugin } from "../auth";
 import type { CredentialVerifier } from "../auth/credentials";
 import type { ResolvedClient } from "../client-ip";
 import { constantTimeEqual } from "../csrf/token";
-import type { RequestState } from "../request-state";
 import type { RouteClass } from "../route-class";
 
 export interface MetricsOptions {
@@ -58,8 +57,7 @@ export function metrics({ registry, token, credentials, auth, onAuthFailure }: M
 
   return new Elysia({ name: "palisade.metrics" }).use(auth).get(
     "/metrics",
-    async (context) => {
-      const { request, set, client, requestId } = context as typeof context & RequestState;
+    async ({ request, set, client, requestId }) => {
       if (!allowed(request)) {
         await onAuthFailure?.({ client, requestId });
         throw new AppError("UNAUTHENTICATED", "A valid metrics token is required.", undefined, {
