@@ -42,14 +42,21 @@ export function keyLegacyAuditRows(
         )
         .get()!.n;
       if (legacy.length === 0 && oldCheckpoints === 0) return null;
-      const firstKeyed = sqlite
-        .query<{ id: number | null }, []>(
-          "SELECT min(id) AS id FROM audit_events WHERE key_id IS NOT NULL",
+      // The upgrade happens once, on a database that has never been keyed. Unkeyed rows or
+      // checkpoints beside keyed ones cannot come from an upgrade — an attacker without the key
+      // can insert an unkeyed checkpoint, and keying it here would bury the rows it claims were
+      // pruned — so they are left for verify to report.
+      const keyedExists = sqlite
+        .query<{ n: number }, []>(
+          `SELECT (SELECT count(*) FROM audit_events WHERE key_id IS NOT NULL) +
+                  (SELECT count(*) FROM audit_checkpoints WHERE key_id IS NOT NULL) AS n`,
         )
-        .get()!.id;
-      if (firstKeyed !== null && legacy.some((row) => row.id > firstKeyed)) {
-        // Unkeyed rows after keyed ones cannot come from an upgrade: leave them for verify to report.
-        logger.error("audit rows in the unkeyed form follow keyed rows; not keying them");
+        .get()!.n;
+      if (keyedExists > 0) {
+        logger.error(
+          { rows: legacy.length, checkpoints: oldCheckpoints },
+          "unkeyed audit rows or checkpoints beside keyed ones; not keying them (audit:verify reports them)",
+        );
         return null;
       }
       const checkpoint = sqlite

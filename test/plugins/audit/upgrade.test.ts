@@ -182,8 +182,39 @@ test("rows turned back into the unkeyed form after the upgrade are not keyed aga
   db.$client.close();
   const app = start(path);
   app.close();
-  expect(app.logs.text).toContain("follow keyed rows");
+  expect(app.logs.text).toContain("beside keyed ones; not keying them");
   const result = await verify(path);
   expect(result.code).toBe(1);
   expect(result.stderr).toContain("row 5");
+});
+
+test("an unkeyed checkpoint forged after the upgrade is not keyed at the next start", async () => {
+  const path = legacyDatabase();
+  const first = start(path);
+  for (let i = 0; i < 6; i++) {
+    first.services.audit.record({ type: "request.rejected", outcome: "denied", ip: "192.0.2.1" });
+  }
+  first.close();
+  // Someone with the file but not the key deletes the oldest rows and leaves a checkpoint in the
+  // unkeyed form, hoping the upgrade keys it.
+  const db = openDatabase(path);
+  const cut = db.$client
+    .query("SELECT id, hash FROM audit_events ORDER BY id LIMIT 1 OFFSET 4")
+    .get() as {
+    id: number;
+    hash: string;
+  };
+  db.$client.run("DELETE FROM audit_events WHERE id <= ?", [cut.id]);
+  db.$client.run(
+    `INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count, key_id, mac)
+     VALUES (?, ?, ?, ?, NULL, NULL)`,
+    [Date.now(), cut.id, cut.hash, cut.id],
+  );
+  db.$client.close();
+  const restarted = start(path);
+  restarted.close();
+  expect(restarted.logs.text).toContain("beside keyed ones; not keying them");
+  const result = await verify(path);
+  expect(result.code).toBe(1);
+  expect(result.stderr).toContain("checkpoint");
 });
