@@ -149,7 +149,14 @@ export function adminModule(options: AdminModuleOptions) {
       ({ params, body, principal, set }) => {
         const graceMs =
           body?.graceMinutes === undefined ? DEFAULT_ROTATION_GRACE_MS : body.graceMinutes * 60_000;
-        const rotated = apiKeys.rotate(params.id, graceMs, principalRef(principal));
+        if (apiKeys.get(params.id)?.origin === "bootstrap") {
+          throw new AppError(
+            "CONFLICT",
+            "Bootstrap keys follow API_KEYS: change the variable and restart to replace one.",
+          );
+        }
+        const actingUserId = principal.kind === "user" ? principal.id : principal.userId;
+        const rotated = apiKeys.rotate(params.id, graceMs, principalRef(principal), actingUserId);
         if (!rotated) throw new AppError("NOT_FOUND", "No active key has that id.");
         set.status = 201;
         return { key: rotated.key, apiKey: view(rotated.record) };

@@ -200,31 +200,42 @@ export class ApiKeyService {
   }
 
   /** A new key with the same name, scopes and owner; the old one dies after `graceMs`. */
+  /**
+   * Issues the key's successor. It keeps the old key's owner; an ownerless (operator) key rotated
+   * by someone who acts for a user becomes that user's, bounded by their role, as a key they
+   * created would be — otherwise rotation would hand an admin user an admin key that outlives
+   * their demotion. Bootstrap keys are not rotated here: API_KEYS is their truth.
+   */
   rotate(
     id: string,
     graceMs: number,
     actor: string | null,
+    actingUserId: string | null = null,
   ): { key: string; record: ApiKeyRecord } | null {
     const old = this.get(id);
     const now = this.clock.now();
     if (!old || old.revokedAt !== null || (old.expiresAt !== null && old.expiresAt <= now)) {
       return null;
     }
+    if (old.origin === "bootstrap") return null;
+    const ownerId = old.userId ?? actingUserId;
     const environment = old.prefix.startsWith("pal_test_") ? "test" : "live";
     // In production a pal_test_ key is not an active key: there is nothing to rotate.
     if (environment === "test" && this.options.refuseTestKeys) return null;
     const ownerRole =
-      old.userId === null
+      ownerId === null
         ? null
         : (this.sqlite
             .query<{ role: Role }, [string]>("SELECT role FROM users WHERE id = ?")
-            .get(old.userId)?.role ?? null);
-    if (old.userId !== null && ownerRole === null) return null;
+            .get(ownerId)?.role ?? null);
+    if (ownerId !== null && ownerRole === null) return null;
+    const scopes = boundScopes(old.scopes, ownerRole);
+    if (scopes.length === 0) return null;
     const fresh = this.create(
       {
         name: old.name,
-        scopes: boundScopes(old.scopes, ownerRole),
-        userId: old.userId,
+        scopes,
+        userId: ownerId,
         expiresAt: old.expiresAt,
         environment,
       },

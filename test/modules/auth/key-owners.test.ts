@@ -310,3 +310,51 @@ describe("pal_test_ keys in production", () => {
     );
   });
 });
+
+describe("rotation keeps keys bound to a person", () => {
+  test("an ownerless key rotated by an admin user becomes that user's and loses admin with them", async () => {
+    const target = app();
+    const admin = await signUp(target, { role: "admin" });
+    const operator = createKey(target, ["admin"], null);
+    const rotated = await send(target, `/api/admin/api-keys/${operator.record.id}/rotate`, {
+      headers: bearer(admin.accessToken),
+      body: { graceMinutes: 1 },
+    });
+    expect(rotated.status).toBe(201);
+    const { key, apiKey } = (await rotated.json()) as {
+      key: string;
+      apiKey: { owner: { id: string } | null };
+    };
+    expect(apiKey.owner?.id).toBe(admin.userId);
+    expect((await powers(target, key)).admin).toBe(200);
+
+    target.services.auth.setRole(admin.userId, "user", "test");
+    expect((await powers(target, key)).admin).not.toBe(200);
+  });
+
+  test("a key principal without an owner rotates into an operator key, as it creates one", async () => {
+    const target = app();
+    const operator = createKey(target, ["admin"], null);
+    const other = createKey(target, ["chat"], null);
+    const rotated = await send(target, `/api/admin/api-keys/${other.record.id}/rotate`, {
+      headers: { "x-api-key": operator.key },
+      body: {},
+    });
+    expect(rotated.status).toBe(201);
+    expect(((await rotated.json()) as { apiKey: { owner: unknown } }).apiKey.owner).toBeNull();
+  });
+
+  test("a bootstrap key is not rotated through the API: API_KEYS is its truth", async () => {
+    const target = app(undefined, { API_KEYS: "bootstrapkeyROTATEROTATEROTATE1:admin" });
+    const admin = await signUp(target, { role: "admin" });
+    const bootstrap = target.services.apiKeys.list().find((k) => k.origin === "bootstrap")!;
+    const refused = await send(target, `/api/admin/api-keys/${bootstrap.id}/rotate`, {
+      headers: bearer(admin.accessToken),
+      body: {},
+    });
+    expect(refused.status).toBe(409);
+    expect(((await refused.json()) as { code: string }).code).toBe("CONFLICT");
+    expect(target.services.apiKeys.rotate(bootstrap.id, 60_000, "test", admin.userId)).toBeNull();
+    expect(target.services.apiKeys.list().filter((k) => k.revokedAt === null)).toHaveLength(1);
+  });
+});
