@@ -3,7 +3,13 @@
  * Parsers for one variable each. Each takes the raw string and throws a ConfigError naming the
  * variable; none of them echoes the value, which may be a secret.
  */
-import { formatAddress, formatRange, parseCidr, parseIp } from "../plugins/client-ip/address";
+import {
+  coversEveryAddress,
+  formatAddress,
+  formatRange,
+  parseCidr,
+  parseIp,
+} from "../plugins/client-ip/address";
 import { parseHost } from "../plugins/request-guard/host";
 import { ConfigError } from "./error";
 import { APP_ENVS, type AppEnv, LOG_LEVELS, type LogLevel } from "./profiles";
@@ -142,6 +148,13 @@ export function parseTrustProxy(name: string, raw: string | undefined): TrustPro
   }
   const cidrs = parseCidrList(name, trimmed);
   if (cidrs.length === 0) return { kind: "none" };
+  const everyone = coversEveryAddress(cidrs.map((cidr) => parseCidr(cidr)!));
+  if (everyone !== null) {
+    throw new ConfigError(
+      name,
+      `covers every ${everyone} address, which trusts everyone; list only your proxies' ranges`,
+    );
+  }
   return { kind: "cidrs", cidrs };
 }
 

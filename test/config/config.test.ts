@@ -166,6 +166,27 @@ describe("parsed values", () => {
     });
   });
 
+  test.each([
+    "0.0.0.0/0",
+    "0.0.0.0/0,::/0",
+    "::/0",
+    "::ffff:0.0.0.0/96",
+    "0.0.0.0/1,128.0.0.0/1",
+    "10.0.0.0/8, 0.0.0.0/2, 64.0.0.0/2, 128.0.0.0/2, 192.0.0.0/2",
+    "::/1, 8000::/1",
+  ])("TRUST_PROXY=%p trusts every address and is refused", (value) => {
+    const error = refusal({ TRUST_PROXY: value });
+    expect(error.variable).toBe("TRUST_PROXY");
+    expect(error.message).toMatch(/^TRUST_PROXY covers every IPv[46] address/);
+  });
+
+  test("TRUST_PROXY ranges that leave addresses out are accepted", () => {
+    expect(loadConfig({ TRUST_PROXY: "0.0.0.0/1, ::/1" }).trustProxy.kind).toBe("cidrs");
+    expect(loadConfig({ TRUST_PROXY: "0.0.0.0/1,128.0.0.0/2,192.0.0.0/3" }).trustProxy.kind).toBe(
+      "cidrs",
+    );
+  });
+
   test("optional integrations stay off until configured", () => {
     const config = loadConfig({});
     expect(config.redisUrl).toBeNull();

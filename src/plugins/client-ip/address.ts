@@ -81,3 +81,33 @@ export function formatAddress(address: Address): string {
 export function formatRange([address, bits]: Range): string {
   return `${formatAddress(address)}/${bits}`;
 }
+
+/**
+ * The family whose every address the ranges cover together, or null. Trusting such a list as
+ * proxies is trusting everyone (any client could name its own address); `0.0.0.0/0` is the
+ * obvious spelling, `0.0.0.0/1,128.0.0.0/1` or `::/0` the others.
+ */
+export function coversEveryAddress(ranges: readonly Range[]): "IPv4" | "IPv6" | null {
+  for (const [family, width] of [
+    ["ipv4", 32n],
+    ["ipv6", 128n],
+  ] as const) {
+    const spans = ranges
+      .filter(([address]) => address.kind() === family)
+      .map(([address, bits]) => {
+        let start = 0n;
+        for (const byte of address.toByteArray()) start = (start << 8n) | BigInt(byte);
+        const size = 1n << (width - BigInt(bits));
+        start -= start % size;
+        return [start, start + size] as const;
+      })
+      .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    let reached = 0n;
+    for (const [start, end] of spans) {
+      if (start > reached) break;
+      if (end > reached) reached = end;
+    }
+    if (reached === 1n << width) return family === "ipv4" ? "IPv4" : "IPv6";
+  }
+  return null;
+}
