@@ -9,9 +9,14 @@
  * 2. refused if any control, format, private-use, unassigned, surrogate, separator, U+FFFD or
  *    default-ignorable (invisible: zero-width space and joiners, soft hyphen, BOM, variation
  *    selectors, Hangul fillers) character is left;
- * 3. the domain: its one trailing dot dropped, then IDNA-mapped to ASCII (`domainToASCII`: case,
- *    width and Unicode labels to `xn--`), and checked as a host name;
- * 4. the local part is kept as typed (it is the mailbox owner's, and may be case-sensitive), but
+ * 3. what is left may hold only letters, marks and digits of any script, and in the local part the
+ *    ASCII punctuation RFC 5322 allows: symbols and other punctuation are refused, since some of
+ *    them render as nothing (U+2800 BRAILLE PATTERN BLANK, U+1D159 MUSICAL SYMBOL NULL NOTEHEAD)
+ *    while being ordinary characters to Unicode, so no "invisible" property catches them;
+ * 4. the domain: the ideographic full stops IDNA reads as dots mapped to `.`, its one trailing dot
+ *    dropped, then IDNA-mapped to ASCII (`domainToASCII`: case, width and Unicode labels to
+ *    `xn--`), and checked as a host name;
+ * 5. the local part is kept as typed (it is the mailbox owner's, and may be case-sensitive), but
  *    uniqueness and every lookup compare the `key`: the local part case-folded (upper then lower, so
  *    `ß` meets `SS`) and NFKC again, at the ASCII domain.
  *
@@ -25,6 +30,12 @@ const MAX_LOCAL_LENGTH = 64;
 /** Characters that are invisible, control or otherwise not part of any real address. */
 const FORBIDDEN =
   /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}\p{Default_Ignorable_Code_Point}\s\uFFFD]/u;
+/** A local part: letters, marks and digits of any script, and RFC 5322's ASCII `atext` and dots. */
+const LOCAL_PART = /^[\p{L}\p{M}\p{N}!#$%&'*+\-/=?^_`{|}~.]+$/u;
+/** A domain before IDNA: letters, marks and digits of any script, hyphens and dots. */
+const DOMAIN_PART = /^[\p{L}\p{M}\p{N}.-]+$/u;
+/** The full stops UTS #46 reads as label separators (ideographic, fullwidth, halfwidth). */
+const IDEOGRAPHIC_DOTS = /[\u3002\uFF0E\uFF61]/g;
 /** A host name in ASCII: dot-separated labels of letters, digits and inner hyphens. */
 const HOST_NAME = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/;
 
@@ -53,8 +64,11 @@ export function checkEmail(raw: string): EmailVerdict {
   }
   const at = normalized.lastIndexOf("@");
   const local = normalized.slice(0, at);
-  let domain = normalized.slice(at + 1);
+  let domain = normalized.slice(at + 1).replace(IDEOGRAPHIC_DOTS, ".");
   if (at < 1 || local.length > MAX_LOCAL_LENGTH || local.includes("@")) {
+    return { ok: false, reason: "not_an_address" };
+  }
+  if (!LOCAL_PART.test(local) || !DOMAIN_PART.test(domain)) {
     return { ok: false, reason: "not_an_address" };
   }
   if (domain.endsWith(".")) domain = domain.slice(0, -1);

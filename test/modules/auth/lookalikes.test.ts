@@ -50,6 +50,9 @@ const LOOK_ALIKES: [string, string[]][] = [
       "t1@example.com.", // the root's trailing dot
       "  t1@example.com\t", // surrounding whitespace
       "t1@example\uFF0Ecom", // fullwidth full stop
+      "t1@example\u3002com", // ideographic full stop
+      "t1@example.com\u3002", // the trailing dot as an ideographic full stop
+      "t1@example.com\uFF61", // halfwidth ideographic full stop
     ],
   ],
   [
@@ -159,6 +162,12 @@ const INVISIBLE: [string, string][] = [
   ["private use", "t1\ue000@example.com"],
   ["zero-width space in the domain", "t1@exa\u200bmple.com"],
   ["no-break space inside", "t1\u00a0x@example.com"],
+  // Blank-looking characters that Unicode calls ordinary symbols or punctuation.
+  ["Braille pattern blank", "t1\u2800@example.com"],
+  ["musical null notehead", "t1\u{1D159}@example.com"],
+  ["SignWriting blank", "t1\u{1DA7F}@example.com"],
+  ["Tibetan tsheg bstar", "t1\u0F0C@example.com"],
+  ["Braille blank in the domain", "t1@exa\u2800mple.com"],
 ];
 
 describe("invisible and control characters in an email are refused", () => {
