@@ -91,6 +91,15 @@ test("parseForwardedEntry refuses what is not an address", () => {
   expect(parseForwardedEntry("example.com")).toBeNull();
   expect(parseForwardedEntry("1.2.3.4.5")).toBeNull();
   expect(parseForwardedEntry("fe80::1%eth0")).toBeNull();
+  // Brackets belong to IPv6; ports run 1–65535.
+  expect(parseForwardedEntry("[1.2.3.4]")).toBeNull();
+  expect(parseForwardedEntry("[1.2.3.4]:80")).toBeNull();
+  expect(parseForwardedEntry("1.2.3.4:99999")).toBeNull();
+  expect(parseForwardedEntry("1.2.3.4:65536")).toBeNull();
+  expect(parseForwardedEntry("1.2.3.4:0")).toBeNull();
+  expect(parseForwardedEntry("[2001:db8::1]:70000")).toBeNull();
+  expect(parseForwardedEntry("1.2.3.4:65535")?.toString()).toBe("1.2.3.4");
+  expect(parseForwardedEntry("[2001:db8::1]:8080")?.toString()).toBe("2001:db8::1");
   expect(parseForwardedEntry(" 203.0.113.5\t")?.toString()).toBe("203.0.113.5");
 });
 

@@ -41,7 +41,9 @@ export function inRanges(address: Address, ranges: readonly Range[]): boolean {
   return false;
 }
 
-const PORT = "(?:[1-9][0-9]{0,4})";
+/** A TCP port, 1–65535, in decimal without leading zeros. */
+const PORT =
+  "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})";
 const V4_WITH_PORT = new RegExp(`^([0-9.]+):${PORT}$`);
 const BRACKETED = new RegExp(`^\\[([^\\]]+)\\](?::${PORT})?$`);
 
@@ -53,7 +55,8 @@ const BRACKETED = new RegExp(`^\\[([^\\]]+)\\](?::${PORT})?$`);
 export function parseForwardedEntry(raw: string): Address | null {
   const text = raw.replace(/^[ \t]+|[ \t]+$/g, "");
   const bracketed = BRACKETED.exec(text);
-  if (bracketed) return parseIp(bracketed[1]!);
+  // Brackets are IPv6's way to carry a port (RFC 3986): "[1.2.3.4]" is no address a proxy writes.
+  if (bracketed) return bracketed[1]!.includes(":") ? parseIp(bracketed[1]!) : null;
   const withPort = V4_WITH_PORT.exec(text);
   return parseIp(withPort ? withPort[1]! : text);
 }
