@@ -79,7 +79,9 @@ describe("db:backup", () => {
 
     expect(backup.stderr).toBe("");
     expect(backup.code).toBe(0);
-    expect(backup.stdout).toContain(`backup written to ${target}: integrity ok, audit chain intact`);
+    expect(backup.stdout).toContain(
+      `backup written to ${target}: integrity ok, audit chain intact`,
+    );
     expect(statuses).toEqual(Array(total).fill(201));
     expect(before).toBeLessThan(total); // the service was still writing when the backup started
 
@@ -94,10 +96,11 @@ describe("db:backup", () => {
     expect(copy.query("PRAGMA integrity_check").values()).toEqual([["ok"]]);
     copy.close();
     // Nothing is left next to the backup but the copy and its development key.
-    expect(readdirSync(dir).filter((name) => name.startsWith("backup")).sort()).toEqual([
-      "backup.db",
-      "backup.db.audit-key",
-    ]);
+    expect(
+      readdirSync(dir)
+        .filter((name) => name.startsWith("backup"))
+        .sort(),
+    ).toEqual(["backup.db", "backup.db.audit-key"]);
     expect(readFileSync(`${target}.audit-key`, "utf8")).toBe(
       readFileSync(`${databasePath}.audit-key`, "utf8"),
     );
@@ -179,7 +182,9 @@ describe("db:backup", () => {
     writeFileSync(databasePath, "not a database at all, just some text ".repeat(200));
     const result = await cli(["db:backup", join(dir, "copy.db")], { DATABASE_PATH: databasePath });
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/^palisade db:backup: cannot read DATABASE_PATH .*not a database/);
+    expect(result.stderr).toMatch(
+      /^palisade db:backup: cannot read DATABASE_PATH .*not a database/,
+    );
     expect(existsSync(join(dir, "copy.db"))).toBe(false);
   });
 
@@ -191,7 +196,9 @@ describe("db:backup", () => {
     expect(usage.stderr.trim()).toBe("palisade db:backup: expects one PATH to write the backup to");
     const missing = await cli(["db:backup", join(dir, "copy.db")], env);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toBe(`palisade db:backup: DATABASE_PATH ${env.DATABASE_PATH} does not exist`);
+    expect(missing.stderr).toBe(
+      `palisade db:backup: DATABASE_PATH ${env.DATABASE_PATH} does not exist`,
+    );
     const memory = await cli(["db:backup", join(dir, "copy.db")], { DATABASE_PATH: ":memory:" });
     expect(memory.code).toBe(2);
   });

@@ -6,6 +6,7 @@ import { createMetricsRegistry } from "../../../src/plugins/metrics/registry";
 import { buildTestApp, LogCapture, type TestApp } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 import { runToExit } from "../../support/process";
+import { waitFor } from "../../support/wait";
 
 const keys = new AuditKeys("audit-unit-test-key-0123456789abcdefghijklmnop");
 const verifyAuditChain = (sqlite: Parameters<typeof verifyWith>[0]) => {
@@ -45,7 +46,10 @@ describe("writing", () => {
     log.record({ type: "ratelimit.rejected", outcome: "denied", ip: "192.0.2.1" });
     log.record({ type: "csrf.failed", outcome: "denied" });
     expect(count()).toBe(0);
-    await Bun.sleep(80);
+    const started = performance.now();
+    await waitFor(() => count() === 2, { what: "the batch to be written" });
+    // Not before the interval (a timer's slack is at most a millisecond early).
+    expect(performance.now() - started).toBeGreaterThanOrEqual(28);
     expect(count()).toBe(2);
   });
 
