@@ -5,7 +5,7 @@
  * principal.
  */
 import { Elysia, t } from "elysia";
-import { AppError } from "../../errors";
+import { AppError, problemResponses } from "../../errors";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { parseIp } from "../../plugins/client-ip/address";
@@ -113,7 +113,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         body: NewKeyBody,
-        response: { 201: CreatedKey },
+        response: { 201: CreatedKey, ...problemResponses(422) },
         detail: { tags, summary: "Create an API key; the key is in this response only" },
       },
     )
@@ -143,6 +143,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         params: IdParams,
+        response: { 204: t.Void({ description: "Revoked" }), ...problemResponses(404, 422) },
         detail: { tags, summary: "Revoke an API key (everywhere within a second)" },
       },
     )
@@ -160,7 +161,7 @@ export function adminModule(options: AdminModuleOptions) {
         auth: admin,
         params: IdParams,
         body: t.Optional(RotateBody),
-        response: { 201: CreatedKey },
+        response: { 201: CreatedKey, ...problemResponses(404, 422) },
         detail: {
           tags,
           summary: "Replace a key; the old one keeps working for the grace period, then dies",
@@ -189,7 +190,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         query: AuditQuery,
-        response: { 200: AuditPage },
+        response: { 200: AuditPage, ...problemResponses(422) },
         detail: { tags, summary: "Query the audit log, newest first (max 500 a page)" },
       },
     )
@@ -234,7 +235,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         body: NewBlockBody,
-        response: { 201: BlockView },
+        response: { 201: BlockView, ...problemResponses(422) },
         detail: { tags, summary: "Block an address (an IPv6 address blocks its /64)" },
       },
     )
@@ -251,6 +252,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         params: IdParams,
+        response: { 204: t.Void({ description: "Lifted" }), ...problemResponses(404, 422) },
         detail: { tags, summary: "Lift a block" },
       },
     );
