@@ -6,6 +6,7 @@
  */
 import { Elysia, t } from "elysia";
 import { AppError, problemResponses } from "../../errors";
+import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { parseIp } from "../../plugins/client-ip/address";
@@ -61,7 +62,7 @@ export function adminModule(options: AdminModuleOptions) {
   };
   const record = (
     { principal, request, client, requestId, path }: Actor,
-    type: string,
+    type: AuditEventType,
     detail?: Record<string, string>,
   ) => {
     audit.record({
