@@ -3,7 +3,11 @@
  * The error model: one closed list of codes, one code-to-status switch, and the RFC 9457
  * problem+json body every error response carries. Services return outcomes as values; only the
  * HTTP edge throws AppError, and one onError turns everything into a problem document.
+ *
+ * The problem body is one TypeBox schema (ProblemSchema); the TypeScript type is derived from it,
+ * and `problemResponses` attaches it to routes' error statuses so `/openapi.json` documents them.
  */
+import { type Static, t } from "elysia";
 
 export const ERROR_CODES = [
   "VALIDATION_FAILED",
@@ -96,19 +100,60 @@ const TITLES: Record<ErrorCode, string> = {
 };
 
 /** One failing field of a validation error: where, and which rule. Never the value sent. */
-export interface FieldError {
-  field: string;
-  message: string;
-}
+export const FieldErrorSchema = t.Object({
+  field: t.String({ description: "Where: `body/email`, `query/limit`, …" }),
+  message: t.String({ description: "Which rule failed (never the value sent)" }),
+});
+export type FieldError = Static<typeof FieldErrorSchema>;
 
-export interface Problem {
-  type: string;
-  title: string;
-  status: number;
-  detail: string;
-  code: ErrorCode;
-  requestId: string;
-  errors?: FieldError[];
+const problemProperties = (codes: readonly ErrorCode[]) => ({
+  type: t.String({ description: "`urn:palisade:problem:<code in kebab case>`" }),
+  title: t.String(),
+  status: t.Number({ minimum: 400, maximum: 599, description: "The HTTP status, repeated" }),
+  detail: t.String({ description: "Safe to show; never a stack or a secret" }),
+  code: t.UnionEnum(codes as [ErrorCode, ...ErrorCode[]]),
+  requestId: t.String({ description: "The X-Request-Id of the response" }),
+  errors: t.Optional(t.Array(FieldErrorSchema, { description: "VALIDATION_FAILED only" })),
+});
+
+/** The RFC 9457 body of every error response (`application/problem+json`). */
+export const ProblemSchema = t.Object(problemProperties(ERROR_CODES), {
+  description: "RFC 9457 problem details, sent as application/problem+json",
+});
+export type Problem = Static<typeof ProblemSchema>;
+
+/** What each error status means on any route; the codes come from statusForCode. */
+const STATUS_MEANING: Record<number, string> = {
+  400: "The request is malformed (body, path, a header)",
+  401: "No valid credential",
+  403: "Refused: the credential may not do this, the address is blocked, or the CSRF check failed",
+  404: "No such resource",
+  405: "Method not allowed (see Allow)",
+  409: "Conflicts with the current state",
+  413: "The body is too large",
+  414: "The URI is too long",
+  415: "Unsupported content type",
+  422: "The request did not pass validation; `errors` names the fields",
+  429: "Rate limited (see Retry-After)",
+  500: "Internal error",
+  502: "An upstream service is unavailable",
+  503: "The service cannot be used right now (see Retry-After)",
+};
+
+/**
+ * Route `response` entries for error statuses: each the problem schema with `code` narrowed to the
+ * codes of that status, so the document says which codes a status can carry.
+ */
+export function problemResponses<S extends number>(...statuses: S[]) {
+  const responses = {} as Record<S, typeof ProblemSchema>;
+  for (const status of statuses) {
+    const codes = ERROR_CODES.filter((code) => statusForCode(code) === status);
+    if (codes.length === 0) throw new Error(`no error code answers ${status}`);
+    responses[status] = t.Object(problemProperties(codes), {
+      description: `${STATUS_MEANING[status] ?? "Error"} (application/problem+json)`,
+    }) as unknown as typeof ProblemSchema;
+  }
+  return responses;
 }
 
 /** An error meant for the client: its code, a detail safe to show, and optional field errors. */

@@ -14,19 +14,28 @@ async function awayFromMinuteEnd(marginMs: number) {
   if (left < marginMs) await Bun.sleep(left + 50);
 }
 
-test("three processes on one file admit exactly 50 of 300 concurrent requests for one key", async () => {
+test("three processes on one file admit exactly 50 of 300 concurrent requests for one key, each some of them", async () => {
   const dir = tempDir();
   const services: ServiceProcess[] = [];
   try {
     const env = {
       DATABASE_PATH: join(dir.path, "shared.db"),
       RATE_LIMIT_PER_MINUTE: "50",
+      TRUST_PROXY: "loopback",
       RATE_LIMIT_BURST: "1000",
       LOG_LEVEL: "info",
     };
     // Migrations run at start; starting one first keeps the others from racing to create tables.
     services.push(await startService(env));
     services.push(...(await Promise.all([startService(env), startService(env)])));
+    // Warm each process up (its first /openapi.json builds the document) from another address,
+    // so that none of them is still busy with its first request when the burst arrives.
+    for (const service of services) {
+      const warm = await fetch(new URL("/openapi.json", service.url), {
+        headers: { "x-forwarded-for": "198.51.100.7" },
+      });
+      await warm.arrayBuffer();
+    }
     await awayFromMinuteEnd(15_000);
 
     const responses = await Promise.all(
@@ -37,14 +46,14 @@ test("three processes on one file admit exactly 50 of 300 concurrent requests fo
         }),
       ),
     );
-    const admitted = responses.filter((s) => s === 200).length;
-    expect(admitted).toBe(50);
     expect(responses.every((s) => s === 200 || s === 429 || s === 403)).toBe(true);
-    // Each process answered its share, so the count really was shared.
-    for (let i = 0; i < 3; i++) {
-      const own = responses.filter((_, j) => j % 3 === i);
-      expect(own.length).toBe(100);
-    }
+    // Request j went to process j % 3. Every process admitted some, and together exactly the
+    // limit: had any process counted on its own, it alone would have admitted up to 50.
+    const admittedBy = [0, 1, 2].map(
+      (i) => responses.filter((s, j) => j % 3 === i && s === 200).length,
+    );
+    for (const admitted of admittedBy) expect(admitted).toBeGreaterThan(0);
+    expect(admittedBy.reduce((a, b) => a + b, 0)).toBe(50);
     const db = new Database(env.DATABASE_PATH, { readonly: true });
     const row = db
       .query(

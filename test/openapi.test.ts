@@ -1,8 +1,12 @@
 import { afterEach, expect, test } from "bun:test";
 import { Validator } from "@seriousme/openapi-schema-validator";
+import { Value } from "@sinclair/typebox/value";
+import type { TSchema } from "elysia";
+import { ProblemSchema, problemResponses } from "../src/errors";
 import { DOCS_PATH } from "../src/plugins/openapi";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "./support/app";
 import { bearer, signUp } from "./support/auth";
+import { runToExit } from "./support/process";
 
 /** The production profile's secrets, under the staging profile. */
 const stagingSecrets = () => {
@@ -77,4 +81,55 @@ test("in production /openapi.json is for admins only, unless OPENAPI_PUBLIC=true
 
   current = buildTestApp({ env: { APP_ENV: "staging", ...stagingSecrets() } });
   expect((await send(current, "/openapi.json")).status).toBe(200);
+});
+
+test("the document passes redocly lint (recommended rules, warnings as errors) with zero problems", async () => {
+  const result = await runToExit(["bun", "run", "scripts/openapi-lint.ts"], {});
+  expect(`${result.stdout}${result.stderr}`).toContain("Your API description is valid");
+  expect(result.code).toBe(0);
+}, 30_000);
+
+test("every operation documents its errors as problem+json, and what is sent matches the schema", async () => {
+  current = buildTestApp();
+  const document = (await (await send(current, "/openapi.json")).json()) as {
+    paths: Record<
+      string,
+      Record<
+        string,
+        { responses: Record<string, { content?: Record<string, { schema: TSchema }> }> }
+      >
+    >;
+  };
+  const text = JSON.stringify(document);
+  expect(text).not.toContain('"nullable"');
+  for (const [path, item] of Object.entries(document.paths)) {
+    for (const [method, operation] of Object.entries(item)) {
+      const statuses = Object.keys(operation.responses);
+      expect({ at: `${method} ${path}`, statuses }).toEqual({
+        at: `${method} ${path}`,
+        statuses: expect.arrayContaining(["400", "403", "429", "500"]),
+      });
+      const problem = operation.responses["400"]!.content!;
+      expect(Object.keys(problem)).toEqual(["application/problem+json"]);
+    }
+  }
+  // The documented schemas are errors.ts's, and what the server sends for them passes them.
+  const asJson = (schema: unknown) => JSON.parse(JSON.stringify(schema));
+  const [schema401, schema422] = [problemResponses(401)[401], problemResponses(422)[422]];
+  const me = document.paths["/api/auth/me"]!.get!.responses;
+  expect(me["401"]!.content!["application/problem+json"]!.schema).toEqual(asJson(schema401));
+  const register = document.paths["/api/auth/register"]!.post!.responses;
+  expect(register["422"]!.content!["application/problem+json"]!.schema).toEqual(asJson(schema422));
+
+  const unauthenticated = await send(current, "/api/auth/me");
+  expect(unauthenticated.status).toBe(401);
+  expect(unauthenticated.headers.get("content-type")).toStartWith("application/problem+json");
+  expect(Value.Check(schema401, await unauthenticated.json())).toBe(true);
+  const invalid = await send(current, "/api/auth/register", { body: { email: 1 } });
+  expect(invalid.status).toBe(422);
+  const body = await invalid.json();
+  expect(Value.Check(schema422, body)).toBe(true);
+  expect(Value.Check(ProblemSchema, body)).toBe(true);
+  // A code that a status never carries does not pass that status's schema.
+  expect(Value.Check(schema401, body)).toBe(false);
 });

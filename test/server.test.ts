@@ -2,6 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { buildTestApp, serveInProcess, type TestApp, tempDir } from "./support/app";
 import { freePort, runToExit, startService } from "./support/process";
+import { signal } from "./support/wait";
 
 describe("graceful shutdown (in process)", () => {
   let current: TestApp | null = null;
@@ -13,8 +14,11 @@ describe("graceful shutdown (in process)", () => {
   test("in-flight requests finish, then the closers run, then no new connection is accepted", async () => {
     current = buildTestApp();
     const order: string[] = [];
+    const entered = signal();
+    const release = signal();
     const app = current.app.get("/test/slow", async () => {
-      await Bun.sleep(300);
+      entered.raise();
+      await release.promise;
       order.push("slow answered");
       return { done: true };
     });
@@ -27,8 +31,11 @@ describe("graceful shutdown (in process)", () => {
       },
     );
     const slow = fetch(new URL("/test/slow", running.url));
-    await Bun.sleep(50);
+    await entered.promise;
     const shutdown = running.shutdown("test");
+    // Shutdown has begun and is waiting for the request in flight; now let it finish.
+    expect(order).toEqual([]);
+    release.raise();
     const response = await slow;
     expect(response.status).toBe(200);
     expect(await response.json()).toEqual({ done: true });
@@ -42,13 +49,16 @@ describe("graceful shutdown (in process)", () => {
 
   test("requests still running after the drain timeout are cut", async () => {
     current = buildTestApp();
+    const entered = signal();
+    const never = signal();
     const app = current.app.get("/test/stuck", async () => {
-      await Bun.sleep(5_000);
+      entered.raise();
+      await never.promise;
       return "late";
     });
     const running = serveInProcess({ ...current, app }, { drainTimeoutMs: 100 });
     const stuck = fetch(new URL("/test/stuck", running.url)).catch((error: Error) => error);
-    await Bun.sleep(50);
+    await entered.promise;
     const started = performance.now();
     await running.shutdown("test");
     expect(performance.now() - started).toBeLessThan(4_000);
@@ -56,6 +66,7 @@ describe("graceful shutdown (in process)", () => {
     expect(current.logs.entries.map((e) => e.msg)).toContain(
       "drain timed out; closing connections",
     );
+    never.raise();
   });
 });
 

@@ -24,6 +24,7 @@ import {
   startServer,
 } from "../../src/server";
 import { createServices, type Services } from "../../src/services";
+import { afterQueuedImmediates } from "./wait";
 
 export const TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuv";
 /** A production profile that starts: strong signing secrets, nothing else. */
@@ -175,8 +176,9 @@ export async function send(
   });
   if (options.peer) fromPeer(request, options.peer);
   const response = await target.app.handle(request);
-  // Access logs are written after the response; let the hook run before the test reads them.
-  await Bun.sleep(1);
+  // The access-log line and request metrics are written by onAfterResponse hooks that Elysia has
+  // queued by now; await them so the test can read both.
+  await afterQueuedImmediates();
   return response;
 }
 

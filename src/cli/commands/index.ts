@@ -2,7 +2,7 @@ import type { Command } from "../command";
 import { auditTail, auditVerify } from "./audit";
 import { blocksAdd, blocksList, blocksRemove } from "./blocks";
 import { configCheck } from "./config";
-import { dbMigrate } from "./db";
+import { dbBackup, dbMigrate } from "./db";
 import { keysCreate, keysList, keysRevoke } from "./keys";
 import { usersCreate, usersRole } from "./users";
 
@@ -20,4 +20,5 @@ export const COMMANDS: readonly Command[] = [
   auditVerify,
   configCheck,
   dbMigrate,
+  dbBackup,
 ];

@@ -5,7 +5,8 @@
  * principal.
  */
 import { Elysia, t } from "elysia";
-import { AppError } from "../../errors";
+import { AppError, problemResponses } from "../../errors";
+import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
@@ -61,7 +62,7 @@ export function adminModule(options: AdminModuleOptions) {
   };
   const record = (
     { principal, request, client, requestId, path }: Actor,
-    type: string,
+    type: AuditEventType,
     detail?: Record<string, string>,
   ) => {
     audit.record({
@@ -113,7 +114,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         body: NewKeyBody,
-        response: { 201: CreatedKey },
+        response: { 201: CreatedKey, ...problemResponses(422) },
         detail: { tags, summary: "Create an API key; the key is in this response only" },
       },
     )
@@ -141,6 +142,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         params: IdParams,
+        response: { 204: t.Void({ description: "Revoked" }), ...problemResponses(404, 422) },
         detail: { tags, summary: "Revoke an API key (everywhere within a second)" },
       },
     )
@@ -165,7 +167,7 @@ export function adminModule(options: AdminModuleOptions) {
         auth: admin,
         params: IdParams,
         body: t.Optional(RotateBody),
-        response: { 201: CreatedKey },
+        response: { 201: CreatedKey, ...problemResponses(404, 409, 422) },
         detail: {
           tags,
           summary: "Replace a key; the old one keeps working for the grace period, then dies",
@@ -192,7 +194,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         query: AuditQuery,
-        response: { 200: AuditPage },
+        response: { 200: AuditPage, ...problemResponses(422) },
         detail: { tags, summary: "Query the audit log, newest first (max 500 a page)" },
       },
     )
@@ -234,7 +236,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         body: NewBlockBody,
-        response: { 201: BlockView },
+        response: { 201: BlockView, ...problemResponses(422) },
         detail: { tags, summary: "Block an address (an IPv6 address blocks its /64)" },
       },
     )
@@ -250,6 +252,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         params: IdParams,
+        response: { 204: t.Void({ description: "Lifted" }), ...problemResponses(404, 422) },
         detail: { tags, summary: "Lift a block" },
       },
     );

@@ -1,4 +1,5 @@
 import { t } from "elysia";
+import { Nullable } from "../../plugins/openapi/types";
 import { MAX_ROTATION_GRACE_MS } from "../auth/api-keys";
 import { ScopeSchema } from "../auth/model";
 
@@ -25,14 +26,14 @@ export const ApiKeyView = t.Object({
   prefix: t.String(),
   scopes: t.Array(ScopeSchema),
   createdAt: t.Number(),
-  expiresAt: t.Nullable(t.Number()),
-  lastUsedAt: t.Nullable(t.Number()),
-  revokedAt: t.Nullable(t.Number()),
-  replacedBy: t.Nullable(t.String()),
+  expiresAt: Nullable(t.Number()),
+  lastUsedAt: Nullable(t.Number()),
+  revokedAt: Nullable(t.Number()),
+  replacedBy: Nullable(t.String()),
   origin: t.UnionEnum(["api", "bootstrap"], {
     description: "bootstrap: from API_KEYS, reconciled with it at every start",
   }),
-  owner: t.Nullable(
+  owner: Nullable(
     t.Object(
       { id: t.String(), email: t.String() },
       {
@@ -64,17 +65,17 @@ export const AuditEventView = t.Object({
   id: t.Number(),
   at: t.String(),
   type: t.String(),
-  actor: t.Nullable(t.String()),
-  ip: t.Nullable(t.String()),
-  route: t.Nullable(t.String()),
-  requestId: t.Nullable(t.String()),
+  actor: Nullable(t.String()),
+  ip: Nullable(t.String()),
+  route: Nullable(t.String()),
+  requestId: Nullable(t.String()),
   outcome: t.String(),
   detail: t.Record(t.String(), t.Any()),
 });
 
 export const AuditPage = t.Object({
   events: t.Array(AuditEventView),
-  nextCursor: t.Nullable(t.Number()),
+  nextCursor: Nullable(t.Number()),
 });
 
 export const NewBlockBody = t.Object({
@@ -92,7 +93,7 @@ export const BlockView = t.Object({
   address: t.String(),
   reason: t.String(),
   source: t.UnionEnum(["auto", "admin"]),
-  createdBy: t.Nullable(t.String()),
+  createdBy: Nullable(t.String()),
   createdAt: t.Number(),
   expiresAt: t.Number(),
 });

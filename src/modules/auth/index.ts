@@ -3,7 +3,7 @@
  * `/api/auth`: register, login (bearer tokens, or cookies for browsers), refresh, logout, me.
  */
 import { Elysia, t } from "elysia";
-import { AppError } from "../../errors";
+import { AppError, problemResponses } from "../../errors";
 import type { authPlugin } from "../../plugins/auth";
 import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { CsrfTokenResponse, type createCsrfIssuer } from "../../plugins/csrf";
@@ -129,7 +129,7 @@ export function authModule(options: AuthModuleOptions) {
       {
         public: true,
         body: Credentials,
-        response: { 201: RegisteredUser },
+        response: { 201: RegisteredUser, ...problemResponses(409, 422) },
         detail: { tags: ["auth"], summary: "Create an account" },
       },
     )
@@ -168,7 +168,7 @@ export function authModule(options: AuthModuleOptions) {
         public: true,
         body: Credentials,
         query: LoginQuery,
-        response: { 200: LoginResponse },
+        response: { 200: LoginResponse, ...problemResponses(401, 422) },
         detail: { tags: ["auth"], summary: "Sign in: tokens, or cookies with ?mode=cookie" },
       },
     )
@@ -199,7 +199,7 @@ export function authModule(options: AuthModuleOptions) {
       {
         public: true,
         body: t.Optional(RefreshBody),
-        response: { 200: LoginResponse },
+        response: { 200: LoginResponse, ...problemResponses(401, 422) },
         detail: {
           tags: ["auth"],
           summary: "Rotate the refresh token; a reused one revokes its whole family",
@@ -223,6 +223,7 @@ export function authModule(options: AuthModuleOptions) {
       },
       {
         auth: "user",
+        response: { 204: t.Void({ description: "Logged out" }) },
         detail: { tags: ["auth"], summary: "Revoke this session's refresh family" },
       },
     )

@@ -1,7 +1,8 @@
 import { t } from "elysia";
+import { API_KEY_SCOPES } from "../../db/schema/auth";
 
-/** Must list what `API_KEY_SCOPES` lists (a test compares the two). */
-export const ScopeSchema = t.UnionEnum(["chat", "payments", "admin", "metrics"]);
+/** The scopes an API key may hold: the stored list itself, so the two cannot differ. */
+export const ScopeSchema = t.UnionEnum(API_KEY_SCOPES);
 
 export const Credentials = t.Object({
   email: t.String({

@@ -2,8 +2,8 @@
  * @module
  * `/api/me`: the signed-in user's export and erasure (3 per minute per user).
  */
-import { Elysia } from "elysia";
-import { AppError } from "../../errors";
+import { Elysia, t } from "elysia";
+import { AppError, problemResponses } from "../../errors";
 import type { authPlugin } from "../../plugins/auth";
 import type { RouteClass } from "../../plugins/route-class";
 import { ExportDocument } from "./model";
@@ -32,7 +32,7 @@ export function privacyModule({
       },
       {
         auth: "user",
-        response: { 200: ExportDocument },
+        response: { 200: ExportDocument, ...problemResponses(404) },
         detail: { tags: ["privacy"], summary: "Export all data held about you, as JSON" },
       },
     )
@@ -47,6 +47,7 @@ export function privacyModule({
       },
       {
         auth: "user",
+        response: { 204: t.Void({ description: "Erased" }), ...problemResponses(404) },
         detail: {
           tags: ["privacy"],
           summary:

@@ -3,12 +3,55 @@
  * What an audit event is, and which ones must never be lost.
  */
 
+/**
+ * Every audit event type, a closed list like the error codes: `AuditEvent.type` is this union, so
+ * recording a type that is not listed here does not compile, and the log's readers (the admin
+ * query's `type` filter, dashboards, alerts) can rely on the names.
+ */
+export const AUDIT_EVENT_TYPES = [
+  // Sign-in, sessions and authorisation (must not be lost).
+  "auth.register.succeeded",
+  "auth.register.duplicate",
+  "auth.login.succeeded",
+  "auth.login.failed",
+  "auth.login.locked",
+  "auth.locked_out",
+  "auth.lockout_lifted",
+  "auth.refresh.succeeded",
+  "auth.refresh.reused",
+  "auth.logout",
+  "auth.forbidden",
+  // What admins did or looked at (must not be lost).
+  "admin.key.created",
+  "admin.key.revoked",
+  "admin.key.narrowed",
+  "admin.key.rotated",
+  "admin.key.scopes_changed",
+  "admin.keys.listed",
+  "admin.audit.queried",
+  "admin.blocks.listed",
+  "admin.user.role_changed",
+  // Addresses blocked and unblocked (must not be lost).
+  "ip.blocked",
+  "ip.unblocked",
+  // Privacy rights exercised (must not be lost).
+  "privacy.erased",
+  // Refusals by the pipeline (batched).
+  "ratelimit.rejected",
+  "request.rejected",
+  "csrf.failed",
+  // The log itself.
+  "audit.chain.keyed",
+] as const;
+
+export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
+
 export type AuditOutcome = "success" | "failure" | "denied" | "info";
 
 export type AuditDetail = Record<string, string | number | boolean | null>;
 
 export interface AuditEvent {
-  type: string;
+  type: AuditEventType;
   outcome: AuditOutcome;
   actor?: string | null;
   ip?: string | null;

@@ -12,7 +12,8 @@
  * or the `palisade_session` cookie when neither header is present (see identify.ts). A missing or
  * bad credential is 401 UNAUTHENTICATED, an insufficient one 403 FORBIDDEN. Each declaration is also written into
  * the route's OpenAPI `detail` (`x-palisade-auth` and `security`), which is how a test checks that
- * no route was left undeclared.
+ * no route was left undeclared. The detail also names the error statuses every route can answer
+ * (`x-palisade-errors`), which the OpenAPI document turns into problem+json responses.
  */
 import { type DocumentDecoration, Elysia } from "elysia";
 import { AppError } from "../../errors";
@@ -49,9 +50,27 @@ export function satisfies(principal: Principal, requirement: AuthRequirement): b
   return principal.kind === "user" || principal.scopes.includes(requirement.scope);
 }
 
+/**
+ * Error statuses any route can answer, whatever it does: a malformed request (400), a blocked
+ * address or a failed CSRF check (403), a limit (429), a failure (500), an unusable database
+ * (503); and 401 where a credential is required. The OpenAPI document lists them for every route
+ * as problem+json (plugins/openapi `finish`), next to what the route itself declares.
+ */
+export const ERRORS_DETAIL_KEY = "x-palisade-errors";
+const PIPELINE_ERRORS = [400, 403, 429, 500, 503] as const;
+const CREDENTIAL_ERRORS = [400, 401, 403, 429, 500, 503] as const;
+
 /** The route's OpenAPI detail: who may call it, in the document and for the declaration test. */
-function authDetail(declared: string, security: Record<string, string[]>[]): DocumentDecoration {
-  return { [AUTH_DETAIL_KEY]: declared, security } as DocumentDecoration;
+function authDetail(
+  declared: string,
+  security: Record<string, string[]>[],
+  errors: readonly number[],
+): DocumentDecoration {
+  return {
+    [AUTH_DETAIL_KEY]: declared,
+    [ERRORS_DETAIL_KEY]: errors,
+    security,
+  } as DocumentDecoration;
 }
 
 export function authPlugin(options: AuthPluginOptions) {
@@ -106,7 +125,7 @@ export function authPlugin(options: AuthPluginOptions) {
     .use(requestStateTypes())
     .macro({
       public: (enabled: true) => ({
-        detail: authDetail(enabled ? "public" : "undeclared", []),
+        detail: authDetail(enabled ? "public" : "undeclared", [], PIPELINE_ERRORS),
       }),
       auth: (requirement: AuthRequirement) => ({
         detail: authDetail(
@@ -114,6 +133,7 @@ export function authPlugin(options: AuthPluginOptions) {
           requirement === "user"
             ? [{ bearerAuth: [] }, { sessionCookie: [] }]
             : [{ bearerAuth: [] }, { sessionCookie: [] }, { apiKey: [] }],
+          CREDENTIAL_ERRORS,
         ),
         // Authentication runs in `transform`, before Elysia validates the body, query and path
         // parameters: an anonymous caller gets 401, not 422 with the route's schema. `resolve`

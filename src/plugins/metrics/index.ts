@@ -10,9 +10,9 @@
  * A wrong token is a violation of the client's address (as a failed login is), the route is rate
  * limited per address, and a blocked address is refused before its token is looked at.
  */
-import { Elysia } from "elysia";
+import { Elysia, t } from "elysia";
 import type { Registry } from "prom-client";
-import { AppError } from "../../errors";
+import { AppError, problemResponses } from "../../errors";
 import type { authPlugin } from "../auth";
 import type { CredentialVerifier } from "../auth/credentials";
 import type { ResolvedClient } from "../client-ip";
@@ -69,14 +69,12 @@ export function metrics({ registry, token, credentials, auth, onAuthFailure }: M
     },
     {
       public: true,
-      detail: {
-        tags: ["meta"],
-        summary: "Prometheus metrics (text exposition format)",
-        responses: {
-          200: { description: "Prometheus text format" },
-          401: { description: "Missing or wrong metrics token (problem+json)" },
-        },
+      response: {
+        200: t.String({ description: "Prometheus text exposition format" }),
+        // Missing or wrong METRICS_TOKEN.
+        ...problemResponses(401),
       },
+      detail: { tags: ["meta"], summary: "Prometheus metrics (text exposition format)" },
     },
   );
 }

@@ -1,11 +1,17 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createLogger } from "../../../src/logging/logger";
 import { AuditKeys } from "../../../src/plugins/audit/chain";
+import {
+  AUDIT_EVENT_TYPES,
+  type AuditEvent,
+  type AuditEventType,
+} from "../../../src/plugins/audit/events";
 import { SqliteAuditLog, verifyAuditChain as verifyWith } from "../../../src/plugins/audit/log";
 import { createMetricsRegistry } from "../../../src/plugins/metrics/registry";
 import { buildTestApp, LogCapture, type TestApp } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 import { runToExit } from "../../support/process";
+import { waitFor } from "../../support/wait";
 
 const keys = new AuditKeys("audit-unit-test-key-0123456789abcdefghijklmnop");
 const verifyAuditChain = (sqlite: Parameters<typeof verifyWith>[0]) => {
@@ -45,7 +51,10 @@ describe("writing", () => {
     log.record({ type: "ratelimit.rejected", outcome: "denied", ip: "192.0.2.1" });
     log.record({ type: "csrf.failed", outcome: "denied" });
     expect(count()).toBe(0);
-    await Bun.sleep(80);
+    const started = performance.now();
+    await waitFor(() => count() === 2, { what: "the batch to be written" });
+    // Not before the interval (a timer's slack is at most a millisecond early).
+    expect(performance.now() - started).toBeGreaterThanOrEqual(28);
     expect(count()).toBe(2);
   });
 
@@ -103,7 +112,7 @@ describe("the hash chain", () => {
     const audit = auditOn();
     for (let i = 0; i < 5; i++) {
       audit.log.record({
-        type: "admin.block.added",
+        type: "admin.key.created",
         outcome: "success",
         actor: `admin${i}@example.test`,
         ip: `192.0.2.${i}`,
@@ -157,16 +166,18 @@ describe("the hash chain", () => {
 
   test("retention deletes old rows from the start and leaves a checkpoint that verifies", () => {
     const { log, clock, sqlite } = auditOn();
-    for (let i = 0; i < 4; i++) log.record({ type: "admin.x", outcome: "success", detail: { i } });
+    for (let i = 0; i < 4; i++)
+      log.record({ type: "admin.key.created", outcome: "success", detail: { i } });
     clock.advance(10 * 24 * 60 * 60 * 1000);
-    for (let i = 0; i < 3; i++) log.record({ type: "admin.y", outcome: "success", detail: { i } });
+    for (let i = 0; i < 3; i++)
+      log.record({ type: "admin.key.revoked", outcome: "success", detail: { i } });
     const cutoff = clock.now() - 24 * 60 * 60 * 1000;
     expect(log.prune(cutoff, clock.now(), 3)).toBe(3);
     expect(log.prune(cutoff, clock.now(), 3)).toBe(1);
     expect(log.prune(cutoff, clock.now(), 3)).toBe(0);
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 3 });
     // New rows continue the chain after the checkpoint even if every old row is gone.
-    log.record({ type: "admin.z", outcome: "success" });
+    log.record({ type: "admin.key.rotated", outcome: "success" });
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 4 });
     // Deleting the oldest kept row by hand, without a checkpoint, is caught.
     sqlite.run("DELETE FROM audit_events WHERE id = (SELECT min(id) FROM audit_events)");
@@ -233,5 +244,18 @@ describe("CLI", () => {
     expect(result.code).toBe(0);
     expect(result.stdout).toContain("192.0.2.44");
     expect(result.stdout).toContain("admin by ops  manual test");
+  });
+});
+
+describe("event types", () => {
+  test("are a closed list: an unlisted type does not compile", () => {
+    const { log, count } = auditOn({ flushIntervalMs: 60_000 });
+    // @ts-expect-error: "auth.made_up" is not in AUDIT_EVENT_TYPES (tsc --noEmit fails if it were)
+    const unlisted: AuditEvent = { type: "auth.made_up", outcome: "info" };
+    expect(AUDIT_EVENT_TYPES).not.toContain(unlisted.type as AuditEventType);
+    for (const type of AUDIT_EVENT_TYPES) log.record({ type, outcome: "info" });
+    log.close();
+    expect(count()).toBe(AUDIT_EVENT_TYPES.length);
+    expect(new Set(AUDIT_EVENT_TYPES).size).toBe(AUDIT_EVENT_TYPES.length);
   });
 });

@@ -10,6 +10,7 @@ import { statSync } from "node:fs";
 import { COMMANDS } from "../../../src/cli/commands";
 import { runCli } from "../../../src/cli/run";
 import { AuditKeys, legacyRowHash } from "../../../src/plugins/audit/chain";
+import type { AuditEventType } from "../../../src/plugins/audit/events";
 import { createServices } from "../../../src/services";
 import { buildTestApp, LogCapture, send, type TestApp } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
@@ -50,7 +51,7 @@ function loggedHead(app: TestApp): { head: string; count: number } {
 function seeded(clock = new ManualClock()) {
   current = buildTestApp({ env: { AUDIT_SECRET_KEY: AUDIT_KEY }, clock });
   const { audit } = current.services;
-  const event = (type: string, actor: string | null, ip: string | null, n: number) =>
+  const event = (type: AuditEventType, actor: string | null, ip: string | null, n: number) =>
     audit.record({
       type,
       outcome: "success",
@@ -63,7 +64,7 @@ function seeded(clock = new ManualClock()) {
   event("auth.login.succeeded", "user:alice", "192.0.2.1", 1);
   event("auth.logout", "user:alice", "192.0.2.1", 2);
   event("auth.login.succeeded", "user:bob", "192.0.2.2", 3);
-  event("admin.block.added", "user:bob", "192.0.2.2", 4);
+  event("admin.key.created", "user:bob", "192.0.2.2", 4);
   event("auth.login.failed", "user:bob", "198.51.100.7", 5);
   event("auth.logout", "user:bob", "192.0.2.2", 6);
   audit.pseudonymise("user:alice", audit.pseudonymOf("user:alice"));

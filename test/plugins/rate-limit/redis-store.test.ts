@@ -1,22 +1,26 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
-import type { Policy } from "../../../src/plugins/rate-limit/policies";
 import { RedisLimiterStore } from "../../../src/plugins/rate-limit/redis-store";
 import { buildTestApp, send } from "../../support/app";
 import { bearer, createKey } from "../../support/auth";
 import { type RedisServer, redisAvailable, startRedis } from "../../support/redis";
-
-const policy = (limit: number, burstLimit = limit, id = "test"): Policy => ({
-  id,
-  limit,
-  windowMs: 60_000,
-  burstLimit,
-  failClosed: false,
-});
-const minuteStart = () => Math.floor(Date.now() / 60_000) * 60_000;
+import { limiterStoreContract, policy } from "./store-contract";
 
 describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () => {
   let redis: RedisServer;
+  // Two clients on one server: what two VMs share.
+  limiterStoreContract("RedisLimiterStore", () => {
+    const stores = [
+      new RedisLimiterStore(new RedisClient(redis.url)),
+      new RedisLimiterStore(new RedisClient(redis.url)),
+    ] as const;
+    return {
+      stores: [stores[0], stores[1]],
+      close() {
+        for (const store of stores) store.close();
+      },
+    };
+  });
   const stores: RedisLimiterStore[] = [];
   const store = () => {
     const made = new RedisLimiterStore(new RedisClient(redis.url));
@@ -32,64 +36,6 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
   afterAll(async () => {
     for (const s of stores) s.close();
     await redis.stop();
-  });
-
-  test("admits exactly the limit of concurrent checks", async () => {
-    const s = store();
-    const k = key();
-    const now = minuteStart() + 1_000;
-    const outcomes = await Promise.all(
-      Array.from({ length: 80 }, () => s.check([{ policy: policy(50), key: k, now }])),
-    );
-    expect(outcomes.filter(([o]) => o!.admitted)).toHaveLength(50);
-    expect(await s.peek(policy(50), k, now)).toBe(50);
-  });
-
-  test("two VMs (two clients) share one limit", async () => {
-    const [a, b] = [store(), store()];
-    const k = key();
-    const now = minuteStart() + 1_000;
-    const outcomes = await Promise.all(
-      Array.from({ length: 120 }, (_, i) =>
-        (i % 2 ? a : b).check([{ policy: policy(30), key: k, now }]),
-      ),
-    );
-    expect(outcomes.filter(([o]) => o!.admitted)).toHaveLength(30);
-  });
-
-  test("windows slide, the burst window caps spikes, a refusal is not counted further on", async () => {
-    const s = store();
-    const k = key();
-    const start = minuteStart();
-    for (let i = 0; i < 10; i++) await s.check([{ policy: policy(10), key: k, now: start }]);
-    const later = await Promise.all(
-      Array.from({ length: 8 }, () =>
-        s.check([{ policy: policy(10), key: k, now: start + 90_000 }]),
-      ),
-    );
-    expect(later.filter(([o]) => o!.admitted)).toHaveLength(5);
-
-    const burstKey = key();
-    const burst = await Promise.all(
-      Array.from({ length: 5 }, () =>
-        s.check([{ policy: policy(10, 3), key: burstKey, now: start + 1_000 }]),
-      ),
-    );
-    expect(burst.filter(([o]) => o!.admitted)).toHaveLength(3);
-
-    const layered = key();
-    const strict = policy(1, 1, "strict");
-    const loose = policy(100, 100, "loose");
-    await s.check([
-      { policy: strict, key: layered, now: start },
-      { policy: loose, key: layered, now: start },
-    ]);
-    const second = await s.check([
-      { policy: strict, key: layered, now: start },
-      { policy: loose, key: layered, now: start },
-    ]);
-    expect(second).toHaveLength(1);
-    expect(await s.peek(loose, layered, start)).toBe(1);
   });
 
   test("keys expire by themselves once their windows have passed", async () => {

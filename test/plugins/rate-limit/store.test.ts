@@ -3,16 +3,25 @@ import { statSync } from "node:fs";
 import { join } from "node:path";
 import { type AppDatabase, openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
-import type { Policy } from "../../../src/plugins/rate-limit/policies";
 import { SqliteLimiterStore } from "../../../src/plugins/rate-limit/sqlite-store";
 import { tempDir } from "../../support/app";
+import { limiterStoreContract, minuteStart, policy } from "./store-contract";
 
-const policy = (limit: number, burstLimit = limit): Policy => ({
-  id: "test",
-  limit,
-  windowMs: 60_000,
-  burstLimit,
-  failClosed: false,
+// Two stores on two connections to one file: what two processes of one VM share.
+limiterStoreContract("SqliteLimiterStore", () => {
+  const dir = tempDir();
+  const path = join(dir.path, "limits.db");
+  const dbs = [openDatabase(path), openDatabase(path)] as const;
+  applyMigrations(dbs[0]);
+  const stores = dbs.map((db) => new SqliteLimiterStore({ sqlite: db.$client }));
+  return {
+    stores: [stores[0]!, stores[1]!],
+    close() {
+      for (const store of stores) store.close();
+      for (const db of dbs) db.$client.close();
+      dir.remove();
+    },
+  };
 });
 
 let cleanup: (() => void)[] = [];
@@ -34,10 +43,8 @@ function freshStore(): { store: SqliteLimiterStore; db: AppDatabase; path: strin
   return { store, db, path };
 }
 
-const minuteStart = () => Math.floor(Date.now() / 60_000) * 60_000;
-
-describe("SqliteLimiterStore", () => {
-  test("admits exactly the limit of concurrent checks and counts only admitted ones", async () => {
+describe("SqliteLimiterStore: its table", () => {
+  test("concurrent checks are one statement: the row counts exactly the admitted ones", async () => {
     const { store, db } = freshStore();
     const now = minuteStart() + 1_000;
     const outcomes = await Promise.all(
@@ -49,68 +56,6 @@ describe("SqliteLimiterStore", () => {
       .get() as { current: number; admitted: number };
     // The 80 concurrent checks were one statement asking for 80 permits; it granted 50.
     expect(row).toEqual({ current: 50, admitted: 50 });
-  });
-
-  test("keys and policies are counted apart", async () => {
-    const { store } = freshStore();
-    const now = minuteStart() + 1_000;
-    const [a] = await store.check([{ policy: policy(1), key: "a", now }]);
-    const [b] = await store.check([{ policy: policy(1), key: "b", now }]);
-    const [other] = await store.check([{ policy: { ...policy(1), id: "other" }, key: "a", now }]);
-    const [again] = await store.check([{ policy: policy(1), key: "a", now }]);
-    expect([a!.admitted, b!.admitted, other!.admitted, again!.admitted]).toEqual([
-      true,
-      true,
-      true,
-      false,
-    ]);
-  });
-
-  test("the previous window slides out", async () => {
-    const { store } = freshStore();
-    const start = minuteStart();
-    for (let i = 0; i < 10; i++) await store.check([{ policy: policy(10), key: "k", now: start }]);
-    // 30 s into the next window half of the previous 10 still count: 5 more fit.
-    const later = start + 90_000;
-    const outcomes = await Promise.all(
-      Array.from({ length: 8 }, () => store.check([{ policy: policy(10), key: "k", now: later }])),
-    );
-    expect(outcomes.filter(([o]) => o!.admitted)).toHaveLength(5);
-    // Two windows later nothing of it remains.
-    const [fresh] = await store.check([{ policy: policy(10), key: "k", now: start + 180_000 }]);
-    expect(fresh).toMatchObject({ admitted: true, previous: 0, current: 1 });
-  });
-
-  test("the burst window caps short spikes below the minute limit", async () => {
-    const { store } = freshStore();
-    const now = minuteStart() + 1_000;
-    const first = await Promise.all(
-      Array.from({ length: 5 }, () => store.check([{ policy: policy(10, 3), key: "k", now }])),
-    );
-    expect(first.filter(([o]) => o!.admitted)).toHaveLength(3);
-    const [afterBurst] = await store.check([
-      { policy: policy(10, 3), key: "k", now: now + 20_000 },
-    ]);
-    expect(afterBurst!.admitted).toBe(true);
-  });
-
-  test("a refusal by the first policy is not counted by the next", async () => {
-    const { store } = freshStore();
-    const now = minuteStart() + 1_000;
-    const strict = { ...policy(1), id: "strict" };
-    const loose = { ...policy(100), id: "loose" };
-    await store.check([
-      { policy: strict, key: "k", now },
-      { policy: loose, key: "k", now },
-    ]);
-    const second = await store.check([
-      { policy: strict, key: "k", now },
-      { policy: loose, key: "k", now },
-    ]);
-    expect(second).toHaveLength(1);
-    expect(second[0]!.admitted).toBe(false);
-    const [looseOnly] = await store.check([{ policy: loose, key: "k", now }]);
-    expect(looseOnly!.current).toBe(2);
   });
 
   test("prune deletes expired rows only, a bounded number per call", async () => {
@@ -136,26 +81,6 @@ describe("SqliteLimiterStore", () => {
       store.check([{ policy: policy(5), key: "b", now }]),
     ]);
     expect(results.map((r) => r.status)).toEqual(["rejected", "rejected"]);
-  });
-
-  test("concurrent checks for one key are decided together, and refusals cost nothing", async () => {
-    const { store } = freshStore();
-    const now = minuteStart() + 1_000;
-    const strict = { ...policy(3), id: "strict" };
-    const loose = { ...policy(100), id: "loose" };
-    // Both policies, ten requests at once: 3 pass the first, so only 3 are counted by the second.
-    const outcomes = await Promise.all(
-      Array.from({ length: 10 }, () =>
-        store.check([
-          { policy: strict, key: "k", now },
-          { policy: loose, key: "k", now },
-        ]),
-      ),
-    );
-    expect(outcomes.filter((o) => o.length === 2 && o[1]!.admitted)).toHaveLength(3);
-    expect(outcomes.filter((o) => o.length === 1 && !o[0]!.admitted)).toHaveLength(7);
-    const [looseAfter] = await store.check([{ policy: loose, key: "k", now }]);
-    expect(looseAfter!.current).toBe(4);
   });
 
   test("100,000 checks leave the WAL file under 64 MB", async () => {

@@ -1,0 +1,205 @@
+import { Database } from "bun:sqlite";
+import { afterEach, describe, expect, test } from "bun:test";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { COMMANDS } from "../../src/cli/commands";
+import { runCli } from "../../src/cli/run";
+import { openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
+import { tempDir } from "../support/app";
+import { runToExit, type ServiceProcess, startService } from "../support/process";
+
+const cli = async (args: string[], env: Record<string, string>) => {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await runCli(
+    args,
+    env,
+    { out: (line) => out.push(line), err: (line) => err.push(line), readStdin: async () => "" },
+    COMMANDS,
+  );
+  return { code, stdout: out.join("\n"), stderr: err.join("\n") };
+};
+
+const count = (path: string, sql: string): number => {
+  const db = new Database(path, { readonly: true });
+  try {
+    return Number(db.query(sql).values()[0]![0]);
+  } finally {
+    db.close();
+  }
+};
+
+let cleanup: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const step of cleanup.reverse()) await step();
+  cleanup = [];
+});
+
+function workDir() {
+  const dir = tempDir("palisade-backup-");
+  cleanup.push(dir.remove);
+  return dir.path;
+}
+
+describe("db:backup", () => {
+  test("copies the database while the service keeps writing; the copy passes integrity_check and audit:verify", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "live.db");
+    const service: ServiceProcess = await startService({
+      DATABASE_PATH: databasePath,
+      LOG_LEVEL: "info",
+      RATE_LIMIT_REGISTER: "100000",
+      RATE_LIMIT_PER_MINUTE: "100000",
+      RATE_LIMIT_BURST: "100000",
+    });
+    cleanup.push(() => service.stop());
+
+    // Registrations write a user row and an audit row each, in the service's own process.
+    const total = 16;
+    let answered = 0;
+    const writes = Promise.all(
+      Array.from({ length: total }, async (_, i) => {
+        const response = await fetch(new URL("/api/auth/register", service.url), {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ email: `user${i}@example.test`, password: `Correct-Horse-${i}!` }),
+        });
+        answered++;
+        return response.status;
+      }),
+    );
+    // Back up in the middle of the stream of writes.
+    const deadline = Date.now() + 15_000;
+    while (answered < 3 && Date.now() < deadline) await Bun.sleep(5);
+    const before = answered;
+    const target = join(dir, "backup.db");
+    const backup = await cli(["db:backup", target], { DATABASE_PATH: databasePath });
+    const statuses = await writes;
+
+    expect(backup.stderr).toBe("");
+    expect(backup.code).toBe(0);
+    expect(backup.stdout).toContain(
+      `backup written to ${target}: integrity ok, audit chain intact`,
+    );
+    expect(statuses).toEqual(Array(total).fill(201));
+    expect(before).toBeLessThan(total); // the service was still writing when the backup started
+
+    // The copy holds what was committed when it was taken, and is consistent with itself.
+    const users = count(target, "SELECT count(*) FROM users");
+    expect(users).toBeGreaterThanOrEqual(before);
+    expect(users).toBeLessThanOrEqual(total);
+    expect(
+      count(target, "SELECT count(*) FROM audit_events WHERE type = 'auth.register.succeeded'"),
+    ).toBe(users);
+    const copy = new Database(target, { readonly: true });
+    expect(copy.query("PRAGMA integrity_check").values()).toEqual([["ok"]]);
+    copy.close();
+    // Nothing is left next to the backup but the copy and its development key.
+    expect(
+      readdirSync(dir)
+        .filter((name) => name.startsWith("backup"))
+        .sort(),
+    ).toEqual(["backup.db", "backup.db.audit-key"]);
+    expect(readFileSync(`${target}.audit-key`, "utf8")).toBe(
+      readFileSync(`${databasePath}.audit-key`, "utf8"),
+    );
+
+    const verified = await cli(["audit:verify"], { DATABASE_PATH: target });
+    expect(verified.stderr).toBe("");
+    expect(verified.code).toBe(0);
+    expect(verified.stdout).toMatch(/^audit chain intact: \d+ rows verified/);
+  }, 30_000);
+
+  test("with AUDIT_SECRET_KEY set, the copy verifies under the same key and no key file is written", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "prod.db");
+    const env = {
+      DATABASE_PATH: databasePath,
+      AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC",
+    };
+    // db:migrate starts the chain (the keyed-upgrade event) on a fresh file.
+    expect((await cli(["db:migrate"], env)).code).toBe(0);
+    expect((await cli(["users:create", "--email", "a@example.test"], env)).code).toBe(0);
+    const target = join(dir, "copy.db");
+    const backup = await cli(["db:backup", target], env);
+    expect(backup.code).toBe(0);
+    expect(existsSync(`${target}.audit-key`)).toBe(false);
+    expect(count(target, "SELECT count(*) FROM users")).toBe(1);
+    expect((await cli(["audit:verify"], { ...env, DATABASE_PATH: target })).code).toBe(0);
+    // Under another key the same copy does not verify: the check is real.
+    const other = await cli(["audit:verify"], {
+      DATABASE_PATH: target,
+      AUDIT_SECRET_KEY: "Q1w2E3r4T5y6U7i8O9p0AsDfGhJkLzXc",
+    });
+    expect(count(target, "SELECT count(*) FROM audit_events")).toBeGreaterThan(0);
+    expect(other.code).toBe(1);
+  });
+
+  test("refuses an existing target and leaves it as it was", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "live.db");
+    const db = openDatabase(databasePath);
+    applyMigrations(db);
+    db.$client.close();
+    const target = join(dir, "taken.db");
+    writeFileSync(target, "yesterday's backup");
+    const result = await cli(["db:backup", target], { DATABASE_PATH: databasePath });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe(`palisade db:backup: ${target} exists; refusing to overwrite it`);
+    expect(readFileSync(target, "utf8")).toBe("yesterday's backup");
+  });
+
+  test("a corrupt source fails with one line, exit 1, and leaves no file behind", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "corrupt.db");
+    const db = openDatabase(databasePath);
+    applyMigrations(db);
+    db.$client.run("PRAGMA wal_checkpoint(TRUNCATE)");
+    db.$client.run("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT)");
+    const insert = db.$client.query("INSERT INTO filler (body) VALUES (?)");
+    for (let i = 0; i < 500; i++) insert.run("x".repeat(400));
+    db.$client.run("PRAGMA wal_checkpoint(TRUNCATE)");
+    db.$client.close();
+    // Overwrite pages in the middle of the file with garbage.
+    const bytes = readFileSync(databasePath);
+    const pageSize = bytes.readUInt16BE(16);
+    const middle = Math.floor(bytes.length / pageSize / 2) * pageSize;
+    bytes.fill(0xa5, middle, middle + pageSize * 8);
+    writeFileSync(databasePath, bytes);
+
+    const target = join(dir, "copy.db");
+    const result = await cli(["db:backup", target], { DATABASE_PATH: databasePath });
+    expect(result.code).toBe(1);
+    expect(result.stderr.split("\n")).toHaveLength(1);
+    expect(result.stderr).toMatch(/^palisade db:backup: .*malformed/);
+    expect(readdirSync(dir).filter((name) => name.includes("copy"))).toEqual([]);
+  });
+
+  test("a file that is not SQLite is refused the same way", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "notes.db");
+    writeFileSync(databasePath, "not a database at all, just some text ".repeat(200));
+    const result = await cli(["db:backup", join(dir, "copy.db")], { DATABASE_PATH: databasePath });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(
+      /^palisade db:backup: cannot read DATABASE_PATH .*not a database/,
+    );
+    expect(existsSync(join(dir, "copy.db"))).toBe(false);
+  });
+
+  test("usage errors exit 2; a missing source exits 1 (the real entry point)", async () => {
+    const dir = workDir();
+    const env = { DATABASE_PATH: join(dir, "absent.db") };
+    const usage = await runToExit(["bun", "run", "src/cli/index.ts", "db:backup"], env);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr.trim()).toBe("palisade db:backup: expects one PATH to write the backup to");
+    const missing = await cli(["db:backup", join(dir, "copy.db")], env);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe(
+      `palisade db:backup: DATABASE_PATH ${env.DATABASE_PATH} does not exist`,
+    );
+    const memory = await cli(["db:backup", join(dir, "copy.db")], { DATABASE_PATH: ":memory:" });
+    expect(memory.code).toBe(2);
+  });
+});

@@ -1,0 +1,164 @@
+/**
+ * What every LimiterStore promises (src/plugins/rate-limit/store.ts), as one suite run against
+ * each store: SQLite in store.test.ts, Redis in redis-store.test.ts. What only one store has (its
+ * table, its TTLs, what happens when its server goes away) is tested in that store's file.
+ */
+import { describe, expect, test } from "bun:test";
+import type { Policy } from "../../../src/plugins/rate-limit/policies";
+import type { LimiterStore } from "../../../src/plugins/rate-limit/store";
+
+export interface StorePair {
+  /** Two stores on the same backing state: two processes on one file, two VMs on one Redis. */
+  stores: [LimiterStore, LimiterStore];
+  close(): void | Promise<void>;
+}
+
+export const policy = (limit: number, burstLimit = limit, id = "test"): Policy => ({
+  id,
+  limit,
+  windowMs: 60_000,
+  burstLimit,
+  failClosed: false,
+});
+
+export const minuteStart = () => Math.floor(Date.now() / 60_000) * 60_000;
+
+/** Registers the contract's tests; `open` gives a fresh pair for each test. */
+export function limiterStoreContract(name: string, open: () => Promise<StorePair> | StorePair) {
+  let run = 0;
+  // Unique per test and per run, so tests sharing one Redis server never see each other's counts.
+  const unique = (label: string) => `${label}-${++run}-${Bun.randomUUIDv7()}`;
+
+  async function withPair(body: (pair: StorePair) => Promise<void>) {
+    const pair = await open();
+    try {
+      await body(pair);
+    } finally {
+      await pair.close();
+    }
+  }
+
+  describe(`${name}: the LimiterStore contract`, () => {
+    test("admits exactly the limit of concurrent checks, and counts only the admitted ones", () =>
+      withPair(async ({ stores: [store] }) => {
+        const key = unique("k");
+        const now = minuteStart() + 1_000;
+        const outcomes = await Promise.all(
+          Array.from({ length: 80 }, () => store.check([{ policy: policy(50), key, now }])),
+        );
+        expect(outcomes.filter(([o]) => o!.admitted)).toHaveLength(50);
+        expect(outcomes.every((o) => o.length === 1)).toBe(true);
+        expect(await store.peek(policy(50), key, now)).toBe(50);
+      }));
+
+    test("two processes (or VMs) on the same state share one limit", () =>
+      withPair(async ({ stores: [a, b] }) => {
+        const key = unique("shared");
+        const now = minuteStart() + 1_000;
+        const outcomes = await Promise.all(
+          Array.from({ length: 120 }, (_, i) =>
+            (i % 2 ? a : b).check([{ policy: policy(30), key, now }]),
+          ),
+        );
+        const admittedBy = [0, 1].map(
+          (side) => outcomes.filter((o, i) => i % 2 === side && o[0]!.admitted).length,
+        );
+        expect(admittedBy[0]! + admittedBy[1]!).toBe(30);
+        expect(await a.peek(policy(30), key, now)).toBe(30);
+        expect(await b.peek(policy(30), key, now)).toBe(30);
+      }));
+
+    test("keys and policies are counted apart", () =>
+      withPair(async ({ stores: [store] }) => {
+        const [a, b] = [unique("a"), unique("b")];
+        const now = minuteStart() + 1_000;
+        const [first] = await store.check([{ policy: policy(1), key: a, now }]);
+        const [other] = await store.check([{ policy: policy(1), key: b, now }]);
+        const [otherPolicy] = await store.check([{ policy: policy(1, 1, "other"), key: a, now }]);
+        const [again] = await store.check([{ policy: policy(1), key: a, now }]);
+        expect([first!.admitted, other!.admitted, otherPolicy!.admitted, again!.admitted]).toEqual([
+          true,
+          true,
+          true,
+          false,
+        ]);
+      }));
+
+    test("the previous window slides out", () =>
+      withPair(async ({ stores: [store] }) => {
+        const key = unique("slide");
+        const start = minuteStart();
+        for (let i = 0; i < 10; i++) await store.check([{ policy: policy(10), key, now: start }]);
+        // 30 s into the next window half of the previous 10 still count: 5 more fit.
+        const later = start + 90_000;
+        const outcomes = await Promise.all(
+          Array.from({ length: 8 }, () => store.check([{ policy: policy(10), key, now: later }])),
+        );
+        expect(outcomes.filter(([o]) => o!.admitted)).toHaveLength(5);
+        // Two windows later nothing of it remains.
+        const [fresh] = await store.check([{ policy: policy(10), key, now: start + 180_000 }]);
+        expect(fresh).toMatchObject({ admitted: true, previous: 0, current: 1 });
+      }));
+
+    test("the burst window caps short spikes below the minute limit", () =>
+      withPair(async ({ stores: [store] }) => {
+        const key = unique("burst");
+        const now = minuteStart() + 1_000;
+        const first = await Promise.all(
+          Array.from({ length: 5 }, () => store.check([{ policy: policy(10, 3), key, now }])),
+        );
+        expect(first.filter(([o]) => o!.admitted)).toHaveLength(3);
+        const [afterBurst] = await store.check([{ policy: policy(10, 3), key, now: now + 20_000 }]);
+        expect(afterBurst!.admitted).toBe(true);
+      }));
+
+    test("a refusal by the first policy is not counted by the next", () =>
+      withPair(async ({ stores: [store] }) => {
+        const key = unique("layered");
+        const now = minuteStart() + 1_000;
+        const strict = policy(1, 1, "strict");
+        const loose = policy(100, 100, "loose");
+        const both = [
+          { policy: strict, key, now },
+          { policy: loose, key, now },
+        ];
+        expect((await store.check(both)).map((o) => o.admitted)).toEqual([true, true]);
+        const second = await store.check(both);
+        expect(second).toHaveLength(1);
+        expect(second[0]!.admitted).toBe(false);
+        expect(await store.peek(loose, key, now)).toBe(1);
+      }));
+
+    test("concurrent checks for one key are decided together, and refusals cost nothing", () =>
+      withPair(async ({ stores: [store] }) => {
+        const key = unique("together");
+        const now = minuteStart() + 1_000;
+        const strict = policy(3, 3, "strict");
+        const loose = policy(100, 100, "loose");
+        // Both policies, ten requests at once: 3 pass the first, so only 3 are counted by the second.
+        const outcomes = await Promise.all(
+          Array.from({ length: 10 }, () =>
+            store.check([
+              { policy: strict, key, now },
+              { policy: loose, key, now },
+            ]),
+          ),
+        );
+        expect(outcomes.filter((o) => o.length === 2 && o[1]!.admitted)).toHaveLength(3);
+        expect(outcomes.filter((o) => o.length === 1 && !o[0]!.admitted)).toHaveLength(7);
+        const [looseAfter] = await store.check([{ policy: loose, key, now }]);
+        expect(looseAfter!.current).toBe(4);
+      }));
+
+    test("peek counts nothing", () =>
+      withPair(async ({ stores: [store] }) => {
+        const key = unique("peek");
+        const now = minuteStart() + 1_000;
+        expect(await store.peek(policy(2), key, now)).toBe(0);
+        await store.check([{ policy: policy(2), key, now }]);
+        for (let i = 0; i < 5; i++) expect(await store.peek(policy(2), key, now)).toBe(1);
+        const [second] = await store.check([{ policy: policy(2), key, now }]);
+        expect(second!.admitted).toBe(true);
+      }));
+  });
+}
