@@ -101,7 +101,10 @@ function* rowsUpTo(sqlite: Database, untilId: number): Generator<AuditRow> {
     .select()
     .from(auditEvents)
     .where(
-      and(gt(auditEvents.id, sql.placeholder("after")), lte(auditEvents.id, sql.placeholder("until"))),
+      and(
+        gt(auditEvents.id, sql.placeholder("after")),
+        lte(auditEvents.id, sql.placeholder("until")),
+      ),
     )
     .orderBy(asc(auditEvents.id))
     .limit(WALK_PAGE)
