@@ -50,7 +50,7 @@ const BP =
   "CASE WHEN burst_window_start = ?6 THEN burst_previous WHEN burst_window_start = ?6 - ?7 THEN burst_current ELSE 0 END";
 const BC = "CASE WHEN burst_window_start = ?6 THEN burst_current ELSE 0 END";
 const GRANTED = `MAX(0, MIN(?12, CAST(?9 - (${P}) * ?5 - (${C}) AS INTEGER), CAST(?10 - (${BP}) * ?8 - (${BC}) AS INTEGER)))`;
-const UPSERT = `
+export const UPSERT = `
 INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
   burst_window_start, burst_current, burst_previous, admitted, expires_at)
 VALUES (?1, ?2, ?3, MIN(?12, ?9, ?10), 0, ?6, MIN(?12, ?9, ?10), 0, MIN(?12, ?9, ?10), ?11)
