@@ -31,9 +31,10 @@ import { asc, eq, gt, lt, max, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
+import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
-import { boundScopes, type Principal, type Role, type Scope } from "./principal";
+import { boundScopes, type Principal, type Scope } from "./principal";
 import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
 
 export type Verification =
@@ -53,23 +54,28 @@ interface CachedKey {
 
 /** The statements verification runs, prepared once per verifier. */
 function prepareStatements(db: AppDatabase) {
+  const keyFields = {
+    id: apiKeys.id,
+    name: apiKeys.name,
+    secretHash: apiKeys.secretHash,
+    scopes: apiKeys.scopes,
+    userId: apiKeys.userId,
+    ownerRole: users.role,
+    expiresAt: apiKeys.expiresAt,
+    revokedAt: apiKeys.revokedAt,
+  };
+  const familyFields = { userId: refreshFamilies.userId, revokedAt: refreshFamilies.revokedAt };
   return {
     /** A key by its prefix, with its owner's role now (null: ownerless, or the owner row is gone). */
-    findKey: db
-      .select({
-        id: apiKeys.id,
-        name: apiKeys.name,
-        secretHash: apiKeys.secretHash,
-        scopes: apiKeys.scopes,
-        userId: apiKeys.userId,
-        ownerRole: users.role,
-        expiresAt: apiKeys.expiresAt,
-        revokedAt: apiKeys.revokedAt,
-      })
-      .from(apiKeys)
-      .leftJoin(users, eq(users.id, apiKeys.userId))
-      .where(eq(apiKeys.prefix, sql.placeholder("prefix")))
-      .prepare(),
+    findKey: firstRowReader(
+      db
+        .select(keyFields)
+        .from(apiKeys)
+        .leftJoin(users, eq(users.id, apiKeys.userId))
+        .where(eq(apiKeys.prefix, sql.placeholder("prefix")))
+        .prepare(),
+      keyFields,
+    ),
     newRevocations: db
       .select()
       .from(authRevocations)
@@ -89,11 +95,14 @@ function prepareStatements(db: AppDatabase) {
         createdAt: sql.placeholder("createdAt"),
       })
       .prepare(),
-    familyState: db
-      .select({ userId: refreshFamilies.userId, revokedAt: refreshFamilies.revokedAt })
-      .from(refreshFamilies)
-      .where(eq(refreshFamilies.id, sql.placeholder("id")))
-      .prepare(),
+    familyState: firstRowReader(
+      db
+        .select(familyFields)
+        .from(refreshFamilies)
+        .where(eq(refreshFamilies.id, sql.placeholder("id")))
+        .prepare(),
+      familyFields,
+    ),
   };
 }
 
@@ -161,7 +170,7 @@ export class CredentialVerifier {
     const { claims } = verdict;
     if (this.revokedFamilies.has(claims.fam)) return { ok: false, reason: "revoked" };
     // The durable check, read after the signature (no await between it and the cache write).
-    const family = this.statements.familyState.get({ id: claims.fam });
+    const family = this.statements.familyState({ id: claims.fam });
     if (!family || family.userId !== claims.sub || family.revokedAt !== null) {
       return { ok: false, reason: "revoked" };
     }
@@ -197,7 +206,7 @@ export class CredentialVerifier {
       this.noteUse(cached.principal.id, now);
       return { ok: true, principal: cached.principal };
     }
-    const row = this.statements.findKey.get({ prefix: keyPrefix(key) });
+    const row = this.statements.findKey({ prefix: keyPrefix(key) });
     if (!row || !timingSafeEqual(Buffer.from(row.secretHash), Buffer.from(hash))) {
       return { ok: false, reason: "invalid" };
     }
