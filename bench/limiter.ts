@@ -5,7 +5,7 @@
  * Drizzle prepared statement with `sql.placeholder()` (built once), per check and 256 to a
  * transaction, against the raw statement called the same way.
  */
-import { Database } from "bun:sqlite";
+import type { Database } from "bun:sqlite";
 import { sql } from "drizzle-orm";
 import type { AppDatabase } from "../src/db/client";
 import { rateLimitCounters as t } from "../src/db/schema";
