@@ -24,7 +24,7 @@
  * authenticates that rewrite per row, so verification accepts it and refuses any other.
  */
 import type { Database } from "bun:sqlite";
-import { asc, desc, eq, lt, lte, sql } from "drizzle-orm";
+import { asc, desc, eq, lt, lte, max, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
@@ -110,12 +110,16 @@ function prepareWrites(db: AppDatabase) {
   };
 }
 
+/**
+ * The newest row. Written as `id = (SELECT max(id) …)`, not `ORDER BY id DESC LIMIT 1`: Drizzle
+ * binds the limit as a parameter, and `LIMIT ?` measured 11–13 µs here against 4.6 µs for the
+ * literal `LIMIT 1` (the max() form: 6–7 µs). Every audit write reads it.
+ */
 function lastRowQuery(db: AppDatabase) {
   return db
     .select({ id: auditEvents.id, hash: auditEvents.hash })
     .from(auditEvents)
-    .orderBy(desc(auditEvents.id))
-    .limit(1);
+    .where(eq(auditEvents.id, db.select({ id: max(auditEvents.id) }).from(auditEvents)));
 }
 
 export class SqliteAuditLog implements AuditLog {
