@@ -48,8 +48,8 @@ import type { LimitCheck, LimiterStore, LimitOutcome } from "./store";
 // (16k against 180k checks/s grouped): SQLite materialised the CTE instead of using the key.
 // Raw SQL, not Drizzle: the same statement as a Drizzle prepared statement (bench/limiter.ts,
 // `prepareDrizzleUpsert`) binds 66 values where this binds 12 (Drizzle cannot number its
-// parameters), and measured 0.70–0.72× this statement's checks/s at 256 checks per transaction,
-// the store's grouped form (47–57k against 67–79k/s on a busy 2-core machine), 0.92–0.94× one
+// parameters), and measured 0.70–0.75× this statement's checks/s at 256 checks per transaction,
+// the store's grouped form (47–75k against 67–100k/s on a busy 2-core machine), 0.89–0.94× one
 // autocommit per check. Every other query of the app goes through Drizzle.
 const P =
   "CASE WHEN window_start = ?3 THEN previous WHEN window_start = ?3 - ?4 THEN current ELSE 0 END";
