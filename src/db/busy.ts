@@ -17,11 +17,22 @@ export const REQUEST_BUSY_TIMEOUT_MS = 50;
 
 /** SQLITE_BUSY or SQLITE_LOCKED (and their extended codes): another connection holds the lock. */
 export function isDatabaseBusy(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  const code = (error as { code?: unknown }).code;
-  return (
-    typeof code === "string" && (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED"))
-  );
+  const code = sqliteCodeOf(error);
+  return code !== null && (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED"));
+}
+
+/**
+ * The SQLite result code of an error, or of the error it wraps: Drizzle rethrows the driver's
+ * error as is from its query builder, but wraps it (as `cause`) in a DrizzleError from
+ * `db.run(sql)` and savepoints. Null when neither carries one.
+ */
+export function sqliteCodeOf(error: unknown): string | null {
+  for (let depth = 0; depth < 4 && error instanceof Error; depth++) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === "string" && code.startsWith("SQLITE_")) return code;
+    error = error.cause;
+  }
+  return null;
 }
 
 export function setBusyTimeout(sqlite: Database, ms: number): void {

@@ -44,7 +44,22 @@ export function openDatabase(path: string): AppDatabase {
     sqlite.close();
     throw new DatabaseOpenError(path, `is not a usable SQLite database: ${describe(error)}`);
   }
-  return drizzle({ client: sqlite, schema }) as AppDatabase;
+  return drizzleOf(sqlite);
+}
+
+const databases = new WeakMap<Database, AppDatabase>();
+
+/**
+ * The Drizzle database over a bun:sqlite connection: the one openDatabase made for it, or one made
+ * now and kept with the connection. For the services that are handed the raw connection.
+ */
+export function drizzleOf(sqlite: Database): AppDatabase {
+  let db = databases.get(sqlite);
+  if (db === undefined) {
+    db = drizzle({ client: sqlite, schema }) as AppDatabase;
+    databases.set(sqlite, db);
+  }
+  return db;
 }
 
 /**
@@ -63,10 +78,22 @@ const UNAVAILABLE_CODES = [
 
 /** Whether an error is the database being unavailable (answered 503), not a bug (500). */
 export function isStoreUnavailable(error: unknown): boolean {
-  if (!(error instanceof SQLiteError)) return false;
-  const code = String(error.code ?? "");
+  // Drizzle rethrows the driver's error as is from its query builder, but wraps it (as `cause`)
+  // in a DrizzleError from `db.run(sql)` and savepoints: both are the same failure.
+  const sqliteError = sqliteErrorIn(error);
+  if (sqliteError === null) return false;
+  const code = String(sqliteError.code ?? "");
   // Extended codes (SQLITE_BUSY_SNAPSHOT, SQLITE_IOERR_WRITE, …) share their primary's prefix.
   return UNAVAILABLE_CODES.some((primary) => code === primary || code.startsWith(`${primary}_`));
+}
+
+/** The SQLiteError itself, or the one a wrapper (a DrizzleError) carries as its cause. */
+function sqliteErrorIn(error: unknown): SQLiteError | null {
+  for (let depth = 0; depth < 4 && error instanceof Error; depth++) {
+    if (error instanceof SQLiteError) return error;
+    error = error.cause;
+  }
+  return null;
 }
 
 function describe(error: unknown): string {

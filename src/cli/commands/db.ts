@@ -15,10 +15,15 @@ import { Database, SQLiteError } from "bun:sqlite";
 import { randomBytes } from "node:crypto";
 import { copyFileSync, existsSync, linkSync, statSync, unlinkSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { count } from "drizzle-orm";
+import { integer, sqliteTable } from "drizzle-orm/sqlite-core";
 import { BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { verifyAuditChain } from "../../plugins/audit/log";
 import { CliError, type Command, EXIT_USAGE } from "../command";
+
+/** Drizzle's own record of applied migrations (its migrator creates it; not in db/schema). */
+const drizzleMigrations = sqliteTable("__drizzle_migrations", { id: integer("id").primaryKey() });
 
 export const dbMigrate: Command = {
   name: "db:migrate",
@@ -26,7 +31,7 @@ export const dbMigrate: Command = {
   usage: "db:migrate",
   run(_args, context) {
     const db = context.db();
-    const applied = db.$client.query("SELECT count(*) FROM __drizzle_migrations").values()[0]![0];
+    const applied = db.select({ n: count() }).from(drizzleMigrations).get()!.n;
     context.out(`database ${context.config().databasePath} is at migration ${applied}`);
     return 0;
   },

@@ -4,7 +4,9 @@
  * an id cursor (stable while rows are appended, unlike an offset).
  */
 import type { Database } from "bun:sqlite";
-import type { AuditRow } from "../../plugins/audit/log";
+import { and, desc, eq, gte, lt, lte } from "drizzle-orm";
+import { drizzleOf } from "../../db/client";
+import { auditEvents } from "../../db/schema";
 import type { AuditEventView as AuditEventViewSchema } from "./model";
 
 export interface AuditFilter {
@@ -21,30 +23,41 @@ export interface AuditFilter {
 export type AuditEventView = typeof AuditEventViewSchema.static;
 
 /** The columns an admin sees: not the chain's own (salt, commitment, hashes). */
-type Row = Omit<AuditRow, "subjectSalt" | "subjectCommit" | "prevHash" | "hash">;
+const VISIBLE = {
+  id: auditEvents.id,
+  at: auditEvents.at,
+  type: auditEvents.type,
+  actor: auditEvents.actor,
+  ip: auditEvents.ip,
+  route: auditEvents.route,
+  requestId: auditEvents.requestId,
+  outcome: auditEvents.outcome,
+  detail: auditEvents.detail,
+};
 
 export function queryAuditEvents(
   sqlite: Database,
   filter: AuditFilter,
 ): { events: AuditEventView[]; nextCursor: number | null } {
-  const where: string[] = [];
-  const params: (string | number)[] = [];
-  const add = (clause: string, value: string | number | undefined) => {
-    if (value === undefined) return;
-    where.push(clause);
-    params.push(value);
-  };
-  add("type = ?", filter.type);
-  add("actor = ?", filter.actor);
-  add("ip = ?", filter.ip);
-  add("at >= ?", filter.since);
-  add("at <= ?", filter.until);
-  add("id < ?", filter.cursor);
-  const sql = `SELECT id, at, type, actor, ip, route, request_id AS requestId, outcome, detail
-    FROM audit_events ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""}
-    ORDER BY id DESC LIMIT ?`;
-  // One more than asked tells whether there is a next page.
-  const rows = sqlite.query<Row, (string | number)[]>(sql).all(...params, filter.limit + 1);
+  const when = <T>(value: T | undefined, condition: (value: T) => ReturnType<typeof eq>) =>
+    value === undefined ? undefined : condition(value);
+  const rows = drizzleOf(sqlite)
+    .select(VISIBLE)
+    .from(auditEvents)
+    .where(
+      and(
+        when(filter.type, (v) => eq(auditEvents.type, v)),
+        when(filter.actor, (v) => eq(auditEvents.actor, v)),
+        when(filter.ip, (v) => eq(auditEvents.ip, v)),
+        when(filter.since, (v) => gte(auditEvents.at, v)),
+        when(filter.until, (v) => lte(auditEvents.at, v)),
+        when(filter.cursor, (v) => lt(auditEvents.id, v)),
+      ),
+    )
+    .orderBy(desc(auditEvents.id))
+    // One more than asked tells whether there is a next page.
+    .limit(filter.limit + 1)
+    .all();
   const page = rows.slice(0, filter.limit);
   return {
     events: page.map((row) => ({

@@ -12,9 +12,11 @@
  * `--owner` or through the API by a bootstrap key; they are bounded by their own scopes only.
  */
 import type { Database } from "bun:sqlite";
+import { and, desc, eq, isNull } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { type BootstrapKey, ConfigError } from "../../config";
-import { API_KEY_SCOPES } from "../../db/schema";
+import { type AppDatabase, drizzleOf } from "../../db/client";
+import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
 import type { AuditLog } from "../../plugins/audit/log";
 import {
   generateApiKey,
@@ -25,21 +27,13 @@ import {
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
 
-export interface ApiKeyRecord {
-  id: string;
-  name: string;
-  prefix: string;
-  scopes: Scope[];
-  userId: string | null;
-  createdAt: number;
-  expiresAt: number | null;
-  lastUsedAt: number | null;
-  revokedAt: number | null;
-  replacedBy: string | null;
+/** A stored key as operators see it: never its hash. */
+type KeyRow = Omit<typeof apiKeys.$inferSelect, "secretHash"> & {
   /** The owner's email when the key has an owner. */
-  ownerEmail: string | null;
-  origin: "api" | "bootstrap";
-}
+  ownerEmail: (typeof users.$inferSelect)["email"] | null;
+};
+
+export type ApiKeyRecord = Omit<KeyRow, "scopes"> & { scopes: Scope[] };
 
 export interface NewApiKey {
   name: string;
@@ -63,14 +57,28 @@ export interface ApiKeyServiceOptions {
   refuseTestKeys?: boolean;
 }
 
-const COLUMNS = `k.id, k.name, k.prefix, k.scopes, k.user_id AS userId, k.created_at AS createdAt,
-  k.expires_at AS expiresAt, k.last_used_at AS lastUsedAt, k.revoked_at AS revokedAt,
-  k.replaced_by AS replacedBy, u.email AS ownerEmail, k.origin
-  FROM api_keys k LEFT JOIN users u ON u.id = k.user_id`;
+/** Keys with their owner's email: what every listing reads. */
+function selectKeys(db: AppDatabase) {
+  return db
+    .select({
+      id: apiKeys.id,
+      name: apiKeys.name,
+      prefix: apiKeys.prefix,
+      scopes: apiKeys.scopes,
+      userId: apiKeys.userId,
+      createdAt: apiKeys.createdAt,
+      expiresAt: apiKeys.expiresAt,
+      lastUsedAt: apiKeys.lastUsedAt,
+      revokedAt: apiKeys.revokedAt,
+      replacedBy: apiKeys.replacedBy,
+      ownerEmail: users.email,
+      origin: apiKeys.origin,
+    })
+    .from(apiKeys)
+    .leftJoin(users, eq(users.id, apiKeys.userId));
+}
 
-type Row = Omit<ApiKeyRecord, "scopes"> & { scopes: string };
-
-function toRecord(row: Row): ApiKeyRecord {
+function toRecord(row: KeyRow): ApiKeyRecord {
   return { ...row, scopes: JSON.parse(row.scopes) as Scope[] };
 }
 
@@ -79,13 +87,25 @@ export function isScope(value: string): value is Scope {
 }
 
 export class ApiKeyService {
+  private readonly db: AppDatabase;
+
   constructor(
-    private readonly sqlite: Database,
+    sqlite: Database,
     private readonly clock: Clock,
     private readonly audit: AuditLog,
     private readonly credentials: CredentialVerifier,
     private readonly options: ApiKeyServiceOptions = {},
-  ) {}
+  ) {
+    this.db = drizzleOf(sqlite);
+  }
+
+  /** The owner's role now, or null when there is no such user. */
+  private roleOf(userId: string): Role | null {
+    return (
+      this.db.select({ role: users.role }).from(users).where(eq(users.id, userId)).get()?.role ??
+      null
+    );
+  }
 
   /** Why `spec` may not be created, or null: the owner's role must allow every scope. */
   refusal(spec: NewApiKey): KeyRefusal | null {
@@ -93,14 +113,10 @@ export class ApiKeyService {
       return { code: "TEST_KEY_IN_PRODUCTION" };
     }
     if (spec.userId === null) return null;
-    const owner = this.sqlite
-      .query<{ role: Role }, [string]>("SELECT role FROM users WHERE id = ?")
-      .get(spec.userId);
-    if (!owner) return { code: "NO_OWNER" };
-    const beyond = spec.scopes.filter((scope) => !ROLE_SCOPES[owner.role].includes(scope));
-    return beyond.length > 0
-      ? { code: "SCOPES_EXCEED_ROLE", role: owner.role, scopes: beyond }
-      : null;
+    const role = this.roleOf(spec.userId);
+    if (role === null) return { code: "NO_OWNER" };
+    const beyond = spec.scopes.filter((scope) => !ROLE_SCOPES[role].includes(scope));
+    return beyond.length > 0 ? { code: "SCOPES_EXCEED_ROLE", role, scopes: beyond } : null;
   }
 
   /** Creates the key; the caller has asked `refusal` first (a refused spec is a bug here). */
@@ -110,20 +126,19 @@ export class ApiKeyService {
     const now = this.clock.now();
     const key = generateApiKey(spec.environment ?? "live");
     const id = Bun.randomUUIDv7();
-    this.sqlite.run(
-      `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, expires_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-      [
+    this.db
+      .insert(apiKeys)
+      .values({
         id,
-        spec.name,
-        keyPrefix(key),
-        hashApiKey(key),
-        JSON.stringify(spec.scopes),
-        spec.userId,
-        now,
-        spec.expiresAt ?? null,
-      ],
-    );
+        name: spec.name,
+        prefix: keyPrefix(key),
+        secretHash: hashApiKey(key),
+        scopes: JSON.stringify(spec.scopes),
+        userId: spec.userId,
+        createdAt: now,
+        expiresAt: spec.expiresAt ?? null,
+      })
+      .run();
     this.audit.record({
       type: "admin.key.created",
       outcome: "success",
@@ -134,29 +149,27 @@ export class ApiKeyService {
   }
 
   get(id: string): ApiKeyRecord | null {
-    const row = this.sqlite.query<Row, [string]>(`SELECT ${COLUMNS} WHERE k.id = ?`).get(id);
+    const row = selectKeys(this.db).where(eq(apiKeys.id, id)).get();
     return row ? toRecord(row) : null;
   }
 
   /** Every key, newest first; or only the keys acting for one user. */
   list(userId?: string): ApiKeyRecord[] {
-    const rows =
-      userId === undefined
-        ? this.sqlite.query<Row, []>(`SELECT ${COLUMNS} ORDER BY k.created_at DESC`).all()
-        : this.sqlite
-            .query<Row, [string]>(
-              `SELECT ${COLUMNS} WHERE k.user_id = ? ORDER BY k.created_at DESC`,
-            )
-            .all(userId);
-    return rows.map(toRecord);
+    return selectKeys(this.db)
+      .where(userId === undefined ? undefined : eq(apiKeys.userId, userId))
+      .orderBy(desc(apiKeys.createdAt))
+      .all()
+      .map(toRecord);
   }
 
   revoke(id: string, actor: string | null, reason?: string): boolean {
-    const changed = this.sqlite.run(
-      "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-      [this.clock.now(), id],
-    ).changes;
-    if (changed === 0) return false;
+    const changed = this.db
+      .update(apiKeys)
+      .set({ revokedAt: this.clock.now() })
+      .where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt)))
+      .returning({ id: apiKeys.id })
+      .all();
+    if (changed.length === 0) return false;
     this.credentials.revoke("key", id);
     this.audit.record({
       type: "admin.key.revoked",
@@ -180,10 +193,11 @@ export class ApiKeyService {
         this.revoke(key.id, actor, "owner_role_changed");
         continue;
       }
-      this.sqlite.run("UPDATE api_keys SET scopes = ? WHERE id = ?", [
-        JSON.stringify(kept),
-        key.id,
-      ]);
+      this.db
+        .update(apiKeys)
+        .set({ scopes: JSON.stringify(kept) })
+        .where(eq(apiKeys.id, key.id))
+        .run();
       this.credentials.revoke("key", key.id);
       this.audit.record({
         type: "admin.key.narrowed",
@@ -222,12 +236,7 @@ export class ApiKeyService {
     const environment = old.prefix.startsWith("pal_test_") ? "test" : "live";
     // In production a pal_test_ key is not an active key: there is nothing to rotate.
     if (environment === "test" && this.options.refuseTestKeys) return null;
-    const ownerRole =
-      ownerId === null
-        ? null
-        : (this.sqlite
-            .query<{ role: Role }, [string]>("SELECT role FROM users WHERE id = ?")
-            .get(ownerId)?.role ?? null);
+    const ownerRole = ownerId === null ? null : this.roleOf(ownerId);
     if (ownerId !== null && ownerRole === null) return null;
     const scopes = boundScopes(old.scopes, ownerRole);
     if (scopes.length === 0) return null;
@@ -242,11 +251,11 @@ export class ApiKeyService {
       actor,
     );
     const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
-    this.sqlite.run("UPDATE api_keys SET expires_at = ?, replaced_by = ? WHERE id = ?", [
-      graceEnds,
-      fresh.record.id,
-      id,
-    ]);
+    this.db
+      .update(apiKeys)
+      .set({ expiresAt: graceEnds, replacedBy: fresh.record.id })
+      .where(eq(apiKeys.id, id))
+      .run();
     // Cached copies of the old key carry its old expiry: drop them everywhere.
     this.credentials.revoke("key", id);
     this.audit.record({
@@ -270,23 +279,18 @@ export class ApiKeyService {
   reconcileBootstrap(entries: readonly BootstrapKey[]): BootstrapOutcome {
     const outcome: BootstrapOutcome = { added: 0, updated: 0, revoked: 0, stillRevoked: [] };
     const changedKeys: string[] = [];
-    this.sqlite
-      .transaction(() => {
-        const stored = this.sqlite
-          .query<
-            {
-              id: string;
-              secretHash: string;
-              prefix: string;
-              scopes: string;
-              origin: string;
-              revokedAt: number | null;
-            },
-            []
-          >(
-            `SELECT id, secret_hash AS secretHash, prefix, scopes, origin, revoked_at AS revokedAt
-             FROM api_keys`,
-          )
+    this.db.transaction(
+      () => {
+        const stored = this.db
+          .select({
+            id: apiKeys.id,
+            secretHash: apiKeys.secretHash,
+            prefix: apiKeys.prefix,
+            scopes: apiKeys.scopes,
+            origin: apiKeys.origin,
+            revokedAt: apiKeys.revokedAt,
+          })
+          .from(apiKeys)
           .all();
         const byHash = new Map(stored.map((row) => [row.secretHash, row]));
         const byPrefix = new Map(stored.map((row) => [row.prefix, row]));
@@ -311,11 +315,19 @@ export class ApiKeyService {
           }
           if (!row) {
             const id = Bun.randomUUIDv7();
-            this.sqlite.run(
-              `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin)
-               VALUES (?, ?, ?, ?, ?, NULL, ?, 'bootstrap')`,
-              [id, `bootstrap-${index + 1}`, keyPrefix(entry.key), hash, scopes, now],
-            );
+            this.db
+              .insert(apiKeys)
+              .values({
+                id,
+                name: `bootstrap-${index + 1}`,
+                prefix: keyPrefix(entry.key),
+                secretHash: hash,
+                scopes,
+                userId: null,
+                createdAt: now,
+                origin: "bootstrap",
+              })
+              .run();
             this.audit.record({
               type: "admin.key.created",
               outcome: "success",
@@ -330,7 +342,7 @@ export class ApiKeyService {
             return;
           }
           if (row.scopes !== scopes) {
-            this.sqlite.run("UPDATE api_keys SET scopes = ? WHERE id = ?", [scopes, row.id]);
+            this.db.update(apiKeys).set({ scopes }).where(eq(apiKeys.id, row.id)).run();
             changedKeys.push(row.id);
             this.audit.record({
               type: "admin.key.scopes_changed",
@@ -353,8 +365,9 @@ export class ApiKeyService {
           this.revoke(row.id, "system", "removed_from_api_keys");
           outcome.revoked++;
         }
-      })
-      .immediate();
+      },
+      { behavior: "immediate" },
+    );
     for (const id of changedKeys) this.credentials.revoke("key", id);
     return outcome;
   }

@@ -19,10 +19,14 @@
  *   SQLite error and answered 503 SERVICE_UNAVAILABLE by the error handler; the transaction rolls
  *   back, so nothing is half done.
  */
-import type { Database, Statement } from "bun:sqlite";
+import type { Database } from "bun:sqlite";
+import { and, asc, eq, inArray, isNull, lt, ne, or, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
+import { sqliteCodeOf } from "../../db/busy";
+import { type AppDatabase, drizzleOf } from "../../db/client";
+import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import type { Role } from "../../plugins/auth/principal";
@@ -103,21 +107,41 @@ export interface AuthServiceOptions {
   lockout?: { failures: number; windowMs: number };
 }
 
-interface UserRow extends UserRecord {
-  passwordHash: string;
+type UserRow = typeof users.$inferSelect;
+
+/** The statements every login and refresh runs, prepared once per service. */
+function prepareStatements(db: AppDatabase) {
+  const userBy = (column: typeof users.id | typeof users.emailKey) =>
+    db
+      .select()
+      .from(users)
+      .where(eq(column, sql.placeholder("value")))
+      .prepare();
+  return {
+    userByEmail: userBy(users.emailKey),
+    userById: userBy(users.id),
+    /** A refresh token by its hash, with its family's state (null family: no row, refused). */
+    refreshByHash: db
+      .select({
+        id: refreshTokens.id,
+        userId: refreshTokens.userId,
+        familyId: refreshTokens.familyId,
+        expiresAt: refreshTokens.expiresAt,
+        usedAt: refreshTokens.usedAt,
+        revokedAt: refreshTokens.revokedAt,
+        family: refreshFamilies.id,
+        familyRevokedAt: refreshFamilies.revokedAt,
+      })
+      .from(refreshTokens)
+      .leftJoin(refreshFamilies, eq(refreshFamilies.id, refreshTokens.familyId))
+      .where(eq(refreshTokens.tokenHash, sql.placeholder("hash")))
+      .prepare(),
+  };
 }
 
-interface RefreshRow {
-  id: string;
-  userId: string;
-  familyId: string;
-  expiresAt: number;
-  usedAt: number | null;
-  revokedAt: number | null;
-  /** The family's revocation; null also when the family has no row (refused as well). */
-  familyRevokedAt: number | null;
-  familyKnown: number;
-}
+type RefreshRow = NonNullable<
+  ReturnType<ReturnType<typeof prepareStatements>["refreshByHash"]["get"]>
+>;
 
 /** A signed pair not yet stored: stored only if the transaction that consumes the parent agrees. */
 interface PreparedTokens extends IssuedTokens {
@@ -125,8 +149,6 @@ interface PreparedTokens extends IssuedTokens {
   /** When the last of the pair expires, in ms: how long the family row must be kept. */
   lastExpiry: number;
 }
-
-const USER_COLUMNS = "id, email, role, password_hash AS passwordHash, created_at AS createdAt";
 
 /** The limiter key for one account: every spelling of an address shares it. */
 export function accountLimitKey(rawEmail: string): string {
@@ -140,12 +162,10 @@ export class AuthService {
   /** What unknown-email logins verify against; hashed when the service is built. */
   private dummyHash: Promise<string> | null = null;
   private dummyHashReady = false;
-  private readonly userByEmail: Statement<UserRow, [string]>;
-  private readonly userById: Statement<UserRow, [string]>;
-  private readonly refreshByHash: Statement<RefreshRow, [string]>;
+  private readonly db: AppDatabase;
+  private readonly statements: ReturnType<typeof prepareStatements>;
 
   constructor(private readonly options: AuthServiceOptions) {
-    const { sqlite } = options;
     const lockout = options.lockout ?? { failures: 10, windowMs: 15 * MINUTE_MS };
     this.lockoutPolicy = {
       id: "lockout",
@@ -154,18 +174,19 @@ export class AuthService {
       burstLimit: lockout.failures,
       failClosed: true,
     };
-    this.userByEmail = sqlite.prepare(`SELECT ${USER_COLUMNS} FROM users WHERE email_key = ?`);
-    this.userById = sqlite.prepare(`SELECT ${USER_COLUMNS} FROM users WHERE id = ?`);
-    this.refreshByHash = sqlite.prepare(
-      `SELECT t.id, t.user_id AS userId, t.family_id AS familyId, t.expires_at AS expiresAt,
-              t.used_at AS usedAt, t.revoked_at AS revokedAt, f.revoked_at AS familyRevokedAt,
-              f.id IS NOT NULL AS familyKnown
-       FROM refresh_tokens t LEFT JOIN refresh_families f ON f.id = t.family_id
-       WHERE t.token_hash = ?`,
-    );
+    this.db = drizzleOf(options.sqlite);
+    this.statements = prepareStatements(this.db);
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
     this.reconcileEmailKeys();
+  }
+
+  private userById(id: string): UserRow | null {
+    return this.statements.userById.get({ value: id }) ?? null;
+  }
+
+  private userByEmail(emailKey: string): UserRow | null {
+    return this.statements.userByEmail.get({ value: emailKey }) ?? null;
   }
 
   /** Whether the dummy hash for unknown-email logins exists yet (it is started at construction). */
@@ -196,32 +217,31 @@ export class AuthService {
    * one immediate transaction, so processes starting together do it once.
    */
   private reconcileEmailKeys(): void {
-    const { sqlite, logger } = this.options;
+    const { logger } = this.options;
+    const db = this.db;
     const setAside: string[] = [];
-    sqlite
-      .transaction(() => {
-        const rows = sqlite
-          .query<{ id: string; email: string }, []>(
-            "SELECT id, email FROM users WHERE email_key IS NULL ORDER BY created_at, id",
-          )
+    db.transaction(
+      () => {
+        const rows = db
+          .select({ id: users.id, email: users.email })
+          .from(users)
+          .where(isNull(users.emailKey))
+          .orderBy(asc(users.createdAt), asc(users.id))
           .all();
-        const taken = sqlite.query<{ id: string }, [string]>(
-          "SELECT id FROM users WHERE email_key = ?",
-        );
         for (const row of rows) {
           const verdict = checkEmail(row.email);
-          if (!verdict.ok || taken.get(verdict.key)) {
+          if (!verdict.ok || this.statements.userByEmail.get({ value: verdict.key })) {
             setAside.push(row.id);
             continue;
           }
-          sqlite.run("UPDATE users SET email = ?, email_key = ? WHERE id = ?", [
-            verdict.email,
-            verdict.key,
-            row.id,
-          ]);
+          db.update(users)
+            .set({ email: verdict.email, emailKey: verdict.key })
+            .where(eq(users.id, row.id))
+            .run();
         }
-      })
-      .immediate();
+      },
+      { behavior: "immediate" },
+    );
     if (setAside.length > 0) {
       logger.warn(
         { users: setAside },
@@ -230,13 +250,13 @@ export class AuthService {
     }
   }
   findUser(id: string): UserRecord | null {
-    const row = this.userById.get(id);
+    const row = this.userById(id);
     return row ? publicUser(row) : null;
   }
 
   /** Any spelling of the address finds the account (see email.ts). */
   findUserByEmail(email: string): UserRecord | null {
-    const row = this.userByEmail.get(emailLookupKey(email));
+    const row = this.userByEmail(emailLookupKey(email));
     return row ? publicUser(row) : null;
   }
 
@@ -254,7 +274,7 @@ export class AuthService {
     if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
     // Hashed even for a duplicate, so a new and an existing email take the same time.
     const passwordHash = await hashPassword(password, this.options.passwordHashing);
-    if (this.userByEmail.get(key)) {
+    if (this.userByEmail(key)) {
       this.options.audit.record({
         type: "auth.register.duplicate",
         outcome: "failure",
@@ -267,14 +287,21 @@ export class AuthService {
     const now = this.options.clock.now();
     const id = Bun.randomUUIDv7();
     try {
-      this.options.sqlite.run(
-        `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)`,
-        [id, email, key, passwordHash, role, now, now],
-      );
+      this.db
+        .insert(users)
+        .values({
+          id,
+          email,
+          emailKey: key,
+          passwordHash,
+          role,
+          createdAt: new Date(now),
+          updatedAt: new Date(now),
+        })
+        .run();
     } catch (error) {
       // Two registrations raced past the lookup; the unique index decided.
-      if (String(error).includes("UNIQUE")) return { code: "DUPLICATE", email };
+      if (sqliteCodeOf(error) === "SQLITE_CONSTRAINT_UNIQUE") return { code: "DUPLICATE", email };
       throw error;
     }
     this.options.audit.record({
@@ -306,7 +333,7 @@ export class AuthService {
       return { code: "LOCKED", retryAfterSeconds: Math.ceil(this.lockoutPolicy.windowMs / 1000) };
     }
 
-    const user = this.userByEmail.get(emailLookupKey(rawEmail));
+    const user = this.userByEmail(emailLookupKey(rawEmail));
     // A password with a lone surrogate was never accepted at registration: it matches nothing,
     // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
     const usable = password.isWellFormed();
@@ -315,7 +342,7 @@ export class AuthService {
       usable ? password : "",
       user?.passwordHash ?? (await this.dummy()),
     );
-    const valid = user !== null && user !== undefined && usable && matches;
+    const valid = user !== null && usable && matches;
 
     if (!user || !valid) {
       await limiter.check([{ policy: this.lockoutPolicy, key: accountKey, now }]);
@@ -334,16 +361,16 @@ export class AuthService {
 
     const familyId = Bun.randomUUIDv7();
     const tokens = await this.prepareTokens(user.id, user.role, familyId, now);
-    this.options.sqlite
-      .transaction(() => {
-        this.options.sqlite.run(
-          `INSERT INTO refresh_families (id, user_id, created_at, expires_at)
-           VALUES (?, ?, ?, ?)`,
-          [familyId, user.id, now, tokens.lastExpiry],
-        );
+    this.db.transaction(
+      () => {
+        this.db
+          .insert(refreshFamilies)
+          .values({ id: familyId, userId: user.id, createdAt: now, expiresAt: tokens.lastExpiry })
+          .run();
         this.storeRefreshToken(user.id, familyId, tokens, now);
-      })
-      .immediate();
+      },
+      { behavior: "immediate" },
+    );
     audit.record({
       type: "auth.login.succeeded",
       outcome: "success",
@@ -356,20 +383,22 @@ export class AuthService {
   }
 
   async refresh(token: string, meta: RequestMeta): Promise<RefreshOutcome> {
-    const { sqlite, clock, audit } = this.options;
+    const { clock, audit } = this.options;
+    const { refreshByHash } = this.statements;
+    const db = this.db;
     const now = clock.now();
     const hash = sha256Hex(token);
     // A first look outside the transaction, so an unknown token costs no signature.
-    const seen = this.refreshByHash.get(hash);
+    const seen = refreshByHash.get({ hash });
     if (!seen || !usable(seen, now)) return { code: "INVALID" };
-    const user = this.userById.get(seen.userId);
+    const user = this.userById(seen.userId);
     if (!user) return { code: "INVALID" };
     const tokens = await this.prepareTokens(user.id, user.role, seen.familyId, now);
 
     // The decision, made again inside one write transaction: everything above may be stale.
-    const decision = sqlite
-      .transaction((): "OK" | "INVALID" | "REUSED" => {
-        const row = this.refreshByHash.get(hash);
+    const decision = db.transaction(
+      (): "OK" | "INVALID" | "REUSED" => {
+        const row = refreshByHash.get({ hash });
         if (!row || !usable(row, now)) return "INVALID";
         if (row.usedAt !== null) {
           // A second use of one token is theft or a replay: the whole family ends, now.
@@ -378,16 +407,17 @@ export class AuthService {
         }
         // The role is in the access token: a change since it was signed refuses it (and the
         // change revoked the family anyway).
-        if (this.userById.get(row.userId)?.role !== user.role) return "INVALID";
-        sqlite.run("UPDATE refresh_tokens SET used_at = ? WHERE id = ?", [now, row.id]);
-        sqlite.run("UPDATE refresh_families SET expires_at = max(expires_at, ?) WHERE id = ?", [
-          tokens.lastExpiry,
-          row.familyId,
-        ]);
+        if (this.userById(row.userId)?.role !== user.role) return "INVALID";
+        db.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, row.id)).run();
+        db.update(refreshFamilies)
+          .set({ expiresAt: sql`max(${refreshFamilies.expiresAt}, ${tokens.lastExpiry})` })
+          .where(eq(refreshFamilies.id, row.familyId))
+          .run();
         this.storeRefreshToken(row.userId, row.familyId, tokens, now);
         return "OK";
-      })
-      .immediate();
+      },
+      { behavior: "immediate" },
+    );
 
     if (decision === "INVALID") return { code: "INVALID" };
     if (decision === "REUSED") {
@@ -429,7 +459,7 @@ export class AuthService {
   /** Ends a refresh family and, within a second everywhere, its access tokens. */
   revokeFamily(familyId: string): void {
     const now = this.options.clock.now();
-    this.options.sqlite.transaction(() => this.revokeFamilyRows(familyId, now)).immediate();
+    this.db.transaction(() => this.revokeFamilyRows(familyId, now), { behavior: "immediate" });
     this.options.credentials.applyRevocations();
   }
 
@@ -438,25 +468,55 @@ export class AuthService {
    * access token lives) and revocation rows no process needs any more. Bounded per call.
    */
   pruneSessions(now: number): number {
-    const { sqlite, config } = this.options;
+    const { config } = this.options;
+    const db = this.db;
     const accessTtlMs = config.jwt.accessTokenExpireMinutes * 60_000;
-    const tokens = sqlite.run(
-      `DELETE FROM refresh_tokens WHERE rowid IN (SELECT rowid FROM refresh_tokens
-         WHERE expires_at < ?1 OR revoked_at < ?1 - ?2 LIMIT 1000)`,
-      [now, accessTtlMs],
-    ).changes;
+    const tokens = db
+      .delete(refreshTokens)
+      .where(
+        inArray(
+          refreshTokens.id,
+          db
+            .select({ id: refreshTokens.id })
+            .from(refreshTokens)
+            .where(
+              or(lt(refreshTokens.expiresAt, now), lt(refreshTokens.revokedAt, now - accessTtlMs)),
+            )
+            .limit(PRUNE_BATCH),
+        ),
+      )
+      .returning({ id: refreshTokens.id })
+      .all().length;
     // A family row goes only once no token of it can be valid, revoked or not: a token whose
     // family has no row is refused, so this never revives anything.
-    const families = sqlite.run(
-      `DELETE FROM refresh_families WHERE rowid IN (SELECT rowid FROM refresh_families
-         WHERE expires_at < ? LIMIT 1000)`,
-      [now - FAMILY_GRACE_MS],
-    ).changes;
-    const revocations = sqlite.run(
-      `DELETE FROM auth_revocations WHERE rowid IN (SELECT rowid FROM auth_revocations
-         WHERE created_at < ? LIMIT 1000)`,
-      [now - accessTtlMs - 60 * 60_000],
-    ).changes;
+    const families = db
+      .delete(refreshFamilies)
+      .where(
+        inArray(
+          refreshFamilies.id,
+          db
+            .select({ id: refreshFamilies.id })
+            .from(refreshFamilies)
+            .where(lt(refreshFamilies.expiresAt, now - FAMILY_GRACE_MS))
+            .limit(PRUNE_BATCH),
+        ),
+      )
+      .returning({ id: refreshFamilies.id })
+      .all().length;
+    const revocations = db
+      .delete(authRevocations)
+      .where(
+        inArray(
+          authRevocations.id,
+          db
+            .select({ id: authRevocations.id })
+            .from(authRevocations)
+            .where(lt(authRevocations.createdAt, now - accessTtlMs - 60 * 60_000))
+            .limit(PRUNE_BATCH),
+        ),
+      )
+      .returning({ id: authRevocations.id })
+      .all().length;
     return tokens + families + revocations;
   }
 
@@ -465,30 +525,33 @@ export class AuthService {
    * the user's keys, so their next use is checked against the account as it now is.
    */
   revokeUserSessions(userId: string): void {
-    const { sqlite, clock, credentials } = this.options;
+    const { clock, credentials } = this.options;
+    const db = this.db;
     const now = clock.now();
-    sqlite
-      .transaction(() => {
-        const families = sqlite
-          .query<{ id: string }, [string]>(
-            "SELECT id FROM refresh_families WHERE user_id = ? AND revoked_at IS NULL",
-          )
-          .all(userId);
+    db.transaction(
+      () => {
+        const families = db
+          .select({ id: refreshFamilies.id })
+          .from(refreshFamilies)
+          .where(and(eq(refreshFamilies.userId, userId), isNull(refreshFamilies.revokedAt)))
+          .all();
         for (const { id } of families) this.revokeFamilyRows(id, now);
-      })
-      .immediate();
+      },
+      { behavior: "immediate" },
+    );
     credentials.revoke("user", userId);
   }
 
   setRole(userId: string, role: Role, actor: string | null): boolean {
-    const { sqlite } = this.options;
-    return sqlite
-      .transaction(() => {
-        const changed = sqlite.run(
-          "UPDATE users SET role = ?, updated_at = ? WHERE id = ? AND role != ?",
-          [role, this.options.clock.now(), userId, role],
-        ).changes;
-        if (changed === 0) return false;
+    return this.db.transaction(
+      () => {
+        const changed = this.db
+          .update(users)
+          .set({ role, updatedAt: new Date(this.options.clock.now()) })
+          .where(and(eq(users.id, userId), ne(users.role, role)))
+          .returning({ id: users.id })
+          .all();
+        if (changed.length === 0) return false;
         this.options.audit.record({
           type: "admin.user.role_changed",
           outcome: "success",
@@ -500,22 +563,24 @@ export class AuthService {
         // Tokens carry the role, and caches hold the keys: neither may outlive the change.
         this.revokeUserSessions(userId);
         return true;
-      })
-      .immediate();
+      },
+      { behavior: "immediate" },
+    );
   }
 
   /** Marks a family revoked, its tokens too, and tells every process. Call inside a transaction. */
   private revokeFamilyRows(familyId: string, now: number): void {
-    const { sqlite, credentials } = this.options;
-    sqlite.run("UPDATE refresh_families SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [
-      now,
-      familyId,
-    ]);
-    sqlite.run(
-      "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
-      [now, familyId],
-    );
-    credentials.recordRevocation("family", familyId);
+    this.db
+      .update(refreshFamilies)
+      .set({ revokedAt: now })
+      .where(and(eq(refreshFamilies.id, familyId), isNull(refreshFamilies.revokedAt)))
+      .run();
+    this.db
+      .update(refreshTokens)
+      .set({ revokedAt: now })
+      .where(and(eq(refreshTokens.familyId, familyId), isNull(refreshTokens.revokedAt)))
+      .run();
+    this.options.credentials.recordRevocation("family", familyId);
   }
 
   /** Signs an access token and draws a refresh token; nothing is stored yet. */
@@ -551,28 +616,29 @@ export class AuthService {
     tokens: PreparedTokens,
     now: number,
   ): void {
-    this.options.sqlite.run(
-      `INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
-       VALUES (?, ?, ?, ?, ?, ?)`,
-      [
-        Bun.randomUUIDv7(),
+    this.db
+      .insert(refreshTokens)
+      .values({
+        id: Bun.randomUUIDv7(),
         userId,
         familyId,
-        tokens.refreshHash,
-        now,
-        now + tokens.refreshExpiresIn * 1000,
-      ],
-    );
+        tokenHash: tokens.refreshHash,
+        createdAt: now,
+        expiresAt: now + tokens.refreshExpiresIn * 1000,
+      })
+      .run();
   }
 }
 
 /** Clock skew allowed on access tokens, and then some: how long a family outlives its tokens. */
 const FAMILY_GRACE_MS = 60_000;
+/** Rows each table gives up per prune call at most, so a prune never stalls the event loop. */
+const PRUNE_BATCH = 1000;
 
 /** Whether a refresh token may be presented at all: known, its family live, not expired. */
 function usable(row: RefreshRow, now: number): boolean {
   return (
-    row.familyKnown === 1 &&
+    row.family !== null &&
     row.familyRevokedAt === null &&
     row.revokedAt === null &&
     row.expiresAt > now
@@ -585,5 +651,5 @@ function publicTokens(tokens: PreparedTokens): IssuedTokens {
 }
 
 function publicUser(row: UserRow): UserRecord {
-  return { id: row.id, email: row.email, role: row.role, createdAt: row.createdAt };
+  return { id: row.id, email: row.email, role: row.role, createdAt: row.createdAt.getTime() };
 }

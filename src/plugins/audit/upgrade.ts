@@ -10,10 +10,12 @@
  * the unkeyed rows as a failure.
  */
 import type { Database } from "bun:sqlite";
+import { asc, count, desc, eq, isNotNull, isNull, sql } from "drizzle-orm";
 import type { Logger } from "pino";
+import { drizzleOf } from "../../db/client";
+import { auditCheckpoints, auditEvents } from "../../db/schema";
 import { type AuditKeys, GENESIS_HASH, legacyRowHash, subjectCommit } from "./chain";
 import type { AuditLog } from "./log";
-import { AUDIT_COLUMNS, type AuditRow } from "./verify";
 
 export interface LegacyUpgrade {
   keyed: number;
@@ -29,41 +31,50 @@ export function keyLegacyAuditRows(
   audit: AuditLog,
   logger: Logger,
 ): LegacyUpgrade | null {
-  const result = sqlite
-    .transaction((): LegacyUpgrade | null => {
-      const legacy = sqlite
-        .query<AuditRow, []>(
-          `SELECT ${AUDIT_COLUMNS} FROM audit_events WHERE key_id IS NULL ORDER BY id`,
-        )
+  const db = drizzleOf(sqlite);
+  const result = db.transaction(
+    (): LegacyUpgrade | null => {
+      const legacy = db
+        .select()
+        .from(auditEvents)
+        .where(isNull(auditEvents.keyId))
+        .orderBy(asc(auditEvents.id))
         .all();
-      const oldCheckpoints = sqlite
-        .query<{ n: number }, []>(
-          "SELECT count(*) AS n FROM audit_checkpoints WHERE key_id IS NULL",
-        )
+      const oldCheckpoints = db
+        .select({ n: count() })
+        .from(auditCheckpoints)
+        .where(isNull(auditCheckpoints.keyId))
         .get()!.n;
       if (legacy.length === 0 && oldCheckpoints === 0) return null;
       // The upgrade happens once, on a database that has never been keyed. Unkeyed rows or
       // checkpoints beside keyed ones cannot come from an upgrade — an attacker without the key
       // can insert an unkeyed checkpoint, and keying it here would bury the rows it claims were
       // pruned — so they are left for verify to report.
-      const keyedExists = sqlite
-        .query<{ n: number }, []>(
-          `SELECT (SELECT count(*) FROM audit_events WHERE key_id IS NOT NULL) +
-                  (SELECT count(*) FROM audit_checkpoints WHERE key_id IS NOT NULL) AS n`,
-        )
+      const keyedRows = db
+        .select({ n: count() })
+        .from(auditEvents)
+        .where(isNotNull(auditEvents.keyId))
         .get()!.n;
-      if (keyedExists > 0) {
+      const keyedCheckpoints = db
+        .select({ n: count() })
+        .from(auditCheckpoints)
+        .where(isNotNull(auditCheckpoints.keyId))
+        .get()!.n;
+      if (keyedRows + keyedCheckpoints > 0) {
         logger.error(
           { rows: legacy.length, checkpoints: oldCheckpoints },
           "unkeyed audit rows or checkpoints beside keyed ones; not keying them (audit:verify reports them)",
         );
         return null;
       }
-      const checkpoint = sqlite
-        .query<{ lastHash: string; lastDeletedId: number }, []>(
-          `SELECT last_hash AS lastHash, last_deleted_id AS lastDeletedId
-           FROM audit_checkpoints ORDER BY id DESC LIMIT 1`,
-        )
+      const checkpoint = db
+        .select({
+          lastHash: auditCheckpoints.lastHash,
+          lastDeletedId: auditCheckpoints.lastDeletedId,
+        })
+        .from(auditCheckpoints)
+        .orderBy(desc(auditCheckpoints.id))
+        .limit(1)
         .get();
       // The old chain, checked as the old audit:verify did.
       let oldPrev = checkpoint?.lastHash ?? GENESIS_HASH;
@@ -80,33 +91,29 @@ export function keyLegacyAuditRows(
         }
         oldPrev = row.hash;
       }
-      for (const cp of sqlite
-        .query<
-          {
-            id: number;
-            createdAt: number;
-            lastDeletedId: number;
-            lastHash: string;
-            deletedCount: number;
-          },
-          []
-        >(
-          `SELECT id, created_at AS createdAt, last_deleted_id AS lastDeletedId,
-                  last_hash AS lastHash, deleted_count AS deletedCount
-           FROM audit_checkpoints WHERE key_id IS NULL`,
-        )
+      for (const cp of db
+        .select()
+        .from(auditCheckpoints)
+        .where(isNull(auditCheckpoints.keyId))
         .all()) {
-        sqlite.run("UPDATE audit_checkpoints SET key_id = ?, mac = ? WHERE id = ?", [
-          keys.keyId,
-          keys.checkpointMac(cp),
-          cp.id,
-        ]);
+        db.update(auditCheckpoints)
+          .set({ keyId: keys.keyId, mac: keys.checkpointMac(cp) })
+          .where(eq(auditCheckpoints.id, cp.id))
+          .run();
       }
       // Re-hash in id order, continuing from the checkpoint; ids of the old rows are kept.
       let prev = checkpoint?.lastHash ?? GENESIS_HASH;
-      const update = sqlite.prepare(
-        "UPDATE audit_events SET prev_hash = ?, hash = ?, key_id = ?, erasure_mac = ? WHERE id = ?",
-      );
+      const value = (name: string) => sql`${sql.placeholder(name)}`;
+      const update = db
+        .update(auditEvents)
+        .set({
+          prevHash: value("prevHash"),
+          hash: value("hash"),
+          keyId: keys.keyId,
+          erasureMac: value("erasureMac"),
+        })
+        .where(eq(auditEvents.id, sql.placeholder("id")))
+        .prepare();
       for (const row of legacy) {
         const hash = keys.rowHash(prev, row);
         // Rows erased under the old scheme (salt dropped) get the erasure record they lacked.
@@ -114,12 +121,13 @@ export function keyLegacyAuditRows(
           row.subjectSalt === null
             ? keys.erasureMac(row.id, row.subjectCommit, row.actor, row.ip)
             : null;
-        update.run(prev, hash, keys.keyId, erasure, row.id);
+        update.run({ prevHash: prev, hash, erasureMac: erasure, id: row.id });
         prev = hash;
       }
       return { keyed: legacy.length, intact: firstBrokenId === null, firstBrokenId };
-    })
-    .immediate();
+    },
+    { behavior: "immediate" },
+  );
   if (result) {
     const log = result.intact ? logger.warn.bind(logger) : logger.error.bind(logger);
     log(result, "audit rows written before AUDIT_SECRET_KEY existed were keyed");

@@ -12,30 +12,12 @@
  * notice that the newest rows were deleted.
  */
 import type { Database } from "bun:sqlite";
+import { and, asc, desc, gt, lte, sql } from "drizzle-orm";
+import { drizzleOf } from "../../db/client";
+import { auditCheckpoints, auditEvents } from "../../db/schema";
 import { type AuditKeys, GENESIS_HASH, subjectCommit } from "./chain";
 
-export interface AuditRow {
-  id: number;
-  at: number;
-  type: string;
-  actor: string | null;
-  ip: string | null;
-  route: string | null;
-  requestId: string | null;
-  outcome: string;
-  detail: string;
-  subjectSalt: string | null;
-  subjectCommit: string;
-  prevHash: string;
-  hash: string;
-  keyId: string | null;
-  erasureMac: string | null;
-}
-
-export const AUDIT_COLUMNS =
-  "id, at, type, actor, ip, route, request_id AS requestId, outcome, detail, " +
-  "subject_salt AS subjectSalt, subject_commit AS subjectCommit, prev_hash AS prevHash, hash, " +
-  "key_id AS keyId, erasure_mac AS erasureMac";
+export type AuditRow = typeof auditEvents.$inferSelect;
 
 /** The chain's newest point: the hash of row `count` (the number of rows ever appended). */
 export interface AuditHead {
@@ -54,24 +36,20 @@ export interface VerifyOptions {
   untilId?: number;
 }
 
-interface CheckpointRow {
-  id: number;
-  createdAt: number;
-  lastDeletedId: number;
-  lastHash: string;
-  deletedCount: number;
-  keyId: string | null;
-  mac: string | null;
-}
+type CheckpointRow = typeof auditCheckpoints.$inferSelect;
+
+/** Rows read per query while walking: memory stays bounded however long the chain. */
+const WALK_PAGE = 1000;
 
 export function latestCheckpoint(sqlite: Database): CheckpointRow | null {
-  return sqlite
-    .query<CheckpointRow, []>(
-      `SELECT id, created_at AS createdAt, last_deleted_id AS lastDeletedId, last_hash AS lastHash,
-              deleted_count AS deletedCount, key_id AS keyId, mac
-       FROM audit_checkpoints ORDER BY id DESC LIMIT 1`,
-    )
-    .get();
+  return (
+    drizzleOf(sqlite)
+      .select()
+      .from(auditCheckpoints)
+      .orderBy(desc(auditCheckpoints.id))
+      .limit(1)
+      .get() ?? null
+  );
 }
 
 /** Why a row does not belong to the chain, or null when it does. */
@@ -104,12 +82,43 @@ function rowFault(keys: AuditKeys, row: AuditRow, expectedId: number, expectedPr
   return null;
 }
 
-/** Walks the chain from the newest checkpoint; the first inconsistency is reported. */
+/**
+ * Walks the chain from the newest checkpoint; the first inconsistency is reported. One read
+ * transaction, so the checkpoint and every page of rows come from the same snapshot however other
+ * processes append or prune meanwhile (inside a caller's transaction: a savepoint of it).
+ */
 export function verifyAuditChain(
   sqlite: Database,
   keys: AuditKeys,
   options: VerifyOptions = {},
 ): VerifyResult {
+  return drizzleOf(sqlite).transaction(() => walkChain(sqlite, keys, options));
+}
+
+/** The rows with id up to `untilId`, in id order, read a page at a time. */
+function* rowsUpTo(sqlite: Database, untilId: number): Generator<AuditRow> {
+  const page = drizzleOf(sqlite)
+    .select()
+    .from(auditEvents)
+    .where(
+      and(
+        gt(auditEvents.id, sql.placeholder("after")),
+        lte(auditEvents.id, sql.placeholder("until")),
+      ),
+    )
+    .orderBy(asc(auditEvents.id))
+    .limit(WALK_PAGE)
+    .prepare();
+  let after = Number.MIN_SAFE_INTEGER;
+  for (;;) {
+    const rows = page.all({ after, until: untilId });
+    yield* rows;
+    if (rows.length < WALK_PAGE) return;
+    after = rows.at(-1)!.id;
+  }
+}
+
+function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): VerifyResult {
   const checkpoint = latestCheckpoint(sqlite);
   const fail = (where: string, badId: number | null, reason: string, checked = 0) =>
     ({ ok: false, checked, where, badId, reason }) as const;
@@ -131,11 +140,7 @@ export function verifyAuditChain(
   let anchorHash: string | null = anchor && anchor.count === expectedId - 1 ? expectedPrev : null;
   let checked = 0;
   const limit = options.untilId ?? Number.MAX_SAFE_INTEGER;
-  for (const row of sqlite
-    .query<AuditRow, [number]>(
-      `SELECT ${AUDIT_COLUMNS} FROM audit_events WHERE id <= ? ORDER BY id`,
-    )
-    .iterate(limit)) {
+  for (const row of rowsUpTo(sqlite, limit)) {
     const fault = rowFault(keys, row, expectedId, expectedPrev);
     if (fault) return fail(`row ${row.id}`, row.id, fault, checked);
     if (anchor && row.id === anchor.count) anchorHash = row.hash;

@@ -25,12 +25,16 @@
  * cached token outlives a revocation made elsewhere (a second).
  */
 
-import type { Database, Statement } from "bun:sqlite";
+import type { Database } from "bun:sqlite";
 import { timingSafeEqual } from "node:crypto";
+import { asc, eq, gt, lt, max, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
+import { type AppDatabase, drizzleOf } from "../../db/client";
+import { firstRowReader } from "../../db/rows";
+import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
-import { boundScopes, type Principal, type Role, type Scope } from "./principal";
+import { boundScopes, type Principal, type Scope } from "./principal";
 import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
 
 export type Verification =
@@ -48,16 +52,58 @@ interface CachedKey {
   expiresAt: number | null;
 }
 
-interface KeyRow {
-  id: string;
-  name: string;
-  secretHash: string;
-  scopes: string;
-  userId: string | null;
-  /** The owner's role now; null for an ownerless key, or when the owner row is gone. */
-  ownerRole: Role | null;
-  expiresAt: number | null;
-  revokedAt: number | null;
+/** The statements verification runs, prepared once per verifier. */
+function prepareStatements(db: AppDatabase) {
+  const keyFields = {
+    id: apiKeys.id,
+    name: apiKeys.name,
+    secretHash: apiKeys.secretHash,
+    scopes: apiKeys.scopes,
+    userId: apiKeys.userId,
+    ownerRole: users.role,
+    expiresAt: apiKeys.expiresAt,
+    revokedAt: apiKeys.revokedAt,
+  };
+  const familyFields = { userId: refreshFamilies.userId, revokedAt: refreshFamilies.revokedAt };
+  return {
+    /** A key by its prefix, with its owner's role now (null: ownerless, or the owner row is gone). */
+    findKey: firstRowReader(
+      db
+        .select(keyFields)
+        .from(apiKeys)
+        .leftJoin(users, eq(users.id, apiKeys.userId))
+        .where(eq(apiKeys.prefix, sql.placeholder("prefix")))
+        .prepare(),
+      keyFields,
+    ),
+    newRevocations: db
+      .select()
+      .from(authRevocations)
+      .where(gt(authRevocations.id, sql.placeholder("after")))
+      .orderBy(asc(authRevocations.id))
+      .prepare(),
+    touchKey: db
+      .update(apiKeys)
+      .set({ lastUsedAt: sql`${sql.placeholder("now")}` })
+      .where(eq(apiKeys.id, sql.placeholder("id")))
+      .prepare(),
+    insertRevocation: db
+      .insert(authRevocations)
+      .values({
+        kind: sql.placeholder("kind"),
+        subject: sql.placeholder("subject"),
+        createdAt: sql.placeholder("createdAt"),
+      })
+      .prepare(),
+    familyState: firstRowReader(
+      db
+        .select(familyFields)
+        .from(refreshFamilies)
+        .where(eq(refreshFamilies.id, sql.placeholder("id")))
+        .prepare(),
+      familyFields,
+    ),
+  };
 }
 
 const CACHE_LIMIT = 10_000;
@@ -85,41 +131,19 @@ export class CredentialVerifier {
   private readonly lastUsedWritten = new Map<string, number>();
   private lastRevocationId = 0;
   private lastPoll = Number.NEGATIVE_INFINITY;
-  private readonly findKey: Statement<KeyRow, [string]>;
-  private readonly newRevocations: Statement<
-    { id: number; kind: string; subject: string; createdAt: number },
-    [number]
-  >;
-  private readonly touchKey: Statement;
-  private readonly insertRevocation: Statement;
-  private readonly familyState: Statement<{ userId: string; revokedAt: number | null }, [string]>;
+  private readonly statements: ReturnType<typeof prepareStatements>;
 
   constructor(private readonly options: CredentialVerifierOptions) {
-    const { sqlite } = options;
-    this.findKey = sqlite.prepare(
-      `SELECT k.id, k.name, k.secret_hash AS secretHash, k.scopes, k.user_id AS userId,
-              u.role AS ownerRole, k.expires_at AS expiresAt, k.revoked_at AS revokedAt
-       FROM api_keys k LEFT JOIN users u ON u.id = k.user_id WHERE k.prefix = ?`,
-    );
-    this.newRevocations = sqlite.prepare(
-      `SELECT id, kind, subject, created_at AS createdAt FROM auth_revocations
-       WHERE id > ? ORDER BY id`,
-    );
-    this.touchKey = sqlite.prepare("UPDATE api_keys SET last_used_at = ? WHERE id = ?");
-    this.insertRevocation = sqlite.prepare(
-      "INSERT INTO auth_revocations (kind, subject, created_at) VALUES (?, ?, ?)",
-    );
-    this.familyState = sqlite.prepare(
-      "SELECT user_id AS userId, revoked_at AS revokedAt FROM refresh_families WHERE id = ?",
-    );
+    const db = drizzleOf(options.sqlite);
+    this.statements = prepareStatements(db);
     // Families revoked while their access tokens could still be alive must be known at start.
     const since = options.clock.now() - options.accessTokenTtlMs - 60_000;
     this.lastRevocationId =
-      sqlite
-        .query<{ id: number }, [number]>(
-          "SELECT coalesce(max(id), 0) AS id FROM auth_revocations WHERE created_at < ?",
-        )
-        .get(since)?.id ?? 0;
+      db
+        .select({ id: max(authRevocations.id) })
+        .from(authRevocations)
+        .where(lt(authRevocations.createdAt, since))
+        .get()?.id ?? 0;
     this.poll(options.clock.now());
   }
 
@@ -146,7 +170,7 @@ export class CredentialVerifier {
     const { claims } = verdict;
     if (this.revokedFamilies.has(claims.fam)) return { ok: false, reason: "revoked" };
     // The durable check, read after the signature (no await between it and the cache write).
-    const family = this.familyState.get(claims.fam);
+    const family = this.statements.familyState({ id: claims.fam });
     if (!family || family.userId !== claims.sub || family.revokedAt !== null) {
       return { ok: false, reason: "revoked" };
     }
@@ -182,7 +206,7 @@ export class CredentialVerifier {
       this.noteUse(cached.principal.id, now);
       return { ok: true, principal: cached.principal };
     }
-    const row = this.findKey.get(keyPrefix(key));
+    const row = this.statements.findKey({ prefix: keyPrefix(key) });
     if (!row || !timingSafeEqual(Buffer.from(row.secretHash), Buffer.from(hash))) {
       return { ok: false, reason: "invalid" };
     }
@@ -211,7 +235,7 @@ export class CredentialVerifier {
 
   /** Appends to the feed only: for a caller that makes it part of its own transaction. */
   recordRevocation(kind: "family" | "key" | "user", subject: string): void {
-    this.insertRevocation.run(kind, subject, this.options.clock.now());
+    this.statements.insertRevocation.run({ kind, subject, createdAt: this.options.clock.now() });
   }
 
   /** Reads the feed now, so what this process just revoked takes effect here at once. */
@@ -225,7 +249,7 @@ export class CredentialVerifier {
 
   private poll(now: number): void {
     this.lastPoll = now;
-    for (const row of this.newRevocations.all(this.lastRevocationId)) {
+    for (const row of this.statements.newRevocations.all({ after: this.lastRevocationId })) {
       this.lastRevocationId = row.id;
       if (row.kind === "family") {
         this.revokedFamilies.set(row.subject, row.createdAt);
@@ -255,7 +279,7 @@ export class CredentialVerifier {
     if (now - last < LAST_USED_WRITE_MS) return;
     this.lastUsedWritten.set(keyId, now);
     try {
-      this.touchKey.run(now, keyId);
+      this.statements.touchKey.run({ now, id: keyId });
     } catch (error) {
       // last_used_at is a hint: a locked database must not fail the request it describes.
       if (!isDatabaseBusy(error)) throw error;

