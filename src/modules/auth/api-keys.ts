@@ -213,12 +213,14 @@ export class ApiKeyService {
     }
   }
 
-  /** A new key with the same name, scopes and owner; the old one dies after `graceMs`. */
   /**
-   * Issues the key's successor. It keeps the old key's owner; an ownerless (operator) key rotated
-   * by someone who acts for a user becomes that user's, bounded by their role, as a key they
-   * created would be — otherwise rotation would hand an admin user an admin key that outlives
-   * their demotion. Bootstrap keys are not rotated here: API_KEYS is their truth.
+   * Issues the key's successor; the old one dies after `graceMs`. The successor's secret is shown
+   * to whoever rotates, so it acts for them: a rotation by a user (or a user's key) gives the new
+   * key that user as owner, bounded by their role, as a key they created would be — otherwise an
+   * admin could rotate an operator's or another admin's key into one that outlives their own
+   * demotion. A rotation by an ownerless operator key keeps the old owner. One immediate
+   * transaction that needs the key not yet replaced, so concurrent rotations make one successor.
+   * Bootstrap keys are not rotated here: API_KEYS is their truth.
    */
   rotate(
     id: string,
@@ -226,45 +228,48 @@ export class ApiKeyService {
     actor: string | null,
     actingUserId: string | null = null,
   ): { key: string; record: ApiKeyRecord } | null {
-    const old = this.get(id);
-    const now = this.clock.now();
-    if (!old || old.revokedAt !== null || (old.expiresAt !== null && old.expiresAt <= now)) {
-      return null;
-    }
-    if (old.origin === "bootstrap") return null;
-    const ownerId = old.userId ?? actingUserId;
-    const environment = old.prefix.startsWith("pal_test_") ? "test" : "live";
-    // In production a pal_test_ key is not an active key: there is nothing to rotate.
-    if (environment === "test" && this.options.refuseTestKeys) return null;
-    const ownerRole = ownerId === null ? null : this.roleOf(ownerId);
-    if (ownerId !== null && ownerRole === null) return null;
-    const scopes = boundScopes(old.scopes, ownerRole);
-    if (scopes.length === 0) return null;
-    const fresh = this.create(
-      {
-        name: old.name,
-        scopes,
-        userId: ownerId,
-        expiresAt: old.expiresAt,
-        environment,
+    const rotated = this.db.transaction(
+      () => {
+        const old = this.get(id);
+        const now = this.clock.now();
+        if (!old || old.revokedAt !== null || old.replacedBy !== null) return null;
+        if (old.expiresAt !== null && old.expiresAt <= now) return null;
+        if (old.origin === "bootstrap") return null;
+        const ownerId = actingUserId ?? old.userId;
+        const environment = old.prefix.startsWith("pal_test_") ? "test" : "live";
+        // In production a pal_test_ key is not an active key: there is nothing to rotate.
+        if (environment === "test" && this.options.refuseTestKeys) return null;
+        const ownerRole = ownerId === null ? null : this.roleOf(ownerId);
+        if (ownerId !== null && ownerRole === null) return null;
+        const scopes = boundScopes(old.scopes, ownerRole);
+        if (scopes.length === 0) return null;
+        const fresh = this.create(
+          { name: old.name, scopes, userId: ownerId, expiresAt: old.expiresAt, environment },
+          actor,
+        );
+        const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
+        this.db
+          .update(apiKeys)
+          .set({ expiresAt: graceEnds, replacedBy: fresh.record.id })
+          .where(eq(apiKeys.id, id))
+          .run();
+        this.audit.record({
+          type: "admin.key.rotated",
+          outcome: "success",
+          actor,
+          detail: {
+            keyId: id,
+            replacedBy: fresh.record.id,
+            graceSeconds: Math.round(graceMs / 1000),
+          },
+        });
+        return fresh;
       },
-      actor,
+      { behavior: "immediate" },
     );
-    const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
-    this.db
-      .update(apiKeys)
-      .set({ expiresAt: graceEnds, replacedBy: fresh.record.id })
-      .where(eq(apiKeys.id, id))
-      .run();
     // Cached copies of the old key carry its old expiry: drop them everywhere.
-    this.credentials.revoke("key", id);
-    this.audit.record({
-      type: "admin.key.rotated",
-      outcome: "success",
-      actor,
-      detail: { keyId: id, replacedBy: fresh.record.id, graceSeconds: Math.round(graceMs / 1000) },
-    });
-    return fresh;
+    if (rotated) this.credentials.revoke("key", id);
+    return rotated;
   }
 
   /**

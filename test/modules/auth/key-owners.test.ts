@@ -358,3 +358,46 @@ describe("rotation keeps keys bound to a person", () => {
     expect(target.services.apiKeys.list().filter((k) => k.revokedAt === null)).toHaveLength(1);
   });
 });
+
+describe("rotation hands the successor to whoever rotates", () => {
+  test("an admin rotating another admin's key owns the successor, and loses it on demotion", async () => {
+    const target = app();
+    const rotator = await signUp(target, { role: "admin" });
+    const owner = await signUp(target, { role: "admin" });
+    const theirs = createKey(target, ["admin"], owner.userId);
+    const rotated = await send(target, `/api/admin/api-keys/${theirs.record.id}/rotate`, {
+      headers: bearer(rotator.accessToken),
+      body: { graceMinutes: 0 },
+    });
+    expect(rotated.status).toBe(201);
+    const { key, apiKey } = (await rotated.json()) as {
+      key: string;
+      apiKey: { owner: { id: string } | null };
+    };
+    expect(apiKey.owner?.id).toBe(rotator.userId);
+    expect((await powers(target, key)).admin).toBe(200);
+    target.services.auth.setRole(rotator.userId, "user", "test");
+    expect((await powers(target, key)).admin).not.toBe(200);
+  });
+
+  test("concurrent rotations of one key make one successor", async () => {
+    const target = app();
+    const admin = await signUp(target, { role: "admin" });
+    const key = createKey(target, ["chat"], admin.userId);
+    const responses = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        send(target, `/api/admin/api-keys/${key.record.id}/rotate`, {
+          headers: bearer(admin.accessToken),
+          body: {},
+        }),
+      ),
+    );
+    expect(responses.map((r) => r.status).sort()).toEqual([201, 404, 404, 404, 404, 404, 404, 404]);
+    const successors = target.services.apiKeys
+      .list(admin.userId)
+      .filter((k) => k.id !== key.record.id && k.revokedAt === null);
+    expect(successors).toHaveLength(1);
+    // The successor is the key to rotate next; the old one cannot be rotated again.
+    expect(target.services.apiKeys.rotate(key.record.id, 0, "test", admin.userId)).toBeNull();
+  });
+});
