@@ -359,18 +359,34 @@ export class AuthService {
       return { code: "INVALID" };
     }
 
+    // Signing is async and the transaction is not: the account is read again inside it, since it
+    // may have been erased (the session would name no user) or given another role (the tokens
+    // would carry the old one) while the password was checked and the tokens signed.
     const familyId = Bun.randomUUIDv7();
-    const tokens = await this.prepareTokens(user.id, user.role, familyId, now);
-    this.db.transaction(
-      () => {
-        this.db
-          .insert(refreshFamilies)
-          .values({ id: familyId, userId: user.id, createdAt: now, expiresAt: tokens.lastExpiry })
-          .run();
-        this.storeRefreshToken(user.id, familyId, tokens, now);
-      },
-      { behavior: "immediate" },
-    );
+    let role = user.role;
+    let tokens = await this.prepareTokens(user.id, role, familyId, now);
+    for (;;) {
+      const stored = this.db.transaction(
+        (): "STORED" | "GONE" | "ROLE_CHANGED" => {
+          const current = this.userById(user.id);
+          if (!current) return "GONE";
+          if (current.role !== role) {
+            role = current.role;
+            return "ROLE_CHANGED";
+          }
+          this.db
+            .insert(refreshFamilies)
+            .values({ id: familyId, userId: user.id, createdAt: now, expiresAt: tokens.lastExpiry })
+            .run();
+          this.storeRefreshToken(user.id, familyId, tokens, now);
+          return "STORED";
+        },
+        { behavior: "immediate" },
+      );
+      if (stored === "STORED") break;
+      if (stored === "GONE") return { code: "INVALID" };
+      tokens = await this.prepareTokens(user.id, role, familyId, now);
+    }
     audit.record({
       type: "auth.login.succeeded",
       outcome: "success",
@@ -379,7 +395,7 @@ export class AuthService {
       route: meta.route,
       requestId: meta.requestId,
     });
-    return { code: "OK", user: publicUser(user), tokens: publicTokens(tokens) };
+    return { code: "OK", user: publicUser({ ...user, role }), tokens: publicTokens(tokens) };
   }
 
   async refresh(token: string, meta: RequestMeta): Promise<RefreshOutcome> {

@@ -7,7 +7,7 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../../support/app";
-import { bearer, type Session, signUp } from "../../support/auth";
+import { bearer, type Session, STRONG_PASSWORD, signUp } from "../../support/auth";
 
 const ENV = { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" };
 
@@ -116,5 +116,72 @@ describe("a failing session store", () => {
     expect(again.status).toBe(401);
     const childAfter = await send(current, "/api/auth/refresh", { body: { refreshToken: child } });
     expect(childAfter.status).toBe(401);
+  });
+});
+
+describe("logging in while the account changes", () => {
+  test("an erasure landing while a login checks the password is 401, never 500", async () => {
+    const target = buildTestApp({
+      env: { RATE_LIMIT_PER_MINUTE: "10000", RATE_LIMIT_BURST: "10000" },
+    });
+    try {
+      const statuses: number[] = [];
+      for (let delay = 0; delay < 24; delay++) {
+        const user = await signUp(target, { peer: `10.77.${delay}.1` });
+        const login = send(target, "/api/auth/login", {
+          body: { email: user.email, password: STRONG_PASSWORD },
+          peer: `10.78.${delay}.1`,
+        });
+        await Bun.sleep(delay % 6);
+        const erased = await send(target, "/api/me", {
+          method: "DELETE",
+          headers: bearer(user.accessToken),
+          peer: `10.79.${delay}.1`,
+        });
+        expect(erased.status).toBe(204);
+        const response = await login;
+        statuses.push(response.status);
+        if (response.status === 200) {
+          // Logged in first: erasure then ended that session too.
+          const { accessToken } = (await response.json()) as { accessToken: string };
+          expect(
+            (await send(target, "/api/auth/me", { headers: bearer(accessToken) })).status,
+          ).toBe(401);
+        }
+      }
+      expect(statuses.filter((status) => status !== 200 && status !== 401)).toEqual([]);
+      const orphans = target.db.$client
+        .query(
+          "SELECT count(*) AS n FROM refresh_families WHERE user_id NOT IN (SELECT id FROM users)",
+        )
+        .get() as { n: number };
+      expect(orphans.n).toBe(0);
+    } finally {
+      target.close();
+    }
+  });
+
+  test("a role change landing while a login signs its tokens gives tokens with the new role", async () => {
+    const target = buildTestApp({
+      env: { RATE_LIMIT_PER_MINUTE: "10000", RATE_LIMIT_BURST: "10000" },
+    });
+    try {
+      for (let delay = 0; delay < 12; delay++) {
+        const user = await signUp(target, { role: "admin", peer: `10.80.${delay}.1` });
+        const login = send(target, "/api/auth/login", {
+          body: { email: user.email, password: STRONG_PASSWORD },
+          peer: `10.81.${delay}.1`,
+        });
+        await Bun.sleep(delay % 6);
+        target.services.auth.setRole(user.userId, "user", "test");
+        const response = await login;
+        expect(response.status).toBe(200);
+        const { accessToken } = (await response.json()) as { accessToken: string };
+        const admin = await send(target, "/api/admin/blocks", { headers: bearer(accessToken) });
+        expect(admin.status).not.toBe(200);
+      }
+    } finally {
+      target.close();
+    }
   });
 });
