@@ -180,6 +180,24 @@ describe("parsed values", () => {
     expect(error.message).toMatch(/^TRUST_PROXY covers every IPv[46] address/);
   });
 
+  test("TRUST_PROXY covering all of IPv6 but the IPv4-mapped block (folded to IPv4) is refused", () => {
+    // The 96 ranges that together are everything but ::ffff:0:0/96.
+    const mapped = 0xffffn << 32n;
+    const ranges: string[] = [];
+    for (let bit = 0; bit < 96; bit++) {
+      const flipped = mapped ^ (1n << BigInt(127 - bit));
+      const start = (flipped >> BigInt(127 - bit)) << BigInt(127 - bit);
+      const groups = Array.from({ length: 8 }, (_, i) =>
+        ((start >> BigInt(112 - 16 * i)) & 0xffffn).toString(16),
+      );
+      ranges.push(`${groups.join(":")}/${bit + 1}`);
+    }
+    const error = refusal({ TRUST_PROXY: ranges.join(",") });
+    expect(error.message).toStartWith("TRUST_PROXY covers every IPv6 address");
+    // Without one of them, some IPv6 clients are left out: accepted.
+    expect(loadConfig({ TRUST_PROXY: ranges.slice(1).join(",") }).trustProxy.kind).toBe("cidrs");
+  });
+
   test("TRUST_PROXY ranges that leave addresses out are accepted", () => {
     expect(loadConfig({ TRUST_PROXY: "0.0.0.0/1, ::/1" }).trustProxy.kind).toBe("cidrs");
     expect(loadConfig({ TRUST_PROXY: "0.0.0.0/1,128.0.0.0/2,192.0.0.0/3" }).trustProxy.kind).toBe(

@@ -159,7 +159,8 @@ export function adminModule(options: AdminModuleOptions) {
         }
         const actingUserId = principal.kind === "user" ? principal.id : principal.userId;
         const rotated = apiKeys.rotate(params.id, graceMs, principalRef(principal), actingUserId);
-        if (!rotated) throw new AppError("NOT_FOUND", "No active key that has not been rotated has that id.");
+        if (!rotated)
+          throw new AppError("NOT_FOUND", "No active key that has not been rotated has that id.");
         set.status = 201;
         return { key: rotated.key, apiKey: view(rotated.record) };
       },

@@ -9,14 +9,17 @@
  * 2. refused if any control, format, private-use, unassigned, surrogate, separator, U+FFFD or
  *    default-ignorable (invisible: zero-width space and joiners, soft hyphen, BOM, variation
  *    selectors, Hangul fillers) character is left;
- * 3. what is left may hold only letters, marks and digits of any script, and in the local part the
+ * 3. refused if a combining mark is left with no letter of its own script to sit on (after NFKC,
+ *    one at the start or after an ASCII character: Khmer's coeng or a virama after `kim`), or if a
+ *    letter known to render blank is there (Hangul fillers, the blank Khitan character);
+ * 4. what is left may hold only letters, marks and digits of any script, and in the local part the
  *    ASCII punctuation RFC 5322 allows: symbols and other punctuation are refused, since some of
  *    them render as nothing (U+2800 BRAILLE PATTERN BLANK, U+1D159 MUSICAL SYMBOL NULL NOTEHEAD)
  *    while being ordinary characters to Unicode, so no "invisible" property catches them;
- * 4. the domain: the ideographic full stops IDNA reads as dots mapped to `.`, its one trailing dot
+ * 5. the domain: the ideographic full stops IDNA reads as dots mapped to `.`, its one trailing dot
  *    dropped, then IDNA-mapped to ASCII (`domainToASCII`: case, width and Unicode labels to
  *    `xn--`), and checked as a host name;
- * 5. the local part is kept as typed (it is the mailbox owner's, and may be case-sensitive), but
+ * 6. the local part is kept as typed (it is the mailbox owner's, and may be case-sensitive), but
  *    uniqueness and every lookup compare the `key`: the local part case-folded (upper then lower, so
  *    `ß` meets `SS`) and NFKC again, at the ASCII domain.
  *
@@ -30,6 +33,18 @@ const MAX_LOCAL_LENGTH = 64;
 /** Characters that are invisible, control or otherwise not part of any real address. */
 const FORBIDDEN =
   /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}\p{Default_Ignorable_Code_Point}\s\uFFFD]/u;
+/**
+ * A combining mark with no letter of its own script to sit on (at the start, or after an ASCII
+ * character, `@` or `.`): NFKC has already composed the ones that combine with Latin letters
+ * (`e` + U+0301 is `é`), so what is left renders as nothing or as a stray accent. Khmer's coeng,
+ * the viramas and the Khitan filler are marks like this.
+ */
+const ORPHAN_MARK = /(?:^|[\u0000-\u007f])\p{M}/u;
+/**
+ * Letters that render as nothing. Unicode has no property for "blank glyph", so these are listed:
+ * the Hangul fillers (also default-ignorable) and the blank Khitan small-script character.
+ */
+const BLANK_LETTERS = /[\u115f\u1160\u3164\uffa0\u{18cff}]/u;
 /** A local part: letters, marks and digits of any script, and RFC 5322's ASCII `atext` and dots. */
 const LOCAL_PART = /^[\p{L}\p{M}\p{N}!#$%&'*+\-/=?^_`{|}~.]+$/u;
 /** A domain before IDNA: letters, marks and digits of any script, hyphens and dots. */
@@ -67,6 +82,9 @@ export function checkEmail(raw: string): EmailVerdict {
   let domain = normalized.slice(at + 1).replace(IDEOGRAPHIC_DOTS, ".");
   if (at < 1 || local.length > MAX_LOCAL_LENGTH || local.includes("@")) {
     return { ok: false, reason: "not_an_address" };
+  }
+  if (ORPHAN_MARK.test(normalized) || BLANK_LETTERS.test(normalized)) {
+    return { ok: false, reason: "invisible_characters" };
   }
   if (!LOCAL_PART.test(local) || !DOMAIN_PART.test(domain)) {
     return { ok: false, reason: "not_an_address" };

@@ -99,9 +99,16 @@ export function coversEveryAddress(ranges: readonly Range[]): "IPv4" | "IPv6" | 
         for (const byte of address.toByteArray()) start = (start << 8n) | BigInt(byte);
         const size = 1n << (width - BigInt(bits));
         start -= start % size;
-        return [start, start + size] as const;
+        return [start, start + size] as [bigint, bigint];
       })
       .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    // IPv4-mapped addresses are folded to IPv4 before any range is matched, so no IPv6 client comes
+    // from ::ffff:0:0/96: a list that covers the rest covers every IPv6 client.
+    if (family === "ipv6") {
+      const mapped = 0xffffn << 32n;
+      spans.push([mapped, mapped + (1n << 32n)]);
+      spans.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    }
     let reached = 0n;
     for (const [start, end] of spans) {
       if (start > reached) break;

@@ -168,6 +168,14 @@ const INVISIBLE: [string, string][] = [
   ["SignWriting blank", "t1\u{1DA7F}@example.com"],
   ["Tibetan tsheg bstar", "t1\u0F0C@example.com"],
   ["Braille blank in the domain", "t1@exa\u2800mple.com"],
+  ["Khitan small script filler", "t1\u{16FE4}@example.com"],
+  ["blank Khitan character", "t1\u{18CFF}@example.com"],
+  ["Khmer coeng after Latin", "t1\u17D2@example.com"],
+  ["Tai Tham sakot after Latin", "t1\u1A60@example.com"],
+  ["Tifinagh joiner after Latin", "t1\u2D7F@example.com"],
+  ["Sundanese virama after Latin", "t1\u1BAB@example.com"],
+  ["a mark first", "\u0301t1@example.com"],
+  ["a mark after the dot of the domain", "t1@example.\u0301com"],
 ];
 
 describe("invisible and control characters in an email are refused", () => {
