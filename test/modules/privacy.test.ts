@@ -191,3 +191,43 @@ test("contributors are part of export, erasure and retention", async () => {
   expect(calls).toEqual(["retain", "retain", `erase ${alice.userId}`]);
   services.close();
 });
+
+test("what the user's own API keys did is exported with the user's data and pseudonymised on erasure", async () => {
+  current = buildTestApp();
+  const user = await signUp(current);
+  const other = await signUp(current);
+  const { key, record } = createKey(current, ["chat"], user.userId);
+  const theirs = createKey(current, ["chat"], other.userId);
+  // Each key is refused on a privacy route (a person's right, not a key's): an audit row each.
+  for (const k of [key, theirs.key]) {
+    const refused = await send(current, "/api/me/export", {
+      headers: { "x-api-key": k },
+      peer: "198.51.100.44",
+    });
+    expect(refused.status).toBe(403);
+  }
+  const exported = await send(current, "/api/me/export", { headers: bearer(user.accessToken) });
+  const document = (await exported.json()) as {
+    auditEvents: { type: string; ip: string | null; outcome: string }[];
+  };
+  const forbidden = document.auditEvents.filter((event) => event.type === "auth.forbidden");
+  expect(forbidden).toHaveLength(1);
+  expect(forbidden[0]!.ip).toBeNull();
+
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(user.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  const sqlite = current.db.$client;
+  const left = sqlite
+    .query("SELECT count(*) AS n FROM audit_events WHERE actor = ? OR ip = ?")
+    .get(`key:${record.id}`, "198.51.100.44") as { n: number };
+  // The other user's key row keeps its actor; only its address is the shared one.
+  const othersRow = sqlite
+    .query("SELECT actor FROM audit_events WHERE type = 'auth.forbidden' AND actor = ?")
+    .get(`key:${theirs.record.id}`) as { actor: string } | null;
+  expect(othersRow?.actor).toBe(`key:${theirs.record.id}`);
+  expect(left.n).toBe(1);
+  expect(verifyAuditChain(sqlite, new AuditKeys(current.config.audit.secretKey)).ok).toBe(true);
+});

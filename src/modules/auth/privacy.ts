@@ -35,6 +35,7 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
   return {
     name: "apiKeys",
     export: (userId) => apiKeys.list(userId).map(({ userId: _owner, ...key }) => key),
+    actors: (userId) => apiKeys.list(userId).map((key) => `key:${key.id}`),
     erase(userId, { pseudonym }) {
       for (const key of apiKeys.list(userId)) {
         if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);

@@ -5,7 +5,15 @@
  * contributor and reaches into no table itself.
  */
 
-export interface ErasureContext {
+export interface ExportContext {
+  /**
+   * Every audit-log actor that stands for the user: `user:<id>` and what contributors add (the
+   * API keys the user owns), gathered before anything is erased.
+   */
+  actors: readonly string[];
+}
+
+export interface ErasureContext extends ExportContext {
   /** The keyed pseudonym that replaces the user's id wherever a record must outlive the account. */
   pseudonym: string;
 }
@@ -13,7 +21,9 @@ export interface ErasureContext {
 export interface PrivacyContributor {
   /** Its section's name in the export document. */
   name: string;
-  export(userId: string): unknown;
+  export(userId: string, context: ExportContext): unknown;
+  /** Audit-log actors that act for the user besides `user:<id>` (an API key: `key:<id>`). */
+  actors?(userId: string): string[];
   /**
    * Deletes, or strips the personal fields of, what it holds for the user. Runs inside the
    * erasure's transaction, before the account row is deleted.

@@ -20,11 +20,12 @@ export function privacyFeature(
   { account, features }: { account: PrivacyAccount; features: readonly Feature[] },
 ): PrivacyFeature {
   const exportAuditEvents = createAuditExport(core.db, core.audit);
+  // Rows by the user's own API keys are theirs too: exported, and pseudonymised on erasure.
   const auditEvents: PrivacyContributor = {
     name: "auditEvents",
-    export: (userId) => exportAuditEvents(`user:${userId}`),
-    erase: (userId, { pseudonym }) => {
-      core.audit.pseudonymise(`user:${userId}`, pseudonym);
+    export: (_userId, { actors }) => exportAuditEvents(actors),
+    erase: (_userId, { pseudonym, actors }) => {
+      for (const actor of actors) core.audit.pseudonymise(actor, pseudonym);
     },
   };
   const service = new PrivacyService({

@@ -15,7 +15,7 @@ import type { Clock } from "../../clock";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { PrivacyContributor } from "./contributor";
 
-export type { ErasureContext, PrivacyContributor } from "./contributor";
+export type { ErasureContext, ExportContext, PrivacyContributor } from "./contributor";
 
 /** The account itself: the export's profile, and the row erasure deletes last. */
 export interface PrivacyAccount {
@@ -38,6 +38,15 @@ export class PrivacyService {
     return this.options.audit.pseudonymOf(actor);
   }
 
+  /** The user, and every actor a contributor says acts for them (their API keys). */
+  actorsOf(userId: string): string[] {
+    const actors = [`user:${userId}`];
+    for (const contributor of this.options.contributors) {
+      actors.push(...(contributor.actors?.(userId) ?? []));
+    }
+    return actors;
+  }
+
   export(userId: string): Record<string, unknown> | null {
     const profile = this.options.account.find(userId);
     if (!profile) return null;
@@ -45,8 +54,9 @@ export class PrivacyService {
       exportedAt: new Date(this.options.clock.now()).toISOString(),
       profile,
     };
+    const actors = this.actorsOf(userId);
     for (const contributor of this.options.contributors) {
-      document[contributor.name] = contributor.export(userId);
+      document[contributor.name] = contributor.export(userId, { actors });
     }
     return document;
   }
@@ -66,7 +76,8 @@ export class PrivacyService {
     const pseudonym = this.pseudonymOf(`user:${userId}`);
     sqlite
       .transaction(() => {
-        for (const contributor of contributors) contributor.erase(userId, { pseudonym });
+        const actors = this.actorsOf(userId);
+        for (const contributor of contributors) contributor.erase(userId, { pseudonym, actors });
         account.remove(userId);
       })
       .immediate();

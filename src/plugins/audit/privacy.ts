@@ -1,19 +1,19 @@
 /**
  * @module
- * What the audit log holds about an actor, for the privacy export: the events whose actor it is,
- * with an event's address only when the actor's own credential succeeded (a failed login or a
+ * What the audit log holds about a person, for the privacy export: the events whose actor is one
+ * of theirs (the user, and the API keys they own), with an event's address only when their own
+ * credential succeeded (a failed login or a
  * replayed refresh token comes from whoever tried it, and that third party's address must not be
  * handed out). Erasure is `AuditLog.pseudonymise`.
  */
-import { asc, eq, sql } from "drizzle-orm";
+import { asc, inArray, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { auditEvents } from "../../db/schema";
 import type { AuditLog } from "./log";
 
 export function createAuditExport(db: AppDatabase, audit: AuditLog) {
-  const events = db
-    .select({
-      id: auditEvents.id,
+  const columns = {
+    id: auditEvents.id,
       at: auditEvents.at,
       type: auditEvents.type,
       ip: sql<
@@ -23,16 +23,16 @@ export function createAuditExport(db: AppDatabase, audit: AuditLog) {
       requestId: auditEvents.requestId,
       outcome: auditEvents.outcome,
       detail: auditEvents.detail,
-    })
-    .from(auditEvents)
-    .where(eq(auditEvents.actor, sql.placeholder("actor")))
-    .orderBy(asc(auditEvents.id))
-    .prepare();
-  return function exportAuditEvents(actor: string) {
+  };
+  return function exportAuditEvents(actors: readonly string[]) {
     // Events still queued belong in the export too.
     audit.flush();
-    return events
-      .all({ actor })
+    return db
+      .select(columns)
+      .from(auditEvents)
+      .where(inArray(auditEvents.actor, [...actors]))
+      .orderBy(asc(auditEvents.id))
+      .all()
       .map((row) => ({ ...row, detail: JSON.parse(row.detail) as unknown }));
   };
 }
