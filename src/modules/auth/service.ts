@@ -287,32 +287,38 @@ export class AuthService {
     const now = this.options.clock.now();
     const id = Bun.randomUUIDv7();
     try {
-      this.db
-        .insert(users)
-        .values({
-          id,
-          email,
-          emailKey: key,
-          passwordHash,
-          role,
-          createdAt: new Date(now),
-          updatedAt: new Date(now),
-        })
-        .run();
+      // The account and its audit event commit together: a copy or a crash never has one alone.
+      this.db.transaction(
+        () => {
+          this.db
+            .insert(users)
+            .values({
+              id,
+              email,
+              emailKey: key,
+              passwordHash,
+              role,
+              createdAt: new Date(now),
+              updatedAt: new Date(now),
+            })
+            .run();
+          this.options.audit.record({
+            type: "auth.register.succeeded",
+            outcome: "success",
+            actor: `user:${id}`,
+            ip: meta?.client.ip ?? null,
+            route: meta?.route ?? null,
+            requestId: meta?.requestId ?? null,
+            detail: { role },
+          });
+        },
+        { behavior: "immediate" },
+      );
     } catch (error) {
       // Two registrations raced past the lookup; the unique index decided.
       if (sqliteCodeOf(error) === "SQLITE_CONSTRAINT_UNIQUE") return { code: "DUPLICATE", email };
       throw error;
     }
-    this.options.audit.record({
-      type: "auth.register.succeeded",
-      outcome: "success",
-      actor: `user:${id}`,
-      ip: meta?.client.ip ?? null,
-      route: meta?.route ?? null,
-      requestId: meta?.requestId ?? null,
-      detail: { role },
-    });
     return { code: "CREATED", user: { id, email, role, createdAt: now } };
   }
 

@@ -14,15 +14,13 @@ import type { AuditLog } from "./log";
 export function createAuditExport(db: AppDatabase, audit: AuditLog) {
   const columns = {
     id: auditEvents.id,
-      at: auditEvents.at,
-      type: auditEvents.type,
-      ip: sql<
-        string | null
-      >`CASE WHEN ${auditEvents.outcome} = 'success' THEN ${auditEvents.ip} END`,
-      route: auditEvents.route,
-      requestId: auditEvents.requestId,
-      outcome: auditEvents.outcome,
-      detail: auditEvents.detail,
+    at: auditEvents.at,
+    type: auditEvents.type,
+    ip: sql<string | null>`CASE WHEN ${auditEvents.outcome} = 'success' THEN ${auditEvents.ip} END`,
+    route: auditEvents.route,
+    requestId: auditEvents.requestId,
+    outcome: auditEvents.outcome,
+    detail: auditEvents.detail,
   };
   return function exportAuditEvents(actors: readonly string[]) {
     // Events still queued belong in the export too.
