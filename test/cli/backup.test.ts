@@ -2,24 +2,13 @@ import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { COMMANDS } from "../../src/cli/commands";
-import { runCli } from "../../src/cli/run";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { tempDir } from "../support/app";
+import { cliInProcess } from "../support/cli";
 import { runToExit, type ServiceProcess, startService } from "../support/process";
 
-const cli = async (args: string[], env: Record<string, string>) => {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await runCli(
-    args,
-    env,
-    { out: (line) => out.push(line), err: (line) => err.push(line), readStdin: async () => "" },
-    COMMANDS,
-  );
-  return { code, stdout: out.join("\n"), stderr: err.join("\n") };
-};
+const cli = cliInProcess;
 
 const count = (path: string, sql: string): number => {
   const db = new Database(path, { readonly: true });

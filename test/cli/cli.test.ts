@@ -1,9 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { CliError, EXIT_USAGE, parseArgs, parseDuration, requireFlag } from "../../src/cli/command";
-import { COMMANDS } from "../../src/cli/commands";
-import { runCli } from "../../src/cli/run";
 import { tempDir } from "../support/app";
+import { cliInProcess } from "../support/cli";
 import { runToExit } from "../support/process";
 
 /** The real entry point, in its own process. */
@@ -11,17 +10,7 @@ const spawnCli = (args: string[], env: Record<string, string> = {}) =>
   runToExit(["bun", "run", "src/cli/index.ts", ...args], env);
 
 /** The same runner in process: faster, and what the coverage gate sees. */
-const cli = async (args: string[], env: Record<string, string> = {}) => {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await runCli(
-    args,
-    env,
-    { out: (line) => out.push(line), err: (line) => err.push(line), readStdin: async () => "" },
-    COMMANDS,
-  );
-  return { code, stdout: `${out.join("\n")}\n`, stderr: `${err.join("\n")}\n` };
-};
+const cli = (args: string[], env: Record<string, string> = {}) => cliInProcess(args, env);
 
 describe("bun run cli", () => {
   test("with no command prints the help screen and exits 2", async () => {

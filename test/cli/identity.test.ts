@@ -1,10 +1,9 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { COMMANDS } from "../../src/cli/commands";
-import { runCli } from "../../src/cli/run";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
+import { cliInProcess } from "../support/cli";
 
 let cleanup: (() => void) | null = null;
 afterEach(() => {
@@ -17,21 +16,7 @@ function workspace() {
   cleanup = dir.remove;
   const env = { DATABASE_PATH: join(dir.path, "cli.db") };
   // In process, as `bun run cli` runs it (test/cli/cli.test.ts spawns the real entry point).
-  const cli = async (args: string[], stdin?: string) => {
-    const out: string[] = [];
-    const err: string[] = [];
-    const code = await runCli(
-      args,
-      env,
-      {
-        out: (line) => out.push(line),
-        err: (line) => err.push(line),
-        readStdin: async () => stdin ?? "",
-      },
-      COMMANDS,
-    );
-    return { code, stdout: `${out.join("\n")}\n`, stderr: `${err.join("\n")}\n` };
-  };
+  const cli = (args: string[], stdin?: string) => cliInProcess(args, env, stdin);
   const query = <T>(sql: string, ...params: string[]) => {
     const db = new Database(env.DATABASE_PATH, { readonly: true });
     try {

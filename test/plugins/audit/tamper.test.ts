@@ -14,6 +14,7 @@ import type { AuditEventType } from "../../../src/plugins/audit/events";
 import { createServices } from "../../../src/services";
 import { buildTestApp, LogCapture, send, type TestApp } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
+import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
 
 const AUDIT_KEY = "audit-test-key-6f1c9a2e4b7d0358aa41c2e9f07b3d56";
@@ -26,15 +27,11 @@ afterEach(() => {
 });
 
 async function verify(app: TestApp, extra: string[] = [], env: Record<string, string> = {}) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await runCli(
-    ["audit:verify", ...extra],
-    { DATABASE_PATH: app.databasePath, AUDIT_SECRET_KEY: AUDIT_KEY, ...env },
-    { out: (l) => out.push(l), err: (l) => err.push(l), readStdin: async () => "" },
-    COMMANDS,
-  );
-  return { code, stdout: out.join("\n"), stderr: err.join("\n") };
+  return cliInProcess(["audit:verify", ...extra], {
+    DATABASE_PATH: app.databasePath,
+    AUDIT_SECRET_KEY: AUDIT_KEY,
+    ...env,
+  });
 }
 
 /** The last `audit chain head` line the service logged. */

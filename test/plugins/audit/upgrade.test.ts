@@ -6,8 +6,6 @@
 import { afterEach, expect, test } from "bun:test";
 import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { COMMANDS } from "../../../src/cli/commands";
-import { runCli } from "../../../src/cli/run";
 import { loadConfig } from "../../../src/config";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations, MIGRATIONS_FOLDER } from "../../../src/db/migrate";
@@ -20,6 +18,7 @@ import {
 } from "../../../src/plugins/audit/chain";
 import { createServices } from "../../../src/services";
 import { LogCapture, tempDir } from "../../support/app";
+import { cliInProcess } from "../../support/cli";
 
 const AUDIT_KEY = "upgrade-test-key-4e8a1c7f3b9d2065ee17a3c8b5f90d42";
 const dirs: { remove(): void }[] = [];
@@ -98,15 +97,7 @@ function legacyDatabase(options: { breakRow?: number } = {}) {
 }
 
 async function verify(path: string) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const code = await runCli(
-    ["audit:verify"],
-    { DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY },
-    { out: (l) => out.push(l), err: (l) => err.push(l), readStdin: async () => "" },
-    COMMANDS,
-  );
-  return { code, stdout: out.join("\n"), stderr: err.join("\n") };
+  return cliInProcess(["audit:verify"], { DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
 }
 
 function start(path: string) {
