@@ -39,7 +39,7 @@ const FORBIDDEN =
  * (`e` + U+0301 is `é`), so what is left renders as nothing or as a stray accent. Khmer's coeng,
  * the viramas and the Khitan filler are marks like this.
  */
-const ORPHAN_MARK = /(?:^|[\u0000-\u007f])\p{M}/u;
+const ORPHAN_MARK = /(?:^|\p{ASCII})\p{M}/u;
 /**
  * Letters that render as nothing. Unicode has no property for "blank glyph", so these are listed:
  * the Hangul fillers (also default-ignorable) and the blank Khitan small-script character.
