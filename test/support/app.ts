@@ -92,17 +92,25 @@ export interface TestApp {
   close(): void;
 }
 
-export function buildTestApp(options: TestAppOptions = {}): TestApp {
-  const dir = tempDir();
-  const databasePath = join(dir.path, "palisade.db");
-  const config = loadConfig({
+/** The development profile with the test secrets, on `databasePath`; `env` overrides. */
+export function testConfig(
+  databasePath: string,
+  env: Record<string, string | undefined> = {},
+): Readonly<Config> {
+  return loadConfig({
     APP_ENV: "development",
     LOG_LEVEL: "info",
     JWT_SECRET_KEY: TEST_JWT_SECRET,
     CSRF_SECRET_KEY: TEST_CSRF_SECRET,
     DATABASE_PATH: databasePath,
-    ...options.env,
+    ...env,
   });
+}
+
+export function buildTestApp(options: TestAppOptions = {}): TestApp {
+  const dir = tempDir();
+  const databasePath = join(dir.path, "palisade.db");
+  const config = testConfig(databasePath, options.env);
   const logs = new LogCapture();
   const logger = createLogger({
     level: config.logLevel,

@@ -5,17 +5,10 @@
  */
 import { createApp } from "../../src/app";
 import type { Clock } from "../../src/clock";
-import { loadConfig } from "../../src/config";
 import { openDatabase } from "../../src/db/client";
 import { createLogger } from "../../src/logging/logger";
 import { createServices } from "../../src/services";
-import {
-  LogCapture,
-  TEST_CSRF_SECRET,
-  TEST_JWT_SECRET,
-  TEST_PASSWORD_HASHING,
-  type TestApp,
-} from "./app";
+import { LogCapture, TEST_PASSWORD_HASHING, type TestApp, testConfig } from "./app";
 
 export interface Instance {
   app: ReturnType<typeof createApp>;
@@ -27,14 +20,7 @@ export function anotherInstance(
   target: TestApp,
   options: { clock?: Clock; env?: Record<string, string> } = {},
 ): Instance {
-  const config = loadConfig({
-    APP_ENV: "development",
-    LOG_LEVEL: "info",
-    JWT_SECRET_KEY: TEST_JWT_SECRET,
-    CSRF_SECRET_KEY: TEST_CSRF_SECRET,
-    DATABASE_PATH: target.databasePath,
-    ...options.env,
-  });
+  const config = testConfig(target.databasePath, options.env);
   const db = openDatabase(target.databasePath);
   const services = createServices({
     config,

@@ -5,26 +5,18 @@
  */
 import { createApp } from "../../src/app";
 import type { Clock } from "../../src/clock";
-import { loadConfig } from "../../src/config";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createLogger } from "../../src/logging/logger";
 import { createServices } from "../../src/services";
-import { LogCapture, TEST_CSRF_SECRET, TEST_JWT_SECRET, TEST_PASSWORD_HASHING } from "./app";
+import { LogCapture, TEST_PASSWORD_HASHING, testConfig } from "./app";
 
 export function startOn(
   databasePath: string,
   env: Record<string, string | undefined> = {},
   clock?: Clock,
 ) {
-  const config = loadConfig({
-    APP_ENV: "development",
-    LOG_LEVEL: "info",
-    JWT_SECRET_KEY: TEST_JWT_SECRET,
-    CSRF_SECRET_KEY: TEST_CSRF_SECRET,
-    DATABASE_PATH: databasePath,
-    ...env,
-  });
+  const config = testConfig(databasePath, env);
   const logs = new LogCapture();
   const logger = createLogger({
     level: "info",
