@@ -46,7 +46,6 @@ export function startServer(options: StartServerOptions): RunningServer {
   });
   const server = app.server!;
   const url = server.url;
-  logger.info({ url: url.toString() }, "listening");
 
   let shuttingDown: Promise<void> | null = null;
   const shutdown = (reason: string): Promise<void> => {
@@ -70,6 +69,9 @@ export function startServer(options: StartServerOptions): RunningServer {
   };
   const onSignal = (signal: NodeJS.Signals) => void shutdown(signal);
   for (const signal of signals) process.on(signal, onSignal);
+  // Announced only once the signals are handled: a supervisor (or a test) that stops the service
+  // as soon as it reads this line must get the graceful shutdown, not the default exit.
+  logger.info({ url: url.toString() }, "listening");
 
   return { url, shutdown };
 }
