@@ -15,6 +15,7 @@ export const ERROR_CODES = [
   "UNAUTHENTICATED",
   "FORBIDDEN",
   "RATE_LIMITED",
+  "QUOTA_EXCEEDED",
   "IP_BLOCKED",
   "CSRF_FAILED",
   "PAYLOAD_TOO_LARGE",
@@ -65,6 +66,7 @@ export function statusForCode(code: ErrorCode): number {
     case "UNSUPPORTED_MEDIA_TYPE":
       return 415;
     case "RATE_LIMITED":
+    case "QUOTA_EXCEEDED":
       return 429;
     case "INTERNAL":
       return 500;
@@ -75,12 +77,26 @@ export function statusForCode(code: ErrorCode): number {
   }
 }
 
+/**
+ * Codes that may also answer with another status: an upstream that is down for a while (the
+ * circuit is open) is 503 so clients back off, where a bad answer from it is 502.
+ */
+const ALTERNATE_STATUSES: Partial<Record<ErrorCode, readonly number[]>> = {
+  UPSTREAM_UNAVAILABLE: [503],
+};
+
+/** Every status a code may answer with: its own, then its alternates. */
+export function statusesForCode(code: ErrorCode): readonly number[] {
+  return [statusForCode(code), ...(ALTERNATE_STATUSES[code] ?? [])];
+}
+
 const TITLES: Record<ErrorCode, string> = {
   VALIDATION_FAILED: "The request did not pass validation",
   MALFORMED_BODY: "The request body could not be parsed",
   UNAUTHENTICATED: "Authentication is required",
   FORBIDDEN: "Not allowed",
   RATE_LIMITED: "Too many requests",
+  QUOTA_EXCEEDED: "A usage quota is spent",
   IP_BLOCKED: "This address is blocked",
   CSRF_FAILED: "CSRF check failed",
   PAYLOAD_TOO_LARGE: "The request body is too large",
@@ -134,7 +150,7 @@ const STATUS_MEANING: Record<number, string> = {
   414: "The URI is too long",
   415: "Unsupported content type",
   422: "The request did not pass validation; `errors` names the fields",
-  429: "Rate limited (see Retry-After)",
+  429: "Rate limited, or a quota is spent (see Retry-After)",
   500: "Internal error",
   502: "An upstream service is unavailable",
   503: "The service cannot be used right now (see Retry-After)",
@@ -147,7 +163,7 @@ const STATUS_MEANING: Record<number, string> = {
 export function problemResponses<S extends number>(...statuses: S[]) {
   const responses = {} as Record<S, typeof ProblemSchema>;
   for (const status of statuses) {
-    const codes = ERROR_CODES.filter((code) => statusForCode(code) === status);
+    const codes = ERROR_CODES.filter((code) => statusesForCode(code).includes(status));
     if (codes.length === 0) throw new Error(`no error code answers ${status}`);
     responses[status] = t.Object(problemProperties(codes), {
       description: `${STATUS_MEANING[status] ?? "Error"} (application/problem+json)`,
@@ -165,10 +181,15 @@ export class AppError extends Error {
     readonly fieldErrors?: FieldError[],
     /** Extra response headers, e.g. Retry-After on 429 or Allow on 405. */
     readonly headers?: Record<string, string>,
+    /** One of the code's alternate statuses (see statusesForCode); its own status when absent. */
+    status?: number,
   ) {
     super(detail);
     this.name = "AppError";
-    this.status = statusForCode(code);
+    if (status !== undefined && !statusesForCode(code).includes(status)) {
+      throw new Error(`${code} cannot answer ${status}`);
+    }
+    this.status = status ?? statusForCode(code);
   }
 }
 
@@ -181,11 +202,12 @@ export function toProblem(
   detail: string,
   requestId: string,
   fieldErrors?: FieldError[],
+  status: number = statusForCode(code),
 ): Problem {
   const problem: Problem = {
     type: problemType(code),
     title: TITLES[code],
-    status: statusForCode(code),
+    status,
     detail,
     code,
     requestId,

@@ -64,6 +64,22 @@ export function parseList(raw: string): string[] {
     .filter((item) => item !== "");
 }
 
+const ISO_CURRENCIES = new Set(
+  Intl.supportedValuesOf("currency").map((code) => code.toLowerCase()),
+);
+
+/** A comma list of ISO 4217 currency codes, returned lower case as Stripe spells them. */
+export function parseCurrencies(name: string, raw: string): string[] {
+  const codes = [...new Set(parseList(raw).map((code) => code.toLowerCase()))];
+  if (codes.length === 0) throw new ConfigError(name, "must name at least one currency");
+  for (const code of codes) {
+    if (!/^[a-z]{3}$/.test(code) || !ISO_CURRENCIES.has(code)) {
+      throw new ConfigError(name, `"${code.slice(0, 8)}" is not an ISO 4217 currency code`);
+    }
+  }
+  return codes;
+}
+
 /** Named ranges, as proxy-addr and Express accept them. */
 const NAMED_RANGES: Record<string, string[]> = {
   loopback: ["127.0.0.0/8", "::1/128"],

@@ -33,6 +33,9 @@ export interface RouteLimits {
   refresh: number;
   privacy: number;
   metrics: number;
+  chat: number;
+  payments: number;
+  webhooks: number;
 }
 
 export interface ProfileDefaults {
@@ -58,6 +61,8 @@ export interface ProfileDefaults {
   generateMissingSecrets: boolean;
   auditRetentionDays: number;
   chatRetentionDays: number;
+  /** Tokens per principal per UTC day (0: no budget). */
+  chatDailyTokenBudget: number;
 }
 
 const KIB = 1024;
@@ -76,7 +81,16 @@ const deployed: ProfileDefaults = {
   refreshTokenExpireDays: 30,
   rateLimitPerMinute: 60,
   rateLimitBurst: 20,
-  routeLimits: { login: 5, register: 3, refresh: 10, privacy: 3, metrics: 60 },
+  routeLimits: {
+    login: 5,
+    register: 3,
+    refresh: 10,
+    privacy: 3,
+    metrics: 60,
+    chat: 20,
+    payments: 10,
+    webhooks: 30,
+  },
   passwordPolicy: { minLength: 12, maxLength: 256, minScore: 3 },
   bodyLimits,
   enumerationResistance: true,
@@ -86,6 +100,7 @@ const deployed: ProfileDefaults = {
   generateMissingSecrets: false,
   auditRetentionDays: 90,
   chatRetentionDays: 365,
+  chatDailyTokenBudget: 200_000,
 };
 
 export const PROFILES: Record<AppEnv, ProfileDefaults> = {
@@ -99,6 +114,7 @@ export const PROFILES: Record<AppEnv, ProfileDefaults> = {
     docsPage: true,
     openapiPublic: true,
     generateMissingSecrets: true,
+    chatDailyTokenBudget: 0,
   },
   staging: { ...deployed, docsPage: true, openapiPublic: true },
   production: deployed,

@@ -262,7 +262,7 @@ describe("secrets from files (NAME_FILE)", () => {
       },
     });
     expect(read.sort()).toEqual(secrets.map((v) => `/run/secrets/${v.name}`).sort());
-    expect(config.stripe.webhookSecret).toStartWith("stripe_webhook_secret-value");
+    expect(config.stripe.webhookSecrets[0]).toStartWith("stripe_webhook_secret-value");
     expect(config.redisUrl).toBe("redis://127.0.0.1:6379");
   });
 

@@ -31,6 +31,8 @@ interface Outcome {
   detail: string;
   fieldErrors?: FieldError[];
   headers?: Record<string, string>;
+  /** The status when the code has alternates (AppError.status); the code's own otherwise. */
+  status?: number;
 }
 
 const STATUS_CODES: Record<number, ErrorCode> = {
@@ -92,6 +94,7 @@ export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
           detail: appError.detail,
           fieldErrors: appError.fieldErrors,
           headers: appError.headers,
+          status: appError.status,
         };
       } else if (code === "VALIDATION") {
         outcome = {
@@ -144,12 +147,14 @@ export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
         outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
       }
 
-      const status = statusForCode(outcome.code);
+      const status = outcome.status ?? statusForCode(outcome.code);
       set.status = status;
       if (outcome.headers) Object.assign(set.headers, outcome.headers);
       set.headers["content-type"] = PROBLEM_CONTENT_TYPE;
       return new Response(
-        JSON.stringify(toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors)),
+        JSON.stringify(
+          toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors, status),
+        ),
         { status, headers: set.headers as Record<string, string> },
       );
     })

@@ -49,6 +49,11 @@ export const POLICY_SPECS = {
   refresh: { keyedBy: "address", failClosed: true },
   privacy: { keyedBy: "principal", failClosed: true },
   metrics: { keyedBy: "address", failClosed: false },
+  // Chat and payments spend money upstream: a broken store must not lift their limits.
+  chat: { keyedBy: "principal", failClosed: true },
+  payments: { keyedBy: "principal", failClosed: true },
+  // Webhooks are signature-verified and their senders retry; the limit only bounds a flood.
+  webhooks: { keyedBy: "address", failClosed: false },
 } as const satisfies Record<string, PolicySpec>;
 
 export type PolicyId = keyof typeof POLICY_SPECS;

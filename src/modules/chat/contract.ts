@@ -1,0 +1,41 @@
+/**
+ * @module
+ * What the chat feature offers other features (the WhatsApp webhook): one turn of a conversation
+ * for an owner, with the same context, budget, storage and metrics as `POST /api/chat`.
+ */
+import type { TokenUsage } from "./providers/provider";
+
+/**
+ * Who a conversation belongs to: a user, an API key, or a WhatsApp sender (its number as a keyed
+ * hash). Budgets are counted per owner.
+ */
+export interface ChatOwner {
+  kind: "user" | "key" | "whatsapp";
+  id: string;
+}
+
+export interface ChatTurnInput {
+  owner: ChatOwner;
+  /** Already validated: 1..4000 characters after trimming, no control characters but \n and \t. */
+  message: string;
+  /** Continue this conversation (it must be the owner's); a new one when absent. */
+  conversationId?: string;
+  requestId: string;
+  signal?: AbortSignal;
+}
+
+export interface ChatTurn {
+  conversationId: string;
+  reply: string;
+  usage: TokenUsage;
+}
+
+/** A turn's outcome as a value; upstream failures are thrown as UpstreamFailure. */
+export type ChatTurnOutcome =
+  | { kind: "reply"; turn: ChatTurn }
+  | { kind: "not_found" }
+  | { kind: "over_budget"; retryAfterSeconds: number };
+
+export interface ChatTurns {
+  converse(input: ChatTurnInput): Promise<ChatTurnOutcome>;
+}

@@ -1,0 +1,60 @@
+/**
+ * @module
+ * What a chat provider is: the one seam between conversations and whatever writes the replies
+ * (the OpenAI-compatible upstream, or the offline FAQ responder). Framework-free; the chat feature
+ * picks one provider from configuration (`providers/index.ts`).
+ */
+
+export type ChatRole = "system" | "user" | "assistant";
+
+export interface ChatMessage {
+  role: ChatRole;
+  content: string;
+}
+
+export interface TokenUsage {
+  promptTokens: number;
+  completionTokens: number;
+}
+
+export interface CompletionOptions {
+  /** Aborts the upstream request (a client that went away, a shutdown). */
+  signal?: AbortSignal;
+  /** Logged with upstream failures, so an operator can find the request. */
+  requestId?: string;
+}
+
+export interface Completion {
+  text: string;
+  usage: TokenUsage;
+}
+
+/** One piece of a streamed reply: text as it arrives, then the usage once, at the end. */
+export type Delta = { kind: "text"; text: string } | { kind: "usage"; usage: TokenUsage };
+
+export interface ChatProvider {
+  /** `openai` or `offline`: the label of the provider's metrics. */
+  readonly name: string;
+  complete(messages: readonly ChatMessage[], options?: CompletionOptions): Promise<Completion>;
+  stream(messages: readonly ChatMessage[], options?: CompletionOptions): AsyncIterable<Delta>;
+}
+
+/**
+ * Why the upstream could not answer. `unavailable` (the circuit is open, or retries ran out on
+ * 429/5xx/connection errors/timeouts) answers 503 so clients back off; `bad_response` (malformed
+ * JSON, a stream cut mid-way, a non-retryable refusal) answers 502.
+ */
+export type UpstreamFailureKind = "unavailable" | "bad_response";
+
+export class UpstreamFailure extends Error {
+  constructor(
+    readonly kind: UpstreamFailureKind,
+    /** Safe to log: never the user's text, never a key. */
+    readonly reason: string,
+    /** Seconds a client should wait (an open circuit's remaining time, an upstream Retry-After). */
+    readonly retryAfterSeconds?: number,
+  ) {
+    super(`upstream ${kind}: ${reason}`);
+    this.name = "UpstreamFailure";
+  }
+}
