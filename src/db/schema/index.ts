@@ -3,3 +3,4 @@ export * from "./auth";
 export * from "./ip-blocks";
 export * from "./rate-limit";
 export * from "./users";
+export * from "./webhooks";

@@ -1,0 +1,43 @@
+/**
+ * @module
+ * The webhook metrics, shared by every provider's endpoint (Stripe, WhatsApp). The first endpoint
+ * built on a registry creates them; the others get the same counters, so each name is registered
+ * once per app.
+ */
+import { Counter, type Registry } from "prom-client";
+
+export type WebhookProvider = "stripe" | "whatsapp";
+
+/**
+ * What happened to a verified delivery: `processed` (its effect applied), `duplicate` (seen
+ * before, acknowledged with no second effect), `ignored` (a type we do not act on), `failed`.
+ */
+export type WebhookOutcome = "processed" | "duplicate" | "ignored" | "failed";
+
+export interface WebhookMetrics {
+  signatureFailures: Counter<"provider">;
+  events: Counter<"provider" | "outcome">;
+}
+
+const SIGNATURE_FAILURES = "webhook_signature_failures_total";
+const EVENTS = "webhook_events_total";
+
+export function webhookMetrics(registry: Registry): WebhookMetrics {
+  const signatureFailures =
+    (registry.getSingleMetric(SIGNATURE_FAILURES) as Counter<"provider"> | undefined) ??
+    new Counter({
+      name: SIGNATURE_FAILURES,
+      help: "Webhook deliveries refused because their signature did not verify",
+      labelNames: ["provider"],
+      registers: [registry],
+    });
+  const events =
+    (registry.getSingleMetric(EVENTS) as Counter<"provider" | "outcome"> | undefined) ??
+    new Counter({
+      name: EVENTS,
+      help: "Verified webhook deliveries, by provider and outcome",
+      labelNames: ["provider", "outcome"],
+      registers: [registry],
+    });
+  return { signatureFailures, events };
+}
