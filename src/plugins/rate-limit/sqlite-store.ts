@@ -123,7 +123,7 @@ export interface SqliteLimiterStoreOptions {
   sqlite: Database;
   /** How long checks wait for a locked database in total; LIMITER_BUSY_WAIT_MS by default. */
   busyWaitMs?: number;
-  /** Rows deleted per prune call at most, so a prune never stalls the event loop. */
+  /** Rows deleted per event-loop turn at most, so a prune never stalls the event loop. */
   pruneBatch?: number;
 }
 
@@ -136,6 +136,7 @@ export class SqliteLimiterStore implements LimiterStore {
   private readonly queue = new CheckQueue((groups) => this.runGroups(groups));
   private backlog: Waiting[] = [];
   private retryTimer: Timer | null = null;
+  private pruneContinuation: ReturnType<typeof setImmediate> | null = null;
 
   constructor({
     sqlite,
@@ -167,12 +168,41 @@ export class SqliteLimiterStore implements LimiterStore {
     return Promise.resolve(estimateStored(stored, now, policy.windowMs));
   }
 
+  /**
+   * Deletes one batch of expired rows now and, while batches come back full, the next batch on each
+   * following event-loop turn: a flood of new addresses creates thousands of rows a second, and
+   * one batch per maintenance tick would let the table (and the file) grow without bound.
+   */
   prune(now: number): number {
+    const deleted = this.pruneBatchNow(now);
+    if (deleted === this.pruneBatch && this.pruneContinuation === null) this.continuePruning(now);
+    return deleted;
+  }
+
+  private pruneBatchNow(now: number): number {
     return this.statements.prune.all({ before: now, limit: this.pruneBatch }).length;
+  }
+
+  private continuePruning(now: number): void {
+    this.pruneContinuation = setImmediate(() => {
+      this.pruneContinuation = null;
+      let deleted: number;
+      try {
+        deleted = this.pruneBatchNow(now);
+      } catch {
+        // Locked or failing: the next maintenance tick starts over.
+        return;
+      }
+      if (deleted === this.pruneBatch) this.continuePruning(now);
+    });
   }
 
   close(): void {
     this.queue.flush();
+    if (this.pruneContinuation !== null) {
+      clearImmediate(this.pruneContinuation);
+      this.pruneContinuation = null;
+    }
     if (this.retryTimer !== null) {
       clearTimeout(this.retryTimer);
       this.retryTimer = null;

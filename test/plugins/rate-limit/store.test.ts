@@ -5,6 +5,7 @@ import { type AppDatabase, openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
 import { SqliteLimiterStore } from "../../../src/plugins/rate-limit/sqlite-store";
 import { tempDir } from "../../support/app";
+import { waitFor } from "../../support/wait";
 import { limiterStoreContract, minuteStart, policy } from "./store-contract";
 
 // Two stores on two connections to one file: what two processes of one VM share.
@@ -70,6 +71,56 @@ describe("SqliteLimiterStore: its table", () => {
     expect(small.prune(now + 300_000)).toBe(1);
     expect(small.prune(now + 300_000)).toBe(0);
     expect(count()).toBe(1);
+  });
+
+  test("a flood of expired rows is pruned on the following turns, live rows kept, one batch per turn", async () => {
+    const { db } = freshStore();
+    const small = new SqliteLimiterStore({ sqlite: db.$client, pruneBatch: 500 });
+    const now = minuteStart();
+    const insert = db.$client.prepare(
+      `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+        burst_window_start, burst_current, burst_previous, admitted, expires_at)
+       VALUES ('p', ?1, 0, 1, 0, 0, 1, 0, 1, ?2)`,
+    );
+    // Fifteen thousand addresses of a rotating flood that have gone quiet, and a few live ones.
+    db.$client.transaction(() => {
+      for (let i = 0; i < 15_000; i++) insert.run(`gone-${i}`, now - 1);
+      for (let i = 0; i < 7; i++) insert.run(`live-${i}`, now + 60_000);
+    })();
+    const count = () =>
+      (db.$client.query("SELECT count(*) AS n FROM rate_limit_counters").get() as { n: number }).n;
+    const turns: number[] = [];
+    const sampler = setInterval(() => turns.push(count()), 0);
+    expect(small.prune(now)).toBe(500);
+    expect(count()).toBe(15_007 - 500);
+    await waitFor(() => count() === 7, { timeoutMs: 10_000 });
+    clearInterval(sampler);
+    const keys = db.$client.query("SELECT key FROM rate_limit_counters ORDER BY key").all();
+    expect(keys).toEqual(Array.from({ length: 7 }, (_, i) => ({ key: `live-${i}` })));
+    // Other work ran between batches: the event loop was not held until the table was clean.
+    expect(new Set(turns).size).toBeGreaterThan(2);
+    small.close();
+  });
+
+  test("close stops a prune that is still catching up", async () => {
+    const { db } = freshStore();
+    const small = new SqliteLimiterStore({ sqlite: db.$client, pruneBatch: 10 });
+    const now = minuteStart();
+    const insert = db.$client.prepare(
+      `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+        burst_window_start, burst_current, burst_previous, admitted, expires_at)
+       VALUES ('p', ?1, 0, 1, 0, 0, 1, 0, 1, ?2)`,
+    );
+    db.$client.transaction(() => {
+      for (let i = 0; i < 100; i++) insert.run(`gone-${i}`, now - 1);
+    })();
+    small.prune(now);
+    small.close();
+    await Bun.sleep(20);
+    const { n } = db.$client.query("SELECT count(*) AS n FROM rate_limit_counters").get() as {
+      n: number;
+    };
+    expect(n).toBe(90);
   });
 
   test("a failing database rejects every check of the batch", async () => {
