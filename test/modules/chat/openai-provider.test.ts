@@ -222,6 +222,27 @@ describe("retries", () => {
     });
   });
 
+  test("an upstream nobody listens on: connection errors are retried, then unavailable", async () => {
+    const gone = await startOpenAiServer();
+    gone.stop();
+    const unreachable = createOpenAiProvider({
+      apiKey: "sk-any",
+      baseUrl: gone.url,
+      model: "local-model",
+      timeoutMs: 1_000,
+      logger: createLogger({ level: "debug", destination: logs }),
+      metrics: createUpstreamMetrics(registry),
+      clock,
+      random: () => 0,
+    });
+    const failure = await failureOf(
+      unreachable.complete(MESSAGES, { requestId: "req-refused-conn" }),
+    );
+    expect(failure.kind).toBe("unavailable");
+    expect(failure.reason).toBe("connection failed");
+    expect(failureLines().at(-1)).toMatchObject({ attempts: 3, upstreamStatus: null });
+  });
+
   test("an upstream asking for a wait beyond the cap is not waited for: unavailable at once with its Retry-After", async () => {
     upstream.enqueue({ kind: "error", status: 429, retryAfter: "120" });
     const started = performance.now();
@@ -522,6 +543,21 @@ describe("bad responses", () => {
       level: "error",
       kind: "bad_response",
     });
+  });
+
+  test("an error event or a chunk that is not an object mid-stream is bad_response", async () => {
+    upstream.enqueue(
+      {
+        kind: "malformed",
+        body: JSON.stringify({ error: { message: "overloaded", type: "server_error" } }),
+      },
+      { kind: "malformed", body: "42" },
+    );
+    const event = await collectUntilError(provider.stream(MESSAGES));
+    expect((event.error as UpstreamFailure).kind).toBe("bad_response");
+    expect((event.error as UpstreamFailure).reason).toBe("error event in stream");
+    const scalar = await collectUntilError(provider.stream(MESSAGES));
+    expect((scalar.error as UpstreamFailure).reason).toBe("malformed chunk");
   });
 
   test("an SSE chunk that is not JSON is bad_response", async () => {
