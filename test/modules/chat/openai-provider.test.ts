@@ -305,6 +305,13 @@ describe("retries", () => {
       ms: 2_100,
     });
     expect(retryDelay(1, undefined, now, () => 0)).toEqual({ kind: "wait", ms: 250 });
+    // Jitter never takes a wait past the cap.
+    expect(
+      retryDelay(1, headers({ "retry-after": String(MAX_RETRY_WAIT_MS / 1000) }), now, () => 0.9),
+    ).toEqual({
+      kind: "wait",
+      ms: MAX_RETRY_WAIT_MS,
+    });
     expect(retryDelay(2, undefined, now, () => 0.999)).toEqual({ kind: "wait", ms: 1_000 });
     expect(
       retryDelay(1, headers({ "retry-after": String(MAX_RETRY_WAIT_MS / 1000 + 1) }), now, () => 0),

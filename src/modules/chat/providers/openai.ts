@@ -9,9 +9,9 @@
  *   injected randomness, cap what an upstream may ask for (the SDK honours up to 60 s, too long for
  *   someone waiting on a reply), count attempts for the log, and stop at once on a caller abort.
  *   Waits: `Retry-After-Ms` / `Retry-After` (seconds or an HTTP date) when sent, plus up to 10 %
- *   jitter so clients told the same time do not return together; otherwise 500 ms × 2^(n−1) with
- *   equal jitter (250–500 ms, then 500–1000 ms). An upstream asking for more than 10 s is not
- *   waited for: the request fails `unavailable` at once and the client is told that wait.
+ *   jitter (within the cap) so clients told the same time do not return together; otherwise
+ *   500 ms × 2^(n−1) with equal jitter (250–500 ms, then 500–1000 ms). An upstream asking for more
+ *   than 10 s is not waited for: the request fails `unavailable` at once with that wait.
  * - **Timeout**: `timeoutMs` bounds each attempt until its full JSON body, and for a stream until
  *   the response opens and then between two chunks (an upstream gone silent mid-stream).
  * - **Circuit breaker** (circuit-breaker.ts) around each logical request, so it sees one verdict per
@@ -104,7 +104,10 @@ export function retryDelay(
     if (asked > MAX_RETRY_WAIT_MS) {
       return { kind: "give_up", retryAfterSeconds: Math.ceil(asked / 1000) };
     }
-    return { kind: "wait", ms: Math.round(asked * (1 + 0.1 * random())) };
+    return {
+      kind: "wait",
+      ms: Math.min(MAX_RETRY_WAIT_MS, Math.round(asked * (1 + 0.1 * random()))),
+    };
   }
   const exponential = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (attempt - 1));
   return { kind: "wait", ms: Math.round(exponential / 2 + (exponential / 2) * random()) };
