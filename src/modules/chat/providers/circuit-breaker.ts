@@ -1,0 +1,134 @@
+/**
+ * @module
+ * A circuit breaker for one upstream, so an outage answers at once instead of piling requests up.
+ *
+ * - **closed**: every call goes through; `failureThreshold` (5) consecutive failed calls open it.
+ *   A success resets the count.
+ * - **open**: every call is refused without touching the network, for `openMs` (30 s).
+ * - **half-open**: after `openMs`, ONE call is let through as a trial; the others are refused at
+ *   once while it runs. The trial's success closes the circuit; its failure opens it for another
+ *   `openMs`. A trial that ends neither way (the caller went away) frees the slot for the next call.
+ *
+ * A call is one logical request (retries included): the caller settles its permit once. Permits
+ * carry the generation they were granted in, and a permit from an earlier generation (a slow call
+ * that started before the circuit opened) settles nothing, so it cannot close a circuit it never
+ * tested nor extend an open one. Time comes from an injected clock; the half-open transition is
+ * computed when a call asks, so there is no timer to stop.
+ */
+import type { Clock } from "../../../clock";
+
+export type CircuitState = "closed" | "open" | "half_open";
+
+export interface CircuitBreakerOptions {
+  clock: Clock;
+  /** Consecutive failed calls that open the circuit. @default 5 */
+  failureThreshold?: number;
+  /** How long the circuit stays open before one trial call. @default 30_000 */
+  openMs?: number;
+  /** Told of every state change (metrics, logs). */
+  onStateChange?: (state: CircuitState, previous: CircuitState) => void;
+}
+
+/** A granted call. Settle it once: `success`, `failure`, or `release` (no verdict on the upstream). */
+export interface CircuitPermit {
+  success(): void;
+  failure(): void;
+  release(): void;
+}
+
+export type CircuitDecision =
+  | { kind: "allowed"; permit: CircuitPermit }
+  | { kind: "refused"; retryAfterSeconds: number };
+
+export class CircuitBreaker {
+  private readonly clock: Clock;
+  private readonly failureThreshold: number;
+  private readonly openMs: number;
+  private readonly onStateChange?: (state: CircuitState, previous: CircuitState) => void;
+  private current: CircuitState = "closed";
+  private consecutiveFailures = 0;
+  private openedAt = 0;
+  private trialRunning = false;
+  /** Bumped on every state change: a permit from an older generation settles nothing. */
+  private generation = 0;
+
+  constructor(options: CircuitBreakerOptions) {
+    this.clock = options.clock;
+    this.failureThreshold = options.failureThreshold ?? 5;
+    this.openMs = options.openMs ?? 30_000;
+    this.onStateChange = options.onStateChange;
+  }
+
+  /** The state now (an open circuit whose time has passed reads as half-open). */
+  get state(): CircuitState {
+    this.advance();
+    return this.current;
+  }
+
+  /** Asks to make one call. Never throws; a refusal says how long to wait. */
+  acquire(): CircuitDecision {
+    this.advance();
+    if (this.current === "open") {
+      return { kind: "refused", retryAfterSeconds: this.secondsUntilHalfOpen() };
+    }
+    if (this.current === "half_open") {
+      // One trial at a time; the others learn nothing by queueing behind it.
+      if (this.trialRunning) return { kind: "refused", retryAfterSeconds: 1 };
+      this.trialRunning = true;
+      return { kind: "allowed", permit: this.permit(true) };
+    }
+    return { kind: "allowed", permit: this.permit(false) };
+  }
+
+  private permit(trial: boolean): CircuitPermit {
+    const generation = this.generation;
+    let settled = false;
+    const settle = (verdict: "success" | "failure" | "release") => {
+      if (settled) return;
+      settled = true;
+      if (generation !== this.generation) return;
+      if (trial) this.trialRunning = false;
+      if (verdict === "success") {
+        this.consecutiveFailures = 0;
+        if (this.current !== "closed") this.transition("closed");
+      } else if (verdict === "failure") {
+        if (trial) {
+          this.open();
+        } else {
+          this.consecutiveFailures += 1;
+          if (this.consecutiveFailures >= this.failureThreshold) this.open();
+        }
+      }
+    };
+    return {
+      success: () => settle("success"),
+      failure: () => settle("failure"),
+      release: () => settle("release"),
+    };
+  }
+
+  private open(): void {
+    this.openedAt = this.clock.now();
+    this.consecutiveFailures = 0;
+    this.transition("open");
+  }
+
+  private advance(): void {
+    if (this.current === "open" && this.clock.now() - this.openedAt >= this.openMs) {
+      this.trialRunning = false;
+      this.transition("half_open");
+    }
+  }
+
+  private transition(next: CircuitState): void {
+    const previous = this.current;
+    this.current = next;
+    this.generation += 1;
+    if (previous !== next) this.onStateChange?.(next, previous);
+  }
+
+  private secondsUntilHalfOpen(): number {
+    const remainingMs = this.openedAt + this.openMs - this.clock.now();
+    return Math.max(1, Math.ceil(remainingMs / 1000));
+  }
+}

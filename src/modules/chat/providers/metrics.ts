@@ -1,0 +1,40 @@
+/**
+ * @module
+ * The upstream metrics, beside the providers that count them. Get-or-create per registry, so two
+ * providers (or two builds of one) on one app share the series instead of registering twice.
+ */
+import { Gauge, Histogram, type Registry } from "prom-client";
+
+export interface UpstreamMetrics {
+  /** One observation per HTTP request to the upstream (each retry is its own), streams until their end. */
+  requestDuration: Histogram<"provider">;
+  /** 1 while the provider's circuit is open or half-open, 0 while closed. */
+  circuitOpen: Gauge<"provider">;
+}
+
+const REQUEST_DURATION = "upstream_request_duration_seconds";
+const CIRCUIT_OPEN = "upstream_circuit_open";
+
+/** LLM calls run from tens of milliseconds (a cached or local model) to a minute (a long stream). */
+export const UPSTREAM_DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60];
+
+export function createUpstreamMetrics(registry: Registry): UpstreamMetrics {
+  const requestDuration =
+    (registry.getSingleMetric(REQUEST_DURATION) as Histogram<"provider"> | undefined) ??
+    new Histogram({
+      name: REQUEST_DURATION,
+      help: "Duration of each HTTP request to a chat upstream (a stream until its last chunk)",
+      labelNames: ["provider"],
+      buckets: UPSTREAM_DURATION_BUCKETS,
+      registers: [registry],
+    });
+  const circuitOpen =
+    (registry.getSingleMetric(CIRCUIT_OPEN) as Gauge<"provider"> | undefined) ??
+    new Gauge({
+      name: CIRCUIT_OPEN,
+      help: "1 while the upstream's circuit breaker is open or half-open, 0 while closed",
+      labelNames: ["provider"],
+      registers: [registry],
+    });
+  return { requestDuration, circuitOpen };
+}

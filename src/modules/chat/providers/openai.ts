@@ -1,0 +1,472 @@
+/**
+ * @module
+ * The OpenAI-compatible provider: the official `openai` SDK pointed at `OPENAI_BASE_URL` (OpenAI,
+ * Azure-compatible gateways, Ollama, vLLM, llama.cpp all speak `/v1/chat/completions`).
+ *
+ * How it fails, and why:
+ * - **Retries are ours, not the SDK's** (`maxRetries: 0`): one logical request makes at most 3
+ *   attempts, retrying 408/429/5xx, connection errors and timeouts. Our loop lets the waits use the
+ *   injected randomness, cap what an upstream may ask for (the SDK honours up to 60 s, too long for
+ *   someone waiting on a reply), count attempts for the log, and stop at once on a caller abort.
+ *   Waits: `Retry-After-Ms` / `Retry-After` (seconds or an HTTP date) when sent, plus up to 10 %
+ *   jitter (within the cap) so clients told the same time do not return together; otherwise
+ *   500 ms × 2^(n−1) with equal jitter (250–500 ms, then 500–1000 ms). An upstream asking for more
+ *   than 10 s is not waited for: the request fails `unavailable` at once with that wait.
+ * - **Timeout**: `timeoutMs` bounds each attempt until its full JSON body, and for a stream until
+ *   the response opens and then between two chunks (an upstream gone silent mid-stream).
+ * - **Circuit breaker** (circuit-breaker.ts) around each logical request, so it sees one verdict per
+ *   request, never one per attempt. 4xx refusals prove the upstream is up and count as successes;
+ *   malformed answers, cut streams and exhausted retries count as failures; a caller abort counts
+ *   as nothing.
+ * - **Errors** are `UpstreamFailure`: `unavailable` (→ 503) for an open circuit, exhausted retries and
+ *   timeouts; `bad_response` (→ 502) for 400/401/403/404-style refusals, a body that is not the
+ *   completion shape, an SSE chunk that is not JSON, a stream that ends without a finish_reason. A
+ *   caller abort is thrown as the signal's reason (an `AbortError`), not as an upstream failure.
+ * - **Logs**: each failed request once, with request id, provider, model, upstream status, attempts
+ *   and a reason we wrote. Never the messages, never the upstream's error text (OpenAI echoes part
+ *   of a wrong key in it), never the key. The SDK's own console logging is off.
+ * - **Usage**: the upstream's `usage` (the JSON body's, or the stream's final chunk with
+ *   `stream_options.include_usage`); servers that send none get an estimate of one token per four
+ *   characters (`estimateTokens`), never zero.
+ */
+import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
+import type { Clock } from "../../../clock";
+import { systemClock } from "../../../clock";
+import type { Logger } from "../../../logging/logger";
+import { CircuitBreaker, type CircuitPermit } from "./circuit-breaker";
+import type { UpstreamMetrics } from "./metrics";
+import {
+  type ChatMessage,
+  type ChatProvider,
+  type Completion,
+  type CompletionOptions,
+  type Delta,
+  type TokenUsage,
+  UpstreamFailure,
+} from "./provider";
+
+const PROVIDER = "openai";
+/** One request and at most two retries. */
+export const MAX_ATTEMPTS = 3;
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 4_000;
+/** The longest an upstream's Retry-After is waited for; beyond it the request fails at once. */
+export const MAX_RETRY_WAIT_MS = 10_000;
+
+export interface OpenAiProviderOptions {
+  /** Any non-empty string for servers that ignore it (Ollama, vLLM, llama.cpp). */
+  apiKey: string;
+  /** `OPENAI_BASE_URL`, up to and including `/v1`; the SDK's default (api.openai.com) when absent. */
+  baseUrl?: string | null;
+  model: string;
+  /** Per attempt: to the full body, or for a stream to its opening and then between chunks. */
+  timeoutMs: number;
+  logger: Logger;
+  metrics: UpstreamMetrics;
+  /** The circuit breaker's time and HTTP-date Retry-After. @default systemClock */
+  clock?: Clock;
+  /** Backoff jitter, in [0, 1). @default Math.random */
+  random?: () => number;
+}
+
+/** About one token per four characters: the usual rule for English under OpenAI's tokenizers. */
+export function estimateTokens(text: string): number {
+  return Math.ceil(text.length / 4);
+}
+
+function estimatePromptTokens(messages: readonly ChatMessage[]): number {
+  return estimateTokens(messages.map((message) => message.content).join(""));
+}
+
+/** A failed attempt, classified: may it be retried, and what does the breaker learn from it. */
+interface AttemptFailure {
+  kind: "unavailable" | "bad_response";
+  retryable: boolean;
+  /** Does this failure say the upstream is unwell (breaker failure) or merely refused us. */
+  upstreamFault: boolean;
+  status?: number;
+  reason: string;
+  headers?: Headers;
+}
+
+/**
+ * How long to wait before attempt `attempt + 1`, or why not to. The upstream's own wait wins when
+ * it sends one (`retry-after-ms`, then `retry-after` in seconds or as an HTTP date).
+ */
+export function retryDelay(
+  attempt: number,
+  headers: Headers | undefined,
+  now: number,
+  random: () => number,
+): { kind: "wait"; ms: number } | { kind: "give_up"; retryAfterSeconds: number } {
+  const asked = requestedWaitMs(headers, now);
+  if (asked !== undefined) {
+    if (asked > MAX_RETRY_WAIT_MS) {
+      return { kind: "give_up", retryAfterSeconds: Math.ceil(asked / 1000) };
+    }
+    return {
+      kind: "wait",
+      ms: Math.min(MAX_RETRY_WAIT_MS, Math.round(asked * (1 + 0.1 * random()))),
+    };
+  }
+  const exponential = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (attempt - 1));
+  return { kind: "wait", ms: Math.round(exponential / 2 + (exponential / 2) * random()) };
+}
+
+/** The wait an upstream asked for, in milliseconds, if it asked for a usable one. */
+export function requestedWaitMs(headers: Headers | undefined, now: number): number | undefined {
+  const ms = headers?.get("retry-after-ms");
+  if (ms && /^\d+(\.\d+)?$/.test(ms.trim())) return Number(ms.trim());
+  const value = headers?.get("retry-after")?.trim();
+  if (!value) return undefined;
+  if (/^\d+$/.test(value)) return Number(value) * 1000;
+  const date = Date.parse(value);
+  if (Number.isNaN(date)) return undefined;
+  return Math.max(0, date - now);
+}
+
+function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException("This operation was aborted", "AbortError");
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(abortReason(signal));
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(abortReason(signal as AbortSignal));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** What an SDK error means for us. Reasons are ours: the upstream's message is never kept. */
+function classify(error: unknown): AttemptFailure {
+  if (error instanceof APIConnectionTimeoutError) {
+    return { kind: "unavailable", retryable: true, upstreamFault: true, reason: "timeout" };
+  }
+  if (error instanceof APIConnectionError) {
+    return {
+      kind: "unavailable",
+      retryable: true,
+      upstreamFault: true,
+      reason: "connection failed",
+    };
+  }
+  if (error instanceof APIError && typeof error.status === "number") {
+    const status = error.status;
+    const headers = error.headers instanceof Headers ? error.headers : undefined;
+    if (status === 408 || status === 429 || status >= 500) {
+      const reason = status === 429 ? "rate limited by upstream" : `upstream status ${status}`;
+      return { kind: "unavailable", retryable: true, upstreamFault: true, status, reason, headers };
+    }
+    return {
+      kind: "bad_response",
+      retryable: false,
+      upstreamFault: false,
+      status,
+      reason: `upstream refused the request (status ${status})`,
+    };
+  }
+  if (error instanceof SyntaxError) {
+    return {
+      kind: "bad_response",
+      retryable: false,
+      upstreamFault: true,
+      reason: "malformed JSON",
+    };
+  }
+  return {
+    kind: "bad_response",
+    retryable: false,
+    upstreamFault: true,
+    reason: "unexpected error",
+  };
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function isCount(value: unknown): value is number {
+  return typeof value === "number" && Number.isInteger(value) && value >= 0;
+}
+
+/** The upstream's usage when it is well-formed, else undefined. */
+function readUsage(value: unknown): TokenUsage | undefined {
+  if (!isRecord(value)) return undefined;
+  const { prompt_tokens: prompt, completion_tokens: completion } = value;
+  if (!isCount(prompt) || !isCount(completion)) return undefined;
+  return { promptTokens: prompt, completionTokens: completion };
+}
+
+/** The reply text of a chat.completion body, or undefined when the body is not that shape. */
+function readCompletionText(body: unknown): string | undefined {
+  if (!isRecord(body) || !Array.isArray(body.choices)) return undefined;
+  const choice = body.choices[0];
+  if (!isRecord(choice) || !isRecord(choice.message)) return undefined;
+  const { content, refusal } = choice.message;
+  if (typeof content === "string") return content;
+  if (typeof refusal === "string") return refusal;
+  return undefined;
+}
+
+export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvider {
+  const { model, timeoutMs, logger, metrics } = options;
+  const clock = options.clock ?? systemClock;
+  const random = options.random ?? Math.random;
+  const client = new OpenAI({
+    apiKey: options.apiKey,
+    baseURL: options.baseUrl ?? undefined,
+    timeout: timeoutMs,
+    maxRetries: 0,
+    logLevel: "off",
+  });
+  const breaker = new CircuitBreaker({
+    clock,
+    onStateChange(state, previous) {
+      metrics.circuitOpen.labels(PROVIDER).set(state === "closed" ? 0 : 1);
+      const line = { provider: PROVIDER, model, state, previous };
+      if (state === "open") logger.error(line, "chat upstream circuit opened");
+      else logger.info(line, "chat upstream circuit changed state");
+    },
+  });
+  metrics.circuitOpen.labels(PROVIDER).set(0);
+
+  function logFailure(
+    failure: UpstreamFailure,
+    requestId: string | undefined,
+    attempts: number,
+    status?: number,
+  ) {
+    const line = {
+      requestId: requestId ?? null,
+      provider: PROVIDER,
+      model,
+      upstreamStatus: status ?? null,
+      attempts,
+      kind: failure.kind,
+      reason: failure.reason,
+    };
+    if (failure.kind === "bad_response") logger.error(line, "chat upstream failed");
+    else logger.warn(line, "chat upstream failed");
+  }
+
+  /** Takes a breaker permit, or throws (and logs) the refusal. */
+  function admit(requestId: string | undefined): CircuitPermit {
+    const decision = breaker.acquire();
+    if (decision.kind === "allowed") return decision.permit;
+    const failure = new UpstreamFailure("unavailable", "circuit open", decision.retryAfterSeconds);
+    logFailure(failure, requestId, 0);
+    throw failure;
+  }
+
+  function observe(startedAt: number) {
+    metrics.requestDuration.labels(PROVIDER).observe((performance.now() - startedAt) / 1000);
+  }
+
+  /** Ends a logical request in failure: the breaker's verdict, one log line, the error to throw. */
+  function fail(
+    permit: CircuitPermit,
+    failure: UpstreamFailure,
+    upstreamFault: boolean,
+    context: { requestId: string | undefined; attempts: number; status?: number },
+  ): UpstreamFailure {
+    if (upstreamFault) permit.failure();
+    else permit.success();
+    logFailure(failure, context.requestId, context.attempts, context.status);
+    return failure;
+  }
+
+  /**
+   * Runs `attempt` (one HTTP request) up to MAX_ATTEMPTS times and returns its value, or throws the
+   * request's UpstreamFailure (logged, breaker told) or the caller's abort (breaker told nothing).
+   * Failed attempts are observed here; a successful one is observed by its caller, which knows
+   * when the response ends.
+   */
+  async function withRetries<T>(
+    permit: CircuitPermit,
+    signal: AbortSignal | undefined,
+    requestId: string | undefined,
+    attempt: () => Promise<T>,
+  ): Promise<{ value: T; attempts: number }> {
+    for (let attempts = 1; ; attempts++) {
+      const startedAt = performance.now();
+      let failed: AttemptFailure;
+      try {
+        return { value: await attempt(), attempts };
+      } catch (error) {
+        observe(startedAt);
+        if (signal?.aborted) {
+          permit.release();
+          throw abortReason(signal);
+        }
+        failed = classify(error);
+      }
+      let retryAfterSeconds: number | undefined;
+      if (failed.retryable && attempts < MAX_ATTEMPTS) {
+        const delay = retryDelay(attempts, failed.headers, clock.now(), random);
+        if (delay.kind === "wait") {
+          try {
+            await sleep(delay.ms, signal);
+          } catch (abort) {
+            permit.release();
+            throw abort;
+          }
+          continue;
+        }
+        retryAfterSeconds = delay.retryAfterSeconds;
+      } else {
+        const asked = requestedWaitMs(failed.headers, clock.now());
+        if (asked !== undefined) retryAfterSeconds = Math.max(1, Math.ceil(asked / 1000));
+      }
+      const failure = new UpstreamFailure(failed.kind, failed.reason, retryAfterSeconds);
+      throw fail(permit, failure, failed.upstreamFault, {
+        requestId,
+        attempts,
+        status: failed.status,
+      });
+    }
+  }
+
+  function toRequest(messages: readonly ChatMessage[]) {
+    return messages.map((message) => ({ role: message.role, content: message.content }));
+  }
+
+  async function complete(
+    messages: readonly ChatMessage[],
+    opts: CompletionOptions = {},
+  ): Promise<Completion> {
+    const { signal, requestId } = opts;
+    if (signal?.aborted) throw abortReason(signal);
+    const permit = admit(requestId);
+    let startedAt = performance.now();
+    const { value: body, attempts } = await withRetries(permit, signal, requestId, async () => {
+      startedAt = performance.now();
+      const body: unknown = await client.chat.completions.create(
+        { model, messages: toRequest(messages), stream: false },
+        { signal },
+      );
+      return body;
+    });
+    observe(startedAt);
+    const text = readCompletionText(body);
+    if (text === undefined) {
+      const failure = new UpstreamFailure("bad_response", "response is not a chat completion");
+      throw fail(permit, failure, true, { requestId, attempts, status: 200 });
+    }
+    permit.success();
+    if (attempts > 1) {
+      const line = { requestId: requestId ?? null, provider: PROVIDER, model, attempts };
+      logger.info(line, "chat upstream answered after a retry");
+    }
+    const usage = readUsage(isRecord(body) ? body.usage : undefined) ?? {
+      promptTokens: estimatePromptTokens(messages),
+      completionTokens: estimateTokens(text),
+    };
+    return { text, usage };
+  }
+
+  async function* stream(
+    messages: readonly ChatMessage[],
+    opts: CompletionOptions = {},
+  ): AsyncGenerator<Delta> {
+    const { signal, requestId } = opts;
+    if (signal?.aborted) throw abortReason(signal);
+    const permit = admit(requestId);
+    // Our own abort, for a stream gone silent or a consumer that stopped reading; the caller's
+    // signal is joined to it.
+    const own = new AbortController();
+    const joined = signal ? AbortSignal.any([signal, own.signal]) : own.signal;
+    let startedAt = performance.now();
+    let settled = false;
+    try {
+      const { value: chunks, attempts } = await withRetries(permit, signal, requestId, () => {
+        startedAt = performance.now();
+        return client.chat.completions.create(
+          {
+            model,
+            messages: toRequest(messages),
+            stream: true,
+            stream_options: { include_usage: true },
+          },
+          { signal: joined },
+        );
+      });
+
+      const iterator: AsyncIterator<unknown> = chunks[Symbol.asyncIterator]();
+      let text = "";
+      let finished = false;
+      let usage: TokenUsage | undefined;
+      let idle = false;
+      let broken: string | undefined;
+      while (true) {
+        // Only the upstream's silence is timed, not the time our consumer takes with a delta.
+        const timer = setTimeout(() => {
+          idle = true;
+          own.abort();
+        }, timeoutMs);
+        let next: IteratorResult<unknown>;
+        try {
+          next = await iterator.next();
+        } catch (error) {
+          broken =
+            error instanceof SyntaxError
+              ? "malformed chunk"
+              : error instanceof APIError && error.status === undefined
+                ? "error event in stream"
+                : "stream cut";
+          break;
+        } finally {
+          clearTimeout(timer);
+        }
+        if (next.done) break;
+        const chunk = next.value;
+        if (!isRecord(chunk)) {
+          broken = "malformed chunk";
+          break;
+        }
+        usage = readUsage(chunk.usage) ?? usage;
+        const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+        if (isRecord(choice)) {
+          const delta = isRecord(choice.delta) ? choice.delta.content : undefined;
+          if (typeof delta === "string" && delta !== "") {
+            text += delta;
+            yield { kind: "text", text: delta };
+          }
+          if (typeof choice.finish_reason === "string") finished = true;
+        }
+      }
+      observe(startedAt);
+      // The SDK ends a stream quietly when its request is aborted: find out whose abort it was.
+      if (signal?.aborted) throw abortReason(signal);
+      let failure: UpstreamFailure | undefined;
+      if (idle) failure = new UpstreamFailure("unavailable", "timeout mid-stream");
+      else if (broken) failure = new UpstreamFailure("bad_response", broken);
+      else if (!finished)
+        failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
+      settled = true;
+      if (failure) throw fail(permit, failure, true, { requestId, attempts, status: 200 });
+      permit.success();
+      yield {
+        kind: "usage",
+        usage: usage ?? {
+          promptTokens: estimatePromptTokens(messages),
+          completionTokens: estimateTokens(text),
+        },
+      };
+    } finally {
+      // A consumer that stops reading, or a caller abort: close the upstream request, no verdict.
+      if (!settled) {
+        own.abort();
+        permit.release();
+      }
+    }
+  }
+
+  return { name: PROVIDER, complete, stream };
+}

@@ -1,0 +1,105 @@
+/**
+ * The circuit breaker on its own, with a hand-moved clock: the transitions, the single trial, and
+ * the permits that must not settle anything (released trials, calls from an earlier state).
+ */
+import { describe, expect, test } from "bun:test";
+import {
+  CircuitBreaker,
+  type CircuitDecision,
+  type CircuitPermit,
+  type CircuitState,
+} from "../../../src/modules/chat/providers/circuit-breaker";
+import { ManualClock } from "../../support/clock";
+
+function permitOf(decision: CircuitDecision): CircuitPermit {
+  if (decision.kind !== "allowed") throw new Error(`expected a permit, was ${decision.kind}`);
+  return decision.permit;
+}
+
+function setup() {
+  const clock = new ManualClock();
+  const changes: [CircuitState, CircuitState][] = [];
+  const breaker = new CircuitBreaker({
+    clock,
+    onStateChange: (state, previous) => changes.push([state, previous]),
+  });
+  const fail = (times: number) => {
+    for (let i = 0; i < times; i++) permitOf(breaker.acquire()).failure();
+  };
+  return { clock, breaker, changes, fail };
+}
+
+describe("circuit breaker", () => {
+  test("stays closed through four failures and opens on the fifth consecutive one", () => {
+    const { breaker, changes, fail } = setup();
+    fail(4);
+    expect(breaker.state).toBe("closed");
+    fail(1);
+    expect(breaker.state).toBe("open");
+    expect(breaker.acquire()).toEqual({ kind: "refused", retryAfterSeconds: 30 });
+    expect(changes).toEqual([["open", "closed"]]);
+  });
+
+  test("counts down the refusal's Retry-After and lets one trial through after 30 s", () => {
+    const { clock, breaker, fail } = setup();
+    fail(5);
+    clock.advance(12_500);
+    expect(breaker.acquire()).toEqual({ kind: "refused", retryAfterSeconds: 18 });
+    clock.advance(17_500);
+    expect(breaker.state).toBe("half_open");
+    const trial = permitOf(breaker.acquire());
+    expect(breaker.acquire()).toEqual({ kind: "refused", retryAfterSeconds: 1 });
+    trial.success();
+    expect(breaker.state).toBe("closed");
+    expect(breaker.acquire().kind).toBe("allowed");
+  });
+
+  test("a failed trial opens it for another full 30 s", () => {
+    const { clock, breaker, changes, fail } = setup();
+    fail(5);
+    clock.advance(30_000);
+    permitOf(breaker.acquire()).failure();
+    expect(breaker.acquire()).toEqual({ kind: "refused", retryAfterSeconds: 30 });
+    clock.advance(29_999);
+    expect(breaker.acquire().kind).toBe("refused");
+    clock.advance(1);
+    expect(breaker.acquire().kind).toBe("allowed");
+    expect(changes.map(([state]) => state)).toEqual(["open", "half_open", "open", "half_open"]);
+  });
+
+  test("a released trial (the caller went away) frees the slot without a verdict", () => {
+    const { clock, breaker, fail } = setup();
+    fail(5);
+    clock.advance(30_000);
+    permitOf(breaker.acquire()).release();
+    expect(breaker.state).toBe("half_open");
+    const second = permitOf(breaker.acquire());
+    second.success();
+    expect(breaker.state).toBe("closed");
+  });
+
+  test("a permit settles once, and one from before the circuit opened settles nothing", () => {
+    const { clock, breaker, fail } = setup();
+    const slow = permitOf(breaker.acquire());
+    fail(5);
+    // A success that started before the outage does not close a circuit it never tested.
+    slow.success();
+    expect(breaker.state).toBe("open");
+    clock.advance(30_000);
+    const trial = permitOf(breaker.acquire());
+    trial.failure();
+    trial.success();
+    expect(breaker.state).toBe("open");
+  });
+
+  test("a success resets the consecutive count; releases count for nothing", () => {
+    const { breaker, fail } = setup();
+    fail(4);
+    permitOf(breaker.acquire()).success();
+    fail(4);
+    for (let i = 0; i < 10; i++) permitOf(breaker.acquire()).release();
+    expect(breaker.state).toBe("closed");
+    fail(1);
+    expect(breaker.state).toBe("open");
+  });
+});

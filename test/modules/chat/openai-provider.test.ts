@@ -1,0 +1,621 @@
+/**
+ * The OpenAI-compatible provider through the real `openai` SDK against a local server that speaks
+ * the wire protocol (test/support/openai-server.ts): replies, streams, usage, retries, timeouts, the
+ * circuit breaker, caller aborts seen at the server, failures, logs and metrics.
+ */
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { createLogger } from "../../../src/logging/logger";
+import { createUpstreamMetrics } from "../../../src/modules/chat/providers/metrics";
+import {
+  createOpenAiProvider,
+  estimateTokens,
+  MAX_RETRY_WAIT_MS,
+  requestedWaitMs,
+  retryDelay,
+} from "../../../src/modules/chat/providers/openai";
+import {
+  type ChatMessage,
+  type ChatProvider,
+  type Delta,
+  UpstreamFailure,
+} from "../../../src/modules/chat/providers/provider";
+import { createMetricsRegistry, type Registry } from "../../../src/plugins/metrics/registry";
+import { LogCapture } from "../../support/app";
+import { ManualClock } from "../../support/clock";
+import { type OpenAiServer, startOpenAiServer } from "../../support/openai-server";
+
+const SECRET_TEXT = "my card ends in 4242 and my secret plan is zebra-omelette";
+const MESSAGES: ChatMessage[] = [
+  { role: "system", content: "You are the Palisade helper." },
+  { role: "user", content: "What is Palisade?" },
+  { role: "assistant", content: "A hardened chatbot backend." },
+  { role: "user", content: SECRET_TEXT },
+];
+
+let upstream: OpenAiServer;
+let logs: LogCapture;
+let registry: Registry;
+let clock: ManualClock;
+let provider: ChatProvider;
+
+function build(overrides: { apiKey?: string; timeoutMs?: number } = {}): ChatProvider {
+  return createOpenAiProvider({
+    apiKey: overrides.apiKey ?? upstream.apiKey,
+    baseUrl: upstream.url,
+    model: "local-model",
+    timeoutMs: overrides.timeoutMs ?? 2_000,
+    logger: createLogger({ level: "debug", destination: logs }),
+    metrics: createUpstreamMetrics(registry),
+    clock,
+    random: () => 0,
+  });
+}
+
+beforeEach(async () => {
+  upstream = await startOpenAiServer();
+  logs = new LogCapture();
+  registry = createMetricsRegistry();
+  clock = new ManualClock();
+  provider = build();
+});
+
+afterEach(() => {
+  upstream.stop();
+});
+
+async function failureOf(promise: Promise<unknown>): Promise<UpstreamFailure> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof UpstreamFailure) return error;
+    throw error;
+  }
+  throw new Error("expected an UpstreamFailure");
+}
+
+async function collect(deltas: AsyncIterable<Delta>): Promise<Delta[]> {
+  const out: Delta[] = [];
+  for await (const delta of deltas) out.push(delta);
+  return out;
+}
+
+/** Consumes a stream, keeping what arrived before it threw. */
+async function collectUntilError(
+  deltas: AsyncIterable<Delta>,
+): Promise<{ received: Delta[]; error: unknown }> {
+  const received: Delta[] = [];
+  try {
+    for await (const delta of deltas) received.push(delta);
+  } catch (error) {
+    return { received, error };
+  }
+  return { received, error: undefined };
+}
+
+function textOf(deltas: Delta[]): string {
+  return deltas.map((delta) => (delta.kind === "text" ? delta.text : "")).join("");
+}
+
+function failureLines() {
+  return logs.entries.filter((entry) => entry.msg === "chat upstream failed");
+}
+
+describe("replies", () => {
+  test("complete sends the messages in order, system prompt first as given, and returns text and usage", async () => {
+    upstream.enqueue({
+      kind: "reply",
+      text: "Palisade guards chatbots.",
+      usage: { prompt: 41, completion: 5 },
+    });
+    const completion = await provider.complete(MESSAGES, { requestId: "req-1" });
+    expect(completion).toEqual({
+      text: "Palisade guards chatbots.",
+      usage: { promptTokens: 41, completionTokens: 5 },
+    });
+    expect(upstream.requests).toHaveLength(1);
+    const [request] = upstream.requests;
+    expect(request?.path).toBe("/v1/chat/completions");
+    expect(request?.authorized).toBe(true);
+    expect(request?.body.model).toBe("local-model");
+    expect(request?.body.messages).toEqual(MESSAGES);
+    expect(request?.body.stream).toBe(false);
+  });
+
+  test("stream yields the text as it arrives, then the usage from the final chunk, last", async () => {
+    upstream.enqueue({
+      kind: "reply",
+      chunks: ["Pali", "sade ", "guards."],
+      usage: { prompt: 17, completion: 3 },
+    });
+    const deltas = await collect(provider.stream(MESSAGES));
+    expect(deltas).toEqual([
+      { kind: "text", text: "Pali" },
+      { kind: "text", text: "sade " },
+      { kind: "text", text: "guards." },
+      { kind: "usage", usage: { promptTokens: 17, completionTokens: 3 } },
+    ]);
+    const [request] = upstream.requests;
+    expect(request?.body.stream).toBe(true);
+    expect(request?.body.stream_options).toEqual({ include_usage: true });
+    expect(request?.body.messages).toEqual(MESSAGES);
+  });
+
+  test("an upstream that sends no usage gets an estimate of a token per four characters, not zero", async () => {
+    const messages: ChatMessage[] = [
+      { role: "system", content: "abcd" },
+      { role: "user", content: "efghijklm" },
+    ];
+    upstream.enqueue({ kind: "reply", text: "0123456789", usage: false });
+    const completion = await provider.complete(messages);
+    // 13 prompt characters → 4 tokens; 10 reply characters → 3 tokens.
+    expect(completion.usage).toEqual({ promptTokens: 4, completionTokens: 3 });
+
+    upstream.enqueue({ kind: "reply", chunks: ["01234", "56789"], usage: false });
+    const deltas = await collect(provider.stream(messages));
+    expect(deltas.at(-1)).toEqual({
+      kind: "usage",
+      usage: { promptTokens: 4, completionTokens: 3 },
+    });
+    expect(estimateTokens("")).toBe(0);
+    expect(estimateTokens("abcde")).toBe(2);
+  });
+});
+
+describe("retries", () => {
+  test("429 with Retry-After: 1 is waited for, then the retry succeeds", async () => {
+    upstream.enqueue(
+      { kind: "error", status: 429, retryAfter: "1" },
+      { kind: "reply", text: "after the wait" },
+    );
+    const completion = await provider.complete(MESSAGES);
+    expect(completion.text).toBe("after the wait");
+    expect(upstream.requests).toHaveLength(2);
+    const gap = (upstream.requests[1]?.receivedAt ?? 0) - (upstream.requests[0]?.receivedAt ?? 0);
+    expect(gap).toBeGreaterThanOrEqual(950);
+    expect(gap).toBeLessThan(3_000);
+    expect(failureLines()).toHaveLength(0);
+  });
+
+  test("retry-after-ms is honoured, for a stream as well", async () => {
+    upstream.enqueue(
+      { kind: "error", status: 503, retryAfterMs: "400" },
+      { kind: "reply", text: "streamed" },
+    );
+    const deltas = await collect(provider.stream(MESSAGES));
+    expect(textOf(deltas)).toBe("streamed");
+    const gap = (upstream.requests[1]?.receivedAt ?? 0) - (upstream.requests[0]?.receivedAt ?? 0);
+    expect(gap).toBeGreaterThanOrEqual(380);
+    expect(gap).toBeLessThan(2_000);
+  });
+
+  test("500 then success: one retry after the jittered backoff", async () => {
+    upstream.enqueue({ kind: "error", status: 500 }, { kind: "reply", text: "recovered" });
+    expect((await provider.complete(MESSAGES)).text).toBe("recovered");
+    expect(upstream.requests).toHaveLength(2);
+    const gap = (upstream.requests[1]?.receivedAt ?? 0) - (upstream.requests[0]?.receivedAt ?? 0);
+    // random() = 0: the first backoff is 500 ms × ½.
+    expect(gap).toBeGreaterThanOrEqual(240);
+    expect(gap).toBeLessThan(1_500);
+  });
+
+  test("three failed attempts: gives up after exactly 3, as one unavailable failure logged once", async () => {
+    upstream.enqueue(
+      { kind: "error", status: 500 },
+      { kind: "error", status: 502 },
+      { kind: "error", status: 503 },
+      { kind: "reply", text: "never asked for" },
+    );
+    const failure = await failureOf(provider.complete(MESSAGES, { requestId: "req-exhausted" }));
+    expect(failure.kind).toBe("unavailable");
+    await Bun.sleep(300);
+    expect(upstream.requests).toHaveLength(3);
+    const lines = failureLines();
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({
+      level: "warn",
+      requestId: "req-exhausted",
+      provider: "openai",
+      model: "local-model",
+      upstreamStatus: 503,
+      attempts: 3,
+      kind: "unavailable",
+    });
+  });
+
+  test("an upstream nobody listens on: connection errors are retried, then unavailable", async () => {
+    const gone = await startOpenAiServer();
+    gone.stop();
+    const unreachable = createOpenAiProvider({
+      apiKey: "sk-any",
+      baseUrl: gone.url,
+      model: "local-model",
+      timeoutMs: 1_000,
+      logger: createLogger({ level: "debug", destination: logs }),
+      metrics: createUpstreamMetrics(registry),
+      clock,
+      random: () => 0,
+    });
+    const failure = await failureOf(
+      unreachable.complete(MESSAGES, { requestId: "req-refused-conn" }),
+    );
+    expect(failure.kind).toBe("unavailable");
+    expect(failure.reason).toBe("connection failed");
+    expect(failureLines().at(-1)).toMatchObject({ attempts: 3, upstreamStatus: null });
+  });
+
+  test("an upstream asking for a wait beyond the cap is not waited for: unavailable at once with its Retry-After", async () => {
+    upstream.enqueue({ kind: "error", status: 429, retryAfter: "120" });
+    const started = performance.now();
+    const failure = await failureOf(provider.complete(MESSAGES));
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(failure.kind).toBe("unavailable");
+    expect(failure.retryAfterSeconds).toBe(120);
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  test("non-retryable refusals (400, 401, 403, 404) are bad_response after a single attempt", async () => {
+    for (const status of [400, 403, 404]) {
+      upstream.enqueue({ kind: "error", status });
+      const failure = await failureOf(provider.complete(MESSAGES));
+      expect(failure.kind).toBe("bad_response");
+    }
+    const wrongKey = build({ apiKey: "sk-wrong-key-must-not-be-logged" });
+    const failure = await failureOf(wrongKey.complete(MESSAGES));
+    expect(failure.kind).toBe("bad_response");
+    expect(upstream.requests).toHaveLength(4);
+    expect(failureLines().map((line) => line.upstreamStatus)).toEqual([400, 403, 404, 401]);
+  });
+
+  test("a timeout is retried, and three timeouts are unavailable; each timed-out request is closed", async () => {
+    provider = build({ timeoutMs: 200 });
+    upstream.setDefault({ kind: "hang" });
+    const failure = await failureOf(provider.complete(MESSAGES));
+    expect(failure.kind).toBe("unavailable");
+    expect(failure.reason).toBe("timeout");
+    expect(upstream.requests).toHaveLength(3);
+    for (const index of [0, 1, 2]) await upstream.waitForAbort(index);
+  });
+
+  test("a stream that opens and then goes silent past the timeout is unavailable", async () => {
+    provider = build({ timeoutMs: 200 });
+    upstream.enqueue({ kind: "reply", chunks: ["one ", "two"], pauseMs: 600 });
+    const { error } = await collectUntilError(provider.stream(MESSAGES));
+    expect(error).toBeInstanceOf(UpstreamFailure);
+    expect((error as UpstreamFailure).kind).toBe("unavailable");
+    await upstream.waitForAbort(0);
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  test("Retry-After is read as seconds, as an HTTP date against the clock, and as retry-after-ms", () => {
+    const now = Date.UTC(2026, 0, 1, 12, 0, 0);
+    const headers = (values: Record<string, string>) => new Headers(values);
+    expect(requestedWaitMs(headers({ "retry-after": "3" }), now)).toBe(3_000);
+    expect(
+      requestedWaitMs(headers({ "retry-after": new Date(now + 5_000).toUTCString() }), now),
+    ).toBe(5_000);
+    expect(
+      requestedWaitMs(headers({ "retry-after": new Date(now - 5_000).toUTCString() }), now),
+    ).toBe(0);
+    expect(requestedWaitMs(headers({ "retry-after-ms": "250", "retry-after": "9" }), now)).toBe(
+      250,
+    );
+    expect(requestedWaitMs(headers({ "retry-after": "soon" }), now)).toBeUndefined();
+    expect(retryDelay(1, headers({ "retry-after": "2" }), now, () => 0.5)).toEqual({
+      kind: "wait",
+      ms: 2_100,
+    });
+    expect(retryDelay(1, undefined, now, () => 0)).toEqual({ kind: "wait", ms: 250 });
+    // Jitter never takes a wait past the cap.
+    expect(
+      retryDelay(1, headers({ "retry-after": String(MAX_RETRY_WAIT_MS / 1000) }), now, () => 0.9),
+    ).toEqual({
+      kind: "wait",
+      ms: MAX_RETRY_WAIT_MS,
+    });
+    expect(retryDelay(2, undefined, now, () => 0.999)).toEqual({ kind: "wait", ms: 1_000 });
+    expect(
+      retryDelay(1, headers({ "retry-after": String(MAX_RETRY_WAIT_MS / 1000 + 1) }), now, () => 0),
+    ).toEqual({
+      kind: "give_up",
+      retryAfterSeconds: MAX_RETRY_WAIT_MS / 1000 + 1,
+    });
+  });
+});
+
+describe("circuit breaker", () => {
+  async function openTheCircuit() {
+    for (let i = 0; i < 5; i++) {
+      upstream.enqueue({ kind: "malformed" });
+      expect((await failureOf(provider.complete(MESSAGES))).kind).toBe("bad_response");
+    }
+  }
+
+  test("five failed requests open it: the sixth fails at once with no request reaching the server", async () => {
+    await openTheCircuit();
+    expect(upstream.requests).toHaveLength(5);
+    const failure = await failureOf(provider.complete(MESSAGES, { requestId: "req-refused" }));
+    expect(failure.kind).toBe("unavailable");
+    expect(failure.reason).toBe("circuit open");
+    expect(failure.retryAfterSeconds).toBe(30);
+    const streamed = await collectUntilError(provider.stream(MESSAGES));
+    expect((streamed.error as UpstreamFailure).reason).toBe("circuit open");
+    expect(upstream.requests).toHaveLength(5);
+    expect(failureLines().at(-2)).toMatchObject({
+      requestId: "req-refused",
+      attempts: 0,
+      reason: "circuit open",
+    });
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 1');
+  });
+
+  test("retries count once: four requests that each exhausted three attempts leave it closed", async () => {
+    upstream.setDefault({ kind: "error", status: 429, retryAfterMs: "1" });
+    for (let i = 0; i < 4; i++) await failureOf(provider.complete(MESSAGES));
+    expect(upstream.requests).toHaveLength(12);
+    await failureOf(provider.complete(MESSAGES));
+    expect(upstream.requests).toHaveLength(15);
+    // The fifth failed request opened it.
+    await failureOf(provider.complete(MESSAGES));
+    expect(upstream.requests).toHaveLength(15);
+  });
+
+  test("a success between failures resets the count", async () => {
+    for (let i = 0; i < 4; i++) upstream.enqueue({ kind: "malformed" });
+    upstream.enqueue({ kind: "reply" });
+    for (let i = 0; i < 4; i++) upstream.enqueue({ kind: "malformed" });
+    for (let i = 0; i < 9; i++) await provider.complete(MESSAGES).catch(() => undefined);
+    upstream.enqueue({ kind: "reply", text: "still closed" });
+    expect((await provider.complete(MESSAGES)).text).toBe("still closed");
+    expect(upstream.requests).toHaveLength(10);
+  });
+
+  test("half-open after 30 s: one trial at a time, concurrent callers refused at once, success closes it", async () => {
+    await openTheCircuit();
+    clock.advance(29_000);
+    expect((await failureOf(provider.complete(MESSAGES))).retryAfterSeconds).toBe(1);
+    expect(upstream.requests).toHaveLength(5);
+    clock.advance(1_000);
+
+    upstream.enqueue({ kind: "reply", text: "trial passed", delayMs: 400 });
+    const trial = provider.complete(MESSAGES);
+    await upstream.waitForRequests(6);
+    const others = await Promise.allSettled([
+      provider.complete(MESSAGES),
+      provider.complete(MESSAGES),
+      collect(provider.stream(MESSAGES)),
+    ]);
+    for (const other of others) {
+      expect(other.status).toBe("rejected");
+      const reason = (other as PromiseRejectedResult).reason;
+      expect(reason).toBeInstanceOf(UpstreamFailure);
+      expect(reason.kind).toBe("unavailable");
+    }
+    expect(upstream.requests).toHaveLength(6);
+    expect((await trial).text).toBe("trial passed");
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
+
+    const after = await Promise.all([provider.complete(MESSAGES), provider.complete(MESSAGES)]);
+    expect(after).toHaveLength(2);
+    expect(upstream.requests).toHaveLength(8);
+  });
+
+  test("a failed trial re-opens it for another 30 s", async () => {
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue(
+      { kind: "error", status: 500 },
+      { kind: "error", status: 500 },
+      { kind: "error", status: 500 },
+    );
+    expect((await failureOf(provider.complete(MESSAGES))).kind).toBe("unavailable");
+    expect(upstream.requests).toHaveLength(8);
+    const refused = await failureOf(provider.complete(MESSAGES));
+    expect(refused.reason).toBe("circuit open");
+    expect(refused.retryAfterSeconds).toBe(30);
+    expect(upstream.requests).toHaveLength(8);
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 1');
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "reply", text: "back" });
+    expect((await provider.complete(MESSAGES)).text).toBe("back");
+  });
+
+  test("a streamed trial that succeeds closes it; refusals do not count as failures", async () => {
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "reply", text: "streamed trial" });
+    expect(textOf(await collect(provider.stream(MESSAGES)))).toBe("streamed trial");
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
+  });
+
+  test("refusals (4xx) show the upstream is up: they never open it", async () => {
+    upstream.setDefault({ kind: "error", status: 400 });
+    for (let i = 0; i < 6; i++) await failureOf(provider.complete(MESSAGES));
+    expect(upstream.requests).toHaveLength(6);
+  });
+});
+
+describe("caller aborts", () => {
+  test("aborting a complete closes the upstream request, throws the abort, and is no upstream failure", async () => {
+    upstream.setDefault({ kind: "hang" });
+    for (let i = 0; i < 5; i++) {
+      const controller = new AbortController();
+      const pending = provider.complete(MESSAGES, { signal: controller.signal });
+      await upstream.waitForRequests(i + 1);
+      controller.abort();
+      const error = await pending.catch((caught: unknown) => caught);
+      expect(error).not.toBeInstanceOf(UpstreamFailure);
+      expect((error as Error).name).toBe("AbortError");
+      await upstream.waitForAbort(i);
+    }
+    // Five aborts did not open the circuit, and none was logged as an upstream failure.
+    upstream.setDefault({ kind: "reply", text: "still here" });
+    expect((await provider.complete(MESSAGES)).text).toBe("still here");
+    expect(failureLines()).toHaveLength(0);
+  });
+
+  test("aborting during a slow stream closes the upstream request mid-stream", async () => {
+    upstream.enqueue({ kind: "reply", chunks: ["a ", "b ", "c ", "d ", "e ", "f "], pauseMs: 150 });
+    const controller = new AbortController();
+    const received: Delta[] = [];
+    let caught: unknown;
+    try {
+      for await (const delta of provider.stream(MESSAGES, { signal: controller.signal })) {
+        received.push(delta);
+        controller.abort();
+      }
+    } catch (error) {
+      caught = error;
+    }
+    expect(received).toEqual([{ kind: "text", text: "a " }]);
+    expect((caught as Error).name).toBe("AbortError");
+    await upstream.waitForAbort(0);
+    expect(failureLines()).toHaveLength(0);
+  });
+
+  test("a consumer that stops reading a stream closes the upstream request", async () => {
+    upstream.enqueue({ kind: "reply", chunks: ["a ", "b ", "c ", "d "], pauseMs: 150 });
+    for await (const delta of provider.stream(MESSAGES)) {
+      expect(delta).toEqual({ kind: "text", text: "a " });
+      break;
+    }
+    await upstream.waitForAbort(0);
+  });
+
+  test("an abort during the backoff wait stops the retries at once", async () => {
+    upstream.enqueue({ kind: "error", status: 429, retryAfter: "5" });
+    const controller = new AbortController();
+    const pending = provider.complete(MESSAGES, { signal: controller.signal });
+    await upstream.waitForRequests(1);
+    const started = performance.now();
+    controller.abort();
+    expect(((await pending.catch((e: unknown) => e)) as Error).name).toBe("AbortError");
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  test("an already aborted signal sends nothing", async () => {
+    const controller = new AbortController();
+    controller.abort();
+    expect(
+      (
+        (await provider
+          .complete(MESSAGES, { signal: controller.signal })
+          .catch((e: unknown) => e)) as Error
+      ).name,
+    ).toBe("AbortError");
+    const streamed = await collectUntilError(
+      provider.stream(MESSAGES, { signal: controller.signal }),
+    );
+    expect((streamed.error as Error).name).toBe("AbortError");
+    expect(upstream.requests).toHaveLength(0);
+  });
+});
+
+describe("bad responses", () => {
+  test("a 200 whose body is not JSON is bad_response, not retried", async () => {
+    upstream.enqueue({ kind: "malformed" });
+    const failure = await failureOf(provider.complete(MESSAGES));
+    expect(failure.kind).toBe("bad_response");
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  test("a 200 with JSON of the wrong shape, or plain text, is bad_response", async () => {
+    upstream.enqueue(
+      { kind: "wrong_shape" },
+      { kind: "malformed", body: "hello", contentType: "text/plain" },
+    );
+    expect((await failureOf(provider.complete(MESSAGES))).kind).toBe("bad_response");
+    expect((await failureOf(provider.complete(MESSAGES))).kind).toBe("bad_response");
+    expect(upstream.requests).toHaveLength(2);
+  });
+
+  test("a stream closed before its finish_reason is bad_response, after the text that did arrive", async () => {
+    upstream.enqueue({ kind: "cut", text: "one two three four", afterChunks: 2 });
+    const { received, error } = await collectUntilError(provider.stream(MESSAGES));
+    expect(textOf(received)).toBe("one two ");
+    expect(received.some((delta) => delta.kind === "usage")).toBe(false);
+    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  test("a stream whose connection is reset mid-way is bad_response", async () => {
+    upstream.enqueue({ kind: "cut", text: "one two three", afterChunks: 1, abrupt: true });
+    const { received, error } = await collectUntilError(
+      provider.stream(MESSAGES, { requestId: "req-cut" }),
+    );
+    expect(textOf(received)).toBe("one ");
+    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect(failureLines().at(-1)).toMatchObject({
+      requestId: "req-cut",
+      level: "error",
+      kind: "bad_response",
+    });
+  });
+
+  test("an error event or a chunk that is not an object mid-stream is bad_response", async () => {
+    upstream.enqueue(
+      {
+        kind: "malformed",
+        body: JSON.stringify({ error: { message: "overloaded", type: "server_error" } }),
+      },
+      { kind: "malformed", body: "42" },
+    );
+    const event = await collectUntilError(provider.stream(MESSAGES));
+    expect((event.error as UpstreamFailure).kind).toBe("bad_response");
+    expect((event.error as UpstreamFailure).reason).toBe("error event in stream");
+    const scalar = await collectUntilError(provider.stream(MESSAGES));
+    expect((scalar.error as UpstreamFailure).reason).toBe("malformed chunk");
+  });
+
+  test("an SSE chunk that is not JSON is bad_response", async () => {
+    upstream.enqueue({ kind: "malformed", body: "{this is not json" });
+    const { error } = await collectUntilError(provider.stream(MESSAGES));
+    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect((error as UpstreamFailure).reason).toBe("malformed chunk");
+  });
+});
+
+describe("logs and metrics", () => {
+  test("failure lines carry the request id and never the message text nor the API key", async () => {
+    const wrongKey = "sk-wrong-key-echoed-by-upstream-0001";
+    const failing = build({ apiKey: wrongKey });
+    await failureOf(failing.complete(MESSAGES, { requestId: "req-401" }));
+    upstream.enqueue({ kind: "error", status: 500, message: `could not handle: ${SECRET_TEXT}` });
+    upstream.enqueue({ kind: "error", status: 500 }, { kind: "error", status: 500 });
+    await failureOf(provider.complete(MESSAGES, { requestId: "req-500" }));
+    upstream.enqueue({ kind: "cut", afterChunks: 1 });
+    await collectUntilError(provider.stream(MESSAGES, { requestId: "req-stream" }));
+
+    const lines = failureLines();
+    expect(lines.map((line) => line.requestId)).toEqual(["req-401", "req-500", "req-stream"]);
+    for (const line of lines) {
+      expect(line).toMatchObject({ provider: "openai", model: "local-model" });
+      expect(typeof line.attempts).toBe("number");
+      expect(typeof line.reason).toBe("string");
+      expect(typeof line.upstreamStatus).toBe("number");
+    }
+    expect(logs.text).not.toContain("zebra-omelette");
+    expect(logs.text).not.toContain(wrongKey);
+    expect(logs.text).not.toContain(upstream.apiKey);
+  });
+
+  test("request durations and the circuit gauge are exported under the contract's names", async () => {
+    upstream.enqueue({ kind: "error", status: 500 }, { kind: "reply" });
+    await provider.complete(MESSAGES);
+    await collect(provider.stream(MESSAGES));
+    const text = await registry.metrics();
+    expect(text).toContain("# TYPE upstream_request_duration_seconds histogram");
+    expect(text).toContain('upstream_request_duration_seconds_bucket{le="0.05",provider="openai"}');
+    expect(text).toContain('upstream_request_duration_seconds_bucket{le="60",provider="openai"} 3');
+    expect(text).toContain('upstream_request_duration_seconds_count{provider="openai"} 3');
+    expect(text).toContain("# TYPE upstream_circuit_open gauge");
+    expect(text).toContain('upstream_circuit_open{provider="openai"} 0');
+  });
+
+  test("two providers on one registry share the series instead of failing to register", () => {
+    expect(() => build()).not.toThrow();
+    expect(createUpstreamMetrics(registry).circuitOpen).toBe(
+      createUpstreamMetrics(registry).circuitOpen,
+    );
+  });
+});
