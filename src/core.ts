@@ -25,6 +25,7 @@ import {
   type IpBlockSettings,
   isPrincipalSubject,
 } from "./plugins/ip-block/service";
+import { registerQueryDurations } from "./plugins/metrics/database";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
 import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
 import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
@@ -83,6 +84,7 @@ export function createCore(options: CoreOptions): Core {
   const clock = options.clock ?? systemClock;
   const sqlite = db.$client;
   const registry = createMetricsRegistry();
+  registerQueryDurations(registry, sqlite);
   const auditKeys = new AuditKeys(config.audit.secretKey);
   const audit = new SqliteAuditLog({ sqlite, clock, logger, registry, keys: auditKeys });
   keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
