@@ -117,7 +117,13 @@ export function createApp(deps: AppDeps) {
         metrics: deps.metrics.csrf,
       }),
     )
-    .use(errorHandler({ logger, routes: () => registeredRoutes() }))
+    .use(
+      errorHandler({
+        logger,
+        routes: () => registeredRoutes(),
+        report: (error, context) => deps.errors.report(error, context),
+      }),
+    )
     .use(
       accessLog({
         logger,

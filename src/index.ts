@@ -95,6 +95,8 @@ startServer({
   logger,
   onClosed: async () => {
     await metricsListener?.stop();
+    // Error reports still queued leave before the process does (at most 2 s).
+    await services.flush();
     services.close();
     db.$client.close();
   },
