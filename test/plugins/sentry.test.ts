@@ -316,16 +316,16 @@ test("beforeSend strips credentials, private bodies and configured secrets from 
   }
   expect(scrubbed.message).toBe("failed with [Filtered]");
   expect(scrubbed.exception.values[0]!.value).toBe("key [Filtered] rejected");
-  expect(scrubbed.request.headers).toEqual({ Accept: "application/json" });
+  expect(scrubbed.request.headers as unknown).toEqual({ Accept: "application/json" });
   expect("data" in scrubbed.request).toBe(false);
   expect("cookies" in scrubbed.request).toBe(false);
   expect(scrubbed.request.query_string).toBe("api_key=[Filtered]&page=1");
-  expect(scrubbed.extra).toEqual({ nested: { ok: "uses [Filtered]" } });
-  expect(scrubbed.contexts).toEqual({
+  expect(scrubbed.extra as unknown).toEqual({ nested: { ok: "uses [Filtered]" } });
+  expect(scrubbed.contexts as unknown).toEqual({
     runtime: { name: "bun", version: "1.4.5" },
     upstream: { status: 502 },
   });
-  expect(scrubbed.breadcrumbs[0]).toEqual({
+  expect(scrubbed.breadcrumbs[0] as unknown).toEqual({
     message: "GET /x?api_key=[Filtered]",
     data: { url: "/x" },
   });
@@ -339,7 +339,7 @@ test("beforeSend strips credentials, private bodies and configured secrets from 
       data: { amount: 500, currency: "usd", password: PASSWORD },
     },
   });
-  expect(other.request.data).toEqual({ amount: 500, currency: "usd" });
+  expect(other.request.data as unknown).toEqual({ amount: 500, currency: "usd" });
   for (const path of ["/api/chat", "/api/chat/conversations/1", "/api/me/export"]) {
     const chat = scrub({
       request: { url: `http://localhost${path}`, data: { message: CHAT_TEXT } },

@@ -32,7 +32,7 @@ export interface SentryServer {
 
 const PUBLIC_KEY = "0123456789abcdef0123456789abcdef";
 
-function decode(body: Uint8Array, encoding: string | null): Uint8Array {
+function decode(body: Uint8Array<ArrayBuffer>, encoding: string | null): Uint8Array {
   if (encoding === "gzip") return Bun.gunzipSync(body);
   if (encoding === "deflate") return Bun.inflateSync(body);
   return body;
