@@ -130,6 +130,7 @@ export function createApp(deps: AppDeps) {
         http: deps.metrics.http,
         secretValues: config.secretValues,
         buffered: deps.accessLogBuffered,
+        trace: deps.errors.tracing ? (trace) => deps.errors.traceRequest(trace) : undefined,
       }),
     )
     .use(auth)

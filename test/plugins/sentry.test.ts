@@ -4,12 +4,15 @@
  * request; an upstream failure reported without throwing arrives too; no DSN sends nothing; two
  * apps in one process never share a client.
  */
+import { Database } from "bun:sqlite";
 import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
+import { join } from "node:path";
 import { Elysia, t } from "elysia";
 import type { Feature } from "../../src/modules/feature";
 import { createScrubber } from "../../src/plugins/sentry/scrub";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
+import { startService } from "../support/process";
 import { type SentryServer, startSentryServer } from "../support/sentry-server";
 import { waitFor } from "../support/wait";
 
@@ -210,7 +213,6 @@ test("a 4xx is not reported; a 503 from an unusable database is", async () => {
   expect(sentry.events()).toHaveLength(0);
 
   // Another connection holds the write lock: registering answers 503 SERVICE_UNAVAILABLE.
-  const { Database } = await import("bun:sqlite");
   const holder = new Database(target.databasePath);
   holder.run("BEGIN IMMEDIATE");
   try {
@@ -347,3 +349,75 @@ test("beforeSend strips credentials, private bodies and configured secrets from 
     expect("data" in chat.request).toBe(false);
   }
 });
+
+test("SENTRY_TRACES_SAMPLE_RATE: 1 traces every request as a transaction by route pattern; 0 (default) none", async () => {
+  const transactions = () =>
+    sentry.envelopes.flatMap((e) =>
+      e.items.filter((i) => i.type === "transaction").map((i) => i.payload),
+    );
+  const untraced = build();
+  await send(untraced, "/health");
+  await send(untraced, "/test/explode", { body: {} });
+  await untraced.services.errors.flush(5000);
+  expect(transactions()).toHaveLength(0);
+  untraced.close();
+
+  const traced = build({ SENTRY_TRACES_SAMPLE_RATE: "1" });
+  // The SDK loads asynchronously; requests are traced once it is ready.
+  await traced.services.errors.flush(5000);
+  await send(traced, "/health", { headers: { "x-request-id": "req-traced" } });
+  await send(traced, `/nope/${"secret-path"}`);
+  await traced.services.errors.flush(5000);
+  await waitFor(() => transactions().length === 2, { what: "two transactions" });
+  const [health, unmatched] = transactions() as {
+    transaction: string;
+    tags: Record<string, string>;
+    contexts: { trace: { op: string; status: string } };
+    start_timestamp: number;
+    timestamp: number;
+  }[];
+  expect(health!.transaction).toBe("GET /health");
+  expect(health!.tags.request_id).toBe("req-traced");
+  expect(health!.contexts.trace.op).toBe("http.server");
+  expect(health!.timestamp).toBeGreaterThanOrEqual(health!.start_timestamp);
+  expect(unmatched!.transaction).toBe("GET <unmatched>");
+  expect(unmatched!.tags.status).toBe("404");
+  expect(sentry.envelopes.map((e) => e.raw).join("")).not.toContain("secret-path");
+});
+
+test("a real process reports a 503 and sends it before it exits on SIGTERM", async () => {
+  const dir = tempDir();
+  try {
+    const databasePath = join(dir.path, "sentry.db");
+    const service = await startService({
+      DATABASE_PATH: databasePath,
+      SENTRY_DSN: sentry.dsn("9"),
+      LOG_LEVEL: "info",
+    });
+    let exitCode: number;
+    const holder = new Database(databasePath);
+    try {
+      holder.run("BEGIN IMMEDIATE");
+      const response = await fetch(new URL("/api/auth/register", service.url), {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-request-id": "req-process-503" },
+        body: JSON.stringify({ email: "busy@example.test", password: PASSWORD }),
+      });
+      expect(response.status).toBe(503);
+    } finally {
+      holder.run("ROLLBACK");
+      holder.close();
+      exitCode = await service.stop("SIGTERM");
+    }
+    expect(exitCode).toBe(0);
+    // Sent by the time the process has exited: nothing to wait for. (The SDK loads in the
+    // background at start; a report made before it is ready is queued, and only the flush at
+    // shutdown gets it out when SIGTERM follows at once.)
+    const event = sentry.events()[0] as { tags: Record<string, string> } | undefined;
+    expect(event?.tags.request_id).toBe("req-process-503");
+    expect(sentry.envelopes[0]!.project).toBe("9");
+    expect(sentry.envelopes[0]!.raw).not.toContain(PASSWORD);
+  } finally {
+    dir.remove();
+  }
+}, 30_000);
