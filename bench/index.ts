@@ -10,6 +10,7 @@ import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
 import { measureAuth } from "./auth";
 import { measureChain } from "./chain";
+import { measureQueryTiming } from "./database";
 import { measureHttp, wrkAvailable } from "./http";
 import { measureLimiter, measureRedisLimiter } from "./limiter";
 
@@ -48,6 +49,15 @@ try {
     redis === null
       ? "| Redis store (REDIS_URL), grouped | skipped: redis-server not installed | |"
       : `| Redis store (REDIS_URL), grouped, Lua script per key | ${fmt(redis)} | ${(redis / limiter.autocommit).toFixed(2)}× |`,
+  );
+
+  const timing = measureQueryTiming(dir, quick ? 100_000 : 500_000);
+  console.log("\nStatement timing (db_query_duration_seconds), prepared primary-key get");
+  console.log("| connection | µs/statement |");
+  console.log("| --- | ---: |");
+  console.log(`| bun:sqlite as is | ${timing.rawUs.toFixed(3)} |`);
+  console.log(
+    `| timed (db/timing wrapper) | ${timing.timedUs.toFixed(3)} (+${(timing.timedUs - timing.rawUs).toFixed(3)}) |`,
   );
 
   const chain = await measureChain(dir, quick ? 5_000 : 30_000, 32);

@@ -29,7 +29,8 @@ import { csrf } from "./plugins/csrf";
 import { errorHandler } from "./plugins/error-handler";
 import type { RouteEntry } from "./plugins/error-handler/route-methods";
 import { ipBlock } from "./plugins/ip-block";
-import { metrics, metricsRouteClasses } from "./plugins/metrics";
+import { metrics, metricsRouteClasses, registerInFlight } from "./plugins/metrics";
+import { metricsListenerPeer } from "./plugins/metrics/listener";
 import { DOCS_PATH, openapiDocument, openapiRouteClasses } from "./plugins/openapi";
 import { rateLimit } from "./plugins/rate-limit";
 import { requestGuard } from "./plugins/request-guard";
@@ -78,7 +79,13 @@ export function createApp(deps: AppDeps) {
         ]),
       }),
     )
-    .use(clientIp({ trustProxy: config.trustProxy, peerAddress: deps.peerAddress }))
+    .use(
+      clientIp({
+        trustProxy: config.trustProxy,
+        // A scrape the metrics listener hands over comes from that listener's socket.
+        peerAddress: (request) => metricsListenerPeer(request) ?? deps.peerAddress?.(request),
+      }),
+    )
     .use(securityHeaders({ hsts: config.requireTls, htmlPaths: [DOCS_PATH] }))
     .use(corsHeaders({ allowedOrigins: config.cors.allowedOrigins }))
     .use(ipBlock({ service: ipBlocks, clock }))
@@ -110,13 +117,20 @@ export function createApp(deps: AppDeps) {
         metrics: deps.metrics.csrf,
       }),
     )
-    .use(errorHandler({ logger, routes: () => registeredRoutes() }))
+    .use(
+      errorHandler({
+        logger,
+        routes: () => registeredRoutes(),
+        report: (error, context) => deps.errors.report(error, context),
+      }),
+    )
     .use(
       accessLog({
         logger,
         http: deps.metrics.http,
         secretValues: config.secretValues,
         buffered: deps.accessLogBuffered,
+        trace: deps.errors.tracing ? (trace) => deps.errors.traceRequest(trace) : undefined,
       }),
     )
     .use(auth)
@@ -127,6 +141,7 @@ export function createApp(deps: AppDeps) {
         token: config.metricsToken,
         credentials: deps.credentials,
         auth,
+        ownListener: config.metricsListener !== null,
         onAuthFailure: ({ client, requestId }) => {
           deps.metrics.auth.fail("metrics_token");
           return ipBlocks.recordViolation("login", client, requestId);
@@ -141,6 +156,7 @@ export function createApp(deps: AppDeps) {
       ),
     );
   registeredRoutes = () => app.routes;
+  registerInFlight(registry, () => app.server);
   return app;
 }
 

@@ -25,11 +25,13 @@ import {
   type IpBlockSettings,
   isPrincipalSubject,
 } from "./plugins/ip-block/service";
+import { registerQueryDurations } from "./plugins/metrics/database";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
 import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
 import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
+import { createErrorReporter, type ErrorReporter } from "./plugins/sentry";
 import { RedisLimiterStore } from "./plugins/rate-limit/redis-store";
 import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "./plugins/rate-limit/store";
@@ -53,6 +55,12 @@ export interface Core {
     auth: AuthMetrics;
   };
   ipBlocks: IpBlockService;
+  /**
+   * Error reporting (Sentry when SENTRY_DSN is set, else a no-op). The error handler reports every
+   * 5xx; a feature reports an upstream failure it answers without throwing:
+   * `errors.report(error, { requestId, route, principal, upstream: "openai" })`.
+   */
+  errors: ErrorReporter;
   /** Checks a key against policies; see plugins/rate-limit/enforce. */
   enforceLimits: LimitEnforcer;
   credentials: CredentialVerifier;
@@ -62,6 +70,8 @@ export interface Core {
   readiness: Record<string, ReadinessCheck>;
   /** Connects what needs connecting (Redis) before the server takes requests; never throws. */
   start(): Promise<void>;
+  /** Sends what is still queued for error reporting; at shutdown, before close. */
+  flush(timeoutMs?: number): Promise<void>;
   /** The core's share of the background clean-up (limiter, audit retention, blocks). */
   maintenance(now: number): void;
   close(): void;
@@ -83,6 +93,7 @@ export function createCore(options: CoreOptions): Core {
   const clock = options.clock ?? systemClock;
   const sqlite = db.$client;
   const registry = createMetricsRegistry();
+  registerQueryDurations(registry, sqlite);
   const auditKeys = new AuditKeys(config.audit.secretKey);
   const audit = new SqliteAuditLog({ sqlite, clock, logger, registry, keys: auditKeys });
   keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
@@ -153,6 +164,15 @@ export function createCore(options: CoreOptions): Core {
     },
   });
 
+  const errors = createErrorReporter({
+    dsn: config.sentry.dsn,
+    environment: config.appEnv,
+    release: config.sentry.release,
+    tracesSampleRate: config.sentry.tracesSampleRate,
+    secretValues: config.secretValues,
+    logger,
+  });
+
   const keys = signingKeys(config.jwt.secretKey, config.jwt.previousSecretKey);
   const credentials = new CredentialVerifier({
     sqlite,
@@ -174,6 +194,7 @@ export function createCore(options: CoreOptions): Core {
     policies: buildPolicyTable(config.rateLimit),
     metrics,
     ipBlocks,
+    errors,
     enforceLimits,
     credentials,
     signingKeys: keys,
@@ -192,6 +213,11 @@ export function createCore(options: CoreOptions): Core {
           { redis: "unreachable" },
           "redis unreachable at start; the limiter fails open or closed by policy until it is back",
         );
+      }
+    },
+    async flush(timeoutMs = 2000) {
+      if (!(await errors.flush(timeoutMs))) {
+        logger.warn({ timeoutMs }, "sentry: some error reports were not sent before shutdown");
       }
     },
     maintenance(now) {

@@ -10,6 +10,11 @@ import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, openDatabase } from "./db/client";
 import { applyMigrations } from "./db/migrate";
 import { createLogger } from "./logging/logger";
+import {
+  listenForMetrics,
+  type MetricsListener,
+  MetricsPortUnavailable,
+} from "./plugins/metrics/listener";
 import { startServer } from "./server";
 import { createServices } from "./services";
 
@@ -74,11 +79,24 @@ await services.start();
 // Serving: a statement waits for another process's write lock briefly, never seconds (db/busy).
 setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
 const app = createApp(services);
+// Before the main port: a process that cannot take a metrics port of its own must not serve.
+let metricsListener: MetricsListener | null = null;
+if (config.metricsListener) {
+  try {
+    metricsListener = listenForMetrics({ handle: app.handle, ...config.metricsListener, logger });
+  } catch (error) {
+    if (error instanceof MetricsPortUnavailable) fail(`refusing to start: ${error.message}`);
+    throw error;
+  }
+}
 startServer({
   app,
   config,
   logger,
-  onClosed: () => {
+  onClosed: async () => {
+    await metricsListener?.stop();
+    // Error reports still queued leave before the process does (at most 2 s).
+    await services.flush();
     services.close();
     db.$client.close();
   },

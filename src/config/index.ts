@@ -3,21 +3,26 @@
  * Configuration: read the environment once, validate every variable, apply the profile's defaults
  * and return one frozen object that the rest of the app receives as a dependency.
  */
+
+import packageJson from "../../package.json" with { type: "json" };
 import type { PolicyId } from "../plugins/rate-limit/policies";
 import { type BootstrapKey, parseApiKeys } from "./api-keys";
 import { developmentKeyPath, loadOrCreateDevelopmentKey } from "./development-key";
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
 import { ConfigError } from "./error";
 import {
+  isLoopbackHost,
   parseAllowedHosts,
   parseAppEnv,
   parseBoolean,
   parseCidrList,
   parseCurrencies,
+  parseFraction,
   parseInteger,
   parseList,
   parseLogLevel,
   parseOrigins,
+  parsePortRange,
   parseTrustProxy,
   parseUrl,
   type TrustProxy,
@@ -112,7 +117,19 @@ export interface Config {
     apiUrl: string;
   };
   sentryDsn: string | null;
+  sentry: {
+    dsn: string | null;
+    /** `APP_RELEASE`, else the package version. */
+    release: string;
+    /** Share of requests traced (0: none). */
+    tracesSampleRate: number;
+  };
   metricsToken: string | null;
+  /**
+   * `/metrics` on a listener of its own (METRICS_PORT, METRICS_HOST), one per process; null: on
+   * the main port. Each process takes the first free port of the range.
+   */
+  metricsListener: { host: string; ports: { first: number; last: number } } | null;
   /** Whether /openapi.json is served to anyone (else to admins only). */
   openapiPublic: boolean;
   auditRetentionDays: number;
@@ -311,7 +328,16 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       apiUrl: url("WHATSAPP_API_URL") ?? "https://graph.facebook.com/v21.0",
     },
     sentryDsn: url("SENTRY_DSN"),
+    sentry: {
+      dsn: url("SENTRY_DSN"),
+      release: release(text("APP_RELEASE")),
+      tracesSampleRate: parseFraction(
+        "SENTRY_TRACES_SAMPLE_RATE",
+        text("SENTRY_TRACES_SAMPLE_RATE") ?? "0",
+      ),
+    },
     metricsToken: optionalSecret("METRICS_TOKEN", true),
+    metricsListener: metricsListener(text("METRICS_PORT"), text("METRICS_HOST")),
     openapiPublic: parseBoolean(
       "OPENAPI_PUBLIC",
       text("OPENAPI_PUBLIC") ?? String(profile.openapiPublic),
@@ -331,7 +357,49 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     allowedHosts: allowedHosts(text("ALLOWED_HOSTS"), appEnv),
   };
   config.secretValues = collectSecretValues(config, env);
+  refuseOpenMetrics(config);
   return deepFreeze(config);
+}
+
+function release(raw: string | undefined): string {
+  if (raw === undefined) return `palisade@${packageJson.version}`;
+  if (!/^[\x21-\x7e]{1,200}$/.test(raw)) {
+    throw new ConfigError("APP_RELEASE", "must be 1 to 200 printable characters without spaces");
+  }
+  return raw;
+}
+
+function metricsListener(
+  port: string | undefined,
+  host: string | undefined,
+): Config["metricsListener"] {
+  if (port === undefined) {
+    if (host !== undefined) throw new ConfigError("METRICS_HOST", "needs METRICS_PORT");
+    return null;
+  }
+  return { host: host ?? "127.0.0.1", ports: parsePortRange("METRICS_PORT", port) };
+}
+
+/**
+ * Production never serves `/metrics` to whoever can reach it: it needs METRICS_TOKEN, or a
+ * listener of its own that only this host can reach (METRICS_PORT on a loopback METRICS_HOST).
+ */
+function refuseOpenMetrics(config: Config): void {
+  const listener = config.metricsListener;
+  if (listener !== null) {
+    const { first, last } = listener.ports;
+    if (config.port >= first && config.port <= last) {
+      throw new ConfigError("METRICS_PORT", "must not include PORT");
+    }
+  }
+  if (config.appEnv !== "production" || config.metricsToken !== null) return;
+  if (listener !== null && isLoopbackHost(listener.host)) return;
+  throw new ConfigError(
+    "METRICS_TOKEN",
+    listener === null
+      ? "is required when APP_ENV=production, unless METRICS_PORT puts /metrics on a loopback listener of its own"
+      : "is required when APP_ENV=production and METRICS_HOST is not a loopback address",
+  );
 }
 
 function allowedHosts(raw: string | undefined, appEnv: AppEnv): string[] | null {

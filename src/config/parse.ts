@@ -219,3 +219,32 @@ export function parseUrl(name: string, raw: string, protocols: readonly string[]
   }
   return raw.replace(/\/$/, "");
 }
+
+/** A port, or a range `first-last` (at most 1024 ports) from which each process takes a free one. */
+export function parsePortRange(name: string, raw: string): { first: number; last: number } {
+  const match = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(raw);
+  if (!match) throw new ConfigError(name, "must be a port (9100) or a range of ports (9100-9103)");
+  const first = parseInteger(name, match[1]!, 1, 65535);
+  const last = match[2] === undefined ? first : parseInteger(name, match[2], 1, 65535);
+  if (last < first || last - first >= 1024) {
+    throw new ConfigError(name, "must be a range of at most 1024 ports, lowest first");
+  }
+  return { first, last };
+}
+
+/** A decimal fraction between 0 and 1 (a sample rate). */
+export function parseFraction(name: string, raw: string): number {
+  const value = /^\s*(?:\d+\.?\d*|\.\d+)\s*$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!(value >= 0 && value <= 1)) throw new ConfigError(name, "must be a number from 0 to 1");
+  return value;
+}
+
+/**
+ * Whether a listen address only accepts connections from this host: `localhost`, 127.0.0.0/8 or
+ * `::1` (in canonical spelling; anything else, `0.0.0.0` included, is reachable from outside).
+ */
+export function isLoopbackHost(host: string): boolean {
+  if (host.toLowerCase() === "localhost") return true;
+  const address = parseIp(host.replace(/^\[(.*)\]$/, "$1"));
+  return address !== null && address.range() === "loopback";
+}

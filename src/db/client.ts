@@ -9,8 +9,11 @@
 import { Database, SQLiteError } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
+import { getTableName, is } from "drizzle-orm";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
+import { SQLiteTable } from "drizzle-orm/sqlite-core";
 import * as schema from "./schema";
+import { timeQueries } from "./timing";
 
 export type AppDatabase = BunSQLiteDatabase<typeof schema> & { $client: Database };
 
@@ -44,8 +47,15 @@ export function openDatabase(path: string): AppDatabase {
     sqlite.close();
     throw new DatabaseOpenError(path, `is not a usable SQLite database: ${describe(error)}`);
   }
+  // Every statement from here on is timed (db_query_duration_seconds; see db/timing).
+  timeQueries(sqlite, SCHEMA_TABLES);
   return drizzleOf(sqlite);
 }
+
+/** The schema's table names: the only values a query's `table` label may take. */
+const SCHEMA_TABLES: readonly string[] = Object.values(schema)
+  .filter((value) => is(value, SQLiteTable))
+  .map((table) => getTableName(table as SQLiteTable));
 
 const databases = new WeakMap<Database, AppDatabase>();
 

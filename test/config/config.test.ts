@@ -16,6 +16,7 @@ const production = (extra: Record<string, string | undefined> = {}) => ({
   CSRF_SECRET_KEY: STRONG_2,
   AUDIT_SECRET_KEY: STRONG_3,
   ALLOWED_HOSTS: "api.example.test",
+  METRICS_TOKEN: "m7T2kW9xQ4vR8nZ1yL6bP5cF0gH3jD2s",
   ...extra,
 });
 
@@ -234,6 +235,7 @@ describe("secrets from files (NAME_FILE)", () => {
       const config = loadConfig({
         APP_ENV: "production",
         ALLOWED_HOSTS: "api.example.test",
+        METRICS_PORT: "9464",
         JWT_SECRET_KEY_FILE: jwtPath,
         CSRF_SECRET_KEY_FILE: csrfPath,
         AUDIT_SECRET_KEY: STRONG_3,
@@ -437,5 +439,84 @@ describe("ALLOWED_HOSTS", () => {
   ])("refuses %p with one line naming the variable", (value) => {
     const error = refusal(production({ ALLOWED_HOSTS: value }));
     expect(error.message).toStartWith("ALLOWED_HOSTS ");
+  });
+});
+
+describe("metrics exposure and Sentry settings", () => {
+  const open = { METRICS_TOKEN: undefined };
+
+  test("production refuses /metrics open on the main port without METRICS_TOKEN", () => {
+    const error = refusal(production(open));
+    expect(error.variable).toBe("METRICS_TOKEN");
+    expect(error.message).toBe(
+      "METRICS_TOKEN is required when APP_ENV=production, unless METRICS_PORT puts /metrics on a loopback listener of its own",
+    );
+    expect(error.message).not.toContain("\n");
+  });
+
+  test("production refuses a metrics listener reachable from outside without METRICS_TOKEN", () => {
+    for (const host of ["0.0.0.0", "::", "10.0.0.5", "metrics.internal"]) {
+      const error = refusal(production({ ...open, METRICS_PORT: "9464", METRICS_HOST: host }));
+      expect(error.message).toBe(
+        "METRICS_TOKEN is required when APP_ENV=production and METRICS_HOST is not a loopback address",
+      );
+    }
+  });
+
+  test("production accepts a loopback metrics listener of its own, or a token", () => {
+    const loopback = loadConfig(production({ ...open, METRICS_PORT: "9464" }));
+    expect(loopback.metricsToken).toBeNull();
+    expect(loopback.metricsListener).toEqual({
+      host: "127.0.0.1",
+      ports: { first: 9464, last: 9464 },
+    });
+    for (const host of ["::1", "127.0.0.2", "localhost"]) {
+      const config = loadConfig(production({ ...open, METRICS_PORT: "9464", METRICS_HOST: host }));
+      expect(config.metricsListener?.host).toBe(host);
+    }
+    const exposed = loadConfig(production({ METRICS_PORT: "9464-9467", METRICS_HOST: "0.0.0.0" }));
+    expect(exposed.metricsListener?.ports).toEqual({ first: 9464, last: 9467 });
+    // Outside production, an open /metrics is the operator's choice.
+    expect(loadConfig({ ...production(open), APP_ENV: "staging" }).metricsToken).toBeNull();
+  });
+
+  test("METRICS_PORT and METRICS_HOST are validated with one line naming the variable", () => {
+    const cases: [Record<string, string>, string][] = [
+      [
+        { METRICS_PORT: "nine" },
+        "METRICS_PORT must be a port (9100) or a range of ports (9100-9103)",
+      ],
+      [
+        { METRICS_PORT: "9105-9100" },
+        "METRICS_PORT must be a range of at most 1024 ports, lowest first",
+      ],
+      [{ METRICS_PORT: "70000" }, "METRICS_PORT must be between 1 and 65535"],
+      [{ METRICS_PORT: "3000" }, "METRICS_PORT must not include PORT"],
+      [{ METRICS_PORT: "2999-3001" }, "METRICS_PORT must not include PORT"],
+      [{ METRICS_HOST: "127.0.0.1" }, "METRICS_HOST needs METRICS_PORT"],
+    ];
+    for (const [env, message] of cases) expect(refusal(env).message).toBe(message);
+  });
+
+  test("SENTRY_TRACES_SAMPLE_RATE is a fraction, 0 by default; APP_RELEASE defaults to the package version", () => {
+    const defaults = loadConfig({});
+    expect(defaults.sentry).toEqual({ dsn: null, release: "palisade@0.1.0", tracesSampleRate: 0 });
+    expect(loadConfig({ SENTRY_TRACES_SAMPLE_RATE: "0.25" }).sentry.tracesSampleRate).toBe(0.25);
+    expect(loadConfig({ SENTRY_TRACES_SAMPLE_RATE: "1" }).sentry.tracesSampleRate).toBe(1);
+    for (const bad of ["1.5", "-0.1", "half", "1e-3"]) {
+      expect(refusal({ SENTRY_TRACES_SAMPLE_RATE: bad }).message).toBe(
+        "SENTRY_TRACES_SAMPLE_RATE must be a number from 0 to 1",
+      );
+    }
+    expect(loadConfig({ APP_RELEASE: "palisade@2026.11.28-abc123" }).sentry.release).toBe(
+      "palisade@2026.11.28-abc123",
+    );
+    expect(refusal({ APP_RELEASE: "two words" }).message).toBe(
+      "APP_RELEASE must be 1 to 200 printable characters without spaces",
+    );
+    const dsn = "https://public@sentry.example.test/42";
+    const reporting = loadConfig({ SENTRY_DSN: dsn });
+    expect(reporting.sentry.dsn).toBe(dsn);
+    expect(reporting.secretValues).toContain(dsn);
   });
 });

@@ -34,6 +34,7 @@ export const PRODUCTION_ENV = {
   CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
   AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC",
   ALLOWED_HOSTS: "localhost",
+  METRICS_TOKEN: "m7T2kW9xQ4vR8nZ1yL6bP5cF0gH3jD2s",
 };
 
 export const TEST_PASSWORD_HASHING = { memoryCost: 1024, timeCost: 1 };

@@ -17,6 +17,7 @@ import { bufferLines } from "../../logging/line-buffer";
 import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import type { HttpMetrics } from "../metrics/http";
 import type { RequestState } from "../request-state";
+import type { RequestTrace } from "../sentry";
 
 export const UNMATCHED_ROUTE = "<unmatched>";
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
@@ -32,13 +33,16 @@ export interface AccessLogOptions {
   secretValues?: readonly string[];
   /** Batch lines (see logging/line-buffer); tests that read each line at once turn it off. */
   buffered?: boolean;
+  /** Sampled request tracing (plugins/sentry); absent when tracing is off. */
+  trace?: (trace: RequestTrace) => void;
 }
 
 interface Destination {
   write(line: string): unknown;
 }
 
-export function accessLog({ logger, http, secretValues = [], buffered = true }: AccessLogOptions) {
+export function accessLog(options: AccessLogOptions) {
+  const { logger, http, secretValues = [], buffered = true, trace } = options;
   const stream = (logger as unknown as Record<symbol, Destination>)[pino.symbols.streamSym]!;
   const destination = buffered
     ? bufferLines(stream)
@@ -61,6 +65,17 @@ export function accessLog({ logger, http, secretValues = [], buffered = true }: 
       const routeLabel = route || UNMATCHED_ROUTE;
       const method = KNOWN_METHODS.has(request.method) ? request.method : "OTHER";
       http.observe(method, routeLabel, status, seconds);
+      if (trace) {
+        const endMs = Date.now();
+        trace({
+          method,
+          route: routeLabel,
+          status,
+          requestId,
+          startMs: endMs - seconds * 1000,
+          endMs,
+        });
+      }
 
       const level = status >= 500 ? "error" : status >= 400 ? "warn" : "info";
       if (!logger.isLevelEnabled(level)) return;

@@ -32,6 +32,7 @@ import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
+import { METRIC } from "../metrics/names";
 import { type AuditKeys, GENESIS_HASH, newSalt, subjectCommit } from "./chain";
 import { type AuditEvent, encodeDetail, mustNotLose } from "./events";
 import { type AuditHead, type AuditRow, latestCheckpoint, verifyAuditChain } from "./verify";
@@ -150,7 +151,7 @@ export class SqliteAuditLog implements AuditLog {
     this.statements = prepareWrites(this.db);
     this.counter = options.registry
       ? new Counter({
-          name: "audit_events_total",
+          name: METRIC.auditEvents,
           help: "Security events recorded in the audit log, by type",
           labelNames: ["type"] as const,
           registers: [options.registry],

@@ -1,4 +1,5 @@
 import { Counter, type Registry } from "prom-client";
+import { METRIC } from "../metrics/names";
 
 export const AUTH_FAILURE_REASONS = [
   "missing_credentials",
@@ -20,7 +21,7 @@ export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];
 
 export function createAuthMetrics(registry: Registry) {
   const failures = new Counter({
-    name: "auth_failures_total",
+    name: METRIC.authFailures,
     help: "Requests refused for their credentials or permissions, by reason",
     labelNames: ["reason"] as const,
     registers: [registry],

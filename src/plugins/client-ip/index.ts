@@ -19,9 +19,10 @@ export interface ClientIpOptions {
   trustProxy: TrustProxy;
   /**
    * Finds the socket peer's address. Defaults to Bun's `server.requestIP`; tests that call
-   * `app.handle` (which has no socket) pass their own.
+   * `app.handle` (which has no socket) pass their own, and the metrics listener names the peer of
+   * the requests it hands over. `undefined`: ask the server.
    */
-  peerAddress?: (request: Request) => string | null;
+  peerAddress?: (request: Request) => string | null | undefined;
 }
 
 export interface ResolvedClient {
@@ -59,9 +60,9 @@ export function clientIp({ trustProxy, peerAddress }: ClientIpOptions) {
     .decorate("clientKey", "")
     .decorate("client", null as ResolvedClient | null)
     .onRequest(function resolveClientAddressOfRequest(context) {
-      const peer = peerAddress
-        ? peerAddress(context.request)
-        : (context.server?.requestIP(context.request)?.address ?? null);
+      const given = peerAddress?.(context.request);
+      const peer =
+        given !== undefined ? given : (context.server?.requestIP(context.request)?.address ?? null);
       const resolved = resolve(peer, context.request.headers.get("x-forwarded-for"));
       context.client = resolved;
       context.clientIp = resolved.ip;

@@ -1,9 +1,10 @@
 import { Counter, type Registry } from "prom-client";
+import { METRIC } from "../metrics/names";
 
 export function createCsrfMetrics(registry: Registry) {
   return {
     failures: new Counter({
-      name: "csrf_failures_total",
+      name: METRIC.csrfFailures,
       help: "State-changing browser requests refused by the CSRF check",
       registers: [registry],
     }),

@@ -17,6 +17,8 @@ import {
   toProblem,
 } from "../../errors";
 import type { Logger } from "../../logging/logger";
+import { type Principal, principalRef } from "../auth/principal";
+import type { ErrorContext } from "../sentry";
 import { EarlyAnswer } from "./early-answer";
 import { type RouteEntry, routeMethodIndex } from "./route-methods";
 
@@ -24,6 +26,8 @@ export interface ErrorHandlerOptions {
   logger: Logger;
   /** The app's registered routes, read once on the first miss, to tell 404 from 405. */
   routes: () => readonly RouteEntry[];
+  /** Every 5xx goes here (error reporting, plugins/sentry). */
+  report?: (error: unknown, context: ErrorContext) => void;
 }
 
 interface Outcome {
@@ -65,7 +69,7 @@ export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
   return fields;
 }
 
-export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
+export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
   const allowedMethods = routeMethodIndex(routes);
 
   return new Elysia({ name: "palisade.error-handler" })
@@ -148,6 +152,18 @@ export function errorHandler({ logger, routes }: ErrorHandlerOptions) {
       }
 
       const status = outcome.status ?? statusForCode(outcome.code);
+      if (status >= 500 && report) {
+        const { principal } = context as { principal?: Principal };
+        report(error, {
+          requestId,
+          route: context.route ? `${request.method} ${context.route}` : undefined,
+          method: request.method,
+          principal: principal ? principalRef(principal) : undefined,
+          status,
+          code: outcome.code,
+          request,
+        });
+      }
       set.status = status;
       if (outcome.headers) Object.assign(set.headers, outcome.headers);
       set.headers["content-type"] = PROBLEM_CONTENT_TYPE;

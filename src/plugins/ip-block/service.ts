@@ -23,6 +23,7 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { ipBlocks } from "../../db/schema";
 import type { AuditLog } from "../audit/log";
 import type { ResolvedClient } from "../client-ip";
+import { METRIC } from "../metrics/names";
 import type { Policy } from "../rate-limit/policies";
 import type { LimiterStore } from "../rate-limit/store";
 
@@ -165,7 +166,7 @@ export class IpBlockService {
     if (options.registry) {
       const service = this;
       new Gauge({
-        name: "ip_blocks_active",
+        name: METRIC.ipBlocksActive,
         help: "Client addresses blocked right now",
         registers: [options.registry],
         collect() {

@@ -9,15 +9,20 @@
  *
  * A wrong token is a violation of the client's address (as a failed login is), the route is rate
  * limited per address, and a blocked address is refused before its token is looked at.
+ *
+ * With METRICS_PORT the route answers only what the metrics listener hands over (listener.ts);
+ * on the main port it is 404, as if it did not exist.
  */
 import { Elysia, t } from "elysia";
-import type { Registry } from "prom-client";
+import { Gauge, type Registry } from "prom-client";
 import { AppError, problemResponses } from "../../errors";
 import type { authPlugin } from "../auth";
 import type { CredentialVerifier } from "../auth/credentials";
 import type { ResolvedClient } from "../client-ip";
 import { constantTimeEqual } from "../csrf/token";
 import type { RouteClass } from "../route-class";
+import { viaMetricsListener } from "./listener";
+import { METRIC } from "./names";
 
 export interface MetricsOptions {
   registry: Registry;
@@ -26,6 +31,8 @@ export interface MetricsOptions {
   auth: ReturnType<typeof authPlugin>;
   /** A wrong or missing token: counted as a violation of the client's address, like a bad login. */
   onAuthFailure?: (failure: { client: ResolvedClient; requestId: string }) => unknown;
+  /** `/metrics` is served by a listener of its own (METRICS_PORT): 404 on the main port. */
+  ownListener?: boolean;
 }
 
 /**
@@ -36,7 +43,25 @@ export const metricsRouteClasses: readonly RouteClass[] = [
   { routes: ["GET /metrics"], policy: "metrics" },
 ];
 
-export function metrics({ registry, token, credentials, auth, onAuthFailure }: MetricsOptions) {
+/**
+ * `http_requests_in_flight`: what Bun's server counts as accepted and not yet answered (a streamed
+ * response until its last byte), read when scraped. Taken from the server rather than counted in
+ * hooks, so a request that is cut off or fails before any hook runs can never leave it off by
+ * one. A scrape on the main port counts itself.
+ */
+export function registerInFlight(registry: Registry, server: () => Bun.Server<unknown> | null) {
+  new Gauge({
+    name: METRIC.httpRequestsInFlight,
+    help: "HTTP requests received and not yet answered by this process",
+    registers: [registry],
+    collect() {
+      this.set(server()?.pendingRequests ?? 0);
+    },
+  });
+}
+
+export function metrics(options: MetricsOptions) {
+  const { registry, token, credentials, auth, onAuthFailure, ownListener = false } = options;
   const expected = token === null ? null : `Bearer ${token}`;
 
   const allowed = (request: Request): boolean => {
@@ -58,6 +83,9 @@ export function metrics({ registry, token, credentials, auth, onAuthFailure }: M
   return new Elysia({ name: "palisade.metrics" }).use(auth).get(
     "/metrics",
     async ({ request, set, client, requestId }) => {
+      if (ownListener && !viaMetricsListener(request)) {
+        throw new AppError("NOT_FOUND", "No route matches this path.");
+      }
       if (!allowed(request)) {
         await onAuthFailure?.({ client, requestId });
         throw new AppError("UNAUTHENTICATED", "A valid metrics token is required.", undefined, {
@@ -72,7 +100,7 @@ export function metrics({ registry, token, credentials, auth, onAuthFailure }: M
       response: {
         200: t.String({ description: "Prometheus text exposition format" }),
         // Missing or wrong METRICS_TOKEN.
-        ...problemResponses(401),
+        ...problemResponses(401, 404),
       },
       detail: { tags: ["meta"], summary: "Prometheus metrics (text exposition format)" },
     },

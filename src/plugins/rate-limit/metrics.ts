@@ -1,15 +1,16 @@
 import { Counter, type Registry } from "prom-client";
+import { METRIC } from "../metrics/names";
 
 export function createRateLimitMetrics(registry: Registry) {
   return {
     rejections: new Counter({
-      name: "rate_limit_rejections_total",
+      name: METRIC.rateLimitRejections,
       help: "Requests refused by the rate limiter, by policy",
       labelNames: ["policy"] as const,
       registers: [registry],
     }),
     storeErrors: new Counter({
-      name: "rate_limit_store_errors_total",
+      name: METRIC.rateLimitStoreErrors,
       help: "Limiter store failures, by what the request got (open: let through, closed: refused)",
       labelNames: ["mode"] as const,
       registers: [registry],

@@ -1,0 +1,48 @@
+/**
+ * @module
+ * Every metric name in the public contract (`CONTRACT.md`), spelled once. Code that registers a
+ * metric uses these constants, and the dashboards and alert rules import them, so a rename is one
+ * edit here and a compile error everywhere else rather than a panel that silently shows nothing.
+ */
+
+export const METRIC = {
+  /** Counter `{method, route, status}`: requests answered; `route` is the pattern. */
+  httpRequests: "http_requests_total",
+  /** Histogram `{method, route}`: time from receiving a request to sending its response. */
+  httpRequestDuration: "http_request_duration_seconds",
+  /** Gauge: requests received and not yet answered, in this process. */
+  httpRequestsInFlight: "http_requests_in_flight",
+  /** Counter `{policy}`: requests refused by the rate limiter. */
+  rateLimitRejections: "rate_limit_rejections_total",
+  /** Counter `{mode}`: limiter store failures (`open`: let through, `closed`: refused). */
+  rateLimitStoreErrors: "rate_limit_store_errors_total",
+  /** Gauge: client addresses blocked right now. */
+  ipBlocksActive: "ip_blocks_active",
+  /** Counter `{reason}`: requests refused for their credentials or permissions. */
+  authFailures: "auth_failures_total",
+  /** Counter: state-changing browser requests refused by the CSRF check. */
+  csrfFailures: "csrf_failures_total",
+  /** Counter `{type}`: security events recorded in the audit log. */
+  auditEvents: "audit_events_total",
+  /** Histogram `{operation}`: time one SQL statement took. */
+  dbQueryDuration: "db_query_duration_seconds",
+  /** Counter `{provider}`: webhook deliveries whose signature did not verify. */
+  webhookSignatureFailures: "webhook_signature_failures_total",
+  /** Counter `{provider, outcome}`: verified webhook deliveries. */
+  webhookEvents: "webhook_events_total",
+  /** Counter `{kind}`: chat tokens (prompt, completion). */
+  chatTokens: "chat_tokens_total",
+  /** Counter `{provider, outcome}`: chat requests. */
+  chatRequests: "chat_requests_total",
+  /** Histogram `{provider}`: time one upstream request took. */
+  upstreamRequestDuration: "upstream_request_duration_seconds",
+  /** Gauge `{provider}`: 1 while the upstream's circuit breaker is open. */
+  upstreamCircuitOpen: "upstream_circuit_open",
+  /** Counter `{status}`: payments by status. */
+  payments: "payments_total",
+} as const;
+
+export type MetricName = (typeof METRIC)[keyof typeof METRIC];
+
+/** Every contract metric name, for checks that walk them all (dashboards, the Prometheus proof). */
+export const CONTRACT_METRIC_NAMES: readonly MetricName[] = Object.values(METRIC);

@@ -1,0 +1,201 @@
+/**
+ * @module
+ * Error reporting to Sentry, only when SENTRY_DSN is set. Without it the reporter is a no-op and
+ * the SDK is never even imported.
+ *
+ * Not the SDK's global `Sentry.init`: each app gets its own `BunClient` bound to its own `Scope`
+ * (the SDK's documented set-up for code that shares a process), so two apps in one process (the
+ * tests) never report into each other and nothing global needs resetting. The SDK is imported
+ * when the reporter is made (it takes ~0.5 s to load); what is reported before it is ready is
+ * queued (at most 100 events) and sent once it is. No default integrations: nothing hooks the
+ * process, `fetch` or the console; events carry what `report` puts in them, scrubbed by
+ * `beforeSend` (scrub.ts).
+ *
+ * `report` is called by the one error handler for every 5xx and by features for an upstream
+ * failure they answer without throwing; each event carries the request id, route, method and
+ * principal as tags. `flush` runs at shutdown.
+ *
+ * Tracing: with SENTRY_TRACES_SAMPLE_RATE above 0, that share of requests is sent as an
+ * `http.server` transaction (name `METHOD /route/pattern`, status, duration, request id), built
+ * from what the access log already measures; nothing else is instrumented.
+ */
+import type { Logger } from "pino";
+import { createScrubber } from "./scrub";
+
+export interface ErrorContext {
+  requestId?: string;
+  /** The route pattern (`POST /api/chat`), never the raw path. */
+  route?: string;
+  method?: string;
+  /** `user:<id>` or `key:<id>`. */
+  principal?: string;
+  /** The status the client got. */
+  status?: number;
+  /** The problem code the client got. */
+  code?: string;
+  /** What failed when it was not us: `openai`, `stripe`, `whatsapp`. */
+  upstream?: string;
+  /** The request, for its URL and headers (scrubbed; its body is never read). */
+  request?: Request;
+  /** Anything else worth knowing; fields that name credentials or user text are dropped. */
+  extra?: Record<string, unknown>;
+}
+
+/** One answered request, for a sampled transaction. */
+export interface RequestTrace {
+  method: string;
+  /** The route pattern, or the unmatched placeholder. */
+  route: string;
+  status: number;
+  requestId: string;
+  /** Wall-clock start and end, in milliseconds since the epoch. */
+  startMs: number;
+  endMs: number;
+}
+
+export interface ErrorReporter {
+  /** Whether events are sent anywhere (SENTRY_DSN is set). */
+  readonly enabled: boolean;
+  /** Whether some requests are traced (SENTRY_TRACES_SAMPLE_RATE above 0). */
+  readonly tracing: boolean;
+  /** Sends the request as a transaction when it falls in the sample; cheap when it does not. */
+  traceRequest(trace: RequestTrace): void;
+  report(error: unknown, context?: ErrorContext): void;
+  /** Waits until queued events are sent, at most `timeoutMs`; true when all were. */
+  flush(timeoutMs?: number): Promise<boolean>;
+}
+
+export interface ErrorReporterOptions {
+  dsn: string | null;
+  environment: string;
+  release: string;
+  tracesSampleRate: number;
+  /** Every configured secret: replaced wherever it appears in an event. */
+  secretValues: readonly string[];
+  logger: Logger;
+}
+
+const MAX_QUEUED = 100;
+
+export const disabledReporter: ErrorReporter = {
+  enabled: false,
+  tracing: false,
+  traceRequest() {},
+  report() {},
+  flush: async () => true,
+};
+
+type Report = (error: unknown, context: ErrorContext) => void;
+
+const randomHex = (bytes: number) =>
+  Buffer.from(crypto.getRandomValues(new Uint8Array(bytes))).toString("hex");
+
+export function createErrorReporter(options: ErrorReporterOptions): ErrorReporter {
+  const { dsn, logger } = options;
+  if (dsn === null) return disabledReporter;
+
+  const scrub = createScrubber([...options.secretValues, dsn]);
+  let queue: [unknown, ErrorContext][] | null = [];
+  let send: Report | null = null;
+  let sendTrace: ((trace: RequestTrace) => void) | null = null;
+  const rate = options.tracesSampleRate;
+  let flushClient: ((timeoutMs: number) => Promise<boolean>) | null = null;
+
+  const ready = import("@sentry/bun").then(
+    (Sentry) => {
+      const client = new Sentry.BunClient({
+        dsn,
+        environment: options.environment,
+        release: options.release,
+        tracesSampleRate: rate,
+        // Transactions as whole events, so beforeSendTransaction (the scrubber) sees them.
+        traceLifecycle: "static",
+        transport: Sentry.makeFetchTransport,
+        stackParser: Sentry.defaultStackParser,
+        integrations: [Sentry.linkedErrorsIntegration()],
+        beforeSend: (event) => scrub(event),
+        beforeSendTransaction: (event) => scrub(event),
+        beforeBreadcrumb: (breadcrumb) => scrub(breadcrumb),
+      });
+      const base = new Sentry.Scope();
+      base.setClient(client);
+      client.init();
+      send = function sendToSentry(error, context) {
+        const scope = base.clone();
+        const tags: Record<string, string> = {};
+        if (context.requestId) tags.request_id = context.requestId;
+        if (context.route) tags.route = context.route;
+        if (context.method) tags.method = context.method;
+        if (context.principal) tags.principal = context.principal;
+        if (context.status !== undefined) tags.status = String(context.status);
+        if (context.code) tags.code = context.code;
+        if (context.upstream) tags.upstream = context.upstream;
+        scope.setTags(tags);
+        if (context.principal) scope.setUser({ id: context.principal });
+        if (context.extra) scope.setExtras(context.extra);
+        const request = context.request;
+        if (request) {
+          const url = new URL(request.url);
+          const requestData = {
+            method: request.method,
+            url: `${url.origin}${url.pathname}`,
+            query_string: url.search.replace(/^\?/, ""),
+            headers: Object.fromEntries(request.headers),
+          };
+          scope.addEventProcessor((event) => ({ ...event, request: requestData }));
+        }
+        scope.captureException(error);
+      };
+      sendTrace = function sendTransaction(trace) {
+        const name = `${trace.method} ${trace.route}`;
+        base.captureEvent({
+          type: "transaction",
+          transaction: name,
+          start_timestamp: trace.startMs / 1000,
+          timestamp: trace.endMs / 1000,
+          tags: { request_id: trace.requestId, route: name, status: String(trace.status) },
+          contexts: {
+            trace: {
+              trace_id: randomHex(16),
+              span_id: randomHex(8),
+              op: "http.server",
+              status: trace.status >= 500 ? "internal_error" : "ok",
+              data: { "http.response.status_code": trace.status },
+            },
+          },
+          spans: [],
+        });
+      };
+      flushClient = async (timeoutMs) => client.flush(timeoutMs);
+      const pending = queue ?? [];
+      queue = null;
+      for (const [error, context] of pending) send(error, context);
+    },
+    (error: unknown) => {
+      queue = null;
+      logger.error({ err: error }, "sentry could not be loaded; errors are not reported");
+    },
+  );
+
+  return {
+    enabled: true,
+    tracing: rate > 0,
+    traceRequest(trace) {
+      // Before the SDK is loaded a sampled request is simply not traced.
+      if (sendTrace && Math.random() < rate) sendTrace(trace);
+    },
+    report(error, context = {}) {
+      try {
+        if (send) send(error, context);
+        else if (queue && queue.length < MAX_QUEUED) queue.push([error, context]);
+      } catch (failure) {
+        // Reporting must never turn one failure into two.
+        logger.warn({ err: failure }, "sentry report failed");
+      }
+    },
+    async flush(timeoutMs = 2000) {
+      await ready;
+      return flushClient ? flushClient(timeoutMs) : true;
+    },
+  };
+}

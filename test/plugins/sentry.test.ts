@@ -1,0 +1,423 @@
+/**
+ * Error reporting against a local server that receives Sentry envelopes as sentry.io would: a 500
+ * arrives with the request id, route and principal, and without any secret that was in the
+ * request; an upstream failure reported without throwing arrives too; no DSN sends nothing; two
+ * apps in one process never share a client.
+ */
+import { Database } from "bun:sqlite";
+import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
+import { join } from "node:path";
+import { Elysia, t } from "elysia";
+import type { Feature } from "../../src/modules/feature";
+import { createScrubber } from "../../src/plugins/sentry/scrub";
+import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
+import { bearer, createKey, signUp } from "../support/auth";
+import { startService } from "../support/process";
+import { type SentryServer, startSentryServer } from "../support/sentry-server";
+import { waitFor } from "../support/wait";
+
+const CONFIGURED_SECRET = "whsec_configured-stripe-secret-0123456789";
+const PASSWORD = "my-secret-password-Vx93!qq";
+const CHAT_TEXT = "please keep this private: my card ends 4242";
+
+let sentry: SentryServer;
+let current: TestApp | null = null;
+/** The app under test, for the routes that report without throwing. */
+let reportTarget: TestApp | null = null;
+
+beforeAll(() => {
+  sentry = startSentryServer();
+});
+afterAll(() => sentry.stop());
+afterEach(() => {
+  current?.close();
+  current = null;
+  sentry.envelopes.length = 0;
+});
+
+const explosions: Feature = {
+  name: "explosions",
+  routeClasses: [
+    { routes: ["POST /test/explode"] },
+    { routes: ["POST /api/auth/test-explode"], policy: "register" },
+    { routes: ["POST /api/chat/test-upstream"], bodyLimit: "chat" },
+  ],
+  routes: ({ auth }) =>
+    new Elysia()
+      .use(auth)
+      .post(
+        "/test/explode",
+        () => {
+          // A careless message that carries a configured secret.
+          throw new Error(`stripe call failed with key ${CONFIGURED_SECRET}`);
+        },
+        { auth: "principal" },
+      )
+      .post(
+        "/api/auth/test-explode",
+        ({ body }) => {
+          throw new Error(`sign-in store failed for ${body.email}`);
+        },
+        { public: true, body: t.Object({ email: t.String(), password: t.String() }) },
+      )
+      .post(
+        "/api/chat/test-upstream",
+        ({ body, requestId, principal, request }) => {
+          // An upstream failure answered with a fallback, reported without throwing.
+          reportTarget!.services.errors.report(new Error("openai answered 502 Bad Gateway"), {
+            requestId,
+            route: "POST /api/chat/test-upstream",
+            principal: `${principal.kind}:${principal.id}`,
+            upstream: "openai",
+            request,
+            extra: { message: body.message, model: "gpt-4o-mini", attempt: 2 },
+          });
+          return { reply: "The assistant is unavailable; try again shortly." };
+        },
+        { auth: "principal", body: t.Object({ message: t.String() }) },
+      ),
+};
+
+function build(env: Record<string, string> = {}): TestApp {
+  current = buildTestApp({
+    extraFeatures: [explosions],
+    env: { SENTRY_DSN: sentry.dsn(), STRIPE_WEBHOOK_SECRET: CONFIGURED_SECRET, ...env },
+  });
+  reportTarget = current;
+  return current;
+}
+
+test("a 500 arrives with request id, route and principal, and without any secret from the request", async () => {
+  const target = build({ APP_RELEASE: "palisade@test-1" });
+  const user = await signUp(target);
+  const key = createKey(target, ["chat"], user.userId);
+  const response = await send(target, `/test/explode?api_key=${key.key}&page=2`, {
+    body: {},
+    headers: {
+      ...bearer(user.accessToken),
+      cookie: `palisade_session=${user.accessToken}; palisade_csrf=csrf-cookie-value-123`,
+      "x-request-id": "req-sentry-500",
+      "user-agent": "sentry-test",
+    },
+  });
+  expect(response.status).toBe(500);
+  expect(((await response.json()) as { code: string }).code).toBe("INTERNAL");
+  expect(await target.services.errors.flush(5000)).toBe(true);
+
+  await waitFor(() => sentry.events().length === 1, { what: "one event" });
+  const envelope = sentry.envelopes[0]!;
+  expect(envelope.project).toBe("42");
+  const event = sentry.events()[0] as {
+    tags: Record<string, string>;
+    environment: string;
+    release: string;
+    user: { id: string };
+    exception: { values: { type: string; value: string }[] };
+    request: { url: string; method: string; headers: Record<string, string>; query_string: string };
+  };
+  expect(event.tags.request_id).toBe("req-sentry-500");
+  expect(event.tags.route).toBe("POST /test/explode");
+  expect(event.tags.principal).toBe(`user:${user.userId}`);
+  expect(event.tags.status).toBe("500");
+  expect(event.user.id).toBe(`user:${user.userId}`);
+  expect(event.environment).toBe("development");
+  expect(event.release).toBe("palisade@test-1");
+  expect(event.request.method).toBe("POST");
+  expect(event.request.url).toBe("http://localhost/test/explode");
+  expect(event.request.headers["user-agent"]).toBe("sentry-test");
+  expect(event.request.query_string).toContain("page=2");
+  // The error is there, its secret is not.
+  expect(event.exception.values[0]!.value).toBe("stripe call failed with key [Filtered]");
+
+  // The same through an API key in its header: the key is the principal, and is not sent.
+  const viaKey = await send(target, "/test/explode", {
+    body: {},
+    headers: { "x-api-key": key.key, "x-request-id": "req-sentry-key" },
+  });
+  expect(viaKey.status).toBe(500);
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 2, { what: "the second event" });
+  const keyEvent = sentry.events()[1] as typeof event;
+  expect(keyEvent.tags.request_id).toBe("req-sentry-key");
+  expect(keyEvent.tags.principal).toBe(`key:${key.record.id}`);
+
+  // Nothing secret anywhere in what was sent, in any form.
+  const sent = sentry.envelopes.map((e) => e.raw).join("\n");
+  for (const secret of [
+    user.accessToken,
+    key.key,
+    CONFIGURED_SECRET,
+    "csrf-cookie-value-123",
+    target.config.jwt.secretKey,
+  ]) {
+    expect(sent).not.toContain(secret);
+  }
+  for (const header of ["authorization", "cookie", "x-api-key"]) {
+    for (const sentEvent of [event, keyEvent]) {
+      expect(Object.keys(sentEvent.request.headers).map((h) => h.toLowerCase())).not.toContain(
+        header,
+      );
+    }
+  }
+});
+
+test("the body of an auth route never leaves, even when the error names part of it", async () => {
+  const target = build();
+  const response = await send(target, "/api/auth/test-explode", {
+    body: { email: "someone@example.test", password: PASSWORD },
+    headers: { "x-request-id": "req-auth-500" },
+  });
+  expect(response.status).toBe(500);
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 1, { what: "one event" });
+  const event = sentry.events()[0] as { tags: Record<string, string>; request: object };
+  expect(event.tags.request_id).toBe("req-auth-500");
+  expect(event.tags.route).toBe("POST /api/auth/test-explode");
+  expect(event.tags.principal).toBeUndefined();
+  expect("data" in event.request).toBe(false);
+  expect(sentry.envelopes[0]!.raw).not.toContain(PASSWORD);
+});
+
+test("an upstream failure reported without throwing arrives tagged, without the user's chat text", async () => {
+  const target = build();
+  const user = await signUp(target);
+  const response = await send(target, "/api/chat/test-upstream", {
+    body: { message: CHAT_TEXT },
+    headers: { ...bearer(user.accessToken), "x-request-id": "req-upstream" },
+  });
+  expect(response.status).toBe(200);
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 1, { what: "one event" });
+  const event = sentry.events()[0] as {
+    tags: Record<string, string>;
+    extra: Record<string, unknown>;
+  };
+  expect(event.tags).toMatchObject({
+    request_id: "req-upstream",
+    route: "POST /api/chat/test-upstream",
+    principal: `user:${user.userId}`,
+    upstream: "openai",
+  });
+  // What helps debugging stays; what the user wrote does not.
+  expect(event.extra).toEqual({ model: "gpt-4o-mini", attempt: 2 });
+  const raw = sentry.envelopes[0]!.raw;
+  expect(raw).not.toContain(CHAT_TEXT);
+  expect(raw).not.toContain(user.accessToken);
+});
+
+test("a 4xx is not reported; a 503 from an unusable database is", async () => {
+  const target = build();
+  expect((await send(target, "/test/explode", { body: {} })).status).toBe(401);
+  expect((await send(target, "/nope")).status).toBe(404);
+  await target.services.errors.flush(5000);
+  expect(sentry.events()).toHaveLength(0);
+
+  // Another connection holds the write lock: registering answers 503 SERVICE_UNAVAILABLE.
+  const holder = new Database(target.databasePath);
+  holder.run("BEGIN IMMEDIATE");
+  try {
+    const busy = await send(target, "/api/auth/register", {
+      body: { email: "busy@example.test", password: "violet-Harbor-quantum-73!" },
+    });
+    expect(busy.status).toBe(503);
+  } finally {
+    holder.run("ROLLBACK");
+    holder.close();
+  }
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 1, { what: "the 503 event" });
+  const event = sentry.events()[0] as { tags: Record<string, string> };
+  expect(event.tags.status).toBe("503");
+  expect(event.tags.code).toBe("SERVICE_UNAVAILABLE");
+});
+
+test("no DSN: the reporter is off and nothing is sent", async () => {
+  current = buildTestApp({ extraFeatures: [explosions] });
+  reportTarget = current;
+  expect(current.services.errors.enabled).toBe(false);
+  const user = await signUp(current);
+  const response = await send(current, "/test/explode", {
+    body: {},
+    headers: bearer(user.accessToken),
+  });
+  expect(response.status).toBe(500);
+  expect(await current.services.errors.flush(1000)).toBe(true);
+  await Bun.sleep(50);
+  expect(sentry.envelopes).toHaveLength(0);
+});
+
+test("each app has its own client: the SDK's global stays uninitialised, two apps report apart", async () => {
+  const other = startSentryServer();
+  const first = build();
+  const second = buildTestApp({
+    extraFeatures: [explosions],
+    env: { SENTRY_DSN: other.dsn("7") },
+  });
+  try {
+    const user = await signUp(second);
+    reportTarget = second;
+    expect(
+      (await send(second, "/test/explode", { body: {}, headers: bearer(user.accessToken) })).status,
+    ).toBe(500);
+    await second.services.errors.flush(5000);
+    await first.services.errors.flush(5000);
+    await waitFor(() => other.events().length === 1, { what: "the second app's event" });
+    expect(other.envelopes[0]!.project).toBe("7");
+    expect(sentry.events()).toHaveLength(0);
+    const Sentry = await import("@sentry/bun");
+    expect(Sentry.getClient()).toBeUndefined();
+    expect(Sentry.isInitialized()).toBe(false);
+  } finally {
+    second.close();
+    other.stop();
+  }
+});
+
+test("beforeSend strips credentials, private bodies and configured secrets from every part of an event", () => {
+  const secret = "configured-secret-value-0123456789";
+  const scrub = createScrubber([secret]);
+  const apiKey = "pal_live_abcdefghijklmnop0123456789";
+  const jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+  const event = {
+    message: `failed with ${secret}`,
+    exception: { values: [{ type: "Error", value: `key ${apiKey} rejected` }] },
+    tags: { note: `Bearer ${jwt}` },
+    extra: { password: PASSWORD, prompt: CHAT_TEXT, nested: { apiKey, ok: `uses ${secret}` } },
+    contexts: {
+      runtime: { name: "bun", version: "1.4.5" },
+      upstream: { token: "t0ken-value-xyz", status: 502 },
+    },
+    breadcrumbs: [{ message: `GET /x?api_key=${apiKey}`, data: { authorization: jwt, url: "/x" } }],
+    request: {
+      url: `http://localhost/api/auth/login?token=${jwt}`,
+      query_string: `api_key=${apiKey}&page=1`,
+      cookies: { palisade_session: jwt },
+      headers: {
+        Authorization: `Bearer ${jwt}`,
+        Cookie: `palisade_session=${jwt}`,
+        "X-Api-Key": apiKey,
+        "X-CSRF-Token": "csrf-token-value",
+        "Stripe-Signature": "t=1,v1=abc",
+        Accept: "application/json",
+      },
+      data: { email: "a@example.test", password: PASSWORD },
+    },
+  };
+  const scrubbed = scrub(event);
+  const text = JSON.stringify(scrubbed);
+  for (const value of [
+    secret,
+    apiKey,
+    jwt,
+    PASSWORD,
+    CHAT_TEXT,
+    "t0ken-value-xyz",
+    "csrf-token-value",
+  ]) {
+    expect(text).not.toContain(value);
+  }
+  expect(scrubbed.message).toBe("failed with [Filtered]");
+  expect(scrubbed.exception.values[0]!.value).toBe("key [Filtered] rejected");
+  expect(scrubbed.request.headers as unknown).toEqual({ Accept: "application/json" });
+  expect("data" in scrubbed.request).toBe(false);
+  expect("cookies" in scrubbed.request).toBe(false);
+  expect(scrubbed.request.query_string).toBe("api_key=[Filtered]&page=1");
+  expect(scrubbed.extra as unknown).toEqual({ nested: { ok: "uses [Filtered]" } });
+  expect(scrubbed.contexts as unknown).toEqual({
+    runtime: { name: "bun", version: "1.4.5" },
+    upstream: { status: 502 },
+  });
+  expect(scrubbed.breadcrumbs[0] as unknown).toEqual({
+    message: "GET /x?api_key=[Filtered]",
+    data: { url: "/x" },
+  });
+  // The input is not modified (the SDK may still hold it).
+  expect(event.request.headers["X-Api-Key"]).toBe(apiKey);
+
+  // Outside the private routes a body is kept, less its credential fields.
+  const other = scrub({
+    request: {
+      url: "http://localhost/api/payments/intents",
+      data: { amount: 500, currency: "usd", password: PASSWORD },
+    },
+  });
+  expect(other.request.data as unknown).toEqual({ amount: 500, currency: "usd" });
+  for (const path of ["/api/chat", "/api/chat/conversations/1", "/api/me/export"]) {
+    const chat = scrub({
+      request: { url: `http://localhost${path}`, data: { message: CHAT_TEXT } },
+    });
+    expect("data" in chat.request).toBe(false);
+  }
+});
+
+test("SENTRY_TRACES_SAMPLE_RATE: 1 traces every request as a transaction by route pattern; 0 (default) none", async () => {
+  const transactions = () =>
+    sentry.envelopes.flatMap((e) =>
+      e.items.filter((i) => i.type === "transaction").map((i) => i.payload),
+    );
+  const untraced = build();
+  await send(untraced, "/health");
+  await send(untraced, "/test/explode", { body: {} });
+  await untraced.services.errors.flush(5000);
+  expect(transactions()).toHaveLength(0);
+  untraced.close();
+
+  const traced = build({ SENTRY_TRACES_SAMPLE_RATE: "1" });
+  // The SDK loads asynchronously; requests are traced once it is ready.
+  await traced.services.errors.flush(5000);
+  await send(traced, "/health", { headers: { "x-request-id": "req-traced" } });
+  await send(traced, `/nope/${"secret-path"}`);
+  await traced.services.errors.flush(5000);
+  await waitFor(() => transactions().length === 2, { what: "two transactions" });
+  const [health, unmatched] = transactions() as {
+    transaction: string;
+    tags: Record<string, string>;
+    contexts: { trace: { op: string; status: string } };
+    start_timestamp: number;
+    timestamp: number;
+  }[];
+  expect(health!.transaction).toBe("GET /health");
+  expect(health!.tags.request_id).toBe("req-traced");
+  expect(health!.contexts.trace.op).toBe("http.server");
+  expect(health!.timestamp).toBeGreaterThanOrEqual(health!.start_timestamp);
+  expect(unmatched!.transaction).toBe("GET <unmatched>");
+  expect(unmatched!.tags.status).toBe("404");
+  expect(sentry.envelopes.map((e) => e.raw).join("")).not.toContain("secret-path");
+});
+
+test("a real process reports a 503 and sends it before it exits on SIGTERM", async () => {
+  const dir = tempDir();
+  try {
+    const databasePath = join(dir.path, "sentry.db");
+    const service = await startService({
+      DATABASE_PATH: databasePath,
+      SENTRY_DSN: sentry.dsn("9"),
+      LOG_LEVEL: "info",
+    });
+    let exitCode: number;
+    const holder = new Database(databasePath);
+    try {
+      holder.run("BEGIN IMMEDIATE");
+      const response = await fetch(new URL("/api/auth/register", service.url), {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-request-id": "req-process-503" },
+        body: JSON.stringify({ email: "busy@example.test", password: PASSWORD }),
+      });
+      expect(response.status).toBe(503);
+    } finally {
+      holder.run("ROLLBACK");
+      holder.close();
+      exitCode = await service.stop("SIGTERM");
+    }
+    expect(exitCode).toBe(0);
+    // Sent by the time the process has exited: nothing to wait for. (The SDK loads in the
+    // background at start; a report made before it is ready is queued, and only the flush at
+    // shutdown gets it out when SIGTERM follows at once.)
+    const event = sentry.events()[0] as { tags: Record<string, string> } | undefined;
+    expect(event?.tags.request_id).toBe("req-process-503");
+    expect(sentry.envelopes[0]!.project).toBe("9");
+    expect(sentry.envelopes[0]!.raw).not.toContain(PASSWORD);
+  } finally {
+    dir.remove();
+  }
+}, 30_000);
