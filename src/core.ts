@@ -31,10 +31,10 @@ import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry
 import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
-import { createErrorReporter, type ErrorReporter } from "./plugins/sentry";
 import { RedisLimiterStore } from "./plugins/rate-limit/redis-store";
 import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "./plugins/rate-limit/store";
+import { createErrorReporter, type ErrorReporter } from "./plugins/sentry";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 const REDIS_START_WAIT_MS = 500;

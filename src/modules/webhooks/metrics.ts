@@ -4,7 +4,9 @@
  * built on a registry creates them; the others get the same counters, so each name is registered
  * once per app.
  */
+
 import { Counter, type Registry } from "prom-client";
+import { METRIC } from "../../plugins/metrics/names";
 
 export type WebhookProvider = "stripe" | "whatsapp";
 
@@ -19,8 +21,8 @@ export interface WebhookMetrics {
   events: Counter<"provider" | "outcome">;
 }
 
-const SIGNATURE_FAILURES = "webhook_signature_failures_total";
-const EVENTS = "webhook_events_total";
+const SIGNATURE_FAILURES = METRIC.webhookSignatureFailures;
+const EVENTS = METRIC.webhookEvents;
 
 export function webhookMetrics(registry: Registry): WebhookMetrics {
   const signatureFailures =

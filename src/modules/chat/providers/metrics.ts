@@ -3,7 +3,9 @@
  * The upstream metrics, beside the providers that count them. Get-or-create per registry, so two
  * providers (or two builds of one) on one app share the series instead of registering twice.
  */
+
 import { Gauge, Histogram, type Registry } from "prom-client";
+import { METRIC } from "../../../plugins/metrics/names";
 
 export interface UpstreamMetrics {
   /** One observation per HTTP request to the upstream (each retry is its own), streams until their end. */
@@ -12,8 +14,8 @@ export interface UpstreamMetrics {
   circuitOpen: Gauge<"provider">;
 }
 
-const REQUEST_DURATION = "upstream_request_duration_seconds";
-const CIRCUIT_OPEN = "upstream_circuit_open";
+const REQUEST_DURATION = METRIC.upstreamRequestDuration;
+const CIRCUIT_OPEN = METRIC.upstreamCircuitOpen;
 
 /** LLM calls run from tens of milliseconds (a cached or local model) to a minute (a long stream). */
 export const UPSTREAM_DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60];
