@@ -1,0 +1,248 @@
+/**
+ * @module
+ * The payment routes: `POST /api/payments/intents` (Idempotency-Key required), `GET
+ * /api/payments[/:id]` (the caller's own), and the admins' `POST /api/admin/payments/:id/refund`.
+ * Callers are signed-in users or API keys with the `payments` scope; a payment belongs to the user
+ * (an API key acting for a user sees that user's payments), and another's is 404, never 403. With
+ * no STRIPE_SECRET_KEY every route answers 503 SERVICE_UNAVAILABLE saying so.
+ */
+import { Elysia, t } from "elysia";
+import type { Config } from "../../config";
+import { AppError, problemResponses } from "../../errors";
+import type { authPlugin } from "../../plugins/auth";
+import { type Principal, principalRef } from "../../plugins/auth/principal";
+import type { RouteClass } from "../../plugins/route-class";
+import { checkEmail } from "../auth/email";
+import type { PaymentLedger } from "./ledger";
+import { viewOf } from "./ledger";
+import {
+  CreatedIntent,
+  IdempotencyHeaders,
+  IntentBody,
+  METADATA_KEY_MAX_LENGTH,
+  Payment,
+  PaymentIdParams,
+  PaymentListQuery,
+  PaymentPage,
+  RefundBody,
+  RefundResult,
+} from "./model";
+import type { ActingRequest, PaymentService } from "./service";
+import type { GatewayFailure } from "./stripe-client";
+
+/** Intents and refunds spend money: the `payments` policy (per principal, fails closed). */
+export const paymentsRouteClasses: readonly RouteClass[] = [
+  { routes: ["POST /api/payments/intents"], policy: "payments" },
+  { routes: ["GET /api/payments", "GET /api/payments/:id"] },
+  { routes: ["POST /api/admin/payments/:id/refund"], policy: "payments" },
+];
+
+export interface PaymentsModuleOptions {
+  auth: ReturnType<typeof authPlugin>;
+  service: PaymentService;
+  ledger: PaymentLedger;
+  payments: Config["payments"];
+}
+
+/** Whose a payment is: the user (for a user's API key too), or an ownerless key itself. */
+export function ownerOf(principal: Principal): string {
+  if (principal.kind === "user") return `user:${principal.id}`;
+  return principal.userId === null ? `key:${principal.id}` : `user:${principal.userId}`;
+}
+
+const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).";
+
+function invalid(field: string, message: string, detail = "The request body is invalid."): never {
+  throw new AppError("VALIDATION_FAILED", detail, [{ field, message }]);
+}
+
+/** A failed Stripe call at the edge: 503 when worth retrying, 502 when Stripe will not do it. */
+function upstreamError(failure: GatewayFailure): AppError {
+  if (failure.kind === "unavailable") {
+    return new AppError(
+      "UPSTREAM_UNAVAILABLE",
+      "The payment provider is unavailable; retry with the same Idempotency-Key.",
+      undefined,
+      { "retry-after": "5" },
+      503,
+    );
+  }
+  return new AppError(
+    "UPSTREAM_UNAVAILABLE",
+    failure.kind === "refused"
+      ? `The payment provider refused the request (${failure.reason}).`
+      : "The payment provider's answer could not be trusted.",
+  );
+}
+
+export function paymentsModule(options: PaymentsModuleOptions) {
+  const { service, ledger, payments } = options;
+  const tags = ["payments"];
+  const acting = (
+    principal: Principal,
+    request: Request,
+    path: string,
+    ip: string,
+    requestId: string,
+  ): ActingRequest => ({
+    actor: principalRef(principal),
+    ip,
+    route: `${request.method} ${path}`,
+    requestId,
+  });
+
+  return new Elysia({ name: "palisade.module.payments" })
+    .use(options.auth)
+    // After authentication and validation (an anonymous caller still gets 401, a malformed body
+    // 422), before any handler reaches for Stripe.
+    .onBeforeHandle(function paymentsConfigured() {
+      if (!service.configured) {
+        throw new AppError("SERVICE_UNAVAILABLE", NOT_CONFIGURED);
+      }
+    })
+    .post(
+      "/api/payments/intents",
+      async ({ body, headers, principal, request, path, clientIp, requestId, set }) => {
+        if (body.amount > payments.maxAmount) {
+          invalid("body/amount", `Must be at most ${payments.maxAmount}`);
+        }
+        const currency = body.currency.toLowerCase();
+        if (!payments.currencies.includes(currency)) {
+          invalid("body/currency", `Must be one of ${payments.currencies.join(", ")}`);
+        }
+        let customerEmail: string | undefined;
+        if (body.customerEmail !== undefined) {
+          const verdict = checkEmail(body.customerEmail);
+          if (!verdict.ok) {
+            invalid(
+              "body/customerEmail",
+              verdict.reason === "invisible_characters"
+                ? "Must not contain invisible or control characters"
+                : "Expected an email address",
+            );
+          }
+          customerEmail = verdict.email;
+        }
+        if (body.metadata !== undefined) {
+          for (const key of Object.keys(body.metadata)) {
+            // Stripe refuses empty keys, keys over 40 characters and square brackets.
+            if (key.length === 0 || key.length > METADATA_KEY_MAX_LENGTH || /[[\]]/.test(key)) {
+              invalid(
+                "body/metadata",
+                `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets`,
+              );
+            }
+          }
+        }
+        const outcome = await service.createIntent(
+          ownerOf(principal),
+          headers["idempotency-key"],
+          {
+            amount: body.amount,
+            currency,
+            description: body.description,
+            customerEmail,
+            metadata: body.metadata,
+          },
+          acting(principal, request, path, clientIp, requestId),
+        );
+        switch (outcome.kind) {
+          case "created":
+            set.status = 201;
+            if (outcome.replayed) set.headers["idempotent-replayed"] = "true";
+            return outcome.response;
+          case "key_reused":
+            throw new AppError(
+              "CONFLICT",
+              "This Idempotency-Key was used with a different request body.",
+            );
+          case "in_progress":
+            throw new AppError(
+              "CONFLICT",
+              "A request with this Idempotency-Key is still in progress; retry shortly.",
+              undefined,
+              { "retry-after": "1" },
+            );
+          default:
+            throw upstreamError(outcome);
+        }
+      },
+      {
+        auth: { scope: "payments" },
+        body: IntentBody,
+        headers: IdempotencyHeaders,
+        response: { 201: CreatedIntent, ...problemResponses(409, 422, 502, 503) },
+        detail: {
+          tags,
+          summary: "Create a Stripe PaymentIntent (Idempotency-Key required)",
+        },
+      },
+    )
+    .get(
+      "/api/payments",
+      ({ query, principal }) => ledger.list(ownerOf(principal), query.cursor, query.limit ?? 50),
+      {
+        auth: { scope: "payments" },
+        query: PaymentListQuery,
+        response: { 200: PaymentPage, ...problemResponses(422) },
+        detail: { tags, summary: "Your payments, newest first (cursor pagination)" },
+      },
+    )
+    .get(
+      "/api/payments/:id",
+      ({ params, principal }) => {
+        const row = ledger.findOwned(ownerOf(principal), params.id);
+        if (!row) throw new AppError("NOT_FOUND", "No payment of yours has that id.");
+        return viewOf(row);
+      },
+      {
+        auth: { scope: "payments" },
+        params: PaymentIdParams,
+        response: { 200: Payment, ...problemResponses(404, 422) },
+        detail: { tags, summary: "One of your payments" },
+      },
+    )
+    .post(
+      "/api/admin/payments/:id/refund",
+      async ({ params, body, principal, request, path, clientIp, requestId }) => {
+        const outcome = await service.refund(
+          params.id,
+          body?.amount,
+          acting(principal, request, path, clientIp, requestId),
+        );
+        switch (outcome.kind) {
+          case "refunded":
+            return { refund: outcome.refund, payment: outcome.payment };
+          case "not_found":
+            throw new AppError("NOT_FOUND", "No payment has that id.");
+          case "not_refundable":
+            throw new AppError(
+              "CONFLICT",
+              `Only a succeeded payment can be refunded; this one is ${outcome.status}.`,
+            );
+          case "in_progress":
+            throw new AppError("CONFLICT", "A refund of this payment is in progress.", undefined, {
+              "retry-after": "1",
+            });
+          case "too_much":
+            return invalid(
+              "body/amount",
+              `Must be at most the ${outcome.remaining} not yet refunded`,
+              "The refund is larger than what is left to refund.",
+            );
+          default:
+            throw upstreamError(outcome);
+        }
+      },
+      {
+        auth: { role: "admin" },
+        params: PaymentIdParams,
+        body: t.Optional(RefundBody),
+        response: { 200: RefundResult, ...problemResponses(404, 409, 422, 502, 503) },
+        detail: {
+          tags: ["admin", ...tags],
+          summary: "Refund a payment, whole or in part (audited)",
+        },
+      },
+    );
+}
