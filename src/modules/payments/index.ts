@@ -91,158 +91,165 @@ export function paymentsModule(options: PaymentsModuleOptions) {
     requestId,
   });
 
-  return new Elysia({ name: "palisade.module.payments" })
-    .use(options.auth)
-    // After authentication and validation (an anonymous caller still gets 401, a malformed body
-    // 422), before any handler reaches for Stripe.
-    .onBeforeHandle(function paymentsConfigured() {
-      if (!service.configured) {
-        throw new AppError("SERVICE_UNAVAILABLE", NOT_CONFIGURED);
-      }
-    })
-    .post(
-      "/api/payments/intents",
-      async ({ body, headers, principal, request, path, clientIp, requestId, set }) => {
-        if (body.amount > payments.maxAmount) {
-          invalid("body/amount", `Must be at most ${payments.maxAmount}`);
+  return (
+    new Elysia({ name: "palisade.module.payments" })
+      .use(options.auth)
+      // After authentication and validation (an anonymous caller still gets 401, a malformed body
+      // 422), before any handler reaches for Stripe.
+      .onBeforeHandle(function paymentsConfigured() {
+        if (!service.configured) {
+          throw new AppError("SERVICE_UNAVAILABLE", NOT_CONFIGURED);
         }
-        const currency = body.currency.toLowerCase();
-        if (!payments.currencies.includes(currency)) {
-          invalid("body/currency", `Must be one of ${payments.currencies.join(", ")}`);
-        }
-        let customerEmail: string | undefined;
-        if (body.customerEmail !== undefined) {
-          const verdict = checkEmail(body.customerEmail);
-          if (!verdict.ok) {
-            invalid(
-              "body/customerEmail",
-              verdict.reason === "invisible_characters"
-                ? "Must not contain invisible or control characters"
-                : "Expected an email address",
-            );
+      })
+      .post(
+        "/api/payments/intents",
+        async ({ body, headers, principal, request, path, clientIp, requestId, set }) => {
+          if (body.amount > payments.maxAmount) {
+            invalid("body/amount", `Must be at most ${payments.maxAmount}`);
           }
-          customerEmail = verdict.email;
-        }
-        if (body.metadata !== undefined) {
-          for (const key of Object.keys(body.metadata)) {
-            // Stripe refuses empty keys, keys over 40 characters and square brackets.
-            if (key.length === 0 || key.length > METADATA_KEY_MAX_LENGTH || /[[\]]/.test(key)) {
+          const currency = body.currency.toLowerCase();
+          if (!payments.currencies.includes(currency)) {
+            invalid("body/currency", `Must be one of ${payments.currencies.join(", ")}`);
+          }
+          let customerEmail: string | undefined;
+          if (body.customerEmail !== undefined) {
+            const verdict = checkEmail(body.customerEmail);
+            if (!verdict.ok) {
               invalid(
-                "body/metadata",
-                `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets`,
+                "body/customerEmail",
+                verdict.reason === "invisible_characters"
+                  ? "Must not contain invisible or control characters"
+                  : "Expected an email address",
               );
             }
+            customerEmail = verdict.email;
           }
-        }
-        const outcome = await service.createIntent(
-          ownerOf(principal),
-          headers["idempotency-key"],
-          {
-            amount: body.amount,
-            currency,
-            description: body.description,
-            customerEmail,
-            metadata: body.metadata,
+          if (body.metadata !== undefined) {
+            for (const key of Object.keys(body.metadata)) {
+              // Stripe refuses empty keys, keys over 40 characters and square brackets.
+              if (key.length === 0 || key.length > METADATA_KEY_MAX_LENGTH || /[[\]]/.test(key)) {
+                invalid(
+                  "body/metadata",
+                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets`,
+                );
+              }
+            }
+          }
+          const outcome = await service.createIntent(
+            ownerOf(principal),
+            headers["idempotency-key"],
+            {
+              amount: body.amount,
+              currency,
+              description: body.description,
+              customerEmail,
+              metadata: body.metadata,
+            },
+            acting(principal, request, path, clientIp, requestId),
+          );
+          switch (outcome.kind) {
+            case "created":
+              set.status = 201;
+              if (outcome.replayed) set.headers["idempotent-replayed"] = "true";
+              return outcome.response;
+            case "key_reused":
+              throw new AppError(
+                "CONFLICT",
+                "This Idempotency-Key was used with a different request body.",
+              );
+            case "in_progress":
+              throw new AppError(
+                "CONFLICT",
+                "A request with this Idempotency-Key is still in progress; retry shortly.",
+                undefined,
+                { "retry-after": "1" },
+              );
+            default:
+              throw upstreamError(outcome);
+          }
+        },
+        {
+          auth: { scope: "payments" },
+          body: IntentBody,
+          headers: IdempotencyHeaders,
+          response: { 201: CreatedIntent, ...problemResponses(409, 422, 502, 503) },
+          detail: {
+            tags,
+            summary: "Create a Stripe PaymentIntent (Idempotency-Key required)",
           },
-          acting(principal, request, path, clientIp, requestId),
-        );
-        switch (outcome.kind) {
-          case "created":
-            set.status = 201;
-            if (outcome.replayed) set.headers["idempotent-replayed"] = "true";
-            return outcome.response;
-          case "key_reused":
-            throw new AppError(
-              "CONFLICT",
-              "This Idempotency-Key was used with a different request body.",
-            );
-          case "in_progress":
-            throw new AppError(
-              "CONFLICT",
-              "A request with this Idempotency-Key is still in progress; retry shortly.",
-              undefined,
-              { "retry-after": "1" },
-            );
-          default:
-            throw upstreamError(outcome);
-        }
-      },
-      {
-        auth: { scope: "payments" },
-        body: IntentBody,
-        headers: IdempotencyHeaders,
-        response: { 201: CreatedIntent, ...problemResponses(409, 422, 502, 503) },
-        detail: {
-          tags,
-          summary: "Create a Stripe PaymentIntent (Idempotency-Key required)",
         },
-      },
-    )
-    .get(
-      "/api/payments",
-      ({ query, principal }) => ledger.list(ownerOf(principal), query.cursor, query.limit ?? 50),
-      {
-        auth: { scope: "payments" },
-        query: PaymentListQuery,
-        response: { 200: PaymentPage, ...problemResponses(422) },
-        detail: { tags, summary: "Your payments, newest first (cursor pagination)" },
-      },
-    )
-    .get(
-      "/api/payments/:id",
-      ({ params, principal }) => {
-        const row = ledger.findOwned(ownerOf(principal), params.id);
-        if (!row) throw new AppError("NOT_FOUND", "No payment of yours has that id.");
-        return viewOf(row);
-      },
-      {
-        auth: { scope: "payments" },
-        params: PaymentIdParams,
-        response: { 200: Payment, ...problemResponses(404, 422) },
-        detail: { tags, summary: "One of your payments" },
-      },
-    )
-    .post(
-      "/api/admin/payments/:id/refund",
-      async ({ params, body, principal, request, path, clientIp, requestId }) => {
-        const outcome = await service.refund(
-          params.id,
-          body?.amount,
-          acting(principal, request, path, clientIp, requestId),
-        );
-        switch (outcome.kind) {
-          case "refunded":
-            return { refund: outcome.refund, payment: outcome.payment };
-          case "not_found":
-            throw new AppError("NOT_FOUND", "No payment has that id.");
-          case "not_refundable":
-            throw new AppError(
-              "CONFLICT",
-              `Only a succeeded payment can be refunded; this one is ${outcome.status}.`,
-            );
-          case "in_progress":
-            throw new AppError("CONFLICT", "A refund of this payment is in progress.", undefined, {
-              "retry-after": "1",
-            });
-          case "too_much":
-            return invalid(
-              "body/amount",
-              `Must be at most the ${outcome.remaining} not yet refunded`,
-              "The refund is larger than what is left to refund.",
-            );
-          default:
-            throw upstreamError(outcome);
-        }
-      },
-      {
-        auth: { role: "admin" },
-        params: PaymentIdParams,
-        body: t.Optional(RefundBody),
-        response: { 200: RefundResult, ...problemResponses(404, 409, 422, 502, 503) },
-        detail: {
-          tags: ["admin", ...tags],
-          summary: "Refund a payment, whole or in part (audited)",
+      )
+      .get(
+        "/api/payments",
+        ({ query, principal }) => ledger.list(ownerOf(principal), query.cursor, query.limit ?? 50),
+        {
+          auth: { scope: "payments" },
+          query: PaymentListQuery,
+          response: { 200: PaymentPage, ...problemResponses(422) },
+          detail: { tags, summary: "Your payments, newest first (cursor pagination)" },
         },
-      },
-    );
+      )
+      .get(
+        "/api/payments/:id",
+        ({ params, principal }) => {
+          const row = ledger.findOwned(ownerOf(principal), params.id);
+          if (!row) throw new AppError("NOT_FOUND", "No payment of yours has that id.");
+          return viewOf(row);
+        },
+        {
+          auth: { scope: "payments" },
+          params: PaymentIdParams,
+          response: { 200: Payment, ...problemResponses(404, 422) },
+          detail: { tags, summary: "One of your payments" },
+        },
+      )
+      .post(
+        "/api/admin/payments/:id/refund",
+        async ({ params, body, principal, request, path, clientIp, requestId }) => {
+          const outcome = await service.refund(
+            params.id,
+            body?.amount,
+            acting(principal, request, path, clientIp, requestId),
+          );
+          switch (outcome.kind) {
+            case "refunded":
+              return { refund: outcome.refund, payment: outcome.payment };
+            case "not_found":
+              throw new AppError("NOT_FOUND", "No payment has that id.");
+            case "not_refundable":
+              throw new AppError(
+                "CONFLICT",
+                `Only a succeeded payment can be refunded; this one is ${outcome.status}.`,
+              );
+            case "in_progress":
+              throw new AppError(
+                "CONFLICT",
+                "A refund of this payment is in progress.",
+                undefined,
+                {
+                  "retry-after": "1",
+                },
+              );
+            case "too_much":
+              return invalid(
+                "body/amount",
+                `Must be at most the ${outcome.remaining} not yet refunded`,
+                "The refund is larger than what is left to refund.",
+              );
+            default:
+              throw upstreamError(outcome);
+          }
+        },
+        {
+          auth: { role: "admin" },
+          params: PaymentIdParams,
+          body: t.Optional(RefundBody),
+          response: { 200: RefundResult, ...problemResponses(404, 409, 422, 502, 503) },
+          detail: {
+            tags: ["admin", ...tags],
+            summary: "Refund a payment, whole or in part (audited)",
+          },
+        },
+      )
+  );
 }

@@ -66,6 +66,7 @@ export interface EventEffect {
 }
 
 const PAYMENT_INTENT_EVENTS: Record<string, PaymentStatus> = {
+  "payment_intent.processing": "processing",
   "payment_intent.succeeded": "succeeded",
   "payment_intent.payment_failed": "failed",
   "payment_intent.canceled": "canceled",
@@ -175,23 +176,26 @@ export class PaymentLedger {
       const row = this.find(object.id);
       if (!row) return ignored("unknown payment");
       if (!this.move(row, next, event.created, now)) return ignored("stale or repeated status");
-      const type = AUDIT_OF[next]!;
+      const type = AUDIT_OF[next];
       return {
         outcome: "processed",
         statuses: [next],
-        audit: [
-          {
-            type,
-            outcome: next === "succeeded" ? "success" : "info",
-            actor: "stripe",
-            detail: {
-              paymentId: row.id,
-              eventId: event.id,
-              amount: row.amount,
-              currency: row.currency,
-            },
-          },
-        ],
+        audit:
+          type === undefined
+            ? []
+            : [
+                {
+                  type,
+                  outcome: next === "succeeded" ? "success" : "info",
+                  actor: "stripe",
+                  detail: {
+                    paymentId: row.id,
+                    eventId: event.id,
+                    amount: row.amount,
+                    currency: row.currency,
+                  },
+                },
+              ],
       };
     }
     if (event.type === "charge.refunded") {

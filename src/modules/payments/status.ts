@@ -1,17 +1,18 @@
 /**
  * @module
  * A payment's status and the one rule for moving it. Stripe does not deliver events in order, and
- * redelivers them, so a late `processing` may arrive after `succeeded`. Each status has a rank; a
- * move is applied when:
+ * redelivers them, so a late `processing` may arrive after `succeeded`. The rule:
  *
- * - the payment is not final (`succeeded` only ever moves to `refunded`; `canceled` and `refunded`
- *   never move), and
- * - the event is newer than the one that set the current status (Stripe's `created`, seconds), or,
- *   for an event as old or older, the move goes forward in rank.
+ * - a final status is never left: `succeeded` only moves to `refunded`; `canceled` and `refunded`
+ *   never move;
+ * - a final status (`succeeded`, `canceled`, `refunded`) is applied whenever it is heard of, since
+ *   Stripe never leaves it either;
+ * - any other status is applied only from an event newer than the one that set the current status
+ *   (Stripe's `created`, in seconds); from one stamped in the same second, only a move forward in
+ *   rank. An older event never undoes what a newer one said.
  *
  * So a newer event may still move a payment back where Stripe itself does (a `processing` debit
- * that fails returns to `failed`), but an older one never undoes a later state, and nothing
- * undoes a final one.
+ * that fails returns to `failed`), but an older one never does, and nothing undoes a final one.
  */
 
 export const PAYMENT_STATUSES = [
@@ -40,6 +41,8 @@ const RANK: Record<PaymentStatus, number> = {
   refunded: 4,
 };
 
+const FINAL: ReadonlySet<PaymentStatus> = new Set(["succeeded", "canceled", "refunded"]);
+
 export function isPaymentStatus(value: unknown): value is PaymentStatus {
   return typeof value === "string" && (PAYMENT_STATUSES as readonly string[]).includes(value);
 }
@@ -54,6 +57,7 @@ export function mayMove(
   if (current === next) return false;
   if (current === "refunded" || current === "canceled") return false;
   if (current === "succeeded") return next === "refunded";
+  if (FINAL.has(next)) return true;
   if (eventAt > currentAt) return true;
-  return RANK[next] > RANK[current];
+  return eventAt === currentAt && RANK[next] > RANK[current];
 }
