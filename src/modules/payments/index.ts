@@ -56,6 +56,31 @@ function invalid(field: string, message: string, detail = "The request body is i
   throw new AppError("VALIDATION_FAILED", detail, [{ field, message }]);
 }
 
+/**
+ * Refuses fields the schema does not name. Elysia's normalisation drops unknown properties before
+ * the handler sees the body, so they are read from the exact text the request guard kept: a client
+ * that misspells `amount` or sends `customer` learns so instead of paying without it.
+ */
+function refuseUnknownFields(rawBody: string | undefined, allowed: readonly string[]): void {
+  if (!rawBody) return;
+  const sent: unknown = JSON.parse(rawBody);
+  if (sent === null || typeof sent !== "object" || Array.isArray(sent)) return;
+  const unknown = Object.keys(sent).filter((key) => !allowed.includes(key));
+  if (unknown.length > 0) {
+    throw new AppError(
+      "VALIDATION_FAILED",
+      "The request body has fields this route does not take.",
+      unknown.slice(0, 10).map((key) => ({
+        field: `body/${key.slice(0, 64)}`,
+        message: "Unknown field",
+      })),
+    );
+  }
+}
+
+const INTENT_FIELDS = Object.keys(IntentBody.properties);
+const REFUND_FIELDS = Object.keys(RefundBody.properties);
+
 /** A failed Stripe call at the edge: 503 when worth retrying, 502 when Stripe will not do it. */
 function upstreamError(failure: GatewayFailure): AppError {
   if (failure.kind === "unavailable") {
@@ -94,6 +119,8 @@ export function paymentsModule(options: PaymentsModuleOptions) {
   return (
     new Elysia({ name: "palisade.module.payments" })
       .use(options.auth)
+      // The body's exact text, which the request guard sets while it reads a JSON body.
+      .decorate("rawBody", undefined as string | undefined)
       // After authentication and validation (an anonymous caller still gets 401, a malformed body
       // 422), before any handler reaches for Stripe.
       .onBeforeHandle(function paymentsConfigured() {
@@ -103,7 +130,8 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       })
       .post(
         "/api/payments/intents",
-        async ({ body, headers, principal, request, path, clientIp, requestId, set }) => {
+        async ({ body, rawBody, headers, principal, request, path, clientIp, requestId, set }) => {
+          refuseUnknownFields(rawBody, INTENT_FIELDS);
           if (body.amount > payments.maxAmount) {
             invalid("body/amount", `Must be at most ${payments.maxAmount}`);
           }
@@ -123,6 +151,9 @@ export function paymentsModule(options: PaymentsModuleOptions) {
               );
             }
             customerEmail = verdict.email;
+          }
+          if (Array.isArray(body.metadata)) {
+            invalid("body/metadata", "Expected an object of strings");
           }
           if (body.metadata !== undefined) {
             for (const key of Object.keys(body.metadata)) {
@@ -205,7 +236,8 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       )
       .post(
         "/api/admin/payments/:id/refund",
-        async ({ params, body, principal, request, path, clientIp, requestId }) => {
+        async ({ params, body, rawBody, principal, request, path, clientIp, requestId }) => {
+          refuseUnknownFields(rawBody, REFUND_FIELDS);
           const outcome = await service.refund(
             params.id,
             body?.amount,

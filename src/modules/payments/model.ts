@@ -44,8 +44,11 @@ export const IdempotencyHeaders = t.Object({
   "idempotency-key": t.String({
     minLength: 1,
     maxLength: 255,
-    pattern: "^[\\x20-\\x7E]+$",
-    description: "1–255 printable ASCII characters; the same key and body replay the first result",
+    // Printable ASCII but the comma: fetch joins a header sent twice with ", ", so the request
+    // guard reads a comma in Idempotency-Key as a duplicate (400 DUPLICATE_HEADER).
+    pattern: "^[\\x20-\\x2B\\x2D-\\x7E]+$",
+    description:
+      "1–255 printable ASCII characters, no comma; the same key and body replay the first result",
   }),
 });
 
