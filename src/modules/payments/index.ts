@@ -57,14 +57,24 @@ function invalid(field: string, message: string, detail = "The request body is i
 }
 
 /**
- * Refuses fields the schema does not name. Elysia's normalisation drops unknown properties before
- * the handler sees the body, so they are read from the exact text the request guard kept: a client
- * that misspells `amount` or sends `customer` learns so instead of paying without it.
+ * The body as sent, from the exact text the request guard kept. Elysia's normalisation drops
+ * unknown properties (and turns an array into an object) before the handler sees the body, so
+ * what must be refused rather than silently changed is read here.
  */
-function refuseUnknownFields(rawBody: string | undefined, allowed: readonly string[]): void {
-  if (!rawBody) return;
+function sentObject(rawBody: string | undefined): Record<string, unknown> | null {
+  if (!rawBody) return null;
   const sent: unknown = JSON.parse(rawBody);
-  if (sent === null || typeof sent !== "object" || Array.isArray(sent)) return;
+  return sent !== null && typeof sent === "object" && !Array.isArray(sent)
+    ? (sent as Record<string, unknown>)
+    : null;
+}
+
+/** Fields the schema does not name: a client that sends `customer` learns so, instead of paying without it. */
+function refuseUnknownFields(
+  sent: Record<string, unknown> | null,
+  allowed: readonly string[],
+): void {
+  if (sent === null) return;
   const unknown = Object.keys(sent).filter((key) => !allowed.includes(key));
   if (unknown.length > 0) {
     throw new AppError(
@@ -131,7 +141,8 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       .post(
         "/api/payments/intents",
         async ({ body, rawBody, headers, principal, request, path, clientIp, requestId, set }) => {
-          refuseUnknownFields(rawBody, INTENT_FIELDS);
+          const sent = sentObject(rawBody);
+          refuseUnknownFields(sent, INTENT_FIELDS);
           if (body.amount > payments.maxAmount) {
             invalid("body/amount", `Must be at most ${payments.maxAmount}`);
           }
@@ -152,7 +163,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
             }
             customerEmail = verdict.email;
           }
-          if (Array.isArray(body.metadata)) {
+          if (Array.isArray(sent?.metadata)) {
             invalid("body/metadata", "Expected an object of strings");
           }
           if (body.metadata !== undefined) {
@@ -237,7 +248,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       .post(
         "/api/admin/payments/:id/refund",
         async ({ params, body, rawBody, principal, request, path, clientIp, requestId }) => {
-          refuseUnknownFields(rawBody, REFUND_FIELDS);
+          refuseUnknownFields(sentObject(rawBody), REFUND_FIELDS);
           const outcome = await service.refund(
             params.id,
             body?.amount,
