@@ -50,7 +50,7 @@ export function newIdempotencyKey(): string {
 }
 
 export function createIntent(
-  target: TestApp,
+  target: Parameters<typeof send>[0],
   headers: Record<string, string>,
   body: unknown,
   idempotencyKey: string | null = newIdempotencyKey(),
