@@ -14,6 +14,7 @@ import {
 import { createStripe, StripeGateway } from "../../../src/modules/payments/stripe-client";
 import { secondProcess } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 import {
   buildPaymentsApp,
   createIntent,
@@ -252,4 +253,24 @@ test("Stripe refusing the request (4xx) is 502 with Stripe's code, and the key i
   expect((await createIntent(current, bearer(user.accessToken), body, "refused-1")).status).toBe(
     201,
   );
+});
+
+test("keys are kept 24 hours: until then a reuse is refused here; after, the maintenance forgets it and Stripe decides", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock });
+  const user = await signUp(current);
+  // An API key: the session's access token would expire over the hours this test moves.
+  const key = { "x-api-key": createKey(current, ["payments"], user.userId).key };
+  expect((await createIntent(current, key, body, "day-old")).status).toBe(201);
+  clock.advance(23 * 60 * 60 * 1000);
+  current.services.runMaintenance();
+  const within = await createIntent(current, key, { ...body, amount: 51 }, "day-old");
+  expect(within.status).toBe(409);
+  clock.advance(2 * 60 * 60 * 1000);
+  current.services.runMaintenance();
+  const after = await createIntent(current, key, { ...body, amount: 51 }, "day-old");
+  // Forgotten here, so Stripe is asked; this one still holds its key and refuses other parameters.
+  expect(intentCalls(current)).toBe(2);
+  expect(after.status).toBe(502);
+  expect(((await after.json()) as { detail: string }).detail).toContain("idempotency_key_in_use");
 });
