@@ -26,9 +26,11 @@ import { Elysia, t } from "elysia";
 import type { Logger } from "pino";
 import Stripe from "stripe";
 import type { Clock } from "../../clock";
+import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { webhookEvents } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
+import type { AuditEvent } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import type { RouteClass } from "../../plugins/route-class";
@@ -135,82 +137,103 @@ export function stripeWebhook(options: StripeWebhookOptions) {
     );
   };
 
+  /**
+   * The effect is committed: its audit row must not turn the acknowledgement into a 503 (Stripe
+   * would redeliver an event already applied). A locked database keeps the row queued in the log,
+   * which writes it once the lock goes.
+   */
+  const recordAfterCommit = (event: AuditEvent) => {
+    try {
+      audit.record(event);
+    } catch (error) {
+      if (!isDatabaseBusy(error)) throw error;
+      logger.warn(
+        { requestId: event.requestId, type: event.type },
+        "audit row queued: the database is locked",
+      );
+    }
+  };
+
   return (auth: ReturnType<typeof authPlugin>) =>
-    new Elysia({ name: "palisade.module.webhooks.stripe" }).use(auth).post(
-      STRIPE_WEBHOOK_PATH,
-      async (context) => {
-        const { body, request, path, clientIp, requestId } = context;
-        if (secrets.length === 0) {
-          throw new AppError(
-            "SERVICE_UNAVAILABLE",
-            "Stripe webhooks are not configured on this service (STRIPE_WEBHOOK_SECRET is unset).",
-          );
-        }
-        // The request guard keeps the exact text it read (plugins/request-guard); `body` is
-        // named so that Elysia reads it, and is not trusted.
-        void body;
-        const raw = (context as unknown as { rawBody?: string }).rawBody ?? "";
-        const header = request.headers.get("stripe-signature");
-        const route = `${request.method} ${path}`;
-        const verified =
-          header === null ? null : await verifyStripeSignature(raw, header, secrets, clock.now());
-        if (verified === null) {
-          metrics.signatureFailures.labels("stripe").inc();
-          audit.record({
-            type: "webhook.signature_failed",
-            outcome: "denied",
-            ip: clientIp,
-            route,
-            requestId,
-            detail: {
-              provider: "stripe",
-              reason: header === null ? "missing Stripe-Signature header" : "no secret verified it",
-            },
-          });
-          throw new AppError(
-            "BAD_SIGNATURE",
-            "The Stripe-Signature header does not verify this body.",
-            undefined,
-            undefined,
-            400,
-          );
-        }
-        const event = eventShape(verified);
-        if (event === null) {
-          metrics.events.labels("stripe", "failed").inc();
-          throw new AppError("BAD_REQUEST", "The event is not shaped like a Stripe event.");
-        }
-        const applied = apply(event);
-        metrics.events.labels("stripe", applied.outcome).inc();
-        if (applied.outcome !== "duplicate") {
-          for (const status of applied.statuses) options.payments?.payments.labels(status).inc();
-          for (const entry of applied.audit)
-            audit.record({ ...entry, ip: clientIp, route, requestId });
-          if (applied.alert) {
-            logger.error({ requestId, eventId: event.id, type: event.type }, applied.alert);
-          }
-          if (applied.outcome === "ignored") {
-            logger.info(
-              { requestId, eventId: event.id, type: event.type, reason: applied.reason },
-              "stripe event acknowledged and ignored",
+    new Elysia({ name: "palisade.module.webhooks.stripe" })
+      .use(auth)
+      // The body's exact text, which the request guard sets while it reads a JSON body.
+      .decorate("rawBody", undefined as string | undefined)
+      .post(
+        STRIPE_WEBHOOK_PATH,
+        async ({ body, rawBody, request, path, clientIp, requestId }) => {
+          if (secrets.length === 0) {
+            throw new AppError(
+              "SERVICE_UNAVAILABLE",
+              "Stripe webhooks are not configured on this service (STRIPE_WEBHOOK_SECRET is unset).",
             );
           }
-        }
-        return { received: true as const, outcome: applied.outcome };
-      },
-      {
-        public: true,
-        response: {
-          200: t.Object({
-            received: t.Literal(true),
-            outcome: t.UnionEnum(["processed", "duplicate", "ignored"]),
-          }),
-          ...problemResponses(400, 413, 415, 503),
+          // The request guard keeps the exact text it read (plugins/request-guard) while Elysia
+          // parses the body; `body` is named so that Elysia reads it, and is never trusted.
+          void body;
+          const raw = rawBody ?? "";
+          const header = request.headers.get("stripe-signature");
+          const route = `${request.method} ${path}`;
+          const verified =
+            header === null ? null : await verifyStripeSignature(raw, header, secrets, clock.now());
+          if (verified === null) {
+            metrics.signatureFailures.labels("stripe").inc();
+            audit.record({
+              type: "webhook.signature_failed",
+              outcome: "denied",
+              ip: clientIp,
+              route,
+              requestId,
+              detail: {
+                provider: "stripe",
+                reason:
+                  header === null ? "missing Stripe-Signature header" : "no secret verified it",
+              },
+            });
+            throw new AppError(
+              "BAD_SIGNATURE",
+              "The Stripe-Signature header does not verify this body.",
+              undefined,
+              undefined,
+              400,
+            );
+          }
+          const event = eventShape(verified);
+          if (event === null) {
+            metrics.events.labels("stripe", "failed").inc();
+            throw new AppError("BAD_REQUEST", "The event is not shaped like a Stripe event.");
+          }
+          const applied = apply(event);
+          metrics.events.labels("stripe", applied.outcome).inc();
+          if (applied.outcome !== "duplicate") {
+            for (const status of applied.statuses) options.payments?.payments.labels(status).inc();
+            for (const entry of applied.audit)
+              recordAfterCommit({ ...entry, ip: clientIp, route, requestId });
+            if (applied.alert) {
+              logger.error({ requestId, eventId: event.id, type: event.type }, applied.alert);
+            }
+            if (applied.outcome === "ignored") {
+              logger.info(
+                { requestId, eventId: event.id, type: event.type, reason: applied.reason },
+                "stripe event acknowledged and ignored",
+              );
+            }
+          }
+          return { received: true as const, outcome: applied.outcome };
         },
-        detail: {
-          tags: ["webhooks"],
-          summary: "Stripe events (Stripe-Signature verified over the raw body; each id once)",
+        {
+          public: true,
+          response: {
+            200: t.Object({
+              received: t.Literal(true),
+              outcome: t.UnionEnum(["processed", "duplicate", "ignored"]),
+            }),
+            ...problemResponses(400, 413, 415, 503),
+          },
+          detail: {
+            tags: ["webhooks"],
+            summary: "Stripe events (Stripe-Signature verified over the raw body; each id once)",
+          },
         },
-      },
-    );
+      );
 }

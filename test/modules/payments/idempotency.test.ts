@@ -3,6 +3,8 @@
  * two), scoping to the owner, and what a Stripe failure leaves behind.
  */
 import { afterEach, expect, test } from "bun:test";
+import { createApp } from "../../../src/app";
+import { createLogger } from "../../../src/logging/logger";
 import type { PaymentsFeature } from "../../../src/modules/payments/feature";
 import { paymentMetrics } from "../../../src/modules/payments/metrics";
 import {
@@ -12,7 +14,8 @@ import {
   stripeIdempotencyKey,
 } from "../../../src/modules/payments/service";
 import { createStripe, StripeGateway } from "../../../src/modules/payments/stripe-client";
-import { secondProcess } from "../../support/app";
+import { createServices } from "../../../src/services";
+import { LogCapture, secondProcess, TEST_PASSWORD_HASHING } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
 import {
@@ -273,4 +276,39 @@ test("keys are kept 24 hours: until then a reuse is refused here; after, the mai
   expect(intentCalls(current)).toBe(2);
   expect(after.status).toBe(502);
   expect(((await after.json()) as { detail: string }).detail).toContain("idempotency_key_in_use");
+});
+
+test("over HTTP, a request still waiting past its wait on another with its key is 409 CONFLICT with Retry-After", async () => {
+  current = buildPaymentsApp();
+  current.stripe.delayMs = 1_000;
+  const user = await signUp(current);
+  // Another process on the same file whose requests wait only 100 ms for one another.
+  const logger = createLogger({ level: "info", destination: new LogCapture() });
+  const services = createServices({
+    config: current.config,
+    db: current.db,
+    logger,
+    passwordHashing: TEST_PASSWORD_HASHING,
+    maintenanceIntervalMs: 0,
+    payments: { inProgressWaitMs: 100 },
+  });
+  const impatient = { app: createApp({ ...services, peerAddress: () => "10.4.4.4" }) };
+  try {
+    const first = createIntent(current, bearer(user.accessToken), body, "slow-http");
+    await Bun.sleep(100);
+    const second = await createIntent(impatient, bearer(user.accessToken), body, "slow-http");
+    expect(second.status).toBe(409);
+    expect(second.headers.get("retry-after")).toBe("1");
+    const problem = (await second.json()) as { code: string; detail: string };
+    expect(problem.code).toBe("CONFLICT");
+    expect(problem.detail).toContain("in progress");
+    expect((await first).status).toBe(201);
+    // Once the first is done, the same request replays its result there too.
+    const later = await createIntent(impatient, bearer(user.accessToken), body, "slow-http");
+    expect(later.status).toBe(201);
+    expect(later.headers.get("idempotent-replayed")).toBe("true");
+    expect(intentCalls(current)).toBe(1);
+  } finally {
+    services.close();
+  }
 });
