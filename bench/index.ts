@@ -13,6 +13,7 @@ import { measureChain } from "./chain";
 import { measureQueryTiming } from "./database";
 import { measureHttp, wrkAvailable } from "./http";
 import { measureLimiter, measureRedisLimiter } from "./limiter";
+import { measureStripeWebhook } from "./stripe-webhook";
 
 const quick = process.argv.includes("--quick");
 const dir = mkdtempSync(join(tmpdir(), "palisade-bench-"));
@@ -84,6 +85,17 @@ try {
   console.log(`| API key, cached | ${fmt(auth.keyCached)}/s |`);
   console.log(
     `| API key, first sight (prefix lookup + SHA-256 compare) | ${fmt(auth.keyFirstSight)}/s |`,
+  );
+
+  const stripe = await measureStripeWebhook(dir, quick ? 2_000 : 10_000, 32);
+  console.log("\nWebhooks (in process)");
+  console.log("| operation | rate |");
+  console.log("| --- | ---: |");
+  console.log(
+    `| Stripe signature: constructEventAsync, 1.5 KB event | ${fmt(stripe.verifyPerSecond)}/s |`,
+  );
+  console.log(
+    `| Stripe delivery through every defence, verified and recorded once (app.handle, 32 in flight) | ${fmt(stripe.deliveriesPerSecond)}/s${stripe.failed > 0 ? ` (${stripe.failed} not 200)` : ""} |`,
   );
 
   if (wrkAvailable()) {

@@ -79,10 +79,13 @@ export function statusForCode(code: ErrorCode): number {
 
 /**
  * Codes that may also answer with another status: an upstream that is down for a while (the
- * circuit is open) is 503 so clients back off, where a bad answer from it is 502.
+ * circuit is open) is 503 so clients back off, where a bad answer from it is 502. A Stripe
+ * webhook whose signature does not verify is 400, as Stripe's integration guide answers it (the
+ * sender is not a client that could present another credential).
  */
 const ALTERNATE_STATUSES: Partial<Record<ErrorCode, readonly number[]>> = {
   UPSTREAM_UNAVAILABLE: [503],
+  BAD_SIGNATURE: [400],
 };
 
 /** Every status a code may answer with: its own, then its alternates. */

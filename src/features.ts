@@ -9,9 +9,13 @@ import { adminFeature } from "./modules/admin/feature";
 import { type AuthFeature, type AuthFeatureOptions, authFeature } from "./modules/auth/feature";
 import type { Feature } from "./modules/feature";
 import { healthFeature } from "./modules/health/feature";
+import { type PaymentsFeatureOptions, paymentsFeature } from "./modules/payments/feature";
 import { type PrivacyFeature, privacyFeature } from "./modules/privacy/feature";
+import { webhooksFeature } from "./modules/webhooks/feature";
 
 export interface FeatureOptions extends AuthFeatureOptions {
+  /** Payments' tunables (how long a request waits for another with its Idempotency-Key). */
+  payments?: PaymentsFeatureOptions;
   /** Features beyond the list (a test plugs one in the way a new folder would be). */
   extraFeatures?: readonly Feature[];
 }
@@ -30,6 +34,8 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
     healthFeature(),
     auth,
     adminFeature(core, { apiKeys: auth.apiKeys }),
+    paymentsFeature(core, options.payments),
+    webhooksFeature(core),
     ...(options.extraFeatures ?? []),
   ];
   const privacy = privacyFeature(core, { account: auth.account, features });

@@ -1,6 +1,7 @@
 export * from "./audit";
 export * from "./auth";
 export * from "./ip-blocks";
+export * from "./payments";
 export * from "./rate-limit";
 export * from "./users";
 export * from "./webhooks";

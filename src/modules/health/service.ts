@@ -1,15 +1,19 @@
 import type { DependencyState, ReadyResponse } from "./model";
 
-/** A readiness check: resolves when the dependency answers, throws or rejects when it does not. */
-export type ReadinessCheck = () => void | Promise<void>;
+/**
+ * A readiness check: resolves when the dependency answers, throws or rejects when it does not.
+ * An optional part that is switched off returns `"not_configured"`: reported, and not a failure.
+ */
+// biome-ignore lint/suspicious/noConfusingVoidType: the checks that pass return nothing.
+export type ReadinessCheck = () => void | "not_configured" | Promise<void | "not_configured">;
 
 export async function runChecks(checks: Record<string, ReadinessCheck>): Promise<ReadyResponse> {
   const entries = await Promise.all(
     Object.entries(checks).map(async ([name, check]): Promise<[string, DependencyState]> => {
       const started = performance.now();
       try {
-        await check();
-        return [name, { status: "up", latencyMs: elapsed(started) }];
+        const state = (await check()) === "not_configured" ? "not_configured" : "up";
+        return [name, { status: state, latencyMs: elapsed(started) }];
       } catch (error) {
         // The first line of a driver's message ("disk I/O error") tells the operator enough and
         // carries no connection string.
@@ -18,7 +22,7 @@ export async function runChecks(checks: Record<string, ReadinessCheck>): Promise
       }
     }),
   );
-  const ready = entries.every(([, state]) => state.status === "up");
+  const ready = entries.every(([, state]) => state.status !== "down");
   return { status: ready ? "ready" : "unavailable", checks: Object.fromEntries(entries) };
 }
 

@@ -36,6 +36,16 @@ export const AUDIT_EVENT_TYPES = [
   "ip.unblocked",
   // Privacy rights exercised (must not be lost).
   "privacy.erased",
+  // Payments: intents, their outcomes from Stripe, refunds and disputes (must not be lost).
+  "payment.intent.created",
+  "payment.succeeded",
+  "payment.failed",
+  "payment.canceled",
+  "payment.refund",
+  "payment.refunded",
+  "payment.dispute.created",
+  // Webhook deliveries whose signature did not verify (batched: a flood must not cost a write each).
+  "webhook.signature_failed",
   // Refusals by the pipeline (batched).
   "ratelimit.rejected",
   "request.rejected",

@@ -1,0 +1,61 @@
+/**
+ * @module
+ * The payments feature: Stripe PaymentIntents for users and `payments` keys, refunds for admins.
+ * Without STRIPE_SECRET_KEY it still mounts its routes (they answer 503) and `/ready` reports
+ * `payments: not_configured` without failing: a service without payments still serves chat.
+ */
+import type { Core } from "../../core";
+import type { Feature } from "../feature";
+import { paymentsModule, paymentsRouteClasses } from "./index";
+import { PaymentLedger } from "./ledger";
+import { paymentMetrics } from "./metrics";
+import { paymentsContributor } from "./privacy";
+import { PaymentService } from "./service";
+import { createStripe, type PaymentGateway, StripeGateway } from "./stripe-client";
+
+export interface PaymentsFeatureOptions {
+  /** Another gateway than the SDK's (none is needed in tests: they point the SDK at a local server). */
+  gateway?: PaymentGateway | null;
+  /** How long a request waits for another with its Idempotency-Key (default 10 s). */
+  inProgressWaitMs?: number;
+}
+
+export interface PaymentsFeature extends Feature {
+  service: PaymentService;
+  ledger: PaymentLedger;
+}
+
+export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}): PaymentsFeature {
+  const { config, db, clock, logger, audit, registry } = core;
+  const { secretKey, apiUrl } = config.stripe;
+  const gateway =
+    options.gateway !== undefined
+      ? options.gateway
+      : secretKey === null
+        ? null
+        : new StripeGateway(createStripe({ secretKey, apiUrl }));
+  const ledger = new PaymentLedger(db);
+  const service = new PaymentService({
+    db,
+    clock,
+    logger,
+    audit,
+    ledger,
+    metrics: paymentMetrics(registry),
+    gateway,
+    inProgressWaitMs: options.inProgressWaitMs,
+  });
+  return {
+    name: "payments",
+    service,
+    ledger,
+    routeClasses: paymentsRouteClasses,
+    routes: ({ auth }) => paymentsModule({ auth, service, ledger, payments: config.payments }),
+    // Configured is all /ready can say without calling Stripe on every probe.
+    readiness: { payments: () => (service.configured ? undefined : "not_configured") },
+    maintenance: (now) => {
+      service.prune(now);
+    },
+    privacy: [paymentsContributor(db)],
+  };
+}

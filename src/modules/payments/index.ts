@@ -1,0 +1,298 @@
+/**
+ * @module
+ * The payment routes: `POST /api/payments/intents` (Idempotency-Key required), `GET
+ * /api/payments[/:id]` (the caller's own), and the admins' `POST /api/admin/payments/:id/refund`.
+ * Callers are signed-in users or API keys with the `payments` scope; a payment belongs to the user
+ * (an API key acting for a user sees that user's payments), and another's is 404, never 403. With
+ * no STRIPE_SECRET_KEY every route answers 503 SERVICE_UNAVAILABLE saying so.
+ */
+import { Elysia, t } from "elysia";
+import type { Config } from "../../config";
+import { AppError, problemResponses } from "../../errors";
+import type { authPlugin } from "../../plugins/auth";
+import { type Principal, principalRef } from "../../plugins/auth/principal";
+import type { RouteClass } from "../../plugins/route-class";
+import { checkEmail } from "../auth/email";
+import type { PaymentLedger } from "./ledger";
+import { viewOf } from "./ledger";
+import {
+  CreatedIntent,
+  IdempotencyHeaders,
+  IntentBody,
+  METADATA_KEY_MAX_LENGTH,
+  Payment,
+  PaymentIdParams,
+  PaymentListQuery,
+  PaymentPage,
+  RefundBody,
+  RefundResult,
+} from "./model";
+import type { ActingRequest, PaymentService } from "./service";
+import type { GatewayFailure } from "./stripe-client";
+
+/** Intents and refunds spend money: the `payments` policy (per principal, fails closed). */
+export const paymentsRouteClasses: readonly RouteClass[] = [
+  { routes: ["POST /api/payments/intents"], policy: "payments" },
+  { routes: ["GET /api/payments", "GET /api/payments/:id"] },
+  { routes: ["POST /api/admin/payments/:id/refund"], policy: "payments" },
+];
+
+export interface PaymentsModuleOptions {
+  auth: ReturnType<typeof authPlugin>;
+  service: PaymentService;
+  ledger: PaymentLedger;
+  payments: Config["payments"];
+}
+
+/** Whose a payment is: the user (for a user's API key too), or an ownerless key itself. */
+export function ownerOf(principal: Principal): string {
+  if (principal.kind === "user") return `user:${principal.id}`;
+  return principal.userId === null ? `key:${principal.id}` : `user:${principal.userId}`;
+}
+
+const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).";
+
+function invalid(field: string, message: string, detail = "The request body is invalid."): never {
+  throw new AppError("VALIDATION_FAILED", detail, [{ field, message }]);
+}
+
+/**
+ * The body as sent, from the exact text the request guard kept. Elysia's normalisation drops
+ * unknown properties (and turns an array into an object) before the handler sees the body, so
+ * what must be refused rather than silently changed is read here.
+ */
+function sentObject(rawBody: string | undefined): Record<string, unknown> | null {
+  if (!rawBody) return null;
+  const sent: unknown = JSON.parse(rawBody);
+  return sent !== null && typeof sent === "object" && !Array.isArray(sent)
+    ? (sent as Record<string, unknown>)
+    : null;
+}
+
+/** Fields the schema does not name: a client that sends `customer` learns so, instead of paying without it. */
+function refuseUnknownFields(
+  sent: Record<string, unknown> | null,
+  allowed: readonly string[],
+): void {
+  if (sent === null) return;
+  const unknown = Object.keys(sent).filter((key) => !allowed.includes(key));
+  if (unknown.length > 0) {
+    throw new AppError(
+      "VALIDATION_FAILED",
+      "The request body has fields this route does not take.",
+      unknown.slice(0, 10).map((key) => ({
+        field: `body/${key.slice(0, 64)}`,
+        message: "Unknown field",
+      })),
+    );
+  }
+}
+
+const INTENT_FIELDS = Object.keys(IntentBody.properties);
+const REFUND_FIELDS = Object.keys(RefundBody.properties);
+
+/** A failed Stripe call at the edge: 503 when worth retrying, 502 when Stripe will not do it. */
+function upstreamError(failure: GatewayFailure): AppError {
+  if (failure.kind === "unavailable") {
+    return new AppError(
+      "UPSTREAM_UNAVAILABLE",
+      "The payment provider is unavailable; retry with the same Idempotency-Key.",
+      undefined,
+      { "retry-after": "5" },
+      503,
+    );
+  }
+  return new AppError(
+    "UPSTREAM_UNAVAILABLE",
+    failure.kind === "refused"
+      ? `The payment provider refused the request (${failure.reason}).`
+      : "The payment provider's answer could not be trusted.",
+  );
+}
+
+export function paymentsModule(options: PaymentsModuleOptions) {
+  const { service, ledger, payments } = options;
+  const tags = ["payments"];
+  const acting = (
+    principal: Principal,
+    request: Request,
+    path: string,
+    ip: string,
+    requestId: string,
+  ): ActingRequest => ({
+    actor: principalRef(principal),
+    ip,
+    route: `${request.method} ${path}`,
+    requestId,
+  });
+
+  return (
+    new Elysia({ name: "palisade.module.payments" })
+      .use(options.auth)
+      // The body's exact text, which the request guard sets while it reads a JSON body.
+      .decorate("rawBody", undefined as string | undefined)
+      // After authentication and validation (an anonymous caller still gets 401, a malformed body
+      // 422), before any handler reaches for Stripe.
+      .onBeforeHandle(function paymentsConfigured() {
+        if (!service.configured) {
+          throw new AppError("SERVICE_UNAVAILABLE", NOT_CONFIGURED);
+        }
+      })
+      .post(
+        "/api/payments/intents",
+        async ({ body, rawBody, headers, principal, request, path, clientIp, requestId, set }) => {
+          const sent = sentObject(rawBody);
+          refuseUnknownFields(sent, INTENT_FIELDS);
+          if (body.amount > payments.maxAmount) {
+            invalid("body/amount", `Must be at most ${payments.maxAmount}`);
+          }
+          const currency = body.currency.toLowerCase();
+          if (!payments.currencies.includes(currency)) {
+            invalid("body/currency", `Must be one of ${payments.currencies.join(", ")}`);
+          }
+          let customerEmail: string | undefined;
+          if (body.customerEmail !== undefined) {
+            const verdict = checkEmail(body.customerEmail);
+            if (!verdict.ok) {
+              invalid(
+                "body/customerEmail",
+                verdict.reason === "invisible_characters"
+                  ? "Must not contain invisible or control characters"
+                  : "Expected an email address",
+              );
+            }
+            customerEmail = verdict.email;
+          }
+          if (Array.isArray(sent?.metadata)) {
+            invalid("body/metadata", "Expected an object of strings");
+          }
+          if (body.metadata !== undefined) {
+            for (const key of Object.keys(body.metadata)) {
+              // Stripe refuses empty keys, keys over 40 characters and square brackets.
+              if (key.length === 0 || key.length > METADATA_KEY_MAX_LENGTH || /[[\]]/.test(key)) {
+                invalid(
+                  "body/metadata",
+                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets`,
+                );
+              }
+            }
+          }
+          const outcome = await service.createIntent(
+            ownerOf(principal),
+            headers["idempotency-key"],
+            {
+              amount: body.amount,
+              currency,
+              description: body.description,
+              customerEmail,
+              metadata: body.metadata,
+            },
+            acting(principal, request, path, clientIp, requestId),
+          );
+          switch (outcome.kind) {
+            case "created":
+              set.status = 201;
+              if (outcome.replayed) set.headers["idempotent-replayed"] = "true";
+              return outcome.response;
+            case "key_reused":
+              throw new AppError(
+                "CONFLICT",
+                "This Idempotency-Key was used with a different request body.",
+              );
+            case "in_progress":
+              throw new AppError(
+                "CONFLICT",
+                "A request with this Idempotency-Key is still in progress; retry shortly.",
+                undefined,
+                { "retry-after": "1" },
+              );
+            default:
+              throw upstreamError(outcome);
+          }
+        },
+        {
+          auth: { scope: "payments" },
+          body: IntentBody,
+          headers: IdempotencyHeaders,
+          response: { 201: CreatedIntent, ...problemResponses(409, 422, 502, 503) },
+          detail: {
+            tags,
+            summary: "Create a Stripe PaymentIntent (Idempotency-Key required)",
+          },
+        },
+      )
+      .get(
+        "/api/payments",
+        ({ query, principal }) => ledger.list(ownerOf(principal), query.cursor, query.limit ?? 50),
+        {
+          auth: { scope: "payments" },
+          query: PaymentListQuery,
+          response: { 200: PaymentPage, ...problemResponses(422) },
+          detail: { tags, summary: "Your payments, newest first (cursor pagination)" },
+        },
+      )
+      .get(
+        "/api/payments/:id",
+        ({ params, principal }) => {
+          const row = ledger.findOwned(ownerOf(principal), params.id);
+          if (!row) throw new AppError("NOT_FOUND", "No payment of yours has that id.");
+          return viewOf(row);
+        },
+        {
+          auth: { scope: "payments" },
+          params: PaymentIdParams,
+          response: { 200: Payment, ...problemResponses(404, 422) },
+          detail: { tags, summary: "One of your payments" },
+        },
+      )
+      .post(
+        "/api/admin/payments/:id/refund",
+        async ({ params, body, rawBody, principal, request, path, clientIp, requestId }) => {
+          refuseUnknownFields(sentObject(rawBody), REFUND_FIELDS);
+          const outcome = await service.refund(
+            params.id,
+            body?.amount,
+            acting(principal, request, path, clientIp, requestId),
+          );
+          switch (outcome.kind) {
+            case "refunded":
+              return { refund: outcome.refund, payment: outcome.payment };
+            case "not_found":
+              throw new AppError("NOT_FOUND", "No payment has that id.");
+            case "not_refundable":
+              throw new AppError(
+                "CONFLICT",
+                `Only a succeeded payment can be refunded; this one is ${outcome.status}.`,
+              );
+            case "in_progress":
+              throw new AppError(
+                "CONFLICT",
+                "A refund of this payment is in progress.",
+                undefined,
+                {
+                  "retry-after": "1",
+                },
+              );
+            case "too_much":
+              return invalid(
+                "body/amount",
+                `Must be at most the ${outcome.remaining} not yet refunded`,
+                "The refund is larger than what is left to refund.",
+              );
+            default:
+              throw upstreamError(outcome);
+          }
+        },
+        {
+          auth: { role: "admin" },
+          params: PaymentIdParams,
+          body: t.Optional(RefundBody),
+          response: { 200: RefundResult, ...problemResponses(404, 409, 422, 502, 503) },
+          detail: {
+            tags: ["admin", ...tags],
+            summary: "Refund a payment, whole or in part (audited)",
+          },
+        },
+      )
+  );
+}

@@ -1,0 +1,270 @@
+/**
+ * @module
+ * The payments table: what the routes read and write, and how a verified Stripe event moves a
+ * payment. `applyStripeEvent` must run inside the caller's transaction (the webhook's, which also
+ * records the event id), so the dedupe record and the effect commit together or not at all; it
+ * returns what to audit and count once that transaction has committed.
+ */
+import { and, desc, eq, lt, sql } from "drizzle-orm";
+import type { AppDatabase } from "../../db/client";
+import { payments } from "../../db/schema";
+import type { AuditEvent } from "../../plugins/audit/events";
+import { isStripeId } from "./ids";
+import { mayMove, type PaymentStatus } from "./status";
+
+export type PaymentRow = typeof payments.$inferSelect;
+
+/** A payment as its owner sees it (the API's `Payment` schema, model.ts). */
+export interface PaymentView {
+  id: string;
+  amount: number;
+  currency: string;
+  status: string;
+  amountRefunded: number;
+  description: string | null;
+  customerEmail: string | null;
+  metadata: Record<string, string> | null;
+  disputed: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export function viewOf(row: PaymentRow): PaymentView {
+  return {
+    id: row.id,
+    amount: row.amount,
+    currency: row.currency,
+    status: row.status,
+    amountRefunded: row.amountRefunded,
+    description: row.description,
+    customerEmail: row.customerEmail,
+    metadata: row.metadata === null ? null : (JSON.parse(row.metadata) as Record<string, string>),
+    disputed: row.disputedAt !== null,
+    createdAt: new Date(row.createdAt).toISOString(),
+    updatedAt: new Date(row.updatedAt).toISOString(),
+  };
+}
+
+/** The fields of a verified Stripe event the ledger reads (`Stripe.Event`, narrowed). */
+export interface StripeEventLike {
+  id: string;
+  type: string;
+  created: number;
+  data: { object: Record<string, unknown> };
+}
+
+/** What one event did, for the caller to audit and count after its transaction commits. */
+export interface EventEffect {
+  outcome: "processed" | "ignored";
+  /** Why it was ignored: an unknown type, a payment we do not hold, a stale or repeated move. */
+  reason?: string;
+  /** Statuses entered (payments_total). */
+  statuses: PaymentStatus[];
+  audit: Omit<AuditEvent, "ip" | "route" | "requestId">[];
+  /** An alert-worthy event (a dispute), logged at error level. */
+  alert?: string;
+}
+
+const PAYMENT_INTENT_EVENTS: Record<string, PaymentStatus> = {
+  "payment_intent.processing": "processing",
+  "payment_intent.succeeded": "succeeded",
+  "payment_intent.payment_failed": "failed",
+  "payment_intent.canceled": "canceled",
+};
+
+const AUDIT_OF: Partial<Record<PaymentStatus, AuditEvent["type"]>> = {
+  succeeded: "payment.succeeded",
+  failed: "payment.failed",
+  canceled: "payment.canceled",
+  refunded: "payment.refunded",
+};
+
+const ignored = (reason: string): EventEffect => ({
+  outcome: "ignored",
+  reason,
+  statuses: [],
+  audit: [],
+});
+
+export class PaymentLedger {
+  private readonly byId;
+  private readonly byOwnerAndId;
+
+  constructor(private readonly db: AppDatabase) {
+    this.byId = db
+      .select()
+      .from(payments)
+      .where(eq(payments.id, sql.placeholder("id")))
+      .prepare();
+    this.byOwnerAndId = db
+      .select()
+      .from(payments)
+      .where(
+        and(eq(payments.owner, sql.placeholder("owner")), eq(payments.id, sql.placeholder("id"))),
+      )
+      .prepare();
+  }
+
+  find(id: string): PaymentRow | undefined {
+    return this.byId.get({ id });
+  }
+
+  findOwned(owner: string, id: string): PaymentRow | undefined {
+    return this.byOwnerAndId.get({ owner, id });
+  }
+
+  /** The owner's payments, newest first, `limit` from before the cursor (a `seq`). */
+  list(owner: string, cursor: number | undefined, limit: number) {
+    const rows = this.db
+      .select()
+      .from(payments)
+      .where(
+        and(eq(payments.owner, owner), cursor === undefined ? undefined : lt(payments.seq, cursor)),
+      )
+      .orderBy(desc(payments.seq))
+      .limit(limit + 1)
+      .all();
+    const page = rows.slice(0, limit);
+    return {
+      payments: page.map(viewOf),
+      nextCursor: rows.length > limit ? (page.at(-1)?.seq ?? null) : null,
+    };
+  }
+
+  /** Inserts a new intent's row; a row with that id already there (a replayed claim) is kept. */
+  insert(row: typeof payments.$inferInsert): void {
+    this.db.insert(payments).values(row).onConflictDoNothing({ target: payments.id }).run();
+  }
+
+  /** Moves `row` to `next` if the status rule allows it; returns whether it moved. */
+  private move(row: PaymentRow, next: PaymentStatus, eventAt: number, now: number): boolean {
+    if (!mayMove(row.status as PaymentStatus, row.statusEventAt, next, eventAt)) return false;
+    // Compare-and-set on the status read: another writer in between makes this a no-op.
+    const moved = this.db
+      .update(payments)
+      .set({ status: next, statusEventAt: Math.max(eventAt, row.statusEventAt), updatedAt: now })
+      .where(and(eq(payments.id, row.id), eq(payments.status, row.status)))
+      .returning({ id: payments.id })
+      .all();
+    return moved.length === 1;
+  }
+
+  /** Records a refund Stripe accepted: the refunded total only grows. */
+  recordRefund(id: string, refundedTotal: number, now: number): PaymentStatus | null {
+    const row = this.find(id);
+    if (!row) return null;
+    const total = Math.min(row.amount, Math.max(row.amountRefunded, refundedTotal));
+    this.db
+      .update(payments)
+      .set({ amountRefunded: total, refundStartedAt: null, updatedAt: now })
+      .where(eq(payments.id, id))
+      .run();
+    if (total === row.amount && this.move(row, "refunded", row.statusEventAt, now))
+      return "refunded";
+    return null;
+  }
+
+  /**
+   * Applies a verified event. Runs inside the caller's transaction. Ids inside the event are
+   * checked against Stripe's patterns before they are looked up.
+   */
+  applyStripeEvent(event: StripeEventLike, now: number): EventEffect {
+    const object = event.data.object;
+    const next = PAYMENT_INTENT_EVENTS[event.type];
+    if (next !== undefined) {
+      if (!isStripeId("pi", object.id)) return ignored("malformed payment intent id");
+      const row = this.find(object.id);
+      if (!row) return ignored("unknown payment");
+      if (!this.move(row, next, event.created, now)) return ignored("stale or repeated status");
+      const type = AUDIT_OF[next];
+      return {
+        outcome: "processed",
+        statuses: [next],
+        audit:
+          type === undefined
+            ? []
+            : [
+                {
+                  type,
+                  outcome: next === "succeeded" ? "success" : "info",
+                  actor: "stripe",
+                  detail: {
+                    paymentId: row.id,
+                    eventId: event.id,
+                    amount: row.amount,
+                    currency: row.currency,
+                  },
+                },
+              ],
+      };
+    }
+    if (event.type === "charge.refunded") {
+      const intentId = object.payment_intent;
+      if (!isStripeId("ch", object.id) || !isStripeId("pi", intentId)) {
+        return ignored("malformed charge or payment intent id");
+      }
+      const refunded = object.amount_refunded;
+      if (typeof refunded !== "number" || !Number.isInteger(refunded) || refunded < 0) {
+        return ignored("malformed amount_refunded");
+      }
+      const row = this.find(intentId);
+      if (!row) return ignored("unknown payment");
+      if (refunded <= row.amountRefunded) return ignored("stale or repeated refund");
+      const entered = this.recordRefund(row.id, refunded, now);
+      return {
+        outcome: "processed",
+        statuses: entered ? [entered] : [],
+        audit: [
+          {
+            type: "payment.refunded",
+            outcome: "info",
+            actor: "stripe",
+            detail: {
+              paymentId: row.id,
+              chargeId: object.id,
+              eventId: event.id,
+              amountRefunded: Math.min(row.amount, refunded),
+              currency: row.currency,
+            },
+          },
+        ],
+      };
+    }
+    if (event.type === "charge.dispute.created") {
+      const intentId = object.payment_intent;
+      if (!isStripeId("dp", object.id) || !isStripeId("ch", object.charge)) {
+        return ignored("malformed dispute or charge id");
+      }
+      const row = isStripeId("pi", intentId) ? this.find(intentId) : undefined;
+      if (row && row.disputedAt === null) {
+        this.db
+          .update(payments)
+          .set({ disputedAt: now, updatedAt: now })
+          .where(eq(payments.id, row.id))
+          .run();
+      }
+      // Audited whether or not the payment is ours: a dispute is money leaving the account.
+      return {
+        outcome: "processed",
+        statuses: [],
+        audit: [
+          {
+            type: "payment.dispute.created",
+            outcome: "failure",
+            actor: "stripe",
+            detail: {
+              disputeId: object.id,
+              chargeId: object.charge,
+              paymentId: row?.id ?? null,
+              eventId: event.id,
+              amount: typeof object.amount === "number" ? object.amount : null,
+              reason: typeof object.reason === "string" ? object.reason.slice(0, 64) : null,
+            },
+          },
+        ],
+        alert: "payment disputed",
+      };
+    }
+    return ignored("unhandled event type");
+  }
+}

@@ -1,0 +1,25 @@
+/**
+ * @module
+ * `payments_total{status}`: every status a payment entered — the status Stripe gave a new intent,
+ * then each move a webhook or a refund applied (see status.ts). Shared by the payments routes and
+ * the Stripe webhook, so each name is registered once per registry.
+ */
+import { Counter, type Registry } from "prom-client";
+
+const PAYMENTS = "payments_total";
+
+export interface PaymentMetrics {
+  payments: Counter<"status">;
+}
+
+export function paymentMetrics(registry: Registry): PaymentMetrics {
+  const payments =
+    (registry.getSingleMetric(PAYMENTS) as Counter<"status"> | undefined) ??
+    new Counter({
+      name: PAYMENTS,
+      help: "Payments entering each status: created intents, then moves from webhooks and refunds",
+      labelNames: ["status"],
+      registers: [registry],
+    });
+  return { payments };
+}

@@ -1,0 +1,103 @@
+import { t } from "elysia";
+import { Nullable } from "../../plugins/openapi/types";
+import { PAYMENT_INTENT_ID_PATTERN } from "./ids";
+
+/** Stripe's own metadata limits. */
+export const METADATA_MAX_KEYS = 20;
+export const METADATA_KEY_MAX_LENGTH = 40;
+export const METADATA_VALUE_MAX_LENGTH = 500;
+export const DESCRIPTION_MAX_LENGTH = 500;
+export const MIN_AMOUNT = 50;
+
+/**
+ * The body of `POST /api/payments/intents`. The amount's upper bound (PAYMENT_MAX_AMOUNT), the
+ * currency list (PAYMENT_CURRENCIES), the email rule and the metadata key length are checked in
+ * the handler, against configuration and modules/auth/email.ts. Unknown fields are refused.
+ */
+export const IntentBody = t.Object(
+  {
+    amount: t.Integer({
+      minimum: MIN_AMOUNT,
+      description: "Minor units (cents); at most PAYMENT_MAX_AMOUNT",
+    }),
+    currency: t.String({
+      minLength: 3,
+      maxLength: 3,
+      pattern: "^[A-Za-z]{3}$",
+      description: "ISO 4217, any case; one of PAYMENT_CURRENCIES",
+    }),
+    description: t.Optional(t.String({ maxLength: DESCRIPTION_MAX_LENGTH })),
+    customerEmail: t.Optional(
+      t.String({ maxLength: 320, description: "Validated like account emails" }),
+    ),
+    metadata: t.Optional(
+      t.Record(t.String(), t.String({ maxLength: METADATA_VALUE_MAX_LENGTH }), {
+        maxProperties: METADATA_MAX_KEYS,
+        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters, string values of at most ${METADATA_VALUE_MAX_LENGTH}`,
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const IdempotencyHeaders = t.Object({
+  "idempotency-key": t.String({
+    minLength: 1,
+    maxLength: 255,
+    // Printable ASCII but the comma: fetch joins a header sent twice with ", ", so the request
+    // guard reads a comma in Idempotency-Key as a duplicate (400 DUPLICATE_HEADER).
+    pattern: "^[\\x20-\\x2B\\x2D-\\x7E]+$",
+    description:
+      "1–255 printable ASCII characters, no comma; the same key and body replay the first result",
+  }),
+});
+
+export const CreatedIntent = t.Object({
+  id: t.String({ description: "Stripe's PaymentIntent id, `pi_…`" }),
+  clientSecret: t.String({ description: "For Stripe.js on the client: confirms this intent" }),
+  status: t.String(),
+  amount: t.Integer(),
+  currency: t.String(),
+});
+
+export const Payment = t.Object({
+  id: t.String(),
+  amount: t.Integer(),
+  currency: t.String(),
+  status: t.String(),
+  amountRefunded: t.Integer(),
+  description: Nullable(t.String()),
+  customerEmail: Nullable(t.String()),
+  metadata: Nullable(t.Record(t.String(), t.String())),
+  disputed: t.Boolean(),
+  createdAt: t.String({ format: "date-time" }),
+  updatedAt: t.String({ format: "date-time" }),
+});
+
+export const PaymentPage = t.Object({
+  payments: t.Array(Payment),
+  nextCursor: Nullable(t.Integer()),
+});
+
+export const PaymentListQuery = t.Object({
+  cursor: t.Optional(t.Integer({ minimum: 1 })),
+  limit: t.Optional(t.Integer({ minimum: 1, maximum: 100 })),
+});
+
+export const PaymentIdParams = t.Object({
+  id: t.String({ pattern: PAYMENT_INTENT_ID_PATTERN, maxLength: 255, description: "`pi_…`" }),
+});
+
+export const RefundBody = t.Object(
+  {
+    amount: t.Optional(
+      t.Integer({ minimum: 1, description: "Minor units; the whole remaining amount when absent" }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const RefundResult = t.Object({
+  refund: t.Object({ id: t.String(), amount: t.Integer(), status: t.String() }),
+  payment: Payment,
+});

@@ -1,0 +1,345 @@
+/**
+ * @module
+ * Payments: creating intents exactly once per idempotency key, reading them, refunding them.
+ *
+ * **Idempotency.** `POST /api/payments/intents` requires an `Idempotency-Key`. A key belongs to its
+ * owner (`user:<id>` for a user and the API keys acting for that user, `key:<id>` for an ownerless
+ * key): the same key from another owner is another key, and never replays someone else's result.
+ * The request claims the key by inserting a `pending` row in a BEGIN IMMEDIATE transaction, which
+ * one request of many (in any process on the file) wins; only the winner calls Stripe. The key
+ * Stripe sees is derived from the owner and the key (a SHA-256), so Stripe's own deduplication is
+ * scoped the same way and a retry after a crash is replayed by Stripe rather than charged twice.
+ * - same key, same body (its canonical JSON's SHA-256) after the first finished: the first
+ *   response, status and body, with no Stripe call;
+ * - same key, another body: 409 CONFLICT;
+ * - same key while the first is still with Stripe: the request waits for it (polling the row, up
+ *   to `inProgressWaitMs`, 10 s by default) and answers with its result; past that, 409 CONFLICT
+ *   ("in progress", `Retry-After: 1`);
+ * - the first failed (Stripe unreachable, refused the request): the claim is deleted, so the
+ *   client may retry with the same key; a waiting request then claims it itself.
+ * A claim older than `CLAIM_LEASE_MS` (a process killed while Stripe answered) may be taken over;
+ * Stripe's key makes the takeover's call a replay. Keys are kept 24 hours, as Stripe keeps its own.
+ *
+ * **Refunds** (admins): one refund of a payment at a time (the row is marked while Stripe works on
+ * it), at most the amount not yet refunded, with a Stripe idempotency key derived from the payment,
+ * the refunded total before it and the amount, so a retried refund is not made twice.
+ */
+import { createHash } from "node:crypto";
+import { and, eq } from "drizzle-orm";
+import type { Logger } from "pino";
+import type { Clock } from "../../clock";
+import type { AppDatabase } from "../../db/client";
+import { paymentIdempotencyKeys, payments } from "../../db/schema";
+import type { AuditLog } from "../../plugins/audit/log";
+import { type PaymentLedger, type PaymentView, viewOf } from "./ledger";
+import type { PaymentMetrics } from "./metrics";
+import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
+
+export const CLAIM_LEASE_MS = 120_000;
+export const IDEMPOTENCY_RETENTION_MS = 24 * 60 * 60 * 1000;
+const DEFAULT_IN_PROGRESS_WAIT_MS = 10_000;
+const POLL_MS = 20;
+const PRUNE_BATCH = 1000;
+
+/** What an intent request answers with (the route's 201 body). */
+export type IntentResponse = CreatedIntent;
+
+/** Who acts, for the audit log. */
+export interface ActingRequest {
+  actor: string;
+  ip: string | null;
+  route: string;
+  requestId: string;
+}
+
+export type IntentOutcome =
+  | { kind: "created"; response: IntentResponse; replayed: boolean }
+  | { kind: "key_reused" }
+  | { kind: "in_progress" }
+  | GatewayFailure;
+
+export type RefundOutcome =
+  | {
+      kind: "refunded";
+      refund: { id: string; amount: number; status: string };
+      payment: PaymentView;
+    }
+  | { kind: "not_found" }
+  | { kind: "not_refundable"; status: string }
+  | { kind: "too_much"; remaining: number }
+  | { kind: "in_progress" }
+  | GatewayFailure;
+
+export interface PaymentServiceOptions {
+  db: AppDatabase;
+  clock: Clock;
+  logger: Logger;
+  audit: AuditLog;
+  ledger: PaymentLedger;
+  metrics: PaymentMetrics;
+  /** Null when STRIPE_SECRET_KEY is unset: every route answers 503. */
+  gateway: PaymentGateway | null;
+  inProgressWaitMs?: number;
+}
+
+/** The SHA-256 of the request's canonical JSON: keys sorted at every level. */
+export function requestHash(request: IntentRequest): string {
+  const canonical = (value: unknown): unknown => {
+    if (value === null || typeof value !== "object" || Array.isArray(value)) return value;
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return Object.fromEntries(entries.map(([k, v]) => [k, canonical(v)]));
+  };
+  return createHash("sha256")
+    .update(JSON.stringify(canonical(request)))
+    .digest("hex");
+}
+
+/** The idempotency key Stripe sees: scoped to the owner, so owners never share Stripe's replays. */
+export function stripeIdempotencyKey(owner: string, key: string): string {
+  return `palisade_${createHash("sha256").update(`${owner}\n${key}`).digest("hex")}`;
+}
+
+type Claim =
+  | { kind: "claimed" }
+  | { kind: "done"; response: IntentResponse }
+  | { kind: "pending" }
+  | { kind: "key_reused" };
+
+export class PaymentService {
+  readonly configured: boolean;
+  private readonly db: AppDatabase;
+  private readonly clock: Clock;
+  private readonly logger: Logger;
+  private readonly audit: AuditLog;
+  private readonly ledger: PaymentLedger;
+  private readonly metrics: PaymentMetrics;
+  private readonly gateway: PaymentGateway | null;
+  private readonly inProgressWaitMs: number;
+
+  constructor(options: PaymentServiceOptions) {
+    this.db = options.db;
+    this.clock = options.clock;
+    this.logger = options.logger;
+    this.audit = options.audit;
+    this.ledger = options.ledger;
+    this.metrics = options.metrics;
+    this.gateway = options.gateway;
+    this.configured = options.gateway !== null;
+    this.inProgressWaitMs = options.inProgressWaitMs ?? DEFAULT_IN_PROGRESS_WAIT_MS;
+  }
+
+  /** Claims `key` for `owner`, or says what holds it; one BEGIN IMMEDIATE transaction. */
+  private claim(owner: string, key: string, hash: string): Claim {
+    const now = this.clock.now();
+    return this.db.transaction(
+      (tx) => {
+        const row = tx
+          .select()
+          .from(paymentIdempotencyKeys)
+          .where(and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)))
+          .get();
+        if (!row) {
+          tx.insert(paymentIdempotencyKeys)
+            .values({ owner, key, requestHash: hash, state: "pending", claimedAt: now })
+            .run();
+          return { kind: "claimed" } as const;
+        }
+        if (row.requestHash !== hash) return { kind: "key_reused" } as const;
+        if (row.state === "done" && row.response !== null) {
+          return { kind: "done", response: JSON.parse(row.response) as IntentResponse } as const;
+        }
+        if (row.claimedAt + CLAIM_LEASE_MS <= now) {
+          tx.update(paymentIdempotencyKeys)
+            .set({ claimedAt: now })
+            .where(
+              and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)),
+            )
+            .run();
+          return { kind: "claimed" } as const;
+        }
+        return { kind: "pending" } as const;
+      },
+      { behavior: "immediate" },
+    );
+  }
+
+  private release(owner: string, key: string): void {
+    this.db
+      .delete(paymentIdempotencyKeys)
+      .where(
+        and(
+          eq(paymentIdempotencyKeys.owner, owner),
+          eq(paymentIdempotencyKeys.key, key),
+          eq(paymentIdempotencyKeys.state, "pending"),
+        ),
+      )
+      .run();
+  }
+
+  async createIntent(
+    owner: string,
+    key: string,
+    request: IntentRequest,
+    acting: ActingRequest,
+  ): Promise<IntentOutcome> {
+    const gateway = this.gateway;
+    if (gateway === null) throw new Error("payments are not configured");
+    const hash = requestHash(request);
+    const deadline = performance.now() + this.inProgressWaitMs;
+    let claim = this.claim(owner, key, hash);
+    while (claim.kind === "pending") {
+      if (performance.now() >= deadline) return { kind: "in_progress" };
+      await Bun.sleep(POLL_MS);
+      claim = this.claim(owner, key, hash);
+    }
+    if (claim.kind === "key_reused") return claim;
+    if (claim.kind === "done") return { kind: "created", response: claim.response, replayed: true };
+
+    let result: Awaited<ReturnType<PaymentGateway["createIntent"]>>;
+    try {
+      result = await gateway.createIntent(request, stripeIdempotencyKey(owner, key));
+    } catch (error) {
+      this.release(owner, key);
+      throw error;
+    }
+    if (!result.ok) {
+      this.release(owner, key);
+      this.logger.warn(
+        { requestId: acting.requestId, kind: result.kind, reason: result.reason },
+        "stripe did not create the payment intent",
+      );
+      return result;
+    }
+    const response: IntentResponse = {
+      id: result.id,
+      clientSecret: result.clientSecret,
+      status: result.status,
+      amount: result.amount,
+      currency: result.currency,
+    };
+    const now = this.clock.now();
+    this.db.transaction(
+      () => {
+        this.ledger.insert({
+          id: result.id,
+          owner,
+          amount: result.amount,
+          currency: result.currency,
+          status: result.status,
+          clientSecret: result.clientSecret,
+          description: request.description ?? null,
+          customerEmail: request.customerEmail ?? null,
+          metadata: request.metadata ? JSON.stringify(request.metadata) : null,
+          createdAt: now,
+          updatedAt: now,
+        });
+        this.db
+          .update(paymentIdempotencyKeys)
+          .set({ state: "done", response: JSON.stringify(response) })
+          .where(and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)))
+          .run();
+      },
+      { behavior: "immediate" },
+    );
+    this.metrics.payments.labels(result.status).inc();
+    this.audit.record({
+      type: "payment.intent.created",
+      outcome: "success",
+      actor: acting.actor,
+      ip: acting.ip,
+      route: acting.route,
+      requestId: acting.requestId,
+      detail: { paymentId: result.id, amount: result.amount, currency: result.currency },
+    });
+    return { kind: "created", response, replayed: false };
+  }
+
+  async refund(
+    id: string,
+    amount: number | undefined,
+    acting: ActingRequest,
+  ): Promise<RefundOutcome> {
+    const gateway = this.gateway;
+    if (gateway === null) throw new Error("payments are not configured");
+    const now = this.clock.now();
+    type Start =
+      | { kind: "start"; amount: number; refundedBefore: number; currency: string }
+      | Extract<
+          RefundOutcome,
+          { kind: "not_found" | "not_refundable" | "too_much" | "in_progress" }
+        >;
+    const start = this.db.transaction(
+      (): Start => {
+        const row = this.ledger.find(id);
+        if (!row) return { kind: "not_found" };
+        if (row.status !== "succeeded") return { kind: "not_refundable", status: row.status };
+        if (row.refundStartedAt !== null && row.refundStartedAt + CLAIM_LEASE_MS > now) {
+          return { kind: "in_progress" };
+        }
+        const remaining = row.amount - row.amountRefunded;
+        const wanted = amount ?? remaining;
+        if (wanted > remaining || remaining === 0) return { kind: "too_much", remaining };
+        this.db.update(payments).set({ refundStartedAt: now }).where(eq(payments.id, id)).run();
+        return {
+          kind: "start",
+          amount: wanted,
+          refundedBefore: row.amountRefunded,
+          currency: row.currency,
+        };
+      },
+      { behavior: "immediate" },
+    );
+    if (start.kind !== "start") return start;
+
+    const stripeKey = `palisade_refund_${id}_${start.refundedBefore}_${start.amount}`;
+    const result = await gateway.refund(id, start.amount, stripeKey);
+    if (!result.ok) {
+      this.db.update(payments).set({ refundStartedAt: null }).where(eq(payments.id, id)).run();
+      this.logger.warn(
+        { requestId: acting.requestId, kind: result.kind, reason: result.reason },
+        "stripe did not make the refund",
+      );
+      return result;
+    }
+    const entered = this.db.transaction(
+      () => this.ledger.recordRefund(id, start.refundedBefore + result.amount, this.clock.now()),
+      { behavior: "immediate" },
+    );
+    if (entered) this.metrics.payments.labels(entered).inc();
+    this.audit.record({
+      type: "payment.refund",
+      outcome: "success",
+      actor: acting.actor,
+      ip: acting.ip,
+      route: acting.route,
+      requestId: acting.requestId,
+      detail: {
+        paymentId: id,
+        refundId: result.id,
+        amount: result.amount,
+        currency: start.currency,
+      },
+    });
+    return {
+      kind: "refunded",
+      refund: { id: result.id, amount: result.amount, status: result.status },
+      payment: viewOf(this.ledger.find(id)!),
+    };
+  }
+
+  /** Deletes idempotency keys past their 24 hours, a bounded number per run. */
+  prune(now: number): number {
+    const cutoff = now - IDEMPOTENCY_RETENTION_MS;
+    // Raw SQL: Drizzle's delete has no LIMIT (SQLite's DELETE … LIMIT needs a compile option), and
+    // a rowid subquery is what bounds the work.
+    const result = this.db.$client
+      .query(
+        `DELETE FROM payment_idempotency_keys WHERE rowid IN (
+           SELECT rowid FROM payment_idempotency_keys WHERE claimed_at < ? LIMIT ${PRUNE_BATCH})`,
+      )
+      .run(cutoff);
+    return result.changes;
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * @module
+ * The payment gateway: what the payments feature asks of Stripe, as an interface (habit 2) with one
+ * implementation over the official SDK. Outcomes are values: `unavailable` (Stripe could not be
+ * reached, timed out, answered 5xx or 429: worth retrying, answered 503), `refused` (Stripe
+ * answered 4xx: the request will not succeed as it is) and `bad_response` (an answer we will not
+ * trust: an id or client secret that does not match Stripe's pattern, or an intent that is not
+ * the one asked for). Nothing from Stripe is used before it is checked here.
+ *
+ * `STRIPE_API_URL` points the SDK at another host (a local Stripe-compatible server in tests).
+ * Retries: the SDK's own, 2 per call (so 3 attempts), with its exponential backoff; every POST
+ * carries our idempotency key, so a retry after a lost answer is replayed by Stripe, never done
+ * twice. Timeout 20 s per attempt.
+ */
+import Stripe from "stripe";
+import { isClientSecretOf, isStripeId } from "./ids";
+import { isPaymentStatus, type PaymentStatus } from "./status";
+
+export const STRIPE_MAX_NETWORK_RETRIES = 2;
+export const STRIPE_TIMEOUT_MS = 20_000;
+
+export interface IntentRequest {
+  amount: number;
+  currency: string;
+  description?: string;
+  customerEmail?: string;
+  metadata?: Record<string, string>;
+}
+
+export interface CreatedIntent {
+  id: string;
+  clientSecret: string;
+  status: PaymentStatus;
+  amount: number;
+  currency: string;
+}
+
+export interface CreatedRefund {
+  id: string;
+  amount: number;
+  status: string;
+}
+
+export type GatewayFailure =
+  | { ok: false; kind: "unavailable"; reason: string }
+  | { ok: false; kind: "refused"; reason: string }
+  | { ok: false; kind: "bad_response"; reason: string };
+
+export type GatewayResult<T> = ({ ok: true } & T) | GatewayFailure;
+
+export interface PaymentGateway {
+  createIntent(
+    request: IntentRequest,
+    idempotencyKey: string,
+  ): Promise<GatewayResult<CreatedIntent>>;
+  refund(
+    paymentIntentId: string,
+    amount: number,
+    idempotencyKey: string,
+  ): Promise<GatewayResult<CreatedRefund>>;
+}
+
+export interface StripeClientOptions {
+  secretKey: string;
+  /** `STRIPE_API_URL`: another host for the API (tests); Stripe's own when null. */
+  apiUrl: string | null;
+  maxNetworkRetries?: number;
+  timeoutMs?: number;
+}
+
+/** The SDK's host, port and protocol options for `STRIPE_API_URL`. */
+export function stripeHostOptions(apiUrl: string | null): Partial<Stripe.StripeConfig> {
+  if (apiUrl === null) return {};
+  const url = new URL(apiUrl);
+  const protocol = url.protocol === "http:" ? "http" : "https";
+  return {
+    host: url.hostname.replace(/^\[|\]$/g, ""),
+    port: url.port === "" ? (protocol === "http" ? 80 : 443) : Number(url.port),
+    protocol,
+  };
+}
+
+export function createStripe(options: StripeClientOptions): Stripe {
+  return new Stripe(options.secretKey, {
+    ...stripeHostOptions(options.apiUrl),
+    maxNetworkRetries: options.maxNetworkRetries ?? STRIPE_MAX_NETWORK_RETRIES,
+    timeout: options.timeoutMs ?? STRIPE_TIMEOUT_MS,
+    telemetry: false,
+  });
+}
+
+/** What a thrown SDK error means for us; Stripe's own error code (never its message) as the reason. */
+function failureOf(error: unknown): GatewayFailure {
+  if (error instanceof Stripe.errors.StripeError) {
+    const status = error.statusCode;
+    const reason = error.code ?? error.type;
+    if (
+      status === undefined ||
+      status >= 500 ||
+      status === 429 ||
+      error instanceof Stripe.errors.StripeConnectionError
+    ) {
+      return { ok: false, kind: "unavailable", reason };
+    }
+    return { ok: false, kind: "refused", reason };
+  }
+  return { ok: false, kind: "unavailable", reason: "network_error" };
+}
+
+export class StripeGateway implements PaymentGateway {
+  constructor(private readonly stripe: Stripe) {}
+
+  async createIntent(
+    request: IntentRequest,
+    idempotencyKey: string,
+  ): Promise<GatewayResult<CreatedIntent>> {
+    let intent: Stripe.PaymentIntent;
+    try {
+      intent = await this.stripe.paymentIntents.create(
+        {
+          amount: request.amount,
+          currency: request.currency,
+          description: request.description,
+          receipt_email: request.customerEmail,
+          metadata: request.metadata,
+          automatic_payment_methods: { enabled: true },
+        },
+        { idempotencyKey },
+      );
+    } catch (error) {
+      return failureOf(error);
+    }
+    if (!isStripeId("pi", intent.id)) {
+      return { ok: false, kind: "bad_response", reason: "payment intent id" };
+    }
+    if (!isClientSecretOf(intent.id, intent.client_secret)) {
+      return { ok: false, kind: "bad_response", reason: "client secret" };
+    }
+    if (!isPaymentStatus(intent.status)) {
+      return { ok: false, kind: "bad_response", reason: "status" };
+    }
+    if (intent.amount !== request.amount || intent.currency !== request.currency) {
+      return { ok: false, kind: "bad_response", reason: "amount or currency" };
+    }
+    return {
+      ok: true,
+      id: intent.id,
+      clientSecret: intent.client_secret,
+      status: intent.status,
+      amount: intent.amount,
+      currency: intent.currency,
+    };
+  }
+
+  async refund(
+    paymentIntentId: string,
+    amount: number,
+    idempotencyKey: string,
+  ): Promise<GatewayResult<CreatedRefund>> {
+    let refund: Stripe.Refund;
+    try {
+      refund = await this.stripe.refunds.create(
+        { payment_intent: paymentIntentId, amount },
+        { idempotencyKey },
+      );
+    } catch (error) {
+      return failureOf(error);
+    }
+    if (!isStripeId("re", refund.id))
+      return { ok: false, kind: "bad_response", reason: "refund id" };
+    if (refund.amount !== amount) {
+      return { ok: false, kind: "bad_response", reason: "refund amount" };
+    }
+    return { ok: true, id: refund.id, amount: refund.amount, status: refund.status ?? "pending" };
+  }
+}

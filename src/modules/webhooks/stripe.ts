@@ -1,0 +1,239 @@
+/**
+ * @module
+ * `POST /webhooks/stripe`: Stripe's events, verified, applied once, never backwards.
+ *
+ * 1. **Signature.** The raw body — the exact text the request guard read, before any JSON parsing
+ *    is trusted — goes to the SDK's `constructEventAsync` with the `Stripe-Signature` header, a
+ *    300-second tolerance (Stripe's default; an older timestamp is a replay) and each secret of
+ *    STRIPE_WEBHOOK_SECRET in turn, so during a roll both the old and the new endpoint secret are
+ *    accepted while both are listed. A missing header, a bad or stale signature, a body changed
+ *    after signing: 400 BAD_SIGNATURE, counted in `webhook_signature_failures_total{provider}` and
+ *    audited (`webhook.signature_failed`, with the reason and never the body). No secret
+ *    configured: 503 saying so.
+ * 2. **Shape.** A verified event whose id is not `evt_…` or that lacks a type, time or object is
+ *    400 BAD_REQUEST (counted `failed`); the ids inside it are checked by the ledger before use.
+ * 3. **Exactly once.** One BEGIN IMMEDIATE transaction inserts the event id into `webhook_events`
+ *    (its primary key is provider + id) and applies the effect. A redelivery — also one racing in
+ *    another process — finds the row, applies nothing, and is acknowledged 200 (`duplicate`). If
+ *    the transaction fails (the database locked past its timeout) nothing is recorded and the 503
+ *    makes Stripe deliver again. The audit rows of the effect are written right after the commit,
+ *    before the 200.
+ * 4. **Order.** Moves follow modules/payments/status.ts: an older event never undoes a newer
+ *    status, and a final one (`succeeded`, `canceled`, `refunded`) is never left but to `refunded`.
+ *    Unknown types and payments we do not hold are acknowledged and counted `ignored`.
+ */
+import { Elysia, t } from "elysia";
+import type { Logger } from "pino";
+import Stripe from "stripe";
+import type { Clock } from "../../clock";
+import { isDatabaseBusy } from "../../db/busy";
+import type { AppDatabase } from "../../db/client";
+import { webhookEvents } from "../../db/schema";
+import { AppError, problemResponses } from "../../errors";
+import type { AuditEvent } from "../../plugins/audit/events";
+import type { AuditLog } from "../../plugins/audit/log";
+import type { authPlugin } from "../../plugins/auth";
+import type { RouteClass } from "../../plugins/route-class";
+import { isStripeId } from "../payments/ids";
+import { type EventEffect, PaymentLedger, type StripeEventLike } from "../payments/ledger";
+import type { PaymentMetrics } from "../payments/metrics";
+import type { WebhookMetrics } from "./metrics";
+
+export const STRIPE_SIGNATURE_TOLERANCE_S = 300;
+export const STRIPE_WEBHOOK_PATH = "/webhooks/stripe";
+
+export const stripeWebhookRouteClasses: readonly RouteClass[] = [
+  {
+    routes: [`POST ${STRIPE_WEBHOOK_PATH}`],
+    policy: "webhooks",
+    bodyLimit: "webhooks",
+    csrfExempt: true,
+  },
+];
+
+/**
+ * The event, if `header` signs `payload` with one of `secrets` within the tolerance at
+ * `receivedAtMs`; null otherwise. The SDK does the comparison (constant time) and the timestamp.
+ */
+export async function verifyStripeSignature(
+  payload: string,
+  header: string,
+  secrets: readonly string[],
+  receivedAtMs: number,
+): Promise<Stripe.Event | null> {
+  for (const secret of secrets) {
+    try {
+      return await Stripe.webhooks.constructEventAsync(
+        payload,
+        header,
+        secret,
+        STRIPE_SIGNATURE_TOLERANCE_S,
+        undefined,
+        receivedAtMs,
+      );
+    } catch {
+      // The next secret of a roll, if any.
+    }
+  }
+  return null;
+}
+
+/** The event, narrowed to what we read, or null when a verified event is not shaped like one. */
+function eventShape(event: Stripe.Event): StripeEventLike | null {
+  const candidate = event as unknown as Record<string, unknown>;
+  const data = candidate.data as { object?: unknown } | undefined;
+  if (
+    !isStripeId("evt", candidate.id) ||
+    typeof candidate.type !== "string" ||
+    candidate.type.length === 0 ||
+    candidate.type.length > 100 ||
+    typeof candidate.created !== "number" ||
+    !Number.isInteger(candidate.created) ||
+    typeof data?.object !== "object" ||
+    data.object === null
+  ) {
+    return null;
+  }
+  return {
+    id: candidate.id,
+    type: candidate.type,
+    created: candidate.created,
+    data: { object: data.object as Record<string, unknown> },
+  };
+}
+
+export interface StripeWebhookOptions {
+  db: AppDatabase;
+  clock: Clock;
+  logger: Logger;
+  audit: AuditLog;
+  /** STRIPE_WEBHOOK_SECRET, every secret accepted; empty: the route answers 503. */
+  secrets: readonly string[];
+  metrics: WebhookMetrics;
+  payments?: PaymentMetrics;
+}
+
+type Applied = EventEffect | { outcome: "duplicate" };
+
+export function stripeWebhook(options: StripeWebhookOptions) {
+  const { db, clock, logger, audit, secrets, metrics } = options;
+  const ledger = new PaymentLedger(db);
+
+  /** Records the event id and applies its effect, in one transaction. */
+  const apply = (event: StripeEventLike): Applied => {
+    const now = clock.now();
+    return db.transaction(
+      (): Applied => {
+        const inserted = db
+          .insert(webhookEvents)
+          .values({ provider: "stripe", eventId: event.id, type: event.type, receivedAt: now })
+          .onConflictDoNothing()
+          .returning({ eventId: webhookEvents.eventId })
+          .all();
+        if (inserted.length === 0) return { outcome: "duplicate" };
+        return ledger.applyStripeEvent(event, now);
+      },
+      { behavior: "immediate" },
+    );
+  };
+
+  /**
+   * The effect is committed: its audit row must not turn the acknowledgement into a 503 (Stripe
+   * would redeliver an event already applied). A locked database keeps the row queued in the log,
+   * which writes it once the lock goes.
+   */
+  const recordAfterCommit = (event: AuditEvent) => {
+    try {
+      audit.record(event);
+    } catch (error) {
+      if (!isDatabaseBusy(error)) throw error;
+      logger.warn(
+        { requestId: event.requestId, type: event.type },
+        "audit row queued: the database is locked",
+      );
+    }
+  };
+
+  return (auth: ReturnType<typeof authPlugin>) =>
+    new Elysia({ name: "palisade.module.webhooks.stripe" })
+      .use(auth)
+      // The body's exact text, which the request guard sets while it reads a JSON body.
+      .decorate("rawBody", undefined as string | undefined)
+      .post(
+        STRIPE_WEBHOOK_PATH,
+        async ({ body, rawBody, request, path, clientIp, requestId }) => {
+          if (secrets.length === 0) {
+            throw new AppError(
+              "SERVICE_UNAVAILABLE",
+              "Stripe webhooks are not configured on this service (STRIPE_WEBHOOK_SECRET is unset).",
+            );
+          }
+          // The request guard keeps the exact text it read (plugins/request-guard) while Elysia
+          // parses the body; `body` is named so that Elysia reads it, and is never trusted.
+          void body;
+          const raw = rawBody ?? "";
+          const header = request.headers.get("stripe-signature");
+          const route = `${request.method} ${path}`;
+          const verified =
+            header === null ? null : await verifyStripeSignature(raw, header, secrets, clock.now());
+          if (verified === null) {
+            metrics.signatureFailures.labels("stripe").inc();
+            audit.record({
+              type: "webhook.signature_failed",
+              outcome: "denied",
+              ip: clientIp,
+              route,
+              requestId,
+              detail: {
+                provider: "stripe",
+                reason:
+                  header === null ? "missing Stripe-Signature header" : "no secret verified it",
+              },
+            });
+            throw new AppError(
+              "BAD_SIGNATURE",
+              "The Stripe-Signature header does not verify this body.",
+              undefined,
+              undefined,
+              400,
+            );
+          }
+          const event = eventShape(verified);
+          if (event === null) {
+            metrics.events.labels("stripe", "failed").inc();
+            throw new AppError("BAD_REQUEST", "The event is not shaped like a Stripe event.");
+          }
+          const applied = apply(event);
+          metrics.events.labels("stripe", applied.outcome).inc();
+          if (applied.outcome !== "duplicate") {
+            for (const status of applied.statuses) options.payments?.payments.labels(status).inc();
+            for (const entry of applied.audit)
+              recordAfterCommit({ ...entry, ip: clientIp, route, requestId });
+            if (applied.alert) {
+              logger.error({ requestId, eventId: event.id, type: event.type }, applied.alert);
+            }
+            if (applied.outcome === "ignored") {
+              logger.info(
+                { requestId, eventId: event.id, type: event.type, reason: applied.reason },
+                "stripe event acknowledged and ignored",
+              );
+            }
+          }
+          return { received: true as const, outcome: applied.outcome };
+        },
+        {
+          public: true,
+          response: {
+            200: t.Object({
+              received: t.Literal(true),
+              outcome: t.UnionEnum(["processed", "duplicate", "ignored"]),
+            }),
+            ...problemResponses(400, 413, 415, 503),
+          },
+          detail: {
+            tags: ["webhooks"],
+            summary: "Stripe events (Stripe-Signature verified over the raw body; each id once)",
+          },
+        },
+      );
+}

@@ -1,0 +1,117 @@
+/** Payments without STRIPE_SECRET_KEY (503, /ready still ready), and what privacy does to payments. */
+import { afterEach, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { bearer, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { buildPaymentsApp, createIntent, ROOMY_LIMITS, succeed } from "../../support/payments";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+test("without STRIPE_SECRET_KEY every payment route answers 503 saying payments are not configured", async () => {
+  current = buildTestApp({ env: ROOMY_LIMITS });
+  const user = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const calls = [
+    createIntent(current, bearer(user.accessToken), { amount: 500, currency: "usd" }),
+    send(current, "/api/payments", { headers: bearer(user.accessToken) }),
+    send(current, "/api/payments/pi_123", { headers: bearer(user.accessToken) }),
+    send(current, "/api/admin/payments/pi_123/refund", {
+      body: {},
+      headers: bearer(admin.accessToken),
+    }),
+  ];
+  for (const response of await Promise.all(calls)) {
+    expect(response.status).toBe(503);
+    const problem = (await response.json()) as { code: string; detail: string };
+    expect(problem.code).toBe("SERVICE_UNAVAILABLE");
+    expect(problem.detail).toContain("not configured");
+    expect(problem.detail).toContain("STRIPE_SECRET_KEY");
+  }
+  // Who may call still comes first.
+  expect((await send(current, "/api/payments")).status).toBe(401);
+});
+
+test("/ready reports payments not_configured without failing, and up once a key is set", async () => {
+  current = buildTestApp();
+  const ready = await send(current, "/ready");
+  expect(ready.status).toBe(200);
+  const body = (await ready.json()) as {
+    status: string;
+    checks: Record<string, { status: string }>;
+  };
+  expect(body.status).toBe("ready");
+  expect(body.checks.payments?.status).toBe("not_configured");
+  expect(body.checks.database?.status).toBe("up");
+  current.close();
+
+  current = buildPaymentsApp();
+  const configured = (await (await send(current, "/ready")).json()) as {
+    checks: Record<string, { status: string }>;
+  };
+  expect(configured.checks.payments?.status).toBe("up");
+});
+
+test("export includes the user's payments; erasure keeps the rows for accounting without email, description or metadata", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const made = await createIntent(current, bearer(alice.accessToken), {
+    amount: 2500,
+    currency: "usd",
+    description: "Alice's order",
+    customerEmail: "alice.private@example.com",
+    metadata: { name: "Alice Liddell" },
+  });
+  const { id } = (await made.json()) as { id: string };
+  await succeed(current, id);
+  await createIntent(current, bearer(bob.accessToken), { amount: 700, currency: "usd" });
+
+  const exported = await send(current, "/api/me/export", { headers: bearer(alice.accessToken) });
+  expect(exported.status).toBe(200);
+  const document = (await exported.json()) as { payments: Record<string, unknown>[] };
+  expect(document.payments).toHaveLength(1);
+  expect(document.payments[0]).toMatchObject({
+    id,
+    amount: 2500,
+    status: "succeeded",
+    description: "Alice's order",
+    customerEmail: "alice.private@example.com",
+    metadata: { name: "Alice Liddell" },
+  });
+  expect(JSON.stringify(document)).not.toContain("_secret_");
+
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(alice.accessToken),
+    body: { password: STRONG_PASSWORD },
+  });
+  expect(erased.status).toBeLessThan(300);
+  const row = current.db.$client
+    .query(
+      "SELECT owner, amount, currency, status, description, customer_email AS email, metadata, client_secret AS secret FROM payments WHERE id = ?",
+    )
+    .get(id) as Record<string, unknown>;
+  expect(row).toMatchObject({
+    amount: 2500,
+    currency: "usd",
+    status: "succeeded",
+    description: null,
+    email: null,
+    metadata: null,
+    secret: null,
+  });
+  expect(row.owner).not.toContain(alice.userId);
+  expect(row.owner).toBe(current.services.audit.pseudonymOf(`user:${alice.userId}`));
+  const keys = current.db.$client
+    .query("SELECT count(*) AS n FROM payment_idempotency_keys WHERE owner = ?")
+    .get(`user:${alice.userId}`) as { n: number };
+  expect(keys.n).toBe(0);
+  // Bob's payment is untouched.
+  const bobRows = current.db.$client
+    .query("SELECT count(*) AS n FROM payments WHERE owner = ?")
+    .get(`user:${bob.userId}`) as { n: number };
+  expect(bobRows.n).toBe(1);
+});

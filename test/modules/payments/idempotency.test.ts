@@ -1,0 +1,314 @@
+/**
+ * Idempotency-Key on POST /api/payments/intents: replay, conflict, concurrency (one process and
+ * two), scoping to the owner, and what a Stripe failure leaves behind.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { createApp } from "../../../src/app";
+import { createLogger } from "../../../src/logging/logger";
+import type { PaymentsFeature } from "../../../src/modules/payments/feature";
+import { paymentMetrics } from "../../../src/modules/payments/metrics";
+import {
+  CLAIM_LEASE_MS,
+  PaymentService,
+  requestHash,
+  stripeIdempotencyKey,
+} from "../../../src/modules/payments/service";
+import { createStripe, StripeGateway } from "../../../src/modules/payments/stripe-client";
+import { createServices } from "../../../src/services";
+import { LogCapture, secondProcess, TEST_PASSWORD_HASHING } from "../../support/app";
+import { bearer, createKey, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
+import {
+  buildPaymentsApp,
+  createIntent,
+  type PaymentsApp,
+  STRIPE_TEST_KEY,
+} from "../../support/payments";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const INTENTS = "/v1/payment_intents";
+const body = { amount: 4200, currency: "gbp", metadata: { cart: "c-1" } };
+
+function intentCalls(target: PaymentsApp) {
+  return target.stripe.calls.filter((call) => call.path === INTENTS).length;
+}
+
+test("the same key and body replay the first response without a second Stripe call", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  const first = await createIntent(current, bearer(user.accessToken), body, "replay-1");
+  expect(first.status).toBe(201);
+  const firstBody = await first.json();
+  // Key order in the body does not make it another request.
+  const again = await createIntent(
+    current,
+    bearer(user.accessToken),
+    { metadata: { cart: "c-1" }, currency: "gbp", amount: 4200 },
+    "replay-1",
+  );
+  expect(again.status).toBe(201);
+  expect(again.headers.get("idempotent-replayed")).toBe("true");
+  expect(await again.json()).toEqual(firstBody);
+  expect(intentCalls(current)).toBe(1);
+  const rows = current.db.$client.query("SELECT count(*) AS n FROM payments").get() as {
+    n: number;
+  };
+  expect(rows.n).toBe(1);
+});
+
+test("the same key with another body is 409 CONFLICT, and Stripe is not called", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  expect((await createIntent(current, bearer(user.accessToken), body, "conflict-1")).status).toBe(
+    201,
+  );
+  for (const other of [
+    { ...body, amount: 4201 },
+    { ...body, currency: "eur" },
+    { ...body, metadata: { cart: "c-2" } },
+    { ...body, description: "x" },
+  ]) {
+    const response = await createIntent(current, bearer(user.accessToken), other, "conflict-1");
+    expect(response.status).toBe(409);
+    expect(((await response.json()) as { code: string }).code).toBe("CONFLICT");
+  }
+  expect(intentCalls(current)).toBe(1);
+});
+
+test("10 concurrent requests with one key make one Stripe call and all get its result", async () => {
+  current = buildPaymentsApp();
+  current.stripe.delayMs = 150;
+  const user = await signUp(current);
+  const responses = await Promise.all(
+    Array.from({ length: 10 }, () =>
+      createIntent(current!, bearer(user.accessToken), body, "race-1"),
+    ),
+  );
+  const statuses = responses.map((r) => r.status);
+  expect(statuses).toEqual(Array(10).fill(201));
+  const ids = new Set(
+    await Promise.all(responses.map(async (r) => ((await r.json()) as { id: string }).id)),
+  );
+  expect(ids.size).toBe(1);
+  expect(intentCalls(current)).toBe(1);
+});
+
+test("concurrent requests with one key in two processes on one file make one Stripe call", async () => {
+  current = buildPaymentsApp();
+  current.stripe.delayMs = 150;
+  const user = await signUp(current);
+  const other = secondProcess(current);
+  try {
+    const responses = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        createIntent(i % 2 === 0 ? current! : other, bearer(user.accessToken), body, "race-2"),
+      ),
+    );
+    expect(responses.map((r) => r.status)).toEqual(Array(10).fill(201));
+    expect(intentCalls(current)).toBe(1);
+  } finally {
+    other.close();
+  }
+});
+
+test("a request with the key of one still at Stripe waits for its result", async () => {
+  current = buildPaymentsApp();
+  current.stripe.delayMs = 1_000;
+  const user = await signUp(current);
+  const first = createIntent(current, bearer(user.accessToken), body, "slow-1");
+  await Bun.sleep(100);
+  const second = await createIntent(current, bearer(user.accessToken), body, "slow-1");
+  expect(second.status).toBe(201);
+  expect(second.headers.get("idempotent-replayed")).toBe("true");
+  expect((await first).status).toBe(201);
+  expect(intentCalls(current)).toBe(1);
+});
+
+test("past its wait, a request whose key is still at Stripe is told so (in_progress, answered 409 with Retry-After)", async () => {
+  current = buildPaymentsApp();
+  current.stripe.delayMs = 1_000;
+  const user = await signUp(current);
+  const first = createIntent(current, bearer(user.accessToken), body, "slow-2");
+  await Bun.sleep(100);
+  // Another process's service on the same file, configured to wait only 100 ms.
+  const feature = current.services.features.find((f) => f.name === "payments") as PaymentsFeature;
+  const impatient = new PaymentService({
+    db: current.db,
+    clock: current.services.clock,
+    logger: current.logger,
+    audit: current.services.audit,
+    ledger: feature.ledger,
+    metrics: paymentMetrics(current.services.registry),
+    gateway: new StripeGateway(
+      createStripe({ secretKey: STRIPE_TEST_KEY, apiUrl: current.stripe.url }),
+    ),
+    inProgressWaitMs: 100,
+  });
+  const outcome = await impatient.createIntent(
+    `user:${user.userId}`,
+    "slow-2",
+    { amount: body.amount, currency: body.currency, metadata: body.metadata },
+    { actor: `user:${user.userId}`, ip: null, route: "test", requestId: "test" },
+  );
+  expect(outcome).toEqual({ kind: "in_progress" });
+  expect((await first).status).toBe(201);
+  expect(intentCalls(current)).toBe(1);
+});
+
+test("a claim left by a process that died mid-call is taken over after its lease, with the same Stripe key", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  const owner = `user:${user.userId}`;
+  current.db.$client
+    .query(
+      "INSERT INTO payment_idempotency_keys (owner, key, request_hash, state, claimed_at) VALUES (?, ?, ?, 'pending', ?)",
+    )
+    .run(
+      owner,
+      "crashed-1",
+      requestHash({ amount: body.amount, currency: body.currency, metadata: body.metadata }),
+      Date.now() - CLAIM_LEASE_MS - 1_000,
+    );
+  const response = await createIntent(current, bearer(user.accessToken), body, "crashed-1");
+  expect(response.status).toBe(201);
+  expect(current.stripe.calls.at(-1)!.idempotencyKey).toBe(
+    stripeIdempotencyKey(owner, "crashed-1"),
+  );
+});
+
+test("a key is its owner's: another user's identical key and body is a new intent, never the first user's", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const a = await createIntent(current, bearer(alice.accessToken), body, "shared-key");
+  const b = await createIntent(current, bearer(bob.accessToken), body, "shared-key");
+  expect(a.status).toBe(201);
+  expect(b.status).toBe(201);
+  expect(b.headers.get("idempotent-replayed")).toBeNull();
+  const [aBody, bBody] = (await Promise.all([a.json(), b.json()])) as {
+    id: string;
+    clientSecret: string;
+  }[];
+  expect(bBody!.id).not.toBe(aBody!.id);
+  expect(bBody!.clientSecret).not.toBe(aBody!.clientSecret);
+  expect(intentCalls(current)).toBe(2);
+  // Stripe saw two different keys, so its own replay cannot cross owners either.
+  const keys = current.stripe.calls.map((c) => c.idempotencyKey);
+  expect(new Set(keys).size).toBe(2);
+  // The user's own API key shares the user's keys: it replays the user's intent.
+  const aliceKey = createKey(current, ["payments"], alice.userId);
+  const viaKey = await createIntent(current, { "x-api-key": aliceKey.key }, body, "shared-key");
+  expect(viaKey.status).toBe(201);
+  expect(((await viaKey.json()) as { id: string }).id).toBe(aBody!.id);
+  expect(intentCalls(current)).toBe(2);
+});
+
+test("a Stripe outage is 503 UPSTREAM_UNAVAILABLE with Retry-After and releases the key: the retry with it succeeds", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  current.stripe.failNext(INTENTS, { status: 500, shouldRetry: false });
+  const failed = await createIntent(current, bearer(user.accessToken), body, "outage-1");
+  expect(failed.status).toBe(503);
+  expect(failed.headers.get("retry-after")).toBe("5");
+  expect(((await failed.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+  const claims = current.db.$client
+    .query("SELECT count(*) AS n FROM payment_idempotency_keys")
+    .get() as {
+    n: number;
+  };
+  expect(claims.n).toBe(0);
+
+  const retried = await createIntent(current, bearer(user.accessToken), body, "outage-1");
+  expect(retried.status).toBe(201);
+  expect(retried.headers.get("idempotent-replayed")).toBeNull();
+  expect(intentCalls(current)).toBe(2);
+});
+
+test("the SDK retries a transient 500 itself with the same key: one intent, one 201", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  current.stripe.failNext(INTENTS, { status: 500 });
+  const response = await createIntent(current, bearer(user.accessToken), body, "transient-1");
+  expect(response.status).toBe(201);
+  const calls = current.stripe.calls.filter((c) => c.path === INTENTS);
+  expect(calls).toHaveLength(2);
+  expect(calls[0]!.idempotencyKey).toBe(calls[1]!.idempotencyKey);
+});
+
+test("Stripe refusing the request (4xx) is 502 with Stripe's code, and the key is released", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  current.stripe.failNext(INTENTS, {
+    status: 400,
+    code: "currency_not_enabled",
+    shouldRetry: false,
+  });
+  const refused = await createIntent(current, bearer(user.accessToken), body, "refused-1");
+  expect(refused.status).toBe(502);
+  const problem = (await refused.json()) as { code: string; detail: string };
+  expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+  expect(problem.detail).toContain("currency_not_enabled");
+  expect((await createIntent(current, bearer(user.accessToken), body, "refused-1")).status).toBe(
+    201,
+  );
+});
+
+test("keys are kept 24 hours: until then a reuse is refused here; after, the maintenance forgets it and Stripe decides", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock });
+  const user = await signUp(current);
+  // An API key: the session's access token would expire over the hours this test moves.
+  const key = { "x-api-key": createKey(current, ["payments"], user.userId).key };
+  expect((await createIntent(current, key, body, "day-old")).status).toBe(201);
+  clock.advance(23 * 60 * 60 * 1000);
+  current.services.runMaintenance();
+  const within = await createIntent(current, key, { ...body, amount: 51 }, "day-old");
+  expect(within.status).toBe(409);
+  clock.advance(2 * 60 * 60 * 1000);
+  current.services.runMaintenance();
+  const after = await createIntent(current, key, { ...body, amount: 51 }, "day-old");
+  // Forgotten here, so Stripe is asked; this one still holds its key and refuses other parameters.
+  expect(intentCalls(current)).toBe(2);
+  expect(after.status).toBe(502);
+  expect(((await after.json()) as { detail: string }).detail).toContain("idempotency_key_in_use");
+});
+
+test("over HTTP, a request still waiting past its wait on another with its key is 409 CONFLICT with Retry-After", async () => {
+  current = buildPaymentsApp();
+  current.stripe.delayMs = 1_000;
+  const user = await signUp(current);
+  // Another process on the same file whose requests wait only 100 ms for one another.
+  const logger = createLogger({ level: "info", destination: new LogCapture() });
+  const services = createServices({
+    config: current.config,
+    db: current.db,
+    logger,
+    passwordHashing: TEST_PASSWORD_HASHING,
+    maintenanceIntervalMs: 0,
+    payments: { inProgressWaitMs: 100 },
+  });
+  const impatient = { app: createApp({ ...services, peerAddress: () => "10.4.4.4" }) };
+  try {
+    const first = createIntent(current, bearer(user.accessToken), body, "slow-http");
+    await Bun.sleep(100);
+    const second = await createIntent(impatient, bearer(user.accessToken), body, "slow-http");
+    expect(second.status).toBe(409);
+    expect(second.headers.get("retry-after")).toBe("1");
+    const problem = (await second.json()) as { code: string; detail: string };
+    expect(problem.code).toBe("CONFLICT");
+    expect(problem.detail).toContain("in progress");
+    expect((await first).status).toBe(201);
+    // Once the first is done, the same request replays its result there too.
+    const later = await createIntent(impatient, bearer(user.accessToken), body, "slow-http");
+    expect(later.status).toBe(201);
+    expect(later.headers.get("idempotent-replayed")).toBe("true");
+    expect(intentCalls(current)).toBe(1);
+  } finally {
+    services.close();
+  }
+});

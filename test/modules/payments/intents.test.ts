@@ -1,0 +1,155 @@
+/** Creating, listing and reading payment intents through the real SDK against a local Stripe. */
+import { afterEach, expect, test } from "bun:test";
+import { stripeIdempotencyKey } from "../../../src/modules/payments/service";
+import { send } from "../../support/app";
+import { bearer, createKey, signUp } from "../../support/auth";
+import {
+  auditRows,
+  buildPaymentsApp,
+  createIntent,
+  metricValue,
+  type PaymentsApp,
+} from "../../support/payments";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+test("a user creates an intent: 201 with Stripe's id and client secret, the row is theirs, Stripe got a form body and a scoped key", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  const response = await createIntent(
+    current,
+    bearer(user.accessToken),
+    {
+      amount: 1234,
+      currency: "EUR",
+      description: "Two coffees",
+      customerEmail: "Buyer@EXAMPLE.com.",
+      metadata: { order: "A-17", channel: "chat" },
+    },
+    "order-A-17",
+  );
+  expect(response.status).toBe(201);
+  const body = (await response.json()) as Record<string, unknown>;
+  expect(body).toEqual({
+    id: expect.stringMatching(/^pi_/),
+    clientSecret: expect.stringMatching(/^pi_[A-Za-z0-9]+_secret_/),
+    status: "requires_payment_method",
+    amount: 1234,
+    currency: "eur",
+  });
+
+  const [call] = current.stripe.calls;
+  expect(current.stripe.calls).toHaveLength(1);
+  expect(call!.path).toBe("/v1/payment_intents");
+  expect(call!.params).toMatchObject({
+    amount: "1234",
+    currency: "eur",
+    description: "Two coffees",
+    receipt_email: "Buyer@example.com",
+    "metadata[order]": "A-17",
+    "metadata[channel]": "chat",
+  });
+  // The key Stripe sees is the client's, scoped to its owner.
+  expect(call!.idempotencyKey).toBe(stripeIdempotencyKey(`user:${user.userId}`, "order-A-17"));
+
+  const row = current.db.$client
+    .query(
+      "SELECT owner, amount, currency, status, customer_email, metadata FROM payments WHERE id = ?",
+    )
+    .get(body.id as string) as Record<string, unknown>;
+  expect(row).toEqual({
+    owner: `user:${user.userId}`,
+    amount: 1234,
+    currency: "eur",
+    status: "requires_payment_method",
+    customer_email: "Buyer@example.com",
+    metadata: JSON.stringify({ order: "A-17", channel: "chat" }),
+  });
+  const audit = auditRows(current, "payment.intent.created");
+  expect(audit).toHaveLength(1);
+  expect(audit[0]!.actor).toBe(`user:${user.userId}`);
+  expect(JSON.parse(audit[0]!.detail)).toEqual({
+    amount: 1234,
+    currency: "eur",
+    paymentId: body.id,
+  });
+  expect(await metricValue(current, "payments_total", { status: "requires_payment_method" })).toBe(
+    1,
+  );
+});
+
+test("an API key with the payments scope pays for its owner; one without it is 403 and Stripe is not called", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  const payKey = createKey(current, ["payments"], user.userId);
+  const chatKey = createKey(current, ["chat"], user.userId);
+  const made = await createIntent(
+    current,
+    { "x-api-key": payKey.key },
+    { amount: 500, currency: "usd" },
+  );
+  expect(made.status).toBe(201);
+  const { id } = (await made.json()) as { id: string };
+  // The key acts for the user: the user sees the payment as theirs.
+  const seen = await send(current, `/api/payments/${id}`, { headers: bearer(user.accessToken) });
+  expect(seen.status).toBe(200);
+
+  const refused = await createIntent(
+    current,
+    { "x-api-key": chatKey.key },
+    { amount: 500, currency: "usd" },
+  );
+  expect(refused.status).toBe(403);
+  expect(((await refused.json()) as { code: string }).code).toBe("FORBIDDEN");
+  expect(current.stripe.calls).toHaveLength(1);
+
+  const anonymous = await createIntent(current, {}, { amount: 500, currency: "usd" });
+  expect(anonymous.status).toBe(401);
+});
+
+test("GET /api/payments lists the caller's payments newest first, a page at a time", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  const ids: string[] = [];
+  for (let i = 0; i < 5; i++) {
+    const response = await createIntent(current, bearer(user.accessToken), {
+      amount: 100 + i,
+      currency: "usd",
+    });
+    ids.push(((await response.json()) as { id: string }).id);
+  }
+  const seen: string[] = [];
+  let cursor: number | null = null;
+  let pages = 0;
+  do {
+    const query: string = cursor === null ? "?limit=2" : `?limit=2&cursor=${cursor}`;
+    const response = await send(current, `/api/payments${query}`, {
+      headers: bearer(user.accessToken),
+    });
+    expect(response.status).toBe(200);
+    const page = (await response.json()) as {
+      payments: { id: string; amount: number }[];
+      nextCursor: number | null;
+    };
+    expect(page.payments.length).toBeLessThanOrEqual(2);
+    seen.push(...page.payments.map((p) => p.id));
+    cursor = page.nextCursor;
+    pages++;
+  } while (cursor !== null);
+  expect(pages).toBe(3);
+  expect(seen).toEqual([...ids].reverse());
+
+  const one = await send(current, `/api/payments/${ids[0]}`, { headers: bearer(user.accessToken) });
+  expect(await one.json()).toMatchObject({
+    id: ids[0],
+    amount: 100,
+    currency: "usd",
+    status: "requires_payment_method",
+    amountRefunded: 0,
+    disputed: false,
+  });
+});

@@ -1,0 +1,164 @@
+/** Object-level isolation between users, and admin refunds (audited, bounded, one at a time). */
+import { afterEach, expect, test } from "bun:test";
+import { send } from "../../support/app";
+import { bearer, createKey, type Session, signUp } from "../../support/auth";
+import {
+  auditRows,
+  buildPaymentsApp,
+  createIntent,
+  metricValue,
+  type PaymentsApp,
+  succeed,
+} from "../../support/payments";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+async function pay(target: PaymentsApp, who: Session, amount = 3000): Promise<string> {
+  const response = await createIntent(target, bearer(who.accessToken), { amount, currency: "usd" });
+  expect(response.status).toBe(201);
+  return ((await response.json()) as { id: string }).id;
+}
+
+const refund = (target: PaymentsApp, id: string, who: Record<string, string>, body: unknown = {}) =>
+  send(target, `/api/admin/payments/${id}/refund`, { body, headers: who });
+
+test("a user sees only their own payments: another's is 404 (not 403), and absent from their list", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const alicePayment = await pay(current, alice);
+  const bobPayment = await pay(current, bob);
+
+  const peek = await send(current, `/api/payments/${alicePayment}`, {
+    headers: bearer(bob.accessToken),
+  });
+  expect(peek.status).toBe(404);
+  expect(((await peek.json()) as { code: string }).code).toBe("NOT_FOUND");
+  // Indistinguishable from an id nobody has.
+  const nobody = await send(current, "/api/payments/pi_DoesNotExist", {
+    headers: bearer(bob.accessToken),
+  });
+  expect(nobody.status).toBe(404);
+
+  const bobList = (await (
+    await send(current, "/api/payments", { headers: bearer(bob.accessToken) })
+  ).json()) as { payments: { id: string }[] };
+  expect(bobList.payments.map((p) => p.id)).toEqual([bobPayment]);
+
+  // Bob's API key acts for Bob, and sees what Bob sees.
+  const bobKey = createKey(current, ["payments"], bob.userId);
+  expect(
+    (await send(current, `/api/payments/${alicePayment}`, { headers: { "x-api-key": bobKey.key } }))
+      .status,
+  ).toBe(404);
+  expect(
+    (await send(current, `/api/payments/${bobPayment}`, { headers: { "x-api-key": bobKey.key } }))
+      .status,
+  ).toBe(200);
+});
+
+test("refunds are admins': a user is 403 (audited), Stripe is not called", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const id = await pay(current, alice);
+  await succeed(current, id);
+  const refused = await refund(current, id, bearer(alice.accessToken));
+  expect(refused.status).toBe(403);
+  expect(((await refused.json()) as { code: string }).code).toBe("FORBIDDEN");
+  const userKey = createKey(current, ["payments"], alice.userId);
+  expect((await refund(current, id, { "x-api-key": userKey.key })).status).toBe(403);
+  expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(0);
+  expect(auditRows(current, "auth.forbidden").length).toBeGreaterThanOrEqual(2);
+});
+
+test("an admin refunds in part then the rest: Stripe gets each, the row follows, each is audited as payment.refund", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const id = await pay(current, alice, 3000);
+  await succeed(current, id);
+
+  const part = await refund(current, id, bearer(admin.accessToken), { amount: 1000 });
+  expect(part.status).toBe(200);
+  const partBody = (await part.json()) as {
+    refund: { id: string; amount: number };
+    payment: Record<string, unknown>;
+  };
+  expect(partBody.refund).toMatchObject({
+    id: expect.stringMatching(/^re_/),
+    amount: 1000,
+    status: "succeeded",
+  });
+  expect(partBody.payment).toMatchObject({ id, status: "succeeded", amountRefunded: 1000 });
+
+  // More than what is left is refused before Stripe.
+  const tooMuch = await refund(current, id, bearer(admin.accessToken), { amount: 2001 });
+  expect(tooMuch.status).toBe(422);
+  const problem = (await tooMuch.json()) as { code: string; errors: { field: string }[] };
+  expect(problem.errors[0]!.field).toBe("body/amount");
+
+  const rest = await refund(current, id, bearer(admin.accessToken));
+  expect(rest.status).toBe(200);
+  expect(((await rest.json()) as { payment: Record<string, unknown> }).payment).toMatchObject({
+    status: "refunded",
+    amountRefunded: 3000,
+  });
+  const stripeRefunds = current.stripe.calls.filter((c) => c.path === "/v1/refunds");
+  expect(stripeRefunds.map((c) => [c.params.payment_intent, c.params.amount])).toEqual([
+    [id, "1000"],
+    [id, "2000"],
+  ]);
+  // Two refunds, two Stripe keys.
+  expect(new Set(stripeRefunds.map((c) => c.idempotencyKey)).size).toBe(2);
+
+  const audited = auditRows(current, "payment.refund");
+  expect(audited).toHaveLength(2);
+  expect(audited[0]!.actor).toBe(`user:${admin.userId}`);
+  expect(JSON.parse(audited[0]!.detail)).toMatchObject({
+    paymentId: id,
+    amount: 1000,
+    currency: "usd",
+  });
+  expect(await metricValue(current, "payments_total", { status: "refunded" })).toBe(1);
+
+  // Nothing is left to refund.
+  expect((await refund(current, id, bearer(admin.accessToken))).status).toBe(409);
+});
+
+test("only a succeeded payment can be refunded; an unknown one is 404; a Stripe failure leaves it refundable", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const id = await pay(current, alice);
+  const early = await refund(current, id, bearer(admin.accessToken));
+  expect(early.status).toBe(409);
+  expect(((await early.json()) as { code: string }).code).toBe("CONFLICT");
+  expect((await refund(current, "pi_Nobody", bearer(admin.accessToken))).status).toBe(404);
+
+  await succeed(current, id);
+  current.stripe.failNext("/v1/refunds", { status: 503, shouldRetry: false });
+  const failed = await refund(current, id, bearer(admin.accessToken));
+  expect(failed.status).toBe(503);
+  expect(((await failed.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+  const ok = await refund(current, id, bearer(admin.accessToken));
+  expect(ok.status).toBe(200);
+  expect(auditRows(current, "payment.refund")).toHaveLength(1);
+});
+
+test("two admins refunding one payment at once: one refund reaches Stripe, the other is 409", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const id = await pay(current, alice);
+  await succeed(current, id);
+  current.stripe.delayMs = 200;
+  const responses = await Promise.all(
+    Array.from({ length: 5 }, () => refund(current!, id, bearer(admin.accessToken))),
+  );
+  expect(responses.map((r) => r.status).sort()).toEqual([200, 409, 409, 409, 409]);
+  expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
+});

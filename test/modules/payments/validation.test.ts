@@ -1,0 +1,167 @@
+/**
+ * The bounds of an intent request, each at its edge, and the ids clients send. A refused request
+ * never reaches Stripe.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { send } from "../../support/app";
+import { bearer, type Session, signUp } from "../../support/auth";
+import { buildPaymentsApp, createIntent, type PaymentsApp } from "../../support/payments";
+
+let current: PaymentsApp;
+let user: Session;
+const MAX = 250_000;
+
+beforeAll(async () => {
+  current = buildPaymentsApp({
+    env: { PAYMENT_MAX_AMOUNT: String(MAX), PAYMENT_CURRENCIES: "usd,eur,jpy" },
+  });
+  user = await signUp(current);
+});
+afterAll(() => current.close());
+
+const valid = { amount: 1000, currency: "usd" };
+
+async function expectAccepted(body: unknown, key?: string) {
+  const before = current.stripe.calls.length;
+  const response = await createIntent(current, bearer(user.accessToken), body, key);
+  expect({
+    status: response.status,
+    body: response.status === 201 ? null : await response.text(),
+  }).toEqual({
+    status: 201,
+    body: null,
+  });
+  expect(current.stripe.calls.length).toBe(before + 1);
+}
+
+async function expectRefused(body: unknown, field: string, key?: string | null) {
+  const before = current.stripe.calls.length;
+  const response = await createIntent(current, bearer(user.accessToken), body, key);
+  expect(response.status).toBe(422);
+  const problem = (await response.json()) as { code: string; errors: { field: string }[] };
+  expect(problem.code).toBe("VALIDATION_FAILED");
+  expect(problem.errors.map((e) => e.field)).toContain(field);
+  expect(current.stripe.calls.length).toBe(before);
+}
+
+test("amount: an integer from 50 to PAYMENT_MAX_AMOUNT", async () => {
+  await expectRefused({ ...valid, amount: 49 }, "body/amount");
+  await expectAccepted({ ...valid, amount: 50 });
+  await expectAccepted({ ...valid, amount: MAX });
+  await expectRefused({ ...valid, amount: MAX + 1 }, "body/amount");
+  await expectRefused({ ...valid, amount: 50.5 }, "body/amount");
+  await expectRefused({ ...valid, amount: -100 }, "body/amount");
+  await expectRefused({ currency: "usd" }, "body/amount");
+});
+
+test("currency: one of PAYMENT_CURRENCIES in any case, stored lower case", async () => {
+  await expectAccepted({ ...valid, currency: "JPY" });
+  expect(current.stripe.calls.at(-1)!.params.currency).toBe("jpy");
+  await expectAccepted({ ...valid, currency: "Eur" });
+  await expectRefused({ ...valid, currency: "gbp" }, "body/currency");
+  await expectRefused({ ...valid, currency: "us" }, "body/currency");
+  await expectRefused({ ...valid, currency: "usdd" }, "body/currency");
+  await expectRefused({ ...valid, currency: "u$d" }, "body/currency");
+});
+
+test("description: at most 500 characters", async () => {
+  await expectAccepted({ ...valid, description: "d".repeat(500) });
+  await expectRefused({ ...valid, description: "d".repeat(501) }, "body/description");
+});
+
+test("customerEmail: validated like an account email, stored normalised", async () => {
+  await expectAccepted({ ...valid, customerEmail: "  Ana@Example.COM " });
+  expect(current.stripe.calls.at(-1)!.params.receipt_email).toBe("Ana@example.com");
+  for (const bad of [
+    "not-an-email",
+    "a@b",
+    "ana\u200b@example.com",
+    "ana@exa mple.com",
+    "@example.com",
+  ]) {
+    await expectRefused({ ...valid, customerEmail: bad }, "body/customerEmail");
+  }
+});
+
+test("metadata: at most 20 keys of at most 40 characters, string values of at most 500", async () => {
+  const keys = (n: number) =>
+    Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, "v"]));
+  await expectAccepted({ ...valid, metadata: keys(20) });
+  await expectRefused({ ...valid, metadata: keys(21) }, "body/metadata");
+  await expectAccepted({ ...valid, metadata: { ["k".repeat(40)]: "v" } });
+  await expectRefused({ ...valid, metadata: { ["k".repeat(41)]: "v" } }, "body/metadata");
+  await expectAccepted({ ...valid, metadata: { k: "v".repeat(500) } });
+  await expectRefused({ ...valid, metadata: { k: "v".repeat(501) } }, "body/metadata/k");
+  await expectRefused({ ...valid, metadata: { k: 5 } }, "body/metadata/k");
+  await expectRefused({ ...valid, metadata: { k: { nested: "x" } } }, "body/metadata/k");
+  await expectRefused({ ...valid, metadata: { "": "v" } }, "body/metadata");
+  await expectRefused({ ...valid, metadata: { "a[b]": "v" } }, "body/metadata");
+  await expectRefused({ ...valid, metadata: ["v"] }, "body/metadata");
+});
+
+test("unknown fields are refused, not dropped", async () => {
+  await expectRefused({ ...valid, customer: "cus_123" }, "body/customer");
+  await expectRefused({ ...valid, amount_capturable: 5 }, "body/amount_capturable");
+});
+
+test("Idempotency-Key: required, 1 to 255 printable ASCII characters; a comma reads as a second header", async () => {
+  await expectRefused(valid, "headers/idempotency-key", null);
+  await expectAccepted(valid, "k".repeat(255));
+  await expectRefused(valid, "headers/idempotency-key", "k".repeat(256));
+  await expectAccepted(valid, "~ !\"#$%&'()*+-./:;<=>?@[\\]^_`{|}");
+  await expectRefused(valid, "headers/idempotency-key", "caf\u00e9");
+  const before = current.stripe.calls.length;
+  const twice = await createIntent(current, bearer(user.accessToken), valid, "a, b");
+  expect(twice.status).toBe(400);
+  expect(((await twice.json()) as { code: string }).code).toBe("DUPLICATE_HEADER");
+  expect(current.stripe.calls.length).toBe(before);
+});
+
+test("payment ids from clients must look like Stripe's (pi_ and [A-Za-z0-9_]); others are 422 before any lookup", async () => {
+  for (const bad of [
+    "abc",
+    "pi_",
+    "pi_a-b",
+    "ch_123",
+    "pi_%27%20OR%201%3D1",
+    `pi_${"a".repeat(253)}`,
+  ]) {
+    const response = await send(current, `/api/payments/${bad}`, {
+      headers: bearer(user.accessToken),
+    });
+    expect(response.status).toBe(422);
+    const refund = await send(current, `/api/admin/payments/${bad}/refund`, {
+      body: {},
+      headers: bearer(user.accessToken),
+    });
+    // Not an admin: refused before validation.
+    expect(refund.status).toBe(403);
+  }
+  const longestValid = await send(current, `/api/payments/pi_${"a".repeat(252)}`, {
+    headers: bearer(user.accessToken),
+  });
+  expect(longestValid.status).toBe(404);
+});
+
+test("a Stripe answer whose id or client secret does not match Stripe's patterns is not trusted: 502, nothing stored", async () => {
+  const before = (
+    current.db.$client.query("SELECT count(*) AS n FROM payments").get() as { n: number }
+  ).n;
+  for (const fields of [
+    { id: "pi_../../admin" },
+    { id: "evt_123" },
+    { client_secret: "something_else" },
+    { client_secret: "pi_other_secret_abc" },
+    { amount: 1 },
+    { status: "bogus" },
+  ]) {
+    current.stripe.tamperNextIntent(fields);
+    const response = await createIntent(current, bearer(user.accessToken), valid);
+    expect(response.status).toBe(502);
+    expect(((await response.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+  }
+  const after = (
+    current.db.$client.query("SELECT count(*) AS n FROM payments").get() as { n: number }
+  ).n;
+  expect(after).toBe(before);
+});

@@ -1,0 +1,256 @@
+/**
+ * What verified Stripe events do: each event id once (its row in webhook_events committed with its
+ * effect), never a backwards move, disputes audited and alerted, the unknown acknowledged.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { bearer, signUp } from "../../support/auth";
+import {
+  auditRows,
+  buildPaymentsApp,
+  createIntent,
+  deliver,
+  metricValue,
+  type PaymentsApp,
+  stripeEvent,
+} from "../../support/payments";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+async function newPayment(target: PaymentsApp, amount = 2000): Promise<string> {
+  const user = await signUp(target);
+  const response = await createIntent(target, bearer(user.accessToken), {
+    amount,
+    currency: "usd",
+  });
+  expect(response.status).toBe(201);
+  return ((await response.json()) as { id: string }).id;
+}
+
+function payment(target: PaymentsApp, id: string) {
+  return target.db.$client
+    .query(
+      "SELECT status, amount_refunded AS refunded, disputed_at AS disputedAt FROM payments WHERE id = ?",
+    )
+    .get(id) as { status: string; refunded: number; disputedAt: number | null };
+}
+
+const intentEvent = (type: string, id: string, created: number, eventId?: string) =>
+  stripeEvent(type, { id, object: "payment_intent" }, { created, id: eventId });
+
+test("payment_intent.succeeded moves the payment, audits payment.succeeded and counts it", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current);
+  const response = await deliver(
+    current,
+    intentEvent("payment_intent.succeeded", id, 1_800_000_000),
+  );
+  expect(response.status).toBe(200);
+  expect(await response.json()).toEqual({ received: true, outcome: "processed" });
+  expect(payment(current, id).status).toBe("succeeded");
+  const audited = auditRows(current, "payment.succeeded");
+  expect(audited).toHaveLength(1);
+  expect(audited[0]!.actor).toBe("stripe");
+  expect(JSON.parse(audited[0]!.detail).paymentId).toBe(id);
+  expect(await metricValue(current, "payments_total", { status: "succeeded" })).toBe(1);
+  expect(
+    await metricValue(current, "webhook_events_total", {
+      provider: "stripe",
+      outcome: "processed",
+    }),
+  ).toBe(1);
+});
+
+test("a redelivered event is acknowledged with 200 and has no second effect", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current);
+  const event = intentEvent("payment_intent.succeeded", id, 1_800_000_000);
+  const first = await deliver(current, event);
+  expect(first.status).toBe(200);
+  // Stripe redelivers the same event (same id), later and re-signed; concurrently too.
+  const again = await Promise.all(Array.from({ length: 5 }, () => deliver(current!, event)));
+  for (const response of again) {
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ received: true, outcome: "duplicate" });
+  }
+  expect(auditRows(current, "payment.succeeded")).toHaveLength(1);
+  expect(await metricValue(current, "payments_total", { status: "succeeded" })).toBe(1);
+  expect(
+    await metricValue(current, "webhook_events_total", {
+      provider: "stripe",
+      outcome: "duplicate",
+    }),
+  ).toBe(5);
+  const recorded = current.db.$client
+    .query("SELECT provider, event_id AS eventId, type FROM webhook_events")
+    .all();
+  expect(recorded).toEqual([
+    { provider: "stripe", eventId: event.id, type: "payment_intent.succeeded" },
+  ]);
+});
+
+test("out of order: an older processing or failure never overwrites succeeded", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current);
+  const t0 = 1_800_000_000;
+  expect(
+    (await deliver(current, intentEvent("payment_intent.succeeded", id, t0 + 20))).status,
+  ).toBe(200);
+  for (const type of [
+    "payment_intent.processing",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+  ]) {
+    const late = await deliver(current, intentEvent(type, id, t0 + 10));
+    expect(late.status).toBe(200);
+    expect(((await late.json()) as { outcome: string }).outcome).toBe("ignored");
+  }
+  // Even a newer one: succeeded is final.
+  await deliver(current, intentEvent("payment_intent.payment_failed", id, t0 + 30));
+  expect(payment(current, id).status).toBe("succeeded");
+  expect(auditRows(current, "payment.failed")).toHaveLength(0);
+});
+
+test("out of order: an older event never undoes a newer one; a newer one may move back where Stripe does; success is final whenever it comes", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current);
+  const t0 = 1_800_000_000;
+  // processing (t0+10) arrives before requires_… is known to have moved; then a newer failure.
+  await deliver(current, intentEvent("payment_intent.processing", id, t0 + 10));
+  expect(payment(current, id).status).toBe("processing");
+  await deliver(current, intentEvent("payment_intent.payment_failed", id, t0 + 20));
+  expect(payment(current, id).status).toBe("failed");
+  // An older processing does not undo the newer failure, though processing ranks higher.
+  await deliver(current, intentEvent("payment_intent.processing", id, t0 + 5));
+  expect(payment(current, id).status).toBe("failed");
+  // Success is final in Stripe: applied even when its event is stamped before the failure's.
+  await deliver(current, intentEvent("payment_intent.succeeded", id, t0 + 15));
+  expect(payment(current, id).status).toBe("succeeded");
+  expect(auditRows(current, "payment.failed")).toHaveLength(1);
+  expect(auditRows(current, "payment.succeeded")).toHaveLength(1);
+});
+
+test("canceled is final", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current);
+  await deliver(current, intentEvent("payment_intent.canceled", id, 1_800_000_010));
+  await deliver(current, intentEvent("payment_intent.succeeded", id, 1_800_000_020));
+  expect(payment(current, id).status).toBe("canceled");
+  expect(auditRows(current, "payment.canceled")).toHaveLength(1);
+});
+
+test("charge.refunded: the refunded total only grows; the full amount makes it refunded", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current, 2000);
+  await deliver(current, intentEvent("payment_intent.succeeded", id, 1_800_000_000));
+  const charge = (amountRefunded: number, created: number) =>
+    stripeEvent(
+      "charge.refunded",
+      {
+        id: "ch_3Pabc",
+        object: "charge",
+        payment_intent: id,
+        amount: 2000,
+        amount_refunded: amountRefunded,
+      },
+      { created },
+    );
+  await deliver(current, charge(500, 1_800_000_100));
+  expect(payment(current, id)).toMatchObject({ status: "succeeded", refunded: 500 });
+  await deliver(current, charge(2000, 1_800_000_300));
+  expect(payment(current, id)).toMatchObject({ status: "refunded", refunded: 2000 });
+  // The older partial refund, delivered late, changes nothing.
+  const late = await deliver(current, charge(1200, 1_800_000_200));
+  expect(((await late.json()) as { outcome: string }).outcome).toBe("ignored");
+  expect(payment(current, id)).toMatchObject({ status: "refunded", refunded: 2000 });
+  expect(auditRows(current, "payment.refunded")).toHaveLength(2);
+});
+
+test("charge.dispute.created is audited as payment.dispute.created and logged as an alert", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current);
+  const response = await deliver(
+    current,
+    stripeEvent("charge.dispute.created", {
+      id: "dp_1Pxyz",
+      object: "dispute",
+      charge: "ch_1Pxyz",
+      payment_intent: id,
+      amount: 2000,
+      reason: "fraudulent",
+    }),
+  );
+  expect(response.status).toBe(200);
+  expect(payment(current, id).disputedAt).not.toBeNull();
+  const audited = auditRows(current, "payment.dispute.created");
+  expect(audited).toHaveLength(1);
+  expect(JSON.parse(audited[0]!.detail)).toMatchObject({
+    disputeId: "dp_1Pxyz",
+    chargeId: "ch_1Pxyz",
+    paymentId: id,
+    reason: "fraudulent",
+  });
+  const alert = current.logs.entries.find((entry) => entry.msg === "payment disputed");
+  expect(alert?.level).toBe("error");
+});
+
+test("events for payments we do not hold, unknown types and malformed ids inside events are acknowledged, counted, harmless", async () => {
+  current = buildPaymentsApp();
+  const unknownPayment = await deliver(
+    current,
+    intentEvent("payment_intent.succeeded", "pi_NotOurs123", 1_800_000_000),
+  );
+  expect(unknownPayment.status).toBe(200);
+  expect(await unknownPayment.json()).toEqual({ received: true, outcome: "ignored" });
+
+  const unknownType = await deliver(
+    current,
+    stripeEvent("invoice.paid", { id: "in_1", object: "invoice" }),
+  );
+  expect(unknownType.status).toBe(200);
+
+  for (const badId of ["pi_../../x", "' OR 1=1 --", "pi_", 42, null, `pi_${"a".repeat(300)}`]) {
+    const response = await deliver(
+      current,
+      stripeEvent("payment_intent.succeeded", { id: badId, object: "payment_intent" }),
+    );
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as { outcome: string }).outcome).toBe("ignored");
+  }
+  const badCharge = await deliver(
+    current,
+    stripeEvent("charge.refunded", {
+      id: "ch_1",
+      payment_intent: "pi_1; DROP",
+      amount_refunded: 5,
+    }),
+  );
+  expect(badCharge.status).toBe(200);
+  expect(
+    await metricValue(current, "webhook_events_total", { provider: "stripe", outcome: "ignored" }),
+  ).toBe(9);
+});
+
+test("a signed event that is not shaped like one (id not evt_…, no type) is 400 BAD_REQUEST and not recorded", async () => {
+  current = buildPaymentsApp();
+  for (const event of [
+    { ...stripeEvent("invoice.paid", {}), id: "evil_1" },
+    { ...stripeEvent("invoice.paid", {}), type: 7 },
+    { ...stripeEvent("invoice.paid", {}), created: "yesterday" },
+    { ...stripeEvent("invoice.paid", {}), data: null },
+  ]) {
+    const response = await deliver(current, event);
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { code: string }).code).toBe("BAD_REQUEST");
+  }
+  const rows = current.db.$client.query("SELECT count(*) AS n FROM webhook_events").get() as {
+    n: number;
+  };
+  expect(rows.n).toBe(0);
+  expect(
+    await metricValue(current, "webhook_events_total", { provider: "stripe", outcome: "failed" }),
+  ).toBe(4);
+});

@@ -1,0 +1,162 @@
+/**
+ * The Stripe webhook's signature check: the SDK's constructEventAsync over the raw body, 300 s
+ * tolerance, every listed secret during a roll. Each refusal is 400 BAD_SIGNATURE, counted and
+ * audited without the body.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { send } from "../../support/app";
+import {
+  auditRows,
+  buildPaymentsApp,
+  deliver,
+  metricValue,
+  OLD_WEBHOOK_SECRET,
+  type PaymentsApp,
+  signStripe,
+  stripeEvent,
+  WEBHOOK_SECRET,
+} from "../../support/payments";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const unknownType = () => stripeEvent("customer.created", { id: "cus_123", object: "customer" });
+
+async function expectBadSignature(response: Response, failuresBefore: number) {
+  expect(response.status).toBe(400);
+  const problem = (await response.json()) as { code: string; detail: string };
+  expect(problem.code).toBe("BAD_SIGNATURE");
+  expect(response.headers.get("content-type")).toStartWith("application/problem+json");
+  expect(
+    await metricValue(current!, "webhook_signature_failures_total", { provider: "stripe" }),
+  ).toBe(failuresBefore + 1);
+}
+
+test("a correctly signed delivery is acknowledged with 200", async () => {
+  current = buildPaymentsApp();
+  const response = await deliver(current, unknownType());
+  expect(response.status).toBe(200);
+  expect(await response.json()).toEqual({ received: true, outcome: "ignored" });
+  expect(
+    await metricValue(current, "webhook_events_total", { provider: "stripe", outcome: "ignored" }),
+  ).toBe(1);
+});
+
+test("the signature is checked over the exact bytes received, not a re-serialisation", async () => {
+  current = buildPaymentsApp();
+  const event = unknownType();
+  // Spacing, key order and escapes that JSON.stringify(JSON.parse(...)) would not reproduce.
+  const text = `{ "type" : "customer.created",\n "id":"${event.id}", "object":"event", "created": ${event.created},\n  "data": {"object": {"id": "cus_\\u0031", "object": "customer", "name": "Zo\\u00eb é"}} }`;
+  const response = await deliver(current, text);
+  expect(response.status).toBe(200);
+});
+
+test("a wrong secret, a body changed after signing, a missing header: 400 BAD_SIGNATURE, counted, audited without the body", async () => {
+  current = buildPaymentsApp();
+  const event = unknownType();
+  const text = JSON.stringify(event);
+
+  await expectBadSignature(
+    await deliver(current, event, { secret: "whsec_someone_else_0123456789" }),
+    0,
+  );
+
+  const signature = await signStripe(text);
+  const tampered = text.replace("customer.created", "customer.deleted");
+  const changed = await send(current, "/webhooks/stripe", {
+    body: tampered,
+    headers: { "stripe-signature": signature },
+  });
+  await expectBadSignature(changed, 1);
+
+  const missing = await send(current, "/webhooks/stripe", { body: text });
+  await expectBadSignature(missing, 2);
+
+  const garbage = await send(current, "/webhooks/stripe", {
+    body: text,
+    headers: { "stripe-signature": "t=abc,v1=nothex" },
+  });
+  await expectBadSignature(garbage, 3);
+
+  const audited = auditRows(current, "webhook.signature_failed");
+  expect(audited).toHaveLength(4);
+  for (const row of audited) {
+    expect(row.outcome).toBe("denied");
+    expect(row.route).toBe("POST /webhooks/stripe");
+    const detail = JSON.parse(row.detail) as Record<string, unknown>;
+    expect(detail.provider).toBe("stripe");
+    // Never the body or the header.
+    expect(row.detail).not.toContain(event.id);
+    expect(row.detail).not.toContain("v1=");
+  }
+  expect(JSON.parse(audited[2]!.detail).reason).toBe("missing Stripe-Signature header");
+  // Nothing was recorded as delivered.
+  const rows = current.db.$client.query("SELECT count(*) AS n FROM webhook_events").get() as {
+    n: number;
+  };
+  expect(rows.n).toBe(0);
+});
+
+test("a timestamp older than 300 s is refused; one within it is accepted", async () => {
+  current = buildPaymentsApp();
+  const now = Math.floor(Date.now() / 1000);
+  await expectBadSignature(await deliver(current, unknownType(), { timestamp: now - 301 }), 0);
+  await expectBadSignature(await deliver(current, unknownType(), { timestamp: now - 3600 }), 1);
+  const fresh = await deliver(current, unknownType(), { timestamp: now - 290 });
+  expect(fresh.status).toBe(200);
+});
+
+test("during a secret roll both listed secrets verify; a secret no longer listed does not", async () => {
+  current = buildPaymentsApp({
+    env: { STRIPE_WEBHOOK_SECRET: `${WEBHOOK_SECRET},${OLD_WEBHOOK_SECRET}` },
+  });
+  expect((await deliver(current, unknownType(), { secret: WEBHOOK_SECRET })).status).toBe(200);
+  expect((await deliver(current, unknownType(), { secret: OLD_WEBHOOK_SECRET })).status).toBe(200);
+  current.close();
+
+  // The roll is over: only the new secret is listed.
+  current = buildPaymentsApp({ env: { STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET } });
+  expect((await deliver(current, unknownType(), { secret: WEBHOOK_SECRET })).status).toBe(200);
+  await expectBadSignature(
+    await deliver(current, unknownType(), { secret: OLD_WEBHOOK_SECRET }),
+    0,
+  );
+});
+
+test("without STRIPE_WEBHOOK_SECRET the endpoint answers 503 saying so", async () => {
+  current = buildPaymentsApp({ env: { STRIPE_WEBHOOK_SECRET: undefined } });
+  const response = await deliver(current, unknownType());
+  expect(response.status).toBe(503);
+  const problem = (await response.json()) as { code: string; detail: string };
+  expect(problem.code).toBe("SERVICE_UNAVAILABLE");
+  expect(problem.detail).toContain("STRIPE_WEBHOOK_SECRET");
+});
+
+test("the webhook is public and CSRF-exempt, and its body limit is the webhooks class's 256 KiB", async () => {
+  current = buildPaymentsApp();
+  // A browser-looking request with a session-like cookie and no CSRF token still reaches the check.
+  const event = unknownType();
+  const text = JSON.stringify(event);
+  const response = await send(current, "/webhooks/stripe", {
+    body: text,
+    headers: {
+      "stripe-signature": await signStripe(text),
+      cookie: "palisade_session=whatever",
+      origin: "https://evil.example",
+    },
+  });
+  expect(response.status).toBe(200);
+
+  // 100 KiB passes (over the default 64 KiB), 300 KiB does not.
+  const padded = (size: number) =>
+    JSON.stringify(
+      stripeEvent("customer.created", { id: "cus_1", object: "customer", pad: "x".repeat(size) }),
+    );
+  expect((await deliver(current, padded(100 * 1024))).status).toBe(200);
+  const tooBig = await deliver(current, padded(300 * 1024));
+  expect(tooBig.status).toBe(413);
+  expect(((await tooBig.json()) as { code: string }).code).toBe("PAYLOAD_TOO_LARGE");
+});

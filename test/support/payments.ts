@@ -1,0 +1,131 @@
+/** Helpers for the payments and Stripe webhook tests: an app wired to a local Stripe, and signed events. */
+import Stripe from "stripe";
+import { buildTestApp, send, type TestApp, type TestAppOptions } from "./app";
+import { type FakeStripe, startFakeStripe } from "./stripe-server";
+
+export const STRIPE_TEST_KEY = "sk_test_palisade0123456789";
+export const WEBHOOK_SECRET = "whsec_palisade_current_0123456789abcdef";
+export const OLD_WEBHOOK_SECRET = "whsec_palisade_previous_0123456789abcdef";
+
+/** Limits high enough that a test's own requests are never what it measures. */
+export const ROOMY_LIMITS = {
+  RATE_LIMIT_PER_MINUTE: "100000",
+  RATE_LIMIT_BURST: "100000",
+  RATE_LIMIT_PAYMENTS: "100000",
+  RATE_LIMIT_WEBHOOKS: "100000",
+  RATE_LIMIT_REGISTER: "1000",
+  RATE_LIMIT_LOGIN: "1000",
+};
+
+export interface PaymentsApp extends TestApp {
+  stripe: FakeStripe;
+}
+
+/** A test app whose Stripe SDK talks to a fresh local Stripe. */
+export function buildPaymentsApp(options: TestAppOptions = {}): PaymentsApp {
+  const stripe = startFakeStripe();
+  const target = buildTestApp({
+    ...options,
+    env: {
+      ...ROOMY_LIMITS,
+      STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
+      STRIPE_API_URL: stripe.url,
+      STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET,
+      ...options.env,
+    },
+  });
+  const close = target.close;
+  return Object.assign(target, {
+    stripe,
+    close() {
+      close();
+      stripe.stop();
+    },
+  });
+}
+
+let keyCounter = 0;
+export function newIdempotencyKey(): string {
+  return `key-${Date.now()}-${++keyCounter}`;
+}
+
+export function createIntent(
+  target: Parameters<typeof send>[0],
+  headers: Record<string, string>,
+  body: unknown,
+  idempotencyKey: string | null = newIdempotencyKey(),
+) {
+  return send(target, "/api/payments/intents", {
+    body,
+    headers: idempotencyKey === null ? headers : { ...headers, "idempotency-key": idempotencyKey },
+  });
+}
+
+/** A Stripe event as Stripe sends it (only the fields the service reads, and a few more). */
+export function stripeEvent(
+  type: string,
+  object: Record<string, unknown>,
+  options: { id?: string; created?: number } = {},
+) {
+  return {
+    id: options.id ?? `evt_${crypto.randomUUID().replaceAll("-", "")}`,
+    object: "event",
+    api_version: "2026-10-28",
+    created: options.created ?? Math.floor(Date.now() / 1000),
+    livemode: false,
+    pending_webhooks: 1,
+    type,
+    data: { object },
+  };
+}
+
+/** The `Stripe-Signature` header for `payload`, made by the SDK (its async form: Bun's build). */
+export function signStripe(payload: string, secret = WEBHOOK_SECRET, timestamp?: number) {
+  return Stripe.webhooks.generateTestHeaderStringAsync({ payload, secret, timestamp });
+}
+
+/** Delivers `payload` (an event or its exact text) signed, as Stripe does. */
+export async function deliver(
+  target: TestApp,
+  payload: unknown,
+  options: { secret?: string; timestamp?: number; peer?: string } = {},
+) {
+  const text = typeof payload === "string" ? payload : JSON.stringify(payload);
+  const signature = await signStripe(text, options.secret, options.timestamp);
+  return send(target, "/webhooks/stripe", {
+    body: text,
+    headers: { "stripe-signature": signature, "content-type": "application/json; charset=utf-8" },
+    peer: options.peer ?? "54.187.174.169",
+  });
+}
+
+/** Marks a payment succeeded through the real webhook. */
+export async function succeed(target: TestApp, paymentId: string, created?: number) {
+  const response = await deliver(
+    target,
+    stripeEvent(
+      "payment_intent.succeeded",
+      { id: paymentId, object: "payment_intent", status: "succeeded" },
+      { created },
+    ),
+  );
+  if (response.status !== 200)
+    throw new Error(`webhook: ${response.status} ${await response.text()}`);
+}
+
+export function auditRows(target: TestApp, type: string) {
+  target.services.audit.flush();
+  return target.db.$client
+    .query("SELECT actor, outcome, detail, route FROM audit_events WHERE type = ? ORDER BY id")
+    .all(type) as { actor: string | null; outcome: string; detail: string; route: string | null }[];
+}
+
+export async function metricValue(target: TestApp, name: string, labels: Record<string, string>) {
+  const metric = target.services.registry.getSingleMetric(name);
+  if (!metric) return 0;
+  const values = (await metric.get()).values;
+  const found = values.find((v) =>
+    Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want),
+  );
+  return found?.value ?? 0;
+}

@@ -1,0 +1,251 @@
+/**
+ * A local Stripe: Bun.serve on 127.0.0.1:0 speaking the REST shape the official SDK uses —
+ * form-encoded bodies with bracket keys (`metadata[k]=v`), `Authorization: Bearer sk_test_…`,
+ * `Idempotency-Key` honoured as Stripe does (same key and parameters: the first response again with
+ * `Idempotent-Replayed: true`; same key, other parameters: 400 `idempotency_error`), JSON objects
+ * (`pi_…` payment intents with `pi_…_secret_…` client secrets, `re_…` refunds) and Stripe's error
+ * body `{error: {type, code, message}}`. Failures and odd answers are scripted per test; every
+ * request is counted.
+ */
+import type { Server } from "bun";
+
+export interface RecordedCall {
+  method: string;
+  path: string;
+  params: Record<string, string>;
+  idempotencyKey: string | null;
+  replayed: boolean;
+}
+
+export interface ScriptedFailure {
+  status: number;
+  type?: string;
+  code?: string;
+  message?: string;
+  /** Sent as `Stripe-Should-Retry`, which the SDK obeys. */
+  shouldRetry?: boolean;
+}
+
+interface Stored {
+  paramsKey: string;
+  status: number;
+  body: unknown;
+}
+
+export interface FakeStripe {
+  url: string;
+  calls: RecordedCall[];
+  /** Calls that reached the handler (not replays), per path. */
+  created(path: string): number;
+  /** The next `count` requests to `path` fail like this. */
+  failNext(path: string, failure: ScriptedFailure, count?: number): void;
+  /** The next payment intent is answered with these fields changed (a response we must refuse). */
+  tamperNextIntent(fields: Record<string, unknown>): void;
+  /** Every answer waits this long first (lets concurrent requests overlap). */
+  delayMs: number;
+  intents: Map<string, Record<string, unknown>>;
+  stop(): void;
+}
+
+const SECRET_KEY = /^Bearer sk_test_[A-Za-z0-9_]+$/;
+
+function randomId(length = 24): string {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  const bytes = crypto.getRandomValues(new Uint8Array(length));
+  return Array.from(bytes, (b) => alphabet[b % alphabet.length]).join("");
+}
+
+/** `metadata[a]=b` → `{ "metadata[a]": "b" }`, kept flat: enough to compare and to read back. */
+function parseForm(text: string): Record<string, string> {
+  const params: Record<string, string> = {};
+  for (const [key, value] of new URLSearchParams(text)) params[key] = value;
+  return params;
+}
+
+function metadataOf(params: Record<string, string>): Record<string, string> {
+  const metadata: Record<string, string> = {};
+  for (const [key, value] of Object.entries(params)) {
+    const match = /^metadata\[(.*)\]$/.exec(key);
+    if (match) metadata[match[1]!] = value;
+  }
+  return metadata;
+}
+
+function stripeError(status: number, type: string, code: string, message: string, retry?: boolean) {
+  const headers: Record<string, string> = { "request-id": `req_${randomId(14)}` };
+  if (retry !== undefined) headers["stripe-should-retry"] = String(retry);
+  return Response.json({ error: { type, code, message } }, { status, headers });
+}
+
+export function startFakeStripe(): FakeStripe {
+  const calls: RecordedCall[] = [];
+  const stored = new Map<string, Stored>();
+  const failures = new Map<string, ScriptedFailure[]>();
+  const intents = new Map<string, Record<string, unknown>>();
+  let tamper: Record<string, unknown> | null = null;
+
+  const state = {
+    delayMs: 0,
+  };
+
+  const handle = (method: string, path: string, params: Record<string, string>) => {
+    if (method === "POST" && path === "/v1/payment_intents") {
+      const amount = Number(params.amount);
+      if (!Number.isInteger(amount) || amount < 50) {
+        return {
+          status: 400,
+          body: {
+            error: {
+              type: "invalid_request_error",
+              code: "amount_too_small",
+              message: "Amount must be at least 50 cents",
+            },
+          },
+        };
+      }
+      const id = `pi_${randomId()}`;
+      const intent: Record<string, unknown> = {
+        id,
+        object: "payment_intent",
+        amount,
+        currency: params.currency,
+        status: "requires_payment_method",
+        client_secret: `${id}_secret_${randomId()}`,
+        description: params.description ?? null,
+        receipt_email: params.receipt_email ?? null,
+        metadata: metadataOf(params),
+        created: Math.floor(Date.now() / 1000),
+        livemode: false,
+      };
+      if (tamper) {
+        Object.assign(intent, tamper);
+        tamper = null;
+      }
+      intents.set(String(intent.id), intent);
+      return { status: 200, body: intent };
+    }
+    if (method === "POST" && path === "/v1/refunds") {
+      const intent = intents.get(params.payment_intent ?? "");
+      if (!intent) {
+        return {
+          status: 404,
+          body: {
+            error: {
+              type: "invalid_request_error",
+              code: "resource_missing",
+              message: "No such payment_intent",
+            },
+          },
+        };
+      }
+      const amount = params.amount === undefined ? Number(intent.amount) : Number(params.amount);
+      return {
+        status: 200,
+        body: {
+          id: `re_${randomId()}`,
+          object: "refund",
+          amount,
+          currency: intent.currency,
+          payment_intent: intent.id,
+          status: "succeeded",
+          created: Math.floor(Date.now() / 1000),
+        },
+      };
+    }
+    return {
+      status: 404,
+      body: {
+        error: {
+          type: "invalid_request_error",
+          code: "resource_missing",
+          message: "No such route",
+        },
+      },
+    };
+  };
+
+  const server: Server<undefined> = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(request) {
+      const url = new URL(request.url);
+      const params = parseForm(await request.text());
+      if (state.delayMs > 0) await Bun.sleep(state.delayMs);
+      if (!SECRET_KEY.test(request.headers.get("authorization") ?? "")) {
+        return stripeError(
+          401,
+          "invalid_request_error",
+          "api_key_invalid",
+          "Invalid API Key provided",
+        );
+      }
+      const idempotencyKey = request.headers.get("idempotency-key");
+      const call: RecordedCall = {
+        method: request.method,
+        path: url.pathname,
+        params,
+        idempotencyKey,
+        replayed: false,
+      };
+      calls.push(call);
+      const paramsKey = `${request.method} ${url.pathname} ${JSON.stringify(Object.entries(params).sort())}`;
+      if (idempotencyKey !== null) {
+        const previous = stored.get(idempotencyKey);
+        if (previous) {
+          if (previous.paramsKey !== paramsKey) {
+            return stripeError(
+              400,
+              "idempotency_error",
+              "idempotency_key_in_use",
+              "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+              false,
+            );
+          }
+          call.replayed = true;
+          return Response.json(previous.body, {
+            status: previous.status,
+            headers: { "idempotent-replayed": "true" },
+          });
+        }
+      }
+      const scripted = failures.get(url.pathname)?.shift();
+      if (scripted) {
+        // Stripe keeps no idempotent result for a request it did not execute.
+        return stripeError(
+          scripted.status,
+          scripted.type ?? (scripted.status >= 500 ? "api_error" : "invalid_request_error"),
+          scripted.code ?? "scripted_failure",
+          scripted.message ?? "Scripted failure",
+          scripted.shouldRetry,
+        );
+      }
+      const answer = handle(request.method, url.pathname, params);
+      if (idempotencyKey !== null && answer.status < 500) {
+        stored.set(idempotencyKey, { paramsKey, ...answer });
+      }
+      return Response.json(answer.body, { status: answer.status });
+    },
+  });
+
+  return {
+    url: `http://127.0.0.1:${server.port}`,
+    calls,
+    created: (path) => calls.filter((c) => c.path === path && !c.replayed).length,
+    failNext(path, failure, count = 1) {
+      const list = failures.get(path) ?? [];
+      for (let i = 0; i < count; i++) list.push(failure);
+      failures.set(path, list);
+    },
+    tamperNextIntent(fields) {
+      tamper = fields;
+    },
+    get delayMs() {
+      return state.delayMs;
+    },
+    set delayMs(ms: number) {
+      state.delayMs = ms;
+    },
+    intents,
+    stop: () => server.stop(true),
+  };
+}
