@@ -4,9 +4,11 @@
  * then each move a webhook or a refund applied (see status.ts). Shared by the payments routes and
  * the Stripe webhook, so each name is registered once per registry.
  */
-import { Counter, type Registry } from "prom-client";
 
-const PAYMENTS = "payments_total";
+import { Counter, type Registry } from "prom-client";
+import { METRIC } from "../../plugins/metrics/names";
+
+const PAYMENTS = METRIC.payments;
 
 export interface PaymentMetrics {
   payments: Counter<"status">;
