@@ -78,7 +78,9 @@ startServer({
   app,
   config,
   logger,
-  onClosed: () => {
+  onClosed: async () => {
+    // Background work first (a WhatsApp reply in flight is sent and marked), then the database.
+    await services.stop();
     services.close();
     db.$client.close();
   },

@@ -4,3 +4,4 @@ export * from "./ip-blocks";
 export * from "./rate-limit";
 export * from "./users";
 export * from "./webhooks";
+export * from "./whatsapp";
