@@ -82,7 +82,10 @@ const audited = (target: TestApp, type: string) => {
 describe("sending replies", () => {
   test("a text gets one chat turn and one Graph message; the row is marked sent and the number cleared", async () => {
     const { target, graph, chat, worker } = setup();
-    await deliver(target, notification({ messages: [{ id: "wamid.T1", from: "16505551234", text: "hi" }] }));
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.T1", from: "16505551234", text: "hi" }] }),
+    );
     expect(await worker.drain()).toBe(1);
     expect(graph.sent).toHaveLength(1);
     expect(graph.sent[0]).toMatchObject({
@@ -115,7 +118,10 @@ describe("sending replies", () => {
   test("Graph 500 then success: one message sent, the same text, one chat turn", async () => {
     const { target, graph, chat, clock, worker } = setup();
     graph.failNext({ status: 500 }, { status: 503 });
-    await deliver(target, notification({ messages: [{ id: "wamid.R1", from: "16505551234", text: "hi" }] }));
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.R1", from: "16505551234", text: "hi" }] }),
+    );
     await worker.drain();
     expect(graph.sent).toHaveLength(0);
     expect(rows(target)[0]).toMatchObject({ state: "pending", attempts: 1, reply: "reply to: hi" });
@@ -205,7 +211,10 @@ describe("sending replies", () => {
 
   test("a non-text message gets the polite fixed reply without a chat turn", async () => {
     const { target, graph, chat, worker } = setup();
-    await deliver(target, notification({ messages: [{ id: "wamid.IMG", from: "16505551234", type: "audio" }] }));
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.IMG", from: "16505551234", type: "audio" }] }),
+    );
     await worker.drain();
     expect(graph.sent.map((m) => m.body)).toEqual([NON_TEXT_REPLY]);
     expect(chat.turns).toHaveLength(0);
@@ -224,10 +233,18 @@ describe("chat turns", () => {
     chat.script.push({ kind: "not_found" });
     await deliver(target, notification({ messages: [{ id: "wamid.C3", from, text: "three" }] }));
     await worker.drain();
-    expect(chat.turns.map((t) => t.conversationId)).toEqual([undefined, "conv-1", "conv-1", undefined]);
+    expect(chat.turns.map((t) => t.conversationId)).toEqual([
+      undefined,
+      "conv-1",
+      "conv-1",
+      undefined,
+    ]);
     expect(rows(target).map((r) => r.conversation_id)).toEqual(["conv-1", "conv-1", "conv-2"]);
     // Another sender has a conversation of its own.
-    await deliver(target, notification({ messages: [{ id: "wamid.C4", from: "16505559999", text: "x" }] }));
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.C4", from: "16505559999", text: "x" }] }),
+    );
     await worker.drain();
     expect(chat.turns.at(-1)!.conversationId).toBeUndefined();
   });
@@ -240,7 +257,10 @@ describe("chat turns", () => {
     expect(graph.sent.map((m) => m.body)).toEqual([OVER_BUDGET_REPLY]);
 
     chat.script.push(new UpstreamFailure("unavailable", "circuit open"));
-    await deliver(target, notification({ messages: [{ id: "wamid.B2", from: "16505550000", text: "q" }] }));
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.B2", from: "16505550000", text: "q" }] }),
+    );
     await worker.drain();
     expect(rows(target)[1]).toMatchObject({ state: "pending", reply: null, body: "q" });
     expect(rows(target)[1]!.last_error).toContain("circuit open");
@@ -312,7 +332,11 @@ describe("leases", () => {
   });
 
   test("two processes' workers on one file never send the same reply twice", async () => {
-    const generous = { RATE_LIMIT_WEBHOOKS: "1000", RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" };
+    const generous = {
+      RATE_LIMIT_WEBHOOKS: "1000",
+      RATE_LIMIT_PER_MINUTE: "1000",
+      RATE_LIMIT_BURST: "1000",
+    };
     const { target, graph, worker } = setup(generous);
     const other = anotherInstance(target, {
       env: whatsappEnv(graph, generous),
@@ -327,7 +351,9 @@ describe("leases", () => {
         deliver(
           i % 2 ? target : other,
           notification({
-            messages: [{ id: `wamid.MP${i}`, from: `1650555${String(i).padStart(4, "0")}`, text: `m${i}` }],
+            messages: [
+              { id: `wamid.MP${i}`, from: `1650555${String(i).padStart(4, "0")}`, text: `m${i}` },
+            ],
           }),
         ),
       ),
