@@ -39,11 +39,6 @@ export function verifyHubSignature(
   return matched ? { valid: true, secret: matched } : { valid: false, reason: "mismatch" };
 }
 
-/** The signature Meta would send for `body` (tests and the bench sign with it). */
-export function hubSignature(body: Uint8Array | string, secret: string): string {
-  return `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
-}
-
 /** Constant-time equality of two strings of any lengths (through their SHA-256 digests). */
 export function sameSecret(given: string, expected: string): boolean {
   const a = createHash("sha256").update(given).digest();
