@@ -391,6 +391,17 @@ describe("running with the app", () => {
     expect(rows(target)[0]).toMatchObject({ state: "sent", lease_owner: null });
   });
 
+  test("as wired in the feature list (before the chat feature lands), a text gets the fixed notice", async () => {
+    const graph = startGraphServer();
+    cleanups.push(() => graph.close());
+    const target = buildTestApp({ env: whatsappEnv(graph) });
+    cleanups.push(() => target.close());
+    await deliver(target, notification({ messages: [{ id: "wamid.W1", from: "16505551234" }] }));
+    await whatsappOf(target.services).worker.drain();
+    expect(graph.sent).toHaveLength(1);
+    expect(graph.sent[0]!.body).toContain("not available on WhatsApp yet");
+  });
+
   test("without an access token the worker does not start and messages wait", async () => {
     const graph = startGraphServer();
     cleanups.push(() => graph.close());
