@@ -95,7 +95,9 @@ startServer({
   logger,
   onClosed: async () => {
     await metricsListener?.stop();
-    // Error reports still queued leave before the process does (at most 2 s).
+    // Background work first (a WhatsApp reply in flight is sent and marked), then the reports
+    // still queued leave (at most 2 s), then the database.
+    await services.stop();
     await services.flush();
     services.close();
     db.$client.close();

@@ -2,8 +2,9 @@
  * @module
  * One running app's state: the core (the defences' stateful parts, `src/core.ts`) and the features
  * built on it (`src/features.ts`), with the background maintenance that keeps both tidy. `createApp`
- * takes this; `start()` connects Redis; `close()` stops the tasks, closes the features, then the
- * core, flushing what is queued.
+ * takes this; `start()` connects Redis and starts the features' workers; `stop()` lets their work in
+ * flight finish; `close()` stops the tasks, closes the features, then the core, flushing what is
+ * queued.
  */
 import { type Core, type CoreOptions, createCore } from "./core";
 import { isDatabaseBusy } from "./db/busy";
@@ -24,6 +25,10 @@ export interface Services extends Core {
   readiness: Record<string, ReadinessCheck>;
   /** Runs the background tasks once now (tests call this instead of waiting for timers). */
   runMaintenance(): void;
+  /** Connects the core (Redis), then starts the features' background work (workers). */
+  start(): Promise<void>;
+  /** At shutdown, before `close()`: lets the features' background work in flight finish. */
+  stop(): Promise<void>;
 }
 
 export interface ServiceOptions extends CoreOptions, FeatureOptions {
@@ -64,6 +69,13 @@ export function createServices(options: ServiceOptions): Services {
     privacy: features.privacy.service,
     readiness,
     runMaintenance,
+    async start() {
+      await core.start();
+      for (const feature of features.list) await feature.start?.();
+    },
+    async stop() {
+      await Promise.all(features.list.map((feature) => feature.stop?.()));
+    },
     close() {
       if (timer) clearInterval(timer);
       for (const feature of features.list) feature.close?.();

@@ -31,6 +31,13 @@ export interface Feature {
   maintenance?(now: number): void;
   /** What the feature holds about a user, for export, erasure and retention. */
   privacy?: readonly PrivacyContributor[];
+  /** Starts the feature's background work (a worker) once the app is about to serve. */
+  start?(): void | Promise<void>;
+  /**
+   * Lets background work in flight finish (bounded) at shutdown, after the last request and
+   * before `close()` and the database closing.
+   */
+  stop?(): Promise<void>;
   /** Flushes and stops what the feature runs; called once at shutdown. */
   close?(): void;
 }

@@ -12,6 +12,7 @@ import { type Config, loadConfig } from "../../src/config";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "../../src/db/busy";
 import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
+import type { FeatureOptions } from "../../src/features";
 import { createLogger, type Logger } from "../../src/logging/logger";
 import type { Feature } from "../../src/modules/feature";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
@@ -80,6 +81,8 @@ export interface TestAppOptions {
   extraFeatures?: readonly Feature[];
   /** Classes for routes a test adds to the app (see plugins/route-class). */
   routeClasses?: readonly RouteClass[];
+  /** The WhatsApp webhook's chat, Graph fetch and worker timings. */
+  whatsapp?: FeatureOptions["whatsapp"];
 }
 
 export interface TestApp {
@@ -133,6 +136,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
     extraFeatures: options.extraFeatures,
+    whatsapp: options.whatsapp,
   });
   const app = createApp({
     ...services,

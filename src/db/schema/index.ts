@@ -5,3 +5,4 @@ export * from "./payments";
 export * from "./rate-limit";
 export * from "./users";
 export * from "./webhooks";
+export * from "./whatsapp";

@@ -50,6 +50,11 @@ export const AUDIT_EVENT_TYPES = [
   "ratelimit.rejected",
   "request.rejected",
   "csrf.failed",
+  // Webhooks: deliveries whose signature did not verify (batched).
+  "webhook.signature_failed",
+  // WhatsApp: senders over their own limit, replies given up (batched).
+  "whatsapp.sender_limited",
+  "whatsapp.reply_failed",
   // The log itself.
   "audit.chain.keyed",
 ] as const;

@@ -35,6 +35,8 @@ export interface RequestGuardOptions {
   limits?: GuardLimits;
 }
 
+const utf8 = new TextDecoder();
+
 export function requestGuard({
   bodyLimits,
   audit,
@@ -70,11 +72,15 @@ export function requestGuard({
       if (refusal) refuse({ request, path, clientIp, requestId } as RequestState, refusal);
     })
     .onParse(async function parseJsonWithinLimit(context, contentType) {
-      if (contentType !== "application/json") return;
+      // Elysia passes the header's media type as sent; the guard compared it case-insensitively.
+      if (contentType.toLowerCase() !== "application/json") return;
       const { request, routeClass } = context as unknown as RequestState;
-      const text = await readBodyWithin(request, bodyLimits[routeClass.bodyLimit]);
-      // Webhook signatures are computed over the exact bytes received, not a re-serialisation.
-      (context as { rawBody?: string }).rawBody = text;
+      const bytes = await readBodyWithin(request, bodyLimits[routeClass.bodyLimit]);
+      // Webhook signatures are computed over the exact bytes received, not a re-serialisation
+      // nor a decoding (two byte strings can decode to one text): `rawBytes` is what was sent.
+      const text = utf8.decode(bytes);
+      (context as { rawBody?: string; rawBytes?: Uint8Array }).rawBody = text;
+      (context as { rawBytes?: Uint8Array }).rawBytes = bytes;
       if (text === "") return undefined;
       try {
         return JSON.parse(text);

@@ -1,0 +1,69 @@
+import { sql } from "drizzle-orm";
+import { index, integer, primaryKey, sqliteTable, text } from "drizzle-orm/sqlite-core";
+
+/**
+ * The WhatsApp outbox: one row per accepted inbound message, written in the same transaction as its
+ * `webhook_events` row, before the webhook answers 200. The worker (modules/webhooks/outbox.ts)
+ * claims due rows with a lease, stores the chat reply on the row, sends it, and marks it sent.
+ * The sender's number is kept in clear (`recipient`) only until the reply is sent or given up;
+ * everything else names the sender by its keyed hash.
+ */
+export const whatsappOutbox = sqliteTable(
+  "whatsapp_outbox",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    /** The inbound message's id (wamid); unique, like its webhook_events row. */
+    messageId: text("message_id").notNull().unique(),
+    /** The business number the message was sent to: the reply goes out from it. */
+    phoneNumberId: text("phone_number_id").notNull(),
+    /** The sender's number, in clear only while a reply is owed; null once sent or given up. */
+    recipient: text("recipient"),
+    /** HMAC of the sender's number: the chat owner and the rate-limit key. */
+    senderHash: text("sender_hash").notNull(),
+    /** `text` (answered by chat) or `unsupported` (answered with a fixed notice). */
+    kind: text("kind", { enum: ["text", "unsupported"] }).notNull(),
+    /** The inbound text; null once answered or given up. */
+    body: text("body"),
+    /** The reply, stored once before the first send: a retry resends it, never a second chat turn. */
+    reply: text("reply"),
+    conversationId: text("conversation_id"),
+    state: text("state", { enum: ["pending", "sent", "failed"] }).notNull(),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: integer("next_attempt_at").notNull(),
+    leaseUntil: integer("lease_until"),
+    leaseOwner: text("lease_owner"),
+    /** The Graph API's id of the reply (what status callbacks name). */
+    replyMessageId: text("reply_message_id"),
+    lastError: text("last_error"),
+    receivedAt: integer("received_at").notNull(),
+    finishedAt: integer("finished_at"),
+  },
+  (table) => [
+    index("whatsapp_outbox_due").on(table.nextAttemptAt).where(sql`${table.state} = 'pending'`),
+    index("whatsapp_outbox_sender").on(table.senderHash, table.id),
+    index("whatsapp_outbox_reply").on(table.replyMessageId),
+    index("whatsapp_outbox_finished").on(table.finishedAt),
+  ],
+);
+
+/**
+ * Delivery status callbacks (sent, delivered, read, failed) for the replies we sent, one row per
+ * (message, status): a redelivered callback changes nothing.
+ */
+export const whatsappStatuses = sqliteTable(
+  "whatsapp_statuses",
+  {
+    /** The Graph API id of our outbound message. */
+    messageId: text("message_id").notNull(),
+    status: text("status", { enum: ["sent", "delivered", "read", "failed"] }).notNull(),
+    /** When WhatsApp says it happened (ms since the epoch). */
+    at: integer("at").notNull(),
+    /** Graph's error code for a `failed` status. */
+    errorCode: integer("error_code"),
+    receivedAt: integer("received_at").notNull(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.messageId, table.status] }),
+    index("whatsapp_statuses_received_at").on(table.receivedAt),
+  ],
+);

@@ -1,0 +1,129 @@
+/**
+ * @module
+ * Sends a text through the WhatsApp Cloud API (`POST {WHATSAPP_API_URL}/{phone_number_id}/messages`,
+ * Bearer WHATSAPP_ACCESS_TOKEN), and classifies what came back as a value:
+ *
+ * - `sent`: 2xx with Graph's `{messages:[{id}]}`; the id is what status callbacks name.
+ * - `transient`: worth retrying — a network error or timeout, 429, 5xx, or a Graph error code that
+ *   Meta documents as temporary (throughput and rate limits, "something went wrong").
+ * - `permanent`: anything else (a bad token, a number that is not on WhatsApp, a message outside
+ *   the 24-hour window): retrying cannot help.
+ *
+ * Plain `fetch`: there is no official Graph SDK for Node/Bun, and this is one JSON POST.
+ */
+
+export type SendOutcome =
+  | { kind: "sent"; messageId: string }
+  | { kind: "transient"; reason: string; retryAfterMs?: number }
+  | { kind: "permanent"; reason: string };
+
+export interface TextMessage {
+  phoneNumberId: string;
+  to: string;
+  body: string;
+}
+
+export interface GraphClient {
+  sendText(message: TextMessage, signal?: AbortSignal): Promise<SendOutcome>;
+}
+
+export interface GraphClientOptions {
+  apiUrl: string;
+  accessToken: string;
+  fetch?: typeof fetch;
+  /** Per request; a slower answer is a transient failure. */
+  timeoutMs?: number;
+}
+
+/**
+ * Graph error codes Meta lists as temporary: 1/2 (unknown or service error), 4/80007/130429
+ * (rate and throughput limits), 131000 (something went wrong), 131016 (service unavailable),
+ * 131056 (too many messages to one user), 133004 (server temporarily unavailable).
+ */
+const TRANSIENT_GRAPH_CODES = new Set([1, 2, 4, 80007, 130429, 131000, 131016, 131056, 133004]);
+const MAX_RETRY_AFTER_MS = 5 * 60_000;
+
+interface GraphError {
+  error?: { message?: unknown; code?: unknown; type?: unknown; fbtrace_id?: unknown };
+}
+
+function describeError(
+  status: number,
+  body: GraphError | null,
+): { code: number | null; reason: string } {
+  const code = typeof body?.error?.code === "number" ? body.error.code : null;
+  const message = typeof body?.error?.message === "string" ? body.error.message.slice(0, 200) : "";
+  return {
+    code,
+    reason: `graph ${status}${code === null ? "" : ` code ${code}`}${message ? `: ${message}` : ""}`,
+  };
+}
+
+function retryAfter(header: string | null): number | undefined {
+  if (header === null || !/^[0-9]{1,6}$/.test(header)) return undefined;
+  return Math.min(Number(header) * 1000, MAX_RETRY_AFTER_MS);
+}
+
+export function createGraphClient(options: GraphClientOptions): GraphClient {
+  const doFetch = options.fetch ?? fetch;
+  const base = options.apiUrl.replace(/\/+$/, "");
+  const timeoutMs = options.timeoutMs ?? 10_000;
+
+  return {
+    async sendText({ phoneNumberId, to, body }, signal) {
+      const timeout = AbortSignal.timeout(timeoutMs);
+      let response: Response;
+      try {
+        response = await doFetch(`${base}/${encodeURIComponent(phoneNumberId)}/messages`, {
+          method: "POST",
+          headers: {
+            authorization: `Bearer ${options.accessToken}`,
+            "content-type": "application/json",
+          },
+          body: JSON.stringify({
+            messaging_product: "whatsapp",
+            recipient_type: "individual",
+            to,
+            type: "text",
+            text: { preview_url: false, body },
+          }),
+          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+          redirect: "error",
+        });
+      } catch (error) {
+        const name = error instanceof Error ? error.name : "Error";
+        return {
+          kind: "transient",
+          reason: name === "TimeoutError" ? "graph timeout" : `network: ${name}`,
+        };
+      }
+      let parsed: unknown = null;
+      try {
+        parsed = await response.json();
+      } catch {
+        parsed = null;
+      }
+      if (response.ok) {
+        const id = (parsed as { messages?: { id?: unknown }[] } | null)?.messages?.[0]?.id;
+        if (typeof id === "string" && id.length > 0 && id.length <= 256) {
+          return { kind: "sent", messageId: id };
+        }
+        // Accepted (2xx) but without an id: it was sent; the id is only for status callbacks.
+        return { kind: "sent", messageId: "" };
+      }
+      const { code, reason } = describeError(response.status, parsed as GraphError | null);
+      if (
+        response.status === 429 ||
+        response.status >= 500 ||
+        (code !== null && TRANSIENT_GRAPH_CODES.has(code))
+      ) {
+        return {
+          kind: "transient",
+          reason,
+          retryAfterMs: retryAfter(response.headers.get("retry-after")),
+        };
+      }
+      return { kind: "permanent", reason };
+    },
+  };
+}

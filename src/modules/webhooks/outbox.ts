@@ -1,0 +1,408 @@
+/**
+ * @module
+ * The WhatsApp outbox worker: turns accepted messages (rows written by the webhook in the same
+ * transaction as their dedupe record, before its 200) into exactly one reply each.
+ *
+ * How it works. Every `pollIntervalMs`, and at once when the webhook accepts a message, the worker
+ * claims up to `batchSize` due rows with one statement:
+ *
+ *   UPDATE whatsapp_outbox SET lease_until = now + lease, lease_owner = me
+ *   WHERE id IN (SELECT id … WHERE state = 'pending' AND next_attempt_at <= now
+ *                AND (lease_until IS NULL OR lease_until < now)
+ *                AND no earlier pending row of the same sender … LIMIT n)
+ *   RETURNING …
+ *
+ * A write statement holds SQLite's write lock from its first step, so two processes on one file
+ * never claim the same row; a lease whose owner died expires and the row is claimed again. Only
+ * the oldest pending row of a sender is claimable, so one sender's messages are answered in order
+ * and never two at once (one conversation, no interleaved turns).
+ *
+ * For each claimed row: (1) if it has no reply yet, one chat turn (`ChatTurns.converse`, the
+ * sender's conversation continued) or the fixed notice for a non-text message, and the reply is
+ * stored on the row — guarded by the lease — before anything is sent; (2) the lease is checked and
+ * extended to cover the send; (3) `POST …/messages`; (4) one UPDATE marks the row sent and clears
+ * the number. A transient failure (network, 429, 5xx, a temporary Graph code, chat unavailable)
+ * releases the lease with an exponential backoff; past `giveUpAfterMs` since the message arrived,
+ * or at once on a permanent failure, the row is marked failed, the number cleared, and
+ * `whatsapp.reply_failed` audited.
+ *
+ * Guarantees. Nothing accepted is lost: the row is committed before the 200 and stays pending until
+ * sent or given up, across crashes and restarts. Nothing is sent twice, and no chat turn is run
+ * twice, with two exceptions no design without an idempotency key at Graph can close:
+ * - a crash (or SIGKILL) after Graph accepted a reply and before the one UPDATE that marks it sent:
+ *   the row's lease expires and the reply is sent again. The window is one local statement long.
+ * - a send that timed out after Graph accepted it: retried like any timeout.
+ * - (for chat) a crash between the chat turn returning and its reply being stored runs the turn
+ *   again on the next claim; the sender still gets one reply.
+ * A graceful shutdown (`stop()`) lets sends in flight finish and be marked, and aborts chat turns.
+ */
+import { randomUUID } from "node:crypto";
+import { and, asc, eq, inArray, isNotNull, isNull, lt, lte, or, sql } from "drizzle-orm";
+import type { Logger } from "pino";
+import type { Clock } from "../../clock";
+import type { AppDatabase } from "../../db/client";
+import { whatsappOutbox } from "../../db/schema";
+import type { AuditLog } from "../../plugins/audit/log";
+import type { ChatTurns } from "../chat/contract";
+import type { GraphClient, SendOutcome } from "./graph-client";
+import type { WhatsAppMetrics } from "./whatsapp-metrics";
+
+export type OutboxRow = typeof whatsappOutbox.$inferSelect;
+
+/** The fixed answer to an image, audio, sticker, location… (anything but text). */
+export const NON_TEXT_REPLY =
+  "Thanks for your message! I can only read text for now — please type your question and I'll be glad to help.";
+/** The answer when the sender's daily chat budget is spent. */
+export const OVER_BUDGET_REPLY =
+  "Thanks for your message! You've reached today's limit for this assistant; please try again tomorrow.";
+
+export interface OutboxSettings {
+  /** How often due rows are looked for (the webhook also wakes the worker at once). */
+  pollIntervalMs: number;
+  batchSize: number;
+  /** A claim's lease: longer than a chat turn (`chatTimeoutMs`) plus the store that follows. */
+  leaseMs: number;
+  /** A chat turn longer than this is aborted and retried later. */
+  chatTimeoutMs: number;
+  /** One Graph request; the lease is extended by this plus a margin before each send. */
+  sendTimeoutMs: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+  /** A reply still failing this long after its message arrived is given up. */
+  giveUpAfterMs: number;
+}
+
+export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
+  pollIntervalMs: 1000,
+  batchSize: 16,
+  leaseMs: 60_000,
+  chatTimeoutMs: 45_000,
+  sendTimeoutMs: 10_000,
+  retryBaseMs: 1000,
+  retryMaxMs: 60_000,
+  giveUpAfterMs: 15 * 60_000,
+};
+
+const SEND_LEASE_MARGIN_MS = 5000;
+
+export interface OutboxWorkerOptions {
+  db: AppDatabase;
+  clock: Clock;
+  logger: Logger;
+  audit: AuditLog;
+  chat: ChatTurns;
+  graph: GraphClient;
+  metrics: WhatsAppMetrics;
+  settings?: Partial<OutboxSettings>;
+  /** Names this worker's leases; a random id per process when absent. */
+  owner?: string;
+}
+
+type Produced =
+  | { kind: "reply"; reply: string; conversationId: string | null }
+  | { kind: "transient"; reason: string };
+
+export class OutboxWorker {
+  readonly owner: string;
+  readonly settings: OutboxSettings;
+  private readonly options: OutboxWorkerOptions;
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private running: Promise<unknown> | null = null;
+  private again = false;
+  private stopping = false;
+  private readonly abort = new AbortController();
+
+  constructor(options: OutboxWorkerOptions) {
+    this.options = options;
+    this.owner = options.owner ?? `${process.pid}-${randomUUID()}`;
+    this.settings = { ...DEFAULT_OUTBOX_SETTINGS, ...options.settings };
+  }
+
+  /** Starts polling (and answering kicks). */
+  start(): void {
+    if (this.timer || this.stopping) return;
+    this.timer = setInterval(() => this.kick(), this.settings.pollIntervalMs);
+    this.timer.unref();
+    this.kick();
+  }
+
+  get started(): boolean {
+    return this.timer !== null;
+  }
+
+  /** Looks for due rows now (the webhook calls this after accepting a message). */
+  kick(): void {
+    if (!this.timer || this.stopping) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.drain()
+      .catch((error) => this.options.logger.error({ err: error }, "whatsapp outbox run failed"))
+      .finally(() => {
+        this.running = null;
+        if (this.again) {
+          this.again = false;
+          this.kick();
+        }
+      });
+  }
+
+  /** Claims and processes due rows until none is left; resolves to how many it processed. */
+  async drain(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      if (this.stopping) return total;
+      const rows = this.claim(this.options.clock.now());
+      if (rows.length === 0) return total;
+      await Promise.all(rows.map((row) => this.process(row)));
+      total += rows.length;
+    }
+  }
+
+  /**
+   * Stops claiming, aborts chat turns in flight and waits for sends in flight to be marked. Called
+   * at shutdown, before the database closes.
+   */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.abort.abort();
+    await this.running;
+  }
+
+  /** Stops the timer at once (close without waiting). */
+  close(): void {
+    this.stopping = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.abort.abort();
+  }
+
+  /** One statement: due, unleased (or lease expired), oldest pending of its sender. */
+  claim(now: number): OutboxRow[] {
+    const { db } = this.options;
+    const o = whatsappOutbox;
+    const due = db
+      .select({ id: o.id })
+      .from(o)
+      .where(
+        and(
+          eq(o.state, "pending"),
+          lte(o.nextAttemptAt, now),
+          or(isNull(o.leaseUntil), lt(o.leaseUntil, now)),
+          sql`NOT EXISTS (SELECT 1 FROM whatsapp_outbox AS earlier WHERE earlier.sender_hash = ${o.senderHash} AND earlier.state = 'pending' AND earlier.id < ${o.id})`,
+        ),
+      )
+      .orderBy(asc(o.id))
+      .limit(this.settings.batchSize);
+    return db
+      .update(o)
+      .set({ leaseUntil: now + this.settings.leaseMs, leaseOwner: this.owner })
+      .where(inArray(o.id, due))
+      .returning()
+      .all();
+  }
+
+  private async process(row: OutboxRow): Promise<void> {
+    const { clock, logger } = this.options;
+    try {
+      let reply = row.reply;
+      if (reply === null) {
+        const produced = await this.produceReply(row);
+        if (this.stopping) return this.release(row);
+        if (produced.kind === "transient") return this.failTransient(row, produced.reason);
+        if (!this.storeReply(row, produced.reply, produced.conversationId)) return;
+        reply = produced.reply;
+      }
+      if (this.stopping) return this.release(row);
+      if (row.recipient === null) return this.failPermanent(row, "no recipient kept");
+      // The lease must cover the send: extended only if it is still ours (not expired and taken).
+      if (
+        !this.extendLease(row, clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS)
+      ) {
+        logger.warn({ outboxId: row.id }, "whatsapp outbox lease lost before sending; not sent");
+        return;
+      }
+      const outcome = await this.options.graph.sendText({
+        phoneNumberId: row.phoneNumberId,
+        to: row.recipient,
+        body: reply,
+      });
+      this.settle(row, outcome);
+    } catch (error) {
+      logger.error({ err: error, outboxId: row.id }, "whatsapp outbox row failed");
+      try {
+        this.failTransient(row, "internal error");
+      } catch {
+        // The lease expires and another run takes the row.
+      }
+    }
+  }
+
+  private async produceReply(row: OutboxRow): Promise<Produced> {
+    if (row.kind === "unsupported" || row.body === null) {
+      return { kind: "reply", reply: NON_TEXT_REPLY, conversationId: null };
+    }
+    const signal = AbortSignal.any([
+      this.abort.signal,
+      AbortSignal.timeout(this.settings.chatTimeoutMs),
+    ]);
+    const owner = { kind: "whatsapp" as const, id: row.senderHash };
+    const input = { owner, message: row.body, requestId: row.messageId, signal };
+    try {
+      const previous = this.conversationOf(row.senderHash);
+      let outcome = await this.options.chat.converse(
+        previous === null ? input : { ...input, conversationId: previous },
+      );
+      // The conversation is gone (erased, expired): start a new one.
+      if (outcome.kind === "not_found") outcome = await this.options.chat.converse(input);
+      switch (outcome.kind) {
+        case "reply":
+          return {
+            kind: "reply",
+            reply: outcome.turn.reply,
+            conversationId: outcome.turn.conversationId,
+          };
+        case "over_budget":
+          return { kind: "reply", reply: OVER_BUDGET_REPLY, conversationId: previous };
+        case "not_found":
+          return { kind: "transient", reason: "chat: conversation not found" };
+      }
+    } catch (error) {
+      const reason = error instanceof Error ? error.message.slice(0, 200) : "chat failed";
+      return { kind: "transient", reason: `chat: ${reason}` };
+    }
+  }
+
+  /** The sender's latest conversation, continued by the next turn. */
+  private conversationOf(senderHash: string): string | null {
+    const o = whatsappOutbox;
+    const found = this.options.db
+      .select({ id: o.conversationId })
+      .from(o)
+      .where(and(eq(o.senderHash, senderHash), isNotNull(o.conversationId)))
+      .orderBy(sql`${o.id} DESC`)
+      .limit(1)
+      .get();
+    return found?.id ?? null;
+  }
+
+  private mine(row: OutboxRow) {
+    const o = whatsappOutbox;
+    return and(eq(o.id, row.id), eq(o.leaseOwner, this.owner), eq(o.state, "pending"));
+  }
+
+  /** Stores the reply once (the inbound text is no longer needed); false if the lease was lost. */
+  private storeReply(row: OutboxRow, reply: string, conversationId: string | null): boolean {
+    const now = this.options.clock.now();
+    const result = this.options.db
+      .update(whatsappOutbox)
+      .set({ reply, conversationId, body: null, leaseUntil: now + this.settings.leaseMs })
+      .where(and(this.mine(row), isNull(whatsappOutbox.reply)))
+      .returning({ id: whatsappOutbox.id })
+      .all();
+    return result.length === 1;
+  }
+
+  private extendLease(row: OutboxRow, until: number): boolean {
+    const now = this.options.clock.now();
+    const result = this.options.db
+      .update(whatsappOutbox)
+      .set({ leaseUntil: until })
+      .where(and(this.mine(row), sql`${whatsappOutbox.leaseUntil} >= ${now}`))
+      .returning({ id: whatsappOutbox.id })
+      .all();
+    return result.length === 1;
+  }
+
+  private release(row: OutboxRow): void {
+    this.options.db
+      .update(whatsappOutbox)
+      .set({ leaseUntil: null, leaseOwner: null })
+      .where(this.mine(row))
+      .run();
+  }
+
+  private settle(row: OutboxRow, outcome: SendOutcome): void {
+    if (outcome.kind === "sent") {
+      // The one statement between Graph's acceptance and our record of it (see the header).
+      this.options.db
+        .update(whatsappOutbox)
+        .set({
+          state: "sent",
+          replyMessageId: outcome.messageId || null,
+          recipient: null,
+          body: null,
+          leaseUntil: null,
+          leaseOwner: null,
+          attempts: sql`${whatsappOutbox.attempts} + 1`,
+          finishedAt: this.options.clock.now(),
+          lastError: null,
+        })
+        .where(eq(whatsappOutbox.id, row.id))
+        .run();
+      this.options.metrics.replies.labels("sent").inc();
+      return;
+    }
+    if (outcome.kind === "permanent") this.failPermanent(row, outcome.reason);
+    else this.failTransient(row, outcome.reason, outcome.retryAfterMs);
+  }
+
+  private failTransient(row: OutboxRow, reason: string, retryAfterMs?: number): void {
+    const now = this.options.clock.now();
+    const attempts = row.attempts + 1;
+    if (now - row.receivedAt >= this.settings.giveUpAfterMs) {
+      this.failPermanent(row, `gave up after ${attempts} attempts: ${reason}`);
+      return;
+    }
+    const { retryBaseMs, retryMaxMs } = this.settings;
+    const backoff = Math.min(retryMaxMs, retryBaseMs * 2 ** Math.min(attempts - 1, 20));
+    const jittered = backoff * (0.8 + Math.random() * 0.4);
+    const delay = Math.max(jittered, retryAfterMs ?? 0);
+    this.options.db
+      .update(whatsappOutbox)
+      .set({
+        attempts,
+        nextAttemptAt: Math.round(now + delay),
+        leaseUntil: null,
+        leaseOwner: null,
+        lastError: reason.slice(0, 300),
+      })
+      .where(this.mine(row))
+      .run();
+    this.options.metrics.replies.labels("retried").inc();
+    this.options.logger.warn(
+      { outboxId: row.id, attempts, retryInMs: Math.round(delay), reason },
+      "whatsapp reply failed; will retry",
+    );
+  }
+
+  private failPermanent(row: OutboxRow, reason: string): void {
+    const now = this.options.clock.now();
+    const result = this.options.db
+      .update(whatsappOutbox)
+      .set({
+        state: "failed",
+        attempts: row.attempts + 1,
+        recipient: null,
+        body: null,
+        leaseUntil: null,
+        leaseOwner: null,
+        lastError: reason.slice(0, 300),
+        finishedAt: now,
+      })
+      .where(this.mine(row))
+      .returning({ id: whatsappOutbox.id })
+      .all();
+    if (result.length !== 1) return;
+    this.options.metrics.replies.labels("failed").inc();
+    this.options.audit.record({
+      type: "whatsapp.reply_failed",
+      outcome: "failure",
+      actor: `whatsapp:${row.senderHash}`,
+      detail: { outbox: row.id, attempts: row.attempts + 1, reason: reason.slice(0, 200) },
+    });
+  }
+}

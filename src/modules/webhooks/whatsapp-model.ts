@@ -1,0 +1,182 @@
+/**
+ * @module
+ * The WhatsApp Cloud API webhook payload, read strictly but tolerantly: the envelope
+ * (`object`, `entry[].changes[].value`) must have the documented shape and stay within bounds, fields
+ * we do not use are ignored, and a message or status whose own fields are unusable is skipped (and
+ * counted) rather than failing the whole delivery, which Meta would otherwise retry for days.
+ *
+ * Shape (Meta, "Webhooks payload reference"):
+ *   { object: "whatsapp_business_account",
+ *     entry: [{ id, changes: [{ field: "messages",
+ *       value: { metadata: { phone_number_id }, messages?: [{ id, from, type, text?: { body } }],
+ *                statuses?: [{ id, status, timestamp, errors?: [{ code }] }] } }] }] }
+ */
+import { type Static, t } from "elysia";
+
+/** What every item of the payload is bounded by (the body itself is at most 256 KiB). */
+const MAX_ITEMS = 100;
+/** WhatsApp ids (wamid.…) are base64 text well under this. */
+const ID = t.String({ minLength: 1, maxLength: 256 });
+
+const InboundMessage = t.Object({
+  id: ID,
+  from: t.String({ maxLength: 32 }),
+  type: t.String({ maxLength: 32 }),
+  timestamp: t.Optional(t.String({ maxLength: 20 })),
+  text: t.Optional(t.Object({ body: t.String({ maxLength: 65_536 }) })),
+});
+
+const StatusUpdate = t.Object({
+  id: ID,
+  status: t.String({ maxLength: 32 }),
+  timestamp: t.Optional(t.String({ maxLength: 20 })),
+  errors: t.Optional(t.Array(t.Object({ code: t.Optional(t.Number()) }), { maxItems: MAX_ITEMS })),
+});
+
+const ChangeValue = t.Object({
+  metadata: t.Optional(t.Object({ phone_number_id: t.String({ maxLength: 64 }) })),
+  messages: t.Optional(t.Array(InboundMessage, { maxItems: MAX_ITEMS })),
+  statuses: t.Optional(t.Array(StatusUpdate, { maxItems: MAX_ITEMS })),
+});
+
+/** The envelope; `additionalProperties` stays open everywhere so new Meta fields are ignored. */
+export const WhatsAppNotification = t.Object({
+  object: t.String({ maxLength: 64 }),
+  entry: t.Array(
+    t.Object({
+      id: t.Optional(t.String({ maxLength: 64 })),
+      changes: t.Array(
+        t.Object({ field: t.String({ maxLength: 64 }), value: t.Optional(t.Unknown()) }),
+        { maxItems: MAX_ITEMS },
+      ),
+    }),
+    { maxItems: MAX_ITEMS },
+  ),
+});
+export type WhatsAppNotification = Static<typeof WhatsAppNotification>;
+export { ChangeValue };
+
+/** Our answer to a verified delivery (Meta reads only the 200). */
+export const WebhookAck = t.Object({
+  received: t.Literal(true),
+  /** Messages accepted into the outbox by this delivery. */
+  accepted: t.Integer(),
+  /** Messages already seen (a redelivery). */
+  duplicates: t.Integer(),
+  /** Status callbacks recorded. */
+  statuses: t.Integer(),
+  /** Items not acted on: other fields, unusable items, senders over their limit. */
+  ignored: t.Integer(),
+});
+
+export const DELIVERY_STATUSES = ["sent", "delivered", "read", "failed"] as const;
+export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
+
+/** An inbound message we will answer: a text for chat, or anything else for the fixed notice. */
+export interface InboundItem {
+  messageId: string;
+  phoneNumberId: string;
+  from: string;
+  kind: "text" | "unsupported";
+  /** The text as chat receives it (normalised), or null for `unsupported`. */
+  text: string | null;
+  type: string;
+}
+
+export interface StatusItem {
+  messageId: string;
+  status: DeliveryStatus;
+  at: number;
+  errorCode: number | null;
+}
+
+export interface ReadNotification {
+  messages: InboundItem[];
+  statuses: StatusItem[];
+  /** Items skipped: other fields, unknown statuses, unusable ids or numbers. */
+  ignored: number;
+}
+
+/** Phone number ids and WhatsApp ids (numbers) are digits; they go into a URL path and a body. */
+const DIGITS = /^[0-9]{1,32}$/;
+/** Message ids: printable ASCII, no spaces (they are our dedupe keys and are logged). */
+const MESSAGE_ID = /^[\x21-\x7e]{1,256}$/;
+/** The chat contract takes at most 4000 characters. */
+export const MAX_CHAT_TEXT = 4000;
+
+/**
+ * The text as the chat contract accepts it: control characters other than newline and tab
+ * removed, trimmed, cut to 4000 characters (whole code points). Null when nothing is left.
+ */
+export function normaliseText(raw: string): string | null {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: removing them is the point
+  const cleaned = raw.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, "").trim();
+  if (cleaned === "") return null;
+  const points = Array.from(cleaned);
+  return points.length > MAX_CHAT_TEXT ? points.slice(0, MAX_CHAT_TEXT).join("").trim() : cleaned;
+}
+
+function isDeliveryStatus(value: string): value is DeliveryStatus {
+  return (DELIVERY_STATUSES as readonly string[]).includes(value);
+}
+
+/** Seconds since the epoch as Meta sends them (a string), in milliseconds; `fallback` if absent. */
+function timestampMs(value: string | undefined, fallback: number): number {
+  if (value === undefined || !/^[0-9]{1,12}$/.test(value)) return fallback;
+  return Number(value) * 1000;
+}
+
+/**
+ * The messages and statuses of a notification that passed `WhatsAppNotification`. `checkValue`
+ * validates each change's value (the caller's compiled schema check).
+ */
+export function readNotification(
+  notification: WhatsAppNotification,
+  checkValue: (value: unknown) => value is Static<typeof ChangeValue>,
+  now: number,
+): ReadNotification {
+  const result: ReadNotification = { messages: [], statuses: [], ignored: 0 };
+  for (const entry of notification.entry) {
+    for (const change of entry.changes) {
+      if (change.field !== "messages" || !checkValue(change.value)) {
+        result.ignored++;
+        continue;
+      }
+      const value = change.value;
+      const phoneNumberId = value.metadata?.phone_number_id ?? "";
+      for (const message of value.messages ?? []) {
+        if (!DIGITS.test(phoneNumberId) || !DIGITS.test(message.from)) {
+          result.ignored++;
+          continue;
+        }
+        if (!MESSAGE_ID.test(message.id)) {
+          result.ignored++;
+          continue;
+        }
+        const text =
+          message.type === "text" && message.text ? normaliseText(message.text.body) : null;
+        result.messages.push({
+          messageId: message.id,
+          phoneNumberId,
+          from: message.from,
+          kind: text === null ? "unsupported" : "text",
+          text,
+          type: message.type,
+        });
+      }
+      for (const status of value.statuses ?? []) {
+        if (!MESSAGE_ID.test(status.id) || !isDeliveryStatus(status.status)) {
+          result.ignored++;
+          continue;
+        }
+        result.statuses.push({
+          messageId: status.id,
+          status: status.status,
+          at: timestampMs(status.timestamp, now),
+          errorCode: status.errors?.[0]?.code ?? null,
+        });
+      }
+    }
+  }
+  return result;
+}

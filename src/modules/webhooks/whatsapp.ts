@@ -1,0 +1,456 @@
+/**
+ * @module
+ * The WhatsApp Cloud API webhook (`/webhooks/whatsapp`) and its outbox.
+ *
+ * - `GET`: Meta's subscription check. `hub.mode=subscribe` and a `hub.verify_token` equal
+ *   (constant-time) to WHATSAPP_VERIFY_TOKEN echo `hub.challenge` as text/plain; anything else,
+ *   including no configured token, is 403.
+ * - `POST`: a notification. `X-Hub-Signature-256` is checked over the raw body bytes (kept by the
+ *   request guard, which still applies the 256 KiB `webhooks` body limit) with WHATSAPP_APP_SECRET
+ *   or, during a rotation, WHATSAPP_APP_SECRET_PREVIOUS; otherwise 401 `BAD_SIGNATURE`, audited
+ *   (`webhook.signature_failed`) and counted. A verified notification is answered 200 at once, after
+ *   each message it carries has been written, in one transaction, as its `webhook_events` row
+ *   (provider `whatsapp`, the message id: the dedupe record) and its outbox row; a redelivered
+ *   message id finds its row and adds nothing. A sender over RATE_LIMIT_WHATSAPP_SENDER messages a
+ *   minute (counted per keyed hash of the number, not per address: every delivery comes from Meta)
+ *   gets no reply, and `whatsapp.sender_limited` is audited. Status callbacks (sent, delivered,
+ *   read, failed) go to `whatsapp_statuses`, one row per message and status.
+ *
+ * The replies are sent by the outbox worker (outbox.ts): started with the app when both the app
+ * secret and the access token are set, stopped at shutdown.
+ */
+import { TypeCompiler } from "@sinclair/typebox/compiler";
+import { and, eq, inArray, lt, or, sql } from "drizzle-orm";
+import { Elysia, t } from "elysia";
+import type { Core } from "../../core";
+import type { AppDatabase } from "../../db/client";
+import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
+import { AppError, problemResponses } from "../../errors";
+import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
+import type { RouteClass } from "../../plugins/route-class";
+import type { ChatTurns } from "../chat/contract";
+import type { Feature, WebContext } from "../feature";
+import { createGraphClient } from "./graph-client";
+import { type WebhookMetrics, webhookMetrics } from "./metrics";
+import { type OutboxSettings, OutboxWorker } from "./outbox";
+import { sameSecret, senderHasher, verifyHubSignature } from "./whatsapp-crypto";
+import { createWhatsAppMetrics, type WhatsAppMetrics } from "./whatsapp-metrics";
+import {
+  ChangeValue,
+  type ReadNotification,
+  readNotification,
+  WebhookAck,
+  WhatsAppNotification,
+} from "./whatsapp-model";
+
+export const WHATSAPP_PATH = "/webhooks/whatsapp";
+/** Meta's challenge is a number; anything longer or stranger is not echoed. */
+const CHALLENGE = /^[A-Za-z0-9._~-]{1,128}$/;
+const DAY_MS = 24 * 60 * 60 * 1000;
+/** Finished outbox rows, statuses and WhatsApp dedupe records are kept this long. */
+const RETENTION_MS = 30 * DAY_MS;
+const PRUNE_BATCH = 1000;
+
+/** Both routes: signature-authenticated, CSRF-exempt, the 256 KiB body limit, 30/min per address. */
+export const whatsappRouteClasses: readonly RouteClass[] = [
+  {
+    routes: [`GET ${WHATSAPP_PATH}`, `POST ${WHATSAPP_PATH}`],
+    policy: "webhooks",
+    bodyLimit: "webhooks",
+    csrfExempt: true,
+  },
+];
+
+export type Ack = typeof WebhookAck.static;
+
+export interface IntakeOptions {
+  db: AppDatabase;
+  core: Pick<Core, "clock" | "logger" | "audit" | "limiter">;
+  senderLimit: number;
+  hashSender: (number: string) => string;
+  metrics: WebhookMetrics;
+  whatsapp: WhatsAppMetrics;
+}
+
+/**
+ * Writes a verified notification's messages into the outbox and its statuses into their table.
+ * Framework-free: the route hands it what it read.
+ */
+/** The intake's statements, prepared once: a delivery is on the hot path (see bench/whatsapp.ts). */
+function prepareIntake(db: AppDatabase) {
+  const p = (name: string) => sql.placeholder(name);
+  return {
+    seen: db
+      .select({ id: webhookEvents.eventId })
+      .from(webhookEvents)
+      .where(and(eq(webhookEvents.provider, "whatsapp"), eq(webhookEvents.eventId, p("id"))))
+      .prepare(),
+    recordEvent: db
+      .insert(webhookEvents)
+      .values({ provider: "whatsapp", eventId: p("id"), type: p("type"), receivedAt: p("at") })
+      .onConflictDoNothing()
+      .returning({ id: webhookEvents.eventId })
+      .prepare(),
+    enqueue: db
+      .insert(whatsappOutbox)
+      .values({
+        messageId: p("messageId"),
+        phoneNumberId: p("phoneNumberId"),
+        recipient: p("recipient"),
+        senderHash: p("senderHash"),
+        kind: p("kind"),
+        body: p("body"),
+        state: "pending",
+        nextAttemptAt: p("at"),
+        receivedAt: p("at"),
+      })
+      .prepare(),
+    recordStatus: db
+      .insert(whatsappStatuses)
+      .values({
+        messageId: p("id"),
+        status: p("status"),
+        at: p("at"),
+        errorCode: p("errorCode"),
+        receivedAt: p("receivedAt"),
+      })
+      .onConflictDoNothing()
+      .returning({ id: whatsappStatuses.messageId })
+      .prepare(),
+  };
+}
+
+export class WhatsAppIntake {
+  private readonly senderPolicy: Policy;
+  private readonly statements: ReturnType<typeof prepareIntake>;
+  constructor(private readonly options: IntakeOptions) {
+    this.statements = prepareIntake(options.db);
+    this.senderPolicy = {
+      id: "whatsapp_sender",
+      limit: options.senderLimit,
+      windowMs: MINUTE_MS,
+      // Only the per-minute budget: a person typing three lines in a row is not a burst.
+      burstLimit: options.senderLimit,
+      failClosed: false,
+    };
+  }
+
+  async accept(read: ReadNotification, request: { ip: string; requestId: string }): Promise<Ack> {
+    const { db, core, metrics } = this.options;
+    const ack: Ack = {
+      received: true,
+      accepted: 0,
+      duplicates: 0,
+      statuses: 0,
+      ignored: read.ignored,
+    };
+    for (let i = 0; i < read.ignored; i++) metrics.events.labels("whatsapp", "ignored").inc();
+
+    for (const message of read.messages) {
+      if (this.seen(message.messageId)) {
+        ack.duplicates++;
+        metrics.events.labels("whatsapp", "duplicate").inc();
+        continue;
+      }
+      const senderHash = this.options.hashSender(message.from);
+      const limited = !(await this.admitSender(senderHash, request.requestId));
+      const now = core.clock.now();
+      const { recordEvent, enqueue } = this.statements;
+      // One transaction: the dedupe record and the outbox row exist together or not at all.
+      const inserted = db.$client
+        .transaction(() => {
+          const type = limited ? "message.limited" : `message.${message.kind}`;
+          const event = recordEvent.all({ id: message.messageId, type, at: now });
+          if (event.length === 0) return false;
+          if (limited) return true;
+          enqueue.run({
+            messageId: message.messageId,
+            phoneNumberId: message.phoneNumberId,
+            recipient: message.from,
+            senderHash,
+            kind: message.kind,
+            body: message.text,
+            at: now,
+          });
+          return true;
+        })
+        .immediate();
+      if (!inserted) {
+        ack.duplicates++;
+        metrics.events.labels("whatsapp", "duplicate").inc();
+      } else if (limited) {
+        ack.ignored++;
+        metrics.events.labels("whatsapp", "ignored").inc();
+        core.audit.record({
+          type: "whatsapp.sender_limited",
+          outcome: "denied",
+          actor: `whatsapp:${senderHash}`,
+          ip: request.ip,
+          route: `POST ${WHATSAPP_PATH}`,
+          requestId: request.requestId,
+          detail: { limit: this.senderPolicy.limit },
+        });
+      } else {
+        ack.accepted++;
+        metrics.events.labels("whatsapp", "processed").inc();
+      }
+    }
+
+    for (const status of read.statuses) {
+      const result = this.statements.recordStatus.all({
+        id: status.messageId,
+        status: status.status,
+        at: status.at,
+        errorCode: status.errorCode,
+        receivedAt: core.clock.now(),
+      });
+      if (result.length === 1) {
+        ack.statuses++;
+        this.options.whatsapp.statuses.labels(status.status).inc();
+        metrics.events.labels("whatsapp", "processed").inc();
+      } else {
+        ack.duplicates++;
+        metrics.events.labels("whatsapp", "duplicate").inc();
+      }
+    }
+    return ack;
+  }
+
+  /** A cheap look before the limiter: a redelivery must not spend the sender's budget. */
+  private seen(messageId: string): boolean {
+    return this.statements.seen.get({ id: messageId }) !== undefined;
+  }
+
+  /** Counts the message against its sender's budget; a failing store lets it through. */
+  private async admitSender(senderHash: string, requestId: string): Promise<boolean> {
+    const { core } = this.options;
+    try {
+      const [outcome] = await core.limiter.check([
+        { policy: this.senderPolicy, key: `whatsapp:${senderHash}`, now: core.clock.now() },
+      ]);
+      return outcome?.admitted ?? true;
+    } catch (error) {
+      core.logger.error({ err: error, requestId }, "whatsapp sender limit unavailable; admitting");
+      return true;
+    }
+  }
+
+  /** Deletes finished rows, statuses and WhatsApp dedupe records past retention; bounded. */
+  prune(now: number): void {
+    const { db } = this.options;
+    const cutoff = now - RETENTION_MS;
+    const o = whatsappOutbox;
+    const finished = db
+      .select({ id: o.id })
+      .from(o)
+      .where(and(or(eq(o.state, "sent"), eq(o.state, "failed")), lt(o.finishedAt, cutoff)))
+      .limit(PRUNE_BATCH);
+    db.delete(o).where(inArray(o.id, finished)).run();
+    const statuses = db
+      .select({ id: whatsappStatuses.messageId })
+      .from(whatsappStatuses)
+      .where(lt(whatsappStatuses.receivedAt, cutoff))
+      .limit(PRUNE_BATCH);
+    db.delete(whatsappStatuses).where(inArray(whatsappStatuses.messageId, statuses)).run();
+    const events = db
+      .select({ id: webhookEvents.eventId })
+      .from(webhookEvents)
+      .where(and(eq(webhookEvents.provider, "whatsapp"), lt(webhookEvents.receivedAt, cutoff)))
+      .limit(PRUNE_BATCH);
+    db.delete(webhookEvents)
+      .where(and(eq(webhookEvents.provider, "whatsapp"), inArray(webhookEvents.eventId, events)))
+      .run();
+  }
+}
+
+export interface WhatsAppModuleOptions {
+  auth: WebContext["auth"];
+  config: Core["config"]["whatsapp"];
+  intake: WhatsAppIntake;
+  core: Pick<Core, "audit">;
+  metrics: WebhookMetrics;
+  /** Called after a delivery's rows are committed: the worker looks for them at once. */
+  onAccepted: () => void;
+}
+
+const checkNotification = TypeCompiler.Compile(WhatsAppNotification);
+const checkChangeValue = TypeCompiler.Compile(ChangeValue);
+const isChangeValue = (value: unknown): value is typeof ChangeValue.static =>
+  checkChangeValue.Check(value);
+
+/** The parameter Meta sends, from the raw query (names with dots; a repeated one is refused). */
+function single(params: URLSearchParams, name: string): string | null {
+  const values = params.getAll(name);
+  return values.length === 1 ? values[0]! : null;
+}
+
+export function whatsappModule(options: WhatsAppModuleOptions) {
+  const { auth, config, intake, core, metrics } = options;
+  const tags = ["webhooks"];
+  return new Elysia({ name: "palisade.module.whatsapp" })
+    .use(auth)
+    .decorate({ rawBytes: null as Uint8Array | null })
+    .get(
+      WHATSAPP_PATH,
+      ({ request, set }) => {
+        const params = new URL(request.url).searchParams;
+        const mode = single(params, "hub.mode");
+        const token = single(params, "hub.verify_token");
+        const challenge = single(params, "hub.challenge");
+        const expected = config.verifyToken;
+        // The comparison runs whatever else is wrong, so its time says nothing about the token.
+        const tokenMatches = sameSecret(token ?? "", expected ?? "");
+        if (
+          expected === null ||
+          mode !== "subscribe" ||
+          token === null ||
+          !tokenMatches ||
+          challenge === null ||
+          !CHALLENGE.test(challenge)
+        ) {
+          throw new AppError("FORBIDDEN", "The subscription could not be verified.");
+        }
+        set.headers["content-type"] = "text/plain; charset=utf-8";
+        return challenge;
+      },
+      {
+        public: true,
+        response: {
+          200: t.String({ description: "`hub.challenge`, echoed as text/plain" }),
+          ...problemResponses(403),
+        },
+        detail: {
+          tags,
+          summary:
+            "WhatsApp subscription check (Meta sends hub.mode, hub.verify_token, hub.challenge)",
+        },
+      },
+    )
+    .post(
+      WHATSAPP_PATH,
+      async ({ body, rawBytes, request, client, requestId }) => {
+        if (config.appSecret === null) {
+          throw new AppError(
+            "SERVICE_UNAVAILABLE",
+            "WhatsApp is not configured (WHATSAPP_APP_SECRET is not set).",
+          );
+        }
+        const check = verifyHubSignature(
+          request.headers.get("x-hub-signature-256"),
+          rawBytes ?? new Uint8Array(),
+          { current: config.appSecret, previous: config.previousAppSecret },
+        );
+        if (!check.valid) {
+          metrics.signatureFailures.labels("whatsapp").inc();
+          core.audit.record({
+            type: "webhook.signature_failed",
+            outcome: "denied",
+            ip: client.ip,
+            route: `POST ${WHATSAPP_PATH}`,
+            requestId,
+            detail: { provider: "whatsapp", reason: check.reason },
+          });
+          throw new AppError("BAD_SIGNATURE", "X-Hub-Signature-256 did not verify.");
+        }
+        if (!checkNotification.Check(body)) {
+          metrics.events.labels("whatsapp", "failed").inc();
+          throw new AppError("BAD_REQUEST", "Not a WhatsApp Business Account notification.");
+        }
+        if (body.object !== "whatsapp_business_account") {
+          metrics.events.labels("whatsapp", "ignored").inc();
+          return { received: true as const, accepted: 0, duplicates: 0, statuses: 0, ignored: 1 };
+        }
+        const read = readNotification(body, isChangeValue, Date.now());
+        const ack = await intake.accept(read, { ip: client.ip, requestId });
+        if (ack.accepted > 0) options.onAccepted();
+        return ack;
+      },
+      {
+        public: true,
+        response: { 200: WebhookAck, ...problemResponses(400, 401, 503) },
+        detail: {
+          tags,
+          summary:
+            "WhatsApp notifications (messages and statuses), signed with X-Hub-Signature-256",
+        },
+      },
+    );
+}
+
+export interface WhatsAppWebhookOptions {
+  /** The chat turns that write the replies (the chat feature's). */
+  chat: ChatTurns;
+  /** The Graph API is reached with this (tests: the real fetch against a local server). */
+  fetch?: typeof fetch;
+  /** Worker timings; the defaults suit production. */
+  outbox?: Partial<OutboxSettings>;
+}
+
+export interface WhatsAppWebhook extends Feature {
+  intake: WhatsAppIntake;
+  worker: OutboxWorker;
+  start(): void;
+  stop(): Promise<void>;
+}
+
+export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): WhatsAppWebhook {
+  const { config, db, logger } = core;
+  const metrics = webhookMetrics(core.registry);
+  const whatsapp = createWhatsAppMetrics(core.registry, db.$client);
+  const intake = new WhatsAppIntake({
+    db,
+    core,
+    senderLimit: config.rateLimit.whatsappSender,
+    hashSender: senderHasher(config.audit.secretKey),
+    metrics,
+    whatsapp,
+  });
+  const worker = new OutboxWorker({
+    db,
+    clock: core.clock,
+    logger,
+    audit: core.audit,
+    chat: options.chat,
+    graph: createGraphClient({
+      apiUrl: config.whatsapp.apiUrl,
+      accessToken: config.whatsapp.accessToken ?? "",
+      fetch: options.fetch,
+      timeoutMs: options.outbox?.sendTimeoutMs,
+    }),
+    metrics: whatsapp,
+    settings: options.outbox,
+  });
+  const configured = config.whatsapp.appSecret !== null && config.whatsapp.accessToken !== null;
+
+  return {
+    name: "whatsapp",
+    intake,
+    worker,
+    routeClasses: whatsappRouteClasses,
+    routes: ({ auth }) =>
+      whatsappModule({
+        auth,
+        config: config.whatsapp,
+        intake,
+        core,
+        metrics,
+        onAccepted: () => worker.kick(),
+      }),
+    maintenance: (now) => intake.prune(now),
+    start() {
+      if (configured) worker.start();
+      else if (config.whatsapp.appSecret !== null) {
+        logger.warn(
+          "WHATSAPP_APP_SECRET is set but WHATSAPP_ACCESS_TOKEN is not: messages are accepted and kept, no reply is sent",
+        );
+      }
+    },
+    stop: () => worker.stop(),
+    close: () => worker.close(),
+  };
+}
+
+/** The WhatsApp webhook as a feature of its own (until it joins the webhooks feature). */
+export function whatsappFeature(core: Core, options: WhatsAppWebhookOptions): Feature {
+  return whatsappWebhook(core, options);
+}

@@ -1,0 +1,313 @@
+/**
+ * What a verified notification leaves in the database: one outbox row and one dedupe record per
+ * message id however often (and however concurrently) it is delivered, the sender's limit, status
+ * callbacks, and the sender's number kept in clear only on the outbox row.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { anotherInstance } from "../../support/instance";
+import {
+  deliver,
+  notification,
+  ScriptedChat,
+  WA_PHONE_NUMBER_ID,
+  whatsappEnv,
+} from "../../support/whatsapp";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+function build(env: Record<string, string> = {}) {
+  current = buildTestApp({ env: whatsappEnv(null, env), whatsapp: { chat: new ScriptedChat() } });
+  return current;
+}
+
+interface OutboxView {
+  message_id: string;
+  phone_number_id: string;
+  recipient: string | null;
+  sender_hash: string;
+  kind: string;
+  body: string | null;
+  state: string;
+}
+
+const outbox = (target: TestApp) =>
+  target.db.$client
+    .query<OutboxView, []>(
+      "SELECT message_id, phone_number_id, recipient, sender_hash, kind, body, state FROM whatsapp_outbox ORDER BY id",
+    )
+    .all();
+
+const events = (target: TestApp) =>
+  target.db.$client
+    .query<{ event_id: string; type: string }, []>(
+      "SELECT event_id, type FROM webhook_events WHERE provider = 'whatsapp' ORDER BY event_id",
+    )
+    .all();
+
+describe("accepting messages", () => {
+  test("a text message becomes one outbox row and one dedupe record, the number only on the row", async () => {
+    const target = build();
+    const from = "16505551234";
+    const response = await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.A1", from, text: "  where is my order?\u0007 " }] }),
+    );
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({
+      received: true,
+      accepted: 1,
+      duplicates: 0,
+      statuses: 0,
+      ignored: 0,
+    });
+    const [row] = outbox(target);
+    expect(row).toMatchObject({
+      message_id: "wamid.A1",
+      phone_number_id: WA_PHONE_NUMBER_ID,
+      recipient: from,
+      kind: "text",
+      body: "where is my order?",
+      state: "pending",
+    });
+    expect(row!.sender_hash).toMatch(/^[0-9a-f]{32}$/);
+    expect(row!.sender_hash).not.toContain(from);
+    expect(events(target)).toEqual([{ event_id: "wamid.A1", type: "message.text" }]);
+    // The same number hashes the same way in another process (same AUDIT secret).
+    await deliver(target, notification({ messages: [{ id: "wamid.A2", from }] }));
+    expect(new Set(outbox(target).map((r) => r.sender_hash)).size).toBe(1);
+  });
+
+  test("a redelivered message id adds nothing and is acknowledged 200", async () => {
+    const target = build();
+    const payload = notification({ messages: [{ id: "wamid.DUP", from: "16505551234" }] });
+    expect((await deliver(target, payload)).status).toBe(200);
+    const again = await deliver(target, payload);
+    expect(again.status).toBe(200);
+    expect(await again.json()).toMatchObject({ accepted: 0, duplicates: 1 });
+    expect(outbox(target)).toHaveLength(1);
+    expect(events(target)).toHaveLength(1);
+  });
+
+  test("concurrent deliveries of one message id, to two processes on one file, leave one row", async () => {
+    // Meta's 40 deliveries come from one address: lift the per-address limits for this test.
+    const generous = {
+      RATE_LIMIT_WEBHOOKS: "1000",
+      RATE_LIMIT_PER_MINUTE: "1000",
+      RATE_LIMIT_BURST: "1000",
+    };
+    const target = build(generous);
+    const other = anotherInstance(target, {
+      env: whatsappEnv(null, generous),
+      whatsapp: { chat: new ScriptedChat() },
+    });
+    try {
+      const payloads = Array.from({ length: 5 }, (_, i) =>
+        notification({
+          messages: Array.from({ length: 4 }, (_, j) => ({
+            id: `wamid.C${j}`,
+            from: `1650555${String(i * 10 + j).padStart(4, "0")}`,
+          })),
+        }),
+      );
+      // 5 different notifications carry the same 4 message ids: 40 deliveries at once.
+      const responses = await Promise.all(
+        Array.from({ length: 40 }, (_, k) => deliver(k % 2 ? other : target, payloads[k % 5])),
+      );
+      expect(responses.map((r) => r.status)).toEqual(Array(40).fill(200));
+      const acks = (await Promise.all(responses.map((r) => r.json()))) as { accepted: number }[];
+      expect(acks.reduce((sum, ack) => sum + ack.accepted, 0)).toBe(4);
+      expect(
+        outbox(target)
+          .map((r) => r.message_id)
+          .sort(),
+      ).toEqual(["wamid.C0", "wamid.C1", "wamid.C2", "wamid.C3"]);
+      expect(events(target)).toHaveLength(4);
+    } finally {
+      other.close();
+    }
+  });
+
+  test("a non-text message is queued for the fixed reply, without chat", async () => {
+    const target = build();
+    const response = await deliver(
+      target,
+      notification({
+        messages: [
+          { id: "wamid.IMG", from: "16505551234", type: "image" },
+          { id: "wamid.EMPTY", from: "16505551235", text: " \u0000 " },
+        ],
+      }),
+    );
+    expect(await response.json()).toMatchObject({ accepted: 2 });
+    expect(outbox(target).map((r) => [r.message_id, r.kind, r.body])).toEqual([
+      ["wamid.IMG", "unsupported", null],
+      ["wamid.EMPTY", "unsupported", null],
+    ]);
+  });
+
+  test("unusable items are skipped and counted; the rest of the delivery is accepted", async () => {
+    const target = build();
+    const payload = notification({
+      messages: [
+        { id: "wamid.OK", from: "16505551234" },
+        { id: "wamid.BADFROM", from: "+1 650 555" },
+        { id: "bad id with spaces", from: "16505551234" },
+      ],
+    });
+    (payload.entry[0]!.changes as unknown[]).push({ field: "account_update", value: {} });
+    const response = await deliver(target, payload);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ accepted: 1, ignored: 3 });
+    expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.OK"]);
+    // A phone number id that is not digits would go into the Graph URL: refused.
+    const sneaky = notification(
+      { messages: [{ id: "wamid.PATH", from: "16505551234" }] },
+      "../../me",
+    );
+    expect(await (await deliver(target, sneaky)).json()).toMatchObject({ accepted: 0, ignored: 1 });
+  });
+
+  test("a long text is cut to the chat contract's 4000 characters", async () => {
+    const target = build();
+    await deliver(
+      target,
+      notification({
+        messages: [{ id: "wamid.LONG", from: "16505551234", text: "é".repeat(5000) }],
+      }),
+    );
+    expect(Array.from(outbox(target)[0]!.body!)).toHaveLength(4000);
+  });
+});
+
+describe("the sender's own limit", () => {
+  test("a sender over RATE_LIMIT_WHATSAPP_SENDER gets no reply row and is audited; others are unaffected", async () => {
+    const target = build({ RATE_LIMIT_WHATSAPP_SENDER: "3", RATE_LIMIT_WEBHOOKS: "1000" });
+    const busy = "16505550001";
+    for (let i = 0; i < 5; i++) {
+      const response = await deliver(
+        target,
+        notification({ messages: [{ id: `wamid.L${i}`, from: busy }] }),
+      );
+      expect(response.status).toBe(200);
+    }
+    const calm = await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.CALM", from: "16505550002" }] }),
+    );
+    expect(await calm.json()).toMatchObject({ accepted: 1 });
+    expect(outbox(target).map((r) => r.message_id)).toEqual([
+      "wamid.L0",
+      "wamid.L1",
+      "wamid.L2",
+      "wamid.CALM",
+    ]);
+    // The refused ones are still recorded as seen: a redelivery neither replies nor counts again.
+    expect(
+      events(target)
+        .filter((e) => e.type === "message.limited")
+        .map((e) => e.event_id),
+    ).toEqual(["wamid.L3", "wamid.L4"]);
+    target.services.audit.flush();
+    const audited = target.db.$client
+      .query<{ actor: string; outcome: string }, []>(
+        "SELECT actor, outcome FROM audit_events WHERE type = 'whatsapp.sender_limited'",
+      )
+      .all();
+    expect(audited).toHaveLength(2);
+    expect(audited[0]!.outcome).toBe("denied");
+    expect(audited[0]!.actor).toStartWith("whatsapp:");
+    expect(audited[0]!.actor).not.toContain(busy);
+    // Keyed per sender, not per address: Meta's one address is not blocked or limited for it.
+    const blocks = target.db.$client.query("SELECT * FROM ip_blocks").all();
+    expect(blocks).toEqual([]);
+  });
+});
+
+describe("status callbacks", () => {
+  test("sent, delivered, read and failed are recorded once each and counted", async () => {
+    const target = build();
+    const statuses = [
+      { id: "wamid.OUT1", status: "sent" },
+      { id: "wamid.OUT1", status: "delivered" },
+      { id: "wamid.OUT1", status: "read" },
+      { id: "wamid.OUT2", status: "failed", errorCode: 131047 },
+      { id: "wamid.OUT3", status: "deleted" },
+    ];
+    const first = await deliver(target, notification({ statuses }));
+    expect(await first.json()).toMatchObject({ statuses: 4, ignored: 1 });
+    const again = await deliver(target, notification({ statuses: statuses.slice(0, 2) }));
+    expect(await again.json()).toMatchObject({ statuses: 0, duplicates: 2 });
+    const rows = target.db.$client
+      .query<{ message_id: string; status: string; error_code: number | null }, []>(
+        "SELECT message_id, status, error_code FROM whatsapp_statuses ORDER BY message_id, status",
+      )
+      .all();
+    expect(rows).toEqual([
+      { message_id: "wamid.OUT1", status: "delivered", error_code: null },
+      { message_id: "wamid.OUT1", status: "read", error_code: null },
+      { message_id: "wamid.OUT1", status: "sent", error_code: null },
+      { message_id: "wamid.OUT2", status: "failed", error_code: 131047 },
+    ]);
+    // The recipient's number in a status is not kept anywhere.
+    const dump = JSON.stringify(target.db.$client.query("SELECT * FROM whatsapp_statuses").all());
+    expect(dump).not.toContain("16505551234");
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('whatsapp_statuses_total{status="read"} 1');
+    expect(metrics).toContain('whatsapp_statuses_total{status="failed"} 1');
+    expect(metrics).toContain('webhook_events_total{provider="whatsapp",outcome="duplicate"} 2');
+  });
+});
+
+describe("metrics", () => {
+  test("deliveries are counted by outcome and the outbox backlog is exported", async () => {
+    const target = build();
+    await deliver(
+      target,
+      notification({
+        messages: [
+          { id: "wamid.M1", from: "16505551234" },
+          { id: "wamid.M2", from: "16505551235" },
+        ],
+      }),
+    );
+    await deliver(target, notification({ messages: [{ id: "wamid.M1", from: "16505551234" }] }));
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('webhook_events_total{provider="whatsapp",outcome="processed"} 2');
+    expect(metrics).toContain('webhook_events_total{provider="whatsapp",outcome="duplicate"} 1');
+    expect(metrics).toContain("whatsapp_outbox_pending 2");
+  });
+});
+
+describe("retention", () => {
+  test("maintenance deletes finished rows, statuses and dedupe records after 30 days, not pending ones", async () => {
+    const target = build();
+    await deliver(
+      target,
+      notification({
+        messages: [
+          { id: "wamid.OLD", from: "16505551234" },
+          { id: "wamid.NEW", from: "16505551235" },
+        ],
+        statuses: [{ id: "wamid.X", status: "read" }],
+      }),
+    );
+    const old = Date.now() - 31 * 24 * 60 * 60 * 1000;
+    const sqlite = target.db.$client;
+    sqlite.run(
+      "UPDATE whatsapp_outbox SET state = 'sent', finished_at = ?, received_at = ? WHERE message_id = 'wamid.OLD'",
+      [old, old],
+    );
+    sqlite.run("UPDATE whatsapp_outbox SET received_at = ?", [old]);
+    sqlite.run("UPDATE whatsapp_statuses SET received_at = ?", [old]);
+    sqlite.run("UPDATE webhook_events SET received_at = ? WHERE event_id = 'wamid.OLD'", [old]);
+    target.services.runMaintenance();
+    expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.NEW"]);
+    expect(events(target).map((e) => e.event_id)).toEqual(["wamid.NEW"]);
+    expect(sqlite.query("SELECT * FROM whatsapp_statuses").all()).toEqual([]);
+  });
+});

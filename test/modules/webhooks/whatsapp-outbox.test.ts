@@ -1,0 +1,418 @@
+/**
+ * The outbox worker against a local Graph API server: one reply per accepted message, the chat
+ * turn run once and its reply resent on a retry, transient failures retried with backoff and given
+ * up after a bounded time, permanent ones given up at once, leases that keep two workers (two
+ * processes on one file) from sending the same reply, and a graceful stop that lets a send finish.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { UpstreamFailure } from "../../../src/modules/chat/providers/provider";
+import { NON_TEXT_REPLY, OVER_BUDGET_REPLY } from "../../../src/modules/webhooks/outbox";
+import type { WhatsAppWebhook } from "../../../src/modules/webhooks/whatsapp";
+import type { Services } from "../../../src/services";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { ManualClock } from "../../support/clock";
+import { type GraphServer, startGraphServer } from "../../support/graph-server";
+import { anotherInstance } from "../../support/instance";
+import {
+  deliver,
+  notification,
+  ScriptedChat,
+  WA_PHONE_NUMBER_ID,
+  whatsappEnv,
+} from "../../support/whatsapp";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+function whatsappOf(services: Services): WhatsAppWebhook {
+  return services.features.find((f) => f.name === "whatsapp") as WhatsAppWebhook;
+}
+
+interface Setup {
+  target: TestApp;
+  graph: GraphServer;
+  chat: ScriptedChat;
+  clock: ManualClock;
+  worker: WhatsAppWebhook["worker"];
+}
+
+function setup(env: Record<string, string> = {}, outbox = {}): Setup {
+  const graph = startGraphServer();
+  cleanups.push(() => graph.close());
+  const chat = new ScriptedChat();
+  const clock = new ManualClock();
+  const target = buildTestApp({
+    env: whatsappEnv(graph, env),
+    clock,
+    whatsapp: { chat, outbox: { retryBaseMs: 1000, ...outbox } },
+  });
+  cleanups.push(() => target.close());
+  return { target, graph, chat, clock, worker: whatsappOf(target.services).worker };
+}
+
+interface Row {
+  message_id: string;
+  state: string;
+  attempts: number;
+  recipient: string | null;
+  body: string | null;
+  reply: string | null;
+  reply_message_id: string | null;
+  conversation_id: string | null;
+  last_error: string | null;
+  lease_owner: string | null;
+  sender_hash: string;
+}
+
+const rows = (target: TestApp) =>
+  target.db.$client.query<Row, []>("SELECT * FROM whatsapp_outbox ORDER BY id").all();
+
+const audited = (target: TestApp, type: string) => {
+  target.services.audit.flush();
+  return target.db.$client
+    .query<{ detail: string; actor: string }, [string]>(
+      "SELECT detail, actor FROM audit_events WHERE type = ? ORDER BY id",
+    )
+    .all(type)
+    .map((row) => ({ ...JSON.parse(row.detail), actor: row.actor }));
+};
+
+describe("sending replies", () => {
+  test("a text gets one chat turn and one Graph message; the row is marked sent and the number cleared", async () => {
+    const { target, graph, chat, worker } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.T1", from: "16505551234", text: "hi" }] }),
+    );
+    expect(await worker.drain()).toBe(1);
+    expect(graph.sent).toHaveLength(1);
+    expect(graph.sent[0]).toMatchObject({
+      phoneNumberId: WA_PHONE_NUMBER_ID,
+      to: "16505551234",
+      body: "reply to: hi",
+      authorization: `Bearer ${graph.token}`,
+    });
+    const [row] = rows(target);
+    expect(row).toMatchObject({
+      state: "sent",
+      attempts: 1,
+      recipient: null,
+      body: null,
+      reply: "reply to: hi",
+      reply_message_id: graph.sent[0]!.id,
+      lease_owner: null,
+    });
+    expect(chat.turns).toHaveLength(1);
+    expect(chat.turns[0]!.owner).toEqual({ kind: "whatsapp", id: row!.sender_hash });
+    expect(chat.turns[0]!.conversationId).toBeUndefined();
+    // Nothing is left to do: a second run sends nothing.
+    expect(await worker.drain()).toBe(0);
+    expect(graph.sent).toHaveLength(1);
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('whatsapp_replies_total{outcome="sent"} 1');
+    expect(metrics).toContain("whatsapp_outbox_pending 0");
+  });
+
+  test("Graph 500 then success: one message sent, the same text, one chat turn", async () => {
+    const { target, graph, chat, clock, worker } = setup();
+    graph.failNext({ status: 500 }, { status: 503 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.R1", from: "16505551234", text: "hi" }] }),
+    );
+    await worker.drain();
+    expect(graph.sent).toHaveLength(0);
+    expect(rows(target)[0]).toMatchObject({ state: "pending", attempts: 1, reply: "reply to: hi" });
+    // Not due yet: the backoff holds it back.
+    expect(await worker.drain()).toBe(0);
+    clock.advance(1300);
+    await worker.drain();
+    expect(rows(target)[0]).toMatchObject({ state: "pending", attempts: 2 });
+    clock.advance(2600);
+    await worker.drain();
+    expect(graph.received.map((r) => r.status)).toEqual([500, 503, 200]);
+    expect(new Set(graph.received.map((r) => r.body))).toEqual(new Set(["reply to: hi"]));
+    expect(graph.sent).toHaveLength(1);
+    expect(chat.turns).toHaveLength(1);
+    expect(rows(target)[0]).toMatchObject({ state: "sent", attempts: 3, recipient: null });
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('whatsapp_replies_total{outcome="retried"} 2');
+  });
+
+  test("a 429 with Retry-After waits at least that long", async () => {
+    const { target, graph, clock, worker } = setup();
+    graph.failNext({ status: 429, code: 130429, headers: { "retry-after": "30" } });
+    await deliver(target, notification({ messages: [{ id: "wamid.RA", from: "16505551234" }] }));
+    await worker.drain();
+    clock.advance(20_000);
+    expect(await worker.drain()).toBe(0);
+    clock.advance(11_000);
+    await worker.drain();
+    expect(graph.sent).toHaveLength(1);
+  });
+
+  test("a permanent 4xx gives up at once: failed, number cleared, audited", async () => {
+    const { target, graph, clock, worker } = setup();
+    graph.failNext({ status: 400, code: 131026 });
+    await deliver(target, notification({ messages: [{ id: "wamid.P1", from: "16505551234" }] }));
+    await worker.drain();
+    clock.advance(60 * 60_000);
+    await worker.drain();
+    expect(graph.received).toHaveLength(1);
+    expect(graph.sent).toHaveLength(0);
+    expect(rows(target)[0]).toMatchObject({ state: "failed", recipient: null, body: null });
+    expect(rows(target)[0]!.last_error).toContain("131026");
+    const [event] = audited(target, "whatsapp.reply_failed");
+    expect(event.reason).toContain("graph 400 code 131026");
+    expect(event.actor).toBe(`whatsapp:${rows(target)[0]!.sender_hash}`);
+  });
+
+  test("a wrong access token is a permanent failure, not retried", async () => {
+    const { target, graph, clock, worker } = setup({ WHATSAPP_ACCESS_TOKEN: "wrong-token" });
+    await deliver(target, notification({ messages: [{ id: "wamid.TOK", from: "16505551234" }] }));
+    await worker.drain();
+    clock.advance(60_000);
+    await worker.drain();
+    expect(graph.received.map((r) => r.status)).toEqual([401]);
+    expect(rows(target)[0]!.state).toBe("failed");
+  });
+
+  test("transient failures past the bounded time give up with an audit event", async () => {
+    const { target, graph, clock, worker } = setup({}, { giveUpAfterMs: 10_000 });
+    graph.failNext(...Array.from({ length: 50 }, () => ({ status: 502 })));
+    await deliver(target, notification({ messages: [{ id: "wamid.G1", from: "16505551234" }] }));
+    for (let i = 0; i < 20 && rows(target)[0]!.state === "pending"; i++) {
+      await worker.drain();
+      clock.advance(2500);
+    }
+    const [row] = rows(target);
+    expect(row).toMatchObject({ state: "failed", recipient: null });
+    expect(row!.attempts).toBeGreaterThan(2);
+    expect(graph.sent).toHaveLength(0);
+    const events = audited(target, "whatsapp.reply_failed");
+    expect(events).toHaveLength(1);
+    expect(events[0].reason).toContain("gave up after");
+    // The network being down is transient too: a closed port is retried, then given up.
+  });
+
+  test("an unreachable Graph API is retried, not given up at once", async () => {
+    const { target, graph, clock, worker } = setup();
+    graph.close();
+    await deliver(target, notification({ messages: [{ id: "wamid.NET", from: "16505551234" }] }));
+    await worker.drain();
+    expect(rows(target)[0]).toMatchObject({ state: "pending", attempts: 1 });
+    expect(rows(target)[0]!.last_error).toStartWith("network");
+    clock.advance(1500);
+    await worker.drain();
+    expect(rows(target)[0]).toMatchObject({ state: "pending", attempts: 2 });
+  });
+
+  test("a non-text message gets the polite fixed reply without a chat turn", async () => {
+    const { target, graph, chat, worker } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.IMG", from: "16505551234", type: "audio" }] }),
+    );
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body)).toEqual([NON_TEXT_REPLY]);
+    expect(chat.turns).toHaveLength(0);
+  });
+});
+
+describe("chat turns", () => {
+  test("a sender's conversation is continued; a vanished one starts anew", async () => {
+    const { target, chat, worker } = setup();
+    const from = "16505551234";
+    await deliver(target, notification({ messages: [{ id: "wamid.C1", from, text: "one" }] }));
+    await worker.drain();
+    await deliver(target, notification({ messages: [{ id: "wamid.C2", from, text: "two" }] }));
+    await worker.drain();
+    expect(chat.turns.map((t) => t.conversationId)).toEqual([undefined, "conv-1"]);
+    chat.script.push({ kind: "not_found" });
+    await deliver(target, notification({ messages: [{ id: "wamid.C3", from, text: "three" }] }));
+    await worker.drain();
+    expect(chat.turns.map((t) => t.conversationId)).toEqual([
+      undefined,
+      "conv-1",
+      "conv-1",
+      undefined,
+    ]);
+    expect(rows(target).map((r) => r.conversation_id)).toEqual(["conv-1", "conv-1", "conv-2"]);
+    // Another sender has a conversation of its own.
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.C4", from: "16505559999", text: "x" }] }),
+    );
+    await worker.drain();
+    expect(chat.turns.at(-1)!.conversationId).toBeUndefined();
+  });
+
+  test("a spent budget gets the fixed notice; an unavailable chat is retried, then answered", async () => {
+    const { target, graph, chat, clock, worker } = setup();
+    chat.script.push({ kind: "over_budget", retryAfterSeconds: 3600 });
+    await deliver(target, notification({ messages: [{ id: "wamid.B1", from: "16505551234" }] }));
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body)).toEqual([OVER_BUDGET_REPLY]);
+
+    chat.script.push(new UpstreamFailure("unavailable", "circuit open"));
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.B2", from: "16505550000", text: "q" }] }),
+    );
+    await worker.drain();
+    expect(rows(target)[1]).toMatchObject({ state: "pending", reply: null, body: "q" });
+    expect(rows(target)[1]!.last_error).toContain("circuit open");
+    clock.advance(1500);
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body)).toEqual([OVER_BUDGET_REPLY, "reply to: q"]);
+  });
+
+  test("one sender's messages are answered in order, one at a time", async () => {
+    const { target, graph, chat, clock, worker } = setup();
+    const from = "16505551234";
+    graph.failNext({ status: 500 });
+    await deliver(
+      target,
+      notification({
+        messages: [
+          { id: "wamid.O1", from, text: "first" },
+          { id: "wamid.O2", from, text: "second" },
+        ],
+      }),
+    );
+    // The first fails and waits; the second is not answered before it.
+    await worker.drain();
+    expect(chat.turns.map((t) => t.message)).toEqual(["first"]);
+    clock.advance(1500);
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: first", "reply to: second"]);
+  });
+});
+
+describe("leases", () => {
+  test("a row claimed by a worker that died is taken again only once its lease expired", async () => {
+    const { target, graph, clock, worker } = setup();
+    await deliver(target, notification({ messages: [{ id: "wamid.L1", from: "16505551234" }] }));
+    // Another process claims the row and dies before doing anything with it.
+    const other = anotherInstance(target, {
+      clock,
+      env: whatsappEnv(graph),
+      whatsapp: { chat: new ScriptedChat() },
+    });
+    cleanups.push(() => other.close());
+    expect(whatsappOf(other.services).worker.claim(clock.now())).toHaveLength(1);
+    expect(await worker.drain()).toBe(0);
+    clock.advance(worker.settings.leaseMs - 1000);
+    expect(await worker.drain()).toBe(0);
+    clock.advance(2000);
+    expect(await worker.drain()).toBe(1);
+    expect(graph.sent).toHaveLength(1);
+  });
+
+  test("a worker whose lease was taken over does not send", async () => {
+    const { target, graph, chat, clock, worker } = setup({}, { chatTimeoutMs: 120_000 });
+    await deliver(target, notification({ messages: [{ id: "wamid.L2", from: "16505551234" }] }));
+    // The chat turn outlives the lease (a stalled process); another worker takes the row over.
+    chat.delayMs = 200;
+    const slow = worker.drain();
+    await Bun.sleep(50);
+    clock.advance(worker.settings.leaseMs + 1);
+    const other = anotherInstance(target, {
+      clock,
+      env: whatsappEnv(graph),
+      whatsapp: { chat: new ScriptedChat() },
+    });
+    cleanups.push(() => other.close());
+    await whatsappOf(other.services).worker.drain();
+    await slow;
+    expect(graph.sent).toHaveLength(1);
+    expect(rows(target)[0]!.state).toBe("sent");
+  });
+
+  test("two processes' workers on one file never send the same reply twice", async () => {
+    const generous = {
+      RATE_LIMIT_WEBHOOKS: "1000",
+      RATE_LIMIT_PER_MINUTE: "1000",
+      RATE_LIMIT_BURST: "1000",
+    };
+    const { target, graph, worker } = setup(generous);
+    const other = anotherInstance(target, {
+      env: whatsappEnv(graph, generous),
+      whatsapp: { chat: new ScriptedChat(), outbox: { batchSize: 3 } },
+    });
+    cleanups.push(() => other.close());
+    const otherWorker = whatsappOf(other.services).worker;
+    graph.delayMs = 5;
+    const count = 60;
+    await Promise.all(
+      Array.from({ length: count }, (_, i) =>
+        deliver(
+          i % 2 ? target : other,
+          notification({
+            messages: [
+              { id: `wamid.MP${i}`, from: `1650555${String(i).padStart(4, "0")}`, text: `m${i}` },
+            ],
+          }),
+        ),
+      ),
+    );
+    const [a, b] = await Promise.all([worker.drain(), otherWorker.drain(), worker.drain()]);
+    expect(graph.sent).toHaveLength(count);
+    expect(new Set(graph.sent.map((m) => m.to)).size).toBe(count);
+    expect(graph.received).toHaveLength(count);
+    // Both did part of the work.
+    expect(a! + b!).toBeLessThanOrEqual(count);
+    expect(rows(target).every((r) => r.state === "sent")).toBe(true);
+  });
+});
+
+describe("running with the app", () => {
+  test("once started, an accepted message is answered without waiting for the poll", async () => {
+    const { target, graph, worker } = setup({}, { pollIntervalMs: 60_000 });
+    await target.services.start();
+    expect(worker.started).toBe(true);
+    await deliver(target, notification({ messages: [{ id: "wamid.K1", from: "16505551234" }] }));
+    await graph.waitForSent(1, 3000);
+    await target.services.stop();
+    expect(rows(target)[0]!.state).toBe("sent");
+  });
+
+  test("stop() lets a send in flight finish and be marked sent", async () => {
+    const { target, graph, worker } = setup({}, { pollIntervalMs: 60_000 });
+    await target.services.start();
+    graph.delayMs = 300;
+    await deliver(target, notification({ messages: [{ id: "wamid.S1", from: "16505551234" }] }));
+    await Bun.sleep(100);
+    await target.services.stop();
+    expect(worker.started).toBe(false);
+    expect(graph.sent).toHaveLength(1);
+    expect(rows(target)[0]).toMatchObject({ state: "sent", lease_owner: null });
+  });
+
+  test("as wired in the feature list (before the chat feature lands), a text gets the fixed notice", async () => {
+    const graph = startGraphServer();
+    cleanups.push(() => graph.close());
+    const target = buildTestApp({ env: whatsappEnv(graph) });
+    cleanups.push(() => target.close());
+    await deliver(target, notification({ messages: [{ id: "wamid.W1", from: "16505551234" }] }));
+    await whatsappOf(target.services).worker.drain();
+    expect(graph.sent).toHaveLength(1);
+    expect(graph.sent[0]!.body).toContain("not available on WhatsApp yet");
+  });
+
+  test("without an access token the worker does not start and messages wait", async () => {
+    const graph = startGraphServer();
+    cleanups.push(() => graph.close());
+    const target = buildTestApp({
+      env: whatsappEnv(null),
+      whatsapp: { chat: new ScriptedChat() },
+    });
+    cleanups.push(() => target.close());
+    await target.services.start();
+    expect(whatsappOf(target.services).worker.started).toBe(false);
+    expect(target.logs.text).toContain("WHATSAPP_ACCESS_TOKEN is not");
+    await target.services.stop();
+  });
+});
