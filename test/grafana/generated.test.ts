@@ -12,6 +12,7 @@ import { DASHBOARDS, DATASOURCE, dashboardQueries } from "../../grafana/src/dash
 import { generatedFiles } from "../../grafana/src/generate";
 import { METRIC, PROCESS_METRIC } from "../../src/plugins/metrics/names";
 import { tempDir } from "../support/app";
+import { REPO_ROOT } from "../support/process";
 import {
   amtoolAvailable,
   check,
@@ -20,7 +21,6 @@ import {
   promtoolAvailable,
 } from "../support/prometheus";
 import { metricSelectors } from "../support/promql";
-import { REPO_ROOT } from "../support/process";
 
 const read = (path: string) => readFileSync(join(GRAFANA_DIR, path), "utf8");
 

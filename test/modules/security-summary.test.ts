@@ -102,7 +102,7 @@ describe("GET /api/admin/security/summary", () => {
     const admin = await signUp(current, { role: "admin" });
     const anonymous = await send(current, "/api/admin/security/summary");
     expect(anonymous.status).toBe(401);
-    expect((await anonymous.json()).code).toBe("UNAUTHENTICATED");
+    expect(((await anonymous.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
     const refused = await summary(current, user.accessToken);
     expect(refused.response.status).toBe(403);
     expect(refused.body.code).toBe("FORBIDDEN");
