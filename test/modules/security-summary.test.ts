@@ -223,12 +223,11 @@ describe("bun run cli audit:top", () => {
     const lines = text.stdout.split("\n");
     const section = (title: string) => lines.slice(lines.indexOf(title));
     expect(lines).toContain("failed logins: 7");
-    expect(section("failed logins: 7").slice(1, 5).map((line) => line.trim())).toEqual([
-      "by address",
-      "3  198.51.100.7",
-      "2  192.0.2.4",
-      "2  203.0.113.9",
-    ]);
+    expect(
+      section("failed logins: 7")
+        .slice(1, 5)
+        .map((line) => line.trim()),
+    ).toEqual(["by address", "3  198.51.100.7", "2  192.0.2.4", "2  203.0.113.9"]);
     expect(text.stdout).toContain(`4  user:${victim.userId}`);
     expect(text.stdout).toContain(`2  user:${heavy.userId}`);
     expect(lines).toContain("rate-limit refusals: 4");
