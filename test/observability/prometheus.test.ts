@@ -208,9 +208,12 @@ describe.skipIf(!available)("dashboards and alerts against a real Prometheus", (
 
   beforeAll(async () => {
     const databasePath = join(dir.path, "palisade.db");
+    // One token file, newline and all, read by both sides as the README's walk-through sets it up.
+    const tokenFile = join(dir.path, "metrics_token");
+    await Bun.write(tokenFile, `${METRICS_TOKEN}\n`);
     service = await startService({
       DATABASE_PATH: databasePath,
-      METRICS_TOKEN,
+      METRICS_TOKEN_FILE: tokenFile,
       LOG_LEVEL: "info",
       // Client addresses come from X-Forwarded-For, so the traffic can come from many.
       TRUST_PROXY: "loopback",
@@ -220,6 +223,7 @@ describe.skipIf(!available)("dashboards and alerts against a real Prometheus", (
     const config = localPrometheusConfig(dir.path, {
       target: service.url.host,
       token: METRICS_TOKEN,
+      tokenFile,
     });
     prometheus = await startPrometheus(config, join(dir.path, "tsdb"));
     const context: TrafficContext = {

@@ -48,14 +48,21 @@ interface PrometheusConfig {
  */
 export function localPrometheusConfig(
   dir: string,
-  options: { target: string; token: string; intervalSeconds?: number; alerting?: boolean },
+  options: {
+    target: string;
+    token: string;
+    /** An existing token file (as `openssl rand -hex 32 >` writes it, newline included). */
+    tokenFile?: string;
+    intervalSeconds?: number;
+    alerting?: boolean;
+  },
 ): string {
   const shipped = Bun.YAML.parse(
     readFileSync(join(GRAFANA_DIR, "prometheus.yml"), "utf8"),
   ) as PrometheusConfig;
   const interval = `${options.intervalSeconds ?? 1}s`;
-  const tokenFile = join(dir, "metrics_token");
-  writeFileSync(tokenFile, options.token, { mode: 0o600 });
+  const tokenFile = options.tokenFile ?? join(dir, "metrics_token");
+  if (!options.tokenFile) writeFileSync(tokenFile, `${options.token}\n`, { mode: 0o600 });
   for (const rules of shipped.rule_files) copyFileSync(join(GRAFANA_DIR, rules), join(dir, rules));
   const [job] = shipped.scrape_configs;
   if (!job?.authorization?.credentials_file) {
