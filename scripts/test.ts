@@ -3,11 +3,11 @@
  * `bun run test`: every test, with the per-file coverage gate of bunfig.toml.
  *
  * Some tests need a real Debian server or tool (redis-server for the shared limiter store;
- * prometheus, promtool and amtool for the dashboards, alert rules and Alertmanager configuration).
- * They start it themselves; where it is not installed they are skipped — a new user's machine with only Bun
- * passes — and the files that only those tests exercise are left out of the coverage gate, with a
- * notice saying so. In CI (`CI=true`) a missing server is a failure instead: `.ci/run` installs
- * them, so the tests and the gate run in full there.
+ * prometheus, promtool, amtool and prometheus-alertmanager for the dashboards, alert rules and
+ * alert mail). They start it themselves; where it is not installed they are skipped — a new
+ * user's machine with only Bun passes — and the files that only those tests exercise are left
+ * out of the coverage gate, with a notice saying so. In CI (`CI=true`) a missing server is a
+ * failure instead: `.ci/run` installs them, so the tests and the gate run in full there.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,12 +26,14 @@ const SERVERS: readonly TestServer[] = [
   { binary: "prometheus", coveredOnlyBy: [] },
   { binary: "promtool", coveredOnlyBy: [] },
   { binary: "amtool", coveredOnlyBy: [] },
+  { binary: "prometheus-alertmanager", coveredOnlyBy: [] },
 ];
 
 /** The Debian package that installs a binary, where the names differ. */
 const APT_PACKAGE: Record<string, string> = {
   promtool: "prometheus",
   amtool: "prometheus-alertmanager",
+  "prometheus-alertmanager": "prometheus-alertmanager",
 };
 
 const IGNORE_PATTERNS = /^coveragePathIgnorePatterns\s*=\s*\[/m;

@@ -117,6 +117,24 @@ describe("bun run cli alerts:config", () => {
       },
     ]);
 
+    // A relay on loopback (a local Postfix) needs no STARTTLS; any other must offer it.
+    for (const [smarthost, requireTls] of [
+      ["127.0.0.1:25", false],
+      ["localhost:25", false],
+      ["[::1]:25", false],
+      ["127.example.org:25", true],
+      ["10.0.0.5:25", true],
+    ] as const) {
+      const relayed = await cliInProcess(["alerts:config"], {
+        ...BASE,
+        ...MAIL,
+        ALERT_SMTP_SMARTHOST: smarthost,
+      });
+      expect((Bun.YAML.parse(relayed.stdout) as typeof config).global.smtp_require_tls).toBe(
+        requireTls,
+      );
+    }
+
     // Without a relay login there is no authentication and no password file.
     const open = await cliInProcess(["alerts:config"], { ...BASE, ...MAIL });
     expect(Object.keys((Bun.YAML.parse(open.stdout) as typeof config).global).sort()).toEqual([

@@ -17,8 +17,14 @@
  * at every run, still required to evaluate without error, and the test fails if one of them starts
  * returning series (so the list is emptied as the traffic lands, never left stale).
  *
- * Also `promtool check metrics` on the service's /metrics output. Skipped without prometheus or
- * promtool (a failure in CI: test/support/prometheus.ts).
+ * Where an alert goes: Prometheus hands firing alerts to a real Alertmanager (Debian's
+ * prometheus-alertmanager) configured by `bun run cli alerts:config` from ALERT_EMAIL and
+ * ALERT_SMTP_*, which mails them through a local SMTP relay (test/support/smtp-server.ts) to every
+ * ALERT_EMAIL address. The rule that fires is a proof-only one (`up == 1`, no `for`): the shipped
+ * rules' thresholds are not crossed in seconds, and the path after the rule is the same for all.
+ *
+ * Also `promtool check metrics` on the service's /metrics output. Skipped without prometheus,
+ * promtool or prometheus-alertmanager (a failure in CI: test/support/prometheus.ts).
  */
 import { Database } from "bun:sqlite";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -27,16 +33,21 @@ import { ALERT_RULES } from "../../grafana/src/alerts";
 import { dashboardQueries } from "../../grafana/src/dashboards";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
+import { cliInProcess } from "../support/cli";
 import { type ServiceProcess, startService } from "../support/process";
 import {
+  type AlertmanagerServer,
+  alertmanagerAvailable,
   check,
   localPrometheusConfig,
   type PrometheusServer,
   prometheusAvailable,
   promtoolAvailable,
+  startAlertmanager,
   startPrometheus,
 } from "../support/prometheus";
 import { metricSelectors, substituteGrafanaVariables } from "../support/promql";
+import { type SmtpServer, startSmtpServer } from "../support/smtp-server";
 
 /**
  * Selectors no traffic on this branch produces: chat, upstreams, payments and webhooks are merged
@@ -199,12 +210,35 @@ const pendingIn = (expr: string) =>
       PENDING_SELECTORS.includes(selector.text) || PENDING_SELECTORS.includes(selector.name),
   );
 
-const available = prometheusAvailable && promtoolAvailable;
+const available = prometheusAvailable && promtoolAvailable && alertmanagerAvailable;
+
+const ALERT_EMAIL = "oncall@example.org, security@example.org";
+
+/**
+ * Alertmanager's configuration as an operator writes it (`alerts:config --out`), with the relay on
+ * the local SMTP server; only the grouping delay is shortened (30 s) so the test need not wait.
+ */
+async function alertmanagerConfig(dir: string, smtpPort: number): Promise<string> {
+  const path = join(dir, "alertmanager.yml");
+  const written = await cliInProcess(["alerts:config", "--out", path], {
+    DATABASE_PATH: ":memory:",
+    ALERT_EMAIL,
+    ALERT_SMTP_SMARTHOST: `127.0.0.1:${smtpPort}`,
+    ALERT_SMTP_FROM: "palisade-alerts@example.org",
+  });
+  if (written.code !== 0) throw new Error(`alerts:config: ${written.stderr}`);
+  const config = Bun.YAML.parse(await Bun.file(path).text()) as { route: Record<string, unknown> };
+  config.route.group_wait = "1s";
+  await Bun.write(path, Bun.YAML.stringify(config, null, 2));
+  return path;
+}
 
 describe.skipIf(!available)("dashboards and alerts against a real Prometheus", () => {
   const dir = tempDir("palisade-prometheus-");
   let service: ServiceProcess;
   let prometheus: PrometheusServer;
+  let alertmanager: AlertmanagerServer;
+  let smtp: SmtpServer;
 
   beforeAll(async () => {
     const databasePath = join(dir.path, "palisade.db");
@@ -220,10 +254,36 @@ describe.skipIf(!available)("dashboards and alerts against a real Prometheus", (
       // Enough login attempts per minute to reach the account lockout (10) from one account.
       RATE_LIMIT_LOGIN: "100",
     });
+    smtp = startSmtpServer();
+    alertmanager = await startAlertmanager(
+      await alertmanagerConfig(dir.path, smtp.port),
+      join(dir.path, "alertmanager"),
+    );
+    const proofRules = join(dir.path, "proof-rules.yml");
+    await Bun.write(
+      proofRules,
+      Bun.YAML.stringify({
+        groups: [
+          {
+            name: "proof",
+            rules: [
+              {
+                alert: "PalisadeProofAlert",
+                expr: 'up{job="palisade"} == 1',
+                labels: { severity: "page" },
+                annotations: { summary: "the delivery path works" },
+              },
+            ],
+          },
+        ],
+      }),
+    );
     const config = localPrometheusConfig(dir.path, {
       target: service.url.host,
       token: METRICS_TOKEN,
       tokenFile,
+      alertmanager: alertmanager.url.host,
+      extraRuleFiles: [proofRules],
     });
     prometheus = await startPrometheus(config, join(dir.path, "tsdb"));
     const context: TrafficContext = {
@@ -249,6 +309,8 @@ describe.skipIf(!available)("dashboards and alerts against a real Prometheus", (
 
   afterAll(async () => {
     await prometheus?.stop();
+    await alertmanager?.stop();
+    smtp?.stop();
     await service?.stop();
     dir.remove();
   });
@@ -308,6 +370,46 @@ describe.skipIf(!available)("dashboards and alerts against a real Prometheus", (
       `prometheus proof: ${expressions.length} expressions evaluated, ` +
         `${expressions.filter((e) => pendingIn(e.expr).length > 0).length} pending`,
     );
+  }, 60_000);
+
+  test("Prometheus loaded every shipped rule and each evaluates without error", async () => {
+    const deadline = Date.now() + 20_000;
+    type Rule = { name: string; health: string; lastError?: string };
+    let rules: Rule[] = [];
+    while (Date.now() < deadline) {
+      const response = await fetch(new URL("/api/v1/rules", prometheus.url));
+      const body = (await response.json()) as {
+        data: { groups: { name: string; rules: Rule[] }[] };
+      };
+      rules = body.data.groups.find((group) => group.name === "palisade")?.rules ?? [];
+      if (rules.length > 0 && rules.every((rule) => rule.health !== "unknown")) break;
+      await Bun.sleep(250);
+    }
+    expect(rules.map((rule) => rule.name).sort()).toEqual(
+      ALERT_RULES.map((rule) => rule.alert).sort(),
+    );
+    for (const rule of rules) {
+      expect({ rule: rule.name, health: rule.health, error: rule.lastError ?? "" }).toEqual({
+        rule: rule.name,
+        health: "ok",
+        error: "",
+      });
+    }
+  }, 30_000);
+
+  test("a firing alert is mailed to every ALERT_EMAIL address through the relay", async () => {
+    const deadline = Date.now() + 40_000;
+    const proof = () =>
+      smtp.messages.find((mail) => mail.data.includes("PalisadeProofAlert")) ?? null;
+    while (proof() === null && Date.now() < deadline) await Bun.sleep(250);
+    const mail = proof();
+    if (mail === null) {
+      throw new Error(`no alert mail arrived; alertmanager said:\n${alertmanager.logs()}`);
+    }
+    expect(mail.from).toBe("palisade-alerts@example.org");
+    expect(mail.to.sort()).toEqual(["oncall@example.org", "security@example.org"]);
+    expect(mail.data).toMatch(/^Subject: .*FIRING.*PalisadeProofAlert/m);
+    expect(mail.data).toContain("the delivery path works");
   }, 60_000);
 
   test("PENDING_SELECTORS lists only what has no series yet", async () => {

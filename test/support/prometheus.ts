@@ -11,12 +11,15 @@ import { freePort, REPO_ROOT, runToExit } from "./process";
 export const prometheusAvailable = Bun.which("prometheus") !== null;
 export const promtoolAvailable = Bun.which("promtool") !== null;
 export const amtoolAvailable = Bun.which("amtool") !== null;
+/** Debian names the Alertmanager binary prometheus-alertmanager. */
+export const alertmanagerAvailable = Bun.which("prometheus-alertmanager") !== null;
 
 if (process.env.CI === "true") {
   const missing = [
     ["prometheus", prometheusAvailable],
     ["promtool", promtoolAvailable],
     ["amtool", amtoolAvailable],
+    ["prometheus-alertmanager", alertmanagerAvailable],
   ].filter(([, available]) => !available);
   if (missing.length > 0) {
     throw new Error(
@@ -54,7 +57,11 @@ export function localPrometheusConfig(
     /** An existing token file (as `openssl rand -hex 32 >` writes it, newline included). */
     tokenFile?: string;
     intervalSeconds?: number;
+    /** Keep the shipped alerting section; with `alertmanager`, pointed at that host:port. */
     alerting?: boolean;
+    alertmanager?: string;
+    /** More rule files (absolute paths), after the shipped ones. */
+    extraRuleFiles?: string[];
   },
 ): string {
   const shipped = Bun.YAML.parse(
@@ -71,7 +78,15 @@ export function localPrometheusConfig(
   job.authorization.credentials_file = tokenFile;
   job.static_configs = [{ targets: [options.target] }];
   shipped.global = { ...shipped.global, scrape_interval: interval, evaluation_interval: interval };
-  if (!options.alerting) delete shipped.alerting;
+  if (options.alertmanager) {
+    const alerting = shipped.alerting as {
+      alertmanagers: { static_configs: { targets: string[] }[] }[];
+    };
+    alerting.alertmanagers[0]!.static_configs = [{ targets: [options.alertmanager] }];
+  } else if (!options.alerting) {
+    delete shipped.alerting;
+  }
+  shipped.rule_files = [...shipped.rule_files, ...(options.extraRuleFiles ?? [])];
   const path = join(dir, "prometheus.yml");
   writeFileSync(path, Bun.YAML.stringify(shipped, null, 2));
   return path;
@@ -132,6 +147,58 @@ export async function startPrometheus(
       if (body.status !== "success") throw new Error(`${expr}: ${body.error}`);
       return body.data;
     },
+    async stop() {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    },
+    logs: () => logs.join(""),
+  };
+}
+
+export interface AlertmanagerServer {
+  url: URL;
+  stop(): Promise<void>;
+  logs(): string;
+}
+
+/** Debian's Alertmanager on a free loopback port, clustering off. */
+export async function startAlertmanager(
+  configPath: string,
+  dataDir: string,
+): Promise<AlertmanagerServer> {
+  const port = freePort();
+  const proc = Bun.spawn(
+    [
+      "prometheus-alertmanager",
+      `--config.file=${configPath}`,
+      `--storage.path=${dataDir}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      "--cluster.listen-address=",
+      "--log.level=warn",
+    ],
+    { stdout: "pipe", stderr: "pipe" },
+  );
+  const logs: string[] = [];
+  const decoder = new TextDecoder();
+  (async () => {
+    for await (const chunk of proc.stderr) logs.push(decoder.decode(chunk));
+  })();
+  const url = new URL(`http://127.0.0.1:${port}`);
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      if ((await fetch(new URL("/-/ready", url))).ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (proc.exitCode !== null || Date.now() > deadline) {
+      proc.kill("SIGKILL");
+      throw new Error(`alertmanager did not start:\n${logs.join("")}`);
+    }
+    await Bun.sleep(100);
+  }
+  return {
+    url,
     async stop() {
       proc.kill("SIGTERM");
       await proc.exited;

@@ -10,6 +10,7 @@
 import { writeFileSync } from "node:fs";
 import type { AlertSettings } from "../../config/alerts";
 import { ConfigError } from "../../config/error";
+import { isLoopbackHost } from "../../config/parse";
 import type { Command } from "../command";
 
 /** Where compose.yaml mounts the relay password (the `smtp_password` secret). */
@@ -37,8 +38,9 @@ export function renderAlertmanagerConfig(settings: AlertmanagerSettings): string
   const global: Record<string, string | boolean> = {
     smtp_smarthost: settings.smarthost,
     smtp_from: settings.from,
-    // STARTTLS or nothing: alert mail names addresses and routes under attack.
-    smtp_require_tls: true,
+    // STARTTLS or nothing: alert mail names routes under attack and carries the relay login. A
+    // relay on this host (a local Postfix on loopback) is reached without leaving it.
+    smtp_require_tls: !isLoopbackHost(settings.smarthost.replace(/:\d+$/, "")),
   };
   if (settings.username !== null) {
     global.smtp_auth_username = settings.username;
