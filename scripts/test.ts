@@ -2,11 +2,12 @@
  * @module
  * `bun run test`: every test, with the per-file coverage gate of bunfig.toml.
  *
- * Some tests need a real Debian server (redis-server for the shared limiter store). They start it
- * themselves; where it is not installed they are skipped — a new user's machine with only Bun
- * passes — and the files that only those tests exercise are left out of the coverage gate, with a
- * notice saying so. In CI (`CI=true`) a missing server is a failure instead: `.ci/run` installs
- * them, so the tests and the gate run in full there.
+ * Some tests need a real Debian server or tool (redis-server for the shared limiter store;
+ * prometheus, promtool, amtool and prometheus-alertmanager for the dashboards, alert rules and
+ * alert mail). They start it themselves; where it is not installed they are skipped — a new
+ * user's machine with only Bun passes — and the files that only those tests exercise are left
+ * out of the coverage gate, with a notice saying so. In CI (`CI=true`) a missing server is a
+ * failure instead: `.ci/run` installs them, so the tests and the gate run in full there.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,7 +21,20 @@ interface TestServer {
 
 const SERVERS: readonly TestServer[] = [
   { binary: "redis-server", coveredOnlyBy: ["src/plugins/rate-limit/redis-store.ts"] },
+  // test/observability/prometheus.test.ts and the promtool/amtool checks; no source file is
+  // exercised only by them.
+  { binary: "prometheus", coveredOnlyBy: [] },
+  { binary: "promtool", coveredOnlyBy: [] },
+  { binary: "amtool", coveredOnlyBy: [] },
+  { binary: "prometheus-alertmanager", coveredOnlyBy: [] },
 ];
+
+/** The Debian package that installs a binary, where the names differ. */
+const APT_PACKAGE: Record<string, string> = {
+  promtool: "prometheus",
+  amtool: "prometheus-alertmanager",
+  "prometheus-alertmanager": "prometheus-alertmanager",
+};
 
 const IGNORE_PATTERNS = /^coveragePathIgnorePatterns\s*=\s*\[/m;
 
@@ -35,14 +49,19 @@ if (missing.length > 0 && inCi) {
 const args = ["test", "--coverage", "--timeout", "20000", ...process.argv.slice(2)];
 let configDir: string | null = null;
 if (missing.length > 0) {
-  const exempt = missing.flatMap((server) => server.coveredOnlyBy);
   for (const server of missing) {
+    const gate =
+      server.coveredOnlyBy.length === 0
+        ? ""
+        : ` and ${server.coveredOnlyBy.join(", ")} is left out of the coverage gate`;
     process.stderr.write(
-      `test: ${server.binary} not installed: its tests are skipped and ` +
-        `${server.coveredOnlyBy.join(", ")} is left out of the coverage gate ` +
-        `(apt-get install ${server.binary} to run them)\n`,
+      `test: ${server.binary} not installed: its tests are skipped${gate} ` +
+        `(apt-get install ${APT_PACKAGE[server.binary] ?? server.binary} to run them)\n`,
     );
   }
+}
+const exempt = missing.flatMap((server) => server.coveredOnlyBy);
+if (exempt.length > 0) {
   const bunfig = readFileSync("bunfig.toml", "utf8");
   if (!IGNORE_PATTERNS.test(bunfig))
     throw new Error("bunfig.toml has no coveragePathIgnorePatterns");

@@ -6,6 +6,7 @@
 
 import packageJson from "../../package.json" with { type: "json" };
 import type { PolicyId } from "../plugins/rate-limit/policies";
+import { type AlertSettings, parseAlertSettings } from "./alerts";
 import { type BootstrapKey, parseApiKeys } from "./api-keys";
 import { developmentKeyPath, loadOrCreateDevelopmentKey } from "./development-key";
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
@@ -125,6 +126,8 @@ export interface Config {
     tracesSampleRate: number;
   };
   metricsToken: string | null;
+  /** Alertmanager's mail settings, for `bun run cli alerts:config` (the service ignores them). */
+  alerts: AlertSettings;
   /**
    * `/metrics` on a listener of its own (METRICS_PORT, METRICS_HOST), one per process; null: on
    * the main port. Each process takes the first free port of the range.
@@ -337,6 +340,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       ),
     },
     metricsToken: optionalSecret("METRICS_TOKEN", true),
+    alerts: parseAlertSettings(text),
     metricsListener: metricsListener(text("METRICS_PORT"), text("METRICS_HOST")),
     openapiPublic: parseBoolean(
       "OPENAPI_PUBLIC",

@@ -1,3 +1,10 @@
+import {
+  DEFAULT_TOP,
+  MAX_TOP,
+  parseSince,
+  type SummaryCategory,
+  summarizeSecurity,
+} from "../../modules/admin/security-summary";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { type AuditHead, recentAuditEvents, verifyAuditChain } from "../../plugins/audit/log";
 import { CliError, type Command, EXIT_USAGE } from "../command";
@@ -76,3 +83,60 @@ function parseAnchor(
   }
   return { hash: head, count: Number(count) };
 }
+
+export const auditTop: Command = {
+  name: "audit:top",
+  summary:
+    "Top addresses and principals by failed logins, rate-limit refusals and webhook signature failures (--since 24h|7d|ISO, at most 30 days; --limit N; --json)",
+  usage: "audit:top [--since 24h] [--limit 10] [--json]",
+  run(args, context) {
+    const now = Date.now();
+    const rawSince = args.flags.since;
+    if (rawSince === true) throw new CliError("--since needs a value", EXIT_USAGE);
+    const since = parseSince(rawSince, now);
+    if (!since.ok) throw new CliError(`--since: ${since.message}`, EXIT_USAGE);
+    const rawLimit = args.flags.limit ?? String(DEFAULT_TOP);
+    const limit = Number(rawLimit);
+    if (typeof rawLimit !== "string" || !Number.isInteger(limit) || limit < 1 || limit > MAX_TOP) {
+      throw new CliError(`--limit must be a whole number from 1 to ${MAX_TOP}`, EXIT_USAGE);
+    }
+    const summary = summarizeSecurity(context.db().$client, {
+      since: since.at,
+      until: now,
+      top: limit,
+    });
+    if (args.flags.json) {
+      context.out(
+        JSON.stringify({
+          since: new Date(summary.since).toISOString(),
+          until: new Date(summary.until).toISOString(),
+          ...summary.categories,
+        }),
+      );
+      return 0;
+    }
+    context.out(
+      `from ${new Date(summary.since).toISOString()} to ${new Date(summary.until).toISOString()}`,
+    );
+    for (const [category, title] of CATEGORY_TITLES) {
+      const { total, addresses, principals } = summary.categories[category];
+      context.out("");
+      context.out(`${title}: ${total}`);
+      for (const [what, rows] of [
+        ["address", addresses],
+        ["principal", principals],
+      ] as const) {
+        if (rows.length === 0) continue;
+        context.out(`  by ${what}`);
+        for (const row of rows) context.out(`    ${String(row.count).padStart(7)}  ${row.value}`);
+      }
+    }
+    return 0;
+  },
+};
+
+const CATEGORY_TITLES: readonly [SummaryCategory, string][] = [
+  ["failedLogins", "failed logins"],
+  ["rateLimitRefusals", "rate-limit refusals"],
+  ["signatureFailures", "webhook signature failures"],
+];

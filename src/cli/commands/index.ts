@@ -1,5 +1,6 @@
 import type { Command } from "../command";
-import { auditTail, auditVerify } from "./audit";
+import { alertsConfig } from "./alerts";
+import { auditTail, auditTop, auditVerify } from "./audit";
 import { blocksAdd, blocksList, blocksRemove } from "./blocks";
 import { configCheck } from "./config";
 import { dbBackup, dbMigrate } from "./db";
@@ -18,6 +19,8 @@ export const COMMANDS: readonly Command[] = [
   blocksRemove,
   auditTail,
   auditVerify,
+  auditTop,
+  alertsConfig,
   configCheck,
   dbMigrate,
   dbBackup,

@@ -28,7 +28,10 @@ import {
   NewBlockBody,
   NewKeyBody,
   RotateBody,
+  SecuritySummaryQuery,
+  SecuritySummaryView,
 } from "./model";
+import { DEFAULT_TOP, parseSince, summarizeSecurity } from "./security-summary";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -197,6 +200,48 @@ export function adminModule(options: AdminModuleOptions) {
         query: AuditQuery,
         response: { 200: AuditPage, ...problemResponses(422) },
         detail: { tags, summary: "Query the audit log, newest first (max 500 a page)" },
+      },
+    )
+    .get(
+      "/security/summary",
+      ({ query, principal, request, client, requestId, path }) => {
+        const now = options.now();
+        const since = parseSince(query.since, now);
+        if (!since.ok) {
+          throw new AppError("VALIDATION_FAILED", "The window is not valid.", [
+            { field: "query/since", message: since.message },
+          ]);
+        }
+        const summary = summarizeSecurity(options.sqlite, {
+          since: since.at,
+          until: now,
+          top: query.limit ?? DEFAULT_TOP,
+        });
+        record({ principal, request, client, requestId, path }, "admin.security.summarized", {
+          since: new Date(since.at).toISOString(),
+        });
+        const shown = (category: (typeof summary.categories)[keyof typeof summary.categories]) => ({
+          total: category.total,
+          addresses: category.addresses.map(({ value, count }) => ({ address: value, count })),
+          principals: category.principals.map(({ value, count }) => ({ principal: value, count })),
+        });
+        return {
+          since: new Date(summary.since).toISOString(),
+          until: new Date(summary.until).toISOString(),
+          failedLogins: shown(summary.categories.failedLogins),
+          rateLimitRefusals: shown(summary.categories.rateLimitRefusals),
+          signatureFailures: shown(summary.categories.signatureFailures),
+        };
+      },
+      {
+        auth: admin,
+        query: SecuritySummaryQuery,
+        response: { 200: SecuritySummaryView, ...problemResponses(422) },
+        detail: {
+          tags,
+          summary:
+            "Top addresses and principals by failed logins, rate-limit refusals and signature failures, from the audit log",
+        },
       },
     )
     .get(

@@ -101,3 +101,34 @@ export const BlockView = t.Object({
 export const ApiKeyList = t.Object({ keys: t.Array(ApiKeyView) });
 
 export const BlockList = t.Object({ blocks: t.Array(BlockView) });
+
+export const SecuritySummaryQuery = t.Object({
+  since: t.Optional(
+    t.String({
+      maxLength: 40,
+      description:
+        "How far back: a duration (90m, 12h, 7d) or an ISO 8601 date-time with an offset; 24h by default, 30 days at most",
+    }),
+  ),
+  limit: t.Optional(
+    t.Integer({ minimum: 1, maximum: 100, description: "Entries per list; 10 by default" }),
+  ),
+});
+
+const CategorySummary = t.Object({
+  total: t.Integer({ description: "Every such event in the window" }),
+  addresses: t.Array(t.Object({ address: t.String(), count: t.Integer() }), {
+    description: "Client addresses, highest count first",
+  }),
+  principals: t.Array(t.Object({ principal: t.String(), count: t.Integer() }), {
+    description: "Principals (user:<id>, key:<id>), highest count first",
+  }),
+});
+
+export const SecuritySummaryView = t.Object({
+  since: t.String(),
+  until: t.String(),
+  failedLogins: CategorySummary,
+  rateLimitRefusals: CategorySummary,
+  signatureFailures: CategorySummary,
+});

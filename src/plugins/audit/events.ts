@@ -30,6 +30,7 @@ export const AUDIT_EVENT_TYPES = [
   "admin.keys.listed",
   "admin.audit.queried",
   "admin.blocks.listed",
+  "admin.security.summarized",
   "admin.user.role_changed",
   // Addresses blocked and unblocked (must not be lost).
   "ip.blocked",
@@ -50,8 +51,6 @@ export const AUDIT_EVENT_TYPES = [
   "ratelimit.rejected",
   "request.rejected",
   "csrf.failed",
-  // Webhooks: deliveries whose signature did not verify (batched).
-  "webhook.signature_failed",
   // WhatsApp: senders over their own limit, replies given up (batched).
   "whatsapp.sender_limited",
   "whatsapp.reply_failed",

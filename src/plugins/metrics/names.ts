@@ -40,6 +40,23 @@ export const METRIC = {
   upstreamCircuitOpen: "upstream_circuit_open",
   /** Counter `{status}`: payments by status. */
   payments: "payments_total",
+  /** Gauge: WhatsApp replies accepted and not yet sent or given up (the outbox backlog). */
+  whatsappOutboxPending: "whatsapp_outbox_pending",
+} as const;
+
+/**
+ * prom-client's default process metrics the dashboards read (registry.ts collects them; they are
+ * not in the contract list because the library, not Palisade, names them).
+ */
+export const PROCESS_METRIC = {
+  /** Gauge: event-loop lag at the 99th percentile since the last scrape (prom-client's monitor). */
+  eventLoopLagP99: "nodejs_eventloop_lag_p99_seconds",
+  /** Gauge: mean event-loop lag. */
+  eventLoopLagMean: "nodejs_eventloop_lag_mean_seconds",
+  /** Gauge: resident set size. */
+  residentMemory: "process_resident_memory_bytes",
+  /** Gauge `{}`: JavaScript heap in use. */
+  heapUsed: "nodejs_heap_size_used_bytes",
 } as const;
 
 export type MetricName = (typeof METRIC)[keyof typeof METRIC];

@@ -89,6 +89,10 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     audit.record({
       type: "ratelimit.rejected",
       outcome: "denied",
+      // A refusal counted per principal names it (`user:<id>`, `key:<id>`), so the audit log can
+      // say who was refused, not only from where; an address- or account-keyed refusal (`ip:`,
+      // `account:<hash of the email>`) has no principal behind it.
+      actor: key.startsWith("user:") || key.startsWith("key:") ? key : null,
       ip: request.client.ip,
       route: `${request.method} ${request.path}`,
       requestId: request.requestId,

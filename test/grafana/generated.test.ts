@@ -1,0 +1,189 @@
+/**
+ * The Grafana and Prometheus files: the committed dashboards, rule file and example Alertmanager
+ * configuration are what `bun run dashboards` generates; every query names only metrics the code
+ * spells in names.ts; the provisioning points at what compose.yaml mounts; and Debian's promtool
+ * and amtool accept the files (skipped where not installed, a failure in CI).
+ */
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ALERT_RULES } from "../../grafana/src/alerts";
+import { DASHBOARDS, DATASOURCE, dashboardQueries } from "../../grafana/src/dashboards";
+import { generatedFiles } from "../../grafana/src/generate";
+import { METRIC, PROCESS_METRIC } from "../../src/plugins/metrics/names";
+import { tempDir } from "../support/app";
+import { REPO_ROOT } from "../support/process";
+import {
+  amtoolAvailable,
+  check,
+  GRAFANA_DIR,
+  localPrometheusConfig,
+  promtoolAvailable,
+} from "../support/prometheus";
+import { metricSelectors } from "../support/promql";
+
+const read = (path: string) => readFileSync(join(GRAFANA_DIR, path), "utf8");
+
+describe("generated files", () => {
+  test("the committed dashboards, alert rules and Alertmanager example are what bun run dashboards writes", () => {
+    const files = generatedFiles();
+    expect([...files.keys()].sort()).toEqual([
+      "alertmanager.yml",
+      "alerts.yml",
+      "dashboards/security.json",
+      "dashboards/service.json",
+    ]);
+    for (const [path, text] of files) {
+      // A difference here means a spec changed without `bun run dashboards` (or a hand edit).
+      expect({ path, text: read(path) }).toEqual({ path, text });
+    }
+  });
+
+  test("every query and rule names only metrics spelled in names.ts (or Prometheus's up)", () => {
+    const known = new Set<string>([
+      ...Object.values(METRIC),
+      ...Object.values(PROCESS_METRIC),
+      "up",
+    ]);
+    const histogramParts = (name: string) => name.replace(/_(bucket|count|sum)$/, "");
+    const expressions = [
+      ...dashboardQueries().map((q) => ({ where: q.where, expr: q.expr })),
+      ...ALERT_RULES.map((rule) => ({ where: rule.alert, expr: rule.expr })),
+    ];
+    expect(expressions.length).toBeGreaterThan(25);
+    for (const { where, expr } of expressions) {
+      const selectors = metricSelectors(expr);
+      expect({ where, count: selectors.length > 0 }).toEqual({ where, count: true });
+      for (const selector of selectors) {
+        const name = histogramParts(selector.name);
+        expect({ where, name, known: known.has(name) || known.has(selector.name) }).toEqual({
+          where,
+          name,
+          known: true,
+        });
+      }
+    }
+  });
+
+  test("the dashboards cover what the issue lists, each panel on the provisioned datasource", () => {
+    const titles = DASHBOARDS.flatMap((d) => d.rows.flatMap((r) => r.panels.map((p) => p.title)));
+    for (const wanted of [
+      "Rate-limit rejections by policy",
+      "Active IP blocks",
+      "Auth failures by reason",
+      "Account lockouts",
+      "CSRF failures",
+      "Webhook signature failures by provider",
+      "4xx and 5xx by route",
+      "Audit events by type",
+      "Token budget refusals",
+      "Request rate by route",
+      "Latency by route (p50, p95, p99)",
+      "Error ratio",
+      "In-flight requests",
+      "Event-loop lag",
+      "Memory",
+      "DB query time by operation (p95)",
+      "Upstream latency (p95)",
+      "Upstream circuit state",
+      "Chat tokens",
+      "Payments by status",
+      "WhatsApp outbox backlog",
+    ]) {
+      expect(titles).toContain(wanted);
+    }
+    const datasources = Bun.YAML.parse(read("provisioning/datasources/prometheus.yaml")) as {
+      datasources: { uid: string; type: string }[];
+    };
+    expect(datasources.datasources[0]).toMatchObject(DATASOURCE);
+    for (const file of ["dashboards/security.json", "dashboards/service.json"]) {
+      const model = JSON.parse(read(file)) as {
+        uid: string;
+        panels: { type: string; datasource?: unknown; targets?: { datasource: unknown }[] }[];
+      };
+      const panels = model.panels.filter((panel) => panel.type !== "row");
+      expect(panels.length).toBeGreaterThan(5);
+      for (const panel of panels) {
+        expect(panel.datasource).toEqual(DATASOURCE);
+        for (const target of panel.targets ?? []) expect(target.datasource).toEqual(DATASOURCE);
+      }
+    }
+  });
+
+  test("compose mounts the provisioning and dashboards where the provider reads them", () => {
+    const provider = Bun.YAML.parse(read("provisioning/dashboards/palisade.yaml")) as {
+      providers: { type: string; options: { path: string } }[];
+    };
+    const compose = Bun.YAML.parse(readFileSync(join(REPO_ROOT, "compose.yaml"), "utf8")) as {
+      services: Record<string, { volumes?: string[]; secrets?: unknown[] }>;
+    };
+    const grafana = compose.services.grafana!.volumes ?? [];
+    expect(grafana).toContain(`./grafana/dashboards:${provider.providers[0]!.options.path}:ro`);
+    expect(grafana).toContain("./grafana/provisioning:/etc/grafana/provisioning:ro");
+    const prometheus = compose.services.prometheus!.volumes ?? [];
+    expect(prometheus).toContain("./grafana/prometheus.yml:/etc/prometheus/prometheus.yml:ro");
+    expect(prometheus).toContain("./grafana/alerts.yml:/etc/prometheus/alerts.yml:ro");
+    expect(compose.services.alertmanager).toBeDefined();
+  });
+
+  test("every alert has a summary, a description and a runbook line in the README", () => {
+    const readme = readFileSync(join(REPO_ROOT, "README.md"), "utf8");
+    const section = readme.slice(readme.indexOf("\n### Alerts"));
+    expect(section.length).toBeGreaterThan(100);
+    expect(ALERT_RULES.length).toBe(9);
+    for (const rule of ALERT_RULES) {
+      expect(rule.annotations.summary.length).toBeGreaterThan(10);
+      expect(rule.annotations.description.length).toBeGreaterThan(20);
+      expect(rule.annotations.runbook).toContain(rule.alert);
+      expect({ alert: rule.alert, inReadme: section.includes(`\`${rule.alert}\``) }).toEqual({
+        alert: rule.alert,
+        inReadme: true,
+      });
+    }
+  });
+});
+
+describe.skipIf(!promtoolAvailable)("promtool", () => {
+  test("check rules accepts grafana/alerts.yml", async () => {
+    const result = await check("promtool", ["check", "rules", join(GRAFANA_DIR, "alerts.yml")]);
+    expect(result.stdout).toContain("SUCCESS: 9 rules found");
+    expect(result.code).toBe(0);
+  });
+
+  test("check config accepts the shipped prometheus.yml with this machine's paths", async () => {
+    const dir = tempDir();
+    try {
+      const path = localPrometheusConfig(dir.path, {
+        target: "127.0.0.1:9",
+        token: "t",
+        intervalSeconds: 15,
+        alerting: true,
+      });
+      const result = await check("promtool", ["check", "config", path]);
+      expect(result.stdout + result.stderr).toContain("SUCCESS");
+      expect(result.code).toBe(0);
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("check rules fails on a broken rule (the check can fail)", async () => {
+    const dir = tempDir();
+    try {
+      const broken = read("alerts.yml").replace("sum(rate(", "sum(rate((");
+      await Bun.write(join(dir.path, "alerts.yml"), broken);
+      const result = await check("promtool", ["check", "rules", join(dir.path, "alerts.yml")]);
+      expect(result.code).not.toBe(0);
+    } finally {
+      dir.remove();
+    }
+  });
+});
+
+describe.skipIf(!amtoolAvailable)("amtool", () => {
+  test("check-config accepts grafana/alertmanager.yml", async () => {
+    const result = await check("amtool", ["check-config", join(GRAFANA_DIR, "alertmanager.yml")]);
+    expect(result.stdout).toContain("SUCCESS");
+    expect(result.code).toBe(0);
+  });
+});
