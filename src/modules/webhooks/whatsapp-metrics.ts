@@ -4,8 +4,10 @@
  * delivery statuses by status, and the outbox backlog (read from the table at each scrape, so every
  * process reports the same shared number).
  */
+
 import type { Database } from "bun:sqlite";
 import { Counter, Gauge, type Registry } from "prom-client";
+import { METRIC } from "../../plugins/metrics/names";
 
 export type ReplyOutcome = "sent" | "retried" | "failed";
 
@@ -19,7 +21,7 @@ export function createWhatsAppMetrics(registry: Registry, sqlite: Database): Wha
     "SELECT count(*) AS n FROM whatsapp_outbox WHERE state = 'pending'",
   );
   new Gauge({
-    name: "whatsapp_outbox_pending",
+    name: METRIC.whatsappOutboxPending,
     help: "WhatsApp replies accepted and not yet sent or given up",
     registers: [registry],
     collect() {
@@ -32,13 +34,13 @@ export function createWhatsAppMetrics(registry: Registry, sqlite: Database): Wha
   });
   return {
     replies: new Counter({
-      name: "whatsapp_replies_total",
+      name: METRIC.whatsappReplies,
       help: "WhatsApp reply attempts by outcome (sent, retried after a transient failure, failed)",
       labelNames: ["outcome"],
       registers: [registry],
     }),
     statuses: new Counter({
-      name: "whatsapp_statuses_total",
+      name: METRIC.whatsappStatuses,
       help: "WhatsApp delivery status callbacks recorded, by status",
       labelNames: ["status"],
       registers: [registry],

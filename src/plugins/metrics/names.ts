@@ -42,6 +42,10 @@ export const METRIC = {
   payments: "payments_total",
   /** Gauge: WhatsApp replies accepted and not yet sent or given up (the outbox backlog). */
   whatsappOutboxPending: "whatsapp_outbox_pending",
+  /** Counter `{outcome}`: WhatsApp replies sent, given up, or refused for the sender's limit. */
+  whatsappReplies: "whatsapp_replies_total",
+  /** Counter `{status}`: WhatsApp status callbacks (sent, delivered, read, failed). */
+  whatsappStatuses: "whatsapp_statuses_total",
 } as const;
 
 /**
