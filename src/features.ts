@@ -7,11 +7,15 @@
 import type { Core } from "./core";
 import { adminFeature } from "./modules/admin/feature";
 import { type AuthFeature, type AuthFeatureOptions, authFeature } from "./modules/auth/feature";
+import { type ChatFeature, chatFeature } from "./modules/chat/feature";
+import type { ChatProvider } from "./modules/chat/providers/provider";
 import type { Feature } from "./modules/feature";
 import { healthFeature } from "./modules/health/feature";
 import { type PrivacyFeature, privacyFeature } from "./modules/privacy/feature";
 
 export interface FeatureOptions extends AuthFeatureOptions {
+  /** The chat provider; configuration picks it when absent (tests and the bench pass one). */
+  chatProvider?: ChatProvider;
   /** Features beyond the list (a test plugs one in the way a new folder would be). */
   extraFeatures?: readonly Feature[];
 }
@@ -22,16 +26,20 @@ export interface Features {
   /** The handles the CLI and the tests drive directly. */
   auth: AuthFeature;
   privacy: PrivacyFeature;
+  /** The chat's turns, budgets and conversations (the WhatsApp webhook calls `chat.turns`). */
+  chat: ChatFeature;
 }
 
 export function createFeatures(core: Core, options: FeatureOptions = {}): Features {
   const auth = authFeature(core, options);
+  const chat = chatFeature(core, { provider: options.chatProvider });
   const features: Feature[] = [
     healthFeature(),
     auth,
     adminFeature(core, { apiKeys: auth.apiKeys }),
+    chat,
     ...(options.extraFeatures ?? []),
   ];
   const privacy = privacyFeature(core, { account: auth.account, features });
-  return { list: [...features, privacy], auth, privacy };
+  return { list: [...features, privacy], auth, privacy, chat };
 }

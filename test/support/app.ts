@@ -13,6 +13,7 @@ import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "../../src/db/busy";
 import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createLogger, type Logger } from "../../src/logging/logger";
+import type { ChatProvider } from "../../src/modules/chat/providers/provider";
 import type { Feature } from "../../src/modules/feature";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
 import type { LimiterStore } from "../../src/plugins/rate-limit/store";
@@ -79,6 +80,8 @@ export interface TestAppOptions {
   extraFeatures?: readonly Feature[];
   /** Classes for routes a test adds to the app (see plugins/route-class). */
   routeClasses?: readonly RouteClass[];
+  /** The chat provider (configuration picks one when absent: offline without OPENAI_API_KEY). */
+  chatProvider?: ChatProvider;
 }
 
 export interface TestApp {
@@ -132,6 +135,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
     extraFeatures: options.extraFeatures,
+    chatProvider: options.chatProvider,
   });
   const app = createApp({
     ...services,

@@ -7,6 +7,7 @@ import { createApp } from "../../src/app";
 import type { Clock } from "../../src/clock";
 import { openDatabase } from "../../src/db/client";
 import { createLogger } from "../../src/logging/logger";
+import type { ChatProvider } from "../../src/modules/chat/providers/provider";
 import { createServices } from "../../src/services";
 import { LogCapture, TEST_PASSWORD_HASHING, type TestApp, testConfig } from "./app";
 
@@ -18,7 +19,7 @@ export interface Instance {
 
 export function anotherInstance(
   target: TestApp,
-  options: { clock?: Clock; env?: Record<string, string> } = {},
+  options: { clock?: Clock; env?: Record<string, string>; chatProvider?: ChatProvider } = {},
 ): Instance {
   const config = testConfig(target.databasePath, options.env);
   const db = openDatabase(target.databasePath);
@@ -29,6 +30,7 @@ export function anotherInstance(
     clock: options.clock,
     passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
+    chatProvider: options.chatProvider,
   });
   const app = createApp({ ...services, peerAddress: () => "127.0.0.1" });
   let closed = false;

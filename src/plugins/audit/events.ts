@@ -31,11 +31,15 @@ export const AUDIT_EVENT_TYPES = [
   "admin.audit.queried",
   "admin.blocks.listed",
   "admin.user.role_changed",
+  "admin.usage.queried",
   // Addresses blocked and unblocked (must not be lost).
   "ip.blocked",
   "ip.unblocked",
   // Privacy rights exercised (must not be lost).
   "privacy.erased",
+  // Chat budgets: a turn refused over the daily budget (batched), an operator's reset.
+  "chat.quota_exceeded",
+  "chat.usage.reset",
   // Refusals by the pipeline (batched).
   "ratelimit.rejected",
   "request.rejected",
