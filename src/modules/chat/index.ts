@@ -31,7 +31,7 @@ import {
   UsageQuery,
 } from "./model";
 import { UpstreamFailure } from "./providers/provider";
-import { type ChatService, decodeCursor, type PreparedTurn } from "./service";
+import { type ChatService, decodeCursor, type PreparedTurn, type TurnEvent } from "./service";
 
 /** POST /api/chat spends upstream tokens: its own per-principal policy and the 32 KiB body limit. */
 export const chatRouteClasses: readonly RouteClass[] = [
@@ -118,13 +118,17 @@ const encoder = new TextEncoder();
 const sseEvent = (data: unknown, event?: string) =>
   encoder.encode(`${event ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`);
 
-/** The turn as Server-Sent Events; the client going away aborts the provider. */
-function eventStream(
+/**
+ * The turn as Server-Sent Events; the client going away aborts the provider. The first piece is
+ * awaited before the response starts, so an upstream that fails at once still gets its real
+ * status (502/503 with Retry-After) instead of a 200 with an error event.
+ */
+async function eventStream(
   service: ChatService,
   turn: PreparedTurn,
   request: Request,
   requestId: string,
-): Response {
+): Promise<Response> {
   const ended = streamedResponse(request);
   const upstream = new AbortController();
   const abort = () => upstream.abort(new DOMException("The client went away", "AbortError"));
@@ -137,10 +141,18 @@ function eventStream(
     request.signal.removeEventListener("abort", abort);
     ended();
   };
+  let pending: IteratorResult<TurnEvent> | null;
+  try {
+    pending = await events.next();
+  } catch (error) {
+    finish();
+    throw upstreamError(error);
+  }
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        const next = await events.next();
+        const next = pending ?? (await events.next());
+        pending = null;
         if (next.done) {
           controller.close();
           finish();
@@ -225,7 +237,12 @@ export function chatModule(options: ChatModuleOptions) {
         }
         if (wantsEventStream(request.headers.get("accept"))) {
           // A Response is sent as it is (no response-schema check); the 200 schema is the JSON one.
-          return eventStream(service, prepared.turn, request, requestId) as unknown as ChatTurn;
+          return (await eventStream(
+            service,
+            prepared.turn,
+            request,
+            requestId,
+          )) as unknown as ChatTurn;
         }
         try {
           return await service.complete(prepared.turn, request.signal);
