@@ -4,6 +4,7 @@ import { blocksAdd, blocksList, blocksRemove } from "./blocks";
 import { configCheck } from "./config";
 import { dbBackup, dbMigrate } from "./db";
 import { keysCreate, keysList, keysRevoke } from "./keys";
+import { usageReset, usageShow } from "./usage";
 import { usersCreate, usersRole } from "./users";
 
 /** Every operator command, in the order the help screen lists them. */
@@ -18,6 +19,8 @@ export const COMMANDS: readonly Command[] = [
   blocksRemove,
   auditTail,
   auditVerify,
+  usageShow,
+  usageReset,
   configCheck,
   dbMigrate,
   dbBackup,

@@ -40,7 +40,9 @@ describe("list, read, delete", () => {
     const id = await start(asUser(alice), "How do I sign up?");
     clock.advance(1000);
     await chat(target, asUser(alice), { message: "and rate limits?", conversationId: id });
-    const response = await send(target, `/api/chat/conversations/${id}`, { headers: asUser(alice) });
+    const response = await send(target, `/api/chat/conversations/${id}`, {
+      headers: asUser(alice),
+    });
     expect(response.status).toBe(200);
     const conversation = (await response.json()) as {
       id: string;
