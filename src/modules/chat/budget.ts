@@ -92,6 +92,7 @@ export class ChatBudget {
         updatedAt: sql.placeholder("now"),
       })
       .onConflictDoNothing()
+      .returning({ day: chatUsage.day })
       .prepare();
     const reserve = {
       reservedTokens: sql`${chatUsage.reservedTokens} + ${sql.placeholder("estimate")}`,
@@ -120,11 +121,18 @@ export class ChatBudget {
   reserve(owner: ChatOwner, estimate: number, now: number): ReserveOutcome {
     const day = utcDay(now);
     const key = { kind: owner.kind, id: owner.id, day };
-    this.ensureRow.run({ ...key, now });
-    const row =
+    const attempt = () =>
       this.dailyTokens > 0
         ? this.reserveWithin.get({ ...key, estimate, now, budget: this.dailyTokens })
         : this.reserveAlways.get({ ...key, estimate, now });
+    // The day's row exists after the owner's first turn: one statement (one commit) decides.
+    // Without it (or when refused) the row is made if missing and the decision taken again: the
+    // second attempt is what decides when another process made the row meanwhile.
+    let row = attempt();
+    if (!row) {
+      this.ensureRow.get({ ...key, now });
+      row = attempt();
+    }
     if (!row) return { kind: "over_budget", retryAfterSeconds: secondsUntilNextUtcDay(now) };
     return { kind: "reserved", reservation: { owner, day, estimate } };
   }
