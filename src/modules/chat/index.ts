@@ -208,9 +208,11 @@ export function chatModule(options: ChatModuleOptions) {
     .post(
       "/api/chat",
       async ({ body, principal, request, client, requestId, path }) => {
+        if (unknownFields.has(request)) service.refusedInvalid();
         refuseUnknownField(request);
         const checked = checkChatMessage(body.message);
         if (!checked.ok) {
+          service.refusedInvalid();
           throw new AppError("VALIDATION_FAILED", "The message is not acceptable.", [
             { field: "body/message", message: checked.rule },
           ]);

@@ -6,7 +6,7 @@
  * Outcomes: `ok` (a full reply), `incomplete` (the client went away, or the upstream cut the
  * stream after some text: what arrived was stored), `quota` (over the daily budget),
  * `upstream_error` (the provider failed: 502/503), `not_found` (another's or no conversation),
- * `invalid` (a message the rules refuse).
+ * `invalid` (a message the rules refuse), `error` (the provider failed unexpectedly: 500).
  */
 import { Counter, type Registry } from "prom-client";
 
@@ -16,7 +16,8 @@ export type ChatOutcome =
   | "quota"
   | "upstream_error"
   | "not_found"
-  | "invalid";
+  | "invalid"
+  | "error";
 
 export interface ChatMetrics {
   request(provider: string, outcome: ChatOutcome): void;

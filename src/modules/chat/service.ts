@@ -152,6 +152,11 @@ export class ChatService implements ChatTurns {
     return this.options.provider.name;
   }
 
+  /** Counts a message the rules refused (the edge validates; the count is the chat's). */
+  refusedInvalid(): void {
+    this.options.metrics.request(this.options.provider.name, "invalid");
+  }
+
   /** The owner's conversation with this id, or null (another's and none look the same). */
   owns(owner: ChatOwner, conversationId: string): boolean {
     return (
@@ -304,7 +309,7 @@ export class ChatService implements ChatTurns {
       metrics.request(provider.name, "incomplete");
       return;
     }
-    metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "invalid");
+    metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "error");
     this.logFailure(turn, error);
   }
 

@@ -248,10 +248,24 @@ describe("validation", () => {
     expect(provider.calls).toHaveLength(0);
   });
 
-  test("a refused message is not stored and reaches no provider", async () => {
+  test("a refused message is not stored, reaches no provider, and is counted as invalid", async () => {
     await chat(target, asUser(alice), { message: "\u0000" });
+    await chat(target, asUser(alice), { message: "hi", extra: true });
     expect(provider.calls).toHaveLength(0);
     expect(target.db.select().from(chatMessages).all()).toHaveLength(0);
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('chat_requests_total{provider="offline",outcome="invalid"} 2');
+  });
+
+  test("tokens are counted by kind", async () => {
+    const response = await chat(target, asUser(alice), { message: "How do I sign up?" });
+    const { usage } = (await response.json()) as {
+      usage: { promptTokens: number; completionTokens: number };
+    };
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain(`chat_tokens_total{kind="prompt"} ${usage.promptTokens}`);
+    expect(metrics).toContain(`chat_tokens_total{kind="completion"} ${usage.completionTokens}`);
+    expect(metrics).toContain('chat_requests_total{provider="offline",outcome="ok"} 1');
   });
 
   test("malformed JSON is 400 MALFORMED_BODY; another content type 415", async () => {

@@ -197,5 +197,7 @@ describe("upstream failures", () => {
     expect(response.status).toBe(500);
     expect(await response.text()).not.toContain("sk-secret");
     expect(target!.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
+    const metrics = await (await send(target!, "/metrics")).text();
+    expect(metrics).toContain('chat_requests_total{provider="openai",outcome="error"} 1');
   });
 });
