@@ -21,6 +21,7 @@ import type { Delta } from "../../../src/modules/chat/providers/provider";
 import { buildTestApp, type TestApp, tempDir } from "../../support/app";
 import { signUp } from "../../support/auth";
 import { asUser, chat } from "../../support/chat";
+import { cliInProcess } from "../../support/cli";
 import { runToExit, startService } from "../../support/process";
 
 const FAQ: Faq = {
@@ -202,6 +203,24 @@ describe("CHAT_FAQ_PATH", () => {
       expect(lines.at(-1)).toBe(`palisade: refusing to start: CHAT_FAQ_PATH ${path} ${reason}`);
       expect(run.stdout).not.toContain('"msg":"listening"');
     }
+  });
+
+  test("config:check refuses the same FAQ with one line and exit 2", async () => {
+    dir = tempDir();
+    const broken = join(dir.path, "broken.json");
+    writeFileSync(broken, JSON.stringify({ fallback: "x", entries: [] }));
+    const run = await cliInProcess(["config:check"], {
+      CHAT_FAQ_PATH: broken,
+      DATABASE_PATH: join(dir.path, "check.db"),
+    });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toBe(
+      `palisade config:check: CHAT_FAQ_PATH ${broken} entries must be a non-empty array`,
+    );
+    const shipped = await cliInProcess(["config:check"], {
+      DATABASE_PATH: join(dir.path, "ok.db"),
+    });
+    expect(shipped.code).toBe(0);
   });
 
   test("a fresh `bun run start` answers POST /api/chat with the offline provider", async () => {
