@@ -82,6 +82,15 @@ describe("a turn", () => {
     expect(stored[0]!.content).toBe("line one\n\tline two");
   });
 
+  test("a SQL-looking or hostile message is answered and stored byte for byte (no pattern blocking)", async () => {
+    const hostile =
+      "How do I write SELECT * FROM users WHERE name = 'x' OR 1=1; --? \"); DROP TABLE chat_messages;";
+    const response = await chat(target, asUser(alice), { message: hostile });
+    expect(response.status).toBe(200);
+    const stored = target.db.select({ content: chatMessages.content }).from(chatMessages).all();
+    expect(stored[0]!.content).toBe(hostile);
+  });
+
   test("an unmatched question gets the fallback, which lists what it can answer", async () => {
     const response = await chat(target, asUser(alice), { message: "zzz qqq" });
     const { reply } = (await response.json()) as { reply: string };
