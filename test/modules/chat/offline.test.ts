@@ -9,6 +9,8 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError } from "../../../src/config/error";
+import { createLogger } from "../../../src/logging/logger";
+import { createChatProvider } from "../../../src/modules/chat/providers";
 import {
   createFaqMatcher,
   type Faq,
@@ -18,7 +20,7 @@ import {
 } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider, wordDeltas } from "../../../src/modules/chat/providers/offline";
 import type { Delta } from "../../../src/modules/chat/providers/provider";
-import { buildTestApp, type TestApp, tempDir } from "../../support/app";
+import { buildTestApp, LogCapture, type TestApp, tempDir, testConfig } from "../../support/app";
 import { signUp } from "../../support/auth";
 import { asUser, chat } from "../../support/chat";
 import { cliInProcess } from "../../support/cli";
@@ -203,6 +205,17 @@ describe("CHAT_FAQ_PATH", () => {
       expect(lines.at(-1)).toBe(`palisade: refusing to start: CHAT_FAQ_PATH ${path} ${reason}`);
       expect(run.stdout).not.toContain('"msg":"listening"');
     }
+  });
+
+  test("the provider is chosen in one place: offline without OPENAI_API_KEY", () => {
+    const logs = new LogCapture();
+    const logger = createLogger({ level: "info", destination: logs });
+    expect(createChatProvider(testConfig(":memory:"), { logger }).name).toBe("offline");
+    expect(logs.lines).toHaveLength(0);
+    // Until the OpenAI-compatible provider is wired in, a key is said to be unused, loudly.
+    const withKey = testConfig(":memory:", { OPENAI_API_KEY: "sk-test-0123456789abcdefghij" });
+    expect(createChatProvider(withKey, { logger }).name).toBe("offline");
+    expect(logs.text).toContain("OPENAI_API_KEY is set but this build has no OpenAI provider");
   });
 
   test("config:check refuses the same FAQ with one line and exit 2", async () => {
