@@ -8,6 +8,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { Registry } from "prom-client";
+import { systemClock } from "../../../src/clock";
 import { ConfigError } from "../../../src/config/error";
 import { createLogger } from "../../../src/logging/logger";
 import { createChatProvider } from "../../../src/modules/chat/providers";
@@ -209,12 +211,16 @@ describe("CHAT_FAQ_PATH", () => {
 
   test("the provider is chosen in one place: offline without OPENAI_API_KEY", () => {
     const logs = new LogCapture();
-    const logger = createLogger({ level: "info", destination: logs });
-    expect(createChatProvider(testConfig(":memory:"), { logger }).name).toBe("offline");
+    const deps = {
+      logger: createLogger({ level: "info", destination: logs }),
+      registry: new Registry(),
+      clock: systemClock,
+    };
+    expect(createChatProvider(testConfig(":memory:"), deps).name).toBe("offline");
     expect(logs.lines).toHaveLength(0);
     // Until the OpenAI-compatible provider is wired in, a key is said to be unused, loudly.
     const withKey = testConfig(":memory:", { OPENAI_API_KEY: "sk-test-0123456789abcdefghij" });
-    expect(createChatProvider(withKey, { logger }).name).toBe("offline");
+    expect(createChatProvider(withKey, deps).name).toBe("offline");
     expect(logs.text).toContain("OPENAI_API_KEY is set but this build has no OpenAI provider");
   });
 
