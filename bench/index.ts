@@ -10,6 +10,7 @@ import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
 import { measureAuth } from "./auth";
 import { measureChain } from "./chain";
+import { measureChat } from "./chat";
 import { measureQueryTiming } from "./database";
 import { measureHttp, wrkAvailable } from "./http";
 import { measureLimiter, measureRedisLimiter } from "./limiter";
@@ -111,6 +112,19 @@ try {
   );
   console.log(
     `| verified redelivery of a message already seen (32 in flight) | ${fmt(whatsapp.redeliveriesPerSecond)}/s |`,
+  );
+
+  const chat = await measureChat(dir, quick ? 1_000 : 5_000, 32, quick ? 3 : 5);
+  console.log(
+    "\nChat turns, offline provider, in process (app.handle, 32 in flight; median of interleaved rounds)",
+  );
+  console.log("| handler | turns/s | ratio |");
+  console.log("| --- | ---: | ---: |");
+  console.log(
+    `| the chat turn behind a bare Elysia route, no defences | ${fmt(chat.bare)} | 1.00× |`,
+  );
+  console.log(
+    `| POST /api/chat, every defence, API key (cache on) | ${fmt(chat.full)} | ${(chat.full / chat.bare).toFixed(2)}× |`,
   );
 
   if (wrkAvailable()) {

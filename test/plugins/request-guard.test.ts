@@ -14,7 +14,7 @@ function guardedApp() {
     env: { RATE_LIMIT_PER_MINUTE: "10000", RATE_LIMIT_BURST: "10000" },
     routeClasses: [
       { routes: ["POST /api/echo"] },
-      { routes: ["POST /api/chat"], bodyLimit: "chat" },
+      { routes: ["POST /api/chat-echo"], bodyLimit: "chat" },
       { routes: ["POST /webhooks/test"], bodyLimit: "webhooks", csrfExempt: true },
     ],
   });
@@ -22,7 +22,7 @@ function guardedApp() {
     .post("/api/echo", ({ body }) => ({ length: JSON.stringify(body).length }), {
       body: t.Object({ text: t.String() }),
     })
-    .post("/api/chat", ({ body }) => ({ length: JSON.stringify(body).length }), {
+    .post("/api/chat-echo", ({ body }) => ({ length: JSON.stringify(body).length }), {
       body: t.Object({ message: t.String() }),
     })
     .post("/webhooks/test", ({ body }) => ({ ok: body !== undefined }));
@@ -46,7 +46,7 @@ describe("body limits", () => {
 
   test("a route class's body limit applies: chat 32 KiB, webhooks 256 KiB", async () => {
     const target = guardedApp();
-    const chat = await send(target, "/api/chat", { body: { message: "x".repeat(40 * 1024) } });
+    const chat = await send(target, "/api/chat-echo", { body: { message: "x".repeat(40 * 1024) } });
     expect(chat.status).toBe(413);
     const webhook = await send(target, "/webhooks/test", {
       body: { data: "x".repeat(200 * 1024) },
@@ -259,7 +259,7 @@ describe("injection", () => {
 
   test("a SQL-looking chat message is not refused: there is no pattern blocking", async () => {
     const target = guardedApp();
-    const response = await send(target, "/api/chat", {
+    const response = await send(target, "/api/chat-echo", {
       body: { message: "How do I write SELECT * FROM users WHERE name = 'x' OR 1=1; --?" },
     });
     expect(response.status).toBe(200);

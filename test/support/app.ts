@@ -14,6 +14,7 @@ import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import type { FeatureOptions } from "../../src/features";
 import { createLogger, type Logger } from "../../src/logging/logger";
+import type { ChatProvider } from "../../src/modules/chat/providers/provider";
 import type { Feature } from "../../src/modules/feature";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
 import type { LimiterStore } from "../../src/plugins/rate-limit/store";
@@ -83,6 +84,8 @@ export interface TestAppOptions {
   routeClasses?: readonly RouteClass[];
   /** The WhatsApp webhook's chat, Graph fetch and worker timings. */
   whatsapp?: FeatureOptions["whatsapp"];
+  /** The chat provider (configuration picks one when absent: offline without OPENAI_API_KEY). */
+  chatProvider?: ChatProvider;
 }
 
 export interface TestApp {
@@ -137,6 +140,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     maintenanceIntervalMs: 0,
     extraFeatures: options.extraFeatures,
     whatsapp: options.whatsapp,
+    chatProvider: options.chatProvider,
   });
   const app = createApp({
     ...services,

@@ -8,6 +8,7 @@ import type { Clock } from "../../src/clock";
 import { openDatabase } from "../../src/db/client";
 import type { FeatureOptions } from "../../src/features";
 import { createLogger } from "../../src/logging/logger";
+import type { ChatProvider } from "../../src/modules/chat/providers/provider";
 import { createServices } from "../../src/services";
 import { LogCapture, TEST_PASSWORD_HASHING, type TestApp, testConfig } from "./app";
 
@@ -23,6 +24,7 @@ export function anotherInstance(
     clock?: Clock;
     env?: Record<string, string>;
     whatsapp?: FeatureOptions["whatsapp"];
+    chatProvider?: ChatProvider;
   } = {},
 ): Instance {
   const config = testConfig(target.databasePath, options.env);
@@ -35,6 +37,7 @@ export function anotherInstance(
     passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
     whatsapp: options.whatsapp,
+    chatProvider: options.chatProvider,
   });
   const app = createApp({ ...services, peerAddress: () => "127.0.0.1" });
   let closed = false;

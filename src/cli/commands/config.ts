@@ -1,4 +1,5 @@
 import type { Config } from "../../config";
+import { loadFaq } from "../../modules/chat/providers/faq";
 import type { Command } from "../command";
 
 /** The effective configuration with every secret shown only as set or not set. */
@@ -37,6 +38,8 @@ export const configCheck: Command = {
   usage: "config:check",
   run(_args, context) {
     const config = context.config();
+    // The offline provider's FAQ is checked as the start checks it (a ConfigError, exit 2).
+    if (!config.openai.apiKey) loadFaq(config.chat.faqPath);
     for (const { name, suggestion } of config.unknownVariables) {
       context.err(`warning: unknown variable ${name}: did you mean ${suggestion}?`);
     }

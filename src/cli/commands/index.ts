@@ -5,6 +5,7 @@ import { blocksAdd, blocksList, blocksRemove } from "./blocks";
 import { configCheck } from "./config";
 import { dbBackup, dbMigrate } from "./db";
 import { keysCreate, keysList, keysRevoke } from "./keys";
+import { usageReset, usageShow } from "./usage";
 import { usersCreate, usersRole } from "./users";
 
 /** Every operator command, in the order the help screen lists them. */
@@ -21,6 +22,8 @@ export const COMMANDS: readonly Command[] = [
   auditVerify,
   auditTop,
   alertsConfig,
+  usageShow,
+  usageReset,
   configCheck,
   dbMigrate,
   dbBackup,

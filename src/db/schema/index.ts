@@ -1,5 +1,6 @@
 export * from "./audit";
 export * from "./auth";
+export * from "./chat";
 export * from "./ip-blocks";
 export * from "./payments";
 export * from "./rate-limit";

@@ -10,6 +10,9 @@
  * in batches of up to 100 ms (flushed when the app stops). Client-supplied
  * text (the path of an unmatched request, the user agent) goes through logSafe, so it cannot forge
  * or split a line.
+ *
+ * A streamed response (SSE) is measured to the end of its body, not to its first byte: the
+ * handler registers it (stream-end.ts) and the line and the histogram wait for its end.
  */
 import { Elysia } from "elysia";
 import pino from "pino";
@@ -18,6 +21,9 @@ import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import type { HttpMetrics } from "../metrics/http";
 import type { RequestState } from "../request-state";
 import type { RequestTrace } from "../sentry";
+import { streamEndOf } from "./stream-end";
+
+export { streamedResponse } from "./stream-end";
 
 export const UNMATCHED_ROUTE = "<unmatched>";
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
@@ -60,40 +66,45 @@ export function accessLog(options: AccessLogOptions) {
           responseValue: unknown;
           set: { status?: number | string };
         };
-      const seconds = (performance.now() - startedAt) / 1000;
       const status = statusOf(responseValue, set.status);
-      const routeLabel = route || UNMATCHED_ROUTE;
-      const method = KNOWN_METHODS.has(request.method) ? request.method : "OTHER";
-      http.observe(method, routeLabel, status, seconds);
-      if (trace) {
-        const endMs = Date.now();
-        trace({
-          method,
-          route: routeLabel,
-          status,
-          requestId,
-          startMs: endMs - seconds * 1000,
-          endMs,
-        });
-      }
+      const streamEnd = streamEndOf(request);
+      const observe = () => {
+        const seconds = (performance.now() - startedAt) / 1000;
+        const routeLabel = route || UNMATCHED_ROUTE;
+        const method = KNOWN_METHODS.has(request.method) ? request.method : "OTHER";
+        http.observe(method, routeLabel, status, seconds);
+        if (trace) {
+          const endMs = Date.now();
+          trace({
+            method,
+            route: routeLabel,
+            status,
+            requestId,
+            startMs: endMs - seconds * 1000,
+            endMs,
+          });
+        }
 
-      const level = status >= 500 ? "error" : status >= 400 ? "warn" : "info";
-      if (!logger.isLevelEnabled(level)) return;
-      const line = JSON.stringify({
-        level,
-        time: new Date().toISOString(),
-        service,
-        requestId,
-        method: logSafe(request.method),
-        route: routeLabel,
-        path: route ? undefined : logSafe(path),
-        status,
-        durationMs: Math.round(seconds * 1e6) / 1000,
-        clientIp,
-        userAgent: logSafe(request.headers.get("user-agent")),
-        msg: "request",
-      });
-      destination.write(`${scrub(line)}\n`);
+        const level = status >= 500 ? "error" : status >= 400 ? "warn" : "info";
+        if (!logger.isLevelEnabled(level)) return;
+        const line = JSON.stringify({
+          level,
+          time: new Date().toISOString(),
+          service,
+          requestId,
+          method: logSafe(request.method),
+          route: routeLabel,
+          path: route ? undefined : logSafe(path),
+          status,
+          durationMs: Math.round(seconds * 1e6) / 1000,
+          clientIp,
+          userAgent: logSafe(request.headers.get("user-agent")),
+          msg: "request",
+        });
+        destination.write(`${scrub(line)}\n`);
+      };
+      if (streamEnd) streamEnd.then(observe);
+      else observe();
     })
     .as("global");
 }

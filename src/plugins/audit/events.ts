@@ -32,6 +32,7 @@ export const AUDIT_EVENT_TYPES = [
   "admin.blocks.listed",
   "admin.security.summarized",
   "admin.user.role_changed",
+  "admin.usage.queried",
   // Addresses blocked and unblocked (must not be lost).
   "ip.blocked",
   "ip.unblocked",
@@ -47,6 +48,9 @@ export const AUDIT_EVENT_TYPES = [
   "payment.dispute.created",
   // Webhook deliveries whose signature did not verify (batched: a flood must not cost a write each).
   "webhook.signature_failed",
+  // Chat budgets: a turn refused over the daily budget (batched), an operator's reset.
+  "chat.quota_exceeded",
+  "chat.usage.reset",
   // Refusals by the pipeline (batched).
   "ratelimit.rejected",
   "request.rejected",

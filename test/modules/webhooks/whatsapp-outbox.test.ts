@@ -391,15 +391,44 @@ describe("running with the app", () => {
     expect(rows(target)[0]).toMatchObject({ state: "sent", lease_owner: null });
   });
 
-  test("as wired in the feature list (before the chat feature lands), a text gets the fixed notice", async () => {
+  test("as wired in the feature list, the chat feature answers each sender in one conversation of its own", async () => {
     const graph = startGraphServer();
     cleanups.push(() => graph.close());
     const target = buildTestApp({ env: whatsappEnv(graph) });
     cleanups.push(() => target.close());
-    await deliver(target, notification({ messages: [{ id: "wamid.W1", from: "16505551234" }] }));
-    await whatsappOf(target.services).worker.drain();
-    expect(graph.sent).toHaveLength(1);
-    expect(graph.sent[0]!.body).toContain("not available on WhatsApp yet");
+    const worker = whatsappOf(target.services).worker;
+    const text = "What is Palisade?";
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.W1", from: "16505551234", text }] }),
+    );
+    await worker.drain();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.W2", from: "16505551234", text }] }),
+    );
+    await worker.drain();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.W3", from: "4915112345678", text }] }),
+    );
+    await worker.drain();
+    expect(graph.sent).toHaveLength(3);
+    // The offline provider's FAQ answer, not a fixed notice.
+    expect(graph.sent[0]!.body).toContain("Palisade");
+    expect(graph.sent[0]!.body).not.toContain("not available on WhatsApp");
+    const sqlite = target.db.$client;
+    const conversations = sqlite
+      .query("SELECT owner_kind, owner_id FROM chat_conversations ORDER BY created_at, id")
+      .all() as { owner_kind: string; owner_id: string }[];
+    // Two senders, two conversations; the first sender's second message continued the first.
+    expect(conversations).toHaveLength(2);
+    expect(conversations.every((c) => c.owner_kind === "whatsapp")).toBe(true);
+    expect(new Set(conversations.map((c) => c.owner_id)).size).toBe(2);
+    // Owned by a keyed hash of the number, never the number itself.
+    for (const c of conversations) expect(c.owner_id).not.toContain("16505551234");
+    const { n } = sqlite.query("SELECT count(*) AS n FROM chat_messages").get() as { n: number };
+    expect(n).toBe(6);
   });
 
   test("without an access token the worker does not start and messages wait", async () => {

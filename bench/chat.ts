@@ -1,0 +1,109 @@
+/**
+ * Chat turns per second with the offline provider, in process (`app.handle`, 32 in flight):
+ * through the whole app (every defence, an API key with the `chat` scope, the chat route's
+ * validation, budget reservation and storage), against the same turn — the same ChatService on
+ * its own database: prepare, reserve, answer, store — behind a bare Elysia route with no
+ * defences. Rounds alternate between the two and the median of each is reported, so a noisy
+ * stretch of the machine lands on both.
+ */
+import { Writable } from "node:stream";
+import { Elysia, t } from "elysia";
+import { createApp } from "../src/app";
+import { loadConfig } from "../src/config";
+import { openDatabase } from "../src/db/client";
+import { applyMigrations } from "../src/db/migrate";
+import { createLogger } from "../src/logging/logger";
+import type { ChatFeature } from "../src/modules/chat/feature";
+import { createServices } from "../src/services";
+
+const MESSAGE = "How do I sign up and get an API key?";
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+function servicesOn(path: string) {
+  const config = loadConfig({
+    APP_ENV: "development",
+    LOG_LEVEL: "info",
+    JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
+    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
+    DATABASE_PATH: path,
+    RATE_LIMIT_PER_MINUTE: "1000000",
+    RATE_LIMIT_CHAT: "1000000",
+    RATE_LIMIT_BURST: "1000000",
+    CHAT_DAILY_TOKEN_BUDGET: "1000000000",
+  });
+  const db = openDatabase(config.databasePath);
+  applyMigrations(db);
+  const logger = createLogger({
+    level: "info",
+    destination: new Writable({ write: (_c, _e, done) => done() }),
+  });
+  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  return { config, db, services };
+}
+
+export async function measureChat(dir: string, requests: number, concurrency: number, rounds = 5) {
+  const full = servicesOn(`${dir}/chat-full.db`);
+  const app = createApp({ ...full.services, peerAddress: () => "127.0.0.1" });
+  const { key } = full.services.apiKeys.create(
+    { name: "bench", scopes: ["chat"], userId: null },
+    "bench",
+  );
+
+  const bare = servicesOn(`${dir}/chat-bare.db`);
+  const chat = bare.services.features.find((f) => f.name === "chat") as ChatFeature;
+  const bareApp = new Elysia().post(
+    "/api/chat",
+    async ({ body }) => {
+      const prepared = chat.service.prepare({
+        owner: { kind: "key", id: "bench" },
+        message: body.message.trim(),
+        requestId: "bench",
+      });
+      if (prepared.kind !== "ready") throw new Error(prepared.kind);
+      return chat.service.complete(prepared.turn);
+    },
+    { body: t.Object({ message: t.String() }) },
+  );
+
+  const body = JSON.stringify({ message: MESSAGE });
+  const timeApp = async (target: { handle(r: Request): Promise<Response> }, count: number) => {
+    const request = () =>
+      new Request("http://localhost/api/chat", {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-api-key": key, "user-agent": "bench" },
+        body,
+      });
+    const started = performance.now();
+    let sent = 0;
+    const worker = async () => {
+      while (sent < count) {
+        sent++;
+        const response = await target.handle(request());
+        if (response.status !== 200) throw new Error(`status ${response.status}`);
+        await response.arrayBuffer();
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    return count / ((performance.now() - started) / 1000);
+  };
+
+  // Warm up both: JIT, Elysia's compiled handlers, the key cache.
+  await timeApp(app, 500);
+  await timeApp(bareApp, 500);
+  const fullRates: number[] = [];
+  const bareRates: number[] = [];
+  for (let round = 0; round < rounds; round++) {
+    bareRates.push(await timeApp(bareApp, requests));
+    fullRates.push(await timeApp(app, requests));
+  }
+  for (const each of [full, bare]) {
+    each.services.close();
+    each.db.$client.close();
+  }
+  return { full: median(fullRates), bare: median(bareRates) };
+}

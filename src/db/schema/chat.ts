@@ -1,0 +1,77 @@
+import { sql } from "drizzle-orm";
+import { check, index, integer, primaryKey, sqliteTable, text } from "drizzle-orm/sqlite-core";
+
+/** Who a conversation and a budget belong to (see modules/chat/contract.ts ChatOwner). */
+export const CHAT_OWNER_KINDS = ["user", "key", "whatsapp"] as const;
+export const CHAT_MESSAGE_ROLES = ["user", "assistant"] as const;
+
+/**
+ * Conversations, each owned by one principal: a user (bearer token or session cookie), an API key
+ * (its own conversations, not its owner's), or a WhatsApp sender. The id is 128 random bits,
+ * base64url: it says nothing about who owns it or how many there are.
+ */
+export const chatConversations = sqliteTable(
+  "chat_conversations",
+  {
+    id: text("id").primaryKey(),
+    ownerKind: text("owner_kind", { enum: CHAT_OWNER_KINDS }).notNull(),
+    ownerId: text("owner_id").notNull(),
+    createdAt: integer("created_at").notNull(),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (table) => [
+    // The owner's list, newest first, and the cursor's keyset (created_at, id).
+    index("chat_conversations_owner").on(table.ownerKind, table.ownerId, table.createdAt, table.id),
+    index("chat_conversations_updated").on(table.updatedAt),
+  ],
+);
+
+/**
+ * The messages of a conversation in the order they were written (`id`). An assistant message the
+ * client stopped reading (or the upstream cut) is kept with what was received and `incomplete`
+ * set. `tokens` is the content's estimate (for the context window); the turn's usage is on the
+ * assistant message.
+ */
+export const chatMessages = sqliteTable(
+  "chat_messages",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    conversationId: text("conversation_id")
+      .notNull()
+      .references(() => chatConversations.id, { onDelete: "cascade" }),
+    role: text("role", { enum: CHAT_MESSAGE_ROLES }).notNull(),
+    content: text("content").notNull(),
+    incomplete: integer("incomplete", { mode: "boolean" }).notNull().default(false),
+    tokens: integer("tokens").notNull(),
+    promptTokens: integer("prompt_tokens"),
+    completionTokens: integer("completion_tokens"),
+    createdAt: integer("created_at").notNull(),
+  },
+  (table) => [
+    index("chat_messages_conversation").on(table.conversationId, table.id),
+    index("chat_messages_created").on(table.createdAt),
+  ],
+);
+
+/**
+ * Tokens per owner per UTC day (`YYYY-MM-DD`). `reserved` holds the estimates of turns in flight:
+ * a turn reserves before it calls the upstream, in one statement that refuses when
+ * used + reserved + estimate would pass the budget, and settles to its real usage after.
+ */
+export const chatUsage = sqliteTable(
+  "chat_usage",
+  {
+    ownerKind: text("owner_kind", { enum: CHAT_OWNER_KINDS }).notNull(),
+    ownerId: text("owner_id").notNull(),
+    day: text("day").notNull(),
+    usedTokens: integer("used_tokens").notNull().default(0),
+    reservedTokens: integer("reserved_tokens").notNull().default(0),
+    requests: integer("requests").notNull().default(0),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.ownerKind, table.ownerId, table.day] }),
+    index("chat_usage_day").on(table.day),
+    check("chat_usage_reserved_nonnegative", sql`${table.reservedTokens} >= 0`),
+  ],
+);

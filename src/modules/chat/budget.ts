@@ -1,0 +1,213 @@
+/**
+ * @module
+ * Daily token budgets: `CHAT_DAILY_TOKEN_BUDGET` tokens per owner (user, API key, WhatsApp sender)
+ * per UTC day, counted in the `chat_usage` table so every process on the file shares one count.
+ *
+ * How a turn is counted:
+ * 1. reserve: before the upstream call, the prompt's estimate is added to the day's `reserved` by
+ *    one UPDATE whose WHERE refuses when used + reserved + estimate would pass the budget. SQLite
+ *    runs each statement under its write lock, so however many requests (in one process or in
+ *    several on the file) reserve at once, the admitted estimates never add up past the budget.
+ * 2. settle: after the call, in the transaction that stores the reply, the estimate leaves
+ *    `reserved` and the real usage joins `used`.
+ * 3. release: a call that failed gives its estimate back.
+ *
+ * What it guarantees: no turn starts unless its estimate fits in what the day has left, counting
+ * the turns still in flight. What it cannot: the completion's length is not known before the call,
+ * so the last turn admitted may take `used` past the budget by its completion tokens; the next
+ * one is refused. With the budget off (0) usage is still counted, for `GET /api/admin/usage`.
+ */
+import type { Database } from "bun:sqlite";
+import { and, asc, eq, sql } from "drizzle-orm";
+import { drizzleOf } from "../../db/client";
+import { chatUsage } from "../../db/schema";
+import type { ChatOwner } from "./contract";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/** `YYYY-MM-DD` of a time, in UTC. */
+export function utcDay(now: number): string {
+  return new Date(now).toISOString().slice(0, 10);
+}
+
+/** Whole seconds until the next UTC midnight (at least 1): a refused turn's Retry-After. */
+export function secondsUntilNextUtcDay(now: number): number {
+  const next = Math.floor(now / DAY_MS) * DAY_MS + DAY_MS;
+  return Math.max(1, Math.ceil((next - now) / 1000));
+}
+
+/** `user:<id>`, `key:<id>`, `whatsapp:<id>`: how owners are named in the audit log and the API. */
+export function ownerRef(owner: ChatOwner): string {
+  return `${owner.kind}:${owner.id}`;
+}
+
+const OWNER_REF = /^(user|key|whatsapp):([^\s:][^\s]{0,199})$/;
+
+export function parseOwnerRef(ref: string): ChatOwner | null {
+  const match = OWNER_REF.exec(ref);
+  return match ? { kind: match[1] as ChatOwner["kind"], id: match[2]! } : null;
+}
+
+export interface Reservation {
+  owner: ChatOwner;
+  day: string;
+  estimate: number;
+}
+
+export type ReserveOutcome =
+  | { kind: "reserved"; reservation: Reservation }
+  | { kind: "over_budget"; retryAfterSeconds: number };
+
+export interface UsageRow {
+  principal: string;
+  day: string;
+  usedTokens: number;
+  reservedTokens: number;
+  requests: number;
+}
+
+export class ChatBudget {
+  private readonly db;
+  private readonly ensureRow;
+  private readonly reserveWithin;
+  private readonly reserveAlways;
+
+  constructor(
+    sqlite: Database,
+    /** Tokens per owner per UTC day; 0: no budget (usage is still counted). */
+    readonly dailyTokens: number,
+  ) {
+    this.db = drizzleOf(sqlite);
+    const owner = and(
+      eq(chatUsage.ownerKind, sql.placeholder("kind")),
+      eq(chatUsage.ownerId, sql.placeholder("id")),
+      eq(chatUsage.day, sql.placeholder("day")),
+    );
+    this.ensureRow = this.db
+      .insert(chatUsage)
+      .values({
+        ownerKind: sql.placeholder("kind"),
+        ownerId: sql.placeholder("id"),
+        day: sql.placeholder("day"),
+        updatedAt: sql.placeholder("now"),
+      })
+      .onConflictDoNothing()
+      .returning({ day: chatUsage.day })
+      .prepare();
+    const reserve = {
+      reservedTokens: sql`${chatUsage.reservedTokens} + ${sql.placeholder("estimate")}`,
+      updatedAt: sql`${sql.placeholder("now")}`,
+    };
+    // The one statement that decides: it matches no row when the estimate does not fit.
+    this.reserveWithin = this.db
+      .update(chatUsage)
+      .set(reserve)
+      .where(
+        and(
+          owner,
+          sql`${chatUsage.usedTokens} + ${chatUsage.reservedTokens} + ${sql.placeholder("estimate")} <= ${sql.placeholder("budget")}`,
+        ),
+      )
+      .returning({ reservedTokens: chatUsage.reservedTokens })
+      .prepare();
+    this.reserveAlways = this.db
+      .update(chatUsage)
+      .set(reserve)
+      .where(owner)
+      .returning({ reservedTokens: chatUsage.reservedTokens })
+      .prepare();
+  }
+
+  reserve(owner: ChatOwner, estimate: number, now: number): ReserveOutcome {
+    const day = utcDay(now);
+    const key = { kind: owner.kind, id: owner.id, day };
+    const attempt = () =>
+      this.dailyTokens > 0
+        ? this.reserveWithin.get({ ...key, estimate, now, budget: this.dailyTokens })
+        : this.reserveAlways.get({ ...key, estimate, now });
+    // The day's row exists after the owner's first turn: one statement (one commit) decides.
+    // Without it (or when refused) the row is made if missing and the decision taken again: the
+    // second attempt is what decides when another process made the row meanwhile.
+    let row = attempt();
+    if (!row) {
+      this.ensureRow.get({ ...key, now });
+      row = attempt();
+    }
+    if (!row) return { kind: "over_budget", retryAfterSeconds: secondsUntilNextUtcDay(now) };
+    return { kind: "reserved", reservation: { owner, day, estimate } };
+  }
+
+  /** The estimate leaves `reserved`, the real usage joins `used`. Run it in the storing transaction. */
+  settle(reservation: Reservation, usedTokens: number, now: number): void {
+    const { owner, day, estimate } = reservation;
+    this.db
+      .update(chatUsage)
+      .set({
+        reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${estimate})`,
+        usedTokens: sql`${chatUsage.usedTokens} + ${usedTokens}`,
+        requests: sql`${chatUsage.requests} + 1`,
+        updatedAt: now,
+      })
+      .where(this.ownerDay(owner, day))
+      .run();
+  }
+
+  /** Gives a failed turn's estimate back. */
+  release(reservation: Reservation, now: number): void {
+    const { owner, day, estimate } = reservation;
+    this.db
+      .update(chatUsage)
+      .set({
+        reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${estimate})`,
+        updatedAt: now,
+      })
+      .where(this.ownerDay(owner, day))
+      .run();
+  }
+
+  /** A day's usage, every owner's or one's, by principal. */
+  usage(day: string, owner?: ChatOwner): UsageRow[] {
+    return this.db
+      .select({
+        kind: chatUsage.ownerKind,
+        id: chatUsage.ownerId,
+        day: chatUsage.day,
+        usedTokens: chatUsage.usedTokens,
+        reservedTokens: chatUsage.reservedTokens,
+        requests: chatUsage.requests,
+      })
+      .from(chatUsage)
+      .where(owner ? this.ownerDay(owner, day) : eq(chatUsage.day, day))
+      .orderBy(asc(chatUsage.ownerKind), asc(chatUsage.ownerId))
+      .all()
+      .map(({ kind, id, ...row }) => ({ principal: `${kind}:${id}`, ...row }));
+  }
+
+  /** Sets an owner's used tokens for a day back to 0; the tokens cleared, or null without a row. */
+  reset(owner: ChatOwner, day: string, now: number): number | null {
+    return this.db.transaction(
+      (tx) => {
+        const row = tx
+          .select({ usedTokens: chatUsage.usedTokens })
+          .from(chatUsage)
+          .where(this.ownerDay(owner, day))
+          .get();
+        if (!row) return null;
+        tx.update(chatUsage)
+          .set({ usedTokens: 0, updatedAt: now })
+          .where(this.ownerDay(owner, day))
+          .run();
+        return row.usedTokens;
+      },
+      { behavior: "immediate" },
+    );
+  }
+
+  private ownerDay(owner: ChatOwner, day: string) {
+    return and(
+      eq(chatUsage.ownerKind, owner.kind),
+      eq(chatUsage.ownerId, owner.id),
+      eq(chatUsage.day, day),
+    );
+  }
+}

@@ -1,0 +1,54 @@
+/**
+ * @module
+ * The chat feature: `POST /api/chat` and the conversation routes, the daily budgets and their
+ * admin view, the chat metrics, and what chat holds about a user. The provider is injected (the
+ * app passes the one configuration picks, `providers/index.ts`; tests pass their own); `turns` is
+ * what other features (the WhatsApp webhook) call for a turn with the same budget and storage.
+ */
+import type { Core } from "../../core";
+import type { Feature } from "../feature";
+import { ChatBudget } from "./budget";
+import type { ChatTurns } from "./contract";
+import { chatModule, chatRouteClasses } from "./index";
+import { chatMetrics } from "./metrics";
+import { chatContributor } from "./privacy";
+import { createChatProvider } from "./providers";
+import type { ChatProvider } from "./providers/provider";
+import { ChatService } from "./service";
+
+export interface ChatFeatureOptions {
+  /** The provider; the one configuration picks when absent (offline without OPENAI_API_KEY). */
+  provider?: ChatProvider;
+}
+
+export interface ChatFeature extends Feature {
+  turns: ChatTurns;
+  service: ChatService;
+  budget: ChatBudget;
+}
+
+export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatFeature {
+  const { config, db, clock, logger, audit, registry } = core;
+  const provider = options.provider ?? createChatProvider(config, { logger, registry, clock });
+  const budget = new ChatBudget(db.$client, config.chat.dailyTokenBudget);
+  const service = new ChatService({
+    sqlite: db.$client,
+    provider,
+    chat: config.chat,
+    retentionDays: config.chatRetentionDays,
+    clock,
+    logger,
+    audit,
+    metrics: chatMetrics(registry),
+    budget,
+  });
+  return {
+    name: "chat",
+    turns: service,
+    service,
+    budget,
+    routeClasses: chatRouteClasses,
+    routes: ({ auth }) => chatModule({ auth, service, budget, audit, now: () => clock.now() }),
+    privacy: [chatContributor(service)],
+  };
+}

@@ -1,0 +1,355 @@
+/**
+ * @module
+ * `/api/chat`: one turn (JSON, or Server-Sent Events with `Accept: text/event-stream`), and the
+ * caller's conversations; `GET /api/admin/usage` for admins. Callers: a signed-in user or an API
+ * key with the `chat` scope. Each principal sees only its own conversations: another's id is 404,
+ * exactly like an id that does not exist (so ids cannot be probed), and so is any id that is not
+ * one of ours in shape.
+ *
+ * SSE format: each piece of the reply is `data: {"delta":"…"}`; the last event is
+ * `event: done` with `data: {"conversationId":"…","usage":{…}}`. A failure after the stream began
+ * (the status is already 200) is `event: error` with the problem document as data.
+ */
+import { Elysia, t } from "elysia";
+import { AppError, type ErrorCode, problemResponses, toProblem } from "../../errors";
+import { streamedResponse } from "../../plugins/access-log";
+import type { AuditLog } from "../../plugins/audit/log";
+import type { authPlugin } from "../../plugins/auth";
+import { type Principal, principalRef } from "../../plugins/auth/principal";
+import type { RouteClass } from "../../plugins/route-class";
+import { type ChatBudget, parseOwnerRef, utcDay } from "./budget";
+import type { ChatOwner, ChatTurn } from "./contract";
+import { checkChatMessage } from "./message";
+import {
+  ChatBody,
+  ChatReply,
+  ConversationPage,
+  ConversationParams,
+  ConversationQuery,
+  ConversationView,
+  UsagePage,
+  UsageQuery,
+} from "./model";
+import { UpstreamFailure } from "./providers/provider";
+import { type ChatService, decodeCursor, type PreparedTurn, type TurnEvent } from "./service";
+
+/** POST /api/chat spends upstream tokens: its own per-principal policy and the 32 KiB body limit. */
+export const chatRouteClasses: readonly RouteClass[] = [
+  { routes: ["POST /api/chat"], policy: "chat", bodyLimit: "chat" },
+  {
+    routes: [
+      "GET /api/chat/conversations",
+      "GET /api/chat/conversations/:id",
+      "DELETE /api/chat/conversations/:id",
+    ],
+  },
+  // GET /api/admin/usage is in the admin routes' class (`* /api/admin/*`).
+];
+
+const DEFAULT_PAGE = 20;
+
+export interface ChatModuleOptions {
+  auth: ReturnType<typeof authPlugin>;
+  service: ChatService;
+  budget: ChatBudget;
+  audit: AuditLog;
+  now: () => number;
+}
+
+/** A user's conversations are the user's; an API key's are the key's own. */
+export function ownerOf(principal: Principal): ChatOwner {
+  return principal.kind === "user"
+    ? { kind: "user", id: principal.id }
+    : { kind: "key", id: principal.id };
+}
+
+/** Whether the client asked for Server-Sent Events (`Accept: text/event-stream`, q > 0). */
+export function wantsEventStream(accept: string | null): boolean {
+  if (!accept) return false;
+  return accept.split(",").some((range) => {
+    const [type, ...params] = range.split(";").map((part) => part.trim().toLowerCase());
+    if (type !== "text/event-stream") return false;
+    const q = params.find((param) => param.startsWith("q="));
+    return q === undefined || Number(q.slice(2)) > 0;
+  });
+}
+
+/** A provider's failure as the client sees it: 503 with Retry-After, or 502. */
+export function upstreamError(error: unknown): unknown {
+  if (!(error instanceof UpstreamFailure)) return error;
+  if (error.kind === "unavailable") {
+    return new AppError(
+      "UPSTREAM_UNAVAILABLE",
+      "The chat model is unavailable right now; try again shortly.",
+      undefined,
+      { "retry-after": String(Math.max(1, Math.ceil(error.retryAfterSeconds ?? 5))) },
+      503,
+    );
+  }
+  return new AppError("UPSTREAM_UNAVAILABLE", "The chat model gave an unusable answer.");
+}
+
+const CHAT_FIELDS = new Set(Object.keys(ChatBody.properties));
+
+const unknownFields = new WeakMap<Request, string>();
+
+function unknownFieldOf(body: unknown): string | undefined {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return undefined;
+  return Object.keys(body).find((key) => !CHAT_FIELDS.has(key));
+}
+
+/** 422 naming the first field the chat body does not have (its name only when it is a plain word). */
+function refuseUnknownField(request: Request) {
+  const unknown = unknownFields.get(request);
+  if (unknown === undefined) return;
+  throw new AppError(
+    "VALIDATION_FAILED",
+    "The request body has a field this route does not take.",
+    [
+      {
+        field: /^[A-Za-z0-9_]{1,40}$/.test(unknown) ? `body/${unknown}` : "body",
+        message: "Unknown field: only message and conversationId are accepted",
+      },
+    ],
+  );
+}
+
+const encoder = new TextEncoder();
+const sseEvent = (data: unknown, event?: string) =>
+  encoder.encode(`${event ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`);
+
+/**
+ * The turn as Server-Sent Events; the client going away aborts the provider. The first piece is
+ * awaited before the response starts, so an upstream that fails at once still gets its real
+ * status (502/503 with Retry-After) instead of a 200 with an error event.
+ */
+async function eventStream(
+  service: ChatService,
+  turn: PreparedTurn,
+  request: Request,
+  requestId: string,
+): Promise<Response> {
+  const ended = streamedResponse(request);
+  const upstream = new AbortController();
+  const abort = () => upstream.abort(new DOMException("The client went away", "AbortError"));
+  request.signal.addEventListener("abort", abort, { once: true });
+  const events = service.stream(turn, upstream.signal);
+  let closed = false;
+  const finish = () => {
+    if (closed) return;
+    closed = true;
+    request.signal.removeEventListener("abort", abort);
+    ended();
+  };
+  let pending: IteratorResult<TurnEvent> | null;
+  try {
+    pending = await events.next();
+  } catch (error) {
+    finish();
+    throw upstreamError(error);
+  }
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const next = pending ?? (await events.next());
+        pending = null;
+        if (next.done) {
+          controller.close();
+          finish();
+        } else if (next.value.kind === "text") {
+          controller.enqueue(sseEvent({ delta: next.value.text }));
+        } else {
+          const { conversationId, usage } = next.value.turn;
+          controller.enqueue(sseEvent({ conversationId, usage }, "done"));
+        }
+      } catch (error) {
+        if (closed || upstream.signal.aborted) return finish();
+        const failure = upstreamError(error);
+        const [code, detail, status]: [ErrorCode, string, number] =
+          failure instanceof AppError
+            ? [failure.code, failure.detail, failure.status]
+            : ["INTERNAL", "The reply could not be completed.", 500];
+        try {
+          controller.enqueue(
+            sseEvent(toProblem(code, detail, requestId, undefined, status), "error"),
+          );
+          controller.close();
+        } finally {
+          finish();
+        }
+      }
+    },
+    async cancel() {
+      abort();
+      try {
+        // Runs the turn's clean-up: what was received is stored, marked incomplete.
+        await events.return(undefined);
+      } finally {
+        finish();
+      }
+    },
+  });
+  return new Response(body, {
+    headers: {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-store",
+      "x-accel-buffering": "no",
+    },
+  });
+}
+
+export function chatModule(options: ChatModuleOptions) {
+  const { service, budget, audit } = options;
+  const chat = { scope: "chat" } as const;
+  const tags = ["chat"];
+
+  return new Elysia({ name: "palisade.module.chat" })
+    .use(options.auth)
+    .post(
+      "/api/chat",
+      async ({ body, principal, request, client, requestId, path }) => {
+        if (unknownFields.has(request)) service.refusedInvalid();
+        refuseUnknownField(request);
+        const checked = checkChatMessage(body.message);
+        if (!checked.ok) {
+          service.refusedInvalid();
+          throw new AppError("VALIDATION_FAILED", "The message is not acceptable.", [
+            { field: "body/message", message: checked.rule },
+          ]);
+        }
+        const prepared = service.prepare(
+          {
+            owner: ownerOf(principal),
+            message: checked.message,
+            conversationId: body.conversationId,
+            requestId,
+          },
+          { ip: client.ip, route: `${request.method} ${path}` },
+        );
+        if (prepared.kind === "not_found") {
+          throw new AppError("NOT_FOUND", "No conversation of yours has that id.");
+        }
+        if (prepared.kind === "over_budget") {
+          throw new AppError(
+            "QUOTA_EXCEEDED",
+            "Today's token budget is spent; it renews at midnight UTC.",
+            undefined,
+            { "retry-after": String(prepared.retryAfterSeconds) },
+          );
+        }
+        if (wantsEventStream(request.headers.get("accept"))) {
+          // A Response is sent as it is (no response-schema check); the 200 schema is the JSON one.
+          return (await eventStream(
+            service,
+            prepared.turn,
+            request,
+            requestId,
+          )) as unknown as ChatTurn;
+        }
+        try {
+          return await service.complete(prepared.turn, request.signal);
+        } catch (error) {
+          throw upstreamError(error);
+        }
+      },
+      {
+        auth: chat,
+        // Elysia drops unknown fields silently when it validates; a client that sends one (a
+        // `role`, a `system`) means something we do not do, so it is told. Noted here, before
+        // validation cleans the body, and refused in the handler, after auth (an anonymous caller
+        // still gets 401 first).
+        transform({ body, request }) {
+          const unknown = unknownFieldOf(body);
+          if (unknown !== undefined) unknownFields.set(request, unknown);
+        },
+        body: ChatBody,
+        response: { 200: ChatReply, ...problemResponses(404, 422, 502, 503) },
+        detail: {
+          tags,
+          summary:
+            "Send a message; the reply as JSON, or as Server-Sent Events with Accept: text/event-stream",
+        },
+      },
+    )
+    .get(
+      "/api/chat/conversations",
+      ({ query, principal }) => {
+        const cursor = query.cursor === undefined ? undefined : decodeCursor(query.cursor);
+        if (cursor === null) {
+          throw new AppError("VALIDATION_FAILED", "The cursor is not one this API gave.", [
+            { field: "query/cursor", message: "Expected a nextCursor from a previous page" },
+          ]);
+        }
+        return service.list(ownerOf(principal), { cursor, limit: query.limit ?? DEFAULT_PAGE });
+      },
+      {
+        auth: chat,
+        query: ConversationQuery,
+        response: { 200: ConversationPage, ...problemResponses(422) },
+        detail: { tags, summary: "Your conversations, newest first (cursor pagination)" },
+      },
+    )
+    .get(
+      "/api/chat/conversations/:id",
+      ({ params, principal }) => {
+        const conversation = service.get(ownerOf(principal), params.id);
+        if (!conversation) throw new AppError("NOT_FOUND", "No conversation of yours has that id.");
+        return conversation;
+      },
+      {
+        auth: chat,
+        params: ConversationParams,
+        response: { 200: ConversationView, ...problemResponses(404) },
+        detail: { tags, summary: "One of your conversations, its messages in order" },
+      },
+    )
+    .delete(
+      "/api/chat/conversations/:id",
+      ({ params, principal, set }) => {
+        if (!service.delete(ownerOf(principal), params.id)) {
+          throw new AppError("NOT_FOUND", "No conversation of yours has that id.");
+        }
+        set.status = 204;
+        return undefined;
+      },
+      {
+        auth: chat,
+        params: ConversationParams,
+        response: { 204: t.Void({ description: "Deleted" }), ...problemResponses(404) },
+        detail: { tags, summary: "Delete one of your conversations and its messages" },
+      },
+    )
+    .get(
+      "/api/admin/usage",
+      ({ query, principal, request, client, requestId, path }) => {
+        const day = query.day ?? utcDay(options.now());
+        const owner = query.principal === undefined ? undefined : parseOwnerRef(query.principal);
+        if (owner === null || Number.isNaN(Date.parse(`${day}T00:00:00Z`))) {
+          throw new AppError("VALIDATION_FAILED", "The filter is not valid.", [
+            owner === null
+              ? {
+                  field: "query/principal",
+                  message: "Expected user:<id>, key:<id> or whatsapp:<id>",
+                }
+              : { field: "query/day", message: "Expected a calendar day, YYYY-MM-DD" },
+          ]);
+        }
+        audit.record({
+          type: "admin.usage.queried",
+          outcome: "success",
+          actor: principalRef(principal),
+          ip: client.ip,
+          route: `${request.method} ${path}`,
+          requestId,
+          detail: { filters: Object.keys(query).sort().join(",") },
+        });
+        return { day, budget: budget.dailyTokens, usage: budget.usage(day, owner) };
+      },
+      {
+        auth: { role: "admin" },
+        query: UsageQuery,
+        response: { 200: UsagePage, ...problemResponses(422) },
+        detail: { tags: ["admin"], summary: "Chat token usage per principal for a UTC day" },
+      },
+    );
+}

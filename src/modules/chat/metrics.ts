@@ -1,0 +1,54 @@
+/**
+ * @module
+ * The chat metrics: `chat_requests_total{provider,outcome}` and `chat_tokens_total{kind}`. Made
+ * once per registry (a second chat feature on the same registry gets the same counters).
+ *
+ * Outcomes: `ok` (a full reply), `incomplete` (the client went away, or the upstream cut the
+ * stream after some text: what arrived was stored), `quota` (over the daily budget),
+ * `upstream_error` (the provider failed: 502/503), `not_found` (another's or no conversation),
+ * `invalid` (a message the rules refuse), `error` (the provider failed unexpectedly: 500).
+ */
+import { Counter, type Registry } from "prom-client";
+
+export type ChatOutcome =
+  | "ok"
+  | "incomplete"
+  | "quota"
+  | "upstream_error"
+  | "not_found"
+  | "invalid"
+  | "error";
+
+export interface ChatMetrics {
+  request(provider: string, outcome: ChatOutcome): void;
+  tokens(promptTokens: number, completionTokens: number): void;
+}
+
+const REQUESTS = "chat_requests_total";
+const TOKENS = "chat_tokens_total";
+
+export function chatMetrics(registry: Registry): ChatMetrics {
+  const requests =
+    (registry.getSingleMetric(REQUESTS) as Counter<"provider" | "outcome"> | undefined) ??
+    new Counter({
+      name: REQUESTS,
+      help: "Chat turns, by provider and outcome",
+      labelNames: ["provider", "outcome"],
+      registers: [registry],
+    });
+  const tokens =
+    (registry.getSingleMetric(TOKENS) as Counter<"kind"> | undefined) ??
+    new Counter({
+      name: TOKENS,
+      help: "Chat tokens spent, by kind (prompt, completion)",
+      labelNames: ["kind"],
+      registers: [registry],
+    });
+  return {
+    request: (provider, outcome) => requests.inc({ provider, outcome }),
+    tokens(promptTokens, completionTokens) {
+      if (promptTokens > 0) tokens.inc({ kind: "prompt" }, promptTokens);
+      if (completionTokens > 0) tokens.inc({ kind: "completion" }, completionTokens);
+    },
+  };
+}

@@ -1,0 +1,91 @@
+import { t } from "elysia";
+import { Nullable } from "../../plugins/openapi/types";
+import { MAX_MESSAGE_CHARACTERS } from "./message";
+
+export const ChatBody = t.Object(
+  {
+    message: t.String({
+      description: `1 to ${MAX_MESSAGE_CHARACTERS} characters after trimming; no control characters but newline and tab`,
+    }),
+    conversationId: t.Optional(
+      t.String({
+        description: "Continue this conversation (yours); a new one when absent. Any other: 404",
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const TokenUsageView = t.Object({
+  promptTokens: t.Integer({ minimum: 0 }),
+  completionTokens: t.Integer({ minimum: 0 }),
+});
+
+export const ChatReply = t.Object({
+  conversationId: t.String(),
+  reply: t.String({ description: "Plain text (never HTML)" }),
+  usage: TokenUsageView,
+});
+
+export const ConversationParams = t.Object({ id: t.String() });
+
+export const ConversationQuery = t.Object({
+  cursor: t.Optional(
+    t.String({ maxLength: 200, description: "`nextCursor` of the previous page" }),
+  ),
+  limit: t.Optional(t.Integer({ minimum: 1, maximum: 100, description: "20 by default" })),
+});
+
+export const ConversationSummaryView = t.Object({
+  id: t.String(),
+  createdAt: t.String({ format: "date-time" }),
+  updatedAt: t.String({ format: "date-time" }),
+  messageCount: t.Integer({ minimum: 0 }),
+});
+
+export const ConversationPage = t.Object({
+  conversations: t.Array(ConversationSummaryView),
+  nextCursor: Nullable(t.String()),
+});
+
+export const StoredMessageView = t.Object({
+  role: t.UnionEnum(["user", "assistant"]),
+  content: t.String(),
+  incomplete: t.Boolean({ description: "The reply was cut short (the client went away)" }),
+  createdAt: t.String({ format: "date-time" }),
+  usage: Nullable(TokenUsageView),
+});
+
+export const ConversationView = t.Object({
+  ...ConversationSummaryView.properties,
+  messages: t.Array(StoredMessageView),
+});
+
+export const UsageQuery = t.Object({
+  day: t.Optional(
+    t.String({
+      pattern: "^\\d{4}-\\d{2}-\\d{2}$",
+      description: "UTC day, YYYY-MM-DD; today by default",
+    }),
+  ),
+  principal: t.Optional(
+    t.String({
+      pattern: "^(user|key|whatsapp):\\S{1,200}$",
+      description: "`user:<id>`, `key:<id>` or `whatsapp:<id>`",
+    }),
+  ),
+});
+
+export const UsagePage = t.Object({
+  day: t.String(),
+  budget: t.Integer({ minimum: 0, description: "CHAT_DAILY_TOKEN_BUDGET; 0: no budget" }),
+  usage: t.Array(
+    t.Object({
+      principal: t.String(),
+      day: t.String(),
+      usedTokens: t.Integer(),
+      reservedTokens: t.Integer({ description: "Estimates of turns in flight" }),
+      requests: t.Integer(),
+    }),
+  ),
+});

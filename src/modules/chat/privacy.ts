@@ -1,0 +1,29 @@
+/**
+ * @module
+ * What the chat holds about a user, as a privacy contributor: the conversations (with their
+ * messages) and daily usage of the user and of every API key the user owns. A key's conversations
+ * are its own while it works (the user does not see them in `/api/chat/conversations`), but they
+ * were held on the user's behalf: they are in the user's export and go with the user's erasure.
+ * Retention deletes messages older than CHAT_RETENTION_DAYS, in bounded batches.
+ */
+import type { PrivacyContributor } from "../privacy/contributor";
+import type { ChatOwner } from "./contract";
+import type { ChatService } from "./service";
+
+/** The user and the user's keys (the `key:<id>` actors the auth feature contributes). */
+export function ownersOfUser(userId: string, actors: readonly string[]): ChatOwner[] {
+  const owners: ChatOwner[] = [{ kind: "user", id: userId }];
+  for (const actor of actors) {
+    if (actor.startsWith("key:")) owners.push({ kind: "key", id: actor.slice(4) });
+  }
+  return owners;
+}
+
+export function chatContributor(service: ChatService): PrivacyContributor {
+  return {
+    name: "chat",
+    export: (userId, { actors }) => service.exportOf(ownersOfUser(userId, actors)),
+    erase: (userId, { actors }) => service.erase(ownersOfUser(userId, actors)),
+    retain: (now) => service.retain(now),
+  };
+}

@@ -1,0 +1,610 @@
+/**
+ * @module
+ * Conversations, framework-free: one turn (ownership, context window, budget, the provider call,
+ * storage, metrics), the owner's conversation list, and what privacy needs.
+ *
+ * A turn:
+ * 1. `prepare`: a `conversationId` must be the owner's (else `not_found`, whoever owns it); the
+ *    prompt is the system prompt, then the conversation's newest messages that fit in
+ *    CHAT_CONTEXT_MESSAGES and CHAT_CONTEXT_TOKENS (estimated, oldest dropped first), then the new
+ *    message. User text only ever goes in `user` messages, never into the system prompt. The
+ *    prompt's estimate is reserved against the daily budget (budget.ts).
+ * 2. `complete` or `stream`: the provider answers; the user's message and the reply are stored,
+ *    and the reservation settled to the real usage, in one transaction. A stream that stops early
+ *    (the client went away: its signal aborts the provider) stores what was received, marked
+ *    incomplete. A failed call stores nothing (unless a stream had already sent text) and gives
+ *    the reservation back.
+ *
+ * Upstream failures are logged with the request id and the provider's reason, never the text.
+ */
+import type { Database } from "bun:sqlite";
+import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
+import type { Logger } from "pino";
+import type { Clock } from "../../clock";
+import type { Config } from "../../config";
+import { drizzleOf } from "../../db/client";
+import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
+import type { AuditLog } from "../../plugins/audit/log";
+import { type ChatBudget, ownerRef, type Reservation } from "./budget";
+import type { ChatOwner, ChatTurn, ChatTurnInput, ChatTurnOutcome, ChatTurns } from "./contract";
+import type { ChatMetrics } from "./metrics";
+import {
+  type ChatMessage,
+  type ChatProvider,
+  type TokenUsage,
+  UpstreamFailure,
+} from "./providers/provider";
+import { estimatePromptTokens, estimateTokens } from "./tokens";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+/** Rows retention deletes per table per run: bounded work every 10 s. */
+export const RETENTION_BATCH = 1000;
+
+/** What the HTTP edge adds to a turn for its audit event. */
+export interface TurnMeta {
+  ip?: string | null;
+  route?: string | null;
+}
+
+export interface PreparedTurn {
+  owner: ChatOwner;
+  conversationId: string;
+  isNew: boolean;
+  message: string;
+  /** What goes to the provider: system prompt, context, the new message. */
+  prompt: ChatMessage[];
+  reservation: Reservation;
+  requestId: string;
+}
+
+export type PrepareOutcome =
+  | { kind: "ready"; turn: PreparedTurn }
+  | Exclude<ChatTurnOutcome, { kind: "reply" }>;
+
+/** What a streamed turn yields: text as it arrives, then the stored turn. */
+export type TurnEvent = { kind: "text"; text: string } | { kind: "done"; turn: ChatTurn };
+
+export interface ConversationSummary {
+  id: string;
+  createdAt: string;
+  updatedAt: string;
+  messageCount: number;
+}
+
+export interface StoredMessage {
+  role: "user" | "assistant";
+  content: string;
+  incomplete: boolean;
+  createdAt: string;
+  usage: TokenUsage | null;
+}
+
+export interface ChatServiceOptions {
+  sqlite: Database;
+  provider: ChatProvider;
+  chat: Config["chat"];
+  retentionDays: number;
+  clock: Clock;
+  logger: Logger;
+  audit: AuditLog;
+  metrics: ChatMetrics;
+  budget: ChatBudget;
+}
+
+/** 128 random bits, base64url (22 characters). */
+export function newConversationId(): string {
+  return Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("base64url");
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/** A list cursor: the last item's creation time and id, opaque to clients. */
+export function encodeCursor(createdAt: number, id: string): string {
+  return Buffer.from(`${createdAt}.${id}`).toString("base64url");
+}
+
+export function decodeCursor(cursor: string): { createdAt: number; id: string } | null {
+  const match = /^(\d{1,16})\.([A-Za-z0-9_-]{1,64})$/.exec(
+    Buffer.from(cursor, "base64url").toString("utf8"),
+  );
+  return match ? { createdAt: Number(match[1]), id: match[2]! } : null;
+}
+
+function isAbort(error: unknown, signal: AbortSignal | undefined): boolean {
+  return (
+    signal?.aborted === true ||
+    (error instanceof Error && (error.name === "AbortError" || error.name === "TimeoutError"))
+  );
+}
+
+export class ChatService implements ChatTurns {
+  private readonly db;
+  private readonly findOwned;
+  private readonly recentMessages;
+
+  constructor(private readonly options: ChatServiceOptions) {
+    this.db = drizzleOf(options.sqlite);
+    this.findOwned = this.db
+      .select({ id: chatConversations.id })
+      .from(chatConversations)
+      .where(
+        and(
+          eq(chatConversations.id, sql.placeholder("id")),
+          eq(chatConversations.ownerKind, sql.placeholder("kind")),
+          eq(chatConversations.ownerId, sql.placeholder("owner")),
+        ),
+      )
+      .prepare();
+    this.recentMessages = this.db
+      .select({
+        role: chatMessages.role,
+        content: chatMessages.content,
+        tokens: chatMessages.tokens,
+      })
+      .from(chatMessages)
+      .where(eq(chatMessages.conversationId, sql.placeholder("conversation")))
+      .orderBy(desc(chatMessages.id))
+      .limit(sql.placeholder("limit"))
+      .prepare();
+  }
+
+  get providerName(): string {
+    return this.options.provider.name;
+  }
+
+  /** Counts a message the rules refused (the edge validates; the count is the chat's). */
+  refusedInvalid(): void {
+    this.options.metrics.request(this.options.provider.name, "invalid");
+  }
+
+  /** The owner's conversation with this id, or null (another's and none look the same). */
+  owns(owner: ChatOwner, conversationId: string): boolean {
+    return (
+      this.findOwned.get({ id: conversationId, kind: owner.kind, owner: owner.id }) !== undefined
+    );
+  }
+
+  /** Earlier messages that fit the context window, oldest first. */
+  contextOf(conversationId: string): ChatMessage[] {
+    const { contextMessages, contextTokens } = this.options.chat;
+    if (contextMessages === 0) return [];
+    const newest = this.recentMessages.all({
+      conversation: conversationId,
+      limit: contextMessages,
+    });
+    const kept: ChatMessage[] = [];
+    let tokens = 0;
+    for (const row of newest) {
+      if (tokens + row.tokens > contextTokens) break;
+      tokens += row.tokens;
+      kept.push({ role: row.role, content: row.content });
+    }
+    return kept.reverse();
+  }
+
+  /** Ownership, context and the budget reservation: everything before the provider is called. */
+  prepare(input: ChatTurnInput, meta: TurnMeta = {}): PrepareOutcome {
+    const { owner, message, requestId } = input;
+    const { clock, budget, metrics, audit, provider } = this.options;
+    let conversationId = input.conversationId;
+    let context: ChatMessage[] = [];
+    if (conversationId !== undefined) {
+      if (!this.owns(owner, conversationId)) {
+        metrics.request(provider.name, "not_found");
+        return { kind: "not_found" };
+      }
+      context = this.contextOf(conversationId);
+    }
+    const prompt: ChatMessage[] = [
+      { role: "system", content: this.options.chat.systemPrompt },
+      ...context,
+      { role: "user", content: message },
+    ];
+    const reserved = budget.reserve(owner, estimatePromptTokens(prompt), clock.now());
+    if (reserved.kind === "over_budget") {
+      metrics.request(provider.name, "quota");
+      audit.record({
+        type: "chat.quota_exceeded",
+        outcome: "denied",
+        actor: ownerRef(owner),
+        ip: meta.ip ?? null,
+        route: meta.route ?? null,
+        requestId,
+        detail: { budget: budget.dailyTokens },
+      });
+      return reserved;
+    }
+    const isNew = conversationId === undefined;
+    conversationId ??= newConversationId();
+    return {
+      kind: "ready",
+      turn: {
+        owner,
+        conversationId,
+        isNew,
+        message,
+        prompt,
+        reservation: reserved.reservation,
+        requestId,
+      },
+    };
+  }
+
+  /** One turn, answered whole: what the WhatsApp webhook calls. */
+  async converse(input: ChatTurnInput, meta: TurnMeta = {}): Promise<ChatTurnOutcome> {
+    const prepared = this.prepare(input, meta);
+    if (prepared.kind !== "ready") return prepared;
+    return { kind: "reply", turn: await this.complete(prepared.turn, input.signal) };
+  }
+
+  async complete(turn: PreparedTurn, signal?: AbortSignal): Promise<ChatTurn> {
+    const { provider } = this.options;
+    let completion: Awaited<ReturnType<ChatProvider["complete"]>>;
+    try {
+      completion = await provider.complete(turn.prompt, { signal, requestId: turn.requestId });
+    } catch (error) {
+      this.failed(turn, error, signal);
+      throw error;
+    }
+    this.store(turn, completion.text, completion.usage, false);
+    return { conversationId: turn.conversationId, reply: completion.text, usage: completion.usage };
+  }
+
+  /**
+   * Streams one turn: text as the provider sends it, then the stored turn. Stopping the iteration
+   * (the client went away) or an aborted signal stores what was received, marked incomplete.
+   */
+  async *stream(turn: PreparedTurn, signal?: AbortSignal): AsyncGenerator<TurnEvent> {
+    const { provider } = this.options;
+    let text = "";
+    let usage: TokenUsage | null = null;
+    let finished = false;
+    let failure: unknown = null;
+    try {
+      for await (const delta of provider.stream(turn.prompt, {
+        signal,
+        requestId: turn.requestId,
+      })) {
+        // A provider that does not watch its signal is not read past the abort.
+        if (signal?.aborted) break;
+        if (delta.kind === "usage") {
+          usage = delta.usage;
+          continue;
+        }
+        text += delta.text;
+        yield { kind: "text", text: delta.text };
+      }
+      finished = !signal?.aborted;
+    } catch (error) {
+      failure = error;
+      throw error;
+    } finally {
+      if (finished) {
+        const used = usage ?? this.estimatedUsage(turn, text);
+        this.store(turn, text, used, false);
+      } else if (text !== "") {
+        // Cut short after some text: keep what was received, counted by estimate.
+        this.store(turn, text, usage ?? this.estimatedUsage(turn, text), true);
+        if (failure !== null && !isAbort(failure, signal)) this.logFailure(turn, failure);
+      } else {
+        this.failed(turn, failure, signal);
+      }
+    }
+    const stored = usage ?? this.estimatedUsage(turn, text);
+    yield {
+      kind: "done",
+      turn: { conversationId: turn.conversationId, reply: text, usage: stored },
+    };
+  }
+
+  private estimatedUsage(turn: PreparedTurn, text: string): TokenUsage {
+    return { promptTokens: turn.reservation.estimate, completionTokens: estimateTokens(text) };
+  }
+
+  /** A call that produced nothing: give the reservation back, count and log why. */
+  private failed(turn: PreparedTurn, error: unknown, signal: AbortSignal | undefined) {
+    const { budget, clock, metrics, provider } = this.options;
+    budget.release(turn.reservation, clock.now());
+    if (error === null || isAbort(error, signal)) {
+      metrics.request(provider.name, "incomplete");
+      return;
+    }
+    metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "error");
+    this.logFailure(turn, error);
+  }
+
+  private logFailure(turn: PreparedTurn, error: unknown) {
+    const { logger, provider } = this.options;
+    if (error instanceof UpstreamFailure) {
+      logger.warn(
+        {
+          requestId: turn.requestId,
+          provider: provider.name,
+          kind: error.kind,
+          reason: error.reason,
+        },
+        "chat upstream failed",
+      );
+    }
+  }
+
+  /** The user's message and the reply, the conversation's time and the usage: one transaction. */
+  private store(turn: PreparedTurn, reply: string, usage: TokenUsage, incomplete: boolean) {
+    const { clock, budget, metrics, provider } = this.options;
+    const now = clock.now();
+    this.db.transaction(
+      (tx) => {
+        if (turn.isNew) {
+          tx.insert(chatConversations)
+            .values({
+              id: turn.conversationId,
+              ownerKind: turn.owner.kind,
+              ownerId: turn.owner.id,
+              createdAt: now,
+              updatedAt: now,
+            })
+            .run();
+        } else {
+          const kept = tx
+            .update(chatConversations)
+            .set({ updatedAt: now })
+            .where(eq(chatConversations.id, turn.conversationId))
+            .returning({ id: chatConversations.id })
+            .get();
+          // Deleted while the turn ran: the reply was given, nothing is kept; the usage counts.
+          if (!kept) {
+            budget.settle(turn.reservation, usage.promptTokens + usage.completionTokens, now);
+            return;
+          }
+        }
+        tx.insert(chatMessages)
+          .values([
+            {
+              conversationId: turn.conversationId,
+              role: "user",
+              content: turn.message,
+              tokens: estimateTokens(turn.message),
+              createdAt: now,
+            },
+            {
+              conversationId: turn.conversationId,
+              role: "assistant",
+              content: reply,
+              incomplete,
+              tokens: estimateTokens(reply),
+              promptTokens: usage.promptTokens,
+              completionTokens: usage.completionTokens,
+              createdAt: now,
+            },
+          ])
+          .run();
+        budget.settle(turn.reservation, usage.promptTokens + usage.completionTokens, now);
+      },
+      { behavior: "immediate" },
+    );
+    metrics.request(provider.name, incomplete ? "incomplete" : "ok");
+    metrics.tokens(usage.promptTokens, usage.completionTokens);
+  }
+
+  /** The owner's conversations, newest first, `limit` at a time. */
+  list(
+    owner: ChatOwner,
+    page: { cursor?: { createdAt: number; id: string }; limit: number },
+  ): { conversations: ConversationSummary[]; nextCursor: string | null } {
+    const { cursor, limit } = page;
+    const rows = this.db
+      .select({
+        id: chatConversations.id,
+        createdAt: chatConversations.createdAt,
+        updatedAt: chatConversations.updatedAt,
+        messageCount: sql<number>`(SELECT count(*) FROM ${chatMessages} WHERE ${chatMessages.conversationId} = ${chatConversations.id})`,
+      })
+      .from(chatConversations)
+      .where(
+        and(
+          eq(chatConversations.ownerKind, owner.kind),
+          eq(chatConversations.ownerId, owner.id),
+          cursor
+            ? or(
+                lt(chatConversations.createdAt, cursor.createdAt),
+                and(
+                  eq(chatConversations.createdAt, cursor.createdAt),
+                  lt(chatConversations.id, cursor.id),
+                ),
+              )
+            : undefined,
+        ),
+      )
+      .orderBy(desc(chatConversations.createdAt), desc(chatConversations.id))
+      .limit(limit + 1)
+      .all();
+    const shown = rows.slice(0, limit);
+    const last = shown.at(-1);
+    return {
+      conversations: shown.map((row) => ({
+        id: row.id,
+        createdAt: iso(row.createdAt),
+        updatedAt: iso(row.updatedAt),
+        messageCount: row.messageCount,
+      })),
+      nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null,
+    };
+  }
+
+  /** One of the owner's conversations with its messages in order, or null. */
+  get(
+    owner: ChatOwner,
+    conversationId: string,
+  ): (ConversationSummary & { messages: StoredMessage[] }) | null {
+    const conversation = this.db
+      .select()
+      .from(chatConversations)
+      .where(
+        and(
+          eq(chatConversations.id, conversationId),
+          eq(chatConversations.ownerKind, owner.kind),
+          eq(chatConversations.ownerId, owner.id),
+        ),
+      )
+      .get();
+    if (!conversation) return null;
+    const messages = this.messagesOf([conversation.id]).map(({ conversationId: _, ...m }) => m);
+    return {
+      id: conversation.id,
+      createdAt: iso(conversation.createdAt),
+      updatedAt: iso(conversation.updatedAt),
+      messageCount: messages.length,
+      messages,
+    };
+  }
+
+  /** Deletes one of the owner's conversations (its messages go with it); false if none. */
+  delete(owner: ChatOwner, conversationId: string): boolean {
+    const deleted = this.db
+      .delete(chatConversations)
+      .where(
+        and(
+          eq(chatConversations.id, conversationId),
+          eq(chatConversations.ownerKind, owner.kind),
+          eq(chatConversations.ownerId, owner.id),
+        ),
+      )
+      .returning({ id: chatConversations.id })
+      .all();
+    return deleted.length > 0;
+  }
+
+  private messagesOf(conversationIds: string[]): (StoredMessage & { conversationId: string })[] {
+    if (conversationIds.length === 0) return [];
+    return this.db
+      .select()
+      .from(chatMessages)
+      .where(inArray(chatMessages.conversationId, conversationIds))
+      .orderBy(asc(chatMessages.id))
+      .all()
+      .map((row) => ({
+        conversationId: row.conversationId,
+        role: row.role,
+        content: row.content,
+        incomplete: row.incomplete,
+        createdAt: iso(row.createdAt),
+        usage:
+          row.promptTokens === null || row.completionTokens === null
+            ? null
+            : { promptTokens: row.promptTokens, completionTokens: row.completionTokens },
+      }));
+  }
+
+  private conversationsOf(owners: readonly ChatOwner[]) {
+    if (owners.length === 0) return [];
+    return this.db
+      .select()
+      .from(chatConversations)
+      .where(
+        or(
+          ...owners.map((owner) =>
+            and(
+              eq(chatConversations.ownerKind, owner.kind),
+              eq(chatConversations.ownerId, owner.id),
+            ),
+          ),
+        ),
+      )
+      .orderBy(asc(chatConversations.createdAt), asc(chatConversations.id))
+      .all();
+  }
+
+  /** Every conversation (with its messages) and usage row of these owners: the export's part. */
+  exportOf(owners: readonly ChatOwner[]) {
+    const conversations = this.conversationsOf(owners);
+    const messages = this.messagesOf(conversations.map((c) => c.id));
+    const usage = owners.flatMap((owner) =>
+      this.db
+        .select()
+        .from(chatUsage)
+        .where(and(eq(chatUsage.ownerKind, owner.kind), eq(chatUsage.ownerId, owner.id)))
+        .orderBy(asc(chatUsage.day))
+        .all()
+        .map((row) => ({
+          principal: `${row.ownerKind}:${row.ownerId}`,
+          day: row.day,
+          usedTokens: row.usedTokens,
+          requests: row.requests,
+        })),
+    );
+    return {
+      conversations: conversations.map((c) => ({
+        id: c.id,
+        owner: `${c.ownerKind}:${c.ownerId}`,
+        createdAt: iso(c.createdAt),
+        updatedAt: iso(c.updatedAt),
+        messages: messages
+          .filter((m) => m.conversationId === c.id)
+          .map(({ conversationId: _, ...m }) => m),
+      })),
+      usage,
+    };
+  }
+
+  /** Deletes every conversation, message and usage row of these owners (inside the erasure). */
+  erase(owners: readonly ChatOwner[]): void {
+    for (const owner of owners) {
+      this.db
+        .delete(chatConversations)
+        .where(
+          and(eq(chatConversations.ownerKind, owner.kind), eq(chatConversations.ownerId, owner.id)),
+        )
+        .run();
+      this.db
+        .delete(chatUsage)
+        .where(and(eq(chatUsage.ownerKind, owner.kind), eq(chatUsage.ownerId, owner.id)))
+        .run();
+    }
+  }
+
+  /**
+   * Retention: messages older than CHAT_RETENTION_DAYS, then conversations left empty and not
+   * touched since, then usage rows of days before it; at most RETENTION_BATCH rows each per run.
+   */
+  retain(now: number, batch = RETENTION_BATCH): number {
+    const cutoff = now - this.options.retentionDays * DAY_MS;
+    const oldMessages = this.db
+      .select({ id: chatMessages.id })
+      .from(chatMessages)
+      .where(lt(chatMessages.createdAt, cutoff))
+      .orderBy(asc(chatMessages.createdAt))
+      .limit(batch);
+    const messages = this.db
+      .delete(chatMessages)
+      .where(inArray(chatMessages.id, oldMessages))
+      .returning({ id: chatMessages.id })
+      .all().length;
+    const emptyConversations = this.db
+      .select({ id: chatConversations.id })
+      .from(chatConversations)
+      .where(
+        and(
+          lt(chatConversations.updatedAt, cutoff),
+          sql`NOT EXISTS (SELECT 1 FROM ${chatMessages} WHERE ${chatMessages.conversationId} = ${chatConversations.id})`,
+        ),
+      )
+      .limit(batch);
+    const conversations = this.db
+      .delete(chatConversations)
+      .where(inArray(chatConversations.id, emptyConversations))
+      .returning({ id: chatConversations.id })
+      .all().length;
+    const oldDay = new Date(cutoff).toISOString().slice(0, 10);
+    const oldUsage = this.db
+      .select({ rowid: sql`rowid` })
+      .from(chatUsage)
+      .where(lt(chatUsage.day, oldDay))
+      .limit(batch);
+    const usage = this.db
+      .delete(chatUsage)
+      .where(sql`rowid IN ${oldUsage}`)
+      .returning({ day: chatUsage.day })
+      .all().length;
+    return messages + conversations + usage;
+  }
+}

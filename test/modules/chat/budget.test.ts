@@ -1,0 +1,252 @@
+/**
+ * Daily token budgets: exact at the boundary under concurrent requests (one process, and two
+ * instances on one file), 429 QUOTA_EXCEEDED with Retry-After until the next UTC midnight and an
+ * audit event, settling to the real usage, a new day; the admin view (`GET /api/admin/usage`)
+ * and the CLI (`usage:show`, `usage:reset`).
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { chatUsage } from "../../../src/db/schema";
+import { secondsUntilNextUtcDay, utcDay } from "../../../src/modules/chat/budget";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { logIn, type Session, signUp } from "../../support/auth";
+import { asUser, chat, gatedProvider } from "../../support/chat";
+import { cliInProcess } from "../../support/cli";
+import { ManualClock } from "../../support/clock";
+import { anotherInstance } from "../../support/instance";
+import { waitFor } from "../../support/wait";
+
+// 40 characters: 10 tokens; "zzz yyyyyy": 3 (it matches no FAQ entry: the long fallback answers). A new conversation's turn is estimated at 13.
+const SYSTEM_PROMPT = "S".repeat(40);
+const MESSAGE = "zzz yyyyyy";
+const ESTIMATE = 13;
+const ADMITTED = 5;
+const env = {
+  CHAT_SYSTEM_PROMPT: SYSTEM_PROMPT,
+  // Room for five estimates and not six.
+  CHAT_DAILY_TOKEN_BUDGET: String(ESTIMATE * ADMITTED + ESTIMATE - 1),
+  RATE_LIMIT_CHAT: "1000",
+  RATE_LIMIT_PER_MINUTE: "1000",
+  RATE_LIMIT_BURST: "1000",
+};
+
+let target: TestApp | undefined;
+afterEach(() => target?.close());
+
+/** Sends `count` turns at once; resolves with each status once every one is admitted or refused. */
+function burst(
+  app: { app: { handle(request: Request): Promise<Response> } },
+  session: Session,
+  count: number,
+  settled: { count: number },
+) {
+  return Array.from({ length: count }, () =>
+    send(app, "/api/chat", {
+      body: { message: MESSAGE },
+      headers: asUser(session),
+    }).then((response) => {
+      settled.count++;
+      return response;
+    }),
+  );
+}
+
+describe("the boundary, concurrently", () => {
+  test("20 requests at once in one process: exactly the 5 that fit are admitted", async () => {
+    const provider = gatedProvider();
+    const clock = new ManualClock();
+    target = buildTestApp({ env, chatProvider: provider, clock });
+    const alice = await signUp(target);
+    const settled = { count: 0 };
+    const pending = burst(target, alice, 20, settled);
+    // Every request has either reserved (and waits on the provider) or been refused.
+    await waitFor(() => provider.waiting() + settled.count === 20);
+    expect(provider.waiting()).toBe(ADMITTED);
+    const usageRow = target.db.select().from(chatUsage).get()!;
+    expect(usageRow.reservedTokens).toBe(ADMITTED * ESTIMATE);
+    provider.open();
+    const responses = await Promise.all(pending);
+    const statuses = responses.map((r) => r.status).sort();
+    expect(statuses.filter((s) => s === 200)).toHaveLength(ADMITTED);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(20 - ADMITTED);
+
+    const refused = responses.find((r) => r.status === 429)!;
+    expect(((await refused.json()) as { code: string }).code).toBe("QUOTA_EXCEEDED");
+    expect(refused.headers.get("retry-after")).toBe(String(secondsUntilNextUtcDay(clock.now())));
+
+    // Settled to the real usage: reservations gone, each turn's prompt and completion counted.
+    const replies = await Promise.all(
+      responses
+        .filter((r) => r.status === 200)
+        .map(
+          (r) => r.json() as Promise<{ usage: { promptTokens: number; completionTokens: number } }>,
+        ),
+    );
+    const spent = replies.reduce((n, r) => n + r.usage.promptTokens + r.usage.completionTokens, 0);
+    const after = target.db.select().from(chatUsage).get()!;
+    expect(after).toMatchObject({ reservedTokens: 0, usedTokens: spent, requests: ADMITTED });
+
+    // Audited: who was refused, batched.
+    target.services.audit.flush();
+    const events = target.db.$client
+      .query("SELECT actor, outcome FROM audit_events WHERE type = 'chat.quota_exceeded'")
+      .all() as { actor: string; outcome: string }[];
+    expect(events).toHaveLength(20 - ADMITTED);
+    expect(events[0]).toEqual({ actor: `user:${alice.userId}`, outcome: "denied" });
+
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain(`chat_requests_total{provider="offline",outcome="quota"} 15`);
+    expect(metrics).toContain(`chat_requests_total{provider="offline",outcome="ok"} ${ADMITTED}`);
+  });
+
+  test("two instances on one file, 10 each at once: still exactly 5 in all", async () => {
+    const first = gatedProvider();
+    const second = gatedProvider();
+    target = buildTestApp({ env, chatProvider: first });
+    const other = anotherInstance(target, { env, chatProvider: second });
+    try {
+      const alice = await signUp(target);
+      const settled = { count: 0 };
+      const pending = [...burst(target, alice, 10, settled), ...burst(other, alice, 10, settled)];
+      await waitFor(() => first.waiting() + second.waiting() + settled.count === 20);
+      expect(first.waiting() + second.waiting()).toBe(ADMITTED);
+      first.open();
+      second.open();
+      const statuses = (await Promise.all(pending)).map((r) => r.status);
+      expect(statuses.filter((s) => s === 200)).toHaveLength(ADMITTED);
+      expect(statuses.filter((s) => s === 429)).toHaveLength(20 - ADMITTED);
+    } finally {
+      other.close();
+    }
+  });
+});
+
+describe("over the day", () => {
+  test("once used passes the budget every turn is refused until the next UTC day", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({
+      env: { ...env, CHAT_DAILY_TOKEN_BUDGET: "200" },
+      clock,
+    });
+    const alice = await signUp(target);
+    // The fallback reply is long: one turn spends more than 100 tokens.
+    expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
+    expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
+    const refused = await chat(target, asUser(alice), { message: MESSAGE });
+    expect(refused.status).toBe(429);
+    const retryAfter = Number(refused.headers.get("retry-after"));
+    expect(retryAfter).toBeGreaterThan(0);
+    expect(retryAfter).toBeLessThanOrEqual(86_400);
+    // Another principal has its own budget.
+    const bob = await signUp(target);
+    expect((await chat(target, asUser(bob), { message: MESSAGE })).status).toBe(200);
+
+    clock.advance(retryAfter * 1000);
+    // Signed in again (the access token has expired by the next day).
+    const again = await logIn(target, alice.email);
+    expect((await chat(target, asUser(again), { message: MESSAGE })).status).toBe(200);
+  });
+
+  test("with the budget off (0) nothing is refused and usage is still counted", async () => {
+    target = buildTestApp({ env: { ...env, CHAT_DAILY_TOKEN_BUDGET: "0" } });
+    const alice = await signUp(target);
+    for (let i = 0; i < 3; i++) {
+      expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
+    }
+    expect(target.db.select().from(chatUsage).get()!.requests).toBe(3);
+  });
+});
+
+describe("admins see and reset usage", () => {
+  test("GET /api/admin/usage: today, by principal, another day; admins only, audited", async () => {
+    target = buildTestApp({ env });
+    const admin = await signUp(target, { role: "admin" });
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    await chat(target, asUser(alice), { message: MESSAGE });
+    await chat(target, asUser(bob), { message: MESSAGE });
+
+    const all = await send(target, "/api/admin/usage", { headers: asUser(admin) });
+    expect(all.status).toBe(200);
+    const page = (await all.json()) as {
+      day: string;
+      budget: number;
+      usage: { principal: string; usedTokens: number; requests: number }[];
+    };
+    expect(page.day).toBe(utcDay(Date.now()));
+    expect(page.budget).toBe(Number(env.CHAT_DAILY_TOKEN_BUDGET));
+    expect(page.usage.map((u) => u.principal).sort()).toEqual(
+      [`user:${alice.userId}`, `user:${bob.userId}`].sort(),
+    );
+
+    const one = (await (
+      await send(target, `/api/admin/usage?principal=user:${alice.userId}`, {
+        headers: asUser(admin),
+      })
+    ).json()) as typeof page;
+    expect(one.usage).toHaveLength(1);
+    expect(one.usage[0]!.requests).toBe(1);
+
+    const otherDay = (await (
+      await send(target, "/api/admin/usage?day=2020-01-01", { headers: asUser(admin) })
+    ).json()) as typeof page;
+    expect(otherDay).toMatchObject({ day: "2020-01-01", usage: [] });
+
+    for (const query of [
+      "?day=2020-13-45",
+      "?day=yesterday",
+      "?principal=root",
+      "?principal=user:",
+    ]) {
+      const bad = await send(target, `/api/admin/usage${query}`, { headers: asUser(admin) });
+      expect([query, bad.status]).toEqual([query, 422]);
+    }
+    expect((await send(target, "/api/admin/usage", { headers: asUser(alice) })).status).toBe(403);
+
+    const audited = target.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'admin.usage.queried'")
+      .get() as { n: number };
+    expect(audited.n).toBe(3);
+  });
+
+  test("usage:show and usage:reset through the CLI; the reset is audited and admits again", async () => {
+    target = buildTestApp({ env: { ...env, CHAT_DAILY_TOKEN_BUDGET: "100" } });
+    const alice = await signUp(target);
+    const principal = `user:${alice.userId}`;
+    expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
+    expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(429);
+
+    const cliEnv = { DATABASE_PATH: target.databasePath, CHAT_DAILY_TOKEN_BUDGET: "100" };
+    const shown = await cliInProcess(["usage:show"], cliEnv);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toMatch(
+      new RegExp(`^${principal}  \\d{4}-\\d{2}-\\d{2}  used \\d+ of 100`),
+    );
+    const json = await cliInProcess(["usage:show", "--principal", principal, "--json"], cliEnv);
+    const row = JSON.parse(json.stdout) as { usedTokens: number; requests: number };
+    expect(row.requests).toBe(1);
+    expect(row.usedTokens).toBeGreaterThan(100);
+
+    const reset = await cliInProcess(["usage:reset", "--principal", principal], cliEnv);
+    expect(reset.code).toBe(0);
+    expect(reset.stdout).toBe(
+      `reset ${principal} on ${utcDay(Date.now())}: ${row.usedTokens} tokens cleared`,
+    );
+    expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
+
+    const audited = target.db.$client
+      .query("SELECT actor, detail FROM audit_events WHERE type = 'chat.usage.reset'")
+      .get() as { actor: string; detail: string };
+    expect(audited.actor).toBe("cli");
+    expect(JSON.parse(audited.detail)).toMatchObject({ principal, cleared: row.usedTokens });
+
+    expect((await cliInProcess(["usage:reset"], cliEnv)).code).toBe(2);
+    expect((await cliInProcess(["usage:reset", "--principal", "nobody"], cliEnv)).code).toBe(2);
+    expect((await cliInProcess(["usage:show", "--day", "2026-02-30x"], cliEnv)).code).toBe(2);
+    const none = await cliInProcess(["usage:reset", "--principal", "key:none"], cliEnv);
+    expect(none).toMatchObject({ code: 1 });
+    expect(none.stderr).toContain("no chat usage for key:none");
+    expect((await cliInProcess(["usage:show", "--day", "2020-01-01"], cliEnv)).stdout).toBe(
+      "no chat usage on 2020-01-01",
+    );
+  });
+});

@@ -1,0 +1,214 @@
+/**
+ * The conversation routes: list (newest first, cursor pagination), one with its messages, delete;
+ * and isolation: another principal's conversation is 404 exactly like one that does not exist, on
+ * GET, DELETE and as POST /api/chat's conversationId — including between a user and the user's
+ * own API key. Malformed ids are 404 too (one answer for every id that is not yours).
+ */
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { chatConversations, chatMessages } from "../../../src/db/schema";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { createKey, type Session, signUp } from "../../support/auth";
+import { asKey, asUser, chat } from "../../support/chat";
+import { ManualClock } from "../../support/clock";
+
+let target: TestApp;
+let clock: ManualClock;
+let alice: Session;
+let bob: Session;
+
+beforeEach(async () => {
+  clock = new ManualClock();
+  target = buildTestApp({ clock });
+  alice = await signUp(target);
+  bob = await signUp(target);
+});
+afterEach(() => target.close());
+
+async function start(credential: Record<string, string>, message = "hello"): Promise<string> {
+  const response = await chat(target, credential, { message });
+  expect(response.status).toBe(200);
+  return ((await response.json()) as { conversationId: string }).conversationId;
+}
+
+interface Page {
+  conversations: { id: string; createdAt: string; updatedAt: string; messageCount: number }[];
+  nextCursor: string | null;
+}
+
+describe("list, read, delete", () => {
+  test("a conversation shows its messages in order, with usage on the replies", async () => {
+    const id = await start(asUser(alice), "How do I sign up?");
+    clock.advance(1000);
+    await chat(target, asUser(alice), { message: "and rate limits?", conversationId: id });
+    const response = await send(target, `/api/chat/conversations/${id}`, {
+      headers: asUser(alice),
+    });
+    expect(response.status).toBe(200);
+    const conversation = (await response.json()) as {
+      id: string;
+      messageCount: number;
+      updatedAt: string;
+      messages: { role: string; content: string; incomplete: boolean; usage: unknown }[];
+    };
+    expect(conversation.id).toBe(id);
+    expect(conversation.messageCount).toBe(4);
+    expect(conversation.updatedAt).toBe(new Date(clock.now()).toISOString());
+    expect(conversation.messages.map((m) => [m.role, m.content.slice(0, 16)])).toEqual([
+      ["user", "How do I sign up"],
+      ["assistant", "Create an accoun"],
+      ["user", "and rate limits?"],
+      ["assistant", "Chat allows 20 r"],
+    ]);
+    expect(conversation.messages[0]!.usage).toBeNull();
+    expect(conversation.messages[1]!.usage).toMatchObject({ promptTokens: expect.any(Number) });
+  });
+
+  test("pages newest first with nextCursor until null, each conversation once", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 7; i++) {
+      ids.push(await start(asUser(alice), `zzz ${i}`));
+      // Two share a millisecond: the id breaks the tie, nothing is skipped or repeated.
+      if (i !== 3) clock.advance(10);
+    }
+    await start(asUser(bob));
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const query: string = cursor ? `?limit=3&cursor=${cursor}` : "?limit=3";
+      const response = await send(target, `/api/chat/conversations${query}`, {
+        headers: asUser(alice),
+      });
+      expect(response.status).toBe(200);
+      const page = (await response.json()) as Page;
+      expect(page.conversations.length).toBeLessThanOrEqual(3);
+      seen.push(...page.conversations.map((c) => c.id));
+      cursor = page.nextCursor;
+      pages++;
+    } while (cursor !== null);
+    expect(pages).toBe(3);
+    expect(seen).toHaveLength(7);
+    expect(new Set(seen)).toEqual(new Set(ids));
+    // Newest first: creation times never increase down the list.
+    const rows = target.db.select().from(chatConversations).all();
+    const created = new Map(rows.map((r) => [r.id, r.createdAt]));
+    for (let i = 1; i < seen.length; i++) {
+      expect(created.get(seen[i]!)!).toBeLessThanOrEqual(created.get(seen[i - 1]!)!);
+    }
+    expect(seen[0]).toBe(ids[6]);
+  });
+
+  test("a cursor this API did not give, or a bad limit, is 422 naming the parameter", async () => {
+    for (const [query, field] of [
+      ["?cursor=not-a-cursor", "query/cursor"],
+      [`?cursor=${Buffer.from("1.x'--").toString("base64url")}`, "query/cursor"],
+      ["?limit=1.5", "query/limit"],
+      // The range errors of coerced integers are named "property" by the shared error handler
+      // (as on /api/admin/audit); the status and code are what is asserted for them.
+      ["?limit=0", null],
+      ["?limit=101", null],
+    ]) {
+      const response = await send(target, `/api/chat/conversations${query}`, {
+        headers: asUser(alice),
+      });
+      expect(response.status).toBe(422);
+      const problem = (await response.json()) as { code: string; errors: { field: string }[] };
+      expect(problem.code).toBe("VALIDATION_FAILED");
+      if (field) expect(problem.errors[0]!.field).toBe(field);
+    }
+  });
+
+  test("delete removes the conversation and its messages; a second delete is 404", async () => {
+    const id = await start(asUser(alice));
+    const other = await start(asUser(alice));
+    const deleted = await send(target, `/api/chat/conversations/${id}`, {
+      method: "DELETE",
+      headers: asUser(alice),
+    });
+    expect(deleted.status).toBe(204);
+    const remaining = target.db.select().from(chatMessages).all();
+    expect(remaining.every((m) => m.conversationId === other)).toBe(true);
+    expect(remaining).toHaveLength(2);
+    const again = await send(target, `/api/chat/conversations/${id}`, {
+      method: "DELETE",
+      headers: asUser(alice),
+    });
+    expect(again.status).toBe(404);
+  });
+});
+
+describe("isolation: another's conversation is 404, never 403", () => {
+  const notFound = async (response: Response) => {
+    expect(response.status).toBe(404);
+    return ((await response.json()) as { code: string; detail: string }).detail;
+  };
+
+  test("GET, DELETE and POST with another user's id answer exactly as for an unknown id", async () => {
+    const id = await start(asUser(alice));
+    const unknownId = "AAAAAAAAAAAAAAAAAAAAAA";
+    for (const conversationId of [id, unknownId]) {
+      const get = await send(target, `/api/chat/conversations/${conversationId}`, {
+        headers: asUser(bob),
+      });
+      const del = await send(target, `/api/chat/conversations/${conversationId}`, {
+        method: "DELETE",
+        headers: asUser(bob),
+      });
+      const post = await chat(target, asUser(bob), { message: "hi", conversationId });
+      const details = [await notFound(get), await notFound(del), await notFound(post)];
+      expect(details[0]).toBe("No conversation of yours has that id.");
+      expect(new Set(details).size).toBe(1);
+    }
+    // Alice's conversation is untouched, and Bob's list does not show it.
+    expect(target.db.select().from(chatMessages).all()).toHaveLength(2);
+    const list = (await (
+      await send(target, "/api/chat/conversations", { headers: asUser(bob) })
+    ).json()) as Page;
+    expect(list.conversations).toEqual([]);
+  });
+
+  test("a user and the user's own API key do not see each other's conversations", async () => {
+    const { key } = createKey(target, ["chat"], alice.userId);
+    const mine = await start(asUser(alice));
+    const keys = await start(asKey(key));
+    expect(
+      (await send(target, `/api/chat/conversations/${keys}`, { headers: asUser(alice) })).status,
+    ).toBe(404);
+    expect(
+      (await send(target, `/api/chat/conversations/${mine}`, { headers: asKey(key) })).status,
+    ).toBe(404);
+    expect((await chat(target, asKey(key), { message: "x", conversationId: mine })).status).toBe(
+      404,
+    );
+    const listed = (await (
+      await send(target, "/api/chat/conversations", { headers: asKey(key) })
+    ).json()) as Page;
+    expect(listed.conversations.map((c) => c.id)).toEqual([keys]);
+  });
+
+  test("malformed ids are 404 on every route (never 422, never 500)", async () => {
+    for (const id of ["x", "%27%20OR%201%3D1", "a".repeat(300), "..%2F", "null"]) {
+      const get = await send(target, `/api/chat/conversations/${id}`, { headers: asUser(alice) });
+      expect([id, get.status]).toEqual([id, id === "..%2F" ? 400 : 404]);
+      const del = await send(target, `/api/chat/conversations/${id}`, {
+        method: "DELETE",
+        headers: asUser(alice),
+      });
+      expect(del.status).toBe(id === "..%2F" ? 400 : 404);
+    }
+    const post = await chat(target, asUser(alice), { message: "hi", conversationId: "' OR 1=1" });
+    expect(post.status).toBe(404);
+    const empty = await chat(target, asUser(alice), { message: "hi", conversationId: "" });
+    expect(empty.status).toBe(404);
+  });
+
+  test("replies and histories are JSON, never HTML, whatever the text holds", async () => {
+    const id = await start(asUser(alice), "<script>alert(1)</script>");
+    const response = await send(target, `/api/chat/conversations/${id}`, {
+      headers: asUser(alice),
+    });
+    expect(response.headers.get("content-type")).toStartWith("application/json");
+    const conversation = (await response.json()) as { messages: { content: string }[] };
+    expect(conversation.messages[0]!.content).toBe("<script>alert(1)</script>");
+  });
+});

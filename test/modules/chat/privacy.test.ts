@@ -1,0 +1,127 @@
+/**
+ * What chat holds about a user under the privacy rights: the export has the user's conversations
+ * and those of the user's API keys (with their messages and usage), erasure deletes them, and
+ * retention deletes messages past CHAT_RETENTION_DAYS in bounded batches, then the conversations
+ * left empty.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { chatConversations, chatMessages, chatUsage } from "../../../src/db/schema";
+import type { ChatFeature } from "../../../src/modules/chat/feature";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { createKey, signUp } from "../../support/auth";
+import { asKey, asUser, chat } from "../../support/chat";
+import { ManualClock } from "../../support/clock";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+let target: TestApp | undefined;
+afterEach(() => target?.close());
+
+const start = async (app: TestApp, credential: Record<string, string>, message: string) => {
+  const response = await chat(app, credential, { message });
+  expect(response.status).toBe(200);
+  return ((await response.json()) as { conversationId: string }).conversationId;
+};
+
+describe("export and erasure", () => {
+  test("the export holds the user's and the user's keys' conversations, nobody else's", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    const { key, record } = createKey(target, ["chat"], alice.userId);
+    const mine = await start(target, asUser(alice), "How do I sign up?");
+    const keys = await start(target, asKey(key), "What are the rate limits?");
+    await start(target, asUser(bob), "bob's secret question");
+
+    const response = await send(target, "/api/me/export", { headers: asUser(alice) });
+    expect(response.status).toBe(200);
+    const document = (await response.json()) as {
+      chat: {
+        conversations: {
+          id: string;
+          owner: string;
+          messages: { role: string; content: string }[];
+        }[];
+        usage: { principal: string; requests: number }[];
+      };
+    };
+    const byId = new Map(document.chat.conversations.map((c) => [c.id, c]));
+    expect([...byId.keys()].sort()).toEqual([mine, keys].sort());
+    expect(byId.get(mine)!.owner).toBe(`user:${alice.userId}`);
+    expect(byId.get(keys)!.owner).toBe(`key:${record.id}`);
+    expect(byId.get(mine)!.messages.map((m) => m.role)).toEqual(["user", "assistant"]);
+    expect(byId.get(mine)!.messages[0]!.content).toBe("How do I sign up?");
+    expect(JSON.stringify(document)).not.toContain("bob's secret question");
+    expect(document.chat.usage.map((u) => u.principal).sort()).toEqual(
+      [`key:${record.id}`, `user:${alice.userId}`].sort(),
+    );
+  });
+
+  test("erasure deletes the user's and the user's keys' conversations, messages and usage", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    const { key } = createKey(target, ["chat"], alice.userId);
+    await start(target, asUser(alice), "one");
+    await start(target, asKey(key), "two");
+    const bobs = await start(target, asUser(bob), "three");
+
+    const erased = await send(target, "/api/me", { method: "DELETE", headers: asUser(alice) });
+    expect(erased.status).toBe(204);
+    const conversations = target.db.select().from(chatConversations).all();
+    expect(conversations.map((c) => c.id)).toEqual([bobs]);
+    const messages = target.db.select().from(chatMessages).all();
+    expect(messages.every((m) => m.conversationId === bobs)).toBe(true);
+    expect(messages).toHaveLength(2);
+    const usage = target.db.select().from(chatUsage).all();
+    expect(usage.map((u) => `${u.ownerKind}:${u.ownerId}`)).toEqual([`user:${bob.userId}`]);
+  });
+});
+
+describe("retention", () => {
+  test("messages past CHAT_RETENTION_DAYS go in the background; empty old conversations too", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock, env: { CHAT_RETENTION_DAYS: "30" } });
+    const alice = await signUp(target);
+    const old = await start(target, asUser(alice), "old and forgotten");
+    const kept = await start(target, asUser(alice), "old, continued later");
+
+    clock.advance(20 * DAY_MS);
+    const { logIn } = await import("../../support/auth");
+    const session = await logIn(target, alice.email);
+    await chat(target, asUser(session), { message: "recent", conversationId: kept });
+
+    clock.advance(11 * DAY_MS);
+    target.services.runMaintenance();
+    const conversations = target.db.select().from(chatConversations).all();
+    expect(conversations.map((c) => c.id)).toEqual([kept]);
+    expect(conversations.some((c) => c.id === old)).toBe(false);
+    const messages = target.db.select().from(chatMessages).all();
+    expect(messages.map((m) => m.content.slice(0, 6))).toEqual([
+      "recent",
+      messages[1]!.content.slice(0, 6),
+    ]);
+    expect(messages.every((m) => m.conversationId === kept)).toBe(true);
+
+    // Nothing young is touched: another run deletes nothing.
+    const before = target.db.select().from(chatMessages).all().length;
+    target.services.runMaintenance();
+    expect(target.db.select().from(chatMessages).all()).toHaveLength(before);
+  });
+
+  test("each run deletes a bounded batch", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock, env: { CHAT_RETENTION_DAYS: "1" } });
+    const alice = await signUp(target);
+    for (let i = 0; i < 3; i++) await start(target, asUser(alice), `zzz ${i}`);
+    clock.advance(2 * DAY_MS);
+    const chatFeature = target.services.features.find((f) => f.name === "chat") as ChatFeature;
+    // Six old messages, batches of four: the four oldest go, with the two conversations they
+    // emptied and the old usage row; then the last two messages and their conversation.
+    expect(chatFeature.service.retain(clock.now(), 4)).toBe(4 + 2 + 1);
+    expect(target.db.select().from(chatMessages).all()).toHaveLength(2);
+    expect(target.db.select().from(chatConversations).all()).toHaveLength(1);
+    expect(chatFeature.service.retain(clock.now(), 4)).toBe(2 + 1);
+    expect(target.db.select().from(chatConversations).all()).toHaveLength(0);
+    expect(chatFeature.service.retain(clock.now(), 4)).toBe(0);
+  });
+});

@@ -1,0 +1,203 @@
+/**
+ * Streaming (`Accept: text/event-stream`) and upstream failures: the SSE format and the stored
+ * reply, a client that goes away (the provider's signal aborts, what arrived is stored as
+ * incomplete), a streamed request's real duration in the access log and the histogram, and how
+ * an UpstreamFailure reaches the client (503 with Retry-After, 502, an error event mid-stream).
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { eq } from "drizzle-orm";
+import { chatMessages, chatUsage } from "../../../src/db/schema";
+import { buildTestApp, send, serveInProcess, type TestApp } from "../../support/app";
+import { signUp } from "../../support/auth";
+import {
+  asUser,
+  chat,
+  failingProvider,
+  parseSse,
+  recordingProvider,
+  slowProvider,
+  UpstreamFailure,
+} from "../../support/chat";
+import { afterQueuedImmediates, waitFor } from "../../support/wait";
+
+const SSE = { accept: "text/event-stream" };
+let target: TestApp | undefined;
+afterEach(() => target?.close());
+
+const assistantRows = (app: TestApp) =>
+  app.db.select().from(chatMessages).where(eq(chatMessages.role, "assistant")).all();
+
+describe("Server-Sent Events", () => {
+  test("deltas as data lines, then a done event; the full reply is stored", async () => {
+    target = buildTestApp({ chatProvider: recordingProvider() });
+    const alice = await signUp(target);
+    const response = await chat(target, asUser(alice), { message: "How do I sign up?" }, SSE);
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toBe("text/event-stream; charset=utf-8");
+    expect(response.headers.get("x-content-type-options")).toBe("nosniff");
+    expect(response.headers.get("cache-control")).toBe("no-store");
+    const events = parseSse(await response.text());
+    const deltas = events.filter((e) => e.event === "message");
+    expect(deltas.length).toBeGreaterThan(10);
+    for (const delta of deltas) expect(Object.keys(delta.data as object)).toEqual(["delta"]);
+    const reply = deltas.map((e) => (e.data as { delta: string }).delta).join("");
+    expect(reply).toContain("POST /api/auth/register");
+    const done = events.at(-1)!;
+    expect(done.event).toBe("done");
+    const { conversationId, usage } = done.data as {
+      conversationId: string;
+      usage: { promptTokens: number; completionTokens: number };
+    };
+    expect(usage.completionTokens).toBe(Math.ceil(reply.length / 4));
+
+    await waitFor(() => assistantRows(target!).length === 1);
+    const [stored] = assistantRows(target);
+    expect(stored).toMatchObject({ conversationId, content: reply, incomplete: false });
+    expect(stored!.completionTokens).toBe(usage.completionTokens);
+  });
+
+  test("a client that disconnects over a real socket aborts the provider; the part received is stored incomplete", async () => {
+    const provider = slowProvider(40);
+    target = buildTestApp({ chatProvider: provider });
+    const alice = await signUp(target);
+    const server = serveInProcess(target);
+    try {
+      const abort = new AbortController();
+      const response = await fetch(new URL("/api/chat", server.url), {
+        method: "POST",
+        headers: { ...asUser(alice), ...SSE, "content-type": "application/json" },
+        body: JSON.stringify({ message: "How do I sign up?" }),
+        signal: abort.signal,
+      });
+      expect(response.status).toBe(200);
+      const reader = response.body!.getReader();
+      const { value } = await reader.read();
+      expect(new TextDecoder().decode(value)).toStartWith("data: ");
+      abort.abort();
+
+      await waitFor(() => assistantRows(target!).length === 1);
+      const [stored] = assistantRows(target);
+      expect(stored!.incomplete).toBe(true);
+      expect(stored!.content.length).toBeGreaterThan(0);
+      expect("Create an account with POST /api/auth/register").toStartWith(
+        stored!.content.slice(0, 10),
+      );
+      // The full answer is ~70 words at 40 ms each: far from done when the client left.
+      expect(stored!.content.length).toBeLessThan(100);
+      await waitFor(() => provider.aborted.length === 1);
+      expect(provider.aborted).toEqual([true]);
+      // The user's message is kept with the partial reply; the usage was settled, not leaked.
+      const usage = target.db.select().from(chatUsage).all();
+      expect(usage[0]!.reservedTokens).toBe(0);
+      expect(usage[0]!.usedTokens).toBeGreaterThan(0);
+    } finally {
+      await server.shutdown("test");
+    }
+  });
+
+  test("cancelling the body (app.handle) does the same", async () => {
+    const provider = slowProvider(30);
+    target = buildTestApp({ chatProvider: provider });
+    const alice = await signUp(target);
+    const response = await chat(target, asUser(alice), { message: "rate limits" }, SSE);
+    const reader = response.body!.getReader();
+    await reader.read();
+    await reader.read();
+    await reader.cancel();
+    await waitFor(() => assistantRows(target!).length === 1);
+    expect(assistantRows(target)[0]!.incomplete).toBe(true);
+    await waitFor(() => provider.aborted.length === 1);
+    expect(provider.aborted).toEqual([true]);
+  });
+
+  test("the access log and the duration histogram record the stream's end, not its first byte", async () => {
+    // ~70 words at 6 ms: the stream takes well over 300 ms, its first byte a few.
+    target = buildTestApp({ chatProvider: slowProvider(6) });
+    const alice = await signUp(target);
+    const started = performance.now();
+    const response = await chat(target, asUser(alice), { message: "How do I sign up?" }, SSE);
+    await response.text();
+    const elapsed = performance.now() - started;
+    expect(elapsed).toBeGreaterThanOrEqual(300);
+    await afterQueuedImmediates();
+    await waitFor(() =>
+      target!.logs.entries.some((e) => e.msg === "request" && e.route === "/api/chat"),
+    );
+    const line = target.logs.entries.find((e) => e.msg === "request" && e.route === "/api/chat")!;
+    expect(line.durationMs as number).toBeGreaterThanOrEqual(300);
+    expect(line.status).toBe(200);
+
+    const metrics = await (await send(target, "/metrics")).text();
+    const sum =
+      /http_request_duration_seconds_sum\{method="POST",route="\/api\/chat"\} ([\d.e-]+)/.exec(
+        metrics,
+      );
+    expect(Number(sum![1])).toBeGreaterThanOrEqual(0.3);
+    expect(metrics).toMatch(
+      /http_request_duration_seconds_bucket\{le="0.25",method="POST",route="\/api\/chat"\} 0/,
+    );
+  });
+});
+
+describe("upstream failures", () => {
+  const setup = async (failure: Error, afterText?: string) => {
+    target = buildTestApp({ chatProvider: failingProvider(failure, afterText) });
+    return signUp(target);
+  };
+
+  test("unavailable: 503 UPSTREAM_UNAVAILABLE with Retry-After; nothing stored, the budget given back", async () => {
+    const alice = await setup(new UpstreamFailure("unavailable", "circuit open", 7));
+    const secret = "my private question about invoices";
+    const response = await chat(target!, asUser(alice), { message: secret });
+    expect(response.status).toBe(503);
+    expect(response.headers.get("retry-after")).toBe("7");
+    const problem = (await response.json()) as { code: string; requestId: string };
+    expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(target!.db.select().from(chatMessages).all()).toHaveLength(0);
+    expect(target!.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
+    expect(target!.db.select().from(chatUsage).get()!.usedTokens).toBe(0);
+    // Logged with the request id and the reason, never the user's text.
+    const logged = target!.logs.entries.find((e) => e.msg === "chat upstream failed")!;
+    expect(logged).toMatchObject({ requestId: problem.requestId, kind: "unavailable" });
+    expect(target!.logs.text).not.toContain(secret);
+    const metrics = await (await send(target!, "/metrics")).text();
+    expect(metrics).toContain('chat_requests_total{provider="openai",outcome="upstream_error"} 1');
+  });
+
+  test("bad_response: 502; also when streaming fails before the first byte", async () => {
+    const alice = await setup(new UpstreamFailure("bad_response", "malformed JSON"));
+    const json = await chat(target!, asUser(alice), { message: "hi" });
+    expect(json.status).toBe(502);
+    expect(((await json.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+    const streamed = await chat(target!, asUser(alice), { message: "hi" }, SSE);
+    expect(streamed.status).toBe(502);
+    expect(streamed.headers.get("content-type")).toStartWith("application/problem+json");
+  });
+
+  test("a failure mid-stream is an error event with the problem; what arrived is stored incomplete", async () => {
+    const alice = await setup(new UpstreamFailure("bad_response", "stream cut"), "Partial answer ");
+    const response = await chat(target!, asUser(alice), { message: "hi" }, SSE);
+    expect(response.status).toBe(200);
+    const events = parseSse(await response.text());
+    expect(events[0]).toEqual({ event: "message", data: { delta: "Partial answer " } });
+    const error = events.at(-1)!;
+    expect(error.event).toBe("error");
+    expect(error.data).toMatchObject({ code: "UPSTREAM_UNAVAILABLE", status: 502 });
+    expect(events.some((e) => e.event === "done")).toBe(false);
+    await waitFor(() => assistantRows(target!).length === 1);
+    expect(assistantRows(target!)[0]).toMatchObject({
+      content: "Partial answer ",
+      incomplete: true,
+    });
+  });
+
+  test("an unexpected provider error is 500 INTERNAL without its message", async () => {
+    const alice = await setup(new Error("sk-secret-in-a-message"));
+    const response = await chat(target!, asUser(alice), { message: "hi" });
+    expect(response.status).toBe(500);
+    expect(await response.text()).not.toContain("sk-secret");
+    expect(target!.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
+    const metrics = await (await send(target!, "/metrics")).text();
+    expect(metrics).toContain('chat_requests_total{provider="openai",outcome="error"} 1');
+  });
+});
