@@ -11,7 +11,7 @@ import { Database } from "bun:sqlite";
 import { existsSync, statSync } from "node:fs";
 import { SERVERS } from "./http";
 import { memoryOf, runWrk, startServer } from "./proc";
-import { summarize, type Summary } from "./stats";
+import { type Summary, summarize } from "./stats";
 
 export interface TableState {
   rows: number;
@@ -23,6 +23,7 @@ export interface ManyClientResults {
   rps: Summary;
   bareRps: Summary;
   ratio: Summary;
+  /** Requests Palisade answered in the phase, warm-up included (each a new client). */
   requests: number;
   errors: number;
   /** Palisade's RSS at the end of the load and its peak, kB. */
@@ -59,11 +60,12 @@ export async function measureManyClients(options: {
     const load = (port: number, secs: number) =>
       runWrk({ port, path: "/bench", seconds: secs, manyClients: true });
     await load(bare.port, 1);
-    await load(palisade.port, 1);
+    // The warm-up's clients count in the table too.
+    const warm = await load(palisade.port, 1);
     const a: number[] = [];
     const b: number[] = [];
     const ratios: number[] = [];
-    let requests = 0;
+    let requests = warm.requests;
     let errors = 0;
     for (let round = 0; round < rounds; round++) {
       const floor = await load(bare.port, seconds);

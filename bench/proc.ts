@@ -76,7 +76,8 @@ export function memoryOf(pid: number): { peakKb: number; rssKb: number } | null 
   if (!existsSync(file)) return null;
   try {
     const status = readFileSync(file, "utf8");
-    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
+    const field = (name: string) =>
+      Number(new RegExp(`^${name}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
     return { peakKb: field("VmHWM"), rssKb: field("VmRSS") };
   } catch {
     return null;
@@ -136,8 +137,7 @@ export async function runWrk(request: WrkRequest): Promise<WrkResult> {
   const line = /^BENCH (\{.*\})$/m.exec(out)?.[1];
   if (!line) throw new Error(`wrk printed no result:\n${out}${err}`);
   const r = JSON.parse(line) as Record<string, number>;
-  const errors =
-    r.connectErrors! + r.readErrors! + r.writeErrors! + r.timeouts! + r.non2xx!;
+  const errors = r.connectErrors! + r.readErrors! + r.writeErrors! + r.timeouts! + r.non2xx!;
   return {
     rps: r.requests! / (r.durationUs! / 1e6),
     requests: r.requests!,

@@ -4,7 +4,7 @@
  * - clients: RSS after `count` distinct clients have each made one request (bench/scale/clients.ts);
  *   the limiter keeps their state on disk, so RSS should not grow with them;
  * - start-up: `bun run src/index.ts` on a free port with a temp database, from spawn to the first
- *   `/health` 200, and its idle RSS a second later; the first start (which creates the database)
+ *   `/health` 200, and its idle RSS a moment (a second) later; the first start (which creates the database)
  *   apart from restarts on an existing one, and bare Elysia's start for reference;
  * - exactness: three `src/index.ts` processes on one database file with a limit of N, many
  *   concurrent requests spread over the three: exactly N must be admitted.
@@ -12,7 +12,7 @@
 import { mkdtempSync } from "node:fs";
 import { join } from "node:path";
 import { memoryOf, ROOT } from "./proc";
-import { summarize, type Summary } from "./stats";
+import { type Summary, summarize } from "./stats";
 
 export interface ClientsResult {
   count: number;
@@ -27,12 +27,18 @@ export interface ClientsResult {
 }
 
 export async function measureClients(dir: string, count: number): Promise<ClientsResult> {
-  const proc = Bun.spawn(["bun", "bench/scale/clients.ts", String(count), mkdtempSync(join(dir, "clients-"))], {
-    cwd: ROOT,
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  const proc = Bun.spawn(
+    ["bun", "bench/scale/clients.ts", String(count), mkdtempSync(join(dir, "clients-"))],
+    {
+      cwd: ROOT,
+      stdout: "pipe",
+      stderr: "pipe",
+    },
+  );
+  const [out, err] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+  ]);
   if ((await proc.exited) !== 0) throw new Error(`bench/scale/clients.ts failed:\n${err}`);
   return JSON.parse(out.trim().split("\n").at(-1)!) as ClientsResult;
 }
@@ -65,7 +71,11 @@ export interface StartResult {
 }
 
 /** Spawns `command`, times it to the first /health 200, reads its RSS a second later, stops it. */
-export async function timeStart(command: string[], env: Record<string, string>): Promise<StartResult> {
+export async function timeStart(
+  command: string[],
+  env: Record<string, string>,
+  settleMs = 1_000,
+): Promise<StartResult> {
   const port = freePort();
   const started = performance.now();
   const proc = Bun.spawn([...command.map((part) => part.replace("{port}", String(port)))], {
@@ -77,7 +87,7 @@ export async function timeStart(command: string[], env: Record<string, string>):
   try {
     await untilHealthy(port, proc);
     const ms = performance.now() - started;
-    await Bun.sleep(1_000);
+    await Bun.sleep(settleMs);
     return { ms, idleRssKb: memoryOf(proc.pid)?.rssKb ?? 0 };
   } finally {
     proc.kill("SIGKILL");
@@ -91,7 +101,11 @@ export interface StartupResults {
   bare: { ms: Summary; idleRssKb: Summary };
 }
 
-export async function measureStartup(dir: string, starts: number): Promise<StartupResults> {
+export async function measureStartup(
+  dir: string,
+  starts: number,
+  settleMs = 1_000,
+): Promise<StartupResults> {
   const dbDir = mkdtempSync(join(dir, "startup-"));
   const env = {
     APP_ENV: "development",
@@ -100,12 +114,12 @@ export async function measureStartup(dir: string, starts: number): Promise<Start
   };
   const palisade = ["bun", "run", "src/index.ts"];
   const bare = ["bun", "bench/servers/bare.ts", "{port}"];
-  const first = await timeStart(palisade, env);
+  const first = await timeStart(palisade, env, settleMs);
   const restarts: StartResult[] = [];
   const bares: StartResult[] = [];
   for (let i = 0; i < starts; i++) {
-    restarts.push(await timeStart(palisade, env));
-    bares.push(await timeStart(bare, {}));
+    restarts.push(await timeStart(palisade, env, settleMs));
+    bares.push(await timeStart(bare, {}, settleMs));
   }
   const pair = (list: StartResult[]) => ({
     ms: summarize(list.map((r) => r.ms)),
@@ -123,7 +137,11 @@ export interface ExactnessResult {
 }
 
 /** Three processes on one file, a limit of `limit`, `sent` concurrent requests over the three. */
-export async function measureExactness(dir: string, limit: number, sent: number): Promise<ExactnessResult> {
+export async function measureExactness(
+  dir: string,
+  limit: number,
+  sent: number,
+): Promise<ExactnessResult> {
   const dbDir = mkdtempSync(join(dir, "exact-"));
   const env = {
     ...process.env,

@@ -11,7 +11,10 @@ const port = Number(process.argv[2] ?? 0);
 const app = new Elysia()
   .get("/health", () => ({ status: "ok" }))
   .get("/bench", () => BENCH_PAYLOAD)
-  .post("/bench/protected", ({ body }) => ({ ok: true, length: (body as { message: string }).message.length }))
+  .post("/bench/protected", ({ body }) => ({
+    ok: true,
+    length: (body as { message: string }).message.length,
+  }))
   .post("/api/chat", ({ body }) => echoChat((body as { message: string }).message))
   .listen({ port, hostname: "127.0.0.1" });
 process.stderr.write(`ready ${app.server!.port}\n`);

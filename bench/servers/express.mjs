@@ -16,7 +16,8 @@ import jwt from "jsonwebtoken";
 const BENCH_PAYLOAD = { id: 42, name: "palisade", tags: ["a", "b"], ok: true };
 const BENCH_JWT_SECRET = "bench-jwt-secret-0123456789abcdefghijklmnopq";
 
-const secret = process.argv[2] === "key" ? createSecretKey(Buffer.from(BENCH_JWT_SECRET)) : BENCH_JWT_SECRET;
+const secret =
+  process.argv[2] === "key" ? createSecretKey(Buffer.from(BENCH_JWT_SECRET)) : BENCH_JWT_SECRET;
 const port = Number(process.argv[3] ?? 0);
 
 function validBody(body) {
@@ -47,7 +48,14 @@ app.disable("x-powered-by");
 app.use(helmet());
 app.use(cors({ origin: "https://app.example" }));
 app.get("/health", (_req, res) => res.json({ status: "ok" }));
-app.use(rateLimit({ windowMs: 60_000, limit: 1_000_000_000, standardHeaders: "draft-8", legacyHeaders: false }));
+app.use(
+  rateLimit({
+    windowMs: 60_000,
+    limit: 1_000_000_000,
+    standardHeaders: "draft-8",
+    legacyHeaders: false,
+  }),
+);
 app.use(express.json({ limit: "32kb" }));
 app.get("/bench", (_req, res) => res.json(BENCH_PAYLOAD));
 app.post("/bench/protected", bearer, (req, res) => {

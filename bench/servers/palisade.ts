@@ -49,7 +49,13 @@ const clock: Clock = { now: () => Date.now() + offsetMs };
 const db = openDatabase(config.databasePath);
 applyMigrations(db);
 const logger = createLogger({ level: config.logLevel, secretValues: config.secretValues });
-const services = createServices({ config, db, logger, clock, cacheTokens: mode !== "full-nocache" });
+const services = createServices({
+  config,
+  db,
+  logger,
+  clock,
+  cacheTokens: mode !== "full-nocache",
+});
 await services.start();
 const app = createApp(services)
   .get("/bench", () => BENCH_PAYLOAD, { public: true })
