@@ -9,7 +9,7 @@
  * - exactness: three `src/index.ts` processes on one database file with a limit of N, many
  *   concurrent requests spread over the three: exactly N must be admitted.
  */
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { memoryOf, ROOT } from "./proc";
 import { type Summary, summarize } from "./stats";
@@ -67,7 +67,21 @@ async function untilHealthy(port: number, proc: Bun.Subprocess, timeoutMs = 20_0
 
 export interface StartResult {
   ms: number;
+  /** CPU time (user + system, all threads) the process used up to that answer; 10 ms ticks. */
+  cpuMs: number;
   idleRssKb: number;
+}
+
+/** utime + stime of a process in ms (clock ticks of 10 ms), or NaN once it has gone. */
+function cpuTimeOf(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 /** Spawns `command`, times it to the first /health 200, reads its RSS a second later, stops it. */
@@ -87,18 +101,25 @@ export async function timeStart(
   try {
     await untilHealthy(port, proc);
     const ms = performance.now() - started;
+    const cpuMs = cpuTimeOf(proc.pid);
     await Bun.sleep(settleMs);
-    return { ms, idleRssKb: memoryOf(proc.pid)?.rssKb ?? 0 };
+    return { ms, cpuMs, idleRssKb: memoryOf(proc.pid)?.rssKb ?? 0 };
   } finally {
     proc.kill("SIGKILL");
     await proc.exited;
   }
 }
 
+interface Starts {
+  ms: Summary;
+  cpuMs: Summary;
+  idleRssKb: Summary;
+}
+
 export interface StartupResults {
   first: StartResult;
-  restart: { ms: Summary; idleRssKb: Summary };
-  bare: { ms: Summary; idleRssKb: Summary };
+  restart: Starts;
+  bare: Starts;
 }
 
 export async function measureStartup(
@@ -121,8 +142,9 @@ export async function measureStartup(
     restarts.push(await timeStart(palisade, env, settleMs));
     bares.push(await timeStart(bare, {}, settleMs));
   }
-  const pair = (list: StartResult[]) => ({
+  const pair = (list: StartResult[]): Starts => ({
     ms: summarize(list.map((r) => r.ms)),
+    cpuMs: summarize(list.map((r) => r.cpuMs)),
     idleRssKb: summarize(list.map((r) => r.idleRssKb)),
   });
   return { first, restart: pair(restarts), bare: pair(bares) };
