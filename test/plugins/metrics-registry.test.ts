@@ -25,7 +25,7 @@ test("a scrape shows every one of prom-client's default metrics, as collectDefau
   expect(first).toMatch(/^nodejs_heap_space_size_used_bytes\{space="\w+"\} \d+$/m);
   // Registered once: the second scrape is the same list, with no duplicate-registration error.
   expect(families(await ours.metrics())).toEqual(families(first));
-  expect(ours.getMetricsAsJSON().length).toBe(reference.getMetricsAsJSON().length);
+  expect((await ours.getMetricsAsJSON()).length).toBe((await reference.getMetricsAsJSON()).length);
 });
 
 test("the heap-space gauges, whose registration walks Bun's heap, are registered at the first scrape, not at start", async () => {

@@ -4,7 +4,7 @@
  * built on a registry creates them; the others get the same counters, so each name is registered
  * once per app.
  */
-import { Counter, type Registry } from "prom-client";
+import { Counter, type Registry } from "../../plugins/metrics/prom";
 
 export type WebhookProvider = "stripe" | "whatsapp";
 

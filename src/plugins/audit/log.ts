@@ -27,7 +27,7 @@ import type { Database } from "bun:sqlite";
 import { asc, desc, eq, lt, lte, max, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { Logger } from "pino";
-import { Counter, type Registry } from "prom-client";
+import { Counter, type Registry } from "../metrics/prom";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";

@@ -1,4 +1,4 @@
-import { Counter, type Registry } from "prom-client";
+import { Counter, type Registry } from "../metrics/prom";
 
 export const AUTH_FAILURE_REASONS = [
   "missing_credentials",

@@ -17,7 +17,7 @@
 import type { Database } from "bun:sqlite";
 import { and, count, desc, eq, gt, inArray, isNull, lt, max, or, sql } from "drizzle-orm";
 import type { Logger } from "pino";
-import { Gauge, type Registry } from "prom-client";
+import { Gauge, type Registry } from "../metrics/prom";
 import type { Clock } from "../../clock";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { ipBlocks } from "../../db/schema";

@@ -11,9 +11,9 @@
  * scrape anyway, so registering them just before the first one changes nothing a scrape shows; the
  * rest (event-loop lag, GC, CPU) start at once.
  */
-import { collectDefaultMetrics, Registry } from "prom-client";
+import { collectDefaultMetrics, Registry } from "./prom";
 
-export type { Registry } from "prom-client";
+export { Registry } from "./prom";
 
 /** The default metric registered at the first scrape (a module of prom-client/lib/metrics). */
 export const DEFERRED_DEFAULT_METRIC = "heapSpacesSizeAndUsed";

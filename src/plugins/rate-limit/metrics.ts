@@ -1,4 +1,4 @@
-import { Counter, type Registry } from "prom-client";
+import { Counter, type Registry } from "../metrics/prom";
 
 export function createRateLimitMetrics(registry: Registry) {
   return {
