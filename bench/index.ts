@@ -225,7 +225,9 @@ try {
   log(
     `| start to first /health 200: restart, median of ${plan.starts} | ${steady("start-up", startup.restart.ms, (n) => `${n.toFixed(0)} ms`)} |`,
   );
-  log(`| CPU time (user + system) to that answer, median | ${startup.restart.cpuMs.median.toFixed(0)} ms |`);
+  log(
+    `| CPU time (user + system) to that answer, median | ${startup.restart.cpuMs.median.toFixed(0)} ms |`,
+  );
   log(`| idle RSS after start | ${steady("idle RSS", startup.restart.idleRssKb, mb)} |`);
   log(
     `| bare Elysia: start to first /health 200, idle RSS | ${startup.bare.ms.median.toFixed(0)} ms, ${mb(startup.bare.idleRssKb.median)} |`,
