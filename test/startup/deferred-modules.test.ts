@@ -14,6 +14,8 @@ const DEFERRED = [
   // prom-client's index, which loads its Pushgateway client (node:http, https, zlib).
   "prom-client/index.js",
   "prom-client/lib/pushgateway.js",
+  // jose: the first token signed or verified loads it.
+  "jose/",
 ];
 
 async function loadedModules(...args: string[]) {
