@@ -46,3 +46,24 @@ test("GET /metrics carries the heap-space gauges from its first answer", async (
   expect(text).toMatch(/^nodejs_heap_space_size_total_bytes\{space="\w+"\} \d+$/m);
   expect(text).toContain("# TYPE nodejs_heap_space_size_available_bytes gauge");
 });
+
+test("process_cpu_seconds_total counts the CPU used since the registry was made, user plus system", async () => {
+  const registry = createMetricsRegistry();
+  const burnUntil = performance.now() + 60;
+  let spin = 0;
+  while (performance.now() < burnUntil) spin++;
+  expect(spin).toBeGreaterThan(0);
+  const text = await registry.metrics();
+  const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
+  const total = value("process_cpu_seconds_total");
+  expect(total).toBeGreaterThanOrEqual(0.05);
+  // Well under the process's whole CPU time, which includes loading this test file.
+  expect(total).toBeLessThan(process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6);
+  expect(total).toBeCloseTo(
+    value("process_cpu_user_seconds_total") + value("process_cpu_system_seconds_total"),
+    9,
+  );
+  expect(text).toContain(
+    "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.",
+  );
+});

@@ -14,6 +14,8 @@ const DEFERRED = [
   // prom-client's index, which loads its Pushgateway client (node:http, https, zlib).
   "prom-client/index.js",
   "prom-client/lib/pushgateway.js",
+  // The OpenTelemetry API, which prom-client's CPU counters load for exemplars (process-cpu.ts).
+  "@opentelemetry/api/",
   // jose: the first token signed or verified loads it.
   "jose/",
 ];

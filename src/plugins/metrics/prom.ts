@@ -16,5 +16,3 @@ export const Gauge = require("prom-client/lib/gauge") as typeof Prom.Gauge;
 export type Gauge<T extends string = string> = Prom.Gauge<T>;
 export const Histogram = require("prom-client/lib/histogram") as typeof Prom.Histogram;
 export type Histogram<T extends string = string> = Prom.Histogram<T>;
-export const collectDefaultMetrics =
-  require("prom-client/lib/defaultMetrics") as typeof Prom.collectDefaultMetrics;

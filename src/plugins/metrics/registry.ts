@@ -9,9 +9,11 @@
  * 10–40 ms of the start on the shared bench machine, more the larger the heap (`bun --cpu-prof`
  * showed 279 ms while zxcvbn's dictionaries were loaded at start). The gauges are computed at each
  * scrape anyway, so registering them just before the first one changes nothing a scrape shows; the
- * rest (event-loop lag, GC, CPU) start at once.
+ * rest (event-loop lag, GC, CPU) start at once. The CPU counters are Palisade's own
+ * (process-cpu.ts), the same as prom-client's without the OpenTelemetry API it loads.
  */
-import { collectDefaultMetrics, Registry } from "./prom";
+import { registerProcessCpu } from "./process-cpu";
+import { Registry } from "./prom";
 
 export { Registry } from "./prom";
 
@@ -20,7 +22,29 @@ export const DEFERRED_DEFAULT_METRIC = "heapSpacesSizeAndUsed";
 
 type RegisterDefault = (registry: Registry, config: Record<string, unknown>) => void;
 
-/** prom-client's defaults: the same list `collectDefaultMetrics` walks, with its default config. */
+/**
+ * prom-client's default metrics, in the order `collectDefaultMetrics` registers them (its
+ * lib/defaultMetrics.js, which is not loaded: it requires every one of them, the CPU counters'
+ * OpenTelemetry API included). A test checks that a scrape shows exactly the families
+ * `collectDefaultMetrics` gives, so an upgrade that adds one is noticed.
+ */
+const DEFAULT_METRICS = [
+  "processCpuTotal",
+  "processStartTime",
+  "osMemoryHeap",
+  "processOpenFileDescriptors",
+  "processMaxFileDescriptors",
+  "eventLoopLag",
+  ...(typeof process.getActiveResourcesInfo === "function" ? ["processResources"] : []),
+  "processHandles",
+  "processRequests",
+  "heapSizeAndUsed",
+  DEFERRED_DEFAULT_METRIC,
+  "version",
+  "gc",
+];
+
+/** Registers one of prom-client's defaults with `collectDefaultMetrics`'s default config. */
 function registerDefault(registry: Registry, name: string) {
   const register = require(`prom-client/lib/metrics/${name}`) as RegisterDefault;
   register(registry, { eventLoopMonitoringPrecision: 10 });
@@ -48,8 +72,9 @@ class PalisadeRegistry extends Registry {
 
 export function createMetricsRegistry(): Registry {
   const registry = new PalisadeRegistry();
-  for (const name of collectDefaultMetrics.metricsList) {
-    if (name !== DEFERRED_DEFAULT_METRIC) registerDefault(registry, name);
+  for (const name of DEFAULT_METRICS) {
+    if (name === "processCpuTotal") registerProcessCpu(registry);
+    else if (name !== DEFERRED_DEFAULT_METRIC) registerDefault(registry, name);
   }
   return registry;
 }
