@@ -13,7 +13,15 @@
  * for a fixed duration; its peak RSS (VmHWM) is read before it is stopped. A figure's ratio to A is
  * taken within its round, then the median of the rounds' ratios is reported.
  */
+import { join } from "node:path";
 import { SignJWT } from "jose";
+import pino from "pino";
+import { createApp } from "../src/app";
+import { loadConfig } from "../src/config";
+import { openDatabase } from "../src/db/client";
+import { applyMigrations } from "../src/db/migrate";
+import { createLogger } from "../src/logging/logger";
+import { createServices } from "../src/services";
 import { memoryOf, runWrk, startServer } from "./proc";
 import { BENCH_JWT_SECRET, BENCH_POST_BODY } from "./servers/payload";
 import { type Summary, summarize } from "./stats";
@@ -84,6 +92,32 @@ export interface HttpResults {
   seconds: number;
 }
 
+/** Whether Palisade serves `POST /api/chat` (chat has landed): the app is built here, not served. */
+export function palisadeServesChat(dir: string): boolean {
+  const config = loadConfig({
+    APP_ENV: "development",
+    LOG_LEVEL: "error",
+    DATABASE_PATH: join(dir, "chat-probe.db"),
+    JWT_SECRET_KEY: BENCH_JWT_SECRET,
+    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
+  });
+  const db = openDatabase(config.databasePath);
+  applyMigrations(db);
+  const logger = createLogger({
+    level: "error",
+    destination: pino.destination({ dest: "/dev/null", sync: true }),
+  });
+  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  try {
+    return createApp(services).routes.some(
+      (route) => route.method === "POST" && route.path === "/api/chat",
+    );
+  } finally {
+    services.close();
+    db.$client.close();
+  }
+}
+
 export async function benchToken(): Promise<string> {
   return new SignJWT({ role: "user" })
     .setProtectedHeader({ alg: "HS256" })
@@ -91,6 +125,24 @@ export async function benchToken(): Promise<string> {
     .setIssuedAt()
     .setExpirationTime("2h")
     .sign(new TextEncoder().encode(BENCH_JWT_SECRET));
+}
+
+/** A short warm-up for the quick run: 2,000 requests per route, 32 at a time, from here. */
+async function warmUp(port: number, routes: readonly RouteId[], token: string) {
+  for (const route of routes) {
+    const { method, path, body } = ROUTES[route];
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    if (ROUTES[route].token) headers.authorization = `Bearer ${token}`;
+    for (let sent = 0; sent < 2_000; sent += 32) {
+      await Promise.all(
+        Array.from({ length: 32 }, () =>
+          fetch(`http://127.0.0.1:${port}${path}`, { method, body, headers }).then((r) =>
+            r.arrayBuffer(),
+          ),
+        ),
+      );
+    }
+  }
 }
 
 interface Sample {
@@ -103,6 +155,7 @@ interface Sample {
 export async function measureHttp(options: {
   rounds: number;
   seconds: number;
+  /** wrk on the protected route for this long; 0: a burst of 2,000 requests per route instead. */
   warmupSeconds: number;
   /** Leave GET /health out (the quick run, to stay under a minute). */
   skipHealth?: boolean;
@@ -114,7 +167,8 @@ export async function measureHttp(options: {
   const samples = new Map<string, Sample[]>();
   const ratios = new Map<string, number[]>();
   const peaks: Partial<Record<ServerId, number[]>> = {};
-  let chat = false;
+  // A's echo is measured only when B has a chat route to compare it with.
+  const chat = palisadeServesChat(dir);
   const order = Object.keys(SERVERS) as ServerId[];
 
   for (let round = 0; round < rounds; round++) {
@@ -126,7 +180,9 @@ export async function measureHttp(options: {
       });
       try {
         const serverToken = server.info.token ?? token;
-        if (id === "B") chat = server.info.chat === "yes";
+        if (id === "B" && (server.info.chat === "yes") !== chat) {
+          throw new Error("bench/servers/palisade.ts and palisadeServesChat disagree about chat");
+        }
         const routes: RouteId[] = options.skipHealth
           ? ["public", "protected"]
           : ["health", "public", "protected"];
@@ -141,7 +197,8 @@ export async function measureHttp(options: {
             seconds: secs,
           });
         // Warm-up, discarded: the JIT, Elysia's compiled handlers, SQLite's page cache.
-        await send("protected", warmupSeconds);
+        if (warmupSeconds > 0) await send("protected", warmupSeconds);
+        else await warmUp(server.port, routes, serverToken);
         for (const route of routes) {
           const sample = await send(route, seconds);
           const key = `${id}/${route}`;
