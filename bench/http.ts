@@ -186,7 +186,7 @@ export async function measureHttp(options: {
         const routes: RouteId[] = options.skipHealth
           ? ["public", "protected"]
           : ["health", "public", "protected"];
-        if (id === "A" || (id === "B" && chat)) routes.push("chat");
+        if (chat && (id === "A" || id === "B")) routes.push("chat");
         const send = (route: RouteId, secs: number) =>
           runWrk({
             port: server.port,
