@@ -299,7 +299,7 @@ try {
 process.exit(0);
 
 function printHttp(results: HttpResults) {
-  log(`| server | route | req/s (median ± half-spread) | × A | p50 ms | p99 ms |`);
+  log(`| server | route | req/s, median (spread of rounds) | × A | p50 ms | p99 ms |`);
   log("| --- | --- | ---: | ---: | ---: | ---: |");
   const order = Object.keys(SERVERS) as ServerId[];
   for (const route of Object.keys(ROUTES) as (keyof typeof ROUTES)[]) {

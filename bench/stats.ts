@@ -33,6 +33,7 @@ export function summarize(values: readonly number[]): Summary {
 export const fmt = (n: number) =>
   Number.isFinite(n) ? n.toLocaleString("en-US", { maximumFractionDigits: 0 }) : "–";
 
-export const pct = (spread: number) => `±${((spread * 100) / 2).toFixed(0)}%`;
+/** The spread of a figure's rounds, as printed next to its median. */
+export const pct = (spread: number) => `(spread ${(spread * 100).toFixed(0)}%)`;
 
 export const mb = (kb: number) => `${(kb / 1024).toFixed(0)} MB`;
