@@ -197,6 +197,7 @@ try {
     many = await measureManyClients({
       rounds: plan.manyRounds,
       seconds: plan.manySeconds,
+      warmUp: !quick,
       dir,
       log,
     });

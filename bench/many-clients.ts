@@ -48,6 +48,7 @@ export function tableState(dbPath: string): TableState {
 export async function measureManyClients(options: {
   rounds: number;
   seconds: number;
+  warmUp: boolean;
   dir: string;
   log: (line: string) => void;
 }): Promise<ManyClientResults> {
@@ -59,13 +60,16 @@ export async function measureManyClients(options: {
     const dbPath = palisade.info.db!;
     const load = (port: number, secs: number) =>
       runWrk({ port, path: "/bench", seconds: secs, manyClients: true });
-    await load(bare.port, 1);
-    // The warm-up's clients count in the table too.
-    const warm = await load(palisade.port, 1);
+    // A second's warm-up each, discarded (the quick run skips it); its clients count in the table.
+    let warmRequests = 0;
+    if (options.warmUp) {
+      await load(bare.port, 1);
+      warmRequests = (await load(palisade.port, 1)).requests;
+    }
     const a: number[] = [];
     const b: number[] = [];
     const ratios: number[] = [];
-    let requests = warm.requests;
+    let requests = warmRequests;
     let errors = 0;
     for (let round = 0; round < rounds; round++) {
       const floor = await load(bare.port, seconds);
