@@ -1,91 +1,237 @@
 /**
- * Requests per second over HTTP with wrk, the server pinned to one core and wrk to the other, bare
- * Elysia and the full Palisade chain measured alternately in the same run.
+ * @module
+ * The HTTP suite: four stacks serving the same routes, measured interleaved (A B C D, A B C D, …)
+ * so each round sees the same machine, each server pinned to core 0 and wrk (`-t1 -c32`) to core 1.
+ *
+ *   A  bare Elysia on Bun, no defences (the floor)            bench/servers/bare.ts
+ *   B  Palisade: createApp, every defence, limits raised     bench/servers/palisade.ts
+ *   C  Express 5 + helmet + cors + express-rate-limit + jsonwebtoken + express.json on Node,
+ *      verifying with a string secret (C-string) and with a KeyObject (C-key)   bench/servers/express.mjs
+ *   D  Elysia + elysia-helmet + @elysiajs/cors + elysia-rate-limit + @elysiajs/jwt   bench/servers/plugins.ts
+ *
+ * Each server is started fresh in every round, warmed up (discarded), then each route is measured
+ * for a fixed duration; its peak RSS (VmHWM) is read before it is stopped. A figure's ratio to A is
+ * taken within its round, then the median of the rounds' ratios is reported.
  */
 import { join } from "node:path";
+import { SignJWT } from "jose";
+import pino from "pino";
+import { createApp } from "../src/app";
+import { loadConfig } from "../src/config";
+import { openDatabase } from "../src/db/client";
+import { applyMigrations } from "../src/db/migrate";
+import { createLogger } from "../src/logging/logger";
+import { createServices } from "../src/services";
+import { memoryOf, runWrk, startServer } from "./proc";
+import { BENCH_JWT_SECRET, BENCH_POST_BODY } from "./servers/payload";
+import { type Summary, summarize } from "./stats";
 
-const ROOT = join(import.meta.dir, "..");
+export type ServerId = "A" | "B" | "C-string" | "C-key" | "D";
+export type RouteId = "health" | "public" | "protected" | "chat";
 
-type Mode = "bare" | "full" | "full-nocache";
+export const SERVERS: Record<ServerId, { label: string; command: string[] }> = {
+  A: { label: "A bare Elysia (Bun)", command: ["bun", "bench/servers/bare.ts"] },
+  B: { label: "B Palisade (Bun)", command: ["bun", "bench/servers/palisade.ts", "full"] },
+  "C-string": {
+    label: "C Express stack (Node), string secret",
+    command: ["node", "bench/servers/express.mjs", "string"],
+  },
+  "C-key": {
+    label: "C Express stack (Node), KeyObject",
+    command: ["node", "bench/servers/express.mjs", "key"],
+  },
+  D: { label: "D Elysia plugin stack (Bun)", command: ["bun", "bench/servers/plugins.ts"] },
+};
 
-async function startServer(mode: Mode) {
-  const proc = Bun.spawn(["taskset", "-c", "0", "bun", "run", "bench/server.ts", mode, "0"], {
-    cwd: ROOT,
-    env: { ...process.env, APP_ENV: "development", LOG_LEVEL: "info" },
-    // Logs go to /dev/null, as to a fast log sink; reading them here would cost the measured core.
-    stdout: "ignore",
-    stderr: "pipe",
-  });
-  const reader = proc.stderr.getReader();
-  let text = "";
-  while (!/ready (\d+)/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`bench server (${mode}) exited`);
-    text += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  return {
-    proc,
-    port: Number(/ready (\d+)/.exec(text)![1]),
-    token: /token (\S+)/.exec(text)?.[1] ?? null,
-  };
-}
+export const CHAT_BODY = '{"message":"How do I reset my password?"}';
 
-async function wrk(port: number, seconds: number, path = "/bench", token: string | null = null) {
-  const auth = token ? ["-H", `Authorization: Bearer ${token}`] : [];
-  const proc = Bun.spawn(
-    [
-      "taskset",
-      "-c",
-      "1",
-      "wrk",
-      "-t1",
-      "-c64",
-      `-d${seconds}s`,
-      ...auth,
-      `http://127.0.0.1:${port}${path}`,
-    ],
-    { stdout: "pipe", stderr: "pipe" },
-  );
-  const out = await new Response(proc.stdout).text();
-  await proc.exited;
-  const match = /Requests\/sec:\s+([\d.]+)/.exec(out);
-  if (!match) throw new Error(`wrk printed no rate:\n${out}`);
-  if (/Non-2xx/.test(out)) throw new Error(`wrk saw errors:\n${out}`);
-  return Number(match[1]);
+export const ROUTES: Record<
+  RouteId,
+  { label: string; method: "GET" | "POST"; path: string; body?: string; token: boolean }
+> = {
+  health: { label: "GET /health", method: "GET", path: "/health", token: false },
+  public: {
+    label: "GET /bench (public, rate limited)",
+    method: "GET",
+    path: "/bench",
+    token: false,
+  },
+  protected: {
+    label: "POST /bench/protected (bearer JWT, body schema, rate limited)",
+    method: "POST",
+    path: "/bench/protected",
+    body: BENCH_POST_BODY,
+    token: true,
+  },
+  chat: {
+    label: "POST /api/chat (B: offline provider; A: echo)",
+    method: "POST",
+    path: "/api/chat",
+    body: CHAT_BODY,
+    token: true,
+  },
+};
+
+export interface Figure {
+  server: ServerId;
+  route: RouteId;
+  rps: Summary;
+  ratio: Summary;
+  p50Ms: Summary;
+  p99Ms: Summary;
+  errors: number;
 }
 
 export interface HttpResults {
-  bare: number;
-  full: number;
-  authCached: number;
-  authUncached: number;
+  figures: Figure[];
+  /** Peak RSS of each server over its rounds (median of the rounds' VmHWM), kB. */
+  peakRssKb: Partial<Record<ServerId, Summary>>;
+  /** Whether Palisade serves POST /api/chat (chat landed). */
+  chat: boolean;
+  rounds: number;
+  seconds: number;
 }
 
-export async function measureHttp(seconds: number, rounds: number): Promise<HttpResults> {
-  const best: HttpResults = { bare: 0, full: 0, authCached: 0, authUncached: 0 };
-  const keep = (name: keyof HttpResults, value: number) => {
-    best[name] = Math.max(best[name], value);
-  };
-  for (let round = 0; round < rounds; round++) {
-    for (const mode of ["bare", "full", "full-nocache"] as const) {
-      const server = await startServer(mode);
-      await wrk(server.port, 1); // warm-up
-      if (mode === "bare") keep("bare", await wrk(server.port, seconds));
-      if (mode === "full") {
-        keep("full", await wrk(server.port, seconds));
-        keep("authCached", await wrk(server.port, seconds, "/bench-auth", server.token));
-      }
-      if (mode === "full-nocache") {
-        keep("authUncached", await wrk(server.port, seconds, "/bench-auth", server.token));
-      }
-      server.proc.kill("SIGKILL");
-      await server.proc.exited;
+/** Whether Palisade serves `POST /api/chat` (chat has landed): the app is built here, not served. */
+export function palisadeServesChat(dir: string): boolean {
+  const config = loadConfig({
+    APP_ENV: "development",
+    LOG_LEVEL: "error",
+    DATABASE_PATH: join(dir, "chat-probe.db"),
+    JWT_SECRET_KEY: BENCH_JWT_SECRET,
+    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
+  });
+  const db = openDatabase(config.databasePath);
+  applyMigrations(db);
+  const logger = createLogger({
+    level: "error",
+    destination: pino.destination({ dest: "/dev/null", sync: true }),
+  });
+  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  try {
+    return createApp(services).routes.some(
+      (route) => route.method === "POST" && route.path === "/api/chat",
+    );
+  } finally {
+    services.close();
+    db.$client.close();
+  }
+}
+
+export async function benchToken(): Promise<string> {
+  return new SignJWT({ role: "user" })
+    .setProtectedHeader({ alg: "HS256" })
+    .setSubject("bench-user")
+    .setIssuedAt()
+    .setExpirationTime("2h")
+    .sign(new TextEncoder().encode(BENCH_JWT_SECRET));
+}
+
+/** A short warm-up for the quick run: 2,000 requests per route, 32 at a time, from here. */
+async function warmUp(port: number, routes: readonly RouteId[], token: string) {
+  for (const route of routes) {
+    const { method, path, body } = ROUTES[route];
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    if (ROUTES[route].token) headers.authorization = `Bearer ${token}`;
+    for (let sent = 0; sent < 2_000; sent += 32) {
+      await Promise.all(
+        Array.from({ length: 32 }, () =>
+          fetch(`http://127.0.0.1:${port}${path}`, { method, body, headers }).then((r) =>
+            r.arrayBuffer(),
+          ),
+        ),
+      );
     }
   }
-  return best;
 }
 
-export function wrkAvailable(): boolean {
-  return Bun.which("wrk") !== null && Bun.which("taskset") !== null;
+interface Sample {
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+}
+
+export async function measureHttp(options: {
+  rounds: number;
+  seconds: number;
+  /** wrk on the protected route for this long; 0: a burst of 2,000 requests per route instead. */
+  warmupSeconds: number;
+  /** Leave GET /health out (the quick run, to stay under a minute). */
+  skipHealth?: boolean;
+  dir: string;
+  log: (line: string) => void;
+}): Promise<HttpResults> {
+  const { rounds, seconds, warmupSeconds, dir, log } = options;
+  const token = await benchToken();
+  const samples = new Map<string, Sample[]>();
+  const ratios = new Map<string, number[]>();
+  const peaks: Partial<Record<ServerId, number[]>> = {};
+  // A's echo is measured only when B has a chat route to compare it with.
+  const chat = palisadeServesChat(dir);
+  const order = Object.keys(SERVERS) as ServerId[];
+
+  for (let round = 0; round < rounds; round++) {
+    const bare: Partial<Record<RouteId, number>> = {};
+    for (const id of order) {
+      const server = await startServer(SERVERS[id].command, {
+        BENCH_DIR: dir,
+        TRUST_PROXY: "loopback",
+      });
+      try {
+        const serverToken = server.info.token ?? token;
+        if (id === "B" && (server.info.chat === "yes") !== chat) {
+          throw new Error("bench/servers/palisade.ts and palisadeServesChat disagree about chat");
+        }
+        const routes: RouteId[] = options.skipHealth
+          ? ["public", "protected"]
+          : ["health", "public", "protected"];
+        if (chat && (id === "A" || id === "B")) routes.push("chat");
+        const send = (route: RouteId, secs: number) =>
+          runWrk({
+            port: server.port,
+            path: ROUTES[route].path,
+            method: ROUTES[route].method,
+            body: ROUTES[route].body,
+            token: ROUTES[route].token ? serverToken : null,
+            seconds: secs,
+          });
+        // Warm-up, discarded: the JIT, Elysia's compiled handlers, SQLite's page cache.
+        if (warmupSeconds > 0) await send("protected", warmupSeconds);
+        else await warmUp(server.port, routes, serverToken);
+        for (const route of routes) {
+          const sample = await send(route, seconds);
+          const key = `${id}/${route}`;
+          samples.set(key, [...(samples.get(key) ?? []), sample]);
+          if (id === "A") bare[route] = sample.rps;
+          const floor = route === "chat" ? bare.chat : bare[route];
+          if (floor) ratios.set(key, [...(ratios.get(key) ?? []), sample.rps / floor]);
+          if (sample.errors > 0)
+            log(`  ! ${id} ${route}: ${sample.errors} errors or non-2xx answers`);
+        }
+        const memory = memoryOf(server.proc.pid);
+        if (memory) peaks[id] = [...(peaks[id] ?? []), memory.peakKb];
+      } finally {
+        await server.stop();
+      }
+    }
+    log(`  round ${round + 1}/${rounds} done`);
+  }
+
+  const figures: Figure[] = [];
+  for (const [key, list] of samples) {
+    const [server, route] = key.split("/") as [ServerId, RouteId];
+    figures.push({
+      server,
+      route,
+      rps: summarize(list.map((s) => s.rps)),
+      ratio: summarize(ratios.get(key) ?? []),
+      p50Ms: summarize(list.map((s) => s.p50Ms)),
+      p99Ms: summarize(list.map((s) => s.p99Ms)),
+      errors: list.reduce((sum, s) => sum + s.errors, 0),
+    });
+  }
+  const peakRssKb: HttpResults["peakRssKb"] = {};
+  for (const id of order) if (peaks[id]) peakRssKb[id] = summarize(peaks[id]!);
+  return { figures, peakRssKb, chat, rounds, seconds };
 }

@@ -1,10 +1,20 @@
 /**
- * `bun run bench`: the limiter store's checks per second, each defence's cost per request, and the
- * whole chain's requests per second as a ratio to bare Elysia measured in the same run. Nothing is
- * asserted; the numbers are for reading (and for the README's performance section).
+ * `bun run bench [--quick]`: the benchmark suite (issue #13). In order:
+ *
+ * 1. micro figures, in process: the limiter store (limiter.ts), each defence's cost (chain.ts),
+ *    credentials (auth.ts), IP-block lookup, JWT verify, audit writes, metrics (micro.ts);
+ * 2. the HTTP suite (http.ts): A bare Elysia, B Palisade, C Express on Node (string secret and
+ *    KeyObject), D the Elysia plugin stack, interleaved rounds under wrk, medians with spread and
+ *    each figure's ratio to A in the same round;
+ * 3. many clients (many-clients.ts): a new address per request, and the limiter table after;
+ * 4. scale (scale.ts): RSS after many distinct clients, start-up and idle RSS, 3-process exactness;
+ * 5. the issue's targets marked met or missed (targets.ts), and bench/results/latest.json.
+ *
+ * `--quick` runs the same with fewer rounds, shorter runs and fewer clients, in under a minute on
+ * an idle machine: a smoke check whose figures are indicative only. Nothing is asserted.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { cpus, tmpdir } from "node:os";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
@@ -12,140 +22,369 @@ import { measureAuth } from "./auth";
 import { measureChain } from "./chain";
 import { measureChat } from "./chat";
 import { measureQueryTiming } from "./database";
-import { measureHttp, wrkAvailable } from "./http";
+import { type HttpResults, measureHttp, ROUTES, SERVERS, type ServerId } from "./http";
 import { measureLimiter, measureRedisLimiter } from "./limiter";
+import { type ManyClientResults, measureManyClients } from "./many-clients";
+import { measureMicro } from "./micro";
+import { ROOT, WRK_MISSING, wrkAvailable } from "./proc";
+import { measureClients, measureExactness, measureStartup } from "./scale";
+import { fmt, mb, pct, SPREAD_WARNING, type Summary } from "./stats";
 import { measureStripeWebhook } from "./stripe-webhook";
+import { checkTargets } from "./targets";
 import { measureWhatsApp } from "./whatsapp";
 
 const quick = process.argv.includes("--quick");
+const plan = quick
+  ? {
+      rounds: 2,
+      seconds: 1,
+      warmup: 0,
+      manyRounds: 1,
+      manySeconds: 1,
+      iterations: 5_000,
+      chain: 2_000,
+      clients: 20_000,
+      starts: 3,
+    }
+  : {
+      rounds: 3,
+      seconds: 5,
+      warmup: 1,
+      manyRounds: 3,
+      manySeconds: 5,
+      iterations: 100_000,
+      chain: 30_000,
+      clients: 1_000_000,
+      starts: 7,
+    };
 const dir = mkdtempSync(join(tmpdir(), "palisade-bench-"));
-const fmt = (n: number) => n.toLocaleString("en-US", { maximumFractionDigits: 0 });
+const log = (line = "") => console.log(line);
+const warnings: string[] = [];
+const began = performance.now();
+
+function versionOf(pkg: string): string {
+  try {
+    return JSON.parse(readFileSync(join(ROOT, "node_modules", pkg, "package.json"), "utf8"))
+      .version;
+  } catch {
+    return "not installed";
+  }
+}
+
+function nodeVersion(): string {
+  const proc = Bun.spawnSync(["node", "--version"]);
+  return proc.exitCode === 0 ? proc.stdout.toString().trim() : "not installed";
+}
+
+/** A median with its spread, and a warning noted when the rounds disagree by more than 15 %. */
+function steady(name: string, s: Summary, show: (n: number) => string = fmt): string {
+  if (s.rounds.length > 1 && s.spread > SPREAD_WARNING) {
+    warnings.push(
+      `${name}: rounds disagree by ${(s.spread * 100).toFixed(0)}% (${s.rounds.map(show).join(", ")})`,
+    );
+    return `${show(s.median)} ${pct(s.spread)} ⚠`;
+  }
+  return `${show(s.median)} ${pct(s.spread)}`;
+}
+
+const machine = {
+  cpu: cpus()[0]?.model ?? "unknown",
+  cores: cpus().length,
+  kernel: release(),
+  loadAverageAtStart: loadavg()[0] ?? 0,
+};
+const versions = {
+  bun: Bun.version,
+  node: nodeVersion(),
+  elysia: versionOf("elysia"),
+  express: versionOf("express"),
+  helmet: versionOf("helmet"),
+  "express-rate-limit": versionOf("express-rate-limit"),
+  jsonwebtoken: versionOf("jsonwebtoken"),
+  "elysia-helmet": versionOf("elysia-helmet"),
+  "elysia-rate-limit": versionOf("elysia-rate-limit"),
+  "@elysiajs/jwt": versionOf("@elysiajs/jwt"),
+  "@elysiajs/cors": versionOf("@elysiajs/cors"),
+};
 
 try {
-  console.log(
-    `Palisade benchmark — Bun ${Bun.version}, ${cpus().length} cores (${cpus()[0]?.model ?? "?"})\n`,
+  log(
+    `Palisade benchmark${quick ? " --quick" : ""} — ${machine.cpu}, ${machine.cores} cores, Bun ${versions.bun}, Node ${versions.node}, load ${machine.loadAverageAtStart.toFixed(2)}`,
   );
+  if (quick)
+    log(
+      "QUICK RUN: short and few rounds; every figure below is indicative only, not a measurement.",
+    );
+  if (machine.loadAverageAtStart > 0.5) {
+    warnings.push(
+      `load average ${machine.loadAverageAtStart.toFixed(2)} at start: the machine is not idle`,
+    );
+  }
 
+  // 1. Micro figures.
   const db = openDatabase(join(dir, "limiter.db"));
   applyMigrations(db);
-  const limiter = await measureLimiter(db, quick ? 20_000 : 100_000);
+  const limiter = await measureLimiter(db, quick ? 5_000 : 100_000);
   db.$client.close();
-  console.log("Limiter stores (SQLite: WAL, synchronous=NORMAL; 10k keys)");
-  console.log("| form | checks/s | ratio |");
-  console.log("| --- | ---: | ---: |");
-  console.log(`| prepared UPSERT, one autocommit per check | ${fmt(limiter.autocommit)} | 1.00× |`);
-  console.log(
-    `| Drizzle query builder, rebuilt for every check, one autocommit per check | ${fmt(limiter.drizzle)} | ${(limiter.drizzle / limiter.autocommit).toFixed(2)}× |`,
+  const redis = await measureRedisLimiter(quick ? 5_000 : 100_000);
+  log("\nLimiter store (SQLite: WAL, synchronous=NORMAL; 10k keys)");
+  log("| form | checks/s |");
+  log("| --- | ---: |");
+  log(`| prepared UPSERT, one autocommit per check | ${fmt(limiter.autocommit)} |`);
+  log(
+    `| prepared UPSERT, group commit per event-loop turn (the store) | ${fmt(limiter.grouped)} |`,
   );
-  // The same statement as a Drizzle prepared statement, against the raw one called alike.
-  console.log(
-    `| Drizzle prepared UPSERT (sql.placeholder), one autocommit per check | ${fmt(limiter.drizzleAutocommit)} | ${(limiter.drizzleAutocommit / limiter.rawAutocommit).toFixed(2)}× of raw (${fmt(limiter.rawAutocommit)}) |`,
+  log(`| Drizzle query builder rebuilt per check, autocommit | ${fmt(limiter.drizzle)} |`);
+  log(
+    `| raw prepared UPSERT, autocommit / 256 per transaction | ${fmt(limiter.rawAutocommit)} / ${fmt(limiter.rawBatched)} |`,
   );
-  console.log(
-    `| Drizzle prepared UPSERT (sql.placeholder), 256 per transaction | ${fmt(limiter.drizzleBatched)} | ${(limiter.drizzleBatched / limiter.rawBatched).toFixed(2)}× of raw (${fmt(limiter.rawBatched)}) |`,
+  log(
+    `| Drizzle prepared UPSERT (sql.placeholder), autocommit / 256 per transaction | ${fmt(limiter.drizzleAutocommit)} / ${fmt(limiter.drizzleBatched)} |`,
   );
-  console.log(
-    `| prepared UPSERT, group commit (the store) | ${fmt(limiter.grouped)} | ${(limiter.grouped / limiter.autocommit).toFixed(2)}× |`,
-  );
-  const redis = await measureRedisLimiter(quick ? 20_000 : 100_000);
-  console.log(
-    redis === null
-      ? "| Redis store (REDIS_URL), grouped | skipped: redis-server not installed | |"
-      : `| Redis store (REDIS_URL), grouped, Lua script per key | ${fmt(redis)} | ${(redis / limiter.autocommit).toFixed(2)}× |`,
+  log(
+    `| Redis store, grouped | ${redis === null ? "skipped: redis-server not installed" : fmt(redis)} |`,
   );
 
-  const timing = measureQueryTiming(dir, quick ? 100_000 : 500_000);
-  console.log("\nStatement timing (db_query_duration_seconds), prepared primary-key get");
-  console.log("| connection | µs/statement |");
-  console.log("| --- | ---: |");
-  console.log(`| bun:sqlite as is | ${timing.rawUs.toFixed(3)} |`);
-  console.log(
-    `| timed (db/timing wrapper) | ${timing.timedUs.toFixed(3)} (+${(timing.timedUs - timing.rawUs).toFixed(3)}) |`,
+  const auth = await measureAuth(dir, plan.iterations / 2);
+  const micro = await measureMicro(dir, plan.iterations);
+  log("\nPer-operation costs (in process)");
+  log("| operation | rate |");
+  log("| --- | ---: |");
+  log(`| argon2id verify (Bun's default cost), a login | ${auth.loginMs.toFixed(1)} ms each |`);
+  log(`| access token: jose HS256 verify + claims, no database | ${fmt(micro.jwtVerify)}/s |`);
+  log(
+    `| access token: verifier, cache off (signature + family lookup) | ${fmt(auth.tokenUncached)}/s |`,
   );
+  log(`| access token: verifier, cached | ${fmt(auth.tokenCached)}/s |`);
+  log(`| API key: first sight (prefix lookup + SHA-256 compare) | ${fmt(auth.keyFirstSight)}/s |`);
+  log(`| API key: cached | ${fmt(auth.keyCached)}/s |`);
+  log(
+    `| IP-block lookup: hit among 1,000 blocks / miss | ${fmt(micro.ipBlockHit)}/s / ${fmt(micro.ipBlockMiss)}/s |`,
+  );
+  log(`| audit write: batched (refusal event) | ${fmt(micro.auditBatched)}/s |`);
+  log(`| audit write: must-keep (written before record returns) | ${fmt(micro.auditMustKeep)}/s |`);
+  log(`| HTTP metrics observe (one request) | ${fmt(micro.metricsObserve)}/s |`);
 
-  const chain = await measureChain(dir, quick ? 5_000 : 30_000, 32);
-  console.log(
-    "\nCost of each defence, in process (app.handle, 32 in flight; µs per request over the app before it)",
+  const chain = await measureChain(dir, plan.chain, 32);
+  log(
+    "\nEach defence's cost (app.handle in process, 32 in flight; µs per request over the app before it)",
   );
-  console.log("| stage | µs/request |");
-  console.log("| --- | ---: |");
-  console.log(`| bare Elysia JSON route | ${chain.bareUs.toFixed(2)} (total) |`);
-  for (const row of chain.rows) console.log(`| + ${row.stage} | ${row.usPerRequest.toFixed(2)} |`);
-  console.log(
+  log("| stage | µs/request |");
+  log("| --- | ---: |");
+  log(`| bare Elysia JSON route | ${chain.bareUs.toFixed(2)} (total) |`);
+  for (const row of chain.rows) log(`| + ${row.stage} | ${row.usPerRequest.toFixed(2)} |`);
+  log(
     `| whole chain | ${chain.fullUs.toFixed(2)} (total), ${(chain.fullUs - chain.bareUs).toFixed(2)} over bare |`,
   );
 
-  const auth = await measureAuth(dir, quick ? 5_000 : 50_000);
-  console.log("\nCredentials (in process)");
-  console.log("| operation | rate |");
-  console.log("| --- | ---: |");
-  console.log(
-    `| login: argon2id verify, Bun's default cost | ${auth.loginMs.toFixed(1)} ms each |`,
-  );
-  console.log(`| access token, cached | ${fmt(auth.tokenCached)}/s |`);
-  console.log(`| access token, jose HS256 verify (cache off) | ${fmt(auth.tokenUncached)}/s |`);
-  console.log(`| API key, cached | ${fmt(auth.keyCached)}/s |`);
-  console.log(
-    `| API key, first sight (prefix lookup + SHA-256 compare) | ${fmt(auth.keyFirstSight)}/s |`,
+  const timing = measureQueryTiming(dir, quick ? 100_000 : 500_000);
+  log("\nStatement timing (db_query_duration_seconds), prepared primary-key get");
+  log("| connection | µs/statement |");
+  log("| --- | ---: |");
+  log(`| bun:sqlite as is | ${timing.rawUs.toFixed(3)} |`);
+  log(
+    `| timed (db/timing wrapper) | ${timing.timedUs.toFixed(3)} (+${(timing.timedUs - timing.rawUs).toFixed(3)}) |`,
   );
 
   const stripe = await measureStripeWebhook(dir, quick ? 2_000 : 10_000, 32);
-  console.log("\nWebhooks (in process)");
-  console.log("| operation | rate |");
-  console.log("| --- | ---: |");
-  console.log(
-    `| Stripe signature: constructEventAsync, 1.5 KB event | ${fmt(stripe.verifyPerSecond)}/s |`,
-  );
-  console.log(
-    `| Stripe delivery through every defence, verified and recorded once (app.handle, 32 in flight) | ${fmt(stripe.deliveriesPerSecond)}/s${stripe.failed > 0 ? ` (${stripe.failed} not 200)` : ""} |`,
-  );
-
   const whatsapp = await measureWhatsApp(dir, quick ? 2_000 : 10_000);
-  console.log("\nWhatsApp webhook (in process; 1 KiB notifications, one text message each)");
-  console.log("| operation | rate |");
-  console.log("| --- | ---: |");
-  console.log(
-    `| X-Hub-Signature-256 check (HMAC-SHA256 + timingSafeEqual) | ${fmt(whatsapp.verifyPerSecond)}/s |`,
+  log("\nWebhooks (in process, app.handle, 32 in flight)");
+  log("| operation | rate |");
+  log("| --- | ---: |");
+  log(`| Stripe signature: constructEventAsync, 1.5 KB event | ${fmt(stripe.verifyPerSecond)}/s |`);
+  log(
+    `| Stripe delivery through every defence, verified and recorded once | ${fmt(stripe.deliveriesPerSecond)}/s${stripe.failed > 0 ? ` (${stripe.failed} not 200)` : ""} |`,
   );
-  console.log(
-    `| verified delivery through every defence, dedupe record + outbox row committed (32 in flight) | ${fmt(whatsapp.deliveriesPerSecond)}/s |`,
+  log(
+    `| WhatsApp X-Hub-Signature-256 check (HMAC-SHA256 + timingSafeEqual) | ${fmt(whatsapp.verifyPerSecond)}/s |`,
   );
-  console.log(
-    `| verified redelivery of a message already seen (32 in flight) | ${fmt(whatsapp.redeliveriesPerSecond)}/s |`,
+  log(
+    `| WhatsApp delivery through every defence, dedupe record + outbox row committed | ${fmt(whatsapp.deliveriesPerSecond)}/s |`,
+  );
+  log(
+    `| WhatsApp redelivery of a message already seen | ${fmt(whatsapp.redeliveriesPerSecond)}/s |`,
   );
 
   const chat = await measureChat(dir, quick ? 1_000 : 5_000, 32, quick ? 3 : 5);
-  console.log(
+  log(
     "\nChat turns, offline provider, in process (app.handle, 32 in flight; median of interleaved rounds)",
   );
-  console.log("| handler | turns/s | ratio |");
-  console.log("| --- | ---: | ---: |");
-  console.log(
-    `| the chat turn behind a bare Elysia route, no defences | ${fmt(chat.bare)} | 1.00× |`,
-  );
-  console.log(
+  log("| handler | turns/s | ratio |");
+  log("| --- | ---: | ---: |");
+  log(`| the chat turn behind a bare Elysia route, no defences | ${fmt(chat.bare)} | 1.00× |`);
+  log(
     `| POST /api/chat, every defence, API key (cache on) | ${fmt(chat.full)} | ${(chat.full / chat.bare).toFixed(2)}× |`,
   );
 
+  // 2 and 3. HTTP, under wrk.
+  let http: HttpResults | null = null;
+  let many: ManyClientResults | null = null;
   if (wrkAvailable()) {
-    const http = await measureHttp(quick ? 2 : 5, quick ? 1 : 2);
-    const ratio = (n: number) => `${(n / http.bare).toFixed(2)}×`;
-    console.log("\nHTTP, wrk -t1 -c64 (server on core 0, wrk on core 1; best of rounds)");
-    console.log("| server | req/s | ratio |");
-    console.log("| --- | ---: | ---: |");
-    console.log(`| bare Elysia JSON route | ${fmt(http.bare)} | 1.00× |`);
-    console.log(
-      `| Palisade, every defence, public route | ${fmt(http.full)} | ${ratio(http.full)} |`,
+    if (!Bun.which("taskset"))
+      warnings.push("taskset missing: server and wrk are not pinned to separate cores");
+    log(
+      `\nHTTP: ${plan.rounds} interleaved rounds (A B C D …), ${plan.seconds} s per figure after a ${plan.warmup > 0 ? `${plan.warmup} s` : "2,000-request"} warm-up; server on core 0, wrk -t1 -c32 on core 1`,
     );
-    console.log(
-      `| Palisade, every defence, bearer token (cache on) | ${fmt(http.authCached)} | ${ratio(http.authCached)} |`,
+    http = await measureHttp({
+      rounds: plan.rounds,
+      seconds: plan.seconds,
+      warmupSeconds: plan.warmup,
+      skipHealth: quick,
+      dir,
+      log,
+    });
+    printHttp(http);
+    log(
+      `\nMany clients: a new X-Forwarded-For per request (TRUST_PROXY=loopback), ${plan.manyRounds} × ${plan.manySeconds} s, A and B alternately on GET /bench`,
     );
-    console.log(
-      `| Palisade, every defence, bearer token (cache off) | ${fmt(http.authUncached)} | ${ratio(http.authUncached)} |`,
-    );
+    many = await measureManyClients({
+      rounds: plan.manyRounds,
+      seconds: plan.manySeconds,
+      warmUp: !quick,
+      dir,
+      log,
+    });
+    printMany(many);
   } else {
-    console.log("\nHTTP: skipped (needs wrk and taskset: apt-get install wrk)");
+    log(`\nHTTP and many clients: skipped. ${WRK_MISSING}`);
+    warnings.push(WRK_MISSING);
   }
+
+  // 4. Scale.
+  log(`\nScale (child processes)`);
+  const clients = await measureClients(dir, plan.clients);
+  log(
+    `| ${fmt(clients.count)} distinct clients, one request each through the app | ${fmt(clients.count / clients.seconds)} req/s in process |`,
+  );
+  log(
+    `| RSS before → after (after GC), peak | ${mb(clients.rssBeforeKb)} → ${mb(clients.rssAfterKb)}, peak ${mb(clients.peakKb)} |`,
+  );
+  log(
+    `| limiter rows, database, WAL | ${fmt(clients.rows)} rows, ${(clients.dbBytes / 1048576).toFixed(1)} MB, WAL ${(clients.walBytes / 1048576).toFixed(1)} MB |`,
+  );
+  const startup = await measureStartup(dir, plan.starts);
+  log(
+    `| start to first /health 200: first start (new database) | ${startup.first.ms.toFixed(0)} ms |`,
+  );
+  log(
+    `| start to first /health 200: restart, median of ${plan.starts} | ${steady("start-up", startup.restart.ms, (n) => `${n.toFixed(0)} ms`)} |`,
+  );
+  log(
+    `| CPU time (user + system) to that answer, median | ${startup.restart.cpuMs.median.toFixed(0)} ms |`,
+  );
+  log(`| idle RSS after start | ${steady("idle RSS", startup.restart.idleRssKb, mb)} |`);
+  log(
+    `| bare Elysia: start to first /health 200, idle RSS | ${startup.bare.ms.median.toFixed(0)} ms, ${mb(startup.bare.idleRssKb.median)} |`,
+  );
+  const exactness = await measureExactness(dir, 100, 600);
+  log(
+    `| 3 processes on one file, limit ${exactness.limit}, ${exactness.sent} concurrent requests | ${exactness.admitted} admitted, ${exactness.refused} refused |`,
+  );
+
+  // 5. Targets.
+  const targets = checkTargets({
+    http,
+    manyClients: many,
+    limiterChecksPerSecond: limiter.grouped,
+    clients,
+    startup,
+    exactness,
+  });
+  log(`\nTargets (issue #13)${quick ? " — indicative only (--quick)" : ""}`);
+  log("| target | want | got | |");
+  log("| --- | --- | --- | --- |");
+  for (const t of targets)
+    log(
+      `| ${t.name} | ${t.want} | ${t.got} | ${t.met === null ? "not measured" : t.met ? "met" : "MISSED"} |`,
+    );
+
+  if (warnings.length > 0) {
+    log("\nWarnings");
+    for (const w of warnings) log(`- ${w}`);
+  }
+  const seconds = (performance.now() - began) / 1000;
+  log(
+    `\n${quick ? "Quick run" : "Run"} took ${seconds.toFixed(0)} s.${quick ? " Figures are indicative: run `bun run bench` on an idle machine for measurements." : ""}`,
+  );
+
+  mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
+  const out = join(ROOT, "bench", "results", "latest.json");
+  writeFileSync(
+    out,
+    `${JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        quick,
+        seconds,
+        machine,
+        versions,
+        plan,
+        servers: Object.fromEntries(Object.entries(SERVERS).map(([id, s]) => [id, s.label])),
+        routes: Object.fromEntries(Object.entries(ROUTES).map(([id, r]) => [id, r.label])),
+        http,
+        manyClients: many,
+        limiter: { ...limiter, redis },
+        auth,
+        micro,
+        chain,
+        scale: { clients, startup, exactness },
+        targets,
+        warnings,
+      },
+      null,
+      2,
+    )}\n`,
+  );
+  log(`Wrote ${out}`);
 } finally {
   rmSync(dir, { recursive: true, force: true });
+}
+// Done: nothing left to wait for (an audit log's flush timer must not hold the process open).
+process.exit(0);
+
+function printHttp(results: HttpResults) {
+  log(`| server | route | req/s, median (spread of rounds) | × A | p50 ms | p99 ms |`);
+  log("| --- | --- | ---: | ---: | ---: | ---: |");
+  const order = Object.keys(SERVERS) as ServerId[];
+  for (const route of Object.keys(ROUTES) as (keyof typeof ROUTES)[]) {
+    for (const server of order) {
+      const f = results.figures.find((each) => each.server === server && each.route === route);
+      if (!f) continue;
+      const name = `${server} ${route}`;
+      log(
+        `| ${SERVERS[server].label} | ${ROUTES[route].label} | ${steady(name, f.rps)} | ${f.ratio.median.toFixed(2)}× | ${f.p50Ms.median.toFixed(2)} | ${f.p99Ms.median.toFixed(2)} |${f.errors > 0 ? ` ${f.errors} errors` : ""}`,
+      );
+    }
+  }
+  if (!results.chat)
+    log(
+      "(POST /api/chat: not measured; Palisade has no chat route yet. It is measured once chat has landed.)",
+    );
+  log("\n| server | peak RSS (VmHWM, median of rounds) |");
+  log("| --- | ---: |");
+  for (const server of order) {
+    const peak = results.peakRssKb[server];
+    if (peak) log(`| ${SERVERS[server].label} | ${mb(peak.median)} |`);
+  }
+}
+
+function printMany(m: ManyClientResults) {
+  log("| figure | value |");
+  log("| --- | ---: |");
+  log(
+    `| Palisade req/s, new address per request | ${steady("many clients B", m.rps)} (${m.ratio.median.toFixed(2)}× A's ${fmt(m.bareRps.median)}) |`,
+  );
+  log(`| Palisade RSS at the end / peak | ${mb(m.rssKb)} / ${mb(m.peakRssKb)} |`);
+  log(
+    `| rate_limit_counters rows at the end of the load (${fmt(m.requests)} requests, each from a new address) | ${fmt(m.atEnd.rows)} |`,
+  );
+  log(
+    `| database / WAL at the end | ${(m.atEnd.dbBytes / 1048576).toFixed(1)} MB / ${(m.atEnd.walBytes / 1048576).toFixed(1)} MB |`,
+  );
+  log(
+    `| rows after every window passed and pruning ran (clock moved on; ${m.afterPrune.waitedMs.toFixed(0)} ms) | ${fmt(m.afterPrune.rows)} |`,
+  );
+  log(
+    `| database / WAL / RSS then | ${(m.afterPrune.dbBytes / 1048576).toFixed(1)} MB / ${(m.afterPrune.walBytes / 1048576).toFixed(1)} MB / ${mb(m.afterPrune.rssKb)} |`,
+  );
 }

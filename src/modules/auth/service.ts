@@ -156,7 +156,7 @@ export function accountLimitKey(rawEmail: string): string {
 }
 
 export class AuthService {
-  /** Built on first registration: zxcvbn's dictionaries take ~100 ms to load. */
+  /** Built on first registration, which is when zxcvbn is loaded (see passwords.ts). */
   private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
   private readonly lockoutPolicy: Policy;
   /** What unknown-email logins verify against; hashed when the service is built. */

@@ -8,7 +8,7 @@
  * `upstream_error` (the provider failed: 502/503), `not_found` (another's or no conversation),
  * `invalid` (a message the rules refuse), `error` (the provider failed unexpectedly: 500).
  */
-import { Counter, type Registry } from "prom-client";
+import { Counter, type Registry } from "../../plugins/metrics/prom";
 
 export type ChatOutcome =
   | "ok"

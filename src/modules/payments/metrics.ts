@@ -5,8 +5,8 @@
  * the Stripe webhook, so each name is registered once per registry.
  */
 
-import { Counter, type Registry } from "prom-client";
 import { METRIC } from "../../plugins/metrics/names";
+import { Counter, type Registry } from "../../plugins/metrics/prom";
 
 const PAYMENTS = METRIC.payments;
 

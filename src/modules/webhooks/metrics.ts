@@ -5,8 +5,8 @@
  * once per app.
  */
 
-import { Counter, type Registry } from "prom-client";
 import { METRIC } from "../../plugins/metrics/names";
+import { Counter, type Registry } from "../../plugins/metrics/prom";
 
 export type WebhookProvider = "stripe" | "whatsapp";
 

@@ -6,8 +6,8 @@
  */
 
 import type { Database } from "bun:sqlite";
-import { Counter, Gauge, type Registry } from "prom-client";
 import { METRIC } from "../../plugins/metrics/names";
+import { Counter, Gauge, type Registry } from "../../plugins/metrics/prom";
 
 export type ReplyOutcome = "sent" | "retried" | "failed";
 

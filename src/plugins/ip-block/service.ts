@@ -17,13 +17,13 @@
 import type { Database } from "bun:sqlite";
 import { and, count, desc, eq, gt, inArray, isNull, lt, max, or, sql } from "drizzle-orm";
 import type { Logger } from "pino";
-import { Gauge, type Registry } from "prom-client";
 import type { Clock } from "../../clock";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { ipBlocks } from "../../db/schema";
 import type { AuditLog } from "../audit/log";
 import type { ResolvedClient } from "../client-ip";
 import { METRIC } from "../metrics/names";
+import { Gauge, type Registry } from "../metrics/prom";
 import type { Policy } from "../rate-limit/policies";
 import type { LimiterStore } from "../rate-limit/store";
 

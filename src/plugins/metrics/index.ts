@@ -14,7 +14,6 @@
  * on the main port it is 404, as if it did not exist.
  */
 import { Elysia, t } from "elysia";
-import { Gauge, type Registry } from "prom-client";
 import { AppError, problemResponses } from "../../errors";
 import type { authPlugin } from "../auth";
 import type { CredentialVerifier } from "../auth/credentials";
@@ -23,6 +22,7 @@ import { constantTimeEqual } from "../csrf/token";
 import type { RouteClass } from "../route-class";
 import { viaMetricsListener } from "./listener";
 import { METRIC } from "./names";
+import { Gauge, type Registry } from "./prom";
 
 export interface MetricsOptions {
   registry: Registry;

@@ -2,13 +2,79 @@
  * @module
  * One prom-client Registry per app (never the global default registry, so tests and several apps
  * in one process do not share counters), with prom-client's default process metrics.
+ *
+ * One of them is registered at the first scrape instead of at start: prom-client's heap-space
+ * gauges (`nodejs_heap_space_size_*_bytes`) call `v8.getHeapSpaceStatistics()` once when they are
+ * registered, to find out whether the runtime has it, and in Bun that call walks the whole heap:
+ * 10–40 ms of the start on the shared bench machine, more the larger the heap (`bun --cpu-prof`
+ * showed 279 ms while zxcvbn's dictionaries were loaded at start). The gauges are computed at each
+ * scrape anyway, so registering them just before the first one changes nothing a scrape shows; the
+ * rest (event-loop lag, GC, CPU) start at once. The CPU counters are Palisade's own
+ * (process-cpu.ts), the same as prom-client's without the OpenTelemetry API it loads.
  */
-import { collectDefaultMetrics, Registry } from "prom-client";
+import { registerProcessCpu } from "./process-cpu";
+import { Registry } from "./prom";
 
-export type { Registry } from "prom-client";
+export { Registry } from "./prom";
+
+/** The default metric registered at the first scrape (a module of prom-client/lib/metrics). */
+export const DEFERRED_DEFAULT_METRIC = "heapSpacesSizeAndUsed";
+
+type RegisterDefault = (registry: Registry, config: Record<string, unknown>) => void;
+
+/**
+ * prom-client's default metrics, in the order `collectDefaultMetrics` registers them (its
+ * lib/defaultMetrics.js, which is not loaded: it requires every one of them, the CPU counters'
+ * OpenTelemetry API included). A test checks that a scrape shows exactly the families
+ * `collectDefaultMetrics` gives, so an upgrade that adds one is noticed.
+ */
+const DEFAULT_METRICS = [
+  "processCpuTotal",
+  "processStartTime",
+  "osMemoryHeap",
+  "processOpenFileDescriptors",
+  "processMaxFileDescriptors",
+  "eventLoopLag",
+  ...(typeof process.getActiveResourcesInfo === "function" ? ["processResources"] : []),
+  "processHandles",
+  "processRequests",
+  "heapSizeAndUsed",
+  DEFERRED_DEFAULT_METRIC,
+  "version",
+  "gc",
+];
+
+/** Registers one of prom-client's defaults with `collectDefaultMetrics`'s default config. */
+function registerDefault(registry: Registry, name: string) {
+  const register = require(`prom-client/lib/metrics/${name}`) as RegisterDefault;
+  register(registry, { eventLoopMonitoringPrecision: 10 });
+}
+
+class PalisadeRegistry extends Registry {
+  private deferredRegistered = false;
+
+  private registerDeferred() {
+    if (this.deferredRegistered) return;
+    this.deferredRegistered = true;
+    registerDefault(this, DEFERRED_DEFAULT_METRIC);
+  }
+
+  override metrics() {
+    this.registerDeferred();
+    return super.metrics();
+  }
+
+  override getMetricsAsJSON() {
+    this.registerDeferred();
+    return super.getMetricsAsJSON();
+  }
+}
 
 export function createMetricsRegistry(): Registry {
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+  const registry = new PalisadeRegistry();
+  for (const name of DEFAULT_METRICS) {
+    if (name === "processCpuTotal") registerProcessCpu(registry);
+    else if (name !== DEFERRED_DEFAULT_METRIC) registerDefault(registry, name);
+  }
   return registry;
 }

@@ -1,5 +1,5 @@
-import { Counter, type Registry } from "prom-client";
 import { METRIC } from "../metrics/names";
+import { Counter, type Registry } from "../metrics/prom";
 
 export function createRateLimitMetrics(registry: Registry) {
   return {

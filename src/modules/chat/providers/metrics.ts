@@ -4,8 +4,8 @@
  * providers (or two builds of one) on one app share the series instead of registering twice.
  */
 
-import { Gauge, Histogram, type Registry } from "prom-client";
 import { METRIC } from "../../../plugins/metrics/names";
+import { Gauge, Histogram, type Registry } from "../../../plugins/metrics/prom";
 
 export interface UpstreamMetrics {
   /** One observation per HTTP request to the upstream (each retry is its own), streams until their end. */

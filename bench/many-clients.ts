@@ -1,0 +1,113 @@
+/**
+ * @module
+ * Many clients: a sustained phase in which every request comes from a new address (a random
+ * `X-Forwarded-For`, `TRUST_PROXY=loopback`), as a rotating-address flood sends, against bare
+ * Elysia (A) and Palisade (B) alternately on the same public route. Palisade keeps one limiter row
+ * per client and window, so besides req/s and RSS the phase reports the `rate_limit_counters` row
+ * count and the database and WAL sizes at its end — and again once every window has passed and
+ * pruning has run (the bench server moves its clock on, on SIGUSR2, instead of waiting minutes).
+ */
+import { Database } from "bun:sqlite";
+import { existsSync, statSync } from "node:fs";
+import { SERVERS } from "./http";
+import { memoryOf, runWrk, startServer } from "./proc";
+import { type Summary, summarize } from "./stats";
+
+export interface TableState {
+  rows: number;
+  dbBytes: number;
+  walBytes: number;
+}
+
+export interface ManyClientResults {
+  rps: Summary;
+  bareRps: Summary;
+  ratio: Summary;
+  /** Requests Palisade answered in the phase, warm-up included (each a new client). */
+  requests: number;
+  errors: number;
+  /** Palisade's RSS at the end of the load and its peak, kB. */
+  rssKb: number;
+  peakRssKb: number;
+  atEnd: TableState;
+  afterPrune: TableState & { rssKb: number; waitedMs: number };
+}
+
+const size = (path: string) => (existsSync(path) ? statSync(path).size : 0);
+
+export function tableState(dbPath: string): TableState {
+  const db = new Database(dbPath, { readonly: true });
+  try {
+    const row = db.query("SELECT count(*) AS n FROM rate_limit_counters").get() as { n: number };
+    return { rows: row.n, dbBytes: size(dbPath), walBytes: size(`${dbPath}-wal`) };
+  } finally {
+    db.close();
+  }
+}
+
+export async function measureManyClients(options: {
+  rounds: number;
+  seconds: number;
+  warmUp: boolean;
+  dir: string;
+  log: (line: string) => void;
+}): Promise<ManyClientResults> {
+  const { rounds, seconds, dir, log } = options;
+  const env = { BENCH_DIR: dir, TRUST_PROXY: "loopback" };
+  const bare = await startServer(SERVERS.A.command, env);
+  const palisade = await startServer(SERVERS.B.command, env);
+  try {
+    const dbPath = palisade.info.db!;
+    const load = (port: number, secs: number) =>
+      runWrk({ port, path: "/bench", seconds: secs, manyClients: true });
+    // A second's warm-up each, discarded (the quick run skips it); its clients count in the table.
+    let warmRequests = 0;
+    if (options.warmUp) {
+      await load(bare.port, 1);
+      warmRequests = (await load(palisade.port, 1)).requests;
+    }
+    const a: number[] = [];
+    const b: number[] = [];
+    const ratios: number[] = [];
+    let requests = warmRequests;
+    let errors = 0;
+    for (let round = 0; round < rounds; round++) {
+      const floor = await load(bare.port, seconds);
+      const run = await load(palisade.port, seconds);
+      a.push(floor.rps);
+      b.push(run.rps);
+      ratios.push(run.rps / floor.rps);
+      requests += run.requests;
+      errors += run.errors;
+    }
+    if (errors > 0) log(`  ! many clients: ${errors} errors or non-2xx answers`);
+    const memory = memoryOf(palisade.proc.pid) ?? { rssKb: 0, peakKb: 0 };
+    const atEnd = tableState(dbPath);
+
+    // Every window over: the server's clock moves an hour on and its maintenance prunes, a
+    // bounded batch per event-loop turn until no expired row is left.
+    const started = performance.now();
+    palisade.proc.kill("SIGUSR2");
+    await palisade.waitFor("advanced");
+    let after = tableState(dbPath);
+    for (let last = -1; after.rows > 0 && after.rows !== last; ) {
+      last = after.rows;
+      await Bun.sleep(200);
+      after = tableState(dbPath);
+    }
+    const waitedMs = performance.now() - started;
+    return {
+      rps: summarize(b),
+      bareRps: summarize(a),
+      ratio: summarize(ratios),
+      requests,
+      errors,
+      rssKb: memory.rssKb,
+      peakRssKb: memory.peakKb,
+      atEnd,
+      afterPrune: { ...after, rssKb: memoryOf(palisade.proc.pid)?.rssKb ?? 0, waitedMs },
+    };
+  } finally {
+    await Promise.all([bare.stop(), palisade.stop()]);
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * @module
+ * Bench processes: a server started pinned to core 0 (`taskset -c 0`) that announces itself on
+ * stderr with `ready <port>` (and any other `name value` lines before it), its peak and current
+ * RSS read from /proc/<pid>/status, and wrk pinned to core 1 with bench/lua/request.lua.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+
+export const ROOT = join(import.meta.dir, "..");
+const LUA = join(import.meta.dir, "lua", "request.lua");
+
+export interface BenchServer {
+  proc: Bun.Subprocess<"ignore", "ignore", "pipe">;
+  port: number;
+  /** The `name value` lines the server printed before `ready`. */
+  info: Record<string, string>;
+  /** Reads more of stderr until a line equal to `line` arrives. */
+  waitFor(line: string, timeoutMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function pinned(core: number, command: string[]): string[] {
+  return Bun.which("taskset") ? ["taskset", "-c", String(core), ...command] : command;
+}
+
+export async function startServer(
+  command: string[],
+  env: Record<string, string> = {},
+  timeoutMs = 20_000,
+): Promise<BenchServer> {
+  const proc = Bun.spawn(pinned(0, command), {
+    cwd: ROOT,
+    env: { ...process.env, LOG_LEVEL: "info", ...env },
+    // Logs (the access log) go to /dev/null, as to a fast log sink; reading them here would cost
+    // the measured core.
+    stdout: "ignore",
+    stderr: "pipe",
+  });
+  const reader = proc.stderr.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  const readUntil = async (done: () => boolean, what: string, ms: number) => {
+    const deadline = Date.now() + ms;
+    while (!done()) {
+      const timer = Bun.sleep(Math.max(0, deadline - Date.now())).then(() => "timeout" as const);
+      const chunk = await Promise.race([reader.read(), timer]);
+      if (chunk === "timeout") throw new Error(`${command.join(" ")}: no ${what} in ${ms} ms`);
+      if (chunk.done) throw new Error(`${command.join(" ")} exited:\n${text}`);
+      text += decoder.decode(chunk.value);
+    }
+  };
+  await readUntil(() => /^ready \d+$/m.test(text), "ready line", timeoutMs);
+  const info: Record<string, string> = {};
+  for (const [, name, value] of text.matchAll(/^(\w+) (.*)$/gm)) info[name!] = value!;
+  let seen = text.length;
+  return {
+    proc,
+    port: Number(info.ready),
+    info,
+    async waitFor(line, ms = 30_000) {
+      const from = seen;
+      await readUntil(() => text.slice(from).split("\n").includes(line), line, ms);
+      seen = text.length;
+    },
+    async stop() {
+      proc.kill("SIGKILL");
+      await proc.exited;
+    },
+  };
+}
+
+/** VmHWM (peak) and VmRSS (now) of a process, in kB; null once it has gone. */
+export function memoryOf(pid: number): { peakKb: number; rssKb: number } | null {
+  const file = `/proc/${pid}/status`;
+  if (!existsSync(file)) return null;
+  try {
+    const status = readFileSync(file, "utf8");
+    const field = (name: string) =>
+      Number(new RegExp(`^${name}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
+    return { peakKb: field("VmHWM"), rssKb: field("VmRSS") };
+  } catch {
+    return null;
+  }
+}
+
+export interface WrkRequest {
+  port: number;
+  path: string;
+  seconds: number;
+  method?: "GET" | "POST";
+  body?: string;
+  token?: string | null;
+  manyClients?: boolean;
+  connections?: number;
+}
+
+export interface WrkResult {
+  rps: number;
+  requests: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** Socket errors and non-2xx answers; a figure with any is reported as failed. */
+  errors: number;
+}
+
+export async function runWrk(request: WrkRequest): Promise<WrkResult> {
+  const proc = Bun.spawn(
+    pinned(1, [
+      "wrk",
+      "-t1",
+      `-c${request.connections ?? 32}`,
+      `-d${request.seconds}s`,
+      "--timeout",
+      "5s",
+      "-s",
+      LUA,
+      `http://127.0.0.1:${request.port}${request.path}`,
+    ]),
+    {
+      stdout: "pipe",
+      stderr: "pipe",
+      env: {
+        ...process.env,
+        BENCH_METHOD: request.method ?? "GET",
+        BENCH_BODY: request.body ?? "",
+        BENCH_TOKEN: request.token ?? "",
+        BENCH_MANY_CLIENTS: request.manyClients ? "1" : "0",
+      },
+    },
+  );
+  const [out, err] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+  ]);
+  await proc.exited;
+  const line = /^BENCH (\{.*\})$/m.exec(out)?.[1];
+  if (!line) throw new Error(`wrk printed no result:\n${out}${err}`);
+  const r = JSON.parse(line) as Record<string, number>;
+  const errors = r.connectErrors! + r.readErrors! + r.writeErrors! + r.timeouts! + r.non2xx!;
+  return {
+    rps: r.requests! / (r.durationUs! / 1e6),
+    requests: r.requests!,
+    p50Ms: r.p50Us! / 1000,
+    p99Ms: r.p99Us! / 1000,
+    errors,
+  };
+}
+
+export function wrkAvailable(): boolean {
+  return Bun.which("wrk") !== null;
+}
+
+export const WRK_MISSING =
+  "wrk is not installed: the HTTP figures need it (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk)";

@@ -1,0 +1,29 @@
+/**
+ * @module
+ * What every bench server answers, so the four stacks serve the same bytes: the JSON payload of the
+ * public route, the protected route's body schema, and the chat echo bare Elysia stands in with for
+ * Palisade's offline chat provider. `bench/servers/express.mjs` (Node, no TypeScript) repeats them.
+ */
+import { t } from "elysia";
+
+export const BENCH_PAYLOAD = { id: 42, name: "palisade", tags: ["a", "b"], ok: true };
+
+/** `POST /bench/protected`: what the protected route validates. */
+export const ProtectedBody = t.Object({
+  message: t.String({ minLength: 1, maxLength: 500 }),
+  count: t.Integer({ minimum: 0, maximum: 1000 }),
+});
+
+/** The body wrk sends to the protected route and to the chat route (bench/lua/post.lua). */
+export const BENCH_POST_BODY = '{"message":"How do I reset my password?","count":3}';
+
+/** The JWT secret the bench servers verify with (HS256); bench-only. */
+export const BENCH_JWT_SECRET = "bench-jwt-secret-0123456789abcdefghijklmnopq";
+
+export function echoChat(message: string) {
+  return {
+    conversationId: "bench-conversation",
+    reply: message,
+    usage: { promptTokens: 8, completionTokens: 8, totalTokens: 16 },
+  };
+}

@@ -1,0 +1,69 @@
+import { afterEach, expect, test } from "bun:test";
+import { collectDefaultMetrics, Registry } from "prom-client";
+import { createMetricsRegistry } from "../../src/plugins/metrics/registry";
+import { buildTestApp, send, type TestApp } from "../support/app";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+/** The metric families a Prometheus text exposition declares, from its `# TYPE` lines. */
+function families(text: string): string[] {
+  return [...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)]
+    .map(([, name, type]) => `${name} ${type}`)
+    .sort();
+}
+
+test("a scrape shows every one of prom-client's default metrics, as collectDefaultMetrics registers them", async () => {
+  const reference = new Registry();
+  collectDefaultMetrics({ register: reference });
+  const ours = createMetricsRegistry();
+  const first = await ours.metrics();
+  expect(families(first)).toEqual(families(await reference.metrics()));
+  expect(first).toMatch(/^nodejs_heap_space_size_used_bytes\{space="\w+"\} \d+$/m);
+  // Registered once: the second scrape is the same list, with no duplicate-registration error.
+  expect(families(await ours.metrics())).toEqual(families(first));
+  expect((await ours.getMetricsAsJSON()).length).toBe((await reference.getMetricsAsJSON()).length);
+});
+
+test("the heap-space gauges, whose registration walks Bun's heap, are registered at the first scrape, not at start", async () => {
+  const registry = createMetricsRegistry();
+  expect(registry.getSingleMetric("nodejs_heap_space_size_total_bytes")).toBeUndefined();
+  // The rest start at once: CPU and the event-loop lag are there before any scrape.
+  expect(registry.getSingleMetric("process_cpu_seconds_total")).toBeDefined();
+  expect(registry.getSingleMetric("nodejs_eventloop_lag_seconds")).toBeDefined();
+  await registry.metrics();
+  expect(registry.getSingleMetric("nodejs_heap_space_size_total_bytes")).toBeDefined();
+});
+
+test("GET /metrics carries the heap-space gauges from its first answer", async () => {
+  current = buildTestApp();
+  const response = await send(current, "/metrics");
+  expect(response.status).toBe(200);
+  const text = await response.text();
+  expect(text).toMatch(/^nodejs_heap_space_size_total_bytes\{space="\w+"\} \d+$/m);
+  expect(text).toContain("# TYPE nodejs_heap_space_size_available_bytes gauge");
+});
+
+test("process_cpu_seconds_total counts the CPU used since the registry was made, user plus system", async () => {
+  const registry = createMetricsRegistry();
+  const burnUntil = performance.now() + 60;
+  let spin = 0;
+  while (performance.now() < burnUntil) spin++;
+  expect(spin).toBeGreaterThan(0);
+  const text = await registry.metrics();
+  const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
+  const total = value("process_cpu_seconds_total");
+  expect(total).toBeGreaterThanOrEqual(0.05);
+  // Well under the process's whole CPU time, which includes loading this test file.
+  expect(total).toBeLessThan(process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6);
+  expect(total).toBeCloseTo(
+    value("process_cpu_user_seconds_total") + value("process_cpu_system_seconds_total"),
+    9,
+  );
+  expect(text).toContain(
+    "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.",
+  );
+});
