@@ -35,6 +35,9 @@ const BASIC = /\bBasic(?:\s|%20|\+)+[A-Za-z0-9+/%]{8,}=*/g;
 const CREDENTIAL_PARAMETER =
   /((?:^|[?&;/\s"'])[A-Za-z0-9_.-]*(?:pass(?:word|wd|phrase)?|secret|token|key|signature|sig|auth|credential|session|code)[A-Za-z0-9_.-]*=)[^&;#\s"'\\]*/gi;
 
+/** What every pattern below (and a percent-encoded secret) needs somewhere in the text. */
+const MAY_HOLD_CREDENTIAL = /pal_|eyJ|bearer|Basic|=|%/i;
+
 /** The spellings of one configured secret we look for. */
 export function secretSpellings(secret: string): string[] {
   const encoded = encodeURIComponent(secret);
@@ -92,8 +95,9 @@ export function createTextScrubber(
   return function scrubText(text) {
     let out = text;
     for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, replacement);
+    // One scan first: most lines hold none of what the patterns need.
+    if (!MAY_HOLD_CREDENTIAL.test(out)) return out;
     if (out.includes("%")) for (const pattern of mixed) out = out.replace(pattern, replacement);
-    // Cheap checks first: most lines hold none of these.
     if (out.includes("pal_")) out = out.replace(API_KEY, replacement);
     if (out.includes("eyJ")) out = out.replace(JWT, replacement);
     if (/bearer/i.test(out)) out = out.replace(BEARER, replacement);
