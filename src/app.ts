@@ -70,7 +70,7 @@ export function createApp(deps: AppDeps) {
     // Before anything reads the path: Elysia slices it from request.url at a fixed offset, which a
     // short or malformed Host shifts (plugins/request-guard/host).
     .wrap(realPathFirst)
-    .use(requestId())
+    .use(requestId({ secretValues: config.secretValues }))
     .use(
       routeClass({
         table: createRouteClassTable([
@@ -130,6 +130,7 @@ export function createApp(deps: AppDeps) {
         http: deps.metrics.http,
         secretValues: config.secretValues,
         buffered: deps.accessLogBuffered,
+        routes: () => registeredRoutes(),
         trace: deps.errors.tracing ? (trace) => deps.errors.traceRequest(trace) : undefined,
       }),
     )

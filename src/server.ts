@@ -6,6 +6,7 @@
  */
 import type { Config } from "./config";
 import type { Logger } from "./logging/logger";
+import { lastResortErrorHandler } from "./plugins/error-handler/last-resort";
 
 /** The slice of an Elysia app this module drives. */
 export interface Listenable {
@@ -43,6 +44,10 @@ export function startServer(options: StartServerOptions): RunningServer {
     maxRequestBodySize: config.bodyLimits.server,
     // Several processes may share one port; the kernel spreads connections between them.
     reusePort: true,
+    // Never Bun's development error page (source paths, source lines, stack), whatever NODE_ENV
+    // says; what escapes the app's own error handler is a bare problem+json 500.
+    development: false,
+    error: lastResortErrorHandler(logger),
   });
   const server = app.server!;
   const url = server.url;

@@ -1,7 +1,10 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
+import { createLogger } from "../src/logging/logger";
+import { startServer } from "../src/server";
 import { buildTestApp, serveInProcess, type TestApp, tempDir } from "./support/app";
-import { freePort, runToExit, startService } from "./support/process";
+import { freePort, REPO_ROOT, runToExit, startService } from "./support/process";
+import { rawHttp } from "./support/raw-http";
 import { signal } from "./support/wait";
 
 describe("graceful shutdown (in process)", () => {
@@ -112,6 +115,26 @@ describe("the service process", () => {
     );
   });
 
+  test("a SENTRY_DSN the Sentry SDK would reject exits 2 in one line naming SENTRY_DSN, never printing it", async () => {
+    const dir = tempDir();
+    try {
+      for (const dsn of ["http://DSNKEY0123456789@127.0.0.1:1/", "http://127.0.0.1:1/42"]) {
+        const result = await runToExit(["bun", "run", "src/index.ts"], {
+          DATABASE_PATH: join(dir.path, "dsn.db"),
+          PORT: "0",
+          SENTRY_DSN: dsn,
+        });
+        expect(result.code).toBe(2);
+        expect(result.stderr.trim().split("\n")).toHaveLength(1);
+        expect(result.stderr).toContain("SENTRY_DSN must be a Sentry DSN");
+        expect(`${result.stdout}${result.stderr}`).not.toContain("DSNKEY0123456789");
+        expect(`${result.stdout}${result.stderr}`).not.toContain("127.0.0.1:1");
+      }
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("an unusable database path exits 2 with one line naming DATABASE_PATH", async () => {
     const dir = tempDir();
     try {
@@ -145,5 +168,54 @@ test("with REDIS_URL unreachable the service still starts, and /ready reports Re
     expect(await service.stop()).toBe(0);
   } finally {
     dir.remove();
+  }
+});
+
+test("the main server never serves Bun's development error page: what escapes the app is a bare problem+json 500", async () => {
+  const logs: string[] = [];
+  const logger = createLogger({
+    level: "info",
+    destination: { write: (line: string) => logs.push(line) },
+  });
+  // The app's own handler fails outside anything that catches: startServer's options decide what
+  // Bun answers.
+  const failing = {
+    server: null as Bun.Server<unknown> | null,
+    listen(options: Record<string, unknown>) {
+      this.server = Bun.serve({
+        ...(options as unknown as Bun.Serve.Options<unknown>),
+        fetch() {
+          throw new Error(`failure at ${REPO_ROOT}/src/secret-place.ts`);
+        },
+      } as Bun.Serve.Options<unknown>);
+    },
+    async stop(closeActiveConnections?: boolean) {
+      await this.server?.stop(closeActiveConnections);
+    },
+  };
+  const running = startServer({
+    app: failing,
+    config: { host: "127.0.0.1", port: 0, bodyLimits: { server: 1024 * 1024 } } as never,
+    logger,
+    exitProcess: false,
+    signals: [],
+  });
+  try {
+    for (const request of [
+      "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+      "GET /health HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+      "GET /health HTTP/1.0\r\n\r\n",
+    ]) {
+      const response = await rawHttp(Number(running.url.port), request);
+      expect(response.status).toBe(500);
+      expect(response.headers["content-type"]).toBe("application/problem+json");
+      expect(JSON.parse(response.body).code).toBe("INTERNAL");
+      expect(response.text).not.toContain(REPO_ROOT);
+      expect(response.text).not.toContain("secret-place");
+      expect(response.text).not.toContain("    at ");
+    }
+    expect(logs.some((line) => line.includes("request failed outside the app"))).toBe(true);
+  } finally {
+    await running.shutdown("test");
   }
 });

@@ -24,6 +24,7 @@ import {
   parseLogLevel,
   parseOrigins,
   parsePortRange,
+  parseSentryDsn,
   parseTrustProxy,
   parseUrl,
   type TrustProxy,
@@ -330,9 +331,9 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       accessToken: optionalSecret("WHATSAPP_ACCESS_TOKEN"),
       apiUrl: url("WHATSAPP_API_URL") ?? "https://graph.facebook.com/v21.0",
     },
-    sentryDsn: url("SENTRY_DSN"),
+    sentryDsn: parseSentryDsn("SENTRY_DSN", text("SENTRY_DSN")),
     sentry: {
-      dsn: url("SENTRY_DSN"),
+      dsn: parseSentryDsn("SENTRY_DSN", text("SENTRY_DSN")),
       release: release(text("APP_RELEASE")),
       tracesSampleRate: parseFraction(
         "SENTRY_TRACES_SAMPLE_RATE",
@@ -430,7 +431,12 @@ function collectSecretValues(config: Config, env: Environment): string[] {
     const value = env[name];
     if (value) values.add(value);
   }
-  if (config.sentryDsn) values.add(config.sentryDsn);
+  if (config.sentryDsn) {
+    values.add(config.sentryDsn);
+    // Its public key alone is what authenticates to Sentry.
+    const key = /^[a-z]+:\/\/(\w+)/.exec(config.sentryDsn)?.[1];
+    if (key) values.add(key);
+  }
   // Very short values would scrub ordinary words out of logs; they are refused in deployed profiles.
   return [...values].filter((value) => value.length >= 8);
 }

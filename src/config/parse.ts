@@ -248,3 +248,26 @@ export function isLoopbackHost(host: string): boolean {
   const address = parseIp(host.replace(/^\[(.*)\]$/, "$1"));
   return address !== null && address.range() === "loopback";
 }
+
+/**
+ * SENTRY_DSN as the Sentry SDK accepts it: `http(s)://public_key@host[:port][/path]/project_id`,
+ * the key of word characters and the project id digits. Checked here because the SDK prints a DSN
+ * it rejects on the console, key and all, and then reports nothing. The error never repeats the
+ * value (it holds the key).
+ */
+const SENTRY_DSN =
+  /^https?:\/\/\w+(?::\w*)?@(?:\[[:.%\w]+\]|[\w.-]+)(?::([0-9]{1,5}))?\/(?:[^?#\s]*\/)?[0-9]+$/;
+
+export function parseSentryDsn(name: string, raw: string | undefined): string | null {
+  if (raw === undefined) return null;
+  const value = raw.replace(/\/$/, "");
+  const match = SENTRY_DSN.exec(value);
+  const port = match?.[1];
+  if (!match || (port !== undefined && (Number(port) < 1 || Number(port) > 65535))) {
+    throw new ConfigError(
+      name,
+      "must be a Sentry DSN, http(s)://public_key@host[:port]/project_id (a numeric project id)",
+    );
+  }
+  return value;
+}

@@ -1,12 +1,14 @@
 /**
  * @module
  * Structured JSON logs through pino. Two layers keep secrets out: paths that carry credentials
- * (Authorization, cookies, passwords, tokens) are redacted by name, and every configured secret value
- * is scrubbed from each line before it is written, so a secret that slips into an error message is
- * still not printed.
+ * (Authorization, cookies, passwords, tokens) are redacted by name, and every line is run through
+ * the shared scrubber (scrub.ts) before it is written — configured secret values in every
+ * spelling, API keys, JWTs, bearer credentials, credential query parameters — so a secret that
+ * slips into an error message is still not printed.
  */
 import pino, { type DestinationStream, type Logger } from "pino";
 import type { LogLevel } from "../config";
+import { createTextScrubber } from "./scrub";
 
 export type { Logger } from "pino";
 
@@ -39,17 +41,12 @@ export interface LoggerOptions {
 }
 
 /**
- * Replaces every secret value, raw or as it appears JSON-escaped, with [REDACTED]. Longest first,
- * so a secret that contains another is scrubbed whole.
+ * Replaces with [REDACTED] every configured secret value (raw, JSON-escaped, percent-encoded,
+ * form-encoded, base64url), API key, JWT, bearer credential and credential query parameter: the
+ * shared scrubber of logging/scrub.ts.
  */
 export function secretScrubber(secretValues: readonly string[]): (line: string) => string {
-  const raw = [...secretValues].sort((a, b) => b.length - a.length);
-  const forms = [...new Set(raw.flatMap((value) => [value, JSON.stringify(value).slice(1, -1)]))];
-  return (line) => {
-    let out = line;
-    for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, REDACTED);
-    return out;
-  };
+  return createTextScrubber(secretValues, REDACTED);
 }
 
 export function createLogger({ level, secretValues = [], destination }: LoggerOptions): Logger {
@@ -74,13 +71,18 @@ const UNSAFE_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
 const MAX_LOGGED_LENGTH = 512;
 
 /**
- * Makes a client-supplied value safe to log: control characters, CR/LF and Unicode line separators
- * become visible escapes (JSON encoding escapes most, but not U+2028/2029, and log viewers differ),
- * and long values are cut so a client cannot flood a line.
+ * Makes a client-supplied value safe to log: `scrub` runs first, on the whole value (a secret cut
+ * in two would no longer be recognised), then control characters, CR/LF and Unicode line
+ * separators become visible escapes (JSON encoding escapes most, but not U+2028/2029, and log
+ * viewers differ), and long values are cut so a client cannot flood a line.
  */
-export function logSafe(value: string | null | undefined): string | undefined {
+export function logSafe(
+  value: string | null | undefined,
+  scrub?: (text: string) => string,
+): string | undefined {
   if (value === null || value === undefined) return undefined;
-  const cut = value.length > MAX_LOGGED_LENGTH ? `${value.slice(0, MAX_LOGGED_LENGTH)}…` : value;
+  const clean = scrub ? scrub(value) : value;
+  const cut = clean.length > MAX_LOGGED_LENGTH ? `${clean.slice(0, MAX_LOGGED_LENGTH)}…` : clean;
   return cut.replace(
     UNSAFE_CHARACTERS,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,

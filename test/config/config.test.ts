@@ -126,7 +126,7 @@ describe("production profile", () => {
     ["RATE_LIMIT_ALLOW_CIDRS", { RATE_LIMIT_ALLOW_CIDRS: "not-an-ip" }, "invalid address"],
     ["REDIS_URL", { REDIS_URL: "http://localhost:6379" }, "must use redis or rediss"],
     ["OPENAI_BASE_URL", { OPENAI_BASE_URL: "not a url" }, "must be a URL"],
-    ["SENTRY_DSN", { SENTRY_DSN: "ftp://x@sentry.test/1" }, "must use http or https"],
+    ["SENTRY_DSN", { SENTRY_DSN: "ftp://x@sentry.test/1" }, "must be a Sentry DSN"],
   ])("refuses %s (%o)", (variable, extra, reason) => {
     const error = refusal(production(extra));
     expect(error.variable).toBe(variable);
@@ -518,5 +518,42 @@ describe("metrics exposure and Sentry settings", () => {
     const reporting = loadConfig({ SENTRY_DSN: dsn });
     expect(reporting.sentry.dsn).toBe(dsn);
     expect(reporting.secretValues).toContain(dsn);
+  });
+
+  // The SDK prints a DSN it rejects on the console (key included) and then reports nothing; the
+  // config refuses every DSN the SDK would reject, in one line that never repeats the value.
+  test.each([
+    ["no public key", "http://sentry.example.test/42"],
+    ["no project id", "http://DSNKEY0123456789@127.0.0.1:1/"],
+    ["no path at all", "https://DSNKEY0123456789@sentry.example.test"],
+    ["a project id that is not a number", "https://DSNKEY0123456789@sentry.example.test/proj"],
+    ["a key of non-word characters", "https://DSN-KEY0123456789@sentry.example.test/42"],
+    ["a query string", "https://DSNKEY0123456789@sentry.example.test/42?x=1"],
+    ["a port out of range", "https://DSNKEY0123456789@sentry.example.test:99999/42"],
+    ["another protocol", "ftp://DSNKEY0123456789@sentry.example.test/42"],
+    ["not a URL", "DSNKEY0123456789"],
+  ])("a SENTRY_DSN with %s is refused naming SENTRY_DSN, without its value", (_label, dsn) => {
+    const error = refusal({ SENTRY_DSN: dsn });
+    expect(error.variable).toBe("SENTRY_DSN");
+    expect(error.message).toStartWith("SENTRY_DSN must be a Sentry DSN");
+    expect(error.message).not.toContain("DSNKEY0123456789");
+    expect(error.message).not.toContain("\n");
+  });
+
+  test("every DSN shape the SDK accepts is accepted, and its public key is a scrubbed secret", () => {
+    for (const dsn of [
+      "https://abc123def456@o1.ingest.sentry.io/4501234",
+      "http://public:secret@127.0.0.1:9000/1",
+      "https://publickey0123@sentry.example.test/some/path/42",
+      "http://publickey0123@[::1]:9000/7",
+    ]) {
+      expect(loadConfig({ SENTRY_DSN: dsn }).sentry.dsn).toBe(dsn);
+    }
+    expect(
+      loadConfig({ SENTRY_DSN: "https://publickey0123@sentry.example.test/42/" }).sentry.dsn,
+    ).toBe("https://publickey0123@sentry.example.test/42");
+    expect(
+      loadConfig({ SENTRY_DSN: "https://publickey0123@sentry.example.test/42" }).secretValues,
+    ).toContain("publickey0123");
   });
 });

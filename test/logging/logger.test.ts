@@ -99,3 +99,107 @@ describe("log injection", () => {
     expect(entry.requestId).toBeString();
   });
 });
+
+/** A base64 secret, as `openssl rand -base64 32` makes them: `+`, `/` and `=` are URL-encoded. */
+const B64_SECRET = "Zm9v+YmFy/YmF6PT0rLy8xMjM0NTY3ODkw+YWJj/ZGVm==";
+const API_KEY = "pal_live_SECRETPALKEY1234567890abcd";
+const JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJTRUNSRVRKV1QifQ.c2lnbmF0dXJlU0VDUkVU";
+
+/** Every spelling a configured secret can take in a URL, a header or a JSON string. */
+function spellings(secret: string): string[] {
+  const encoded = encodeURIComponent(secret);
+  return [
+    secret,
+    encoded,
+    encoded.replace(/%[0-9A-F]{2}/g, (hex) => hex.toLowerCase()),
+    encoded.replace(/%20/g, "+"),
+    secret.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, ""),
+    // Half-encoded: only the characters a path cannot carry.
+    secret.replace(/\+/g, "%2B"),
+  ];
+}
+
+/** What must not survive of a secret: any 9 characters of it (so no prefix of a cut one). */
+function fragments(secret: string): string[] {
+  return [secret.slice(0, 9), secret.slice(-9)];
+}
+
+describe("one scrubber, every spelling", () => {
+  test("configured values in every spelling, API keys, JWTs, bearer credentials and credential parameters never reach a line", () => {
+    const logs = new LogCapture();
+    const logger = createLogger({ level: "info", secretValues: [B64_SECRET], destination: logs });
+    for (const spelling of spellings(B64_SECRET)) logger.error({ url: `/x/${spelling}` }, spelling);
+    logger.warn(`key ${API_KEY} and token ${JWT}`);
+    logger.warn(
+      "upstream GET /cb?a=Bearer%20QUERYBEARER777&b=Bearer+QUERYPLUS888&password=QUERYPASS999&refresh_token=RefreshTok3nOpaque",
+    );
+    logger.warn({ header: "Basic QkFTSUNTRUNSRVQ1NTU=", auth: "Bearer HEADERBEARER42" }, "headers");
+    // Ordinary words that merely contain the shapes are left alone.
+    logger.info({ principal_id: "user:1" }, "basic auth is refused; keyword=search");
+    const text = logs.text;
+    for (const secret of [B64_SECRET, API_KEY, JWT]) {
+      for (const fragment of fragments(secret)) expect(text).not.toContain(fragment);
+    }
+    for (const value of [
+      "QUERYBEARER777",
+      "QUERYPLUS888",
+      "QUERYPASS999",
+      "RefreshTok3nOpaque",
+      "QkFTSUNTRUNSRVQ1NTU",
+      "HEADERBEARER42",
+    ]) {
+      expect(text).not.toContain(value);
+    }
+    expect(text).toContain("principal_id");
+    expect(text).toContain("basic auth is refused");
+  });
+
+  test("logSafe scrubs the whole value before cutting it, so a secret across the cut leaves nothing", () => {
+    const scrub = (text: string) => text.replaceAll(B64_SECRET, REDACTED);
+    const value = `${"A".repeat(500)}${B64_SECRET}`;
+    expect(logSafe(value)).toContain(B64_SECRET.slice(0, 9));
+    const safe = logSafe(value, scrub)!;
+    expect(safe).toBe(`${"A".repeat(500)}${REDACTED}`);
+  });
+
+  test("paths, user agents and request ids: no key, JWT or configured secret in any spelling, cut or not, reaches the access log", async () => {
+    const idShaped = "sk_test_IDSHAPEDSECRET0123456789";
+    current = buildTestApp({ env: { OPENAI_API_KEY: B64_SECRET, STRIPE_SECRET_KEY: idShaped } });
+    expect(current.config.secretValues).toContain(idShaped);
+    const paths = [
+      `/x/${API_KEY}`,
+      `/x/${JWT}`,
+      ...spellings(B64_SECRET).map((spelling) => `/x/${spelling}`),
+      // Straddling the 512-character cut of a logged value, raw and encoded.
+      `/${"A".repeat(500)}${B64_SECRET}`,
+      `/${"A".repeat(505)}${encodeURIComponent(B64_SECRET)}`,
+      `/${"A".repeat(500)}${API_KEY}`,
+      `/${"A".repeat(490)}${JWT}`,
+    ];
+    // 404, or 400 where the request guard refuses an encoded path: logged either way.
+    for (const path of paths) expect((await send(current, path)).status).toBeOneOf([400, 404]);
+    for (const agent of [
+      `client ${API_KEY}`,
+      `client ${JWT}`,
+      `client ${B64_SECRET}`,
+      `${"A".repeat(505)}${B64_SECRET}`,
+    ]) {
+      await send(current, "/nothing", { headers: { "user-agent": agent } });
+    }
+    // Safe characters, short enough, but key-, JWT- or secret-shaped: replaced, never logged.
+    const ids = ["pal_live_IDKEY0123456789", JWT.slice(0, 60), idShaped];
+    for (const id of ids) {
+      const response = await send(current, "/health", { headers: { "x-request-id": id } });
+      expect(response.headers.get("x-request-id")).not.toBe(id);
+    }
+    const text = current.logs.text;
+    for (const secret of [B64_SECRET, API_KEY, JWT, "pal_live_IDKEY0123456789", idShaped]) {
+      for (const fragment of fragments(secret)) expect(text).not.toContain(fragment);
+    }
+    for (const spelling of spellings(B64_SECRET)) expect(text).not.toContain(spelling);
+    // The lines are still there, with what is not secret.
+    const unmatched = current.logs.entries.filter((entry) => entry.route === "<unmatched>");
+    expect(unmatched.length).toBe(paths.length + 4);
+    expect(unmatched[0]!.path).toBe(`/x/${REDACTED}`);
+  });
+});

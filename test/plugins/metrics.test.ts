@@ -1,9 +1,10 @@
-import { afterEach, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { QUERY_DURATION_BUCKETS } from "../../src/db/timing";
 import { listenForMetrics } from "../../src/plugins/metrics/listener";
 import { CONTRACT_METRIC_NAMES, METRIC } from "../../src/plugins/metrics/names";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../support/app";
-import { freePort } from "../support/process";
+import { freePort, REPO_ROOT } from "../support/process";
+import { rawHttp } from "../support/raw-http";
 import { waitFor } from "../support/wait";
 
 let current: TestApp | null = null;
@@ -214,4 +215,185 @@ test("with METRICS_PORT, /metrics is served only by the listener, which applies 
   } finally {
     await listener.stop();
   }
+});
+
+/** What Bun's development error page would show: source paths, source lines, a stack. */
+function expectNoErrorPage(text: string) {
+  expect(text).not.toContain(REPO_ROOT);
+  expect(text).not.toContain("listener.ts");
+  expect(text).not.toContain("    at ");
+  expect(text).not.toContain("<!DOCTYPE");
+}
+
+test("the metrics listener hands every /metrics request to the app whatever its Host: malformed or empty is 400 problem+json, never a Bun error page", async () => {
+  const port = freePort();
+  current = buildTestApp({ env: { METRICS_PORT: String(port), METRICS_TOKEN: TOKEN } });
+  const listener = listenForMetrics({
+    handle: current.app.handle,
+    ...current.config.metricsListener!,
+    logger: current.logger,
+  });
+  try {
+    for (const [request, code] of [
+      ["GET /metrics HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n", "BAD_HEADER"],
+      ["GET /metrics HTTP/1.1\r\nHost: user@host\r\nConnection: close\r\n\r\n", "BAD_HEADER"],
+      ["GET /metrics HTTP/1.0\r\nHost: \r\n\r\n", "BAD_HEADER"],
+      [
+        "GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n",
+        "DUPLICATE_HEADER",
+      ],
+    ]) {
+      const response = await rawHttp(port, request!);
+      expectNoErrorPage(response.text);
+      expect(response.status).toBe(400);
+      expect(response.headers["content-type"]).toBe("application/problem+json");
+      expect(JSON.parse(response.body).code).toBe(code);
+    }
+    // HTTP/1.0 may omit Host: the app answers it as any scrape (here: the token is missing).
+    const noHost = await rawHttp(port, "GET /metrics HTTP/1.0\r\n\r\n");
+    expectNoErrorPage(noHost.text);
+    expect(noHost.status).toBe(401);
+    expect(JSON.parse(noHost.body).code).toBe("UNAUTHENTICATED");
+    // Any other path, whatever the Host, is 404 problem+json from the listener (a bare path that
+    // Elysia's fixed offset would slice to /metrics included).
+    for (const request of [
+      "GET /health HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+      "GET /zz/metrics HTTP/1.0\r\n\r\n",
+      "GET /api/auth/me HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    ]) {
+      const response = await rawHttp(port, request);
+      expectNoErrorPage(response.text);
+      expect(response.status).toBe(404);
+      expect(response.headers["content-type"]).toBe("application/problem+json");
+      expect(JSON.parse(response.body).code).toBe("NOT_FOUND");
+      expect(response.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/);
+    }
+    // The refusals went through the app: counted under the route and logged.
+    const text = await (
+      await fetch(listener.url, { headers: { authorization: `Bearer ${TOKEN}` } })
+    ).text();
+    expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="400"}')).toBe(4);
+    expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="401"}')).toBe(1);
+  } finally {
+    await listener.stop();
+  }
+});
+
+test("whatever escapes the app on the metrics listener is a bare problem+json 500, never Bun's error page", async () => {
+  const port = freePort();
+  current = buildTestApp();
+  const listener = listenForMetrics({
+    handle: (request) => {
+      if (request.headers.get("x-fail") === "async") {
+        return Promise.reject(new Error(`async failure in ${REPO_ROOT}/src/secret-place.ts`));
+      }
+      throw new Error(`failure in ${REPO_ROOT}/src/secret-place.ts`);
+    },
+    host: "127.0.0.1",
+    ports: { first: port, last: port },
+    logger: current.logger,
+  });
+  try {
+    for (const fail of ["sync", "async"]) {
+      const response = await rawHttp(
+        port,
+        `GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Fail: ${fail}\r\nConnection: close\r\n\r\n`,
+      );
+      expectNoErrorPage(response.text);
+      expect(response.text).not.toContain("secret-place");
+      expect(response.status).toBe(500);
+      expect(response.headers["content-type"]).toBe("application/problem+json");
+      expect(JSON.parse(response.body).code).toBe("INTERNAL");
+      // The operator still has the error, in the log, under the request id the client got.
+      const requestId = response.headers["x-request-id"];
+      const logged = current.logs.entries.find((entry) => entry.requestId === requestId);
+      expect(logged?.msg).toBe("request failed outside the app");
+    }
+  } finally {
+    await listener.stop();
+  }
+});
+
+describe("the route label of requests refused before routing", () => {
+  test("a 429 from the limiter is counted, logged and timed under the route it was aimed at", async () => {
+    current = buildTestApp({ env: { RATE_LIMIT_LOGIN: "1" } });
+    const body = { email: "someone@example.com", password: "not-the-password-123" };
+    expect((await send(current, "/api/auth/login", { body })).status).toBe(401);
+    expect((await send(current, "/api/auth/login", { body })).status).toBe(429);
+    const text = await (await send(current, "/metrics")).text();
+    expect(
+      sample(text, 'http_requests_total{method="POST",route="/api/auth/login",status="429"}'),
+    ).toBe(1);
+    expect(text).not.toContain('route="<unmatched>",status="429"');
+    expect(text).toContain(
+      'http_request_duration_seconds_count{method="POST",route="/api/auth/login"} 2',
+    );
+    const refused = current.logs.entries.find((e) => e.msg === "request" && e.status === 429);
+    expect(refused?.route).toBe("/api/auth/login");
+  });
+
+  test("IP_BLOCKED, the request guard and CSRF refusals carry the route pattern (with its parameters), a path that matches no route stays <unmatched>", async () => {
+    current = buildTestApp();
+    const payment = "/api/payments/pay_123";
+    // Request guard: a URL over the limit on a parameterised route, a body over the limit.
+    const long = await send(current, `${payment}?q=${"a".repeat(20_000)}`);
+    const big = await send(current, "/api/payments/intents", {
+      body: "{}",
+      headers: { "content-length": String(10 * 1024 * 1024) },
+    });
+    // CSRF: a cookie-authenticated POST without the token.
+    const csrfRefused = await send(current, "/api/auth/logout", {
+      body: {},
+      headers: { cookie: "palisade_session=abc", origin: "http://localhost" },
+    });
+    current.services.ipBlocks.block({
+      address: "203.0.113.9",
+      reason: "test",
+      ttlMs: 60_000,
+      source: "admin",
+    });
+    const blocked = await send(current, "/openapi.json", { peer: "203.0.113.9" });
+    const blockedUnknown = await send(current, "/no/such/route", { peer: "203.0.113.9" });
+    // HEAD is answered by the GET route; a method no route has on the path is unmatched.
+    const blockedHead = await send(current, "/openapi.json", {
+      peer: "203.0.113.9",
+      method: "HEAD",
+    });
+    const blockedWrongMethod = await send(current, "/openapi.json", {
+      peer: "203.0.113.9",
+      method: "DELETE",
+    });
+    expect(blocked.status).toBe(403);
+    expect(((await blocked.json()) as { code: string }).code).toBe("IP_BLOCKED");
+    const text = await (await send(current, "/metrics")).text();
+    expect(long.status).toBe(414);
+    expect(
+      sample(text, 'http_requests_total{method="GET",route="/api/payments/:id",status="414"}'),
+    ).toBe(1);
+    expect(big.status).toBe(413);
+    expect(
+      sample(text, 'http_requests_total{method="POST",route="/api/payments/intents",status="413"}'),
+    ).toBe(1);
+    expect(csrfRefused.status).toBe(403);
+    expect(((await csrfRefused.json()) as { code: string }).code).toStartWith("CSRF");
+    expect(
+      sample(text, 'http_requests_total{method="POST",route="/api/auth/logout",status="403"}'),
+    ).toBe(1);
+    expect(
+      sample(text, 'http_requests_total{method="GET",route="/openapi.json",status="403"}'),
+    ).toBe(1);
+    expect(
+      sample(text, 'http_requests_total{method="HEAD",route="/openapi.json",status="403"}'),
+    ).toBe(1);
+    expect(blockedUnknown.status).toBe(403);
+    expect(blockedHead.status).toBe(403);
+    expect(blockedWrongMethod.status).toBe(403);
+    expect(sample(text, 'http_requests_total{method="GET",route="<unmatched>",status="403"}')).toBe(
+      1,
+    );
+    expect(
+      sample(text, 'http_requests_total{method="DELETE",route="<unmatched>",status="403"}'),
+    ).toBe(1);
+    expect(text).not.toContain("pay_123");
+  });
 });

@@ -42,3 +42,23 @@ test.each([
   expect(id).not.toBe(incoming);
   expect(acceptableRequestId(id)).toBe(true);
 });
+
+test.each([
+  ["an API key", "pal_live_abcdefghijklmnop0123"],
+  ["a test API key glued to text", "trace-pal_test_abcdefghijk"],
+  ["a JWT", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"],
+  ["a configured secret", "sk_test_CONFIGUREDSECRET0123456789"],
+])(
+  "an incoming id shaped like a credential (%s) is replaced, never logged",
+  async (_label, incoming) => {
+    current = buildTestApp({ env: { STRIPE_SECRET_KEY: "sk_test_CONFIGUREDSECRET0123456789" } });
+    // Safe characters and length: only its shape refuses it.
+    expect(/^[A-Za-z0-9._:-]{1,64}$/.test(incoming)).toBe(true);
+    const response = await send(current, "/health", { headers: { "x-request-id": incoming } });
+    const id = response.headers.get("x-request-id")!;
+    expect(id).not.toBe(incoming);
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(current.logs.text).not.toContain(incoming);
+    expect(current.logs.entries.find((e) => e.msg === "request")?.requestId).toBe(id);
+  },
+);

@@ -91,15 +91,24 @@ test("a 500 arrives with request id, route and principal, and without any secret
   const target = build({ APP_RELEASE: "palisade@test-1" });
   const user = await signUp(target);
   const key = createKey(target, ["chat"], user.userId);
-  const response = await send(target, `/test/explode?api_key=${key.key}&page=2`, {
-    body: {},
-    headers: {
-      ...bearer(user.accessToken),
-      cookie: `palisade_session=${user.accessToken}; palisade_csrf=csrf-cookie-value-123`,
-      "x-request-id": "req-sentry-500",
-      "user-agent": "sentry-test",
+  const encodedSecret = encodeURIComponent(CONFIGURED_SECRET).replace(/_/g, "%5F");
+  const response = await send(
+    target,
+    `/test/explode?api_key=${key.key}&page=2&password=QUERYPASS999&t=Bearer%20QUERYBEARER777&s=${encodedSecret}`,
+    {
+      body: {},
+      headers: {
+        ...bearer(user.accessToken),
+        cookie: `palisade_session=${user.accessToken}; palisade_csrf=csrf-cookie-value-123`,
+        "x-request-id": "req-sentry-500",
+        "user-agent": "sentry-test",
+        // Credentials in headers nobody told the scrubber about.
+        "x-auth": "Basic QkFTSUNTRUNSRVQ1NTU=",
+        "x-refresh-token": "RefreshTok3nOpaqueSECRETvalue",
+        "x-trace": encodedSecret,
+      },
     },
-  });
+  );
   expect(response.status).toBe(500);
   expect(((await response.json()) as { code: string }).code).toBe("INTERNAL");
   expect(await target.services.errors.flush(5000)).toBe(true);
@@ -123,9 +132,11 @@ test("a 500 arrives with request id, route and principal, and without any secret
   expect(event.environment).toBe("development");
   expect(event.release).toBe("palisade@test-1");
   expect(event.request.method).toBe("POST");
-  expect(event.request.url).toBe("http://localhost/test/explode");
+  // The route pattern, never the raw path or the query string; only harmless headers.
+  expect(event.request.url).toBe("/test/explode");
   expect(event.request.headers["user-agent"]).toBe("sentry-test");
-  expect(event.request.query_string).toContain("page=2");
+  expect(Object.keys(event.request.headers).sort()).toEqual(["content-type", "user-agent"]);
+  expect(event.request.query_string).toBeUndefined();
   // The error is there, its secret is not.
   expect(event.exception.values[0]!.value).toBe("stripe call failed with key [Filtered]");
 
@@ -149,6 +160,12 @@ test("a 500 arrives with request id, route and principal, and without any secret
     CONFIGURED_SECRET,
     "csrf-cookie-value-123",
     target.config.jwt.secretKey,
+    "QUERYPASS999",
+    "QUERYBEARER777",
+    "QkFTSUNTRUNSRVQ1NTU",
+    "RefreshTok3nOpaqueSECRETvalue",
+    encodedSecret,
+    encodedSecret.slice(0, 12),
   ]) {
     expect(sent).not.toContain(secret);
   }
@@ -226,9 +243,15 @@ test("a 4xx is not reported; a 503 from an unusable database is", async () => {
   }
   await target.services.errors.flush(5000);
   await waitFor(() => sentry.events().length === 1, { what: "the 503 event" });
-  const event = sentry.events()[0] as { tags: Record<string, string> };
+  const event = sentry.events()[0] as {
+    tags: Record<string, string>;
+    request: { url?: string; method: string };
+  };
   expect(event.tags.status).toBe("503");
   expect(event.tags.code).toBe("SERVICE_UNAVAILABLE");
+  // Refused by the limiter (its store is locked) before routing: still tagged with its route.
+  expect(event.tags.route).toBe("POST /api/auth/register");
+  expect(event.request.url).toBe("/api/auth/register");
 });
 
 test("no DSN: the reporter is off and nothing is sent", async () => {
@@ -321,7 +344,8 @@ test("beforeSend strips credentials, private bodies and configured secrets from 
   expect(scrubbed.request.headers as unknown).toEqual({ Accept: "application/json" });
   expect("data" in scrubbed.request).toBe(false);
   expect("cookies" in scrubbed.request).toBe(false);
-  expect(scrubbed.request.query_string).toBe("api_key=[Filtered]&page=1");
+  expect("query_string" in scrubbed.request).toBe(false);
+  expect(scrubbed.request.url).toBe("http://localhost/api/auth/login");
   expect(scrubbed.extra as unknown).toEqual({ nested: { ok: "uses [Filtered]" } });
   expect(scrubbed.contexts as unknown).toEqual({
     runtime: { name: "bun", version: "1.4.5" },
@@ -421,3 +445,127 @@ test("a real process reports a 503 and sends it before it exits on SIGTERM", asy
     dir.remove();
   }
 }, 30_000);
+
+/** A base64 secret, as `openssl rand -base64 32` makes them: `+`, `/` and `=` are URL-encoded. */
+const B64_SECRET = "Zm9v+YmFy/YmF6PT0rLy8xMjM0NTY3ODkw+YWJj/ZGVm==";
+
+test("a configured secret in any URL spelling is scrubbed from every string of an event; the query string never leaves", () => {
+  const scrub = createScrubber([B64_SECRET]);
+  const encoded = encodeURIComponent(B64_SECRET);
+  const spellings = [
+    B64_SECRET,
+    encoded,
+    encoded.replace(/%[0-9A-F]{2}/g, (hex) => hex.toLowerCase()),
+    B64_SECRET.replace(/\+/g, "%2B"),
+    B64_SECRET.replace(/\//g, "%2f"),
+    B64_SECRET.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, ""),
+  ];
+  for (const spelling of spellings) {
+    const event = scrub({
+      message: `upstream refused ${spelling}`,
+      request: {
+        method: "POST",
+        url: `http://127.0.0.1:3000/api/items/${spelling}?s=${spelling}#${spelling}`,
+        query_string: `s=${spelling}`,
+        headers: { "user-agent": `agent ${spelling}`, "x-trace": spelling },
+      },
+      breadcrumbs: [{ message: `GET /x/${spelling}`, data: { url: `/cb?s=${spelling}` } }],
+      extra: { upstream: { body: `{"error":"bad key ${spelling}"}` } },
+      tags: { path: `/x/${spelling}` },
+    });
+    const text = JSON.stringify(event);
+    expect(text).not.toContain(spelling);
+    for (const fragment of [B64_SECRET.slice(0, 9), encoded.slice(0, 12), B64_SECRET.slice(-9)]) {
+      expect(text).not.toContain(fragment);
+    }
+    expect("query_string" in event.request).toBe(false);
+    expect(event.request.url).toBe("http://127.0.0.1:3000/api/items/[Filtered]");
+    expect(event.request.headers as unknown).toEqual({ "user-agent": "agent [Filtered]" });
+  }
+});
+
+test("credentials anywhere in request data never leave: bearer in URL form, credential parameters, Basic and opaque tokens in any header", () => {
+  const scrub = createScrubber([]);
+  const event = scrub({
+    message: "callback failed: GET /cb?code=OAUTHCODE4242&state=ok&access_token=ACCESSTOK4242",
+    request: {
+      method: "POST",
+      url: "http://127.0.0.1:3000/api/auth/login?password=URLPASS4242",
+      query_string:
+        "a=Bearer%20QUERYBEARER777&b=Bearer+QUERYPLUS888&password=QUERYPASS999&refresh_token=RefreshTok3nOpaqueSECRETvalue_abc&secret=QSECRET4242&key=QKEY4242&token=QTOKEN4242",
+      headers: {
+        "x-auth": "Basic QkFTSUNTRUNSRVQ1NTU=",
+        "X-Refresh-Token": "OpaqueRefresh4242",
+        "x-session": "OpaqueSession4242",
+        "x-anything": "whatever-value-4242",
+        Accept: "application/json",
+        "user-agent": "curl Bearer+UABEARER4242",
+      },
+      cookies: { any: "COOKIE4242" },
+      env: { REMOTE_ADDR: "ENV4242" },
+    },
+    breadcrumbs: [
+      { message: "GET /x/Bearer%20CRUMBBEARER4242", data: { url: "/x?key=CRUMBKEY4242" } },
+    ],
+    extra: { note: "retry with token=EXTRATOKEN4242&sig=EXTRASIG4242" },
+  });
+  const text = JSON.stringify(event);
+  expect(text).not.toMatch(/[A-Z]+4242/);
+  for (const value of [
+    "QUERYBEARER777",
+    "QUERYPLUS888",
+    "QUERYPASS999",
+    "RefreshTok3nOpaque",
+    "QkFTSUNTRUNSRVQ1NTU",
+  ]) {
+    expect(text).not.toContain(value);
+  }
+  expect(Object.keys(event.request).sort()).toEqual(["headers", "method", "url"]);
+  expect(event.request.headers as unknown).toEqual({
+    Accept: "application/json",
+    "user-agent": "curl [Filtered]",
+  });
+  // The state parameter and the rest of the message are still useful.
+  expect(event.message).toBe(
+    "callback failed: GET /cb?code=[Filtered]&state=ok&access_token=[Filtered]",
+  );
+});
+
+test("what is nested deeper than the limit is replaced by [Truncated], never passed on unscrubbed", () => {
+  const scrub = createScrubber(["CONFIGURED-SECRET-VALUE-0123456789"]);
+  const nest = () => {
+    let inner: Record<string, unknown> = {
+      note: "CONFIGURED-SECRET-VALUE-0123456789 pal_live_DEEPKEY",
+      password: "DEEPPASS",
+      list: [["pal_live_DEEPLISTKEY"]],
+    };
+    for (let i = 0; i < 30; i++) inner = { cause: inner };
+    return inner;
+  };
+  let deepArray: unknown = ["CONFIGURED-SECRET-VALUE-0123456789"];
+  for (let i = 0; i < 30; i++) deepArray = [deepArray];
+  const event = scrub({
+    extra: { upstream: nest() },
+    contexts: { upstream: nest(), trace: nest() },
+    tags: { deep: nest() },
+    breadcrumbs: [{ data: nest(), message: "m" }],
+    request: { url: "/api/payments/intents", data: nest() },
+    exception: { values: [{ value: "x", stacktrace: { frames: [{ vars: nest() }] } }] },
+    other: deepArray,
+  });
+  const text = JSON.stringify(event);
+  expect(text).not.toContain("CONFIGURED-SECRET-VALUE");
+  expect(text).not.toContain("DEEPKEY");
+  expect(text).not.toContain("DEEPLISTKEY");
+  expect(text).not.toContain("DEEPPASS");
+  expect(text).toContain('"[Truncated]"');
+  // Shallow data is untouched by the limit.
+  let depth = 0;
+  let node = (event.extra as { upstream: unknown }).upstream;
+  while (node && typeof node === "object" && "cause" in node) {
+    node = (node as { cause: unknown }).cause;
+    depth++;
+  }
+  expect(node).toBe("[Truncated]");
+  expect(depth).toBeGreaterThanOrEqual(15);
+});

@@ -8,8 +8,13 @@
  * by path, formatters) costs ~7 µs a line on this machine against ~0.5 µs for one JSON.stringify
  * of a flat object whose fields we choose. The same secret scrubber runs over it. Lines are written
  * in batches of up to 100 ms (flushed when the app stops). Client-supplied
- * text (the path of an unmatched request, the user agent) goes through logSafe, so it cannot forge
- * or split a line.
+ * text (the path of an unmatched request, the user agent) is scrubbed whole (the path also
+ * decoded, logging/scrub), then goes through logSafe, so it cannot forge or split a line and a
+ * secret cut at the length limit leaves nothing of itself.
+ *
+ * `route` is the matched pattern. A request an early stage refused (IP block, rate limit, request
+ * guard, CSRF) was never routed by Elysia; it carries the pattern of the route it was aimed at
+ * (error-handler/route-methods), and only a request that matches no route is `<unmatched>`.
  *
  * A streamed response (SSE) is measured to the end of its body, not to its first byte: the
  * handler registers it (stream-end.ts) and the line and the histogram wait for its end.
@@ -18,6 +23,8 @@ import { Elysia } from "elysia";
 import pino from "pino";
 import { bufferLines } from "../../logging/line-buffer";
 import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
+import { scrubUrlPart } from "../../logging/scrub";
+import { type RouteEntry, routePatternIndex } from "../error-handler/route-methods";
 import type { HttpMetrics } from "../metrics/http";
 import type { RequestState } from "../request-state";
 import type { RequestTrace } from "../sentry";
@@ -41,6 +48,8 @@ export interface AccessLogOptions {
   buffered?: boolean;
   /** Sampled request tracing (plugins/sentry); absent when tracing is off. */
   trace?: (trace: RequestTrace) => void;
+  /** The app's registered routes, for the route of a request refused before routing. */
+  routes?: () => readonly RouteEntry[];
 }
 
 interface Destination {
@@ -49,11 +58,13 @@ interface Destination {
 
 export function accessLog(options: AccessLogOptions) {
   const { logger, http, secretValues = [], buffered = true, trace } = options;
+  const routePatternOf = routePatternIndex(options.routes ?? (() => []));
   const stream = (logger as unknown as Record<symbol, Destination>)[pino.symbols.streamSym]!;
   const destination = buffered
     ? bufferLines(stream)
     : { write: (line: string) => stream.write(line), flush() {} };
   const scrub = secretScrubber(secretValues);
+  const scrubPath = (path: string) => scrubUrlPart(path, scrub);
   const bindings = logger.bindings();
   const service = typeof bindings.service === "string" ? bindings.service : "palisade";
 
@@ -70,7 +81,7 @@ export function accessLog(options: AccessLogOptions) {
       const streamEnd = streamEndOf(request);
       const observe = () => {
         const seconds = (performance.now() - startedAt) / 1000;
-        const routeLabel = route || UNMATCHED_ROUTE;
+        const routeLabel = route || routePatternOf(request.method, path) || UNMATCHED_ROUTE;
         const method = KNOWN_METHODS.has(request.method) ? request.method : "OTHER";
         http.observe(method, routeLabel, status, seconds);
         if (trace) {
@@ -94,11 +105,12 @@ export function accessLog(options: AccessLogOptions) {
           requestId,
           method: logSafe(request.method),
           route: routeLabel,
-          path: route ? undefined : logSafe(path),
+          // A request Elysia did not route (refused early, or no route) also logs its path, scrubbed.
+          path: route ? undefined : logSafe(path, scrubPath),
           status,
           durationMs: Math.round(seconds * 1e6) / 1000,
           clientIp,
-          userAgent: logSafe(request.headers.get("user-agent")),
+          userAgent: logSafe(request.headers.get("user-agent"), scrub),
           msg: "request",
         });
         destination.write(`${scrub(line)}\n`);

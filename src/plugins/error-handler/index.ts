@@ -20,7 +20,7 @@ import type { Logger } from "../../logging/logger";
 import { type Principal, principalRef } from "../auth/principal";
 import type { ErrorContext } from "../sentry";
 import { EarlyAnswer } from "./early-answer";
-import { type RouteEntry, routeMethodIndex } from "./route-methods";
+import { type RouteEntry, routeMethodIndex, routePatternIndex } from "./route-methods";
 
 export interface ErrorHandlerOptions {
   logger: Logger;
@@ -71,6 +71,7 @@ export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
 
 export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
   const allowedMethods = routeMethodIndex(routes);
+  const routePatternOf = routePatternIndex(routes);
 
   return new Elysia({ name: "palisade.error-handler" })
     .onError(function toProblemResponse(context) {
@@ -83,6 +84,12 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
         });
       }
       const requestId = (context as { requestId?: string }).requestId || "unknown";
+      // A request refused before routing (the limiter's store locked) carries the pattern of the
+      // route it was aimed at, as in the access log.
+      const routeOf = (): string | undefined => {
+        const { path } = context as { path?: string };
+        return context.route || (path ? routePatternOf(request.method, path) : null) || undefined;
+      };
       let outcome: Outcome;
 
       // Elysia wraps what a parse hook throws in its ParseError; the AppError is the cause.
@@ -126,7 +133,7 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
       } else if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
         // Another process holds the write lock past our short wait (db/busy): not a bug, and
         // retrying shortly will work.
-        logger.warn({ requestId, method: request.method, route: context.route }, "database locked");
+        logger.warn({ requestId, method: request.method, route: routeOf() }, "database locked");
         outcome = {
           code: "SERVICE_UNAVAILABLE",
           detail: "The database is busy; try again shortly.",
@@ -135,7 +142,7 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
       } else if (isStoreUnavailable(error)) {
         // Read-only, full or failing: the client may retry; the operator needs the stack.
         logger.error(
-          { err: error, requestId, method: request.method, route: context.route },
+          { err: error, requestId, method: request.method, route: routeOf() },
           "database unavailable",
         );
         outcome = {
@@ -145,7 +152,7 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
         };
       } else {
         logger.error(
-          { err: error, requestId, method: request.method, route: context.route },
+          { err: error, requestId, method: request.method, route: routeOf() },
           "unhandled error",
         );
         outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
@@ -154,9 +161,10 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
       const status = outcome.status ?? statusForCode(outcome.code);
       if (status >= 500 && report) {
         const { principal } = context as { principal?: Principal };
+        const route = routeOf();
         report(error, {
           requestId,
-          route: context.route ? `${request.method} ${context.route}` : undefined,
+          route: route ? `${request.method} ${route}` : undefined,
           method: request.method,
           principal: principal ? principalRef(principal) : undefined,
           status,

@@ -8,11 +8,17 @@
  * (127.0.0.1 by default): only this host can reach it, which is what lets production serve it
  * without METRICS_TOKEN.
  *
- * The listener answers only `GET /metrics` and hands it to the app with the socket's peer, so the
- * token check, the IP block, the rate limit and the request metrics apply to it as on the main
- * port. The main port answers `/metrics` with 404 while a listener is configured.
+ * The listener hands every request for `/metrics` to the app with the socket's peer, whatever its
+ * Host, so the Host check, the token check, the IP block, the rate limit, the problem+json errors
+ * and the request metrics apply to it as on the main port; any other path is answered here, 404
+ * problem+json. The path is found without parsing the URL (Bun hands over a bare path when the Host
+ * is malformed or missing), and Bun runs it with `development: false` and an `error` callback, so
+ * nothing it serves is ever Bun's error page. The main port answers `/metrics` with 404 while a
+ * listener is configured.
  */
 import type { Logger } from "pino";
+import { lastResortErrorHandler, problemResponse } from "../error-handler/last-resort";
+import { withRealPath } from "../request-guard/host";
 
 const handedOver = new WeakMap<Request, string | null>();
 
@@ -47,8 +53,18 @@ export class MetricsPortUnavailable extends Error {
   }
 }
 
+/** The path of a request withRealPath has given an absolute URL, without the query string. */
+function pathOf(request: Request): string {
+  const url = withRealPath(request).url;
+  const start = url.indexOf("/", url.indexOf("//") + 2);
+  if (start < 0) return "/";
+  const end = url.slice(start).search(/[?#]/);
+  return end < 0 ? url.slice(start) : url.slice(start, start + end);
+}
+
 export function listenForMetrics({ handle, host, ports, logger }: MetricsListenerOptions) {
   let lastError = "";
+  const answerServerError = lastResortErrorHandler(logger);
   for (let port = ports.first; port <= ports.last; port++) {
     let server: Bun.Server<unknown>;
     try {
@@ -57,12 +73,16 @@ export function listenForMetrics({ handle, host, ports, logger }: MetricsListene
         port,
         // Never shared: a second process on this port must fail here and take the next one.
         reusePort: false,
+        // Never Bun's development error page (source paths, source lines, stack).
+        development: false,
         fetch: function serveMetrics(request, server) {
-          const { pathname } = new URL(request.url);
-          if (pathname !== "/metrics") return new Response("Not Found\n", { status: 404 });
+          if (pathOf(request) !== "/metrics") {
+            return problemResponse("NOT_FOUND", "No route matches this path.");
+          }
           handedOver.set(request, server.requestIP(request)?.address ?? null);
           return handle(request);
         },
+        error: answerServerError,
       });
     } catch (error) {
       lastError = error instanceof Error ? error.message.split("\n")[0]! : String(error);

@@ -1,24 +1,40 @@
 /**
  * @module
  * Gives every request an id, echoed in `X-Request-Id`, logged and put in every problem document.
- * A caller's id is kept only when it is a short token of safe characters, so it can be logged and
- * echoed without escaping; anything else is replaced, never trusted.
+ * A caller's id is kept only when it is a short token of safe characters (at most 64 of
+ * `A-Z a-z 0-9 . _ : -`) that does not look like a credential — no configured secret value, API
+ * key (`pal_…`), JWT or bearer credential, as the shared scrubber (logging/scrub) sees them — so
+ * it can be logged and echoed without escaping and never carries a secret into the logs under a
+ * field the scrubbers leave alone. Anything else is replaced, never trusted.
  */
 import { Elysia } from "elysia";
+import { createTextScrubber } from "../../logging/scrub";
 
 const SAFE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+/** Replacement that cannot occur in a safe id, so any scrub shows as a change. */
+const MARK = "\u0000";
+const shapeScrubber = createTextScrubber([], MARK);
 
+/** Safe characters and length, and not shaped like an API key, JWT or bearer credential. */
 export function acceptableRequestId(value: string | null): value is string {
-  return value !== null && SAFE_REQUEST_ID.test(value);
+  return value !== null && SAFE_REQUEST_ID.test(value) && shapeScrubber(value) === value;
 }
 
-export function requestId() {
+export interface RequestIdOptions {
+  /** Configured secret values: an incoming id that contains one is replaced. */
+  secretValues?: readonly string[];
+}
+
+export function requestId(options: RequestIdOptions = {}) {
+  const scrub = createTextScrubber(options.secretValues ?? [], MARK);
+  const acceptable = (value: string | null): value is string =>
+    acceptableRequestId(value) && scrub(value) === value;
   return new Elysia({ name: "palisade.request-id" })
     .decorate("requestId", "")
     .decorate("startedAt", 0)
     .onRequest(function assignRequestId(context) {
       const incoming = context.request.headers.get("x-request-id");
-      const id = acceptableRequestId(incoming) ? incoming : Bun.randomUUIDv7();
+      const id = acceptable(incoming) ? incoming : Bun.randomUUIDv7();
       context.requestId = id;
       context.startedAt = performance.now();
       context.set.headers["x-request-id"] = id;

@@ -35,7 +35,11 @@ export interface ErrorContext {
   code?: string;
   /** What failed when it was not us: `openai`, `stripe`, `whatsapp`. */
   upstream?: string;
-  /** The request, for its URL and headers (scrubbed; its body is never read). */
+  /**
+   * The request, for its method and a few harmless headers (user-agent, content-type,
+   * content-length, accept; scrubbed). Its path and query string are never sent (the route
+   * pattern is) and its body is never read.
+   */
   request?: Request;
   /** Anything else worth knowing; fields that name credentials or user text are dropped. */
   extra?: Record<string, unknown>;
@@ -76,6 +80,8 @@ export interface ErrorReporterOptions {
 }
 
 const MAX_QUEUED = 100;
+/** The request headers an event carries (the scrubber drops any other). */
+const REPORTED_HEADERS = ["user-agent", "content-type", "content-length", "accept"] as const;
 
 export const disabledReporter: ErrorReporter = {
   enabled: false,
@@ -135,12 +141,18 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
         if (context.extra) scope.setExtras(context.extra);
         const request = context.request;
         if (request) {
-          const url = new URL(request.url);
+          // The route pattern, never the raw path nor the query string (either may carry a
+          // credential a client put in the URL), and only harmless headers.
+          const pattern = context.route?.slice(context.route.indexOf(" ") + 1);
+          const headers: Record<string, string> = {};
+          for (const name of REPORTED_HEADERS) {
+            const value = request.headers.get(name);
+            if (value !== null) headers[name] = value;
+          }
           const requestData = {
             method: request.method,
-            url: `${url.origin}${url.pathname}`,
-            query_string: url.search.replace(/^\?/, ""),
-            headers: Object.fromEntries(request.headers),
+            ...(pattern ? { url: pattern } : {}),
+            headers,
           };
           scope.addEventProcessor((event) => ({ ...event, request: requestData }));
         }

@@ -3,33 +3,32 @@
  * What leaves for Sentry is scrubbed here, in `beforeSend`, whatever put it into the event (our
  * error handler, a feature's `reportError`, the SDK itself):
  *
- * - request headers that carry a credential (`Cookie`, `Authorization`, `X-API-Key`, the CSRF
- *   token, webhook signatures) and the parsed cookies are removed;
+ * - of the request, only the method, the URL without its query string and fragment, an allowlist
+ *   of harmless headers (`user-agent`, `content-type`, `content-length`, `accept`) and, outside the
+ *   private routes, the body are kept; the query string, cookies, every other header and anything
+ *   else are dropped. (Our reporter sends the route pattern as the URL, never the raw path.)
  * - the request body of the auth routes (passwords, tokens) and of the chat routes (what users
  *   wrote) is removed; elsewhere, body fields and extra data whose name says credential or user
  *   text (`password`, `token`, `secret`, `message`, `content`, `prompt` …) are removed;
- * - in every string left anywhere in the event (message, exception values, breadcrumbs, extra,
- *   tags, contexts, request URL and query), every configured secret value, every API key
- *   (`pal_…`), bearer credential and JWT is replaced by `[Filtered]`.
+ * - every string left anywhere in the event (message, exception values, breadcrumbs, extra, tags,
+ *   contexts, request URL and headers) goes through the shared scrubber (logging/scrub): every
+ *   configured secret value in every spelling (raw, percent- and form-encoded, base64url, and the
+ *   decoded form of URL-encoded text), every API key (`pal_…`), bearer credential, JWT and
+ *   credential query parameter is replaced by `[Filtered]`;
+ * - what is nested deeper than 20 levels is replaced by `[Truncated]`, never passed on unscrubbed.
  *
  * Written by hand: the SDK's own `sendDefaultPii: false` only stops it adding PII, and knows
  * neither our key format nor our secrets.
  */
+import { createTextScrubber, scrubUrlPart } from "../../logging/scrub";
 
 export const FILTERED = "[Filtered]";
+export const TRUNCATED = "[Truncated]";
+/** Objects and arrays nested deeper than this are replaced by TRUNCATED. */
+export const MAX_DEPTH = 20;
 
-/** Headers whose value is a credential or a signature over a body. */
-const CREDENTIAL_HEADERS = new Set([
-  "authorization",
-  "proxy-authorization",
-  "cookie",
-  "set-cookie",
-  "x-api-key",
-  "x-csrf-token",
-  "stripe-signature",
-  "x-hub-signature-256",
-  "x-hub-signature",
-]);
+/** The only request headers that leave: none of them carries a credential. */
+const ALLOWED_HEADERS = new Set(["user-agent", "content-type", "content-length", "accept"]);
 
 /** Route prefixes whose request bodies never leave: credentials, and what users wrote. */
 const PRIVATE_BODY_PATHS = ["/api/auth", "/api/chat", "/api/me"];
@@ -37,13 +36,6 @@ const PRIVATE_BODY_PATHS = ["/api/auth", "/api/chat", "/api/me"];
 /** Field names (in bodies, extra data, contexts) whose values are credentials or user text. */
 const PRIVATE_FIELD =
   /pass(word|phrase)?|secret|token|api[-_]?key|authori[sz]ation|cookie|session|signature|credential|^(message|messages|content|prompt|text|reply)$/i;
-
-/** Strings that are credentials whatever field they sit in. */
-const CREDENTIAL_PATTERNS = [
-  /pal_[A-Za-z0-9_-]+/g,
-  /\bBearer\s+[A-Za-z0-9._~+/=-]+/gi,
-  /\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g,
-];
 
 // Sentry's own structures whose keys are not user data (`contexts.trace`, `runtime`, `os` …).
 const SDK_CONTEXTS = new Set([
@@ -61,22 +53,15 @@ type Json = unknown;
 export type Scrubber = <T>(event: T) => T;
 
 export function createScrubber(secretValues: readonly string[]): Scrubber {
-  // Longest first, so a secret that contains another is replaced whole.
-  const secrets = [...new Set(secretValues)]
-    .filter((s) => s.length > 0)
-    .sort((a, b) => b.length - a.length);
-
-  const scrubString = (value: string): string => {
-    let out = value;
-    for (const secret of secrets) if (out.includes(secret)) out = out.split(secret).join(FILTERED);
-    for (const pattern of CREDENTIAL_PATTERNS) out = out.replace(pattern, FILTERED);
-    return out;
-  };
+  const scrubText = createTextScrubber(secretValues, FILTERED);
+  /** Decodes what is URL-encoded, so a secret spelled half-encoded is found too. */
+  const scrubString = (value: string): string => scrubUrlPart(value, scrubText);
 
   /** Every string in the value, at any depth; private fields dropped where `dropFields`. */
   const deep = (value: Json, dropFields: boolean, depth = 0): Json => {
     if (typeof value === "string") return scrubString(value);
-    if (value === null || typeof value !== "object" || depth > 20) return value;
+    if (value === null || typeof value !== "object") return value;
+    if (depth >= MAX_DEPTH) return TRUNCATED;
     if (Array.isArray(value)) return value.map((item) => deep(item, dropFields, depth + 1));
     const out: Record<string, Json> = {};
     for (const [key, inner] of Object.entries(value)) {
@@ -89,22 +74,23 @@ export function createScrubber(secretValues: readonly string[]): Scrubber {
   return function scrubEvent<T>(event: T): T {
     const copy = { ...(event as Record<string, Json>) };
     const request = copy.request as Record<string, Json> | undefined;
-    if (request) {
-      const cleaned: Record<string, Json> = { ...request };
-      delete cleaned.cookies;
-      if (cleaned.headers && typeof cleaned.headers === "object") {
+    if (request && typeof request === "object") {
+      const cleaned: Record<string, Json> = {};
+      if (typeof request.method === "string") cleaned.method = request.method;
+      const path = typeof request.url === "string" ? withoutQuery(request.url) : null;
+      if (path !== null) cleaned.url = path;
+      if (request.headers && typeof request.headers === "object") {
         cleaned.headers = Object.fromEntries(
-          Object.entries(cleaned.headers as Record<string, Json>).filter(
-            ([name]) => !CREDENTIAL_HEADERS.has(name.toLowerCase()),
+          Object.entries(request.headers as Record<string, Json>).filter(([name]) =>
+            ALLOWED_HEADERS.has(name.toLowerCase()),
           ),
         );
       }
-      const path = pathOf(cleaned.url);
-      if (path === null || PRIVATE_BODY_PATHS.some((p) => path === p || path.startsWith(`${p}/`))) {
-        delete cleaned.data;
-      } else if ("data" in cleaned) {
-        cleaned.data = deep(cleaned.data, true);
-      }
+      const pathname = pathOf(path);
+      const privateBody =
+        pathname === null ||
+        PRIVATE_BODY_PATHS.some((p) => pathname === p || pathname.startsWith(`${p}/`));
+      if (!privateBody && "data" in request) cleaned.data = deep(request.data, true, 1);
       copy.request = deep(cleaned, false);
     }
     if (copy.extra) copy.extra = deep(copy.extra, true);
@@ -112,14 +98,14 @@ export function createScrubber(secretValues: readonly string[]): Scrubber {
       copy.contexts = Object.fromEntries(
         Object.entries(copy.contexts as Record<string, Json>).map(([name, context]) => [
           name,
-          deep(context, !SDK_CONTEXTS.has(name)),
+          deep(context, !SDK_CONTEXTS.has(name), 1),
         ]),
       );
     }
     if (Array.isArray(copy.breadcrumbs)) {
       copy.breadcrumbs = copy.breadcrumbs.map((crumb: Record<string, Json>) => ({
-        ...(deep(crumb, false) as Record<string, Json>),
-        ...(crumb.data ? { data: deep(crumb.data, true) } : {}),
+        ...(deep(crumb, false, 1) as Record<string, Json>),
+        ...(crumb.data ? { data: deep(crumb.data, true, 2) } : {}),
       }));
     }
     // Everything else (message, exception values and frames' variables, tags, user, logentry).
@@ -133,8 +119,14 @@ export function createScrubber(secretValues: readonly string[]): Scrubber {
   };
 }
 
-function pathOf(url: Json): string | null {
-  if (typeof url !== "string") return null;
+/** The URL without its query string and fragment. */
+function withoutQuery(url: string): string {
+  const end = url.search(/[?#]/);
+  return end < 0 ? url : url.slice(0, end);
+}
+
+function pathOf(url: string | null): string | null {
+  if (url === null) return null;
   try {
     return new URL(url, "http://localhost").pathname;
   } catch {

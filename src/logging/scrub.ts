@@ -1,0 +1,132 @@
+/**
+ * @module
+ * The one secret scrubber, shared by the logs (logger.ts, the access log) and error reporting
+ * (plugins/sentry/scrub.ts). `createTextScrubber(secrets, replacement)` returns a function that
+ * replaces, in any string:
+ *
+ * - every configured secret value in each spelling it can arrive in: raw, JSON-escaped,
+ *   percent-encoded (`encodeURIComponent`, upper- or lower-case hex, and any mix of encoded and
+ *   raw characters), form-encoded (space as `+`) and base64url (`+/` as `-_`, padding dropped);
+ * - every API key shape (`pal_…`), JWT shape (`eyJ….….…`), `Bearer` and `Basic` credential,
+ *   including their URL spellings (`Bearer%20…`, `Bearer+…`);
+ * - the value of every query-style parameter whose name says credential (`password=`, `token=`,
+ *   `refresh_token=`, `secret=`, `key=`, `api_key=`, `signature=` …).
+ *
+ * `scrubUrlPart` is for text that came from a URL (a path, a query string): it also decodes it,
+ * so a secret spelled with only some characters percent-encoded is found; when one is, the
+ * decoded and scrubbed text is returned.
+ *
+ * Scrub before cutting: a secret cut in two is no longer recognised (logSafe cuts; callers scrub
+ * first).
+ */
+
+/**
+ * API keys: `pal_live_…`, `pal_test_…` wherever they start (glued to other text too), and any
+ * other `pal_…` token at a word boundary (so `principal_id` is left alone).
+ */
+const API_KEY = /pal_(?:live|test)_[A-Za-z0-9_-]*|\bpal_[A-Za-z0-9_-]+/g;
+/** A JWT: base64url header starting `{"` (`eyJ`), payload and signature; glued to text too. */
+const JWT = /eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g;
+/** `Bearer x` as a header writes it or a URL encodes it (`Bearer%20x`, `Bearer+x`). */
+const BEARER = /\bBearer(?:\s|%20|\+)+[A-Za-z0-9._~+/=%-]+/gi;
+/** `Basic x`, in any header (the word is capitalised; prose "basic auth" is left alone). */
+const BASIC = /\bBasic(?:\s|%20|\+)+[A-Za-z0-9+/%]{8,}=*/g;
+/** `name=value` where the name says credential: query strings, form bodies, messages. */
+const CREDENTIAL_PARAMETER =
+  /((?:^|[?&;/\s"'])[A-Za-z0-9_.-]*(?:pass(?:word|wd|phrase)?|secret|token|key|signature|sig|auth|credential|session|code)[A-Za-z0-9_.-]*=)[^&;#\s"'\\]*/gi;
+
+/** What every pattern below (and a percent-encoded secret) needs somewhere in the text. */
+const MAY_HOLD_CREDENTIAL = /pal_|eyJ|bearer|Basic|=|%/i;
+
+/** The spellings of one configured secret we look for. */
+export function secretSpellings(secret: string): string[] {
+  const encoded = encodeURIComponent(secret);
+  const base64url = secret.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  const forms = [
+    secret,
+    encoded,
+    encoded.replace(/%[0-9A-F]{2}/g, (hex) => hex.toLowerCase()),
+    encoded.replace(/%20/g, "+"),
+    base64url,
+  ];
+  // As they appear inside a JSON string (a log line is JSON).
+  for (const form of [...forms]) forms.push(JSON.stringify(form).slice(1, -1));
+  return [...new Set(forms)].filter((form) => form.length >= Math.min(8, secret.length));
+}
+
+export type TextScrubber = (text: string) => string;
+
+/**
+ * Matches the secret with any of its characters percent-encoded (either hex case) or, in a JSON
+ * string, escaped: a client may encode only the characters a URL cannot carry raw.
+ */
+function mixedSpelling(secret: string): RegExp {
+  const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+  const hexAnyCase = (encoded: string) =>
+    encoded.replace(/[0-9A-F]/g, (c) => (/[A-F]/.test(c) ? `[${c}${c.toLowerCase()}]` : c));
+  const parts = [...secret].map((char) => {
+    const forms = new Set([escapeRegExp(char), escapeRegExp(JSON.stringify(char).slice(1, -1))]);
+    const encoded = encodeURIComponent(char);
+    if (encoded !== char) forms.add(hexAnyCase(encoded));
+    // Any character may be percent-encoded, even one that need not be.
+    forms.add(
+      hexAnyCase(
+        [...new TextEncoder().encode(char)]
+          .map((byte) => `%${byte.toString(16).toUpperCase().padStart(2, "0")}`)
+          .join(""),
+      ),
+    );
+    return forms.size === 1 ? [...forms][0]! : `(?:${[...forms].join("|")})`;
+  });
+  return new RegExp(parts.join(""), "g");
+}
+
+export function createTextScrubber(
+  secretValues: readonly string[],
+  replacement: string,
+): TextScrubber {
+  // Longest first, so a secret that contains another is replaced whole.
+  const forms = [
+    ...new Set(secretValues.filter((value) => value.length > 0).flatMap(secretSpellings)),
+  ].sort((a, b) => b.length - a.length);
+  const mixed = [...new Set(secretValues.filter((value) => value.length >= 8))]
+    .sort((a, b) => b.length - a.length)
+    .map(mixedSpelling);
+  return function scrubText(text) {
+    let out = text;
+    for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, replacement);
+    // One scan first: most lines hold none of what the patterns need.
+    if (!MAY_HOLD_CREDENTIAL.test(out)) return out;
+    if (out.includes("%")) for (const pattern of mixed) out = out.replace(pattern, replacement);
+    if (out.includes("pal_")) out = out.replace(API_KEY, replacement);
+    if (out.includes("eyJ")) out = out.replace(JWT, replacement);
+    if (/bearer/i.test(out)) out = out.replace(BEARER, replacement);
+    if (out.includes("Basic")) out = out.replace(BASIC, replacement);
+    if (out.includes("=")) out = out.replace(CREDENTIAL_PARAMETER, `$1${replacement}`);
+    return out;
+  };
+}
+
+function tryDecode(text: string): string | null {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Scrubs text that came from a URL. The text is also decoded (as a path, and as a form with `+`
+ * for space): a secret found only in a decoded spelling means the decoded, scrubbed text is
+ * returned instead, so no spelling of it survives.
+ */
+export function scrubUrlPart(text: string, scrub: TextScrubber): string {
+  if (text.includes("%") || text.includes("+")) {
+    for (const decoded of [tryDecode(text), tryDecode(text.replace(/\+/g, " "))]) {
+      if (decoded === null || decoded === text) continue;
+      const scrubbed = scrub(decoded);
+      if (scrubbed !== decoded) return scrubbed;
+    }
+  }
+  return scrub(text);
+}
