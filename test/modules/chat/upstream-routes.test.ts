@@ -366,6 +366,39 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(assistantRows(target)[0]).toMatchObject({ content: "Reset ", incomplete: true });
   });
 
+  test("a stream that goes silent after its first piece: event: error with a 503 problem, the part stored incomplete", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "200" });
+    upstream.enqueue({
+      kind: "reply",
+      chunks: ["Fast ", "then ", "stalled."],
+      pauses: [0, 0, 2_000],
+    });
+    const response = await chat(target, asUser(alice), { message: "Hello" }, SSE);
+    expect(response.status).toBe(200);
+    const events = parseSse(await response.text());
+    expect(events.map((e) => e.event)).toEqual(["message", "message", "error"]);
+    expect(events[2]!.data as Problem).toMatchObject({
+      code: "UPSTREAM_UNAVAILABLE",
+      status: 503,
+    });
+    await upstream.waitForAbort(0);
+    expect(assistantRows(target)[0]).toMatchObject({ content: "Fast then ", incomplete: true });
+    const line = target.logs.entries.find((e) => e.msg === "chat upstream failed")!;
+    expect(line).toMatchObject({ reason: "timeout mid-stream", attempts: 1 });
+  });
+
+  test("a stream silent before its first piece: the real status, 503 problem+json with Retry-After", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "200" });
+    upstream.enqueue({ kind: "reply", chunks: ["Too ", "late."], pauseMs: 2_000 });
+    const response = await chat(target, asUser(alice), { message: "Hello" }, SSE);
+    expect(response.status).toBe(503);
+    expect(response.headers.get("content-type")).toStartWith("application/problem+json");
+    expect(response.headers.get("retry-after")).not.toBeNull();
+    expect(((await response.json()) as Problem).code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(assistantRows(target)).toHaveLength(0);
+    expect(target.db.select().from(chatUsage).all()[0]!.reservedTokens).toBe(0);
+  });
+
   test("an upstream that never answers: 503 once every attempt timed out", async () => {
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "150" });
     upstream.setDefault({ kind: "hang" });
