@@ -194,6 +194,19 @@ export class AppError extends Error {
     }
     this.status = status ?? statusForCode(code);
   }
+
+  /** The service outside us that failed (`openai`, `stripe`), tagged on the error report. */
+  upstream?: string;
+
+  /**
+   * Keeps what caused this answer for error reporting only (the client sees the code and detail):
+   * the report carries `cause` as a linked exception and `upstream` as a tag.
+   */
+  causedBy(cause: unknown, upstream?: string): this {
+    this.cause = cause;
+    if (upstream !== undefined) this.upstream = upstream;
+    return this;
+  }
 }
 
 export function problemType(code: ErrorCode): string {

@@ -15,7 +15,8 @@
  * unless changed) when the queue is empty. Steps:
  * - `reply`: a chat.completion (JSON), or for `stream: true` chunks of the text (one per word, or
  *   `chunks`) with `pauseMs` between them, a finish chunk, a usage-only chunk when the client asked
- *   for `stream_options.include_usage`, then `data: [DONE]`. `usage: false` sends no usage at all
+ *   for `stream_options.include_usage`, then `data: [DONE]`; `pauses` sets the pause before each
+ *   delta on its own (a stall mid-stream). `usage: false` sends no usage at all
  *   (as some local servers do); `delayMs` waits before answering.
  * - `error`: an OpenAI-style error body with `status`, and `Retry-After` / `retry-after-ms` headers.
  * - `hang`: never answers; the request ends only when the client gives up.
@@ -40,6 +41,8 @@ export type UpstreamStep =
       delayMs?: number;
       /** Between two stream chunks. */
       pauseMs?: number;
+      /** Per delta, before it: overrides `pauseMs` (an upstream that goes silent mid-stream). */
+      pauses?: number[];
       /** `false`: no usage in the response; else these counts (default: words in and out). */
       usage?: false | { prompt: number; completion: number };
       finishReason?: string;
@@ -212,7 +215,10 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
       ];
     }
     const actions: Action[] = [{ pauseMs: delay, write: first }];
-    for (const piece of pieces) actions.push({ pauseMs: pause, write: delta(piece) });
+    const pauses = step.kind === "reply" ? step.pauses : undefined;
+    pieces.forEach((piece, i) => {
+      actions.push({ pauseMs: pauses?.[i] ?? pause, write: delta(piece) });
+    });
     actions.push({
       pauseMs: pause,
       write: chunk([

@@ -28,7 +28,7 @@ export interface ChatFeature extends Feature {
 }
 
 export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatFeature {
-  const { config, db, clock, logger, audit, registry } = core;
+  const { config, db, clock, logger, audit, registry, errors } = core;
   const provider = options.provider ?? createChatProvider(config, { logger, registry, clock });
   const budget = new ChatBudget(db.$client, config.chat.dailyTokenBudget);
   const service = new ChatService({
@@ -48,7 +48,8 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     service,
     budget,
     routeClasses: chatRouteClasses,
-    routes: ({ auth }) => chatModule({ auth, service, budget, audit, now: () => clock.now() }),
+    routes: ({ auth }) =>
+      chatModule({ auth, service, budget, audit, errors, now: () => clock.now() }),
     privacy: [chatContributor(service)],
   };
 }

@@ -17,6 +17,7 @@ import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import type { RouteClass } from "../../plugins/route-class";
+import type { ErrorReporter } from "../../plugins/sentry";
 import { type ChatBudget, parseOwnerRef, utcDay } from "./budget";
 import type { ChatOwner, ChatTurn } from "./contract";
 import { checkChatMessage } from "./message";
@@ -53,6 +54,8 @@ export interface ChatModuleOptions {
   service: ChatService;
   budget: ChatBudget;
   audit: AuditLog;
+  /** Where failures answered without throwing (an `error` event mid-stream) are reported. */
+  errors: ErrorReporter;
   now: () => number;
 }
 
@@ -74,8 +77,11 @@ export function wantsEventStream(accept: string | null): boolean {
   });
 }
 
-/** A provider's failure as the client sees it: 503 with Retry-After, or 502. */
-export function upstreamError(error: unknown): unknown {
+/**
+ * A provider's failure as the client sees it: 503 with Retry-After, or 502. The failure stays
+ * attached for the error report (its reason, and `provider` as the upstream tag), never shown.
+ */
+export function upstreamError(error: unknown, provider: string): unknown {
   if (!(error instanceof UpstreamFailure)) return error;
   if (error.kind === "unavailable") {
     return new AppError(
@@ -84,9 +90,12 @@ export function upstreamError(error: unknown): unknown {
       undefined,
       { "retry-after": String(Math.max(1, Math.ceil(error.retryAfterSeconds ?? 5))) },
       503,
-    );
+    ).causedBy(error, provider);
   }
-  return new AppError("UPSTREAM_UNAVAILABLE", "The chat model gave an unusable answer.");
+  return new AppError("UPSTREAM_UNAVAILABLE", "The chat model gave an unusable answer.").causedBy(
+    error,
+    provider,
+  );
 }
 
 const CHAT_FIELDS = new Set(Object.keys(ChatBody.properties));
@@ -118,17 +127,28 @@ const encoder = new TextEncoder();
 const sseEvent = (data: unknown, event?: string) =>
   encoder.encode(`${event ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`);
 
+/** Who asked, for the report of a failure the error handler never sees. */
+interface StreamContext {
+  request: Request;
+  requestId: string;
+  /** `POST /api/chat`: the route pattern. */
+  route: string;
+  principal: Principal;
+  errors: ErrorReporter;
+}
+
 /**
  * The turn as Server-Sent Events; the client going away aborts the provider. The first piece is
  * awaited before the response starts, so an upstream that fails at once still gets its real
- * status (502/503 with Retry-After) instead of a 200 with an error event.
+ * status (502/503 with Retry-After) instead of a 200 with an error event. A failure after that is
+ * answered as an `error` event, not thrown: it is reported here, as the error handler would.
  */
 async function eventStream(
   service: ChatService,
   turn: PreparedTurn,
-  request: Request,
-  requestId: string,
+  context: StreamContext,
 ): Promise<Response> {
+  const { request, requestId } = context;
   const ended = streamedResponse(request);
   const upstream = new AbortController();
   const abort = () => upstream.abort(new DOMException("The client went away", "AbortError"));
@@ -146,7 +166,7 @@ async function eventStream(
     pending = await events.next();
   } catch (error) {
     finish();
-    throw upstreamError(error);
+    throw upstreamError(error, service.providerName);
   }
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -164,11 +184,21 @@ async function eventStream(
         }
       } catch (error) {
         if (closed || upstream.signal.aborted) return finish();
-        const failure = upstreamError(error);
+        const failure = upstreamError(error, service.providerName);
         const [code, detail, status]: [ErrorCode, string, number] =
           failure instanceof AppError
             ? [failure.code, failure.detail, failure.status]
             : ["INTERNAL", "The reply could not be completed.", 500];
+        context.errors.report(failure, {
+          requestId,
+          route: context.route,
+          method: request.method,
+          principal: principalRef(context.principal),
+          status,
+          code,
+          upstream: failure instanceof AppError ? failure.upstream : undefined,
+          request,
+        });
         try {
           controller.enqueue(
             sseEvent(toProblem(code, detail, requestId, undefined, status), "error"),
@@ -207,7 +237,7 @@ export function chatModule(options: ChatModuleOptions) {
     .use(options.auth)
     .post(
       "/api/chat",
-      async ({ body, principal, request, client, requestId, path }) => {
+      async ({ body, principal, request, client, requestId, path, route }) => {
         if (unknownFields.has(request)) service.refusedInvalid();
         refuseUnknownField(request);
         const checked = checkChatMessage(body.message);
@@ -239,17 +269,18 @@ export function chatModule(options: ChatModuleOptions) {
         }
         if (wantsEventStream(request.headers.get("accept"))) {
           // A Response is sent as it is (no response-schema check); the 200 schema is the JSON one.
-          return (await eventStream(
-            service,
-            prepared.turn,
+          return (await eventStream(service, prepared.turn, {
             request,
             requestId,
-          )) as unknown as ChatTurn;
+            route: `${request.method} ${route}`,
+            principal,
+            errors: options.errors,
+          })) as unknown as ChatTurn;
         }
         try {
           return await service.complete(prepared.turn, request.signal);
         } catch (error) {
-          throw upstreamError(error);
+          throw upstreamError(error, service.providerName);
         }
       },
       {

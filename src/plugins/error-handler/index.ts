@@ -169,6 +169,7 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
           principal: principal ? principalRef(principal) : undefined,
           status,
           code: outcome.code,
+          upstream: appError?.upstream,
           request,
         });
       }

@@ -1,0 +1,508 @@
+/**
+ * `POST /api/chat` through the whole app with the OpenAI-compatible provider chosen by
+ * configuration (OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_TIMEOUT_MS), as users run it: the real
+ * SDK against the local OpenAI-wire server (test/support/openai-server.ts). What the client sees
+ * (status, problem code, Retry-After, SSE events), what the upstream received, what is stored,
+ * logged, counted and reported to Sentry.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { eq } from "drizzle-orm";
+import { chatMessages, chatUsage } from "../../../src/db/schema";
+import { buildTestApp, send, serveInProcess, type TestApp } from "../../support/app";
+import { signUp } from "../../support/auth";
+import { asUser, chat, parseSse } from "../../support/chat";
+import { type OpenAiServer, startOpenAiServer } from "../../support/openai-server";
+import { type SentryServer, startSentryServer } from "../../support/sentry-server";
+import { waitFor } from "../../support/wait";
+
+const SSE = { accept: "text/event-stream" };
+const SYSTEM_PROMPT = "You are the Palisade test assistant.";
+/** Text a user wrote: must never reach a log line or a Sentry event. */
+const SECRET_MESSAGE = "my private question about invoice 7731-zebra";
+
+let upstream: OpenAiServer | undefined;
+let target: TestApp | undefined;
+let sentry: SentryServer | undefined;
+afterEach(() => {
+  target?.close();
+  upstream?.stop();
+  sentry?.stop();
+  target = upstream = sentry = undefined;
+});
+
+async function setUp(env: Record<string, string> = {}) {
+  upstream = await startOpenAiServer();
+  target = buildTestApp({
+    env: {
+      OPENAI_API_KEY: upstream.apiKey,
+      OPENAI_BASE_URL: upstream.url,
+      OPENAI_MODEL: "local-test-model",
+      OPENAI_TIMEOUT_MS: "300",
+      CHAT_SYSTEM_PROMPT: SYSTEM_PROMPT,
+      ...env,
+    },
+  });
+  const alice = await signUp(target);
+  return { upstream, target, alice };
+}
+
+const assistantRows = (app: TestApp) =>
+  app.db.select().from(chatMessages).where(eq(chatMessages.role, "assistant")).all();
+
+interface Problem {
+  code: string;
+  status: number;
+  requestId: string;
+}
+
+async function metricsText(app: TestApp): Promise<string> {
+  return (await send(app, "/metrics")).text();
+}
+
+/** Log lines about the chat upstream, for the request id, never the text nor the key. */
+function expectCleanFailureLogs(app: TestApp, server: OpenAiServer, requestId: string) {
+  const lines = app.logs.entries.filter((e) => e.msg === "chat upstream failed");
+  expect(lines.length).toBeGreaterThan(0);
+  expect(lines.some((line) => line.requestId === requestId)).toBe(true);
+  expect(app.logs.text).not.toContain(SECRET_MESSAGE);
+  expect(app.logs.text).not.toContain("7731-zebra");
+  expect(app.logs.text).not.toContain(server.apiKey);
+}
+
+describe("POST /api/chat through the OpenAI provider chosen by configuration", () => {
+  test("JSON: the upstream's reply and usage; system prompt, then context, then the message", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue({
+      kind: "reply",
+      text: "First answer.",
+      usage: { prompt: 11, completion: 3 },
+    });
+    const first = await chat(target, asUser(alice), { message: "First question" });
+    expect(first.status).toBe(200);
+    const body = (await first.json()) as {
+      conversationId: string;
+      reply: string;
+      usage: { promptTokens: number; completionTokens: number };
+    };
+    expect(body.reply).toBe("First answer.");
+    expect(body.usage).toEqual({ promptTokens: 11, completionTokens: 3 });
+    expect(upstream.requests).toHaveLength(1);
+    expect(upstream.requests[0]!.authorized).toBe(true);
+    expect(upstream.requests[0]!.body.model).toBe("local-test-model");
+    expect(upstream.requests[0]!.body.messages).toEqual([
+      { role: "system", content: SYSTEM_PROMPT },
+      { role: "user", content: "First question" },
+    ]);
+
+    upstream.enqueue({ kind: "reply", text: "Second answer." });
+    const second = await chat(target, asUser(alice), {
+      message: "Second question",
+      conversationId: body.conversationId,
+    });
+    expect(second.status).toBe(200);
+    expect(((await second.json()) as { conversationId: string }).conversationId).toBe(
+      body.conversationId,
+    );
+    expect(upstream.requests[1]!.body.messages).toEqual([
+      { role: "system", content: SYSTEM_PROMPT },
+      { role: "user", content: "First question" },
+      { role: "assistant", content: "First answer." },
+      { role: "user", content: "Second question" },
+    ]);
+    // The usage row holds the upstream's own counts for the first turn.
+    const [usage] = target.db.select().from(chatUsage).all();
+    expect(usage!.reservedTokens).toBe(0);
+  });
+
+  test("the context sent upstream is bounded by CHAT_CONTEXT_MESSAGES and CHAT_CONTEXT_TOKENS", async () => {
+    const { upstream, target, alice } = await setUp({
+      CHAT_CONTEXT_MESSAGES: "2",
+      // "Reply two." is 3 tokens, "Question two" 3: both fit in 6, a third message would not.
+      CHAT_CONTEXT_TOKENS: "6",
+    });
+    upstream.enqueue(
+      { kind: "reply", text: "Reply one." },
+      { kind: "reply", text: "Reply two." },
+      { kind: "reply", text: "Reply three." },
+    );
+    const first = await chat(target, asUser(alice), { message: "Question one" });
+    const { conversationId } = (await first.json()) as { conversationId: string };
+    await chat(target, asUser(alice), { message: "Question two", conversationId });
+    expect(upstream.requests[1]!.body.messages).toHaveLength(4);
+    const third = await chat(target, asUser(alice), { message: "Question three", conversationId });
+    expect(third.status).toBe(200);
+    expect(upstream.requests[2]!.body.messages).toEqual([
+      { role: "system", content: SYSTEM_PROMPT },
+      { role: "user", content: "Question two" },
+      { role: "assistant", content: "Reply two." },
+      { role: "user", content: "Question three" },
+    ]);
+
+    // A token bound smaller than the newest message drops the whole context.
+    target.close();
+    upstream.stop();
+    const again = await setUp({ CHAT_CONTEXT_TOKENS: "2" });
+    const one = await chat(again.target, asUser(again.alice), { message: "Question one" });
+    const id = ((await one.json()) as { conversationId: string }).conversationId;
+    await chat(again.target, asUser(again.alice), { message: "Question two", conversationId: id });
+    expect(again.upstream.requests[1]!.body.messages).toEqual([
+      { role: "system", content: SYSTEM_PROMPT },
+      { role: "user", content: "Question two" },
+    ]);
+  });
+
+  test("SSE: deltas in order, then done with the usage of the final chunk; the stored reply is their concatenation", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue({
+      kind: "reply",
+      chunks: ["Alpha ", "beta ", "gamma ", "delta."],
+      usage: { prompt: 17, completion: 4 },
+    });
+    const response = await chat(target, asUser(alice), { message: "Stream it" }, SSE);
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toBe("text/event-stream; charset=utf-8");
+    const events = parseSse(await response.text());
+    expect(events.slice(0, -1)).toEqual(
+      ["Alpha ", "beta ", "gamma ", "delta."].map((delta) => ({
+        event: "message",
+        data: { delta },
+      })),
+    );
+    const done = events.at(-1)!;
+    expect(done.event).toBe("done");
+    const { conversationId, usage } = done.data as {
+      conversationId: string;
+      usage: { promptTokens: number; completionTokens: number };
+    };
+    expect(usage).toEqual({ promptTokens: 17, completionTokens: 4 });
+    expect(upstream.requests[0]!.stream).toBe(true);
+    expect(upstream.requests[0]!.body.stream_options).toEqual({ include_usage: true });
+
+    const [stored] = assistantRows(target);
+    expect(stored).toMatchObject({
+      conversationId,
+      content: "Alpha beta gamma delta.",
+      incomplete: false,
+      promptTokens: 17,
+      completionTokens: 4,
+    });
+    expect(await metricsText(target)).toContain(
+      'chat_requests_total{provider="openai",outcome="ok"} 1',
+    );
+  });
+
+  test("a client that disconnects mid-stream over a real socket aborts the upstream request; what arrived is stored incomplete", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
+    upstream.enqueue({
+      kind: "reply",
+      chunks: ["one ", "two ", "three ", "four ", "five ", "six ", "seven ", "eight "],
+      pauseMs: 150,
+    });
+    const server = serveInProcess(target);
+    try {
+      const abort = new AbortController();
+      const response = await fetch(new URL("/api/chat", server.url), {
+        method: "POST",
+        headers: { ...asUser(alice), ...SSE, "content-type": "application/json" },
+        body: JSON.stringify({ message: "Stream slowly" }),
+        signal: abort.signal,
+      });
+      expect(response.status).toBe(200);
+      const reader = response.body!.getReader();
+      const { value } = await reader.read();
+      expect(new TextDecoder().decode(value)).toStartWith('data: {"delta":"one "}');
+      abort.abort();
+
+      await upstream.waitForAbort(0);
+      await waitFor(() => assistantRows(target).length === 1, { what: "the partial reply" });
+      const [stored] = assistantRows(target);
+      expect(stored!.incomplete).toBe(true);
+      expect(stored!.content).toStartWith("one ");
+      expect(stored!.content.length).toBeLessThan(
+        "one two three four five six seven eight ".length,
+      );
+      const [usage] = target.db.select().from(chatUsage).all();
+      expect(usage!.reservedTokens).toBe(0);
+      expect(usage!.usedTokens).toBeGreaterThan(0);
+      expect(await metricsText(target)).toContain(
+        'chat_requests_total{provider="openai",outcome="incomplete"} 1',
+      );
+    } finally {
+      await server.shutdown("test");
+    }
+  });
+
+  test("429 with Retry-After, then success: 200 after waiting what the upstream asked", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue(
+      { kind: "error", status: 429, retryAfter: "1" },
+      { kind: "reply", text: "Ok." },
+    );
+    const response = await chat(target, asUser(alice), { message: "Hello" });
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as { reply: string }).reply).toBe("Ok.");
+    expect(upstream.requests).toHaveLength(2);
+    const waited = upstream.requests[1]!.receivedAt - upstream.requests[0]!.receivedAt;
+    expect(waited).toBeGreaterThanOrEqual(950);
+  });
+
+  test("500 twice, then success: 200 after two retries", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue(
+      { kind: "error", status: 500 },
+      { kind: "error", status: 500 },
+      { kind: "reply", text: "Third time lucky." },
+    );
+    const response = await chat(target, asUser(alice), { message: "Hello" });
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as { reply: string }).reply).toBe("Third time lucky.");
+    expect(upstream.requests).toHaveLength(3);
+  });
+
+  test("three 500s: 503 UPSTREAM_UNAVAILABLE with Retry-After, logged with the request id only", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
+    const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE });
+    expect(response.status).toBe(503);
+    expect(Number(response.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    const problem = (await response.json()) as Problem;
+    expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(upstream.requests).toHaveLength(3);
+    expect(assistantRows(target)).toHaveLength(0);
+    expectCleanFailureLogs(target, upstream, problem.requestId);
+    const metrics = await metricsText(target);
+    expect(metrics).toContain('chat_requests_total{provider="openai",outcome="upstream_error"} 1');
+    expect(metrics).toMatch(/upstream_request_duration_seconds_count\{provider="openai"\} 3/);
+    // The reservation was given back.
+    expect(target.db.select().from(chatUsage).all()[0]!.reservedTokens).toBe(0);
+  });
+
+  test("five failed requests open the circuit: the sixth is 503 at once, no upstream request", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
+    for (let i = 0; i < 5; i++) {
+      const response = await chat(target, asUser(alice), { message: `Attempt ${i}` });
+      expect(response.status).toBe(503);
+    }
+    expect(upstream.requests).toHaveLength(15);
+    const started = performance.now();
+    const sixth = await chat(target, asUser(alice), { message: "Sixth" });
+    expect(performance.now() - started).toBeLessThan(250);
+    expect(sixth.status).toBe(503);
+    expect((await sixth.json()) as Problem).toMatchObject({ code: "UPSTREAM_UNAVAILABLE" });
+    const retryAfter = Number(sixth.headers.get("retry-after"));
+    expect(retryAfter).toBeGreaterThan(20);
+    expect(retryAfter).toBeLessThanOrEqual(30);
+    expect(upstream.requests).toHaveLength(15);
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
+  });
+
+  test("malformed upstream JSON: 502 UPSTREAM_UNAVAILABLE, one attempt, nothing stored", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue({ kind: "malformed" });
+    const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE });
+    expect(response.status).toBe(502);
+    expect(response.headers.get("content-type")).toStartWith("application/problem+json");
+    const problem = (await response.json()) as Problem;
+    expect(problem).toMatchObject({ code: "UPSTREAM_UNAVAILABLE", status: 502 });
+    expect(upstream.requests).toHaveLength(1);
+    expect(assistantRows(target)).toHaveLength(0);
+    expectCleanFailureLogs(target, upstream, problem.requestId);
+  });
+
+  test("a wrong key: 502, and OpenAI's error text quoting the key never reaches the logs", async () => {
+    upstream = await startOpenAiServer();
+    target = buildTestApp({
+      env: {
+        OPENAI_API_KEY: "sk-wrong-key-that-must-not-leak",
+        OPENAI_BASE_URL: upstream.url,
+        OPENAI_TIMEOUT_MS: "300",
+      },
+    });
+    const bob = await signUp(target);
+    const response = await chat(target, asUser(bob), { message: SECRET_MESSAGE });
+    expect(response.status).toBe(502);
+    const problem = (await response.json()) as Problem;
+    expect(upstream.requests[0]!.authorized).toBe(false);
+    expect(target.logs.text).not.toContain("sk-wrong-key-that-must-not-leak");
+    expect(target.logs.text).not.toContain(SECRET_MESSAGE);
+    expect(
+      target.logs.entries.some(
+        (e) => e.msg === "chat upstream failed" && e.requestId === problem.requestId,
+      ),
+    ).toBe(true);
+  });
+
+  test("a stream cut mid-way: 200, the deltas, then event: error with a 502 problem; the part is stored incomplete", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue({ kind: "cut", text: "Partial answer that never ends", afterChunks: 2 });
+    const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE }, SSE);
+    expect(response.status).toBe(200);
+    const events = parseSse(await response.text());
+    expect(events.map((e) => e.event)).toEqual(["message", "message", "error"]);
+    expect(events.slice(0, 2).map((e) => (e.data as { delta: string }).delta)).toEqual([
+      "Partial ",
+      "answer ",
+    ]);
+    const problem = events[2]!.data as Problem;
+    expect(problem).toMatchObject({ code: "UPSTREAM_UNAVAILABLE", status: 502 });
+    expect(response.headers.get("x-request-id")).toBe(problem.requestId);
+    const [stored] = assistantRows(target);
+    expect(stored).toMatchObject({ content: "Partial answer ", incomplete: true });
+    expectCleanFailureLogs(target, upstream, problem.requestId);
+    expect(await metricsText(target)).toContain(
+      'chat_requests_total{provider="openai",outcome="incomplete"} 1',
+    );
+  });
+
+  test("a connection reset mid-stream is the same: event: error, the part stored incomplete", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue({ kind: "cut", text: "Reset right here now", afterChunks: 1, abrupt: true });
+    const response = await chat(target, asUser(alice), { message: "Hello" }, SSE);
+    expect(response.status).toBe(200);
+    const events = parseSse(await response.text());
+    expect(events.map((e) => e.event)).toEqual(["message", "error"]);
+    expect((events[1]!.data as Problem).code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(assistantRows(target)[0]).toMatchObject({ content: "Reset ", incomplete: true });
+  });
+
+  test("a stream that goes silent after its first piece: event: error with a 503 problem, the part stored incomplete", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "200" });
+    upstream.enqueue({
+      kind: "reply",
+      chunks: ["Fast ", "then ", "stalled."],
+      pauses: [0, 0, 2_000],
+    });
+    const response = await chat(target, asUser(alice), { message: "Hello" }, SSE);
+    expect(response.status).toBe(200);
+    const events = parseSse(await response.text());
+    expect(events.map((e) => e.event)).toEqual(["message", "message", "error"]);
+    expect(events[2]!.data as Problem).toMatchObject({
+      code: "UPSTREAM_UNAVAILABLE",
+      status: 503,
+    });
+    await upstream.waitForAbort(0);
+    expect(assistantRows(target)[0]).toMatchObject({ content: "Fast then ", incomplete: true });
+    const line = target.logs.entries.find((e) => e.msg === "chat upstream failed")!;
+    expect(line).toMatchObject({ reason: "timeout mid-stream", attempts: 1 });
+  });
+
+  test("a stream silent before its first piece: the real status, 503 problem+json with Retry-After", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "200" });
+    upstream.enqueue({ kind: "reply", chunks: ["Too ", "late."], pauseMs: 2_000 });
+    const response = await chat(target, asUser(alice), { message: "Hello" }, SSE);
+    expect(response.status).toBe(503);
+    expect(response.headers.get("content-type")).toStartWith("application/problem+json");
+    expect(response.headers.get("retry-after")).not.toBeNull();
+    expect(((await response.json()) as Problem).code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(assistantRows(target)).toHaveLength(0);
+    expect(target.db.select().from(chatUsage).all()[0]!.reservedTokens).toBe(0);
+  });
+
+  test("an upstream that never answers: 503 once every attempt timed out", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "150" });
+    upstream.setDefault({ kind: "hang" });
+    const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE });
+    expect(response.status).toBe(503);
+    expect(response.headers.get("retry-after")).not.toBeNull();
+    const problem = (await response.json()) as Problem;
+    expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(upstream.requests).toHaveLength(3);
+    await waitFor(() => upstream!.requests.every((r) => r.aborted), { what: "every hang closed" });
+    expectCleanFailureLogs(target, upstream, problem.requestId);
+    const line = target.logs.entries.find((e) => e.msg === "chat upstream failed")!;
+    expect(line).toMatchObject({ provider: "openai", reason: "timeout", attempts: 3 });
+  });
+
+  test("the daily budget is settled with the upstream's real usage, JSON and streamed", async () => {
+    const { upstream, target, alice } = await setUp({ CHAT_DAILY_TOKEN_BUDGET: "1000" });
+    upstream.enqueue(
+      { kind: "reply", text: "Short.", usage: { prompt: 123, completion: 45 } },
+      { kind: "reply", chunks: ["a ", "b"], usage: { prompt: 200, completion: 30 } },
+    );
+    expect((await chat(target, asUser(alice), { message: "One" })).status).toBe(200);
+    let [usage] = target.db.select().from(chatUsage).all();
+    expect(usage).toMatchObject({ usedTokens: 168, reservedTokens: 0, requests: 1 });
+    await (await chat(target, asUser(alice), { message: "Two" }, SSE)).text();
+    [usage] = target.db.select().from(chatUsage).all();
+    expect(usage).toMatchObject({ usedTokens: 398, reservedTokens: 0 });
+
+    // Spend the rest: the upstream reports more than the estimate, and the next turn is refused.
+    upstream.enqueue({ kind: "reply", text: "Big.", usage: { prompt: 500, completion: 200 } });
+    expect((await chat(target, asUser(alice), { message: "Three" })).status).toBe(200);
+    const refused = await chat(target, asUser(alice), { message: "Four" });
+    expect(refused.status).toBe(429);
+    expect(((await refused.json()) as Problem).code).toBe("QUOTA_EXCEEDED");
+    expect(upstream.requests).toHaveLength(3);
+  });
+});
+
+describe("upstream failures reach Sentry with the request id, never the text or the key", () => {
+  async function setUpWithSentry() {
+    sentry = startSentryServer();
+    return setUp({ SENTRY_DSN: sentry.dsn() });
+  }
+
+  type SentryEvent = { tags: Record<string, string>; user?: { id: string } };
+
+  test("a 502 from a malformed upstream", async () => {
+    const { upstream, target, alice } = await setUpWithSentry();
+    upstream.enqueue({ kind: "malformed" });
+    const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE });
+    expect(response.status).toBe(502);
+    const { requestId } = (await response.json()) as Problem;
+    expect(await target.services.errors.flush(5000)).toBe(true);
+    await waitFor(() => sentry!.events().length === 1, { what: "one event" });
+    const event = sentry!.events()[0] as SentryEvent;
+    expect(event.tags).toMatchObject({
+      request_id: requestId,
+      route: "POST /api/chat",
+      status: "502",
+      code: "UPSTREAM_UNAVAILABLE",
+      upstream: "openai",
+      principal: `user:${alice.userId}`,
+    });
+    const raw = sentry!.envelopes.map((e) => e.raw).join("\n");
+    expect(raw).not.toContain(SECRET_MESSAGE);
+    expect(raw).not.toContain("7731-zebra");
+    expect(raw).not.toContain(upstream.apiKey);
+    expect(raw).toContain("malformed JSON");
+  });
+
+  test("an event: error mid-stream, answered after the 200", async () => {
+    const { upstream, target, alice } = await setUpWithSentry();
+    upstream.enqueue({ kind: "cut", text: "Partial answer that never ends", afterChunks: 2 });
+    const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE }, SSE);
+    expect(response.status).toBe(200);
+    const events = parseSse(await response.text());
+    const problem = events.at(-1)!.data as Problem;
+    expect(events.at(-1)!.event).toBe("error");
+    expect(await target.services.errors.flush(5000)).toBe(true);
+    await waitFor(() => sentry!.events().length === 1, { what: "one event" });
+    const event = sentry!.events()[0] as SentryEvent;
+    expect(event.tags).toMatchObject({
+      request_id: problem.requestId,
+      route: "POST /api/chat",
+      status: "502",
+      code: "UPSTREAM_UNAVAILABLE",
+      upstream: "openai",
+      principal: `user:${alice.userId}`,
+    });
+    const raw = sentry!.envelopes.map((e) => e.raw).join("\n");
+    expect(raw).not.toContain(SECRET_MESSAGE);
+    expect(raw).not.toContain("Partial answer");
+    expect(raw).not.toContain(upstream.apiKey);
+  });
+
+  test("a client that goes away is not an error: nothing is reported", async () => {
+    const { upstream, target, alice } = await setUpWithSentry();
+    upstream.enqueue({ kind: "reply", chunks: ["one ", "two ", "three "], pauseMs: 100 });
+    const response = await chat(target, asUser(alice), { message: "Hello" }, SSE);
+    const reader = response.body!.getReader();
+    await reader.read();
+    await reader.cancel();
+    await waitFor(() => assistantRows(target).length === 1, { what: "the partial reply" });
+    await target.services.errors.flush(2000);
+    expect(sentry!.events()).toHaveLength(0);
+  });
+});
