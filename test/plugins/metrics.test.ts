@@ -215,3 +215,17 @@ test("with METRICS_PORT, /metrics is served only by the listener, which applies 
     await listener.stop();
   }
 });
+
+test("every contract metric name is spelled once, in names.ts: no source file writes one as a literal", async () => {
+  const names = new Set<string>(CONTRACT_METRIC_NAMES);
+  const spelled: string[] = [];
+  for await (const path of new Bun.Glob("src/**/*.ts").scan()) {
+    if (path.endsWith("plugins/metrics/names.ts")) continue;
+    const source = await Bun.file(path).text();
+    for (const [, literal] of source.matchAll(/["']([a-z][a-z0-9_]*)["']/g)) {
+      if (names.has(literal!)) spelled.push(`${path}: "${literal}"`);
+    }
+  }
+  // A quoted literal drifts from the dashboards and alerts on a rename; METRIC.* cannot.
+  expect(spelled).toEqual([]);
+});

@@ -9,6 +9,7 @@
  * `invalid` (a message the rules refuse), `error` (the provider failed unexpectedly: 500).
  */
 import { Counter, type Registry } from "prom-client";
+import { METRIC } from "../../plugins/metrics/names";
 
 export type ChatOutcome =
   | "ok"
@@ -24,8 +25,8 @@ export interface ChatMetrics {
   tokens(promptTokens: number, completionTokens: number): void;
 }
 
-const REQUESTS = "chat_requests_total";
-const TOKENS = "chat_tokens_total";
+const REQUESTS = METRIC.chatRequests;
+const TOKENS = METRIC.chatTokens;
 
 export function chatMetrics(registry: Registry): ChatMetrics {
   const requests =
