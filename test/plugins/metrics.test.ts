@@ -119,6 +119,20 @@ test("every metric a core app registers is spelled as the contract's constant", 
   for (const name of CONTRACT_METRIC_NAMES) expect(name).toMatch(/^[a-z][a-z0-9_]*$/);
 });
 
+test("every contract metric name is spelled once, in names.ts: no source file writes one as a literal", async () => {
+  const names = new Set<string>(CONTRACT_METRIC_NAMES);
+  const spelled: string[] = [];
+  for await (const path of new Bun.Glob("src/**/*.ts").scan()) {
+    if (path.endsWith("plugins/metrics/names.ts")) continue;
+    const source = await Bun.file(path).text();
+    for (const [, literal] of source.matchAll(/["']([a-z][a-z0-9_]*)["']/g)) {
+      if (names.has(literal!)) spelled.push(`${path}: "${literal}"`);
+    }
+  }
+  // A quoted literal drifts from the dashboards and alerts on a rename; METRIC.* cannot.
+  expect(spelled).toEqual([]);
+});
+
 test("http_requests_in_flight counts the requests being answered, from real concurrent requests", async () => {
   current = buildTestApp();
   let release: () => void = () => {};

@@ -8,6 +8,8 @@
  * `upstream_error` (the provider failed: 502/503), `not_found` (another's or no conversation),
  * `invalid` (a message the rules refuse), `error` (the provider failed unexpectedly: 500).
  */
+
+import { METRIC } from "../../plugins/metrics/names";
 import { Counter, type Registry } from "../../plugins/metrics/prom";
 
 export type ChatOutcome =
@@ -24,8 +26,8 @@ export interface ChatMetrics {
   tokens(promptTokens: number, completionTokens: number): void;
 }
 
-const REQUESTS = "chat_requests_total";
-const TOKENS = "chat_tokens_total";
+const REQUESTS = METRIC.chatRequests;
+const TOKENS = METRIC.chatTokens;
 
 export function chatMetrics(registry: Registry): ChatMetrics {
   const requests =
