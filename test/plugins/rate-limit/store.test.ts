@@ -44,6 +44,16 @@ function freshStore(): { store: SqliteLimiterStore; db: AppDatabase; path: strin
   return { store, db, path };
 }
 
+/** Inserts a counter row for `key` expiring at `expiresAt`, as the store would have left it. */
+function counterInserter(db: AppDatabase) {
+  const statement = db.$client.prepare(
+    `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+      burst_window_start, burst_current, burst_previous, admitted, expires_at)
+     VALUES ('p', ?1, 0, 1, 0, 0, 1, 0, 1, ?2)`,
+  );
+  return { run: (key: string, expiresAt: number) => statement.run(key, expiresAt) };
+}
+
 describe("SqliteLimiterStore: its table", () => {
   test("concurrent checks are one statement: the row counts exactly the admitted ones", async () => {
     const { store, db } = freshStore();
@@ -77,11 +87,7 @@ describe("SqliteLimiterStore: its table", () => {
     const { db } = freshStore();
     const small = new SqliteLimiterStore({ sqlite: db.$client, pruneBatch: 500 });
     const now = minuteStart();
-    const insert = db.$client.prepare(
-      `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
-        burst_window_start, burst_current, burst_previous, admitted, expires_at)
-       VALUES ('p', ?1, 0, 1, 0, 0, 1, 0, 1, ?2)`,
-    );
+    const insert = counterInserter(db);
     // Fifteen thousand addresses of a rotating flood that have gone quiet, and a few live ones.
     db.$client.transaction(() => {
       for (let i = 0; i < 15_000; i++) insert.run(`gone-${i}`, now - 1);
@@ -106,11 +112,7 @@ describe("SqliteLimiterStore: its table", () => {
     const { db } = freshStore();
     const small = new SqliteLimiterStore({ sqlite: db.$client, pruneBatch: 10 });
     const now = minuteStart();
-    const insert = db.$client.prepare(
-      `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
-        burst_window_start, burst_current, burst_previous, admitted, expires_at)
-       VALUES ('p', ?1, 0, 1, 0, 0, 1, 0, 1, ?2)`,
-    );
+    const insert = counterInserter(db);
     db.$client.transaction(() => {
       for (let i = 0; i < 100; i++) insert.run(`gone-${i}`, now - 1);
     })();
