@@ -149,7 +149,13 @@ export class PaymentLedger {
     return moved.length === 1;
   }
 
-  /** Records a refund Stripe accepted: the refunded total only grows. */
+  /** Ends the refund's claim without counting it (a pending refund is counted when settled). */
+  releaseRefund(id: string): null {
+    this.db.update(payments).set({ refundStartedAt: null }).where(eq(payments.id, id)).run();
+    return null;
+  }
+
+  /** Records a refund Stripe made (status `succeeded`): the refunded total only grows. */
   recordRefund(id: string, refundedTotal: number, now: number): PaymentStatus | null {
     const row = this.find(id);
     if (!row) return null;

@@ -303,14 +303,29 @@ export class PaymentService {
       );
       return result;
     }
+    // Only a `succeeded` refund is money returned. A `pending` one (or `requires_action`) is
+    // recorded when Stripe settles it (`charge.refunded` carries the charge's refunded total); a
+    // `failed` or `canceled` one returned nothing and is the caller's 502.
+    const settled = result.status === "succeeded";
+    if (result.status === "failed" || result.status === "canceled") {
+      this.db.update(payments).set({ refundStartedAt: null }).where(eq(payments.id, id)).run();
+      this.logger.warn(
+        { requestId: acting.requestId, refundId: result.id, status: result.status },
+        "stripe reported the refund as not made",
+      );
+      return { ok: false, kind: "refused", reason: `refund ${result.status}` };
+    }
     const entered = this.db.transaction(
-      () => this.ledger.recordRefund(id, start.refundedBefore + result.amount, this.clock.now()),
+      () =>
+        settled
+          ? this.ledger.recordRefund(id, start.refundedBefore + result.amount, this.clock.now())
+          : this.ledger.releaseRefund(id),
       { behavior: "immediate" },
     );
     if (entered) this.metrics.payments.labels(entered).inc();
     this.audit.record({
       type: "payment.refund",
-      outcome: "success",
+      outcome: settled ? "success" : "info",
       actor: acting.actor,
       ip: acting.ip,
       route: acting.route,
@@ -320,6 +335,7 @@ export class PaymentService {
         refundId: result.id,
         amount: result.amount,
         currency: start.currency,
+        status: result.status,
       },
     });
     return {
