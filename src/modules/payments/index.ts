@@ -44,10 +44,17 @@ export interface PaymentsModuleOptions {
   payments: Config["payments"];
 }
 
-/** Whose a payment is: the user (for a user's API key too), or an ownerless key itself. */
-export function ownerOf(principal: Principal): string {
+/**
+ * Whose a payment is: the user (for a user's API key too), or, for a key that acts for no user,
+ * the first key of its rotation chain, so a successor that is still ownerless keeps its
+ * predecessors' payments and Idempotency-Keys. (A rotation by a user makes the successor act for
+ * that user: its payments are then that user's, a new owner.)
+ */
+export function ownerOf(principal: Principal, ledger: Pick<PaymentLedger, "firstKeyOf">): string {
   if (principal.kind === "user") return `user:${principal.id}`;
-  return principal.userId === null ? `key:${principal.id}` : `user:${principal.userId}`;
+  return principal.userId === null
+    ? `key:${ledger.firstKeyOf(principal.id)}`
+    : `user:${principal.userId}`;
 }
 
 const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).";
@@ -136,7 +143,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
             }
           }
           const outcome = await service.createIntent(
-            ownerOf(principal),
+            ownerOf(principal, ledger),
             headers["idempotency-key"],
             {
               amount: body.amount,
@@ -181,7 +188,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       )
       .get(
         "/api/payments",
-        ({ query, principal }) => ledger.list(ownerOf(principal), query.cursor, query.limit ?? 50),
+        ({ query, principal }) => ledger.list(ownerOf(principal, ledger), query.cursor, query.limit ?? 50),
         {
           auth: { scope: "payments" },
           query: PaymentListQuery,
@@ -192,7 +199,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       .get(
         "/api/payments/:id",
         ({ params, principal }) => {
-          const row = ledger.findOwned(ownerOf(principal), params.id);
+          const row = ledger.findOwned(ownerOf(principal, ledger), params.id);
           if (!row) throw new AppError("NOT_FOUND", "No payment of yours has that id.");
           return viewOf(row);
         },
