@@ -35,7 +35,8 @@ async function setUp() {
 }
 
 async function problem(response: Response) {
-  return { status: response.status, ...((await response.json()) as Record<string, unknown>) };
+  const body = (await response.json()) as Record<string, unknown>;
+  return { ...body, status: response.status } as Record<string, unknown> & { status: number };
 }
 
 const fieldsOf = (body: Record<string, unknown>) =>
