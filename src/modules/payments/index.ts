@@ -188,7 +188,8 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       )
       .get(
         "/api/payments",
-        ({ query, principal }) => ledger.list(ownerOf(principal, ledger), query.cursor, query.limit ?? 50),
+        ({ query, principal }) =>
+          ledger.list(ownerOf(principal, ledger), query.cursor, query.limit ?? 50),
         {
           auth: { scope: "payments" },
           query: PaymentListQuery,
