@@ -276,3 +276,24 @@ describe("media types are matched without regard to case or parameters", () => {
     }
   });
 });
+
+describe("the strict schema", () => {
+  test("turns Elysia's numeric transforms into JSON numbers, closes objects, keeps defaults optional", async () => {
+    const { t } = await import("elysia");
+    const { TypeCompiler } = await import("@sinclair/typebox/compiler");
+    const { strictSchemaOf } = await import("../../src/plugins/strict-body");
+    const schema = t.Object({
+      n: t.Integer({ minimum: 1 }),
+      x: t.Number(),
+      d: t.String({ default: "z" }),
+      open: t.Object({}, { additionalProperties: true }),
+      list: t.Array(t.Object({ k: t.Numeric() })),
+    });
+    const check = TypeCompiler.Compile(strictSchemaOf(schema as never));
+    expect(check.Check({ n: 2, x: 1.5, open: { any: 1 }, list: [{ k: 3 }] })).toBe(true);
+    expect(check.Check({ n: "2", x: 1.5, open: {}, list: [] })).toBe(false);
+    expect(check.Check({ n: 2, x: 1.5, open: {}, list: [{ k: "3" }] })).toBe(false);
+    expect(check.Check({ n: 2, x: 1.5, open: {}, list: [{ k: 3, extra: 1 }] })).toBe(false);
+    expect(check.Check({ n: 0, x: 1.5, open: {}, list: [] })).toBe(false);
+  });
+});

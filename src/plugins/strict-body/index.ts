@@ -59,6 +59,13 @@ export function strictSchemaOf(schema: Schema): Schema {
     }
     strict.properties = properties;
     if (schema.additionalProperties === undefined) strict.additionalProperties = false;
+    // A property with a default may be absent: Elysia fills it in after this check.
+    if (Array.isArray(schema.required)) {
+      const declared = schema.properties as Record<string, Schema>;
+      strict.required = (schema.required as string[]).filter(
+        (name) => !(declared[name] && "default" in declared[name]),
+      );
+    }
   }
   if (schema.patternProperties) {
     const patterns: Record<string, Schema> = {};
@@ -106,7 +113,7 @@ function refuse(field: string, message: string): never {
   throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [{ field, message }]);
 }
 
-/** Why the sent body breaks the strict schema (first error), or null when it keeps it. */
+/** Throws 422 VALIDATION_FAILED naming the first way the sent body breaks the strict schema. */
 export function checkSentBody(check: TypeCheck<TSchema>, sent: unknown): void {
   const forbidden = forbiddenKeyIn(sent, "");
   if (forbidden !== null) {
