@@ -38,6 +38,7 @@ import { realPathFirst } from "./plugins/request-guard/host";
 import { requestId } from "./plugins/request-id";
 import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/route-class";
 import { securityHeaders } from "./plugins/security-headers";
+import { type RouteBody, strictBody } from "./plugins/strict-body";
 import type { Services } from "./services";
 
 /** The classes of the routes the app itself serves (the features bring their own). */
@@ -135,6 +136,7 @@ export function createApp(deps: AppDeps) {
       }),
     )
     .use(auth)
+    .use(strictBody({ routes: () => registeredRoutes() as readonly RouteBody[] }))
     .use(openapiDocument({ docsPage: config.docsPage, public: config.openapiPublic, auth }))
     .use(
       metrics({

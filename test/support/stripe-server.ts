@@ -43,6 +43,11 @@ export interface FakeStripe {
   tamperNextIntent(fields: Record<string, unknown>): void;
   /** Every answer waits this long first (lets concurrent requests overlap). */
   delayMs: number;
+  /**
+   * The next request to `path` is held once it has arrived until `release()`: a race made
+   * deterministic (`reached` resolves when Stripe has the request).
+   */
+  holdNext(path: string): { reached: Promise<void>; release(): void };
   intents: Map<string, Record<string, unknown>>;
   stop(): void;
 }
@@ -164,6 +169,7 @@ export function startFakeStripe(): FakeStripe {
     };
   };
 
+  const holds = new Map<string, { arrived: () => void; released: Promise<void> }>();
   const server: Server<undefined> = Bun.serve({
     port: 0,
     hostname: "127.0.0.1",
@@ -171,6 +177,12 @@ export function startFakeStripe(): FakeStripe {
       const url = new URL(request.url);
       const params = parseForm(await request.text());
       if (state.delayMs > 0) await Bun.sleep(state.delayMs);
+      const hold = holds.get(url.pathname);
+      if (hold) {
+        holds.delete(url.pathname);
+        hold.arrived();
+        await hold.released;
+      }
       if (!SECRET_KEY.test(request.headers.get("authorization") ?? "")) {
         return stripeError(
           401,
@@ -238,6 +250,12 @@ export function startFakeStripe(): FakeStripe {
     },
     tamperNextIntent(fields) {
       tamper = fields;
+    },
+    holdNext(path) {
+      const reached = Promise.withResolvers<void>();
+      const released = Promise.withResolvers<void>();
+      holds.set(path, { arrived: reached.resolve, released: released.promise });
+      return { reached: reached.promise, release: () => released.resolve() };
     },
     get delayMs() {
       return state.delayMs;

@@ -100,27 +100,12 @@ export function upstreamError(error: unknown, provider: string): unknown {
 
 const CHAT_FIELDS = new Set(Object.keys(ChatBody.properties));
 
-const unknownFields = new WeakMap<Request, string>();
+/** Requests whose body named a field the chat does not take (refused by plugins/strict-body). */
+const unknownFields = new WeakSet<Request>();
 
-function unknownFieldOf(body: unknown): string | undefined {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) return undefined;
-  return Object.keys(body).find((key) => !CHAT_FIELDS.has(key));
-}
-
-/** 422 naming the first field the chat body does not have (its name only when it is a plain word). */
-function refuseUnknownField(request: Request) {
-  const unknown = unknownFields.get(request);
-  if (unknown === undefined) return;
-  throw new AppError(
-    "VALIDATION_FAILED",
-    "The request body has a field this route does not take.",
-    [
-      {
-        field: /^[A-Za-z0-9_]{1,40}$/.test(unknown) ? `body/${unknown}` : "body",
-        message: "Unknown field: only message and conversationId are accepted",
-      },
-    ],
-  );
+function hasUnknownField(body: unknown): boolean {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return false;
+  return Object.keys(body).some((key) => !CHAT_FIELDS.has(key));
 }
 
 const encoder = new TextEncoder();
@@ -238,8 +223,6 @@ export function chatModule(options: ChatModuleOptions) {
     .post(
       "/api/chat",
       async ({ body, principal, request, client, requestId, path, route }) => {
-        if (unknownFields.has(request)) service.refusedInvalid();
-        refuseUnknownField(request);
         const checked = checkChatMessage(body.message);
         if (!checked.ok) {
           service.refusedInvalid();
@@ -285,13 +268,14 @@ export function chatModule(options: ChatModuleOptions) {
       },
       {
         auth: chat,
-        // Elysia drops unknown fields silently when it validates; a client that sends one (a
-        // `role`, a `system`) means something we do not do, so it is told. Noted here, before
-        // validation cleans the body, and refused in the handler, after auth (an anonymous caller
-        // still gets 401 first).
+        // A client that sends a field we do not take (a `role`, a `system`) means something we
+        // do not do: plugins/strict-body refuses it (422, after auth). Noted here, before
+        // validation cleans the body, so the refusal counts as an invalid message.
         transform({ body, request }) {
-          const unknown = unknownFieldOf(body);
-          if (unknown !== undefined) unknownFields.set(request, unknown);
+          if (hasUnknownField(body)) unknownFields.add(request);
+        },
+        afterResponse({ request, set }) {
+          if (set.status === 422 && unknownFields.has(request)) service.refusedInvalid();
         },
         body: ChatBody,
         response: { 200: ChatReply, ...problemResponses(404, 422, 502, 503) },

@@ -89,8 +89,17 @@ const ignored = (reason: string): EventEffect => ({
 export class PaymentLedger {
   private readonly byId;
   private readonly byOwnerAndId;
+  private readonly firstKey;
 
   constructor(private readonly db: AppDatabase) {
+    this.firstKey = db.$client.query(
+      `WITH RECURSIVE chain(id, depth) AS (
+         SELECT ?1, 0
+         UNION ALL
+         SELECT api_keys.id, chain.depth + 1 FROM api_keys JOIN chain ON api_keys.replaced_by = chain.id
+         WHERE chain.depth < 1000)
+       SELECT id FROM chain ORDER BY depth DESC LIMIT 1`,
+    );
     this.byId = db
       .select()
       .from(payments)
@@ -149,7 +158,23 @@ export class PaymentLedger {
     return moved.length === 1;
   }
 
-  /** Records a refund Stripe accepted: the refunded total only grows. */
+  /**
+   * The first key of the rotation chain `keyId` ends (rotation points each old key at its
+   * successor through `replaced_by`). Raw SQL: a recursive CTE, which Drizzle's builder does not
+   * write; chains are short (one link per rotation), capped at 1000 links.
+   */
+  firstKeyOf(keyId: string): string {
+    const row = this.firstKey.get(keyId) as { id: string } | null;
+    return row?.id ?? keyId;
+  }
+
+  /** Ends the refund's claim without counting it (a pending refund is counted when settled). */
+  releaseRefund(id: string): null {
+    this.db.update(payments).set({ refundStartedAt: null }).where(eq(payments.id, id)).run();
+    return null;
+  }
+
+  /** Records a refund Stripe made (status `succeeded`): the refunded total only grows. */
   recordRefund(id: string, refundedTotal: number, now: number): PaymentStatus | null {
     const row = this.find(id);
     if (!row) return null;

@@ -220,26 +220,41 @@ export class PaymentService {
       currency: result.currency,
     };
     const now = this.clock.now();
-    this.db.transaction(
+    // Erasure deletes the user's idempotency keys in its transaction; this one runs after it or
+    // before it, never between. A claim that is gone means the owner was erased while Stripe
+    // worked: the intent exists and accounting keeps its row, but as erasure leaves rows — under
+    // the pseudonym, without email, description, metadata or client secret.
+    const erased = this.db.transaction(
       () => {
+        const claimed = this.db
+          .select({ key: paymentIdempotencyKeys.key })
+          .from(paymentIdempotencyKeys)
+          .where(and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)))
+          .get();
+        const gone = claimed === undefined;
         this.ledger.insert({
           id: result.id,
-          owner,
+          owner: gone ? this.audit.pseudonymOf(owner) : owner,
           amount: result.amount,
           currency: result.currency,
           status: result.status,
-          clientSecret: result.clientSecret,
-          description: request.description ?? null,
-          customerEmail: request.customerEmail ?? null,
-          metadata: request.metadata ? JSON.stringify(request.metadata) : null,
+          clientSecret: gone ? null : result.clientSecret,
+          description: gone ? null : (request.description ?? null),
+          customerEmail: gone ? null : (request.customerEmail ?? null),
+          metadata: gone || !request.metadata ? null : JSON.stringify(request.metadata),
           createdAt: now,
           updatedAt: now,
         });
-        this.db
-          .update(paymentIdempotencyKeys)
-          .set({ state: "done", response: JSON.stringify(response) })
-          .where(and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)))
-          .run();
+        if (!gone) {
+          this.db
+            .update(paymentIdempotencyKeys)
+            .set({ state: "done", response: JSON.stringify(response) })
+            .where(
+              and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)),
+            )
+            .run();
+        }
+        return gone;
       },
       { behavior: "immediate" },
     );
@@ -247,7 +262,7 @@ export class PaymentService {
     this.audit.record({
       type: "payment.intent.created",
       outcome: "success",
-      actor: acting.actor,
+      actor: erased ? this.audit.pseudonymOf(owner) : acting.actor,
       ip: acting.ip,
       route: acting.route,
       requestId: acting.requestId,
@@ -303,14 +318,29 @@ export class PaymentService {
       );
       return result;
     }
+    // Only a `succeeded` refund is money returned. A `pending` one (or `requires_action`) is
+    // recorded when Stripe settles it (`charge.refunded` carries the charge's refunded total); a
+    // `failed` or `canceled` one returned nothing and is the caller's 502.
+    const settled = result.status === "succeeded";
+    if (result.status === "failed" || result.status === "canceled") {
+      this.db.update(payments).set({ refundStartedAt: null }).where(eq(payments.id, id)).run();
+      this.logger.warn(
+        { requestId: acting.requestId, refundId: result.id, status: result.status },
+        "stripe reported the refund as not made",
+      );
+      return { ok: false, kind: "refused", reason: `refund ${result.status}` };
+    }
     const entered = this.db.transaction(
-      () => this.ledger.recordRefund(id, start.refundedBefore + result.amount, this.clock.now()),
+      () =>
+        settled
+          ? this.ledger.recordRefund(id, start.refundedBefore + result.amount, this.clock.now())
+          : this.ledger.releaseRefund(id),
       { behavior: "immediate" },
     );
     if (entered) this.metrics.payments.labels(entered).inc();
     this.audit.record({
       type: "payment.refund",
-      outcome: "success",
+      outcome: settled ? "success" : "info",
       actor: acting.actor,
       ip: acting.ip,
       route: acting.route,
@@ -320,6 +350,7 @@ export class PaymentService {
         refundId: result.id,
         amount: result.amount,
         currency: start.currency,
+        status: result.status,
       },
     });
     return {

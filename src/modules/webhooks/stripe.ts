@@ -40,6 +40,12 @@ import type { PaymentMetrics } from "../payments/metrics";
 import type { WebhookMetrics } from "./metrics";
 
 export const STRIPE_SIGNATURE_TOLERANCE_S = 300;
+
+const utf8 = new TextEncoder();
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && Buffer.compare(a, b) === 0;
+}
 export const STRIPE_WEBHOOK_PATH = "/webhooks/stripe";
 
 export const stripeWebhookRouteClasses: readonly RouteClass[] = [
@@ -53,7 +59,7 @@ export const stripeWebhookRouteClasses: readonly RouteClass[] = [
 
 /**
  * The event, if `header` signs `payload` with one of `secrets` within the tolerance at
- * `receivedAtMs`; null otherwise. The SDK does the comparison (constant time) and the timestamp.
+ * `receivedAtMs`, either way (not older, nor dated further ahead); null otherwise. The SDK does the comparison (constant time) and the timestamp.
  */
 export async function verifyStripeSignature(
   payload: string,
@@ -61,6 +67,15 @@ export async function verifyStripeSignature(
   secrets: readonly string[],
   receivedAtMs: number,
 ): Promise<Stripe.Event | null> {
+  // The SDK refuses a timestamp older than the tolerance but takes any in the future; a clock
+  // that far ahead is not Stripe's, and a signature dated ahead would outlive the replay window.
+  const signedAt = /(?:^|,)\s*t=(\d{1,15})(?:,|$)/.exec(header)?.[1];
+  if (
+    signedAt !== undefined &&
+    Number(signedAt) > receivedAtMs / 1000 + STRIPE_SIGNATURE_TOLERANCE_S
+  ) {
+    return null;
+  }
   for (const secret of secrets) {
     try {
       return await Stripe.webhooks.constructEventAsync(
@@ -159,9 +174,10 @@ export function stripeWebhook(options: StripeWebhookOptions) {
       .use(auth)
       // The body's exact text, which the request guard sets while it reads a JSON body.
       .decorate("rawBody", undefined as string | undefined)
+      .decorate("rawBytes", undefined as Uint8Array | undefined)
       .post(
         STRIPE_WEBHOOK_PATH,
-        async ({ body, rawBody, request, path, clientIp, requestId }) => {
+        async ({ body, rawBody, rawBytes, request, path, clientIp, requestId }) => {
           if (secrets.length === 0) {
             throw new AppError(
               "SERVICE_UNAVAILABLE",
@@ -174,8 +190,13 @@ export function stripeWebhook(options: StripeWebhookOptions) {
           const raw = rawBody ?? "";
           const header = request.headers.get("stripe-signature");
           const route = `${request.method} ${path}`;
+          // The SDK verifies text, so the text must be exactly the bytes received: a body that
+          // decodes to it from other bytes (a byte-order mark, invalid UTF-8) is not what was signed.
+          const exact = rawBytes === undefined || sameBytes(utf8.encode(raw), rawBytes);
           const verified =
-            header === null ? null : await verifyStripeSignature(raw, header, secrets, clock.now());
+            header === null || !exact
+              ? null
+              : await verifyStripeSignature(raw, header, secrets, clock.now());
           if (verified === null) {
             metrics.signatureFailures.labels("stripe").inc();
             audit.record({
@@ -187,7 +208,11 @@ export function stripeWebhook(options: StripeWebhookOptions) {
               detail: {
                 provider: "stripe",
                 reason:
-                  header === null ? "missing Stripe-Signature header" : "no secret verified it",
+                  header === null
+                    ? "missing Stripe-Signature header"
+                    : exact
+                      ? "no secret verified it"
+                      : "body bytes are not its UTF-8 text",
               },
             });
             throw new AppError(

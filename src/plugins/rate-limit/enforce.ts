@@ -28,8 +28,9 @@ export interface LimitEnforcerOptions {
   audit: AuditLog;
   metrics: RateLimitMetrics;
   /**
-   * Told of every refusal with the key that was refused: the IP blocker counts it against the
-   * principal when the key is one, else against the client's address.
+   * Told of every refusal with the key that was refused (but a policy's whose refusals are no
+   * violation): the IP blocker counts it against the principal when the key is one, else against
+   * the client's address.
    */
   onRefused?: (refusal: {
     client: ResolvedClient;
@@ -83,7 +84,8 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     const headers = rateLimitHeaders(policies, outcomes, now, refusedAt >= 0);
     if (refusedAt < 0) return headers;
 
-    const policyId = policies[refusedAt]!.id;
+    const refusedBy = policies[refusedAt]!;
+    const policyId = refusedBy.id;
     const key = keyOf(refusedAt);
     metrics.rejections.labels(policyId).inc();
     audit.record({
@@ -98,7 +100,9 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
       requestId: request.requestId,
       detail: { policy: policyId, key: key.slice(0, key.indexOf(":")) },
     });
-    await onRefused?.({ client: request.client, policyId, key, requestId: request.requestId });
+    if (refusedBy.refusalIsViolation !== false) {
+      await onRefused?.({ client: request.client, policyId, key, requestId: request.requestId });
+    }
     throw new AppError(
       "RATE_LIMITED",
       `Too many requests; retry in ${headers["retry-after"]} s.`,

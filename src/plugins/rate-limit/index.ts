@@ -2,12 +2,13 @@
  * @module
  * The rate-limit stage. Runs before any parsing, on every route class but the probes. Each request
  * is counted against its route class's policy (if it names one) and the default policy, in that
- * order, each keyed as the policy says (policies.ts): by client address (the IPv4 address or IPv6
+ * order (a standalone policy, `webhooks`, is counted alone), each keyed as the policy says (policies.ts): by client address (the IPv4 address or IPv6
  * /64), or by principal (the user or API key id, verified once per request and shared with the
  * auth stage; a request without a valid credential counts by address). The first refusal answers
  * 429 with `Retry-After`, counts in `rate_limit_rejections_total`, goes to the audit log, and is a
  * violation of whoever was refused: a principal (repeated refusals lock it out for a while) or an
- * address (repeated refusals block it), never the address of a principal's request.
+ * address (repeated refusals block it), never the address of a principal's request — unless the
+ * policy says its refusals are no violation (`webhooks`: signed providers that retry).
  */
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
@@ -41,7 +42,8 @@ export function rateLimit(options: RateLimitOptions) {
     if (routeClass.policy === null || routeClass.policy === "default") return defaultOnly;
     let list = layered.get(routeClass.policy);
     if (!list) {
-      list = [policies.get(routeClass.policy), policies.defaultPolicy];
+      const own = policies.get(routeClass.policy);
+      list = own.standalone ? [own] : [own, policies.defaultPolicy];
       layered.set(routeClass.policy, list);
     }
     return list;

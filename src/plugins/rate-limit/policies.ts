@@ -9,8 +9,14 @@
  * - `principal`: the signed-in user or API key, so one office behind one NAT does not share a
  *   budget; a request without a valid credential counts per address.
  *
- * Which routes a policy covers is said by the route classes (plugins/route-class); every limited
- * request is also counted against the default policy.
+ * Which routes a policy covers is said by the route classes (plugins/route-class); a limited
+ * request is also counted against the default policy, except on a standalone policy.
+ *
+ * `webhooks` is standalone: its senders (Stripe, Meta) are signature-verified providers that burst
+ * (a bulk refund is hundreds of events at once) and retry what is refused. RATE_LIMIT_WEBHOOKS is
+ * then the whole limit, per minute with no tighter burst window, not capped by the default policy
+ * nor RATE_LIMIT_BURST, and its refusals are not violations: a provider's address is never
+ * blocked for delivering (a forged flood is refused by its signatures and this limit alone).
  */
 import type { Config } from "../../config";
 
@@ -29,6 +35,10 @@ export interface Policy {
    * down with its limiter), true refuses it (a login must not become brute-forceable).
    */
   failClosed: boolean;
+  /** Counted alone: not also against the default policy, and its own limit is its burst. */
+  standalone?: boolean;
+  /** Whether a refusal is a violation that may block the address or lock out the principal. */
+  refusalIsViolation?: boolean;
 }
 
 /** A policy a route class names: the limiter's policy, and what it counts per. */
@@ -39,6 +49,8 @@ export interface RoutePolicy extends Policy {
 interface PolicySpec {
   keyedBy: KeyedBy;
   failClosed: boolean;
+  standalone?: boolean;
+  refusalIsViolation?: boolean;
 }
 
 /** Every policy a route class may name, with its keying and failure mode. */
@@ -53,7 +65,7 @@ export const POLICY_SPECS = {
   chat: { keyedBy: "principal", failClosed: true },
   payments: { keyedBy: "principal", failClosed: true },
   // Webhooks are signature-verified and their senders retry; the limit only bounds a flood.
-  webhooks: { keyedBy: "address", failClosed: false },
+  webhooks: { keyedBy: "address", failClosed: false, standalone: true, refusalIsViolation: false },
 } as const satisfies Record<string, PolicySpec>;
 
 export type PolicyId = keyof typeof POLICY_SPECS;
@@ -68,12 +80,13 @@ export function buildPolicyTable(rateLimit: Config["rateLimit"]): PolicyTable {
   const built = new Map<PolicyId, RoutePolicy>();
   for (const id of POLICY_IDS) {
     const limit = rateLimit.policies[id];
+    const spec: PolicySpec = POLICY_SPECS[id];
     built.set(id, {
       id,
       limit,
       windowMs: MINUTE_MS,
-      burstLimit: Math.min(rateLimit.burst, limit),
-      ...POLICY_SPECS[id],
+      burstLimit: spec.standalone ? limit : Math.min(rateLimit.burst, limit),
+      ...spec,
     });
   }
   return {

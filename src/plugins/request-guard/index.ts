@@ -72,8 +72,10 @@ export function requestGuard({
       if (refusal) refuse({ request, path, clientIp, requestId } as RequestState, refusal);
     })
     .onParse(async function parseJsonWithinLimit(context, contentType) {
-      // Elysia passes the header's media type as sent; the guard compared it case-insensitively.
-      if (contentType.toLowerCase() !== "application/json") return;
+      // Elysia passes the header's media type as sent, cut at `;` but not trimmed: media types
+      // are case-insensitive and may be followed by whitespace (RFC 9110 §8.3.1), as the guard
+      // compared them. Any other spelling would reach the route as text, or as no body at all.
+      if (contentType.trim().toLowerCase() !== "application/json") return;
       const { request, routeClass } = context as unknown as RequestState;
       const bytes = await readBodyWithin(request, bodyLimits[routeClass.bodyLimit]);
       // Webhook signatures are computed over the exact bytes received, not a re-serialisation

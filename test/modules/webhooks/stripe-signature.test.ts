@@ -160,3 +160,55 @@ test("the webhook is public and CSRF-exempt, and its body limit is the webhooks 
   expect(tooBig.status).toBe(413);
   expect(((await tooBig.json()) as { code: string }).code).toBe("PAYLOAD_TOO_LARGE");
 });
+
+test("the tolerance holds both ways: a signature dated more than 300 s ahead is refused", async () => {
+  current = buildPaymentsApp();
+  const now = Math.floor(Date.now() / 1000);
+  const ahead = await deliver(current, unknownType(), { timestamp: now + 600 });
+  await expectBadSignature(ahead, 0);
+  // Within the tolerance ahead (a clock a little fast) is still Stripe's.
+  const slightly = await deliver(current, unknownType(), { timestamp: now + 60 });
+  expect(slightly.status).toBe(200);
+});
+
+test("the exact bytes: a body that only decodes to the signed text (a BOM, invalid UTF-8) is refused", async () => {
+  current = buildPaymentsApp();
+  const text = JSON.stringify(unknownType());
+  const signature = await signStripe(text);
+  const signed = new TextEncoder().encode(text);
+  const withBom = new Uint8Array([0xef, 0xbb, 0xbf, ...signed]);
+  const response = await current.app.handle(
+    new Request("http://localhost/webhooks/stripe", {
+      method: "POST",
+      headers: { "content-type": "application/json", "stripe-signature": signature },
+      body: withBom,
+    }),
+  );
+  await expectBadSignature(response, 0);
+  const genuine = await current.app.handle(
+    new Request("http://localhost/webhooks/stripe", {
+      method: "POST",
+      headers: { "content-type": "application/json", "stripe-signature": signature },
+      body: signed,
+    }),
+  );
+  expect(genuine.status).toBe(200);
+});
+
+for (const contentType of [
+  "Application/JSON",
+  "application/json; charset=UTF-8",
+  "APPLICATION/JSON ; charset=utf-8",
+]) {
+  test(`a correctly signed delivery sent as ${contentType} is verified, not reported as forged`, async () => {
+    current = buildPaymentsApp();
+    const text = JSON.stringify(unknownType());
+    const response = await send(current, "/webhooks/stripe", {
+      body: text,
+      headers: { "stripe-signature": await signStripe(text), "content-type": contentType },
+      peer: "54.187.174.169",
+    });
+    expect(response.status).toBe(200);
+    expect(auditRows(current, "webhook.signature_failed")).toEqual([]);
+  });
+}

@@ -1,0 +1,186 @@
+/**
+ * @module
+ * The JSON body as the client sent it, checked against the route's schema with no leniency.
+ *
+ * Elysia validates a body after changing it: `t.Integer`/`t.Numeric` accept numeric strings
+ * ("1000", "0x3e8", " 1e3 ") and convert them, unknown properties are dropped, and a body that is
+ * not an object (`[…]`, `100`, `null`) can slip past an optional object schema and reach the
+ * handler as "no fields". Each of these has turned a client's mistake into a different payment.
+ * So every route that declares a body schema gets its sent body (the exact text the request
+ * guard kept, parsed again) checked here, after authentication (an anonymous caller still gets
+ * 401 first) and before the handler:
+ * - it must be of the schema's type: an object where the schema is an object;
+ * - JSON numbers only where the schema says integer or number (query strings still coerce);
+ * - no property the schema does not name, at any depth (objects are closed unless a schema sets
+ *   `additionalProperties` itself);
+ * - no `__proto__`, `constructor` or `prototype` key anywhere: such a key is dropped or turned
+ *   into a prototype by later copies, never kept as sent.
+ * Refusals are 422 VALIDATION_FAILED naming the first offending field.
+ */
+import { TransformKind, type TSchema } from "@sinclair/typebox";
+import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
+import { Elysia } from "elysia";
+import { AppError } from "../../errors";
+
+export interface RouteBody {
+  method: string;
+  path: string;
+  hooks?: { body?: unknown };
+}
+
+export interface StrictBodyOptions {
+  /** The app's registered routes (read once, at the first request with a body). */
+  routes: () => readonly RouteBody[];
+}
+
+/** Keys that a later object copy drops or reads as the prototype: never kept as sent. */
+const FORBIDDEN_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+
+const NUMERIC_TYPES = new Set(["integer", "number"]);
+
+type Schema = TSchema & Record<string, unknown>;
+
+/**
+ * The schema without Elysia's leniency: a `t.Integer`/`t.Numeric` (a transform over "numeric
+ * string or number") becomes its number member, and objects are closed unless they say otherwise.
+ */
+export function strictSchemaOf(schema: Schema): Schema {
+  if (TransformKind in schema && Array.isArray(schema.anyOf)) {
+    const numeric = (schema.anyOf as Schema[]).find((member) =>
+      NUMERIC_TYPES.has(member.type as string),
+    );
+    if (numeric) return { ...numeric } as Schema;
+  }
+  const strict: Schema = { ...schema };
+  if (schema.type === "object" && schema.properties) {
+    const properties: Record<string, Schema> = {};
+    for (const [name, property] of Object.entries(schema.properties as Record<string, Schema>)) {
+      properties[name] = strictSchemaOf(property);
+    }
+    strict.properties = properties;
+    if (schema.additionalProperties === undefined) strict.additionalProperties = false;
+    // A property with a default may be absent: Elysia fills it in after this check.
+    if (Array.isArray(schema.required)) {
+      const declared = schema.properties as Record<string, Schema>;
+      strict.required = (schema.required as string[]).filter(
+        (name) => !(declared[name] && "default" in declared[name]),
+      );
+    }
+  }
+  if (schema.patternProperties) {
+    const patterns: Record<string, Schema> = {};
+    for (const [pattern, value] of Object.entries(
+      schema.patternProperties as Record<string, Schema>,
+    )) {
+      patterns[pattern] = strictSchemaOf(value);
+    }
+    strict.patternProperties = patterns;
+  }
+  if (schema.items && typeof schema.items === "object" && !Array.isArray(schema.items)) {
+    strict.items = strictSchemaOf(schema.items as Schema);
+  }
+  for (const key of ["anyOf", "allOf", "oneOf"] as const) {
+    if (Array.isArray(schema[key])) {
+      strict[key] = (schema[key] as Schema[]).map((member) => strictSchemaOf(member));
+    }
+  }
+  return strict;
+}
+
+/** The path of the first forbidden key, or null. */
+function forbiddenKeyIn(value: unknown, path: string): string | null {
+  if (value === null || typeof value !== "object") return null;
+  for (const key of Object.keys(value)) {
+    if (FORBIDDEN_KEYS.has(key)) return `${path}/${key}`;
+    const inner = forbiddenKeyIn((value as Record<string, unknown>)[key], `${path}/${key}`);
+    if (inner !== null) return inner;
+  }
+  return null;
+}
+
+/** A field name fit to echo: a plain word, else the parent path alone. */
+function fieldOf(path: string): string {
+  const parts = path.split("/").filter((part) => part !== "");
+  const safe: string[] = [];
+  for (const part of parts) {
+    if (!/^[A-Za-z0-9_]{1,40}$/.test(part)) break;
+    safe.push(part);
+  }
+  return ["body", ...safe].join("/");
+}
+
+function refuse(field: string, message: string): never {
+  throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [{ field, message }]);
+}
+
+/** Throws 422 VALIDATION_FAILED naming the first way the sent body breaks the strict schema. */
+export function checkSentBody(check: TypeCheck<TSchema>, sent: unknown): void {
+  const forbidden = forbiddenKeyIn(sent, "");
+  if (forbidden !== null) {
+    refuse(
+      fieldOf(forbidden.slice(0, forbidden.lastIndexOf("/"))),
+      "Reserved key: __proto__, constructor and prototype are refused",
+    );
+  }
+  if (check.Check(sent)) return;
+  const first = check.Errors(sent).First();
+  if (!first) refuse("body", "Invalid body");
+  // An unknown property is reported on its parent; name it when it is a plain word.
+  if (first.schema.additionalProperties === false && sent !== null && typeof sent === "object") {
+    const parent = first.path === "" ? sent : valueAt(sent, first.path);
+    const allowed = Object.keys((first.schema.properties as object | undefined) ?? {});
+    const extra =
+      parent !== null && typeof parent === "object"
+        ? Object.keys(parent).find((key) => !allowed.includes(key))
+        : undefined;
+    if (extra !== undefined) {
+      refuse(fieldOf(`${first.path}/${extra}`), "Unknown field");
+    }
+  }
+  refuse(fieldOf(first.path), first.message);
+}
+
+function valueAt(value: unknown, pointer: string): unknown {
+  let current = value;
+  for (const part of pointer.split("/").slice(1)) {
+    if (current === null || typeof current !== "object") return undefined;
+    current = (current as Record<string, unknown>)[part.replace(/~1/g, "/").replace(/~0/g, "~")];
+  }
+  return current;
+}
+
+export function strictBody({ routes }: StrictBodyOptions) {
+  let checks: Map<string, TypeCheck<TSchema>> | null = null;
+  const checkFor = (method: string, route: string): TypeCheck<TSchema> | undefined => {
+    if (checks === null) {
+      checks = new Map();
+      for (const entry of routes()) {
+        const body = entry.hooks?.body;
+        if (body === null || typeof body !== "object" || !("type" in body || "anyOf" in body)) {
+          continue;
+        }
+        checks.set(
+          `${entry.method} ${entry.path}`,
+          TypeCompiler.Compile(strictSchemaOf(body as unknown as Schema)),
+        );
+      }
+    }
+    return checks.get(`${method} ${route}`);
+  };
+
+  return new Elysia({ name: "palisade.strict-body" })
+    .onBeforeHandle(function checkBodyAsSent(context) {
+      const { request, route, rawBody } = context as unknown as {
+        request: Request;
+        route: string;
+        rawBody?: string;
+      };
+      // The request guard keeps the text of every JSON body; an empty one is "no body", which
+      // Elysia's own validation already refuses where the schema requires one.
+      if (rawBody === undefined || rawBody === "") return;
+      const check = checkFor(request.method, route);
+      if (check === undefined) return;
+      checkSentBody(check, JSON.parse(rawBody));
+    })
+    .as("global");
+}

@@ -1,0 +1,229 @@
+/**
+ * Refund outcomes, erasure racing an intent, and ownerless keys across rotation (the payments
+ * probe's findings, widened).
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { send } from "../../support/app";
+import { bearer, createKey, type Session, signUp } from "../../support/auth";
+import {
+  auditRows,
+  buildPaymentsApp,
+  createIntent,
+  type PaymentsApp,
+  signStripe,
+  stripeEvent,
+  succeed,
+} from "../../support/payments";
+
+let current: PaymentsApp | null = null;
+let proxy: ReturnType<typeof Bun.serve> | null = null;
+let upstream: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+  proxy?.stop(true);
+  proxy = null;
+  upstream?.close();
+  upstream = null;
+});
+
+async function pay(target: PaymentsApp, who: Session, amount = 5000): Promise<string> {
+  const response = await createIntent(target, bearer(who.accessToken), { amount, currency: "usd" });
+  expect(response.status).toBe(201);
+  return ((await response.json()) as { id: string }).id;
+}
+
+/** A Stripe whose refunds come back with this status (the rest is the local Stripe's). */
+function stripeAnsweringRefundsAs(status: string): PaymentsApp {
+  upstream = buildPaymentsApp();
+  const base = upstream.stripe.url;
+  proxy = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(request) {
+      const url = new URL(request.url);
+      const answer = await fetch(`${base}${url.pathname}${url.search}`, {
+        method: request.method,
+        headers: request.headers,
+        body: request.method === "GET" ? undefined : await request.text(),
+      });
+      const text = await answer.text();
+      if (url.pathname !== "/v1/refunds" || answer.status !== 200) {
+        return new Response(text, { status: answer.status, headers: answer.headers });
+      }
+      return Response.json({ ...JSON.parse(text), status });
+    },
+  });
+  current = buildPaymentsApp({ env: { STRIPE_API_URL: `http://127.0.0.1:${proxy.port}` } });
+  return current;
+}
+
+describe("only a succeeded refund is money returned", () => {
+  for (const status of ["failed", "canceled"]) {
+    test(`a refund Stripe reports as ${status} is 502 and changes nothing`, async () => {
+      const target = stripeAnsweringRefundsAs(status);
+      const alice = await signUp(target);
+      const admin = await signUp(target, { role: "admin" });
+      const id = await pay(target, alice);
+      await succeed(target, id);
+      const response = await send(target, `/api/admin/payments/${id}/refund`, {
+        body: {},
+        headers: bearer(admin.accessToken),
+      });
+      expect(response.status).toBe(502);
+      expect(((await response.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+      const view = (await (
+        await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) })
+      ).json()) as { status: string; amountRefunded: number };
+      expect(view).toMatchObject({ status: "succeeded", amountRefunded: 0 });
+      // Not left marked as in progress: a retry reaches Stripe again.
+      await send(target, `/api/admin/payments/${id}/refund`, {
+        body: {},
+        headers: bearer(admin.accessToken),
+      });
+      expect(upstream!.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(2);
+    });
+  }
+
+  test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
+    const target = stripeAnsweringRefundsAs("pending");
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    await succeed(target, id);
+    const response = await send(target, `/api/admin/payments/${id}/refund`, {
+      body: { amount: 1000 },
+      headers: bearer(admin.accessToken),
+    });
+    expect(response.status).toBe(200);
+    const answered = (await response.json()) as {
+      refund: { status: string };
+      payment: { amountRefunded: number; status: string };
+    };
+    expect(answered.refund.status).toBe("pending");
+    expect(answered.payment).toMatchObject({ amountRefunded: 0, status: "succeeded" });
+    const event = stripeEvent("charge.refunded", {
+      id: "ch_settled1",
+      object: "charge",
+      payment_intent: id,
+      amount_refunded: 1000,
+    });
+    const text = JSON.stringify(event);
+    const delivered = await send(target, "/webhooks/stripe", {
+      body: text,
+      headers: { "stripe-signature": await signStripe(text) },
+      peer: "54.187.174.169",
+    });
+    expect(delivered.status).toBe(200);
+    const view = (await (
+      await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) })
+    ).json()) as { amountRefunded: number };
+    expect(view.amountRefunded).toBe(1000);
+  });
+});
+
+describe("erasure and an intent in flight exclude each other", () => {
+  test("an intent Stripe is still making when the user erases their account keeps no personal data", async () => {
+    current = buildPaymentsApp();
+    const target = current;
+    const alice = await signUp(target);
+    const held = target.stripe.holdNext("/v1/payment_intents");
+    const inFlight = createIntent(target, bearer(alice.accessToken), {
+      amount: 3333,
+      currency: "usd",
+      customerEmail: "private.person@example.org",
+      description: "for Jane Doe",
+      metadata: { name: "Jane Doe" },
+    });
+    await held.reached;
+    const erased = await send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(alice.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    held.release();
+    await inFlight;
+    const rows = target.db.$client
+      .query("SELECT owner, customer_email, description, metadata, client_secret FROM payments")
+      .all() as Record<string, string | null>[];
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      customer_email: null,
+      description: null,
+      metadata: null,
+      client_secret: null,
+    });
+    expect(rows[0]!.owner).not.toContain(alice.userId);
+    const keys = target.db.$client.query("SELECT owner FROM payment_idempotency_keys").all();
+    expect(keys).toEqual([]);
+    const audit = auditRows(target, "payment.intent.created");
+    expect(audit).toHaveLength(1);
+    expect(audit[0]!.actor).not.toContain(alice.userId);
+  });
+
+  test("an intent that finishes before erasure is stripped by the erasure, as before", async () => {
+    current = buildPaymentsApp();
+    const alice = await signUp(current);
+    await pay(current, alice);
+    await send(current, "/api/me", { method: "DELETE", headers: bearer(alice.accessToken) });
+    const rows = current.db.$client
+      .query("SELECT owner, client_secret FROM payments")
+      .all() as Record<string, string | null>[];
+    expect(rows).toHaveLength(1);
+    expect(rows[0]!.client_secret).toBeNull();
+    expect(rows[0]!.owner).not.toContain(alice.userId);
+  });
+});
+
+describe("an ownerless key's payments across rotation", () => {
+  test("an ownerless successor keeps its predecessor's payments and Idempotency-Keys", async () => {
+    current = buildPaymentsApp();
+    const operator = createKey(current, ["admin"], null);
+    const old = createKey(current, ["payments"], null);
+    const body = { amount: 2222, currency: "usd" };
+    const first = await createIntent(current, { "x-api-key": old.key }, body, "order-77");
+    expect(first.status).toBe(201);
+    const firstId = ((await first.json()) as { id: string }).id;
+
+    const rotated = await send(current, `/api/admin/api-keys/${old.record.id}/rotate`, {
+      body: { graceMinutes: 5 },
+      headers: { "x-api-key": operator.key },
+    });
+    expect(rotated.status).toBe(201);
+    const successor = (await rotated.json()) as { key: string; apiKey: { id: string } };
+    // Rotate the successor too: the chain is followed to its first key.
+    const again = await send(current, `/api/admin/api-keys/${successor.apiKey.id}/rotate`, {
+      body: { graceMinutes: 5 },
+      headers: { "x-api-key": operator.key },
+    });
+    const third = ((await again.json()) as { key: string }).key;
+
+    for (const key of [successor.key, third]) {
+      const retry = await createIntent(current, { "x-api-key": key }, body, "order-77");
+      expect(retry.status).toBe(201);
+      expect(retry.headers.get("idempotent-replayed")).toBe("true");
+      expect(((await retry.json()) as { id: string }).id).toBe(firstId);
+      const read = await send(current, `/api/payments/${firstId}`, {
+        headers: { "x-api-key": key },
+      });
+      expect(read.status).toBe(200);
+    }
+    expect(current.stripe.created("/v1/payment_intents")).toBe(1);
+  });
+
+  test("another ownerless key is another owner", async () => {
+    current = buildPaymentsApp();
+    const one = createKey(current, ["payments"], null);
+    const other = createKey(current, ["payments"], null);
+    const created = await createIntent(
+      current,
+      { "x-api-key": one.key },
+      { amount: 1000, currency: "usd" },
+    );
+    const id = ((await created.json()) as { id: string }).id;
+    const read = await send(current, `/api/payments/${id}`, {
+      headers: { "x-api-key": other.key },
+    });
+    expect(read.status).toBe(404);
+  });
+});

@@ -1,0 +1,299 @@
+/**
+ * Every JSON body is checked as sent against its route's schema (plugins/strict-body): the
+ * schema's type, JSON numbers only, no unknown field, no `__proto__`/`constructor`/`prototype`
+ * key — on every route that takes a body, not only the ones the payments probe found.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { apiKeys } from "../../src/db/schema";
+import { send } from "../support/app";
+import { bearer, createKey, type Session, STRONG_PASSWORD, signUp } from "../support/auth";
+import { buildPaymentsApp, createIntent, type PaymentsApp, succeed } from "../support/payments";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+interface RegisteredRoute {
+  method: string;
+  path: string;
+  hooks?: { body?: unknown };
+}
+
+async function setUp() {
+  current = buildPaymentsApp();
+  const admin = await signUp(current, { role: "admin" });
+  const alice = await signUp(current);
+  const created = await createIntent(current, bearer(alice.accessToken), {
+    amount: 5000,
+    currency: "usd",
+  });
+  const paymentId = ((await created.json()) as { id: string }).id;
+  await succeed(current, paymentId);
+  return { target: current, admin, alice, paymentId };
+}
+
+async function problem(response: Response) {
+  const body = (await response.json()) as Record<string, unknown>;
+  return { ...body, status: response.status } as Record<string, unknown> & { status: number };
+}
+
+const fieldsOf = (body: Record<string, unknown>) =>
+  (body.errors as { field: string }[] | undefined)?.map((e) => e.field) ?? [];
+
+describe("a body that is not the schema's type", () => {
+  test("every route that takes a JSON body refuses arrays, scalars and null with 422", async () => {
+    const { target, admin, paymentId } = await setUp();
+    const { record } = createKey(target, ["payments"], admin.userId);
+    const withBody = (target.app.routes as RegisteredRoute[]).filter(
+      (route) => route.hooks?.body !== undefined && route.method !== "WS",
+    );
+    // Payments, refunds, chat, sign-up, login, refresh, keys, rotation, blocks at least.
+    expect(withBody.length).toBeGreaterThanOrEqual(9);
+    for (const route of withBody) {
+      const path = route.path
+        .replace("/api/admin/payments/:id", `/api/admin/payments/${paymentId}`)
+        .replace("/api-keys/:id", `/api-keys/${record.id}`)
+        .replace(/:[^/]+/g, "12345");
+      for (const raw of ['[{"amount":100}]', "100", '"100"', "null", "[]", "true"]) {
+        const response = await send(target, path, {
+          method: route.method,
+          body: raw,
+          headers: { ...bearer(admin.accessToken), "idempotency-key": `k-${Math.random()}` },
+        });
+        expect({ route: `${route.method} ${route.path}`, raw, status: response.status }).toEqual({
+          route: `${route.method} ${route.path}`,
+          raw,
+          status: 422,
+        });
+      }
+    }
+    // Nothing was refunded, nothing rotated, no second intent.
+    expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toEqual([]);
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+    expect(
+      target.db
+        .select()
+        .from(apiKeys)
+        .all()
+        .filter((k) => k.replacedBy !== null),
+    ).toEqual([]);
+  });
+});
+
+describe("numbers must be JSON numbers", () => {
+  const numericStrings = ["0x3e8", " 1000 ", "1e3", "1000"];
+
+  test("payments amount", async () => {
+    const { target, alice } = await setUp();
+    for (const amount of numericStrings) {
+      const body = await problem(
+        await createIntent(target, bearer(alice.accessToken), { amount, currency: "usd" }),
+      );
+      expect(body.status).toBe(422);
+      expect(body.code).toBe("VALIDATION_FAILED");
+      expect(fieldsOf(body)).toEqual(["body/amount"]);
+    }
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+  });
+
+  test("refund amount", async () => {
+    const { target, admin, paymentId } = await setUp();
+    for (const amount of ["100", "0x64", "1e2"]) {
+      const body = await problem(
+        await send(target, `/api/admin/payments/${paymentId}/refund`, {
+          body: { amount },
+          headers: bearer(admin.accessToken),
+        }),
+      );
+      expect(body.status).toBe(422);
+      expect(fieldsOf(body)).toEqual(["body/amount"]);
+    }
+    expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toEqual([]);
+  });
+
+  test("admin key expiry and rotation grace", async () => {
+    const { target, admin } = await setUp();
+    const created = await problem(
+      await send(target, "/api/admin/api-keys", {
+        body: { name: "ci", scopes: ["chat"], expiresInDays: "30" },
+        headers: bearer(admin.accessToken),
+      }),
+    );
+    expect(created.status).toBe(422);
+    expect(fieldsOf(created)).toEqual(["body/expiresInDays"]);
+    const { record } = createKey(target, ["chat"], admin.userId);
+    const rotated = await problem(
+      await send(target, `/api/admin/api-keys/${record.id}/rotate`, {
+        body: { graceMinutes: "5" },
+        headers: bearer(admin.accessToken),
+      }),
+    );
+    expect(rotated.status).toBe(422);
+    expect(fieldsOf(rotated)).toEqual(["body/graceMinutes"]);
+    // The same bodies with real numbers are taken.
+    const ok = await send(target, `/api/admin/api-keys/${record.id}/rotate`, {
+      body: { graceMinutes: 5 },
+      headers: bearer(admin.accessToken),
+    });
+    expect(ok.status).toBe(201);
+  });
+
+  test("query strings still coerce (they are text by nature)", async () => {
+    const { target, alice } = await setUp();
+    const response = await send(target, "/api/payments?limit=10", {
+      headers: bearer(alice.accessToken),
+    });
+    expect(response.status).toBe(200);
+  });
+});
+
+describe("unknown fields and reserved keys", () => {
+  test("an unknown field is refused on routes whose fields are all optional", async () => {
+    const { target, admin, paymentId } = await setUp();
+    const refund = await problem(
+      await send(target, `/api/admin/payments/${paymentId}/refund`, {
+        body: { amout: 100 },
+        headers: bearer(admin.accessToken),
+      }),
+    );
+    expect(refund.status).toBe(422);
+    expect(fieldsOf(refund)).toEqual(["body/amout"]);
+    const signup = await problem(
+      await send(target, "/api/auth/register", {
+        body: { email: "new@example.org", password: STRONG_PASSWORD, role: "admin" },
+      }),
+    );
+    expect(signup.status).toBe(422);
+    expect(fieldsOf(signup)).toEqual(["body/role"]);
+    expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toEqual([]);
+  });
+
+  test('"metadata" must be an object of strings, never split per character', async () => {
+    const { target, alice } = await setUp();
+    for (const metadata of ["order-42", ["a"], { a: 1 }, { a: { b: "c" } }]) {
+      const body = await problem(
+        await createIntent(target, bearer(alice.accessToken), {
+          amount: 1000,
+          currency: "usd",
+          metadata,
+        }),
+      );
+      expect(body.status).toBe(422);
+      expect(fieldsOf(body)[0]).toStartWith("body/metadata");
+    }
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+  });
+
+  test("__proto__, constructor and prototype keys are refused at any depth, whatever the value", async () => {
+    const { target, alice } = await setUp();
+    for (const key of ["__proto__", "constructor", "prototype"]) {
+      for (const value of ['{"nested":"object"}', '"a string"']) {
+        const raw = `{"amount":1000,"currency":"usd","metadata":{"${key}":${value},"a":"b"}}`;
+        const body = await problem(await createIntent(target, bearer(alice.accessToken), raw));
+        expect(body.status).toBe(422);
+        expect(fieldsOf(body)[0]).toStartWith("body/metadata");
+      }
+    }
+    const top = await problem(
+      await createIntent(
+        target,
+        bearer(alice.accessToken),
+        '{"amount":1000,"currency":"usd","__proto__":{"amount":1}}',
+      ),
+    );
+    expect(top.status).toBe(422);
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+  });
+
+  test("an anonymous caller still gets 401 before any body check", async () => {
+    const { target } = await setUp();
+    const response = await createIntent(target, {}, { amount: "1000", currency: "usd" });
+    expect(response.status).toBe(401);
+  });
+});
+
+async function sessionOf(target: PaymentsApp): Promise<Session> {
+  return signUp(target);
+}
+
+describe("media types are matched without regard to case or parameters", () => {
+  const spellings = [
+    "Application/JSON",
+    "APPLICATION/JSON; charset=UTF-8",
+    'application/json ; charset="utf-8"',
+    "application/Json;charset=utf-8",
+  ];
+
+  test("a partial refund is the amount asked in every spelling", async () => {
+    const { target, admin, alice } = await setUp();
+    for (const contentType of spellings) {
+      const created = await createIntent(
+        target,
+        { ...bearer(alice.accessToken), "content-type": contentType },
+        '{"amount":5000,"currency":"usd"}',
+      );
+      expect(created.status).toBe(201);
+      const id = ((await created.json()) as { id: string }).id;
+      await succeed(target, id);
+      const response = await send(target, `/api/admin/payments/${id}/refund`, {
+        body: '{"amount":100}',
+        headers: { ...bearer(admin.accessToken), "content-type": contentType },
+      });
+      expect(response.status).toBe(200);
+      const { payment } = (await response.json()) as { payment: { amountRefunded: number } };
+      expect(payment.amountRefunded).toBe(100);
+    }
+    expect(
+      target.stripe.calls.filter((c) => c.path === "/v1/refunds").map((c) => c.params.amount),
+    ).toEqual(spellings.map(() => "100"));
+  });
+
+  test("sign-up, login and chat read the body in every spelling", async () => {
+    const { target } = await setUp();
+    for (const [i, contentType] of spellings.entries()) {
+      const email = `spelling${i}@example.org`;
+      const registered = await send(target, "/api/auth/register", {
+        body: JSON.stringify({ email, password: STRONG_PASSWORD }),
+        headers: { "content-type": contentType },
+      });
+      expect(registered.status).toBe(201);
+      const login = await send(target, "/api/auth/login", {
+        body: JSON.stringify({ email, password: STRONG_PASSWORD }),
+        headers: { "content-type": contentType },
+        peer: `10.9.0.${i + 1}`,
+      });
+      expect(login.status).toBe(200);
+    }
+    const user = await sessionOf(target);
+    for (const contentType of spellings) {
+      const response = await send(target, "/api/chat", {
+        body: '{"message":"What is Palisade?"}',
+        headers: { ...bearer(user.accessToken), "content-type": contentType },
+      });
+      expect(response.status).toBe(200);
+    }
+  });
+});
+
+describe("the strict schema", () => {
+  test("turns Elysia's numeric transforms into JSON numbers, closes objects, keeps defaults optional", async () => {
+    const { t } = await import("elysia");
+    const { TypeCompiler } = await import("@sinclair/typebox/compiler");
+    const { strictSchemaOf } = await import("../../src/plugins/strict-body");
+    const schema = t.Object({
+      n: t.Integer({ minimum: 1 }),
+      x: t.Number(),
+      d: t.String({ default: "z" }),
+      open: t.Object({}, { additionalProperties: true }),
+      list: t.Array(t.Object({ k: t.Numeric() })),
+    });
+    const check = TypeCompiler.Compile(strictSchemaOf(schema as never));
+    expect(check.Check({ n: 2, x: 1.5, open: { any: 1 }, list: [{ k: 3 }] })).toBe(true);
+    expect(check.Check({ n: "2", x: 1.5, open: {}, list: [] })).toBe(false);
+    expect(check.Check({ n: 2, x: 1.5, open: {}, list: [{ k: "3" }] })).toBe(false);
+    expect(check.Check({ n: 2, x: 1.5, open: {}, list: [{ k: 3, extra: 1 }] })).toBe(false);
+    expect(check.Check({ n: 0, x: 1.5, open: {}, list: [] })).toBe(false);
+  });
+});
