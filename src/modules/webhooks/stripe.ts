@@ -24,7 +24,7 @@
  */
 import { Elysia, t } from "elysia";
 import type { Logger } from "pino";
-import Stripe from "stripe";
+import type Stripe from "stripe";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
@@ -76,9 +76,11 @@ export async function verifyStripeSignature(
   ) {
     return null;
   }
+  // Loaded at the first delivery, not at start (a service without Stripe never loads the SDK).
+  const { default: StripeSdk } = await import("stripe");
   for (const secret of secrets) {
     try {
-      return await Stripe.webhooks.constructEventAsync(
+      return await StripeSdk.webhooks.constructEventAsync(
         payload,
         header,
         secret,
