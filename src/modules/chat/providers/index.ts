@@ -31,6 +31,7 @@ export function createChatProvider(config: Readonly<Config>, deps: ChatProviderD
       baseUrl,
       model,
       timeoutMs,
+      maxCompletionTokens: config.chat.maxCompletionTokens,
       logger: deps.logger,
       clock: deps.clock,
       metrics: createUpstreamMetrics(deps.registry),
