@@ -4,7 +4,9 @@
  * callbacks, and the sender's number kept in clear only on the outbox row.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { CLAIM_LEASE_MS } from "../../../src/modules/webhooks/whatsapp";
 import { buildTestApp, send, type TestApp } from "../../support/app";
+import { ManualClock } from "../../support/clock";
 import { anotherInstance } from "../../support/instance";
 import {
   deliver,
@@ -225,6 +227,96 @@ describe("the sender's own limit", () => {
     // Keyed per sender, not per address: Meta's one address is not blocked or limited for it.
     const blocks = target.db.$client.query("SELECT * FROM ip_blocks").all();
     expect(blocks).toEqual([]);
+  });
+});
+
+describe("redeliveries never spend the sender's limit", () => {
+  const generous = {
+    RATE_LIMIT_WEBHOOKS: "1000",
+    RATE_LIMIT_PER_MINUTE: "1000",
+    RATE_LIMIT_BURST: "1000",
+    RATE_LIMIT_WHATSAPP_SENDER: "3",
+  };
+  const accepted = async (response: Response) =>
+    ((await response.json()) as { accepted: number }).accepted;
+
+  test("10 concurrent deliveries of one id, to two processes, spend one message of the limit", async () => {
+    const target = build(generous);
+    const other = anotherInstance(target, {
+      env: whatsappEnv(null, generous),
+      whatsapp: { chat: new ScriptedChat() },
+    });
+    try {
+      const from = "16505550001";
+      const once = notification({ messages: [{ id: "wamid.REDELIVERED", from, text: "hello" }] });
+      // Meta redelivers while we are slow: the same id ten times at once, and twice in one body.
+      const twice = notification({
+        messages: [
+          { id: "wamid.REDELIVERED", from, text: "hello" },
+          { id: "wamid.REDELIVERED", from, text: "hello" },
+        ],
+      });
+      const acks = await Promise.all(
+        Array.from({ length: 10 }, (_, i) =>
+          deliver(i % 2 ? other : target, i === 9 ? twice : once),
+        ),
+      );
+      expect(acks.map((r) => r.status)).toEqual(Array(10).fill(200));
+      const bodies = (await Promise.all(acks.map((r) => r.json()))) as {
+        accepted: number;
+        duplicates: number;
+        ignored: number;
+      }[];
+      expect(bodies.reduce((n, b) => n + b.accepted, 0)).toBe(1);
+      expect(bodies.reduce((n, b) => n + b.duplicates, 0)).toBe(10);
+      expect(bodies.reduce((n, b) => n + b.ignored, 0)).toBe(0);
+      expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.REDELIVERED"]);
+      expect(events(target)).toEqual([{ event_id: "wamid.REDELIVERED", type: "message.text" }]);
+      // One message spent of three: the next two new ones are answered, the one after is not.
+      const next = (id: string) =>
+        deliver(target, notification({ messages: [{ id, from, text: "are you there?" }] }));
+      expect(await accepted(await next("wamid.SECOND"))).toBe(1);
+      expect(await accepted(await next("wamid.THIRD"))).toBe(1);
+      expect(await accepted(await next("wamid.FOURTH"))).toBe(0);
+      expect(outbox(target).map((r) => r.message_id)).toEqual([
+        "wamid.REDELIVERED",
+        "wamid.SECOND",
+        "wamid.THIRD",
+      ]);
+    } finally {
+      other.close();
+    }
+  });
+
+  test("a claim left by a crashed delivery is a duplicate until its lease ends, then taken over", async () => {
+    const clock = new ManualClock();
+    const target = buildTestApp({
+      env: whatsappEnv(null, generous),
+      whatsapp: { chat: new ScriptedChat() },
+      clock,
+    });
+    current = target;
+    // A process died after claiming the id and before writing the record and the outbox row.
+    target.db.$client.run(
+      "INSERT INTO webhook_events (provider, event_id, type, received_at) VALUES ('whatsapp', 'wamid.CRASH', 'message.claimed', ?)",
+      [clock.now()],
+    );
+    const payload = notification({
+      messages: [{ id: "wamid.CRASH", from: "16505550003", text: "hi" }],
+    });
+    const early = await deliver(target, payload);
+    expect(await early.json()).toMatchObject({ accepted: 0, duplicates: 1 });
+    expect(outbox(target)).toHaveLength(0);
+    clock.advance(CLAIM_LEASE_MS + 1);
+    // Meta redelivers (it never got its 200): now the message is accepted, exactly once.
+    const [late, again] = await Promise.all([deliver(target, payload), deliver(target, payload)]);
+    const acks = [
+      (await late.json()) as { accepted: number },
+      (await again.json()) as { accepted: number },
+    ];
+    expect(acks.reduce((n, a) => n + a.accepted, 0)).toBe(1);
+    expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.CRASH"]);
+    expect(events(target)).toEqual([{ event_id: "wamid.CRASH", type: "message.text" }]);
   });
 });
 
