@@ -9,6 +9,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { chatUsage } from "../../../src/db/schema";
 import { secondsUntilNextUtcDay, utcDay } from "../../../src/modules/chat/budget";
+import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
@@ -370,6 +371,28 @@ describe("an aborted turn is charged what the upstream was sent", () => {
     await pending;
     return { provider };
   }
+
+  test("a turn aborted before the provider was called costs nothing: the reservation is given back", async () => {
+    const provider = slowProvider(300);
+    target = buildTestApp({ env, chatProvider: provider });
+    const chatFeature = target.services.features.find((f) => f.name === "chat") as ChatFeature;
+    const owner = { kind: "whatsapp" as const, id: "sender-hash" };
+    const signal = AbortSignal.abort();
+    for (const run of ["complete", "stream"] as const) {
+      const prepared = chatFeature.service.prepare({ owner, message: MESSAGE, requestId: run });
+      if (prepared.kind !== "ready") throw new Error("not admitted");
+      const attempt =
+        run === "complete"
+          ? chatFeature.service.complete(prepared.turn, signal)
+          : (async () => {
+              for await (const _ of chatFeature.service.stream(prepared.turn, signal)) {
+              }
+            })();
+      await attempt.catch(() => null);
+    }
+    const row = target.db.select().from(chatUsage).get()!;
+    expect(row).toMatchObject({ usedTokens: 0, reservedTokens: 0, requests: 0 });
+  });
 
   for (const [name, accept] of [
     ["streamed", "text/event-stream"],
