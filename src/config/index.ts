@@ -97,6 +97,8 @@ export interface Config {
     contextTokens: number;
     /** Tokens per principal per UTC day; 0 turns the budget off. */
     dailyTokenBudget: number;
+    /** The most an upstream reply may produce (sent as its cap, reserved against the budget). */
+    maxCompletionTokens: number;
   };
   stripe: {
     secretKey: string | null;
@@ -305,6 +307,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       faqPath: text("CHAT_FAQ_PATH") ?? null,
       contextMessages: integer("CHAT_CONTEXT_MESSAGES", 20, 0, 1000),
       contextTokens: integer("CHAT_CONTEXT_TOKENS", 3000, 0, 1_000_000),
+      maxCompletionTokens: integer("CHAT_MAX_COMPLETION_TOKENS", 1024, 1, 100_000),
       dailyTokenBudget: integer(
         "CHAT_DAILY_TOKEN_BUDGET",
         profile.chatDailyTokenBudget,

@@ -71,6 +71,7 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("CHAT_FAQ_PATH", "the offline provider's FAQ file (JSON); the shipped FAQ when unset"),
   v("CHAT_CONTEXT_MESSAGES", "earlier messages sent upstream as context, at most"),
   v("CHAT_CONTEXT_TOKENS", "estimated tokens of context sent upstream, at most"),
+  v("CHAT_MAX_COMPLETION_TOKENS", "the most tokens one upstream reply may produce (its cap)"),
   v("CHAT_DAILY_TOKEN_BUDGET", "chat tokens per principal per UTC day (0: no budget)"),
   v("STRIPE_SECRET_KEY", "Stripe secret key", true),
   v("STRIPE_WEBHOOK_SECRET", "Stripe webhook signing secret (comma list during a roll)", true),

@@ -2,7 +2,8 @@
  * @module
  * Opens the SQLite database with the pragmas every process sharing the file must agree on:
  * WAL so readers never block the writer, synchronous=NORMAL (durable at each checkpoint, safe
- * against corruption), a busy timeout so concurrent writers wait instead of failing, foreign keys.
+ * against corruption), a busy timeout so concurrent writers wait instead of failing, foreign keys,
+ * and secure_delete so what a statement deletes or overwrites is zeroed, not left in free space.
  * The 5 s timeout is for start-up (probe, migrations) and the CLI; a serving process lowers it to
  * REQUEST_BUSY_TIMEOUT_MS once migrated (see db/busy), since every wait blocks its event loop.
  */
@@ -18,6 +19,8 @@ import { timeQueries } from "./timing";
 export type AppDatabase = BunSQLiteDatabase<typeof schema> & { $client: Database };
 
 export const BUSY_TIMEOUT_MS = 5000;
+/** `ON`: freed cells and freelist pages are zeroed (FAST would leave freelist pages as they were). */
+export const SECURE_DELETE = "ON";
 
 /** A database that cannot be used, described for the operator in one line. */
 export class DatabaseOpenError extends Error {
@@ -40,6 +43,9 @@ export function openDatabase(path: string): AppDatabase {
     sqlite.run("PRAGMA synchronous = NORMAL");
     sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
     sqlite.run("PRAGMA foreign_keys = ON");
+    // Deleted and overwritten content (a cleared WhatsApp number, an erased user, a deleted
+    // conversation) is zeroed in the file instead of lingering in free space; see the README.
+    sqlite.run(`PRAGMA secure_delete = ${SECURE_DELETE}`);
     // A probe write: a read-only file or directory fails here, at start, not on the first request.
     sqlite.run("BEGIN IMMEDIATE");
     sqlite.run("ROLLBACK");

@@ -25,6 +25,7 @@ export interface RecordingProvider extends ChatProvider {
 export function recordingProvider(base: ChatProvider = createOfflineProvider(loadFaq(null))) {
   const provider: RecordingProvider = {
     name: base.name,
+    maxCompletionTokens: base.maxCompletionTokens,
     calls: [],
     signals: [],
     complete(messages, options) {
@@ -62,6 +63,7 @@ export function slowProvider(delayMs: number, base = createOfflineProvider(loadF
   const aborted: boolean[] = [];
   const provider: ChatProvider & { aborted: boolean[] } = {
     name: base.name,
+    maxCompletionTokens: base.maxCompletionTokens,
     aborted,
     complete: async (messages, options) => {
       await sleepUnlessAborted(delayMs, options?.signal);
@@ -90,6 +92,7 @@ export function gatedProvider(base = createOfflineProvider(loadFaq(null))) {
   let waiting = 0;
   const provider: ChatProvider & { open(): void; waiting(): number } = {
     name: base.name,
+    maxCompletionTokens: base.maxCompletionTokens,
     open: () => open(),
     waiting: () => waiting,
     async complete(messages, options) {
@@ -113,6 +116,7 @@ export function failingProvider(
 ): ChatProvider {
   return {
     name: "openai",
+    maxCompletionTokens: 1024,
     async complete() {
       throw failure;
     },

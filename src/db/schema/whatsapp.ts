@@ -21,7 +21,8 @@ export const whatsappOutbox = sqliteTable(
     /** HMAC of the sender's number: the chat owner and the rate-limit key. */
     senderHash: text("sender_hash").notNull(),
     /** `text` (answered by chat) or `unsupported` (answered with a fixed notice). */
-    kind: text("kind", { enum: ["text", "unsupported"] }).notNull(),
+    // `refused`: a text the chat message rules refuse (answered with a fixed notice, never chat).
+    kind: text("kind", { enum: ["text", "refused", "unsupported"] }).notNull(),
     /** The inbound text; null once answered or given up. */
     body: text("body"),
     /** The reply, stored once before the first send: a retry resends it, never a second chat turn. */

@@ -4,18 +4,23 @@
  * per UTC day, counted in the `chat_usage` table so every process on the file shares one count.
  *
  * How a turn is counted:
- * 1. reserve: before the upstream call, the prompt's estimate is added to the day's `reserved` by
- *    one UPDATE whose WHERE refuses when used + reserved + estimate would pass the budget. SQLite
- *    runs each statement under its write lock, so however many requests (in one process or in
- *    several on the file) reserve at once, the admitted estimates never add up past the budget.
- * 2. settle: after the call, in the transaction that stores the reply, the estimate leaves
- *    `reserved` and the real usage joins `used`.
- * 3. release: a call that failed gives its estimate back.
+ * 1. reserve: before the upstream call, the turn's most possible cost (the prompt's estimate plus
+ *    the provider's completion cap, CHAT_MAX_COMPLETION_TOKENS or the offline FAQ's longest
+ *    answer) is added to the day's `reserved` by one UPDATE whose WHERE refuses when
+ *    used + reserved + that amount would pass the budget. SQLite runs each statement under its
+ *    write lock, so however many requests (in one process or in several on the file) reserve at
+ *    once, the admitted reservations never add up past the budget.
+ * 2. settle: after the call, in the transaction that stores the reply, the reservation leaves
+ *    `reserved` and the turn's real usage joins `used`, counted at most up to what was reserved.
+ * 3. release: a call that failed before the upstream was sent anything gives its reservation back;
+ *    an aborted one settles its prompt's estimate plus what it received (the upstream billed them).
  *
- * What it guarantees: no turn starts unless its estimate fits in what the day has left, counting
- * the turns still in flight. What it cannot: the completion's length is not known before the call,
- * so the last turn admitted may take `used` past the budget by its completion tokens; the next
- * one is refused. With the budget off (0) usage is still counted, for `GET /api/admin/usage`.
+ * What it guarantees: `used` never passes the budget, whatever the concurrency: a turn is only
+ * admitted when its largest possible charge fits in what the day has left, counting the turns
+ * still in flight, and it is never charged more than it reserved. An upstream that counts more
+ * prompt tokens than the estimate (text far from English, where four characters are less than a
+ * token) is charged its reservation; the message row keeps the upstream's own figures. With the
+ * budget off (0) usage is still counted, for `GET /api/admin/usage`.
  */
 import type { Database } from "bun:sqlite";
 import { and, asc, eq, sql } from "drizzle-orm";
@@ -51,7 +56,8 @@ export function parseOwnerRef(ref: string): ChatOwner | null {
 export interface Reservation {
   owner: ChatOwner;
   day: string;
-  estimate: number;
+  /** What was reserved: the prompt's estimate plus the completion cap. */
+  tokens: number;
 }
 
 export type ReserveOutcome =
@@ -118,13 +124,14 @@ export class ChatBudget {
       .prepare();
   }
 
-  reserve(owner: ChatOwner, estimate: number, now: number): ReserveOutcome {
+  /** Reserves `tokens` (a turn's largest possible charge) if they fit in the day's budget. */
+  reserve(owner: ChatOwner, tokens: number, now: number): ReserveOutcome {
     const day = utcDay(now);
     const key = { kind: owner.kind, id: owner.id, day };
     const attempt = () =>
       this.dailyTokens > 0
-        ? this.reserveWithin.get({ ...key, estimate, now, budget: this.dailyTokens })
-        : this.reserveAlways.get({ ...key, estimate, now });
+        ? this.reserveWithin.get({ ...key, estimate: tokens, now, budget: this.dailyTokens })
+        : this.reserveAlways.get({ ...key, estimate: tokens, now });
     // The day's row exists after the owner's first turn: one statement (one commit) decides.
     // Without it (or when refused) the row is made if missing and the decision taken again: the
     // second attempt is what decides when another process made the row meanwhile.
@@ -134,31 +141,36 @@ export class ChatBudget {
       row = attempt();
     }
     if (!row) return { kind: "over_budget", retryAfterSeconds: secondsUntilNextUtcDay(now) };
-    return { kind: "reserved", reservation: { owner, day, estimate } };
+    return { kind: "reserved", reservation: { owner, day, tokens } };
   }
 
-  /** The estimate leaves `reserved`, the real usage joins `used`. Run it in the storing transaction. */
-  settle(reservation: Reservation, usedTokens: number, now: number): void {
-    const { owner, day, estimate } = reservation;
+  /**
+   * The reservation leaves `reserved`, the real usage joins `used` (at most the reservation, so
+   * `used` stays within the budget). Run it in the storing transaction; returns what was charged.
+   */
+  settle(reservation: Reservation, usedTokens: number, now: number): number {
+    const { owner, day, tokens } = reservation;
+    const charged = Math.min(Math.max(0, usedTokens), tokens);
     this.db
       .update(chatUsage)
       .set({
-        reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${estimate})`,
-        usedTokens: sql`${chatUsage.usedTokens} + ${usedTokens}`,
+        reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${tokens})`,
+        usedTokens: sql`${chatUsage.usedTokens} + ${charged}`,
         requests: sql`${chatUsage.requests} + 1`,
         updatedAt: now,
       })
       .where(this.ownerDay(owner, day))
       .run();
+    return charged;
   }
 
-  /** Gives a failed turn's estimate back. */
+  /** Gives a failed turn's reservation back. */
   release(reservation: Reservation, now: number): void {
-    const { owner, day, estimate } = reservation;
+    const { owner, day, tokens } = reservation;
     this.db
       .update(chatUsage)
       .set({
-        reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${estimate})`,
+        reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${tokens})`,
         updatedAt: now,
       })
       .where(this.ownerDay(owner, day))

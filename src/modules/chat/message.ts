@@ -2,8 +2,8 @@
  * @module
  * The rules a chat message must pass, wherever it comes from (`POST /api/chat`, a WhatsApp
  * message): trimmed, 1 to 4000 characters (code points), no control character but newline and
- * tab (no NUL, no CR, no C1 controls), well-formed Unicode. The failure names the rule, never the
- * text.
+ * tab (no NUL, no CR, no C1 controls), well-formed Unicode, at least one visible character. The
+ * failure names the rule, never the text. A message that fails is refused whole, never altered.
  */
 
 export const MAX_MESSAGE_CHARACTERS = 4000;
@@ -12,6 +12,10 @@ export type MessageCheck = { ok: true; message: string } | { ok: false; rule: st
 
 // Unicode's Cc category (C0, DEL, C1), but tab and newline.
 const FORBIDDEN_CONTROL = /[^\P{Cc}\t\n]/u;
+// A character that shows something: not white space or a separator, not a format character
+// (zero-width space and joiners, bidi marks), not default-ignorable (Hangul fillers U+115F,
+// U+1160, U+3164, U+FFA0; variation selectors), not the blank Braille pattern U+2800.
+const VISIBLE = /[^\s\p{Z}\p{Cc}\p{Cf}\p{Default_Ignorable_Code_Point}\u2800]/u;
 
 export function checkChatMessage(raw: string): MessageCheck {
   if (!raw.isWellFormed()) return { ok: false, rule: "Must be well-formed Unicode" };
@@ -20,6 +24,9 @@ export function checkChatMessage(raw: string): MessageCheck {
   }
   const message = raw.trim();
   if (message === "") return { ok: false, rule: "Must not be empty or only whitespace" };
+  if (!VISIBLE.test(message)) {
+    return { ok: false, rule: "Must contain at least one visible character" };
+  }
   // Counted in code points: an emoji is one character, as a person counts it.
   let length = 0;
   for (const _ of message) {

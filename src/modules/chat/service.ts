@@ -8,12 +8,15 @@
  *    prompt is the system prompt, then the conversation's newest messages that fit in
  *    CHAT_CONTEXT_MESSAGES and CHAT_CONTEXT_TOKENS (estimated, oldest dropped first), then the new
  *    message. User text only ever goes in `user` messages, never into the system prompt. The
- *    prompt's estimate is reserved against the daily budget (budget.ts).
+ *    prompt's estimate plus the provider's completion cap is reserved against the daily budget
+ *    (budget.ts).
  * 2. `complete` or `stream`: the provider answers; the user's message and the reply are stored,
  *    and the reservation settled to the real usage, in one transaction. A stream that stops early
  *    (the client went away: its signal aborts the provider) stores what was received, marked
- *    incomplete. A failed call stores nothing (unless a stream had already sent text) and gives
- *    the reservation back.
+ *    incomplete. A turn aborted before any text (the client went away after the upstream was
+ *    called) stores nothing and is charged its prompt's estimate: the upstream was sent, and bills,
+ *    the prompt. A failed call stores nothing (unless a stream had already sent text) and gives
+ *    the reservation back; so does a turn aborted before the provider was called.
  *
  * Upstream failures are logged with the request id and the provider's reason, never the text.
  */
@@ -53,6 +56,9 @@ export interface PreparedTurn {
   message: string;
   /** What goes to the provider: system prompt, context, the new message. */
   prompt: ChatMessage[];
+  /** The prompt's estimate (what an aborted turn is charged, and a usage-less stream's prompt). */
+  promptEstimate: number;
+  /** The prompt's estimate plus the provider's completion cap, held until the turn settles. */
   reservation: Reservation;
   requestId: string;
 }
@@ -200,7 +206,12 @@ export class ChatService implements ChatTurns {
       ...context,
       { role: "user", content: message },
     ];
-    const reserved = budget.reserve(owner, estimatePromptTokens(prompt), clock.now());
+    const promptEstimate = estimatePromptTokens(prompt);
+    const reserved = budget.reserve(
+      owner,
+      promptEstimate + provider.maxCompletionTokens,
+      clock.now(),
+    );
     if (reserved.kind === "over_budget") {
       metrics.request(provider.name, "quota");
       audit.record({
@@ -224,6 +235,7 @@ export class ChatService implements ChatTurns {
         isNew,
         message,
         prompt,
+        promptEstimate,
         reservation: reserved.reservation,
         requestId,
       },
@@ -239,11 +251,12 @@ export class ChatService implements ChatTurns {
 
   async complete(turn: PreparedTurn, signal?: AbortSignal): Promise<ChatTurn> {
     const { provider } = this.options;
+    const sent = signal?.aborted !== true;
     let completion: Awaited<ReturnType<ChatProvider["complete"]>>;
     try {
       completion = await provider.complete(turn.prompt, { signal, requestId: turn.requestId });
     } catch (error) {
-      this.failed(turn, error, signal);
+      this.failed(turn, error, signal, sent);
       throw error;
     }
     this.store(turn, completion.text, completion.usage, false);
@@ -256,6 +269,8 @@ export class ChatService implements ChatTurns {
    */
   async *stream(turn: PreparedTurn, signal?: AbortSignal): AsyncGenerator<TurnEvent> {
     const { provider } = this.options;
+    // Aborted before the upstream was called: nothing was sent, nothing is owed.
+    const sent = signal?.aborted !== true;
     let text = "";
     let usage: TokenUsage | null = null;
     let finished = false;
@@ -287,7 +302,7 @@ export class ChatService implements ChatTurns {
         this.store(turn, text, usage ?? this.estimatedUsage(turn, text), true);
         if (failure !== null && !isAbort(failure, signal)) this.logFailure(turn, failure);
       } else {
-        this.failed(turn, failure, signal);
+        this.failed(turn, failure, signal, sent);
       }
     }
     const stored = usage ?? this.estimatedUsage(turn, text);
@@ -298,17 +313,32 @@ export class ChatService implements ChatTurns {
   }
 
   private estimatedUsage(turn: PreparedTurn, text: string): TokenUsage {
-    return { promptTokens: turn.reservation.estimate, completionTokens: estimateTokens(text) };
+    return { promptTokens: turn.promptEstimate, completionTokens: estimateTokens(text) };
   }
 
-  /** A call that produced nothing: give the reservation back, count and log why. */
-  private failed(turn: PreparedTurn, error: unknown, signal: AbortSignal | undefined) {
+  /**
+   * A call that produced nothing. Aborted after the upstream was sent the prompt (the client went
+   * away, however early): the prompt's estimate is charged, since the upstream bills it. Failed,
+   * or aborted before the call: the reservation is given back. Counted, and logged why.
+   */
+  private failed(
+    turn: PreparedTurn,
+    error: unknown,
+    signal: AbortSignal | undefined,
+    sent: boolean,
+  ) {
     const { budget, clock, metrics, provider } = this.options;
-    budget.release(turn.reservation, clock.now());
     if (error === null || isAbort(error, signal)) {
+      if (sent) {
+        budget.settle(turn.reservation, turn.promptEstimate, clock.now());
+        metrics.tokens(turn.promptEstimate, 0);
+      } else {
+        budget.release(turn.reservation, clock.now());
+      }
       metrics.request(provider.name, "incomplete");
       return;
     }
+    budget.release(turn.reservation, clock.now());
     metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "error");
     this.logFailure(turn, error);
   }
@@ -384,6 +414,19 @@ export class ChatService implements ChatTurns {
     );
     metrics.request(provider.name, incomplete ? "incomplete" : "ok");
     metrics.tokens(usage.promptTokens, usage.completionTokens);
+    const reported = usage.promptTokens + usage.completionTokens;
+    if (reported > turn.reservation.tokens) {
+      // The budget was charged the reservation (budget.settle): say by how much it undercounts.
+      this.options.logger.warn(
+        {
+          requestId: turn.requestId,
+          provider: provider.name,
+          reserved: turn.reservation.tokens,
+          reported,
+        },
+        "chat usage passed its reservation; the budget counts the reservation",
+      );
+    }
   }
 
   /** The owner's conversations, newest first, `limit` at a time. */

@@ -18,13 +18,13 @@
  * and never two at once (one conversation, no interleaved turns).
  *
  * For each claimed row: (1) if it has no reply yet, one chat turn (`ChatTurns.converse`, the
- * sender's conversation continued) or the fixed notice for a non-text message, and the reply is
- * stored on the row — guarded by the lease — before anything is sent; (2) the lease is checked and
- * extended to cover the send; (3) `POST …/messages`; (4) one UPDATE marks the row sent and clears
- * the number. A transient failure (network, 429, 5xx, a temporary Graph code, chat unavailable)
- * releases the lease with an exponential backoff; past `giveUpAfterMs` since the message arrived,
- * or at once on a permanent failure, the row is marked failed, the number cleared, and
- * `whatsapp.reply_failed` audited.
+ * sender's conversation continued) or a fixed notice (a non-text message, a text the chat message
+ * rules refuse), and the reply is stored on the row — guarded by the lease — before anything is
+ * sent; (2) the lease is checked and extended to cover the send; (3) `POST …/messages`; (4) one
+ * UPDATE marks the row sent and clears the number. A transient failure (network, 429, 5xx, a
+ * temporary Graph code, chat unavailable) releases the lease with an exponential backoff; past
+ * `giveUpAfterMs` since the message arrived, or at once on a permanent failure, the row is marked
+ * failed, the number cleared, and `whatsapp.reply_failed` audited.
  *
  * Guarantees. Nothing accepted is lost: the row is committed before the 200 and stays pending until
  * sent or given up, across crashes and restarts. Nothing is sent twice, and no chat turn is run
@@ -52,6 +52,12 @@ export type OutboxRow = typeof whatsappOutbox.$inferSelect;
 /** The fixed answer to an image, audio, sticker, location… (anything but text). */
 export const NON_TEXT_REPLY =
   "Thanks for your message! I can only read text for now — please type your question and I'll be glad to help.";
+/**
+ * The fixed answer to a text the chat message rules refuse (too long, control characters,
+ * malformed Unicode, nothing visible): it goes to no chat turn, altered or not.
+ */
+export const REFUSED_TEXT_REPLY =
+  "Thanks for your message! I couldn't read it as it was sent — please type your question as plain text, up to 4000 characters.";
 /** The answer when the sender's daily chat budget is spent. */
 export const OVER_BUDGET_REPLY =
   "Thanks for your message! You've reached today's limit for this assistant; please try again tomorrow.";
@@ -242,6 +248,9 @@ export class OutboxWorker {
   }
 
   private async produceReply(row: OutboxRow): Promise<Produced> {
+    if (row.kind === "refused") {
+      return { kind: "reply", reply: REFUSED_TEXT_REPLY, conversationId: null };
+    }
     if (row.kind === "unsupported" || row.body === null) {
       return { kind: "reply", reply: NON_TEXT_REPLY, conversationId: null };
     }

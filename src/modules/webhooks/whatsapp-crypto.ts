@@ -4,8 +4,9 @@
  *
  * - `X-Hub-Signature-256: sha256=<hex>` is HMAC-SHA256 of the raw body bytes under the Meta app
  *   secret (and, during a rotation, the previous one). Node's `crypto` computes it and
- *   `timingSafeEqual` compares equal-length digests; a header that is not exactly `sha256=` and 64
- *   hex digits fails before any comparison (its length says nothing about the secret).
+ *   `timingSafeEqual` compares equal-length digests; a header that is not exactly `sha256=` (lower
+ *   case, as Meta sends it) and 64 hex digits (either case) fails before any comparison (its
+ *   length says nothing about the secret).
  * - The subscription's `hub.verify_token` is compared through SHA-256 digests of both sides, so
  *   the comparison is constant-time whatever the lengths.
  * - A sender's number is named everywhere but the outbox row by an HMAC under a key derived from
@@ -17,7 +18,8 @@ export type SignatureCheck =
   | { valid: true; secret: "current" | "previous" }
   | { valid: false; reason: "missing" | "malformed" | "mismatch" };
 
-const SIGNATURE = /^sha256=([0-9a-f]{64})$/;
+// The prefix exactly as Meta sends it (lower case); the digits in either case, as hex is.
+const SIGNATURE = /^sha256=([0-9a-fA-F]{64})$/;
 
 export function verifyHubSignature(
   header: string | null,
@@ -25,7 +27,7 @@ export function verifyHubSignature(
   secrets: { current: string; previous: string | null },
 ): SignatureCheck {
   if (header === null || header === "") return { valid: false, reason: "missing" };
-  const match = SIGNATURE.exec(header.trim().toLowerCase());
+  const match = SIGNATURE.exec(header.trim());
   if (!match) return { valid: false, reason: "malformed" };
   const given = Buffer.from(match[1]!, "hex");
   const candidates: ["current" | "previous", string][] = [["current", secrets.current]];

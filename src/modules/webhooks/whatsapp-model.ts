@@ -12,6 +12,7 @@
  *                statuses?: [{ id, status, timestamp, errors?: [{ code }] }] } }] }] }
  */
 import { type Static, t } from "elysia";
+import { checkChatMessage } from "../chat/message";
 
 /** What every item of the payload is bounded by (the body itself is at most 256 KiB). */
 const MAX_ITEMS = 100;
@@ -72,13 +73,16 @@ export const WebhookAck = t.Object({
 export const DELIVERY_STATUSES = ["sent", "delivered", "read", "failed"] as const;
 export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 
-/** An inbound message we will answer: a text for chat, or anything else for the fixed notice. */
+/**
+ * An inbound message we will answer: a text for chat, a text the chat message rules refuse (a
+ * fixed notice), or anything else (another fixed notice).
+ */
 export interface InboundItem {
   messageId: string;
   phoneNumberId: string;
   from: string;
-  kind: "text" | "unsupported";
-  /** The text as chat receives it (normalised), or null for `unsupported`. */
+  kind: "text" | "refused" | "unsupported";
+  /** The text as chat receives it (trimmed), or null for `refused` and `unsupported`. */
   text: string | null;
   type: string;
 }
@@ -101,19 +105,15 @@ export interface ReadNotification {
 const DIGITS = /^[0-9]{1,32}$/;
 /** Message ids: printable ASCII, no spaces (they are our dedupe keys and are logged). */
 const MESSAGE_ID = /^[\x21-\x7e]{1,256}$/;
-/** The chat contract takes at most 4000 characters. */
-export const MAX_CHAT_TEXT = 4000;
-
 /**
- * The text as the chat contract accepts it: control characters other than newline and tab
- * removed, trimmed, cut to 4000 characters (whole code points). Null when nothing is left.
+ * A WhatsApp text as chat receives it: under exactly the rules of `POST /api/chat`
+ * (`checkChatMessage`: well-formed Unicode, no control characters but newline and tab, a visible
+ * character, 1 to 4000 characters after trimming), trimmed; `refused` when it fails them. A text
+ * is never cleaned or cut into another message: the sender gets a fixed notice instead.
  */
-export function normaliseText(raw: string): string | null {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: removing them is the point
-  const cleaned = raw.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, "").trim();
-  if (cleaned === "") return null;
-  const points = Array.from(cleaned);
-  return points.length > MAX_CHAT_TEXT ? points.slice(0, MAX_CHAT_TEXT).join("").trim() : cleaned;
+export function readText(raw: string): { kind: "text"; text: string } | { kind: "refused" } {
+  const check = checkChatMessage(raw);
+  return check.ok ? { kind: "text", text: check.message } : { kind: "refused" };
 }
 
 function isDeliveryStatus(value: string): value is DeliveryStatus {
@@ -153,14 +153,13 @@ export function readNotification(
           result.ignored++;
           continue;
         }
-        const text =
-          message.type === "text" && message.text ? normaliseText(message.text.body) : null;
+        const read = message.type === "text" && message.text ? readText(message.text.body) : null;
         result.messages.push({
           messageId: message.id,
           phoneNumberId,
           from: message.from,
-          kind: text === null ? "unsupported" : "text",
-          text,
+          kind: read === null ? "unsupported" : read.kind,
+          text: read?.kind === "text" ? read.text : null,
           type: message.type,
         });
       }

@@ -13,7 +13,13 @@
  *   (provider `whatsapp`, the message id: the dedupe record) and its outbox row; a redelivered
  *   message id finds its row and adds nothing. A sender over RATE_LIMIT_WHATSAPP_SENDER messages a
  *   minute (counted per keyed hash of the number, not per address: every delivery comes from Meta)
- *   gets no reply, and `whatsapp.sender_limited` is audited. Status callbacks (sent, delivered,
+ *   gets no reply, and `whatsapp.sender_limited` is audited. Only a message id seen for the first
+ *   time spends the sender's limit, also when Meta redelivers it concurrently to one or several
+ *   processes: the dedupe row is inserted first, as a claim (`type` = `message.claimed`; the
+ *   primary key lets one delivery win), the limiter is asked only by the winner, and the claim
+ *   becomes the final record together with the outbox row in one transaction. A claim left by a
+ *   crash between the two (the 200 was never sent, so Meta redelivers) is taken over after
+ *   CLAIM_LEASE_MS. Status callbacks (sent, delivered,
  *   read, failed) go to `whatsapp_statuses`, one row per message and status.
  *
  * The replies are sent by the outbox worker (outbox.ts): started with the app when both the app
@@ -50,6 +56,9 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 /** Finished outbox rows, statuses and WhatsApp dedupe records are kept this long. */
 const RETENTION_MS = 30 * DAY_MS;
 const PRUNE_BATCH = 1000;
+/** A dedupe row still `message.claimed` this long after it was written was left by a crash. */
+export const CLAIM_LEASE_MS = 60_000;
+const CLAIMED = "message.claimed";
 
 /** Both routes: signature-authenticated, CSRF-exempt, the 256 KiB body limit, 30/min per address. */
 export const whatsappRouteClasses: readonly RouteClass[] = [
@@ -80,15 +89,33 @@ export interface IntakeOptions {
 function prepareIntake(db: AppDatabase) {
   const p = (name: string) => sql.placeholder(name);
   return {
-    seen: db
-      .select({ id: webhookEvents.eventId })
-      .from(webhookEvents)
-      .where(and(eq(webhookEvents.provider, "whatsapp"), eq(webhookEvents.eventId, p("id"))))
-      .prepare(),
-    recordEvent: db
+    // One statement decides which delivery of a message id goes on: a new id, or a claim whose
+    // delivery died before finishing it (the UPDATE branch); every other delivery gets no row.
+    claim: db
       .insert(webhookEvents)
-      .values({ provider: "whatsapp", eventId: p("id"), type: p("type"), receivedAt: p("at") })
-      .onConflictDoNothing()
+      .values({ provider: "whatsapp", eventId: p("id"), type: CLAIMED, receivedAt: p("at") })
+      .onConflictDoUpdate({
+        target: [webhookEvents.provider, webhookEvents.eventId],
+        set: { receivedAt: sql`excluded.received_at` },
+        setWhere: and(
+          eq(webhookEvents.type, CLAIMED),
+          lt(webhookEvents.receivedAt, p("staleBefore")),
+        ),
+      })
+      .returning({ id: webhookEvents.eventId })
+      .prepare(),
+    // The claim becomes the record, if it is still this delivery's.
+    recordEvent: db
+      .update(webhookEvents)
+      .set({ type: sql`${p("type")}` })
+      .where(
+        and(
+          eq(webhookEvents.provider, "whatsapp"),
+          eq(webhookEvents.eventId, p("id")),
+          eq(webhookEvents.type, CLAIMED),
+          eq(webhookEvents.receivedAt, p("claimedAt")),
+        ),
+      )
       .returning({ id: webhookEvents.eventId })
       .prepare(),
     enqueue: db
@@ -147,7 +174,9 @@ export class WhatsAppIntake {
     for (let i = 0; i < read.ignored; i++) metrics.events.labels("whatsapp", "ignored").inc();
 
     for (const message of read.messages) {
-      if (this.seen(message.messageId)) {
+      // A redelivery (or a concurrent copy) of a message id never reaches the limiter.
+      const claimedAt = core.clock.now();
+      if (!this.claim(message.messageId, claimedAt)) {
         ack.duplicates++;
         metrics.events.labels("whatsapp", "duplicate").inc();
         continue;
@@ -156,11 +185,11 @@ export class WhatsAppIntake {
       const limited = !(await this.admitSender(senderHash, request.requestId));
       const now = core.clock.now();
       const { recordEvent, enqueue } = this.statements;
-      // One transaction: the dedupe record and the outbox row exist together or not at all.
+      // One transaction: the final dedupe record and the outbox row exist together or not at all.
       const inserted = db.$client
         .transaction(() => {
           const type = limited ? "message.limited" : `message.${message.kind}`;
-          const event = recordEvent.all({ id: message.messageId, type, at: now });
+          const event = recordEvent.all({ id: message.messageId, type, claimedAt });
           if (event.length === 0) return false;
           if (limited) return true;
           enqueue.run({
@@ -216,9 +245,14 @@ export class WhatsAppIntake {
     return ack;
   }
 
-  /** A cheap look before the limiter: a redelivery must not spend the sender's budget. */
-  private seen(messageId: string): boolean {
-    return this.statements.seen.get({ id: messageId }) !== undefined;
+  /** True for the one delivery that goes on with this message id (see `claim` above). */
+  private claim(messageId: string, now: number): boolean {
+    const rows = this.statements.claim.all({
+      id: messageId,
+      at: now,
+      staleBefore: now - CLAIM_LEASE_MS,
+    });
+    return rows.length === 1;
   }
 
   /** Counts the message against its sender's budget; a failing store lets it through. */

@@ -1,15 +1,21 @@
 /**
  * Daily token budgets: exact at the boundary under concurrent requests (one process, and two
- * instances on one file), 429 QUOTA_EXCEEDED with Retry-After until the next UTC midnight and an
- * audit event, settling to the real usage, a new day; the admin view (`GET /api/admin/usage`)
- * and the CLI (`usage:show`, `usage:reset`).
+ * instances on one file): each turn reserves its prompt's estimate plus the provider's completion
+ * cap, so `used` never passes the budget however many turns run at once; 429 QUOTA_EXCEEDED with
+ * Retry-After until the next UTC midnight and an audit event, settling to the real usage (never
+ * more than reserved), an aborted turn charged its prompt, a new day; the admin view
+ * (`GET /api/admin/usage`) and the CLI (`usage:show`, `usage:reset`).
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { chatUsage } from "../../../src/db/schema";
 import { secondsUntilNextUtcDay, utcDay } from "../../../src/modules/chat/budget";
+import type { ChatFeature } from "../../../src/modules/chat/feature";
+import { loadFaq } from "../../../src/modules/chat/providers/faq";
+import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
+import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { logIn, type Session, signUp } from "../../support/auth";
-import { asUser, chat, gatedProvider } from "../../support/chat";
+import { asUser, chat, gatedProvider, slowProvider } from "../../support/chat";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
 import { anotherInstance } from "../../support/instance";
@@ -19,11 +25,16 @@ import { waitFor } from "../../support/wait";
 const SYSTEM_PROMPT = "S".repeat(40);
 const MESSAGE = "zzz yyyyyy";
 const ESTIMATE = 13;
+/** The shipped FAQ's longest answer (the fallback): the offline provider's completion cap. */
+const MAX_COMPLETION = createOfflineProvider(loadFaq(null)).maxCompletionTokens;
+/** What each turn reserves: its prompt's estimate and the most its reply can cost. */
+const RESERVED = ESTIMATE + MAX_COMPLETION;
 const ADMITTED = 5;
+const BUDGET = RESERVED * ADMITTED + RESERVED - 1;
 const env = {
   CHAT_SYSTEM_PROMPT: SYSTEM_PROMPT,
-  // Room for five estimates and not six.
-  CHAT_DAILY_TOKEN_BUDGET: String(ESTIMATE * ADMITTED + ESTIMATE - 1),
+  // Room for five reservations and not six.
+  CHAT_DAILY_TOKEN_BUDGET: String(BUDGET),
   RATE_LIMIT_CHAT: "1000",
   RATE_LIMIT_PER_MINUTE: "1000",
   RATE_LIMIT_BURST: "1000",
@@ -62,7 +73,7 @@ describe("the boundary, concurrently", () => {
     await waitFor(() => provider.waiting() + settled.count === 20);
     expect(provider.waiting()).toBe(ADMITTED);
     const usageRow = target.db.select().from(chatUsage).get()!;
-    expect(usageRow.reservedTokens).toBe(ADMITTED * ESTIMATE);
+    expect(usageRow.reservedTokens).toBe(ADMITTED * RESERVED);
     provider.open();
     const responses = await Promise.all(pending);
     const statuses = responses.map((r) => r.status).sort();
@@ -84,6 +95,8 @@ describe("the boundary, concurrently", () => {
     const spent = replies.reduce((n, r) => n + r.usage.promptTokens + r.usage.completionTokens, 0);
     const after = target.db.select().from(chatUsage).get()!;
     expect(after).toMatchObject({ reservedTokens: 0, usedTokens: spent, requests: ADMITTED });
+    // The guarantee: however many turns ran at once, the day's usage is within the budget.
+    expect(after.usedTokens).toBeLessThanOrEqual(BUDGET);
 
     // Audited: who was refused, batched.
     target.services.audit.flush();
@@ -114,6 +127,9 @@ describe("the boundary, concurrently", () => {
       const statuses = (await Promise.all(pending)).map((r) => r.status);
       expect(statuses.filter((s) => s === 200)).toHaveLength(ADMITTED);
       expect(statuses.filter((s) => s === 429)).toHaveLength(20 - ADMITTED);
+      const row = target.db.select().from(chatUsage).get()!;
+      expect(row.reservedTokens).toBe(0);
+      expect(row.usedTokens).toBeLessThanOrEqual(BUDGET);
     } finally {
       other.close();
     }
@@ -121,18 +137,19 @@ describe("the boundary, concurrently", () => {
 });
 
 describe("over the day", () => {
-  test("once used passes the budget every turn is refused until the next UTC day", async () => {
+  test("once the day has no room for a turn every turn is refused until the next UTC day", async () => {
     const clock = new ManualClock();
     target = buildTestApp({
-      env: { ...env, CHAT_DAILY_TOKEN_BUDGET: "200" },
+      env: { ...env, CHAT_DAILY_TOKEN_BUDGET: String(RESERVED * 2 + 10) },
       clock,
     });
     const alice = await signUp(target);
-    // The fallback reply is long: one turn spends more than 100 tokens.
+    // Room for two reservations: the third turn is refused, and nothing passed the budget.
     expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
     expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
     const refused = await chat(target, asUser(alice), { message: MESSAGE });
     expect(refused.status).toBe(429);
+    expect(target.db.select().from(chatUsage).get()!.usedTokens).toBe(RESERVED * 2);
     const retryAfter = Number(refused.headers.get("retry-after"));
     expect(retryAfter).toBeGreaterThan(0);
     expect(retryAfter).toBeLessThanOrEqual(86_400);
@@ -209,22 +226,24 @@ describe("admins see and reset usage", () => {
   });
 
   test("usage:show and usage:reset through the CLI; the reset is audited and admits again", async () => {
-    target = buildTestApp({ env: { ...env, CHAT_DAILY_TOKEN_BUDGET: "100" } });
+    // Room for one turn's reservation, not two.
+    const budget = String(RESERVED + 50);
+    target = buildTestApp({ env: { ...env, CHAT_DAILY_TOKEN_BUDGET: budget } });
     const alice = await signUp(target);
     const principal = `user:${alice.userId}`;
     expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
     expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(429);
 
-    const cliEnv = { DATABASE_PATH: target.databasePath, CHAT_DAILY_TOKEN_BUDGET: "100" };
+    const cliEnv = { DATABASE_PATH: target.databasePath, CHAT_DAILY_TOKEN_BUDGET: budget };
     const shown = await cliInProcess(["usage:show"], cliEnv);
     expect(shown.code).toBe(0);
     expect(shown.stdout).toMatch(
-      new RegExp(`^${principal}  \\d{4}-\\d{2}-\\d{2}  used \\d+ of 100`),
+      new RegExp(`^${principal}  \\d{4}-\\d{2}-\\d{2}  used \\d+ of ${budget}`),
     );
     const json = await cliInProcess(["usage:show", "--principal", principal, "--json"], cliEnv);
     const row = JSON.parse(json.stdout) as { usedTokens: number; requests: number };
     expect(row.requests).toBe(1);
-    expect(row.usedTokens).toBeGreaterThan(100);
+    expect(row.usedTokens).toBe(RESERVED);
 
     const reset = await cliInProcess(["usage:reset", "--principal", principal], cliEnv);
     expect(reset.code).toBe(0);
@@ -249,4 +268,150 @@ describe("admins see and reset usage", () => {
       "no chat usage on 2020-01-01",
     );
   });
+});
+
+/** The offline provider, but reporting `factor` times its usage: an upstream whose tokenizer counts more. */
+function overReportingProvider(factor: number): ChatProvider {
+  const base = createOfflineProvider(loadFaq(null));
+  const inflate = (usage: { promptTokens: number; completionTokens: number }) => ({
+    promptTokens: usage.promptTokens * factor,
+    completionTokens: usage.completionTokens,
+  });
+  return {
+    name: base.name,
+    maxCompletionTokens: base.maxCompletionTokens,
+    async complete(messages, options) {
+      const completion = await base.complete(messages, options);
+      return { ...completion, usage: inflate(completion.usage) };
+    },
+    async *stream(messages, options) {
+      for await (const delta of base.stream(messages, options)) {
+        yield delta.kind === "usage" ? { kind: "usage", usage: inflate(delta.usage) } : delta;
+      }
+    },
+  };
+}
+
+describe("usage never passes the budget", () => {
+  test("20 concurrent turns of an upstream counting more than the estimate: charged at most what each reserved", async () => {
+    target = buildTestApp({ env, chatProvider: overReportingProvider(10) });
+    const alice = await signUp(target);
+    const responses = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        chat(
+          target!,
+          asUser(alice),
+          { message: MESSAGE },
+          i % 2 ? {} : { accept: "text/event-stream" },
+        ),
+      ),
+    );
+    // Read to the end: a stream's turn is stored once its last piece is sent.
+    await Promise.all(responses.map((r) => r.text()));
+    expect(responses.filter((r) => r.status === 200)).toHaveLength(ADMITTED);
+    const row = target.db.select().from(chatUsage).get()!;
+    expect(row).toMatchObject({ reservedTokens: 0, requests: ADMITTED });
+    expect(row.usedTokens).toBe(ADMITTED * RESERVED);
+    expect(row.usedTokens).toBeLessThanOrEqual(BUDGET);
+    // The message rows keep the upstream's own figures.
+    const stored = target.db.$client
+      .query<{ p: number }, []>(
+        "SELECT max(prompt_tokens) AS p FROM chat_messages WHERE role = 'assistant'",
+      )
+      .get()!;
+    expect(stored.p).toBe(ESTIMATE * 10);
+  });
+
+  test("a reply shorter than the cap settles to its real usage: the room it did not use is free again", async () => {
+    // "how do I pay": a FAQ entry shorter than the fallback answers it.
+    target = buildTestApp({ env: { ...env, CHAT_DAILY_TOKEN_BUDGET: String(RESERVED) } });
+    const alice = await signUp(target);
+    const first = await chat(target, asUser(alice), { message: "how do I pay" });
+    expect(first.status).toBe(200);
+    const { usage } = (await first.json()) as {
+      usage: { promptTokens: number; completionTokens: number };
+    };
+    expect(usage.completionTokens).toBeLessThan(MAX_COMPLETION);
+    const row = target.db.select().from(chatUsage).get()!;
+    expect(row).toMatchObject({
+      reservedTokens: 0,
+      usedTokens: usage.promptTokens + usage.completionTokens,
+    });
+    // The next turn needs a whole reservation again: it no longer fits.
+    expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(429);
+  });
+});
+
+describe("an aborted turn is charged what the upstream was sent", () => {
+  const LONG = "a".repeat(4000); // 1000 prompt tokens sent upstream
+
+  async function abandon(accept: string): Promise<{ provider: ReturnType<typeof slowProvider> }> {
+    // 300 ms before each piece (and before a whole reply): nothing has come back at 100 ms.
+    const provider = slowProvider(300);
+    target = buildTestApp({
+      env: { ...env, CHAT_DAILY_TOKEN_BUDGET: "100000" },
+      chatProvider: provider,
+      clock: new ManualClock(),
+    });
+    const alice = await signUp(target);
+    const client = new AbortController();
+    const pending = target.app
+      .handle(
+        new Request("http://localhost/api/chat", {
+          method: "POST",
+          signal: client.signal,
+          headers: { ...asUser(alice), "content-type": "application/json", accept },
+          body: JSON.stringify({ message: LONG }),
+        }),
+      )
+      .then((response) => response.text())
+      .catch(() => null);
+    await Bun.sleep(100);
+    client.abort();
+    await pending;
+    return { provider };
+  }
+
+  test("a turn aborted before the provider was called costs nothing: the reservation is given back", async () => {
+    const provider = slowProvider(300);
+    target = buildTestApp({ env, chatProvider: provider });
+    const chatFeature = target.services.features.find((f) => f.name === "chat") as ChatFeature;
+    const owner = { kind: "whatsapp" as const, id: "sender-hash" };
+    const signal = AbortSignal.abort();
+    for (const run of ["complete", "stream"] as const) {
+      const prepared = chatFeature.service.prepare({ owner, message: MESSAGE, requestId: run });
+      if (prepared.kind !== "ready") throw new Error("not admitted");
+      const attempt =
+        run === "complete"
+          ? chatFeature.service.complete(prepared.turn, signal)
+          : (async () => {
+              for await (const _ of chatFeature.service.stream(prepared.turn, signal)) {
+              }
+            })();
+      await attempt.catch(() => null);
+    }
+    const row = target.db.select().from(chatUsage).get()!;
+    expect(row).toMatchObject({ usedTokens: 0, reservedTokens: 0, requests: 0 });
+  });
+
+  for (const [name, accept] of [
+    ["streamed", "text/event-stream"],
+    ["answered whole", "application/json"],
+  ] as const) {
+    test(`${name}, abandoned before any text: the prompt's estimate is charged, nothing is stored`, async () => {
+      await abandon(accept);
+      await waitFor(() => {
+        const row = target!.db.select().from(chatUsage).get();
+        return row !== undefined && row.reservedTokens === 0 && row.requests === 1;
+      });
+      const row = target!.db.select().from(chatUsage).get()!;
+      expect(row.usedTokens).toBe(ESTIMATE - 3 + LONG.length / 4);
+      const messages = target!.db.$client
+        .query<{ n: number }, []>("SELECT count(*) AS n FROM chat_messages")
+        .get()!;
+      expect(messages.n).toBe(0);
+      const metrics = await (await send(target!, "/metrics")).text();
+      expect(metrics).toContain(`chat_requests_total{provider="offline",outcome="incomplete"} 1`);
+    });
+  }
 });

@@ -236,10 +236,19 @@ describe("validation", () => {
     ["DEL", "hello\u007f"],
     ["a C1 control", "hello\u0085"],
     ["an unpaired surrogate", "hello\ud800"],
+    ["only a zero-width space", "\u200b"],
+    ["only Hangul fillers", "\u3164 \u115f\u1160\uffa0"],
+    ["only a blank Braille pattern", "\u2800\u2800"],
+    ["only joiners, bidi marks and a variation selector", "\u200d\u200c\u200e\ufe0f"],
   ])("%s is refused, naming body/message and not echoing it", async (_name, message) => {
     const { problem, raw } = await refused({ message }, "body/message");
     if (message.trim() !== "") expect(raw).not.toContain(message.slice(0, 20));
     expect(problem.errors[0]!.message).not.toContain("hello");
+  });
+
+  test("a visible character among invisible ones is accepted as it was sent", async () => {
+    const response = await chat(target, asUser(alice), { message: "\u200bhi\u3164" });
+    expect(response.status).toBe(200);
   });
 
   test("4000 characters after trimming (emoji counted as one) are accepted", async () => {

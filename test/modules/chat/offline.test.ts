@@ -272,3 +272,23 @@ describe("CHAT_FAQ_PATH", () => {
     // A real process: the default argon2 cost and the start take a few seconds on a busy machine.
   }, 30_000);
 });
+
+describe("the offline provider's completion cap", () => {
+  test("is its longest reply's estimate: no reply costs more, and the longest costs exactly that", async () => {
+    const faq = {
+      fallback: "Sorry.",
+      entries: [
+        { question: "Short?", keywords: ["short"], answer: "Yes." },
+        { question: "Long?", keywords: ["long"], answer: "L".repeat(401) },
+      ],
+    };
+    const provider = createOfflineProvider(faq);
+    expect(provider.maxCompletionTokens).toBe(101);
+    for (const question of ["short", "long", "nothing matches"]) {
+      const { usage } = await provider.complete([{ role: "user", content: question }]);
+      expect(usage.completionTokens).toBeLessThanOrEqual(provider.maxCompletionTokens);
+    }
+    const longest = await provider.complete([{ role: "user", content: "long" }]);
+    expect(longest.usage.completionTokens).toBe(101);
+  });
+});

@@ -5,8 +5,10 @@
  */
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { createLogger } from "../../../src/logging/logger";
+import { createChatProvider } from "../../../src/modules/chat/providers";
 import { createUpstreamMetrics } from "../../../src/modules/chat/providers/metrics";
 import {
+  completionCapField,
   createOpenAiProvider,
   estimateTokens,
   MAX_RETRY_WAIT_MS,
@@ -20,7 +22,7 @@ import {
   UpstreamFailure,
 } from "../../../src/modules/chat/providers/provider";
 import { createMetricsRegistry, type Registry } from "../../../src/plugins/metrics/registry";
-import { LogCapture } from "../../support/app";
+import { LogCapture, testConfig } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 import { type OpenAiServer, startOpenAiServer } from "../../support/openai-server";
 
@@ -617,5 +619,41 @@ describe("logs and metrics", () => {
     expect(createUpstreamMetrics(registry).circuitOpen).toBe(
       createUpstreamMetrics(registry).circuitOpen,
     );
+  });
+});
+
+describe("the reply's length is capped", () => {
+  test("CHAT_MAX_COMPLETION_TOKENS goes with every request, whole and streamed, as max_tokens", async () => {
+    const configured = createChatProvider(
+      testConfig(":memory:", {
+        OPENAI_API_KEY: upstream.apiKey,
+        OPENAI_BASE_URL: upstream.url,
+        CHAT_MAX_COMPLETION_TOKENS: "77",
+      }),
+      { logger: createLogger({ level: "silent", destination: logs }), registry, clock },
+    );
+    expect(configured.maxCompletionTokens).toBe(77);
+    await configured.complete([{ role: "user", content: "write me a novel" }]);
+    await collect(configured.stream([{ role: "user", content: "and another" }]));
+    expect(upstream.requests).toHaveLength(2);
+    for (const request of upstream.requests) {
+      const body = request.body as Record<string, unknown>;
+      // The field every OpenAI-compatible server honours; not both (one may be refused).
+      expect(body.max_tokens).toBe(77);
+      expect(body).not.toHaveProperty("max_completion_tokens");
+    }
+  });
+
+  test("the default cap is 1024", async () => {
+    expect(provider.maxCompletionTokens).toBe(1024);
+    await provider.complete(MESSAGES);
+    expect((upstream.requests[0]!.body as Record<string, unknown>).max_tokens).toBe(1024);
+  });
+
+  test("OpenAI's own API gets max_completion_tokens (its reasoning models refuse max_tokens)", () => {
+    expect(completionCapField(null)).toBe("max_completion_tokens");
+    expect(completionCapField("https://api.openai.com/v1")).toBe("max_completion_tokens");
+    expect(completionCapField("http://127.0.0.1:11434/v1")).toBe("max_tokens");
+    expect(completionCapField("https://api.openai.com.example.net/v1")).toBe("max_tokens");
   });
 });

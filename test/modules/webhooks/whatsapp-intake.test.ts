@@ -4,12 +4,15 @@
  * callbacks, and the sender's number kept in clear only on the outbox row.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { CLAIM_LEASE_MS } from "../../../src/modules/webhooks/whatsapp";
 import { buildTestApp, send, type TestApp } from "../../support/app";
+import { ManualClock } from "../../support/clock";
 import { anotherInstance } from "../../support/instance";
 import {
   deliver,
   notification,
   ScriptedChat,
+  sign,
   WA_PHONE_NUMBER_ID,
   whatsappEnv,
 } from "../../support/whatsapp";
@@ -55,7 +58,7 @@ describe("accepting messages", () => {
     const from = "16505551234";
     const response = await deliver(
       target,
-      notification({ messages: [{ id: "wamid.A1", from, text: "  where is my order?\u0007 " }] }),
+      notification({ messages: [{ id: "wamid.A1", from, text: "  where is my order?\n " }] }),
     );
     expect(response.status).toBe(200);
     expect(await response.json()).toEqual({
@@ -137,16 +140,12 @@ describe("accepting messages", () => {
     const response = await deliver(
       target,
       notification({
-        messages: [
-          { id: "wamid.IMG", from: "16505551234", type: "image" },
-          { id: "wamid.EMPTY", from: "16505551235", text: " \u0000 " },
-        ],
+        messages: [{ id: "wamid.IMG", from: "16505551234", type: "image" }],
       }),
     );
-    expect(await response.json()).toMatchObject({ accepted: 2 });
+    expect(await response.json()).toMatchObject({ accepted: 1 });
     expect(outbox(target).map((r) => [r.message_id, r.kind, r.body])).toEqual([
       ["wamid.IMG", "unsupported", null],
-      ["wamid.EMPTY", "unsupported", null],
     ]);
   });
 
@@ -172,15 +171,59 @@ describe("accepting messages", () => {
     expect(await (await deliver(target, sneaky)).json()).toMatchObject({ accepted: 0, ignored: 1 });
   });
 
-  test("a long text is cut to the chat contract's 4000 characters", async () => {
-    const target = build();
-    await deliver(
-      target,
-      notification({
-        messages: [{ id: "wamid.LONG", from: "16505551234", text: "é".repeat(5000) }],
-      }),
+  // The same rules as POST /api/chat (test/modules/chat/chat.test.ts), by the same function.
+  const refusedTexts: [string, string][] = [
+    ["a lone high surrogate", "hello \ud800 world"],
+    ["a lone low surrogate", "\udc00"],
+    ["NUL", " \u0000 "],
+    ["BEL among text", "where is my order?\u0007"],
+    ["CR", "line\r\nline"],
+    ["a C1 control", "a\u0085b"],
+    ["only whitespace", " \t\n "],
+    ["only a zero-width space", "\u200b"],
+    ["only Hangul fillers", "\u3164\u3164"],
+    ["only a blank Braille pattern", "\u2800"],
+    ["only joiners and a variation selector", "\u200d\u200c\ufe0f"],
+    ["4001 characters", "é".repeat(4001)],
+  ];
+
+  test("a text the chat message rules refuse is queued for the fixed notice, never altered for chat", async () => {
+    const target = build({ RATE_LIMIT_WEBHOOKS: "1000", RATE_LIMIT_BURST: "1000" });
+    for (const [i, [name, text]] of refusedTexts.entries()) {
+      // Written by hand: JSON.stringify would escape a lone surrogate as \\udXXX (as Meta does).
+      const payload = JSON.stringify(
+        notification({
+          messages: [{ id: `wamid.R${i}`, from: "16505551234", text: "PLACEHOLDER" }],
+        }),
+      ).replace('"PLACEHOLDER"', JSON.stringify(text));
+      const response = await deliver(target, payload, { signature: sign(payload) });
+      expect([name, response.status]).toEqual([name, 200]);
+      expect([name, await response.json()]).toMatchObject([name, { accepted: 1 }]);
+    }
+    const rows = outbox(target);
+    expect(rows).toHaveLength(refusedTexts.length);
+    for (const row of rows)
+      expect([row.message_id, row.kind, row.body]).toEqual([row.message_id, "refused", null]);
+    expect(events(target).every((e) => e.type === "message.refused")).toBe(true);
+  });
+
+  test("a text at the limits is accepted as /api/chat accepts it: trimmed, 4000 characters, emoji, a visible character among invisible ones", async () => {
+    const target = build({ RATE_LIMIT_WEBHOOKS: "1000", RATE_LIMIT_BURST: "1000" });
+    const accepted: [string, string][] = [
+      [`  ${"é".repeat(4000)}\n`, "é".repeat(4000)],
+      ["🙂", "🙂"],
+      ["\u200bhi\u200b", "\u200bhi\u200b"],
+      ["tab\tand\nnewline", "tab\tand\nnewline"],
+    ];
+    for (const [i, [text]] of accepted.entries()) {
+      await deliver(
+        target,
+        notification({ messages: [{ id: `wamid.OK${i}`, from: "16505551234", text }] }),
+      );
+    }
+    expect(outbox(target).map((r) => [r.kind, r.body])).toEqual(
+      accepted.map(([, stored]) => ["text", stored]),
     );
-    expect(Array.from(outbox(target)[0]!.body!)).toHaveLength(4000);
   });
 });
 
@@ -225,6 +268,96 @@ describe("the sender's own limit", () => {
     // Keyed per sender, not per address: Meta's one address is not blocked or limited for it.
     const blocks = target.db.$client.query("SELECT * FROM ip_blocks").all();
     expect(blocks).toEqual([]);
+  });
+});
+
+describe("redeliveries never spend the sender's limit", () => {
+  const generous = {
+    RATE_LIMIT_WEBHOOKS: "1000",
+    RATE_LIMIT_PER_MINUTE: "1000",
+    RATE_LIMIT_BURST: "1000",
+    RATE_LIMIT_WHATSAPP_SENDER: "3",
+  };
+  const accepted = async (response: Response) =>
+    ((await response.json()) as { accepted: number }).accepted;
+
+  test("10 concurrent deliveries of one id, to two processes, spend one message of the limit", async () => {
+    const target = build(generous);
+    const other = anotherInstance(target, {
+      env: whatsappEnv(null, generous),
+      whatsapp: { chat: new ScriptedChat() },
+    });
+    try {
+      const from = "16505550001";
+      const once = notification({ messages: [{ id: "wamid.REDELIVERED", from, text: "hello" }] });
+      // Meta redelivers while we are slow: the same id ten times at once, and twice in one body.
+      const twice = notification({
+        messages: [
+          { id: "wamid.REDELIVERED", from, text: "hello" },
+          { id: "wamid.REDELIVERED", from, text: "hello" },
+        ],
+      });
+      const acks = await Promise.all(
+        Array.from({ length: 10 }, (_, i) =>
+          deliver(i % 2 ? other : target, i === 9 ? twice : once),
+        ),
+      );
+      expect(acks.map((r) => r.status)).toEqual(Array(10).fill(200));
+      const bodies = (await Promise.all(acks.map((r) => r.json()))) as {
+        accepted: number;
+        duplicates: number;
+        ignored: number;
+      }[];
+      expect(bodies.reduce((n, b) => n + b.accepted, 0)).toBe(1);
+      expect(bodies.reduce((n, b) => n + b.duplicates, 0)).toBe(10);
+      expect(bodies.reduce((n, b) => n + b.ignored, 0)).toBe(0);
+      expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.REDELIVERED"]);
+      expect(events(target)).toEqual([{ event_id: "wamid.REDELIVERED", type: "message.text" }]);
+      // One message spent of three: the next two new ones are answered, the one after is not.
+      const next = (id: string) =>
+        deliver(target, notification({ messages: [{ id, from, text: "are you there?" }] }));
+      expect(await accepted(await next("wamid.SECOND"))).toBe(1);
+      expect(await accepted(await next("wamid.THIRD"))).toBe(1);
+      expect(await accepted(await next("wamid.FOURTH"))).toBe(0);
+      expect(outbox(target).map((r) => r.message_id)).toEqual([
+        "wamid.REDELIVERED",
+        "wamid.SECOND",
+        "wamid.THIRD",
+      ]);
+    } finally {
+      other.close();
+    }
+  });
+
+  test("a claim left by a crashed delivery is a duplicate until its lease ends, then taken over", async () => {
+    const clock = new ManualClock();
+    const target = buildTestApp({
+      env: whatsappEnv(null, generous),
+      whatsapp: { chat: new ScriptedChat() },
+      clock,
+    });
+    current = target;
+    // A process died after claiming the id and before writing the record and the outbox row.
+    target.db.$client.run(
+      "INSERT INTO webhook_events (provider, event_id, type, received_at) VALUES ('whatsapp', 'wamid.CRASH', 'message.claimed', ?)",
+      [clock.now()],
+    );
+    const payload = notification({
+      messages: [{ id: "wamid.CRASH", from: "16505550003", text: "hi" }],
+    });
+    const early = await deliver(target, payload);
+    expect(await early.json()).toMatchObject({ accepted: 0, duplicates: 1 });
+    expect(outbox(target)).toHaveLength(0);
+    clock.advance(CLAIM_LEASE_MS + 1);
+    // Meta redelivers (it never got its 200): now the message is accepted, exactly once.
+    const [late, again] = await Promise.all([deliver(target, payload), deliver(target, payload)]);
+    const acks = [
+      (await late.json()) as { accepted: number },
+      (await again.json()) as { accepted: number },
+    ];
+    expect(acks.reduce((n, a) => n + a.accepted, 0)).toBe(1);
+    expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.CRASH"]);
+    expect(events(target)).toEqual([{ event_id: "wamid.CRASH", type: "message.text" }]);
   });
 });
 

@@ -6,7 +6,11 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { UpstreamFailure } from "../../../src/modules/chat/providers/provider";
-import { NON_TEXT_REPLY, OVER_BUDGET_REPLY } from "../../../src/modules/webhooks/outbox";
+import {
+  NON_TEXT_REPLY,
+  OVER_BUDGET_REPLY,
+  REFUSED_TEXT_REPLY,
+} from "../../../src/modules/webhooks/outbox";
 import type { WhatsAppWebhook } from "../../../src/modules/webhooks/whatsapp";
 import type { Services } from "../../../src/services";
 import { buildTestApp, send, type TestApp } from "../../support/app";
@@ -17,6 +21,7 @@ import {
   deliver,
   notification,
   ScriptedChat,
+  sign,
   WA_PHONE_NUMBER_ID,
   whatsappEnv,
 } from "../../support/whatsapp";
@@ -217,6 +222,26 @@ describe("sending replies", () => {
     );
     await worker.drain();
     expect(graph.sent.map((m) => m.body)).toEqual([NON_TEXT_REPLY]);
+    expect(chat.turns).toHaveLength(0);
+  });
+});
+
+describe("refused texts", () => {
+  test("a text the chat message rules refuse gets the polite fixed reply without a chat turn", async () => {
+    const { target, graph, chat, worker } = setup();
+    for (const [i, text] of ["\u3164", "a\u0000b", "é".repeat(4001)].entries()) {
+      await deliver(
+        target,
+        notification({ messages: [{ id: `wamid.R${i}`, from: "16505551234", text }] }),
+      );
+    }
+    const payload = JSON.stringify(
+      notification({ messages: [{ id: "wamid.LONE", from: "16505551234", text: "PLACEHOLDER" }] }),
+    ).replace('"PLACEHOLDER"', '"hello \\ud800 world"');
+    await deliver(target, payload, { signature: sign(payload) });
+    while ((await worker.drain()) > 0) {}
+    await graph.waitForSent(4);
+    expect(graph.sent.map((m) => m.body)).toEqual(Array(4).fill(REFUSED_TEXT_REPLY));
     expect(chat.turns).toHaveLength(0);
   });
 });

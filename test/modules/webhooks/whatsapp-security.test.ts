@@ -138,6 +138,10 @@ describe("POST /webhooks/whatsapp (signature)", () => {
       [hex, "malformed"],
       [`sha256=${hex.slice(0, 63)}`, "malformed"],
       [`sha256=${"0".repeat(64)}`, "mismatch"],
+      // The prefix is exactly `sha256=`, as documented and as Meta sends it.
+      [`SHA256=${hex}`, "malformed"],
+      [`Sha256=${hex}`, "malformed"],
+      [`sha256 =${hex}`, "malformed"],
     ];
     for (const [signature] of attempts) {
       await expectProblem(await deliver(target, body, { signature }), 401, "BAD_SIGNATURE");
@@ -156,6 +160,15 @@ describe("POST /webhooks/whatsapp (signature)", () => {
     expect(metrics).toContain(
       `webhook_signature_failures_total{provider="whatsapp"} ${attempts.length}`,
     );
+  });
+
+  test("the digest's hex is read in either case after the lowercase prefix", async () => {
+    const target = build();
+    const body = JSON.stringify(payload);
+    const hex = sign(body).slice("sha256=".length);
+    const response = await deliver(target, body, { signature: `sha256=${hex.toUpperCase()}` });
+    expect(response.status).toBe(200);
+    expect(outboxCount(target)).toBe(1);
   });
 
   test("a tampered body with the original's valid header is refused", async () => {

@@ -70,6 +70,8 @@ interface IndexedEntry {
 export interface FaqMatcher {
   /** The answer for a message: the best entry's, or the fallback with examples. */
   answer(message: string): { text: string; matched: FaqEntry | null };
+  /** Every text `answer` can return: each entry's answer and the fallback. */
+  replies(): string[];
 }
 
 export function createFaqMatcher(faq: Faq): FaqMatcher {
@@ -87,6 +89,7 @@ export function createFaqMatcher(faq: Faq): FaqMatcher {
     : faq.fallback;
 
   return {
+    replies: () => [fallback, ...faq.entries.map((entry) => entry.answer)],
     answer(message) {
       const words = new Set(normaliseWords(message));
       let best: IndexedEntry | null = null;

@@ -34,6 +34,7 @@ export function createChatProvider(config: Readonly<Config>, deps: ChatProviderD
         baseUrl,
         model,
         timeoutMs,
+        maxCompletionTokens: config.chat.maxCompletionTokens,
         logger: deps.logger,
         clock: deps.clock,
         metrics,
@@ -41,15 +42,20 @@ export function createChatProvider(config: Readonly<Config>, deps: ChatProviderD
     );
     // A failed load is answered by the first request that awaits it, not left unhandled.
     loading.catch(() => {});
-    return loadedOnUse("openai", () => loading);
+    return loadedOnUse("openai", config.chat.maxCompletionTokens, () => loading);
   }
   return createOfflineProvider(loadFaq(config.chat.faqPath));
 }
 
 /** A provider whose implementation is awaited by each call (it is loaded once, in the background). */
-function loadedOnUse(name: string, load: () => Promise<ChatProvider>): ChatProvider {
+function loadedOnUse(
+  name: string,
+  maxCompletionTokens: number,
+  load: () => Promise<ChatProvider>,
+): ChatProvider {
   return {
     name,
+    maxCompletionTokens,
     async complete(messages: readonly ChatMessage[], options?: CompletionOptions) {
       return (await load()).complete(messages, options);
     },

@@ -25,6 +25,8 @@ export function wordDeltas(text: string): string[] {
 
 export function createOfflineProvider(faq: Faq): ChatProvider {
   const matcher = createFaqMatcher(faq);
+  // Every reply is one of these texts, so the longest one's estimate bounds every completion.
+  const maxCompletionTokens = Math.max(...matcher.replies().map((text) => estimateTokens(text)));
   const reply = (messages: readonly ChatMessage[]): Completion => {
     const question = messages.findLast((message) => message.role === "user")?.content ?? "";
     const text = matcher.answer(question).text;
@@ -38,6 +40,7 @@ export function createOfflineProvider(faq: Faq): ChatProvider {
   };
   return {
     name: OFFLINE_PROVIDER,
+    maxCompletionTokens,
     async complete(messages, options: CompletionOptions = {}) {
       throwIfAborted(options.signal);
       return reply(messages);

@@ -28,6 +28,9 @@
  * - **Usage**: the upstream's `usage` (the JSON body's, or the stream's final chunk with
  *   `stream_options.include_usage`); servers that send none get an estimate of one token per four
  *   characters (`estimateTokens`), never zero.
+ * - **Length**: every request carries CHAT_MAX_COMPLETION_TOKENS as the reply's cap
+ *   (`completionCapField`: `max_completion_tokens` for api.openai.com, `max_tokens` elsewhere), so
+ *   the completion a turn reserves against its budget is a real bound.
  */
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
 import type { Clock } from "../../../clock";
@@ -67,6 +70,25 @@ export interface OpenAiProviderOptions {
   clock?: Clock;
   /** Backoff jitter, in [0, 1). @default Math.random */
   random?: () => number;
+  /** CHAT_MAX_COMPLETION_TOKENS: the cap sent with every request. @default 1024 */
+  maxCompletionTokens?: number;
+}
+
+/**
+ * The request field that caps a reply's length at this server. OpenAI's own API takes
+ * `max_completion_tokens` (its reasoning models refuse the deprecated `max_tokens`); the servers
+ * that speak its API elsewhere (Ollama, LM Studio, llama.cpp, vLLM, gateways) all take `max_tokens`,
+ * and some ignore `max_completion_tokens`, which would leave the reply uncapped.
+ */
+export function completionCapField(
+  baseUrl: string | null | undefined,
+): "max_completion_tokens" | "max_tokens" {
+  if (!baseUrl) return "max_completion_tokens";
+  try {
+    return new URL(baseUrl).hostname === "api.openai.com" ? "max_completion_tokens" : "max_tokens";
+  } catch {
+    return "max_tokens";
+  }
 }
 
 /** About one token per four characters: the usual rule for English under OpenAI's tokenizers. */
@@ -219,6 +241,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
   const { model, timeoutMs, logger, metrics } = options;
   const clock = options.clock ?? systemClock;
   const random = options.random ?? Math.random;
+  const maxCompletionTokens = options.maxCompletionTokens ?? 1024;
+  const cap = { [completionCapField(options.baseUrl)]: maxCompletionTokens };
   const client = new OpenAI({
     apiKey: options.apiKey,
     baseURL: options.baseUrl ?? undefined,
@@ -348,7 +372,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     const { value: body, attempts } = await withRetries(permit, signal, requestId, async () => {
       startedAt = performance.now();
       const body: unknown = await client.chat.completions.create(
-        { model, messages: toRequest(messages), stream: false },
+        { model, messages: toRequest(messages), stream: false, ...cap },
         { signal },
       );
       return body;
@@ -393,6 +417,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             messages: toRequest(messages),
             stream: true,
             stream_options: { include_usage: true },
+            ...cap,
           },
           { signal: joined },
         );
@@ -468,5 +493,5 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     }
   }
 
-  return { name: PROVIDER, complete, stream };
+  return { name: PROVIDER, maxCompletionTokens, complete, stream };
 }

@@ -35,6 +35,11 @@ export type Delta = { kind: "text"; text: string } | { kind: "usage"; usage: Tok
 export interface ChatProvider {
   /** `openai` or `offline`: the label of the provider's metrics. */
   readonly name: string;
+  /**
+   * The most completion tokens one reply can cost: the cap sent upstream, or the offline
+   * provider's longest answer. Every turn reserves it against the daily budget before the call.
+   */
+  readonly maxCompletionTokens: number;
   complete(messages: readonly ChatMessage[], options?: CompletionOptions): Promise<Completion>;
   stream(messages: readonly ChatMessage[], options?: CompletionOptions): AsyncIterable<Delta>;
 }
