@@ -10,7 +10,6 @@ import { createUpstreamMetrics } from "../../../src/modules/chat/providers/metri
 import {
   completionCapField,
   createOpenAiProvider,
-  estimateTokens,
   MAX_RETRY_WAIT_MS,
   requestedWaitMs,
   retryDelay,
@@ -21,6 +20,7 @@ import {
   type Delta,
   UpstreamFailure,
 } from "../../../src/modules/chat/providers/provider";
+import { estimateTokens } from "../../../src/modules/chat/tokens";
 import { createMetricsRegistry, type Registry } from "../../../src/plugins/metrics/registry";
 import { LogCapture, testConfig } from "../../support/app";
 import { ManualClock } from "../../support/clock";

@@ -414,22 +414,30 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(line).toMatchObject({ provider: "openai", reason: "timeout", attempts: 3 });
   });
 
-  test("the daily budget is settled with the upstream's real usage, JSON and streamed", async () => {
-    const { upstream, target, alice } = await setUp({ CHAT_DAILY_TOKEN_BUDGET: "1000" });
+  test("the daily budget is settled with the upstream's real usage, JSON and streamed, never past the reservation", async () => {
+    const { upstream, target, alice } = await setUp({
+      CHAT_DAILY_TOKEN_BUDGET: "300",
+      CHAT_MAX_COMPLETION_TOKENS: "100",
+    });
     upstream.enqueue(
-      { kind: "reply", text: "Short.", usage: { prompt: 123, completion: 45 } },
-      { kind: "reply", chunks: ["a ", "b"], usage: { prompt: 200, completion: 30 } },
+      { kind: "reply", text: "Short.", usage: { prompt: 40, completion: 20 } },
+      { kind: "reply", chunks: ["a ", "b"], usage: { prompt: 50, completion: 30 } },
     );
     expect((await chat(target, asUser(alice), { message: "One" })).status).toBe(200);
     let [usage] = target.db.select().from(chatUsage).all();
-    expect(usage).toMatchObject({ usedTokens: 168, reservedTokens: 0, requests: 1 });
+    expect(usage).toMatchObject({ usedTokens: 60, reservedTokens: 0, requests: 1 });
     await (await chat(target, asUser(alice), { message: "Two" }, SSE)).text();
     [usage] = target.db.select().from(chatUsage).all();
-    expect(usage).toMatchObject({ usedTokens: 398, reservedTokens: 0 });
+    expect(usage).toMatchObject({ usedTokens: 140, reservedTokens: 0 });
 
-    // Spend the rest: the upstream reports more than the estimate, and the next turn is refused.
+    // The upstream reports more than the turn reserved: it is charged its reservation (the
+    // budget's bound), with a warning, and the next turn no longer fits.
     upstream.enqueue({ kind: "reply", text: "Big.", usage: { prompt: 500, completion: 200 } });
     expect((await chat(target, asUser(alice), { message: "Three" })).status).toBe(200);
+    [usage] = target.db.select().from(chatUsage).all();
+    expect(usage!.usedTokens).toBeGreaterThan(140);
+    expect(usage!.usedTokens).toBeLessThanOrEqual(300);
+    expect(target.logs.text).toContain("chat usage passed its reservation");
     const refused = await chat(target, asUser(alice), { message: "Four" });
     expect(refused.status).toBe(429);
     expect(((await refused.json()) as Problem).code).toBe("QUOTA_EXCEEDED");

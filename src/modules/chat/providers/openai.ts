@@ -36,6 +36,7 @@ import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
+import { estimateTokens } from "../tokens";
 import { CircuitBreaker, type CircuitPermit } from "./circuit-breaker";
 import type { UpstreamMetrics } from "./metrics";
 import {
@@ -91,11 +92,7 @@ export function completionCapField(
   }
 }
 
-/** About one token per four characters: the usual rule for English under OpenAI's tokenizers. */
-export function estimateTokens(text: string): number {
-  return Math.ceil(text.length / 4);
-}
-
+/** When an upstream reports no usage: the prompt as one text, estimated like everywhere else. */
 function estimatePromptTokens(messages: readonly ChatMessage[]): number {
   return estimateTokens(messages.map((message) => message.content).join(""));
 }
