@@ -146,10 +146,13 @@ const OPENAI_REPLY = "Palisade answers questions about your account.";
 const STRIPE_ADDRESS = "54.187.174.169";
 const META_ADDRESS = "173.252.88.1";
 /**
- * The service's daily token budget: the first chat turn fits; the upstream then reports a usage
- * that spends it, so the next turn of that user is refused (chat_requests_total{outcome="quota"}).
+ * The service's daily token budget and completion cap: a turn reserves its prompt's estimate plus
+ * the cap, so the first turn of a principal fits; the upstream then reports more than that, the turn
+ * is charged its whole reservation, and the next turn of that user no longer fits
+ * (chat_requests_total{outcome="quota"}).
  */
-const CHAT_DAILY_TOKEN_BUDGET = 200;
+const CHAT_DAILY_TOKEN_BUDGET = 150;
+const CHAT_MAX_COMPLETION_TOKENS = 50;
 
 /** One entry per kind of traffic; each asserts what the client saw, so the metrics are earned. */
 const TRAFFIC: readonly Traffic[] = [
@@ -428,6 +431,7 @@ describe.skipIf(!available)("dashboards and alerts against a real Prometheus", (
       OPENAI_API_KEY: openai.apiKey,
       OPENAI_BASE_URL: openai.url,
       CHAT_DAILY_TOKEN_BUDGET: String(CHAT_DAILY_TOKEN_BUDGET),
+      CHAT_MAX_COMPLETION_TOKENS: String(CHAT_MAX_COMPLETION_TOKENS),
       STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
       STRIPE_API_URL: stripe.url,
       STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET,
