@@ -116,15 +116,21 @@ const columnEdits: [string, string][] = [
   ["detail", `UPDATE audit_events SET detail = '{"n":99}' WHERE id = 3`],
   [
     "subject_salt",
-    "UPDATE audit_events SET subject_salt = 'ab' || substr(subject_salt, 3) WHERE id = 3",
+    "UPDATE audit_events SET subject_salt = (CASE WHEN substr(subject_salt, 1, 2) = 'ab' THEN 'cd' ELSE 'ab' END) || substr(subject_salt, 3) WHERE id = 3",
   ],
   ["subject_salt to NULL", "UPDATE audit_events SET subject_salt = NULL WHERE id = 3"],
   [
     "subject_commit",
-    "UPDATE audit_events SET subject_commit = 'ab' || substr(subject_commit, 3) WHERE id = 3",
+    "UPDATE audit_events SET subject_commit = (CASE WHEN substr(subject_commit, 1, 2) = 'ab' THEN 'cd' ELSE 'ab' END) || substr(subject_commit, 3) WHERE id = 3",
   ],
-  ["prev_hash", "UPDATE audit_events SET prev_hash = 'ab' || substr(prev_hash, 3) WHERE id = 3"],
-  ["hash", "UPDATE audit_events SET hash = 'ab' || substr(hash, 3) WHERE id = 8"],
+  [
+    "prev_hash",
+    "UPDATE audit_events SET prev_hash = (CASE WHEN substr(prev_hash, 1, 2) = 'ab' THEN 'cd' ELSE 'ab' END) || substr(prev_hash, 3) WHERE id = 3",
+  ],
+  [
+    "hash",
+    "UPDATE audit_events SET hash = (CASE WHEN substr(hash, 1, 2) = 'ab' THEN 'cd' ELSE 'ab' END) || substr(hash, 3) WHERE id = 8",
+  ],
   ["key_id", "UPDATE audit_events SET key_id = 'ffffffffffffffff' WHERE id = 3"],
   ["key_id to NULL", "UPDATE audit_events SET key_id = NULL WHERE id = 3"],
   [
