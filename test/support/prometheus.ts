@@ -104,37 +104,12 @@ export async function startPrometheus(
   configPath: string,
   dataDir: string,
 ): Promise<PrometheusServer> {
-  const port = freePort();
-  const proc = Bun.spawn(
-    [
-      "prometheus",
-      `--config.file=${configPath}`,
-      `--storage.tsdb.path=${dataDir}`,
-      `--web.listen-address=127.0.0.1:${port}`,
-      "--log.level=warn",
-    ],
-    { stdout: "pipe", stderr: "pipe" },
-  );
-  const logs: string[] = [];
-  const decoder = new TextDecoder();
-  (async () => {
-    for await (const chunk of proc.stderr) logs.push(decoder.decode(chunk));
-  })();
-  const url = new URL(`http://127.0.0.1:${port}`);
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    try {
-      const ready = await fetch(new URL("/-/ready", url));
-      if (ready.ok) break;
-    } catch {
-      // not listening yet
-    }
-    if (proc.exitCode !== null || Date.now() > deadline) {
-      proc.kill("SIGKILL");
-      throw new Error(`prometheus did not start:\n${logs.join("")}`);
-    }
-    await Bun.sleep(100);
-  }
+  const { url, proc, logs } = await spawnUntilReady("prometheus", (port) => [
+    `--config.file=${configPath}`,
+    `--storage.tsdb.path=${dataDir}`,
+    `--web.listen-address=127.0.0.1:${port}`,
+    "--log.level=warn",
+  ]);
   return {
     url,
     async query(expr) {
@@ -166,18 +141,27 @@ export async function startAlertmanager(
   configPath: string,
   dataDir: string,
 ): Promise<AlertmanagerServer> {
+  const { url, proc, logs } = await spawnUntilReady("prometheus-alertmanager", (port) => [
+    `--config.file=${configPath}`,
+    `--storage.path=${dataDir}`,
+    `--web.listen-address=127.0.0.1:${port}`,
+    "--cluster.listen-address=",
+    "--log.level=warn",
+  ]);
+  return {
+    url,
+    async stop() {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    },
+    logs: () => logs.join(""),
+  };
+}
+
+/** Starts `tool` on a free loopback port and waits (20 s at most) until its `/-/ready` answers. */
+async function spawnUntilReady(tool: string, args: (port: number) => string[]) {
   const port = freePort();
-  const proc = Bun.spawn(
-    [
-      "prometheus-alertmanager",
-      `--config.file=${configPath}`,
-      `--storage.path=${dataDir}`,
-      `--web.listen-address=127.0.0.1:${port}`,
-      "--cluster.listen-address=",
-      "--log.level=warn",
-    ],
-    { stdout: "pipe", stderr: "pipe" },
-  );
+  const proc = Bun.spawn([tool, ...args(port)], { stdout: "pipe", stderr: "pipe" });
   const logs: string[] = [];
   const decoder = new TextDecoder();
   (async () => {
@@ -193,18 +177,11 @@ export async function startAlertmanager(
     }
     if (proc.exitCode !== null || Date.now() > deadline) {
       proc.kill("SIGKILL");
-      throw new Error(`alertmanager did not start:\n${logs.join("")}`);
+      throw new Error(`${tool} did not start:\n${logs.join("")}`);
     }
     await Bun.sleep(100);
   }
-  return {
-    url,
-    async stop() {
-      proc.kill("SIGTERM");
-      await proc.exited;
-    },
-    logs: () => logs.join(""),
-  };
+  return { url, proc, logs };
 }
 
 /** A promtool or amtool check: its exit code and what it printed. */
