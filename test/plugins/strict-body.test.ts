@@ -297,3 +297,38 @@ describe("the strict schema", () => {
     expect(check.Check({ n: 0, x: 1.5, open: {}, list: [] })).toBe(false);
   });
 });
+
+describe("bodies nested too deep", () => {
+  test("are 422 before anything walks them, arrays and objects, anonymous or not, never a 500", async () => {
+    const { alice } = await setUp();
+    const deepArray = (n: number) => `${"[".repeat(n)}${"]".repeat(n)}`;
+    const deepObject = (n: number) => `${'{"a":'.repeat(n)}1${"}".repeat(n)}`;
+    const cases = [
+      {
+        path: "/api/auth/register",
+        auth: {},
+        body: `{"email":"q@example.com","password":${deepArray(5000)}}`,
+      },
+      {
+        path: "/api/auth/login",
+        auth: {},
+        body: `{"email":"q@example.com","password":${deepObject(2000)}}`,
+      },
+      {
+        path: "/api/payments/intents",
+        auth: { ...bearer(alice.accessToken), "idempotency-key": "deep-1" },
+        body: `{"amount":1000,"currency":"usd","metadata":${deepArray(20000)}}`,
+      },
+    ];
+    for (const { path, auth, body } of cases) {
+      const response = await send(current!, path, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...auth },
+        body,
+      });
+      expect(response.status).toBe(422);
+      expect(((await response.json()) as { code: string }).code).toBe("VALIDATION_FAILED");
+    }
+    expect(current!.logs.text).not.toContain("Maximum call stack");
+  });
+});

@@ -57,6 +57,15 @@ export type LimitEnforcer = (
  */
 export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforcer {
   const { store, clock, logger, audit, metrics, onRefused } = options;
+  const quietAuditedUntil = new Map<string, number>();
+  const firstQuietRefusal = (id: string, now: number, windowMs: number): boolean => {
+    const until = quietAuditedUntil.get(id);
+    if (until !== undefined && until > now) return false;
+    // Bounded: a flood of new addresses clears it rather than growing it.
+    if (quietAuditedUntil.size >= 10_000) quietAuditedUntil.clear();
+    quietAuditedUntil.set(id, now + windowMs);
+    return true;
+  };
 
   return async function enforceLimits(policies, keys, request) {
     const now = clock.now();
@@ -88,19 +97,24 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     const policyId = refusedBy.id;
     const key = keyOf(refusedAt);
     metrics.rejections.labels(policyId).inc();
-    audit.record({
-      type: "ratelimit.rejected",
-      outcome: "denied",
-      // A refusal counted per principal names it (`user:<id>`, `key:<id>`), so the audit log can
-      // say who was refused, not only from where; an address- or account-keyed refusal (`ip:`,
-      // `account:<hash of the email>`) has no principal behind it.
-      actor: key.startsWith("user:") || key.startsWith("key:") ? key : null,
-      ip: request.client.ip,
-      route: `${request.method} ${request.path}`,
-      requestId: request.requestId,
-      detail: { policy: policyId, key: key.slice(0, key.indexOf(":")) },
-    });
-    if (refusedBy.refusalIsViolation !== false) {
+    const violation = refusedBy.refusalIsViolation !== false;
+    // A refusal that blocks nobody (webhooks) would otherwise cost a chained audit row per request
+    // for as long as a flood lasts: such refusals are audited once per key and window.
+    if (violation || firstQuietRefusal(`${policyId}|${key}`, now, refusedBy.windowMs)) {
+      audit.record({
+        type: "ratelimit.rejected",
+        outcome: "denied",
+        // A refusal counted per principal names it (`user:<id>`, `key:<id>`), so the audit log can
+        // say who was refused, not only from where; an address- or account-keyed refusal (`ip:`,
+        // `account:<hash of the email>`) has no principal behind it.
+        actor: key.startsWith("user:") || key.startsWith("key:") ? key : null,
+        ip: request.client.ip,
+        route: `${request.method} ${request.path}`,
+        requestId: request.requestId,
+        detail: { policy: policyId, key: key.slice(0, key.indexOf(":")) },
+      });
+    }
+    if (violation) {
       await onRefused?.({ client: request.client, policyId, key, requestId: request.requestId });
     }
     throw new AppError(

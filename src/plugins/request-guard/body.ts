@@ -25,3 +25,30 @@ export async function readBodyWithin(request: Request, limit: number): Promise<U
   }
   return Buffer.concat(chunks);
 }
+
+/**
+ * No route's body nests this deep. A deeper one is refused before it is parsed: validating or
+ * walking a body thousands of levels deep runs out of stack (a 500 anyone could provoke).
+ */
+export const MAX_BODY_DEPTH = 32;
+
+/** Whether JSON text nests arrays and objects deeper than `max`, by one pass over its characters. */
+export function jsonNestsDeeperThan(text: string, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c)
+        i++; // a backslash escapes the next character
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) {
+      inString = true;
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true;
+    } else if (c === 0x5d || c === 0x7d) {
+      depth--;
+    }
+  }
+  return false;
+}

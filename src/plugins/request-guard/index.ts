@@ -14,7 +14,7 @@ import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
-import { readBodyWithin } from "./body";
+import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin } from "./body";
 import {
   checkContentType,
   checkDeclaredLength,
@@ -84,6 +84,11 @@ export function requestGuard({
       (context as { rawBody?: string; rawBytes?: Uint8Array }).rawBody = text;
       (context as { rawBytes?: Uint8Array }).rawBytes = bytes;
       if (text === "") return undefined;
+      if (jsonNestsDeeperThan(text, MAX_BODY_DEPTH)) {
+        throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
+          { field: "body", message: `Nested more than ${MAX_BODY_DEPTH} levels deep` },
+        ]);
+      }
       try {
         return JSON.parse(text);
       } catch {

@@ -17,10 +17,12 @@
  *   into a prototype by later copies, never kept as sent.
  * Refusals are 422 VALIDATION_FAILED naming the first offending field.
  */
+
 import { TransformKind, type TSchema } from "@sinclair/typebox";
 import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
+import { MAX_BODY_DEPTH } from "../request-guard/body";
 
 export interface RouteBody {
   method: string;
@@ -87,12 +89,16 @@ export function strictSchemaOf(schema: Schema): Schema {
   return strict;
 }
 
-/** The path of the first forbidden key, or null. */
-function forbiddenKeyIn(value: unknown, path: string): string | null {
-  if (value === null || typeof value !== "object") return null;
+/** The path of the first forbidden key, or null (the guard refused bodies nested too deep). */
+function forbiddenKeyIn(value: unknown, path: string, depth = 0): string | null {
+  if (value === null || typeof value !== "object" || depth > MAX_BODY_DEPTH) return null;
   for (const key of Object.keys(value)) {
     if (FORBIDDEN_KEYS.has(key)) return `${path}/${key}`;
-    const inner = forbiddenKeyIn((value as Record<string, unknown>)[key], `${path}/${key}`);
+    const inner = forbiddenKeyIn(
+      (value as Record<string, unknown>)[key],
+      `${path}/${key}`,
+      depth + 1,
+    );
     if (inner !== null) return inner;
   }
   return null;

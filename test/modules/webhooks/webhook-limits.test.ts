@@ -66,6 +66,12 @@ test("the documented limit refuses exactly past it, and the refusals block nobod
   expect(statuses.slice(30)).toEqual(Array(10).fill(429));
   const blocks = current.db.$client.query("SELECT * FROM ip_blocks").all();
   expect(blocks).toEqual([]);
+  // A flood costs one audit row per address and window, not one per refused request.
+  current.services.audit.flush();
+  const audited = current.db.$client
+    .query("SELECT count(*) AS n FROM audit_events WHERE type = 'ratelimit.rejected'")
+    .get() as { n: number };
+  expect(audited.n).toBe(1);
   // Other routes from that address are not blocked either.
   const health = await send(current, "/health", { peer: STRIPE_PEER });
   expect(health.status).not.toBe(403);
