@@ -123,6 +123,11 @@ function isAbort(error: unknown, signal: AbortSignal | undefined): boolean {
   );
 }
 
+/** The conversations `owner` holds: the one predicate every owner-scoped query uses. */
+function ownedBy(owner: ChatOwner) {
+  return and(eq(chatConversations.ownerKind, owner.kind), eq(chatConversations.ownerId, owner.id));
+}
+
 export class ChatService implements ChatTurns {
   private readonly db;
   private readonly findOwned;
@@ -445,8 +450,7 @@ export class ChatService implements ChatTurns {
       .from(chatConversations)
       .where(
         and(
-          eq(chatConversations.ownerKind, owner.kind),
-          eq(chatConversations.ownerId, owner.id),
+          ownedBy(owner),
           cursor
             ? or(
                 lt(chatConversations.createdAt, cursor.createdAt),
@@ -482,13 +486,7 @@ export class ChatService implements ChatTurns {
     const conversation = this.db
       .select()
       .from(chatConversations)
-      .where(
-        and(
-          eq(chatConversations.id, conversationId),
-          eq(chatConversations.ownerKind, owner.kind),
-          eq(chatConversations.ownerId, owner.id),
-        ),
-      )
+      .where(and(eq(chatConversations.id, conversationId), ownedBy(owner)))
       .get();
     if (!conversation) return null;
     const messages = this.messagesOf([conversation.id]).map(({ conversationId: _, ...m }) => m);
@@ -505,13 +503,7 @@ export class ChatService implements ChatTurns {
   delete(owner: ChatOwner, conversationId: string): boolean {
     const deleted = this.db
       .delete(chatConversations)
-      .where(
-        and(
-          eq(chatConversations.id, conversationId),
-          eq(chatConversations.ownerKind, owner.kind),
-          eq(chatConversations.ownerId, owner.id),
-        ),
-      )
+      .where(and(eq(chatConversations.id, conversationId), ownedBy(owner)))
       .returning({ id: chatConversations.id })
       .all();
     return deleted.length > 0;
@@ -543,16 +535,7 @@ export class ChatService implements ChatTurns {
     return this.db
       .select()
       .from(chatConversations)
-      .where(
-        or(
-          ...owners.map((owner) =>
-            and(
-              eq(chatConversations.ownerKind, owner.kind),
-              eq(chatConversations.ownerId, owner.id),
-            ),
-          ),
-        ),
-      )
+      .where(or(...owners.map((owner) => ownedBy(owner))))
       .orderBy(asc(chatConversations.createdAt), asc(chatConversations.id))
       .all();
   }
@@ -592,12 +575,7 @@ export class ChatService implements ChatTurns {
   /** Deletes every conversation, message and usage row of these owners (inside the erasure). */
   erase(owners: readonly ChatOwner[]): void {
     for (const owner of owners) {
-      this.db
-        .delete(chatConversations)
-        .where(
-          and(eq(chatConversations.ownerKind, owner.kind), eq(chatConversations.ownerId, owner.id)),
-        )
-        .run();
+      this.db.delete(chatConversations).where(ownedBy(owner)).run();
       this.db
         .delete(chatUsage)
         .where(and(eq(chatUsage.ownerKind, owner.kind), eq(chatUsage.ownerId, owner.id)))
