@@ -167,3 +167,26 @@ export function asUser(session: { accessToken: string }) {
 export function asKey(key: string) {
   return { "x-api-key": key };
 }
+
+export const SSE = { accept: "text/event-stream" };
+
+/**
+ * A streamed turn over a real socket (`serverUrl` from serveInProcess) that reads the first chunk
+ * and hangs up, as a browser tab closed mid-answer: its status and the first chunk's text.
+ */
+export async function streamFirstChunkThenHangUp(
+  serverUrl: URL,
+  credential: Record<string, string>,
+  message: string,
+): Promise<{ status: number; first: string }> {
+  const abort = new AbortController();
+  const response = await fetch(new URL("/api/chat", serverUrl), {
+    method: "POST",
+    headers: { ...credential, ...SSE, "content-type": "application/json" },
+    body: JSON.stringify({ message }),
+    signal: abort.signal,
+  });
+  const { value } = await response.body!.getReader().read();
+  abort.abort();
+  return { status: response.status, first: new TextDecoder().decode(value) };
+}

@@ -15,12 +15,13 @@ import {
   failingProvider,
   parseSse,
   recordingProvider,
+  SSE,
   slowProvider,
+  streamFirstChunkThenHangUp,
   UpstreamFailure,
 } from "../../support/chat";
 import { afterQueuedImmediates, waitFor } from "../../support/wait";
 
-const SSE = { accept: "text/event-stream" };
 let target: TestApp | undefined;
 afterEach(() => target?.close());
 
@@ -62,18 +63,13 @@ describe("Server-Sent Events", () => {
     const alice = await signUp(target);
     const server = serveInProcess(target);
     try {
-      const abort = new AbortController();
-      const response = await fetch(new URL("/api/chat", server.url), {
-        method: "POST",
-        headers: { ...asUser(alice), ...SSE, "content-type": "application/json" },
-        body: JSON.stringify({ message: "How do I sign up?" }),
-        signal: abort.signal,
-      });
-      expect(response.status).toBe(200);
-      const reader = response.body!.getReader();
-      const { value } = await reader.read();
-      expect(new TextDecoder().decode(value)).toStartWith("data: ");
-      abort.abort();
+      const { status, first } = await streamFirstChunkThenHangUp(
+        server.url,
+        asUser(alice),
+        "How do I sign up?",
+      );
+      expect(status).toBe(200);
+      expect(first).toStartWith("data: ");
 
       await waitFor(() => assistantRows(target!).length === 1);
       const [stored] = assistantRows(target);

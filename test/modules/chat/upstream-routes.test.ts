@@ -10,12 +10,11 @@ import { eq } from "drizzle-orm";
 import { chatMessages, chatUsage } from "../../../src/db/schema";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../../support/app";
 import { signUp } from "../../support/auth";
-import { asUser, chat, parseSse } from "../../support/chat";
+import { asUser, chat, parseSse, SSE, streamFirstChunkThenHangUp } from "../../support/chat";
 import { type OpenAiServer, startOpenAiServer } from "../../support/openai-server";
 import { type SentryServer, startSentryServer } from "../../support/sentry-server";
 import { waitFor } from "../../support/wait";
 
-const SSE = { accept: "text/event-stream" };
 const SYSTEM_PROMPT = "You are the Palisade test assistant.";
 /** Text a user wrote: must never reach a log line or a Sentry event. */
 const SECRET_MESSAGE = "my private question about invoice 7731-zebra";
@@ -200,18 +199,13 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     });
     const server = serveInProcess(target);
     try {
-      const abort = new AbortController();
-      const response = await fetch(new URL("/api/chat", server.url), {
-        method: "POST",
-        headers: { ...asUser(alice), ...SSE, "content-type": "application/json" },
-        body: JSON.stringify({ message: "Stream slowly" }),
-        signal: abort.signal,
-      });
-      expect(response.status).toBe(200);
-      const reader = response.body!.getReader();
-      const { value } = await reader.read();
-      expect(new TextDecoder().decode(value)).toStartWith('data: {"delta":"one "}');
-      abort.abort();
+      const { status, first } = await streamFirstChunkThenHangUp(
+        server.url,
+        asUser(alice),
+        "Stream slowly",
+      );
+      expect(status).toBe(200);
+      expect(first).toStartWith('data: {"delta":"one "}');
 
       await upstream.waitForAbort(0);
       await waitFor(() => assistantRows(target).length === 1, { what: "the partial reply" });
