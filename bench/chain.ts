@@ -18,7 +18,7 @@ import { rateLimit } from "../src/plugins/rate-limit";
 import { requestGuard } from "../src/plugins/request-guard";
 import { requestId } from "../src/plugins/request-id";
 import { createRouteClassTable, routeClass } from "../src/plugins/route-class";
-import { securityHeaders } from "../src/plugins/security-headers";
+import { securityHeaders, securityResponseHeaders } from "../src/plugins/security-headers";
 import { createServices } from "../src/services";
 
 // biome-ignore lint/suspicious/noExplicitAny: stages are composed dynamically; each adds its own decorators.
@@ -58,7 +58,10 @@ export async function measureChain(dir: string, requests: number, concurrency: n
       name: "client address",
       add: (a) => a.use(clientIp({ trustProxy: config.trustProxy, peerAddress: peer })),
     },
-    { name: "security headers", add: (a) => a.use(securityHeaders({ hsts: false })) },
+    {
+      name: "security headers",
+      add: (a) => a.use(securityHeaders(securityResponseHeaders({ hsts: false }))),
+    },
     {
       name: "CORS",
       add: (a) =>

@@ -37,7 +37,7 @@ import { requestGuard } from "./plugins/request-guard";
 import { realPathFirst } from "./plugins/request-guard/host";
 import { requestId } from "./plugins/request-id";
 import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/route-class";
-import { securityHeaders } from "./plugins/security-headers";
+import { securityHeaders, securityResponseHeaders } from "./plugins/security-headers";
 import { type RouteBody, strictBody } from "./plugins/strict-body";
 import type { Services } from "./services";
 
@@ -65,6 +65,10 @@ export function createApp(deps: AppDeps) {
   const { config, logger, clock, registry, ipBlocks } = deps;
   const identify = createIdentify(deps.credentials, config.requireTls);
   const auth = authPlugin({ identify, metrics: deps.metrics.auth, audit: deps.audit });
+  const responseHeaders = securityResponseHeaders({
+    hsts: config.requireTls,
+    htmlPaths: [DOCS_PATH],
+  });
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
   const app = new Elysia({ name: "palisade" })
@@ -87,7 +91,7 @@ export function createApp(deps: AppDeps) {
         peerAddress: (request) => metricsListenerPeer(request) ?? deps.peerAddress?.(request),
       }),
     )
-    .use(securityHeaders({ hsts: config.requireTls, htmlPaths: [DOCS_PATH] }))
+    .use(securityHeaders(responseHeaders))
     .use(corsHeaders({ allowedOrigins: config.cors.allowedOrigins }))
     .use(ipBlock({ service: ipBlocks, clock }))
     .use(
@@ -123,6 +127,7 @@ export function createApp(deps: AppDeps) {
         logger,
         routes: () => registeredRoutes(),
         report: (error, context) => deps.errors.report(error, context),
+        responseHeaders,
       }),
     )
     .use(

@@ -1,6 +1,8 @@
 import { afterEach, expect, test } from "bun:test";
 import { API_CSP, DOCS_CSP } from "../../src/plugins/security-headers";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../support/app";
+import { bearer, STRONG_PASSWORD, signUp } from "../support/auth";
+import { parseSse, SSE } from "../support/chat";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -8,9 +10,9 @@ afterEach(() => {
   current = null;
 });
 
-function expectSecurityHeaders(response: Response) {
+function expectSecurityHeaders(response: Response, csp = API_CSP) {
   const h = response.headers;
-  expect(h.get("content-security-policy")).toBe(API_CSP);
+  expect(h.get("content-security-policy")).toBe(csp);
   expect(h.get("x-content-type-options")).toBe("nosniff");
   expect(h.get("x-frame-options")).toBe("DENY");
   expect(h.get("referrer-policy")).toBe("no-referrer");
@@ -63,4 +65,100 @@ test("the HTML docs page gets its own policy, which still forbids framing and in
   expect(csp).toBe(DOCS_CSP);
   expect(csp).toContain("frame-ancestors 'none'");
   expect(csp).not.toContain("script-src 'unsafe-inline'");
+});
+
+test("every registered route, in every method it serves (and HEAD), answers with the security headers", async () => {
+  current = buildTestApp();
+  const seen: string[] = [];
+  for (const route of current.app.routes) {
+    if (route.method === "ALL" || route.method === "WS") continue;
+    const path = route.path.replace(/:[A-Za-z]+/g, "1").replace(/\*/g, "x");
+    const methods = route.method === "GET" ? ["GET", "HEAD"] : [route.method];
+    for (const method of methods) {
+      const hasBody = method !== "GET" && method !== "HEAD" && method !== "DELETE";
+      const response = await send(current, path, { method, body: hasBody ? {} : undefined });
+      const where = `${method} ${route.path} → ${response.status}`;
+      const h = response.headers;
+      expect([where, h.get("x-content-type-options")]).toEqual([where, "nosniff"]);
+      expect([where, h.get("content-security-policy")]).toEqual([
+        where,
+        route.path === "/docs" ? DOCS_CSP : API_CSP,
+      ]);
+      expect([where, h.get("cache-control")]).toEqual([where, "no-store"]);
+      expect([where, h.get("x-request-id")]).not.toEqual([where, null]);
+      seen.push(where);
+    }
+  }
+  // Answers of every kind were among them: handlers' JSON and text, 401, 404-by-id, 422.
+  expect(seen.some((w) => w.endsWith("→ 200"))).toBe(true);
+  expect(seen.some((w) => w.endsWith("→ 401"))).toBe(true);
+  expect(seen.some((w) => w.endsWith("→ 422") || w.endsWith("→ 400"))).toBe(true);
+});
+
+test("what a handler sets goes out with the fixed headers: its status, its content type, each cookie", async () => {
+  current = buildTestApp({ env: { METRICS_TOKEN: undefined } });
+  const registered = await send(current, "/api/auth/register", {
+    body: { email: "headers@example.test", password: STRONG_PASSWORD },
+    peer: "10.7.0.1",
+  });
+  expect(registered.status).toBe(201);
+  expectSecurityHeaders(registered);
+  expect(registered.headers.get("x-ratelimit-limit")).not.toBeNull();
+  expect(registered.headers.get("content-type")).toBe("application/json;charset=utf-8");
+
+  const login = await send(current, "/api/auth/login?mode=cookie", {
+    body: { email: "headers@example.test", password: STRONG_PASSWORD },
+    peer: "10.7.0.1",
+  });
+  expect(login.status).toBe(200);
+  expectSecurityHeaders(login);
+  expect(login.headers.getSetCookie()).toHaveLength(2);
+
+  const csrf = await send(current, "/api/auth/csrf");
+  expectSecurityHeaders(csrf);
+  expect(csrf.headers.getSetCookie()).toHaveLength(1);
+
+  const metrics = await send(current, "/metrics");
+  expect(metrics.status).toBe(200);
+  expectSecurityHeaders(metrics);
+  expect(metrics.headers.get("content-type")).toStartWith("text/plain; version=0.0.4");
+  expect(await metrics.text()).toContain("http_requests_total");
+});
+
+test("a streamed chat answer carries the security headers and its own stream headers", async () => {
+  current = buildTestApp();
+  const session = await signUp(current);
+  const response = await send(current, "/api/chat", {
+    body: { message: "How do I reset my password?" },
+    headers: { ...bearer(session.accessToken), ...SSE },
+  });
+  expect(response.status).toBe(200);
+  expectSecurityHeaders(response);
+  expect(response.headers.get("content-type")).toStartWith("text/event-stream");
+  expect(parseSse(await response.text()).at(-1)?.event).toBe("done");
+});
+
+test("a handler's own Response keeps its headers and gains the fixed ones it lacks", async () => {
+  current = buildTestApp({ routeClasses: [{ routes: ["GET /test/own", "GET /test/text"] }] });
+  const app = current.app
+    .get(
+      "/test/own",
+      () =>
+        new Response("own", {
+          status: 202,
+          headers: { "cache-control": "max-age=5", "x-own": "yes" },
+        }),
+      { public: true },
+    )
+    .get("/test/text", () => "plain text", { public: true });
+  const own = await send({ app }, "/test/own");
+  expect(own.status).toBe(202);
+  expect(own.headers.get("cache-control")).toBe("max-age=5");
+  expect(own.headers.get("x-own")).toBe("yes");
+  expect(own.headers.get("x-frame-options")).toBe("DENY");
+  expect(await own.text()).toBe("own");
+
+  const text = await send({ app }, "/test/text");
+  expectSecurityHeaders(text);
+  expect(await text.text()).toBe("plain text");
 });

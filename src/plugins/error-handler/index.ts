@@ -18,6 +18,7 @@ import {
 } from "../../errors";
 import type { Logger } from "../../logging/logger";
 import { type Principal, principalRef } from "../auth/principal";
+import type { ResponseHeaders } from "../security-headers/response";
 import type { ErrorContext } from "../sentry";
 import { EarlyAnswer } from "./early-answer";
 import { type RouteEntry, routeMethodIndex, routePatternIndex } from "./route-methods";
@@ -28,6 +29,11 @@ export interface ErrorHandlerOptions {
   routes: () => readonly RouteEntry[];
   /** Every 5xx goes here (error reporting, plugins/sentry). */
   report?: (error: unknown, context: ErrorContext) => void;
+  /**
+   * The fixed headers every answer carries (plugins/security-headers); without them the problem
+   * carries only what the request set.
+   */
+  responseHeaders?: ResponseHeaders;
 }
 
 interface Outcome {
@@ -69,27 +75,30 @@ export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
   return fields;
 }
 
-export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
+export function errorHandler({ logger, routes, report, responseHeaders }: ErrorHandlerOptions) {
   const allowedMethods = routeMethodIndex(routes);
   const routePatternOf = routePatternIndex(routes);
+  /** The answer's headers; set.headers is emptied so Elysia does not lay it over them again. */
+  const headersOf = (set: { headers: Record<string, unknown> }, path: string | undefined) => {
+    if (!responseHeaders) return set.headers as Record<string, string>;
+    const headers = responseHeaders.headersFor(path ?? "", set.headers);
+    set.headers = {};
+    return headers;
+  };
 
   return new Elysia({ name: "palisade.error-handler" })
     .onError(function toProblemResponse(context) {
       const { code, error, request, set } = context;
+      const { path } = context as { path?: string };
       if (error instanceof EarlyAnswer) {
         set.status = error.status;
-        return new Response(null, {
-          status: error.status,
-          headers: set.headers as Record<string, string>,
-        });
+        return new Response(null, { status: error.status, headers: headersOf(set, path) });
       }
       const requestId = (context as { requestId?: string }).requestId || "unknown";
       // A request refused before routing (the limiter's store locked) carries the pattern of the
       // route it was aimed at, as in the access log.
-      const routeOf = (): string | undefined => {
-        const { path } = context as { path?: string };
-        return context.route || (path ? routePatternOf(request.method, path) : null) || undefined;
-      };
+      const routeOf = (): string | undefined =>
+        context.route || (path ? routePatternOf(request.method, path) : null) || undefined;
       let outcome: Outcome;
 
       // Elysia wraps what a parse hook throws in its ParseError; the AppError is the cause.
@@ -180,7 +189,7 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
         JSON.stringify(
           toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors, status),
         ),
-        { status, headers: set.headers as Record<string, string> },
+        { status, headers: headersOf(set, path) },
       );
     })
     .as("global");

@@ -1,10 +1,12 @@
 /**
  * @module
- * Security headers on every response, errors and early refusals included: the header set is
- * built once and copied onto each response's headers at the start of the request, so whatever
- * answers later (a handler, onError, a refusal from any stage) carries it. (Elysia's own
- * `.headers()` defaults are no cheaper here and are not applied to the docs page's prebuilt
- * response.)
+ * Security headers on every response, errors and early refusals included. The header set is
+ * built once, as a `Headers` object, and each response is built from a copy of it with the
+ * request's own headers laid over (./response.ts): a handler's answer here, an error or early
+ * refusal by the error handler, anything Elysia builds itself (streams, files) from `set.headers`
+ * after the fixed headers are copied in. (Elysia's own `.headers()` defaults are copied per
+ * request as an object, which is what this avoids, and are not applied to the docs page's
+ * prebuilt response.)
  *
  * Compared with helmet's defaults:
  * - Content-Security-Policy: helmet's is for HTML pages (`default-src 'self'` …). An API returns
@@ -27,7 +29,9 @@
  * Bun sends no X-Powered-By or Server header, and neither do we.
  */
 import { Elysia } from "elysia";
-import type { RequestState } from "../request-state";
+import { createResponseHeaders, type ResponseHeaders } from "./response";
+
+export type { ResponseHeaders } from "./response";
 
 export const API_CSP =
   "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
@@ -67,16 +71,52 @@ export function buildSecurityHeaders(hsts: boolean, csp: string): Record<string,
   return headers;
 }
 
-export function securityHeaders({ hsts, htmlPaths = [] }: SecurityHeadersOptions) {
-  const apiHeaders = buildSecurityHeaders(hsts, API_CSP);
-  const htmlHeaders = buildSecurityHeaders(hsts, DOCS_CSP);
-  const html = new Set(htmlPaths);
-  return new Elysia({ name: "palisade.security-headers", seed: { hsts, htmlPaths } })
-    .onRequest(function applySecurityHeaders(context) {
-      Object.assign(
-        context.set.headers,
-        html.has((context as unknown as RequestState).path) ? htmlHeaders : apiHeaders,
-      );
+/** The prebuilt header sets: the API's everywhere, the HTML policy on the HTML paths. */
+export function securityResponseHeaders({
+  hsts,
+  htmlPaths = [],
+}: SecurityHeadersOptions): ResponseHeaders {
+  const html = buildSecurityHeaders(hsts, DOCS_CSP);
+  return createResponseHeaders({
+    fixed: buildSecurityHeaders(hsts, API_CSP),
+    byPath: new Map(htmlPaths.map((path) => [path, html])),
+  });
+}
+
+/** What Elysia builds a JSON body from (Response.json), and the text bodies it sends as they are. */
+function isPlainBody(value: unknown): value is object | string {
+  if (typeof value === "string") return true;
+  if (value === null || typeof value !== "object") return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === Array.prototype || proto === null;
+}
+
+/**
+ * Sends every answer a handler returns with the security headers. A JSON or text answer is built
+ * here from the prebuilt set (the common case, and the cheap one); anything else (a stream, a file,
+ * a handler's own Response, cookies set through Elysia's cookie jar) gets the fixed headers copied
+ * into `set.headers` and is built by Elysia as before. Errors and early refusals are built by the
+ * error handler from the same set, so a 403, 413 or 429 carries them too.
+ */
+export function securityHeaders(responses: ResponseHeaders) {
+  return new Elysia({ name: "palisade.security-headers" })
+    .mapResponse(function sendWithSecurityHeaders({ responseValue, set, path }) {
+      const headers = set.headers as Record<string, unknown>;
+      if (
+        typeof set.status !== "number" ||
+        !isPlainBody(responseValue) ||
+        (set.cookie !== undefined && Object.keys(set.cookie).length > 0) ||
+        ("redirect" in set && set.redirect)
+      ) {
+        responses.fill(path, headers);
+        return;
+      }
+      const init = { status: set.status, headers: responses.headersFor(path, headers) };
+      // Built: Elysia must not lay set.headers over it a second time.
+      set.headers = {};
+      return typeof responseValue === "string"
+        ? new Response(responseValue, init)
+        : Response.json(responseValue, init);
     })
     .as("global");
 }

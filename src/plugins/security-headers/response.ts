@@ -1,0 +1,60 @@
+/**
+ * @module
+ * Responses built from one prebuilt header set.
+ *
+ * Every response carries the same nine or ten fixed headers (the security headers, `Vary: Origin`)
+ * and a handful that differ per request (request id, rate-limit headers, CORS for an allowed
+ * origin, cookies). Elysia turns the plain `set.headers` object into the response's headers one
+ * property at a time; with sixteen headers that cost more than the rest of a small JSON answer
+ * (measured in process: 6–7 µs against 3–4 µs for copying a prebuilt `Headers` and setting the
+ * per-request ones; over HTTP bare Elysia drops from 1.0× to 0.61× with them as an object, to 0.81×
+ * from a prebuilt set). So the fixed headers never go into `set.headers`: the response is built
+ * from a copy of the prebuilt set, then what the request set is laid over it (it wins, as it did
+ * when the fixed headers were copied in first).
+ */
+
+type SetHeaders = Record<string, unknown>;
+
+export interface ResponseHeaders {
+  /** The fixed headers a response for `path` carries. */
+  fixedFor(path: string): Readonly<Record<string, string>>;
+  /** The response headers: the fixed set for `path`, then `set` laid over it. */
+  headersFor(path: string, set: SetHeaders): Headers;
+  /**
+   * Copies the fixed headers for `path` into `set` under what is already there: for the answers
+   * Elysia builds itself from `set.headers` (streams, files, a handler's own Response).
+   */
+  fill(path: string, set: SetHeaders): void;
+}
+
+export function createResponseHeaders(options: {
+  fixed: Readonly<Record<string, string>>;
+  /** Paths whose fixed headers differ (the HTML docs page), and theirs. */
+  byPath?: ReadonlyMap<string, Readonly<Record<string, string>>>;
+}): ResponseHeaders {
+  const { fixed } = options;
+  const byPath = options.byPath ?? new Map<string, Readonly<Record<string, string>>>();
+  const prebuilt = new Headers(fixed);
+  const prebuiltByPath = new Map([...byPath].map(([path, set]) => [path, new Headers(set)]));
+
+  return {
+    fixedFor: (path) => byPath.get(path) ?? fixed,
+    headersFor(path, set) {
+      const headers = new Headers(prebuiltByPath.get(path) ?? prebuilt);
+      for (const name in set) {
+        const value = set[name];
+        if (value === undefined || value === null) continue;
+        if (Array.isArray(value)) {
+          // Several Set-Cookie lines: each its own header line, as Elysia sends them.
+          headers.delete(name);
+          for (const item of value) headers.append(name, String(item));
+        } else headers.set(name, String(value));
+      }
+      return headers;
+    },
+    fill(path, set) {
+      const own = byPath.get(path) ?? fixed;
+      for (const name in own) if (!(name in set)) set[name] = own[name];
+    },
+  };
+}
