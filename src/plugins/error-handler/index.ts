@@ -87,18 +87,20 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
   };
 
   return new Elysia({ name: "palisade.error-handler" })
+    // Destructured once and the context never mentioned again: Elysia reads each hook's source, and
+    // a context used whole makes every request of every route parse its cookies, query and headers.
     .onError(function toProblemResponse(context) {
-      const { code, error, request, set } = context;
-      const { path } = context as { path?: string };
+      const { code, error, request, set, path, route, requestId: givenId, principal } =
+        context as typeof context & { path?: string; requestId?: string; principal?: Principal };
       if (error instanceof EarlyAnswer) {
         set.status = error.status;
         return new Response(null, { status: error.status, headers: headersOf(set, path) });
       }
-      const requestId = (context as { requestId?: string }).requestId || "unknown";
+      const requestId = givenId || "unknown";
       // A request refused before routing (the limiter's store locked) carries the pattern of the
       // route it was aimed at, as in the access log.
       const routeOf = (): string | undefined =>
-        context.route || (path ? routePatternOf(request.method, path) : null) || undefined;
+        route || (path ? routePatternOf(request.method, path) : null) || undefined;
       let outcome: Outcome;
 
       // Elysia wraps what a parse hook throws in its ParseError; the AppError is the cause.
@@ -169,7 +171,6 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
 
       const status = outcome.status ?? statusForCode(outcome.code);
       if (status >= 500 && report) {
-        const { principal } = context as { principal?: Principal };
         const route = routeOf();
         report(error, {
           requestId,

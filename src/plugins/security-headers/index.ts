@@ -83,6 +83,9 @@ export function securityResponseHeaders({
   });
 }
 
+/** A fixed header every answer built from the prebuilt set carries. */
+const MARKER = "x-content-type-options";
+
 /** What Elysia builds a JSON body from (Response.json), and the text bodies it sends as they are. */
 function isPlainBody(value: unknown): value is object | string {
   if (typeof value === "string") return true;
@@ -102,6 +105,8 @@ export function securityHeaders(responses: ResponseHeaders) {
   return new Elysia({ name: "palisade.security-headers" })
     .mapResponse(function sendWithSecurityHeaders({ responseValue, set, path }) {
       const headers = set.headers as Record<string, unknown>;
+      // Built from the prebuilt set already (the error handler's problem documents).
+      if (responseValue instanceof Response && responseValue.headers.has(MARKER)) return;
       if (
         typeof set.status !== "number" ||
         !isPlainBody(responseValue) ||
