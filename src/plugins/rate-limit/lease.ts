@@ -61,7 +61,10 @@ interface Lease {
 }
 
 interface Demand {
-  lastCheckedAt: number;
+  /** Checks in the current lease period (which started at `periodStart`) and in the one before. */
+  periodStart: number;
+  count: number;
+  before: number;
   /** The windows of the last store decision while hot, to size the next lease. */
   last: WindowCounts[] | null;
   lease: Lease | null;
@@ -97,25 +100,33 @@ export class LeasingStore implements LimiterStore {
     const signature = signatureOf(checks);
     const entry = this.demand.get(signature);
     if (entry === undefined) {
-      this.track(signature, { lastCheckedAt: now, last: null, lease: null, acquiring: false });
+      this.track(signature, {
+        periodStart: now,
+        count: 1,
+        before: 0,
+        last: null,
+        lease: null,
+        acquiring: false,
+      });
       return this.store.check(checks);
     }
     const lease = entry.lease;
     if (lease !== null) {
       if (now >= lease.validFrom && now < lease.expiresAt) {
         lease.unused--;
-        entry.lastCheckedAt = now;
+        entry.count++;
         const outcomes = leasedOutcomes(lease);
         if (lease.unused === 0) this.end(entry);
         return Promise.resolve(outcomes);
       }
       this.end(entry);
     }
-    const hot = now >= entry.lastCheckedAt && now - entry.lastCheckedAt < this.ttlMs;
-    entry.lastCheckedAt = now;
-    if (!hot || entry.acquiring || !this.mayLease(checks)) return this.store.check(checks);
-    const size = this.leaseSize(entry.last, checks, now);
-    if (size === 0) return this.recordLast(entry, this.store.check(checks));
+    const demand = this.countDemand(entry, now);
+    if (demand < MIN_LEASE || entry.acquiring || !this.mayLease(checks)) {
+      return this.store.check(checks);
+    }
+    const size = Math.min(demand, this.leaseSize(entry.last, checks, now));
+    if (size < MIN_LEASE) return this.recordLast(entry, this.store.check(checks));
     entry.acquiring = true;
     return this.store.checkAndLease(checks, size).then(
       ({ outcomes, lease: grants }) => {
@@ -167,6 +178,25 @@ export class LeasingStore implements LimiterStore {
     });
   }
 
+  /**
+   * How many checks of this signature came in the last lease period or so (this one included): a
+   * lease is never bigger, so a key seen now and then does not lease permits it will not use.
+   */
+  private countDemand(entry: Demand, now: number): number {
+    const elapsed = now - entry.periodStart;
+    if (elapsed < 0 || elapsed >= 2 * this.ttlMs) {
+      entry.periodStart = now;
+      entry.before = 0;
+      entry.count = 0;
+    } else if (elapsed >= this.ttlMs) {
+      entry.periodStart += this.ttlMs;
+      entry.before = entry.count;
+      entry.count = 0;
+    }
+    entry.count++;
+    return Math.max(entry.count, entry.before);
+  }
+
   /** Fail-closed policies and small limits are always decided by the store. */
   private mayLease(checks: readonly LimitCheck[]): boolean {
     for (const { policy } of checks) {
@@ -190,7 +220,7 @@ export class LeasingStore implements LimiterStore {
       const [long, burst] = leftIn(policy, last[i]!, now);
       size = Math.min(size, Math.floor(this.fraction * long), Math.floor(this.fraction * burst));
     }
-    return size >= MIN_LEASE ? size : 0;
+    return size;
   }
 
   private start(

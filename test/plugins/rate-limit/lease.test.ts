@@ -87,13 +87,20 @@ describe("LeasingStore: when a lease is taken", () => {
       expect(o!.admitted).toBe(true);
       expect(row("cold")!.current).toBe(i + 1);
     }
-    // Hot: the second check is the demand signal, the third takes a lease of 32 (a tenth of the
-    // 998 that remained, capped) along with its own permit.
+    // Hot: the second check is the demand signal, the third takes a lease along with its own
+    // permit, as big as the demand seen (3 checks in this lease period).
     for (let i = 0; i < 3; i++) await store!.check([{ policy: big, key: "hot", now: now + i }]);
-    expect(row("hot")!.current).toBe(3 + 32);
-    // The next 32 are admitted from the lease: the row does not move.
-    for (let i = 3; i < 35; i++) await store!.check([{ policy: big, key: "hot", now: now + i }]);
-    expect(row("hot")!.current).toBe(35);
+    expect(row("hot")!.current).toBe(3 + 3);
+    // The next 3 are admitted from the lease: the row does not move.
+    for (let i = 3; i < 6; i++) await store!.check([{ policy: big, key: "hot", now: now + i }]);
+    expect(row("hot")!.current).toBe(6);
+    // As demand goes on, leases grow to the cap (32; a tenth of what remains is more) and no more.
+    let most = 0;
+    for (let i = 6; i < 200; i++) {
+      await store!.check([{ policy: big, key: "hot", now: now + i }]);
+      most = Math.max(most, row("hot")!.current - (i + 1));
+    }
+    expect(most).toBe(32);
   });
 
   test("fail-closed policies and limits under 100 never lease, however hot", async () => {
@@ -191,7 +198,7 @@ describe("LeasingStore: unused permits come back", () => {
     const big = policy(1_000);
     const now = minuteStart() + 1_000;
     for (let i = 0; i < 3; i++) await opened.stores[0]!.check([{ policy: big, key: "k", now }]);
-    expect(opened.row("k")!.current).toBe(35);
+    expect(opened.row("k")!.current).toBe(6);
     opened.stores[0]!.close();
     expect(opened.row("k")!.current).toBe(3);
   });
@@ -203,8 +210,8 @@ describe("LeasingStore: unused permits come back", () => {
     for (let i = 0; i < 3; i++) {
       await stores[0]!.check([{ policy: big, key: "k", now: w + 59_950 + i }]);
     }
-    expect(row("k")).toMatchObject({ window_start: w, current: 35 });
-    // In the next window the lease is not used: the 32 are uncounted from the window they were
+    expect(row("k")).toMatchObject({ window_start: w, current: 6 });
+    // In the next window the lease is not used: its 3 are uncounted from the window they were
     // counted in, before this check rolls it into `previous`.
     const [next] = await stores[0]!.check([{ policy: big, key: "k", now: w + 60_010 }]);
     expect(next).toMatchObject({ admitted: true, windowStart: w + 60_000, previous: 3 });
@@ -218,10 +225,10 @@ describe("LeasingStore: unused permits come back", () => {
     const w = minuteStart();
     for (let i = 0; i < 3; i++) await a!.check([{ policy: big, key: "k", now: w + 59_950 + i }]);
     await b!.check([{ policy: big, key: "k", now: w + 60_010 }]);
-    expect(row("k")).toMatchObject({ window_start: w + 60_000, previous: 35, current: 1 });
-    // A's next check, past its lease and its lease period (so it takes none): the 32 leave
+    expect(row("k")).toMatchObject({ window_start: w + 60_000, previous: 6, current: 1 });
+    // A's next check, two lease periods on (so it takes none): its 3 leave
     // `previous`, where the roll put them.
-    await a!.check([{ policy: big, key: "k", now: w + 66_000 }]);
+    await a!.check([{ policy: big, key: "k", now: w + 75_000 }]);
     expect(row("k")).toMatchObject({ window_start: w + 60_000, previous: 3, current: 2 });
 
     for (let i = 0; i < 3; i++) await a!.check([{ policy: big, key: "old", now: w + 59_950 + i }]);
