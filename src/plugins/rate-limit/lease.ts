@@ -8,7 +8,9 @@
  * permits more — the lease — in the same UPSERT (or script call). The next requests with that
  * signature are admitted from the lease, here, without a transaction and without waiting for the
  * next event-loop turn; their outcomes are the lease's stored windows minus the permits still
- * unused, so the RateLimit headers count down one by one.
+ * unused, so the RateLimit headers count down one by one. A lease is never bigger than the checks
+ * of its signature seen in the last lease period, so a key seen now and then does not take
+ * permits it will not use.
  *
  * Guarantees: leased permits are counted in the store when they are taken, so processes sharing
  * it never admit more than the limit between them. A lease is at most `fraction` of what remained
@@ -37,7 +39,7 @@ import type {
 } from "./store";
 
 export interface LeaseOptions {
-  /** How long a lease lives, and the period within which a second check makes a key hot. @default 200 */
+  /** How long a lease lives, and the period over which demand is counted. @default 200 */
   ttlMs?: number;
   /** The largest share of what remains that one lease takes. @default 0.1 */
   fraction?: number;

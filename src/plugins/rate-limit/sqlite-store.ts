@@ -9,7 +9,9 @@
  * and run together in one BEGIN IMMEDIATE transaction per event-loop turn (setImmediate), which
  * costs a few µs per check under load and still holds the write lock across each decision.
  * Concurrent checks for the same key are one statement asking for that many permits: the store
- * grants as many as fit, and the first that many requests are admitted. RETURNING
+ * grants as many as fit, and the first that many requests are admitted (and a lease, lease.ts,
+ * asks for its permits after theirs in the same statement; permits a lease did not use are
+ * uncounted at the start of the next transaction, GIVE_BACK). RETURNING
  * rows are read with `.values()` inside that explicit transaction: reading them with `.get()`
  * outside one kept a read snapshot open and stopped the WAL from ever being reset.
  *
