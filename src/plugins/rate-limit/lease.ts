@@ -43,7 +43,7 @@ export interface LeaseOptions {
   ttlMs?: number;
   /** The largest share of what remains that one lease takes. @default 0.1 */
   fraction?: number;
-  /** The most permits one lease holds. @default 32 */
+  /** The most permits one lease holds. @default 256 */
   maxPermits?: number;
   /** Policies with a smaller limit or burst limit never lease. @default 100 */
   minLimit?: number;
@@ -89,7 +89,7 @@ export class LeasingStore implements LimiterStore {
   ) {
     this.ttlMs = options.ttlMs ?? 200;
     this.fraction = options.fraction ?? 0.1;
-    this.maxPermits = options.maxPermits ?? 32;
+    this.maxPermits = options.maxPermits ?? 256;
     this.minLimit = options.minLimit ?? 100;
     this.maxTracked = options.maxTracked ?? 10_000;
     if (!(this.ttlMs > 0 && this.fraction > 0 && this.fraction < 1 && this.maxPermits >= 0)) {

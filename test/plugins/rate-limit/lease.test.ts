@@ -77,7 +77,7 @@ const remainingShown = (p: Policy, outcomes: LimitOutcome[], now: number) =>
 
 describe("LeasingStore: when a lease is taken", () => {
   test("a key checked again within the lease period leases; a cold key never does", async () => {
-    const { stores, row } = shared(1, { ttlMs: 5_000 });
+    const { stores, row } = shared(1, { ttlMs: 5_000, maxPermits: 32 });
     const [store] = stores;
     const big = policy(1_000);
     const now = minuteStart() + 1_000;
@@ -94,7 +94,7 @@ describe("LeasingStore: when a lease is taken", () => {
     // The next 3 are admitted from the lease: the row does not move.
     for (let i = 3; i < 6; i++) await store!.check([{ policy: big, key: "hot", now: now + i }]);
     expect(row("hot")!.current).toBe(6);
-    // As demand goes on, leases grow to the cap (32; a tenth of what remains is more) and no more.
+    // As demand goes on, leases grow to the cap (32 here; a tenth of what remains is more) and no more.
     let most = 0;
     for (let i = 6; i < 200; i++) {
       await store!.check([{ policy: big, key: "hot", now: now + i }]);
