@@ -137,7 +137,7 @@ try {
   log(
     `| one hot key, 32 in flight: the store / permit leasing over it | ${fmt(limiter.hotGrouped)} / ${fmt(limiter.leased)} |`,
   );
-  log(`| 10k keys grouped through permit leasing (cold keys) | ${fmt(limiter.leasedManyKeys)} |`);
+  log(`| 10k keys grouped, through permit leasing | ${fmt(limiter.leasedManyKeys)} |`);
   log(`| Drizzle query builder rebuilt per check, autocommit | ${fmt(limiter.drizzle)} |`);
   log(
     `| raw prepared UPSERT, autocommit / 256 per transaction | ${fmt(limiter.rawAutocommit)} / ${fmt(limiter.rawBatched)} |`,

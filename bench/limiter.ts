@@ -5,8 +5,8 @@
  * Drizzle prepared statement with `sql.placeholder()` (built once), per check and 256 to a
  * transaction, against the raw statement called the same way; and one hot key with 32 checks in
  * flight (each client awaiting its previous answer, as `wrk -c32` does), through the store and
- * through permit leasing (lease.ts) over it, and the many-key grouped form through leasing (what a
- * cold key pays for the layer).
+ * through permit leasing (lease.ts) over it, and the 10k-key grouped form through leasing (what many
+ * clients pay for the layer).
  */
 import type { Database } from "bun:sqlite";
 import { sql } from "drizzle-orm";
