@@ -296,3 +296,37 @@ describe("LeasingStore: never more than the limit across stores", () => {
     expect(row("k")!.current).toBe(limit);
   });
 });
+
+describe("LeasingStore: failures and bounds", () => {
+  test("a store failure while a lease is taken fails that check (open or closed by policy), and leasing goes on", async () => {
+    const { stores, row } = shared(1, { ttlMs: 5_000 });
+    const leasing = stores[0]!;
+    const inner = (leasing as unknown as { store: SqliteLimiterStore }).store;
+    const big = policy(1_000);
+    const now = minuteStart() + 1_000;
+    for (let i = 0; i < 2; i++) await leasing.check([{ policy: big, key: "k", now }]);
+    const real = inner.checkAndLease.bind(inner);
+    inner.checkAndLease = () => Promise.reject(new Error("disk I/O error"));
+    await expect(leasing.check([{ policy: big, key: "k", now }])).rejects.toThrow("disk I/O error");
+    inner.checkAndLease = real;
+    expect(row("k")!.current).toBe(2);
+    const [next] = await leasing.check([{ policy: big, key: "k", now }]);
+    expect(next!.admitted).toBe(true);
+    expect(row("k")!.current).toBeGreaterThan(3);
+  });
+
+  test("a flood of new keys is not tracked without bound, and does not drop a lease in use", async () => {
+    const { stores, row } = shared(1, { ttlMs: 5_000, maxTracked: 4 });
+    const big = policy(1_000);
+    const now = minuteStart() + 1_000;
+    for (let i = 0; i < 3; i++) await stores[0]!.check([{ policy: big, key: "hot", now }]);
+    const leased = row("hot")!.current;
+    expect(leased).toBe(6);
+    for (let i = 0; i < 20; i++) await stores[0]!.check([{ policy: big, key: `new-${i}`, now }]);
+    // The hot key's lease is still this process's: its next 3 come from it, the row unchanged.
+    for (let i = 0; i < 3; i++) await stores[0]!.check([{ policy: big, key: "hot", now }]);
+    expect(row("hot")!.current).toBe(leased);
+    const tracked = (stores[0] as unknown as { demand: Map<string, unknown> }).demand;
+    expect(tracked.size).toBeLessThanOrEqual(4);
+  });
+});
