@@ -134,6 +134,10 @@ try {
   log(
     `| prepared UPSERT, group commit per event-loop turn (the store) | ${fmt(limiter.grouped)} |`,
   );
+  log(
+    `| one hot key, 32 in flight: the store / permit leasing over it | ${fmt(limiter.hotGrouped)} / ${fmt(limiter.leased)} |`,
+  );
+  log(`| 10k keys grouped, through permit leasing | ${fmt(limiter.leasedManyKeys)} |`);
   log(`| Drizzle query builder rebuilt per check, autocommit | ${fmt(limiter.drizzle)} |`);
   log(
     `| raw prepared UPSERT, autocommit / 256 per transaction | ${fmt(limiter.rawAutocommit)} / ${fmt(limiter.rawBatched)} |`,

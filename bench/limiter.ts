@@ -3,16 +3,21 @@
  * does), the same prepared UPSERT grouped into one transaction per event-loop turn (what the store
  * does), the UPSERT rebuilt with Drizzle's query builder on every check, and the whole UPSERT as a
  * Drizzle prepared statement with `sql.placeholder()` (built once), per check and 256 to a
- * transaction, against the raw statement called the same way.
+ * transaction, against the raw statement called the same way; and one hot key with 32 checks in
+ * flight (each client awaiting its previous answer, as `wrk -c32` does), through the store and
+ * through permit leasing (lease.ts) over it, and the 10k-key grouped form through leasing (what many
+ * clients pay for the layer).
  */
 import type { Database } from "bun:sqlite";
 import { sql } from "drizzle-orm";
 import type { AppDatabase } from "../src/db/client";
 import { rateLimitCounters as t } from "../src/db/schema";
+import { LeasingStore } from "../src/plugins/rate-limit/lease";
 import type { Policy } from "../src/plugins/rate-limit/policies";
 import { BURST_WINDOW_MS } from "../src/plugins/rate-limit/policies";
 import { previousWeight, windowStartOf } from "../src/plugins/rate-limit/sliding-window";
 import { SqliteLimiterStore, UPSERT } from "../src/plugins/rate-limit/sqlite-store";
+import type { LimiterStore } from "../src/plugins/rate-limit/store";
 
 const policy: Policy = {
   id: "bench",
@@ -45,13 +50,49 @@ export async function measureLimiter(db: AppDatabase, checks: number) {
   }
   const grouped = rate(checks, performance.now() - started);
 
+  const leasing = new LeasingStore(new SqliteLimiterStore({ sqlite: db.$client }));
+  started = performance.now();
+  await manyKeys(leasing, checks, "l", now);
+  const leasedManyKeys = rate(checks, performance.now() - started);
+  // Interleaved, so both see the same machine; the best of three rounds each.
+  let hotGrouped = 0;
+  let leased = 0;
+  for (let round = 0; round < 3; round++) {
+    hotGrouped = Math.max(hotGrouped, await hotKey(store, checks, `hg${round}`));
+    leased = Math.max(leased, await hotKey(leasing, checks, `hl${round}`));
+  }
+  leasing.close();
+
   const drizzleChecks = Math.min(checks, 20_000);
   started = performance.now();
   for (let i = 0; i < drizzleChecks; i++) drizzleUpsert(db, `d${i % KEYS}`, now);
   const drizzle = rate(drizzleChecks, performance.now() - started);
 
   const prepared = comparePrepared(db, checks);
-  return { autocommit, grouped, drizzle, ...prepared };
+  return { autocommit, grouped, hotGrouped, leased, leasedManyKeys, drizzle, ...prepared };
+}
+
+/** 256 checks of distinct keys at a time: the grouped form. */
+async function manyKeys(store: LimiterStore, checks: number, prefix: string, now: number) {
+  for (let done = 0; done < checks; done += 256) {
+    await Promise.all(
+      Array.from({ length: 256 }, (_, i) =>
+        store.check([{ policy, key: `${prefix}${(done + i) % KEYS}`, now }]),
+      ),
+    );
+  }
+}
+
+/** One key, 32 clients each awaiting its answer before the next check; checks/s. */
+async function hotKey(store: LimiterStore, checks: number, key: string): Promise<number> {
+  const perClient = Math.ceil(checks / 32);
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: 32 }, async () => {
+      for (let i = 0; i < perClient; i++) await store.check([{ policy, key, now: Date.now() }]);
+    }),
+  );
+  return rate(perClient * 32, performance.now() - started);
 }
 
 /**

@@ -29,6 +29,7 @@ import { registerQueryDurations } from "./plugins/metrics/database";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
 import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
 import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
+import { withLeases } from "./plugins/rate-limit/lease";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
 import { RedisLimiterStore } from "./plugins/rate-limit/redis-store";
@@ -103,8 +104,10 @@ export function createCore(options: CoreOptions): Core {
   const redis = config.redisUrl
     ? new RedisClient(config.redisUrl, { enableOfflineQueue: false, connectionTimeout: 2000 })
     : null;
+  // Leases let a process admit a hot key's requests without a store decision each (lease.ts).
   const limiter =
-    options.limiter ?? (redis ? new RedisLimiterStore(redis) : new SqliteLimiterStore({ sqlite }));
+    options.limiter ??
+    withLeases(redis ? new RedisLimiterStore(redis) : new SqliteLimiterStore({ sqlite }));
   const readiness: Record<string, ReadinessCheck> = {
     // Ready means writable: a file another process holds locked (or that cannot be written)
     // answers reads but not a login. Takes the write lock for no work, waiting at most the short

@@ -68,6 +68,65 @@ test("three processes on one file admit exactly 50 of 300 concurrent requests fo
   }
 }, 60_000);
 
+test("with leases taken (a hot key, a limit of 300): three processes never admit more than the limit, and all of it once leases come back", async () => {
+  const dir = tempDir();
+  const services: ServiceProcess[] = [];
+  try {
+    const env = {
+      DATABASE_PATH: join(dir.path, "leased.db"),
+      RATE_LIMIT_PER_MINUTE: "300",
+      RATE_LIMIT_BURST: "1000",
+      // Refusals must not block the client: the test goes on after them.
+      IP_BLOCK_RATE_LIMIT_REFUSALS: "0",
+      TRUST_PROXY: "loopback",
+      LOG_LEVEL: "info",
+    };
+    services.push(await startService(env));
+    services.push(...(await Promise.all([startService(env), startService(env)])));
+    await awayFromMinuteEnd(20_000);
+    const db = new Database(env.DATABASE_PATH, { readonly: true });
+    const counted = () =>
+      (
+        db
+          .query(
+            "SELECT current FROM rate_limit_counters WHERE policy = 'default' AND key = 'ip:198.51.100.9'",
+          )
+          .get() as { current: number } | null
+      )?.current ?? 0;
+    let admitted = 0;
+    // Ten requests in flight on each process per round: the key is hot in all three.
+    const round = async () => {
+      const statuses = await Promise.all(
+        Array.from({ length: 30 }, (_, i) =>
+          fetch(new URL("/not-here", services[i % 3]!.url), {
+            headers: { "x-forwarded-for": "198.51.100.9" },
+          }).then(async (r) => {
+            await r.arrayBuffer();
+            return r.status;
+          }),
+        ),
+      );
+      expect(statuses.every((s) => s === 404 || s === 429)).toBe(true);
+      admitted += statuses.filter((s) => s === 404).length;
+      expect(admitted).toBeLessThanOrEqual(300);
+    };
+    for (let i = 0; i < 12; i++) await round();
+    expect(counted()).toBeLessThanOrEqual(300);
+    // Leases expire within 200 ms and give back what they did not use: the rest is reachable.
+    await Bun.sleep(400);
+    for (let i = 0; i < 40 && admitted < 300; i++) await round();
+    expect(admitted).toBe(300);
+    await round();
+    expect(admitted).toBe(300);
+    await Bun.sleep(400);
+    expect(counted()).toBe(300);
+    db.close();
+  } finally {
+    await Promise.all(services.map((s) => s.stop("SIGKILL")));
+    dir.remove();
+  }
+}, 60_000);
+
 test("after SIGKILL every must-not-lose event of an answered request is on disk", async () => {
   const dir = tempDir();
   const path = join(dir.path, "crash.db");

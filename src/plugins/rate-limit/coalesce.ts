@@ -2,59 +2,96 @@
  * @module
  * What both limiter stores do around their one atomic decision: queue the checks of one
  * event-loop turn, group those asking the same policies for the same key (one decision asks for
- * that many permits), share the decision's grants out in arrival order, and read a stored window
- * back as an estimate.
+ * that many permits, and a lease's permits after theirs), share the decision's grants out in
+ * arrival order, and read a stored window back as an estimate.
  */
 import { estimate, windowStartOf } from "./sliding-window";
-import type { LimitCheck, LimitOutcome, WindowCounts } from "./store";
+import type { Grant, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
+
+export type { Grant };
 
 export interface PendingCheck {
   checks: readonly LimitCheck[];
+  /** Permits wanted for a lease, after those of every check of the group (lease.ts). */
+  extra?: number;
+  /** Filled by the decision, per policy decided: how many of `extra` it counted. */
+  leased?: Grant[];
   resolve(outcomes: LimitOutcome[]): void;
   reject(error: unknown): void;
 }
 
-/** One decision: the windows after it, and how many of the wanted permits it granted. */
-export interface Grant {
-  state: WindowCounts;
-  granted: number;
-}
-
 /**
- * Collects checks and runs them, once per event-loop turn (setImmediate), as groups of pending
- * checks with the same policies and keys, in arrival order.
+ * Collects checks, and permits to give back, and runs them once per event-loop turn
+ * (setImmediate), the checks as groups of pending checks with the same policies and keys, in
+ * arrival order.
  */
 export class CheckQueue {
   private pending: PendingCheck[] = [];
+  private returns: UnusedPermits[] = [];
   private scheduled = false;
 
-  constructor(private readonly run: (groups: PendingCheck[][]) => void) {}
+  constructor(private readonly run: (groups: PendingCheck[][], returns: UnusedPermits[]) => void) {}
 
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
+    return new Promise((resolve, reject) => this.enqueue({ checks, resolve, reject }));
+  }
+
+  checkAndLease(
+    checks: readonly LimitCheck[],
+    extra: number,
+  ): Promise<{ outcomes: LimitOutcome[]; lease: Grant[] }> {
     return new Promise((resolve, reject) => {
-      this.pending.push({ checks, resolve, reject });
-      if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(() => this.flush());
-      }
+      const entry: PendingCheck = {
+        checks,
+        extra,
+        leased: [],
+        resolve: (outcomes) => resolve({ outcomes, lease: entry.leased! }),
+        reject,
+      };
+      this.enqueue(entry);
     });
+  }
+
+  giveBack(permits: readonly UnusedPermits[]): void {
+    for (const p of permits) this.returns.push(p);
+    this.schedule();
+  }
+
+  private enqueue(entry: PendingCheck): void {
+    this.pending.push(entry);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
 
   /** Runs what is queued now (at close, so nothing is left waiting). */
   flush(): void {
     const batch = this.pending;
+    const returns = this.returns;
     this.pending = [];
+    this.returns = [];
     this.scheduled = false;
-    if (batch.length === 0) return;
+    if (batch.length === 0 && returns.length === 0) return;
     const groups = new Map<string, PendingCheck[]>();
     for (const entry of batch) {
-      const signature = entry.checks.map((c) => `${c.policy.id}\u0000${c.key}`).join("\u0001");
+      const signature = signatureOf(entry.checks);
       const group = groups.get(signature);
       if (group) group.push(entry);
       else groups.set(signature, [entry]);
     }
-    this.run([...groups.values()]);
+    this.run([...groups.values()], returns);
   }
+}
+
+/** The policies and keys of a check list: checks with the same signature are decided together. */
+export function signatureOf(checks: readonly LimitCheck[]): string {
+  if (checks.length === 1) return `${checks[0]!.policy.id}\u0000${checks[0]!.key}`;
+  return checks.map((c) => `${c.policy.id}\u0000${c.key}`).join("\u0001");
 }
 
 /** Hands each check of a group its outcomes, or the store's failure. */
@@ -66,6 +103,20 @@ export function fail(group: readonly PendingCheck[], error: unknown): void {
   for (const entry of group) entry.reject(error);
 }
 
+/**
+ * The lease asked for with a group, and where to put what it gets: one entry per group asks (the
+ * lease layer takes one lease per signature at a time); any other entry's extra is not asked for.
+ */
+export function leaseOf(group: readonly PendingCheck[]): { extra: number; leased?: Grant[] } {
+  for (const entry of group) {
+    if (entry.extra !== undefined && entry.extra > 0) {
+      entry.leased!.length = 0;
+      return { extra: entry.extra, leased: entry.leased! };
+    }
+  }
+  return { extra: 0 };
+}
+
 /** The latest arrival's clock: a group is decided after all of its checks arrived. */
 export function latestNow(group: readonly PendingCheck[]): number {
   let now = 0;
@@ -75,22 +126,36 @@ export function latestNow(group: readonly PendingCheck[]): number {
 
 /**
  * Turns a group's decisions into each check's outcomes. The first policy is asked for one permit
- * per check; each later one for what the one before granted; a check stops at the first policy
- * that did not grant its permit, so a refused request is not counted by the policies after it.
- * `decide` is called in policy order and may return nothing once nothing is wanted.
+ * per check (and a lease's `extra` after them); each later one for what the one before granted; a
+ * check stops at the first policy that did not grant its permit, so a refused request is not
+ * counted by the policies after it. The lease comes last, so it never takes a permit a check of
+ * the same turn would have had, and the checks' outcomes leave its permits out (they are shown as
+ * the lease's requests use them). `decide` is called in policy order and may return nothing once
+ * nothing is wanted.
  */
 export function shareGrants(
   groupSize: number,
   policies: number,
   decide: (index: number, wanted: number) => Grant | undefined,
+  lease: { extra: number; leased?: Grant[] } = { extra: 0 },
 ): LimitOutcome[][] {
   const outcomes: LimitOutcome[][] = Array.from({ length: groupSize }, () => []);
-  let wanted = groupSize;
+  let wanted = groupSize + lease.extra;
   for (let index = 0; index < policies && wanted > 0; index++) {
     const grant = decide(index, wanted);
     if (grant === undefined) break;
-    for (let j = 0; j < wanted; j++)
-      outcomes[j]!.push({ ...grant.state, admitted: j < grant.granted });
+    const leased = Math.max(0, grant.granted - groupSize);
+    const state =
+      leased === 0
+        ? grant.state
+        : {
+            ...grant.state,
+            current: grant.state.current - leased,
+            burstCurrent: grant.state.burstCurrent - leased,
+          };
+    lease.leased?.push({ state: grant.state, granted: leased });
+    const asked = Math.min(wanted, groupSize);
+    for (let j = 0; j < asked; j++) outcomes[j]!.push({ ...state, admitted: j < grant.granted });
     wanted = grant.granted;
   }
   return outcomes;

@@ -18,13 +18,14 @@ import {
   estimateStored,
   fail,
   latestNow,
+  leaseOf,
   type PendingCheck,
   settle,
   shareGrants,
 } from "./coalesce";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
 import { previousWeight, windowStartOf } from "./sliding-window";
-import type { LimitCheck, LimiterStore, LimitOutcome } from "./store";
+import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 const PREFIX = "palisade:rl:";
 
@@ -59,14 +60,37 @@ for i = 1, #KEYS do
 end
 return out`;
 
-export class RedisLimiterStore implements LimiterStore {
-  private readonly queue = new CheckQueue((groups) => this.runGroups(groups));
+// KEYS[1]: the hash. ARGV: window start the permits were counted in, window ms, burst window start,
+// burst window ms, permits. Uncounts them where they were counted (current while the hash is in
+// that window, previous once it rolled once, nothing later; never below zero); a hash that has
+// expired is left absent.
+const GIVE_BACK_SCRIPT = `
+local row = redis.call('HMGET', KEYS[1], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
+if not row[1] then return 0 end
+local ws, win, bws, bwin, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ows, obws = tonumber(row[1]), tonumber(row[4])
+if ows == ws then redis.call('HSET', KEYS[1], 'cur', math.max(0, (tonumber(row[2]) or 0) - n))
+elseif ows == ws + win then redis.call('HSET', KEYS[1], 'prev', math.max(0, (tonumber(row[3]) or 0) - n)) end
+if obws == bws then redis.call('HSET', KEYS[1], 'bcur', math.max(0, (tonumber(row[5]) or 0) - n))
+elseif obws == bws + bwin then redis.call('HSET', KEYS[1], 'bprev', math.max(0, (tonumber(row[6]) or 0) - n)) end
+return 1`;
+
+export class RedisLimiterStore implements LeasableStore {
+  private readonly queue = new CheckQueue((groups, returns) => this.runGroups(groups, returns));
   private sha: Promise<string> | null = null;
 
   constructor(private readonly client: RedisClient) {}
 
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
     return this.queue.check(checks);
+  }
+
+  checkAndLease(checks: readonly LimitCheck[], extra: number) {
+    return this.queue.checkAndLease(checks, extra);
+  }
+
+  giveBack(permits: readonly UnusedPermits[]): void {
+    this.queue.giveBack(permits);
   }
 
   async peek(policy: Policy, key: string, now: number): Promise<number> {
@@ -88,11 +112,28 @@ export class RedisLimiterStore implements LimiterStore {
   }
 
   close(): void {
+    // Sends what is queued (leases given back at close) before the connection goes.
+    this.queue.flush();
     this.client.close();
   }
 
   /** Each group is one script call; Bun's client pipelines the calls of one turn. */
-  private runGroups(groups: PendingCheck[][]): void {
+  private runGroups(groups: PendingCheck[][], returns: UnusedPermits[]): void {
+    for (const r of returns) {
+      // A failure leaves them counted: never more than the limit, only fewer.
+      this.client
+        .send("EVAL", [
+          GIVE_BACK_SCRIPT,
+          "1",
+          `${PREFIX}${r.policy.id}:${r.key}`,
+          String(r.windowStart),
+          String(r.policy.windowMs),
+          String(r.burstWindowStart),
+          String(BURST_WINDOW_MS),
+          String(r.count),
+        ])
+        .catch(() => {});
+    }
     for (const group of groups) {
       this.decideGroup(group).then(
         (outcomes) => settle(group, outcomes),
@@ -123,23 +164,30 @@ export class RedisLimiterStore implements LimiterStore {
         String(ttl),
       );
     }
+    const lease = leaseOf(group);
+    args[0] = String(group.length + lease.extra);
     const rows = (await this.evaluate(keys, args)) as number[][];
     // The script stops after the first policy that granted nothing, as shareGrants does.
-    return shareGrants(group.length, checks.length, (index) => {
-      const row = rows[index];
-      if (row === undefined) return undefined;
-      return {
-        state: {
-          windowStart: row[0]!,
-          previous: row[1]!,
-          current: row[2]!,
-          burstWindowStart: row[3]!,
-          burstPrevious: row[4]!,
-          burstCurrent: row[5]!,
-        },
-        granted: row[6]!,
-      };
-    });
+    return shareGrants(
+      group.length,
+      checks.length,
+      (index) => {
+        const row = rows[index];
+        if (row === undefined) return undefined;
+        return {
+          state: {
+            windowStart: row[0]!,
+            previous: row[1]!,
+            current: row[2]!,
+            burstWindowStart: row[3]!,
+            burstPrevious: row[4]!,
+            burstCurrent: row[5]!,
+          },
+          granted: row[6]!,
+        };
+      },
+      lease,
+    );
   }
 
   /** EVALSHA, loading the script on first use and again if Redis forgot it (a restart). */

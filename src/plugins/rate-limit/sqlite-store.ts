@@ -9,7 +9,9 @@
  * and run together in one BEGIN IMMEDIATE transaction per event-loop turn (setImmediate), which
  * costs a few µs per check under load and still holds the write lock across each decision.
  * Concurrent checks for the same key are one statement asking for that many permits: the store
- * grants as many as fit, and the first that many requests are admitted. RETURNING
+ * grants as many as fit, and the first that many requests are admitted (and a lease, lease.ts,
+ * asks for its permits after theirs in the same statement; permits a lease did not use are
+ * uncounted at the start of the next transaction, GIVE_BACK). RETURNING
  * rows are read with `.values()` inside that explicit transaction: reading them with `.get()`
  * outside one kept a read snapshot open and stopped the WAL from ever being reset.
  *
@@ -31,13 +33,14 @@ import {
   fail,
   type Grant,
   latestNow,
+  leaseOf,
   type PendingCheck,
   settle,
   shareGrants,
 } from "./coalesce";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
 import { previousWeight, windowStartOf } from "./sliding-window";
-import type { LimitCheck, LimiterStore, LimitOutcome } from "./store";
+import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 // ?1 policy, ?2 key, ?3 window start, ?4 window ms, ?5 weight of the previous window, ?6 burst
 // window start, ?7 burst window ms, ?8 burst weight, ?9 limit, ?10 burst limit, ?11 expiry,
@@ -74,6 +77,18 @@ ON CONFLICT (policy, key) DO UPDATE SET
 RETURNING window_start, previous, current, burst_window_start, burst_previous, burst_current, admitted`;
 
 type Row = [number, number, number, number, number, number, number];
+
+// ?1 policy, ?2 key, ?3 window start the permits were counted in, ?4 window ms, ?5 permits, ?6 burst
+// window start, ?7 burst window ms. Uncounts unused leased permits where they were counted: the
+// current count while the row is still in that window, the previous one once it has rolled once
+// (the roll moved the count there), nothing later; never below zero.
+export const GIVE_BACK = `
+UPDATE rate_limit_counters SET
+  current = CASE WHEN window_start = ?3 THEN MAX(0, current - ?5) ELSE current END,
+  previous = CASE WHEN window_start = ?3 + ?4 THEN MAX(0, previous - ?5) ELSE previous END,
+  burst_current = CASE WHEN burst_window_start = ?6 THEN MAX(0, burst_current - ?5) ELSE burst_current END,
+  burst_previous = CASE WHEN burst_window_start = ?6 + ?7 THEN MAX(0, burst_previous - ?5) ELSE burst_previous END
+WHERE policy = ?1 AND key = ?2`;
 
 /** Everything but the decision: a read for the lockout's peek, and the bounded prune. */
 function prepareStatements(db: AppDatabase) {
@@ -116,6 +131,7 @@ const BUSY_RETRY_MS = 25;
 
 interface Waiting {
   groups: PendingCheck[][];
+  returns: UnusedPermits[];
   since: number;
 }
 
@@ -127,13 +143,14 @@ export interface SqliteLimiterStoreOptions {
   pruneBatch?: number;
 }
 
-export class SqliteLimiterStore implements LimiterStore {
+export class SqliteLimiterStore implements LeasableStore {
   private readonly sqlite: Database;
   private readonly upsert: Statement;
+  private readonly giveBackStatement: Statement;
   private readonly statements: ReturnType<typeof prepareStatements>;
   private readonly pruneBatch: number;
   private readonly busyWaitMs: number;
-  private readonly queue = new CheckQueue((groups) => this.runGroups(groups));
+  private readonly queue = new CheckQueue((groups, returns) => this.runGroups(groups, returns));
   private backlog: Waiting[] = [];
   private retryTimer: Timer | null = null;
   private pruneContinuation: ReturnType<typeof setImmediate> | null = null;
@@ -146,12 +163,21 @@ export class SqliteLimiterStore implements LimiterStore {
     this.sqlite = sqlite;
     this.busyWaitMs = busyWaitMs;
     this.upsert = sqlite.prepare(UPSERT);
+    this.giveBackStatement = sqlite.prepare(GIVE_BACK);
     this.statements = prepareStatements(drizzleOf(sqlite));
     this.pruneBatch = pruneBatch;
   }
 
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
     return this.queue.check(checks);
+  }
+
+  checkAndLease(checks: readonly LimitCheck[], extra: number) {
+    return this.queue.checkAndLease(checks, extra);
+  }
+
+  giveBack(permits: readonly UnusedPermits[]): void {
+    this.queue.giveBack(permits);
   }
 
   /**
@@ -212,8 +238,8 @@ export class SqliteLimiterStore implements LimiterStore {
     this.backlog = [];
   }
 
-  private runGroups(groups: PendingCheck[][]): void {
-    const waiting = { groups, since: performance.now() };
+  private runGroups(groups: PendingCheck[][], returns: UnusedPermits[]): void {
+    const waiting = { groups, returns, since: performance.now() };
     // While the lock holds, new checks wait with the others rather than each meeting it.
     if (this.retryTimer !== null) this.backlog.push(waiting);
     else this.attempt([waiting]);
@@ -222,13 +248,21 @@ export class SqliteLimiterStore implements LimiterStore {
   /** All groups in one BEGIN IMMEDIATE transaction; a failure rejects them all, or waits. */
   private attempt(entries: Waiting[]): void {
     const groups = entries.length === 1 ? entries[0]!.groups : entries.flatMap((e) => e.groups);
+    const returns = entries.length === 1 ? entries[0]!.returns : entries.flatMap((e) => e.returns);
     let decided: LimitOutcome[][][];
     try {
-      decided = this.sqlite.transaction(() => groups.map((g) => this.decideGroup(g))).immediate();
+      decided = this.sqlite
+        .transaction(() => {
+          // Permits given back first, so the checks of the same turn can have them.
+          for (const r of returns) this.uncount(r);
+          return groups.map((g) => this.decideGroup(g));
+        })
+        .immediate();
     } catch (error) {
       const now = performance.now();
       for (const entry of entries) {
         if (isDatabaseBusy(error) && now - entry.since < this.busyWaitMs) this.backlog.push(entry);
+        // Permits not given back stay counted: never more than the limit, only fewer.
         else for (const group of entry.groups) fail(group, error);
       }
       if (this.backlog.length > 0 && this.retryTimer === null) {
@@ -249,8 +283,23 @@ export class SqliteLimiterStore implements LimiterStore {
   private decideGroup(group: readonly PendingCheck[]): LimitOutcome[][] {
     const checks = group[0]!.checks;
     const now = latestNow(group);
-    return shareGrants(group.length, checks.length, (index, wanted) =>
-      this.decide({ ...checks[index]!, now }, wanted),
+    return shareGrants(
+      group.length,
+      checks.length,
+      (index, wanted) => this.decide({ ...checks[index]!, now }, wanted),
+      leaseOf(group),
+    );
+  }
+
+  private uncount({ policy, key, windowStart, burstWindowStart, count }: UnusedPermits): void {
+    this.giveBackStatement.run(
+      policy.id,
+      key,
+      windowStart,
+      policy.windowMs,
+      count,
+      burstWindowStart,
+      BURST_WINDOW_MS,
     );
   }
 

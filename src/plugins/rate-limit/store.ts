@@ -39,3 +39,37 @@ export interface LimiterStore {
   prune(now: number): number;
   close(): void;
 }
+
+/** What one decision did for one policy: the windows after it, and how many permits it counted. */
+export interface Grant {
+  state: WindowCounts;
+  granted: number;
+}
+
+/** Permits a lease counted in these windows and did not use, to be uncounted. */
+export interface UnusedPermits {
+  policy: Policy;
+  key: string;
+  windowStart: number;
+  burstWindowStart: number;
+  count: number;
+}
+
+/** A store a lease layer (lease.ts) can sit on: it counts permits ahead and takes them back. */
+export interface LeasableStore extends LimiterStore {
+  /**
+   * `check`, also asking for `extra` permits after those of every check decided with it: resolves
+   * with this check's outcomes and, per policy decided, the windows after the decision and how
+   * many of the extra permits it counted.
+   */
+  checkAndLease(
+    checks: readonly LimitCheck[],
+    extra: number,
+  ): Promise<{ outcomes: LimitOutcome[]; lease: Grant[] }>;
+  /**
+   * Uncounts permits in the windows they were counted in: from the current count if the stored
+   * window is still that one, from the previous if it has rolled once, not at all if later. Done
+   * with the next decision (a failure to do it leaves them counted: never more than the limit).
+   */
+  giveBack(permits: readonly UnusedPermits[]): void;
+}

@@ -1,10 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
+import { LeasingStore } from "../../../src/plugins/rate-limit/lease";
 import { RedisLimiterStore } from "../../../src/plugins/rate-limit/redis-store";
 import { buildTestApp, send } from "../../support/app";
 import { bearer, createKey } from "../../support/auth";
 import { type RedisServer, redisAvailable, startRedis } from "../../support/redis";
-import { limiterStoreContract, policy } from "./store-contract";
+import { waitFor } from "../../support/wait";
+import { limiterStoreContract, minuteStart, policy } from "./store-contract";
 
 describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () => {
   let redis: RedisServer;
@@ -16,6 +18,18 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     ] as const;
     return {
       stores: [stores[0], stores[1]],
+      close() {
+        for (const store of stores) store.close();
+      },
+    };
+  });
+  // The same with leases allowed for any limit, so the contract's small limits lease too.
+  limiterStoreContract("LeasingStore over Redis", () => {
+    const stores = [0, 1].map(
+      () => new LeasingStore(new RedisLimiterStore(new RedisClient(redis.url)), { minLimit: 1 }),
+    );
+    return {
+      stores: [stores[0]!, stores[1]!],
       close() {
         for (const store of stores) store.close();
       },
@@ -36,6 +50,28 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
   afterAll(async () => {
     for (const s of stores) s.close();
     await redis.stop();
+  });
+
+  test("leases over Redis: counted when taken, given back in their window when unused", async () => {
+    const k = key();
+    const leasing = new LeasingStore(store(), { ttlMs: 40 });
+    const other = store();
+    const big = policy(1_000);
+    const w = minuteStart();
+    const client = new RedisClient(redis.url);
+    const counts = async () =>
+      ((await client.hmget(`palisade:rl:test:${k}`, ["cur", "prev"])) as string[]).map(Number);
+    try {
+      for (let i = 0; i < 3; i++)
+        await leasing.check([{ policy: big, key: k, now: w + 59_950 + i }]);
+      expect(await counts()).toEqual([6, 0]);
+      // Another VM rolls the window; the lease's 3 come back out of `previous`.
+      await other.check([{ policy: big, key: k, now: w + 60_010 }]);
+      await waitFor(async () => (await counts())[1] === 3, { what: "the lease given back" });
+      expect(await counts()).toEqual([1, 3]);
+    } finally {
+      client.close();
+    }
   });
 
   test("keys expire by themselves once their windows have passed", async () => {
