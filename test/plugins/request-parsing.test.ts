@@ -46,10 +46,9 @@ test("no global hook makes every request parse its cookies, headers, query or bo
   ]) {
     for (const hook of events[kind] ?? []) {
       hooks++;
-      const inference = sucrose({ [kind]: [hook] } as never, { ...NOTHING }) as Record<
-        string,
-        boolean
-      >;
+      const inference: Record<string, boolean> = {
+        ...sucrose({ [kind]: [hook] } as never, { ...NOTHING }),
+      };
       const parsed = PER_REQUEST_PARSING.filter((what) => inference[what]);
       if (parsed.length > 0) offenders.push(`${kind} ${hook.fn.name}: ${parsed.join(", ")}`);
     }
