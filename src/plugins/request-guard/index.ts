@@ -25,7 +25,7 @@ import {
   hasBody,
   type Refusal,
 } from "./checks";
-import { checkHost } from "./host";
+import { createHostCheck } from "./host";
 
 export interface RequestGuardOptions {
   bodyLimits: BodyLimits;
@@ -43,7 +43,8 @@ export function requestGuard({
   limits = DEFAULT_GUARD_LIMITS,
   allowedHosts = null,
 }: RequestGuardOptions) {
-  const hosts = allowedHosts === null ? null : new Set(allowedHosts);
+  // Owned by this guard, so each app remembers its own hosts.
+  const checkHost = createHostCheck(allowedHosts === null ? null : new Set(allowedHosts));
   const refuse = (state: RequestState, refusal: Refusal): never => {
     const { request, path, clientIp, requestId } = state;
     audit.record({
@@ -64,7 +65,7 @@ export function requestGuard({
       const refusal =
         checkUrl(request.url, limits) ??
         checkHeaders(headers) ??
-        checkHost(request, hosts) ??
+        checkHost(request) ??
         (hasBody(request)
           ? (checkDeclaredLength(headers, bodyLimits[routeClass.bodyLimit]) ??
             checkContentType(headers))
