@@ -90,11 +90,16 @@ export function requestGuard({
           { field: "body", message: `Nested more than ${MAX_BODY_DEPTH} levels deep` },
         ]);
       }
+      let sent: unknown;
       try {
-        return JSON.parse(text);
+        sent = JSON.parse(text);
       } catch {
         throw new AppError("MALFORMED_BODY", "The request body is not valid JSON.");
       }
+      // The same value Elysia is handed, for the strict-body check to read before Elysia's
+      // validation converts and cleans it (plugins/strict-body).
+      (context as { sentBody?: unknown }).sentBody = sent;
+      return sent;
     })
     .as("global");
 }

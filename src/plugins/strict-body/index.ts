@@ -6,9 +6,11 @@
  * ("1000", "0x3e8", " 1e3 ") and convert them, unknown properties are dropped, and a body that is
  * not an object (`[…]`, `100`, `null`) can slip past an optional object schema and reach the
  * handler as "no fields". Each of these has turned a client's mistake into a different payment.
- * So every route that declares a body schema gets its sent body (the exact text the request
- * guard kept, parsed again) checked here, after authentication (an anonymous caller still gets
- * 401 first) and before the handler:
+ * So every route that declares a body schema gets its sent body checked here: the value the
+ * request guard parsed, read in `transform`, before Elysia's validation converts or cleans it
+ * (one parse, not a second one of the text). The refusal is raised in `beforeHandle`, after
+ * authentication (an anonymous caller still gets 401 first) and Elysia's own validation, and
+ * before the handler:
  * - it must be of the schema's type: an object where the schema is an object;
  * - JSON numbers only where the schema says integer or number (query strings still coerce);
  * - no property the schema does not name, at any depth (objects are closed unless a schema sets
@@ -155,6 +157,17 @@ function valueAt(value: unknown, pointer: string): unknown {
   return current;
 }
 
+interface BodyState {
+  request: Request;
+  route: string;
+  /** The text of a JSON body (request guard). */
+  rawBody?: string;
+  /** That text parsed, as sent (request guard). */
+  sentBody?: unknown;
+  /** What the check found wrong, raised before the handler. */
+  refusedBody?: unknown;
+}
+
 export function strictBody({ routes }: StrictBodyOptions) {
   let checks: Map<string, TypeCheck<TSchema>> | null = null;
   const checkFor = (method: string, route: string): TypeCheck<TSchema> | undefined => {
@@ -175,18 +188,24 @@ export function strictBody({ routes }: StrictBodyOptions) {
   };
 
   return new Elysia({ name: "palisade.strict-body" })
-    .onBeforeHandle(function checkBodyAsSent(context) {
-      const { request, route, rawBody } = context as unknown as {
-        request: Request;
-        route: string;
-        rawBody?: string;
-      };
+    .onTransform(function checkBodyAsSent(context) {
+      // Not `body`, nor `context.body…`: Elysia reads hook sources, and would then parse the
+      // body of every route, schema or not (test/plugins/request-parsing.test.ts).
+      const { request, route, rawBody, sentBody } = context as unknown as BodyState;
       // The request guard keeps the text of every JSON body; an empty one is "no body", which
       // Elysia's own validation already refuses where the schema requires one.
       if (rawBody === undefined || rawBody === "") return;
       const check = checkFor(request.method, route);
       if (check === undefined) return;
-      checkSentBody(check, JSON.parse(rawBody));
+      try {
+        checkSentBody(check, sentBody);
+      } catch (refusal) {
+        (context as unknown as BodyState).refusedBody = refusal;
+      }
+    })
+    .onBeforeHandle(function refuseBodyAsSent(context) {
+      const { refusedBody } = context as unknown as BodyState;
+      if (refusedBody !== undefined) throw refusedBody;
     })
     .as("global");
 }
