@@ -7,7 +7,7 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { sucrose } from "elysia/sucrose";
-import { buildTestApp, type TestApp } from "../support/app";
+import { buildTestApp, send, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -43,4 +43,15 @@ test("the check sees a hook that hands the whole context on", () => {
     request: [(context: unknown) => helper(context)],
   } as unknown as Parameters<typeof sucrose>[0]);
   expect(inference.cookie).toBe(true);
+});
+
+test("a route whose handler is a plain Response (the docs page) still passes every stage", async () => {
+  // Elysia 1.4 serves such a route without any of its hooks once global parse, transform,
+  // beforeHandle and afterHandle hooks all exist: no stage may add the missing kind lightly.
+  current = buildTestApp();
+  const response = await send(current, "/docs");
+  expect(response.status).toBe(200);
+  for (const header of ["x-request-id", "content-security-policy", "ratelimit-policy"]) {
+    expect({ header, present: response.headers.has(header) }).toEqual({ header, present: true });
+  }
 });

@@ -14,6 +14,7 @@ import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
+import type { SentBodyCheck, SentBodyState } from "../strict-body";
 import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin } from "./body";
 import {
   checkContentType,
@@ -33,6 +34,8 @@ export interface RequestGuardOptions {
   allowedHosts?: readonly string[] | null;
   audit: AuditLog;
   limits?: GuardLimits;
+  /** The strict-body check, run on each JSON body as soon as it is parsed. */
+  checkSentBody?: SentBodyCheck;
 }
 
 const utf8 = new TextDecoder();
@@ -42,6 +45,7 @@ export function requestGuard({
   audit,
   limits = DEFAULT_GUARD_LIMITS,
   allowedHosts = null,
+  checkSentBody,
 }: RequestGuardOptions) {
   // Owned by this guard, so each app remembers its own hosts.
   const checkHost = createHostCheck(allowedHosts === null ? null : new Set(allowedHosts));
@@ -77,7 +81,9 @@ export function requestGuard({
       // are case-insensitive and may be followed by whitespace (RFC 9110 §8.3.1), as the guard
       // compared them. Any other spelling would reach the route as text, or as no body at all.
       if (contentType.trim().toLowerCase() !== "application/json") return;
-      const { request, routeClass } = context as unknown as RequestState;
+      const { request, routeClass, route } = context as unknown as RequestState & {
+        route: string;
+      };
       const bytes = await readBodyWithin(request, bodyLimits[routeClass.bodyLimit]);
       // Webhook signatures are computed over the exact bytes received, not a re-serialisation
       // nor a decoding (two byte strings can decode to one text): `rawBytes` is what was sent.
@@ -96,9 +102,12 @@ export function requestGuard({
       } catch {
         throw new AppError("MALFORMED_BODY", "The request body is not valid JSON.");
       }
-      // The same value Elysia is handed, for the strict-body check to read before Elysia's
-      // validation converts and cleans it (plugins/strict-body).
-      (context as { sentBody?: unknown }).sentBody = sent;
+      if (checkSentBody) {
+        // Now, as sent: Elysia's validation converts and cleans what it is handed. The refusal
+        // waits for its place in the order (plugins/strict-body).
+        const refusal = checkSentBody(request.method, route, sent);
+        if (refusal !== undefined) (context as SentBodyState).sentBodyRefusal = refusal;
+      }
       return sent;
     })
     .as("global");
