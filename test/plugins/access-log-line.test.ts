@@ -5,7 +5,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import {
   type AccessLineFields,
-  accessLine,
+  createAccessLine,
+  ESCAPED_CACHE_LIMIT,
   isoTimeCache,
   memoizeText,
   USER_AGENT_CACHE_LIMIT,
@@ -37,12 +38,14 @@ const HOSTILE = [
 ];
 
 describe("accessLine", () => {
+  const accessLine = createAccessLine();
   test.each([
     ["every field", {}],
     ["no path, no user agent", { path: undefined, userAgent: undefined }],
     ["a path and no user agent", { path: "/x", userAgent: undefined }],
     ["a 500 with a slow duration", { level: "error", status: 500, durationMs: 12345.678 }],
     ["a zero duration", { durationMs: 0 }],
+    ["durations JSON cannot write", { durationMs: Number.NaN, status: Number.POSITIVE_INFINITY }],
   ])("%s: the JSON of the fields", (_label, overrides) => {
     const fields = { ...base, ...overrides } as AccessLineFields;
     expect(accessLine(fields)).toBe(`${JSON.stringify({ ...fields, msg: "request" })}\n`);
@@ -54,6 +57,37 @@ describe("accessLine", () => {
     expect(line).toBe(`${JSON.stringify({ ...fields, msg: "request" })}\n`);
     expect(line.indexOf("\n")).toBe(line.length - 1);
     expect(JSON.parse(line)).toEqual({ ...fields, msg: "request" });
+  });
+});
+
+describe("the escaped values a builder keeps", () => {
+  test("each value gets its own escaping, in any order, field by field", () => {
+    const accessLine = createAccessLine();
+    const variants: Partial<AccessLineFields>[] = [];
+    for (const value of [...HOSTILE, "127.0.0.1", "::1", "/a", "/b"]) {
+      variants.push({ route: value }, { clientIp: value }, { userAgent: value }, { time: value });
+      variants.push({ level: value }, { service: value }, { method: value });
+    }
+    for (let round = 0; round < 3; round++) {
+      const order = round === 1 ? [...variants].reverse() : variants;
+      for (const overrides of order) {
+        const fields = { ...base, ...overrides };
+        expect(accessLine(fields)).toBe(`${JSON.stringify({ ...fields, msg: "request" })}\n`);
+      }
+    }
+  });
+
+  test("a flood of distinct routes, addresses and user agents keeps each cache bounded", () => {
+    const accessLine = createAccessLine(40);
+    for (let i = 0; i < 2_000; i++) {
+      const fields = { ...base, route: `/r${i}`, clientIp: `10.0.${i >> 8}.${i & 255}` };
+      const withAgent = { ...fields, userAgent: `agent ${i}` };
+      expect(accessLine(withAgent)).toBe(`${JSON.stringify({ ...withAgent, msg: "request" })}\n`);
+      const { route, clientIp, userAgent } = accessLine.sizes;
+      expect(Math.max(route, clientIp, userAgent)).toBeLessThanOrEqual(40);
+    }
+    expect(accessLine(base)).toBe(`${JSON.stringify({ ...base, msg: "request" })}\n`);
+    expect(ESCAPED_CACHE_LIMIT).toBeGreaterThan(0);
   });
 });
 

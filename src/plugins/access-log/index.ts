@@ -30,7 +30,7 @@ import { type RouteEntry, routePatternIndex } from "../error-handler/route-metho
 import type { HttpMetrics } from "../metrics/http";
 import type { RequestState } from "../request-state";
 import type { RequestTrace } from "../sentry";
-import { accessLine, isoTimeCache, memoizeText } from "./line";
+import { createAccessLine, isoTimeCache, memoizeText } from "./line";
 import { streamEndOf } from "./stream-end";
 
 export { streamedResponse } from "./stream-end";
@@ -71,6 +71,7 @@ export function accessLog(options: AccessLogOptions) {
   const bindings = logger.bindings();
   const service = typeof bindings.service === "string" ? bindings.service : "palisade";
   const clockText = isoTimeCache();
+  const accessLine = createAccessLine();
   const userAgentText = memoizeText((agent) => logSafe(agent, scrub));
 
   return new Elysia({ name: "palisade.access-log" })
