@@ -38,7 +38,7 @@ import { realPathFirst } from "./plugins/request-guard/host";
 import { requestId } from "./plugins/request-id";
 import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/route-class";
 import { securityHeaders } from "./plugins/security-headers";
-import { createSentBodyCheck, type RouteBody, strictBody } from "./plugins/strict-body";
+import { type RouteBody, strictBody } from "./plugins/strict-body";
 import type { Services } from "./services";
 
 /** The classes of the routes the app itself serves (the features bring their own). */
@@ -67,9 +67,6 @@ export function createApp(deps: AppDeps) {
   const auth = authPlugin({ identify, metrics: deps.metrics.auth, audit: deps.audit });
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
-  const checkSentBody = createSentBodyCheck({
-    routes: () => registeredRoutes() as readonly RouteBody[],
-  });
   const app = new Elysia({ name: "palisade" })
     // Before anything reads the path: Elysia slices it from request.url at a fixed offset, which a
     // short or malformed Host shifts (plugins/request-guard/host).
@@ -108,7 +105,7 @@ export function createApp(deps: AppDeps) {
         bodyLimits: config.bodyLimits,
         audit: deps.audit,
         allowedHosts: config.allowedHosts,
-        checkSentBody,
+        routes: () => registeredRoutes() as readonly RouteBody[],
       }),
     )
     .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))

@@ -87,8 +87,8 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
       // A request refused before routing (the limiter's store locked) carries the pattern of the
       // route it was aimed at, as in the access log.
       const routeOf = (): string | undefined => {
-        const { path, route } = context as { path?: string; route?: string };
-        return route || (path ? routePatternOf(request.method, path) : null) || undefined;
+        const { path } = context as { path?: string };
+        return context.route || (path ? routePatternOf(request.method, path) : null) || undefined;
       };
       let outcome: Outcome;
 
@@ -160,11 +160,7 @@ export function errorHandler({ logger, routes, report }: ErrorHandlerOptions) {
 
       const status = outcome.status ?? statusForCode(outcome.code);
       if (status >= 500 && report) {
-        // Not `const { principal } = context`: Bun joins it with the next const as `= context,`,
-        // which Elysia's source inference reads as the context passed whole; this hook counts for
-        // every route, so every request would pay for parsing its cookies, query and headers
-        // (test/plugins/request-parsing.test.ts). Nor `return context.…` (read as the query).
-        const principal = (context as { principal?: Principal }).principal;
+        const { principal } = context as { principal?: Principal };
         const route = routeOf();
         report(error, {
           requestId,

@@ -14,7 +14,7 @@ import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
-import type { SentBodyCheck, SentBodyState } from "../strict-body";
+import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
 import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin } from "./body";
 import {
   checkContentType,
@@ -34,8 +34,11 @@ export interface RequestGuardOptions {
   allowedHosts?: readonly string[] | null;
   audit: AuditLog;
   limits?: GuardLimits;
-  /** The strict-body check, run on each JSON body as soon as it is parsed. */
-  checkSentBody?: SentBodyCheck;
+  /**
+   * The app's registered routes: each JSON body is checked against its route's strict schema as
+   * soon as it is parsed (plugins/strict-body). Absent: no such check.
+   */
+  routes?: () => readonly RouteBody[];
 }
 
 const utf8 = new TextDecoder();
@@ -45,8 +48,9 @@ export function requestGuard({
   audit,
   limits = DEFAULT_GUARD_LIMITS,
   allowedHosts = null,
-  checkSentBody,
+  routes,
 }: RequestGuardOptions) {
+  const checkSentBody = routes ? createSentBodyCheck({ routes }) : undefined;
   // Owned by this guard, so each app remembers its own hosts.
   const checkHost = createHostCheck(allowedHosts === null ? null : new Set(allowedHosts));
   const refuse = (state: RequestState, refusal: Refusal): never => {
