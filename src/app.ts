@@ -109,6 +109,7 @@ export function createApp(deps: AppDeps) {
         bodyLimits: config.bodyLimits,
         audit: deps.audit,
         allowedHosts: config.allowedHosts,
+        routes: () => registeredRoutes() as readonly RouteBody[],
       }),
     )
     .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
@@ -141,7 +142,7 @@ export function createApp(deps: AppDeps) {
       }),
     )
     .use(auth)
-    .use(strictBody({ routes: () => registeredRoutes() as readonly RouteBody[] }))
+    .use(strictBody())
     .use(openapiDocument({ docsPage: config.docsPage, public: config.openapiPublic, auth }))
     .use(
       metrics({

@@ -27,3 +27,45 @@ test("the request metrics render exactly as prom-client's own counter and histog
   expect(text).toContain('http_requests_total{method="GET",route="/api/items/:id",status="200"} 7');
   expect(text).toContain('http_requests_total{method="POST",route="<unmatched>",status="404"} 1');
 });
+
+test("after a reset, counts start again and every series is rendered, none left behind", async () => {
+  const registry = new Registry();
+  const http = createHttpMetrics(registry);
+  http.observe("GET", "/a", 200, 0.001);
+  http.observe("GET", "/a", 500, 0.2);
+  http.observe("POST", "/a", 200, 0.001);
+  http.observe("GET", "/b", 200, 3);
+  registry.resetMetrics();
+  expect(await registry.metrics()).not.toContain('route="/a"');
+  http.observe("GET", "/a", 200, 0.001);
+  http.observe("GET", "/a", 200, 0.001);
+  http.observe("GET", "/b", 404, 0.001);
+  const text = await registry.metrics();
+  expect(text).toContain('http_requests_total{method="GET",route="/a",status="200"} 2');
+  expect(text).toContain('http_requests_total{method="GET",route="/b",status="404"} 1');
+  expect(text).not.toContain('status="500"');
+  expect(text).not.toContain('method="POST"');
+  expect(text).toContain('http_request_duration_seconds_count{method="GET",route="/a"} 2');
+  expect(text).toContain('http_request_duration_seconds_count{method="GET",route="/b"} 1');
+});
+
+test("each method, route and status is counted in its own series", async () => {
+  const registry = new Registry();
+  const http = createHttpMetrics(registry);
+  const combos: [string, string, number][] = [
+    ["GET", "/a", 200],
+    ["GET", "/a", 404],
+    ["POST", "/a", 200],
+    ["GET", "/b", 200],
+    ["OTHER", "<unmatched>", 405],
+  ];
+  combos.forEach(([method, route, status], index) => {
+    for (let i = 0; i <= index; i++) http.observe(method, route, status, 0.001);
+  });
+  const text = await registry.metrics();
+  combos.forEach(([method, route, status], index) => {
+    expect(text).toContain(
+      `http_requests_total{method="${method}",route="${route}",status="${status}"} ${index + 1}`,
+    );
+  });
+});

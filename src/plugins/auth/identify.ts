@@ -65,9 +65,18 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
     };
   };
 
-  return (request) => {
+  // Most requests carry no credential at all: that answer needs no verifying and no memo, and
+  // one settled promise (owned by this identify) serves them all.
+  const none: Promise<Identification> = Promise.resolve({ status: "none" });
+  const carriesCredential = (headers: Headers): boolean =>
+    headers.has("authorization") ||
+    headers.has("x-api-key") ||
+    readCookie(headers.get("cookie"), sessionCookie) !== null;
+
+  return function identify(request) {
     let result = seen.get(request);
     if (result === undefined) {
+      if (!carriesCredential(request.headers)) return none;
       result = identifyOnce(request);
       seen.set(request, result);
     }

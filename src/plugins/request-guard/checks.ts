@@ -70,7 +70,28 @@ const SINGLE_VALUED = [
   "origin",
 ];
 
+const SINGLE_VALUED_NAMES = new Set(SINGLE_VALUED);
+
+/**
+ * One pass over the headers as one object (Bun's `toJSON`, with repeated headers joined as `get`
+ * joins them) that finds whether anything is wrong; only then does headerRefusal say what, in its
+ * order. Half the cost of iterating the Headers and nine `get`s on every request.
+ */
 export function checkHeaders(headers: Headers): Refusal | null {
+  const all = headers.toJSON() as Record<string, string | string[]>;
+  for (const name in all) {
+    const value = all[name]!;
+    // Only set-cookie comes as a list; no client has a reason to send it: take the full check.
+    if (typeof value !== "string") return headerRefusal(headers);
+    if (CONTROL_IN_HEADER.test(value) || (SINGLE_VALUED_NAMES.has(name) && value.includes(","))) {
+      return headerRefusal(headers);
+    }
+  }
+  return null;
+}
+
+/** The refusal for headers checkHeaders found wrong: the first control character, then repeats. */
+export function headerRefusal(headers: Headers): Refusal | null {
   for (const [name, value] of headers) {
     if (CONTROL_IN_HEADER.test(value)) {
       return { code: "BAD_HEADER", reason: `control characters in ${name}` };

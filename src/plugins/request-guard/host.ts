@@ -87,13 +87,50 @@ export function checkHost(
   request: Request,
   allowedHosts: ReadonlySet<string> | null,
 ): Refusal | null {
-  const raw = request.headers.get("host") ?? authorityOf(request.url);
+  return hostVerdict(request.headers.get("host") ?? authorityOf(request.url), allowedHosts);
+}
+
+function hostVerdict(raw: string | null, allowedHosts: ReadonlySet<string> | null): Refusal | null {
   const host = raw === null ? null : parseHost(raw);
   if (host === null) return { code: "BAD_HEADER", reason: "host is malformed" };
   if (allowedHosts !== null && !allowedHosts.has(host.name)) {
     return { code: "BAD_HEADER", reason: "host is not one this service answers for" };
   }
   return null;
+}
+
+/** How many distinct Host values one guard remembers the verdict of. */
+export const HOST_CACHE_LIMIT = 256;
+
+export interface HostCheck {
+  (request: Request): Refusal | null;
+  /** How many Host values are remembered now (at most the limit). */
+  readonly size: number;
+}
+
+/**
+ * checkHost, remembering the verdict per exact Host value: nearly every request names one of a
+ * few hosts, and parsing one (regexes, and the address parser for a literal) is most of the
+ * guard's cost. The key is the raw value, so another spelling is parsed on its own; a flood of
+ * distinct values empties the cache when it is full rather than growing it.
+ */
+export function createHostCheck(
+  allowedHosts: ReadonlySet<string> | null,
+  limit = HOST_CACHE_LIMIT,
+): HostCheck {
+  const verdicts = new Map<string, Refusal | null>();
+  const check = function checkHostOnce(request: Request): Refusal | null {
+    const raw = request.headers.get("host") ?? authorityOf(request.url);
+    if (raw === null) return hostVerdict(null, allowedHosts);
+    let verdict = verdicts.get(raw);
+    if (verdict === undefined) {
+      verdict = hostVerdict(raw, allowedHosts);
+      if (verdicts.size >= limit) verdicts.clear();
+      verdicts.set(raw, verdict);
+    }
+    return verdict;
+  };
+  return Object.defineProperty(check, "size", { get: () => verdicts.size }) as HostCheck;
 }
 
 /** A request built in process (app.handle) has no Host header; its URL names the host. */

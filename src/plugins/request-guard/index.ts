@@ -14,6 +14,7 @@ import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
+import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
 import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin } from "./body";
 import {
   checkContentType,
@@ -25,7 +26,7 @@ import {
   hasBody,
   type Refusal,
 } from "./checks";
-import { checkHost } from "./host";
+import { createHostCheck } from "./host";
 
 export interface RequestGuardOptions {
   bodyLimits: BodyLimits;
@@ -33,6 +34,11 @@ export interface RequestGuardOptions {
   allowedHosts?: readonly string[] | null;
   audit: AuditLog;
   limits?: GuardLimits;
+  /**
+   * The app's registered routes: each JSON body is checked against its route's strict schema as
+   * soon as it is parsed (plugins/strict-body). Absent: no such check.
+   */
+  routes?: () => readonly RouteBody[];
 }
 
 const utf8 = new TextDecoder();
@@ -42,8 +48,11 @@ export function requestGuard({
   audit,
   limits = DEFAULT_GUARD_LIMITS,
   allowedHosts = null,
+  routes,
 }: RequestGuardOptions) {
-  const hosts = allowedHosts === null ? null : new Set(allowedHosts);
+  const checkSentBody = routes ? createSentBodyCheck({ routes }) : undefined;
+  // Owned by this guard, so each app remembers its own hosts.
+  const checkHost = createHostCheck(allowedHosts === null ? null : new Set(allowedHosts));
   const refuse = (state: RequestState, refusal: Refusal): never => {
     const { request, path, clientIp, requestId } = state;
     audit.record({
@@ -64,7 +73,7 @@ export function requestGuard({
       const refusal =
         checkUrl(request.url, limits) ??
         checkHeaders(headers) ??
-        checkHost(request, hosts) ??
+        checkHost(request) ??
         (hasBody(request)
           ? (checkDeclaredLength(headers, bodyLimits[routeClass.bodyLimit]) ??
             checkContentType(headers))
@@ -76,7 +85,9 @@ export function requestGuard({
       // are case-insensitive and may be followed by whitespace (RFC 9110 §8.3.1), as the guard
       // compared them. Any other spelling would reach the route as text, or as no body at all.
       if (contentType.trim().toLowerCase() !== "application/json") return;
-      const { request, routeClass } = context as unknown as RequestState;
+      const { request, routeClass, route } = context as unknown as RequestState & {
+        route: string;
+      };
       const bytes = await readBodyWithin(request, bodyLimits[routeClass.bodyLimit]);
       // Webhook signatures are computed over the exact bytes received, not a re-serialisation
       // nor a decoding (two byte strings can decode to one text): `rawBytes` is what was sent.
@@ -89,11 +100,19 @@ export function requestGuard({
           { field: "body", message: `Nested more than ${MAX_BODY_DEPTH} levels deep` },
         ]);
       }
+      let sent: unknown;
       try {
-        return JSON.parse(text);
+        sent = JSON.parse(text);
       } catch {
         throw new AppError("MALFORMED_BODY", "The request body is not valid JSON.");
       }
+      if (checkSentBody) {
+        // Now, as sent: Elysia's validation converts and cleans what it is handed. The refusal
+        // waits for its place in the order (plugins/strict-body).
+        const refusal = checkSentBody(request.method, route, sent);
+        if (refusal !== undefined) (context as SentBodyState).sentBodyRefusal = refusal;
+      }
+      return sent;
     })
     .as("global");
 }

@@ -73,6 +73,8 @@ function parseRoute(route: string): { method: string; path: string } {
 
 export function createRouteClassTable(classes: readonly RouteClass[]): RouteClassTable {
   const exact = new Map<string, ResolvedRouteClass>();
+  // The same entries by method, then path: no "METHOD path" string is built per request.
+  const exactByMethod = new Map<string, Map<string, ResolvedRouteClass>>();
   const patterns: Pattern[] = [];
   const declared: { route: string; resolved: ResolvedRouteClass }[] = [];
 
@@ -91,6 +93,8 @@ export function createRouteClassTable(classes: readonly RouteClass[]): RouteClas
       if (!prefix && !path.includes(":") && method !== "*") {
         if (exact.has(route)) throw new Error(`route class entry "${route}" is declared twice`);
         exact.set(route, resolved);
+        const paths = exactByMethod.get(method) ?? new Map<string, ResolvedRouteClass>();
+        exactByMethod.set(method, paths.set(path, resolved));
         continue;
       }
       const segments = (prefix ? path.slice(0, -2) : path).split("/");
@@ -102,8 +106,19 @@ export function createRouteClassTable(classes: readonly RouteClass[]): RouteClas
     (a, b) => b.segments.length - a.segments.length || Number(a.prefix) - Number(b.prefix),
   );
 
-  const matches = (pattern: Pattern, method: string, segments: readonly string[]): boolean => {
-    if (pattern.method !== "*" && pattern.method !== method) return false;
+  // The patterns each method can match, in the order above; a method no pattern names can match
+  // only the `*` ones. Built once, so the lists never grow with what clients send.
+  const anyMethod = patterns.filter((pattern) => pattern.method === "*");
+  const patternsByMethod = new Map<string, readonly Pattern[]>();
+  for (const { method } of patterns) {
+    if (method === "*" || patternsByMethod.has(method)) continue;
+    patternsByMethod.set(
+      method,
+      patterns.filter((pattern) => pattern.method === "*" || pattern.method === method),
+    );
+  }
+
+  const matches = (pattern: Pattern, segments: readonly string[]): boolean => {
     const wanted = pattern.segments;
     if (pattern.prefix ? segments.length <= wanted.length : segments.length !== wanted.length) {
       return false;
@@ -121,12 +136,13 @@ export function createRouteClassTable(classes: readonly RouteClass[]): RouteClas
       // Elysia answers HEAD with the GET handler and routes "/x/" to "/x" (strictPath off).
       const method = rawMethod === "HEAD" ? "GET" : rawMethod;
       const path = rawPath.length > 1 && rawPath.endsWith("/") ? rawPath.slice(0, -1) : rawPath;
-      const found = exact.get(`${method} ${path}`);
+      const found = exactByMethod.get(method)?.get(path);
       if (found) return found;
-      if (patterns.length === 0) return UNMATCHED_CLASS;
+      const candidates = patternsByMethod.get(method) ?? anyMethod;
+      if (candidates.length === 0) return UNMATCHED_CLASS;
       const segments = path.split("/");
-      for (const pattern of patterns) {
-        if (matches(pattern, method, segments)) return pattern.resolved;
+      for (const pattern of candidates) {
+        if (matches(pattern, segments)) return pattern.resolved;
       }
       return UNMATCHED_CLASS;
     },

@@ -1,0 +1,71 @@
+/**
+ * identify answers a request without any credential at once, with nothing verified or
+ * remembered; a request with one is verified once however often it is asked, and never gets
+ * the no-credential answer.
+ */
+import { expect, test } from "bun:test";
+import type { CredentialVerifier } from "../../src/plugins/auth/credentials";
+import { createIdentify } from "../../src/plugins/auth/identify";
+
+const principal = { kind: "user", id: "u1", role: "user", via: "bearer" } as const;
+
+function countingVerifier() {
+  const calls: string[] = [];
+  const verifier = {
+    async verifyAccessToken(token: string, via: string) {
+      calls.push(`${via}:${token}`);
+      return token === "good" ? { ok: true, principal } : { ok: false, reason: "invalid" };
+    },
+    verifyApiKey(key: string) {
+      calls.push(`key:${key}`);
+      return { ok: false, reason: "invalid" };
+    },
+  } as unknown as CredentialVerifier;
+  return { verifier, calls };
+}
+
+const request = (headers: Record<string, string>) => new Request("http://localhost/x", { headers });
+
+test("no credential: none, nothing verified, for every request without one", async () => {
+  const { verifier, calls } = countingVerifier();
+  const identify = createIdentify(verifier, false);
+  const headerSets: Record<string, string>[] = [
+    {},
+    { cookie: "theme=dark; palisade_csrf=x" },
+    { accept: "*/*" },
+  ];
+  for (const headers of headerSets) {
+    expect(await identify(request(headers))).toEqual({ status: "none" });
+  }
+  expect(calls).toEqual([]);
+});
+
+test("a credential in any place is verified, once per request, and never answered as none", async () => {
+  const { verifier, calls } = countingVerifier();
+  const identify = createIdentify(verifier, false);
+  const cases: [Record<string, string>, "ok" | "bad", string][] = [
+    [{ authorization: "Bearer good" }, "ok", "bearer:good"],
+    [{ authorization: "Bearer bad" }, "bad", "bearer:bad"],
+    [{ authorization: "Basic abc" }, "bad", ""],
+    [{ "x-api-key": "pal_live_x" }, "bad", "key:pal_live_x"],
+    [{ cookie: "theme=dark; palisade_session=good" }, "ok", "cookie:good"],
+    [{ authorization: "Bearer good", "x-api-key": "k" }, "bad", ""],
+  ];
+  for (const [headers, status, call] of cases) {
+    calls.length = 0;
+    const one = request(headers);
+    expect((await identify(one)).status).toBe(status);
+    expect((await identify(one)).status).toBe(status);
+    expect(calls).toEqual(call === "" ? [] : [call]);
+    // The next request without a credential still gets none, and this one its own answer.
+    expect(await identify(request({}))).toEqual({ status: "none" });
+  }
+});
+
+test("behind TLS only the __Host- session cookie counts", async () => {
+  const { verifier, calls } = countingVerifier();
+  const identify = createIdentify(verifier, true);
+  expect(await identify(request({ cookie: "palisade_session=good" }))).toEqual({ status: "none" });
+  expect((await identify(request({ cookie: "__Host-palisade_session=good" }))).status).toBe("ok");
+  expect(calls).toEqual(["cookie:good"]);
+});
