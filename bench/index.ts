@@ -267,7 +267,7 @@ try {
     if (!Bun.which("taskset"))
       warnings.push("taskset missing: server and wrk are not pinned to separate cores");
     log(
-      `\nHTTP: ${plan.rounds} interleaved rounds (A B C D …), ${plan.seconds} s per figure after a ${plan.warmup > 0 ? `${plan.warmup} s` : "300-request"} warm-up; server on core 0, wrk -t1 -c32 on core 1`,
+      `\nHTTP: ${plan.rounds} interleaved round${plan.rounds > 1 ? "s" : ""} (A B C D …), ${plan.seconds} s per figure after a ${plan.warmup > 0 ? `${plan.warmup} s` : "300-request"} warm-up; server on core 0, wrk -t1 -c32 on core 1`,
     );
     http = await phase("HTTP", () =>
       measureHttp({
