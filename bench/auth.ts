@@ -18,8 +18,12 @@ function perSecond(count: number, ms: number) {
   return Math.round(count / (ms / 1000));
 }
 
-export async function measureAuth(dir: string, iterations: number) {
-  const logins = 10;
+export async function measureAuth(
+  dir: string,
+  iterations: number,
+  firstSights = 2_000,
+  logins = 10,
+) {
   const hash = await hashPassword("violet-Harbor-quantum-73!");
   let started = performance.now();
   for (let i = 0; i < logins; i++) await verifyPassword("violet-Harbor-quantum-73!", hash);
@@ -71,7 +75,7 @@ export async function measureAuth(dir: string, iterations: number) {
   const keyCached = await time(() => services.credentials.verifyApiKey(apiKey));
   // First sights: many keys, each verified once, so every check misses the cache.
   const keys = Array.from(
-    { length: 2_000 },
+    { length: firstSights },
     (_, i) =>
       services.apiKeys.create({ name: `bench-${i}`, scopes: ["chat"], userId: null }, "bench").key,
   );

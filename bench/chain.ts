@@ -27,7 +27,7 @@ type Stage = { name: string; add: (app: AnyApp) => AnyApp };
 
 const payload = { id: 42, name: "palisade", tags: ["a", "b"], ok: true };
 
-export async function measureChain(dir: string, requests: number, concurrency: number) {
+export async function measureChain(dir: string, requests: number, concurrency: number, rounds = 3) {
   const config = loadConfig({
     APP_ENV: "development",
     LOG_LEVEL: "info",
@@ -104,8 +104,8 @@ export async function measureChain(dir: string, requests: number, concurrency: n
   const timeApp = async (app: AnyApp): Promise<number> => {
     const handle = app.handle.bind(app);
     const url = "http://localhost/bench";
-    // Warm up: JIT and Elysia's compiled handler.
-    for (let i = 0; i < 2_000; i++) await handle(new Request(url));
+    // Warm up: JIT and Elysia's compiled handler (the quick run's short runs warm up less).
+    for (let i = 0; i < Math.min(2_000, requests); i++) await handle(new Request(url));
     const started = performance.now();
     let sent = 0;
     const worker = async () => {
@@ -126,10 +126,10 @@ export async function measureChain(dir: string, requests: number, concurrency: n
   };
 
   const rows: { stage: string; usPerRequest: number }[] = [];
-  // Best of three rounds per app: the machine is noisy and the minimum is the steadiest estimate.
+  // Best of the rounds per app: the machine is noisy and the minimum is the steadiest estimate.
   const best = async (count: number) => {
     let min = Number.POSITIVE_INFINITY;
-    for (let round = 0; round < 3; round++) min = Math.min(min, await timeApp(build(count)));
+    for (let round = 0; round < rounds; round++) min = Math.min(min, await timeApp(build(count)));
     return min;
   };
   const bare = await best(0);

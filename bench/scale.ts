@@ -11,7 +11,7 @@
  */
 import { mkdtempSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { memoryOf, ROOT } from "./proc";
+import { memoryOf, pinned, ROOT } from "./proc";
 import { type Summary, summarize } from "./stats";
 
 export interface ClientsResult {
@@ -26,15 +26,26 @@ export interface ClientsResult {
   walBytes: number;
 }
 
-export async function measureClients(dir: string, count: number): Promise<ClientsResult> {
-  const proc = Bun.spawn(
-    ["bun", "bench/scale/clients.ts", String(count), mkdtempSync(join(dir, "clients-"))],
-    {
-      cwd: ROOT,
-      stdout: "pipe",
-      stderr: "pipe",
-    },
-  );
+/**
+ * Runs pinned to `core` (when given): the suite runs it on core 1 beside its in-process figures,
+ * which then have the other core (bench/index.ts).
+ */
+export async function measureClients(
+  dir: string,
+  count: number,
+  core?: number,
+): Promise<ClientsResult> {
+  const command = [
+    "bun",
+    "bench/scale/clients.ts",
+    String(count),
+    mkdtempSync(join(dir, "clients-")),
+  ];
+  const proc = Bun.spawn(core === undefined ? command : pinned(core, command), {
+    cwd: ROOT,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   const [out, err] = await Promise.all([
     new Response(proc.stdout).text(),
     new Response(proc.stderr).text(),

@@ -1,3 +1,4 @@
+import { isNull } from "drizzle-orm";
 import { index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 
 /**
@@ -33,6 +34,9 @@ export const auditEvents = sqliteTable(
     index("audit_events_at").on(table.at),
     index("audit_events_type_at").on(table.type, table.at),
     index("audit_events_actor").on(table.actor),
+    // Every start asks whether unkeyed rows exist (plugins/audit/upgrade); without this the answer
+    // is a scan of the whole table (~200 ms at a million rows). Empty once keyed: no write cost.
+    index("audit_events_unkeyed").on(table.id).where(isNull(table.keyId)),
   ],
 );
 

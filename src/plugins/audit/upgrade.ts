@@ -24,6 +24,21 @@ export interface LegacyUpgrade {
   firstBrokenId: number | null;
 }
 
+/**
+ * Whether any audit row or checkpoint lacks a key: on every start after the upgrade the answer is
+ * no. Raw SQL, outside a transaction: on the start path, where Drizzle building the upgrade's
+ * queries and the IMMEDIATE transaction cost 8-18 ms against 0.2 ms for this (cold process,
+ * measured on the shared machine). The upgrade itself re-checks inside its transaction. Without
+ * the partial index either form scanned the whole table: ~200 ms at a million rows.
+ */
+function hasUnkeyedRows(sqlite: Database): boolean {
+  return sqlite.query<{ found: number }, []>(UNKEYED_CHECK).get()?.found === 1;
+}
+
+/** Reads the partial index `audit_events_unkeyed` (empty once keyed), never the whole table. */
+export const UNKEYED_CHECK =
+  "SELECT EXISTS (SELECT 1 FROM audit_events WHERE key_id IS NULL) OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE key_id IS NULL) AS found";
+
 /** Keys the pre-upgrade rows and checkpoints; null when there was nothing to do. */
 export function keyLegacyAuditRows(
   sqlite: Database,
@@ -31,6 +46,7 @@ export function keyLegacyAuditRows(
   audit: AuditLog,
   logger: Logger,
 ): LegacyUpgrade | null {
+  if (!hasUnkeyedRows(sqlite)) return null;
   const db = drizzleOf(sqlite);
   const result = db.transaction(
     (): LegacyUpgrade | null => {

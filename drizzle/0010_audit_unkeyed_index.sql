@@ -1,0 +1,1 @@
+CREATE INDEX `audit_events_unkeyed` ON `audit_events` (`id`) WHERE "audit_events"."key_id" is null;

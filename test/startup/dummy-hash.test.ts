@@ -1,0 +1,56 @@
+/**
+ * The unknown-email login's dummy argon2id hash is started when the service is built and does not
+ * hold up the start (the first `/health` answers without it), but a login that arrives before it
+ * exists waits for that same hash: it never answers sooner (which would tell an unknown address
+ * from a known one by timing) and never hashes a second time.
+ */
+import { afterEach, expect, spyOn, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../support/app";
+
+const open: TestApp[] = [];
+afterEach(() => {
+  for (const target of open.splice(0)) target.close();
+});
+
+test("/health answers while the dummy hash is still being made; a login waits for that one hash", async () => {
+  const realHash = Bun.password.hash.bind(Bun.password);
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  // The dummy hash (the only hash a start makes) finishes only when the test says so.
+  const hash = spyOn(Bun.password, "hash").mockImplementation(async (...args) => {
+    await gate;
+    return realHash(...args);
+  });
+  const verify = spyOn(Bun.password, "verify");
+  try {
+    const target = buildTestApp();
+    open.push(target);
+    expect((await send(target, "/health")).status).toBe(200);
+    expect(target.services.auth.loginPrepared).toBe(false);
+
+    let answered = false;
+    const login = send(target, "/api/auth/login", {
+      body: { email: "nobody@example.com", password: "violet-Harbor-quantum-73!" },
+    }).then((response) => {
+      answered = true;
+      return response;
+    });
+    await Bun.sleep(50);
+    expect(answered).toBe(false);
+    expect(verify).not.toHaveBeenCalled();
+
+    release();
+    const response = await login;
+    expect(response.status).toBe(401);
+    expect(((await response.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+    expect(hash).toHaveBeenCalledTimes(1);
+    expect(verify).toHaveBeenCalledTimes(1);
+    expect(target.services.auth.loginPrepared).toBe(true);
+  } finally {
+    release();
+    hash.mockRestore();
+    verify.mockRestore();
+  }
+});
