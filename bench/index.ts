@@ -337,6 +337,7 @@ try {
     http,
     manyClients: many,
     limiterChecksPerSecond: limiter.grouped,
+    leasedChecksPerSecond: limiter.leased,
     clients,
     startup,
     exactness,

@@ -24,7 +24,10 @@ const MB = 1024;
 export interface TargetInputs {
   http: HttpResults | null;
   manyClients: ManyClientResults | null;
+  /** Distinct keys, 256 to a transaction: what a flood of new clients costs the store. */
   limiterChecksPerSecond: number;
+  /** One hot key, 32 checks in flight, through permit leasing: what one busy client costs. */
+  leasedChecksPerSecond: number;
   clients: ClientsResult;
   startup: StartupResults;
   exactness: ExactnessResult;
@@ -78,12 +81,18 @@ export function checkTargets(inputs: TargetInputs): Target[] {
       : "not measured",
     met: many ? many.afterPrune.rows === 0 : null,
   });
-  targets.push({
-    name: "limiter store (grouped) checks/s",
-    want: "≥ 150,000",
-    got: Math.round(inputs.limiterChecksPerSecond).toLocaleString("en-US"),
-    met: inputs.limiterChecksPerSecond >= 150_000,
-  });
+  // The issue names one figure; the store has two regimes, so both are held to it.
+  for (const [name, perSecond] of [
+    ["limiter store checks/s, distinct keys (grouped)", inputs.limiterChecksPerSecond],
+    ["limiter store checks/s, one hot key (permit leasing)", inputs.leasedChecksPerSecond],
+  ] as const) {
+    targets.push({
+      name,
+      want: "≥ 150,000",
+      got: Math.round(perSecond).toLocaleString("en-US"),
+      met: perSecond >= 150_000,
+    });
+  }
   const idle = inputs.startup.restart.idleRssKb.median;
   targets.push({
     name: "idle RSS after start",
