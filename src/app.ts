@@ -71,6 +71,7 @@ export function createApp(deps: AppDeps) {
   });
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];
+  let listening: () => Bun.Server<unknown> | null = () => null;
   const app = new Elysia({ name: "palisade" })
     // Before anything reads the path: Elysia slices it from request.url at a fixed offset, which a
     // short or malformed Host shifts (plugins/request-guard/host).
@@ -89,6 +90,7 @@ export function createApp(deps: AppDeps) {
         trustProxy: config.trustProxy,
         // A scrape the metrics listener hands over comes from that listener's socket.
         peerAddress: (request) => metricsListenerPeer(request) ?? deps.peerAddress?.(request),
+        listener: () => listening(),
       }),
     )
     .use(securityHeaders(responseHeaders))
@@ -165,6 +167,7 @@ export function createApp(deps: AppDeps) {
       ),
     );
   registeredRoutes = () => app.routes;
+  listening = () => app.server;
   registerInFlight(registry, () => app.server);
   return app;
 }

@@ -134,10 +134,12 @@ describe("in the app", () => {
   });
 
   test("uses the real socket address when served", async () => {
+    let listening: Bun.Server<unknown> | null = null;
     const app = new Elysia()
-      .use(clientIp({ trustProxy: { kind: "none" } }))
+      .use(clientIp({ trustProxy: { kind: "none" }, listener: () => listening }))
       .get("/ip", ({ clientIp }) => clientIp)
       .listen({ hostname: "127.0.0.1", port: 0 });
+    listening = app.server;
     try {
       const response = await fetch(new URL("/ip", app.server!.url), {
         headers: { "x-forwarded-for": "6.6.6.6" },

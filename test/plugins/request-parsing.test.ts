@@ -26,11 +26,12 @@ const NOTHING = {
   route: false,
   path: false,
 };
-const PER_REQUEST_PARSING = ["cookie", "headers", "query", "body"] as const;
+// `server` is defined on every request's context by a getter when any hook reads it.
+const PER_REQUEST_PARSING = ["cookie", "headers", "query", "body", "server"] as const;
 
 type Hook = { fn: (...args: never[]) => unknown };
 
-test("no global hook makes every request parse its cookies, headers, query or body", () => {
+test("no global hook makes every request parse its cookies, headers, query or body, or define its server", () => {
   current = buildTestApp();
   const events = (current.app as unknown as { event: Record<string, Hook[] | undefined> }).event;
   const offenders: string[] = [];
@@ -64,4 +65,5 @@ test("a route that reads none of them compiles to a handler that parses none of 
   expect(compiled).not.toContain("parseCookie(");
   expect(compiled).not.toContain("headers.toJSON()");
   expect(compiled).not.toContain("parseQuery");
+  expect(compiled).not.toContain("'server'");
 });

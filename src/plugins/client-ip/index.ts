@@ -18,11 +18,18 @@ import {
 export interface ClientIpOptions {
   trustProxy: TrustProxy;
   /**
-   * Finds the socket peer's address. Defaults to Bun's `server.requestIP`; tests that call
-   * `app.handle` (which has no socket) pass their own, and the metrics listener names the peer of
-   * the requests it hands over. `undefined`: ask the server.
+   * Finds the socket peer's address; tests that call `app.handle` (which has no socket) pass their
+   * own, and the metrics listener names the peer of the requests it hands over. `undefined`: ask
+   * `listener`.
    */
   peerAddress?: (request: Request) => string | null | undefined;
+  /**
+   * The server whose sockets the requests arrive on (Bun's `server.requestIP`), asked when
+   * `peerAddress` gives `undefined`; without either the peer is unknown. Passed in rather than read
+   * from Elysia's context: a hook that reads `server` there makes every request of every route
+   * define it on its context.
+   */
+  listener?: () => { requestIP(request: Request): { address: string } | null } | null | undefined;
 }
 
 export interface ResolvedClient {
@@ -33,7 +40,7 @@ export interface ResolvedClient {
 
 const MEMO_LIMIT = 10_000;
 
-export function clientIp({ trustProxy, peerAddress }: ClientIpOptions) {
+export function clientIp({ trustProxy, peerAddress, listener }: ClientIpOptions) {
   const trust = compileTrust(trustProxy);
   const memo = new Map<string, ResolvedClient>();
 
@@ -62,7 +69,7 @@ export function clientIp({ trustProxy, peerAddress }: ClientIpOptions) {
     .onRequest(function resolveClientAddressOfRequest(context) {
       const given = peerAddress?.(context.request);
       const peer =
-        given !== undefined ? given : (context.server?.requestIP(context.request)?.address ?? null);
+        given !== undefined ? given : (listener?.()?.requestIP(context.request)?.address ?? null);
       const resolved = resolve(peer, context.request.headers.get("x-forwarded-for"));
       context.client = resolved;
       context.clientIp = resolved.ip;
