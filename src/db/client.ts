@@ -2,7 +2,7 @@
  * @module
  * Opens the SQLite database with the pragmas every process sharing the file must agree on:
  * WAL so readers never block the writer, synchronous=NORMAL (durable at each checkpoint, safe
- * against corruption), a busy timeout so concurrent writers wait instead of failing, foreign keys,
+ * against corruption) with a checkpoint every 16 MB of WAL, a busy timeout so concurrent writers wait instead of failing, foreign keys,
  * and secure_delete so what a statement deletes or overwrites is zeroed, not left in free space.
  * The 5 s timeout is for start-up (probe, migrations) and the CLI; a serving process lowers it to
  * REQUEST_BUSY_TIMEOUT_MS once migrated (see db/busy), since every wait blocks its event loop.
@@ -19,6 +19,10 @@ import { timeQueries } from "./timing";
 export type AppDatabase = BunSQLiteDatabase<typeof schema> & { $client: Database };
 
 export const BUSY_TIMEOUT_MS = 5000;
+/** WAL pages (4 KB each) between automatic checkpoints: 16 MB. */
+export const WAL_CHECKPOINT_PAGES = 4000;
+/** What a reset WAL file is truncated back to. */
+export const WAL_LIMIT_BYTES = 32 * 1024 * 1024;
 /** `ON`: freed cells and freelist pages are zeroed (FAST would leave freelist pages as they were). */
 export const SECURE_DELETE = "ON";
 
@@ -41,6 +45,12 @@ export function openDatabase(path: string): AppDatabase {
   try {
     sqlite.run("PRAGMA journal_mode = WAL");
     sqlite.run("PRAGMA synchronous = NORMAL");
+    // A checkpoint every 16 MB of WAL rather than SQLite's 4 MB: a flood of new clients writes a
+    // limiter row on a random page per request, and checkpoints (with their fsync) were a third of
+    // each insert's cost (measured: 65 → 44 µs an insert at 16 a transaction). The file is cut back
+    // to WAL_LIMIT_BYTES after a checkpoint that ran long behind a reader.
+    sqlite.run(`PRAGMA wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`);
+    sqlite.run(`PRAGMA journal_size_limit = ${WAL_LIMIT_BYTES}`);
     sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
     sqlite.run("PRAGMA foreign_keys = ON");
     // Deleted and overwritten content (a cleared WhatsApp number, an erased user, a deleted

@@ -11,7 +11,7 @@ const migrationCount = () =>
   readdirSync(MIGRATIONS_FOLDER).filter((f) => f.endsWith(".sql")).length;
 
 describe("openDatabase", () => {
-  test("sets WAL, synchronous=NORMAL, a busy timeout and foreign keys", () => {
+  test("sets WAL, synchronous=NORMAL, its checkpoint size, a busy timeout and foreign keys", () => {
     const dir = tempDir();
     try {
       const db = openDatabase(join(dir.path, "nested", "dir", "app.db"));
@@ -20,6 +20,9 @@ describe("openDatabase", () => {
       expect(pragma("synchronous")).toBe(1); // NORMAL
       expect(pragma("busy_timeout")).toBe(5000);
       expect(pragma("foreign_keys")).toBe(1);
+      // A checkpoint every 16 MB of WAL, and a reset WAL cut back to 32 MB.
+      expect(pragma("wal_autocheckpoint")).toBe(4000);
+      expect(pragma("journal_size_limit")).toBe(32 * 1024 * 1024);
       db.$client.close();
     } finally {
       dir.remove();
