@@ -8,6 +8,13 @@ import { join } from "node:path";
 import { tempDir } from "./support/app";
 import { freePort, runToExit, type ServiceProcess, startService } from "./support/process";
 
+/** Three service processes on one database file, pushed onto `into` as each starts. */
+async function startThree(env: Record<string, string>, into: ServiceProcess[]) {
+  // Migrations run at start; starting one first keeps the others from racing to create tables.
+  into.push(await startService(env));
+  into.push(...(await Promise.all([startService(env), startService(env)])));
+}
+
 /** Waits until at least `marginMs` remain in the current minute, so a burst stays in one window. */
 async function awayFromMinuteEnd(marginMs: number) {
   const left = 60_000 - (Date.now() % 60_000);
@@ -25,9 +32,7 @@ test("three processes on one file admit exactly 50 of 300 concurrent requests fo
       RATE_LIMIT_BURST: "1000",
       LOG_LEVEL: "info",
     };
-    // Migrations run at start; starting one first keeps the others from racing to create tables.
-    services.push(await startService(env));
-    services.push(...(await Promise.all([startService(env), startService(env)])));
+    await startThree(env, services);
     // Warm each process up (its first /openapi.json builds the document) from another address,
     // so that none of them is still busy with its first request when the burst arrives.
     for (const service of services) {
@@ -81,8 +86,7 @@ test("with leases taken (a hot key, a limit of 300): three processes never admit
       TRUST_PROXY: "loopback",
       LOG_LEVEL: "info",
     };
-    services.push(await startService(env));
-    services.push(...(await Promise.all([startService(env), startService(env)])));
+    await startThree(env, services);
     await awayFromMinuteEnd(20_000);
     const db = new Database(env.DATABASE_PATH, { readonly: true });
     const counted = () =>
