@@ -332,3 +332,48 @@ describe("bodies nested too deep", () => {
     expect(current!.logs.text).not.toContain("Maximum call stack");
   });
 });
+
+describe("keys named like Object.prototype's members", () => {
+  test("are 422 wherever they are, on every JSON body, before anything turns the body into text", async () => {
+    const { target } = await setUp();
+    const users = () => target.db.$client.query("SELECT COUNT(*) AS n FROM users").get();
+    const before = users();
+    const keys = [
+      "toString",
+      "valueOf",
+      "hasOwnProperty",
+      "isPrototypeOf",
+      "toLocaleString",
+      "__defineGetter__",
+    ];
+    for (const key of keys) {
+      for (const raw of [
+        `{"email":{"${key}":"x"},"password":"Correct-Horse-Battery-9x!"}`,
+        `{"email":"a@example.test","password":"Correct-Horse-Battery-9x!","${key}":1}`,
+        // An escaped spelling of the same key.
+        `{"email":{"\\u00${key.charCodeAt(0).toString(16)}${key.slice(1)}":"x"},"password":"p"}`,
+      ]) {
+        const response = await send(target, "/api/auth/register", { body: raw, peer: "10.40.0.1" });
+        const body = (await response.json()) as { code: string; errors?: { message: string }[] };
+        expect([key, raw, response.status, body.code]).toEqual([
+          key,
+          raw,
+          422,
+          "VALIDATION_FAILED",
+        ]);
+        expect(body.errors?.[0]?.message).toStartWith("Reserved key");
+      }
+    }
+    expect(users()).toEqual(before);
+    // Read with the body, before authentication, as a malformed body is; never reaching Stripe.
+    for (const [path, raw] of [
+      ["/api/payments/intents", '{"amount":1000,"currency":{"toString":"x"}}'],
+      ["/api/chat", '{"message":{"toString":"x"}}'],
+      ["/api/auth/refresh", '{"refreshToken":{"toString":"x"}}'],
+    ]) {
+      const response = await send(target, path!, { body: raw, peer: "10.40.0.2" });
+      expect([path, response.status]).toEqual([path, 422]);
+    }
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+  });
+});

@@ -14,9 +14,14 @@
  * - JSON numbers only where the schema says integer or number (query strings still coerce);
  * - no property the schema does not name, at any depth (objects are closed unless a schema sets
  *   `additionalProperties` itself);
- * - no `__proto__`, `constructor` or `prototype` key anywhere: such a key is dropped or turned
- *   into a prototype by later copies, never kept as sent.
  * Refusals are 422 VALIDATION_FAILED naming the first offending field.
+ *
+ * Every JSON body, schema or not, is also refused when it is read (with malformed and too deeply
+ * nested ones, before authentication) if it holds a key named like a member of Object.prototype
+ * (`__proto__`, `constructor`, `toString`, `valueOf`, `hasOwnProperty`, …) or `prototype`
+ * anywhere: a later copy drops `__proto__` or reads it as the prototype, and an object whose
+ * `toString` is a string breaks whatever turns it into text — Elysia's own validation message did,
+ * answering 500 to `{"email":{"toString":"x"}}`.
  */
 
 import { TransformKind, type TSchema } from "@sinclair/typebox";
@@ -36,8 +41,11 @@ export interface StrictBodyOptions {
   routes: () => readonly RouteBody[];
 }
 
-/** Keys that a later object copy drops or reads as the prototype: never kept as sent. */
-const FORBIDDEN_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+/** Keys named like Object.prototype's members, and `prototype`: never kept as sent. */
+export const RESERVED_KEYS: ReadonlySet<string> = new Set([
+  ...Object.getOwnPropertyNames(Object.prototype),
+  "prototype",
+]);
 
 const NUMERIC_TYPES = new Set(["integer", "number"]);
 
@@ -90,12 +98,12 @@ export function strictSchemaOf(schema: Schema): Schema {
   return strict;
 }
 
-/** The path of the first forbidden key, or null (the guard refused bodies nested too deep). */
-function forbiddenKeyIn(value: unknown, path: string, depth = 0): string | null {
+/** The path of the first reserved key, or null (the guard refused bodies nested too deep). */
+function reservedKeyIn(value: unknown, path: string, depth = 0): string | null {
   if (value === null || typeof value !== "object" || depth > MAX_BODY_DEPTH) return null;
   for (const key of Object.keys(value)) {
-    if (FORBIDDEN_KEYS.has(key)) return `${path}/${key}`;
-    const inner = forbiddenKeyIn(
+    if (RESERVED_KEYS.has(key)) return `${path}/${key}`;
+    const inner = reservedKeyIn(
       (value as Record<string, unknown>)[key],
       `${path}/${key}`,
       depth + 1,
@@ -120,15 +128,19 @@ function refuse(field: string, message: string): never {
   throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [{ field, message }]);
 }
 
-/** Throws 422 VALIDATION_FAILED naming the first way the sent body breaks the strict schema. */
-export function checkSentBody(check: TypeCheck<TSchema>, sent: unknown): void {
-  const forbidden = forbiddenKeyIn(sent, "");
-  if (forbidden !== null) {
+/** Throws 422 VALIDATION_FAILED when a JSON body holds a reserved key anywhere (see above). */
+export function refuseReservedKeys(sent: unknown): void {
+  const reserved = reservedKeyIn(sent, "");
+  if (reserved !== null) {
     refuse(
-      fieldOf(forbidden.slice(0, forbidden.lastIndexOf("/"))),
-      "Reserved key: __proto__, constructor and prototype are refused",
+      fieldOf(reserved.slice(0, reserved.lastIndexOf("/"))),
+      "Reserved key: names of Object.prototype's members (__proto__, constructor, toString, …) and prototype are refused",
     );
   }
+}
+
+/** Throws 422 VALIDATION_FAILED naming the first way the sent body breaks the strict schema. */
+export function checkSentBody(check: TypeCheck<TSchema>, sent: unknown): void {
   if (check.Check(sent)) return;
   const first = check.Errors(sent).First();
   if (!first) refuse("body", "Invalid body");
