@@ -1,7 +1,11 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { Elysia } from "elysia";
 import { parseTrustProxy } from "../../src/config/parse";
-import { clientIp } from "../../src/plugins/client-ip";
+import {
+  clientIp,
+  createClientResolver,
+  MEMO_MAX_FORWARDED_LENGTH,
+} from "../../src/plugins/client-ip";
 import {
   compileTrust,
   parseForwardedEntry,
@@ -148,5 +152,32 @@ describe("in the app", () => {
     } finally {
       await app.stop(true);
     }
+  });
+});
+
+describe("remembered resolutions", () => {
+  const loopback = parseTrustProxy("TRUST_PROXY", "loopback");
+
+  test("a long X-Forwarded-For is resolved every time, never remembered, however many arrive", () => {
+    const resolver = createClientResolver(loopback);
+    const filler = "10.0.0.1, ".repeat(1400); // ~14 KB, as a client may send through a proxy
+    for (let i = 0; i < 2_000; i++) {
+      const client = `203.0.${Math.floor(i / 250)}.${(i % 250) + 1}`;
+      const header = `${filler}${client}`;
+      expect(header.length).toBeGreaterThan(MEMO_MAX_FORWARDED_LENGTH);
+      expect(resolver.resolve("127.0.0.1", header).ip).toBe(client);
+    }
+    expect(resolver.remembered).toBe(0);
+  });
+
+  test("short ones are remembered per (peer, header), each its own answer, and bounded", () => {
+    const resolver = createClientResolver(loopback);
+    expect(resolver.resolve("127.0.0.1", "198.51.100.7").ip).toBe("198.51.100.7");
+    // The same header from an untrusted peer is that peer, not the remembered answer.
+    expect(resolver.resolve("192.0.2.9", "198.51.100.7").ip).toBe("192.0.2.9");
+    expect(resolver.resolve("127.0.0.1", "198.51.100.7").ip).toBe("198.51.100.7");
+    expect(resolver.remembered).toBe(2);
+    for (let i = 0; i < 25_000; i++) resolver.resolve("127.0.0.1", `198.51.${i >> 8}.${i & 255}`);
+    expect(resolver.remembered).toBeLessThanOrEqual(10_000);
   });
 });

@@ -39,28 +39,58 @@ export interface ResolvedClient {
 }
 
 const MEMO_LIMIT = 10_000;
+/**
+ * Longer X-Forwarded-For values are resolved every time, never remembered: the header is client
+ * text (a proxy appends to what the client sent) of up to ~16 KB, and 10,000 remembered 16 KB
+ * keys would pin 160 MB. A real chain of a few proxies is well under this.
+ */
+export const MEMO_MAX_FORWARDED_LENGTH = 256;
 
-export function clientIp({ trustProxy, peerAddress, listener }: ClientIpOptions) {
+export interface ClientResolver {
+  resolve(peer: string | null, forwardedFor: string | null): ResolvedClient;
+  /** How many resolutions are remembered now (at most MEMO_LIMIT). */
+  readonly remembered: number;
+}
+
+/**
+ * Resolves a request's client from its socket peer and X-Forwarded-For, remembering the answer per
+ * (peer, header) pair: most requests repeat one.
+ */
+export function createClientResolver(trustProxy: TrustProxy): ClientResolver {
   const trust = compileTrust(trustProxy);
   const memo = new Map<string, ResolvedClient>();
-
-  const resolve = (peer: string | null, forwardedFor: string | null): ResolvedClient => {
-    const memoKey =
-      trust.kind === "none" || forwardedFor === null ? (peer ?? "") : `${peer}|${forwardedFor}`;
-    let resolved = memo.get(memoKey);
-    if (resolved === undefined) {
-      const address = resolveClientAddress({ peer, forwardedFor }, trust);
-      resolved = {
-        ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
-        key: clientKeyOf(address),
-        address,
-      };
-      // A flood of distinct addresses must not grow memory without bound.
-      if (memo.size >= MEMO_LIMIT) memo.clear();
-      memo.set(memoKey, resolved);
-    }
-    return resolved;
+  const resolveNow = (peer: string | null, forwardedFor: string | null): ResolvedClient => {
+    const address = resolveClientAddress({ peer, forwardedFor }, trust);
+    return {
+      ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
+      key: clientKeyOf(address),
+      address,
+    };
   };
+  return {
+    resolve(peer, forwardedFor) {
+      const forwarded = trust.kind === "none" ? null : forwardedFor;
+      if (forwarded !== null && forwarded.length > MEMO_MAX_FORWARDED_LENGTH) {
+        return resolveNow(peer, forwarded);
+      }
+      const memoKey = forwarded === null ? (peer ?? "") : `${peer}|${forwarded}`;
+      let resolved = memo.get(memoKey);
+      if (resolved === undefined) {
+        resolved = resolveNow(peer, forwardedFor);
+        // A flood of distinct addresses must not grow memory without bound.
+        if (memo.size >= MEMO_LIMIT) memo.clear();
+        memo.set(memoKey, resolved);
+      }
+      return resolved;
+    },
+    get remembered() {
+      return memo.size;
+    },
+  };
+}
+
+export function clientIp({ trustProxy, peerAddress, listener }: ClientIpOptions) {
+  const { resolve } = createClientResolver(trustProxy);
 
   return new Elysia({ name: "palisade.client-ip", seed: trustProxy })
     .decorate("clientIp", "")
