@@ -5,7 +5,8 @@
  * from a known one by timing) and never hashes a second time.
  */
 import { afterEach, expect, spyOn, test } from "bun:test";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { buildTestApp, secondProcess, send, type TestApp } from "../support/app";
+import { signUp } from "../support/auth";
 
 const open: TestApp[] = [];
 afterEach(() => {
@@ -52,5 +53,48 @@ test("/health answers while the dummy hash is still being made; a login waits fo
     release();
     hash.mockRestore();
     verify.mockRestore();
+  }
+});
+
+test("a known email's login and /ready wait for the dummy hash too: no answer tells the two apart", async () => {
+  const first = buildTestApp();
+  open.push(first);
+  const { email } = await signUp(first);
+  await first.services.auth.prepared();
+
+  const realHash = Bun.password.hash.bind(Bun.password);
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const hash = spyOn(Bun.password, "hash").mockImplementation(async (...args) => {
+    await gate;
+    return realHash(...args);
+  });
+  // A restart on the same database: its dummy hash is being made.
+  const restarted = secondProcess(first);
+  try {
+    const answered: string[] = [];
+    const known = send(restarted, "/api/auth/login", {
+      body: { email, password: "wrong-Harbor-quantum-73!" },
+    }).then((response) => {
+      answered.push("known");
+      return response;
+    });
+    const ready = send(restarted, "/ready").then((response) => {
+      answered.push("ready");
+      return response;
+    });
+    await Bun.sleep(50);
+    expect(answered).toEqual([]);
+
+    release();
+    expect((await known).status).toBe(401);
+    expect((await ready).status).toBe(200);
+    expect(restarted.services.auth.loginPrepared).toBe(true);
+  } finally {
+    release();
+    hash.mockRestore();
+    restarted.close();
   }
 });

@@ -68,6 +68,8 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
           clock,
         }),
       }),
+    // Logins are answered once the unknown-email dummy hash exists: /ready answers when it does.
+    readiness: { logins: () => service.prepared() },
     maintenance: (now) => {
       service.pruneSessions(now);
     },

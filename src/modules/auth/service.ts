@@ -339,6 +339,9 @@ export class AuthService {
       return { code: "LOCKED", retryAfterSeconds: Math.ceil(this.lockoutPolicy.windowMs / 1000) };
     }
 
+    // Every login waits for the dummy hash, not only an unknown email's: one that arrives while it is
+    // still being made (the first moments after a start) must not tell the two apart by its wait.
+    const dummyHash = await this.dummy();
     const user = this.userByEmail(emailLookupKey(rawEmail));
     // A password with a lone surrogate was never accepted at registration: it matches nothing,
     // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
@@ -346,7 +349,7 @@ export class AuthService {
     // The same argon2 work whether or not the account exists, so timing tells nothing.
     const matches = await verifyPassword(
       usable ? password : "",
-      user?.passwordHash ?? (await this.dummy()),
+      user?.passwordHash ?? dummyHash,
     );
     const valid = user !== null && usable && matches;
 
