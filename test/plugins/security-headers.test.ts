@@ -162,3 +162,21 @@ test("a handler's own Response keeps its headers and gains the fixed ones it lac
   expectSecurityHeaders(text);
   expect(await text.text()).toBe("plain text");
 });
+
+test("the HTML policy goes with the docs route in its every spelling, and never on an error at its path", async () => {
+  current = buildTestApp();
+  for (const path of ["/docs", "/docs/"]) {
+    const page = await send(current, path);
+    expect([path, page.status, page.headers.get("content-type")?.split(";")[0]]).toEqual([
+      path,
+      200,
+      "text/html",
+    ]);
+    expect(page.headers.get("content-security-policy")).toBe(DOCS_CSP);
+  }
+  for (const method of ["POST", "DELETE"]) {
+    const refused = await send(current, "/docs", { method });
+    expect(refused.status).toBe(405);
+    expectSecurityHeaders(refused);
+  }
+});

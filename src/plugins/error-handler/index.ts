@@ -79,9 +79,10 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
   const allowedMethods = routeMethodIndex(routes);
   const routePatternOf = routePatternIndex(routes);
   /** The answer's headers; set.headers is emptied so Elysia does not lay it over them again. */
-  const headersOf = (set: { headers: Record<string, unknown> }, path: string | undefined) => {
+  const headersOf = (set: { headers: Record<string, unknown> }) => {
     if (!responseHeaders) return set.headers as Record<string, string>;
-    const headers = responseHeaders.headersFor(path ?? "", set.headers);
+    // A problem document or an empty answer is never HTML: the API's policy, whatever the path.
+    const headers = responseHeaders.headersFor("", set.headers);
     set.headers = {};
     return headers;
   };
@@ -107,7 +108,7 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
         };
         if (error instanceof EarlyAnswer) {
           set.status = error.status;
-          return new Response(null, { status: error.status, headers: headersOf(set, path) });
+          return new Response(null, { status: error.status, headers: headersOf(set) });
         }
         const requestId = givenId || "unknown";
         // A request refused before routing (the limiter's store locked) carries the pattern of the
@@ -203,7 +204,7 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
           JSON.stringify(
             toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors, status),
           ),
-          { status, headers: headersOf(set, path) },
+          { status, headers: headersOf(set) },
         );
       })
       .as("global")

@@ -71,7 +71,7 @@ export function buildSecurityHeaders(hsts: boolean, csp: string): Record<string,
   return headers;
 }
 
-/** The prebuilt header sets: the API's everywhere, the HTML policy on the HTML paths. */
+/** The prebuilt header sets: the API's everywhere, the HTML policy on the HTML routes. */
 export function securityResponseHeaders({
   hsts,
   htmlPaths = [],
@@ -79,7 +79,7 @@ export function securityResponseHeaders({
   const html = buildSecurityHeaders(hsts, DOCS_CSP);
   return createResponseHeaders({
     fixed: buildSecurityHeaders(hsts, API_CSP),
-    byPath: new Map(htmlPaths.map((path) => [path, html])),
+    byRoute: new Map(htmlPaths.map((path) => [path, html])),
   });
 }
 
@@ -102,26 +102,29 @@ function isPlainBody(value: unknown): value is object | string {
  * error handler from the same set, so a 403, 413 or 429 carries them too.
  */
 export function securityHeaders(responses: ResponseHeaders) {
-  return new Elysia({ name: "palisade.security-headers" })
-    .mapResponse(function sendWithSecurityHeaders({ responseValue, set, path }) {
-      const headers = set.headers as Record<string, unknown>;
-      // Built from the prebuilt set already (the error handler's problem documents).
-      if (responseValue instanceof Response && responseValue.headers.has(MARKER)) return;
-      if (
-        typeof set.status !== "number" ||
-        !isPlainBody(responseValue) ||
-        (set.cookie !== undefined && Object.keys(set.cookie).length > 0) ||
-        ("redirect" in set && set.redirect)
-      ) {
-        responses.fill(path, headers);
-        return;
-      }
-      const init = { status: set.status, headers: responses.headersFor(path, headers) };
-      // Built: Elysia must not lay set.headers over it a second time.
-      set.headers = {};
-      return typeof responseValue === "string"
-        ? new Response(responseValue, init)
-        : Response.json(responseValue, init);
-    })
-    .as("global");
+  return (
+    new Elysia({ name: "palisade.security-headers" })
+      // By the route the request matched, not its path: `/docs/` is the docs page too.
+      .mapResponse(function sendWithSecurityHeaders({ responseValue, set, route }) {
+        const headers = set.headers as Record<string, unknown>;
+        // Built from the prebuilt set already (the error handler's problem documents).
+        if (responseValue instanceof Response && responseValue.headers.has(MARKER)) return;
+        if (
+          typeof set.status !== "number" ||
+          !isPlainBody(responseValue) ||
+          (set.cookie !== undefined && Object.keys(set.cookie).length > 0) ||
+          ("redirect" in set && set.redirect)
+        ) {
+          responses.fill(route, headers);
+          return;
+        }
+        const init = { status: set.status, headers: responses.headersFor(route, headers) };
+        // Built: Elysia must not lay set.headers over it a second time.
+        set.headers = {};
+        return typeof responseValue === "string"
+          ? new Response(responseValue, init)
+          : Response.json(responseValue, init);
+      })
+      .as("global")
+  );
 }

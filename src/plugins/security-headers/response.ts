@@ -16,31 +16,31 @@
 type SetHeaders = Record<string, unknown>;
 
 export interface ResponseHeaders {
-  /** The fixed headers a response for `path` carries. */
-  fixedFor(path: string): Readonly<Record<string, string>>;
-  /** The response headers: the fixed set for `path`, then `set` laid over it. */
-  headersFor(path: string, set: SetHeaders): Headers;
+  /** The fixed headers a response for `route` carries. */
+  fixedFor(route: string): Readonly<Record<string, string>>;
+  /** The response headers: the fixed set for `route`, then `set` laid over it. */
+  headersFor(route: string, set: SetHeaders): Headers;
   /**
-   * Copies the fixed headers for `path` into `set` under what is already there: for the answers
+   * Copies the fixed headers for `route` into `set` under what is already there: for the answers
    * Elysia builds itself from `set.headers` (streams, files, a handler's own Response).
    */
-  fill(path: string, set: SetHeaders): void;
+  fill(route: string, set: SetHeaders): void;
 }
 
 export function createResponseHeaders(options: {
   fixed: Readonly<Record<string, string>>;
-  /** Paths whose fixed headers differ (the HTML docs page), and theirs. */
-  byPath?: ReadonlyMap<string, Readonly<Record<string, string>>>;
+  /** Routes (as matched, not as spelt) whose fixed headers differ (the HTML docs page), and theirs. */
+  byRoute?: ReadonlyMap<string, Readonly<Record<string, string>>>;
 }): ResponseHeaders {
   const { fixed } = options;
-  const byPath = options.byPath ?? new Map<string, Readonly<Record<string, string>>>();
+  const byRoute = options.byRoute ?? new Map<string, Readonly<Record<string, string>>>();
   const prebuilt = new Headers(fixed);
-  const prebuiltByPath = new Map([...byPath].map(([path, set]) => [path, new Headers(set)]));
+  const prebuiltByRoute = new Map([...byRoute].map(([route, set]) => [route, new Headers(set)]));
 
   return {
-    fixedFor: (path) => byPath.get(path) ?? fixed,
-    headersFor(path, set) {
-      const headers = new Headers(prebuiltByPath.get(path) ?? prebuilt);
+    fixedFor: (route) => byRoute.get(route) ?? fixed,
+    headersFor(route, set) {
+      const headers = new Headers(prebuiltByRoute.get(route) ?? prebuilt);
       for (const name in set) {
         const value = set[name];
         if (value === undefined || value === null) continue;
@@ -52,8 +52,8 @@ export function createResponseHeaders(options: {
       }
       return headers;
     },
-    fill(path, set) {
-      const own = byPath.get(path) ?? fixed;
+    fill(route, set) {
+      const own = byRoute.get(route) ?? fixed;
       for (const name in own) if (!(name in set)) set[name] = own[name];
     },
   };
