@@ -130,7 +130,8 @@ export function latestNow(group: readonly PendingCheck[]): number {
  * check stops at the first policy that did not grant its permit, so a refused request is not
  * counted by the policies after it. The lease comes last, so it never takes a permit a check of
  * the same turn would have had, and the checks' outcomes leave its permits out (they are shown as
- * the lease's requests use them). `decide` is called in policy order and may return nothing once
+ * the lease's requests use them). The admitted checks of a group see the count after their own
+ * permit, in arrival order. `decide` is called in policy order and may return nothing once
  * nothing is wanted.
  */
 export function shareGrants(
@@ -155,7 +156,22 @@ export function shareGrants(
           };
     lease.leased?.push({ state: grant.state, granted: leased });
     const asked = Math.min(wanted, groupSize);
-    for (let j = 0; j < asked; j++) outcomes[j]!.push({ ...state, admitted: j < grant.granted });
+    // Each admitted check sees the count as it stood after its own permit, so the remaining quota
+    // in its headers counts down one by one across a group, as if they had come one at a time.
+    const admitted = Math.min(grant.granted, asked);
+    for (let j = 0; j < asked; j++) {
+      const after = j < admitted ? admitted - 1 - j : 0;
+      outcomes[j]!.push(
+        after === 0
+          ? { ...state, admitted: j < grant.granted }
+          : {
+              ...state,
+              current: state.current - after,
+              burstCurrent: state.burstCurrent - after,
+              admitted: true,
+            },
+      );
+    }
     wanted = grant.granted;
   }
   return outcomes;

@@ -42,6 +42,20 @@ describe("rate limiting", () => {
     expect(response.headers.get("ratelimit")).toMatch(/^"default";r=2;t=\d+$/);
   });
 
+  test("concurrent requests see the remaining quota count down one by one, not one figure each", async () => {
+    // Below the leasing floor: every request is decided by the store, in groups per event-loop turn.
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "40" });
+    const responses = await Promise.all(
+      Array.from({ length: 45 }, () => send(target, "/openapi.json", { peer: "192.0.2.7" })),
+    );
+    const admitted = responses.filter((r) => r.status === 200);
+    expect(admitted).toHaveLength(40);
+    const remaining = admitted.map((r) => Number(r.headers.get("x-ratelimit-remaining")));
+    expect(remaining.sort((a, b) => b - a)).toEqual(Array.from({ length: 40 }, (_, i) => 39 - i));
+    const ietf = admitted.map((r) => r.headers.get("ratelimit")!.match(/;r=(\d+);/)![1]);
+    expect(new Set(ietf).size).toBe(40);
+  });
+
   test("over the limit: 429 problem+json with Retry-After, a metric and an audit row", async () => {
     const target = limited();
     for (let i = 0; i < 3; i++) expect((await send(target, "/openapi.json")).status).toBe(200);
