@@ -17,7 +17,7 @@ export interface Target {
   met: boolean | null;
 }
 
-/** WAL bound: the autocheckpoint (1000 pages, 4 MB) plus room for large group commits. */
+/** WAL bound: the autocheckpoint (4000 pages, 16 MB) plus room for large group commits. */
 export const WAL_BOUND_BYTES = 32 * 1024 * 1024;
 const MB = 1024;
 
