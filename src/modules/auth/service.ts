@@ -347,10 +347,7 @@ export class AuthService {
     // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
     const usable = password.isWellFormed();
     // The same argon2 work whether or not the account exists, so timing tells nothing.
-    const matches = await verifyPassword(
-      usable ? password : "",
-      user?.passwordHash ?? dummyHash,
-    );
+    const matches = await verifyPassword(usable ? password : "", user?.passwordHash ?? dummyHash);
     const valid = user !== null && usable && matches;
 
     if (!user || !valid) {
