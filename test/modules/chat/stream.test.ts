@@ -107,8 +107,9 @@ describe("Server-Sent Events", () => {
   });
 
   test("the access log and the duration histogram record the stream's end, not its first byte", async () => {
-    // ~70 words at 6 ms: the stream takes well over 300 ms, its first byte a few.
-    target = buildTestApp({ chatProvider: slowProvider(6) });
+    // ~50 deltas at 12 ms: the stream takes well over 300 ms (at 6 ms it once took 294 ms on a
+    // busy machine: a precondition, not the behaviour, failed), its first byte a few.
+    target = buildTestApp({ chatProvider: slowProvider(12) });
     const alice = await signUp(target);
     const started = performance.now();
     const response = await chat(target, asUser(alice), { message: "How do I sign up?" }, SSE);
