@@ -14,12 +14,7 @@ import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
-import {
-  createSentBodyCheck,
-  type RouteBody,
-  refuseReservedKeys,
-  type SentBodyState,
-} from "../strict-body";
+import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
 import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin } from "./body";
 import {
   checkContentType,
@@ -111,7 +106,6 @@ export function requestGuard({
       } catch {
         throw new AppError("MALFORMED_BODY", "The request body is not valid JSON.");
       }
-      refuseReservedKeys(sent);
       if (checkSentBody) {
         // Now, as sent: Elysia's validation converts and cleans what it is handed. The refusal
         // waits for its place in the order (plugins/strict-body).

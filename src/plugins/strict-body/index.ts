@@ -16,12 +16,13 @@
  *   `additionalProperties` itself);
  * Refusals are 422 VALIDATION_FAILED naming the first offending field.
  *
- * Every JSON body, schema or not, is also refused when it is read (with malformed and too deeply
+ * A body for a route with a schema is also refused when it is read (with malformed and too deeply
  * nested ones, before authentication) if it holds a key named like a member of Object.prototype
  * (`__proto__`, `constructor`, `toString`, `valueOf`, `hasOwnProperty`, …) or `prototype`
  * anywhere: a later copy drops `__proto__` or reads it as the prototype, and an object whose
  * `toString` is a string breaks whatever turns it into text — Elysia's own validation message did,
- * answering 500 to `{"email":{"toString":"x"}}`.
+ * answering 500 to `{"email":{"toString":"x"}}`. Routes without a schema (the signed webhooks,
+ * whose bodies only their provider can send, and would resend forever if refused) are exempt.
  */
 
 import { TransformKind, type TSchema } from "@sinclair/typebox";
@@ -170,7 +171,8 @@ function valueAt(value: unknown, pointer: string): unknown {
 
 /**
  * Checks a body as sent against its route's strict schema: the refusal to raise (a 422
- * AppError), or undefined when it passes or the route declares no body schema.
+ * AppError), or undefined when it passes or the route declares no body schema. A reserved key is
+ * thrown at once.
  */
 export type SentBodyCheck = (method: string, route: string, sent: unknown) => unknown;
 
@@ -199,6 +201,8 @@ export function createSentBodyCheck({ routes }: StrictBodyOptions): SentBodyChec
   return function checkBodyAsSent(method, route, sent) {
     const check = checkFor(method, route);
     if (check === undefined) return undefined;
+    // Now, not at its place in the order: Elysia's validation, which runs first, would throw on it.
+    refuseReservedKeys(sent);
     try {
       checkSentBody(check, sent);
       return undefined;

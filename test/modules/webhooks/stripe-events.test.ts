@@ -254,3 +254,19 @@ test("a signed event that is not shaped like one (id not evt_…, no type) is 40
     await metricValue(current, "webhook_events_total", { provider: "stripe", outcome: "failed" }),
   ).toBe(4);
 });
+
+test("a signed event whose metadata a merchant keyed like Object.prototype members is taken, not refused forever", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current);
+  const response = await deliver(
+    current,
+    stripeEvent("payment_intent.succeeded", {
+      id,
+      object: "payment_intent",
+      status: "succeeded",
+      metadata: { constructor: "dashboard", toString: "x", valueOf: "y" },
+    }),
+  );
+  expect(response.status).toBe(200);
+  expect(payment(current, id).status).toBe("succeeded");
+});
