@@ -13,17 +13,23 @@ afterEach(() => {
   for (const target of open.splice(0)) target.close();
 });
 
-test("/health answers while the dummy hash is still being made; a login waits for that one hash", async () => {
+/** Every password hash from now on finishes only once `release` is called. */
+function holdHashes() {
   const realHash = Bun.password.hash.bind(Bun.password);
   let release!: () => void;
   const gate = new Promise<void>((resolve) => {
     release = resolve;
   });
-  // The dummy hash (the only hash a start makes) finishes only when the test says so.
   const hash = spyOn(Bun.password, "hash").mockImplementation(async (...args) => {
     await gate;
     return realHash(...args);
   });
+  return { hash, release };
+}
+
+test("/health answers while the dummy hash is still being made; a login waits for that one hash", async () => {
+  // The dummy hash (the only hash a start makes) finishes only when the test says so.
+  const { hash, release } = holdHashes();
   const verify = spyOn(Bun.password, "verify");
   try {
     const target = buildTestApp();
@@ -62,15 +68,7 @@ test("a known email's login and /ready wait for the dummy hash too: no answer te
   const { email } = await signUp(first);
   await first.services.auth.prepared();
 
-  const realHash = Bun.password.hash.bind(Bun.password);
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  const hash = spyOn(Bun.password, "hash").mockImplementation(async (...args) => {
-    await gate;
-    return realHash(...args);
-  });
+  const { hash, release } = holdHashes();
   // A restart on the same database: its dummy hash is being made.
   const restarted = secondProcess(first);
   try {
