@@ -87,126 +87,125 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
     return headers;
   };
 
-  return (
-    new Elysia({ name: "palisade.error-handler" })
-      // Destructured once and the context never mentioned again: Elysia reads each hook's source, and
-      // a context used whole makes every request of every route parse its cookies, query and headers.
-      .onError(function toProblemResponse(context) {
-        const {
-          code,
-          error,
-          request,
-          set,
-          path,
-          route,
-          requestId: givenId,
-          principal,
-        } = context as typeof context & {
-          path?: string;
-          requestId?: string;
-          principal?: Principal;
+  return new Elysia({ name: "palisade.error-handler" })
+    .onError(function toProblemResponse(context) {
+      // Destructured once and the context never mentioned again: Elysia reads each hook's source,
+      // and a context used whole makes every request of every route parse its cookies, query and
+      // headers.
+      const {
+        code,
+        error,
+        request,
+        set,
+        path,
+        route,
+        requestId: givenId,
+        principal,
+      } = context as typeof context & {
+        path?: string;
+        requestId?: string;
+        principal?: Principal;
+      };
+      if (error instanceof EarlyAnswer) {
+        set.status = error.status;
+        return new Response(null, { status: error.status, headers: headersOf(set) });
+      }
+      const requestId = givenId || "unknown";
+      // A request refused before routing (the limiter's store locked) carries the pattern of the
+      // route it was aimed at, as in the access log.
+      const routeOf = (): string | undefined =>
+        route || (path ? routePatternOf(request.method, path) : null) || undefined;
+      let outcome: Outcome;
+
+      // Elysia wraps what a parse hook throws in its ParseError; the AppError is the cause.
+      const appError =
+        error instanceof AppError
+          ? error
+          : (error as { cause?: unknown }).cause instanceof AppError
+            ? ((error as { cause?: unknown }).cause as AppError)
+            : null;
+      if (appError) {
+        outcome = {
+          code: appError.code,
+          detail: appError.detail,
+          fieldErrors: appError.fieldErrors,
+          headers: appError.headers,
+          status: appError.status,
         };
-        if (error instanceof EarlyAnswer) {
-          set.status = error.status;
-          return new Response(null, { status: error.status, headers: headersOf(set) });
-        }
-        const requestId = givenId || "unknown";
-        // A request refused before routing (the limiter's store locked) carries the pattern of the
-        // route it was aimed at, as in the access log.
-        const routeOf = (): string | undefined =>
-          route || (path ? routePatternOf(request.method, path) : null) || undefined;
-        let outcome: Outcome;
-
-        // Elysia wraps what a parse hook throws in its ParseError; the AppError is the cause.
-        const appError =
-          error instanceof AppError
-            ? error
-            : (error as { cause?: unknown }).cause instanceof AppError
-              ? ((error as { cause?: unknown }).cause as AppError)
-              : null;
-        if (appError) {
-          outcome = {
-            code: appError.code,
-            detail: appError.detail,
-            fieldErrors: appError.fieldErrors,
-            headers: appError.headers,
-            status: appError.status,
-          };
-        } else if (code === "VALIDATION") {
-          outcome = {
-            code: "VALIDATION_FAILED",
-            detail: `The request ${error.type} is invalid.`,
-            fieldErrors: fieldErrorsOf(error),
-          };
-        } else if (code === "PARSE") {
-          outcome = { code: "MALFORMED_BODY", detail: "The request body could not be parsed." };
-        } else if (code === "NOT_FOUND") {
-          const path = new URL(request.url).pathname;
-          const allow = allowedMethods(path);
-          outcome =
-            allow.length > 0 && !allow.includes(request.method)
-              ? {
-                  code: "METHOD_NOT_ALLOWED",
-                  detail: `${request.method} is not allowed here.`,
-                  headers: { allow: allow.join(", ") },
-                }
-              : { code: "NOT_FOUND", detail: "No route matches this path." };
-        } else if (typeof code === "number" && STATUS_CODES[code]) {
-          outcome = { code: STATUS_CODES[code]!, detail: "The request was refused." };
-        } else if (code === "INVALID_COOKIE_SIGNATURE") {
-          outcome = { code: "BAD_REQUEST", detail: "A signed cookie did not verify." };
-        } else if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
-          // Another process holds the write lock past our short wait (db/busy): not a bug, and
-          // retrying shortly will work.
-          logger.warn({ requestId, method: request.method, route: routeOf() }, "database locked");
-          outcome = {
-            code: "SERVICE_UNAVAILABLE",
-            detail: "The database is busy; try again shortly.",
-            headers: { "retry-after": "1" },
-          };
-        } else if (isStoreUnavailable(error)) {
-          // Read-only, full or failing: the client may retry; the operator needs the stack.
-          logger.error(
-            { err: error, requestId, method: request.method, route: routeOf() },
-            "database unavailable",
-          );
-          outcome = {
-            code: "SERVICE_UNAVAILABLE",
-            detail: "The service cannot store this right now; try again shortly.",
-            headers: { "retry-after": "1" },
-          };
-        } else {
-          logger.error(
-            { err: error, requestId, method: request.method, route: routeOf() },
-            "unhandled error",
-          );
-          outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
-        }
-
-        const status = outcome.status ?? statusForCode(outcome.code);
-        if (status >= 500 && report) {
-          const route = routeOf();
-          report(error, {
-            requestId,
-            route: route ? `${request.method} ${route}` : undefined,
-            method: request.method,
-            principal: principal ? principalRef(principal) : undefined,
-            status,
-            code: outcome.code,
-            upstream: appError?.upstream,
-            request,
-          });
-        }
-        set.status = status;
-        if (outcome.headers) Object.assign(set.headers, outcome.headers);
-        set.headers["content-type"] = PROBLEM_CONTENT_TYPE;
-        return new Response(
-          JSON.stringify(
-            toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors, status),
-          ),
-          { status, headers: headersOf(set) },
+      } else if (code === "VALIDATION") {
+        outcome = {
+          code: "VALIDATION_FAILED",
+          detail: `The request ${error.type} is invalid.`,
+          fieldErrors: fieldErrorsOf(error),
+        };
+      } else if (code === "PARSE") {
+        outcome = { code: "MALFORMED_BODY", detail: "The request body could not be parsed." };
+      } else if (code === "NOT_FOUND") {
+        const path = new URL(request.url).pathname;
+        const allow = allowedMethods(path);
+        outcome =
+          allow.length > 0 && !allow.includes(request.method)
+            ? {
+                code: "METHOD_NOT_ALLOWED",
+                detail: `${request.method} is not allowed here.`,
+                headers: { allow: allow.join(", ") },
+              }
+            : { code: "NOT_FOUND", detail: "No route matches this path." };
+      } else if (typeof code === "number" && STATUS_CODES[code]) {
+        outcome = { code: STATUS_CODES[code]!, detail: "The request was refused." };
+      } else if (code === "INVALID_COOKIE_SIGNATURE") {
+        outcome = { code: "BAD_REQUEST", detail: "A signed cookie did not verify." };
+      } else if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
+        // Another process holds the write lock past our short wait (db/busy): not a bug, and
+        // retrying shortly will work.
+        logger.warn({ requestId, method: request.method, route: routeOf() }, "database locked");
+        outcome = {
+          code: "SERVICE_UNAVAILABLE",
+          detail: "The database is busy; try again shortly.",
+          headers: { "retry-after": "1" },
+        };
+      } else if (isStoreUnavailable(error)) {
+        // Read-only, full or failing: the client may retry; the operator needs the stack.
+        logger.error(
+          { err: error, requestId, method: request.method, route: routeOf() },
+          "database unavailable",
         );
-      })
-      .as("global")
-  );
+        outcome = {
+          code: "SERVICE_UNAVAILABLE",
+          detail: "The service cannot store this right now; try again shortly.",
+          headers: { "retry-after": "1" },
+        };
+      } else {
+        logger.error(
+          { err: error, requestId, method: request.method, route: routeOf() },
+          "unhandled error",
+        );
+        outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
+      }
+
+      const status = outcome.status ?? statusForCode(outcome.code);
+      if (status >= 500 && report) {
+        const route = routeOf();
+        report(error, {
+          requestId,
+          route: route ? `${request.method} ${route}` : undefined,
+          method: request.method,
+          principal: principal ? principalRef(principal) : undefined,
+          status,
+          code: outcome.code,
+          upstream: appError?.upstream,
+          request,
+        });
+      }
+      set.status = status;
+      if (outcome.headers) Object.assign(set.headers, outcome.headers);
+      set.headers["content-type"] = PROBLEM_CONTENT_TYPE;
+      return new Response(
+        JSON.stringify(
+          toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors, status),
+        ),
+        { status, headers: headersOf(set) },
+      );
+    })
+    .as("global");
 }
