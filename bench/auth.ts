@@ -1,18 +1,8 @@
-/**
- * Credential costs: an argon2id login (Bun's default parameters, as in production), access-token
- * verification with and without the verified-token cache, and API-key verification (cached, and
- * the prefix lookup plus hash compare of a first sight).
- */
-import { Writable } from "node:stream";
-import { loadConfig } from "../src/config";
-import { openDatabase } from "../src/db/client";
-import { applyMigrations } from "../src/db/migrate";
-import { createLogger } from "../src/logging/logger";
 import { hashPassword, verifyPassword } from "../src/modules/auth/passwords";
 import { CredentialVerifier } from "../src/plugins/auth/credentials";
 import { signAccessToken, signingKey } from "../src/plugins/auth/tokens";
-import { createServices } from "../src/services";
 import { benchFamily } from "./family";
+import { benchServices } from "./services";
 
 function perSecond(count: number, ms: number) {
   return Math.round(count / (ms / 1000));
@@ -29,19 +19,8 @@ export async function measureAuth(
   for (let i = 0; i < logins; i++) await verifyPassword("violet-Harbor-quantum-73!", hash);
   const loginMs = (performance.now() - started) / logins;
 
-  const config = loadConfig({
-    APP_ENV: "development",
-    JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
-    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
-    DATABASE_PATH: `${dir}/auth.db`,
-  });
-  const db = openDatabase(config.databasePath);
-  applyMigrations(db);
-  const logger = createLogger({
-    level: "error",
-    destination: new Writable({ write: (_c, _e, d) => d() }),
-  });
-  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  const bench = benchServices({ databasePath: `${dir}/auth.db` });
+  const { config, db, services } = bench;
   const key = signingKey(config.jwt.secretKey);
   // A token is accepted only for a family the database knows: give it one.
   benchFamily(db.$client, "u1", "f1");
@@ -83,7 +62,6 @@ export async function measureAuth(
   for (const each of keys) services.credentials.verifyApiKey(each);
   const keyFirstSight = perSecond(keys.length, performance.now() - started);
 
-  services.close();
-  db.$client.close();
+  bench.close();
   return { loginMs, tokenCached, tokenUncached, keyCached, keyFirstSight };
 }

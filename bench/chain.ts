@@ -3,11 +3,6 @@
  * apps that add one stage at a time, and each stage's cost is the difference from the app before it.
  */
 import { Elysia } from "elysia";
-import pino from "pino";
-import { loadConfig } from "../src/config";
-import { openDatabase } from "../src/db/client";
-import { applyMigrations } from "../src/db/migrate";
-import { createLogger } from "../src/logging/logger";
 import { accessLog } from "../src/plugins/access-log";
 import { clientIp } from "../src/plugins/client-ip";
 import { corsHeaders, corsPreflight } from "../src/plugins/cors";
@@ -19,7 +14,7 @@ import { requestGuard } from "../src/plugins/request-guard";
 import { requestId } from "../src/plugins/request-id";
 import { createRouteClassTable, routeClass } from "../src/plugins/route-class";
 import { securityHeaders, securityResponseHeaders } from "../src/plugins/security-headers";
-import { createServices } from "../src/services";
+import { benchServices } from "./services";
 
 // biome-ignore lint/suspicious/noExplicitAny: stages are composed dynamically; each adds its own decorators.
 type AnyApp = Elysia<any, any, any, any, any, any, any>;
@@ -28,24 +23,13 @@ type Stage = { name: string; add: (app: AnyApp) => AnyApp };
 const payload = { id: 42, name: "palisade", tags: ["a", "b"], ok: true };
 
 export async function measureChain(dir: string, requests: number, concurrency: number, rounds = 3) {
-  const config = loadConfig({
-    APP_ENV: "development",
-    LOG_LEVEL: "info",
-    JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
-    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
-    DATABASE_PATH: `${dir}/chain.db`,
-    RATE_LIMIT_PER_MINUTE: "1000000",
-    RATE_LIMIT_BURST: "1000000",
-  });
-  const db = openDatabase(config.databasePath);
-  applyMigrations(db);
-  // A real file descriptor, as in production (stdout); /dev/null keeps the disk out of the numbers.
-  const logger = createLogger({
+  const bench = benchServices({
+    databasePath: `${dir}/chain.db`,
+    env: { RATE_LIMIT_PER_MINUTE: "1000000", RATE_LIMIT_BURST: "1000000" },
     level: "info",
-    secretValues: config.secretValues,
-    destination: pino.destination({ dest: "/dev/null", sync: true }),
+    logs: "fd",
   });
-  const s = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  const { config, logger, services: s } = bench;
   const peer = () => "127.0.0.1";
 
   const stages: Stage[] = [
@@ -139,7 +123,6 @@ export async function measureChain(dir: string, requests: number, concurrency: n
     rows.push({ stage: stages[i - 1]!.name, usPerRequest: total - previous });
     previous = total;
   }
-  s.close();
-  db.$client.close();
+  bench.close();
   return { bareUs: bare, fullUs: previous, rows };
 }

@@ -1,20 +1,7 @@
-/**
- * Chat turns per second with the offline provider, in process (`app.handle`, 32 in flight):
- * through the whole app (every defence, an API key with the `chat` scope, the chat route's
- * validation, budget reservation and storage), against the same turn — the same ChatService on
- * its own database: prepare, reserve, answer, store — behind a bare Elysia route with no
- * defences. Rounds alternate between the two and the median of each is reported, so a noisy
- * stretch of the machine lands on both.
- */
-import { Writable } from "node:stream";
 import { Elysia, t } from "elysia";
 import { createApp } from "../src/app";
-import { loadConfig } from "../src/config";
-import { openDatabase } from "../src/db/client";
-import { applyMigrations } from "../src/db/migrate";
-import { createLogger } from "../src/logging/logger";
 import type { ChatFeature } from "../src/modules/chat/feature";
-import { createServices } from "../src/services";
+import { benchServices } from "./services";
 
 const MESSAGE = "How do I sign up and get an API key?";
 
@@ -25,25 +12,16 @@ function median(values: number[]): number {
 }
 
 function servicesOn(path: string) {
-  const config = loadConfig({
-    APP_ENV: "development",
-    LOG_LEVEL: "info",
-    JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
-    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
-    DATABASE_PATH: path,
-    RATE_LIMIT_PER_MINUTE: "1000000",
-    RATE_LIMIT_CHAT: "1000000",
-    RATE_LIMIT_BURST: "1000000",
-    CHAT_DAILY_TOKEN_BUDGET: "1000000000",
-  });
-  const db = openDatabase(config.databasePath);
-  applyMigrations(db);
-  const logger = createLogger({
+  return benchServices({
+    databasePath: path,
+    env: {
+      RATE_LIMIT_PER_MINUTE: "1000000",
+      RATE_LIMIT_CHAT: "1000000",
+      RATE_LIMIT_BURST: "1000000",
+      CHAT_DAILY_TOKEN_BUDGET: "1000000000",
+    },
     level: "info",
-    destination: new Writable({ write: (_c, _e, done) => done() }),
   });
-  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
-  return { config, db, services };
 }
 
 export async function measureChat(dir: string, requests: number, concurrency: number, rounds = 5) {
@@ -101,9 +79,7 @@ export async function measureChat(dir: string, requests: number, concurrency: nu
     bareRates.push(await timeApp(bareApp, requests));
     fullRates.push(await timeApp(app, requests));
   }
-  for (const each of [full, bare]) {
-    each.services.close();
-    each.db.$client.close();
-  }
+  full.close();
+  bare.close();
   return { full: median(fullRates), bare: median(bareRates) };
 }

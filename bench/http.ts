@@ -15,15 +15,10 @@
  */
 import { join } from "node:path";
 import { SignJWT } from "jose";
-import pino from "pino";
 import { createApp } from "../src/app";
-import { loadConfig } from "../src/config";
-import { openDatabase } from "../src/db/client";
-import { applyMigrations } from "../src/db/migrate";
-import { createLogger } from "../src/logging/logger";
-import { createServices } from "../src/services";
 import { memoryOf, runWrk, startServer } from "./proc";
 import { BENCH_JWT_SECRET, BENCH_POST_BODY } from "./servers/payload";
+import { benchServices } from "./services";
 import { type Summary, summarize } from "./stats";
 
 export type ServerId = "A" | "B" | "C-string" | "C-key" | "D";
@@ -94,27 +89,14 @@ export interface HttpResults {
 
 /** Whether Palisade serves `POST /api/chat` (chat has landed): the app is built here, not served. */
 export function palisadeServesChat(dir: string): boolean {
-  const config = loadConfig({
-    APP_ENV: "development",
-    LOG_LEVEL: "error",
-    DATABASE_PATH: join(dir, "chat-probe.db"),
-    JWT_SECRET_KEY: BENCH_JWT_SECRET,
-    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
-  });
-  const db = openDatabase(config.databasePath);
-  applyMigrations(db);
-  const logger = createLogger({
-    level: "error",
-    destination: pino.destination({ dest: "/dev/null", sync: true }),
-  });
-  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  const bench = benchServices({ databasePath: join(dir, "chat-probe.db"), logs: "fd" });
+  const { services } = bench;
   try {
     return createApp(services).routes.some(
       (route) => route.method === "POST" && route.path === "/api/chat",
     );
   } finally {
-    services.close();
-    db.$client.close();
+    bench.close();
   }
 }
 

@@ -1,18 +1,5 @@
-/**
- * @module
- * Micro figures, in process, many iterations each: the IP-block lookup every request makes (a hit
- * among 1,000 active blocks and a miss), the access-token signature check alone (jose HS256 with
- * the claims checks, no database), an audit write (a batched refusal event, flushed every 500, and
- * a must-keep event written before `record` returns), and one request's HTTP metrics observation.
- * The limiter store, credentials and argon2id figures are in limiter.ts and auth.ts.
- */
-import { Writable } from "node:stream";
-import { loadConfig } from "../src/config";
-import { openDatabase } from "../src/db/client";
-import { applyMigrations } from "../src/db/migrate";
-import { createLogger } from "../src/logging/logger";
 import { signAccessToken, signingKeys, verifyAccessToken } from "../src/plugins/auth/tokens";
-import { createServices } from "../src/services";
+import { benchServices } from "./services";
 
 export interface MicroResults {
   ipBlockHit: number;
@@ -32,19 +19,8 @@ async function perSecond(iterations: number, fn: (i: number) => unknown): Promis
 }
 
 export async function measureMicro(dir: string, iterations: number): Promise<MicroResults> {
-  const config = loadConfig({
-    APP_ENV: "development",
-    JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
-    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
-    DATABASE_PATH: `${dir}/micro.db`,
-  });
-  const db = openDatabase(config.databasePath);
-  applyMigrations(db);
-  const logger = createLogger({
-    level: "error",
-    destination: new Writable({ write: (_c, _e, d) => d() }),
-  });
-  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  const bench = benchServices({ databasePath: `${dir}/micro.db` });
+  const { config, services } = bench;
   try {
     for (let i = 0; i < 1_000; i++) {
       services.ipBlocks.block({
@@ -100,7 +76,6 @@ export async function measureMicro(dir: string, iterations: number): Promise<Mic
     );
     return { ipBlockHit, ipBlockMiss, jwtVerify, auditBatched, auditMustKeep, metricsObserve };
   } finally {
-    services.close();
-    db.$client.close();
+    bench.close();
   }
 }

@@ -1,18 +1,7 @@
-/**
- * Verified Stripe webhook deliveries per second: the SDK's `constructEventAsync` alone (HMAC-SHA256
- * over a typical 1.5 KB event, the timestamp check, the JSON parse), and whole deliveries through
- * every defence and the handler in process (`app.handle`, 32 in flight), each a new event id
- * recorded in `webhook_events` in its own BEGIN IMMEDIATE transaction.
- */
-import pino from "pino";
 import Stripe from "stripe";
 import { createApp } from "../src/app";
-import { loadConfig } from "../src/config";
-import { openDatabase } from "../src/db/client";
-import { applyMigrations } from "../src/db/migrate";
-import { createLogger } from "../src/logging/logger";
 import { verifyStripeSignature } from "../src/modules/webhooks/stripe";
-import { createServices } from "../src/services";
+import { benchServices } from "./services";
 
 const SECRET = "whsec_bench_0123456789abcdefghijklmnopqrstuv";
 
@@ -49,25 +38,18 @@ export async function measureStripeWebhook(dir: string, deliveries: number, conc
   }
   const verifyPerSecond = Math.round(verifyCount / ((performance.now() - started) / 1000));
 
-  const config = loadConfig({
-    APP_ENV: "development",
-    LOG_LEVEL: "info",
-    JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
-    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
-    DATABASE_PATH: `${dir}/webhooks.db`,
-    STRIPE_WEBHOOK_SECRET: SECRET,
-    RATE_LIMIT_PER_MINUTE: "1000000",
-    RATE_LIMIT_BURST: "1000000",
-    RATE_LIMIT_WEBHOOKS: "1000000",
-  });
-  const db = openDatabase(config.databasePath);
-  applyMigrations(db);
-  const logger = createLogger({
+  const bench = benchServices({
+    databasePath: `${dir}/webhooks.db`,
+    env: {
+      STRIPE_WEBHOOK_SECRET: SECRET,
+      RATE_LIMIT_PER_MINUTE: "1000000",
+      RATE_LIMIT_BURST: "1000000",
+      RATE_LIMIT_WEBHOOKS: "1000000",
+    },
     level: "info",
-    secretValues: config.secretValues,
-    destination: pino.destination({ dest: "/dev/null", sync: true }),
+    logs: "fd",
   });
-  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  const { services } = bench;
   const app = createApp({ ...services, peerAddress: () => "127.0.0.1" });
   // Signed ahead: the loop measures the service, not the sender.
   const requests = await Promise.all(
@@ -100,7 +82,6 @@ export async function measureStripeWebhook(dir: string, deliveries: number, conc
     }),
   );
   const deliveriesPerSecond = Math.round(deliveries / ((performance.now() - started) / 1000));
-  services.close();
-  db.$client.close();
+  bench.close();
   return { verifyPerSecond, deliveriesPerSecond, failed };
 }

@@ -6,15 +6,10 @@
  * Redeliveries (a message id already seen) are measured too: they stop at the dedupe look-up.
  */
 import { createHmac } from "node:crypto";
-import { Writable } from "node:stream";
 import { createApp } from "../src/app";
-import { loadConfig } from "../src/config";
-import { openDatabase } from "../src/db/client";
-import { applyMigrations } from "../src/db/migrate";
-import { createLogger } from "../src/logging/logger";
 import type { ChatTurns } from "../src/modules/chat/contract";
 import { verifyHubSignature } from "../src/modules/webhooks/whatsapp-crypto";
-import { createServices } from "../src/services";
+import { benchServices } from "./services";
 
 const SECRET = "bench-whatsapp-app-secret-0123456789";
 
@@ -73,32 +68,20 @@ export async function measureWhatsApp(dir: string, iterations: number) {
   for (let i = 0; i < verifications; i++) verifyHubSignature(header, body, secrets);
   const verifyPerSecond = verifications / ((performance.now() - started) / 1000);
 
-  const config = loadConfig({
-    APP_ENV: "development",
-    JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
-    CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
-    DATABASE_PATH: `${dir}/whatsapp.db`,
-    WHATSAPP_APP_SECRET: SECRET,
-    RATE_LIMIT_PER_MINUTE: "1000000",
-    RATE_LIMIT_WEBHOOKS: "1000000",
-    RATE_LIMIT_BURST: "1000000",
-    RATE_LIMIT_WHATSAPP_SENDER: "1000000",
-  });
-  const db = openDatabase(config.databasePath);
-  applyMigrations(db);
-  const logger = createLogger({
-    level: "error",
-    destination: new Writable({ write: (_c, _e, d) => d() }),
-  });
   const chat: ChatTurns = { converse: async () => ({ kind: "not_found" }) };
   // No access token: the worker does not run, so only the webhook's own work is measured.
-  const services = createServices({
-    config,
-    db,
-    logger,
-    maintenanceIntervalMs: 0,
-    whatsapp: { chat },
+  const bench = benchServices({
+    databasePath: `${dir}/whatsapp.db`,
+    env: {
+      WHATSAPP_APP_SECRET: SECRET,
+      RATE_LIMIT_PER_MINUTE: "1000000",
+      RATE_LIMIT_WEBHOOKS: "1000000",
+      RATE_LIMIT_BURST: "1000000",
+      RATE_LIMIT_WHATSAPP_SENDER: "1000000",
+    },
+    options: { whatsapp: { chat } },
   });
+  const { db, services } = bench;
   const app = createApp({ ...services, peerAddress: () => "31.13.64.1" });
   const bodies = Array.from({ length: iterations }, (_, i) =>
     payload(`wamid.HBgL${String(i).padStart(10, "0")}`, `1650${String(i % 5000).padStart(7, "0")}`),
@@ -123,8 +106,7 @@ export async function measureWhatsApp(dir: string, iterations: number) {
   const rows = db.$client
     .query<{ n: number }, []>("SELECT count(*) AS n FROM whatsapp_outbox")
     .get()!.n;
-  services.close();
-  db.$client.close();
+  bench.close();
   if (rows !== iterations) throw new Error(`expected ${iterations} outbox rows, found ${rows}`);
   return { verifyPerSecond, deliveriesPerSecond, redeliveriesPerSecond };
 }

@@ -16,15 +16,15 @@ import { applyMigrations } from "../../src/db/migrate";
 import { createLogger } from "../../src/logging/logger";
 import { createServices } from "../../src/services";
 import { memoryOf } from "../proc";
-import { BENCH_PAYLOAD } from "../servers/payload";
+import { BENCH_CSRF_SECRET, BENCH_JWT_SECRET, BENCH_PAYLOAD } from "../servers/payload";
 
 const count = Number(process.argv[2] ?? 1_000_000);
 const dir = process.argv[3]!;
 const config = loadConfig({
   APP_ENV: "development",
   LOG_LEVEL: "info",
-  JWT_SECRET_KEY: "bench-jwt-secret-0123456789abcdefghijklmnopq",
-  CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
+  JWT_SECRET_KEY: BENCH_JWT_SECRET,
+  CSRF_SECRET_KEY: BENCH_CSRF_SECRET,
   DATABASE_PATH: join(dir, "clients.db"),
   TRUST_PROXY: "loopback",
 });

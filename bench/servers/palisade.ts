@@ -23,7 +23,7 @@ import { createLogger } from "../../src/logging/logger";
 import { signAccessToken, signingKey } from "../../src/plugins/auth/tokens";
 import { createServices } from "../../src/services";
 import { benchFamily } from "../family";
-import { BENCH_JWT_SECRET, BENCH_PAYLOAD, ProtectedBody } from "./payload";
+import { BENCH_CSRF_SECRET, BENCH_JWT_SECRET, BENCH_PAYLOAD, ProtectedBody } from "./payload";
 
 const mode = process.argv[2] ?? "full";
 const port = Number(process.argv[3] ?? 0);
@@ -37,7 +37,7 @@ const config = loadConfig({
   ...process.env,
   APP_ENV: "development",
   JWT_SECRET_KEY: BENCH_JWT_SECRET,
-  CSRF_SECRET_KEY: "bench-csrf-secret-0123456789abcdefghijklmnop",
+  CSRF_SECRET_KEY: BENCH_CSRF_SECRET,
   DATABASE_PATH: join(dir, "bench.db"),
   RATE_LIMIT_PER_MINUTE: RAISED,
   RATE_LIMIT_BURST: RAISED,

@@ -20,6 +20,9 @@ export const BENCH_POST_BODY = '{"message":"How do I reset my password?","count"
 /** The JWT secret the bench servers verify with (HS256); bench-only. */
 export const BENCH_JWT_SECRET = "bench-jwt-secret-0123456789abcdefghijklmnopq";
 
+/** The CSRF secret of every Palisade the bench builds; bench-only. */
+export const BENCH_CSRF_SECRET = "bench-csrf-secret-0123456789abcdefghijklmnop";
+
 export function echoChat(message: string) {
   return {
     conversationId: "bench-conversation",
