@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createLogger, logSafe, REDACTED } from "../../src/logging/logger";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
+import { BASIC_CREDENTIAL, CREDENTIAL_QUERY, CREDENTIAL_VALUES } from "../support/credentials";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -130,24 +131,15 @@ describe("one scrubber, every spelling", () => {
     const logger = createLogger({ level: "info", secretValues: [B64_SECRET], destination: logs });
     for (const spelling of spellings(B64_SECRET)) logger.error({ url: `/x/${spelling}` }, spelling);
     logger.warn(`key ${API_KEY} and token ${JWT}`);
-    logger.warn(
-      "upstream GET /cb?a=Bearer%20QUERYBEARER777&b=Bearer+QUERYPLUS888&password=QUERYPASS999&refresh_token=RefreshTok3nOpaque",
-    );
-    logger.warn({ header: "Basic QkFTSUNTRUNSRVQ1NTU=", auth: "Bearer HEADERBEARER42" }, "headers");
+    logger.warn(`upstream GET /cb?${CREDENTIAL_QUERY}`);
+    logger.warn({ header: BASIC_CREDENTIAL, auth: "Bearer HEADERBEARER42" }, "headers");
     // Ordinary words that merely contain the shapes are left alone.
     logger.info({ principal_id: "user:1" }, "basic auth is refused; keyword=search");
     const text = logs.text;
     for (const secret of [B64_SECRET, API_KEY, JWT]) {
       for (const fragment of fragments(secret)) expect(text).not.toContain(fragment);
     }
-    for (const value of [
-      "QUERYBEARER777",
-      "QUERYPLUS888",
-      "QUERYPASS999",
-      "RefreshTok3nOpaque",
-      "QkFTSUNTRUNSRVQ1NTU",
-      "HEADERBEARER42",
-    ]) {
+    for (const value of [...CREDENTIAL_VALUES, "HEADERBEARER42"]) {
       expect(text).not.toContain(value);
     }
     expect(text).toContain("principal_id");

@@ -12,6 +12,7 @@ import type { Feature } from "../../src/modules/feature";
 import { createScrubber } from "../../src/plugins/sentry/scrub";
 import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
+import { BASIC_CREDENTIAL, CREDENTIAL_QUERY, CREDENTIAL_VALUES } from "../support/credentials";
 import { startService } from "../support/process";
 import { type SentryServer, startSentryServer } from "../support/sentry-server";
 import { waitFor } from "../support/wait";
@@ -491,10 +492,9 @@ test("credentials anywhere in request data never leave: bearer in URL form, cred
     request: {
       method: "POST",
       url: "http://127.0.0.1:3000/api/auth/login?password=URLPASS4242",
-      query_string:
-        "a=Bearer%20QUERYBEARER777&b=Bearer+QUERYPLUS888&password=QUERYPASS999&refresh_token=RefreshTok3nOpaqueSECRETvalue_abc&secret=QSECRET4242&key=QKEY4242&token=QTOKEN4242",
+      query_string: `${CREDENTIAL_QUERY}SECRETvalue_abc&secret=QSECRET4242&key=QKEY4242&token=QTOKEN4242`,
       headers: {
-        "x-auth": "Basic QkFTSUNTRUNSRVQ1NTU=",
+        "x-auth": BASIC_CREDENTIAL,
         "X-Refresh-Token": "OpaqueRefresh4242",
         "x-session": "OpaqueSession4242",
         "x-anything": "whatever-value-4242",
@@ -511,15 +511,7 @@ test("credentials anywhere in request data never leave: bearer in URL form, cred
   });
   const text = JSON.stringify(event);
   expect(text).not.toMatch(/[A-Z]+4242/);
-  for (const value of [
-    "QUERYBEARER777",
-    "QUERYPLUS888",
-    "QUERYPASS999",
-    "RefreshTok3nOpaque",
-    "QkFTSUNTRUNSRVQ1NTU",
-  ]) {
-    expect(text).not.toContain(value);
-  }
+  for (const value of CREDENTIAL_VALUES) expect(text).not.toContain(value);
   expect(Object.keys(event.request).sort()).toEqual(["headers", "method", "url"]);
   expect(event.request.headers as unknown).toEqual({
     Accept: "application/json",
