@@ -54,6 +54,9 @@ const BRACKETED = new RegExp(`^\\[([^\\]]+)\\](?::${PORT})?$`);
  */
 export function parseForwardedEntry(raw: string): Address | null {
   const text = raw.replace(/^[ \t]+|[ \t]+$/g, "");
+  // Without a colon it can only be a bare IPv4 address (or nothing): the common entry, read without
+  // trying the port spellings.
+  if (!text.includes(":")) return parseIp(text);
   const bracketed = BRACKETED.exec(text);
   // Brackets are IPv6's way to carry a port (RFC 3986): "[1.2.3.4]" is no address a proxy writes.
   if (bracketed) return bracketed[1]!.includes(":") ? parseIp(bracketed[1]!) : null;
