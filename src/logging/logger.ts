@@ -16,7 +16,6 @@ import type { LogLevel } from "../config";
 import { fdDestination, type LogDestination } from "./fd-destination";
 import { fieldJson, fieldsJson, REDACTED } from "./fields";
 import { createTextScrubber } from "./scrub";
-import { isErrorLike } from "./serialize-error";
 
 export type { LogDestination } from "./fd-destination";
 export { REDACTED } from "./fields";
@@ -75,6 +74,16 @@ export function secretScrubber(secretValues: readonly string[]): (line: string) 
 
 const ignore: LogFn = () => {};
 
+/** A line without a message of its own takes its `err`'s (when its fields have no `msg`). */
+function messageOfErr(fields: object): unknown {
+  try {
+    const { err, msg } = fields as { err?: { message?: unknown }; msg?: unknown };
+    return msg === undefined && err ? err.message : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 interface Shared {
   level: LogLevel;
   destination: LogDestination;
@@ -96,8 +105,7 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
           if (message === undefined) message = first.message;
         } else {
           fields = fieldsJson(first);
-          const { err, msg } = first as { err?: unknown; msg?: unknown };
-          if (message === undefined && msg === undefined && isErrorLike(err)) message = err.message;
+          if (message === undefined) message = messageOfErr(first);
         }
       } else if (first !== undefined && first !== null) {
         message = first;
