@@ -4,11 +4,11 @@
  * (and the figure's own settings over it), a migrated database file, a logger whose lines go
  * nowhere, and no maintenance timer.
  */
-import { Writable } from "node:stream";
-import pino from "pino";
+import { openSync } from "node:fs";
 import { loadConfig } from "../src/config";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
+import { fdDestination } from "../src/logging/fd-destination";
 import { createLogger } from "../src/logging/logger";
 import { createServices, type ServiceOptions } from "../src/services";
 import { BENCH_CSRF_SECRET, BENCH_JWT_SECRET } from "./servers/payload";
@@ -20,7 +20,7 @@ export interface BenchServicesOptions {
   level?: "info" | "error";
   /**
    * `fd`: written to /dev/null, a real file descriptor as production writes to stdout, for the
-   * figures that include the access log's cost; `dropped`: a stream that drops each line.
+   * figures that include the access log's cost; `dropped`: a destination that drops each line.
    */
   logs?: "fd" | "dropped";
   /** Service options beyond the defaults (the WhatsApp feature's chat, …). */
@@ -47,10 +47,7 @@ export function benchServices({
   const logger = createLogger({
     level,
     secretValues: config.secretValues,
-    destination:
-      logs === "fd"
-        ? pino.destination({ dest: "/dev/null", sync: true })
-        : new Writable({ write: (_chunk, _encoding, done) => done() }),
+    destination: logs === "fd" ? fdDestination(openSync("/dev/null", "a")) : { write: () => {} },
   });
   const services = createServices({ config, db, logger, maintenanceIntervalMs: 0, ...options });
   return {

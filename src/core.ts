@@ -6,11 +6,11 @@
  * (`src/modules/feature.ts`); nothing here knows a feature.
  */
 import { RedisClient } from "bun";
-import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock";
 import type { Config } from "./config";
 import { probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
+import type { Logger } from "./logging/logger";
 import type { ReadinessCheck } from "./modules/health/service";
 import { AuditKeys } from "./plugins/audit/chain";
 import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";

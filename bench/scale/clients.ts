@@ -6,13 +6,13 @@
  * before and after (after a full GC), peak RSS, the limiter table's rows, database and WAL sizes.
  * Run alone so that its RSS is only the app's: `bun bench/scale/clients.ts <count> <dir>`.
  */
-import { existsSync, statSync } from "node:fs";
+import { existsSync, openSync, statSync } from "node:fs";
 import { join } from "node:path";
-import pino from "pino";
 import { createApp } from "../../src/app";
 import { loadConfig } from "../../src/config";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
+import { fdDestination } from "../../src/logging/fd-destination";
 import { createLogger } from "../../src/logging/logger";
 import { createServices } from "../../src/services";
 import { memoryOf } from "../proc";
@@ -33,7 +33,7 @@ applyMigrations(db);
 const logger = createLogger({
   level: config.logLevel,
   secretValues: config.secretValues,
-  destination: pino.destination({ dest: "/dev/null", sync: false }),
+  destination: fdDestination(openSync("/dev/null", "a")),
 });
 // Maintenance runs as in production (every 10 s): within the run no window ends, so nothing is
 // pruned and every client's row is still there at the end.

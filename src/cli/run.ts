@@ -3,11 +3,11 @@
  * The CLI runner: finds the command, prints help, and turns every expected failure (bad usage, bad
  * configuration, a command's CliError) into one line on stderr and a non-zero exit code.
  */
-import pino from "pino";
 import { type Config, ConfigError, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
 import { applyMigrations } from "../db/migrate";
+import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { createServices, type Services } from "../services";
 import { CliError, type Command, type CommandContext, EXIT_USAGE, parseArgs } from "./command";
@@ -75,7 +75,7 @@ export async function runCli(
         config: context.config(),
         db: context.db(),
         // Operators read the command's own output; only problems go to stderr.
-        logger: createLogger({ level: "warn", destination: pino.destination(2) }),
+        logger: createLogger({ level: "warn", destination: fdDestination(2) }),
         maintenanceIntervalMs: 0,
         prepareLogin: false,
       });

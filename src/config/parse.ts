@@ -41,10 +41,10 @@ export function parseAppEnv(env: Record<string, string | undefined>): AppEnv {
   return parseEnum("APP_ENV", primary ?? "development", APP_ENVS);
 }
 
-/** Other tools' names for pino's levels. */
+/** Other tools' names for the log levels. */
 const LOG_LEVEL_ALIASES: Record<string, LogLevel> = { warning: "warn", critical: "fatal" };
 
-/** A pino level name in any case, or WARNING / CRITICAL as Python's logging spells them. */
+/** A log level name in any case, or WARNING / CRITICAL as Python's logging spells them. */
 export function parseLogLevel(name: string, raw: string): LogLevel {
   const value = raw.trim().toLowerCase();
   return LOG_LEVEL_ALIASES[value] ?? parseEnum(name, value, LOG_LEVELS);

@@ -309,7 +309,7 @@ describe("configuration users will type", () => {
     expect(refusal({ ENVIRONMENT: "prod" }).message).toStartWith("ENVIRONMENT must be one of");
   });
 
-  test("log levels in any case, with WARNING and CRITICAL mapped to pino's names", () => {
+  test("log levels in any case, with WARNING and CRITICAL mapped to the logger's names", () => {
     const level = (LOG_LEVEL: string) => loadConfig({ LOG_LEVEL }).logLevel;
     expect(level("WARNING")).toBe("warn");
     expect(level("warning")).toBe("warn");

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import { createLogger, logSafe, REDACTED } from "../../src/logging/logger";
+import { createLogger, logSafe, REDACTED, secretScrubber } from "../../src/logging/logger";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
 import { BASIC_CREDENTIAL, CREDENTIAL_QUERY, CREDENTIAL_VALUES } from "../support/credentials";
 
@@ -193,5 +193,21 @@ describe("one scrubber, every spelling", () => {
     const unmatched = current.logs.entries.filter((entry) => entry.route === "<unmatched>");
     expect(unmatched.length).toBe(paths.length + 4);
     expect(unmatched[0]!.path).toBe(`/x/${REDACTED}`);
+  });
+});
+
+describe("the percent-encoded patterns are built at first use", () => {
+  test("each scrubber matches only its own secrets, half-encoded, whichever is used first", () => {
+    const first = "Zm9v+first+secret/0123456789==";
+    const second = "YmFy+second+secret/9876543210==";
+    const scrubFirst = secretScrubber([first]);
+    const scrubSecond = secretScrubber([second]);
+    const halfEncoded = (secret: string) => secret.replace(/\+/g, "%2B");
+    expect(scrubSecond(`/x/${halfEncoded(second)}`)).toBe(`/x/${REDACTED}`);
+    expect(scrubSecond(`/x/${halfEncoded(first)}`)).toBe(`/x/${halfEncoded(first)}`);
+    expect(scrubFirst(`/x/${halfEncoded(first)}`)).toBe(`/x/${REDACTED}`);
+    expect(scrubFirst(`/x/${halfEncoded(second)}`)).toBe(`/x/${halfEncoded(second)}`);
+    // Still there on later lines, in lower-case hex too.
+    expect(scrubFirst(`again ${first.replace("+", "%2b")}`)).toBe(`again ${REDACTED}`);
   });
 });

@@ -5,7 +5,6 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { createApp } from "../../src/app";
 import type { Clock } from "../../src/clock";
 import { type Config, loadConfig } from "../../src/config";
@@ -47,12 +46,11 @@ export function tempDir(prefix = "palisade-test-"): { path: string; remove: () =
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-/** A pino destination that keeps every line, parsed. */
-export class LogCapture extends Writable {
+/** A log destination that keeps every line, parsed. */
+export class LogCapture {
   readonly raw: string[] = [];
-  override _write(chunk: Buffer, _encoding: string, done: () => void) {
-    this.raw.push(chunk.toString());
-    done();
+  write(line: string) {
+    this.raw.push(line);
   }
   get text(): string {
     return this.raw.join("");

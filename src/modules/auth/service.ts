@@ -21,12 +21,12 @@
  */
 import type { Database } from "bun:sqlite";
 import { and, asc, eq, inArray, isNull, lt, ne, or, sql } from "drizzle-orm";
-import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
+import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import type { Role } from "../../plugins/auth/principal";

@@ -22,11 +22,11 @@
  */
 import type { Database } from "bun:sqlite";
 import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
-import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { drizzleOf } from "../../db/client";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
+import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import { type ChatBudget, ownerRef, type Reservation } from "./budget";
 import type { ChatOwner, ChatTurn, ChatTurnInput, ChatTurnOutcome, ChatTurns } from "./contract";

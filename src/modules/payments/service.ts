@@ -26,10 +26,10 @@
  */
 import { createHash } from "node:crypto";
 import { and, eq } from "drizzle-orm";
-import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import type { AppDatabase } from "../../db/client";
 import { paymentIdempotencyKeys, payments } from "../../db/schema";
+import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";

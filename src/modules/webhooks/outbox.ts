@@ -38,10 +38,10 @@
  */
 import { randomUUID } from "node:crypto";
 import { and, asc, eq, inArray, isNotNull, isNull, lt, lte, or, sql } from "drizzle-orm";
-import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import type { AppDatabase } from "../../db/client";
 import { whatsappOutbox } from "../../db/schema";
+import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { ChatTurns } from "../chat/contract";
 import type { GraphClient, SendOutcome } from "./graph-client";

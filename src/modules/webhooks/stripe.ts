@@ -23,13 +23,13 @@
  *    Unknown types and payments we do not hold are acknowledged and counted `ignored`.
  */
 import { Elysia, t } from "elysia";
-import type { Logger } from "pino";
 import type Stripe from "stripe";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { webhookEvents } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
+import type { Logger } from "../../logging/logger";
 import type { AuditEvent } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";

@@ -4,9 +4,9 @@
  * `onAfterResponse` hook (each such hook costs every request).
  *
  * The line carries request id, method, route pattern, status, duration and client address, in
- * pino's layout on pino's own destination, but is serialised here: pino's general path (redaction
- * by path, formatters) costs ~7 µs a line on this machine; the line is one string built from
- * fields we choose (line.ts). Lines are written in batches of up to 100 ms (flushed when the app
+ * the logger's layout on the logger's own destination, but is serialised here: a general logger's
+ * path (redaction by path, formatters) cost ~7 µs a line on this machine; the line is one string
+ * built from fields we choose (line.ts). Lines are written in batches of up to 100 ms (flushed when the app
  * stops). Client-supplied text that can hold a secret (the path of an unmatched request, the user
  * agent, an unknown method) is scrubbed whole with the same secret scrubber (the path also
  * decoded, logging/scrub), then goes through logSafe and is JSON-escaped, so it cannot forge or
@@ -22,7 +22,6 @@
  * handler registers it (stream-end.ts) and the line and the histogram wait for its end.
  */
 import { Elysia } from "elysia";
-import pino from "pino";
 import { bufferLines } from "../../logging/line-buffer";
 import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
@@ -55,14 +54,10 @@ export interface AccessLogOptions {
   routes?: () => readonly RouteEntry[];
 }
 
-interface Destination {
-  write(line: string): unknown;
-}
-
 export function accessLog(options: AccessLogOptions) {
   const { logger, http, secretValues = [], buffered = true, trace } = options;
   const routePatternOf = routePatternIndex(options.routes ?? (() => []));
-  const stream = (logger as unknown as Record<symbol, Destination>)[pino.symbols.streamSym]!;
+  const stream = logger.destination;
   const destination = buffered
     ? bufferLines(stream)
     : { write: (line: string) => stream.write(line), flush() {} };

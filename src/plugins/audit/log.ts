@@ -26,11 +26,11 @@
 import type { Database } from "bun:sqlite";
 import { asc, desc, eq, lt, lte, max, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
-import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
+import type { Logger } from "../../logging/logger";
 import { METRIC } from "../metrics/names";
 import { Counter, type Registry } from "../metrics/prom";
 import { type AuditKeys, GENESIS_HASH, newSalt, subjectCommit } from "./chain";

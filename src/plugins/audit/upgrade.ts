@@ -11,9 +11,9 @@
  */
 import type { Database } from "bun:sqlite";
 import { asc, count, desc, eq, isNotNull, isNull, sql } from "drizzle-orm";
-import type { Logger } from "pino";
 import { drizzleOf } from "../../db/client";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
+import type { Logger } from "../../logging/logger";
 import { type AuditKeys, GENESIS_HASH, legacyRowHash, subjectCommit } from "./chain";
 import type { AuditLog } from "./log";
 

@@ -16,10 +16,10 @@
  */
 import type { Database } from "bun:sqlite";
 import { and, count, desc, eq, gt, inArray, isNull, lt, max, or, sql } from "drizzle-orm";
-import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { ipBlocks } from "../../db/schema";
+import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../audit/log";
 import type { ResolvedClient } from "../client-ip";
 import { METRIC } from "../metrics/names";

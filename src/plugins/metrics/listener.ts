@@ -16,7 +16,7 @@
  * nothing it serves is ever Bun's error page. The main port answers `/metrics` with 404 while a
  * listener is configured.
  */
-import type { Logger } from "pino";
+import type { Logger } from "../../logging/logger";
 import { lastResortErrorHandler, problemResponse } from "../error-handler/last-resort";
 import { withRealPath } from "../request-guard/host";
 

@@ -4,9 +4,9 @@
  * headers or a refusal. Used by the rate-limit stage (each policy keyed by address or principal, as
  * the policy says) and by login (keyed by the account's email).
  */
-import type { Logger } from "pino";
 import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
+import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../audit/log";
 import type { ResolvedClient } from "../client-ip";
 import { rateLimitHeaders } from "./headers";

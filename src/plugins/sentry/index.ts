@@ -19,7 +19,7 @@
  * `http.server` transaction (name `METHOD /route/pattern`, status, duration, request id), built
  * from what the access log already measures; nothing else is instrumented.
  */
-import type { Logger } from "pino";
+import type { Logger } from "../../logging/logger";
 import { createScrubber } from "./scrub";
 
 export interface ErrorContext {

@@ -6,10 +6,10 @@
  * or does not validate throws a ConfigError naming CHAT_FAQ_PATH, so the start refuses with one
  * line.
  */
-import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { Clock } from "../../../clock";
 import type { Config } from "../../../config";
+import type { Logger } from "../../../logging/logger";
 import { loadFaq } from "./faq";
 import { createUpstreamMetrics } from "./metrics";
 import { createOfflineProvider } from "./offline";
