@@ -62,13 +62,15 @@ export function startServer(options: StartServerOptions): RunningServer {
         logger.warn({ pending: server.pendingRequests }, "drain timed out; closing connections");
         await app.stop(true);
       }
+      // Elysia runs after-response hooks (the access line, request metrics) on the turn after the
+      // answer is sent: let the last answers' hooks run before anything closes.
+      await new Promise((resolve) => setImmediate(resolve));
       await options.onClosed?.();
       logger.info("shutdown complete");
+      // The access lines of requests that finished while draining are still batched.
+      logger.flush();
       for (const signal of signals) process.off(signal, onSignal);
-      if (options.exitProcess ?? true) {
-        logger.flush();
-        process.exit(0);
-      }
+      if (options.exitProcess ?? true) process.exit(0);
     })();
     return shuttingDown;
   };

@@ -50,6 +50,31 @@ describe("graceful shutdown (in process)", () => {
     expect(messages).toContain("shutdown complete");
   });
 
+  test("the access lines of requests that finish while draining are written before shutdown completes, in order", async () => {
+    current = buildTestApp({ accessLogBuffered: true });
+    const entered = signal();
+    const release = signal();
+    const app = current.app.get("/test/slow", async () => {
+      entered.raise();
+      await release.promise;
+      return { done: true };
+    });
+    const running = serveInProcess({ ...current, app });
+    const slow = fetch(new URL("/test/slow", running.url), {
+      headers: { "x-request-id": "drained-request" },
+    });
+    await entered.promise;
+    const shutdown = running.shutdown("test");
+    release.raise();
+    expect((await slow).status).toBe(200);
+    await shutdown;
+    const entries = current.logs.entries;
+    const access = entries.findIndex((entry) => entry.requestId === "drained-request");
+    expect(access).toBeGreaterThanOrEqual(0);
+    expect(entries[access]).toMatchObject({ route: "/test/slow", status: 200 });
+    expect(access).toBeLessThan(entries.findIndex((entry) => entry.msg === "shutdown complete"));
+  });
+
   test("requests still running after the drain timeout are cut", async () => {
     current = buildTestApp();
     const entered = signal();

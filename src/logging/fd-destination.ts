@@ -2,11 +2,17 @@
  * @module
  * Where log lines go by default: synchronous writes to a file descriptor (1, stdout), as pino's
  * `destination({ sync: true })` did. A line is on its way to the reader before the call returns,
- * so no line is lost when the process exits or dies, and nothing is held in memory.
+ * and nothing is held in memory.
  *
  * A partial write is finished; a full non-blocking pipe (EAGAIN) is waited on and retried, so a
  * slow reader slows the writer rather than losing lines. A reader that went away (EPIPE) ends the
  * logging quietly instead of failing every request that logs.
+ *
+ * Any other write error (a full disk, an I/O error) drops the line and never reaches the caller:
+ * logs grow with client traffic, and a log volume a client can fill must not stop the service
+ * (before, the first request after the disk filled killed the process). The first failure and the
+ * recovery are said once each on stderr, with the count of lines lost; a line cut by the failure
+ * is ended before the next one, so every line a reader sees stays whole JSON.
  */
 import { writeSync } from "node:fs";
 
@@ -28,20 +34,55 @@ function writeRetrying(fd: number, data: string | Uint8Array, offset: number): n
   }
 }
 
-export function fdDestination(fd: number): LogDestination {
+export interface FdDestinationOptions {
+  /** Told of a failing and a recovered log: stderr by default. */
+  notice?: (message: string) => void;
+}
+
+function noticeOnStderr(message: string) {
+  try {
+    writeSync(2, `palisade: ${message}\n`);
+  } catch {
+    // stderr may be on the same full disk: nothing more to say.
+  }
+}
+
+export function fdDestination(fd: number, options: FdDestinationOptions = {}): LogDestination {
+  const notice = options.notice ?? noticeOnStderr;
   let closed = false;
+  let dropped = 0;
+  let cutLine = false;
+  let failure = "";
   return {
     write(line) {
       if (closed) return;
+      let written = 0;
       try {
-        let written = writeRetrying(fd, line, 0);
-        const size = Buffer.byteLength(line);
-        if (written >= size) return;
-        const bytes = Buffer.from(line);
-        while (written < size) written += writeRetrying(fd, bytes, written);
+        // What a failure cut short is ended first, so the reader sees it as one bad line at most.
+        const text = cutLine ? `\n${line}` : line;
+        written = writeRetrying(fd, text, 0);
+        const size = Buffer.byteLength(text);
+        if (written < size) {
+          const bytes = Buffer.from(text);
+          while (written < size) written += writeRetrying(fd, bytes, written);
+        }
+        cutLine = false;
+        if (dropped > 0) {
+          notice(`log writes work again (${failure}); ${dropped} log line(s) were lost`);
+          dropped = 0;
+        }
       } catch (error) {
-        if ((error as { code?: string }).code !== "EPIPE") throw error;
-        closed = true;
+        const code = (error as { code?: string }).code ?? "unknown error";
+        if (code === "EPIPE") {
+          closed = true;
+          return;
+        }
+        if (written > 0) cutLine = true;
+        if (dropped === 0) {
+          failure = code;
+          notice(`log write failed (${code}); log lines are dropped until writes work again`);
+        }
+        dropped++;
       }
     },
   };

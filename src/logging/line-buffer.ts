@@ -1,9 +1,14 @@
 /**
  * @module
- * Collects log lines and writes them in batches: when `maxBytes` have gathered or `maxDelayMs`
- * after the first, whichever comes first. A write(2) per access-log line cost ~2 µs of every
- * request here; a batch costs one. The price: lines of the last `maxDelayMs` are lost if the
- * process is killed (a clean shutdown flushes), so only the access log uses it, never the audit log.
+ * Collects log lines and writes them in batches: when the next line would take a batch past
+ * `maxBytes`, or `maxDelayMs` after its first line, whichever comes first. A write(2) per
+ * access-log line cost ~2 µs of every request here; a batch costs one. The price: lines of the
+ * last `maxDelayMs` are lost if the process is killed outright (SIGKILL, a crash; a clean shutdown
+ * flushes them), so only the access log uses it, never the audit log.
+ *
+ * A batch is at most PIPE_BUF (4096) bytes: the kernel writes that much to a pipe in one piece, so
+ * several processes sharing one stdout pipe (as the scale-out's processes can) never splice their
+ * lines into each other's. A line longer than that is written on its own.
  */
 
 export interface LineSink {
@@ -13,9 +18,14 @@ export interface LineSink {
 export interface LineBuffer {
   write(line: string): void;
   flush(): void;
+  /** Whether lines are waiting. */
+  readonly pending: boolean;
 }
 
-export function bufferLines(sink: LineSink, maxBytes = 16_384, maxDelayMs = 100): LineBuffer {
+/** The bytes a pipe takes in one indivisible write (POSIX PIPE_BUF; 4096 on Linux). */
+export const PIPE_BUF = 4096;
+
+export function bufferLines(sink: LineSink, maxBytes = PIPE_BUF, maxDelayMs = 100): LineBuffer {
   let lines: string[] = [];
   let size = 0;
   let timer: Timer | null = null;
@@ -25,15 +35,17 @@ export function bufferLines(sink: LineSink, maxBytes = 16_384, maxDelayMs = 100)
       timer = null;
     }
     if (lines.length === 0) return;
-    const text = lines.join("");
+    const text = lines.length === 1 ? lines[0]! : lines.join("");
     lines = [];
     size = 0;
     sink.write(text);
   };
   return {
     write(line) {
+      const bytes = Buffer.byteLength(line);
+      if (size + bytes > maxBytes) flush();
       lines.push(line);
-      size += line.length;
+      size += bytes;
       if (size >= maxBytes) flush();
       else if (timer === null) {
         timer = setTimeout(flush, maxDelayMs);
@@ -41,5 +53,8 @@ export function bufferLines(sink: LineSink, maxBytes = 16_384, maxDelayMs = 100)
       }
     },
     flush,
+    get pending() {
+      return lines.length > 0;
+    },
   };
 }

@@ -17,6 +17,7 @@
 import type { LogLevel } from "../config";
 import { fdDestination, type LogDestination } from "./fd-destination";
 import { fieldJson, fieldsJson, REDACTED } from "./fields";
+import { bufferLines, type LineBuffer } from "./line-buffer";
 import { createTextScrubber } from "./scrub";
 
 export type { LogDestination } from "./fd-destination";
@@ -48,8 +49,14 @@ export interface Logger {
   readonly debug: LogFn;
   readonly trace: LogFn;
   readonly level: LogLevel;
-  /** Where this logger's lines go (the access log writes its own lines there). */
+  /** Where this logger's lines go. */
   readonly destination: LogDestination;
+  /**
+   * The same destination, in batches (line-buffer.ts): for the access log's line per request.
+   * Waiting lines are written before any line of this logger and by `flush`, so the output keeps
+   * its order and a shutdown loses none.
+   */
+  readonly batched: LineBuffer;
   /** A logger whose every line also carries `bindings`, after `service`. */
   child(bindings: Record<string, unknown>): Logger;
   bindings(): Record<string, unknown>;
@@ -89,11 +96,12 @@ function messageOfErr(fields: object): unknown {
 interface Shared {
   level: LogLevel;
   destination: LogDestination;
+  batched: LineBuffer;
   scrub: (line: string) => string;
 }
 
 function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: string): Logger {
-  const { destination, scrub } = shared;
+  const { destination, batched, scrub } = shared;
   const threshold = SEVERITY[shared.level];
   const method = (level: LevelName): LogFn => {
     if (SEVERITY[level] < threshold) return ignore;
@@ -118,6 +126,7 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
           typeof message === "string" ? JSON.stringify(message) : fieldJson("msg", message);
         if (json !== undefined) tail = `,"msg":${json}}\n`;
       }
+      if (batched.pending) batched.flush();
       destination.write(scrub(`${head}${new Date().toISOString()}"${boundJson}${fields}${tail}`));
     };
   };
@@ -130,6 +139,7 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
     trace: method("trace"),
     level: shared.level,
     destination,
+    batched,
     child: (bindings) =>
       buildLogger(shared, { ...bound, ...bindings }, boundJson + fieldsJson(bindings)),
     bindings: () => ({ ...bound }),
@@ -137,14 +147,18 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
       level !== "silent" &&
       Object.hasOwn(SEVERITY, level) &&
       SEVERITY[level as LogLevel] >= threshold,
-    flush: () => destination.flush?.(),
+    flush: () => {
+      batched.flush();
+      destination.flush?.();
+    },
   };
 }
 
 export function createLogger({ level, secretValues = [], destination }: LoggerOptions): Logger {
   const base = { service: "palisade" };
+  const sink = destination ?? fdDestination(1);
   return buildLogger(
-    { level, destination: destination ?? fdDestination(1), scrub: secretScrubber(secretValues) },
+    { level, destination: sink, batched: bufferLines(sink), scrub: secretScrubber(secretValues) },
     base,
     fieldsJson(base),
   );

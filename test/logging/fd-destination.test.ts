@@ -58,13 +58,48 @@ test("a reader that went away (EPIPE) ends the logging quietly, not the caller",
   closeSync(fd);
 });
 
-test("another write failure is not hidden", () => {
+test("a full disk (ENOSPC) drops lines without failing the caller, and says so once", () => {
+  const fd = openSync("/dev/full", "w");
+  const notices: string[] = [];
+  const destination = fdDestination(fd, { notice: (message) => notices.push(message) });
+  for (let i = 0; i < 5; i++) expect(() => destination.write(`{"i":${i}}\n`)).not.toThrow();
+  closeSync(fd);
+  expect(notices).toEqual([
+    "log write failed (ENOSPC); log lines are dropped until writes work again",
+  ]);
+});
+
+test("any other write failure (a descriptor not open for writing) is dropped too, not thrown", () => {
   dir = tempDir("palisade-fd-");
   const fd = openSync(join(dir.path, "read-only"), "w+");
   closeSync(fd);
   const readOnly = openSync(join(dir.path, "read-only"), "r");
-  expect(() => fdDestination(readOnly).write("x\n")).toThrow();
+  const notices: string[] = [];
+  const destination = fdDestination(readOnly, { notice: (message) => notices.push(message) });
+  expect(() => destination.write("x\n")).not.toThrow();
   closeSync(readOnly);
+  expect(notices).toEqual([
+    "log write failed (EBADF); log lines are dropped until writes work again",
+  ]);
+});
+
+test("a service whose stdout is a full disk keeps working and says why on stderr", async () => {
+  const script = [
+    'import { createLogger } from "./src/logging/logger";',
+    'const logger = createLogger({ level: "info" });',
+    'for (let i = 0; i < 100; i++) logger.info({ i }, "line");',
+    "logger.batched.write('{\"access\":1}\\n');",
+    "logger.flush();",
+    'process.stderr.write("still here\\n");',
+  ].join("\n");
+  const full = openSync("/dev/full", "w");
+  const proc = Bun.spawn(["bun", "-e", script], { cwd: ROOT, stdout: full, stderr: "pipe" });
+  const stderr = await new Response(proc.stderr).text();
+  closeSync(full);
+  expect(await proc.exited).toBe(0);
+  expect(stderr).toBe(
+    "palisade: log write failed (ENOSPC); log lines are dropped until writes work again\nstill here\n",
+  );
 });
 
 test("the default logger writes each line to stdout before the call returns: none is lost when the process exits at once", async () => {

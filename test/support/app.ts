@@ -84,6 +84,8 @@ export interface TestAppOptions {
   whatsapp?: FeatureOptions["whatsapp"];
   /** The chat provider (configuration picks one when absent: offline without OPENAI_API_KEY). */
   chatProvider?: ChatProvider;
+  /** Batch access lines as the service does; off by default, so each line is there at once. */
+  accessLogBuffered?: boolean;
 }
 
 export interface TestApp {
@@ -143,7 +145,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
   const app = createApp({
     ...services,
     peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
-    accessLogBuffered: false,
+    accessLogBuffered: options.accessLogBuffered ?? false,
     extraRouteClasses: options.routeClasses,
   });
   let closed = false;

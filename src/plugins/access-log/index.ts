@@ -6,8 +6,8 @@
  * The line carries request id, method, route pattern, status, duration and client address, in
  * the logger's layout on the logger's own destination, but is serialised here: a general logger's
  * path (redaction by path, formatters) cost ~7 µs a line on this machine; the line is one string
- * built from fields we choose (line.ts). Lines are written in batches of up to 100 ms (flushed when the app
- * stops). Client-supplied text that can hold a secret (the path of an unmatched request, the user
+ * built from fields we choose (line.ts). Lines are written in the logger's batches (up to 100 ms
+ * or 4 KB; written before any other line of the logger, and at shutdown). Client-supplied text that can hold a secret (the path of an unmatched request, the user
  * agent, an unknown method) is scrubbed whole with the same secret scrubber (the path also
  * decoded, logging/scrub), then goes through logSafe and is JSON-escaped, so it cannot forge or
  * split a line and a secret cut at the length limit leaves nothing of itself. The other fields
@@ -22,7 +22,6 @@
  * handler registers it (stream-end.ts) and the line and the histogram wait for its end.
  */
 import { Elysia } from "elysia";
-import { bufferLines } from "../../logging/line-buffer";
 import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { type RouteEntry, routePatternIndex } from "../error-handler/route-methods";
@@ -57,10 +56,9 @@ export interface AccessLogOptions {
 export function accessLog(options: AccessLogOptions) {
   const { logger, http, secretValues = [], buffered = true, trace } = options;
   const routePatternOf = routePatternIndex(options.routes ?? (() => []));
-  const stream = logger.destination;
   const destination = buffered
-    ? bufferLines(stream)
-    : { write: (line: string) => stream.write(line), flush() {} };
+    ? logger.batched
+    : { write: (line: string) => logger.destination.write(line), flush() {} };
   const scrub = secretScrubber(secretValues);
   const scrubPath = (path: string) => scrubUrlPart(path, scrub);
   const bindings = logger.bindings();
