@@ -26,6 +26,19 @@ const DEFERRED = [
   "@sentry/",
   // The OpenAPI generator (some 8,000 lines): the first /openapi.json or /docs request loads it.
   "@elysiajs/openapi/",
+  // prom-client's defaults that read their value at scrape time: registered at the first scrape.
+  ...[
+    "osMemoryHeap",
+    "processStartTime",
+    "processOpenFileDescriptors",
+    "processMaxFileDescriptors",
+    "processResources",
+    "processHandles",
+    "processRequests",
+    "heapSizeAndUsed",
+    "heapSpacesSizeAndUsed",
+    "version",
+  ].map((name) => `prom-client/lib/metrics/${name}.js`),
 ];
 
 async function loadedModules(...args: string[]) {
