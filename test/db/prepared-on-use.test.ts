@@ -7,7 +7,7 @@ import { Database } from "bun:sqlite";
 import { afterEach, expect, test } from "bun:test";
 import { preparedOnUse } from "../../src/db/prepared-on-use";
 import { buildTestApp, send, type TestApp } from "../support/app";
-import { signUp, STRONG_PASSWORD } from "../support/auth";
+import { STRONG_PASSWORD, signUp } from "../support/auth";
 
 const open: TestApp[] = [];
 afterEach(() => {
