@@ -220,7 +220,7 @@ function describe(docsPage: boolean, isPublic: boolean) {
   const routes = docsPage
     ? withPage.get(
         DOCS_PATH,
-        async function docsPage() {
+        async function documentationPage() {
           // The page is one prebuilt Response; each request gets its own copy.
           return ((await generator(DOCS_PATH)) as Response).clone();
         },
