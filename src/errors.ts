@@ -159,6 +159,14 @@ const STATUS_MEANING: Record<number, string> = {
   503: "The service cannot be used right now (see Retry-After)",
 };
 
+/** The codes each status can carry, worked out once: every route's schemas ask (issue #13). */
+const CODES_BY_STATUS = new Map<number, ErrorCode[]>();
+for (const code of ERROR_CODES) {
+  for (const status of statusesForCode(code)) {
+    CODES_BY_STATUS.set(status, [...(CODES_BY_STATUS.get(status) ?? []), code]);
+  }
+}
+
 /**
  * Route `response` entries for error statuses: each the problem schema with `code` narrowed to the
  * codes of that status, so the document says which codes a status can carry.
@@ -166,7 +174,7 @@ const STATUS_MEANING: Record<number, string> = {
 export function problemResponses<S extends number>(...statuses: S[]) {
   const responses = {} as Record<S, typeof ProblemSchema>;
   for (const status of statuses) {
-    const codes = ERROR_CODES.filter((code) => statusesForCode(code).includes(status));
+    const codes = CODES_BY_STATUS.get(status) ?? [];
     if (codes.length === 0) throw new Error(`no error code answers ${status}`);
     responses[status] = t.Object(problemProperties(codes), {
       description: `${STATUS_MEANING[status] ?? "Error"} (application/problem+json)`,

@@ -1,8 +1,9 @@
 import { afterEach, expect, test } from "bun:test";
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { Value } from "@sinclair/typebox/value";
-import type { TSchema } from "elysia";
+import { Elysia, type TSchema } from "elysia";
 import { ProblemSchema, problemResponses } from "../src/errors";
+import type { Feature } from "../src/modules/feature";
 import { DOCS_PATH } from "../src/plugins/openapi";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "./support/app";
 import { bearer, signUp } from "./support/auth";
@@ -45,6 +46,30 @@ test("every registered route is in the document", async () => {
     .map((route) => `${route.method} ${route.path}`);
   expect(missing).toEqual([]);
   expect(Object.keys(document.paths)).toEqual(expect.arrayContaining(["/health", "/ready"]));
+});
+
+test("each app's document, generated at its first request, describes that app's routes only", async () => {
+  // The generator is loaded on first use: it must be pointed at the app that serves it, never at
+  // the first app that asked for it in this process.
+  const notes: Feature = {
+    name: "notes",
+    routeClasses: [{ routes: ["GET /api/notes"] }],
+    routes: ({ auth }) => new Elysia().use(auth).get("/api/notes", () => [], { public: true }),
+  };
+  const plain = buildTestApp();
+  const withNotes = buildTestApp({ extraFeatures: [notes] });
+  try {
+    const paths = async (target: TestApp) =>
+      Object.keys(
+        ((await (await send(target, "/openapi.json")).json()) as { paths: object }).paths,
+      );
+    expect(await paths(plain)).not.toContain("/api/notes");
+    expect(await paths(withNotes)).toContain("/api/notes");
+    expect(await paths(plain)).not.toContain("/api/notes");
+  } finally {
+    plain.close();
+    withNotes.close();
+  }
 });
 
 test("/docs renders outside production and is absent in production", async () => {

@@ -38,6 +38,32 @@ test("the heap-space gauges, whose registration walks Bun's heap, are registered
   expect(registry.getSingleMetric("nodejs_heap_space_size_total_bytes")).toBeDefined();
 });
 
+test("defaults read at scrape time are registered at the first scrape, with the values prom-client's give", async () => {
+  const registry = createMetricsRegistry();
+  // Nothing of theirs is kept between scrapes, so nothing is lost by registering them late.
+  for (const name of [
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
+    "nodejs_version_info",
+    "nodejs_heap_size_used_bytes",
+  ]) {
+    expect(registry.getSingleMetric(name)).toBeUndefined();
+  }
+  // What counts from the start is there at once.
+  expect(registry.getSingleMetric("nodejs_gc_duration_seconds")).toBeDefined();
+  const text = await registry.metrics();
+  const reference = new Registry();
+  collectDefaultMetrics({ register: reference });
+  const value = (exposition: string, name: string) =>
+    new RegExp(`^${name} (\\S+)$`, "m").exec(exposition)?.[1];
+  const startTime = value(text, "process_start_time_seconds");
+  expect(Number(startTime)).toBeGreaterThan(1_600_000_000);
+  expect(startTime).toBe(value(await reference.metrics(), "process_start_time_seconds"));
+  expect(Number(value(text, "process_resident_memory_bytes"))).toBeGreaterThan(0);
+  expect(Number(value(text, "process_open_fds"))).toBeGreaterThan(0);
+});
+
 test("GET /metrics carries the heap-space gauges from its first answer", async () => {
   current = buildTestApp();
   const response = await send(current, "/metrics");

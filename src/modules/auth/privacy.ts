@@ -6,6 +6,7 @@
  */
 import { asc, eq, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { refreshFamilies, users } from "../../db/schema";
 import type { PrivacyContributor } from "../privacy/contributor";
 import type { PrivacyAccount } from "../privacy/service";
@@ -13,20 +14,24 @@ import type { ApiKeyService } from "./api-keys";
 import type { AuthService } from "./service";
 
 export function sessionsContributor(db: AppDatabase, auth: AuthService): PrivacyContributor {
-  const sessions = db
-    .select({
-      familyId: refreshFamilies.id,
-      startedAt: refreshFamilies.createdAt,
-      expiresAt: refreshFamilies.expiresAt,
-      revokedAt: refreshFamilies.revokedAt,
-    })
-    .from(refreshFamilies)
-    .where(eq(refreshFamilies.userId, sql.placeholder("userId")))
-    .orderBy(asc(refreshFamilies.createdAt))
-    .prepare();
+  // Prepared by the first export, not at start.
+  const statements = preparedOnUse({
+    sessions: () =>
+      db
+        .select({
+          familyId: refreshFamilies.id,
+          startedAt: refreshFamilies.createdAt,
+          expiresAt: refreshFamilies.expiresAt,
+          revokedAt: refreshFamilies.revokedAt,
+        })
+        .from(refreshFamilies)
+        .where(eq(refreshFamilies.userId, sql.placeholder("userId")))
+        .orderBy(asc(refreshFamilies.createdAt))
+        .prepare(),
+  });
   return {
     name: "sessions",
-    export: (userId) => sessions.all({ userId }),
+    export: (userId) => statements.sessions.all({ userId }),
     erase: (userId) => auth.revokeUserSessions(userId),
   };
 }

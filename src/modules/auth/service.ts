@@ -25,6 +25,7 @@ import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
@@ -117,26 +118,27 @@ function prepareStatements(db: AppDatabase) {
       .from(users)
       .where(eq(column, sql.placeholder("value")))
       .prepare();
-  return {
-    userByEmail: userBy(users.emailKey),
-    userById: userBy(users.id),
+  return preparedOnUse({
+    userByEmail: () => userBy(users.emailKey),
+    userById: () => userBy(users.id),
     /** A refresh token by its hash, with its family's state (null family: no row, refused). */
-    refreshByHash: db
-      .select({
-        id: refreshTokens.id,
-        userId: refreshTokens.userId,
-        familyId: refreshTokens.familyId,
-        expiresAt: refreshTokens.expiresAt,
-        usedAt: refreshTokens.usedAt,
-        revokedAt: refreshTokens.revokedAt,
-        family: refreshFamilies.id,
-        familyRevokedAt: refreshFamilies.revokedAt,
-      })
-      .from(refreshTokens)
-      .leftJoin(refreshFamilies, eq(refreshFamilies.id, refreshTokens.familyId))
-      .where(eq(refreshTokens.tokenHash, sql.placeholder("hash")))
-      .prepare(),
-  };
+    refreshByHash: () =>
+      db
+        .select({
+          id: refreshTokens.id,
+          userId: refreshTokens.userId,
+          familyId: refreshTokens.familyId,
+          expiresAt: refreshTokens.expiresAt,
+          usedAt: refreshTokens.usedAt,
+          revokedAt: refreshTokens.revokedAt,
+          family: refreshFamilies.id,
+          familyRevokedAt: refreshFamilies.revokedAt,
+        })
+        .from(refreshTokens)
+        .leftJoin(refreshFamilies, eq(refreshFamilies.id, refreshTokens.familyId))
+        .where(eq(refreshTokens.tokenHash, sql.placeholder("hash")))
+        .prepare(),
+  });
 }
 
 type RefreshRow = NonNullable<

@@ -25,6 +25,7 @@
 import type { Database } from "bun:sqlite";
 import { and, asc, eq, sql } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
 
@@ -74,54 +75,59 @@ export interface UsageRow {
 
 export class ChatBudget {
   private readonly db;
-  private readonly ensureRow;
-  private readonly reserveWithin;
-  private readonly reserveAlways;
+  private readonly statements;
 
   constructor(
     sqlite: Database,
     /** Tokens per owner per UTC day; 0: no budget (usage is still counted). */
     readonly dailyTokens: number,
   ) {
-    this.db = drizzleOf(sqlite);
-    const owner = and(
-      eq(chatUsage.ownerKind, sql.placeholder("kind")),
-      eq(chatUsage.ownerId, sql.placeholder("id")),
-      eq(chatUsage.day, sql.placeholder("day")),
-    );
-    this.ensureRow = this.db
-      .insert(chatUsage)
-      .values({
-        ownerKind: sql.placeholder("kind"),
-        ownerId: sql.placeholder("id"),
-        day: sql.placeholder("day"),
-        updatedAt: sql.placeholder("now"),
-      })
-      .onConflictDoNothing()
-      .returning({ day: chatUsage.day })
-      .prepare();
-    const reserve = {
+    const db = drizzleOf(sqlite);
+    this.db = db;
+    const owner = () =>
+      and(
+        eq(chatUsage.ownerKind, sql.placeholder("kind")),
+        eq(chatUsage.ownerId, sql.placeholder("id")),
+        eq(chatUsage.day, sql.placeholder("day")),
+      );
+    const reserve = () => ({
       reservedTokens: sql`${chatUsage.reservedTokens} + ${sql.placeholder("estimate")}`,
       updatedAt: sql`${sql.placeholder("now")}`,
-    };
-    // The one statement that decides: it matches no row when the estimate does not fit.
-    this.reserveWithin = this.db
-      .update(chatUsage)
-      .set(reserve)
-      .where(
-        and(
-          owner,
-          sql`${chatUsage.usedTokens} + ${chatUsage.reservedTokens} + ${sql.placeholder("estimate")} <= ${sql.placeholder("budget")}`,
-        ),
-      )
-      .returning({ reservedTokens: chatUsage.reservedTokens })
-      .prepare();
-    this.reserveAlways = this.db
-      .update(chatUsage)
-      .set(reserve)
-      .where(owner)
-      .returning({ reservedTokens: chatUsage.reservedTokens })
-      .prepare();
+    });
+    this.statements = preparedOnUse({
+      ensureRow: () =>
+        db
+          .insert(chatUsage)
+          .values({
+            ownerKind: sql.placeholder("kind"),
+            ownerId: sql.placeholder("id"),
+            day: sql.placeholder("day"),
+            updatedAt: sql.placeholder("now"),
+          })
+          .onConflictDoNothing()
+          .returning({ day: chatUsage.day })
+          .prepare(),
+      // The one statement that decides: it matches no row when the estimate does not fit.
+      reserveWithin: () =>
+        db
+          .update(chatUsage)
+          .set(reserve())
+          .where(
+            and(
+              owner(),
+              sql`${chatUsage.usedTokens} + ${chatUsage.reservedTokens} + ${sql.placeholder("estimate")} <= ${sql.placeholder("budget")}`,
+            ),
+          )
+          .returning({ reservedTokens: chatUsage.reservedTokens })
+          .prepare(),
+      reserveAlways: () =>
+        db
+          .update(chatUsage)
+          .set(reserve())
+          .where(owner())
+          .returning({ reservedTokens: chatUsage.reservedTokens })
+          .prepare(),
+    });
   }
 
   /** Reserves `tokens` (a turn's largest possible charge) if they fit in the day's budget. */
@@ -130,14 +136,19 @@ export class ChatBudget {
     const key = { kind: owner.kind, id: owner.id, day };
     const attempt = () =>
       this.dailyTokens > 0
-        ? this.reserveWithin.get({ ...key, estimate: tokens, now, budget: this.dailyTokens })
-        : this.reserveAlways.get({ ...key, estimate: tokens, now });
+        ? this.statements.reserveWithin.get({
+            ...key,
+            estimate: tokens,
+            now,
+            budget: this.dailyTokens,
+          })
+        : this.statements.reserveAlways.get({ ...key, estimate: tokens, now });
     // The day's row exists after the owner's first turn: one statement (one commit) decides.
     // Without it (or when refused) the row is made if missing and the decision taken again: the
     // second attempt is what decides when another process made the row meanwhile.
     let row = attempt();
     if (!row) {
-      this.ensureRow.get({ ...key, now });
+      this.statements.ensureRow.get({ ...key, now });
       row = attempt();
     }
     if (!row) return { kind: "over_budget", retryAfterSeconds: secondsUntilNextUtcDay(now) };

@@ -25,6 +25,7 @@ import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { drizzleOf } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
@@ -130,33 +131,37 @@ function ownedBy(owner: ChatOwner) {
 
 export class ChatService implements ChatTurns {
   private readonly db;
-  private readonly findOwned;
-  private readonly recentMessages;
+  private readonly statements;
 
   constructor(private readonly options: ChatServiceOptions) {
-    this.db = drizzleOf(options.sqlite);
-    this.findOwned = this.db
-      .select({ id: chatConversations.id })
-      .from(chatConversations)
-      .where(
-        and(
-          eq(chatConversations.id, sql.placeholder("id")),
-          eq(chatConversations.ownerKind, sql.placeholder("kind")),
-          eq(chatConversations.ownerId, sql.placeholder("owner")),
-        ),
-      )
-      .prepare();
-    this.recentMessages = this.db
-      .select({
-        role: chatMessages.role,
-        content: chatMessages.content,
-        tokens: chatMessages.tokens,
-      })
-      .from(chatMessages)
-      .where(eq(chatMessages.conversationId, sql.placeholder("conversation")))
-      .orderBy(desc(chatMessages.id))
-      .limit(sql.placeholder("limit"))
-      .prepare();
+    const db = drizzleOf(options.sqlite);
+    this.db = db;
+    this.statements = preparedOnUse({
+      findOwned: () =>
+        db
+          .select({ id: chatConversations.id })
+          .from(chatConversations)
+          .where(
+            and(
+              eq(chatConversations.id, sql.placeholder("id")),
+              eq(chatConversations.ownerKind, sql.placeholder("kind")),
+              eq(chatConversations.ownerId, sql.placeholder("owner")),
+            ),
+          )
+          .prepare(),
+      recentMessages: () =>
+        db
+          .select({
+            role: chatMessages.role,
+            content: chatMessages.content,
+            tokens: chatMessages.tokens,
+          })
+          .from(chatMessages)
+          .where(eq(chatMessages.conversationId, sql.placeholder("conversation")))
+          .orderBy(desc(chatMessages.id))
+          .limit(sql.placeholder("limit"))
+          .prepare(),
+    });
   }
 
   get providerName(): string {
@@ -171,7 +176,8 @@ export class ChatService implements ChatTurns {
   /** The owner's conversation with this id, or null (another's and none look the same). */
   owns(owner: ChatOwner, conversationId: string): boolean {
     return (
-      this.findOwned.get({ id: conversationId, kind: owner.kind, owner: owner.id }) !== undefined
+      this.statements.findOwned.get({ id: conversationId, kind: owner.kind, owner: owner.id }) !==
+      undefined
     );
   }
 
@@ -179,7 +185,7 @@ export class ChatService implements ChatTurns {
   contextOf(conversationId: string): ChatMessage[] {
     const { contextMessages, contextTokens } = this.options.chat;
     if (contextMessages === 0) return [];
-    const newest = this.recentMessages.all({
+    const newest = this.statements.recentMessages.all({
       conversation: conversationId,
       limit: contextMessages,
     });

@@ -7,6 +7,7 @@
  */
 import { and, desc, eq, lt, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { payments } from "../../db/schema";
 import type { AuditEvent } from "../../plugins/audit/events";
 import { isStripeId } from "./ids";
@@ -87,39 +88,45 @@ const ignored = (reason: string): EventEffect => ({
 });
 
 export class PaymentLedger {
-  private readonly byId;
-  private readonly byOwnerAndId;
-  private readonly firstKey;
+  private readonly statements;
 
   constructor(private readonly db: AppDatabase) {
-    this.firstKey = db.$client.query(
-      `WITH RECURSIVE chain(id, depth) AS (
+    this.statements = preparedOnUse({
+      firstKey: () =>
+        db.$client.query(
+          `WITH RECURSIVE chain(id, depth) AS (
          SELECT ?1, 0
          UNION ALL
          SELECT api_keys.id, chain.depth + 1 FROM api_keys JOIN chain ON api_keys.replaced_by = chain.id
          WHERE chain.depth < 1000)
        SELECT id FROM chain ORDER BY depth DESC LIMIT 1`,
-    );
-    this.byId = db
-      .select()
-      .from(payments)
-      .where(eq(payments.id, sql.placeholder("id")))
-      .prepare();
-    this.byOwnerAndId = db
-      .select()
-      .from(payments)
-      .where(
-        and(eq(payments.owner, sql.placeholder("owner")), eq(payments.id, sql.placeholder("id"))),
-      )
-      .prepare();
+        ),
+      byId: () =>
+        db
+          .select()
+          .from(payments)
+          .where(eq(payments.id, sql.placeholder("id")))
+          .prepare(),
+      byOwnerAndId: () =>
+        db
+          .select()
+          .from(payments)
+          .where(
+            and(
+              eq(payments.owner, sql.placeholder("owner")),
+              eq(payments.id, sql.placeholder("id")),
+            ),
+          )
+          .prepare(),
+    });
   }
 
   find(id: string): PaymentRow | undefined {
-    return this.byId.get({ id });
+    return this.statements.byId.get({ id });
   }
 
   findOwned(owner: string, id: string): PaymentRow | undefined {
-    return this.byOwnerAndId.get({ owner, id });
+    return this.statements.byOwnerAndId.get({ owner, id });
   }
 
   /** The owner's payments, newest first, `limit` from before the cursor (a `seq`). */
@@ -164,7 +171,7 @@ export class PaymentLedger {
    * write; chains are short (one link per rotation), capped at 1000 links.
    */
   firstKeyOf(keyId: string): string {
-    const row = this.firstKey.get(keyId) as { id: string } | null;
+    const row = this.statements.firstKey.get(keyId) as { id: string } | null;
     return row?.id ?? keyId;
   }
 

@@ -30,6 +30,7 @@ import { and, eq, inArray, lt, or, sql } from "drizzle-orm";
 import { Elysia, t } from "elysia";
 import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
@@ -85,66 +86,73 @@ export interface IntakeOptions {
  * Writes a verified notification's messages into the outbox and its statuses into their table.
  * Framework-free: the route hands it what it read.
  */
-/** The intake's statements, prepared once: a delivery is on the hot path (see bench/whatsapp.ts). */
+/**
+ * The intake's statements, each prepared once, by the first delivery that runs it (a delivery is on
+ * the hot path: see bench/whatsapp.ts).
+ */
 function prepareIntake(db: AppDatabase) {
   const p = (name: string) => sql.placeholder(name);
-  return {
+  return preparedOnUse({
     // One statement decides which delivery of a message id goes on: a new id, or a claim whose
     // delivery died before finishing it (the UPDATE branch); every other delivery gets no row.
-    claim: db
-      .insert(webhookEvents)
-      .values({ provider: "whatsapp", eventId: p("id"), type: CLAIMED, receivedAt: p("at") })
-      .onConflictDoUpdate({
-        target: [webhookEvents.provider, webhookEvents.eventId],
-        set: { receivedAt: sql`excluded.received_at` },
-        setWhere: and(
-          eq(webhookEvents.type, CLAIMED),
-          lt(webhookEvents.receivedAt, p("staleBefore")),
-        ),
-      })
-      .returning({ id: webhookEvents.eventId })
-      .prepare(),
+    claim: () =>
+      db
+        .insert(webhookEvents)
+        .values({ provider: "whatsapp", eventId: p("id"), type: CLAIMED, receivedAt: p("at") })
+        .onConflictDoUpdate({
+          target: [webhookEvents.provider, webhookEvents.eventId],
+          set: { receivedAt: sql`excluded.received_at` },
+          setWhere: and(
+            eq(webhookEvents.type, CLAIMED),
+            lt(webhookEvents.receivedAt, p("staleBefore")),
+          ),
+        })
+        .returning({ id: webhookEvents.eventId })
+        .prepare(),
     // The claim becomes the record, if it is still this delivery's.
-    recordEvent: db
-      .update(webhookEvents)
-      .set({ type: sql`${p("type")}` })
-      .where(
-        and(
-          eq(webhookEvents.provider, "whatsapp"),
-          eq(webhookEvents.eventId, p("id")),
-          eq(webhookEvents.type, CLAIMED),
-          eq(webhookEvents.receivedAt, p("claimedAt")),
-        ),
-      )
-      .returning({ id: webhookEvents.eventId })
-      .prepare(),
-    enqueue: db
-      .insert(whatsappOutbox)
-      .values({
-        messageId: p("messageId"),
-        phoneNumberId: p("phoneNumberId"),
-        recipient: p("recipient"),
-        senderHash: p("senderHash"),
-        kind: p("kind"),
-        body: p("body"),
-        state: "pending",
-        nextAttemptAt: p("at"),
-        receivedAt: p("at"),
-      })
-      .prepare(),
-    recordStatus: db
-      .insert(whatsappStatuses)
-      .values({
-        messageId: p("id"),
-        status: p("status"),
-        at: p("at"),
-        errorCode: p("errorCode"),
-        receivedAt: p("receivedAt"),
-      })
-      .onConflictDoNothing()
-      .returning({ id: whatsappStatuses.messageId })
-      .prepare(),
-  };
+    recordEvent: () =>
+      db
+        .update(webhookEvents)
+        .set({ type: sql`${p("type")}` })
+        .where(
+          and(
+            eq(webhookEvents.provider, "whatsapp"),
+            eq(webhookEvents.eventId, p("id")),
+            eq(webhookEvents.type, CLAIMED),
+            eq(webhookEvents.receivedAt, p("claimedAt")),
+          ),
+        )
+        .returning({ id: webhookEvents.eventId })
+        .prepare(),
+    enqueue: () =>
+      db
+        .insert(whatsappOutbox)
+        .values({
+          messageId: p("messageId"),
+          phoneNumberId: p("phoneNumberId"),
+          recipient: p("recipient"),
+          senderHash: p("senderHash"),
+          kind: p("kind"),
+          body: p("body"),
+          state: "pending",
+          nextAttemptAt: p("at"),
+          receivedAt: p("at"),
+        })
+        .prepare(),
+    recordStatus: () =>
+      db
+        .insert(whatsappStatuses)
+        .values({
+          messageId: p("id"),
+          status: p("status"),
+          at: p("at"),
+          errorCode: p("errorCode"),
+          receivedAt: p("receivedAt"),
+        })
+        .onConflictDoNothing()
+        .returning({ id: whatsappStatuses.messageId })
+        .prepare(),
+  });
 }
 
 export class WhatsAppIntake {

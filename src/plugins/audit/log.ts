@@ -29,6 +29,7 @@ import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import { METRIC } from "../metrics/names";
@@ -79,36 +80,38 @@ const sqliteSequence = sqliteTable("sqlite_sequence", {
   seq: integer("seq").notNull(),
 });
 
-/** Prepared once per log: the statements every write runs. */
+/** Prepared once per log, at its first write: the statements every write runs. */
 function prepareWrites(db: AppDatabase) {
   const p = (name: string) => sql.placeholder(name);
-  return {
-    insert: db
-      .insert(auditEvents)
-      .values({
-        id: p("id"),
-        at: p("at"),
-        type: p("type"),
-        actor: p("actor"),
-        ip: p("ip"),
-        route: p("route"),
-        requestId: p("requestId"),
-        outcome: p("outcome"),
-        detail: p("detail"),
-        subjectSalt: p("subjectSalt"),
-        subjectCommit: p("subjectCommit"),
-        prevHash: p("prevHash"),
-        hash: p("hash"),
-        keyId: p("keyId"),
-      })
-      .prepare(),
-    lastRow: lastRowQuery(db).prepare(),
-    sequence: db
-      .select({ seq: sqliteSequence.seq })
-      .from(sqliteSequence)
-      .where(eq(sqliteSequence.name, "audit_events"))
-      .prepare(),
-  };
+  return preparedOnUse({
+    insert: () =>
+      db
+        .insert(auditEvents)
+        .values({
+          id: p("id"),
+          at: p("at"),
+          type: p("type"),
+          actor: p("actor"),
+          ip: p("ip"),
+          route: p("route"),
+          requestId: p("requestId"),
+          outcome: p("outcome"),
+          detail: p("detail"),
+          subjectSalt: p("subjectSalt"),
+          subjectCommit: p("subjectCommit"),
+          prevHash: p("prevHash"),
+          hash: p("hash"),
+          keyId: p("keyId"),
+        })
+        .prepare(),
+    lastRow: () => lastRowQuery(db).prepare(),
+    sequence: () =>
+      db
+        .select({ seq: sqliteSequence.seq })
+        .from(sqliteSequence)
+        .where(eq(sqliteSequence.name, "audit_events"))
+        .prepare(),
+  });
 }
 
 /**

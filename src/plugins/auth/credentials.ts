@@ -31,6 +31,7 @@ import { asc, eq, gt, lt, max, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
@@ -65,45 +66,50 @@ function prepareStatements(db: AppDatabase) {
     revokedAt: apiKeys.revokedAt,
   };
   const familyFields = { userId: refreshFamilies.userId, revokedAt: refreshFamilies.revokedAt };
-  return {
+  return preparedOnUse({
     /** A key by its prefix, with its owner's role now (null: ownerless, or the owner row is gone). */
-    findKey: firstRowReader(
+    findKey: () =>
+      firstRowReader(
+        db
+          .select(keyFields)
+          .from(apiKeys)
+          .leftJoin(users, eq(users.id, apiKeys.userId))
+          .where(eq(apiKeys.prefix, sql.placeholder("prefix")))
+          .prepare(),
+        keyFields,
+      ),
+    newRevocations: () =>
       db
-        .select(keyFields)
-        .from(apiKeys)
-        .leftJoin(users, eq(users.id, apiKeys.userId))
-        .where(eq(apiKeys.prefix, sql.placeholder("prefix")))
+        .select()
+        .from(authRevocations)
+        .where(gt(authRevocations.id, sql.placeholder("after")))
+        .orderBy(asc(authRevocations.id))
         .prepare(),
-      keyFields,
-    ),
-    newRevocations: db
-      .select()
-      .from(authRevocations)
-      .where(gt(authRevocations.id, sql.placeholder("after")))
-      .orderBy(asc(authRevocations.id))
-      .prepare(),
-    touchKey: db
-      .update(apiKeys)
-      .set({ lastUsedAt: sql`${sql.placeholder("now")}` })
-      .where(eq(apiKeys.id, sql.placeholder("id")))
-      .prepare(),
-    insertRevocation: db
-      .insert(authRevocations)
-      .values({
-        kind: sql.placeholder("kind"),
-        subject: sql.placeholder("subject"),
-        createdAt: sql.placeholder("createdAt"),
-      })
-      .prepare(),
-    familyState: firstRowReader(
+    touchKey: () =>
       db
-        .select(familyFields)
-        .from(refreshFamilies)
-        .where(eq(refreshFamilies.id, sql.placeholder("id")))
+        .update(apiKeys)
+        .set({ lastUsedAt: sql`${sql.placeholder("now")}` })
+        .where(eq(apiKeys.id, sql.placeholder("id")))
         .prepare(),
-      familyFields,
-    ),
-  };
+    insertRevocation: () =>
+      db
+        .insert(authRevocations)
+        .values({
+          kind: sql.placeholder("kind"),
+          subject: sql.placeholder("subject"),
+          createdAt: sql.placeholder("createdAt"),
+        })
+        .prepare(),
+    familyState: () =>
+      firstRowReader(
+        db
+          .select(familyFields)
+          .from(refreshFamilies)
+          .where(eq(refreshFamilies.id, sql.placeholder("id")))
+          .prepare(),
+        familyFields,
+      ),
+  });
 }
 
 const CACHE_LIMIT = 10_000;

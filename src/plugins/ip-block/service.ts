@@ -18,6 +18,7 @@ import type { Database } from "bun:sqlite";
 import { and, count, desc, eq, gt, inArray, isNull, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { type AppDatabase, drizzleOf } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { ipBlocks } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../audit/log";
@@ -101,37 +102,40 @@ const BLOCK_COLUMNS = {
 /** The statements of the request path (reload) and of automatic blocking, prepared once. */
 function prepareStatements(db: AppDatabase) {
   const p = sql.placeholder;
-  return {
-    loadActive: db
-      .select({ address: ipBlocks.address, expiresAt: max(ipBlocks.expiresAt) })
-      .from(ipBlocks)
-      .where(and(gt(ipBlocks.expiresAt, p("now")), isNull(ipBlocks.liftedAt)))
-      .groupBy(ipBlocks.address)
-      .prepare(),
-    insertBlock: db
-      .insert(ipBlocks)
-      .values({
-        address: p("address"),
-        reason: p("reason"),
-        source: p("source"),
-        createdBy: p("createdBy"),
-        createdAt: p("createdAt"),
-        expiresAt: p("expiresAt"),
-      })
-      .returning(BLOCK_COLUMNS)
-      .prepare(),
-    priorAutoBlocks: db
-      .select({ n: count() })
-      .from(ipBlocks)
-      .where(
-        and(
-          eq(ipBlocks.address, p("address")),
-          eq(ipBlocks.source, "auto"),
-          gt(ipBlocks.createdAt, p("since")),
-        ),
-      )
-      .prepare(),
-  };
+  return preparedOnUse({
+    loadActive: () =>
+      db
+        .select({ address: ipBlocks.address, expiresAt: max(ipBlocks.expiresAt) })
+        .from(ipBlocks)
+        .where(and(gt(ipBlocks.expiresAt, p("now")), isNull(ipBlocks.liftedAt)))
+        .groupBy(ipBlocks.address)
+        .prepare(),
+    insertBlock: () =>
+      db
+        .insert(ipBlocks)
+        .values({
+          address: p("address"),
+          reason: p("reason"),
+          source: p("source"),
+          createdBy: p("createdBy"),
+          createdAt: p("createdAt"),
+          expiresAt: p("expiresAt"),
+        })
+        .returning(BLOCK_COLUMNS)
+        .prepare(),
+    priorAutoBlocks: () =>
+      db
+        .select({ n: count() })
+        .from(ipBlocks)
+        .where(
+          and(
+            eq(ipBlocks.address, p("address")),
+            eq(ipBlocks.source, "auto"),
+            gt(ipBlocks.createdAt, p("since")),
+          ),
+        )
+        .prepare(),
+  });
 }
 
 export class IpBlockService {

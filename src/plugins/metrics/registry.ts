@@ -3,22 +3,27 @@
  * One prom-client Registry per app (never the global default registry, so tests and several apps
  * in one process do not share counters), with prom-client's default process metrics.
  *
- * One of them is registered at the first scrape instead of at start: prom-client's heap-space
+ * Most of them are registered at the first scrape instead of at start. prom-client's heap-space
  * gauges (`nodejs_heap_space_size_*_bytes`) call `v8.getHeapSpaceStatistics()` once when they are
  * registered, to find out whether the runtime has it, and in Bun that call walks the whole heap:
  * 10–40 ms of the start on the shared bench machine, more the larger the heap (`bun --cpu-prof`
- * showed 279 ms while zxcvbn's dictionaries were loaded at start). The gauges are computed at each
- * scrape anyway, so registering them just before the first one changes nothing a scrape shows; the
- * rest (event-loop lag, GC, CPU) start at once. The CPU counters are Palisade's own
- * (process-cpu.ts), the same as prom-client's without the OpenTelemetry API it loads.
+ * showed 279 ms while zxcvbn's dictionaries were loaded at start). The others deferred with them
+ * read their value when scraped and keep nothing between scrapes (memory, file descriptors, active
+ * handles, the start time and version), so registering them just before the first scrape changes
+ * no value a scrape shows; loading their modules was ~5 ms of every start (issue #13). What counts
+ * from the start (CPU, event-loop lag, GC) is registered at once. The CPU counters are Palisade's
+ * own (process-cpu.ts), the same as prom-client's without the OpenTelemetry API it loads.
  */
 import { registerProcessCpu } from "./process-cpu";
 import { Registry } from "./prom";
 
 export { Registry } from "./prom";
 
-/** The default metric registered at the first scrape (a module of prom-client/lib/metrics). */
+/** The default metric whose registration walks the heap (a module of prom-client/lib/metrics). */
 export const DEFERRED_DEFAULT_METRIC = "heapSpacesSizeAndUsed";
+
+/** Defaults that count or watch from the moment they are registered: registered at start. */
+const REGISTERED_AT_START = new Set(["processCpuTotal", "eventLoopLag", "gc"]);
 
 type RegisterDefault = (registry: Registry, config: Record<string, unknown>) => void;
 
@@ -56,7 +61,9 @@ class PalisadeRegistry extends Registry {
   private registerDeferred() {
     if (this.deferredRegistered) return;
     this.deferredRegistered = true;
-    registerDefault(this, DEFERRED_DEFAULT_METRIC);
+    for (const name of DEFAULT_METRICS) {
+      if (!REGISTERED_AT_START.has(name)) registerDefault(this, name);
+    }
   }
 
   override metrics() {
@@ -74,7 +81,7 @@ export function createMetricsRegistry(): Registry {
   const registry = new PalisadeRegistry();
   for (const name of DEFAULT_METRICS) {
     if (name === "processCpuTotal") registerProcessCpu(registry);
-    else if (name !== DEFERRED_DEFAULT_METRIC) registerDefault(registry, name);
+    else if (REGISTERED_AT_START.has(name)) registerDefault(registry, name);
   }
   return registry;
 }

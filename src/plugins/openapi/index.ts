@@ -7,8 +7,12 @@
  * openapi:lint`). What the generator cannot say is finished here, in one place (`finish`): error
  * responses are `application/problem+json`, not the generator's `application/json`, and a 204 has
  * no content.
+ *
+ * The generator is loaded at the first request for the document or the page, not at start: its
+ * module is some 8,000 lines (~20 ms and ~3 MB of a start that no probe or API call needs). The
+ * routes themselves are registered at start, so routing, 405s and route classes do not change.
  */
-import { openapi } from "@elysiajs/openapi";
+import type { openapi } from "@elysiajs/openapi";
 import { Elysia } from "elysia";
 import packageJson from "../../../package.json" with { type: "json" };
 import { PROBLEM_CONTENT_TYPE, problemResponses } from "../../errors";
@@ -117,8 +121,9 @@ export function finish<T extends object>(document: T): T {
   return finished;
 }
 
-function describe(docsPage: boolean, isPublic: boolean) {
-  const generated = openapi({
+/** The generator's options: the same object whether it is loaded at start or on first use. */
+function generatorOptions(docsPage: boolean, isPublic: boolean): Parameters<typeof openapi>[0] {
+  return {
     path: DOCS_PATH,
     specPath: OPENAPI_PATH,
     provider: docsPage ? "scalar" : null,
@@ -171,13 +176,62 @@ function describe(docsPage: boolean, isPublic: boolean) {
         },
       },
     },
-  });
-  // A hook declared before `use` runs for the plugin's routes: the document leaves finished.
-  return new Elysia({ name: "palisade.openapi.document" })
-    .onAfterHandle(({ response }) =>
-      response && typeof response === "object" && "openapi" in response
-        ? finish(response)
-        : undefined,
-    )
-    .use(generated);
+  };
+}
+
+type RouteHandler = (context?: unknown) => unknown;
+
+/** What Elysia's `use` rewires (protected in its types) so a plugin sees its parent's routes. */
+interface GlobalView {
+  getGlobalRoutes(): unknown;
+  getGlobalDefinitions(): unknown;
+}
+
+/**
+ * The generator's own handlers for the document and the page, made on first use. The plugin
+ * describes `getGlobalRoutes()` of the app it is used by; used by nothing, it is pointed at ours.
+ */
+function lazyGenerator(self: GlobalView, docsPage: boolean, isPublic: boolean) {
+  let handlers: Promise<Map<string, RouteHandler | Response>> | undefined;
+  return (path: string) => {
+    handlers ??= import("@elysiajs/openapi").then(({ openapi }) => {
+      const generator = openapi(generatorOptions(docsPage, isPublic));
+      const view = generator as unknown as GlobalView;
+      view.getGlobalRoutes = () => self.getGlobalRoutes();
+      view.getGlobalDefinitions = () => self.getGlobalDefinitions();
+      return new Map(
+        generator.routes.map((route) => [route.path, route.handler as RouteHandler | Response]),
+      );
+    });
+    return handlers.then((byPath) => byPath.get(path)!);
+  };
+}
+
+function describe(docsPage: boolean, isPublic: boolean) {
+  const self = new Elysia({ name: "palisade.openapi.document" });
+  const generator = lazyGenerator(self as unknown as GlobalView, docsPage, isPublic);
+  const hidden = { detail: { hide: true } };
+  // The routes in the generator's order; a hook declared before them finishes the document.
+  const withPage = self.onAfterHandle(({ response }) =>
+    response && typeof response === "object" && "openapi" in response
+      ? finish(response)
+      : undefined,
+  );
+  const routes = docsPage
+    ? withPage.get(
+        DOCS_PATH,
+        async function documentationPage() {
+          // The page is one prebuilt Response; each request gets its own copy.
+          return ((await generator(DOCS_PATH)) as Response).clone();
+        },
+        hidden,
+      )
+    : withPage;
+  return routes.get(
+    OPENAPI_PATH,
+    async function openAPISchema() {
+      return ((await generator(OPENAPI_PATH)) as RouteHandler)();
+    },
+    hidden,
+  );
 }
