@@ -1,26 +1,29 @@
 /**
  * @module
  * One prom-client Registry per app (never the global default registry, so tests and several apps
- * in one process do not share counters), with prom-client's default process metrics.
+ * in one process do not share counters), with prom-client's default process metrics but one.
  *
- * Most of them are registered at the first scrape instead of at start. prom-client's heap-space
- * gauges (`nodejs_heap_space_size_*_bytes`) call `v8.getHeapSpaceStatistics()` once when they are
- * registered, to find out whether the runtime has it, and in Bun that call walks the whole heap:
- * 10–40 ms of the start on the shared bench machine, more the larger the heap (`bun --cpu-prof`
- * showed 279 ms while zxcvbn's dictionaries were loaded at start). The others deferred with them
- * read their value when scraped and keep nothing between scrapes (memory, file descriptors, active
- * handles, the start time and version), so registering them just before the first scrape changes
- * no value a scrape shows; loading their modules was ~5 ms of every start (issue #13). What counts
- * from the start (CPU, event-loop lag, GC) is registered at once. The CPU counters are Palisade's
- * own (process-cpu.ts), the same as prom-client's without the OpenTelemetry API it loads.
+ * The one left out is the heap-space family (`nodejs_heap_space_size_{total,used,available}_bytes`,
+ * prom-client's heapSpacesSizeAndUsed). It reads `v8.getHeapSpaceStatistics()`, which Bun answers
+ * by walking the whole heap: ~25 ms with a modest heap here, more the larger it grows, holding the
+ * event loop (and every request waiting on it) at every scrape, and once more at registration. What
+ * it reports under Bun is no V8 heap space either: one "old_space" standing for the whole JSC heap
+ * and zeros, the same heap `nodejs_heap_size_{total,used}_bytes` already shows at no cost.
+ *
+ * Most of the others are registered at the first scrape instead of at start: they read their value
+ * when scraped and keep nothing between scrapes (memory, file descriptors, active handles, the
+ * start time and version), so registering them just before the first scrape changes no value a
+ * scrape shows; loading their modules was ~5 ms of every start (issue #13). What counts from the
+ * start (CPU, event-loop lag, GC) is registered at once. The CPU counters are Palisade's own
+ * (process-cpu.ts), the same as prom-client's without the OpenTelemetry API it loads.
  */
 import { registerProcessCpu } from "./process-cpu";
 import { Registry } from "./prom";
 
 export { Registry } from "./prom";
 
-/** The default metric whose registration walks the heap (a module of prom-client/lib/metrics). */
-export const DEFERRED_DEFAULT_METRIC = "heapSpacesSizeAndUsed";
+/** prom-client's default left out: it walks Bun's heap at every scrape (see above). */
+export const OMITTED_DEFAULT_METRIC = "heapSpacesSizeAndUsed";
 
 /** Defaults that count or watch from the moment they are registered: registered at start. */
 const REGISTERED_AT_START = new Set(["processCpuTotal", "eventLoopLag", "gc"]);
@@ -30,8 +33,9 @@ type RegisterDefault = (registry: Registry, config: Record<string, unknown>) => 
 /**
  * prom-client's default metrics, in the order `collectDefaultMetrics` registers them (its
  * lib/defaultMetrics.js, which is not loaded: it requires every one of them, the CPU counters'
- * OpenTelemetry API included). A test checks that a scrape shows exactly the families
- * `collectDefaultMetrics` gives, so an upgrade that adds one is noticed.
+ * OpenTelemetry API included), but OMITTED_DEFAULT_METRIC. A test checks that a scrape shows
+ * exactly the families `collectDefaultMetrics` gives but that one, so an upgrade that adds one is
+ * noticed.
  */
 const DEFAULT_METRICS = [
   "processCpuTotal",
@@ -44,7 +48,6 @@ const DEFAULT_METRICS = [
   "processHandles",
   "processRequests",
   "heapSizeAndUsed",
-  DEFERRED_DEFAULT_METRIC,
   "version",
   "gc",
 ];
