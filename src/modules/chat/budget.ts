@@ -127,6 +127,27 @@ export class ChatBudget {
           .where(owner())
           .returning({ reservedTokens: chatUsage.reservedTokens })
           .prepare(),
+      // Every turn runs one of these two: prepared, not rebuilt by the query builder each time.
+      settle: () =>
+        db
+          .update(chatUsage)
+          .set({
+            reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")})`,
+            usedTokens: sql`${chatUsage.usedTokens} + ${sql.placeholder("charged")}`,
+            requests: sql`${chatUsage.requests} + 1`,
+            updatedAt: sql`${sql.placeholder("now")}`,
+          })
+          .where(owner())
+          .prepare(),
+      release: () =>
+        db
+          .update(chatUsage)
+          .set({
+            reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")})`,
+            updatedAt: sql`${sql.placeholder("now")}`,
+          })
+          .where(owner())
+          .prepare(),
     });
   }
 
@@ -162,30 +183,14 @@ export class ChatBudget {
   settle(reservation: Reservation, usedTokens: number, now: number): number {
     const { owner, day, tokens } = reservation;
     const charged = Math.min(Math.max(0, usedTokens), tokens);
-    this.db
-      .update(chatUsage)
-      .set({
-        reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${tokens})`,
-        usedTokens: sql`${chatUsage.usedTokens} + ${charged}`,
-        requests: sql`${chatUsage.requests} + 1`,
-        updatedAt: now,
-      })
-      .where(this.ownerDay(owner, day))
-      .run();
+    this.statements.settle.run({ kind: owner.kind, id: owner.id, day, tokens, charged, now });
     return charged;
   }
 
   /** Gives a failed turn's reservation back. */
   release(reservation: Reservation, now: number): void {
     const { owner, day, tokens } = reservation;
-    this.db
-      .update(chatUsage)
-      .set({
-        reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${tokens})`,
-        updatedAt: now,
-      })
-      .where(this.ownerDay(owner, day))
-      .run();
+    this.statements.release.run({ kind: owner.kind, id: owner.id, day, tokens, now });
   }
 
   /** A day's usage, every owner's or one's, by principal. */
