@@ -6,7 +6,8 @@
  *
  * - every configured secret value in each spelling it can arrive in: raw, JSON-escaped,
  *   percent-encoded (`encodeURIComponent`, upper- or lower-case hex, and any mix of encoded and
- *   raw characters), form-encoded (space as `+`) and base64url (`+/` as `-_`, padding dropped);
+ *   raw characters, a space also as `+`, as any encoder writes it), form-encoded (space as `+`)
+ *   and base64url (`+/` as `-_`, padding dropped);
  * - every API key shape (`pal_…`), JWT shape (`eyJ….….…`), `Bearer` and `Basic` credential,
  *   including their URL spellings (`Bearer%20…`, `Bearer+…`);
  * - the value of every query-style parameter whose name says credential (`password=`, `token=`,
@@ -57,8 +58,11 @@ export function secretSpellings(secret: string): string[] {
 export type TextScrubber = (text: string) => string;
 
 /**
- * Matches the secret with any of its characters percent-encoded (either hex case) or, in a JSON
- * string, escaped: a client may encode only the characters a URL cannot carry raw.
+ * Matches the secret with any of its characters percent-encoded (either hex case), a space also
+ * as `+`, or, in a JSON string, escaped, in any mix: encoders differ in what they leave raw
+ * (`encodeURIComponent` keeps `!'()*~`, Python's `quote_plus`, Go's `QueryEscape` and HTML forms
+ * encode some of them and write a space as `+`), and a client may encode only what a URL cannot
+ * carry raw.
  */
 function mixedSpelling(secret: string): RegExp {
   const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
@@ -68,6 +72,7 @@ function mixedSpelling(secret: string): RegExp {
     const forms = new Set([escapeRegExp(char), escapeRegExp(JSON.stringify(char).slice(1, -1))]);
     const encoded = encodeURIComponent(char);
     if (encoded !== char) forms.add(hexAnyCase(encoded));
+    if (char === " ") forms.add("\\+");
     // Any character may be percent-encoded, even one that need not be.
     forms.add(
       hexAnyCase(
@@ -89,19 +94,23 @@ export function createTextScrubber(
   const forms = [
     ...new Set(secretValues.filter((value) => value.length > 0).flatMap(secretSpellings)),
   ].sort((a, b) => b.length - a.length);
-  // Built at the first text with a `%` in it, not at start: three scrubbers are made per app
-  // (logger, access log, request id) and these patterns cost ~1 ms each, for a rare case.
+  // Built at the first text with a `%` (or a `+`, for a secret with a space) in it, not at start:
+  // three scrubbers are made per app (logger, access log, request id) and these patterns cost
+  // ~1 ms each, for a rare case.
   const mixedSecrets = [...new Set(secretValues.filter((value) => value.length >= 8))].sort(
     (a, b) => b.length - a.length,
   );
   let mixed: RegExp[] | null = null;
   const mixedPatterns = () => (mixed ??= mixedSecrets.map(mixedSpelling));
+  // Without a `%`, a spelling other than the fixed ones can only be a space written as `+`.
+  const plusForSpace = mixedSecrets.some((secret) => secret.includes(" "));
   return function scrubText(text) {
     let out = text;
     for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, replacement);
     // One scan first: most lines hold none of what the patterns need.
-    if (!MAY_HOLD_CREDENTIAL.test(out)) return out;
-    if (out.includes("%")) {
+    const spaceAsPlus = plusForSpace && out.includes("+");
+    if (!spaceAsPlus && !MAY_HOLD_CREDENTIAL.test(out)) return out;
+    if (spaceAsPlus || out.includes("%")) {
       for (const pattern of mixedPatterns()) out = out.replace(pattern, replacement);
     }
     if (out.includes("pal_")) out = out.replace(API_KEY, replacement);
