@@ -17,7 +17,7 @@
 import type { LogLevel } from "../config";
 import { fdDestination, type LogDestination } from "./fd-destination";
 import { fieldJson, fieldsJson, REDACTED } from "./fields";
-import { createTextScrubber } from "./scrub";
+import { createTextScrubber, type TextScrubberOptions } from "./scrub";
 
 export type { LogDestination } from "./fd-destination";
 export { REDACTED } from "./fields";
@@ -70,8 +70,11 @@ export interface LoggerOptions {
  * form-encoded, base64url), API key, JWT, bearer credential and credential query parameter: the
  * shared scrubber of logging/scrub.ts.
  */
-export function secretScrubber(secretValues: readonly string[]): (line: string) => string {
-  return createTextScrubber(secretValues, REDACTED);
+export function secretScrubber(
+  secretValues: readonly string[],
+  options?: TextScrubberOptions,
+): (line: string) => string {
+  return createTextScrubber(secretValues, REDACTED, options);
 }
 
 const ignore: LogFn = () => {};
@@ -144,7 +147,12 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
 export function createLogger({ level, secretValues = [], destination }: LoggerOptions): Logger {
   const base = { service: "palisade" };
   return buildLogger(
-    { level, destination: destination ?? fdDestination(1), scrub: secretScrubber(secretValues) },
+    {
+      level,
+      destination: destination ?? fdDestination(1),
+      // Whole serialised lines: a replacement must keep each one JSON.
+      scrub: secretScrubber(secretValues, { json: true }),
+    },
     base,
     fieldsJson(base),
   );
