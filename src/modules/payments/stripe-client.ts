@@ -108,6 +108,9 @@ export function stripeErrorCode(code: unknown): string {
   return typeof code === "string" && STRIPE_CODE.test(code) ? code : UNRECOGNISED_CODE;
 }
 
+/** What stands for a refund status of another shape (it is answered to the admin and audited). */
+export const UNRECOGNISED_STATUS = "unrecognised_status";
+
 /** What a thrown SDK error means for us; Stripe's own error code (never its message) as the reason. */
 async function failureOf(error: unknown): Promise<GatewayFailure> {
   const { default: Stripe } = await import("stripe");
@@ -197,6 +200,14 @@ export class StripeGateway implements PaymentGateway {
     if (refund.amount !== amount) {
       return { ok: false, kind: "bad_response", reason: "refund amount" };
     }
-    return { ok: true, id: refund.id, amount: refund.amount, status: refund.status ?? "pending" };
+    // Any status but `succeeded` leaves the refund to be settled by `charge.refunded`; one of
+    // another shape than Stripe's words is not shown nor audited as the upstream wrote it.
+    const status = refund.status ?? "pending";
+    return {
+      ok: true,
+      id: refund.id,
+      amount: refund.amount,
+      status: STRIPE_CODE.test(status) ? status : UNRECOGNISED_STATUS,
+    };
   }
 }

@@ -3,10 +3,15 @@
  * Stripe's own reaches the client's problem detail or a log line; any other is `unrecognised_code`.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { stripeErrorCode, UNRECOGNISED_CODE } from "../../../src/modules/payments/stripe-client";
+import {
+  stripeErrorCode,
+  UNRECOGNISED_CODE,
+  UNRECOGNISED_STATUS,
+} from "../../../src/modules/payments/stripe-client";
 import { send } from "../../support/app";
 import { bearer, type Session, signUp } from "../../support/auth";
 import {
+  auditRows,
   buildPaymentsApp,
   createIntent,
   type PaymentsApp,
@@ -15,9 +20,15 @@ import {
 } from "../../support/payments";
 
 let current: PaymentsApp | null = null;
+let upstream: PaymentsApp | null = null;
+let proxy: ReturnType<typeof Bun.serve> | null = null;
 afterEach(() => {
   current?.close();
   current = null;
+  proxy?.stop(true);
+  proxy = null;
+  upstream?.close();
+  upstream = null;
 });
 
 const INTENTS = "/v1/payment_intents";
@@ -141,6 +152,73 @@ describe("a hostile upstream error code", () => {
     });
     expect(((await response.json()) as { detail: string }).detail).toBe(
       "The payment provider refused the request (amount_too_small).",
+    );
+  });
+});
+
+/** A Stripe whose refunds come back with this status (the rest is a local Stripe's). */
+function stripeAnsweringRefundsAs(status: string): PaymentsApp {
+  upstream = buildPaymentsApp();
+  const base = upstream.stripe.url;
+  proxy = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(request) {
+      const url = new URL(request.url);
+      const answer = await fetch(`${base}${url.pathname}${url.search}`, {
+        method: request.method,
+        headers: request.headers,
+        body: request.method === "GET" ? undefined : await request.text(),
+      });
+      const text = await answer.text();
+      if (url.pathname !== "/v1/refunds" || answer.status !== 200) {
+        return new Response(text, { status: answer.status, headers: answer.headers });
+      }
+      return Response.json({ ...JSON.parse(text), status });
+    },
+  });
+  current = buildPaymentsApp({ env: { STRIPE_API_URL: `http://127.0.0.1:${proxy.port}` } });
+  return current;
+}
+
+describe("a hostile upstream refund status", () => {
+  test("is answered and audited as unrecognised_status, and the refund is left unsettled", async () => {
+    const target = stripeAnsweringRefundsAs(HOSTILE_CODE);
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    await succeed(target, id);
+    const response = await send(target, `/api/admin/payments/${id}/refund`, {
+      body: {},
+      headers: bearer(admin.accessToken),
+    });
+    expect(response.status).toBe(200);
+    const text = await response.text();
+    const answer = JSON.parse(text) as {
+      refund: { status: string };
+      payment: { amountRefunded: number };
+    };
+    expect(answer.refund.status).toBe(UNRECOGNISED_STATUS);
+    expect(answer.payment.amountRefunded).toBe(0);
+    expectNothingOfTheCode(text);
+    const [row] = auditRows(target, "payment.refund");
+    expect(JSON.stringify(row)).toContain(UNRECOGNISED_STATUS);
+    expectNothingOfTheCode(JSON.stringify(row));
+    expectNothingOfTheCode(target.logs.text);
+  });
+
+  test("a Stripe-shaped status is kept as Stripe wrote it", async () => {
+    const target = stripeAnsweringRefundsAs("requires_action");
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    await succeed(target, id);
+    const response = await send(target, `/api/admin/payments/${id}/refund`, {
+      body: {},
+      headers: bearer(admin.accessToken),
+    });
+    expect(((await response.json()) as { refund: { status: string } }).refund.status).toBe(
+      "requires_action",
     );
   });
 });
