@@ -18,7 +18,7 @@ import type { LogLevel } from "../config";
 import { fdDestination, type LogDestination } from "./fd-destination";
 import { fieldJson, fieldsJson, REDACTED } from "./fields";
 import { bufferLines, type LineBuffer } from "./line-buffer";
-import { createTextScrubber } from "./scrub";
+import { createTextScrubber, type TextScrubberOptions } from "./scrub";
 
 export type { LogDestination } from "./fd-destination";
 export { REDACTED } from "./fields";
@@ -77,8 +77,11 @@ export interface LoggerOptions {
  * form-encoded, base64url), API key, JWT, bearer credential and credential query parameter: the
  * shared scrubber of logging/scrub.ts.
  */
-export function secretScrubber(secretValues: readonly string[]): (line: string) => string {
-  return createTextScrubber(secretValues, REDACTED);
+export function secretScrubber(
+  secretValues: readonly string[],
+  options?: TextScrubberOptions,
+): (line: string) => string {
+  return createTextScrubber(secretValues, REDACTED, options);
 }
 
 const ignore: LogFn = () => {};
@@ -158,7 +161,13 @@ export function createLogger({ level, secretValues = [], destination }: LoggerOp
   const base = { service: "palisade" };
   const sink = destination ?? fdDestination(1);
   return buildLogger(
-    { level, destination: sink, batched: bufferLines(sink), scrub: secretScrubber(secretValues) },
+    {
+      level,
+      destination: sink,
+      batched: bufferLines(sink),
+      // Whole serialised lines: a replacement must keep each one JSON.
+      scrub: secretScrubber(secretValues, { json: true }),
+    },
     base,
     fieldsJson(base),
   );

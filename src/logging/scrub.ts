@@ -6,11 +6,13 @@
  *
  * - every configured secret value in each spelling it can arrive in: raw, JSON-escaped,
  *   percent-encoded (`encodeURIComponent`, upper- or lower-case hex, and any mix of encoded and
- *   raw characters), form-encoded (space as `+`) and base64url (`+/` as `-_`, padding dropped);
+ *   raw characters, a space also as `+`, as any encoder writes it), form-encoded (space as `+`)
+ *   and base64url (`+/` as `-_`, padding dropped);
  * - every API key shape (`pal_…`), JWT shape (`eyJ….….…`), `Bearer` and `Basic` credential,
  *   including their URL spellings (`Bearer%20…`, `Bearer+…`);
  * - the value of every query-style parameter whose name says credential (`password=`, `token=`,
- *   `refresh_token=`, `secret=`, `key=`, `api_key=`, `signature=` …).
+ *   `refresh_token=`, `secret=`, `key=`, `api_key=`, `signature=` …), to its end (see
+ *   CREDENTIAL_PARAMETER). The logger passes `{ json: true }`: its texts are whole JSON lines.
  *
  * `scrubUrlPart` is for text that came from a URL (a path, a query string): it also decodes it,
  * so a secret spelled with only some characters percent-encoded is found; when one is, the
@@ -31,9 +33,22 @@ const JWT = /eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g;
 const BEARER = /\bBearer(?:\s|%20|\+)+[A-Za-z0-9._~+/=%-]+/gi;
 /** `Basic x`, in any header (the word is capitalised; prose "basic auth" is left alone). */
 const BASIC = /\bBasic(?:\s|%20|\+)+[A-Za-z0-9+/%]{8,}=*/g;
-/** `name=value` where the name says credential: query strings, form bodies, messages. */
-const CREDENTIAL_PARAMETER =
-  /((?:^|[?&;/\s"'])[A-Za-z0-9_.-]*(?:pass(?:word|wd|phrase)?|secret|token|key|signature|sig|auth|credential|session|code)[A-Za-z0-9_.-]*=)[^&;#\s"'\\]*/gi;
+/**
+ * `name=value` where the name says credential: query strings, form bodies, messages. Where the
+ * value ends errs towards redacting too much, since a passphrase may hold spaces and quotes: at
+ * `&` or `#` (the next URL parameter or the fragment), at a line break, or at the end of the text
+ * — and, in a serialised JSON line, at the unescaped `"` that closes the string (an escape such
+ * as `\"` is part of the value; the closing quote is never eaten, so the line stays JSON).
+ */
+const CREDENTIAL_NAME =
+  /((?:^|[?&;/\s"'])[A-Za-z0-9_.-]*(?:pass(?:word|wd|phrase)?|secret|token|key|signature|sig|auth|credential|session|code)[A-Za-z0-9_.-]*=)/
+    .source;
+const CREDENTIAL_PARAMETER = new RegExp(String.raw`${CREDENTIAL_NAME}[^&#\r\n]*`, "gi");
+/** In JSON text: an escape pair is part of the value; `\n`, `\r` and an unescaped `"` end it. */
+const CREDENTIAL_PARAMETER_IN_JSON = new RegExp(
+  String.raw`${CREDENTIAL_NAME}(?:\\[^nr]|[^&#"\\\r\n])*`,
+  "gi",
+);
 
 /** What every pattern below (and a percent-encoded secret) needs somewhere in the text. */
 const MAY_HOLD_CREDENTIAL = /pal_|eyJ|bearer|Basic|=|%/i;
@@ -57,17 +72,27 @@ export function secretSpellings(secret: string): string[] {
 export type TextScrubber = (text: string) => string;
 
 /**
- * Matches the secret with any of its characters percent-encoded (either hex case) or, in a JSON
- * string, escaped: a client may encode only the characters a URL cannot carry raw.
+ * Matches the secret with any of its characters percent-encoded (either hex case), a space also
+ * as `+`, or, in a JSON string, escaped, in any mix: encoders differ in what they leave raw
+ * (`encodeURIComponent` keeps `!'()*~`, Python's `quote_plus`, Go's `QueryEscape` and HTML forms
+ * encode some of them and write a space as `+`), and a client may encode only what a URL cannot
+ * carry raw.
  */
-function mixedSpelling(secret: string): RegExp {
+function mixedSpelling(secret: string, json: boolean): RegExp {
   const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
   const hexAnyCase = (encoded: string) =>
     encoded.replace(/[0-9A-F]/g, (c) => (/[A-F]/.test(c) ? `[${c}${c.toLowerCase()}]` : c));
   const parts = [...secret].map((char) => {
-    const forms = new Set([escapeRegExp(char), escapeRegExp(JSON.stringify(char).slice(1, -1))]);
+    const escaped = JSON.stringify(char).slice(1, -1);
+    // A raw `"` or `\\` cannot stand inside a JSON string: matching one would cut the line.
+    const forms = new Set(
+      json && escaped !== char
+        ? [escapeRegExp(escaped)]
+        : [escapeRegExp(char), escapeRegExp(escaped)],
+    );
     const encoded = encodeURIComponent(char);
     if (encoded !== char) forms.add(hexAnyCase(encoded));
+    if (char === " ") forms.add("\\+");
     // Any character may be percent-encoded, even one that need not be.
     forms.add(
       hexAnyCase(
@@ -81,34 +106,62 @@ function mixedSpelling(secret: string): RegExp {
   return new RegExp(parts.join(""), "g");
 }
 
+/** Whether `text` can stand, as it is, between the quotes of a JSON string. */
+function isJsonStringContent(text: string): boolean {
+  try {
+    JSON.parse(`"${text}"`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface TextScrubberOptions {
+  /**
+   * The texts are whole serialised JSON lines (the logger's): a credential parameter's value ends
+   * at the string's closing quote, and no spelling of a secret with a raw `"` or `\\` (which
+   * cannot stand inside a JSON string) is looked for, so a replacement never breaks the line.
+   * @default false (the texts are values before they are serialised: a `"` is part of a value)
+   */
+  json?: boolean;
+}
+
 export function createTextScrubber(
   secretValues: readonly string[],
   replacement: string,
+  { json = false }: TextScrubberOptions = {},
 ): TextScrubber {
+  const credentialParameter = json ? CREDENTIAL_PARAMETER_IN_JSON : CREDENTIAL_PARAMETER;
   // Longest first, so a secret that contains another is replaced whole.
   const forms = [
     ...new Set(secretValues.filter((value) => value.length > 0).flatMap(secretSpellings)),
-  ].sort((a, b) => b.length - a.length);
-  // Built at the first text with a `%` in it, not at start: three scrubbers are made per app
-  // (logger, access log, request id) and these patterns cost ~1 ms each, for a rare case.
+  ]
+    .filter((form) => !json || isJsonStringContent(form))
+    .sort((a, b) => b.length - a.length);
+  // Built at the first text with a `%` (or a `+`, for a secret with a space) in it, not at start:
+  // three scrubbers are made per app (logger, access log, request id) and these patterns cost
+  // ~1 ms each, for a rare case.
   const mixedSecrets = [...new Set(secretValues.filter((value) => value.length >= 8))].sort(
     (a, b) => b.length - a.length,
   );
   let mixed: RegExp[] | null = null;
-  const mixedPatterns = () => (mixed ??= mixedSecrets.map(mixedSpelling));
+  const mixedPatterns = () => (mixed ??= mixedSecrets.map((secret) => mixedSpelling(secret, json)));
+  // Without a `%`, a spelling other than the fixed ones can only be a space written as `+`.
+  const plusForSpace = mixedSecrets.some((secret) => secret.includes(" "));
   return function scrubText(text) {
     let out = text;
     for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, replacement);
     // One scan first: most lines hold none of what the patterns need.
-    if (!MAY_HOLD_CREDENTIAL.test(out)) return out;
-    if (out.includes("%")) {
+    const spaceAsPlus = plusForSpace && out.includes("+");
+    if (!spaceAsPlus && !MAY_HOLD_CREDENTIAL.test(out)) return out;
+    if (spaceAsPlus || out.includes("%")) {
       for (const pattern of mixedPatterns()) out = out.replace(pattern, replacement);
     }
     if (out.includes("pal_")) out = out.replace(API_KEY, replacement);
     if (out.includes("eyJ")) out = out.replace(JWT, replacement);
     if (/bearer/i.test(out)) out = out.replace(BEARER, replacement);
     if (out.includes("Basic")) out = out.replace(BASIC, replacement);
-    if (out.includes("=")) out = out.replace(CREDENTIAL_PARAMETER, `$1${replacement}`);
+    if (out.includes("=")) out = out.replace(credentialParameter, `$1${replacement}`);
     return out;
   };
 }

@@ -94,12 +94,29 @@ export async function createStripe(options: StripeClientOptions): Promise<Stripe
   });
 }
 
+/** The shape of Stripe's own error codes and types (`card_declined`, `invalid_request_error`). */
+const STRIPE_CODE = /^[a-z0-9_]{1,64}$/;
+/** What stands for an upstream code of any other shape: it is never shown nor logged. */
+export const UNRECOGNISED_CODE = "unrecognised_code";
+
+/**
+ * The upstream's error code as a reason we may show the client and log: the code (or type) is
+ * whatever the answering host wrote, and a host at `STRIPE_API_URL` (or one in between) may echo
+ * a credential or write control characters, line separators or pages of text into it.
+ */
+export function stripeErrorCode(code: unknown): string {
+  return typeof code === "string" && STRIPE_CODE.test(code) ? code : UNRECOGNISED_CODE;
+}
+
+/** What stands for a refund status of another shape (it is answered to the admin and audited). */
+export const UNRECOGNISED_STATUS = "unrecognised_status";
+
 /** What a thrown SDK error means for us; Stripe's own error code (never its message) as the reason. */
 async function failureOf(error: unknown): Promise<GatewayFailure> {
   const { default: Stripe } = await import("stripe");
   if (error instanceof Stripe.errors.StripeError) {
     const status = error.statusCode;
-    const reason = error.code ?? error.type;
+    const reason = stripeErrorCode(error.code ?? error.type);
     if (
       status === undefined ||
       status >= 500 ||
@@ -183,6 +200,14 @@ export class StripeGateway implements PaymentGateway {
     if (refund.amount !== amount) {
       return { ok: false, kind: "bad_response", reason: "refund amount" };
     }
-    return { ok: true, id: refund.id, amount: refund.amount, status: refund.status ?? "pending" };
+    // Any status but `succeeded` leaves the refund to be settled by `charge.refunded`; one of
+    // another shape than Stripe's words is not shown nor audited as the upstream wrote it.
+    const status = refund.status ?? "pending";
+    return {
+      ok: true,
+      id: refund.id,
+      amount: refund.amount,
+      status: STRIPE_CODE.test(status) ? status : UNRECOGNISED_STATUS,
+    };
   }
 }

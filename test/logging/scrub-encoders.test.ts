@@ -1,0 +1,135 @@
+/**
+ * A configured secret holding every printable ASCII character, spelled as each common URL
+ * encoder writes it (and in any mix), must never reach a log line: through the logger (the
+ * whole JSON line is scrubbed) and through the access log (client values are scrubbed raw).
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { createLogger, REDACTED } from "../../src/logging/logger";
+import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const PRINTABLE = Array.from({ length: 0x7f - 0x20 }, (_, i) => String.fromCharCode(0x20 + i)).join(
+  "",
+);
+/** Every printable ASCII character between two markers no spelling changes. */
+const SECRET = `JwtSecretValue_Zq8x${PRINTABLE}endJWT`;
+/** The probe's secret: Python's quote_plus of it was logged verbatim. */
+const PROBE_SECRET = 'JwtSecretValue_Zq8x!"\\ 7mKp/+ab=cd%41endJWT';
+
+const ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const hex = (char: string) => `%${char.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}`;
+
+/** An encoder that leaves `raw` alone, percent-encodes the rest, and writes a space as `space`. */
+function encoder(raw: string, space: "%20" | "+") {
+  return (text: string) =>
+    [...text]
+      .map((char) => (char === " " ? space : raw.includes(char) ? char : hex(char)))
+      .join("");
+}
+
+/** What each encoder leaves raw (checked against Python 3 and Go's net/url sources). */
+const ENCODERS: Record<string, (text: string) => string> = {
+  encodeURIComponent: (text) => encodeURIComponent(text),
+  "Python quote (safe='/')": encoder(`${ALNUM}_.-~/`, "%20"),
+  "Python quote_plus": encoder(`${ALNUM}_.-~`, "+"),
+  "Go url.QueryEscape": encoder(`${ALNUM}-_.~`, "+"),
+  "Go url.PathEscape": encoder(`${ALNUM}-_.~$&+:=@`, "%20"),
+  "application/x-www-form-urlencoded (browsers)": (text) =>
+    new URLSearchParams({ v: text }).toString().slice(2),
+  "RFC 3986 unreserved only": encoder(`${ALNUM}-._~`, "%20"),
+};
+
+/** A deterministic mix: each character raw, upper-hex, lower-hex or (a space) `+` in turn. */
+function mixed(text: string): string {
+  return [...text]
+    .map((char, i) => {
+      const choice = i % 4;
+      if (char === " ") return choice % 2 === 0 ? "+" : "%20";
+      if (choice === 1) return hex(char);
+      if (choice === 2) return hex(char).toLowerCase();
+      // A raw `%` or `+` would read as an encoding or a space: an encoder never leaves them raw.
+      return char === "%" || char === "+" ? hex(char) : char;
+    })
+    .join("");
+}
+
+/** Every spelling under test, with its name: each encoder in upper- and lower-case hex, and mixes. */
+function spellingsOf(secret: string): [string, string][] {
+  const out: [string, string][] = [];
+  for (const [name, encode] of Object.entries(ENCODERS)) {
+    const encoded = encode(secret);
+    out.push([name, encoded]);
+    out.push([`${name}, lower-case hex`, encoded.replace(/%[0-9A-F]{2}/g, (h) => h.toLowerCase())]);
+  }
+  out.push(["a mix of raw, %XX, %xx and +", mixed(secret)]);
+  out.push(["the mix shifted by one", `${mixed(`_${secret}`).slice(1)}`]);
+  return out;
+}
+
+function expectNoTrace(text: string) {
+  for (const fragment of ["Zq8x", "endJWT", "JwtSecretValue"]) expect(text).not.toContain(fragment);
+}
+
+describe("a secret in every encoder's spelling", () => {
+  test("the encoders under test really differ (the table is not one spelling seven times)", () => {
+    const encoded = new Set(Object.values(ENCODERS).map((encode) => encode(SECRET)));
+    // Python's quote_plus and Go's QueryEscape agree; every other pair differs.
+    expect(encoded.size).toBe(Object.keys(ENCODERS).length - 1);
+    // Python's quote_plus of the probe's secret, as the probe sent it.
+    expect(ENCODERS["Python quote_plus"]!(PROBE_SECRET)).toBe(
+      "JwtSecretValue_Zq8x%21%22%5C+7mKp%2F%2Bab%3Dcd%2541endJWT",
+    );
+  });
+
+  for (const secret of [SECRET, PROBE_SECRET]) {
+    test(`logger lines: every spelling is replaced whole (${secret.length} characters)`, () => {
+      const logs = new LogCapture();
+      const logger = createLogger({ level: "info", secretValues: [secret], destination: logs });
+      const spellings = spellingsOf(secret);
+      for (const [, spelling] of spellings) {
+        logger.warn({ userAgent: `client ${spelling} tail` }, `seen /x/${spelling}`);
+      }
+      expectNoTrace(logs.text);
+      expect(logs.entries).toHaveLength(spellings.length);
+      for (const entry of logs.entries) {
+        expect(entry.userAgent).toBe(`client ${REDACTED} tail`);
+        expect(entry.msg).toBe(`seen /x/${REDACTED}`);
+      }
+    });
+  }
+
+  test("access log: user agents and paths in every spelling leave nothing of the secret", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: PROBE_SECRET } });
+    expect(current.config.secretValues).toContain(PROBE_SECRET);
+    const spellings = [...spellingsOf(PROBE_SECRET), ...spellingsOf(SECRET)];
+    for (const [, spelling] of spellings) {
+      await send(current, "/nothing", { headers: { "user-agent": `ua ${spelling} tail` } });
+    }
+    const agents = current.logs.entries
+      .filter((entry) => entry.msg === "request")
+      .map((entry) => entry.userAgent);
+    expect(agents).toHaveLength(spellings.length);
+    // The probe's secret is configured; the every-character one is not, so it must survive.
+    const configured = agents.slice(0, spellingsOf(PROBE_SECRET).length);
+    for (const agent of configured) expect(agent).toBe(`ua ${REDACTED} tail`);
+    expect(agents.at(-1)).not.toContain(REDACTED);
+    expectNoTrace(JSON.stringify(configured));
+  });
+
+  test("access log: a secret with every printable character, in each spelling of a path or agent", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: SECRET } });
+    expect(current.config.secretValues).toContain(SECRET);
+    for (const [, spelling] of spellingsOf(SECRET)) {
+      await send(current, "/nothing", { headers: { "user-agent": `ua ${spelling}` } });
+      // `#` and `?` cannot be raw in a path; every encoder encodes them.
+      if (!/[#?]/.test(spelling)) await send(current, `/x/${spelling}`);
+    }
+    expectNoTrace(current.logs.text);
+    expect(current.logs.entries.length).toBeGreaterThan(spellingsOf(SECRET).length);
+  });
+});

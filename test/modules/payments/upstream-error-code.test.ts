@@ -1,0 +1,224 @@
+/**
+ * An error code from the payment provider is the answering host's text: only a code shaped like
+ * Stripe's own reaches the client's problem detail or a log line; any other is `unrecognised_code`.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import {
+  stripeErrorCode,
+  UNRECOGNISED_CODE,
+  UNRECOGNISED_STATUS,
+} from "../../../src/modules/payments/stripe-client";
+import { send } from "../../support/app";
+import { bearer, type Session, signUp } from "../../support/auth";
+import {
+  auditRows,
+  buildPaymentsApp,
+  createIntent,
+  type PaymentsApp,
+  STRIPE_TEST_KEY,
+  succeed,
+} from "../../support/payments";
+
+let current: PaymentsApp | null = null;
+let upstream: PaymentsApp | null = null;
+let proxy: ReturnType<typeof Bun.serve> | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+  proxy?.stop(true);
+  proxy = null;
+  upstream?.close();
+  upstream = null;
+});
+
+const INTENTS = "/v1/payment_intents";
+/** The probe's code: the caller's Authorization value, a line separator and 3,000 × `A`. */
+const HOSTILE_CODE = `${STRIPE_TEST_KEY}\u2028${"A".repeat(3000)}`;
+
+function expectNothingOfTheCode(text: string) {
+  expect(text).not.toContain(STRIPE_TEST_KEY);
+  expect(text).not.toContain("\u2028");
+  expect(text).not.toContain("\\u2028");
+  expect(text).not.toContain("AAAAAAAA");
+}
+
+function warnings(target: PaymentsApp, msg: string) {
+  return target.logs.entries.filter((entry) => entry.msg === msg);
+}
+
+async function pay(target: PaymentsApp, who: Session): Promise<string> {
+  const response = await createIntent(target, bearer(who.accessToken), {
+    amount: 3000,
+    currency: "usd",
+  });
+  expect(response.status).toBe(201);
+  return ((await response.json()) as { id: string }).id;
+}
+
+describe("stripeErrorCode", () => {
+  test("keeps Stripe-shaped codes and types, replaces anything else by one fixed word", () => {
+    for (const code of ["card_declined", "invalid_request_error", "a", "x".repeat(64), "e2e_1"]) {
+      expect(stripeErrorCode(code)).toBe(code);
+    }
+    for (const code of [
+      HOSTILE_CODE,
+      "x".repeat(65),
+      "",
+      "Card_Declined",
+      "card declined",
+      "card-declined",
+      "code\n",
+      "sk_test_x\u2028",
+      "<script>",
+      undefined,
+      null,
+      42,
+      { code: "card_declined" },
+    ]) {
+      expect(stripeErrorCode(code)).toBe(UNRECOGNISED_CODE);
+    }
+    expect(UNRECOGNISED_CODE).toBe("unrecognised_code");
+  });
+});
+
+describe("a hostile upstream error code", () => {
+  test("a refusal (4xx) is 502 whose detail names unrecognised_code; the log reason is the same word", async () => {
+    current = buildPaymentsApp();
+    const user = await signUp(current);
+    current.stripe.failNext(INTENTS, { status: 400, code: HOSTILE_CODE, shouldRetry: false });
+    const response = await createIntent(current, bearer(user.accessToken), {
+      amount: 4200,
+      currency: "usd",
+    });
+    expect(response.status).toBe(502);
+    const text = await response.text();
+    const problem = JSON.parse(text) as { code: string; detail: string };
+    expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(problem.detail).toBe("The payment provider refused the request (unrecognised_code).");
+    expectNothingOfTheCode(text);
+    const logged = current.logs.entries.filter((entry) => entry.kind === "refused");
+    expect(logged).toHaveLength(1);
+    expect(logged[0]!.reason).toBe(UNRECOGNISED_CODE);
+    expectNothingOfTheCode(current.logs.text);
+  });
+
+  test("an outage (5xx) keeps its fixed detail and logs unrecognised_code", async () => {
+    current = buildPaymentsApp();
+    const user = await signUp(current);
+    current.stripe.failNext(INTENTS, { status: 503, code: HOSTILE_CODE, shouldRetry: false });
+    const response = await createIntent(current, bearer(user.accessToken), {
+      amount: 4200,
+      currency: "usd",
+    });
+    expect(response.status).toBe(503);
+    expectNothingOfTheCode(await response.text());
+    const logged = current.logs.entries.filter((entry) => entry.kind === "unavailable");
+    expect(logged).toHaveLength(1);
+    expect(logged[0]!.reason).toBe(UNRECOGNISED_CODE);
+    expectNothingOfTheCode(current.logs.text);
+  });
+
+  test("a refused refund: the same, and the payment stays refundable", async () => {
+    current = buildPaymentsApp();
+    const alice = await signUp(current);
+    const admin = await signUp(current, { role: "admin" });
+    const id = await pay(current, alice);
+    await succeed(current, id);
+    current.stripe.failNext("/v1/refunds", { status: 402, code: HOSTILE_CODE, shouldRetry: false });
+    const refund = () =>
+      send(current!, `/api/admin/payments/${id}/refund`, {
+        body: {},
+        headers: bearer(admin.accessToken),
+      });
+    const refused = await refund();
+    expect(refused.status).toBe(502);
+    const text = await refused.text();
+    expect((JSON.parse(text) as { detail: string }).detail).toBe(
+      "The payment provider refused the request (unrecognised_code).",
+    );
+    expectNothingOfTheCode(text);
+    expect(warnings(current, "stripe did not make the refund")[0]!.reason).toBe(UNRECOGNISED_CODE);
+    expectNothingOfTheCode(current.logs.text);
+    expect((await refund()).status).toBe(200);
+  });
+
+  test("Stripe's own codes are still shown as they are", async () => {
+    current = buildPaymentsApp();
+    const user = await signUp(current);
+    current.stripe.failNext(INTENTS, { status: 400, code: "amount_too_small", shouldRetry: false });
+    const response = await createIntent(current, bearer(user.accessToken), {
+      amount: 4200,
+      currency: "usd",
+    });
+    expect(((await response.json()) as { detail: string }).detail).toBe(
+      "The payment provider refused the request (amount_too_small).",
+    );
+  });
+});
+
+/** A Stripe whose refunds come back with this status (the rest is a local Stripe's). */
+function stripeAnsweringRefundsAs(status: string): PaymentsApp {
+  upstream = buildPaymentsApp();
+  const base = upstream.stripe.url;
+  proxy = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(request) {
+      const url = new URL(request.url);
+      const answer = await fetch(`${base}${url.pathname}${url.search}`, {
+        method: request.method,
+        headers: request.headers,
+        body: request.method === "GET" ? undefined : await request.text(),
+      });
+      const text = await answer.text();
+      if (url.pathname !== "/v1/refunds" || answer.status !== 200) {
+        return new Response(text, { status: answer.status, headers: answer.headers });
+      }
+      return Response.json({ ...JSON.parse(text), status });
+    },
+  });
+  current = buildPaymentsApp({ env: { STRIPE_API_URL: `http://127.0.0.1:${proxy.port}` } });
+  return current;
+}
+
+describe("a hostile upstream refund status", () => {
+  test("is answered and audited as unrecognised_status, and the refund is left unsettled", async () => {
+    const target = stripeAnsweringRefundsAs(HOSTILE_CODE);
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    await succeed(target, id);
+    const response = await send(target, `/api/admin/payments/${id}/refund`, {
+      body: {},
+      headers: bearer(admin.accessToken),
+    });
+    expect(response.status).toBe(200);
+    const text = await response.text();
+    const answer = JSON.parse(text) as {
+      refund: { status: string };
+      payment: { amountRefunded: number };
+    };
+    expect(answer.refund.status).toBe(UNRECOGNISED_STATUS);
+    expect(answer.payment.amountRefunded).toBe(0);
+    expectNothingOfTheCode(text);
+    const [row] = auditRows(target, "payment.refund");
+    expect(JSON.stringify(row)).toContain(UNRECOGNISED_STATUS);
+    expectNothingOfTheCode(JSON.stringify(row));
+    expectNothingOfTheCode(target.logs.text);
+  });
+
+  test("a Stripe-shaped status is kept as Stripe wrote it", async () => {
+    const target = stripeAnsweringRefundsAs("requires_action");
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    await succeed(target, id);
+    const response = await send(target, `/api/admin/payments/${id}/refund`, {
+      body: {},
+      headers: bearer(admin.accessToken),
+    });
+    expect(((await response.json()) as { refund: { status: string } }).refund.status).toBe(
+      "requires_action",
+    );
+  });
+});
