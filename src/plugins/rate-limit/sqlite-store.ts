@@ -2,8 +2,9 @@
  * @module
  * The SQLite limiter store.
  *
- * Each check is one UPSERT … RETURNING on the (policy, key) row that advances both windows, decides
- * and counts in a single statement, so processes sharing the file never admit more than the limit.
+ * Each check is one UPSERT on the (policy, key) row that advances both windows, decides and counts
+ * in a single statement, so processes sharing the file never admit more than the limit; the row is
+ * then read back in the same transaction, which still holds the write lock.
  *
  * Group commit: one autocommit UPSERT costs ~19 µs here, most of it the commit. Checks are queued
  * and run together in one BEGIN IMMEDIATE transaction per event-loop turn (setImmediate), which
@@ -11,8 +12,8 @@
  * Concurrent checks for the same key are one statement asking for that many permits: the store
  * grants as many as fit, and the first that many requests are admitted (and a lease, lease.ts,
  * asks for its permits after theirs in the same statement; permits a lease did not use are
- * uncounted at the start of the next transaction, GIVE_BACK). RETURNING
- * rows are read with `.values()` inside that explicit transaction: reading them with `.get()`
+ * uncounted at the start of the next transaction, GIVE_BACK). Rows
+ * are read back with `.values()` inside that explicit transaction: reading them with `.get()`
  * outside one kept a read snapshot open and stopped the WAL from ever being reset.
  *
  * Another connection's write lock: the transaction waits the connection's short busy timeout
@@ -81,8 +82,15 @@ ON CONFLICT (policy, key) DO UPDATE SET
   admitted = ${GRANTED},
   window_start = ?3,
   burst_window_start = ?6,
-  expires_at = ?11
-RETURNING window_start, previous, current, burst_window_start, burst_previous, burst_current, admitted`;
+  expires_at = ?11`;
+
+// What the UPSERT left, read back by a second statement rather than with RETURNING: SQLite
+// gathers RETURNING rows in a temporary table per execution, which was about half the statement's
+// cost (measured 9.8 → 8.3 µs a grouped check for UPSERT + this SELECT against UPSERT … RETURNING,
+// 41 interleaved rounds). Raw for the same reason as the UPSERT: the two are one decision.
+export const READ_BACK = `
+SELECT window_start, previous, current, burst_window_start, burst_previous, burst_current, admitted
+FROM rate_limit_counters WHERE policy = ?1 AND key = ?2`;
 
 type Row = [number, number, number, number, number, number, number];
 
@@ -175,6 +183,7 @@ export interface SqliteLimiterStoreOptions {
 export class SqliteLimiterStore implements LeasableStore {
   private readonly sqlite: Database;
   private readonly upsert: Statement;
+  private readonly readBack: Statement;
   private readonly giveBackStatement: Statement;
   private readonly statements: ReturnType<typeof prepareStatements>;
   private readonly pruneBatch: number;
@@ -192,6 +201,7 @@ export class SqliteLimiterStore implements LeasableStore {
     this.sqlite = sqlite;
     this.busyWaitMs = busyWaitMs;
     this.upsert = sqlite.prepare(UPSERT);
+    this.readBack = sqlite.prepare(READ_BACK);
     this.giveBackStatement = sqlite.prepare(GIVE_BACK);
     this.statements = prepareStatements(drizzleOf(sqlite));
     this.pruneBatch = pruneBatch;
@@ -353,7 +363,7 @@ export class SqliteLimiterStore implements LeasableStore {
     const windowStart = windowStartOf(now, policy.windowMs);
     const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
     const expiresAt = windowStart + 2 * policy.windowMs;
-    const row = this.upsert.values(
+    this.upsert.run(
       policy.id,
       key,
       windowStart,
@@ -366,7 +376,8 @@ export class SqliteLimiterStore implements LeasableStore {
       policy.burstLimit,
       Math.max(expiresAt, burstWindowStart + 2 * BURST_WINDOW_MS),
       wanted,
-    )[0] as unknown as Row;
+    );
+    const row = this.readBack.values(policy.id, key)[0] as unknown as Row;
     return {
       state: {
         windowStart: row[0],
