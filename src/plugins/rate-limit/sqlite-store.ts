@@ -342,7 +342,7 @@ export class SqliteLimiterStore implements LeasableStore {
     return shareGrants(
       group.length,
       checks.length,
-      (index, wanted) => this.decide({ ...checks[index]!, now }, wanted),
+      (index, wanted) => this.decide(checks[index]!, now, wanted),
       leaseOf(group),
     );
   }
@@ -359,7 +359,8 @@ export class SqliteLimiterStore implements LeasableStore {
     );
   }
 
-  private decide({ policy, key, now }: LimitCheck, wanted: number): Grant {
+  /** `now` is the group's latest arrival, not the check's own. */
+  private decide({ policy, key }: LimitCheck, now: number, wanted: number): Grant {
     const windowStart = windowStartOf(now, policy.windowMs);
     const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
     const expiresAt = windowStart + 2 * policy.windowMs;
