@@ -16,7 +16,7 @@ export const rateLimitCounters = sqliteTable(
     burstWindowStart: integer("burst_window_start").notNull(),
     burstCurrent: integer("burst_current").notNull(),
     burstPrevious: integer("burst_previous").notNull(),
-    /** Permits the last statement granted (concurrent checks are one statement): RETURNING cannot tell otherwise. */
+    /** Permits the last statement granted (concurrent checks are one statement): the row read back cannot tell otherwise. */
     admitted: integer("admitted").notNull(),
     /** When both windows have passed and the row no longer affects any decision. */
     expiresAt: integer("expires_at").notNull(),
