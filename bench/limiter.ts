@@ -9,14 +9,14 @@
  * clients pay for the layer).
  */
 import type { Database } from "bun:sqlite";
-import { sql } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { AppDatabase } from "../src/db/client";
 import { rateLimitCounters as t } from "../src/db/schema";
 import { LeasingStore } from "../src/plugins/rate-limit/lease";
 import type { Policy } from "../src/plugins/rate-limit/policies";
 import { BURST_WINDOW_MS } from "../src/plugins/rate-limit/policies";
 import { previousWeight, windowStartOf } from "../src/plugins/rate-limit/sliding-window";
-import { SqliteLimiterStore, UPSERT } from "../src/plugins/rate-limit/sqlite-store";
+import { READ_BACK, SqliteLimiterStore, UPSERT } from "../src/plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "../src/plugins/rate-limit/store";
 
 const policy: Policy = {
@@ -96,11 +96,31 @@ async function hotKey(store: LimiterStore, checks: number, key: string): Promise
 }
 
 /**
- * The store's UPSERT (both windows, `wanted` permits) as a Drizzle prepared statement. Drizzle
- * numbers no parameters, so each use of a value is its own `?`: 64 bound values to the raw
- * statement's 12 (`?1`…`?12`, each bound once).
+ * The store's UPSERT (both windows, `wanted` permits) as a Drizzle prepared statement, and its read
+ * back. Drizzle numbers no parameters, so each use of a value is its own `?`: many more bound values
+ * than the raw statement's 12 (`?1`…`?12`, each bound once).
  */
 export function prepareDrizzleUpsert(db: AppDatabase) {
+  return { upsert: prepareUpsert(db), readBack: prepareReadBack(db) };
+}
+
+function prepareReadBack(db: AppDatabase) {
+  return db
+    .select({
+      windowStart: t.windowStart,
+      previous: t.previous,
+      current: t.current,
+      burstWindowStart: t.burstWindowStart,
+      burstPrevious: t.burstPrevious,
+      burstCurrent: t.burstCurrent,
+      admitted: t.admitted,
+    })
+    .from(t)
+    .where(and(eq(t.policy, sql.placeholder("policy")), eq(t.key, sql.placeholder("key"))))
+    .prepare();
+}
+
+function prepareUpsert(db: AppDatabase) {
   const v = (name: string) => sql`${sql.placeholder(name)}`;
   const P = sql`CASE WHEN ${t.windowStart} = ${v("ws")} THEN ${t.previous} WHEN ${t.windowStart} = ${v("ws")} - ${v("wms")} THEN ${t.current} ELSE 0 END`;
   const C = sql`CASE WHEN ${t.windowStart} = ${v("ws")} THEN ${t.current} ELSE 0 END`;
@@ -122,6 +142,7 @@ export function prepareDrizzleUpsert(db: AppDatabase) {
       burstPrevious: 0,
       admitted: first(),
       expiresAt: sql.placeholder("expires"),
+      pruneAfter: sql.placeholder("expires"),
     })
     .onConflictDoUpdate({
       target: [t.policy, t.key],
@@ -136,15 +157,6 @@ export function prepareDrizzleUpsert(db: AppDatabase) {
         expiresAt: v("expires"),
       },
     })
-    .returning({
-      windowStart: t.windowStart,
-      previous: t.previous,
-      current: t.current,
-      burstWindowStart: t.burstWindowStart,
-      burstPrevious: t.burstPrevious,
-      burstCurrent: t.burstCurrent,
-      admitted: t.admitted,
-    })
     .prepare();
 }
 
@@ -152,6 +164,7 @@ export function prepareDrizzleUpsert(db: AppDatabase) {
 function comparePrepared(db: AppDatabase, checks: number) {
   const sqlite: Database = db.$client;
   const raw = sqlite.prepare(UPSERT);
+  const rawReadBack = sqlite.prepare(READ_BACK);
   const drizzlePrepared = prepareDrizzleUpsert(db);
   const now = Date.now();
   const args = (key: string) => {
@@ -174,7 +187,7 @@ function comparePrepared(db: AppDatabase, checks: number) {
   };
   const viaRaw = (key: string) => {
     const a = args(key);
-    return raw.values(
+    raw.run(
       a.policy,
       a.key,
       a.ws,
@@ -188,8 +201,13 @@ function comparePrepared(db: AppDatabase, checks: number) {
       a.expires,
       a.wanted,
     );
+    return rawReadBack.values(a.policy, a.key);
   };
-  const viaDrizzle = (key: string) => drizzlePrepared.values(args(key));
+  const viaDrizzle = (key: string) => {
+    const a = args(key);
+    drizzlePrepared.upsert.run(a);
+    return drizzlePrepared.readBack.values(a);
+  };
   const perCheck = (run: (key: string) => unknown, prefix: string) => {
     const started = performance.now();
     for (let i = 0; i < checks; i++) run(`${prefix}${i % KEYS}`);
@@ -237,6 +255,7 @@ function drizzleUpsert(db: AppDatabase, key: string, now: number) {
       burstPrevious: 0,
       admitted: 1,
       expiresAt: ws + 2 * policy.windowMs,
+      pruneAfter: ws + 2 * policy.windowMs,
     })
     .onConflictDoUpdate({
       target: [t.policy, t.key],

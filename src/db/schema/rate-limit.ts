@@ -16,13 +16,21 @@ export const rateLimitCounters = sqliteTable(
     burstWindowStart: integer("burst_window_start").notNull(),
     burstCurrent: integer("burst_current").notNull(),
     burstPrevious: integer("burst_previous").notNull(),
-    /** Permits the last statement granted (concurrent checks are one statement): RETURNING cannot tell otherwise. */
+    /** Permits the last statement granted (concurrent checks are one statement): the row read back cannot tell otherwise. */
     admitted: integer("admitted").notNull(),
     /** When both windows have passed and the row no longer affects any decision. */
     expiresAt: integer("expires_at").notNull(),
+    /**
+     * When the prune should look at the row again: `expires_at` as it was when the row was inserted
+     * or last looked at, never later than `expires_at`. Only this column is indexed, and checks
+     * never write it: an indexed `expires_at` rewritten by every check cost each check an index
+     * delete and insert (~15 % of a grouped check). The prune deletes the rows it finds expired and
+     * moves the others on to their `expires_at` (see sqlite-store's prune).
+     */
+    pruneAfter: integer("prune_after").notNull().default(0),
   },
   (table) => [
     primaryKey({ columns: [table.policy, table.key] }),
-    index("rate_limit_counters_expires").on(table.expiresAt),
+    index("rate_limit_counters_prune").on(table.pruneAfter),
   ],
 );

@@ -2,8 +2,9 @@
  * @module
  * The SQLite limiter store.
  *
- * Each check is one UPSERT … RETURNING on the (policy, key) row that advances both windows, decides
- * and counts in a single statement, so processes sharing the file never admit more than the limit.
+ * Each check is one UPSERT on the (policy, key) row that advances both windows, decides and counts
+ * in a single statement, so processes sharing the file never admit more than the limit; the row is
+ * then read back in the same transaction, which still holds the write lock.
  *
  * Group commit: one autocommit UPSERT costs ~19 µs here, most of it the commit. Checks are queued
  * and run together in one BEGIN IMMEDIATE transaction per event-loop turn (setImmediate), which
@@ -11,8 +12,8 @@
  * Concurrent checks for the same key are one statement asking for that many permits: the store
  * grants as many as fit, and the first that many requests are admitted (and a lease, lease.ts,
  * asks for its permits after theirs in the same statement; permits a lease did not use are
- * uncounted at the start of the next transaction, GIVE_BACK). RETURNING
- * rows are read with `.values()` inside that explicit transaction: reading them with `.get()`
+ * uncounted at the start of the next transaction, GIVE_BACK). Rows
+ * are read back with `.values()` inside that explicit transaction: reading them with `.get()`
  * outside one kept a read snapshot open and stopped the WAL from ever being reset.
  *
  * Another connection's write lock: the transaction waits the connection's short busy timeout
@@ -23,7 +24,7 @@
  * policy.
  */
 import type { Database, Statement } from "bun:sqlite";
-import { and, eq, inArray, lt, sql } from "drizzle-orm";
+import { and, eq, gte, inArray, lt, type SQL, sql } from "drizzle-orm";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { rateLimitCounters as counters } from "../../db/schema";
@@ -45,7 +46,9 @@ import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./s
 // ?1 policy, ?2 key, ?3 window start, ?4 window ms, ?5 weight of the previous window, ?6 burst
 // window start, ?7 burst window ms, ?8 burst weight, ?9 limit, ?10 burst limit, ?11 expiry,
 // ?12 permits wanted. Grants as many of the wanted permits as fit under both windows' limits
-// (floor(limit − estimate), never negative) and counts only those.
+// (floor(limit − estimate), never negative) and counts only those. `prune_after` is written only
+// by the insert (and the prune): it is the indexed column, and an update that names an indexed
+// column rewrites its index entry even when the value is unchanged.
 // The rolled-over counts are spelled out in each SET expression because SET sees only the old row.
 // Computing them once in a CTE joined to the row reads better but measured 10× slower here
 // (16k against 180k checks/s grouped): SQLite materialised the CTE instead of using the key.
@@ -60,11 +63,17 @@ const C = "CASE WHEN window_start = ?3 THEN current ELSE 0 END";
 const BP =
   "CASE WHEN burst_window_start = ?6 THEN burst_previous WHEN burst_window_start = ?6 - ?7 THEN burst_current ELSE 0 END";
 const BC = "CASE WHEN burst_window_start = ?6 THEN burst_current ELSE 0 END";
-const GRANTED = `MAX(0, MIN(?12, CAST(?9 - (${P}) * ?5 - (${C}) AS INTEGER), CAST(?10 - (${BP}) * ?8 - (${BC}) AS INTEGER)))`;
+const EXACT_GRANT = `MAX(0, MIN(?12, CAST(?9 - (${P}) * ?5 - (${C}) AS INTEGER), CAST(?10 - (${BP}) * ?8 - (${BC}) AS INTEGER)))`;
+// Whichever window the row is in, its estimate is at most previous + current (a weight is at most
+// 1, a rolled count is one of the stored ones or 0), so when those plain sums leave room for every
+// permit wanted, the exact grant is all of them: only a key near a limit pays for the weighted
+// estimate. GRANTED is spelled three times (SET sees only the old row), so this cheap test is what
+// most checks evaluate: measured 8.2 → 7.0 µs a grouped check (61 interleaved rounds, 10k keys).
+const GRANTED = `CASE WHEN previous + current + ?12 <= ?9 AND burst_previous + burst_current + ?12 <= ?10 THEN ?12 ELSE ${EXACT_GRANT} END`;
 export const UPSERT = `
 INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
-  burst_window_start, burst_current, burst_previous, admitted, expires_at)
-VALUES (?1, ?2, ?3, MIN(?12, ?9, ?10), 0, ?6, MIN(?12, ?9, ?10), 0, MIN(?12, ?9, ?10), ?11)
+  burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
+VALUES (?1, ?2, ?3, MIN(?12, ?9, ?10), 0, ?6, MIN(?12, ?9, ?10), 0, MIN(?12, ?9, ?10), ?11, ?11)
 ON CONFLICT (policy, key) DO UPDATE SET
   previous = ${P},
   current = (${C}) + ${GRANTED},
@@ -73,8 +82,15 @@ ON CONFLICT (policy, key) DO UPDATE SET
   admitted = ${GRANTED},
   window_start = ?3,
   burst_window_start = ?6,
-  expires_at = ?11
-RETURNING window_start, previous, current, burst_window_start, burst_previous, burst_current, admitted`;
+  expires_at = ?11`;
+
+// What the UPSERT left, read back by a second statement rather than with RETURNING: SQLite
+// gathers RETURNING rows in a temporary table per execution, which was about half the statement's
+// cost (measured 9.8 → 8.3 µs a grouped check for UPSERT + this SELECT against UPSERT … RETURNING,
+// 41 interleaved rounds). Raw for the same reason as the UPSERT: the two are one decision.
+export const READ_BACK = `
+SELECT window_start, previous, current, burst_window_start, burst_previous, burst_current, admitted
+FROM rate_limit_counters WHERE policy = ?1 AND key = ?2`;
 
 type Row = [number, number, number, number, number, number, number];
 
@@ -89,6 +105,20 @@ UPDATE rate_limit_counters SET
   burst_current = CASE WHEN burst_window_start = ?6 THEN MAX(0, burst_current - ?5) ELSE burst_current END,
   burst_previous = CASE WHEN burst_window_start = ?6 + ?7 THEN MAX(0, burst_previous - ?5) ELSE burst_previous END
 WHERE policy = ?1 AND key = ?2`;
+
+/**
+ * The first `limit` rows whose `prune_after` has passed, in index order: the prune's batch. Run
+ * twice in one transaction (delete the expired, then move on the rest), it names the same rows the
+ * second time, less those the first deleted.
+ */
+function dueForPrune(db: AppDatabase, rowid: SQL<number>) {
+  return db
+    .select({ rowid })
+    .from(counters)
+    .where(lt(counters.pruneAfter, sql.placeholder("before")))
+    .orderBy(counters.pruneAfter)
+    .limit(sql.placeholder("limit"));
+}
 
 /** Everything but the decision: a read for the lockout's peek, and the bounded prune. */
 function prepareStatements(db: AppDatabase) {
@@ -108,16 +138,23 @@ function prepareStatements(db: AppDatabase) {
         ),
       )
       .prepare(),
-    prune: db
+    pruneExpired: db
       .delete(counters)
       .where(
-        inArray(
-          rowid,
-          db
-            .select({ rowid })
-            .from(counters)
-            .where(lt(counters.expiresAt, sql.placeholder("before")))
-            .limit(sql.placeholder("limit")),
+        and(
+          inArray(rowid, dueForPrune(db, rowid)),
+          lt(counters.expiresAt, sql.placeholder("before")),
+        ),
+      )
+      .returning({ policy: counters.policy })
+      .prepare(),
+    moveOnLive: db
+      .update(counters)
+      .set({ pruneAfter: counters.expiresAt })
+      .where(
+        and(
+          inArray(rowid, dueForPrune(db, rowid)),
+          gte(counters.expiresAt, sql.placeholder("before")),
         ),
       )
       .returning({ policy: counters.policy })
@@ -146,6 +183,7 @@ export interface SqliteLimiterStoreOptions {
 export class SqliteLimiterStore implements LeasableStore {
   private readonly sqlite: Database;
   private readonly upsert: Statement;
+  private readonly readBack: Statement;
   private readonly giveBackStatement: Statement;
   private readonly statements: ReturnType<typeof prepareStatements>;
   private readonly pruneBatch: number;
@@ -163,6 +201,7 @@ export class SqliteLimiterStore implements LeasableStore {
     this.sqlite = sqlite;
     this.busyWaitMs = busyWaitMs;
     this.upsert = sqlite.prepare(UPSERT);
+    this.readBack = sqlite.prepare(READ_BACK);
     this.giveBackStatement = sqlite.prepare(GIVE_BACK);
     this.statements = prepareStatements(drizzleOf(sqlite));
     this.pruneBatch = pruneBatch;
@@ -198,28 +237,45 @@ export class SqliteLimiterStore implements LeasableStore {
    * Deletes one batch of expired rows now and, while batches come back full, the next batch on each
    * following event-loop turn: a flood of new addresses creates thousands of rows a second, and
    * one batch per maintenance tick would let the table (and the file) grow without bound.
+   * Returns the rows deleted now.
+   *
+   * A batch is the `pruneBatch` rows whose `prune_after` has passed. Those whose `expires_at` has
+   * passed too are deleted; the others, clients still counting (checks move `expires_at` on, never
+   * `prune_after`), get `prune_after = expires_at` and leave the batch until then. So every expired
+   * row is due (its `prune_after` is at most its `expires_at`), a live row is looked at about once
+   * per two windows, and a batch examines at most `pruneBatch` rows, in one transaction.
    */
   prune(now: number): number {
-    const deleted = this.pruneBatchNow(now);
-    if (deleted === this.pruneBatch && this.pruneContinuation === null) this.continuePruning(now);
+    const { deleted, examined } = this.pruneBatchNow(now);
+    if (examined === this.pruneBatch && this.pruneContinuation === null) this.continuePruning(now);
     return deleted;
   }
 
-  private pruneBatchNow(now: number): number {
-    return this.statements.prune.all({ before: now, limit: this.pruneBatch }).length;
+  private pruneBatchNow(now: number): { deleted: number; examined: number } {
+    return this.sqlite
+      .transaction(() => {
+        const limit = this.pruneBatch;
+        const deleted = this.statements.pruneExpired.all({ before: now, limit }).length;
+        const moved =
+          deleted < limit
+            ? this.statements.moveOnLive.all({ before: now, limit: limit - deleted }).length
+            : 0;
+        return { deleted, examined: deleted + moved };
+      })
+      .immediate();
   }
 
   private continuePruning(now: number): void {
     this.pruneContinuation = setImmediate(() => {
       this.pruneContinuation = null;
-      let deleted: number;
+      let examined: number;
       try {
-        deleted = this.pruneBatchNow(now);
+        examined = this.pruneBatchNow(now).examined;
       } catch {
         // Locked or failing: the next maintenance tick starts over.
         return;
       }
-      if (deleted === this.pruneBatch) this.continuePruning(now);
+      if (examined === this.pruneBatch) this.continuePruning(now);
     });
   }
 
@@ -286,7 +342,7 @@ export class SqliteLimiterStore implements LeasableStore {
     return shareGrants(
       group.length,
       checks.length,
-      (index, wanted) => this.decide({ ...checks[index]!, now }, wanted),
+      (index, wanted) => this.decide(checks[index]!, now, wanted),
       leaseOf(group),
     );
   }
@@ -303,11 +359,12 @@ export class SqliteLimiterStore implements LeasableStore {
     );
   }
 
-  private decide({ policy, key, now }: LimitCheck, wanted: number): Grant {
+  /** `now` is the group's latest arrival, not the check's own. */
+  private decide({ policy, key }: LimitCheck, now: number, wanted: number): Grant {
     const windowStart = windowStartOf(now, policy.windowMs);
     const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
     const expiresAt = windowStart + 2 * policy.windowMs;
-    const row = this.upsert.values(
+    this.upsert.run(
       policy.id,
       key,
       windowStart,
@@ -320,7 +377,8 @@ export class SqliteLimiterStore implements LeasableStore {
       policy.burstLimit,
       Math.max(expiresAt, burstWindowStart + 2 * BURST_WINDOW_MS),
       wanted,
-    )[0] as unknown as Row;
+    );
+    const row = this.readBack.values(policy.id, key)[0] as unknown as Row;
     return {
       state: {
         windowStart: row[0],
