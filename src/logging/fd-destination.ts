@@ -11,8 +11,9 @@
  * Any other write error (a full disk, an I/O error) drops the line and never reaches the caller:
  * logs grow with client traffic, and a log volume a client can fill must not stop the service
  * (before, the first request after the disk filled killed the process). The first failure and the
- * recovery are said once each on stderr, with the count of lines lost; a line cut by the failure
- * is ended before the next one, so every line a reader sees stays whole JSON.
+ * recovery are said once each on stderr, with the count of lines lost (some may have been cut
+ * short); a line cut by the failure is ended before the next one, so it is the only broken line a
+ * reader sees.
  */
 import { writeSync } from "node:fs";
 
@@ -32,6 +33,12 @@ function writeRetrying(fd: number, data: string | Uint8Array, offset: number): n
       Bun.sleepSync(EAGAIN_WAIT_MS);
     }
   }
+}
+
+function countLines(text: string): number {
+  let lines = 0;
+  for (let at = text.indexOf("\n"); at !== -1; at = text.indexOf("\n", at + 1)) lines++;
+  return Math.max(1, lines);
 }
 
 export interface FdDestinationOptions {
@@ -82,7 +89,8 @@ export function fdDestination(fd: number, options: FdDestinationOptions = {}): L
           failure = code;
           notice(`log write failed (${code}); log lines are dropped until writes work again`);
         }
-        dropped++;
+        // A write may be a batch of lines (the access log's).
+        dropped += countLines(line);
       }
     },
   };

@@ -69,6 +69,30 @@ test("a full disk (ENOSPC) drops lines without failing the caller, and says so o
   ]);
 });
 
+test("the recovery notice counts the lines lost, a batch of them counting each", () => {
+  dir = tempDir("palisade-fd-");
+  const path = join(dir.path, "log");
+  const fd = openSync(path, "a");
+  const notices: string[] = [];
+  // The same descriptor number, first closed (EBADF), then open again: a disk that failed, then works.
+  closeSync(fd);
+  const destination = fdDestination(fd, { notice: (message) => notices.push(message) });
+  destination.write('{"a":1}\n{"a":2}\n{"a":3}\n');
+  destination.write('{"b":1}\n');
+  const reopened = openSync(path, "a");
+  try {
+    if (reopened !== fd) return; // Another descriptor took the number: nothing to check here.
+    destination.write('{"c":1}\n');
+    expect(notices).toEqual([
+      "log write failed (EBADF); log lines are dropped until writes work again",
+      "log writes work again (EBADF); 4 log line(s) were lost",
+    ]);
+    expect(readFileSync(path, "utf8")).toBe('{"c":1}\n');
+  } finally {
+    closeSync(reopened);
+  }
+});
+
 test("any other write failure (a descriptor not open for writing) is dropped too, not thrown", () => {
   dir = tempDir("palisade-fd-");
   const fd = openSync(join(dir.path, "read-only"), "w+");

@@ -3,6 +3,8 @@
  * their order (absent ones left out), with every client-sent value escaped.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { PIPE_BUF } from "../../src/logging/line-buffer";
+import { cutLogged } from "../../src/plugins/access-log";
 import {
   type AccessLineFields,
   createAccessLine,
@@ -120,6 +122,34 @@ describe("through the app", () => {
     const lines = current.logs.entries.filter((entry) => entry.msg === "request");
     expect(lines.at(-2)).toMatchObject({ method: "PROPFIND", route: "<unmatched>", status: 404 });
     expect(lines.at(-1)).toMatchObject({ method: "PATCH", userAgent: 'a"b\\c', status: 404 });
+  });
+
+  test("a client cannot make its access line longer than PIPE_BUF: escaping grows values, the line is rebuilt shorter", async () => {
+    current = buildTestApp();
+    const userAgent = `a${"\t".repeat(600)}b`;
+    const path = `/x${"%01".repeat(600)}`;
+    await send(current, path, { headers: { "user-agent": userAgent } });
+    await send(current, "/y", { headers: { "user-agent": `c${"\t".repeat(100)}d` } });
+    const [long, short] = current.logs.lines.filter((line) => line.includes('"msg":"request"'));
+    // Cut at 512 characters, then escaped: this line would be ~8 KB.
+    expect(Buffer.byteLength(long!)).toBeLessThanOrEqual(PIPE_BUF);
+    const entry = JSON.parse(long!);
+    expect(entry).toMatchObject({ status: 404, route: "<unmatched>" });
+    expect(entry.userAgent).toBe(`a${"\\u0009".repeat(21)}…`);
+    expect(entry.path).toBe(`/x${"%01".repeat(42)}…`);
+    // A line within the bound keeps its values as logSafe gives them.
+    expect(JSON.parse(short!).userAgent).toBe(`c${"\\u0009".repeat(100)}d`);
+  });
+});
+
+describe("cutLogged", () => {
+  test("cuts at the limit, never inside an escape, and marks the cut", () => {
+    expect(cutLogged(undefined)).toBeUndefined();
+    expect(cutLogged("short", 10)).toBe("short");
+    expect(cutLogged("abcdefghij", 4)).toBe("abcd…");
+    // The limit falls inside the second escape (characters 7–12): cut before it.
+    expect(cutLogged("a\\u0009\\u0009z", 9)).toBe("a\\u0009…");
+    expect(cutLogged("a\\u0009\\u0009z", 13)).toBe("a\\u0009\\u0009…");
   });
 });
 

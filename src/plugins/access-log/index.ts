@@ -22,6 +22,7 @@
  * handler registers it (stream-end.ts) and the line and the histogram wait for its end.
  */
 import { Elysia } from "elysia";
+import { PIPE_BUF } from "../../logging/line-buffer";
 import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { type RouteEntry, routePatternIndex } from "../error-handler/route-methods";
@@ -34,6 +35,40 @@ import { streamEndOf } from "./stream-end";
 export { streamedResponse } from "./stream-end";
 
 export const UNMATCHED_ROUTE = "<unmatched>";
+
+/**
+ * Client text is cut at 512 characters before its control characters are escaped, so a value of
+ * tabs grows sevenfold in the line: a client could make its access line longer than PIPE_BUF,
+ * which a pipe shared by several processes may split into another process's line. Such a line is
+ * built again with each client value cut to this many (escaped) characters: three of them, at
+ * most 3 bytes a character in the line, stay far under 4 KB.
+ */
+export const SHORTENED_CLIENT_TEXT = 128;
+
+/** `logged` (logSafe's output) cut to `max` characters, never inside one of its `\uXXXX` escapes. */
+export function cutLogged(logged: string | undefined, max = SHORTENED_CLIENT_TEXT) {
+  if (logged === undefined || logged.length <= max) return logged;
+  let end = max;
+  const escape = logged.lastIndexOf("\\u", end);
+  if (escape !== -1 && escape + 6 > end) end = escape;
+  return `${logged.slice(0, end)}…`;
+}
+
+function shortened<T extends { method: string; path?: string; userAgent?: string }>(fields: T): T {
+  return {
+    ...fields,
+    method: cutLogged(fields.method)!,
+    path: cutLogged(fields.path),
+    userAgent: cutLogged(fields.userAgent),
+  };
+}
+
+/** The line, or when it is over PIPE_BUF bytes, the one `rebuild` makes with shorter values. */
+function withinPipeBuf(line: string, rebuild: () => string): string {
+  // A character is at most 3 bytes here (JSON escapes what is not), so most lines skip the count.
+  if (line.length * 3 <= PIPE_BUF || Buffer.byteLength(line) <= PIPE_BUF) return line;
+  return rebuild();
+}
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 
 export function statusOf(response: unknown, fallback: number | string | undefined): number {
@@ -97,25 +132,24 @@ export function accessLog(options: AccessLogOptions) {
 
         const level = status >= 500 ? "error" : status >= 400 ? "warn" : "info";
         if (!logger.isLevelEnabled(level)) return;
-        destination.write(
-          accessLine({
-            level,
-            time: clockText(),
-            service,
-            requestId,
-            // Bun passes any token as a method, so an unknown one is client text like the rest.
-            method: KNOWN_METHODS.has(request.method)
-              ? request.method
-              : logSafe(scrub(request.method))!,
-            route: routeLabel,
-            // A request Elysia did not route (refused early, or no route) also logs its path, scrubbed.
-            path: route ? undefined : logSafe(path, scrubPath),
-            status,
-            durationMs: Math.round(seconds * 1e6) / 1000,
-            clientIp,
-            userAgent: userAgentText(request.headers.get("user-agent")),
-          }),
-        );
+        const fields = {
+          level,
+          time: clockText(),
+          service,
+          requestId,
+          // Bun passes any token as a method, so an unknown one is client text like the rest.
+          method: KNOWN_METHODS.has(request.method)
+            ? request.method
+            : logSafe(scrub(request.method))!,
+          route: routeLabel,
+          // A request Elysia did not route (refused early, or no route) also logs its path, scrubbed.
+          path: route ? undefined : logSafe(path, scrubPath),
+          status,
+          durationMs: Math.round(seconds * 1e6) / 1000,
+          clientIp,
+          userAgent: userAgentText(request.headers.get("user-agent")),
+        };
+        destination.write(withinPipeBuf(accessLine(fields), () => accessLine(shortened(fields))));
       };
       if (streamEnd) streamEnd.then(observe);
       else observe();
