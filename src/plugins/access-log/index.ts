@@ -49,8 +49,8 @@ export const SHORTENED_CLIENT_TEXT = 128;
 export function cutLogged(logged: string | undefined, max = SHORTENED_CLIENT_TEXT) {
   if (logged === undefined || logged.length <= max) return logged;
   let end = max;
-  const escape = logged.lastIndexOf("\\u", end);
-  if (escape !== -1 && escape + 6 > end) end = escape;
+  const lastEscape = logged.lastIndexOf("\\u", end);
+  if (lastEscape !== -1 && lastEscape + 6 > end) end = lastEscape;
   return `${logged.slice(0, end)}…`;
 }
 
