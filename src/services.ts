@@ -8,6 +8,7 @@
  */
 import { type Core, type CoreOptions, createCore } from "./core";
 import { isDatabaseBusy } from "./db/busy";
+import { startWalGuard } from "./db/wal-guard";
 import { createFeatures, type FeatureOptions } from "./features";
 import type { ApiKeyService } from "./modules/auth/api-keys";
 import type { AuthService } from "./modules/auth/service";
@@ -60,6 +61,12 @@ export function createServices(options: ServiceOptions): Services {
   const intervalMs = options.maintenanceIntervalMs ?? 10_000;
   const timer = intervalMs > 0 ? setInterval(runMaintenance, intervalMs) : null;
   timer?.unref();
+  // Background work like the maintenance: off where the maintenance is (tests drive it).
+  const walLimit = options.config.walTruncateBytes;
+  const stopWalGuard =
+    intervalMs > 0 && walLimit > 0
+      ? startWalGuard(options.db.$client, { limitBytes: walLimit, logger })
+      : () => {};
 
   return {
     ...core,
@@ -78,6 +85,7 @@ export function createServices(options: ServiceOptions): Services {
     },
     close() {
       if (timer) clearInterval(timer);
+      stopWalGuard();
       for (const feature of features.list) feature.close?.();
       core.close();
     },

@@ -140,6 +140,11 @@ export interface Config {
   openapiPublic: boolean;
   auditRetentionDays: number;
   chatRetentionDays: number;
+  /**
+   * A WAL larger than this is checkpointed and truncated by the process that sees it (db/wal-guard);
+   * 0: never (Litestream must be the only one to truncate the WAL it replicates).
+   */
+  walTruncateBytes: number;
   /** Bootstrap keys from API_KEYS, reconciled with the database at every start. */
   apiKeys: BootstrapKey[];
   passwordPolicy: PasswordPolicy;
@@ -352,6 +357,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     ),
     auditRetentionDays: integer("AUDIT_RETENTION_DAYS", profile.auditRetentionDays, 1, 3650),
     chatRetentionDays: integer("CHAT_RETENTION_DAYS", profile.chatRetentionDays, 1, 3650),
+    walTruncateBytes: integer("WAL_TRUNCATE_MB", 64, 0, 65_536) * 1024 * 1024,
     apiKeys,
     passwordPolicy: profile.passwordPolicy,
     bodyLimits: profile.bodyLimits,

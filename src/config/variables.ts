@@ -95,6 +95,7 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("ALERT_SMTP_USERNAME", "the SMTP relay login (its password: a file, see alerts:config)"),
   v("OPENAPI_PUBLIC", "true: /openapi.json is public in production too (default: admins only)"),
   v("AUDIT_RETENTION_DAYS", "days audit rows are kept"),
+  v("WAL_TRUNCATE_MB", "a process truncates the WAL past this size (0: never; Litestream)"),
   v("CHAT_RETENTION_DAYS", "days chat messages are kept"),
   v("API_KEYS", "comma list of bootstrap API keys, stored only as hashes", true),
 ];

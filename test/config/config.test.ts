@@ -216,6 +216,15 @@ describe("parsed values", () => {
     expect(configured.redisUrl).toBe("redis://127.0.0.1:6379/0");
   });
 
+  test("WAL_TRUNCATE_MB: 64 MB unless set, 0 turns the truncation off, anything else is refused by name", () => {
+    expect(loadConfig({}).walTruncateBytes).toBe(64 * 1024 * 1024);
+    expect(loadConfig({ WAL_TRUNCATE_MB: "0" }).walTruncateBytes).toBe(0);
+    expect(loadConfig({ WAL_TRUNCATE_MB: "200" }).walTruncateBytes).toBe(200 * 1024 * 1024);
+    for (const value of ["-1", "1.5", "64MB", "70000"]) {
+      expect(refusal({ WAL_TRUNCATE_MB: value }).message).toContain("WAL_TRUNCATE_MB");
+    }
+  });
+
   test("collects every secret value for scrubbing", () => {
     const config = loadConfig(production({ STRIPE_SECRET_KEY: "sk_test_abcdefgh12345" }));
     expect(config.secretValues).toContain(STRONG);

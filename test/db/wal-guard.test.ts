@@ -1,0 +1,91 @@
+import { Database } from "bun:sqlite";
+import { afterEach, expect, test } from "bun:test";
+import { statSync } from "node:fs";
+import { join } from "node:path";
+import { setBusyTimeout } from "../../src/db/busy";
+import { openDatabase } from "../../src/db/client";
+import { checkpointIfLarge, startWalGuard } from "../../src/db/wal-guard";
+import { createLogger } from "../../src/logging/logger";
+import { LogCapture, tempDir } from "../support/app";
+
+let dir: ReturnType<typeof tempDir> | null = null;
+const open: Database[] = [];
+afterEach(() => {
+  for (const sqlite of open.splice(0)) sqlite.close();
+  dir?.remove();
+  dir = null;
+});
+
+const LIMIT = 256 * 1024;
+
+/** A database file as the service opens it, and a second connection: another process. */
+function twoConnections() {
+  dir = tempDir("palisade-wal-");
+  const path = join(dir.path, "palisade.db");
+  const writer = openDatabase(path).$client;
+  setBusyTimeout(writer, 50);
+  const other = new Database(path);
+  setBusyTimeout(other, 50);
+  open.push(other, writer);
+  writer.run("CREATE TABLE filler (id INTEGER PRIMARY KEY, data BLOB)");
+  return { path, writer, other };
+}
+
+const walSize = (path: string) => statSync(`${path}-wal`).size;
+
+/** Writes about `bytes` of new rows, one small transaction at a time. */
+function write(sqlite: Database, bytes: number) {
+  const insert = sqlite.prepare("INSERT INTO filler (data) VALUES (randomblob(4000))");
+  for (let done = 0; done < bytes; done += 4000) insert.run();
+}
+
+test("a WAL another connection keeps from resetting is truncated once that connection's transaction ends", () => {
+  const { path, writer, other } = twoConnections();
+  // The other connection reads an old snapshot for as long as the writer writes: no passive
+  // checkpoint can copy back what it may still read, so the WAL only grows.
+  other.run("BEGIN");
+  other.query("SELECT count(*) FROM filler").get();
+  write(writer, 2 * LIMIT);
+  expect(walSize(path)).toBeGreaterThan(LIMIT);
+  expect(checkpointIfLarge(writer, LIMIT)).toBe("busy");
+  expect(walSize(path)).toBeGreaterThan(LIMIT);
+  other.run("COMMIT");
+  expect(checkpointIfLarge(writer, LIMIT)).toBe("truncated");
+  expect(walSize(path)).toBe(0);
+  // Nothing written was lost: every row is in the database file now.
+  const rows = other.query("SELECT count(*) AS n FROM filler").get() as { n: number };
+  expect(rows.n).toBe(Math.ceil((2 * LIMIT) / 4000));
+});
+
+test("a WAL within the limit is left alone", () => {
+  const { path, writer } = twoConnections();
+  write(writer, LIMIT / 4);
+  const size = walSize(path);
+  expect(size).toBeGreaterThan(0);
+  expect(checkpointIfLarge(writer, LIMIT)).toBe("within");
+  expect(walSize(path)).toBe(size);
+});
+
+test("the guard looks a few times a second and truncates a WAL that grew past its limit", async () => {
+  const { path, writer, other } = twoConnections();
+  const logs = new LogCapture();
+  const stop = startWalGuard(writer, {
+    limitBytes: LIMIT,
+    logger: createLogger({ level: "info", destination: logs }),
+    intervalMs: 20,
+  });
+  try {
+    other.run("BEGIN");
+    other.query("SELECT count(*) FROM filler").get();
+    write(writer, 2 * LIMIT);
+    other.run("COMMIT");
+    const deadline = Date.now() + 5_000;
+    while (walSize(path) > 0 && Date.now() < deadline) await Bun.sleep(10);
+    expect(walSize(path)).toBe(0);
+    expect(logs.entries.map((entry) => entry.msg)).toContain(
+      "WAL past its limit: checkpointed and truncated",
+    );
+  } finally {
+    stop();
+  }
+});
