@@ -14,9 +14,11 @@
  *   `refresh_token=`, `secret=`, `key=`, `api_key=`, `signature=` …), to its end (see
  *   CREDENTIAL_PARAMETER). The logger passes `{ json: true }`: its texts are whole JSON lines.
  *
- * `scrubUrlPart` is for text that came from a URL (a path, a query string): it also decodes it,
- * so a secret spelled with only some characters percent-encoded is found; when one is, the
- * decoded and scrubbed text is returned.
+ * `scrubUrlPart` is for text that came from a URL (a path, a query string): a credential
+ * parameter's value is delimited in the raw text (an encoded `&`, `#` or line break is part of it)
+ * and redacted whole; the text is then also decoded, but for those escapes, so a secret spelled
+ * with only some characters percent-encoded is found; when one is, the decoded and scrubbed text
+ * is returned.
  *
  * Scrub before cutting: a secret cut in two is no longer recognised (logSafe cuts; callers scrub
  * first).
@@ -34,14 +36,17 @@ const BEARER = /\bBearer(?:\s|%20|\+)+[A-Za-z0-9._~+/=%-]+/gi;
 /** `Basic x`, in any header (the word is capitalised; prose "basic auth" is left alone). */
 const BASIC = /\bBasic(?:\s|%20|\+)+[A-Za-z0-9+/%]{8,}=*/g;
 /**
- * `name=value` where the name says credential: query strings, form bodies, messages. Where the
+ * `name=value` where the name says credential: query strings, form bodies, messages. A name holds
+ * one of the words below anywhere (`user_pwd`, `client_secret`, `access_key`, `x-auth`); `pw` only
+ * as the whole name (as a part it is in ordinary words). A name also starts after an encoded `&`,
+ * `#` or line break, which scrubUrlPart leaves encoded (`a%26token=`). Where the
  * value ends errs towards redacting too much, since a passphrase may hold spaces and quotes: at
  * `&` or `#` (the next URL parameter or the fragment), at a line break, or at the end of the text
  * — and, in a serialised JSON line, at the unescaped `"` that closes the string (an escape such
  * as `\"` is part of the value; the closing quote is never eaten, so the line stays JSON).
  */
 const CREDENTIAL_NAME =
-  /((?:^|[?&;/\s"'])[A-Za-z0-9_.-]*(?:pass(?:word|wd|phrase)?|secret|token|key|signature|sig|auth|credential|session|code)[A-Za-z0-9_.-]*=)/
+  /((?:^|[?&;/\s"']|%(?:26|23|0a|0d))(?:[A-Za-z0-9_.-]*(?:pass(?:word|wd|phrase)?|pwd|secret|token|key|signature|sig|auth|credential|creds|jwt|session|code)[A-Za-z0-9_.-]*|pw)=)/
     .source;
 const CREDENTIAL_PARAMETER = new RegExp(String.raw`${CREDENTIAL_NAME}[^&#\r\n]*`, "gi");
 /** In JSON text: an escape pair is part of the value; `\n`, `\r` and an unescaped `"` end it. */
@@ -166,6 +171,11 @@ export function createTextScrubber(
   };
 }
 
+/** The escape of what ends a credential parameter's value: `&`, `#`, CR, LF. */
+const DELIMITER_ESCAPE = /%(?:2[36]|0[ad])/i;
+/** A run of escapes, none of them of what ends a credential parameter's value (`&`, `#`, CR, LF). */
+const ESCAPE_RUN = /(?:%(?!2[36]|0[AaDd])[0-9A-Fa-f]{2})+/g;
+
 function tryDecode(text: string): string | null {
   try {
     return decodeURIComponent(text);
@@ -175,17 +185,34 @@ function tryDecode(text: string): string | null {
 }
 
 /**
- * Scrubs text that came from a URL. The text is also decoded (as a path, and as a form with `+`
- * for space): a secret found only in a decoded spelling means the decoded, scrubbed text is
+ * Decodes every escape except those of `&`, `#`, CR and LF: decoded, they would end a credential
+ * parameter's value early and leave the rest of it in clear (`password=v%26more`). A run that is
+ * not valid UTF-8 is left as it is.
+ */
+function decodeKeepingDelimiters(text: string): string {
+  // The common case (no such escape, valid UTF-8) in one native call.
+  const whole = DELIMITER_ESCAPE.test(text) ? null : tryDecode(text);
+  return whole ?? text.replace(ESCAPE_RUN, (run) => tryDecode(run) ?? run);
+}
+
+/**
+ * Scrubs text that came from a URL. A credential parameter's value is delimited in the raw text
+ * (an encoded `&` or `#` belongs to the value) and redacted whole, whatever it decodes to. The
+ * scrubbed text is then also decoded (as a path, and as a form with `+` for space), escapes of
+ * delimiters kept: a secret found only in a decoded spelling means the decoded, scrubbed text is
  * returned instead, so no spelling of it survives.
  */
 export function scrubUrlPart(text: string, scrub: TextScrubber): string {
-  if (text.includes("%") || text.includes("+")) {
-    for (const decoded of [tryDecode(text), tryDecode(text.replace(/\+/g, " "))]) {
-      if (decoded === null || decoded === text) continue;
-      const scrubbed = scrub(decoded);
-      if (scrubbed !== decoded) return scrubbed;
+  const scrubbed = scrub(text);
+  if (scrubbed.includes("%") || scrubbed.includes("+")) {
+    const candidates = scrubbed.includes("+")
+      ? [scrubbed, scrubbed.replace(/\+/g, " ")]
+      : [scrubbed];
+    for (const decoded of candidates.map(decodeKeepingDelimiters)) {
+      if (decoded === scrubbed) continue;
+      const again = scrub(decoded);
+      if (again !== decoded) return again;
     }
   }
-  return scrub(text);
+  return scrubbed;
 }
