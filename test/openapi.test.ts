@@ -72,6 +72,40 @@ test("each app's document, generated at its first request, describes that app's 
   }
 });
 
+test("the document is the same whatever the process served before it", async () => {
+  // Elysia compiles a route's validators at its first request, and that writes into the schema
+  // objects the generator reads: the document must not depend on it.
+  const cold = buildTestApp();
+  const served = buildTestApp();
+  const compiled = buildTestApp();
+  try {
+    const document = async (target: TestApp) => {
+      const response = await send(target, "/openapi.json");
+      expect(response.status).toBe(200);
+      return response.text();
+    };
+    const first = await document(cold);
+
+    expect((await send(served, "/health")).status).toBe(200);
+    expect((await send(served, "/ready")).status).toBe(200);
+    const login = await send(served, "/api/auth/login", {
+      body: { email: "nobody@example.test", password: "not-the-password-1!" },
+    });
+    expect(login.status).toBe(401);
+    expect((await send(served, "/api/auth/register", { body: { email: "x" } })).status).toBe(422);
+    expect((await send(served, "/api/admin/audit")).status).toBe(401);
+    expect(await document(served)).toBe(first);
+
+    // A process that has served every route once: its schemas hold all Elysia will write.
+    for (const route of compiled.app.routes) route.compile();
+    expect(await document(compiled)).toBe(first);
+  } finally {
+    cold.close();
+    served.close();
+    compiled.close();
+  }
+});
+
 test("/docs renders outside production and is absent in production", async () => {
   current = buildTestApp();
   const docs = await send(current, "/docs");

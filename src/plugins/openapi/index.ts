@@ -78,6 +78,29 @@ function isProblemSchema(schema: unknown): boolean {
   return !!properties && "code" in properties && "requestId" in properties && "type" in properties;
 }
 
+/**
+ * Response objects as declared: open. Elysia writes `additionalProperties: false` into a route's
+ * response schema objects when it compiles the route, at its first request, and some of those
+ * objects are shared (nested in other routes' responses), so without this the document would
+ * depend on which routes a process had served before it was generated. The open form is the one
+ * served when the document is the first request, and the one that claims nothing unenforced: the
+ * problem bodies it would close are written by the error handler, which no response validator
+ * checks, and the same problem schema stays open wherever a route was not yet called. No response
+ * schema declares `additionalProperties: false` itself (one that did would lose it here).
+ */
+function openObjects(schema: unknown): void {
+  if (Array.isArray(schema)) {
+    for (const item of schema) openObjects(item);
+    return;
+  }
+  if (!schema || typeof schema !== "object") return;
+  const node = schema as Record<string, unknown>;
+  if (node.type === "object" && node.additionalProperties === false) {
+    delete node.additionalProperties;
+  }
+  for (const value of Object.values(node)) openObjects(value);
+}
+
 const finishedDocuments = new WeakMap<object, unknown>();
 
 export function finish<T extends object>(document: T): T {
@@ -110,6 +133,9 @@ export function finish<T extends object>(document: T): T {
         if (status === "204") {
           delete response.content;
           continue;
+        }
+        for (const media of Object.values(response.content ?? {})) {
+          openObjects((media as { schema?: unknown }).schema);
         }
         const json = response.content?.["application/json"] as { schema?: unknown } | undefined;
         if (Number(status) >= 400 && json && isProblemSchema(json.schema)) {
