@@ -89,3 +89,46 @@ test("the guard looks a few times a second and truncates a WAL that grew past it
     stop();
   }
 });
+
+test("no WAL file is a WAL within the limit; another connection's write transaction is busy, not an error", () => {
+  const { path, writer, other } = twoConnections();
+  const plain = new Database(join(dir!.path, "rollback-journal.db"));
+  open.push(plain);
+  plain.run("CREATE TABLE t (x)");
+  expect(checkpointIfLarge(plain, 0)).toBe("within");
+
+  write(writer, 2 * LIMIT);
+  other.run("BEGIN IMMEDIATE");
+  try {
+    expect(checkpointIfLarge(writer, LIMIT)).toBe("busy");
+  } finally {
+    other.run("ROLLBACK");
+  }
+  expect(checkpointIfLarge(writer, LIMIT)).toBe("truncated");
+  expect(walSize(path)).toBe(0);
+});
+
+test("a checkpoint that fails otherwise is logged, and the guard keeps looking", async () => {
+  const { writer, other } = twoConnections();
+  const logs = new LogCapture();
+  write(writer, 2 * LIMIT);
+  // The WAL stays (the other connection is open); the guard's own connection is gone.
+  other.query("SELECT count(*) FROM filler").get();
+  open.splice(open.indexOf(writer), 1);
+  writer.close();
+  const stop = startWalGuard(writer, {
+    limitBytes: LIMIT,
+    logger: createLogger({ level: "info", destination: logs }),
+    intervalMs: 10,
+  });
+  try {
+    const deadline = Date.now() + 5_000;
+    while (logs.entries.length < 2 && Date.now() < deadline) await Bun.sleep(10);
+    expect(logs.entries.slice(0, 2).map((entry) => entry.msg)).toEqual([
+      "WAL checkpoint failed",
+      "WAL checkpoint failed",
+    ]);
+  } finally {
+    stop();
+  }
+});
