@@ -1,12 +1,13 @@
 import { afterEach, expect, test } from "bun:test";
 import { Validator } from "@seriousme/openapi-schema-validator";
+import { OptionalKind } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
 import { Elysia, type TSchema } from "elysia";
 import { ProblemSchema, problemResponses } from "../src/errors";
 import type { Feature } from "../src/modules/feature";
 import { DOCS_PATH } from "../src/plugins/openapi";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "./support/app";
-import { bearer, signUp } from "./support/auth";
+import { bearer, createKey, signUp } from "./support/auth";
 import { runToExit } from "./support/process";
 
 /** The production profile's secrets, under the staging profile. */
@@ -191,4 +192,75 @@ test("every operation documents its errors as problem+json, and what is sent mat
   expect(Value.Check(ProblemSchema, body)).toBe(true);
   // A code that a status never carries does not pass that status's schema.
   expect(Value.Check(schema401, body)).toBe(false);
+});
+
+test("every route that takes a body documents it as application/json with the route's schema", async () => {
+  current = buildTestApp();
+  const document = (await (await send(current, "/openapi.json")).json()) as {
+    paths: Record<
+      string,
+      Record<
+        string,
+        { requestBody?: { required: boolean; content: Record<string, { schema: TSchema }> } }
+      >
+    >;
+  };
+  const declared = current.app.routes.filter((route) => route.hooks.body);
+  expect(declared.map((route) => `${route.method} ${route.path}`)).toEqual(
+    expect.arrayContaining([
+      "POST /api/auth/register",
+      "POST /api/auth/login",
+      "POST /api/chat",
+      "POST /api/admin/payments/:id/refund",
+    ]),
+  );
+  const fields = (schema: TSchema) => ({
+    required: [...((schema.required as string[] | undefined) ?? [])].sort(),
+    properties: Object.keys(schema.properties ?? {}).sort(),
+  });
+  for (const route of declared) {
+    const at = `${route.method} ${route.path}`;
+    const requestBody =
+      document.paths[toOpenApiPath(route.path)]?.[route.method.toLowerCase()]?.requestBody;
+    // The request guard refuses every other media type with 415: JSON is the only one listed.
+    expect({ at, types: Object.keys(requestBody?.content ?? {}) }).toEqual({
+      at,
+      types: ["application/json"],
+    });
+    const schema = requestBody!.content["application/json"]!.schema;
+    expect({ at, ...fields(schema) }).toEqual({ at, ...fields(route.hooks.body as TSchema) });
+    // As plugins/strict-body enforces it: a property the schema does not name is refused.
+    expect({ at, closed: schema.additionalProperties }).toEqual({ at, closed: false });
+    // `t.Optional(…)` bodies (refresh, rotate, refund) may be left out.
+    const optional = OptionalKind in (route.hooks.body as TSchema);
+    expect({ at, required: requestBody!.required }).toEqual({ at, required: !optional });
+  }
+  expect(declared.length).toBe(9);
+
+  // What the document says is what the server does: a number sent as a string is not one the
+  // schema admits (no numeric-string alternative), and the server refuses it.
+  const paths = document.paths as unknown as Record<
+    string,
+    Record<string, { requestBody: { content: Record<string, { schema: TSchema }> } }>
+  >;
+  const rotate =
+    paths["/api/admin/api-keys/{id}/rotate"]!.post!.requestBody.content["application/json"]!.schema;
+  expect(rotate.properties.graceMinutes).toMatchObject({ type: "integer" });
+  expect(rotate.properties.graceMinutes.anyOf).toBeUndefined();
+  const admin = await signUp(current, { role: "admin" });
+  const { record } = createKey(current, ["payments"], admin.userId);
+  const asString = await send(current, `/api/admin/api-keys/${record.id}/rotate`, {
+    headers: bearer(admin.accessToken),
+    body: { graceMinutes: "5" },
+  });
+  expect(asString.status).toBe(422);
+  // Documented as optional, and so it is: a rotation with no body at all is done.
+  const bare = await send(current, `/api/admin/api-keys/${record.id}/rotate`, {
+    method: "POST",
+    headers: bearer(admin.accessToken),
+  });
+  expect(bare.status).toBe(201);
+  const credentials = { email: "nobody@example.test", password: "not-the-password-1!" };
+  const extra = await send(current, "/api/auth/login", { body: { ...credentials, admin: true } });
+  expect(extra.status).toBe(422);
 });

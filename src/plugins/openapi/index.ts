@@ -6,18 +6,22 @@
  * The document passes `redocly lint` with the recommended rules as errors (`bun run
  * openapi:lint`). What the generator cannot say is finished here, in one place (`finish`): error
  * responses are `application/problem+json`, not the generator's `application/json`, and a 204 has
- * no content.
+ * no content. Request bodies are described as the server accepts them (`asAccepted`): JSON only,
+ * with the schema the sent body is checked against.
  *
  * The generator is loaded at the first request for the document or the page, not at start: its
  * module is some 8,000 lines (~20 ms and ~3 MB of a start that no probe or API call needs). The
  * routes themselves are registered at start, so routing, 405s and route classes do not change.
  */
 import type { openapi } from "@elysiajs/openapi";
+import { OptionalKind } from "@sinclair/typebox";
 import { Elysia } from "elysia";
 import packageJson from "../../../package.json" with { type: "json" };
 import { PROBLEM_CONTENT_TYPE, problemResponses } from "../../errors";
 import { type authPlugin, ERRORS_DETAIL_KEY } from "../auth";
+import { BODY_MEDIA_TYPE } from "../request-guard/checks";
 import type { RouteClass } from "../route-class";
+import { strictSchemaOf } from "../strict-body";
 
 export const OPENAPI_PATH = "/openapi.json";
 export const DOCS_PATH = "/docs";
@@ -101,6 +105,9 @@ function openObjects(schema: unknown): void {
   for (const value of Object.values(node)) openObjects(value);
 }
 
+/** Marks, for `finish`, an operation whose body may be absent (`t.Optional`). */
+const OPTIONAL_BODY_KEY = "x-palisade-optional-body";
+
 const finishedDocuments = new WeakMap<object, unknown>();
 
 export function finish<T extends object>(document: T): T {
@@ -121,6 +128,11 @@ export function finish<T extends object>(document: T): T {
       // What the auth declaration says any route can answer, unless the route says otherwise.
       const pipeline = op[ERRORS_DETAIL_KEY] as number[] | undefined;
       delete op[ERRORS_DETAIL_KEY];
+      if (op[OPTIONAL_BODY_KEY]) {
+        const requestBody = op.requestBody as { required?: boolean } | undefined;
+        if (requestBody) requestBody.required = false;
+        delete op[OPTIONAL_BODY_KEY];
+      }
       for (const status of pipeline ?? []) {
         if (responses[status] !== undefined) continue;
         const schema = problemResponses(status)[status]!;
@@ -213,6 +225,42 @@ interface GlobalView {
   getGlobalDefinitions(): unknown;
 }
 
+interface RouteView {
+  hooks?: { parse?: readonly { fn: unknown }[]; body?: unknown } & Record<string, unknown>;
+}
+
+/**
+ * Routes as the generator should read their bodies: as the server accepts them. The generator
+ * names a body's media types after the route's parse hooks, and a function parser names none, so
+ * the request guard's (a function, on every route) left each body without content; the guard
+ * refuses any other media type with 415, so JSON is the one a body can have. The schema is the
+ * one plugins/strict-body checks the sent body against (objects closed, JSON numbers only), a
+ * copy: Elysia closes the route's own schema objects when it compiles the route, at its first
+ * request, so the declared ones would make the document depend on what was served before it.
+ * Copies throughout: the routes themselves keep their parser and schema.
+ */
+function asAccepted<T extends RouteView>(routes: readonly T[]): T[] {
+  return routes.map((route) => {
+    const hooks = route.hooks;
+    if (!hooks?.body || typeof hooks.body !== "object") return route;
+    const parse = hooks.parse?.some((parser) => typeof parser.fn === "function")
+      ? [{ fn: BODY_MEDIA_TYPE }]
+      : hooks.parse;
+    return {
+      ...route,
+      hooks: {
+        ...hooks,
+        parse,
+        body: strictSchemaOf(hooks.body as Parameters<typeof strictSchemaOf>[0]),
+        // The generator calls every body required; `finish` corrects the optional ones.
+        ...(OptionalKind in hooks.body
+          ? { detail: { ...(hooks.detail as object), [OPTIONAL_BODY_KEY]: true } }
+          : {}),
+      },
+    };
+  });
+}
+
 /**
  * The generator's own handlers for the document and the page, made on first use. The plugin
  * describes `getGlobalRoutes()` of the app it is used by; used by nothing, it is pointed at ours.
@@ -223,7 +271,7 @@ function lazyGenerator(self: GlobalView, docsPage: boolean, isPublic: boolean) {
     handlers ??= import("@elysiajs/openapi").then(({ openapi }) => {
       const generator = openapi(generatorOptions(docsPage, isPublic));
       const view = generator as unknown as GlobalView;
-      view.getGlobalRoutes = () => self.getGlobalRoutes();
+      view.getGlobalRoutes = () => asAccepted(self.getGlobalRoutes() as RouteView[]);
       view.getGlobalDefinitions = () => self.getGlobalDefinitions();
       return new Map(
         generator.routes.map((route) => [route.path, route.handler as RouteHandler | Response]),

@@ -117,12 +117,15 @@ export function hasBody(request: Request): boolean {
   return request.body !== null;
 }
 
+/** The one media type a request body may have: every other is refused with 415. */
+export const BODY_MEDIA_TYPE = "application/json";
+
 /** JSON only, and if a charset is named it must be UTF-8 (RFC 8259). */
 export function checkContentType(headers: Headers): Refusal | null {
   const raw = headers.get("content-type");
   if (raw === null) return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "a body needs Content-Type" };
   const [type, ...params] = raw.toLowerCase().split(";");
-  if (type?.trim() !== "application/json") {
+  if (type?.trim() !== BODY_MEDIA_TYPE) {
     return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "only application/json is accepted" };
   }
   for (const param of params) {

@@ -17,6 +17,7 @@ import type { RequestState } from "../request-state";
 import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
 import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin } from "./body";
 import {
+  BODY_MEDIA_TYPE,
   checkContentType,
   checkDeclaredLength,
   checkHeaders,
@@ -84,7 +85,7 @@ export function requestGuard({
       // Elysia passes the header's media type as sent, cut at `;` but not trimmed: media types
       // are case-insensitive and may be followed by whitespace (RFC 9110 §8.3.1), as the guard
       // compared them. Any other spelling would reach the route as text, or as no body at all.
-      if (contentType.trim().toLowerCase() !== "application/json") return;
+      if (contentType.trim().toLowerCase() !== BODY_MEDIA_TYPE) return;
       const { request, routeClass, route } = context as unknown as RequestState & {
         route: string;
       };
