@@ -155,7 +155,9 @@ try {
   const limiter = await phase("limiter store", () => measureLimiter(db, plan.limiterChecks));
   db.$client.close();
   const redis = await phase("limiter store, Redis", () => measureRedisLimiter(plan.limiterChecks));
-  log("\nLimiter store (SQLite: WAL, synchronous=NORMAL; 10k keys)");
+  log(
+    "\nLimiter store (SQLite: WAL, synchronous=NORMAL; 10k keys; the store's figures: medians of 5 interleaved rounds)",
+  );
   log("| form | checks/s |");
   log("| --- | ---: |");
   log(`| prepared UPSERT, one autocommit per check | ${fmt(limiter.autocommit)} |`);

@@ -6,7 +6,7 @@
  * transaction, against the raw statement called the same way; and one hot key with 32 checks in
  * flight (each client awaiting its previous answer, as `wrk -c32` does), through the store and
  * through permit leasing (lease.ts) over it, and the 10k-key grouped form through leasing (what many
- * clients pay for the layer).
+ * clients pay for the layer). The store's four figures are medians of five interleaved rounds.
  */
 import type { Database } from "bun:sqlite";
 import { and, eq, sql } from "drizzle-orm";
@@ -18,6 +18,7 @@ import { BURST_WINDOW_MS } from "../src/plugins/rate-limit/policies";
 import { previousWeight, windowStartOf } from "../src/plugins/rate-limit/sliding-window";
 import { READ_BACK, SqliteLimiterStore, UPSERT } from "../src/plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "../src/plugins/rate-limit/store";
+import { median } from "./stats";
 
 const policy: Policy = {
   id: "bench",
@@ -27,6 +28,8 @@ const policy: Policy = {
   failClosed: false,
 };
 const KEYS = 10_000;
+/** Interleaved rounds of the store's figures; each is reported as their median. */
+const LIMITER_ROUNDS = 5;
 
 function rate(count: number, ms: number) {
   return Math.round(count / (ms / 1000));
@@ -36,37 +39,39 @@ export async function measureLimiter(db: AppDatabase, checks: number) {
   const store = new SqliteLimiterStore({ sqlite: db.$client });
   const now = Date.now();
 
-  let started = performance.now();
+  const started = performance.now();
   for (let i = 0; i < checks; i++) store.checkNow([{ policy, key: `a${i % KEYS}`, now }]);
   const autocommit = rate(checks, performance.now() - started);
 
-  started = performance.now();
-  for (let done = 0; done < checks; done += 256) {
-    await Promise.all(
-      Array.from({ length: 256 }, (_, i) =>
-        store.check([{ policy, key: `g${(done + i) % KEYS}`, now }]),
-      ),
-    );
-  }
-  const grouped = rate(checks, performance.now() - started);
-
+  // The store's figures are medians of interleaved rounds (one run of each swung ±40 % on this
+  // machine), each round on keys of its own: its first 10k checks insert, the rest update.
   const leasing = new LeasingStore(new SqliteLimiterStore({ sqlite: db.$client }));
-  started = performance.now();
-  await manyKeys(leasing, checks, "l", now);
-  const leasedManyKeys = rate(checks, performance.now() - started);
-  // Interleaved, so both see the same machine; the best of three rounds each.
-  let hotGrouped = 0;
-  let leased = 0;
-  for (let round = 0; round < 3; round++) {
-    hotGrouped = Math.max(hotGrouped, await hotKey(store, checks, `hg${round}`));
-    leased = Math.max(leased, await hotKey(leasing, checks, `hl${round}`));
+  const rounds: Record<"grouped" | "leasedManyKeys" | "hotGrouped" | "leased", number[]> = {
+    grouped: [],
+    leasedManyKeys: [],
+    hotGrouped: [],
+    leased: [],
+  };
+  for (let round = 0; round < LIMITER_ROUNDS; round++) {
+    let started = performance.now();
+    await manyKeys(store, checks, `g${round}-`, now);
+    rounds.grouped.push(rate(checks, performance.now() - started));
+    started = performance.now();
+    await manyKeys(leasing, checks, `l${round}-`, now);
+    rounds.leasedManyKeys.push(rate(checks, performance.now() - started));
+    rounds.hotGrouped.push(await hotKey(store, checks, `hg${round}`));
+    rounds.leased.push(await hotKey(leasing, checks, `hl${round}`));
   }
+  const grouped = median(rounds.grouped);
+  const leasedManyKeys = median(rounds.leasedManyKeys);
+  const hotGrouped = median(rounds.hotGrouped);
+  const leased = median(rounds.leased);
   leasing.close();
 
   const drizzleChecks = Math.min(checks, 20_000);
-  started = performance.now();
+  const drizzleStarted = performance.now();
   for (let i = 0; i < drizzleChecks; i++) drizzleUpsert(db, `d${i % KEYS}`, now);
-  const drizzle = rate(drizzleChecks, performance.now() - started);
+  const drizzle = rate(drizzleChecks, performance.now() - drizzleStarted);
 
   const prepared = comparePrepared(db, checks);
   return { autocommit, grouped, hotGrouped, leased, leasedManyKeys, drizzle, ...prepared };
