@@ -306,6 +306,8 @@ try {
 
   // 4. Scale.
   log(`\nScale (child processes)`);
+  log("| figure | value |");
+  log("| --- | ---: |");
   log(
     `| ${fmt(clients.count)} distinct clients, one request each through the app | ${fmt(clients.count / clients.seconds)} req/s in process |`,
   );
