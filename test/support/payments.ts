@@ -1,6 +1,8 @@
 /** Helpers for the payments and Stripe webhook tests: an app wired to a local Stripe, and signed events. */
+import { expect } from "bun:test";
 import Stripe from "stripe";
 import { buildTestApp, send, type TestApp, type TestAppOptions } from "./app";
+import { bearer, type Session } from "./auth";
 import { type FakeStripe, startFakeStripe } from "./stripe-server";
 
 export const STRIPE_TEST_KEY = "sk_test_palisade0123456789";
@@ -128,4 +130,55 @@ export async function metricValue(target: TestApp, name: string, labels: Record<
     Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want),
   );
   return found?.value ?? 0;
+}
+
+/** Creates a payment intent of `amount` cents for `who` (201) and returns its id. */
+export async function pay(target: PaymentsApp, who: Session, amount = 5000): Promise<string> {
+  const response = await createIntent(target, bearer(who.accessToken), { amount, currency: "usd" });
+  expect(response.status).toBe(201);
+  return ((await response.json()) as { id: string }).id;
+}
+
+export interface RefundStatusStripe {
+  /** The app, whose STRIPE_API_URL is the proxy. */
+  app: PaymentsApp;
+  /** The local Stripe behind the proxy (its `stripe.calls`). */
+  upstream: PaymentsApp;
+  close(): void;
+}
+
+/**
+ * An app whose Stripe answers refunds with `status`: a proxy in front of a local Stripe that
+ * rewrites only a successful `POST /v1/refunds` answer (the rest is the local Stripe's own).
+ */
+export function stripeAnsweringRefundsAs(status: string): RefundStatusStripe {
+  const upstream = buildPaymentsApp();
+  const base = upstream.stripe.url;
+  const proxy = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(request) {
+      const url = new URL(request.url);
+      const answer = await fetch(`${base}${url.pathname}${url.search}`, {
+        method: request.method,
+        headers: request.headers,
+        body: request.method === "GET" ? undefined : await request.text(),
+      });
+      const text = await answer.text();
+      if (url.pathname !== "/v1/refunds" || answer.status !== 200) {
+        return new Response(text, { status: answer.status, headers: answer.headers });
+      }
+      return Response.json({ ...JSON.parse(text), status });
+    },
+  });
+  const app = buildPaymentsApp({ env: { STRIPE_API_URL: `http://127.0.0.1:${proxy.port}` } });
+  return {
+    app,
+    upstream,
+    close() {
+      app.close();
+      proxy.stop(true);
+      upstream.close();
+    },
+  };
 }

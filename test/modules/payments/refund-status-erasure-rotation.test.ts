@@ -4,64 +4,39 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { send } from "../../support/app";
-import { bearer, createKey, type Session, signUp } from "../../support/auth";
+import { bearer, createKey, signUp } from "../../support/auth";
 import {
   auditRows,
   buildPaymentsApp,
   createIntent,
   type PaymentsApp,
+  pay,
+  type RefundStatusStripe,
   signStripe,
+  stripeAnsweringRefundsAs,
   stripeEvent,
   succeed,
 } from "../../support/payments";
 
 let current: PaymentsApp | null = null;
-let proxy: ReturnType<typeof Bun.serve> | null = null;
-let upstream: PaymentsApp | null = null;
+let refundStripe: RefundStatusStripe | null = null;
 afterEach(() => {
   current?.close();
   current = null;
-  proxy?.stop(true);
-  proxy = null;
-  upstream?.close();
-  upstream = null;
+  refundStripe?.close();
+  refundStripe = null;
 });
 
-async function pay(target: PaymentsApp, who: Session, amount = 5000): Promise<string> {
-  const response = await createIntent(target, bearer(who.accessToken), { amount, currency: "usd" });
-  expect(response.status).toBe(201);
-  return ((await response.json()) as { id: string }).id;
-}
-
-/** A Stripe whose refunds come back with this status (the rest is the local Stripe's). */
-function stripeAnsweringRefundsAs(status: string): PaymentsApp {
-  upstream = buildPaymentsApp();
-  const base = upstream.stripe.url;
-  proxy = Bun.serve({
-    port: 0,
-    hostname: "127.0.0.1",
-    async fetch(request) {
-      const url = new URL(request.url);
-      const answer = await fetch(`${base}${url.pathname}${url.search}`, {
-        method: request.method,
-        headers: request.headers,
-        body: request.method === "GET" ? undefined : await request.text(),
-      });
-      const text = await answer.text();
-      if (url.pathname !== "/v1/refunds" || answer.status !== 200) {
-        return new Response(text, { status: answer.status, headers: answer.headers });
-      }
-      return Response.json({ ...JSON.parse(text), status });
-    },
-  });
-  current = buildPaymentsApp({ env: { STRIPE_API_URL: `http://127.0.0.1:${proxy.port}` } });
-  return current;
+/** The app whose Stripe answers refunds with `status`, closed after the test. */
+function withRefundStatus(status: string): PaymentsApp {
+  refundStripe = stripeAnsweringRefundsAs(status);
+  return refundStripe.app;
 }
 
 describe("only a succeeded refund is money returned", () => {
   for (const status of ["failed", "canceled"]) {
     test(`a refund Stripe reports as ${status} is 502 and changes nothing`, async () => {
-      const target = stripeAnsweringRefundsAs(status);
+      const target = withRefundStatus(status);
       const alice = await signUp(target);
       const admin = await signUp(target, { role: "admin" });
       const id = await pay(target, alice);
@@ -81,12 +56,14 @@ describe("only a succeeded refund is money returned", () => {
         body: {},
         headers: bearer(admin.accessToken),
       });
-      expect(upstream!.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(2);
+      expect(
+        refundStripe!.upstream.stripe.calls.filter((c) => c.path === "/v1/refunds"),
+      ).toHaveLength(2);
     });
   }
 
   test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
-    const target = stripeAnsweringRefundsAs("pending");
+    const target = withRefundStatus("pending");
     const alice = await signUp(target);
     const admin = await signUp(target, { role: "admin" });
     const id = await pay(target, alice);

@@ -9,27 +9,33 @@ import {
   UNRECOGNISED_STATUS,
 } from "../../../src/modules/payments/stripe-client";
 import { send } from "../../support/app";
-import { bearer, type Session, signUp } from "../../support/auth";
+import { bearer, signUp } from "../../support/auth";
 import {
   auditRows,
   buildPaymentsApp,
   createIntent,
   type PaymentsApp,
+  pay,
+  type RefundStatusStripe,
   STRIPE_TEST_KEY,
+  stripeAnsweringRefundsAs,
   succeed,
 } from "../../support/payments";
 
 let current: PaymentsApp | null = null;
-let upstream: PaymentsApp | null = null;
-let proxy: ReturnType<typeof Bun.serve> | null = null;
+let refundStripe: RefundStatusStripe | null = null;
 afterEach(() => {
   current?.close();
   current = null;
-  proxy?.stop(true);
-  proxy = null;
-  upstream?.close();
-  upstream = null;
+  refundStripe?.close();
+  refundStripe = null;
 });
+
+/** The app whose Stripe answers refunds with `status`, closed after the test. */
+function withRefundStatus(status: string): PaymentsApp {
+  refundStripe = stripeAnsweringRefundsAs(status);
+  return refundStripe.app;
+}
 
 const INTENTS = "/v1/payment_intents";
 /** The probe's code: the caller's Authorization value, a line separator and 3,000 × `A`. */
@@ -44,15 +50,6 @@ function expectNothingOfTheCode(text: string) {
 
 function warnings(target: PaymentsApp, msg: string) {
   return target.logs.entries.filter((entry) => entry.msg === msg);
-}
-
-async function pay(target: PaymentsApp, who: Session): Promise<string> {
-  const response = await createIntent(target, bearer(who.accessToken), {
-    amount: 3000,
-    currency: "usd",
-  });
-  expect(response.status).toBe(201);
-  return ((await response.json()) as { id: string }).id;
 }
 
 describe("stripeErrorCode", () => {
@@ -156,34 +153,9 @@ describe("a hostile upstream error code", () => {
   });
 });
 
-/** A Stripe whose refunds come back with this status (the rest is a local Stripe's). */
-function stripeAnsweringRefundsAs(status: string): PaymentsApp {
-  upstream = buildPaymentsApp();
-  const base = upstream.stripe.url;
-  proxy = Bun.serve({
-    port: 0,
-    hostname: "127.0.0.1",
-    async fetch(request) {
-      const url = new URL(request.url);
-      const answer = await fetch(`${base}${url.pathname}${url.search}`, {
-        method: request.method,
-        headers: request.headers,
-        body: request.method === "GET" ? undefined : await request.text(),
-      });
-      const text = await answer.text();
-      if (url.pathname !== "/v1/refunds" || answer.status !== 200) {
-        return new Response(text, { status: answer.status, headers: answer.headers });
-      }
-      return Response.json({ ...JSON.parse(text), status });
-    },
-  });
-  current = buildPaymentsApp({ env: { STRIPE_API_URL: `http://127.0.0.1:${proxy.port}` } });
-  return current;
-}
-
 describe("a hostile upstream refund status", () => {
   test("is answered and audited as unrecognised_status, and the refund is left unsettled", async () => {
-    const target = stripeAnsweringRefundsAs(HOSTILE_CODE);
+    const target = withRefundStatus(HOSTILE_CODE);
     const alice = await signUp(target);
     const admin = await signUp(target, { role: "admin" });
     const id = await pay(target, alice);
@@ -208,7 +180,7 @@ describe("a hostile upstream refund status", () => {
   });
 
   test("a Stripe-shaped status is kept as Stripe wrote it", async () => {
-    const target = stripeAnsweringRefundsAs("requires_action");
+    const target = withRefundStatus("requires_action");
     const alice = await signUp(target);
     const admin = await signUp(target, { role: "admin" });
     const id = await pay(target, alice);
