@@ -41,7 +41,7 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
   const auth = authFeature(core, options);
   const chat = chatFeature(core, { provider: options.chatProvider });
   const features: Feature[] = [
-    healthFeature(),
+    healthFeature(core),
     auth,
     adminFeature(core, { apiKeys: auth.apiKeys }),
     paymentsFeature(core, options.payments),

@@ -1,5 +1,6 @@
 import { afterEach, expect, test } from "bun:test";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { Elysia } from "elysia";
+import { buildTestApp, send, TEST_JWT_SECRET, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -37,4 +38,33 @@ test("GET /ready is 503 with the failing dependency when the database is gone", 
   expect(body.status).toBe("unavailable");
   expect(body.checks.database.status).toBe("down");
   expect(body.checks.database.error).toBeString();
+});
+
+test("a failing check's message reaches /ready scrubbed of secrets, escaped and cut", async () => {
+  current = buildTestApp({
+    extraFeatures: [
+      {
+        name: "leaky",
+        routeClasses: [],
+        routes: () => new Elysia({ name: "leaky" }),
+        readiness: {
+          leaky: () => {
+            throw new Error(
+              `connect redis://:${TEST_JWT_SECRET}@cache failed\u2028${"A".repeat(2000)}\nsecond line`,
+            );
+          },
+        },
+      },
+    ],
+  });
+  const response = await send(current, "/ready");
+  expect(response.status).toBe(503);
+  const text = await response.text();
+  expect(text).not.toContain(TEST_JWT_SECRET);
+  expect(text).not.toContain("second line");
+  const error = (JSON.parse(text) as { checks: { leaky: { error: string } } }).checks.leaky.error;
+  expect(error.startsWith("connect redis://:[REDACTED]@cache failed\\u2028AAA")).toBe(true);
+  // Cut at 512 characters, then the line separator escaped (six characters for one).
+  expect(error.length).toBe(512 + 5 + 1);
+  expect(error.endsWith("…")).toBe(true);
 });

@@ -12,6 +12,8 @@ import { type ReadinessCheck, runChecks } from "./service";
 export interface HealthModuleOptions {
   checks: Record<string, ReadinessCheck>;
   auth: ReturnType<typeof authPlugin>;
+  /** Cleans a failing check's message of secrets before `/ready` shows it. */
+  scrub?: (text: string) => string;
 }
 
 /** Probes: never rate limited nor blocked, so an orchestrator's checks keep answering. */
@@ -19,7 +21,7 @@ export const healthRouteClasses: readonly RouteClass[] = [
   { routes: ["GET /health", "GET /ready"], probe: true },
 ];
 
-export function healthModule({ checks, auth }: HealthModuleOptions) {
+export function healthModule({ checks, auth, scrub }: HealthModuleOptions) {
   return new Elysia({ name: "palisade.health" })
     .use(auth)
     .get("/health", () => ({ status: "ok" as const }), {
@@ -30,7 +32,7 @@ export function healthModule({ checks, auth }: HealthModuleOptions) {
     .get(
       "/ready",
       async ({ set }) => {
-        const result = await runChecks(checks);
+        const result = await runChecks(checks, scrub);
         set.status = result.status === "ready" ? 200 : 503;
         return result;
       },

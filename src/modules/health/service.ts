@@ -1,3 +1,4 @@
+import { logSafe } from "../../logging/logger";
 import type { DependencyState, ReadyResponse } from "./model";
 
 /**
@@ -7,7 +8,14 @@ import type { DependencyState, ReadyResponse } from "./model";
 // biome-ignore lint/suspicious/noConfusingVoidType: the checks that pass return nothing.
 export type ReadinessCheck = () => void | "not_configured" | Promise<void | "not_configured">;
 
-export async function runChecks(checks: Record<string, ReadinessCheck>): Promise<ReadyResponse> {
+/**
+ * Runs every check. `scrub` (the secret scrubber) cleans a failure's message before it is shown:
+ * `/ready` answers anyone, and a driver's message is text Palisade does not write.
+ */
+export async function runChecks(
+  checks: Record<string, ReadinessCheck>,
+  scrub: (text: string) => string = (text) => text,
+): Promise<ReadyResponse> {
   const entries = await Promise.all(
     Object.entries(checks).map(async ([name, check]): Promise<[string, DependencyState]> => {
       const started = performance.now();
@@ -15,9 +23,10 @@ export async function runChecks(checks: Record<string, ReadinessCheck>): Promise
         const state = (await check()) === "not_configured" ? "not_configured" : "up";
         return [name, { status: state, latencyMs: elapsed(started) }];
       } catch (error) {
-        // The first line of a driver's message ("disk I/O error") tells the operator enough and
-        // carries no connection string.
-        const message = error instanceof Error ? error.message.split("\n")[0] : "failed";
+        // The first line of a driver's message ("disk I/O error") tells the operator enough;
+        // scrubbed, escaped and cut, as client-facing text from elsewhere always is.
+        const firstLine = error instanceof Error ? error.message.split("\n")[0]! : "failed";
+        const message = logSafe(firstLine, scrub) ?? "failed";
         return [name, { status: "down", latencyMs: elapsed(started), error: message }];
       }
     }),
