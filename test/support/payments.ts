@@ -1,5 +1,5 @@
 /** Helpers for the payments and Stripe webhook tests: an app wired to a local Stripe, and signed events. */
-import { expect } from "bun:test";
+import { afterEach, expect } from "bun:test";
 import Stripe from "stripe";
 import { buildTestApp, send, type TestApp, type TestAppOptions } from "./app";
 import { bearer, type Session } from "./auth";
@@ -180,5 +180,21 @@ export function stripeAnsweringRefundsAs(status: string): RefundStatusStripe {
       proxy.stop(true);
       upstream.close();
     },
+  };
+}
+
+/**
+ * For a test file, called at its top level: makes apps whose Stripe answers refunds with a status
+ * (stripeAnsweringRefundsAs), each closed after the test that made it.
+ */
+export function refundStatusStripes(): (status: string) => RefundStatusStripe {
+  const open: RefundStatusStripe[] = [];
+  afterEach(() => {
+    for (const stripe of open.splice(0)) stripe.close();
+  });
+  return (status) => {
+    const stripe = stripeAnsweringRefundsAs(status);
+    open.push(stripe);
+    return stripe;
   };
 }

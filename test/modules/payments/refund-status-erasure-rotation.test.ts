@@ -11,32 +11,23 @@ import {
   createIntent,
   type PaymentsApp,
   pay,
-  type RefundStatusStripe,
+  refundStatusStripes,
   signStripe,
-  stripeAnsweringRefundsAs,
   stripeEvent,
   succeed,
 } from "../../support/payments";
 
 let current: PaymentsApp | null = null;
-let refundStripe: RefundStatusStripe | null = null;
 afterEach(() => {
   current?.close();
   current = null;
-  refundStripe?.close();
-  refundStripe = null;
 });
-
-/** The app whose Stripe answers refunds with `status`, closed after the test. */
-function withRefundStatus(status: string): PaymentsApp {
-  refundStripe = stripeAnsweringRefundsAs(status);
-  return refundStripe.app;
-}
+const withRefundStatus = refundStatusStripes();
 
 describe("only a succeeded refund is money returned", () => {
   for (const status of ["failed", "canceled"]) {
     test(`a refund Stripe reports as ${status} is 502 and changes nothing`, async () => {
-      const target = withRefundStatus(status);
+      const { app: target, upstream } = withRefundStatus(status);
       const alice = await signUp(target);
       const admin = await signUp(target, { role: "admin" });
       const id = await pay(target, alice);
@@ -56,14 +47,12 @@ describe("only a succeeded refund is money returned", () => {
         body: {},
         headers: bearer(admin.accessToken),
       });
-      expect(
-        refundStripe!.upstream.stripe.calls.filter((c) => c.path === "/v1/refunds"),
-      ).toHaveLength(2);
+      expect(upstream.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(2);
     });
   }
 
   test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
-    const target = withRefundStatus("pending");
+    const target = withRefundStatus("pending").app;
     const alice = await signUp(target);
     const admin = await signUp(target, { role: "admin" });
     const id = await pay(target, alice);

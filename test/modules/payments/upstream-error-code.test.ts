@@ -16,26 +16,17 @@ import {
   createIntent,
   type PaymentsApp,
   pay,
-  type RefundStatusStripe,
+  refundStatusStripes,
   STRIPE_TEST_KEY,
-  stripeAnsweringRefundsAs,
   succeed,
 } from "../../support/payments";
 
 let current: PaymentsApp | null = null;
-let refundStripe: RefundStatusStripe | null = null;
 afterEach(() => {
   current?.close();
   current = null;
-  refundStripe?.close();
-  refundStripe = null;
 });
-
-/** The app whose Stripe answers refunds with `status`, closed after the test. */
-function withRefundStatus(status: string): PaymentsApp {
-  refundStripe = stripeAnsweringRefundsAs(status);
-  return refundStripe.app;
-}
+const withRefundStatus = refundStatusStripes();
 
 const INTENTS = "/v1/payment_intents";
 /** The probe's code: the caller's Authorization value, a line separator and 3,000 × `A`. */
@@ -78,15 +69,17 @@ describe("stripeErrorCode", () => {
   });
 });
 
+/** A new user's intent (42.00 USD), Stripe's next answer to an intent being `failure`. */
+async function intentMeeting(target: PaymentsApp, failure: { status: number; code: string }) {
+  const user = await signUp(target);
+  target.stripe.failNext(INTENTS, { ...failure, shouldRetry: false });
+  return createIntent(target, bearer(user.accessToken), { amount: 4200, currency: "usd" });
+}
+
 describe("a hostile upstream error code", () => {
   test("a refusal (4xx) is 502 whose detail names unrecognised_code; the log reason is the same word", async () => {
     current = buildPaymentsApp();
-    const user = await signUp(current);
-    current.stripe.failNext(INTENTS, { status: 400, code: HOSTILE_CODE, shouldRetry: false });
-    const response = await createIntent(current, bearer(user.accessToken), {
-      amount: 4200,
-      currency: "usd",
-    });
+    const response = await intentMeeting(current, { status: 400, code: HOSTILE_CODE });
     expect(response.status).toBe(502);
     const text = await response.text();
     const problem = JSON.parse(text) as { code: string; detail: string };
@@ -101,12 +94,7 @@ describe("a hostile upstream error code", () => {
 
   test("an outage (5xx) keeps its fixed detail and logs unrecognised_code", async () => {
     current = buildPaymentsApp();
-    const user = await signUp(current);
-    current.stripe.failNext(INTENTS, { status: 503, code: HOSTILE_CODE, shouldRetry: false });
-    const response = await createIntent(current, bearer(user.accessToken), {
-      amount: 4200,
-      currency: "usd",
-    });
+    const response = await intentMeeting(current, { status: 503, code: HOSTILE_CODE });
     expect(response.status).toBe(503);
     expectNothingOfTheCode(await response.text());
     const logged = current.logs.entries.filter((entry) => entry.kind === "unavailable");
@@ -141,12 +129,7 @@ describe("a hostile upstream error code", () => {
 
   test("Stripe's own codes are still shown as they are", async () => {
     current = buildPaymentsApp();
-    const user = await signUp(current);
-    current.stripe.failNext(INTENTS, { status: 400, code: "amount_too_small", shouldRetry: false });
-    const response = await createIntent(current, bearer(user.accessToken), {
-      amount: 4200,
-      currency: "usd",
-    });
+    const response = await intentMeeting(current, { status: 400, code: "amount_too_small" });
     expect(((await response.json()) as { detail: string }).detail).toBe(
       "The payment provider refused the request (amount_too_small).",
     );
@@ -155,7 +138,7 @@ describe("a hostile upstream error code", () => {
 
 describe("a hostile upstream refund status", () => {
   test("is answered and audited as unrecognised_status, and the refund is left unsettled", async () => {
-    const target = withRefundStatus(HOSTILE_CODE);
+    const target = withRefundStatus(HOSTILE_CODE).app;
     const alice = await signUp(target);
     const admin = await signUp(target, { role: "admin" });
     const id = await pay(target, alice);
@@ -180,7 +163,7 @@ describe("a hostile upstream refund status", () => {
   });
 
   test("a Stripe-shaped status is kept as Stripe wrote it", async () => {
-    const target = withRefundStatus("requires_action");
+    const target = withRefundStatus("requires_action").app;
     const alice = await signUp(target);
     const admin = await signUp(target, { role: "admin" });
     const id = await pay(target, alice);
