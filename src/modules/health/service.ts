@@ -26,7 +26,7 @@ export async function runChecks(
         // The first line of a driver's message ("disk I/O error") tells the operator enough;
         // scrubbed, escaped and cut, as client-facing text from elsewhere always is.
         const firstLine = error instanceof Error ? error.message.split("\n")[0]! : "failed";
-        const message = logSafe(firstLine, scrub) ?? "failed";
+        const message = logSafe(firstLine, scrub)!;
         return [name, { status: "down", latencyMs: elapsed(started), error: message }];
       }
     }),

@@ -23,7 +23,7 @@
  */
 import { Elysia } from "elysia";
 import { PIPE_BUF } from "../../logging/line-buffer";
-import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
+import { type LogDestination, type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { type RouteEntry, routePatternIndex } from "../error-handler/route-methods";
 import type { HttpMetrics } from "../metrics/http";
@@ -63,11 +63,10 @@ function shortened<T extends { method: string; path?: string; userAgent?: string
   };
 }
 
-/** The line, or when it is over PIPE_BUF bytes, the one `rebuild` makes with shorter values. */
-function withinPipeBuf(line: string, rebuild: () => string): string {
+/** Whether a line is longer than PIPE_BUF bytes. */
+function overPipeBuf(line: string): boolean {
   // A character is at most 3 bytes here (JSON escapes what is not), so most lines skip the count.
-  if (line.length * 3 <= PIPE_BUF || Buffer.byteLength(line) <= PIPE_BUF) return line;
-  return rebuild();
+  return line.length * 3 > PIPE_BUF && Buffer.byteLength(line) > PIPE_BUF;
 }
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 
@@ -91,9 +90,7 @@ export interface AccessLogOptions {
 export function accessLog(options: AccessLogOptions) {
   const { logger, http, secretValues = [], buffered = true, trace } = options;
   const routePatternOf = routePatternIndex(options.routes ?? (() => []));
-  const destination = buffered
-    ? logger.batched
-    : { write: (line: string) => logger.destination.write(line), flush() {} };
+  const destination: LogDestination = buffered ? logger.batched : logger.destination;
   const scrub = secretScrubber(secretValues);
   const scrubPath = (path: string) => scrubUrlPart(path, scrub);
   const bindings = logger.bindings();
@@ -103,7 +100,7 @@ export function accessLog(options: AccessLogOptions) {
   const userAgentText = memoizeText((agent) => logSafe(agent, scrub));
 
   return new Elysia({ name: "palisade.access-log" })
-    .onStop(() => destination.flush())
+    .onStop(() => destination.flush?.())
     .onAfterResponse(function observeRequest(context) {
       const { request, startedAt, requestId, clientIp, path, route, responseValue, set } =
         context as unknown as RequestState & {
@@ -149,7 +146,8 @@ export function accessLog(options: AccessLogOptions) {
           clientIp,
           userAgent: userAgentText(request.headers.get("user-agent")),
         };
-        destination.write(withinPipeBuf(accessLine(fields), () => accessLine(shortened(fields))));
+        const line = accessLine(fields);
+        destination.write(overPipeBuf(line) ? accessLine(shortened(fields)) : line);
       };
       if (streamEnd) streamEnd.then(observe);
       else observe();
