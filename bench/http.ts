@@ -4,6 +4,8 @@
  * so each round sees the same machine, each server pinned to core 0 and wrk (`-t1 -c32`) to core 1.
  *
  *   A  bare Elysia on Bun, no defences (the floor)            bench/servers/bare.ts
+ *   A′ A with Palisade's response headers and peer lookup     bench/servers/shape.ts
+ *      (no defence: the ceiling of B's ratios, see shape.ts)
  *   B  Palisade: createApp, every defence, limits raised     bench/servers/palisade.ts
  *   C  Express 5 + helmet + cors + express-rate-limit + jsonwebtoken + express.json on Node,
  *      verifying with a string secret (C-string) and with a KeyObject (C-key)   bench/servers/express.mjs
@@ -21,11 +23,15 @@ import { BENCH_JWT_SECRET, BENCH_POST_BODY } from "./servers/payload";
 import { benchServices } from "./services";
 import { type Summary, summarize } from "./stats";
 
-export type ServerId = "A" | "B" | "C-string" | "C-key" | "D";
+export type ServerId = "A" | "A′" | "B" | "C-string" | "C-key" | "D";
 export type RouteId = "health" | "public" | "protected" | "chat";
 
 export const SERVERS: Record<ServerId, { label: string; command: string[] }> = {
   A: { label: "A bare Elysia (Bun)", command: ["bun", "bench/servers/bare.ts"] },
+  "A′": {
+    label: "A′ bare Elysia + Palisade's response headers, no defence (Bun)",
+    command: ["bun", "bench/servers/shape.ts"],
+  },
   B: { label: "B Palisade (Bun)", command: ["bun", "bench/servers/palisade.ts", "full"] },
   "C-string": {
     label: "C Express stack (Node), string secret",

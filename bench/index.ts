@@ -3,7 +3,8 @@
  *
  * 1. micro figures, in process: the limiter store (limiter.ts), each defence's cost (chain.ts),
  *    credentials (auth.ts), IP-block lookup, JWT verify, audit writes, metrics (micro.ts);
- * 2. the HTTP suite (http.ts): A bare Elysia, B Palisade, C Express on Node (string secret and
+ * 2. the HTTP suite (http.ts): A bare Elysia, A′ bare Elysia sending Palisade's response headers
+ *    (the ceiling of Palisade's ratios), B Palisade, C Express on Node (string secret and
  *    KeyObject), D the Elysia plugin stack, interleaved rounds under wrk, medians with spread and
  *    each figure's ratio to A in the same round;
  * 3. many clients (many-clients.ts): a new address per request, and the limiter table after;
