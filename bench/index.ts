@@ -161,9 +161,7 @@ try {
   log("| form | checks/s |");
   log("| --- | ---: |");
   log(`| the store's statements, one transaction per check | ${fmt(limiter.autocommit)} |`);
-  log(
-    `| the store: group commit per event-loop turn | ${fmt(limiter.grouped)} |`,
-  );
+  log(`| the store: group commit per event-loop turn | ${fmt(limiter.grouped)} |`);
   log(
     `| one hot key, 32 in flight: the store / permit leasing over it | ${fmt(limiter.hotGrouped)} / ${fmt(limiter.leased)} |`,
   );
