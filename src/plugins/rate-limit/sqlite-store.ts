@@ -321,12 +321,28 @@ export class SqliteLimiterStore implements LeasableStore {
   private decideGroup(group: readonly PendingCheck[]): LimitOutcome[][] {
     const checks = group[0]!.checks;
     const now = latestNow(group);
+    if (group.length === 1 && !(group[0]!.extra! > 0)) return [this.decideAlone(checks, now)];
     return shareGrants(
       group.length,
       checks.length,
       (index, wanted) => this.decide(checks[index]!, now, wanted),
       leaseOf(group),
     );
+  }
+
+  /**
+   * A request alone in its group and asking no lease (most requests when clients are many): one
+   * permit per policy, stopping at the first that refuses, as shareGrants would decide it, without
+   * its per-group arrays and copies. Each outcome is the decision's own state object.
+   */
+  private decideAlone(checks: readonly LimitCheck[], now: number): LimitOutcome[] {
+    const outcomes: LimitOutcome[] = [];
+    for (let i = 0; i < checks.length; i++) {
+      const { state } = this.decide(checks[i]!, now, 1);
+      outcomes.push(state);
+      if (!state.admitted) break;
+    }
+    return outcomes;
   }
 
   private uncount({ policy, key, windowStart, burstWindowStart, count }: UnusedPermits): void {
@@ -345,8 +361,14 @@ export class SqliteLimiterStore implements LeasableStore {
    * `now` is the group's latest arrival, not the check's own. Grants as many of the wanted permits
    * as fit under both windows' limits (floor(limit − estimate), never negative) and counts only
    * those; a new key is granted up to the smaller limit. Runs inside the group's transaction.
+   * The state is an outcome (admitted when any permit was granted), so that a request alone in its
+   * group is handed it as it is (decideAlone); shareGrants copies it for each check of a group.
    */
-  private decide({ policy, key }: LimitCheck, now: number, wanted: number): Grant {
+  private decide(
+    { policy, key }: LimitCheck,
+    now: number,
+    wanted: number,
+  ): Grant & { state: LimitOutcome } {
     const windowMs = policy.windowMs;
     const windowStart = windowStartOf(now, windowMs);
     const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
@@ -362,6 +384,7 @@ export class SqliteLimiterStore implements LeasableStore {
         burstWindowStart,
         burstPrevious: 0,
         burstCurrent: granted,
+        admitted: granted > 0,
       };
       return { state, granted };
     }
@@ -408,6 +431,7 @@ export class SqliteLimiterStore implements LeasableStore {
       burstWindowStart,
       burstPrevious,
       burstCurrent: burstCurrent + granted,
+      admitted: granted > 0,
     };
     return { state, granted };
   }

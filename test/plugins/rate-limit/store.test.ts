@@ -71,7 +71,7 @@ describe("SqliteLimiterStore: its table", () => {
 
   // The windows a check is told are worked out beside the write, not read back from the row: they
   // must be what the row now holds, whether it was new, current, one window behind or older.
-  test("each check is told the windows its row now holds, from every kind of stored row", async () => {
+  test("each check is told the windows its row now holds, from every kind of stored row, in a group or alone", async () => {
     const { store, db } = freshStore();
     const now = minuteStart() + 6_000;
     const w = 60_000;
@@ -135,6 +135,33 @@ describe("SqliteLimiterStore: its table", () => {
         admitted: admitted === 5,
       });
     }
+    // A request alone in its turn is handed the decision's own outcome: the same fields, no others.
+    const [alone, again] = [
+      await store.check([{ policy: policy(12, 12), key: "behind", now }]),
+      await store.check([{ policy: policy(12, 12), key: "full", now }]),
+    ];
+    expect(alone).toEqual([
+      {
+        windowStart: minuteStart(),
+        previous: 6,
+        current: 6,
+        burstWindowStart: burst,
+        burstPrevious: 5,
+        burstCurrent: 6,
+        admitted: true,
+      },
+    ]);
+    expect(again).toEqual([
+      {
+        windowStart: minuteStart(),
+        previous: 9,
+        current: 4,
+        burstWindowStart: burst,
+        burstPrevious: 1,
+        burstCurrent: 2,
+        admitted: false,
+      },
+    ]);
     const rows = db.$client
       .query(
         "SELECT key, current, previous, burst_current, burst_previous FROM rate_limit_counters ORDER BY key",
@@ -142,8 +169,8 @@ describe("SqliteLimiterStore: its table", () => {
       .all();
     expect(rows).toEqual([
       // One window behind: its current count is now the previous one.
-      // 6 s into the minute: 6 × 0.9 + 0 leaves room for all 5 (the burst: 5 × 0.4).
-      { key: "behind", current: 5, previous: 6, burst_current: 5, burst_previous: 5 },
+      // 6 s into the minute: 6 × 0.9 + 0 leaves room for all 5 (the burst: 5 × 0.4), then the one alone.
+      { key: "behind", current: 6, previous: 6, burst_current: 6, burst_previous: 5 },
       // 5 × 0.9 + 4 = 8.5 leaves room for 3 of the 5.
       { key: "current", current: 7, previous: 5, burst_current: 5, burst_previous: 1 },
       { key: "fresh", current: 5, previous: 0, burst_current: 5, burst_previous: 0 },
