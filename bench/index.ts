@@ -161,20 +161,18 @@ try {
   );
   log("| form | checks/s |");
   log("| --- | ---: |");
-  log(`| prepared UPSERT, one autocommit per check | ${fmt(limiter.autocommit)} |`);
-  log(
-    `| prepared UPSERT, group commit per event-loop turn (the store) | ${fmt(limiter.grouped)} |`,
-  );
+  log(`| the store's statements, one transaction per check | ${fmt(limiter.autocommit)} |`);
+  log(`| the store: group commit per event-loop turn | ${fmt(limiter.grouped)} |`);
   log(
     `| one hot key, 32 in flight: the store / permit leasing over it | ${fmt(limiter.hotGrouped)} / ${fmt(limiter.leased)} |`,
   );
   log(`| 10k keys grouped, through permit leasing | ${fmt(limiter.leasedManyKeys)} |`);
   log(`| Drizzle query builder rebuilt per check, autocommit | ${fmt(limiter.drizzle)} |`);
   log(
-    `| raw prepared UPSERT, autocommit / 256 per transaction | ${fmt(limiter.rawAutocommit)} / ${fmt(limiter.rawBatched)} |`,
+    `| raw prepared read + write (the store's statements), autocommit / 256 per transaction | ${fmt(limiter.rawAutocommit)} / ${fmt(limiter.rawBatched)} |`,
   );
   log(
-    `| Drizzle prepared UPSERT (sql.placeholder), autocommit / 256 per transaction | ${fmt(limiter.drizzleAutocommit)} / ${fmt(limiter.drizzleBatched)} |`,
+    `| Drizzle prepared read + write (sql.placeholder), autocommit / 256 per transaction | ${fmt(limiter.drizzleAutocommit)} / ${fmt(limiter.drizzleBatched)} |`,
   );
   log(
     `| Redis store, grouped | ${redis === null ? "skipped: redis-server not installed" : fmt(redis)} |`,

@@ -1,12 +1,13 @@
 /**
- * The limiter store's checks per second: one autocommit statement per check (what a naive store
- * does), the same prepared UPSERT grouped into one transaction per event-loop turn (what the store
- * does), the UPSERT rebuilt with Drizzle's query builder on every check, and the whole UPSERT as a
- * Drizzle prepared statement with `sql.placeholder()` (built once), per check and 256 to a
- * transaction, against the raw statement called the same way; and one hot key with 32 checks in
- * flight (each client awaiting its previous answer, as `wrk -c32` does), through the store and
- * through permit leasing (lease.ts) over it, and the 10k-key grouped form through leasing (what many
- * clients pay for the layer). The store's four figures are medians of five interleaved rounds.
+ * The limiter store's checks per second: one transaction per check (what a naive store does), the
+ * store's checks grouped into one transaction per event-loop turn (what the store does), the
+ * decision rebuilt with Drizzle's query builder on every check, and the store's statements (read
+ * the row, write it back) as Drizzle prepared statements with `sql.placeholder()` (built once),
+ * per check and 256 to a transaction, against the raw statements called the same way; and one hot
+ * key with 32 checks in flight (each client awaiting its previous answer, as `wrk -c32` does),
+ * through the store and through permit leasing (lease.ts) over it, and the 10k-key grouped form
+ * through leasing (what many clients pay for the layer). The store's four figures are medians of
+ * five interleaved rounds.
  */
 import type { Database } from "bun:sqlite";
 import { and, eq, sql } from "drizzle-orm";
@@ -16,7 +17,12 @@ import { LeasingStore } from "../src/plugins/rate-limit/lease";
 import type { Policy } from "../src/plugins/rate-limit/policies";
 import { BURST_WINDOW_MS } from "../src/plugins/rate-limit/policies";
 import { previousWeight, windowStartOf } from "../src/plugins/rate-limit/sliding-window";
-import { READ_BACK, SqliteLimiterStore, UPSERT } from "../src/plugins/rate-limit/sqlite-store";
+import {
+  INSERT_ROW,
+  READ_ROW,
+  SqliteLimiterStore,
+  WRITE_ROW,
+} from "../src/plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "../src/plugins/rate-limit/store";
 import { median } from "./stats";
 
@@ -101,117 +107,97 @@ async function hotKey(store: LimiterStore, checks: number, key: string): Promise
 }
 
 /**
- * The store's UPSERT (both windows, `wanted` permits) as a Drizzle prepared statement, and its read
- * back. Drizzle numbers no parameters, so each use of a value is its own `?`: many more bound values
- * than the raw statement's 12 (`?1`…`?12`, each bound once).
+ * The store's decision statements (sqlite-store.ts: read the row, write it back by rowid, insert a
+ * new key) as Drizzle prepared statements with `sql.placeholder()`.
  */
-export function prepareDrizzleUpsert(db: AppDatabase) {
-  return { upsert: prepareUpsert(db), readBack: prepareReadBack(db) };
-}
-
-function prepareReadBack(db: AppDatabase) {
-  return db
-    .select({
-      windowStart: t.windowStart,
-      previous: t.previous,
-      current: t.current,
-      burstWindowStart: t.burstWindowStart,
-      burstPrevious: t.burstPrevious,
-      burstCurrent: t.burstCurrent,
-      admitted: t.admitted,
-    })
-    .from(t)
-    .where(and(eq(t.policy, sql.placeholder("policy")), eq(t.key, sql.placeholder("key"))))
-    .prepare();
-}
-
-function prepareUpsert(db: AppDatabase) {
+export function prepareDrizzleDecision(db: AppDatabase) {
+  const rowid = sql<number>`rowid`;
+  const p = (name: string) => sql.placeholder(name);
+  // In `set`, a placeholder goes inside sql``: Drizzle types `set` values as SQL, not Placeholder.
   const v = (name: string) => sql`${sql.placeholder(name)}`;
-  const P = sql`CASE WHEN ${t.windowStart} = ${v("ws")} THEN ${t.previous} WHEN ${t.windowStart} = ${v("ws")} - ${v("wms")} THEN ${t.current} ELSE 0 END`;
-  const C = sql`CASE WHEN ${t.windowStart} = ${v("ws")} THEN ${t.current} ELSE 0 END`;
-  const BP = sql`CASE WHEN ${t.burstWindowStart} = ${v("bws")} THEN ${t.burstPrevious} WHEN ${t.burstWindowStart} = ${v("bws")} - ${v("bwms")} THEN ${t.burstCurrent} ELSE 0 END`;
-  const BC = sql`CASE WHEN ${t.burstWindowStart} = ${v("bws")} THEN ${t.burstCurrent} ELSE 0 END`;
-  const granted = () =>
-    sql`MAX(0, MIN(${v("wanted")}, CAST(${v("limit")} - (${P}) * ${v("weight")} - (${C}) AS INTEGER), CAST(${v("blimit")} - (${BP}) * ${v("bweight")} - (${BC}) AS INTEGER)))`;
-  const first = () => sql`MIN(${v("wanted")}, ${v("limit")}, ${v("blimit")})`;
-  return db
-    .insert(t)
-    .values({
-      policy: sql.placeholder("policy"),
-      key: sql.placeholder("key"),
-      windowStart: sql.placeholder("ws"),
-      current: first(),
-      previous: 0,
-      burstWindowStart: sql.placeholder("bws"),
-      burstCurrent: first(),
-      burstPrevious: 0,
-      admitted: first(),
-      expiresAt: sql.placeholder("expires"),
-      pruneAfter: sql.placeholder("expires"),
-    })
-    .onConflictDoUpdate({
-      target: [t.policy, t.key],
-      set: {
-        previous: P,
-        current: sql`(${C}) + ${granted()}`,
-        burstPrevious: BP,
-        burstCurrent: sql`(${BC}) + ${granted()}`,
-        admitted: granted(),
+  return {
+    readRow: db
+      .select({
+        rowid,
+        windowStart: t.windowStart,
+        previous: t.previous,
+        current: t.current,
+        burstWindowStart: t.burstWindowStart,
+        burstPrevious: t.burstPrevious,
+        burstCurrent: t.burstCurrent,
+      })
+      .from(t)
+      .where(and(eq(t.policy, p("policy")), eq(t.key, p("key"))))
+      .prepare(),
+    writeRow: db
+      .update(t)
+      .set({
         windowStart: v("ws"),
+        previous: v("previous"),
+        current: v("current"),
         burstWindowStart: v("bws"),
+        burstPrevious: v("bprevious"),
+        burstCurrent: v("bcurrent"),
+        admitted: v("granted"),
         expiresAt: v("expires"),
-      },
-    })
-    .prepare();
+      })
+      .where(eq(rowid, p("rowid")))
+      .prepare(),
+    insertRow: db
+      .insert(t)
+      .values({
+        policy: p("policy"),
+        key: p("key"),
+        windowStart: p("ws"),
+        current: p("granted"),
+        previous: 0,
+        burstWindowStart: p("bws"),
+        burstCurrent: p("granted"),
+        burstPrevious: 0,
+        admitted: p("granted"),
+        expiresAt: p("expires"),
+        pruneAfter: p("expires"),
+      })
+      .prepare(),
+  };
 }
 
-/** The raw UPSERT and the Drizzle prepared one, called alike: per check, and 256 per transaction. */
+/**
+ * The store's statements raw and as Drizzle prepared ones, called alike (read the row, write it
+ * back counting one more, or insert it): per check, and 256 per transaction.
+ */
 function comparePrepared(db: AppDatabase, checks: number) {
   const sqlite: Database = db.$client;
-  const raw = sqlite.prepare(UPSERT);
-  const rawReadBack = sqlite.prepare(READ_BACK);
-  const drizzlePrepared = prepareDrizzleUpsert(db);
+  const readRow = sqlite.prepare(READ_ROW);
+  const writeRow = sqlite.prepare(WRITE_ROW);
+  const insertRow = sqlite.prepare(INSERT_ROW);
+  const drizzlePrepared = prepareDrizzleDecision(db);
   const now = Date.now();
-  const args = (key: string) => {
-    const ws = windowStartOf(now, policy.windowMs);
-    const bws = windowStartOf(now, BURST_WINDOW_MS);
-    return {
-      policy: policy.id,
-      key,
-      ws,
-      wms: policy.windowMs,
-      weight: previousWeight(now, policy.windowMs),
-      bws,
-      bwms: BURST_WINDOW_MS,
-      bweight: previousWeight(now, BURST_WINDOW_MS),
-      limit: policy.limit,
-      blimit: policy.burstLimit,
-      expires: Math.max(ws + 2 * policy.windowMs, bws + 2 * BURST_WINDOW_MS),
-      wanted: 1,
-    };
-  };
+  const ws = windowStartOf(now, policy.windowMs);
+  const bws = windowStartOf(now, BURST_WINDOW_MS);
+  const expires = Math.max(ws + 2 * policy.windowMs, bws + 2 * BURST_WINDOW_MS);
   const viaRaw = (key: string) => {
-    const a = args(key);
-    raw.run(
-      a.policy,
-      a.key,
-      a.ws,
-      a.wms,
-      a.weight,
-      a.bws,
-      a.bwms,
-      a.bweight,
-      a.limit,
-      a.blimit,
-      a.expires,
-      a.wanted,
-    );
-    return rawReadBack.values(a.policy, a.key);
+    const row = readRow.values(policy.id, key)[0] as number[] | undefined;
+    if (row === undefined) insertRow.run(policy.id, key, ws, bws, 1, expires);
+    else writeRow.run(row[0]!, ws, 0, row[3]! + 1, bws, 0, row[6]! + 1, 1, expires);
   };
   const viaDrizzle = (key: string) => {
-    const a = args(key);
-    drizzlePrepared.upsert.run(a);
-    return drizzlePrepared.readBack.values(a);
+    const row = drizzlePrepared.readRow.get({ policy: policy.id, key });
+    if (row === undefined) {
+      drizzlePrepared.insertRow.run({ policy: policy.id, key, ws, bws, granted: 1, expires });
+    } else {
+      drizzlePrepared.writeRow.run({
+        rowid: row.rowid,
+        ws,
+        previous: 0,
+        current: row.current + 1,
+        bws,
+        bprevious: 0,
+        bcurrent: row.burstCurrent + 1,
+        granted: 1,
+        expires,
+      });
+    }
   };
   const perCheck = (run: (key: string) => unknown, prefix: string) => {
     const started = performance.now();

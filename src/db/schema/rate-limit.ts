@@ -3,7 +3,7 @@ import { index, integer, primaryKey, sqliteTable, text } from "drizzle-orm/sqlit
 /**
  * One row per (policy, key) holding both windows of the sliding-window counter: the long window
  * (a minute, or the policy's own) and the 10-second burst window, each as its current fixed window's
- * start and count plus the previous window's count. One UPSERT reads and advances both.
+ * start and count plus the previous window's count. One decision reads and advances both.
  */
 export const rateLimitCounters = sqliteTable(
   "rate_limit_counters",
@@ -16,7 +16,7 @@ export const rateLimitCounters = sqliteTable(
     burstWindowStart: integer("burst_window_start").notNull(),
     burstCurrent: integer("burst_current").notNull(),
     burstPrevious: integer("burst_previous").notNull(),
-    /** Permits the last statement granted (concurrent checks are one statement): the row read back cannot tell otherwise. */
+    /** Permits the last decision granted (concurrent checks of one key are one decision). */
     admitted: integer("admitted").notNull(),
     /** When both windows have passed and the row no longer affects any decision. */
     expiresAt: integer("expires_at").notNull(),

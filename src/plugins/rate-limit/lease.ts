@@ -5,7 +5,7 @@
  *
  * How: when one check signature (the policies and keys of a request, as the store groups them) is
  * checked again within a lease period in this process, its next store decision also counts a few
- * permits more — the lease — in the same UPSERT (or script call). The next requests with that
+ * permits more — the lease — in the same decision (or script call). The next requests with that
  * signature are admitted from the lease, here, without a transaction and without waiting for the
  * next event-loop turn; their outcomes are the lease's stored windows minus the permits still
  * unused, so the RateLimit headers count down one by one. A lease is never bigger than the checks

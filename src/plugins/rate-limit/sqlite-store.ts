@@ -2,19 +2,20 @@
  * @module
  * The SQLite limiter store.
  *
- * Each check is one UPSERT on the (policy, key) row that advances both windows, decides and counts
- * in a single statement, so processes sharing the file never admit more than the limit; the row is
- * then read back in the same transaction, which still holds the write lock.
+ * Each decision reads the (policy, key) row, advances both windows and decides here, and writes the
+ * row back (or inserts it), inside a BEGIN IMMEDIATE transaction: the write lock is held from the
+ * read to the write, so processes sharing the file never admit more than the limit. A decision is
+ * never run outside such a transaction.
  *
- * Group commit: one autocommit UPSERT costs ~19 µs here, most of it the commit. Checks are queued
- * and run together in one BEGIN IMMEDIATE transaction per event-loop turn (setImmediate), which
- * costs a few µs per check under load and still holds the write lock across each decision.
- * Concurrent checks for the same key are one statement asking for that many permits: the store
+ * Group commit: one transaction per check costs ~19 µs here, most of it the commit. Checks are
+ * queued and run together in one BEGIN IMMEDIATE transaction per event-loop turn (setImmediate),
+ * which costs a few µs per check under load and still holds the write lock across each decision.
+ * Concurrent checks for the same key are one decision asking for that many permits: the store
  * grants as many as fit, and the first that many requests are admitted (and a lease, lease.ts,
- * asks for its permits after theirs in the same statement; permits a lease did not use are
- * uncounted at the start of the next transaction, GIVE_BACK). Rows
- * are read back with `.values()` inside that explicit transaction: reading them with `.get()`
- * outside one kept a read snapshot open and stopped the WAL from ever being reset.
+ * asks for its permits after theirs in the same decision; permits a lease did not use are
+ * uncounted at the start of the next transaction, GIVE_BACK). Rows are read with `.values()`
+ * inside that explicit transaction: reading them with `.get()` outside one kept a read snapshot
+ * open and stopped the WAL from ever being reset.
  *
  * Another connection's write lock: the transaction waits the connection's short busy timeout
  * (db/busy), then the batch waits in a backlog and is retried from a timer, the event loop running
@@ -43,56 +44,35 @@ import { BURST_WINDOW_MS, type Policy } from "./policies";
 import { previousWeight, windowStartOf } from "./sliding-window";
 import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
-// ?1 policy, ?2 key, ?3 window start, ?4 window ms, ?5 weight of the previous window, ?6 burst
-// window start, ?7 burst window ms, ?8 burst weight, ?9 limit, ?10 burst limit, ?11 expiry,
-// ?12 permits wanted. Grants as many of the wanted permits as fit under both windows' limits
-// (floor(limit − estimate), never negative) and counts only those. `prune_after` is written only
-// by the insert (and the prune): it is the indexed column, and an update that names an indexed
-// column rewrites its index entry even when the value is unchanged.
-// The rolled-over counts are spelled out in each SET expression because SET sees only the old row.
-// Computing them once in a CTE joined to the row reads better but measured 10× slower here
-// (16k against 180k checks/s grouped): SQLite materialised the CTE instead of using the key.
-// Raw SQL, not Drizzle: the same statement as a Drizzle prepared statement (bench/limiter.ts,
-// `prepareDrizzleUpsert`) binds 66 values where this binds 12 (Drizzle cannot number its
-// parameters), and measured 0.70–0.75× this statement's checks/s at 256 checks per transaction,
-// the store's grouped form (47–75k against 67–100k/s on a busy 2-core machine), 0.89–0.94× one
-// autocommit per check. Every other query of the app goes through Drizzle.
-const P =
-  "CASE WHEN window_start = ?3 THEN previous WHEN window_start = ?3 - ?4 THEN current ELSE 0 END";
-const C = "CASE WHEN window_start = ?3 THEN current ELSE 0 END";
-const BP =
-  "CASE WHEN burst_window_start = ?6 THEN burst_previous WHEN burst_window_start = ?6 - ?7 THEN burst_current ELSE 0 END";
-const BC = "CASE WHEN burst_window_start = ?6 THEN burst_current ELSE 0 END";
-const EXACT_GRANT = `MAX(0, MIN(?12, CAST(?9 - (${P}) * ?5 - (${C}) AS INTEGER), CAST(?10 - (${BP}) * ?8 - (${BC}) AS INTEGER)))`;
-// Whichever window the row is in, its estimate is at most previous + current (a weight is at most
-// 1, a rolled count is one of the stored ones or 0), so when those plain sums leave room for every
-// permit wanted, the exact grant is all of them: only a key near a limit pays for the weighted
-// estimate. GRANTED is spelled three times (SET sees only the old row), so this cheap test is what
-// most checks evaluate: measured 8.2 → 7.0 µs a grouped check (61 interleaved rounds, 10k keys).
-const GRANTED = `CASE WHEN previous + current + ?12 <= ?9 AND burst_previous + burst_current + ?12 <= ?10 THEN ?12 ELSE ${EXACT_GRANT} END`;
-export const UPSERT = `
-INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
-  burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
-VALUES (?1, ?2, ?3, MIN(?12, ?9, ?10), 0, ?6, MIN(?12, ?9, ?10), 0, MIN(?12, ?9, ?10), ?11, ?11)
-ON CONFLICT (policy, key) DO UPDATE SET
-  previous = ${P},
-  current = (${C}) + ${GRANTED},
-  burst_previous = ${BP},
-  burst_current = (${BC}) + ${GRANTED},
-  admitted = ${GRANTED},
-  window_start = ?3,
-  burst_window_start = ?6,
-  expires_at = ?11`;
-
-// What the UPSERT left, read back by a second statement rather than with RETURNING: SQLite
-// gathers RETURNING rows in a temporary table per execution, which was about half the statement's
-// cost (measured 9.8 → 8.3 µs a grouped check for UPSERT + this SELECT against UPSERT … RETURNING,
-// 41 interleaved rounds). Raw for the same reason as the UPSERT: the two are one decision.
-export const READ_BACK = `
-SELECT window_start, previous, current, burst_window_start, burst_previous, burst_current, admitted
+// The decision is a read of the (policy, key) row, the arithmetic here, and a write of the row,
+// inside the BEGIN IMMEDIATE transaction every decision runs in: the write lock is held from the
+// read to the write, so no other process can count between them and processes sharing the file
+// never admit more than the limit, exactly as when one UPSERT read and wrote the row. Measured
+// against that UPSERT (its CASE expressions spelled three times, then a primary-key SELECT to
+// read the decided row back): 6.4 → 4.5 µs a check of an existing key and 7.4 → 5.4 µs a new
+// key, 256 checks a transaction, 5 interleaved rounds. The write names neither the key columns
+// nor `prune_after`, so it rewrites no index entry; only the insert and the prune write
+// `prune_after` (the indexed column). Raw SQL, not Drizzle: the same three statements as Drizzle
+// prepared ones (bench/limiter.ts, `prepareDrizzleDecision`) measured 0.52× these at 256 checks a
+// transaction (145k against 281k checks/s, one run on a busy 2-core machine).
+export const READ_ROW = `
+SELECT rowid, window_start, previous, current, burst_window_start, burst_previous, burst_current
 FROM rate_limit_counters WHERE policy = ?1 AND key = ?2`;
 
-type Row = [number, number, number, number, number, number, number];
+// ?1 rowid, ?2 window start, ?3 previous, ?4 current, ?5 burst window start, ?6 burst previous,
+// ?7 burst current, ?8 permits granted, ?9 expiry.
+export const WRITE_ROW = `
+UPDATE rate_limit_counters SET window_start = ?2, previous = ?3, current = ?4,
+  burst_window_start = ?5, burst_previous = ?6, burst_current = ?7, admitted = ?8, expires_at = ?9
+WHERE rowid = ?1`;
+
+// ?1 policy, ?2 key, ?3 window start, ?4 burst window start, ?5 permits granted, ?6 expiry.
+export const INSERT_ROW = `
+INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+  burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
+VALUES (?1, ?2, ?3, ?5, 0, ?4, ?5, 0, ?5, ?6, ?6)`;
+
+type StoredRow = [number, number, number, number, number, number, number];
 
 // ?1 policy, ?2 key, ?3 window start the permits were counted in, ?4 window ms, ?5 permits, ?6 burst
 // window start, ?7 burst window ms. Uncounts unused leased permits where they were counted: the
@@ -182,8 +162,9 @@ export interface SqliteLimiterStoreOptions {
 
 export class SqliteLimiterStore implements LeasableStore {
   private readonly sqlite: Database;
-  private readonly upsert: Statement;
-  private readonly readBack: Statement;
+  private readonly readRow: Statement;
+  private readonly writeRow: Statement;
+  private readonly insertRow: Statement;
   private readonly giveBackStatement: Statement;
   private readonly statements: ReturnType<typeof prepareStatements>;
   private readonly pruneBatch: number;
@@ -200,8 +181,9 @@ export class SqliteLimiterStore implements LeasableStore {
   }: SqliteLimiterStoreOptions) {
     this.sqlite = sqlite;
     this.busyWaitMs = busyWaitMs;
-    this.upsert = sqlite.prepare(UPSERT);
-    this.readBack = sqlite.prepare(READ_BACK);
+    this.readRow = sqlite.prepare(READ_ROW);
+    this.writeRow = sqlite.prepare(WRITE_ROW);
+    this.insertRow = sqlite.prepare(INSERT_ROW);
     this.giveBackStatement = sqlite.prepare(GIVE_BACK);
     this.statements = prepareStatements(drizzleOf(sqlite));
     this.pruneBatch = pruneBatch;
@@ -339,12 +321,28 @@ export class SqliteLimiterStore implements LeasableStore {
   private decideGroup(group: readonly PendingCheck[]): LimitOutcome[][] {
     const checks = group[0]!.checks;
     const now = latestNow(group);
+    if (group.length === 1 && !(group[0]!.extra! > 0)) return [this.decideAlone(checks, now)];
     return shareGrants(
       group.length,
       checks.length,
       (index, wanted) => this.decide(checks[index]!, now, wanted),
       leaseOf(group),
     );
+  }
+
+  /**
+   * A request alone in its group and asking no lease (most requests when clients are many): one
+   * permit per policy, stopping at the first that refuses, as shareGrants would decide it, without
+   * its per-group arrays and copies. Each outcome is the decision's own state object.
+   */
+  private decideAlone(checks: readonly LimitCheck[], now: number): LimitOutcome[] {
+    const outcomes: LimitOutcome[] = [];
+    for (let i = 0; i < checks.length; i++) {
+      const { state } = this.decide(checks[i]!, now, 1);
+      outcomes.push(state);
+      if (!state.admitted) break;
+    }
+    return outcomes;
   }
 
   private uncount({ policy, key, windowStart, burstWindowStart, count }: UnusedPermits): void {
@@ -359,36 +357,82 @@ export class SqliteLimiterStore implements LeasableStore {
     );
   }
 
-  /** `now` is the group's latest arrival, not the check's own. */
-  private decide({ policy, key }: LimitCheck, now: number, wanted: number): Grant {
-    const windowStart = windowStartOf(now, policy.windowMs);
+  /**
+   * `now` is the group's latest arrival, not the check's own. Grants as many of the wanted permits
+   * as fit under both windows' limits (floor(limit − estimate), never negative) and counts only
+   * those; a new key is granted up to the smaller limit. Runs inside the group's transaction.
+   * The state is an outcome (admitted when any permit was granted), so that a request alone in its
+   * group is handed it as it is (decideAlone); shareGrants copies it for each check of a group.
+   */
+  private decide(
+    { policy, key }: LimitCheck,
+    now: number,
+    wanted: number,
+  ): Grant & { state: LimitOutcome } {
+    const windowMs = policy.windowMs;
+    const windowStart = windowStartOf(now, windowMs);
     const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
-    const expiresAt = windowStart + 2 * policy.windowMs;
-    this.upsert.run(
-      policy.id,
-      key,
-      windowStart,
-      policy.windowMs,
-      previousWeight(now, policy.windowMs),
-      burstWindowStart,
-      BURST_WINDOW_MS,
-      previousWeight(now, BURST_WINDOW_MS),
-      policy.limit,
-      policy.burstLimit,
-      Math.max(expiresAt, burstWindowStart + 2 * BURST_WINDOW_MS),
-      wanted,
+    const expiresAt = Math.max(windowStart + 2 * windowMs, burstWindowStart + 2 * BURST_WINDOW_MS);
+    const row = this.readRow.values(policy.id, key)[0] as unknown as StoredRow | undefined;
+    if (row === undefined) {
+      const granted = Math.min(wanted, policy.limit, policy.burstLimit);
+      this.insertRow.run(policy.id, key, windowStart, burstWindowStart, granted, expiresAt);
+      const state = {
+        windowStart,
+        previous: 0,
+        current: granted,
+        burstWindowStart,
+        burstPrevious: 0,
+        burstCurrent: granted,
+        admitted: granted > 0,
+      };
+      return { state, granted };
+    }
+    // Each window rolled forward to now: the stored current count is the previous one if the row
+    // is one window behind, and both are 0 if it is further behind.
+    const stored = row[1];
+    const previous =
+      stored === windowStart ? row[2] : stored === windowStart - windowMs ? row[3] : 0;
+    const current = stored === windowStart ? row[3] : 0;
+    const burstStored = row[4];
+    const burstPrevious =
+      burstStored === burstWindowStart
+        ? row[5]
+        : burstStored === burstWindowStart - BURST_WINDOW_MS
+          ? row[6]
+          : 0;
+    const burstCurrent = burstStored === burstWindowStart ? row[6] : 0;
+    // Left to right as SQL's CAST(limit − previous × weight − current AS INTEGER) computed it.
+    const granted = Math.max(
+      0,
+      Math.min(
+        wanted,
+        Math.trunc(policy.limit - previous * previousWeight(now, windowMs) - current),
+        Math.trunc(
+          policy.burstLimit - burstPrevious * previousWeight(now, BURST_WINDOW_MS) - burstCurrent,
+        ),
+      ),
     );
-    const row = this.readBack.values(policy.id, key)[0] as unknown as Row;
-    return {
-      state: {
-        windowStart: row[0],
-        previous: row[1],
-        current: row[2],
-        burstWindowStart: row[3],
-        burstPrevious: row[4],
-        burstCurrent: row[5],
-      },
-      granted: row[6],
+    this.writeRow.run(
+      row[0],
+      windowStart,
+      previous,
+      current + granted,
+      burstWindowStart,
+      burstPrevious,
+      burstCurrent + granted,
+      granted,
+      expiresAt,
+    );
+    const state = {
+      windowStart,
+      previous,
+      current: current + granted,
+      burstWindowStart,
+      burstPrevious,
+      burstCurrent: burstCurrent + granted,
+      admitted: granted > 0,
     };
+    return { state, granted };
   }
 }

@@ -69,6 +69,117 @@ describe("SqliteLimiterStore: its table", () => {
     expect(row).toEqual({ current: 50, admitted: 50 });
   });
 
+  // The windows a check is told are worked out beside the write, not read back from the row: they
+  // must be what the row now holds, whether it was new, current, one window behind or older.
+  test("each check is told the windows its row now holds, from every kind of stored row, in a group or alone", async () => {
+    const { store, db } = freshStore();
+    const now = minuteStart() + 6_000;
+    const w = 60_000;
+    const burst = now - (now % 10_000);
+    const insert = db.$client.prepare(
+      `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+        burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
+       VALUES ('test', ?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8)`,
+    );
+    // [window start, current, previous, burst window start, burst current, burst previous]
+    const stored: Record<string, number[] | null> = {
+      fresh: null,
+      current: [minuteStart(), 4, 5, burst, 2, 1],
+      full: [minuteStart(), 4, 9, burst, 2, 1],
+      behind: [minuteStart() - w, 6, 3, burst - 10_000, 5, 7],
+      older: [minuteStart() - 2 * w, 8, 8, burst - 20_000, 8, 8],
+    };
+    for (const [key, row] of Object.entries(stored)) {
+      if (row !== null)
+        insert.run(
+          key,
+          ...(row as [number, number, number, number, number, number]),
+          now + 120_000,
+        );
+    }
+    const read = db.$client.query<
+      Record<
+        | "window_start"
+        | "previous"
+        | "current"
+        | "burst_window_start"
+        | "burst_previous"
+        | "burst_current"
+        | "admitted",
+        number
+      >,
+      [string]
+    >(
+      `SELECT window_start, previous, current, burst_window_start, burst_previous, burst_current,
+        admitted FROM rate_limit_counters WHERE key = ?1`,
+    );
+    for (const key of Object.keys(stored)) {
+      // Five at once against a limit of 12: some keys have room for all, some for a few, one for none.
+      const outcomes = await Promise.all(
+        Array.from({ length: 5 }, () => store.check([{ policy: policy(12, 12), key, now }])),
+      );
+      const row = read.get(key)!;
+      const admitted = outcomes.filter(([o]) => o!.admitted).length;
+      expect({ key, admitted }).toEqual({ key, admitted: row.admitted });
+      // The last check sees the count after every permit of the group (the first admitted ones
+      // count down to it, one by one).
+      const last = outcomes[outcomes.length - 1]![0]!;
+      expect({ key, ...last }).toEqual({
+        key,
+        windowStart: row.window_start,
+        previous: row.previous,
+        current: row.current,
+        burstWindowStart: row.burst_window_start,
+        burstPrevious: row.burst_previous,
+        burstCurrent: row.burst_current,
+        admitted: admitted === 5,
+      });
+    }
+    // A request alone in its turn is handed the decision's own outcome: the same fields, no others.
+    const [alone, again] = [
+      await store.check([{ policy: policy(12, 12), key: "behind", now }]),
+      await store.check([{ policy: policy(12, 12), key: "full", now }]),
+    ];
+    expect(alone).toEqual([
+      {
+        windowStart: minuteStart(),
+        previous: 6,
+        current: 6,
+        burstWindowStart: burst,
+        burstPrevious: 5,
+        burstCurrent: 6,
+        admitted: true,
+      },
+    ]);
+    expect(again).toEqual([
+      {
+        windowStart: minuteStart(),
+        previous: 9,
+        current: 4,
+        burstWindowStart: burst,
+        burstPrevious: 1,
+        burstCurrent: 2,
+        admitted: false,
+      },
+    ]);
+    const rows = db.$client
+      .query(
+        "SELECT key, current, previous, burst_current, burst_previous FROM rate_limit_counters ORDER BY key",
+      )
+      .all();
+    expect(rows).toEqual([
+      // One window behind: its current count is now the previous one.
+      // 6 s into the minute: 6 × 0.9 + 0 leaves room for all 5 (the burst: 5 × 0.4), then the one alone.
+      { key: "behind", current: 6, previous: 6, burst_current: 6, burst_previous: 5 },
+      // 5 × 0.9 + 4 = 8.5 leaves room for 3 of the 5.
+      { key: "current", current: 7, previous: 5, burst_current: 5, burst_previous: 1 },
+      { key: "fresh", current: 5, previous: 0, burst_current: 5, burst_previous: 0 },
+      // 9 × 0.9 + 4 = 12.1: none.
+      { key: "full", current: 4, previous: 9, burst_current: 2, burst_previous: 1 },
+      { key: "older", current: 5, previous: 0, burst_current: 5, burst_previous: 0 },
+    ]);
+  });
+
   test("prune deletes expired rows only, a bounded number per call", async () => {
     const { store, db } = freshStore();
     const small = new SqliteLimiterStore({ sqlite: db.$client, pruneBatch: 2 });
