@@ -13,7 +13,8 @@
  * the worst case a client gets up to twice the limit in one rolling W (the limit at the end of one
  * window and again at the start of the next, weighted); with traffic spread over the window it is
  * exact, and Cloudflare measured 0.003 % of decisions wrong on real traffic. It needs two integers
- * per key instead of a log of timestamps, which is what lets one SQLite UPSERT decide.
+ * per key instead of a log of timestamps, which is what lets one row read and written back in one
+ * transaction decide (sqlite-store.ts).
  */
 
 export interface WindowState {
