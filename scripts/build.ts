@@ -1,7 +1,7 @@
 /**
  * @module
- * `bun run build [outdir]`: the service bundled ahead of time into `dist/` (or `outdir`), minified
- * and code-split, for production (`bun run start:dist`, the Dockerfile). A start then parses one
+ * `bun run build [outdir]`: the service bundled ahead of time into `dist/` (or `outdir`), code-split,
+ * for production (`bun run start:dist`, the Dockerfile). A start then parses one
  * entry chunk instead of transpiling ~1,700 modules; what the source loads on first use (zxcvbn,
  * openai, stripe, @sentry, jose, the OpenAPI generator) stays in chunks of its own, loaded then.
  * The migrations and the default FAQ are embedded in the code, so the bundle reads no file of the
@@ -20,7 +20,10 @@ export async function buildBundle(outdir: string): Promise<string[]> {
     entrypoints: [join(ROOT, "src/index.ts")],
     outdir,
     target: "bun",
-    minify: true,
+    // Not minified: Elysia decides what each handler and hook needs parsed by reading its source
+    // text (Sucrose), and fails on minified text (it then prints a non-JSON line to stdout and
+    // parses everything for that route). Minifying measured no faster start here.
+    minify: false,
     splitting: true,
     // Stack traces in logs and Sentry name the source lines; Bun reads a map only on an error.
     sourcemap: "linked",

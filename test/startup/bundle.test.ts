@@ -1,7 +1,8 @@
 /**
  * The production bundle (`bun run build`, `bun run start:dist`): built once into a fresh folder,
- * started from an unrelated working directory with the embedded defaults, it serves the same
- * service as the source entry, with the libraries loaded on first use kept out of its entry chunk.
+ * started from an unrelated working directory in production with only its secrets given (every
+ * other setting the embedded default), it serves the same service as the source entry, with the
+ * libraries loaded on first use kept out of its entry chunk.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -15,6 +16,18 @@ import { REPO_ROOT, type ServiceProcess, startService } from "../support/process
 const outdir = mkdtempSync(join(REPO_ROOT, "node_modules", ".palisade-bundle-test-"));
 const work = tempDir();
 let service: ServiceProcess;
+const secret = () => Buffer.from(crypto.getRandomValues(new Uint8Array(48))).toString("base64");
+const METRICS_TOKEN = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex");
+const PRODUCTION = {
+  APP_ENV: "production",
+  HOST: "127.0.0.1",
+  DATABASE_PATH: join(work.path, "bundle.db"),
+  JWT_SECRET_KEY: secret(),
+  CSRF_SECRET_KEY: secret(),
+  AUDIT_SECRET_KEY: secret(),
+  METRICS_TOKEN,
+  ALLOWED_HOSTS: "127.0.0.1",
+};
 let entry: string;
 let chunks: string[];
 
@@ -25,7 +38,7 @@ beforeAll(async () => {
   chunks = readdirSync(outdir)
     .filter((name) => name.endsWith(".js") && name !== "index.js")
     .map((name) => readFileSync(join(outdir, name), "utf8"));
-  service = await startService({ DATABASE_PATH: join(work.path, "bundle.db") }, 10_000, {
+  service = await startService(PRODUCTION, 10_000, {
     command: ["bun", join(outdir, "index.js")],
     cwd: work.path,
   });
@@ -97,9 +110,18 @@ test("the bundle registers (zxcvbn's chunk), logs in (jose's) and answers a chat
 });
 
 test("the bundle serves /metrics, with prom-client's scrape-time metrics", async () => {
-  const metrics = await fetch(url("/metrics"));
+  const metrics = await fetch(url("/metrics"), {
+    headers: { authorization: `Bearer ${METRICS_TOKEN}` },
+  });
   expect(metrics.status).toBe(200);
   const text = await metrics.text();
   expect(text).toContain("process_start_time_seconds");
   expect(text).toContain("http_requests_total");
+});
+
+test("everything the bundle wrote to stdout is a JSON log line (Elysia reads the unminified handlers)", () => {
+  const lines = service.stdout().trim().split("\n");
+  expect(lines.length).toBeGreaterThan(1);
+  expect(lines.filter((line) => !line.startsWith("{"))).toEqual([]);
+  for (const line of lines) expect(() => JSON.parse(line)).not.toThrow();
 });
