@@ -76,3 +76,14 @@ test("a database an older release migrated gets only the migrations it lacks", (
   expect(columns.map((column) => column.name)).toContain("prune_after");
   db.$client.close();
 });
+
+test("a database whose migrations table exists but is empty (a first start cut short) is migrated in full", () => {
+  const { db } = freshDatabase();
+  db.$client.run(
+    'CREATE TABLE "__drizzle_migrations" (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)',
+  );
+  applyMigrations(db);
+  expect(appliedOf(db).length).toBe(embeddedMigrations().length);
+  expect(schemaOf(db).some((row) => (row as { name: string }).name === "users")).toBe(true);
+  db.$client.close();
+});
