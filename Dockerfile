@@ -1,11 +1,21 @@
 # Palisade on the official Bun image. Build: docker build -t palisade .
 # Secrets come from Docker secrets through NAME_FILE (see compose.yaml), never from build args.
+# The service runs from the bundle `bun run build` writes (README, Performance: it starts faster
+# and idles smaller than the source entry); the source stays in the image for the operator CLI
+# (`docker compose exec palisade bun run cli ...`).
 ARG BUN_VERSION=1.4.5
 
 FROM oven/bun:${BUN_VERSION}-slim AS deps
 WORKDIR /app
 COPY package.json bun.lock ./
 RUN bun install --frozen-lockfile --production --ignore-scripts
+
+FROM deps AS build
+COPY tsconfig.json ./
+COPY drizzle ./drizzle
+COPY scripts/build.ts ./scripts/build.ts
+COPY src ./src
+RUN bun run build
 
 FROM oven/bun:${BUN_VERSION}-slim
 WORKDIR /app
@@ -20,6 +30,8 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY package.json bun.lock tsconfig.json ./
 COPY drizzle ./drizzle
 COPY src ./src
+# The bundle resolves prom-client's scrape-time metrics from node_modules (scripts/build.ts).
+COPY --from=build /app/dist ./dist
 # The image's own non-root user; the database lives on a volume it owns.
 RUN mkdir -p /data && chown bun:bun /data
 USER bun
@@ -28,4 +40,4 @@ EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
   CMD bun -e "fetch('http://127.0.0.1:' + (process.env.PORT ?? 3000) + '/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
 STOPSIGNAL SIGTERM
-CMD ["bun", "run", "src/index.ts"]
+CMD ["bun", "dist/index.js"]

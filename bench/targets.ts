@@ -102,16 +102,18 @@ export function checkTargets(inputs: TargetInputs): Target[] {
       met: perSecond >= 150_000,
     });
   }
-  const idle = inputs.startup.restart.idleRssKb.median;
+  // Judged on the bundle production runs (`bun run build`, the Docker image); the source entry's
+  // figures are in the start-up table beside it.
+  const idle = inputs.startup.bundled.idleRssKb.median;
   targets.push({
-    name: "idle RSS after start",
+    name: "idle RSS after start (bundle)",
     want: "< 60 MB",
     got: `${(idle / MB).toFixed(0)} MB`,
     met: idle < 60 * MB,
   });
-  const start = inputs.startup.restart.ms.median;
+  const start = inputs.startup.bundled.ms.median;
   targets.push({
-    name: "start to the first /health 200 (restart, median)",
+    name: "start to the first /health 200 (bundle, restart, median)",
     want: "< 150 ms",
     got: `${start.toFixed(0)} ms`,
     met: start < 150,

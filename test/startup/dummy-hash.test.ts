@@ -2,7 +2,8 @@
  * The unknown-email login's dummy argon2id hash is started when the service is built and does not
  * hold up the start (the first `/health` answers without it), but a login that arrives before it
  * exists waits for that same hash: it never answers sooner (which would tell an unknown address
- * from a known one by timing) and never hashes a second time.
+ * from a known one by timing) and never hashes a second time. The entry (src/index.ts) builds the
+ * services without it and starts it once listening; a login or /ready that comes first starts it.
  */
 import { afterEach, expect, spyOn, test } from "bun:test";
 import { buildTestApp, secondProcess, send, type TestApp } from "../support/app";
@@ -94,5 +95,44 @@ test("a known email's login and /ready wait for the dummy hash too: no answer te
     release();
     hash.mockRestore();
     restarted.close();
+  }
+});
+
+test("built as the entry builds them (the hash started only once listening), a first login or /ready starts that one hash and waits for it", async () => {
+  const { hash, release } = holdHashes();
+  const verify = spyOn(Bun.password, "verify");
+  try {
+    const target = buildTestApp({ prepareLogin: false });
+    open.push(target);
+    expect((await send(target, "/health")).status).toBe(200);
+    expect(hash).not.toHaveBeenCalled();
+
+    const answered: string[] = [];
+    const login = send(target, "/api/auth/login", {
+      body: { email: "nobody@example.com", password: "violet-Harbor-quantum-73!" },
+    }).then((response) => {
+      answered.push("login");
+      return response;
+    });
+    const ready = send(target, "/ready").then((response) => {
+      answered.push("ready");
+      return response;
+    });
+    await Bun.sleep(50);
+    expect(answered).toEqual([]);
+    expect(hash).toHaveBeenCalledTimes(1);
+
+    release();
+    const response = await login;
+    expect(response.status).toBe(401);
+    expect(((await response.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+    expect((await ready).status).toBe(200);
+    expect(hash).toHaveBeenCalledTimes(1);
+    expect(verify).toHaveBeenCalledTimes(1);
+    expect(target.services.auth.loginPrepared).toBe(true);
+  } finally {
+    release();
+    hash.mockRestore();
+    verify.mockRestore();
   }
 });

@@ -86,6 +86,11 @@ export interface TestAppOptions {
   chatProvider?: ChatProvider;
   /** Batch access lines as the service does; off by default, so each line is there at once. */
   accessLogBuffered?: boolean;
+  /**
+   * Start the dummy login hash when the services are built (default); src/index.ts passes false
+   * and starts it once listening.
+   */
+  prepareLogin?: boolean;
 }
 
 export interface TestApp {
@@ -141,6 +146,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     extraFeatures: options.extraFeatures,
     whatsapp: options.whatsapp,
     chatProvider: options.chatProvider,
+    prepareLogin: options.prepareLogin,
   });
   const app = createApp({
     ...services,

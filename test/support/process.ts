@@ -27,15 +27,19 @@ function collect(stream: ReadableStream<Uint8Array>, into: string[]) {
   })();
 }
 
-/** Spawns the service on a free port and resolves once it logs "listening". */
+/**
+ * Spawns the service on a free port and resolves once it logs "listening": the source entry, or
+ * `command` (a bundle) run from `cwd`.
+ */
 export async function startService(
   env: Record<string, string>,
   timeoutMs = 10_000,
+  { command = ["bun", "run", "src/index.ts"], cwd = REPO_ROOT } = {},
 ): Promise<ServiceProcess> {
   const out: string[] = [];
   const err: string[] = [];
-  const proc = Bun.spawn(["bun", "run", "src/index.ts"], {
-    cwd: REPO_ROOT,
+  const proc = Bun.spawn(command, {
+    cwd,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", PORT: "0", ...env },
     stdin: "ignore",
     stdout: "pipe",

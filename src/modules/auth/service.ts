@@ -271,8 +271,9 @@ export class AuthService {
     const address = checkEmail(rawEmail);
     if (!address.ok) return { code: "INVALID_EMAIL", reason: address.reason };
     const { email, key } = address;
+    // One load however many registrations arrive while zxcvbn is still being imported.
     this.passwordChecker ??= createPasswordChecker(this.options.config.passwordPolicy);
-    const verdict = this.passwordChecker(password, email);
+    const verdict = (await this.passwordChecker)(password, email);
     if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
     // Hashed even for a duplicate, so a new and an existing email take the same time.
     const passwordHash = await hashPassword(password, this.options.passwordHashing);

@@ -2,7 +2,7 @@
  * @module
  * The offline provider's FAQ: loading, validating and matching.
  *
- * Format (JSON, `CHAT_FAQ_PATH`; the shipped default is `default-faq.json` next to this file):
+ * Format (JSON, `CHAT_FAQ_PATH`; the shipped default is `default-faq.json`, imported):
  *
  *   { "fallback": "What to say when nothing matches.",
  *     "entries": [ { "question": "How do I sign up?", "keywords": ["sign up", "register"],
@@ -17,10 +17,12 @@
  * match. Otherwise the fallback is answered, followed by a few of the questions it can answer.
  */
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { ConfigError } from "../../../config/error";
+// Imported, not read from beside this file, so that a bundle (`bun run build`) carries it.
+import defaultFaq from "./default-faq.json" with { type: "json" };
 
-export const DEFAULT_FAQ_PATH = join(import.meta.dir, "default-faq.json");
+/** How errors name the shipped FAQ. */
+const DEFAULT_FAQ_NAME = "the shipped default-faq.json";
 
 const MAX_ENTRIES = 1000;
 const MAX_KEYWORDS = 50;
@@ -170,19 +172,20 @@ export function validateFaq(path: string, document: unknown): Faq {
 
 /** Reads and validates the FAQ at `path` (the shipped one when null). */
 export function loadFaq(path: string | null): Faq {
-  const file = path ?? DEFAULT_FAQ_PATH;
+  // A copy: the validated FAQ keeps the document's arrays, and the import is shared.
+  if (path === null) return validateFaq(DEFAULT_FAQ_NAME, structuredClone(defaultFaq));
   let raw: string;
   try {
-    raw = readFileSync(file, "utf8");
+    raw = readFileSync(path, "utf8");
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? "unreadable";
-    fail(file, `cannot be read (${code})`);
+    fail(path, `cannot be read (${code})`);
   }
   let document: unknown;
   try {
     document = JSON.parse(raw);
   } catch {
-    fail(file, "is not valid JSON");
+    fail(path, "is not valid JSON");
   }
-  return validateFaq(file, document);
+  return validateFaq(path, document);
 }

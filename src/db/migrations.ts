@@ -1,0 +1,53 @@
+/**
+ * @module
+ * The committed migrations (`drizzle/`), embedded in the code so that a bundle built ahead of time
+ * (`bun run build`) carries them and finds no folder at run time. Each is the text of its `.sql`
+ * file, listed by its journal tag; `test/db/migrations.test.ts` holds this list to the folder, so a
+ * migration that `drizzle-kit generate` adds and is not listed here fails the suite.
+ */
+import type { MigrationMeta } from "drizzle-orm/migrator";
+import m0000 from "../../drizzle/0000_users.sql" with { type: "text" };
+import m0001 from "../../drizzle/0001_defences.sql" with { type: "text" };
+import m0002 from "../../drizzle/0002_identity.sql" with { type: "text" };
+import m0003 from "../../drizzle/0003_keyed_audit_chain.sql" with { type: "text" };
+import m0004 from "../../drizzle/0004_refresh_families.sql" with { type: "text" };
+import m0005 from "../../drizzle/0005_accounts_keys.sql" with { type: "text" };
+import m0006 from "../../drizzle/0006_webhook_events.sql" with { type: "text" };
+import m0007 from "../../drizzle/0007_payments.sql" with { type: "text" };
+import m0008 from "../../drizzle/0008_whatsapp_outbox.sql" with { type: "text" };
+import m0009 from "../../drizzle/0009_chat.sql" with { type: "text" };
+import m0010 from "../../drizzle/0010_audit_unkeyed_index.sql" with { type: "text" };
+import m0011 from "../../drizzle/0011_counters_prune_after.sql" with { type: "text" };
+import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
+
+const SQL_BY_TAG: Readonly<Record<string, string>> = {
+  "0000_users": m0000,
+  "0001_defences": m0001,
+  "0002_identity": m0002,
+  "0003_keyed_audit_chain": m0003,
+  "0004_refresh_families": m0004,
+  "0005_accounts_keys": m0005,
+  "0006_webhook_events": m0006,
+  "0007_payments": m0007,
+  "0008_whatsapp_outbox": m0008,
+  "0009_chat": m0009,
+  "0010_audit_unkeyed_index": m0010,
+  "0011_counters_prune_after": m0011,
+};
+
+/** The journal's last migration: a database whose newest applied one is this is up to date. */
+export const LATEST_MIGRATION_MILLIS = Math.max(...journal.entries.map((entry) => entry.when));
+
+/** The migrations as drizzle's folder reader gives them (same statements, hashes and order). */
+export function embeddedMigrations(): MigrationMeta[] {
+  return journal.entries.map((entry) => {
+    const query = SQL_BY_TAG[entry.tag];
+    if (query === undefined) throw new Error(`migration ${entry.tag} is not embedded`);
+    return {
+      sql: query.split("--> statement-breakpoint"),
+      bps: entry.breakpoints,
+      folderMillis: entry.when,
+      hash: new Bun.CryptoHasher("sha256").update(query).digest("hex"),
+    };
+  });
+}
