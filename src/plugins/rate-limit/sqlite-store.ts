@@ -72,7 +72,8 @@ INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
   burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
 VALUES (?1, ?2, ?3, ?5, 0, ?4, ?5, 0, ?5, ?6, ?6)`;
 
-type StoredRow = [number, number, number, number, number, number, number];
+// rowid, then the windows as stored: read as they are, since someone editing the file may write anything.
+type StoredRow = [rowid: number, ...stored: unknown[]];
 
 // ?1 policy, ?2 key, ?3 window start the permits were counted in, ?4 window ms, ?5 permits, ?6 burst
 // window start, ?7 burst window ms. Uncounts unused leased permits where they were counted: the
@@ -369,12 +370,11 @@ export class SqliteLimiterStore implements LeasableStore {
     now: number,
     wanted: number,
   ): Grant & { state: LimitOutcome } {
-    const windowMs = policy.windowMs;
-    const windowStart = windowStartOf(now, windowMs);
-    const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
-    const expiresAt = Math.max(windowStart + 2 * windowMs, burstWindowStart + 2 * BURST_WINDOW_MS);
     const row = this.readRow.values(policy.id, key)[0] as unknown as StoredRow | undefined;
     if (row === undefined) {
+      const windowStart = windowStartOf(now, policy.windowMs);
+      const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
+      const expiresAt = expiryOf(windowStart, policy.windowMs, burstWindowStart);
       const granted = Math.min(wanted, policy.limit, policy.burstLimit);
       this.insertRow.run(policy.id, key, windowStart, burstWindowStart, granted, expiresAt);
       const state = {
@@ -388,29 +388,21 @@ export class SqliteLimiterStore implements LeasableStore {
       };
       return { state, granted };
     }
-    // Each window rolled forward to now: the stored current count is the previous one if the row
-    // is one window behind, and both are 0 if it is further behind.
-    const stored = row[1];
-    const previous =
-      stored === windowStart ? row[2] : stored === windowStart - windowMs ? row[3] : 0;
-    const current = stored === windowStart ? row[3] : 0;
-    const burstStored = row[4];
-    const burstPrevious =
-      burstStored === burstWindowStart
-        ? row[5]
-        : burstStored === burstWindowStart - BURST_WINDOW_MS
-          ? row[6]
-          : 0;
-    const burstCurrent = burstStored === burstWindowStart ? row[6] : 0;
+    const long = rolled(now, policy.windowMs, row[1], row[2], row[3]);
+    const burst = rolled(now, BURST_WINDOW_MS, row[4], row[5], row[6]);
+    const windowStart = long.windowStart;
+    const burstWindowStart = burst.windowStart;
+    const { previous, current } = long;
+    const burstPrevious = burst.previous;
+    const burstCurrent = burst.current;
+    const expiresAt = expiryOf(windowStart, policy.windowMs, burstWindowStart);
     // Left to right as SQL's CAST(limit − previous × weight − current AS INTEGER) computed it.
     const granted = Math.max(
       0,
       Math.min(
         wanted,
-        Math.trunc(policy.limit - previous * previousWeight(now, windowMs) - current),
-        Math.trunc(
-          policy.burstLimit - burstPrevious * previousWeight(now, BURST_WINDOW_MS) - burstCurrent,
-        ),
+        Math.trunc(policy.limit - previous * long.weight - current),
+        Math.trunc(policy.burstLimit - burstPrevious * burst.weight - burstCurrent),
       ),
     );
     this.writeRow.run(
@@ -435,4 +427,58 @@ export class SqliteLimiterStore implements LeasableStore {
     };
     return { state, granted };
   }
+}
+
+/** When a row of these windows may be pruned: once both are two windows old. */
+function expiryOf(windowStart: number, windowMs: number, burstWindowStart: number): number {
+  return Math.max(windowStart + 2 * windowMs, burstWindowStart + 2 * BURST_WINDOW_MS);
+}
+
+/**
+ * A stored count as a count: anything else (text, NULL, a negative, fractional or infinite value:
+ * only someone editing the file writes one) is 0, as if the row were new. Honoured as it was, text
+ * made the grant NaN and its write fail the whole group's transaction, and a negative count
+ * admitted without limit.
+ */
+function countOf(stored: unknown): number {
+  return typeof stored === "number" && Number.isSafeInteger(stored) && stored > 0 ? stored : 0;
+}
+
+/**
+ * One window of a stored row rolled forward to `now`: its current count becomes the previous one
+ * if the row is one window behind, and both are 0 if it is further behind. A check decided after it
+ * waited (a busy lock, the backlog) may find the row already in the next window, counted there by
+ * another process: it is then decided in that window, at its start (the previous count weighing
+ * fully, the most it can), never with its own older window, which would see both counts as 0,
+ * grant a fresh limit and write the row back into the past.
+ */
+function rolled(
+  now: number,
+  windowMs: number,
+  storedStart: unknown,
+  storedPrevious: unknown,
+  storedCurrent: unknown,
+) {
+  const windowStart = windowStartOf(now, windowMs);
+  if (storedStart === windowStart + windowMs) {
+    return {
+      windowStart: storedStart,
+      weight: 1,
+      previous: countOf(storedPrevious),
+      current: countOf(storedCurrent),
+    };
+  }
+  const weight = previousWeight(now, windowMs);
+  if (storedStart === windowStart) {
+    return {
+      windowStart,
+      weight,
+      previous: countOf(storedPrevious),
+      current: countOf(storedCurrent),
+    };
+  }
+  if (storedStart === windowStart - windowMs) {
+    return { windowStart, weight, previous: countOf(storedCurrent), current: 0 };
+  }
+  return { windowStart, weight, previous: 0, current: 0 };
 }

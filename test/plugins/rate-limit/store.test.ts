@@ -180,6 +180,94 @@ describe("SqliteLimiterStore: its table", () => {
     ]);
   });
 
+  // Someone with the file but no secrets may write anything into a row: it must count as no more
+  // than a new row would (deleting the row is what they could do anyway), and fail no other check.
+  test("a row edited to hold text, negative, fractional or infinite counts counts as a new row and fails no other check of its group", async () => {
+    const { store, db } = freshStore();
+    const now = minuteStart() + 6_000;
+    const burst = now - (now % 10_000);
+    const tampered: Record<string, string> = {
+      text: "'abc'",
+      negative: "-1000000",
+      infinite: "-9e999",
+      int64: "-9223372036854775808",
+      fractional: "-0.5",
+      blob: "x'00ff'",
+    };
+    for (const [key, value] of Object.entries(tampered)) {
+      db.$client.run(
+        `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+          burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
+         VALUES ('test', '${key}', ${minuteStart()}, ${value}, ${value}, ${burst}, ${value},
+           ${value}, 0, ${now + 120_000}, ${now + 120_000})`,
+      );
+    }
+    const keys = [...Object.keys(tampered), "bystander"];
+    // One group: every key's checks arrive in the same event-loop turn.
+    const outcomes = await Promise.all(
+      keys.flatMap((key) =>
+        Array.from({ length: 15 }, () =>
+          store.check([{ policy: policy(10, 10), key, now }]).then(([o]) => ({ key, o: o! })),
+        ),
+      ),
+    );
+    const admittedOf = (key: string) =>
+      outcomes.filter((each) => each.key === key && each.o.admitted).length;
+    for (const key of keys)
+      expect({ key, admitted: admittedOf(key) }).toEqual({ key, admitted: 10 });
+    for (const { o } of outcomes) {
+      for (const value of [o.previous, o.current, o.burstPrevious, o.burstCurrent]) {
+        expect(Number.isSafeInteger(value) && value >= 0).toBe(true);
+      }
+    }
+    const rows = db.$client
+      .query(
+        "SELECT key, current, previous, burst_current, burst_previous FROM rate_limit_counters ORDER BY key",
+      )
+      .all();
+    expect(rows).toEqual(
+      [...keys]
+        .sort()
+        .map((key) => ({ key, current: 10, previous: 0, burst_current: 10, burst_previous: 0 })),
+    );
+  });
+
+  // A check can be decided a while after it arrived (a busy lock, the backlog), by which time
+  // another process may have counted the key in the next window.
+  test("a check that finds its row already in the next window is decided there and never moves the row back", async () => {
+    const { store, db } = freshStore();
+    const next = minuteStart() + 60_000;
+    const stale = next - 100;
+    db.$client.run(
+      `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+        burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
+       VALUES ('test', 'k', ${next}, 4, 0, ${next}, 4, 0, 1, ${next + 120_000}, ${next + 120_000})`,
+    );
+    // The burst limit is 5 and the next burst window already holds 4: one more, not a fresh 5.
+    const outcomes = await Promise.all(
+      Array.from({ length: 5 }, () =>
+        store.check([{ policy: policy(100, 5), key: "k", now: stale }]),
+      ),
+    );
+    expect(outcomes.filter(([o]) => o!.admitted)).toHaveLength(1);
+    expect(outcomes[4]![0]).toMatchObject({
+      windowStart: next,
+      burstWindowStart: next,
+      burstCurrent: 5,
+    });
+    const row = db.$client
+      .query(
+        "SELECT window_start, current, burst_window_start, burst_current FROM rate_limit_counters",
+      )
+      .get();
+    expect(row).toEqual({
+      window_start: next,
+      current: 5,
+      burst_window_start: next,
+      burst_current: 5,
+    });
+  });
+
   test("prune deletes expired rows only, a bounded number per call", async () => {
     const { store, db } = freshStore();
     const small = new SqliteLimiterStore({ sqlite: db.$client, pruneBatch: 2 });
