@@ -329,7 +329,7 @@ try {
   log(`| idle RSS after start | ${steady("idle RSS", startup.restart.idleRssKb, mb)} |`);
   // What production runs (bun run build; the Docker image), and what the targets are judged on.
   log(
-    `| bundle (\`bun dist/index.js\`): start to first /health 200, restart, median of ${plan.starts} | ${steady("bundled start-up", startup.bundled.ms, (n) => `${n.toFixed(0)} ms`)} |`,
+    `| executable (\`dist/palisade\`, \`bun run build\`): start to first /health 200, restart, median of ${plan.starts} | ${steady("bundled start-up", startup.bundled.ms, (n) => `${n.toFixed(0)} ms`)} |`,
   );
   log(
     `| bundle: CPU time to that answer, median; idle RSS | ${startup.bundled.cpuMs.median.toFixed(0)} ms; ${steady("bundled idle RSS", startup.bundled.idleRssKb, mb)} |`,

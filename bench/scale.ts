@@ -6,14 +6,14 @@
  * - start-up: `bun run src/index.ts` on a free port with a temp database, from spawn to the first
  *   `/health` 200, and its idle RSS a moment (a second) later; the first start (which creates the database)
  *   apart from restarts on an existing one; the same for the bundle production runs (`bun run build`,
- *   built once per run, then `bun dist/index.js`), on which the targets are judged; and bare
+ *   built once per run, then `dist/palisade`), on which the targets are judged; and bare
  *   Elysia's start for reference;
  * - exactness: three `src/index.ts` processes on one database file with a limit of N, many
  *   concurrent requests spread over the three: exactly N must be admitted.
  */
 import { mkdtempSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { buildBundle } from "../scripts/build";
+import { buildBundle, EXECUTABLE } from "../scripts/build";
 import { memoryOf, pinned, ROOT } from "./proc";
 import { type Summary, summarize } from "./stats";
 
@@ -134,7 +134,7 @@ export interface StartupResults {
   first: StartResult;
   /** `bun run src/index.ts` (`bun run start`). */
   restart: Starts;
-  /** `bun dist/index.js` (`bun run start:dist`, the Docker image): what the targets judge. */
+  /** The executable (`bun run start:dist`, the Docker image): what the targets judge. */
   bundled: Starts;
   bare: Starts;
 }
@@ -149,7 +149,7 @@ export async function measureStartup(dir: string, starts: number): Promise<Start
   const palisade = ["bun", "run", "src/index.ts"];
   const distDir = join(dbDir, "dist");
   await buildBundle(distDir);
-  const bundle = ["bun", join(distDir, "index.js")];
+  const bundle = [join(distDir, EXECUTABLE)];
   const bare = ["bun", "bench/servers/bare.ts", "{port}"];
   // Palisade's idle RSS is read a second after its first answer: the unknown-email login's dummy
   // argon2id hash, started with the service, holds 64 MB until it is done.

@@ -1,33 +1,46 @@
 /**
  * @module
- * `bun run build [outdir]`: the service bundled ahead of time into `dist/` (or `outdir`), code-split,
- * for production (`bun run start:dist`, the Dockerfile). A start then parses one
- * entry chunk instead of transpiling ~1,700 modules; what the source loads on first use (zxcvbn,
- * openai, stripe, @sentry, jose, the OpenAPI generator) stays in chunks of its own, loaded then.
- * The migrations and the default FAQ are embedded in the code, so the bundle reads no file of the
- * source tree. It does resolve prom-client's scrape-time metrics (`src/plugins/metrics/registry.ts`
- * requires them by a computed name) from `node_modules` at the first `/metrics`, so it runs where
- * the production dependencies are installed (the repository, the image).
+ * `bun run build [outdir]`: the service compiled ahead of time into one executable,
+ * `dist/palisade` (or `outdir/palisade`), for production (`bun run start:dist`, the Dockerfile).
+ * It holds the Bun runtime, the bundled code as bytecode (a start neither transpiles ~1,700 modules
+ * nor parses them), its source map (stack traces in logs and Sentry name the source lines), the
+ * migrations and the default FAQ: it reads no file of the source tree and needs no `node_modules`.
+ * What the source loads on first use (zxcvbn, openai, stripe, @sentry, jose, the OpenAPI
+ * generator) stays in chunks of its own inside it, loaded then. Like `bun run start`, it reads a
+ * `.env` file from its working directory.
+ *
+ * `{ compile: false }` writes the same bundle as plain files (`index.js` and its chunks) instead:
+ * what the executable holds, for reading (test/startup/bundle.test.ts checks the chunks).
  */
 import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 
 const ROOT = join(import.meta.dir, "..");
+export const EXECUTABLE = "palisade";
 
-export async function buildBundle(outdir: string): Promise<string[]> {
+export async function buildBundle(
+  outdir: string,
+  { compile = true }: { compile?: boolean } = {},
+): Promise<string[]> {
   rmSync(outdir, { recursive: true, force: true });
-  const result = await Bun.build({
+  const common = {
     entrypoints: [join(ROOT, "src/index.ts")],
-    outdir,
-    target: "bun",
+    target: "bun" as const,
+    format: "esm" as const,
     // Not minified: Elysia decides what each handler and hook needs parsed by reading its source
     // text (Sucrose), and fails on minified text (it then prints a non-JSON line to stdout and
     // parses everything for that route). Minifying measured no faster start here.
     minify: false,
     splitting: true,
-    // Stack traces in logs and Sentry name the source lines; Bun reads a map only on an error.
-    sourcemap: "linked",
-  });
+    sourcemap: "linked" as const,
+  };
+  const result = compile
+    ? await Bun.build({
+        ...common,
+        compile: { outfile: join(outdir, EXECUTABLE), autoloadDotenv: true },
+        bytecode: true,
+      })
+    : await Bun.build({ ...common, outdir });
   if (!result.success) {
     throw new AggregateError(result.logs, "bun build failed");
   }
@@ -36,6 +49,6 @@ export async function buildBundle(outdir: string): Promise<string[]> {
 
 if (import.meta.main) {
   const outdir = resolve(process.argv[2] ?? join(ROOT, "dist"));
-  const files = await buildBundle(outdir);
-  process.stdout.write(`built ${files.length} files into ${outdir}\n`);
+  await buildBundle(outdir);
+  process.stdout.write(`built ${join(outdir, EXECUTABLE)}\n`);
 }

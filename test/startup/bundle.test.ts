@@ -1,19 +1,19 @@
 /**
- * The production bundle (`bun run build`, `bun run start:dist`): built once into a fresh folder,
- * started from an unrelated working directory in production with only its secrets given (every
- * other setting the embedded default), it serves the same service as the source entry, with the
- * libraries loaded on first use kept out of its entry chunk.
+ * The production executable (`bun run build`, `bun run start:dist`): built once into a fresh folder
+ * outside the repository, started from an unrelated working directory in production with only its
+ * secrets given (every other setting the embedded default), it serves the same service as the
+ * source entry, with the libraries loaded on first use kept out of its entry chunk.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { buildBundle } from "../../scripts/build";
+import { buildBundle, EXECUTABLE } from "../../scripts/build";
 import { tempDir } from "../support/app";
-import { REPO_ROOT, type ServiceProcess, startService } from "../support/process";
+import { type ServiceProcess, startService } from "../support/process";
 
-// Inside the repository, as `dist/` is: the bundle resolves prom-client's scrape-time metrics from
-// the installed `node_modules` (scripts/build.ts), so it is built where they can be found.
-const outdir = mkdtempSync(join(REPO_ROOT, "node_modules", ".palisade-bundle-test-"));
+// Outside the repository: the executable needs no `node_modules` and no file of the source tree.
+const outdir = mkdtempSync(join(tmpdir(), "palisade-build-test-"));
 const work = tempDir();
 let service: ServiceProcess;
 const secret = () => Buffer.from(crypto.getRandomValues(new Uint8Array(48))).toString("base64");
@@ -32,17 +32,19 @@ let entry: string;
 let chunks: string[];
 
 beforeAll(async () => {
-  const files = await buildBundle(outdir);
-  expect(files).toContain(join(outdir, "index.js"));
-  entry = readFileSync(join(outdir, "index.js"), "utf8");
-  chunks = readdirSync(outdir)
+  // What the executable holds, as plain files to read.
+  const files = await buildBundle(join(outdir, "files"), { compile: false });
+  expect(files).toContain(join(outdir, "files", "index.js"));
+  entry = readFileSync(join(outdir, "files", "index.js"), "utf8");
+  chunks = readdirSync(join(outdir, "files"))
     .filter((name) => name.endsWith(".js") && name !== "index.js")
-    .map((name) => readFileSync(join(outdir, name), "utf8"));
+    .map((name) => readFileSync(join(outdir, "files", name), "utf8"));
+  await buildBundle(join(outdir, "exe"));
   service = await startService(PRODUCTION, 10_000, {
-    command: ["bun", join(outdir, "index.js")],
+    command: [join(outdir, "exe", EXECUTABLE)],
     cwd: work.path,
   });
-}, 30_000);
+}, 60_000);
 
 afterAll(async () => {
   await service?.stop();

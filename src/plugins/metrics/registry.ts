@@ -35,27 +35,34 @@ type RegisterDefault = (registry: Registry, config: Record<string, unknown>) => 
  * lib/defaultMetrics.js, which is not loaded: it requires every one of them, the CPU counters'
  * OpenTelemetry API included), but OMITTED_DEFAULT_METRIC. A test checks that a scrape shows
  * exactly the families `collectDefaultMetrics` gives but that one, so an upgrade that adds one is
- * noticed.
+ * noticed. Each is loaded by a literal `require`, not one computed from its name: the bundler
+ * (`bun run build`) follows only literal ones, and a computed one made the bundle load a second
+ * copy of these modules from wherever it found `node_modules` at run time.
  */
-const DEFAULT_METRICS = [
-  "processCpuTotal",
-  "processStartTime",
-  "osMemoryHeap",
-  "processOpenFileDescriptors",
-  "processMaxFileDescriptors",
-  "eventLoopLag",
-  ...(typeof process.getActiveResourcesInfo === "function" ? ["processResources"] : []),
-  "processHandles",
-  "processRequests",
-  "heapSizeAndUsed",
-  "version",
-  "gc",
+const DEFAULT_METRICS: ReadonlyArray<readonly [string, () => RegisterDefault]> = [
+  // Palisade's own (process-cpu.ts): prom-client's loads the OpenTelemetry API.
+  ["processCpuTotal", () => registerProcessCpu],
+  ["processStartTime", () => require("prom-client/lib/metrics/processStartTime")],
+  ["osMemoryHeap", () => require("prom-client/lib/metrics/osMemoryHeap")],
+  [
+    "processOpenFileDescriptors",
+    () => require("prom-client/lib/metrics/processOpenFileDescriptors"),
+  ],
+  ["processMaxFileDescriptors", () => require("prom-client/lib/metrics/processMaxFileDescriptors")],
+  ["eventLoopLag", () => require("prom-client/lib/metrics/eventLoopLag")],
+  ...(typeof process.getActiveResourcesInfo === "function"
+    ? ([["processResources", () => require("prom-client/lib/metrics/processResources")]] as const)
+    : []),
+  ["processHandles", () => require("prom-client/lib/metrics/processHandles")],
+  ["processRequests", () => require("prom-client/lib/metrics/processRequests")],
+  ["heapSizeAndUsed", () => require("prom-client/lib/metrics/heapSizeAndUsed")],
+  ["version", () => require("prom-client/lib/metrics/version")],
+  ["gc", () => require("prom-client/lib/metrics/gc")],
 ];
 
 /** Registers one of prom-client's defaults with `collectDefaultMetrics`'s default config. */
-function registerDefault(registry: Registry, name: string) {
-  const register = require(`prom-client/lib/metrics/${name}`) as RegisterDefault;
-  register(registry, { eventLoopMonitoringPrecision: 10 });
+function registerDefault(registry: Registry, load: () => RegisterDefault) {
+  load()(registry, { eventLoopMonitoringPrecision: 10 });
 }
 
 class PalisadeRegistry extends Registry {
@@ -64,8 +71,8 @@ class PalisadeRegistry extends Registry {
   private registerDeferred() {
     if (this.deferredRegistered) return;
     this.deferredRegistered = true;
-    for (const name of DEFAULT_METRICS) {
-      if (!REGISTERED_AT_START.has(name)) registerDefault(this, name);
+    for (const [name, load] of DEFAULT_METRICS) {
+      if (!REGISTERED_AT_START.has(name)) registerDefault(this, load);
     }
   }
 
@@ -82,9 +89,8 @@ class PalisadeRegistry extends Registry {
 
 export function createMetricsRegistry(): Registry {
   const registry = new PalisadeRegistry();
-  for (const name of DEFAULT_METRICS) {
-    if (name === "processCpuTotal") registerProcessCpu(registry);
-    else if (REGISTERED_AT_START.has(name)) registerDefault(registry, name);
+  for (const [name, load] of DEFAULT_METRICS) {
+    if (REGISTERED_AT_START.has(name)) registerDefault(registry, load);
   }
   return registry;
 }
