@@ -37,7 +37,9 @@ export async function buildBundle(
   const result = compile
     ? await Bun.build({
         ...common,
-        compile: { outfile: join(outdir, EXECUTABLE), autoloadDotenv: true },
+        // A `.env` in the working directory is read, as `bun run start` reads it; a `bunfig.toml`
+        // there is not (its `preload` would run code the build never saw).
+        compile: { outfile: join(outdir, EXECUTABLE), autoloadDotenv: true, autoloadBunfig: false },
         bytecode: true,
       })
     : await Bun.build({ ...common, outdir });

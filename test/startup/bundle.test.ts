@@ -5,7 +5,7 @@
  * source entry, with the libraries loaded on first use kept out of its entry chunk.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildBundle, EXECUTABLE } from "../../scripts/build";
@@ -28,6 +28,7 @@ const PRODUCTION = {
   METRICS_TOKEN,
   ALLOWED_HOSTS: "127.0.0.1",
 };
+const PRELOAD_MARK = join(work.path, "preload-ran");
 let entry: string;
 let chunks: string[];
 
@@ -40,6 +41,14 @@ beforeAll(async () => {
     .filter((name) => name.endsWith(".js") && name !== "index.js")
     .map((name) => readFileSync(join(outdir, "files", name), "utf8"));
   await buildBundle(join(outdir, "exe"));
+  // Its working directory holds a `.env` (read, as `bun run start` reads it) and a `bunfig.toml`
+  // whose preload would leave a mark (not read: it would run code the build never saw).
+  writeFileSync(join(work.path, ".env"), "OPENAPI_PUBLIC=true\n");
+  writeFileSync(
+    join(work.path, "preload.ts"),
+    `require("node:fs").writeFileSync(${JSON.stringify(PRELOAD_MARK)}, "ran");\n`,
+  );
+  writeFileSync(join(work.path, "bunfig.toml"), 'preload = ["./preload.ts"]\n');
   service = await startService(PRODUCTION, 10_000, {
     command: [join(outdir, "exe", EXECUTABLE)],
     cwd: work.path,
@@ -126,4 +135,10 @@ test("everything the bundle wrote to stdout is a JSON log line (Elysia reads the
   expect(lines.length).toBeGreaterThan(1);
   expect(lines.filter((line) => !line.startsWith("{"))).toEqual([]);
   for (const line of lines) expect(() => JSON.parse(line)).not.toThrow();
+});
+
+test("it reads the .env of its working directory, and not its bunfig.toml", async () => {
+  // OPENAPI_PUBLIC=true came from the .env: production serves the document to anyone only then.
+  expect((await fetch(url("/openapi.json"))).status).toBe(200);
+  expect(existsSync(PRELOAD_MARK)).toBe(false);
 });
