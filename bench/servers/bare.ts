@@ -5,17 +5,9 @@
  * server's figure is read as a ratio to this one in the same round.
  */
 import { Elysia } from "elysia";
-import { BENCH_PAYLOAD, echoChat } from "./payload";
+import { bareRoutes } from "./payload";
 
 const port = Number(process.argv[2] ?? 0);
-const app = new Elysia()
-  .get("/health", () => ({ status: "ok" }))
-  .get("/bench", () => BENCH_PAYLOAD)
-  .post("/bench/protected", ({ body }) => ({
-    ok: true,
-    length: (body as { message: string }).message.length,
-  }))
-  .post("/api/chat", ({ body }) => echoChat((body as { message: string }).message))
-  .listen({ port, hostname: "127.0.0.1" });
+const app = bareRoutes(new Elysia()).listen({ port, hostname: "127.0.0.1" });
 process.stderr.write(`ready ${app.server!.port}\n`);
 process.on("SIGINT", () => process.exit(0));

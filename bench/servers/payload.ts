@@ -4,7 +4,7 @@
  * public route, the protected route's body schema, and the chat echo bare Elysia stands in with for
  * Palisade's offline chat provider. `bench/servers/express.mjs` (Node, no TypeScript) repeats them.
  */
-import { t } from "elysia";
+import { type Elysia, t } from "elysia";
 
 export const BENCH_PAYLOAD = { id: 42, name: "palisade", tags: ["a", "b"], ok: true };
 
@@ -29,4 +29,19 @@ export function echoChat(message: string) {
     reply: message,
     usage: { promptTokens: 8, completionTokens: 8, totalTokens: 16 },
   };
+}
+
+/**
+ * A's routes with no defence (the body parsed, not validated): bare Elysia (bare.ts) and bare
+ * Elysia answering with Palisade's response shape (shape.ts) serve these.
+ */
+export function bareRoutes(app: Elysia) {
+  return app
+    .get("/health", () => ({ status: "ok" }))
+    .get("/bench", () => BENCH_PAYLOAD)
+    .post("/bench/protected", ({ body }) => ({
+      ok: true,
+      length: (body as { message: string }).message.length,
+    }))
+    .post("/api/chat", ({ body }) => echoChat((body as { message: string }).message));
 }

@@ -13,39 +13,33 @@
  */
 import { Elysia } from "elysia";
 import { securityResponseHeaders } from "../../src/plugins/security-headers";
-import { BENCH_PAYLOAD, echoChat } from "./payload";
+import { bareRoutes } from "./payload";
 
 const port = Number(process.argv[2] ?? 0);
 const responses = securityResponseHeaders({ hsts: false });
 let remaining = 1_000_000;
 
-const app = new Elysia()
-  .onRequest(function palisadeShape({ request, set, server }) {
-    const peer = server?.requestIP(request)?.address ?? "";
-    remaining = remaining > 1 ? remaining - 1 : 1_000_000;
-    const headers = set.headers as Record<string, string>;
-    headers.vary = "Origin";
-    headers["x-request-id"] = Bun.randomUUIDv7();
-    headers["x-ratelimit-limit"] = "1000000";
-    headers["x-ratelimit-remaining"] = String(remaining);
-    headers["x-ratelimit-reset"] = String(peer.length);
-    headers["ratelimit-policy"] = '"default";q=1000000;w=60';
-    headers.ratelimit = `"default";r=${remaining};t=60`;
-  })
-  // Built as Palisade builds a JSON answer (plugins/security-headers): a copy of the prebuilt set
-  // with the request's own headers laid over it.
-  .mapResponse(function withPalisadeHeaders({ responseValue, set, route }) {
-    const init = { status: 200, headers: responses.headersFor(route, set.headers) };
-    set.headers = {};
-    return Response.json(responseValue, init);
-  })
-  .get("/health", () => ({ status: "ok" }))
-  .get("/bench", () => BENCH_PAYLOAD)
-  .post("/bench/protected", ({ body }) => ({
-    ok: true,
-    length: (body as { message: string }).message.length,
-  }))
-  .post("/api/chat", ({ body }) => echoChat((body as { message: string }).message))
-  .listen({ port, hostname: "127.0.0.1" });
+const app = bareRoutes(
+  new Elysia()
+    .onRequest(function palisadeShape({ request, set, server }) {
+      const peer = server?.requestIP(request)?.address ?? "";
+      remaining = remaining > 1 ? remaining - 1 : 1_000_000;
+      const headers = set.headers as Record<string, string>;
+      headers.vary = "Origin";
+      headers["x-request-id"] = Bun.randomUUIDv7();
+      headers["x-ratelimit-limit"] = "1000000";
+      headers["x-ratelimit-remaining"] = String(remaining);
+      headers["x-ratelimit-reset"] = String(peer.length);
+      headers["ratelimit-policy"] = '"default";q=1000000;w=60';
+      headers.ratelimit = `"default";r=${remaining};t=60`;
+    })
+    // Built as Palisade builds a JSON answer (plugins/security-headers): a copy of the prebuilt set
+    // with the request's own headers laid over it.
+    .mapResponse(function withPalisadeHeaders({ responseValue, set, route }) {
+      const init = { status: 200, headers: responses.headersFor(route, set.headers) };
+      set.headers = {};
+      return Response.json(responseValue, init);
+    }),
+).listen({ port, hostname: "127.0.0.1" });
 process.stderr.write(`ready ${app.server!.port}\n`);
 process.on("SIGINT", () => process.exit(0));

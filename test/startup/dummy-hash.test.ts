@@ -9,6 +9,14 @@ import { afterEach, expect, spyOn, test } from "bun:test";
 import { buildTestApp, secondProcess, send, type TestApp } from "../support/app";
 import { signUp } from "../support/auth";
 
+/** The answer to a request, its name added to `answered` when it comes. */
+function noted(answered: string[], name: string, response: Promise<Response>) {
+  return response.then((answer) => {
+    answered.push(name);
+    return answer;
+  });
+}
+
 const open: TestApp[] = [];
 afterEach(() => {
   for (const target of open.splice(0)) target.close();
@@ -74,16 +82,12 @@ test("a known email's login and /ready wait for the dummy hash too: no answer te
   const restarted = secondProcess(first);
   try {
     const answered: string[] = [];
-    const known = send(restarted, "/api/auth/login", {
-      body: { email, password: "wrong-Harbor-quantum-73!" },
-    }).then((response) => {
-      answered.push("known");
-      return response;
-    });
-    const ready = send(restarted, "/ready").then((response) => {
-      answered.push("ready");
-      return response;
-    });
+    const known = noted(
+      answered,
+      "known",
+      send(restarted, "/api/auth/login", { body: { email, password: "wrong-Harbor-quantum-73!" } }),
+    );
+    const ready = noted(answered, "ready", send(restarted, "/ready"));
     await Bun.sleep(50);
     expect(answered).toEqual([]);
 
@@ -108,16 +112,14 @@ test("built as the entry builds them (the hash started only once listening), a f
     expect(hash).not.toHaveBeenCalled();
 
     const answered: string[] = [];
-    const login = send(target, "/api/auth/login", {
-      body: { email: "nobody@example.com", password: "violet-Harbor-quantum-73!" },
-    }).then((response) => {
-      answered.push("login");
-      return response;
-    });
-    const ready = send(target, "/ready").then((response) => {
-      answered.push("ready");
-      return response;
-    });
+    const login = noted(
+      answered,
+      "login",
+      send(target, "/api/auth/login", {
+        body: { email: "nobody@example.com", password: "violet-Harbor-quantum-73!" },
+      }),
+    );
+    const ready = noted(answered, "ready", send(target, "/ready"));
     await Bun.sleep(50);
     expect(answered).toEqual([]);
     expect(hash).toHaveBeenCalledTimes(1);
