@@ -6,13 +6,13 @@
  * nor parses them), its source map (stack traces in logs and Sentry name the source lines), the
  * migrations and the default FAQ: it reads no file of the source tree and needs no `node_modules`.
  * What the source loads on first use (zxcvbn, openai, stripe, @sentry, jose, the OpenAPI
- * generator) stays in chunks of its own inside it, loaded then. Like `bun run start`, it reads a
- * `.env` file from its working directory.
+ * generator) stays in chunks of its own inside it, loaded then. It takes its settings from the
+ * environment only (no `.env`, no `bunfig.toml`), and a start naming no `APP_ENV` is a production
+ * start (src/index.ts). Nothing in `outdir` is deleted: what the build writes is overwritten.
  *
  * `{ compile: false }` writes the same bundle as plain files (`index.js` and its chunks) instead:
  * what the executable holds, for reading (test/startup/bundle.test.ts checks the chunks).
  */
-import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 
 const ROOT = join(import.meta.dir, "..");
@@ -22,7 +22,6 @@ export async function buildBundle(
   outdir: string,
   { compile = true }: { compile?: boolean } = {},
 ): Promise<string[]> {
-  rmSync(outdir, { recursive: true, force: true });
   const common = {
     entrypoints: [join(ROOT, "src/index.ts")],
     target: "bun" as const,
@@ -37,9 +36,16 @@ export async function buildBundle(
   const result = compile
     ? await Bun.build({
         ...common,
-        // A `.env` in the working directory is read, as `bun run start` reads it; a `bunfig.toml`
-        // there is not (its `preload` would run code the build never saw).
-        compile: { outfile: join(outdir, EXECUTABLE), autoloadDotenv: true, autoloadBunfig: false },
+        // Nothing from the working directory: a `.env` there (Bun would read one from wherever the
+        // executable is started, where `bun run start` reads the project's) could hand anyone who
+        // can write a file there an admin API key or an upstream's secret, and a `bunfig.toml`'s
+        // `preload` would run code the build never saw. Settings come from the environment.
+        compile: {
+          outfile: join(outdir, EXECUTABLE),
+          autoloadDotenv: false,
+          autoloadBunfig: false,
+        },
+        define: { PALISADE_EXECUTABLE: "true" },
         bytecode: true,
       })
     : await Bun.build({ ...common, outdir });

@@ -25,9 +25,19 @@ function fail(message: string): never {
   process.exit(EXIT_BAD_CONFIG);
 }
 
+/** Defined (true) by `bun run build` in the production executable only (scripts/build.ts). */
+declare const PALISADE_EXECUTABLE: boolean | undefined;
+// The executable is the production form: a start that names no profile is a production start, so
+// one missing its settings refuses (naming what is missing) instead of serving the development
+// profile with generated secrets. It reads no `.env` either (scripts/build.ts).
+const environment =
+  typeof PALISADE_EXECUTABLE !== "undefined" && process.env.APP_ENV === undefined
+    ? { ...process.env, APP_ENV: "production" }
+    : process.env;
+
 let config: ReturnType<typeof loadConfig>;
 try {
-  config = loadConfig(process.env);
+  config = loadConfig(environment);
 } catch (error) {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;

@@ -41,8 +41,8 @@ beforeAll(async () => {
     .filter((name) => name.endsWith(".js") && name !== "index.js")
     .map((name) => readFileSync(join(outdir, "files", name), "utf8"));
   await buildBundle(join(outdir, "exe"));
-  // Its working directory holds a `.env` (read, as `bun run start` reads it) and a `bunfig.toml`
-  // whose preload would leave a mark (not read: it would run code the build never saw).
+  // Its working directory holds a `.env` and a `bunfig.toml` whose preload would leave a mark: it
+  // must read neither (anyone able to write a file there would configure it).
   writeFileSync(join(work.path, ".env"), "OPENAPI_PUBLIC=true\n");
   writeFileSync(
     join(work.path, "preload.ts"),
@@ -137,8 +137,26 @@ test("everything the bundle wrote to stdout is a JSON log line (Elysia reads the
   for (const line of lines) expect(() => JSON.parse(line)).not.toThrow();
 });
 
-test("it reads the .env of its working directory, and not its bunfig.toml", async () => {
-  // OPENAPI_PUBLIC=true came from the .env: production serves the document to anyone only then.
-  expect((await fetch(url("/openapi.json"))).status).toBe(200);
+test("it reads neither the .env nor the bunfig.toml of its working directory", async () => {
+  // Production serves the document to admins only unless OPENAPI_PUBLIC=true, which only the .env said.
+  expect((await fetch(url("/openapi.json"))).status).toBe(401);
   expect(existsSync(PRELOAD_MARK)).toBe(false);
+});
+
+test("started with no APP_ENV it is a production start: without the secrets it refuses, naming them", () => {
+  const bare = tempDir();
+  try {
+    const started = Bun.spawnSync([join(outdir, "exe", EXECUTABLE)], {
+      cwd: bare.path,
+      env: { PATH: process.env.PATH ?? "", PORT: "0", HOST: "127.0.0.1" },
+      timeout: 10_000,
+    });
+    expect(started.exitCode).toBe(2);
+    const said = started.stderr.toString();
+    expect(said).toContain("refusing to start");
+    expect(said).toContain("JWT_SECRET_KEY");
+    expect(said).not.toContain("generated random development secrets");
+  } finally {
+    bare.remove();
+  }
 });
