@@ -41,14 +41,28 @@ export function setBusyTimeout(sqlite: Database, ms: number): void {
 
 /**
  * Whether this connection could write now: takes the write lock (waiting the connection's busy
- * timeout at most) and gives it back without writing. Throws, saying why, when it cannot.
+ * timeout at most), writes, and rolls the write back. Throws, saying why, when it cannot. The lock
+ * alone proves nothing about a file this process may only read: SQLite opens it read-only without
+ * a word, and still takes the lock (it can create the `-wal` and `-shm` files beside it); only a
+ * write fails there.
  */
 export function probeWritable(sqlite: Database): void {
+  const notWritable = (error: unknown) =>
+    new Error(
+      `not writable: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`,
+    );
   try {
     sqlite.run("BEGIN IMMEDIATE");
   } catch (error) {
-    const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
-    throw new Error(`not writable: ${reason}`);
+    throw notWritable(error);
   }
-  sqlite.run("ROLLBACK");
+  try {
+    // The header's user_version, set to what it is: a write of one page that nothing reads.
+    const version = Number(sqlite.query("PRAGMA user_version").values()[0]?.[0] ?? 0);
+    sqlite.run(`PRAGMA user_version = ${version}`);
+  } catch (error) {
+    throw notWritable(error);
+  } finally {
+    sqlite.run("ROLLBACK");
+  }
 }

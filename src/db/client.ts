@@ -13,6 +13,7 @@ import { dirname } from "node:path";
 import { getTableName, is } from "drizzle-orm";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
 import { SQLiteTable } from "drizzle-orm/sqlite-core";
+import { probeWritable } from "./busy";
 import * as schema from "./schema";
 import { timeQueries } from "./timing";
 
@@ -43,6 +44,9 @@ export function openDatabase(path: string): AppDatabase {
     throw new DatabaseOpenError(path, `cannot be opened: ${describe(error)}`);
   }
   try {
+    // First: switching to WAL takes a lock too, and several processes starting together on a new
+    // file must wait for each other there, not fail.
+    sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
     sqlite.run("PRAGMA journal_mode = WAL");
     sqlite.run("PRAGMA synchronous = NORMAL");
     // A checkpoint every 16 MB of WAL rather than SQLite's 4 MB: a flood of new clients writes a
@@ -51,14 +55,12 @@ export function openDatabase(path: string): AppDatabase {
     // to WAL_LIMIT_BYTES after a checkpoint that ran long behind a reader.
     sqlite.run(`PRAGMA wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`);
     sqlite.run(`PRAGMA journal_size_limit = ${WAL_LIMIT_BYTES}`);
-    sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
     sqlite.run("PRAGMA foreign_keys = ON");
     // Deleted and overwritten content (a cleared WhatsApp number, an erased user, a deleted
     // conversation) is zeroed in the file instead of lingering in free space; see the README.
     sqlite.run(`PRAGMA secure_delete = ${SECURE_DELETE}`);
     // A probe write: a read-only file or directory fails here, at start, not on the first request.
-    sqlite.run("BEGIN IMMEDIATE");
-    sqlite.run("ROLLBACK");
+    probeWritable(sqlite);
   } catch (error) {
     sqlite.close();
     throw new DatabaseOpenError(path, `is not a usable SQLite database: ${describe(error)}`);

@@ -204,3 +204,32 @@ describe("while another process holds the write lock", () => {
     expect(count()).toBe(2);
   }, 20_000);
 });
+
+// A file this process may only read (mode 0444, another owner) is opened read-only by SQLite
+// without a word, and the write lock is still taken: only a write fails. A connection opened
+// read-only is in the same state.
+test("a connection that may only read the file is not writable, though it takes the lock", () => {
+  const target = buildTestApp();
+  try {
+    const { Database } = require("bun:sqlite") as typeof import("bun:sqlite");
+    const readOnly = new Database(target.databasePath, { readonly: true });
+    try {
+      readOnly.run("BEGIN IMMEDIATE");
+      readOnly.run("ROLLBACK");
+      expect(() => probeWritable(readOnly)).toThrow(
+        "not writable: attempt to write a readonly database",
+      );
+      // The probe leaves no transaction open behind it.
+      expect(readOnly.inTransaction).toBe(false);
+    } finally {
+      readOnly.close();
+    }
+    const writable = target.db.$client;
+    writable.run("PRAGMA user_version = 7");
+    probeWritable(writable);
+    expect(writable.query("PRAGMA user_version").values()).toEqual([[7]]);
+    expect(writable.inTransaction).toBe(false);
+  } finally {
+    target.close();
+  }
+});
