@@ -50,6 +50,7 @@ export function probeWritable(sqlite: Database): void {
   const notWritable = (error: unknown) =>
     new Error(
       `not writable: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`,
+      { cause: error },
     );
   try {
     sqlite.run("BEGIN IMMEDIATE");

@@ -13,7 +13,7 @@ import { dirname } from "node:path";
 import { getTableName, is } from "drizzle-orm";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
 import { SQLiteTable } from "drizzle-orm/sqlite-core";
-import { probeWritable } from "./busy";
+import { isDatabaseBusy, probeWritable } from "./busy";
 import * as schema from "./schema";
 import { timeQueries } from "./timing";
 
@@ -35,6 +35,25 @@ export class DatabaseOpenError extends Error {
   }
 }
 
+/**
+ * A step of a start that takes a lock. Processes starting together on a new file (still in
+ * rollback-journal mode until the first switches it to WAL): SQLite reports a lock at once,
+ * without waiting its busy timeout, where waiting could deadlock two connections, so the start
+ * waits and tries again, as long as a busy timeout, before it gives up.
+ */
+function waitingOutLocks(sqlite: Database, step: (sqlite: Database) => void) {
+  const deadline = Date.now() + BUSY_TIMEOUT_MS;
+  for (;;) {
+    try {
+      step(sqlite);
+      return;
+    } catch (error) {
+      if (!isDatabaseBusy(error) || Date.now() > deadline) throw error;
+      Bun.sleepSync(20);
+    }
+  }
+}
+
 export function openDatabase(path: string): AppDatabase {
   let sqlite: Database;
   try {
@@ -47,7 +66,7 @@ export function openDatabase(path: string): AppDatabase {
     // First: switching to WAL takes a lock too, and several processes starting together on a new
     // file must wait for each other there, not fail.
     sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
-    sqlite.run("PRAGMA journal_mode = WAL");
+    waitingOutLocks(sqlite, (db) => db.run("PRAGMA journal_mode = WAL"));
     sqlite.run("PRAGMA synchronous = NORMAL");
     // A checkpoint every 16 MB of WAL rather than SQLite's 4 MB: a flood of new clients writes a
     // limiter row on a random page per request, and checkpoints (with their fsync) were a third of
@@ -60,7 +79,7 @@ export function openDatabase(path: string): AppDatabase {
     // conversation) is zeroed in the file instead of lingering in free space; see the README.
     sqlite.run(`PRAGMA secure_delete = ${SECURE_DELETE}`);
     // A probe write: a read-only file or directory fails here, at start, not on the first request.
-    probeWritable(sqlite);
+    waitingOutLocks(sqlite, probeWritable);
   } catch (error) {
     sqlite.close();
     throw new DatabaseOpenError(path, `is not a usable SQLite database: ${describe(error)}`);

@@ -24,9 +24,17 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): voi
     dialect: { migrate(list: MigrationMeta[], session: unknown, config: MigrationConfig): void };
     session: unknown;
   };
-  internal.dialect.migrate(embeddedMigrations(), internal.session, {
-    migrationsFolder: "embedded",
-  });
+  try {
+    internal.dialect.migrate(embeddedMigrations(), internal.session, {
+      migrationsFolder: "embedded",
+    });
+  } catch (error) {
+    // Several processes starting together on a new file each found it unmigrated; the one that
+    // got the write lock first applied every migration, and this one's first CREATE TABLE then
+    // failed. The database is what it should be.
+    if (atLatest(db)) return;
+    throw error;
+  }
 }
 
 /**

@@ -87,3 +87,38 @@ test("a database whose migrations table exists but is empty (a first start cut s
   expect(schemaOf(db).some((row) => (row as { name: string }).name === "users")).toBe(true);
   db.$client.close();
 });
+
+// Several processes sharing one port start together on a file none of them has seen: each opens
+// it (WAL, the probe write) and finds it unmigrated; one applies the migrations, and the others
+// must wait for it and start, not fail.
+test("processes starting together on a new file all open and migrate it", async () => {
+  const dir = tempDir();
+  dirs.push(dir);
+  const path = join(dir.path, "together.db");
+  const root = join(import.meta.dir, "../..");
+  const script = `
+    const { openDatabase } = await import(${JSON.stringify(join(root, "src/db/client.ts"))});
+    const { applyMigrations } = await import(${JSON.stringify(join(root, "src/db/migrate.ts"))});
+    await Bun.sleep(Number(process.env.START_AT) - Date.now());
+    const db = openDatabase(process.env.DB);
+    applyMigrations(db);
+    db.$client.close();
+  `;
+  const startAt = String(Date.now() + 1_500);
+  const runs = Array.from({ length: 6 }, () =>
+    Bun.spawn(["bun", "-e", script], {
+      env: { PATH: process.env.PATH ?? "", DB: path, START_AT: startAt },
+      stdout: "ignore",
+      stderr: "pipe",
+    }),
+  );
+  const exits = await Promise.all(runs.map((run) => run.exited));
+  const errors = await Promise.all(runs.map((run) => new Response(run.stderr).text()));
+  expect({ exits, errors: errors.filter(Boolean) }).toEqual({
+    exits: [0, 0, 0, 0, 0, 0],
+    errors: [],
+  });
+  const db = openDatabase(path);
+  expect(appliedOf(db)).toHaveLength(embeddedMigrations().length);
+  db.$client.close();
+}, 20_000);
