@@ -5,7 +5,7 @@
  * that many permits, and a lease's permits after theirs), share the decision's grants out in
  * arrival order, and read a stored window back as an estimate.
  */
-import { estimate, windowStartOf } from "./sliding-window";
+import { rollForward } from "./sliding-window";
 import type { Grant, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 export type { Grant };
@@ -184,12 +184,12 @@ export function estimateStored(
   windowMs: number,
 ): number {
   if (stored === null) return 0;
-  const start = windowStartOf(now, windowMs);
-  const state =
-    stored.windowStart === start
-      ? { previous: stored.previous, current: stored.current, windowStart: start }
-      : stored.windowStart === start - windowMs
-        ? { previous: stored.current, current: 0, windowStart: start }
-        : { previous: 0, current: 0, windowStart: start };
-  return estimate(state, now, windowMs);
+  const { previous, current, weight } = rollForward(
+    now,
+    windowMs,
+    stored.windowStart,
+    stored.previous,
+    stored.current,
+  );
+  return previous * weight + current;
 }

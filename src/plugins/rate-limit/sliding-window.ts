@@ -73,3 +73,53 @@ export function resetMs(state: WindowState, now: number, windowMs: number): numb
   const untilWindowEnd = state.windowStart + windowMs - now;
   return state.current > 0 ? untilWindowEnd + windowMs : untilWindowEnd;
 }
+
+/**
+ * A stored count as a count: anything else (text, NULL, a negative, fractional or infinite value:
+ * only someone editing the file writes one) is 0, as if the row were new. Honoured as it was, text
+ * made the grant NaN and its write fail the whole group's transaction, and a negative count
+ * admitted without limit.
+ */
+function storedCount(stored: unknown): number {
+  return typeof stored === "number" && Number.isSafeInteger(stored) && stored > 0 ? stored : 0;
+}
+
+/**
+ * One window of a stored row (both stores' decisions and peeks) rolled forward to `now`, with the
+ * weight of its previous count: its current count becomes the previous one
+ * if the row is one window behind, and both are 0 if it is further behind. A check decided after it
+ * waited (a busy lock, the backlog) may find the row already in the next window, counted there by
+ * another process: it is then decided in that window, at its start (the previous count weighing
+ * fully, the most it can), never with its own older window, which would see both counts as 0,
+ * grant a fresh limit and write the row back into the past.
+ */
+export function rollForward(
+  now: number,
+  windowMs: number,
+  storedStart: unknown,
+  storedPrevious: unknown,
+  storedCurrent: unknown,
+) {
+  const windowStart = windowStartOf(now, windowMs);
+  if (storedStart === windowStart + windowMs) {
+    return {
+      windowStart: storedStart,
+      weight: 1,
+      previous: storedCount(storedPrevious),
+      current: storedCount(storedCurrent),
+    };
+  }
+  const weight = previousWeight(now, windowMs);
+  if (storedStart === windowStart) {
+    return {
+      windowStart,
+      weight,
+      previous: storedCount(storedPrevious),
+      current: storedCount(storedCurrent),
+    };
+  }
+  if (storedStart === windowStart - windowMs) {
+    return { windowStart, weight, previous: storedCount(storedCurrent), current: 0 };
+  }
+  return { windowStart, weight, previous: 0, current: 0 };
+}

@@ -41,7 +41,7 @@ import {
   shareGrants,
 } from "./coalesce";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
-import { previousWeight, windowStartOf } from "./sliding-window";
+import { rollForward, windowStartOf } from "./sliding-window";
 import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 // The decision is a read of the (policy, key) row, the arithmetic here, and a write of the row,
@@ -388,8 +388,8 @@ export class SqliteLimiterStore implements LeasableStore {
       };
       return { state, granted };
     }
-    const long = rolled(now, policy.windowMs, row[1], row[2], row[3]);
-    const burst = rolled(now, BURST_WINDOW_MS, row[4], row[5], row[6]);
+    const long = rollForward(now, policy.windowMs, row[1], row[2], row[3]);
+    const burst = rollForward(now, BURST_WINDOW_MS, row[4], row[5], row[6]);
     const windowStart = long.windowStart;
     const burstWindowStart = burst.windowStart;
     const { previous, current } = long;
@@ -432,53 +432,4 @@ export class SqliteLimiterStore implements LeasableStore {
 /** When a row of these windows may be pruned: once both are two windows old. */
 function expiryOf(windowStart: number, windowMs: number, burstWindowStart: number): number {
   return Math.max(windowStart + 2 * windowMs, burstWindowStart + 2 * BURST_WINDOW_MS);
-}
-
-/**
- * A stored count as a count: anything else (text, NULL, a negative, fractional or infinite value:
- * only someone editing the file writes one) is 0, as if the row were new. Honoured as it was, text
- * made the grant NaN and its write fail the whole group's transaction, and a negative count
- * admitted without limit.
- */
-function countOf(stored: unknown): number {
-  return typeof stored === "number" && Number.isSafeInteger(stored) && stored > 0 ? stored : 0;
-}
-
-/**
- * One window of a stored row rolled forward to `now`: its current count becomes the previous one
- * if the row is one window behind, and both are 0 if it is further behind. A check decided after it
- * waited (a busy lock, the backlog) may find the row already in the next window, counted there by
- * another process: it is then decided in that window, at its start (the previous count weighing
- * fully, the most it can), never with its own older window, which would see both counts as 0,
- * grant a fresh limit and write the row back into the past.
- */
-function rolled(
-  now: number,
-  windowMs: number,
-  storedStart: unknown,
-  storedPrevious: unknown,
-  storedCurrent: unknown,
-) {
-  const windowStart = windowStartOf(now, windowMs);
-  if (storedStart === windowStart + windowMs) {
-    return {
-      windowStart: storedStart,
-      weight: 1,
-      previous: countOf(storedPrevious),
-      current: countOf(storedCurrent),
-    };
-  }
-  const weight = previousWeight(now, windowMs);
-  if (storedStart === windowStart) {
-    return {
-      windowStart,
-      weight,
-      previous: countOf(storedPrevious),
-      current: countOf(storedCurrent),
-    };
-  }
-  if (storedStart === windowStart - windowMs) {
-    return { windowStart, weight, previous: countOf(storedCurrent), current: 0 };
-  }
-  return { windowStart, weight, previous: 0, current: 0 };
 }
