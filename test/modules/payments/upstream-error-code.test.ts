@@ -39,6 +39,14 @@ function expectNothingOfTheCode(text: string) {
   expect(text).not.toContain("AAAAAAAA");
 }
 
+/** One `kind` line naming the code only as unrecognised_code, and nothing of the code logged. */
+function expectOneUnrecognisedLine(target: PaymentsApp, kind: string) {
+  const logged = target.logs.entries.filter((entry) => entry.kind === kind);
+  expect(logged).toHaveLength(1);
+  expect(logged[0]!.reason).toBe(UNRECOGNISED_CODE);
+  expectNothingOfTheCode(target.logs.text);
+}
+
 function warnings(target: PaymentsApp, msg: string) {
   return target.logs.entries.filter((entry) => entry.msg === msg);
 }
@@ -86,10 +94,7 @@ describe("a hostile upstream error code", () => {
     expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
     expect(problem.detail).toBe("The payment provider refused the request (unrecognised_code).");
     expectNothingOfTheCode(text);
-    const logged = current.logs.entries.filter((entry) => entry.kind === "refused");
-    expect(logged).toHaveLength(1);
-    expect(logged[0]!.reason).toBe(UNRECOGNISED_CODE);
-    expectNothingOfTheCode(current.logs.text);
+    expectOneUnrecognisedLine(current, "refused");
   });
 
   test("an outage (5xx) keeps its fixed detail and logs unrecognised_code", async () => {
@@ -97,10 +102,7 @@ describe("a hostile upstream error code", () => {
     const response = await intentMeeting(current, { status: 503, code: HOSTILE_CODE });
     expect(response.status).toBe(503);
     expectNothingOfTheCode(await response.text());
-    const logged = current.logs.entries.filter((entry) => entry.kind === "unavailable");
-    expect(logged).toHaveLength(1);
-    expect(logged[0]!.reason).toBe(UNRECOGNISED_CODE);
-    expectNothingOfTheCode(current.logs.text);
+    expectOneUnrecognisedLine(current, "unavailable");
   });
 
   test("a refused refund: the same, and the payment stays refundable", async () => {
