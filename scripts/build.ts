@@ -23,7 +23,9 @@ export async function buildBundle(
   { compile = true }: { compile?: boolean } = {},
 ): Promise<string[]> {
   const common = {
-    entrypoints: [join(ROOT, "src/index.ts")],
+    // The background checkpointer's thread (db/background-checkpoint) is an entry point of its own:
+    // a Worker's script must be one for the executable to hold it.
+    entrypoints: [join(ROOT, "src/index.ts"), join(ROOT, "src/db/checkpoint-worker.ts")],
     target: "bun" as const,
     format: "esm" as const,
     // Not minified: Elysia decides what each handler and hook needs parsed by reading its source

@@ -81,7 +81,14 @@ let services: ReturnType<typeof createServices>;
 try {
   // The unknown-email login's dummy argon2id hash is started once listening (below), not while the
   // start still needs the CPU: on one core it made the first /health ~75 ms later.
-  services = createServices({ config, db, logger, prepareLogin: false });
+  services = createServices({
+    config,
+    db,
+    logger,
+    prepareLogin: false,
+    // Beside this file in the source, and where the executable holds it (scripts/build.ts).
+    checkpointWorkerUrl: new URL("./db/checkpoint-worker.ts", import.meta.url),
+  });
 } catch (error) {
   // API_KEYS checked against the stored keys (a key already made through the API, a prefix clash).
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);

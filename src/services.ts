@@ -7,6 +7,7 @@
  * queued.
  */
 import { type Core, type CoreOptions, createCore } from "./core";
+import { backgroundCheckpoints } from "./db/background-checkpoint";
 import { isDatabaseBusy } from "./db/busy";
 import { startWalGuard } from "./db/wal-guard";
 import { createFeatures, type FeatureOptions } from "./features";
@@ -35,6 +36,8 @@ export interface Services extends Core {
 export interface ServiceOptions extends CoreOptions, FeatureOptions {
   /** Background task period; 0 disables the timer (tests drive maintenance themselves). */
   maintenanceIntervalMs?: number;
+  /** The background checkpointer's script, when not beside db/background-checkpoint (src/index.ts). */
+  checkpointWorkerUrl?: URL;
 }
 
 export function createServices(options: ServiceOptions): Services {
@@ -62,10 +65,22 @@ export function createServices(options: ServiceOptions): Services {
   const timer = intervalMs > 0 ? setInterval(runMaintenance, intervalMs) : null;
   timer?.unref();
   // Background work like the maintenance: off where the maintenance is (tests drive it).
-  const walLimit = options.config.walTruncateBytes;
+  const sqlite = options.db.$client;
+  const checkpoints =
+    intervalMs > 0 && sqlite.filename && sqlite.filename !== ":memory:"
+      ? backgroundCheckpoints({
+          path: sqlite.filename,
+          logger,
+          workerUrl: options.checkpointWorkerUrl,
+        })
+      : null;
   const stopWalGuard =
-    intervalMs > 0 && walLimit > 0
-      ? startWalGuard(options.db.$client, { limitBytes: walLimit, logger })
+    intervalMs > 0
+      ? startWalGuard(sqlite, {
+          limitBytes: options.config.walTruncateBytes,
+          logger,
+          onLook: checkpoints ? (walBytes) => checkpoints.consider(walBytes) : undefined,
+        })
       : () => {};
 
   return {
@@ -81,11 +96,13 @@ export function createServices(options: ServiceOptions): Services {
       for (const feature of features.list) await feature.start?.();
     },
     async stop() {
-      await Promise.all(features.list.map((feature) => feature.stop?.()));
+      await Promise.all([...features.list.map((feature) => feature.stop?.()), checkpoints?.stop()]);
     },
     close() {
       if (timer) clearInterval(timer);
       stopWalGuard();
+      // Not stopped already (a test closing without stop()): ended without waiting.
+      void checkpoints?.stop();
       for (const feature of features.list) feature.close?.();
       core.close();
     },

@@ -45,18 +45,22 @@ export function checkpointIfLarge(sqlite: Database, limitBytes: number): WalChec
 }
 
 export interface WalGuardOptions {
+  /** Past this size the WAL is checkpointed and truncated; 0: never (Litestream). */
   limitBytes: number;
   logger: Logger;
   intervalMs?: number;
+  /** Told the WAL's size at every look (db/background-checkpoint starts its thread from it). */
+  onLook?: (walBytes: number) => void;
 }
 
 /** Looks at the WAL every `intervalMs` (250 ms by default); returns what stops it. */
 export function startWalGuard(sqlite: Database, options: WalGuardOptions): () => void {
-  const { limitBytes, logger, intervalMs = 250 } = options;
+  const { limitBytes, logger, intervalMs = 250, onLook } = options;
   if (!sqlite.filename || sqlite.filename === ":memory:") return () => {};
   const timer = setInterval(() => {
     try {
-      if (checkpointIfLarge(sqlite, limitBytes) === "truncated") {
+      onLook?.(walBytes(sqlite));
+      if (limitBytes > 0 && checkpointIfLarge(sqlite, limitBytes) === "truncated") {
         logger.info({ limitBytes }, "WAL past its limit: checkpointed and truncated");
       }
     } catch (error) {

@@ -132,3 +132,27 @@ test("a checkpoint that fails otherwise is logged, and the guard keeps looking",
     stop();
   }
 });
+
+test("with truncation off (WAL_TRUNCATE_MB=0) the guard still looks, and tells each look's size, but never truncates", async () => {
+  const { path, writer } = twoConnections();
+  writer.run("PRAGMA wal_autocheckpoint = 0");
+  write(writer, 2 * LIMIT);
+  const sizes: number[] = [];
+  const logs = new LogCapture();
+  const stop = startWalGuard(writer, {
+    limitBytes: 0,
+    logger: createLogger({ level: "info", destination: logs }),
+    intervalMs: 10,
+    onLook: (bytes) => sizes.push(bytes),
+  });
+  try {
+    const deadline = Date.now() + 5_000;
+    while (sizes.length < 3 && Date.now() < deadline) await Bun.sleep(10);
+    expect(sizes.length).toBeGreaterThanOrEqual(3);
+    for (const size of sizes) expect(size).toBe(walSize(path));
+    expect(walSize(path)).toBeGreaterThan(2 * LIMIT);
+    expect(logs.lines).toEqual([]);
+  } finally {
+    stop();
+  }
+});

@@ -4,8 +4,18 @@
  * secrets given (every other setting the embedded default), it serves the same service as the
  * source entry, with the libraries loaded on first use kept out of its entry chunk.
  */
+
+import { Database } from "bun:sqlite";
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildBundle, EXECUTABLE } from "../../scripts/build";
@@ -129,6 +139,51 @@ test("the bundle serves /metrics, with prom-client's scrape-time metrics", async
   expect(text).toContain("process_start_time_seconds");
   expect(text).toContain("http_requests_total");
 });
+
+test("the bundle's background checkpoint thread (an entry point of its own) copies a WAL another writer filled back into the file", async () => {
+  const path = PRODUCTION.DATABASE_PATH;
+  // Another process (a CLI command, a second service) writes ~6 MB and never checkpoints: only the
+  // service's thread, started once its WAL guard sees the WAL past 4 MB, can copy it back.
+  const writer = Bun.spawnSync(
+    [
+      process.execPath,
+      "-e",
+      `const { Database } = require("bun:sqlite");
+       const db = new Database(${JSON.stringify(path)});
+       db.run("PRAGMA busy_timeout = 5000");
+       db.run("PRAGMA wal_autocheckpoint = 0");
+       db.run("CREATE TABLE filler (id INTEGER PRIMARY KEY, data BLOB)");
+       const insert = db.prepare("INSERT INTO filler (data) VALUES (randomblob(4000))");
+       for (let i = 0; i < 1500; i++) insert.run();`,
+    ],
+    { timeout: 30_000 },
+  );
+  expect(writer.exitCode).toBe(0);
+  const rowsInFile = () => {
+    const copy = join(work.path, `file-only-${Date.now()}.db`);
+    copyFileSync(path, copy);
+    const sqlite = new Database(copy, { readonly: true });
+    try {
+      const found = sqlite.query("SELECT name FROM sqlite_master WHERE name = 'filler'").get();
+      return found
+        ? (sqlite.query("SELECT count(*) AS n FROM filler").get() as { n: number }).n
+        : 0;
+    } finally {
+      sqlite.close();
+      rmSync(copy);
+    }
+  };
+  const deadline = Date.now() + 10_000;
+  while (rowsInFile() < 1500 && Date.now() < deadline) await Bun.sleep(50);
+  expect(rowsInFile()).toBe(1500);
+  // Log lines leave in batches: wait for the one that says the thread started.
+  while (!service.stdout().includes("background thread") && Date.now() < deadline) {
+    await Bun.sleep(50);
+  }
+  const said = service.stdout();
+  expect(said).toContain("WAL growing: checkpoints moved to a background thread");
+  expect(said).not.toContain("background checkpoints failed");
+}, 30_000);
 
 test("everything the bundle wrote to stdout is a JSON log line (Elysia reads the unminified handlers)", () => {
   const lines = service.stdout().trim().split("\n");
