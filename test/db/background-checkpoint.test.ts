@@ -56,19 +56,28 @@ function write(sqlite: Database, rows: number) {
   insert.finalize();
 }
 
-/** Rows in the database file alone: a copy of it without its WAL, as after a lost WAL. */
+/**
+ * Rows in the database file alone: a copy of it without its WAL, as after a lost WAL. A copy taken
+ * while the thread is writing pages back can be half old, half new: taken again then.
+ */
 function rowsInFile(path: string): number {
-  const copy = join(dir!.path, `copy-${Math.random().toString(36).slice(2)}.db`);
-  copyFileSync(path, copy);
-  const sqlite = new Database(copy, { readonly: true });
-  try {
-    const table = sqlite
-      .query("SELECT count(*) AS n FROM sqlite_master WHERE name = 'filler'")
-      .get() as { n: number };
-    if (table.n === 0) return 0;
-    return (sqlite.query("SELECT count(*) AS n FROM filler").get() as { n: number }).n;
-  } finally {
-    sqlite.close();
+  for (let attempt = 0; ; attempt++) {
+    const copy = join(dir!.path, `copy-${Math.random().toString(36).slice(2)}.db`);
+    copyFileSync(path, copy);
+    const sqlite = new Database(copy, { readonly: true });
+    try {
+      const table = sqlite
+        .query("SELECT count(*) AS n FROM sqlite_master WHERE name = 'filler'")
+        .get() as { n: number };
+      if (table.n === 0) return 0;
+      return (sqlite.query("SELECT count(*) AS n FROM filler").get() as { n: number }).n;
+    } catch (error) {
+      const torn = error instanceof Error && "code" in error && error.code === "SQLITE_CORRUPT";
+      if (!torn || attempt >= 20) throw error;
+      Bun.sleepSync(10);
+    } finally {
+      sqlite.close();
+    }
   }
 }
 
