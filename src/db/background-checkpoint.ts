@@ -16,7 +16,9 @@
  *
  * The thread starts the first time the WAL guard finds the WAL past `startAtBytes` (a quarter of
  * the way to an automatic checkpoint), not at start: a thread costs ~7 MB, which a quiet service
- * never needs. Once started it stays, looking slowly while nothing is written.
+ * never needs. Once started it stays, looking slowly while nothing is written. A checkpoint that
+ * fails (a full disk) is logged once and retried every second until one works again (logged too);
+ * only a thread that cannot open the database at all stops for good.
  */
 import type { Logger } from "../logging/logger";
 import type { FromCheckpointWorker, ToCheckpointWorker } from "./checkpoint-worker";
@@ -66,7 +68,7 @@ export function backgroundCheckpoints(options: BackgroundCheckpointOptions): Bac
     if (state === "failed" || state === "stopped") return;
     state = "failed";
     logger.error(
-      { err: { message } },
+      { reason: message },
       "background checkpoints failed: the serving connection checkpoints alone",
     );
     worker?.terminate();
@@ -84,6 +86,13 @@ export function backgroundCheckpoints(options: BackgroundCheckpointOptions): Bac
       const message = event.data;
       if (message.type === "started") {
         logger.info({ startAtBytes }, "WAL growing: checkpoints moved to a background thread");
+      } else if (message.type === "failing") {
+        logger.error(
+          { reason: message.message },
+          "background checkpoints failing: the serving connection checkpoints alone until they work again",
+        );
+      } else if (message.type === "recovered") {
+        logger.info("background checkpoints working again");
       } else if (message.type === "failed") fail(message.message);
       else if (message.type === "stopped") stopped?.();
     };

@@ -7,9 +7,11 @@
  *
  * It only copies: it never writes a row, never restarts or truncates the WAL (the serving
  * connection's own automatic checkpoint and the WAL guard do), and never waits for a lock (a
- * checkpoint already running, in this process or another, is left to finish).
+ * checkpoint already running, in this process or another, is left to finish). A checkpoint that
+ * fails (a full disk) is reported and retried every second (db/checkpoint-loop).
  */
 import { Database, type Statement } from "bun:sqlite";
+import { type CheckpointLoop, checkpointLoop, type LoopReport } from "./checkpoint-loop";
 
 export interface CheckpointWorkerStart {
   type: "start";
@@ -20,29 +22,31 @@ export interface CheckpointWorkerStart {
 
 export type ToCheckpointWorker = CheckpointWorkerStart | { type: "stop" };
 
-/** `failed`: it stopped for good (the message has no row content: SQLite's own error text). */
+/**
+ * `failed`: it could not open the database and stopped for good; `failing`/`recovered`: a
+ * checkpoint failed (a full disk), is retried every second, and worked again (db/checkpoint-loop).
+ * Messages carry SQLite's own error text, never row content.
+ */
 export type FromCheckpointWorker =
   | { type: "started" }
   | { type: "failed"; message: string }
+  | LoopReport
   | { type: "stopped" };
 
 declare const self: Worker;
 
 const post = (message: FromCheckpointWorker) => self.postMessage(message);
 
-const isBusy = (error: unknown) =>
-  error instanceof Error &&
-  "code" in error &&
-  typeof error.code === "string" &&
-  (error.code.startsWith("SQLITE_BUSY") || error.code.startsWith("SQLITE_LOCKED"));
+/** How long a failing checkpoint (a full disk) waits before it is tried again. */
+const RETRY_MS = 1_000;
 
 let sqlite: Database | null = null;
 let checkpoint: Statement | null = null;
-let timer: ReturnType<typeof setTimeout> | null = null;
+let loop: CheckpointLoop | null = null;
 
 function stop(): void {
-  if (timer) clearTimeout(timer);
-  timer = null;
+  loop?.stop();
+  loop = null;
   checkpoint?.finalize();
   checkpoint = null;
   sqlite?.close();
@@ -61,27 +65,15 @@ function start({ path, busyIntervalMs, idleIntervalMs }: CheckpointWorkerStart):
   }
   const statement = sqlite.prepare("PRAGMA wal_checkpoint(PASSIVE)");
   checkpoint = statement;
-  let lastLog = -1;
-  const look = () => {
-    if (!sqlite) return;
-    let changing = false;
-    try {
-      // One row: busy (1 when it could not copy everything), frames in the WAL, frames copied.
-      const [, log] = statement.values()[0] as number[];
-      changing = log !== lastLog;
-      lastLog = log ?? -1;
-    } catch (error) {
-      if (!isBusy(error)) {
-        stop();
-        post({ type: "failed", message: error instanceof Error ? error.message : String(error) });
-        return;
-      }
-      changing = true;
-    }
-    timer = setTimeout(look, changing ? busyIntervalMs : idleIntervalMs);
-  };
+  loop = checkpointLoop({
+    checkpoint: () => statement.values()[0] as number[],
+    report: post,
+    busyIntervalMs,
+    idleIntervalMs,
+    retryMs: RETRY_MS,
+  });
   post({ type: "started" });
-  look();
+  loop.look();
 }
 
 self.onmessage = (event: MessageEvent<ToCheckpointWorker>) => {

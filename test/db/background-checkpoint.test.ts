@@ -165,3 +165,28 @@ test("two processes' threads on one file share it: everything is copied, and nei
   expect(first.running && second.running).toBe(true);
   expect(logs.entries.map((entry) => entry.msg)).toEqual([STARTED, STARTED]);
 });
+
+test("a thread whose checkpoints fail (a full disk) stays: the failure is logged once, and so is the recovery", async () => {
+  const { path, sqlite } = serviceDatabase();
+  const logs = new LogCapture();
+  const thread = backgroundCheckpoints({
+    path,
+    logger: createLogger({ level: "info", destination: logs }),
+    startAtBytes: 1,
+    workerUrl: new URL("../support/scripted-checkpoint-worker.ts", import.meta.url),
+  });
+  threads.push(thread);
+  write(sqlite, 1);
+  thread.consider(walSize(path));
+  await until(() => logs.lines.length >= 3);
+  expect(logs.entries.map((entry) => [entry.level, entry.msg])).toEqual([
+    ["info", STARTED],
+    [
+      "error",
+      "background checkpoints failing: the serving connection checkpoints alone until they work again",
+    ],
+    ["info", "background checkpoints working again"],
+  ]);
+  expect(logs.entries[1]!.reason).toBe("database or disk is full");
+  expect(thread.running).toBe(true);
+});
