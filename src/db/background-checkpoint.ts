@@ -12,7 +12,11 @@
  * a writer, and takes their fsyncs on itself. The serving connection's own automatic checkpoint
  * stays as it was: it now finds nearly every frame copied and synced already, copies the few
  * written since, and lets the WAL restart from its beginning (which only a checkpoint that no
- * write overtook can). If the thread cannot run, the service checkpoints as before.
+ * write overtook can). If the thread cannot run, the service checkpoints as before. Measured in
+ * process on a grown table: a new client's limiter row 60 → 31–44 µs; 300,000 new clients through
+ * the app 17 % sooner. What stays on the event loop: the fsync of the WAL's header each time the
+ * WAL restarts, and, after a reader held one snapshot for seconds, the serving connection's own
+ * checkpoint of everything written meanwhile (it comes first: it runs at its next commit).
  *
  * The thread starts the first time the WAL guard finds the WAL past `startAtBytes` (a quarter of
  * the way to an automatic checkpoint), not at start: a thread costs ~7 MB, which a quiet service
