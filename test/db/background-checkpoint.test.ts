@@ -3,12 +3,15 @@ import { afterEach, expect, test } from "bun:test";
 import { copyFileSync, existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import {
+  BACKGROUND_START_BYTES,
   type BackgroundCheckpoints,
   backgroundCheckpoints,
 } from "../../src/db/background-checkpoint";
 import { openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
 import { createLogger } from "../../src/logging/logger";
-import { LogCapture, tempDir } from "../support/app";
+import { createServices } from "../../src/services";
+import { LogCapture, TEST_PASSWORD_HASHING, tempDir, testConfig } from "../support/app";
 
 let dir: ReturnType<typeof tempDir> | null = null;
 const open: Database[] = [];
@@ -189,4 +192,39 @@ test("a thread whose checkpoints fail (a full disk) stays: the failure is logged
   ]);
   expect(logs.entries[1]!.reason).toBe("database or disk is full");
   expect(thread.running).toBe(true);
+});
+
+test("the service starts its thread from the WAL guard once another writer takes the WAL past 4 MB, and stop() ends it", async () => {
+  dir = tempDir("palisade-checkpoint-");
+  const path = join(dir.path, "palisade.db");
+  const db = openDatabase(path);
+  applyMigrations(db);
+  const logs = new LogCapture();
+  const config = testConfig(path);
+  const services = createServices({
+    config,
+    db,
+    logger: createLogger({ level: "info", destination: logs }),
+    passwordHashing: TEST_PASSWORD_HASHING,
+    // The maintenance itself waits a minute; the WAL guard beside it looks four times a second.
+    maintenanceIntervalMs: 60_000,
+  });
+  try {
+    // Another process's writes, never checkpointed by it: ~5 MB of WAL.
+    const other = new Database(path);
+    open.push(other);
+    other.run("PRAGMA wal_autocheckpoint = 0");
+    other.run("CREATE TABLE filler (id INTEGER PRIMARY KEY, data BLOB)");
+    write(other, 1250);
+    expect(walSize(path)).toBeGreaterThan(BACKGROUND_START_BYTES);
+    await until(() => rowsInFile(path) === 1250);
+    expect(rowsInFile(path)).toBe(1250);
+    await until(() => logs.text.includes(STARTED));
+    expect(logs.entries.filter((entry) => entry.msg === STARTED)).toHaveLength(1);
+  } finally {
+    await services.stop();
+    services.close();
+    db.$client.close();
+  }
+  expect(logs.text).not.toContain(FAILED);
 });
