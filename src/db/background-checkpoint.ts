@@ -14,7 +14,8 @@
  * written since, and lets the WAL restart from its beginning (which only a checkpoint that no
  * write overtook can). If the thread cannot run, the service checkpoints as before. Measured in
  * process on a grown table: a new client's limiter row 60 → 31–44 µs; 300,000 new clients through
- * the app 17 % sooner. What stays on the event loop: the fsync of the WAL's header each time the
+ * the app 17 % sooner; over HTTP under a flood of new addresses, p99 latency 61–63 → 19–31 ms.
+ * What stays on the event loop: the fsync of the WAL's header each time the
  * WAL restarts, and, after a reader held one snapshot for seconds, the serving connection's own
  * checkpoint of everything written meanwhile (it comes first: it runs at its next commit).
  *
