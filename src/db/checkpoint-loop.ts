@@ -9,6 +9,7 @@
  * first checkpoint that works again is reported too. A lock (another checkpoint running, in this
  * process or another) is no failure: it is tried again at once.
  */
+import { isDatabaseBusy } from "./busy";
 
 /** One PASSIVE checkpoint: [busy, frames in the WAL, frames copied back]. */
 export type Checkpoint = () => readonly number[];
@@ -29,12 +30,6 @@ export interface CheckpointLoop {
   stop(): void;
 }
 
-const isLocked = (error: unknown) =>
-  error instanceof Error &&
-  "code" in error &&
-  typeof error.code === "string" &&
-  (error.code.startsWith("SQLITE_BUSY") || error.code.startsWith("SQLITE_LOCKED"));
-
 export function checkpointLoop(options: CheckpointLoopOptions): CheckpointLoop {
   const { checkpoint, report, busyIntervalMs, idleIntervalMs, retryMs } = options;
   let lastLog = -1;
@@ -53,7 +48,7 @@ export function checkpointLoop(options: CheckpointLoopOptions): CheckpointLoop {
       lastLog = log;
       return changing ? busyIntervalMs : idleIntervalMs;
     } catch (error) {
-      if (isLocked(error)) return busyIntervalMs;
+      if (isDatabaseBusy(error)) return busyIntervalMs;
       if (!failing) {
         failing = true;
         report({
