@@ -31,9 +31,16 @@ function walBytes(sqlite: Database): number {
   }
 }
 
-/** Checkpoints and truncates the WAL when it is larger than `limitBytes`. */
-export function checkpointIfLarge(sqlite: Database, limitBytes: number): WalCheck {
-  if (walBytes(sqlite) <= limitBytes) return "within";
+/**
+ * Checkpoints and truncates the WAL when it is larger than `limitBytes`; `bytes` is its size when
+ * the caller has just read it.
+ */
+export function checkpointIfLarge(
+  sqlite: Database,
+  limitBytes: number,
+  bytes = walBytes(sqlite),
+): WalCheck {
+  if (bytes <= limitBytes) return "within";
   try {
     // One row: busy (1 when it could not finish), frames in the WAL, frames copied back.
     const [busy] = sqlite.query("PRAGMA wal_checkpoint(TRUNCATE)").values()[0] as number[];
@@ -59,8 +66,10 @@ export function startWalGuard(sqlite: Database, options: WalGuardOptions): () =>
   if (!sqlite.filename || sqlite.filename === ":memory:") return () => {};
   const timer = setInterval(() => {
     try {
-      onLook?.(walBytes(sqlite));
-      if (limitBytes > 0 && checkpointIfLarge(sqlite, limitBytes) === "truncated") {
+      // One stat per look, for both.
+      const bytes = walBytes(sqlite);
+      onLook?.(bytes);
+      if (limitBytes > 0 && checkpointIfLarge(sqlite, limitBytes, bytes) === "truncated") {
         logger.info({ limitBytes }, "WAL past its limit: checkpointed and truncated");
       }
     } catch (error) {
