@@ -1,5 +1,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
+import { openDatabase } from "../src/db/client";
+import { applyMigrations } from "../src/db/migrate";
+import { embeddedMigrations, MIGRATION_TAG_BY_MILLIS } from "../src/db/migrations";
 import { createLogger } from "../src/logging/logger";
 import { startServer } from "../src/server";
 import { buildTestApp, serveInProcess, type TestApp, tempDir } from "./support/app";
@@ -155,6 +158,43 @@ describe("the service process", () => {
         expect(`${result.stdout}${result.stderr}`).not.toContain("DSNKEY0123456789");
         expect(`${result.stdout}${result.stderr}`).not.toContain("127.0.0.1:1");
       }
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("a migrations table with a migration missing from its middle exits 2 in one line naming it; the CLI refuses too", async () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "gap.db");
+      const db = openDatabase(path);
+      applyMigrations(db);
+      const [, second] = embeddedMigrations();
+      db.$client.run("DELETE FROM __drizzle_migrations WHERE created_at = ?", [
+        second!.folderMillis,
+      ]);
+      db.$client.close();
+      const missing = MIGRATION_TAG_BY_MILLIS.get(second!.folderMillis)!;
+
+      const result = await runToExit(["bun", "run", "src/index.ts"], {
+        DATABASE_PATH: path,
+        PORT: "0",
+      });
+      expect(result.code).toBe(2);
+      const lines = result.stderr.trim().split("\n");
+      expect(lines.at(-1)).toStartWith(`palisade: DATABASE_PATH ${path}: migrations failed: `);
+      expect(lines.at(-1)).toContain(`but not the older ${missing}`);
+      expect(result.stderr).not.toContain("    at ");
+
+      const cli = await runToExit(["bun", "run", "src/cli/index.ts", "db:migrate"], {
+        DATABASE_PATH: path,
+      });
+      expect(cli.code).toBe(1);
+      expect(cli.stderr.trim().split("\n")).toHaveLength(1);
+      expect(cli.stderr).toContain(
+        `palisade db:migrate: DATABASE_PATH ${path}: the migrations table records`,
+      );
+      expect(cli.stdout).toBe("");
     } finally {
       dir.remove();
     }

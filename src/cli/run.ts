@@ -6,7 +6,7 @@
 import { type Config, ConfigError, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
-import { applyMigrations } from "../db/migrate";
+import { applyMigrations, MigrationRecordError } from "../db/migrate";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { createServices, type Services } from "../services";
@@ -98,6 +98,12 @@ export async function runCli(
     }
     if (error instanceof DatabaseOpenError) {
       io.err(`palisade ${command.name}: ${error.message}`);
+      return 1;
+    }
+    if (error instanceof MigrationRecordError) {
+      io.err(
+        `palisade ${command.name}: DATABASE_PATH ${context.config().databasePath}: ${error.message}`,
+      );
       return 1;
     }
     throw error;

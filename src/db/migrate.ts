@@ -2,7 +2,17 @@ import { fileURLToPath } from "node:url";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import type { MigrationConfig, MigrationMeta } from "drizzle-orm/migrator";
 import type { AppDatabase } from "./client";
-import { embeddedMigrations, LATEST_MIGRATION_MILLIS } from "./migrations";
+import { embeddedMigrations, LATEST_MIGRATION_MILLIS, MIGRATION_TAG_BY_MILLIS } from "./migrations";
+
+/**
+ * The migrations table says a migration was applied while an older one never was: the table was
+ * edited, or the file pieced together from two databases. drizzle applies only what is newer than
+ * the newest row, so the missing ones would never run and the start would fail on a table that
+ * is not there. Starting refuses instead, naming the first missing migration.
+ */
+export class MigrationRecordError extends Error {
+  override name = "MigrationRecordError";
+}
 
 /** The source tree's `drizzle/` (drizzle-kit, tests); a bundle has no such folder beside it. */
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL("../../drizzle", import.meta.url));
@@ -16,7 +26,9 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): voi
     migrate(db, { migrationsFolder });
     return;
   }
-  if (atLatest(db)) return;
+  const applied = appliedMigrationTimes(db);
+  if (applied !== null) refuseGaps(applied);
+  if (applied !== null && newestOf(applied) >= LATEST_MIGRATION_MILLIS) return;
   // drizzle's `migrate` is exactly this call after reading the folder; it takes no list of its
   // own, so its internal dialect and session are reached here (test/db/migrations.test.ts holds
   // the result to the folder's: an upgrade that renames them fails there).
@@ -32,24 +44,41 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): voi
     // Several processes starting together on a new file each found it unmigrated; the one that
     // got the write lock first applied every migration, and this one's first CREATE TABLE then
     // failed. The database is what it should be.
-    if (atLatest(db)) return;
+    const now = appliedMigrationTimes(db);
+    if (now !== null && newestOf(now) >= LATEST_MIGRATION_MILLIS) return;
     throw error;
   }
 }
 
 /**
- * Whether drizzle would apply nothing: it applies each migration newer than the newest applied one,
- * so none when that is the latest embedded. One read of a tiny table instead of the
- * migrator's create-if-missing, read and empty transaction (~1 ms of a restart, measured cold).
+ * When each applied migration was made (drizzle's `created_at`, the journal's `when`), or null
+ * without a migrations table (a new database). One read of a tiny table instead of the migrator's
+ * create-if-missing, read and empty transaction (~1 ms of a restart, measured cold).
  */
-function atLatest(db: AppDatabase): boolean {
+function appliedMigrationTimes(db: AppDatabase): Set<number> | null {
   try {
-    const [row] = db.$client
-      .query("SELECT created_at FROM __drizzle_migrations ORDER BY created_at DESC LIMIT 1")
-      .values();
-    return row !== undefined && Number(row[0]) >= LATEST_MIGRATION_MILLIS;
+    const rows = db.$client.query("SELECT created_at FROM __drizzle_migrations").values();
+    return new Set(rows.map((row) => Number(row[0])));
   } catch {
-    // No such table yet: a new database, migrated below.
-    return false;
+    return null;
+  }
+}
+
+function newestOf(applied: ReadonlySet<number>): number {
+  let newest = Number.NEGATIVE_INFINITY;
+  for (const millis of applied) if (millis > newest) newest = millis;
+  return newest;
+}
+
+/** Every migration older than the newest applied one must have been applied too. */
+function refuseGaps(applied: ReadonlySet<number>): void {
+  const newest = newestOf(applied);
+  for (const [millis, tag] of MIGRATION_TAG_BY_MILLIS) {
+    if (millis < newest && !applied.has(millis)) {
+      const newestTag = MIGRATION_TAG_BY_MILLIS.get(newest) ?? `one made at ${newest}`;
+      throw new MigrationRecordError(
+        `the migrations table records ${newestTag} as applied but not the older ${tag}; it was edited or copied from another database: restore the file from a backup`,
+      );
+    }
   }
 }

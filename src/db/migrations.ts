@@ -38,6 +38,11 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
 /** The journal's last migration: a database whose newest applied one is this is up to date. */
 export const LATEST_MIGRATION_MILLIS = Math.max(...journal.entries.map((entry) => entry.when));
 
+/** Each migration's journal tag by its time (what drizzle records as `created_at`), oldest first. */
+export const MIGRATION_TAG_BY_MILLIS: ReadonlyMap<number, string> = new Map(
+  journal.entries.map((entry) => [entry.when, entry.tag]),
+);
+
 /** The migrations as drizzle's folder reader gives them (same statements, hashes and order). */
 export function embeddedMigrations(): MigrationMeta[] {
   return journal.entries.map((entry) => {

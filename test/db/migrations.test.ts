@@ -8,8 +8,12 @@ import { cpSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readMigrationFiles } from "drizzle-orm/migrator";
 import { openDatabase } from "../../src/db/client";
-import { applyMigrations, MIGRATIONS_FOLDER } from "../../src/db/migrate";
-import { embeddedMigrations, LATEST_MIGRATION_MILLIS } from "../../src/db/migrations";
+import { applyMigrations, MIGRATIONS_FOLDER, MigrationRecordError } from "../../src/db/migrate";
+import {
+  embeddedMigrations,
+  LATEST_MIGRATION_MILLIS,
+  MIGRATION_TAG_BY_MILLIS,
+} from "../../src/db/migrations";
 import { tempDir } from "../support/app";
 
 const dirs: { remove(): void }[] = [];
@@ -53,7 +57,8 @@ test("a database migrated from the embedded list is the one the folder gives, an
   folder.db.$client.close();
 });
 
-test("a database an older release migrated gets only the migrations it lacks", () => {
+/** An older release's database: every migration but the last two applied. */
+function olderDatabase() {
   const { dir, db } = freshDatabase();
   const older = join(dir, "drizzle-older");
   cpSync(MIGRATIONS_FOLDER, older, { recursive: true });
@@ -62,6 +67,11 @@ test("a database an older release migrated gets only the migrations it lacks", (
   journal.entries = journal.entries.slice(0, -2);
   writeFileSync(journalPath, JSON.stringify(journal));
   applyMigrations(db, older);
+  return db;
+}
+
+test("a database an older release migrated gets only the migrations it lacks", () => {
+  const db = olderDatabase();
   const before = appliedOf(db);
   expect(before.length).toBe(embeddedMigrations().length - 2);
 
@@ -74,6 +84,51 @@ test("a database an older release migrated gets only the migrations it lacks", (
     name: string;
   }[];
   expect(columns.map((column) => column.name)).toContain("prune_after");
+  db.$client.close();
+});
+
+test("a migrations table that records a newer migration than its tables have is refused, naming the first missing one", () => {
+  const db = olderDatabase();
+  // What an edit (or a row copied from another database) leaves: the newest row claims the latest.
+  db.$client.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('x', ?)", [
+    LATEST_MIGRATION_MILLIS,
+  ]);
+  const secondLast = embeddedMigrations().at(-2)!;
+  const tagOf = (millis: number) => MIGRATION_TAG_BY_MILLIS.get(millis);
+  expect(() => applyMigrations(db)).toThrow(MigrationRecordError);
+  expect(() => applyMigrations(db)).toThrow(
+    `records ${tagOf(LATEST_MIGRATION_MILLIS)} as applied but not the older ${tagOf(secondLast.folderMillis)}`,
+  );
+  // Nothing was applied: the missing migration's index is still absent.
+  expect(
+    appliedOf(db).some(
+      (row) => Number((row as { created_at: number }).created_at) === secondLast.folderMillis,
+    ),
+  ).toBe(false);
+  db.$client.close();
+});
+
+test("a row deleted from the middle of the migrations table is refused, even when the newest is the latest", () => {
+  const { db } = freshDatabase();
+  applyMigrations(db);
+  const third = embeddedMigrations()[2]!;
+  db.$client.run("DELETE FROM __drizzle_migrations WHERE created_at = ?", [third.folderMillis]);
+  expect(() => applyMigrations(db)).toThrow(
+    `but not the older ${MIGRATION_TAG_BY_MILLIS.get(third.folderMillis)}`,
+  );
+  db.$client.close();
+});
+
+test("an unreadable time in the migrations table does not hide a gap", () => {
+  const db = olderDatabase();
+  db.$client.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('x', 'soon')");
+  db.$client.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('y', ?)", [
+    LATEST_MIGRATION_MILLIS + 1,
+  ]);
+  const secondLast = embeddedMigrations().at(-2)!;
+  expect(() => applyMigrations(db)).toThrow(
+    `records one made at ${LATEST_MIGRATION_MILLIS + 1} as applied but not the older ${MIGRATION_TAG_BY_MILLIS.get(secondLast.folderMillis)}`,
+  );
   db.$client.close();
 });
 
