@@ -91,6 +91,8 @@ export interface TestAppOptions {
    * and starts it once listening.
    */
   prepareLogin?: boolean;
+  /** How zxcvbn is loaded at the first registration (a test makes it fail). */
+  loadPasswordStrength?: FeatureOptions["loadPasswordStrength"];
 }
 
 export interface TestApp {
@@ -147,6 +149,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     whatsapp: options.whatsapp,
     chatProvider: options.chatProvider,
     prepareLogin: options.prepareLogin,
+    loadPasswordStrength: options.loadPasswordStrength,
   });
   const app = createApp({
     ...services,

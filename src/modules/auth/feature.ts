@@ -8,7 +8,7 @@ import { createCsrfIssuer } from "../../plugins/csrf";
 import type { Feature } from "../feature";
 import { ApiKeyService } from "./api-keys";
 import { authModule, authRouteClasses } from "./index";
-import type { PasswordHashing } from "./passwords";
+import type { PasswordHashing, PasswordStrengthModules } from "./passwords";
 import { account, apiKeysContributor, sessionsContributor } from "./privacy";
 import { AuthService } from "./service";
 
@@ -17,6 +17,8 @@ export interface AuthFeatureOptions {
   passwordHashing?: PasswordHashing;
   /** Prepare the unknown-email login's dummy hash now (default true; the CLI serves no logins). */
   prepareLogin?: boolean;
+  /** How zxcvbn is loaded at the first registration (tests make it fail). */
+  loadPasswordStrength?: () => Promise<PasswordStrengthModules>;
 }
 
 export interface AuthFeature extends Feature {
@@ -44,6 +46,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     signingKey: core.signingKeys.current,
     passwordHashing: options.passwordHashing,
     prepareLogin: options.prepareLogin,
+    loadPasswordStrength: options.loadPasswordStrength,
   });
   reconcileBootstrapKeys(core, apiKeys);
 

@@ -13,20 +13,35 @@ export interface PasswordHashing {
   timeCost?: number;
 }
 
+/** zxcvbn's core and the two dictionaries the checker uses. */
+export type PasswordStrengthModules = [
+  typeof import("@zxcvbn-ts/core"),
+  typeof import("@zxcvbn-ts/language-common"),
+  typeof import("@zxcvbn-ts/language-en"),
+];
+
 /**
- * Builds the checker, loading zxcvbn then. Its dictionaries are decompressed when their modules
- * are evaluated (260–380 ms of CPU and ~40 MB of RSS on the shared bench machine), so they
- * are imported here, on the first registration, not at the top: a process that never
- * registers anyone never loads them. A dynamic import, not a `require`, so that a bundle
- * (`bun run build`) keeps them (1.6 MB of text) in a chunk of their own instead of in the entry
- * that every start parses. The module cache makes later checkers reuse them.
+ * Loads zxcvbn. Its dictionaries are decompressed when their modules are evaluated (260–380 ms of
+ * CPU and ~40 MB of RSS on the shared bench machine), so they are imported on the first
+ * registration, not at the top: a process that never registers anyone never loads them. A dynamic
+ * import, not a `require`, so that a bundle (`bun run build`) keeps them (1.6 MB of text) in a
+ * chunk of their own instead of in the entry that every start parses. The module cache makes
+ * later loads reuse them.
  */
-export async function createPasswordChecker(policy: PasswordPolicy) {
-  const [{ ZxcvbnFactory }, zxcvbnCommon, zxcvbnEnglish] = await Promise.all([
+export function loadPasswordStrength(): Promise<PasswordStrengthModules> {
+  return Promise.all([
     import("@zxcvbn-ts/core"),
     import("@zxcvbn-ts/language-common"),
     import("@zxcvbn-ts/language-en"),
   ]);
+}
+
+/** Builds the checker once zxcvbn is loaded. */
+export async function createPasswordChecker(
+  policy: PasswordPolicy,
+  load: () => Promise<PasswordStrengthModules> = loadPasswordStrength,
+) {
+  const [{ ZxcvbnFactory }, zxcvbnCommon, zxcvbnEnglish] = await load();
   const zxcvbn = new ZxcvbnFactory({
     dictionary: { ...zxcvbnCommon.dictionary, ...zxcvbnEnglish.dictionary },
     graphs: zxcvbnCommon.adjacencyGraphs,

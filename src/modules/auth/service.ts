@@ -47,6 +47,7 @@ import {
   createPasswordChecker,
   hashPassword,
   type PasswordHashing,
+  type PasswordStrengthModules,
   verifyPassword,
 } from "./passwords";
 
@@ -106,6 +107,8 @@ export interface AuthServiceOptions {
   prepareLogin?: boolean;
   /** Failed logins per account before it is locked, and over how long. */
   lockout?: { failures: number; windowMs: number };
+  /** How zxcvbn is loaded at the first registration (passwords.ts; tests make it fail). */
+  loadPasswordStrength?: () => Promise<PasswordStrengthModules>;
 }
 
 type UserRow = typeof users.$inferSelect;
@@ -271,8 +274,15 @@ export class AuthService {
     const address = checkEmail(rawEmail);
     if (!address.ok) return { code: "INVALID_EMAIL", reason: address.reason };
     const { email, key } = address;
-    // One load however many registrations arrive while zxcvbn is still being imported.
-    this.passwordChecker ??= createPasswordChecker(this.options.config.passwordPolicy);
+    // One load however many registrations arrive while zxcvbn is still being imported. A load that
+    // failed is not kept: the registrations waiting on it fail, and the next one loads again.
+    this.passwordChecker ??= createPasswordChecker(
+      this.options.config.passwordPolicy,
+      this.options.loadPasswordStrength,
+    ).catch((error: unknown) => {
+      this.passwordChecker = null;
+      throw error;
+    });
     const verdict = (await this.passwordChecker)(password, email);
     if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
     // Hashed even for a duplicate, so a new and an existing email take the same time.

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { decodeJwt, decodeProtectedHeader } from "jose";
+import { loadPasswordStrength } from "../../../src/modules/auth/passwords";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../../support/app";
 import { bearer, logIn, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
@@ -35,6 +36,38 @@ describe("register", () => {
     current.services.audit.flush();
     const types = current.db.$client.query("SELECT type FROM audit_events").values().flat();
     expect(types).toContain("auth.register.succeeded");
+  });
+
+  test("a zxcvbn load that fails fails the registrations waiting on it, and the next registration loads it again", async () => {
+    let loads = 0;
+    current = buildTestApp({
+      loadPasswordStrength: async () => {
+        loads += 1;
+        if (loads === 1) throw new Error("Cannot find module '@zxcvbn-ts/language-en'");
+        return loadPasswordStrength();
+      },
+    });
+    let peers = 0;
+    // Each from its own address: registration's per-address limit is not what this test is about.
+    const register = (email: string) =>
+      send(current!, "/api/auth/register", {
+        body: { email, password: STRONG_PASSWORD },
+        peer: `10.20.0.${++peers}`,
+      });
+    const first = await Promise.all([register("a@example.test"), register("b@example.test")]);
+    for (const response of first) {
+      expect(response.status).toBe(500);
+      expect(response.headers.get("content-type")).toStartWith("application/problem+json");
+      expect(JSON.stringify(await response.json())).not.toContain("zxcvbn");
+    }
+    expect(loads).toBe(1);
+    // Neither was half made.
+    expect(current.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 0 });
+
+    const again = await register("a@example.test");
+    expect(again.status).toBe(201);
+    expect((await register("c@example.test")).status).toBe(201);
+    expect(loads).toBe(2);
   });
 
   test("an invalid email is 422 naming the field", async () => {
