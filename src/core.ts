@@ -122,6 +122,23 @@ export function createCore(options: CoreOptions): Core {
       await redis.send("PING", []);
     };
   }
+  const ipBlockSettings = {
+    thresholds: {
+      ratelimit: {
+        ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.ratelimit,
+        count: config.ipBlock.rateLimitRefusals,
+      },
+      login: {
+        ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.login,
+        count: config.ipBlock.failedLogins,
+      },
+      principal: {
+        ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.principal,
+        count: config.ipBlock.rateLimitRefusals,
+      },
+    },
+    ...options.ipBlockSettings,
+  };
   const ipBlocks = new IpBlockService({
     sqlite,
     clock,
@@ -129,23 +146,7 @@ export function createCore(options: CoreOptions): Core {
     audit,
     limiter,
     registry,
-    settings: {
-      thresholds: {
-        ratelimit: {
-          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.ratelimit,
-          count: config.ipBlock.rateLimitRefusals,
-        },
-        login: {
-          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.login,
-          count: config.ipBlock.failedLogins,
-        },
-        principal: {
-          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.principal,
-          count: config.ipBlock.rateLimitRefusals,
-        },
-      },
-      ...options.ipBlockSettings,
-    },
+    settings: ipBlockSettings,
   });
 
   const metrics = {
@@ -164,6 +165,10 @@ export function createCore(options: CoreOptions): Core {
       // A refused principal is that principal's violation, never its address's (see ip-block).
       if (isPrincipalSubject(key)) await ipBlocks.recordPrincipalViolation(key, requestId);
       else await ipBlocks.recordViolation("ratelimit", client, requestId);
+    },
+    refusalsBlock: (key) => {
+      const { principal, ratelimit } = ipBlockSettings.thresholds;
+      return (isPrincipalSubject(key) ? principal : ratelimit).count > 0;
     },
   });
 

@@ -175,4 +175,58 @@ describe("configuration", () => {
     expect((await send(current, "/openapi.json", { peer: "203.0.113.21" })).status).toBe(429);
     expect(current.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
   });
+
+  test("with automatic blocks off a flood of refusals costs one audit row per address and window, not one per request", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({
+      clock,
+      env: {
+        RATE_LIMIT_PER_MINUTE: "1",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "0",
+      },
+    });
+    const target = current;
+    const rejections = () => {
+      target.services.audit.flush();
+      return target.db.$client
+        .query("SELECT ip FROM audit_events WHERE type = 'ratelimit.rejected' ORDER BY id")
+        .values()
+        .flat();
+    };
+    const statuses = await Promise.all(
+      Array.from({ length: 30 }, () => send(target, "/openapi.json", { peer: "203.0.113.22" })),
+    );
+    expect(statuses.filter((r) => r.status === 429)).toHaveLength(29);
+    await provoke(current, "203.0.113.23", 10);
+    expect(rejections()).toEqual(["203.0.113.22", "203.0.113.23"]);
+    // Every refusal is still counted where it is cheap.
+    const metrics = await (await send(current, "/metrics")).text();
+    const rejected = metrics
+      .split("\n")
+      .find((line) => line.startsWith("rate_limit_rejections_total"));
+    expect(rejected).toBe('rate_limit_rejections_total{policy="default"} 39');
+
+    // The next window's flood is audited again, once.
+    clock.advance(61_000);
+    await provoke(current, "203.0.113.22", 5);
+    expect(rejections()).toEqual(["203.0.113.22", "203.0.113.23", "203.0.113.22"]);
+  });
+
+  test("with automatic blocks on each refusal up to the block is audited", async () => {
+    current = buildTestApp({
+      env: {
+        RATE_LIMIT_PER_MINUTE: "1",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "4",
+      },
+    });
+    expect(await provoke(current, "203.0.113.24", 4)).toEqual([200, 429, 429, 429, 429]);
+    expect((await send(current, "/openapi.json", { peer: "203.0.113.24" })).status).toBe(403);
+    current.services.audit.flush();
+    const audited = current.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'ratelimit.rejected'")
+      .get();
+    expect(audited).toEqual({ n: 4 });
+  });
 });

@@ -38,6 +38,11 @@ export interface LimitEnforcerOptions {
     key: string;
     requestId: string;
   }) => void | Promise<void>;
+  /**
+   * Whether refusals of this key count towards a block (false when IP_BLOCK_RATE_LIMIT_REFUSALS is
+   * 0). Absent: they do.
+   */
+  refusalsBlock?: (key: string) => boolean;
 }
 
 /** One key for every policy, or one key per policy (same order). */
@@ -56,7 +61,7 @@ export type LimitEnforcer = (
  * rendering of its policy header is cached on it.
  */
 export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforcer {
-  const { store, clock, logger, audit, metrics, onRefused } = options;
+  const { store, clock, logger, audit, metrics, onRefused, refusalsBlock } = options;
   const quietAuditedUntil = new Map<string, number>();
   const firstQuietRefusal = (id: string, now: number, windowMs: number): boolean => {
     const until = quietAuditedUntil.get(id);
@@ -98,9 +103,12 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     const key = keyOf(refusedAt);
     metrics.rejections.labels(policyId).inc();
     const violation = refusedBy.refusalIsViolation !== false;
-    // A refusal that blocks nobody (webhooks) would otherwise cost a chained audit row per request
-    // for as long as a flood lasts: such refusals are audited once per key and window.
-    if (violation || firstQuietRefusal(`${policyId}|${key}`, now, refusedBy.windowMs)) {
+    // A refusal that can block (the IP blocker counts it) is audited each time, until the block
+    // ends the flood. One that blocks nobody (webhooks; every refusal when automatic blocks are
+    // off) would cost a chained audit row per request for as long as a flood lasts: such
+    // refusals are audited once per key and window.
+    const blocking = violation && (refusalsBlock?.(key) ?? true);
+    if (blocking || firstQuietRefusal(`${policyId}|${key}`, now, refusedBy.windowMs)) {
       audit.record({
         type: "ratelimit.rejected",
         outcome: "denied",
