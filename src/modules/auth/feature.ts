@@ -47,6 +47,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     passwordHashing: options.passwordHashing,
     prepareLogin: options.prepareLogin,
     loadPasswordStrength: options.loadPasswordStrength,
+    rateLimitMetrics: core.metrics.rateLimit,
   });
   reconcileBootstrapKeys(core, apiKeys);
 

@@ -24,6 +24,7 @@ import { and, asc, eq, inArray, isNull, lt, ne, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
+import { AppError } from "../../errors";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
@@ -40,6 +41,7 @@ import {
 import type { ResolvedClient } from "../../plugins/client-ip";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
+import type { RateLimitMetrics } from "../../plugins/rate-limit/metrics";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey } from "./email";
@@ -109,6 +111,8 @@ export interface AuthServiceOptions {
   lockout?: { failures: number; windowMs: number };
   /** How zxcvbn is loaded at the first registration (passwords.ts; tests make it fail). */
   loadPasswordStrength?: () => Promise<PasswordStrengthModules>;
+  /** Where a lockout call the limiter store failed is counted (`rate_limit_store_errors_total`). */
+  rateLimitMetrics?: RateLimitMetrics;
 }
 
 type UserRow = typeof users.$inferSelect;
@@ -335,12 +339,37 @@ export class AuthService {
     return { code: "CREATED", user: { id, email, role, createdAt: now } };
   }
 
+  /**
+   * The lockout fails closed, as the rate-limit stage does for such a policy: a store that cannot
+   * answer (locked, unreachable, a broken row) refuses the login with 503 and Retry-After, never a
+   * verdict on the password that went uncounted.
+   */
+  private async lockoutCall<T>(meta: RequestMeta, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (error) {
+      this.options.rateLimitMetrics?.storeErrors.labels("closed").inc();
+      this.options.logger.error(
+        { err: error, requestId: meta.requestId, failClosed: true, policy: "lockout" },
+        "rate-limit store failed",
+      );
+      throw new AppError(
+        "SERVICE_UNAVAILABLE",
+        "The rate limiter is unavailable; try again shortly.",
+        undefined,
+        { "retry-after": "1" },
+      );
+    }
+  }
+
   async login(rawEmail: string, password: string, meta: RequestMeta): Promise<LoginOutcome> {
     const { audit, clock, limiter } = this.options;
     const accountKey = accountLimitKey(rawEmail);
     const now = clock.now();
 
-    const failures = await limiter.peek(this.lockoutPolicy, accountKey, now);
+    const failures = await this.lockoutCall(meta, () =>
+      limiter.peek(this.lockoutPolicy, accountKey, now),
+    );
     if (failures >= this.lockoutPolicy.limit) {
       audit.record({
         type: "auth.login.locked",
@@ -364,7 +393,9 @@ export class AuthService {
     const valid = user !== null && usable && matches;
 
     if (!user || !valid) {
-      await limiter.check([{ policy: this.lockoutPolicy, key: accountKey, now }]);
+      await this.lockoutCall(meta, () =>
+        limiter.check([{ policy: this.lockoutPolicy, key: accountKey, now }]),
+      );
       audit.record({
         type: "auth.login.failed",
         outcome: "failure",

@@ -6,8 +6,13 @@
  */
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { buildTestApp, send, type TestApp } from "../../support/app";
-import { bearer, type Session, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { join } from "node:path";
+import { openDatabase } from "../../../src/db/client";
+import { applyMigrations } from "../../../src/db/migrate";
+import { SqliteLimiterStore } from "../../../src/plugins/rate-limit/sqlite-store";
+import type { LimiterStore } from "../../../src/plugins/rate-limit/store";
+import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
+import { bearer, logIn, type Session, STRONG_PASSWORD, signUp } from "../../support/auth";
 
 const ENV = { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" };
 
@@ -116,6 +121,87 @@ describe("a failing session store", () => {
     expect(again.status).toBe(401);
     const childAfter = await send(current, "/api/auth/refresh", { body: { refreshToken: child } });
     expect(childAfter.status).toBe(401);
+  });
+});
+
+/**
+ * A limiter store that works, but fails the login lockout's calls while `broken` says so (the
+ * rate-limit stage's own checks of the login route keep working, so the lockout's are reached).
+ */
+function lockoutFailingStore(broken: { peek: boolean; check: boolean }): LimiterStore {
+  const dir = tempDir();
+  const db = openDatabase(join(dir.path, "limiter.db"));
+  applyMigrations(db);
+  const inner = new SqliteLimiterStore({ sqlite: db.$client });
+  const failure = () => Promise.reject(new Error("disk I/O error (SQLITE_IOERR) at /var/lib/x"));
+  return {
+    check: (checks) =>
+      broken.check && checks.some((c) => c.policy.id === "lockout")
+        ? failure()
+        : inner.check(checks),
+    peek: (policy, key, now) =>
+      broken.peek && policy.id === "lockout" ? failure() : inner.peek(policy, key, now),
+    prune: (now) => inner.prune(now),
+    close: () => {
+      inner.close();
+      db.$client.close();
+      dir.remove();
+    },
+  };
+}
+
+describe("a failing login lockout store", () => {
+  const wrong = (target: TestApp, email: string) =>
+    send(target, "/api/auth/login", { body: { email, password: "not-the-password-1!" } });
+
+  test("a lockout that cannot be read refuses every login with 503, logged and counted, and works once back", async () => {
+    const broken = { peek: false, check: false };
+    const store = lockoutFailingStore(broken);
+    try {
+      current = buildTestApp({ env: ENV, limiter: store });
+      const user = await signUp(current);
+      broken.peek = true;
+      for (const password of ["not-the-password-1!", STRONG_PASSWORD]) {
+        const response = await send(current, "/api/auth/login", {
+          body: { email: user.email, password },
+          headers: { "x-request-id": "lockout-down" },
+        });
+        expect(response.status).toBe(503);
+        expect(response.headers.get("retry-after")).toBe("1");
+        const body = await response.text();
+        expect(JSON.parse(body).code).toBe("SERVICE_UNAVAILABLE");
+        expect(body).not.toMatch(/SQLITE|I\/O|var\/lib/);
+      }
+      const logged = current.logs.entries.filter((e) => e.msg === "rate-limit store failed");
+      expect(logged).toHaveLength(2);
+      expect(logged[0]!.requestId).toBe("lockout-down");
+      const metrics = await (await send(current, "/metrics")).text();
+      expect(metrics).toContain('rate_limit_store_errors_total{mode="closed"} 2');
+
+      broken.peek = false;
+      expect((await wrong(current, user.email)).status).toBe(401);
+      expect((await logIn(current, user.email)).accessToken).toBeString();
+    } finally {
+      store.close();
+    }
+  });
+
+  test("a failed login the lockout cannot count is 503, never a verdict; a right password still signs in", async () => {
+    const broken = { peek: false, check: false };
+    const store = lockoutFailingStore(broken);
+    try {
+      current = buildTestApp({ env: ENV, limiter: store });
+      const user = await signUp(current);
+      broken.check = true;
+      const refused = await wrong(current, user.email);
+      expect(refused.status).toBe(503);
+      expect(((await refused.json()) as { code: string }).code).toBe("SERVICE_UNAVAILABLE");
+      expect((await logIn(current, user.email)).accessToken).toBeString();
+      broken.check = false;
+      expect((await wrong(current, user.email)).status).toBe(401);
+    } finally {
+      store.close();
+    }
   });
 });
 
