@@ -190,6 +190,22 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     const raw = text(name);
     return raw === undefined ? null : parseUrl(name, raw, protocols);
   };
+  /**
+   * An upstream the service sends a secret to (an API key, an access token): production sends it
+   * over https, or over plain http to this host only (a local proxy that adds the TLS).
+   */
+  const upstreamUrl = (name: string): string | null => {
+    const value = url(name);
+    if (value === null || appEnv !== "production") return value;
+    const { protocol, hostname } = new URL(value);
+    if (protocol === "http:" && !isLoopbackHost(hostname)) {
+      throw new ConfigError(
+        name,
+        "must use https when APP_ENV=production (plain http only to a loopback address)",
+      );
+    }
+    return value;
+  };
 
   const generatedSecrets: string[] = [];
   /** A signing key: required and strong when deployed, generated for this run in development. */
@@ -303,7 +319,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
     openai: {
       apiKey: optionalSecret("OPENAI_API_KEY"),
-      baseUrl: url("OPENAI_BASE_URL"),
+      baseUrl: upstreamUrl("OPENAI_BASE_URL"),
       model: text("OPENAI_MODEL") ?? "gpt-4o-mini",
       timeoutMs: integer("OPENAI_TIMEOUT_MS", 30_000, 100, 600_000),
     },
@@ -323,7 +339,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     stripe: {
       secretKey: optionalSecret("STRIPE_SECRET_KEY"),
       webhookSecrets: parseList(optionalSecret("STRIPE_WEBHOOK_SECRET") ?? ""),
-      apiUrl: url("STRIPE_API_URL"),
+      apiUrl: upstreamUrl("STRIPE_API_URL"),
     },
     payments: {
       maxAmount: integer("PAYMENT_MAX_AMOUNT", 1_000_000, 50, 99_999_999),
@@ -337,7 +353,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       previousAppSecret: optionalSecret("WHATSAPP_APP_SECRET_PREVIOUS"),
       verifyToken: optionalSecret("WHATSAPP_VERIFY_TOKEN"),
       accessToken: optionalSecret("WHATSAPP_ACCESS_TOKEN"),
-      apiUrl: url("WHATSAPP_API_URL") ?? "https://graph.facebook.com/v21.0",
+      apiUrl: upstreamUrl("WHATSAPP_API_URL") ?? "https://graph.facebook.com/v21.0",
     },
     sentryDsn: parseSentryDsn("SENTRY_DSN", text("SENTRY_DSN")),
     sentry: {

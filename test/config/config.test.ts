@@ -126,6 +126,10 @@ describe("production profile", () => {
     ["RATE_LIMIT_ALLOW_CIDRS", { RATE_LIMIT_ALLOW_CIDRS: "not-an-ip" }, "invalid address"],
     ["REDIS_URL", { REDIS_URL: "http://localhost:6379" }, "must use redis or rediss"],
     ["OPENAI_BASE_URL", { OPENAI_BASE_URL: "not a url" }, "must be a URL"],
+    ["OPENAI_BASE_URL", { OPENAI_BASE_URL: "http://llm.internal/v1" }, "must use https"],
+    ["STRIPE_API_URL", { STRIPE_API_URL: "http://10.0.0.5:12111" }, "must use https"],
+    ["WHATSAPP_API_URL", { WHATSAPP_API_URL: "http://graph.example.test/v21.0" }, "must use https"],
+    ["WHATSAPP_API_URL", { WHATSAPP_API_URL: "http://0.0.0.0:9000" }, "must use https"],
     ["SENTRY_DSN", { SENTRY_DSN: "ftp://x@sentry.test/1" }, "must be a Sentry DSN"],
   ])("refuses %s (%o)", (variable, extra, reason) => {
     const error = refusal(production(extra));
@@ -138,6 +142,26 @@ describe("production profile", () => {
   test("never echoes a refused secret's value", () => {
     const error = refusal(production({ JWT_SECRET_KEY: "hunter2-is-my-password" }));
     expect(error.message).not.toContain("hunter2");
+  });
+
+  test("upstreams that carry a secret may be plain http to a loopback address only (a local proxy)", () => {
+    for (const host of ["127.0.0.1:8080", "127.9.9.9", "[::1]:9000", "localhost:3000"]) {
+      const config = loadConfig(
+        production({
+          OPENAI_BASE_URL: `http://${host}/v1`,
+          STRIPE_API_URL: `http://${host}`,
+          WHATSAPP_API_URL: `http://${host}/v21.0`,
+        }),
+      );
+      expect(config.openai.baseUrl).toBe(`http://${host}/v1`);
+    }
+    const https = loadConfig(production({ OPENAI_BASE_URL: "https://llm.example.test/v1" }));
+    expect(https.openai.baseUrl).toBe("https://llm.example.test/v1");
+    // Staging and development talk to whatever test servers they are given.
+    const staging = loadConfig(
+      production({ APP_ENV: "staging", STRIPE_API_URL: "http://stripe-mock.internal:12111" }),
+    );
+    expect(staging.stripe.apiUrl).toBe("http://stripe-mock.internal:12111");
   });
 
   test("staging also refuses missing secrets but allows http origins", () => {
