@@ -12,7 +12,7 @@ import type { RouteClass } from "../../plugins/route-class";
 import type { Feature } from "../feature";
 import { paymentMetrics } from "../payments/metrics";
 import { webhookMetrics } from "./metrics";
-import { stripeWebhook, stripeWebhookRouteClasses } from "./stripe";
+import { pruneStripeEvents, stripeWebhook, stripeWebhookRouteClasses } from "./stripe";
 
 /** One provider's endpoint(s). */
 export interface WebhookPart {
@@ -40,6 +40,9 @@ export function webhooksFeature(core: Core): Feature {
   return {
     name: "webhooks",
     routeClasses: parts.flatMap((part) => part.routeClasses),
+    maintenance: (now) => {
+      pruneStripeEvents(db, now);
+    },
     routes: ({ auth }) =>
       parts.reduce(
         (module, part) => module.use(part.routes(auth)),

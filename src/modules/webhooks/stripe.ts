@@ -22,6 +22,7 @@
  *    status, and a final one (`succeeded`, `canceled`, `refunded`) is never left but to `refunded`.
  *    Unknown types and payments we do not hold are acknowledged and counted `ignored`.
  */
+import { and, eq, inArray, lt } from "drizzle-orm";
 import { Elysia, t } from "elysia";
 import type Stripe from "stripe";
 import type { Clock } from "../../clock";
@@ -131,6 +132,33 @@ export interface StripeWebhookOptions {
 }
 
 type Applied = EventEffect | { outcome: "duplicate" };
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+/**
+ * How long a Stripe event id is remembered. Stripe retries a delivery for up to 3 days and lets an
+ * operator resend an event of the last 30 days from the Dashboard: a record kept past that would
+ * catch no duplicate, and one pruned sooner would let a resent event act twice.
+ */
+export const STRIPE_EVENT_RETENTION_MS = 35 * DAY_MS;
+const PRUNE_BATCH = 1000;
+
+/** Deletes Stripe event records past retention, oldest first, at most a batch a run. */
+export function pruneStripeEvents(db: AppDatabase, now: number): void {
+  const old = db
+    .select({ id: webhookEvents.eventId })
+    .from(webhookEvents)
+    .where(
+      and(
+        eq(webhookEvents.provider, "stripe"),
+        lt(webhookEvents.receivedAt, now - STRIPE_EVENT_RETENTION_MS),
+      ),
+    )
+    .orderBy(webhookEvents.receivedAt)
+    .limit(PRUNE_BATCH);
+  db.delete(webhookEvents)
+    .where(and(eq(webhookEvents.provider, "stripe"), inArray(webhookEvents.eventId, old)))
+    .run();
+}
 
 export function stripeWebhook(options: StripeWebhookOptions) {
   const { db, clock, logger, audit, secrets, metrics } = options;

@@ -2,8 +2,9 @@
  * What verified Stripe events do: each event id once (its row in webhook_events committed with its
  * effect), never a backwards move, disputes audited and alerted, the unknown acknowledged.
  */
-import { afterEach, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { bearer, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 import {
   auditRows,
   buildPaymentsApp,
@@ -269,4 +270,70 @@ test("a signed event whose metadata a merchant keyed like Object.prototype membe
   );
   expect(response.status).toBe(200);
   expect(payment(current, id).status).toBe("succeeded");
+});
+
+describe("how long event ids are remembered", () => {
+  const DAY = 24 * 60 * 60 * 1000;
+  const stripeRows = (target: PaymentsApp) =>
+    target.db.$client
+      .query("SELECT event_id AS id FROM webhook_events WHERE provider = 'stripe' ORDER BY id")
+      .values()
+      .flat();
+
+  test("a resend within Stripe's 30 days is still a duplicate; the record goes after 35 days", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const target = current;
+    const id = await newPayment(target);
+    const event = intentEvent("payment_intent.succeeded", id, 1_800_000_000);
+    const at = () => ({ timestamp: Math.floor(clock.now() / 1000) });
+    expect(await (await deliver(target, event, at())).json()).toMatchObject({
+      outcome: "processed",
+    });
+
+    // Resent from the Dashboard on day 30 (a fresh signature): nothing happens twice.
+    clock.advance(30 * DAY);
+    target.services.runMaintenance();
+    expect(await (await deliver(target, event, at())).json()).toMatchObject({
+      outcome: "duplicate",
+    });
+    expect(auditRows(target, "payment.succeeded")).toHaveLength(1);
+
+    clock.advance(5 * DAY - 60_000);
+    target.services.runMaintenance();
+    expect(stripeRows(target)).toEqual([event.id]);
+    clock.advance(120_000);
+    target.services.runMaintenance();
+    expect(stripeRows(target)).toEqual([]);
+  });
+
+  test("pruning is bounded per run, oldest first, and leaves WhatsApp's records to their own retention", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const sqlite = current.db.$client;
+    const old = clock.now() - 40 * DAY;
+    const insert = sqlite.prepare(
+      "INSERT INTO webhook_events (provider, event_id, type, received_at) VALUES (?, ?, 'payment_intent.succeeded', ?)",
+    );
+    sqlite.transaction(() => {
+      for (let i = 0; i < 2500; i++)
+        insert.run("stripe", `evt_old${String(i).padStart(5, "0")}`, old + i);
+      insert.run("stripe", "evt_recent", clock.now() - DAY);
+      insert.run("whatsapp", "wamid.recent", clock.now() - DAY);
+    })();
+    current.services.runMaintenance();
+    const left = stripeRows(current);
+    expect(left).toHaveLength(1501);
+    // The oldest thousand went first.
+    expect(left[0]).toBe("evt_old01000");
+    current.services.runMaintenance();
+    current.services.runMaintenance();
+    expect(stripeRows(current)).toEqual(["evt_recent"]);
+    expect(
+      sqlite
+        .query("SELECT event_id FROM webhook_events WHERE provider = 'whatsapp'")
+        .values()
+        .flat(),
+    ).toEqual(["wamid.recent"]);
+  });
 });
