@@ -39,7 +39,15 @@ export interface Features {
 
 export function createFeatures(core: Core, options: FeatureOptions = {}): Features {
   const auth = authFeature(core, options);
-  const chat = chatFeature(core, { provider: options.chatProvider });
+  const chat = chatFeature(core, {
+    provider: options.chatProvider,
+    // A turn stores its conversation only for an owner the account feature still has.
+    ownerExists: (owner) => {
+      if (owner.kind === "user") return auth.service.findUser(owner.id) !== null;
+      if (owner.kind === "key") return auth.apiKeys.get(owner.id)?.revokedAt === null;
+      return true;
+    },
+  });
   const features: Feature[] = [
     healthFeature(core),
     auth,

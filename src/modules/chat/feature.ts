@@ -8,7 +8,7 @@
 import type { Core } from "../../core";
 import type { Feature } from "../feature";
 import { ChatBudget } from "./budget";
-import type { ChatTurns } from "./contract";
+import type { ChatOwner, ChatTurns } from "./contract";
 import { chatModule, chatRouteClasses } from "./index";
 import { chatMetrics } from "./metrics";
 import { chatContributor } from "./privacy";
@@ -19,6 +19,8 @@ import { ChatService } from "./service";
 export interface ChatFeatureOptions {
   /** The provider; the one configuration picks when absent (offline without OPENAI_API_KEY). */
   provider?: ChatProvider;
+  /** Whether a conversation's owner is still there (not erased, not revoked): see ChatService. */
+  ownerExists?: (owner: ChatOwner) => boolean;
 }
 
 export interface ChatFeature extends Feature {
@@ -41,6 +43,7 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     audit,
     metrics: chatMetrics(registry),
     budget,
+    ownerExists: options.ownerExists,
   });
   return {
     name: "chat",

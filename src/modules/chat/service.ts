@@ -96,6 +96,11 @@ export interface ChatServiceOptions {
   audit: AuditLog;
   metrics: ChatMetrics;
   budget: ChatBudget;
+  /**
+   * Whether an owner is still there to keep a conversation for (a user not erased, a key not
+   * revoked); asked inside the storing transaction. Absent: every owner is.
+   */
+  ownerExists?: (owner: ChatOwner) => boolean;
 }
 
 /** 128 random bits, base64url (22 characters). */
@@ -420,6 +425,12 @@ export class ChatService implements ChatTurns {
     this.db.transaction(
       () => {
         if (turn.isNew) {
+          // Erased (or its key revoked) while the turn ran: the erasure came first and found
+          // nothing of this turn to delete, so nothing of it is kept; the usage counts.
+          if (this.options.ownerExists?.(turn.owner) === false) {
+            budget.settle(turn.reservation, usage.promptTokens + usage.completionTokens, now);
+            return;
+          }
           insertConversation.run({
             id: turn.conversationId,
             kind: turn.owner.kind,

@@ -9,7 +9,7 @@ import { chatConversations, chatMessages, chatUsage } from "../../../src/db/sche
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { createKey, signUp } from "../../support/auth";
-import { asKey, asUser, chat } from "../../support/chat";
+import { asKey, asUser, chat, gatedProvider, SSE } from "../../support/chat";
 import { ManualClock } from "../../support/clock";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -75,6 +75,41 @@ describe("export and erasure", () => {
     const usage = target.db.select().from(chatUsage).all();
     expect(usage.map((u) => `${u.ownerKind}:${u.ownerId}`)).toEqual([`user:${bob.userId}`]);
   });
+});
+
+describe("a turn racing its owner's erasure", () => {
+  for (const [label, headers] of [
+    ["whole", {}],
+    ["streamed", SSE],
+  ] as const) {
+    test(`a new conversation whose user is erased while the upstream answers is not kept (${label})`, async () => {
+      const provider = gatedProvider();
+      target = buildTestApp({ chatProvider: provider });
+      const app = target;
+      const alice = await signUp(app);
+      const bob = await signUp(app);
+      const { key } = createKey(app, ["chat"], alice.userId);
+      const turns = [
+        chat(app, { ...asUser(alice), ...headers }, { message: "alice's private question" }),
+        chat(app, { ...asKey(key), ...headers }, { message: "alice's key's private question" }),
+        chat(app, { ...asUser(bob), ...headers }, { message: "bob asks" }),
+      ];
+      while (provider.waiting() < 3) await Bun.sleep(1);
+      const erased = await send(app, "/api/me", { method: "DELETE", headers: asUser(alice) });
+      expect(erased.status).toBe(204);
+      provider.open();
+      for (const response of await Promise.all(turns)) {
+        expect(response.status).toBe(200);
+        await response.text();
+      }
+
+      const kept = app.db.select().from(chatConversations).all();
+      expect(kept.map((c) => `${c.ownerKind}:${c.ownerId}`)).toEqual([`user:${bob.userId}`]);
+      const messages = app.db.select().from(chatMessages).all();
+      expect(messages.map((m) => m.content).join(" ")).not.toContain("alice");
+      expect(messages).toHaveLength(2);
+    });
+  }
 });
 
 describe("retention", () => {
