@@ -10,6 +10,7 @@ import { type Clock, systemClock } from "./clock";
 import type { Config } from "./config";
 import { probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
+import { checkDiskRoom } from "./db/disk-space";
 import type { Logger } from "./logging/logger";
 import type { ReadinessCheck } from "./modules/health/service";
 import { AuditKeys } from "./plugins/audit/chain";
@@ -87,6 +88,8 @@ export interface CoreOptions {
   ipBlockSettings?: Partial<IpBlockSettings>;
   /** Cache verified access tokens (default true); the benchmark turns it off to compare. */
   cacheTokens?: boolean;
+  /** Bytes free on a directory's filesystem, for /ready (db/disk-space; tests pass their own). */
+  freeDiskBytes?: (directory: string) => number;
 }
 
 export function createCore(options: CoreOptions): Core {
@@ -111,10 +114,11 @@ export function createCore(options: CoreOptions): Core {
   const readiness: Record<string, ReadinessCheck> = {
     // Ready means writable: a file another process holds locked (or that cannot be written)
     // answers reads but not a login. Takes the write lock for no work, waiting at most the short
-    // busy timeout (db/busy).
+    // busy timeout (db/busy); and a filesystem nearly full is reported before writes fail.
     database: () => {
       sqlite.query("SELECT 1").values();
       probeWritable(sqlite);
+      checkDiskRoom(sqlite.filename, options.freeDiskBytes);
     },
   };
   if (redis) {

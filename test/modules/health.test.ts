@@ -1,6 +1,9 @@
 import { afterEach, expect, test } from "bun:test";
+import { statfsSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { Elysia } from "elysia";
-import { buildTestApp, send, TEST_JWT_SECRET, type TestApp } from "../support/app";
+import { checkDiskRoom, freeBytesAt, MIN_FREE_BYTES } from "../../src/db/disk-space";
+import { buildTestApp, send, TEST_JWT_SECRET, type TestApp, tempDir } from "../support/app";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -38,6 +41,45 @@ test("GET /ready is 503 with the failing dependency when the database is gone", 
   expect(body.status).toBe("unavailable");
   expect(body.checks.database.status).toBe("down");
   expect(body.checks.database.error).toBeString();
+});
+
+test("GET /ready is 503 while the database's filesystem is nearly full, and ready again once there is room", async () => {
+  let free = 10 * 1024 * 1024;
+  const asked: string[] = [];
+  current = buildTestApp({
+    freeDiskBytes: (directory) => {
+      asked.push(directory);
+      return free;
+    },
+  });
+  const full = await send(current, "/ready");
+  expect(full.status).toBe(503);
+  const body = (await full.json()) as { checks: { database: { status: string; error: string } } };
+  expect(body.checks.database).toMatchObject({
+    status: "down",
+    error: "disk nearly full: 10 MB free where the database lives, under 64 MB",
+  });
+  // Asked of the directory that holds the database (its -wal and -shm files live there too).
+  expect(asked).toEqual([dirname(current.databasePath)]);
+  // Serving goes on: only readiness reports it.
+  expect((await send(current, "/health")).status).toBe(200);
+
+  free = 64 * 1024 * 1024;
+  expect((await send(current, "/ready")).status).toBe(200);
+});
+
+test("the free space /ready reads is the filesystem's, as statfs gives it to this user", () => {
+  const dir = tempDir();
+  try {
+    const { bavail, bsize } = statfsSync(dir.path);
+    expect(freeBytesAt(dir.path)).toBe(bavail * bsize);
+    expect(() => checkDiskRoom(join(dir.path, "app.db"), () => MIN_FREE_BYTES - 1)).toThrow(
+      "disk nearly full",
+    );
+    expect(() => checkDiskRoom(":memory:", () => 0)).not.toThrow();
+  } finally {
+    dir.remove();
+  }
 });
 
 test("a failing check's message reaches /ready scrubbed of secrets, escaped and cut", async () => {

@@ -93,6 +93,8 @@ export interface TestAppOptions {
   prepareLogin?: boolean;
   /** How zxcvbn is loaded at the first registration (a test makes it fail). */
   loadPasswordStrength?: FeatureOptions["loadPasswordStrength"];
+  /** Bytes free where the database lives, as /ready reads them (a test fills the disk). */
+  freeDiskBytes?: (directory: string) => number;
 }
 
 export interface TestApp {
@@ -150,6 +152,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     chatProvider: options.chatProvider,
     prepareLogin: options.prepareLogin,
     loadPasswordStrength: options.loadPasswordStrength,
+    freeDiskBytes: options.freeDiskBytes,
   });
   const app = createApp({
     ...services,

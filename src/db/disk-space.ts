@@ -1,0 +1,32 @@
+/**
+ * @module
+ * Room left for the database. SQLite reports a full disk only when a write fails (SQLITE_FULL),
+ * and a write probe that writes nothing cannot see it coming; the filesystem can. `/ready` fails
+ * while less than MIN_FREE_BYTES remain where the database lives: room for the WAL to reach
+ * WAL_TRUNCATE_MB's default before a checkpoint, and for the operator to act before writes fail.
+ */
+import { statfsSync } from "node:fs";
+import { dirname } from "node:path";
+
+export const MIN_FREE_BYTES = 64 * 1024 * 1024;
+
+/** Bytes this process's user may still write on the filesystem holding `directory`. */
+export function freeBytesAt(directory: string): number {
+  const stats = statfsSync(directory);
+  return stats.bavail * stats.bsize;
+}
+
+/** Throws naming the room left when the database's filesystem is nearly full. */
+export function checkDiskRoom(
+  databasePath: string,
+  freeBytes: (directory: string) => number = freeBytesAt,
+): void {
+  if (databasePath === "" || databasePath === ":memory:") return;
+  const free = freeBytes(dirname(databasePath));
+  if (free < MIN_FREE_BYTES) {
+    const mib = (bytes: number) => `${Math.floor(bytes / (1024 * 1024))} MB`;
+    throw new Error(
+      `disk nearly full: ${mib(free)} free where the database lives, under ${mib(MIN_FREE_BYTES)}`,
+    );
+  }
+}
