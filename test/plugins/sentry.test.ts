@@ -306,7 +306,11 @@ test("beforeSend strips credentials, private bodies and configured secrets from 
     message: `failed with ${secret}`,
     exception: { values: [{ type: "Error", value: `key ${apiKey} rejected` }] },
     tags: { note: `Bearer ${jwt}` },
-    extra: { password: PASSWORD, prompt: CHAT_TEXT, nested: { apiKey, ok: `uses ${secret}` } },
+    extra: {
+      password: PASSWORD,
+      prompt: CHAT_TEXT,
+      nested: { apiKey, ok: `uses ${secret}`, pwd: "pwd-value-123", private_key: "pk-value-456" },
+    },
     contexts: {
       runtime: { name: "bun", version: "1.4.5" },
       upstream: { token: "t0ken-value-xyz", status: 502 },
@@ -337,6 +341,8 @@ test("beforeSend strips credentials, private bodies and configured secrets from 
     CHAT_TEXT,
     "t0ken-value-xyz",
     "csrf-token-value",
+    "pwd-value-123",
+    "pk-value-456",
   ]) {
     expect(text).not.toContain(value);
   }

@@ -35,7 +35,7 @@ const PRIVATE_BODY_PATHS = ["/api/auth", "/api/chat", "/api/me"];
 
 /** Field names (in bodies, extra data, contexts) whose values are credentials or user text. */
 const PRIVATE_FIELD =
-  /pass(word|phrase)?|secret|token|api[-_]?key|authori[sz]ation|cookie|session|signature|credential|^(message|messages|content|prompt|text|reply)$/i;
+  /pass(word|phrase)?|pwd|secret|token|api[-_]?key|private[-_]?key|authori[sz]ation|cookie|session|signature|credential|^(message|messages|content|prompt|text|reply)$/i;
 
 // Sentry's own structures whose keys are not user data (`contexts.trace`, `runtime`, `os` …).
 const SDK_CONTEXTS = new Set([
