@@ -316,7 +316,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       rateLimitRefusals: integer("IP_BLOCK_RATE_LIMIT_REFUSALS", 5, 0, 10_000),
       failedLogins: integer("IP_BLOCK_FAILED_LOGINS", 10, 0, 10_000),
     },
-    redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
+    redisUrl: redisUrl(url("REDIS_URL", ["redis:", "rediss:"]), appEnv),
     openai: {
       apiKey: optionalSecret("OPENAI_API_KEY"),
       baseUrl: upstreamUrl("OPENAI_BASE_URL"),
@@ -389,6 +389,22 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   config.secretValues = collectSecretValues(config, env);
   refuseOpenMetrics(config);
   return deepFreeze(config);
+}
+
+/**
+ * A Redis password goes to the server in the clear over `redis://`: production sends one only over
+ * TLS (`rediss://`), or to this host. A URL without one is accepted (Redis on a private network).
+ */
+function redisUrl(value: string | null, appEnv: AppEnv): string | null {
+  if (value === null || appEnv !== "production") return value;
+  const { protocol, hostname, password } = new URL(value);
+  if (protocol === "redis:" && password !== "" && !isLoopbackHost(hostname)) {
+    throw new ConfigError(
+      "REDIS_URL",
+      "carries a password over plain redis:// when APP_ENV=production; use rediss://",
+    );
+  }
+  return value;
 }
 
 function release(raw: string | undefined): string {

@@ -125,6 +125,8 @@ describe("production profile", () => {
     ["TRUST_PROXY", { TRUST_PROXY: "10.0.0.0/33" }, "invalid CIDR"],
     ["RATE_LIMIT_ALLOW_CIDRS", { RATE_LIMIT_ALLOW_CIDRS: "not-an-ip" }, "invalid address"],
     ["REDIS_URL", { REDIS_URL: "http://localhost:6379" }, "must use redis or rediss"],
+    ["REDIS_URL", { REDIS_URL: "redis://:hunter2hunter2@10.0.0.7:6379" }, "use rediss://"],
+    ["REDIS_URL", { REDIS_URL: "redis://app:hunter2hunter2@cache.internal" }, "use rediss://"],
     ["OPENAI_BASE_URL", { OPENAI_BASE_URL: "not a url" }, "must be a URL"],
     ["OPENAI_BASE_URL", { OPENAI_BASE_URL: "http://llm.internal/v1" }, "must use https"],
     ["STRIPE_API_URL", { STRIPE_API_URL: "http://10.0.0.5:12111" }, "must use https"],
@@ -144,7 +146,7 @@ describe("production profile", () => {
     expect(error.message).not.toContain("hunter2");
   });
 
-  test("upstreams that carry a secret may be plain http to a loopback address only (a local proxy)", () => {
+  test("upstreams that carry a secret may be plain http (or redis) to a loopback address only", () => {
     for (const host of ["127.0.0.1:8080", "127.9.9.9", "[::1]:9000", "localhost:3000"]) {
       const config = loadConfig(
         production({
@@ -157,6 +159,17 @@ describe("production profile", () => {
     }
     const https = loadConfig(production({ OPENAI_BASE_URL: "https://llm.example.test/v1" }));
     expect(https.openai.baseUrl).toBe("https://llm.example.test/v1");
+    // Redis: a password goes over TLS or to this host; a URL without one is a private network's.
+    for (const redis of [
+      "rediss://:hunter2hunter2@cache.internal:6380",
+      "redis://:hunter2hunter2@127.0.0.1:6379",
+      "redis://cache.internal:6379",
+    ]) {
+      expect(loadConfig(production({ REDIS_URL: redis })).redisUrl).toBe(redis);
+    }
+    expect(
+      refusal(production({ REDIS_URL: "redis://:hunter2hunter2@10.0.0.7" })).message,
+    ).not.toContain("hunter2");
     // Staging and development talk to whatever test servers they are given.
     const staging = loadConfig(
       production({ APP_ENV: "staging", STRIPE_API_URL: "http://stripe-mock.internal:12111" }),
