@@ -392,13 +392,15 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
 }
 
 /**
- * A Redis password goes to the server in the clear over `redis://`: production sends one only over
- * TLS (`rediss://`), or to this host. A URL without one is accepted (Redis on a private network).
+ * A Redis password goes to the server in the clear over `redis://`: production sends credentials
+ * only over TLS (`rediss://`), or to this host. A URL without any is accepted (a private network).
  */
 function redisUrl(value: string | null, appEnv: AppEnv): string | null {
   if (value === null || appEnv !== "production") return value;
-  const { protocol, hostname, password } = new URL(value);
-  if (protocol === "redis:" && password !== "" && !isLoopbackHost(hostname)) {
+  const { protocol, hostname, username, password } = new URL(value);
+  // `redis://secret@host` is a password too, to clients that read a lone user part as one.
+  const credentials = username !== "" || password !== "";
+  if (protocol === "redis:" && credentials && !isLoopbackHost(hostname)) {
     throw new ConfigError(
       "REDIS_URL",
       "carries a password over plain redis:// when APP_ENV=production; use rediss://",

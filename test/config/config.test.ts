@@ -127,6 +127,7 @@ describe("production profile", () => {
     ["REDIS_URL", { REDIS_URL: "http://localhost:6379" }, "must use redis or rediss"],
     ["REDIS_URL", { REDIS_URL: "redis://:hunter2hunter2@10.0.0.7:6379" }, "use rediss://"],
     ["REDIS_URL", { REDIS_URL: "redis://app:hunter2hunter2@cache.internal" }, "use rediss://"],
+    ["REDIS_URL", { REDIS_URL: "redis://hunter2hunter2@cache.internal" }, "use rediss://"],
     ["OPENAI_BASE_URL", { OPENAI_BASE_URL: "not a url" }, "must be a URL"],
     ["OPENAI_BASE_URL", { OPENAI_BASE_URL: "http://llm.internal/v1" }, "must use https"],
     ["STRIPE_API_URL", { STRIPE_API_URL: "http://10.0.0.5:12111" }, "must use https"],
