@@ -153,6 +153,7 @@ export function pruneStripeEvents(db: AppDatabase, now: number): void {
         lt(webhookEvents.receivedAt, now - STRIPE_EVENT_RETENTION_MS),
       ),
     )
+    // (provider, received_at): a range of the index, read in order, stopped at the batch.
     .orderBy(webhookEvents.receivedAt)
     .limit(PRUNE_BATCH);
   db.delete(webhookEvents)
