@@ -14,6 +14,12 @@ import type { RateLimitMetrics } from "./metrics";
 import type { Policy } from "./policies";
 import type { LimiterStore, LimitOutcome } from "./store";
 
+/**
+ * How many keys' quiet refusals (those that block nobody) one process remembers having audited in
+ * their window: the most such refusals a window can add to the audit log, per process.
+ */
+export const QUIET_AUDIT_KEYS = 10_000;
+
 export interface LimitContext {
   method: string;
   path: string;
@@ -43,6 +49,8 @@ export interface LimitEnforcerOptions {
    * 0). Absent: they do.
    */
   refusalsBlock?: (key: string) => boolean;
+  /** QUIET_AUDIT_KEYS unless given (tests). */
+  quietAuditKeys?: number;
 }
 
 /** One key for every policy, or one key per policy (same order). */
@@ -62,12 +70,25 @@ export type LimitEnforcer = (
  */
 export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforcer {
   const { store, clock, logger, audit, metrics, onRefused, refusalsBlock } = options;
+  const quietAuditKeys = options.quietAuditKeys ?? QUIET_AUDIT_KEYS;
   const quietAuditedUntil = new Map<string, number>();
+  let sweptAt = Number.NEGATIVE_INFINITY;
   const firstQuietRefusal = (id: string, now: number, windowMs: number): boolean => {
     const until = quietAuditedUntil.get(id);
     if (until !== undefined && until > now) return false;
-    // Bounded: a flood of new addresses clears it rather than growing it.
-    if (quietAuditedUntil.size >= 10_000) quietAuditedUntil.clear();
+    if (until === undefined && quietAuditedUntil.size >= quietAuditKeys) {
+      // Full: forget the keys whose window has passed (at most once a second, so a flood does not
+      // sweep per request). Still full, this key's refusals go unaudited until room is made:
+      // forgetting live keys instead would let a flood cycling through more keys than the limit
+      // be audited once per request again. The rejections metric counts every one.
+      if (now - sweptAt >= 1000) {
+        sweptAt = now;
+        for (const [key, expiry] of quietAuditedUntil) {
+          if (expiry <= now) quietAuditedUntil.delete(key);
+        }
+      }
+      if (quietAuditedUntil.size >= quietAuditKeys) return false;
+    }
     quietAuditedUntil.set(id, now + windowMs);
     return true;
   };
