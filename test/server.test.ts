@@ -192,7 +192,7 @@ describe("the service process", () => {
       expect(cli.code).toBe(1);
       expect(cli.stderr.trim().split("\n")).toHaveLength(1);
       expect(cli.stderr).toContain(
-        `palisade db:migrate: DATABASE_PATH ${path}: the migrations table records`,
+        `palisade db:migrate: DATABASE_PATH ${path}: migrations failed: the migrations table records`,
       );
       expect(cli.stdout).toBe("");
     } finally {

@@ -6,7 +6,7 @@
 import { type Config, ConfigError, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
-import { applyMigrations, MigrationRecordError } from "../db/migrate";
+import { applyMigrations } from "../db/migrate";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { createServices, type Services } from "../services";
@@ -65,8 +65,15 @@ export async function runCli(
     },
     db: () => {
       if (!db) {
-        db = openDatabase(context.config().databasePath);
-        applyMigrations(db);
+        const path = context.config().databasePath;
+        db = openDatabase(path);
+        try {
+          applyMigrations(db);
+        } catch (error) {
+          // One line, as the start says it: a tampered migrations table, or a migration that failed.
+          const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
+          throw new CliError(`DATABASE_PATH ${path}: migrations failed: ${reason}`, 1);
+        }
       }
       return db;
     },
@@ -98,12 +105,6 @@ export async function runCli(
     }
     if (error instanceof DatabaseOpenError) {
       io.err(`palisade ${command.name}: ${error.message}`);
-      return 1;
-    }
-    if (error instanceof MigrationRecordError) {
-      io.err(
-        `palisade ${command.name}: DATABASE_PATH ${context.config().databasePath}: ${error.message}`,
-      );
       return 1;
     }
     throw error;

@@ -56,12 +56,25 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): voi
  * create-if-missing, read and empty transaction (~1 ms of a restart, measured cold).
  */
 function appliedMigrationTimes(db: AppDatabase): Set<number> | null {
+  let rows: unknown[][];
   try {
-    const rows = db.$client.query("SELECT created_at FROM __drizzle_migrations").values();
-    return new Set(rows.map((row) => Number(row[0])));
+    rows = db.$client.query("SELECT id, created_at FROM __drizzle_migrations").values();
   } catch {
     return null;
   }
+  const applied = new Set<number>();
+  for (const [id, createdAt] of rows) {
+    if (createdAt === null) continue;
+    // drizzle orders the rows by created_at: text and blobs sort above every number, so one such
+    // row would stand for the newest migration and hide every missing one.
+    if (typeof createdAt !== "number" || !Number.isFinite(createdAt)) {
+      throw new MigrationRecordError(
+        `the migrations table's row ${Number(id)} has a created_at that is not a number; it was edited: restore the file from a backup`,
+      );
+    }
+    applied.add(createdAt);
+  }
+  return applied;
 }
 
 function newestOf(applied: ReadonlySet<number>): number {

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { CliError, EXIT_USAGE, parseArgs, parseDuration, requireFlag } from "../../src/cli/command";
+import { MIGRATION_TAG_BY_MILLIS } from "../../src/db/migrations";
 import { tempDir } from "../support/app";
 import { cliInProcess } from "../support/cli";
 import { runToExit } from "../support/process";
@@ -76,7 +77,10 @@ describe("bun run cli", () => {
       const path = join(dir.path, "cli.db");
       const result = await cli(["db:migrate"], { DATABASE_PATH: path });
       expect(result.code).toBe(0);
-      expect(result.stdout).toContain("is at migration");
+      const tags = [...MIGRATION_TAG_BY_MILLIS.values()];
+      expect(result.stdout.trim()).toBe(
+        `database ${path} is at migration ${tags.at(-1)} (${tags.length} of ${tags.length})`,
+      );
       expect(await Bun.file(path).exists()).toBe(true);
     } finally {
       dir.remove();

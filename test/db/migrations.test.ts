@@ -119,9 +119,18 @@ test("a row deleted from the middle of the migrations table is refused, even whe
   db.$client.close();
 });
 
-test("an unreadable time in the migrations table does not hide a gap", () => {
+test("a created_at that is not a number (text, a blob) is refused: drizzle would sort it above every migration", () => {
+  for (const value of ["'soon'", "x'00'", "1e999"]) {
+    const db = olderDatabase();
+    db.$client.run(`INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('x', ${value})`);
+    expect(() => applyMigrations(db)).toThrow(MigrationRecordError);
+    expect(() => applyMigrations(db)).toThrow("has a created_at that is not a number");
+    db.$client.close();
+  }
+});
+
+test("a time that is no migration's does not hide a gap", () => {
   const db = olderDatabase();
-  db.$client.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('x', 'soon')");
   db.$client.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('y', ?)", [
     LATEST_MIGRATION_MILLIS + 1,
   ]);

@@ -15,15 +15,18 @@ import { Database, SQLiteError } from "bun:sqlite";
 import { randomBytes } from "node:crypto";
 import { copyFileSync, existsSync, linkSync, statSync, unlinkSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { count } from "drizzle-orm";
-import { integer, sqliteTable } from "drizzle-orm/sqlite-core";
+import { integer, numeric, sqliteTable } from "drizzle-orm/sqlite-core";
 import { BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
+import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { verifyAuditChain } from "../../plugins/audit/log";
 import { CliError, type Command, EXIT_USAGE } from "../command";
 
 /** Drizzle's own record of applied migrations (its migrator creates it; not in db/schema). */
-const drizzleMigrations = sqliteTable("__drizzle_migrations", { id: integer("id").primaryKey() });
+const drizzleMigrations = sqliteTable("__drizzle_migrations", {
+  id: integer("id").primaryKey(),
+  createdAt: numeric("created_at"),
+});
 
 export const dbMigrate: Command = {
   name: "db:migrate",
@@ -31,8 +34,20 @@ export const dbMigrate: Command = {
   usage: "db:migrate",
   run(_args, context) {
     const db = context.db();
-    const applied = db.select({ n: count() }).from(drizzleMigrations).get()!.n;
-    context.out(`database ${context.config().databasePath} is at migration ${applied}`);
+    // The newest of this release's migrations the table records (migrate refused any gap before
+    // it), named by its tag: a count would also count a duplicated or foreign row.
+    const applied = new Set(
+      db
+        .select({ createdAt: drizzleMigrations.createdAt })
+        .from(drizzleMigrations)
+        .all()
+        .map((row) => Number(row.createdAt)),
+    );
+    const known = [...MIGRATION_TAG_BY_MILLIS].filter(([millis]) => applied.has(millis));
+    const [, tag] = known.at(-1) ?? [0, "none"];
+    context.out(
+      `database ${context.config().databasePath} is at migration ${tag} (${known.length} of ${MIGRATION_TAG_BY_MILLIS.size})`,
+    );
     return 0;
   },
 };
