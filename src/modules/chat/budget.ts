@@ -63,7 +63,8 @@ export interface Reservation {
 
 export type ReserveOutcome =
   | { kind: "reserved"; reservation: Reservation }
-  | { kind: "over_budget"; retryAfterSeconds: number };
+  | { kind: "over_budget"; retryAfterSeconds: number }
+  | { kind: "owner_gone" };
 
 export interface UsageRow {
   principal: string;
@@ -78,9 +79,14 @@ export class ChatBudget {
   private readonly statements;
 
   constructor(
-    sqlite: Database,
+    private readonly sqlite: Database,
     /** Tokens per owner per UTC day; 0: no budget (usage is still counted). */
     readonly dailyTokens: number,
+    /**
+     * Whether an owner is still there (a user not erased, a key not revoked): a day's row is made
+     * only for one that is. Absent: every owner is.
+     */
+    private readonly ownerExists?: (owner: ChatOwner) => boolean,
   ) {
     const db = drizzleOf(sqlite);
     this.db = db;
@@ -169,7 +175,17 @@ export class ChatBudget {
     // second attempt is what decides when another process made the row meanwhile.
     let row = attempt();
     if (!row) {
-      this.statements.ensureRow.get({ ...key, now });
+      // A request authenticated just before its user's erasure reaches here after it: the row the
+      // erasure deleted must not be made again. Checked and made in one transaction, which the
+      // erasure's (also immediate) runs wholly before or after.
+      const made = this.sqlite
+        .transaction(() => {
+          if (this.ownerExists?.(owner) === false) return false;
+          this.statements.ensureRow.get({ ...key, now });
+          return true;
+        })
+        .immediate();
+      if (!made) return { kind: "owner_gone" };
       row = attempt();
     }
     if (!row) return { kind: "over_budget", retryAfterSeconds: secondsUntilNextUtcDay(now) };

@@ -34,7 +34,9 @@ export interface ChatTurn {
 export type ChatTurnOutcome =
   | { kind: "reply"; turn: ChatTurn }
   | { kind: "not_found" }
-  | { kind: "over_budget"; retryAfterSeconds: number };
+  | { kind: "over_budget"; retryAfterSeconds: number }
+  /** The owner was erased (or its key revoked) while the turn was prepared: nothing is kept. */
+  | { kind: "owner_gone" };
 
 export interface ChatTurns {
   converse(input: ChatTurnInput): Promise<ChatTurnOutcome>;

@@ -32,7 +32,7 @@ export interface ChatFeature extends Feature {
 export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatFeature {
   const { config, db, clock, logger, audit, registry, errors } = core;
   const provider = options.provider ?? createChatProvider(config, { logger, registry, clock });
-  const budget = new ChatBudget(db.$client, config.chat.dailyTokenBudget);
+  const budget = new ChatBudget(db.$client, config.chat.dailyTokenBudget, options.ownerExists);
   const service = new ChatService({
     sqlite: db.$client,
     provider,

@@ -242,6 +242,9 @@ export function chatModule(options: ChatModuleOptions) {
         if (prepared.kind === "not_found") {
           throw new AppError("NOT_FOUND", "No conversation of yours has that id.");
         }
+        if (prepared.kind === "owner_gone") {
+          throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
+        }
         if (prepared.kind === "over_budget") {
           throw new AppError(
             "QUOTA_EXCEEDED",

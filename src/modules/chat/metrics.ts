@@ -6,6 +6,7 @@
  * Outcomes: `ok` (a full reply), `incomplete` (the client went away, or the upstream cut the
  * stream after some text: what arrived was stored), `quota` (over the daily budget),
  * `upstream_error` (the provider failed: 502/503), `not_found` (another's or no conversation),
+ * `owner_gone` (the user was erased, or the key revoked, while the turn was prepared: 401),
  * `invalid` (a message the rules refuse), `error` (the provider failed unexpectedly: 500).
  */
 
@@ -18,6 +19,7 @@ export type ChatOutcome =
   | "quota"
   | "upstream_error"
   | "not_found"
+  | "owner_gone"
   | "invalid"
   | "error";
 

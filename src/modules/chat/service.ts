@@ -271,6 +271,10 @@ export class ChatService implements ChatTurns {
       promptEstimate + provider.maxCompletionTokens,
       clock.now(),
     );
+    if (reserved.kind === "owner_gone") {
+      metrics.request(provider.name, "owner_gone");
+      return reserved;
+    }
     if (reserved.kind === "over_budget") {
       metrics.request(provider.name, "quota");
       audit.record({
@@ -424,13 +428,14 @@ export class ChatService implements ChatTurns {
     const { insertConversation, touchConversation, insertTurn } = this.statements;
     this.db.transaction(
       () => {
+        // Erased (or its key revoked) while the turn ran: the erasure came first and found
+        // nothing of this turn to delete, so nothing of it is kept, in a new conversation or an
+        // old one; the usage counts.
+        if (this.options.ownerExists?.(turn.owner) === false) {
+          budget.settle(turn.reservation, usage.promptTokens + usage.completionTokens, now);
+          return;
+        }
         if (turn.isNew) {
-          // Erased (or its key revoked) while the turn ran: the erasure came first and found
-          // nothing of this turn to delete, so nothing of it is kept; the usage counts.
-          if (this.options.ownerExists?.(turn.owner) === false) {
-            budget.settle(turn.reservation, usage.promptTokens + usage.completionTokens, now);
-            return;
-          }
           insertConversation.run({
             id: turn.conversationId,
             kind: turn.owner.kind,

@@ -278,6 +278,9 @@ export class OutboxWorker {
           return { kind: "reply", reply: OVER_BUDGET_REPLY, conversationId: previous };
         case "not_found":
           return { kind: "transient", reason: "chat: conversation not found" };
+        // A WhatsApp sender is never erased from under a turn; were it, the row is tried again.
+        case "owner_gone":
+          return { kind: "transient", reason: "chat: owner gone" };
       }
     } catch (error) {
       const reason = error instanceof Error ? error.message.slice(0, 200) : "chat failed";

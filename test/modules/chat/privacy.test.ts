@@ -112,6 +112,82 @@ describe("a turn racing its owner's erasure", () => {
   }
 });
 
+describe("an owner gone before the turn is prepared, or while it runs", () => {
+  test("a user erased between authentication and the budget gets no usage row made again", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const erased = await send(target, "/api/me", { method: "DELETE", headers: asUser(alice) });
+    expect(erased.status).toBe(204);
+    // What a request authenticated just before the erasure does next.
+    const chatFeature = target.services.features.find((f) => f.name === "chat") as ChatFeature;
+    const prepared = chatFeature.service.prepare({
+      owner: { kind: "user", id: alice.userId },
+      message: "asked as the erasure committed",
+      requestId: "late",
+    });
+    expect(prepared).toEqual({ kind: "owner_gone" });
+    expect(target.db.select().from(chatUsage).all()).toEqual([]);
+    expect(target.db.select().from(chatConversations).all()).toEqual([]);
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('chat_requests_total{provider="offline",outcome="owner_gone"} 1');
+  });
+
+  test("a key revoked while its turn on an existing conversation waits for the upstream adds nothing to it", async () => {
+    const provider = gatedProvider();
+    target = buildTestApp({ chatProvider: provider });
+    const app = target;
+    const alice = await signUp(app);
+    const { key, record } = createKey(app, ["chat"], alice.userId);
+    // The key's conversation from an earlier turn.
+    const now = Date.now();
+    app.db
+      .insert(chatConversations)
+      .values({
+        id: "k3yC0nversation0000001",
+        ownerKind: "key",
+        ownerId: record.id,
+        createdAt: now,
+        updatedAt: now,
+      })
+      .run();
+    app.db
+      .insert(chatMessages)
+      .values([
+        {
+          conversationId: "k3yC0nversation0000001",
+          role: "user",
+          content: "first",
+          tokens: 1,
+          createdAt: now,
+        },
+        {
+          conversationId: "k3yC0nversation0000001",
+          role: "assistant",
+          content: "reply",
+          tokens: 1,
+          createdAt: now,
+        },
+      ])
+      .run();
+    const answering = chat(app, asKey(key), {
+      message: "second question",
+      conversationId: "k3yC0nversation0000001",
+    });
+    while (provider.waiting() < 1) await Bun.sleep(1);
+    expect(app.services.apiKeys.revoke(record.id, "test")).toBe(true);
+    provider.open();
+    const response = await answering;
+    expect(response.status).toBe(200);
+    expect(
+      app.db
+        .select()
+        .from(chatMessages)
+        .all()
+        .map((m) => m.content),
+    ).toEqual(["first", "reply"]);
+  });
+});
+
 describe("retention", () => {
   test("messages past CHAT_RETENTION_DAYS go in the background; empty old conversations too", async () => {
     const clock = new ManualClock();
