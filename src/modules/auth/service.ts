@@ -168,6 +168,8 @@ export class AuthService {
   /** Built on first registration, which is when zxcvbn is loaded (see passwords.ts). */
   private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
   private readonly lockoutPolicy: Policy;
+  /** The last login queued per account key (see login). */
+  private readonly loginsInFlight = new Map<string, Promise<LoginOutcome>>();
   /** What unknown-email logins verify against; hashed when the service is built. */
   private dummyHash: Promise<string> | null = null;
   private dummyHashReady = false;
@@ -362,9 +364,36 @@ export class AuthService {
     }
   }
 
+  /**
+   * One login per account at a time in this process. The lockout is read before the password is
+   * checked and counted after, so logins for one account running side by side would each read the
+   * count before any of them added to it: 60 at once got 15 verdicts past a lockout of 10. Queued,
+   * each reads what the one before it counted; across processes at most one per process overlaps.
+   * Keyed like the lockout (every spelling of the address, known or not), so a queue says nothing
+   * about whether the account exists. The login limit bounds how long a queue can get.
+   */
   async login(rawEmail: string, password: string, meta: RequestMeta): Promise<LoginOutcome> {
-    const { audit, clock, limiter } = this.options;
     const accountKey = accountLimitKey(rawEmail);
+    const before = this.loginsInFlight.get(accountKey);
+    const attempt = (before ?? Promise.resolve()).then(
+      () => this.loginOnce(accountKey, rawEmail, password, meta),
+      () => this.loginOnce(accountKey, rawEmail, password, meta),
+    );
+    this.loginsInFlight.set(accountKey, attempt);
+    try {
+      return await attempt;
+    } finally {
+      if (this.loginsInFlight.get(accountKey) === attempt) this.loginsInFlight.delete(accountKey);
+    }
+  }
+
+  private async loginOnce(
+    accountKey: string,
+    rawEmail: string,
+    password: string,
+    meta: RequestMeta,
+  ): Promise<LoginOutcome> {
+    const { audit, clock, limiter } = this.options;
     const now = clock.now();
 
     const failures = await this.lockoutCall(meta, () =>

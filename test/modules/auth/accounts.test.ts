@@ -250,6 +250,29 @@ describe("login", () => {
     expect(unlocked.status).toBe(200);
   });
 
+  test("wrong passwords sent all at once get no more verdicts than the lockout allows, whatever the spelling", async () => {
+    const clock = new ManualClock(1_000, 15 * 60_000);
+    current = buildTestApp({
+      clock,
+      env: { RATE_LIMIT_LOGIN: "1000", RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" },
+    });
+    const target = current;
+    const session = await signUp(target);
+    const [local, domain] = session.email.split("@") as [string, string];
+    const spellings = [session.email, `${local.toUpperCase()}@${domain}`, ` ${session.email} `];
+    const statuses = await Promise.all(
+      Array.from({ length: 30 }, async (_, i) => {
+        const response = await send(target, "/api/auth/login", {
+          body: { email: spellings[i % spellings.length], password: "nope-nope-nope" },
+          peer: `198.51.${i}.7`,
+        });
+        return response.status;
+      }),
+    );
+    expect(statuses.filter((status) => status === 401)).toHaveLength(10);
+    expect(statuses.filter((status) => status === 429)).toHaveLength(20);
+  });
+
   test("10 failed logins from one address block it", async () => {
     // Aligned to the 15-minute violation window, so all ten failures share one.
     const clock = new ManualClock(1_000, 15 * 60_000);
