@@ -335,6 +335,12 @@ try {
     `| bundle: CPU time to that answer, median; idle RSS | ${startup.bundled.cpuMs.median.toFixed(0)} ms; ${steady("bundled idle RSS", startup.bundled.idleRssKb, mb)} |`,
   );
   log(
+    `| bundle: idle RSS split, allocated (RssAnon) + mapped file pages (RssFile) | ${mb(startup.bundled.idleAnonKb.median)} + ${mb(startup.bundled.idleFileKb.median)} |`,
+  );
+  log(
+    `| bundle started with its file dropped from the page cache: start; idle RSS (RssAnon + RssFile) | ${startup.bundledCold.ms.median.toFixed(0)} ms; ${mb(startup.bundledCold.idleRssKb.median)} (${mb(startup.bundledCold.idleAnonKb.median)} + ${mb(startup.bundledCold.idleFileKb.median)}) |`,
+  );
+  log(
     `| bare Elysia: start to first /health 200, idle RSS | ${startup.bare.ms.median.toFixed(0)} ms, ${mb(startup.bare.idleRssKb.median)} |`,
   );
   const exactness = await phase("exactness", () => measureExactness(dir, 100, 600));

@@ -71,14 +71,26 @@ export async function startServer(
 }
 
 /** VmHWM (peak) and VmRSS (now) of a process, in kB; null once it has gone. */
-export function memoryOf(pid: number): { peakKb: number; rssKb: number } | null {
+/**
+ * A process's memory from /proc: peak and current RSS, and the current RSS split into what it
+ * allocated (RssAnon) and the pages of files it maps that are resident (RssFile: its executable's
+ * code and embedded bundle, shared libraries).
+ */
+export function memoryOf(
+  pid: number,
+): { peakKb: number; rssKb: number; anonKb: number; fileKb: number } | null {
   const file = `/proc/${pid}/status`;
   if (!existsSync(file)) return null;
   try {
     const status = readFileSync(file, "utf8");
     const field = (name: string) =>
       Number(new RegExp(`^${name}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0);
-    return { peakKb: field("VmHWM"), rssKb: field("VmRSS") };
+    return {
+      peakKb: field("VmHWM"),
+      rssKb: field("VmRSS"),
+      anonKb: field("RssAnon"),
+      fileKb: field("RssFile"),
+    };
   } catch {
     return null;
   }
