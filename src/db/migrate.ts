@@ -5,10 +5,11 @@ import type { AppDatabase } from "./client";
 import { embeddedMigrations, LATEST_MIGRATION_MILLIS, MIGRATION_TAG_BY_MILLIS } from "./migrations";
 
 /**
- * The migrations table says a migration was applied while an older one never was: the table was
- * edited, or the file pieced together from two databases. drizzle applies only what is newer than
- * the newest row, so the missing ones would never run and the start would fail on a table that
- * is not there. Starting refuses instead, naming the first missing migration.
+ * The migrations table says a migration was applied while an older one never was, or holds a time
+ * that is not a number: the table was edited, or the file pieced together from two databases.
+ * drizzle applies only what is newer than the newest row, so the missing ones would never run and
+ * the start would fail on a table that is not there. Starting refuses instead, naming the first
+ * missing migration or the row.
  */
 export class MigrationRecordError extends Error {
   override name = "MigrationRecordError";
@@ -60,6 +61,7 @@ function appliedMigrationTimes(db: AppDatabase): Set<number> | null {
   try {
     rows = db.$client.query("SELECT id, created_at FROM __drizzle_migrations").values();
   } catch {
+    // No such table yet: a new database, migrated in full.
     return null;
   }
   const applied = new Set<number>();
