@@ -59,19 +59,20 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): voi
 function appliedMigrationTimes(db: AppDatabase): Set<number> | null {
   let rows: unknown[][];
   try {
-    rows = db.$client.query("SELECT id, created_at FROM __drizzle_migrations").values();
+    // drizzle's `id SERIAL` is no rowid alias in SQLite (every id is NULL): rows are named by rowid.
+    rows = db.$client.query("SELECT rowid, created_at FROM __drizzle_migrations").values();
   } catch {
     // No such table yet: a new database, migrated in full.
     return null;
   }
   const applied = new Set<number>();
-  for (const [id, createdAt] of rows) {
-    if (createdAt === null) continue;
-    // drizzle orders the rows by created_at: text and blobs sort above every number, so one such
-    // row would stand for the newest migration and hide every missing one.
+  for (const [rowid, createdAt] of rows) {
+    // drizzle writes every row's created_at, and orders by it: text and blobs sort above every
+    // number (one would stand for the newest migration and hide every missing one), and a missing
+    // one below (the migration it stood for would be run again).
     if (typeof createdAt !== "number" || !Number.isFinite(createdAt)) {
       throw new MigrationRecordError(
-        `the migrations table's row ${Number(id)} has a created_at that is not a number; it was edited: restore the file from a backup`,
+        `the migrations table's row ${Number(rowid)} has a created_at that is not a number; it was edited: restore the file from a backup`,
       );
     }
     applied.add(createdAt);

@@ -119,12 +119,15 @@ test("a row deleted from the middle of the migrations table is refused, even whe
   db.$client.close();
 });
 
-test("a created_at that is not a number (text, a blob) is refused: drizzle would sort it above every migration", () => {
-  for (const value of ["'soon'", "x'00'", "1e999"]) {
+test("a created_at that is not a number (text, a blob, none) is refused, naming its row: drizzle would sort it above or below every migration", () => {
+  for (const value of ["'soon'", "x'00'", "1e999", "NULL"]) {
     const db = olderDatabase();
     db.$client.run(`INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('x', ${value})`);
+    const rowid = embeddedMigrations().length - 2 + 1;
     expect(() => applyMigrations(db)).toThrow(MigrationRecordError);
-    expect(() => applyMigrations(db)).toThrow("has a created_at that is not a number");
+    expect(() => applyMigrations(db)).toThrow(
+      `the migrations table's row ${rowid} has a created_at that is not a number`,
+    );
     db.$client.close();
   }
 });

@@ -16,7 +16,8 @@ import type { LimiterStore, LimitOutcome } from "./store";
 
 /**
  * How many keys' quiet refusals (those that block nobody) one process remembers having audited in
- * their window: the most such refusals a window can add to the audit log, per process.
+ * their window, per policy: the most such refusals a window of a policy can add to the audit log,
+ * per process.
  */
 export const QUIET_AUDIT_KEYS = 10_000;
 
@@ -71,25 +72,35 @@ export type LimitEnforcer = (
 export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforcer {
   const { store, clock, logger, audit, metrics, onRefused, refusalsBlock } = options;
   const quietAuditKeys = options.quietAuditKeys ?? QUIET_AUDIT_KEYS;
-  const quietAuditedUntil = new Map<string, number>();
-  let sweptAt = Number.NEGATIVE_INFINITY;
-  const firstQuietRefusal = (id: string, now: number, windowMs: number): boolean => {
-    const until = quietAuditedUntil.get(id);
-    if (until !== undefined && until > now) return false;
-    if (until === undefined && quietAuditedUntil.size >= quietAuditKeys) {
+  /**
+   * Per policy, the keys whose quiet refusals were audited and until when: one bound per policy,
+   * so a flood on one route cannot keep another policy's refusals (a login brute force) out of
+   * the audit log.
+   */
+  const quietAudited = new Map<string, { until: Map<string, number>; sweptAt: number }>();
+  const firstQuietRefusal = (policyId: string, key: string, now: number, windowMs: number) => {
+    let audited = quietAudited.get(policyId);
+    if (audited === undefined) {
+      audited = { until: new Map(), sweptAt: Number.NEGATIVE_INFINITY };
+      quietAudited.set(policyId, audited);
+    }
+    const { until } = audited;
+    const expiry = until.get(key);
+    if (expiry !== undefined && expiry > now) return false;
+    if (expiry === undefined && until.size >= quietAuditKeys) {
       // Full: forget the keys whose window has passed (at most once a second, so a flood does not
       // sweep per request). Still full, this key's refusals go unaudited until room is made:
       // forgetting live keys instead would let a flood cycling through more keys than the limit
       // be audited once per request again. The rejections metric counts every one.
-      if (now - sweptAt >= 1000) {
-        sweptAt = now;
-        for (const [key, expiry] of quietAuditedUntil) {
-          if (expiry <= now) quietAuditedUntil.delete(key);
+      if (now - audited.sweptAt >= 1000) {
+        audited.sweptAt = now;
+        for (const [known, end] of until) {
+          if (end <= now) until.delete(known);
         }
       }
-      if (quietAuditedUntil.size >= quietAuditKeys) return false;
+      if (until.size >= quietAuditKeys) return false;
     }
-    quietAuditedUntil.set(id, now + windowMs);
+    until.set(key, now + windowMs);
     return true;
   };
 
@@ -129,7 +140,7 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     // off) would cost a chained audit row per request for as long as a flood lasts: such
     // refusals are audited once per key and window.
     const blocking = violation && (refusalsBlock?.(key) ?? true);
-    if (blocking || firstQuietRefusal(`${policyId}|${key}`, now, refusedBy.windowMs)) {
+    if (blocking || firstQuietRefusal(policyId, key, now, refusedBy.windowMs)) {
       audit.record({
         type: "ratelimit.rejected",
         outcome: "denied",

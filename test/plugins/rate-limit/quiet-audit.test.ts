@@ -56,10 +56,10 @@ function enforcer(quietAuditKeys: number) {
     refusalsBlock: () => false,
     quietAuditKeys,
   });
-  const request = async (ip: string) => {
+  const request = async (ip: string, policy: Policy = POLICY) => {
     const client = { ip, key: ip } as Parameters<typeof enforce>[2]["client"];
     try {
-      await enforce([POLICY], `ip:${ip}`, { method: "GET", path: "/x", client, requestId: "r" });
+      await enforce([policy], `ip:${ip}`, { method: "GET", path: "/x", client, requestId: "r" });
       return 200;
     } catch {
       return 429;
@@ -98,4 +98,18 @@ test("once the remembered keys' windows pass they are forgotten and new keys are
     "198.51.100.2",
     "198.51.100.3",
   ]);
+});
+
+test("a flood on one policy does not keep another policy's refusals out of the audit log", async () => {
+  const { request, audited } = enforcer(50);
+  const login: Policy = { ...POLICY, id: "login" };
+  for (let i = 0; i < 60; i++) {
+    await request(`203.0.113.${i}`);
+    await request(`203.0.113.${i}`);
+  }
+  expect(audited).toHaveLength(50);
+  // The default policy's bound is full; a refused login is still audited.
+  await request("198.51.100.9", login);
+  await request("198.51.100.9", login);
+  expect(audited.at(-1)).toMatchObject({ ip: "198.51.100.9", detail: { policy: "login" } });
 });
