@@ -54,6 +54,7 @@ const plan = quick
       chatRounds: 2,
       clients: 20_000,
       starts: 3,
+      coldStarts: 1,
     }
   : {
       rounds: 3,
@@ -74,6 +75,7 @@ const plan = quick
       chatRounds: 3,
       clients: 1_000_000,
       starts: 7,
+      coldStarts: 7,
     };
 const dir = mkdtempSync(join(tmpdir(), "palisade-bench-"));
 const log = (line = "") => console.log(line);
@@ -316,7 +318,7 @@ try {
   log(
     `| limiter rows, database, WAL | ${fmt(clients.rows)} rows, ${(clients.dbBytes / 1048576).toFixed(1)} MB, WAL ${(clients.walBytes / 1048576).toFixed(1)} MB |`,
   );
-  const startup = await phase("start-up", () => measureStartup(dir, plan.starts));
+  const startup = await phase("start-up", () => measureStartup(dir, plan.starts, plan.coldStarts));
   log(
     `| start to first /health 200: first start (new database) | ${startup.first.ms.toFixed(0)} ms |`,
   );

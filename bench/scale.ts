@@ -163,7 +163,11 @@ function dropFromPageCache(file: string): void {
   Bun.spawnSync(["dd", `if=${file}`, "iflag=nocache", "count=0", "status=none"]);
 }
 
-export async function measureStartup(dir: string, starts: number): Promise<StartupResults> {
+export async function measureStartup(
+  dir: string,
+  starts: number,
+  coldStarts = starts,
+): Promise<StartupResults> {
   const dbDir = mkdtempSync(join(dir, "startup-"));
   const env = {
     APP_ENV: "development",
@@ -185,8 +189,10 @@ export async function measureStartup(dir: string, starts: number): Promise<Start
   for (let i = 0; i < starts; i++) {
     restarts.push(await timeStart(palisade, env, 1_000));
     bundled.push(await timeStart(bundle, env, 1_000));
-    dropFromPageCache(bundle[0]!);
-    bundledCold.push(await timeStart(bundle, env, 1_000));
+    if (i < coldStarts) {
+      dropFromPageCache(bundle[0]!);
+      bundledCold.push(await timeStart(bundle, env, 1_000));
+    }
     bares.push(await timeStart(bare, {}, 500));
   }
   const pair = (list: StartResult[]): Starts => ({
