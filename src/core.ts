@@ -183,6 +183,7 @@ export function createCore(options: CoreOptions): Core {
     tracesSampleRate: config.sentry.tracesSampleRate,
     secretValues: config.secretValues,
     logger,
+    now: () => clock.now(),
   });
 
   const keys = signingKeys(config.jwt.secretKey, config.jwt.previousSecretKey);

@@ -10,8 +10,10 @@ import { join } from "node:path";
 import { Elysia, t } from "elysia";
 import type { Feature } from "../../src/modules/feature";
 import { createScrubber } from "../../src/plugins/sentry/scrub";
+import { createReportThrottle, REPORT_INTERVAL_MS } from "../../src/plugins/sentry/throttle";
 import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
+import { ManualClock } from "../support/clock";
 import { BASIC_CREDENTIAL, CREDENTIAL_QUERY, CREDENTIAL_VALUES } from "../support/credentials";
 import { startService } from "../support/process";
 import { type SentryServer, startSentryServer } from "../support/sentry-server";
@@ -79,8 +81,9 @@ const explosions: Feature = {
       ),
 };
 
-function build(env: Record<string, string> = {}): TestApp {
+function build(env: Record<string, string> = {}, clock?: ManualClock): TestApp {
   current = buildTestApp({
+    clock,
     extraFeatures: [explosions],
     env: { SENTRY_DSN: sentry.dsn(), STRIPE_WEBHOOK_SECRET: CONFIGURED_SECRET, ...env },
   });
@@ -89,7 +92,8 @@ function build(env: Record<string, string> = {}): TestApp {
 }
 
 test("a 500 arrives with request id, route and principal, and without any secret from the request", async () => {
-  const target = build({ APP_RELEASE: "palisade@test-1" });
+  const clock = new ManualClock();
+  const target = build({ APP_RELEASE: "palisade@test-1" }, clock);
   const user = await signUp(target);
   const key = createKey(target, ["chat"], user.userId);
   const encodedSecret = encodeURIComponent(CONFIGURED_SECRET).replace(/_/g, "%5F");
@@ -141,7 +145,9 @@ test("a 500 arrives with request id, route and principal, and without any secret
   // The error is there, its secret is not.
   expect(event.exception.values[0]!.value).toBe("stripe call failed with key [Filtered]");
 
-  // The same through an API key in its header: the key is the principal, and is not sent.
+  // The same through an API key in its header (a minute later: the same failure is sent once a
+  // minute): the key is the principal, and is not sent.
+  clock.advance(REPORT_INTERVAL_MS);
   const viaKey = await send(target, "/test/explode", {
     body: {},
     headers: { "x-api-key": key.key, "x-request-id": "req-sentry-key" },
@@ -253,6 +259,67 @@ test("a 4xx is not reported; a 503 from an unusable database is", async () => {
   // Refused by the limiter (its store is locked) before routing: still tagged with its route.
   expect(event.tags.route).toBe("POST /api/auth/register");
   expect(event.request.url).toBe("/api/auth/register");
+});
+
+test("one failure repeated during an outage is sent once a minute, with how many repeats it stood for", async () => {
+  const clock = new ManualClock();
+  const target = build({}, clock);
+  const holder = new Database(target.databasePath);
+  holder.run("BEGIN IMMEDIATE");
+  const register = (i: number) =>
+    send(target, "/api/auth/register", {
+      body: { email: `busy${i}@example.test`, password: "violet-Harbor-quantum-73!" },
+      peer: `10.40.0.${i}`,
+    });
+  try {
+    for (let i = 0; i < 5; i++) expect((await register(i)).status).toBe(503);
+  } finally {
+    holder.run("ROLLBACK");
+    holder.close();
+  }
+  // Another failure in the same minute is its own: sent.
+  const user = await signUp(target, { peer: "10.41.0.2" });
+  expect(
+    (await send(target, "/test/explode", { body: {}, headers: bearer(user.accessToken) })).status,
+  ).toBe(500);
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 2, { what: "the 503 and the 500" });
+  await Bun.sleep(100);
+  const tagsOf = () => sentry.events().map((e) => (e as { tags: Record<string, string> }).tags);
+  expect(tagsOf().map((tags) => `${tags.status} ${tags.route}`)).toEqual([
+    "503 POST /api/auth/register",
+    "500 POST /test/explode",
+  ]);
+
+  // A minute on, the outage's next 503 is sent, saying four were not.
+  clock.advance(REPORT_INTERVAL_MS);
+  const again = new Database(target.databasePath);
+  again.run("BEGIN IMMEDIATE");
+  try {
+    expect((await register(9)).status).toBe(503);
+  } finally {
+    again.run("ROLLBACK");
+    again.close();
+  }
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 3, { what: "the next 503" });
+  const last = sentry.events()[2] as { tags: Record<string, string>; extra: { repeats: number } };
+  expect(last.tags.code).toBe("SERVICE_UNAVAILABLE");
+  expect(last.extra.repeats).toBe(4);
+});
+
+test("the throttle tracks a bounded number of failures; past the bound a new failure is still sent", () => {
+  const throttle = createReportThrottle(60_000, 2);
+  expect(throttle.admit("a", 0)).toBe(0);
+  expect(throttle.admit("a", 1)).toBeNull();
+  expect(throttle.admit("b", 2)).toBe(0);
+  // Full, and nothing expired: c is sent (not tracked), and so is its repeat.
+  expect(throttle.admit("c", 3)).toBe(0);
+  expect(throttle.admit("c", 4)).toBe(0);
+  // Once a and b have expired they make room; a's next event carries its one repeat.
+  expect(throttle.admit("a", 60_001)).toBe(1);
+  expect(throttle.admit("c", 61_500)).toBe(0);
+  expect(throttle.admit("c", 61_501)).toBeNull();
 });
 
 test("no DSN: the reporter is off and nothing is sent", async () => {

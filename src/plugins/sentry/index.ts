@@ -21,6 +21,7 @@
  */
 import type { Logger } from "../../logging/logger";
 import { createScrubber } from "./scrub";
+import { createReportThrottle, fingerprintOf } from "./throttle";
 
 export interface ErrorContext {
   requestId?: string;
@@ -77,6 +78,8 @@ export interface ErrorReporterOptions {
   /** Every configured secret: replaced wherever it appears in an event. */
   secretValues: readonly string[];
   logger: Logger;
+  /** The time, for sending one event per failure per minute (throttle.ts). */
+  now?: () => number;
 }
 
 const MAX_QUEUED = 100;
@@ -101,6 +104,8 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
   if (dsn === null) return disabledReporter;
 
   const scrub = createScrubber([...options.secretValues, dsn]);
+  const throttle = createReportThrottle();
+  const now = options.now ?? Date.now;
   let queue: [unknown, ErrorContext][] | null = [];
   let send: Report | null = null;
   let sendTrace: ((trace: RequestTrace) => void) | null = null;
@@ -198,6 +203,9 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
     },
     report(error, context = {}) {
       try {
+        const repeats = throttle.admit(fingerprintOf(error, context), now());
+        if (repeats === null) return;
+        if (repeats > 0) context = { ...context, extra: { ...context.extra, repeats } };
         if (send) send(error, context);
         else if (queue && queue.length < MAX_QUEUED) queue.push([error, context]);
       } catch (failure) {
