@@ -44,7 +44,7 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
     // A turn stores its conversation only for an owner the account feature still has.
     ownerExists: (owner) => {
       if (owner.kind === "user") return auth.service.findUser(owner.id) !== null;
-      if (owner.kind === "key") return auth.apiKeys.get(owner.id)?.revokedAt === null;
+      if (owner.kind === "key") return auth.apiKeys.isActive(owner.id);
       return true;
     },
   });

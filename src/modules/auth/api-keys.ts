@@ -12,10 +12,11 @@
  * `--owner` or through the API by a bootstrap key; they are bounded by their own scopes only.
  */
 import type { Database } from "bun:sqlite";
-import { and, desc, eq, isNull } from "drizzle-orm";
+import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { type BootstrapKey, ConfigError } from "../../config";
 import { type AppDatabase, drizzleOf } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
 import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
 import type { AuditLog } from "../../plugins/audit/log";
 import {
@@ -78,6 +79,14 @@ function selectKeys(db: AppDatabase) {
     .leftJoin(users, eq(users.id, apiKeys.userId));
 }
 
+function prepareActiveById(db: AppDatabase) {
+  return db
+    .select({ id: apiKeys.id })
+    .from(apiKeys)
+    .where(and(eq(apiKeys.id, sql.placeholder("id")), isNull(apiKeys.revokedAt)))
+    .prepare();
+}
+
 function toRecord(row: KeyRow): ApiKeyRecord {
   return { ...row, scopes: JSON.parse(row.scopes) as Scope[] };
 }
@@ -88,6 +97,7 @@ export function isScope(value: string): value is Scope {
 
 export class ApiKeyService {
   private readonly db: AppDatabase;
+  private readonly statements: { activeById: ReturnType<typeof prepareActiveById> };
 
   constructor(
     sqlite: Database,
@@ -97,6 +107,16 @@ export class ApiKeyService {
     private readonly options: ApiKeyServiceOptions = {},
   ) {
     this.db = drizzleOf(sqlite);
+    const db = this.db;
+    this.statements = preparedOnUse({ activeById: () => prepareActiveById(db) });
+  }
+
+  /**
+   * Whether a key exists and is not revoked: one prepared lookup, since every chat turn of a key
+   * asks it (a turn is kept only for an owner still there).
+   */
+  isActive(id: string): boolean {
+    return this.statements.activeById.get({ id }) !== undefined;
   }
 
   /** The owner's role now, or null when there is no such user. */
