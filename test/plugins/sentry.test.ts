@@ -10,7 +10,11 @@ import { join } from "node:path";
 import { Elysia, t } from "elysia";
 import type { Feature } from "../../src/modules/feature";
 import { createScrubber } from "../../src/plugins/sentry/scrub";
-import { createReportThrottle, REPORT_INTERVAL_MS } from "../../src/plugins/sentry/throttle";
+import {
+  createReportThrottle,
+  fingerprintOf,
+  REPORT_INTERVAL_MS,
+} from "../../src/plugins/sentry/throttle";
 import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
 import { ManualClock } from "../support/clock";
@@ -320,6 +324,22 @@ test("the throttle tracks a bounded number of failures; past the bound a new fai
   expect(throttle.admit("a", 60_001)).toBe(1);
   expect(throttle.admit("c", 61_500)).toBe(0);
   expect(throttle.admit("c", 61_501)).toBeNull();
+});
+
+test("one message thrown from two places is two failures; the same throw again is one", () => {
+  const thrownAt = (frame: string) => () => {
+    const error = new TypeError("Cannot read properties of undefined (reading 'id')");
+    error.stack = `TypeError: ${error.message}\n    at ${frame}\n    at handle (src/app.ts:10:1)`;
+    return error;
+  };
+  const fromHere = thrownAt("listKeys (src/modules/admin/index.ts:40:12)");
+  const fromThere = thrownAt("exportOf (src/modules/privacy/service.ts:88:7)");
+  const context = { status: 500, code: "INTERNAL", route: "GET /x" };
+  expect(fingerprintOf(fromHere(), context)).toBe(fingerprintOf(fromHere(), context));
+  expect(fingerprintOf(fromHere(), context)).not.toBe(fingerprintOf(fromThere(), context));
+  expect(fingerprintOf(fromHere(), context)).not.toBe(
+    fingerprintOf(fromHere(), { ...context, route: "GET /y" }),
+  );
 });
 
 test("no DSN: the reporter is off and nothing is sent", async () => {

@@ -3,7 +3,8 @@
  * One event per failure per minute. While a dependency is down (the database locked past its
  * timeout, an upstream refusing), every request fails the same way: one Sentry event each would
  * spend the project's quota in minutes and bury the next, different failure. A failure is its
- * fingerprint (status, code, route, upstream, and the error's type and first message line); its
+ * fingerprint (status, code, route, upstream, and the error's type, first message line and the
+ * frame it was thrown from: one message thrown from two places is two failures); its
  * first report is sent, the repeats within the interval are only counted, and the next event
  * sent for it carries how many there were (`extra.repeats`). Logs and metrics still see every one.
  */
@@ -54,5 +55,17 @@ export function fingerprintOf(
   const name = error instanceof Error ? error.name : typeof error;
   const message = error instanceof Error ? error.message : String(error);
   const firstLine = message.slice(0, 200).split("\n", 1)[0];
-  return [context.status, context.code, context.route, context.upstream, name, firstLine].join("|");
+  const thrownAt =
+    error instanceof Error
+      ? (error.stack?.split("\n").find((line) => line.trimStart().startsWith("at ")) ?? "")
+      : "";
+  return [
+    context.status,
+    context.code,
+    context.route,
+    context.upstream,
+    name,
+    firstLine,
+    thrownAt,
+  ].join("|");
 }
