@@ -229,7 +229,7 @@ export function createCore(options: CoreOptions): Core {
       }
     },
     async flush(timeoutMs = 2000) {
-      if (!(await errors.flush(timeoutMs))) {
+      if (!(await errors.flush(timeoutMs, { final: true }))) {
         logger.warn({ timeoutMs }, "sentry: some error reports were not sent before shutdown");
       }
     },

@@ -8,6 +8,7 @@ import { Database } from "bun:sqlite";
 import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
 import { Elysia, t } from "elysia";
+import { AppError } from "../../src/errors";
 import type { Feature } from "../../src/modules/feature";
 import { createScrubber } from "../../src/plugins/sentry/scrub";
 import {
@@ -312,18 +313,56 @@ test("one failure repeated during an outage is sent once a minute, with how many
   expect(last.extra.repeats).toBe(4);
 });
 
-test("the throttle tracks a bounded number of failures; past the bound a new failure is still sent", () => {
+test("the throttle tracks a bounded number of failures: past the bound a new one is still sent; a clock set back starts a new interval", () => {
   const throttle = createReportThrottle(60_000, 2);
-  expect(throttle.admit("a", 0)).toBe(0);
-  expect(throttle.admit("a", 1)).toBeNull();
-  expect(throttle.admit("b", 2)).toBe(0);
+  const error = new Error("x");
+  expect(throttle.admit("a", 0, error, {})).toEqual({ repeats: null });
+  expect(throttle.admit("a", 1, error, {})).toBeNull();
+  expect(throttle.admit("b", 2, error, {})).toEqual({ repeats: null });
   // Full, and nothing expired: c is sent (not tracked), and so is its repeat.
-  expect(throttle.admit("c", 3)).toBe(0);
-  expect(throttle.admit("c", 4)).toBe(0);
-  // Once a and b have expired they make room; a's next event carries its one repeat.
-  expect(throttle.admit("a", 60_001)).toBe(1);
-  expect(throttle.admit("c", 61_500)).toBe(0);
-  expect(throttle.admit("c", 61_501)).toBeNull();
+  expect(throttle.admit("c", 3, error, {})).toEqual({ repeats: null });
+  expect(throttle.admit("c", 4, error, {})).toEqual({ repeats: null });
+  // a's next occurrence after its interval carries its one repeat.
+  expect(throttle.admit("a", 60_001, error, {})?.repeats).toMatchObject({
+    repeats: 1,
+    firstAt: 1,
+    lastAt: 1,
+  });
+  // The clock set back an hour (an NTP step): a new interval, not an hour of silence.
+  expect(throttle.admit("a", 60_001 - 3_600_000, error, {})).toEqual({ repeats: null });
+});
+
+test("repeats with no later occurrence are due when their interval ends, as their last occurrence", () => {
+  const throttle = createReportThrottle(60_000, 10);
+  const last = new Error("last");
+  throttle.admit("a", 0, new Error("first"), { route: "r1" });
+  throttle.admit("a", 10, new Error("middle"), { route: "r2" });
+  throttle.admit("a", 20, last, { route: "r3" });
+  expect(throttle.nextDrainAt()).toBe(60_000);
+  expect(throttle.drain(59_999)).toEqual([]);
+  expect(throttle.drain(60_000)).toEqual([
+    { error: last, context: { route: "r3" }, repeats: 2, firstAt: 10, lastAt: 20 },
+  ]);
+  expect(throttle.nextDrainAt()).toBeNull();
+  // That event was the failure's event for the next interval.
+  expect(throttle.admit("a", 60_010, last, {})).toBeNull();
+});
+
+test("one 503 behind a lock and another behind a missing table are two failures", () => {
+  // As bun:sqlite throws them: one place, another message.
+  const sqliteError = (message: string) => {
+    const error = new Error(message);
+    error.stack = `SQLiteError: ${message}\n    at run (bun:sqlite:194:1)`;
+    return error;
+  };
+  const limiterDown = (cause: Error) =>
+    new AppError("SERVICE_UNAVAILABLE", "The rate limiter is unavailable.").causedBy(cause);
+  const context = { status: 503, code: "SERVICE_UNAVAILABLE", route: "POST /api/auth/login" };
+  const locked = fingerprintOf(limiterDown(sqliteError("database is locked")), context);
+  expect(fingerprintOf(limiterDown(sqliteError("database is locked")), context)).toBe(locked);
+  expect(
+    fingerprintOf(limiterDown(sqliteError("no such table: rate_limit_counters")), context),
+  ).not.toBe(locked);
 });
 
 test("one message thrown from two places is two failures; the same throw again is one", () => {
@@ -340,6 +379,37 @@ test("one message thrown from two places is two failures; the same throw again i
   expect(fingerprintOf(fromHere(), context)).not.toBe(
     fingerprintOf(fromHere(), { ...context, route: "GET /y" }),
   );
+});
+
+test("at shutdown the repeats counted and not yet sent leave as one event saying how many and when", async () => {
+  const clock = new ManualClock();
+  const target = build({}, clock);
+  const holder = new Database(target.databasePath);
+  holder.run("BEGIN IMMEDIATE");
+  try {
+    for (let i = 0; i < 3; i++) {
+      const response = await send(target, "/api/auth/register", {
+        body: { email: `down${i}@example.test`, password: "violet-Harbor-quantum-73!" },
+        peer: `10.42.0.${i}`,
+      });
+      expect(response.status).toBe(503);
+      clock.advance(1_000);
+    }
+  } finally {
+    holder.run("ROLLBACK");
+    holder.close();
+  }
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 1, { what: "the first 503" });
+  await target.services.flush();
+  await waitFor(() => sentry.events().length === 2, { what: "the repeats at shutdown" });
+  const last = sentry.events()[1] as {
+    tags: Record<string, string>;
+    extra: { repeats: number; repeatsFrom: string; repeatsTo: string };
+  };
+  expect(last.tags.code).toBe("SERVICE_UNAVAILABLE");
+  expect(last.extra.repeats).toBe(2);
+  expect(Date.parse(last.extra.repeatsTo) - Date.parse(last.extra.repeatsFrom)).toBe(1_000);
 });
 
 test("no DSN: the reporter is off and nothing is sent", async () => {

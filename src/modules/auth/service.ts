@@ -360,7 +360,7 @@ export class AuthService {
         "The rate limiter is unavailable; try again shortly.",
         undefined,
         { "retry-after": "1" },
-      );
+      ).causedBy(error);
     }
   }
 

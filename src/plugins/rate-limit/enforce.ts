@@ -118,12 +118,14 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
         "rate-limit store failed",
       );
       if (!failClosed) return null;
+      // The store's error goes with the report (never to the client): a lock and a missing table
+      // are two failures, not one.
       throw new AppError(
         "SERVICE_UNAVAILABLE",
         "The rate limiter is unavailable; try again shortly.",
         undefined,
         { "retry-after": "1" },
-      );
+      ).causedBy(error);
     }
 
     const refusedAt = outcomes.findIndex((o) => !o.admitted);

@@ -21,7 +21,7 @@
  */
 import type { Logger } from "../../logging/logger";
 import { createScrubber } from "./scrub";
-import { createReportThrottle, fingerprintOf } from "./throttle";
+import { createReportThrottle, fingerprintOf, type PendingRepeats } from "./throttle";
 
 export interface ErrorContext {
   requestId?: string;
@@ -66,8 +66,11 @@ export interface ErrorReporter {
   /** Sends the request as a transaction when it falls in the sample; cheap when it does not. */
   traceRequest(trace: RequestTrace): void;
   report(error: unknown, context?: ErrorContext): void;
-  /** Waits until queued events are sent, at most `timeoutMs`; true when all were. */
-  flush(timeoutMs?: number): Promise<boolean>;
+  /**
+   * Waits until queued events are sent, at most `timeoutMs`; true when all were. `final` (at
+   * shutdown) first sends the repeats counted and not yet sent (throttle.ts).
+   */
+  flush(timeoutMs?: number, options?: { final?: boolean }): Promise<boolean>;
 }
 
 export interface ErrorReporterOptions {
@@ -106,6 +109,17 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
   const scrub = createScrubber([...options.secretValues, dsn]);
   const throttle = createReportThrottle();
   const now = options.now ?? Date.now;
+  const iso = (ms: number) => new Date(ms).toISOString();
+  /** The count of repeats an event stands for, and over what time they came. */
+  const withRepeats = (context: ErrorContext, pending: PendingRepeats): ErrorContext => ({
+    ...context,
+    extra: {
+      ...context.extra,
+      repeats: pending.repeats,
+      repeatsFrom: iso(pending.firstAt),
+      repeatsTo: iso(pending.lastAt),
+    },
+  });
   let queue: [unknown, ErrorContext][] | null = [];
   let send: Report | null = null;
   let sendTrace: ((trace: RequestTrace) => void) | null = null;
@@ -194,6 +208,35 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
     },
   );
 
+  function dispatch(error: unknown, context: ErrorContext) {
+    if (send) send(error, context);
+    else if (queue && queue.length < MAX_QUEUED) queue.push([error, context]);
+  }
+  /** Repeats whose interval has ended with no new occurrence: sent as their last one. */
+  let drainTimer: Timer | null = null;
+  function sendDue(all: boolean) {
+    try {
+      for (const pending of throttle.drain(now(), all)) {
+        dispatch(pending.error, withRepeats(pending.context, pending));
+      }
+    } catch (failure) {
+      logger.warn({ err: failure }, "sentry report failed");
+    }
+    if (!all) scheduleDrain();
+  }
+  function scheduleDrain() {
+    const at = throttle.nextDrainAt();
+    if (drainTimer !== null || at === null) return;
+    drainTimer = setTimeout(
+      () => {
+        drainTimer = null;
+        sendDue(false);
+      },
+      Math.max(0, at - now()) + 10,
+    );
+    drainTimer.unref?.();
+  }
+
   return {
     enabled: true,
     tracing: rate > 0,
@@ -203,17 +246,23 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
     },
     report(error, context = {}) {
       try {
-        const repeats = throttle.admit(fingerprintOf(error, context), now());
-        if (repeats === null) return;
-        if (repeats > 0) context = { ...context, extra: { ...context.extra, repeats } };
-        if (send) send(error, context);
-        else if (queue && queue.length < MAX_QUEUED) queue.push([error, context]);
+        const admitted = throttle.admit(fingerprintOf(error, context), now(), error, context);
+        if (admitted === null) {
+          scheduleDrain();
+          return;
+        }
+        dispatch(error, admitted.repeats ? withRepeats(context, admitted.repeats) : context);
       } catch (failure) {
         // Reporting must never turn one failure into two.
         logger.warn({ err: failure }, "sentry report failed");
       }
     },
-    async flush(timeoutMs = 2000) {
+    async flush(timeoutMs = 2000, flushOptions = {}) {
+      if (flushOptions.final) {
+        if (drainTimer !== null) clearTimeout(drainTimer);
+        drainTimer = null;
+        sendDue(true);
+      }
       await ready;
       return flushClient ? flushClient(timeoutMs) : true;
     },
