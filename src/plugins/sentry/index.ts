@@ -21,7 +21,12 @@
  */
 import type { Logger } from "../../logging/logger";
 import { createScrubber } from "./scrub";
-import { createReportThrottle, fingerprintOf, type PendingRepeats } from "./throttle";
+import {
+  createReportThrottle,
+  fingerprintOf,
+  type PendingRepeats,
+  REPORT_INTERVAL_MS,
+} from "./throttle";
 
 export interface ErrorContext {
   requestId?: string;
@@ -232,7 +237,8 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
         drainTimer = null;
         sendDue(false);
       },
-      Math.max(0, at - now()) + 10,
+      // Never longer than an interval, even if the clock was set back since `at` was taken.
+      Math.min(Math.max(0, at - now()), REPORT_INTERVAL_MS) + 10,
     );
     drainTimer.unref?.();
   }
