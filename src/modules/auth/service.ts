@@ -27,7 +27,6 @@ import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
-import { AppError } from "../../errors";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
@@ -40,6 +39,7 @@ import {
 } from "../../plugins/auth/tokens";
 import type { ResolvedClient } from "../../plugins/client-ip";
 import type { IpBlockService } from "../../plugins/ip-block/service";
+import { limiterUnavailable } from "../../plugins/rate-limit/enforce";
 import type { RateLimitMetrics } from "../../plugins/rate-limit/metrics";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
@@ -355,12 +355,7 @@ export class AuthService {
         { err: error, requestId: meta.requestId, failClosed: true, policy: "lockout" },
         "rate-limit store failed",
       );
-      throw new AppError(
-        "SERVICE_UNAVAILABLE",
-        "The rate limiter is unavailable; try again shortly.",
-        undefined,
-        { "retry-after": "1" },
-      ).causedBy(error);
+      throw limiterUnavailable(error);
     }
   }
 

@@ -21,6 +21,19 @@ import type { LimiterStore, LimitOutcome } from "./store";
  */
 export const QUIET_AUDIT_KEYS = 10_000;
 
+/**
+ * What a request refused because the limiter store failed gets: 503 with Retry-After. The store's
+ * error goes with the report (never to the client), so a lock and a missing table are two failures.
+ */
+export function limiterUnavailable(cause: unknown): AppError {
+  return new AppError(
+    "SERVICE_UNAVAILABLE",
+    "The rate limiter is unavailable; try again shortly.",
+    undefined,
+    { "retry-after": "1" },
+  ).causedBy(cause);
+}
+
 export interface LimitContext {
   method: string;
   path: string;
@@ -118,14 +131,7 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
         "rate-limit store failed",
       );
       if (!failClosed) return null;
-      // The store's error goes with the report (never to the client): a lock and a missing table
-      // are two failures, not one.
-      throw new AppError(
-        "SERVICE_UNAVAILABLE",
-        "The rate limiter is unavailable; try again shortly.",
-        undefined,
-        { "retry-after": "1" },
-      ).causedBy(error);
+      throw limiterUnavailable(error);
     }
 
     const refusedAt = outcomes.findIndex((o) => !o.admitted);
