@@ -8,7 +8,7 @@ import { createApp } from "./app";
 import { ConfigError, loadConfig } from "./config";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, openDatabase } from "./db/client";
-import { applyMigrations } from "./db/migrate";
+import { applyMigrations, migrationsFromNewerReleases } from "./db/migrate";
 import { createLogger } from "./logging/logger";
 import {
   listenForMetrics,
@@ -75,6 +75,14 @@ try {
   if (error instanceof DatabaseOpenError) fail(error.message);
   const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
   fail(`DATABASE_PATH ${config.databasePath}: migrations failed: ${reason}`);
+}
+
+const newerMigrations = migrationsFromNewerReleases(db);
+if (newerMigrations > 0) {
+  logger.warn(
+    { newerMigrations },
+    `the database was migrated by a newer release: ${newerMigrations} of its migrations are unknown to this one, whose writes its schema may refuse`,
+  );
 }
 
 let services: ReturnType<typeof createServices>;

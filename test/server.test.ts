@@ -2,7 +2,11 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
-import { embeddedMigrations, MIGRATION_TAG_BY_MILLIS } from "../src/db/migrations";
+import {
+  embeddedMigrations,
+  LATEST_MIGRATION_MILLIS,
+  MIGRATION_TAG_BY_MILLIS,
+} from "../src/db/migrations";
 import { createLogger } from "../src/logging/logger";
 import { startServer } from "../src/server";
 import { buildTestApp, serveInProcess, type TestApp, tempDir } from "./support/app";
@@ -195,6 +199,37 @@ describe("the service process", () => {
         `palisade db:migrate: DATABASE_PATH ${path}: migrations failed: the migrations table records`,
       );
       expect(cli.stdout).toBe("");
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("a database a newer release migrated is served, with a warning naming how many migrations this release does not know", async () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "newer.db");
+      const db = openDatabase(path);
+      applyMigrations(db);
+      // What the next release's migration leaves: its row (and whatever schema it made).
+      db.$client.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('next', ?)", [
+        LATEST_MIGRATION_MILLIS + 86_400_000,
+      ]);
+      db.$client.close();
+
+      const service = await startService({ DATABASE_PATH: path });
+      expect((await fetch(new URL("/health", service.url))).status).toBe(200);
+      expect(await service.stop("SIGTERM")).toBe(0);
+      const warning = service
+        .stdout()
+        .split("\n")
+        .find((line) => line.includes("migrated by a newer release"));
+      expect(JSON.parse(warning!)).toMatchObject({ level: "warn", newerMigrations: 1 });
+
+      const cli = await runToExit(["bun", "run", "src/cli/index.ts", "db:migrate"], {
+        DATABASE_PATH: path,
+      });
+      expect(cli.code).toBe(0);
+      expect(cli.stdout).toContain("and 1 from a newer release that this one does not know");
     } finally {
       dir.remove();
     }

@@ -52,6 +52,20 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): voi
 }
 
 /**
+ * How many migrations the table records that are newer than every one this release has: a newer
+ * release migrated the file and this one was started on it (a rollback). Accepted — refusing would
+ * block the rollback — but the start says so, since a newer schema can refuse an older release's
+ * writes (a column it does not fill, a constraint it does not know).
+ */
+export function migrationsFromNewerReleases(db: AppDatabase): number {
+  const applied = appliedMigrationTimes(db);
+  if (applied === null) return 0;
+  let newer = 0;
+  for (const millis of applied) if (millis > LATEST_MIGRATION_MILLIS) newer++;
+  return newer;
+}
+
+/**
  * When each applied migration was made (drizzle's `created_at`, the journal's `when`), or null
  * without a migrations table (a new database). One read of a tiny table instead of the migrator's
  * create-if-missing, read and empty transaction (~1 ms of a restart, measured cold).

@@ -8,7 +8,12 @@ import { cpSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readMigrationFiles } from "drizzle-orm/migrator";
 import { openDatabase } from "../../src/db/client";
-import { applyMigrations, MIGRATIONS_FOLDER, MigrationRecordError } from "../../src/db/migrate";
+import {
+  applyMigrations,
+  MIGRATIONS_FOLDER,
+  MigrationRecordError,
+  migrationsFromNewerReleases,
+} from "../../src/db/migrate";
 import {
   embeddedMigrations,
   LATEST_MIGRATION_MILLIS,
@@ -141,6 +146,21 @@ test("a time that is no migration's does not hide a gap", () => {
   expect(() => applyMigrations(db)).toThrow(
     `records one made at ${LATEST_MIGRATION_MILLIS + 1} as applied but not the older ${MIGRATION_TAG_BY_MILLIS.get(secondLast.folderMillis)}`,
   );
+  db.$client.close();
+});
+
+test("migrations from a newer release are counted, not refused: a rollback still starts", () => {
+  const { db } = freshDatabase();
+  expect(migrationsFromNewerReleases(db)).toBe(0);
+  applyMigrations(db);
+  expect(migrationsFromNewerReleases(db)).toBe(0);
+  for (const offset of [1, 2]) {
+    db.$client.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('next', ?)", [
+      LATEST_MIGRATION_MILLIS + offset,
+    ]);
+  }
+  expect(() => applyMigrations(db)).not.toThrow();
+  expect(migrationsFromNewerReleases(db)).toBe(2);
   db.$client.close();
 });
 

@@ -17,7 +17,7 @@ import { copyFileSync, existsSync, linkSync, statSync, unlinkSync } from "node:f
 import { basename, dirname, join } from "node:path";
 import { integer, numeric, sqliteTable } from "drizzle-orm/sqlite-core";
 import { BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
-import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
+import { LATEST_MIGRATION_MILLIS, MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { verifyAuditChain } from "../../plugins/audit/log";
 import { CliError, type Command, EXIT_USAGE } from "../command";
@@ -45,8 +45,10 @@ export const dbMigrate: Command = {
     );
     const known = [...MIGRATION_TAG_BY_MILLIS].filter(([millis]) => applied.has(millis));
     const [, tag] = known.at(-1) ?? [0, "none"];
+    const newer = [...applied].filter((millis) => millis > LATEST_MIGRATION_MILLIS).length;
     context.out(
-      `database ${context.config().databasePath} is at migration ${tag} (${known.length} of ${MIGRATION_TAG_BY_MILLIS.size})`,
+      `database ${context.config().databasePath} is at migration ${tag} (${known.length} of ${MIGRATION_TAG_BY_MILLIS.size})` +
+        (newer > 0 ? `, and ${newer} from a newer release that this one does not know` : ""),
     );
     return 0;
   },
