@@ -126,23 +126,6 @@ export function createCore(options: CoreOptions): Core {
       await redis.send("PING", []);
     };
   }
-  const ipBlockSettings = {
-    thresholds: {
-      ratelimit: {
-        ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.ratelimit,
-        count: config.ipBlock.rateLimitRefusals,
-      },
-      login: {
-        ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.login,
-        count: config.ipBlock.failedLogins,
-      },
-      principal: {
-        ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.principal,
-        count: config.ipBlock.rateLimitRefusals,
-      },
-    },
-    ...options.ipBlockSettings,
-  };
   const ipBlocks = new IpBlockService({
     sqlite,
     clock,
@@ -150,7 +133,23 @@ export function createCore(options: CoreOptions): Core {
     audit,
     limiter,
     registry,
-    settings: ipBlockSettings,
+    settings: {
+      thresholds: {
+        ratelimit: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.ratelimit,
+          count: config.ipBlock.rateLimitRefusals,
+        },
+        login: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.login,
+          count: config.ipBlock.failedLogins,
+        },
+        principal: {
+          ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.principal,
+          count: config.ipBlock.rateLimitRefusals,
+        },
+      },
+      ...options.ipBlockSettings,
+    },
   });
 
   const metrics = {
@@ -170,10 +169,7 @@ export function createCore(options: CoreOptions): Core {
       if (isPrincipalSubject(key)) await ipBlocks.recordPrincipalViolation(key, requestId);
       else await ipBlocks.recordViolation("ratelimit", client, requestId);
     },
-    refusalsBlock: (key) => {
-      const { principal, ratelimit } = ipBlockSettings.thresholds;
-      return (isPrincipalSubject(key) ? principal : ratelimit).count > 0;
-    },
+    refusalsBlock: (key) => ipBlocks.blocksOn(isPrincipalSubject(key) ? "principal" : "ratelimit"),
   });
 
   const errors = createErrorReporter({

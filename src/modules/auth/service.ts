@@ -39,7 +39,7 @@ import {
 } from "../../plugins/auth/tokens";
 import type { ResolvedClient } from "../../plugins/client-ip";
 import type { IpBlockService } from "../../plugins/ip-block/service";
-import { limiterUnavailable } from "../../plugins/rate-limit/enforce";
+import { limiterFailed } from "../../plugins/rate-limit/enforce";
 import type { RateLimitMetrics } from "../../plugins/rate-limit/metrics";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
@@ -112,7 +112,7 @@ export interface AuthServiceOptions {
   /** How zxcvbn is loaded at the first registration (passwords.ts; tests make it fail). */
   loadPasswordStrength?: () => Promise<PasswordStrengthModules>;
   /** Where a lockout call the limiter store failed is counted (`rate_limit_store_errors_total`). */
-  rateLimitMetrics?: RateLimitMetrics;
+  rateLimitMetrics: RateLimitMetrics;
 }
 
 type UserRow = typeof users.$inferSelect;
@@ -350,12 +350,15 @@ export class AuthService {
     try {
       return await call();
     } catch (error) {
-      this.options.rateLimitMetrics?.storeErrors.labels("closed").inc();
-      this.options.logger.error(
-        { err: error, requestId: meta.requestId, failClosed: true, policy: "lockout" },
-        "rate-limit store failed",
-      );
-      throw limiterUnavailable(error);
+      const { rateLimitMetrics: metrics, logger } = this.options;
+      const requestId = meta.requestId;
+      throw limiterFailed(error, {
+        metrics,
+        logger,
+        requestId,
+        failClosed: true,
+        policy: "lockout",
+      });
     }
   }
 

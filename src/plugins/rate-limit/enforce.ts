@@ -22,16 +22,39 @@ import type { LimiterStore, LimitOutcome } from "./store";
 export const QUIET_AUDIT_KEYS = 10_000;
 
 /**
- * What a request refused because the limiter store failed gets: 503 with Retry-After. The store's
- * error goes with the report (never to the client), so a lock and a missing table are two failures.
+ * A limiter store that could not answer: counted (`rate_limit_store_errors_total{mode}`) and
+ * logged; for a decision that fails closed, returns the 503 (with Retry-After) to throw, else null
+ * (let through). The store's error goes with the report (never to the client), so a lock and a
+ * missing table are two failures. The rate-limit stage and the login lockout both end here.
  */
-export function limiterUnavailable(cause: unknown): AppError {
+export function limiterFailed(
+  error: unknown,
+  context: StoreFailure & { failClosed: true },
+): AppError;
+export function limiterFailed(error: unknown, context: StoreFailure): AppError | null;
+export function limiterFailed(error: unknown, context: StoreFailure): AppError | null {
+  const { metrics, logger, requestId, failClosed, policy } = context;
+  metrics.storeErrors.labels(failClosed ? "closed" : "open").inc();
+  logger.error(
+    { err: error, requestId, failClosed, ...(policy ? { policy } : {}) },
+    "rate-limit store failed",
+  );
+  if (!failClosed) return null;
   return new AppError(
     "SERVICE_UNAVAILABLE",
     "The rate limiter is unavailable; try again shortly.",
     undefined,
     { "retry-after": "1" },
-  ).causedBy(cause);
+  ).causedBy(error);
+}
+
+interface StoreFailure {
+  metrics: RateLimitMetrics;
+  logger: Logger;
+  requestId: string | null;
+  failClosed: boolean;
+  /** Named in the log line when the decision is not the route's policies (the lockout). */
+  policy?: string;
 }
 
 export interface LimitContext {
@@ -125,13 +148,14 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
       outcomes = await store.check(policies.map((policy, i) => ({ policy, key: keyOf(i), now })));
     } catch (error) {
       const failClosed = policies.some((policy) => policy.failClosed);
-      metrics.storeErrors.labels(failClosed ? "closed" : "open").inc();
-      logger.error(
-        { err: error, requestId: request.requestId, failClosed },
-        "rate-limit store failed",
-      );
-      if (!failClosed) return null;
-      throw limiterUnavailable(error);
+      const refusal = limiterFailed(error, {
+        metrics,
+        logger,
+        requestId: request.requestId,
+        failClosed,
+      });
+      if (refusal) throw refusal;
+      return null;
     }
 
     const refusedAt = outcomes.findIndex((o) => !o.admitted);
