@@ -22,7 +22,6 @@
  *    status, and a final one (`succeeded`, `canceled`, `refunded`) is never left but to `refunded`.
  *    Unknown types and payments we do not hold are acknowledged and counted `ignored`.
  */
-import { and, eq, inArray, lt } from "drizzle-orm";
 import { Elysia, t } from "elysia";
 import type Stripe from "stripe";
 import type { Clock } from "../../clock";
@@ -38,6 +37,7 @@ import type { RouteClass } from "../../plugins/route-class";
 import { isStripeId } from "../payments/ids";
 import { type EventEffect, PaymentLedger, type StripeEventLike } from "../payments/ledger";
 import type { PaymentMetrics } from "../payments/metrics";
+import { pruneWebhookEvents } from "./events";
 import type { WebhookMetrics } from "./metrics";
 
 export const STRIPE_SIGNATURE_TOLERANCE_S = 300;
@@ -140,25 +140,10 @@ const DAY_MS = 24 * 60 * 60 * 1000;
  * catch no duplicate, and one pruned sooner would let a resent event act twice.
  */
 export const STRIPE_EVENT_RETENTION_MS = 35 * DAY_MS;
-const PRUNE_BATCH = 1000;
 
 /** Deletes Stripe event records past retention, oldest first, at most a batch a run. */
 export function pruneStripeEvents(db: AppDatabase, now: number): void {
-  const old = db
-    .select({ id: webhookEvents.eventId })
-    .from(webhookEvents)
-    .where(
-      and(
-        eq(webhookEvents.provider, "stripe"),
-        lt(webhookEvents.receivedAt, now - STRIPE_EVENT_RETENTION_MS),
-      ),
-    )
-    // (provider, received_at): a range of the index, read in order, stopped at the batch.
-    .orderBy(webhookEvents.receivedAt)
-    .limit(PRUNE_BATCH);
-  db.delete(webhookEvents)
-    .where(and(eq(webhookEvents.provider, "stripe"), inArray(webhookEvents.eventId, old)))
-    .run();
+  pruneWebhookEvents(db, "stripe", now - STRIPE_EVENT_RETENTION_MS);
 }
 
 export function stripeWebhook(options: StripeWebhookOptions) {

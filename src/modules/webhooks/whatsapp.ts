@@ -37,6 +37,7 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { RouteClass } from "../../plugins/route-class";
 import type { ChatTurns } from "../chat/contract";
 import type { Feature, WebContext } from "../feature";
+import { pruneWebhookEvents } from "./events";
 import { createGraphClient } from "./graph-client";
 import { type WebhookMetrics, webhookMetrics } from "./metrics";
 import { type OutboxSettings, OutboxWorker } from "./outbox";
@@ -294,14 +295,7 @@ export class WhatsAppIntake {
       .where(lt(whatsappStatuses.receivedAt, cutoff))
       .limit(PRUNE_BATCH);
     db.delete(whatsappStatuses).where(inArray(whatsappStatuses.messageId, statuses)).run();
-    const events = db
-      .select({ id: webhookEvents.eventId })
-      .from(webhookEvents)
-      .where(and(eq(webhookEvents.provider, "whatsapp"), lt(webhookEvents.receivedAt, cutoff)))
-      .limit(PRUNE_BATCH);
-    db.delete(webhookEvents)
-      .where(and(eq(webhookEvents.provider, "whatsapp"), inArray(webhookEvents.eventId, events)))
-      .run();
+    pruneWebhookEvents(db, "whatsapp", cutoff);
   }
 }
 
