@@ -8,7 +8,7 @@ import { createApp } from "./app";
 import { ConfigError, loadConfig } from "./config";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, openDatabase } from "./db/client";
-import { applyMigrations, migrationsFromNewerReleases } from "./db/migrate";
+import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
 import { createLogger } from "./logging/logger";
 import {
   listenForMetrics,
@@ -68,16 +68,16 @@ if (config.audit.developmentKeyFile) {
 }
 
 let db: ReturnType<typeof openDatabase>;
+let migrations: MigrationStatus;
 try {
   db = openDatabase(config.databasePath);
-  applyMigrations(db);
+  migrations = applyMigrations(db);
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
-  const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
-  fail(`DATABASE_PATH ${config.databasePath}: migrations failed: ${reason}`);
+  fail(migrationsFailed(config.databasePath, error));
 }
 
-const newerMigrations = migrationsFromNewerReleases(db);
+const newerMigrations = migrations.fromNewerReleases;
 if (newerMigrations > 0) {
   logger.warn(
     { newerMigrations },

@@ -6,7 +6,7 @@
 import { type Config, ConfigError, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
-import { applyMigrations } from "../db/migrate";
+import { applyMigrations, migrationsFailed } from "../db/migrate";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { createServices, type Services } from "../services";
@@ -71,8 +71,7 @@ export async function runCli(
           applyMigrations(db);
         } catch (error) {
           // One line, as the start says it: a tampered migrations table, or a migration that failed.
-          const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
-          throw new CliError(`DATABASE_PATH ${path}: migrations failed: ${reason}`, 1);
+          throw new CliError(migrationsFailed(path, error), 1);
         }
       }
       return db;

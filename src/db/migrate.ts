@@ -18,18 +18,33 @@ export class MigrationRecordError extends Error {
 /** The source tree's `drizzle/` (drizzle-kit, tests); a bundle has no such folder beside it. */
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL("../../drizzle", import.meta.url));
 
+/** What the migrations table records, against this release's migrations. */
+export interface MigrationStatus {
+  /** How many of this release's migrations it records. */
+  applied: number;
+  /** The newest of those, by its tag; null when it records none. */
+  newestTag: string | null;
+  /**
+   * How many newer than every one this release has: a newer release migrated the file and this one
+   * was started on it (a rollback). Accepted — refusing would block the rollback — but worth
+   * saying, since a newer schema can refuse an older release's writes.
+   */
+  fromNewerReleases: number;
+}
+
 /**
  * Applies the committed migrations this database has not seen yet: the ones embedded in the code
  * (`./migrations`), or those of `migrationsFolder` when one is given (tests of older layouts).
+ * Returns what the table records then.
  */
-export function applyMigrations(db: AppDatabase, migrationsFolder?: string): void {
+export function applyMigrations(db: AppDatabase, migrationsFolder?: string): MigrationStatus {
   if (migrationsFolder !== undefined) {
     migrate(db, { migrationsFolder });
-    return;
+    return migrationStatus(db);
   }
   const applied = appliedMigrationTimes(db);
   if (applied !== null) refuseGaps(applied);
-  if (applied !== null && newestOf(applied) >= LATEST_MIGRATION_MILLIS) return;
+  if (applied !== null && newestOf(applied) >= LATEST_MIGRATION_MILLIS) return statusOf(applied);
   // drizzle's `migrate` is exactly this call after reading the folder; it takes no list of its
   // own, so its internal dialect and session are reached here (test/db/migrations.test.ts holds
   // the result to the folder's: an upgrade that renames them fails there).
@@ -46,23 +61,35 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): voi
     // got the write lock first applied every migration, and this one's first CREATE TABLE then
     // failed. The database is what it should be.
     const now = appliedMigrationTimes(db);
-    if (now !== null && newestOf(now) >= LATEST_MIGRATION_MILLIS) return;
+    if (now !== null && newestOf(now) >= LATEST_MIGRATION_MILLIS) return statusOf(now);
     throw error;
   }
+  return migrationStatus(db);
 }
 
-/**
- * How many migrations the table records that are newer than every one this release has: a newer
- * release migrated the file and this one was started on it (a rollback). Accepted — refusing would
- * block the rollback — but the start says so, since a newer schema can refuse an older release's
- * writes (a column it does not fill, a constraint it does not know).
- */
-export function migrationsFromNewerReleases(db: AppDatabase): number {
-  const applied = appliedMigrationTimes(db);
-  if (applied === null) return 0;
-  let newer = 0;
-  for (const millis of applied) if (millis > LATEST_MIGRATION_MILLIS) newer++;
-  return newer;
+/** The one line a start or `db:migrate` ends with when the migrations could not be applied. */
+export function migrationsFailed(databasePath: string, error: unknown): string {
+  const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
+  return `DATABASE_PATH ${databasePath}: migrations failed: ${reason}`;
+}
+
+/** What the migrations table records now (`db:migrate` prints it). */
+export function migrationStatus(db: AppDatabase): MigrationStatus {
+  return statusOf(appliedMigrationTimes(db) ?? new Set());
+}
+
+function statusOf(applied: ReadonlySet<number>): MigrationStatus {
+  let count = 0;
+  let newestTag: string | null = null;
+  for (const [millis, tag] of MIGRATION_TAG_BY_MILLIS) {
+    if (applied.has(millis)) {
+      count++;
+      newestTag = tag;
+    }
+  }
+  let fromNewerReleases = 0;
+  for (const millis of applied) if (millis > LATEST_MIGRATION_MILLIS) fromNewerReleases++;
+  return { applied: count, newestTag, fromNewerReleases };
 }
 
 /**

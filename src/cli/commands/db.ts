@@ -15,18 +15,12 @@ import { Database, SQLiteError } from "bun:sqlite";
 import { randomBytes } from "node:crypto";
 import { copyFileSync, existsSync, linkSync, statSync, unlinkSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { integer, numeric, sqliteTable } from "drizzle-orm/sqlite-core";
 import { BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
-import { LATEST_MIGRATION_MILLIS, MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
+import { migrationStatus } from "../../db/migrate";
+import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { verifyAuditChain } from "../../plugins/audit/log";
 import { CliError, type Command, EXIT_USAGE } from "../command";
-
-/** Drizzle's own record of applied migrations (its migrator creates it; not in db/schema). */
-const drizzleMigrations = sqliteTable("__drizzle_migrations", {
-  id: integer("id").primaryKey(),
-  createdAt: numeric("created_at"),
-});
 
 export const dbMigrate: Command = {
   name: "db:migrate",
@@ -34,21 +28,14 @@ export const dbMigrate: Command = {
   usage: "db:migrate",
   run(_args, context) {
     const db = context.db();
-    // The newest of this release's migrations the table records (migrate refused any gap before
-    // it), named by its tag: a count would also count a duplicated or foreign row.
-    const applied = new Set(
-      db
-        .select({ createdAt: drizzleMigrations.createdAt })
-        .from(drizzleMigrations)
-        .all()
-        .map((row) => Number(row.createdAt)),
-    );
-    const known = [...MIGRATION_TAG_BY_MILLIS].filter(([millis]) => applied.has(millis));
-    const [, tag] = known.at(-1) ?? [0, "none"];
-    const newer = [...applied].filter((millis) => millis > LATEST_MIGRATION_MILLIS).length;
+    // Named by the newest migration's tag: a count of rows would also count a duplicated or
+    // foreign row.
+    const status = migrationStatus(db);
     context.out(
-      `database ${context.config().databasePath} is at migration ${tag} (${known.length} of ${MIGRATION_TAG_BY_MILLIS.size})` +
-        (newer > 0 ? `, and ${newer} from a newer release that this one does not know` : ""),
+      `database ${context.config().databasePath} is at migration ${status.newestTag ?? "none"} (${status.applied} of ${MIGRATION_TAG_BY_MILLIS.size})` +
+        (status.fromNewerReleases > 0
+          ? `, and ${status.fromNewerReleases} from a newer release that this one does not know`
+          : ""),
     );
     return 0;
   },
