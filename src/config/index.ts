@@ -197,8 +197,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   const upstreamUrl = (name: string): string | null => {
     const value = url(name);
     if (value === null || appEnv !== "production") return value;
-    const { protocol, hostname } = new URL(value);
-    if (protocol === "http:" && !isLoopbackHost(hostname)) {
+    if (plainToAnotherHost(value, "http:")) {
       throw new ConfigError(
         name,
         "must use https when APP_ENV=production (plain http only to a loopback address)",
@@ -391,16 +390,22 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   return deepFreeze(config);
 }
 
+/** Whether `url` uses the unencrypted `protocol` to reach a host other than this one. */
+function plainToAnotherHost(url: string, protocol: "http:" | "redis:"): boolean {
+  const parsed = new URL(url);
+  return parsed.protocol === protocol && !isLoopbackHost(parsed.hostname);
+}
+
 /**
  * A Redis password goes to the server in the clear over `redis://`: production sends credentials
  * only over TLS (`rediss://`), or to this host. A URL without any is accepted (a private network).
  */
 function redisUrl(value: string | null, appEnv: AppEnv): string | null {
   if (value === null || appEnv !== "production") return value;
-  const { protocol, hostname, username, password } = new URL(value);
+  const { username, password } = new URL(value);
   // `redis://secret@host` is a password too, to clients that read a lone user part as one.
   const credentials = username !== "" || password !== "";
-  if (protocol === "redis:" && credentials && !isLoopbackHost(hostname)) {
+  if (credentials && plainToAnotherHost(value, "redis:")) {
     throw new ConfigError(
       "REDIS_URL",
       "carries a password over plain redis:// when APP_ENV=production; use rediss://",
