@@ -36,6 +36,8 @@ export async function measureAuth(
     signingKeys: { current: key, previous: null },
     accessTokenTtlMs: 3_600_000,
     cacheTokens: false,
+    seal: services.credentialSeal,
+    reportTampered: services.reportTampered,
   });
 
   const time = async (fn: () => unknown | Promise<unknown>) => {

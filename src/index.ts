@@ -10,6 +10,8 @@ import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, openDatabase } from "./db/client";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
 import { createLogger } from "./logging/logger";
+import { type SealedOnUpgrade, sealCredentialsOnUpgrade } from "./modules/auth/seal-upgrade";
+import { createCredentialSeal } from "./plugins/auth/seal";
 import {
   listenForMetrics,
   type MetricsListener,
@@ -69,9 +71,16 @@ if (config.audit.developmentKeyFile) {
 
 let db: ReturnType<typeof openDatabase>;
 let migrations: MigrationStatus;
+let sealedOnUpgrade: SealedOnUpgrade | null;
 try {
   db = openDatabase(config.databasePath);
   migrations = applyMigrations(db);
+  // Before anything reads a credential: the rows stored before seals existed get theirs now.
+  sealedOnUpgrade = sealCredentialsOnUpgrade(
+    db,
+    migrations,
+    createCredentialSeal(config.audit.secretKey),
+  );
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
   fail(migrationsFailed(config.databasePath, error));
@@ -101,6 +110,18 @@ try {
   // API_KEYS checked against the stored keys (a key already made through the API, a prefix clash).
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;
+}
+if (sealedOnUpgrade) {
+  logger.warn(
+    { ...sealedOnUpgrade },
+    "sealed the credentials stored before this release; rows written into the file from now on are refused",
+  );
+  services.audit.record({
+    type: "auth.credentials_sealed",
+    outcome: "success",
+    actor: "system",
+    detail: { ...sealedOnUpgrade },
+  });
 }
 await services.start();
 // Serving: a statement waits for another process's write lock briefly, never seconds (db/busy).

@@ -9,6 +9,8 @@ import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client"
 import { applyMigrations, migrationsFailed } from "../db/migrate";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
+import { sealCredentialsOnUpgrade } from "../modules/auth/seal-upgrade";
+import { createCredentialSeal } from "../plugins/auth/seal";
 import { createServices, type Services } from "../services";
 import { CliError, type Command, type CommandContext, EXIT_USAGE, parseArgs } from "./command";
 
@@ -68,7 +70,14 @@ export async function runCli(
         const path = context.config().databasePath;
         db = openDatabase(path);
         try {
-          applyMigrations(db);
+          const status = applyMigrations(db);
+          const seal = createCredentialSeal(context.config().audit.secretKey);
+          const sealed = sealCredentialsOnUpgrade(db, status, seal);
+          if (sealed) {
+            io.err(
+              `sealed the credentials stored before this release: ${sealed.users} accounts, ${sealed.apiKeys} API keys, ${sealed.refreshTokens} refresh tokens`,
+            );
+          }
         } catch (error) {
           // One line, as the start says it: a tampered migrations table, or a migration that failed.
           throw new CliError(migrationsFailed(path, error), 1);

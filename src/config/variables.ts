@@ -41,7 +41,7 @@ export const VARIABLES: readonly VariableSpec[] = [
   ),
   v(
     "AUDIT_SECRET_KEY",
-    "HMAC key for the audit chain and erasure pseudonyms, at least 32 bytes; never rotate it",
+    "HMAC key for the audit chain, erasure pseudonyms and credential seals, at least 32 bytes; never rotate it",
     true,
   ),
   v("CORS_ALLOWED_ORIGINS", "comma list of origins allowed to call the API from a browser"),

@@ -30,6 +30,8 @@ export interface MigrationStatus {
    * saying, since a newer schema can refuse an older release's writes.
    */
   fromNewerReleases: number;
+  /** The tags this call applied, oldest first: what the database did not have before it. */
+  appliedNow: readonly string[];
 }
 
 /**
@@ -39,8 +41,9 @@ export interface MigrationStatus {
  */
 export function applyMigrations(db: AppDatabase, migrationsFolder?: string): MigrationStatus {
   if (migrationsFolder !== undefined) {
+    const before = appliedMigrationTimes(db);
     migrate(db, { migrationsFolder });
-    return migrationStatus(db);
+    return statusOf(appliedMigrationTimes(db) ?? new Set(), before);
   }
   const applied = appliedMigrationTimes(db);
   if (applied !== null) refuseGaps(applied);
@@ -64,7 +67,7 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): Mig
     if (now !== null && newestOf(now) >= LATEST_MIGRATION_MILLIS) return statusOf(now);
     throw error;
   }
-  return migrationStatus(db);
+  return statusOf(appliedMigrationTimes(db) ?? new Set(), applied);
 }
 
 /** The one line a start or `db:migrate` ends with when the migrations could not be applied. */
@@ -78,18 +81,24 @@ export function migrationStatus(db: AppDatabase): MigrationStatus {
   return statusOf(appliedMigrationTimes(db) ?? new Set());
 }
 
-function statusOf(applied: ReadonlySet<number>): MigrationStatus {
+/** What `applied` records; `before` is what it recorded before this call applied the rest. */
+function statusOf(
+  applied: ReadonlySet<number>,
+  before: ReadonlySet<number> | null = applied,
+): MigrationStatus {
   let count = 0;
   let newestTag: string | null = null;
+  const appliedNow: string[] = [];
   for (const [millis, tag] of MIGRATION_TAG_BY_MILLIS) {
     if (applied.has(millis)) {
       count++;
       newestTag = tag;
+      if (!before?.has(millis)) appliedNow.push(tag);
     }
   }
   let fromNewerReleases = 0;
   for (const millis of applied) if (millis > LATEST_MIGRATION_MILLIS) fromNewerReleases++;
-  return { applied: count, newestTag, fromNewerReleases };
+  return { applied: count, newestTag, fromNewerReleases, appliedNow };
 }
 
 /**

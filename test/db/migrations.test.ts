@@ -153,8 +153,18 @@ test("migrations from a newer release are counted, not refused: a rollback still
   const { db } = freshDatabase();
   const all = embeddedMigrations().length;
   const latestTag = MIGRATION_TAG_BY_MILLIS.get(LATEST_MIGRATION_MILLIS) ?? null;
-  expect(migrationStatus(db)).toEqual({ applied: 0, newestTag: null, fromNewerReleases: 0 });
-  const current = { applied: all, newestTag: latestTag, fromNewerReleases: 0 };
+  expect(migrationStatus(db)).toEqual({
+    applied: 0,
+    newestTag: null,
+    fromNewerReleases: 0,
+    appliedNow: [],
+  });
+  const current = { applied: all, newestTag: latestTag, fromNewerReleases: 0, appliedNow: [] };
+  // The first call applied every migration; later calls apply none.
+  expect(applyMigrations(db)).toEqual({
+    ...current,
+    appliedNow: [...MIGRATION_TAG_BY_MILLIS.values()],
+  });
   expect(applyMigrations(db)).toEqual(current);
   for (const offset of [1, 2]) {
     db.$client.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('next', ?)", [

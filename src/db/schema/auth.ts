@@ -45,6 +45,8 @@ export const refreshTokens = sqliteTable(
     expiresAt: integer("expires_at").notNull(),
     usedAt: integer("used_at"),
     revokedAt: integer("revoked_at"),
+    /** HMAC of what the token grants (plugins/auth/seal.ts): a row without a match is refused. */
+    seal: text("seal"),
   },
   (table) => [
     uniqueIndex("refresh_tokens_hash").on(table.tokenHash),
@@ -79,6 +81,8 @@ export const apiKeys = sqliteTable(
     revokedAt: integer("revoked_at"),
     replacedBy: text("replaced_by"),
     origin: text("origin", { enum: API_KEY_ORIGINS }).notNull().default("api"),
+    /** HMAC of what the key grants (plugins/auth/seal.ts): a row without a match is refused. */
+    seal: text("seal"),
   },
   (table) => [uniqueIndex("api_keys_prefix").on(table.prefix)],
 );

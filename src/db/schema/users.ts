@@ -17,6 +17,8 @@ export const users = sqliteTable(
     emailKey: text("email_key"),
     passwordHash: text("password_hash").notNull(),
     role: text("role", { enum: USER_ROLES }).notNull().default("user"),
+    /** HMAC of id, password hash and role (plugins/auth/seal.ts): a row without a match is refused. */
+    seal: text("seal"),
     ...timestamps,
   },
   (table) => [uniqueIndex("users_email_key_unique").on(table.emailKey)],

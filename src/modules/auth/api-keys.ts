@@ -27,9 +27,10 @@ import {
 } from "../../plugins/auth/api-key-format";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
+import type { CredentialSeal, TamperReport } from "../../plugins/auth/seal";
 
 /** A stored key as operators see it: never its hash. */
-type KeyRow = Omit<typeof apiKeys.$inferSelect, "secretHash"> & {
+type KeyRow = Omit<typeof apiKeys.$inferSelect, "secretHash" | "seal"> & {
   /** The owner's email when the key has an owner. */
   ownerEmail: (typeof users.$inferSelect)["email"] | null;
 };
@@ -56,7 +57,30 @@ export type KeyRefusal =
 export interface ApiKeyServiceOptions {
   /** Production: no `pal_test_` key is created or rotated. */
   refuseTestKeys?: boolean;
+  /** Every key row is written with its seal, and resealed by every change of what it grants. */
+  seal: CredentialSeal;
+  reportTampered: TamperReport;
 }
+
+/** The columns a key's seal covers, and the seal. */
+const sealedKeyColumns = {
+  id: apiKeys.id,
+  prefix: apiKeys.prefix,
+  secretHash: apiKeys.secretHash,
+  scopes: apiKeys.scopes,
+  userId: apiKeys.userId,
+  expiresAt: apiKeys.expiresAt,
+  revokedAt: apiKeys.revokedAt,
+  origin: apiKeys.origin,
+  seal: apiKeys.seal,
+};
+
+type KeyChange = Partial<{
+  scopes: string;
+  expiresAt: number | null;
+  revokedAt: number | null;
+  replacedBy: string | null;
+}>;
 
 /** Keys with their owner's email: what every listing reads. */
 function selectKeys(db: AppDatabase) {
@@ -104,7 +128,7 @@ export class ApiKeyService {
     private readonly clock: Clock,
     private readonly audit: AuditLog,
     private readonly credentials: CredentialVerifier,
-    private readonly options: ApiKeyServiceOptions = {},
+    private readonly options: ApiKeyServiceOptions,
   ) {
     this.db = drizzleOf(sqlite);
     const db = this.db;
@@ -146,19 +170,17 @@ export class ApiKeyService {
     const now = this.clock.now();
     const key = generateApiKey(spec.environment ?? "live");
     const id = Bun.randomUUIDv7();
-    this.db
-      .insert(apiKeys)
-      .values({
-        id,
-        name: spec.name,
-        prefix: keyPrefix(key),
-        secretHash: hashApiKey(key),
-        scopes: JSON.stringify(spec.scopes),
-        userId: spec.userId,
-        createdAt: now,
-        expiresAt: spec.expiresAt ?? null,
-      })
-      .run();
+    this.insertSealed({
+      id,
+      name: spec.name,
+      prefix: keyPrefix(key),
+      secretHash: hashApiKey(key),
+      scopes: JSON.stringify(spec.scopes),
+      userId: spec.userId,
+      createdAt: now,
+      expiresAt: spec.expiresAt ?? null,
+      origin: "api",
+    });
     this.audit.record({
       type: "admin.key.created",
       outcome: "success",
@@ -183,13 +205,8 @@ export class ApiKeyService {
   }
 
   revoke(id: string, actor: string | null, reason?: string): boolean {
-    const changed = this.db
-      .update(apiKeys)
-      .set({ revokedAt: this.clock.now() })
-      .where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt)))
-      .returning({ id: apiKeys.id })
-      .all();
-    if (changed.length === 0) return false;
+    const revokedAt = this.clock.now();
+    if (!this.change(id, { revokedAt }, (row) => row.revokedAt === null)) return false;
     this.credentials.revoke("key", id);
     this.audit.record({
       type: "admin.key.revoked",
@@ -213,11 +230,7 @@ export class ApiKeyService {
         this.revoke(key.id, actor, "owner_role_changed");
         continue;
       }
-      this.db
-        .update(apiKeys)
-        .set({ scopes: JSON.stringify(kept) })
-        .where(eq(apiKeys.id, key.id))
-        .run();
+      this.change(key.id, { scopes: JSON.stringify(kept) });
       this.credentials.revoke("key", key.id);
       this.audit.record({
         type: "admin.key.narrowed",
@@ -268,11 +281,7 @@ export class ApiKeyService {
           actor,
         );
         const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
-        this.db
-          .update(apiKeys)
-          .set({ expiresAt: graceEnds, replacedBy: fresh.record.id })
-          .where(eq(apiKeys.id, id))
-          .run();
+        this.change(id, { expiresAt: graceEnds, replacedBy: fresh.record.id });
         this.audit.record({
           type: "admin.key.rotated",
           outcome: "success",
@@ -340,19 +349,17 @@ export class ApiKeyService {
           }
           if (!row) {
             const id = Bun.randomUUIDv7();
-            this.db
-              .insert(apiKeys)
-              .values({
-                id,
-                name: `bootstrap-${index + 1}`,
-                prefix: keyPrefix(entry.key),
-                secretHash: hash,
-                scopes,
-                userId: null,
-                createdAt: now,
-                origin: "bootstrap",
-              })
-              .run();
+            this.insertSealed({
+              id,
+              name: `bootstrap-${index + 1}`,
+              prefix: keyPrefix(entry.key),
+              secretHash: hash,
+              scopes,
+              userId: null,
+              createdAt: now,
+              expiresAt: null,
+              origin: "bootstrap",
+            });
             this.audit.record({
               type: "admin.key.created",
               outcome: "success",
@@ -367,7 +374,7 @@ export class ApiKeyService {
             return;
           }
           if (row.scopes !== scopes) {
-            this.db.update(apiKeys).set({ scopes }).where(eq(apiKeys.id, row.id)).run();
+            this.change(row.id, { scopes });
             changedKeys.push(row.id);
             this.audit.record({
               type: "admin.key.scopes_changed",
@@ -395,6 +402,49 @@ export class ApiKeyService {
     );
     for (const id of changedKeys) this.credentials.revoke("key", id);
     return outcome;
+  }
+
+  private insertSealed(
+    row: Omit<typeof apiKeys.$inferInsert, "seal" | "revokedAt"> & {
+      expiresAt: number | null;
+      userId: string | null;
+      origin: "api" | "bootstrap";
+    },
+  ): void {
+    const seal = this.options.seal.apiKey({ ...row, revokedAt: null });
+    this.db
+      .insert(apiKeys)
+      .values({ ...row, seal })
+      .run();
+  }
+
+  /**
+   * Applies `change` to a key and reseals it, in one transaction, when `applies` to the row as it
+   * is. A row that did not match its seal is changed (a revocation must still take) but not
+   * resealed: a change by Palisade must never make a row written into the file trusted.
+   */
+  private change(
+    id: string,
+    change: KeyChange,
+    applies: (row: { revokedAt: number | null }) => boolean = () => true,
+  ): boolean {
+    const { seal, reportTampered } = this.options;
+    return this.db.transaction(
+      () => {
+        const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
+        if (!row || !applies(row)) return false;
+        const intact = seal.matches(seal.apiKey(row), row.seal);
+        if (!intact) reportTampered("api_keys", id);
+        const next = { ...row, ...change };
+        this.db
+          .update(apiKeys)
+          .set(intact ? { ...change, seal: seal.apiKey(next) } : change)
+          .where(eq(apiKeys.id, id))
+          .run();
+        return true;
+      },
+      { behavior: "immediate" },
+    );
   }
 }
 

@@ -32,7 +32,12 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
   const { config, db, clock, logger, audit, limiter, ipBlocks, credentials } = core;
   const sqlite = db.$client;
   const refuseTestKeys = config.appEnv === "production";
-  const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials, { refuseTestKeys });
+  const { credentialSeal: seal, reportTampered } = core;
+  const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials, {
+    refuseTestKeys,
+    seal,
+    reportTampered,
+  });
   const service = new AuthService({
     sqlite,
     config,
@@ -43,6 +48,8 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     ipBlocks,
     credentials,
     apiKeys,
+    seal,
+    reportTampered,
     signingKey: core.signingKeys.current,
     passwordHashing: options.passwordHashing,
     prepareLogin: options.prepareLogin,

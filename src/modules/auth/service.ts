@@ -20,7 +20,7 @@
  *   back, so nothing is half done.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, eq, inArray, isNull, lt, ne, or, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, isNull, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
@@ -31,6 +31,7 @@ import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import type { Role } from "../../plugins/auth/principal";
+import type { CredentialSeal, TamperReport } from "../../plugins/auth/seal";
 import {
   generateRefreshToken,
   type SigningKey,
@@ -113,6 +114,9 @@ export interface AuthServiceOptions {
   loadPasswordStrength?: () => Promise<PasswordStrengthModules>;
   /** Where a lockout call the limiter store failed is counted (`rate_limit_store_errors_total`). */
   rateLimitMetrics: RateLimitMetrics;
+  /** Accounts and refresh tokens are written with their seal and trusted only with it. */
+  seal: CredentialSeal;
+  reportTampered: TamperReport;
 }
 
 type UserRow = typeof users.$inferSelect;
@@ -135,6 +139,8 @@ function prepareStatements(db: AppDatabase) {
           id: refreshTokens.id,
           userId: refreshTokens.userId,
           familyId: refreshTokens.familyId,
+          tokenHash: refreshTokens.tokenHash,
+          seal: refreshTokens.seal,
           expiresAt: refreshTokens.expiresAt,
           usedAt: refreshTokens.usedAt,
           revokedAt: refreshTokens.revokedAt,
@@ -193,11 +199,29 @@ export class AuthService {
   }
 
   private userById(id: string): UserRow | null {
-    return this.statements.userById.get({ value: id }) ?? null;
+    return this.sealed(this.statements.userById.get({ value: id }));
   }
 
   private userByEmail(emailKey: string): UserRow | null {
-    return this.statements.userByEmail.get({ value: emailKey }) ?? null;
+    return this.sealed(this.statements.userByEmail.get({ value: emailKey }));
+  }
+
+  /** The account, or null when there is none or its row does not match its seal. */
+  private sealed(row: UserRow | undefined): UserRow | null {
+    if (!row) return null;
+    const { seal, reportTampered } = this.options;
+    if (seal.matches(seal.account(row), row.seal)) return row;
+    reportTampered("users", row.id);
+    return null;
+  }
+
+  /** A refresh token's row, or null when it does not match its seal. */
+  private sealedRefresh(row: RefreshRow | undefined): RefreshRow | null {
+    if (!row) return null;
+    const { seal, reportTampered } = this.options;
+    if (seal.matches(seal.refreshToken(row), row.seal)) return row;
+    reportTampered("refresh_tokens", row.id);
+    return null;
   }
 
   /** Whether the dummy hash for unknown-email logins exists yet (it is started at construction). */
@@ -317,6 +341,7 @@ export class AuthService {
               emailKey: key,
               passwordHash,
               role,
+              seal: this.options.seal.account({ id, passwordHash, role }),
               createdAt: new Date(now),
               updatedAt: new Date(now),
             })
@@ -482,7 +507,7 @@ export class AuthService {
     const now = clock.now();
     const hash = sha256Hex(token);
     // A first look outside the transaction, so an unknown token costs no signature.
-    const seen = refreshByHash.get({ hash });
+    const seen = this.sealedRefresh(refreshByHash.get({ hash }));
     if (!seen || !usable(seen, now)) return { code: "INVALID" };
     const user = this.userById(seen.userId);
     if (!user) return { code: "INVALID" };
@@ -491,7 +516,7 @@ export class AuthService {
     // The decision, made again inside one write transaction: everything above may be stale.
     const decision = db.transaction(
       (): "OK" | "INVALID" | "REUSED" => {
-        const row = refreshByHash.get({ hash });
+        const row = this.sealedRefresh(refreshByHash.get({ hash }));
         if (!row || !usable(row, now)) return "INVALID";
         if (row.usedAt !== null) {
           // A second use of one token is theft or a replay: the whole family ends, now.
@@ -638,13 +663,15 @@ export class AuthService {
   setRole(userId: string, role: Role, actor: string | null): boolean {
     return this.db.transaction(
       () => {
-        const changed = this.db
+        // Read through its seal: a row written into the file is not resealed with a new role.
+        const current = this.userById(userId);
+        if (!current || current.role === role) return false;
+        const seal = this.options.seal.account({ ...current, role });
+        this.db
           .update(users)
-          .set({ role, updatedAt: new Date(this.options.clock.now()) })
-          .where(and(eq(users.id, userId), ne(users.role, role)))
-          .returning({ id: users.id })
-          .all();
-        if (changed.length === 0) return false;
+          .set({ role, seal, updatedAt: new Date(this.options.clock.now()) })
+          .where(eq(users.id, userId))
+          .run();
         this.options.audit.record({
           type: "admin.user.role_changed",
           outcome: "success",
@@ -709,16 +736,16 @@ export class AuthService {
     tokens: PreparedTokens,
     now: number,
   ): void {
+    const row = {
+      id: Bun.randomUUIDv7(),
+      userId,
+      familyId,
+      tokenHash: tokens.refreshHash,
+      expiresAt: now + tokens.refreshExpiresIn * 1000,
+    };
     this.db
       .insert(refreshTokens)
-      .values({
-        id: Bun.randomUUIDv7(),
-        userId,
-        familyId,
-        tokenHash: tokens.refreshHash,
-        createdAt: now,
-        expiresAt: now + tokens.refreshExpiresIn * 1000,
-      })
+      .values({ ...row, createdAt: now, seal: this.options.seal.refreshToken(row) })
       .run();
   }
 }

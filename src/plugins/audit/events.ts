@@ -21,6 +21,10 @@ export const AUDIT_EVENT_TYPES = [
   "auth.refresh.reused",
   "auth.logout",
   "auth.forbidden",
+  // A credential row whose seal does not match (written into the file, not by Palisade), and the
+  // rows an upgrade sealed (plugins/auth/seal.ts).
+  "auth.credential_tampered",
+  "auth.credentials_sealed",
   // What admins did or looked at (must not be lost).
   "admin.key.created",
   "admin.key.revoked",

@@ -36,6 +36,7 @@ import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
 import { boundScopes, type Principal, type Scope } from "./principal";
+import type { CredentialSeal, TamperReport } from "./seal";
 import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
 
 export type Verification =
@@ -58,12 +59,19 @@ function prepareStatements(db: AppDatabase) {
   const keyFields = {
     id: apiKeys.id,
     name: apiKeys.name,
+    prefix: apiKeys.prefix,
     secretHash: apiKeys.secretHash,
     scopes: apiKeys.scopes,
     userId: apiKeys.userId,
-    ownerRole: users.role,
     expiresAt: apiKeys.expiresAt,
     revokedAt: apiKeys.revokedAt,
+    origin: apiKeys.origin,
+    seal: apiKeys.seal,
+    // The owner's row as its seal covers it: the role bounds the key's scopes.
+    ownerId: users.id,
+    ownerRole: users.role,
+    ownerPasswordHash: users.passwordHash,
+    ownerSeal: users.seal,
   };
   const familyFields = { userId: refreshFamilies.userId, revokedAt: refreshFamilies.revokedAt };
   return preparedOnUse({
@@ -127,6 +135,9 @@ export interface CredentialVerifierOptions {
   cacheTokens?: boolean;
   /** Production: `pal_test_` keys are refused (401) whatever the database says. */
   refuseTestKeys?: boolean;
+  /** A key row, or its owner's, is trusted only with a matching seal. */
+  seal: CredentialSeal;
+  reportTampered: TamperReport;
 }
 
 export class CredentialVerifier {
@@ -216,10 +227,30 @@ export class CredentialVerifier {
     if (!row || !timingSafeEqual(Buffer.from(row.secretHash), Buffer.from(hash))) {
       return { ok: false, reason: "invalid" };
     }
+    // Written into the file rather than by Palisade: as good as no key at all.
+    const { seal, reportTampered } = this.options;
+    if (!seal.matches(seal.apiKey(row), row.seal)) {
+      reportTampered("api_keys", row.id);
+      return { ok: false, reason: "invalid" };
+    }
     if (row.revokedAt !== null) return { ok: false, reason: "revoked" };
     if (row.expiresAt !== null && row.expiresAt <= now) return { ok: false, reason: "expired" };
     // An owned key whose owner is gone acts for nobody.
-    if (row.userId !== null && row.ownerRole === null) return { ok: false, reason: "revoked" };
+    if (row.userId !== null && row.ownerId === null) return { ok: false, reason: "revoked" };
+    if (
+      row.ownerId !== null &&
+      !seal.matches(
+        seal.account({
+          id: row.ownerId,
+          passwordHash: row.ownerPasswordHash ?? "",
+          role: row.ownerRole ?? "",
+        }),
+        row.ownerSeal,
+      )
+    ) {
+      reportTampered("users", row.ownerId);
+      return { ok: false, reason: "invalid" };
+    }
     const principal = {
       kind: "key" as const,
       id: row.id,

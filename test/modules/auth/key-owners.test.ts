@@ -86,15 +86,24 @@ describe("a key's scopes are bounded by its owner's current role at every use", 
     expect(await powers(use === "other process" ? other : target, key)).toEqual(expected(allowed));
   });
 
-  test("bounded at use even when the role changed behind the service's back", async () => {
+  test("a role changed behind the service's back (in the file) leaves the owner's key acting for nobody", async () => {
     const target = app();
     const owner = await signUp(target, { role: "admin" });
     const { key } = createKey(target, ["chat", "admin", "metrics"], owner.userId);
     target.db.$client.run("UPDATE users SET role = 'user' WHERE id = ?", [owner.userId]);
     const fresh = secondProcess(target);
     cleanups.push(fresh.close);
-    expect(await powers(fresh, key)).toEqual(expected(["chat"]));
-    expect(await powers(target, key)).toEqual(expected(["chat"]));
+    // The owner's row no longer matches its seal: neither the new nor the old role is believed.
+    expect(await powers(fresh, key)).toEqual(expected([]));
+    expect(await powers(target, key)).toEqual(expected([]));
+    target.services.audit.flush();
+    const reports = target.db.$client
+      .query("SELECT outcome, detail FROM audit_events WHERE type = 'auth.credential_tampered'")
+      .all();
+    expect(reports).toContainEqual({
+      outcome: "denied",
+      detail: JSON.stringify({ id: owner.userId, table: "users" }),
+    });
   });
 
   test("a demoted admin's key cannot mint more keys", async () => {
@@ -272,7 +281,8 @@ describe("pal_test_ keys in production", () => {
   });
 
   test("a stored one is 401 in production, cannot be rotated there, and works elsewhere", async () => {
-    const target = app();
+    // The same file under both profiles: the same AUDIT_SECRET_KEY (the key its seals are made with).
+    const target = app(undefined, { AUDIT_SECRET_KEY: PRODUCTION_ENV.AUDIT_SECRET_KEY });
     const owner = await signUp(target, { role: "admin" });
     const testKey = target.services.apiKeys.create(
       { name: "t", scopes: ["chat"], userId: owner.userId, environment: "test" },

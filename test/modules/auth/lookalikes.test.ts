@@ -315,11 +315,14 @@ describe("rows stored before normalisation", () => {
   test("are normalised at start; a collision keeps the oldest and sets the others aside", async () => {
     const target = app();
     const sqlite = target.db.$client;
+    // Sealed as Palisade sealed them: only the address columns are of another era.
+    const seal = (id: string) =>
+      target.services.credentialSeal.account({ id, passwordHash: "x", role: "user" });
     const insert = (id: string, email: string, at: number) =>
       sqlite.run(
-        `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
-         VALUES (?, ?, NULL, 'x', 'user', ?, ?)`,
-        [id, email, at, at],
+        `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+         VALUES (?, ?, NULL, 'x', 'user', ?, ?, ?)`,
+        [id, email, seal(id), at, at],
       );
     insert("old-nfc", "\u00e9mile@example.com", 1);
     insert("old-nfd", "e\u0301mile@example.com", 2);

@@ -1,0 +1,124 @@
+/**
+ * @module
+ * Credential seals: what keeps someone who can write the database file, but does not hold
+ * AUDIT_SECRET_KEY, from making or widening a credential.
+ *
+ * Every account, API key and refresh token row carries a `seal`, an HMAC (keyed from
+ * AUDIT_SECRET_KEY) of the columns that decide what the credential grants. A row is trusted only
+ * when its seal matches those columns, so a row written straight into the file — an API key with
+ * a hash the writer chose, a password hash or role swapped in, a key's scopes or owner widened, a
+ * revoked key brought back, a refresh token for another account — is refused like one that does
+ * not exist, and reported (`credentialTampered`).
+ *
+ * What is sealed:
+ * - an account: its id, password hash and role;
+ * - an API key: its id, prefix, hash, scopes, owner, expiry, revocation and origin (so every
+ *   change of those rewrites the seal, in the same statement's transaction);
+ * - a refresh token: its id, owner, family, hash and expiry (written once).
+ *
+ * Not sealed: a refresh token's and its family's used and revoked marks (clearing one brings back
+ * a token only for someone who already holds it), and a copy of an older row of the same file,
+ * seal and all (a rollback; only a backup restore undoes it).
+ *
+ * The key is AUDIT_SECRET_KEY's, derived for this one use: that key is already never rotated, and
+ * a new required secret would stop every deployment at its next start.
+ */
+import { createHmac, timingSafeEqual } from "node:crypto";
+import type { AuditEvent } from "../audit/events";
+
+export interface SealedAccount {
+  id: string;
+  passwordHash: string;
+  role: string;
+}
+
+export interface SealedApiKey {
+  id: string;
+  prefix: string;
+  secretHash: string;
+  scopes: string;
+  userId: string | null;
+  expiresAt: number | null;
+  revokedAt: number | null;
+  origin: string;
+}
+
+export interface SealedRefreshToken {
+  id: string;
+  userId: string;
+  familyId: string;
+  tokenHash: string;
+  expiresAt: number;
+}
+
+export interface CredentialSeal {
+  account(row: SealedAccount): string;
+  apiKey(row: SealedApiKey): string;
+  refreshToken(row: SealedRefreshToken): string;
+  /** Whether `stored` is the seal `expected`, in constant time; a missing seal never is. */
+  matches(expected: string, stored: string | null | undefined): boolean;
+}
+
+export type SealedTable = "users" | "api_keys" | "refresh_tokens";
+
+/** A row whose seal does not match: logged and audited by whoever read it. */
+export type TamperReport = (table: SealedTable, id: string) => void;
+
+const KEY_LABEL = "palisade credential seal v1";
+
+export function createCredentialSeal(auditSecret: string): CredentialSeal {
+  const key = createHmac("sha256", auditSecret).update(KEY_LABEL).digest();
+  // A JSON array keeps the fields apart whatever they contain (no separator to smuggle in).
+  const mac = (fields: readonly unknown[]) =>
+    createHmac("sha256", key).update(JSON.stringify(fields)).digest("base64url");
+  return {
+    account: (row) => mac(["account", row.id, row.passwordHash, row.role]),
+    apiKey: (row) =>
+      mac([
+        "api_key",
+        row.id,
+        row.prefix,
+        row.secretHash,
+        row.scopes,
+        row.userId,
+        row.expiresAt,
+        row.revokedAt,
+        row.origin,
+      ]),
+    refreshToken: (row) =>
+      mac(["refresh_token", row.id, row.userId, row.familyId, row.tokenHash, row.expiresAt]),
+    matches(expected, stored) {
+      if (typeof stored !== "string" || stored.length !== expected.length) return false;
+      return timingSafeEqual(Buffer.from(stored), Buffer.from(expected));
+    },
+  };
+}
+
+/** Rows reported per process at most: a file full of forged rows must not become a log flood. */
+const REPORTED_LIMIT = 1000;
+
+/**
+ * Reports a tampered row once per process: an error line and an `auth.credential_tampered` audit
+ * event naming the table and the row's id (never a column's value).
+ */
+export function tamperReporter(deps: {
+  logger: { error(fields: Record<string, unknown>, message: string): void };
+  audit: { record(event: AuditEvent): void };
+}): TamperReport {
+  const reported = new Set<string>();
+  return (table, id) => {
+    const key = `${table}:${id}`;
+    if (reported.has(key) || reported.size >= REPORTED_LIMIT) return;
+    reported.add(key);
+    deps.logger.error(
+      { table, id },
+      "a credential row does not match its seal: it was written into the database file, not by Palisade; it is refused",
+    );
+    deps.audit.record({
+      type: "auth.credential_tampered",
+      outcome: "denied",
+      actor: "system",
+      detail: { table, id },
+    });
+  };
+}

@@ -1,0 +1,407 @@
+/**
+ * What someone who can write the database file, but does not hold AUDIT_SECRET_KEY, can do with
+ * credentials: every way of making or widening one through the file is refused (401, as if the
+ * row did not exist) and reported once, and Palisade never reseals such a row. Also the upgrade:
+ * the start that adds the seal columns seals what was there, and no later start seals anything.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { openDatabase } from "../../../src/db/client";
+import { applyMigrations, MIGRATIONS_FOLDER } from "../../../src/db/migrate";
+import { sealCredentialsOnUpgrade } from "../../../src/modules/auth/seal-upgrade";
+import { generateApiKey, hashApiKey, keyPrefix } from "../../../src/plugins/auth/api-key-format";
+import { createCredentialSeal } from "../../../src/plugins/auth/seal";
+import { sha256Hex } from "../../../src/plugins/auth/tokens";
+import {
+  buildTestApp,
+  secondProcess,
+  send,
+  TEST_PASSWORD_HASHING,
+  type TestApp,
+  tempDir,
+} from "../../support/app";
+import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { startService } from "../../support/process";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+function app(): TestApp {
+  const target = buildTestApp();
+  cleanups.push(() => target.close());
+  return target;
+}
+
+/** The file as its writer would see it next: a process started on it after the edit. */
+function restarted(target: TestApp) {
+  const next = secondProcess(target);
+  cleanups.push(next.close);
+  return { ...target, app: next.app, services: next.services };
+}
+
+function tamperReports(target: TestApp): { table: string; id: string }[] {
+  target.services.audit.flush();
+  return target.db.$client
+    .query<{ detail: string }, []>(
+      "SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered'",
+    )
+    .all()
+    .map((row) => JSON.parse(row.detail));
+}
+
+async function asKey(target: Pick<TestApp, "app">, key: string) {
+  const me = await send(target as TestApp, "/api/auth/me", { headers: { "x-api-key": key } });
+  const admin = await send(target as TestApp, "/api/admin/api-keys", {
+    headers: { "x-api-key": key },
+  });
+  return { me: me.status, admin: admin.status };
+}
+
+async function login(target: Pick<TestApp, "app">, email: string, password = STRONG_PASSWORD) {
+  return (
+    await send(target as TestApp, "/api/auth/login", {
+      body: { email, password },
+      peer: `10.77.${Math.floor(Math.random() * 250)}.${Math.floor(Math.random() * 250)}`,
+    })
+  ).status;
+}
+
+function insertKey(target: TestApp, key: string, fields: { scopes: string; seal: string | null }) {
+  const id = Bun.randomUUIDv7();
+  target.db.$client.run(
+    `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin, seal)
+     VALUES (?, 'forged', ?, ?, ?, NULL, ?, 'api', ?)`,
+    [id, keyPrefix(key), hashApiKey(key), fields.scopes, Date.now(), fields.seal],
+  );
+  return id;
+}
+
+describe("API keys written into the file", () => {
+  test("a key inserted with a hash of the writer's choosing is refused, whatever its seal says", async () => {
+    const target = app();
+    const genuine = createKey(target, ["chat"]);
+    const genuineSeal = target.db.$client
+      .query<{ seal: string }, [string]>("SELECT seal FROM api_keys WHERE id = ?")
+      .get(genuine.record.id)!.seal;
+    const forged: string[] = [];
+    for (const seal of [null, "", genuineSeal, "x".repeat(genuineSeal.length)]) {
+      const key = generateApiKey("live");
+      insertKey(target, key, { scopes: '["admin"]', seal });
+      forged.push(key);
+    }
+    const next = restarted(target);
+    for (const key of forged) {
+      expect(await asKey(next, key)).toEqual({ me: 401, admin: 401 });
+      expect(await asKey(target, key)).toEqual({ me: 401, admin: 401 });
+    }
+    // The genuine key still works, in both processes.
+    expect((await asKey(next, genuine.key)).me).toBe(200);
+    // Reported once per row by each process that met it.
+    const reported = tamperReports(target).filter((r) => r.table === "api_keys");
+    expect(new Set(reported.map((r) => r.id)).size).toBe(4);
+    expect(reported).toHaveLength(8);
+  });
+
+  test("widening a stored key (scopes, owner, expiry, revocation, origin) makes it act for nobody", async () => {
+    const target = app();
+    const owner = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const edits: [string, unknown[]][] = [
+      ['UPDATE api_keys SET scopes = \'["chat","admin"]\' WHERE id = ?', []],
+      ["UPDATE api_keys SET user_id = ? WHERE id = ?", [admin.userId]],
+      ["UPDATE api_keys SET expires_at = NULL WHERE id = ?", []],
+      ["UPDATE api_keys SET revoked_at = NULL WHERE id = ?", []],
+      ["UPDATE api_keys SET origin = 'bootstrap' WHERE id = ?", []],
+    ];
+    for (const [statement, values] of edits) {
+      const made = target.services.apiKeys.create(
+        { name: "k", scopes: ["chat"], userId: owner.userId, expiresAt: Date.now() + 60_000 },
+        "test",
+      );
+      if (statement.includes("revoked_at")) {
+        target.services.apiKeys.revoke(made.record.id, "test");
+        expect((await asKey(target, made.key)).me).toBe(401);
+      } else {
+        expect((await asKey(target, made.key)).me).toBe(200);
+      }
+      target.db.$client.run(statement, [...values, made.record.id] as string[]);
+      const next = restarted(target);
+      expect(await asKey(next, made.key)).toEqual({ me: 401, admin: 401 });
+    }
+  });
+
+  test("a change Palisade makes to a tampered key never reseals it", async () => {
+    const target = app();
+    const made = createKey(target, ["chat"]);
+    target.db.$client.run("UPDATE api_keys SET scopes = '[\"admin\"]' WHERE id = ?", [
+      made.record.id,
+    ]);
+    // Revoking it still takes; putting the revocation back afterwards gives nothing either.
+    expect(target.services.apiKeys.revoke(made.record.id, "test")).toBe(true);
+    target.db.$client.run("UPDATE api_keys SET revoked_at = NULL WHERE id = ?", [made.record.id]);
+    expect(await asKey(restarted(target), made.key)).toEqual({ me: 401, admin: 401 });
+    expect(tamperReports(target)).toContainEqual({ table: "api_keys", id: made.record.id });
+  });
+});
+
+describe("accounts written into the file", () => {
+  test("a password hash swapped in signs nobody in, not even with the old password", async () => {
+    const target = app();
+    const victim = await signUp(target, { role: "admin" });
+    const chosen = await Bun.password.hash("attacker-chosen-password-1", {
+      algorithm: "argon2id",
+      ...TEST_PASSWORD_HASHING,
+    });
+    target.db.$client.run("UPDATE users SET password_hash = ? WHERE id = ?", [
+      chosen,
+      victim.userId,
+    ]);
+    const next = restarted(target);
+    expect(await login(next, victim.email, "attacker-chosen-password-1")).toBe(401);
+    expect(await login(next, victim.email)).toBe(401);
+    expect(tamperReports(target)).toContainEqual({ table: "users", id: victim.userId });
+  });
+
+  test("another account's hash and seal copied over are refused: the seal names the account", async () => {
+    const target = app();
+    const attacker = await signUp(target);
+    const victim = await signUp(target, { role: "admin" });
+    target.db.$client.run(
+      `UPDATE users SET (password_hash, seal) =
+         (SELECT password_hash, seal FROM users WHERE id = ?) WHERE id = ?`,
+      [attacker.userId, victim.userId],
+    );
+    expect(await login(restarted(target), victim.email)).toBe(401);
+  });
+
+  test("a role raised in the file signs in nobody, refreshes nothing, and setRole does not launder it", async () => {
+    const target = app();
+    const user = await signUp(target);
+    target.db.$client.run("UPDATE users SET role = 'admin' WHERE id = ?", [user.userId]);
+    const next = restarted(target);
+    expect(await login(next, user.email)).toBe(401);
+    const refreshed = await send(next, "/api/auth/refresh", {
+      body: { refreshToken: user.refreshToken },
+    });
+    expect(refreshed.status).toBe(401);
+    // An admin acting on the account afterwards does not make its row trusted again.
+    expect(next.services.auth.setRole(user.userId, "user", "test")).toBe(false);
+    expect(await login(next, user.email)).toBe(401);
+  });
+
+  test("an account inserted into the file cannot sign in", async () => {
+    const target = app();
+    const hash = await Bun.password.hash(STRONG_PASSWORD, {
+      algorithm: "argon2id",
+      ...TEST_PASSWORD_HASHING,
+    });
+    target.db.$client.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at, seal)
+       VALUES ('forged', 'forged@example.test', 'forged@example.test', ?, 'admin', 1, 1, NULL)`,
+      [hash],
+    );
+    expect(await login(restarted(target), "forged@example.test")).toBe(401);
+  });
+
+  test("a genuine role change reseals: the promoted account signs in with its new role", async () => {
+    const target = app();
+    const user = await signUp(target, { role: "admin" });
+    const next = restarted(target);
+    const response = await send(next, "/api/auth/login", {
+      body: { email: user.email, password: STRONG_PASSWORD },
+      peer: "10.66.0.1",
+    });
+    expect(response.status).toBe(200);
+    const { accessToken } = (await response.json()) as { accessToken: string };
+    const adminOnly = await send(next, "/api/admin/api-keys", { headers: bearer(accessToken) });
+    expect(adminOnly.status).toBe(200);
+  });
+});
+
+describe("refresh tokens written into the file", () => {
+  test("a token inserted for an account's live family mints nothing", async () => {
+    const target = app();
+    const victim = await signUp(target, { role: "admin" });
+    const family = target.db.$client
+      .query<{ family_id: string }, [string]>(
+        "SELECT family_id FROM refresh_tokens WHERE user_id = ? LIMIT 1",
+      )
+      .get(victim.userId)!.family_id;
+    const chosen = "attacker-chosen-refresh-token-0123456789abcdef";
+    target.db.$client.run(
+      `INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, seal)
+       VALUES ('forged', ?, ?, ?, ?, ?, NULL)`,
+      [victim.userId, family, sha256Hex(chosen), Date.now(), Date.now() + 86_400_000],
+    );
+    const response = await send(restarted(target), "/api/auth/refresh", {
+      body: { refreshToken: chosen },
+    });
+    expect(response.status).toBe(401);
+    expect(tamperReports(target)).toContainEqual({ table: "refresh_tokens", id: "forged" });
+  });
+
+  test("a token moved to another account mints nothing; left alone it still refreshes", async () => {
+    const target = app();
+    const attacker = await signUp(target);
+    const victim = await signUp(target, { role: "admin" });
+    const spare = await signUp(target);
+    target.db.$client.run("UPDATE refresh_tokens SET user_id = ? WHERE token_hash = ?", [
+      victim.userId,
+      sha256Hex(attacker.refreshToken),
+    ]);
+    const next = restarted(target);
+    const moved = await send(next, "/api/auth/refresh", {
+      body: { refreshToken: attacker.refreshToken },
+    });
+    expect(moved.status).toBe(401);
+    const untouched = await send(next, "/api/auth/refresh", {
+      body: { refreshToken: spare.refreshToken },
+    });
+    expect(untouched.status).toBe(200);
+  });
+});
+
+/** A database at migration 0012 (before seals), as the previous release left it. */
+function databaseBeforeSeals() {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  const folder = join(dir.path, "drizzle-0012");
+  cpSync(MIGRATIONS_FOLDER, folder, { recursive: true });
+  rmSync(join(folder, "0013_credential_seals.sql"));
+  const journalPath = join(folder, "meta", "_journal.json");
+  const journal = JSON.parse(readFileSync(journalPath, "utf8"));
+  journal.entries = journal.entries.filter((e: { idx: number }) => e.idx <= 12);
+  writeFileSync(journalPath, JSON.stringify(journal));
+  const path = join(dir.path, "palisade.db");
+  const db = openDatabase(path);
+  applyMigrations(db, folder);
+  return { dir, path, db };
+}
+
+async function oldRows(sqlite: import("bun:sqlite").Database) {
+  const passwordHash = await Bun.password.hash(STRONG_PASSWORD, {
+    algorithm: "argon2id",
+    ...TEST_PASSWORD_HASHING,
+  });
+  sqlite.run(
+    `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
+     VALUES ('old-admin', 'old@example.test', 'old@example.test', ?, 'admin', 1, 1)`,
+    [passwordHash],
+  );
+  const key = generateApiKey("live");
+  sqlite.run(
+    `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin)
+     VALUES ('old-key', 'old', ?, ?, '["chat","admin"]', 'old-admin', 1, 'api')`,
+    [keyPrefix(key), hashApiKey(key)],
+  );
+  return { key };
+}
+
+const AUDIT_SECRET_KEY = "seal-upgrade-test-key-6c1f0a9e3d7b2c5f8e4a1b0d9c";
+
+describe("upgrading a database stored before seals", () => {
+  test("only the call that adds the columns seals, and only what was there", async () => {
+    const { db } = databaseBeforeSeals();
+    cleanups.push(() => db.$client.close());
+    await oldRows(db.$client);
+    const seal = createCredentialSeal(AUDIT_SECRET_KEY);
+    const status = applyMigrations(db);
+    expect(status.appliedNow).toEqual(["0013_credential_seals"]);
+    expect(sealCredentialsOnUpgrade(db, status, seal)).toEqual({
+      users: 1,
+      apiKeys: 1,
+      refreshTokens: 0,
+    });
+    db.$client.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
+       VALUES ('later', 'later@example.test', 'later@example.test', 'x', 'admin', 2, 2)`,
+    );
+    const again = applyMigrations(db);
+    expect(again.appliedNow).toEqual([]);
+    expect(sealCredentialsOnUpgrade(db, again, seal)).toBeNull();
+    const unsealed = db.$client
+      .query<{ id: string }, []>("SELECT id FROM users WHERE seal IS NULL")
+      .all();
+    expect(unsealed).toEqual([{ id: "later" }]);
+  });
+
+  test("a new database has nothing to seal: nothing is logged or audited", () => {
+    const dir = tempDir();
+    cleanups.push(dir.remove);
+    const db = openDatabase(join(dir.path, "new.db"));
+    cleanups.push(() => db.$client.close());
+    const status = applyMigrations(db);
+    expect(status.appliedNow).toContain("0013_credential_seals");
+    expect(sealCredentialsOnUpgrade(db, status, createCredentialSeal(AUDIT_SECRET_KEY))).toBeNull();
+  });
+
+  test("the real start seals the old credentials once: they work; a row added later does not", async () => {
+    const { path, db } = databaseBeforeSeals();
+    const { key } = await oldRows(db.$client);
+    db.$client.close();
+    const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY };
+
+    const first = await startService(env);
+    try {
+      expect(first.stdout()).toContain('"users":1,"apiKeys":1,"refreshTokens":0');
+      expect(first.stdout()).toContain("sealed the credentials stored before this release");
+      const me = await fetch(new URL("/api/auth/me", first.url), {
+        headers: { "x-api-key": key },
+      });
+      expect(me.status).toBe(200);
+      const signIn = await fetch(new URL("/api/auth/login", first.url), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ email: "old@example.test", password: STRONG_PASSWORD }),
+      });
+      expect(signIn.status).toBe(200);
+    } finally {
+      expect(await first.stop()).toBe(0);
+    }
+
+    // Someone with the file adds a key the old way while the service is down.
+    const file = openDatabase(path);
+    const forged = generateApiKey("live");
+    file.$client.run(
+      `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin)
+       VALUES ('late-key', 'late', ?, ?, '["admin"]', NULL, 2, 'api')`,
+      [keyPrefix(forged), hashApiKey(forged)],
+    );
+    const audited = file.$client
+      .query<{ n: number }, []>(
+        "SELECT count(*) AS n FROM audit_events WHERE type = 'auth.credentials_sealed'",
+      )
+      .get()!.n;
+    expect(audited).toBe(1);
+    file.$client.close();
+
+    const second = await startService(env);
+    try {
+      expect(second.stdout()).not.toContain("sealed the credentials");
+      const me = await fetch(new URL("/api/auth/me", second.url), {
+        headers: { "x-api-key": forged },
+      });
+      expect(me.status).toBe(401);
+      const old = await fetch(new URL("/api/auth/me", second.url), {
+        headers: { "x-api-key": key },
+      });
+      expect(old.status).toBe(200);
+    } finally {
+      expect(await second.stop()).toBe(0);
+    }
+  });
+});
+
+test("the bearer form of a forged key is refused too", async () => {
+  const target = app();
+  const key = generateApiKey("live");
+  insertKey(target, key, { scopes: '["admin","metrics"]', seal: null });
+  const me = await send(target, "/api/auth/me", { headers: bearer(key) });
+  expect(me.status).toBe(401);
+  // The same route takes a genuine key in that form.
+  const genuine = createKey(target, ["chat"]);
+  expect((await send(target, "/api/auth/me", { headers: bearer(genuine.key) })).status).toBe(200);
+});
