@@ -22,6 +22,7 @@ import {
   tempDir,
 } from "../../support/app";
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { cliInProcess } from "../../support/cli";
 import { startService } from "../../support/process";
 
 const cleanups: (() => void)[] = [];
@@ -326,6 +327,38 @@ describe("upgrading a database stored before seals", () => {
       .query<{ id: string }, []>("SELECT id FROM users WHERE seal IS NULL")
       .all();
     expect(unsealed).toEqual([{ id: "later" }]);
+  });
+
+  test("db:migrate seals them and says so; a second run seals nothing", async () => {
+    const { path, db } = databaseBeforeSeals();
+    const { key } = await oldRows(db.$client);
+    db.$client.close();
+    const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY };
+    const first = await cliInProcess(["db:migrate"], env);
+    expect(first.code).toBe(0);
+    expect(first.stderr).toBe(
+      "sealed the credentials stored before this release: 1 accounts, 1 API keys, 0 refresh tokens",
+    );
+    const second = await cliInProcess(["db:migrate"], env);
+    expect(second.code).toBe(0);
+    expect(second.stderr).toBe("");
+    const file = openDatabase(path);
+    cleanups.push(() => file.$client.close());
+    const row = file.$client
+      .query<{ seal: string }, []>("SELECT seal FROM api_keys WHERE id = 'old-key'")
+      .get()!;
+    const seal = createCredentialSeal(AUDIT_SECRET_KEY);
+    const expected = seal.apiKey({
+      id: "old-key",
+      prefix: keyPrefix(key),
+      secretHash: hashApiKey(key),
+      scopes: '["chat","admin"]',
+      userId: "old-admin",
+      expiresAt: null,
+      revokedAt: null,
+      origin: "api",
+    });
+    expect(row.seal).toBe(expected);
   });
 
   test("a new database has nothing to seal: nothing is logged or audited", () => {
