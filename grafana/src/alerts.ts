@@ -72,6 +72,14 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "Stripe reported a dispute (chargeback). It has a deadline for evidence; the audit log names the payment.",
   ),
   rule(
+    "PalisadeCredentialTampered",
+    `sum(increase(${r.auditEvents}{type="auth.credential_tampered"}[10m])) > 0`,
+    "0m",
+    "page",
+    "A credential row in the database does not match its seal",
+    "An account, API key or refresh token was written into the database file rather than by Palisade (or AUDIT_SECRET_KEY changed). The row is refused; whoever could write the file is the incident.",
+  ),
+  rule(
     "PalisadeErrorRatioHigh",
     `(sum(rate(${r.httpRequests}{status=~"5.."}[5m])) or vector(0)) / sum(rate(${r.httpRequests}[5m])) > 0.05`,
     "5m",

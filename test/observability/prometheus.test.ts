@@ -33,6 +33,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { ALERT_RULES } from "../../grafana/src/alerts";
 import { dashboardQueries } from "../../grafana/src/dashboards";
+import { generateApiKey, hashApiKey, keyPrefix } from "../../src/plugins/auth/api-key-format";
 import { CONTRACT_METRIC_NAMES } from "../../src/plugins/metrics/names";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
@@ -355,6 +356,28 @@ const TRAFFIC: readonly Traffic[] = [
       const payment = await request(`/api/payments/${intent.id}`, { headers: user });
       expect(payment.status).toBe(200);
       expect(((await payment.json()) as { disputed: boolean }).disputed).toBe(true);
+    },
+  },
+  {
+    name: "an API key written straight into the database file (credential tamper audit events)",
+    async drive({ request, databasePath }) {
+      const writer = new Database(databasePath);
+      writer.run("PRAGMA busy_timeout = 5000");
+      const key = generateApiKey("live");
+      try {
+        writer.run(
+          `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin)
+           VALUES ('proof-forged-key', 'forged', ?, ?, '["admin"]', NULL, 1, 'api')`,
+          [keyPrefix(key), hashApiKey(key)],
+        );
+      } finally {
+        writer.close();
+      }
+      const refused = await request("/api/admin/api-keys", {
+        headers: { "x-api-key": key },
+        from: "198.51.100.8",
+      });
+      expect(refused.status).toBe(401);
     },
   },
   {
