@@ -23,7 +23,7 @@ export async function measureAuth(
   const { config, db, services } = bench;
   const key = signingKey(config.jwt.secretKey);
   // A token is accepted only for a family the database knows: give it one.
-  benchFamily(db.$client, "u1", "f1");
+  benchFamily(db.$client, services.credentialSeal, "u1", "f1");
   const token = await signAccessToken(
     key,
     { sub: "u1", role: "user", fam: "f1" },

@@ -10,7 +10,7 @@ import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, openDatabase } from "./db/client";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
 import { createLogger } from "./logging/logger";
-import { type SealedOnUpgrade, sealCredentialsOnUpgrade } from "./modules/auth/seal-upgrade";
+import { credentialSealing, sealedMessage } from "./modules/auth/seal-upgrade";
 import { createCredentialSeal } from "./plugins/auth/seal";
 import {
   listenForMetrics,
@@ -71,16 +71,11 @@ if (config.audit.developmentKeyFile) {
 
 let db: ReturnType<typeof openDatabase>;
 let migrations: MigrationStatus;
-let sealedOnUpgrade: SealedOnUpgrade | null;
+// The credentials stored before seals existed are sealed with the migration that adds them.
+const sealing = credentialSealing(createCredentialSeal(config.audit.secretKey));
 try {
   db = openDatabase(config.databasePath);
-  migrations = applyMigrations(db);
-  // Before anything reads a credential: the rows stored before seals existed get theirs now.
-  sealedOnUpgrade = sealCredentialsOnUpgrade(
-    db,
-    migrations,
-    createCredentialSeal(config.audit.secretKey),
-  );
+  migrations = applyMigrations(db, undefined, sealing.companions);
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
   fail(migrationsFailed(config.databasePath, error));
@@ -111,11 +106,9 @@ try {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;
 }
+const sealedOnUpgrade = sealing.sealed();
 if (sealedOnUpgrade) {
-  logger.warn(
-    { ...sealedOnUpgrade },
-    "sealed the credentials stored before this release; rows written into the file from now on are refused",
-  );
+  logger.warn({ ...sealedOnUpgrade }, sealedMessage(sealedOnUpgrade));
   services.audit.record({
     type: "auth.credentials_sealed",
     outcome: "success",

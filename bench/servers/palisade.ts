@@ -68,7 +68,7 @@ const app = createApp(services)
 const chat = app.routes.some((route) => route.method === "POST" && route.path === "/api/chat");
 
 // A token is accepted only for a family the database knows: give it one.
-benchFamily(db.$client, "bench-user", "bench-family");
+benchFamily(db.$client, services.credentialSeal, "bench-user", "bench-family");
 const token = await signAccessToken(
   signingKey(config.jwt.secretKey),
   { sub: "bench-user", role: "user", fam: "bench-family" },

@@ -9,10 +9,11 @@ import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client"
 import { applyMigrations, migrationsFailed } from "../db/migrate";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
-import { sealCredentialsOnUpgrade } from "../modules/auth/seal-upgrade";
+import { credentialSealing, sealedMessage } from "../modules/auth/seal-upgrade";
 import { createCredentialSeal } from "../plugins/auth/seal";
 import { createServices, type Services } from "../services";
 import { CliError, type Command, type CommandContext, EXIT_USAGE, parseArgs } from "./command";
+import { terminalSafe } from "./terminal";
 
 export interface CliIo {
   out(line: string): void;
@@ -38,9 +39,14 @@ export function helpText(commands: readonly Command[]): string {
 export async function runCli(
   argv: readonly string[],
   env: Environment,
-  io: CliIo,
+  rawIo: CliIo,
   commands: readonly Command[],
 ): Promise<number> {
+  const io: CliIo = {
+    out: (line) => rawIo.out(terminalSafe(line)),
+    err: (line) => rawIo.err(terminalSafe(line)),
+    readStdin: rawIo.readStdin,
+  };
   const [name, ...rest] = argv;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
     io.out(helpText(commands));
@@ -69,18 +75,25 @@ export async function runCli(
       if (!db) {
         const path = context.config().databasePath;
         db = openDatabase(path);
+        // Any command may be the first to open a file from before seals: it seals, as a start does.
+        const sealing = credentialSealing(createCredentialSeal(context.config().audit.secretKey));
         try {
-          const status = applyMigrations(db);
-          const seal = createCredentialSeal(context.config().audit.secretKey);
-          const sealed = sealCredentialsOnUpgrade(db, status, seal);
-          if (sealed) {
-            io.err(
-              `sealed the credentials stored before this release: ${sealed.users} accounts, ${sealed.apiKeys} API keys, ${sealed.refreshTokens} refresh tokens`,
-            );
-          }
+          applyMigrations(db, undefined, sealing.companions);
         } catch (error) {
           // One line, as the start says it: a tampered migrations table, or a migration that failed.
           throw new CliError(migrationsFailed(path, error), 1);
+        }
+        const sealed = sealing.sealed();
+        if (sealed) {
+          io.err(sealedMessage(sealed));
+          // Audited as the start audits it, through the same services (the chain's upgrade first).
+          const { audit } = context.services();
+          audit.record({
+            type: "auth.credentials_sealed",
+            outcome: "success",
+            actor: "system",
+            detail: { ...sealed },
+          });
         }
       }
       return db;

@@ -1,6 +1,5 @@
 import { fileURLToPath } from "node:url";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
-import type { MigrationConfig, MigrationMeta } from "drizzle-orm/migrator";
 import type { AppDatabase } from "./client";
 import { embeddedMigrations, LATEST_MIGRATION_MILLIS, MIGRATION_TAG_BY_MILLIS } from "./migrations";
 
@@ -35,11 +34,23 @@ export interface MigrationStatus {
 }
 
 /**
+ * Work that must commit with a migration: run right after its statements, in the same immediate
+ * transaction, on the database as that migration left it. The credential seals are made so
+ * (modules/auth/seal-upgrade.ts): a process killed half way leaves the file as it was, not
+ * migrated and unsealed.
+ */
+export type MigrationCompanions = ReadonlyMap<string, (db: AppDatabase) => void>;
+
+/**
  * Applies the committed migrations this database has not seen yet: the ones embedded in the code
  * (`./migrations`), or those of `migrationsFolder` when one is given (tests of older layouts).
- * Returns what the table records then.
+ * Returns what the table records then, and which migrations this call applied.
  */
-export function applyMigrations(db: AppDatabase, migrationsFolder?: string): MigrationStatus {
+export function applyMigrations(
+  db: AppDatabase,
+  migrationsFolder?: string,
+  companions: MigrationCompanions = new Map(),
+): MigrationStatus {
   if (migrationsFolder !== undefined) {
     const before = appliedMigrationTimes(db);
     migrate(db, { migrationsFolder });
@@ -48,26 +59,36 @@ export function applyMigrations(db: AppDatabase, migrationsFolder?: string): Mig
   const applied = appliedMigrationTimes(db);
   if (applied !== null) refuseGaps(applied);
   if (applied !== null && newestOf(applied) >= LATEST_MIGRATION_MILLIS) return statusOf(applied);
-  // drizzle's `migrate` is exactly this call after reading the folder; it takes no list of its
-  // own, so its internal dialect and session are reached here (test/db/migrations.test.ts holds
-  // the result to the folder's: an upgrade that renames them fails there).
-  const internal = db as unknown as {
-    dialect: { migrate(list: MigrationMeta[], session: unknown, config: MigrationConfig): void };
-    session: unknown;
-  };
+  const sqlite = db.$client;
+  // drizzle's own table and rows, as its migrator writes them (test/db/migrations.test.ts holds
+  // the result to drizzle's migrator on the folder): only the transaction is ours, so that
+  // companions commit with their migration, and immediate, so that processes starting together
+  // on a new file migrate it one after the other instead of colliding.
+  // drizzle's statement to the whitespace: SQLite keeps a table's text as it was created.
+  sqlite.run(
+    'CREATE TABLE IF NOT EXISTS "__drizzle_migrations" (\n\t\t\t\tid SERIAL PRIMARY KEY,\n\t\t\t\thash text NOT NULL,\n\t\t\t\tcreated_at numeric\n\t\t\t)',
+  );
+  sqlite.run("BEGIN IMMEDIATE");
+  let before: Set<number> | null;
   try {
-    internal.dialect.migrate(embeddedMigrations(), internal.session, {
-      migrationsFolder: "embedded",
-    });
+    before = appliedMigrationTimes(db);
+    if (before !== null) refuseGaps(before);
+    const newest = before === null ? Number.NEGATIVE_INFINITY : newestOf(before);
+    const record = sqlite.prepare(
+      'INSERT INTO "__drizzle_migrations" ("hash", "created_at") VALUES (?, ?)',
+    );
+    for (const migration of embeddedMigrations()) {
+      if (migration.folderMillis <= newest) continue;
+      for (const statement of migration.sql) sqlite.run(statement);
+      record.run(migration.hash, migration.folderMillis);
+      companions.get(MIGRATION_TAG_BY_MILLIS.get(migration.folderMillis) ?? "")?.(db);
+    }
+    sqlite.run("COMMIT");
   } catch (error) {
-    // Several processes starting together on a new file each found it unmigrated; the one that
-    // got the write lock first applied every migration, and this one's first CREATE TABLE then
-    // failed. The database is what it should be.
-    const now = appliedMigrationTimes(db);
-    if (now !== null && newestOf(now) >= LATEST_MIGRATION_MILLIS) return statusOf(now);
+    if (sqlite.inTransaction) sqlite.run("ROLLBACK");
     throw error;
   }
-  return statusOf(appliedMigrationTimes(db) ?? new Set(), applied);
+  return statusOf(appliedMigrationTimes(db) ?? new Set(), before);
 }
 
 /** The one line a start or `db:migrate` ends with when the migrations could not be applied. */

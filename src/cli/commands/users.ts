@@ -53,10 +53,20 @@ export const usersRole: Command = {
     if (args.flags.role === undefined) throw new CliError("--role is required", EXIT_USAGE);
     const role = roleFlag(args);
     const { auth } = context.services();
-    const user = auth.findUserByEmail(email);
+    const user = auth.accountForOperator(email);
     if (!user) throw new CliError(`no account has the email ${email}`);
+    if (!user.intact && role === "admin") {
+      throw new CliError(
+        `the account of ${email} does not match its seal (it was written into the database file); it is refused and cannot be promoted`,
+      );
+    }
     const changed = auth.setRole(user.id, role, "cli");
     context.out(changed ? `${email} is now ${role}` : `${email} was already ${role}`);
+    if (!user.intact) {
+      context.err(
+        `the account of ${email} does not match its seal (it was written into the database file): its sessions were ended and it cannot sign in`,
+      );
+    }
     return 0;
   },
 };

@@ -20,6 +20,8 @@ export const refreshFamilies = sqliteTable(
     createdAt: integer("created_at").notNull(),
     expiresAt: integer("expires_at").notNull(),
     revokedAt: integer("revoked_at"),
+    /** HMAC of id, owner and revocation (plugins/auth/seal.ts): a row without a match is refused. */
+    seal: text("seal"),
   },
   (table) => [
     index("refresh_families_user").on(table.userId),

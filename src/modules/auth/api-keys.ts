@@ -143,12 +143,35 @@ export class ApiKeyService {
     return this.statements.activeById.get({ id }) !== undefined;
   }
 
-  /** The owner's role now, or null when there is no such user. */
+  /** The owner's role now, or null when there is no such user (or its row fails its seal). */
   private roleOf(userId: string): Role | null {
-    return (
-      this.db.select({ role: users.role }).from(users).where(eq(users.id, userId)).get()?.role ??
-      null
-    );
+    const owner = this.db
+      .select({
+        id: users.id,
+        email: users.email,
+        emailKey: users.emailKey,
+        passwordHash: users.passwordHash,
+        role: users.role,
+        seal: users.seal,
+      })
+      .from(users)
+      .where(eq(users.id, userId))
+      .get();
+    if (!owner) return null;
+    const { seal, reportTampered } = this.options;
+    if (seal.matches(seal.account(owner), owner.seal)) return owner.role;
+    reportTampered("users", owner.id);
+    return null;
+  }
+
+  /** Whether a key's row matches its seal (reported when it does not). */
+  private intact(id: string): boolean {
+    const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
+    if (!row) return false;
+    const { seal, reportTampered } = this.options;
+    if (seal.matches(seal.apiKey(row), row.seal)) return true;
+    reportTampered("api_keys", id);
+    return false;
   }
 
   /** Why `spec` may not be created, or null: the owner's role must allow every scope. */
@@ -266,6 +289,8 @@ export class ApiKeyService {
         const old = this.get(id);
         const now = this.clock.now();
         if (!old || old.revokedAt !== null || old.replacedBy !== null) return null;
+        // A successor inherits the old key's scopes: never from a row written into the file.
+        if (!this.intact(id)) return null;
         if (old.expiresAt !== null && old.expiresAt <= now) return null;
         if (old.origin === "bootstrap") return null;
         const ownerId = actingUserId ?? old.userId;

@@ -1,85 +1,119 @@
 /**
  * @module
  * Sealing the credentials a database held before seals existed. Migration 0013 adds the `seal`
- * columns and leaves every row without one; the start (or `db:migrate`) that applied it seals
- * those rows at once, in one immediate transaction, before anything is served. Only that call
- * does: a row without a seal found by any later start is refused, so rows written into the file
+ * columns; the rows already there are sealed by a companion of that migration (db/migrate.ts), in
+ * the same immediate transaction, so the file is either not yet migrated or migrated and sealed —
+ * a process killed half way leaves it as it was, and the next start does both. Only the call that
+ * applies 0013 seals: a row without a seal found later is refused, so rows written into the file
  * after the upgrade are never sealed by Palisade.
  *
- * What the rows said before the upgrade is only as certain as the file was; the count is logged
- * (and audited by the start), so a second sealing of a file that was put back into its pre-0013
- * shape shows up as a second such line.
+ * What the rows said before the upgrade is only as certain as the file was. Someone who can write
+ * the file can also put it back into its pre-0013 shape (drop the columns and the migration's row)
+ * so that the next start, or CLI command, seals what they wrote: every sealing is therefore said
+ * (a warning line with the counts) and audited (`auth.credentials_sealed`), and a second one for
+ * the same file is the sign of it.
  */
-import { isNull } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
-import type { MigrationStatus } from "../../db/migrate";
-import { apiKeys, refreshTokens, users } from "../../db/schema";
+import type { MigrationCompanions } from "../../db/migrate";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 
 export const SEALS_MIGRATION = "0013_credential_seals";
 
+/**
+ * How many rows the upgrade sealed: accounts, API keys, and sessions (refresh families, whose
+ * refresh tokens are sealed with them). Names an audit detail keeps (no `token`, no `apiKey`).
+ */
 export interface SealedOnUpgrade {
-  users: number;
-  apiKeys: number;
-  refreshTokens: number;
+  accounts: number;
+  keys: number;
+  sessions: number;
 }
 
 /**
- * Seals every unsealed row when `status` says this call added the columns. Null when it did not,
- * or when there was nothing to seal (a new database).
+ * The companion that seals every row when migration 0013 is applied, and what it sealed: null
+ * until it runs, and when there was nothing to seal (a new database).
  */
-export function sealCredentialsOnUpgrade(
-  db: AppDatabase,
-  status: MigrationStatus,
-  seal: CredentialSeal,
-): SealedOnUpgrade | null {
-  if (!status.appliedNow.includes(SEALS_MIGRATION)) return null;
-  return db.transaction(
-    (tx) => {
-      const sealed: SealedOnUpgrade = { users: 0, apiKeys: 0, refreshTokens: 0 };
-      const accounts = tx
-        .select({ id: users.id, passwordHash: users.passwordHash, role: users.role })
-        .from(users)
-        .where(isNull(users.seal))
-        .all();
-      const setUserSeal = db.$client.prepare("UPDATE users SET seal = ? WHERE id = ?");
-      for (const row of accounts) setUserSeal.run(seal.account(row), row.id);
-      sealed.users = accounts.length;
+export function credentialSealing(seal: CredentialSeal): {
+  companions: MigrationCompanions;
+  sealed(): SealedOnUpgrade | null;
+} {
+  let sealed: SealedOnUpgrade | null = null;
+  const sealAll = (db: AppDatabase) => {
+    const sqlite = db.$client;
+    const accounts = sqlite
+      .query<
+        {
+          rowid: number;
+          id: string;
+          email: string;
+          emailKey: string | null;
+          passwordHash: string;
+          role: string;
+        },
+        []
+      >(
+        "SELECT rowid, id, email, email_key AS emailKey, password_hash AS passwordHash, role FROM users",
+      )
+      .all();
+    const setAccount = sqlite.prepare("UPDATE users SET seal = ? WHERE rowid = ?");
+    for (const row of accounts) setAccount.run(seal.account(row), row.rowid);
 
-      const keys = tx
-        .select({
-          id: apiKeys.id,
-          prefix: apiKeys.prefix,
-          secretHash: apiKeys.secretHash,
-          scopes: apiKeys.scopes,
-          userId: apiKeys.userId,
-          expiresAt: apiKeys.expiresAt,
-          revokedAt: apiKeys.revokedAt,
-          origin: apiKeys.origin,
-        })
-        .from(apiKeys)
-        .where(isNull(apiKeys.seal))
-        .all();
-      const setKeySeal = db.$client.prepare("UPDATE api_keys SET seal = ? WHERE id = ?");
-      for (const row of keys) setKeySeal.run(seal.apiKey(row), row.id);
-      sealed.apiKeys = keys.length;
+    const keys = sqlite
+      .query<
+        {
+          rowid: number;
+          id: string;
+          prefix: string;
+          secretHash: string;
+          scopes: string;
+          userId: string | null;
+          expiresAt: number | null;
+          revokedAt: number | null;
+          origin: string;
+        },
+        []
+      >(
+        `SELECT rowid, id, prefix, secret_hash AS secretHash, scopes, user_id AS userId,
+                expires_at AS expiresAt, revoked_at AS revokedAt, origin FROM api_keys`,
+      )
+      .all();
+    const setKey = sqlite.prepare("UPDATE api_keys SET seal = ? WHERE rowid = ?");
+    for (const row of keys) setKey.run(seal.apiKey(row), row.rowid);
 
-      const tokens = tx
-        .select({
-          id: refreshTokens.id,
-          userId: refreshTokens.userId,
-          familyId: refreshTokens.familyId,
-          tokenHash: refreshTokens.tokenHash,
-          expiresAt: refreshTokens.expiresAt,
-        })
-        .from(refreshTokens)
-        .where(isNull(refreshTokens.seal))
-        .all();
-      const setTokenSeal = db.$client.prepare("UPDATE refresh_tokens SET seal = ? WHERE id = ?");
-      for (const row of tokens) setTokenSeal.run(seal.refreshToken(row), row.id);
-      sealed.refreshTokens = tokens.length;
-      return sealed.users + sealed.apiKeys + sealed.refreshTokens > 0 ? sealed : null;
-    },
-    { behavior: "immediate" },
-  );
+    const tokens = sqlite
+      .query<
+        {
+          rowid: number;
+          id: string;
+          userId: string;
+          familyId: string;
+          tokenHash: string;
+          expiresAt: number;
+        },
+        []
+      >(
+        `SELECT rowid, id, user_id AS userId, family_id AS familyId, token_hash AS tokenHash,
+                expires_at AS expiresAt FROM refresh_tokens`,
+      )
+      .all();
+    const setToken = sqlite.prepare("UPDATE refresh_tokens SET seal = ? WHERE rowid = ?");
+    for (const row of tokens) setToken.run(seal.refreshToken(row), row.rowid);
+
+    const families = sqlite
+      .query<{ rowid: number; id: string; userId: string; revokedAt: number | null }, []>(
+        "SELECT rowid, id, user_id AS userId, revoked_at AS revokedAt FROM refresh_families",
+      )
+      .all();
+    const setFamily = sqlite.prepare("UPDATE refresh_families SET seal = ? WHERE rowid = ?");
+    for (const row of families) setFamily.run(seal.family(row), row.rowid);
+
+    const counts = { accounts: accounts.length, keys: keys.length, sessions: families.length };
+    sealed = counts.accounts + counts.keys + counts.sessions > 0 ? counts : null;
+  };
+  return { companions: new Map([[SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+}
+
+/** What the start and the CLI say when they sealed something. */
+export function sealedMessage(sealed: SealedOnUpgrade): string {
+  return `sealed the credentials stored before this release (${sealed.accounts} accounts, ${sealed.keys} API keys, ${sealed.sessions} sessions); rows written into the file from now on are refused`;
 }

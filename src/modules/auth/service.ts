@@ -145,7 +145,9 @@ function prepareStatements(db: AppDatabase) {
           usedAt: refreshTokens.usedAt,
           revokedAt: refreshTokens.revokedAt,
           family: refreshFamilies.id,
+          familyUserId: refreshFamilies.userId,
           familyRevokedAt: refreshFamilies.revokedAt,
+          familySeal: refreshFamilies.seal,
         })
         .from(refreshTokens)
         .leftJoin(refreshFamilies, eq(refreshFamilies.id, refreshTokens.familyId))
@@ -219,9 +221,26 @@ export class AuthService {
   private sealedRefresh(row: RefreshRow | undefined): RefreshRow | null {
     if (!row) return null;
     const { seal, reportTampered } = this.options;
-    if (seal.matches(seal.refreshToken(row), row.seal)) return row;
-    reportTampered("refresh_tokens", row.id);
-    return null;
+    if (!seal.matches(seal.refreshToken(row), row.seal)) {
+      reportTampered("refresh_tokens", row.id);
+      return null;
+    }
+    // No family row at all is refused by `usable`; one that is there must match its seal.
+    if (
+      row.family !== null &&
+      !seal.matches(
+        seal.family({
+          id: row.family,
+          userId: row.familyUserId ?? "",
+          revokedAt: row.familyRevokedAt,
+        }),
+        row.familySeal,
+      )
+    ) {
+      reportTampered("refresh_families", row.family);
+      return null;
+    }
+    return row;
   }
 
   /** Whether the dummy hash for unknown-email logins exists yet (it is started at construction). */
@@ -258,19 +277,30 @@ export class AuthService {
     db.transaction(
       () => {
         const rows = db
-          .select({ id: users.id, email: users.email })
+          .select({
+            id: users.id,
+            email: users.email,
+            emailKey: users.emailKey,
+            passwordHash: users.passwordHash,
+            role: users.role,
+            seal: users.seal,
+          })
           .from(users)
           .where(isNull(users.emailKey))
           .orderBy(asc(users.createdAt), asc(users.id))
           .all();
+        const { seal } = this.options;
         for (const row of rows) {
           const verdict = checkEmail(row.email);
           if (!verdict.ok || this.statements.userByEmail.get({ value: verdict.key })) {
             setAside.push(row.id);
             continue;
           }
+          const address = { email: verdict.email, emailKey: verdict.key };
+          // Resealed only if it was sealed as it stood: a row written into the file stays refused.
+          const intact = seal.matches(seal.account(row), row.seal);
           db.update(users)
-            .set({ email: verdict.email, emailKey: verdict.key })
+            .set(intact ? { ...address, seal: seal.account({ ...row, ...address }) } : address)
             .where(eq(users.id, row.id))
             .run();
         }
@@ -341,7 +371,7 @@ export class AuthService {
               emailKey: key,
               passwordHash,
               role,
-              seal: this.options.seal.account({ id, passwordHash, role }),
+              seal: this.options.seal.account({ id, email, emailKey: key, passwordHash, role }),
               createdAt: new Date(now),
               updatedAt: new Date(now),
             })
@@ -476,9 +506,15 @@ export class AuthService {
             role = current.role;
             return "ROLE_CHANGED";
           }
+          const family = { id: familyId, userId: user.id, revokedAt: null };
           this.db
             .insert(refreshFamilies)
-            .values({ id: familyId, userId: user.id, createdAt: now, expiresAt: tokens.lastExpiry })
+            .values({
+              ...family,
+              createdAt: now,
+              expiresAt: tokens.lastExpiry,
+              seal: this.options.seal.family(family),
+            })
             .run();
           this.storeRefreshToken(user.id, familyId, tokens, now);
           return "STORED";
@@ -660,16 +696,40 @@ export class AuthService {
     credentials.revoke("user", userId);
   }
 
+  /**
+   * An account as an operator names it, by any spelling of its address, whether or not its row
+   * matches its seal (`intact`): an operator must still be able to demote an account whose row was
+   * written into the file, and to be told so.
+   */
+  accountForOperator(email: string): { id: string; role: Role; intact: boolean } | null {
+    const row = this.statements.userByEmail.get({ value: emailLookupKey(email) });
+    if (!row) return null;
+    const { seal } = this.options;
+    return { id: row.id, role: row.role, intact: seal.matches(seal.account(row), row.seal) };
+  }
+
+  /**
+   * Changes an account's role; true when it changed. A row that does not match its seal is never
+   * resealed: it may be demoted (the role column changes, its keys are narrowed and its sessions end,
+   * and it stays refused), never promoted.
+   */
   setRole(userId: string, role: Role, actor: string | null): boolean {
     return this.db.transaction(
       () => {
-        // Read through its seal: a row written into the file is not resealed with a new role.
-        const current = this.userById(userId);
-        if (!current || current.role === role) return false;
-        const seal = this.options.seal.account({ ...current, role });
+        const current = this.statements.userById.get({ value: userId });
+        if (!current) return false;
+        const { seal, reportTampered } = this.options;
+        const intact = seal.matches(seal.account(current), current.seal);
+        // A tampered row's role column proves nothing: a demotion always ends its sessions.
+        if (intact && current.role === role) return false;
+        if (!intact) {
+          reportTampered("users", userId);
+          if (role === "admin") return false;
+        }
+        const change = { role, updatedAt: new Date(this.options.clock.now()) };
         this.db
           .update(users)
-          .set({ role, seal, updatedAt: new Date(this.options.clock.now()) })
+          .set(intact ? { ...change, seal: seal.account({ ...current, role }) } : change)
           .where(eq(users.id, userId))
           .run();
         this.options.audit.record({
@@ -690,11 +750,31 @@ export class AuthService {
 
   /** Marks a family revoked, its tokens too, and tells every process. Call inside a transaction. */
   private revokeFamilyRows(familyId: string, now: number): void {
-    this.db
-      .update(refreshFamilies)
-      .set({ revokedAt: now })
-      .where(and(eq(refreshFamilies.id, familyId), isNull(refreshFamilies.revokedAt)))
-      .run();
+    const family = this.db
+      .select({
+        id: refreshFamilies.id,
+        userId: refreshFamilies.userId,
+        revokedAt: refreshFamilies.revokedAt,
+        seal: refreshFamilies.seal,
+      })
+      .from(refreshFamilies)
+      .where(eq(refreshFamilies.id, familyId))
+      .get();
+    if (family && family.revokedAt === null) {
+      const { seal } = this.options;
+      // Resealed with the revocation, so clearing it in the file breaks the seal; a row that did
+      // not match before stays unmatched (and refused).
+      const intact = seal.matches(seal.family(family), family.seal);
+      this.db
+        .update(refreshFamilies)
+        .set(
+          intact
+            ? { revokedAt: now, seal: seal.family({ ...family, revokedAt: now }) }
+            : { revokedAt: now },
+        )
+        .where(eq(refreshFamilies.id, familyId))
+        .run();
+    }
     this.db
       .update(refreshTokens)
       .set({ revokedAt: now })

@@ -69,11 +69,17 @@ function prepareStatements(db: AppDatabase) {
     seal: apiKeys.seal,
     // The owner's row as its seal covers it: the role bounds the key's scopes.
     ownerId: users.id,
+    ownerEmail: users.email,
+    ownerEmailKey: users.emailKey,
     ownerRole: users.role,
     ownerPasswordHash: users.passwordHash,
     ownerSeal: users.seal,
   };
-  const familyFields = { userId: refreshFamilies.userId, revokedAt: refreshFamilies.revokedAt };
+  const familyFields = {
+    userId: refreshFamilies.userId,
+    revokedAt: refreshFamilies.revokedAt,
+    seal: refreshFamilies.seal,
+  };
   return preparedOnUse({
     /** A key by its prefix, with its owner's role now (null: ownerless, or the owner row is gone). */
     findKey: () =>
@@ -191,6 +197,12 @@ export class CredentialVerifier {
     if (!family || family.userId !== claims.sub || family.revokedAt !== null) {
       return { ok: false, reason: "revoked" };
     }
+    // A revocation cleared in the file breaks the family's seal: the session stays ended.
+    const { seal, reportTampered } = this.options;
+    if (!seal.matches(seal.family({ ...family, id: claims.fam }), family.seal)) {
+      reportTampered("refresh_families", claims.fam);
+      return { ok: false, reason: "revoked" };
+    }
     const principal = {
       kind: "user" as const,
       id: claims.sub,
@@ -242,6 +254,8 @@ export class CredentialVerifier {
       !seal.matches(
         seal.account({
           id: row.ownerId,
+          email: row.ownerEmail ?? "",
+          emailKey: row.ownerEmailKey,
           passwordHash: row.ownerPasswordHash ?? "",
           role: row.ownerRole ?? "",
         }),

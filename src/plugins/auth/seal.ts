@@ -11,14 +11,17 @@
  * not exist, and reported (`credentialTampered`).
  *
  * What is sealed:
- * - an account: its id, password hash and role;
+ * - an account: its id, address (as shown and as looked up), password hash and role — the address
+ *   too, or an operator naming one account by email could be made to act on another;
  * - an API key: its id, prefix, hash, scopes, owner, expiry, revocation and origin (so every
  *   change of those rewrites the seal, in the same statement's transaction);
- * - a refresh token: its id, owner, family, hash and expiry (written once).
+ * - a refresh token: its id, owner, family, hash and expiry (written once);
+ * - a session (refresh family): its id, owner and revocation, so a logout, a reuse or a role
+ *   change cannot be undone in the file (its access tokens would work again until they expire).
  *
- * Not sealed: a refresh token's and its family's used and revoked marks (clearing one brings back
- * a token only for someone who already holds it), and a copy of an older row of the same file,
- * seal and all (a rollback; only a backup restore undoes it).
+ * Not sealed: a refresh token's used mark (clearing it lets whoever holds that spent token use it
+ * once more without tripping reuse detection), and a copy of an older row of the same file, seal
+ * and all (a rollback; only a backup restore undoes it).
  *
  * The key is AUDIT_SECRET_KEY's, derived for this one use: that key is already never rotated, and
  * a new required secret would stop every deployment at its next start.
@@ -28,6 +31,9 @@ import type { AuditEvent } from "../audit/events";
 
 export interface SealedAccount {
   id: string;
+  /** The address as shown, and the key every lookup by address compares (null: set aside). */
+  email: string;
+  emailKey: string | null;
   passwordHash: string;
   role: string;
 }
@@ -43,6 +49,12 @@ export interface SealedApiKey {
   origin: string;
 }
 
+export interface SealedFamily {
+  id: string;
+  userId: string;
+  revokedAt: number | null;
+}
+
 export interface SealedRefreshToken {
   id: string;
   userId: string;
@@ -55,11 +67,12 @@ export interface CredentialSeal {
   account(row: SealedAccount): string;
   apiKey(row: SealedApiKey): string;
   refreshToken(row: SealedRefreshToken): string;
+  family(row: SealedFamily): string;
   /** Whether `stored` is the seal `expected`, in constant time; a missing seal never is. */
   matches(expected: string, stored: string | null | undefined): boolean;
 }
 
-export type SealedTable = "users" | "api_keys" | "refresh_tokens";
+export type SealedTable = "users" | "api_keys" | "refresh_tokens" | "refresh_families";
 
 /** A row whose seal does not match: logged and audited by whoever read it. */
 export type TamperReport = (table: SealedTable, id: string) => void;
@@ -73,7 +86,7 @@ export function createCredentialSeal(auditSecret: string): CredentialSeal {
   const mac = (fields: readonly unknown[]) =>
     new Bun.CryptoHasher("sha256", key).update(JSON.stringify(fields)).digest("base64url");
   return {
-    account: (row) => mac(["account", row.id, row.passwordHash, row.role]),
+    account: (row) => mac(["account", row.id, row.email, row.emailKey, row.passwordHash, row.role]),
     apiKey: (row) =>
       mac([
         "api_key",
@@ -86,30 +99,44 @@ export function createCredentialSeal(auditSecret: string): CredentialSeal {
         row.revokedAt,
         row.origin,
       ]),
+    family: (row) => mac(["family", row.id, row.userId, row.revokedAt]),
     refreshToken: (row) =>
       mac(["refresh_token", row.id, row.userId, row.familyId, row.tokenHash, row.expiresAt]),
     matches(expected, stored) {
-      if (typeof stored !== "string" || stored.length !== expected.length) return false;
-      return timingSafeEqual(Buffer.from(stored), Buffer.from(expected));
+      if (typeof stored !== "string") return false;
+      // Compared as bytes: a stored seal of as many characters but more bytes (any non-ASCII
+      // text) must be a mismatch, not a RangeError from timingSafeEqual.
+      const given = Buffer.from(stored);
+      const wanted = Buffer.from(expected);
+      return given.length === wanted.length && timingSafeEqual(given, wanted);
     },
   };
 }
 
-/** Rows reported per process at most: a file full of forged rows must not become a log flood. */
+/** Rows remembered as reported, per process; past it the memory starts again (reports resume). */
 const REPORTED_LIMIT = 1000;
+/** An id as reported: a forged row's id can be any length. */
+const REPORTED_ID_LENGTH = 64;
 
 /**
  * Reports a tampered row once per process: an error line and an `auth.credential_tampered` audit
- * event naming the table and the row's id (never a column's value).
+ * event naming the table and the row's id (cut to 64 characters; never a column's value). A file
+ * full of forged rows must not become a flood, nor hide the next one: once 1000 rows have been
+ * reported the memory is cleared, so reports go on (a row may then be reported again; every use of
+ * a forged credential is a request the rate limits count).
  */
 export function tamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
+  limit?: number;
 }): TamperReport {
+  const limit = deps.limit ?? REPORTED_LIMIT;
   const reported = new Set<string>();
-  return (table, id) => {
+  return (table, rawId) => {
+    const id = rawId.length > REPORTED_ID_LENGTH ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…` : rawId;
     const key = `${table}:${id}`;
-    if (reported.has(key) || reported.size >= REPORTED_LIMIT) return;
+    if (reported.has(key)) return;
+    if (reported.size >= limit) reported.clear();
     reported.add(key);
     deps.logger.error(
       { table, id },

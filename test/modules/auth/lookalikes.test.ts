@@ -316,13 +316,19 @@ describe("rows stored before normalisation", () => {
     const target = app();
     const sqlite = target.db.$client;
     // Sealed as Palisade sealed them: only the address columns are of another era.
-    const seal = (id: string) =>
-      target.services.credentialSeal.account({ id, passwordHash: "x", role: "user" });
+    const seal = (id: string, email: string) =>
+      target.services.credentialSeal.account({
+        id,
+        email,
+        emailKey: null,
+        passwordHash: "x",
+        role: "user",
+      });
     const insert = (id: string, email: string, at: number) =>
       sqlite.run(
         `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
          VALUES (?, ?, NULL, 'x', 'user', ?, ?, ?)`,
-        [id, email, seal(id), at, at],
+        [id, email, seal(id, email), at, at],
       );
     insert("old-nfc", "\u00e9mile@example.com", 1);
     insert("old-nfd", "e\u0301mile@example.com", 2);

@@ -9,9 +9,9 @@ import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations, MIGRATIONS_FOLDER } from "../../../src/db/migrate";
-import { sealCredentialsOnUpgrade } from "../../../src/modules/auth/seal-upgrade";
+import { credentialSealing, SEALS_MIGRATION } from "../../../src/modules/auth/seal-upgrade";
 import { generateApiKey, hashApiKey, keyPrefix } from "../../../src/plugins/auth/api-key-format";
-import { createCredentialSeal } from "../../../src/plugins/auth/seal";
+import { createCredentialSeal, tamperReporter } from "../../../src/plugins/auth/seal";
 import { sha256Hex } from "../../../src/plugins/auth/tokens";
 import {
   buildTestApp,
@@ -188,9 +188,21 @@ describe("accounts written into the file", () => {
       body: { refreshToken: user.refreshToken },
     });
     expect(refreshed.status).toBe(401);
-    // An admin acting on the account afterwards does not make its row trusted again.
-    expect(next.services.auth.setRole(user.userId, "user", "test")).toBe(false);
-    expect(await login(next, user.email)).toBe(401);
+    // An operator may demote it, never promote it; the demotion ends its sessions, and Palisade
+    // never reseals the row: here it is back to what was sealed, so it signs in again as a user.
+    expect(next.services.auth.setRole(user.userId, "admin", "test")).toBe(false);
+    expect(next.services.auth.setRole(user.userId, "user", "test")).toBe(true);
+    const access = await send(next, "/api/auth/me", { headers: bearer(user.accessToken) });
+    expect(access.status).toBe(401);
+    const signedIn = await send(next, "/api/auth/login", {
+      body: { email: user.email, password: STRONG_PASSWORD },
+      peer: "10.66.1.1",
+    });
+    expect(signedIn.status).toBe(200);
+    const { accessToken } = (await signedIn.json()) as { accessToken: string };
+    expect((await send(next, "/api/admin/api-keys", { headers: bearer(accessToken) })).status).toBe(
+      403,
+    );
   });
 
   test("an account inserted into the file cannot sign in", async () => {
@@ -265,6 +277,129 @@ describe("refresh tokens written into the file", () => {
   });
 });
 
+describe("sessions written into the file", () => {
+  test("a logout undone in the file (family and feed) leaves its access token refused", async () => {
+    const target = app();
+    const user = await signUp(target);
+    const logout = await send(target, "/api/auth/logout", {
+      method: "POST",
+      headers: bearer(user.accessToken),
+    });
+    expect(logout.status).toBe(204);
+    target.db.$client.run("UPDATE refresh_families SET revoked_at = NULL WHERE user_id = ?", [
+      user.userId,
+    ]);
+    target.db.$client.run("UPDATE refresh_tokens SET revoked_at = NULL WHERE user_id = ?", [
+      user.userId,
+    ]);
+    target.db.$client.run("DELETE FROM auth_revocations");
+    const next = restarted(target);
+    expect((await send(next, "/api/auth/me", { headers: bearer(user.accessToken) })).status).toBe(
+      401,
+    );
+    const refreshed = await send(next, "/api/auth/refresh", {
+      body: { refreshToken: user.refreshToken },
+    });
+    expect(refreshed.status).toBe(401);
+    expect(tamperReports(target).map((r) => r.table)).toContain("refresh_families");
+  });
+});
+
+describe("seals that are not even the right shape", () => {
+  const multibyte = "é".repeat(43);
+
+  test("a seal of as many characters but other bytes is a mismatch: 401, never 500; revocation still takes", async () => {
+    const target = app();
+    const made = createKey(target, ["chat"]);
+    target.db.$client.run("UPDATE api_keys SET seal = ? WHERE id = ?", [multibyte, made.record.id]);
+    expect(await asKey(restarted(target), made.key)).toEqual({ me: 401, admin: 401 });
+    expect(target.services.apiKeys.revoke(made.record.id, "test")).toBe(true);
+    const user = await signUp(target);
+    target.db.$client.run("UPDATE users SET seal = ? WHERE id = ?", [multibyte, user.userId]);
+    expect(await login(restarted(target), user.email)).toBe(401);
+  });
+});
+
+describe("operators acting on tampered rows", () => {
+  test("rotating a key widened in the file gives no successor", async () => {
+    const target = app();
+    const made = createKey(target, ["chat"]);
+    target.db.$client.run('UPDATE api_keys SET scopes = \'["chat","admin"]\' WHERE id = ?', [
+      made.record.id,
+    ]);
+    expect(target.services.apiKeys.rotate(made.record.id, 60_000, "test")).toBeNull();
+    const forged = generateApiKey("live");
+    const forgedId = insertKey(target, forged, { scopes: '["admin"]', seal: null });
+    expect(target.services.apiKeys.rotate(forgedId, 60_000, "test")).toBeNull();
+    expect(target.services.apiKeys.list().filter((key) => key.name !== "forged")).toHaveLength(1);
+  });
+
+  test("addresses swapped in the file cannot redirect a promotion to another account", async () => {
+    const target = app();
+    const carol = await signUp(target);
+    const eve = await signUp(target);
+    const swap = target.db.$client.prepare(
+      "UPDATE users SET email = ?, email_key = ? WHERE id = ?",
+    );
+    swap.run(`old-${carol.email}`, `old-${carol.email}`, carol.userId);
+    swap.run(carol.email, carol.email, eve.userId);
+    const env = { DATABASE_PATH: target.databasePath };
+    const promoted = await cliInProcess(
+      ["users:role", "--email", carol.email, "--role", "admin"],
+      env,
+    );
+    expect(promoted.code).toBe(1);
+    expect(promoted.stderr).toContain("does not match its seal");
+    swap.run(eve.email, eve.email, eve.userId);
+    swap.run(carol.email, carol.email, carol.userId);
+    const next = restarted(target);
+    const signedIn = await send(next, "/api/auth/login", {
+      body: { email: eve.email, password: STRONG_PASSWORD },
+      peer: "10.66.2.1",
+    });
+    expect(signedIn.status).toBe(200);
+    const { accessToken } = (await signedIn.json()) as { accessToken: string };
+    expect((await send(next, "/api/admin/api-keys", { headers: bearer(accessToken) })).status).toBe(
+      403,
+    );
+  });
+
+  test("an admin whose row was tampered is still demoted by users:role, and their sessions end", async () => {
+    const target = app();
+    const admin = await signUp(target, { role: "admin" });
+    target.db.$client.run("UPDATE users SET seal = NULL WHERE id = ?", [admin.userId]);
+    const demoted = await cliInProcess(["users:role", "--email", admin.email, "--role", "user"], {
+      DATABASE_PATH: target.databasePath,
+    });
+    expect(demoted.code).toBe(0);
+    expect(demoted.stdout).toBe(`${admin.email} is now user`);
+    expect(demoted.stderr).toContain("does not match its seal");
+    const next = restarted(target);
+    expect(
+      (await send(next, "/api/admin/api-keys", { headers: bearer(admin.accessToken) })).status,
+    ).toBe(401);
+  });
+});
+
+describe("tamper reports", () => {
+  test("each row once, a long id cut to 64 characters, and reports go on past the memory's bound", () => {
+    const lines: Record<string, unknown>[] = [];
+    const events: { detail?: Record<string, unknown> }[] = [];
+    const report = tamperReporter({
+      logger: { error: (fields) => lines.push(fields) },
+      audit: { record: (event) => events.push(event) },
+      limit: 2,
+    });
+    report("api_keys", "a");
+    report("api_keys", "a");
+    report("api_keys", "b");
+    report("api_keys", "c");
+    report("users", "x".repeat(300_000));
+    expect(lines.map((line) => line.id)).toEqual(["a", "b", "c", `${"x".repeat(64)}…`]);
+    expect(events.map((event) => event.detail?.id)).toEqual(lines.map((line) => line.id));
+  });
+});
+
 /** A database at migration 0012 (before seals), as the previous release left it. */
 function databaseBeforeSeals() {
   const dir = tempDir();
@@ -309,20 +444,18 @@ describe("upgrading a database stored before seals", () => {
     cleanups.push(() => db.$client.close());
     await oldRows(db.$client);
     const seal = createCredentialSeal(AUDIT_SECRET_KEY);
-    const status = applyMigrations(db);
-    expect(status.appliedNow).toEqual(["0013_credential_seals"]);
-    expect(sealCredentialsOnUpgrade(db, status, seal)).toEqual({
-      users: 1,
-      apiKeys: 1,
-      refreshTokens: 0,
-    });
+    const sealing = credentialSealing(seal);
+    const status = applyMigrations(db, undefined, sealing.companions);
+    expect(status.appliedNow).toEqual([SEALS_MIGRATION]);
+    expect(sealing.sealed()).toEqual({ accounts: 1, keys: 1, sessions: 0 });
     db.$client.run(
       `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
        VALUES ('later', 'later@example.test', 'later@example.test', 'x', 'admin', 2, 2)`,
     );
-    const again = applyMigrations(db);
+    const later = credentialSealing(seal);
+    const again = applyMigrations(db, undefined, later.companions);
     expect(again.appliedNow).toEqual([]);
-    expect(sealCredentialsOnUpgrade(db, again, seal)).toBeNull();
+    expect(later.sealed()).toBeNull();
     const unsealed = db.$client
       .query<{ id: string }, []>("SELECT id FROM users WHERE seal IS NULL")
       .all();
@@ -337,13 +470,20 @@ describe("upgrading a database stored before seals", () => {
     const first = await cliInProcess(["db:migrate"], env);
     expect(first.code).toBe(0);
     expect(first.stderr).toBe(
-      "sealed the credentials stored before this release: 1 accounts, 1 API keys, 0 refresh tokens",
+      "sealed the credentials stored before this release (1 accounts, 1 API keys, 0 sessions); rows written into the file from now on are refused",
     );
     const second = await cliInProcess(["db:migrate"], env);
     expect(second.code).toBe(0);
     expect(second.stderr).toBe("");
     const file = openDatabase(path);
     cleanups.push(() => file.$client.close());
+    // Audited as a start audits it, every count kept.
+    const audited = file.$client
+      .query("SELECT actor, detail FROM audit_events WHERE type = 'auth.credentials_sealed'")
+      .all();
+    expect(audited).toEqual([
+      { actor: "system", detail: JSON.stringify({ accounts: 1, keys: 1, sessions: 0 }) },
+    ]);
     const row = file.$client
       .query<{ seal: string }, []>("SELECT seal FROM api_keys WHERE id = 'old-key'")
       .get()!;
@@ -361,14 +501,42 @@ describe("upgrading a database stored before seals", () => {
     expect(row.seal).toBe(expected);
   });
 
+  test("a sealing cut short leaves the file unmigrated; the next start migrates and seals", async () => {
+    const { db } = databaseBeforeSeals();
+    cleanups.push(() => db.$client.close());
+    await oldRows(db.$client);
+    const seal = createCredentialSeal(AUDIT_SECRET_KEY);
+    const failing = new Map([
+      [
+        SEALS_MIGRATION,
+        (migrated: typeof db) => {
+          credentialSealing(seal).companions.get(SEALS_MIGRATION)!(migrated);
+          throw new Error("killed half way");
+        },
+      ],
+    ]);
+    expect(() => applyMigrations(db, undefined, failing)).toThrow("killed half way");
+    const columns = db.$client.query<{ name: string }, []>("PRAGMA table_info(users)").all();
+    expect(columns.map((c) => c.name)).not.toContain("seal");
+    expect(db.$client.query("SELECT count(*) AS n FROM __drizzle_migrations").get()).toEqual({
+      n: 13,
+    });
+    const sealing = credentialSealing(seal);
+    expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual([
+      SEALS_MIGRATION,
+    ]);
+    expect(sealing.sealed()).toEqual({ accounts: 1, keys: 1, sessions: 0 });
+  });
+
   test("a new database has nothing to seal: nothing is logged or audited", () => {
     const dir = tempDir();
     cleanups.push(dir.remove);
     const db = openDatabase(join(dir.path, "new.db"));
     cleanups.push(() => db.$client.close());
-    const status = applyMigrations(db);
-    expect(status.appliedNow).toContain("0013_credential_seals");
-    expect(sealCredentialsOnUpgrade(db, status, createCredentialSeal(AUDIT_SECRET_KEY))).toBeNull();
+    const sealing = credentialSealing(createCredentialSeal(AUDIT_SECRET_KEY));
+    const status = applyMigrations(db, undefined, sealing.companions);
+    expect(status.appliedNow).toContain(SEALS_MIGRATION);
+    expect(sealing.sealed()).toBeNull();
   });
 
   test("the real start seals the old credentials once: they work; a row added later does not", async () => {
@@ -379,7 +547,7 @@ describe("upgrading a database stored before seals", () => {
 
     const first = await startService(env);
     try {
-      expect(first.stdout()).toContain('"users":1,"apiKeys":1,"refreshTokens":0');
+      expect(first.stdout()).toContain('"accounts":1,"keys":1,"sessions":0');
       expect(first.stdout()).toContain("sealed the credentials stored before this release");
       const me = await fetch(new URL("/api/auth/me", first.url), {
         headers: { "x-api-key": key },

@@ -1,0 +1,24 @@
+/**
+ * @module
+ * What the CLI prints comes partly from the database (key names and owners that clients chose,
+ * ids and addresses, rows someone may have written into the file): a control character in it would
+ * reach the operator's terminal as a command (clear the screen, recolour, rewrite the line above).
+ * Every line is printed with its control characters spelt out (`\x1b`), line breaks and tabs kept.
+ */
+
+/** C0 controls but tab and newline, DEL, and the C1 controls (8-bit ESC sequences, CSI among them). */
+function isControl(code: number): boolean {
+  return (code < 0x20 && code !== 0x09 && code !== 0x0a) || (code >= 0x7f && code <= 0x9f);
+}
+
+export function terminalSafe(line: string): string {
+  let safe = "";
+  let from = 0;
+  for (let i = 0; i < line.length; i++) {
+    const code = line.charCodeAt(i);
+    if (!isControl(code)) continue;
+    safe += `${line.slice(from, i)}\\x${code.toString(16).padStart(2, "0")}`;
+    from = i + 1;
+  }
+  return from === 0 ? line : safe + line.slice(from);
+}
