@@ -28,6 +28,7 @@ import {
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
 import type { CredentialSeal, TamperReport } from "../../plugins/auth/seal";
+import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
 
 /** A stored key as operators see it: never its hash. */
 type KeyRow = Omit<typeof apiKeys.$inferSelect, "secretHash" | "seal"> & {
@@ -61,19 +62,6 @@ export interface ApiKeyServiceOptions {
   seal: CredentialSeal;
   reportTampered: TamperReport;
 }
-
-/** The columns a key's seal covers, and the seal. */
-const sealedKeyColumns = {
-  id: apiKeys.id,
-  prefix: apiKeys.prefix,
-  secretHash: apiKeys.secretHash,
-  scopes: apiKeys.scopes,
-  userId: apiKeys.userId,
-  expiresAt: apiKeys.expiresAt,
-  revokedAt: apiKeys.revokedAt,
-  origin: apiKeys.origin,
-  seal: apiKeys.seal,
-};
 
 type KeyChange = Partial<{
   scopes: string;
@@ -146,20 +134,13 @@ export class ApiKeyService {
   /** The owner's role now, or null when there is no such user (or its row fails its seal). */
   private roleOf(userId: string): Role | null {
     const owner = this.db
-      .select({
-        id: users.id,
-        email: users.email,
-        emailKey: users.emailKey,
-        passwordHash: users.passwordHash,
-        role: users.role,
-        seal: users.seal,
-      })
+      .select(sealedAccountColumns)
       .from(users)
       .where(eq(users.id, userId))
       .get();
     if (!owner) return null;
     const { seal, reportTampered } = this.options;
-    if (seal.matches(seal.account(owner), owner.seal)) return owner.role;
+    if (seal.intact.account(owner)) return owner.role;
     reportTampered("users", owner.id);
     return null;
   }
@@ -169,7 +150,7 @@ export class ApiKeyService {
     const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
     if (!row) return false;
     const { seal, reportTampered } = this.options;
-    if (seal.matches(seal.apiKey(row), row.seal)) return true;
+    if (seal.intact.apiKey(row)) return true;
     reportTampered("api_keys", id);
     return false;
   }
@@ -458,7 +439,7 @@ export class ApiKeyService {
       () => {
         const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
         if (!row || !applies(row)) return false;
-        const intact = seal.matches(seal.apiKey(row), row.seal);
+        const intact = seal.intact.apiKey(row);
         if (!intact) reportTampered("api_keys", id);
         const next = { ...row, ...change };
         this.db

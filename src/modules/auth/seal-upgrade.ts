@@ -15,7 +15,13 @@
  */
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
-import type { CredentialSeal } from "../../plugins/auth/seal";
+import type {
+  CredentialSeal,
+  SealedAccount,
+  SealedApiKey,
+  SealedFamily,
+  SealedRefreshToken,
+} from "../../plugins/auth/seal";
 
 export const SEALS_MIGRATION = "0013_credential_seals";
 
@@ -40,75 +46,36 @@ export function credentialSealing(seal: CredentialSeal): {
   let sealed: SealedOnUpgrade | null = null;
   const sealAll = (db: AppDatabase) => {
     const sqlite = db.$client;
-    const accounts = sqlite
-      .query<
-        {
-          rowid: number;
-          id: string;
-          email: string;
-          emailKey: string | null;
-          passwordHash: string;
-          role: string;
-        },
-        []
-      >(
-        "SELECT rowid, id, email, email_key AS emailKey, password_hash AS passwordHash, role FROM users",
-      )
-      .all();
-    const setAccount = sqlite.prepare("UPDATE users SET seal = ? WHERE rowid = ?");
-    for (const row of accounts) setAccount.run(seal.account(row), row.rowid);
-
-    const keys = sqlite
-      .query<
-        {
-          rowid: number;
-          id: string;
-          prefix: string;
-          secretHash: string;
-          scopes: string;
-          userId: string | null;
-          expiresAt: number | null;
-          revokedAt: number | null;
-          origin: string;
-        },
-        []
-      >(
-        `SELECT rowid, id, prefix, secret_hash AS secretHash, scopes, user_id AS userId,
-                expires_at AS expiresAt, revoked_at AS revokedAt, origin FROM api_keys`,
-      )
-      .all();
-    const setKey = sqlite.prepare("UPDATE api_keys SET seal = ? WHERE rowid = ?");
-    for (const row of keys) setKey.run(seal.apiKey(row), row.rowid);
-
-    const tokens = sqlite
-      .query<
-        {
-          rowid: number;
-          id: string;
-          userId: string;
-          familyId: string;
-          tokenHash: string;
-          expiresAt: number;
-        },
-        []
-      >(
-        `SELECT rowid, id, user_id AS userId, family_id AS familyId, token_hash AS tokenHash,
-                expires_at AS expiresAt FROM refresh_tokens`,
-      )
-      .all();
-    const setToken = sqlite.prepare("UPDATE refresh_tokens SET seal = ? WHERE rowid = ?");
-    for (const row of tokens) setToken.run(seal.refreshToken(row), row.rowid);
-
-    const families = sqlite
-      .query<{ rowid: number; id: string; userId: string; revokedAt: number | null }, []>(
-        "SELECT rowid, id, user_id AS userId, revoked_at AS revokedAt FROM refresh_families",
-      )
-      .all();
-    const setFamily = sqlite.prepare("UPDATE refresh_families SET seal = ? WHERE rowid = ?");
-    for (const row of families) setFamily.run(seal.family(row), row.rowid);
-
-    const counts = { accounts: accounts.length, keys: keys.length, sessions: families.length };
-    sealed = counts.accounts + counts.keys + counts.sessions > 0 ? counts : null;
+    /** Seals every row `select` reads (by rowid) with `sealOf`; returns how many. */
+    const sealEach = <Row>(table: string, select: string, sealOf: (row: Row) => string) => {
+      const rows = sqlite.query<Row & { rowid: number }, []>(`SELECT rowid, ${select}`).all();
+      const update = sqlite.prepare(`UPDATE ${table} SET seal = ? WHERE rowid = ?`);
+      for (const row of rows) update.run(sealOf(row), row.rowid);
+      return rows.length;
+    };
+    const accounts = sealEach<SealedAccount>(
+      "users",
+      "id, email, email_key AS emailKey, password_hash AS passwordHash, role FROM users",
+      seal.account,
+    );
+    const keys = sealEach<SealedApiKey>(
+      "api_keys",
+      `id, prefix, secret_hash AS secretHash, scopes, user_id AS userId, expires_at AS expiresAt,
+       revoked_at AS revokedAt, origin FROM api_keys`,
+      seal.apiKey,
+    );
+    sealEach<SealedRefreshToken>(
+      "refresh_tokens",
+      `id, user_id AS userId, family_id AS familyId, token_hash AS tokenHash,
+       expires_at AS expiresAt FROM refresh_tokens`,
+      seal.refreshToken,
+    );
+    const sessions = sealEach<SealedFamily>(
+      "refresh_families",
+      "id, user_id AS userId, revoked_at AS revokedAt FROM refresh_families",
+      seal.family,
+    );
+    sealed = accounts + keys + sessions > 0 ? { accounts, keys, sessions } : null;
   };
   return { companions: new Map([[SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
 }

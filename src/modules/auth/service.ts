@@ -32,6 +32,7 @@ import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import type { Role } from "../../plugins/auth/principal";
 import type { CredentialSeal, TamperReport } from "../../plugins/auth/seal";
+import { sealedAccountColumns, sealedFamilyColumns } from "../../plugins/auth/sealed-columns";
 import {
   generateRefreshToken,
   type SigningKey,
@@ -212,7 +213,7 @@ export class AuthService {
   private sealed(row: UserRow | undefined): UserRow | null {
     if (!row) return null;
     const { seal, reportTampered } = this.options;
-    if (seal.matches(seal.account(row), row.seal)) return row;
+    if (seal.intact.account(row)) return row;
     reportTampered("users", row.id);
     return null;
   }
@@ -221,21 +222,19 @@ export class AuthService {
   private sealedRefresh(row: RefreshRow | undefined): RefreshRow | null {
     if (!row) return null;
     const { seal, reportTampered } = this.options;
-    if (!seal.matches(seal.refreshToken(row), row.seal)) {
+    if (!seal.intact.refreshToken(row)) {
       reportTampered("refresh_tokens", row.id);
       return null;
     }
     // No family row at all is refused by `usable`; one that is there must match its seal.
     if (
       row.family !== null &&
-      !seal.matches(
-        seal.family({
-          id: row.family,
-          userId: row.familyUserId ?? "",
-          revokedAt: row.familyRevokedAt,
-        }),
-        row.familySeal,
-      )
+      !seal.intact.family({
+        id: row.family,
+        userId: row.familyUserId ?? "",
+        revokedAt: row.familyRevokedAt,
+        seal: row.familySeal,
+      })
     ) {
       reportTampered("refresh_families", row.family);
       return null;
@@ -277,14 +276,7 @@ export class AuthService {
     db.transaction(
       () => {
         const rows = db
-          .select({
-            id: users.id,
-            email: users.email,
-            emailKey: users.emailKey,
-            passwordHash: users.passwordHash,
-            role: users.role,
-            seal: users.seal,
-          })
+          .select(sealedAccountColumns)
           .from(users)
           .where(isNull(users.emailKey))
           .orderBy(asc(users.createdAt), asc(users.id))
@@ -298,7 +290,7 @@ export class AuthService {
           }
           const address = { email: verdict.email, emailKey: verdict.key };
           // Resealed only if it was sealed as it stood: a row written into the file stays refused.
-          const intact = seal.matches(seal.account(row), row.seal);
+          const intact = seal.intact.account(row);
           db.update(users)
             .set(intact ? { ...address, seal: seal.account({ ...row, ...address }) } : address)
             .where(eq(users.id, row.id))
@@ -705,7 +697,7 @@ export class AuthService {
     const row = this.statements.userByEmail.get({ value: emailLookupKey(email) });
     if (!row) return null;
     const { seal } = this.options;
-    return { id: row.id, role: row.role, intact: seal.matches(seal.account(row), row.seal) };
+    return { id: row.id, role: row.role, intact: seal.intact.account(row) };
   }
 
   /**
@@ -719,7 +711,7 @@ export class AuthService {
         const current = this.statements.userById.get({ value: userId });
         if (!current) return false;
         const { seal, reportTampered } = this.options;
-        const intact = seal.matches(seal.account(current), current.seal);
+        const intact = seal.intact.account(current);
         // A tampered row's role column proves nothing: a demotion always ends its sessions.
         if (intact && current.role === role) return false;
         if (!intact) {
@@ -751,12 +743,7 @@ export class AuthService {
   /** Marks a family revoked, its tokens too, and tells every process. Call inside a transaction. */
   private revokeFamilyRows(familyId: string, now: number): void {
     const family = this.db
-      .select({
-        id: refreshFamilies.id,
-        userId: refreshFamilies.userId,
-        revokedAt: refreshFamilies.revokedAt,
-        seal: refreshFamilies.seal,
-      })
+      .select(sealedFamilyColumns)
       .from(refreshFamilies)
       .where(eq(refreshFamilies.id, familyId))
       .get();
@@ -764,7 +751,7 @@ export class AuthService {
       const { seal } = this.options;
       // Resealed with the revocation, so clearing it in the file breaks the seal; a row that did
       // not match before stays unmatched (and refused).
-      const intact = seal.matches(seal.family(family), family.seal);
+      const intact = seal.intact.family(family);
       this.db
         .update(refreshFamilies)
         .set(

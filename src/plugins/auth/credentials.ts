@@ -37,6 +37,7 @@ import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schem
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
 import { boundScopes, type Principal, type Scope } from "./principal";
 import type { CredentialSeal, TamperReport } from "./seal";
+import { sealedFamilyColumns, sealedKeyColumns } from "./sealed-columns";
 import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
 
 export type Verification =
@@ -57,16 +58,8 @@ interface CachedKey {
 /** The statements verification runs, prepared once per verifier. */
 function prepareStatements(db: AppDatabase) {
   const keyFields = {
-    id: apiKeys.id,
+    ...sealedKeyColumns,
     name: apiKeys.name,
-    prefix: apiKeys.prefix,
-    secretHash: apiKeys.secretHash,
-    scopes: apiKeys.scopes,
-    userId: apiKeys.userId,
-    expiresAt: apiKeys.expiresAt,
-    revokedAt: apiKeys.revokedAt,
-    origin: apiKeys.origin,
-    seal: apiKeys.seal,
     // The owner's row as its seal covers it: the role bounds the key's scopes.
     ownerId: users.id,
     ownerEmail: users.email,
@@ -75,11 +68,7 @@ function prepareStatements(db: AppDatabase) {
     ownerPasswordHash: users.passwordHash,
     ownerSeal: users.seal,
   };
-  const familyFields = {
-    userId: refreshFamilies.userId,
-    revokedAt: refreshFamilies.revokedAt,
-    seal: refreshFamilies.seal,
-  };
+  const familyFields = sealedFamilyColumns;
   return preparedOnUse({
     /** A key by its prefix, with its owner's role now (null: ownerless, or the owner row is gone). */
     findKey: () =>
@@ -199,7 +188,7 @@ export class CredentialVerifier {
     }
     // A revocation cleared in the file breaks the family's seal: the session stays ended.
     const { seal, reportTampered } = this.options;
-    if (!seal.matches(seal.family({ ...family, id: claims.fam }), family.seal)) {
+    if (!seal.intact.family(family)) {
       reportTampered("refresh_families", claims.fam);
       return { ok: false, reason: "revoked" };
     }
@@ -241,7 +230,7 @@ export class CredentialVerifier {
     }
     // Written into the file rather than by Palisade: as good as no key at all.
     const { seal, reportTampered } = this.options;
-    if (!seal.matches(seal.apiKey(row), row.seal)) {
+    if (!seal.intact.apiKey(row)) {
       reportTampered("api_keys", row.id);
       return { ok: false, reason: "invalid" };
     }
@@ -251,16 +240,14 @@ export class CredentialVerifier {
     if (row.userId !== null && row.ownerId === null) return { ok: false, reason: "revoked" };
     if (
       row.ownerId !== null &&
-      !seal.matches(
-        seal.account({
-          id: row.ownerId,
-          email: row.ownerEmail ?? "",
-          emailKey: row.ownerEmailKey,
-          passwordHash: row.ownerPasswordHash ?? "",
-          role: row.ownerRole ?? "",
-        }),
-        row.ownerSeal,
-      )
+      !seal.intact.account({
+        id: row.ownerId,
+        email: row.ownerEmail ?? "",
+        emailKey: row.ownerEmailKey,
+        passwordHash: row.ownerPasswordHash ?? "",
+        role: row.ownerRole ?? "",
+        seal: row.ownerSeal,
+      })
     ) {
       reportTampered("users", row.ownerId);
       return { ok: false, reason: "invalid" };

@@ -5,10 +5,9 @@
  * the start that adds the seal columns seals what was there, and no later start seals anything.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
-import { applyMigrations, MIGRATIONS_FOLDER } from "../../../src/db/migrate";
+import { applyMigrations } from "../../../src/db/migrate";
 import { credentialSealing, SEALS_MIGRATION } from "../../../src/modules/auth/seal-upgrade";
 import { generateApiKey, hashApiKey, keyPrefix } from "../../../src/plugins/auth/api-key-format";
 import { createCredentialSeal, tamperReporter } from "../../../src/plugins/auth/seal";
@@ -23,6 +22,7 @@ import {
 } from "../../support/app";
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
+import { migrationsUpTo } from "../../support/migrations";
 import { startService } from "../../support/process";
 
 const cleanups: (() => void)[] = [];
@@ -404,13 +404,7 @@ describe("tamper reports", () => {
 function databaseBeforeSeals() {
   const dir = tempDir();
   cleanups.push(dir.remove);
-  const folder = join(dir.path, "drizzle-0012");
-  cpSync(MIGRATIONS_FOLDER, folder, { recursive: true });
-  rmSync(join(folder, "0013_credential_seals.sql"));
-  const journalPath = join(folder, "meta", "_journal.json");
-  const journal = JSON.parse(readFileSync(journalPath, "utf8"));
-  journal.entries = journal.entries.filter((e: { idx: number }) => e.idx <= 12);
-  writeFileSync(journalPath, JSON.stringify(journal));
+  const folder = migrationsUpTo(dir.path, 12);
   const path = join(dir.path, "palisade.db");
   const db = openDatabase(path);
   applyMigrations(db, folder);

@@ -4,11 +4,10 @@
  * started with a key.
  */
 import { afterEach, expect, test } from "bun:test";
-import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadConfig } from "../../../src/config";
 import { openDatabase } from "../../../src/db/client";
-import { applyMigrations, MIGRATIONS_FOLDER } from "../../../src/db/migrate";
+import { applyMigrations } from "../../../src/db/migrate";
 import { createLogger } from "../../../src/logging/logger";
 import {
   GENESIS_HASH,
@@ -19,6 +18,7 @@ import {
 import { createServices } from "../../../src/services";
 import { LogCapture, tempDir } from "../../support/app";
 import { cliInProcess } from "../../support/cli";
+import { migrationsUpTo } from "../../support/migrations";
 
 const AUDIT_KEY = "upgrade-test-key-4e8a1c7f3b9d2065ee17a3c8b5f90d42";
 const dirs: { remove(): void }[] = [];
@@ -30,13 +30,7 @@ afterEach(() => {
 function legacyDatabase(options: { breakRow?: number } = {}) {
   const dir = tempDir();
   dirs.push(dir);
-  const folder = join(dir.path, "drizzle-0002");
-  cpSync(MIGRATIONS_FOLDER, folder, { recursive: true });
-  rmSync(join(folder, "0003_keyed_audit_chain.sql"));
-  const journalPath = join(folder, "meta", "_journal.json");
-  const journal = JSON.parse(readFileSync(journalPath, "utf8"));
-  journal.entries = journal.entries.filter((e: { idx: number }) => e.idx <= 2);
-  writeFileSync(journalPath, JSON.stringify(journal));
+  const folder = migrationsUpTo(dir.path, 2);
   const path = join(dir.path, "palisade.db");
   const db = openDatabase(path);
   applyMigrations(db, folder);

@@ -5,12 +5,12 @@
  * really expired; and rows it keeps must not stop it reaching the expired rows behind them.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type AppDatabase, openDatabase } from "../../../src/db/client";
-import { applyMigrations, MIGRATIONS_FOLDER } from "../../../src/db/migrate";
+import { applyMigrations } from "../../../src/db/migrate";
 import { SqliteLimiterStore } from "../../../src/plugins/rate-limit/sqlite-store";
 import { tempDir } from "../../support/app";
+import { migrationsUpTo } from "../../support/migrations";
 import { waitFor } from "../../support/wait";
 import { minuteStart, policy } from "./store-contract";
 
@@ -109,13 +109,7 @@ describe("migration 0011 (prune_after)", () => {
   test("keeps the counters a running service has, and the prune then deletes only the expired", async () => {
     const dir = tempDir();
     cleanup.push(() => dir.remove());
-    const folder = join(dir.path, "drizzle-0010");
-    cpSync(MIGRATIONS_FOLDER, folder, { recursive: true });
-    rmSync(join(folder, "0011_counters_prune_after.sql"));
-    const journalPath = join(folder, "meta", "_journal.json");
-    const journal = JSON.parse(readFileSync(journalPath, "utf8"));
-    journal.entries = journal.entries.filter((e: { idx: number }) => e.idx <= 10);
-    writeFileSync(journalPath, JSON.stringify(journal));
+    const folder = migrationsUpTo(dir.path, 10);
     const { db } = openFresh(folder);
     const now = minuteStart();
     const insert = db.$client.prepare(
