@@ -81,6 +81,11 @@ try {
   fail(migrationsFailed(config.databasePath, error));
 }
 
+// Said at once, before anything else can fail: a start that stops later must not have sealed
+// rows without a word (the audit event follows once the services exist).
+const sealedOnUpgrade = sealing.sealed();
+if (sealedOnUpgrade) logger.warn({ ...sealedOnUpgrade }, sealedMessage(sealedOnUpgrade));
+
 const newerMigrations = migrations.fromNewerReleases;
 if (newerMigrations > 0) {
   logger.warn(
@@ -106,9 +111,7 @@ try {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;
 }
-const sealedOnUpgrade = sealing.sealed();
 if (sealedOnUpgrade) {
-  logger.warn({ ...sealedOnUpgrade }, sealedMessage(sealedOnUpgrade));
   services.audit.record({
     type: "auth.credentials_sealed",
     outcome: "success",

@@ -49,7 +49,7 @@ export async function runCli(
   };
   const [name, ...rest] = argv;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
-    io.out(helpText(commands));
+    for (const line of helpText(commands).split("\n")) io.out(line);
     return name === undefined ? EXIT_USAGE : 0;
   }
   const command = commands.find((c) => c.name === name);
@@ -59,7 +59,9 @@ export async function runCli(
   }
   const args = parseArgs(rest);
   if (args.flags.help) {
-    io.out(`Usage: bun run cli ${command.usage}\n\n${command.summary}`);
+    io.out(`Usage: bun run cli ${command.usage}`);
+    io.out("");
+    io.out(command.summary);
     return 0;
   }
 

@@ -3,12 +3,14 @@
  * What the CLI prints comes partly from the database (key names and owners that clients chose,
  * ids and addresses, rows someone may have written into the file): a control character in it would
  * reach the operator's terminal as a command (clear the screen, recolour, rewrite the line above).
- * Every line is printed with its control characters spelt out (`\x1b`), line breaks and tabs kept.
+ * A line break in it would print a line of its own (a key listed as revoked above the real one).
+ * So every `out`/`err` call prints one line, with its control characters spelt out (`\x1b`,
+ * `\x0a`), tabs kept; a command with several lines calls once per line.
  */
 
-/** C0 controls but tab and newline, DEL, and the C1 controls (8-bit ESC sequences, CSI among them). */
+/** C0 controls but tab, DEL, and the C1 controls (8-bit ESC sequences, CSI among them). */
 function isControl(code: number): boolean {
-  return (code < 0x20 && code !== 0x09 && code !== 0x0a) || (code >= 0x7f && code <= 0x9f);
+  return (code < 0x20 && code !== 0x09) || (code >= 0x7f && code <= 0x9f);
 }
 
 export function terminalSafe(line: string): string {

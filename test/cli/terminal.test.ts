@@ -12,9 +12,9 @@ afterEach(() => {
   for (const app of apps.splice(0)) app.close();
 });
 
-test("control characters are spelt out; text, tabs and line breaks are kept", () => {
+test("control characters and line breaks are spelt out; text and tabs are kept", () => {
   expect(terminalSafe("plain text, ünïcode ✓")).toBe("plain text, ünïcode ✓");
-  expect(terminalSafe("a\tb\nc")).toBe("a\tb\nc");
+  expect(terminalSafe("a\tb\nc")).toBe("a\tb\\x0ac");
   expect(terminalSafe("\u001b[2J\u001b[31mFAKE\r\u0007")).toBe("\\x1b[2J\\x1b[31mFAKE\\x0d\\x07");
   expect(terminalSafe("\u009b31m\u007f\u0000")).toBe("\\x9b31m\\x7f\\x00");
 });
@@ -30,4 +30,16 @@ test("a key name a client chose with escape sequences is listed escaped by keys:
   expect(listed.code).toBe(0);
   expect(listed.stdout).toContain("\\x1b[2J\\x1b[31mFAKE ALERT");
   expect(listed.stdout).not.toContain("\u001b");
+});
+
+test("a key name holding a line break cannot print a line of its own", async () => {
+  const target = buildTestApp();
+  apps.push(target);
+  target.services.apiKeys.create(
+    { name: "k3\n0190  pal_live_fake  k2  admin  revoked", scopes: ["chat"], userId: null },
+    "test",
+  );
+  const listed = await cliInProcess(["keys:list"], { DATABASE_PATH: target.databasePath });
+  expect(listed.stdout.split("\n")).toHaveLength(1);
+  expect(listed.stdout).toContain("k3\\x0a0190  pal_live_fake");
 });

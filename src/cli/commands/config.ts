@@ -43,7 +43,9 @@ export const configCheck: Command = {
     for (const { name, suggestion } of config.unknownVariables) {
       context.err(`warning: unknown variable ${name}: did you mean ${suggestion}?`);
     }
-    context.out(JSON.stringify(describeConfig(config), null, 2));
+    for (const line of JSON.stringify(describeConfig(config), null, 2).split("\n")) {
+      context.out(line);
+    }
     return 0;
   },
 };

@@ -75,8 +75,9 @@ export const keysList: Command = {
     }
     const now = clock.now();
     for (const key of keys) {
-      const state =
-        key.revokedAt !== null
+      const state = !apiKeys.intact(key.id)
+        ? "refused (does not match its seal: written into the database file)"
+        : key.revokedAt !== null
           ? "revoked"
           : key.expiresAt !== null && key.expiresAt <= now
             ? "expired"
@@ -102,10 +103,15 @@ export const keysRevoke: Command = {
   run(args, context) {
     const id = args.positional[0];
     if (!id) throw new CliError("the key id is required", EXIT_USAGE);
-    if (!context.services().apiKeys.revoke(id, "cli")) {
+    const { apiKeys } = context.services();
+    if (!apiKeys.revoke(id, "cli")) {
       throw new CliError(`no active key has the id ${id}`);
     }
     context.out(`revoked ${id}`);
+    if (apiKeys.get(id)?.origin === "bootstrap") {
+      // Its row is what keeps it revoked; the variable would bring it back as a new entry.
+      context.err("this key comes from API_KEYS: remove it from API_KEYS too");
+    }
     return 0;
   },
 };

@@ -146,7 +146,7 @@ export class ApiKeyService {
   }
 
   /** Whether a key's row matches its seal (reported when it does not). */
-  private intact(id: string): boolean {
+  intact(id: string): boolean {
     const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
     if (!row) return false;
     const { seal, reportTampered } = this.options;

@@ -23,7 +23,7 @@ import {
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
 import { migrationsUpTo } from "../../support/migrations";
-import { startService } from "../../support/process";
+import { runToExit, startService } from "../../support/process";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -381,6 +381,27 @@ describe("operators acting on tampered rows", () => {
   });
 });
 
+describe("what the CLI shows of tampered keys", () => {
+  test("keys:list marks a key that fails its seal; keys:revoke of a bootstrap key says to remove it from API_KEYS", async () => {
+    const bootstrap = generateApiKey("live");
+    const target = buildTestApp({ env: { API_KEYS: `${bootstrap}:chat` } });
+    cleanups.push(() => target.close());
+    const made = createKey(target, ["chat"]);
+    target.db.$client.run("UPDATE api_keys SET scopes = '[\"admin\"]' WHERE id = ?", [
+      made.record.id,
+    ]);
+    const env = { DATABASE_PATH: target.databasePath, API_KEYS: `${bootstrap}:chat` };
+    const listed = await cliInProcess(["keys:list"], env);
+    const line = (id: string) => listed.stdout.split("\n").find((l) => l.startsWith(id)) ?? "";
+    expect(line(made.record.id)).toContain("refused (does not match its seal");
+    const bootstrapId = target.services.apiKeys.list().find((k) => k.origin === "bootstrap")!.id;
+    expect(line(bootstrapId)).toContain("  active  ");
+    const revoked = await cliInProcess(["keys:revoke", bootstrapId], env);
+    expect(revoked.code).toBe(0);
+    expect(revoked.stderr).toBe("this key comes from API_KEYS: remove it from API_KEYS too");
+  });
+});
+
 describe("tamper reports", () => {
   test("each row once, a long id cut to 64 characters, and reports go on past the memory's bound", () => {
     const lines: Record<string, unknown>[] = [];
@@ -520,6 +541,22 @@ describe("upgrading a database stored before seals", () => {
       SEALS_MIGRATION,
     ]);
     expect(sealing.sealed()).toEqual({ accounts: 1, keys: 1, sessions: 0 });
+  });
+
+  test("a start that stops after sealing (API_KEYS refused) has already said it sealed", async () => {
+    const { path, db } = databaseBeforeSeals();
+    const { key } = await oldRows(db.$client);
+    db.$client.close();
+    // The stored key is one made through the API: listing it in API_KEYS is refused at start.
+    const start = await runToExit(["bun", "run", "src/index.ts"], {
+      DATABASE_PATH: path,
+      AUDIT_SECRET_KEY,
+      PORT: "0",
+      API_KEYS: key,
+    });
+    expect(start.code).toBe(2);
+    expect(start.stderr).toContain("API_KEYS");
+    expect(start.stdout).toContain("sealed the credentials stored before this release");
   });
 
   test("a new database has nothing to seal: nothing is logged or audited", () => {
