@@ -13,10 +13,13 @@ export function benchFamily(
   familyId: string,
 ): void {
   const now = Date.now();
+  const email = `${userId}@bench.invalid`;
+  // Sealed as Palisade seals it: the chat route keeps turns only for an account that is there.
+  const account = { id: userId, email, emailKey: email, passwordHash: "unused", role: "user" };
   sqlite.run(
-    `INSERT OR IGNORE INTO users (id, email, password_hash, role, created_at, updated_at)
-     VALUES (?, ?, 'unused', 'user', ?, ?)`,
-    [userId, `${userId}@bench.invalid`, now, now],
+    `INSERT OR IGNORE INTO users (id, email, email_key, password_hash, role, created_at, updated_at, seal)
+     VALUES (?, ?, ?, 'unused', 'user', ?, ?, ?)`,
+    [userId, email, email, now, now, seal.account(account)],
   );
   sqlite.run(
     `INSERT OR IGNORE INTO refresh_families (id, user_id, created_at, expires_at, seal)
