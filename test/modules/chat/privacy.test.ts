@@ -132,6 +132,21 @@ describe("an owner gone before the turn is prepared, or while it runs", () => {
     expect(metrics).toContain('chat_requests_total{provider="offline",outcome="owner_gone"} 1');
   });
 
+  test("over HTTP: a signed-in user whose account row no longer holds gets 401, and nothing is kept", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    // The access token is still valid (signed, its session live); the account row is not: written
+    // into the file, it fails its seal, which is how the chat's owner check finds it gone.
+    target.db.$client.run("UPDATE users SET seal = NULL WHERE id = ?", [alice.userId]);
+    const response = await chat(target, asUser(alice), { message: "asked by a refused account" });
+    expect(response.status).toBe(401);
+    expect(((await response.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+    expect(target.db.select().from(chatUsage).all()).toEqual([]);
+    expect(target.db.select().from(chatConversations).all()).toEqual([]);
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('chat_requests_total{provider="offline",outcome="owner_gone"} 1');
+  });
+
   test("a key revoked while its turn on an existing conversation waits for the upstream adds nothing to it", async () => {
     const provider = gatedProvider();
     target = buildTestApp({ chatProvider: provider });
