@@ -7,9 +7,11 @@
  * client-address stage reads it (`server.requestIP`). No defence runs: no limiter, no token check,
  * no schema, no log.
  *
- * It measures what the issue's ratio targets cannot get under. A response's headers are written
- * by Bun per header, per response; seventeen of them cost more than the rest of a small JSON
- * answer. Whatever Palisade's defences cost, B's ratio to A stays below A′'s.
+ * It measures what the issue's ratio targets cannot get under. Building these headers for every
+ * response (their values change per request) costs more than the rest of a small JSON answer;
+ * the same headers prebuilt and reused cost Bun little, and plain `Bun.serve` doing this same work
+ * is no faster than Elysia (README, Performance: What limits). Whatever Palisade's defences cost,
+ * B's ratio to A stays below A′'s.
  */
 import { Elysia } from "elysia";
 import { securityResponseHeaders } from "../../src/plugins/security-headers";
