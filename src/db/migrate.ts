@@ -60,20 +60,20 @@ export function applyMigrations(
   if (applied !== null) refuseGaps(applied);
   if (applied !== null && newestOf(applied) >= LATEST_MIGRATION_MILLIS) return statusOf(applied);
   const sqlite = db.$client;
-  // drizzle's own table and rows, as its migrator writes them (test/db/migrations.test.ts holds
-  // the result to drizzle's migrator on the folder): only the transaction is ours, so that
-  // companions commit with their migration, and immediate, so that processes starting together
-  // on a new file migrate it one after the other instead of colliding.
-  // drizzle's statement to the whitespace: SQLite keeps a table's text as it was created.
+  // drizzle's own table and rows, as its migrator writes them, to the whitespace of the table's
+  // statement (SQLite keeps it as written; test/db/migrations.test.ts holds the result to
+  // drizzle's migrator on the folder). Only the transaction is ours: companions commit with their
+  // migration, and processes starting together on a new file migrate it one after the other.
   sqlite.run(
     'CREATE TABLE IF NOT EXISTS "__drizzle_migrations" (\n\t\t\t\tid SERIAL PRIMARY KEY,\n\t\t\t\thash text NOT NULL,\n\t\t\t\tcreated_at numeric\n\t\t\t)',
   );
   sqlite.run("BEGIN IMMEDIATE");
-  let before: Set<number> | null;
+  // The table exists now: what another process applied while this one waited is in it.
+  let before = new Set<number>();
   try {
-    before = appliedMigrationTimes(db);
-    if (before !== null) refuseGaps(before);
-    const newest = before === null ? Number.NEGATIVE_INFINITY : newestOf(before);
+    before = appliedMigrationTimes(db) ?? before;
+    refuseGaps(before);
+    const newest = newestOf(before);
     const record = sqlite.prepare(
       'INSERT INTO "__drizzle_migrations" ("hash", "created_at") VALUES (?, ?)',
     );
