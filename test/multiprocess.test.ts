@@ -8,11 +8,22 @@ import { join } from "node:path";
 import { tempDir } from "./support/app";
 import { freePort, runToExit, type ServiceProcess, startService } from "./support/process";
 
-/** Three service processes on one database file, pushed onto `into` as each starts. */
+/**
+ * Three service processes on one database file, pushed onto `into` as each starts, returned once
+ * each is ready: a process still hashing its dummy login password after "listening" (argon2id, on
+ * this 2-core machine) answers a burst late, after the others have taken the whole limit.
+ */
 async function startThree(env: Record<string, string>, into: ServiceProcess[]) {
   // Migrations run at start; starting one first keeps the others from racing to create tables.
   into.push(await startService(env));
   into.push(...(await Promise.all([startService(env), startService(env)])));
+  for (const service of into) {
+    const ready = new URL("/ready", service.url);
+    for (let tries = 0; (await fetch(ready)).status !== 200; tries++) {
+      if (tries >= 200) throw new Error(`${service.url} never became ready`);
+      await Bun.sleep(25);
+    }
+  }
 }
 
 /** Waits until at least `marginMs` remain in the current minute, so a burst stays in one window. */
