@@ -35,12 +35,12 @@ const app = bareRoutes(
       headers["ratelimit-policy"] = '"default";q=1000000;w=60';
       headers.ratelimit = `"default";r=${remaining};t=60`;
     })
-    // Built as Palisade builds a JSON answer (plugins/security-headers): a copy of the prebuilt set
-    // with the request's own headers laid over it.
+    // Built as Palisade builds a JSON answer (plugins/security-headers): on the prebuilt set, with
+    // the request's own headers laid over the response's copy of it.
     .mapResponse(function withPalisadeHeaders({ responseValue, set, route }) {
-      const init = { status: 200, headers: responses.headersFor(route, set.headers) };
+      const response = responses.respond(route, set.headers, responseValue, 200);
       set.headers = {};
-      return Response.json(responseValue, init);
+      return response;
     }),
 ).listen({ port, hostname: "127.0.0.1" });
 process.stderr.write(`ready ${app.server!.port}\n`);

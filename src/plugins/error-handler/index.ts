@@ -78,13 +78,15 @@ export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
 export function errorHandler({ logger, routes, report, responseHeaders }: ErrorHandlerOptions) {
   const allowedMethods = routeMethodIndex(routes);
   const routePatternOf = routePatternIndex(routes);
-  /** The answer's headers; set.headers is emptied so Elysia does not lay it over them again. */
-  const headersOf = (set: { headers: Record<string, unknown> }) => {
-    if (!responseHeaders) return set.headers as Record<string, string>;
+  /** The answer; set.headers is emptied so Elysia does not lay it over its headers again. */
+  const answer = (set: { headers: Record<string, unknown> }, body: string | null, status: number) => {
+    if (!responseHeaders) {
+      return new Response(body, { status, headers: set.headers as Record<string, string> });
+    }
     // A problem document or an empty answer is never HTML: the API's policy, whatever the path.
-    const headers = responseHeaders.headersFor("", set.headers);
+    const response = responseHeaders.respond("", set.headers, body, status);
     set.headers = {};
-    return headers;
+    return response;
   };
 
   return new Elysia({ name: "palisade.error-handler" })
@@ -108,7 +110,7 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
       };
       if (error instanceof EarlyAnswer) {
         set.status = error.status;
-        return new Response(null, { status: error.status, headers: headersOf(set) });
+        return answer(set, null, error.status);
       }
       const requestId = givenId || "unknown";
       // A request refused before routing (the limiter's store locked) carries the pattern of the
@@ -200,11 +202,12 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
       set.status = status;
       if (outcome.headers) Object.assign(set.headers, outcome.headers);
       set.headers["content-type"] = PROBLEM_CONTENT_TYPE;
-      return new Response(
+      return answer(
+        set,
         JSON.stringify(
           toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors, status),
         ),
-        { status, headers: headersOf(set) },
+        status,
       );
     })
     .as("global");

@@ -118,12 +118,10 @@ export function securityHeaders(responses: ResponseHeaders) {
           responses.fill(route, headers);
           return;
         }
-        const init = { status: set.status, headers: responses.headersFor(route, headers) };
+        const response = responses.respond(route, headers, responseValue, set.status);
         // Built: Elysia must not lay set.headers over it a second time.
         set.headers = {};
-        return typeof responseValue === "string"
-          ? new Response(responseValue, init)
-          : Response.json(responseValue, init);
+        return response;
       })
       .as("global")
   );

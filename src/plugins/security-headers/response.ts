@@ -9,8 +9,12 @@
  * (measured in process: 6–7 µs against 3–4 µs for copying a prebuilt `Headers` and setting the
  * per-request ones; over HTTP bare Elysia drops from 1.0× to 0.61× with them as an object, to 0.81×
  * from a prebuilt set). So the fixed headers never go into `set.headers`: the response is built
- * from a copy of the prebuilt set, then what the request set is laid over it (it wins, as it did
- * when the fixed headers were copied in first).
+ * on the prebuilt set, then what the request set is laid over it (it wins, as it did when the fixed
+ * headers were copied in first).
+ *
+ * A Response copies the Headers it is given into its own. So `respond` hands it the prebuilt set
+ * and lays the request's headers over the response's own copy: one copy a response, where copying
+ * the set first made two (measured in process: 3.8 → 3.3 µs a JSON answer).
  */
 
 type SetHeaders = Record<string, unknown>;
@@ -18,8 +22,11 @@ type SetHeaders = Record<string, unknown>;
 export interface ResponseHeaders {
   /** The fixed headers a response for `route` carries. */
   fixedFor(route: string): Readonly<Record<string, string>>;
-  /** The response headers: the fixed set for `route`, then `set` laid over it. */
-  headersFor(route: string, set: SetHeaders): Headers;
+  /**
+   * The answer for `route`: `body` as JSON (or as text when it is a string, or none when null), with
+   * the fixed headers for `route` and `set` laid over them.
+   */
+  respond(route: string, set: SetHeaders, body: unknown, status: number): Response;
   /**
    * Copies the fixed headers for `route` into `set` under what is already there: for the answers
    * Elysia builds itself from `set.headers` (streams, files, a handler's own Response).
@@ -39,22 +46,32 @@ export function createResponseHeaders(options: {
 
   return {
     fixedFor: (route) => byRoute.get(route) ?? fixed,
-    headersFor(route, set) {
-      const headers = new Headers(prebuiltByRoute.get(route) ?? prebuilt);
-      for (const name in set) {
-        const value = set[name];
-        if (value === undefined || value === null) continue;
-        if (Array.isArray(value)) {
-          // Several Set-Cookie lines: each its own header line, as Elysia sends them.
-          headers.delete(name);
-          for (const item of value) headers.append(name, String(item));
-        } else headers.set(name, String(value));
-      }
-      return headers;
+    respond(route, set, body, status) {
+      const init = { status, headers: prebuiltByRoute.get(route) ?? prebuilt };
+      const response =
+        body === null
+          ? new Response(null, init)
+          : typeof body === "string"
+            ? new Response(body, init)
+            : Response.json(body, init);
+      layOver(response.headers, set);
+      return response;
     },
     fill(route, set) {
       const own = byRoute.get(route) ?? fixed;
       for (const name in own) if (!(name in set)) set[name] = own[name];
     },
   };
+}
+
+function layOver(headers: Headers, set: SetHeaders): void {
+  for (const name in set) {
+    const value = set[name];
+    if (value === undefined || value === null) continue;
+    if (Array.isArray(value)) {
+      // Several Set-Cookie lines: each its own header line, as Elysia sends them.
+      headers.delete(name);
+      for (const item of value) headers.append(name, String(item));
+    } else headers.set(name, String(value));
+  }
 }
