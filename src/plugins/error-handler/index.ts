@@ -79,7 +79,11 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
   const allowedMethods = routeMethodIndex(routes);
   const routePatternOf = routePatternIndex(routes);
   /** The answer; set.headers is emptied so Elysia does not lay it over its headers again. */
-  const answer = (set: { headers: Record<string, unknown> }, body: string | null, status: number) => {
+  const answer = (
+    set: { headers: Record<string, unknown> },
+    body: string | null,
+    status: number,
+  ) => {
     if (!responseHeaders) {
       return new Response(body, { status, headers: set.headers as Record<string, string> });
     }
