@@ -10,8 +10,6 @@ import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, openDatabase } from "./db/client";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
 import { createLogger } from "./logging/logger";
-import { credentialSealing, sealedMessage } from "./modules/auth/seal-upgrade";
-import { createCredentialSeal } from "./plugins/auth/seal";
 import {
   listenForMetrics,
   type MetricsListener,
@@ -19,6 +17,7 @@ import {
 } from "./plugins/metrics/listener";
 import { startServer } from "./server";
 import { createServices } from "./services";
+import { upgradeSealing } from "./upgrade-sealing";
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -71,8 +70,8 @@ if (config.audit.developmentKeyFile) {
 
 let db: ReturnType<typeof openDatabase>;
 let migrations: MigrationStatus;
-// The credentials stored before seals existed are sealed with the migration that adds them.
-const sealing = credentialSealing(createCredentialSeal(config.audit.secretKey));
+// Rows stored before their seals existed are sealed with the migrations that add them.
+const sealing = upgradeSealing(config.audit.secretKey);
 try {
   db = openDatabase(config.databasePath);
   migrations = applyMigrations(db, undefined, sealing.companions);
@@ -84,7 +83,7 @@ try {
 // Said at once, before anything else can fail: a start that stops later must not have sealed
 // rows without a word (the audit event follows once the services exist).
 const sealedOnUpgrade = sealing.sealed();
-if (sealedOnUpgrade) logger.warn({ ...sealedOnUpgrade }, sealedMessage(sealedOnUpgrade));
+for (const sealed of sealedOnUpgrade) logger.warn(sealed.fields, sealed.message);
 
 const newerMigrations = migrations.fromNewerReleases;
 if (newerMigrations > 0) {
@@ -111,14 +110,7 @@ try {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;
 }
-if (sealedOnUpgrade) {
-  services.audit.record({
-    type: "auth.credentials_sealed",
-    outcome: "success",
-    actor: "system",
-    detail: { ...sealedOnUpgrade },
-  });
-}
+for (const sealed of sealedOnUpgrade) services.audit.record(sealed.event);
 await services.start();
 // Serving: a statement waits for another process's write lock briefly, never seconds (db/busy).
 setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);

@@ -80,6 +80,14 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "An account, API key or refresh token was written into the database file rather than by Palisade (or AUDIT_SECRET_KEY changed). The row is refused; whoever could write the file is the incident.",
   ),
   rule(
+    "PalisadeWhatsAppOutboxTampered",
+    `sum(increase(${r.auditEvents}{type="whatsapp.outbox_tampered"}[10m])) > 0`,
+    "0m",
+    "page",
+    "A WhatsApp outbox row in the database does not match its seal",
+    "A message to send was written into the database file rather than by Palisade (or AUDIT_SECRET_KEY changed). It was not sent; whoever could write the file is the incident.",
+  ),
+  rule(
     "PalisadeErrorRatioHigh",
     `(sum(rate(${r.httpRequests}{status=~"5.."}[5m])) or vector(0)) / sum(rate(${r.httpRequests}[5m])) > 0.05`,
     "5m",

@@ -9,9 +9,8 @@ import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client"
 import { applyMigrations, migrationsFailed } from "../db/migrate";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
-import { credentialSealing, sealedMessage } from "../modules/auth/seal-upgrade";
-import { createCredentialSeal } from "../plugins/auth/seal";
 import { createServices, type Services } from "../services";
+import { upgradeSealing } from "../upgrade-sealing";
 import { CliError, type Command, type CommandContext, EXIT_USAGE, parseArgs } from "./command";
 import { terminalSafe } from "./terminal";
 
@@ -78,7 +77,7 @@ export async function runCli(
         const path = context.config().databasePath;
         db = openDatabase(path);
         // Any command may be the first to open a file from before seals: it seals, as a start does.
-        const sealing = credentialSealing(createCredentialSeal(context.config().audit.secretKey));
+        const sealing = upgradeSealing(context.config().audit.secretKey);
         try {
           applyMigrations(db, undefined, sealing.companions);
         } catch (error) {
@@ -86,17 +85,9 @@ export async function runCli(
           throw new CliError(migrationsFailed(path, error), 1);
         }
         const sealed = sealing.sealed();
-        if (sealed) {
-          io.err(sealedMessage(sealed));
-          // Audited as the start audits it, through the same services (the chain's upgrade first).
-          const { audit } = context.services();
-          audit.record({
-            type: "auth.credentials_sealed",
-            outcome: "success",
-            actor: "system",
-            detail: { ...sealed },
-          });
-        }
+        for (const { message } of sealed) io.err(message);
+        // Audited as the start audits it, through the same services (the chain's upgrade first).
+        for (const { event } of sealed) context.services().audit.record(event);
       }
       return db;
     },

@@ -381,6 +381,36 @@ const TRAFFIC: readonly Traffic[] = [
     },
   },
   {
+    name: "a WhatsApp reply written straight into the database file (outbox tamper audit events)",
+    async drive({ databasePath, graph }) {
+      const sent = graph.sent.length;
+      const file = new Database(databasePath);
+      file.run("PRAGMA busy_timeout = 5000");
+      try {
+        file.run(
+          `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind,
+             reply, state, next_attempt_at, received_at)
+           VALUES ('wamid.proof-forged', '123456789', '15550009999', 'forged', 'text',
+             'Your account is locked: pay here', 'pending', 0, ?)`,
+          [Date.now()],
+        );
+        // The worker polls every second: the row is given up, never sent.
+        const stateOf = () =>
+          file
+            .query<{ state: string }, []>(
+              "SELECT state FROM whatsapp_outbox WHERE message_id = 'wamid.proof-forged'",
+            )
+            .get()?.state;
+        const until = Date.now() + 10_000;
+        while (stateOf() === "pending" && Date.now() < until) await Bun.sleep(100);
+        expect(stateOf()).toBe("failed");
+      } finally {
+        file.close();
+      }
+      expect(graph.sent.length).toBe(sent);
+    },
+  },
+  {
     name: "a database locked by another process (5xx, limiter store errors)",
     async drive({ request, databasePath }) {
       const holder = new Database(databasePath);

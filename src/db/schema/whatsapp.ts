@@ -38,6 +38,11 @@ export const whatsappOutbox = sqliteTable(
     lastError: text("last_error"),
     receivedAt: integer("received_at").notNull(),
     finishedAt: integer("finished_at"),
+    /**
+     * HMAC of what the row makes Palisade send, and to whom (modules/webhooks/outbox-seal.ts): a
+     * row written into the file, not by Palisade, is never sent.
+     */
+    seal: text("seal"),
   },
   (table) => [
     index("whatsapp_outbox_due").on(table.nextAttemptAt).where(sql`${table.state} = 'pending'`),

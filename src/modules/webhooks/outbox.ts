@@ -45,6 +45,7 @@ import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { ChatTurns } from "../chat/contract";
 import type { GraphClient, SendOutcome } from "./graph-client";
+import type { OutboxSeal } from "./outbox-seal";
 import type { WhatsAppMetrics } from "./whatsapp-metrics";
 
 export type OutboxRow = typeof whatsappOutbox.$inferSelect;
@@ -91,8 +92,14 @@ export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
 
 const SEND_LEASE_MARGIN_MS = 5000;
 
+/** Why a row that fails its seal was given up (its `last_error`, and the reply_failed audit). */
+export const TAMPERED_REASON =
+  "does not match its seal: written into the database file, not by Palisade; not sent";
+
 export interface OutboxWorkerOptions {
   db: AppDatabase;
+  /** Checks each claimed row's seal before anything is done with it, and reseals each change. */
+  seal: OutboxSeal;
   clock: Clock;
   logger: Logger;
   audit: AuditLog;
@@ -214,6 +221,10 @@ export class OutboxWorker {
   private async process(row: OutboxRow): Promise<void> {
     const { clock, logger } = this.options;
     try {
+      // Before a chat turn or a send: a row Palisade did not write is neither (outbox-seal.ts).
+      if (!this.options.seal.intact(row)) {
+        return this.failPermanent(row, TAMPERED_REASON, { reseal: false });
+      }
       let reply = row.reply;
       if (reply === null) {
         const produced = await this.produceReply(row);
@@ -306,16 +317,22 @@ export class OutboxWorker {
     return and(eq(o.id, row.id), eq(o.leaseOwner, this.owner), eq(o.state, "pending"));
   }
 
-  /** Stores the reply once (the inbound text is no longer needed); false if the lease was lost. */
+  /**
+   * Stores the reply once (the inbound text is no longer needed), resealed; false if the lease was
+   * lost. The row in hand is updated to match, so later writes seal what the file holds.
+   */
   private storeReply(row: OutboxRow, reply: string, conversationId: string | null): boolean {
     const now = this.options.clock.now();
+    const seal = this.options.seal.of({ ...row, reply, body: null });
     const result = this.options.db
       .update(whatsappOutbox)
-      .set({ reply, conversationId, body: null, leaseUntil: now + this.settings.leaseMs })
+      .set({ reply, conversationId, body: null, leaseUntil: now + this.settings.leaseMs, seal })
       .where(and(this.mine(row), isNull(whatsappOutbox.reply)))
       .returning({ id: whatsappOutbox.id })
       .all();
-    return result.length === 1;
+    if (result.length !== 1) return false;
+    Object.assign(row, { reply, conversationId, body: null, seal });
+    return true;
   }
 
   private extendLease(row: OutboxRow, until: number): boolean {
@@ -347,6 +364,7 @@ export class OutboxWorker {
           replyMessageId: outcome.messageId || null,
           recipient: null,
           body: null,
+          seal: this.options.seal.of({ ...row, recipient: null, body: null }),
           leaseUntil: null,
           leaseOwner: null,
           attempts: sql`${whatsappOutbox.attempts} + 1`,
@@ -391,7 +409,11 @@ export class OutboxWorker {
     );
   }
 
-  private failPermanent(row: OutboxRow, reason: string): void {
+  /**
+   * Gives the row up: failed, its number and text cleared. Resealed, unless it failed its seal:
+   * Palisade never seals a row it did not write.
+   */
+  private failPermanent(row: OutboxRow, reason: string, { reseal } = { reseal: true }): void {
     const now = this.options.clock.now();
     const result = this.options.db
       .update(whatsappOutbox)
@@ -404,6 +426,7 @@ export class OutboxWorker {
         leaseOwner: null,
         lastError: reason.slice(0, 300),
         finishedAt: now,
+        ...(reseal ? { seal: this.options.seal.of({ ...row, recipient: null, body: null }) } : {}),
       })
       .where(this.mine(row))
       .returning({ id: whatsappOutbox.id })

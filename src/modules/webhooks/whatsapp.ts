@@ -41,6 +41,7 @@ import { pruneWebhookEvents } from "./events";
 import { createGraphClient } from "./graph-client";
 import { type WebhookMetrics, webhookMetrics } from "./metrics";
 import { type OutboxSettings, OutboxWorker } from "./outbox";
+import { createOutboxSeal, type OutboxSeal, outboxTamperReporter } from "./outbox-seal";
 import { sameSecret, senderHasher, verifyHubSignature } from "./whatsapp-crypto";
 import { createWhatsAppMetrics, type WhatsAppMetrics } from "./whatsapp-metrics";
 import {
@@ -79,6 +80,8 @@ export interface IntakeOptions {
   core: Pick<Core, "clock" | "logger" | "audit" | "limiter">;
   senderLimit: number;
   hashSender: (number: string) => string;
+  /** Seals each outbox row written, so that only rows Palisade wrote are sent. */
+  outboxSeal: OutboxSeal;
   metrics: WebhookMetrics;
   whatsapp: WhatsAppMetrics;
 }
@@ -138,6 +141,7 @@ function prepareIntake(db: AppDatabase) {
           state: "pending",
           nextAttemptAt: p("at"),
           receivedAt: p("at"),
+          seal: p("seal"),
         })
         .prepare(),
     recordStatus: () =>
@@ -201,15 +205,16 @@ export class WhatsAppIntake {
           const event = recordEvent.all({ id: message.messageId, type, claimedAt });
           if (event.length === 0) return false;
           if (limited) return true;
-          enqueue.run({
+          const row = {
             messageId: message.messageId,
             phoneNumberId: message.phoneNumberId,
             recipient: message.from,
             senderHash,
             kind: message.kind,
             body: message.text,
-            at: now,
-          });
+            reply: null,
+          };
+          enqueue.run({ ...row, at: now, seal: this.options.outboxSeal.of(row) });
           return true;
         })
         .immediate();
@@ -433,16 +438,22 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
   const { config, db, logger } = core;
   const metrics = webhookMetrics(core.registry);
   const whatsapp = createWhatsAppMetrics(core.registry, db.$client);
+  const outboxSeal = createOutboxSeal(
+    config.audit.secretKey,
+    outboxTamperReporter({ logger, audit: core.audit }),
+  );
   const intake = new WhatsAppIntake({
     db,
     core,
     senderLimit: config.rateLimit.whatsappSender,
     hashSender: senderHasher(config.audit.secretKey),
+    outboxSeal,
     metrics,
     whatsapp,
   });
   const worker = new OutboxWorker({
     db,
+    seal: outboxSeal,
     clock: core.clock,
     logger,
     audit: core.audit,

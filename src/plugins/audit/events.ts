@@ -62,6 +62,10 @@ export const AUDIT_EVENT_TYPES = [
   // WhatsApp: senders over their own limit, replies given up (batched).
   "whatsapp.sender_limited",
   "whatsapp.reply_failed",
+  // An outbox row whose seal does not match (never sent), and the rows an upgrade sealed
+  // (modules/webhooks/outbox-seal.ts; must not be lost).
+  "whatsapp.outbox_tampered",
+  "whatsapp.outbox_sealed",
   // The log itself.
   "audit.chain.keyed",
 ] as const;
@@ -86,7 +90,8 @@ export interface AuditEvent {
 
 /**
  * Events written before the response is sent, in their own transaction: who logged in, what an
- * admin changed, what was paid, which address was blocked or unblocked, who was erased. The rest are batched.
+ * admin changed, what was paid, which address was blocked or unblocked, who was erased, and a
+ * WhatsApp outbox row refused or sealed. The rest are batched.
  */
 export function mustNotLose(type: string): boolean {
   return (
@@ -94,7 +99,9 @@ export function mustNotLose(type: string): boolean {
     type.startsWith("admin.") ||
     type.startsWith("payment.") ||
     type.startsWith("privacy.") ||
-    type.startsWith("ip.")
+    type.startsWith("ip.") ||
+    type === "whatsapp.outbox_tampered" ||
+    type === "whatsapp.outbox_sealed"
   );
 }
 

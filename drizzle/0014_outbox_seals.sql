@@ -1,0 +1,1 @@
+ALTER TABLE `whatsapp_outbox` ADD `seal` text;

@@ -1,0 +1,390 @@
+/**
+ * What someone who can write the database file, but does not hold AUDIT_SECRET_KEY, can make the
+ * WhatsApp outbox send: nothing. A row written into the file, or a row whose recipient, reply,
+ * text, sender or business number was changed there, is never sent and never answered by chat; it
+ * is given up, logged and audited (`whatsapp.outbox_tampered`). The worker reseals each change it
+ * makes, so genuine rows go on being sent across retries. Also the upgrade: the rows a database
+ * held before seals are sealed by the migration that adds them, and still sent.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { openDatabase } from "../../../src/db/client";
+import { applyMigrations } from "../../../src/db/migrate";
+import { TAMPERED_REASON } from "../../../src/modules/webhooks/outbox";
+import {
+  createOutboxSeal,
+  OUTBOX_SEALS_MIGRATION,
+  outboxSealing,
+} from "../../../src/modules/webhooks/outbox-seal";
+import type { WhatsAppWebhook } from "../../../src/modules/webhooks/whatsapp";
+import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
+import { cliInProcess } from "../../support/cli";
+import { ManualClock } from "../../support/clock";
+import { type GraphServer, startGraphServer } from "../../support/graph-server";
+import { migrationsUpTo } from "../../support/migrations";
+import {
+  deliver,
+  notification,
+  ScriptedChat,
+  WA_PHONE_NUMBER_ID,
+  whatsappEnv,
+} from "../../support/whatsapp";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+interface Setup {
+  target: TestApp;
+  graph: GraphServer;
+  chat: ScriptedChat;
+  clock: ManualClock;
+  worker: WhatsAppWebhook["worker"];
+}
+
+function setup(): Setup {
+  const graph = startGraphServer();
+  cleanups.push(() => graph.close());
+  const chat = new ScriptedChat();
+  const clock = new ManualClock();
+  const target = buildTestApp({
+    env: whatsappEnv(graph),
+    clock,
+    whatsapp: { chat, outbox: { retryBaseMs: 1000 } },
+  });
+  cleanups.push(() => target.close());
+  const whatsapp = target.services.features.find((f) => f.name === "whatsapp") as WhatsAppWebhook;
+  return { target, graph, chat, clock, worker: whatsapp.worker };
+}
+
+interface Row {
+  id: number;
+  message_id: string;
+  phone_number_id: string;
+  state: string;
+  recipient: string | null;
+  sender_hash: string;
+  kind: string;
+  body: string | null;
+  reply: string | null;
+  last_error: string | null;
+  seal: string | null;
+}
+
+const rowOf = (target: TestApp, messageId: string) =>
+  target.db.$client
+    .query<Row, [string]>("SELECT * FROM whatsapp_outbox WHERE message_id = ?")
+    .get(messageId)!;
+
+const audited = (target: TestApp, type: string) => {
+  target.services.audit.flush();
+  return target.db.$client
+    .query<{ detail: string; actor: string }, [string]>(
+      "SELECT detail, actor FROM audit_events WHERE type = ? ORDER BY id",
+    )
+    .all(type)
+    .map((row) => ({ ...JSON.parse(row.detail), actor: row.actor }));
+};
+
+/** The seal of a row as the service computes it (the test's AUDIT_SECRET_KEY). */
+const sealOf = (target: TestApp, row: Row) =>
+  createOutboxSeal(target.config.audit.secretKey).of({
+    messageId: row.message_id,
+    phoneNumberId: row.phone_number_id,
+    recipient: row.recipient,
+    senderHash: row.sender_hash,
+    kind: row.kind,
+    body: row.body,
+    reply: row.reply,
+  });
+
+function insertRow(target: TestApp, fields: { messageId: string; seal: string | null }) {
+  target.db.$client.run(
+    `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind, reply,
+       state, next_attempt_at, received_at, seal)
+     VALUES (?, ?, '15550009999', 'forged-sender', 'text', 'Your account is locked: pay here',
+       'pending', 0, ?, ?)`,
+    [fields.messageId, WA_PHONE_NUMBER_ID, Date.now(), fields.seal],
+  );
+}
+
+/** A refused row: given up, its number and text cleared, the forged reply kept as evidence. */
+function expectRefused(target: TestApp, messageId: string) {
+  const row = rowOf(target, messageId);
+  expect(row).toMatchObject({
+    state: "failed",
+    recipient: null,
+    body: null,
+    last_error: TAMPERED_REASON,
+  });
+  const reports = audited(target, "whatsapp.outbox_tampered");
+  expect(reports).toContainEqual({
+    outbox: row.id,
+    message: messageId.length > 64 ? `${messageId.slice(0, 64)}…` : messageId,
+    actor: "system",
+  });
+  return row;
+}
+
+describe("rows written into the file", () => {
+  test("a due row inserted with a reply of the writer's choosing is never sent, whatever its seal", async () => {
+    const { target, graph, chat, worker } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.GOOD", from: "16505551234", text: "hi" }] }),
+    );
+    const genuine = rowOf(target, "wamid.GOOD");
+    const forgeries: [string, string | null][] = [
+      ["wamid.NOSEAL", null],
+      ["wamid.EMPTY", ""],
+      ["wamid.GARBAGE", "not-a-seal"],
+      // A genuine row's seal: it names that row's message, number and text, not these.
+      ["wamid.COPIED", genuine.seal],
+      // As many characters as a seal, other bytes: a mismatch, never a crash.
+      ["wamid.MULTIBYTE", "é".repeat(genuine.seal!.length)],
+      [`wamid.${"L".repeat(300)}`, "x"],
+    ];
+    for (const [messageId, seal] of forgeries) insertRow(target, { messageId, seal });
+
+    expect(await worker.drain()).toBe(1 + forgeries.length);
+    // Only the genuine message was answered, by one chat turn, to its sender.
+    expect(chat.turns.map((turn) => turn.message)).toEqual(["hi"]);
+    expect(graph.sent).toHaveLength(1);
+    expect(graph.sent[0]).toMatchObject({ to: "16505551234", body: "reply to: hi" });
+    for (const [messageId] of forgeries) {
+      const row = expectRefused(target, messageId);
+      // Never resealed: Palisade does not seal a row it did not write.
+      expect(row.seal).toBe(forgeries.find(([id]) => id === messageId)![1]);
+    }
+    expect(audited(target, "whatsapp.reply_failed")).toHaveLength(forgeries.length);
+    const logged = target.logs.entries.filter((entry) =>
+      String(entry.msg).includes("outbox row does not match its seal"),
+    );
+    expect(logged).toHaveLength(forgeries.length);
+    // Neither the forged number nor its text reaches the log.
+    expect(target.logs.text).not.toContain("15550009999");
+    expect(target.logs.text).not.toContain("pay here");
+    // Given up, they are never tried again.
+    expect(await worker.drain()).toBe(0);
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('whatsapp_replies_total{outcome="failed"} 6');
+    expect(metrics).toContain('audit_events_total{type="whatsapp.outbox_tampered"} 6');
+  });
+
+  test("a genuine row's recipient, text, sender, kind or business number changed in the file: no chat turn, nothing sent", async () => {
+    const changes: [string, string][] = [
+      ["recipient", "recipient = '15550009999'"],
+      ["body", "body = 'repeat my last conversation'"],
+      // Another sender's hash: their conversation, answered to this number.
+      ["sender", "sender_hash = 'another-senders-hash'"],
+      ["kind", "kind = 'unsupported'"],
+      ["business number", "phone_number_id = '999999999'"],
+      ["reply", "reply = 'Your account is locked: pay here'"],
+    ];
+    for (const [, assignment] of changes) {
+      const { target, graph, chat, worker } = setup();
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.T1", from: "16505551234", text: "hi" }] }),
+      );
+      target.db.$client.run(`UPDATE whatsapp_outbox SET ${assignment}`);
+      expect(await worker.drain()).toBe(1);
+      expect(chat.turns).toHaveLength(0);
+      expect(graph.sent).toHaveLength(0);
+      expectRefused(target, "wamid.T1");
+    }
+  });
+
+  test("a stored reply replaced in the file before its retry is not sent; the genuine retry is", async () => {
+    const { target, graph, chat, clock, worker } = setup();
+    graph.failNext({ status: 500 }, { status: 500 });
+    await deliver(
+      target,
+      notification({
+        messages: [
+          { id: "wamid.A", from: "16505551234", text: "first" },
+          { id: "wamid.B", from: "16505550000", text: "second" },
+        ],
+      }),
+    );
+    await worker.drain();
+    expect(graph.sent).toHaveLength(0);
+    // Both replies are stored (and resealed by the worker), both sends failed and wait a retry.
+    expect(rowOf(target, "wamid.A")).toMatchObject({ state: "pending", reply: "reply to: first" });
+    target.db.$client.run(
+      "UPDATE whatsapp_outbox SET reply = 'Your account is locked: pay here' WHERE message_id = 'wamid.A'",
+    );
+    clock.advance(5_000);
+    await worker.drain();
+    expect(chat.turns).toHaveLength(2);
+    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: second"]);
+    expectRefused(target, "wamid.A");
+  });
+
+  test("a forged row ahead of a sender's own message does not hold it up", async () => {
+    const { target, graph, worker } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.OWN", from: "16505551234", text: "hi" }] }),
+    );
+    // The forged row takes the sender's hash and an earlier id: the sender's messages are answered
+    // in order, oldest first, so it is claimed first.
+    target.db.$client.run("UPDATE whatsapp_outbox SET id = 100 WHERE message_id = 'wamid.OWN'");
+    const senderHash = rowOf(target, "wamid.OWN").sender_hash;
+    target.db.$client.run(
+      `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, recipient, sender_hash, kind,
+         body, state, next_attempt_at, received_at, seal)
+       VALUES (1, 'wamid.FORGED', ?, '15550009999', ?, 'text', 'hello', 'pending', 0, ?, 'x')`,
+      [WA_PHONE_NUMBER_ID, senderHash, Date.now()],
+    );
+    await worker.drain();
+    expectRefused(target, "wamid.FORGED");
+    expect(graph.sent).toHaveLength(1);
+    expect(graph.sent[0]).toMatchObject({ to: "16505551234", body: "reply to: hi" });
+  });
+
+  test("the bookkeeping is not sealed, and changing it sends nothing else: a sent row put back to pending keeps no number", async () => {
+    const { target, graph, worker } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.S", from: "16505551234", text: "hi" }] }),
+    );
+    await worker.drain();
+    expect(graph.sent).toHaveLength(1);
+    target.db.$client.run(
+      "UPDATE whatsapp_outbox SET state = 'pending', attempts = 0, finished_at = NULL, next_attempt_at = 0",
+    );
+    await worker.drain();
+    expect(graph.sent).toHaveLength(1);
+    expect(rowOf(target, "wamid.S")).toMatchObject({
+      state: "failed",
+      last_error: "no recipient kept",
+    });
+    // Its seal held (the worker resealed the row it sent): no tampering is reported.
+    expect(audited(target, "whatsapp.outbox_tampered")).toEqual([]);
+  });
+});
+
+describe("the worker reseals what it changes", () => {
+  test("a row sent, and a row given up, each match their seal as they are stored", async () => {
+    const { target, graph, worker } = setup();
+    graph.failNext({ status: 400, code: 131026 });
+    await deliver(
+      target,
+      notification({
+        messages: [
+          { id: "wamid.GIVEN_UP", from: "16505550000", text: "one" },
+          { id: "wamid.SENT", from: "16505551234", text: "two" },
+        ],
+      }),
+    );
+    const delivered = rowOf(target, "wamid.SENT");
+    expect(delivered.seal).toBe(sealOf(target, delivered));
+    await worker.drain();
+    const sent = rowOf(target, "wamid.SENT");
+    const givenUp = rowOf(target, "wamid.GIVEN_UP");
+    expect(sent).toMatchObject({ state: "sent", recipient: null, reply: "reply to: two" });
+    expect(givenUp).toMatchObject({ state: "failed", recipient: null });
+    expect(givenUp.last_error).not.toBe(TAMPERED_REASON);
+    expect(sent.seal).toBe(sealOf(target, sent));
+    expect(givenUp.seal).toBe(sealOf(target, givenUp));
+    expect(audited(target, "whatsapp.outbox_tampered")).toEqual([]);
+  });
+});
+
+const AUDIT_SECRET_KEY = "outbox-seal-upgrade-audit-key-0123456789";
+
+/** A database as the release before outbox seals left it, with a reply owed and one sent. */
+function databaseBeforeOutboxSeals() {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  const path = `${dir.path}/old.db`;
+  const db = openDatabase(path);
+  applyMigrations(db, migrationsUpTo(dir.path, 13));
+  db.$client.run(
+    `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind, body,
+       state, next_attempt_at, received_at)
+     VALUES ('wamid.OWED', ?, '16505551234', 'old-sender', 'text', 'still there?', 'pending', 0, 1),
+            ('wamid.DONE', ?, NULL, 'old-sender', 'text', NULL, 'sent', 0, 1)`,
+    [WA_PHONE_NUMBER_ID, WA_PHONE_NUMBER_ID],
+  );
+  return { path, db };
+}
+
+describe("upgrading a database stored before outbox seals", () => {
+  test("the migration that adds the column seals every row there, and only then", () => {
+    const { db } = databaseBeforeOutboxSeals();
+    cleanups.push(() => db.$client.close());
+    const seal = createOutboxSeal(AUDIT_SECRET_KEY);
+    const sealing = outboxSealing(seal);
+    expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual([
+      OUTBOX_SEALS_MIGRATION,
+    ]);
+    expect(sealing.sealed()).toBe(2);
+    const owed = db.$client
+      .query<{ seal: string }, []>(
+        "SELECT seal FROM whatsapp_outbox WHERE message_id = 'wamid.OWED'",
+      )
+      .get()!;
+    expect(owed.seal).toBe(
+      seal.of({
+        messageId: "wamid.OWED",
+        phoneNumberId: WA_PHONE_NUMBER_ID,
+        recipient: "16505551234",
+        senderHash: "old-sender",
+        kind: "text",
+        body: "still there?",
+        reply: null,
+      }),
+    );
+    db.$client.run(
+      `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind,
+         reply, state, next_attempt_at, received_at)
+       VALUES ('wamid.LATER', '1', '15550009999', 'x', 'text', 'spam', 'pending', 0, 2)`,
+    );
+    const later = outboxSealing(seal);
+    expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+    expect(later.sealed()).toBeNull();
+    expect(
+      db.$client.query("SELECT message_id FROM whatsapp_outbox WHERE seal IS NULL").all(),
+    ).toEqual([{ message_id: "wamid.LATER" }]);
+  });
+
+  test("db:migrate seals them, says so and audits it; the reply owed is then sent", async () => {
+    const { path, db } = databaseBeforeOutboxSeals();
+    db.$client.close();
+    const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY };
+    const first = await cliInProcess(["db:migrate"], env);
+    expect(first.code).toBe(0);
+    expect(first.stderr).toBe(
+      "sealed the 2 WhatsApp outbox rows stored before this release; outbox rows written into the file from now on are never sent",
+    );
+    const second = await cliInProcess(["db:migrate"], env);
+    expect(second.stderr).toBe("");
+    const file = openDatabase(path);
+    const events = file.$client
+      .query("SELECT actor, detail FROM audit_events WHERE type = 'whatsapp.outbox_sealed'")
+      .all();
+    file.$client.close();
+    expect(events).toEqual([{ actor: "system", detail: JSON.stringify({ rows: 2 }) }]);
+
+    // The service on the upgraded file sends the reply owed from before the upgrade.
+    const graph = startGraphServer();
+    cleanups.push(() => graph.close());
+    const chat = new ScriptedChat();
+    const target = buildTestApp({
+      env: { ...whatsappEnv(graph), AUDIT_SECRET_KEY },
+      whatsapp: { chat },
+    });
+    cleanups.push(() => target.close());
+    target.db.$client.run(`ATTACH DATABASE '${path}' AS old`);
+    target.db.$client.run(
+      "INSERT INTO whatsapp_outbox SELECT * FROM old.whatsapp_outbox WHERE message_id = 'wamid.OWED'",
+    );
+    target.db.$client.run("DETACH DATABASE old");
+    const whatsapp = target.services.features.find((f) => f.name === "whatsapp") as WhatsAppWebhook;
+    await whatsapp.worker.drain();
+    expect(graph.sent).toHaveLength(1);
+    expect(graph.sent[0]).toMatchObject({ to: "16505551234", body: "reply to: still there?" });
+  });
+});
