@@ -6,12 +6,13 @@ import { configCheck } from "./config";
 import { dbBackup, dbMigrate } from "./db";
 import { keysCreate, keysList, keysRevoke } from "./keys";
 import { usageReset, usageShow } from "./usage";
-import { usersCreate, usersRole } from "./users";
+import { usersCreate, usersErase, usersRole } from "./users";
 
 /** Every operator command, in the order the help screen lists them. */
 export const COMMANDS: readonly Command[] = [
   usersCreate,
   usersRole,
+  usersErase,
   keysCreate,
   keysList,
   keysRevoke,

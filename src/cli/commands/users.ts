@@ -70,3 +70,35 @@ export const usersRole: Command = {
     return 0;
   },
 };
+
+export const usersErase: Command = {
+  name: "users:erase",
+  summary:
+    "Erase an account as DELETE /api/me does (for a user who cannot sign in to do it): sessions and API keys revoked, data deleted, audit rows pseudonymised",
+  usage: "users:erase --email E --yes",
+  run(args, context) {
+    const email = requireFlag(args, "email");
+    const { auth, privacy } = context.services();
+    const user = auth.accountForOperator(email);
+    if (!user) throw new CliError(`no account has the email ${email}`);
+    // Irreversible: the command says what it would erase until it is told to.
+    if (args.flags.yes !== true) {
+      throw new CliError(
+        `this erases the account of ${email} (${user.id}) and everything held about it, for good; add --yes to erase it`,
+        EXIT_USAGE,
+      );
+    }
+    if (!privacy.erase(user.id, { ip: null, requestId: null, by: "operator" })) {
+      throw new CliError(`no account has the email ${email}`);
+    }
+    context.out(
+      `erased ${email} (${user.id}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
+    );
+    if (!user.intact) {
+      context.err(
+        `the account of ${email} did not match its seal (it was written into the database file); it was erased all the same`,
+      );
+    }
+    return 0;
+  },
+};

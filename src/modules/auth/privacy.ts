@@ -52,6 +52,8 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
 export function account(db: AppDatabase, auth: AuthService): PrivacyAccount {
   return {
     find: (userId) => auth.findUser(userId),
+    stored: (userId) =>
+      db.select({ id: users.id }).from(users).where(eq(users.id, userId)).get() !== undefined,
     remove(userId) {
       db.delete(users).where(eq(users.id, userId)).run();
     },

@@ -19,8 +19,22 @@ export type { ErasureContext, ExportContext, PrivacyContributor } from "./contri
 
 /** The account itself: the export's profile, and the row erasure deletes last. */
 export interface PrivacyAccount {
+  /** The profile of an account Palisade trusts (its row matches its seal), or null. */
   find(userId: string): object | null;
+  /**
+   * Whether a row with this id is stored at all, trusted or not: an operator may erase an account
+   * whose row fails its seal, whose owner can no longer sign in to erase it.
+   */
+  stored(userId: string): boolean;
   remove(userId: string): void;
+}
+
+/** Who asked for an erasure: the signed-in user (DELETE /api/me), or an operator (the CLI). */
+export interface ErasureRequest {
+  ip: string | null;
+  requestId: string | null;
+  /** `operator`: `users:erase`, which also erases an account whose row fails its seal. */
+  by?: "user" | "operator";
 }
 
 export interface PrivacyServiceOptions {
@@ -70,9 +84,11 @@ export class PrivacyService {
     return removed;
   }
 
-  erase(userId: string, meta: { ip: string | null; requestId: string | null }): boolean {
+  /** Erases the account and everything held about it; false when there is no such account. */
+  erase(userId: string, meta: ErasureRequest): boolean {
     const { sqlite, account, audit, contributors } = this.options;
-    if (!account.find(userId)) return false;
+    const byOperator = meta.by === "operator";
+    if (byOperator ? !account.stored(userId) : !account.find(userId)) return false;
     const pseudonym = this.pseudonymOf(`user:${userId}`);
     sqlite
       .transaction(() => {
@@ -86,6 +102,7 @@ export class PrivacyService {
       outcome: "success",
       actor: pseudonym,
       requestId: meta.requestId,
+      ...(byOperator ? { detail: { by: "operator" } } : {}),
     });
     return true;
   }

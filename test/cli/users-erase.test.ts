@@ -1,0 +1,157 @@
+/**
+ * `users:erase`: an operator erases an account as `DELETE /api/me` does, for a user who cannot sign
+ * in to do it (a lost password, or an account row that fails its seal). It asks for `--yes` before
+ * doing anything, then revokes the sessions and keys, deletes the data, pseudonymises the audit
+ * rows (the chain still verifies) and audits the erasure as the operator's.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { AuditKeys } from "../../src/plugins/audit/chain";
+import { verifyAuditChain } from "../../src/plugins/audit/log";
+import { buildTestApp, secondProcess, send, type TestApp } from "../support/app";
+import { bearer, createKey, STRONG_PASSWORD, signUp } from "../support/auth";
+import { cliInProcess } from "../support/cli";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+const AUDIT_SECRET_KEY = "users-erase-test-audit-key-0123456789abcdef";
+
+function app(): TestApp {
+  const target = buildTestApp({ env: { AUDIT_SECRET_KEY } });
+  cleanups.push(() => target.close());
+  return target;
+}
+
+function cli(target: TestApp, args: string[]) {
+  return cliInProcess(args, { DATABASE_PATH: target.databasePath, AUDIT_SECRET_KEY });
+}
+
+/** The file as the next process sees it (no cache of this one's). */
+function restarted(target: TestApp) {
+  const next = secondProcess(target);
+  cleanups.push(next.close);
+  return { ...target, app: next.app, services: next.services };
+}
+
+const count = (target: TestApp, sql: string, ...params: string[]) =>
+  (target.db.$client.query(sql).get(...params) as { n: number }).n;
+
+describe("users:erase", () => {
+  test("without --yes it says what it would erase and erases nothing", async () => {
+    const target = app();
+    const alice = await signUp(target, { email: "alice@example.test" });
+    const result = await cli(target, ["users:erase", "--email", "alice@example.test"]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toBe(
+      `palisade users:erase: this erases the account of alice@example.test (${alice.userId}) and everything held about it, for good; add --yes to erase it`,
+    );
+    expect(count(target, "SELECT count(*) AS n FROM users WHERE id = ?", alice.userId)).toBe(1);
+    const me = await send(restarted(target), "/api/auth/me", {
+      headers: bearer(alice.accessToken),
+    });
+    expect(me.status).toBe(200);
+  });
+
+  test("erases as DELETE /api/me does: sessions and keys revoked, data gone, audit rows pseudonymised, the chain intact", async () => {
+    const target = app();
+    const alice = await signUp(target, { email: "alice@example.test" });
+    const bob = await signUp(target, { email: "bob@example.test" });
+    const { key } = createKey(target, ["chat"], alice.userId);
+    const chat = await send(target, "/api/chat", {
+      headers: bearer(alice.accessToken),
+      body: { message: "hello" },
+    });
+    expect(chat.status).toBe(200);
+    const conversations = () =>
+      count(
+        target,
+        "SELECT count(*) AS n FROM chat_conversations WHERE owner_kind = 'user' AND owner_id = ?",
+        alice.userId,
+      );
+    expect(conversations()).toBe(1);
+    target.services.audit.flush();
+
+    // Any spelling of the address finds the account, as a sign-in does.
+    const result = await cli(target, ["users:erase", "--email", "ALICE@Example.test", "--yes"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toBe(
+      `erased ALICE@Example.test (${alice.userId}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
+    );
+    expect(result.stderr).toBe("");
+
+    const next = restarted(target);
+    expect((await send(next, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+      401,
+    );
+    expect((await send(next, "/api/auth/me", { headers: { "x-api-key": key } })).status).toBe(401);
+    const refresh = await send(next, "/api/auth/refresh", {
+      body: { refreshToken: alice.refreshToken },
+    });
+    expect(refresh.status).toBe(401);
+    const login = await send(next, "/api/auth/login", {
+      body: { email: alice.email, password: STRONG_PASSWORD },
+    });
+    expect(login.status).toBe(401);
+    expect((await send(next, "/api/auth/me", { headers: bearer(bob.accessToken) })).status).toBe(
+      200,
+    );
+
+    expect(count(target, "SELECT count(*) AS n FROM users WHERE id = ?", alice.userId)).toBe(0);
+    expect(conversations()).toBe(0);
+    const dump = JSON.stringify(
+      target.db.$client.query("SELECT actor, ip, detail FROM audit_events").all(),
+    );
+    expect(dump).not.toContain(`user:${alice.userId}`);
+    expect(dump).not.toContain(alice.email);
+    expect(dump).toContain(`user:${bob.userId}`);
+    const erased = target.db.$client
+      .query<{ actor: string; detail: string }, []>(
+        "SELECT actor, detail FROM audit_events WHERE type = 'privacy.erased'",
+      )
+      .all();
+    expect(erased).toHaveLength(1);
+    expect(erased[0]!.actor).toStartWith("erased:");
+    expect(JSON.parse(erased[0]!.detail)).toEqual({ by: "operator" });
+    expect(verifyAuditChain(target.db.$client, new AuditKeys(AUDIT_SECRET_KEY)).ok).toBe(true);
+  });
+
+  test("an account whose row fails its seal (it cannot sign in) is erased all the same, and the operator told", async () => {
+    const target = app();
+    const alice = await signUp(target, { email: "alice@example.test" });
+    const { key } = createKey(target, ["chat"], alice.userId);
+    // Someone with the file swapped in a password hash: the account now signs nobody in.
+    target.db.$client.run("UPDATE users SET password_hash = 'x' WHERE id = ?", [alice.userId]);
+    const login = await send(restarted(target), "/api/auth/login", {
+      body: { email: alice.email, password: STRONG_PASSWORD },
+    });
+    expect(login.status).toBe(401);
+
+    const result = await cli(target, ["users:erase", "--email", "alice@example.test", "--yes"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toStartWith(`erased alice@example.test (${alice.userId})`);
+    expect(result.stderr).toBe(
+      "the account of alice@example.test did not match its seal (it was written into the database file); it was erased all the same",
+    );
+    expect(count(target, "SELECT count(*) AS n FROM users WHERE id = ?", alice.userId)).toBe(0);
+    expect(count(target, "SELECT count(*) AS n FROM api_keys WHERE revoked_at IS NULL")).toBe(0);
+    expect(
+      (await send(restarted(target), "/api/auth/me", { headers: { "x-api-key": key } })).status,
+    ).toBe(401);
+  });
+
+  test("an unknown address exits 1 and erases nothing; --email is required", async () => {
+    const target = app();
+    await signUp(target, { email: "alice@example.test" });
+    const unknown = await cli(target, ["users:erase", "--email", "nobody@example.test", "--yes"]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toBe(
+      "palisade users:erase: no account has the email nobody@example.test",
+    );
+    expect(count(target, "SELECT count(*) AS n FROM users")).toBe(1);
+    const missing = await cli(target, ["users:erase", "--yes"]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toBe("palisade users:erase: --email is required");
+  });
+});
