@@ -128,6 +128,13 @@ describe("users:erase", () => {
     });
     expect(login.status).toBe(401);
 
+    // Asked first, the operator is warned before anything is erased.
+    const asked = await cli(target, ["users:erase", "--email", "alice@example.test"]);
+    expect(asked.code).toBe(2);
+    expect(asked.stderr.split("\n")[0]).toBe(
+      `the account of alice@example.test does not match its seal (it was written into the database file): its address may not be its own; check that ${alice.userId} is the account to erase`,
+    );
+    expect(count(target, "SELECT count(*) AS n FROM users WHERE id = ?", alice.userId)).toBe(1);
     const result = await cli(target, ["users:erase", "--email", "alice@example.test", "--yes"]);
     expect(result.code).toBe(0);
     expect(result.stdout).toStartWith(`erased alice@example.test (${alice.userId})`);

@@ -83,6 +83,11 @@ export const usersErase: Command = {
     if (!user) throw new CliError(`no account has the email ${email}`);
     // Irreversible: the command says what it would erase until it is told to.
     if (args.flags.yes !== true) {
+      if (!user.intact) {
+        context.err(
+          `the account of ${email} does not match its seal (it was written into the database file): its address may not be its own; check that ${user.id} is the account to erase`,
+        );
+      }
       throw new CliError(
         `this erases the account of ${email} (${user.id}) and everything held about it, for good; add --yes to erase it`,
         EXIT_USAGE,
