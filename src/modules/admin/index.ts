@@ -44,12 +44,16 @@ export interface AdminModuleOptions {
   now: () => number;
 }
 
-/** A key as admins see it: its owner (or null for an operator key), never its secret. */
-function view(record: ApiKeyRecord) {
+/**
+ * A key as admins see it: its owner (or null for an operator key), never its secret; `tampered`
+ * when the key or its owner's account fails its seal (a key just made or rotated never does).
+ */
+function view(record: ApiKeyRecord, tampered = false) {
   const { userId, ownerEmail, ...shown } = record;
   return {
     ...shown,
     owner: userId === null ? null : { id: userId, email: ownerEmail ?? "" },
+    tampered,
   };
 }
 
@@ -125,7 +129,7 @@ export function adminModule(options: AdminModuleOptions) {
       "/api-keys",
       ({ principal, request, client, requestId, path }) => {
         record({ principal, request, client, requestId, path }, "admin.keys.listed");
-        return { keys: apiKeys.list().map(view) };
+        return { keys: apiKeys.list().map((key) => view(key, apiKeys.tampered(key))) };
       },
       {
         auth: admin,

@@ -42,6 +42,10 @@ export const ApiKeyView = t.Object({
       },
     ),
   ),
+  tampered: t.Boolean({
+    description:
+      "True: the key's row, or its owner's account, does not match its seal (it was written into the database file, not by Palisade); the key is refused",
+  }),
 });
 
 export const CreatedKey = t.Object({

@@ -146,6 +146,12 @@ export class ApiKeyService {
     return row !== undefined && this.options.seal.intact.apiKey(row);
   }
 
+  /** Whether a key, or the account it acts for, fails its seal: such a key is refused. */
+  tampered(key: Pick<ApiKeyRecord, "id" | "userId">): boolean {
+    if (!this.intact(key.id)) return true;
+    return key.userId !== null && this.roleOf(key.userId) === null;
+  }
+
   /** Why `spec` may not be created, or null: the owner's role must allow every scope. */
   refusal(spec: NewApiKey): KeyRefusal | null {
     if (this.options.refuseTestKeys && spec.environment === "test") {

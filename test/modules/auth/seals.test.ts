@@ -403,6 +403,30 @@ describe("what the CLI shows of tampered keys", () => {
   });
 });
 
+test("the admin API's key list marks a key that fails its seal, and one whose owner's account fails", async () => {
+  const target = app();
+  const admin = await signUp(target, { role: "admin" });
+  const owner = await signUp(target);
+  const widened = createKey(target, ["chat"]);
+  const owned = createKey(target, ["chat"], owner.userId);
+  const untouched = createKey(target, ["chat"]);
+  target.db.$client.run("UPDATE api_keys SET scopes = '[\"admin\"]' WHERE id = ?", [
+    widened.record.id,
+  ]);
+  target.db.$client.run("UPDATE users SET role = 'admin' WHERE id = ?", [owner.userId]);
+  const listed = await send(target, "/api/admin/api-keys", { headers: bearer(admin.accessToken) });
+  expect(listed.status).toBe(200);
+  const keys = ((await listed.json()) as { keys: { id: string; tampered: boolean }[] }).keys;
+  const tampered = (id: string) => keys.find((key) => key.id === id)?.tampered;
+  expect(tampered(widened.record.id)).toBe(true);
+  expect(tampered(owned.record.id)).toBe(true);
+  expect(tampered(untouched.record.id)).toBe(false);
+  // And the keys it marks are the keys refused.
+  expect((await asKey(target, widened.key)).me).toBe(401);
+  expect((await asKey(target, owned.key)).me).toBe(401);
+  expect((await asKey(target, untouched.key)).me).toBe(200);
+});
+
 describe("tamper reports", () => {
   test("each row once, a long id cut to 64 characters, and reports go on past the memory's bound", () => {
     const lines: Record<string, unknown>[] = [];
