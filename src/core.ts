@@ -11,6 +11,7 @@ import type { Config } from "./config";
 import { probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
 import { checkDiskRoom } from "./db/disk-space";
+import { dropForeignTriggers, droppedTriggerEvent, logDroppedTrigger } from "./db/foreign-triggers";
 import type { Logger } from "./logging/logger";
 import type { ReadinessCheck } from "./modules/health/service";
 import { AuditKeys } from "./plugins/audit/chain";
@@ -242,6 +243,11 @@ export function createCore(options: CoreOptions): Core {
       }
     },
     maintenance(now) {
+      // First: a trigger added to the file since the last tick stops being able to act.
+      for (const trigger of dropForeignTriggers(db.$client)) {
+        logDroppedTrigger(logger, trigger);
+        audit.record(droppedTriggerEvent(trigger));
+      }
       limiter.prune(now);
       audit.prune(now - config.auditRetentionDays * DAY_MS, now);
       ipBlocks.prune(now);

@@ -8,6 +8,12 @@ import { createApp } from "./app";
 import { ConfigError, loadConfig } from "./config";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, openDatabase } from "./db/client";
+import {
+  type DroppedTrigger,
+  dropForeignTriggers,
+  droppedTriggerEvent,
+  logDroppedTrigger,
+} from "./db/foreign-triggers";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
 import { createLogger } from "./logging/logger";
 import {
@@ -70,10 +76,14 @@ if (config.audit.developmentKeyFile) {
 
 let db: ReturnType<typeof openDatabase>;
 let migrations: MigrationStatus;
+let droppedTriggers: DroppedTrigger[] = [];
 // Rows stored before their seals existed are sealed with the migrations that add them.
 const sealing = upgradeSealing(config.audit.secretKey);
 try {
   db = openDatabase(config.databasePath);
+  // Before the migrations, which a trigger in the file would run inside too; said at once.
+  droppedTriggers = dropForeignTriggers(db.$client);
+  for (const trigger of droppedTriggers) logDroppedTrigger(logger, trigger);
   migrations = applyMigrations(db, undefined, sealing.companions);
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
@@ -110,6 +120,7 @@ try {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;
 }
+for (const trigger of droppedTriggers) services.audit.record(droppedTriggerEvent(trigger));
 for (const sealed of sealedOnUpgrade) services.audit.record(sealed.event);
 await services.start();
 // Serving: a statement waits for another process's write lock briefly, never seconds (db/busy).

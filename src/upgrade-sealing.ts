@@ -48,16 +48,16 @@ export function upgradeSealing(auditSecret: string): {
           },
         });
       }
-      const rows = outbox.sealed();
-      if (rows !== null) {
+      const outboxRows = outbox.sealed();
+      if (outboxRows) {
         said.push({
-          message: outboxSealedMessage(rows),
-          fields: { rows },
+          message: outboxSealedMessage(outboxRows),
+          fields: { ...outboxRows },
           event: {
             type: "whatsapp.outbox_sealed",
             outcome: "success",
             actor: "system",
-            detail: { rows },
+            detail: { ...outboxRows },
           },
         });
       }

@@ -80,12 +80,12 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "An account, API key or refresh token was written into the database file rather than by Palisade (or AUDIT_SECRET_KEY changed). The row is refused; whoever could write the file is the incident.",
   ),
   rule(
-    "PalisadeWhatsAppOutboxTampered",
-    `sum(increase(${r.auditEvents}{type="whatsapp.outbox_tampered"}[10m])) > 0`,
+    "PalisadeDatabaseTampered",
+    `sum(increase(${r.auditEvents}{type=~"whatsapp.outbox_tampered|db.trigger_dropped"}[10m])) > 0`,
     "0m",
     "page",
-    "A WhatsApp outbox row in the database does not match its seal",
-    "A message to send was written into the database file rather than by Palisade (or AUDIT_SECRET_KEY changed). It was not sent; whoever could write the file is the incident.",
+    "Something was written into the database file, not by Palisade",
+    "A WhatsApp outbox row that does not match its seal (not sent), or a trigger (dropped), was written into the database file. Palisade refused it; whoever could write the file is the incident.",
   ),
   rule(
     "PalisadeErrorRatioHigh",

@@ -6,6 +6,11 @@
 import { type Config, ConfigError, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
+import {
+  DROPPED_TRIGGER_MESSAGE,
+  dropForeignTriggers,
+  droppedTriggerEvent,
+} from "../db/foreign-triggers";
 import { applyMigrations, migrationsFailed } from "../db/migrate";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
@@ -78,6 +83,11 @@ export async function runCli(
         db = openDatabase(path);
         // Any command may be the first to open a file from before seals: it seals, as a start does.
         const sealing = upgradeSealing(context.config().audit.secretKey);
+        // And it drops what a start drops before migrating (db/foreign-triggers.ts).
+        const dropped = dropForeignTriggers(db.$client);
+        for (const trigger of dropped) {
+          io.err(`${DROPPED_TRIGGER_MESSAGE}: ${trigger.name} on ${trigger.table}: ${trigger.sql}`);
+        }
         try {
           applyMigrations(db, undefined, sealing.companions);
         } catch (error) {
@@ -88,6 +98,9 @@ export async function runCli(
         for (const { message } of sealed) io.err(message);
         // Audited as the start audits it, through the same services (the chain's upgrade first).
         for (const { event } of sealed) context.services().audit.record(event);
+        for (const trigger of dropped) {
+          context.services().audit.record(droppedTriggerEvent(trigger));
+        }
       }
       return db;
     },

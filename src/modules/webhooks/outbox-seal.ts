@@ -14,7 +14,7 @@
  * the worker checks the seal of every row it claims before a chat turn or a send, and reseals
  * each change it makes to those columns. A row that does not match is never sent and never
  * answered by chat: it is marked failed (its number and text cleared, as for any reply given up),
- * logged, and audited as `whatsapp.outbox_tampered` (alert `PalisadeWhatsAppOutboxTampered`).
+ * logged, and audited as `whatsapp.outbox_tampered` (alert `PalisadeDatabaseTampered`).
  *
  * Not sealed: the bookkeeping (state, attempts, lease, next attempt, error, times) and the
  * conversation id (a chat turn checks the conversation's owner itself). Changing those can delay a
@@ -41,17 +41,14 @@ export interface SealedOutboxRow {
 export interface OutboxSeal {
   /** The seal of a row with these columns. */
   of(row: SealedOutboxRow): string;
-  /** Whether a stored row matches its seal; one that does not is reported. */
-  intact(row: SealedOutboxRow & { id: number; seal: string | null }): boolean;
+  /** Whether a stored row matches its seal (the worker reports one that does not). */
+  intact(row: SealedOutboxRow & { seal: string | null }): boolean;
 }
 
 const KEY_LABEL = "palisade whatsapp outbox seal v1";
 
-/** The seal keyed from `auditSecret`; `report` hears of every row `intact` finds not matching. */
-export function createOutboxSeal(
-  auditSecret: string,
-  report: (row: { id: number; messageId: string }) => void = () => {},
-): OutboxSeal {
+/** The seal keyed from `auditSecret`. */
+export function createOutboxSeal(auditSecret: string): OutboxSeal {
   const mac = createRowSealer(auditSecret, KEY_LABEL);
   const of = (row: SealedOutboxRow) =>
     mac([
@@ -64,14 +61,7 @@ export function createOutboxSeal(
       row.body,
       row.reply,
     ]);
-  return {
-    of,
-    intact(row) {
-      const intact = sealMatches(of(row), row.seal);
-      if (!intact) report(row);
-      return intact;
-    },
-  };
+  return { of, intact: (row) => sealMatches(of(row), row.seal) };
 }
 
 /** A message id as reported: a forged row's can be any length. */
@@ -80,7 +70,8 @@ const REPORTED_ID_LENGTH = 64;
 /**
  * Reports a tampered outbox row: an error line and a `whatsapp.outbox_tampered` audit event naming
  * the row (its id and inbound message id, cut to 64 characters; never its number or text). The
- * worker marks the row failed, so each is reported once.
+ * worker reports a row once it has marked it failed, so each is reported once, whichever process
+ * refused it.
  */
 export function outboxTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
@@ -103,32 +94,65 @@ export function outboxTamperReporter(deps: {
 
 export const OUTBOX_SEALS_MIGRATION = "0014_outbox_seals";
 
+/** Why a reply owed when migration 0014 ran was given up (its `last_error`). */
+export const OWED_AT_UPGRADE_REASON =
+  "owed when outbox seals were added: a row from before them cannot be told from one written into the file; not sent";
+
+/** What the upgrade did: rows sealed, and of them the replies still owed, given up unsent. */
+export interface OutboxSealedOnUpgrade {
+  rows: number;
+  givenUp: number;
+}
+
 /**
  * The companion that seals every outbox row when migration 0014 is applied (in its transaction, as
- * the credentials are sealed with 0013: modules/auth/seal-upgrade.ts), and how many it sealed:
- * null until it runs, and when there were none. Replies owed before the upgrade are still sent.
+ * the credentials are sealed with 0013: modules/auth/seal-upgrade.ts), and what it did: null until
+ * it runs, and when there were no rows.
+ *
+ * A reply still owed (a pending row) is given up, not sealed for sending: in a file someone put
+ * back into its pre-0014 shape, a pending row could be anyone's message to anyone, and a message
+ * sent is not undone (an account sealed by mistake can still be revoked). It is marked failed,
+ * its number and text cleared, as a reply given up at any other time. A graceful stop sends what
+ * it can, so an upgrade made once `whatsapp_outbox_pending` is 0 gives up nothing.
  */
 export function outboxSealing(seal: OutboxSeal): {
   companions: MigrationCompanions;
-  sealed(): number | null;
+  sealed(): OutboxSealedOnUpgrade | null;
 } {
-  let sealed: number | null = null;
+  let sealed: OutboxSealedOnUpgrade | null = null;
   const sealAll = (db: AppDatabase) => {
     const sqlite = db.$client;
     const rows = sqlite
-      .query<SealedOutboxRow & { id: number }, []>(
+      .query<SealedOutboxRow & { id: number; state: string }, []>(
         `SELECT id, message_id AS messageId, phone_number_id AS phoneNumberId, recipient,
-           sender_hash AS senderHash, kind, body, reply FROM whatsapp_outbox`,
+           sender_hash AS senderHash, kind, body, reply, state FROM whatsapp_outbox`,
       )
       .all();
-    const update = sqlite.prepare("UPDATE whatsapp_outbox SET seal = ? WHERE id = ?");
-    for (const row of rows) update.run(seal.of(row), row.id);
-    sealed = rows.length > 0 ? rows.length : null;
+    const sealRow = sqlite.prepare("UPDATE whatsapp_outbox SET seal = ? WHERE id = ?");
+    const giveUp = sqlite.prepare(
+      `UPDATE whatsapp_outbox SET state = 'failed', recipient = NULL, body = NULL,
+         lease_until = NULL, lease_owner = NULL, last_error = ?, finished_at = ?, seal = ?
+       WHERE id = ?`,
+    );
+    const now = Date.now();
+    let givenUp = 0;
+    for (const row of rows) {
+      if (row.state === "pending") {
+        const closed = { ...row, recipient: null, body: null };
+        giveUp.run(OWED_AT_UPGRADE_REASON, now, seal.of(closed), row.id);
+        givenUp++;
+      } else sealRow.run(seal.of(row), row.id);
+    }
+    sealed = rows.length > 0 ? { rows: rows.length, givenUp } : null;
   };
   return { companions: new Map([[OUTBOX_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
 }
 
 /** What the start and the CLI say when the upgrade sealed outbox rows. */
-export function outboxSealedMessage(rows: number): string {
-  return `sealed the ${rows} WhatsApp outbox rows stored before this release; outbox rows written into the file from now on are never sent`;
+export function outboxSealedMessage({ rows, givenUp }: OutboxSealedOnUpgrade): string {
+  const owed =
+    givenUp > 0
+      ? `; ${givenUp} replies still owed were given up unsent (a row from before seals cannot be told from one written into the file)`
+      : "";
+  return `sealed the ${rows} WhatsApp outbox rows stored before this release${owed}; outbox rows written into the file from now on are never sent`;
 }

@@ -37,7 +37,7 @@
  * A graceful shutdown (`stop()`) lets sends in flight finish and be marked, and aborts chat turns.
  */
 import { randomUUID } from "node:crypto";
-import { and, asc, eq, inArray, isNotNull, isNull, lt, lte, or, sql } from "drizzle-orm";
+import { and, asc, eq, gt, gte, inArray, isNotNull, isNull, lt, lte, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { AppDatabase } from "../../db/client";
 import { whatsappOutbox } from "../../db/schema";
@@ -92,7 +92,7 @@ export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
 
 const SEND_LEASE_MARGIN_MS = 5000;
 
-/** Why a row that fails its seal was given up (its `last_error`, and the reply_failed audit). */
+/** Why a row that fails its seal was given up (its `last_error`). */
 export const TAMPERED_REASON =
   "does not match its seal: written into the database file, not by Palisade; not sent";
 
@@ -100,6 +100,8 @@ export interface OutboxWorkerOptions {
   db: AppDatabase;
   /** Checks each claimed row's seal before anything is done with it, and reseals each change. */
   seal: OutboxSeal;
+  /** Told of each row refused for its seal, once it is marked failed (outbox-seal.ts). */
+  reportTampered: (row: { id: number; messageId: string }) => void;
   clock: Clock;
   logger: Logger;
   audit: AuditLog;
@@ -121,6 +123,8 @@ export class OutboxWorker {
   private readonly options: OutboxWorkerOptions;
   private timer: ReturnType<typeof setInterval> | null = null;
   private running: Promise<unknown> | null = null;
+  /** Rows in hand whose seal was checked: only these are resealed when the worker changes them. */
+  private readonly verified = new WeakSet<OutboxRow>();
   private again = false;
   private stopping = false;
   private readonly abort = new AbortController();
@@ -166,7 +170,9 @@ export class OutboxWorker {
     let total = 0;
     for (;;) {
       if (this.stopping) return total;
-      const rows = this.claim(this.options.clock.now());
+      const now = this.options.clock.now();
+      this.refuseForgedBlockers(now);
+      const rows = this.claim(now);
       if (rows.length === 0) return total;
       await Promise.all(rows.map((row) => this.process(row)));
       total += rows.length;
@@ -218,13 +224,42 @@ export class OutboxWorker {
       .all();
   }
 
+  /**
+   * A sender's messages are answered oldest first, so a pending row that is not due (a retry later,
+   * or leased) holds up the sender's later ones. A row written into the file can be made to hold
+   * them up for good, and is never claimed to be refused: so the oldest pending row of each sender
+   * with a due message waiting behind it is checked here (a bounded batch), and refused if it does
+   * not match its seal. A genuine row in backoff or in flight matches, and is left alone.
+   */
+  refuseForgedBlockers(now: number): void {
+    const o = whatsappOutbox;
+    const blockers = this.options.db
+      .select()
+      .from(o)
+      .where(
+        and(
+          eq(o.state, "pending"),
+          or(gt(o.nextAttemptAt, now), and(isNotNull(o.leaseUntil), gte(o.leaseUntil, now))),
+          // The oldest pending row of its sender…
+          sql`NOT EXISTS (SELECT 1 FROM whatsapp_outbox AS earlier WHERE earlier.sender_hash = ${o.senderHash} AND earlier.state = 'pending' AND earlier.id < ${o.id})`,
+          // …with a due one waiting behind it.
+          sql`EXISTS (SELECT 1 FROM whatsapp_outbox AS later WHERE later.sender_hash = ${o.senderHash} AND later.state = 'pending' AND later.id > ${o.id} AND later.next_attempt_at <= ${now})`,
+        ),
+      )
+      .orderBy(asc(o.id))
+      .limit(this.settings.batchSize)
+      .all();
+    for (const row of blockers) {
+      if (!this.options.seal.intact(row)) this.refuseTampered(row, { leasedOrNot: true });
+    }
+  }
+
   private async process(row: OutboxRow): Promise<void> {
     const { clock, logger } = this.options;
     try {
       // Before a chat turn or a send: a row Palisade did not write is neither (outbox-seal.ts).
-      if (!this.options.seal.intact(row)) {
-        return this.failPermanent(row, TAMPERED_REASON, { reseal: false });
-      }
+      if (!this.options.seal.intact(row)) return this.refuseTampered(row, { leasedOrNot: false });
+      this.verified.add(row);
       let reply = row.reply;
       if (reply === null) {
         const produced = await this.produceReply(row);
@@ -250,6 +285,9 @@ export class OutboxWorker {
       this.settle(row, outcome);
     } catch (error) {
       logger.error({ err: error, outboxId: row.id }, "whatsapp outbox row failed");
+      // A row refused for its seal but not yet marked (another process's lock) is left as it is:
+      // its lease expires and the next claim refuses it, and reports it, once.
+      if (!this.verified.has(row)) return;
       try {
         this.failTransient(row, "internal error");
       } catch {
@@ -409,12 +447,8 @@ export class OutboxWorker {
     );
   }
 
-  /**
-   * Gives the row up: failed, its number and text cleared. Resealed, unless it failed its seal:
-   * Palisade never seals a row it did not write.
-   */
-  private failPermanent(row: OutboxRow, reason: string, { reseal } = { reseal: true }): void {
-    const now = this.options.clock.now();
+  /** Marks the row given up (failed, number and text cleared); true when this worker did. */
+  private markFailed(row: OutboxRow, reason: string, where = this.mine(row)): boolean {
     const result = this.options.db
       .update(whatsappOutbox)
       .set({
@@ -425,14 +459,34 @@ export class OutboxWorker {
         leaseUntil: null,
         leaseOwner: null,
         lastError: reason.slice(0, 300),
-        finishedAt: now,
-        ...(reseal ? { seal: this.options.seal.of({ ...row, recipient: null, body: null }) } : {}),
+        finishedAt: this.options.clock.now(),
+        // Only a row whose seal was checked is resealed: Palisade never seals a row it did not
+        // write, whatever path gives it up.
+        ...(this.verified.has(row)
+          ? { seal: this.options.seal.of({ ...row, recipient: null, body: null }) }
+          : {}),
       })
-      .where(this.mine(row))
+      .where(where)
       .returning({ id: whatsappOutbox.id })
       .all();
-    if (result.length !== 1) return;
+    if (result.length !== 1) return false;
     this.options.metrics.replies.labels("failed").inc();
+    return true;
+  }
+
+  /**
+   * Refuses a row that does not match its seal: given up unsent, then reported, so that a failure
+   * to mark it (another process's lock) leaves it to be refused, and reported, once later. A
+   * blocker may be leased by another worker (it is refused all the same).
+   */
+  private refuseTampered(row: OutboxRow, { leasedOrNot }: { leasedOrNot: boolean }): void {
+    const o = whatsappOutbox;
+    const where = leasedOrNot ? and(eq(o.id, row.id), eq(o.state, "pending")) : this.mine(row);
+    if (this.markFailed(row, TAMPERED_REASON, where)) this.options.reportTampered(row);
+  }
+
+  private failPermanent(row: OutboxRow, reason: string): void {
+    if (!this.markFailed(row, reason)) return;
     this.options.audit.record({
       type: "whatsapp.reply_failed",
       outcome: "failure",

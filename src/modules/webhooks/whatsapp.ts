@@ -438,10 +438,7 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
   const { config, db, logger } = core;
   const metrics = webhookMetrics(core.registry);
   const whatsapp = createWhatsAppMetrics(core.registry, db.$client);
-  const outboxSeal = createOutboxSeal(
-    config.audit.secretKey,
-    outboxTamperReporter({ logger, audit: core.audit }),
-  );
+  const outboxSeal = createOutboxSeal(config.audit.secretKey);
   const intake = new WhatsAppIntake({
     db,
     core,
@@ -454,6 +451,7 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
   const worker = new OutboxWorker({
     db,
     seal: outboxSeal,
+    reportTampered: outboxTamperReporter({ logger, audit: core.audit }),
     clock: core.clock,
     logger,
     audit: core.audit,

@@ -68,6 +68,8 @@ export const AUDIT_EVENT_TYPES = [
   "whatsapp.outbox_sealed",
   // The log itself.
   "audit.chain.keyed",
+  // A trigger found in the database file and dropped (db/foreign-triggers.ts; must not be lost).
+  "db.trigger_dropped",
 ] as const;
 
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
@@ -91,7 +93,7 @@ export interface AuditEvent {
 /**
  * Events written before the response is sent, in their own transaction: who logged in, what an
  * admin changed, what was paid, which address was blocked or unblocked, who was erased, and a
- * WhatsApp outbox row refused or sealed. The rest are batched.
+ * WhatsApp outbox row refused or sealed, a trigger dropped. The rest are batched.
  */
 export function mustNotLose(type: string): boolean {
   return (
@@ -100,6 +102,7 @@ export function mustNotLose(type: string): boolean {
     type.startsWith("payment.") ||
     type.startsWith("privacy.") ||
     type.startsWith("ip.") ||
+    type === "db.trigger_dropped" ||
     type === "whatsapp.outbox_tampered" ||
     type === "whatsapp.outbox_sealed"
   );

@@ -384,7 +384,8 @@ export class SqliteAuditLog implements AuditLog {
             subjectCommit: subjectCommit(salt, actor, ip),
           };
           const hash = this.keys.rowHash(prevHash, fields);
-          insert.run({
+          // bun:sqlite's result (Drizzle passes it on; its type says void).
+          const stored = insert.run({
             ...fields,
             actor,
             ip,
@@ -392,13 +393,29 @@ export class SqliteAuditLog implements AuditLog {
             prevHash,
             hash,
             keyId: this.keys.keyId,
-          });
+          }) as unknown as Changes;
+          // A trigger written into the file can skip the insert (RAISE(IGNORE)) without an error,
+          // and a chain of the rows written cannot show one that never was: fail as loudly as any
+          // failed write (db/foreign-triggers.ts drops such a trigger).
+          if (stored.changes !== 1) throw new AuditNotStoredError(event.type);
           prevHash = hash;
           id++;
         }
       },
       { behavior: "immediate" },
     );
+  }
+}
+
+type Changes = { changes: number };
+
+/** An audit event the database did not store though its insert succeeded. */
+export class AuditNotStoredError extends Error {
+  constructor(type: string) {
+    super(
+      `the audit event ${type} was not stored: something in the database file (a trigger) stopped the write`,
+    );
+    this.name = "AuditNotStoredError";
   }
 }
 

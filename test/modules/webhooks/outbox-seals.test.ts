@@ -13,6 +13,7 @@ import { TAMPERED_REASON } from "../../../src/modules/webhooks/outbox";
 import {
   createOutboxSeal,
   OUTBOX_SEALS_MIGRATION,
+  OWED_AT_UPGRADE_REASON,
   outboxSealing,
 } from "../../../src/modules/webhooks/outbox-seal";
 import type { WhatsAppWebhook } from "../../../src/modules/webhooks/whatsapp";
@@ -156,7 +157,9 @@ describe("rows written into the file", () => {
       // Never resealed: Palisade does not seal a row it did not write.
       expect(row.seal).toBe(forgeries.find(([id]) => id === messageId)![1]);
     }
-    expect(audited(target, "whatsapp.reply_failed")).toHaveLength(forgeries.length);
+    // One event each: the tamper report (no reply_failed besides, and no actor from the file).
+    expect(audited(target, "whatsapp.outbox_tampered")).toHaveLength(forgeries.length);
+    expect(audited(target, "whatsapp.reply_failed")).toEqual([]);
     const logged = target.logs.entries.filter((entry) =>
       String(entry.msg).includes("outbox row does not match its seal"),
     );
@@ -243,6 +246,57 @@ describe("rows written into the file", () => {
     expect(graph.sent[0]).toMatchObject({ to: "16505551234", body: "reply to: hi" });
   });
 
+  test("a forged row ahead of a sender that is never due (or leased for good) is refused, and the sender answered", async () => {
+    for (const hold of [
+      "next_attempt_at = 9000000000000",
+      "lease_until = 9000000000000, lease_owner = 'x'",
+    ]) {
+      const { target, graph, worker } = setup();
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.FIRST", from: "16505551234", text: "one" }] }),
+      );
+      await worker.drain();
+      const senderHash = rowOf(target, "wamid.FIRST").sender_hash;
+      target.db.$client.run(
+        `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, recipient, sender_hash, kind,
+           body, state, next_attempt_at, received_at, seal)
+         VALUES (50, 'wamid.HOLD', ?, '15550009999', ?, 'text', 'hello', 'pending', 0, ?, 'x')`,
+        [WA_PHONE_NUMBER_ID, senderHash, Date.now()],
+      );
+      target.db.$client.run(`UPDATE whatsapp_outbox SET ${hold} WHERE message_id = 'wamid.HOLD'`);
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.SECOND", from: "16505551234", text: "two" }] }),
+      );
+      await worker.drain();
+      expectRefused(target, "wamid.HOLD");
+      expect(graph.sent.map((m) => m.body)).toEqual(["reply to: one", "reply to: two"]);
+    }
+  });
+
+  test("a genuine row waiting for its retry holds its sender's next message back, and is left alone", async () => {
+    const { target, graph, clock, worker } = setup();
+    graph.failNext({ status: 500 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.R1", from: "16505551234", text: "one" }] }),
+    );
+    await worker.drain();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.R2", from: "16505551234", text: "two" }] }),
+    );
+    await worker.drain();
+    // R1 waits for its retry; R2, due, waits behind it (one conversation, in order).
+    expect(graph.sent).toHaveLength(0);
+    expect(rowOf(target, "wamid.R1").state).toBe("pending");
+    expect(audited(target, "whatsapp.outbox_tampered")).toEqual([]);
+    clock.advance(5_000);
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: one", "reply to: two"]);
+  });
+
   test("the bookkeeping is not sealed, and changing it sends nothing else: a sent row put back to pending keeps no number", async () => {
     const { target, graph, worker } = setup();
     await deliver(
@@ -312,7 +366,7 @@ function databaseBeforeOutboxSeals() {
 }
 
 describe("upgrading a database stored before outbox seals", () => {
-  test("the migration that adds the column seals every row there, and only then", () => {
+  test("the migration seals the rows there and gives up the replies still owed; only it does", () => {
     const { db } = databaseBeforeOutboxSeals();
     cleanups.push(() => db.$client.close());
     const seal = createOutboxSeal(AUDIT_SECRET_KEY);
@@ -320,23 +374,34 @@ describe("upgrading a database stored before outbox seals", () => {
     expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual([
       OUTBOX_SEALS_MIGRATION,
     ]);
-    expect(sealing.sealed()).toBe(2);
-    const owed = db.$client
-      .query<{ seal: string }, []>(
-        "SELECT seal FROM whatsapp_outbox WHERE message_id = 'wamid.OWED'",
-      )
-      .get()!;
-    expect(owed.seal).toBe(
+    expect(sealing.sealed()).toEqual({ rows: 2, givenUp: 1 });
+    const stored = (messageId: string) =>
+      db.$client
+        .query<Row, [string]>("SELECT * FROM whatsapp_outbox WHERE message_id = ?")
+        .get(messageId)!;
+    // The reply owed could be anyone's message to anyone in a file put back into this shape.
+    const owed = stored("wamid.OWED");
+    expect(owed).toMatchObject({
+      state: "failed",
+      recipient: null,
+      body: null,
+      last_error: OWED_AT_UPGRADE_REASON,
+    });
+    const sealOfStored = (row: Row) =>
       seal.of({
-        messageId: "wamid.OWED",
-        phoneNumberId: WA_PHONE_NUMBER_ID,
-        recipient: "16505551234",
-        senderHash: "old-sender",
-        kind: "text",
-        body: "still there?",
-        reply: null,
-      }),
-    );
+        messageId: row.message_id,
+        phoneNumberId: row.phone_number_id,
+        recipient: row.recipient,
+        senderHash: row.sender_hash,
+        kind: row.kind,
+        body: row.body,
+        reply: row.reply,
+      });
+    expect(owed.seal).toBe(sealOfStored(owed));
+    const done = stored("wamid.DONE");
+    expect(done.state).toBe("sent");
+    expect(done.seal).toBe(sealOfStored(done));
+
     db.$client.run(
       `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind,
          reply, state, next_attempt_at, received_at)
@@ -350,14 +415,14 @@ describe("upgrading a database stored before outbox seals", () => {
     ).toEqual([{ message_id: "wamid.LATER" }]);
   });
 
-  test("db:migrate seals them, says so and audits it; the reply owed is then sent", async () => {
+  test("db:migrate says and audits it; a file put back into its pre-0014 shape with a forged reply sends nothing", async () => {
     const { path, db } = databaseBeforeOutboxSeals();
     db.$client.close();
     const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY };
     const first = await cliInProcess(["db:migrate"], env);
     expect(first.code).toBe(0);
     expect(first.stderr).toBe(
-      "sealed the 2 WhatsApp outbox rows stored before this release; outbox rows written into the file from now on are never sent",
+      "sealed the 2 WhatsApp outbox rows stored before this release; 1 replies still owed were given up unsent (a row from before seals cannot be told from one written into the file); outbox rows written into the file from now on are never sent",
     );
     const second = await cliInProcess(["db:migrate"], env);
     expect(second.stderr).toBe("");
@@ -365,26 +430,43 @@ describe("upgrading a database stored before outbox seals", () => {
     const events = file.$client
       .query("SELECT actor, detail FROM audit_events WHERE type = 'whatsapp.outbox_sealed'")
       .all();
-    file.$client.close();
-    expect(events).toEqual([{ actor: "system", detail: JSON.stringify({ rows: 2 }) }]);
+    expect(events).toEqual([{ actor: "system", detail: JSON.stringify({ givenUp: 1, rows: 2 }) }]);
 
-    // The service on the upgraded file sends the reply owed from before the upgrade.
+    // Someone with the file puts it back into its pre-0014 shape with a reply of theirs inside.
+    file.$client.run("ALTER TABLE whatsapp_outbox DROP COLUMN seal");
+    file.$client.run(
+      "DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations)",
+    );
+    file.$client.run(
+      `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind,
+         reply, state, next_attempt_at, received_at)
+       VALUES ('wamid.FORGED', ?, '15550009999', 'x', 'text', 'Your account is locked: pay here',
+         'pending', 0, ?)`,
+      [WA_PHONE_NUMBER_ID, Date.now()],
+    );
+    file.$client.close();
+    const again = await cliInProcess(["db:migrate"], env);
+    expect(again.code).toBe(0);
+    // Said and audited again: the sign of it.
+    expect(again.stderr).toContain("1 replies still owed were given up unsent");
+
+    // The service on that file sends nothing.
     const graph = startGraphServer();
     cleanups.push(() => graph.close());
-    const chat = new ScriptedChat();
     const target = buildTestApp({
       env: { ...whatsappEnv(graph), AUDIT_SECRET_KEY },
-      whatsapp: { chat },
+      whatsapp: { chat: new ScriptedChat() },
     });
     cleanups.push(() => target.close());
     target.db.$client.run(`ATTACH DATABASE '${path}' AS old`);
-    target.db.$client.run(
-      "INSERT INTO whatsapp_outbox SELECT * FROM old.whatsapp_outbox WHERE message_id = 'wamid.OWED'",
-    );
+    target.db.$client.run("INSERT INTO whatsapp_outbox SELECT * FROM old.whatsapp_outbox");
     target.db.$client.run("DETACH DATABASE old");
     const whatsapp = target.services.features.find((f) => f.name === "whatsapp") as WhatsAppWebhook;
-    await whatsapp.worker.drain();
-    expect(graph.sent).toHaveLength(1);
-    expect(graph.sent[0]).toMatchObject({ to: "16505551234", body: "reply to: still there?" });
+    expect(await whatsapp.worker.drain()).toBe(0);
+    expect(graph.sent).toHaveLength(0);
+    expect(rowOf(target, "wamid.FORGED")).toMatchObject({
+      state: "failed",
+      last_error: OWED_AT_UPGRADE_REASON,
+    });
   });
 });
