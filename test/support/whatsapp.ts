@@ -130,3 +130,20 @@ export class ScriptedChat implements ChatTurns {
     };
   }
 }
+
+/** The audit events of one type (flushed first), each its detail with its actor. */
+export function auditedEvents(
+  target: {
+    services: { audit: { flush(): void } };
+    db: { $client: import("bun:sqlite").Database };
+  },
+  type: string,
+) {
+  target.services.audit.flush();
+  return target.db.$client
+    .query<{ detail: string; actor: string }, [string]>(
+      "SELECT detail, actor FROM audit_events WHERE type = ? ORDER BY id",
+    )
+    .all(type)
+    .map((row) => ({ ...JSON.parse(row.detail), actor: row.actor }));
+}

@@ -19,10 +19,11 @@ import {
 import type { WhatsAppWebhook } from "../../../src/modules/webhooks/whatsapp";
 import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
 import { cliInProcess } from "../../support/cli";
-import { ManualClock } from "../../support/clock";
-import { type GraphServer, startGraphServer } from "../../support/graph-server";
+import { startGraphServer } from "../../support/graph-server";
 import { migrationsUpTo } from "../../support/migrations";
+import { outboxSetup } from "../../support/outbox";
 import {
+  auditedEvents,
   deliver,
   notification,
   ScriptedChat,
@@ -35,28 +36,7 @@ afterEach(() => {
   for (const cleanup of cleanups.splice(0).reverse()) cleanup();
 });
 
-interface Setup {
-  target: TestApp;
-  graph: GraphServer;
-  chat: ScriptedChat;
-  clock: ManualClock;
-  worker: WhatsAppWebhook["worker"];
-}
-
-function setup(): Setup {
-  const graph = startGraphServer();
-  cleanups.push(() => graph.close());
-  const chat = new ScriptedChat();
-  const clock = new ManualClock();
-  const target = buildTestApp({
-    env: whatsappEnv(graph),
-    clock,
-    whatsapp: { chat, outbox: { retryBaseMs: 1000 } },
-  });
-  cleanups.push(() => target.close());
-  const whatsapp = target.services.features.find((f) => f.name === "whatsapp") as WhatsAppWebhook;
-  return { target, graph, chat, clock, worker: whatsapp.worker };
-}
+const setup = () => outboxSetup(cleanups);
 
 interface Row {
   id: number;
@@ -77,19 +57,11 @@ const rowOf = (target: TestApp, messageId: string) =>
     .query<Row, [string]>("SELECT * FROM whatsapp_outbox WHERE message_id = ?")
     .get(messageId)!;
 
-const audited = (target: TestApp, type: string) => {
-  target.services.audit.flush();
-  return target.db.$client
-    .query<{ detail: string; actor: string }, [string]>(
-      "SELECT detail, actor FROM audit_events WHERE type = ? ORDER BY id",
-    )
-    .all(type)
-    .map((row) => ({ ...JSON.parse(row.detail), actor: row.actor }));
-};
+const audited = auditedEvents;
 
-/** The seal of a row as the service computes it (the test's AUDIT_SECRET_KEY). */
-const sealOf = (target: TestApp, row: Row) =>
-  createOutboxSeal(target.config.audit.secretKey).of({
+/** The seal of a stored row as the service computes it under `auditSecret`. */
+const sealOf = (auditSecret: string, row: Row) =>
+  createOutboxSeal(auditSecret).of({
     messageId: row.message_id,
     phoneNumberId: row.phone_number_id,
     recipient: row.recipient,
@@ -333,15 +305,15 @@ describe("the worker reseals what it changes", () => {
       }),
     );
     const delivered = rowOf(target, "wamid.SENT");
-    expect(delivered.seal).toBe(sealOf(target, delivered));
+    expect(delivered.seal).toBe(sealOf(target.config.audit.secretKey, delivered));
     await worker.drain();
     const sent = rowOf(target, "wamid.SENT");
     const givenUp = rowOf(target, "wamid.GIVEN_UP");
     expect(sent).toMatchObject({ state: "sent", recipient: null, reply: "reply to: two" });
     expect(givenUp).toMatchObject({ state: "failed", recipient: null });
     expect(givenUp.last_error).not.toBe(TAMPERED_REASON);
-    expect(sent.seal).toBe(sealOf(target, sent));
-    expect(givenUp.seal).toBe(sealOf(target, givenUp));
+    expect(sent.seal).toBe(sealOf(target.config.audit.secretKey, sent));
+    expect(givenUp.seal).toBe(sealOf(target.config.audit.secretKey, givenUp));
     expect(audited(target, "whatsapp.outbox_tampered")).toEqual([]);
   });
 });
@@ -387,20 +359,10 @@ describe("upgrading a database stored before outbox seals", () => {
       body: null,
       last_error: OWED_AT_UPGRADE_REASON,
     });
-    const sealOfStored = (row: Row) =>
-      seal.of({
-        messageId: row.message_id,
-        phoneNumberId: row.phone_number_id,
-        recipient: row.recipient,
-        senderHash: row.sender_hash,
-        kind: row.kind,
-        body: row.body,
-        reply: row.reply,
-      });
-    expect(owed.seal).toBe(sealOfStored(owed));
+    expect(owed.seal).toBe(sealOf(AUDIT_SECRET_KEY, owed));
     const done = stored("wamid.DONE");
     expect(done.state).toBe("sent");
-    expect(done.seal).toBe(sealOfStored(done));
+    expect(done.seal).toBe(sealOf(AUDIT_SECRET_KEY, done));
 
     db.$client.run(
       `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind,

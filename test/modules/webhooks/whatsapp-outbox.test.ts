@@ -11,13 +11,12 @@ import {
   OVER_BUDGET_REPLY,
   REFUSED_TEXT_REPLY,
 } from "../../../src/modules/webhooks/outbox";
-import type { WhatsAppWebhook } from "../../../src/modules/webhooks/whatsapp";
-import type { Services } from "../../../src/services";
 import { buildTestApp, send, type TestApp } from "../../support/app";
-import { ManualClock } from "../../support/clock";
-import { type GraphServer, startGraphServer } from "../../support/graph-server";
+import { startGraphServer } from "../../support/graph-server";
 import { anotherInstance } from "../../support/instance";
+import { outboxSetup, whatsappOf } from "../../support/outbox";
 import {
+  auditedEvents,
   deliver,
   notification,
   ScriptedChat,
@@ -31,31 +30,7 @@ afterEach(() => {
   for (const cleanup of cleanups.splice(0).reverse()) cleanup();
 });
 
-function whatsappOf(services: Services): WhatsAppWebhook {
-  return services.features.find((f) => f.name === "whatsapp") as WhatsAppWebhook;
-}
-
-interface Setup {
-  target: TestApp;
-  graph: GraphServer;
-  chat: ScriptedChat;
-  clock: ManualClock;
-  worker: WhatsAppWebhook["worker"];
-}
-
-function setup(env: Record<string, string> = {}, outbox = {}): Setup {
-  const graph = startGraphServer();
-  cleanups.push(() => graph.close());
-  const chat = new ScriptedChat();
-  const clock = new ManualClock();
-  const target = buildTestApp({
-    env: whatsappEnv(graph, env),
-    clock,
-    whatsapp: { chat, outbox: { retryBaseMs: 1000, ...outbox } },
-  });
-  cleanups.push(() => target.close());
-  return { target, graph, chat, clock, worker: whatsappOf(target.services).worker };
-}
+const setup = (env: Record<string, string> = {}, outbox = {}) => outboxSetup(cleanups, env, outbox);
 
 interface Row {
   message_id: string;
@@ -74,15 +49,7 @@ interface Row {
 const rows = (target: TestApp) =>
   target.db.$client.query<Row, []>("SELECT * FROM whatsapp_outbox ORDER BY id").all();
 
-const audited = (target: TestApp, type: string) => {
-  target.services.audit.flush();
-  return target.db.$client
-    .query<{ detail: string; actor: string }, [string]>(
-      "SELECT detail, actor FROM audit_events WHERE type = ? ORDER BY id",
-    )
-    .all(type)
-    .map((row) => ({ ...JSON.parse(row.detail), actor: row.actor }));
-};
+const audited = auditedEvents;
 
 describe("sending replies", () => {
   test("a text gets one chat turn and one Graph message; the row is marked sent and the number cleared", async () => {
