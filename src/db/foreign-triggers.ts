@@ -25,16 +25,26 @@ const MAX_REPORTED_NAME = 64;
 const cut = (text: string, length: number) =>
   text.length > length ? `${text.slice(0, length)}…` : text;
 
-/** Drops every trigger in the main database; what it dropped. */
+const FIND_TRIGGERS =
+  "SELECT name, tbl_name AS \"table\", sql FROM main.sqlite_master WHERE type = 'trigger'";
+
+/**
+ * Drops every trigger in the main database; what it dropped. Found and dropped in one immediate
+ * transaction, so that of several processes sweeping one file, one reports each trigger; the
+ * write lock is taken only when a read found one.
+ */
 export function dropForeignTriggers(sqlite: Database): DroppedTrigger[] {
+  type Found = { name: string; table: string; sql: string | null };
+  if (sqlite.query<Found, []>(FIND_TRIGGERS).all().length === 0) return [];
   const found = sqlite
-    .query<{ name: string; table: string; sql: string | null }, []>(
-      "SELECT name, tbl_name AS \"table\", sql FROM main.sqlite_master WHERE type = 'trigger'",
-    )
-    .all();
-  for (const { name } of found) {
-    sqlite.run(`DROP TRIGGER IF EXISTS main."${name.replaceAll('"', '""')}"`);
-  }
+    .transaction(() => {
+      const triggers = sqlite.query<Found, []>(FIND_TRIGGERS).all();
+      for (const { name } of triggers) {
+        sqlite.run(`DROP TRIGGER IF EXISTS main."${name.replaceAll('"', '""')}"`);
+      }
+      return triggers;
+    })
+    .immediate();
   return found.map(({ name, table, sql }) => ({
     name: cut(name, MAX_REPORTED_NAME),
     table: cut(table, MAX_REPORTED_NAME),
