@@ -98,8 +98,21 @@ function prepareActiveById(db: AppDatabase) {
     .prepare();
 }
 
+/**
+ * A stored key's scopes. Only a sealed row is ever believed, but every row is listed: one written
+ * into the file may hold anything there, and a listing must show it (as tampered), not fail.
+ */
+function storedScopes(text: string): Scope[] {
+  try {
+    const parsed: unknown = JSON.parse(text);
+    return Array.isArray(parsed) ? parsed.filter((scope) => isScope(String(scope))) : [];
+  } catch {
+    return [];
+  }
+}
+
 function toRecord(row: KeyRow): ApiKeyRecord {
-  return { ...row, scopes: JSON.parse(row.scopes) as Scope[] };
+  return { ...row, scopes: storedScopes(row.scopes) };
 }
 
 export function isScope(value: string): value is Scope {
@@ -385,7 +398,7 @@ export class ApiKeyService {
               actor: "system",
               detail: {
                 keyId: row.id,
-                from: (JSON.parse(row.scopes) as string[]).join(","),
+                from: storedScopes(row.scopes).join(","),
                 to: entry.scopes.join(","),
                 reason: "api_keys_changed",
               },

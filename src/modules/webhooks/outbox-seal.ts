@@ -98,6 +98,10 @@ export const OUTBOX_SEALS_MIGRATION = "0014_outbox_seals";
 export const OWED_AT_UPGRADE_REASON =
   "owed when outbox seals were added: a row from before them cannot be told from one written into the file; not sent";
 
+/** Why a finished row that still held a number or a text when migration 0014 ran was cleared. */
+export const UNFINISHED_AT_UPGRADE_REASON =
+  "held a number or a text when outbox seals were added, as no row Palisade finished does; cleared, not sent";
+
 /** What the upgrade did: rows sealed, and of them the replies still owed, given up unsent. */
 export interface OutboxSealedOnUpgrade {
   rows: number;
@@ -109,11 +113,14 @@ export interface OutboxSealedOnUpgrade {
  * the credentials are sealed with 0013: modules/auth/seal-upgrade.ts), and what it did: null until
  * it runs, and when there were no rows.
  *
- * A reply still owed (a pending row) is given up, not sealed for sending: in a file someone put
- * back into its pre-0014 shape, a pending row could be anyone's message to anyone, and a message
- * sent is not undone (an account sealed by mistake can still be revoked). It is marked failed,
- * its number and text cleared, as a reply given up at any other time. A graceful stop sends what
- * it can, so an upgrade made once `whatsapp_outbox_pending` is 0 gives up nothing.
+ * Only what cannot send is sealed: every row is sealed with no number and no text. A reply still
+ * owed (a pending row) is given up, not sealed for sending: in a file someone put back into its
+ * pre-0014 shape, a pending row could be anyone's message to anyone, and a message sent is not
+ * undone (an account sealed by mistake can still be revoked). It is marked failed, its number and
+ * text cleared, as a reply given up at any other time. A finished row that still holds a number or
+ * a text is no row Palisade finished (it clears both), and sealed as it is it would send once its
+ * unsealed state was put back to pending: it is cleared too. A graceful stop sends what it can, so
+ * an upgrade made once `whatsapp_outbox_pending` is 0 gives up nothing.
  */
 export function outboxSealing(seal: OutboxSeal): {
   companions: MigrationCompanions;
@@ -129,7 +136,7 @@ export function outboxSealing(seal: OutboxSeal): {
       )
       .all();
     const sealRow = sqlite.prepare("UPDATE whatsapp_outbox SET seal = ? WHERE id = ?");
-    const giveUp = sqlite.prepare(
+    const close = sqlite.prepare(
       `UPDATE whatsapp_outbox SET state = 'failed', recipient = NULL, body = NULL,
          lease_until = NULL, lease_owner = NULL, last_error = ?, finished_at = ?, seal = ?
        WHERE id = ?`,
@@ -137,9 +144,12 @@ export function outboxSealing(seal: OutboxSeal): {
     const now = Date.now();
     let givenUp = 0;
     for (const row of rows) {
+      const closed = { ...row, recipient: null, body: null };
       if (row.state === "pending") {
-        const closed = { ...row, recipient: null, body: null };
-        giveUp.run(OWED_AT_UPGRADE_REASON, now, seal.of(closed), row.id);
+        close.run(OWED_AT_UPGRADE_REASON, now, seal.of(closed), row.id);
+        givenUp++;
+      } else if (row.recipient !== null || row.body !== null) {
+        close.run(UNFINISHED_AT_UPGRADE_REASON, now, seal.of(closed), row.id);
         givenUp++;
       } else sealRow.run(seal.of(row), row.id);
     }

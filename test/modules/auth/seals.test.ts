@@ -414,6 +414,8 @@ test("the admin API's key list marks a key that fails its seal, and one whose ow
     widened.record.id,
   ]);
   target.db.$client.run("UPDATE users SET role = 'admin' WHERE id = ?", [owner.userId]);
+  // Scopes that are not even JSON: listed as tampered, never a 500.
+  const malformed = insertKey(target, generateApiKey("live"), { scopes: "chat", seal: "x" });
   const listed = await send(target, "/api/admin/api-keys", { headers: bearer(admin.accessToken) });
   expect(listed.status).toBe(200);
   const keys = ((await listed.json()) as { keys: { id: string; tampered: boolean }[] }).keys;
@@ -421,6 +423,12 @@ test("the admin API's key list marks a key that fails its seal, and one whose ow
   expect(tampered(widened.record.id)).toBe(true);
   expect(tampered(owned.record.id)).toBe(true);
   expect(tampered(untouched.record.id)).toBe(false);
+  expect(tampered(malformed)).toBe(true);
+  const cli = await cliInProcess(["keys:list"], { DATABASE_PATH: target.databasePath });
+  expect(cli.code).toBe(0);
+  expect(cli.stdout.split("\n").find((line) => line.startsWith(malformed))).toContain(
+    "refused (does not match its seal",
+  );
   // And the keys it marks are the keys refused.
   expect((await asKey(target, widened.key)).me).toBe(401);
   expect((await asKey(target, owned.key)).me).toBe(401);

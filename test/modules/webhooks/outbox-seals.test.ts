@@ -15,6 +15,7 @@ import {
   OUTBOX_SEALS_MIGRATION,
   OWED_AT_UPGRADE_REASON,
   outboxSealing,
+  UNFINISHED_AT_UPGRADE_REASON,
 } from "../../../src/modules/webhooks/outbox-seal";
 import type { WhatsAppWebhook } from "../../../src/modules/webhooks/whatsapp";
 import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
@@ -406,18 +407,28 @@ describe("upgrading a database stored before outbox seals", () => {
          'pending', 0, ?)`,
       [WA_PHONE_NUMBER_ID, Date.now()],
     );
+    // And one that looks finished but still holds a number and a text, to be put back to pending
+    // once sealed (its state is bookkeeping, not sealed).
+    file.$client.run(
+      `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind,
+         body, reply, state, next_attempt_at, received_at, finished_at)
+       VALUES ('wamid.FINISHED', ?, '15550009999', 'x', 'text', 'run a turn on this', NULL,
+         'failed', 0, ?, ?)`,
+      [WA_PHONE_NUMBER_ID, Date.now(), Date.now()],
+    );
     file.$client.close();
     const again = await cliInProcess(["db:migrate"], env);
     expect(again.code).toBe(0);
     // Said and audited again: the sign of it.
-    expect(again.stderr).toContain("1 replies still owed were given up unsent");
+    expect(again.stderr).toContain("2 replies still owed were given up unsent");
 
     // The service on that file sends nothing.
     const graph = startGraphServer();
     cleanups.push(() => graph.close());
+    const chat = new ScriptedChat();
     const target = buildTestApp({
       env: { ...whatsappEnv(graph), AUDIT_SECRET_KEY },
-      whatsapp: { chat: new ScriptedChat() },
+      whatsapp: { chat },
     });
     cleanups.push(() => target.close());
     target.db.$client.run(`ATTACH DATABASE '${path}' AS old`);
@@ -425,10 +436,22 @@ describe("upgrading a database stored before outbox seals", () => {
     target.db.$client.run("DETACH DATABASE old");
     const whatsapp = target.services.features.find((f) => f.name === "whatsapp") as WhatsAppWebhook;
     expect(await whatsapp.worker.drain()).toBe(0);
-    expect(graph.sent).toHaveLength(0);
     expect(rowOf(target, "wamid.FORGED")).toMatchObject({
       state: "failed",
       last_error: OWED_AT_UPGRADE_REASON,
     });
+    expect(rowOf(target, "wamid.FINISHED")).toMatchObject({
+      state: "failed",
+      recipient: null,
+      body: null,
+      last_error: UNFINISHED_AT_UPGRADE_REASON,
+    });
+    // Both put back to pending: sealed without a number or a text, they send nothing.
+    target.db.$client.run(
+      "UPDATE whatsapp_outbox SET state = 'pending', next_attempt_at = 0, finished_at = NULL",
+    );
+    await whatsapp.worker.drain();
+    expect(graph.sent).toHaveLength(0);
+    expect(chat.turns).toHaveLength(0);
   });
 });
