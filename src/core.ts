@@ -11,7 +11,13 @@ import type { Config } from "./config";
 import { probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
 import { checkDiskRoom } from "./db/disk-space";
-import { dropForeignTriggers, droppedTriggerEvent, logDroppedTrigger } from "./db/foreign-triggers";
+import {
+  countTriggers,
+  dropForeignTriggers,
+  MAX_DROPPED_WHILE_RUNNING,
+  reportDroppedTriggers,
+} from "./db/foreign-triggers";
+import { createSchemaGuard, type SchemaGuard } from "./db/schema-guard";
 import type { Logger } from "./logging/logger";
 import type { ReadinessCheck } from "./modules/health/service";
 import { AuditKeys } from "./plugins/audit/chain";
@@ -97,12 +103,20 @@ export interface CoreOptions {
   cacheTokens?: boolean;
   /** Bytes free on a directory's filesystem, for /ready (db/disk-space; tests pass their own). */
   freeDiskBytes?: (directory: string) => number;
+  /** The schema check the start made (db/schema-guard); one of the core's own when absent. */
+  schemaGuard?: SchemaGuard;
+  /**
+   * Told when the maintenance finds the schema changed while running (after the error line and
+   * the audit event): the service stops (src/index.ts). Absent: only reported.
+   */
+  onSchemaChanged?: (differences: readonly string[]) => void;
 }
 
 export function createCore(options: CoreOptions): Core {
   const { config, db, logger } = options;
   const clock = options.clock ?? systemClock;
   const sqlite = db.$client;
+  const schemaGuard = options.schemaGuard ?? createSchemaGuard(sqlite);
   const registry = createMetricsRegistry();
   registerQueryDurations(registry, sqlite);
   const auditKeys = new AuditKeys(config.audit.secretKey);
@@ -243,10 +257,32 @@ export function createCore(options: CoreOptions): Core {
       }
     },
     maintenance(now) {
-      // First: a trigger added to the file since the last tick stops being able to act.
-      for (const trigger of dropForeignTriggers(db.$client)) {
-        logDroppedTrigger(logger, trigger);
-        audit.record(droppedTriggerEvent(trigger));
+      // First: a trigger added to the file since the last tick stops being able to act. Too many
+      // to drop on the event loop: stopped as for a changed schema; the next start drops them.
+      const triggers = countTriggers(sqlite);
+      if (triggers > 0 && triggers <= MAX_DROPPED_WHILE_RUNNING) {
+        reportDroppedTriggers(
+          dropForeignTriggers(sqlite),
+          (fields, message) => logger.error(fields, message),
+          (event) => audit.record(event),
+        );
+      }
+      const changed =
+        triggers > MAX_DROPPED_WHILE_RUNNING
+          ? [`${triggers} triggers were added`]
+          : schemaGuard.changes();
+      if (changed.length > 0) {
+        logger.error(
+          { differences: changed },
+          "the database's schema was changed outside Palisade while running: a changed table can make Palisade's writes silently do nothing; stopping (restore the file from a backup)",
+        );
+        audit.record({
+          type: "db.schema_changed",
+          outcome: "denied",
+          actor: "system",
+          detail: { differences: changed.join("; ") },
+        });
+        options.onSchemaChanged?.(changed);
       }
       limiter.prune(now);
       audit.prune(now - config.auditRetentionDays * DAY_MS, now);

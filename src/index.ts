@@ -11,10 +11,11 @@ import { DatabaseOpenError, openDatabase } from "./db/client";
 import {
   type DroppedTrigger,
   dropForeignTriggers,
-  droppedTriggerEvent,
-  logDroppedTrigger,
+  droppedTriggerEvents,
+  reportDroppedTriggers,
 } from "./db/foreign-triggers";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
+import { createSchemaGuard, schemaChangedMessage } from "./db/schema-guard";
 import { createLogger } from "./logging/logger";
 import {
   listenForMetrics,
@@ -83,7 +84,7 @@ try {
   db = openDatabase(config.databasePath);
   // Before the migrations, which a trigger in the file would run inside too; said at once.
   droppedTriggers = dropForeignTriggers(db.$client);
-  for (const trigger of droppedTriggers) logDroppedTrigger(logger, trigger);
+  reportDroppedTriggers(droppedTriggers, (fields, message) => logger.error(fields, message), null);
   migrations = applyMigrations(db, undefined, sealing.companions);
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
@@ -94,6 +95,16 @@ try {
 // rows without a word (the audit event follows once the services exist).
 const sealedOnUpgrade = sealing.sealed();
 for (const sealed of sealedOnUpgrade) logger.warn(sealed.fields, sealed.message);
+
+// Every table and index as the migrations made them: a table rebuilt with a constraint that
+// ignores conflicts would make Palisade's own writes silently do nothing (db/schema-guard).
+const schemaGuard = createSchemaGuard(db.$client);
+const schemaDifferences = schemaGuard.changes();
+if (schemaDifferences.length > 0) {
+  fail(
+    `refusing to start: ${schemaChangedMessage(config.databasePath, schemaDifferences, migrations.fromNewerReleases)}`,
+  );
+}
 
 const newerMigrations = migrations.fromNewerReleases;
 if (newerMigrations > 0) {
@@ -112,6 +123,12 @@ try {
     db,
     logger,
     prepareLogin: false,
+    schemaGuard,
+    // A schema changed while running stops the service, exit 2: the next start refuses the file.
+    onSchemaChanged: () => {
+      process.exitCode = 2;
+      process.kill(process.pid, "SIGTERM");
+    },
     // Beside this file in the source, and where the executable holds it (scripts/build.ts).
     checkpointWorkerUrl: new URL("./db/checkpoint-worker.ts", import.meta.url),
   });
@@ -120,7 +137,7 @@ try {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;
 }
-for (const trigger of droppedTriggers) services.audit.record(droppedTriggerEvent(trigger));
+for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);
 for (const sealed of sealedOnUpgrade) services.audit.record(sealed.event);
 await services.start();
 // Serving: a statement waits for another process's write lock briefly, never seconds (db/busy).

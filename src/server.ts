@@ -70,7 +70,8 @@ export function startServer(options: StartServerOptions): RunningServer {
       // The access lines of requests that finished while draining are still batched.
       logger.flush();
       for (const signal of signals) process.off(signal, onSignal);
-      if (options.exitProcess ?? true) process.exit(0);
+      // 0, unless what asked for the shutdown set another code (a schema changed while running).
+      if (options.exitProcess ?? true) process.exit(process.exitCode ?? 0);
     })();
     return shuttingDown;
   };

@@ -7,11 +7,12 @@ import { type Config, ConfigError, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
 import {
-  DROPPED_TRIGGER_MESSAGE,
   dropForeignTriggers,
-  droppedTriggerEvent,
+  droppedTriggerEvents,
+  reportDroppedTriggers,
 } from "../db/foreign-triggers";
 import { applyMigrations, migrationsFailed } from "../db/migrate";
+import { createSchemaGuard, schemaChangedMessage } from "../db/schema-guard";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { createServices, type Services } from "../services";
@@ -85,22 +86,28 @@ export async function runCli(
         const sealing = upgradeSealing(context.config().audit.secretKey);
         // And it drops what a start drops before migrating (db/foreign-triggers.ts).
         const dropped = dropForeignTriggers(db.$client);
-        for (const trigger of dropped) {
-          io.err(`${DROPPED_TRIGGER_MESSAGE}: ${trigger.name} on ${trigger.table}: ${trigger.sql}`);
-        }
+        reportDroppedTriggers(
+          dropped,
+          ({ trigger, table, sql, more }: Record<string, unknown>, message: string) =>
+            io.err(more === undefined ? `${message}: ${trigger} on ${table}: ${sql}` : message),
+          null,
+        );
+        let newerMigrations = 0;
         try {
-          applyMigrations(db, undefined, sealing.companions);
+          newerMigrations = applyMigrations(db, undefined, sealing.companions).fromNewerReleases;
         } catch (error) {
           // One line, as the start says it: a tampered migrations table, or a migration that failed.
           throw new CliError(migrationsFailed(path, error), 1);
+        }
+        const changedSchema = createSchemaGuard(db.$client).differences();
+        if (changedSchema.length > 0) {
+          throw new CliError(schemaChangedMessage(path, changedSchema, newerMigrations), 1);
         }
         const sealed = sealing.sealed();
         for (const { message } of sealed) io.err(message);
         // Audited as the start audits it, through the same services (the chain's upgrade first).
         for (const { event } of sealed) context.services().audit.record(event);
-        for (const trigger of dropped) {
-          context.services().audit.record(droppedTriggerEvent(trigger));
-        }
+        for (const event of droppedTriggerEvents(dropped)) context.services().audit.record(event);
       }
       return db;
     },

@@ -8,6 +8,11 @@
  * quietly stopping the rows Palisade writes. Every trigger found is dropped and reported: at each
  * start and CLI command before the migrations run, and by the background maintenance every few
  * seconds while the service runs.
+ *
+ * Bounds. Each DROP rewrites the schema, and thousands took minutes on the event loop: a running
+ * service that finds more than MAX_DROPPED_WHILE_RUNNING stops instead (as for a changed schema),
+ * and the next start, which serves nothing yet, drops them all. The first REPORTED_ONE_BY_ONE of a
+ * sweep are reported one by one, the rest in one line and one audit event.
  */
 import type { Database } from "bun:sqlite";
 import type { AuditEvent } from "../plugins/audit/events";
@@ -25,6 +30,16 @@ const MAX_REPORTED_NAME = 64;
 const cut = (text: string, length: number) =>
   text.length > length ? `${text.slice(0, length)}…` : text;
 
+export const MAX_DROPPED_WHILE_RUNNING = 100;
+const REPORTED_ONE_BY_ONE = 20;
+
+/** How many triggers the file holds (one read, no lock). */
+export function countTriggers(sqlite: Database): number {
+  return sqlite
+    .query<{ n: number }, []>("SELECT count(*) AS n FROM main.sqlite_master WHERE type = 'trigger'")
+    .get()!.n;
+}
+
 const FIND_TRIGGERS =
   "SELECT name, tbl_name AS \"table\", sql FROM main.sqlite_master WHERE type = 'trigger'";
 
@@ -35,7 +50,7 @@ const FIND_TRIGGERS =
  */
 export function dropForeignTriggers(sqlite: Database): DroppedTrigger[] {
   type Found = { name: string; table: string; sql: string | null };
-  if (sqlite.query<Found, []>(FIND_TRIGGERS).all().length === 0) return [];
+  if (countTriggers(sqlite) === 0) return [];
   const found = sqlite
     .transaction(() => {
       const triggers = sqlite.query<Found, []>(FIND_TRIGGERS).all();
@@ -56,23 +71,40 @@ export function dropForeignTriggers(sqlite: Database): DroppedTrigger[] {
 export const DROPPED_TRIGGER_MESSAGE =
   "a trigger Palisade did not create was in the database file: it was written there by someone else, and could stop or change Palisade's writes; it was dropped";
 
-/** The error line of a dropped trigger (its name, table and definition). */
-export function logDroppedTrigger(
-  logger: { error(fields: Record<string, unknown>, message: string): void },
-  trigger: DroppedTrigger,
+/**
+ * The error lines and audit events of a sweep: one each for the first REPORTED_ONE_BY_ONE (name,
+ * table, definition; the event without the definition), then one of each for the rest. `say`
+ * writes a line (the log, or the CLI's stderr); `record` is null before the audit log exists.
+ */
+export function reportDroppedTriggers(
+  dropped: readonly DroppedTrigger[],
+  say: (fields: Record<string, unknown>, message: string) => void,
+  record: ((event: AuditEvent) => void) | null,
 ): void {
-  logger.error(
-    { trigger: trigger.name, table: trigger.table, sql: trigger.sql },
-    DROPPED_TRIGGER_MESSAGE,
-  );
+  for (const trigger of dropped.slice(0, REPORTED_ONE_BY_ONE)) {
+    say({ trigger: trigger.name, table: trigger.table, sql: trigger.sql }, DROPPED_TRIGGER_MESSAGE);
+  }
+  for (const event of droppedTriggerEvents(dropped)) record?.(event);
+  const more = dropped.length - REPORTED_ONE_BY_ONE;
+  if (more > 0) say({ more }, `${DROPPED_TRIGGER_MESSAGE} (and ${more} more like it)`);
 }
 
-/** The audit event of a dropped trigger (its name and table; the definition is in the log). */
-export function droppedTriggerEvent(trigger: DroppedTrigger): AuditEvent {
-  return {
+/** The audit events of a sweep (see reportDroppedTriggers). */
+export function droppedTriggerEvents(dropped: readonly DroppedTrigger[]): AuditEvent[] {
+  const events: AuditEvent[] = dropped.slice(0, REPORTED_ONE_BY_ONE).map((trigger) => ({
     type: "db.trigger_dropped",
     outcome: "denied",
     actor: "system",
     detail: { trigger: trigger.name, table: trigger.table },
-  };
+  }));
+  const more = dropped.length - REPORTED_ONE_BY_ONE;
+  if (more > 0) {
+    events.push({
+      type: "db.trigger_dropped",
+      outcome: "denied",
+      actor: "system",
+      detail: { more },
+    });
+  }
+  return events;
 }

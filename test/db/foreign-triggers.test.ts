@@ -10,11 +10,20 @@ import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
-import { DROPPED_TRIGGER_MESSAGE } from "../../src/db/foreign-triggers";
+import { DROPPED_TRIGGER_MESSAGE, MAX_DROPPED_WHILE_RUNNING } from "../../src/db/foreign-triggers";
 import { applyMigrations } from "../../src/db/migrate";
+import { createLogger } from "../../src/logging/logger";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { verifyAuditChain } from "../../src/plugins/audit/log";
-import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
+import { createServices } from "../../src/services";
+import {
+  buildTestApp,
+  LogCapture,
+  send,
+  TEST_PASSWORD_HASHING,
+  type TestApp,
+  tempDir,
+} from "../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../support/auth";
 import { cliInProcess } from "../support/cli";
 import { startService } from "../support/process";
@@ -98,6 +107,56 @@ describe("while the service runs", () => {
       body: { refreshToken: alice.refreshToken },
     });
     expect(refresh.status).toBe(401);
+  });
+});
+
+describe("many triggers", () => {
+  const addTriggers = (sqlite: Database, count: number) =>
+    sqlite.transaction(() => {
+      for (let i = 0; i < count; i++) {
+        sqlite.run(
+          `CREATE TRIGGER t${i} BEFORE INSERT ON ip_blocks BEGIN SELECT RAISE(IGNORE); END`,
+        );
+      }
+    })();
+
+  test("a CLI command drops them all; the first 20 are reported one by one, the rest in one line and one event", async () => {
+    const dir = tempDir();
+    cleanups.push(dir.remove);
+    const path = join(dir.path, "many.db");
+    const db = openDatabase(path);
+    applyMigrations(db);
+    addTriggers(db.$client, 25);
+    db.$client.close();
+    const result = await cliInProcess(["db:migrate"], { DATABASE_PATH: path });
+    expect(result.code).toBe(0);
+    const lines = result.stderr.split("\n");
+    expect(lines).toHaveLength(21);
+    expect(lines[20]).toBe(`${DROPPED_TRIGGER_MESSAGE} (and 5 more like it)`);
+    const file = new Database(path, { readonly: true });
+    cleanups.push(() => file.close());
+    expect(triggers(file)).toEqual([]);
+    const events = auditedDrops(file);
+    expect(events).toHaveLength(21);
+    expect(events[20]).toEqual({ more: 5 });
+  });
+
+  test("more than a running service drops on its event loop: it stops instead, and drops none", () => {
+    const target = app();
+    const stops: (readonly string[])[] = [];
+    const services = createServices({
+      config: target.config,
+      db: target.db,
+      logger: createLogger({ level: "info", destination: new LogCapture() }),
+      passwordHashing: TEST_PASSWORD_HASHING,
+      maintenanceIntervalMs: 0,
+      onSchemaChanged: (differences) => stops.push(differences),
+    });
+    cleanups.push(() => services.close());
+    addTriggers(target.db.$client, MAX_DROPPED_WHILE_RUNNING + 1);
+    services.runMaintenance();
+    expect(stops).toEqual([[`${MAX_DROPPED_WHILE_RUNNING + 1} triggers were added`]]);
+    expect(triggers(target.db.$client)).toHaveLength(MAX_DROPPED_WHILE_RUNNING + 1);
   });
 });
 

@@ -68,8 +68,10 @@ export const AUDIT_EVENT_TYPES = [
   "whatsapp.outbox_sealed",
   // The log itself.
   "audit.chain.keyed",
-  // A trigger found in the database file and dropped (db/foreign-triggers.ts; must not be lost).
+  // A trigger found in the database file and dropped (db/foreign-triggers.ts), and a schema found
+  // changed while running (db/schema-guard.ts); must not be lost.
   "db.trigger_dropped",
+  "db.schema_changed",
 ] as const;
 
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
@@ -102,7 +104,7 @@ export function mustNotLose(type: string): boolean {
     type.startsWith("payment.") ||
     type.startsWith("privacy.") ||
     type.startsWith("ip.") ||
-    type === "db.trigger_dropped" ||
+    type.startsWith("db.") ||
     type === "whatsapp.outbox_tampered" ||
     type === "whatsapp.outbox_sealed"
   );

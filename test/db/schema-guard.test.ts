@@ -1,0 +1,184 @@
+/**
+ * A table rebuilt in the file with a constraint that ignores what conflicts with it (a generated
+ * column under `UNIQUE … ON CONFLICT IGNORE`) makes Palisade's own writes silently do nothing: a
+ * second key revocation, a logout, a role change. No seal and no trigger sees it. Every table and
+ * index the migrations make must be in the file as they make it: a start refuses the file (exit 2),
+ * a CLI command too (exit 1), and a running service that finds its schema changed reports it and
+ * stops. Objects the migrations do not make are left alone.
+ */
+import { Database } from "bun:sqlite";
+import { afterEach, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
+import { createSchemaGuard } from "../../src/db/schema-guard";
+import { createLogger } from "../../src/logging/logger";
+import { createServices } from "../../src/services";
+import {
+  buildTestApp,
+  LogCapture,
+  TEST_PASSWORD_HASHING,
+  type TestApp,
+  tempDir,
+} from "../support/app";
+import { createKey } from "../support/auth";
+import { cliInProcess } from "../support/cli";
+import { runToExit, startService } from "../support/process";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+/**
+ * Rebuilds `table` as the probe did: the same columns, rows and indexes, plus a generated column
+ * and a constraint that makes a write setting it a second time do nothing.
+ */
+function rebuildIgnoring(sqlite: Database, table: string, generated: string): void {
+  const { sql } = sqlite
+    .query<{ sql: string }, [string]>(
+      "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+    )
+    .get(table)!;
+  const indexes = sqlite
+    .query<{ sql: string }, [string]>(
+      "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+    )
+    .all(table);
+  const columns = sqlite
+    .query<{ name: string }, []>(`PRAGMA table_info("${table}")`)
+    .all()
+    .map((c) => `"${c.name}"`)
+    .join(", ");
+  // The column first (columns come before table constraints), the constraint last.
+  const open = sql.indexOf("(") + 1;
+  const rebuilt = `${sql.slice(0, open)}\n\t"ignored" integer GENERATED ALWAYS AS (${generated}) VIRTUAL,${sql.slice(open, sql.lastIndexOf(")"))},\n\tUNIQUE ("ignored") ON CONFLICT IGNORE\n)`;
+  sqlite.run("PRAGMA foreign_keys = OFF");
+  sqlite.transaction(() => {
+    sqlite.run(`ALTER TABLE "${table}" RENAME TO "${table}_old"`);
+    sqlite.run(rebuilt);
+    sqlite.run(`INSERT INTO "${table}" (${columns}) SELECT ${columns} FROM "${table}_old"`);
+    sqlite.run(`DROP TABLE "${table}_old"`);
+    for (const index of indexes) sqlite.run(index.sql);
+  })();
+}
+
+function migratedFile() {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  const path = join(dir.path, "p.db");
+  const db = openDatabase(path);
+  applyMigrations(db);
+  return { path, db };
+}
+
+describe("a start or a CLI command on a file whose schema was changed", () => {
+  test("the start refuses it in one line naming the table; the CLI too", async () => {
+    const { path, db } = migratedFile();
+    rebuildIgnoring(db.$client, "api_keys", "CASE WHEN revoked_at IS NOT NULL THEN 1 END");
+    db.$client.close();
+
+    const start = await runToExit(["bun", "run", "src/index.ts"], {
+      DATABASE_PATH: path,
+      PORT: "0",
+    });
+    expect(start.code).toBe(2);
+    expect(start.stderr.trim().split("\n").at(-1)).toBe(
+      `palisade: refusing to start: DATABASE_PATH ${path}: the schema was changed outside Palisade (table api_keys is not as its migrations made it); a changed table can make Palisade's writes silently do nothing: restore the file from a backup`,
+    );
+    const listed = await cliInProcess(["keys:list"], { DATABASE_PATH: path });
+    expect(listed.code).toBe(1);
+    expect(listed.stderr).toContain("table api_keys is not as its migrations made it");
+  });
+
+  test("a missing index is a change too; objects the migrations do not make are left alone", () => {
+    const { db } = migratedFile();
+    cleanups.push(() => db.$client.close());
+    const guard = createSchemaGuard(db.$client);
+    db.$client.run("CREATE TABLE notes (id integer)");
+    db.$client.run("CREATE INDEX notes_id ON notes (id)");
+    db.$client.run("CREATE VIEW recent_users AS SELECT id FROM users");
+    expect(guard.differences()).toEqual([]);
+    db.$client.run("DROP INDEX refresh_families_user");
+    expect(guard.differences()).toEqual(["index refresh_families_user is missing"]);
+  });
+});
+
+describe("while the service runs", () => {
+  function app(): TestApp {
+    const target = buildTestApp();
+    cleanups.push(() => target.close());
+    return target;
+  }
+
+  test("the maintenance finds a table rebuilt under it: an error line, a db.schema_changed audit event, and the service is told to stop", () => {
+    const target = app();
+    const stops: (readonly string[])[] = [];
+    const logs = new LogCapture();
+    const services = createServices({
+      config: target.config,
+      db: target.db,
+      logger: createLogger({ level: "info", destination: logs }),
+      passwordHashing: TEST_PASSWORD_HASHING,
+      maintenanceIntervalMs: 0,
+      onSchemaChanged: (differences) => stops.push(differences),
+    });
+    cleanups.push(() => services.close());
+    services.runMaintenance();
+    expect(stops).toEqual([]);
+
+    createKey(target, ["chat"]);
+    rebuildIgnoring(
+      target.db.$client,
+      "refresh_families",
+      "CASE WHEN revoked_at IS NOT NULL THEN 1 END",
+    );
+    services.runMaintenance();
+    expect(stops).toEqual([["table refresh_families is not as its migrations made it"]]);
+    const line = logs.entries.find((entry) =>
+      String(entry.msg).startsWith(
+        "the database's schema was changed outside Palisade while running",
+      ),
+    );
+    expect(line).toMatchObject({
+      level: "error",
+      differences: ["table refresh_families is not as its migrations made it"],
+    });
+    services.audit.flush();
+    const events = target.db.$client
+      .query<{ detail: string }, []>(
+        "SELECT detail FROM audit_events WHERE type = 'db.schema_changed'",
+      )
+      .all();
+    expect(events.map((e) => JSON.parse(e.detail))).toEqual([
+      { differences: "table refresh_families is not as its migrations made it" },
+    ]);
+  });
+
+  test("the real service stops with exit 2 once its maintenance sees the change, and will not start again", async () => {
+    const { path, db } = migratedFile();
+    db.$client.close();
+    const service = await startService({ DATABASE_PATH: path });
+    let code: number | null = null;
+    try {
+      const file = new Database(path);
+      file.run("PRAGMA busy_timeout = 5000");
+      rebuildIgnoring(file, "users", "CASE WHEN role = 'user' THEN 1 END");
+      file.close();
+      // The maintenance runs every 10 s.
+      code = await Promise.race([service.proc.exited, Bun.sleep(20_000).then(() => null)]);
+    } finally {
+      if (code === null) await service.stop();
+    }
+    expect(code).toBe(2);
+    expect(service.stdout()).toContain(
+      "the database's schema was changed outside Palisade while running",
+    );
+    const again = await runToExit(["bun", "run", "src/index.ts"], {
+      DATABASE_PATH: path,
+      PORT: "0",
+    });
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain("table users is not as its migrations made it");
+  }, 30_000);
+});
