@@ -17,6 +17,7 @@ import {
   MAX_DROPPED_WHILE_RUNNING,
   reportDroppedTriggers,
 } from "./db/foreign-triggers";
+import { migrationStatus } from "./db/migrate";
 import { createSchemaGuard, type SchemaGuard } from "./db/schema-guard";
 import type { Logger } from "./logging/logger";
 import type { ReadinessCheck } from "./modules/health/service";
@@ -272,16 +273,26 @@ export function createCore(options: CoreOptions): Core {
           ? [`${triggers} triggers were added`]
           : schemaGuard.changes();
       if (changed.length > 0) {
-        logger.error(
-          { differences: changed },
-          "the database's schema was changed outside Palisade while running: a changed table can make Palisade's writes silently do nothing; stopping (restore the file from a backup)",
-        );
-        audit.record({
-          type: "db.schema_changed",
-          outcome: "denied",
-          actor: "system",
-          detail: { differences: changed.join("; ") },
-        });
+        const newerMigrations = migrationStatus(db).fromNewerReleases;
+        if (newerMigrations > 0) {
+          // A newer release's start migrated the file under this process (a rolling upgrade): not
+          // an intrusion to page anyone for, but this release's writes may no longer fit.
+          logger.warn(
+            { differences: changed, newerMigrations },
+            "a newer release migrated the database while this process ran; stopping so that it serves",
+          );
+        } else {
+          logger.error(
+            { differences: changed },
+            "the database's schema was changed outside Palisade while running: a changed table can make Palisade's writes silently do nothing; stopping (restore the file from a backup)",
+          );
+          audit.record({
+            type: "db.schema_changed",
+            outcome: "denied",
+            actor: "system",
+            detail: { differences: changed.join("; ") },
+          });
+        }
         options.onSchemaChanged?.(changed);
       }
       limiter.prune(now);

@@ -155,6 +155,38 @@ describe("while the service runs", () => {
     ]);
   });
 
+  test("a newer release migrating the file under a running one (a rolling upgrade) stops it with a warning, not a tamper report", () => {
+    const target = app();
+    const stops: (readonly string[])[] = [];
+    const logs = new LogCapture();
+    const services = createServices({
+      config: target.config,
+      db: target.db,
+      logger: createLogger({ level: "info", destination: logs }),
+      passwordHashing: TEST_PASSWORD_HASHING,
+      maintenanceIntervalMs: 0,
+      onSchemaChanged: (differences) => stops.push(differences),
+    });
+    cleanups.push(() => services.close());
+    services.runMaintenance();
+    // What a newer release's migration does: a column added, and its row recorded.
+    target.db.$client.run("ALTER TABLE users ADD `nickname` text");
+    target.db.$client.run(
+      'INSERT INTO "__drizzle_migrations" ("hash", "created_at") VALUES (\'newer\', 9999999999999)',
+    );
+    services.runMaintenance();
+    expect(stops).toEqual([["table users is not as its migrations made it"]]);
+    expect(logs.entries.find((entry) => entry.level === "warn")).toMatchObject({
+      msg: "a newer release migrated the database while this process ran; stopping so that it serves",
+      newerMigrations: 1,
+    });
+    services.audit.flush();
+    const events = target.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'db.schema_changed'")
+      .get();
+    expect(events).toEqual({ n: 0 });
+  });
+
   test("the real service stops with exit 2 once its maintenance sees the change, and will not start again", async () => {
     const { path, db } = migratedFile();
     db.$client.close();
