@@ -10,10 +10,14 @@
  * So every table and index the migrations create must be in the file exactly as they create it:
  * the same definition, to the character, on the same table. The expected set is made by applying
  * the same embedded migrations to an in-memory database (a few milliseconds, once per process).
- * Objects the migrations do not make are left alone (a table or an index of someone else's changes
- * no write of Palisade's silently; triggers are dropped elsewhere). A start or CLI command refuses
- * a file that differs; a running service checks again whenever the file's schema changes (SQLite's
- * `schema_version`, read at each maintenance tick) and stops.
+ * Of the objects the migrations do not make, a unique index on one of their tables is refused too
+ * (a write that conflicts with it fails, or an `ON CONFLICT DO NOTHING` takes it for a duplicate:
+ * a Stripe event skipped, an outbox row's sent mark failing after Graph took the reply), and so is
+ * a schema entry whose kind is not exactly `table`, `index`, `view` or `trigger` (only an edit of
+ * `sqlite_master` itself makes one: SQLite still runs a `Trigger`, and neither finds nor drops it
+ * as a trigger). Other tables, views and indexes are left alone; triggers are dropped elsewhere. A
+ * start or CLI command refuses a file that differs; a running service checks again whenever the
+ * file's schema changes (SQLite's `schema_version`, read at each maintenance tick) and stops.
  */
 import { Database } from "bun:sqlite";
 import { drizzleOf } from "./client";
@@ -44,6 +48,8 @@ function byKey(objects: readonly SchemaObject[]): Map<string, SchemaObject> {
   return new Map(objects.map((object) => [`${object.type} ${object.name}`, object]));
 }
 
+const KNOWN_KINDS = "('table', 'index', 'view', 'trigger')";
+
 /** What differs from `expected`, one phrase each ("table api_keys is not as …"); empty when none. */
 export function schemaDifferences(
   sqlite: Database,
@@ -58,7 +64,35 @@ export function schemaDifferences(
       differences.push(`${key} is not as its migrations made it`);
     }
   }
+  const tables = new Set(
+    [...expected.values()].filter((o) => o.type === "table").map((o) => o.name),
+  );
+  for (const [key, object] of found) {
+    if (object.type !== "index" || expected.has(key) || !tables.has(object.table)) continue;
+    if (isUniqueIndex(sqlite, object.table, object.name)) {
+      differences.push(`${key}, a unique index on ${object.table}, is not one of its migrations'`);
+    }
+  }
+  const unknown = sqlite
+    .query<{ name: string; type: string }, []>(
+      `SELECT name, type FROM main.sqlite_master WHERE type NOT IN ${KNOWN_KINDS}`,
+    )
+    .all();
+  for (const { name, type } of unknown) {
+    differences.push(
+      `${name} has the schema kind ${JSON.stringify(type)}, written into sqlite_master`,
+    );
+  }
   return differences;
+}
+
+function isUniqueIndex(sqlite: Database, table: string, index: string): boolean {
+  const indexes = sqlite
+    .query<{ name: string; unique: number }, []>(
+      `PRAGMA main.index_list("${table.replaceAll('"', '""')}")`,
+    )
+    .all();
+  return indexes.some((entry) => entry.name === index && entry.unique === 1);
 }
 
 /**

@@ -104,6 +104,53 @@ describe("a start or a CLI command on a file whose schema was changed", () => {
   });
 });
 
+describe("what the migrations do not make", () => {
+  test("a unique index on one of Palisade's tables is refused: a Stripe event would be taken for a duplicate", () => {
+    const { db } = migratedFile();
+    cleanups.push(() => db.$client.close());
+    const guard = createSchemaGuard(db.$client);
+    db.$client.run("CREATE INDEX plain_extra ON webhook_events (type)");
+    expect(guard.differences()).toEqual([]);
+    db.$client.run(
+      "CREATE UNIQUE INDEX x_dispute ON webhook_events (provider) WHERE type = 'charge.dispute.created'",
+    );
+    expect(guard.differences()).toEqual([
+      "index x_dispute, a unique index on webhook_events, is not one of its migrations'",
+    ]);
+  });
+
+  // Only an edit of sqlite_master itself makes one; bun:sqlite refuses such edits, the sqlite3
+  // shell does not (.ci/run installs it; skipped where it is missing, except in CI).
+  const sqlite3 = Bun.which("sqlite3");
+  if (process.env.CI === "true" && sqlite3 === null) {
+    throw new Error("sqlite3 not installed; .ci/run installs it with apt-get");
+  }
+  test.skipIf(sqlite3 === null)(
+    "a trigger whose schema entry says Trigger (SQLite runs it, and neither finds nor drops it) is refused",
+    async () => {
+      const { path, db } = migratedFile();
+      db.$client.close();
+      const edit = Bun.spawnSync([
+        sqlite3!,
+        path,
+        `CREATE TRIGGER keep_sessions BEFORE UPDATE OF revoked_at ON refresh_families BEGIN SELECT RAISE(IGNORE); END;
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_master SET type = 'Trigger' WHERE type = 'trigger';
+         PRAGMA writable_schema = OFF;`,
+      ]);
+      expect(edit.exitCode).toBe(0);
+      const start = await runToExit(["bun", "run", "src/index.ts"], {
+        DATABASE_PATH: path,
+        PORT: "0",
+      });
+      expect(start.code).toBe(2);
+      expect(start.stderr).toContain(
+        'keep_sessions has the schema kind "Trigger", written into sqlite_master',
+      );
+    },
+  );
+});
+
 describe("while the service runs", () => {
   function app(): TestApp {
     const target = buildTestApp();

@@ -110,7 +110,7 @@ export class ChatBudget {
             day: sql.placeholder("day"),
             updatedAt: sql.placeholder("now"),
           })
-          .onConflictDoNothing()
+          .onConflictDoNothing({ target: [chatUsage.ownerKind, chatUsage.ownerId, chatUsage.day] })
           .returning({ day: chatUsage.day })
           .prepare(),
       // The one statement that decides: it matches no row when the estimate does not fit.

@@ -158,7 +158,9 @@ export function stripeWebhook(options: StripeWebhookOptions) {
         const inserted = db
           .insert(webhookEvents)
           .values({ provider: "stripe", eventId: event.id, type: event.type, receivedAt: now })
-          .onConflictDoNothing()
+          // Only its own key makes an event a duplicate: a conflict on any other constraint fails
+          // the delivery (Stripe retries it) rather than skipping the event.
+          .onConflictDoNothing({ target: [webhookEvents.provider, webhookEvents.eventId] })
           .returning({ eventId: webhookEvents.eventId })
           .all();
         if (inserted.length === 0) return { outcome: "duplicate" };

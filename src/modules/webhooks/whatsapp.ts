@@ -154,7 +154,7 @@ function prepareIntake(db: AppDatabase) {
           errorCode: p("errorCode"),
           receivedAt: p("receivedAt"),
         })
-        .onConflictDoNothing()
+        .onConflictDoNothing({ target: [whatsappStatuses.messageId, whatsappStatuses.status] })
         .returning({ id: whatsappStatuses.messageId })
         .prepare(),
   });
