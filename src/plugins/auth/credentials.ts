@@ -16,7 +16,8 @@
  * dropped, and re-read with the owner's new role at its next use). Every process reads the new
  * rows at most once a second (on the next request after a second has passed) and drops what they
  * revoke from its caches, so a revocation takes effect everywhere within a second; in the process
- * that made it, at once.
+ * that made it, at once. New rows are those past the last id read and those written since the last
+ * read (REVOCATION_OVERLAP_MS), so an id cursor pushed ahead in the file hides none.
  *
  * The durable record of a family's revocation is its `refresh_families` row, not the feed: an
  * access token that is not in the cache is accepted only if its family's row exists, belongs to
@@ -27,7 +28,7 @@
 
 import type { Database } from "bun:sqlite";
 import { timingSafeEqual } from "node:crypto";
-import { asc, eq, gt, lt, max, sql } from "drizzle-orm";
+import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
@@ -85,7 +86,12 @@ function prepareStatements(db: AppDatabase) {
       db
         .select()
         .from(authRevocations)
-        .where(gt(authRevocations.id, sql.placeholder("after")))
+        .where(
+          or(
+            gt(authRevocations.id, sql.placeholder("after")),
+            gte(authRevocations.createdAt, sql.placeholder("since")),
+          ),
+        )
         .orderBy(asc(authRevocations.id))
         .prepare(),
     touchKey: () =>
@@ -118,6 +124,13 @@ function prepareStatements(db: AppDatabase) {
 const CACHE_LIMIT = 10_000;
 const KEY_CACHE_MS = 30_000;
 const REVOCATION_POLL_MS = 1_000;
+/**
+ * A poll also reads every row written since the previous poll (less this, for the clocks of other
+ * processes): a row written into the file with a huge id, then deleted, pushes the id cursor past
+ * every later revocation, which an id alone would then never show. Reading a revocation twice is
+ * harmless.
+ */
+const REVOCATION_OVERLAP_MS = 5_000;
 const LAST_USED_WRITE_MS = 60_000;
 
 export interface CredentialVerifierOptions {
@@ -277,9 +290,13 @@ export class CredentialVerifier {
   }
 
   private poll(now: number): void {
+    const since = Number.isFinite(this.lastPoll)
+      ? this.lastPoll - REVOCATION_OVERLAP_MS
+      : now - this.options.accessTokenTtlMs - 60_000;
     this.lastPoll = now;
-    for (const row of this.statements.newRevocations.all({ after: this.lastRevocationId })) {
-      this.lastRevocationId = row.id;
+    const rows = this.statements.newRevocations.all({ after: this.lastRevocationId, since });
+    for (const row of rows) {
+      this.lastRevocationId = Math.max(this.lastRevocationId, row.id);
       if (row.kind === "family") {
         this.revokedFamilies.set(row.subject, row.createdAt);
         for (const [hash, entry] of this.tokens) {

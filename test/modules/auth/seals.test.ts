@@ -23,6 +23,7 @@ import {
 } from "../../support/app";
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
+import { ManualClock } from "../../support/clock";
 import { migrationsUpTo } from "../../support/migrations";
 import { runToExit, startService } from "../../support/process";
 
@@ -433,6 +434,45 @@ test("the admin API's key list marks a key that fails its seal, and one whose ow
   expect((await asKey(target, widened.key)).me).toBe(401);
   expect((await asKey(target, owned.key)).me).toBe(401);
   expect((await asKey(target, untouched.key)).me).toBe(200);
+});
+
+test("a revocation feed cursor pushed ahead in the file hides no later logout: the token is refused at once", async () => {
+  const clock = new ManualClock();
+  const target = buildTestApp({ clock });
+  cleanups.push(() => target.close());
+  const alice = await signUp(target);
+  // Used once: the token is in the cache, where only the feed can reach it.
+  expect((await send(target, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+    200,
+  );
+  target.db.$client.run(
+    "INSERT INTO auth_revocations (id, kind, subject, created_at) VALUES (1000000, 'key', 'x', ?)",
+    [clock.now()],
+  );
+  clock.advance(2_000);
+  // The next request polls the feed: its cursor is now 1000000.
+  expect((await send(target, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+    200,
+  );
+  target.db.$client.run("DELETE FROM auth_revocations WHERE id = 1000000");
+  target.db.$client.run(
+    "UPDATE sqlite_sequence SET seq = (SELECT coalesce(max(id), 0) FROM auth_revocations) WHERE name = 'auth_revocations'",
+  );
+  clock.advance(2_000);
+  const out = await send(target, "/api/auth/logout", {
+    body: { refreshToken: alice.refreshToken },
+    headers: bearer(alice.accessToken),
+  });
+  expect(out.status).toBe(204);
+  // The logout's row has a small id again, below the cursor.
+  const ids = target.db.$client
+    .query<{ id: number }, []>("SELECT id FROM auth_revocations ORDER BY id")
+    .all()
+    .map((row) => row.id);
+  expect(Math.max(...ids)).toBeLessThan(1000000);
+  expect((await send(target, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+    401,
+  );
 });
 
 describe("tamper reports", () => {
