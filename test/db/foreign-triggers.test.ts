@@ -12,18 +12,9 @@ import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { DROPPED_TRIGGER_MESSAGE, MAX_DROPPED_WHILE_RUNNING } from "../../src/db/foreign-triggers";
 import { applyMigrations } from "../../src/db/migrate";
-import { createLogger } from "../../src/logging/logger";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { verifyAuditChain } from "../../src/plugins/audit/log";
-import { createServices } from "../../src/services";
-import {
-  buildTestApp,
-  LogCapture,
-  send,
-  TEST_PASSWORD_HASHING,
-  type TestApp,
-  tempDir,
-} from "../support/app";
+import { buildTestApp, send, servicesTold, type TestApp, tempDir } from "../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../support/auth";
 import { cliInProcess } from "../support/cli";
 import { startService } from "../support/process";
@@ -143,15 +134,7 @@ describe("many triggers", () => {
 
   test("more than a running service drops on its event loop: it stops instead, and drops none", () => {
     const target = app();
-    const stops: (readonly string[])[] = [];
-    const services = createServices({
-      config: target.config,
-      db: target.db,
-      logger: createLogger({ level: "info", destination: new LogCapture() }),
-      passwordHashing: TEST_PASSWORD_HASHING,
-      maintenanceIntervalMs: 0,
-      onSchemaChanged: (differences) => stops.push(differences),
-    });
+    const { services, stops } = servicesTold(target);
     cleanups.push(() => services.close());
     addTriggers(target.db.$client, MAX_DROPPED_WHILE_RUNNING + 1);
     services.runMaintenance();

@@ -12,15 +12,7 @@ import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createSchemaGuard } from "../../src/db/schema-guard";
-import { createLogger } from "../../src/logging/logger";
-import { createServices } from "../../src/services";
-import {
-  buildTestApp,
-  LogCapture,
-  TEST_PASSWORD_HASHING,
-  type TestApp,
-  tempDir,
-} from "../support/app";
+import { buildTestApp, servicesTold, type TestApp, tempDir } from "../support/app";
 import { createKey } from "../support/auth";
 import { cliInProcess } from "../support/cli";
 import { runToExit, startService } from "../support/process";
@@ -160,16 +152,7 @@ describe("while the service runs", () => {
 
   test("the maintenance finds a table rebuilt under it: an error line, a db.schema_changed audit event, and the service is told to stop", () => {
     const target = app();
-    const stops: (readonly string[])[] = [];
-    const logs = new LogCapture();
-    const services = createServices({
-      config: target.config,
-      db: target.db,
-      logger: createLogger({ level: "info", destination: logs }),
-      passwordHashing: TEST_PASSWORD_HASHING,
-      maintenanceIntervalMs: 0,
-      onSchemaChanged: (differences) => stops.push(differences),
-    });
+    const { services, logs, stops } = servicesTold(target);
     cleanups.push(() => services.close());
     services.runMaintenance();
     expect(stops).toEqual([]);
@@ -204,16 +187,7 @@ describe("while the service runs", () => {
 
   test("a newer release migrating the file under a running one (a rolling upgrade) stops it with a warning, not a tamper report", () => {
     const target = app();
-    const stops: (readonly string[])[] = [];
-    const logs = new LogCapture();
-    const services = createServices({
-      config: target.config,
-      db: target.db,
-      logger: createLogger({ level: "info", destination: logs }),
-      passwordHashing: TEST_PASSWORD_HASHING,
-      maintenanceIntervalMs: 0,
-      onSchemaChanged: (differences) => stops.push(differences),
-    });
+    const { services, logs, stops } = servicesTold(target);
     cleanups.push(() => services.close());
     services.runMaintenance();
     // What a newer release's migration does: a column added, and its row recorded.

@@ -24,7 +24,7 @@ import {
   type StartServerOptions,
   startServer,
 } from "../../src/server";
-import { createServices, type Services } from "../../src/services";
+import { createServices, type ServiceOptions, type Services } from "../../src/services";
 import { afterQueuedImmediates } from "./wait";
 
 export const TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuv";
@@ -244,4 +244,24 @@ export function secondProcess(target: TestApp, clock?: Clock, peer = "10.2.2.2")
   });
   const app = createApp({ ...services, peerAddress: () => peer });
   return { app, services, close: () => services.close() };
+}
+
+/**
+ * Services on the test app's file built with what only `createServices` takes (how the service is
+ * told of a changed schema), as a start builds them; their log lines are kept. Stops (the schema
+ * guard's `onSchemaChanged`) are collected in `stops`.
+ */
+export function servicesTold(target: TestApp, options: Partial<ServiceOptions> = {}) {
+  const logs = new LogCapture();
+  const stops: (readonly string[])[] = [];
+  const services = createServices({
+    config: target.config,
+    db: target.db,
+    logger: createLogger({ level: "info", destination: logs }),
+    passwordHashing: TEST_PASSWORD_HASHING,
+    maintenanceIntervalMs: 0,
+    onSchemaChanged: (differences) => stops.push(differences),
+    ...options,
+  });
+  return { services, logs, stops };
 }
