@@ -250,7 +250,7 @@ export class OutboxWorker {
       .limit(this.settings.batchSize)
       .all();
     for (const row of blockers) {
-      if (!this.options.seal.intact(row)) this.refuseTampered(row, { leasedOrNot: true });
+      if (!this.options.seal.intact(row)) this.refuseTampered(row, { whoseLease: "any" });
     }
   }
 
@@ -258,7 +258,7 @@ export class OutboxWorker {
     const { clock, logger } = this.options;
     try {
       // Before a chat turn or a send: a row Palisade did not write is neither (outbox-seal.ts).
-      if (!this.options.seal.intact(row)) return this.refuseTampered(row, { leasedOrNot: false });
+      if (!this.options.seal.intact(row)) return this.refuseTampered(row, { whoseLease: "mine" });
       this.verified.add(row);
       let reply = row.reply;
       if (reply === null) {
@@ -479,9 +479,10 @@ export class OutboxWorker {
    * to mark it (another process's lock) leaves it to be refused, and reported, once later. A
    * blocker may be leased by another worker (it is refused all the same).
    */
-  private refuseTampered(row: OutboxRow, { leasedOrNot }: { leasedOrNot: boolean }): void {
+  private refuseTampered(row: OutboxRow, { whoseLease }: { whoseLease: "any" | "mine" }): void {
     const o = whatsappOutbox;
-    const where = leasedOrNot ? and(eq(o.id, row.id), eq(o.state, "pending")) : this.mine(row);
+    const where =
+      whoseLease === "any" ? and(eq(o.id, row.id), eq(o.state, "pending")) : this.mine(row);
     if (this.markFailed(row, TAMPERED_REASON, where)) this.options.reportTampered(row);
   }
 
