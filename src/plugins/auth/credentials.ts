@@ -48,6 +48,8 @@ export type Verification =
 interface CachedToken {
   principal: Extract<Principal, { kind: "user" }>;
   expiresAt: number;
+  /** When its session's row was last read (TOKEN_RECHECK_MS). */
+  checkedAt: number;
 }
 
 interface CachedKey {
@@ -125,6 +127,13 @@ const CACHE_LIMIT = 10_000;
 const KEY_CACHE_MS = 30_000;
 const REVOCATION_POLL_MS = 1_000;
 /**
+ * A cached access token's session row is read again this often. The feed clears a revoked token
+ * within a second, but its rows are the file's: one deleted before a process reads it, or kept
+ * from being written, would leave the token cached for its whole life (an hour by default). The
+ * session's row is the durable, sealed record, so this bounds that to 30 s whatever the feed says.
+ */
+const TOKEN_RECHECK_MS = 30_000;
+/**
  * A poll also reads every row written since the previous poll (less this, for the clocks of other
  * processes): a row written into the file with a huge id, then deleted, pushes the id cursor past
  * every later revocation, which an id alone would then never show. Reading a revocation twice is
@@ -179,6 +188,13 @@ export class CredentialVerifier {
     if (cached && cached.expiresAt > now) {
       if (this.revokedFamilies.has(cached.principal.familyId))
         return { ok: false, reason: "revoked" };
+      if (now - cached.checkedAt >= TOKEN_RECHECK_MS) {
+        if (!this.sessionLive(cached.principal.familyId, cached.principal.id)) {
+          this.tokens.delete(cacheKey);
+          return { ok: false, reason: "revoked" };
+        }
+        cached.checkedAt = now;
+      }
       return {
         ok: true,
         principal: cached.principal.via === via ? cached.principal : { ...cached.principal, via },
@@ -194,12 +210,7 @@ export class CredentialVerifier {
     const { claims } = verdict;
     if (this.revokedFamilies.has(claims.fam)) return { ok: false, reason: "revoked" };
     // The durable check, read after the signature (no await between it and the cache write).
-    const family = this.statements.familyState({ id: claims.fam });
-    if (!family || family.userId !== claims.sub || family.revokedAt !== null) {
-      return { ok: false, reason: "revoked" };
-    }
-    // A revocation cleared in the file breaks the family's seal: the session stays ended.
-    if (!this.options.seal.intact.family(family)) return { ok: false, reason: "revoked" };
+    if (!this.sessionLive(claims.fam, claims.sub)) return { ok: false, reason: "revoked" };
     const principal = {
       kind: "user" as const,
       id: claims.sub,
@@ -209,8 +220,18 @@ export class CredentialVerifier {
     };
     if (this.options.cacheTokens === false) return { ok: true, principal };
     if (this.tokens.size >= CACHE_LIMIT) this.tokens.clear();
-    this.tokens.set(cacheKey, { principal, expiresAt: claims.exp * 1000 });
+    this.tokens.set(cacheKey, { principal, expiresAt: claims.exp * 1000, checkedAt: now });
     return { ok: true, principal };
+  }
+
+  /**
+   * Whether the session (refresh family) exists, is the subject's, is not revoked, and matches its
+   * seal: a revocation cleared in the file breaks the seal, so the session stays ended.
+   */
+  private sessionLive(familyId: string, userId: string): boolean {
+    const family = this.statements.familyState({ id: familyId });
+    if (!family || family.userId !== userId || family.revokedAt !== null) return false;
+    return this.options.seal.intact.family(family);
   }
 
   verifyApiKey(key: string): Verification {
@@ -277,7 +298,18 @@ export class CredentialVerifier {
 
   /** Appends to the feed only: for a caller that makes it part of its own transaction. */
   recordRevocation(kind: "family" | "key" | "user", subject: string): void {
-    this.statements.insertRevocation.run({ kind, subject, createdAt: this.options.clock.now() });
+    const stored = this.statements.insertRevocation.run({
+      kind,
+      subject,
+      createdAt: this.options.clock.now(),
+    }) as unknown as { changes: number };
+    // A trigger written into the file can skip the insert without an error: the revocation then
+    // fails, with what it is part of, rather than reaching no other process.
+    if (stored.changes !== 1) {
+      throw new Error(
+        "the revocation was not stored: something in the database file (a trigger) stopped the write",
+      );
+    }
   }
 
   /** Reads the feed now, so what this process just revoked takes effect here at once. */

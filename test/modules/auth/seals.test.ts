@@ -475,6 +475,55 @@ test("a revocation feed cursor pushed ahead in the file hides no later logout: t
   );
 });
 
+test("a revocation row deleted from the file before this process reads it: the cached token is refused within 30 s", async () => {
+  const clock = new ManualClock();
+  const target = buildTestApp({ clock });
+  cleanups.push(() => target.close());
+  const alice = await signUp(target);
+  const me = () => send(target, "/api/auth/me", { headers: bearer(alice.accessToken) });
+  expect((await me()).status).toBe(200);
+  // Another process logs Alice out; someone with the file deletes the feed row before this one
+  // polls it (and lowers the sequence, so no gap shows).
+  const other = secondProcess(target, clock);
+  cleanups.push(other.close);
+  const out = await other.app.handle(
+    new Request("http://localhost/api/auth/logout", {
+      method: "POST",
+      headers: { "content-type": "application/json", ...bearer(alice.accessToken) },
+      body: JSON.stringify({ refreshToken: alice.refreshToken }),
+    }),
+  );
+  expect(out.status).toBe(204);
+  target.db.$client.run("DELETE FROM auth_revocations");
+  target.db.$client.run("UPDATE sqlite_sequence SET seq = 0 WHERE name = 'auth_revocations'");
+  clock.advance(2_000);
+  // The feed shows nothing: the cached token still answers…
+  expect((await me()).status).toBe(200);
+  clock.advance(29_000);
+  // …until its session's row is read again.
+  expect((await me()).status).toBe(401);
+});
+
+test("a trigger that keeps revocations out of the feed fails the logout instead", async () => {
+  const target = app();
+  const alice = await signUp(target);
+  target.db.$client.run(
+    "CREATE TRIGGER no_feed BEFORE INSERT ON auth_revocations BEGIN SELECT RAISE(IGNORE); END",
+  );
+  const logout = () =>
+    send(target, "/api/auth/logout", {
+      body: { refreshToken: alice.refreshToken },
+      headers: bearer(alice.accessToken),
+    });
+  expect((await logout()).status).toBe(500);
+  // The session is not half ended: the refresh token still refreshes until a logout takes.
+  target.services.runMaintenance();
+  expect((await logout()).status).toBe(204);
+  expect((await send(target, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+    401,
+  );
+});
+
 describe("tamper reports", () => {
   test("each row once, a long id cut to 64 characters, and reports go on past the memory's bound", () => {
     const lines: Record<string, unknown>[] = [];
