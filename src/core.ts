@@ -273,26 +273,22 @@ export function createCore(options: CoreOptions): Core {
           ? [`${triggers} triggers were added`]
           : schemaGuard.changes();
       if (changed.length > 0) {
+        // Reported as tampering even when the file records a newer release's migrations (a
+        // rolling upgrade does that too): such a row is as easy to write into the file as the
+        // change, and must not quiet the report. The line says both.
         const newerMigrations = migrationStatus(db).fromNewerReleases;
-        if (newerMigrations > 0) {
-          // A newer release's start migrated the file under this process (a rolling upgrade): not
-          // an intrusion to page anyone for, but this release's writes may no longer fit.
-          logger.warn(
-            { differences: changed, newerMigrations },
-            "a newer release migrated the database while this process ran; stopping so that it serves",
-          );
-        } else {
-          logger.error(
-            { differences: changed },
-            "the database's schema was changed outside Palisade while running: a changed table can make Palisade's writes silently do nothing; stopping (restore the file from a backup)",
-          );
-          audit.record({
-            type: "db.schema_changed",
-            outcome: "denied",
-            actor: "system",
-            detail: { differences: changed.join("; ") },
-          });
-        }
+        logger.error(
+          { differences: changed, newerMigrations },
+          newerMigrations > 0
+            ? "the database's schema changed while this process ran, and the file records migrations of a newer release: stopping (a rolling upgrade: restart on the newer release; otherwise restore the file from a backup)"
+            : "the database's schema was changed outside Palisade while running: a changed table can make Palisade's writes silently do nothing; stopping (restore the file from a backup)",
+        );
+        audit.record({
+          type: "db.schema_changed",
+          outcome: "denied",
+          actor: "system",
+          detail: { differences: changed.join("; "), newerMigrations },
+        });
         options.onSchemaChanged?.(changed);
       }
       limiter.prune(now);

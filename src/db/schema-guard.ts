@@ -10,12 +10,15 @@
  * So every table and index the migrations create must be in the file exactly as they create it:
  * the same definition, to the character, on the same table. The expected set is made by applying
  * the same embedded migrations to an in-memory database (a few milliseconds, once per process).
- * Of the objects the migrations do not make, a unique index on one of their tables is refused too
- * (a write that conflicts with it fails, or an `ON CONFLICT DO NOTHING` takes it for a duplicate:
- * a Stripe event skipped, an outbox row's sent mark failing after Graph took the reply), and so is
- * a schema entry whose kind is not exactly `table`, `index`, `view` or `trigger` (only an edit of
- * `sqlite_master` itself makes one: SQLite still runs a `Trigger`, and neither finds nor drops it
- * as a trigger). Other tables, views and indexes are left alone; triggers are dropped elsewhere. A
+ * Of the objects the migrations do not make, any index on one of their tables is refused too,
+ * whatever its name (a unique one turns writes into conflicts: a Stripe event taken for a
+ * duplicate, an outbox row's sent mark failing after Graph took the reply; an expression one can
+ * fail every write it indexes: a logout, a revocation), and so is a table whose foreign key refers
+ * to one of them (a RESTRICT stops an erasure), and a schema entry whose kind is not exactly
+ * `table`, `index`, `view` or `trigger` (only an edit of `sqlite_master` itself makes one: SQLite
+ * still runs a `Trigger`, and neither finds nor drops it as a trigger). Other tables, views and
+ * indexes are left alone; triggers are dropped elsewhere. Names from the file are shown escaped and
+ * cut. A
  * start or CLI command refuses a file that differs; a running service checks again whenever the
  * file's schema changes (SQLite's `schema_version`, read at each maintenance tick) and stops.
  */
@@ -30,15 +33,37 @@ interface SchemaObject {
   sql: string | null;
 }
 
+/** The migrations' tables and indexes, and each of their tables' indexes by name (autoindexes too). */
+export interface ExpectedSchema {
+  objects: ReadonlyMap<string, SchemaObject>;
+  indexesOf: ReadonlyMap<string, ReadonlySet<string>>;
+}
+
 const READ_SCHEMA = `SELECT type, name, tbl_name AS "table", sql FROM main.sqlite_master
   WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'`;
 
+const quoted = (name: string) => `"${name.replaceAll('"', '""')}"`;
+
+function indexNames(sqlite: Database, table: string): string[] {
+  return sqlite
+    .query<{ name: string }, []>(`PRAGMA main.index_list(${quoted(table)})`)
+    .all()
+    .map((entry) => entry.name);
+}
+
 /** What the embedded migrations create, read from a database they were just applied to. */
-export function expectedSchema(): ReadonlyMap<string, SchemaObject> {
+export function expectedSchema(): ExpectedSchema {
   const memory = new Database(":memory:", { strict: true });
   try {
     applyMigrations(drizzleOf(memory));
-    return byKey(memory.query<SchemaObject, []>(READ_SCHEMA).all());
+    const objects = byKey(memory.query<SchemaObject, []>(READ_SCHEMA).all());
+    const indexesOf = new Map<string, ReadonlySet<string>>();
+    for (const object of objects.values()) {
+      if (object.type === "table") {
+        indexesOf.set(object.name, new Set(indexNames(memory, object.name)));
+      }
+    }
+    return { objects, indexesOf };
   } finally {
     memory.close();
   }
@@ -49,28 +74,57 @@ function byKey(objects: readonly SchemaObject[]): Map<string, SchemaObject> {
 }
 
 const KNOWN_KINDS = "('table', 'index', 'view', 'trigger')";
+/** Tables SQLite keeps itself. */
+const SQLITE_TABLES = new Set([
+  "sqlite_sequence",
+  "sqlite_stat1",
+  "sqlite_stat2",
+  "sqlite_stat3",
+  "sqlite_stat4",
+]);
+
+/** A name from the file as a difference shows it: control characters spelt out, cut to 64. */
+function shown(name: string): string {
+  const cut = name.length > 64 ? `${name.slice(0, 64)}…` : name;
+  return JSON.stringify(cut).slice(1, -1);
+}
 
 /** What differs from `expected`, one phrase each ("table api_keys is not as …"); empty when none. */
-export function schemaDifferences(
-  sqlite: Database,
-  expected: ReadonlyMap<string, SchemaObject>,
-): string[] {
+export function schemaDifferences(sqlite: Database, expected: ExpectedSchema): string[] {
   const found = byKey(sqlite.query<SchemaObject, []>(READ_SCHEMA).all());
   const differences: string[] = [];
-  for (const [key, object] of expected) {
+  for (const [key, object] of expected.objects) {
     const stored = found.get(key);
     if (!stored) differences.push(`${key} is missing`);
     else if (stored.table !== object.table || stored.sql !== object.sql) {
       differences.push(`${key} is not as its migrations made it`);
     }
   }
-  const tables = new Set(
-    [...expected.values()].filter((o) => o.type === "table").map((o) => o.name),
-  );
-  for (const [key, object] of found) {
-    if (object.type !== "index" || expected.has(key) || !tables.has(object.table)) continue;
-    if (isUniqueIndex(sqlite, object.table, object.name)) {
-      differences.push(`${key}, a unique index on ${object.table}, is not one of its migrations'`);
+  // An index of someone else's on one of these tables, whatever its name (`sqlite_…` too): a
+  // unique one turns writes into conflicts, an expression one can fail every write it indexes.
+  for (const [table, indexes] of expected.indexesOf) {
+    if (!found.has(`table ${table}`)) continue;
+    for (const name of indexNames(sqlite, table)) {
+      if (!indexes.has(name)) {
+        differences.push(`index ${shown(name)} on ${table} is not one of its migrations'`);
+      }
+    }
+  }
+  // A table of someone else's whose foreign key points at one of these: a RESTRICT stops a delete
+  // (an erasure), a cascade changes what a write does.
+  const tables = sqlite
+    .query<{ name: string }, []>("SELECT name FROM main.sqlite_master WHERE type = 'table'")
+    .all();
+  for (const { name } of tables) {
+    if (expected.indexesOf.has(name) || SQLITE_TABLES.has(name)) continue;
+    const references = sqlite
+      .query<{ table: string }, []>(`PRAGMA main.foreign_key_list(${quoted(name)})`)
+      .all();
+    const into = references.find((reference) => expected.indexesOf.has(reference.table));
+    if (into) {
+      differences.push(
+        `table ${shown(name)} refers to ${into.table} and is not one of its migrations'`,
+      );
     }
   }
   const unknown = sqlite
@@ -80,19 +134,10 @@ export function schemaDifferences(
     .all();
   for (const { name, type } of unknown) {
     differences.push(
-      `${name} has the schema kind ${JSON.stringify(type)}, written into sqlite_master`,
+      `${shown(name)} has the schema kind "${shown(type)}", written into sqlite_master`,
     );
   }
   return differences;
-}
-
-function isUniqueIndex(sqlite: Database, table: string, index: string): boolean {
-  const indexes = sqlite
-    .query<{ name: string; unique: number }, []>(
-      `PRAGMA main.index_list("${table.replaceAll('"', '""')}")`,
-    )
-    .all();
-  return indexes.some((entry) => entry.name === index && entry.unique === 1);
 }
 
 /**
@@ -124,7 +169,7 @@ export interface SchemaGuard {
 }
 
 export function createSchemaGuard(sqlite: Database): SchemaGuard {
-  let expected: ReadonlyMap<string, SchemaObject> | null = null;
+  let expected: ExpectedSchema | null = null;
   let checkedVersion: number | null = null;
   const version = () =>
     sqlite.query<{ schema_version: number }, []>("PRAGMA schema_version").get()!.schema_version;

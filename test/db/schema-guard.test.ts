@@ -75,8 +75,9 @@ describe("a start or a CLI command on a file whose schema was changed", () => {
       PORT: "0",
     });
     expect(start.code).toBe(2);
+    // The rebuilt table, and the index its added constraint brought.
     expect(start.stderr.trim().split("\n").at(-1)).toBe(
-      `palisade: refusing to start: DATABASE_PATH ${path}: the schema was changed outside Palisade (table api_keys is not as its migrations made it); a changed table can make Palisade's writes silently do nothing: restore the file from a backup`,
+      `palisade: refusing to start: DATABASE_PATH ${path}: the schema was changed outside Palisade (table api_keys is not as its migrations made it; index sqlite_autoindex_api_keys_2 on api_keys is not one of its migrations'); a changed table can make Palisade's writes silently do nothing: restore the file from a backup`,
     );
     const listed = await cliInProcess(["keys:list"], { DATABASE_PATH: path });
     expect(listed.code).toBe(1);
@@ -97,18 +98,41 @@ describe("a start or a CLI command on a file whose schema was changed", () => {
 });
 
 describe("what the migrations do not make", () => {
-  test("a unique index on one of Palisade's tables is refused: a Stripe event would be taken for a duplicate", () => {
+  test("any index on one of Palisade's tables, and a table referring to one, are refused; names shown escaped", () => {
     const { db } = migratedFile();
     cleanups.push(() => db.$client.close());
     const guard = createSchemaGuard(db.$client);
-    db.$client.run("CREATE INDEX plain_extra ON webhook_events (type)");
+    const changes: [string, string][] = [
+      [
+        "CREATE UNIQUE INDEX x_dispute ON webhook_events (provider) WHERE type = 'charge.dispute.created'",
+        "index x_dispute on webhook_events is not one of its migrations'",
+      ],
+      // Fails every write that sets revoked_at: a logout.
+      [
+        "CREATE INDEX x_fam ON refresh_families (CASE WHEN revoked_at IS NOT NULL THEN json('x') END)",
+        "index x_fam on refresh_families is not one of its migrations'",
+      ],
+      [
+        "CREATE INDEX plain_extra ON webhook_events (type)",
+        "index plain_extra on webhook_events is not one of its migrations'",
+      ],
+      // Stops an erasure.
+      [
+        "CREATE TABLE hold (u TEXT REFERENCES users (id) ON DELETE RESTRICT)",
+        "table hold refers to users and is not one of its migrations'",
+      ],
+      [
+        `CREATE INDEX "odd\n\u001b[2J${"A".repeat(100)}" ON users (role)`,
+        `index odd\\n\\u001b[2J${"A".repeat(56)}… on users is not one of its migrations'`,
+      ],
+    ];
+    for (const [statement, difference] of changes) {
+      db.$client.run(statement);
+      expect(guard.differences()).toEqual([difference]);
+      const name = /(?:INDEX|TABLE) ("[^"]*"|\S+)/.exec(statement)![1]!;
+      db.$client.run(`DROP ${statement.includes("TABLE") ? "TABLE" : "INDEX"} ${name}`);
+    }
     expect(guard.differences()).toEqual([]);
-    db.$client.run(
-      "CREATE UNIQUE INDEX x_dispute ON webhook_events (provider) WHERE type = 'charge.dispute.created'",
-    );
-    expect(guard.differences()).toEqual([
-      "index x_dispute, a unique index on webhook_events, is not one of its migrations'",
-    ]);
   });
 
   // Only an edit of sqlite_master itself makes one; bun:sqlite refuses such edits, the sqlite3
@@ -143,6 +167,32 @@ describe("what the migrations do not make", () => {
   );
 });
 
+describe("names SQLite keeps for itself", () => {
+  const sqlite3 = Bun.which("sqlite3");
+  test.skipIf(sqlite3 === null)(
+    "a unique index renamed sqlite_… in sqlite_master is refused like any other",
+    () => {
+      const { path, db } = migratedFile();
+      db.$client.close();
+      const edit = Bun.spawnSync([
+        sqlite3!,
+        path,
+        `CREATE UNIQUE INDEX zz_evt ON audit_events (type) WHERE type = 'auth.login.failed';
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_master SET name = 'sqlite_zz_evt', sql = replace(sql, 'zz_evt', 'sqlite_zz_evt')
+           WHERE name = 'zz_evt';
+         PRAGMA writable_schema = OFF;`,
+      ]);
+      expect(edit.exitCode).toBe(0);
+      const file = new Database(path);
+      cleanups.push(() => file.close());
+      expect(createSchemaGuard(file).differences()).toEqual([
+        "index sqlite_zz_evt on audit_events is not one of its migrations'",
+      ]);
+    },
+  );
+});
+
 describe("while the service runs", () => {
   function app(): TestApp {
     const target = buildTestApp();
@@ -164,16 +214,17 @@ describe("while the service runs", () => {
       "CASE WHEN revoked_at IS NOT NULL THEN 1 END",
     );
     services.runMaintenance();
-    expect(stops).toEqual([["table refresh_families is not as its migrations made it"]]);
+    const found = [
+      "table refresh_families is not as its migrations made it",
+      "index sqlite_autoindex_refresh_families_2 on refresh_families is not one of its migrations'",
+    ];
+    expect(stops).toEqual([found]);
     const line = logs.entries.find((entry) =>
       String(entry.msg).startsWith(
         "the database's schema was changed outside Palisade while running",
       ),
     );
-    expect(line).toMatchObject({
-      level: "error",
-      differences: ["table refresh_families is not as its migrations made it"],
-    });
+    expect(line).toMatchObject({ level: "error", differences: found });
     services.audit.flush();
     const events = target.db.$client
       .query<{ detail: string }, []>(
@@ -181,11 +232,11 @@ describe("while the service runs", () => {
       )
       .all();
     expect(events.map((e) => JSON.parse(e.detail))).toEqual([
-      { differences: "table refresh_families is not as its migrations made it" },
+      { differences: found.join("; "), newerMigrations: 0 },
     ]);
   });
 
-  test("a newer release migrating the file under a running one (a rolling upgrade) stops it with a warning, not a tamper report", () => {
+  test("a newer release migrating the file under a running one (or a row claiming so) stops it, reported all the same", () => {
     const target = app();
     const { services, logs, stops } = servicesTold(target);
     cleanups.push(() => services.close());
@@ -197,15 +248,19 @@ describe("while the service runs", () => {
     );
     services.runMaintenance();
     expect(stops).toEqual([["table users is not as its migrations made it"]]);
-    expect(logs.entries.find((entry) => entry.level === "warn")).toMatchObject({
-      msg: "a newer release migrated the database while this process ran; stopping so that it serves",
+    expect(logs.entries.find((entry) => entry.level === "error")).toMatchObject({
+      msg: "the database's schema changed while this process ran, and the file records migrations of a newer release: stopping (a rolling upgrade: restart on the newer release; otherwise restore the file from a backup)",
       newerMigrations: 1,
     });
     services.audit.flush();
     const events = target.db.$client
-      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'db.schema_changed'")
-      .get();
-    expect(events).toEqual({ n: 0 });
+      .query<{ detail: string }, []>(
+        "SELECT detail FROM audit_events WHERE type = 'db.schema_changed'",
+      )
+      .all();
+    expect(events.map((e) => JSON.parse(e.detail))).toEqual([
+      { differences: "table users is not as its migrations made it", newerMigrations: 1 },
+    ]);
   });
 
   test("the real service stops with exit 2 once its maintenance sees the change, and will not start again", async () => {
