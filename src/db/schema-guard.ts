@@ -74,19 +74,16 @@ function byKey(objects: readonly SchemaObject[]): Map<string, SchemaObject> {
 }
 
 const KNOWN_KINDS = "('table', 'index', 'view', 'trigger')";
-/** Tables SQLite keeps itself. */
-const SQLITE_TABLES = new Set([
-  "sqlite_sequence",
-  "sqlite_stat1",
-  "sqlite_stat2",
-  "sqlite_stat3",
-  "sqlite_stat4",
-]);
-
-/** A name from the file as a difference shows it: control characters spelt out, cut to 64. */
+/**
+ * A name from the file as a difference shows it: cut to 64 characters, and anything but printable
+ * ASCII spelt out (control characters, and the Unicode that reorders or breaks a line: U+202E,
+ * U+2028).
+ */
 function shown(name: string): string {
-  const cut = name.length > 64 ? `${name.slice(0, 64)}…` : name;
-  return JSON.stringify(cut).slice(1, -1);
+  const spelt = name
+    .slice(0, 64)
+    .replace(/[^\x20-\x7e]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return name.length > 64 ? `${spelt}...` : spelt;
 }
 
 /** What differs from `expected`, one phrase each ("table api_keys is not as …"); empty when none. */
@@ -115,15 +112,18 @@ export function schemaDifferences(sqlite: Database, expected: ExpectedSchema): s
   const tables = sqlite
     .query<{ name: string }, []>("SELECT name FROM main.sqlite_master WHERE type = 'table'")
     .all();
+  // SQLite matches table names whatever their case (`REFERENCES USERS`), and a table may be given
+  // any name through sqlite_master (`sqlite_stat1`): every other table is looked at, by case.
+  const ours = new Set([...expected.indexesOf.keys()].map((table) => table.toLowerCase()));
   for (const { name } of tables) {
-    if (expected.indexesOf.has(name) || SQLITE_TABLES.has(name)) continue;
+    if (expected.indexesOf.has(name)) continue;
     const references = sqlite
       .query<{ table: string }, []>(`PRAGMA main.foreign_key_list(${quoted(name)})`)
       .all();
-    const into = references.find((reference) => expected.indexesOf.has(reference.table));
+    const into = references.find((reference) => ours.has(reference.table.toLowerCase()));
     if (into) {
       differences.push(
-        `table ${shown(name)} refers to ${into.table} and is not one of its migrations'`,
+        `table ${shown(name)} refers to ${shown(into.table)} and is not one of its migrations'`,
       );
     }
   }

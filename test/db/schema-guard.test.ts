@@ -123,7 +123,17 @@ describe("what the migrations do not make", () => {
       ],
       [
         `CREATE INDEX "odd\n\u001b[2J${"A".repeat(100)}" ON users (role)`,
-        `index odd\\n\\u001b[2J${"A".repeat(56)}… on users is not one of its migrations'`,
+        `index odd\\u000a\\u001b[2J${"A".repeat(56)}... on users is not one of its migrations'`,
+      ],
+      // Whatever the case of the table it names: SQLite's is not case-sensitive.
+      [
+        "CREATE TABLE hold2 (u TEXT REFERENCES USERS (id) ON DELETE RESTRICT)",
+        "table hold2 refers to USERS and is not one of its migrations'",
+      ],
+      // Unicode that would reorder or break the operator's line is spelt out too.
+      [
+        'CREATE INDEX "a\u202eevil\u2028x" ON users (role)',
+        "index a\\u202eevil\\u2028x on users is not one of its migrations'",
       ],
     ];
     for (const [statement, difference] of changes) {
@@ -191,6 +201,30 @@ describe("names SQLite keeps for itself", () => {
       ]);
     },
   );
+});
+
+describe("a table given a name SQLite keeps for itself", () => {
+  const sqlite3 = Bun.which("sqlite3");
+  test.skipIf(sqlite3 === null)("sqlite_stat1 with a foreign key to users is refused", () => {
+    const { path, db } = migratedFile();
+    db.$client.close();
+    const edit = Bun.spawnSync([
+      sqlite3!,
+      path,
+      `CREATE TABLE tmpx (tbl, idx, stat, u TEXT REFERENCES users (id) ON DELETE RESTRICT);
+       PRAGMA writable_schema = ON;
+       UPDATE sqlite_master SET name = 'sqlite_stat1', tbl_name = 'sqlite_stat1',
+         sql = 'CREATE TABLE sqlite_stat1 (tbl, idx, stat, u TEXT REFERENCES users (id) ON DELETE RESTRICT)'
+         WHERE name = 'tmpx';
+       PRAGMA writable_schema = OFF;`,
+    ]);
+    expect(edit.exitCode).toBe(0);
+    const file = new Database(path);
+    cleanups.push(() => file.close());
+    expect(createSchemaGuard(file).differences()).toEqual([
+      "table sqlite_stat1 refers to users and is not one of its migrations'",
+    ]);
+  });
 });
 
 describe("while the service runs", () => {
