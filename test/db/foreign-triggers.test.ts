@@ -101,6 +101,19 @@ describe("while the service runs", () => {
   });
 });
 
+test("an audit sequence raised past any id in the file fails the audited request and says why", async () => {
+  const target = app();
+  const alice = await signUp(target);
+  target.db.$client.run(
+    "UPDATE sqlite_sequence SET seq = 9223372036854775807 WHERE name = 'audit_events'",
+  );
+  const refused = await login(target, alice.email);
+  expect(refused.status).toBe(500);
+  expect(target.logs.text).toContain(
+    "the audit log's id sequence (sqlite_sequence) is 9223372036854776000, past any id Palisade writes",
+  );
+});
+
 describe("many triggers", () => {
   const addTriggers = (sqlite: Database, count: number) =>
     sqlite.transaction(() => {

@@ -369,6 +369,9 @@ export class SqliteAuditLog implements AuditLog {
         // row: rows deleted from the end then leave a gap that verification reports.
         const used = sequence.get()?.seq ?? 0;
         let id = Math.max(last?.id ?? 0, checkpoint?.lastDeletedId ?? 0, used) + 1;
+        // Palisade's ids count up from 1; one past what JavaScript counts exactly was written into
+        // the file (sqlite_sequence), and every write would fail on it without saying why.
+        if (!Number.isSafeInteger(id + events.length)) throw new AuditSequenceError(used);
         for (const event of events) {
           const salt = newSalt();
           const actor = event.actor ?? null;
@@ -408,6 +411,16 @@ export class SqliteAuditLog implements AuditLog {
 }
 
 type Changes = { changes: number };
+
+/** The audit log's id sequence in the file is past any id Palisade writes. */
+export class AuditSequenceError extends Error {
+  constructor(sequence: number) {
+    super(
+      `the audit log's id sequence (sqlite_sequence) is ${sequence}, past any id Palisade writes: it was written into the database file; restore the file from a backup`,
+    );
+    this.name = "AuditSequenceError";
+  }
+}
 
 /** An audit event the database did not store though its insert succeeded. */
 export class AuditNotStoredError extends Error {
