@@ -36,32 +36,24 @@ export function upgradeSealing(auditSecret: string): {
     sealed() {
       const said: UpgradeSealed[] = [];
       const counts = credentials.sealed();
-      if (counts) {
-        said.push({
-          message: sealedMessage(counts),
-          fields: { ...counts },
-          event: {
-            type: "auth.credentials_sealed",
-            outcome: "success",
-            actor: "system",
-            detail: { ...counts },
-          },
-        });
-      }
-      const outboxRows = outbox.sealed();
-      if (outboxRows) {
-        said.push({
-          message: outboxSealedMessage(outboxRows),
-          fields: { ...outboxRows },
-          event: {
-            type: "whatsapp.outbox_sealed",
-            outcome: "success",
-            actor: "system",
-            detail: { ...outboxRows },
-          },
-        });
-      }
+      if (counts) said.push(sealedOf("auth.credentials_sealed", sealedMessage(counts), counts));
+      const rows = outbox.sealed();
+      if (rows) said.push(sealedOf("whatsapp.outbox_sealed", outboxSealedMessage(rows), rows));
       return said;
     },
+  };
+}
+
+/** What one kind of row's sealing says: its line, the counts as its fields and as the event's detail. */
+function sealedOf(
+  type: "auth.credentials_sealed" | "whatsapp.outbox_sealed",
+  message: string,
+  counts: object,
+): UpgradeSealed {
+  const fields = { ...counts } as Record<string, number>;
+  return {
+    message,
+    fields,
+    event: { type, outcome: "success", actor: "system", detail: { ...fields } },
   };
 }

@@ -64,6 +64,26 @@ function migratedFile() {
   return { path, db };
 }
 
+// An edit of sqlite_master itself: bun:sqlite refuses it, the sqlite3 shell does not (.ci/run
+// installs it; the tests that need it are skipped where it is missing, except in CI).
+const sqlite3 = Bun.which("sqlite3");
+if (process.env.CI === "true" && sqlite3 === null) {
+  throw new Error("sqlite3 not installed; .ci/run installs it with apt-get");
+}
+
+/** A migrated file on which the sqlite3 shell ran `statements` with writable_schema on. */
+function fileEditedBySqlite3(statements: string): string {
+  const { path, db } = migratedFile();
+  db.$client.close();
+  const edit = Bun.spawnSync([
+    sqlite3!,
+    path,
+    `PRAGMA writable_schema = ON; ${statements} PRAGMA writable_schema = OFF;`,
+  ]);
+  expect(edit.exitCode).toBe(0);
+  return path;
+}
+
 describe("a start or a CLI command on a file whose schema was changed", () => {
   test("the start refuses it in one line naming the table; the CLI too", async () => {
     const { path, db } = migratedFile();
@@ -145,26 +165,13 @@ describe("what the migrations do not make", () => {
     expect(guard.differences()).toEqual([]);
   });
 
-  // Only an edit of sqlite_master itself makes one; bun:sqlite refuses such edits, the sqlite3
-  // shell does not (.ci/run installs it; skipped where it is missing, except in CI).
-  const sqlite3 = Bun.which("sqlite3");
-  if (process.env.CI === "true" && sqlite3 === null) {
-    throw new Error("sqlite3 not installed; .ci/run installs it with apt-get");
-  }
   test.skipIf(sqlite3 === null)(
     "a trigger whose schema entry says Trigger (SQLite runs it, and neither finds nor drops it) is refused",
     async () => {
-      const { path, db } = migratedFile();
-      db.$client.close();
-      const edit = Bun.spawnSync([
-        sqlite3!,
-        path,
+      const path = fileEditedBySqlite3(
         `CREATE TRIGGER keep_sessions BEFORE UPDATE OF revoked_at ON refresh_families BEGIN SELECT RAISE(IGNORE); END;
-         PRAGMA writable_schema = ON;
-         UPDATE sqlite_master SET type = 'Trigger' WHERE type = 'trigger';
-         PRAGMA writable_schema = OFF;`,
-      ]);
-      expect(edit.exitCode).toBe(0);
+         UPDATE sqlite_master SET type = 'Trigger' WHERE type = 'trigger';`,
+      );
       const start = await runToExit(["bun", "run", "src/index.ts"], {
         DATABASE_PATH: path,
         PORT: "0",
@@ -178,22 +185,14 @@ describe("what the migrations do not make", () => {
 });
 
 describe("names SQLite keeps for itself", () => {
-  const sqlite3 = Bun.which("sqlite3");
   test.skipIf(sqlite3 === null)(
     "a unique index renamed sqlite_… in sqlite_master is refused like any other",
     () => {
-      const { path, db } = migratedFile();
-      db.$client.close();
-      const edit = Bun.spawnSync([
-        sqlite3!,
-        path,
+      const path = fileEditedBySqlite3(
         `CREATE UNIQUE INDEX zz_evt ON audit_events (type) WHERE type = 'auth.login.failed';
-         PRAGMA writable_schema = ON;
          UPDATE sqlite_master SET name = 'sqlite_zz_evt', sql = replace(sql, 'zz_evt', 'sqlite_zz_evt')
-           WHERE name = 'zz_evt';
-         PRAGMA writable_schema = OFF;`,
-      ]);
-      expect(edit.exitCode).toBe(0);
+           WHERE name = 'zz_evt';`,
+      );
       const file = new Database(path);
       cleanups.push(() => file.close());
       expect(createSchemaGuard(file).differences()).toEqual([
@@ -201,30 +200,23 @@ describe("names SQLite keeps for itself", () => {
       ]);
     },
   );
-});
 
-describe("a table given a name SQLite keeps for itself", () => {
-  const sqlite3 = Bun.which("sqlite3");
-  test.skipIf(sqlite3 === null)("sqlite_stat1 with a foreign key to users is refused", () => {
-    const { path, db } = migratedFile();
-    db.$client.close();
-    const edit = Bun.spawnSync([
-      sqlite3!,
-      path,
-      `CREATE TABLE tmpx (tbl, idx, stat, u TEXT REFERENCES users (id) ON DELETE RESTRICT);
-       PRAGMA writable_schema = ON;
+  test.skipIf(sqlite3 === null)(
+    "a table renamed sqlite_stat1 with a foreign key to users is refused",
+    () => {
+      const path = fileEditedBySqlite3(
+        `CREATE TABLE tmpx (tbl, idx, stat, u TEXT REFERENCES users (id) ON DELETE RESTRICT);
        UPDATE sqlite_master SET name = 'sqlite_stat1', tbl_name = 'sqlite_stat1',
          sql = 'CREATE TABLE sqlite_stat1 (tbl, idx, stat, u TEXT REFERENCES users (id) ON DELETE RESTRICT)'
-         WHERE name = 'tmpx';
-       PRAGMA writable_schema = OFF;`,
-    ]);
-    expect(edit.exitCode).toBe(0);
-    const file = new Database(path);
-    cleanups.push(() => file.close());
-    expect(createSchemaGuard(file).differences()).toEqual([
-      "table sqlite_stat1 refers to users and is not one of its migrations'",
-    ]);
-  });
+         WHERE name = 'tmpx';`,
+      );
+      const file = new Database(path);
+      cleanups.push(() => file.close());
+      expect(createSchemaGuard(file).differences()).toEqual([
+        "table sqlite_stat1 refers to users and is not one of its migrations'",
+      ]);
+    },
+  );
 });
 
 describe("while the service runs", () => {
