@@ -15,11 +15,28 @@
  * short); a line cut by the failure is ended before the next one, so it is the only broken line a
  * reader sees.
  */
-import { writeSync } from "node:fs";
+import { fstatSync, writeSync } from "node:fs";
+import { PIPE_BUF } from "./line-buffer";
 
 export interface LogDestination {
   write(line: string): void;
   flush?(): void;
+  /**
+   * The most bytes one write may take and still arrive whole among other processes' writes: set
+   * when the destination is a pipe or a socket, which several processes can share. The logger
+   * cuts a longer line to fit (fit-line.ts); a file or a terminal takes any line whole.
+   */
+  readonly indivisibleBytes?: number;
+}
+
+/** PIPE_BUF for a pipe or socket, else undefined (a file or terminal, or an fd fstat cannot read). */
+function indivisibleBytesOf(fd: number): number | undefined {
+  try {
+    const stat = fstatSync(fd);
+    return stat.isFIFO() || stat.isSocket() ? PIPE_BUF : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 const EAGAIN_WAIT_MS = 1;
@@ -61,6 +78,7 @@ export function fdDestination(fd: number, options: FdDestinationOptions = {}): L
   let cutLine = false;
   let failure = "";
   return {
+    indivisibleBytes: indivisibleBytesOf(fd),
     write(line) {
       if (closed) return;
       let written = 0;

@@ -12,11 +12,13 @@
  *
  * Lines are written synchronously (fd-destination.ts), as pino was configured to: measured with
  * pino, a synchronous write per line cost half of an asynchronous one, and no line is lost when
- * the process dies.
+ * the process dies. To a pipe or socket, which several processes may share, a line longer than one
+ * indivisible write is cut to fit (fit-line.ts), so no process splits another's line.
  */
 import type { LogLevel } from "../config";
 import { fdDestination, type LogDestination } from "./fd-destination";
 import { fieldJson, fieldsJson, REDACTED } from "./fields";
+import { fitLine } from "./fit-line";
 import { bufferLines, type LineBuffer } from "./line-buffer";
 import { createTextScrubber, type TextScrubberOptions } from "./scrub";
 
@@ -105,6 +107,7 @@ interface Shared {
 
 function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: string): Logger {
   const { destination, batched, scrub } = shared;
+  const indivisible = destination.indivisibleBytes;
   const threshold = SEVERITY[shared.level];
   const method = (level: LevelName): LogFn => {
     if (SEVERITY[level] < threshold) return ignore;
@@ -130,7 +133,8 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
         if (json !== undefined) tail = `,"msg":${json}}\n`;
       }
       if (batched.pending) batched.flush();
-      destination.write(scrub(`${head}${new Date().toISOString()}"${boundJson}${fields}${tail}`));
+      const line = scrub(`${head}${new Date().toISOString()}"${boundJson}${fields}${tail}`);
+      destination.write(indivisible === undefined ? line : fitLine(line, indivisible));
     };
   };
   return {
