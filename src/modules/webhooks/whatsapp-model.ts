@@ -1,9 +1,13 @@
 /**
  * @module
- * The WhatsApp Cloud API webhook payload, read strictly but tolerantly: the envelope
- * (`object`, `entry[].changes[].value`) must have the documented shape and stay within bounds, fields
- * we do not use are ignored, and a message or status whose own fields are unusable is skipped (and
- * counted) rather than failing the whole delivery, which Meta would otherwise retry for days.
+ * The WhatsApp Cloud API webhook payload, read strictly but tolerantly: the envelope (`object`
+ * and an `entry` array) must have the documented shape, fields we do not use are ignored, and each
+ * entry, change, message or status is checked on its own: one that is unusable (a field of the
+ * wrong type or past its bound, a number that is not digits) is skipped and counted, and the rest
+ * of the delivery is accepted. Failing the whole delivery would make Meta retry it for days, and
+ * skipping the whole change (as an earlier version did) lost the good messages beside a bad one,
+ * after a 200. The arrays have no count of their own: the body (at most 256 KiB) bounds them, and
+ * Meta batches up to 1000 updates in one delivery.
  *
  * Shape (Meta, "Webhooks payload reference"):
  *   { object: "whatsapp_business_account",
@@ -11,11 +15,11 @@
  *       value: { metadata: { phone_number_id }, messages?: [{ id, from, type, text?: { body } }],
  *                statuses?: [{ id, status, timestamp, errors?: [{ code }] }] } }] }] }
  */
+
+import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { type Static, t } from "elysia";
 import { checkChatMessage } from "../chat/message";
 
-/** What every item of the payload is bounded by (the body itself is at most 256 KiB). */
-const MAX_ITEMS = 100;
 /** WhatsApp ids (wamid.…) are base64 text well under this. */
 const ID = t.String({ minLength: 1, maxLength: 256 });
 
@@ -31,31 +35,35 @@ const StatusUpdate = t.Object({
   id: ID,
   status: t.String({ maxLength: 32 }),
   timestamp: t.Optional(t.String({ maxLength: 20 })),
-  errors: t.Optional(t.Array(t.Object({ code: t.Optional(t.Number()) }), { maxItems: MAX_ITEMS })),
+  errors: t.Optional(t.Array(t.Object({ code: t.Optional(t.Number()) }))),
 });
+
+const Entry = t.Object({
+  id: t.Optional(t.String({ maxLength: 64 })),
+  changes: t.Array(t.Unknown()),
+});
+
+const Change = t.Object({ field: t.String({ maxLength: 64 }), value: t.Optional(t.Unknown()) });
 
 const ChangeValue = t.Object({
   metadata: t.Optional(t.Object({ phone_number_id: t.String({ maxLength: 64 }) })),
-  messages: t.Optional(t.Array(InboundMessage, { maxItems: MAX_ITEMS })),
-  statuses: t.Optional(t.Array(StatusUpdate, { maxItems: MAX_ITEMS })),
+  messages: t.Optional(t.Array(t.Unknown())),
+  statuses: t.Optional(t.Array(t.Unknown())),
 });
 
 /** The envelope; `additionalProperties` stays open everywhere so new Meta fields are ignored. */
 export const WhatsAppNotification = t.Object({
   object: t.String({ maxLength: 64 }),
-  entry: t.Array(
-    t.Object({
-      id: t.Optional(t.String({ maxLength: 64 })),
-      changes: t.Array(
-        t.Object({ field: t.String({ maxLength: 64 }), value: t.Optional(t.Unknown()) }),
-        { maxItems: MAX_ITEMS },
-      ),
-    }),
-    { maxItems: MAX_ITEMS },
-  ),
+  entry: t.Array(t.Unknown()),
 });
 export type WhatsAppNotification = Static<typeof WhatsAppNotification>;
-export { ChangeValue };
+
+// Compiled once: the checks hold no state.
+const isEntry = TypeCompiler.Compile(Entry);
+const isChange = TypeCompiler.Compile(Change);
+const isChangeValue = TypeCompiler.Compile(ChangeValue);
+const isInboundMessage = TypeCompiler.Compile(InboundMessage);
+const isStatusUpdate = TypeCompiler.Compile(StatusUpdate);
 
 /** Our answer to a verified delivery (Meta reads only the 200). */
 export const WebhookAck = t.Object({
@@ -127,24 +135,35 @@ function timestampMs(value: string | undefined, fallback: number): number {
 }
 
 /**
- * The messages and statuses of a notification that passed `WhatsAppNotification`. `checkValue`
- * validates each change's value (the caller's compiled schema check).
+ * The messages and statuses of a notification that passed `WhatsAppNotification`; each entry,
+ * change, message and status that is not usable counts once in `ignored`.
  */
 export function readNotification(
   notification: WhatsAppNotification,
-  checkValue: (value: unknown) => value is Static<typeof ChangeValue>,
   now: number,
 ): ReadNotification {
   const result: ReadNotification = { messages: [], statuses: [], ignored: 0 };
   for (const entry of notification.entry) {
+    if (!isEntry.Check(entry)) {
+      result.ignored++;
+      continue;
+    }
     for (const change of entry.changes) {
-      if (change.field !== "messages" || !checkValue(change.value)) {
+      if (
+        !isChange.Check(change) ||
+        change.field !== "messages" ||
+        !isChangeValue.Check(change.value)
+      ) {
         result.ignored++;
         continue;
       }
       const value = change.value;
       const phoneNumberId = value.metadata?.phone_number_id ?? "";
       for (const message of value.messages ?? []) {
+        if (!isInboundMessage.Check(message)) {
+          result.ignored++;
+          continue;
+        }
         if (!DIGITS.test(phoneNumberId) || !DIGITS.test(message.from)) {
           result.ignored++;
           continue;
@@ -164,7 +183,11 @@ export function readNotification(
         });
       }
       for (const status of value.statuses ?? []) {
-        if (!MESSAGE_ID.test(status.id) || !isDeliveryStatus(status.status)) {
+        if (
+          !isStatusUpdate.Check(status) ||
+          !MESSAGE_ID.test(status.id) ||
+          !isDeliveryStatus(status.status)
+        ) {
           result.ignored++;
           continue;
         }

@@ -45,7 +45,6 @@ import { createOutboxSeal, type OutboxSeal, outboxTamperReporter } from "./outbo
 import { sameSecret, senderHasher, verifyHubSignature } from "./whatsapp-crypto";
 import { createWhatsAppMetrics, type WhatsAppMetrics } from "./whatsapp-metrics";
 import {
-  ChangeValue,
   type ReadNotification,
   readNotification,
   WebhookAck,
@@ -315,9 +314,6 @@ export interface WhatsAppModuleOptions {
 }
 
 const checkNotification = TypeCompiler.Compile(WhatsAppNotification);
-const checkChangeValue = TypeCompiler.Compile(ChangeValue);
-const isChangeValue = (value: unknown): value is typeof ChangeValue.static =>
-  checkChangeValue.Check(value);
 
 /** The parameter Meta sends, from the raw query (names with dots; a repeated one is refused). */
 function single(params: URLSearchParams, name: string): string | null {
@@ -401,7 +397,7 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
           metrics.events.labels("whatsapp", "ignored").inc();
           return { received: true as const, accepted: 0, duplicates: 0, statuses: 0, ignored: 1 };
         }
-        const read = readNotification(body, isChangeValue, Date.now());
+        const read = readNotification(body, Date.now());
         const ack = await intake.accept(read, { ip: client.ip, requestId });
         if (ack.accepted > 0) options.onAccepted();
         return ack;

@@ -171,6 +171,71 @@ describe("accepting messages", () => {
     expect(await (await deliver(target, sneaky)).json()).toMatchObject({ accepted: 0, ignored: 1 });
   });
 
+  // One item past a bound used to make its whole change "ignored": the good message beside it was
+  // acknowledged with a 200 and lost. Each such item is now skipped alone.
+  const unusableItems: [string, Record<string, unknown>][] = [
+    [
+      "a `from` of 33 digits",
+      { id: "wamid.X", from: "1".repeat(33), type: "text", text: { body: "hi" } },
+    ],
+    [
+      "a text over 65,536 characters",
+      { id: "wamid.X", from: "16505551235", type: "text", text: { body: "a".repeat(65_537) } },
+    ],
+    [
+      "a text body that is not a string",
+      { id: "wamid.X", from: "16505551235", type: "text", text: { body: 42 } },
+    ],
+    [
+      "an id over 256 characters",
+      { id: `wamid.${"x".repeat(260)}`, from: "16505551235", type: "text", text: { body: "hi" } },
+    ],
+    ["a type over 32 characters", { id: "wamid.X", from: "16505551235", type: "t".repeat(33) }],
+    ["an item that is not an object", "wamid.X" as unknown as Record<string, unknown>],
+  ];
+  for (const [name, bad] of unusableItems) {
+    test(`a message with ${name} is skipped alone: the good one beside it is accepted`, async () => {
+      const target = build();
+      const payload = notification({ messages: [{ id: "wamid.GOOD", from: "16505551234" }] });
+      const value = payload.entry[0]!.changes[0]!.value as { messages: unknown[] };
+      value.messages.push(bad);
+      const response = await deliver(target, payload);
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({ accepted: 1, ignored: 1 });
+      expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.GOOD"]);
+    });
+  }
+
+  test("a status past its bounds is skipped alone; bad entries and changes are skipped alone too", async () => {
+    const target = build();
+    const payload = notification({ statuses: [{ id: "wamid.S1", status: "delivered" }] });
+    const value = payload.entry[0]!.changes[0]!.value as { statuses: unknown[] };
+    value.statuses.push({ id: "s".repeat(300), status: "read", timestamp: "1" });
+    (payload.entry[0]!.changes as unknown[]).push({ field: "f".repeat(65), value: {} }, 7);
+    (payload.entry as unknown[]).push({ id: "e".repeat(65), changes: [] }, null);
+    const response = await deliver(target, payload);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ statuses: 1, ignored: 5 });
+    const rows = target.db.$client
+      .query<{ message_id: string; status: string }, []>(
+        "SELECT message_id, status FROM whatsapp_statuses",
+      )
+      .all();
+    expect(rows).toEqual([{ message_id: "wamid.S1", status: "delivered" }]);
+  });
+
+  test("a delivery of more than a hundred messages is accepted whole (Meta batches up to 1000)", async () => {
+    const target = build();
+    const messages = Array.from({ length: 150 }, (_, i) => ({
+      id: `wamid.B${i}`,
+      from: `1650555${String(i).padStart(4, "0")}`,
+    }));
+    const response = await deliver(target, notification({ messages }));
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ accepted: 150, ignored: 0 });
+    expect(outbox(target)).toHaveLength(150);
+  });
+
   // The same rules as POST /api/chat (test/modules/chat/chat.test.ts), by the same function.
   const refusedTexts: [string, string][] = [
     ["a lone high surrogate", "hello \ud800 world"],
