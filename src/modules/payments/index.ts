@@ -59,6 +59,8 @@ export function ownerOf(principal: Principal, ledger: Pick<PaymentLedger, "first
 
 const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).";
 
+const WELL_FORMED = "Must be well-formed Unicode (no unpaired surrogates)";
+
 function invalid(field: string, message: string, detail = "The request body is invalid."): never {
   throw new AppError("VALIDATION_FAILED", detail, [{ field, message }]);
 }
@@ -131,8 +133,16 @@ export function paymentsModule(options: PaymentsModuleOptions) {
             }
             customerEmail = verdict.email;
           }
+          // Text Stripe cannot take (the SDK fails encoding a lone surrogate, which answered 503 as
+          // if Stripe were down, and every retry failed the same way) is the client's to mend.
+          if (body.description !== undefined && !body.description.isWellFormed()) {
+            invalid("body/description", WELL_FORMED);
+          }
           if (body.metadata !== undefined) {
-            for (const key of Object.keys(body.metadata)) {
+            for (const [key, value] of Object.entries(body.metadata)) {
+              if (!key.isWellFormed() || !String(value).isWellFormed()) {
+                invalid("body/metadata", WELL_FORMED);
+              }
               // Stripe refuses empty keys, keys over 40 characters and square brackets.
               if (key.length === 0 || key.length > METADATA_KEY_MAX_LENGTH || /[[\]]/.test(key)) {
                 invalid(

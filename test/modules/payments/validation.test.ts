@@ -69,6 +69,15 @@ test("description: at most 500 characters", async () => {
   await expectRefused({ ...valid, description: "d".repeat(501) }, "body/description");
 });
 
+test("description and metadata: an unpaired surrogate is 422, never a Stripe call (it was 503 'Stripe unavailable' on every retry)", async () => {
+  await expectAccepted({ ...valid, description: "café 😀", metadata: { "clé 😀": "valeur 😀" } });
+  for (const lone of ["\ud800", "\udc00", "a\ud83d", "\ude00b"]) {
+    await expectRefused({ ...valid, description: lone }, "body/description");
+    await expectRefused({ ...valid, metadata: { k: lone } }, "body/metadata");
+    await expectRefused({ ...valid, metadata: { [lone]: "v" } }, "body/metadata");
+  }
+});
+
 test("customerEmail: validated like an account email, stored normalised", async () => {
   await expectAccepted({ ...valid, customerEmail: "  Ana@Example.COM " });
   expect(current.stripe.calls.at(-1)!.params.receipt_email).toBe("Ana@example.com");
