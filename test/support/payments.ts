@@ -118,8 +118,14 @@ export async function succeed(target: TestApp, paymentId: string, created?: numb
 export function auditRows(target: TestApp, type: string) {
   target.services.audit.flush();
   return target.db.$client
-    .query("SELECT actor, outcome, detail, route FROM audit_events WHERE type = ? ORDER BY id")
-    .all(type) as { actor: string | null; outcome: string; detail: string; route: string | null }[];
+    .query("SELECT actor, ip, outcome, detail, route FROM audit_events WHERE type = ? ORDER BY id")
+    .all(type) as {
+    actor: string | null;
+    ip: string | null;
+    outcome: string;
+    detail: string;
+    route: string | null;
+  }[];
 }
 
 export async function metricValue(target: TestApp, name: string, labels: Record<string, string>) {

@@ -262,8 +262,9 @@ export class PaymentService {
     this.audit.record({
       type: "payment.intent.created",
       outcome: "success",
+      // As erasure leaves the owner's earlier rows: under the pseudonym, without the address.
       actor: erased ? this.audit.pseudonymOf(owner) : acting.actor,
-      ip: acting.ip,
+      ip: erased ? null : acting.ip,
       route: acting.route,
       requestId: acting.requestId,
       detail: { paymentId: result.id, amount: result.amount, currency: result.currency },

@@ -125,6 +125,14 @@ describe("erasure and an intent in flight exclude each other", () => {
     const audit = auditRows(target, "payment.intent.created");
     expect(audit).toHaveLength(1);
     expect(audit[0]!.actor).not.toContain(alice.userId);
+    // Erasure drops the address from the user's audit rows: the late one too, under the pseudonym
+    // that links it to the rest of the erased history.
+    expect(audit[0]!.ip).toBeNull();
+    expect(auditRows(target, "privacy.erased")[0]!.actor).toBe(audit[0]!.actor);
+    // The address is there for anyone not erased (so the assertion above can fail).
+    const bob = await signUp(target);
+    await pay(target, bob);
+    expect(auditRows(target, "payment.intent.created")[1]!.ip).not.toBeNull();
   });
 
   test("an intent that finishes before erasure is stripped by the erasure, as before", async () => {
