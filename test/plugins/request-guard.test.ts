@@ -123,6 +123,32 @@ describe("content types", () => {
     expect(utf8.status).toBe(200);
   });
 
+  test("a body with a content coding is 415, whatever it holds; identity is the body as sent", async () => {
+    const target = guardedApp();
+    const plain = '{"text":"a"}';
+    for (const [coding, body] of [
+      ["gzip", plain],
+      ["gzip", Bun.gzipSync(plain)],
+      ["GZIP", plain],
+      ["br", plain],
+      ["deflate", plain],
+      ["identity, gzip", plain],
+      ["x-anything", plain],
+    ] as const) {
+      const response = await send(target, "/api/echo", {
+        body,
+        headers: { "content-type": "application/json", "content-encoding": coding },
+      });
+      expect({ coding, status: response.status }).toEqual({ coding, status: 415 });
+      expect(await codeOf(response)).toBe("UNSUPPORTED_MEDIA_TYPE");
+    }
+    const identity = await send(target, "/api/echo", {
+      body: plain,
+      headers: { "content-type": "application/json", "content-encoding": " Identity " },
+    });
+    expect(identity.status).toBe(200);
+  });
+
   test("a body without Content-Type is 415", async () => {
     const target = guardedApp();
     const response = await target.app.handle(

@@ -120,8 +120,19 @@ export function hasBody(request: Request): boolean {
 /** The one media type a request body may have: every other is refused with 415. */
 export const BODY_MEDIA_TYPE = "application/json";
 
-/** JSON only, and if a charset is named it must be UTF-8 (RFC 8259). */
+/**
+ * JSON only, and if a charset is named it must be UTF-8 (RFC 8259); and no content coding but
+ * `identity`. Palisade decodes none (RFC 9110 §8.4 allows the 415): read as it is, a body labelled
+ * gzip would be one thing to a proxy or filter in front that decodes it and another here.
+ */
 export function checkContentType(headers: Headers): Refusal | null {
+  const coding = headers.get("content-encoding");
+  if (coding !== null && coding.trim().toLowerCase() !== "identity") {
+    return {
+      code: "UNSUPPORTED_MEDIA_TYPE",
+      reason: "no Content-Encoding is accepted; send the body uncompressed",
+    };
+  }
   const raw = headers.get("content-type");
   if (raw === null) return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "a body needs Content-Type" };
   const [type, ...params] = raw.toLowerCase().split(";");
