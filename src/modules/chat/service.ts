@@ -614,6 +614,9 @@ export class ChatService implements ChatTurns {
     const rows = this.db
       .select({
         id: chatConversations.id,
+        ownerKind: chatConversations.ownerKind,
+        ownerId: chatConversations.ownerId,
+        seal: chatConversations.seal,
         createdAt: chatConversations.createdAt,
         updatedAt: chatConversations.updatedAt,
         messageCount: sql<number>`(SELECT count(*) FROM ${chatMessages} WHERE ${chatMessages.conversationId} = ${chatConversations.id})`,
@@ -636,8 +639,10 @@ export class ChatService implements ChatTurns {
       .orderBy(desc(chatConversations.createdAt), desc(chatConversations.id))
       .limit(limit + 1)
       .all();
-    const shown = rows.slice(0, limit);
-    const last = shown.at(-1);
+    const read = rows.slice(0, limit);
+    // The cursor follows the page as read, so one left out is not read again on the next page.
+    const last = read.at(-1);
+    const shown = this.intactOnly(read);
     return {
       conversations: shown.map((row) => ({
         id: row.id,
@@ -659,8 +664,10 @@ export class ChatService implements ChatTurns {
       .from(chatConversations)
       .where(and(eq(chatConversations.id, conversationId), ownedBy(owner)))
       .get();
-    if (!conversation) return null;
-    const messages = this.messagesOf([conversation.id]).map(({ conversationId: _, ...m }) => m);
+    if (!conversation || this.intactOnly([conversation]).length === 0) return null;
+    const messages = this.messagesOf([conversation.id]).map(
+      ({ conversationId: _, id: _id, seal: _seal, ...m }) => m,
+    );
     return {
       id: conversation.id,
       createdAt: iso(conversation.createdAt),
@@ -680,7 +687,43 @@ export class ChatService implements ChatTurns {
     return deleted.length > 0;
   }
 
-  private messagesOf(conversationIds: string[]): (StoredMessage & { conversationId: string })[] {
+  /**
+   * The conversations whose row and every message match their seals, in order; each other one is
+   * reported and left out (what is shown is only ever what Palisade wrote).
+   */
+  private intactOnly<
+    Row extends { id: string; ownerKind: string; ownerId: string; seal: string | null },
+  >(conversations: readonly Row[]): Row[] {
+    const rowsIntact = conversations.filter((row) => this.intactConversation(row));
+    if (rowsIntact.length === 0) return [];
+    const messages = this.db
+      .select({
+        id: chatMessages.id,
+        conversationId: chatMessages.conversationId,
+        role: chatMessages.role,
+        content: chatMessages.content,
+        incomplete: chatMessages.incomplete,
+        seal: chatMessages.seal,
+      })
+      .from(chatMessages)
+      .where(
+        inArray(
+          chatMessages.conversationId,
+          rowsIntact.map((row) => row.id),
+        ),
+      )
+      .all();
+    const failed = new Set<string>();
+    for (const message of messages) {
+      if (failed.has(message.conversationId)) continue;
+      if (!this.intactMessages([message])) failed.add(message.conversationId);
+    }
+    return rowsIntact.filter((row) => !failed.has(row.id));
+  }
+
+  private messagesOf(
+    conversationIds: string[],
+  ): (StoredMessage & { conversationId: string; id: number; seal: string | null })[] {
     if (conversationIds.length === 0) return [];
     return this.db
       .select()
@@ -690,6 +733,8 @@ export class ChatService implements ChatTurns {
       .all()
       .map((row) => ({
         conversationId: row.conversationId,
+        id: row.id,
+        seal: row.seal,
         role: row.role,
         content: row.content,
         incomplete: row.incomplete,
@@ -713,7 +758,9 @@ export class ChatService implements ChatTurns {
 
   /** Every conversation (with its messages) and usage row of these owners: the export's part. */
   exportOf(owners: readonly ChatOwner[]) {
-    const conversations = this.conversationsOf(owners);
+    // A conversation that fails its seal is not the user's as far as Palisade knows: left out,
+    // as from the list.
+    const conversations = this.intactOnly(this.conversationsOf(owners));
     const messages = this.messagesOf(conversations.map((c) => c.id));
     const usage = owners.flatMap((owner) =>
       this.db
@@ -737,7 +784,7 @@ export class ChatService implements ChatTurns {
         updatedAt: iso(c.updatedAt),
         messages: messages
           .filter((m) => m.conversationId === c.id)
-          .map(({ conversationId: _, ...m }) => m),
+          .map(({ conversationId: _, id: _id, seal: _seal, ...m }) => m),
       })),
       usage,
     };
