@@ -526,17 +526,20 @@ export class ChatService implements ChatTurns {
           return;
         }
         if (turn.isNew) {
-          insertConversation.run({
+          const conversation = {
             id: turn.conversationId,
-            kind: turn.owner.kind,
-            owner: turn.owner.id,
+            ownerKind: turn.owner.kind,
+            ownerId: turn.owner.id,
+          };
+          const conversationSeal = seal.conversation(conversation);
+          insertConversation.run({
+            id: conversation.id,
+            kind: conversation.ownerKind,
+            owner: conversation.ownerId,
             now,
-            seal: seal.conversation({
-              id: turn.conversationId,
-              ownerKind: turn.owner.kind,
-              ownerId: turn.owner.id,
-            }),
+            seal: conversationSeal,
           });
+          this.check.rememberConversation({ ...conversation, seal: conversationSeal });
         } else {
           const kept = touchConversation.get({ id: turn.conversationId, now });
           // Deleted while the turn ran: the reply was given, nothing is kept; the usage counts.
