@@ -9,7 +9,8 @@
  */
 import type { MigrationCompanions } from "./db/migrate";
 import { credentialSealing, sealedMessage } from "./modules/auth/seal-upgrade";
-import { chatSealedMessage, chatSealing, createChatSeal } from "./modules/chat/history-seal";
+import { createChatSeal } from "./modules/chat/history-seal";
+import { chatSealedMessage, chatSealing } from "./modules/chat/history-seal-upgrade";
 import {
   createOutboxSeal,
   outboxSealedMessage,

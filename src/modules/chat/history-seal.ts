@@ -23,8 +23,6 @@
  * covered: deleting messages or conversations (as retention does), and a copy of an older row of
  * the same file, seal and all (a rollback of the file: restore from a backup).
  */
-import type { AppDatabase } from "../../db/client";
-import type { MigrationCompanions } from "../../db/migrate";
 import { createRowSealer, sealMatches } from "../../db/row-seal";
 import type { AuditEvent } from "../../plugins/audit/events";
 
@@ -197,59 +195,4 @@ export function conversationTamperReporter(deps: {
       detail: { conversation },
     });
   };
-}
-
-export const CHAT_SEALS_MIGRATION = "0015_chat_seals";
-
-/** What the upgrade sealed. */
-export interface ChatSealedOnUpgrade {
-  conversations: number;
-  messages: number;
-}
-
-/**
- * The companion that seals every conversation and message when migration 0015 is applied, in its
- * transaction (as the credentials are with 0013: modules/auth/seal-upgrade.ts), and what it
- * sealed: null until it runs, and when there was nothing (a new database). Only the call that
- * applies 0015 seals: a row written into the file afterwards is refused. Someone who puts the file
- * back into its pre-0015 shape gets their rows sealed by the next start or command, which says so
- * and audits it again: a second `chat.history_sealed` for one file is the sign of it.
- */
-export function chatSealing(seal: ChatSeal): {
-  companions: MigrationCompanions;
-  sealed(): ChatSealedOnUpgrade | null;
-} {
-  let sealed: ChatSealedOnUpgrade | null = null;
-  const sealAll = (db: AppDatabase) => {
-    const sqlite = db.$client;
-    const conversations = sqlite
-      .query<SealedConversation, []>(
-        "SELECT id, owner_kind AS ownerKind, owner_id AS ownerId FROM chat_conversations",
-      )
-      .all();
-    const sealConversation = sqlite.prepare("UPDATE chat_conversations SET seal = ? WHERE id = ?");
-    for (const row of conversations) sealConversation.run(seal.conversation(row), row.id);
-    const messages = sqlite
-      .query<Omit<SealedMessage, "incomplete"> & { incomplete: unknown }, []>(
-        `SELECT id, conversation_id AS conversationId, role, content, incomplete
-         FROM chat_messages`,
-      )
-      .all();
-    const sealMessage = sqlite.prepare("UPDATE chat_messages SET seal = ? WHERE id = ?");
-    for (const row of messages) {
-      // As drizzle reads the column (boolean mode): what the seal covers is what is shown.
-      const incomplete = Number(row.incomplete) === 1;
-      sealMessage.run(seal.message({ ...row, incomplete }), row.id);
-    }
-    sealed =
-      conversations.length + messages.length > 0
-        ? { conversations: conversations.length, messages: messages.length }
-        : null;
-  };
-  return { companions: new Map([[CHAT_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
-}
-
-/** What the start and the CLI say when the upgrade sealed chat history. */
-export function chatSealedMessage({ conversations, messages }: ChatSealedOnUpgrade): string {
-  return `sealed the ${conversations} chat conversations (${messages} messages) stored before this release; conversations and messages written into the file from now on are neither continued nor shown`;
 }

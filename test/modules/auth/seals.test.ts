@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
 import { credentialSealing, SEALS_MIGRATION } from "../../../src/modules/auth/seal-upgrade";
-import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal";
+import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
 import { OUTBOX_SEALS_MIGRATION } from "../../../src/modules/webhooks/outbox-seal";
 import { generateApiKey, hashApiKey, keyPrefix } from "../../../src/plugins/auth/api-key-format";
 import { createCredentialSeal, tamperReporter } from "../../../src/plugins/auth/seal";

@@ -11,11 +11,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
-import {
-  CHAT_SEALS_MIGRATION,
-  chatSealing,
-  createChatSeal,
-} from "../../../src/modules/chat/history-seal";
+import { createChatSeal } from "../../../src/modules/chat/history-seal";
+import { CHAT_SEALS_MIGRATION, chatSealing } from "../../../src/modules/chat/history-seal-upgrade";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import type { ChatProvider, Delta } from "../../../src/modules/chat/providers/provider";

@@ -9,7 +9,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
-import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal";
+import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
 import { TAMPERED_REASON } from "../../../src/modules/webhooks/outbox";
 import {
   createOutboxSeal,
