@@ -83,10 +83,9 @@ const VERIFIED_CHARACTERS = 4_000_000;
  * its conversation and the window of up to CHAT_CONTEXT_MESSAGES newest messages, all but the
  * last turn's two read by the turn before: an HMAC (and its compare) for each made reading a full
  * window three times as slow (210 against 66 µs, in a turn of ~400 µs; measured in process), so a
- * row whose sealed columns and seal are
- * exactly those of one verified (or sealed) before passes without a new HMAC — it is that row, as
- * Palisade wrote it. Anything else is computed afresh. One per feature instance: a test's app, or
- * a process, has its own memory.
+ * row whose sealed columns and seal are exactly those of one verified (or sealed) before passes
+ * without a new HMAC — it is that row, as Palisade wrote it. Anything else is computed afresh. One
+ * per feature instance: a test's app, or a process, has its own memory.
  */
 export interface HistoryCheck {
   conversation(row: Stored<SealedConversation>): boolean;
