@@ -1,7 +1,7 @@
 /**
  * @module
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
- * migration 0013, the WhatsApp outbox with 0014) seals those rows in a companion of its migration,
+ * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015) seals those rows in a companion of its migration,
  * in the migration's own transaction (db/migrate.ts). Whoever applied it — the start, or the first
  * CLI command to open the file — says so at once, one warning line per kind of row, and records
  * the audit event once its services exist: a second sealing of the same file is the sign that
@@ -9,6 +9,8 @@
  */
 import type { MigrationCompanions } from "./db/migrate";
 import { credentialSealing, sealedMessage } from "./modules/auth/seal-upgrade";
+import { createChatSeal } from "./modules/chat/history-seal";
+import { chatSealedMessage, chatSealing } from "./modules/chat/history-seal-upgrade";
 import {
   createOutboxSeal,
   outboxSealedMessage,
@@ -31,14 +33,17 @@ export function upgradeSealing(auditSecret: string): {
 } {
   const credentials = credentialSealing(createCredentialSeal(auditSecret));
   const outbox = outboxSealing(createOutboxSeal(auditSecret));
+  const chat = chatSealing(createChatSeal(auditSecret));
   return {
-    companions: new Map([...credentials.companions, ...outbox.companions]),
+    companions: new Map([...credentials.companions, ...outbox.companions, ...chat.companions]),
     sealed() {
       const said: UpgradeSealed[] = [];
       const counts = credentials.sealed();
       if (counts) said.push(sealedOf("auth.credentials_sealed", sealedMessage(counts), counts));
       const rows = outbox.sealed();
       if (rows) said.push(sealedOf("whatsapp.outbox_sealed", outboxSealedMessage(rows), rows));
+      const history = chat.sealed();
+      if (history) said.push(sealedOf("chat.history_sealed", chatSealedMessage(history), history));
       return said;
     },
   };
@@ -46,7 +51,7 @@ export function upgradeSealing(auditSecret: string): {
 
 /** What one kind of row's sealing says: its line, the counts as its fields and as the event's detail. */
 function sealedOf(
-  type: "auth.credentials_sealed" | "whatsapp.outbox_sealed",
+  type: "auth.credentials_sealed" | "whatsapp.outbox_sealed" | "chat.history_sealed",
   message: string,
   counts: object,
 ): UpgradeSealed {

@@ -21,6 +21,7 @@ import m0011 from "../../drizzle/0011_counters_prune_after.sql" with { type: "te
 import m0012 from "../../drizzle/0012_webhook_events_provider_index.sql" with { type: "text" };
 import m0013 from "../../drizzle/0013_credential_seals.sql" with { type: "text" };
 import m0014 from "../../drizzle/0014_outbox_seals.sql" with { type: "text" };
+import m0015 from "../../drizzle/0015_chat_seals.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -39,6 +40,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0012_webhook_events_provider_index": m0012,
   "0013_credential_seals": m0013,
   "0014_outbox_seals": m0014,
+  "0015_chat_seals": m0015,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -18,6 +18,11 @@ export const chatConversations = sqliteTable(
     ownerId: text("owner_id").notNull(),
     createdAt: integer("created_at").notNull(),
     updatedAt: integer("updated_at").notNull(),
+    /**
+     * HMAC of id and owner (modules/chat/history-seal.ts): a conversation whose row does not match
+     * is neither continued nor shown.
+     */
+    seal: text("seal"),
   },
   (table) => [
     // The owner's list, newest first, and the cursor's keyset (created_at, id).
@@ -46,6 +51,11 @@ export const chatMessages = sqliteTable(
     promptTokens: integer("prompt_tokens"),
     completionTokens: integer("completion_tokens"),
     createdAt: integer("created_at").notNull(),
+    /**
+     * HMAC of its conversation, id, role, content and `incomplete` (modules/chat/history-seal.ts):
+     * a conversation holding a message that does not match is neither continued nor shown.
+     */
+    seal: text("seal"),
   },
   (table) => [
     index("chat_messages_conversation").on(table.conversationId, table.id),

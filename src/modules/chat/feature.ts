@@ -9,6 +9,7 @@ import type { Core } from "../../core";
 import type { Feature } from "../feature";
 import { ChatBudget } from "./budget";
 import type { ChatOwner, ChatTurns } from "./contract";
+import { conversationTamperReporter, createChatSeal } from "./history-seal";
 import { chatModule, chatRouteClasses } from "./index";
 import { chatMetrics } from "./metrics";
 import { chatContributor } from "./privacy";
@@ -43,6 +44,10 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     audit,
     metrics: chatMetrics(registry),
     budget,
+    // Keyed from AUDIT_SECRET_KEY like the outbox seal (webhooks/whatsapp.ts); the reporter's
+    // memory of what it reported is this feature's, so each app (and test) has its own.
+    seal: createChatSeal(config.audit.secretKey),
+    reportTampered: conversationTamperReporter({ logger, audit }),
     ownerExists: options.ownerExists,
   });
   return {

@@ -55,6 +55,10 @@ export const AUDIT_EVENT_TYPES = [
   // Chat budgets: a turn refused over the daily budget (batched), an operator's reset.
   "chat.quota_exceeded",
   "chat.usage.reset",
+  // A conversation whose row, or a message of it, does not match its seal (neither continued nor
+  // shown), and the history an upgrade sealed (modules/chat/history-seal.ts; must not be lost).
+  "chat.conversation_tampered",
+  "chat.history_sealed",
   // Refusals by the pipeline (batched).
   "ratelimit.rejected",
   "request.rejected",
@@ -94,8 +98,9 @@ export interface AuditEvent {
 
 /**
  * Events written before the response is sent, in their own transaction: who logged in, what an
- * admin changed, what was paid, which address was blocked or unblocked, who was erased, and a
- * WhatsApp outbox row refused or sealed, a trigger dropped. The rest are batched.
+ * admin changed, what was paid, which address was blocked or unblocked, who was erased, a
+ * WhatsApp outbox row refused or sealed, a chat conversation refused or the history sealed, a
+ * trigger dropped. The rest are batched.
  */
 export function mustNotLose(type: string): boolean {
   return (
@@ -106,7 +111,9 @@ export function mustNotLose(type: string): boolean {
     type.startsWith("ip.") ||
     type.startsWith("db.") ||
     type === "whatsapp.outbox_tampered" ||
-    type === "whatsapp.outbox_sealed"
+    type === "whatsapp.outbox_sealed" ||
+    type === "chat.conversation_tampered" ||
+    type === "chat.history_sealed"
   );
 }
 

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
 import { credentialSealing, SEALS_MIGRATION } from "../../../src/modules/auth/seal-upgrade";
+import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
 import { OUTBOX_SEALS_MIGRATION } from "../../../src/modules/webhooks/outbox-seal";
 import { generateApiKey, hashApiKey, keyPrefix } from "../../../src/plugins/auth/api-key-format";
 import { createCredentialSeal, tamperReporter } from "../../../src/plugins/auth/seal";
@@ -583,7 +584,11 @@ describe("upgrading a database stored before seals", () => {
     const seal = createCredentialSeal(AUDIT_SECRET_KEY);
     const sealing = credentialSealing(seal);
     const status = applyMigrations(db, undefined, sealing.companions);
-    expect(status.appliedNow).toEqual([SEALS_MIGRATION, OUTBOX_SEALS_MIGRATION]);
+    expect(status.appliedNow).toEqual([
+      SEALS_MIGRATION,
+      OUTBOX_SEALS_MIGRATION,
+      CHAT_SEALS_MIGRATION,
+    ]);
     expect(sealing.sealed()).toEqual({ accounts: 1, keys: 1, sessions: 0 });
     db.$client.run(
       `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
@@ -662,6 +667,7 @@ describe("upgrading a database stored before seals", () => {
     expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual([
       SEALS_MIGRATION,
       OUTBOX_SEALS_MIGRATION,
+      CHAT_SEALS_MIGRATION,
     ]);
     expect(sealing.sealed()).toEqual({ accounts: 1, keys: 1, sessions: 0 });
   });

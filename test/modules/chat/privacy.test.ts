@@ -7,6 +7,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { chatConversations, chatMessages, chatUsage } from "../../../src/db/schema";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
+import { createChatSeal } from "../../../src/modules/chat/history-seal";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { createKey, signUp } from "../../support/auth";
 import { asKey, asUser, chat, gatedProvider, SSE } from "../../support/chat";
@@ -153,36 +154,28 @@ describe("an owner gone before the turn is prepared, or while it runs", () => {
     const app = target;
     const alice = await signUp(app);
     const { key, record } = createKey(app, ["chat"], alice.userId);
-    // The key's conversation from an earlier turn.
+    // The key's conversation from an earlier turn, sealed as Palisade seals what it writes.
     const now = Date.now();
+    const seal = createChatSeal(app.config.audit.secretKey);
+    const conversationId = "k3yC0nversation0000001";
     app.db
       .insert(chatConversations)
       .values({
-        id: "k3yC0nversation0000001",
+        id: conversationId,
         ownerKind: "key",
         ownerId: record.id,
         createdAt: now,
         updatedAt: now,
+        seal: seal.conversation({ id: conversationId, ownerKind: "key", ownerId: record.id }),
       })
       .run();
+    const earlier = [
+      { id: 1, conversationId, role: "user" as const, content: "first", incomplete: false },
+      { id: 2, conversationId, role: "assistant" as const, content: "reply", incomplete: false },
+    ];
     app.db
       .insert(chatMessages)
-      .values([
-        {
-          conversationId: "k3yC0nversation0000001",
-          role: "user",
-          content: "first",
-          tokens: 1,
-          createdAt: now,
-        },
-        {
-          conversationId: "k3yC0nversation0000001",
-          role: "assistant",
-          content: "reply",
-          tokens: 1,
-          createdAt: now,
-        },
-      ])
+      .values(earlier.map((m) => ({ ...m, tokens: 1, createdAt: now, seal: seal.message(m) })))
       .run();
     const answering = chat(app, asKey(key), {
       message: "second question",

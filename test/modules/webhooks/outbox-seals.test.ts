@@ -9,6 +9,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
 import { TAMPERED_REASON } from "../../../src/modules/webhooks/outbox";
 import {
   createOutboxSeal,
@@ -346,6 +347,7 @@ describe("upgrading a database stored before outbox seals", () => {
     const sealing = outboxSealing(seal);
     expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual([
       OUTBOX_SEALS_MIGRATION,
+      CHAT_SEALS_MIGRATION,
     ]);
     expect(sealing.sealed()).toEqual({ rows: 2, givenUp: 1 });
     const stored = (messageId: string) =>
@@ -395,10 +397,13 @@ describe("upgrading a database stored before outbox seals", () => {
       .all();
     expect(events).toEqual([{ actor: "system", detail: JSON.stringify({ givenUp: 1, rows: 2 }) }]);
 
-    // Someone with the file puts it back into its pre-0014 shape with a reply of theirs inside.
+    // Someone with the file puts it back into its pre-0014 shape (so without 0015's chat seals
+    // either) with a reply of theirs inside.
     file.$client.run("ALTER TABLE whatsapp_outbox DROP COLUMN seal");
+    file.$client.run("ALTER TABLE chat_conversations DROP COLUMN seal");
+    file.$client.run("ALTER TABLE chat_messages DROP COLUMN seal");
     file.$client.run(
-      "DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations)",
+      "DELETE FROM __drizzle_migrations WHERE created_at IN (SELECT created_at FROM __drizzle_migrations ORDER BY created_at DESC LIMIT 2)",
     );
     file.$client.run(
       `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind,

@@ -1,0 +1,2 @@
+ALTER TABLE `chat_conversations` ADD `seal` text;--> statement-breakpoint
+ALTER TABLE `chat_messages` ADD `seal` text;

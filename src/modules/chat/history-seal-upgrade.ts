@@ -1,0 +1,65 @@
+/**
+ * @module
+ * Sealing the chat history a database held before chat seals existed. Migration 0015 adds the
+ * `seal` columns; the conversations and messages already there are sealed by a companion of that
+ * migration (db/migrate.ts), in the same immediate transaction, as the credentials are with 0013
+ * (modules/auth/seal-upgrade.ts): the file is either not yet migrated or migrated and sealed.
+ * Only the call that applies 0015 seals, so a row written into the file afterwards is refused.
+ * Someone who puts the file back into its pre-0015 shape gets their rows sealed by the next start
+ * or command, which says so and audits it again (`chat.history_sealed`): a second such event for
+ * one file is the sign of it.
+ */
+import type { AppDatabase } from "../../db/client";
+import type { MigrationCompanions } from "../../db/migrate";
+import type { ChatSeal, SealedConversation, SealedMessage } from "./history-seal";
+
+export const CHAT_SEALS_MIGRATION = "0015_chat_seals";
+
+/** What the upgrade sealed. */
+export interface ChatSealedOnUpgrade {
+  conversations: number;
+  messages: number;
+}
+
+/**
+ * The companion that seals every conversation and message when migration 0015 is applied, and
+ * what it sealed: null until it runs, and when there was nothing (a new database).
+ */
+export function chatSealing(seal: ChatSeal): {
+  companions: MigrationCompanions;
+  sealed(): ChatSealedOnUpgrade | null;
+} {
+  let sealed: ChatSealedOnUpgrade | null = null;
+  const sealAll = (db: AppDatabase) => {
+    const sqlite = db.$client;
+    const conversations = sqlite
+      .query<SealedConversation, []>(
+        "SELECT id, owner_kind AS ownerKind, owner_id AS ownerId FROM chat_conversations",
+      )
+      .all();
+    const sealConversation = sqlite.prepare("UPDATE chat_conversations SET seal = ? WHERE id = ?");
+    for (const row of conversations) sealConversation.run(seal.conversation(row), row.id);
+    const messages = sqlite
+      .query<Omit<SealedMessage, "incomplete"> & { incomplete: unknown }, []>(
+        `SELECT id, conversation_id AS conversationId, role, content, incomplete
+         FROM chat_messages`,
+      )
+      .all();
+    const sealMessage = sqlite.prepare("UPDATE chat_messages SET seal = ? WHERE id = ?");
+    for (const row of messages) {
+      // As drizzle reads the column (boolean mode): what the seal covers is what is shown.
+      const incomplete = Number(row.incomplete) === 1;
+      sealMessage.run(seal.message({ ...row, incomplete }), row.id);
+    }
+    sealed =
+      conversations.length + messages.length > 0
+        ? { conversations: conversations.length, messages: messages.length }
+        : null;
+  };
+  return { companions: new Map([[CHAT_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+}
+
+/** What the start and the CLI say when the upgrade sealed chat history. */
+export function chatSealedMessage({ conversations, messages }: ChatSealedOnUpgrade): string {
+  return `sealed the ${conversations} chat conversations (${messages} messages) stored before this release; conversations and messages written into the file from now on are neither continued nor shown`;
+}
