@@ -108,6 +108,15 @@ function hasUnknownField(body: unknown): boolean {
   return Object.keys(body).some((key) => !CHAT_FIELDS.has(key));
 }
 
+/**
+ * A real UTC day, `YYYY-MM-DD`: `Date.parse` takes 2026-02-30 and 2026-04-31 (as the next month's
+ * first days), so the day must come back the same from the date it names.
+ */
+function isCalendarDay(day: string): boolean {
+  const time = Date.parse(`${day}T00:00:00Z`);
+  return !Number.isNaN(time) && new Date(time).toISOString().slice(0, 10) === day;
+}
+
 const encoder = new TextEncoder();
 const sseEvent = (data: unknown, event?: string) =>
   encoder.encode(`${event ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`);
@@ -342,7 +351,7 @@ export function chatModule(options: ChatModuleOptions) {
       ({ query, principal, request, client, requestId, path }) => {
         const day = query.day ?? utcDay(options.now());
         const owner = query.principal === undefined ? undefined : parseOwnerRef(query.principal);
-        if (owner === null || Number.isNaN(Date.parse(`${day}T00:00:00Z`))) {
+        if (owner === null || !isCalendarDay(day)) {
           throw new AppError("VALIDATION_FAILED", "The filter is not valid.", [
             owner === null
               ? {

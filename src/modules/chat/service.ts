@@ -622,7 +622,9 @@ export class ChatService implements ChatTurns {
         seal: chatConversations.seal,
         createdAt: chatConversations.createdAt,
         updatedAt: chatConversations.updatedAt,
-        messageCount: sql<number>`(SELECT count(*) FROM ${chatMessages} WHERE ${chatMessages.conversationId} = ${chatConversations.id})`,
+        // Spelt out: drizzle writes a column of a one-table query without its table, so the
+        // subquery's `id` was the message's own and the count always 0.
+        messageCount: sql<number>`(SELECT count(*) FROM "chat_messages" AS "counted" WHERE "counted"."conversation_id" = "chat_conversations"."id")`,
       })
       .from(chatConversations)
       .where(

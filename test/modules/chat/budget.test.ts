@@ -207,9 +207,17 @@ describe("admins see and reset usage", () => {
       await send(target, "/api/admin/usage?day=2020-01-01", { headers: asUser(admin) })
     ).json()) as typeof page;
     expect(otherDay).toMatchObject({ day: "2020-01-01", usage: [] });
+    const leapDay = await send(target, "/api/admin/usage?day=2024-02-29", {
+      headers: asUser(admin),
+    });
+    expect(leapDay.status).toBe(200);
 
     for (const query of [
       "?day=2020-13-45",
+      // Days Date.parse takes as the next month's first days.
+      "?day=2026-02-30",
+      "?day=2026-04-31",
+      "?day=2026-02-29",
       "?day=yesterday",
       "?principal=root",
       "?principal=user:",
@@ -222,7 +230,7 @@ describe("admins see and reset usage", () => {
     const audited = target.db.$client
       .query("SELECT count(*) AS n FROM audit_events WHERE type = 'admin.usage.queried'")
       .get() as { n: number };
-    expect(audited.n).toBe(3);
+    expect(audited.n).toBe(4);
   });
 
   test("usage:show and usage:reset through the CLI; the reset is audited and admits again", async () => {

@@ -61,6 +61,14 @@ describe("list, read, delete", () => {
     ]);
     expect(conversation.messages[0]!.usage).toBeNull();
     expect(conversation.messages[1]!.usage).toMatchObject({ promptTokens: expect.any(Number) });
+    // The list counts the same messages (it answered 0 for every conversation).
+    const other = await start(asUser(alice), "just one question");
+    const list = (await (
+      await send(target, "/api/chat/conversations", { headers: asUser(alice) })
+    ).json()) as Page;
+    const counts = new Map(list.conversations.map((c) => [c.id, c.messageCount]));
+    expect(counts.get(id)).toBe(4);
+    expect(counts.get(other)).toBe(2);
   });
 
   test("pages newest first with nextCursor until null, each conversation once", async () => {
