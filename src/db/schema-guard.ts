@@ -22,7 +22,9 @@
  * start or CLI command refuses a file that differs; a running service checks again whenever the
  * file's schema changes (SQLite's `schema_version`, read at each maintenance tick) and stops.
  */
+
 import { Database } from "bun:sqlite";
+import { spellOut } from "../logging/spell-out";
 import { drizzleOf } from "./client";
 import { applyMigrations } from "./migrate";
 
@@ -74,17 +76,8 @@ function byKey(objects: readonly SchemaObject[]): Map<string, SchemaObject> {
 }
 
 const KNOWN_KINDS = "('table', 'index', 'view', 'trigger')";
-/**
- * A name from the file as a difference shows it: cut to 64 characters, and anything but printable
- * ASCII spelt out (control characters, and the Unicode that reorders or breaks a line: U+202E,
- * U+2028).
- */
-function shown(name: string): string {
-  const spelt = name
-    .slice(0, 64)
-    .replace(/[^\x20-\x7e]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
-  return name.length > 64 ? `${spelt}...` : spelt;
-}
+/** A name from the file as a difference shows it (logging/spell-out). */
+const shown = (name: string) => spellOut(name);
 
 /** What differs from `expected`, one phrase each ("table api_keys is not as …"); empty when none. */
 export function schemaDifferences(sqlite: Database, expected: ExpectedSchema): string[] {

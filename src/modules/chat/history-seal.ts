@@ -23,7 +23,9 @@
  * covered: deleting messages or conversations (as retention does), and a copy of an older row of
  * the same file, seal and all (a rollback of the file: restore from a backup).
  */
+
 import { createRowSealer, sealMatches } from "../../db/row-seal";
+import { spellOut } from "../../logging/spell-out";
 import type { AuditEvent } from "../../plugins/audit/events";
 
 /** The columns a conversation's seal covers. */
@@ -179,8 +181,7 @@ export function conversationTamperReporter(deps: {
   const limit = deps.limit ?? REPORTED_LIMIT;
   const reported = new Set<string>();
   return (raw) => {
-    const conversation =
-      raw.length > REPORTED_ID_LENGTH ? `${raw.slice(0, REPORTED_ID_LENGTH)}…` : raw;
+    const conversation = spellOut(raw, REPORTED_ID_LENGTH);
     if (reported.has(conversation)) return;
     if (reported.size >= limit) reported.clear();
     reported.add(conversation);

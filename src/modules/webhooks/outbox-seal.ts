@@ -22,9 +22,11 @@
  * copy of an older row of the same file, seal and all (a rollback), is not detected: a reply
  * already sent could be sent again.
  */
+
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
 import { createRowSealer, sealMatches } from "../../db/row-seal";
+import { spellOut } from "../../logging/spell-out";
 import type { AuditEvent } from "../../plugins/audit/events";
 
 /** The columns an outbox row's seal covers. */
@@ -78,7 +80,7 @@ export function outboxTamperReporter(deps: {
   audit: { record(event: AuditEvent): void };
 }): (row: { id: number; messageId: string }) => void {
   return ({ id, messageId: raw }) => {
-    const message = raw.length > REPORTED_ID_LENGTH ? `${raw.slice(0, REPORTED_ID_LENGTH)}…` : raw;
+    const message = spellOut(raw, REPORTED_ID_LENGTH);
     deps.logger.error(
       { outboxId: id, message },
       "a WhatsApp outbox row does not match its seal: it was written into the database file, not by Palisade; it is not sent",

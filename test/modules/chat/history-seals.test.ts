@@ -432,6 +432,25 @@ describe("showing conversations", () => {
     expect(tamperReports(target)).toEqual([{ conversation: tampered, actor: "system" }]);
   });
 
+  test("a conversation written into the file under an id of any characters is left out and reported spelt out and cut", async () => {
+    const { target } = setup();
+    const alice = await signUp(target);
+    const genuine = await conversation(target, alice);
+    const forgedId = `\u2028\u202e\u0007${"x".repeat(100)}`;
+    target.db.$client.run(
+      `INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at, seal)
+       VALUES (?, 'user', ?, ?, ?, NULL)`,
+      [forgedId, alice.userId, Date.now() + 1000, Date.now() + 1000],
+    );
+    const list = await send(target, "/api/chat/conversations", { headers: asUser(alice) });
+    const listed = (await list.json()) as { conversations: { id: string }[] };
+    expect(listed.conversations.map((c) => c.id)).toEqual([genuine]);
+    const shownAs = `\\u2028\\u202e\\u0007${"x".repeat(61)}...`;
+    expect(tamperReports(target)).toEqual([{ conversation: shownAs, actor: "system" }]);
+    expect(target.logs.text).not.toContain("\u2028");
+    expect(target.logs.text).not.toContain("\u202e");
+  });
+
   test("deleting and erasing still work on a tampered conversation", async () => {
     const { target } = setup();
     const alice = await signUp(target);

@@ -6,9 +6,11 @@
  * makes, so genuine rows go on being sent across retries. Also the upgrade: the rows a database
  * held before seals are sealed by the migration that adds them, and still sent.
  */
+
 import { afterEach, describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { spellOut } from "../../../src/logging/spell-out";
 import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
 import { TAMPERED_REASON } from "../../../src/modules/webhooks/outbox";
 import {
@@ -95,7 +97,7 @@ function expectRefused(target: TestApp, messageId: string) {
   const reports = audited(target, "whatsapp.outbox_tampered");
   expect(reports).toContainEqual({
     outbox: row.id,
-    message: messageId.length > 64 ? `${messageId.slice(0, 64)}…` : messageId,
+    message: spellOut(messageId),
     actor: "system",
   });
   return row;
@@ -118,6 +120,8 @@ describe("rows written into the file", () => {
       // As many characters as a seal, other bytes: a mismatch, never a crash.
       ["wamid.MULTIBYTE", "é".repeat(genuine.seal!.length)],
       [`wamid.${"L".repeat(300)}`, "x"],
+      // Shown spelt out, never as a line break or a reordering mark in the log.
+      ["wamid.\u2028\u202e\u0007", "x"],
     ];
     for (const [messageId, seal] of forgeries) insertRow(target, { messageId, seal });
 
@@ -144,8 +148,10 @@ describe("rows written into the file", () => {
     // Given up, they are never tried again.
     expect(await worker.drain()).toBe(0);
     const metrics = await (await send(target, "/metrics")).text();
-    expect(metrics).toContain('whatsapp_replies_total{outcome="failed"} 6');
-    expect(metrics).toContain('audit_events_total{type="whatsapp.outbox_tampered"} 6');
+    expect(metrics).toContain(`whatsapp_replies_total{outcome="failed"} ${forgeries.length}`);
+    expect(metrics).toContain(
+      `audit_events_total{type="whatsapp.outbox_tampered"} ${forgeries.length}`,
+    );
   });
 
   test("a genuine row's recipient, text, sender, kind or business number changed in the file: no chat turn, nothing sent", async () => {
