@@ -1,2 +1,3 @@
 ALTER TABLE `chat_conversations` ADD `seal` text;--> statement-breakpoint
-ALTER TABLE `chat_messages` ADD `seal` text;
+ALTER TABLE `chat_messages` ADD `seal` text;--> statement-breakpoint
+ALTER TABLE `chat_messages` ADD `previous_seal` text;

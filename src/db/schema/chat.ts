@@ -52,10 +52,14 @@ export const chatMessages = sqliteTable(
     completionTokens: integer("completion_tokens"),
     createdAt: integer("created_at").notNull(),
     /**
-     * HMAC of its conversation, id, role, content and `incomplete` (modules/chat/history-seal.ts):
-     * a conversation holding a message that does not match is neither continued nor shown.
+     * HMAC of its conversation, id, the seal of the message before it, role, content, `incomplete`
+     * and tokens (modules/chat/history-seal.ts): a conversation holding a message that does not
+     * match, or whose messages are not in the order they were written, is neither continued nor
+     * shown.
      */
     seal: text("seal"),
+    /** The seal of the conversation's message written before this one; null for the first. */
+    previousSeal: text("previous_seal"),
   },
   (table) => [
     index("chat_messages_conversation").on(table.conversationId, table.id),

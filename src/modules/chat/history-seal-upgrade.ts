@@ -40,16 +40,27 @@ export function chatSealing(seal: ChatSeal): {
     const sealConversation = sqlite.prepare("UPDATE chat_conversations SET seal = ? WHERE id = ?");
     for (const row of conversations) sealConversation.run(seal.conversation(row), row.id);
     const messages = sqlite
-      .query<Omit<SealedMessage, "incomplete"> & { incomplete: unknown }, []>(
-        `SELECT id, conversation_id AS conversationId, role, content, incomplete
-         FROM chat_messages`,
+      .query<Omit<SealedMessage, "incomplete" | "previousSeal"> & { incomplete: unknown }, []>(
+        `SELECT id, conversation_id AS conversationId, role, content, incomplete, tokens
+         FROM chat_messages ORDER BY conversation_id, id`,
       )
       .all();
-    const sealMessage = sqlite.prepare("UPDATE chat_messages SET seal = ? WHERE id = ?");
+    const sealMessage = sqlite.prepare(
+      "UPDATE chat_messages SET seal = ?, previous_seal = ? WHERE id = ?",
+    );
+    // Each conversation's messages chained in the order they were written (their ids).
+    let conversation: string | null = null;
+    let previousSeal: string | null = null;
     for (const row of messages) {
+      if (row.conversationId !== conversation) {
+        conversation = row.conversationId;
+        previousSeal = null;
+      }
       // As drizzle reads the column (boolean mode): what the seal covers is what is shown.
       const incomplete = Number(row.incomplete) === 1;
-      sealMessage.run(seal.message({ ...row, incomplete }), row.id);
+      const sealed = seal.message({ ...row, incomplete, previousSeal });
+      sealMessage.run(sealed, previousSeal, row.id);
+      previousSeal = sealed;
     }
     sealed =
       conversations.length + messages.length > 0

@@ -10,18 +10,24 @@
  * conversation and message row carries a `seal`, an HMAC (db/row-seal.ts, its own key label):
  * - a conversation: its id, owner kind and owner id;
  * - a message: its conversation id and its own id (so it can be neither moved to another
- *   conversation nor copied to another place in one: the id is its place in the history), its
- *   role, content and `incomplete` mark.
- * A turn checks the conversation and every message in the window the model will read; showing a
- * conversation checks it and all its messages. One that does not match is answered as one that
+ *   conversation nor copied to another place in one: the id is its place in the history), the
+ *   seal of the message written before it in its conversation (`previous_seal`, kept on the row;
+ *   none for the first), its role, content, `incomplete` mark and token count.
+ * The previous seal chains a conversation's messages in the order they were written: messages
+ * deleted from the middle, or genuine ones put back after later ones (their ids freed by deleting
+ * rows and lowering the id sequence), break the chain where a message's `previous_seal` is not the
+ * seal of the message now before it. The oldest message read has no such check (retention deletes
+ * the oldest messages). The token count is sealed because the window is cut on it.
+ * A turn checks the conversation and every message it reads for the window the model will read
+ * (and the one before them, for the chain) before cutting it; showing a conversation checks it and
+ * all its messages. One that does not match is answered as one that
  * does not exist (`not_found`, 404, left out of the list), reported once per process
  * (`chat.conversation_tampered`), and never resealed. Deleting and erasing go by the owner columns
  * and still work on it.
  *
- * Not sealed: the times, token counts and usage (bookkeeping: changing a message's token estimate
- * can only drop messages from the window, as deleting them can), and the `chat_usage` table. Not
- * covered: deleting messages or conversations (as retention does), and a copy of an older row of
- * the same file, seal and all (a rollback of the file: restore from a backup).
+ * Not sealed: the times and the usage columns, and the `chat_usage` table. Not covered: deleting a
+ * conversation's newest or oldest messages, or whole conversations (as retention does), and a copy
+ * of an older row of the same file, seal and all (a rollback of the file: restore from a backup).
  */
 
 import { createRowSealer, sealMatches } from "../../db/row-seal";
@@ -39,9 +45,12 @@ export interface SealedConversation {
 export interface SealedMessage {
   id: number;
   conversationId: string;
+  /** The seal of the conversation's message written before this one; null for the first. */
+  previousSeal: string | null;
   role: string;
   content: string;
   incomplete: boolean;
+  tokens: number;
 }
 
 type Stored<Row> = Row & { seal: string | null };
@@ -64,7 +73,16 @@ export function createChatSeal(auditSecret: string): ChatSeal {
   const conversation = (row: SealedConversation) =>
     mac(["chat_conversation", row.id, row.ownerKind, row.ownerId]);
   const message = (row: SealedMessage) =>
-    mac(["chat_message", row.conversationId, row.id, row.role, row.content, row.incomplete]);
+    mac([
+      "chat_message",
+      row.conversationId,
+      row.id,
+      row.previousSeal ?? "",
+      row.role,
+      row.content,
+      row.incomplete,
+      row.tokens,
+    ]);
   return {
     conversation,
     message,
@@ -96,6 +114,12 @@ export interface HistoryCheck {
   rememberConversation(row: Stored<SealedConversation>): void;
   /** Remembers a message just sealed (by this process, with this seal) as verified. */
   remember(row: Stored<SealedMessage>): void;
+  /**
+   * Whether messages of one conversation, in id order, each match their seal and follow one
+   * another as written (each one's `previousSeal` is the seal of the one before it; the first
+   * given is not asked).
+   */
+  chain(messages: readonly Stored<SealedMessage>[]): boolean;
 }
 
 export function historyCheck(seal: ChatSeal): HistoryCheck {
@@ -115,12 +139,32 @@ export function historyCheck(seal: ChatSeal): HistoryCheck {
     verified.set(row.id, {
       id: row.id,
       conversationId: row.conversationId,
+      previousSeal: row.previousSeal,
       role: row.role,
       content: row.content,
       incomplete: row.incomplete,
+      tokens: row.tokens,
       seal: row.seal,
     });
     characters += row.content.length;
+  };
+  const message = (row: Stored<SealedMessage>) => {
+    const known = verified.get(row.id);
+    if (
+      known !== undefined &&
+      known.seal === row.seal &&
+      known.conversationId === row.conversationId &&
+      known.previousSeal === row.previousSeal &&
+      known.role === row.role &&
+      known.incomplete === row.incomplete &&
+      known.tokens === row.tokens &&
+      known.content === row.content
+    ) {
+      return true;
+    }
+    if (!seal.intact.message(row)) return false;
+    remember(row);
+    return true;
   };
   return {
     conversation(row) {
@@ -137,63 +181,80 @@ export function historyCheck(seal: ChatSeal): HistoryCheck {
       rememberConversation(row);
       return true;
     },
-    message(row) {
-      const known = verified.get(row.id);
-      if (
-        known !== undefined &&
-        known.seal === row.seal &&
-        known.conversationId === row.conversationId &&
-        known.role === row.role &&
-        known.incomplete === row.incomplete &&
-        known.content === row.content
-      ) {
-        return true;
-      }
-      if (!seal.intact.message(row)) return false;
-      remember(row);
-      return true;
-    },
+    message,
     rememberConversation,
     remember,
+    chain(messages) {
+      for (let i = 0; i < messages.length; i++) {
+        const row = messages[i]!;
+        if (i > 0 && row.previousSeal !== messages[i - 1]!.seal) return false;
+        if (!message(row)) return false;
+      }
+      return true;
+    },
   };
 }
 
 /** A conversation that failed its seal (its row, or a message of it): logged and audited. */
 export type ConversationTamperReport = (conversationId: string) => void;
 
-/** Conversations remembered as reported, per process; past it the memory starts again. */
+/** Conversations reported one by one, per process; past them, one summary a minute. */
 const REPORTED_LIMIT = 1000;
+const SUMMARY_EVERY_MS = 60_000;
 /** A conversation id as reported: a forged row's can be any length. */
 const REPORTED_ID_LENGTH = 64;
 
 /**
  * Reports a tampered conversation once per process: an error line and a
- * `chat.conversation_tampered` audit event naming it (its id cut to 64 characters; never a
- * message's content). Each later turn or read refuses it again without a report, so a client
- * retrying cannot flood the log; once 1000 have been reported the memory is cleared, so reports
- * go on (one may then be reported again).
+ * `chat.conversation_tampered` audit event naming it (its id cut to 64 characters and spelt out;
+ * never a message's content). Each later turn or read refuses it again without a report, so a
+ * client retrying cannot flood the log. A tampered conversation stays in the file, and the list
+ * and the export read every one of an owner's: past the first 1000 reported, the rest are not
+ * named one by one (a file with thousands of them made each export write thousands of rows) but
+ * counted, and said in one line and one event (`{more: N}`) at most once a minute.
  */
 export function conversationTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
   limit?: number;
+  now?: () => number;
 }): ConversationTamperReport {
   const limit = deps.limit ?? REPORTED_LIMIT;
+  const now = deps.now ?? Date.now;
   const reported = new Set<string>();
+  let unreported = 0;
+  let summarisedAt = Number.NEGATIVE_INFINITY;
   return (raw) => {
     const conversation = spellOut(raw, REPORTED_ID_LENGTH);
     if (reported.has(conversation)) return;
-    if (reported.size >= limit) reported.clear();
-    reported.add(conversation);
+    if (reported.size < limit) {
+      reported.add(conversation);
+      deps.logger.error(
+        { conversation },
+        "a chat conversation does not match its seal: it, or a message in it, was written into the database file, not by Palisade; it is neither continued nor shown",
+      );
+      deps.audit.record({
+        type: "chat.conversation_tampered",
+        outcome: "denied",
+        actor: "system",
+        detail: { conversation },
+      });
+      return;
+    }
+    unreported++;
+    const at = now();
+    if (at - summarisedAt < SUMMARY_EVERY_MS) return;
+    summarisedAt = at;
     deps.logger.error(
-      { conversation },
-      "a chat conversation does not match its seal: it, or a message in it, was written into the database file, not by Palisade; it is neither continued nor shown",
+      { more: unreported },
+      "more chat conversations do not match their seals (refused, not named one by one past the first reported): they were written into the database file",
     );
     deps.audit.record({
       type: "chat.conversation_tampered",
       outcome: "denied",
       actor: "system",
-      detail: { conversation },
+      detail: { more: unreported },
     });
+    unreported = 0;
   };
 }

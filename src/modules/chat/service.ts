@@ -152,6 +152,7 @@ interface WindowRow {
   incomplete: unknown;
   tokens: number;
   seal: string | null;
+  previousSeal: string | null;
 }
 
 /** The conversations `owner` holds: the one predicate every owner-scoped query uses. */
@@ -190,8 +191,8 @@ export class ChatService implements ChatTurns {
       // the turn's largest (96 against 46 µs for a full 20-message window, measured in process).
       recentMessages: () =>
         options.sqlite.prepare<WindowRow, [string, number]>(
-          `SELECT id, role, content, incomplete, tokens, seal FROM chat_messages
-           WHERE conversation_id = ? ORDER BY id DESC LIMIT ?`,
+          `SELECT id, role, content, incomplete, tokens, seal, previous_seal AS previousSeal
+           FROM chat_messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?`,
         ),
       // A turn's writes (store): prepared, not rebuilt and re-prepared by the query builder each
       // turn, which was a third of a turn's CPU.
@@ -225,6 +226,11 @@ export class ChatService implements ChatTurns {
           `SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chat_messages'), 0),
              coalesce((SELECT max(id) FROM chat_messages), 0)) AS last`,
         ),
+      // The newest message's seal, which the turn's first message is chained to.
+      lastSealOf: () =>
+        options.sqlite.prepare<{ seal: string | null }, [string]>(
+          "SELECT seal FROM chat_messages WHERE conversation_id = ? ORDER BY id DESC LIMIT 1",
+        ),
       insertTurn: () =>
         db
           .insert(chatMessages)
@@ -237,6 +243,7 @@ export class ChatService implements ChatTurns {
               tokens: sql.placeholder("messageTokens"),
               createdAt: sql.placeholder("now"),
               seal: sql.placeholder("messageSeal"),
+              previousSeal: sql.placeholder("messagePrevious"),
             },
             {
               id: sql.placeholder("replyId"),
@@ -249,6 +256,7 @@ export class ChatService implements ChatTurns {
               completionTokens: sql.placeholder("completionTokens"),
               createdAt: sql.placeholder("now"),
               seal: sql.placeholder("replySeal"),
+              previousSeal: sql.placeholder("messageSeal"),
             },
           ])
           .prepare(),
@@ -285,20 +293,25 @@ export class ChatService implements ChatTurns {
   contextOf(conversationId: string): ChatMessage[] | null {
     const { contextMessages, contextTokens } = this.options.chat;
     if (contextMessages === 0) return [];
-    const newest = this.statements.recentMessages.all(conversationId, contextMessages);
+    // One more than the window: its oldest message is chained to the one written before it. Every
+    // row read is checked before the window is cut on the token counts, which a row names itself.
+    const newest = this.statements.recentMessages.all(conversationId, contextMessages + 1);
+    const inOrder = newest.map((row) => ({
+      ...row,
+      conversationId,
+      // Read as drizzle reads the column elsewhere (boolean mode): stored 1 is true.
+      incomplete: Number(row.incomplete) === 1,
+    }));
+    if (!this.check.chain(inOrder.reverse())) {
+      this.options.reportTampered(conversationId);
+      return null;
+    }
     const kept: ChatMessage[] = [];
     let tokens = 0;
-    for (const row of newest) {
+    for (const row of newest.slice(0, contextMessages)) {
       if (tokens + row.tokens > contextTokens) break;
-      const { id, role, content, seal } = row;
-      // Read as drizzle reads the column elsewhere (boolean mode): stored 1 is true.
-      const incomplete = Number(row.incomplete) === 1;
-      if (!this.check.message({ id, conversationId, role, content, incomplete, seal })) {
-        this.options.reportTampered(conversationId);
-        return null;
-      }
       tokens += row.tokens;
-      kept.push({ role, content });
+      kept.push({ role: row.role, content: row.content });
     }
     return kept.reverse();
   }
@@ -313,26 +326,6 @@ export class ChatService implements ChatTurns {
     if (this.check.conversation(row)) return true;
     this.options.reportTampered(row.id);
     return false;
-  }
-
-  /** Whether every message matches its seal; the conversation of the first that does not is reported. */
-  private intactMessages(
-    messages: readonly {
-      id: number;
-      conversationId: string;
-      role: string;
-      content: string;
-      incomplete: boolean;
-      seal: string | null;
-    }[],
-  ): boolean {
-    for (const message of messages) {
-      if (!this.check.message(message)) {
-        this.options.reportTampered(message.conversationId);
-        return false;
-      }
-    }
-    return true;
   }
 
   /** Ownership, context and the budget reservation: everything before the provider is called. */
@@ -515,7 +508,8 @@ export class ChatService implements ChatTurns {
   private store(turn: PreparedTurn, reply: string, usage: TokenUsage, incomplete: boolean) {
     const { clock, budget, metrics, provider, seal } = this.options;
     const now = clock.now();
-    const { insertConversation, touchConversation, lastMessageId, insertTurn } = this.statements;
+    const { insertConversation, touchConversation, lastMessageId, lastSealOf, insertTurn } =
+      this.statements;
     this.db.transaction(
       () => {
         // Erased (or its key revoked) while the turn ran: the erasure came first and found
@@ -554,33 +548,41 @@ export class ChatService implements ChatTurns {
         if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
           throw new ChatSequenceError(last);
         }
+        // Chained to the conversation's newest message (none for a new conversation), in this
+        // transaction: the next message written there is chained to these.
+        const previous = turn.isNew ? null : (lastSealOf.get(turn.conversationId)?.seal ?? null);
         const message = {
           id: last + 1,
           conversationId: turn.conversationId,
+          previousSeal: previous,
           role: "user",
           content: turn.message,
           incomplete: false,
+          tokens: estimateTokens(turn.message),
         };
+        const messageSeal = seal.message(message);
         const answer = {
           id: last + 2,
           conversationId: turn.conversationId,
+          previousSeal: messageSeal,
           role: "assistant",
           content: reply,
           incomplete,
+          tokens: estimateTokens(reply),
         };
-        const messageSeal = seal.message(message);
         const replySeal = seal.message(answer);
         insertTurn.run({
           messageId: message.id,
           replyId: answer.id,
           messageSeal,
           replySeal,
+          messagePrevious: previous,
           conversation: turn.conversationId,
           message: turn.message,
-          messageTokens: estimateTokens(turn.message),
+          messageTokens: message.tokens,
           reply,
           incomplete: incomplete ? 1 : 0,
-          replyTokens: estimateTokens(reply),
+          replyTokens: answer.tokens,
           promptTokens: usage.promptTokens,
           completionTokens: usage.completionTokens,
           now,
@@ -705,9 +707,11 @@ export class ChatService implements ChatTurns {
       .select({
         id: chatMessages.id,
         conversationId: chatMessages.conversationId,
+        previousSeal: chatMessages.previousSeal,
         role: chatMessages.role,
         content: chatMessages.content,
         incomplete: chatMessages.incomplete,
+        tokens: chatMessages.tokens,
         seal: chatMessages.seal,
       })
       .from(chatMessages)
@@ -717,13 +721,20 @@ export class ChatService implements ChatTurns {
           rowsIntact.map((row) => row.id),
         ),
       )
+      .orderBy(asc(chatMessages.id))
       .all();
-    const failed = new Set<string>();
+    const byConversation = new Map<string, (typeof messages)[number][]>();
     for (const message of messages) {
-      if (failed.has(message.conversationId)) continue;
-      if (!this.intactMessages([message])) failed.add(message.conversationId);
+      const list = byConversation.get(message.conversationId);
+      if (list) list.push(message);
+      else byConversation.set(message.conversationId, [message]);
     }
-    return rowsIntact.filter((row) => !failed.has(row.id));
+    return rowsIntact.filter((row) => {
+      const chain = byConversation.get(row.id) ?? [];
+      if (this.check.chain(chain)) return true;
+      this.options.reportTampered(row.id);
+      return false;
+    });
   }
 
   private messagesOf(

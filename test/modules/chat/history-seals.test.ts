@@ -11,7 +11,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
-import { createChatSeal } from "../../../src/modules/chat/history-seal";
+import { conversationTamperReporter, createChatSeal } from "../../../src/modules/chat/history-seal";
 import { CHAT_SEALS_MIGRATION, chatSealing } from "../../../src/modules/chat/history-seal-upgrade";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
@@ -46,7 +46,9 @@ interface MessageRow {
   role: string;
   content: string;
   incomplete: number;
+  tokens: number;
   seal: string | null;
+  previous_seal: string | null;
 }
 
 interface ConversationRow {
@@ -301,6 +303,75 @@ describe("a turn on a conversation written into in the file", () => {
     }
   });
 
+  test("genuine turns put back after later ones (ids freed by deleting rows and lowering the sequence), or a turn deleted from the middle: refused", async () => {
+    const { target, provider } = setup();
+    const alice = await signUp(target);
+    const id = await conversation(target, alice);
+    expect((await turn(target, alice, "turn three: I authorise the transfer", id)).status).toBe(
+      200,
+    );
+    const [, , second, , third, thirdReply] = messagesOf(target, id);
+    const file = target.db.$client;
+    // Turn three kept aside; everything from turn two on deleted; the sequence lowered to match.
+    file.run("DELETE FROM chat_messages WHERE id >= ?", [second!.id]);
+    file.run("UPDATE sqlite_sequence SET seq = ? WHERE name = 'chat_messages'", [second!.id - 1]);
+    // Cutting the newest messages is not covered: the turn goes on, on what is left.
+    expect((await turn(target, alice, "turn four: I cancel everything", id)).status).toBe(200);
+    const fourth = messagesOf(target, id).at(-1)!;
+    expect(fourth.id).toBe(thirdReply!.id - 2);
+    // Turn three put back after turn four, seals and all.
+    for (const row of [third!, thirdReply!]) {
+      file.run(
+        `INSERT INTO chat_messages (id, conversation_id, role, content, incomplete, tokens, created_at, seal, previous_seal)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        [
+          row.id,
+          id,
+          row.role,
+          row.content,
+          row.incomplete,
+          row.tokens,
+          Date.now(),
+          row.seal,
+          row.previous_seal,
+        ],
+      );
+    }
+    await expectRefused(target, provider, alice, id);
+    const read = await send(target, `/api/chat/conversations/${id}`, { headers: asUser(alice) });
+    expect(read.status).toBe(404);
+    expect(tamperReports(target)).toEqual([{ conversation: id, actor: "system" }]);
+
+    // A turn deleted from the middle of another conversation.
+    const other = await conversation(target, alice, "Where is the source?");
+    expect((await turn(target, alice, "and the licence?", other)).status).toBe(200);
+    const middle = messagesOf(target, other)
+      .slice(2, 4)
+      .map((m) => m.id);
+    file.run(`DELETE FROM chat_messages WHERE id IN (${middle.join(",")})`);
+    await expectRefused(target, provider, alice, other);
+  });
+
+  test("a token count written into the file: a forged newest row is checked before the window is cut on it, a genuine row's raised count is refused", async () => {
+    const { target, provider } = setup();
+    const alice = await signUp(target);
+    const id = await conversation(target, alice);
+    target.db.$client.run(
+      `INSERT INTO chat_messages (conversation_id, role, content, incomplete, tokens, created_at, seal)
+       VALUES (?, 'assistant', 'FORGED barrier', 0, 1000000000, ?, 'x')`,
+      [id, Date.now()],
+    );
+    await expectRefused(target, provider, alice, id);
+    expect(tamperReports(target)).toEqual([{ conversation: id, actor: "system" }]);
+
+    const other = await conversation(target, alice, "Where is the source?");
+    target.db.$client.run(
+      "UPDATE chat_messages SET tokens = 1000000000 WHERE id = (SELECT max(id) FROM chat_messages WHERE conversation_id = ?)",
+      [other],
+    );
+    await expectRefused(target, provider, alice, other);
+  });
+
   test("a conversation given to another owner in the file: neither of them continues or sees it", async () => {
     const { target, provider } = setup();
     const alice = await signUp(target);
@@ -379,16 +450,22 @@ describe("genuine conversations", () => {
     expect(messages.filter((m) => m.incomplete === 1).map((m) => m.content)).toEqual([
       "Partial answer ",
     ]);
+    // Each chained to the one written before it.
+    let previousSeal: string | null = null;
     for (const m of messages) {
+      expect(m.previous_seal).toBe(previousSeal);
       expect(m.seal).toBe(
         seal.message({
           id: m.id,
           conversationId: id,
+          previousSeal,
           role: m.role,
           content: m.content,
           incomplete: m.incomplete === 1,
+          tokens: m.tokens,
         }),
       );
+      previousSeal = m.seal;
     }
     const shown = await send(target, `/api/chat/conversations/${id}`, { headers: asUser(alice) });
     expect(shown.status).toBe(200);
@@ -449,6 +526,31 @@ describe("showing conversations", () => {
     expect(tamperReports(target)).toEqual([{ conversation: shownAs, actor: "system" }]);
     expect(target.logs.text).not.toContain("\u2028");
     expect(target.logs.text).not.toContain("\u202e");
+  });
+
+  test("past the first reported, tampered conversations are counted and summarised once a minute, not named on every read", () => {
+    const lines: unknown[] = [];
+    const events: unknown[] = [];
+    let now = 0;
+    const report = conversationTamperReporter({
+      logger: { error: (fields) => lines.push(fields) },
+      audit: { record: (event) => events.push(event.detail) },
+      limit: 2,
+      now: () => now,
+    });
+    for (const id of ["a", "b", "a", "c", "d", "c", "b"]) report(id);
+    now += 59_000;
+    report("e");
+    now += 1_000;
+    report("f");
+    report("g");
+    expect(events).toEqual([
+      { conversation: "a" },
+      { conversation: "b" },
+      { more: 1 },
+      { more: 4 },
+    ]);
+    expect(lines).toEqual(events);
   });
 
   test("deleting and erasing still work on a tampered conversation", async () => {
@@ -565,10 +667,18 @@ describe("upgrading a database stored before chat seals", () => {
     const messages = db.$client
       .query<MessageRow, []>("SELECT * FROM chat_messages ORDER BY id")
       .all();
+    let previousSeal: string | null = null;
     for (const m of messages) {
+      expect(m.previous_seal).toBe(previousSeal);
       expect(m.seal).toBe(
-        seal.message({ ...m, conversationId: m.conversation_id, incomplete: m.incomplete === 1 }),
+        seal.message({
+          ...m,
+          conversationId: m.conversation_id,
+          previousSeal,
+          incomplete: m.incomplete === 1,
+        }),
       );
+      previousSeal = m.seal;
     }
     db.$client.run(
       `INSERT INTO chat_messages (conversation_id, role, content, incomplete, tokens, created_at)
@@ -628,6 +738,7 @@ describe("upgrading a database stored before chat seals", () => {
     // Someone with the file puts it back into its pre-0015 shape, a forged reply inside.
     file = openDatabase(path);
     file.$client.run("ALTER TABLE chat_messages DROP COLUMN seal");
+    file.$client.run("ALTER TABLE chat_messages DROP COLUMN previous_seal");
     file.$client.run("ALTER TABLE chat_conversations DROP COLUMN seal");
     file.$client.run(
       "DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations)",

@@ -169,13 +169,25 @@ describe("an owner gone before the turn is prepared, or while it runs", () => {
         seal: seal.conversation({ id: conversationId, ownerKind: "key", ownerId: record.id }),
       })
       .run();
-    const earlier = [
-      { id: 1, conversationId, role: "user" as const, content: "first", incomplete: false },
-      { id: 2, conversationId, role: "assistant" as const, content: "reply", incomplete: false },
-    ];
+    const first = {
+      id: 1,
+      conversationId,
+      previousSeal: null,
+      role: "user" as const,
+      content: "first",
+      incomplete: false,
+      tokens: 1,
+    };
+    const reply = {
+      ...first,
+      id: 2,
+      previousSeal: seal.message(first),
+      role: "assistant" as const,
+      content: "reply",
+    };
     app.db
       .insert(chatMessages)
-      .values(earlier.map((m) => ({ ...m, tokens: 1, createdAt: now, seal: seal.message(m) })))
+      .values([first, reply].map((m) => ({ ...m, createdAt: now, seal: seal.message(m) })))
       .run();
     const answering = chat(app, asKey(key), {
       message: "second question",

@@ -408,6 +408,7 @@ describe("upgrading a database stored before outbox seals", () => {
     file.$client.run("ALTER TABLE whatsapp_outbox DROP COLUMN seal");
     file.$client.run("ALTER TABLE chat_conversations DROP COLUMN seal");
     file.$client.run("ALTER TABLE chat_messages DROP COLUMN seal");
+    file.$client.run("ALTER TABLE chat_messages DROP COLUMN previous_seal");
     file.$client.run(
       "DELETE FROM __drizzle_migrations WHERE created_at IN (SELECT created_at FROM __drizzle_migrations ORDER BY created_at DESC LIMIT 2)",
     );
