@@ -1,11 +1,11 @@
 /**
  * @module
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
- * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015) seals those rows in a companion of its migration,
- * in the migration's own transaction (db/migrate.ts). Whoever applied it — the start, or the first
- * CLI command to open the file — says so at once, one warning line per kind of row, and records
- * the audit event once its services exist: a second sealing of the same file is the sign that
- * someone put the file back into its older shape to have their rows sealed.
+ * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015) seals those rows in a
+ * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
+ * it — the start, or the first CLI command to open the file — says so at once, one warning line per
+ * kind of row, and records the audit event once its services exist: a second sealing of the same
+ * file is the sign that someone put the file back into its older shape to have their rows sealed.
  */
 import type { MigrationCompanions } from "./db/migrate";
 import { credentialSealing, sealedMessage } from "./modules/auth/seal-upgrade";
