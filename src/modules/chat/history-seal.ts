@@ -195,11 +195,16 @@ export function historyCheck(seal: ChatSeal): HistoryCheck {
   };
 }
 
-/** A conversation that failed its seal (its row, or a message of it): logged and audited. */
-export type ConversationTamperReport = (conversationId: string) => void;
+/**
+ * A conversation that failed its seal (its row, or a message of it): logged and audited. `bulk`:
+ * found by a read of many (the list, the export), not by a turn or a read of that one.
+ */
+export type ConversationTamperReport = (conversationId: string, bulk?: boolean) => void;
 
-/** Conversations reported one by one, per process; past them, one summary a minute. */
-const REPORTED_LIMIT = 1000;
+/** Conversations remembered as reported, per process; past it the memory starts again. */
+const REMEMBERED = 10_000;
+/** Conversations the list and the export name one by one, per process; past them, counted. */
+const NAMED_IN_BULK = 1000;
 const SUMMARY_EVERY_MS = 60_000;
 /** A conversation id as reported: a forged row's can be any length. */
 const REPORTED_ID_LENGTH = 64;
@@ -207,27 +212,35 @@ const REPORTED_ID_LENGTH = 64;
 /**
  * Reports a tampered conversation once per process: an error line and a
  * `chat.conversation_tampered` audit event naming it (its id cut to 64 characters and spelt out;
- * never a message's content). Each later turn or read refuses it again without a report, so a
- * client retrying cannot flood the log. A tampered conversation stays in the file, and the list
- * and the export read every one of an owner's: past the first 1000 reported, the rest are not
- * named one by one (a file with thousands of them made each export write thousands of rows) but
- * counted, and said in one line and one event (`{more: N}`) at most once a minute.
+ * never a message's content). Each later refusal of it is not reported again, so a client retrying
+ * cannot flood the log.
+ *
+ * A tampered conversation stays in the file, and the list and the export read every one of an
+ * owner's: a file holding thousands of them made each export write thousands of audit rows. So
+ * those bulk reads name at most 1000 per process, and count the rest, said in one line and one
+ * event (`{more: N}`, refusals not named) at most once a minute. A turn on a conversation, or a
+ * read of that one, is always named (those come one request at a time, under the rate limits):
+ * filling the bulk allowance with forged conversations of one's own cannot keep another's
+ * tampered conversation from being named when it is used.
  */
 export function conversationTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
-  limit?: number;
+  namedInBulk?: number;
   now?: () => number;
 }): ConversationTamperReport {
-  const limit = deps.limit ?? REPORTED_LIMIT;
+  const namedInBulk = deps.namedInBulk ?? NAMED_IN_BULK;
   const now = deps.now ?? Date.now;
   const reported = new Set<string>();
+  let bulkNamed = 0;
   let unreported = 0;
   let summarisedAt = Number.NEGATIVE_INFINITY;
-  return (raw) => {
+  return (raw, bulk = false) => {
     const conversation = spellOut(raw, REPORTED_ID_LENGTH);
     if (reported.has(conversation)) return;
-    if (reported.size < limit) {
+    if (!bulk || bulkNamed < namedInBulk) {
+      if (bulk) bulkNamed++;
+      if (reported.size >= REMEMBERED) reported.clear();
       reported.add(conversation);
       deps.logger.error(
         { conversation },
@@ -247,7 +260,7 @@ export function conversationTamperReporter(deps: {
     summarisedAt = at;
     deps.logger.error(
       { more: unreported },
-      "more chat conversations do not match their seals (refused, not named one by one past the first reported): they were written into the database file",
+      "more chat conversations do not match their seals (refused by the list or the export, not named one by one): they were written into the database file",
     );
     deps.audit.record({
       type: "chat.conversation_tampered",

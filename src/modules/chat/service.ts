@@ -155,6 +155,9 @@ interface WindowRow {
   previousSeal: string | null;
 }
 
+/** A message row as stored, read to be checked and then shown. */
+type CheckedMessage = typeof chatMessages.$inferSelect;
+
 /** The conversations `owner` holds: the one predicate every owner-scoped query uses. */
 function ownedBy(owner: ChatOwner) {
   return and(eq(chatConversations.ownerKind, owner.kind), eq(chatConversations.ownerId, owner.id));
@@ -317,14 +320,12 @@ export class ChatService implements ChatTurns {
   }
 
   /** Whether a conversation's row matches its seal; one that does not is reported. */
-  private intactConversation(row: {
-    id: string;
-    ownerKind: string;
-    ownerId: string;
-    seal: string | null;
-  }): boolean {
+  private intactConversation(
+    row: { id: string; ownerKind: string; ownerId: string; seal: string | null },
+    bulk = false,
+  ): boolean {
     if (this.check.conversation(row)) return true;
-    this.options.reportTampered(row.id);
+    this.options.reportTampered(row.id, bulk);
     return false;
   }
 
@@ -624,9 +625,6 @@ export class ChatService implements ChatTurns {
         seal: chatConversations.seal,
         createdAt: chatConversations.createdAt,
         updatedAt: chatConversations.updatedAt,
-        // Spelt out: drizzle writes a column of a one-table query without its table, so the
-        // subquery's `id` was the message's own and the count always 0.
-        messageCount: sql<number>`(SELECT count(*) FROM "chat_messages" AS "counted" WHERE "counted"."conversation_id" = "chat_conversations"."id")`,
       })
       .from(chatConversations)
       .where(
@@ -649,13 +647,14 @@ export class ChatService implements ChatTurns {
     const read = rows.slice(0, limit);
     // The cursor follows the page as read, so one left out is not read again on the next page.
     const last = read.at(-1);
-    const shown = this.intactOnly(read);
+    // Counted from the messages checked, which are the ones GET would show.
+    const shown = this.intactOnly(read, true);
     return {
       conversations: shown.map((row) => ({
         id: row.id,
         createdAt: iso(row.createdAt),
         updatedAt: iso(row.updatedAt),
-        messageCount: row.messageCount,
+        messageCount: row.messages.length,
       })),
       nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null,
     };
@@ -671,14 +670,13 @@ export class ChatService implements ChatTurns {
       .from(chatConversations)
       .where(and(eq(chatConversations.id, conversationId), ownedBy(owner)))
       .get();
-    if (!conversation || this.intactOnly([conversation]).length === 0) return null;
-    const messages = this.messagesOf([conversation.id]).map(
-      ({ conversationId: _, id: _id, seal: _seal, ...m }) => m,
-    );
+    const [checked] = conversation ? this.intactOnly([conversation], false) : [];
+    if (!checked) return null;
+    const messages = this.shownMessages(checked.messages);
     return {
-      id: conversation.id,
-      createdAt: iso(conversation.createdAt),
-      updatedAt: iso(conversation.updatedAt),
+      id: checked.id,
+      createdAt: iso(checked.createdAt),
+      updatedAt: iso(checked.updatedAt),
       messageCount: messages.length,
       messages,
     };
@@ -700,20 +698,13 @@ export class ChatService implements ChatTurns {
    */
   private intactOnly<
     Row extends { id: string; ownerKind: string; ownerId: string; seal: string | null },
-  >(conversations: readonly Row[]): Row[] {
-    const rowsIntact = conversations.filter((row) => this.intactConversation(row));
+  >(conversations: readonly Row[], bulk: boolean): (Row & { messages: CheckedMessage[] })[] {
+    const rowsIntact = conversations.filter((row) => this.intactConversation(row, bulk));
     if (rowsIntact.length === 0) return [];
+    // Read once: what is shown is the rows checked here, never a second read of the file, which
+    // someone writing it could change between the two.
     const messages = this.db
-      .select({
-        id: chatMessages.id,
-        conversationId: chatMessages.conversationId,
-        previousSeal: chatMessages.previousSeal,
-        role: chatMessages.role,
-        content: chatMessages.content,
-        incomplete: chatMessages.incomplete,
-        tokens: chatMessages.tokens,
-        seal: chatMessages.seal,
-      })
+      .select()
       .from(chatMessages)
       .where(
         inArray(
@@ -723,43 +714,33 @@ export class ChatService implements ChatTurns {
       )
       .orderBy(asc(chatMessages.id))
       .all();
-    const byConversation = new Map<string, (typeof messages)[number][]>();
+    const byConversation = new Map<string, CheckedMessage[]>();
     for (const message of messages) {
       const list = byConversation.get(message.conversationId);
       if (list) list.push(message);
       else byConversation.set(message.conversationId, [message]);
     }
-    return rowsIntact.filter((row) => {
+    const shown: (Row & { messages: CheckedMessage[] })[] = [];
+    for (const row of rowsIntact) {
       const chain = byConversation.get(row.id) ?? [];
-      if (this.check.chain(chain)) return true;
-      this.options.reportTampered(row.id);
-      return false;
-    });
+      if (this.check.chain(chain)) shown.push({ ...row, messages: chain });
+      else this.options.reportTampered(row.id, bulk);
+    }
+    return shown;
   }
 
-  private messagesOf(
-    conversationIds: string[],
-  ): (StoredMessage & { conversationId: string; id: number; seal: string | null })[] {
-    if (conversationIds.length === 0) return [];
-    return this.db
-      .select()
-      .from(chatMessages)
-      .where(inArray(chatMessages.conversationId, conversationIds))
-      .orderBy(asc(chatMessages.id))
-      .all()
-      .map((row) => ({
-        conversationId: row.conversationId,
-        id: row.id,
-        seal: row.seal,
-        role: row.role,
-        content: row.content,
-        incomplete: row.incomplete,
-        createdAt: iso(row.createdAt),
-        usage:
-          row.promptTokens === null || row.completionTokens === null
-            ? null
-            : { promptTokens: row.promptTokens, completionTokens: row.completionTokens },
-      }));
+  /** Messages as shown (the export's and GET's shape), from rows already checked. */
+  private shownMessages(messages: readonly CheckedMessage[]): StoredMessage[] {
+    return messages.map((row) => ({
+      role: row.role,
+      content: row.content,
+      incomplete: row.incomplete,
+      createdAt: iso(row.createdAt),
+      usage:
+        row.promptTokens === null || row.completionTokens === null
+          ? null
+          : { promptTokens: row.promptTokens, completionTokens: row.completionTokens },
+    }));
   }
 
   private conversationsOf(owners: readonly ChatOwner[]) {
@@ -776,8 +757,7 @@ export class ChatService implements ChatTurns {
   exportOf(owners: readonly ChatOwner[]) {
     // A conversation that fails its seal is not the user's as far as Palisade knows: left out,
     // as from the list.
-    const conversations = this.intactOnly(this.conversationsOf(owners));
-    const messages = this.messagesOf(conversations.map((c) => c.id));
+    const conversations = this.intactOnly(this.conversationsOf(owners), true);
     const usage = owners.flatMap((owner) =>
       this.db
         .select()
@@ -798,9 +778,7 @@ export class ChatService implements ChatTurns {
         owner: `${c.ownerKind}:${c.ownerId}`,
         createdAt: iso(c.createdAt),
         updatedAt: iso(c.updatedAt),
-        messages: messages
-          .filter((m) => m.conversationId === c.id)
-          .map(({ conversationId: _, id: _id, seal: _seal, ...m }) => m),
+        messages: this.shownMessages(c.messages),
       })),
       usage,
     };

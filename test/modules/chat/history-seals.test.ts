@@ -528,26 +528,30 @@ describe("showing conversations", () => {
     expect(target.logs.text).not.toContain("\u202e");
   });
 
-  test("past the first reported, tampered conversations are counted and summarised once a minute, not named on every read", () => {
-    const lines: unknown[] = [];
+  test("the list and the export name at most so many tampered conversations, then count them once a minute; a turn's is always named", () => {
     const events: unknown[] = [];
+    const lines: unknown[] = [];
     let now = 0;
     const report = conversationTamperReporter({
       logger: { error: (fields) => lines.push(fields) },
       audit: { record: (event) => events.push(event.detail) },
-      limit: 2,
+      namedInBulk: 2,
       now: () => now,
     });
-    for (const id of ["a", "b", "a", "c", "d", "c", "b"]) report(id);
+    for (const id of ["a", "b", "a", "c", "d", "c", "b"]) report(id, true);
+    // Forged conversations of one's own used up the bulk allowance: another's, used, is named.
+    report("victim");
+    report("victim");
     now += 59_000;
-    report("e");
+    report("e", true);
     now += 1_000;
-    report("f");
-    report("g");
+    report("f", true);
+    report("g", true);
     expect(events).toEqual([
       { conversation: "a" },
       { conversation: "b" },
       { more: 1 },
+      { conversation: "victim" },
       { more: 4 },
     ]);
     expect(lines).toEqual(events);
