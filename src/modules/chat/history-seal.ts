@@ -210,31 +210,55 @@ const SUMMARY_EVERY_MS = 60_000;
 const REPORTED_ID_LENGTH = 64;
 
 /**
- * Reports a tampered conversation once per process: an error line and a
- * `chat.conversation_tampered` audit event naming it (its id cut to 64 characters and spelt out;
- * never a message's content). Each later refusal of it is not reported again, so a client retrying
- * cannot flood the log.
+ * Reports a tampered conversation once per process (while it is among the last 10,000 named): an
+ * error line and a `chat.conversation_tampered` audit event naming it (its id cut to 64 characters
+ * and spelt out; never a message's content). Each later refusal of it is not reported again, so a
+ * client retrying cannot flood the log.
  *
  * A tampered conversation stays in the file, and the list and the export read every one of an
  * owner's: a file holding thousands of them made each export write thousands of audit rows. So
  * those bulk reads name at most 1000 per process, and count the rest, said in one line and one
- * event (`{more: N}`, refusals not named) at most once a minute. A turn on a conversation, or a
- * read of that one, is always named (those come one request at a time, under the rate limits):
- * filling the bulk allowance with forged conversations of one's own cannot keep another's
- * tampered conversation from being named when it is used.
+ * event (`{more: N}`, refusals not named) once the read is over, then at most once a minute. A turn
+ * on a conversation, or a read of that one, is always named (those come one request at a time,
+ * under the rate limits): filling the bulk allowance with forged conversations of one's own cannot
+ * keep another's tampered conversation from being named when it is used.
  */
 export function conversationTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
   namedInBulk?: number;
   now?: () => number;
+  /** Runs the summary later (after the read that counted, at most once a minute); tests run it. */
+  later?: (run: () => void, ms: number) => void;
 }): ConversationTamperReport {
   const namedInBulk = deps.namedInBulk ?? NAMED_IN_BULK;
   const now = deps.now ?? Date.now;
+  const later =
+    deps.later ??
+    ((run: () => void, ms: number) => {
+      // Never what keeps a stopping process alive.
+      setTimeout(run, ms).unref();
+    });
   const reported = new Set<string>();
   let bulkNamed = 0;
   let unreported = 0;
   let summarisedAt = Number.NEGATIVE_INFINITY;
+  let pending = false;
+  const summarise = () => {
+    pending = false;
+    summarisedAt = now();
+    deps.logger.error(
+      { more: unreported },
+      "more chat conversations do not match their seals (refused by the list or the export, not named one by one): they were written into the database file",
+    );
+    deps.audit.record({
+      type: "chat.conversation_tampered",
+      outcome: "denied",
+      actor: "system",
+      detail: { more: unreported },
+    });
+    unreported = 0;
+  };
   return (raw, bulk = false) => {
     const conversation = spellOut(raw, REPORTED_ID_LENGTH);
     if (reported.has(conversation)) return;
@@ -255,19 +279,8 @@ export function conversationTamperReporter(deps: {
       return;
     }
     unreported++;
-    const at = now();
-    if (at - summarisedAt < SUMMARY_EVERY_MS) return;
-    summarisedAt = at;
-    deps.logger.error(
-      { more: unreported },
-      "more chat conversations do not match their seals (refused by the list or the export, not named one by one): they were written into the database file",
-    );
-    deps.audit.record({
-      type: "chat.conversation_tampered",
-      outcome: "denied",
-      actor: "system",
-      detail: { more: unreported },
-    });
-    unreported = 0;
+    if (pending) return;
+    pending = true;
+    later(summarise, Math.max(0, summarisedAt + SUMMARY_EVERY_MS - now()));
   };
 }

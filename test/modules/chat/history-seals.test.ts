@@ -532,27 +532,34 @@ describe("showing conversations", () => {
     const events: unknown[] = [];
     const lines: unknown[] = [];
     let now = 0;
+    const scheduled: { run: () => void; ms: number }[] = [];
     const report = conversationTamperReporter({
       logger: { error: (fields) => lines.push(fields) },
       audit: { record: (event) => events.push(event.detail) },
       namedInBulk: 2,
       now: () => now,
+      later: (run, ms) => scheduled.push({ run, ms }),
     });
+    // One export: two named, the other refusals counted and said once it is over.
     for (const id of ["a", "b", "a", "c", "d", "c", "b"]) report(id, true);
+    expect(scheduled.map((s) => s.ms)).toEqual([0]);
+    scheduled.shift()!.run();
     // Forged conversations of one's own used up the bulk allowance: another's, used, is named.
     report("victim");
     report("victim");
-    now += 59_000;
+    // The next export's count waits for the minute to be over.
+    now += 30_000;
     report("e", true);
-    now += 1_000;
     report("f", true);
-    report("g", true);
+    expect(scheduled.map((s) => s.ms)).toEqual([30_000]);
+    now += 30_000;
+    scheduled.shift()!.run();
     expect(events).toEqual([
       { conversation: "a" },
       { conversation: "b" },
-      { more: 1 },
+      { more: 3 },
       { conversation: "victim" },
-      { more: 4 },
+      { more: 2 },
     ]);
     expect(lines).toEqual(events);
   });
