@@ -30,6 +30,7 @@ import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { drizzleOf } from "../../db/client";
+import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
@@ -547,7 +548,7 @@ export class ChatService implements ChatTurns {
         // Palisade's ids count up from 1; a mark past what JavaScript counts exactly (or not a
         // number) was written into the file, and ids read back from it would not be the stored ones.
         if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
-          throw new ChatSequenceError(last);
+          throw new IdSequenceError("the chat messages'", last);
         }
         // Chained to the conversation's newest message (none for a new conversation), in this
         // transaction: the next message written there is chained to these.
@@ -839,15 +840,5 @@ export class ChatService implements ChatTurns {
       .returning({ day: chatUsage.day })
       .all().length;
     return messages + conversations + usage;
-  }
-}
-
-/** The messages' id sequence holds what no Palisade write leaves: a turn cannot be stored. */
-export class ChatSequenceError extends Error {
-  constructor(sequence: unknown) {
-    super(
-      `the chat messages' id sequence (sqlite_sequence) is ${String(sequence).slice(0, 40)}, past any id Palisade writes: it was written into the database file; restore the file from a backup`,
-    );
-    this.name = "ChatSequenceError";
   }
 }

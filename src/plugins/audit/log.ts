@@ -29,6 +29,7 @@ import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
+import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
@@ -371,7 +372,8 @@ export class SqliteAuditLog implements AuditLog {
         let id = Math.max(last?.id ?? 0, checkpoint?.lastDeletedId ?? 0, used) + 1;
         // Palisade's ids count up from 1; one past what JavaScript counts exactly was written into
         // the file (sqlite_sequence), and every write would fail on it without saying why.
-        if (!Number.isSafeInteger(id + events.length)) throw new AuditSequenceError(used);
+        if (!Number.isSafeInteger(id + events.length))
+          throw new IdSequenceError("the audit log's", used);
         for (const event of events) {
           const salt = newSalt();
           const actor = event.actor ?? null;
@@ -411,16 +413,6 @@ export class SqliteAuditLog implements AuditLog {
 }
 
 type Changes = { changes: number };
-
-/** The audit log's id sequence in the file is past any id Palisade writes. */
-export class AuditSequenceError extends Error {
-  constructor(sequence: number) {
-    super(
-      `the audit log's id sequence (sqlite_sequence) is ${sequence}, past any id Palisade writes: it was written into the database file; restore the file from a backup`,
-    );
-    this.name = "AuditSequenceError";
-  }
-}
 
 /** An audit event the database did not store though its insert succeeded. */
 export class AuditNotStoredError extends Error {
