@@ -55,6 +55,16 @@ function rebuildIgnoring(sqlite: Database, table: string, generated: string): vo
   })();
 }
 
+/** The details of the `db.schema_changed` events in the file. */
+function schemaChangedEvents(sqlite: Database): unknown[] {
+  return sqlite
+    .query<{ detail: string }, []>(
+      "SELECT detail FROM audit_events WHERE type = 'db.schema_changed'",
+    )
+    .all()
+    .map((row) => JSON.parse(row.detail));
+}
+
 function migratedFile() {
   const dir = tempDir();
   cleanups.push(dir.remove);
@@ -252,12 +262,7 @@ describe("while the service runs", () => {
     );
     expect(line).toMatchObject({ level: "error", differences: found });
     services.audit.flush();
-    const events = target.db.$client
-      .query<{ detail: string }, []>(
-        "SELECT detail FROM audit_events WHERE type = 'db.schema_changed'",
-      )
-      .all();
-    expect(events.map((e) => JSON.parse(e.detail))).toEqual([
+    expect(schemaChangedEvents(target.db.$client)).toEqual([
       { differences: found.join("; "), newerMigrations: 0 },
     ]);
   });
@@ -279,12 +284,7 @@ describe("while the service runs", () => {
       newerMigrations: 1,
     });
     services.audit.flush();
-    const events = target.db.$client
-      .query<{ detail: string }, []>(
-        "SELECT detail FROM audit_events WHERE type = 'db.schema_changed'",
-      )
-      .all();
-    expect(events.map((e) => JSON.parse(e.detail))).toEqual([
+    expect(schemaChangedEvents(target.db.$client)).toEqual([
       { differences: "table users is not as its migrations made it", newerMigrations: 1 },
     ]);
   });
