@@ -15,20 +15,25 @@
  * sweep are reported one by one, the rest in one line and one audit event.
  */
 import type { Database } from "bun:sqlite";
+import { spellOut, spellOutReordering } from "../logging/spell-out";
 import type { AuditEvent } from "../plugins/audit/events";
 
+/**
+ * A dropped trigger as it is reported. Whoever wrote the trigger chose all three, so they are shown
+ * as other text read from the file is (logging/spell-out): the name and table spelt out, the
+ * definition cut with its line-breaking and reordering characters spelt out, its control characters
+ * left to the log's JSON and the CLI's terminal escaping (a definition's line breaks read as
+ * `\n` or `\x0a` there).
+ */
 export interface DroppedTrigger {
   name: string;
   table: string;
-  /** Its definition as the file held it (cut), for the operator to see what it did. */
+  /** Its definition, for the operator to see what it did. */
   sql: string;
 }
 
 const MAX_REPORTED_SQL = 1000;
 const MAX_REPORTED_NAME = 64;
-
-const cut = (text: string, length: number) =>
-  text.length > length ? `${text.slice(0, length)}…` : text;
 
 export const MAX_DROPPED_WHILE_RUNNING = 100;
 const REPORTED_ONE_BY_ONE = 20;
@@ -61,9 +66,9 @@ export function dropForeignTriggers(sqlite: Database): DroppedTrigger[] {
     })
     .immediate();
   return found.map(({ name, table, sql }) => ({
-    name: cut(name, MAX_REPORTED_NAME),
-    table: cut(table, MAX_REPORTED_NAME),
-    sql: cut(sql ?? "", MAX_REPORTED_SQL),
+    name: spellOut(name, MAX_REPORTED_NAME),
+    table: spellOut(table, MAX_REPORTED_NAME),
+    sql: spellOutReordering(sql ?? "", MAX_REPORTED_SQL),
   }));
 }
 

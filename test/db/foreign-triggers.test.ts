@@ -99,6 +99,27 @@ describe("while the service runs", () => {
     });
     expect(refresh.status).toBe(401);
   });
+
+  test("a trigger whose name, table and definition break or reorder a line is reported with them spelt out", () => {
+    const target = app();
+    // Bidi overrides and a line separator in the names (quoted identifiers), a line separator and
+    // a paragraph separator in the definition's comment: each would reorder or split what the
+    // operator reads.
+    target.db.$client.run(`CREATE TABLE "notes\u2028x" (id INTEGER)`);
+    target.db.$client.run(
+      `CREATE TRIGGER "evil\u202ekcah" BEFORE INSERT ON "notes\u2028x" BEGIN SELECT 1; /* a\u2029b\u2028c */ END`,
+    );
+    target.services.runMaintenance();
+    expect(triggers(target.db.$client)).toEqual([]);
+    const logged = target.logs.entries.find((entry) => entry.msg === DROPPED_TRIGGER_MESSAGE);
+    expect(logged).toMatchObject({ trigger: "evil\\u202ekcah", table: "notes\\u2028x" });
+    expect(String(logged!.sql)).toContain("/* a\\u2029b\\u2028c */");
+    expect(String(logged!.sql)).not.toMatch(/[\u2028\u2029\u202e]/);
+    target.services.audit.flush();
+    expect(auditedDrops(target.db.$client)).toEqual([
+      { table: "notes\\u2028x", trigger: "evil\\u202ekcah" },
+    ]);
+  });
 });
 
 test("an audit sequence raised past any id in the file fails the audited request and says why", async () => {
