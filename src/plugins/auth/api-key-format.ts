@@ -52,5 +52,5 @@ export function keyPrefix(key: string): string {
 }
 
 export function hashApiKey(key: string): string {
-  return new Bun.CryptoHasher("sha256").update(key).digest("hex");
+  return Bun.SHA256.hash(key, "hex");
 }
