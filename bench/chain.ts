@@ -14,6 +14,7 @@ import { requestGuard } from "../src/plugins/request-guard";
 import { requestId } from "../src/plugins/request-id";
 import { createRouteClassTable, routeClass } from "../src/plugins/route-class";
 import { securityHeaders, securityResponseHeaders } from "../src/plugins/security-headers";
+import { settleDeferredWork } from "./deferred";
 import { benchServices } from "./services";
 
 // biome-ignore lint/suspicious/noExplicitAny: stages are composed dynamically; each adds its own decorators.
@@ -90,6 +91,7 @@ export async function measureChain(dir: string, requests: number, concurrency: n
     const url = "http://localhost/bench";
     // Warm up: JIT and Elysia's compiled handler (the quick run's short runs warm up less).
     for (let i = 0; i < Math.min(2_000, requests); i++) await handle(new Request(url));
+    await settleDeferredWork();
     const started = performance.now();
     let sent = 0;
     const worker = async () => {
@@ -100,6 +102,7 @@ export async function measureChain(dir: string, requests: number, concurrency: n
       }
     };
     await Promise.all(Array.from({ length: concurrency }, worker));
+    await settleDeferredWork();
     return ((performance.now() - started) * 1000) / requests;
   };
 

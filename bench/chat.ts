@@ -1,6 +1,7 @@
 import { Elysia, t } from "elysia";
 import { createApp } from "../src/app";
 import type { ChatFeature } from "../src/modules/chat/feature";
+import { settleDeferredWork } from "./deferred";
 import { benchServices } from "./services";
 
 const MESSAGE = "How do I sign up and get an API key?";
@@ -62,6 +63,7 @@ export async function measureChat(dir: string, requests: number, concurrency: nu
         headers: { "content-type": "application/json", "x-api-key": key, "user-agent": "bench" },
         body,
       });
+    await settleDeferredWork();
     const started = performance.now();
     let sent = 0;
     const worker = async () => {
@@ -73,6 +75,7 @@ export async function measureChat(dir: string, requests: number, concurrency: nu
       }
     };
     await Promise.all(Array.from({ length: concurrency }, worker));
+    await settleDeferredWork();
     return count / ((performance.now() - started) / 1000);
   };
 

@@ -1,6 +1,7 @@
 import Stripe from "stripe";
 import { createApp } from "../src/app";
 import { verifyStripeSignature } from "../src/modules/webhooks/stripe";
+import { settleDeferredWork } from "./deferred";
 import { benchServices } from "./services";
 
 const SECRET = "whsec_bench_0123456789abcdefghijklmnopqrstuv";
@@ -64,6 +65,7 @@ export async function measureStripeWebhook(dir: string, deliveries: number, conc
   );
   let next = 0;
   let failed = 0;
+  await settleDeferredWork();
   started = performance.now();
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
@@ -81,6 +83,7 @@ export async function measureStripeWebhook(dir: string, deliveries: number, conc
       }
     }),
   );
+  await settleDeferredWork();
   const deliveriesPerSecond = Math.round(deliveries / ((performance.now() - started) / 1000));
   bench.close();
   return { verifyPerSecond, deliveriesPerSecond, failed };

@@ -9,6 +9,7 @@ import { createHmac } from "node:crypto";
 import { createApp } from "../src/app";
 import type { ChatTurns } from "../src/modules/chat/contract";
 import { verifyHubSignature } from "../src/modules/webhooks/whatsapp-crypto";
+import { settleDeferredWork } from "./deferred";
 import { benchServices } from "./services";
 
 const SECRET = "bench-whatsapp-app-secret-0123456789";
@@ -97,11 +98,14 @@ export async function measureWhatsApp(dir: string, iterations: number) {
     if (response.status !== 200) throw new Error(`delivery answered ${response.status}`);
     await response.arrayBuffer();
   };
+  await settleDeferredWork();
   started = performance.now();
   await inFlight(iterations, 32, (i) => deliver(bodies[i]!));
+  await settleDeferredWork();
   const deliveriesPerSecond = iterations / ((performance.now() - started) / 1000);
   started = performance.now();
   await inFlight(iterations, 32, (i) => deliver(bodies[i]!));
+  await settleDeferredWork();
   const redeliveriesPerSecond = iterations / ((performance.now() - started) / 1000);
   const rows = db.$client
     .query<{ n: number }, []>("SELECT count(*) AS n FROM whatsapp_outbox")

@@ -15,6 +15,7 @@ import { applyMigrations } from "../../src/db/migrate";
 import { fdDestination } from "../../src/logging/fd-destination";
 import { createLogger } from "../../src/logging/logger";
 import { createServices } from "../../src/services";
+import { settleDeferredWork } from "../deferred";
 import { memoryOf } from "../proc";
 import { BENCH_CSRF_SECRET, BENCH_JWT_SECRET, BENCH_PAYLOAD } from "../servers/payload";
 
@@ -64,6 +65,7 @@ const worker = async () => {
   }
 };
 await Promise.all(Array.from({ length: 64 }, worker));
+await settleDeferredWork();
 const seconds = (performance.now() - started) / 1000;
 Bun.gc(true);
 const after = memoryOf(process.pid)!;
