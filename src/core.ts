@@ -23,6 +23,7 @@ import type { Logger } from "./logging/logger";
 import type { ReadinessCheck } from "./modules/health/service";
 import { AuditKeys } from "./plugins/audit/chain";
 import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
+import { assertAuditKeyMatches } from "./plugins/audit/key-match";
 import { keyLegacyAuditRows } from "./plugins/audit/upgrade";
 import { CredentialVerifier } from "./plugins/auth/credentials";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
@@ -121,6 +122,7 @@ export function createCore(options: CoreOptions): Core {
   const registry = createMetricsRegistry();
   registerQueryDurations(registry, sqlite);
   const auditKeys = new AuditKeys(config.audit.secretKey);
+  assertAuditKeyMatches(sqlite, auditKeys.keyId);
   const audit = new SqliteAuditLog({ sqlite, clock, logger, registry, keys: auditKeys });
   keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.

@@ -119,6 +119,8 @@ export async function runCli(
         logger: createLogger({ level: "warn", destination: fdDestination(2) }),
         maintenanceIntervalMs: 0,
         prepareLogin: false,
+        // API_KEYS is the start's to apply: a command's environment may not carry it.
+        reconcileBootstrapKeys: false,
       });
       return services;
     },

@@ -19,6 +19,12 @@ export interface AuthFeatureOptions {
   prepareLogin?: boolean;
   /** How zxcvbn is loaded at the first registration (tests make it fail). */
   loadPasswordStrength?: () => Promise<PasswordStrengthModules>;
+  /**
+   * Make the stored bootstrap keys match API_KEYS (default true). Only a start does: a CLI command
+   * run from a shell whose environment lacks API_KEYS would otherwise revoke every bootstrap key,
+   * for good (a revoked bootstrap key stays revoked).
+   */
+  reconcileBootstrapKeys?: boolean;
 }
 
 export interface AuthFeature extends Feature {
@@ -54,7 +60,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     loadPasswordStrength: options.loadPasswordStrength,
     rateLimitMetrics: core.metrics.rateLimit,
   });
-  reconcileBootstrapKeys(core, apiKeys);
+  if (options.reconcileBootstrapKeys !== false) reconcileBootstrapKeys(core, apiKeys);
 
   return {
     name: "auth",

@@ -1,0 +1,125 @@
+/**
+ * A CLI command run from a shell whose environment is not the service's. Only a start applies
+ * API_KEYS: a listing command run without it must not revoke the bootstrap keys (a revoked bootstrap
+ * key stays revoked). And a process whose AUDIT_SECRET_KEY is not the one the audit log is written
+ * with stops before it writes a row no one could verify past: the CLI, a start.
+ */
+import { Database } from "bun:sqlite";
+import { afterEach, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { ConfigError } from "../../src/config";
+import { generateApiKey } from "../../src/plugins/auth/api-key-format";
+import { send, tempDir } from "../support/app";
+import { cliInProcess } from "../support/cli";
+import { startOn } from "../support/restart";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+function databaseFile(): string {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  return join(dir.path, "palisade.db");
+}
+
+const AUDIT_KEY = "audit-key-of-the-service-0123456789abcdefghij";
+const OTHER_AUDIT_KEY = "another-audit-key-0123456789abcdefghijklmnopq";
+
+async function meStatus(target: ReturnType<typeof startOn>, key: string) {
+  return (await send(target, "/api/auth/me", { headers: { "x-api-key": key } })).status;
+}
+
+function rows(path: string, sql: string): unknown[] {
+  const file = new Database(path, { readonly: true });
+  try {
+    return file.query(sql).all();
+  } finally {
+    file.close();
+  }
+}
+
+test("listing commands run without API_KEYS leave the bootstrap keys as the start made them", async () => {
+  const path = databaseFile();
+  const key = generateApiKey("live");
+  const service = startOn(path, { API_KEYS: `${key}:admin` });
+  cleanups.push(service.close);
+  expect(await meStatus(service, key)).toBe(200);
+
+  for (const command of ["keys:list", "blocks:list", "audit:tail"]) {
+    const result = await cliInProcess([command], { DATABASE_PATH: path });
+    expect({ command, code: result.code }).toEqual({ command, code: 0 });
+  }
+  expect(rows(path, "SELECT revoked_at FROM api_keys")).toEqual([{ revoked_at: null }]);
+  expect(rows(path, "SELECT type FROM audit_events WHERE type = 'admin.key.revoked'")).toEqual([]);
+  // The running service and the next start with API_KEYS both still take the key.
+  expect(await meStatus(service, key)).toBe(200);
+  service.close();
+  const again = startOn(path, { API_KEYS: `${key}:admin` });
+  cleanups.push(again.close);
+  expect(await meStatus(again, key)).toBe(200);
+});
+
+test("a command without the service's AUDIT_SECRET_KEY stops in one line and writes nothing", async () => {
+  const path = databaseFile();
+  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
+  cleanups.push(service.close);
+  service.services.audit.record({
+    type: "admin.blocks.listed",
+    outcome: "success",
+    actor: "system",
+  });
+  service.services.audit.flush();
+  const before = rows(path, "SELECT count(*) AS n FROM audit_events");
+
+  // Another key, and none at all (development then makes DATABASE_PATH.audit-key and uses it).
+  for (const env of [{ AUDIT_SECRET_KEY: OTHER_AUDIT_KEY }, {}]) {
+    const result = await cliInProcess(["keys:list"], { DATABASE_PATH: path, ...env });
+    expect(result.code).toBe(2);
+    const lines = result.stderr.split("\n");
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toStartWith(
+      "palisade keys:list: AUDIT_SECRET_KEY is not the key this database's audit log is written with",
+    );
+    expect(lines[0]).not.toContain(OTHER_AUDIT_KEY);
+    expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual(before);
+  }
+  expect(existsSync(`${path}.audit-key`)).toBe(true);
+
+  // With the service's key the command runs, and the chain still verifies.
+  const listed = await cliInProcess(["keys:list"], {
+    DATABASE_PATH: path,
+    AUDIT_SECRET_KEY: AUDIT_KEY,
+  });
+  expect(listed.code).toBe(0);
+  const verified = await cliInProcess(["audit:verify"], {
+    DATABASE_PATH: path,
+    AUDIT_SECRET_KEY: AUDIT_KEY,
+  });
+  expect(verified.code).toBe(0);
+});
+
+test("a start with another AUDIT_SECRET_KEY is refused, naming the variable", () => {
+  const path = databaseFile();
+  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
+  service.services.audit.record({
+    type: "admin.blocks.listed",
+    outcome: "success",
+    actor: "system",
+  });
+  service.services.audit.flush();
+  service.close();
+  let refused: unknown = null;
+  try {
+    startOn(path, { AUDIT_SECRET_KEY: OTHER_AUDIT_KEY }).close();
+  } catch (error) {
+    refused = error;
+  }
+  expect(refused).toBeInstanceOf(ConfigError);
+  expect((refused as ConfigError).variable).toBe("AUDIT_SECRET_KEY");
+  // The same key starts as before.
+  const again = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
+  again.close();
+});
