@@ -123,7 +123,14 @@ export function createCore(options: CoreOptions): Core {
   registerQueryDurations(registry, sqlite);
   const auditKeys = new AuditKeys(config.audit.secretKey);
   assertAuditKeyMatches(sqlite, auditKeys.keyId);
-  const audit = new SqliteAuditLog({ sqlite, clock, logger, registry, keys: auditKeys });
+  const audit = new SqliteAuditLog({
+    sqlite,
+    clock,
+    logger,
+    registry,
+    keys: auditKeys,
+    secretValues: config.secretValues,
+  });
   keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
   // Without an offline queue a command fails at once while Redis is unreachable, so the limiter

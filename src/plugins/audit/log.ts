@@ -32,7 +32,8 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
-import type { Logger } from "../../logging/logger";
+import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
+import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
 import { Counter, type Registry } from "../metrics/prom";
 import { type AuditKeys, GENESIS_HASH, newSalt, subjectCommit } from "./chain";
@@ -65,6 +66,11 @@ export interface SqliteAuditLogOptions {
   clock: Clock;
   logger: Logger;
   keys: AuditKeys;
+  /**
+   * Configured secret values, scrubbed from an event's `route` with the token shapes the logs
+   * scrub (a refused request's route is the path the client sent).
+   */
+  secretValues?: readonly string[];
   registry?: Registry;
   flushIntervalMs?: number;
   flushBatchSize?: number;
@@ -144,11 +150,18 @@ export class SqliteAuditLog implements AuditLog {
   private readonly statements: ReturnType<typeof prepareWrites>;
   private readonly counter: Counter<"type"> | null;
 
+  private readonly scrub: (text: string) => string;
+
+  private clientText(text: string): string {
+    return logSafe(scrubUrlPart(text, this.scrub)) ?? "";
+  }
+
   constructor(options: SqliteAuditLogOptions) {
     this.sqlite = options.sqlite;
     this.clock = options.clock;
     this.logger = options.logger;
     this.keys = options.keys;
+    this.scrub = secretScrubber(options.secretValues ?? []);
     this.flushIntervalMs = options.flushIntervalMs ?? 100;
     this.flushBatchSize = options.flushBatchSize ?? 500;
     this.db = drizzleOf(options.sqlite);
@@ -164,7 +177,12 @@ export class SqliteAuditLog implements AuditLog {
   }
 
   record(event: AuditEvent): void {
-    const stamped = event.at === undefined ? { ...event, at: this.clock.now() } : event;
+    // A route is a pattern, or for a request refused before routing the path as sent: client text
+    // that can hold a secret, and as long as the URL. Scrubbed, cut and escaped as the access log
+    // does it, before it is chained (a chained row cannot be redacted later).
+    const route = event.route == null ? event.route : this.clientText(event.route);
+    const safe = route === event.route ? event : { ...event, route };
+    const stamped = safe.at === undefined ? { ...safe, at: this.clock.now() } : safe;
     this.counter?.labels(event.type).inc();
     if (this.closed || mustNotLose(event.type)) {
       const batch = [...this.takeQueue(), stamped];

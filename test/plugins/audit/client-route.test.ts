@@ -1,0 +1,58 @@
+/**
+ * An audit event's route is client text when the request was refused before routing: the path as
+ * sent. It is chained into the log, which can then never be redacted, so it is stored as the access
+ * log writes it: secrets and credential shapes scrubbed, control characters escaped, cut to 512.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
+import { buildTestApp, send, TEST_JWT_SECRET, type TestApp } from "../../support/app";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+function app(): TestApp {
+  const target = buildTestApp();
+  cleanups.push(() => target.close());
+  return target;
+}
+
+function rejectedRoutes(target: TestApp): string[] {
+  target.services.audit.flush();
+  return target.db.$client
+    .query<{ route: string }, []>(
+      "SELECT route FROM audit_events WHERE type = 'request.rejected' ORDER BY id",
+    )
+    .all()
+    .map((row) => row.route);
+}
+
+const JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlc2lnbmF0dXJlc2ln";
+
+test("a refused path holding a configured secret, an API key or a JWT is stored without them", async () => {
+  const target = app();
+  const key = generateApiKey("live");
+  for (const secret of [TEST_JWT_SECRET, key, JWT]) {
+    // %00 makes the guard refuse the path (400 BAD_PATH) before any route.
+    const response = await send(target, `/x%00/${secret}/tail`);
+    expect(response.status).toBe(400);
+  }
+  const routes = rejectedRoutes(target);
+  expect(routes).toHaveLength(3);
+  for (const route of routes) {
+    expect(route).toStartWith("GET /x%00/");
+    expect(route).toEndWith("/tail");
+  }
+  const stored = routes.join("\n");
+  for (const secret of [TEST_JWT_SECRET, key, JWT]) expect(stored).not.toContain(secret);
+});
+
+test("a refused path of 16 KB is stored cut, not whole", async () => {
+  const target = app();
+  const response = await send(target, `/${"B".repeat(16_000)}`);
+  expect(response.status).toBe(414);
+  const [route] = rejectedRoutes(target);
+  expect(route!.length).toBeLessThanOrEqual(513);
+  expect(route).toStartWith("GET /BBBB");
+});
