@@ -82,11 +82,18 @@ export function requireFlag(args: ParsedArgs, name: string): string {
 
 const UNIT_MS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** `45m`, `12h`, `30d` in milliseconds. */
-export function parseDuration(flag: string, raw: string): number {
-  const match = /^(\d+)([mhd])$/.exec(raw);
+/**
+ * `45m`, `12h`, `30d` in milliseconds, at most `maxDays` (the API's bound for the same thing: past
+ * the range of a date, a row was written and then every listing of it failed).
+ */
+export function parseDuration(flag: string, raw: string, maxDays: number): number {
+  const match = /^(\d{1,9})([mhd])$/.exec(raw);
   if (!match || Number(match[1]) === 0) {
     throw new CliError(`--${flag} must look like 45m, 12h or 30d`, EXIT_USAGE);
   }
-  return Number(match[1]) * UNIT_MS[match[2]!]!;
+  const ms = Number(match[1]) * UNIT_MS[match[2]!]!;
+  if (ms > maxDays * UNIT_MS.d!) {
+    throw new CliError(`--${flag} is at most ${maxDays}d`, EXIT_USAGE);
+  }
+  return ms;
 }

@@ -95,12 +95,17 @@ test("parseArgs reads --flag value, --flag=value, bare flags and positionals", (
   });
 });
 
-test("parseDuration reads minutes, hours and days and refuses anything else", () => {
-  expect(parseDuration("ttl", "45m")).toBe(45 * 60_000);
-  expect(parseDuration("ttl", "12h")).toBe(12 * 3_600_000);
-  expect(parseDuration("ttl", "30d")).toBe(30 * 86_400_000);
-  for (const bad of ["0d", "5", "1w", "-3h", "soon"]) {
-    expect(() => parseDuration("ttl", bad)).toThrow("--ttl must look like 45m, 12h or 30d");
+test("parseDuration reads minutes, hours and days up to a bound and refuses anything else", () => {
+  expect(parseDuration("ttl", "45m", 365)).toBe(45 * 60_000);
+  expect(parseDuration("ttl", "12h", 365)).toBe(12 * 3_600_000);
+  expect(parseDuration("ttl", "30d", 365)).toBe(30 * 86_400_000);
+  expect(parseDuration("ttl", "365d", 365)).toBe(365 * 86_400_000);
+  expect(parseDuration("ttl", "525600m", 365)).toBe(365 * 86_400_000);
+  for (const bad of ["0d", "5", "1w", "-3h", "soon", "9999999999d"]) {
+    expect(() => parseDuration("ttl", bad, 365)).toThrow("--ttl must look like 45m, 12h or 30d");
+  }
+  for (const over of ["366d", "8761h", "525601m", "99999999d"]) {
+    expect(() => parseDuration("ttl", over, 365)).toThrow("--ttl is at most 365d");
   }
 });
 

@@ -129,6 +129,27 @@ describe("keys", () => {
     expect(duration.stderr.trim()).toBe(
       "palisade keys:create: --expires must look like 45m, 12h or 30d",
     );
+    // Past the API's bound (3650 days) it is refused before anything is written; keys:list works.
+    const far = await cli([
+      "keys:create",
+      "--name",
+      "x",
+      "--scopes",
+      "chat",
+      "--expires",
+      "99999999d",
+    ]);
+    expect(far.code).toBe(2);
+    expect(far.stderr.trim()).toBe("palisade keys:create: --expires is at most 3650d");
+    const listed = await cli(["keys:list"]);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).not.toContain(" x ");
+    expect(
+      (
+        await cli(["blocks:add", "--address", "10.8.8.8", "--ttl", "99999999d", "--reason", "x"])
+      ).stderr.trim(),
+    ).toBe("palisade blocks:add: --ttl is at most 365d");
+    expect((await cli(["blocks:list"])).code).toBe(0);
   });
 });
 

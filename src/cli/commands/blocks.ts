@@ -1,3 +1,4 @@
+import { MAX_BLOCK_MINUTES } from "../../modules/admin/model";
 import { parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
 import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
@@ -35,7 +36,7 @@ export const blocksAdd: Command = {
         EXIT_USAGE,
       );
     }
-    const ttlMs = parseDuration("ttl", requireFlag(args, "ttl"));
+    const ttlMs = parseDuration("ttl", requireFlag(args, "ttl"), MAX_BLOCK_MINUTES / (24 * 60));
     const reason = requireFlag(args, "reason");
     const block = context.services().ipBlocks.block({
       address: clientKeyOf(address),

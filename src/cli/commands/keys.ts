@@ -1,3 +1,4 @@
+import { MAX_KEY_DAYS } from "../../modules/admin/model";
 import { isScope } from "../../modules/auth/api-keys";
 import type { Scope } from "../../plugins/auth/principal";
 import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
@@ -33,7 +34,7 @@ export const keysCreate: Command = {
     }
     const expiresAt =
       typeof args.flags.expires === "string"
-        ? services.clock.now() + parseDuration("expires", args.flags.expires)
+        ? services.clock.now() + parseDuration("expires", args.flags.expires, MAX_KEY_DAYS)
         : null;
     const spec = {
       name,

@@ -3,10 +3,14 @@ import { Nullable } from "../../plugins/openapi/types";
 import { MAX_ROTATION_GRACE_MS } from "../auth/api-keys";
 import { ScopeSchema } from "../auth/model";
 
+/** The longest life a key is given, and the longest block: the API's bounds, and the CLI's. */
+export const MAX_KEY_DAYS = 3650;
+export const MAX_BLOCK_MINUTES = 365 * 24 * 60;
+
 export const NewKeyBody = t.Object({
   name: t.String({ minLength: 1, maxLength: 100 }),
   scopes: t.Array(ScopeSchema, { minItems: 1, uniqueItems: true }),
-  expiresInDays: t.Optional(t.Integer({ minimum: 1, maximum: 3650 })),
+  expiresInDays: t.Optional(t.Integer({ minimum: 1, maximum: MAX_KEY_DAYS })),
   environment: t.Optional(t.UnionEnum(["live", "test"])),
 });
 
@@ -88,7 +92,7 @@ export const NewBlockBody = t.Object({
     maxLength: 64,
     description: "An IPv4 or IPv6 address; IPv6 blocks cover its /64",
   }),
-  ttlMinutes: t.Integer({ minimum: 1, maximum: 365 * 24 * 60 }),
+  ttlMinutes: t.Integer({ minimum: 1, maximum: MAX_BLOCK_MINUTES }),
   reason: t.String({ minLength: 1, maxLength: 500 }),
 });
 
