@@ -5,7 +5,10 @@
  * reach the operator's terminal as a command (clear the screen, recolour, rewrite the line above).
  * A line break in it would print a line of its own (a key listed as revoked above the real one).
  * So every `out`/`err` call prints one line, with its control characters spelt out (`\x1b`,
- * `\x0a`), tabs kept; a command with several lines calls once per line.
+ * `\x0a`), tabs kept; a command with several lines calls once per line. The characters that break
+ * a line or reorder it without being controls (U+2028, U+2029, the bidirectional marks, overrides
+ * and isolates: a name ending in U+202E shows the rest of its row reversed) are spelt out too
+ * (`\u202e`).
  */
 
 /** C0 controls but tab, DEL, and the C1 controls (8-bit ESC sequences, CSI among them). */
@@ -13,13 +16,27 @@ function isControl(code: number): boolean {
   return (code < 0x20 && code !== 0x09) || (code >= 0x7f && code <= 0x9f);
 }
 
+/** Line and paragraph separators, and the bidirectional marks, embeddings, overrides, isolates. */
+function isReordering(code: number): boolean {
+  return (
+    code === 0x061c ||
+    code === 0x200e ||
+    code === 0x200f ||
+    (code >= 0x2028 && code <= 0x202e) ||
+    (code >= 0x2066 && code <= 0x2069)
+  );
+}
+
 export function terminalSafe(line: string): string {
   let safe = "";
   let from = 0;
   for (let i = 0; i < line.length; i++) {
     const code = line.charCodeAt(i);
-    if (!isControl(code)) continue;
-    safe += `${line.slice(from, i)}\\x${code.toString(16).padStart(2, "0")}`;
+    if (isControl(code)) {
+      safe += `${line.slice(from, i)}\\x${code.toString(16).padStart(2, "0")}`;
+    } else if (code >= 0x061c && isReordering(code)) {
+      safe += `${line.slice(from, i)}\\u${code.toString(16).padStart(4, "0")}`;
+    } else continue;
     from = i + 1;
   }
   return from === 0 ? line : safe + line.slice(from);

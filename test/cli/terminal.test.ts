@@ -19,6 +19,26 @@ test("control characters and line breaks are spelt out; text and tabs are kept",
   expect(terminalSafe("\u009b31m\u007f\u0000")).toBe("\\x9b31m\\x7f\\x00");
 });
 
+test("the characters that break or reorder a line are spelt out too; other Unicode is kept", () => {
+  expect(terminalSafe("key\u202eadmin\u2028x\u2029y\u2066z\u200f")).toBe(
+    "key\\u202eadmin\\u2028x\\u2029y\\u2066z\\u200f",
+  );
+  expect(terminalSafe("שלום مرحبا ✓")).toBe("שלום مرحبا ✓");
+});
+
+test("a key name with a right-to-left override is listed spelt out by keys:list", async () => {
+  const target = buildTestApp();
+  apps.push(target);
+  target.services.apiKeys.create(
+    { name: "ops\u202e gnisu", scopes: ["chat"], userId: null },
+    "test",
+  );
+  const listed = await cliInProcess(["keys:list"], { DATABASE_PATH: target.databasePath });
+  expect(listed.code).toBe(0);
+  expect(listed.stdout).toContain("ops\\u202e gnisu");
+  expect(listed.stdout).not.toContain("\u202e");
+});
+
 test("a key name a client chose with escape sequences is listed escaped by keys:list", async () => {
   const target = buildTestApp();
   apps.push(target);
