@@ -89,12 +89,22 @@ export function adminModule(options: AdminModuleOptions) {
     .post(
       "/api-keys",
       ({ body, principal, set }) => {
-        // The new key acts for the caller's owner and may hold nothing that owner's role may not.
+        // The new key acts for the caller's owner and may hold nothing that owner's role may not;
+        // made by a key, it lives no longer than that key (a short-lived key cannot mint one that
+        // never expires).
+        const asked = body.expiresInDays ? options.now() + body.expiresInDays * DAY_MS : null;
+        const parentExpiry =
+          principal.kind === "key" ? (apiKeys.get(principal.id)?.expiresAt ?? null) : null;
         const spec = {
           name: body.name,
           scopes: body.scopes,
           userId: principal.kind === "user" ? principal.id : principal.userId,
-          expiresAt: body.expiresInDays ? options.now() + body.expiresInDays * DAY_MS : null,
+          expiresAt:
+            parentExpiry === null
+              ? asked
+              : asked === null
+                ? parentExpiry
+                : Math.min(asked, parentExpiry),
           environment: body.environment,
         };
         const refused = apiKeys.refusal(spec);

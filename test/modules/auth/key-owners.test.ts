@@ -126,6 +126,53 @@ describe("a key's scopes are bounded by its owner's current role at every use", 
     expect((await powers(target, child)).me).toBe(401);
   });
 
+  test("a key minted by a key with an expiry lives no longer than it, whatever it asks", async () => {
+    const clock = new ManualClock();
+    const target = app(clock);
+    const owner = await signUp(target, { role: "admin" });
+    const DAY = 86_400_000;
+    const parent = target.services.apiKeys.create(
+      {
+        name: "short",
+        scopes: ["admin", "chat"],
+        userId: owner.userId,
+        expiresAt: clock.now() + 10 * DAY,
+      },
+      "test",
+    );
+    const mint = async (body: Record<string, unknown>) => {
+      const minted = await send(target, "/api/admin/api-keys", {
+        headers: { "x-api-key": parent.key },
+        body: { name: "child", scopes: ["chat"], ...body },
+      });
+      expect(minted.status).toBe(201);
+      return (await minted.json()) as { key: string; apiKey: { expiresAt: number | null } };
+    };
+    const parentEnd = clock.now() + 10 * DAY;
+    expect((await mint({})).apiKey.expiresAt).toBe(parentEnd);
+    expect((await mint({ expiresInDays: 30 })).apiKey.expiresAt).toBe(parentEnd);
+    // Asking for less than the parent has left is kept as asked: a shorter life is always allowed.
+    const shorter = await send(target, "/api/admin/api-keys", {
+      headers: { "x-api-key": parent.key },
+      body: { name: "child", scopes: ["chat"], expiresInDays: 1 },
+    });
+    expect(shorter.status).toBe(201);
+    expect(((await shorter.json()) as { apiKey: { expiresAt: number } }).apiKey.expiresAt).toBe(
+      clock.now() + DAY,
+    );
+    const forever = await mint({});
+    // A user's own admin session is not a key: what it mints may never expire.
+    const byUser = await send(target, "/api/admin/api-keys", {
+      headers: bearer(owner.accessToken),
+      body: { name: "by-user", scopes: ["chat"] },
+    });
+    expect(
+      ((await byUser.json()) as { apiKey: { expiresAt: number | null } }).apiKey.expiresAt,
+    ).toBeNull();
+
+    clock.advance(10 * DAY + 1000);
+    expect((await powers(target, forever.key)).me).toBe(401);
+  });
   test("demotion narrows or revokes the stored keys, each change audited", async () => {
     const target = app();
     const owner = await signUp(target, { role: "admin" });
