@@ -98,7 +98,7 @@ describe("manual blocks", () => {
     expect(target.services.ipBlocks.listActive()).toMatchObject([
       { address: "192.0.2.50", reason: "abuse report #12", source: "admin" },
     ]);
-    expect(target.services.ipBlocks.lift("192.0.2.50", "admin@example.test")).toBe(1);
+    expect(await target.services.ipBlocks.lift("192.0.2.50", "admin@example.test")).toBe(1);
     expect((await send(target, "/openapi.json", { peer: "192.0.2.50" })).status).toBe(200);
     const types = target.db.$client
       .query("SELECT type, actor FROM audit_events ORDER BY id")
@@ -148,6 +148,28 @@ describe("manual blocks", () => {
     expect(blocks.slice(0, 9).every((b) => b === null)).toBe(true);
     expect(blocks[9]).toMatchObject({ address: "192.0.2.80", source: "auto" });
     expect(blocks[9]!.reason).toBe("10 failed logins in 15 min");
+  });
+
+  test("a lifted automatic block starts its violations from zero, and does not lengthen the next", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp(clock);
+    const { parseIp } = await import("../../src/plugins/client-ip/address");
+    const client = { ip: "192.0.2.81", key: "192.0.2.81", address: parseIp("192.0.2.81") };
+    const fail = () => target.services.ipBlocks.recordViolation("login", client);
+    for (let i = 0; i < 9; i++) expect(await fail()).toBeNull();
+    const first = await fail();
+    expect(first).toMatchObject({ source: "auto" });
+    const firstTtl = first!.expiresAt - first!.createdAt;
+
+    // An admin lifts it (the route and blocks:remove both call this); one more failure is one.
+    expect(await target.services.ipBlocks.lift(first!.address, "user:admin")).toBe(1);
+    clock.advance(1000);
+    for (let i = 0; i < 9; i++) expect(await fail()).toBeNull();
+    expect((await send(target, "/openapi.json", { peer: "192.0.2.81" })).status).toBe(200);
+    // The tenth blocks again, for as long as the first did: the lifted one does not escalate it.
+    const second = await fail();
+    expect(second).toMatchObject({ source: "auto" });
+    expect(second!.expiresAt - second!.createdAt).toBe(firstTtl);
   });
 });
 

@@ -56,13 +56,13 @@ export const blocksRemove: Command = {
   name: "blocks:remove",
   summary: "Lift a block by its id",
   usage: "blocks:remove ID",
-  run(args, context) {
+  async run(args, context) {
     const id = args.positional[0];
     if (!id) throw new CliError("the block id is required", EXIT_USAGE);
     const { ipBlocks } = context.services();
     const block = ipBlocks.listActive().find((b) => String(b.id) === id);
     if (!block) throw new CliError(`no block in force has the id ${id}`);
-    ipBlocks.lift(block.address, "cli");
+    await ipBlocks.lift(block.address, "cli");
     context.out(`lifted the block on ${block.address}`);
     return 0;
   },

@@ -302,10 +302,10 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .delete(
       "/blocks/:id",
-      ({ params, principal, set, requestId }) => {
+      async ({ params, principal, set, requestId }) => {
         const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
-        ipBlocks.lift(block.address, principalRef(principal), requestId);
+        await ipBlocks.lift(block.address, principalRef(principal), requestId);
         set.status = 204;
         return undefined;
       },

@@ -132,6 +132,8 @@ function prepareStatements(db: AppDatabase) {
             eq(ipBlocks.address, p("address")),
             eq(ipBlocks.source, "auto"),
             gt(ipBlocks.createdAt, p("since")),
+            // A block an admin lifted was judged a mistake: it does not lengthen the next one.
+            isNull(ipBlocks.liftedAt),
           ),
         )
         .prepare(),
@@ -234,8 +236,25 @@ export class IpBlockService {
     return row;
   }
 
-  /** Ends every active block on the address now. Returns how many were lifted. */
-  lift(address: string, liftedBy: string | null, requestId?: string | null): number {
+  /**
+   * Ends every active block on the address now, and forgets the violations counted against it: one
+   * more failure after a lift must not block it again at once (the count that made an automatic
+   * block was still there, so the next one re-blocked it, escalated). Returns how many were lifted
+   * once the counters are gone (the limiter store may be Redis).
+   */
+  async lift(address: string, liftedBy: string | null, requestId?: string | null): Promise<number> {
+    const lifted = this.liftNow(address, liftedBy, requestId);
+    const kinds: ViolationKind[] = isPrincipalSubject(address)
+      ? ["principal"]
+      : ["ratelimit", "login"];
+    const counterKey = isPrincipalSubject(address) ? address : `ip:${address}`;
+    await Promise.all(
+      kinds.map((kind) => this.options.limiter.reset(this.violationPolicies[kind], counterKey)),
+    );
+    return lifted;
+  }
+
+  private liftNow(address: string, liftedBy: string | null, requestId?: string | null): number {
     const now = this.options.clock.now();
     const { audit } = this.options;
     const lifted = this.db.transaction(

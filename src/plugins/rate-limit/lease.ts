@@ -152,6 +152,13 @@ export class LeasingStore implements LimiterStore {
     return this.store.peek(policy, key, now);
   }
 
+  /** Any lease of the key alone ends first (its unused permits would be given back after). */
+  reset(policy: Policy, key: string): Promise<void> {
+    const entry = this.demand.get(signatureOf([{ policy, key, now: 0 }]));
+    if (entry?.lease) this.end(entry);
+    return this.store.reset(policy, key);
+  }
+
   prune(now: number): number {
     return this.store.prune(now);
   }

@@ -93,6 +93,10 @@ export class RedisLimiterStore implements LeasableStore {
     this.queue.giveBack(permits);
   }
 
+  async reset(policy: Policy, key: string): Promise<void> {
+    await this.client.del(`${PREFIX}${policy.id}:${key}`);
+  }
+
   async peek(policy: Policy, key: string, now: number): Promise<number> {
     const [ws, cur, prev] = (await this.client.hmget(`${PREFIX}${policy.id}:${key}`, [
       "ws",

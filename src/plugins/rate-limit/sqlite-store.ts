@@ -211,6 +211,13 @@ export class SqliteLimiterStore implements LeasableStore {
     return this.sqlite.transaction(() => this.decideGroup([entry])[0]!).immediate();
   }
 
+  reset(policy: Policy, key: string): Promise<void> {
+    this.sqlite
+      .query("DELETE FROM rate_limit_counters WHERE policy = ? AND key = ?")
+      .run(policy.id, key);
+    return Promise.resolve();
+  }
+
   peek(policy: Policy, key: string, now: number): Promise<number> {
     const stored = this.statements.peek.get({ policy: policy.id, key }) ?? null;
     return Promise.resolve(estimateStored(stored, now, policy.windowMs));

@@ -35,6 +35,11 @@ export interface LimiterStore {
    * decisions that depend on what happened (a lockout after failures), not on this request.
    */
   peek(policy: Policy, key: string, now: number): Promise<number>;
+  /**
+   * Forgets what (policy, key) has counted, as if it had never been checked: lifting a block starts
+   * the violations that made it from zero.
+   */
+  reset(policy: Policy, key: string): Promise<void>;
   /** Deletes counters whose windows have all passed; bounded work per call. */
   prune(now: number): number;
   close(): void;

@@ -141,6 +141,7 @@ function lockoutFailingStore(broken: { peek: boolean; check: boolean }): Limiter
         : inner.check(checks),
     peek: (policy, key, now) =>
       broken.peek && policy.id === "lockout" ? failure() : inner.peek(policy, key, now),
+    reset: (policy, key) => inner.reset(policy, key),
     prune: (now) => inner.prune(now),
     close: () => {
       inner.close();

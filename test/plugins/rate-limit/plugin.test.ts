@@ -165,6 +165,7 @@ describe("rate limiting", () => {
     const failing: LimiterStore = {
       check: () => Promise.reject(new Error("database is locked")),
       peek: () => Promise.reject(new Error("database is locked")),
+      reset: () => Promise.reject(new Error("database is locked")),
       prune: () => 0,
       close: () => {},
     };

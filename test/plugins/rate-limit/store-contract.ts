@@ -160,5 +160,29 @@ export function limiterStoreContract(name: string, open: () => Promise<StorePair
         const [second] = await store.check([{ policy: policy(2), key, now }]);
         expect(second!.admitted).toBe(true);
       }));
+
+    test("reset forgets one key of one policy, for every process on the state, and nothing else", () =>
+      withPair(async ({ stores: [a, b] }) => {
+        const key = unique("reset");
+        const other = unique("kept");
+        const now = minuteStart() + 1_000;
+        const full = async (store: LimiterStore, k: string, p = policy(3)) => {
+          for (let i = 0; i < 3; i++) await store.check([{ policy: p, key: k, now }]);
+          const [refused] = await store.check([{ policy: p, key: k, now }]);
+          expect(refused!.admitted).toBe(false);
+        };
+        await full(a, key);
+        await full(a, other);
+        await full(a, key, policy(3, 3, "other-policy"));
+        await b.reset(policy(3), key);
+        expect(await a.peek(policy(3), key, now)).toBe(0);
+        const [again] = await a.check([{ policy: policy(3), key, now }]);
+        expect(again!.admitted).toBe(true);
+        expect(again!.current).toBe(1);
+        expect(await a.peek(policy(3), other, now)).toBe(3);
+        expect(await a.peek(policy(3, 3, "other-policy"), key, now)).toBe(3);
+        // A key never counted resets to what it was: nothing.
+        await a.reset(policy(3), unique("never"));
+      }));
   });
 }
