@@ -116,6 +116,32 @@ describe("IP blocks", () => {
     ).toBe(404);
   });
 
+  test("a block covering the admin's own address is 409 and blocks nothing; the CLI may add it", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin", peer: "2001:db8:7:8::5" });
+    const headers = bearer(admin.accessToken);
+    // The same address, and another in the admin's /64: either would lock the admin out.
+    for (const address of ["2001:db8:7:8::5", "2001:db8:7:8::99"]) {
+      const refused = await send(current, "/api/admin/blocks", {
+        headers,
+        peer: "2001:db8:7:8::5",
+        body: { address, ttlMinutes: 5, reason: "oops" },
+      });
+      expect(refused.status).toBe(409);
+      expect(((await refused.json()) as { code: string }).code).toBe("CONFLICT");
+    }
+    expect(current.services.ipBlocks.listActive()).toEqual([]);
+    const listed = await send(current, "/api/admin/blocks", { headers, peer: "2001:db8:7:8::5" });
+    expect(listed.status).toBe(200);
+    // Another address from the same admin is blocked as before.
+    const other = await send(current, "/api/admin/blocks", {
+      headers,
+      peer: "2001:db8:7:8::5",
+      body: { address: "192.0.2.9", ttlMinutes: 5, reason: "abuse" },
+    });
+    expect(other.status).toBe(201);
+  });
+
   test("a bad address is 422", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

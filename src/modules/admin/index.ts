@@ -272,7 +272,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .post(
       "/blocks",
-      ({ body, principal, set, requestId }) => {
+      ({ body, principal, set, requestId, client }) => {
         const address = parseIp(body.address);
         if (address === null) {
           throw new AppError("VALIDATION_FAILED", "Not an IP address.", [
@@ -282,8 +282,17 @@ export function adminModule(options: AdminModuleOptions) {
             },
           ]);
         }
+        const subject = clientKeyOf(address);
+        // Blocking the address this request comes from shuts out every admin behind it, the one
+        // lifting it included (only the CLI on the server could): the API refuses; the CLI may.
+        if (subject === client.key) {
+          throw new AppError(
+            "CONFLICT",
+            "That block would cover the address this request comes from, and lock you out; add it with `bun run cli blocks:add` on the server if that is meant.",
+          );
+        }
         const block = ipBlocks.block({
-          address: clientKeyOf(address),
+          address: subject,
           reason: body.reason,
           ttlMs: body.ttlMinutes * 60_000,
           source: "admin",
@@ -296,7 +305,7 @@ export function adminModule(options: AdminModuleOptions) {
       {
         auth: admin,
         body: NewBlockBody,
-        response: { 201: BlockView, ...problemResponses(422) },
+        response: { 201: BlockView, ...problemResponses(409, 422) },
         detail: { tags, summary: "Block an address (an IPv6 address blocks its /64)" },
       },
     )
