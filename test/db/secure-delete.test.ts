@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import type { WhatsAppWebhook } from "../../src/modules/webhooks/whatsapp";
-import { buildTestApp, type TestApp, tempDir } from "../support/app";
+import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
+import { bearer, signUp } from "../support/auth";
 import { startGraphServer } from "../support/graph-server";
 import { deliver, notification, ScriptedChat, whatsappEnv } from "../support/whatsapp";
 
@@ -83,5 +84,24 @@ describe("secure_delete", () => {
     expect(await fileBytes({ db }, path)).toContain("SECRET-MARKER-");
     db.$client.run("DELETE FROM webhook_events");
     expect(await fileBytes({ db }, path)).not.toContain("SECRET-MARKER-");
+  });
+
+  test("an erasure reaches the database file itself at once, not at the next checkpoint", async () => {
+    const target = buildTestApp();
+    cleanups.push(() => target.close());
+    const email = `erin-${Bun.randomUUIDv7()}@example.test`;
+    const erin = await signUp(target, { email });
+    // Everything so far in the file, as on a service that has run a while; then a quiet spell.
+    target.db.$client.run("PRAGMA wal_checkpoint(TRUNCATE)");
+    const mainFile = async () =>
+      Buffer.from(await Bun.file(target.databasePath).arrayBuffer()).toString("latin1");
+    expect(await mainFile()).toContain(email);
+    const erased = await send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(erin.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    // No checkpoint here: the erasure made its own.
+    expect(await mainFile()).not.toContain(email);
   });
 });

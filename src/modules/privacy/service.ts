@@ -104,6 +104,23 @@ export class PrivacyService {
       requestId: meta.requestId,
       ...(byOperator ? { detail: { by: "operator" } } : {}),
     });
+    copyErasureIntoFile(sqlite);
     return true;
+  }
+}
+
+/**
+ * The erasure's zeroed pages (secure_delete) are in the WAL; the database file keeps the pages as
+ * they were, the erased account's address and password hash with them, until a checkpoint copies
+ * them over — for a quiet service, not until 16 MB more have been written. A passive checkpoint now
+ * copies them (and whatever else is committed) at once, waiting on no one: a reader holding an older
+ * snapshot keeps those pages for the next one. Erasures are rare, so the copy and its sync are
+ * cheap where they are.
+ */
+function copyErasureIntoFile(sqlite: Database): void {
+  try {
+    sqlite.query("PRAGMA wal_checkpoint(PASSIVE)").get();
+  } catch {
+    // Busy or failing: the next checkpoint copies them, as it would have without this one.
   }
 }
