@@ -39,6 +39,7 @@ import { requestId } from "./plugins/request-id";
 import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/route-class";
 import { securityHeaders, securityResponseHeaders } from "./plugins/security-headers";
 import { type RouteBody, strictBody } from "./plugins/strict-body";
+import { type RouteQuery, strictQuery } from "./plugins/strict-query";
 import type { Services } from "./services";
 
 /** The classes of the routes the app itself serves (the features bring their own). */
@@ -145,6 +146,7 @@ export function createApp(deps: AppDeps) {
     )
     .use(auth)
     .use(strictBody())
+    .use(strictQuery({ routes: () => registeredRoutes() as readonly RouteQuery[] }))
     .use(openapiDocument({ docsPage: config.docsPage, public: config.openapiPublic, auth }))
     .use(
       metrics({

@@ -53,6 +53,50 @@ describe("audit log query", () => {
     expect(page2.events[0]!.id).toBeLessThan(page1.events[2]!.id);
   });
 
+  test("since and until on a day that does not exist are 422, not the next month's days", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const get = (query: string) =>
+      send(current!, `/api/admin/audit?${query}`, { headers: bearer(admin.accessToken) });
+    for (const [name, value] of [
+      ["since", "2026-02-30T00:00:00Z"],
+      ["until", "2026-11-31T23:00:00Z"],
+    ] as const) {
+      const response = await get(`${name}=${encodeURIComponent(value)}`);
+      expect(response.status).toBe(422);
+      expect(JSON.stringify(await response.json())).toContain(`query/${name}`);
+    }
+    expect((await get(`since=${encodeURIComponent("2026-02-28T00:00:00Z")}`)).status).toBe(200);
+  });
+
+  test("a whole-number query parameter must be written in digits: every other spelling is 422", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const get = (query: string, headers = bearer(admin.accessToken)) =>
+      send(current!, `/api/admin/audit?${query}`, { headers });
+    for (const spelling of ["0x10", "0b11", "1e2", "%2B5", "5.0", "%2010", "10%20", "0o7", ""]) {
+      for (const name of ["limit", "cursor"]) {
+        const response = await get(`${name}=${spelling}`);
+        expect({ spelling, name, status: response.status }).toEqual({
+          spelling,
+          name,
+          status: 422,
+        });
+        expect(JSON.stringify(await response.json())).toContain(`query/${name}`);
+      }
+    }
+    expect((await get("limit=16&cursor=999")).status).toBe(200);
+    expect((await get("limit=016")).status).toBe(200);
+    // Anonymous is 401 first, whatever the query; a user is 403.
+    expect((await get("limit=0x10", {})).status).toBe(401);
+    // The other routes with whole-number parameters are held to it too.
+    const user = await signUp(current);
+    for (const path of ["/api/chat/conversations?limit=0x10", "/api/payments?limit=1e1"]) {
+      const response = await send(current, path, { headers: bearer(user.accessToken) });
+      expect({ path, status: response.status }).toEqual({ path, status: 422 });
+    }
+  });
+
   test("a page is at most 500 and the query is itself audited", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

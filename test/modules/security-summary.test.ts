@@ -3,6 +3,7 @@
  * `bun run cli audit:top`, from audit rows written by real refused requests.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { parseSince } from "../../src/modules/admin/security-summary";
 import { buildTestApp, send, type TestApp } from "../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../support/auth";
 import { cliInProcess } from "../support/cli";
@@ -195,6 +196,20 @@ describe("GET /api/admin/security/summary", () => {
     }
     for (const bad of ["0", "101", "1.5"]) {
       expect((await at(`?limit=${bad}`)).response.status).toBe(422);
+    }
+  });
+
+  test("a date-time on a day that does not exist is refused, not read as the next month's", () => {
+    const now = Date.parse("2026-12-05T00:00:00Z");
+    expect(parseSince("2026-11-30T00:00:00Z", now)).toEqual({
+      ok: true,
+      at: Date.parse("2026-11-30T00:00:00Z"),
+    });
+    for (const unreal of ["2026-11-31T00:00:00Z", "2026-12-00T00:00:00Z"]) {
+      expect(parseSince(unreal, now)).toEqual({
+        ok: false,
+        message: "Expected a duration (90m, 12h, 7d) or an ISO 8601 date-time with an offset",
+      });
     }
   });
 });

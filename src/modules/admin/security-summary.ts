@@ -16,8 +16,10 @@
  * Each count is one GROUP BY over the (type, at) index, bounded by the window: at most
  * MAX_WINDOW_MS back, so a summary never scans the whole retained log.
  */
+
 import type { Database } from "bun:sqlite";
 import { and, asc, desc, gte, inArray, isNotNull, lte, sql } from "drizzle-orm";
+import { isCalendarDateTime } from "../../calendar";
 import { drizzleOf } from "../../db/client";
 import { auditEvents } from "../../db/schema";
 import type { AuditEventType } from "../../plugins/audit/events";
@@ -72,7 +74,7 @@ export function parseSince(raw: string | undefined, now: number): SinceResult {
   const duration = /^(\d{1,6})([mhd])$/.exec(raw);
   if (duration) {
     at = now - Number(duration[1]) * UNIT_MS[duration[2]!]!;
-  } else if (ISO_DATE_TIME.test(raw) && !Number.isNaN(Date.parse(raw))) {
+  } else if (ISO_DATE_TIME.test(raw) && !Number.isNaN(Date.parse(raw)) && isCalendarDateTime(raw)) {
     at = Date.parse(raw);
   } else {
     return {

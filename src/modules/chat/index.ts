@@ -11,6 +11,7 @@
  * (the status is already 200) is `event: error` with the problem document as data.
  */
 import { Elysia, t } from "elysia";
+import { isCalendarDay } from "../../calendar";
 import { AppError, type ErrorCode, problemResponses, toProblem } from "../../errors";
 import { streamedResponse } from "../../plugins/access-log";
 import type { AuditLog } from "../../plugins/audit/log";
@@ -106,15 +107,6 @@ const unknownFields = new WeakSet<Request>();
 function hasUnknownField(body: unknown): boolean {
   if (typeof body !== "object" || body === null || Array.isArray(body)) return false;
   return Object.keys(body).some((key) => !CHAT_FIELDS.has(key));
-}
-
-/**
- * A real UTC day, `YYYY-MM-DD`: `Date.parse` takes 2026-02-30 and 2026-04-31 (as the next month's
- * first days), so the day must come back the same from the date it names.
- */
-function isCalendarDay(day: string): boolean {
-  const time = Date.parse(`${day}T00:00:00Z`);
-  return !Number.isNaN(time) && new Date(time).toISOString().slice(0, 10) === day;
 }
 
 const encoder = new TextEncoder();
