@@ -216,6 +216,11 @@ test("with METRICS_PORT, /metrics is served only by the listener, which applies 
     expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="404"}')).toBe(1);
     expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="401"}')).toBe(1);
     expect((await fetch(new URL("/health", listener.url))).status).toBe(404);
+    // With a trailing slash as on the main port, where the router takes it for the same route.
+    const slashed = await fetch(new URL("/metrics/", listener.url), {
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
+    expect(slashed.status).toBe(200);
     // The wrong token was charged to the listener's peer, loopback, as a failed login.
     expect(sample(text, 'auth_failures_total{reason="metrics_token"}')).toBe(1);
     // A second listener on the same single port cannot bind it.

@@ -76,7 +76,9 @@ export function listenForMetrics({ handle, host, ports, logger }: MetricsListene
         // Never Bun's development error page (source paths, source lines, stack).
         development: false,
         fetch: function serveMetrics(request, server) {
-          if (pathOf(request) !== "/metrics") {
+          const path = pathOf(request);
+          // As the main port's router takes it (a trailing slash is the same route there).
+          if (path !== "/metrics" && path !== "/metrics/") {
             return problemResponse("NOT_FOUND", "No route matches this path.");
           }
           handedOver.set(request, server.requestIP(request)?.address ?? null);
