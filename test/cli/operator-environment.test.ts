@@ -123,3 +123,24 @@ test("a start with another AUDIT_SECRET_KEY is refused, naming the variable", ()
   const again = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
   again.close();
 });
+
+test("a row written into the file with another key's id does not stop the service that has the key", () => {
+  const path = databaseFile();
+  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
+  service.services.audit.record({
+    type: "admin.blocks.listed",
+    outcome: "success",
+    actor: "system",
+  });
+  service.services.audit.flush();
+  service.close();
+  const file = new Database(path);
+  file.run(
+    "INSERT INTO audit_events (at, type, outcome, detail, subject_commit, hash, prev_hash, key_id) SELECT at, type, outcome, detail, subject_commit, hash, hash, 'forged00forged00' FROM audit_events ORDER BY id DESC LIMIT 1",
+  );
+  file.close();
+  const again = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
+  again.close();
+  // A key that wrote nothing to it is still refused.
+  expect(() => startOn(path, { AUDIT_SECRET_KEY: OTHER_AUDIT_KEY })).toThrow(ConfigError);
+});

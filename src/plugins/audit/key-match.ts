@@ -4,8 +4,11 @@
  * — a CLI command run from a shell without the service's AUDIT_SECRET_KEY (in development it then
  * generates `DATABASE_PATH.audit-key` and uses that), or a service restarted with a new key — would
  * append rows the chain can never verify past, and refuse every stored credential as tampered. So
- * a process whose key is not the one the newest keyed row was written with stops before it writes
- * anything, with one line naming the variable.
+ * a process whose key has written no row of a log that holds keyed rows stops before it writes
+ * anything, with one line naming the variable. Each row records its key's id (not a secret): the
+ * newest row is looked at first; only when it is another key's is the log searched for this one,
+ * so a row someone wrote into the file with another id (which `audit:verify` names) cannot stop a
+ * service that has the right key.
  */
 import type { Database } from "bun:sqlite";
 import { ConfigError } from "../../config";
@@ -18,8 +21,12 @@ export function assertAuditKeyMatches(sqlite: Database, keyId: string): void {
     )
     .get();
   if (newest === null || newest.keyId === keyId) return;
+  const written = sqlite
+    .query<{ one: number }, [string]>("SELECT 1 AS one FROM audit_events WHERE key_id = ? LIMIT 1")
+    .get(keyId);
+  if (written !== null) return;
   throw new ConfigError(
     "AUDIT_SECRET_KEY",
-    `is not the key this database's audit log is written with (its newest row, id ${newest.id}, has key id ${spellOut(String(newest.keyId), 32)}; this key's id is ${keyId}): give this process the service's AUDIT_SECRET_KEY (if it has it, that row was written into the file by someone else: audit:verify names it)`,
+    `is not the key this database's audit log is written with (no row has this key's id, ${keyId}; the newest, id ${newest.id}, has ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY`,
   );
 }
