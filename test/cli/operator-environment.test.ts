@@ -28,6 +28,18 @@ function databaseFile(): string {
 const AUDIT_KEY = "audit-key-of-the-service-0123456789abcdefghij";
 const OTHER_AUDIT_KEY = "another-audit-key-0123456789abcdefghijklmnopq";
 
+/** A service with AUDIT_KEY that has written an audit row, stopped. */
+function writeAuditRowAndStop(path: string): void {
+  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
+  service.services.audit.record({
+    type: "admin.blocks.listed",
+    outcome: "success",
+    actor: "system",
+  });
+  service.services.audit.flush();
+  service.close();
+}
+
 async function meStatus(target: ReturnType<typeof startOn>, key: string) {
   return (await send(target, "/api/auth/me", { headers: { "x-api-key": key } })).status;
 }
@@ -64,14 +76,7 @@ test("listing commands run without API_KEYS leave the bootstrap keys as the star
 
 test("a command without the service's AUDIT_SECRET_KEY stops in one line and writes nothing", async () => {
   const path = databaseFile();
-  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
-  cleanups.push(service.close);
-  service.services.audit.record({
-    type: "admin.blocks.listed",
-    outcome: "success",
-    actor: "system",
-  });
-  service.services.audit.flush();
+  writeAuditRowAndStop(path);
   const before = rows(path, "SELECT count(*) AS n FROM audit_events");
 
   // Another key, and none at all (development then makes DATABASE_PATH.audit-key and uses it).
@@ -103,14 +108,7 @@ test("a command without the service's AUDIT_SECRET_KEY stops in one line and wri
 
 test("a start with another AUDIT_SECRET_KEY is refused, naming the variable", () => {
   const path = databaseFile();
-  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
-  service.services.audit.record({
-    type: "admin.blocks.listed",
-    outcome: "success",
-    actor: "system",
-  });
-  service.services.audit.flush();
-  service.close();
+  writeAuditRowAndStop(path);
   let refused: unknown = null;
   try {
     startOn(path, { AUDIT_SECRET_KEY: OTHER_AUDIT_KEY }).close();
@@ -126,14 +124,7 @@ test("a start with another AUDIT_SECRET_KEY is refused, naming the variable", ()
 
 test("a row written into the file with another key's id does not stop the service that has the key", () => {
   const path = databaseFile();
-  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
-  service.services.audit.record({
-    type: "admin.blocks.listed",
-    outcome: "success",
-    actor: "system",
-  });
-  service.services.audit.flush();
-  service.close();
+  writeAuditRowAndStop(path);
   const file = new Database(path);
   file.run(
     "INSERT INTO audit_events (at, type, outcome, detail, subject_commit, hash, prev_hash, key_id) SELECT at, type, outcome, detail, subject_commit, hash, hash, 'forged00forged00' FROM audit_events ORDER BY id DESC LIMIT 1",
