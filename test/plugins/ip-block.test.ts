@@ -1,11 +1,19 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import { buildTestApp, secondProcess, send, type TestApp } from "../support/app";
+import { join } from "node:path";
+import { openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
+import { parseIp } from "../../src/plugins/client-ip/address";
+import { SqliteLimiterStore } from "../../src/plugins/rate-limit/sqlite-store";
+import { buildTestApp, secondProcess, send, type TestApp, tempDir } from "../support/app";
+import { cliInProcess } from "../support/cli";
 import { ManualClock } from "../support/clock";
 
 let current: TestApp | null = null;
+const cleanups: (() => void)[] = [];
 afterEach(() => {
   current?.close();
   current = null;
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
 });
 
 const MINUTE = 60_000;
@@ -147,7 +155,7 @@ describe("manual blocks", () => {
     }
     expect(blocks.slice(0, 9).every((b) => b === null)).toBe(true);
     expect(blocks[9]).toMatchObject({ address: "192.0.2.80", source: "auto" });
-    expect(blocks[9]!.reason).toBe("10 failed logins in 15 min");
+    expect(blocks[9]!.reason).toBe("10 failed logins or /metrics tokens in 15 min");
   });
 
   test("a lifted automatic block starts its violations from zero, and does not lengthen the next", async () => {
@@ -170,6 +178,37 @@ describe("manual blocks", () => {
     const second = await fail();
     expect(second).toMatchObject({ source: "auto" });
     expect(second!.expiresAt - second!.createdAt).toBe(firstTtl);
+  });
+
+  test("a block lifted by another process (the CLI) is forgotten in this process's own store too", async () => {
+    // The service counts in a store the CLI cannot reach (as Redis is for a CLI run without
+    // REDIS_URL): only the service can forget the count, when it sees the block gone.
+    const dir = tempDir();
+    const own = openDatabase(join(dir.path, "limiter.db"));
+    applyMigrations(own);
+    const clock = new ManualClock();
+    current = buildTestApp({ clock, limiter: new SqliteLimiterStore({ sqlite: own.$client }) });
+    cleanups.push(() => {
+      own.$client.close();
+      dir.remove();
+    });
+    const client = { ip: "192.0.2.82", key: "192.0.2.82", address: parseIp("192.0.2.82") };
+    const fail = () => current!.services.ipBlocks.recordViolation("login", client);
+    for (let i = 0; i < 9; i++) expect(await fail()).toBeNull();
+    const block = await fail();
+    expect(block).not.toBeNull();
+    expect((await send(current, "/openapi.json", { peer: "192.0.2.82" })).status).toBe(403);
+
+    const removed = await cliInProcess(["blocks:remove", String(block!.id)], {
+      DATABASE_PATH: current.databasePath,
+    });
+    expect(removed.code).toBe(0);
+    clock.advance(1_001);
+    // The next request reloads the blocks: the lift is seen, and the count forgotten.
+    expect((await send(current, "/openapi.json", { peer: "192.0.2.82" })).status).toBe(200);
+    await Bun.sleep(0);
+    for (let i = 0; i < 9; i++) expect(await fail()).toBeNull();
+    expect((await send(current, "/openapi.json", { peer: "192.0.2.82" })).status).toBe(200);
   });
 });
 

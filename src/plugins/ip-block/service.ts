@@ -239,19 +239,32 @@ export class IpBlockService {
   /**
    * Ends every active block on the address now, and forgets the violations counted against it: one
    * more failure after a lift must not block it again at once (the count that made an automatic
-   * block was still there, so the next one re-blocked it, escalated). Returns how many were lifted
-   * once the counters are gone (the limiter store may be Redis).
+   * block was still there, so the next one re-blocked it, escalated). Returns how many were lifted,
+   * once this process has tried to forget the counts. Every other process on the file forgets them
+   * too in its own store when it sees the block gone (refresh): a CLI command may not have the
+   * service's REDIS_URL, or reach Redis.
    */
   async lift(address: string, liftedBy: string | null, requestId?: string | null): Promise<number> {
     const lifted = this.liftNow(address, liftedBy, requestId);
-    const kinds: ViolationKind[] = isPrincipalSubject(address)
-      ? ["principal"]
-      : ["ratelimit", "login"];
-    const counterKey = isPrincipalSubject(address) ? address : `ip:${address}`;
-    await Promise.all(
-      kinds.map((kind) => this.options.limiter.reset(this.violationPolicies[kind], counterKey)),
-    );
+    await this.forgetViolations(address);
     return lifted;
+  }
+
+  /** Resets the violation counters of a block's subject; a store that fails is logged, not thrown. */
+  private async forgetViolations(subject: string): Promise<void> {
+    const principal = isPrincipalSubject(subject);
+    const kinds: ViolationKind[] = principal ? ["principal"] : ["ratelimit", "login"];
+    const counterKey = principal ? subject : `ip:${subject}`;
+    try {
+      await Promise.all(
+        kinds.map((kind) => this.options.limiter.reset(this.violationPolicies[kind], counterKey)),
+      );
+    } catch (error) {
+      this.options.logger.warn(
+        { err: error, subject },
+        "a lifted block's violation count could not be reset here; the processes that serve reset it in their own store",
+      );
+    }
   }
 
   private liftNow(address: string, liftedBy: string | null, requestId?: string | null): number {
@@ -346,7 +359,8 @@ export class IpBlockService {
     const ladder =
       kind === "principal" ? this.settings.lockoutEscalation : this.settings.escalation;
     const ttlMs = ladder[Math.min(earlier, ladder.length - 1)]!;
-    const what = kind === "login" ? "failed logins" : "rate-limit refusals";
+    // Wrong /metrics tokens count as failed logins (plugins/metrics): one counter, so the reason names both.
+    const what = kind === "login" ? "failed logins or /metrics tokens" : "rate-limit refusals";
     return this.block({
       address: subject,
       reason: `${count} ${what} in ${windowMs / MINUTE} min`,
@@ -382,6 +396,11 @@ export class IpBlockService {
       number,
     ][]) {
       next.set(address, expiresAt);
+    }
+    // A block that was in force here and is gone before its end was lifted by another process (a
+    // CLI command, another instance): forget its violations in this process's store as well.
+    for (const [address, expiresAt] of this.active) {
+      if (expiresAt > now && !next.has(address)) void this.forgetViolations(address);
     }
     this.active = next;
     this.loadedAt = now;

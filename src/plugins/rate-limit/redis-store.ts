@@ -94,6 +94,9 @@ export class RedisLimiterStore implements LeasableStore {
   }
 
   async reset(policy: Policy, key: string): Promise<void> {
+    // Without an offline queue a command fails until the client has connected: a CLI command
+    // resets right after it starts.
+    if (!this.client.connected) await this.client.connect();
     await this.client.del(`${PREFIX}${policy.id}:${key}`);
   }
 

@@ -1,9 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
+import { parseIp } from "../../../src/plugins/client-ip/address";
 import { LeasingStore } from "../../../src/plugins/rate-limit/lease";
 import { RedisLimiterStore } from "../../../src/plugins/rate-limit/redis-store";
 import { buildTestApp, send } from "../../support/app";
 import { bearer, createKey } from "../../support/auth";
+import { cliInProcess } from "../../support/cli";
 import { type RedisServer, redisAvailable, startRedis } from "../../support/redis";
 import { waitFor } from "../../support/wait";
 import { limiterStoreContract, minuteStart, policy } from "./store-contract";
@@ -99,6 +101,30 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
       expect(ready.checks.redis?.status).toBe("up");
       const { key: apiKey } = createKey(target, ["chat"]);
       expect((await send(target, "/api/auth/me", { headers: bearer(apiKey) })).status).toBe(200);
+    } finally {
+      target.close();
+    }
+  });
+
+  test("blocks:remove with REDIS_URL forgets the violations in Redis, in one go, exit 0", async () => {
+    const target = buildTestApp({ env: { REDIS_URL: redis.url } });
+    await target.services.start();
+    try {
+      const client = { ip: "192.0.2.34", key: "192.0.2.34", address: parseIp("192.0.2.34") };
+      let block = null;
+      for (let i = 0; i < 10; i++)
+        block = await target.services.ipBlocks.recordViolation("login", client);
+      expect(block).not.toBeNull();
+      const raw = new RedisClient(redis.url);
+      const counter = "palisade:rl:violations.login:ip:192.0.2.34";
+      expect(await raw.exists(counter)).toBe(true);
+      const removed = await cliInProcess(["blocks:remove", String(block!.id)], {
+        DATABASE_PATH: target.databasePath,
+        REDIS_URL: redis.url,
+      });
+      expect({ code: removed.code, stderr: removed.stderr }).toEqual({ code: 0, stderr: "" });
+      expect(await raw.exists(counter)).toBe(false);
+      raw.close();
     } finally {
       target.close();
     }
