@@ -17,7 +17,12 @@ import { clientKeyOf } from "../../plugins/client-ip/resolve";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
-import { type ApiKeyRecord, type ApiKeyService, DEFAULT_ROTATION_GRACE_MS } from "../auth/api-keys";
+import {
+  type ApiKeyRecord,
+  type ApiKeyService,
+  DEFAULT_ROTATION_GRACE_MS,
+  earliest,
+} from "../auth/api-keys";
 import { queryAuditEvents } from "./audit-query";
 import {
   ApiKeyList,
@@ -65,6 +70,9 @@ export const adminRouteClasses: readonly RouteClass[] = [{ routes: ["* /api/admi
 export function adminModule(options: AdminModuleOptions) {
   const { apiKeys, ipBlocks, audit } = options;
   const admin = { role: "admin" } as const;
+  /** When what a caller makes must have expired: a key's own end; a user's session sets none. */
+  const endOf = (principal: Principal): number | null =>
+    principal.kind === "key" ? (apiKeys.get(principal.id)?.expiresAt ?? null) : null;
   /** Reads are admin actions too: who looked at keys, blocks or the audit log is itself audited. */
   type Actor = Pick<RequestState, "request" | "client" | "requestId" | "path"> & {
     principal: Principal;
@@ -95,18 +103,11 @@ export function adminModule(options: AdminModuleOptions) {
         // made by a key, it lives no longer than that key (a short-lived key cannot mint one that
         // never expires).
         const asked = body.expiresInDays ? options.now() + body.expiresInDays * DAY_MS : null;
-        const parentExpiry =
-          principal.kind === "key" ? (apiKeys.get(principal.id)?.expiresAt ?? null) : null;
         const spec = {
           name: body.name,
           scopes: body.scopes,
           userId: principal.kind === "user" ? principal.id : principal.userId,
-          expiresAt:
-            parentExpiry === null
-              ? asked
-              : asked === null
-                ? parentExpiry
-                : Math.min(asked, parentExpiry),
+          expiresAt: earliest(asked, endOf(principal)),
           environment: body.environment,
         };
         const refused = apiKeys.refusal(spec);
@@ -177,7 +178,14 @@ export function adminModule(options: AdminModuleOptions) {
           );
         }
         const actingUserId = principal.kind === "user" ? principal.id : principal.userId;
-        const rotated = apiKeys.rotate(params.id, graceMs, principalRef(principal), actingUserId);
+        // A successor made by a key lives no longer than that key, as a key it mints does.
+        const rotated = apiKeys.rotate(
+          params.id,
+          graceMs,
+          principalRef(principal),
+          actingUserId,
+          endOf(principal),
+        );
         if (!rotated)
           throw new AppError("NOT_FOUND", "No active key that has not been rotated has that id.");
         set.status = 201;

@@ -274,6 +274,8 @@ export class ApiKeyService {
     graceMs: number,
     actor: string | null,
     actingUserId: string | null = null,
+    /** When the successor must have expired at the latest (a key rotated by a key: the caller's end). */
+    endsBy: number | null = null,
   ): { key: string; record: ApiKeyRecord } | null {
     const rotated = this.db.transaction(
       () => {
@@ -292,8 +294,9 @@ export class ApiKeyService {
         if (ownerId !== null && ownerRole === null) return null;
         const scopes = boundScopes(old.scopes, ownerRole);
         if (scopes.length === 0) return null;
+        const expiresAt = earliest(old.expiresAt, endsBy);
         const fresh = this.create(
-          { name: old.name, scopes, userId: ownerId, expiresAt: old.expiresAt, environment },
+          { name: old.name, scopes, userId: ownerId, expiresAt, environment },
           actor,
         );
         const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
@@ -469,4 +472,11 @@ export interface BootstrapOutcome {
   revoked: number;
   /** API_KEYS entries (1-based) whose key was revoked and so stays revoked. */
   stillRevoked: number[];
+}
+
+/** The earlier of two ends, either of which may be none (null). */
+export function earliest(a: number | null, b: number | null): number | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  return Math.min(a, b);
 }

@@ -166,12 +166,20 @@ describe("a key's scopes are bounded by its owner's current role at every use", 
       headers: bearer(owner.accessToken),
       body: { name: "by-user", scopes: ["chat"] },
     });
-    expect(
-      ((await byUser.json()) as { apiKey: { expiresAt: number | null } }).apiKey.expiresAt,
-    ).toBeNull();
+    const permanent = (await byUser.json()) as { apiKey: { id: string; expiresAt: number | null } };
+    expect(permanent.apiKey.expiresAt).toBeNull();
+    // Rotating that never-expiring key with the short-lived one gives a successor that ends with it.
+    const rotated = await send(target, `/api/admin/api-keys/${permanent.apiKey.id}/rotate`, {
+      headers: { "x-api-key": parent.key },
+      body: { graceMinutes: 0 },
+    });
+    expect(rotated.status).toBe(201);
+    const successor = (await rotated.json()) as { key: string; apiKey: { expiresAt: number } };
+    expect(successor.apiKey.expiresAt).toBe(parentEnd);
 
     clock.advance(10 * DAY + 1000);
     expect((await powers(target, forever.key)).me).toBe(401);
+    expect((await powers(target, successor.key)).me).toBe(401);
   });
   test("demotion narrows or revokes the stored keys, each change audited", async () => {
     const target = app();
