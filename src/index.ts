@@ -17,6 +17,7 @@ import {
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
 import { createSchemaGuard, schemaChangedMessage } from "./db/schema-guard";
 import { createLogger } from "./logging/logger";
+import { pinAuditKey } from "./plugins/audit/key-match";
 import {
   listenForMetrics,
   type MetricsListener,
@@ -137,6 +138,7 @@ try {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;
 }
+pinAuditKey(db.$client, services.audit);
 for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);
 for (const sealed of sealedOnUpgrade) services.audit.record(sealed.event);
 await services.start();

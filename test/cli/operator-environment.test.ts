@@ -12,6 +12,7 @@ import { ConfigError } from "../../src/config";
 import { generateApiKey } from "../../src/plugins/auth/api-key-format";
 import { send, tempDir } from "../support/app";
 import { cliInProcess } from "../support/cli";
+import { startService } from "../support/process";
 import { startOn } from "../support/restart";
 
 const cleanups: (() => void)[] = [];
@@ -134,4 +135,25 @@ test("a row written into the file with another key's id does not stop the servic
   again.close();
   // A key that wrote nothing to it is still refused.
   expect(() => startOn(path, { AUDIT_SECRET_KEY: OTHER_AUDIT_KEY })).toThrow(ConfigError);
+});
+
+test("on a new database the first start records its key, so a command without it is refused there too", async () => {
+  const path = databaseFile();
+  const service = await startService({ DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
+  await service.stop();
+  expect(rows(path, "SELECT type, detail FROM audit_events")).toEqual([
+    { type: "audit.chain.keyed", detail: '{"rows":0}' },
+  ]);
+  const created = await cliInProcess(
+    ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],
+    { DATABASE_PATH: path },
+    "Str0ng-Passw0rd-For-Admin-77!",
+  );
+  expect(created.code).toBe(2);
+  expect(created.stderr).toStartWith("palisade users:create: AUDIT_SECRET_KEY is not the key");
+  expect(rows(path, "SELECT count(*) AS n FROM users")).toEqual([{ n: 0 }]);
+  // A second start adds nothing: the log is no longer empty.
+  const again = await startService({ DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
+  await again.stop();
+  expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual([{ n: 1 }]);
 });

@@ -13,6 +13,7 @@
 import type { Database } from "bun:sqlite";
 import { ConfigError } from "../../config";
 import { spellOut } from "../../logging/spell-out";
+import type { AuditLog } from "./log";
 
 export function assertAuditKeyMatches(sqlite: Database, keyId: string): void {
   const newest = sqlite
@@ -29,4 +30,27 @@ export function assertAuditKeyMatches(sqlite: Database, keyId: string): void {
     "AUDIT_SECRET_KEY",
     `is not the key this database's audit log is written with (no row has this key's id, ${keyId}; the newest, id ${newest.id}, has ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY`,
   );
+}
+
+/**
+ * Writes the first row of a new audit log at a start: its key's id is then on record before any
+ * CLI command writes, so a command run from a shell without the service's AUDIT_SECRET_KEY (which
+ * in development makes a key file of its own) is refused on a new database too, not taken as the
+ * log's key because it wrote first. `audit.chain.keyed` with no rows keyed: the chain starts here,
+ * keyed with this key.
+ */
+export function pinAuditKey(sqlite: Database, audit: AuditLog): void {
+  const empty = sqlite
+    .query<{ empty: number }, []>(
+      "SELECT NOT EXISTS (SELECT 1 FROM audit_events) AND NOT EXISTS (SELECT 1 FROM audit_checkpoints) AS empty",
+    )
+    .get();
+  if (empty?.empty !== 1) return;
+  audit.record({
+    type: "audit.chain.keyed",
+    outcome: "success",
+    actor: "system",
+    detail: { rows: 0 },
+  });
+  audit.flush();
 }
