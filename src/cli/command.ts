@@ -80,6 +80,15 @@ export function requireFlag(args: ParsedArgs, name: string): string {
   return value;
 }
 
+/** `--flag N`: decimal digits only (`Number` would read `0x10` or `1e1`), from 1 to `max`. */
+export function wholeNumberFlag(flag: string, raw: unknown, max: number): number {
+  const value = typeof raw === "string" && /^[0-9]{1,9}$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!(value >= 1 && value <= max)) {
+    throw new CliError(`--${flag} must be a whole number from 1 to ${max}`, EXIT_USAGE);
+  }
+  return value;
+}
+
 const UNIT_MS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /**

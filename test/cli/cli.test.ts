@@ -1,6 +1,13 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { CliError, EXIT_USAGE, parseArgs, parseDuration, requireFlag } from "../../src/cli/command";
+import {
+  CliError,
+  EXIT_USAGE,
+  parseArgs,
+  parseDuration,
+  requireFlag,
+  wholeNumberFlag,
+} from "../../src/cli/command";
 import { MIGRATION_TAG_BY_MILLIS } from "../../src/db/migrations";
 import { tempDir } from "../support/app";
 import { cliInProcess } from "../support/cli";
@@ -122,5 +129,36 @@ test("requireFlag returns the value or a usage error naming the flag", () => {
     expect(error).toBeInstanceOf(CliError);
     expect((error as CliError).exitCode).toBe(EXIT_USAGE);
     expect((error as CliError).message).toBe(`--${missing} is required`);
+  }
+});
+
+test("wholeNumberFlag takes decimal digits only, within its bounds", () => {
+  expect(wholeNumberFlag("limit", "16", 100)).toBe(16);
+  expect(wholeNumberFlag("limit", "016", 100)).toBe(16);
+  for (const bad of ["0x10", "1e1", "+3", "3.0", "0b11", " 5", "", "0", "101", true]) {
+    expect(() => wholeNumberFlag("limit", bad, 100)).toThrow(
+      "--limit must be a whole number from 1 to 100",
+    );
+  }
+});
+
+test("audit:tail --limit and usage:show --day refuse other spellings and days that do not exist", async () => {
+  const dir = tempDir();
+  try {
+    const env = { DATABASE_PATH: join(dir.path, "cli.db") };
+    for (const args of [
+      ["audit:tail", "--limit", "0x10"],
+      ["audit:top", "--limit", "1e1"],
+      ["usage:show", "--day", "2026-02-30"],
+      ["usage:reset", "--principal", "user:x", "--day", "2026-11-31"],
+    ]) {
+      const result = await cliInProcess(args, env);
+      expect({ args, code: result.code }).toEqual({ args, code: 2 });
+      expect(result.stderr.split("\n")).toHaveLength(1);
+    }
+    expect((await cliInProcess(["audit:tail", "--limit", "16"], env)).code).toBe(0);
+    expect((await cliInProcess(["usage:show", "--day", "2026-02-28"], env)).code).toBe(0);
+  } finally {
+    dir.remove();
   }
 });

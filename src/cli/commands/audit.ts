@@ -7,18 +7,14 @@ import {
 } from "../../modules/admin/security-summary";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { type AuditHead, recentAuditEvents, verifyAuditChain } from "../../plugins/audit/log";
-import { CliError, type Command, EXIT_USAGE } from "../command";
+import { CliError, type Command, EXIT_USAGE, wholeNumberFlag } from "../command";
 
 export const auditTail: Command = {
   name: "audit:tail",
   summary: "Print the most recent audit events, oldest first (--limit N, default 20; --json)",
   usage: "audit:tail [--limit N] [--json]",
   run(args, context) {
-    const raw = args.flags.limit ?? "20";
-    const limit = Number(raw);
-    if (typeof raw !== "string" || !Number.isInteger(limit) || limit < 1 || limit > 10_000) {
-      throw new CliError("--limit must be a whole number from 1 to 10000", EXIT_USAGE);
-    }
+    const limit = wholeNumberFlag("limit", args.flags.limit ?? "20", 10_000);
     for (const row of recentAuditEvents(context.db().$client, limit)) {
       if (args.flags.json) {
         const {
@@ -95,11 +91,7 @@ export const auditTop: Command = {
     if (rawSince === true) throw new CliError("--since needs a value", EXIT_USAGE);
     const since = parseSince(rawSince, now);
     if (!since.ok) throw new CliError(`--since: ${since.message}`, EXIT_USAGE);
-    const rawLimit = args.flags.limit ?? String(DEFAULT_TOP);
-    const limit = Number(rawLimit);
-    if (typeof rawLimit !== "string" || !Number.isInteger(limit) || limit < 1 || limit > MAX_TOP) {
-      throw new CliError(`--limit must be a whole number from 1 to ${MAX_TOP}`, EXIT_USAGE);
-    }
+    const limit = wholeNumberFlag("limit", args.flags.limit ?? String(DEFAULT_TOP), MAX_TOP);
     const summary = summarizeSecurity(context.db().$client, {
       since: since.at,
       until: now,

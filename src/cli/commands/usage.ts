@@ -1,3 +1,4 @@
+import { isCalendarDay } from "../../calendar";
 import { ChatBudget, parseOwnerRef, utcDay } from "../../modules/chat/budget";
 import { CliError, type Command, EXIT_USAGE, type ParsedArgs, requireFlag } from "../command";
 
@@ -7,7 +8,7 @@ const DAY = /^\d{4}-\d{2}-\d{2}$/;
 function dayFlag(args: ParsedArgs): string {
   const raw = args.flags.day;
   if (raw === undefined) return utcDay(Date.now());
-  if (typeof raw !== "string" || !DAY.test(raw) || Number.isNaN(Date.parse(`${raw}T00:00:00Z`))) {
+  if (typeof raw !== "string" || !DAY.test(raw) || !isCalendarDay(raw)) {
     throw new CliError("--day must be a UTC day written YYYY-MM-DD", EXIT_USAGE);
   }
   return raw;

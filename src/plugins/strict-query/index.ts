@@ -4,7 +4,7 @@
  * with `Number`, which reads `0x10` as 16, `1e2` as 100, and `+5`, `5.0` or ` 10` as numbers too:
  * one value, many spellings, and a filter or cache in front that compares the text sees another
  * request than the route does. So such a parameter must be written in decimal digits only, or the
- * request is 422 naming it. Checked before the handler, after auth and after Elysia's own
+ * request is 422 naming it; so is one sent twice. Checked before the handler, after auth and after Elysia's own
  * validation (an anonymous caller gets 401 first, as for the body: plugins/strict-body).
  */
 import { Elysia } from "elysia";
@@ -51,14 +51,18 @@ export function strictQuery({ routes }: { routes: () => readonly RouteQuery[] })
       const names = integersOf(method, route);
       if (names === undefined) return;
       const sent = new URL(request.url).searchParams;
-      const wrong = names.filter((name) => sent.getAll(name).some((raw) => !DIGITS.test(raw)));
+      // Sent twice, the route reads one value and a filter in front may read the other.
+      const wrong = names.filter((name) => {
+        const values = sent.getAll(name);
+        return values.length > 1 || values.some((raw) => !DIGITS.test(raw));
+      });
       if (wrong.length > 0) {
         throw new AppError(
           "VALIDATION_FAILED",
           "The request query is invalid.",
           wrong.map((name) => ({
             field: `query/${name}`,
-            message: "Expected a whole number written in decimal digits",
+            message: "Expected one whole number written in decimal digits",
           })),
         );
       }
