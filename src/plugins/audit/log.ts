@@ -37,7 +37,7 @@ import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
 import { Counter, type Registry } from "../metrics/prom";
 import { type AuditKeys, GENESIS_HASH, newSalt, subjectCommit } from "./chain";
-import { type AuditEvent, encodeDetail, mustNotLose } from "./events";
+import { type AuditDetail, type AuditEvent, encodeDetail, mustNotLose } from "./events";
 import { type AuditHead, type AuditRow, latestCheckpoint, verifyAuditChain } from "./verify";
 
 export type { AuditHead, AuditRow, VerifyResult } from "./verify";
@@ -156,6 +156,23 @@ export class SqliteAuditLog implements AuditLog {
     return logSafe(scrubUrlPart(text, this.scrub)) ?? "";
   }
 
+  /** The detail itself when none of its texts changes, else a copy with them made safe. */
+  private safeDetail(detail: AuditDetail): AuditDetail {
+    let copy: AuditDetail | null = null;
+    for (const key in detail) {
+      const value = detail[key];
+      if (typeof value !== "string") continue;
+      // Scrubbed and cut, not escaped: a detail is read back as JSON (the API) or spelt out (the
+      // CLI), and keeps what the client sent otherwise.
+      const scrubbed = scrubUrlPart(value, this.scrub);
+      const safe = scrubbed.length > 512 ? `${scrubbed.slice(0, 512)}…` : scrubbed;
+      if (safe === value) continue;
+      copy ??= { ...detail };
+      copy[key] = safe;
+    }
+    return copy ?? detail;
+  }
+
   constructor(options: SqliteAuditLogOptions) {
     this.sqlite = options.sqlite;
     this.clock = options.clock;
@@ -178,10 +195,13 @@ export class SqliteAuditLog implements AuditLog {
 
   record(event: AuditEvent): void {
     // A route is a pattern, or for a request refused before routing the path as sent: client text
-    // that can hold a secret, and as long as the URL. Scrubbed, cut and escaped as the access log
-    // does it, before it is chained (a chained row cannot be redacted later).
+    // that can hold a secret, and as long as the URL. Detail texts can quote the client too (a
+    // header's name, a key's name). Scrubbed and cut (the route also escaped, as the access log
+    // writes it) before they are chained: a chained row cannot be redacted later.
     const route = event.route == null ? event.route : this.clientText(event.route);
-    const safe = route === event.route ? event : { ...event, route };
+    const detail = event.detail === undefined ? undefined : this.safeDetail(event.detail);
+    const safe =
+      route === event.route && detail === event.detail ? event : { ...event, route, detail };
     const stamped = safe.at === undefined ? { ...safe, at: this.clock.now() } : safe;
     this.counter?.labels(event.type).inc();
     if (this.closed || mustNotLose(event.type)) {

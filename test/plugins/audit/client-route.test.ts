@@ -56,3 +56,23 @@ test("a refused path of 16 KB is stored cut, not whole", async () => {
   expect(route!.length).toBeLessThanOrEqual(513);
   expect(route).toStartWith("GET /BBBB");
 });
+
+test("a detail that quotes the client (a refused header's name) is stored scrubbed too", async () => {
+  const target = app();
+  const key = generateApiKey("live").toLowerCase();
+  const request = new Request("http://localhost/api/auth/csrf", {
+    headers: { [key]: "a\u007fb" },
+  });
+  const response = await target.app.handle(request);
+  expect(response.status).toBe(400);
+  target.services.audit.flush();
+  const details = target.db.$client
+    .query<{ detail: string }, []>(
+      "SELECT detail FROM audit_events WHERE type = 'request.rejected'",
+    )
+    .all()
+    .map((row) => row.detail);
+  expect(details).toHaveLength(1);
+  expect(details[0]).toContain("control characters in ");
+  expect(details[0]).not.toContain(key);
+});
