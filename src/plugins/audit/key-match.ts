@@ -28,7 +28,7 @@ export function assertAuditKeyMatches(sqlite: Database, keyId: string): void {
   if (written !== null) return;
   throw new ConfigError(
     "AUDIT_SECRET_KEY",
-    `is not the key this database's audit log is written with (no row has this key's id, ${keyId}; the newest, id ${newest.id}, has ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY`,
+    `is not the key this database's audit log is written with (no row has this key's id, ${keyId}; the newest, id ${newest.id}, has ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY (if it has that key, the rows' key ids were changed in the file: audit:verify names the first)`,
   );
 }
 
