@@ -9,6 +9,7 @@ import { afterEach, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError } from "../../src/config";
+import { pinAuditKey } from "../../src/plugins/audit/key-match";
 import { generateApiKey } from "../../src/plugins/auth/api-key-format";
 import { send, tempDir } from "../support/app";
 import { cliInProcess } from "../support/cli";
@@ -156,4 +157,15 @@ test("on a new database the first start records its key, so a command without it
   const again = await startService({ DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
   await again.stop();
   expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual([{ n: 1 }]);
+});
+
+test("pinAuditKey writes the first row of an empty log only", () => {
+  const path = databaseFile();
+  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
+  cleanups.push(service.close);
+  pinAuditKey(service.db.$client, service.services.audit);
+  pinAuditKey(service.db.$client, service.services.audit);
+  expect(rows(path, "SELECT type, actor, detail FROM audit_events")).toEqual([
+    { type: "audit.chain.keyed", actor: "system", detail: '{"rows":0}' },
+  ]);
 });
