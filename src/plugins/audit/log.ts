@@ -67,8 +67,8 @@ export interface SqliteAuditLogOptions {
   logger: Logger;
   keys: AuditKeys;
   /**
-   * Configured secret values, scrubbed from an event's `route` with the token shapes the logs
-   * scrub (a refused request's route is the path the client sent).
+   * Configured secret values, scrubbed from an event's `route` and detail texts with the token
+   * shapes the logs scrub (a refused request's route is the path the client sent).
    */
   secretValues?: readonly string[];
   registry?: Registry;

@@ -3,9 +3,9 @@
  * Whole numbers in a query string, as sent. Elysia converts a query parameter declared as an integer
  * with `Number`, which reads `0x10` as 16, `1e2` as 100, and `+5`, `5.0` or ` 10` as numbers too:
  * one value, many spellings, and a filter or cache in front that compares the text sees another
- * request than the route does. So such a parameter must be written in decimal digits only, or the
- * request is 422 naming it; so is one sent twice. Checked before the handler, after auth and after Elysia's own
- * validation (an anonymous caller gets 401 first, as for the body: plugins/strict-body).
+ * request than the route does. So such a parameter must be written in decimal digits only, and
+ * once, or the request is 422 naming it. Checked before the handler, after auth and after Elysia's
+ * own validation (an anonymous caller gets 401 first, as for the body: plugins/strict-body).
  */
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
