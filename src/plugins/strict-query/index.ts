@@ -4,10 +4,13 @@
  * with `Number`, which reads `0x10` as 16, `1e2` as 100, and `+5`, `5.0` or ` 10` as numbers too:
  * one value, many spellings, and a filter or cache in front that compares the text sees another
  * request than the route does. So such a parameter must be written in decimal digits only, and
- * once, or the request is 422 naming it. Checked before the handler, after auth and after Elysia's
- * own validation (an anonymous caller gets 401 first, as for the body: plugins/strict-body).
+ * once, or the request is 422 naming it. A date-time parameter passes Elysia's format check on a day
+ * that does not exist (2026-02-30, read as March 2): it must name a real day. Checked before the
+ * handler, after auth and after Elysia's own validation (an anonymous caller gets 401 first, as for
+ * the body: plugins/strict-body).
  */
 import { Elysia } from "elysia";
+import { isCalendarDateTime } from "../../calendar";
 import { AppError } from "../../errors";
 
 /** What the check reads of a registered route: its method, path and query schema. */
@@ -19,51 +22,75 @@ export interface RouteQuery {
 
 const DIGITS = /^[0-9]{1,15}$/;
 
-type Property = { type?: unknown; anyOf?: Property[] };
+type Property = { type?: unknown; format?: unknown; anyOf?: Property[] };
+
+/** What a query parameter must be, as sent, beyond what Elysia's validation already took. */
+interface SentRule {
+  name: string;
+  /** Whether the values sent for the parameter are refused. */
+  refuses(values: readonly string[]): boolean;
+  message: string;
+}
+
+// Sent twice, the route reads one value and a filter in front may read the other.
+const wholeNumber = (name: string): SentRule => ({
+  name,
+  refuses: (values) => values.length > 1 || values.some((raw) => !DIGITS.test(raw)),
+  message: "Expected one whole number written in decimal digits",
+});
+
+// The format check takes 2026-02-30 (read as March 2): a day that does not exist is refused.
+const realDay = (name: string): SentRule => ({
+  name,
+  refuses: (values) => values.some((raw) => !isCalendarDateTime(raw)),
+  message: "Expected a day that exists",
+});
 
 /**
- * The names of a query schema's integer properties (optional ones included). Elysia stores a query
- * integer as it coerces it: any of a string of format `integer` or the integer itself.
+ * The rules of a query schema's properties (optional ones included): its integers, which Elysia
+ * stores as it coerces them (any of a string of format `integer` or the integer itself), and its
+ * date-times.
  */
-function integerNames(schema: unknown): string[] {
+function rulesOf(schema: unknown): SentRule[] {
   const properties = (schema as { properties?: Record<string, Property> } | null)?.properties;
   if (!properties) return [];
   const isInteger = (property: Property | undefined): boolean =>
     property?.type === "integer" || (property?.anyOf?.some(isInteger) ?? false);
-  return Object.keys(properties).filter((name) => isInteger(properties[name]));
+  const rules: SentRule[] = [];
+  for (const name of Object.keys(properties)) {
+    const property = properties[name];
+    if (isInteger(property)) rules.push(wholeNumber(name));
+    else if (property?.type === "string" && property.format === "date-time") {
+      rules.push(realDay(name));
+    }
+  }
+  return rules;
 }
 
 export function strictQuery({ routes }: { routes: () => readonly RouteQuery[] }) {
-  let integers: Map<string, string[]> | null = null;
-  const integersOf = (method: string, route: string): string[] | undefined => {
-    if (integers === null) {
-      integers = new Map();
+  let checked: Map<string, SentRule[]> | null = null;
+  const rulesFor = (method: string, route: string): SentRule[] | undefined => {
+    if (checked === null) {
+      checked = new Map();
       for (const entry of routes()) {
-        const names = integerNames(entry.hooks?.query);
-        if (names.length > 0) integers.set(`${entry.method} ${entry.path}`, names);
+        const rules = rulesOf(entry.hooks?.query);
+        if (rules.length > 0) checked.set(`${entry.method} ${entry.path}`, rules);
       }
     }
-    return integers.get(`${method} ${route}`);
+    return checked.get(`${method} ${route}`);
   };
   return new Elysia({ name: "palisade.strict-query" })
     .onBeforeHandle(function refuseQueryAsSent({ request, route }) {
       const method = request.method === "HEAD" ? "GET" : request.method;
-      const names = integersOf(method, route);
-      if (names === undefined) return;
+      const rules = rulesFor(method, route);
+      if (rules === undefined) return;
       const sent = new URL(request.url).searchParams;
-      // Sent twice, the route reads one value and a filter in front may read the other.
-      const wrong = names.filter((name) => {
-        const values = sent.getAll(name);
-        return values.length > 1 || values.some((raw) => !DIGITS.test(raw));
-      });
+      const wrong = rules.filter((rule) => rule.refuses(sent.getAll(rule.name)));
       if (wrong.length > 0) {
         throw new AppError(
           "VALIDATION_FAILED",
           "The request query is invalid.",
-          wrong.map((name) => ({
-            field: `query/${name}`,
-            message: "Expected one whole number written in decimal digits",
-          })),
+          wrong.map((rule) => ({ field: `query/${rule.name}`, message: rule.message })),
         );
       }
     })
