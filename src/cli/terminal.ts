@@ -10,21 +10,11 @@
  * and isolates: a name ending in U+202E shows the rest of its row reversed) are spelt out too
  * (`\u202e`).
  */
+import { reordersText } from "../logging/spell-out";
 
 /** C0 controls but tab, DEL, and the C1 controls (8-bit ESC sequences, CSI among them). */
 function isControl(code: number): boolean {
   return (code < 0x20 && code !== 0x09) || (code >= 0x7f && code <= 0x9f);
-}
-
-/** Line and paragraph separators, and the bidirectional marks, embeddings, overrides, isolates. */
-function isReordering(code: number): boolean {
-  return (
-    code === 0x061c ||
-    code === 0x200e ||
-    code === 0x200f ||
-    (code >= 0x2028 && code <= 0x202e) ||
-    (code >= 0x2066 && code <= 0x2069)
-  );
 }
 
 export function terminalSafe(line: string): string {
@@ -34,7 +24,7 @@ export function terminalSafe(line: string): string {
     const code = line.charCodeAt(i);
     if (isControl(code)) {
       safe += `${line.slice(from, i)}\\x${code.toString(16).padStart(2, "0")}`;
-    } else if (code >= 0x061c && isReordering(code)) {
+    } else if (code >= 0x061c && reordersText(code)) {
       safe += `${line.slice(from, i)}\\u${code.toString(16).padStart(4, "0")}`;
     } else continue;
     from = i + 1;

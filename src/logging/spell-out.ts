@@ -6,18 +6,36 @@
  * whoever reads it (U+202E, U+2028). Ids Palisade writes itself are printable ASCII and show as they
  * are.
  */
+const hex4 = (code: number) => code.toString(16).padStart(4, "0");
+
 export function spellOut(text: string, max = 64): string {
   const spelt = text
     .slice(0, max)
-    .replace(/[^\x20-\x7e]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
+    .replace(/[^\x20-\x7e]/g, (char) => `\\u${hex4(char.charCodeAt(0))}`);
   return text.length > max ? `${spelt}...` : spelt;
 }
 
 /**
  * The characters that break a line or reorder text without being control characters: Unicode's
  * line and paragraph separators, and the bidirectional marks, embeddings, overrides and isolates.
+ * One list for the log's spelling here and the CLI's (cli/terminal).
  */
-const REORDERING = /[\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+const REORDERING_RANGES: readonly (readonly [number, number])[] = [
+  [0x061c, 0x061c],
+  [0x200e, 0x200f],
+  [0x2028, 0x202e],
+  [0x2066, 0x2069],
+];
+
+const REORDERING = new RegExp(
+  `[${REORDERING_RANGES.map(([from, to]) => (from === to ? `\\u${hex4(from)}` : `\\u${hex4(from)}-\\u${hex4(to)}`)).join("")}]`,
+  "g",
+);
+
+/** Whether a character (its UTF-16 code) breaks a line or reorders text. */
+export function reordersText(code: number): boolean {
+  return REORDERING_RANGES.some(([from, to]) => code >= from && code <= to);
+}
 
 /**
  * Longer text read from the file (a trigger's definition), cut at `max`: only the characters that
@@ -25,8 +43,6 @@ const REORDERING = /[\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
  * escaping (JSON in the log, the CLI's terminal escaping), and other text is shown as it is.
  */
 export function spellOutReordering(text: string, max: number): string {
-  const spelt = text
-    .slice(0, max)
-    .replace(REORDERING, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  const spelt = text.slice(0, max).replace(REORDERING, (char) => `\\u${hex4(char.charCodeAt(0))}`);
   return text.length > max ? `${spelt}...` : spelt;
 }
