@@ -181,6 +181,11 @@ export function createLogger({ level, secretValues = [], destination }: LoggerOp
 const UNSAFE_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
 const MAX_LOGGED_LENGTH = 512;
 
+/** Client text cut to what a log line (or an audit row) keeps of it: 512 characters, then `…`. */
+export function cutClientText(text: string): string {
+  return text.length > MAX_LOGGED_LENGTH ? `${text.slice(0, MAX_LOGGED_LENGTH)}…` : text;
+}
+
 /**
  * Makes a client-supplied value safe to log: `scrub` runs first, on the whole value (a secret cut
  * in two would no longer be recognised), then control characters, CR/LF and Unicode line
@@ -193,8 +198,7 @@ export function logSafe(
 ): string | undefined {
   if (value === null || value === undefined) return undefined;
   const clean = scrub ? scrub(value) : value;
-  const cut = clean.length > MAX_LOGGED_LENGTH ? `${clean.slice(0, MAX_LOGGED_LENGTH)}…` : clean;
-  return cut.replace(
+  return cutClientText(clean).replace(
     UNSAFE_CHARACTERS,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );

@@ -32,7 +32,7 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
-import { type Logger, logSafe, secretScrubber } from "../../logging/logger";
+import { cutClientText, type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
 import { Counter, type Registry } from "../metrics/prom";
@@ -164,8 +164,7 @@ export class SqliteAuditLog implements AuditLog {
       if (typeof value !== "string") continue;
       // Scrubbed and cut, not escaped: a detail is read back as JSON (the API) or spelt out (the
       // CLI), and keeps what the client sent otherwise.
-      const scrubbed = scrubUrlPart(value, this.scrub);
-      const safe = scrubbed.length > 512 ? `${scrubbed.slice(0, 512)}…` : scrubbed;
+      const safe = cutClientText(scrubUrlPart(value, this.scrub));
       if (safe === value) continue;
       copy ??= { ...detail };
       copy[key] = safe;
