@@ -81,6 +81,11 @@ export interface Figure {
   p50Ms: Summary;
   p99Ms: Summary;
   errors: number;
+  /** The server's CPU time per request (µs) and its ratio A's / this one's, within each round. */
+  cpuUs: Summary | null;
+  cpuRatio: Summary | null;
+  /** wrk's voluntary context switches per request: how often the server's send had to wake it. */
+  wakeups: Summary | null;
 }
 
 export interface HttpResults {
@@ -138,6 +143,15 @@ interface Sample {
   p50Ms: number;
   p99Ms: number;
   errors: number;
+  cpuUsPerRequest: number | null;
+  wakeupsPerRequest: number | null;
+}
+
+/** The summary of a figure every round measured, or null. */
+function summarizeAll(values: readonly (number | null)[]): Summary | null {
+  return values.length > 0 && values.every((v) => v !== null)
+    ? summarize(values as number[])
+    : null;
 }
 
 export async function measureHttp(options: {
@@ -154,6 +168,7 @@ export async function measureHttp(options: {
   const token = await benchToken();
   const samples = new Map<string, Sample[]>();
   const ratios = new Map<string, number[]>();
+  const cpuRatios = new Map<string, (number | null)[]>();
   const peaks: Partial<Record<ServerId, number[]>> = {};
   // A's echo is measured only when B has a chat route to compare it with.
   const chat = palisadeServesChat(dir);
@@ -161,6 +176,7 @@ export async function measureHttp(options: {
 
   for (let round = 0; round < rounds; round++) {
     const bare: Partial<Record<RouteId, number>> = {};
+    const bareCpu: Partial<Record<RouteId, number | null>> = {};
     for (const id of order) {
       const server = await startServer(SERVERS[id].command, {
         BENCH_DIR: dir,
@@ -183,6 +199,7 @@ export async function measureHttp(options: {
             body: ROUTES[route].body,
             token: ROUTES[route].token ? serverToken : null,
             seconds: secs,
+            serverPid: server.proc.pid,
           });
         // Warm-up, discarded: the JIT, Elysia's compiled handlers, SQLite's page cache.
         if (warmupSeconds > 0) await send("protected", warmupSeconds);
@@ -191,9 +208,18 @@ export async function measureHttp(options: {
           const sample = await send(route, seconds);
           const key = `${id}/${route}`;
           samples.set(key, [...(samples.get(key) ?? []), sample]);
-          if (id === "A") bare[route] = sample.rps;
-          const floor = route === "chat" ? bare.chat : bare[route];
+          if (id === "A") {
+            bare[route] = sample.rps;
+            bareCpu[route] = sample.cpuUsPerRequest;
+          }
+          const floor = bare[route];
           if (floor) ratios.set(key, [...(ratios.get(key) ?? []), sample.rps / floor]);
+          const floorCpu = bareCpu[route];
+          if (floor) {
+            const cpuRatio =
+              floorCpu && sample.cpuUsPerRequest ? floorCpu / sample.cpuUsPerRequest : null;
+            cpuRatios.set(key, [...(cpuRatios.get(key) ?? []), cpuRatio]);
+          }
           if (sample.errors > 0)
             log(`  ! ${id} ${route}: ${sample.errors} errors or non-2xx answers`);
         }
@@ -217,6 +243,9 @@ export async function measureHttp(options: {
       p50Ms: summarize(list.map((s) => s.p50Ms)),
       p99Ms: summarize(list.map((s) => s.p99Ms)),
       errors: list.reduce((sum, s) => sum + s.errors, 0),
+      cpuUs: summarizeAll(list.map((s) => s.cpuUsPerRequest)),
+      cpuRatio: summarizeAll(cpuRatios.get(key) ?? []),
+      wakeups: summarizeAll(list.map((s) => s.wakeupsPerRequest)),
     });
   }
   const peakRssKb: HttpResults["peakRssKb"] = {};

@@ -436,6 +436,20 @@ function printHttp(results: HttpResults) {
     log(
       "(POST /api/chat: not measured; Palisade has no chat route yet. It is measured once chat has landed.)",
     );
+  log(
+    "\nWhat each request cost the server (its CPU time, every thread, user + system, over the measured run) and how often wrk was woken per request (its voluntary context switches), medians of the same rounds:",
+  );
+  log("\n| server | route | server CPU µs/request | A's CPU / this | wrk wake-ups/request |");
+  log("| --- | --- | ---: | ---: | ---: |");
+  for (const route of Object.keys(ROUTES) as (keyof typeof ROUTES)[]) {
+    for (const server of order) {
+      const f = results.figures.find((each) => each.server === server && each.route === route);
+      if (!f?.cpuUs) continue;
+      log(
+        `| ${SERVERS[server].label} | ${ROUTES[route].label} | ${f.cpuUs.median.toFixed(1)} ${pct(f.cpuUs.spread)} | ${f.cpuRatio ? `${f.cpuRatio.median.toFixed(2)}×` : "–"} | ${f.wakeups ? f.wakeups.median.toFixed(2) : "–"} |`,
+      );
+    }
+  }
   log("\n| server | peak RSS (VmHWM, median of rounds) |");
   log("| --- | ---: |");
   for (const server of order) {

@@ -96,8 +96,26 @@ export function memoryOf(
   }
 }
 
+/** A process's CPU time so far (user + system, every thread), in µs; null once it has gone. */
+export function cpuTimeUs(pid: number): number | null {
+  try {
+    // Fields after the command's closing parenthesis (which may itself hold spaces): utime is the
+    // 12th of them and stime the 13th, in clock ticks.
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS) * 1e6;
+  } catch {
+    return null;
+  }
+}
+
+/** Linux's USER_HZ: what /proc/<pid>/stat counts CPU time in (100 on every Linux port but Alpha). */
+const CLOCK_TICKS = 100;
+
 export interface WrkRequest {
   port: number;
+  /** The server's pid: its CPU time over the run is read from /proc (cpuUsPerRequest). */
+  serverPid?: number;
   path: string;
   seconds: number;
   method?: "GET" | "POST";
@@ -114,9 +132,17 @@ export interface WrkResult {
   p99Ms: number;
   /** Socket errors and non-2xx answers; a figure with any is reported as failed. */
   errors: number;
+  /** The server's CPU time (every thread, user + system) per request answered; null if unread. */
+  cpuUsPerRequest: number | null;
+  /**
+   * How often wrk had to be woken per request answered (its voluntary context switches): each time
+   * it waits with nothing to read, the server's next send to it pays the cross-core wake-up.
+   */
+  wakeupsPerRequest: number | null;
 }
 
 export async function runWrk(request: WrkRequest): Promise<WrkResult> {
+  const cpuBefore = request.serverPid ? cpuTimeUs(request.serverPid) : null;
   const proc = Bun.spawn(
     pinned(1, [
       "wrk",
@@ -146,6 +172,9 @@ export async function runWrk(request: WrkRequest): Promise<WrkResult> {
     new Response(proc.stderr).text(),
   ]);
   await proc.exited;
+  const cpuAfter = request.serverPid ? cpuTimeUs(request.serverPid) : null;
+  // taskset execs wrk, so the child's own usage is wrk's.
+  const voluntary = proc.resourceUsage()?.contextSwitches.voluntary;
   const line = /^BENCH (\{.*\})$/m.exec(out)?.[1];
   if (!line) throw new Error(`wrk printed no result:\n${out}${err}`);
   const r = JSON.parse(line) as Record<string, number>;
@@ -156,6 +185,13 @@ export async function runWrk(request: WrkRequest): Promise<WrkResult> {
     p50Ms: r.p50Us! / 1000,
     p99Ms: r.p99Us! / 1000,
     errors,
+    // The server works only for wrk during the run; its warm-up and any idle moment before or
+    // after are a few ticks in thousands.
+    cpuUsPerRequest:
+      cpuBefore !== null && cpuAfter !== null && r.requests! > 0
+        ? (cpuAfter - cpuBefore) / r.requests!
+        : null,
+    wakeupsPerRequest: voluntary !== undefined && r.requests! > 0 ? voluntary / r.requests! : null,
   };
 }
 
