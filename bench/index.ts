@@ -313,7 +313,7 @@ try {
     `| ${fmt(clients.count)} distinct clients, one request each through the app | ${fmt(clients.count / clients.seconds)} req/s in process |`,
   );
   log(
-    `| RSS before → after (after GC), peak | ${mb(clients.rssBeforeKb)} → ${mb(clients.rssAfterKb)}, peak ${mb(clients.peakKb)} |`,
+    `| RSS before → after (a second after a full GC; right after it), peak | ${mb(clients.rssBeforeKb)} → ${mb(clients.rssAfterKb)} (${mb(clients.rssRightAfterGcKb)}), peak ${mb(clients.peakKb)} |`,
   );
   log(
     `| limiter rows, database, WAL | ${fmt(clients.rows)} rows, ${(clients.dbBytes / 1048576).toFixed(1)} MB, WAL ${(clients.walBytes / 1048576).toFixed(1)} MB |`,

@@ -22,7 +22,10 @@ export interface ClientsResult {
   refused: number;
   seconds: number;
   rssBeforeKb: number;
+  /** A second after a full GC (what the target is judged on). */
   rssAfterKb: number;
+  /** Right after that GC, before the allocator gave freed pages back. */
+  rssRightAfterGcKb: number;
   peakKb: number;
   rows: number;
   dbBytes: number;
