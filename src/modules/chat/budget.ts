@@ -23,7 +23,7 @@
  * budget off (0) usage is still counted, for `GET /api/admin/usage`.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, eq, sql } from "drizzle-orm";
+import { and, asc, eq, gt, or, sql } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatUsage } from "../../db/schema";
@@ -210,8 +210,13 @@ export class ChatBudget {
   }
 
   /** A day's usage, every owner's or one's, by principal. */
-  usage(day: string, owner?: ChatOwner): UsageRow[] {
-    return this.db
+  /**
+   * A day's usage, ordered by principal (kind, then id). `page` reads at most `limit` rows after the
+   * principal `after` (the last row of the page before): the admin API pages, the CLI reads all.
+   */
+  usage(day: string, owner?: ChatOwner, page?: { after?: ChatOwner; limit: number }): UsageRow[] {
+    const after = page?.after;
+    const query = this.db
       .select({
         kind: chatUsage.ownerKind,
         id: chatUsage.ownerId,
@@ -221,8 +226,19 @@ export class ChatBudget {
         requests: chatUsage.requests,
       })
       .from(chatUsage)
-      .where(owner ? this.ownerDay(owner, day) : eq(chatUsage.day, day))
-      .orderBy(asc(chatUsage.ownerKind), asc(chatUsage.ownerId))
+      .where(
+        and(
+          owner ? this.ownerDay(owner, day) : eq(chatUsage.day, day),
+          after
+            ? or(
+                gt(chatUsage.ownerKind, after.kind),
+                and(eq(chatUsage.ownerKind, after.kind), gt(chatUsage.ownerId, after.id)),
+              )
+            : undefined,
+        ),
+      )
+      .orderBy(asc(chatUsage.ownerKind), asc(chatUsage.ownerId));
+    return (page ? query.limit(page.limit) : query)
       .all()
       .map(({ kind, id, ...row }) => ({ principal: `${kind}:${id}`, ...row }));
   }

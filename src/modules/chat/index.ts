@@ -29,6 +29,7 @@ import {
   ConversationParams,
   ConversationQuery,
   ConversationView,
+  DEFAULT_USAGE_PAGE,
   UsagePage,
   UsageQuery,
 } from "./model";
@@ -343,11 +344,13 @@ export function chatModule(options: ChatModuleOptions) {
       ({ query, principal, request, client, requestId, path }) => {
         const day = query.day ?? utcDay(options.now());
         const owner = query.principal === undefined ? undefined : parseOwnerRef(query.principal);
-        if (owner === null || !isCalendarDay(day)) {
+        const after = query.after === undefined ? undefined : parseOwnerRef(query.after);
+        if (owner === null || after === null || !isCalendarDay(day)) {
+          const field = owner === null ? "principal" : after === null ? "after" : null;
           throw new AppError("VALIDATION_FAILED", "The filter is not valid.", [
-            owner === null
+            field
               ? {
-                  field: "query/principal",
+                  field: `query/${field}`,
                   message: "Expected user:<id>, key:<id> or whatsapp:<id>",
                 }
               : { field: "query/day", message: "Expected a calendar day, YYYY-MM-DD" },
@@ -362,7 +365,12 @@ export function chatModule(options: ChatModuleOptions) {
           requestId,
           detail: { filters: Object.keys(query).sort().join(",") },
         });
-        return { day, budget: budget.dailyTokens, usage: budget.usage(day, owner) };
+        const limit = query.limit ?? DEFAULT_USAGE_PAGE;
+        // One more than asked tells whether there is a next page.
+        const rows = budget.usage(day, owner, { after, limit: limit + 1 });
+        const usage = rows.slice(0, limit);
+        const nextCursor = rows.length > limit ? usage.at(-1)!.principal : null;
+        return { day, budget: budget.dailyTokens, usage, nextCursor };
       },
       {
         auth: { role: "admin" },

@@ -61,6 +61,10 @@ export const ConversationView = t.Object({
   messages: t.Array(StoredMessageView),
 });
 
+/** The most rows one page of `GET /api/admin/usage` holds, and how many it holds by default. */
+export const MAX_USAGE_PAGE = 500;
+export const DEFAULT_USAGE_PAGE = 100;
+
 export const UsageQuery = t.Object({
   day: t.Optional(
     t.String({
@@ -72,6 +76,19 @@ export const UsageQuery = t.Object({
     t.String({
       pattern: "^(user|key|whatsapp):\\S{1,200}$",
       description: "`user:<id>`, `key:<id>` or `whatsapp:<id>`",
+    }),
+  ),
+  after: t.Optional(
+    t.String({
+      pattern: "^(user|key|whatsapp):\\S{1,200}$",
+      description: "The `nextCursor` of the page before: rows after this principal",
+    }),
+  ),
+  limit: t.Optional(
+    t.Integer({
+      minimum: 1,
+      maximum: MAX_USAGE_PAGE,
+      description: `Rows per page; ${DEFAULT_USAGE_PAGE} by default`,
     }),
   ),
 });
@@ -87,5 +104,8 @@ export const UsagePage = t.Object({
       reservedTokens: t.Integer({ description: "Estimates of turns in flight" }),
       requests: t.Integer(),
     }),
+  ),
+  nextCursor: Nullable(
+    t.String({ description: "Pass as `after` for the next page; null on the last page" }),
   ),
 });

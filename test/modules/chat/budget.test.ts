@@ -233,6 +233,89 @@ describe("admins see and reset usage", () => {
     expect(audited.n).toBe(4);
   });
 
+  test("GET /api/admin/usage pages by principal: every row once, in order, however it is paged", async () => {
+    target = buildTestApp({ env });
+    const admin = await signUp(target, { role: "admin" });
+    const day = utcDay(Date.now());
+    // 205 principals of every kind, ids that sort differently as text and as numbers, a WhatsApp id
+    // with a colon, and another day's row that no page of today may show.
+    const owners = [
+      ...Array.from({ length: 120 }, (_, i) => ({ kind: "whatsapp" as const, id: `${i * 7}:x` })),
+      ...Array.from({ length: 60 }, (_, i) => ({ kind: "user" as const, id: String(i * 13) })),
+      ...Array.from({ length: 25 }, (_, i) => ({ kind: "key" as const, id: `k${i}` })),
+    ];
+    const row = (owner: { kind: "user" | "key" | "whatsapp"; id: string }, on: string) => ({
+      ownerKind: owner.kind,
+      ownerId: owner.id,
+      day: on,
+      usedTokens: 5,
+      requests: 1,
+      updatedAt: Date.now(),
+    });
+    target.db
+      .insert(chatUsage)
+      .values(owners.map((owner) => row(owner, day)))
+      .run();
+    target.db
+      .insert(chatUsage)
+      .values(row({ kind: "user", id: "yesterday" }, "2020-01-01"))
+      .run();
+    const expected = owners
+      .map((owner) => `${owner.kind}:${owner.id}`)
+      .sort((a, b) => {
+        const [ka, ia] = [a.slice(0, a.indexOf(":")), a.slice(a.indexOf(":") + 1)];
+        const [kb, ib] = [b.slice(0, b.indexOf(":")), b.slice(b.indexOf(":") + 1)];
+        return ka === kb ? (ia < ib ? -1 : ia > ib ? 1 : 0) : ka < kb ? -1 : 1;
+      });
+
+    type Page = { usage: { principal: string }[]; nextCursor: string | null };
+    const read = async (query: string): Promise<Page> => {
+      const response = await send(target!, `/api/admin/usage${query}`, { headers: asUser(admin) });
+      expect(response.status).toBe(200);
+      return (await response.json()) as Page;
+    };
+    const readAll = async (limit: string) => {
+      const seen: string[] = [];
+      let cursor: string | null = null;
+      let pages = 0;
+      do {
+        const after: string = cursor ? `&after=${encodeURIComponent(cursor)}` : "";
+        const page = await read(`?day=${day}${limit}${after}`);
+        seen.push(...page.usage.map((u) => u.principal));
+        cursor = page.nextCursor;
+        pages++;
+      } while (cursor !== null);
+      return { seen, pages };
+    };
+
+    // By default a page holds 100 rows.
+    const first = await read("");
+    expect(first.usage).toHaveLength(100);
+    expect(first.nextCursor).toBe(first.usage.at(-1)!.principal);
+    expect(await readAll("")).toEqual({ seen: expected, pages: 3 });
+    expect(await readAll("&limit=7")).toEqual({ seen: expected, pages: 30 });
+    // A page exactly as long as what is left says there is no next one.
+    expect(await readAll("&limit=205")).toEqual({ seen: expected, pages: 1 });
+    expect((await read("?limit=500")).usage).toHaveLength(205);
+    // A row added before the cursor while paging is not read twice, nor one after it missed.
+    const page1 = await read("?limit=50");
+    target.db
+      .insert(chatUsage)
+      .values(row({ kind: "key", id: "a-new-one" }, day))
+      .run();
+    target.db
+      .insert(chatUsage)
+      .values(row({ kind: "whatsapp", id: "zzz" }, day))
+      .run();
+    const rest = await read(`?limit=500&after=${encodeURIComponent(page1.nextCursor!)}`);
+    expect(rest.usage.map((u) => u.principal)).toEqual([...expected.slice(50), "whatsapp:zzz"]);
+    // `after` is a principal, as `principal` is; limits as the audit log's.
+    for (const query of ["?after=root", "?after=user:", "?limit=0", "?limit=501", "?limit=ten"]) {
+      const bad = await send(target, `/api/admin/usage${query}`, { headers: asUser(admin) });
+      expect([query, bad.status]).toEqual([query, 422]);
+    }
+  });
+
   test("usage:show and usage:reset through the CLI; the reset is audited and admits again", async () => {
     // Room for one turn's reservation, not two.
     const budget = String(RESERVED + 50);
