@@ -264,3 +264,39 @@ test("every route that takes a body documents it as application/json with the ro
   const extra = await send(current, "/api/auth/login", { body: { ...credentials, admin: true } });
   expect(extra.status).toBe(422);
 });
+
+test("an integer query parameter is documented as the integer the route takes, with no default it lacks", async () => {
+  current = buildTestApp();
+  const document = (await (await send(current, "/openapi.json")).json()) as {
+    paths: Record<
+      string,
+      Record<
+        string,
+        { parameters?: { name: string; in: string; schema: Record<string, unknown> }[] }
+      >
+    >;
+  };
+  const limits: Record<string, unknown> = {};
+  for (const [path, item] of Object.entries(document.paths)) {
+    for (const [method, operation] of Object.entries(item)) {
+      for (const parameter of operation.parameters ?? []) {
+        // No parameter has a default of its own: an absent one is the route's choice.
+        expect({ path, name: parameter.name, default: parameter.schema.default }).toEqual({
+          path,
+          name: parameter.name,
+          default: undefined,
+        });
+        expect(JSON.stringify(parameter.schema)).not.toContain('"format":"integer"');
+        if (parameter.name === "limit")
+          limits[`${method.toUpperCase()} ${path}`] = parameter.schema;
+      }
+    }
+  }
+  expect(limits["GET /api/admin/audit"]).toEqual({ type: "integer", minimum: 1, maximum: 500 });
+  expect(limits["GET /api/admin/usage"]).toMatchObject({
+    type: "integer",
+    minimum: 1,
+    maximum: 500,
+  });
+  expect(limits["GET /api/payments"]).toEqual({ type: "integer", minimum: 1, maximum: 100 });
+});

@@ -99,6 +99,41 @@ describe("audit log query", () => {
     }
   });
 
+  test("every query parameter a route declares is sent at most once: twice is 422 naming it", async () => {
+    current = buildTestApp({ env: { RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" } });
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    const today = new Date().toISOString().slice(0, 10);
+    // Two values each route takes alone (so only the repetition is wrong).
+    const cases: [string, string, string, string][] = [
+      ["/api/admin/audit", "type", "auth.login", "auth.logout"],
+      ["/api/admin/audit", "actor", "user:a", "user:b"],
+      ["/api/admin/audit", "ip", "192.0.2.1", "192.0.2.2"],
+      ["/api/admin/audit", "since", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"],
+      ["/api/admin/security/summary", "since", "24h", "12h"],
+      ["/api/admin/usage", "day", today, "2020-01-01"],
+      ["/api/admin/usage", "principal", "user:a", "user:b"],
+      ["/api/chat/conversations", "limit", "5", "6"],
+      ["/api/admin/audit", "cursor", "5", "6"],
+    ];
+    for (const [path, name, first, second] of cases) {
+      const q = (value: string) => `${name}=${encodeURIComponent(value)}`;
+      const alone = await send(current, `${path}?${q(first)}`, { headers });
+      expect({ path, name, status: alone.status }).toEqual({ path, name, status: 200 });
+      const twice = await send(current, `${path}?${q(first)}&${q(second)}`, { headers });
+      expect({ path, name, status: twice.status }).toEqual({ path, name, status: 422 });
+      expect(JSON.stringify(await twice.json())).toContain(`query/${name}`);
+      // The same value twice too: the rule is about the spelling, not about a conflict.
+      const same = await send(current, `${path}?${q(first)}&${q(first)}`, { headers });
+      expect({ path, name, status: same.status }).toEqual({ path, name, status: 422 });
+    }
+    // Login's mode, before any credential is looked at.
+    const login = await send(current, "/api/auth/login?mode=token&mode=cookie", {
+      body: { email: "nobody@example.test", password: "x".repeat(12) },
+    });
+    expect(login.status).toBe(422);
+  });
+
   test("a page is at most 500 and the query is itself audited", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

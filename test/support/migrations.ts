@@ -1,4 +1,5 @@
 /** Databases as a previous release left them: the committed migrations up to one of them. */
+import type { Database } from "bun:sqlite";
 import { cpSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MIGRATIONS_FOLDER } from "../../src/db/migrate";
@@ -12,4 +13,24 @@ export function migrationsUpTo(dir: string, lastIdx: number): string {
   journal.entries = journal.entries.filter((entry: { idx: number }) => entry.idx <= lastIdx);
   writeFileSync(journalPath, JSON.stringify(journal));
   return folder;
+}
+
+function journalEntries(): { idx: number; tag: string; when: number }[] {
+  return JSON.parse(readFileSync(join(MIGRATIONS_FOLDER, "meta", "_journal.json"), "utf8")).entries;
+}
+
+/** The tags of every committed migration from `firstIdx` on: what a database stopped before it applies. */
+export function migrationTagsFrom(firstIdx: number): string[] {
+  return journalEntries()
+    .filter((entry) => entry.idx >= firstIdx)
+    .map((entry) => entry.tag);
+}
+
+/**
+ * Forgets, in a database's migrations table, migration `firstIdx` and every one after it (as a
+ * file put back into an older shape would read): the next migrate applies them again.
+ */
+export function forgetMigrationsFrom(sqlite: Database, firstIdx: number): void {
+  const first = journalEntries().find((entry) => entry.idx === firstIdx)!;
+  sqlite.run("DELETE FROM __drizzle_migrations WHERE created_at >= ?", [first.when]);
 }

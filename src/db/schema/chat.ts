@@ -85,7 +85,9 @@ export const chatUsage = sqliteTable(
   },
   (table) => [
     primaryKey({ columns: [table.ownerKind, table.ownerId, table.day] }),
-    index("chat_usage_day").on(table.day),
+    // A day's rows in principal order: the admin view pages through them with a cursor, and a
+    // page must not read (or sort) the rows of the pages before it.
+    index("chat_usage_day_owner").on(table.day, table.ownerKind, table.ownerId),
     check("chat_usage_reserved_nonnegative", sql`${table.reservedTokens} >= 0`),
   ],
 );

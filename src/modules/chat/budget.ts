@@ -24,9 +24,10 @@
  */
 import type { Database } from "bun:sqlite";
 import { and, asc, eq, gt, or, sql } from "drizzle-orm";
+import { isCalendarDay } from "../../calendar";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { chatUsage } from "../../db/schema";
+import { CHAT_OWNER_KINDS, chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -54,6 +55,31 @@ export function parseOwnerRef(ref: string): ChatOwner | null {
   return match ? { kind: match[1] as ChatOwner["kind"], id: match[2]! } : null;
 }
 
+/**
+ * Where a page of a day's usage ended, for the next page: the day and the last principal, as
+ * base64url JSON. It carries the day, so a client paging across midnight keeps reading the day it
+ * began; and any id a row holds (whitespace, a leading colon, any length) round-trips.
+ */
+export function encodeUsageCursor(day: string, owner: ChatOwner): string {
+  return Buffer.from(JSON.stringify([day, owner.kind, owner.id])).toString("base64url");
+}
+
+/** The day and principal of a cursor `encodeUsageCursor` made, or null for anything else. */
+export function decodeUsageCursor(cursor: string): { day: string; after: ChatOwner } | null {
+  let decoded: unknown;
+  try {
+    decoded = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
+  } catch {
+    return null;
+  }
+  if (!Array.isArray(decoded) || decoded.length !== 3) return null;
+  const [day, kind, id] = decoded as unknown[];
+  if (typeof day !== "string" || !isCalendarDay(day)) return null;
+  if (!(CHAT_OWNER_KINDS as readonly unknown[]).includes(kind)) return null;
+  if (typeof id !== "string" || id === "") return null;
+  return { day, after: { kind: kind as ChatOwner["kind"], id } };
+}
+
 export interface Reservation {
   owner: ChatOwner;
   day: string;
@@ -65,6 +91,12 @@ export type ReserveOutcome =
   | { kind: "reserved"; reservation: Reservation }
   | { kind: "over_budget"; retryAfterSeconds: number }
   | { kind: "owner_gone" };
+
+/** A page of a day's usage: at most `limit` rows, after the principal `after` when given. */
+export interface UsagePageRequest {
+  after?: ChatOwner;
+  limit: number;
+}
 
 export interface UsageRow {
   principal: string;
@@ -209,12 +241,21 @@ export class ChatBudget {
     this.statements.release.run({ kind: owner.kind, id: owner.id, day, tokens, now });
   }
 
-  /** A day's usage, every owner's or one's, by principal. */
   /**
    * A day's usage, ordered by principal (kind, then id). `page` reads at most `limit` rows after the
    * principal `after` (the last row of the page before): the admin API pages, the CLI reads all.
    */
-  usage(day: string, owner?: ChatOwner, page?: { after?: ChatOwner; limit: number }): UsageRow[] {
+  usage(day: string, owner?: ChatOwner, page?: UsagePageRequest): UsageRow[] {
+    return this.usageQuery(day, owner, page)
+      .all()
+      .map(({ kind, id, ...row }) => ({ principal: `${kind}:${id}`, ...row }));
+  }
+
+  /**
+   * The query `usage` runs. A page reads from the `(day, owner_kind, owner_id)` index from where the
+   * page before ended, so a page costs its own rows, not the day's.
+   */
+  usageQuery(day: string, owner?: ChatOwner, page?: UsagePageRequest) {
     const after = page?.after;
     const query = this.db
       .select({
@@ -238,9 +279,7 @@ export class ChatBudget {
         ),
       )
       .orderBy(asc(chatUsage.ownerKind), asc(chatUsage.ownerId));
-    return (page ? query.limit(page.limit) : query)
-      .all()
-      .map(({ kind, id, ...row }) => ({ principal: `${kind}:${id}`, ...row }));
+    return page ? query.limit(page.limit) : query;
   }
 
   /** Sets an owner's used tokens for a day back to 0; the tokens cleared, or null without a row. */

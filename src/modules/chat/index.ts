@@ -19,7 +19,14 @@ import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import type { RouteClass } from "../../plugins/route-class";
 import type { ErrorReporter } from "../../plugins/sentry";
-import { type ChatBudget, parseOwnerRef, utcDay } from "./budget";
+import {
+  type ChatBudget,
+  decodeUsageCursor,
+  encodeUsageCursor,
+  ownerRef,
+  parseOwnerRef,
+  utcDay,
+} from "./budget";
 import type { ChatOwner, ChatTurn } from "./contract";
 import { checkChatMessage } from "./message";
 import {
@@ -342,19 +349,21 @@ export function chatModule(options: ChatModuleOptions) {
     .get(
       "/api/admin/usage",
       ({ query, principal, request, client, requestId, path }) => {
-        const day = query.day ?? utcDay(options.now());
         const owner = query.principal === undefined ? undefined : parseOwnerRef(query.principal);
-        const after = query.after === undefined ? undefined : parseOwnerRef(query.after);
-        if (owner === null || after === null || !isCalendarDay(day)) {
-          const field = owner === null ? "principal" : after === null ? "after" : null;
-          throw new AppError("VALIDATION_FAILED", "The filter is not valid.", [
-            field
-              ? {
-                  field: `query/${field}`,
-                  message: "Expected user:<id>, key:<id> or whatsapp:<id>",
-                }
-              : { field: "query/day", message: "Expected a calendar day, YYYY-MM-DD" },
-          ]);
+        const cursor = query.cursor === undefined ? undefined : decodeUsageCursor(query.cursor);
+        // A cursor names its page's day: paging goes on through the day it began.
+        const day = cursor?.day ?? query.day ?? utcDay(options.now());
+        const invalid = (field: string, message: string) =>
+          new AppError("VALIDATION_FAILED", "The filter is not valid.", [{ field, message }]);
+        if (owner === null) {
+          throw invalid("query/principal", "Expected user:<id>, key:<id> or whatsapp:<id>");
+        }
+        if (cursor === null) throw invalid("query/cursor", "Expected the nextCursor of a page");
+        if (cursor && query.day !== undefined && query.day !== cursor.day) {
+          throw invalid("query/cursor", "The cursor is of another day than day");
+        }
+        if (!isCalendarDay(day)) {
+          throw invalid("query/day", "Expected a calendar day, YYYY-MM-DD");
         }
         audit.record({
           type: "admin.usage.queried",
@@ -363,13 +372,25 @@ export function chatModule(options: ChatModuleOptions) {
           ip: client.ip,
           route: `${request.method} ${path}`,
           requestId,
-          detail: { filters: Object.keys(query).sort().join(",") },
+          // What was viewed: the day and, when one was asked for, the principal (both checked
+          // above; a cursor is only a position in the day).
+          detail: {
+            filters: Object.keys(query).sort().join(","),
+            day,
+            ...(owner ? { principal: ownerRef(owner) } : {}),
+          },
         });
         const limit = query.limit ?? DEFAULT_USAGE_PAGE;
         // One more than asked tells whether there is a next page.
-        const rows = budget.usage(day, owner, { after, limit: limit + 1 });
-        const usage = rows.slice(0, limit);
-        const nextCursor = rows.length > limit ? usage.at(-1)!.principal : null;
+        const rows = budget
+          .usageQuery(day, owner, { after: cursor?.after, limit: limit + 1 })
+          .all();
+        const usage = rows.slice(0, limit).map(({ kind, id, ...row }) => ({
+          principal: ownerRef({ kind, id }),
+          ...row,
+        }));
+        const last = rows.length > limit ? rows[limit - 1]! : null;
+        const nextCursor = last ? encodeUsageCursor(day, { kind: last.kind, id: last.id }) : null;
         return { day, budget: budget.dailyTokens, usage, nextCursor };
       },
       {

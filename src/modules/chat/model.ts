@@ -74,14 +74,15 @@ export const UsageQuery = t.Object({
   ),
   principal: t.Optional(
     t.String({
-      pattern: "^(user|key|whatsapp):\\S{1,200}$",
+      pattern: "^(user|key|whatsapp):[^\\s:]\\S{0,199}$",
       description: "`user:<id>`, `key:<id>` or `whatsapp:<id>`",
     }),
   ),
-  after: t.Optional(
+  cursor: t.Optional(
     t.String({
-      pattern: "^(user|key|whatsapp):\\S{1,200}$",
-      description: "The `nextCursor` of the page before: rows after this principal",
+      maxLength: 2048,
+      pattern: "^[A-Za-z0-9_-]+$",
+      description: "The `nextCursor` of the page before (it holds that page's day)",
     }),
   ),
   limit: t.Optional(
@@ -106,6 +107,6 @@ export const UsagePage = t.Object({
     }),
   ),
   nextCursor: Nullable(
-    t.String({ description: "Pass as `after` for the next page; null on the last page" }),
+    t.String({ description: "Pass as `cursor` for the next page; null on the last page" }),
   ),
 });

@@ -105,6 +105,23 @@ function openObjects(schema: unknown): void {
   for (const value of Object.values(node)) openObjects(value);
 }
 
+/**
+ * A query or path integer as the route declares it. Elysia validates one as either a string of
+ * format `integer` (which it then converts) or the integer itself, and the generator writes that
+ * union, with the string branch's `default: 0` — a default no route has (an absent `limit` is the
+ * route's own default, never 0). The integer branch alone is what the route takes.
+ */
+function plainIntegerParameters(parameters: unknown): void {
+  if (!Array.isArray(parameters)) return;
+  for (const parameter of parameters as { schema?: { anyOf?: Record<string, unknown>[] } }[]) {
+    const branches = parameter.schema?.anyOf;
+    if (branches?.length !== 2) continue;
+    const text = branches.find((b) => b.type === "string" && b.format === "integer");
+    const integer = branches.find((b) => b.type === "integer");
+    if (text && integer) parameter.schema = integer;
+  }
+}
+
 /** Marks, for `finish`, an operation whose body may be absent (`t.Optional`). */
 const OPTIONAL_BODY_KEY = "x-palisade-optional-body";
 
@@ -133,6 +150,7 @@ export function finish<T extends object>(document: T): T {
         if (requestBody) requestBody.required = false;
         delete op[OPTIONAL_BODY_KEY];
       }
+      plainIntegerParameters(op.parameters);
       for (const status of pipeline ?? []) {
         if (responses[status] !== undefined) continue;
         const schema = problemResponses(status)[status]!;

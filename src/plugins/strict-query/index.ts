@@ -5,7 +5,9 @@
  * one value, many spellings, and a filter or cache in front that compares the text sees another
  * request than the route does. So such a parameter must be written in decimal digits only, and
  * once, or the request is 422 naming it. A date-time parameter passes Elysia's format check on a day
- * that does not exist (2026-02-30, read as March 2): it must name a real day. Checked before the
+ * that does not exist (2026-02-30, read as March 2): it must name a real day. Every parameter a
+ * route declares (but a list) is sent at most once: Elysia keeps the last of a repeated one, and a
+ * filter or log in front may read the first. Checked before the
  * handler, after auth and after Elysia's own validation (an anonymous caller gets 401 first, as for
  * the body: plugins/strict-body).
  */
@@ -42,14 +44,20 @@ const wholeNumber = (name: string): SentRule => ({
 // The format check takes 2026-02-30 (read as March 2): a day that does not exist is refused.
 const realDay = (name: string): SentRule => ({
   name,
-  refuses: (values) => values.some((raw) => !isCalendarDateTime(raw)),
-  message: "Expected a day that exists",
+  refuses: (values) => values.length > 1 || values.some((raw) => !isCalendarDateTime(raw)),
+  message: "Expected one day that exists",
+});
+
+const once = (name: string): SentRule => ({
+  name,
+  refuses: (values) => values.length > 1,
+  message: "Expected once",
 });
 
 /**
  * The rules of a query schema's properties (optional ones included): its integers, which Elysia
- * stores as it coerces them (any of a string of format `integer` or the integer itself), and its
- * date-times.
+ * stores as it coerces them (any of a string of format `integer` or the integer itself), its
+ * date-times, and once for every other but a list.
  */
 function rulesOf(schema: unknown): SentRule[] {
   const properties = (schema as { properties?: Record<string, Property> } | null)?.properties;
@@ -62,7 +70,7 @@ function rulesOf(schema: unknown): SentRule[] {
     if (isInteger(property)) rules.push(wholeNumber(name));
     else if (property?.type === "string" && property.format === "date-time") {
       rules.push(realDay(name));
-    }
+    } else if (property?.type !== "array") rules.push(once(name));
   }
   return rules;
 }

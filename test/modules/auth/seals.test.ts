@@ -25,7 +25,7 @@ import {
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
-import { migrationsUpTo } from "../../support/migrations";
+import { migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
 import { runToExit, startService } from "../../support/process";
 
 const cleanups: (() => void)[] = [];
@@ -584,7 +584,8 @@ describe("upgrading a database stored before seals", () => {
     const seal = createCredentialSeal(AUDIT_SECRET_KEY);
     const sealing = credentialSealing(seal);
     const status = applyMigrations(db, undefined, sealing.companions);
-    expect(status.appliedNow).toEqual([
+    expect(status.appliedNow).toEqual(migrationTagsFrom(13));
+    expect(status.appliedNow.slice(0, 3)).toEqual([
       SEALS_MIGRATION,
       OUTBOX_SEALS_MIGRATION,
       CHAT_SEALS_MIGRATION,
@@ -664,11 +665,9 @@ describe("upgrading a database stored before seals", () => {
       n: 13,
     });
     const sealing = credentialSealing(seal);
-    expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual([
-      SEALS_MIGRATION,
-      OUTBOX_SEALS_MIGRATION,
-      CHAT_SEALS_MIGRATION,
-    ]);
+    expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
+      migrationTagsFrom(13),
+    );
     expect(sealing.sealed()).toEqual({ accounts: 1, keys: 1, sessions: 0 });
   });
 

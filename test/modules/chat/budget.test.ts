@@ -8,7 +8,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { chatUsage } from "../../../src/db/schema";
-import { secondsUntilNextUtcDay, utcDay } from "../../../src/modules/chat/budget";
+import { ChatBudget, secondsUntilNextUtcDay, utcDay } from "../../../src/modules/chat/budget";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
@@ -236,13 +236,16 @@ describe("admins see and reset usage", () => {
   test("GET /api/admin/usage pages by principal: every row once, in order, however it is paged", async () => {
     target = buildTestApp({ env });
     const admin = await signUp(target, { role: "admin" });
-    const day = utcDay(Date.now());
-    // 205 principals of every kind, ids that sort differently as text and as numbers, a WhatsApp id
-    // with a colon, and another day's row that no page of today may show.
+    const day = "2026-03-14";
+    // 210 principals of every kind: ids that sort differently as text and as numbers, with a
+    // colon, and the odd ids only a file writer can make (a leading colon, spaces, U+2028, 300
+    // characters) — and another day's rows, which no page of this day may show.
+    const odd = [":lead", "a b", "nb\u00a0sp", "line\u2028sep", "x".repeat(300)];
     const owners = [
       ...Array.from({ length: 120 }, (_, i) => ({ kind: "whatsapp" as const, id: `${i * 7}:x` })),
       ...Array.from({ length: 60 }, (_, i) => ({ kind: "user" as const, id: String(i * 13) })),
       ...Array.from({ length: 25 }, (_, i) => ({ kind: "key" as const, id: `k${i}` })),
+      ...odd.map((id) => ({ kind: "user" as const, id })),
     ];
     const row = (owner: { kind: "user" | "key" | "whatsapp"; id: string }, on: string) => ({
       ownerKind: owner.kind,
@@ -258,47 +261,47 @@ describe("admins see and reset usage", () => {
       .run();
     target.db
       .insert(chatUsage)
-      .values(row({ kind: "user", id: "yesterday" }, "2020-01-01"))
+      .values(owners.slice(0, 30).map((owner) => row(owner, "2026-03-15")))
       .run();
-    const expected = owners
-      .map((owner) => `${owner.kind}:${owner.id}`)
-      .sort((a, b) => {
-        const [ka, ia] = [a.slice(0, a.indexOf(":")), a.slice(a.indexOf(":") + 1)];
-        const [kb, ib] = [b.slice(0, b.indexOf(":")), b.slice(b.indexOf(":") + 1)];
-        return ka === kb ? (ia < ib ? -1 : ia > ib ? 1 : 0) : ka < kb ? -1 : 1;
-      });
+    // SQLite's order: the kind, then the id's bytes.
+    const bytes = (text: string) => Buffer.from(text);
+    const expected = [...owners]
+      .sort((a, b) =>
+        a.kind === b.kind ? Buffer.compare(bytes(a.id), bytes(b.id)) : a.kind < b.kind ? -1 : 1,
+      )
+      .map((owner) => `${owner.kind}:${owner.id}`);
 
-    type Page = { usage: { principal: string }[]; nextCursor: string | null };
+    type Page = { day: string; usage: { principal: string }[]; nextCursor: string | null };
     const read = async (query: string): Promise<Page> => {
       const response = await send(target!, `/api/admin/usage${query}`, { headers: asUser(admin) });
       expect(response.status).toBe(200);
       return (await response.json()) as Page;
     };
+    // The first page names the day; the next ones only pass the cursor back.
     const readAll = async (limit: string) => {
       const seen: string[] = [];
-      let cursor: string | null = null;
-      let pages = 0;
-      do {
-        const after: string = cursor ? `&after=${encodeURIComponent(cursor)}` : "";
-        const page = await read(`?day=${day}${limit}${after}`);
+      let page = await read(`?day=${day}${limit}`);
+      let pages = 1;
+      seen.push(...page.usage.map((u) => u.principal));
+      while (page.nextCursor !== null) {
+        page = await read(`?cursor=${page.nextCursor}${limit}`);
+        expect(page.day).toBe(day);
         seen.push(...page.usage.map((u) => u.principal));
-        cursor = page.nextCursor;
         pages++;
-      } while (cursor !== null);
+      }
       return { seen, pages };
     };
 
     // By default a page holds 100 rows.
-    const first = await read("");
+    const first = await read(`?day=${day}`);
     expect(first.usage).toHaveLength(100);
-    expect(first.nextCursor).toBe(first.usage.at(-1)!.principal);
     expect(await readAll("")).toEqual({ seen: expected, pages: 3 });
     expect(await readAll("&limit=7")).toEqual({ seen: expected, pages: 30 });
     // A page exactly as long as what is left says there is no next one.
-    expect(await readAll("&limit=205")).toEqual({ seen: expected, pages: 1 });
-    expect((await read("?limit=500")).usage).toHaveLength(205);
-    // A row added before the cursor while paging is not read twice, nor one after it missed.
-    const page1 = await read("?limit=50");
+    expect(await readAll("&limit=210")).toEqual({ seen: expected, pages: 1 });
+    expect((await read(`?day=${day}&limit=500`)).usage).toHaveLength(210);
+    // Rows added while paging: one before the cursor is not read, one after it is, none twice.
+    const page1 = await read(`?day=${day}&limit=50`);
     target.db
       .insert(chatUsage)
       .values(row({ kind: "key", id: "a-new-one" }, day))
@@ -307,12 +310,71 @@ describe("admins see and reset usage", () => {
       .insert(chatUsage)
       .values(row({ kind: "whatsapp", id: "zzz" }, day))
       .run();
-    const rest = await read(`?limit=500&after=${encodeURIComponent(page1.nextCursor!)}`);
+    const rest = await read(`?cursor=${page1.nextCursor}&limit=500`);
     expect(rest.usage.map((u) => u.principal)).toEqual([...expected.slice(50), "whatsapp:zzz"]);
-    // `after` is a principal, as `principal` is; limits as the audit log's.
-    for (const query of ["?after=root", "?after=user:", "?limit=0", "?limit=501", "?limit=ten"]) {
+    // The cursor holds its day: with another day it is 422, with the same one it is fine.
+    expect((await read(`?cursor=${page1.nextCursor}&day=${day}`)).usage[0]!.principal).toBe(
+      expected[50]!,
+    );
+    const otherDay = await send(
+      target,
+      `/api/admin/usage?cursor=${page1.nextCursor}&day=2026-03-15`,
+      {
+        headers: asUser(admin),
+      },
+    );
+    expect(otherDay.status).toBe(422);
+    expect(JSON.stringify(await otherDay.json())).toContain("query/cursor");
+    // A cursor is what a page gave, nothing else; limits as the audit log's.
+    const forged = (value: unknown) => Buffer.from(JSON.stringify(value)).toString("base64url");
+    for (const query of [
+      "?cursor=user:a",
+      "?cursor=%2B%2F",
+      `?cursor=${forged(["2026-02-30", "user", "a"])}`,
+      `?cursor=${forged([day, "root", "a"])}`,
+      `?cursor=${forged([day, "user", ""])}`,
+      `?cursor=${forged([day, "user"])}`,
+      `?cursor=${forged({ day })}`,
+      `?cursor=${"A".repeat(1500)}`,
+      "?limit=0",
+      "?limit=501",
+      "?limit=ten",
+    ]) {
       const bad = await send(target, `/api/admin/usage${query}`, { headers: asUser(admin) });
-      expect([query, bad.status]).toEqual([query, 422]);
+      expect([query.slice(0, 40), bad.status]).toEqual([query.slice(0, 40), 422]);
+    }
+    // What was viewed is audited: the day, and the principal when one was asked for.
+    await read(`?day=${day}&principal=user:13`);
+    const details = target.db.$client
+      .query<{ detail: string }, []>(
+        "SELECT detail FROM audit_events WHERE type = 'admin.usage.queried' ORDER BY id DESC LIMIT 2",
+      )
+      .all()
+      .map((r) => JSON.parse(r.detail));
+    expect(details[0]).toEqual({ filters: "day,principal", day, principal: "user:13" });
+  });
+
+  test("a page of usage reads the day's index from where the page before ended: no sort of the day", () => {
+    target = buildTestApp({ env });
+    const budget = new ChatBudget(target.db.$client, 0);
+    const plan = (query: { toSQL(): { sql: string; params: unknown[] } }) => {
+      const { sql, params } = query.toSQL();
+      return target!.db.$client
+        .query<{ detail: string }, never[]>(`EXPLAIN QUERY PLAN ${sql}`)
+        .all(...(params as never[]))
+        .map((step) => step.detail)
+        .join("; ");
+    };
+    for (const query of [
+      budget.usageQuery("2026-03-14", undefined, { limit: 101 }),
+      budget.usageQuery("2026-03-14", undefined, {
+        after: { kind: "user", id: "x" },
+        limit: 101,
+      }),
+    ]) {
+      const steps = plan(query);
+      expect(steps).toContain("chat_usage_day_owner");
+      expect(steps).not.toContain("TEMP B-TREE");
     }
   });
 

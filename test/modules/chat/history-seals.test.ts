@@ -29,7 +29,7 @@ import {
 } from "../../support/chat";
 import { cliInProcess } from "../../support/cli";
 import { startGraphServer } from "../../support/graph-server";
-import { migrationsUpTo } from "../../support/migrations";
+import { forgetMigrationsFrom, migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
 import { whatsappOf } from "../../support/outbox";
 import { auditedEvents, deliver, notification, whatsappEnv } from "../../support/whatsapp";
 
@@ -671,9 +671,9 @@ describe("upgrading a database stored before chat seals", () => {
     cleanups.push(() => db.$client.close());
     const seal = createChatSeal(AUDIT_SECRET_KEY);
     const sealing = chatSealing(seal);
-    expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual([
-      CHAT_SEALS_MIGRATION,
-    ]);
+    const applied = applyMigrations(db, undefined, sealing.companions).appliedNow;
+    expect(applied).toEqual(migrationTagsFrom(15));
+    expect(applied[0]).toBe(CHAT_SEALS_MIGRATION);
     expect(sealing.sealed()).toEqual({ conversations: 1, messages: 4 });
     const messages = db.$client
       .query<MessageRow, []>("SELECT * FROM chat_messages ORDER BY id")
@@ -751,9 +751,7 @@ describe("upgrading a database stored before chat seals", () => {
     file.$client.run("ALTER TABLE chat_messages DROP COLUMN seal");
     file.$client.run("ALTER TABLE chat_messages DROP COLUMN previous_seal");
     file.$client.run("ALTER TABLE chat_conversations DROP COLUMN seal");
-    file.$client.run(
-      "DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations)",
-    );
+    forgetMigrationsFrom(file.$client, 15);
     file.$client.run(
       `INSERT INTO chat_messages (conversation_id, role, content, incomplete, tokens, created_at)
        VALUES ('0ldC0nversati0n0000001', 'assistant', ?, 0, 12, 2)`,
