@@ -23,7 +23,7 @@
  * budget off (0) usage is still counted, for `GET /api/admin/usage`.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, eq, gt, or, sql } from "drizzle-orm";
+import { and, asc, eq, sql } from "drizzle-orm";
 import { isCalendarDay } from "../../calendar";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
@@ -270,11 +270,10 @@ export class ChatBudget {
       .where(
         and(
           owner ? this.ownerDay(owner, day) : eq(chatUsage.day, day),
+          // A row value, not `kind > ? OR (kind = ? AND id > ?)`: SQLite starts the index search at
+          // the cursor only for the row value; for the OR it reads the day from its start.
           after
-            ? or(
-                gt(chatUsage.ownerKind, after.kind),
-                and(eq(chatUsage.ownerKind, after.kind), gt(chatUsage.ownerId, after.id)),
-              )
+            ? sql`(${chatUsage.ownerKind}, ${chatUsage.ownerId}) > (${after.kind}, ${after.id})`
             : undefined,
         ),
       )
