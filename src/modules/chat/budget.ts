@@ -55,29 +55,58 @@ export function parseOwnerRef(ref: string): ChatOwner | null {
   return match ? { kind: match[1] as ChatOwner["kind"], id: match[2]! } : null;
 }
 
-/**
- * Where a page of a day's usage ended, for the next page: the day and the last principal, as
- * base64url JSON. It carries the day, so a client paging across midnight keeps reading the day it
- * began; and any id a row holds (whitespace, a leading colon, any length) round-trips.
- */
-export function encodeUsageCursor(day: string, owner: ChatOwner): string {
-  return Buffer.from(JSON.stringify([day, owner.kind, owner.id])).toString("base64url");
+const BASE64URL = /^[A-Za-z0-9_-]+$/;
+
+/** Where a page of a day's usage ended: the last row's kind and its id's bytes, as stored. */
+export interface UsagePosition {
+  kind: ChatOwner["kind"];
+  /** Bytes, not text: an id written into the file need not be valid UTF-8, and text would not
+   * round-trip (the next page would start before the row and repeat it). */
+  idBytes: Uint8Array;
 }
 
-/** The day and principal of a cursor `encodeUsageCursor` made, or null for anything else. */
-export function decodeUsageCursor(cursor: string): { day: string; after: ChatOwner } | null {
-  let decoded: unknown;
+/**
+ * Where a page of a day's usage ended, for the next page: `<day>.<kind>.<id>`, the id's stored
+ * bytes in base64url. It carries the day, so a client paging across midnight keeps reading the day
+ * it began; and the id goes as bytes, so any id a row holds round-trips. Every character is one a
+ * query string carries as it is.
+ */
+export function encodeUsageCursor(day: string, position: UsagePosition): string {
+  return `${day}.${position.kind}.${Buffer.from(position.idBytes).toString("base64url")}`;
+}
+
+/** The day and position of a cursor `encodeUsageCursor` made, or null for anything else. */
+export function decodeUsageCursor(cursor: string): { day: string; after: UsagePosition } | null {
+  const parts = cursor.split(".");
+  if (parts.length !== 3) return null;
+  const [day, kind, id] = parts as [string, string, string];
+  if (!isCalendarDay(day)) return null;
+  if (!(CHAT_OWNER_KINDS as readonly string[]).includes(kind)) return null;
+  if (!BASE64URL.test(id)) return null;
+  const idBytes = new Uint8Array(Buffer.from(id, "base64url"));
+  // One spelling per position: base64url's unused low bits of a last character are refused.
+  if (idBytes.length === 0 || Buffer.from(idBytes).toString("base64url") !== id) return null;
+  return { day, after: { kind: kind as ChatOwner["kind"], idBytes } };
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * Rows after a position, as a row value: SQLite starts the index search at it only then (for an
+ * `OR` of the two columns it reads the day from its start). An id that is valid UTF-8 (every id
+ * Palisade writes) is bound as text; one that is not is compared as its bytes cast to text, which
+ * SQLite does not use the index for beyond the kind — correct, and slower only for such rows.
+ */
+function afterPosition({ kind, idBytes }: UsagePosition) {
+  let text: string | null;
   try {
-    decoded = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
+    text = strictUtf8.decode(idBytes);
   } catch {
-    return null;
+    text = null;
   }
-  if (!Array.isArray(decoded) || decoded.length !== 3) return null;
-  const [day, kind, id] = decoded as unknown[];
-  if (typeof day !== "string" || !isCalendarDay(day)) return null;
-  if (!(CHAT_OWNER_KINDS as readonly unknown[]).includes(kind)) return null;
-  if (typeof id !== "string" || id === "") return null;
-  return { day, after: { kind: kind as ChatOwner["kind"], id } };
+  return text !== null
+    ? sql`(${chatUsage.ownerKind}, ${chatUsage.ownerId}) > (${kind}, ${text})`
+    : sql`(${chatUsage.ownerKind}, ${chatUsage.ownerId}) > (${kind}, CAST(${idBytes} AS TEXT))`;
 }
 
 export interface Reservation {
@@ -92,9 +121,9 @@ export type ReserveOutcome =
   | { kind: "over_budget"; retryAfterSeconds: number }
   | { kind: "owner_gone" };
 
-/** A page of a day's usage: at most `limit` rows, after the principal `after` when given. */
+/** A page of a day's usage: at most `limit` rows, after the position `after` when given. */
 export interface UsagePageRequest {
-  after?: ChatOwner;
+  after?: UsagePosition;
   limit: number;
 }
 
@@ -248,7 +277,7 @@ export class ChatBudget {
   usage(day: string, owner?: ChatOwner, page?: UsagePageRequest): UsageRow[] {
     return this.usageQuery(day, owner, page)
       .all()
-      .map(({ kind, id, ...row }) => ({ principal: `${kind}:${id}`, ...row }));
+      .map(({ kind, id, idBytes: _position, ...row }) => ({ principal: `${kind}:${id}`, ...row }));
   }
 
   /**
@@ -261,6 +290,7 @@ export class ChatBudget {
       .select({
         kind: chatUsage.ownerKind,
         id: chatUsage.ownerId,
+        idBytes: sql<Uint8Array>`CAST(${chatUsage.ownerId} AS BLOB)`,
         day: chatUsage.day,
         usedTokens: chatUsage.usedTokens,
         reservedTokens: chatUsage.reservedTokens,
@@ -272,9 +302,7 @@ export class ChatBudget {
           owner ? this.ownerDay(owner, day) : eq(chatUsage.day, day),
           // A row value, not `kind > ? OR (kind = ? AND id > ?)`: SQLite starts the index search at
           // the cursor only for the row value; for the OR it reads the day from its start.
-          after
-            ? sql`(${chatUsage.ownerKind}, ${chatUsage.ownerId}) > (${after.kind}, ${after.id})`
-            : undefined,
+          after ? afterPosition(after) : undefined,
         ),
       )
       .orderBy(asc(chatUsage.ownerKind), asc(chatUsage.ownerId));

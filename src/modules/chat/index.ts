@@ -385,12 +385,14 @@ export function chatModule(options: ChatModuleOptions) {
         const rows = budget
           .usageQuery(day, owner, { after: cursor?.after, limit: limit + 1 })
           .all();
-        const usage = rows.slice(0, limit).map(({ kind, id, ...row }) => ({
+        const usage = rows.slice(0, limit).map(({ kind, id, idBytes: _position, ...row }) => ({
           principal: ownerRef({ kind, id }),
           ...row,
         }));
         const last = rows.length > limit ? rows[limit - 1]! : null;
-        const nextCursor = last ? encodeUsageCursor(day, { kind: last.kind, id: last.id }) : null;
+        const nextCursor = last
+          ? encodeUsageCursor(day, { kind: last.kind, idBytes: last.idBytes })
+          : null;
         return { day, budget: budget.dailyTokens, usage, nextCursor };
       },
       {

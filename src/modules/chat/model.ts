@@ -81,7 +81,7 @@ export const UsageQuery = t.Object({
   cursor: t.Optional(
     t.String({
       maxLength: 2048,
-      pattern: "^[A-Za-z0-9_-]+$",
+      pattern: "^[A-Za-z0-9_.-]+$",
       description: "The `nextCursor` of the page before (it holds that page's day)",
     }),
   ),

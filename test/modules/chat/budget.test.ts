@@ -326,15 +326,20 @@ describe("admins see and reset usage", () => {
     expect(otherDay.status).toBe(422);
     expect(JSON.stringify(await otherDay.json())).toContain("query/cursor");
     // A cursor is what a page gave, nothing else; limits as the audit log's.
-    const forged = (value: unknown) => Buffer.from(JSON.stringify(value)).toString("base64url");
+    const forged = (parts: string[]) => parts.join(".");
+    const b64 = (text: string) => Buffer.from(text).toString("base64url");
     for (const query of [
       "?cursor=user:a",
       "?cursor=%2B%2F",
-      `?cursor=${forged(["2026-02-30", "user", "a"])}`,
-      `?cursor=${forged([day, "root", "a"])}`,
+      `?cursor=${forged(["2026-02-30", "user", b64("a")])}`,
+      `?cursor=${forged([day, "root", b64("a")])}`,
       `?cursor=${forged([day, "user", ""])}`,
+      // "a" is YQ; YR decodes to the same byte, a second spelling of one position.
+      `?cursor=${forged([day, "user", "YR"])}`,
+      `?cursor=${forged([day, "user", `${b64("a")}=`])}`,
       `?cursor=${forged([day, "user"])}`,
-      `?cursor=${forged({ day })}`,
+      `?cursor=${forged([day, "user", b64("a"), "x"])}`,
+      `?cursor=${b64(JSON.stringify([day, "user", "a"]))}`,
       `?cursor=${"A".repeat(1500)}`,
       "?limit=0",
       "?limit=501",
@@ -343,6 +348,27 @@ describe("admins see and reset usage", () => {
       const bad = await send(target, `/api/admin/usage${query}`, { headers: asUser(admin) });
       expect([query.slice(0, 40), bad.status]).toEqual([query.slice(0, 40), 422]);
     }
+    // Ids that are not valid UTF-8 (only a file writer can make one) are paged past too: the
+    // cursor holds the id's stored bytes, not its text, which would sort before the row itself.
+    const raw = "2026-03-16";
+    for (const hex of ["ff61", "ff62", "c3"]) {
+      target.db.$client.run(
+        `INSERT INTO chat_usage (owner_kind, owner_id, day, used_tokens, requests, updated_at)
+         VALUES ('user', CAST(x'${hex}' AS TEXT), ?, 5, 1, 0)`,
+        [raw],
+      );
+    }
+    target.db
+      .insert(chatUsage)
+      .values(row({ kind: "user", id: "a" }, raw))
+      .run();
+    let page = await read(`?day=${raw}&limit=1`);
+    let rawPages = 1;
+    while (page.nextCursor !== null && rawPages < 10) {
+      page = await read(`?cursor=${page.nextCursor}&limit=1`);
+      rawPages++;
+    }
+    expect(rawPages).toBe(4);
     // What was viewed is audited: the day, and the principal when one was asked for.
     await read(`?day=${day}&principal=user:13`);
     const details = target.db.$client
@@ -369,7 +395,10 @@ describe("admins see and reset usage", () => {
     expect(first).toBe("SEARCH chat_usage USING INDEX chat_usage_day_owner (day=?)");
     // A later page starts its search at the cursor, not at the day's first row.
     const later = plan(
-      budget.usageQuery("2026-03-14", undefined, { after: { kind: "user", id: "x" }, limit: 101 }),
+      budget.usageQuery("2026-03-14", undefined, {
+        after: { kind: "user", idBytes: new TextEncoder().encode("x") },
+        limit: 101,
+      }),
     );
     expect(later).toBe(
       "SEARCH chat_usage USING INDEX chat_usage_day_owner (day=? AND (owner_kind,owner_id)>(?,?))",
