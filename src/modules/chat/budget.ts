@@ -63,6 +63,11 @@ export interface UsagePosition {
   /** Bytes, not text: an id written into the file need not be valid UTF-8, and text would not
    * round-trip (the next page would start before the row and repeat it). */
   idBytes: Uint8Array;
+  /**
+   * Whether the id is stored as a BLOB (only a file writer stores one): SQLite sorts every BLOB
+   * after every text, so a position among them is compared as a BLOB.
+   */
+  blob: boolean;
 }
 
 /**
@@ -72,13 +77,14 @@ export interface UsagePosition {
  * query string carries as it is.
  */
 export function encodeUsageCursor(day: string, position: UsagePosition): string {
-  return `${day}.${position.kind}.${Buffer.from(position.idBytes).toString("base64url")}`;
+  const id = Buffer.from(position.idBytes).toString("base64url");
+  return `${day}.${position.kind}.${id}${position.blob ? ".blob" : ""}`;
 }
 
 /** The day and position of a cursor `encodeUsageCursor` made, or null for anything else. */
 export function decodeUsageCursor(cursor: string): { day: string; after: UsagePosition } | null {
   const parts = cursor.split(".");
-  if (parts.length !== 3) return null;
+  if (parts.length !== 3 && !(parts.length === 4 && parts[3] === "blob")) return null;
   const [day, kind, id] = parts as [string, string, string];
   if (!isCalendarDay(day)) return null;
   if (!(CHAT_OWNER_KINDS as readonly string[]).includes(kind)) return null;
@@ -86,7 +92,7 @@ export function decodeUsageCursor(cursor: string): { day: string; after: UsagePo
   const idBytes = new Uint8Array(Buffer.from(id, "base64url"));
   // One spelling per position: base64url's unused low bits of a last character are refused.
   if (idBytes.length === 0 || Buffer.from(idBytes).toString("base64url") !== id) return null;
-  return { day, after: { kind: kind as ChatOwner["kind"], idBytes } };
+  return { day, after: { kind: kind as ChatOwner["kind"], idBytes, blob: parts.length === 4 } };
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -97,7 +103,8 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
  * Palisade writes) is bound as text; one that is not is compared as its bytes cast to text, which
  * SQLite does not use the index for beyond the kind — correct, and slower only for such rows.
  */
-function afterPosition({ kind, idBytes }: UsagePosition) {
+function afterPosition({ kind, idBytes, blob }: UsagePosition) {
+  if (blob) return sql`(${chatUsage.ownerKind}, ${chatUsage.ownerId}) > (${kind}, ${idBytes})`;
   let text: string | null;
   try {
     text = strictUtf8.decode(idBytes);
@@ -277,7 +284,10 @@ export class ChatBudget {
   usage(day: string, owner?: ChatOwner, page?: UsagePageRequest): UsageRow[] {
     return this.usageQuery(day, owner, page)
       .all()
-      .map(({ kind, id, idBytes: _position, ...row }) => ({ principal: `${kind}:${id}`, ...row }));
+      .map(({ kind, id, idBytes: _bytes, idType: _type, ...row }) => ({
+        principal: `${kind}:${id}`,
+        ...row,
+      }));
   }
 
   /**
@@ -291,6 +301,7 @@ export class ChatBudget {
         kind: chatUsage.ownerKind,
         id: chatUsage.ownerId,
         idBytes: sql<Uint8Array>`CAST(${chatUsage.ownerId} AS BLOB)`,
+        idType: sql<string>`typeof(${chatUsage.ownerId})`,
         day: chatUsage.day,
         usedTokens: chatUsage.usedTokens,
         reservedTokens: chatUsage.reservedTokens,

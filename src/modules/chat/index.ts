@@ -385,13 +385,19 @@ export function chatModule(options: ChatModuleOptions) {
         const rows = budget
           .usageQuery(day, owner, { after: cursor?.after, limit: limit + 1 })
           .all();
-        const usage = rows.slice(0, limit).map(({ kind, id, idBytes: _position, ...row }) => ({
-          principal: ownerRef({ kind, id }),
-          ...row,
-        }));
+        const usage = rows
+          .slice(0, limit)
+          .map(({ kind, id, idBytes: _bytes, idType: _type, ...row }) => ({
+            principal: ownerRef({ kind, id }),
+            ...row,
+          }));
         const last = rows.length > limit ? rows[limit - 1]! : null;
         const nextCursor = last
-          ? encodeUsageCursor(day, { kind: last.kind, idBytes: last.idBytes })
+          ? encodeUsageCursor(day, {
+              kind: last.kind,
+              idBytes: last.idBytes,
+              blob: last.idType === "blob",
+            })
           : null;
         return { day, budget: budget.dailyTokens, usage, nextCursor };
       },

@@ -351,16 +351,29 @@ describe("admins see and reset usage", () => {
     // Ids that are not valid UTF-8 (only a file writer can make one) are paged past too: the
     // cursor holds the id's stored bytes, not its text, which would sort before the row itself.
     const raw = "2026-03-16";
-    for (const hex of ["ff61", "ff62", "c3"]) {
+    // And an id stored as a BLOB, which SQLite sorts after every text (here "u2", between "u1" and
+    // "u3" as bytes): the cursor says so, or the next page would start among the texts again.
+    for (const id of [
+      "CAST(x'ff61' AS TEXT)",
+      "CAST(x'ff62' AS TEXT)",
+      "CAST(x'c3' AS TEXT)",
+      "x'7532'",
+    ]) {
       target.db.$client.run(
         `INSERT INTO chat_usage (owner_kind, owner_id, day, used_tokens, requests, updated_at)
-         VALUES ('user', CAST(x'${hex}' AS TEXT), ?, 5, 1, 0)`,
+         VALUES ('user', ${id}, ?, 5, 1, 0)`,
         [raw],
       );
     }
+    for (const id of ["a", "u1", "u3"]) {
+      target.db
+        .insert(chatUsage)
+        .values(row({ kind: "user", id }, raw))
+        .run();
+    }
     target.db
       .insert(chatUsage)
-      .values(row({ kind: "user", id: "a" }, raw))
+      .values(row({ kind: "whatsapp", id: "w1" }, raw))
       .run();
     let page = await read(`?day=${raw}&limit=1`);
     let rawPages = 1;
@@ -368,7 +381,8 @@ describe("admins see and reset usage", () => {
       page = await read(`?cursor=${page.nextCursor}&limit=1`);
       rawPages++;
     }
-    expect(rawPages).toBe(4);
+    expect(rawPages).toBe(8);
+    expect(page.usage.map((u) => u.principal)).toEqual(["whatsapp:w1"]);
     // What was viewed is audited: the day, and the principal when one was asked for.
     await read(`?day=${day}&principal=user:13`);
     const details = target.db.$client
@@ -396,7 +410,7 @@ describe("admins see and reset usage", () => {
     // A later page starts its search at the cursor, not at the day's first row.
     const later = plan(
       budget.usageQuery("2026-03-14", undefined, {
-        after: { kind: "user", idBytes: new TextEncoder().encode("x") },
+        after: { kind: "user", idBytes: new TextEncoder().encode("x"), blob: false },
         limit: 101,
       }),
     );
