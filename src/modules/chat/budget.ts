@@ -279,7 +279,7 @@ export class ChatBudget {
 
   /**
    * A day's usage, ordered by principal (kind, then id). `page` reads at most `limit` rows after the
-   * principal `after` (the last row of the page before): the admin API pages, the CLI reads all.
+   * position `after` (the last row of the page before): the admin API pages, the CLI reads all.
    */
   usage(day: string, owner?: ChatOwner, page?: UsagePageRequest): UsageRow[] {
     return this.usageQuery(day, owner, page)
@@ -311,8 +311,6 @@ export class ChatBudget {
       .where(
         and(
           owner ? this.ownerDay(owner, day) : eq(chatUsage.day, day),
-          // A row value, not `kind > ? OR (kind = ? AND id > ?)`: SQLite starts the index search at
-          // the cursor only for the row value; for the OR it reads the day from its start.
           after ? afterPosition(after) : undefined,
         ),
       )
