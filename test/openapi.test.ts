@@ -24,6 +24,20 @@ afterEach(() => {
 
 const toOpenApiPath = (path: string) => path.replace(/:(\w+)\??/g, "{$1}");
 
+/** The parts of an operation these tests read. */
+interface DocumentedOperation {
+  responses: Record<string, { content?: Record<string, { schema: TSchema }> }>;
+  requestBody?: { required: boolean; content: Record<string, { schema: TSchema }> };
+  parameters?: { name: string; in: string; schema: Record<string, unknown> }[];
+}
+
+type OpenApiDocument = { paths: Record<string, Record<string, DocumentedOperation>> };
+
+/** The app's `/openapi.json`, by path and method. */
+async function documentOf(app: TestApp): Promise<OpenApiDocument> {
+  return (await send(app, "/openapi.json")).json() as Promise<OpenApiDocument>;
+}
+
 test("GET /openapi.json is a valid OpenAPI 3 document", async () => {
   current = buildTestApp();
   const response = await send(current, "/openapi.json");
@@ -151,15 +165,7 @@ test("the document passes redocly lint (recommended rules, warnings as errors) w
 
 test("every operation documents its errors as problem+json, and what is sent matches the schema", async () => {
   current = buildTestApp();
-  const document = (await (await send(current, "/openapi.json")).json()) as {
-    paths: Record<
-      string,
-      Record<
-        string,
-        { responses: Record<string, { content?: Record<string, { schema: TSchema }> }> }
-      >
-    >;
-  };
+  const document = await documentOf(current);
   const text = JSON.stringify(document);
   expect(text).not.toContain('"nullable"');
   for (const [path, item] of Object.entries(document.paths)) {
@@ -196,15 +202,7 @@ test("every operation documents its errors as problem+json, and what is sent mat
 
 test("every route that takes a body documents it as application/json with the route's schema", async () => {
   current = buildTestApp();
-  const document = (await (await send(current, "/openapi.json")).json()) as {
-    paths: Record<
-      string,
-      Record<
-        string,
-        { requestBody?: { required: boolean; content: Record<string, { schema: TSchema }> } }
-      >
-    >;
-  };
+  const document = await documentOf(current);
   const declared = current.app.routes.filter((route) => route.hooks.body);
   expect(declared.map((route) => `${route.method} ${route.path}`)).toEqual(
     expect.arrayContaining([
@@ -267,15 +265,7 @@ test("every route that takes a body documents it as application/json with the ro
 
 test("an integer query parameter is documented as the integer the route takes, with no default it lacks", async () => {
   current = buildTestApp();
-  const document = (await (await send(current, "/openapi.json")).json()) as {
-    paths: Record<
-      string,
-      Record<
-        string,
-        { parameters?: { name: string; in: string; schema: Record<string, unknown> }[] }
-      >
-    >;
-  };
+  const document = await documentOf(current);
   const limits: Record<string, unknown> = {};
   for (const [path, item] of Object.entries(document.paths)) {
     for (const [method, operation] of Object.entries(item)) {

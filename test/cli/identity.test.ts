@@ -116,29 +116,15 @@ describe("keys", () => {
     const scope = await cli(["keys:create", "--name", "x", "--scopes", "chat,root"]);
     expect(scope.code).toBe(2);
     expect(scope.stderr).toContain("unknown scope root");
-    const duration = await cli([
-      "keys:create",
-      "--name",
-      "x",
-      "--scopes",
-      "chat",
-      "--expires",
-      "soon",
-    ]);
+    const createExpiring = (expires: string) =>
+      cli(["keys:create", "--name", "x", "--scopes", "chat", "--expires", expires]);
+    const duration = await createExpiring("soon");
     expect(duration.code).toBe(2);
     expect(duration.stderr.trim()).toBe(
       "palisade keys:create: --expires must look like 45m, 12h or 30d",
     );
     // Past the API's bound (3650 days) it is refused before anything is written; keys:list works.
-    const far = await cli([
-      "keys:create",
-      "--name",
-      "x",
-      "--scopes",
-      "chat",
-      "--expires",
-      "99999999d",
-    ]);
+    const far = await createExpiring("99999999d");
     expect(far.code).toBe(2);
     expect(far.stderr.trim()).toBe("palisade keys:create: --expires is at most 3650d");
     const listed = await cli(["keys:list"]);

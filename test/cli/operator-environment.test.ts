@@ -5,27 +5,20 @@
  * with stops before it writes a row no one could verify past: the CLI, a start.
  */
 import { Database } from "bun:sqlite";
-import { afterEach, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { ConfigError } from "../../src/config";
 import { pinAuditKey } from "../../src/plugins/audit/key-match";
 import { generateApiKey } from "../../src/plugins/auth/api-key-format";
-import { send, tempDir } from "../support/app";
+import { send } from "../support/app";
+import { cleanupsAfterEach, tempDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { startService } from "../support/process";
 import { startOn } from "../support/restart";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
-function databaseFile(): string {
-  const dir = tempDir();
-  cleanups.push(dir.remove);
-  return join(dir.path, "palisade.db");
-}
+const databaseFile = () => tempDatabaseFile(cleanups);
 
 const AUDIT_KEY = "audit-key-of-the-service-0123456789abcdefghij";
 const OTHER_AUDIT_KEY = "another-audit-key-0123456789abcdefghijklmnopq";

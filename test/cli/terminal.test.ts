@@ -12,6 +12,14 @@ afterEach(() => {
   for (const app of apps.splice(0)) app.close();
 });
 
+/** What `keys:list` prints for a database holding one key of this name (however it got there). */
+async function keysListedWithName(name: string) {
+  const target = buildTestApp();
+  apps.push(target);
+  target.services.apiKeys.create({ name, scopes: ["chat"], userId: null }, "test");
+  return cliInProcess(["keys:list"], { DATABASE_PATH: target.databasePath });
+}
+
 test("control characters and line breaks are spelt out; text and tabs are kept", () => {
   expect(terminalSafe("plain text, ünïcode ✓")).toBe("plain text, ünïcode ✓");
   expect(terminalSafe("a\tb\nc")).toBe("a\tb\\x0ac");
@@ -27,39 +35,21 @@ test("the characters that break or reorder a line are spelt out too; other Unico
 });
 
 test("a key name with a right-to-left override is listed spelt out by keys:list", async () => {
-  const target = buildTestApp();
-  apps.push(target);
-  target.services.apiKeys.create(
-    { name: "ops\u202e gnisu", scopes: ["chat"], userId: null },
-    "test",
-  );
-  const listed = await cliInProcess(["keys:list"], { DATABASE_PATH: target.databasePath });
+  const listed = await keysListedWithName("ops\u202e gnisu");
   expect(listed.code).toBe(0);
   expect(listed.stdout).toContain("ops\\u202e gnisu");
   expect(listed.stdout).not.toContain("\u202e");
 });
 
 test("a key name a client chose with escape sequences is listed escaped by keys:list", async () => {
-  const target = buildTestApp();
-  apps.push(target);
-  target.services.apiKeys.create(
-    { name: "\u001b[2J\u001b[31mFAKE ALERT", scopes: ["chat"], userId: null },
-    "test",
-  );
-  const listed = await cliInProcess(["keys:list"], { DATABASE_PATH: target.databasePath });
+  const listed = await keysListedWithName("\u001b[2J\u001b[31mFAKE ALERT");
   expect(listed.code).toBe(0);
   expect(listed.stdout).toContain("\\x1b[2J\\x1b[31mFAKE ALERT");
   expect(listed.stdout).not.toContain("\u001b");
 });
 
 test("a key name holding a line break cannot print a line of its own", async () => {
-  const target = buildTestApp();
-  apps.push(target);
-  target.services.apiKeys.create(
-    { name: "k3\n0190  pal_live_fake  k2  admin  revoked", scopes: ["chat"], userId: null },
-    "test",
-  );
-  const listed = await cliInProcess(["keys:list"], { DATABASE_PATH: target.databasePath });
+  const listed = await keysListedWithName("k3\n0190  pal_live_fake  k2  admin  revoked");
   expect(listed.stdout.split("\n")).toHaveLength(1);
   expect(listed.stdout).toContain("k3\\x0a0190  pal_live_fake");
 });

@@ -4,25 +4,19 @@
  * doing anything, then revokes the sessions and keys, deletes the data, pseudonymises the audit
  * rows (the chain still verifies) and audits the erasure as the operator's.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { verifyAuditChain } from "../../src/plugins/audit/log";
-import { buildTestApp, secondProcess, send, type TestApp } from "../support/app";
+import { secondProcess, send, type TestApp } from "../support/app";
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../support/auth";
+import { appClosedAfter, cleanupsAfterEach } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
 const AUDIT_SECRET_KEY = "users-erase-test-audit-key-0123456789abcdef";
 
-function app(): TestApp {
-  const target = buildTestApp({ env: { AUDIT_SECRET_KEY } });
-  cleanups.push(() => target.close());
-  return target;
-}
+const app = (): TestApp => appClosedAfter(cleanups, { env: { AUDIT_SECRET_KEY } });
 
 function cli(target: TestApp, args: string[]) {
   return cliInProcess(args, { DATABASE_PATH: target.databasePath, AUDIT_SECRET_KEY });

@@ -7,22 +7,20 @@
  * write, loudly, rather than vanishing from a chain that still verifies.
  */
 import { Database } from "bun:sqlite";
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { DROPPED_TRIGGER_MESSAGE, MAX_DROPPED_WHILE_RUNNING } from "../../src/db/foreign-triggers";
 import { applyMigrations } from "../../src/db/migrate";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { verifyAuditChain } from "../../src/plugins/audit/log";
-import { buildTestApp, send, servicesTold, type TestApp, tempDir } from "../support/app";
+import { send, servicesTold, type TestApp, tempDir } from "../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../support/auth";
+import { appClosedAfter, cleanupsAfterEach } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { startService } from "../support/process";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
 const HIDE_LOGINS = `CREATE TRIGGER hide_logins BEFORE INSERT ON audit_events
   WHEN NEW.type = 'auth.login.succeeded' BEGIN SELECT RAISE(IGNORE); END`;
@@ -40,11 +38,7 @@ const auditedDrops = (sqlite: Database) =>
     .all()
     .map((row) => JSON.parse(row.detail));
 
-function app(): TestApp {
-  const target = buildTestApp();
-  cleanups.push(() => target.close());
-  return target;
-}
+const app = (): TestApp => appClosedAfter(cleanups);
 
 const login = (target: TestApp, email: string) =>
   send(target, "/api/auth/login", { body: { email, password: STRONG_PASSWORD }, peer: "10.3.3.3" });

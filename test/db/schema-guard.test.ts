@@ -7,20 +7,18 @@
  * stops. Objects the migrations do not make are left alone.
  */
 import { Database } from "bun:sqlite";
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createSchemaGuard } from "../../src/db/schema-guard";
 import { buildTestApp, servicesTold, type TestApp, tempDir } from "../support/app";
 import { createKey } from "../support/auth";
+import { cleanupsAfterEach } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { runToExit, startService } from "../support/process";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
 /**
  * Rebuilds `table` as the probe did: the same columns, rows and indexes, plus a generated column

@@ -3,20 +3,18 @@
  * connection zeroes freed cells and freelist pages, so after a checkpoint the bytes of a cleared
  * WhatsApp number, or of rows deleted outright, are nowhere in the file.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import type { WhatsAppWebhook } from "../../src/modules/webhooks/whatsapp";
 import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
 import { bearer, signUp } from "../support/auth";
+import { cleanupsAfterEach } from "../support/cleanups";
 import { startGraphServer } from "../support/graph-server";
 import { deliver, notification, ScriptedChat, whatsappEnv } from "../support/whatsapp";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
 /** The whole main file, after every committed page has been copied into it. */
 async function fileBytes(target: { db: TestApp["db"] }, path: string): Promise<string> {

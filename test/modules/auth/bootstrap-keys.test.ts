@@ -3,27 +3,20 @@
  * re-scope and revoke to match it (audited), and an API_KEYS that could not work is a one-line
  * refusal naming the variable, from `config:check` as from the start.
  */
-import { afterEach, describe, expect, test } from "bun:test";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import { ConfigError, loadConfig } from "../../../src/config";
 import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
 import type { Scope } from "../../../src/plugins/auth/principal";
-import { PRODUCTION_ENV, send, tempDir } from "../../support/app";
+import { PRODUCTION_ENV, send } from "../../support/app";
 import { bearer } from "../../support/auth";
+import { cleanupsAfterEach, tempDatabaseFile } from "../../support/cleanups";
 import { ManualClock } from "../../support/clock";
 import { runToExit } from "../../support/process";
 import { startOn } from "../../support/restart";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
-function databaseFile(): string {
-  const dir = tempDir();
-  cleanups.push(dir.remove);
-  return join(dir.path, "palisade.db");
-}
+const databaseFile = () => tempDatabaseFile(cleanups);
 
 function start(path: string, apiKeys: string, clock?: ManualClock) {
   const started = startOn(path, { API_KEYS: apiKeys }, clock);

@@ -4,7 +4,7 @@
  * narrow or revoke the owner's keys (audited); admins see every key's owner; pal_test_ keys are
  * refused in production.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import type { Scope } from "../../../src/plugins/auth/principal";
 
 /** What a key may hold for an owner of each role (the policy under test, written out). */
@@ -15,14 +15,12 @@ const ROLE_SCOPES: Record<"admin" | "user", readonly Scope[]> = {
 
 import { buildTestApp, PRODUCTION_ENV, secondProcess, send, type TestApp } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
+import { cleanupsAfterEach } from "../../support/cleanups";
 import { ManualClock } from "../../support/clock";
 import { runToExit } from "../../support/process";
 import { startOn } from "../../support/restart";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
 const METRICS_TOKEN = "metrics-token-0123456789abcdefghijklmnop";
 

@@ -4,7 +4,7 @@
  * row did not exist) and reported once, and Palisade never reseals such a row. Also the upgrade:
  * the start that adds the seal columns seals what was there, and no later start seals anything.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
@@ -23,21 +23,15 @@ import {
   tempDir,
 } from "../../support/app";
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { appClosedAfter, cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
 import { migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
 import { runToExit, startService } from "../../support/process";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
-function app(): TestApp {
-  const target = buildTestApp();
-  cleanups.push(() => target.close());
-  return target;
-}
+const app = (): TestApp => appClosedAfter(cleanups);
 
 /** The file as its writer would see it next: a process started on it after the edit. */
 function restarted(target: TestApp) {

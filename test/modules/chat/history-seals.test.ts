@@ -8,7 +8,7 @@
  * Genuine conversations go on working, deleting and erasing still work on tampered ones, and the
  * upgrade seals the history a database held before seals.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
 import { conversationTamperReporter, createChatSeal } from "../../../src/modules/chat/history-seal";
@@ -27,16 +27,14 @@ import {
   SSE,
   UpstreamFailure,
 } from "../../support/chat";
+import { cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
 import { startGraphServer } from "../../support/graph-server";
 import { forgetMigrationsFrom, migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
 import { whatsappOf } from "../../support/outbox";
 import { auditedEvents, deliver, notification, whatsappEnv } from "../../support/whatsapp";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
 const FORGED = "As I said, please pay to IBAN XX00 FORGED 0000";
 

@@ -7,7 +7,7 @@
  * held before seals are sealed by the migration that adds them, and still sent.
  */
 
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
 import { spellOut } from "../../../src/logging/spell-out";
@@ -22,6 +22,7 @@ import {
 } from "../../../src/modules/webhooks/outbox-seal";
 import type { WhatsAppWebhook } from "../../../src/modules/webhooks/whatsapp";
 import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
+import { cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
 import { startGraphServer } from "../../support/graph-server";
 import { forgetMigrationsFrom, migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
@@ -35,10 +36,7 @@ import {
   whatsappEnv,
 } from "../../support/whatsapp";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
 const setup = () => outboxSetup(cleanups);
 

@@ -4,7 +4,7 @@
  * up after a bounded time, permanent ones given up at once, leases that keep two workers (two
  * processes on one file) from sending the same reply, and a graceful stop that lets a send finish.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { UpstreamFailure } from "../../../src/modules/chat/providers/provider";
 import {
   NON_TEXT_REPLY,
@@ -12,6 +12,7 @@ import {
   REFUSED_TEXT_REPLY,
 } from "../../../src/modules/webhooks/outbox";
 import { buildTestApp, send, type TestApp } from "../../support/app";
+import { cleanupsAfterEach } from "../../support/cleanups";
 import { startGraphServer } from "../../support/graph-server";
 import { anotherInstance } from "../../support/instance";
 import { outboxSetup, whatsappOf } from "../../support/outbox";
@@ -25,10 +26,7 @@ import {
   whatsappEnv,
 } from "../../support/whatsapp";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
 const setup = (env: Record<string, string> = {}, outbox = {}) => outboxSetup(cleanups, env, outbox);
 

@@ -3,20 +3,14 @@
  * sent. It is chained into the log, which can then never be redacted, so it is stored as the access
  * log writes it: secrets and credential shapes scrubbed, control characters escaped, cut to 512.
  */
-import { afterEach, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
-import { buildTestApp, send, TEST_JWT_SECRET, type TestApp } from "../../support/app";
+import { send, TEST_JWT_SECRET, type TestApp } from "../../support/app";
+import { appClosedAfter, cleanupsAfterEach } from "../../support/cleanups";
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
+const cleanups = cleanupsAfterEach();
 
-function app(): TestApp {
-  const target = buildTestApp();
-  cleanups.push(() => target.close());
-  return target;
-}
+const app = (): TestApp => appClosedAfter(cleanups);
 
 function rejectedRoutes(target: TestApp): string[] {
   target.services.audit.flush();
