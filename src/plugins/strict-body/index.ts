@@ -30,6 +30,7 @@ import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
 import { MAX_BODY_DEPTH } from "../request-guard/body";
+import { routeLookup } from "../route-lookup";
 
 export interface RouteBody {
   method: string;
@@ -181,23 +182,13 @@ export type SentBodyCheck = (method: string, route: string, sent: unknown) => un
  * converts or cleans it (one parse, not a second one of the text).
  */
 export function createSentBodyCheck({ routes }: StrictBodyOptions): SentBodyCheck {
-  let checks: Map<string, TypeCheck<TSchema>> | null = null;
-  const checkFor = (method: string, route: string): TypeCheck<TSchema> | undefined => {
-    if (checks === null) {
-      checks = new Map();
-      for (const entry of routes()) {
-        const body = entry.hooks?.body;
-        if (body === null || typeof body !== "object" || !("type" in body || "anyOf" in body)) {
-          continue;
-        }
-        checks.set(
-          `${entry.method} ${entry.path}`,
-          TypeCompiler.Compile(strictSchemaOf(body as unknown as Schema)),
-        );
-      }
+  const checkFor = routeLookup(routes, (entry): TypeCheck<TSchema> | undefined => {
+    const body = entry.hooks?.body;
+    if (body === null || typeof body !== "object" || !("type" in body || "anyOf" in body)) {
+      return undefined;
     }
-    return checks.get(`${method} ${route}`);
-  };
+    return TypeCompiler.Compile(strictSchemaOf(body as unknown as Schema));
+  });
   return function checkBodyAsSent(method, route, sent) {
     const check = checkFor(method, route);
     if (check === undefined) return undefined;

@@ -14,6 +14,7 @@
 import { Elysia } from "elysia";
 import { isCalendarDateTime } from "../../calendar";
 import { AppError } from "../../errors";
+import { routeLookup } from "../route-lookup";
 
 /** What the check reads of a registered route: its method, path and query schema. */
 export interface RouteQuery {
@@ -26,33 +27,35 @@ const DIGITS = /^[0-9]{1,15}$/;
 
 type Property = { type?: unknown; format?: unknown; anyOf?: Property[] };
 
-/** What a query parameter must be, as sent, beyond what Elysia's validation already took. */
+/**
+ * What a query parameter must be, as sent, beyond what Elysia's validation already took: sent at
+ * most once (Elysia keeps the last of a repeated one, and a filter or log in front may read the
+ * first), and each value as `valueOk` says.
+ */
 interface SentRule {
   name: string;
-  /** Whether the values sent for the parameter are refused. */
-  refuses(values: readonly string[]): boolean;
   message: string;
+  valueOk?: (raw: string) => boolean;
 }
 
-// Sent twice, the route reads one value and a filter in front may read the other.
+function refuses(rule: SentRule, values: readonly string[]): boolean {
+  return values.length > 1 || (rule.valueOk !== undefined && !values.every(rule.valueOk));
+}
+
 const wholeNumber = (name: string): SentRule => ({
   name,
-  refuses: (values) => values.length > 1 || values.some((raw) => !DIGITS.test(raw)),
   message: "Expected one whole number written in decimal digits",
+  valueOk: (raw) => DIGITS.test(raw),
 });
 
 // The format check takes 2026-02-30 (read as March 2): a day that does not exist is refused.
 const realDay = (name: string): SentRule => ({
   name,
-  refuses: (values) => values.length > 1 || values.some((raw) => !isCalendarDateTime(raw)),
   message: "Expected one day that exists",
+  valueOk: isCalendarDateTime,
 });
 
-const once = (name: string): SentRule => ({
-  name,
-  refuses: (values) => values.length > 1,
-  message: "Expected once",
-});
+const once = (name: string): SentRule => ({ name, message: "Expected once" });
 
 /**
  * The rules of a query schema's properties (optional ones included): its integers, which Elysia
@@ -76,24 +79,17 @@ function rulesOf(schema: unknown): SentRule[] {
 }
 
 export function strictQuery({ routes }: { routes: () => readonly RouteQuery[] }) {
-  let checked: Map<string, SentRule[]> | null = null;
-  const rulesFor = (method: string, route: string): SentRule[] | undefined => {
-    if (checked === null) {
-      checked = new Map();
-      for (const entry of routes()) {
-        const rules = rulesOf(entry.hooks?.query);
-        if (rules.length > 0) checked.set(`${entry.method} ${entry.path}`, rules);
-      }
-    }
-    return checked.get(`${method} ${route}`);
-  };
+  const rulesFor = routeLookup(routes, (entry) => {
+    const rules = rulesOf(entry.hooks?.query);
+    return rules.length > 0 ? rules : undefined;
+  });
   return new Elysia({ name: "palisade.strict-query" })
     .onBeforeHandle(function refuseQueryAsSent({ request, route }) {
       const method = request.method === "HEAD" ? "GET" : request.method;
       const rules = rulesFor(method, route);
       if (rules === undefined) return;
       const sent = new URL(request.url).searchParams;
-      const wrong = rules.filter((rule) => rule.refuses(sent.getAll(rule.name)));
+      const wrong = rules.filter((rule) => refuses(rule, sent.getAll(rule.name)));
       if (wrong.length > 0) {
         throw new AppError(
           "VALIDATION_FAILED",
