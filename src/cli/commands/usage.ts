@@ -2,13 +2,11 @@ import { isCalendarDay } from "../../calendar";
 import { ChatBudget, parseOwnerRef, utcDay } from "../../modules/chat/budget";
 import { CliError, type Command, EXIT_USAGE, type ParsedArgs, requireFlag } from "../command";
 
-const DAY = /^\d{4}-\d{2}-\d{2}$/;
-
 /** `--day YYYY-MM-DD` (a real UTC day), today when absent. */
 function dayFlag(args: ParsedArgs): string {
   const raw = args.flags.day;
   if (raw === undefined) return utcDay(Date.now());
-  if (typeof raw !== "string" || !DAY.test(raw) || !isCalendarDay(raw)) {
+  if (typeof raw !== "string" || !isCalendarDay(raw)) {
     throw new CliError("--day must be a UTC day written YYYY-MM-DD", EXIT_USAGE);
   }
   return raw;

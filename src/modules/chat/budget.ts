@@ -134,6 +134,18 @@ export interface UsagePageRequest {
   limit: number;
 }
 
+function toUsageRow(row: {
+  kind: ChatOwner["kind"];
+  id: string;
+  day: string;
+  usedTokens: number;
+  reservedTokens: number;
+  requests: number;
+}): UsageRow {
+  const { kind, id, day, usedTokens, reservedTokens, requests } = row;
+  return { principal: ownerRef({ kind, id }), day, usedTokens, reservedTokens, requests };
+}
+
 export interface UsageRow {
   principal: string;
   day: string;
@@ -277,17 +289,28 @@ export class ChatBudget {
     this.statements.release.run({ kind: owner.kind, id: owner.id, day, tokens, now });
   }
 
+  /** A day's usage, every owner's or one's, ordered by principal (kind, then id). */
+  usage(day: string, owner?: ChatOwner): UsageRow[] {
+    return this.usageQuery(day, owner).all().map(toUsageRow);
+  }
+
   /**
-   * A day's usage, ordered by principal (kind, then id). `page` reads at most `limit` rows after the
-   * position `after` (the last row of the page before): the admin API pages, the CLI reads all.
+   * At most `limit` rows of a day's usage after the position `after` (where the page before ended),
+   * and where the next page starts: null on the last page. The admin API pages; the CLI reads all.
    */
-  usage(day: string, owner?: ChatOwner, page?: UsagePageRequest): UsageRow[] {
-    return this.usageQuery(day, owner, page)
-      .all()
-      .map(({ kind, id, idBytes: _bytes, idType: _type, ...row }) => ({
-        principal: `${kind}:${id}`,
-        ...row,
-      }));
+  usagePage(
+    day: string,
+    owner: ChatOwner | undefined,
+    { after, limit }: UsagePageRequest,
+  ): { rows: UsageRow[]; next: UsagePosition | null } {
+    // One more than asked tells whether there is a next page.
+    const found = this.usageQuery(day, owner, { after, limit: limit + 1 }).all();
+    const rows = found.slice(0, limit);
+    const last = found.length > limit ? rows.at(-1)! : null;
+    return {
+      rows: rows.map(toUsageRow),
+      next: last ? { kind: last.kind, idBytes: last.idBytes, blob: last.idType === "blob" } : null,
+    };
   }
 
   /**

@@ -380,26 +380,16 @@ export function chatModule(options: ChatModuleOptions) {
             ...(owner ? { principal: ownerRef(owner) } : {}),
           },
         });
-        const limit = query.limit ?? DEFAULT_USAGE_PAGE;
-        // One more than asked tells whether there is a next page.
-        const rows = budget
-          .usageQuery(day, owner, { after: cursor?.after, limit: limit + 1 })
-          .all();
-        const usage = rows
-          .slice(0, limit)
-          .map(({ kind, id, idBytes: _bytes, idType: _type, ...row }) => ({
-            principal: ownerRef({ kind, id }),
-            ...row,
-          }));
-        const last = rows.length > limit ? rows[limit - 1]! : null;
-        const nextCursor = last
-          ? encodeUsageCursor(day, {
-              kind: last.kind,
-              idBytes: last.idBytes,
-              blob: last.idType === "blob",
-            })
-          : null;
-        return { day, budget: budget.dailyTokens, usage, nextCursor };
+        const page = budget.usagePage(day, owner, {
+          after: cursor?.after,
+          limit: query.limit ?? DEFAULT_USAGE_PAGE,
+        });
+        return {
+          day,
+          budget: budget.dailyTokens,
+          usage: page.rows,
+          nextCursor: page.next ? encodeUsageCursor(day, page.next) : null,
+        };
       },
       {
         auth: { role: "admin" },
