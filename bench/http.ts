@@ -145,6 +145,9 @@ interface Sample {
   errors: number;
   cpuUsPerRequest: number | null;
   wakeupsPerRequest: number | null;
+  /** This round's ratios to A: its rate over A's, A's CPU per request over its own. */
+  ratio: number | null;
+  cpuRatio: number | null;
 }
 
 /** The summary of a figure every round measured, or null. */
@@ -167,8 +170,6 @@ export async function measureHttp(options: {
   const { rounds, seconds, warmupSeconds, dir, log } = options;
   const token = await benchToken();
   const samples = new Map<string, Sample[]>();
-  const ratios = new Map<string, number[]>();
-  const cpuRatios = new Map<string, (number | null)[]>();
   const peaks: Partial<Record<ServerId, number[]>> = {};
   // A's echo is measured only when B has a chat route to compare it with.
   const chat = palisadeServesChat(dir);
@@ -205,21 +206,21 @@ export async function measureHttp(options: {
         if (warmupSeconds > 0) await send("protected", warmupSeconds);
         else await warmUp(server.port, routes, serverToken);
         for (const route of routes) {
-          const sample = await send(route, seconds);
-          const key = `${id}/${route}`;
-          samples.set(key, [...(samples.get(key) ?? []), sample]);
+          const measured = await send(route, seconds);
           if (id === "A") {
-            bare[route] = sample.rps;
-            bareCpu[route] = sample.cpuUsPerRequest;
+            bare[route] = measured.rps;
+            bareCpu[route] = measured.cpuUsPerRequest;
           }
           const floor = bare[route];
-          if (floor) ratios.set(key, [...(ratios.get(key) ?? []), sample.rps / floor]);
           const floorCpu = bareCpu[route];
-          if (floor) {
-            const cpuRatio =
-              floorCpu && sample.cpuUsPerRequest ? floorCpu / sample.cpuUsPerRequest : null;
-            cpuRatios.set(key, [...(cpuRatios.get(key) ?? []), cpuRatio]);
-          }
+          const sample: Sample = {
+            ...measured,
+            ratio: floor ? measured.rps / floor : null,
+            cpuRatio:
+              floorCpu && measured.cpuUsPerRequest ? floorCpu / measured.cpuUsPerRequest : null,
+          };
+          const key = `${id}/${route}`;
+          samples.set(key, [...(samples.get(key) ?? []), sample]);
           if (sample.errors > 0)
             log(`  ! ${id} ${route}: ${sample.errors} errors or non-2xx answers`);
         }
@@ -239,12 +240,12 @@ export async function measureHttp(options: {
       server,
       route,
       rps: summarize(list.map((s) => s.rps)),
-      ratio: summarize(ratios.get(key) ?? []),
+      ratio: summarize(list.flatMap((s) => (s.ratio === null ? [] : [s.ratio]))),
       p50Ms: summarize(list.map((s) => s.p50Ms)),
       p99Ms: summarize(list.map((s) => s.p99Ms)),
       errors: list.reduce((sum, s) => sum + s.errors, 0),
       cpuUs: summarizeAll(list.map((s) => s.cpuUsPerRequest)),
-      cpuRatio: summarizeAll(cpuRatios.get(key) ?? []),
+      cpuRatio: summarizeAll(list.map((s) => s.cpuRatio)),
       wakeups: summarizeAll(list.map((s) => s.wakeupsPerRequest)),
     });
   }
