@@ -14,8 +14,8 @@ import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
 import { buildTestApp, send, type TestApp } from "../../support/app";
-import { logIn, type Session, signUp } from "../../support/auth";
-import { asUser, chat, gatedProvider, slowProvider } from "../../support/chat";
+import { createKey, logIn, type Session, signUp } from "../../support/auth";
+import { asKey, asUser, chat, gatedProvider, slowProvider } from "../../support/chat";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
 import { anotherInstance } from "../../support/instance";
@@ -392,6 +392,68 @@ describe("admins see and reset usage", () => {
       .all()
       .map((r) => JSON.parse(r.detail));
     expect(details[0]).toEqual({ filters: "day,principal", day, principal: "user:13" });
+  });
+
+  test("the paged usage view: every spelling of the path, every credential, two pages at once", async () => {
+    target = buildTestApp({ env });
+    const admin = await signUp(target, { role: "admin" });
+    const day = "2026-03-14";
+    target.db
+      .insert(chatUsage)
+      .values(
+        Array.from({ length: 5 }, (_, i) => ({
+          ownerKind: "user" as const,
+          ownerId: `u${i}`,
+          day,
+          usedTokens: 1,
+          requests: 1,
+          updatedAt: 0,
+        })),
+      )
+      .run();
+    const query = `?day=${day}&limit=2`;
+    const first = await send(target, `/api/admin/usage${query}`, { headers: asUser(admin) });
+    const firstPage = (await first.json()) as { usage: unknown[]; nextCursor: string };
+    // The trailing slash is the same route, limits and all; HEAD answers as GET does, bodiless.
+    const slash = await send(target, `/api/admin/usage/${query}`, { headers: asUser(admin) });
+    expect(await slash.json()).toEqual(firstPage);
+    const head = await send(target, `/api/admin/usage${query}`, {
+      method: "HEAD",
+      headers: asUser(admin),
+    });
+    expect(head.status).toBe(200);
+    expect(await head.text()).toBe("");
+    expect(
+      (await send(target, "/api/admin/usage?limit=0", { method: "HEAD", headers: asUser(admin) }))
+        .status,
+    ).toBe(422);
+    // Credentials: none 401; a user 403; a key with every scope but admin 403; an admin key 200;
+    // a token and a key together 401.
+    const user = await signUp(target);
+    const chatKey = createKey(target, ["chat", "metrics"]).key;
+    const adminKey = createKey(target, ["admin"], admin.userId).key;
+    const statusWith = async (headers: Record<string, string>) =>
+      (await send(target!, `/api/admin/usage${query}`, { headers })).status;
+    expect(await statusWith({})).toBe(401);
+    expect(await statusWith(asUser(user))).toBe(403);
+    expect(await statusWith(asKey(chatKey))).toBe(403);
+    expect(await statusWith(asKey(adminKey))).toBe(200);
+    expect(await statusWith({ ...asUser(admin), ...asKey(adminKey) })).toBe(401);
+    // Two readers of the next page at once see the same rows.
+    const [a, b] = await Promise.all(
+      [0, 1].map(async () =>
+        (
+          await send(target!, `/api/admin/usage?cursor=${firstPage.nextCursor}&limit=2`, {
+            headers: asUser(admin),
+          })
+        ).json(),
+      ),
+    );
+    expect(a).toEqual(b);
+    expect((a as { usage: { principal: string }[] }).usage.map((u) => u.principal)).toEqual([
+      "user:u2",
+      "user:u3",
+    ]);
   });
 
   test("a page of usage reads the day's index from where the page before ended: no sort of the day", () => {
