@@ -86,6 +86,9 @@ export interface Figure {
   cpuRatio: Summary | null;
   /** wrk's voluntary context switches per request: how often the server's send had to wake it. */
   wakeups: Summary | null;
+  /** Other work on the measured cores, and time stolen from them, as shares of a core (per round). */
+  otherCpu: Summary | null;
+  steal: Summary | null;
 }
 
 export interface HttpResults {
@@ -145,6 +148,8 @@ interface Sample {
   errors: number;
   cpuUsPerRequest: number | null;
   wakeupsPerRequest: number | null;
+  otherCpuShare: number | null;
+  stealShare: number | null;
   /** This round's ratios to A: its rate over A's, A's CPU per request over its own. */
   ratio: number | null;
   cpuRatio: number | null;
@@ -247,6 +252,8 @@ export async function measureHttp(options: {
       cpuUs: summarizeAll(list.map((s) => s.cpuUsPerRequest)),
       cpuRatio: summarizeAll(list.map((s) => s.cpuRatio)),
       wakeups: summarizeAll(list.map((s) => s.wakeupsPerRequest)),
+      otherCpu: summarizeAll(list.map((s) => s.otherCpuShare)),
+      steal: summarizeAll(list.map((s) => s.stealShare)),
     });
   }
   const peakRssKb: HttpResults["peakRssKb"] = {};

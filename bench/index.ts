@@ -80,6 +80,8 @@ const plan = quick
 const dir = mkdtempSync(join(tmpdir(), "palisade-bench-"));
 const log = (line = "") => console.log(line);
 const warnings: string[] = [];
+/** A share of a core's time taken by other work (or stolen) in a round that marks its figure busy. */
+const BUSY_CORE_WARNING = 0.1;
 const began = performance.now();
 /** Seconds each phase took, in the order run: printed at the end and kept in latest.json. */
 const phases: Record<string, number> = {};
@@ -418,6 +420,17 @@ try {
 // Done: nothing left to wait for (an audit log's flush timer must not hold the process open).
 process.exit(0);
 
+/** The most other work and steal of a figure's rounds, marked (and warned of) past the threshold. */
+function quietness(name: string, other: number | null, stolen: number | null): string {
+  if (other === null || stolen === null) return "–";
+  const text = `${(other * 100).toFixed(1)} %; ${(stolen * 100).toFixed(1)} %`;
+  if (other < BUSY_CORE_WARNING && stolen < BUSY_CORE_WARNING) return text;
+  warnings.push(
+    `${name}: other work took up to ${(other * 100).toFixed(0)} % of a core on the measured cores during its rounds, and the hypervisor stole up to ${(stolen * 100).toFixed(0)} %: the machine was not idle`,
+  );
+  return `${text} ⚠`;
+}
+
 function printHttp(results: HttpResults) {
   log(`| server | route | req/s, median (spread of rounds) | × A | p50 ms | p99 ms |`);
   log("| --- | --- | ---: | ---: | ---: | ---: |");
@@ -439,14 +452,19 @@ function printHttp(results: HttpResults) {
   log(
     "\nWhat each request cost the server (its CPU time, every thread, user + system, over the measured run) and how often wrk was woken per request (its voluntary context switches), medians of the same rounds:",
   );
-  log("\n| server | route | server CPU µs/request | A's CPU / this | wrk wake-ups/request |");
-  log("| --- | --- | ---: | ---: | ---: |");
+  log(
+    `\nThe last column is what else ran on the measured cores during the figure's rounds (their busy time less the server's and wrk's, ${BUSY_CORE_WARNING * 100} % of a core or more marked), and the time the hypervisor stole from them, the larger of the rounds: a figure measured beside other work is not a measurement of this machine idle.`,
+  );
+  log(
+    "\n| server | route | server CPU µs/request | A's CPU / this | wrk wake-ups/request | other work; stolen (most of a round) |",
+  );
+  log("| --- | --- | ---: | ---: | ---: | ---: |");
   for (const route of Object.keys(ROUTES) as (keyof typeof ROUTES)[]) {
     for (const server of order) {
       const f = results.figures.find((each) => each.server === server && each.route === route);
       if (!f?.cpuUs) continue;
       log(
-        `| ${SERVERS[server].label} | ${ROUTES[route].label} | ${f.cpuUs.median.toFixed(1)} ${pct(f.cpuUs.spread)} | ${f.cpuRatio ? `${f.cpuRatio.median.toFixed(2)}×` : "–"} | ${f.wakeups ? f.wakeups.median.toFixed(2) : "–"} |`,
+        `| ${SERVERS[server].label} | ${ROUTES[route].label} | ${f.cpuUs.median.toFixed(1)} ${pct(f.cpuUs.spread)} | ${f.cpuRatio ? `${f.cpuRatio.median.toFixed(2)}×` : "–"} | ${f.wakeups ? f.wakeups.median.toFixed(2) : "–"} | ${quietness(`${server} ${route}`, f.otherCpu?.max ?? null, f.steal?.max ?? null)} |`,
       );
     }
   }
@@ -463,6 +481,9 @@ function printMany(m: ManyClientResults) {
   log("| --- | ---: |");
   log(
     `| Palisade req/s, new address per request | ${steady("many clients B", m.rps)} (${m.ratio.median.toFixed(2)}× A's ${fmt(m.bareRps.median)}) |`,
+  );
+  log(
+    `| other work on the measured cores; stolen (most of a round, A's or B's) | ${quietness("many clients", m.otherCpuMax, m.stealMax)} |`,
   );
   log(`| Palisade RSS at the end / peak | ${mb(m.rssKb)} / ${mb(m.peakRssKb)} |`);
   log(

@@ -10,7 +10,7 @@
 import { Database } from "bun:sqlite";
 import { existsSync, statSync } from "node:fs";
 import { SERVERS } from "./http";
-import { memoryOf, runWrk, startServer } from "./proc";
+import { type BenchServer, memoryOf, runWrk, startServer } from "./proc";
 import { type Summary, summarize } from "./stats";
 
 export interface TableState {
@@ -23,6 +23,12 @@ export interface ManyClientResults {
   rps: Summary;
   bareRps: Summary;
   ratio: Summary;
+  /**
+   * The most other work on the measured cores, and the most time stolen from them, in any round of
+   * A or B (shares of a core); null where unread.
+   */
+  otherCpuMax: number | null;
+  stealMax: number | null;
   /** Requests Palisade answered in the phase, warm-up included (each a new client). */
   requests: number;
   errors: number;
@@ -34,6 +40,13 @@ export interface ManyClientResults {
 }
 
 const size = (path: string) => (existsSync(path) ? statSync(path).size : 0);
+
+/** The largest value, or null when any is unknown. */
+function largest(values: readonly (number | null)[]): number | null {
+  return values.length > 0 && values.every((v) => v !== null)
+    ? Math.max(...(values as number[]))
+    : null;
+}
 
 export function tableState(dbPath: string): TableState {
   const db = new Database(dbPath, { readonly: true });
@@ -58,22 +71,34 @@ export async function measureManyClients(options: {
   const palisade = await startServer(SERVERS.B.command, env);
   try {
     const dbPath = palisade.info.db!;
-    const load = (port: number, secs: number) =>
-      runWrk({ port, path: "/bench", seconds: secs, manyClients: true });
+    const load = (server: BenchServer, secs: number) =>
+      runWrk({
+        port: server.port,
+        serverPid: server.proc.pid,
+        path: "/bench",
+        seconds: secs,
+        manyClients: true,
+      });
     // A second's warm-up each, discarded (the quick run skips it); its clients count in the table.
     let warmRequests = 0;
     if (options.warmUp) {
-      await load(bare.port, 1);
-      warmRequests = (await load(palisade.port, 1)).requests;
+      await load(bare, 1);
+      warmRequests = (await load(palisade, 1)).requests;
     }
+    const others: (number | null)[] = [];
+    const steals: (number | null)[] = [];
     const a: number[] = [];
     const b: number[] = [];
     const ratios: number[] = [];
     let requests = warmRequests;
     let errors = 0;
     for (let round = 0; round < rounds; round++) {
-      const floor = await load(bare.port, seconds);
-      const run = await load(palisade.port, seconds);
+      const floor = await load(bare, seconds);
+      const run = await load(palisade, seconds);
+      for (const measured of [floor, run]) {
+        others.push(measured.otherCpuShare);
+        steals.push(measured.stealShare);
+      }
       a.push(floor.rps);
       b.push(run.rps);
       ratios.push(run.rps / floor.rps);
@@ -100,6 +125,8 @@ export async function measureManyClients(options: {
       rps: summarize(b),
       bareRps: summarize(a),
       ratio: summarize(ratios),
+      otherCpuMax: largest(others),
+      stealMax: largest(steals),
       requests,
       errors,
       rssKb: memory.rssKb,

@@ -112,6 +112,69 @@ export function cpuTimeUs(pid: number): number | null {
 /** Linux's USER_HZ: what /proc/<pid>/stat counts CPU time in (100 on every Linux port but Alpha). */
 const CLOCK_TICKS = 100;
 
+/** The cores the bench runs on: the server pinned to 0, wrk to 1 (null: not pinned, every core). */
+export const MEASURED_CORES = [0, 1] as const;
+
+export interface CoreTimes {
+  /**
+   * Time the cores ran processes (user, nice, system), µs. Interrupt time is left out: the kernel
+   * may count the loopback traffic's own softirq work there rather than in the server's or wrk's
+   * time, and it is the bench's own traffic.
+   */
+  busyUs: number;
+  /** Time the hypervisor gave the cores' turn to another machine (steal), µs. */
+  stealUs: number;
+}
+
+/**
+ * Busy and stolen time of `cores` so far (every core when null), from the text of /proc/stat: each
+ * `cpuN` line holds user, nice, system, idle, iowait, irq, softirq and steal, in clock ticks (user
+ * already holds the time a guest ran).
+ */
+export function parseCoreTimes(stat: string, cores: readonly number[] | null): CoreTimes {
+  let busy = 0;
+  let steal = 0;
+  for (const line of stat.split("\n")) {
+    const match = /^cpu(\d*)\s+(.*)$/.exec(line);
+    if (!match) continue;
+    // The first line (`cpu`, no number) is every core's sum: read it only when no core is named.
+    const core = match[1] === "" ? null : Number(match[1]);
+    if (cores === null ? core !== null : core === null || !cores.includes(core)) continue;
+    const [user, nice, system, , , , , stolen] = match[2]!.trim().split(/\s+/).map(Number);
+    busy += user! + nice! + system!;
+    steal += stolen ?? 0;
+  }
+  const usPerTick = 1e6 / CLOCK_TICKS;
+  return { busyUs: busy * usPerTick, stealUs: steal * usPerTick };
+}
+
+/** parseCoreTimes of this machine's /proc/stat; null where there is none (not Linux). */
+export function coreTimesUs(cores: readonly number[] | null): CoreTimes | null {
+  try {
+    return parseCoreTimes(readFileSync("/proc/stat", "utf8"), cores);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * What else ran on the measured cores during a run, as a share of one core's time: their busy time
+ * less the server's and wrk's own CPU time (this process's reading of wrk's output is in it, a few
+ * ms in seconds), and the time the hypervisor stole from them. A figure measured while either was
+ * large was measured on a busy machine, whatever its rounds say.
+ */
+export function interference(
+  before: CoreTimes,
+  after: CoreTimes,
+  ownUs: number,
+  wallUs: number,
+): { otherShare: number; stealShare: number } {
+  return {
+    otherShare: Math.max(0, after.busyUs - before.busyUs - ownUs) / wallUs,
+    stealShare: Math.max(0, after.stealUs - before.stealUs) / wallUs,
+  };
+}
+
 export interface WrkRequest {
   port: number;
   /** The server's pid: its CPU time over the run is read from /proc (cpuUsPerRequest). */
@@ -139,10 +202,19 @@ export interface WrkResult {
    * it waits with nothing to read, the server's next send to it pays the cross-core wake-up.
    */
   wakeupsPerRequest: number | null;
+  /**
+   * Other work on the measured cores during the run and the time stolen from them, each as a share
+   * of one core's time (interference); null where /proc/stat or the server's CPU time is unread.
+   */
+  otherCpuShare: number | null;
+  stealShare: number | null;
 }
 
 export async function runWrk(request: WrkRequest): Promise<WrkResult> {
+  const cores = Bun.which("taskset") ? MEASURED_CORES : null;
   const cpuBefore = request.serverPid ? cpuTimeUs(request.serverPid) : null;
+  const coresBefore = coreTimesUs(cores);
+  const startedAt = performance.now();
   const proc = Bun.spawn(
     pinned(1, [
       "wrk",
@@ -173,8 +245,20 @@ export async function runWrk(request: WrkRequest): Promise<WrkResult> {
   ]);
   await proc.exited;
   const cpuAfter = request.serverPid ? cpuTimeUs(request.serverPid) : null;
+  const coresAfter = coreTimesUs(cores);
+  const wallUs = (performance.now() - startedAt) * 1000;
   // taskset execs wrk, so the child's own usage is wrk's.
-  const voluntary = proc.resourceUsage()?.contextSwitches.voluntary;
+  const usage = proc.resourceUsage();
+  const voluntary = usage?.contextSwitches.voluntary;
+  const shares =
+    coresBefore && coresAfter && cpuBefore !== null && cpuAfter !== null && usage
+      ? interference(
+          coresBefore,
+          coresAfter,
+          cpuAfter - cpuBefore + Number(usage.cpuTime.total),
+          wallUs,
+        )
+      : null;
   const line = /^BENCH (\{.*\})$/m.exec(out)?.[1];
   if (!line) throw new Error(`wrk printed no result:\n${out}${err}`);
   const r = JSON.parse(line) as Record<string, number>;
@@ -192,6 +276,8 @@ export async function runWrk(request: WrkRequest): Promise<WrkResult> {
         ? (cpuAfter - cpuBefore) / r.requests!
         : null,
     wakeupsPerRequest: voluntary !== undefined && r.requests! > 0 ? voluntary / r.requests! : null,
+    otherCpuShare: shares?.otherShare ?? null,
+    stealShare: shares?.stealShare ?? null,
   };
 }
 
