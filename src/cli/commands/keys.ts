@@ -1,5 +1,5 @@
 import { MAX_KEY_DAYS } from "../../modules/admin/model";
-import { isScope } from "../../modules/auth/api-keys";
+import { isScope, KeyRefused } from "../../modules/auth/api-keys";
 import type { Scope } from "../../plugins/auth/principal";
 import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
 
@@ -43,18 +43,24 @@ export const keysCreate: Command = {
       expiresAt,
       environment: env as "live" | "test",
     };
-    const refused = services.apiKeys.refusal(spec);
-    if (refused?.code === "TEST_KEY_IN_PRODUCTION") {
-      throw new CliError("--env test is refused when APP_ENV=production", EXIT_USAGE);
+    let created: ReturnType<typeof services.apiKeys.create>;
+    try {
+      created = services.apiKeys.create(spec, "cli");
+    } catch (error) {
+      if (!(error instanceof KeyRefused)) throw error;
+      const refused = error.refusal;
+      if (refused.code === "TEST_KEY_IN_PRODUCTION") {
+        throw new CliError("--env test is refused when APP_ENV=production", EXIT_USAGE);
+      }
+      if (refused.code === "SCOPES_EXCEED_ROLE") {
+        throw new CliError(
+          `--owner is a ${refused.role}, whose keys may not hold ${refused.scopes.join(", ")}`,
+          EXIT_USAGE,
+        );
+      }
+      throw new CliError("the owner no longer exists");
     }
-    if (refused?.code === "SCOPES_EXCEED_ROLE") {
-      throw new CliError(
-        `--owner is a ${refused.role}, whose keys may not hold ${refused.scopes.join(", ")}`,
-        EXIT_USAGE,
-      );
-    }
-    if (refused) throw new CliError("the owner no longer exists");
-    const { key, record } = services.apiKeys.create(spec, "cli");
+    const { key, record } = created;
     context.out(
       `created key ${record.id} (${record.prefix}…) scopes ${record.scopes.join(",")} expires ${iso(record.expiresAt)}`,
     );

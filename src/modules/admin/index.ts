@@ -20,6 +20,8 @@ import {
   type ApiKeyService,
   DEFAULT_ROTATION_GRACE_MS,
   earliest,
+  type KeyRefusal,
+  KeyRefused,
 } from "../auth/api-keys";
 import { queryAuditEvents } from "./audit-query";
 import {
@@ -108,24 +110,12 @@ export function adminModule(options: AdminModuleOptions) {
           expiresAt: earliest(asked, endOf(principal)),
           environment: body.environment,
         };
-        const refused = apiKeys.refusal(spec);
-        if (refused?.code === "TEST_KEY_IN_PRODUCTION") {
-          throw new AppError("VALIDATION_FAILED", "pal_test_ keys are refused in production.", [
-            { field: "body/environment", message: "Must be live in production" },
-          ]);
+        let created: ReturnType<typeof apiKeys.create>;
+        try {
+          created = apiKeys.create(spec, principalRef(principal));
+        } catch (error) {
+          throw error instanceof KeyRefused ? refusalProblem(error.refusal) : error;
         }
-        if (refused?.code === "SCOPES_EXCEED_ROLE") {
-          throw new AppError("VALIDATION_FAILED", "The key's owner may not hold these scopes.", [
-            {
-              field: "body/scopes",
-              message: `A ${refused.role}'s key may not hold ${refused.scopes.join(", ")}`,
-            },
-          ]);
-        }
-        if (refused?.code === "NO_OWNER") {
-          throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
-        }
-        const created = apiKeys.create(spec, principalRef(principal));
         set.status = 201;
         return { key: created.key, apiKey: view(created.record) };
       },
@@ -333,4 +323,23 @@ export function adminModule(options: AdminModuleOptions) {
         detail: { tags, summary: "Lift a block" },
       },
     );
+}
+
+/** The answer to a key creation the owner's role refused. */
+function refusalProblem(refused: KeyRefusal): AppError {
+  switch (refused.code) {
+    case "TEST_KEY_IN_PRODUCTION":
+      return new AppError("VALIDATION_FAILED", "pal_test_ keys are refused in production.", [
+        { field: "body/environment", message: "Must be live in production" },
+      ]);
+    case "SCOPES_EXCEED_ROLE":
+      return new AppError("VALIDATION_FAILED", "The key's owner may not hold these scopes.", [
+        {
+          field: "body/scopes",
+          message: `A ${refused.role}'s key may not hold ${refused.scopes.join(", ")}`,
+        },
+      ]);
+    case "NO_OWNER":
+      return new AppError("UNAUTHENTICATED", "The account no longer exists.");
+  }
 }

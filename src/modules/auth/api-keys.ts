@@ -55,6 +55,14 @@ export type KeyRefusal =
   | { code: "TEST_KEY_IN_PRODUCTION" }
   | { code: "NO_OWNER" };
 
+/** What `create` throws for a key the owner's role (read in the inserting transaction) does not allow. */
+export class KeyRefused extends Error {
+  constructor(readonly refusal: KeyRefusal) {
+    super(`API key refused: ${refusal.code}`);
+    this.name = "KeyRefused";
+  }
+}
+
 export interface ApiKeyServiceOptions {
   /** Production: no `pal_test_` key is created or rotated. */
   refuseTestKeys?: boolean;
@@ -177,24 +185,33 @@ export class ApiKeyService {
     return beyond.length > 0 ? { code: "SCOPES_EXCEED_ROLE", role, scopes: beyond } : null;
   }
 
-  /** Creates the key; the caller has asked `refusal` first (a refused spec is a bug here). */
+  /**
+   * Creates the key, or throws KeyRefused. The owner's role is read in the transaction that inserts
+   * the key: an owner erased or demoted meanwhile by another process is seen there, not found by
+   * the insert's foreign key (a 500) or bypassed (a key beyond the new role).
+   */
   create(spec: NewApiKey, actor: string | null): { key: string; record: ApiKeyRecord } {
-    const refused = this.refusal(spec);
-    if (refused) throw new Error(`API key refused: ${refused.code}`);
     const now = this.clock.now();
     const key = generateApiKey(spec.environment ?? "live");
     const id = Bun.randomUUIDv7();
-    this.insertSealed({
-      id,
-      name: spec.name,
-      prefix: keyPrefix(key),
-      secretHash: hashApiKey(key),
-      scopes: JSON.stringify(spec.scopes),
-      userId: spec.userId,
-      createdAt: now,
-      expiresAt: spec.expiresAt ?? null,
-      origin: "api",
-    });
+    this.db.transaction(
+      () => {
+        const refused = this.refusal(spec);
+        if (refused) throw new KeyRefused(refused);
+        this.insertSealed({
+          id,
+          name: spec.name,
+          prefix: keyPrefix(key),
+          secretHash: hashApiKey(key),
+          scopes: JSON.stringify(spec.scopes),
+          userId: spec.userId,
+          createdAt: now,
+          expiresAt: spec.expiresAt ?? null,
+          origin: "api",
+        });
+      },
+      { behavior: "immediate" },
+    );
     this.audit.record({
       type: "admin.key.created",
       outcome: "success",
