@@ -158,6 +158,48 @@ describe("manual blocks", () => {
     expect(blocks[9]!.reason).toBe("10 failed logins or /metrics tokens in 15 min");
   });
 
+  test("two processes on one file make one offence one block, not a second one a rung longer", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp(clock);
+    const other = secondProcess(target, clock);
+    cleanups.push(() => other.close());
+    const address = "192.0.2.83";
+    const client = { ip: address, key: address, address: parseIp(address) };
+    // Both have read the blocks (none yet): the other's copy stays as it is for a second.
+    expect(target.services.ipBlocks.blockedUntil(address)).toBeNull();
+    expect(other.services.ipBlocks.blockedUntil(address)).toBeNull();
+
+    const here = [];
+    for (let i = 0; i < 10; i++)
+      here.push(await target.services.ipBlocks.recordViolation("login", client));
+    expect(here[9]).toMatchObject({ source: "auto", expiresAt: clock.now() + 15 * MINUTE });
+    // Guesses already past the IP-block stage in the other process fail too, counted in the same
+    // store: each is this offence, not a next one.
+    for (let i = 0; i < 3; i++) {
+      expect(await other.services.ipBlocks.recordViolation("login", client)).toBeNull();
+    }
+    // And the other process refuses the address at once, before its next refresh.
+    expect(other.services.ipBlocks.blockedUntil(address)).toBe(clock.now() + 15 * MINUTE);
+
+    const rows = target.db.$client
+      .query("SELECT expires_at - created_at AS ttl FROM ip_blocks WHERE address = ?")
+      .all(address);
+    expect(rows).toEqual([{ ttl: 15 * MINUTE }]);
+    target.services.audit.flush();
+    other.services.audit.flush();
+    const audited = target.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'ip.blocked' AND ip = ?")
+      .get(address);
+    expect(audited).toEqual({ n: 1 });
+
+    // A later offence (the block and the counting window over) is the next rung.
+    clock.advance(31 * MINUTE);
+    for (let i = 0; i < 9; i++)
+      expect(await other.services.ipBlocks.recordViolation("login", client)).toBeNull();
+    const next = await other.services.ipBlocks.recordViolation("login", client);
+    expect(next!.expiresAt - next!.createdAt).toBe(60 * MINUTE);
+  });
+
   test("a lifted automatic block starts its violations from zero, and does not lengthen the next", async () => {
     const clock = new ManualClock();
     const target = blockingApp(clock);

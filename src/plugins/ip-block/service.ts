@@ -123,6 +123,19 @@ function prepareStatements(db: AppDatabase) {
         })
         .returning(BLOCK_COLUMNS)
         .prepare(),
+    /** When the longest block in force on an address ends (null: none), as the file says now. */
+    inForceUntil: () =>
+      db
+        .select({ until: max(ipBlocks.expiresAt) })
+        .from(ipBlocks)
+        .where(
+          and(
+            eq(ipBlocks.address, p("address")),
+            gt(ipBlocks.expiresAt, p("now")),
+            isNull(ipBlocks.liftedAt),
+          ),
+        )
+        .prepare(),
     priorAutoBlocks: () =>
       db
         .select({ n: count() })
@@ -202,38 +215,80 @@ export class IpBlockService {
 
   block(block: NewBlock): IpBlock {
     const now = this.options.clock.now();
-    const { audit } = this.options;
-    const row = this.db.transaction(
+    const row = this.db.transaction(() => this.insertAudited(block, now), {
+      behavior: "immediate",
+    });
+    this.blocked(row);
+    return row;
+  }
+
+  /**
+   * An automatic block of `subject`, as long as the ladder says for its earlier automatic blocks,
+   * unless a block is in force on it already. Both are read in the transaction that inserts it:
+   * another process on the file may have blocked the subject for this same offence a moment ago,
+   * before this one's copy of the blocks (refreshed each second) shows it. Counting that block as an
+   * earlier offence would make one offence two blocks, the second a rung longer.
+   */
+  private autoBlock(
+    subject: string,
+    reason: string,
+    ladder: readonly number[],
+    requestId: string | null,
+  ): IpBlock | null {
+    const now = this.options.clock.now();
+    const outcome = this.db.transaction(
       () => {
-        const inserted = this.statements.insertBlock.get({
-          address: block.address,
-          reason: block.reason,
-          source: block.source,
-          createdBy: block.createdBy ?? null,
-          createdAt: now,
-          expiresAt: now + block.ttlMs,
-        })!;
-        const lockout = isPrincipalSubject(block.address);
-        audit.record({
-          type: lockout ? "auth.locked_out" : "ip.blocked",
-          outcome: "success",
-          // A lockout's subject is a principal: it is the actor the row is about, not an address.
-          actor: lockout ? block.address : (block.createdBy ?? "system"),
-          ip: lockout ? null : block.address,
-          requestId: block.requestId ?? null,
-          detail: { reason: block.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
-          at: now,
-        });
-        return inserted;
+        const until = this.statements.inForceUntil.get({ address: subject, now })?.until ?? null;
+        if (until !== null) return { inForceUntil: until };
+        const earlier = this.statements.priorAutoBlocks.get({
+          address: subject,
+          since: now - this.settings.escalationLookbackMs,
+        })!.n;
+        const ttlMs = ladder[Math.min(earlier, ladder.length - 1)]!;
+        const block = { address: subject, reason, ttlMs, source: "auto" as const, requestId };
+        return { row: this.insertAudited(block, now) };
       },
       { behavior: "immediate" },
     );
+    if (outcome.row) {
+      this.blocked(outcome.row);
+      return outcome.row;
+    }
+    this.active.set(subject, Math.max(outcome.inForceUntil, this.active.get(subject) ?? 0));
+    return null;
+  }
+
+  /** Inserts a block and its audit row; inside the caller's transaction. */
+  private insertAudited(block: NewBlock, now: number): IpBlock {
+    const inserted = this.statements.insertBlock.get({
+      address: block.address,
+      reason: block.reason,
+      source: block.source,
+      createdBy: block.createdBy ?? null,
+      createdAt: now,
+      expiresAt: now + block.ttlMs,
+    })!;
+    const lockout = isPrincipalSubject(block.address);
+    this.options.audit.record({
+      type: lockout ? "auth.locked_out" : "ip.blocked",
+      outcome: "success",
+      // A lockout's subject is a principal: it is the actor the row is about, not an address.
+      actor: lockout ? block.address : (block.createdBy ?? "system"),
+      ip: lockout ? null : block.address,
+      requestId: block.requestId ?? null,
+      detail: { reason: block.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
+      at: now,
+    });
+    return inserted;
+  }
+
+  /** A block just written: in force here at once, and logged. */
+  private blocked(row: IpBlock): void {
     this.active.set(row.address, Math.max(row.expiresAt, this.active.get(row.address) ?? 0));
     this.options.logger.warn(
       { address: row.address, reason: row.reason, source: row.source, expiresAt: row.expiresAt },
       isPrincipalSubject(row.address) ? "principal locked out" : "ip blocked",
     );
-    return row;
   }
 
   /**
@@ -352,22 +407,16 @@ export class IpBlockService {
     const [outcome] = await this.options.limiter.check([{ policy, key: counterKey, now }]);
     if (outcome?.admitted !== false) return null;
     if (this.blockedUntil(subject) !== null) return null;
-    const earlier = this.statements.priorAutoBlocks.get({
-      address: subject,
-      since: now - this.settings.escalationLookbackMs,
-    })!.n;
     const ladder =
       kind === "principal" ? this.settings.lockoutEscalation : this.settings.escalation;
-    const ttlMs = ladder[Math.min(earlier, ladder.length - 1)]!;
     // Wrong /metrics tokens count as failed logins (plugins/metrics): one counter, so the reason names both.
     const what = kind === "login" ? "failed logins or /metrics tokens" : "rate-limit refusals";
-    return this.block({
-      address: subject,
-      reason: `${count} ${what} in ${windowMs / MINUTE} min`,
-      ttlMs,
-      source: "auto",
+    return this.autoBlock(
+      subject,
+      `${count} ${what} in ${windowMs / MINUTE} min`,
+      ladder,
       requestId,
-    });
+    );
   }
 
   /** Deletes blocks that ended longer ago than escalation looks back. Bounded per call. */
