@@ -58,20 +58,44 @@ interface CachedKey {
   expiresAt: number | null;
 }
 
+/** The owning account's row, as its seal covers it, read with a key or a session (left-joined). */
+const ownerColumns = {
+  ownerId: users.id,
+  ownerEmail: users.email,
+  ownerEmailKey: users.emailKey,
+  ownerRole: users.role,
+  ownerPasswordHash: users.passwordHash,
+  ownerSeal: users.seal,
+};
+
+type OwnerRow = {
+  ownerId: string | null;
+  ownerEmail: string | null;
+  ownerEmailKey: string | null;
+  ownerRole: string | null;
+  ownerPasswordHash: string | null;
+  ownerSeal: string | null;
+};
+
+/** The owner's columns as the account row its seal was computed over. */
+function ownerAccount(row: OwnerRow & { ownerId: string }) {
+  return {
+    id: row.ownerId,
+    email: row.ownerEmail ?? "",
+    emailKey: row.ownerEmailKey,
+    passwordHash: row.ownerPasswordHash ?? "",
+    role: row.ownerRole ?? "",
+    seal: row.ownerSeal,
+  };
+}
+
 /** The statements verification runs, prepared once per verifier. */
 function prepareStatements(db: AppDatabase) {
-  const keyFields = {
-    ...sealedKeyColumns,
-    name: apiKeys.name,
-    // The owner's row as its seal covers it: the role bounds the key's scopes.
-    ownerId: users.id,
-    ownerEmail: users.email,
-    ownerEmailKey: users.emailKey,
-    ownerRole: users.role,
-    ownerPasswordHash: users.passwordHash,
-    ownerSeal: users.seal,
-  };
-  const familyFields = sealedFamilyColumns;
+  // The owner's row as its seal covers it: the role bounds the key's scopes.
+  const keyFields = { ...sealedKeyColumns, name: apiKeys.name, ...ownerColumns };
+  // A session with its account as the account's seal covers it: a token of an account whose row
+  // fails its seal is refused, as the account's own login, refresh and keys are.
+  const familyFields = { ...sealedFamilyColumns, ...ownerColumns };
   return preparedOnUse({
     /** A key by its prefix, with its owner's role now (null: ownerless, or the owner row is gone). */
     findKey: () =>
@@ -116,6 +140,7 @@ function prepareStatements(db: AppDatabase) {
         db
           .select(familyFields)
           .from(refreshFamilies)
+          .leftJoin(users, eq(users.id, refreshFamilies.userId))
           .where(eq(refreshFamilies.id, sql.placeholder("id")))
           .prepare(),
         familyFields,
@@ -226,12 +251,19 @@ export class CredentialVerifier {
 
   /**
    * Whether the session (refresh family) exists, is the subject's, is not revoked, and matches its
-   * seal: a revocation cleared in the file breaks the seal, so the session stays ended.
+   * seal (a revocation cleared in the file breaks the seal, so the session stays ended), and its
+   * account's row matches its own: a token is refused like the account's login and keys when
+   * the row was changed in the file (a role raised or lowered there).
    */
   private sessionLive(familyId: string, userId: string): boolean {
     const family = this.statements.familyState({ id: familyId });
     if (!family || family.userId !== userId || family.revokedAt !== null) return false;
-    return this.options.seal.intact.family(family);
+    const { seal } = this.options;
+    if (!seal.intact.family(family)) return false;
+    return (
+      family.ownerId !== null &&
+      seal.intact.account(ownerAccount({ ...family, ownerId: family.ownerId }))
+    );
   }
 
   verifyApiKey(key: string): Verification {
@@ -266,14 +298,7 @@ export class CredentialVerifier {
     if (row.userId !== null && row.ownerId === null) return { ok: false, reason: "revoked" };
     if (
       row.ownerId !== null &&
-      !seal.intact.account({
-        id: row.ownerId,
-        email: row.ownerEmail ?? "",
-        emailKey: row.ownerEmailKey,
-        passwordHash: row.ownerPasswordHash ?? "",
-        role: row.ownerRole ?? "",
-        seal: row.ownerSeal,
-      })
+      !seal.intact.account(ownerAccount({ ...row, ownerId: row.ownerId }))
     ) {
       return { ok: false, reason: "invalid" };
     }

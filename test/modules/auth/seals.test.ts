@@ -202,6 +202,37 @@ describe("accounts written into the file", () => {
     );
   });
 
+  test("an account changed in the file: its access tokens are refused on every route, not only /me", async () => {
+    const clock = new ManualClock();
+    const target = buildTestApp({ clock });
+    cleanups.push(() => target.close());
+    const admin = await signUp(target, { role: "admin" });
+    const user = await signUp(target);
+    const routes = async (on: Pick<TestApp, "app">, token: string) => {
+      const statuses: number[] = [];
+      for (const path of ["/api/auth/me", "/api/chat/conversations", "/api/admin/blocks"]) {
+        statuses.push((await send(on as TestApp, path, { headers: bearer(token) })).status);
+      }
+      return statuses;
+    };
+    // Verified and cached here before the edit.
+    expect(await routes(target, admin.accessToken)).toEqual([200, 200, 200]);
+    expect(await routes(target, user.accessToken)).toEqual([200, 200, 403]);
+
+    // The admin demoted in the file (to hide them, say), the user promoted: neither row matches.
+    target.db.$client.run("UPDATE users SET role = 'user' WHERE id = ?", [admin.userId]);
+    target.db.$client.run("UPDATE users SET role = 'admin' WHERE id = ?", [user.userId]);
+    // A process that never saw the tokens refuses them at once…
+    const next = restarted(target);
+    expect(await routes(next, admin.accessToken)).toEqual([401, 401, 401]);
+    expect(await routes(next, user.accessToken)).toEqual([401, 401, 401]);
+    // …and this one once it reads their sessions again (every 30 s for a cached token).
+    clock.advance(30_000);
+    expect(await routes(target, admin.accessToken)).toEqual([401, 401, 401]);
+    expect(await routes(target, user.accessToken)).toEqual([401, 401, 401]);
+    expect(tamperReports(target)).toContainEqual({ table: "users", id: admin.userId });
+  });
+
   test("an account inserted into the file cannot sign in", async () => {
     const target = app();
     const hash = await Bun.password.hash(STRONG_PASSWORD, {
