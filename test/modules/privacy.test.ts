@@ -231,3 +231,60 @@ test("what the user's own API keys did is exported with the user's data and pseu
   expect(left.n).toBe(1);
   expect(verifyAuditChain(sqlite, new AuditKeys(current.config.audit.secretKey)).ok).toBe(true);
 });
+
+test("an admin's blocks and lockouts: exported without the addresses blocked; erasure names the pseudonym and ends the lockouts", async () => {
+  current = buildTestApp();
+  const admin = await signUp(current, { role: "admin" });
+  const { key, record } = createKey(current, ["admin"], admin.userId);
+  const byToken = await send(current, "/api/admin/blocks", {
+    headers: bearer(admin.accessToken),
+    body: { address: "198.51.100.7", ttlMinutes: 300, reason: "spam" },
+  });
+  expect(byToken.status).toBe(201);
+  const byKey = await send(current, "/api/admin/blocks", {
+    headers: { "x-api-key": key },
+    body: { address: "198.51.100.8", ttlMinutes: 300, reason: "scraping" },
+  });
+  expect(byKey.status).toBe(201);
+  const { ipBlocks } = current.services;
+  ipBlocks.block({ address: `key:${record.id}`, reason: "locked", ttlMs: 60_000, source: "auto" });
+  ipBlocks.block({
+    address: "198.51.100.9",
+    reason: "someone else's",
+    ttlMs: 60_000,
+    source: "auto",
+  });
+
+  const exported = await send(current, "/api/me/export", { headers: bearer(admin.accessToken) });
+  const document = (await exported.json()) as {
+    ipBlocks: { lockouts: { principal: string }[]; blocksMade: { reason: string }[] };
+  };
+  expect(document.ipBlocks.lockouts.map((l) => l.principal)).toEqual([`key:${record.id}`]);
+  expect(document.ipBlocks.blocksMade.map((b) => b.reason)).toEqual(["spam", "scraping"]);
+  expect(JSON.stringify(document.ipBlocks)).not.toContain("198.51.100.");
+
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(admin.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  const sqlite = current.db.$client;
+  const rows = sqlite
+    .query("SELECT address, created_by AS createdBy FROM ip_blocks ORDER BY id")
+    .all() as { address: string; createdBy: string | null }[];
+  current.services.audit.flush();
+  const pseudonym = (
+    sqlite.query("SELECT actor FROM audit_events WHERE type = 'privacy.erased'").get() as {
+      actor: string;
+    }
+  ).actor;
+  expect(pseudonym).toMatch(/^erased:/);
+  // The blocks stay (they protect the service), naming the pseudonym the audit log uses; the
+  // lockout of the erased key is gone; another block is untouched.
+  expect(rows).toEqual([
+    { address: "198.51.100.7", createdBy: pseudonym },
+    { address: "198.51.100.8", createdBy: pseudonym },
+    { address: "198.51.100.9", createdBy: null },
+  ]);
+  expect(JSON.stringify(sqlite.query("SELECT * FROM ip_blocks").all())).not.toContain(admin.userId);
+});

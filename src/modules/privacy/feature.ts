@@ -28,12 +28,18 @@ export function privacyFeature(
       for (const actor of actors) core.audit.pseudonymise(actor, pseudonym);
     },
   };
+  // The blocks an admin made, and the lockouts of their principals: before the audit log's own.
+  const ipBlocks: PrivacyContributor = {
+    name: "ipBlocks",
+    export: (_userId, { actors }) => core.ipBlocks.heldFor(actors),
+    erase: (_userId, { pseudonym, actors }) => core.ipBlocks.eraseActors(actors, pseudonym),
+  };
   const service = new PrivacyService({
     sqlite: core.db.$client,
     clock: core.clock,
     audit: core.audit,
     account,
-    contributors: [...features.flatMap((feature) => feature.privacy ?? []), auditEvents],
+    contributors: [...features.flatMap((feature) => feature.privacy ?? []), ipBlocks, auditEvents],
   });
   return {
     name: "privacy",

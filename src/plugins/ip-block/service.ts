@@ -369,6 +369,48 @@ export class IpBlockService {
   }
 
   /**
+   * What the blocks hold about a person acting as `actors` (`user:<id>` and their keys), for their
+   * privacy export: the lockouts of those principals, and the blocks they made — without the
+   * addresses blocked, which are other people's.
+   */
+  heldFor(actors: readonly string[]) {
+    if (actors.length === 0) return { lockouts: [], blocksMade: [] };
+    const { address, reason, source, createdAt, expiresAt, liftedAt, id } = ipBlocks;
+    const lockouts = this.db
+      .select({ id, principal: address, reason, createdAt, expiresAt, liftedAt })
+      .from(ipBlocks)
+      .where(inArray(address, [...actors]))
+      .orderBy(ipBlocks.id)
+      .all();
+    const blocksMade = this.db
+      .select({ id, createdBy: ipBlocks.createdBy, reason, source, createdAt, expiresAt, liftedAt })
+      .from(ipBlocks)
+      .where(inArray(ipBlocks.createdBy, [...actors]))
+      .orderBy(ipBlocks.id)
+      .all();
+    return { lockouts, blocksMade };
+  }
+
+  /**
+   * Erasure (inside its transaction): the blocks the person made name the pseudonym instead, as the
+   * audit log's rows of them do; their principals' lockouts go, since no one is left to lock out
+   * and the row would name them.
+   */
+  eraseActors(actors: readonly string[], pseudonym: string): void {
+    if (actors.length === 0) return;
+    this.db
+      .update(ipBlocks)
+      .set({ createdBy: pseudonym })
+      .where(inArray(ipBlocks.createdBy, [...actors]))
+      .run();
+    this.db
+      .delete(ipBlocks)
+      .where(inArray(ipBlocks.address, [...actors]))
+      .run();
+    for (const actor of actors) this.active.delete(actor);
+  }
+
+  /**
    * Counts one violation by this client; blocks it when the threshold is crossed. Returns the new
    * block, if one was made.
    */
