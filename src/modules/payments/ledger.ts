@@ -181,14 +181,37 @@ export class PaymentLedger {
     return null;
   }
 
-  /** Records a refund Stripe made (status `succeeded`): the refunded total only grows. */
-  recordRefund(id: string, refundedTotal: number, now: number): PaymentStatus | null {
+  /** The row as recordRefund would leave it (what a refund answers while its write waits). */
+  afterRefund(row: PaymentRow, refundedTotal: number): PaymentRow {
+    const total = Math.min(row.amount, Math.max(row.amountRefunded, refundedTotal));
+    return {
+      ...row,
+      amountRefunded: total,
+      status: total === row.amount ? "refunded" : row.status,
+    };
+  }
+
+  /**
+   * Records a refund Stripe made (status `succeeded`): the refunded total only grows. The admin's
+   * refund ends its claim (`release`); Stripe's `charge.refunded` does not, since a refund it did
+   * not start may still be with Stripe, and a second one must not start beside it.
+   */
+  recordRefund(
+    id: string,
+    refundedTotal: number,
+    now: number,
+    release = true,
+  ): PaymentStatus | null {
     const row = this.find(id);
     if (!row) return null;
-    const total = Math.min(row.amount, Math.max(row.amountRefunded, refundedTotal));
+    const total = this.afterRefund(row, refundedTotal).amountRefunded;
     this.db
       .update(payments)
-      .set({ amountRefunded: total, refundStartedAt: null, updatedAt: now })
+      .set({
+        amountRefunded: total,
+        updatedAt: now,
+        ...(release ? { refundStartedAt: null } : {}),
+      })
       .where(eq(payments.id, id))
       .run();
     if (total === row.amount && this.move(row, "refunded", row.statusEventAt, now))
@@ -242,7 +265,7 @@ export class PaymentLedger {
       const row = this.find(intentId);
       if (!row) return ignored("unknown payment");
       if (refunded <= row.amountRefunded) return ignored("stale or repeated refund");
-      const entered = this.recordRefund(row.id, refunded, now);
+      const entered = this.recordRefund(row.id, refunded, now, false);
       return {
         outcome: "processed",
         statuses: entered ? [entered] : [],

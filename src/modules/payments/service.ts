@@ -27,18 +27,22 @@
 import { createHash } from "node:crypto";
 import { and, eq } from "drizzle-orm";
 import type { Clock } from "../../clock";
+import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { paymentIdempotencyKeys, payments } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
+import type { PaymentStatus } from "./status";
 import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
 
 export const CLAIM_LEASE_MS = 120_000;
 export const IDEMPOTENCY_RETENTION_MS = 24 * 60 * 60 * 1000;
 const DEFAULT_IN_PROGRESS_WAIT_MS = 10_000;
 const POLL_MS = 20;
+/** How often a made refund's ledger write is tried again while the database is locked. */
+export const RECORD_RETRY_MS = 200;
 const PRUNE_BATCH = 1000;
 
 /** What an intent request answers with (the route's 201 body). */
@@ -331,15 +335,20 @@ export class PaymentService {
       );
       return { ok: false, kind: "refused", reason: `refund ${result.status}` };
     }
-    const entered = this.db.transaction(
+    const refundedTotal = start.refundedBefore + result.amount;
+    const recorded = this.recordMadeRefund(
       () =>
-        settled
-          ? this.ledger.recordRefund(id, start.refundedBefore + result.amount, this.clock.now())
-          : this.ledger.releaseRefund(id),
-      { behavior: "immediate" },
+        this.db.transaction(
+          () =>
+            settled
+              ? this.ledger.recordRefund(id, refundedTotal, this.clock.now())
+              : this.ledger.releaseRefund(id),
+          { behavior: "immediate" },
+        ),
+      { requestId: acting.requestId, paymentId: id, refundId: result.id, amount: result.amount },
     );
-    if (entered) this.metrics.payments.labels(entered).inc();
-    this.audit.record({
+    // Queued in the audit log while the database is locked, and written once the lock goes.
+    this.recordKept({
       type: "payment.refund",
       outcome: settled ? "success" : "info",
       actor: acting.actor,
@@ -354,11 +363,67 @@ export class PaymentService {
         status: result.status,
       },
     });
+    const row = this.ledger.find(id)!;
     return {
       kind: "refunded",
       refund: { id: result.id, amount: result.amount, status: result.status },
-      payment: viewOf(this.ledger.find(id)!),
+      // Read while the ledger write still waits for the lock: the payment as it will be recorded.
+      payment: viewOf(recorded || !settled ? row : this.ledger.afterRefund(row, refundedTotal)),
     };
+  }
+
+  /**
+   * Writes what a refund Stripe made changes in the ledger. A refund made is money returned: a
+   * database locked at that moment (another process, a CLI command, a backup) must not turn it into
+   * a 503 that records nothing and invites a second refund. The write is then retried every
+   * RECORD_RETRY_MS until the lock goes, while the payment's refund claim keeps any other refund of
+   * it out; a process stopped before that leaves it to Stripe's `charge.refunded` (the refund id is
+   * in the log line). Returns whether it was written now.
+   */
+  private recordMadeRefund(
+    write: () => PaymentStatus | null,
+    context: { requestId: string; paymentId: string; refundId: string; amount: number },
+  ): boolean {
+    const written = (entered: PaymentStatus | null) => {
+      if (entered) this.metrics.payments.labels(entered).inc();
+    };
+    try {
+      written(write());
+      return true;
+    } catch (error) {
+      if (!isDatabaseBusy(error)) throw error;
+    }
+    this.logger.warn(context, "refund made by Stripe; its record waits for the database lock");
+    const retry = () => {
+      try {
+        written(write());
+        this.logger.info(context, "refund recorded after the database lock");
+      } catch (error) {
+        if (isDatabaseBusy(error)) {
+          setTimeout(retry, RECORD_RETRY_MS).unref?.();
+          return;
+        }
+        this.logger.error(
+          { ...context, err: error },
+          "refund made by Stripe could not be recorded; charge.refunded will record its total",
+        );
+      }
+    };
+    setTimeout(retry, RECORD_RETRY_MS).unref?.();
+    return false;
+  }
+
+  /** An audit row of something already done: a locked database queues it rather than fail. */
+  private recordKept(event: Parameters<AuditLog["record"]>[0]): void {
+    try {
+      this.audit.record(event);
+    } catch (error) {
+      if (!isDatabaseBusy(error)) throw error;
+      this.logger.warn(
+        { requestId: event.requestId, type: event.type },
+        "audit row queued: the database is locked",
+      );
+    }
   }
 
   /** Deletes idempotency keys past their 24 hours, a bounded number per run. */

@@ -1,4 +1,5 @@
 /** Object-level isolation between users, and admin refunds (audited, bounded, one at a time). */
+import { Database } from "bun:sqlite";
 import { afterEach, expect, test } from "bun:test";
 import { send } from "../../support/app";
 import { bearer, createKey, type Session, signUp } from "../../support/auth";
@@ -6,8 +7,10 @@ import {
   auditRows,
   buildPaymentsApp,
   createIntent,
+  deliver,
   metricValue,
   type PaymentsApp,
+  stripeEvent,
   succeed,
 } from "../../support/payments";
 
@@ -160,5 +163,97 @@ test("two admins refunding one payment at once: one refund reaches Stripe, the o
     Array.from({ length: 5 }, () => refund(current!, id, bearer(admin.accessToken))),
   );
   expect(responses.map((r) => r.status).sort()).toEqual([200, 409, 409, 409, 409]);
+  expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
+});
+
+test("a refund Stripe made while the database is locked is answered, recorded once the lock goes, and audited", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const id = await pay(current, alice);
+  await succeed(current, id);
+  current.stripe.delayMs = 300;
+  const answered = refund(current, id, bearer(admin.accessToken), { amount: 1000 });
+  // Another process (a CLI command, a backup) takes the write lock while Stripe works.
+  const other = new Database(current.databasePath);
+  await Bun.sleep(100);
+  other.run("BEGIN IMMEDIATE");
+  let released = false;
+  try {
+    const response = await answered;
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as {
+      refund: { id: string; amount: number };
+      payment: { amountRefunded: number; status: string };
+    };
+    expect(body.refund.amount).toBe(1000);
+    expect(body.payment).toMatchObject({ amountRefunded: 1000, status: "succeeded" });
+    // Still locked: the ledger has not been written, and nothing else may refund it meanwhile.
+    expect(
+      other.query("SELECT amount_refunded AS refunded FROM payments WHERE id = ?").get(id),
+    ).toEqual({ refunded: 0 });
+    const meanwhile = await refund(current, id, bearer(admin.accessToken), { amount: 2000 });
+    expect([409, 503]).toContain(meanwhile.status);
+    other.run("COMMIT");
+    released = true;
+
+    // Written within a few retries of the lock going, and audited once with the refund's id.
+    const deadline = Date.now() + 3000;
+    let row = current.db.$client
+      .query(
+        "SELECT amount_refunded AS refunded, refund_started_at AS claim FROM payments WHERE id = ?",
+      )
+      .get(id) as { refunded: number; claim: number | null };
+    while (row.refunded !== 1000 && Date.now() < deadline) {
+      await Bun.sleep(50);
+      row = current.db.$client
+        .query(
+          "SELECT amount_refunded AS refunded, refund_started_at AS claim FROM payments WHERE id = ?",
+        )
+        .get(id) as { refunded: number; claim: number | null };
+    }
+    expect(row).toEqual({ refunded: 1000, claim: null });
+    const audited = auditRows(current, "payment.refund").map((r) => JSON.parse(r.detail as string));
+    expect(audited).toEqual([
+      expect.objectContaining({ paymentId: id, refundId: body.refund.id, amount: 1000 }),
+    ]);
+    const waited = current.logs.entries.find(
+      (entry) => entry.msg === "refund made by Stripe; its record waits for the database lock",
+    );
+    expect(waited).toMatchObject({ paymentId: id, refundId: body.refund.id, amount: 1000 });
+    // The rest is what Stripe has not refunded: the next refund sees the first.
+    const rest = await refund(current, id, bearer(admin.accessToken));
+    expect(rest.status).toBe(200);
+    expect(((await rest.json()) as { refund: { amount: number } }).refund.amount).toBe(2000);
+    expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(2);
+  } finally {
+    if (!released) other.run("ROLLBACK");
+    other.close();
+  }
+});
+
+test("Stripe's charge.refunded for another refund does not end an admin refund's claim: no second refund starts beside it", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const id = await pay(current, alice);
+  await succeed(current, id);
+  current.stripe.delayMs = 400;
+  const first = refund(current, id, bearer(admin.accessToken), { amount: 100 });
+  await Bun.sleep(100);
+  // A refund made in Stripe's Dashboard is reported meanwhile.
+  const dashboard = await deliver(
+    current,
+    stripeEvent("charge.refunded", {
+      id: "ch_dashboard1",
+      object: "charge",
+      payment_intent: id,
+      amount_refunded: 50,
+    }),
+  );
+  expect(dashboard.status).toBe(200);
+  const second = await refund(current, id, bearer(admin.accessToken), { amount: 200 });
+  expect(second.status).toBe(409);
+  expect((await first).status).toBe(200);
   expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
 });
