@@ -62,6 +62,23 @@ export const stripeWebhookRouteClasses: readonly RouteClass[] = [
  * The event, if `header` signs `payload` with one of `secrets` within the tolerance at
  * `receivedAtMs`, either way (not older, nor dated further ahead); null otherwise. The SDK does the comparison (constant time) and the timestamp.
  */
+/**
+ * The `t` of a `Stripe-Signature` header, read as the SDK reads the header (its items split on
+ * commas, the key before the first `=` compared exactly) but stricter: exactly one `t`, all digits.
+ * The SDK takes the last `t` and `parseInt`s it (`t=<future>a`, `t=+<future>`, `t=now,t=<future>`),
+ * so any looser reading here could check one time while the SDK verifies another. Null otherwise.
+ */
+export function signedTimestamp(header: string): number | null {
+  let found: string | null = null;
+  for (const item of header.split(",")) {
+    const equals = item.indexOf("=");
+    if ((equals === -1 ? item : item.slice(0, equals)) !== "t") continue;
+    if (found !== null) return null;
+    found = equals === -1 ? "" : item.slice(equals + 1);
+  }
+  return found !== null && /^[0-9]{1,15}$/.test(found) ? Number(found) : null;
+}
+
 export async function verifyStripeSignature(
   payload: string,
   header: string,
@@ -70,11 +87,8 @@ export async function verifyStripeSignature(
 ): Promise<Stripe.Event | null> {
   // The SDK refuses a timestamp older than the tolerance but takes any in the future; a clock
   // that far ahead is not Stripe's, and a signature dated ahead would outlive the replay window.
-  const signedAt = /(?:^|,)\s*t=(\d{1,15})(?:,|$)/.exec(header)?.[1];
-  if (
-    signedAt !== undefined &&
-    Number(signedAt) > receivedAtMs / 1000 + STRIPE_SIGNATURE_TOLERANCE_S
-  ) {
+  const signedAt = signedTimestamp(header);
+  if (signedAt === null || signedAt > receivedAtMs / 1000 + STRIPE_SIGNATURE_TOLERANCE_S) {
     return null;
   }
   // Loaded at the first delivery, not at start (a service without Stripe never loads the SDK).

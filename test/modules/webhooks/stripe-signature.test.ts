@@ -171,6 +171,44 @@ test("the tolerance holds both ways: a signature dated more than 300 s ahead is 
   expect(slightly.status).toBe(200);
 });
 
+test("every spelling of a post-dated timestamp the SDK would verify is refused: the time checked is the time signed", async () => {
+  current = buildPaymentsApp();
+  const now = Math.floor(Date.now() / 1000);
+  const future = now + 100_000;
+  const text = JSON.stringify(unknownType());
+  // Signed over `<future>.<body>` with the real secret: what the SDK verifies for each spelling.
+  const v1 = (await signStripe(text, WEBHOOK_SECRET, future))
+    .split(",")
+    .find((p) => p.startsWith("v1="))!;
+  const spellings = [
+    `t=${now},t=${future},${v1}`,
+    `t=${future}a,${v1}`,
+    `t=+${future},${v1}`,
+    `t=${future}.5,${v1}`,
+    `t=${future},t=${future},${v1}`,
+    `t=0${future},${v1}`.replace(`t=0${future}`, `t=${future} `),
+  ];
+  let failures = 0;
+  for (const header of spellings) {
+    const response = await send(current, "/webhooks/stripe", {
+      body: text,
+      headers: { "stripe-signature": header, "content-type": "application/json" },
+      peer: "54.187.174.169",
+    });
+    await expectBadSignature(response, failures++);
+  }
+  // The one plain spelling of a time now is still Stripe's.
+  const fine = await send(current, "/webhooks/stripe", {
+    body: text,
+    headers: {
+      "stripe-signature": await signStripe(text, WEBHOOK_SECRET, now),
+      "content-type": "application/json",
+    },
+    peer: "54.187.174.169",
+  });
+  expect(fine.status).toBe(200);
+});
+
 test("the exact bytes: a body that only decodes to the signed text (a BOM, invalid UTF-8) is refused", async () => {
   current = buildPaymentsApp();
   const text = JSON.stringify(unknownType());
