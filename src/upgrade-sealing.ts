@@ -1,7 +1,8 @@
 /**
  * @module
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
- * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015) seals those rows in a
+ * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017)
+ * seals those rows in a
  * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
  * kind of row, and records the audit event once its services exist: a second sealing of the same
@@ -11,6 +12,7 @@ import type { MigrationCompanions } from "./db/migrate";
 import { credentialSealing, sealedMessage } from "./modules/auth/seal-upgrade";
 import { createChatSeal } from "./modules/chat/history-seal";
 import { chatSealedMessage, chatSealing } from "./modules/chat/history-seal-upgrade";
+import { createPaymentSeal, paymentSealing, paymentsSealedMessage } from "./modules/payments/seal";
 import {
   createOutboxSeal,
   outboxSealedMessage,
@@ -34,8 +36,14 @@ export function upgradeSealing(auditSecret: string): {
   const credentials = credentialSealing(createCredentialSeal(auditSecret));
   const outbox = outboxSealing(createOutboxSeal(auditSecret));
   const chat = chatSealing(createChatSeal(auditSecret));
+  const ledger = paymentSealing(createPaymentSeal(auditSecret));
   return {
-    companions: new Map([...credentials.companions, ...outbox.companions, ...chat.companions]),
+    companions: new Map([
+      ...credentials.companions,
+      ...outbox.companions,
+      ...chat.companions,
+      ...ledger.companions,
+    ]),
     sealed() {
       const said: UpgradeSealed[] = [];
       const counts = credentials.sealed();
@@ -44,6 +52,8 @@ export function upgradeSealing(auditSecret: string): {
       if (rows) said.push(sealedOf("whatsapp.outbox_sealed", outboxSealedMessage(rows), rows));
       const history = chat.sealed();
       if (history) said.push(sealedOf("chat.history_sealed", chatSealedMessage(history), history));
+      const paid = ledger.sealed();
+      if (paid) said.push(sealedOf("payment.ledger_sealed", paymentsSealedMessage(paid), paid));
       return said;
     },
   };
@@ -51,7 +61,11 @@ export function upgradeSealing(auditSecret: string): {
 
 /** What one kind of row's sealing says: its line, the counts as its fields and as the event's detail. */
 function sealedOf(
-  type: "auth.credentials_sealed" | "whatsapp.outbox_sealed" | "chat.history_sealed",
+  type:
+    | "auth.credentials_sealed"
+    | "whatsapp.outbox_sealed"
+    | "chat.history_sealed"
+    | "payment.ledger_sealed",
   message: string,
   counts: object,
 ): UpgradeSealed {

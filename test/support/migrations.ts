@@ -34,3 +34,18 @@ export function forgetMigrationsFrom(sqlite: Database, firstIdx: number): void {
   const first = journalEntries().find((entry) => entry.idx === firstIdx)!;
   sqlite.run("DELETE FROM __drizzle_migrations WHERE created_at >= ?", [first.when]);
 }
+
+/**
+ * Puts a database back into its shape before migration `firstIdx`, as someone with the file could:
+ * the columns that migration and every later one added (`ALTER TABLE … ADD …`) dropped, and the
+ * migrations forgotten, so the next migrate applies them again (and its companions run again).
+ */
+export function putBackBefore(sqlite: Database, firstIdx: number): void {
+  for (const entry of journalEntries().filter((each) => each.idx >= firstIdx)) {
+    const text = readFileSync(join(MIGRATIONS_FOLDER, `${entry.tag}.sql`), "utf8");
+    for (const [, table, column] of text.matchAll(/ALTER TABLE `(\w+)` ADD `(\w+)`/g)) {
+      sqlite.run(`ALTER TABLE "${table}" DROP COLUMN "${column}"`);
+    }
+  }
+  forgetMigrationsFrom(sqlite, firstIdx);
+}

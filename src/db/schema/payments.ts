@@ -36,6 +36,8 @@ export const payments = sqliteTable(
     metadata: text("metadata"),
     createdAt: integer("created_at").notNull(),
     updatedAt: integer("updated_at").notNull(),
+    /** HMAC over what the row says was paid, by whom, and what happened to it (payments/seal.ts). */
+    seal: text("seal"),
   },
   (table) => [
     uniqueIndex("payments_id").on(table.id),
@@ -63,6 +65,8 @@ export const paymentIdempotencyKeys = sqliteTable(
     /** The first response (JSON), once `done`. */
     response: text("response"),
     claimedAt: integer("claimed_at").notNull(),
+    /** HMAC over the owner, key, request hash, state and response (payments/seal.ts). */
+    seal: text("seal"),
   },
   (table) => [
     primaryKey({ columns: [table.owner, table.key] }),

@@ -7,7 +7,7 @@
 import type { Core } from "../../core";
 import type { Feature } from "../feature";
 import { paymentsModule, paymentsRouteClasses } from "./index";
-import { PaymentLedger } from "./ledger";
+import { type PaymentLedger, paymentLedgerOf } from "./ledger";
 import { paymentMetrics } from "./metrics";
 import { paymentsContributor } from "./privacy";
 import { PaymentService } from "./service";
@@ -34,7 +34,7 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
       : secretKey === null
         ? null
         : new StripeGateway(createStripe({ secretKey, apiUrl }));
-  const ledger = new PaymentLedger(db);
+  const ledger = paymentLedgerOf(core);
   const service = new PaymentService({
     db,
     clock,
@@ -56,6 +56,6 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
     maintenance: (now) => {
       service.prune(now);
     },
-    privacy: [paymentsContributor(db)],
+    privacy: [paymentsContributor(db, ledger)],
   };
 }

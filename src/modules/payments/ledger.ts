@@ -6,11 +6,18 @@
  * returns what to audit and count once that transaction has committed.
  */
 import { and, desc, eq, lt, sql } from "drizzle-orm";
+import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { payments } from "../../db/schema";
 import type { AuditEvent } from "../../plugins/audit/events";
 import { isStripeId } from "./ids";
+import {
+  createPaymentSeal,
+  type PaymentSeal,
+  type PaymentTamperReport,
+  paymentTamperReporter,
+} from "./seal";
 import { mayMove, type PaymentStatus } from "./status";
 
 export type PaymentRow = typeof payments.$inferSelect;
@@ -87,10 +94,23 @@ const ignored = (reason: string): EventEffect => ({
   audit: [],
 });
 
+/** The ledger of a core: sealed with its AUDIT_SECRET_KEY, tampering reported to its log and audit. */
+export function paymentLedgerOf(core: Pick<Core, "db" | "config" | "logger" | "audit">) {
+  return new PaymentLedger(
+    core.db,
+    createPaymentSeal(core.config.audit.secretKey),
+    paymentTamperReporter(core),
+  );
+}
+
 export class PaymentLedger {
   private readonly statements;
 
-  constructor(private readonly db: AppDatabase) {
+  constructor(
+    private readonly db: AppDatabase,
+    readonly seal: PaymentSeal,
+    private readonly report: PaymentTamperReport,
+  ) {
     this.statements = preparedOnUse({
       firstKey: () =>
         db.$client.query(
@@ -121,12 +141,32 @@ export class PaymentLedger {
     });
   }
 
+  /** Whether a stored row matches its seal; one that does not is reported. */
+  intact(row: PaymentRow): boolean {
+    if (this.seal.intact.payment(row)) return true;
+    this.report("payments", row.id);
+    return false;
+  }
+
+  /** Reports a payments row that fails its seal (once per row and process). */
+  reportTampered(table: "payments" | "payment_idempotency_keys", id: string): void {
+    this.report(table, id);
+  }
+
+  /** The row, if Palisade wrote it: one that fails its seal is reported and treated as absent. */
   find(id: string): PaymentRow | undefined {
-    return this.statements.byId.get({ id });
+    const row = this.statements.byId.get({ id });
+    return row && this.intact(row) ? row : undefined;
   }
 
   findOwned(owner: string, id: string): PaymentRow | undefined {
-    return this.statements.byOwnerAndId.get({ owner, id });
+    const row = this.statements.byOwnerAndId.get({ owner, id });
+    return row && this.intact(row) ? row : undefined;
+  }
+
+  /** The seal of `row` with `change` made: every write of a sealed column goes through here. */
+  private resealed(row: PaymentRow, change: Partial<PaymentRow>): { seal: string } {
+    return { seal: this.seal.payment({ ...row, ...change }) };
   }
 
   /** The owner's payments, newest first, `limit` from before the cursor (a `seq`). */
@@ -142,14 +182,29 @@ export class PaymentLedger {
       .all();
     const page = rows.slice(0, limit);
     return {
-      payments: page.map(viewOf),
+      // A row that fails its seal is left out (reported); the cursor still moves past it.
+      payments: page.filter((row) => this.intact(row)).map(viewOf),
       nextCursor: rows.length > limit ? (page.at(-1)?.seq ?? null) : null,
     };
   }
 
-  /** Inserts a new intent's row; a row with that id already there (a replayed claim) is kept. */
-  insert(row: typeof payments.$inferInsert): void {
-    this.db.insert(payments).values(row).onConflictDoNothing({ target: payments.id }).run();
+  /** Inserts a new intent's row, sealed; a row with that id already there (a replayed claim) is kept. */
+  insert(row: Omit<typeof payments.$inferInsert, "seal">): void {
+    const seal = this.seal.payment({
+      id: row.id,
+      owner: row.owner,
+      amount: row.amount,
+      currency: row.currency,
+      status: row.status,
+      amountRefunded: row.amountRefunded ?? 0,
+      disputedAt: row.disputedAt ?? null,
+      clientSecret: row.clientSecret ?? null,
+    });
+    this.db
+      .insert(payments)
+      .values({ ...row, seal })
+      .onConflictDoNothing({ target: payments.id })
+      .run();
   }
 
   /** Moves `row` to `next` if the status rule allows it; returns whether it moved. */
@@ -158,7 +213,12 @@ export class PaymentLedger {
     // Compare-and-set on the status read: another writer in between makes this a no-op.
     const moved = this.db
       .update(payments)
-      .set({ status: next, statusEventAt: Math.max(eventAt, row.statusEventAt), updatedAt: now })
+      .set({
+        status: next,
+        statusEventAt: Math.max(eventAt, row.statusEventAt),
+        updatedAt: now,
+        ...this.resealed(row, { status: next }),
+      })
       .where(and(eq(payments.id, row.id), eq(payments.status, row.status)))
       .returning({ id: payments.id })
       .all();
@@ -211,10 +271,12 @@ export class PaymentLedger {
         amountRefunded: total,
         updatedAt: now,
         ...(release ? { refundStartedAt: null } : {}),
+        ...this.resealed(row, { amountRefunded: total }),
       })
       .where(eq(payments.id, id))
       .run();
-    if (total === row.amount && this.move(row, "refunded", row.statusEventAt, now))
+    const refunded = { ...row, amountRefunded: total };
+    if (total === row.amount && this.move(refunded, "refunded", row.statusEventAt, now))
       return "refunded";
     return null;
   }
@@ -294,7 +356,7 @@ export class PaymentLedger {
       if (row && row.disputedAt === null) {
         this.db
           .update(payments)
-          .set({ disputedAt: now, updatedAt: now })
+          .set({ disputedAt: now, updatedAt: now, ...this.resealed(row, { disputedAt: now }) })
           .where(eq(payments.id, row.id))
           .run();
       }

@@ -10,31 +10,44 @@ import { asc, eq } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { paymentIdempotencyKeys, payments } from "../../db/schema";
 import type { PrivacyContributor } from "../privacy/contributor";
-import { viewOf } from "./ledger";
+import { type PaymentLedger, viewOf } from "./ledger";
 
-export function paymentsContributor(db: AppDatabase): PrivacyContributor {
+export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): PrivacyContributor {
+  const ownedBy = (userId: string) =>
+    db
+      .select()
+      .from(payments)
+      .where(eq(payments.owner, `user:${userId}`))
+      .orderBy(asc(payments.seq))
+      .all();
   return {
     name: "payments",
+    // A row that fails its seal is not the user's payment (it is reported).
     export: (userId) =>
-      db
-        .select()
-        .from(payments)
-        .where(eq(payments.owner, `user:${userId}`))
-        .orderBy(asc(payments.seq))
-        .all()
+      ownedBy(userId)
+        .filter((row) => ledger.intact(row))
         .map(viewOf),
     erase(userId, { pseudonym }) {
       const owner = `user:${userId}`;
-      db.update(payments)
-        .set({
-          owner: pseudonym,
-          customerEmail: null,
-          description: null,
-          metadata: null,
-          clientSecret: null,
-        })
-        .where(eq(payments.owner, owner))
-        .run();
+      const stripped = {
+        customerEmail: null,
+        description: null,
+        metadata: null,
+        clientSecret: null,
+      };
+      // Each row resealed for its new owner; one that failed its seal is stripped all the same,
+      // never resealed (a change by Palisade must not make a row written into the file trusted).
+      for (const row of ownedBy(userId)) {
+        const next = { ...row, ...stripped, owner: pseudonym };
+        db.update(payments)
+          .set({
+            ...stripped,
+            owner: next.owner,
+            ...(ledger.intact(row) ? { seal: ledger.seal.payment(next) } : {}),
+          })
+          .where(eq(payments.seq, row.seq))
+          .run();
+      }
       db.delete(paymentIdempotencyKeys).where(eq(paymentIdempotencyKeys.owner, owner)).run();
     },
   };

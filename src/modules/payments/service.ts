@@ -139,34 +139,52 @@ export class PaymentService {
     const now = this.clock.now();
     return this.db.transaction(
       (tx) => {
-        const row = tx
-          .select()
-          .from(paymentIdempotencyKeys)
-          .where(and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)))
-          .get();
-        if (!row) {
-          tx.insert(paymentIdempotencyKeys)
-            .values({ owner, key, requestHash: hash, state: "pending", claimedAt: now })
-            .run();
-          return { kind: "claimed" } as const;
+        const ours = and(
+          eq(paymentIdempotencyKeys.owner, owner),
+          eq(paymentIdempotencyKeys.key, key),
+        );
+        const row = tx.select().from(paymentIdempotencyKeys).where(ours).get();
+        // A key written into the file is no claim of ours: its stored response is never replayed.
+        // It goes, and this request claims the key; Stripe replays its own result for the key if
+        // the intent was ever made.
+        if (row && !this.ledger.seal.intact.idempotencyKey(row)) {
+          this.ledger.reportTampered("payment_idempotency_keys", owner);
+          tx.delete(paymentIdempotencyKeys).where(ours).run();
+        } else if (row) {
+          return this.claimHeld(row, hash, now, ours);
         }
-        if (row.requestHash !== hash) return { kind: "key_reused" } as const;
-        if (row.state === "done" && row.response !== null) {
-          return { kind: "done", response: JSON.parse(row.response) as IntentResponse } as const;
-        }
-        if (row.claimedAt + CLAIM_LEASE_MS <= now) {
-          tx.update(paymentIdempotencyKeys)
-            .set({ claimedAt: now })
-            .where(
-              and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)),
-            )
-            .run();
-          return { kind: "claimed" } as const;
-        }
-        return { kind: "pending" } as const;
+        const pending = {
+          owner,
+          key,
+          requestHash: hash,
+          state: "pending" as const,
+          response: null,
+        };
+        tx.insert(paymentIdempotencyKeys)
+          .values({ ...pending, claimedAt: now, seal: this.ledger.seal.idempotencyKey(pending) })
+          .run();
+        return { kind: "claimed" } as const;
       },
       { behavior: "immediate" },
     );
+  }
+
+  /** What a claim finds in a key already held by a row Palisade wrote. */
+  private claimHeld(
+    row: typeof paymentIdempotencyKeys.$inferSelect,
+    hash: string,
+    now: number,
+    ours: ReturnType<typeof and>,
+  ): Claim {
+    if (row.requestHash !== hash) return { kind: "key_reused" };
+    if (row.state === "done" && row.response !== null) {
+      return { kind: "done", response: JSON.parse(row.response) as IntentResponse };
+    }
+    if (row.claimedAt + CLAIM_LEASE_MS <= now) {
+      this.db.update(paymentIdempotencyKeys).set({ claimedAt: now }).where(ours).run();
+      return { kind: "claimed" };
+    }
+    return { kind: "pending" };
   }
 
   private release(owner: string, key: string): void {
@@ -250,9 +268,20 @@ export class PaymentService {
           updatedAt: now,
         });
         if (!gone) {
+          const done = {
+            owner,
+            key,
+            requestHash: hash,
+            state: "done" as const,
+            response: JSON.stringify(response),
+          };
           this.db
             .update(paymentIdempotencyKeys)
-            .set({ state: "done", response: JSON.stringify(response) })
+            .set({
+              state: done.state,
+              response: done.response,
+              seal: this.ledger.seal.idempotencyKey(done),
+            })
             .where(
               and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)),
             )

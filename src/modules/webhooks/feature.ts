@@ -10,6 +10,7 @@ import type { Core } from "../../core";
 import type { authPlugin } from "../../plugins/auth";
 import type { RouteClass } from "../../plugins/route-class";
 import type { Feature } from "../feature";
+import { paymentLedgerOf } from "../payments/ledger";
 import { paymentMetrics } from "../payments/metrics";
 import { webhookMetrics } from "./metrics";
 import { pruneStripeEvents, stripeWebhook, stripeWebhookRouteClasses } from "./stripe";
@@ -34,6 +35,7 @@ export function webhooksFeature(core: Core): Feature {
         secrets: config.stripe.webhookSecrets,
         metrics,
         payments: paymentMetrics(registry),
+        ledger: paymentLedgerOf(core),
       }) as unknown as WebhookPart["routes"],
     },
   ];

@@ -35,7 +35,7 @@ import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import type { RouteClass } from "../../plugins/route-class";
 import { isStripeId } from "../payments/ids";
-import { type EventEffect, PaymentLedger, type StripeEventLike } from "../payments/ledger";
+import type { EventEffect, PaymentLedger, StripeEventLike } from "../payments/ledger";
 import type { PaymentMetrics } from "../payments/metrics";
 import { pruneWebhookEvents } from "./events";
 import type { WebhookMetrics } from "./metrics";
@@ -143,6 +143,8 @@ export interface StripeWebhookOptions {
   secrets: readonly string[];
   metrics: WebhookMetrics;
   payments?: PaymentMetrics;
+  /** The payments ledger the events move (sealed: modules/payments/seal.ts). */
+  ledger: PaymentLedger;
 }
 
 type Applied = EventEffect | { outcome: "duplicate" };
@@ -161,8 +163,7 @@ export function pruneStripeEvents(db: AppDatabase, now: number): void {
 }
 
 export function stripeWebhook(options: StripeWebhookOptions) {
-  const { db, clock, logger, audit, secrets, metrics } = options;
-  const ledger = new PaymentLedger(db);
+  const { db, clock, logger, audit, secrets, metrics, ledger } = options;
 
   /** Records the event id and applies its effect, in one transaction. */
   const apply = (event: StripeEventLike): Applied => {

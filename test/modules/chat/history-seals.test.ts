@@ -30,7 +30,7 @@ import {
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
 import { startGraphServer } from "../../support/graph-server";
-import { forgetMigrationsFrom, migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
+import { migrationsUpTo, migrationTagsFrom, putBackBefore } from "../../support/migrations";
 import { whatsappOf } from "../../support/outbox";
 import { auditedEvents, deliver, notification, whatsappEnv } from "../../support/whatsapp";
 
@@ -746,10 +746,7 @@ describe("upgrading a database stored before chat seals", () => {
 
     // Someone with the file puts it back into its pre-0015 shape, a forged reply inside.
     file = openDatabase(path);
-    file.$client.run("ALTER TABLE chat_messages DROP COLUMN seal");
-    file.$client.run("ALTER TABLE chat_messages DROP COLUMN previous_seal");
-    file.$client.run("ALTER TABLE chat_conversations DROP COLUMN seal");
-    forgetMigrationsFrom(file.$client, 15);
+    putBackBefore(file.$client, 15);
     file.$client.run(
       `INSERT INTO chat_messages (conversation_id, role, content, incomplete, tokens, created_at)
        VALUES ('0ldC0nversati0n0000001', 'assistant', ?, 0, 12, 2)`,

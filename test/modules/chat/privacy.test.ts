@@ -136,8 +136,12 @@ describe("an owner gone before the turn is prepared, or while it runs", () => {
   test("over HTTP: a signed-in user whose account row no longer holds gets 401, and nothing is kept", async () => {
     target = buildTestApp();
     const alice = await signUp(target);
-    // The access token is still valid (signed, its session live); the account row is not: written
-    // into the file, it fails its seal, which is how the chat's owner check finds it gone.
+    // The access token is verified and cached (its session and account are read again within
+    // 30 s); the account row is then written into the file and fails its seal, which is how the
+    // chat's own owner check, in the turn, finds it gone.
+    expect((await send(target, "/api/chat/conversations", { headers: asUser(alice) })).status).toBe(
+      200,
+    );
     target.db.$client.run("UPDATE users SET seal = NULL WHERE id = ?", [alice.userId]);
     const response = await chat(target, asUser(alice), { message: "asked by a refused account" });
     expect(response.status).toBe(401);

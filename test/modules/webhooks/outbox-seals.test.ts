@@ -25,7 +25,7 @@ import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
 import { startGraphServer } from "../../support/graph-server";
-import { forgetMigrationsFrom, migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
+import { migrationsUpTo, migrationTagsFrom, putBackBefore } from "../../support/migrations";
 import { outboxSetup } from "../../support/outbox";
 import {
   auditedEvents,
@@ -400,13 +400,9 @@ describe("upgrading a database stored before outbox seals", () => {
       .all();
     expect(events).toEqual([{ actor: "system", detail: JSON.stringify({ givenUp: 1, rows: 2 }) }]);
 
-    // Someone with the file puts it back into its pre-0014 shape (so without 0015's chat seals
+    // Someone with the file puts it back into its pre-0014 shape (so without the later seals
     // either) with a reply of theirs inside.
-    file.$client.run("ALTER TABLE whatsapp_outbox DROP COLUMN seal");
-    file.$client.run("ALTER TABLE chat_conversations DROP COLUMN seal");
-    file.$client.run("ALTER TABLE chat_messages DROP COLUMN seal");
-    file.$client.run("ALTER TABLE chat_messages DROP COLUMN previous_seal");
-    forgetMigrationsFrom(file.$client, 14);
+    putBackBefore(file.$client, 14);
     file.$client.run(
       `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind,
          reply, state, next_attempt_at, received_at)

@@ -6,7 +6,8 @@
 import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { tempDir } from "../../support/app";
+import { createPaymentSeal } from "../../../src/modules/payments/seal";
+import { PRODUCTION_ENV, tempDir } from "../../support/app";
 import { signStripe, stripeEvent, WEBHOOK_SECRET } from "../../support/payments";
 import { type ServiceProcess, startService } from "../../support/process";
 
@@ -21,17 +22,32 @@ test("1,000 concurrent deliveries of 100 events across 2 processes: exactly 100 
       RATE_LIMIT_PER_MINUTE: "1000000",
       RATE_LIMIT_BURST: "1000000",
       LOG_LEVEL: "info",
+      AUDIT_SECRET_KEY: PRODUCTION_ENV.AUDIT_SECRET_KEY,
     };
     // The first start migrates; the second joins the migrated file.
     services.push(await startService(env));
     const seed = new Database(env.DATABASE_PATH);
     seed.run("PRAGMA busy_timeout = 5000");
     const ids = Array.from({ length: 100 }, (_, i) => `pi_Multi${String(i).padStart(4, "0")}`);
+    // As the service writes them: sealed with its AUDIT_SECRET_KEY (an unsealed row is absent).
+    const seal = createPaymentSeal(env.AUDIT_SECRET_KEY);
     const insert = seed.prepare(
-      "INSERT INTO payments (id, owner, amount, currency, status, created_at, updated_at) VALUES (?, 'user:seed', 1000, 'usd', 'processing', ?, ?)",
+      "INSERT INTO payments (id, owner, amount, currency, status, created_at, updated_at, seal) VALUES (?, 'user:seed', 1000, 'usd', 'processing', ?, ?, ?)",
     );
     seed.transaction(() => {
-      for (const id of ids) insert.run(id, Date.now(), Date.now());
+      for (const id of ids) {
+        const row = {
+          id,
+          owner: "user:seed",
+          amount: 1000,
+          currency: "usd",
+          status: "processing",
+          amountRefunded: 0,
+          disputedAt: null,
+          clientSecret: null,
+        };
+        insert.run(id, Date.now(), Date.now(), seal.payment(row));
+      }
     })();
     seed.close();
     services.push(await startService(env));

@@ -1,0 +1,180 @@
+/**
+ * @module
+ * Payment seals: what keeps someone who can write the database file, but does not hold
+ * AUDIT_SECRET_KEY, from making the ledger say something Palisade never wrote. An integration
+ * that fulfils orders from `GET /api/payments/:id` trusts the status it reads; an admin refunds
+ * what the ledger says was paid; a replayed Idempotency-Key answers with the response stored.
+ *
+ * So every `payments` row carries a `seal`, an HMAC (db/row-seal.ts, its own key label) over what
+ * it says was paid and what happened to it: the intent id, the owner, amount and currency, the
+ * status, the refunded total, the dispute mark and the client secret. Every `payment_idempotency_keys`
+ * row carries one over its owner, key, request hash, state and stored response. Palisade seals each
+ * row it writes and reseals each change it makes to those columns; a row that does not match is
+ * treated as absent — 404 to its owner, left out of lists and exports, never refunded, its Stripe
+ * events ignored, its stored response never replayed (the key is claimed again, and Stripe replays
+ * its own result for it) — and reported once per process: an error line and a `payment.tampered`
+ * audit event naming the table and the row (alert `PalisadeDatabaseTampered`). A change Palisade
+ * makes to such a row (erasure strips it) never reseals it.
+ *
+ * Not sealed: the bookkeeping (the refund claim, the time of the event that set the status, the
+ * times, `seq`) and what erasure strips (description, customer email, metadata). Changing those can
+ * delay a refund or make a Stripe event look stale; not make a payment look paid. A copy of an
+ * older row of the same file, seal and all (a rollback), is not detected.
+ */
+import type { AppDatabase } from "../../db/client";
+import type { MigrationCompanions } from "../../db/migrate";
+import { createRowSealer, sealMatches } from "../../db/row-seal";
+import type { AuditEvent } from "../../plugins/audit/events";
+
+/** The columns a payment's seal covers. */
+export interface SealedPayment {
+  id: string;
+  owner: string;
+  amount: number;
+  currency: string;
+  status: string;
+  amountRefunded: number;
+  disputedAt: number | null;
+  clientSecret: string | null;
+}
+
+/** The columns an idempotency key's seal covers. */
+export interface SealedIdempotencyKey {
+  owner: string;
+  key: string;
+  requestHash: string;
+  state: string;
+  response: string | null;
+}
+
+export interface PaymentSeal {
+  payment(row: SealedPayment): string;
+  idempotencyKey(row: SealedIdempotencyKey): string;
+  intact: {
+    payment(row: SealedPayment & { seal: string | null }): boolean;
+    idempotencyKey(row: SealedIdempotencyKey & { seal: string | null }): boolean;
+  };
+}
+
+const KEY_LABEL = "palisade payment seal v1";
+
+/** The seal keyed from `auditSecret`. */
+export function createPaymentSeal(auditSecret: string): PaymentSeal {
+  const mac = createRowSealer(auditSecret, KEY_LABEL);
+  const payment = (row: SealedPayment) =>
+    mac([
+      "payment",
+      row.id,
+      row.owner,
+      row.amount,
+      row.currency,
+      row.status,
+      row.amountRefunded,
+      row.disputedAt,
+      row.clientSecret,
+    ]);
+  const idempotencyKey = (row: SealedIdempotencyKey) =>
+    mac(["payment_idempotency_key", row.owner, row.key, row.requestHash, row.state, row.response]);
+  return {
+    payment,
+    idempotencyKey,
+    intact: {
+      payment: (row) => sealMatches(payment(row), row.seal),
+      idempotencyKey: (row) => sealMatches(idempotencyKey(row), row.seal),
+    },
+  };
+}
+
+export type PaymentTamperReport = (
+  table: "payments" | "payment_idempotency_keys",
+  id: string,
+) => void;
+
+/** Rows remembered as reported, per process; past it the memory starts again (reports resume). */
+const REPORTED_LIMIT = 1000;
+/** An id as reported: a forged row's can be any length. */
+const REPORTED_ID_LENGTH = 64;
+
+/**
+ * Reports a tampered payments row once per process: an error line and a `payment.tampered` audit
+ * event naming the table and the row (a payment's id, or an idempotency key's owner; cut to 64
+ * characters, never an amount, a secret or a response). Bounded like the credential reports.
+ */
+export function paymentTamperReporter(deps: {
+  logger: { error(fields: Record<string, unknown>, message: string): void };
+  audit: { record(event: AuditEvent): void };
+}): PaymentTamperReport {
+  const reported = new Set<string>();
+  return (table, rawId) => {
+    const id = rawId.length > REPORTED_ID_LENGTH ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…` : rawId;
+    const key = `${table}:${id}`;
+    if (reported.has(key)) return;
+    if (reported.size >= REPORTED_LIMIT) reported.clear();
+    reported.add(key);
+    deps.logger.error(
+      { table, id },
+      "a payments row does not match its seal: it was written into the database file, not by Palisade; it is treated as absent",
+    );
+    deps.audit.record({
+      type: "payment.tampered",
+      outcome: "denied",
+      actor: "system",
+      detail: { table, id },
+    });
+  };
+}
+
+export const PAYMENT_SEALS_MIGRATION = "0017_payment_seals";
+
+/** What the upgrade sealed. */
+export interface PaymentsSealedOnUpgrade {
+  payments: number;
+  idempotencyKeys: number;
+}
+
+/**
+ * The companion that seals every payment and idempotency key when migration 0017 is applied, in
+ * its transaction (db/migrate.ts), as the credentials are with 0013: only the call that applies it
+ * seals, so a row written into the file afterwards is treated as absent. A row written into the
+ * file before the upgrade is sealed with the rest: a ledger cannot be given up as a reply can.
+ */
+export function paymentSealing(seal: PaymentSeal): {
+  companions: MigrationCompanions;
+  sealed(): PaymentsSealedOnUpgrade | null;
+} {
+  let sealed: PaymentsSealedOnUpgrade | null = null;
+  const sealAll = (db: AppDatabase) => {
+    const sqlite = db.$client;
+    const rows = sqlite
+      .query<SealedPayment & { seq: number }, []>(
+        `SELECT seq, id, owner, amount, currency, status, amount_refunded AS amountRefunded,
+           disputed_at AS disputedAt, client_secret AS clientSecret FROM payments`,
+      )
+      .all();
+    const sealPayment = sqlite.prepare("UPDATE payments SET seal = ? WHERE seq = ?");
+    for (const row of rows) sealPayment.run(seal.payment(row), row.seq);
+    const keys = sqlite
+      .query<SealedIdempotencyKey, []>(
+        `SELECT owner, key, request_hash AS requestHash, state, response
+         FROM payment_idempotency_keys`,
+      )
+      .all();
+    const sealKey = sqlite.prepare(
+      "UPDATE payment_idempotency_keys SET seal = ? WHERE owner = ? AND key = ?",
+    );
+    for (const row of keys) sealKey.run(seal.idempotencyKey(row), row.owner, row.key);
+    sealed =
+      rows.length + keys.length > 0
+        ? { payments: rows.length, idempotencyKeys: keys.length }
+        : null;
+  };
+  return { companions: new Map([[PAYMENT_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+}
+
+/** What the start and the CLI say when the upgrade sealed payments. */
+export function paymentsSealedMessage({
+  payments,
+  idempotencyKeys,
+}: PaymentsSealedOnUpgrade): string {
+  return `sealed the ${payments} payments (and ${idempotencyKeys} idempotency keys) stored before this release; payments rows written into the file from now on are treated as absent`;
+}

@@ -1,0 +1,307 @@
+/**
+ * What someone who can write the database file, but does not hold AUDIT_SECRET_KEY, can do with
+ * the payments ledger (probe 14a F4): a payment changed or inserted there is absent to its owner,
+ * its lists, refunds and Stripe's events; a stored Idempotency-Key result planted there is never
+ * replayed; each is reported once as `payment.tampered`. Every change Palisade makes reseals, and
+ * the upgrade seals what an older release stored.
+ */
+import { describe, expect, test } from "bun:test";
+import { openDatabase } from "../../../src/db/client";
+import { applyMigrations } from "../../../src/db/migrate";
+import {
+  createPaymentSeal,
+  PAYMENT_SEALS_MIGRATION,
+  paymentSealing,
+} from "../../../src/modules/payments/seal";
+import { requestHash } from "../../../src/modules/payments/service";
+import { send, tempDir } from "../../support/app";
+import { bearer, type Session, signUp } from "../../support/auth";
+import { cleanupsAfterEach } from "../../support/cleanups";
+import { cliInProcess } from "../../support/cli";
+import { migrationsUpTo, migrationTagsFrom, putBackBefore } from "../../support/migrations";
+import {
+  auditRows,
+  buildPaymentsApp,
+  createIntent,
+  deliver,
+  type PaymentsApp,
+  stripeEvent,
+  succeed,
+} from "../../support/payments";
+
+const cleanups = cleanupsAfterEach();
+
+function app(): PaymentsApp {
+  const target = buildPaymentsApp();
+  cleanups.push(() => target.close());
+  return target;
+}
+
+async function pay(target: PaymentsApp, who: Session, amount = 3000): Promise<string> {
+  const response = await createIntent(target, bearer(who.accessToken), { amount, currency: "usd" });
+  expect(response.status).toBe(201);
+  return ((await response.json()) as { id: string }).id;
+}
+
+const seal = (target: PaymentsApp) => createPaymentSeal(target.config.audit.secretKey);
+
+/** Whether every payments and idempotency row of the file matches its seal. */
+function everyRowSealed(target: PaymentsApp): boolean {
+  const sealer = seal(target);
+  const sqlite = target.db.$client;
+  const payments = sqlite
+    .query(
+      `SELECT id, owner, amount, currency, status, amount_refunded AS amountRefunded,
+         disputed_at AS disputedAt, client_secret AS clientSecret, seal FROM payments`,
+    )
+    .all() as Parameters<typeof sealer.intact.payment>[0][];
+  const keys = sqlite
+    .query(
+      `SELECT owner, key, request_hash AS requestHash, state, response, seal
+       FROM payment_idempotency_keys`,
+    )
+    .all() as Parameters<typeof sealer.intact.idempotencyKey>[0][];
+  return (
+    payments.every((row) => sealer.intact.payment(row)) &&
+    keys.every((row) => sealer.intact.idempotencyKey(row))
+  );
+}
+
+function tamperReports(target: PaymentsApp) {
+  return auditRows(target, "payment.tampered").map((row) => JSON.parse(row.detail as string));
+}
+
+describe("payments written into the file", () => {
+  test("an unpaid intent made 'succeeded' in the file: 404 to its owner, left out of the list, never refunded, reported once", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    const paid = await pay(target, alice, 1500);
+    await succeed(target, paid);
+    target.db.$client.run("UPDATE payments SET status = 'succeeded' WHERE id = ?", [id]);
+
+    const read = await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) });
+    expect(read.status).toBe(404);
+    const list = (await (
+      await send(target, "/api/payments", { headers: bearer(alice.accessToken) })
+    ).json()) as { payments: { id: string; status: string }[] };
+    expect(list.payments).toEqual([expect.objectContaining({ id: paid, status: "succeeded" })]);
+    const refund = await send(target, `/api/admin/payments/${id}/refund`, {
+      headers: bearer(admin.accessToken),
+      body: {},
+    });
+    expect(refund.status).toBe(404);
+    expect(target.stripe.calls.filter((call) => call.path === "/v1/refunds")).toHaveLength(0);
+    const exported = (await (
+      await send(target, "/api/me/export", { headers: bearer(alice.accessToken) })
+    ).json()) as { payments: { id: string }[] };
+    expect(exported.payments.map((p) => p.id)).toEqual([paid]);
+    // Read five times, reported once; never a column's value.
+    expect(tamperReports(target)).toEqual([{ table: "payments", id }]);
+  });
+
+  test("a payment inserted into the file is nobody's: not listed, not readable, its events ignored", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const forged = "pi_FORGEDforgedFORGED01";
+    target.db.$client.run(
+      `INSERT INTO payments (id, owner, amount, currency, status, client_secret, created_at, updated_at)
+       VALUES (?, ?, 99900, 'usd', 'succeeded', 'x', 1, 1)`,
+      [forged, `user:${alice.userId}`],
+    );
+    const list = (await (
+      await send(target, "/api/payments", { headers: bearer(alice.accessToken) })
+    ).json()) as { payments: unknown[] };
+    expect(list.payments).toEqual([]);
+    expect(
+      (await send(target, `/api/payments/${forged}`, { headers: bearer(alice.accessToken) }))
+        .status,
+    ).toBe(404);
+    const event = await deliver(
+      target,
+      stripeEvent("payment_intent.canceled", { id: forged, object: "payment_intent" }),
+    );
+    expect(event.status).toBe(200);
+    expect(((await event.json()) as { outcome: string }).outcome).toBe("ignored");
+    expect(
+      target.db.$client.query("SELECT status, seal FROM payments WHERE id = ?").get(forged),
+    ).toEqual({ status: "succeeded", seal: null });
+  });
+
+  test("an amount changed in the file: Stripe's events for it are ignored and Palisade never reseals it", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const id = await pay(target, alice);
+    target.db.$client.run("UPDATE payments SET amount = 1 WHERE id = ?", [id]);
+    await succeed(target, id);
+    const row = target.db.$client.query("SELECT status FROM payments WHERE id = ?").get(id);
+    expect(row).toEqual({ status: "requires_payment_method" });
+    expect(everyRowSealed(target)).toBe(false);
+    // Put back as it was, it is the payment again.
+    target.db.$client.run("UPDATE payments SET amount = 3000 WHERE id = ?", [id]);
+    await succeed(target, id, Math.floor(Date.now() / 1000) + 1);
+    const read = await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) });
+    expect(((await read.json()) as { status: string }).status).toBe("succeeded");
+  });
+
+  test("a stored Idempotency-Key result planted in the file is never replayed: the key is claimed again and Stripe answers", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const body = { amount: 1500, currency: "usd" };
+    const planted = {
+      id: "pi_ATTACKERattacker01",
+      clientSecret: "pi_ATTACKERattacker01_secret_evil",
+      status: "requires_payment_method",
+      amount: 1500,
+      currency: "usd",
+    };
+    target.db.$client.run(
+      `INSERT INTO payment_idempotency_keys (owner, key, request_hash, state, claimed_at, response)
+       VALUES (?, 'order-42', ?, 'done', ?, ?)`,
+      [`user:${alice.userId}`, requestHash(body), Date.now(), JSON.stringify(planted)],
+    );
+    const response = await createIntent(target, bearer(alice.accessToken), body, "order-42");
+    expect(response.status).toBe(201);
+    expect(response.headers.get("idempotent-replayed")).toBeNull();
+    const created = (await response.json()) as { id: string; clientSecret: string };
+    expect(created.id).not.toBe(planted.id);
+    expect(created.clientSecret).not.toContain("evil");
+    expect(target.stripe.calls.filter((call) => call.path === "/v1/payment_intents")).toHaveLength(
+      1,
+    );
+    expect(tamperReports(target)).toEqual([
+      { table: "payment_idempotency_keys", id: `user:${alice.userId}` },
+    ]);
+    // The key is Palisade's now: the same request replays what Stripe made.
+    const again = await createIntent(target, bearer(alice.accessToken), body, "order-42");
+    expect(((await again.json()) as { id: string }).id).toBe(created.id);
+    expect(everyRowSealed(target)).toBe(true);
+  });
+});
+
+describe("Palisade reseals what it changes", () => {
+  test("after an intent, its success, a partial refund, a dispute, the rest refunded and an erasure, every row matches its seal", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    expect(everyRowSealed(target)).toBe(true);
+    await succeed(target, id);
+    const refund = (body: unknown) =>
+      send(target, `/api/admin/payments/${id}/refund`, {
+        headers: bearer(admin.accessToken),
+        body,
+      });
+    expect((await refund({ amount: 1000 })).status).toBe(200);
+    const dispute = await deliver(
+      target,
+      stripeEvent("charge.dispute.created", {
+        id: "dp_sealed1",
+        object: "dispute",
+        charge: "ch_sealed1",
+        payment_intent: id,
+        amount: 2000,
+        reason: "fraudulent",
+      }),
+    );
+    expect(dispute.status).toBe(200);
+    expect((await refund({})).status).toBe(200);
+    expect(everyRowSealed(target)).toBe(true);
+    const read = (await (
+      await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) })
+    ).json()) as { status: string; amountRefunded: number; disputed: boolean };
+    expect(read).toMatchObject({ status: "refunded", amountRefunded: 3000, disputed: true });
+
+    const erased = await send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(alice.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    expect(everyRowSealed(target)).toBe(true);
+    expect(
+      target.db.$client.query("SELECT owner LIKE 'erased:%' AS pseudonymous FROM payments").get(),
+    ).toEqual({ pseudonymous: 1 });
+    expect(tamperReports(target)).toEqual([]);
+  });
+});
+
+function databaseBeforePaymentSeals() {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  const path = `${dir.path}/old.db`;
+  const db = openDatabase(path);
+  applyMigrations(db, migrationsUpTo(dir.path, 16));
+  db.$client.run(
+    `INSERT INTO payments (id, owner, amount, currency, status, amount_refunded, client_secret, created_at, updated_at)
+     VALUES ('pi_Old0000000000000001', 'user:old', 2500, 'eur', 'succeeded', 500, 'pi_Old0000000000000001_secret_x', 1, 1)`,
+  );
+  db.$client.run(
+    `INSERT INTO payment_idempotency_keys (owner, key, request_hash, state, claimed_at, response)
+     VALUES ('user:old', 'k1', 'h', 'done', 1, '{"id":"pi_Old0000000000000001"}')`,
+  );
+  return { path, db };
+}
+
+describe("upgrading a database stored before payment seals", () => {
+  test("the migration seals the payments and keys there, in its transaction; only it does", () => {
+    const { db } = databaseBeforePaymentSeals();
+    cleanups.push(() => db.$client.close());
+    const sealer = createPaymentSeal("a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC");
+    const sealing = paymentSealing(sealer);
+    const applied = applyMigrations(db, undefined, sealing.companions).appliedNow;
+    expect(applied).toEqual(migrationTagsFrom(17));
+    expect(applied[0]).toBe(PAYMENT_SEALS_MIGRATION);
+    expect(sealing.sealed()).toEqual({ payments: 1, idempotencyKeys: 1 });
+    const row = db.$client
+      .query(
+        `SELECT id, owner, amount, currency, status, amount_refunded AS amountRefunded,
+           disputed_at AS disputedAt, client_secret AS clientSecret, seal FROM payments`,
+      )
+      .get() as Parameters<typeof sealer.intact.payment>[0];
+    expect(sealer.intact.payment(row)).toBe(true);
+    db.$client.run(
+      `INSERT INTO payments (id, owner, amount, currency, status, created_at, updated_at)
+       VALUES ('pi_Later000000000000001', 'user:old', 1, 'usd', 'succeeded', 2, 2)`,
+    );
+    const later = paymentSealing(sealer);
+    expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+    expect(later.sealed()).toBeNull();
+    expect(db.$client.query("SELECT id FROM payments WHERE seal IS NULL").all()).toEqual([
+      { id: "pi_Later000000000000001" },
+    ]);
+  });
+
+  test("db:migrate says and audits it; a file put back into its pre-0017 shape is sealed, said and audited again", async () => {
+    const { path, db } = databaseBeforePaymentSeals();
+    db.$client.close();
+    const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC" };
+    const first = await cliInProcess(["db:migrate"], env);
+    expect(first.code).toBe(0);
+    expect(first.stderr).toBe(
+      "sealed the 1 payments (and 1 idempotency keys) stored before this release; payments rows written into the file from now on are treated as absent",
+    );
+    expect((await cliInProcess(["db:migrate"], env)).stderr).toBe("");
+    const file = openDatabase(path);
+    const sealedEvents = () =>
+      file.$client
+        .query("SELECT actor, detail FROM audit_events WHERE type = 'payment.ledger_sealed'")
+        .all();
+    expect(sealedEvents()).toEqual([
+      { actor: "system", detail: JSON.stringify({ idempotencyKeys: 1, payments: 1 }) },
+    ]);
+    putBackBefore(file.$client, 17);
+    file.$client.close();
+    const again = await cliInProcess(["db:migrate"], env);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain("sealed the 1 payments");
+    const reopened = openDatabase(path);
+    cleanups.push(() => reopened.$client.close());
+    expect(
+      reopened.$client
+        .query("SELECT count(*) AS n FROM audit_events WHERE type = 'payment.ledger_sealed'")
+        .get(),
+    ).toEqual({ n: 2 });
+    file.$client.close();
+  });
+});
