@@ -7,7 +7,8 @@
  * - every configured secret value in each spelling it can arrive in: raw, JSON-escaped,
  *   percent-encoded (`encodeURIComponent`, upper- or lower-case hex, and any mix of encoded and
  *   raw characters, a space also as `+`, as any encoder writes it), form-encoded (space as `+`)
- *   and base64url (`+/` as `-_`, padding dropped);
+ *   the secret's own text with `+/` as `-_` (padding dropped), and the secret encoded as base64
+ *   or base64url, on its own or inside a larger encoded value;
  * - every API key shape (`pal_…`), JWT shape (`eyJ….….…`), `Bearer` and `Basic` credential,
  *   including their URL spellings (`Bearer%20…`, `Bearer+…`);
  * - the value of every query-style parameter whose name says credential (`password=`, `token=`,
@@ -68,10 +69,30 @@ export function secretSpellings(secret: string): string[] {
     encoded.replace(/%[0-9A-F]{2}/g, (hex) => hex.toLowerCase()),
     encoded.replace(/%20/g, "+"),
     base64url,
+    ...base64Encodings(secret),
   ];
   // As they appear inside a JSON string (a log line is JSON).
   for (const form of [...forms]) forms.push(JSON.stringify(form).slice(1, -1));
   return [...new Set(forms)].filter((form) => form.length >= Math.min(8, secret.length));
+}
+
+/**
+ * The secret encoded as base64 and base64url, wherever it starts in what is encoded: on its own,
+ * or inside a larger value (`user:secret` in a Basic credential, a JSON document a client encoded).
+ * Each of the three byte alignments encodes it differently; of each, the characters that only the
+ * secret's bytes decide.
+ */
+function base64Encodings(secret: string): string[] {
+  const bytes = Buffer.from(secret);
+  const forms: string[] = [];
+  for (let before = 0; before < 3; before++) {
+    const encoded = Buffer.concat([Buffer.alloc(before), bytes]).toString("base64");
+    const start = Math.ceil((before * 8) / 6);
+    const end = Math.floor(((before + bytes.length) * 8) / 6);
+    const own = encoded.slice(start, end);
+    forms.push(own, own.replace(/\+/g, "-").replace(/\//g, "_"));
+  }
+  return forms;
 }
 
 export type TextScrubber = (text: string) => string;

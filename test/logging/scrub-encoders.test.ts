@@ -133,3 +133,33 @@ describe("a secret in every encoder's spelling", () => {
     expect(current.logs.entries.length).toBeGreaterThan(spellingsOf(SECRET).length);
   });
 });
+
+describe("a secret encoded as base64 or base64url (probe 14b F6)", () => {
+  /** The secret inside a larger encoded value, at each of the three byte alignments. */
+  const encodings = (secret: string) =>
+    ["", "a", "ab", "user:", `{"k":"`].flatMap((before) => {
+      const base64 = Buffer.from(`${before}${secret}"tail`).toString("base64");
+      return [base64, base64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")];
+    });
+
+  test("in a path, a user agent and a log message: nothing the secret's bytes decide is left", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: SECRET } });
+    const own = Buffer.from(SECRET).toString("base64");
+    for (const encoded of encodings(SECRET)) {
+      await send(current, `/x/${encodeURIComponent(encoded)}`, {
+        headers: { "user-agent": `ua ${encoded}` },
+      });
+      current.logger.info(`seen ${encoded}`);
+    }
+    const text = current.logs.text;
+    // The middle of the encoding at each alignment: characters that only the secret decides.
+    for (let before = 0; before < 3; before++) {
+      const shifted = Buffer.concat([Buffer.alloc(before), Buffer.from(SECRET)]).toString("base64");
+      const middle = shifted.slice(8, -8);
+      expect(text).not.toContain(middle);
+      expect(text).not.toContain(middle.replace(/\+/g, "-").replace(/\//g, "_"));
+    }
+    expect(text).not.toContain(own.slice(4, -4));
+    expect(text.split(REDACTED).length - 1).toBeGreaterThanOrEqual(encodings(SECRET).length * 2);
+  });
+});
