@@ -29,3 +29,29 @@ export function sealMatches(expected: string, stored: string | null | undefined)
   const wanted = Buffer.from(expected);
   return given.length === wanted.length && timingSafeEqual(given, wanted);
 }
+
+/** Rows remembered as reported, per process; past it the memory starts again (reports resume). */
+const REPORTED_LIMIT = 1000;
+/** An id as reported: a forged row's id can be any length. */
+const REPORTED_ID_LENGTH = 64;
+
+/**
+ * `report`, called once per process for each table and row id (the id cut to 64 characters): a
+ * file full of forged rows must not become a flood of reports, nor hide the next one, so once 1000
+ * rows have been reported the memory is cleared and reports go on (a row may then be reported
+ * again).
+ */
+export function oncePerRow<Table extends string>(
+  report: (table: Table, id: string) => void,
+  limit = REPORTED_LIMIT,
+): (table: Table, rawId: string) => void {
+  const reported = new Set<string>();
+  return (table, rawId) => {
+    const id = rawId.length > REPORTED_ID_LENGTH ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…` : rawId;
+    const key = `${table}:${id}`;
+    if (reported.has(key)) return;
+    if (reported.size >= limit) reported.clear();
+    reported.add(key);
+    report(table, id);
+  };
+}

@@ -23,7 +23,7 @@
  */
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
-import { createRowSealer, sealMatches } from "../../db/row-seal";
+import { createRowSealer, oncePerRow, sealMatches } from "../../db/row-seal";
 import type { AuditEvent } from "../../plugins/audit/events";
 
 /** The columns a payment's seal covers. */
@@ -90,27 +90,16 @@ export type PaymentTamperReport = (
   id: string,
 ) => void;
 
-/** Rows remembered as reported, per process; past it the memory starts again (reports resume). */
-const REPORTED_LIMIT = 1000;
-/** An id as reported: a forged row's can be any length. */
-const REPORTED_ID_LENGTH = 64;
-
 /**
- * Reports a tampered payments row once per process: an error line and a `payment.tampered` audit
- * event naming the table and the row (a payment's id, or an idempotency key's owner; cut to 64
- * characters, never an amount, a secret or a response). Bounded like the credential reports.
+ * Reports a tampered payments row once per process (db/row-seal oncePerRow): an error line and a
+ * `payment.tampered` audit event naming the table and the row (a payment's id, or an idempotency
+ * key's owner; never an amount, a secret or a response).
  */
 export function paymentTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
 }): PaymentTamperReport {
-  const reported = new Set<string>();
-  return (table, rawId) => {
-    const id = rawId.length > REPORTED_ID_LENGTH ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…` : rawId;
-    const key = `${table}:${id}`;
-    if (reported.has(key)) return;
-    if (reported.size >= REPORTED_LIMIT) reported.clear();
-    reported.add(key);
+  return oncePerRow<"payments" | "payment_idempotency_keys">((table, id) => {
     deps.logger.error(
       { table, id },
       "a payments row does not match its seal: it was written into the database file, not by Palisade; it is treated as absent",
@@ -121,7 +110,7 @@ export function paymentTamperReporter(deps: {
       actor: "system",
       detail: { table, id },
     });
-  };
+  });
 }
 
 export const PAYMENT_SEALS_MIGRATION = "0017_payment_seals";

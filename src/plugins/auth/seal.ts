@@ -26,7 +26,7 @@
  * The key is AUDIT_SECRET_KEY's, derived for this one use: that key is already never rotated, and
  * a new required secret would stop every deployment at its next start.
  */
-import { createRowSealer, sealMatches } from "../../db/row-seal";
+import { createRowSealer, oncePerRow, sealMatches } from "../../db/row-seal";
 import type { AuditEvent } from "../audit/events";
 
 export interface SealedAccount {
@@ -132,31 +132,17 @@ export function createCredentialSeal(
   };
 }
 
-/** Rows remembered as reported, per process; past it the memory starts again (reports resume). */
-const REPORTED_LIMIT = 1000;
-/** An id as reported: a forged row's id can be any length. */
-const REPORTED_ID_LENGTH = 64;
-
 /**
- * Reports a tampered row once per process: an error line and an `auth.credential_tampered` audit
- * event naming the table and the row's id (cut to 64 characters; never a column's value). A file
- * full of forged rows must not become a flood, nor hide the next one: once 1000 rows have been
- * reported the memory is cleared, so reports go on (a row may then be reported again; every use of
- * a forged credential is a request the rate limits count).
+ * Reports a tampered row once per process (db/row-seal oncePerRow): an error line and an
+ * `auth.credential_tampered` audit event naming the table and the row's id (cut to 64 characters;
+ * never a column's value). Every use of a forged credential is a request the rate limits count.
  */
 export function tamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
   limit?: number;
 }): TamperReport {
-  const limit = deps.limit ?? REPORTED_LIMIT;
-  const reported = new Set<string>();
-  return (table, rawId) => {
-    const id = rawId.length > REPORTED_ID_LENGTH ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…` : rawId;
-    const key = `${table}:${id}`;
-    if (reported.has(key)) return;
-    if (reported.size >= limit) reported.clear();
-    reported.add(key);
+  return oncePerRow<SealedTable>((table, id) => {
     deps.logger.error(
       { table, id },
       "a credential row does not match its seal: it was written into the database file, not by Palisade; it is refused",
@@ -167,5 +153,5 @@ export function tamperReporter(deps: {
       actor: "system",
       detail: { table, id },
     });
-  };
+  }, deps.limit);
 }

@@ -6,7 +6,8 @@
  */
 import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
-import { ApiKeyService, KeyRefused } from "../../../src/modules/auth/api-keys";
+import { ApiKeyService, type KeyRefusal, KeyRefused } from "../../../src/modules/auth/api-keys";
+import type { Scope } from "../../../src/plugins/auth/principal";
 import type { CredentialSeal } from "../../../src/plugins/auth/seal";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
@@ -51,6 +52,20 @@ function keysWithPause(target: TestApp, between: () => void): ApiKeyService {
   );
 }
 
+/** What `create` refused for a key of `userId` with these scopes (a key made is a failure). */
+function refusalOf(target: TestApp, userId: string, scopes: Scope[]): KeyRefusal {
+  try {
+    target.services.apiKeys.create(
+      { name: "refused", scopes, userId, expiresAt: null },
+      `user:${userId}`,
+    );
+  } catch (error) {
+    if (error instanceof KeyRefused) return error.refusal;
+    throw error;
+  }
+  throw new Error("the key was created");
+}
+
 function keysOf(target: TestApp, userId: string): number {
   const row = target.db.$client
     .query("SELECT count(*) AS n FROM api_keys WHERE user_id = ?")
@@ -91,17 +106,7 @@ describe("creating a key while another process erases or demotes its owner", () 
     other.run("DELETE FROM refresh_families WHERE user_id = ?", [admin.userId]);
     other.run("DELETE FROM users WHERE id = ?", [admin.userId]);
 
-    let refused: unknown = null;
-    try {
-      target.services.apiKeys.create(
-        { name: "late", scopes: ["chat"], userId: admin.userId, expiresAt: null },
-        `user:${admin.userId}`,
-      );
-    } catch (error) {
-      refused = error;
-    }
-    expect(refused).toBeInstanceOf(KeyRefused);
-    expect((refused as KeyRefused).refusal).toEqual({ code: "NO_OWNER" });
+    expect(refusalOf(target, admin.userId, ["chat"])).toEqual({ code: "NO_OWNER" });
     expect(keysOf(target, admin.userId)).toBe(0);
   });
 
@@ -110,16 +115,7 @@ describe("creating a key while another process erases or demotes its owner", () 
     const admin = await signUp(target, { role: "admin" });
     // The demotion commits (the row resealed, as users:role does) just before the transaction.
     target.services.auth.setRole(admin.userId, "user", "test");
-    let refused: unknown = null;
-    try {
-      target.services.apiKeys.create(
-        { name: "beyond", scopes: ["admin"], userId: admin.userId, expiresAt: null },
-        `user:${admin.userId}`,
-      );
-    } catch (error) {
-      refused = error;
-    }
-    expect((refused as KeyRefused).refusal).toEqual({
+    expect(refusalOf(target, admin.userId, ["admin"])).toEqual({
       code: "SCOPES_EXCEED_ROLE",
       role: "user",
       scopes: ["admin"],

@@ -26,6 +26,17 @@ async function pay(target: PaymentsApp, who: Session, amount = 3000): Promise<st
   return ((await response.json()) as { id: string }).id;
 }
 
+/** A fresh app (as `current`) with a succeeded payment of a user's and an admin to refund it. */
+async function paidPayment() {
+  const target = buildPaymentsApp();
+  current = target;
+  const alice = await signUp(target);
+  const admin = await signUp(target, { role: "admin" });
+  const id = await pay(target, alice);
+  await succeed(target, id);
+  return { target, alice, admin, id };
+}
+
 const refund = (target: PaymentsApp, id: string, who: Record<string, string>, body: unknown = {}) =>
   send(target, `/api/admin/payments/${id}/refund`, { body, headers: who });
 
@@ -153,29 +164,21 @@ test("only a succeeded payment can be refunded; an unknown one is 404; a Stripe 
 });
 
 test("two admins refunding one payment at once: one refund reaches Stripe, the other is 409", async () => {
-  current = buildPaymentsApp();
-  const alice = await signUp(current);
-  const admin = await signUp(current, { role: "admin" });
-  const id = await pay(current, alice);
-  await succeed(current, id);
-  current.stripe.delayMs = 200;
+  const { target, admin, id } = await paidPayment();
+  target.stripe.delayMs = 200;
   const responses = await Promise.all(
-    Array.from({ length: 5 }, () => refund(current!, id, bearer(admin.accessToken))),
+    Array.from({ length: 5 }, () => refund(target, id, bearer(admin.accessToken))),
   );
   expect(responses.map((r) => r.status).sort()).toEqual([200, 409, 409, 409, 409]);
-  expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
+  expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
 });
 
 test("a refund Stripe made while the database is locked is answered, recorded once the lock goes, and audited", async () => {
-  current = buildPaymentsApp();
-  const alice = await signUp(current);
-  const admin = await signUp(current, { role: "admin" });
-  const id = await pay(current, alice);
-  await succeed(current, id);
-  current.stripe.delayMs = 300;
-  const answered = refund(current, id, bearer(admin.accessToken), { amount: 1000 });
+  const { target, admin, id } = await paidPayment();
+  target.stripe.delayMs = 300;
+  const answered = refund(target, id, bearer(admin.accessToken), { amount: 1000 });
   // Another process (a CLI command, a backup) takes the write lock while Stripe works.
-  const other = new Database(current.databasePath);
+  const other = new Database(target.databasePath);
   await Bun.sleep(100);
   other.run("BEGIN IMMEDIATE");
   let released = false;
@@ -192,40 +195,38 @@ test("a refund Stripe made while the database is locked is answered, recorded on
     expect(
       other.query("SELECT amount_refunded AS refunded FROM payments WHERE id = ?").get(id),
     ).toEqual({ refunded: 0 });
-    const meanwhile = await refund(current, id, bearer(admin.accessToken), { amount: 2000 });
+    const meanwhile = await refund(target, id, bearer(admin.accessToken), { amount: 2000 });
     expect([409, 503]).toContain(meanwhile.status);
     other.run("COMMIT");
     released = true;
 
     // Written within a few retries of the lock going, and audited once with the refund's id.
-    const deadline = Date.now() + 3000;
-    let row = current.db.$client
-      .query(
-        "SELECT amount_refunded AS refunded, refund_started_at AS claim FROM payments WHERE id = ?",
-      )
-      .get(id) as { refunded: number; claim: number | null };
-    while (row.refunded !== 1000 && Date.now() < deadline) {
-      await Bun.sleep(50);
-      row = current.db.$client
+    const stored = () =>
+      target.db.$client
         .query(
           "SELECT amount_refunded AS refunded, refund_started_at AS claim FROM payments WHERE id = ?",
         )
         .get(id) as { refunded: number; claim: number | null };
+    const deadline = Date.now() + 3000;
+    let row = stored();
+    while (row.refunded !== 1000 && Date.now() < deadline) {
+      await Bun.sleep(50);
+      row = stored();
     }
     expect(row).toEqual({ refunded: 1000, claim: null });
-    const audited = auditRows(current, "payment.refund").map((r) => JSON.parse(r.detail as string));
+    const audited = auditRows(target, "payment.refund").map((r) => JSON.parse(r.detail as string));
     expect(audited).toEqual([
       expect.objectContaining({ paymentId: id, refundId: body.refund.id, amount: 1000 }),
     ]);
-    const waited = current.logs.entries.find(
+    const waited = target.logs.entries.find(
       (entry) => entry.msg === "refund made by Stripe; its record waits for the database lock",
     );
     expect(waited).toMatchObject({ paymentId: id, refundId: body.refund.id, amount: 1000 });
     // The rest is what Stripe has not refunded: the next refund sees the first.
-    const rest = await refund(current, id, bearer(admin.accessToken));
+    const rest = await refund(target, id, bearer(admin.accessToken));
     expect(rest.status).toBe(200);
     expect(((await rest.json()) as { refund: { amount: number } }).refund.amount).toBe(2000);
-    expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(2);
+    expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(2);
   } finally {
     if (!released) other.run("ROLLBACK");
     other.close();
@@ -233,17 +234,13 @@ test("a refund Stripe made while the database is locked is answered, recorded on
 });
 
 test("Stripe's charge.refunded for another refund does not end an admin refund's claim: no second refund starts beside it", async () => {
-  current = buildPaymentsApp();
-  const alice = await signUp(current);
-  const admin = await signUp(current, { role: "admin" });
-  const id = await pay(current, alice);
-  await succeed(current, id);
-  current.stripe.delayMs = 400;
-  const first = refund(current, id, bearer(admin.accessToken), { amount: 100 });
+  const { target, admin, id } = await paidPayment();
+  target.stripe.delayMs = 400;
+  const first = refund(target, id, bearer(admin.accessToken), { amount: 100 });
   await Bun.sleep(100);
   // A refund made in Stripe's Dashboard is reported meanwhile.
   const dashboard = await deliver(
-    current,
+    target,
     stripeEvent("charge.refunded", {
       id: "ch_dashboard1",
       object: "charge",
@@ -252,8 +249,8 @@ test("Stripe's charge.refunded for another refund does not end an admin refund's
     }),
   );
   expect(dashboard.status).toBe(200);
-  const second = await refund(current, id, bearer(admin.accessToken), { amount: 200 });
+  const second = await refund(target, id, bearer(admin.accessToken), { amount: 200 });
   expect(second.status).toBe(409);
   expect((await first).status).toBe(200);
-  expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
+  expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
 });
