@@ -278,6 +278,7 @@ export class PaymentService {
           this.db
             .update(paymentIdempotencyKeys)
             .set({
+              requestHash: done.requestHash,
               state: done.state,
               response: done.response,
               seal: this.ledger.seal.idempotencyKey(done),
