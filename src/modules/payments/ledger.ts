@@ -235,9 +235,16 @@ export class PaymentLedger {
     return row?.id ?? keyId;
   }
 
-  /** Ends the refund's claim without counting it (a pending refund is counted when settled). */
-  releaseRefund(id: string): null {
-    this.db.update(payments).set({ refundStartedAt: null }).where(eq(payments.id, id)).run();
+  /**
+   * Ends a refund's claim without counting it (a pending refund is counted when settled): the claim
+   * it took (`claim`, its `refund_started_at`), never a later refund's.
+   */
+  releaseRefund(id: string, claim: number): null {
+    this.db
+      .update(payments)
+      .set({ refundStartedAt: null })
+      .where(and(eq(payments.id, id), eq(payments.refundStartedAt, claim)))
+      .run();
     return null;
   }
 
@@ -253,14 +260,15 @@ export class PaymentLedger {
 
   /**
    * Records a refund Stripe made (status `succeeded`): the refunded total only grows. The admin's
-   * refund ends its claim (`release`); Stripe's `charge.refunded` does not, since a refund it did
-   * not start may still be with Stripe, and a second one must not start beside it.
+   * refund ends its own claim (`claim`, the `refund_started_at` it set; a later refund's claim is
+   * left alone); Stripe's `charge.refunded` ends none (null), since a refund it did not start may
+   * still be with Stripe, and a second one must not start beside it.
    */
   recordRefund(
     id: string,
     refundedTotal: number,
     now: number,
-    release = true,
+    claim: number | null,
   ): PaymentStatus | null {
     const row = this.find(id);
     if (!row) return null;
@@ -270,7 +278,7 @@ export class PaymentLedger {
       .set({
         amountRefunded: total,
         updatedAt: now,
-        ...(release ? { refundStartedAt: null } : {}),
+        ...(claim !== null && row.refundStartedAt === claim ? { refundStartedAt: null } : {}),
         ...this.resealed(row, { amountRefunded: total }),
       })
       .where(eq(payments.id, id))
@@ -327,7 +335,7 @@ export class PaymentLedger {
       const row = this.find(intentId);
       if (!row) return ignored("unknown payment");
       if (refunded <= row.amountRefunded) return ignored("stale or repeated refund");
-      const entered = this.recordRefund(row.id, refunded, now, false);
+      const entered = this.recordRefund(row.id, refunded, now, null);
       return {
         outcome: "processed",
         statuses: entered ? [entered] : [],

@@ -34,7 +34,6 @@ import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
-import type { PaymentStatus } from "./status";
 import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
 
 export const CLAIM_LEASE_MS = 120_000;
@@ -121,6 +120,8 @@ export class PaymentService {
   private readonly metrics: PaymentMetrics;
   private readonly gateway: PaymentGateway | null;
   private readonly inProgressWaitMs: number;
+  /** Per payment, a refund's ledger write that waits for the database lock (writeOrWait). */
+  private readonly waiting = new Map<string, () => boolean>();
 
   constructor(options: PaymentServiceOptions) {
     this.db = options.db;
@@ -313,6 +314,9 @@ export class PaymentService {
   ): Promise<RefundOutcome> {
     const gateway = this.gateway;
     if (gateway === null) throw new Error("payments are not configured");
+    // A refund of this payment whose ledger write still waits for a lock in this process holds the
+    // payment, however long the lock lasted: tried once more here, it is 409 while it waits.
+    if (!this.writeWaiting(id)) return { kind: "in_progress" };
     const now = this.clock.now();
     type Start =
       | { kind: "start"; amount: number; refundedBefore: number; currency: string }
@@ -342,15 +346,18 @@ export class PaymentService {
       { behavior: "immediate" },
     );
     if (start.kind !== "start") return start;
+    // This refund's claim: its end clears only this claim, never one a later refund took.
+    const claim = now;
 
     const stripeKey = `palisade_refund_${id}_${start.refundedBefore}_${start.amount}`;
     const result = await gateway.refund(id, start.amount, stripeKey);
+    const context = { requestId: acting.requestId, paymentId: id };
     if (!result.ok) {
-      this.db.update(payments).set({ refundStartedAt: null }).where(eq(payments.id, id)).run();
       this.logger.warn(
-        { requestId: acting.requestId, kind: result.kind, reason: result.reason },
+        { ...context, kind: result.kind, reason: result.reason },
         "stripe did not make the refund",
       );
+      this.writeOrWait(id, () => this.ledger.releaseRefund(id, claim), context);
       return result;
     }
     // Only a `succeeded` refund is money returned. A `pending` one (or `requires_action`) is
@@ -358,24 +365,27 @@ export class PaymentService {
     // `failed` or `canceled` one returned nothing and is the caller's 502.
     const settled = result.status === "succeeded";
     if (result.status === "failed" || result.status === "canceled") {
-      this.db.update(payments).set({ refundStartedAt: null }).where(eq(payments.id, id)).run();
       this.logger.warn(
-        { requestId: acting.requestId, refundId: result.id, status: result.status },
+        { ...context, refundId: result.id, status: result.status },
         "stripe reported the refund as not made",
       );
+      this.writeOrWait(id, () => this.ledger.releaseRefund(id, claim), context);
       return { ok: false, kind: "refused", reason: `refund ${result.status}` };
     }
     const refundedTotal = start.refundedBefore + result.amount;
-    const recorded = this.recordMadeRefund(
-      () =>
-        this.db.transaction(
+    const recorded = this.writeOrWait(
+      id,
+      () => {
+        const entered = this.db.transaction(
           () =>
             settled
-              ? this.ledger.recordRefund(id, refundedTotal, this.clock.now())
-              : this.ledger.releaseRefund(id),
+              ? this.ledger.recordRefund(id, refundedTotal, this.clock.now(), claim)
+              : this.ledger.releaseRefund(id, claim),
           { behavior: "immediate" },
-        ),
-      { requestId: acting.requestId, paymentId: id, refundId: result.id, amount: result.amount },
+        );
+        if (entered) this.metrics.payments.labels(entered).inc();
+      },
+      { ...context, refundId: result.id, amount: result.amount },
     );
     // Queued in the audit log while the database is locked, and written once the lock goes.
     this.recordKept({
@@ -403,44 +413,54 @@ export class PaymentService {
   }
 
   /**
-   * Writes what a refund Stripe made changes in the ledger. A refund made is money returned: a
-   * database locked at that moment (another process, a CLI command, a backup) must not turn it into
-   * a 503 that records nothing and invites a second refund. The write is then retried every
-   * RECORD_RETRY_MS until the lock goes, while the payment's refund claim keeps any other refund of
-   * it out; a process stopped before that leaves it to Stripe's `charge.refunded` (the refund id is
+   * Writes what a refund Stripe answered changes in the ledger (its record, or the end of its
+   * claim). A refund made is money returned: a database locked at that moment (another process, a
+   * CLI command, a backup) must not turn it into a 503 that records nothing and invites a second
+   * refund. The write then waits, tried again every RECORD_RETRY_MS until the lock goes; meanwhile
+   * this process answers 409 to any other refund of the payment, however long the lock lasts (a
+   * process stopped before that leaves the total to Stripe's `charge.refunded`: the refund id is
    * in the log line). Returns whether it was written now.
    */
-  private recordMadeRefund(
-    write: () => PaymentStatus | null,
-    context: { requestId: string; paymentId: string; refundId: string; amount: number },
+  private writeOrWait(
+    paymentId: string,
+    write: () => void,
+    context: Record<string, unknown>,
   ): boolean {
-    const written = (entered: PaymentStatus | null) => {
-      if (entered) this.metrics.payments.labels(entered).inc();
-    };
     try {
-      written(write());
+      write();
       return true;
     } catch (error) {
       if (!isDatabaseBusy(error)) throw error;
     }
-    this.logger.warn(context, "refund made by Stripe; its record waits for the database lock");
-    const retry = () => {
+    this.logger.warn(context, "refund answered by Stripe; its record waits for the database lock");
+    const attempt = () => {
       try {
-        written(write());
-        this.logger.info(context, "refund recorded after the database lock");
+        write();
       } catch (error) {
-        if (isDatabaseBusy(error)) {
-          setTimeout(retry, RECORD_RETRY_MS).unref?.();
-          return;
-        }
+        if (isDatabaseBusy(error)) return false;
         this.logger.error(
           { ...context, err: error },
-          "refund made by Stripe could not be recorded; charge.refunded will record its total",
+          "refund answered by Stripe could not be recorded; charge.refunded will record its total",
         );
+      }
+      this.waiting.delete(paymentId);
+      this.logger.info(context, "refund recorded after the database lock");
+      return true;
+    };
+    this.waiting.set(paymentId, attempt);
+    const retry = () => {
+      if (this.waiting.get(paymentId) === attempt && !attempt()) {
+        setTimeout(retry, RECORD_RETRY_MS).unref?.();
       }
     };
     setTimeout(retry, RECORD_RETRY_MS).unref?.();
     return false;
+  }
+
+  /** Writes this payment's waiting ledger write, if any; whether none waits any more. */
+  private writeWaiting(paymentId: string): boolean {
+    const attempt = this.waiting.get(paymentId);
+    return attempt === undefined || attempt();
   }
 
   /** An audit row of something already done: a locked database queues it rather than fail. */

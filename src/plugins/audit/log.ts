@@ -378,8 +378,13 @@ export class SqliteAuditLog implements AuditLog {
     this.closed = true;
     const left = this.takeQueue();
     if (left.length > 0) {
+      // What they were, so the log keeps the trace the table could not: each type and its count,
+      // and the request ids (a refund's request id finds its refund id in the warning line).
+      const types: Record<string, number> = {};
+      for (const event of left) types[event.type] = (types[event.type] ?? 0) + 1;
+      const requestIds = [...new Set(left.flatMap((event) => event.requestId ?? []))].slice(0, 100);
       this.logger.error(
-        { lost: left.length },
+        { lost: left.length, types, requestIds },
         "audit events lost at shutdown: the database stayed locked",
       );
     }

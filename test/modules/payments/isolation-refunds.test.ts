@@ -1,8 +1,10 @@
 /** Object-level isolation between users, and admin refunds (audited, bounded, one at a time). */
 import { Database } from "bun:sqlite";
 import { afterEach, expect, test } from "bun:test";
+import { CLAIM_LEASE_MS, RECORD_RETRY_MS } from "../../../src/modules/payments/service";
 import { send } from "../../support/app";
 import { bearer, createKey, type Session, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 import {
   auditRows,
   buildPaymentsApp,
@@ -195,6 +197,7 @@ test("a refund Stripe made while the database is locked is answered, recorded on
     expect(
       other.query("SELECT amount_refunded AS refunded FROM payments WHERE id = ?").get(id),
     ).toEqual({ refunded: 0 });
+    // (503 from the payments limit, which fails closed while the file is locked; 409 after.)
     const meanwhile = await refund(target, id, bearer(admin.accessToken), { amount: 2000 });
     expect([409, 503]).toContain(meanwhile.status);
     other.run("COMMIT");
@@ -219,7 +222,7 @@ test("a refund Stripe made while the database is locked is answered, recorded on
       expect.objectContaining({ paymentId: id, refundId: body.refund.id, amount: 1000 }),
     ]);
     const waited = target.logs.entries.find(
-      (entry) => entry.msg === "refund made by Stripe; its record waits for the database lock",
+      (entry) => entry.msg === "refund answered by Stripe; its record waits for the database lock",
     );
     expect(waited).toMatchObject({ paymentId: id, refundId: body.refund.id, amount: 1000 });
     // The rest is what Stripe has not refunded: the next refund sees the first.
@@ -253,4 +256,79 @@ test("Stripe's charge.refunded for another refund does not end an admin refund's
   expect(second.status).toBe(409);
   expect((await first).status).toBe(200);
   expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
+});
+
+test("a lock held past the refund claim's 2 minutes: no other refund of the payment starts until the first is recorded, and none ends another's claim", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock });
+  const target = current;
+  const alice = await signUp(target);
+  const admin = await signUp(target, { role: "admin" });
+  const id = await pay(target, alice);
+  await succeed(target, id);
+  target.stripe.delayMs = 300;
+  const first = refund(target, id, bearer(admin.accessToken), { amount: 1000 });
+  const other = new Database(target.databasePath);
+  await Bun.sleep(100);
+  other.run("BEGIN IMMEDIATE");
+  try {
+    expect((await first).status).toBe(200);
+    // The lock outlasts the claim's lease: a refund now must still wait for the first's record.
+    clock.advance(CLAIM_LEASE_MS + 1000);
+    const early = await refund(target, id, bearer(admin.accessToken), { amount: 500 });
+    expect([409, 503]).toContain(early.status);
+  } finally {
+    other.run("ROLLBACK");
+    other.close();
+  }
+  // The moment the lock goes, before the retry's timer: the next refund writes the first's record
+  // itself, then starts from the true total.
+  target.stripe.delayMs = 0;
+  const second = await refund(target, id, bearer(admin.accessToken), { amount: 500 });
+  expect(second.status).toBe(200);
+  const keys = target.stripe.calls
+    .filter((call) => call.path === "/v1/refunds")
+    .map((call) => call.idempotencyKey);
+  expect(keys).toEqual([`palisade_refund_${id}_0_1000`, `palisade_refund_${id}_1000_500`]);
+  expect(
+    target.db.$client
+      .query(
+        "SELECT amount_refunded AS refunded, refund_started_at AS claim FROM payments WHERE id = ?",
+      )
+      .get(id),
+  ).toEqual({ refunded: 1500, claim: null });
+});
+
+test("a refund Stripe refuses while the database is locked is answered with Stripe's refusal, and its claim ends once the lock goes", async () => {
+  const { target, admin, id } = await paidPayment();
+  target.stripe.delayMs = 300;
+  target.stripe.failNext("/v1/refunds", {
+    status: 400,
+    type: "invalid_request_error",
+    code: "charge_already_refunded",
+    message: "This charge has already been refunded.",
+  });
+  const answered = refund(target, id, bearer(admin.accessToken), { amount: 1000 });
+  const other = new Database(target.databasePath);
+  await Bun.sleep(100);
+  other.run("BEGIN IMMEDIATE");
+  let response: Response;
+  try {
+    response = await answered;
+  } finally {
+    other.run("ROLLBACK");
+    other.close();
+  }
+  expect(response.status).not.toBe(503);
+  expect(response.status).toBeGreaterThanOrEqual(400);
+  const refused = target.logs.entries.find(
+    (entry) => entry.msg === "stripe did not make the refund",
+  );
+  expect(refused).toMatchObject({ paymentId: id });
+  // The claim ends within a retry of the lock going: the payment is refundable again.
+  await Bun.sleep(RECORD_RETRY_MS * 3);
+  expect(
+    target.db.$client.query("SELECT refund_started_at AS claim FROM payments WHERE id = ?").get(id),
+  ).toEqual({ claim: null });
+  expect((await refund(target, id, bearer(admin.accessToken), { amount: 1000 })).status).toBe(200);
 });

@@ -1,3 +1,4 @@
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { createLogger } from "../../../src/logging/logger";
 import { AuditKeys } from "../../../src/plugins/audit/chain";
@@ -196,6 +197,41 @@ describe("the hash chain", () => {
       (i % 2 ? log : other).record({ type: "auth.login.succeeded", outcome: "success" });
     }
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 4 });
+  });
+});
+
+describe("a database locked until the process stops", () => {
+  test("the events it could not write are named in the log by type and request id", () => {
+    current = buildTestApp();
+    const logs = new LogCapture();
+    const log = new SqliteAuditLog({
+      sqlite: current.db.$client,
+      clock: new ManualClock(),
+      logger: createLogger({ level: "info", destination: logs }),
+      keys,
+    });
+    const other = new Database(current.databasePath);
+    other.run("PRAGMA busy_timeout = 0");
+    other.run("BEGIN IMMEDIATE");
+    try {
+      current.db.$client.run("PRAGMA busy_timeout = 0");
+      log.record({ type: "ratelimit.rejected", outcome: "denied", requestId: "req-a" });
+      expect(() =>
+        log.record({ type: "payment.refund", outcome: "success", requestId: "req-b" }),
+      ).toThrow();
+      log.close();
+    } finally {
+      other.run("ROLLBACK");
+      other.close();
+    }
+    const lost = logs.entries.find(
+      (entry) => entry.msg === "audit events lost at shutdown: the database stayed locked",
+    );
+    expect(lost).toMatchObject({
+      lost: 2,
+      types: { "payment.refund": 1, "ratelimit.rejected": 1 },
+      requestIds: expect.arrayContaining(["req-a", "req-b"]),
+    });
   });
 });
 
