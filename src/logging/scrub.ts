@@ -59,6 +59,8 @@ const CREDENTIAL_PARAMETER_IN_JSON = new RegExp(
 /** What every pattern below (and a percent-encoded secret) needs somewhere in the text. */
 const MAY_HOLD_CREDENTIAL = /pal_|eyJ|bearer|Basic|=|%/i;
 
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+
 /** The spellings of one configured secret we look for. */
 export function secretSpellings(secret: string): string[] {
   const encoded = encodeURIComponent(secret);
@@ -95,6 +97,26 @@ function base64Encodings(secret: string): string[] {
   return forms;
 }
 
+/**
+ * The base64 encodings of the secrets whose `+` or `/` a URL or header encoder percent-encoded
+ * (`%2B`, `%2F`, either hex case), each character either way.
+ */
+function encodedBase64Patterns(secrets: readonly string[]): RegExp[] {
+  return [...new Set(secrets.flatMap(base64Encodings))]
+    .filter((form) => /[+/]/.test(form) && form.length >= 8)
+    .map(
+      (form) =>
+        new RegExp(
+          [...form]
+            .map((char) =>
+              char === "+" ? "(?:\\+|%2[Bb])" : char === "/" ? "(?:/|%2[Ff])" : escapeRegExp(char),
+            )
+            .join(""),
+          "g",
+        ),
+    );
+}
+
 export type TextScrubber = (text: string) => string;
 
 /**
@@ -105,7 +127,6 @@ export type TextScrubber = (text: string) => string;
  * carry raw.
  */
 function mixedSpelling(secret: string, json: boolean): RegExp {
-  const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
   const hexAnyCase = (encoded: string) =>
     encoded.replace(/[0-9A-F]/g, (c) => (/[A-F]/.test(c) ? `[${c}${c.toLowerCase()}]` : c));
   const parts = [...secret].map((char) => {
@@ -171,7 +192,11 @@ export function createTextScrubber(
     (a, b) => b.length - a.length,
   );
   let mixed: RegExp[] | null = null;
-  const mixedPatterns = () => (mixed ??= mixedSecrets.map((secret) => mixedSpelling(secret, json)));
+  const mixedPatterns = () =>
+    (mixed ??= [
+      ...mixedSecrets.map((secret) => mixedSpelling(secret, json)),
+      ...encodedBase64Patterns(mixedSecrets),
+    ]);
   // Without a `%`, a spelling other than the fixed ones can only be a space written as `+`.
   const plusForSpace = mixedSecrets.some((secret) => secret.includes(" "));
   return function scrubText(text) {

@@ -162,4 +162,25 @@ describe("a secret encoded as base64 or base64url (probe 14b F6)", () => {
     expect(text).not.toContain(own.slice(4, -4));
     expect(text.split(REDACTED).length - 1).toBeGreaterThanOrEqual(encodings(SECRET).length * 2);
   });
+
+  test("base64 whose + and / were then percent-encoded (either hex case), in an agent and a path, once or twice", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: SECRET } });
+    const standard = encodings(SECRET).filter((_, i) => i % 2 === 0);
+    expect(standard.some((form) => /[+/]/.test(form))).toBe(true);
+    for (const encoded of standard) {
+      const upper = encodeURIComponent(encoded);
+      const lower = upper.replace(/%2[BF]/g, (hex) => hex.toLowerCase());
+      await send(current, "/nothing", { headers: { "user-agent": `ua ${upper} ${lower}` } });
+      await send(current, `/x/${encodeURIComponent(upper)}`);
+    }
+    const text = current.logs.text;
+    for (let before = 0; before < 3; before++) {
+      const shifted = Buffer.concat([Buffer.alloc(before), Buffer.from(SECRET)]).toString("base64");
+      const middle = shifted.slice(8, -8);
+      for (const spelling of [middle, encodeURIComponent(middle)]) {
+        expect(text).not.toContain(spelling);
+        expect(text.toLowerCase()).not.toContain(spelling.toLowerCase());
+      }
+    }
+  });
 });

@@ -94,13 +94,24 @@ const ignored = (reason: string): EventEffect => ({
   audit: [],
 });
 
-/** The ledger of a core: sealed with its AUDIT_SECRET_KEY, tampering reported to its log and audit. */
+/** One ledger per database, so the features that share it (payments, Stripe's webhook) share its reports. */
+const ledgers = new WeakMap<AppDatabase, PaymentLedger>();
+
+/**
+ * The ledger of a core: sealed with its AUDIT_SECRET_KEY, tampering reported to its log and audit
+ * once per row for every feature of the process that reads it.
+ */
 export function paymentLedgerOf(core: Pick<Core, "db" | "config" | "logger" | "audit">) {
-  return new PaymentLedger(
-    core.db,
-    createPaymentSeal(core.config.audit.secretKey),
-    paymentTamperReporter(core),
-  );
+  let ledger = ledgers.get(core.db);
+  if (ledger === undefined) {
+    ledger = new PaymentLedger(
+      core.db,
+      createPaymentSeal(core.config.audit.secretKey),
+      paymentTamperReporter(core),
+    );
+    ledgers.set(core.db, ledger);
+  }
+  return ledger;
 }
 
 export class PaymentLedger {
@@ -199,6 +210,11 @@ export class PaymentLedger {
       amountRefunded: row.amountRefunded ?? 0,
       disputedAt: row.disputedAt ?? null,
       clientSecret: row.clientSecret ?? null,
+      description: row.description ?? null,
+      customerEmail: row.customerEmail ?? null,
+      metadata: row.metadata ?? null,
+      createdAt: row.createdAt,
+      updatedAt: row.updatedAt,
     });
     this.db
       .insert(payments)
@@ -217,7 +233,7 @@ export class PaymentLedger {
         status: next,
         statusEventAt: Math.max(eventAt, row.statusEventAt),
         updatedAt: now,
-        ...this.resealed(row, { status: next }),
+        ...this.resealed(row, { status: next, updatedAt: now }),
       })
       .where(and(eq(payments.id, row.id), eq(payments.status, row.status)))
       .returning({ id: payments.id })
@@ -269,9 +285,9 @@ export class PaymentLedger {
     refundedTotal: number,
     now: number,
     claim: number | null,
-  ): PaymentStatus | null {
+  ): { kind: "recorded"; entered: PaymentStatus | null } | { kind: "absent" } {
     const row = this.find(id);
-    if (!row) return null;
+    if (!row) return { kind: "absent" };
     const total = this.afterRefund(row, refundedTotal).amountRefunded;
     this.db
       .update(payments)
@@ -279,14 +295,13 @@ export class PaymentLedger {
         amountRefunded: total,
         updatedAt: now,
         ...(claim !== null && row.refundStartedAt === claim ? { refundStartedAt: null } : {}),
-        ...this.resealed(row, { amountRefunded: total }),
+        ...this.resealed(row, { amountRefunded: total, updatedAt: now }),
       })
       .where(eq(payments.id, id))
       .run();
-    const refunded = { ...row, amountRefunded: total };
-    if (total === row.amount && this.move(refunded, "refunded", row.statusEventAt, now))
-      return "refunded";
-    return null;
+    const refunded = { ...row, amountRefunded: total, updatedAt: now };
+    const moved = total === row.amount && this.move(refunded, "refunded", row.statusEventAt, now);
+    return { kind: "recorded", entered: moved ? "refunded" : null };
   }
 
   /**
@@ -335,7 +350,8 @@ export class PaymentLedger {
       const row = this.find(intentId);
       if (!row) return ignored("unknown payment");
       if (refunded <= row.amountRefunded) return ignored("stale or repeated refund");
-      const entered = this.recordRefund(row.id, refunded, now, null);
+      const recorded = this.recordRefund(row.id, refunded, now, null);
+      const entered = recorded.kind === "recorded" ? recorded.entered : null;
       return {
         outcome: "processed",
         statuses: entered ? [entered] : [],
@@ -364,7 +380,11 @@ export class PaymentLedger {
       if (row && row.disputedAt === null) {
         this.db
           .update(payments)
-          .set({ disputedAt: now, updatedAt: now, ...this.resealed(row, { disputedAt: now }) })
+          .set({
+            disputedAt: now,
+            updatedAt: now,
+            ...this.resealed(row, { disputedAt: now, updatedAt: now }),
+          })
           .where(eq(payments.id, row.id))
           .run();
       }

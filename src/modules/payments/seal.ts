@@ -5,9 +5,10 @@
  * that fulfils orders from `GET /api/payments/:id` trusts the status it reads; an admin refunds
  * what the ledger says was paid; a replayed Idempotency-Key answers with the response stored.
  *
- * So every `payments` row carries a `seal`, an HMAC (db/row-seal.ts, its own key label) over what
- * it says was paid and what happened to it: the intent id, the owner, amount and currency, the
- * status, the refunded total, the dispute mark and the client secret. Every `payment_idempotency_keys`
+ * So every `payments` row carries a `seal`, an HMAC (db/row-seal.ts, its own key label) over
+ * everything a reader is shown or acts on: the intent id, the owner, amount and currency, the
+ * status, the refunded total, the dispute mark, the client secret, the description, customer email
+ * and metadata (an order reference there decides what an integration ships), and the times. Every `payment_idempotency_keys`
  * row carries one over its owner, key, request hash, state and stored response. Palisade seals each
  * row it writes and reseals each change it makes to those columns; a row that does not match is
  * treated as absent — 404 to its owner, left out of lists and exports, never refunded, its Stripe
@@ -16,10 +17,10 @@
  * audit event naming the table and the row (alert `PalisadeDatabaseTampered`). A change Palisade
  * makes to such a row (erasure strips it) never reseals it.
  *
- * Not sealed: the bookkeeping (the refund claim, the time of the event that set the status, the
- * times, `seq`) and what erasure strips (description, customer email, metadata). Changing those can
- * delay a refund or make a Stripe event look stale; not make a payment look paid. A copy of an
- * older row of the same file, seal and all (a rollback), is not detected.
+ * Not sealed: the bookkeeping (the refund claim, the time of the event that set the status,
+ * `seq`). Changing those can delay a refund, make a Stripe event look stale or reorder a list; not
+ * change what a payment says. A copy of an older row of the same file, seal and all (a rollback),
+ * is not detected.
  */
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
@@ -36,7 +37,18 @@ export interface SealedPayment {
   amountRefunded: number;
   disputedAt: number | null;
   clientSecret: string | null;
+  description: string | null;
+  customerEmail: string | null;
+  metadata: string | null;
+  createdAt: number;
+  updatedAt: number;
 }
+
+/** The sealed columns of `payments` in SQL, named as SealedPayment names them. */
+export const SEALED_PAYMENT_COLUMNS = `id, owner, amount, currency, status,
+  amount_refunded AS amountRefunded, disputed_at AS disputedAt, client_secret AS clientSecret,
+  description, customer_email AS customerEmail, metadata, created_at AS createdAt,
+  updated_at AS updatedAt`;
 
 /** The columns an idempotency key's seal covers. */
 export interface SealedIdempotencyKey {
@@ -72,6 +84,11 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
       row.amountRefunded,
       row.disputedAt,
       row.clientSecret,
+      row.description,
+      row.customerEmail,
+      row.metadata,
+      row.createdAt,
+      row.updatedAt,
     ]);
   const idempotencyKey = (row: SealedIdempotencyKey) =>
     mac(["payment_idempotency_key", row.owner, row.key, row.requestHash, row.state, row.response]);
@@ -136,8 +153,7 @@ export function paymentSealing(seal: PaymentSeal): {
     const sqlite = db.$client;
     const rows = sqlite
       .query<SealedPayment & { seq: number }, []>(
-        `SELECT seq, id, owner, amount, currency, status, amount_refunded AS amountRefunded,
-           disputed_at AS disputedAt, client_secret AS clientSecret FROM payments`,
+        `SELECT seq, ${SEALED_PAYMENT_COLUMNS} FROM payments`,
       )
       .all();
     const sealPayment = sqlite.prepare("UPDATE payments SET seal = ? WHERE seq = ?");

@@ -32,7 +32,7 @@ import type { AppDatabase } from "../../db/client";
 import { paymentIdempotencyKeys, payments } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
-import { type PaymentLedger, type PaymentView, viewOf } from "./ledger";
+import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
 import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
 
@@ -319,7 +319,7 @@ export class PaymentService {
     if (!this.writeWaiting(id)) return { kind: "in_progress" };
     const now = this.clock.now();
     type Start =
-      | { kind: "start"; amount: number; refundedBefore: number; currency: string }
+      | { kind: "start"; amount: number; refundedBefore: number; currency: string; row: PaymentRow }
       | Extract<
           RefundOutcome,
           { kind: "not_found" | "not_refundable" | "too_much" | "in_progress" }
@@ -341,6 +341,7 @@ export class PaymentService {
           amount: wanted,
           refundedBefore: row.amountRefunded,
           currency: row.currency,
+          row,
         };
       },
       { behavior: "immediate" },
@@ -373,19 +374,30 @@ export class PaymentService {
       return { ok: false, kind: "refused", reason: `refund ${result.status}` };
     }
     const refundedTotal = start.refundedBefore + result.amount;
-    const recorded = this.writeOrWait(
+    const made = { ...context, refundId: result.id, amount: result.amount };
+    this.writeOrWait(
       id,
       () => {
         const entered = this.db.transaction(
-          () =>
-            settled
-              ? this.ledger.recordRefund(id, refundedTotal, this.clock.now(), claim)
-              : this.ledger.releaseRefund(id, claim),
+          () => {
+            if (!settled) return this.ledger.releaseRefund(id, claim);
+            const recorded = this.ledger.recordRefund(id, refundedTotal, this.clock.now(), claim);
+            if (recorded.kind === "absent") {
+              // Changed in the file while Stripe worked: the refund is made (audited below, its
+              // id in this line), the row is not trusted with it; the claim ends all the same.
+              this.ledger.releaseRefund(id, claim);
+              this.logger.error(
+                made,
+                "refund made by Stripe; the payment's row fails its seal, so it is not recorded there",
+              );
+            }
+            return recorded.kind === "recorded" ? recorded.entered : null;
+          },
           { behavior: "immediate" },
         );
         if (entered) this.metrics.payments.labels(entered).inc();
       },
-      { ...context, refundId: result.id, amount: result.amount },
+      made,
     );
     // Queued in the audit log while the database is locked, and written once the lock goes.
     this.recordKept({
@@ -403,12 +415,12 @@ export class PaymentService {
         status: result.status,
       },
     });
-    const row = this.ledger.find(id)!;
     return {
       kind: "refunded",
       refund: { id: result.id, amount: result.amount, status: result.status },
-      // Read while the ledger write still waits for the lock: the payment as it will be recorded.
-      payment: viewOf(recorded || !settled ? row : this.ledger.afterRefund(row, refundedTotal)),
+      // The payment as this refund leaves it, from the row verified when it started: not read
+      // again, so neither a lock nor a row changed meanwhile turns a refund made into an error.
+      payment: viewOf(settled ? this.ledger.afterRefund(start.row, refundedTotal) : start.row),
     };
   }
 

@@ -12,6 +12,7 @@ import {
   createPaymentSeal,
   PAYMENT_SEALS_MIGRATION,
   paymentSealing,
+  SEALED_PAYMENT_COLUMNS,
 } from "../../../src/modules/payments/seal";
 import { requestHash } from "../../../src/modules/payments/service";
 import { send, tempDir } from "../../support/app";
@@ -50,10 +51,7 @@ function everyRowSealed(target: PaymentsApp): boolean {
   const sealer = seal(target);
   const sqlite = target.db.$client;
   const payments = sqlite
-    .query(
-      `SELECT id, owner, amount, currency, status, amount_refunded AS amountRefunded,
-         disputed_at AS disputedAt, client_secret AS clientSecret, seal FROM payments`,
-    )
+    .query(`SELECT ${SEALED_PAYMENT_COLUMNS}, seal FROM payments`)
     .all() as Parameters<typeof sealer.intact.payment>[0][];
   const keys = sqlite
     .query(
@@ -180,6 +178,102 @@ describe("payments written into the file", () => {
   });
 });
 
+describe("a row changed in the file while a refund is with Stripe", () => {
+  test("the refund made is answered 200 and audited, the row is not trusted with it, and its claim ends", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    await succeed(target, id);
+    target.stripe.delayMs = 300;
+    const answered = send(target, `/api/admin/payments/${id}/refund`, {
+      headers: bearer(admin.accessToken),
+      body: { amount: 500 },
+    });
+    await Bun.sleep(100);
+    target.db.$client.run("UPDATE payments SET amount = 3001 WHERE id = ?", [id]);
+    const response = await answered;
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as {
+      refund: { id: string; amount: number };
+      payment: { amountRefunded: number };
+    };
+    expect(body.refund.amount).toBe(500);
+    expect(body.payment.amountRefunded).toBe(500);
+    expect(
+      target.db.$client
+        .query(
+          "SELECT amount_refunded AS refunded, refund_started_at AS claim FROM payments WHERE id = ?",
+        )
+        .get(id),
+    ).toEqual({ refunded: 0, claim: null });
+    const line = target.logs.entries.find((entry) =>
+      String(entry.msg).startsWith("refund made by Stripe; the payment's row fails its seal"),
+    );
+    expect(line).toMatchObject({ paymentId: id, refundId: body.refund.id, amount: 500 });
+    const audited = auditRows(target, "payment.refund").map((row) =>
+      JSON.parse(row.detail as string),
+    );
+    expect(audited).toEqual([expect.objectContaining({ paymentId: id, refundId: body.refund.id })]);
+    expect(tamperReports(target)).toEqual([{ table: "payments", id }]);
+  });
+});
+
+describe("what a payment says besides its amount", () => {
+  test("an order reference moved onto another paid payment (metadata, description, email) makes that payment absent", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const cheap = await createIntent(target, bearer(alice.accessToken), {
+      amount: 100,
+      currency: "usd",
+      metadata: { order: "cheap-1" },
+    });
+    const cheapId = ((await cheap.json()) as { id: string }).id;
+    await succeed(target, cheapId);
+    for (const [column, value] of [
+      ["metadata", '{"order":"expensive-9"}'],
+      ["description", "Expensive order 9"],
+      ["customer_email", "victim@example.test"],
+      ["created_at", "x"],
+    ] as const) {
+      const before = target.db.$client
+        .query(`SELECT ${column} AS v FROM payments WHERE id = ?`)
+        .get(cheapId) as {
+        v: unknown;
+      };
+      target.db.$client.run(`UPDATE payments SET ${column} = ? WHERE id = ?`, [value, cheapId]);
+      const read = await send(target, `/api/payments/${cheapId}`, {
+        headers: bearer(alice.accessToken),
+      });
+      expect(read.status).toBe(404);
+      const list = await send(target, "/api/payments", { headers: bearer(alice.accessToken) });
+      expect(list.status).toBe(200);
+      expect(((await list.json()) as { payments: unknown[] }).payments).toEqual([]);
+      target.db.$client.run(`UPDATE payments SET ${column} = ? WHERE id = ?`, [
+        before.v as string,
+        cheapId,
+      ]);
+    }
+    const restored = await send(target, `/api/payments/${cheapId}`, {
+      headers: bearer(alice.accessToken),
+    });
+    expect(((await restored.json()) as { metadata: unknown }).metadata).toEqual({
+      order: "cheap-1",
+    });
+  });
+
+  test("a forged row read by both the payments routes and Stripe's webhook is reported once", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const id = await pay(target, alice);
+    target.db.$client.run("UPDATE payments SET status = 'succeeded' WHERE id = ?", [id]);
+    await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) });
+    await deliver(target, stripeEvent("payment_intent.canceled", { id, object: "payment_intent" }));
+    await send(target, "/api/payments", { headers: bearer(alice.accessToken) });
+    expect(tamperReports(target)).toEqual([{ table: "payments", id }]);
+  });
+});
+
 describe("Palisade reseals what it changes", () => {
   test("after an intent, its success, a partial refund, a dispute, the rest refunded and an erasure, every row matches its seal", async () => {
     const target = app();
@@ -254,10 +348,7 @@ describe("upgrading a database stored before payment seals", () => {
     expect(applied[0]).toBe(PAYMENT_SEALS_MIGRATION);
     expect(sealing.sealed()).toEqual({ payments: 1, idempotencyKeys: 1 });
     const row = db.$client
-      .query(
-        `SELECT id, owner, amount, currency, status, amount_refunded AS amountRefunded,
-           disputed_at AS disputedAt, client_secret AS clientSecret, seal FROM payments`,
-      )
+      .query(`SELECT ${SEALED_PAYMENT_COLUMNS}, seal FROM payments`)
       .get() as Parameters<typeof sealer.intact.payment>[0];
     expect(sealer.intact.payment(row)).toBe(true);
     db.$client.run(

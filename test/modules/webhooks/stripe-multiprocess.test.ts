@@ -34,6 +34,7 @@ test("1,000 concurrent deliveries of 100 events across 2 processes: exactly 100 
     const insert = seed.prepare(
       "INSERT INTO payments (id, owner, amount, currency, status, created_at, updated_at, seal) VALUES (?, 'user:seed', 1000, 'usd', 'processing', ?, ?, ?)",
     );
+    const now = Date.now();
     seed.transaction(() => {
       for (const id of ids) {
         const row = {
@@ -45,8 +46,13 @@ test("1,000 concurrent deliveries of 100 events across 2 processes: exactly 100 
           amountRefunded: 0,
           disputedAt: null,
           clientSecret: null,
+          description: null,
+          customerEmail: null,
+          metadata: null,
+          createdAt: now,
+          updatedAt: now,
         };
-        insert.run(id, Date.now(), Date.now(), seal.payment(row));
+        insert.run(id, now, now, seal.payment(row));
       }
     })();
     seed.close();
