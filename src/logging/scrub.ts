@@ -92,7 +92,8 @@ function base64Encodings(secret: string): string[] {
     const start = Math.ceil((before * 8) / 6);
     const end = Math.floor(((before + bytes.length) * 8) / 6);
     const own = encoded.slice(start, end);
-    forms.push(own, own.replace(/\+/g, "-").replace(/\//g, "_"));
+    // Also as a form decoder leaves it: `+` read as a space.
+    forms.push(own, own.replace(/\+/g, "-").replace(/\//g, "_"), own.replace(/\+/g, " "));
   }
   return forms;
 }
@@ -199,7 +200,7 @@ export function createTextScrubber(
     ]);
   // Without a `%`, a spelling other than the fixed ones can only be a space written as `+`.
   const plusForSpace = mixedSecrets.some((secret) => secret.includes(" "));
-  return function scrubText(text) {
+  const scrubOnce = (text: string) => {
     let out = text;
     for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, replacement);
     // One scan first: most lines hold none of what the patterns need.
@@ -215,7 +216,27 @@ export function createTextScrubber(
     if (out.includes("=")) out = out.replace(credentialParameter, `$1${replacement}`);
     return out;
   };
+  return function scrubText(text) {
+    const out = scrubOnce(text);
+    // Client text (not a whole JSON line, whose escapes decoding would break) may hold a secret
+    // percent-encoded more than once (a header value a client encoded twice, a path three times):
+    // decoded up to MAX_DECODES times, the first decoded form in which a secret is found is the
+    // one returned, scrubbed, so no spelling of it survives.
+    if (json || !out.includes("%")) return out;
+    let decoded = out;
+    for (let round = 0; round < MAX_DECODES; round++) {
+      const next = decodeKeepingDelimiters(decoded);
+      if (next === decoded) break;
+      const scrubbed = scrubOnce(next);
+      if (scrubbed !== next) return scrubbed;
+      decoded = next;
+    }
+    return out;
+  };
 }
+
+/** How many times client text is percent-decoded in search of a secret. */
+const MAX_DECODES = 3;
 
 /** The escape of what ends a credential parameter's value: `&`, `#`, CR, LF. */
 const DELIMITER_ESCAPE = /%(?:2[36]|0[ad])/i;

@@ -184,3 +184,32 @@ describe("a secret encoded as base64 or base64url (probe 14b F6)", () => {
     }
   });
 });
+
+describe("a secret percent-encoded more than once (probe 14e F2)", () => {
+  test("twice in an agent and three times in a path: nothing of it is logged", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: PROBE_SECRET } });
+    const twice = encodeURIComponent(encodeURIComponent(PROBE_SECRET));
+    const thrice = encodeURIComponent(twice);
+    await send(current, "/nothing", { headers: { "user-agent": `ua ${twice} tail` } });
+    await send(current, `/x/${thrice}`);
+    const text = current.logs.text;
+    expectNoTrace(text);
+    for (const spelling of [twice, thrice, encodeURIComponent(PROBE_SECRET)]) {
+      expect(text).not.toContain(spelling);
+    }
+    const agent = current.logs.entries.find((entry) => entry.msg === "request")?.userAgent;
+    expect(agent).toBe(`ua ${REDACTED} tail`);
+  });
+
+  test("base64 whose + a form decoder read as a space", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: SECRET } });
+    const base64 = Buffer.from(SECRET).toString("base64");
+    const middle = base64.slice(8, -8);
+    expect(middle).toContain("+");
+    await send(current, "/nothing", {
+      headers: { "user-agent": `ua ${base64.replace(/\+/g, " ")} tail` },
+    });
+    expect(current.logs.text).not.toContain(middle.replace(/\+/g, " "));
+    expect(current.logs.text).toContain(REDACTED);
+  });
+});

@@ -207,6 +207,7 @@ export class PaymentLedger {
       amount: row.amount,
       currency: row.currency,
       status: row.status,
+      statusEventAt: row.statusEventAt ?? 0,
       amountRefunded: row.amountRefunded ?? 0,
       disputedAt: row.disputedAt ?? null,
       clientSecret: row.clientSecret ?? null,
@@ -227,13 +228,14 @@ export class PaymentLedger {
   private move(row: PaymentRow, next: PaymentStatus, eventAt: number, now: number): boolean {
     if (!mayMove(row.status as PaymentStatus, row.statusEventAt, next, eventAt)) return false;
     // Compare-and-set on the status read: another writer in between makes this a no-op.
+    const statusEventAt = Math.max(eventAt, row.statusEventAt);
     const moved = this.db
       .update(payments)
       .set({
         status: next,
-        statusEventAt: Math.max(eventAt, row.statusEventAt),
+        statusEventAt,
         updatedAt: now,
-        ...this.resealed(row, { status: next, updatedAt: now }),
+        ...this.resealed(row, { status: next, statusEventAt, updatedAt: now }),
       })
       .where(and(eq(payments.id, row.id), eq(payments.status, row.status)))
       .returning({ id: payments.id })

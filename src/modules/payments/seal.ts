@@ -7,8 +7,9 @@
  *
  * So every `payments` row carries a `seal`, an HMAC (db/row-seal.ts, its own key label) over
  * everything a reader is shown or acts on: the intent id, the owner, amount and currency, the
- * status, the refunded total, the dispute mark, the client secret, the description, customer email
- * and metadata (an order reference there decides what an integration ships), and the times. Every `payment_idempotency_keys`
+ * status and the time of the Stripe event that set it, the refunded total, the dispute mark, the
+ * client secret, the description, customer email and metadata (an order reference there decides
+ * what an integration ships), and the times. Every `payment_idempotency_keys`
  * row carries one over its owner, key, request hash, state and stored response. Palisade seals each
  * row it writes and reseals each change it makes to those columns; a row that does not match is
  * treated as absent — 404 to its owner, left out of lists and exports, never refunded, its Stripe
@@ -17,8 +18,7 @@
  * audit event naming the table and the row (alert `PalisadeDatabaseTampered`). A change Palisade
  * makes to such a row (erasure strips it) never reseals it.
  *
- * Not sealed: the bookkeeping (the refund claim, the time of the event that set the status,
- * `seq`). Changing those can delay a refund, make a Stripe event look stale or reorder a list; not
+ * Not sealed: the refund claim and `seq`. Changing those can delay a refund or reorder a list; not
  * change what a payment says. A copy of an older row of the same file, seal and all (a rollback),
  * is not detected.
  */
@@ -34,6 +34,7 @@ export interface SealedPayment {
   amount: number;
   currency: string;
   status: string;
+  statusEventAt: number;
   amountRefunded: number;
   disputedAt: number | null;
   clientSecret: string | null;
@@ -46,7 +47,7 @@ export interface SealedPayment {
 
 /** The sealed columns of `payments` in SQL, named as SealedPayment names them. */
 export const SEALED_PAYMENT_COLUMNS = `id, owner, amount, currency, status,
-  amount_refunded AS amountRefunded, disputed_at AS disputedAt, client_secret AS clientSecret,
+  status_event_at AS statusEventAt, amount_refunded AS amountRefunded, disputed_at AS disputedAt, client_secret AS clientSecret,
   description, customer_email AS customerEmail, metadata, created_at AS createdAt,
   updated_at AS updatedAt`;
 
@@ -81,6 +82,7 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
       row.amount,
       row.currency,
       row.status,
+      row.statusEventAt,
       row.amountRefunded,
       row.disputedAt,
       row.clientSecret,

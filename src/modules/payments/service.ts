@@ -442,7 +442,15 @@ export class PaymentService {
       write();
       return true;
     } catch (error) {
-      if (!isDatabaseBusy(error)) throw error;
+      // What Stripe did is done: any other failure to write it is logged with the refund's ids and
+      // answered as done, never a 500 that hides a refund made.
+      if (!isDatabaseBusy(error)) {
+        this.logger.error(
+          { ...context, err: error },
+          "refund answered by Stripe could not be recorded; charge.refunded will record its total",
+        );
+        return false;
+      }
     }
     this.logger.warn(context, "refund answered by Stripe; its record waits for the database lock");
     const attempt = () => {

@@ -1,6 +1,7 @@
 /** Object-level isolation between users, and admin refunds (audited, bounded, one at a time). */
 import { Database } from "bun:sqlite";
 import { afterEach, expect, test } from "bun:test";
+import type { PaymentsFeature } from "../../../src/modules/payments/feature";
 import { CLAIM_LEASE_MS, RECORD_RETRY_MS } from "../../../src/modules/payments/service";
 import { send } from "../../support/app";
 import { bearer, createKey, type Session, signUp } from "../../support/auth";
@@ -331,4 +332,24 @@ test("a refund Stripe refuses while the database is locked is answered with Stri
     target.db.$client.query("SELECT refund_started_at AS claim FROM payments WHERE id = ?").get(id),
   ).toEqual({ claim: null });
   expect((await refund(target, id, bearer(admin.accessToken), { amount: 1000 })).status).toBe(200);
+});
+
+test("a refund Stripe made whose record fails for another reason than a lock is answered 200, audited, and its ids logged", async () => {
+  const { target, admin, id } = await paidPayment();
+  const feature = target.services.features.find((f) => f.name === "payments") as PaymentsFeature;
+  // A database that cannot take this write (an I/O error, a full disk) after Stripe made the refund.
+  feature.ledger.recordRefund = () => {
+    throw new Error("disk I/O error");
+  };
+  const response = await refund(target, id, bearer(admin.accessToken), { amount: 1000 });
+  expect(response.status).toBe(200);
+  const body = (await response.json()) as { refund: { id: string } };
+  const line = target.logs.entries.find(
+    (entry) =>
+      entry.msg ===
+      "refund answered by Stripe could not be recorded; charge.refunded will record its total",
+  );
+  expect(line).toMatchObject({ paymentId: id, refundId: body.refund.id, amount: 1000 });
+  const audited = auditRows(target, "payment.refund").map((r) => JSON.parse(r.detail as string));
+  expect(audited).toEqual([expect.objectContaining({ paymentId: id, refundId: body.refund.id })]);
 });

@@ -220,6 +220,32 @@ describe("a row changed in the file while a refund is with Stripe", () => {
 });
 
 describe("what a payment says besides its amount", () => {
+  test("garbage in the time of the event that set the status: a full refund and Stripe's events answer, never 500", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const id = await pay(target, alice);
+    await succeed(target, id);
+    target.db.$client.run("UPDATE payments SET status_event_at = 'x' WHERE id = ?", [id]);
+    const refund = await send(target, `/api/admin/payments/${id}/refund`, {
+      headers: bearer(admin.accessToken),
+      body: {},
+    });
+    expect(refund.status).toBe(404);
+    const event = await deliver(
+      target,
+      stripeEvent("charge.refunded", {
+        id: "ch_garbage1",
+        object: "charge",
+        payment_intent: id,
+        amount_refunded: 3000,
+      }),
+    );
+    expect(event.status).toBe(200);
+    expect(((await event.json()) as { outcome: string }).outcome).toBe("ignored");
+    expect(tamperReports(target)).toEqual([{ table: "payments", id }]);
+  });
+
   test("an order reference moved onto another paid payment (metadata, description, email) makes that payment absent", async () => {
     const target = app();
     const alice = await signUp(target);
@@ -235,6 +261,7 @@ describe("what a payment says besides its amount", () => {
       ["description", "Expensive order 9"],
       ["customer_email", "victim@example.test"],
       ["created_at", "x"],
+      ["status_event_at", "x"],
     ] as const) {
       const before = target.db.$client
         .query(`SELECT ${column} AS v FROM payments WHERE id = ?`)

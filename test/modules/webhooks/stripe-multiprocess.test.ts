@@ -43,6 +43,7 @@ test("1,000 concurrent deliveries of 100 events across 2 processes: exactly 100 
           amount: 1000,
           currency: "usd",
           status: "processing",
+          statusEventAt: 0,
           amountRefunded: 0,
           disputedAt: null,
           clientSecret: null,
