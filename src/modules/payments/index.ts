@@ -65,12 +65,16 @@ function invalid(field: string, message: string, detail = "The request body is i
   throw new AppError("VALIDATION_FAILED", detail, [{ field, message }]);
 }
 
-/** A failed Stripe call at the edge: 503 when worth retrying, 502 when Stripe will not do it. */
-function upstreamError(failure: GatewayFailure): AppError {
+/**
+ * A failed Stripe call at the edge: 503 when worth retrying, 502 when Stripe will not do it. An
+ * intent is retried with its Idempotency-Key; a refund takes none (its own Stripe key is derived
+ * from the payment, so a retry of the same amount is not made twice).
+ */
+function upstreamError(failure: GatewayFailure, retry = "retry shortly"): AppError {
   if (failure.kind === "unavailable") {
     return new AppError(
       "UPSTREAM_UNAVAILABLE",
-      "The payment provider is unavailable; retry with the same Idempotency-Key.",
+      `The payment provider is unavailable; ${retry}.`,
       undefined,
       { "retry-after": "5" },
       503,
@@ -182,7 +186,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 { "retry-after": "1" },
               );
             default:
-              throw upstreamError(outcome);
+              throw upstreamError(outcome, "retry with the same Idempotency-Key");
           }
         },
         {

@@ -160,7 +160,10 @@ test("only a succeeded payment can be refunded; an unknown one is 404; a Stripe 
   current.stripe.failNext("/v1/refunds", { status: 503, shouldRetry: false });
   const failed = await refund(current, id, bearer(admin.accessToken));
   expect(failed.status).toBe(503);
-  expect(((await failed.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+  const problem = (await failed.json()) as { code: string; detail: string };
+  expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+  // A refund takes no Idempotency-Key: the answer does not ask for one.
+  expect(problem.detail).toBe("The payment provider is unavailable; retry shortly.");
   const ok = await refund(current, id, bearer(admin.accessToken));
   expect(ok.status).toBe(200);
   expect(auditRows(current, "payment.refund")).toHaveLength(1);
