@@ -44,6 +44,16 @@ async function pay(target: PaymentsApp, who: Session, amount = 3000): Promise<st
   return ((await response.json()) as { id: string }).id;
 }
 
+/** An app with a user's succeeded payment and an admin. */
+async function paidPayment() {
+  const target = app();
+  const alice = await signUp(target);
+  const admin = await signUp(target, { role: "admin" });
+  const id = await pay(target, alice);
+  await succeed(target, id);
+  return { target, alice, admin, id };
+}
+
 const seal = (target: PaymentsApp) => createPaymentSeal(target.config.audit.secretKey);
 
 /** Whether every payments and idempotency row of the file matches its seal. */
@@ -180,11 +190,7 @@ describe("payments written into the file", () => {
 
 describe("a row changed in the file while a refund is with Stripe", () => {
   test("the refund made is answered 200 and audited, the row is not trusted with it, and its claim ends", async () => {
-    const target = app();
-    const alice = await signUp(target);
-    const admin = await signUp(target, { role: "admin" });
-    const id = await pay(target, alice);
-    await succeed(target, id);
+    const { target, admin, id } = await paidPayment();
     target.stripe.delayMs = 300;
     const answered = send(target, `/api/admin/payments/${id}/refund`, {
       headers: bearer(admin.accessToken),
@@ -221,11 +227,7 @@ describe("a row changed in the file while a refund is with Stripe", () => {
 
 describe("what a payment says besides its amount", () => {
   test("garbage in the time of the event that set the status: a full refund and Stripe's events answer, never 500", async () => {
-    const target = app();
-    const alice = await signUp(target);
-    const admin = await signUp(target, { role: "admin" });
-    const id = await pay(target, alice);
-    await succeed(target, id);
+    const { target, admin, id } = await paidPayment();
     target.db.$client.run("UPDATE payments SET status_event_at = 'x' WHERE id = ?", [id]);
     const refund = await send(target, `/api/admin/payments/${id}/refund`, {
       headers: bearer(admin.accessToken),
