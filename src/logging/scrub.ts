@@ -220,18 +220,21 @@ export function createTextScrubber(
     const out = scrubOnce(text);
     // Client text (not a whole JSON line, whose escapes decoding would break) may hold a secret
     // percent-encoded more than once (a header value a client encoded twice, a path three times):
-    // decoded up to MAX_DECODES times, the first decoded form in which a secret is found is the
-    // one returned, scrubbed, so no spelling of it survives.
+    // when any of up to MAX_DECODES decodings holds one, the text is returned decoded that far and
+    // scrubbed at every round, so no spelling of it survives; otherwise as it came.
     if (json || !out.includes("%")) return out;
-    let decoded = out;
+    // Every round is decoded and scrubbed, each from the one before it already scrubbed: what one
+    // round finds (a credential parameter, say) must not stop the search of the rounds after it.
+    let current = out;
+    let found = false;
     for (let round = 0; round < MAX_DECODES; round++) {
-      const next = decodeKeepingDelimiters(decoded);
-      if (next === decoded) break;
+      const next = decodeKeepingDelimiters(current);
+      if (next === current) break;
       const scrubbed = scrubOnce(next);
-      if (scrubbed !== next) return scrubbed;
-      decoded = next;
+      if (scrubbed !== next) found = true;
+      current = scrubbed;
     }
-    return out;
+    return found ? current : out;
   };
 }
 

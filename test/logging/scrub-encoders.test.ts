@@ -201,6 +201,22 @@ describe("a secret percent-encoded more than once (probe 14e F2)", () => {
     expect(agent).toBe(`ua ${REDACTED} tail`);
   });
 
+  test("a credential found in one decoding does not end the search of the next (probe 14f F1)", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: PROBE_SECRET } });
+    let encoded = PROBE_SECRET;
+    for (let round = 0; round < 4; round++) encoded = encodeURIComponent(encoded);
+    await send(current, "/nothing", {
+      headers: { "user-agent": `ua pal%5Flive%5Fx ${encoded} tail token%3Dabc` },
+    });
+    const text = current.logs.text;
+    expectNoTrace(text);
+    let spelling = PROBE_SECRET;
+    for (let round = 0; round < 4; round++) {
+      spelling = encodeURIComponent(spelling);
+      expect(text).not.toContain(spelling);
+    }
+  });
+
   test("base64 whose + a form decoder read as a space", async () => {
     current = buildTestApp({ env: { OPENAI_API_KEY: SECRET } });
     const base64 = Buffer.from(SECRET).toString("base64");

@@ -456,6 +456,7 @@ export class PaymentService {
     const attempt = () => {
       try {
         write();
+        this.logger.info(context, "refund recorded after the database lock");
       } catch (error) {
         if (isDatabaseBusy(error)) return false;
         this.logger.error(
@@ -464,7 +465,6 @@ export class PaymentService {
         );
       }
       this.waiting.delete(paymentId);
-      this.logger.info(context, "refund recorded after the database lock");
       return true;
     };
     this.waiting.set(paymentId, attempt);

@@ -356,3 +356,26 @@ test("a refund Stripe made whose record fails for another reason than a lock is 
   const audited = auditRows(target, "payment.refund").map((r) => JSON.parse(r.detail as string));
   expect(audited).toEqual([expect.objectContaining({ paymentId: id, refundId: body.refund.id })]);
 });
+
+test("a waiting refund record that then fails for another reason is logged as not recorded, never as recorded", async () => {
+  const { target, admin, id } = await paidPayment();
+  const feature = target.services.features.find((f) => f.name === "payments") as PaymentsFeature;
+  let calls = 0;
+  feature.ledger.recordRefund = () => {
+    calls++;
+    const error = new Error(calls === 1 ? "database is locked" : "disk I/O error");
+    (error as Error & { code: string }).code = calls === 1 ? "SQLITE_BUSY" : "SQLITE_IOERR";
+    throw error;
+  };
+  const response = await refund(target, id, bearer(admin.accessToken), { amount: 1000 });
+  expect(response.status).toBe(200);
+  const messages = () => target.logs.entries.map((entry) => entry.msg);
+  const deadline = Date.now() + 3000;
+  while (calls < 2 && Date.now() < deadline) await Bun.sleep(50);
+  expect(calls).toBe(2);
+  expect(messages()).toContain("refund answered by Stripe; its record waits for the database lock");
+  expect(messages()).toContain(
+    "refund answered by Stripe could not be recorded; charge.refunded will record its total",
+  );
+  expect(messages()).not.toContain("refund recorded after the database lock");
+});

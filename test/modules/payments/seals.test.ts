@@ -264,6 +264,8 @@ describe("what a payment says besides its amount", () => {
       ["customer_email", "victim@example.test"],
       ["created_at", "x"],
       ["status_event_at", "x"],
+      // Infinity (SQLite keeps `9e999` so), which JSON would write as the null Palisade sealed.
+      ["disputed_at", Number.POSITIVE_INFINITY],
     ] as const) {
       const before = target.db.$client
         .query(`SELECT ${column} AS v FROM payments WHERE id = ?`)
