@@ -216,8 +216,41 @@ export function createTextScrubber(
     if (out.includes("=")) out = out.replace(credentialParameter, `$1${replacement}`);
     return out;
   };
+  /** The configured secrets alone, in every spelling: no credential shape (see scrubText). */
+  const secretsOnce = (text: string) => {
+    let out = text;
+    for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, replacement);
+    if (out.includes("%") || (plusForSpace && out.includes("+"))) {
+      for (const pattern of mixedPatterns()) out = out.replace(pattern, replacement);
+    }
+    return out;
+  };
+  /**
+   * The text with each configured secret replaced wherever a decoding of it holds one: decoded as
+   * far as the last secret found (each round's secrets replaced), no further; else as it came.
+   */
+  const secretsInEveryDecoding = (text: string) =>
+    json || !text.includes("%") ? text : deepestChange(text, secretsOnce);
+  /**
+   * Applies `scrub` to the text and to each of up to MAX_DECODES decodings of it, each decoding made
+   * from the round before it already scrubbed, and returns the round of the last change: decoded
+   * only as far as something was found, and the text as it came when nothing was.
+   */
+  const deepestChange = (text: string, scrub: (text: string) => string) => {
+    let result = text;
+    let current = text;
+    for (let round = 0; round <= MAX_DECODES; round++) {
+      const scrubbed = scrub(current);
+      if (scrubbed !== current) result = scrubbed;
+      if (round === MAX_DECODES) break;
+      const next = decodeKeepingDelimiters(scrubbed);
+      if (next === scrubbed) break;
+      current = next;
+    }
+    return result;
+  };
   return function scrubText(text) {
-    const out = scrubOnce(text);
+    const out = scrubOnce(secretsInEveryDecoding(text));
     // Client text (not a whole JSON line, whose escapes decoding would break) may hold a secret
     // percent-encoded more than once (a header value a client encoded twice, a path three times):
     // when any of up to MAX_DECODES decodings holds one, the text is returned decoded that far and
@@ -225,21 +258,15 @@ export function createTextScrubber(
     if (json || !out.includes("%")) return out;
     // Every round is decoded and scrubbed, each from the one before it already scrubbed: what one
     // round finds (a credential parameter, say) must not stop the search of the rounds after it.
-    let current = out;
-    let found = false;
-    for (let round = 0; round < MAX_DECODES; round++) {
-      const next = decodeKeepingDelimiters(current);
-      if (next === current) break;
-      const scrubbed = scrubOnce(next);
-      if (scrubbed !== next) found = true;
-      current = scrubbed;
-    }
-    return found ? current : out;
+    // The secrets were looked for in every decoding first (secretsInEveryDecoding): a credential
+    // shape glued to a still-encoded secret (`pal_live_` + its alphanumeric start) would otherwise
+    // take part of it, and what is left of it would no longer be recognised.
+    return deepestChange(out, scrubOnce);
   };
 }
 
 /** How many times client text is percent-decoded in search of a secret. */
-const MAX_DECODES = 3;
+const MAX_DECODES = 4;
 
 /** The escape of what ends a credential parameter's value: `&`, `#`, CR, LF. */
 const DELIMITER_ESCAPE = /%(?:2[36]|0[ad])/i;

@@ -201,6 +201,31 @@ describe("a secret percent-encoded more than once (probe 14e F2)", () => {
     expect(agent).toBe(`ua ${REDACTED} tail`);
   });
 
+  test("a credential shape glued to a secret still encoded does not take part of it (probe 14g G1)", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: PROBE_SECRET } });
+    const twice = encodeURIComponent(encodeURIComponent(PROBE_SECRET));
+    const jwtShape = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.";
+    for (const glued of [`pal_live_${twice}`, `${jwtShape}${twice}`]) {
+      await send(current, "/nothing", { headers: { "user-agent": `ua ${glued} tail` } });
+      await send(current, `/x/${encodeURIComponent(glued)}`);
+    }
+    const text = current.logs.text;
+    expectNoTrace(text);
+    // Not even the part after the secret's alphanumeric start.
+    expect(text).not.toContain("7mKp");
+  });
+
+  test("base64 of a secret percent-encoded four times in an agent (probe 14g G2)", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: SECRET } });
+    const base64 = Buffer.from(SECRET).toString("base64");
+    let encoded = [...base64].map(hex).join("");
+    for (let round = 0; round < 3; round++) encoded = encodeURIComponent(encoded);
+    await send(current, "/nothing", { headers: { "user-agent": `ua ${encoded} tail` } });
+    const agent = current.logs.entries.find((entry) => entry.msg === "request")?.userAgent;
+    expect(agent).toContain(REDACTED);
+    expect(String(agent)).not.toContain(base64.slice(8, 40));
+  });
+
   test("a credential found in one decoding does not end the search of the next (probe 14f F1)", async () => {
     current = buildTestApp({ env: { OPENAI_API_KEY: PROBE_SECRET } });
     let encoded = PROBE_SECRET;

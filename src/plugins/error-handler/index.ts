@@ -138,6 +138,19 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
           headers: appError.headers,
           status: appError.status,
         };
+      } else if (code === "VALIDATION" && error.type === "response") {
+        // What a handler answers failed its own schema: a fault of the service (a row written
+        // into the database file that no handler expects, say), never the client's request.
+        logger.error(
+          {
+            requestId,
+            method: request.method,
+            route: routeOf(),
+            fields: fieldErrorsOf(error).map((field) => field.field),
+          },
+          "a response did not match its schema",
+        );
+        outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
       } else if (code === "VALIDATION") {
         outcome = {
           code: "VALIDATION_FAILED",

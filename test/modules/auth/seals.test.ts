@@ -790,3 +790,21 @@ test("the bearer form of a forged key is refused too", async () => {
   const genuine = createKey(target, ["chat"]);
   expect((await send(target, "/api/auth/me", { headers: bearer(genuine.key) })).status).toBe(200);
 });
+
+test("a value written into the file that a response's schema refuses is a 500 logged with its field, never a 422 blaming the request (probe 14g G3)", async () => {
+  const target = app();
+  const admin = await signUp(target, { role: "admin" });
+  const { record } = createKey(target, ["chat"]);
+  // Not a sealed column: bookkeeping. SQLite stores 9e999 as Infinity, which no integer schema takes.
+  target.db.$client.run("UPDATE api_keys SET last_used_at = 9e999 WHERE id = ?", [record.id]);
+  const listed = await send(target, "/api/admin/api-keys", { headers: bearer(admin.accessToken) });
+  expect(listed.status).toBe(500);
+  const problem = (await listed.json()) as { code: string; errors?: unknown };
+  expect(problem.code).toBe("INTERNAL");
+  expect(problem.errors).toBeUndefined();
+  const line = target.logs.entries.find(
+    (entry) => entry.msg === "a response did not match its schema",
+  );
+  expect(line).toMatchObject({ route: "/api/admin/api-keys" });
+  expect(JSON.stringify(line)).toContain("lastUsedAt");
+});
