@@ -44,10 +44,12 @@ const BASIC = /\bBasic(?:\s|%20|\+)+[A-Za-z0-9+/%]{8,}=*/g;
  * value ends errs towards redacting too much, since a passphrase may hold spaces and quotes: at
  * `&` or `#` (the next URL parameter or the fragment), at a line break, or at the end of the text
  * — and, in a serialised JSON line, at the unescaped `"` that closes the string (an escape such
- * as `\"` is part of the value; the closing quote is never eaten, so the line stays JSON).
+ * as `\"` is part of the value; the closing quote is never eaten, so the line stays JSON). The
+ * name is one run of name characters that holds a word (a lookahead), not a word between two
+ * runs: a long run of words with no `=` after it is then given up in linear time, not quadratic.
  */
 const CREDENTIAL_NAME =
-  /((?:^|[?&;/\s"']|%(?:26|23|0a|0d))(?:[A-Za-z0-9_.-]*(?:pass(?:word|wd|phrase)?|pwd|secret|token|key|signature|sig|auth|credential|creds|jwt|session|code)[A-Za-z0-9_.-]*|pw)=)/
+  /((?:^|[?&;/\s"']|%(?:26|23|0a|0d))(?:(?=[A-Za-z0-9_.-]*?(?:pass(?:word|wd|phrase)?|pwd|secret|token|key|signature|sig|auth|credential|creds|jwt|session|code))[A-Za-z0-9_.-]+|pw)=)/
     .source;
 const CREDENTIAL_PARAMETER = new RegExp(String.raw`${CREDENTIAL_NAME}[^&#\r\n]*`, "gi");
 /** In JSON text: an escape pair is part of the value; `\n`, `\r` and an unescaped `"` end it. */
@@ -58,6 +60,10 @@ const CREDENTIAL_PARAMETER_IN_JSON = new RegExp(
 
 /** What every pattern below (and a percent-encoded secret) needs somewhere in the text. */
 const MAY_HOLD_CREDENTIAL = /pal_|eyJ|bearer|Basic|=|%/i;
+
+/** A character under 256 as one percent-encoded byte, upper-case hex. */
+const hexOf = (char: string) =>
+  `%${char.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}`;
 
 const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 
@@ -72,6 +78,13 @@ export function secretSpellings(secret: string): string[] {
     encoded.replace(/%20/g, "+"),
     base64url,
     ...base64Encodings(secret),
+    // Inside a JSON document a client encoded: its quotes and backslashes escaped.
+    ...base64Encodings(JSON.stringify(secret).slice(1, -1)),
+    // A header's UTF-8 bytes as Bun reads them (Latin-1), and a path's `\` as URL parsing makes it.
+    Buffer.from(secret).toString("latin1"),
+    secret.replace(/\\/g, "/"),
+    // Each character under 256 percent-encoded as one Latin-1 byte (JavaScript's `escape`).
+    [...secret].map((char) => (char.charCodeAt(0) < 256 ? hexOf(char) : char)).join(""),
   ];
   // As they appear inside a JSON string (a log line is JSON).
   for (const form of [...forms]) forms.push(JSON.stringify(form).slice(1, -1));
@@ -289,7 +302,31 @@ function tryDecode(text: string): string | null {
 function decodeKeepingDelimiters(text: string): string {
   // The common case (no such escape, valid UTF-8) in one native call.
   const whole = DELIMITER_ESCAPE.test(text) ? null : tryDecode(text);
-  return whole ?? text.replace(ESCAPE_RUN, (run) => tryDecode(run) ?? run);
+  return whole ?? text.replace(ESCAPE_RUN, (run) => tryDecode(run) ?? decodePiecewise(run));
+}
+
+/**
+ * A run of escapes that is not valid UTF-8 as a whole (a stray `%FF` beside an encoded secret),
+ * decoded sequence by sequence: each valid UTF-8 sequence decoded, only the bytes that start none
+ * left as they are, so one bad byte cannot keep the rest of the run encoded.
+ */
+function decodePiecewise(run: string): string {
+  const escapes = run.match(/%[0-9A-Fa-f]{2}/g) ?? [];
+  const bytes = escapes.map((pair) => Number.parseInt(pair.slice(1), 16));
+  let out = "";
+  for (let i = 0; i < bytes.length; ) {
+    const lead = bytes[i]!;
+    const length = lead < 0x80 ? 1 : lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 0;
+    const decoded = length > 0 ? tryDecode(escapes.slice(i, i + length).join("")) : null;
+    if (decoded !== null) {
+      out += decoded;
+      i += length;
+    } else {
+      out += escapes[i];
+      i += 1;
+    }
+  }
+  return out;
 }
 
 /**

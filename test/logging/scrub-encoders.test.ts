@@ -5,6 +5,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { createLogger, REDACTED } from "../../src/logging/logger";
+import { createTextScrubber } from "../../src/logging/scrub";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
@@ -252,5 +253,53 @@ describe("a secret percent-encoded more than once (probe 14e F2)", () => {
     });
     expect(current.logs.text).not.toContain(middle.replace(/\+/g, " "));
     expect(current.logs.text).toContain(REDACTED);
+  });
+});
+
+describe("probe 14h", () => {
+  const full = (text: string) =>
+    [...Buffer.from(text)]
+      .map((byte) => `%${byte.toString(16).toUpperCase().padStart(2, "0")}`)
+      .join("");
+
+  test("a stray invalid escape beside an encoded secret does not keep it encoded (H1)", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: PROBE_SECRET } });
+    const twice = full(full(PROBE_SECRET));
+    await send(current, "/nothing", { headers: { "user-agent": `${twice}%FF` } });
+    await send(current, "/nothing", { headers: { "user-agent": `x %FF${twice} y` } });
+    await send(current, `/zz/${twice}%FF`);
+    const text = current.logs.text;
+    expectNoTrace(text);
+    // Neither as sent nor decoded once.
+    expect(text).not.toContain(twice.slice(0, 60));
+    expect(text).not.toContain(full(PROBE_SECRET).slice(0, 30));
+    expect(text.split(REDACTED).length - 1).toBeGreaterThanOrEqual(3);
+  });
+
+  test("a credential name is still one run of name characters holding a word, followed by = (H2's rewrite)", () => {
+    const scrub = createTextScrubber([], REDACTED);
+    expect(scrub("/a?user_token=abc&x=1")).toBe(`/a?user_token=${REDACTED}&x=1`);
+    expect(scrub("/a?x=1&client.SECRET-2=abc#f")).toBe(`/a?x=1&client.SECRET-2=${REDACTED}#f`);
+    expect(scrub("/a?pw=abc")).toBe(`/a?pw=${REDACTED}`);
+    // A word inside a longer name counts; a name without one, or a word with no `=`, does not.
+    expect(scrub("/a?mykeyring=abc")).toBe(`/a?mykeyring=${REDACTED}`);
+    expect(scrub("/a?pwx=abc&name=keykeykey")).toBe("/a?pwx=abc&name=keykeykey");
+    expect(scrub(`/a=b/${"key".repeat(5000)}`)).toBe(`/a=b/${"key".repeat(5000)}`);
+  });
+
+  test("a non-ASCII secret read as Latin-1, a path's backslash, Latin-1 escapes, base64 of escaped JSON (H3–H5)", () => {
+    const secret = 'Sécrét-"quoted"\\väl-0123456789';
+    const scrub = createTextScrubber([secret], REDACTED);
+    const spellings = [
+      Buffer.from(secret).toString("latin1"),
+      secret.replace(/\\/g, "/"),
+      [...secret]
+        .map((char) => `%${char.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}`)
+        .join(""),
+      Buffer.from(`{"k":${JSON.stringify(secret)}}`).toString("base64"),
+    ];
+    for (const spelling of spellings) {
+      expect(scrub(`before ${spelling} after`)).toContain(REDACTED);
+    }
   });
 });
