@@ -303,3 +303,22 @@ describe("probe 14h", () => {
     }
   });
 });
+
+describe("JWT shapes, found in one pass over each run (probe 14i I1)", () => {
+  test("redacted as the pattern eyJ…\\.….… would, leftmost first, glued to text too", () => {
+    const scrub = createTextScrubber([], REDACTED);
+    const cases: [string, string][] = [
+      ["a eyJhb.cd.ef b", `a ${REDACTED} b`],
+      ["xeyJhb.cd.ef", `x${REDACTED}`],
+      ["foo.eyJx.y.z", `foo.${REDACTED}`],
+      ["eyJa.b.c.d.eyJe.f.g", `${REDACTED}.d.${REDACTED}`],
+      ["eyJa..b", "eyJa..b"],
+      ["eyJa.b", "eyJa.b"],
+      ["eyJa.b.", REDACTED],
+      ["q.eyJ.x.y.eyJ", `q.${REDACTED}.eyJ`],
+      // A long run of headers with no dot: nothing to redact, and one pass over it.
+      ["eyJ".repeat(5000), "eyJ".repeat(5000)],
+    ];
+    for (const [text, expected] of cases) expect(scrub(text)).toBe(expected);
+  });
+});
