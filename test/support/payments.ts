@@ -2,7 +2,7 @@
 import { afterEach, expect } from "bun:test";
 import Stripe from "stripe";
 import { buildTestApp, send, type TestApp, type TestAppOptions } from "./app";
-import { bearer, type Session } from "./auth";
+import { bearer, type Session, signUp } from "./auth";
 import { type FakeStripe, startFakeStripe } from "./stripe-server";
 
 export const STRIPE_TEST_KEY = "sk_test_palisade0123456789";
@@ -143,6 +143,15 @@ export async function pay(target: PaymentsApp, who: Session, amount = 5000): Pro
   const response = await createIntent(target, bearer(who.accessToken), { amount, currency: "usd" });
   expect(response.status).toBe(201);
   return ((await response.json()) as { id: string }).id;
+}
+
+/** On `target`: a user's succeeded payment of `amount` cents, and an admin to refund it. */
+export async function paidPayment(target: PaymentsApp, amount = 3000) {
+  const alice = await signUp(target);
+  const admin = await signUp(target, { role: "admin" });
+  const id = await pay(target, alice, amount);
+  await succeed(target, id);
+  return { alice, admin, id };
 }
 
 export interface RefundStatusStripe {

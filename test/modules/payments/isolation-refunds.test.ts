@@ -4,15 +4,16 @@ import { afterEach, expect, test } from "bun:test";
 import type { PaymentsFeature } from "../../../src/modules/payments/feature";
 import { CLAIM_LEASE_MS, RECORD_RETRY_MS } from "../../../src/modules/payments/service";
 import { send } from "../../support/app";
-import { bearer, createKey, type Session, signUp } from "../../support/auth";
+import { bearer, createKey, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
 import {
   auditRows,
   buildPaymentsApp,
-  createIntent,
   deliver,
   metricValue,
   type PaymentsApp,
+  paidPayment,
+  pay,
   stripeEvent,
   succeed,
 } from "../../support/payments";
@@ -23,21 +24,11 @@ afterEach(() => {
   current = null;
 });
 
-async function pay(target: PaymentsApp, who: Session, amount = 3000): Promise<string> {
-  const response = await createIntent(target, bearer(who.accessToken), { amount, currency: "usd" });
-  expect(response.status).toBe(201);
-  return ((await response.json()) as { id: string }).id;
-}
-
 /** A fresh app (as `current`) with a succeeded payment of a user's and an admin to refund it. */
-async function paidPayment() {
+async function paidApp() {
   const target = buildPaymentsApp();
   current = target;
-  const alice = await signUp(target);
-  const admin = await signUp(target, { role: "admin" });
-  const id = await pay(target, alice);
-  await succeed(target, id);
-  return { target, alice, admin, id };
+  return { target, ...(await paidPayment(target)) };
 }
 
 const refund = (target: PaymentsApp, id: string, who: Record<string, string>, body: unknown = {}) =>
@@ -47,8 +38,8 @@ test("a user sees only their own payments: another's is 404 (not 403), and absen
   current = buildPaymentsApp();
   const alice = await signUp(current);
   const bob = await signUp(current);
-  const alicePayment = await pay(current, alice);
-  const bobPayment = await pay(current, bob);
+  const alicePayment = await pay(current, alice, 3000);
+  const bobPayment = await pay(current, bob, 3000);
 
   const peek = await send(current, `/api/payments/${alicePayment}`, {
     headers: bearer(bob.accessToken),
@@ -81,7 +72,7 @@ test("a user sees only their own payments: another's is 404 (not 403), and absen
 test("refunds are admins': a user is 403 (audited), Stripe is not called", async () => {
   current = buildPaymentsApp();
   const alice = await signUp(current);
-  const id = await pay(current, alice);
+  const id = await pay(current, alice, 3000);
   await succeed(current, id);
   const refused = await refund(current, id, bearer(alice.accessToken));
   expect(refused.status).toBe(403);
@@ -150,7 +141,7 @@ test("only a succeeded payment can be refunded; an unknown one is 404; a Stripe 
   current = buildPaymentsApp();
   const alice = await signUp(current);
   const admin = await signUp(current, { role: "admin" });
-  const id = await pay(current, alice);
+  const id = await pay(current, alice, 3000);
   const early = await refund(current, id, bearer(admin.accessToken));
   expect(early.status).toBe(409);
   expect(((await early.json()) as { code: string }).code).toBe("CONFLICT");
@@ -170,7 +161,7 @@ test("only a succeeded payment can be refunded; an unknown one is 404; a Stripe 
 });
 
 test("two admins refunding one payment at once: one refund reaches Stripe, the other is 409", async () => {
-  const { target, admin, id } = await paidPayment();
+  const { target, admin, id } = await paidApp();
   target.stripe.delayMs = 200;
   const responses = await Promise.all(
     Array.from({ length: 5 }, () => refund(target, id, bearer(admin.accessToken))),
@@ -180,7 +171,7 @@ test("two admins refunding one payment at once: one refund reaches Stripe, the o
 });
 
 test("a refund Stripe made while the database is locked is answered, recorded once the lock goes, and audited", async () => {
-  const { target, admin, id } = await paidPayment();
+  const { target, admin, id } = await paidApp();
   target.stripe.delayMs = 300;
   const answered = refund(target, id, bearer(admin.accessToken), { amount: 1000 });
   // Another process (a CLI command, a backup) takes the write lock while Stripe works.
@@ -241,7 +232,7 @@ test("a refund Stripe made while the database is locked is answered, recorded on
 });
 
 test("Stripe's charge.refunded for another refund does not end an admin refund's claim: no second refund starts beside it", async () => {
-  const { target, admin, id } = await paidPayment();
+  const { target, admin, id } = await paidApp();
   target.stripe.delayMs = 400;
   const first = refund(target, id, bearer(admin.accessToken), { amount: 100 });
   await Bun.sleep(100);
@@ -268,7 +259,7 @@ test("a lock held past the refund claim's 2 minutes: no other refund of the paym
   const target = current;
   const alice = await signUp(target);
   const admin = await signUp(target, { role: "admin" });
-  const id = await pay(target, alice);
+  const id = await pay(target, alice, 3000);
   await succeed(target, id);
   target.stripe.delayMs = 300;
   const first = refund(target, id, bearer(admin.accessToken), { amount: 1000 });
@@ -304,7 +295,7 @@ test("a lock held past the refund claim's 2 minutes: no other refund of the paym
 });
 
 test("a refund Stripe refuses while the database is locked is answered with Stripe's refusal, and its claim ends once the lock goes", async () => {
-  const { target, admin, id } = await paidPayment();
+  const { target, admin, id } = await paidApp();
   target.stripe.delayMs = 300;
   target.stripe.failNext("/v1/refunds", {
     status: 400,
@@ -338,7 +329,7 @@ test("a refund Stripe refuses while the database is locked is answered with Stri
 });
 
 test("a refund Stripe made whose record fails for another reason than a lock is answered 200, audited, and its ids logged", async () => {
-  const { target, admin, id } = await paidPayment();
+  const { target, admin, id } = await paidApp();
   const feature = target.services.features.find((f) => f.name === "payments") as PaymentsFeature;
   // A database that cannot take this write (an I/O error, a full disk) after Stripe made the refund.
   feature.ledger.recordRefund = () => {
@@ -358,7 +349,7 @@ test("a refund Stripe made whose record fails for another reason than a lock is 
 });
 
 test("a waiting refund record that then fails for another reason is logged as not recorded, never as recorded", async () => {
-  const { target, admin, id } = await paidPayment();
+  const { target, admin, id } = await paidApp();
   const feature = target.services.features.find((f) => f.name === "payments") as PaymentsFeature;
   let calls = 0;
   feature.ledger.recordRefund = () => {

@@ -16,7 +16,7 @@ import {
 } from "../../../src/modules/payments/seal";
 import { requestHash } from "../../../src/modules/payments/service";
 import { send, tempDir } from "../../support/app";
-import { bearer, type Session, signUp } from "../../support/auth";
+import { bearer, signUp } from "../../support/auth";
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
 import { migrationsUpTo, migrationTagsFrom, putBackBefore } from "../../support/migrations";
@@ -26,6 +26,8 @@ import {
   createIntent,
   deliver,
   type PaymentsApp,
+  paidPayment,
+  pay,
   stripeEvent,
   succeed,
 } from "../../support/payments";
@@ -38,20 +40,10 @@ function app(): PaymentsApp {
   return target;
 }
 
-async function pay(target: PaymentsApp, who: Session, amount = 3000): Promise<string> {
-  const response = await createIntent(target, bearer(who.accessToken), { amount, currency: "usd" });
-  expect(response.status).toBe(201);
-  return ((await response.json()) as { id: string }).id;
-}
-
 /** An app with a user's succeeded payment and an admin. */
-async function paidPayment() {
+async function paidApp() {
   const target = app();
-  const alice = await signUp(target);
-  const admin = await signUp(target, { role: "admin" });
-  const id = await pay(target, alice);
-  await succeed(target, id);
-  return { target, alice, admin, id };
+  return { target, ...(await paidPayment(target)) };
 }
 
 const seal = (target: PaymentsApp) => createPaymentSeal(target.config.audit.secretKey);
@@ -84,7 +76,7 @@ describe("payments written into the file", () => {
     const target = app();
     const alice = await signUp(target);
     const admin = await signUp(target, { role: "admin" });
-    const id = await pay(target, alice);
+    const id = await pay(target, alice, 3000);
     const paid = await pay(target, alice, 1500);
     await succeed(target, paid);
     target.db.$client.run("UPDATE payments SET status = 'succeeded' WHERE id = ?", [id]);
@@ -140,7 +132,7 @@ describe("payments written into the file", () => {
   test("an amount changed in the file: Stripe's events for it are ignored and Palisade never reseals it", async () => {
     const target = app();
     const alice = await signUp(target);
-    const id = await pay(target, alice);
+    const id = await pay(target, alice, 3000);
     target.db.$client.run("UPDATE payments SET amount = 1 WHERE id = ?", [id]);
     await succeed(target, id);
     const row = target.db.$client.query("SELECT status FROM payments WHERE id = ?").get(id);
@@ -190,7 +182,7 @@ describe("payments written into the file", () => {
 
 describe("a row changed in the file while a refund is with Stripe", () => {
   test("the refund made is answered 200 and audited, the row is not trusted with it, and its claim ends", async () => {
-    const { target, admin, id } = await paidPayment();
+    const { target, admin, id } = await paidApp();
     target.stripe.delayMs = 300;
     const answered = send(target, `/api/admin/payments/${id}/refund`, {
       headers: bearer(admin.accessToken),
@@ -227,7 +219,7 @@ describe("a row changed in the file while a refund is with Stripe", () => {
 
 describe("what a payment says besides its amount", () => {
   test("garbage in the time of the event that set the status: a full refund and Stripe's events answer, never 500", async () => {
-    const { target, admin, id } = await paidPayment();
+    const { target, admin, id } = await paidApp();
     target.db.$client.run("UPDATE payments SET status_event_at = 'x' WHERE id = ?", [id]);
     const refund = await send(target, `/api/admin/payments/${id}/refund`, {
       headers: bearer(admin.accessToken),
@@ -296,7 +288,7 @@ describe("what a payment says besides its amount", () => {
   test("a forged row read by both the payments routes and Stripe's webhook is reported once", async () => {
     const target = app();
     const alice = await signUp(target);
-    const id = await pay(target, alice);
+    const id = await pay(target, alice, 3000);
     target.db.$client.run("UPDATE payments SET status = 'succeeded' WHERE id = ?", [id]);
     await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) });
     await deliver(target, stripeEvent("payment_intent.canceled", { id, object: "payment_intent" }));
@@ -310,7 +302,7 @@ describe("Palisade reseals what it changes", () => {
     const target = app();
     const alice = await signUp(target);
     const admin = await signUp(target, { role: "admin" });
-    const id = await pay(target, alice);
+    const id = await pay(target, alice, 3000);
     expect(everyRowSealed(target)).toBe(true);
     await succeed(target, id);
     const refund = (body: unknown) =>
