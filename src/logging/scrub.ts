@@ -241,22 +241,6 @@ export function createTextScrubber(
     ]);
   // Without a `%`, a spelling other than the fixed ones can only be a space written as `+`.
   const plusForSpace = mixedSecrets.some((secret) => secret.includes(" "));
-  const scrubOnce = (text: string) => {
-    let out = text;
-    for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, replacement);
-    // One scan first: most lines hold none of what the patterns need.
-    const spaceAsPlus = plusForSpace && out.includes("+");
-    if (!spaceAsPlus && !MAY_HOLD_CREDENTIAL.test(out)) return out;
-    if (spaceAsPlus || out.includes("%")) {
-      for (const pattern of mixedPatterns()) out = out.replace(pattern, replacement);
-    }
-    if (out.includes("pal_")) out = out.replace(API_KEY, replacement);
-    if (out.includes("eyJ")) out = out.replace(DOTTED_RUN, (run) => redactJwts(run, replacement));
-    if (/bearer/i.test(out)) out = out.replace(BEARER, replacement);
-    if (out.includes("Basic")) out = out.replace(BASIC, replacement);
-    if (out.includes("=")) out = out.replace(credentialParameter, `$1${replacement}`);
-    return out;
-  };
   /** The configured secrets alone, in every spelling: no credential shape (see scrubText). */
   const secretsOnce = (text: string) => {
     let out = text;
@@ -264,6 +248,18 @@ export function createTextScrubber(
     if (out.includes("%") || (plusForSpace && out.includes("+"))) {
       for (const pattern of mixedPatterns()) out = out.replace(pattern, replacement);
     }
+    return out;
+  };
+  /** The secrets, then every credential shape. */
+  const scrubOnce = (text: string) => {
+    let out = secretsOnce(text);
+    // One scan first: most lines hold none of what the shapes need (each shape's mark is in it).
+    if (!MAY_HOLD_CREDENTIAL.test(out)) return out;
+    if (out.includes("pal_")) out = out.replace(API_KEY, replacement);
+    if (out.includes("eyJ")) out = out.replace(DOTTED_RUN, (run) => redactJwts(run, replacement));
+    if (/bearer/i.test(out)) out = out.replace(BEARER, replacement);
+    if (out.includes("Basic")) out = out.replace(BASIC, replacement);
+    if (out.includes("=")) out = out.replace(credentialParameter, `$1${replacement}`);
     return out;
   };
   /**
