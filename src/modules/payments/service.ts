@@ -31,7 +31,7 @@ import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { paymentIdempotencyKeys, payments } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
-import type { AuditLog } from "../../plugins/audit/log";
+import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
 import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
@@ -400,7 +400,7 @@ export class PaymentService {
       made,
     );
     // Queued in the audit log while the database is locked, and written once the lock goes.
-    this.recordKept({
+    recordDone(this.audit, this.logger, {
       type: "payment.refund",
       outcome: settled ? "success" : "info",
       actor: acting.actor,
@@ -481,19 +481,6 @@ export class PaymentService {
   private writeWaiting(paymentId: string): boolean {
     const attempt = this.waiting.get(paymentId);
     return attempt === undefined || attempt();
-  }
-
-  /** An audit row of something already done: a locked database queues it rather than fail. */
-  private recordKept(event: Parameters<AuditLog["record"]>[0]): void {
-    try {
-      this.audit.record(event);
-    } catch (error) {
-      if (!isDatabaseBusy(error)) throw error;
-      this.logger.warn(
-        { requestId: event.requestId, type: event.type },
-        "audit row queued: the database is locked",
-      );
-    }
   }
 
   /** Deletes idempotency keys past their 24 hours, a bounded number per run. */

@@ -25,13 +25,11 @@
 import { Elysia, t } from "elysia";
 import type Stripe from "stripe";
 import type { Clock } from "../../clock";
-import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { webhookEvents } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
 import type { Logger } from "../../logging/logger";
-import type { AuditEvent } from "../../plugins/audit/events";
-import type { AuditLog } from "../../plugins/audit/log";
+import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import type { RouteClass } from "../../plugins/route-class";
 import { isStripeId } from "../payments/ids";
@@ -185,23 +183,6 @@ export function stripeWebhook(options: StripeWebhookOptions) {
     );
   };
 
-  /**
-   * The effect is committed: its audit row must not turn the acknowledgement into a 503 (Stripe
-   * would redeliver an event already applied). A locked database keeps the row queued in the log,
-   * which writes it once the lock goes.
-   */
-  const recordAfterCommit = (event: AuditEvent) => {
-    try {
-      audit.record(event);
-    } catch (error) {
-      if (!isDatabaseBusy(error)) throw error;
-      logger.warn(
-        { requestId: event.requestId, type: event.type },
-        "audit row queued: the database is locked",
-      );
-    }
-  };
-
   return (auth: ReturnType<typeof authPlugin>) =>
     new Elysia({ name: "palisade.module.webhooks.stripe" })
       .use(auth)
@@ -265,8 +246,9 @@ export function stripeWebhook(options: StripeWebhookOptions) {
           metrics.events.labels("stripe", applied.outcome).inc();
           if (applied.outcome !== "duplicate") {
             for (const status of applied.statuses) options.payments?.payments.labels(status).inc();
+            // Committed: Stripe would redeliver an event already applied if this were a 503.
             for (const entry of applied.audit)
-              recordAfterCommit({ ...entry, ip: clientIp, route, requestId });
+              recordDone(audit, logger, { ...entry, ip: clientIp, route, requestId });
             if (applied.alert) {
               logger.error({ requestId, eventId: event.id, type: event.type }, applied.alert);
             }

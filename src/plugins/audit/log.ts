@@ -133,6 +133,27 @@ function lastRowQuery(db: AppDatabase) {
     .where(eq(auditEvents.id, db.select({ id: max(auditEvents.id) }).from(auditEvents)));
 }
 
+/**
+ * Records the audit row of something already done (an effect committed, a refund Stripe made): a
+ * locked database must not turn it into a 503 that invites doing it again. The log keeps such a
+ * row queued and writes it once the lock goes; the line says it waits.
+ */
+export function recordDone(
+  audit: Pick<AuditLog, "record">,
+  logger: Pick<Logger, "warn">,
+  event: AuditEvent,
+): void {
+  try {
+    audit.record(event);
+  } catch (error) {
+    if (!isDatabaseBusy(error)) throw error;
+    logger.warn(
+      { requestId: event.requestId, type: event.type },
+      "audit row queued: the database is locked",
+    );
+  }
+}
+
 export class SqliteAuditLog implements AuditLog {
   private queue: AuditEvent[] = [];
   private timer: Timer | null = null;
