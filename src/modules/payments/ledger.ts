@@ -120,7 +120,8 @@ export class PaymentLedger {
   constructor(
     private readonly db: AppDatabase,
     readonly seal: PaymentSeal,
-    private readonly report: PaymentTamperReport,
+    /** Reports a payments row that fails its seal (once per row and process). */
+    readonly reportTampered: PaymentTamperReport,
   ) {
     this.statements = preparedOnUse({
       firstKey: () =>
@@ -155,13 +156,8 @@ export class PaymentLedger {
   /** Whether a stored row matches its seal; one that does not is reported. */
   intact(row: PaymentRow): boolean {
     if (this.seal.intact.payment(row)) return true;
-    this.report("payments", row.id);
+    this.reportTampered("payments", row.id);
     return false;
-  }
-
-  /** Reports a payments row that fails its seal (once per row and process). */
-  reportTampered(table: "payments" | "payment_idempotency_keys", id: string): void {
-    this.report(table, id);
   }
 
   /** The row, if Palisade wrote it: one that fails its seal is reported and treated as absent. */
