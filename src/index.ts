@@ -171,3 +171,7 @@ startServer({
 });
 // Every login, and /ready's logins check, waits for it (a login arriving first starts it itself).
 void services.auth.prepared();
+// The executable starts with JavaScriptCore's tier-up thresholds raised (scripts/build.ts): the
+// start's run-once loops stay in the interpreter instead of being compiled by the optimising JIT,
+// whose code and memory the service would keep for nothing. Serving, code is compiled as usual.
+Bun.unsafe.setJITPolicy(1);
