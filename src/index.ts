@@ -25,7 +25,7 @@ import {
 } from "./plugins/metrics/listener";
 import { startServer } from "./server";
 import { createServices } from "./services";
-import { upgradeSealing } from "./upgrade-sealing";
+import { resealings, upgradeSealing } from "./upgrade-sealing";
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -96,6 +96,8 @@ try {
 // rows without a word (the audit event follows once the services exist).
 const sealedOnUpgrade = sealing.sealed();
 for (const sealed of sealedOnUpgrade) logger.warn(sealed.fields, sealed.message);
+const resealed = resealings(db.$client, sealedOnUpgrade);
+for (const again of resealed) logger.error(again.fields, again.message);
 
 // Every table and index as the migrations made them: a table rebuilt with a constraint that
 // ignores conflicts would make Palisade's own writes silently do nothing (db/schema-guard).
@@ -140,7 +142,7 @@ try {
 }
 pinAuditKey(db.$client, services.audit);
 for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);
-for (const sealed of sealedOnUpgrade) services.audit.record(sealed.event);
+for (const sealed of [...sealedOnUpgrade, ...resealed]) services.audit.record(sealed.event);
 await services.start();
 // Serving: a statement waits for another process's write lock briefly, never seconds (db/busy).
 setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);

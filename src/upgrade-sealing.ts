@@ -7,7 +7,10 @@
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
  * kind of row, and records the audit event once its services exist: a second sealing of the same
  * file is the sign that someone put the file back into its older shape to have their rows sealed.
+ * So a sealing whose kind the file's audit log has already recorded is also said as an error and
+ * audited as `db.resealed`, which pages (grafana/src/alerts.ts, PalisadeDatabaseTampered).
  */
+import type { Database } from "bun:sqlite";
 import type { MigrationCompanions } from "./db/migrate";
 import { credentialSealing, sealedMessage } from "./modules/auth/seal-upgrade";
 import { createChatSeal } from "./modules/chat/history-seal";
@@ -24,7 +27,7 @@ import { createCredentialSeal } from "./plugins/auth/seal";
 /** One kind of row an upgrade sealed: the line to say, its fields, and the event to audit. */
 export interface UpgradeSealed {
   message: string;
-  fields: Record<string, number>;
+  fields: Record<string, string | number>;
   event: AuditEvent;
 }
 
@@ -57,6 +60,30 @@ export function upgradeSealing(auditSecret: string): {
       return said;
     },
   };
+}
+
+/**
+ * The sealings among `sealed` that the file's audit log has already recorded an event of, each as
+ * what to say and audit: read before this process records its own. Only someone who could write
+ * the file (who cannot forge the audit log's rows, only leave them) gets a file through one
+ * release's sealing twice.
+ */
+export function resealings(sqlite: Database, sealed: readonly UpgradeSealed[]): UpgradeSealed[] {
+  const earlierOf = sqlite.query<{ earlier: number }, [string]>(
+    "SELECT count(*) AS earlier FROM audit_events WHERE type = ?",
+  );
+  const said: UpgradeSealed[] = [];
+  for (const { event, fields } of sealed) {
+    const earlier = earlierOf.get(event.type)?.earlier ?? 0;
+    if (earlier === 0) continue;
+    const detail = { kind: event.type, earlier, ...fields };
+    said.push({
+      message: `the database file was sealed by this release before (${earlier} earlier ${event.type} in its audit log): someone put it back into its older shape so that rows written into it would be sealed; restore it from a backup taken before, and find who could write it`,
+      fields: detail,
+      event: { type: "db.resealed", outcome: "failure", actor: "system", detail },
+    });
+  }
+  return said;
 }
 
 /** What one kind of row's sealing says: its line, the counts as its fields and as the event's detail. */

@@ -16,7 +16,7 @@ import { createSchemaGuard, schemaChangedMessage } from "../db/schema-guard";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { createServices, type Services } from "../services";
-import { upgradeSealing } from "../upgrade-sealing";
+import { resealings, upgradeSealing } from "../upgrade-sealing";
 import { CliError, type Command, type CommandContext, EXIT_USAGE, parseArgs } from "./command";
 import { terminalSafe } from "./terminal";
 
@@ -104,9 +104,10 @@ export async function runCli(
           throw new CliError(schemaChangedMessage(path, changedSchema, newerMigrations), 1);
         }
         const sealed = sealing.sealed();
-        for (const { message } of sealed) io.err(message);
+        const resealed = resealings(db.$client, sealed);
+        for (const { message } of [...sealed, ...resealed]) io.err(message);
         // Audited as the start audits it, through the same services (the chain's upgrade first).
-        for (const { event } of sealed) context.services().audit.record(event);
+        for (const { event } of [...sealed, ...resealed]) context.services().audit.record(event);
         for (const event of droppedTriggerEvents(dropped)) context.services().audit.record(event);
       }
       return db;

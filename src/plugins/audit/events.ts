@@ -76,10 +76,12 @@ export const AUDIT_EVENT_TYPES = [
   "whatsapp.outbox_sealed",
   // The log itself.
   "audit.chain.keyed",
-  // A trigger found in the database file and dropped (db/foreign-triggers.ts), and a schema found
-  // changed while running (db/schema-guard.ts); must not be lost.
+  // A trigger found in the database file and dropped (db/foreign-triggers.ts), a schema found
+  // changed while running (db/schema-guard.ts), and rows sealed by an upgrade the file had already
+  // been through (upgrade-sealing.ts); must not be lost.
   "db.trigger_dropped",
   "db.schema_changed",
+  "db.resealed",
 ] as const;
 
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];

@@ -26,7 +26,7 @@ import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { appClosedAfter, cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
-import { migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
+import { migrationsUpTo, migrationTagsFrom, putBackBefore } from "../../support/migrations";
 import { runToExit, startService } from "../../support/process";
 
 const cleanups = cleanupsAfterEach();
@@ -777,6 +777,69 @@ describe("upgrading a database stored before seals", () => {
     } finally {
       expect(await second.stop()).toBe(0);
     }
+  });
+
+  test("a start on a file put back before the seals seals it again, and says that as tampering: an error line, db.resealed audited and counted for the alert", async () => {
+    const { path, db } = databaseBeforeSeals();
+    await oldRows(db.$client);
+    db.$client.close();
+    const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY };
+    const first = await startService(env);
+    expect(first.stdout()).not.toContain("db.resealed");
+    expect(await first.stop()).toBe(0);
+
+    // Someone with the file puts it back into its pre-0013 shape and adds an admin key the old way.
+    const file = openDatabase(path);
+    putBackBefore(file.$client, 13);
+    const forged = generateApiKey("live");
+    file.$client.run(
+      `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin)
+       VALUES ('planted', 'planted', ?, ?, '["admin","metrics"]', NULL, 3, 'api')`,
+      [keyPrefix(forged), hashApiKey(forged)],
+    );
+    file.$client.close();
+
+    const second = await startService(env);
+    try {
+      // The upgrade cannot tell the planted row from an old one (it is sealed: that is the attack),
+      // but the file's audit log holds the first sealing, so this one is said as what it is.
+      const lines = second
+        .stdout()
+        .split("\n")
+        .filter((line) => line.includes("sealed by this release before"))
+        .map((line) => JSON.parse(line));
+      expect(lines).toEqual([
+        expect.objectContaining({
+          level: "error",
+          kind: "auth.credentials_sealed",
+          earlier: 1,
+          accounts: 1,
+          keys: 2,
+          sessions: 0,
+        }),
+      ]);
+      const metrics = await fetch(new URL("/metrics", second.url), {
+        headers: { "x-api-key": forged },
+      });
+      expect(metrics.status).toBe(200);
+      expect(await metrics.text()).toMatch(/^audit_events_total\{type="db\.resealed"\} 1$/m);
+    } finally {
+      expect(await second.stop()).toBe(0);
+    }
+    const after = openDatabase(path);
+    cleanups.push(() => after.$client.close());
+    const rows = after.$client
+      .query<{ actor: string; outcome: string; detail: string }, []>(
+        "SELECT actor, outcome, detail FROM audit_events WHERE type = 'db.resealed'",
+      )
+      .all();
+    expect(rows.map((row) => ({ ...row, detail: JSON.parse(row.detail) }))).toEqual([
+      {
+        actor: "system",
+        outcome: "failure",
+        detail: { kind: "auth.credentials_sealed", earlier: 1, accounts: 1, keys: 2, sessions: 0 },
+      },
+    ]);
   });
 });
 

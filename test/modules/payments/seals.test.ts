@@ -409,6 +409,10 @@ describe("upgrading a database stored before payment seals", () => {
     const again = await cliInProcess(["db:migrate"], env);
     expect(again.code).toBe(0);
     expect(again.stderr).toContain("sealed the 1 payments");
+    // The file's audit log holds the first sealing: this second one is said as tampering.
+    expect(again.stderr).toContain(
+      "the database file was sealed by this release before (1 earlier payment.ledger_sealed in its audit log)",
+    );
     const reopened = openDatabase(path);
     cleanups.push(() => reopened.$client.close());
     expect(
@@ -416,6 +420,12 @@ describe("upgrading a database stored before payment seals", () => {
         .query("SELECT count(*) AS n FROM audit_events WHERE type = 'payment.ledger_sealed'")
         .get(),
     ).toEqual({ n: 2 });
+    const resealed = reopened.$client
+      .query<{ detail: string }, []>("SELECT detail FROM audit_events WHERE type = 'db.resealed'")
+      .all();
+    expect(resealed.map((row) => JSON.parse(row.detail))).toEqual([
+      { kind: "payment.ledger_sealed", earlier: 1, payments: 1, idempotencyKeys: 1 },
+    ]);
     file.$client.close();
   });
 });
