@@ -32,6 +32,7 @@ export const ERROR_CODES = [
   "UPSTREAM_UNAVAILABLE",
   "SERVICE_UNAVAILABLE",
   "INTERNAL",
+  "CLIENT_CLOSED",
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -74,6 +75,10 @@ export function statusForCode(code: ErrorCode): number {
       return 502;
     case "SERVICE_UNAVAILABLE":
       return 503;
+    case "CLIENT_CLOSED":
+      // nginx's status for a request whose client went away before its answer: the answer is never
+      // received, only logged and counted, and a client that leaves is not a server error.
+      return 499;
   }
 }
 
@@ -116,6 +121,7 @@ const TITLES: Record<ErrorCode, string> = {
   UPSTREAM_UNAVAILABLE: "An upstream service is unavailable",
   SERVICE_UNAVAILABLE: "The service is unavailable",
   INTERNAL: "Internal error",
+  CLIENT_CLOSED: "The client closed the request",
 };
 
 /** One failing field of a validation error: where, and which rule. Never the value sent. */

@@ -89,8 +89,14 @@ export function wantsEventStream(accept: string | null): boolean {
 /**
  * A provider's failure as the client sees it: 503 with Retry-After, or 502. The failure stays
  * attached for the error report (its reason, and `provider` as the upstream tag), never shown.
+ * A turn its client aborted (`client`, the request's signal) is 499 CLIENT_CLOSED: logged and
+ * counted as the client's leaving, never reported as an error.
  */
-export function upstreamError(error: unknown, provider: string): unknown {
+export function upstreamError(error: unknown, provider: string, client: AbortSignal): unknown {
+  // The client went away before its answer: the provider's abort is that, not a failure of ours.
+  if (client.aborted && !(error instanceof UpstreamFailure)) {
+    return new AppError("CLIENT_CLOSED", "The client closed the request before its answer.");
+  }
   if (!(error instanceof UpstreamFailure)) return error;
   if (error.kind === "unavailable") {
     return new AppError(
@@ -160,7 +166,7 @@ async function eventStream(
     pending = await events.next();
   } catch (error) {
     finish();
-    throw upstreamError(error, service.providerName);
+    throw upstreamError(error, service.providerName, request.signal);
   }
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -178,7 +184,7 @@ async function eventStream(
         }
       } catch (error) {
         if (closed || upstream.signal.aborted) return finish();
-        const failure = upstreamError(error, service.providerName);
+        const failure = upstreamError(error, service.providerName, request.signal);
         const [code, detail, status]: [ErrorCode, string, number] =
           failure instanceof AppError
             ? [failure.code, failure.detail, failure.status]
@@ -275,7 +281,7 @@ export function chatModule(options: ChatModuleOptions) {
         try {
           return await service.complete(prepared.turn, request.signal);
         } catch (error) {
-          throw upstreamError(error, service.providerName);
+          throw upstreamError(error, service.providerName, request.signal);
         }
       },
       {

@@ -91,6 +91,40 @@ describe("Server-Sent Events", () => {
     }
   });
 
+  test("a client that leaves before the first piece of the reply, streamed or not, is 499 CLIENT_CLOSED in the access log and metrics: no 500, no error line (probe 15b)", async () => {
+    // The first piece would come 10 s on; the client leaves as soon as its turn has reserved.
+    target = buildTestApp({ chatProvider: slowProvider(10_000) });
+    const alice = await signUp(target);
+    const server = serveInProcess(target);
+    try {
+      for (const accept of [SSE, {}]) {
+        const client = new AbortController();
+        const sent = fetch(new URL("/api/chat", server.url), {
+          method: "POST",
+          headers: { ...asUser(alice), ...accept, "content-type": "application/json" },
+          body: JSON.stringify({ message: "How do I sign up?" }),
+          signal: client.signal,
+        }).catch((error: Error) => error.name);
+        await waitFor(() => (target!.db.select().from(chatUsage).get()?.reservedTokens ?? 0) > 0);
+        client.abort();
+        expect(await sent).toBe("AbortError");
+        await waitFor(() => target!.db.select().from(chatUsage).get()!.reservedTokens === 0);
+      }
+      const chatLines = () =>
+        target!.logs.entries.filter((entry) => entry.route === "/api/chat" && "status" in entry);
+      await waitFor(() => chatLines().length === 2);
+      expect(chatLines().map((entry) => entry.status)).toEqual([499, 499]);
+      expect(target.logs.entries.filter((entry) => entry.level === "error")).toEqual([]);
+      const metrics = await (await send(target, "/metrics")).text();
+      expect(metrics).toContain(
+        'http_requests_total{method="POST",route="/api/chat",status="499"} 2',
+      );
+      expect(metrics).not.toContain('route="/api/chat",status="500"');
+    } finally {
+      await server.shutdown("test");
+    }
+  });
+
   test("cancelling the body (app.handle) does the same", async () => {
     const provider = slowProvider(30);
     target = buildTestApp({ chatProvider: provider });
