@@ -13,10 +13,10 @@ import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-s
 import { ConfigError } from "./error";
 import {
   isLoopbackHost,
+  parseAllowCidrs,
   parseAllowedHosts,
   parseAppEnv,
   parseBoolean,
-  parseCidrList,
   parseCurrencies,
   parseFraction,
   parseInteger,
@@ -297,7 +297,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     rateLimit: {
       perMinute: rateLimitPerMinute,
       burst: integer("RATE_LIMIT_BURST", profile.rateLimitBurst, 1, 1e6),
-      allowCidrs: parseCidrList("RATE_LIMIT_ALLOW_CIDRS", env.RATE_LIMIT_ALLOW_CIDRS ?? ""),
+      allowCidrs: parseAllowCidrs("RATE_LIMIT_ALLOW_CIDRS", env.RATE_LIMIT_ALLOW_CIDRS ?? ""),
       policies: {
         default: rateLimitPerMinute,
         login: integer("RATE_LIMIT_LOGIN", profile.routeLimits.login, 1, 1e6),

@@ -174,6 +174,23 @@ export function parseTrustProxy(name: string, raw: string | undefined): TrustPro
   return { kind: "cidrs", cidrs };
 }
 
+/**
+ * Ranges that are never rate limited. A list covering every address of a family turns every limit
+ * off for everyone of it (and with them the automatic blocks they feed), which no allow list
+ * means: refused, as `TRUST_PROXY` refuses trusting everyone.
+ */
+export function parseAllowCidrs(name: string, raw: string): string[] {
+  const cidrs = parseCidrList(name, raw);
+  const everyone = coversEveryAddress(cidrs.map((cidr) => parseCidr(cidr)!));
+  if (everyone !== null) {
+    throw new ConfigError(
+      name,
+      `covers every ${everyone} address, which turns every rate limit off; list only the ranges to exempt`,
+    );
+  }
+  return cidrs;
+}
+
 /** A browser origin: scheme, host and optional port, nothing else. */
 export function parseOrigins(name: string, raw: string, requireHttps: boolean): string[] {
   const origins: string[] = [];

@@ -244,6 +244,21 @@ describe("parsed values", () => {
     );
   });
 
+  test.each(["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96", "0.0.0.0/1,128.0.0.0/1"])(
+    "RATE_LIMIT_ALLOW_CIDRS=%p exempts every address from every limit and is refused",
+    (value) => {
+      const error = refusal({ RATE_LIMIT_ALLOW_CIDRS: value });
+      expect(error.variable).toBe("RATE_LIMIT_ALLOW_CIDRS");
+      expect(error.message).toMatch(/^RATE_LIMIT_ALLOW_CIDRS covers every IPv[46] address/);
+    },
+  );
+
+  test("RATE_LIMIT_ALLOW_CIDRS=::0.0.0.0/96 is the IPv4-compatible IPv6 range, not all of IPv4 (probe 15a F1)", () => {
+    expect(loadConfig({ RATE_LIMIT_ALLOW_CIDRS: "::0.0.0.0/96" }).rateLimit.allowCidrs).toEqual([
+      "::/96",
+    ]);
+  });
+
   test("optional integrations stay off until configured", () => {
     const config = loadConfig({});
     expect(config.redisUrl).toBeNull();

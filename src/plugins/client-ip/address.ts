@@ -50,12 +50,27 @@ function ipv4Of(text: string): ipaddr.IPv4 {
   return new ipaddr.IPv4([+octets[0]!, +octets[1]!, +octets[2]!, +octets[3]!]);
 }
 
+/**
+ * The checked IPv6 text as an address. ipaddr.js reads an embedded IPv4 tail after `::` alone
+ * (`::192.0.2.77`, RFC 4291's IPv4-compatible form, `::c000:24d`) as the IPv4-mapped
+ * `::ffff:192.0.2.77`, which is then folded to the IPv4 host: so the tail goes to it in hex, as
+ * the two groups it stands for, and the address is what the text says (probe 15a F1).
+ */
+function ipv6Of(text: string): ipaddr.IPv6 {
+  const colon = text.lastIndexOf(":");
+  const tail = text.slice(colon + 1);
+  if (!tail.includes(".")) return ipaddr.IPv6.parse(text);
+  const [a, b, c, d] = tail.split(".").map(Number) as [number, number, number, number];
+  const groups = `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  return ipaddr.IPv6.parse(`${text.slice(0, colon + 1)}${groups}`);
+}
+
 /** Parses a canonical IPv4 or a valid IPv6 address; anything else is null. */
 export function parseIp(text: string): Address | null {
   if (text.length > 45) return null;
   if (IPV4_TEXT.test(text)) return ipv4Of(text);
   if (!IPV6_TEXT.test(text)) return null;
-  const address = ipaddr.IPv6.parse(text);
+  const address = ipv6Of(text);
   return address.isIPv4MappedAddress() ? address.toIPv4Address() : address;
 }
 
@@ -75,7 +90,7 @@ export function parseCidr(text: string): Range | null {
     return bits <= 32 ? [ipv4Of(addressText), bits] : null;
   }
   if (!IPV6_TEXT.test(addressText) || bits > 128) return null;
-  const address = ipaddr.IPv6.parse(addressText);
+  const address = ipv6Of(addressText);
   if (address.isIPv4MappedAddress() && bits >= 96) return [address.toIPv4Address(), bits - 96];
   return [address, bits];
 }

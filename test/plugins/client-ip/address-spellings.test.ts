@@ -6,7 +6,12 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { ConfigError, loadConfig } from "../../../src/config";
-import { parseCidr, parseIp } from "../../../src/plugins/client-ip/address";
+import {
+  formatAddress,
+  formatRange,
+  parseCidr,
+  parseIp,
+} from "../../../src/plugins/client-ip/address";
 import { buildTestApp, fromPeer, send, type TestApp, tempDir } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { runToExit } from "../../support/process";
@@ -91,6 +96,62 @@ describe("the parser", () => {
   test("whitespace around an address is refused", () => {
     expect(parseIp(" 203.0.113.9")).toBeNull();
     expect(parseIp("203.0.113.9\n")).toBeNull();
+  });
+});
+
+/** Every way RFC 4291 lets one IPv6 address be written: full, padded, upper case, each `::`, a dotted tail. */
+function spellingsOf(groups: readonly number[]): string[] {
+  const hex = groups.map((group) => group.toString(16));
+  const compressed = (parts: readonly string[], values: readonly number[]): string[] => {
+    const forms = [parts.join(":")];
+    for (let start = 0; start < values.length; start++) {
+      for (let end = start; end < values.length && values[end] === 0; end++) {
+        forms.push(`${parts.slice(0, start).join(":")}::${parts.slice(end + 1).join(":")}`);
+      }
+    }
+    return forms;
+  };
+  const dotted = `${groups[6]! >> 8}.${groups[6]! & 255}.${groups[7]! >> 8}.${groups[7]! & 255}`;
+  const head = compressed(hex.slice(0, 6), groups.slice(0, 6)).map((form) =>
+    form.endsWith("::") ? `${form}${dotted}` : `${form}:${dotted}`,
+  );
+  const all = [
+    ...compressed(hex, groups),
+    ...head,
+    hex.map((group) => group.padStart(4, "0")).join(":"),
+  ];
+  return [...new Set([...all, ...all.map((form) => form.toUpperCase())])];
+}
+
+describe("every spelling of one address is that one address (probe 15a F1)", () => {
+  // [the eight groups, what every spelling must be read as]
+  const ADDRESSES: ReadonlyArray<[number[], string]> = [
+    // RFC 4291's IPv4-compatible form (`::192.0.2.77`): IPv6, never the IPv4 host.
+    [[0, 0, 0, 0, 0, 0, 0xc000, 0x024d], "::c000:24d"],
+    // IPv4-mapped: folded to the IPv4 host however it is written.
+    [[0, 0, 0, 0, 0, 0xffff, 0xc000, 0x024d], "192.0.2.77"],
+    [[0, 0, 0, 0, 0, 1, 0xc000, 0x024d], "::1:c000:24d"],
+    [[0x64, 0xff9b, 0, 0, 0, 0, 0xc000, 0x024d], "64:ff9b::c000:24d"],
+    [[0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], "2001:db8::1"],
+    [[0, 0, 0, 0, 0, 0, 0, 1], "::1"],
+    [[0, 0, 0, 0, 0, 0, 0, 0], "::"],
+  ];
+  test.each(ADDRESSES)("%p", (groups, normal) => {
+    const spellings = spellingsOf(groups);
+    expect(spellings.length).toBeGreaterThan(3);
+    const read = spellings.map((spelling) => {
+      const address = parseIp(spelling);
+      return [spelling, address && formatAddress(address)];
+    });
+    expect(read).toEqual(spellings.map((spelling) => [spelling, normal]));
+    // A range written in any of them covers the same addresses.
+    const ranges = spellings.map((spelling) => [
+      spelling,
+      formatRange(parseCidr(`${spelling}/104`)!),
+    ]);
+    const range = normal.includes(".") ? `${normal}/8` : null;
+    const expected = range ?? formatRange(parseCidr(`${spellings[0]}/104`)!);
+    expect(ranges).toEqual(spellings.map((spelling) => [spelling, expected]));
   });
 });
 
