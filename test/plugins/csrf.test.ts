@@ -104,6 +104,22 @@ describe("checking", () => {
       }),
     ],
     [
+      "a cross-site request spelt in another case",
+      (token: string) => ({
+        cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
+        "x-csrf-token": token,
+        "sec-fetch-site": "Cross-Site",
+      }),
+    ],
+    [
+      "a cross-site request listed with another value (two headers)",
+      (token: string) => ({
+        cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
+        "x-csrf-token": token,
+        "sec-fetch-site": "same-origin, cross-site",
+      }),
+    ],
+    [
       "only the refresh cookie",
       (token: string) => ({ cookie: `palisade_refresh=r; palisade_csrf=${token}` }),
     ],

@@ -149,6 +149,41 @@ describe("content types", () => {
     expect(identity.status).toBe(200);
   });
 
+  test("only space and tab are whitespace around a media type, a coding or a charset: U+00A0 (byte 0xA0), which String.trim strips, makes it another type, 415 (probe 15a F3)", async () => {
+    const target = guardedApp();
+    const body = '{"text":"a"}';
+    const refused: Array<[string, string]> = [];
+    for (const space of ["\u00a0"]) {
+      refused.push(
+        ["content-type", `application/json${space}`],
+        ["content-type", `${space}application/json`],
+        ["content-type", `application/json; charset=utf-8${space}`],
+      );
+    }
+    for (const [name, value] of refused) {
+      const headers: Record<string, string> = { "content-type": "application/json", [name]: value };
+      const response = await target.app.handle(
+        new Request("http://localhost/api/echo", {
+          method: "POST",
+          headers,
+          body: new Blob([body]),
+        }),
+      );
+      expect({ value, status: response.status }).toEqual({ value, status: 415 });
+    }
+    const coding = await send(target, "/api/echo", {
+      body,
+      headers: { "content-type": "application/json", "content-encoding": "identity\u00a0" },
+    });
+    expect(coding.status).toBe(415);
+    // Space and tab are: inside the value, around the type and its parameters.
+    const spaced = await send(target, "/api/echo", {
+      body,
+      headers: { "content-type": "application/json \t; \tcharset=utf-8 " },
+    });
+    expect(spaced.status).toBe(200);
+  });
+
   test("a body without Content-Type is 415", async () => {
     const target = guardedApp();
     const response = await target.app.handle(

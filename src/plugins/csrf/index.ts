@@ -46,6 +46,16 @@ export const CsrfTokenResponse = t.Object({
 });
 
 /**
+ * Whether a browser said the request is cross-site. Browsers send one lower-case value; a value in
+ * another case, or several joined into a list (two headers), counts as cross-site when any of them
+ * says so (probe 15a F5).
+ */
+function isCrossSite(value: string | null): boolean {
+  if (value === null) return false;
+  return value.split(",").some((item) => item.trim().toLowerCase() === "cross-site");
+}
+
+/**
  * Issues a CSRF token bound to the request's session cookie: the body's `token`, and the same
  * value as a cookie readable by the page's script (not HttpOnly: it copies it into the header).
  */
@@ -72,7 +82,7 @@ export function csrf(options: CsrfOptions) {
     const cookies = request.headers.get("cookie");
     const session = readCookie(cookies, names.session);
     if (session === null && readCookie(cookies, names.refresh) === null) return null;
-    if (request.headers.get("sec-fetch-site") === "cross-site") return "cross-site request";
+    if (isCrossSite(request.headers.get("sec-fetch-site"))) return "cross-site request";
     const header = request.headers.get("x-csrf-token");
     const cookie = readCookie(cookies, names.csrf);
     if (header === null || cookie === null) return "missing token";

@@ -121,13 +121,23 @@ export function hasBody(request: Request): boolean {
 export const BODY_MEDIA_TYPE = "application/json";
 
 /**
+ * `text` without the optional whitespace around it: space and tab only (RFC 9110 §5.6.3).
+ * `String.prototype.trim` also strips U+00A0 and other Unicode spaces, which Bun hands over for
+ * bytes such as 0xA0: `application/json<0xA0>` would then be JSON here and another type to a
+ * filter in front that compares the bytes (probe 15a F3).
+ */
+export function trimOptionalWhitespace(text: string): string {
+  return text.replace(/^[ \t]+|[ \t]+$/g, "");
+}
+
+/**
  * JSON only, and if a charset is named it must be UTF-8 (RFC 8259); and no content coding but
  * `identity`. Palisade decodes none (RFC 9110 §8.4 allows the 415): read as it is, a body labelled
  * gzip would be one thing to a proxy or filter in front that decodes it and another here.
  */
 export function checkContentType(headers: Headers): Refusal | null {
   const coding = headers.get("content-encoding");
-  if (coding !== null && coding.trim().toLowerCase() !== "identity") {
+  if (coding !== null && trimOptionalWhitespace(coding).toLowerCase() !== "identity") {
     return {
       code: "UNSUPPORTED_MEDIA_TYPE",
       reason: "no Content-Encoding is accepted; send the body uncompressed",
@@ -136,11 +146,13 @@ export function checkContentType(headers: Headers): Refusal | null {
   const raw = headers.get("content-type");
   if (raw === null) return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "a body needs Content-Type" };
   const [type, ...params] = raw.toLowerCase().split(";");
-  if (type?.trim() !== BODY_MEDIA_TYPE) {
+  if (type === undefined || trimOptionalWhitespace(type) !== BODY_MEDIA_TYPE) {
     return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "only application/json is accepted" };
   }
   for (const param of params) {
-    const [key, value] = param.split("=").map((p) => p.trim().replace(/^"|"$/g, ""));
+    const [key, value] = param
+      .split("=")
+      .map((part) => trimOptionalWhitespace(part).replace(/^"|"$/g, ""));
     if (key === "charset" && value !== "utf-8") {
       return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "only UTF-8 JSON is accepted" };
     }

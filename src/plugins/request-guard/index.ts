@@ -26,6 +26,7 @@ import {
   type GuardLimits,
   hasBody,
   type Refusal,
+  trimOptionalWhitespace,
 } from "./checks";
 import { createHostCheck } from "./host";
 
@@ -85,7 +86,7 @@ export function requestGuard({
       // Elysia passes the header's media type as sent, cut at `;` but not trimmed: media types
       // are case-insensitive and may be followed by whitespace (RFC 9110 §8.3.1), as the guard
       // compared them. Any other spelling would reach the route as text, or as no body at all.
-      if (contentType.trim().toLowerCase() !== BODY_MEDIA_TYPE) return;
+      if (trimOptionalWhitespace(contentType).toLowerCase() !== BODY_MEDIA_TYPE) return;
       const { request, routeClass, route } = context as unknown as RequestState & {
         route: string;
       };
