@@ -493,7 +493,7 @@ export class ChatService implements ChatTurns {
 
   private logFailure(turn: PreparedTurn, error: unknown) {
     const { logger, provider } = this.options;
-    if (error instanceof UpstreamFailure) {
+    if (error instanceof UpstreamFailure && !error.logged) {
       logger.warn(
         {
           requestId: turn.requestId,

@@ -61,8 +61,8 @@ async function metricsText(app: TestApp): Promise<string> {
 /** Log lines about the chat upstream, for the request id, never the text nor the key. */
 function expectCleanFailureLogs(app: TestApp, server: OpenAiServer, requestId: string) {
   const lines = app.logs.entries.filter((e) => e.msg === "chat upstream failed");
-  expect(lines.length).toBeGreaterThan(0);
-  expect(lines.some((line) => line.requestId === requestId)).toBe(true);
+  // One line for the failed request, however many attempts it took (probe 15b: it was two).
+  expect(lines.filter((line) => line.requestId === requestId)).toHaveLength(1);
   expect(app.logs.text).not.toContain(SECRET_MESSAGE);
   expect(app.logs.text).not.toContain("7731-zebra");
   expect(app.logs.text).not.toContain(server.apiKey);

@@ -275,6 +275,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     };
     if (failure.kind === "bad_response") logger.error(line, "chat upstream failed");
     else logger.warn(line, "chat upstream failed");
+    failure.logged = true;
   }
 
   /** Takes a breaker permit, or throws (and logs) the refusal. */

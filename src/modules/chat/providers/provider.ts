@@ -62,4 +62,11 @@ export class UpstreamFailure extends Error {
     super(`upstream ${kind}: ${reason}`);
     this.name = "UpstreamFailure";
   }
+
+  /**
+   * Whether the provider has logged it already (with what only it knows: the model, the upstream's
+   * status, the attempts): the chat service logs a failure only when no provider did, so each
+   * failed request is one line.
+   */
+  logged = false;
 }
