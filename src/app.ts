@@ -152,7 +152,7 @@ export function createApp(deps: AppDeps) {
       metrics({
         registry,
         token: config.metricsToken,
-        credentials: deps.credentials,
+        identify,
         auth,
         ownListener: config.metricsListener !== null,
         onAuthFailure: ({ client, requestId }) => {

@@ -45,7 +45,13 @@ test("a credential in any place is verified, once per request, and never answere
   const identify = createIdentify(verifier, false);
   const cases: [Record<string, string>, "ok" | "bad", string][] = [
     [{ authorization: "Bearer good" }, "ok", "bearer:good"],
+    // The scheme is case-insensitive (RFC 9110 §11.1; probe 15b).
+    [{ authorization: "bearer good" }, "ok", "bearer:good"],
+    [{ authorization: "BEARER good" }, "ok", "bearer:good"],
     [{ authorization: "Bearer bad" }, "bad", "bearer:bad"],
+    [{ authorization: "Bearer  good" }, "bad", ""],
+    [{ authorization: "Bearer good x" }, "bad", ""],
+    [{ authorization: "Bearergood" }, "bad", ""],
     [{ authorization: "Basic abc" }, "bad", ""],
     [{ "x-api-key": "pal_live_x" }, "bad", "key:pal_live_x"],
     [{ cookie: "theme=dark; palisade_session=good" }, "ok", "cookie:good"],

@@ -3,6 +3,7 @@ import { QUERY_DURATION_BUCKETS } from "../../src/db/timing";
 import { listenForMetrics } from "../../src/plugins/metrics/listener";
 import { CONTRACT_METRIC_NAMES, METRIC } from "../../src/plugins/metrics/names";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../support/app";
+import { bearer, createKey, signUp } from "../support/auth";
 import { freePort, REPO_ROOT } from "../support/process";
 import { rawHttp } from "../support/raw-http";
 import { waitFor } from "../support/wait";
@@ -50,7 +51,56 @@ test("with METRICS_TOKEN set, /metrics needs the bearer token", async () => {
   expect(current.logs.text).not.toContain(TOKEN);
 });
 
-/** The value of one sample line, or null when the series is absent. */
+test("with METRICS_TOKEN set, only a presented credential that is wrong counts against the address; none is 401 and a valid one without the scope 403, never blocking (probe 15b, finding 3)", async () => {
+  current = buildTestApp({ env: { METRICS_TOKEN: TOKEN } });
+  const alice = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const chatKey = createKey(current, ["chat"]).key;
+  const adminKey = createKey(current, ["admin"]).key;
+  const metricsKey = createKey(current, ["metrics"]).key;
+  const scrape = (headers: Record<string, string>, peer: string) =>
+    send(current!, "/metrics", { headers, peer });
+  const blocked = async (peer: string) =>
+    (await send(current!, "/openapi.json", { peer })).status === 403;
+
+  // Twelve of each, from its own address: more than the ten failures that block.
+  const uncounted: Array<[string, Record<string, string>, number]> = [
+    ["no credential", {}, 401],
+    ["a user's access token", bearer(alice.accessToken), 403],
+    ["an admin's access token", bearer(admin.accessToken), 403],
+    ["a chat key", { "x-api-key": chatKey }, 403],
+    ["an admin key, as a bearer", bearer(adminKey), 403],
+  ];
+  for (const [index, [label, headers, status]] of uncounted.entries()) {
+    const peer = `198.51.100.${index + 1}`;
+    for (let i = 0; i < 12; i++) {
+      const response = await scrape(headers, peer);
+      expect({ label, status: response.status }).toEqual({ label, status });
+    }
+    expect({ label, blocked: await blocked(peer) }).toEqual({ label, blocked: false });
+  }
+  // A wrong token, an unknown key, a malformed bearer: guesses, counted; the tenth blocks.
+  const wrong: Array<[string, Record<string, string>]> = [
+    ["a wrong token", { authorization: `Bearer ${TOKEN}x` }],
+    ["an unknown key", { "x-api-key": `${metricsKey.slice(0, -4)}0000` }],
+    ["not a bearer credential", { authorization: `Basic ${btoa(`x:${TOKEN}`)}` }],
+  ];
+  for (const [index, [label, headers]] of wrong.entries()) {
+    const peer = `203.0.113.${index + 1}`;
+    for (let i = 0; i < 10; i++) await scrape(headers, peer);
+    expect({ label, blocked: await blocked(peer) }).toEqual({ label, blocked: true });
+  }
+  // The token in any case of its scheme (RFC 9110: schemes are case-insensitive), and the key.
+  for (const headers of [
+    { authorization: `bearer ${TOKEN}` },
+    { authorization: `BEARER ${TOKEN}` },
+    { "x-api-key": metricsKey },
+  ]) {
+    expect((await scrape(headers, "192.0.2.200")).status).toBe(200);
+  }
+});
+
+/** The value of one sample line, or null when the series is absent. */ /** The value of one sample line, or null when the series is absent. */
 function sample(text: string, series: string): number | null {
   const line = text.split("\n").find((l) => l.startsWith(`${series} `));
   return line === undefined ? null : Number(line.slice(series.length + 1));
@@ -210,18 +260,21 @@ test("with METRICS_PORT, /metrics is served only by the listener, which applies 
     expect(listener.url.toString()).toBe(`http://127.0.0.1:${port}/metrics`);
     const missing = await fetch(listener.url);
     expect(missing.status).toBe(401);
+    const wrong = await fetch(listener.url, { headers: { authorization: `Bearer ${TOKEN}x` } });
+    expect(wrong.status).toBe(401);
     const scraped = await fetch(listener.url, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(scraped.status).toBe(200);
     const text = await scraped.text();
     expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="404"}')).toBe(1);
-    expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="401"}')).toBe(1);
+    expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="401"}')).toBe(2);
     expect((await fetch(new URL("/health", listener.url))).status).toBe(404);
     // With a trailing slash as on the main port, where the router takes it for the same route.
     const slashed = await fetch(new URL("/metrics/", listener.url), {
       headers: { authorization: `Bearer ${TOKEN}` },
     });
     expect(slashed.status).toBe(200);
-    // The wrong token was charged to the listener's peer, loopback, as a failed login.
+    // The wrong token (not the missing one) was charged to the listener's peer, loopback, as a
+    // failed login.
     expect(sample(text, 'auth_failures_total{reason="metrics_token"}')).toBe(1);
     // A second listener on the same single port cannot bind it.
     expect(() =>

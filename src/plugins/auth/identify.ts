@@ -16,7 +16,16 @@ export type Identification =
   | { status: "ok"; principal: Principal }
   | { status: "bad"; reason: AuthFailureReason; detail: string };
 
-const BEARER = /^Bearer ([A-Za-z0-9._~+/=-]+)$/;
+/** An authentication scheme is case-insensitive (RFC 9110 §11.1): `bearer` and `BEARER` are Bearer. */
+const BEARER_SCHEME = /^bearer /i;
+/** What a bearer credential may hold (RFC 6750's b64token). */
+const B64TOKEN = /^[A-Za-z0-9._~+/=-]+$/;
+
+/** The credential of `Authorization: Bearer <credential>` (the scheme in any case), else null. */
+export function bearerCredential(authorization: string | null): string | null {
+  if (authorization === null || !BEARER_SCHEME.test(authorization)) return null;
+  return authorization.slice("bearer ".length);
+}
 
 export type Identify = (request: Request) => Promise<Identification>;
 
@@ -36,15 +45,14 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
       kind = "key";
       verification = credentials.verifyApiKey(apiKey);
     } else if (authorization !== null) {
-      const match = BEARER.exec(authorization);
-      if (!match) {
+      const credential = bearerCredential(authorization);
+      if (credential === null || !B64TOKEN.test(credential)) {
         return {
           status: "bad",
           reason: "invalid_token",
           detail: "Use Authorization: Bearer <token>.",
         };
       }
-      const credential = match[1]!;
       kind = credential.startsWith("pal_") ? "key" : "token";
       verification =
         kind === "key"

@@ -8,7 +8,8 @@
  * scanner cannot grow the label sets.
  *
  * A wrong token is a violation of the client's address (as a failed login is), the route is rate
- * limited per address, and a blocked address is refused before its token is looked at.
+ * limited per address, and a blocked address is refused before its token is looked at. No
+ * credential is 401 and a valid one without the scope 403, neither counted: neither guesses.
  *
  * With METRICS_PORT the route answers only what the metrics listener hands over (listener.ts);
  * on the main port it is 404, as if it did not exist.
@@ -16,7 +17,7 @@
 import { Elysia, t } from "elysia";
 import { AppError, problemResponses } from "../../errors";
 import type { authPlugin } from "../auth";
-import type { CredentialVerifier } from "../auth/credentials";
+import { bearerCredential, type Identify } from "../auth/identify";
 import type { ResolvedClient } from "../client-ip";
 import { constantTimeEqual } from "../csrf/token";
 import type { RouteClass } from "../route-class";
@@ -27,9 +28,15 @@ import { Gauge, type Registry } from "./prom";
 export interface MetricsOptions {
   registry: Registry;
   token: string | null;
-  credentials: CredentialVerifier;
+  /** The request's credential, as the rest of the app reads it (plugins/auth/identify). */
+  identify: Identify;
   auth: ReturnType<typeof authPlugin>;
-  /** A wrong or missing token: counted as a violation of the client's address, like a bad login. */
+  /**
+   * A credential presented that is neither the token nor valid: counted as a violation of the
+   * client's address, like a bad login. No credential at all, or a valid one without the `metrics`
+   * scope, guesses nothing and is not counted (an uptime check, a Prometheus missing its
+   * `credentials_file`, an admin's own key must not block their address).
+   */
   onAuthFailure?: (failure: { client: ResolvedClient; requestId: string }) => unknown;
   /** `/metrics` is served by a listener of its own (METRICS_PORT): 404 on the main port. */
   ownListener?: boolean;
@@ -60,24 +67,23 @@ export function registerInFlight(registry: Registry, server: () => Bun.Server<un
   });
 }
 
-export function metrics(options: MetricsOptions) {
-  const { registry, token, credentials, auth, onAuthFailure, ownListener = false } = options;
-  const expected = token === null ? null : `Bearer ${token}`;
+/** Who may read `/metrics`: the token, a key with the `metrics` scope; and what the others sent. */
+type MetricsAccess = "allowed" | "no_credential" | "not_permitted" | "wrong";
 
-  const allowed = (request: Request): boolean => {
-    if (expected === null) return true;
-    const authorization = request.headers.get("authorization") ?? "";
-    if (constantTimeEqual(authorization, expected)) return true;
-    const key =
-      request.headers.get("x-api-key") ??
-      (authorization.startsWith("Bearer pal_") ? authorization.slice(7) : null);
-    if (key === null) return false;
-    const verification = credentials.verifyApiKey(key);
-    return (
-      verification.ok &&
-      verification.principal.kind === "key" &&
-      verification.principal.scopes.includes("metrics")
-    );
+export function metrics(options: MetricsOptions) {
+  const { registry, token, identify, auth, onAuthFailure, ownListener = false } = options;
+
+  const access = async (request: Request): Promise<MetricsAccess> => {
+    if (token === null) return "allowed";
+    const presented = bearerCredential(request.headers.get("authorization"));
+    if (presented !== null && constantTimeEqual(presented, token)) return "allowed";
+    const identification = await identify(request);
+    if (identification.status === "none") return "no_credential";
+    if (identification.status === "bad") return "wrong";
+    const { principal } = identification;
+    return principal.kind === "key" && principal.scopes.includes("metrics")
+      ? "allowed"
+      : "not_permitted";
   };
 
   return new Elysia({ name: "palisade.metrics" }).use(auth).get(
@@ -86,8 +92,12 @@ export function metrics(options: MetricsOptions) {
       if (ownListener && !viaMetricsListener(request)) {
         throw new AppError("NOT_FOUND", "No route matches this path.");
       }
-      if (!allowed(request)) {
-        await onAuthFailure?.({ client, requestId });
+      const verdict = await access(request);
+      if (verdict === "not_permitted") {
+        throw new AppError("FORBIDDEN", "This credential may not read metrics.");
+      }
+      if (verdict !== "allowed") {
+        if (verdict === "wrong") await onAuthFailure?.({ client, requestId });
         throw new AppError("UNAUTHENTICATED", "A valid metrics token is required.", undefined, {
           "www-authenticate": 'Bearer realm="metrics"',
         });
@@ -99,8 +109,8 @@ export function metrics(options: MetricsOptions) {
       public: true,
       response: {
         200: t.String({ description: "Prometheus text exposition format" }),
-        // Missing or wrong METRICS_TOKEN.
-        ...problemResponses(401, 404),
+        // Missing or wrong METRICS_TOKEN; a valid credential without the metrics scope.
+        ...problemResponses(401, 403, 404),
       },
       detail: { tags: ["meta"], summary: "Prometheus metrics (text exposition format)" },
     },
