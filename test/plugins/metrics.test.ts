@@ -91,7 +91,7 @@ test("with METRICS_TOKEN set, only a presented credential that is wrong counts a
     expect({ label, blocked: await blocked(peer) }).toEqual({ label, blocked: true });
   }
   // The token in any case of its scheme (RFC 9110: schemes are case-insensitive), and the key.
-  for (const headers of [
+  for (const headers of <Record<string, string>[]>[
     { authorization: `bearer ${TOKEN}` },
     { authorization: `BEARER ${TOKEN}` },
     { "x-api-key": metricsKey },
