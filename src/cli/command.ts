@@ -11,6 +11,8 @@ import type { Services } from "../services";
 export interface ParsedArgs {
   positional: string[];
   flags: Record<string, string | true>;
+  /** Options given more than once (each kept only at its last value). */
+  repeated: string[];
 }
 
 export interface CommandContext {
@@ -52,6 +54,11 @@ export class CliError extends Error {
 export function parseArgs(argv: readonly string[]): ParsedArgs {
   const positional: string[] = [];
   const flags: Record<string, string | true> = {};
+  const repeated: string[] = [];
+  const set = (name: string, value: string | true) => {
+    if (Object.hasOwn(flags, name) && !repeated.includes(name)) repeated.push(name);
+    flags[name] = value;
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (!arg.startsWith("--")) {
@@ -61,14 +68,33 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     const body = arg.slice(2);
     const equals = body.indexOf("=");
     if (equals >= 0) {
-      flags[body.slice(0, equals)] = body.slice(equals + 1);
+      set(body.slice(0, equals), body.slice(equals + 1));
     } else if (argv[i + 1] !== undefined && !argv[i + 1]!.startsWith("--")) {
-      flags[body] = argv[++i]!;
+      set(body, argv[++i]!);
     } else {
-      flags[body] = true;
+      set(body, true);
     }
   }
-  return { positional, flags };
+  return { positional, flags, repeated };
+}
+
+/** The options a command's usage line names (`--email`, `--password-stdin`, …), and `--help`. */
+export function optionsOf(command: Pick<Command, "usage">): Set<string> {
+  const names = [...command.usage.matchAll(/--([a-z][a-z-]*)/g)].map((match) => match[1]!);
+  return new Set([...names, "help"]);
+}
+
+/**
+ * Why `args` cannot be run by `command`, or null: an option it does not take (a typo such as
+ * `--rol admin` would otherwise make a plain user and exit 0), or one given twice (which of two
+ * emails was meant?).
+ */
+export function misuseOf(command: Pick<Command, "usage">, args: ParsedArgs): string | null {
+  const known = optionsOf(command);
+  const unknown = Object.keys(args.flags).find((name) => !known.has(name));
+  if (unknown !== undefined) return `unknown option --${unknown}`;
+  if (args.repeated.length > 0) return `--${args.repeated[0]} is given more than once`;
+  return null;
 }
 
 /** A string flag's value, or a usage error naming it. */

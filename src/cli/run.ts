@@ -17,7 +17,14 @@ import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { createServices, type Services } from "../services";
 import { resealings, upgradeSealing } from "../upgrade-sealing";
-import { CliError, type Command, type CommandContext, EXIT_USAGE, parseArgs } from "./command";
+import {
+  CliError,
+  type Command,
+  type CommandContext,
+  EXIT_USAGE,
+  misuseOf,
+  parseArgs,
+} from "./command";
 import { terminalSafe } from "./terminal";
 
 export interface CliIo {
@@ -63,6 +70,11 @@ export async function runCli(
     return EXIT_USAGE;
   }
   const args = parseArgs(rest);
+  const misuse = misuseOf(command, args);
+  if (misuse !== null) {
+    io.err(`palisade: ${command.name}: ${misuse}; usage: bun run cli ${command.usage}`);
+    return EXIT_USAGE;
+  }
   if (args.flags.help) {
     io.out(`Usage: bun run cli ${command.usage}`);
     io.out("");

@@ -8,6 +8,7 @@ import {
   requireFlag,
   wholeNumberFlag,
 } from "../../src/cli/command";
+import { COMMANDS } from "../../src/cli/commands";
 import { MIGRATION_TAG_BY_MILLIS } from "../../src/db/migrations";
 import { tempDir } from "../support/app";
 import { cliInProcess } from "../support/cli";
@@ -99,7 +100,42 @@ test("parseArgs reads --flag value, --flag=value, bare flags and positionals", (
   expect(parseArgs(["ID1", "--name", "bot", "--scopes=chat,payments", "--yes"])).toEqual({
     positional: ["ID1"],
     flags: { name: "bot", scopes: "chat,payments", yes: true },
+    repeated: [],
   });
+  expect(parseArgs(["--email", "a@x.test", "--email=b@x.test"]).repeated).toEqual(["email"]);
+});
+
+test("every command refuses an option it does not take, and one given twice, with exit 2 and its usage, doing nothing (probe 15b, finding 6)", async () => {
+  const dir = tempDir();
+  try {
+    const env = { DATABASE_PATH: join(dir.path, "cli-options.db") };
+    for (const command of COMMANDS) {
+      const typo = await cliInProcess([command.name, "--bogus", "x"], env);
+      expect({ command: command.name, code: typo.code, stderr: typo.stderr }).toEqual({
+        command: command.name,
+        code: 2,
+        stderr: `palisade: ${command.name}: unknown option --bogus; usage: bun run cli ${command.usage}`,
+      });
+      expect(typo.stdout).toBe("");
+    }
+    // The typo of the report: a plain user would have been made, and exit 0.
+    const rol = await cliInProcess(
+      ["users:create", "--email", "typo@example.test", "--rol", "admin"],
+      env,
+    );
+    expect(rol.code).toBe(2);
+    expect(rol.stderr).toContain("unknown option --rol");
+    const twice = await cliInProcess(
+      ["users:create", "--email", "one@example.test", "--email=two@example.test"],
+      env,
+    );
+    expect(twice.code).toBe(2);
+    expect(twice.stderr).toContain("--email is given more than once");
+    // Refused before anything ran: the database was not even opened, so not created.
+    expect(await Bun.file(env.DATABASE_PATH).exists()).toBe(false);
+  } finally {
+    dir.remove();
+  }
 });
 
 test("parseDuration reads minutes, hours and days up to a bound and refuses anything else", () => {
