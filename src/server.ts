@@ -21,6 +21,11 @@ export interface StartServerOptions {
   logger: Logger;
   /** Runs after the last request has been answered. */
   onClosed?: () => void | Promise<void>;
+  /**
+   * Runs when the drain time is up with requests still in flight, just before their connections
+   * are cut: what streams (a chat reply) ends itself readably instead (services.endStreams).
+   */
+  onDrainTimeout?: () => void;
   /** How long in-flight requests may take to finish once shutdown starts. */
   drainTimeoutMs?: number;
   /** Exit the process after shutdown; tests that drive shutdown in-process pass false. */
@@ -32,6 +37,9 @@ export interface RunningServer {
   url: URL;
   shutdown(reason: string): Promise<void>;
 }
+
+/** How long streams ended at the drain timeout have to send their last event before the cut. */
+const STREAM_END_GRACE_MS = 500;
 
 export function startServer(options: StartServerOptions): RunningServer {
   const { app, config, logger } = options;
@@ -59,7 +67,14 @@ export function startServer(options: StartServerOptions): RunningServer {
       const drained = app.stop(false).then(() => true);
       const timedOut = Bun.sleep(drainTimeoutMs).then(() => false);
       if (!(await Promise.race([drained, timedOut]))) {
-        logger.warn({ pending: server.pendingRequests }, "drain timed out; closing connections");
+        if (options.onDrainTimeout) {
+          // The streams end themselves with their last event; their bytes get a moment to leave.
+          options.onDrainTimeout();
+          await Promise.race([drained, Bun.sleep(STREAM_END_GRACE_MS)]);
+        }
+        if (server.pendingRequests > 0) {
+          logger.warn({ pending: server.pendingRequests }, "drain timed out; closing connections");
+        }
         await app.stop(true);
       }
       // Elysia runs after-response hooks (the access line, request metrics) on the turn after the

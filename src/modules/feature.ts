@@ -38,6 +38,12 @@ export interface Feature {
    * before `close()` and the database closing.
    */
   stop?(): Promise<void>;
+  /**
+   * Ends what the feature still streams to clients when the shutdown's drain time is up, just
+   * before the connections are closed, the way its clients can read (a chat stream with an
+   * `error` event) rather than as a cut connection.
+   */
+  endStreams?(): void;
   /** Flushes and stops what the feature runs; called once at shutdown. */
   close?(): void;
 }

@@ -217,7 +217,7 @@ export async function send(
  */
 export function serveInProcess(
   target: { app: Listenable; config: Readonly<Config>; logger: Logger },
-  options: Pick<StartServerOptions, "onClosed" | "drainTimeoutMs"> = {},
+  options: Pick<StartServerOptions, "onClosed" | "drainTimeoutMs" | "onDrainTimeout"> = {},
 ): RunningServer {
   return startServer({
     app: target.app,

@@ -60,6 +60,8 @@ const DEFAULT_PAGE = 20;
 
 export interface ChatModuleOptions {
   auth: ReturnType<typeof authPlugin>;
+  /** Where each open stream is kept until it ends, for the shutdown to end it readably. */
+  streams: OpenStreams;
   service: ChatService;
   budget: ChatBudget;
   audit: AuditLog;
@@ -135,6 +137,30 @@ interface StreamContext {
   route: string;
   principal: Principal;
   errors: ErrorReporter;
+  streams: OpenStreams;
+}
+
+/** The chat streams still open, each with how to end it readably (at the shutdown's drain timeout). */
+export interface OpenStreams {
+  /** Keeps `end` until the returned function forgets it (the stream ended by itself). */
+  add(end: () => void): () => void;
+  /** Ends every stream still open. */
+  endAll(): void;
+}
+
+export function createOpenStreams(): OpenStreams {
+  const ends = new Set<() => void>();
+  return {
+    add(end) {
+      ends.add(end);
+      return () => {
+        ends.delete(end);
+      };
+    },
+    endAll() {
+      for (const end of [...ends]) end();
+    },
+  };
 }
 
 /**
@@ -155,9 +181,11 @@ async function eventStream(
   request.signal.addEventListener("abort", abort, { once: true });
   const events = service.stream(turn, upstream.signal);
   let closed = false;
+  let forget = () => {};
   const finish = () => {
     if (closed) return;
     closed = true;
+    forget();
     request.signal.removeEventListener("abort", abort);
     ended();
   };
@@ -169,6 +197,33 @@ async function eventStream(
     throw upstreamError(error, service.providerName, request.signal);
   }
   const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      // At the shutdown's drain timeout: an error event the client can read (503, send again
+      // shortly) instead of a cut connection, and the turn's clean-up (what arrived is stored,
+      // marked incomplete), as for a client that went away.
+      forget = context.streams.add(() => {
+        if (closed) return;
+        try {
+          controller.enqueue(
+            sseEvent(
+              toProblem(
+                "SERVICE_UNAVAILABLE",
+                "The service is restarting; send the message again shortly.",
+                requestId,
+                undefined,
+                503,
+              ),
+              "error",
+            ),
+          );
+          controller.close();
+        } finally {
+          finish();
+          upstream.abort(new DOMException("The service is shutting down", "AbortError"));
+          void events.return(undefined).catch(() => undefined);
+        }
+      });
+    },
     async pull(controller) {
       try {
         const next = pending ?? (await events.next());
@@ -276,6 +331,7 @@ export function chatModule(options: ChatModuleOptions) {
             route: `${request.method} ${route}`,
             principal,
             errors: options.errors,
+            streams: options.streams,
           })) as unknown as ChatTurn;
         }
         try {

@@ -125,6 +125,45 @@ describe("Server-Sent Events", () => {
     }
   });
 
+  test("a stream still open when the shutdown's drain time is up ends with an error event (503, send again), not a cut connection; what arrived is stored incomplete (probe 15b, finding 2)", async () => {
+    const provider = slowProvider(40);
+    target = buildTestApp({ chatProvider: provider });
+    const alice = await signUp(target);
+    const server = serveInProcess(target, {
+      drainTimeoutMs: 200,
+      onDrainTimeout: () => target!.services.endStreams(),
+    });
+    const response = await fetch(new URL("/api/chat", server.url), {
+      method: "POST",
+      headers: { ...asUser(alice), ...SSE, "content-type": "application/json" },
+      body: JSON.stringify({ message: "How do I sign up?" }),
+    });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = decoder.decode((await reader.read()).value);
+    const stopped = server.shutdown("test");
+    // The whole body arrives and ends cleanly: the read never fails.
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+    }
+    await stopped;
+    const events = parseSse(text);
+    expect(events.filter((event) => event.event === "done")).toEqual([]);
+    const last = events.at(-1)!;
+    expect(last.event).toBe("error");
+    expect(last.data).toMatchObject({ status: 503, code: "SERVICE_UNAVAILABLE" });
+    expect(target.logs.entries.map((entry) => entry.msg)).not.toContain(
+      "drain timed out; closing connections",
+    );
+    await waitFor(() => assistantRows(target!).length === 1);
+    expect(assistantRows(target)[0]!.incomplete).toBe(true);
+    await waitFor(() => provider.aborted.length === 1);
+    expect(target.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
+  });
+
   test("cancelling the body (app.handle) does the same", async () => {
     const provider = slowProvider(30);
     target = buildTestApp({ chatProvider: provider });
