@@ -476,7 +476,8 @@ export class ChatService implements ChatTurns {
     sent: boolean,
   ) {
     const { budget, clock, metrics, provider } = this.options;
-    if (error === null || isAbort(error, signal)) {
+    // An upstream failure the provider met before the client left is that failure, not an abort.
+    if (error === null || (isAbort(error, signal) && !(error instanceof UpstreamFailure))) {
       if (sent) {
         budget.settle(turn.reservation, turn.promptEstimate, clock.now());
         metrics.tokens(turn.promptEstimate, 0);

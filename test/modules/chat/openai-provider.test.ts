@@ -25,6 +25,7 @@ import { createMetricsRegistry, type Registry } from "../../../src/plugins/metri
 import { LogCapture, testConfig } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 import { type OpenAiServer, startOpenAiServer } from "../../support/openai-server";
+import { waitFor } from "../../support/wait";
 
 const SECRET_TEXT = "my card ends in 4242 and my secret plan is zebra-omelette";
 const MESSAGES: ChatMessage[] = [
@@ -483,16 +484,41 @@ describe("caller aborts", () => {
     await upstream.waitForAbort(0);
   });
 
-  test("an abort during the backoff wait stops the retries at once", async () => {
+  test("an abort during the backoff wait stops the retries at once, and throws the failure already met", async () => {
     upstream.enqueue({ kind: "error", status: 429, retryAfter: "5" });
     const controller = new AbortController();
-    const pending = provider.complete(MESSAGES, { signal: controller.signal });
+    const pending = provider.complete(MESSAGES, { signal: controller.signal, requestId: "r-429" });
     await upstream.waitForRequests(1);
     const started = performance.now();
     controller.abort();
-    expect(((await pending.catch((e: unknown) => e)) as Error).name).toBe("AbortError");
+    const failure = await failureOf(pending);
+    expect(failure.kind).toBe("unavailable");
+    expect(failure.reason).toEndWith("; the caller left before it was retried");
     expect(performance.now() - started).toBeLessThan(1_000);
     expect(upstream.requests).toHaveLength(1);
+    expect(failureLines()).toEqual([expect.objectContaining({ requestId: "r-429", attempts: 1 })]);
+  });
+
+  test("callers that leave while an upstream in trouble is retried do not hide it: each is its failure, logged, and they open the circuit (re-probe 15c F1)", async () => {
+    upstream.setDefault({ kind: "error", status: 500 });
+    for (let i = 0; i < 5; i++) {
+      const controller = new AbortController();
+      const pending = provider.complete(MESSAGES, { signal: controller.signal });
+      // The first attempt has failed (its duration observed) and the retry waits: the caller
+      // gives up then.
+      await waitFor(async () =>
+        (await registry.metrics()).includes(
+          `upstream_request_duration_seconds_count{provider="openai"} ${i + 1}`,
+        ),
+      );
+      controller.abort();
+      expect((await failureOf(pending)).kind).toBe("unavailable");
+    }
+    expect(failureLines()).toHaveLength(5);
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 1');
+    // A caller that leaves before any attempt failed is still only its own abort.
+    const early = await failureOf(provider.complete(MESSAGES)).catch(() => null);
+    expect(early?.reason).toBe("circuit open");
   });
 
   test("an already aborted signal sends nothing", async () => {

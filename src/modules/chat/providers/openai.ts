@@ -305,8 +305,37 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
   }
 
   /**
+   * The caller went away while the request was being retried. Before any attempt failed that is
+   * only the caller's abort (the breaker is told nothing). After one failed, it is that failure:
+   * logged, told to the breaker and thrown, so a client or proxy that gives up sooner than the
+   * retries take does not hide an upstream outage as its own leaving (re-probe 15c F1).
+   */
+  function abandoned(
+    permit: CircuitPermit,
+    signal: AbortSignal | undefined,
+    abort: unknown,
+    lastFailed: AttemptFailure | null,
+    failedAttempts: number,
+    requestId: string | undefined,
+  ): unknown {
+    if (lastFailed === null) {
+      permit.release();
+      return signal?.aborted ? abortReason(signal) : abort;
+    }
+    const failure = new UpstreamFailure(
+      lastFailed.kind,
+      `${lastFailed.reason}; the caller left before it was retried`,
+    );
+    return fail(permit, failure, lastFailed.upstreamFault, {
+      requestId,
+      attempts: failedAttempts,
+      status: lastFailed.status,
+    });
+  }
+
+  /**
    * Runs `attempt` (one HTTP request) up to MAX_ATTEMPTS times and returns its value, or throws the
-   * request's UpstreamFailure (logged, breaker told) or the caller's abort (breaker told nothing).
+   * request's UpstreamFailure (logged, breaker told) or the caller's abort (see `abandoned`).
    * Failed attempts are observed here; a successful one is observed by its caller, which knows
    * when the response ends.
    */
@@ -316,6 +345,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     requestId: string | undefined,
     attempt: () => Promise<T>,
   ): Promise<{ value: T; attempts: number }> {
+    let lastFailed: AttemptFailure | null = null;
     for (let attempts = 1; ; attempts++) {
       const startedAt = performance.now();
       let failed: AttemptFailure;
@@ -324,11 +354,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       } catch (error) {
         observe(startedAt);
         if (signal?.aborted) {
-          permit.release();
-          throw abortReason(signal);
+          throw abandoned(permit, signal, error, lastFailed, attempts - 1, requestId);
         }
         failed = classify(error);
       }
+      lastFailed = failed;
       let retryAfterSeconds: number | undefined;
       if (failed.retryable && attempts < MAX_ATTEMPTS) {
         const delay = retryDelay(attempts, failed.headers, clock.now(), random);
@@ -336,8 +366,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           try {
             await sleep(delay.ms, signal);
           } catch (abort) {
-            permit.release();
-            throw abort;
+            throw abandoned(permit, signal, abort, failed, attempts, requestId);
           }
           continue;
         }
