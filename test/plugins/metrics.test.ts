@@ -58,6 +58,8 @@ test("with METRICS_TOKEN set, only a presented credential that is wrong counts a
   const chatKey = createKey(current, ["chat"]).key;
   const adminKey = createKey(current, ["admin"]).key;
   const metricsKey = createKey(current, ["metrics"]).key;
+  const revoked = createKey(current, ["metrics"]);
+  current.services.apiKeys.revoke(revoked.record.id, null);
   const scrape = (headers: Record<string, string>, peer: string) =>
     send(current!, "/metrics", { headers, peer });
   const blocked = async (peer: string) =>
@@ -70,6 +72,9 @@ test("with METRICS_TOKEN set, only a presented credential that is wrong counts a
     ["an admin's access token", bearer(admin.accessToken), 403],
     ["a chat key", { "x-api-key": chatKey }, 403],
     ["an admin key, as a bearer", bearer(adminKey), 403],
+    // Verifies, but no longer holds: a Prometheus still holding a revoked key guesses nothing
+    // (re-probe 15c F2).
+    ["a revoked metrics key", { "x-api-key": revoked.key }, 401],
   ];
   for (const [index, [label, headers, status]] of uncounted.entries()) {
     const peer = `198.51.100.${index + 1}`;

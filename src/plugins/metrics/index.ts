@@ -9,7 +9,8 @@
  *
  * A wrong token is a violation of the client's address (as a failed login is), the route is rate
  * limited per address, and a blocked address is refused before its token is looked at. No
- * credential is 401 and a valid one without the scope 403, neither counted: neither guesses.
+ * credential, or a revoked or expired one, is 401 and a valid one without the scope 403, none of
+ * them counted: none guesses.
  *
  * With METRICS_PORT the route answers only what the metrics listener hands over (listener.ts);
  * on the main port it is 404, as if it did not exist.
@@ -32,10 +33,11 @@ export interface MetricsOptions {
   identify: Identify;
   auth: ReturnType<typeof authPlugin>;
   /**
-   * A credential presented that is neither the token nor valid: counted as a violation of the
-   * client's address, like a bad login. No credential at all, or a valid one without the `metrics`
-   * scope, guesses nothing and is not counted (an uptime check, a Prometheus missing its
-   * `credentials_file`, an admin's own key must not block their address).
+   * A credential presented that is neither the token nor one that verifies (unknown, malformed, a
+   * bad signature): counted as a violation of the client's address, like a bad login. No credential
+   * at all, a revoked or expired one, or a valid one without the `metrics` scope guesses nothing and
+   * is not counted (an uptime check, a Prometheus missing its `credentials_file` or holding a
+   * revoked key, an admin's own key must not block their address).
    */
   onAuthFailure?: (failure: { client: ResolvedClient; requestId: string }) => unknown;
   /** `/metrics` is served by a listener of its own (METRICS_PORT): 404 on the main port. */
@@ -67,8 +69,12 @@ export function registerInFlight(registry: Registry, server: () => Bun.Server<un
   });
 }
 
-/** Who may read `/metrics`: the token, a key with the `metrics` scope; and what the others sent. */
-type MetricsAccess = "allowed" | "no_credential" | "not_permitted" | "wrong";
+/**
+ * Who may read `/metrics`: the token, a key with the `metrics` scope; and what the others sent. A
+ * credential that verifies but is revoked or expired (a Prometheus still holding a revoked key, a
+ * browser's old session) is `stale`: refused, but no guess at anything.
+ */
+type MetricsAccess = "allowed" | "no_credential" | "not_permitted" | "stale" | "wrong";
 
 export function metrics(options: MetricsOptions) {
   const { registry, token, identify, auth, onAuthFailure, ownListener = false } = options;
@@ -79,7 +85,9 @@ export function metrics(options: MetricsOptions) {
     if (presented !== null && constantTimeEqual(presented, token)) return "allowed";
     const identification = await identify(request);
     if (identification.status === "none") return "no_credential";
-    if (identification.status === "bad") return "wrong";
+    if (identification.status === "bad") {
+      return identification.reason.startsWith("invalid_") ? "wrong" : "stale";
+    }
     const { principal } = identification;
     return principal.kind === "key" && principal.scopes.includes("metrics")
       ? "allowed"
