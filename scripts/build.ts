@@ -24,7 +24,7 @@
  * what the executable holds, for reading (test/startup/bundle.test.ts checks the chunks).
  */
 import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { constants, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 const ROOT = join(import.meta.dir, "..");
@@ -129,6 +129,32 @@ async function recordStart(
     stdout: "ignore",
     stderr: "pipe",
   });
+  // An interrupted build (Ctrl-C, a CI job cancelled, `timeout`) takes the recording start and
+  // its scratch directory with it: a development-mode service must not outlive the build.
+  const interrupted = (signal: NodeJS.Signals) => {
+    proc.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(128 + (constants.signals[signal] ?? 1));
+  };
+  const exiting = () => proc.kill("SIGKILL");
+  for (const signal of INTERRUPTIONS) process.once(signal, interrupted);
+  process.once("exit", exiting);
+  try {
+    return await recordUntilHealthy(proc, port, file);
+  } finally {
+    for (const signal of INTERRUPTIONS) process.off(signal, interrupted);
+    process.off("exit", exiting);
+  }
+}
+
+const INTERRUPTIONS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** Waits for the recording start's first `/health` 200, stops it, and reads its record. */
+async function recordUntilHealthy(
+  proc: Bun.Subprocess<"ignore", "ignore", "pipe">,
+  port: number,
+  file: string,
+): Promise<{ file: string; entries: number }> {
   const stderr = new Response(proc.stderr).text();
   const failed = async (why: string) =>
     new Error(`the build's recording start ${why}:\n${(await stderr).trim()}`);
