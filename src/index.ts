@@ -161,7 +161,7 @@ startServer({
   app,
   config,
   logger,
-  onDrainTimeout: () => services.endStreams(),
+  onDrainTimeout: () => services.endInFlight(),
   onClosed: async () => {
     await metricsListener?.stop();
     // Background work first (a WhatsApp reply in flight is sent and marked), then the reports

@@ -23,7 +23,8 @@ export interface StartServerOptions {
   onClosed?: () => void | Promise<void>;
   /**
    * Runs when the drain time is up with requests still in flight, just before their connections
-   * are cut: what streams (a chat reply) ends itself readably instead (services.endStreams).
+   * are cut: what is in flight (a chat turn, a chat reply) ends itself readably instead
+   * (services.endInFlight).
    */
   onDrainTimeout?: () => void;
   /** How long in-flight requests may take to finish once shutdown starts. */

@@ -31,8 +31,8 @@ export interface Services extends Core {
   start(): Promise<void>;
   /** At shutdown, before `close()`: lets the features' background work in flight finish. */
   stop(): Promise<void>;
-  /** At shutdown, when the drain time is up: the features end their open streams readably. */
-  endStreams(): void;
+  /** At shutdown, when the drain time is up: the features end what is in flight readably. */
+  endInFlight(): void;
 }
 
 export interface ServiceOptions extends CoreOptions, FeatureOptions {
@@ -100,8 +100,8 @@ export function createServices(options: ServiceOptions): Services {
     async stop() {
       await Promise.all([...features.list.map((feature) => feature.stop?.()), checkpoints?.stop()]);
     },
-    endStreams() {
-      for (const feature of features.list) feature.endStreams?.();
+    endInFlight() {
+      for (const feature of features.list) feature.endInFlight?.();
     },
     close() {
       if (timer) clearInterval(timer);

@@ -39,11 +39,11 @@ export interface Feature {
    */
   stop?(): Promise<void>;
   /**
-   * Ends what the feature still streams to clients when the shutdown's drain time is up, just
-   * before the connections are closed, the way its clients can read (a chat stream with an
-   * `error` event) rather than as a cut connection.
+   * Ends what the feature still has in flight when the shutdown's drain time is up, just before
+   * the connections are closed, the way its clients can read (a chat turn not yet answered with a
+   * 503, a chat stream with an `error` event) rather than as a cut connection.
    */
-  endStreams?(): void;
+  endInFlight?(): void;
   /** Flushes and stops what the feature runs; called once at shutdown. */
   close?(): void;
 }

@@ -10,7 +10,7 @@ import type { Feature } from "../feature";
 import { ChatBudget } from "./budget";
 import type { ChatOwner, ChatTurns } from "./contract";
 import { conversationTamperReporter, createChatSeal } from "./history-seal";
-import { chatModule, chatRouteClasses, createOpenStreams } from "./index";
+import { chatModule, chatRouteClasses, createTurnsInFlight } from "./index";
 import { chatMetrics } from "./metrics";
 import { chatContributor } from "./privacy";
 import { createChatProvider } from "./providers";
@@ -50,7 +50,7 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     reportTampered: conversationTamperReporter({ logger, audit }),
     ownerExists: options.ownerExists,
   });
-  const streams = createOpenStreams();
+  const inFlight = createTurnsInFlight();
   return {
     name: "chat",
     turns: service,
@@ -58,8 +58,8 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     budget,
     routeClasses: chatRouteClasses,
     routes: ({ auth }) =>
-      chatModule({ auth, streams, service, budget, audit, errors, now: () => clock.now() }),
-    endStreams: () => streams.endAll(),
+      chatModule({ auth, inFlight, service, budget, audit, errors, now: () => clock.now() }),
+    endInFlight: () => inFlight.endAll(),
     privacy: [chatContributor(service)],
   };
 }

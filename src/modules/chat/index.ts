@@ -60,8 +60,8 @@ const DEFAULT_PAGE = 20;
 
 export interface ChatModuleOptions {
   auth: ReturnType<typeof authPlugin>;
-  /** Where each open stream is kept until it ends, for the shutdown to end it readably. */
-  streams: OpenStreams;
+  /** Where each turn in flight is kept until it ends, for the shutdown to end it readably. */
+  inFlight: TurnsInFlight;
   service: ChatService;
   budget: ChatBudget;
   audit: AuditLog;
@@ -137,18 +137,39 @@ interface StreamContext {
   route: string;
   principal: Principal;
   errors: ErrorReporter;
-  streams: OpenStreams;
+  inFlight: TurnsInFlight;
 }
 
-/** The chat streams still open, each with how to end it readably (at the shutdown's drain timeout). */
-export interface OpenStreams {
-  /** Keeps `end` until the returned function forgets it (the stream ended by itself). */
+/**
+ * The chat turns in flight (waiting for their first piece, or streaming), each with how to end it
+ * readably when the shutdown's drain time is up: a turn not yet answered is answered 503 with
+ * Retry-After, a stream ends with an `error` event.
+ */
+export interface TurnsInFlight {
+  /** Keeps `end` until the returned function forgets it (the turn ended by itself). */
   add(end: () => void): () => void;
-  /** Ends every stream still open. */
+  /** Ends every turn still in flight. */
   endAll(): void;
 }
 
-export function createOpenStreams(): OpenStreams {
+/** Why the shutdown aborts a turn's upstream: told apart from a client that went away. */
+const SHUTTING_DOWN = "The service is shutting down";
+
+/** The answer to a turn the shutdown ended before its first piece: send it again shortly. */
+function restarting(): AppError {
+  return new AppError(
+    "SERVICE_UNAVAILABLE",
+    "The service is restarting; send the message again shortly.",
+    undefined,
+    { "retry-after": "5" },
+  );
+}
+
+function endedByShutdown(signal: AbortSignal): boolean {
+  return signal.aborted && (signal.reason as { message?: unknown })?.message === SHUTTING_DOWN;
+}
+
+export function createTurnsInFlight(): TurnsInFlight {
   const ends = new Set<() => void>();
   return {
     add(end) {
@@ -181,7 +202,9 @@ async function eventStream(
   request.signal.addEventListener("abort", abort, { once: true });
   const events = service.stream(turn, upstream.signal);
   let closed = false;
-  let forget = () => {};
+  const shutDown = () => upstream.abort(new DOMException(SHUTTING_DOWN, "AbortError"));
+  // Waiting for the first piece: the shutdown answers it 503 (below), before anything is sent.
+  let forget = context.inFlight.add(shutDown);
   const finish = () => {
     if (closed) return;
     closed = true;
@@ -194,14 +217,16 @@ async function eventStream(
     pending = await events.next();
   } catch (error) {
     finish();
+    if (endedByShutdown(upstream.signal)) throw restarting();
     throw upstreamError(error, service.providerName, request.signal);
   }
+  forget();
   const body = new ReadableStream<Uint8Array>({
     start(controller) {
       // At the shutdown's drain timeout: an error event the client can read (503, send again
       // shortly) instead of a cut connection, and the turn's clean-up (what arrived is stored,
       // marked incomplete), as for a client that went away.
-      forget = context.streams.add(() => {
+      forget = context.inFlight.add(() => {
         if (closed) return;
         try {
           controller.enqueue(
@@ -219,7 +244,7 @@ async function eventStream(
           controller.close();
         } finally {
           finish();
-          upstream.abort(new DOMException("The service is shutting down", "AbortError"));
+          shutDown();
           void events.return(undefined).catch(() => undefined);
         }
       });
@@ -331,13 +356,24 @@ export function chatModule(options: ChatModuleOptions) {
             route: `${request.method} ${route}`,
             principal,
             errors: options.errors,
-            streams: options.streams,
+            inFlight: options.inFlight,
           })) as unknown as ChatTurn;
         }
+        // The client going away, or the shutdown's drain timeout (answered 503), ends the turn.
+        const shutdown = new AbortController();
+        const forget = options.inFlight.add(() =>
+          shutdown.abort(new DOMException(SHUTTING_DOWN, "AbortError")),
+        );
         try {
-          return await service.complete(prepared.turn, request.signal);
+          return await service.complete(
+            prepared.turn,
+            AbortSignal.any([request.signal, shutdown.signal]),
+          );
         } catch (error) {
+          if (endedByShutdown(shutdown.signal)) throw restarting();
           throw upstreamError(error, service.providerName, request.signal);
+        } finally {
+          forget();
         }
       },
       {

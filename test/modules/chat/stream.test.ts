@@ -7,6 +7,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { chatMessages, chatUsage } from "../../../src/db/schema";
+import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../../support/app";
 import { signUp } from "../../support/auth";
 import {
@@ -131,7 +132,7 @@ describe("Server-Sent Events", () => {
     const alice = await signUp(target);
     const server = serveInProcess(target, {
       drainTimeoutMs: 200,
-      onDrainTimeout: () => target!.services.endStreams(),
+      onDrainTimeout: () => target!.services.endInFlight(),
     });
     const response = await fetch(new URL("/api/chat", server.url), {
       method: "POST",
@@ -162,6 +163,49 @@ describe("Server-Sent Events", () => {
     expect(assistantRows(target)[0]!.incomplete).toBe(true);
     await waitFor(() => provider.aborted.length === 1);
     expect(target.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
+  });
+
+  test("a turn still waiting for its first piece when the drain time is up is answered 503 with Retry-After, streamed or not, and logged (re-probe 15c F4)", async () => {
+    // The first piece would come 10 s on; the provider counts the turns it is holding.
+    const slow = slowProvider(10_000);
+    let held = 0;
+    const provider: ChatProvider = {
+      ...slow,
+      complete: (messages, options) => {
+        held++;
+        return slow.complete(messages, options);
+      },
+      stream: (messages, options) => {
+        held++;
+        return slow.stream(messages, options);
+      },
+    };
+    target = buildTestApp({ chatProvider: provider });
+    const alice = await signUp(target);
+    const server = serveInProcess(target, {
+      drainTimeoutMs: 200,
+      onDrainTimeout: () => target!.services.endInFlight(),
+    });
+    const turns = [SSE, {}].map((accept) =>
+      fetch(new URL("/api/chat", server.url), {
+        method: "POST",
+        headers: { ...asUser(alice), ...accept, "content-type": "application/json" },
+        body: JSON.stringify({ message: "How do I sign up?" }),
+      }),
+    );
+    await waitFor(() => held === 2);
+    await server.shutdown("test");
+    for (const response of await Promise.all(turns)) {
+      expect(response.status).toBe(503);
+      expect(response.headers.get("retry-after")).toBe("5");
+      expect(await response.json()).toMatchObject({ code: "SERVICE_UNAVAILABLE" });
+    }
+    const chatLines = target.logs.entries.filter(
+      (entry) => entry.route === "/api/chat" && "status" in entry,
+    );
+    expect(chatLines.map((entry) => entry.status)).toEqual([503, 503]);
+    expect(target.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
+    expect(assistantRows(target)).toEqual([]);
   });
 
   test("cancelling the body (app.handle) does the same", async () => {
