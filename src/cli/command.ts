@@ -53,7 +53,9 @@ export class CliError extends Error {
 /** `--name value`, `--name=value` and bare `--flag`; anything else is positional. */
 export function parseArgs(argv: readonly string[]): ParsedArgs {
   const positional: string[] = [];
-  const flags: Record<string, string | true> = {};
+  // No prototype: `--__proto__ x` is an option like any other (and refused as unknown), never a
+  // write to the object's prototype that vanishes.
+  const flags: Record<string, string | true> = Object.create(null);
   const repeated: string[] = [];
   const set = (name: string, value: string | true) => {
     if (Object.hasOwn(flags, name) && !repeated.includes(name)) repeated.push(name);
@@ -85,15 +87,37 @@ export function optionsOf(command: Pick<Command, "usage">): Set<string> {
 }
 
 /**
+ * How many positional arguments a command's usage line names (`keys:revoke ID`, `db:backup PATH`):
+ * its upper-case words that are not an option's value (`--email E`).
+ */
+export function positionalsOf(command: Pick<Command, "usage">): number {
+  const words = command.usage.replace(/[[\]]/g, " ").split(/\s+/).slice(1);
+  return words.filter((word, index) => /^[A-Z]+$/.test(word) && !words[index - 1]?.startsWith("--"))
+    .length;
+}
+
+/** A dash other than `--` opening an argument: `-role`, or an en or em dash pasted from a document. */
+const DASHED = /^(?:-(?!-)|[\u2012-\u2015\u2212])/;
+
+/**
  * Why `args` cannot be run by `command`, or null: an option it does not take (a typo such as
- * `--rol admin` would otherwise make a plain user and exit 0), or one given twice (which of two
- * emails was meant?).
+ * `--rol admin` would otherwise make a plain user and exit 0), one given twice (which of two
+ * emails was meant?), an argument that looks like an option but is not spelt `--` (`-role`,
+ * `—role`), or more arguments than it takes (`keys:revoke A B` revoked A alone).
  */
 export function misuseOf(command: Pick<Command, "usage">, args: ParsedArgs): string | null {
   const known = optionsOf(command);
   const unknown = Object.keys(args.flags).find((name) => !known.has(name));
   if (unknown !== undefined) return `unknown option --${unknown}`;
   if (args.repeated.length > 0) return `--${args.repeated[0]} is given more than once`;
+  const dashed = args.positional.find((argument) => DASHED.test(argument));
+  if (dashed !== undefined) return `"${dashed}" is not an option: options are written --name`;
+  const takes = positionalsOf(command);
+  if (args.positional.length > takes) {
+    return takes === 0
+      ? `takes no arguments besides its options, and was given "${args.positional[0]}"`
+      : `takes ${takes} argument${takes === 1 ? "" : "s"}, and was given ${args.positional.length}`;
+  }
   return null;
 }
 

@@ -131,6 +131,31 @@ test("every command refuses an option it does not take, and one given twice, wit
     );
     expect(twice.code).toBe(2);
     expect(twice.stderr).toContain("--email is given more than once");
+    // Arguments the usage does not name, and options not spelt `--` (re-probe 15c F5).
+    for (const [args, said] of [
+      [["keys:revoke", "A", "B"], "takes 1 argument, and was given 2"],
+      [["blocks:remove", "1", "extra"], "takes 1 argument, and was given 2"],
+      [
+        ["users:create", "--email", "c@example.test", "extra"],
+        'takes no arguments besides its options, and was given "extra"',
+      ],
+      [["users:create", "--email", "c@example.test", "-role", "admin"], '"-role" is not an option'],
+      [
+        ["users:create", "--email", "c@example.test", "\u2014role", "admin"],
+        '"\u2014role" is not an option',
+      ],
+      [
+        ["users:create", "--email", "c@example.test", "--__proto__", "admin"],
+        "unknown option --__proto__",
+      ],
+    ] as const) {
+      const result = await cliInProcess([...args], env);
+      expect({ args, code: result.code, said: result.stderr.includes(said) }).toEqual({
+        args,
+        code: 2,
+        said: true,
+      });
+    }
     // Refused before anything ran: the database was not even opened, so not created.
     expect(await Bun.file(env.DATABASE_PATH).exists()).toBe(false);
   } finally {
