@@ -80,12 +80,20 @@ export function resolveClientIp(input: ClientAddressInput, trust: CompiledTrust)
 
 /**
  * The key a client is counted and blocked under: the IPv4 address, or the IPv6 /64 prefix, since
- * a single host is usually given a whole /64 and can rotate through it at will.
+ * a single host is usually given a whole /64 and can rotate through it at will. Except an address
+ * in RFC 6052's well-known prefix, `64:ff9b::/96`: that is an IPv4 client translated to IPv6 (NAT64,
+ * SIIT-DC, in front of an IPv6-only service), one host per address, so it is keyed alone (/128);
+ * under its /64 every IPv4 client of the translator would share one limit and one block (re-probe
+ * 15c F6).
  */
 export function clientKeyOf(address: Address | null): string {
   if (address === null) return UNKNOWN_CLIENT;
   if (address.kind() === "ipv4") return address.toString();
-  const parts = (address as ipaddr.IPv6).parts.slice(0, 4);
+  const all = (address as ipaddr.IPv6).parts;
+  if (all[0] === 0x64 && all[1] === 0xff9b && all.slice(2, 6).every((part) => part === 0)) {
+    return `${formatAddress(address)}/128`;
+  }
+  const parts = all.slice(0, 4);
   const prefix = ipaddr.IPv6.parse(`${parts.map((p) => p.toString(16)).join(":")}::`);
   return `${prefix.toRFC5952String()}/64`;
 }

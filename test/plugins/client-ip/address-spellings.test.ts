@@ -12,6 +12,7 @@ import {
   parseCidr,
   parseIp,
 } from "../../../src/plugins/client-ip/address";
+import { clientKeyOf } from "../../../src/plugins/client-ip/resolve";
 import { buildTestApp, fromPeer, send, type TestApp, tempDir } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { runToExit } from "../../support/process";
@@ -152,6 +153,24 @@ describe("every spelling of one address is that one address (probe 15a F1)", () 
     const range = normal.includes(".") ? `${normal}/8` : null;
     const expected = range ?? formatRange(parseCidr(`${spellings[0]}/104`)!);
     expect(ranges).toEqual(spellings.map((spelling) => [spelling, expected]));
+  });
+});
+
+describe("the key a client is counted and blocked under", () => {
+  const keyOf = (text: string) => clientKeyOf(parseIp(text));
+  test("an IPv6 host's /64; IPv4 its address", () => {
+    expect(keyOf("2001:db8:1:2::1")).toBe("2001:db8:1:2::/64");
+    expect(keyOf("2001:db8:1:2:ffff::9")).toBe("2001:db8:1:2::/64");
+    expect(keyOf("203.0.113.9")).toBe("203.0.113.9");
+    expect(keyOf("::ffff:203.0.113.9")).toBe("203.0.113.9");
+  });
+  test("an IPv4 client translated into 64:ff9b::/96 (NAT64, SIIT-DC) is keyed alone, not with the translator's every client (re-probe 15c F6)", () => {
+    expect(keyOf("64:ff9b::8.8.8.8")).toBe("64:ff9b::808:808/128");
+    expect(keyOf("64:ff9b::1.1.1.1")).toBe("64:ff9b::101:101/128");
+    expect(keyOf("64:FF9B:0:0:0:0:808:808")).toBe("64:ff9b::808:808/128");
+    // Outside the /96 (RFC 8215's local-use prefix, or a host in 64:ff9b::/64 beyond it): /64.
+    expect(keyOf("64:ff9b:1::8.8.8.8")).toBe("64:ff9b:1::/64");
+    expect(keyOf("64:ff9b::1:808:808")).toBe("64:ff9b::/64");
   });
 });
 
