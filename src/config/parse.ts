@@ -5,6 +5,7 @@
  */
 import {
   coversEveryAddress,
+  coversMostAddresses,
   formatAddress,
   formatRange,
   parseCidr,
@@ -164,11 +165,19 @@ export function parseTrustProxy(name: string, raw: string | undefined): TrustPro
   }
   const cidrs = parseCidrList(name, trimmed);
   if (cidrs.length === 0) return { kind: "none" };
-  const everyone = coversEveryAddress(cidrs.map((cidr) => parseCidr(cidr)!));
+  const ranges = cidrs.map((cidr) => parseCidr(cidr)!);
+  const everyone = coversEveryAddress(ranges);
   if (everyone !== null) {
     throw new ConfigError(
       name,
       `covers every ${everyone} address, which trusts everyone; list only your proxies' ranges`,
+    );
+  }
+  const most = coversMostAddresses(ranges);
+  if (most !== null) {
+    throw new ConfigError(
+      name,
+      `covers half or more of the ${most} addresses clients come from, which trusts nearly everyone; list only your proxies' ranges`,
     );
   }
   return { kind: "cidrs", cidrs };
@@ -181,11 +190,19 @@ export function parseTrustProxy(name: string, raw: string | undefined): TrustPro
  */
 export function parseAllowCidrs(name: string, raw: string): string[] {
   const cidrs = parseCidrList(name, raw);
-  const everyone = coversEveryAddress(cidrs.map((cidr) => parseCidr(cidr)!));
+  const ranges = cidrs.map((cidr) => parseCidr(cidr)!);
+  const everyone = coversEveryAddress(ranges);
   if (everyone !== null) {
     throw new ConfigError(
       name,
       `covers every ${everyone} address, which turns every rate limit off; list only the ranges to exempt`,
+    );
+  }
+  const most = coversMostAddresses(ranges);
+  if (most !== null) {
+    throw new ConfigError(
+      name,
+      `covers half or more of the ${most} addresses clients come from, which turns rate limits off for nearly everyone; list only the ranges to exempt`,
     );
   }
   return cidrs;

@@ -233,15 +233,34 @@ describe("parsed values", () => {
     }
     const error = refusal({ TRUST_PROXY: ranges.join(",") });
     expect(error.message).toStartWith("TRUST_PROXY covers every IPv6 address");
-    // Without one of them, some IPv6 clients are left out: accepted.
-    expect(loadConfig({ TRUST_PROXY: ranges.slice(1).join(",") }).trustProxy.kind).toBe("cidrs");
+    // Without one of them some IPv6 clients are left out, but nearly all are still trusted.
+    expect(refusal({ TRUST_PROXY: ranges.slice(1).join(",") }).message).toStartWith(
+      "TRUST_PROXY covers half or more of the IPv6 addresses clients come from",
+    );
   });
 
-  test("TRUST_PROXY ranges that leave addresses out are accepted", () => {
-    expect(loadConfig({ TRUST_PROXY: "0.0.0.0/1, ::/1" }).trustProxy.kind).toBe("cidrs");
-    expect(loadConfig({ TRUST_PROXY: "0.0.0.0/1,128.0.0.0/2,192.0.0.0/3" }).trustProxy.kind).toBe(
-      "cidrs",
-    );
+  test.each([
+    ["0.0.0.0/1", "IPv4"],
+    ["0.0.0.0/1,128.0.0.0/2,192.0.0.0/3,224.0.0.0/4", "IPv4"], // all but 240.0.0.0/4
+    ["2000::/3", "IPv6"], // every global unicast address
+    ["2000::/4, 3000::/5", "IPv6"],
+    ["::/1", "IPv6"],
+  ])(
+    "a list covering half or more of a family's clients, %p, is refused in both lists (re-probe 15c F7)",
+    (value, family) => {
+      for (const name of ["TRUST_PROXY", "RATE_LIMIT_ALLOW_CIDRS"]) {
+        expect(refusal({ [name]: value }).message).toStartWith(
+          `${name} covers half or more of the ${family} addresses clients come from`,
+        );
+      }
+    },
+  );
+
+  test("TRUST_PROXY and RATE_LIMIT_ALLOW_CIDRS ranges that leave most addresses out are accepted", () => {
+    const value =
+      "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 64.0.0.0/3, fd00::/8, 2001:db8::/32, 2000::/5";
+    expect(loadConfig({ TRUST_PROXY: value }).trustProxy.kind).toBe("cidrs");
+    expect(loadConfig({ RATE_LIMIT_ALLOW_CIDRS: value }).rateLimit.allowCidrs).toHaveLength(7);
   });
 
   test.each(["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96", "0.0.0.0/1,128.0.0.0/1"])(

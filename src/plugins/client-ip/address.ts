@@ -113,33 +113,59 @@ export function formatRange([address, bits]: Range): string {
  * obvious spelling, `0.0.0.0/1,128.0.0.0/1` or `::/0` the others.
  */
 export function coversEveryAddress(ranges: readonly Range[]): "IPv4" | "IPv6" | null {
-  for (const [family, width] of [
-    ["ipv4", 32n],
-    ["ipv6", 128n],
-  ] as const) {
-    const spans = ranges
-      .filter(([address]) => address.kind() === family)
-      .map(([address, bits]) => {
-        let start = 0n;
-        for (const byte of address.toByteArray()) start = (start << 8n) | BigInt(byte);
-        const size = 1n << (width - BigInt(bits));
-        start -= start % size;
-        return [start, start + size] as [bigint, bigint];
-      })
-      .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    // IPv4-mapped addresses are folded to IPv4 before any range is matched, so no IPv6 client comes
-    // from ::ffff:0:0/96: a list that covers the rest covers every IPv6 client.
-    if (family === "ipv6") {
-      const mapped = 0xffffn << 32n;
-      spans.push([mapped, mapped + (1n << 32n)]);
-      spans.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    }
-    let reached = 0n;
-    for (const [start, end] of spans) {
-      if (start > reached) break;
-      if (end > reached) reached = end;
-    }
-    if (reached === 1n << width) return family === "ipv4" ? "IPv4" : "IPv6";
+  const v4 = 1n << 32n;
+  if (coveredWithin(spansOf(ranges, "ipv4"), 0n, v4) === v4) return "IPv4";
+  // IPv4-mapped addresses are folded to IPv4 before any range is matched, so no IPv6 client comes
+  // from ::ffff:0:0/96: a list that covers the rest covers every IPv6 client.
+  const v6 = spansOf(ranges, "ipv6");
+  const mapped = 0xffffn << 32n;
+  const covered = coveredWithin(v6, 0n, 1n << 128n) - coveredWithin(v6, mapped, mapped + v4);
+  return covered + v4 === 1n << 128n ? "IPv6" : null;
+}
+
+/** The addresses of `family` the ranges cover, as merged `[start, end)` spans of the family's space. */
+function spansOf(ranges: readonly Range[], family: "ipv4" | "ipv6"): [bigint, bigint][] {
+  const width = family === "ipv4" ? 32n : 128n;
+  const spans = ranges
+    .filter(([address]) => address.kind() === family)
+    .map(([address, bits]) => {
+      let start = 0n;
+      for (const byte of address.toByteArray()) start = (start << 8n) | BigInt(byte);
+      const size = 1n << (width - BigInt(bits));
+      start -= start % size;
+      return [start, start + size] as [bigint, bigint];
+    })
+    .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const merged: [bigint, bigint][] = [];
+  for (const span of spans) {
+    const last = merged.at(-1);
+    if (!last || span[0] > last[1]) merged.push([span[0], span[1]]);
+    else if (span[1] > last[1]) last[1] = span[1];
   }
+  return merged;
+}
+
+/** How many addresses of `[from, to)` the spans cover. */
+function coveredWithin(spans: readonly [bigint, bigint][], from: bigint, to: bigint): bigint {
+  let covered = 0n;
+  for (const [start, end] of spans) {
+    const low = start > from ? start : from;
+    const high = end < to ? end : to;
+    if (high > low) covered += high - low;
+  }
+  return covered;
+}
+
+/**
+ * The family of which the ranges cover half or more of the addresses clients come from, or null:
+ * half of IPv4, or half of IPv6's global unicast space (2000::/3, RFC 4291). No list of proxies,
+ * and no list of addresses exempt from rate limits, means that; `0.0.0.0/1,128.0.0.0/2,…` (all but
+ * a sliver) or `2000::/3` turn the check off as surely as `0.0.0.0/0` (re-probe 15c F7).
+ */
+export function coversMostAddresses(ranges: readonly Range[]): "IPv4" | "IPv6" | null {
+  if (coveredWithin(spansOf(ranges, "ipv4"), 0n, 1n << 32n) >= 1n << 31n) return "IPv4";
+  const unicast = 0x2n << 124n;
+  const global = coveredWithin(spansOf(ranges, "ipv6"), unicast, unicast + (1n << 125n));
+  if (global >= 1n << 124n) return "IPv6";
   return null;
 }
