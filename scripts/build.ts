@@ -92,28 +92,53 @@ export async function buildBundle(
     return result.outputs.map((output) => output.path);
   };
   await compileTo(null);
-  const scratch = mkdtempSync(join(tmpdir(), "palisade-layout-"));
+  // An interrupted build (Ctrl-C, a CI job cancelled, `timeout`) takes the recording start and
+  // its scratch directory with it: a development-mode service must not outlive the build. The
+  // handlers are in place before either exists, so no signal can come between.
+  const recording: Recording = { scratch: null, start: null };
+  const interrupted = async (signal: NodeJS.Signals) => {
+    recording.start?.kill("SIGKILL");
+    // Reaped here, not left to whatever adopts it: some containers' init never reaps.
+    await recording.start?.exited;
+    if (recording.scratch) rmSync(recording.scratch, { recursive: true, force: true });
+    process.exit(128 + (constants.signals[signal] ?? 1));
+  };
+  const exiting = () => recording.start?.kill("SIGKILL");
+  for (const signal of INTERRUPTIONS) process.once(signal, interrupted);
+  process.once("exit", exiting);
   try {
-    const order = await recordStart(outfile, scratch);
+    recording.scratch = mkdtempSync(join(tmpdir(), "palisade-layout-"));
+    const order = await recordStart(outfile, recording);
     const outputs = await compileTo(order.file);
     return { outputs, recordedEntries: order.entries };
   } finally {
-    rmSync(scratch, { recursive: true, force: true });
+    for (const signal of INTERRUPTIONS) process.off(signal, interrupted);
+    process.off("exit", exiting);
+    if (recording.scratch) rmSync(recording.scratch, { recursive: true, force: true });
   }
 }
 
+const INTERRUPTIONS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** What an interrupted build must not leave behind: the recording start and its directory. */
+interface Recording {
+  scratch: string | null;
+  start: Bun.Subprocess<"ignore", "ignore", "pipe"> | null;
+}
+
 /**
- * Starts `executable` on a scratch database in `dir` (development: its generated secrets stay
- * there) until its first `/health` 200, with Bun recording the functions it runs, then stops it
- * the way a supervisor does (SIGTERM), which is when Bun writes the record.
+ * Starts `executable` on a scratch database in the recording's directory (development: its
+ * generated secrets stay there) until its first `/health` 200, with Bun recording the functions it
+ * runs, then stops it the way a supervisor does (SIGTERM), which is when Bun writes the record.
  */
 async function recordStart(
   executable: string,
-  dir: string,
+  recording: Recording,
 ): Promise<{ file: string; entries: number }> {
+  const dir = recording.scratch!;
   const file = join(dir, "bytecode-order");
   const port = freePort();
-  const proc = Bun.spawn([executable], {
+  recording.start = Bun.spawn([executable], {
     cwd: dir,
     // Only what the start needs: nothing of the builder's own settings (an API_KEYS, a
     // DATABASE_PATH) reaches it.
@@ -129,25 +154,8 @@ async function recordStart(
     stdout: "ignore",
     stderr: "pipe",
   });
-  // An interrupted build (Ctrl-C, a CI job cancelled, `timeout`) takes the recording start and
-  // its scratch directory with it: a development-mode service must not outlive the build.
-  const interrupted = (signal: NodeJS.Signals) => {
-    proc.kill("SIGKILL");
-    rmSync(dir, { recursive: true, force: true });
-    process.exit(128 + (constants.signals[signal] ?? 1));
-  };
-  const exiting = () => proc.kill("SIGKILL");
-  for (const signal of INTERRUPTIONS) process.once(signal, interrupted);
-  process.once("exit", exiting);
-  try {
-    return await recordUntilHealthy(proc, port, file);
-  } finally {
-    for (const signal of INTERRUPTIONS) process.off(signal, interrupted);
-    process.off("exit", exiting);
-  }
+  return recordUntilHealthy(recording.start, port, file);
 }
-
-const INTERRUPTIONS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
 /** Waits for the recording start's first `/health` 200, stops it, and reads its record. */
 async function recordUntilHealthy(

@@ -31,7 +31,15 @@ function environmentOf(pid: number): Record<string, string> {
   );
 }
 
-const alive = (pid: number) => existsSync(`/proc/${pid}`);
+/** Whether `pid` still runs: a zombie (ended, not yet reaped by whoever adopted it) does not. */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
 
 test("a build stopped while it records its start leaves neither the recording service nor its scratch directory", async () => {
   const outdir = mkdtempSync(join(tmpdir(), "palisade-build-interrupted-"));
