@@ -104,6 +104,14 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "The slowest 1 % of requests have taken more than a second for 10 minutes.",
   ),
   rule(
+    "PalisadeUpstreamFailing",
+    `sum by (provider) (rate(${r.upstreamAttemptFailures}[5m])) / sum by (provider) (rate(${r.upstreamRequestDuration}_count[5m])) > 0.5`,
+    "5m",
+    "page",
+    "Half or more of the requests to {{ $labels.provider }} fail",
+    "For 5 minutes half or more of the chat upstream's requests (each attempt) have failed, whether or not their callers waited for the retries: an outage even when clients give up before the circuit breaker could open.",
+  ),
+  rule(
     "PalisadeUpstreamCircuitOpen",
     `max by (provider) (${r.upstreamCircuitOpen}) == 1`,
     "1m",

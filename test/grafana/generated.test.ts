@@ -130,7 +130,7 @@ describe("generated files", () => {
     const readme = readFileSync(join(REPO_ROOT, "README.md"), "utf8");
     const section = readme.slice(readme.indexOf("\n### Alerts"));
     expect(section.length).toBeGreaterThan(100);
-    expect(ALERT_RULES.length).toBe(11);
+    expect(ALERT_RULES.length).toBe(12);
     for (const rule of ALERT_RULES) {
       expect(rule.annotations.summary.length).toBeGreaterThan(10);
       expect(rule.annotations.description.length).toBeGreaterThan(20);
@@ -146,7 +146,7 @@ describe("generated files", () => {
 describe.skipIf(!promtoolAvailable)("promtool", () => {
   test("check rules accepts grafana/alerts.yml", async () => {
     const result = await check("promtool", ["check", "rules", join(GRAFANA_DIR, "alerts.yml")]);
-    expect(result.stdout).toContain("SUCCESS: 11 rules found");
+    expect(result.stdout).toContain("SUCCESS: 12 rules found");
     expect(result.code).toBe(0);
   });
 

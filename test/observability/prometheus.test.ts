@@ -297,11 +297,13 @@ const TRAFFIC: readonly Traffic[] = [
     },
   },
   {
-    name: "chat through the OpenAI provider, then over the daily budget (chat requests, tokens, upstream latency and circuit, quota)",
+    name: "chat through the OpenAI provider, then over the daily budget (chat requests, tokens, upstream latency, failed attempts and circuit, quota)",
     async drive({ request, openai }) {
       const user = await signedIn(request, "proof-chatter@example.test", "198.51.100.5");
       const calls = openai.requests.length;
-      // The upstream reports a usage that spends the day's budget in one turn.
+      // A first attempt fails (a failed attempt counted) and the retry is answered; the upstream
+      // reports a usage that spends the day's budget in one turn.
+      openai.enqueue({ kind: "error", status: 500 });
       openai.enqueue({
         kind: "reply",
         text: OPENAI_REPLY,
@@ -314,7 +316,7 @@ const TRAFFIC: readonly Traffic[] = [
       });
       expect(turn.status).toBe(200);
       expect(((await turn.json()) as { reply: string }).reply).toBe(OPENAI_REPLY);
-      expect(openai.requests.length).toBe(calls + 1);
+      expect(openai.requests.length).toBe(calls + 2);
       expect(openai.requests.at(-1)!.authorized).toBe(true);
       const refused = await request("/api/chat", {
         ...json({ message: "And again" }),
@@ -324,7 +326,7 @@ const TRAFFIC: readonly Traffic[] = [
       expect(refused.status).toBe(429);
       expect(((await refused.json()) as { code: string }).code).toBe("QUOTA_EXCEEDED");
       // Refused before the upstream was called.
-      expect(openai.requests.length).toBe(calls + 1);
+      expect(openai.requests.length).toBe(calls + 2);
     },
   },
   {

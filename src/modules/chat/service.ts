@@ -476,8 +476,7 @@ export class ChatService implements ChatTurns {
     sent: boolean,
   ) {
     const { budget, clock, metrics, provider } = this.options;
-    // An upstream failure the provider met before the client left is that failure, not an abort.
-    if (error === null || (isAbort(error, signal) && !(error instanceof UpstreamFailure))) {
+    if (error === null || isAbort(error, signal)) {
       if (sent) {
         budget.settle(turn.reservation, turn.promptEstimate, clock.now());
         metrics.tokens(turn.promptEstimate, 0);

@@ -38,6 +38,8 @@ export const METRIC = {
   upstreamRequestDuration: "upstream_request_duration_seconds",
   /** Gauge `{provider}`: 1 while the upstream's circuit breaker is open. */
   upstreamCircuitOpen: "upstream_circuit_open",
+  /** Counter `{provider, kind}`: upstream requests (attempts) that failed, whoever waited for them. */
+  upstreamAttemptFailures: "upstream_attempt_failures_total",
   /** Counter `{status}`: payments by status. */
   payments: "payments_total",
   /** Gauge: WhatsApp replies accepted and not yet sent or given up (the outbox backlog). */

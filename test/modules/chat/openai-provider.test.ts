@@ -437,6 +437,15 @@ describe("circuit breaker", () => {
   });
 });
 
+/** Waits until the upstream's failed attempts, as counted, reach `count`. */
+async function attemptFailuresReach(count: number) {
+  await waitFor(async () =>
+    (await registry.metrics()).includes(
+      `upstream_attempt_failures_total{provider="openai",kind="unavailable"} ${count}`,
+    ),
+  );
+}
+
 describe("caller aborts", () => {
   test("aborting a complete closes the upstream request, throws the abort, and is no upstream failure", async () => {
     upstream.setDefault({ kind: "hang" });
@@ -484,41 +493,46 @@ describe("caller aborts", () => {
     await upstream.waitForAbort(0);
   });
 
-  test("an abort during the backoff wait stops the retries at once, and throws the failure already met", async () => {
+  test("an abort during the backoff wait stops the retries at once; the failed attempt is said and counted", async () => {
     upstream.enqueue({ kind: "error", status: 429, retryAfter: "5" });
     const controller = new AbortController();
     const pending = provider.complete(MESSAGES, { signal: controller.signal, requestId: "r-429" });
     await upstream.waitForRequests(1);
+    await attemptFailuresReach(1);
     const started = performance.now();
     controller.abort();
-    const failure = await failureOf(pending);
-    expect(failure.kind).toBe("unavailable");
-    expect(failure.reason).toEndWith("; the caller left before it was retried");
+    expect(((await pending.catch((e: unknown) => e)) as Error).name).toBe("AbortError");
     expect(performance.now() - started).toBeLessThan(1_000);
     expect(upstream.requests).toHaveLength(1);
-    expect(failureLines()).toEqual([expect.objectContaining({ requestId: "r-429", attempts: 1 })]);
+    expect(failureLines()).toEqual([
+      expect.objectContaining({
+        requestId: "r-429",
+        attempts: 1,
+        upstreamStatus: 429,
+        reason: expect.stringMatching(/; the caller left before the request ended$/),
+      }),
+    ]);
   });
 
-  test("callers that leave while an upstream in trouble is retried do not hide it: each is its failure, logged, and they open the circuit (re-probe 15c F1)", async () => {
+  test("callers that leave while a recovering upstream is retried never open the circuit, and every failed attempt is counted (re-probes 15c F1, 15d F1)", async () => {
     upstream.setDefault({ kind: "error", status: 500 });
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < 6; i++) {
       const controller = new AbortController();
       const pending = provider.complete(MESSAGES, { signal: controller.signal });
-      // The first attempt has failed (its duration observed) and the retry waits: the caller
-      // gives up then.
-      await waitFor(async () =>
-        (await registry.metrics()).includes(
-          `upstream_request_duration_seconds_count{provider="openai"} ${i + 1}`,
-        ),
-      );
+      // The first attempt has failed and the retry waits: the caller gives up then.
+      await attemptFailuresReach(i + 1);
       controller.abort();
-      expect((await failureOf(pending)).kind).toBe("unavailable");
+      expect(((await pending.catch((e: unknown) => e)) as Error).name).toBe("AbortError");
     }
-    expect(failureLines()).toHaveLength(5);
-    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 1');
-    // A caller that leaves before any attempt failed is still only its own abort.
-    const early = await failureOf(provider.complete(MESSAGES)).catch(() => null);
-    expect(early?.reason).toBe("circuit open");
+    // Six callers left, one failure line each; the breaker was told nothing.
+    expect(failureLines()).toHaveLength(6);
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
+    expect(await registry.metrics()).toContain(
+      'upstream_attempt_failures_total{provider="openai",kind="unavailable"} 6',
+    );
+    // The upstream recovers: a patient caller is answered.
+    upstream.setDefault({ kind: "reply", text: "recovered" });
+    expect((await provider.complete(MESSAGES)).text).toBe("recovered");
   });
 
   test("an already aborted signal sends nothing", async () => {

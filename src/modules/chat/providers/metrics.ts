@@ -5,17 +5,24 @@
  */
 
 import { METRIC } from "../../../plugins/metrics/names";
-import { Gauge, Histogram, type Registry } from "../../../plugins/metrics/prom";
+import { Counter, Gauge, Histogram, type Registry } from "../../../plugins/metrics/prom";
 
 export interface UpstreamMetrics {
   /** One observation per HTTP request to the upstream (each retry is its own), streams until their end. */
   requestDuration: Histogram<"provider">;
   /** 1 while the provider's circuit is open or half-open, 0 while closed. */
   circuitOpen: Gauge<"provider">;
+  /**
+   * Each HTTP request to the upstream that failed, retried or not, by kind (`unavailable`,
+   * `bad_response`): counted whether or not its caller was still waiting, so an upstream failing
+   * while impatient clients leave (whose requests end as 499) still shows (re-probe 15d).
+   */
+  attemptFailures: Counter<"provider" | "kind">;
 }
 
 const REQUEST_DURATION = METRIC.upstreamRequestDuration;
 const CIRCUIT_OPEN = METRIC.upstreamCircuitOpen;
+const ATTEMPT_FAILURES = METRIC.upstreamAttemptFailures;
 
 /** LLM calls run from tens of milliseconds (a cached or local model) to a minute (a long stream). */
 export const UPSTREAM_DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60];
@@ -38,5 +45,13 @@ export function createUpstreamMetrics(registry: Registry): UpstreamMetrics {
       labelNames: ["provider"],
       registers: [registry],
     });
-  return { requestDuration, circuitOpen };
+  const attemptFailures =
+    (registry.getSingleMetric(ATTEMPT_FAILURES) as Counter<"provider" | "kind"> | undefined) ??
+    new Counter({
+      name: ATTEMPT_FAILURES,
+      help: "HTTP requests to a chat upstream that failed (each attempt, retried or not, whether or not its caller waited), by kind",
+      labelNames: ["provider", "kind"],
+      registers: [registry],
+    });
+  return { requestDuration, circuitOpen, attemptFailures };
 }

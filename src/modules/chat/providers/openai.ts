@@ -305,10 +305,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
   }
 
   /**
-   * The caller went away while the request was being retried. Before any attempt failed that is
-   * only the caller's abort (the breaker is told nothing). After one failed, it is that failure:
-   * logged, told to the breaker and thrown, so a client or proxy that gives up sooner than the
-   * retries take does not hide an upstream outage as its own leaving (re-probe 15c F1).
+   * The caller went away before the request ended. The breaker is told nothing: a request is one
+   * call with its retries, and its caller's leaving must not turn an attempt the retry would have
+   * mended into a failure (five impatient callers of a recovering upstream opened the circuit for
+   * everyone: re-probe 15d F1). An attempt that had failed by then is still said: one log line for
+   * the request, and the failed attempts are counted (`upstream_attempt_failures_total`), so an
+   * outage whose clients give up before the retries end still shows.
    */
   function abandoned(
     permit: CircuitPermit,
@@ -318,19 +320,15 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     failedAttempts: number,
     requestId: string | undefined,
   ): unknown {
-    if (lastFailed === null) {
-      permit.release();
-      return signal?.aborted ? abortReason(signal) : abort;
+    permit.release();
+    if (lastFailed !== null) {
+      const failure = new UpstreamFailure(
+        lastFailed.kind,
+        `${lastFailed.reason}; the caller left before the request ended`,
+      );
+      logFailure(failure, requestId, failedAttempts, lastFailed.status);
     }
-    const failure = new UpstreamFailure(
-      lastFailed.kind,
-      `${lastFailed.reason}; the caller left before it was retried`,
-    );
-    return fail(permit, failure, lastFailed.upstreamFault, {
-      requestId,
-      attempts: failedAttempts,
-      status: lastFailed.status,
-    });
+    return signal?.aborted ? abortReason(signal) : abort;
   }
 
   /**
@@ -358,6 +356,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         }
         failed = classify(error);
       }
+      metrics.attemptFailures.labels(PROVIDER, failed.kind).inc();
       lastFailed = failed;
       let retryAfterSeconds: number | undefined;
       if (failed.retryable && attempts < MAX_ATTEMPTS) {
@@ -408,6 +407,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     const text = readCompletionText(body);
     if (text === undefined) {
       const failure = new UpstreamFailure("bad_response", "response is not a chat completion");
+      metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
       throw fail(permit, failure, true, { requestId, attempts, status: 200 });
     }
     permit.success();
@@ -502,7 +502,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       else if (!finished)
         failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
       settled = true;
-      if (failure) throw fail(permit, failure, true, { requestId, attempts, status: 200 });
+      if (failure) {
+        metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
+        throw fail(permit, failure, true, { requestId, attempts, status: 200 });
+      }
       permit.success();
       yield {
         kind: "usage",
