@@ -245,6 +245,13 @@ describe("parsed values", () => {
     ["2000::/3", "IPv6"], // every global unicast address
     ["2000::/4, 3000::/5", "IPv6"],
     ["::/1", "IPv6"],
+    // The registries' allocations: nearly every IPv6 client, in /12s and a /16 (re-probe 15d F2).
+    ["2001::/16,2400::/12,2600::/12,2800::/12,2a00::/12,2c00::/12", "IPv6"],
+    ["2a00::/19", "IPv6"],
+    // NAT64's prefix holds every IPv4 client behind a translator; half of it, half of IPv4.
+    ["64:ff9b::/96", "IPv4"],
+    ["64:ff9b::/97", "IPv4"],
+    ["64:ff9b::/64", "IPv4"],
   ])(
     "a list covering half or more of a family's clients, %p, is refused in both lists (re-probe 15c F7)",
     (value, family) => {
@@ -257,10 +264,11 @@ describe("parsed values", () => {
   );
 
   test("TRUST_PROXY and RATE_LIMIT_ALLOW_CIDRS ranges that leave most addresses out are accepted", () => {
+    // Private ranges, a cloud's published proxy ranges, one NAT64 /104, a /20.
     const value =
-      "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 64.0.0.0/3, fd00::/8, 2001:db8::/32, 2000::/5";
+      "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 64.0.0.0/3, fc00::/7, 2400:cb00::/32, 2606:4700::/32, 64:ff9b::10.0.0.0/104, 2a00::/20";
     expect(loadConfig({ TRUST_PROXY: value }).trustProxy.kind).toBe("cidrs");
-    expect(loadConfig({ RATE_LIMIT_ALLOW_CIDRS: value }).rateLimit.allowCidrs).toHaveLength(7);
+    expect(loadConfig({ RATE_LIMIT_ALLOW_CIDRS: value }).rateLimit.allowCidrs).toHaveLength(9);
   });
 
   test.each(["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96", "0.0.0.0/1,128.0.0.0/1"])(

@@ -156,16 +156,45 @@ function coveredWithin(spans: readonly [bigint, bigint][], from: bigint, to: big
   return covered;
 }
 
+/** NAT64's well-known prefix, `64:ff9b::/96` (RFC 6052): IPv4 clients translated to IPv6. */
+const NAT64_PREFIX = (0x64n << 112n) | (0xff9bn << 96n);
+
+/** The IPv4 ranges IPv6 ranges in (or around) `64:ff9b::/96` stand for: the clients they hold. */
+function nat64AsIpv4(ranges: readonly Range[]): Range[] {
+  const held: Range[] = [];
+  for (const [address, bits] of ranges) {
+    if (address.kind() !== "ipv6") continue;
+    let start = 0n;
+    for (const byte of address.toByteArray()) start = (start << 8n) | BigInt(byte);
+    const prefixBits = BigInt(Math.min(bits, 96));
+    const mask = ((1n << prefixBits) - 1n) << (128n - prefixBits);
+    if ((start & mask) !== (NAT64_PREFIX & mask)) continue;
+    if (bits <= 96) held.push([ipaddr.IPv4.parse("0.0.0.0"), 0]);
+    else held.push([new ipaddr.IPv4(address.toByteArray().slice(12)), bits - 96]);
+  }
+  return held;
+}
+
+/** The shortest IPv6 prefix inside the global unicast space an allow or proxy list may name. */
+const SHORTEST_GLOBAL_IPV6_PREFIX = 20;
+
 /**
  * The family of which the ranges cover half or more of the addresses clients come from, or null:
- * half of IPv4, or half of IPv6's global unicast space (2000::/3, RFC 4291). No list of proxies,
- * and no list of addresses exempt from rate limits, means that; `0.0.0.0/1,128.0.0.0/2,…` (all but
- * a sliver) or `2000::/3` turn the check off as surely as `0.0.0.0/0` (re-probe 15c F7).
+ * half of IPv4 (counting the IPv4 clients a NAT64 range, `64:ff9b::/96`, holds), or IPv6's global
+ * unicast space (2000::/3, RFC 4291) in ranges no list of proxies or of exempt addresses means:
+ * half of it, or any range shorter than /20 in it, the size of a registry's allocation (the
+ * registries' /12s together are nearly every IPv6 client). `0.0.0.0/1,128.0.0.0/2,…` (all but a
+ * sliver) or `2000::/3` turn the check off as surely as `0.0.0.0/0` (re-probes 15c F7, 15d F2).
  */
 export function coversMostAddresses(ranges: readonly Range[]): "IPv4" | "IPv6" | null {
-  if (coveredWithin(spansOf(ranges, "ipv4"), 0n, 1n << 32n) >= 1n << 31n) return "IPv4";
   const unicast = 0x2n << 124n;
-  const global = coveredWithin(spansOf(ranges, "ipv6"), unicast, unicast + (1n << 125n));
-  if (global >= 1n << 124n) return "IPv6";
+  const spans = spansOf(ranges, "ipv6");
+  if (coveredWithin(spans, unicast, unicast + (1n << 125n)) >= 1n << 124n) return "IPv6";
+  const wide = 1n << BigInt(128 - SHORTEST_GLOBAL_IPV6_PREFIX);
+  const inUnicast = ([start, end]: [bigint, bigint]) =>
+    end > unicast && start < unicast + (1n << 125n);
+  if (spans.some((span) => inUnicast(span) && span[1] - span[0] > wide)) return "IPv6";
+  const ipv4 = [...ranges, ...nat64AsIpv4(ranges)];
+  if (coveredWithin(spansOf(ipv4, "ipv4"), 0n, 1n << 32n) >= 1n << 31n) return "IPv4";
   return null;
 }
