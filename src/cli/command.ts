@@ -13,6 +13,10 @@ export interface ParsedArgs {
   flags: Record<string, string | true>;
   /** Options given more than once (each kept only at its last value). */
   repeated: string[];
+  /** Options that take a value given none (`--expires` last, or before another option). */
+  missingValue: string[];
+  /** Options that take no value given one (`--json=false`). */
+  valueless: string[];
 }
 
 export interface CommandContext {
@@ -50,13 +54,23 @@ export class CliError extends Error {
   }
 }
 
-/** `--name value`, `--name=value` and bare `--flag`; anything else is positional. */
-export function parseArgs(argv: readonly string[]): ParsedArgs {
+/**
+ * `--name value`, `--name=value` and bare `--flag`; anything else is positional. With `takesValue`
+ * (the command's options, from its usage line) a flag that takes no value never takes the next
+ * word (it stays a positional, and is refused as one), and an option that takes one but has none
+ * is noted in `missingValue`; without it, the next word is a value unless it starts with `--`.
+ */
+export function parseArgs(
+  argv: readonly string[],
+  takesValue?: (name: string) => boolean | undefined,
+): ParsedArgs {
   const positional: string[] = [];
   // No prototype: `--__proto__ x` is an option like any other (and refused as unknown), never a
   // write to the object's prototype that vanishes.
   const flags: Record<string, string | true> = Object.create(null);
   const repeated: string[] = [];
+  const missingValue: string[] = [];
+  const valueless: string[] = [];
   const set = (name: string, value: string | true) => {
     if (Object.hasOwn(flags, name) && !repeated.includes(name)) repeated.push(name);
     flags[name] = value;
@@ -69,21 +83,39 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     }
     const body = arg.slice(2);
     const equals = body.indexOf("=");
+    const name = equals >= 0 ? body.slice(0, equals) : body;
+    const valued = takesValue?.(name);
     if (equals >= 0) {
-      set(body.slice(0, equals), body.slice(equals + 1));
-    } else if (argv[i + 1] !== undefined && !argv[i + 1]!.startsWith("--")) {
-      set(body, argv[++i]!);
+      set(name, body.slice(equals + 1));
+    } else if (valued !== false && argv[i + 1] !== undefined && !argv[i + 1]!.startsWith("--")) {
+      set(name, argv[++i]!);
     } else {
-      set(body, true);
+      set(name, true);
     }
+    const value = flags[name];
+    if (valued === true && (value === true || value === "") && !missingValue.includes(name)) {
+      missingValue.push(name);
+    }
+    if (valued === false && value !== true && !valueless.includes(name)) valueless.push(name);
   }
-  return { positional, flags, repeated };
+  return { positional, flags, repeated, missingValue, valueless };
 }
 
-/** The options a command's usage line names (`--email`, `--password-stdin`, …), and `--help`. */
-export function optionsOf(command: Pick<Command, "usage">): Set<string> {
-  const names = [...command.usage.matchAll(/--([a-z][a-z-]*)/g)].map((match) => match[1]!);
-  return new Set([...names, "help"]);
+/**
+ * The options a command's usage line names, each with whether it takes a value (`--email E`,
+ * `--env live|test`: a word follows it) or not (`--json`, `--yes`, `[--password-stdin]`), and
+ * `--help`, which takes none.
+ */
+export function optionsOf(command: Pick<Command, "usage">): Map<string, boolean> {
+  const words = command.usage.replace(/[[\]]/g, " ").split(/\s+/).filter(Boolean);
+  const options = new Map<string, boolean>([["help", false]]);
+  words.forEach((word, index) => {
+    const match = /^--([a-z][a-z-]*)$/.exec(word);
+    if (!match) return;
+    const next = words[index + 1];
+    options.set(match[1]!, next !== undefined && !next.startsWith("--"));
+  });
+  return options;
 }
 
 /**
@@ -96,8 +128,12 @@ export function positionalsOf(command: Pick<Command, "usage">): number {
     .length;
 }
 
-/** A dash other than `--` opening an argument: `-role`, or an en or em dash pasted from a document. */
-const DASHED = /^(?:-(?!-)|[\u2012-\u2015\u2212])/;
+/**
+ * An argument opening with a dash that is not `--` (a positional never starts with `--`): `-role`,
+ * or any dash pasted from a document (en, em, hyphen, full-width: Unicode's dash punctuation, and
+ * the minus sign).
+ */
+const DASHED = /^[\p{Pd}\u2212]/u;
 
 /**
  * Why `args` cannot be run by `command`, or null: an option it does not take (a typo such as
@@ -110,6 +146,8 @@ export function misuseOf(command: Pick<Command, "usage">, args: ParsedArgs): str
   const unknown = Object.keys(args.flags).find((name) => !known.has(name));
   if (unknown !== undefined) return `unknown option --${unknown}`;
   if (args.repeated.length > 0) return `--${args.repeated[0]} is given more than once`;
+  if (args.missingValue.length > 0) return `--${args.missingValue[0]} needs a value`;
+  if (args.valueless.length > 0) return `--${args.valueless[0]} takes no value`;
   const dashed = args.positional.find((argument) => DASHED.test(argument));
   if (dashed !== undefined) return `"${dashed}" is not an option: options are written --name`;
   const takes = positionalsOf(command);

@@ -23,6 +23,7 @@ import {
   type CommandContext,
   EXIT_USAGE,
   misuseOf,
+  optionsOf,
   parseArgs,
 } from "./command";
 import { terminalSafe } from "./terminal";
@@ -69,7 +70,8 @@ export async function runCli(
     io.err(`palisade: unknown command "${name}"; run "bun run cli help" for the list`);
     return EXIT_USAGE;
   }
-  const args = parseArgs(rest);
+  const options = optionsOf(command);
+  const args = parseArgs(rest, (name) => options.get(name));
   const misuse = misuseOf(command, args);
   if (misuse !== null) {
     io.err(`palisade: ${command.name}: ${misuse}; usage: bun run cli ${command.usage}`);

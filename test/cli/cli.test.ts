@@ -101,6 +101,8 @@ test("parseArgs reads --flag value, --flag=value, bare flags and positionals", (
     positional: ["ID1"],
     flags: { name: "bot", scopes: "chat,payments", yes: true },
     repeated: [],
+    missingValue: [],
+    valueless: [],
   });
   expect(parseArgs(["--email", "a@x.test", "--email=b@x.test"]).repeated).toEqual(["email"]);
 });
@@ -148,6 +150,18 @@ test("every command refuses an option it does not take, and one given twice, wit
         ["users:create", "--email", "c@example.test", "--__proto__", "admin"],
         "unknown option --__proto__",
       ],
+      // An option that needs a value given none, and one that takes none given one (re-probe 15d F3).
+      [["keys:create", "--name", "k", "--scopes", "chat", "--expires"], "--expires needs a value"],
+      [
+        ["keys:create", "--name", "k", "--scopes", "chat", "--owner", "--env", "live"],
+        "--owner needs a value",
+      ],
+      [["keys:create", "--name", "k", "--scopes", "chat", "--owner="], "--owner needs a value"],
+      [["users:create", "--email", "c@example.test", "--password-stdin", "no"], 'was given "no"'],
+      [["audit:tail", "--json", "5"], 'was given "5"'],
+      [["audit:top", "--json=false"], "--json takes no value"],
+      [["blocks:remove", "\u20101"], "is not an option"],
+      [["db:backup", "\uff0d\uff0dhelp"], "is not an option"],
     ] as const) {
       const result = await cliInProcess([...args], env);
       expect({ args, code: result.code, said: result.stderr.includes(said) }).toEqual({
