@@ -12,10 +12,11 @@
  *
  * Two things keep what a start leaves resident small (README, Performance: idle RSS):
  * - the bytecode a start uses is laid out together at the front of the executable. The build
- *   compiles it once, starts that executable on a scratch database in development until its first
- *   `/health` answer with Bun recording the functions it runs (`BUN_BYTECODE_ORDER_OUT`), stops it,
- *   and compiles again in that order (`bytecodeOrder`): a start then faults in fewer pages of the
- *   file, and the kernel maps fewer cached neighbours of each (fault-around);
+ *   compiles it once (into a scratch directory in `outdir`), starts that executable on a scratch
+ *   database in development until its first `/health` answer with Bun recording the functions it
+ *   runs (`BUN_BYTECODE_ORDER_OUT`), stops it, and compiles again in that order (`bytecodeOrder`):
+ *   a start then faults in fewer pages of the file, and the kernel maps fewer cached neighbours of
+ *   each (fault-around);
  * - it starts with JavaScriptCore's tier-up thresholds raised (`jitPolicy`), so the start's
  *   run-once loops over table definitions, schemas and routes stay in the interpreter instead of
  *   being compiled by the optimising JIT; src/index.ts sets the normal policy once it listens.
@@ -23,8 +24,8 @@
  * `{ compile: false }` writes the same bundle as plain files (`index.js` and its chunks) instead:
  * what the executable holds, for reading (test/startup/bundle.test.ts checks the chunks).
  */
-import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
-import { constants, tmpdir } from "node:os";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { constants } from "node:os";
 import { join, resolve } from "node:path";
 
 const ROOT = join(import.meta.dir, "..");
@@ -71,7 +72,7 @@ export async function buildBundle(
     return { outputs: result.outputs.map((output) => output.path), recordedEntries: null };
   }
   const outfile = join(outdir, EXECUTABLE);
-  const compileTo = async (bytecodeOrder: string | null) => {
+  const compileTo = async (outfile: string, bytecodeOrder: string | null) => {
     const result = await Bun.build({
       ...common,
       // Nothing from the working directory: a `.env` there (Bun would read one from wherever the
@@ -91,7 +92,16 @@ export async function buildBundle(
     if (!result.success) throw new AggregateError(result.logs, "bun build failed");
     return result.outputs.map((output) => output.path);
   };
-  await compileTo(null);
+  // The first executable, the recording start's database and the record live in a scratch
+  // directory inside `outdir`, so `outfile` is only ever the laid-out executable (an interrupted
+  // build leaves none there rather than one without the layout), and what a build killed outright
+  // (SIGKILL, out of memory) leaves is in `outdir`, where the next build removes it.
+  mkdirSync(outdir, { recursive: true });
+  for (const entry of readdirSync(outdir)) {
+    if (entry.startsWith(SCRATCH_PREFIX)) {
+      rmSync(join(outdir, entry), { recursive: true, force: true });
+    }
+  }
   // An interrupted build (Ctrl-C, a CI job cancelled, `timeout`) takes the recording start and
   // its scratch directory with it: a development-mode service must not outlive the build. The
   // handlers are in place before either exists, so no signal can come between.
@@ -107,9 +117,11 @@ export async function buildBundle(
   for (const signal of INTERRUPTIONS) process.once(signal, interrupted);
   process.once("exit", exiting);
   try {
-    recording.scratch = mkdtempSync(join(tmpdir(), "palisade-layout-"));
-    const order = await recordStart(outfile, recording);
-    const outputs = await compileTo(order.file);
+    recording.scratch = mkdtempSync(join(outdir, SCRATCH_PREFIX));
+    const first = join(recording.scratch, EXECUTABLE);
+    await compileTo(first, null);
+    const order = await recordStart(first, recording);
+    const outputs = await compileTo(outfile, order.file);
     return { outputs, recordedEntries: order.entries };
   } finally {
     for (const signal of INTERRUPTIONS) process.off(signal, interrupted);
@@ -119,6 +131,8 @@ export async function buildBundle(
 }
 
 const INTERRUPTIONS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+/** The scratch directory's name in `outdir`, and of what a killed build left there. */
+const SCRATCH_PREFIX = ".layout-";
 
 /** What an interrupted build must not leave behind: the recording start and its directory. */
 interface Recording {

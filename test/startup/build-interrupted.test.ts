@@ -1,22 +1,31 @@
 /**
  * `bun run build` starts the executable it compiled once, to record the order its start runs the
  * bytecode in (scripts/build.ts). A build interrupted then (Ctrl-C, a cancelled CI job, `timeout`)
- * must take that development-mode service and its scratch directory with it (re-probe 15c F3).
+ * must take that development-mode service and its scratch directory with it (re-probe 15c F3), and
+ * leave no executable without the layout; what a build killed outright left, the next one removes.
  */
 import { expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { REPO_ROOT } from "../support/process";
 import { waitFor } from "../support/wait";
 
-/** The pid of the process whose command line is exactly `executable`, or null. */
-function processRunning(executable: string): number | null {
+/** The pid of the process whose executable's path starts with `prefix`, or null. */
+function processRunning(prefix: string): number | null {
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const argv = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
-      if (argv[0] === executable) return Number(entry);
+      if (argv[0]!.startsWith(prefix)) return Number(entry);
     } catch {
       // Gone between the listing and the read.
     }
@@ -43,26 +52,44 @@ function alive(pid: number): boolean {
 
 test("a build stopped while it records its start leaves neither the recording service nor its scratch directory", async () => {
   const outdir = mkdtempSync(join(tmpdir(), "palisade-build-interrupted-"));
-  const executable = join(outdir, "palisade");
+  // The recording start runs the first executable, in the build's scratch directory in `outdir`.
+  const scratchPrefix = join(outdir, ".layout-");
   const build = Bun.spawn(["bun", "scripts/build.ts", outdir], {
     cwd: REPO_ROOT,
     stdout: "ignore",
     stderr: "ignore",
   });
   try {
-    const recording = await waitFor(() => processRunning(executable), {
+    const recording = await waitFor(() => processRunning(scratchPrefix), {
       timeoutMs: 30_000,
       intervalMs: 5,
       what: "the recording start",
     });
     const scratch = dirname(environmentOf(recording).DATABASE_PATH!);
-    expect(scratch).toStartWith(join(tmpdir(), "palisade-layout-"));
+    expect(scratch).toStartWith(scratchPrefix);
     build.kill("SIGTERM");
     expect(await build.exited).toBe(128 + 15);
     await waitFor(() => !alive(recording), { what: "the recording start to end" });
     expect(existsSync(scratch)).toBe(false);
+    // Nor an executable without the layout where the build's output goes.
+    expect(readdirSync(outdir)).toEqual([]);
   } finally {
     build.kill("SIGKILL");
+    rmSync(outdir, { recursive: true, force: true });
+  }
+}, 60_000);
+
+test("what a build killed outright left in its output folder, the next build removes", async () => {
+  const outdir = mkdtempSync(join(tmpdir(), "palisade-build-leftover-"));
+  try {
+    const leftover = join(outdir, ".layout-killed");
+    mkdirSync(leftover);
+    writeFileSync(join(leftover, "layout.db.audit-key"), "a key a killed build left");
+    const built = Bun.spawnSync(["bun", "scripts/build.ts", outdir], { cwd: REPO_ROOT });
+    expect(built.exitCode).toBe(0);
+    expect(readdirSync(outdir).filter((name) => name.startsWith(".layout-"))).toEqual([]);
+    expect(existsSync(join(outdir, "palisade"))).toBe(true);
+  } finally {
     rmSync(outdir, { recursive: true, force: true });
   }
 }, 60_000);
