@@ -457,7 +457,8 @@ async function alertmanagerConfig(dir: string, smtpPort: number): Promise<string
 }
 
 describe.skipIf(!available)("dashboards and alerts against a real Prometheus", () => {
-  const dir = tempDir("palisade-prometheus-");
+  // Made when the tests run, not when the file is read: a run that filters them out leaves none.
+  let dir: ReturnType<typeof tempDir>;
   let service: ServiceProcess;
   let prometheus: PrometheusServer;
   let alertmanager: AlertmanagerServer;
@@ -467,6 +468,7 @@ describe.skipIf(!available)("dashboards and alerts against a real Prometheus", (
   let graph: GraphServer;
 
   beforeAll(async () => {
+    dir = tempDir("palisade-prometheus-");
     const databasePath = join(dir.path, "palisade.db");
     // One token file, newline and all, read by both sides as the README's walk-through sets it up.
     const tokenFile = join(dir.path, "metrics_token");
@@ -556,7 +558,7 @@ describe.skipIf(!available)("dashboards and alerts against a real Prometheus", (
     openai?.stop();
     stripe?.stop();
     graph?.close();
-    dir.remove();
+    dir?.remove();
   });
 
   test("Prometheus scrapes the service with the bearer token", async () => {
