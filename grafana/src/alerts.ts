@@ -105,11 +105,11 @@ export const ALERT_RULES: readonly AlertRule[] = [
   ),
   rule(
     "PalisadeUpstreamFailing",
-    `sum by (provider) (rate(${r.upstreamAttemptFailures}[5m])) / sum by (provider) (rate(${r.upstreamRequestDuration}_count[5m])) > 0.5`,
+    `sum by (provider) (rate(${r.upstreamAttemptFailures}{kind!="refused"}[5m])) / sum by (provider) (rate(${r.upstreamRequestDuration}_count[5m])) >= 0.5`,
     "5m",
     "page",
     "Half or more of the requests to {{ $labels.provider }} fail",
-    "For 5 minutes half or more of the chat upstream's requests (each attempt) have failed, whether or not their callers waited for the retries: an outage even when clients give up before the circuit breaker could open.",
+    "For 5 minutes half or more of the chat upstream's requests (each attempt) have failed (timed out, 5xx, unusable answers; not its refusals of a request), whether or not their callers waited for the retries: an outage even when clients give up before the circuit breaker could open.",
   ),
   rule(
     "PalisadeUpstreamCircuitOpen",

@@ -150,6 +150,74 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
     expect(result.code).toBe(0);
   });
 
+  test("PalisadeUpstreamFailing fires at half the attempts failing, the retried outage whose callers leave, and not on the upstream's refusals (promtool test rules; re-probe 15e F1)", async () => {
+    const dir = tempDir();
+    try {
+      const rule = ALERT_RULES.find((each) => each.alert === "PalisadeUpstreamFailing")!;
+      const annotations = {
+        summary: rule.annotations.summary.replace("{{ $labels.provider }}", "openai"),
+        description: rule.annotations.description,
+        runbook: rule.annotations.runbook,
+      };
+      const failing = (failures: string, refusals: string, attempts: string) => [
+        {
+          series: 'upstream_attempt_failures_total{provider="openai",kind="unavailable"}',
+          values: failures,
+        },
+        {
+          series: 'upstream_attempt_failures_total{provider="openai",kind="refused"}',
+          values: refusals,
+        },
+        { series: 'upstream_request_duration_seconds_count{provider="openai"}', values: attempts },
+      ];
+      const tests = {
+        rule_files: [join(GRAFANA_DIR, "alerts.yml")],
+        evaluation_interval: "1m",
+        tests: [
+          {
+            // Each request fails one attempt and its caller leaves during the retry: 1 of 2.
+            interval: "1m",
+            input_series: failing("0+10x20", "0x20", "0+20x20"),
+            alert_rule_test: [
+              {
+                eval_time: "15m",
+                alertname: "PalisadeUpstreamFailing",
+                exp_alerts: [
+                  {
+                    exp_labels: { severity: "page", provider: "openai" },
+                    exp_annotations: annotations,
+                  },
+                ],
+              },
+            ],
+          },
+          {
+            // The upstream up, refusing users' prompts: no outage.
+            interval: "1m",
+            input_series: failing("0x20", "0+20x20", "0+20x20"),
+            alert_rule_test: [
+              { eval_time: "15m", alertname: "PalisadeUpstreamFailing", exp_alerts: [] },
+            ],
+          },
+          {
+            // A few failed attempts among many answered ones: no page.
+            interval: "1m",
+            input_series: failing("0+2x20", "0x20", "0+20x20"),
+            alert_rule_test: [
+              { eval_time: "15m", alertname: "PalisadeUpstreamFailing", exp_alerts: [] },
+            ],
+          },
+        ],
+      };
+      const path = join(dir.path, "upstream-failing.test.yml");
+      await Bun.write(path, Bun.YAML.stringify(tests, null, 2));
+      const result = await check("promtool", ["test", "rules", path]);
+      expect({ code: result.code, out: result.stdout + result.stderr }).toMatchObject({ code: 0 });
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("check config accepts the shipped prometheus.yml with this machine's paths", async () => {
     const dir = tempDir();
     try {

@@ -422,6 +422,40 @@ describe("circuit breaker", () => {
     expect((await provider.complete(MESSAGES)).text).toBe("back");
   });
 
+  test("a streamed trial whose caller leaves after the upstream has answered closes it: the slot is not freed for the next caller to take and leave again (re-probe 15e F2)", async () => {
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "reply", chunks: ["a ", "b ", "c ", "d ", "e "], pauseMs: 150 });
+    const controller = new AbortController();
+    try {
+      for await (const delta of provider.stream(MESSAGES, { signal: controller.signal })) {
+        expect(delta).toEqual({ kind: "text", text: "a " });
+        controller.abort();
+      }
+    } catch {
+      // The caller's abort.
+    }
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
+    upstream.enqueue({ kind: "reply", text: "open to all" });
+    expect((await provider.complete(MESSAGES)).text).toBe("open to all");
+  });
+
+  test("a streamed trial whose caller leaves before the upstream answered decides nothing: the next caller is the trial", async () => {
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "hang" });
+    const controller = new AbortController();
+    const pending = collect(provider.stream(MESSAGES, { signal: controller.signal })).catch(
+      (error: unknown) => error,
+    );
+    await upstream.waitForRequests(6);
+    controller.abort();
+    expect(((await pending) as Error).name).toBe("AbortError");
+    upstream.enqueue({ kind: "reply", text: "the next trial" });
+    expect((await provider.complete(MESSAGES)).text).toBe("the next trial");
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
+  });
+
   test("a streamed trial that succeeds closes it; refusals do not count as failures", async () => {
     await openTheCircuit();
     clock.advance(30_000);

@@ -14,8 +14,9 @@ export interface UpstreamMetrics {
   circuitOpen: Gauge<"provider">;
   /**
    * Each HTTP request to the upstream that failed, retried or not, by kind (`unavailable`,
-   * `bad_response`): counted whether or not its caller was still waiting, so an upstream failing
-   * while impatient clients leave (whose requests end as 499) still shows (re-probe 15d).
+   * `bad_response`, or `refused`: a 4xx refusal of our request, the upstream up): counted whether
+   * or not its caller was still waiting, so an upstream failing while impatient clients leave
+   * (whose requests end as 499) still shows (re-probe 15d).
    */
   attemptFailures: Counter<"provider" | "kind">;
 }

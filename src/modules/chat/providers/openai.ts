@@ -356,7 +356,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         }
         failed = classify(error);
       }
-      metrics.attemptFailures.labels(PROVIDER, failed.kind).inc();
+      // A refusal of our request (a 4xx: a wrong key, a prompt its filter refused) is the upstream
+      // up and answering: counted apart, so no user's text can page anyone as an outage.
+      metrics.attemptFailures
+        .labels(PROVIDER, failed.upstreamFault ? failed.kind : "refused")
+        .inc();
       lastFailed = failed;
       let retryAfterSeconds: number | undefined;
       if (failed.retryable && attempts < MAX_ATTEMPTS) {
@@ -435,6 +439,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     const joined = signal ? AbortSignal.any([signal, own.signal]) : own.signal;
     let startedAt = performance.now();
     let settled = false;
+    let answered = false;
     try {
       const { value: chunks, attempts } = await withRetries(permit, signal, requestId, () => {
         startedAt = performance.now();
@@ -488,6 +493,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           const delta = isRecord(choice.delta) ? choice.delta.content : undefined;
           if (typeof delta === "string" && delta !== "") {
             text += delta;
+            answered = true;
             yield { kind: "text", text: delta };
           }
           if (typeof choice.finish_reason === "string") finished = true;
@@ -515,10 +521,14 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         },
       };
     } finally {
-      // A consumer that stops reading, or a caller abort: close the upstream request, no verdict.
+      // A consumer that stops reading, or a caller abort: close the upstream request. The verdict
+      // is what the upstream showed before: text it sent is a healthy upstream answering (a
+      // half-open circuit's trial closes it, rather than being freed for the next caller to take
+      // and leave again: re-probe 15e F2); nothing yet is no verdict.
       if (!settled) {
         own.abort();
-        permit.release();
+        if (answered) permit.success();
+        else permit.release();
       }
     }
   }
