@@ -24,7 +24,16 @@
  * `{ compile: false }` writes the same bundle as plain files (`index.js` and its chunks) instead:
  * what the executable holds, for reading (test/startup/bundle.test.ts checks the chunks).
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { constants } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -98,9 +107,7 @@ export async function buildBundle(
   // (SIGKILL, out of memory) leaves is in `outdir`, where the next build removes it.
   mkdirSync(outdir, { recursive: true });
   for (const entry of readdirSync(outdir)) {
-    if (entry.startsWith(SCRATCH_PREFIX)) {
-      rmSync(join(outdir, entry), { recursive: true, force: true });
-    }
+    if (entry.startsWith(SCRATCH_PREFIX)) removeLeftover(join(outdir, entry));
   }
   // An interrupted build (Ctrl-C, a CI job cancelled, `timeout`) takes the recording start and
   // its scratch directory with it: a development-mode service must not outlive the build. The
@@ -118,6 +125,7 @@ export async function buildBundle(
   process.once("exit", exiting);
   try {
     recording.scratch = mkdtempSync(join(outdir, SCRATCH_PREFIX));
+    writeFileSync(join(recording.scratch, BUILD_PID), String(process.pid));
     const first = join(recording.scratch, EXECUTABLE);
     await compileTo(first, null);
     const order = await recordStart(first, recording);
@@ -133,6 +141,34 @@ export async function buildBundle(
 const INTERRUPTIONS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 /** The scratch directory's name in `outdir`, and of what a killed build left there. */
 const SCRATCH_PREFIX = ".layout-";
+/** In a scratch directory: the pid of the build that made it, and of its recording start. */
+const BUILD_PID = "build.pid";
+const START_PID = "start.pid";
+
+/** The pid in `file` when that process still runs `expected` (its first argument), else null. */
+function runningPid(file: string, expected: (argv0: string) => boolean): number | null {
+  try {
+    const pid = Number(readFileSync(file, "utf8"));
+    if (!Number.isInteger(pid) || pid <= 0) return null;
+    const argv0 = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0] ?? "";
+    return expected(argv0) ? pid : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A scratch directory another build left in `outdir`: kept while that build still runs (two
+ * builds into one folder at once); otherwise its recording start, if it outlived a build killed
+ * outright, is stopped, and the directory removed.
+ */
+function removeLeftover(scratch: string): void {
+  const builder = runningPid(join(scratch, BUILD_PID), (argv0) => argv0.endsWith("bun"));
+  if (builder !== null && builder !== process.pid) return;
+  const start = runningPid(join(scratch, START_PID), (argv0) => argv0.startsWith(scratch));
+  if (start !== null) process.kill(start, "SIGKILL");
+  rmSync(scratch, { recursive: true, force: true });
+}
 
 /** What an interrupted build must not leave behind: the recording start and its directory. */
 interface Recording {
@@ -168,6 +204,8 @@ async function recordStart(
     stdout: "ignore",
     stderr: "pipe",
   });
+  // For the next build, should this one be killed outright before it can stop the start.
+  writeFileSync(join(dir, START_PID), String(recording.start.pid));
   return recordUntilHealthy(recording.start, port, file);
 }
 

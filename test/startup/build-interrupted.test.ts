@@ -12,6 +12,7 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -79,17 +80,33 @@ test("a build stopped while it records its start leaves neither the recording se
   }
 }, 60_000);
 
-test("what a build killed outright left in its output folder, the next build removes", async () => {
+test("what a build killed outright left in its output folder, the next build removes, its recording start included; a build still running keeps its own (re-probe 15e F4)", async () => {
   const outdir = mkdtempSync(join(tmpdir(), "palisade-build-leftover-"));
+  let orphan: Bun.Subprocess | null = null;
   try {
-    const leftover = join(outdir, ".layout-killed");
-    mkdirSync(leftover);
-    writeFileSync(join(leftover, "layout.db.audit-key"), "a key a killed build left");
+    // A build killed with SIGKILL while recording: its folder, and its start still running (a
+    // stand-in that runs from inside the folder, as the start does).
+    const killed = join(outdir, ".layout-killed");
+    mkdirSync(killed);
+    writeFileSync(join(killed, "layout.db.audit-key"), "a key a killed build left");
+    writeFileSync(join(killed, "build.pid"), "999999999");
+    symlinkSync(Bun.which("sleep")!, join(killed, "palisade"));
+    orphan = Bun.spawn([join(killed, "palisade"), "600"]);
+    writeFileSync(join(killed, "start.pid"), String(orphan.pid));
+    // Another build into the same folder, still running (this test's own process stands in).
+    const running = join(outdir, ".layout-running");
+    mkdirSync(running);
+    writeFileSync(join(running, "build.pid"), String(process.pid));
+
     const built = Bun.spawnSync(["bun", "scripts/build.ts", outdir], { cwd: REPO_ROOT });
     expect(built.exitCode).toBe(0);
-    expect(readdirSync(outdir).filter((name) => name.startsWith(".layout-"))).toEqual([]);
+    expect(readdirSync(outdir).filter((name) => name.startsWith(".layout-"))).toEqual([
+      ".layout-running",
+    ]);
+    expect(await orphan.exited).not.toBe(0);
     expect(existsSync(join(outdir, "palisade"))).toBe(true);
   } finally {
+    orphan?.kill("SIGKILL");
     rmSync(outdir, { recursive: true, force: true });
   }
 }, 60_000);
