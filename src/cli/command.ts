@@ -131,9 +131,9 @@ export function positionalsOf(command: Pick<Command, "usage">): number {
 /**
  * An argument opening with a dash that is not `--` (a positional never starts with `--`): `-role`,
  * or any dash pasted from a document (en, em, hyphen, full-width: Unicode's dash punctuation, and
- * the minus sign).
+ * the minus sign), also behind spaces or invisible format characters (a soft hyphen).
  */
-const DASHED = /^[\p{Pd}\u2212]/u;
+const DASHED = /^[\s\p{Cf}]*[\p{Pd}\u2212]/u;
 
 /**
  * Why `args` cannot be run by `command`, or null: an option it does not take (a typo such as

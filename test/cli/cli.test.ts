@@ -162,6 +162,8 @@ test("every command refuses an option it does not take, and one given twice, wit
       [["audit:top", "--json=false"], "--json takes no value"],
       [["blocks:remove", "\u20101"], "is not an option"],
       [["db:backup", "\uff0d\uff0dhelp"], "is not an option"],
+      [["db:backup", "\u00ad--help"], "is not an option"],
+      [["db:backup", " --help"], "is not an option"],
     ] as const) {
       const result = await cliInProcess([...args], env);
       expect({ args, code: result.code, said: result.stderr.includes(said) }).toEqual({
