@@ -422,10 +422,13 @@ describe("circuit breaker", () => {
     expect((await provider.complete(MESSAGES)).text).toBe("back");
   });
 
-  test("a streamed trial whose caller leaves after the upstream has answered closes it: the slot is not freed for the next caller to take and leave again (re-probe 15e F2)", async () => {
+  const circuitIs = async (open: 0 | 1) =>
+    (await registry.metrics()).includes(`upstream_circuit_open{provider="openai"} ${open}`);
+
+  test("a streamed trial whose caller leaves is read to its end for its verdict: a healthy upstream closes the circuit (re-probes 15e F2, 15f F1)", async () => {
     await openTheCircuit();
     clock.advance(30_000);
-    upstream.enqueue({ kind: "reply", chunks: ["a ", "b ", "c ", "d ", "e "], pauseMs: 150 });
+    upstream.enqueue({ kind: "reply", chunks: ["a ", "b ", "c ", "d ", "e "], pauseMs: 100 });
     const controller = new AbortController();
     try {
       for await (const delta of provider.stream(MESSAGES, { signal: controller.signal })) {
@@ -435,25 +438,44 @@ describe("circuit breaker", () => {
     } catch {
       // The caller's abort.
     }
-    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
+    await waitFor(() => circuitIs(0), { what: "the trial to close the circuit" });
     upstream.enqueue({ kind: "reply", text: "open to all" });
     expect((await provider.complete(MESSAGES)).text).toBe("open to all");
   });
 
-  test("a streamed trial whose caller leaves before the upstream answered decides nothing: the next caller is the trial", async () => {
+  test("a streamed trial whose caller leaves after one chunk of an upstream that then goes silent opens the circuit again (re-probe 15f F2)", async () => {
     await openTheCircuit();
     clock.advance(30_000);
-    upstream.enqueue({ kind: "hang" });
+    upstream.enqueue({ kind: "reply", chunks: ["a ", "b "], pauses: [0, 10_000] });
     const controller = new AbortController();
-    const pending = collect(provider.stream(MESSAGES, { signal: controller.signal })).catch(
-      (error: unknown) => error,
+    try {
+      for await (const delta of provider.stream(MESSAGES, { signal: controller.signal })) {
+        expect(delta).toEqual({ kind: "text", text: "a " });
+        controller.abort();
+      }
+    } catch {
+      // The caller's abort.
+    }
+    // Silent for the timeout (2 s here): the trial failed, the circuit is open for 30 s again.
+    await waitFor(
+      async () => {
+        const refused = await failureOf(provider.complete(MESSAGES));
+        return refused.reason === "circuit open" && refused.retryAfterSeconds === 30;
+      },
+      { timeoutMs: 8_000, intervalMs: 50, what: "the trial's failure to open the circuit" },
     );
+  });
+
+  test("a JSON trial whose caller leaves gets its abort, and the upstream's answer still closes the circuit (re-probe 15f F1)", async () => {
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "reply", text: "late but fine", delayMs: 300 });
+    const controller = new AbortController();
+    const pending = provider.complete(MESSAGES, { signal: controller.signal });
     await upstream.waitForRequests(6);
     controller.abort();
-    expect(((await pending) as Error).name).toBe("AbortError");
-    upstream.enqueue({ kind: "reply", text: "the next trial" });
-    expect((await provider.complete(MESSAGES)).text).toBe("the next trial");
-    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
+    expect(((await pending.catch((e: unknown) => e)) as Error).name).toBe("AbortError");
+    await waitFor(() => circuitIs(0), { what: "the trial to close the circuit" });
   });
 
   test("a streamed trial that succeeds closes it; refusals do not count as failures", async () => {

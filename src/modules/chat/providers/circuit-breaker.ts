@@ -31,6 +31,8 @@ export interface CircuitBreakerOptions {
 
 /** A granted call. Settle it once: `success`, `failure`, or `release` (no verdict on the upstream). */
 export interface CircuitPermit {
+  /** A half-open circuit's one trial: its verdict decides the circuit for everyone. */
+  readonly trial: boolean;
   success(): void;
   failure(): void;
   release(): void;
@@ -101,6 +103,7 @@ export class CircuitBreaker {
       }
     };
     return {
+      trial,
       success: () => settle("success"),
       failure: () => settle("failure"),
       release: () => settle("release"),

@@ -163,6 +163,30 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
+/**
+ * Statuses by which an upstream refuses a request for what it holds (its text, its size): the
+ * upstream up, and any user able to cause them, so counted apart (`refused`) and never paging
+ * anyone as an outage. A 401, 403 or 404 (a wrong key, model or URL) fails every request alike.
+ */
+const CONTENT_REFUSALS = new Set([400, 413, 422]);
+
+/** The kind a failed attempt is counted under: `refused` for a refusal of the request's content. */
+function countedKind(failed: AttemptFailure): string {
+  if (failed.status !== undefined && CONTENT_REFUSALS.has(failed.status)) return "refused";
+  return failed.kind;
+}
+
+/** `work`, or the caller's abort as soon as `signal` aborts (the work goes on). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return work;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortReason(signal));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
 /** What an SDK error means for us. Reasons are ours: the upstream's message is never kept. */
 function classify(error: unknown): AttemptFailure {
   if (error instanceof APIConnectionTimeoutError) {
@@ -356,11 +380,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         }
         failed = classify(error);
       }
-      // A refusal of our request (a 4xx: a wrong key, a prompt its filter refused) is the upstream
-      // up and answering: counted apart, so no user's text can page anyone as an outage.
-      metrics.attemptFailures
-        .labels(PROVIDER, failed.upstreamFault ? failed.kind : "refused")
-        .inc();
+      metrics.attemptFailures.labels(PROVIDER, countedKind(failed)).inc();
       lastFailed = failed;
       let retryAfterSeconds: number | undefined;
       if (failed.retryable && attempts < MAX_ATTEMPTS) {
@@ -398,6 +418,21 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     const { signal, requestId } = opts;
     if (signal?.aborted) throw abortReason(signal);
     const permit = admit(requestId);
+    if (!permit.trial) return completeWith(permit, messages, signal, requestId);
+    // A half-open circuit's one trial runs to its verdict whatever its caller does: a caller who
+    // took the trial and left would otherwise free it undecided, to take and leave again, and keep
+    // the circuit from closing for everyone (re-probes 15e F2, 15f F1). The caller gets its abort.
+    const verdict = completeWith(permit, messages, undefined, requestId);
+    verdict.catch(() => undefined);
+    return untilAborted(verdict, signal);
+  }
+
+  async function completeWith(
+    permit: CircuitPermit,
+    messages: readonly ChatMessage[],
+    signal: AbortSignal | undefined,
+    requestId: string | undefined,
+  ): Promise<Completion> {
     let startedAt = performance.now();
     const { value: body, attempts } = await withRetries(permit, signal, requestId, async () => {
       startedAt = performance.now();
@@ -434,14 +469,17 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     if (signal?.aborted) throw abortReason(signal);
     const permit = admit(requestId);
     // Our own abort, for a stream gone silent or a consumer that stopped reading; the caller's
-    // signal is joined to it.
+    // signal is joined to it, except for a half-open circuit's trial, which runs to its verdict
+    // whatever its caller does (see `complete`).
     const own = new AbortController();
-    const joined = signal ? AbortSignal.any([signal, own.signal]) : own.signal;
+    const callers = permit.trial ? undefined : signal;
+    const joined = callers ? AbortSignal.any([callers, own.signal]) : own.signal;
     let startedAt = performance.now();
     let settled = false;
-    let answered = false;
+    let iterator: AsyncIterator<unknown> | undefined;
+    let attemptsMade = 1;
     try {
-      const { value: chunks, attempts } = await withRetries(permit, signal, requestId, () => {
+      const { value: chunks, attempts } = await withRetries(permit, callers, requestId, () => {
         startedAt = performance.now();
         return client.chat.completions.create(
           {
@@ -455,7 +493,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         );
       });
 
-      const iterator: AsyncIterator<unknown> = chunks[Symbol.asyncIterator]();
+      attemptsMade = attempts;
+      iterator = chunks[Symbol.asyncIterator]();
       let text = "";
       let finished = false;
       let usage: TokenUsage | undefined;
@@ -493,15 +532,15 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           const delta = isRecord(choice.delta) ? choice.delta.content : undefined;
           if (typeof delta === "string" && delta !== "") {
             text += delta;
-            answered = true;
             yield { kind: "text", text: delta };
           }
           if (typeof choice.finish_reason === "string") finished = true;
         }
       }
       observe(startedAt);
-      // The SDK ends a stream quietly when its request is aborted: find out whose abort it was.
-      if (signal?.aborted) throw abortReason(signal);
+      // The SDK ends a stream quietly when its request is aborted: find out whose abort it was (a
+      // trial's caller is not joined: the trial's end is its verdict whatever the caller did).
+      if (callers?.aborted) throw abortReason(callers);
       let failure: UpstreamFailure | undefined;
       if (idle) failure = new UpstreamFailure("unavailable", "timeout mid-stream");
       else if (broken) failure = new UpstreamFailure("bad_response", broken);
@@ -521,16 +560,64 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         },
       };
     } finally {
-      // A consumer that stops reading, or a caller abort: close the upstream request. The verdict
-      // is what the upstream showed before: text it sent is a healthy upstream answering (a
-      // half-open circuit's trial closes it, rather than being freed for the next caller to take
-      // and leave again: re-probe 15e F2); nothing yet is no verdict.
+      // A consumer that stops reading, or a caller abort: close the upstream request, no verdict;
+      // but a trial is read to its end in the background, for the verdict it owes.
       if (!settled) {
-        own.abort();
-        if (answered) permit.success();
-        else permit.release();
+        if (permit.trial && iterator) {
+          void readTrialToItsEnd(iterator, permit, own, requestId, attemptsMade);
+        } else {
+          own.abort();
+          permit.release();
+        }
       }
     }
+  }
+
+  /**
+   * The rest of a trial's stream whose consumer stopped reading: read, not relayed, to its end
+   * (the upstream silent for the timeout is an end too), and its verdict given to the breaker.
+   */
+  async function readTrialToItsEnd(
+    iterator: AsyncIterator<unknown>,
+    permit: CircuitPermit,
+    own: AbortController,
+    requestId: string | undefined,
+    attempts: number,
+  ): Promise<void> {
+    let finished = false;
+    let failure: UpstreamFailure | undefined;
+    for (;;) {
+      let idle = false;
+      const timer = setTimeout(() => {
+        idle = true;
+        own.abort();
+      }, timeoutMs);
+      let next: IteratorResult<unknown>;
+      try {
+        next = await iterator.next();
+      } catch {
+        failure = idle
+          ? new UpstreamFailure("unavailable", "timeout mid-stream")
+          : new UpstreamFailure("bad_response", "stream cut");
+        break;
+      } finally {
+        clearTimeout(timer);
+      }
+      if (next.done) {
+        // The SDK ends a stream quietly when its request is aborted (our idle timer).
+        if (idle) failure = new UpstreamFailure("unavailable", "timeout mid-stream");
+        break;
+      }
+      const chunk = next.value;
+      const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+      if (isRecord(choice) && typeof choice.finish_reason === "string") finished = true;
+    }
+    if (!failure && !finished) {
+      failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
+    }
+    if (!failure) return permit.success();
+    metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
+    fail(permit, failure, true, { requestId, attempts, status: 200 });
   }
 
   return { name: PROVIDER, maxCompletionTokens, complete, stream };
