@@ -26,10 +26,12 @@
  */
 import {
   existsSync,
+  lstatSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -106,8 +108,10 @@ export async function buildBundle(
   // build leaves none there rather than one without the layout), and what a build killed outright
   // (SIGKILL, out of memory) leaves is in `outdir`, where the next build removes it.
   mkdirSync(outdir, { recursive: true });
-  for (const entry of readdirSync(outdir)) {
-    if (entry.startsWith(SCRATCH_PREFIX)) removeLeftover(join(outdir, entry));
+  // One spelling of the folder (not a link to it) in every path the sweep compares.
+  const folder = realpathSync(outdir);
+  for (const entry of readdirSync(folder)) {
+    if (entry.startsWith(SCRATCH_PREFIX)) removeLeftover(join(folder, entry));
   }
   // An interrupted build (Ctrl-C, a CI job cancelled, `timeout`) takes the recording start and
   // its scratch directory with it: a development-mode service must not outlive the build. The
@@ -124,8 +128,8 @@ export async function buildBundle(
   for (const signal of INTERRUPTIONS) process.once(signal, interrupted);
   process.once("exit", exiting);
   try {
-    recording.scratch = mkdtempSync(join(outdir, SCRATCH_PREFIX));
-    writeFileSync(join(recording.scratch, BUILD_PID), String(process.pid));
+    recording.scratch = mkdtempSync(join(folder, SCRATCH_PREFIX));
+    writeFileSync(join(recording.scratch, BUILD_PID), processMark(process.pid) ?? "");
     const first = join(recording.scratch, EXECUTABLE);
     await compileTo(first, null);
     const order = await recordStart(first, recording);
@@ -145,11 +149,32 @@ const SCRATCH_PREFIX = ".layout-";
 const BUILD_PID = "build.pid";
 const START_PID = "start.pid";
 
-/** The pid in `file` when that process still runs `expected` (its first argument), else null. */
+/**
+ * A process as a pid file names it: its pid and when it started (`/proc/<pid>/stat`'s start time),
+ * so a pid the system has given to another process since is not taken for it.
+ */
+function processMark(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const startTime = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+    return startTime === undefined ? null : `${pid} ${startTime}`;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The pid a pid file in a leftover scratch folder names, when that very process still runs (same
+ * start time) and runs `expected` (its first argument), else null. Only a small regular file is
+ * read: anyone able to write into `outdir` could plant a FIFO or a link to /dev/zero there.
+ */
 function runningPid(file: string, expected: (argv0: string) => boolean): number | null {
   try {
-    const pid = Number(readFileSync(file, "utf8"));
-    if (!Number.isInteger(pid) || pid <= 0) return null;
+    const stat = lstatSync(file);
+    if (!stat.isFile() || stat.size > 64) return null;
+    const mark = readFileSync(file, "utf8").trim();
+    const pid = Number(mark.split(" ")[0]);
+    if (!Number.isInteger(pid) || pid <= 0 || processMark(pid) !== mark) return null;
     const argv0 = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0] ?? "";
     return expected(argv0) ? pid : null;
   } catch {
@@ -165,7 +190,7 @@ function runningPid(file: string, expected: (argv0: string) => boolean): number 
 function removeLeftover(scratch: string): void {
   const builder = runningPid(join(scratch, BUILD_PID), (argv0) => argv0.endsWith("bun"));
   if (builder !== null && builder !== process.pid) return;
-  const start = runningPid(join(scratch, START_PID), (argv0) => argv0.startsWith(scratch));
+  const start = runningPid(join(scratch, START_PID), (argv0) => argv0.startsWith(`${scratch}/`));
   if (start !== null) process.kill(start, "SIGKILL");
   rmSync(scratch, { recursive: true, force: true });
 }
@@ -205,7 +230,7 @@ async function recordStart(
     stderr: "pipe",
   });
   // For the next build, should this one be killed outright before it can stop the start.
-  writeFileSync(join(dir, START_PID), String(recording.start.pid));
+  writeFileSync(join(dir, START_PID), processMark(recording.start.pid) ?? "");
   return recordUntilHealthy(recording.start, port, file);
 }
 

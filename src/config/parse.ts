@@ -177,7 +177,7 @@ export function parseTrustProxy(name: string, raw: string | undefined): TrustPro
   if (most !== null) {
     throw new ConfigError(
       name,
-      `covers too much of the ${most} addresses clients come from (half of them, or an IPv6 range wider than /20), which trusts nearly everyone; list only your proxies' ranges`,
+      `covers too much of the ${most} addresses clients come from (${most === "IPv4" ? "half of them, counting NAT64's" : "half of the global ones, or a range wider than /20"}), which trusts nearly everyone; list only your proxies' ranges`,
     );
   }
   return { kind: "cidrs", cidrs };
@@ -202,7 +202,7 @@ export function parseAllowCidrs(name: string, raw: string): string[] {
   if (most !== null) {
     throw new ConfigError(
       name,
-      `covers too much of the ${most} addresses clients come from (half of them, or an IPv6 range wider than /20), which turns rate limits off for nearly everyone; list only the ranges to exempt`,
+      `covers too much of the ${most} addresses clients come from (${most === "IPv4" ? "half of them, counting NAT64's" : "half of the global ones, or a range wider than /20"}), which turns rate limits off for nearly everyone; list only the ranges to exempt`,
     );
   }
   return cidrs;

@@ -42,6 +42,12 @@ function environmentOf(pid: number): Record<string, string> {
   );
 }
 
+/** A process as the build's pid files name it: its pid and its start time. */
+function markOf(pid: number): string {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return `${pid} ${stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]}`;
+}
+
 /** Whether `pid` still runs: a zombie (ended, not yet reaped by whoever adopted it) does not. */
 function alive(pid: number): boolean {
   try {
@@ -91,15 +97,27 @@ test("what a build killed outright left in its output folder, the next build rem
     const killed = join(outdir, ".layout-killed");
     mkdirSync(killed);
     writeFileSync(join(killed, "layout.db.audit-key"), "a key a killed build left");
-    writeFileSync(join(killed, "build.pid"), "999999999");
+    writeFileSync(join(killed, "build.pid"), "999999999 1");
     symlinkSync(Bun.which("sleep")!, join(killed, "palisade"));
     orphan = Bun.spawn([join(killed, "palisade"), "600"]);
-    writeFileSync(join(killed, "start.pid"), String(orphan.pid));
+    await waitFor(() => readFileSync(`/proc/${orphan!.pid}/cmdline`, "utf8").startsWith(killed));
+    writeFileSync(join(killed, "start.pid"), markOf(orphan.pid));
+    // What someone able to write into the folder could plant: a FIFO that would hold a reader
+    // for ever, a link to an endless file, a start.pid naming a process that does not run from
+    // that folder (this test's own).
+    const planted = join(outdir, ".layout-planted");
+    mkdirSync(planted);
+    Bun.spawnSync(["mkfifo", join(planted, "build.pid")]);
+    symlinkSync("/dev/zero", join(planted, "start.pid"));
+    const foreign = join(outdir, ".layout-foreign");
+    mkdirSync(foreign);
+    writeFileSync(join(foreign, "start.pid"), markOf(process.pid));
     // Another build into the same folder, still running (a bun process stands in).
     other = Bun.spawn(["bun", "-e", "setTimeout(() => {}, 600_000)"]);
     const running = join(outdir, ".layout-running");
     mkdirSync(running);
-    writeFileSync(join(running, "build.pid"), String(other.pid));
+    await waitFor(() => existsSync(`/proc/${other!.pid}/stat`));
+    writeFileSync(join(running, "build.pid"), markOf(other.pid));
 
     // In this process, so that the sweep is measured as the rest of the build is.
     await buildBundle(outdir);
