@@ -11,7 +11,7 @@
  */
 
 import { METRIC } from "../../plugins/metrics/names";
-import { Counter, type Registry } from "../../plugins/metrics/prom";
+import { counterIn, type Registry } from "../../plugins/metrics/prom";
 
 export type ChatOutcome =
   | "ok"
@@ -32,22 +32,16 @@ const REQUESTS = METRIC.chatRequests;
 const TOKENS = METRIC.chatTokens;
 
 export function chatMetrics(registry: Registry): ChatMetrics {
-  const requests =
-    (registry.getSingleMetric(REQUESTS) as Counter<"provider" | "outcome"> | undefined) ??
-    new Counter({
-      name: REQUESTS,
-      help: "Chat turns, by provider and outcome",
-      labelNames: ["provider", "outcome"],
-      registers: [registry],
-    });
-  const tokens =
-    (registry.getSingleMetric(TOKENS) as Counter<"kind"> | undefined) ??
-    new Counter({
-      name: TOKENS,
-      help: "Chat tokens spent, by kind (prompt, completion)",
-      labelNames: ["kind"],
-      registers: [registry],
-    });
+  const requests = counterIn<"provider" | "outcome">(registry, {
+    name: REQUESTS,
+    help: "Chat turns, by provider and outcome",
+    labelNames: ["provider", "outcome"],
+  });
+  const tokens = counterIn<"kind">(registry, {
+    name: TOKENS,
+    help: "Chat tokens spent, by kind (prompt, completion)",
+    labelNames: ["kind"],
+  });
   return {
     request: (provider, outcome) => requests.inc({ provider, outcome }),
     tokens(promptTokens, completionTokens) {

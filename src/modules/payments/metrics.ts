@@ -6,7 +6,7 @@
  */
 
 import { METRIC } from "../../plugins/metrics/names";
-import { Counter, type Registry } from "../../plugins/metrics/prom";
+import { type Counter, counterIn, type Registry } from "../../plugins/metrics/prom";
 
 const PAYMENTS = METRIC.payments;
 
@@ -15,13 +15,10 @@ export interface PaymentMetrics {
 }
 
 export function paymentMetrics(registry: Registry): PaymentMetrics {
-  const payments =
-    (registry.getSingleMetric(PAYMENTS) as Counter<"status"> | undefined) ??
-    new Counter({
-      name: PAYMENTS,
-      help: "Payments entering each status: created intents, then moves from webhooks and refunds",
-      labelNames: ["status"],
-      registers: [registry],
-    });
+  const payments = counterIn<"status">(registry, {
+    name: PAYMENTS,
+    help: "Payments entering each status: created intents, then moves from webhooks and refunds",
+    labelNames: ["status"],
+  });
   return { payments };
 }

@@ -6,7 +6,7 @@
  */
 
 import { METRIC } from "../../plugins/metrics/names";
-import { Counter, type Registry } from "../../plugins/metrics/prom";
+import { type Counter, counterIn, type Registry } from "../../plugins/metrics/prom";
 
 export type WebhookProvider = "stripe" | "whatsapp";
 
@@ -25,21 +25,15 @@ const SIGNATURE_FAILURES = METRIC.webhookSignatureFailures;
 const EVENTS = METRIC.webhookEvents;
 
 export function webhookMetrics(registry: Registry): WebhookMetrics {
-  const signatureFailures =
-    (registry.getSingleMetric(SIGNATURE_FAILURES) as Counter<"provider"> | undefined) ??
-    new Counter({
-      name: SIGNATURE_FAILURES,
-      help: "Webhook deliveries refused because their signature did not verify",
-      labelNames: ["provider"],
-      registers: [registry],
-    });
-  const events =
-    (registry.getSingleMetric(EVENTS) as Counter<"provider" | "outcome"> | undefined) ??
-    new Counter({
-      name: EVENTS,
-      help: "Verified webhook deliveries, by provider and outcome",
-      labelNames: ["provider", "outcome"],
-      registers: [registry],
-    });
+  const signatureFailures = counterIn<"provider">(registry, {
+    name: SIGNATURE_FAILURES,
+    help: "Webhook deliveries refused because their signature did not verify",
+    labelNames: ["provider"],
+  });
+  const events = counterIn<"provider" | "outcome">(registry, {
+    name: EVENTS,
+    help: "Verified webhook deliveries, by provider and outcome",
+    labelNames: ["provider", "outcome"],
+  });
   return { signatureFailures, events };
 }

@@ -16,3 +16,39 @@ export const Gauge = require("prom-client/lib/gauge") as typeof Prom.Gauge;
 export type Gauge<T extends string = string> = Prom.Gauge<T>;
 export const Histogram = require("prom-client/lib/histogram") as typeof Prom.Histogram;
 export type Histogram<T extends string = string> = Prom.Histogram<T>;
+
+/*
+ * A feature's metrics, got from the app's registry when a builder before registered them, else
+ * registered there: two builders on one app (two providers, a rebuilt one) share the series
+ * instead of registering a name twice.
+ */
+
+export function counterIn<T extends string>(
+  registry: Registry,
+  configuration: Omit<Prom.CounterConfiguration<T>, "registers">,
+): Counter<T> {
+  return (
+    (registry.getSingleMetric(configuration.name) as Counter<T> | undefined) ??
+    new Counter({ ...configuration, registers: [registry] })
+  );
+}
+
+export function gaugeIn<T extends string>(
+  registry: Registry,
+  configuration: Omit<Prom.GaugeConfiguration<T>, "registers">,
+): Gauge<T> {
+  return (
+    (registry.getSingleMetric(configuration.name) as Gauge<T> | undefined) ??
+    new Gauge({ ...configuration, registers: [registry] })
+  );
+}
+
+export function histogramIn<T extends string>(
+  registry: Registry,
+  configuration: Omit<Prom.HistogramConfiguration<T>, "registers">,
+): Histogram<T> {
+  return (
+    (registry.getSingleMetric(configuration.name) as Histogram<T> | undefined) ??
+    new Histogram({ ...configuration, registers: [registry] })
+  );
+}

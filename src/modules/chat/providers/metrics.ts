@@ -5,7 +5,15 @@
  */
 
 import { METRIC } from "../../../plugins/metrics/names";
-import { Counter, Gauge, Histogram, type Registry } from "../../../plugins/metrics/prom";
+import {
+  type Counter,
+  counterIn,
+  type Gauge,
+  gaugeIn,
+  type Histogram,
+  histogramIn,
+  type Registry,
+} from "../../../plugins/metrics/prom";
 
 export interface UpstreamMetrics {
   /** One observation per HTTP request to the upstream (each retry is its own), streams until their end. */
@@ -14,7 +22,7 @@ export interface UpstreamMetrics {
   circuitOpen: Gauge<"provider">;
   /**
    * Each HTTP request to the upstream that failed, retried or not, by kind (`unavailable`,
-   * `bad_response`, or `refused`: a 4xx refusal of our request, the upstream up): counted whether
+   * `bad_response`, or `refused`: a refusal of the request's content, 400, 413 or 422): counted whether
    * or not its caller was still waiting, so an upstream failing while impatient clients leave
    * (whose requests end as 499) still shows (re-probe 15d).
    */
@@ -29,30 +37,21 @@ const ATTEMPT_FAILURES = METRIC.upstreamAttemptFailures;
 export const UPSTREAM_DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60];
 
 export function createUpstreamMetrics(registry: Registry): UpstreamMetrics {
-  const requestDuration =
-    (registry.getSingleMetric(REQUEST_DURATION) as Histogram<"provider"> | undefined) ??
-    new Histogram({
-      name: REQUEST_DURATION,
-      help: "Duration of each HTTP request to a chat upstream (a stream until its last chunk)",
-      labelNames: ["provider"],
-      buckets: UPSTREAM_DURATION_BUCKETS,
-      registers: [registry],
-    });
-  const circuitOpen =
-    (registry.getSingleMetric(CIRCUIT_OPEN) as Gauge<"provider"> | undefined) ??
-    new Gauge({
-      name: CIRCUIT_OPEN,
-      help: "1 while the upstream's circuit breaker is open or half-open, 0 while closed",
-      labelNames: ["provider"],
-      registers: [registry],
-    });
-  const attemptFailures =
-    (registry.getSingleMetric(ATTEMPT_FAILURES) as Counter<"provider" | "kind"> | undefined) ??
-    new Counter({
-      name: ATTEMPT_FAILURES,
-      help: "HTTP requests to a chat upstream that failed (each attempt, retried or not, whether or not its caller waited), by kind",
-      labelNames: ["provider", "kind"],
-      registers: [registry],
-    });
+  const requestDuration = histogramIn<"provider">(registry, {
+    name: REQUEST_DURATION,
+    help: "Duration of each HTTP request to a chat upstream (a stream until its last chunk)",
+    labelNames: ["provider"],
+    buckets: UPSTREAM_DURATION_BUCKETS,
+  });
+  const circuitOpen = gaugeIn<"provider">(registry, {
+    name: CIRCUIT_OPEN,
+    help: "1 while the upstream's circuit breaker is open or half-open, 0 while closed",
+    labelNames: ["provider"],
+  });
+  const attemptFailures = counterIn<"provider" | "kind">(registry, {
+    name: ATTEMPT_FAILURES,
+    help: "HTTP requests to a chat upstream that failed (each attempt, retried or not, whether or not its caller waited), by kind",
+    labelNames: ["provider", "kind"],
+  });
   return { requestDuration, circuitOpen, attemptFailures };
 }
