@@ -402,20 +402,16 @@ describe("circuit breaker", () => {
     expect(upstream.requests).toHaveLength(8);
   });
 
-  test("a failed trial re-opens it for another 30 s", async () => {
+  test("a failed trial, one attempt (a trial is not retried), re-opens it for another 30 s", async () => {
     await openTheCircuit();
     clock.advance(30_000);
-    upstream.enqueue(
-      { kind: "error", status: 500 },
-      { kind: "error", status: 500 },
-      { kind: "error", status: 500 },
-    );
+    upstream.enqueue({ kind: "error", status: 500 });
     expect((await failureOf(provider.complete(MESSAGES))).kind).toBe("unavailable");
-    expect(upstream.requests).toHaveLength(8);
+    expect(upstream.requests).toHaveLength(6);
     const refused = await failureOf(provider.complete(MESSAGES));
     expect(refused.reason).toBe("circuit open");
     expect(refused.retryAfterSeconds).toBe(30);
-    expect(upstream.requests).toHaveLength(8);
+    expect(upstream.requests).toHaveLength(6);
     expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 1');
     clock.advance(30_000);
     upstream.enqueue({ kind: "reply", text: "back" });
@@ -448,12 +444,33 @@ describe("circuit breaker", () => {
     expect((await provider.complete(MESSAGES)).text).toBe("open to all");
   });
 
-  test("a streamed trial whose caller leaves after one chunk of an upstream that then goes silent opens the circuit again (re-probe 15f F2)", async () => {
+  test("a trial is decided by its first chunk, not held to its stream's end: a long reply its caller left does not keep everyone refused (re-probe 15g F1)", async () => {
     await openTheCircuit();
     clock.advance(30_000);
-    upstream.enqueue({ kind: "reply", chunks: ["a ", "b "], pauses: [0, 10_000] });
+    // Ten chunks a second apart: ten seconds of stream nobody reads after the first.
+    upstream.enqueue({
+      kind: "reply",
+      chunks: Array.from({ length: 10 }, (_, i) => (i === 0 ? "a " : `w${i} `)),
+      pauseMs: 1_000,
+    });
     await readFirstDeltaAndLeave();
-    // Silent for the timeout (2 s here): the trial failed, the circuit is open for 30 s again.
+    expect(await circuitIs(0)).toBe(true);
+    upstream.enqueue({ kind: "reply", text: "not kept waiting" });
+    expect((await provider.complete(MESSAGES)).text).toBe("not kept waiting");
+  });
+
+  test("a streamed trial whose caller leaves before its first chunk is still decided: an upstream silent past the timeout opens the circuit again (re-probe 15f F1)", async () => {
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "reply", text: "too late", delayMs: 10_000 });
+    const controller = new AbortController();
+    const pending = collect(provider.stream(MESSAGES, { signal: controller.signal })).catch(
+      (error: unknown) => error,
+    );
+    await upstream.waitForRequests(6);
+    controller.abort();
+    expect(((await pending) as Error).name).toBe("AbortError");
+    // One attempt (a trial is not retried), silent for the timeout (2 s here): open for 30 s again.
     await waitFor(
       async () => {
         const refused = await failureOf(provider.complete(MESSAGES));
@@ -461,6 +478,7 @@ describe("circuit breaker", () => {
       },
       { timeoutMs: 8_000, intervalMs: 50, what: "the trial's failure to open the circuit" },
     );
+    expect(upstream.requests).toHaveLength(6);
   });
 
   test("a JSON trial whose caller leaves gets its abort, and the upstream's answer still closes the circuit (re-probe 15f F1)", async () => {

@@ -281,6 +281,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     },
   });
   metrics.circuitOpen.labels(PROVIDER).set(0);
+  /** Trials whose verdict `trialStream` has given (the stream then ends as any other). */
+  const trialDecided = new WeakSet<CircuitPermit>();
 
   function logFailure(
     failure: UpstreamFailure,
@@ -383,7 +385,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       metrics.attemptFailures.labels(PROVIDER, countedKind(failed)).inc();
       lastFailed = failed;
       let retryAfterSeconds: number | undefined;
-      if (failed.retryable && attempts < MAX_ATTEMPTS) {
+      // A half-open circuit's trial is one attempt: its verdict is owed soon, and every other
+      // caller is refused while it runs.
+      if (failed.retryable && attempts < (permit.trial ? 1 : MAX_ATTEMPTS)) {
         const delay = retryDelay(attempts, failed.headers, clock.now(), random);
         if (delay.kind === "wait") {
           try {
@@ -469,17 +473,14 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     if (signal?.aborted) throw abortReason(signal);
     const permit = admit(requestId);
     // Our own abort, for a stream gone silent or a consumer that stopped reading; the caller's
-    // signal is joined to it, except for a half-open circuit's trial, which runs to its verdict
-    // whatever its caller does (see `complete`).
+    // signal is joined to it, except for a half-open circuit's trial (see `trialStream`).
     const own = new AbortController();
     const callers = permit.trial ? undefined : signal;
     const joined = callers ? AbortSignal.any([callers, own.signal]) : own.signal;
     let startedAt = performance.now();
     let settled = false;
-    let iterator: AsyncIterator<unknown> | undefined;
-    let attemptsMade = 1;
     try {
-      const { value: chunks, attempts } = await withRetries(permit, callers, requestId, () => {
+      const opened = withRetries(permit, callers, requestId, () => {
         startedAt = performance.now();
         return client.chat.completions.create(
           {
@@ -492,9 +493,14 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           { signal: joined },
         );
       });
-
-      attemptsMade = attempts;
-      iterator = chunks[Symbol.asyncIterator]();
+      const { iterator, first, attempts } = permit.trial
+        ? await untilAborted(trialStream(opened, permit, own, signal, requestId), signal)
+        : await opened.then(({ value, attempts }) => ({
+            iterator: value[Symbol.asyncIterator]() as AsyncIterator<unknown>,
+            first: null,
+            attempts,
+          }));
+      let pending: IteratorResult<unknown> | null = first;
       let text = "";
       let finished = false;
       let usage: TokenUsage | undefined;
@@ -508,7 +514,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         }, timeoutMs);
         let next: IteratorResult<unknown>;
         try {
-          next = await iterator.next();
+          next = pending ?? (await iterator.next());
+          pending = null;
         } catch (error) {
           broken =
             error instanceof SyntaxError
@@ -560,64 +567,60 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         },
       };
     } finally {
-      // A consumer that stops reading, or a caller abort: close the upstream request, no verdict;
-      // but a trial is read to its end in the background, for the verdict it owes.
-      if (!settled) {
-        if (permit.trial && iterator) {
-          void readTrialToItsEnd(iterator, permit, own, requestId, attemptsMade);
-        } else {
-          own.abort();
-          permit.release();
-        }
+      // A consumer that stops reading, or a caller abort: close the upstream request, no verdict
+      // (a trial's was given at its first chunk, or is still awaited by `trialStream`, which
+      // closes the request itself once it has it).
+      if (!settled && !(permit.trial && !trialDecided.has(permit))) {
+        own.abort();
+        permit.release();
       }
     }
   }
 
   /**
-   * The rest of a trial's stream whose consumer stopped reading: read, not relayed, to its end
-   * (the upstream silent for the timeout is an end too), and its verdict given to the breaker.
+   * A half-open circuit's trial stream, to its verdict: opened in one attempt, and decided by its
+   * first chunk (the upstream answering: success) or by failing to give one (an error, or silence
+   * for the timeout: failure). It is not joined to its caller, who may leave at any time and is
+   * answered its abort at once: the trial still owes everyone its verdict, so a caller cannot
+   * free it undecided to take and leave again (re-probes 15e F2, 15f F1); and it never runs past
+   * its first chunk for that verdict (re-probe 15g F1). A caller who left by then has the request
+   * closed.
    */
-  async function readTrialToItsEnd(
-    iterator: AsyncIterator<unknown>,
+  async function trialStream(
+    opened: Promise<{ value: AsyncIterable<unknown>; attempts: number }>,
     permit: CircuitPermit,
     own: AbortController,
+    caller: AbortSignal | undefined,
     requestId: string | undefined,
-    attempts: number,
-  ): Promise<void> {
-    let finished = false;
-    let failure: UpstreamFailure | undefined;
-    for (;;) {
-      let idle = false;
-      const timer = setTimeout(() => {
-        idle = true;
-        own.abort();
-      }, timeoutMs);
-      let next: IteratorResult<unknown>;
-      try {
-        next = await iterator.next();
-      } catch {
-        failure = idle
-          ? new UpstreamFailure("unavailable", "timeout mid-stream")
-          : new UpstreamFailure("bad_response", "stream cut");
-        break;
-      } finally {
-        clearTimeout(timer);
-      }
-      if (next.done) {
-        // The SDK ends a stream quietly when its request is aborted (our idle timer).
-        if (idle) failure = new UpstreamFailure("unavailable", "timeout mid-stream");
-        break;
-      }
-      const chunk = next.value;
-      const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
-      if (isRecord(choice) && typeof choice.finish_reason === "string") finished = true;
+  ): Promise<{
+    iterator: AsyncIterator<unknown>;
+    first: IteratorResult<unknown>;
+    attempts: number;
+  }> {
+    const { value, attempts } = await opened;
+    const iterator = value[Symbol.asyncIterator]();
+    let idle = false;
+    const timer = setTimeout(() => {
+      idle = true;
+      own.abort();
+    }, timeoutMs);
+    let first: IteratorResult<unknown>;
+    try {
+      first = await iterator.next();
+      if (first.done) throw new Error("ended before its first chunk");
+    } catch {
+      const failure = idle
+        ? new UpstreamFailure("unavailable", "timeout before the first chunk")
+        : new UpstreamFailure("bad_response", "stream cut before its first chunk");
+      metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
+      throw fail(permit, failure, true, { requestId, attempts, status: 200 });
+    } finally {
+      clearTimeout(timer);
     }
-    if (!failure && !finished) {
-      failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
-    }
-    if (!failure) return permit.success();
-    metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-    fail(permit, failure, true, { requestId, attempts, status: 200 });
+    permit.success();
+    trialDecided.add(permit);
+    if (caller?.aborted) own.abort();
+    return { iterator, first, attempts };
   }
 
   return { name: PROVIDER, maxCompletionTokens, complete, stream };
