@@ -25,12 +25,16 @@
  * what the executable holds, for reading (test/startup/bundle.test.ts checks the chunks).
  */
 import {
+  closeSync,
   existsSync,
-  lstatSync,
+  constants as fsConstants,
+  fstatSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
+  readSync,
   realpathSync,
   rmSync,
   statSync,
@@ -169,16 +173,26 @@ function processMark(pid: number): string | null {
  * read: anyone able to write into `outdir` could plant a FIFO or a link to /dev/zero there.
  */
 function runningPid(file: string, expected: (argv0: string) => boolean): number | null {
+  let fd: number | null = null;
   try {
-    const stat = lstatSync(file);
+    // Opened once, never following a link nor waiting on a FIFO, and checked as opened: a file
+    // swapped between a check and an open would otherwise still be read (re-probe 15g F4).
+    fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW);
+    const stat = fstatSync(fd);
     if (!stat.isFile() || stat.size > 64) return null;
-    const mark = readFileSync(file, "utf8").trim();
+    const bytes = Buffer.alloc(64);
+    const mark = bytes
+      .subarray(0, readSync(fd, bytes, 0, 64, 0))
+      .toString("utf8")
+      .trim();
     const pid = Number(mark.split(" ")[0]);
     if (!Number.isInteger(pid) || pid <= 0 || processMark(pid) !== mark) return null;
     const argv0 = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0] ?? "";
     return expected(argv0) ? pid : null;
   } catch {
     return null;
+  } finally {
+    if (fd !== null) closeSync(fd);
   }
 }
 
