@@ -205,7 +205,11 @@ function removeLeftover(scratch: string): void {
   const builder = runningPid(join(scratch, BUILD_PID), (argv0) => argv0.endsWith("bun"));
   if (builder !== null && builder !== process.pid) return;
   const start = runningPid(join(scratch, START_PID), (argv0) => argv0.startsWith(`${scratch}/`));
-  if (start !== null) process.kill(start, "SIGKILL");
+  try {
+    if (start !== null) process.kill(start, "SIGKILL");
+  } catch {
+    // It ended between the check and the kill: nothing left to stop.
+  }
   rmSync(scratch, { recursive: true, force: true });
 }
 
