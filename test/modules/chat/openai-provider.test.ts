@@ -481,6 +481,26 @@ describe("circuit breaker", () => {
     expect(upstream.requests).toHaveLength(6);
   });
 
+  test("a streamed trial is decided by a chunk that answers: empty chunks, then silence, fail it within one timeout of its start (re-probe 15h F1, F3)", async () => {
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "reply", chunks: ["", "", "late"], pauses: [0, 200, 10_000] });
+    const controller = new AbortController();
+    const pending = collect(provider.stream(MESSAGES, { signal: controller.signal })).catch(
+      (error: unknown) => error,
+    );
+    await upstream.waitForRequests(6);
+    controller.abort();
+    expect(((await pending) as Error).name).toBe("AbortError");
+    await waitFor(
+      async () => {
+        const refused = await failureOf(provider.complete(MESSAGES));
+        return refused.reason === "circuit open" && refused.retryAfterSeconds === 30;
+      },
+      { timeoutMs: 8_000, intervalMs: 50, what: "the trial's failure to open the circuit" },
+    );
+  });
+
   test("a JSON trial whose caller leaves gets its abort, and the upstream's answer still closes the circuit (re-probe 15f F1)", async () => {
     await openTheCircuit();
     clock.advance(30_000);

@@ -176,6 +176,16 @@ function countedKind(failed: AttemptFailure): string {
   return failed.kind;
 }
 
+/** Whether a stream chunk answers: text of the reply, or its finish. */
+function answers(chunk: unknown): boolean {
+  const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  if (!isRecord(choice)) return false;
+  const content = isRecord(choice.delta) ? choice.delta.content : undefined;
+  return (
+    (typeof content === "string" && content !== "") || typeof choice.finish_reason === "string"
+  );
+}
+
 /** `work`, or the caller's abort as soon as `signal` aborts (the work goes on). */
 function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return work;
@@ -475,9 +485,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     // Our own abort, for a stream gone silent or a consumer that stopped reading; the caller's
     // signal is joined to it, except for a half-open circuit's trial (see `trialStream`).
     const own = new AbortController();
-    const callers = permit.trial ? undefined : signal;
+    let callers = permit.trial ? undefined : signal;
     const joined = callers ? AbortSignal.any([callers, own.signal]) : own.signal;
     let startedAt = performance.now();
+    const trialStarted = startedAt;
     let settled = false;
     try {
       const opened = withRetries(permit, callers, requestId, () => {
@@ -493,14 +504,23 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           { signal: joined },
         );
       });
-      const { iterator, first, attempts } = permit.trial
-        ? await untilAborted(trialStream(opened, permit, own, signal, requestId), signal)
+      const { iterator, read, attempts } = permit.trial
+        ? await untilAborted(
+            trialStream(opened, permit, own, signal, requestId, trialStarted),
+            signal,
+          )
         : await opened.then(({ value, attempts }) => ({
             iterator: value[Symbol.asyncIterator]() as AsyncIterator<unknown>,
-            first: null,
+            read: [] as IteratorResult<unknown>[],
             attempts,
           }));
-      let pending: IteratorResult<unknown> | null = first;
+      if (permit.trial && signal) {
+        // Decided: from now on the caller's leaving, or the shutdown, ends it as any other stream.
+        callers = signal;
+        signal.addEventListener("abort", () => own.abort(), { once: true });
+        if (signal.aborted) own.abort();
+      }
+      const pending = read;
       let text = "";
       let finished = false;
       let usage: TokenUsage | undefined;
@@ -514,8 +534,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         }, timeoutMs);
         let next: IteratorResult<unknown>;
         try {
-          next = pending ?? (await iterator.next());
-          pending = null;
+          next = pending.shift() ?? (await iterator.next());
         } catch (error) {
           broken =
             error instanceof SyntaxError
@@ -578,13 +597,14 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
   }
 
   /**
-   * A half-open circuit's trial stream, to its verdict: opened in one attempt, and decided by its
-   * first chunk (the upstream answering: success) or by failing to give one (an error, or silence
-   * for the timeout: failure). It is not joined to its caller, who may leave at any time and is
-   * answered its abort at once: the trial still owes everyone its verdict, so a caller cannot
-   * free it undecided to take and leave again (re-probes 15e F2, 15f F1); and it never runs past
-   * its first chunk for that verdict (re-probe 15g F1). A caller who left by then has the request
-   * closed.
+   * A half-open circuit's trial stream, to its verdict: opened in one attempt, and decided by the
+   * first chunk that answers (text, or a finish) — success — or by failing to give one within
+   * `timeoutMs` of the attempt's start (silence, empty or role-only chunks, an error, a cut):
+   * failure (re-probe 15h F1, F3). It is not joined to its caller, who may leave at any time and is
+   * answered its abort at once: the trial still owes everyone its verdict, so a caller cannot free
+   * it undecided to take and leave again (re-probes 15e F2, 15f F1); and it never runs past its
+   * answer for that verdict (re-probe 15g F1). A caller who left by then has the request closed;
+   * what was read before the answer is handed on to be relayed.
    */
   async function trialStream(
     opened: Promise<{ value: AsyncIterable<unknown>; attempts: number }>,
@@ -592,26 +612,34 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     own: AbortController,
     caller: AbortSignal | undefined,
     requestId: string | undefined,
+    startedAt: number,
   ): Promise<{
     iterator: AsyncIterator<unknown>;
-    first: IteratorResult<unknown>;
+    read: IteratorResult<unknown>[];
     attempts: number;
   }> {
     const { value, attempts } = await opened;
     const iterator = value[Symbol.asyncIterator]();
-    let idle = false;
-    const timer = setTimeout(() => {
-      idle = true;
-      own.abort();
-    }, timeoutMs);
-    let first: IteratorResult<unknown>;
+    let late = false;
+    const timer = setTimeout(
+      () => {
+        late = true;
+        own.abort();
+      },
+      Math.max(0, startedAt + timeoutMs - performance.now()),
+    );
+    const read: IteratorResult<unknown>[] = [];
     try {
-      first = await iterator.next();
-      if (first.done) throw new Error("ended before its first chunk");
+      for (;;) {
+        const next = await iterator.next();
+        if (next.done) throw new Error("ended before it answered");
+        read.push(next);
+        if (answers(next.value)) break;
+      }
     } catch {
-      const failure = idle
-        ? new UpstreamFailure("unavailable", "timeout before the first chunk")
-        : new UpstreamFailure("bad_response", "stream cut before its first chunk");
+      const failure = late
+        ? new UpstreamFailure("unavailable", "no answer within the timeout")
+        : new UpstreamFailure("bad_response", "stream cut before it answered");
       metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
       throw fail(permit, failure, true, { requestId, attempts, status: 200 });
     } finally {
@@ -620,7 +648,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     permit.success();
     trialDecided.add(permit);
     if (caller?.aborted) own.abort();
-    return { iterator, first, attempts };
+    return { iterator, read, attempts };
   }
 
   return { name: PROVIDER, maxCompletionTokens, complete, stream };
