@@ -155,6 +155,10 @@ export interface TurnsInFlight {
 /** Why the shutdown aborts a turn's upstream: told apart from a client that went away. */
 const SHUTTING_DOWN = "The service is shutting down";
 
+function shutdownReason(): DOMException {
+  return new DOMException(SHUTTING_DOWN, "AbortError");
+}
+
 /** The answer to a turn the shutdown ended before its first piece: send it again shortly. */
 function restarting(): AppError {
   return new AppError(
@@ -202,7 +206,7 @@ async function eventStream(
   request.signal.addEventListener("abort", abort, { once: true });
   const events = service.stream(turn, upstream.signal);
   let closed = false;
-  const shutDown = () => upstream.abort(new DOMException(SHUTTING_DOWN, "AbortError"));
+  const shutDown = () => upstream.abort(shutdownReason());
   // Waiting for the first piece: the shutdown answers it 503 (below), before anything is sent.
   let forget = context.inFlight.add(shutDown);
   const finish = () => {
@@ -229,17 +233,9 @@ async function eventStream(
       forget = context.inFlight.add(() => {
         if (closed) return;
         try {
+          const { code, detail, status } = restarting();
           controller.enqueue(
-            sseEvent(
-              toProblem(
-                "SERVICE_UNAVAILABLE",
-                "The service is restarting; send the message again shortly.",
-                requestId,
-                undefined,
-                503,
-              ),
-              "error",
-            ),
+            sseEvent(toProblem(code, detail, requestId, undefined, status), "error"),
           );
           controller.close();
         } finally {
@@ -361,9 +357,7 @@ export function chatModule(options: ChatModuleOptions) {
         }
         // The client going away, or the shutdown's drain timeout (answered 503), ends the turn.
         const shutdown = new AbortController();
-        const forget = options.inFlight.add(() =>
-          shutdown.abort(new DOMException(SHUTTING_DOWN, "AbortError")),
-        );
+        const forget = options.inFlight.add(() => shutdown.abort(shutdownReason()));
         try {
           return await service.complete(
             prepared.turn,

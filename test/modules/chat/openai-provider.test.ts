@@ -421,6 +421,28 @@ describe("circuit breaker", () => {
   const circuitIs = async (open: 0 | 1) =>
     (await registry.metrics()).includes(`upstream_circuit_open{provider="openai"} ${open}`);
 
+  /** A trial caller that streams and goes away once the upstream has its request (the sixth). */
+  async function streamAndLeaveBeforeItsRequestIsAnswered() {
+    const controller = new AbortController();
+    const pending = collect(provider.stream(MESSAGES, { signal: controller.signal })).catch(
+      (error: unknown) => error,
+    );
+    await upstream.waitForRequests(6);
+    controller.abort();
+    expect(((await pending) as Error).name).toBe("AbortError");
+  }
+
+  /** Until the trial has failed: the circuit open for 30 s again (the trial's timeout is 2 s here). */
+  async function untilTheTrialFailed() {
+    await waitFor(
+      async () => {
+        const refused = await failureOf(provider.complete(MESSAGES));
+        return refused.reason === "circuit open" && refused.retryAfterSeconds === 30;
+      },
+      { timeoutMs: 8_000, intervalMs: 50, what: "the trial's failure to open the circuit" },
+    );
+  }
+
   /** A caller that streams, reads the first delta ("a ") and goes away. */
   async function readFirstDeltaAndLeave() {
     const controller = new AbortController();
@@ -463,21 +485,9 @@ describe("circuit breaker", () => {
     await openTheCircuit();
     clock.advance(30_000);
     upstream.enqueue({ kind: "reply", text: "too late", delayMs: 10_000 });
-    const controller = new AbortController();
-    const pending = collect(provider.stream(MESSAGES, { signal: controller.signal })).catch(
-      (error: unknown) => error,
-    );
-    await upstream.waitForRequests(6);
-    controller.abort();
-    expect(((await pending) as Error).name).toBe("AbortError");
+    await streamAndLeaveBeforeItsRequestIsAnswered();
     // One attempt (a trial is not retried), silent for the timeout (2 s here): open for 30 s again.
-    await waitFor(
-      async () => {
-        const refused = await failureOf(provider.complete(MESSAGES));
-        return refused.reason === "circuit open" && refused.retryAfterSeconds === 30;
-      },
-      { timeoutMs: 8_000, intervalMs: 50, what: "the trial's failure to open the circuit" },
-    );
+    await untilTheTrialFailed();
     expect(upstream.requests).toHaveLength(6);
   });
 
@@ -485,20 +495,8 @@ describe("circuit breaker", () => {
     await openTheCircuit();
     clock.advance(30_000);
     upstream.enqueue({ kind: "reply", chunks: ["", "", "late"], pauses: [0, 200, 10_000] });
-    const controller = new AbortController();
-    const pending = collect(provider.stream(MESSAGES, { signal: controller.signal })).catch(
-      (error: unknown) => error,
-    );
-    await upstream.waitForRequests(6);
-    controller.abort();
-    expect(((await pending) as Error).name).toBe("AbortError");
-    await waitFor(
-      async () => {
-        const refused = await failureOf(provider.complete(MESSAGES));
-        return refused.reason === "circuit open" && refused.retryAfterSeconds === 30;
-      },
-      { timeoutMs: 8_000, intervalMs: 50, what: "the trial's failure to open the circuit" },
-    );
+    await streamAndLeaveBeforeItsRequestIsAnswered();
+    await untilTheTrialFailed();
   });
 
   test("a JSON trial whose caller leaves gets its abort, and the upstream's answer still closes the circuit (re-probe 15f F1)", async () => {

@@ -291,8 +291,6 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     },
   });
   metrics.circuitOpen.labels(PROVIDER).set(0);
-  /** Trials whose verdict `trialStream` has given (the stream then ends as any other). */
-  const trialDecided = new WeakSet<CircuitPermit>();
 
   function logFailure(
     failure: UpstreamFailure,
@@ -490,6 +488,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     let startedAt = performance.now();
     const trialStarted = startedAt;
     let settled = false;
+    // A trial's verdict is `trialStream`'s to give until it returns; the stream then ends as any
+    // other.
+    let awaitingTrial = permit.trial;
     try {
       const opened = withRetries(permit, callers, requestId, () => {
         startedAt = performance.now();
@@ -514,6 +515,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             read: [] as IteratorResult<unknown>[],
             attempts,
           }));
+      awaitingTrial = false;
       if (permit.trial && signal) {
         // Decided: from now on the caller's leaving, or the shutdown, ends it as any other stream.
         callers = signal;
@@ -589,7 +591,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       // A consumer that stops reading, or a caller abort: close the upstream request, no verdict
       // (a trial's was given at its first chunk, or is still awaited by `trialStream`, which
       // closes the request itself once it has it).
-      if (!settled && !(permit.trial && !trialDecided.has(permit))) {
+      if (!settled && !awaitingTrial) {
         own.abort();
         permit.release();
       }
@@ -646,7 +648,6 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       clearTimeout(timer);
     }
     permit.success();
-    trialDecided.add(permit);
     if (caller?.aborted) own.abort();
     return { iterator, read, attempts };
   }
