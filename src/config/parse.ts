@@ -165,21 +165,11 @@ export function parseTrustProxy(name: string, raw: string | undefined): TrustPro
   }
   const cidrs = parseCidrList(name, trimmed);
   if (cidrs.length === 0) return { kind: "none" };
-  const ranges = cidrs.map((cidr) => parseCidr(cidr)!);
-  const everyone = coversEveryAddress(ranges);
-  if (everyone !== null) {
-    throw new ConfigError(
-      name,
-      `covers every ${everyone} address, which trusts everyone; list only your proxies' ranges`,
-    );
-  }
-  const most = coversMostAddresses(ranges);
-  if (most !== null) {
-    throw new ConfigError(
-      name,
-      `covers too much of the ${most} addresses clients come from (${most === "IPv4" ? "half of them, counting NAT64's" : "half of the global ones, or a range wider than /20"}), which trusts nearly everyone; list only your proxies' ranges`,
-    );
-  }
+  refuseCoveringMost(name, cidrs, {
+    every: "trusts everyone",
+    most: "trusts nearly everyone",
+    instead: "list only your proxies' ranges",
+  });
   return { kind: "cidrs", cidrs };
 }
 
@@ -190,22 +180,43 @@ export function parseTrustProxy(name: string, raw: string | undefined): TrustPro
  */
 export function parseAllowCidrs(name: string, raw: string): string[] {
   const cidrs = parseCidrList(name, raw);
+  refuseCoveringMost(name, cidrs, {
+    every: "turns every rate limit off",
+    most: "turns rate limits off for nearly everyone",
+    instead: "list only the ranges to exempt",
+  });
+  return cidrs;
+}
+
+/**
+ * Refuses a list of ranges (`TRUST_PROXY`, `RATE_LIMIT_ALLOW_CIDRS`) that covers every address of
+ * a family, or too much of the addresses clients come from (client-ip/address), saying what that
+ * would do and what to list instead.
+ */
+function refuseCoveringMost(
+  name: string,
+  cidrs: readonly string[],
+  said: { every: string; most: string; instead: string },
+): void {
   const ranges = cidrs.map((cidr) => parseCidr(cidr)!);
   const everyone = coversEveryAddress(ranges);
   if (everyone !== null) {
     throw new ConfigError(
       name,
-      `covers every ${everyone} address, which turns every rate limit off; list only the ranges to exempt`,
+      `covers every ${everyone} address, which ${said.every}; ${said.instead}`,
     );
   }
   const most = coversMostAddresses(ranges);
   if (most !== null) {
+    const measured =
+      most === "IPv4"
+        ? "half of them, counting NAT64's"
+        : "half of the global ones, or a range wider than /20";
     throw new ConfigError(
       name,
-      `covers too much of the ${most} addresses clients come from (${most === "IPv4" ? "half of them, counting NAT64's" : "half of the global ones, or a range wider than /20"}), which turns rate limits off for nearly everyone; list only the ranges to exempt`,
+      `covers too much of the ${most} addresses clients come from (${measured}), which ${said.most}; ${said.instead}`,
     );
   }
-  return cidrs;
 }
 
 /** A browser origin: scheme, host and optional port, nothing else. */
