@@ -101,13 +101,18 @@ export function parseArgs(
   return { positional, flags, repeated, missingValue, valueless };
 }
 
+/** A usage line's words after the command's name, its brackets (optional parts) dropped. */
+function usageWords(command: Pick<Command, "usage">): string[] {
+  return command.usage.replace(/[[\]]/g, " ").split(/\s+/).filter(Boolean).slice(1);
+}
+
 /**
  * The options a command's usage line names, each with whether it takes a value (`--email E`,
  * `--env live|test`: a word follows it) or not (`--json`, `--yes`, `[--password-stdin]`), and
  * `--help`, which takes none.
  */
 export function optionsOf(command: Pick<Command, "usage">): Map<string, boolean> {
-  const words = command.usage.replace(/[[\]]/g, " ").split(/\s+/).filter(Boolean);
+  const words = usageWords(command);
   const options = new Map<string, boolean>([["help", false]]);
   words.forEach((word, index) => {
     const match = /^--([a-z][a-z-]*)$/.exec(word);
@@ -123,7 +128,7 @@ export function optionsOf(command: Pick<Command, "usage">): Map<string, boolean>
  * its upper-case words that are not an option's value (`--email E`).
  */
 export function positionalsOf(command: Pick<Command, "usage">): number {
-  const words = command.usage.replace(/[[\]]/g, " ").split(/\s+/).slice(1);
+  const words = usageWords(command);
   return words.filter((word, index) => /^[A-Z]+$/.test(word) && !words[index - 1]?.startsWith("--"))
     .length;
 }
@@ -141,8 +146,11 @@ const DASHED = /^[\s\p{Cf}]*[\p{Pd}\u2212]/u;
  * emails was meant?), an argument that looks like an option but is not spelt `--` (`-role`,
  * `—role`), or more arguments than it takes (`keys:revoke A B` revoked A alone).
  */
-export function misuseOf(command: Pick<Command, "usage">, args: ParsedArgs): string | null {
-  const known = optionsOf(command);
+export function misuseOf(
+  command: Pick<Command, "usage">,
+  args: ParsedArgs,
+  known: ReadonlyMap<string, boolean> = optionsOf(command),
+): string | null {
   const unknown = Object.keys(args.flags).find((name) => !known.has(name));
   if (unknown !== undefined) return `unknown option --${unknown}`;
   if (args.repeated.length > 0) return `--${args.repeated[0]} is given more than once`;

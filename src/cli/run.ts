@@ -72,7 +72,7 @@ export async function runCli(
   }
   const options = optionsOf(command);
   const args = parseArgs(rest, (name) => options.get(name));
-  const misuse = misuseOf(command, args);
+  const misuse = misuseOf(command, args, options);
   if (misuse !== null) {
     io.err(`palisade: ${command.name}: ${misuse}; usage: bun run cli ${command.usage}`);
     return EXIT_USAGE;
