@@ -123,14 +123,20 @@ export function coversEveryAddress(ranges: readonly Range[]): "IPv4" | "IPv6" | 
   return covered + v4 === 1n << 128n ? "IPv6" : null;
 }
 
+/** An address as the number it is (32 or 128 bits). */
+function numberOf(address: Address): bigint {
+  let value = 0n;
+  for (const byte of address.toByteArray()) value = (value << 8n) | BigInt(byte);
+  return value;
+}
+
 /** The addresses of `family` the ranges cover, as merged `[start, end)` spans of the family's space. */
 function spansOf(ranges: readonly Range[], family: "ipv4" | "ipv6"): [bigint, bigint][] {
   const width = family === "ipv4" ? 32n : 128n;
   const spans = ranges
     .filter(([address]) => address.kind() === family)
     .map(([address, bits]) => {
-      let start = 0n;
-      for (const byte of address.toByteArray()) start = (start << 8n) | BigInt(byte);
+      let start = numberOf(address);
       const size = 1n << (width - BigInt(bits));
       start -= start % size;
       return [start, start + size] as [bigint, bigint];
@@ -164,8 +170,7 @@ function nat64AsIpv4(ranges: readonly Range[]): Range[] {
   const held: Range[] = [];
   for (const [address, bits] of ranges) {
     if (address.kind() !== "ipv6") continue;
-    let start = 0n;
-    for (const byte of address.toByteArray()) start = (start << 8n) | BigInt(byte);
+    const start = numberOf(address);
     const prefixBits = BigInt(Math.min(bits, 96));
     const mask = ((1n << prefixBits) - 1n) << (128n - prefixBits);
     if ((start & mask) !== (NAT64_PREFIX & mask)) continue;
