@@ -27,7 +27,14 @@ export function bearerCredential(authorization: string | null): string | null {
   return authorization.slice("bearer ".length);
 }
 
-export type Identify = (request: Request) => Promise<Identification>;
+export interface Identify {
+  (request: Request): Promise<Identification>;
+  /**
+   * Whether the request carries a credential at all (Authorization, X-API-Key or the session
+   * cookie, well-formed or not): one that does not is identified as none without waiting.
+   */
+  carriesCredential(request: Request): boolean;
+}
 
 export function createIdentify(credentials: CredentialVerifier, requireTls: boolean): Identify {
   const sessionCookie = cookieNames(requireTls).session;
@@ -81,7 +88,7 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
     headers.has("x-api-key") ||
     readCookie(headers.get("cookie"), sessionCookie) !== null;
 
-  return function identify(request) {
+  const identify = (request: Request) => {
     let result = seen.get(request);
     if (result === undefined) {
       if (!carriesCredential(request.headers)) return none;
@@ -90,4 +97,7 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
     }
     return result;
   };
+  return Object.assign(identify, {
+    carriesCredential: (request: Request) => carriesCredential(request.headers),
+  });
 }

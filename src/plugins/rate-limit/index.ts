@@ -49,44 +49,69 @@ export function rateLimit(options: RateLimitOptions) {
     return list;
   };
 
+  /** The request's principal, if it carries a valid credential; a lockout refuses it here. */
+  const principalOf = async (request: Request): Promise<string | null> => {
+    const found = await identify!(request);
+    if (found.status !== "ok") return null;
+    const principal = principalRef(found.principal);
+    const until = lockedOutUntil?.(principal) ?? null;
+    if (until !== null) {
+      const seconds = String(Math.max(1, Math.ceil((until - now()) / 1000)));
+      throw new AppError(
+        "RATE_LIMITED",
+        `Too many refused requests from this credential; retry in ${seconds} s.`,
+        undefined,
+        { "retry-after": seconds },
+      );
+    }
+    return principal;
+  };
+
+  const limit = async (
+    state: RequestState & { set: { headers: Record<string, unknown> } },
+    applied: readonly RoutePolicy[],
+    address: string,
+    countsPrincipal: boolean,
+  ): Promise<void> => {
+    const { request, path, client, requestId, set } = state;
+    const principal = countsPrincipal ? await principalOf(request) : null;
+    const keys =
+      principal === null
+        ? address
+        : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
+    const headers = await enforce(applied, keys, {
+      method: request.method,
+      path,
+      client,
+      requestId,
+    });
+    if (headers) Object.assign(set.headers, headers);
+  };
+
   return new Elysia({ name: "palisade.rate-limit" })
-    .onRequest(async function enforceRateLimit(context) {
-      const { request, path, client, requestId, set, routeClass } =
-        context as unknown as RequestState & {
-          set: { headers: Record<string, unknown> };
-        };
+    .onRequest(function enforceRateLimit(context) {
+      const state = context as unknown as RequestState & {
+        set: { headers: Record<string, unknown> };
+      };
+      const { request, client, routeClass } = state;
       if (routeClass.probe) return;
       if (allowRanges.length > 0 && client.address && inRanges(client.address, allowRanges)) return;
       const applied = policiesFor(routeClass);
       const address = `ip:${client.key}`;
-      let principal: string | null = null;
-      if (identify && applied.some((policy) => policy.keyedBy === "principal")) {
-        const found = await identify(request);
-        if (found.status === "ok") principal = principalRef(found.principal);
-      }
-      if (principal !== null && lockedOutUntil) {
-        const until = lockedOutUntil(principal);
-        if (until !== null) {
-          const seconds = String(Math.max(1, Math.ceil((until - now()) / 1000)));
-          throw new AppError(
-            "RATE_LIMITED",
-            `Too many refused requests from this credential; retry in ${seconds} s.`,
-            undefined,
-            { "retry-after": seconds },
-          );
+      // A request that may be counted against a principal waits for its credential's verdict;
+      // any other is counted by address, and a lease of its address admits it without waiting.
+      const countsPrincipal =
+        identify !== undefined &&
+        applied.some((policy) => policy.keyedBy === "principal") &&
+        identify.carriesCredential(request);
+      if (!countsPrincipal) {
+        const headers = enforce.admitNow(applied, address);
+        if (headers !== undefined) {
+          Object.assign(state.set.headers, headers);
+          return;
         }
       }
-      const keys =
-        principal === null
-          ? address
-          : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
-      const headers = await enforce(applied, keys, {
-        method: request.method,
-        path,
-        client,
-        requestId,
-      });
-      if (headers) Object.assign(set.headers, headers);
+      return limit(state, applied, address, countsPrincipal);
     })
     .as("global");
 }

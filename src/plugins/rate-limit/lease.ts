@@ -70,7 +70,8 @@ interface Demand {
   /** The windows of the last store decision while hot, to size the next lease. */
   last: WindowCounts[] | null;
   lease: Lease | null;
-  acquiring: boolean;
+  /** The store decision taking the next lease, while it runs. */
+  acquiring: Promise<unknown> | null;
 }
 
 const MIN_LEASE = 2;
@@ -97,7 +98,26 @@ export class LeasingStore implements LimiterStore {
     }
   }
 
+  /** A permit of the signature's lease while one is valid; nothing is counted otherwise. */
+  checkNow(checks: readonly LimitCheck[]): LimitOutcome[] | undefined {
+    const now = checks[0]!.now;
+    const entry = this.demand.get(signatureOf(checks));
+    const lease = entry?.lease;
+    if (lease == null || now < lease.validFrom || now >= lease.expiresAt) return undefined;
+    return this.useLease(entry!, lease);
+  }
+
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
+    return this.decide(checks, true);
+  }
+
+  /**
+   * `mayWait`: a check arriving while its signature's next lease is being taken waits for it and
+   * is decided again (most then take a permit of that lease, as the next requests would); decided
+   * again, it goes to the store rather than wait a second time, so a lease the store does not
+   * grant delays a check by one decision at most.
+   */
+  private decide(checks: readonly LimitCheck[], mayWait: boolean): Promise<LimitOutcome[]> {
     const now = checks[0]!.now;
     const signature = signatureOf(checks);
     const entry = this.demand.get(signature);
@@ -108,40 +128,49 @@ export class LeasingStore implements LimiterStore {
         before: 0,
         last: null,
         lease: null,
-        acquiring: false,
+        acquiring: null,
       });
       return this.store.check(checks);
     }
     const lease = entry.lease;
     if (lease !== null) {
       if (now >= lease.validFrom && now < lease.expiresAt) {
-        lease.unused--;
-        entry.count++;
-        const outcomes = leasedOutcomes(lease);
-        if (lease.unused === 0) this.end(entry);
-        return Promise.resolve(outcomes);
+        return Promise.resolve(this.useLease(entry, lease));
       }
       this.end(entry);
     }
+    if (entry.acquiring !== null && mayWait) {
+      const again = () => this.decide(checks, false);
+      return entry.acquiring.then(again, again);
+    }
     const demand = this.countDemand(entry, now);
-    if (demand < MIN_LEASE || entry.acquiring || !this.mayLease(checks)) {
+    if (demand < MIN_LEASE || entry.acquiring !== null || !this.mayLease(checks)) {
       return this.store.check(checks);
     }
     const size = Math.min(demand, this.leaseSize(entry.last, checks, now));
     if (size < MIN_LEASE) return this.recordLast(entry, this.store.check(checks));
-    entry.acquiring = true;
-    return this.store.checkAndLease(checks, size).then(
+    const acquiring = this.store.checkAndLease(checks, size).then(
       ({ outcomes, lease: grants }) => {
-        entry.acquiring = false;
+        entry.acquiring = null;
         entry.last = outcomes.length === checks.length ? outcomes : null;
         this.start(entry, checks, grants, size, now);
         return outcomes;
       },
       (error: unknown) => {
-        entry.acquiring = false;
+        entry.acquiring = null;
         throw error;
       },
     );
+    entry.acquiring = acquiring;
+    return acquiring;
+  }
+
+  private useLease(entry: Demand, lease: Lease): LimitOutcome[] {
+    lease.unused--;
+    entry.count++;
+    const outcomes = leasedOutcomes(lease);
+    if (lease.unused === 0) this.end(entry);
+    return outcomes;
   }
 
   /**
@@ -173,7 +202,7 @@ export class LeasingStore implements LimiterStore {
   private track(signature: string, entry: Demand): void {
     if (this.demand.size >= this.maxTracked) {
       for (const [key, value] of this.demand) {
-        if (value.lease === null && !value.acquiring) this.demand.delete(key);
+        if (value.lease === null && value.acquiring === null) this.demand.delete(key);
       }
       if (this.demand.size >= this.maxTracked) return;
     }

@@ -31,6 +31,12 @@ export interface LimiterStore {
    */
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]>;
   /**
+   * The outcomes of `check`, decided and counted here and now without the store when that can be
+   * done (a lease's permit), else undefined with nothing counted: the caller then calls `check`.
+   * Only ever admits: a refusal is the store's to decide.
+   */
+  checkNow?(checks: readonly LimitCheck[]): LimitOutcome[] | undefined;
+  /**
    * The estimated count in the long window for (policy, key) now, without counting anything: for
    * decisions that depend on what happened (a lockout after failures), not on this request.
    */

@@ -42,6 +42,10 @@ function refuses(rule: SentRule, values: readonly string[]): boolean {
   return values.length > 1 || (rule.valueOk !== undefined && !values.every(rule.valueOk));
 }
 
+function refusedRules(rules: readonly SentRule[], sent: URLSearchParams): SentRule[] {
+  return rules.filter((rule) => refuses(rule, sent.getAll(rule.name)));
+}
+
 const wholeNumber = (name: string): SentRule => ({
   name,
   message: "Expected one whole number written in decimal digits",
@@ -89,7 +93,7 @@ export function strictQuery({ routes }: { routes: () => readonly RouteQuery[] })
       const rules = rulesFor(method, route);
       if (rules === undefined) return;
       const sent = new URL(request.url).searchParams;
-      const wrong = rules.filter((rule) => refuses(rule, sent.getAll(rule.name)));
+      const wrong = refusedRules(rules, sent);
       if (wrong.length > 0) {
         throw new AppError(
           "VALIDATION_FAILED",

@@ -297,6 +297,94 @@ describe("LeasingStore: never more than the limit across stores", () => {
   });
 });
 
+describe("LeasingStore: deciding without the store", () => {
+  test("checkNow admits from a valid lease, counting down; without one it counts nothing", async () => {
+    const { stores, row } = shared(1, { ttlMs: 5_000, maxPermits: 8 });
+    const store = stores[0]!;
+    const big = policy(1_000);
+    const now = minuteStart() + 1_000;
+    // No lease yet: nothing decided, nothing counted, and no demand recorded either.
+    expect(store.checkNow([{ policy: big, key: "k", now }])).toBeUndefined();
+    expect(row("k")).toBeNull();
+    for (let i = 0; i < 3; i++) await store.check([{ policy: big, key: "k", now }]);
+    const counted = row("k")!.current;
+    expect(counted).toBe(3 + 3);
+    const shown: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const outcomes = store.checkNow([{ policy: big, key: "k", now }]);
+      expect(outcomes?.[0]?.admitted).toBe(true);
+      shown.push(remainingShown(big, outcomes!, now));
+    }
+    expect(shown).toEqual([996, 995, 994]);
+    // Used up: the store decides again, and the row has not moved meanwhile.
+    expect(store.checkNow([{ policy: big, key: "k", now }])).toBeUndefined();
+    expect(row("k")!.current).toBe(counted);
+    // Another key, or the same key past its lease, is never admitted here.
+    expect(store.checkNow([{ policy: big, key: "other", now }])).toBeUndefined();
+    await store.check([{ policy: big, key: "k", now }]);
+    expect(store.checkNow([{ policy: big, key: "k", now: now + 60_000 }])).toBeUndefined();
+  });
+
+  test("checks arriving while a lease is taken wait for it: a burst costs the store one decision", async () => {
+    const { stores, row } = shared(1, { ttlMs: 5_000, maxPermits: 64 });
+    const leasing = stores[0]!;
+    const inner = (leasing as unknown as { store: SqliteLimiterStore }).store;
+    const big = policy(1_000);
+    const now = minuteStart() + 1_000;
+    for (let i = 0; i < 40; i++) await leasing.check([{ policy: big, key: "k", now }]);
+    // Between leases: the next check takes one, and the 19 arriving with it wait for it.
+    while (row("k")!.current > 40 && leasing.checkNow([{ policy: big, key: "k", now }])) {}
+    const before = row("k")!.current;
+    let decisions = 0;
+    for (const name of ["check", "checkAndLease"] as const) {
+      const real = inner[name].bind(inner) as (...args: unknown[]) => unknown;
+      (inner as unknown as Record<string, unknown>)[name] = (...args: unknown[]) => {
+        decisions++;
+        return real(...args);
+      };
+    }
+    const burst = await Promise.all(
+      Array.from({ length: 20 }, () => leasing.check([{ policy: big, key: "k", now }])),
+    );
+    expect(burst.every(([o]) => o!.admitted)).toBe(true);
+    expect(decisions).toBe(1);
+    // Each saw its own count, one after the other.
+    const shown = burst.map((outcomes) => remainingShown(big, outcomes, now));
+    expect(new Set(shown).size).toBe(20);
+    expect(Math.max(...shown) - Math.min(...shown)).toBe(19);
+    // The one decision counted the first check and a lease the other 19 took permits of.
+    const taken = row("k")!.current - before;
+    expect(taken).toBeGreaterThanOrEqual(20);
+    expect(taken).toBeLessThanOrEqual(1 + 64);
+  });
+
+  test("a lease the store fails to give: the checks that waited for it are decided again", async () => {
+    const { stores, row } = shared(1, { ttlMs: 5_000 });
+    const leasing = stores[0]!;
+    const inner = (leasing as unknown as { store: SqliteLimiterStore }).store;
+    const big = policy(1_000);
+    const now = minuteStart() + 1_000;
+    for (let i = 0; i < 2; i++) await leasing.check([{ policy: big, key: "k", now }]);
+    const real = inner.checkAndLease.bind(inner);
+    let leaseAsks = 0;
+    inner.checkAndLease = (...args) => {
+      leaseAsks++;
+      return leaseAsks === 1 ? Promise.reject(new Error("disk I/O error")) : real(...args);
+    };
+    const settled = await Promise.allSettled(
+      Array.from({ length: 10 }, () => leasing.check([{ policy: big, key: "k", now }])),
+    );
+    // The check that asked for the lease fails; those that waited are decided again, once: one
+    // of them takes the next lease, the rest go to the store in the same turn, none waits twice.
+    expect(settled[0]!.status).toBe("rejected");
+    expect(settled.slice(1).every((s) => s.status === "fulfilled" && s.value[0]!.admitted)).toBe(
+      true,
+    );
+    expect(leaseAsks).toBe(2);
+    expect(row("k")!.current).toBeGreaterThanOrEqual(2 + 9);
+  });
+});
+
 describe("LeasingStore: failures and bounds", () => {
   test("a store failure while a lease is taken fails that check (open or closed by policy), and leasing goes on", async () => {
     const { stores, row } = shared(1, { ttlMs: 5_000 });

@@ -56,6 +56,32 @@ describe("rate limiting", () => {
     expect(new Set(ietf).size).toBe(40);
   });
 
+  test("a hot client admitted from leases: every answer its own count, and exactly the limit admitted", async () => {
+    // Over the leasing floor: most requests are admitted from a lease without meeting the store.
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" });
+    const remaining: number[] = [];
+    let refused = 0;
+    for (let batch = 0; batch < 21; batch++) {
+      const responses = await Promise.all(
+        Array.from({ length: 50 }, () => send(target, "/openapi.json", { peer: "192.0.2.8" })),
+      );
+      for (const response of responses) {
+        if (response.status === 429) refused++;
+        else {
+          expect(response.status).toBe(200);
+          const shown = Number(response.headers.get("x-ratelimit-remaining"));
+          expect(response.headers.get("ratelimit")).toMatch(new RegExp(`;r=${shown};`));
+          remaining.push(shown);
+        }
+      }
+    }
+    expect(remaining).toHaveLength(1000);
+    expect(refused).toBe(50);
+    expect(remaining.sort((a, b) => b - a)).toEqual(
+      Array.from({ length: 1000 }, (_, i) => 999 - i),
+    );
+  });
+
   test("over the limit: 429 problem+json with Retry-After, a metric and an audit row", async () => {
     const target = limited();
     for (let i = 0; i < 3; i++) expect((await send(target, "/openapi.json")).status).toBe(200);
