@@ -27,6 +27,8 @@ export const PIPE_BUF = 4096;
 
 export function bufferLines(sink: LineSink, maxBytes = PIPE_BUF, maxDelayMs = 100): LineBuffer {
   let lines: string[] = [];
+  // In UTF-16 units, which never exceed the UTF-8 bytes: the bytes are counted once a batch, at
+  // its write, instead of once a line.
   let size = 0;
   let timer: Timer | null = null;
   const flush = () => {
@@ -35,17 +37,22 @@ export function bufferLines(sink: LineSink, maxBytes = PIPE_BUF, maxDelayMs = 10
       timer = null;
     }
     if (lines.length === 0) return;
-    const text = lines.length === 1 ? lines[0]! : lines.join("");
+    const batch = lines;
     lines = [];
     size = 0;
-    sink.write(text);
+    if (batch.length === 1) {
+      sink.write(batch[0]!);
+      return;
+    }
+    const text = batch.join("");
+    if (Buffer.byteLength(text) <= maxBytes) sink.write(text);
+    else writeByBytes(sink, batch, maxBytes);
   };
   return {
     write(line) {
-      const bytes = Buffer.byteLength(line);
-      if (size + bytes > maxBytes) flush();
+      if (size + line.length > maxBytes) flush();
       lines.push(line);
-      size += bytes;
+      size += line.length;
       if (size >= maxBytes) flush();
       else if (timer === null) {
         timer = setTimeout(flush, maxDelayMs);
@@ -57,4 +64,21 @@ export function bufferLines(sink: LineSink, maxBytes = PIPE_BUF, maxDelayMs = 10
       return lines.length > 0;
     },
   };
+}
+
+/** A batch whose characters take more bytes than one write holds, in writes that each fit. */
+function writeByBytes(sink: LineSink, batch: readonly string[], maxBytes: number): void {
+  let part: string[] = [];
+  let bytes = 0;
+  for (const line of batch) {
+    const lineBytes = Buffer.byteLength(line);
+    if (part.length > 0 && bytes + lineBytes > maxBytes) {
+      sink.write(part.join(""));
+      part = [];
+      bytes = 0;
+    }
+    part.push(line);
+    bytes += lineBytes;
+  }
+  if (part.length > 0) sink.write(part.join(""));
 }

@@ -15,15 +15,22 @@ export function routeLookup<Entry extends RegisteredRoute, T>(
   routes: () => readonly Entry[],
   derive: (entry: Entry) => T | undefined,
 ): (method: string, route: string) => T | undefined {
-  let table: Map<string, T> | null = null;
+  // By method, then route: no key is built per lookup.
+  let table: Map<string, Map<string, T>> | null = null;
   return (method, route) => {
     if (table === null) {
       table = new Map();
       for (const entry of routes()) {
         const derived = derive(entry);
-        if (derived !== undefined) table.set(`${entry.method} ${entry.path}`, derived);
+        if (derived === undefined) continue;
+        let byRoute = table.get(entry.method);
+        if (byRoute === undefined) {
+          byRoute = new Map();
+          table.set(entry.method, byRoute);
+        }
+        byRoute.set(entry.path, derived);
       }
     }
-    return table.get(`${method} ${route}`);
+    return table.get(method)?.get(route);
   };
 }

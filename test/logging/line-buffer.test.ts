@@ -56,3 +56,24 @@ test("a line below the level does not write the waiting lines early", () => {
   logger.flush();
   expect(capture.entries).toEqual([{ access: 1 }]);
 });
+
+test("ASCII lines fill a batch to PIPE_BUF; characters of several bytes split it where it would pass", () => {
+  const writes: string[] = [];
+  const buffer = bufferLines({ write: (text) => writes.push(text) });
+  const ascii = Array.from(
+    { length: 40 },
+    (_, n) => `{"n":${String(n).padStart(2, "0")},"pad":"${"a".repeat(182)}"}\n`,
+  );
+  expect(ascii.every((text) => text.length === 200)).toBe(true);
+  for (const text of ascii) buffer.write(text);
+  buffer.flush();
+  expect(writes.map((text) => Buffer.byteLength(text))).toEqual([4000, 4000]);
+  // 3 bytes a character: a batch that fits in characters is written in parts that fit in bytes.
+  writes.length = 0;
+  const euro = Array.from({ length: 6 }, (_, n) => `${n}${"€".repeat(598)}\n`);
+  for (const text of euro) buffer.write(text);
+  buffer.flush();
+  for (const text of writes) expect(Buffer.byteLength(text)).toBeLessThanOrEqual(PIPE_BUF);
+  expect(writes.length).toBeGreaterThan(1);
+  expect(writes.join("")).toBe(euro.join(""));
+});

@@ -46,10 +46,17 @@ function windowsOf(policy: Policy, outcome: LimitOutcome, into: Window[]): void 
 
 const policyHeaderCache = new WeakMap<readonly Policy[], string>();
 
-function policyHeader(policies: readonly Policy[], windows: readonly Window[]): string {
+function renderPolicies(windows: readonly Window[]): string {
+  return windows.map((w) => `"${w.name}";q=${w.limit};w=${w.windowMs / 1000}`).join(", ");
+}
+
+/** The `RateLimit-Policy` of a full list of outcomes, rendered once per `policies` array. */
+function policyHeader(policies: readonly Policy[], outcomes: readonly LimitOutcome[]): string {
   let header = policyHeaderCache.get(policies);
   if (header === undefined) {
-    header = windows.map((w) => `"${w.name}";q=${w.limit};w=${w.windowMs / 1000}`).join(", ");
+    const windows: Window[] = [];
+    for (let i = 0; i < outcomes.length; i++) windowsOf(policies[i]!, outcomes[i]!, windows);
+    header = renderPolicies(windows);
     policyHeaderCache.set(policies, header);
   }
   return header;
@@ -65,6 +72,73 @@ export function rateLimitHeaders(
   now: number,
   refused: boolean,
 ): Record<string, string> {
+  return refused
+    ? refusalHeaders(policies, outcomes, now)
+    : admittedHeaders(policies, outcomes, now);
+}
+
+/**
+ * An admitted request's headers (every response of a limited route): the window closest to
+ * refusing, found without building a list of windows, as it runs on every request.
+ */
+function admittedHeaders(
+  policies: readonly Policy[],
+  outcomes: readonly LimitOutcome[],
+  now: number,
+): Record<string, string> {
+  let name = "";
+  let limit = 0;
+  let left = Number.POSITIVE_INFINITY;
+  let state: WindowState = outcomes[0]!;
+  let windowMs = 0;
+  for (let i = 0; i < outcomes.length; i++) {
+    const policy = policies[i]!;
+    const outcome = outcomes[i]!;
+    const longLeft = remaining(outcome, now, policy.windowMs, policy.limit);
+    if (longLeft < left) {
+      name = policy.id;
+      limit = policy.limit;
+      left = longLeft;
+      state = outcome;
+      windowMs = policy.windowMs;
+    }
+    // The burst window counts only where it is tighter than the policy itself.
+    if (policy.burstLimit < policy.limit) {
+      const burst = burstState(outcome);
+      const burstLeft = remaining(burst, now, BURST_WINDOW_MS, policy.burstLimit);
+      if (burstLeft < left) {
+        name = `${policy.id}.burst`;
+        limit = policy.burstLimit;
+        left = burstLeft;
+        state = burst;
+        windowMs = BURST_WINDOW_MS;
+      }
+    }
+  }
+  const reset = Math.max(1, Math.ceil(resetMs(state, now, windowMs) / 1000));
+  return {
+    "x-ratelimit-limit": String(limit),
+    "x-ratelimit-remaining": String(left),
+    "x-ratelimit-reset": String(reset),
+    "ratelimit-policy": policyHeader(policies, outcomes),
+    ratelimit: `"${name}";r=${left};t=${reset}`,
+  };
+}
+
+function burstState(outcome: LimitOutcome): WindowState {
+  return {
+    previous: outcome.burstPrevious,
+    current: outcome.burstCurrent,
+    windowStart: outcome.burstWindowStart,
+  };
+}
+
+/** A refused request's headers: remaining 0, and the wait until every window admits again. */
+function refusalHeaders(
+  policies: readonly Policy[],
+  outcomes: readonly LimitOutcome[],
+  now: number,
+): Record<string, string> {
   const windows: Window[] = [];
   for (let i = 0; i < outcomes.length; i++) windowsOf(policies[i]!, outcomes[i]!, windows);
 
@@ -78,22 +152,18 @@ export function rateLimitHeaders(
       closestRemaining = left;
     }
   }
-  const shownRemaining = refused ? 0 : closestRemaining;
   const reset = Math.max(1, Math.ceil(resetMs(closest.state, now, closest.windowMs) / 1000));
-  const headers: Record<string, string> = {
+  let wait = 0;
+  for (const w of windows) wait = Math.max(wait, retryAfterMs(w.state, now, w.windowMs, w.limit));
+  return {
     "x-ratelimit-limit": String(closest.limit),
-    "x-ratelimit-remaining": String(shownRemaining),
+    "x-ratelimit-remaining": "0",
     "x-ratelimit-reset": String(reset),
     "ratelimit-policy":
       outcomes.length === policies.length
-        ? policyHeader(policies, windows)
-        : windows.map((w) => `"${w.name}";q=${w.limit};w=${w.windowMs / 1000}`).join(", "),
-    ratelimit: `"${closest.name}";r=${shownRemaining};t=${reset}`,
+        ? policyHeader(policies, outcomes)
+        : renderPolicies(windows),
+    ratelimit: `"${closest.name}";r=0;t=${reset}`,
+    "retry-after": String(Math.max(1, Math.ceil(wait / 1000))),
   };
-  if (refused) {
-    let wait = 0;
-    for (const w of windows) wait = Math.max(wait, retryAfterMs(w.state, now, w.windowMs, w.limit));
-    headers["retry-after"] = String(Math.max(1, Math.ceil(wait / 1000)));
-  }
-  return headers;
 }
