@@ -237,6 +237,28 @@ describe("keys for authenticated requests", () => {
     expect(response.headers.get("x-ratelimit-remaining")).toBe("1");
   });
 
+  test("with the address's lease in use, a credential is still counted by its principal", async () => {
+    // Over the leasing floor: the address's anonymous requests are admitted from a lease.
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" });
+    const { createKey } = await import("../../support/auth");
+    const alice = createKey(target, ["chat"]);
+    const office = "198.51.100.60";
+    const remainingAfter = async (headers: Record<string, string> = {}) => {
+      const response = await send(target, "/api/auth/me", { headers, peer: office });
+      return [response.status, Number(response.headers.get("x-ratelimit-remaining"))];
+    };
+    for (let i = 0; i < 299; i++) await remainingAfter();
+    expect(await remainingAfter()).toEqual([401, 700]);
+    // Alice's key: her own count, not the address's lease; the next anonymous one goes on from 700.
+    expect(await remainingAfter({ "x-api-key": alice.key })).toEqual([200, 999]);
+    expect(await remainingAfter({ authorization: `Bearer ${alice.key}` })).toEqual([200, 998]);
+    expect(await remainingAfter()).toEqual([401, 699]);
+    // A credential that does not verify is the address's, in any spelling.
+    expect(await remainingAfter({ "x-api-key": "pal_forged" })).toEqual([401, 698]);
+    expect(await remainingAfter({ authorization: "BEARER forged.token.x" })).toEqual([401, 697]);
+    expect(await remainingAfter({ authorization: "" })).toEqual([401, 696]);
+  });
+
   test("an invalid credential is counted by address, not by the principal it claims", async () => {
     const target = limited({ RATE_LIMIT_PER_MINUTE: "2" });
     const statuses: number[] = [];
