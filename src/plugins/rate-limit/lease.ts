@@ -115,7 +115,9 @@ export class LeasingStore implements LimiterStore {
    * `mayWait`: a check arriving while its signature's next lease is being taken waits for it and
    * is decided again (most then take a permit of that lease, as the next requests would); decided
    * again, it goes to the store rather than wait a second time, so a lease the store does not
-   * grant delays a check by one decision at most.
+   * grant delays a check by one decision at most. If the store failed to decide (locked past its
+   * busy wait, unwritable), the checks that waited fail with that failure, as each would have met
+   * it: a locked store holds them one busy wait, not two.
    */
   private decide(checks: readonly LimitCheck[], mayWait: boolean): Promise<LimitOutcome[]> {
     const now = checks[0]!.now;
@@ -140,8 +142,7 @@ export class LeasingStore implements LimiterStore {
       this.end(entry);
     }
     if (entry.acquiring !== null && mayWait) {
-      const again = () => this.decide(checks, false);
-      return entry.acquiring.then(again, again);
+      return entry.acquiring.then(() => this.decide(checks, false));
     }
     const demand = this.countDemand(entry, now);
     if (demand < MIN_LEASE || entry.acquiring !== null || !this.mayLease(checks)) {
