@@ -75,6 +75,17 @@ function shared(count: number, options: LeaseOptions = {}) {
 const remainingShown = (p: Policy, outcomes: LimitOutcome[], now: number) =>
   Number(rateLimitHeaders([p], outcomes, now, false)["x-ratelimit-remaining"]);
 
+/** One leasing store over SQLite, its store underneath (to watch or fail), and a key checked twice. */
+async function hotKey(options: LeaseOptions = { ttlMs: 5_000 }) {
+  const { stores, row } = shared(1, options);
+  const leasing = stores[0]!;
+  const inner = (leasing as unknown as { store: SqliteLimiterStore }).store;
+  const big = policy(1_000);
+  const now = minuteStart() + 1_000;
+  for (let i = 0; i < 2; i++) await leasing.check([{ policy: big, key: "k", now }]);
+  return { leasing, inner, big, now, row };
+}
+
 describe("LeasingStore: when a lease is taken", () => {
   test("a key checked again within the lease period leases; a cold key never does", async () => {
     const { stores, row } = shared(1, { ttlMs: 5_000, maxPermits: 32 });
@@ -326,12 +337,8 @@ describe("LeasingStore: deciding without the store", () => {
   });
 
   test("checks arriving while a lease is taken wait for it: a burst costs the store one decision", async () => {
-    const { stores, row } = shared(1, { ttlMs: 5_000, maxPermits: 64 });
-    const leasing = stores[0]!;
-    const inner = (leasing as unknown as { store: SqliteLimiterStore }).store;
-    const big = policy(1_000);
-    const now = minuteStart() + 1_000;
-    for (let i = 0; i < 40; i++) await leasing.check([{ policy: big, key: "k", now }]);
+    const { leasing, inner, big, now, row } = await hotKey({ ttlMs: 5_000, maxPermits: 64 });
+    for (let i = 2; i < 40; i++) await leasing.check([{ policy: big, key: "k", now }]);
     // Between leases: the next check takes one, and the 19 arriving with it wait for it.
     while (row("k")!.current > 40 && leasing.checkNow([{ policy: big, key: "k", now }])) {}
     const before = row("k")!.current;
@@ -359,12 +366,7 @@ describe("LeasingStore: deciding without the store", () => {
   });
 
   test("a lease the store fails to decide fails the checks that waited for it, at once", async () => {
-    const { stores, row } = shared(1, { ttlMs: 5_000 });
-    const leasing = stores[0]!;
-    const inner = (leasing as unknown as { store: SqliteLimiterStore }).store;
-    const big = policy(1_000);
-    const now = minuteStart() + 1_000;
-    for (let i = 0; i < 2; i++) await leasing.check([{ policy: big, key: "k", now }]);
+    const { leasing, inner, big, now, row } = await hotKey();
     const real = inner.checkAndLease.bind(inner);
     let leaseAsks = 0;
     let checks = 0;
@@ -396,12 +398,7 @@ describe("LeasingStore: deciding without the store", () => {
 
 describe("LeasingStore: failures and bounds", () => {
   test("a store failure while a lease is taken fails that check (open or closed by policy), and leasing goes on", async () => {
-    const { stores, row } = shared(1, { ttlMs: 5_000 });
-    const leasing = stores[0]!;
-    const inner = (leasing as unknown as { store: SqliteLimiterStore }).store;
-    const big = policy(1_000);
-    const now = minuteStart() + 1_000;
-    for (let i = 0; i < 2; i++) await leasing.check([{ policy: big, key: "k", now }]);
+    const { leasing, inner, big, now, row } = await hotKey();
     const real = inner.checkAndLease.bind(inner);
     inner.checkAndLease = () => Promise.reject(new Error("disk I/O error"));
     await expect(leasing.check([{ policy: big, key: "k", now }])).rejects.toThrow("disk I/O error");
