@@ -157,6 +157,12 @@ export function createCore(options: CoreOptions): Core {
       await redis.send("PING", []);
     };
   }
+  const metrics = {
+    http: createHttpMetrics(registry),
+    rateLimit: createRateLimitMetrics(registry),
+    csrf: createCsrfMetrics(registry),
+    auth: createAuthMetrics(registry),
+  };
   const ipBlocks = new IpBlockService({
     sqlite,
     clock,
@@ -164,6 +170,8 @@ export function createCore(options: CoreOptions): Core {
     audit,
     limiter,
     registry,
+    // A violation the store could not count failed open: the defence it feeds let it through.
+    onStoreError: () => metrics.rateLimit.storeErrors.labels("open").inc(),
     settings: {
       thresholds: {
         ratelimit: {
@@ -183,12 +191,6 @@ export function createCore(options: CoreOptions): Core {
     },
   });
 
-  const metrics = {
-    http: createHttpMetrics(registry),
-    rateLimit: createRateLimitMetrics(registry),
-    csrf: createCsrfMetrics(registry),
-    auth: createAuthMetrics(registry),
-  };
   const enforceLimits = createLimitEnforcer({
     store: limiter,
     clock,

@@ -26,7 +26,7 @@ import type { ResolvedClient } from "../client-ip";
 import { METRIC } from "../metrics/names";
 import { Gauge, type Registry } from "../metrics/prom";
 import type { Policy } from "../rate-limit/policies";
-import type { LimiterStore } from "../rate-limit/store";
+import type { LimiterStore, LimitOutcome } from "../rate-limit/store";
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -87,6 +87,11 @@ export interface IpBlockServiceOptions {
   limiter: LimiterStore;
   registry?: Registry;
   settings?: Partial<IpBlockSettings>;
+  /**
+   * Told of each violation the limiter store could not count (locked past its busy wait, disk
+   * full): the request keeps the answer it was given, and the violation is logged and lost.
+   */
+  onStoreError?: () => void;
 }
 
 const BLOCK_COLUMNS = {
@@ -446,7 +451,19 @@ export class IpBlockService {
     if (count === 0) return null;
     const now = this.options.clock.now();
     const policy = this.violationPolicies[kind];
-    const [outcome] = await this.options.limiter.check([{ policy, key: counterKey, now }]);
+    let outcome: LimitOutcome | undefined;
+    try {
+      [outcome] = await this.options.limiter.check([{ policy, key: counterKey, now }]);
+    } catch (error) {
+      // The refusal or failed login that made this violation stands as answered (a 429 stays a
+      // 429, not a 503): only its count towards a block is lost while the store cannot write.
+      this.options.onStoreError?.();
+      this.options.logger.error(
+        { err: error, requestId, policy: policy.id },
+        "rate-limit store failed: a violation was not counted",
+      );
+      return null;
+    }
     if (outcome?.admitted !== false) return null;
     if (this.blockedUntil(subject) !== null) return null;
     const ladder =

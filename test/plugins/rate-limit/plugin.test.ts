@@ -211,6 +211,71 @@ describe("rate limiting", () => {
   });
 });
 
+describe("a violation the store cannot count", () => {
+  /** Counts per policy and key in one window; fails every check of a violation counter. */
+  function storeFailingViolations(): LimiterStore {
+    const counts = new Map<string, number>();
+    return {
+      check: async (checks) => {
+        if (checks.some((c) => c.policy.id.startsWith("violations."))) {
+          throw new Error("SQLITE_FULL: database or disk is full");
+        }
+        return checks.map(({ policy, key, now }) => {
+          const id = `${policy.id} ${key}`;
+          const current = (counts.get(id) ?? 0) + 1;
+          const admitted = current <= Math.min(policy.limit, policy.burstLimit);
+          if (admitted) counts.set(id, current);
+          const windowStart = now - (now % policy.windowMs);
+          const counted = admitted ? current : current - 1;
+          return {
+            windowStart,
+            previous: 0,
+            current: counted,
+            burstWindowStart: now - (now % 10_000),
+            burstPrevious: 0,
+            burstCurrent: counted,
+            admitted,
+          };
+        });
+      },
+      peek: async () => 0,
+      reset: async () => {},
+      prune: () => 0,
+      close: () => {},
+    };
+  }
+
+  test("a refusal stays 429 and a failed login 401; the lost count is logged and counted open", async () => {
+    current = buildTestApp({
+      env: { RATE_LIMIT_PER_MINUTE: "3", RATE_LIMIT_BURST: "100" },
+      limiter: storeFailingViolations(),
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      statuses.push((await send(current, "/openapi.json", { peer: "192.0.2.40" })).status);
+    }
+    expect(statuses).toEqual([200, 200, 200, 429, 429]);
+    const login = await send(current, "/api/auth/login", {
+      body: { email: "nobody@example.test", password: "wrong password 1234" },
+      peer: "192.0.2.41",
+    });
+    expect(login.status).toBe(401);
+    const text = await metricsText(current);
+    // Two refusals and one failed login, each a violation not counted.
+    expect(text).toContain('rate_limit_store_errors_total{mode="open"} 3');
+    expect(text).toContain('rate_limit_rejections_total{policy="default"} 2');
+    const lost = current.logs.entries.filter(
+      (entry) => entry.msg === "rate-limit store failed: a violation was not counted",
+    );
+    expect(lost.map((entry) => entry.policy)).toEqual([
+      "violations.ratelimit",
+      "violations.ratelimit",
+      "violations.login",
+    ]);
+    expect(lost.every((entry) => typeof entry.requestId === "string")).toBe(true);
+  });
+});
+
 describe("keys for authenticated requests", () => {
   test("each principal has its own budget, whatever address it comes from", async () => {
     const target = limited({ RATE_LIMIT_PER_MINUTE: "3" });
