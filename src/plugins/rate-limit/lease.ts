@@ -102,9 +102,10 @@ export class LeasingStore implements LimiterStore {
   checkNow(checks: readonly LimitCheck[]): LimitOutcome[] | undefined {
     const now = checks[0]!.now;
     const entry = this.demand.get(signatureOf(checks));
-    const lease = entry?.lease;
-    if (lease == null || now < lease.validFrom || now >= lease.expiresAt) return undefined;
-    return this.useLease(entry!, lease);
+    if (entry === undefined || entry.lease === null) return undefined;
+    const lease = entry.lease;
+    if (now < lease.validFrom || now >= lease.expiresAt) return undefined;
+    return this.useLease(entry, lease);
   }
 
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
