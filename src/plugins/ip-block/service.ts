@@ -88,8 +88,9 @@ export interface IpBlockServiceOptions {
   registry?: Registry;
   settings?: Partial<IpBlockSettings>;
   /**
-   * Told of each violation the limiter store could not count (locked past its busy wait, disk
-   * full): the request keeps the answer it was given, and the violation is logged and lost.
+   * Told of each violation the file could not take (its count, or the block it crossed into;
+   * locked past the busy wait, disk full): the request keeps the answer it was given, and the
+   * violation is logged and lost.
    */
   onStoreError?: () => void;
 }
@@ -451,17 +452,15 @@ export class IpBlockService {
     if (count === 0) return null;
     const now = this.options.clock.now();
     const policy = this.violationPolicies[kind];
+    // The refusal or failed login that made this violation stands as answered (a 429 stays a 429,
+    // not a 503) whatever the file does: while it cannot be written, the violation's count or the
+    // block it crossed into is lost (the count stays over its threshold, so the next violation
+    // once the file is back makes the block).
     let outcome: LimitOutcome | undefined;
     try {
       [outcome] = await this.options.limiter.check([{ policy, key: counterKey, now }]);
     } catch (error) {
-      // The refusal or failed login that made this violation stands as answered (a 429 stays a
-      // 429, not a 503): only its count towards a block is lost while the store cannot write.
-      this.options.onStoreError?.();
-      this.options.logger.error(
-        { err: error, requestId, policy: policy.id },
-        "rate-limit store failed: a violation was not counted",
-      );
+      this.lost(error, requestId, policy.id, "a violation was not counted");
       return null;
     }
     if (outcome?.admitted !== false) return null;
@@ -470,11 +469,24 @@ export class IpBlockService {
       kind === "principal" ? this.settings.lockoutEscalation : this.settings.escalation;
     // Wrong /metrics tokens count as failed logins (plugins/metrics): one counter, so the reason names both.
     const what = kind === "login" ? "failed logins or /metrics tokens" : "rate-limit refusals";
-    return this.autoBlock(
-      subject,
-      `${count} ${what} in ${windowMs / MINUTE} min`,
-      ladder,
-      requestId,
+    try {
+      return this.autoBlock(
+        subject,
+        `${count} ${what} in ${windowMs / MINUTE} min`,
+        ladder,
+        requestId,
+      );
+    } catch (error) {
+      this.lost(error, requestId, policy.id, "a block was not made");
+      return null;
+    }
+  }
+
+  private lost(error: unknown, requestId: string | null, policy: string, what: string): void {
+    this.options.onStoreError?.();
+    this.options.logger.error(
+      { err: error, requestId, policy },
+      `rate-limit store failed: ${what}`,
     );
   }
 

@@ -276,6 +276,33 @@ describe("a violation the store cannot count", () => {
   });
 });
 
+test("a block the file cannot take leaves the refusal a 429; it is made at the next violation once the file is back", async () => {
+  current = buildTestApp({
+    env: { RATE_LIMIT_PER_MINUTE: "1", RATE_LIMIT_BURST: "100", IP_BLOCK_RATE_LIMIT_REFUSALS: "2" },
+  });
+  const sqlite = current.db.$client;
+  // What a full disk does to the block's insert, and to nothing else.
+  sqlite.run(
+    "CREATE TRIGGER full_disk BEFORE INSERT ON ip_blocks BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+  );
+  const peer = "192.0.2.42";
+  const statuses: number[] = [];
+  for (let i = 0; i < 4; i++)
+    statuses.push((await send(current, "/openapi.json", { peer })).status);
+  expect(statuses).toEqual([200, 429, 429, 429]);
+  expect(sqlite.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+  const lost = current.logs.entries.filter(
+    (entry) => entry.msg === "rate-limit store failed: a block was not made",
+  );
+  expect(lost.length).toBe(2);
+  expect(lost.every((entry) => typeof entry.requestId === "string")).toBe(true);
+  expect(await metricsText(current)).toContain('rate_limit_store_errors_total{mode="open"} 2');
+  sqlite.run("DROP TRIGGER full_disk");
+  expect((await send(current, "/openapi.json", { peer })).status).toBe(429);
+  expect((await send(current, "/openapi.json", { peer })).status).toBe(403);
+  expect(sqlite.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 1 });
+});
+
 describe("keys for authenticated requests", () => {
   test("each principal has its own budget, whatever address it comes from", async () => {
     const target = limited({ RATE_LIMIT_PER_MINUTE: "3" });
