@@ -225,13 +225,19 @@ export class SqliteAuditLog implements AuditLog {
     const stamped = safe.at === undefined ? { ...safe, at: this.clock.now() } : safe;
     this.counter?.labels(event.type).inc();
     if (this.closed || mustNotLose(event.type)) {
-      const batch = [...this.takeQueue(), stamped];
+      // Inside a caller's transaction (a block and its event) the queued events stay queued: a
+      // rollback of that transaction, at its COMMIT too (a full disk), would take them with it.
+      const queued = this.sqlite.inTransaction ? [] : this.takeQueue();
+      const batch = [...queued, stamped];
       try {
         this.write(batch);
         this.deferred = false;
       } catch (error) {
-        if (!isDatabaseBusy(error) || this.closed) throw error;
-        this.requeue(batch);
+        if (isDatabaseBusy(error) && !this.closed) this.requeue(batch);
+        // The caller's event fails with its caller. The queued events that were to go with it
+        // are nobody's request: back to the queue, for the next flush to write (or to log as lost
+        // if the file still cannot take them), never dropped without a word.
+        else if (queued.length > 0) this.requeue(queued);
         throw error;
       }
       return;

@@ -30,7 +30,6 @@ import type { Database } from "bun:sqlite";
 import { timingSafeEqual } from "node:crypto";
 import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
-import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { firstRowReader } from "../../db/rows";
@@ -383,9 +382,9 @@ export class CredentialVerifier {
     this.lastUsedWritten.set(keyId, now);
     try {
       this.statements.touchKey.run({ now, id: keyId });
-    } catch (error) {
-      // last_used_at is a hint: a locked database must not fail the request it describes.
-      if (!isDatabaseBusy(error)) throw error;
+    } catch {
+      // last_used_at is a hint: a file that cannot take it (locked, full) must not fail the
+      // request it describes, nor change its answer. Written again at the key's next use.
       this.lastUsedWritten.set(keyId, last);
     }
   }

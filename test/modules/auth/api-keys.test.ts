@@ -164,6 +164,34 @@ describe("admin routes", () => {
     expect(expired.status).toBe(401);
   });
 
+  test("a file that cannot take last_used_at (full) answers the request as usual; it is written at the next use", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const { key, record } = current.services.apiKeys.create(
+      { name: "hint", scopes: ["chat"], userId: null },
+      "test",
+    );
+    const sqlite = current.db.$client;
+    sqlite.run(
+      "CREATE TRIGGER full_disk BEFORE UPDATE OF last_used_at ON api_keys BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    );
+    const me = await send(current, "/api/auth/me", { headers: { "x-api-key": key } });
+    expect(me.status).toBe(200);
+    const lastUsed = () =>
+      (
+        sqlite.query("SELECT last_used_at AS t FROM api_keys WHERE id = ?").get(record.id) as {
+          t: number | null;
+        }
+      ).t;
+    expect(lastUsed()).toBeNull();
+    sqlite.run("DROP TRIGGER full_disk");
+    clock.advance(1_000);
+    expect((await send(current, "/api/auth/me", { headers: { "x-api-key": key } })).status).toBe(
+      200,
+    );
+    expect(lastUsed()).toBe(clock.now());
+  });
+
   test("wrong, malformed and doubled keys are refused", async () => {
     current = buildTestApp();
     const { key } = createKey(current, ["chat"]);

@@ -74,6 +74,40 @@ describe("writing", () => {
     expect(types).toEqual(["csrf.failed", "auth.login.failed"]);
   });
 
+  test("a must-not-lose event the file cannot take fails its caller; the queued events that were to go with it are kept", () => {
+    const { log, count, sqlite } = auditOn({ flushIntervalMs: 60_000 });
+    log.record({ type: "csrf.failed", outcome: "denied" });
+    log.record({ type: "ratelimit.rejected", outcome: "denied", ip: "192.0.2.1" });
+    // A full disk, for the must-not-lose event's transaction only (not the busy case).
+    sqlite.run(
+      "CREATE TRIGGER full_disk BEFORE INSERT ON audit_events WHEN NEW.type = 'auth.locked_out' BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    );
+    expect(() =>
+      log.record({ type: "auth.locked_out", outcome: "denied", actor: "key:k1" }),
+    ).toThrow("database or disk is full");
+    expect(count()).toBe(0);
+    sqlite.run("DROP TRIGGER full_disk");
+    log.flush();
+    const types = sqlite.query("SELECT type FROM audit_events ORDER BY id").values().flat();
+    expect(types).toEqual(["csrf.failed", "ratelimit.rejected"]);
+  });
+
+  test("a must-not-lose event inside a caller's transaction leaves the queue for the flush; a rollback keeps it", () => {
+    const { log, count, sqlite } = auditOn({ flushIntervalMs: 60_000 });
+    log.record({ type: "csrf.failed", outcome: "denied" });
+    expect(() =>
+      sqlite.transaction(() => {
+        log.record({ type: "ip.blocked", outcome: "success", ip: "192.0.2.9" });
+        // What a full disk does at the caller's COMMIT.
+        throw new Error("database or disk is full");
+      })(),
+    ).toThrow("database or disk is full");
+    expect(count()).toBe(0);
+    log.flush();
+    const types = sqlite.query("SELECT type FROM audit_events ORDER BY id").values().flat();
+    expect(types).toEqual(["csrf.failed"]);
+  });
+
   test("close flushes the queue", () => {
     const { log, count } = auditOn({ flushIntervalMs: 60_000 });
     log.record({ type: "csrf.failed", outcome: "denied" });
