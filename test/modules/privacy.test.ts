@@ -288,3 +288,31 @@ test("an admin's blocks and lockouts: exported without the addresses blocked; er
   ]);
   expect(JSON.stringify(sqlite.query("SELECT * FROM ip_blocks").all())).not.toContain(admin.userId);
 });
+
+test("an erasure the file cannot take leaves no trace: the session still works, and the audit events queued meanwhile are written", async () => {
+  current = buildTestApp({ env: { RATE_LIMIT_PER_MINUTE: "10000", RATE_LIMIT_BURST: "10000" } });
+  const user = await signUp(current);
+  const sqlite = current.db.$client;
+  // Queued (batched) before the erasure: another client's refused CSRF check.
+  current.services.audit.record({ type: "csrf.failed", outcome: "denied", ip: "192.0.2.61" });
+  // A full disk at the erasure's last write: its transaction rolls back whole.
+  sqlite.run(
+    "CREATE TRIGGER full_disk BEFORE DELETE ON users BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+  );
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(user.accessToken),
+  });
+  expect(erased.status).toBeGreaterThanOrEqual(500);
+  sqlite.run("DROP TRIGGER full_disk");
+  // Nothing of it stayed: not the revocation it read back inside its transaction, here or in the file.
+  expect((await send(current, "/api/auth/me", { headers: bearer(user.accessToken) })).status).toBe(
+    200,
+  );
+  expect(sqlite.query("SELECT count(*) AS n FROM auth_revocations").get()).toEqual({ n: 0 });
+  // The event queued before it was flushed inside its transaction: queued again, then written.
+  current.services.audit.flush();
+  const types = sqlite.query("SELECT type FROM audit_events").values().flat();
+  expect(types).toContain("csrf.failed");
+  expect(current.logs.text).toContain("audit events queued again");
+});

@@ -223,17 +223,25 @@ export class SqliteAuditLog implements AuditLog {
     const safe =
       route === event.route && detail === event.detail ? event : { ...event, route, detail };
     const stamped = safe.at === undefined ? { ...safe, at: this.clock.now() } : safe;
-    this.counter?.labels(event.type).inc();
     if (this.closed || mustNotLose(event.type)) {
       // Inside a caller's transaction (a block and its event) the queued events stay queued: a
       // rollback of that transaction, at its COMMIT too (a full disk), would take them with it.
       const queued = this.sqlite.inTransaction ? [] : this.takeQueue();
       const batch = [...queued, stamped];
       try {
-        this.write(batch);
+        const last = this.write(batch);
         this.deferred = false;
+        // Counted once written, and inside a caller's transaction once that has committed: an
+        // event the file could not take, or that its caller's rollback undid, is not counted.
+        const count = () => this.counter?.labels(event.type).inc();
+        if (this.sqlite.inTransaction) this.afterCaller(last, (committed) => committed && count());
+        else count();
       } catch (error) {
-        if (isDatabaseBusy(error) && !this.closed) this.requeue(batch);
+        if (isDatabaseBusy(error) && !this.closed) {
+          // Queued with the rest, to be written (or logged as lost) as they are: counted like them.
+          this.requeue(batch);
+          this.counter?.labels(event.type).inc();
+        }
         // The caller's event fails with its caller. The queued events that were to go with it
         // are nobody's request: back to the queue, for the next flush to write (or to log as lost
         // if the file still cannot take them), never dropped without a word.
@@ -242,6 +250,7 @@ export class SqliteAuditLog implements AuditLog {
       }
       return;
     }
+    this.counter?.labels(event.type).inc();
     this.queue.push(stamped);
     // While the database is locked the timer retries; a full queue must not try on every event.
     if (this.queue.length >= this.flushBatchSize && !this.deferred) {
@@ -256,8 +265,10 @@ export class SqliteAuditLog implements AuditLog {
     const batch = this.takeQueue();
     if (batch.length === 0) return;
     try {
-      this.write(batch);
+      const last = this.write(batch);
       this.deferred = false;
+      // Inside a caller's transaction (an erasure flushes the queue in its own), which may roll back.
+      if (this.sqlite.inTransaction) this.putBackUnlessCommitted(batch, last);
     } catch (error) {
       if (isDatabaseBusy(error) && !this.closed) {
         this.logger.warn({ queued: batch.length }, "audit flush deferred: the database is locked");
@@ -428,9 +439,10 @@ export class SqliteAuditLog implements AuditLog {
     return batch;
   }
 
-  private write(events: AuditEvent[]): void {
+  /** Writes the events on the chain; returns the last row written (its id and hash). */
+  private write(events: AuditEvent[]): { id: number; hash: string } {
     const { insert, lastRow, sequence } = this.statements;
-    this.db.transaction(
+    return this.db.transaction(
       () => {
         const last = lastRow.get();
         const checkpoint = last ? null : latestCheckpoint(this.sqlite);
@@ -475,9 +487,48 @@ export class SqliteAuditLog implements AuditLog {
           prevHash = hash;
           id++;
         }
+        return { id: id - 1, hash: prevHash };
       },
       { behavior: "immediate" },
     );
+  }
+
+  /**
+   * Rows written inside a caller's transaction are undone with it if it rolls back, at its COMMIT
+   * too (a full disk). Once it has ended (transactions here never span an await), the last row
+   * written is looked for: `then` is told whether it is there.
+   */
+  private afterCaller(last: { id: number; hash: string }, then: (committed: boolean) => void) {
+    const check = () => {
+      if (this.sqlite.inTransaction) {
+        setImmediate(check);
+        return;
+      }
+      const row = this.sqlite.query("SELECT hash FROM audit_events WHERE id = ?1").get(last.id) as {
+        hash: string;
+      } | null;
+      then(row?.hash === last.hash);
+    };
+    queueMicrotask(check);
+  }
+
+  /** Events of the queue written in a caller's transaction that rolled back: queued again. */
+  private putBackUnlessCommitted(batch: AuditEvent[], last: { id: number; hash: string }) {
+    this.afterCaller(last, (committed) => {
+      if (committed) return;
+      if (this.closed) {
+        this.logger.error(
+          { lost: batch.length },
+          "audit events lost: their transaction rolled back",
+        );
+        return;
+      }
+      this.logger.warn(
+        { queued: batch.length },
+        "audit events queued again: the transaction they were written in rolled back",
+      );
+      this.requeue(batch);
+    });
   }
 }
 

@@ -351,6 +351,10 @@ export class CredentialVerifier {
       : now - this.options.accessTokenTtlMs - 60_000;
     this.lastPoll = now;
     const rows = this.statements.newRevocations.all({ after: this.lastRevocationId, since });
+    // Inside a caller's transaction (an erasure, a role change) the feed shows its own rows before
+    // they are committed: applied at once, as a revocation must be, and undone here if that
+    // transaction rolls back, at its COMMIT too, or this process alone would keep refusing.
+    if (rows.length > 0 && this.options.sqlite.inTransaction) this.undoIfRolledBack(rows);
     for (const row of rows) {
       this.lastRevocationId = Math.max(this.lastRevocationId, row.id);
       if (row.kind === "family") {
@@ -374,6 +378,31 @@ export class CredentialVerifier {
         this.revokedFamilies.delete(family);
       }
     }
+  }
+
+  private undoIfRolledBack(rows: readonly { id: number; kind: string; subject: string }[]): void {
+    const before = this.lastRevocationId;
+    const check = () => {
+      // Transactions never span an await: by now the caller's has committed or rolled back.
+      if (this.options.sqlite.inTransaction) {
+        setImmediate(check);
+        return;
+      }
+      const stored = this.options.sqlite.query("SELECT 1 FROM auth_revocations WHERE id = ?1");
+      const gone = rows.filter((row) => stored.get(row.id) === null);
+      if (gone.length === 0) return;
+      const still = this.options.sqlite.query(
+        "SELECT 1 FROM auth_revocations WHERE kind = 'family' AND subject = ?1",
+      );
+      for (const row of gone) {
+        if (row.kind === "family" && still.get(row.subject) === null) {
+          this.revokedFamilies.delete(row.subject);
+        }
+      }
+      // The feed is read again from before them: what was committed meanwhile is applied anew.
+      this.lastRevocationId = Math.min(this.lastRevocationId, before);
+    };
+    queueMicrotask(check);
   }
 
   private noteUse(keyId: string, now: number): void {

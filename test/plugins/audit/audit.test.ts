@@ -74,8 +74,8 @@ describe("writing", () => {
     expect(types).toEqual(["csrf.failed", "auth.login.failed"]);
   });
 
-  test("a must-not-lose event the file cannot take fails its caller; the queued events that were to go with it are kept", () => {
-    const { log, count, sqlite } = auditOn({ flushIntervalMs: 60_000 });
+  test("a must-not-lose event the file cannot take fails its caller; the queued events that were to go with it are kept", async () => {
+    const { log, count, sqlite, registry } = auditOn({ flushIntervalMs: 60_000 });
     log.record({ type: "csrf.failed", outcome: "denied" });
     log.record({ type: "ratelimit.rejected", outcome: "denied", ip: "192.0.2.1" });
     // A full disk, for the must-not-lose event's transaction only (not the busy case).
@@ -90,10 +90,14 @@ describe("writing", () => {
     log.flush();
     const types = sqlite.query("SELECT type FROM audit_events ORDER BY id").values().flat();
     expect(types).toEqual(["csrf.failed", "ratelimit.rejected"]);
+    // Counted as written: the event the file could not take is not.
+    const metrics = await registry.metrics();
+    expect(metrics).toContain('audit_events_total{type="csrf.failed"} 1');
+    expect(metrics).not.toContain('audit_events_total{type="auth.locked_out"}');
   });
 
-  test("a must-not-lose event inside a caller's transaction leaves the queue for the flush; a rollback keeps it", () => {
-    const { log, count, sqlite } = auditOn({ flushIntervalMs: 60_000 });
+  test("a must-not-lose event inside a caller's transaction leaves the queue for the flush; a rollback keeps it", async () => {
+    const { log, count, sqlite, registry } = auditOn({ flushIntervalMs: 60_000 });
     log.record({ type: "csrf.failed", outcome: "denied" });
     expect(() =>
       sqlite.transaction(() => {
@@ -106,6 +110,12 @@ describe("writing", () => {
     log.flush();
     const types = sqlite.query("SELECT type FROM audit_events ORDER BY id").values().flat();
     expect(types).toEqual(["csrf.failed"]);
+    // The block's event went with its rolled-back transaction: once that has ended, not counted.
+    await Bun.sleep(0);
+    expect(await registry.metrics()).not.toContain('audit_events_total{type="ip.blocked"}');
+    sqlite.transaction(() => log.record({ type: "ip.blocked", outcome: "success" }))();
+    await Bun.sleep(0);
+    expect(await registry.metrics()).toContain('audit_events_total{type="ip.blocked"} 1');
   });
 
   test("close flushes the queue", () => {
