@@ -316,3 +316,21 @@ test("an erasure the file cannot take leaves no trace: the session still works, 
   expect(types).toContain("csrf.failed");
   expect(current.logs.text).toContain("audit events queued again");
 });
+
+test("what a rolled-back transaction leaves to check runs after a command that closes the file at once without an error", async () => {
+  const target = buildTestApp();
+  const sqlite = target.db.$client;
+  target.services.audit.record({ type: "csrf.failed", outcome: "denied", ip: "192.0.2.62" });
+  // As a failed `users:erase` does: a revocation and an audit flush inside a transaction that
+  // rolls back, then the command ends and closes the database before the next tick.
+  expect(() =>
+    sqlite.transaction(() => {
+      target.services.credentials.revoke("family", "f-rolled-back");
+      target.services.audit.flush();
+      throw new Error("database or disk is full");
+    })(),
+  ).toThrow("database or disk is full");
+  target.close();
+  await Bun.sleep(10);
+  expect(target.logs.text).toContain("audit rows unconfirmed: the database closed first");
+});

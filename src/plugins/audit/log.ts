@@ -500,13 +500,20 @@ export class SqliteAuditLog implements AuditLog {
    */
   private afterCaller(last: { id: number; hash: string }, then: (committed: boolean) => void) {
     const check = () => {
-      if (this.sqlite.inTransaction) {
-        setImmediate(check);
+      let row: { hash: string } | null;
+      try {
+        if (this.sqlite.inTransaction) {
+          setImmediate(check);
+          return;
+        }
+        row = this.sqlite.query("SELECT hash FROM audit_events WHERE id = ?1").get(last.id) as {
+          hash: string;
+        } | null;
+      } catch (error) {
+        // Closed meanwhile (a CLI command that failed and ended): whether it committed is unknown.
+        this.logger.error({ err: error }, "audit rows unconfirmed: the database closed first");
         return;
       }
-      const row = this.sqlite.query("SELECT hash FROM audit_events WHERE id = ?1").get(last.id) as {
-        hash: string;
-      } | null;
       then(row?.hash === last.hash);
     };
     queueMicrotask(check);

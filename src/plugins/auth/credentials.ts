@@ -383,24 +383,29 @@ export class CredentialVerifier {
   private undoIfRolledBack(rows: readonly { id: number; kind: string; subject: string }[]): void {
     const before = this.lastRevocationId;
     const check = () => {
-      // Transactions never span an await: by now the caller's has committed or rolled back.
-      if (this.options.sqlite.inTransaction) {
-        setImmediate(check);
-        return;
-      }
-      const stored = this.options.sqlite.query("SELECT 1 FROM auth_revocations WHERE id = ?1");
-      const gone = rows.filter((row) => stored.get(row.id) === null);
-      if (gone.length === 0) return;
-      const still = this.options.sqlite.query(
-        "SELECT 1 FROM auth_revocations WHERE kind = 'family' AND subject = ?1",
-      );
-      for (const row of gone) {
-        if (row.kind === "family" && still.get(row.subject) === null) {
-          this.revokedFamilies.delete(row.subject);
+      const { sqlite } = this.options;
+      try {
+        // Transactions never span an await: by now the caller's has committed or rolled back.
+        if (sqlite.inTransaction) {
+          setImmediate(check);
+          return;
         }
+        const stored = sqlite.query("SELECT 1 FROM auth_revocations WHERE id = ?1");
+        const gone = rows.filter((row) => stored.get(row.id) === null);
+        if (gone.length === 0) return;
+        const revoked = sqlite.query(
+          "SELECT 1 FROM auth_revocations WHERE kind = 'family' AND subject = ?1",
+        );
+        for (const row of gone) {
+          if (row.kind === "family" && revoked.get(row.subject) === null) {
+            this.revokedFamilies.delete(row.subject);
+          }
+        }
+        // The feed is read again from before them: what was committed meanwhile is applied anew.
+        this.lastRevocationId = Math.min(this.lastRevocationId, before);
+      } catch {
+        // Closed meanwhile (a CLI command that failed and ended): no memory here is used again.
       }
-      // The feed is read again from before them: what was committed meanwhile is applied anew.
-      this.lastRevocationId = Math.min(this.lastRevocationId, before);
     };
     queueMicrotask(check);
   }
