@@ -27,6 +27,7 @@ import type { Database } from "bun:sqlite";
 import { asc, desc, eq, lt, lte, max, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { Clock } from "../../clock";
+import { afterTransaction } from "../../db/after-transaction";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
@@ -493,30 +494,19 @@ export class SqliteAuditLog implements AuditLog {
     );
   }
 
-  /**
-   * Rows written inside a caller's transaction are undone with it if it rolls back, at its COMMIT
-   * too (a full disk). Once it has ended (transactions here never span an await), the last row
-   * written is looked for: `then` is told whether it is there.
-   */
+  /** Once the caller's transaction has ended: whether the last row written is still there. */
   private afterCaller(last: { id: number; hash: string }, then: (committed: boolean) => void) {
-    const check = () => {
-      let row: { hash: string } | null;
-      try {
-        if (this.sqlite.inTransaction) {
-          setImmediate(check);
-          return;
-        }
-        row = this.sqlite.query("SELECT hash FROM audit_events WHERE id = ?1").get(last.id) as {
-          hash: string;
-        } | null;
-      } catch (error) {
-        // Closed meanwhile (a CLI command that failed and ended): whether it committed is unknown.
-        this.logger.error({ err: error }, "audit rows unconfirmed: the database closed first");
-        return;
-      }
-      then(row?.hash === last.hash);
-    };
-    queueMicrotask(check);
+    afterTransaction(
+      this.sqlite,
+      () => {
+        const row = this.sqlite
+          .query("SELECT hash FROM audit_events WHERE id = ?1")
+          .get(last.id) as { hash: string } | null;
+        then(row?.hash === last.hash);
+      },
+      (error) =>
+        this.logger.error({ err: error }, "audit rows unconfirmed: the database closed first"),
+    );
   }
 
   /** Events of the queue written in a caller's transaction that rolled back: queued again. */

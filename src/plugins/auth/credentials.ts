@@ -30,6 +30,7 @@ import type { Database } from "bun:sqlite";
 import { timingSafeEqual } from "node:crypto";
 import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
+import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { firstRowReader } from "../../db/rows";
@@ -382,32 +383,23 @@ export class CredentialVerifier {
 
   private undoIfRolledBack(rows: readonly { id: number; kind: string; subject: string }[]): void {
     const before = this.lastRevocationId;
-    const check = () => {
-      const { sqlite } = this.options;
-      try {
-        // Transactions never span an await: by now the caller's has committed or rolled back.
-        if (sqlite.inTransaction) {
-          setImmediate(check);
-          return;
+    const { sqlite } = this.options;
+    // A database closed first (a CLI command that failed and ended) leaves nothing to undo here.
+    afterTransaction(sqlite, () => {
+      const stored = sqlite.query("SELECT 1 FROM auth_revocations WHERE id = ?1");
+      const gone = rows.filter((row) => stored.get(row.id) === null);
+      if (gone.length === 0) return;
+      const revoked = sqlite.query(
+        "SELECT 1 FROM auth_revocations WHERE kind = 'family' AND subject = ?1",
+      );
+      for (const row of gone) {
+        if (row.kind === "family" && revoked.get(row.subject) === null) {
+          this.revokedFamilies.delete(row.subject);
         }
-        const stored = sqlite.query("SELECT 1 FROM auth_revocations WHERE id = ?1");
-        const gone = rows.filter((row) => stored.get(row.id) === null);
-        if (gone.length === 0) return;
-        const revoked = sqlite.query(
-          "SELECT 1 FROM auth_revocations WHERE kind = 'family' AND subject = ?1",
-        );
-        for (const row of gone) {
-          if (row.kind === "family" && revoked.get(row.subject) === null) {
-            this.revokedFamilies.delete(row.subject);
-          }
-        }
-        // The feed is read again from before them: what was committed meanwhile is applied anew.
-        this.lastRevocationId = Math.min(this.lastRevocationId, before);
-      } catch {
-        // Closed meanwhile (a CLI command that failed and ended): no memory here is used again.
       }
-    };
-    queueMicrotask(check);
+      // The feed is read again from before them: what was committed meanwhile is applied anew.
+      this.lastRevocationId = Math.min(this.lastRevocationId, before);
+    });
   }
 
   private noteUse(keyId: string, now: number): void {
