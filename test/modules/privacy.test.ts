@@ -334,3 +334,28 @@ test("what a rolled-back transaction leaves to check runs after a command that c
   await Bun.sleep(10);
   expect(target.logs.text).toContain("audit rows unconfirmed: the database closed first");
 });
+
+test("an erasure that commits writes the user's queued events once, pseudonymised, and nothing is queued again", async () => {
+  const target = buildTestApp();
+  current = target;
+  const user = await signUp(target);
+  target.services.audit.record({
+    type: "ratelimit.rejected",
+    outcome: "denied",
+    actor: `user:${user.userId}`,
+    ip: "192.0.2.63",
+  });
+  const erased = await send(target, "/api/me", {
+    method: "DELETE",
+    headers: bearer(user.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  await Bun.sleep(5);
+  target.services.audit.flush();
+  const rows = target.db.$client
+    .query("SELECT actor FROM audit_events WHERE type = 'ratelimit.rejected'")
+    .all() as { actor: string }[];
+  expect(rows).toHaveLength(1);
+  expect(rows[0]!.actor).not.toContain(user.userId);
+  expect(target.logs.text).not.toContain("queued again");
+});
