@@ -77,15 +77,24 @@ export function rateLimitHeaders(
     : admittedHeaders(policies, outcomes, now);
 }
 
+/** The window closest to refusing (the first of equals), and what is left of it. */
+interface Closest {
+  name: string;
+  limit: number;
+  left: number;
+  state: WindowState;
+  windowMs: number;
+}
+
 /**
- * An admitted request's headers (every response of a limited route): the window closest to
- * refusing, found without building a list of windows, as it runs on every request.
+ * The window closest to refusing among the outcomes' windows (each policy's, then its burst where
+ * that is tighter), found without building a list of windows: it runs on every limited response.
  */
-function admittedHeaders(
+function closestWindow(
   policies: readonly Policy[],
   outcomes: readonly LimitOutcome[],
   now: number,
-): Record<string, string> {
+): Closest {
   let name = "";
   let limit = 0;
   let left = Number.POSITIVE_INFINITY;
@@ -115,6 +124,16 @@ function admittedHeaders(
       }
     }
   }
+  return { name, limit, left, state, windowMs };
+}
+
+/** An admitted request's headers (every response of a limited route). */
+function admittedHeaders(
+  policies: readonly Policy[],
+  outcomes: readonly LimitOutcome[],
+  now: number,
+): Record<string, string> {
+  const { name, limit, left, state, windowMs } = closestWindow(policies, outcomes, now);
   const reset = Math.max(1, Math.ceil(resetMs(state, now, windowMs) / 1000));
   return {
     "x-ratelimit-limit": String(limit),
@@ -139,31 +158,21 @@ function refusalHeaders(
   outcomes: readonly LimitOutcome[],
   now: number,
 ): Record<string, string> {
+  const { name, limit, state, windowMs } = closestWindow(policies, outcomes, now);
+  const reset = Math.max(1, Math.ceil(resetMs(state, now, windowMs) / 1000));
   const windows: Window[] = [];
   for (let i = 0; i < outcomes.length; i++) windowsOf(policies[i]!, outcomes[i]!, windows);
-
-  let closest = windows[0]!;
-  let closestRemaining = remaining(closest.state, now, closest.windowMs, closest.limit);
-  for (let i = 1; i < windows.length; i++) {
-    const w = windows[i]!;
-    const left = remaining(w.state, now, w.windowMs, w.limit);
-    if (left < closestRemaining) {
-      closest = w;
-      closestRemaining = left;
-    }
-  }
-  const reset = Math.max(1, Math.ceil(resetMs(closest.state, now, closest.windowMs) / 1000));
   let wait = 0;
   for (const w of windows) wait = Math.max(wait, retryAfterMs(w.state, now, w.windowMs, w.limit));
   return {
-    "x-ratelimit-limit": String(closest.limit),
+    "x-ratelimit-limit": String(limit),
     "x-ratelimit-remaining": "0",
     "x-ratelimit-reset": String(reset),
     "ratelimit-policy":
       outcomes.length === policies.length
         ? policyHeader(policies, outcomes)
         : renderPolicies(windows),
-    ratelimit: `"${closest.name}";r=0;t=${reset}`,
+    ratelimit: `"${name}";r=0;t=${reset}`,
     "retry-after": String(Math.max(1, Math.ceil(wait / 1000))),
   };
 }
