@@ -170,8 +170,7 @@ export function createCore(options: CoreOptions): Core {
     audit,
     limiter,
     registry,
-    // A violation the store could not count failed open: the defence it feeds let it through.
-    onStoreError: () => metrics.rateLimit.storeErrors.labels("open").inc(),
+    rateLimitMetrics: metrics.rateLimit,
     settings: {
       thresholds: {
         ratelimit: {

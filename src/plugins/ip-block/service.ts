@@ -25,6 +25,8 @@ import type { AuditLog } from "../audit/log";
 import type { ResolvedClient } from "../client-ip";
 import { METRIC } from "../metrics/names";
 import { Gauge, type Registry } from "../metrics/prom";
+import { limiterFailed } from "../rate-limit/enforce";
+import type { RateLimitMetrics } from "../rate-limit/metrics";
 import type { Policy } from "../rate-limit/policies";
 import type { LimiterStore, LimitOutcome } from "../rate-limit/store";
 
@@ -88,11 +90,10 @@ export interface IpBlockServiceOptions {
   registry?: Registry;
   settings?: Partial<IpBlockSettings>;
   /**
-   * Told of each violation the file could not take (its count, or the block it crossed into;
-   * locked past the busy wait, disk full): the request keeps the answer it was given, and the
-   * violation is logged and lost.
+   * Where a violation the file could not take (its count, or the block it crossed into; locked
+   * past the busy wait, disk full) is counted, as a limiter store failure that failed open.
    */
-  onStoreError?: () => void;
+  rateLimitMetrics: RateLimitMetrics;
 }
 
 const BLOCK_COLUMNS = {
@@ -482,12 +483,9 @@ export class IpBlockService {
     }
   }
 
-  private lost(error: unknown, requestId: string | null, policy: string, what: string): void {
-    this.options.onStoreError?.();
-    this.options.logger.error(
-      { err: error, requestId, policy },
-      `rate-limit store failed: ${what}`,
-    );
+  private lost(error: unknown, requestId: string | null, policy: string, lost: string): void {
+    const { rateLimitMetrics: metrics, logger } = this.options;
+    limiterFailed(error, { metrics, logger, requestId, failClosed: false, policy, lost });
   }
 
   /** Deletes blocks that ended longer ago than escalation looks back. Bounded per call. */

@@ -25,7 +25,8 @@ export const QUIET_AUDIT_KEYS = 10_000;
  * A limiter store that could not answer: counted (`rate_limit_store_errors_total{mode}`) and
  * logged; for a decision that fails closed, returns the 503 (with Retry-After) to throw, else null
  * (let through). The store's error goes with the report (never to the client), so a lock and a
- * missing table are two failures. The rate-limit stage and the login lockout both end here.
+ * missing table are two failures. The rate-limit stage, the login lockout and the IP blocker's
+ * violation counts all end here.
  */
 export function limiterFailed(
   error: unknown,
@@ -33,11 +34,11 @@ export function limiterFailed(
 ): AppError;
 export function limiterFailed(error: unknown, context: StoreFailure): AppError | null;
 export function limiterFailed(error: unknown, context: StoreFailure): AppError | null {
-  const { metrics, logger, requestId, failClosed, policy } = context;
+  const { metrics, logger, requestId, failClosed, policy, lost } = context;
   metrics.storeErrors.labels(failClosed ? "closed" : "open").inc();
   logger.error(
     { err: error, requestId, failClosed, ...(policy ? { policy } : {}) },
-    "rate-limit store failed",
+    lost ? `rate-limit store failed: ${lost}` : "rate-limit store failed",
   );
   if (!failClosed) return null;
   return new AppError(
@@ -55,6 +56,8 @@ interface StoreFailure {
   failClosed: boolean;
   /** Named in the log line when the decision is not the route's policies (the lockout). */
   policy?: string;
+  /** What the failure lost, said in the log line, when not a request's own decision. */
+  lost?: string;
 }
 
 export interface LimitContext {
