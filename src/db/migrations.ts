@@ -24,6 +24,7 @@ import m0014 from "../../drizzle/0014_outbox_seals.sql" with { type: "text" };
 import m0015 from "../../drizzle/0015_chat_seals.sql" with { type: "text" };
 import m0016 from "../../drizzle/0016_chat_usage_day_owner.sql" with { type: "text" };
 import m0017 from "../../drizzle/0017_payment_seals.sql" with { type: "text" };
+import m0018 from "../../drizzle/0018_audit_erased_actors.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -45,6 +46,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0015_chat_seals": m0015,
   "0016_chat_usage_day_owner": m0016,
   "0017_payment_seals": m0017,
+  "0018_audit_erased_actors": m0018,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -1,8 +1,11 @@
 import { afterEach, expect, test } from "bun:test";
 import { Elysia } from "elysia";
+import { systemClock } from "../../src/clock";
+import { openDatabase } from "../../src/db/client";
+import { createLogger } from "../../src/logging/logger";
 import { AuditKeys } from "../../src/plugins/audit/chain";
-import { verifyAuditChain } from "../../src/plugins/audit/log";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { SqliteAuditLog, verifyAuditChain } from "../../src/plugins/audit/log";
+import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
 
 let current: TestApp | null = null;
@@ -358,4 +361,128 @@ test("an erasure that commits writes the user's queued events once, pseudonymise
   expect(rows).toHaveLength(1);
   expect(rows[0]!.actor).not.toContain(user.userId);
   expect(target.logs.text).not.toContain("queued again");
+});
+
+/** A second process's audit log on the same file: its own connection, its own queue. */
+function otherProcessLog(target: TestApp, keys = new AuditKeys(target.config.audit.secretKey)) {
+  const logs = new LogCapture();
+  const connection = openDatabase(target.databasePath);
+  const log = new SqliteAuditLog({
+    sqlite: connection.$client,
+    clock: systemClock,
+    logger: createLogger({ level: "info", destination: logs }),
+    keys,
+    flushIntervalMs: 60_000,
+  });
+  return {
+    log,
+    logs,
+    close() {
+      log.close();
+      connection.$client.close();
+    },
+  };
+}
+
+test("what another process queued for the user before the erasure, or records after it, is written under the pseudonym without its address", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const keyId = createKey(current, ["chat"], alice.userId).record.id;
+  const other = otherProcessLog(current);
+  try {
+    // Queued there (batched) before the erasure: refusals of the user and of the user's key.
+    other.log.record({
+      type: "ratelimit.rejected",
+      outcome: "denied",
+      actor: `user:${alice.userId}`,
+      ip: "192.0.2.70",
+    });
+    other.log.record({
+      type: "ratelimit.rejected",
+      outcome: "denied",
+      actor: `key:${keyId}`,
+      ip: "192.0.2.71",
+    });
+    other.log.record({
+      type: "ratelimit.rejected",
+      outcome: "denied",
+      actor: `user:${bob.userId}`,
+      ip: "192.0.2.72",
+    });
+    const erased = await send(current, "/api/me", {
+      method: "DELETE",
+      headers: bearer(alice.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    other.log.flush();
+    // Recorded there after it by a request that was already under way: written at once.
+    other.log.record({
+      type: "auth.forbidden",
+      outcome: "denied",
+      actor: `user:${alice.userId}`,
+      ip: "192.0.2.73",
+    });
+
+    const sqlite = current.db.$client;
+    const pseudonym = (
+      sqlite.query("SELECT actor FROM audit_events WHERE type = 'privacy.erased'").get() as {
+        actor: string;
+      }
+    ).actor;
+    const dump = JSON.stringify(sqlite.query("SELECT actor, ip, detail FROM audit_events").all());
+    expect(dump).not.toContain(alice.userId);
+    // (The key's id stays in the details of the admin events that created and revoked it.)
+    const actors = sqlite.query("SELECT actor FROM audit_events").values().flat();
+    expect(actors).not.toContain(`key:${keyId}`);
+    for (const ip of ["192.0.2.70", "192.0.2.71", "192.0.2.73"]) expect(dump).not.toContain(ip);
+    const late = sqlite
+      .query(
+        "SELECT type, actor, ip FROM audit_events WHERE id > (SELECT id FROM audit_events WHERE type = 'privacy.erased') ORDER BY id",
+      )
+      .all();
+    expect(late).toEqual([
+      { type: "ratelimit.rejected", actor: pseudonym, ip: null },
+      { type: "ratelimit.rejected", actor: pseudonym, ip: null },
+      { type: "ratelimit.rejected", actor: `user:${bob.userId}`, ip: "192.0.2.72" },
+      { type: "auth.forbidden", actor: pseudonym, ip: null },
+    ]);
+    expect(verifyAuditChain(sqlite, new AuditKeys(current.config.audit.secretKey)).ok).toBe(true);
+    // No personal data in the record of who was erased: keyed pseudonyms only.
+    const erasedActors = JSON.stringify(sqlite.query("SELECT * FROM audit_erased_actors").all());
+    expect(erasedActors).not.toContain(alice.userId);
+    expect(erasedActors).not.toContain(keyId);
+    expect(other.logs.text).toContain("written under its pseudonym");
+    expect(other.logs.text).not.toContain(alice.userId);
+  } finally {
+    other.close();
+  }
+});
+
+test("a record of erasure written into the file without AUDIT_SECRET_KEY changes no living actor's rows", async () => {
+  current = buildTestApp();
+  const bob = await signUp(current);
+  const sqlite = current.db.$client;
+  const insert = sqlite.query(
+    "INSERT INTO audit_erased_actors (actor_key, pseudonym, erased_at) VALUES (?1, 'erased:forged', 0)",
+  );
+  // The actor itself, and its pseudonym under a key other than the service's.
+  insert.run(`user:${bob.userId}`);
+  insert.run(
+    new AuditKeys("another-secret-0123456789abcdefghijklmnop").pseudonym(`user:${bob.userId}`),
+  );
+  const other = otherProcessLog(current);
+  try {
+    other.log.record({
+      type: "auth.forbidden",
+      outcome: "denied",
+      actor: `user:${bob.userId}`,
+      ip: "192.0.2.74",
+    });
+  } finally {
+    other.close();
+  }
+  expect(
+    sqlite.query("SELECT actor, ip FROM audit_events WHERE type = 'auth.forbidden'").all(),
+  ).toEqual([{ actor: `user:${bob.userId}`, ip: "192.0.2.74" }]);
 });

@@ -37,14 +37,17 @@ export function forgetMigrationsFrom(sqlite: Database, firstIdx: number): void {
 
 /**
  * Puts a database back into its shape before migration `firstIdx`, as someone with the file could:
- * the columns that migration and every later one added (`ALTER TABLE … ADD …`) dropped, and the
- * migrations forgotten, so the next migrate applies them again (and its companions run again).
+ * the columns that migration and every later one added (`ALTER TABLE … ADD …`) and the tables they
+ * created dropped, and the migrations forgotten, so the next migrate applies them again (and its companions run again).
  */
 export function putBackBefore(sqlite: Database, firstIdx: number): void {
   for (const entry of journalEntries().filter((each) => each.idx >= firstIdx)) {
     const text = readFileSync(join(MIGRATIONS_FOLDER, `${entry.tag}.sql`), "utf8");
     for (const [, table, column] of text.matchAll(/ALTER TABLE `(\w+)` ADD `(\w+)`/g)) {
       sqlite.run(`ALTER TABLE "${table}" DROP COLUMN "${column}"`);
+    }
+    for (const [, table] of text.matchAll(/CREATE TABLE `(\w+)`/g)) {
+      sqlite.run(`DROP TABLE IF EXISTS "${table}"`);
     }
   }
   forgetMigrationsFrom(sqlite, firstIdx);

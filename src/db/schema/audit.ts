@@ -53,3 +53,16 @@ export const auditCheckpoints = sqliteTable("audit_checkpoints", {
   keyId: text("key_id"),
   mac: text("mac"),
 });
+
+/**
+ * Actors erasure has pseudonymised, each under its own keyed pseudonym (`actor_key`, never the id
+ * itself), with the pseudonym its rows were given. An event for such an actor written after the
+ * erasure — queued by another process, or by a request that was under way — is written under that
+ * pseudonym, without its address, as erasure left the earlier rows. Without AUDIT_SECRET_KEY no
+ * row here can be made to match a living actor.
+ */
+export const auditErasedActors = sqliteTable("audit_erased_actors", {
+  actorKey: text("actor_key").primaryKey(),
+  pseudonym: text("pseudonym").notNull(),
+  erasedAt: integer("erased_at").notNull(),
+});

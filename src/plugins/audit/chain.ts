@@ -14,6 +14,9 @@ import { createHmac } from "node:crypto";
 
 export const GENESIS_HASH = "0".repeat(64);
 
+/** What every pseudonym erasure gives an actor starts with. */
+export const PSEUDONYM_PREFIX = "erased:";
+
 export interface ChainedFields {
   id: number;
   at: number;
@@ -97,7 +100,7 @@ export class AuditKeys {
 
   /** A stable pseudonym for an erased actor that cannot be recomputed from the id without the key. */
   pseudonym(actor: string): string {
-    return `erased:${hmacHex(this.pseudonymKey, actor).slice(0, 24)}`;
+    return `${PSEUDONYM_PREFIX}${hmacHex(this.pseudonymKey, actor).slice(0, 24)}`;
   }
 }
 

@@ -21,7 +21,10 @@
  * remaining chain still verifies.
  *
  * Erasure: `pseudonymise` replaces an actor by its pseudonym, drops the address and the salt, and
- * authenticates that rewrite per row, so verification accepts it and refuses any other.
+ * authenticates that rewrite per row, so verification accepts it and refuses any other. It also
+ * records the actor as erased (`audit_erased_actors`, keyed by the actor's own pseudonym): an
+ * event for it that any process writes afterwards (queued before the erasure, or recorded by a
+ * request already under way) is written under the pseudonym, without its address.
  */
 import type { Database } from "bun:sqlite";
 import { asc, desc, eq, lt, lte, max, sql } from "drizzle-orm";
@@ -32,12 +35,12 @@ import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { auditCheckpoints, auditEvents } from "../../db/schema";
+import { auditCheckpoints, auditErasedActors, auditEvents } from "../../db/schema";
 import { cutClientText, type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
 import { Counter, type Registry } from "../metrics/prom";
-import { type AuditKeys, GENESIS_HASH, newSalt, subjectCommit } from "./chain";
+import { type AuditKeys, GENESIS_HASH, newSalt, PSEUDONYM_PREFIX, subjectCommit } from "./chain";
 import { type AuditDetail, type AuditEvent, encodeDetail, mustNotLose } from "./events";
 import { type AuditHead, type AuditRow, latestCheckpoint, verifyAuditChain } from "./verify";
 
@@ -50,7 +53,8 @@ export interface AuditLog {
   flush(): void;
   /**
    * Erasure: rewrites every row of `actor` to `pseudonym` without address or salt, authenticated
-   * per row. Queued events are written first. Returns how many rows were rewritten.
+   * per row, and has rows written for `actor` afterwards (by any process) take `pseudonym` too.
+   * Queued events are written first. Returns how many rows were rewritten.
    */
   pseudonymise(actor: string, pseudonym: string): number;
   /** The pseudonym erasure gives `actor` (keyed, so it cannot be recomputed without the key). */
@@ -119,8 +123,17 @@ function prepareWrites(db: AppDatabase) {
         .from(sqliteSequence)
         .where(eq(sqliteSequence.name, "audit_events"))
         .prepare(),
+    erasedAs: () =>
+      db
+        .select({ pseudonym: auditErasedActors.pseudonym })
+        .from(auditErasedActors)
+        .where(eq(auditErasedActors.actorKey, p("actorKey")))
+        .prepare(),
   });
 }
+
+/** How many actors' keyed pseudonyms a log keeps computed (one HMAC each), before starting over. */
+const ACTOR_KEYS_KEPT = 10_000;
 
 /**
  * The newest row. Written as `id = (SELECT max(id) …)`, not `ORDER BY id DESC LIMIT 1`: Drizzle
@@ -171,6 +184,7 @@ export class SqliteAuditLog implements AuditLog {
   private readonly flushBatchSize: number;
   private readonly statements: ReturnType<typeof prepareWrites>;
   private readonly counter: Counter<"type"> | null;
+  private readonly actorKeys = new Map<string, string>();
 
   private readonly scrub: (text: string) => string;
 
@@ -312,6 +326,12 @@ export class SqliteAuditLog implements AuditLog {
           })
           .where(eq(auditEvents.id, sql.placeholder("id")))
           .prepare();
+        // Events for the actor written from now on, by any process, take the pseudonym too.
+        db.insert(auditErasedActors)
+          .values({ actorKey: keys.pseudonym(actor), pseudonym, erasedAt: this.clock.now() })
+          .onConflictDoNothing()
+          .run();
+        this.actorKeys.delete(actor);
         let untrusted = 0;
         for (const row of rows) {
           // Only a row whose subject still matches its commitment gets an authenticated rewrite:
@@ -456,10 +476,10 @@ export class SqliteAuditLog implements AuditLog {
         // the file (sqlite_sequence), and every write would fail on it without saying why.
         if (!Number.isSafeInteger(id + events.length))
           throw new IdSequenceError("the audit log's", used);
+        const subjectOf = this.subjectReader();
         for (const event of events) {
           const salt = newSalt();
-          const actor = event.actor ?? null;
-          const ip = event.ip ?? null;
+          const { actor, ip } = subjectOf(event);
           const fields = {
             id,
             at: event.at!,
@@ -488,10 +508,53 @@ export class SqliteAuditLog implements AuditLog {
           prevHash = hash;
           id++;
         }
+        if (subjectOf.erased > 0) {
+          this.logger.info(
+            { events: subjectOf.erased },
+            "audit events of an erased account written under its pseudonym, without their address",
+          );
+        }
         return { id: id - 1, hash: prevHash };
       },
       { behavior: "immediate" },
     );
+  }
+
+  /**
+   * The actor and address each event of a write is stored with: as recorded, or, for an actor an
+   * erasure has pseudonymised (in any process), its pseudonym and no address, as erasure left its
+   * earlier rows. Asked inside the write's transaction, so each erasure is wholly before the write
+   * (and is found here) or after it (and rewrites its rows).
+   */
+  private subjectReader() {
+    const { erasedAs } = this.statements;
+    const pseudonyms = new Map<string, string | null>();
+    const subjectOf = (event: AuditEvent): { actor: string | null; ip: string | null } => {
+      const actor = event.actor ?? null;
+      const ip = event.ip ?? null;
+      if (actor === null || actor.startsWith(PSEUDONYM_PREFIX)) return { actor, ip };
+      let pseudonym = pseudonyms.get(actor);
+      if (pseudonym === undefined) {
+        pseudonym = erasedAs.get({ actorKey: this.actorKey(actor) })?.pseudonym ?? null;
+        pseudonyms.set(actor, pseudonym);
+      }
+      if (pseudonym === null) return { actor, ip };
+      subjectOf.erased++;
+      return { actor: pseudonym, ip: null };
+    };
+    subjectOf.erased = 0;
+    return subjectOf;
+  }
+
+  /** The actor's own keyed pseudonym, which `audit_erased_actors` is keyed by (one HMAC each). */
+  private actorKey(actor: string): string {
+    let key = this.actorKeys.get(actor);
+    if (key === undefined) {
+      if (this.actorKeys.size >= ACTOR_KEYS_KEPT) this.actorKeys.clear();
+      key = this.keys.pseudonym(actor);
+      this.actorKeys.set(actor, key);
+    }
+    return key;
   }
 
   /** Once the caller's transaction has ended: whether the last row written is still there. */
