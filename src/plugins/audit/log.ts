@@ -463,7 +463,8 @@ export class SqliteAuditLog implements AuditLog {
   /** Writes the events on the chain; returns the last row written (its id and hash). */
   private write(events: AuditEvent[]): { id: number; hash: string } {
     const { insert, lastRow, sequence } = this.statements;
-    return this.db.transaction(
+    let erased = 0;
+    const written = this.db.transaction(
       () => {
         const last = lastRow.get();
         const checkpoint = last ? null : latestCheckpoint(this.sqlite);
@@ -476,10 +477,14 @@ export class SqliteAuditLog implements AuditLog {
         // the file (sqlite_sequence), and every write would fail on it without saying why.
         if (!Number.isSafeInteger(id + events.length))
           throw new IdSequenceError("the audit log's", used);
-        const subjectOf = this.subjectReader();
+        const erasedAs = this.erasedActorReader();
         for (const event of events) {
           const salt = newSalt();
-          const { actor, ip } = subjectOf(event);
+          // An actor erased before this write (in any process): stored as erasure left its rows.
+          const pseudonym = event.actor == null ? null : erasedAs(event.actor);
+          if (pseudonym !== null) erased++;
+          const actor = pseudonym ?? event.actor ?? null;
+          const ip = pseudonym === null ? (event.ip ?? null) : null;
           const fields = {
             id,
             at: event.at!,
@@ -508,42 +513,36 @@ export class SqliteAuditLog implements AuditLog {
           prevHash = hash;
           id++;
         }
-        if (subjectOf.erased > 0) {
-          this.logger.info(
-            { events: subjectOf.erased },
-            "audit events of an erased account written under its pseudonym, without their address",
-          );
-        }
         return { id: id - 1, hash: prevHash };
       },
       { behavior: "immediate" },
     );
+    if (erased > 0) {
+      this.logger.info(
+        { events: erased },
+        "audit events of an erased account written under its pseudonym, without their address",
+      );
+    }
+    return written;
   }
 
   /**
-   * The actor and address each event of a write is stored with: as recorded, or, for an actor an
-   * erasure has pseudonymised (in any process), its pseudonym and no address, as erasure left its
-   * earlier rows. Asked inside the write's transaction, so each erasure is wholly before the write
-   * (and is found here) or after it (and rewrites its rows).
+   * The pseudonym an erasure (in any process) gave an actor, or null: asked inside the write's
+   * transaction, so each erasure is wholly before the write (and is found here) or after it (and
+   * rewrites its rows).
    */
-  private subjectReader() {
+  private erasedActorReader(): (actor: string) => string | null {
     const { erasedAs } = this.statements;
     const pseudonyms = new Map<string, string | null>();
-    const subjectOf = (event: AuditEvent): { actor: string | null; ip: string | null } => {
-      const actor = event.actor ?? null;
-      const ip = event.ip ?? null;
-      if (actor === null || actor.startsWith(PSEUDONYM_PREFIX)) return { actor, ip };
+    return (actor) => {
+      if (actor.startsWith(PSEUDONYM_PREFIX)) return null;
       let pseudonym = pseudonyms.get(actor);
       if (pseudonym === undefined) {
         pseudonym = erasedAs.get({ actorKey: this.actorKey(actor) })?.pseudonym ?? null;
         pseudonyms.set(actor, pseudonym);
       }
-      if (pseudonym === null) return { actor, ip };
-      subjectOf.erased++;
-      return { actor: pseudonym, ip: null };
+      return pseudonym;
     };
-    subjectOf.erased = 0;
-    return subjectOf;
   }
 
   /** The actor's own keyed pseudonym, which `audit_erased_actors` is keyed by (one HMAC each). */
