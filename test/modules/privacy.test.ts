@@ -486,3 +486,33 @@ test("a record of erasure written into the file without AUDIT_SECRET_KEY changes
     sqlite.query("SELECT actor, ip FROM audit_events WHERE type = 'auth.forbidden'").all(),
   ).toEqual([{ actor: `user:${bob.userId}`, ip: "192.0.2.74" }]);
 });
+
+test("an erased actor's pseudonym rewritten in the file to name someone else is not written: the actor's own pseudonym is", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const other = otherProcessLog(current);
+  try {
+    other.log.record({
+      type: "ratelimit.rejected",
+      outcome: "denied",
+      actor: `user:${alice.userId}`,
+      ip: "192.0.2.75",
+    });
+    const erased = await send(current, "/api/me", {
+      method: "DELETE",
+      headers: bearer(alice.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    current.db.$client.run("UPDATE audit_erased_actors SET pseudonym = ?1", [`user:${bob.userId}`]);
+    other.log.flush();
+  } finally {
+    other.close();
+  }
+  const keys = new AuditKeys(current.config.audit.secretKey);
+  expect(
+    current.db.$client
+      .query("SELECT actor, ip FROM audit_events WHERE type = 'ratelimit.rejected'")
+      .all(),
+  ).toEqual([{ actor: keys.pseudonym(`user:${alice.userId}`), ip: null }]);
+});

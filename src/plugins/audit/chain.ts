@@ -16,6 +16,8 @@ export const GENESIS_HASH = "0".repeat(64);
 
 /** What every pseudonym erasure gives an actor starts with. */
 export const PSEUDONYM_PREFIX = "erased:";
+/** A pseudonym as `AuditKeys.pseudonym` makes it. */
+export const PSEUDONYM_SHAPE = /^erased:[0-9a-f]{24}$/;
 
 export interface ChainedFields {
   id: number;

@@ -40,7 +40,14 @@ import { cutClientText, type Logger, logSafe, secretScrubber } from "../../loggi
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
 import { Counter, type Registry } from "../metrics/prom";
-import { type AuditKeys, GENESIS_HASH, newSalt, PSEUDONYM_PREFIX, subjectCommit } from "./chain";
+import {
+  type AuditKeys,
+  GENESIS_HASH,
+  newSalt,
+  PSEUDONYM_PREFIX,
+  PSEUDONYM_SHAPE,
+  subjectCommit,
+} from "./chain";
 import { type AuditDetail, type AuditEvent, encodeDetail, mustNotLose } from "./events";
 import { type AuditHead, type AuditRow, latestCheckpoint, verifyAuditChain } from "./verify";
 
@@ -538,7 +545,12 @@ export class SqliteAuditLog implements AuditLog {
       if (actor.startsWith(PSEUDONYM_PREFIX)) return null;
       let pseudonym = pseudonyms.get(actor);
       if (pseudonym === undefined) {
-        pseudonym = erasedAs.get({ actorKey: this.actorKey(actor) })?.pseudonym ?? null;
+        const actorKey = this.actorKey(actor);
+        const stored = erasedAs.get({ actorKey })?.pseudonym;
+        // Only an erasure (holding the key) makes a row that matches an actor, but its pseudonym
+        // column can be rewritten in the file: one that is no pseudonym (another user's id, to
+        // frame them) is not written; the actor's own pseudonym is.
+        pseudonym = stored === undefined ? null : PSEUDONYM_SHAPE.test(stored) ? stored : actorKey;
         pseudonyms.set(actor, pseudonym);
       }
       return pseudonym;
