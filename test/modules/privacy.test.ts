@@ -363,6 +363,16 @@ test("an erasure that commits writes the user's queued events once, pseudonymise
   expect(target.logs.text).not.toContain("queued again");
 });
 
+/** A rate-limit refusal of `actor` from `ip`: a batched event. */
+function refusal(actor: string, ip: string) {
+  return { type: "ratelimit.rejected", outcome: "denied", actor, ip } as const;
+}
+
+async function eraseOwnAccount(target: TestApp, accessToken: string) {
+  const erased = await send(target, "/api/me", { method: "DELETE", headers: bearer(accessToken) });
+  expect(erased.status).toBe(204);
+}
+
 /** A second process's audit log on the same file: its own connection, its own queue. */
 function otherProcessLog(target: TestApp, keys = new AuditKeys(target.config.audit.secretKey)) {
   const logs = new LogCapture();
@@ -392,29 +402,10 @@ test("what another process queued for the user before the erasure, or records af
   const other = otherProcessLog(current);
   try {
     // Queued there (batched) before the erasure: refusals of the user and of the user's key.
-    other.log.record({
-      type: "ratelimit.rejected",
-      outcome: "denied",
-      actor: `user:${alice.userId}`,
-      ip: "192.0.2.70",
-    });
-    other.log.record({
-      type: "ratelimit.rejected",
-      outcome: "denied",
-      actor: `key:${keyId}`,
-      ip: "192.0.2.71",
-    });
-    other.log.record({
-      type: "ratelimit.rejected",
-      outcome: "denied",
-      actor: `user:${bob.userId}`,
-      ip: "192.0.2.72",
-    });
-    const erased = await send(current, "/api/me", {
-      method: "DELETE",
-      headers: bearer(alice.accessToken),
-    });
-    expect(erased.status).toBe(204);
+    other.log.record(refusal(`user:${alice.userId}`, "192.0.2.70"));
+    other.log.record(refusal(`key:${keyId}`, "192.0.2.71"));
+    other.log.record(refusal(`user:${bob.userId}`, "192.0.2.72"));
+    await eraseOwnAccount(current, alice.accessToken);
     other.log.flush();
     // Recorded there after it by a request that was already under way: written at once.
     other.log.record({
@@ -493,17 +484,8 @@ test("an erased actor's pseudonym rewritten in the file to name someone else is 
   const bob = await signUp(current);
   const other = otherProcessLog(current);
   try {
-    other.log.record({
-      type: "ratelimit.rejected",
-      outcome: "denied",
-      actor: `user:${alice.userId}`,
-      ip: "192.0.2.75",
-    });
-    const erased = await send(current, "/api/me", {
-      method: "DELETE",
-      headers: bearer(alice.accessToken),
-    });
-    expect(erased.status).toBe(204);
+    other.log.record(refusal(`user:${alice.userId}`, "192.0.2.75"));
+    await eraseOwnAccount(current, alice.accessToken);
     current.db.$client.run("UPDATE audit_erased_actors SET pseudonym = ?1", [`user:${bob.userId}`]);
     other.log.flush();
   } finally {
