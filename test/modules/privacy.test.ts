@@ -498,3 +498,20 @@ test("an erased actor's pseudonym rewritten in the file to name someone else is 
       .all(),
   ).toEqual([{ actor: keys.pseudonym(`user:${alice.userId}`), ip: null }]);
 });
+
+test("the refusals an erased user's token earns after the erasure (where it is still accepted for a second) lock nothing out: no block keeps the id", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  await eraseOwnAccount(current, alice.accessToken);
+  const { ipBlocks } = current.services;
+  const lockouts: unknown[] = [];
+  for (let refusal = 0; refusal < 6; refusal++) {
+    lockouts.push(await ipBlocks.recordPrincipalViolation(`user:${alice.userId}`));
+    lockouts.push(await ipBlocks.recordPrincipalViolation(`user:${bob.userId}`));
+  }
+  const addresses = current.db.$client.query("SELECT address FROM ip_blocks").values().flat();
+  // Bob, who stands, is locked out as before.
+  expect(addresses).toEqual([`user:${bob.userId}`]);
+  expect(lockouts.filter((lockout) => lockout !== null)).toHaveLength(1);
+});

@@ -66,6 +66,11 @@ export interface AuditLog {
   pseudonymise(actor: string, pseudonym: string): number;
   /** The pseudonym erasure gives `actor` (keyed, so it cannot be recomputed without the key). */
   pseudonymOf(actor: string): string;
+  /**
+   * The pseudonym an erasure (by any process) gave `actor`, or null while the actor stands. Inside
+   * the caller's transaction when there is one, so an erasure is wholly before it or after it.
+   */
+  erasedAs(actor: string): string | null;
   /** Deletes expired rows from the start of the chain behind a checkpoint; returns how many. */
   prune(cutoff: number, now: number, maxRows?: number): number;
   /** Logs the chain's head when it moved since the last time (or always, with `force`). */
@@ -539,22 +544,26 @@ export class SqliteAuditLog implements AuditLog {
    * rewrites its rows).
    */
   private erasedActorReader(): (actor: string) => string | null {
-    const { erasedAs } = this.statements;
     const pseudonyms = new Map<string, string | null>();
     return (actor) => {
-      if (actor.startsWith(PSEUDONYM_PREFIX)) return null;
       let pseudonym = pseudonyms.get(actor);
       if (pseudonym === undefined) {
-        const actorKey = this.actorKey(actor);
-        const stored = erasedAs.get({ actorKey })?.pseudonym;
-        // Only an erasure (holding the key) makes a row that matches an actor, but its pseudonym
-        // column can be rewritten in the file: one that is no pseudonym (another user's id, to
-        // frame them) is not written; the actor's own pseudonym is.
-        pseudonym = stored === undefined ? null : PSEUDONYM_SHAPE.test(stored) ? stored : actorKey;
+        pseudonym = this.erasedAs(actor);
         pseudonyms.set(actor, pseudonym);
       }
       return pseudonym;
     };
+  }
+
+  erasedAs(actor: string): string | null {
+    if (actor.startsWith(PSEUDONYM_PREFIX)) return null;
+    const actorKey = this.actorKey(actor);
+    const stored = this.statements.erasedAs.get({ actorKey })?.pseudonym;
+    if (stored === undefined) return null;
+    // Only an erasure (holding the key) makes a row that matches an actor, but its pseudonym
+    // column can be rewritten in the file: one that is no pseudonym (another user's id, to frame
+    // them) is not written; the actor's own pseudonym is.
+    return PSEUDONYM_SHAPE.test(stored) ? stored : actorKey;
   }
 
   /** The actor's own keyed pseudonym, which `audit_erased_actors` is keyed by (one HMAC each). */
