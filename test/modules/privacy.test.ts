@@ -7,6 +7,7 @@ import { AuditKeys } from "../../src/plugins/audit/chain";
 import { SqliteAuditLog, verifyAuditChain } from "../../src/plugins/audit/log";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
+import { ManualClock } from "../support/clock";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -514,4 +515,37 @@ test("the refusals an erased user's token earns after the erasure (where it is s
   // Bob, who stands, is locked out as before.
   expect(addresses).toEqual([`user:${bob.userId}`]);
   expect(lockouts.filter((lockout) => lockout !== null)).toHaveLength(1);
+});
+
+test("an erased admin's token or key, still accepted for a second by a process not yet told, makes no block: 401, no row keeps the id", async () => {
+  current = buildTestApp();
+  const admin = await signUp(current, { role: "admin" });
+  const { key, record } = createKey(current, ["admin"], admin.userId);
+  // A second process on the file whose clock stands still: it never reads the revocation feed
+  // again, so it keeps accepting the credentials it verified before the erasure.
+  const other = buildTestApp({ databasePath: current.databasePath, clock: new ManualClock(0, 1) });
+  try {
+    const blockFrom = (headers: Record<string, string>, address: string) =>
+      send(other, "/api/admin/blocks", {
+        headers,
+        body: { address, ttlMinutes: 60, reason: "spam" },
+      });
+    expect((await blockFrom(bearer(admin.accessToken), "198.51.100.20")).status).toBe(201);
+    expect((await blockFrom({ "x-api-key": key }, "198.51.100.21")).status).toBe(201);
+    await eraseOwnAccount(current, admin.accessToken);
+    for (const [headers, address] of [
+      [bearer(admin.accessToken), "198.51.100.22"],
+      [{ "x-api-key": key }, "198.51.100.23"],
+    ] as const) {
+      const late = await blockFrom(headers, address);
+      expect(late.status).toBe(401);
+      expect(((await late.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+    }
+  } finally {
+    other.close();
+  }
+  const rows = current.db.$client.query("SELECT address, created_by FROM ip_blocks").all();
+  expect(rows).toHaveLength(2);
+  expect(JSON.stringify(rows)).not.toContain(admin.userId);
+  expect(JSON.stringify(rows)).not.toContain(record.id);
 });

@@ -12,7 +12,7 @@ import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import { parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
-import type { IpBlockService } from "../../plugins/ip-block/service";
+import { CreatorErased, type IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
 import {
@@ -289,14 +289,22 @@ export function adminModule(options: AdminModuleOptions) {
             "That block would cover the address this request comes from, and lock you out; add it with `bun run cli blocks:add` on the server if that is meant.",
           );
         }
-        const block = ipBlocks.block({
-          address: subject,
-          reason: body.reason,
-          ttlMs: body.ttlMinutes * 60_000,
-          source: "admin",
-          createdBy: principalRef(principal),
-          requestId,
-        });
+        let block: ReturnType<typeof ipBlocks.block>;
+        try {
+          block = ipBlocks.block({
+            address: subject,
+            reason: body.reason,
+            ttlMs: body.ttlMinutes * 60_000,
+            source: "admin",
+            createdBy: principalRef(principal),
+            requestId,
+          });
+        } catch (error) {
+          if (error instanceof CreatorErased) {
+            throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
+          }
+          throw error;
+        }
         set.status = 201;
         return block;
       },

@@ -178,6 +178,8 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 "CONFLICT",
                 "This Idempotency-Key was used with a different request body.",
               );
+            case "owner_gone":
+              throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
             case "in_progress":
               throw new AppError(
                 "CONFLICT",

@@ -59,6 +59,8 @@ export type IntentOutcome =
   | { kind: "created"; response: IntentResponse; replayed: boolean }
   | { kind: "key_reused" }
   | { kind: "in_progress" }
+  /** The owner's account was erased meanwhile (its credential still accepted for a second). */
+  | { kind: "owner_gone" }
   | GatewayFailure;
 
 export type RefundOutcome =
@@ -108,7 +110,8 @@ type Claim =
   | { kind: "claimed" }
   | { kind: "done"; response: IntentResponse }
   | { kind: "pending" }
-  | { kind: "key_reused" };
+  | { kind: "key_reused" }
+  | { kind: "owner_gone" };
 
 export class PaymentService {
   readonly configured: boolean;
@@ -140,6 +143,11 @@ export class PaymentService {
     const now = this.clock.now();
     return this.db.transaction(
       (tx) => {
+        // An owner erased meanwhile — its credential still accepted for up to a second by a
+        // process not yet told — claims nothing: the key, and the payment after it, would keep
+        // its id and the request's personal fields. Erasure deletes the owner's keys in its own
+        // transaction, so one made before it goes with it and one after it is refused here.
+        if (this.audit.erasedAs(owner) !== null) return { kind: "owner_gone" } as const;
         const ours = and(
           eq(paymentIdempotencyKeys.owner, owner),
           eq(paymentIdempotencyKeys.key, key),
@@ -217,7 +225,7 @@ export class PaymentService {
       await Bun.sleep(POLL_MS);
       claim = this.claim(owner, key, hash);
     }
-    if (claim.kind === "key_reused") return claim;
+    if (claim.kind === "key_reused" || claim.kind === "owner_gone") return claim;
     if (claim.kind === "done") return { kind: "created", response: claim.response, replayed: true };
 
     let result: Awaited<ReturnType<PaymentGateway["createIntent"]>>;

@@ -69,6 +69,14 @@ export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
   cacheTtlMs: 1000,
 };
 
+/** What `block` throws when the account making the block was erased meanwhile. */
+export class CreatorErased extends Error {
+  constructor() {
+    super("the account making the block was erased");
+    this.name = "CreatorErased";
+  }
+}
+
 /** A block as stored; `liftedAt` is not shown (a lifted block is no longer listed). */
 export type IpBlock = Omit<typeof ipBlocks.$inferSelect, "liftedAt">;
 
@@ -220,11 +228,24 @@ export class IpBlockService {
     return count;
   }
 
+  /**
+   * Makes a block, or throws CreatorErased: an admin account erased meanwhile (its credential
+   * still accepted for up to a second by a process not yet told) makes no block, whose row would
+   * keep its id. Read in the inserting transaction, so the erasure is wholly before it or after
+   * it (and then gives the row the pseudonym).
+   */
   block(block: NewBlock): IpBlock {
     const now = this.options.clock.now();
-    const row = this.db.transaction(() => this.insertAudited(block, now), {
-      behavior: "immediate",
-    });
+    const row = this.db.transaction(
+      () => {
+        const creator = block.createdBy ?? null;
+        if (creator !== null && this.options.audit.erasedAs(creator) !== null) {
+          throw new CreatorErased();
+        }
+        return this.insertAudited(block, now);
+      },
+      { behavior: "immediate" },
+    );
     this.blocked(row);
     return row;
   }

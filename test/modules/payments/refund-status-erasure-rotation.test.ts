@@ -5,6 +5,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { send } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 import {
   auditRows,
   buildPaymentsApp,
@@ -133,6 +134,39 @@ describe("erasure and an intent in flight exclude each other", () => {
     const bob = await signUp(target);
     await pay(target, bob);
     expect(auditRows(target, "payment.intent.created")[1]!.ip).not.toBeNull();
+  });
+
+  test("an intent asked for after the erasure, of a process not yet told of it, is refused 401 and stores nothing", async () => {
+    current = buildPaymentsApp();
+    const alice = await signUp(current);
+    // A second process on the file, whose clock stands still: it never reads the revocation feed
+    // again, so it still accepts the token it verified before the erasure (elsewhere, up to a second).
+    const other = buildPaymentsApp({
+      databasePath: current.databasePath,
+      clock: new ManualClock(0, 1),
+    });
+    try {
+      await pay(other, alice);
+      await send(current, "/api/me", { method: "DELETE", headers: bearer(alice.accessToken) });
+      const late = await createIntent(other, bearer(alice.accessToken), {
+        amount: 4444,
+        currency: "usd",
+        customerEmail: "private.person@example.org",
+        description: "for Jane Doe",
+      });
+      expect(late.status).toBe(401);
+      expect(((await late.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+      expect(other.stripe.created("/v1/payment_intents")).toBe(1);
+      const sqlite = current.db.$client;
+      const stored = JSON.stringify([
+        sqlite.query("SELECT * FROM payments").all(),
+        sqlite.query("SELECT * FROM payment_idempotency_keys").all(),
+      ]);
+      expect(stored).not.toContain(alice.userId);
+      expect(stored).not.toContain("private.person@example.org");
+    } finally {
+      other.close();
+    }
   });
 
   test("an intent that finishes before erasure is stripped by the erasure, as before", async () => {
