@@ -456,7 +456,7 @@ test("a record of erasure written into the file without AUDIT_SECRET_KEY changes
   const bob = await signUp(current);
   const sqlite = current.db.$client;
   const insert = sqlite.query(
-    "INSERT INTO audit_erased_actors (actor_key, pseudonym, erased_at) VALUES (?1, 'erased:forged', 0)",
+    "INSERT INTO audit_erased_actors (actor_key, pseudonym, erased_at, mac) VALUES (?1, 'erased:forged', 0, 'forged')",
   );
   // The actor itself, and its pseudonym under a key other than the service's.
   insert.run(`user:${bob.userId}`);
@@ -479,25 +479,36 @@ test("a record of erasure written into the file without AUDIT_SECRET_KEY changes
   ).toEqual([{ actor: `user:${bob.userId}`, ip: "192.0.2.74" }]);
 });
 
-test("an erased actor's pseudonym rewritten in the file to name someone else is not written: the actor's own pseudonym is", async () => {
+test("an erased actor's pseudonym rewritten in the file, to name a living user or another erased one, is not written: the actor's own pseudonym is", async () => {
   current = buildTestApp();
   const alice = await signUp(current);
   const bob = await signUp(current);
+  const carol = await signUp(current);
+  await eraseOwnAccount(current, carol.accessToken);
+  const keys = new AuditKeys(current.config.audit.secretKey);
+  const forgeries = [`user:${bob.userId}`, keys.pseudonym(`user:${carol.userId}`)];
   const other = otherProcessLog(current);
   try {
     other.log.record(refusal(`user:${alice.userId}`, "192.0.2.75"));
     await eraseOwnAccount(current, alice.accessToken);
-    current.db.$client.run("UPDATE audit_erased_actors SET pseudonym = ?1", [`user:${bob.userId}`]);
+    for (const forged of forgeries) {
+      current.db.$client.run("UPDATE audit_erased_actors SET pseudonym = ?1 WHERE actor_key = ?2", [
+        forged,
+        keys.pseudonym(`user:${alice.userId}`),
+      ]);
+      other.log.flush();
+      other.log.record(refusal(`user:${alice.userId}`, "192.0.2.76"));
+    }
     other.log.flush();
   } finally {
     other.close();
   }
-  const keys = new AuditKeys(current.config.audit.secretKey);
+  const own = { actor: keys.pseudonym(`user:${alice.userId}`), ip: null };
   expect(
     current.db.$client
       .query("SELECT actor, ip FROM audit_events WHERE type = 'ratelimit.rejected'")
       .all(),
-  ).toEqual([{ actor: keys.pseudonym(`user:${alice.userId}`), ip: null }]);
+  ).toEqual([own, own, own]);
 });
 
 test("the refusals an erased user's token earns after the erasure (where it is still accepted for a second) lock nothing out: no block keeps the id", async () => {

@@ -59,10 +59,12 @@ export const auditCheckpoints = sqliteTable("audit_checkpoints", {
  * itself), with the pseudonym its rows were given. An event for such an actor written after the
  * erasure — queued by another process, or by a request that was under way — is written under that
  * pseudonym, without its address, as erasure left the earlier rows. Without AUDIT_SECRET_KEY no
- * row here can be made to match a living actor.
+ * row here can be made to match a living actor, nor its pseudonym changed (`mac`).
  */
 export const auditErasedActors = sqliteTable("audit_erased_actors", {
   actorKey: text("actor_key").primaryKey(),
   pseudonym: text("pseudonym").notNull(),
   erasedAt: integer("erased_at").notNull(),
+  /** HMAC (keyed with AUDIT_SECRET_KEY) over the actor key and the pseudonym. */
+  mac: text("mac").notNull(),
 });

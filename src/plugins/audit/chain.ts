@@ -10,14 +10,12 @@
  * `legacyRowHash` is the unkeyed SHA-256 chain used before AUDIT_SECRET_KEY existed; it is only
  * read when an old database is upgraded (see upgrade.ts).
  */
-import { createHmac } from "node:crypto";
+import { createHmac, timingSafeEqual } from "node:crypto";
 
 export const GENESIS_HASH = "0".repeat(64);
 
 /** What every pseudonym erasure gives an actor starts with. */
 export const PSEUDONYM_PREFIX = "erased:";
-/** A pseudonym as `AuditKeys.pseudonym` makes it. */
-export const PSEUDONYM_SHAPE = /^erased:[0-9a-f]{24}$/;
 
 export interface ChainedFields {
   id: number;
@@ -84,6 +82,21 @@ export class AuditKeys {
       this.chainKey,
       JSON.stringify(["erasure", this.keyId, id, subjectCommit, actor, ip]),
     );
+  }
+
+  /** Authenticates the pseudonym an erasure recorded for an actor (`audit_erased_actors`). */
+  erasedActorMac(actorKey: string, pseudonym: string): string {
+    return hmacHex(
+      this.chainKey,
+      JSON.stringify(["erased actor", this.keyId, actorKey, pseudonym]),
+    );
+  }
+
+  /** Whether `mac` is the erasure's for this actor key and pseudonym (compared in constant time). */
+  vouchesForErasedActor(actorKey: string, pseudonym: string, mac: string): boolean {
+    const wanted = Buffer.from(this.erasedActorMac(actorKey, pseudonym));
+    const given = Buffer.from(mac);
+    return given.length === wanted.length && timingSafeEqual(given, wanted);
   }
 
   checkpointMac(checkpoint: CheckpointFields): string {

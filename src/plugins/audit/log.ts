@@ -40,14 +40,7 @@ import { cutClientText, type Logger, logSafe, secretScrubber } from "../../loggi
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
 import { Counter, type Registry } from "../metrics/prom";
-import {
-  type AuditKeys,
-  GENESIS_HASH,
-  newSalt,
-  PSEUDONYM_PREFIX,
-  PSEUDONYM_SHAPE,
-  subjectCommit,
-} from "./chain";
+import { type AuditKeys, GENESIS_HASH, newSalt, PSEUDONYM_PREFIX, subjectCommit } from "./chain";
 import { type AuditDetail, type AuditEvent, encodeDetail, mustNotLose } from "./events";
 import { type AuditHead, type AuditRow, latestCheckpoint, verifyAuditChain } from "./verify";
 
@@ -137,7 +130,7 @@ function prepareWrites(db: AppDatabase) {
         .prepare(),
     erasedAs: () =>
       db
-        .select({ pseudonym: auditErasedActors.pseudonym })
+        .select({ pseudonym: auditErasedActors.pseudonym, mac: auditErasedActors.mac })
         .from(auditErasedActors)
         .where(eq(auditErasedActors.actorKey, p("actorKey")))
         .prepare(),
@@ -339,8 +332,14 @@ export class SqliteAuditLog implements AuditLog {
           .where(eq(auditEvents.id, sql.placeholder("id")))
           .prepare();
         // Events for the actor written from now on, by any process, take the pseudonym too.
+        const actorKey = keys.pseudonym(actor);
         db.insert(auditErasedActors)
-          .values({ actorKey: keys.pseudonym(actor), pseudonym, erasedAt: this.clock.now() })
+          .values({
+            actorKey,
+            pseudonym,
+            erasedAt: this.clock.now(),
+            mac: keys.erasedActorMac(actorKey, pseudonym),
+          })
           .onConflictDoNothing()
           .run();
         this.actorKeys.delete(actor);
@@ -558,12 +557,13 @@ export class SqliteAuditLog implements AuditLog {
   erasedAs(actor: string): string | null {
     if (actor.startsWith(PSEUDONYM_PREFIX)) return null;
     const actorKey = this.actorKey(actor);
-    const stored = this.statements.erasedAs.get({ actorKey })?.pseudonym;
+    const stored = this.statements.erasedAs.get({ actorKey });
     if (stored === undefined) return null;
-    // Only an erasure (holding the key) makes a row that matches an actor, but its pseudonym
-    // column can be rewritten in the file: one that is no pseudonym (another user's id, to frame
-    // them) is not written; the actor's own pseudonym is.
-    return PSEUDONYM_SHAPE.test(stored) ? stored : actorKey;
+    // Only an erasure (holding the key) makes a row that matches an actor, but its pseudonym can
+    // be rewritten in the file (to frame a living user, or another erased one): one its MAC does
+    // not vouch for is not written; the actor's own pseudonym is.
+    const vouched = this.keys.vouchesForErasedActor(actorKey, stored.pseudonym, stored.mac);
+    return vouched ? stored.pseudonym : actorKey;
   }
 
   /** The actor's own keyed pseudonym, which `audit_erased_actors` is keyed by (one HMAC each). */
