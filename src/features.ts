@@ -15,6 +15,7 @@ import { type PaymentsFeatureOptions, paymentsFeature } from "./modules/payments
 import { type PrivacyFeature, privacyFeature } from "./modules/privacy/feature";
 import { webhooksFeature } from "./modules/webhooks/feature";
 import { type WhatsAppWebhookOptions, whatsappFeature } from "./modules/webhooks/whatsapp";
+import { parsePrincipalRef } from "./plugins/auth/principal";
 
 export interface FeatureOptions extends AuthFeatureOptions {
   /** Payments' tunables (how long a request waits for another with its Idempotency-Key). */
@@ -39,6 +40,16 @@ export interface Features {
 
 export function createFeatures(core: Core, options: FeatureOptions = {}): Features {
   const auth = authFeature(core, options);
+  // Whether a principal reference still names an account, or a key not revoked. A request
+  // authenticated just before its user's erasure — or, by a process not yet told, up to a second
+  // after it — must not write the user's id or data again: asked inside the storing transaction.
+  const referenceStands = (reference: string): boolean => {
+    const named = parsePrincipalRef(reference);
+    if (named === null) return true;
+    return named.kind === "user"
+      ? auth.service.findUser(named.id) !== null
+      : auth.apiKeys.isActive(named.id);
+  };
   const chat = chatFeature(core, {
     provider: options.chatProvider,
     // A turn stores its conversation only for an owner the account feature still has.
@@ -51,8 +62,8 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
   const features: Feature[] = [
     healthFeature(core),
     auth,
-    adminFeature(core, { apiKeys: auth.apiKeys }),
-    paymentsFeature(core, options.payments),
+    adminFeature(core, { apiKeys: auth.apiKeys, principalStands: referenceStands }),
+    paymentsFeature(core, { ...options.payments, ownerStands: referenceStands }),
     webhooksFeature(core),
     chat,
     whatsappFeature(core, { chat: chat.turns, ...options.whatsapp }),

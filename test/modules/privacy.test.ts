@@ -544,6 +544,9 @@ test("an erased admin's token or key, still accepted for a second by a process n
     expect((await blockFrom(bearer(admin.accessToken), "198.51.100.20")).status).toBe(201);
     expect((await blockFrom({ "x-api-key": key }, "198.51.100.21")).status).toBe(201);
     await eraseOwnAccount(current, admin.accessToken);
+    // What the account feature holds decides, not the audit log's record of erasures, which
+    // someone with the file could delete.
+    current.db.$client.run("DELETE FROM audit_erased_actors");
     for (const [headers, address] of [
       [bearer(admin.accessToken), "198.51.100.22"],
       [{ "x-api-key": key }, "198.51.100.23"],

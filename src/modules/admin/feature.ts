@@ -8,7 +8,13 @@ import type { ApiKeyService } from "../auth/api-keys";
 import type { Feature } from "../feature";
 import { adminModule, adminRouteClasses } from "./index";
 
-export function adminFeature(core: Core, { apiKeys }: { apiKeys: ApiKeyService }): Feature {
+export function adminFeature(
+  core: Core,
+  {
+    apiKeys,
+    principalStands,
+  }: { apiKeys: ApiKeyService; principalStands: (reference: string) => boolean },
+): Feature {
   return {
     name: "admin",
     routeClasses: adminRouteClasses,
@@ -16,6 +22,7 @@ export function adminFeature(core: Core, { apiKeys }: { apiKeys: ApiKeyService }
       adminModule({
         auth,
         apiKeys,
+        principalStands,
         ipBlocks: core.ipBlocks,
         audit: core.audit,
         sqlite: core.db.$client,

@@ -12,7 +12,7 @@ import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import { parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
-import { CreatorErased, type IpBlockService } from "../../plugins/ip-block/service";
+import { CreatorGone, type IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
 import {
@@ -45,6 +45,8 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 export interface AdminModuleOptions {
   auth: ReturnType<typeof authPlugin>;
   apiKeys: ApiKeyService;
+  /** Whether a principal reference still names an account, or a key not revoked. */
+  principalStands: (reference: string) => boolean;
   ipBlocks: IpBlockService;
   audit: AuditLog;
   sqlite: import("bun:sqlite").Database;
@@ -289,6 +291,7 @@ export function adminModule(options: AdminModuleOptions) {
             "That block would cover the address this request comes from, and lock you out; add it with `bun run cli blocks:add` on the server if that is meant.",
           );
         }
+        const creator = principalRef(principal);
         let block: ReturnType<typeof ipBlocks.block>;
         try {
           block = ipBlocks.block({
@@ -296,11 +299,12 @@ export function adminModule(options: AdminModuleOptions) {
             reason: body.reason,
             ttlMs: body.ttlMinutes * 60_000,
             source: "admin",
-            createdBy: principalRef(principal),
+            createdBy: creator,
+            creatorStands: () => options.principalStands(creator),
             requestId,
           });
         } catch (error) {
-          if (error instanceof CreatorErased) {
+          if (error instanceof CreatorGone) {
             throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
           }
           throw error;

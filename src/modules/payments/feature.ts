@@ -18,6 +18,8 @@ export interface PaymentsFeatureOptions {
   gateway?: PaymentGateway | null;
   /** How long a request waits for another with its Idempotency-Key (default 10 s). */
   inProgressWaitMs?: number;
+  /** Whether an owner (`user:<id>`, `key:<id>`) is still there to pay for (see PaymentService). */
+  ownerStands?: (owner: string) => boolean;
 }
 
 export interface PaymentsFeature extends Feature {
@@ -44,6 +46,7 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
     metrics: paymentMetrics(registry),
     gateway,
     inProgressWaitMs: options.inProgressWaitMs,
+    ownerStands: options.ownerStands,
   });
   return {
     name: "payments",

@@ -85,6 +85,11 @@ export interface PaymentServiceOptions {
   /** Null when STRIPE_SECRET_KEY is unset: every route answers 503. */
   gateway: PaymentGateway | null;
   inProgressWaitMs?: number;
+  /**
+   * Whether an owner is still there (a user not erased, an ownerless key not revoked); asked inside
+   * the claim's transaction. Absent: every owner is.
+   */
+  ownerStands?: (owner: string) => boolean;
 }
 
 /** The SHA-256 of the request's canonical JSON: keys sorted at every level. */
@@ -123,6 +128,7 @@ export class PaymentService {
   private readonly metrics: PaymentMetrics;
   private readonly gateway: PaymentGateway | null;
   private readonly inProgressWaitMs: number;
+  private readonly ownerStands: (owner: string) => boolean;
   /** Per payment, a refund's ledger write that waits for the database lock (writeOrWait). */
   private readonly waiting = new Map<string, () => boolean>();
 
@@ -136,6 +142,7 @@ export class PaymentService {
     this.gateway = options.gateway;
     this.configured = options.gateway !== null;
     this.inProgressWaitMs = options.inProgressWaitMs ?? DEFAULT_IN_PROGRESS_WAIT_MS;
+    this.ownerStands = options.ownerStands ?? (() => true);
   }
 
   /** Claims `key` for `owner`, or says what holds it; one BEGIN IMMEDIATE transaction. */
@@ -147,7 +154,7 @@ export class PaymentService {
         // process not yet told — claims nothing: the key, and the payment after it, would keep
         // its id and the request's personal fields. Erasure deletes the owner's keys in its own
         // transaction, so one made before it goes with it and one after it is refused here.
-        if (this.audit.erasedAs(owner) !== null) return { kind: "owner_gone" } as const;
+        if (!this.ownerStands(owner)) return { kind: "owner_gone" } as const;
         const ours = and(
           eq(paymentIdempotencyKeys.owner, owner),
           eq(paymentIdempotencyKeys.key, key),

@@ -26,6 +26,13 @@ export function principalRef(principal: Principal): string {
   return principal.kind === "user" ? `user:${principal.id}` : `key:${principal.id}`;
 }
 
+/** What `principalRef` names (`user:<id>`, `key:<id>`), or null for any other actor. */
+export function parsePrincipalRef(reference: string): { kind: "user" | "key"; id: string } | null {
+  if (reference.startsWith("user:")) return { kind: "user", id: reference.slice(5) };
+  if (reference.startsWith("key:")) return { kind: "key", id: reference.slice(4) };
+  return null;
+}
+
 /**
  * The scopes a key may hold for an owner of each role. A key acts for its owner, so it can never do
  * more than the owner may: an admin's key any scope, a user's key only what a user does (chat and

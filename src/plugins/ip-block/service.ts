@@ -22,6 +22,7 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { ipBlocks } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../audit/log";
+import { parsePrincipalRef } from "../auth/principal";
 import type { ResolvedClient } from "../client-ip";
 import { METRIC } from "../metrics/names";
 import { Gauge, type Registry } from "../metrics/prom";
@@ -37,7 +38,7 @@ export type ViolationKind = "ratelimit" | "login" | "principal";
 
 /** Whether a block's subject is a principal (a lockout) rather than a client address. */
 export function isPrincipalSubject(subject: string): boolean {
-  return subject.startsWith("user:") || subject.startsWith("key:");
+  return parsePrincipalRef(subject) !== null;
 }
 
 export interface ViolationThreshold {
@@ -69,11 +70,11 @@ export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
   cacheTtlMs: 1000,
 };
 
-/** What `block` throws when the account making the block was erased meanwhile. */
-export class CreatorErased extends Error {
+/** What `block` throws when the account or key making the block is gone (erased meanwhile). */
+export class CreatorGone extends Error {
   constructor() {
-    super("the account making the block was erased");
-    this.name = "CreatorErased";
+    super("the account or key making the block is gone");
+    this.name = "CreatorGone";
   }
 }
 
@@ -86,6 +87,8 @@ export interface NewBlock {
   ttlMs: number;
   source: "auto" | "admin";
   createdBy?: string | null;
+  /** Whether the account or key making the block is still there (asked in its transaction). */
+  creatorStands?: () => boolean;
   requestId?: string | null;
 }
 
@@ -229,19 +232,16 @@ export class IpBlockService {
   }
 
   /**
-   * Makes a block, or throws CreatorErased: an admin account erased meanwhile (its credential
-   * still accepted for up to a second by a process not yet told) makes no block, whose row would
-   * keep its id. Read in the inserting transaction, so the erasure is wholly before it or after
-   * it (and then gives the row the pseudonym).
+   * Makes a block, or throws CreatorGone: an admin account erased meanwhile (its credential still
+   * accepted for up to a second by a process not yet told) makes no block, whose row would keep its
+   * id. Asked in the inserting transaction, so the erasure is wholly before it or after it (and
+   * then gives the row the pseudonym).
    */
   block(block: NewBlock): IpBlock {
     const now = this.options.clock.now();
     const row = this.db.transaction(
       () => {
-        const creator = block.createdBy ?? null;
-        if (creator !== null && this.options.audit.erasedAs(creator) !== null) {
-          throw new CreatorErased();
-        }
+        if (block.creatorStands?.() === false) throw new CreatorGone();
         return this.insertAudited(block, now);
       },
       { behavior: "immediate" },
