@@ -40,15 +40,17 @@ export interface Features {
 
 export function createFeatures(core: Core, options: FeatureOptions = {}): Features {
   const auth = authFeature(core, options);
-  // Whether a principal reference still names an account, or a key not revoked. A request
-  // authenticated just before its user's erasure — or, by a process not yet told, up to a second
-  // after it — must not write the user's id or data again: asked inside the storing transaction.
+  // Whether a principal reference still names an account (a user not erased), or a key not
+  // revoked. A request authenticated just before its user's erasure — or, by a process not yet
+  // told, up to a second after it — must not write the user's id or data again: asked inside the
+  // storing transaction.
+  const accountStands = (reference: string): boolean => {
+    const named = parsePrincipalRef(reference);
+    return named?.kind !== "user" || auth.service.findUser(named.id) !== null;
+  };
   const referenceStands = (reference: string): boolean => {
     const named = parsePrincipalRef(reference);
-    if (named === null) return true;
-    return named.kind === "user"
-      ? auth.service.findUser(named.id) !== null
-      : auth.apiKeys.isActive(named.id);
+    return named?.kind === "key" ? auth.apiKeys.isActive(named.id) : accountStands(reference);
   };
   const chat = chatFeature(core, {
     provider: options.chatProvider,
@@ -63,7 +65,9 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
     healthFeature(core),
     auth,
     adminFeature(core, { apiKeys: auth.apiKeys, principalStands: referenceStands }),
-    paymentsFeature(core, { ...options.payments, ownerStands: referenceStands }),
+    // An ownerless key's payments belong to the first key of its rotation chain, which may be
+    // revoked while its successor pays: only an account is asked after.
+    paymentsFeature(core, { ...options.payments, ownerStands: accountStands }),
     webhooksFeature(core),
     chat,
     whatsappFeature(core, { chat: chat.turns, ...options.whatsapp }),

@@ -220,6 +220,16 @@ describe("an ownerless key's payments across rotation", () => {
       expect(read.status).toBe(200);
     }
     expect(current.stripe.created("/v1/payment_intents")).toBe(1);
+
+    // Its first key revoked outright, the chain's last key still pays: an ownerless key is no
+    // account an erasure can take.
+    const revoked = await send(current, `/api/admin/api-keys/${old.record.id}`, {
+      method: "DELETE",
+      headers: { "x-api-key": operator.key },
+    });
+    expect(revoked.status).toBeLessThan(300);
+    const after = await createIntent(current, { "x-api-key": third }, body, "order-78");
+    expect(after.status).toBe(201);
   });
 
   test("another ownerless key is another owner", async () => {
