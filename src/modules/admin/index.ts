@@ -305,7 +305,9 @@ export function adminModule(options: AdminModuleOptions) {
           });
         } catch (error) {
           if (error instanceof CreatorGone) {
-            throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
+            // An erased account's credential, or a key revoked, in the second before this process
+            // reads the revocation.
+            throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
           }
           throw error;
         }
