@@ -86,8 +86,8 @@ export interface PaymentServiceOptions {
   gateway: PaymentGateway | null;
   inProgressWaitMs?: number;
   /**
-   * Whether an owner is still there (a user not erased, an ownerless key not revoked); asked inside
-   * the claim's transaction. Absent: every owner is.
+   * Whether an owner is still there to pay for (a user not erased); asked inside the claim's
+   * transaction. Absent: every owner is.
    */
   ownerStands?: (owner: string) => boolean;
 }
