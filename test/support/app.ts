@@ -95,11 +95,6 @@ export interface TestAppOptions {
   loadPasswordStrength?: FeatureOptions["loadPasswordStrength"];
   /** Bytes free where the database lives, as /ready reads them (a test fills the disk). */
   freeDiskBytes?: (directory: string) => number;
-  /**
-   * Another app's database file: this app stands for a second process serving it (its own caches,
-   * connection and queues); the file stays at close, for the app that made it.
-   */
-  databasePath?: string;
 }
 
 export interface TestApp {
@@ -129,8 +124,8 @@ export function testConfig(
 }
 
 export function buildTestApp(options: TestAppOptions = {}): TestApp {
-  const dir = options.databasePath === undefined ? tempDir() : null;
-  const databasePath = options.databasePath ?? join(dir!.path, "palisade.db");
+  const dir = tempDir();
+  const databasePath = join(dir.path, "palisade.db");
   const config = testConfig(databasePath, options.env);
   const logs = new LogCapture();
   const logger = createLogger({
@@ -179,7 +174,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
       closed = true;
       services.close();
       db.$client.close();
-      dir?.remove();
+      dir.remove();
     },
   };
 }

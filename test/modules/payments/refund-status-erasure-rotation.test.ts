@@ -6,13 +6,16 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { send } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
+import { anotherInstance } from "../../support/instance";
 import {
   auditRows,
   buildPaymentsApp,
   createIntent,
   type PaymentsApp,
   pay,
+  ROOMY_LIMITS,
   refundStatusStripes,
+  STRIPE_TEST_KEY,
   signStripe,
   stripeEvent,
   succeed,
@@ -141,12 +144,20 @@ describe("erasure and an intent in flight exclude each other", () => {
     const alice = await signUp(current);
     // A second process on the file, whose clock stands still: it never reads the revocation feed
     // again, so it still accepts the token it verified before the erasure (elsewhere, up to a second).
-    const other = buildPaymentsApp({
-      databasePath: current.databasePath,
+    const other = anotherInstance(current, {
       clock: new ManualClock(0, 1),
+      env: {
+        ...ROOMY_LIMITS,
+        STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
+        STRIPE_API_URL: current.stripe.url,
+      },
     });
     try {
-      await pay(other, alice);
+      const first = await createIntent(other, bearer(alice.accessToken), {
+        amount: 1000,
+        currency: "usd",
+      });
+      expect(first.status).toBe(201);
       await send(current, "/api/me", { method: "DELETE", headers: bearer(alice.accessToken) });
       // What the account feature holds decides, not the audit log's record of erasures, which
       // someone with the file could delete.
@@ -159,7 +170,7 @@ describe("erasure and an intent in flight exclude each other", () => {
       });
       expect(late.status).toBe(401);
       expect(((await late.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
-      expect(other.stripe.created("/v1/payment_intents")).toBe(1);
+      expect(current.stripe.created("/v1/payment_intents")).toBe(1);
       const sqlite = current.db.$client;
       const stored = JSON.stringify([
         sqlite.query("SELECT * FROM payments").all(),
