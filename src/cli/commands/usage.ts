@@ -52,7 +52,8 @@ export const usageShow: Command = {
 
 export const usageReset: Command = {
   name: "usage:reset",
-  summary: "Give a principal its day's chat token budget back (audited as chat.usage.reset)",
+  summary:
+    "Give a principal its day's chat token budget back, reservations included (audited as chat.usage.reset)",
   usage: "usage:reset --principal user:ID|key:ID|whatsapp:ID [--day YYYY-MM-DD]",
   run(args, context) {
     const owner = principalFlag(requireFlag(args, "principal"));
@@ -66,10 +67,13 @@ export const usageReset: Command = {
       type: "chat.usage.reset",
       outcome: "success",
       actor: "cli",
-      // (A detail key naming "token" would be dropped as a secret: the count is `cleared`.)
-      detail: { principal, day, cleared },
+      // (A detail key naming "token" would be dropped as a secret: the counts are `cleared` and
+      // `reservedCleared`.)
+      detail: { principal, day, cleared: cleared.used, reservedCleared: cleared.reserved },
     });
-    context.out(`reset ${principal} on ${day}: ${cleared} tokens cleared`);
+    context.out(
+      `reset ${principal} on ${day}: ${cleared.used} used and ${cleared.reserved} reserved tokens cleared`,
+    );
     return 0;
   },
 };

@@ -341,21 +341,26 @@ export class ChatBudget {
     return page ? query.limit(page.limit) : query;
   }
 
-  /** Sets an owner's used tokens for a day back to 0; the tokens cleared, or null without a row. */
-  reset(owner: ChatOwner, day: string, now: number): number | null {
+  /**
+   * Sets an owner's used and reserved tokens for a day back to 0; what was cleared, or null without
+   * a row. Reservations too: a process killed mid-turn never settles or releases its turn's, which
+   * would hold that much of the day until midnight. A turn still in flight settles as before (its
+   * reservation leaves `reserved` only as far as 0), charging its usage to the day given back.
+   */
+  reset(owner: ChatOwner, day: string, now: number): { used: number; reserved: number } | null {
     return this.db.transaction(
       (tx) => {
         const row = tx
-          .select({ usedTokens: chatUsage.usedTokens })
+          .select({ used: chatUsage.usedTokens, reserved: chatUsage.reservedTokens })
           .from(chatUsage)
           .where(this.ownerDay(owner, day))
           .get();
         if (!row) return null;
         tx.update(chatUsage)
-          .set({ usedTokens: 0, updatedAt: now })
+          .set({ usedTokens: 0, reservedTokens: 0, updatedAt: now })
           .where(this.ownerDay(owner, day))
           .run();
-        return row.usedTokens;
+        return row;
       },
       { behavior: "immediate" },
     );

@@ -504,7 +504,7 @@ describe("admins see and reset usage", () => {
     const reset = await cliInProcess(["usage:reset", "--principal", principal], cliEnv);
     expect(reset.code).toBe(0);
     expect(reset.stdout).toBe(
-      `reset ${principal} on ${utcDay(Date.now())}: ${row.usedTokens} tokens cleared`,
+      `reset ${principal} on ${utcDay(Date.now())}: ${row.usedTokens} used and 0 reserved tokens cleared`,
     );
     expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
 
@@ -547,6 +547,34 @@ function overReportingProvider(factor: number): ChatProvider {
     },
   };
 }
+
+describe("a process killed mid-turn", () => {
+  test("its turn's reservation holds the day until usage:reset gives it back with the used tokens", async () => {
+    // Room for one turn's reservation, not two.
+    const budget = String(RESERVED + 50);
+    target = buildTestApp({ env: { ...env, CHAT_DAILY_TOKEN_BUDGET: budget } });
+    const alice = await signUp(target);
+    const principal = `user:${alice.userId}`;
+    // What a process killed between reserving and settling leaves behind: a reservation nobody
+    // will settle or release.
+    const crashed = new ChatBudget(target.db.$client, Number(budget));
+    expect(crashed.reserve({ kind: "user", id: alice.userId }, RESERVED, Date.now()).kind).toBe(
+      "reserved",
+    );
+    expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(429);
+
+    const cliEnv = { DATABASE_PATH: target.databasePath, CHAT_DAILY_TOKEN_BUDGET: budget };
+    const reset = await cliInProcess(["usage:reset", "--principal", principal], cliEnv);
+    expect(reset.stdout).toBe(
+      `reset ${principal} on ${utcDay(Date.now())}: 0 used and ${RESERVED} reserved tokens cleared`,
+    );
+    expect((await chat(target, asUser(alice), { message: MESSAGE })).status).toBe(200);
+    const audited = target.db.$client
+      .query("SELECT detail FROM audit_events WHERE type = 'chat.usage.reset'")
+      .get() as { detail: string };
+    expect(JSON.parse(audited.detail)).toMatchObject({ cleared: 0, reservedCleared: RESERVED });
+  });
+});
 
 describe("usage never passes the budget", () => {
   test("20 concurrent turns of an upstream counting more than the estimate: charged at most what each reserved", async () => {
