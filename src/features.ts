@@ -15,7 +15,7 @@ import { type PaymentsFeatureOptions, paymentsFeature } from "./modules/payments
 import { type PrivacyFeature, privacyFeature } from "./modules/privacy/feature";
 import { webhooksFeature } from "./modules/webhooks/feature";
 import { type WhatsAppWebhookOptions, whatsappFeature } from "./modules/webhooks/whatsapp";
-import { parsePrincipalRef } from "./plugins/auth/principal";
+import { type Principal, parsePrincipalRef } from "./plugins/auth/principal";
 
 export interface FeatureOptions extends AuthFeatureOptions {
   /** Payments' tunables (how long a request waits for another with its Idempotency-Key). */
@@ -40,18 +40,19 @@ export interface Features {
 
 export function createFeatures(core: Core, options: FeatureOptions = {}): Features {
   const auth = authFeature(core, options);
-  // Whether a principal reference still names an account (a user not erased), or a key not
-  // revoked. A request authenticated just before its user's erasure — or, by a process not yet
-  // told, up to a second after it — must not write the user's id or data again: asked inside the
-  // storing transaction.
+  // Whether a principal reference still names an account (a user not erased). A request
+  // authenticated just before its user's erasure — or, by a process not yet told, up to a second
+  // after it — must not write the user's id or data again: asked inside the storing transaction.
   const accountStands = (reference: string): boolean => {
     const named = parsePrincipalRef(reference);
     return named?.kind !== "user" || auth.service.findUser(named.id) !== null;
   };
-  const referenceStands = (reference: string): boolean => {
-    const named = parsePrincipalRef(reference);
-    return named?.kind === "key" ? auth.apiKeys.isActive(named.id) : accountStands(reference);
-  };
+  // Whether a request's credential still stands, from the database (not the caches a revocation
+  // made elsewhere reaches within a second): a key not revoked, a session not ended.
+  const credentialStands = (principal: Principal): boolean =>
+    principal.kind === "key"
+      ? auth.apiKeys.isActive(principal.id)
+      : core.credentials.sessionLive(principal.familyId, principal.id);
   const chat = chatFeature(core, {
     provider: options.chatProvider,
     // A turn stores its conversation only for an owner the account feature still has.
@@ -64,7 +65,7 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
   const features: Feature[] = [
     healthFeature(core),
     auth,
-    adminFeature(core, { apiKeys: auth.apiKeys, principalStands: referenceStands }),
+    adminFeature(core, { apiKeys: auth.apiKeys, credentialStands }),
     // An ownerless key's payments belong to the first key of its rotation chain, which may be
     // revoked while its successor pays: only an account is asked after.
     paymentsFeature(core, { ...options.payments, ownerStands: accountStands }),

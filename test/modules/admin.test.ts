@@ -1,6 +1,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../support/app";
-import { bearer, signUp } from "../support/auth";
+import { bearer, createKey, signUp } from "../support/auth";
+import { ManualClock } from "../support/clock";
+import { anotherInstance } from "../support/instance";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -231,5 +233,74 @@ describe("IP blocks", () => {
       body: { address: "not-an-ip", ttlMinutes: 5, reason: "x" },
     });
     expect(response.status).toBe(422);
+  });
+});
+
+describe("a credential revoked in the second before this process reads the revocation", () => {
+  test("a revoked admin key or a logged-out admin session changes nothing here: no key made, rotated or revoked, no block lifted", async () => {
+    current = buildTestApp();
+    const target = current;
+    const admin = await signUp(target, { role: "admin" });
+    const { key, record } = createKey(target, ["admin"], admin.userId);
+    const victim = createKey(target, ["chat"], admin.userId);
+    const block = target.services.ipBlocks.block({
+      address: "198.51.100.40",
+      reason: "spam",
+      ttlMs: 3_600_000,
+      source: "admin",
+    });
+    // A second process on the file whose clock stands still: it never reads the revocation feed
+    // again, so it keeps accepting the credentials it verified before they were revoked.
+    const other = anotherInstance(target, { clock: new ManualClock(0, 1) });
+    try {
+      const asKey = { "x-api-key": key };
+      const asToken = bearer(admin.accessToken);
+      for (const headers of [asKey, asToken]) {
+        expect((await send(other, "/api/admin/api-keys", { headers })).status).toBe(200);
+      }
+      expect(
+        (
+          await send(target, `/api/admin/api-keys/${record.id}`, {
+            method: "DELETE",
+            headers: asToken,
+          })
+        ).status,
+      ).toBe(204);
+      const loggedOut = await send(target, "/api/auth/logout", {
+        headers: asToken,
+        body: { refreshToken: admin.refreshToken },
+      });
+      expect(loggedOut.status).toBeLessThan(300);
+      const keysBefore = target.db.$client.query("SELECT count(*) AS n FROM api_keys").get();
+
+      for (const headers of [asKey, asToken]) {
+        const changes = [
+          send(other, "/api/admin/api-keys", {
+            headers,
+            body: { name: "persistence", scopes: ["admin"] },
+          }),
+          send(other, `/api/admin/api-keys/${victim.record.id}/rotate`, { headers, body: {} }),
+          send(other, `/api/admin/api-keys/${victim.record.id}`, { method: "DELETE", headers }),
+          send(other, `/api/admin/blocks/${block.id}`, { method: "DELETE", headers }),
+          send(other, "/api/admin/blocks", {
+            headers,
+            body: { address: "198.51.100.41", ttlMinutes: 60, reason: "spam" },
+          }),
+        ];
+        for (const answer of await Promise.all(changes)) {
+          expect(answer.status).toBe(401);
+          expect(((await answer.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+        }
+      }
+      expect(target.db.$client.query("SELECT count(*) AS n FROM api_keys").get()).toEqual(
+        keysBefore,
+      );
+      expect(target.services.apiKeys.isActive(victim.record.id)).toBe(true);
+      expect(target.services.ipBlocks.listActive().map((b) => b.address)).toEqual([
+        "198.51.100.40",
+      ]);
+    } finally {
+      other.close();
+    }
   });
 });

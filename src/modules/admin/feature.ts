@@ -4,6 +4,7 @@
  * own: it drives the auth feature's keys and the core's audit log and blocker.
  */
 import type { Core } from "../../core";
+import type { Principal } from "../../plugins/auth/principal";
 import type { ApiKeyService } from "../auth/api-keys";
 import type { Feature } from "../feature";
 import { adminModule, adminRouteClasses } from "./index";
@@ -12,8 +13,8 @@ export function adminFeature(
   core: Core,
   {
     apiKeys,
-    principalStands,
-  }: { apiKeys: ApiKeyService; principalStands: (reference: string) => boolean },
+    credentialStands,
+  }: { apiKeys: ApiKeyService; credentialStands: (principal: Principal) => boolean },
 ): Feature {
   return {
     name: "admin",
@@ -22,7 +23,7 @@ export function adminFeature(
       adminModule({
         auth,
         apiKeys,
-        principalStands,
+        credentialStands,
         ipBlocks: core.ipBlocks,
         audit: core.audit,
         sqlite: core.db.$client,

@@ -45,8 +45,11 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 export interface AdminModuleOptions {
   auth: ReturnType<typeof authPlugin>;
   apiKeys: ApiKeyService;
-  /** Whether a principal reference still names an account, or a key not revoked. */
-  principalStands: (reference: string) => boolean;
+  /**
+   * Whether the request's credential still stands, read from the database rather than a cache: a
+   * key not revoked, a session not ended (logout, refresh-token reuse, erasure, a role change).
+   */
+  credentialStands: (principal: Principal) => boolean;
   ipBlocks: IpBlockService;
   audit: AuditLog;
   sqlite: import("bun:sqlite").Database;
@@ -95,12 +98,21 @@ export function adminModule(options: AdminModuleOptions) {
     });
   };
   const tags = ["admin"];
+  // Another process makes a revocation take effect here within a second; an admin change must not
+  // be made in that second by the credential just revoked (a key minted or rotated by it would
+  // outlive it). Checked again here, from the database, before each change.
+  const stillStanding = (principal: Principal) => {
+    if (!options.credentialStands(principal)) {
+      throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
+    }
+  };
 
   return new Elysia({ name: "palisade.module.admin", prefix: "/api/admin" })
     .use(options.auth)
     .post(
       "/api-keys",
       ({ body, principal, set }) => {
+        stillStanding(principal);
         // The new key acts for the caller's owner and may hold nothing that owner's role may not;
         // made by a key, it lives no longer than that key (a short-lived key cannot mint one that
         // never expires).
@@ -143,6 +155,7 @@ export function adminModule(options: AdminModuleOptions) {
     .delete(
       "/api-keys/:id",
       ({ params, principal, set }) => {
+        stillStanding(principal);
         if (!apiKeys.revoke(params.id, principalRef(principal))) {
           throw new AppError("NOT_FOUND", "No active key has that id.");
         }
@@ -159,6 +172,7 @@ export function adminModule(options: AdminModuleOptions) {
     .post(
       "/api-keys/:id/rotate",
       ({ params, body, principal, set }) => {
+        stillStanding(principal);
         const graceMs =
           body?.graceMinutes === undefined ? DEFAULT_ROTATION_GRACE_MS : body.graceMinutes * 60_000;
         if (apiKeys.get(params.id)?.origin === "bootstrap") {
@@ -300,7 +314,7 @@ export function adminModule(options: AdminModuleOptions) {
             ttlMs: body.ttlMinutes * 60_000,
             source: "admin",
             createdBy: creator,
-            creatorStands: () => options.principalStands(creator),
+            creatorStands: () => options.credentialStands(principal),
             requestId,
           });
         } catch (error) {
@@ -324,6 +338,7 @@ export function adminModule(options: AdminModuleOptions) {
     .delete(
       "/blocks/:id",
       async ({ params, principal, set, requestId }) => {
+        stillStanding(principal);
         const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
         await ipBlocks.lift(block.address, principalRef(principal), requestId);

@@ -255,7 +255,7 @@ export class CredentialVerifier {
    * account's row matches its own: a token is refused like the account's login and keys when
    * the row was changed in the file (a role raised or lowered there).
    */
-  private sessionLive(familyId: string, userId: string): boolean {
+  sessionLive(familyId: string, userId: string): boolean {
     const family = this.statements.familyState({ id: familyId });
     if (!family || family.userId !== userId || family.revokedAt !== null) return false;
     const { seal } = this.options;
