@@ -47,11 +47,12 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
     const named = parsePrincipalRef(reference);
     return named?.kind !== "user" || auth.service.findUser(named.id) !== null;
   };
-  // Whether a request's credential still stands, from the database (not the caches a revocation
-  // made elsewhere reaches within a second): a key not revoked, a session not ended.
-  const credentialStands = (principal: Principal): boolean =>
+  // Whether a request's credential is still an admin's, from the database (not the caches a
+  // revocation made elsewhere reaches within a second): a key that still grants `admin`, a session
+  // not ended (a demotion ends its sessions).
+  const stillAdmin = (principal: Principal): boolean =>
     principal.kind === "key"
-      ? auth.apiKeys.isActive(principal.id)
+      ? auth.apiKeys.grants(principal.id, "admin")
       : core.credentials.sessionLive(principal.familyId, principal.id);
   const chat = chatFeature(core, {
     provider: options.chatProvider,
@@ -65,7 +66,7 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
   const features: Feature[] = [
     healthFeature(core),
     auth,
-    adminFeature(core, { apiKeys: auth.apiKeys, credentialStands }),
+    adminFeature(core, { apiKeys: auth.apiKeys, stillAdmin }),
     // An ownerless key's payments belong to the first key of its rotation chain, which may be
     // revoked while its successor pays: only an account is asked after.
     paymentsFeature(core, { ...options.payments, ownerStands: accountStands }),

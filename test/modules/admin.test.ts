@@ -237,7 +237,7 @@ describe("IP blocks", () => {
 });
 
 describe("a credential revoked in the second before this process reads the revocation", () => {
-  test("a revoked admin key or a logged-out admin session changes nothing here: no key made, rotated or revoked, no block lifted", async () => {
+  test("a revoked admin key, a logged-out admin session or a demoted admin's key changes nothing here: no key made, rotated or revoked, no block lifted", async () => {
     current = buildTestApp();
     const target = current;
     const admin = await signUp(target, { role: "admin" });
@@ -292,9 +292,20 @@ describe("a credential revoked in the second before this process reads the revoc
           expect(((await answer.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
         }
       }
-      expect(target.db.$client.query("SELECT count(*) AS n FROM api_keys").get()).toEqual(
-        keysBefore,
-      );
+      // An admin demoted meanwhile: the key is narrowed to a user's scopes (chat), not revoked.
+      const demoted = await signUp(target, { role: "admin" });
+      const demotedKey = createKey(target, ["admin", "chat"], demoted.userId).key;
+      const viaDemoted = { "x-api-key": demotedKey };
+      expect((await send(other, "/api/admin/api-keys", { headers: viaDemoted })).status).toBe(200);
+      target.services.auth.setRole(demoted.userId, "user", "test");
+      const lifted = await send(other, `/api/admin/blocks/${block.id}`, {
+        method: "DELETE",
+        headers: viaDemoted,
+      });
+      expect(lifted.status).toBe(401);
+      expect(target.db.$client.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({
+        n: (keysBefore as { n: number }).n + 1,
+      });
       expect(target.services.apiKeys.isActive(victim.record.id)).toBe(true);
       expect(target.services.ipBlocks.listActive().map((b) => b.address)).toEqual([
         "198.51.100.40",

@@ -13,8 +13,8 @@ export function adminFeature(
   core: Core,
   {
     apiKeys,
-    credentialStands,
-  }: { apiKeys: ApiKeyService; credentialStands: (principal: Principal) => boolean },
+    stillAdmin,
+  }: { apiKeys: ApiKeyService; stillAdmin: (principal: Principal) => boolean },
 ): Feature {
   return {
     name: "admin",
@@ -23,7 +23,7 @@ export function adminFeature(
       adminModule({
         auth,
         apiKeys,
-        credentialStands,
+        stillAdmin,
         ipBlocks: core.ipBlocks,
         audit: core.audit,
         sqlite: core.db.$client,

@@ -46,10 +46,11 @@ export interface AdminModuleOptions {
   auth: ReturnType<typeof authPlugin>;
   apiKeys: ApiKeyService;
   /**
-   * Whether the request's credential still stands, read from the database rather than a cache: a
-   * key not revoked, a session not ended (logout, refresh-token reuse, erasure, a role change).
+   * Whether the request's credential is still an admin's, read from the database rather than a
+   * cache: a key that still grants `admin`, a session not ended (logout, refresh-token reuse,
+   * erasure, a role change).
    */
-  credentialStands: (principal: Principal) => boolean;
+  stillAdmin: (principal: Principal) => boolean;
   ipBlocks: IpBlockService;
   audit: AuditLog;
   sqlite: import("bun:sqlite").Database;
@@ -102,7 +103,7 @@ export function adminModule(options: AdminModuleOptions) {
   // be made in that second by the credential just revoked (a key minted or rotated by it would
   // outlive it). Checked again here, from the database, before each change.
   const stillStanding = (principal: Principal) => {
-    if (!options.credentialStands(principal)) {
+    if (!options.stillAdmin(principal)) {
       throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
     }
   };
@@ -314,7 +315,7 @@ export function adminModule(options: AdminModuleOptions) {
             ttlMs: body.ttlMinutes * 60_000,
             source: "admin",
             createdBy: creator,
-            creatorStands: () => options.credentialStands(principal),
+            creatorStands: () => options.stillAdmin(principal),
             requestId,
           });
         } catch (error) {

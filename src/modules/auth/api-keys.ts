@@ -151,6 +151,19 @@ export class ApiKeyService {
     return this.statements.activeById.get({ id }) !== undefined;
   }
 
+  /**
+   * Whether a key grants `scope` now, read from its row rather than a cache: not revoked, not
+   * expired, its row and its owner's intact, and `scope` among its stored scopes as its owner's
+   * role bounds them today (a demoted owner's key no longer grants `admin`).
+   */
+  grants(id: string, scope: Scope): boolean {
+    const record = this.get(id);
+    if (!record || record.revokedAt !== null || this.tampered(record)) return false;
+    if (record.expiresAt !== null && record.expiresAt <= this.clock.now()) return false;
+    const role = record.userId === null ? null : this.roleOf(record.userId);
+    return boundScopes(record.scopes, role).includes(scope);
+  }
+
   /** The owner's role now, or null when there is no such user (or its row fails its seal). */
   private roleOf(userId: string): Role | null {
     const owner = this.db
