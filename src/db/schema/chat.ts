@@ -82,6 +82,12 @@ export const chatUsage = sqliteTable(
     reservedTokens: integer("reserved_tokens").notNull().default(0),
     requests: integer("requests").notNull().default(0),
     updatedAt: integer("updated_at").notNull(),
+    /**
+     * How many times `usage:reset` gave the day back. A reservation made before a reset (which
+     * cleared it from `reserved`) leaves `reserved` alone when it settles: taking it again would
+     * take the reservations of turns admitted since, and admit more than the budget.
+     */
+    resets: integer("resets").notNull().default(0),
   },
   (table) => [
     primaryKey({ columns: [table.ownerKind, table.ownerId, table.day] }),

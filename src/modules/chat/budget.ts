@@ -121,6 +121,8 @@ export interface Reservation {
   day: string;
   /** What was reserved: the prompt's estimate plus the completion cap. */
   tokens: number;
+  /** The day's `resets` when it was made: a reset since has already cleared it from `reserved`. */
+  resets: number;
 }
 
 export type ReserveOutcome =
@@ -176,6 +178,9 @@ export class ChatBudget {
         eq(chatUsage.ownerId, sql.placeholder("id")),
         eq(chatUsage.day, sql.placeholder("day")),
       );
+    // A reservation leaves `reserved` unless a reset since has cleared it already.
+    const leaveReserved = () =>
+      sql`CASE WHEN ${chatUsage.resets} = ${sql.placeholder("resets")} THEN max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")}) ELSE ${chatUsage.reservedTokens} END`;
     const reserve = () => ({
       reservedTokens: sql`${chatUsage.reservedTokens} + ${sql.placeholder("estimate")}`,
       updatedAt: sql`${sql.placeholder("now")}`,
@@ -204,21 +209,21 @@ export class ChatBudget {
               sql`${chatUsage.usedTokens} + ${chatUsage.reservedTokens} + ${sql.placeholder("estimate")} <= ${sql.placeholder("budget")}`,
             ),
           )
-          .returning({ reservedTokens: chatUsage.reservedTokens })
+          .returning({ reservedTokens: chatUsage.reservedTokens, resets: chatUsage.resets })
           .prepare(),
       reserveAlways: () =>
         db
           .update(chatUsage)
           .set(reserve())
           .where(owner())
-          .returning({ reservedTokens: chatUsage.reservedTokens })
+          .returning({ reservedTokens: chatUsage.reservedTokens, resets: chatUsage.resets })
           .prepare(),
       // Every turn runs one of these two: prepared, not rebuilt by the query builder each time.
       settle: () =>
         db
           .update(chatUsage)
           .set({
-            reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")})`,
+            reservedTokens: leaveReserved(),
             usedTokens: sql`${chatUsage.usedTokens} + ${sql.placeholder("charged")}`,
             requests: sql`${chatUsage.requests} + 1`,
             updatedAt: sql`${sql.placeholder("now")}`,
@@ -229,7 +234,7 @@ export class ChatBudget {
         db
           .update(chatUsage)
           .set({
-            reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")})`,
+            reservedTokens: leaveReserved(),
             updatedAt: sql`${sql.placeholder("now")}`,
           })
           .where(owner())
@@ -269,7 +274,7 @@ export class ChatBudget {
       row = attempt();
     }
     if (!row) return { kind: "over_budget", retryAfterSeconds: secondsUntilNextUtcDay(now) };
-    return { kind: "reserved", reservation: { owner, day, tokens } };
+    return { kind: "reserved", reservation: { owner, day, tokens, resets: row.resets } };
   }
 
   /**
@@ -277,16 +282,24 @@ export class ChatBudget {
    * `used` stays within the budget). Run it in the storing transaction; returns what was charged.
    */
   settle(reservation: Reservation, usedTokens: number, now: number): number {
-    const { owner, day, tokens } = reservation;
+    const { owner, day, tokens, resets } = reservation;
     const charged = Math.min(Math.max(0, usedTokens), tokens);
-    this.statements.settle.run({ kind: owner.kind, id: owner.id, day, tokens, charged, now });
+    this.statements.settle.run({
+      kind: owner.kind,
+      id: owner.id,
+      day,
+      tokens,
+      resets,
+      charged,
+      now,
+    });
     return charged;
   }
 
   /** Gives a failed turn's reservation back. */
   release(reservation: Reservation, now: number): void {
-    const { owner, day, tokens } = reservation;
-    this.statements.release.run({ kind: owner.kind, id: owner.id, day, tokens, now });
+    const { owner, day, tokens, resets } = reservation;
+    this.statements.release.run({ kind: owner.kind, id: owner.id, day, tokens, resets, now });
   }
 
   /** A day's usage, every owner's or one's, ordered by principal (kind, then id). */
@@ -344,8 +357,9 @@ export class ChatBudget {
   /**
    * Sets an owner's used and reserved tokens for a day back to 0; what was cleared, or null without
    * a row. Reservations too: a process killed mid-turn never settles or releases its turn's, which
-   * would hold that much of the day until midnight. A turn still in flight settles as before (its
-   * reservation leaves `reserved` only as far as 0), charging its usage to the day given back.
+   * would hold that much of the day until midnight. A turn still in flight charges its usage to the
+   * day given back, and its reservation, already cleared, is not taken from `reserved` again
+   * (`resets`): the turns admitted after the reset keep theirs.
    */
   reset(owner: ChatOwner, day: string, now: number): { used: number; reserved: number } | null {
     return this.db.transaction(
@@ -357,7 +371,12 @@ export class ChatBudget {
           .get();
         if (!row) return null;
         tx.update(chatUsage)
-          .set({ usedTokens: 0, reservedTokens: 0, updatedAt: now })
+          .set({
+            usedTokens: 0,
+            reservedTokens: 0,
+            resets: sql`${chatUsage.resets} + 1`,
+            updatedAt: now,
+          })
           .where(this.ownerDay(owner, day))
           .run();
         return row;

@@ -576,6 +576,31 @@ describe("a process killed mid-turn", () => {
   });
 });
 
+describe("a reset while turns are in flight", () => {
+  test("the turns reserved before it settle without taking back the reservations made after it: no more is admitted than the budget", () => {
+    target = buildTestApp({ env });
+    const budget = new ChatBudget(target.db.$client, RESERVED * 2);
+    const owner = { kind: "user" as const, id: "u-reset" };
+    const now = Date.now();
+    const reserve = () => budget.reserve(owner, RESERVED, now);
+    const before = [reserve(), reserve()];
+    expect(before.map((outcome) => outcome.kind)).toEqual(["reserved", "reserved"]);
+    expect(budget.reset(owner, utcDay(now), now)).toEqual({ used: 0, reserved: RESERVED * 2 });
+    const after = [reserve(), reserve(), reserve()];
+    expect(after.map((outcome) => outcome.kind)).toEqual(["reserved", "reserved", "over_budget"]);
+    // The turns from before the reset finish: charged to the day given back, and the turns
+    // admitted since keep their reservations, so the day is still full.
+    for (const outcome of before) {
+      if (outcome.kind === "reserved") budget.settle(outcome.reservation, RESERVED, now);
+    }
+    expect(budget.usage(utcDay(now), owner)[0]).toMatchObject({
+      usedTokens: RESERVED * 2,
+      reservedTokens: RESERVED * 2,
+    });
+    expect(reserve().kind).toBe("over_budget");
+  });
+});
+
 describe("usage never passes the budget", () => {
   test("20 concurrent turns of an upstream counting more than the estimate: charged at most what each reserved", async () => {
     target = buildTestApp({ env, chatProvider: overReportingProvider(10) });

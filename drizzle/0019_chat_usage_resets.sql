@@ -1,0 +1,1 @@
+ALTER TABLE `chat_usage` ADD `resets` integer DEFAULT 0 NOT NULL;
