@@ -65,7 +65,12 @@ export interface AppDeps extends Services {
 export function createApp(deps: AppDeps) {
   const { config, logger, clock, registry, ipBlocks } = deps;
   const identify = createIdentify(deps.credentials, config.requireTls);
-  const auth = authPlugin({ identify, metrics: deps.metrics.auth, audit: deps.audit });
+  const auth = authPlugin({
+    identify,
+    metrics: deps.metrics.auth,
+    audit: deps.audit,
+    stillAdmin: deps.stillAdmin,
+  });
   const responseHeaders = securityResponseHeaders({
     hsts: config.requireTls,
     htmlPaths: [DOCS_PATH],

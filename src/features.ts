@@ -15,7 +15,7 @@ import { type PaymentsFeatureOptions, paymentsFeature } from "./modules/payments
 import { type PrivacyFeature, privacyFeature } from "./modules/privacy/feature";
 import { webhooksFeature } from "./modules/webhooks/feature";
 import { type WhatsAppWebhookOptions, whatsappFeature } from "./modules/webhooks/whatsapp";
-import { type Principal, parsePrincipalRef } from "./plugins/auth/principal";
+import { parsePrincipalRef } from "./plugins/auth/principal";
 
 export interface FeatureOptions extends AuthFeatureOptions {
   /** Payments' tunables (how long a request waits for another with its Idempotency-Key). */
@@ -47,13 +47,6 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
     const named = parsePrincipalRef(reference);
     return named?.kind !== "user" || auth.service.findUser(named.id) !== null;
   };
-  // Whether a request's credential is still an admin's, from the database (not the caches a
-  // revocation made elsewhere reaches within a second): a key that still grants `admin`, a session
-  // not ended (a demotion ends its sessions).
-  const stillAdmin = (principal: Principal): boolean =>
-    principal.kind === "key"
-      ? auth.apiKeys.grants(principal.id, "admin")
-      : core.credentials.sessionLive(principal.familyId, principal.id);
   const chat = chatFeature(core, {
     provider: options.chatProvider,
     // A turn stores its conversation only for an owner the account feature still has.
@@ -66,7 +59,7 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
   const features: Feature[] = [
     healthFeature(core),
     auth,
-    adminFeature(core, { apiKeys: auth.apiKeys, stillAdmin }),
+    adminFeature(core, { apiKeys: auth.apiKeys, stillAdmin: auth.stillAdmin }),
     // An ownerless key's payments belong to the first key of its rotation chain, which may be
     // revoked while its successor pays: only an account is asked after.
     paymentsFeature(core, { ...options.payments, ownerStands: accountStands }),

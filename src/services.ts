@@ -6,6 +6,7 @@
  * flight finish; `close()` stops the tasks, closes the features, then the core, flushing what is
  * queued.
  */
+
 import { type Core, type CoreOptions, createCore } from "./core";
 import { backgroundCheckpoints } from "./db/background-checkpoint";
 import { isDatabaseBusy } from "./db/busy";
@@ -16,12 +17,15 @@ import type { AuthService } from "./modules/auth/service";
 import type { Feature } from "./modules/feature";
 import type { ReadinessCheck } from "./modules/health/service";
 import type { PrivacyService } from "./modules/privacy/service";
+import type { Principal } from "./plugins/auth/principal";
 
 export interface Services extends Core {
   features: readonly Feature[];
   /** The auth feature's accounts and sessions (the CLI and tests drive them directly). */
   auth: AuthService;
   apiKeys: ApiKeyService;
+  /** Whether a credential is still an admin's, from the database (see the auth feature). */
+  stillAdmin: (principal: Principal) => boolean;
   privacy: PrivacyService;
   /** Every readiness check: the core's and each feature's. */
   readiness: Record<string, ReadinessCheck>;
@@ -90,6 +94,7 @@ export function createServices(options: ServiceOptions): Services {
     features: features.list,
     auth: features.auth.service,
     apiKeys: features.auth.apiKeys,
+    stillAdmin: features.auth.stillAdmin,
     privacy: features.privacy.service,
     readiness,
     runMaintenance,

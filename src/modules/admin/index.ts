@@ -46,9 +46,9 @@ export interface AdminModuleOptions {
   auth: ReturnType<typeof authPlugin>;
   apiKeys: ApiKeyService;
   /**
-   * Whether the request's credential is still an admin's, read from the database rather than a
-   * cache: a key that still grants `admin`, a session not ended (logout, refresh-token reuse,
-   * erasure, a role change).
+   * Whether the request's credential is still an admin's, read from the database (the auth
+   * feature's): asked again inside a block's transaction, which an erasure runs wholly before or
+   * after.
    */
   stillAdmin: (principal: Principal) => boolean;
   ipBlocks: IpBlockService;
@@ -99,21 +99,12 @@ export function adminModule(options: AdminModuleOptions) {
     });
   };
   const tags = ["admin"];
-  // Another process makes a revocation take effect here within a second; an admin change must not
-  // be made in that second by the credential just revoked (a key minted or rotated by it would
-  // outlive it). Checked again here, from the database, before each change.
-  const stillStanding = (principal: Principal) => {
-    if (!options.stillAdmin(principal)) {
-      throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
-    }
-  };
 
   return new Elysia({ name: "palisade.module.admin", prefix: "/api/admin" })
     .use(options.auth)
     .post(
       "/api-keys",
       ({ body, principal, set }) => {
-        stillStanding(principal);
         // The new key acts for the caller's owner and may hold nothing that owner's role may not;
         // made by a key, it lives no longer than that key (a short-lived key cannot mint one that
         // never expires).
@@ -156,7 +147,6 @@ export function adminModule(options: AdminModuleOptions) {
     .delete(
       "/api-keys/:id",
       ({ params, principal, set }) => {
-        stillStanding(principal);
         if (!apiKeys.revoke(params.id, principalRef(principal))) {
           throw new AppError("NOT_FOUND", "No active key has that id.");
         }
@@ -173,7 +163,6 @@ export function adminModule(options: AdminModuleOptions) {
     .post(
       "/api-keys/:id/rotate",
       ({ params, body, principal, set }) => {
-        stillStanding(principal);
         const graceMs =
           body?.graceMinutes === undefined ? DEFAULT_ROTATION_GRACE_MS : body.graceMinutes * 60_000;
         if (apiKeys.get(params.id)?.origin === "bootstrap") {
@@ -339,7 +328,6 @@ export function adminModule(options: AdminModuleOptions) {
     .delete(
       "/blocks/:id",
       async ({ params, principal, set, requestId }) => {
-        stillStanding(principal);
         const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
         await ipBlocks.lift(block.address, principalRef(principal), requestId);

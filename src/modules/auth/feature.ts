@@ -4,6 +4,7 @@
  * hold about a user. Verifying credentials is the auth defence's (plugins/auth), in the core.
  */
 import type { Core } from "../../core";
+import type { Principal } from "../../plugins/auth/principal";
 import { createCsrfIssuer } from "../../plugins/csrf";
 import type { Feature } from "../feature";
 import { ApiKeyService } from "./api-keys";
@@ -30,6 +31,13 @@ export interface AuthFeatureOptions {
 export interface AuthFeature extends Feature {
   service: AuthService;
   apiKeys: ApiKeyService;
+  /**
+   * Whether a credential is still an admin's, read from the database rather than the caches a
+   * revocation made in another process reaches within a second: a key that still grants `admin`
+   * (not revoked or expired, under its owner's role today), a session not ended (logout, refresh-
+   * token reuse, erasure; a demotion ends its sessions).
+   */
+  stillAdmin(principal: Principal): boolean;
   /** The account row, for the privacy feature: its profile and its deletion. */
   account: ReturnType<typeof account>;
 }
@@ -66,6 +74,10 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     name: "auth",
     service,
     apiKeys,
+    stillAdmin: (principal) =>
+      principal.kind === "key"
+        ? apiKeys.grants(principal.id, "admin")
+        : credentials.sessionLive(principal.familyId, principal.id),
     account: account(db, service),
     routeClasses: authRouteClasses,
     routes: ({ auth }) =>

@@ -31,6 +31,11 @@ export interface AuthPluginOptions {
   identify: Identify;
   metrics: AuthMetrics;
   audit: AuditLog;
+  /**
+   * Whether a credential is still an admin's, read from the database: asked before every admin
+   * request that changes something (any method but GET, HEAD and OPTIONS). Absent: not asked.
+   */
+  stillAdmin?: (principal: Principal) => boolean;
 }
 
 export function describeRequirement(requirement: AuthRequirement | "public"): string {
@@ -58,6 +63,8 @@ export function satisfies(principal: Principal, requirement: AuthRequirement): b
  */
 export const ERRORS_DETAIL_KEY = "x-palisade-errors";
 const PIPELINE_ERRORS = [400, 403, 429, 500, 503] as const;
+/** Methods that change nothing: an admin's read is not checked against the database again. */
+const READS = new Set(["GET", "HEAD", "OPTIONS"]);
 const CREDENTIAL_ERRORS = [400, 401, 403, 429, 500, 503] as const;
 
 /** The route's OpenAPI detail: who may call it, in the document and for the declaration test. */
@@ -74,7 +81,7 @@ function authDetail(
 }
 
 export function authPlugin(options: AuthPluginOptions) {
-  const { identify, metrics, audit } = options;
+  const { identify, metrics, audit, stillAdmin } = options;
 
   const authenticate = async (request: Request): Promise<Principal> => {
     const found = await identify(request);
@@ -140,7 +147,20 @@ export function authPlugin(options: AuthPluginOptions) {
         // (after validation) hands the handler the principal already verified for this request.
         async transform(context) {
           const { request, path, client, requestId } = context as unknown as RequestState;
-          await authorize(requirement, request, path, client, requestId);
+          const principal = await authorize(requirement, request, path, client, requestId);
+          // A revocation made in another process reaches this one's caches within a second; an
+          // admin change must not be made in that second by the credential just revoked, logged
+          // out or demoted (a key it minted would outlive it).
+          if (
+            stillAdmin !== undefined &&
+            typeof requirement === "object" &&
+            "role" in requirement &&
+            !READS.has(request.method) &&
+            !stillAdmin(principal)
+          ) {
+            metrics.fail(principal.kind === "key" ? "revoked_api_key" : "revoked_token");
+            throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
+          }
         },
         async resolve(context) {
           const { request, path, client, requestId } = context as unknown as RequestState;

@@ -12,6 +12,7 @@ import {
   buildPaymentsApp,
   createIntent,
   type PaymentsApp,
+  paidPayment,
   pay,
   ROOMY_LIMITS,
   refundStatusStripes,
@@ -194,6 +195,49 @@ describe("erasure and an intent in flight exclude each other", () => {
     expect(rows).toHaveLength(1);
     expect(rows[0]!.client_secret).toBeNull();
     expect(rows[0]!.owner).not.toContain(alice.userId);
+  });
+});
+
+describe("a refund by an admin credential revoked in the second before this process reads it", () => {
+  test("a revoked admin key and a logged-out admin session refund nothing: 401, Stripe never asked", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current);
+    const { key, record } = createKey(current, ["admin"], admin.userId);
+    // A second process on the file whose clock stands still: it never reads the revocation feed
+    // again, so it keeps accepting the credentials it verified before they were revoked.
+    const other = anotherInstance(current, {
+      clock: new ManualClock(0, 1),
+      env: {
+        ...ROOMY_LIMITS,
+        STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
+        STRIPE_API_URL: current.stripe.url,
+      },
+    });
+    try {
+      const viaKey = { "x-api-key": key };
+      const viaToken = bearer(admin.accessToken);
+      for (const headers of [viaKey, viaToken]) {
+        expect((await send(other, "/api/admin/api-keys", { headers })).status).toBe(200);
+      }
+      await send(current, `/api/admin/api-keys/${record.id}`, {
+        method: "DELETE",
+        headers: viaToken,
+      });
+      await send(current, "/api/auth/logout", {
+        headers: viaToken,
+        body: { refreshToken: admin.refreshToken },
+      });
+      for (const headers of [viaKey, viaToken]) {
+        const refund = await send(other, `/api/admin/payments/${id}/refund`, {
+          headers,
+          body: { amount: 1000 },
+        });
+        expect(refund.status).toBe(401);
+      }
+      expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(0);
+    } finally {
+      other.close();
+    }
   });
 });
 
