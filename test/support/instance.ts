@@ -11,6 +11,7 @@ import { createLogger } from "../../src/logging/logger";
 import type { ChatProvider } from "../../src/modules/chat/providers/provider";
 import { createServices } from "../../src/services";
 import { LogCapture, TEST_PASSWORD_HASHING, type TestApp, testConfig } from "./app";
+import { ManualClock } from "./clock";
 
 export interface Instance {
   app: ReturnType<typeof createApp>;
@@ -51,4 +52,13 @@ export function anotherInstance(
       db.$client.close();
     },
   };
+}
+
+/**
+ * Another instance whose clock stands still: it never reads the revocation feed again, so it
+ * keeps accepting the credentials it verified before a revocation made elsewhere — the second a
+ * process not yet told would, made to last.
+ */
+export function untoldInstance(target: TestApp, env?: Record<string, string>): Instance {
+  return anotherInstance(target, { clock: new ManualClock(0, 1), env });
 }

@@ -5,8 +5,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { send } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
-import { ManualClock } from "../../support/clock";
-import { anotherInstance } from "../../support/instance";
+import { untoldInstance } from "../../support/instance";
 import {
   auditRows,
   buildPaymentsApp,
@@ -21,6 +20,11 @@ import {
   stripeEvent,
   succeed,
 } from "../../support/payments";
+
+/** What a second instance needs to reach the same local Stripe. */
+function stripeEnvOf(target: PaymentsApp) {
+  return { ...ROOMY_LIMITS, STRIPE_SECRET_KEY: STRIPE_TEST_KEY, STRIPE_API_URL: target.stripe.url };
+}
 
 let current: PaymentsApp | null = null;
 afterEach(() => {
@@ -143,16 +147,7 @@ describe("erasure and an intent in flight exclude each other", () => {
   test("an intent asked for after the erasure, of a process not yet told of it, is refused 401 and stores nothing", async () => {
     current = buildPaymentsApp();
     const alice = await signUp(current);
-    // A second process on the file, whose clock stands still: it never reads the revocation feed
-    // again, so it still accepts the token it verified before the erasure (elsewhere, up to a second).
-    const other = anotherInstance(current, {
-      clock: new ManualClock(0, 1),
-      env: {
-        ...ROOMY_LIMITS,
-        STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
-        STRIPE_API_URL: current.stripe.url,
-      },
-    });
+    const other = untoldInstance(current, stripeEnvOf(current));
     try {
       const first = await createIntent(other, bearer(alice.accessToken), {
         amount: 1000,
@@ -203,16 +198,7 @@ describe("a refund by an admin credential revoked in the second before this proc
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current);
     const { key, record } = createKey(current, ["admin"], admin.userId);
-    // A second process on the file whose clock stands still: it never reads the revocation feed
-    // again, so it keeps accepting the credentials it verified before they were revoked.
-    const other = anotherInstance(current, {
-      clock: new ManualClock(0, 1),
-      env: {
-        ...ROOMY_LIMITS,
-        STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
-        STRIPE_API_URL: current.stripe.url,
-      },
-    });
+    const other = untoldInstance(current, stripeEnvOf(current));
     try {
       const viaKey = { "x-api-key": key };
       const viaToken = bearer(admin.accessToken);
