@@ -32,7 +32,7 @@ async function awayFromMinuteEnd(marginMs: number) {
   if (left < marginMs) await Bun.sleep(left + 50);
 }
 
-test("three processes on one file admit exactly 50 of 300 concurrent requests for one key, each some of them", async () => {
+test("three processes on one file admit exactly 50 of 300 concurrent requests for one key between them", async () => {
   const dir = tempDir();
   const services: ServiceProcess[] = [];
   try {
@@ -63,12 +63,15 @@ test("three processes on one file admit exactly 50 of 300 concurrent requests fo
       ),
     );
     expect(responses.every((s) => s === 200 || s === 429 || s === 403)).toBe(true);
-    // Request j went to process j % 3. Every process admitted some, and together exactly the
-    // limit: had any process counted on its own, it alone would have admitted up to 50.
+    // Request j went to process j % 3, 100 to each. Together they admitted exactly the limit: had
+    // any process counted on its own, it alone would have admitted 50. Which one admitted how
+    // many is timing — a process slow to take its share refuses all of it, having read the
+    // others' count (one such run failed an "every process admitted some" here) — but the limit
+    // was shared by more than one.
     const admittedBy = [0, 1, 2].map(
       (i) => responses.filter((s, j) => j % 3 === i && s === 200).length,
     );
-    for (const admitted of admittedBy) expect(admitted).toBeGreaterThan(0);
+    expect(admittedBy.filter((admitted) => admitted > 0).length).toBeGreaterThanOrEqual(2);
     expect(admittedBy.reduce((a, b) => a + b, 0)).toBe(50);
     const db = new Database(env.DATABASE_PATH, { readonly: true });
     const row = db
