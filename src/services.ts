@@ -6,7 +6,6 @@
  * flight finish; `close()` stops the tasks, closes the features, then the core, flushing what is
  * queued.
  */
-
 import { type Core, type CoreOptions, createCore } from "./core";
 import { backgroundCheckpoints } from "./db/background-checkpoint";
 import { isDatabaseBusy } from "./db/busy";

@@ -10,7 +10,8 @@
  * `legacyRowHash` is the unkeyed SHA-256 chain used before AUDIT_SECRET_KEY existed; it is only
  * read when an old database is upgraded (see upgrade.ts).
  */
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { createHmac } from "node:crypto";
+import { sealMatches } from "../../db/row-seal";
 
 export const GENESIS_HASH = "0".repeat(64);
 
@@ -94,9 +95,7 @@ export class AuditKeys {
 
   /** Whether `mac` is the erasure's for this actor key and pseudonym (compared in constant time). */
   vouchesForErasedActor(actorKey: string, pseudonym: string, mac: string): boolean {
-    const wanted = Buffer.from(this.erasedActorMac(actorKey, pseudonym));
-    const given = Buffer.from(mac);
-    return given.length === wanted.length && timingSafeEqual(given, wanted);
+    return sealMatches(this.erasedActorMac(actorKey, pseudonym), mac);
   }
 
   checkpointMac(checkpoint: CheckpointFields): string {

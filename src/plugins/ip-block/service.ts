@@ -262,14 +262,15 @@ export class IpBlockService {
     reason: string,
     ladder: readonly number[],
     requestId: string | null,
-    isPrincipal: boolean,
   ): IpBlock | null {
     const now = this.options.clock.now();
     const outcome = this.db.transaction(
       () => {
         // A principal whose account an erasure (in any process) took meanwhile — its token still
         // accepted for up to a second elsewhere — is not locked out: the row would keep its id.
-        if (isPrincipal && this.options.audit.erasedAs(subject) !== null) return { erased: true };
+        if (isPrincipalSubject(subject) && this.options.audit.erasedAs(subject) !== null) {
+          return { erased: true };
+        }
         const until = this.statements.inForceUntil.get({ address: subject, now })?.until ?? null;
         if (until !== null) return { inForceUntil: until };
         const earlier = this.statements.priorAutoBlocks.get({
@@ -502,7 +503,6 @@ export class IpBlockService {
         `${count} ${what} in ${windowMs / MINUTE} min`,
         ladder,
         requestId,
-        kind === "principal",
       );
     } catch (error) {
       this.lost(error, requestId, policy.id, "a block was not made");
