@@ -41,11 +41,25 @@ export function forgetMigrationsFrom(sqlite: Database, firstIdx: number): void {
  * created dropped, and the migrations forgotten, so the next migrate applies them again (and its companions run again).
  */
 export function putBackBefore(sqlite: Database, firstIdx: number): void {
-  for (const entry of journalEntries().filter((each) => each.idx >= firstIdx)) {
-    const text = readFileSync(join(MIGRATIONS_FOLDER, `${entry.tag}.sql`), "utf8");
-    for (const [, table, column] of text.matchAll(/ALTER TABLE `(\w+)` ADD `(\w+)`/g)) {
-      sqlite.run(`ALTER TABLE "${table}" DROP COLUMN "${column}"`);
-    }
+  const texts = journalEntries()
+    .filter((each) => each.idx >= firstIdx)
+    .map((entry) => readFileSync(join(MIGRATIONS_FOLDER, `${entry.tag}.sql`), "utf8"));
+  const columns = (pattern: RegExp) =>
+    texts.flatMap((text) =>
+      [...text.matchAll(pattern)].map(([, table, column]) => `${table}.${column}`),
+    );
+  const added = columns(/ALTER TABLE `(\w+)` ADD `(\w+)`/g);
+  const dropped = new Set(columns(/ALTER TABLE `(\w+)` DROP COLUMN `(\w+)`/g));
+  for (const column of dropped) {
+    // Dropped from a shape older than `firstIdx`: its definition is not here to put back.
+    if (!added.includes(column)) throw new Error(`cannot put back ${column}`);
+  }
+  // A column added and dropped again within these migrations is already gone.
+  for (const column of added.filter((each) => !dropped.has(each))) {
+    const [table, name] = column.split(".");
+    sqlite.run(`ALTER TABLE "${table}" DROP COLUMN "${name}"`);
+  }
+  for (const text of texts) {
     for (const [, table] of text.matchAll(/CREATE TABLE `(\w+)`/g)) {
       sqlite.run(`DROP TABLE IF EXISTS "${table}"`);
     }

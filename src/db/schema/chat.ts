@@ -70,7 +70,9 @@ export const chatMessages = sqliteTable(
 /**
  * Tokens per owner per UTC day (`YYYY-MM-DD`). `reserved` holds the estimates of turns in flight:
  * a turn reserves before it calls the upstream, in one statement that refuses when
- * used + reserved + estimate would pass the budget, and settles to its real usage after.
+ * used + reserved + estimate would pass the budget, and settles to its real usage after. Each
+ * turn's share of `reserved` is also a row of `chat_reservations`, so that what a process killed
+ * mid-turn reserved can be given back (modules/chat/budget.ts).
  */
 export const chatUsage = sqliteTable(
   "chat_usage",
@@ -82,12 +84,6 @@ export const chatUsage = sqliteTable(
     reservedTokens: integer("reserved_tokens").notNull().default(0),
     requests: integer("requests").notNull().default(0),
     updatedAt: integer("updated_at").notNull(),
-    /**
-     * How many times `usage:reset` gave the day back. A reservation made before a reset (which
-     * cleared it from `reserved`) leaves `reserved` alone when it settles: taking it again would
-     * take the reservations of turns admitted since, and admit more than the budget.
-     */
-    resets: integer("resets").notNull().default(0),
   },
   (table) => [
     primaryKey({ columns: [table.ownerKind, table.ownerId, table.day] }),
@@ -97,3 +93,36 @@ export const chatUsage = sqliteTable(
     check("chat_usage_reserved_nonnegative", sql`${table.reservedTokens} >= 0`),
   ],
 );
+
+/**
+ * One row per turn in flight: what it added to its day's `reserved` and which process holds it.
+ * Settling or releasing the turn deletes the row and takes its tokens from `reserved`; a row whose
+ * process stopped beating (`chat_holders`) is given back by another process's maintenance. Ids
+ * are never reused (AUTOINCREMENT), so a turn whose row was given back cannot take a later turn's.
+ */
+export const chatReservations = sqliteTable(
+  "chat_reservations",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    ownerKind: text("owner_kind", { enum: CHAT_OWNER_KINDS }).notNull(),
+    ownerId: text("owner_id").notNull(),
+    day: text("day").notNull(),
+    tokens: integer("tokens").notNull(),
+    /** The reserving process's random id (its row in `chat_holders`). */
+    holder: text("holder").notNull(),
+    createdAt: integer("created_at").notNull(),
+  },
+  (table) => [
+    index("chat_reservations_owner_day").on(table.ownerKind, table.ownerId, table.day),
+    index("chat_reservations_holder").on(table.holder),
+  ],
+);
+
+/**
+ * The processes holding turns in flight, each with when it last said it was running: written
+ * every maintenance run (10 s) while the process holds a turn. One not seen for a minute is gone.
+ */
+export const chatHolders = sqliteTable("chat_holders", {
+  holder: text("holder").primaryKey(),
+  seenAt: integer("seen_at").notNull(),
+});

@@ -15,6 +15,11 @@
  * 3. release: a call that failed before the upstream was sent anything gives its reservation back;
  *    an aborted one settles its prompt's estimate plus what it received (the upstream billed them).
  *
+ * Each reservation is also a row naming the process that holds it (./reservations.ts): what a
+ * process killed mid-turn reserved is given back by another's maintenance a minute later, and a
+ * reservation a reset or an erasure cleared is not taken from `reserved` a second time when its
+ * turn ends (the row is gone).
+ *
  * What it guarantees: `used` never passes the budget, whatever the concurrency: a turn is only
  * admitted when its largest possible charge fits in what the day has left, counting the turns
  * still in flight, and it is never charged more than it reserved. An upstream that counts more
@@ -29,6 +34,7 @@ import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { CHAT_OWNER_KINDS, chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
+import { type Reclaimed, TurnReservations } from "./reservations";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -121,8 +127,8 @@ export interface Reservation {
   day: string;
   /** What was reserved: the prompt's estimate plus the completion cap. */
   tokens: number;
-  /** The day's `resets` when it was made: a reset since has already cleared it from `reserved`. */
-  resets: number;
+  /** Its row in `chat_reservations`. */
+  id: number;
 }
 
 export type ReserveOutcome =
@@ -156,31 +162,44 @@ export interface UsageRow {
   requests: number;
 }
 
+export interface ChatBudgetOptions {
+  /**
+   * Whether an owner is still there (a user not erased, a key not revoked): a day's row is made
+   * only for one that is. Absent: every owner is.
+   */
+  ownerExists?: (owner: ChatOwner) => boolean;
+  /** This process's id among the holders of turns in flight; a random one when absent. */
+  holder?: string;
+}
+
 export class ChatBudget {
   private readonly db;
   private readonly statements;
+  private readonly ownerExists?: (owner: ChatOwner) => boolean;
+  /** The rows naming which process holds each turn in flight. */
+  readonly turns: TurnReservations;
+  private readonly reserveTransaction;
+  private readonly endTransaction;
 
   constructor(
-    private readonly sqlite: Database,
+    sqlite: Database,
     /** Tokens per owner per UTC day; 0: no budget (usage is still counted). */
     readonly dailyTokens: number,
-    /**
-     * Whether an owner is still there (a user not erased, a key not revoked): a day's row is made
-     * only for one that is. Absent: every owner is.
-     */
-    private readonly ownerExists?: (owner: ChatOwner) => boolean,
+    options: ChatBudgetOptions = {},
   ) {
     const db = drizzleOf(sqlite);
     this.db = db;
+    this.ownerExists = options.ownerExists;
+    this.turns = new TurnReservations(sqlite, options.holder);
     const owner = () =>
       and(
         eq(chatUsage.ownerKind, sql.placeholder("kind")),
         eq(chatUsage.ownerId, sql.placeholder("id")),
         eq(chatUsage.day, sql.placeholder("day")),
       );
-    // A reservation leaves `reserved` unless a reset since has cleared it already.
+    // A reservation leaves `reserved` unless a reset, an erasure or a reclaim took it already.
     const leaveReserved = () =>
-      sql`CASE WHEN ${chatUsage.resets} = ${sql.placeholder("resets")} THEN max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")}) ELSE ${chatUsage.reservedTokens} END`;
+      sql`CASE WHEN ${sql.placeholder("held")} = 1 THEN max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")}) ELSE ${chatUsage.reservedTokens} END`;
     const reserve = () => ({
       reservedTokens: sql`${chatUsage.reservedTokens} + ${sql.placeholder("estimate")}`,
       updatedAt: sql`${sql.placeholder("now")}`,
@@ -209,14 +228,14 @@ export class ChatBudget {
               sql`${chatUsage.usedTokens} + ${chatUsage.reservedTokens} + ${sql.placeholder("estimate")} <= ${sql.placeholder("budget")}`,
             ),
           )
-          .returning({ reservedTokens: chatUsage.reservedTokens, resets: chatUsage.resets })
+          .returning({ reservedTokens: chatUsage.reservedTokens })
           .prepare(),
       reserveAlways: () =>
         db
           .update(chatUsage)
           .set(reserve())
           .where(owner())
-          .returning({ reservedTokens: chatUsage.reservedTokens, resets: chatUsage.resets })
+          .returning({ reservedTokens: chatUsage.reservedTokens })
           .prepare(),
       // Every turn runs one of these two: prepared, not rebuilt by the query builder each time.
       settle: () =>
@@ -240,41 +259,51 @@ export class ChatBudget {
           .where(owner())
           .prepare(),
     });
+    // The decision and the turn's row in one transaction: a process killed between the two
+    // would leave tokens in `reserved` that no row names, which nothing could give back.
+    this.reserveTransaction = sqlite.transaction(
+      (owner: ChatOwner, tokens: number, now: number): ReserveOutcome => {
+        const day = utcDay(now);
+        const key = { kind: owner.kind, id: owner.id, day };
+        const attempt = () =>
+          this.dailyTokens > 0
+            ? this.statements.reserveWithin.get({
+                ...key,
+                estimate: tokens,
+                now,
+                budget: this.dailyTokens,
+              })
+            : this.statements.reserveAlways.get({ ...key, estimate: tokens, now });
+        // The day's row exists after the owner's first turn: the first attempt decides.
+        let row = attempt();
+        if (!row) {
+          // A request authenticated just before its user's erasure reaches here after it: the
+          // row the erasure deleted must not be made again. The erasure's transaction (also
+          // immediate) runs wholly before or after this one.
+          if (this.ownerExists?.(owner) === false) return { kind: "owner_gone" };
+          // The row was there and refused the turn: that stands. It was missing: decide again.
+          if (this.statements.ensureRow.get({ ...key, now }) !== undefined) row = attempt();
+        }
+        if (!row) return { kind: "over_budget", retryAfterSeconds: secondsUntilNextUtcDay(now) };
+        const id = this.turns.hold(owner, day, tokens, now);
+        return { kind: "reserved", reservation: { owner, day, tokens, id } };
+      },
+    );
+    // The row's end and `reserved`: one transaction of its own, or a savepoint in the storing one.
+    this.endTransaction = sqlite.transaction(
+      (reservation: Reservation, now: number, charged: number | null) => {
+        const { owner, day, tokens, id } = reservation;
+        const held = this.turns.end(id) ? 1 : 0;
+        const key = { kind: owner.kind, id: owner.id, day, tokens, held, now };
+        if (charged === null) this.statements.release.run(key);
+        else this.statements.settle.run({ ...key, charged });
+      },
+    );
   }
 
   /** Reserves `tokens` (a turn's largest possible charge) if they fit in the day's budget. */
   reserve(owner: ChatOwner, tokens: number, now: number): ReserveOutcome {
-    const day = utcDay(now);
-    const key = { kind: owner.kind, id: owner.id, day };
-    const attempt = () =>
-      this.dailyTokens > 0
-        ? this.statements.reserveWithin.get({
-            ...key,
-            estimate: tokens,
-            now,
-            budget: this.dailyTokens,
-          })
-        : this.statements.reserveAlways.get({ ...key, estimate: tokens, now });
-    // The day's row exists after the owner's first turn: one statement (one commit) decides.
-    // Without it (or when refused) the row is made if missing and the decision taken again: the
-    // second attempt is what decides when another process made the row meanwhile.
-    let row = attempt();
-    if (!row) {
-      // A request authenticated just before its user's erasure reaches here after it: the row the
-      // erasure deleted must not be made again. Checked and made in one transaction, which the
-      // erasure's (also immediate) runs wholly before or after.
-      const made = this.sqlite
-        .transaction(() => {
-          if (this.ownerExists?.(owner) === false) return false;
-          this.statements.ensureRow.get({ ...key, now });
-          return true;
-        })
-        .immediate();
-      if (!made) return { kind: "owner_gone" };
-      row = attempt();
-    }
-    if (!row) return { kind: "over_budget", retryAfterSeconds: secondsUntilNextUtcDay(now) };
-    return { kind: "reserved", reservation: { owner, day, tokens, resets: row.resets } };
+    return this.reserveTransaction.immediate(owner, tokens, now);
   }
 
   /**
@@ -282,24 +311,22 @@ export class ChatBudget {
    * `used` stays within the budget). Run it in the storing transaction; returns what was charged.
    */
   settle(reservation: Reservation, usedTokens: number, now: number): number {
-    const { owner, day, tokens, resets } = reservation;
-    const charged = Math.min(Math.max(0, usedTokens), tokens);
-    this.statements.settle.run({
-      kind: owner.kind,
-      id: owner.id,
-      day,
-      tokens,
-      resets,
-      charged,
-      now,
-    });
+    const charged = Math.min(Math.max(0, usedTokens), reservation.tokens);
+    this.endTransaction.immediate(reservation, now, charged);
     return charged;
   }
 
   /** Gives a failed turn's reservation back. */
   release(reservation: Reservation, now: number): void {
-    const { owner, day, tokens, resets } = reservation;
-    this.statements.release.run({ kind: owner.kind, id: owner.id, day, tokens, resets, now });
+    this.endTransaction.immediate(reservation, now, null);
+  }
+
+  /**
+   * The maintenance run: gives back what gone processes reserved for turns they will never
+   * finish, and this process's own reservations no turn holds (see ./reservations.ts).
+   */
+  reclaim(now: number): Reclaimed {
+    return this.turns.reclaim(now);
   }
 
   /** A day's usage, every owner's or one's, ordered by principal (kind, then id). */
@@ -356,10 +383,11 @@ export class ChatBudget {
 
   /**
    * Sets an owner's used and reserved tokens for a day back to 0; what was cleared, or null without
-   * a row. Reservations too: a process killed mid-turn never settles or releases its turn's, which
-   * would hold that much of the day until midnight. A turn still in flight charges its usage to the
-   * day given back, and its reservation, already cleared, is not taken from `reserved` again
-   * (`resets`): the turns admitted after the reset keep theirs.
+   * a row. Reservations too: a process killed mid-turn never settles or releases its turn's (its
+   * reservation is given back a minute later, see ./reservations.ts). A turn still in flight
+   * charges its usage to the day given back, and its reservation, already cleared (its row
+   * deleted here), is not taken from `reserved` again: the turns admitted after the reset keep
+   * theirs.
    */
   reset(owner: ChatOwner, day: string, now: number): { used: number; reserved: number } | null {
     return this.db.transaction(
@@ -370,13 +398,9 @@ export class ChatBudget {
           .where(this.ownerDay(owner, day))
           .get();
         if (!row) return null;
+        this.turns.endAllOf(owner, day);
         tx.update(chatUsage)
-          .set({
-            usedTokens: 0,
-            reservedTokens: 0,
-            resets: sql`${chatUsage.resets} + 1`,
-            updatedAt: now,
-          })
+          .set({ usedTokens: 0, reservedTokens: 0, updatedAt: now })
           .where(this.ownerDay(owner, day))
           .run();
         return row;

@@ -33,7 +33,10 @@ export interface ChatFeature extends Feature {
 export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatFeature {
   const { config, db, clock, logger, audit, registry, errors } = core;
   const provider = options.provider ?? createChatProvider(config, { logger, registry, clock });
-  const budget = new ChatBudget(db.$client, config.chat.dailyTokenBudget, options.ownerExists);
+  const budget = new ChatBudget(db.$client, config.chat.dailyTokenBudget, {
+    ownerExists: options.ownerExists,
+  });
+  const metrics = chatMetrics(registry);
   const service = new ChatService({
     sqlite: db.$client,
     provider,
@@ -42,7 +45,7 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     clock,
     logger,
     audit,
-    metrics: chatMetrics(registry),
+    metrics,
     budget,
     // Keyed from AUDIT_SECRET_KEY like the outbox seal (webhooks/whatsapp.ts); the reporter's
     // memory of what it reported is this feature's, so each app (and test) has its own.
@@ -60,6 +63,15 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     routes: ({ auth }) =>
       chatModule({ auth, inFlight, service, budget, audit, errors, now: () => clock.now() }),
     endInFlight: () => inFlight.endAll(),
+    maintenance: (now) => {
+      const reclaimed = budget.reclaim(now);
+      if (reclaimed.turns === 0) return;
+      metrics.reclaimed(reclaimed.turns);
+      logger.warn(
+        reclaimed,
+        "chat reservations given back: turns of a process that stopped, or whose storing failed",
+      );
+    },
     privacy: [chatContributor(service)],
   };
 }

@@ -8,6 +8,10 @@
  * `upstream_error` (the provider failed: 502/503), `not_found` (another's or no conversation),
  * `owner_gone` (the user was erased, or the key revoked, while the turn was prepared: 401),
  * `invalid` (a message the rules refuse), `error` (the provider failed unexpectedly: 500).
+ *
+ * `chat_reservations_reclaimed_total`: turns whose budget reservations the maintenance gave back
+ * because their process stopped mid-turn (or their storing failed): a crash or a stalled process
+ * shows here.
  */
 
 import { METRIC } from "../../plugins/metrics/names";
@@ -26,10 +30,12 @@ export type ChatOutcome =
 export interface ChatMetrics {
   request(provider: string, outcome: ChatOutcome): void;
   tokens(promptTokens: number, completionTokens: number): void;
+  reclaimed(turns: number): void;
 }
 
 const REQUESTS = METRIC.chatRequests;
 const TOKENS = METRIC.chatTokens;
+const RECLAIMED = METRIC.chatReservationsReclaimed;
 
 export function chatMetrics(registry: Registry): ChatMetrics {
   const requests = counterIn<"provider" | "outcome">(registry, {
@@ -42,8 +48,13 @@ export function chatMetrics(registry: Registry): ChatMetrics {
     help: "Chat tokens spent, by kind (prompt, completion)",
     labelNames: ["kind"],
   });
+  const reclaimed = counterIn(registry, {
+    name: RECLAIMED,
+    help: "Chat turns whose budget reservations were given back: their process stopped mid-turn, or their storing failed",
+  });
   return {
     request: (provider, outcome) => requests.inc({ provider, outcome }),
+    reclaimed: (turns) => reclaimed.inc(turns),
     tokens(promptTokens, completionTokens) {
       if (promptTokens > 0) tokens.inc({ kind: "prompt" }, promptTokens);
       if (completionTokens > 0) tokens.inc({ kind: "completion" }, completionTokens);

@@ -512,89 +512,102 @@ export class ChatService implements ChatTurns {
     const now = clock.now();
     const { insertConversation, touchConversation, lastMessageId, lastSealOf, insertTurn } =
       this.statements;
-    this.db.transaction(
-      () => {
-        // Erased (or its key revoked) while the turn ran: the erasure came first and found
-        // nothing of this turn to delete, so nothing of it is kept, in a new conversation or an
-        // old one; the usage counts.
-        if (this.options.ownerExists?.(turn.owner) === false) {
-          budget.settle(turn.reservation, usage.promptTokens + usage.completionTokens, now);
-          return;
-        }
-        if (turn.isNew) {
-          const conversation = {
-            id: turn.conversationId,
-            ownerKind: turn.owner.kind,
-            ownerId: turn.owner.id,
-          };
-          const conversationSeal = seal.conversation(conversation);
-          insertConversation.run({
-            id: conversation.id,
-            kind: conversation.ownerKind,
-            owner: conversation.ownerId,
-            now,
-            seal: conversationSeal,
-          });
-          this.check.rememberConversation({ ...conversation, seal: conversationSeal });
-        } else {
-          const kept = touchConversation.get({ id: turn.conversationId, now });
-          // Deleted while the turn ran: the reply was given, nothing is kept; the usage counts.
-          if (!kept) {
-            budget.settle(turn.reservation, usage.promptTokens + usage.completionTokens, now);
+    const charge = usage.promptTokens + usage.completionTokens;
+    try {
+      this.db.transaction(
+        () => {
+          // Erased (or its key revoked) while the turn ran: the erasure came first and found
+          // nothing of this turn to delete, so nothing of it is kept, in a new conversation or an
+          // old one; the usage counts.
+          if (this.options.ownerExists?.(turn.owner) === false) {
+            budget.settle(turn.reservation, charge, now);
             return;
           }
-        }
-        const last = lastMessageId.get()?.last;
-        // Palisade's ids count up from 1; a mark past what JavaScript counts exactly (or not a
-        // number) was written into the file, and ids read back from it would not be the stored ones.
-        if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
-          throw new IdSequenceError("the chat messages'", last);
-        }
-        // Chained to the conversation's newest message (none for a new conversation), in this
-        // transaction: the next message written there is chained to these.
-        const previous = turn.isNew ? null : (lastSealOf.get(turn.conversationId)?.seal ?? null);
-        const message = {
-          id: last + 1,
-          conversationId: turn.conversationId,
-          previousSeal: previous,
-          role: "user",
-          content: turn.message,
-          incomplete: false,
-          tokens: estimateTokens(turn.message),
-        };
-        const messageSeal = seal.message(message);
-        const answer = {
-          id: last + 2,
-          conversationId: turn.conversationId,
-          previousSeal: messageSeal,
-          role: "assistant",
-          content: reply,
-          incomplete,
-          tokens: estimateTokens(reply),
-        };
-        const replySeal = seal.message(answer);
-        insertTurn.run({
-          messageId: message.id,
-          replyId: answer.id,
-          messageSeal,
-          replySeal,
-          messagePrevious: previous,
-          conversation: turn.conversationId,
-          message: turn.message,
-          messageTokens: message.tokens,
-          reply,
-          incomplete: incomplete ? 1 : 0,
-          replyTokens: answer.tokens,
-          promptTokens: usage.promptTokens,
-          completionTokens: usage.completionTokens,
-          now,
-        });
-        this.check.remember({ ...message, seal: messageSeal });
-        this.check.remember({ ...answer, seal: replySeal });
-        budget.settle(turn.reservation, usage.promptTokens + usage.completionTokens, now);
-      },
-      { behavior: "immediate" },
-    );
+          if (turn.isNew) {
+            const conversation = {
+              id: turn.conversationId,
+              ownerKind: turn.owner.kind,
+              ownerId: turn.owner.id,
+            };
+            const conversationSeal = seal.conversation(conversation);
+            insertConversation.run({
+              id: conversation.id,
+              kind: conversation.ownerKind,
+              owner: conversation.ownerId,
+              now,
+              seal: conversationSeal,
+            });
+            this.check.rememberConversation({ ...conversation, seal: conversationSeal });
+          } else {
+            const kept = touchConversation.get({ id: turn.conversationId, now });
+            // Deleted while the turn ran: the reply was given, nothing is kept; the usage counts.
+            if (!kept) {
+              budget.settle(turn.reservation, charge, now);
+              return;
+            }
+          }
+          const last = lastMessageId.get()?.last;
+          // Palisade's ids count up from 1; a mark past what JavaScript counts exactly (or not a
+          // number) was written into the file, and ids read back from it would not be the stored ones.
+          if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
+            throw new IdSequenceError("the chat messages'", last);
+          }
+          // Chained to the conversation's newest message (none for a new conversation), in this
+          // transaction: the next message written there is chained to these.
+          const previous = turn.isNew ? null : (lastSealOf.get(turn.conversationId)?.seal ?? null);
+          const message = {
+            id: last + 1,
+            conversationId: turn.conversationId,
+            previousSeal: previous,
+            role: "user",
+            content: turn.message,
+            incomplete: false,
+            tokens: estimateTokens(turn.message),
+          };
+          const messageSeal = seal.message(message);
+          const answer = {
+            id: last + 2,
+            conversationId: turn.conversationId,
+            previousSeal: messageSeal,
+            role: "assistant",
+            content: reply,
+            incomplete,
+            tokens: estimateTokens(reply),
+          };
+          const replySeal = seal.message(answer);
+          insertTurn.run({
+            messageId: message.id,
+            replyId: answer.id,
+            messageSeal,
+            replySeal,
+            messagePrevious: previous,
+            conversation: turn.conversationId,
+            message: turn.message,
+            messageTokens: message.tokens,
+            reply,
+            incomplete: incomplete ? 1 : 0,
+            replyTokens: answer.tokens,
+            promptTokens: usage.promptTokens,
+            completionTokens: usage.completionTokens,
+            now,
+          });
+          this.check.remember({ ...message, seal: messageSeal });
+          this.check.remember({ ...answer, seal: replySeal });
+          budget.settle(turn.reservation, charge, now);
+        },
+        { behavior: "immediate" },
+      );
+    } catch (error) {
+      // Not stored (a locked or full disk, a file whose ids were tampered with): the usage is
+      // still charged, since the upstream billed it. Should that fail too, the reservation is no
+      // turn's any more and this process's next maintenance run gives it back (./reservations.ts).
+      try {
+        budget.settle(turn.reservation, charge, now);
+      } catch {
+        // The error that matters is the storing's, thrown below.
+      }
+      throw error;
+    }
     metrics.request(provider.name, incomplete ? "incomplete" : "ok");
     metrics.tokens(usage.promptTokens, usage.completionTokens);
     const reported = usage.promptTokens + usage.completionTokens;
@@ -785,7 +798,10 @@ export class ChatService implements ChatTurns {
     };
   }
 
-  /** Deletes every conversation, message and usage row of these owners (inside the erasure). */
+  /**
+   * Deletes every conversation, message, usage row and reservation of these owners (inside the
+   * erasure). A turn in flight then settles against nothing: its usage row and reservation are gone.
+   */
   erase(owners: readonly ChatOwner[]): void {
     for (const owner of owners) {
       this.db.delete(chatConversations).where(ownedBy(owner)).run();
@@ -793,6 +809,7 @@ export class ChatService implements ChatTurns {
         .delete(chatUsage)
         .where(and(eq(chatUsage.ownerKind, owner.kind), eq(chatUsage.ownerId, owner.id)))
         .run();
+      this.options.budget.turns.endAllOf(owner);
     }
   }
 

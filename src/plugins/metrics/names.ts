@@ -34,6 +34,8 @@ export const METRIC = {
   chatTokens: "chat_tokens_total",
   /** Counter `{provider, outcome}`: chat requests. */
   chatRequests: "chat_requests_total",
+  /** Counter: chat turns whose budget reservations the maintenance gave back (process gone). */
+  chatReservationsReclaimed: "chat_reservations_reclaimed_total",
   /** Histogram `{provider}`: time one upstream request took. */
   upstreamRequestDuration: "upstream_request_duration_seconds",
   /** Gauge `{provider}`: 1 while the upstream's circuit breaker is open. */

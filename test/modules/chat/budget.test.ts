@@ -549,7 +549,7 @@ function overReportingProvider(factor: number): ChatProvider {
 }
 
 describe("a process killed mid-turn", () => {
-  test("its turn's reservation holds the day until usage:reset gives it back with the used tokens", async () => {
+  test("usage:reset gives its turn's reservation back at once, with the used tokens (rather than a minute later)", async () => {
     // Room for one turn's reservation, not two.
     const budget = String(RESERVED + 50);
     target = buildTestApp({ env: { ...env, CHAT_DAILY_TOKEN_BUDGET: budget } });

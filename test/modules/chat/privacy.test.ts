@@ -5,7 +5,12 @@
  * left empty.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { chatConversations, chatMessages, chatUsage } from "../../../src/db/schema";
+import {
+  chatConversations,
+  chatMessages,
+  chatReservations,
+  chatUsage,
+} from "../../../src/db/schema";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { createChatSeal } from "../../../src/modules/chat/history-seal";
 import { buildTestApp, send, type TestApp } from "../../support/app";
@@ -98,11 +103,19 @@ describe("a turn racing its owner's erasure", () => {
       while (provider.waiting() < 3) await Bun.sleep(1);
       const erased = await send(app, "/api/me", { method: "DELETE", headers: asUser(alice) });
       expect(erased.status).toBe(204);
+      // The turns in flight of the user and the user's key hold nothing naming them any more.
+      const held = app.db.select().from(chatReservations).all();
+      expect(held.map((r) => `${r.ownerKind}:${r.ownerId}`)).toEqual([`user:${bob.userId}`]);
       provider.open();
       for (const response of await Promise.all(turns)) {
         expect(response.status).toBe(200);
         await response.text();
       }
+      expect(app.db.select().from(chatReservations).all()).toEqual([]);
+      const days = app.db.select().from(chatUsage).all();
+      expect(days.map((d) => [`${d.ownerKind}:${d.ownerId}`, d.reservedTokens])).toEqual([
+        [`user:${bob.userId}`, 0],
+      ]);
 
       const kept = app.db.select().from(chatConversations).all();
       expect(kept.map((c) => `${c.ownerKind}:${c.ownerId}`)).toEqual([`user:${bob.userId}`]);

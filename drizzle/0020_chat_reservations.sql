@@ -1,0 +1,18 @@
+CREATE TABLE `chat_holders` (
+	`holder` text PRIMARY KEY NOT NULL,
+	`seen_at` integer NOT NULL
+);
+--> statement-breakpoint
+CREATE TABLE `chat_reservations` (
+	`id` integer PRIMARY KEY AUTOINCREMENT NOT NULL,
+	`owner_kind` text NOT NULL,
+	`owner_id` text NOT NULL,
+	`day` text NOT NULL,
+	`tokens` integer NOT NULL,
+	`holder` text NOT NULL,
+	`created_at` integer NOT NULL
+);
+--> statement-breakpoint
+CREATE INDEX `chat_reservations_owner_day` ON `chat_reservations` (`owner_kind`,`owner_id`,`day`);--> statement-breakpoint
+CREATE INDEX `chat_reservations_holder` ON `chat_reservations` (`holder`);--> statement-breakpoint
+ALTER TABLE `chat_usage` DROP COLUMN `resets`;

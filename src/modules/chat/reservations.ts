@@ -1,0 +1,241 @@
+/**
+ * @module
+ * Which process holds each chat turn in flight, so that what a process killed mid-turn reserved
+ * is given back instead of holding the owner's day until midnight.
+ *
+ * Each turn's reservation is a row of `chat_reservations` naming its process (a random id made
+ * when the budget is built). A process holding turns says it is running (`chat_holders.seen_at`)
+ * at every maintenance run (10 s) and, when it reserves, if it has not said so for 10 s. Any
+ * process's maintenance gives a row back — deletes it and takes its tokens from its day's
+ * `reserved` — when:
+ * - its process has not been seen for a minute: killed, or its event loop held that long;
+ * - it is the maintaining process's own and no turn of the process holds it any more: the turn's
+ *   settle or release failed (a locked or full disk) or was rolled back with the turn's storing.
+ *
+ * Why the process and not the turn: a turn's length has no bound (a slow stream), a process's
+ * liveness has one, and it costs one small write per process every 10 s while it has turns in
+ * flight, not one per turn.
+ *
+ * What it cannot tell: a process whose event loop stalls for more than a minute (or whose clock
+ * moves that far ahead of the others') looks gone. Its turns' rows are given back; when those
+ * turns finish they charge their usage without taking from `reserved` again (their rows are gone),
+ * so the day can end over its budget by at most their charges.
+ */
+import type { Database } from "bun:sqlite";
+import { and, eq, sql } from "drizzle-orm";
+import { drizzleOf } from "../../db/client";
+import { preparedOnUse } from "../../db/prepared-on-use";
+import { chatHolders, chatReservations, chatUsage } from "../../db/schema";
+import type { ChatOwner } from "./contract";
+
+/** How often a process holding turns says it is running. */
+export const HOLDER_BEAT_MS = 10_000;
+/** A process not seen for this long is gone, and its turns' reservations are given back. */
+export const HOLDER_GONE_AFTER_MS = 60_000;
+/** Rows of other processes given back per maintenance run, oldest first. */
+export const RECLAIM_BATCH = 1000;
+
+export interface Reclaimed {
+  /** Turns whose reservations were given back. */
+  turns: number;
+  /** The tokens they had reserved. */
+  tokens: number;
+}
+
+interface ReservationRow {
+  id: number;
+  kind: ChatOwner["kind"];
+  ownerId: string;
+  day: string;
+  tokens: number;
+}
+
+export class TurnReservations {
+  /** Ids of this process's rows whose turns will still settle or release them. */
+  private readonly held = new Set<number>();
+  private lastBeat = Number.NEGATIVE_INFINITY;
+  private readonly statements;
+  private readonly reclaimTransaction;
+
+  constructor(
+    sqlite: Database,
+    /** This process's id in `chat_holders`. */
+    readonly holder: string = crypto.randomUUID(),
+  ) {
+    const db = drizzleOf(sqlite);
+    const r = chatReservations;
+    const reclaimable = {
+      id: r.id,
+      kind: r.ownerKind,
+      ownerId: r.ownerId,
+      day: r.day,
+      tokens: r.tokens,
+    };
+    this.statements = preparedOnUse({
+      beat: () =>
+        db
+          .insert(chatHolders)
+          .values({ holder: sql.placeholder("holder"), seenAt: sql.placeholder("now") })
+          .onConflictDoUpdate({
+            target: chatHolders.holder,
+            set: { seenAt: sql`max(${chatHolders.seenAt}, excluded.seen_at)` },
+          })
+          .prepare(),
+      hold: () =>
+        db
+          .insert(r)
+          .values({
+            ownerKind: sql.placeholder("kind"),
+            ownerId: sql.placeholder("id"),
+            day: sql.placeholder("day"),
+            tokens: sql.placeholder("tokens"),
+            holder: sql.placeholder("holder"),
+            createdAt: sql.placeholder("now"),
+          })
+          .returning({ id: r.id })
+          .prepare(),
+      end: () =>
+        db
+          .delete(r)
+          .where(eq(r.id, sql.placeholder("id")))
+          .returning({ id: r.id })
+          .prepare(),
+      endOfOwnerDay: () =>
+        db
+          .delete(r)
+          .where(
+            and(
+              eq(r.ownerKind, sql.placeholder("kind")),
+              eq(r.ownerId, sql.placeholder("id")),
+              eq(r.day, sql.placeholder("day")),
+            ),
+          )
+          .prepare(),
+      endOfOwner: () =>
+        db
+          .delete(r)
+          .where(
+            and(eq(r.ownerKind, sql.placeholder("kind")), eq(r.ownerId, sql.placeholder("id"))),
+          )
+          .prepare(),
+      own: () =>
+        db
+          .select(reclaimable)
+          .from(r)
+          .where(eq(r.holder, sql.placeholder("holder")))
+          .prepare(),
+      // A process never seen (its row deleted from the file) counts from when it reserved.
+      othersGone: () =>
+        db
+          .select(reclaimable)
+          .from(r)
+          .leftJoin(chatHolders, eq(chatHolders.holder, r.holder))
+          .where(
+            and(
+              sql`${r.holder} <> ${sql.placeholder("holder")}`,
+              sql`coalesce(${chatHolders.seenAt}, ${r.createdAt}) < ${sql.placeholder("goneBefore")}`,
+            ),
+          )
+          .orderBy(r.id)
+          .limit(RECLAIM_BATCH)
+          .prepare(),
+      giveBack: () =>
+        db
+          .update(chatUsage)
+          .set({
+            reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")})`,
+          })
+          .where(
+            and(
+              eq(chatUsage.ownerKind, sql.placeholder("kind")),
+              eq(chatUsage.ownerId, sql.placeholder("id")),
+              eq(chatUsage.day, sql.placeholder("day")),
+            ),
+          )
+          .prepare(),
+      forgetGone: () =>
+        db
+          .delete(chatHolders)
+          .where(
+            and(
+              sql`${chatHolders.seenAt} < ${sql.placeholder("goneBefore")}`,
+              sql`${chatHolders.holder} NOT IN (SELECT ${r.holder} FROM ${r})`,
+            ),
+          )
+          .prepare(),
+    });
+    this.reclaimTransaction = sqlite.transaction((now: number): Reclaimed => {
+      const { statements } = this;
+      if (this.held.size > 0) this.beat(now);
+      const orphans = statements.own
+        .all({ holder: this.holder })
+        .filter((row) => !this.held.has(row.id));
+      const gone = statements.othersGone.all({
+        holder: this.holder,
+        goneBefore: now - HOLDER_GONE_AFTER_MS,
+      });
+      let tokens = 0;
+      for (const row of [...orphans, ...gone] as ReservationRow[]) {
+        statements.giveBack.run({
+          kind: row.kind,
+          id: row.ownerId,
+          day: row.day,
+          tokens: row.tokens,
+        });
+        statements.end.get({ id: row.id });
+        tokens += row.tokens;
+      }
+      statements.forgetGone.run({ goneBefore: now - HOLDER_GONE_AFTER_MS });
+      return { turns: orphans.length + gone.length, tokens };
+    });
+  }
+
+  /**
+   * Records a turn's reservation under this process; run it in the transaction that added the
+   * tokens to the day's `reserved`. Returns the row's id.
+   */
+  hold(owner: ChatOwner, day: string, tokens: number, now: number): number {
+    if (now - this.lastBeat >= HOLDER_BEAT_MS) this.beat(now);
+    const row = this.statements.hold.get({
+      kind: owner.kind,
+      id: owner.id,
+      day,
+      tokens,
+      holder: this.holder,
+      now,
+    });
+    this.held.add(row!.id);
+    return row!.id;
+  }
+
+  /**
+   * Ends a turn's row; run it in the transaction that settles or releases the turn. True when the
+   * row was still there, so its tokens are to leave `reserved`: false when a reset, an erasure or
+   * another process's maintenance already took them.
+   */
+  end(id: number): boolean {
+    // Before the statement: should it fail, or the transaction around it roll back, the row is
+    // this process's and no turn's, and the next maintenance run gives it back.
+    this.held.delete(id);
+    return this.statements.end.get({ id }) !== undefined;
+  }
+
+  /** Ends every turn's row of an owner's day (a reset), or of every day (an erasure). */
+  endAllOf(owner: ChatOwner, day?: string): void {
+    if (day === undefined) this.statements.endOfOwner.run({ kind: owner.kind, id: owner.id });
+    else this.statements.endOfOwnerDay.run({ kind: owner.kind, id: owner.id, day });
+  }
+
+  /**
+   * The maintenance run: says this process is running while it holds turns, and gives back the
+   * reservations of gone processes (at most RECLAIM_BATCH) and its own no turn holds.
+   */
+  reclaim(now: number): Reclaimed {
+    return this.reclaimTransaction.immediate(now);
+  }
+
+  private beat(now: number) {
+    this.statements.beat.run({ holder: this.holder, now });
+    this.lastBeat = now;
+  }
+}

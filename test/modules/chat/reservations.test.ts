@@ -1,0 +1,293 @@
+/**
+ * What a turn reserved outlives neither its process nor its failure: a process killed mid-turn (a
+ * real SIGKILL of `src/index.ts`) has its turn's reservation given back by another process's
+ * maintenance a minute later, so the owner's day admits again; a process that keeps running keeps
+ * its turns however long they take; a process stalled past the minute finds its turn given back
+ * and settles it without taking the reservations admitted since; each gone turn is given back once
+ * however many processes run the maintenance; a turn whose storing fails is still charged, and one
+ * whose settle was rolled back is given back by its own process's next maintenance run.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { chatReservations, chatUsage } from "../../../src/db/schema";
+import type { ChatFeature } from "../../../src/modules/chat/feature";
+import { loadFaq } from "../../../src/modules/chat/providers/faq";
+import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
+import { HOLDER_GONE_AFTER_MS } from "../../../src/modules/chat/reservations";
+import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../../support/app";
+import { type Session, signUp } from "../../support/auth";
+import { asUser, chat, gatedProvider } from "../../support/chat";
+import { ManualClock } from "../../support/clock";
+import { anotherInstance, type Instance } from "../../support/instance";
+import { startOpenAiServer } from "../../support/openai-server";
+import { startService } from "../../support/process";
+import { waitFor } from "../../support/wait";
+
+// 40 characters: 10 tokens; "zzz yyyyyy": 3. A new conversation's turn is estimated at 13.
+const SYSTEM_PROMPT = "S".repeat(40);
+const MESSAGE = "zzz yyyyyy";
+const ESTIMATE = 13;
+/** The offline provider's completion cap; the OpenAI-compatible child is given the same. */
+const MAX_COMPLETION = createOfflineProvider(loadFaq(null)).maxCompletionTokens;
+const RESERVED = ESTIMATE + MAX_COMPLETION;
+
+/** Room for `turns` reservations and not one more. */
+function envFor(turns: number) {
+  return {
+    CHAT_SYSTEM_PROMPT: SYSTEM_PROMPT,
+    CHAT_DAILY_TOKEN_BUDGET: String(RESERVED * turns + RESERVED - 1),
+    AUDIT_SECRET_KEY: PRODUCTION_ENV.AUDIT_SECRET_KEY,
+    RATE_LIMIT_CHAT: "1000",
+    RATE_LIMIT_PER_MINUTE: "1000",
+    RATE_LIMIT_BURST: "1000",
+  };
+}
+
+let target: TestApp | undefined;
+const others: Instance[] = [];
+afterEach(() => {
+  for (const other of others.splice(0)) other.close();
+  target?.close();
+  target = undefined;
+});
+
+function reservations(app: TestApp) {
+  return app.db.select().from(chatReservations).all();
+}
+
+function usage(app: TestApp) {
+  const row = app.db.select().from(chatUsage).get();
+  return { used: row?.usedTokens, reserved: row?.reservedTokens };
+}
+
+async function reclaimedMetric(app: { app: TestApp["app"] }) {
+  const text = await (await send(app, "/metrics")).text();
+  return Number(/^chat_reservations_reclaimed_total (\d+)$/m.exec(text)?.[1] ?? "NaN");
+}
+
+function turnOf(app: TestApp, session: Session) {
+  return chat(app, asUser(session), { message: MESSAGE });
+}
+
+function budgetOf(app: TestApp) {
+  return (app.services.features.find((f) => f.name === "chat") as ChatFeature).budget;
+}
+
+describe("a process killed mid-turn", () => {
+  test("SIGKILL while the upstream answers: another process gives the reservation back a minute later, and the day admits again", async () => {
+    const upstream = await startOpenAiServer();
+    upstream.setDefault({ kind: "hang" });
+    const clock = new ManualClock(0, 1);
+    const env = envFor(1);
+    target = buildTestApp({ env, clock });
+    try {
+      const alice = await signUp(target);
+      const child = await startService({
+        ...env,
+        DATABASE_PATH: target.databasePath,
+        JWT_SECRET_KEY: target.config.jwt.secretKey,
+        CSRF_SECRET_KEY: target.config.csrf.secretKey,
+        OPENAI_API_KEY: upstream.apiKey,
+        OPENAI_BASE_URL: upstream.url,
+        CHAT_MAX_COMPLETION_TOKENS: String(MAX_COMPLETION),
+      });
+      const pending = fetch(new URL("/api/chat", child.url), {
+        method: "POST",
+        headers: { ...asUser(alice), "content-type": "application/json" },
+        body: JSON.stringify({ message: MESSAGE }),
+      }).catch(() => null);
+      await upstream.waitForRequests(1);
+      expect(reservations(target)).toHaveLength(1);
+      child.proc.kill("SIGKILL");
+      await child.proc.exited;
+      await pending;
+      expect(usage(target)).toEqual({ used: 0, reserved: RESERVED });
+
+      // The day has room for that one turn, and the dead process holds it.
+      expect((await turnOf(target, alice)).status).toBe(429);
+      // Not yet a minute since the process last said it was running: nothing is given back.
+      clock.advance(Date.now() - clock.now() + HOLDER_GONE_AFTER_MS - 5_000);
+      target.services.runMaintenance();
+      expect(reservations(target)).toHaveLength(1);
+      expect((await turnOf(target, alice)).status).toBe(429);
+
+      clock.advance(10_000);
+      target.services.runMaintenance();
+      expect(reservations(target)).toEqual([]);
+      expect(usage(target)).toEqual({ used: 0, reserved: 0 });
+      expect(await reclaimedMetric(target)).toBe(1);
+      const said = target.logs.entries.find((line) =>
+        String(line.msg).startsWith("chat reservations given back"),
+      );
+      expect(said).toMatchObject({ level: "warn", turns: 1, tokens: RESERVED });
+      expect((await turnOf(target, alice)).status).toBe(200);
+    } finally {
+      upstream.stop();
+    }
+  }, 30_000);
+});
+
+describe("a process that keeps running", () => {
+  test("keeps its turn for five minutes of maintenance runs in every process; it settles as usual", async () => {
+    const clock = new ManualClock(0, 1);
+    const provider = gatedProvider();
+    target = buildTestApp({ env: envFor(1), clock, chatProvider: provider });
+    const other = anotherInstance(target, { clock, env: envFor(1) });
+    others.push(other);
+    const alice = await signUp(target);
+    const turn = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    for (let run = 0; run < 30; run++) {
+      clock.advance(10_000);
+      target.services.runMaintenance();
+      other.services.runMaintenance();
+    }
+    expect(reservations(target)).toHaveLength(1);
+    expect(usage(target).reserved).toBe(RESERVED);
+    expect(await reclaimedMetric(other)).toBe(0);
+    expect(
+      (await send(other, "/api/chat", { body: { message: MESSAGE }, headers: asUser(alice) }))
+        .status,
+    ).toBe(429);
+
+    provider.open();
+    const answered = await turn;
+    expect(answered.status).toBe(200);
+    const { usage: charged } = (await answered.json()) as {
+      usage: { promptTokens: number; completionTokens: number };
+    };
+    expect(reservations(target)).toEqual([]);
+    expect(usage(target)).toEqual({
+      used: charged.promptTokens + charged.completionTokens,
+      reserved: 0,
+    });
+  });
+});
+
+describe("a process stalled past the minute", () => {
+  test("its turn, given back meanwhile, settles without taking the reservations admitted since: the day is still full", async () => {
+    const clock = new ManualClock(0, 1);
+    const stalled = gatedProvider();
+    const env = envFor(2);
+    target = buildTestApp({ env, clock, chatProvider: stalled });
+    const busy = gatedProvider();
+    const other = anotherInstance(target, { clock, env, chatProvider: busy });
+    others.push(other);
+    const alice = await signUp(target);
+    const late = turnOf(target, alice);
+    await waitFor(() => stalled.waiting() === 1);
+
+    // The target says nothing for a minute (its event loop held): the other process gives its
+    // turn back, and admits two turns of its own in the room that made.
+    clock.advance(HOLDER_GONE_AFTER_MS + 1);
+    other.services.runMaintenance();
+    expect(reservations(target)).toEqual([]);
+    expect(await reclaimedMetric(other)).toBe(1);
+    const ask = () =>
+      send(other, "/api/chat", { body: { message: MESSAGE }, headers: asUser(alice) });
+    const admitted = [ask(), ask()];
+    await waitFor(() => busy.waiting() === 2);
+    expect(usage(target).reserved).toBe(2 * RESERVED);
+
+    stalled.open();
+    expect((await late).status).toBe(200);
+    // Charged its usage; the two turns in flight keep their reservations.
+    expect(usage(target).reserved).toBe(2 * RESERVED);
+    expect(usage(target).used).toBeGreaterThan(0);
+    expect((await ask()).status).toBe(429);
+
+    busy.open();
+    for (const response of await Promise.all(admitted)) expect(response.status).toBe(200);
+    expect(usage(target).reserved).toBe(0);
+    expect(reservations(target)).toEqual([]);
+  });
+});
+
+describe("every process runs the maintenance", () => {
+  test("a gone process's turn is given back once, however many processes look: a live turn keeps its share", async () => {
+    const clock = new ManualClock(0, 1);
+    const provider = gatedProvider();
+    const env = envFor(2);
+    target = buildTestApp({ env, clock, chatProvider: provider });
+    const gone = anotherInstance(target, { clock, env, chatProvider: gatedProvider() });
+    const other = anotherInstance(target, { clock, env });
+    others.push(gone, other);
+    const alice = await signUp(target);
+    // One turn in a process that is then never heard of again, one in the target.
+    void send(gone, "/api/chat", { body: { message: MESSAGE }, headers: asUser(alice) });
+    await waitFor(() => reservations(target!).length === 1);
+    const live = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    expect(usage(target).reserved).toBe(2 * RESERVED);
+
+    clock.advance(HOLDER_GONE_AFTER_MS + 1);
+    target.services.runMaintenance();
+    other.services.runMaintenance();
+    target.services.runMaintenance();
+    expect(usage(target).reserved).toBe(RESERVED);
+    expect(reservations(target)).toHaveLength(1);
+    expect((await reclaimedMetric(target)) + (await reclaimedMetric(other))).toBe(1);
+
+    provider.open();
+    expect((await live).status).toBe(200);
+    expect(usage(target).reserved).toBe(0);
+  });
+});
+
+describe("a turn whose storing fails", () => {
+  test("a file whose message ids cannot go on: the turn fails, its usage is still charged, nothing stays reserved", async () => {
+    target = buildTestApp({ env: envFor(1) });
+    const alice = await signUp(target);
+    target.db.$client.run(
+      "INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at) VALUES ('c-x', 'user', 'nobody', 0, 0)",
+    );
+    target.db.$client.run(
+      "INSERT INTO chat_messages (id, conversation_id, role, content, tokens, created_at) VALUES (9007199254740990, 'c-x', 'user', 'x', 1, 0)",
+    );
+    const failed = await turnOf(target, alice);
+    expect(failed.status).toBe(500);
+    expect(reservations(target)).toEqual([]);
+    const after = usage(target);
+    expect(after.reserved).toBe(0);
+    expect(after.used).toBeGreaterThan(0);
+    expect(after.used).toBeLessThanOrEqual(RESERVED);
+  });
+
+  test("a settle rolled back with its storing leaves a reservation no turn holds: the process's next maintenance run gives it back", async () => {
+    target = buildTestApp({ env: envFor(1) });
+    const budget = budgetOf(target);
+    const owner = { kind: "user" as const, id: (await signUp(target)).userId };
+    const now = target.services.clock.now();
+    const outcome = budget.reserve(owner, RESERVED, now);
+    if (outcome.kind !== "reserved") throw new Error(outcome.kind);
+    const storing = target.db.$client.transaction(() => {
+      budget.settle(outcome.reservation, 10, now);
+      throw new Error("the storing failed after the settle");
+    });
+    expect(() => storing.immediate()).toThrow("the storing failed");
+    expect(reservations(target)).toHaveLength(1);
+    expect(budget.usage(outcome.reservation.day, owner)[0]).toMatchObject({
+      reservedTokens: RESERVED,
+    });
+
+    target.services.runMaintenance();
+    expect(reservations(target)).toEqual([]);
+    expect(budget.usage(outcome.reservation.day, owner)[0]).toMatchObject({
+      usedTokens: 0,
+      reservedTokens: 0,
+    });
+    expect(budget.reserve(owner, RESERVED, now).kind).toBe("reserved");
+  });
+
+  test("a turn still in flight is never its own process's to give back", async () => {
+    const provider = gatedProvider();
+    target = buildTestApp({ env: envFor(1), chatProvider: provider });
+    const alice = await signUp(target);
+    const turn = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    target.services.runMaintenance();
+    expect(reservations(target)).toHaveLength(1);
+    provider.open();
+    expect((await turn).status).toBe(200);
+    expect(usage(target).reserved).toBe(0);
+  });
+});
