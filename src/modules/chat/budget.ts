@@ -34,7 +34,7 @@ import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { CHAT_OWNER_KINDS, chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
-import { type Reclaimed, TurnReservations } from "./reservations";
+import { ownerDayPlaceholders, type Reclaimed, TurnReservations } from "./reservations";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -191,12 +191,7 @@ export class ChatBudget {
     this.db = db;
     this.ownerExists = options.ownerExists;
     this.turns = new TurnReservations(sqlite, options.holder);
-    const owner = () =>
-      and(
-        eq(chatUsage.ownerKind, sql.placeholder("kind")),
-        eq(chatUsage.ownerId, sql.placeholder("id")),
-        eq(chatUsage.day, sql.placeholder("day")),
-      );
+    const owner = () => ownerDayPlaceholders(chatUsage);
     // A reservation leaves `reserved` unless a reset, an erasure or a reclaim took it already.
     const leaveReserved = () =>
       sql`CASE WHEN ${sql.placeholder("held")} = 1 THEN max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")}) ELSE ${chatUsage.reservedTokens} END`;

@@ -23,6 +23,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { and, eq, sql } from "drizzle-orm";
+import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatHolders, chatReservations, chatUsage } from "../../db/schema";
@@ -40,6 +41,19 @@ export interface Reclaimed {
   turns: number;
   /** The tokens they had reserved. */
   tokens: number;
+}
+
+/** A table's row of an owner's day, by the placeholders `kind`, `id` and `day`. */
+export function ownerDayPlaceholders(table: {
+  ownerKind: SQLiteColumn;
+  ownerId: SQLiteColumn;
+  day: SQLiteColumn;
+}) {
+  return and(
+    eq(table.ownerKind, sql.placeholder("kind")),
+    eq(table.ownerId, sql.placeholder("id")),
+    eq(table.day, sql.placeholder("day")),
+  );
 }
 
 interface ReservationRow {
@@ -100,17 +114,7 @@ export class TurnReservations {
           .where(eq(r.id, sql.placeholder("id")))
           .returning({ id: r.id })
           .prepare(),
-      endOfOwnerDay: () =>
-        db
-          .delete(r)
-          .where(
-            and(
-              eq(r.ownerKind, sql.placeholder("kind")),
-              eq(r.ownerId, sql.placeholder("id")),
-              eq(r.day, sql.placeholder("day")),
-            ),
-          )
-          .prepare(),
+      endOfOwnerDay: () => db.delete(r).where(ownerDayPlaceholders(r)).prepare(),
       endOfOwner: () =>
         db
           .delete(r)
@@ -145,13 +149,7 @@ export class TurnReservations {
           .set({
             reservedTokens: sql`max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")})`,
           })
-          .where(
-            and(
-              eq(chatUsage.ownerKind, sql.placeholder("kind")),
-              eq(chatUsage.ownerId, sql.placeholder("id")),
-              eq(chatUsage.day, sql.placeholder("day")),
-            ),
-          )
+          .where(ownerDayPlaceholders(chatUsage))
           .prepare(),
       forgetGone: () =>
         db
