@@ -274,6 +274,13 @@ export const SERVICE_DASHBOARD: DashboardSpec = {
           queries: [q(rateBy(METRIC.chatRequests, "outcome"), "{{outcome}}")],
         },
         {
+          title: "Chat reservations given back",
+          description:
+            "Turns whose budget reservations were given back: their process stopped mid-turn (a crash shows here a minute later) or their storing failed",
+          unit: "ops",
+          queries: [q(rateBy(METRIC.chatReservationsReclaimed, ""), "given back")],
+        },
+        {
           title: "Payments by status",
           description: "Payments entering each status, per second",
           unit: "ops",
