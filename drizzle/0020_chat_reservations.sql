@@ -10,7 +10,8 @@ CREATE TABLE `chat_reservations` (
 	`day` text NOT NULL,
 	`tokens` integer NOT NULL,
 	`holder` text NOT NULL,
-	`created_at` integer NOT NULL
+	`created_at` integer NOT NULL,
+	CONSTRAINT "chat_reservations_tokens_counted" CHECK(typeof("chat_reservations"."tokens") = 'integer' AND "chat_reservations"."tokens" >= 0)
 );
 --> statement-breakpoint
 CREATE INDEX `chat_reservations_owner_day` ON `chat_reservations` (`owner_kind`,`owner_id`,`day`);--> statement-breakpoint

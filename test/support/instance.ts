@@ -16,6 +16,8 @@ import { ManualClock } from "./clock";
 export interface Instance {
   app: ReturnType<typeof createApp>;
   services: ReturnType<typeof createServices>;
+  /** What the instance logged. */
+  logs: LogCapture;
   close(): void;
 }
 
@@ -30,10 +32,11 @@ export function anotherInstance(
 ): Instance {
   const config = testConfig(target.databasePath, options.env);
   const db = openDatabase(target.databasePath);
+  const logs = new LogCapture();
   const services = createServices({
     config,
     db,
-    logger: createLogger({ level: "info", destination: new LogCapture() }),
+    logger: createLogger({ level: "info", destination: logs }),
     clock: options.clock,
     passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
@@ -45,6 +48,7 @@ export function anotherInstance(
   return {
     app,
     services,
+    logs,
     close() {
       if (closed) return;
       closed = true;

@@ -115,12 +115,17 @@ export const chatReservations = sqliteTable(
   (table) => [
     index("chat_reservations_owner_day").on(table.ownerKind, table.ownerId, table.day),
     index("chat_reservations_holder").on(table.holder),
+    check(
+      "chat_reservations_tokens_counted",
+      sql`typeof(${table.tokens}) = 'integer' AND ${table.tokens} >= 0`,
+    ),
   ],
 );
 
 /**
  * The processes holding turns in flight, each with when it last said it was running: written
- * every maintenance run (10 s) while the process holds a turn. One not seen for a minute is gone.
+ * every maintenance run (10 s) while the process holds a turn. One not seen for a minute is gone
+ * (modules/chat/reservations.ts says when another process may take it for gone).
  */
 export const chatHolders = sqliteTable("chat_holders", {
   holder: text("holder").primaryKey(),

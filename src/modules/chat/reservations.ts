@@ -8,22 +8,30 @@
  * at every maintenance run (10 s) and, when it reserves, if it has not said so for 10 s. Any
  * process's maintenance gives a row back — deletes it and takes its tokens from its day's
  * `reserved` — when:
- * - its process has not been seen for a minute: killed, or its event loop held that long;
+ * - its process has not been seen for a minute (killed, or its event loop held that long), and the
+ *   maintaining process has itself reached the database run after run for 20 s: after anything
+ *   that kept every process from writing (a write lock held for minutes, a VACUUM), a stall of the
+ *   maintaining process or a step of the clock, every live process gets two runs to say it is
+ *   running before any of its turns is taken for gone;
  * - it is the maintaining process's own and no turn of the process holds it any more: the turn's
  *   settle or release failed (a locked or full disk) or was rolled back with the turn's storing.
+ * A row whose tokens are not a count (written into the file by hand) is deleted and gives nothing
+ * back; the table refuses such rows from the service itself.
  *
  * Why the process and not the turn: a turn's length has no bound (a slow stream), a process's
  * liveness has one, and it costs one small write per process every 10 s while it has turns in
  * flight, not one per turn.
  *
- * What it cannot tell: a process whose event loop stalls for more than a minute (or whose clock
- * moves that far ahead of the others') looks gone. Its turns' rows are given back; when those
- * turns finish they charge their usage without taking from `reserved` again (their rows are gone),
- * so the day can end over its budget by at most their charges.
+ * What it cannot tell: a process whose event loop stalls for more than a minute looks gone, and so
+ * does one whose clock runs a minute behind the others' (processes on one host share its clock).
+ * Its turns' rows are given back; when those turns finish they charge their usage without taking
+ * from `reserved` again (their rows are gone), so the day can end over its budget by at most their
+ * charges.
  */
 import type { Database } from "bun:sqlite";
 import { and, eq, sql } from "drizzle-orm";
 import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
+import { isDatabaseBusy } from "../../db/busy";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatHolders, chatReservations, chatUsage } from "../../db/schema";
@@ -33,8 +41,15 @@ import type { ChatOwner } from "./contract";
 export const HOLDER_BEAT_MS = 10_000;
 /** A process not seen for this long is gone, and its turns' reservations are given back. */
 export const HOLDER_GONE_AFTER_MS = 60_000;
-/** Rows of other processes given back per maintenance run, oldest first. */
+/** Rows given back per maintenance run, oldest first, of other processes and of this one each. */
 export const RECLAIM_BATCH = 1000;
+/**
+ * How long this process's maintenance must have reached the database, run after run, before it
+ * takes another process for gone: two beats, so every live process had two runs to say so.
+ */
+export const REACHED_FOR_MS = 2 * HOLDER_BEAT_MS;
+/** Runs further apart than this (a lock, a stall, a clock step) start the count again. */
+const RUNS_APART_MS = 3 * HOLDER_BEAT_MS;
 
 export interface Reclaimed {
   /** Turns whose reservations were given back. */
@@ -61,13 +76,22 @@ interface ReservationRow {
   kind: ChatOwner["kind"];
   ownerId: string;
   day: string;
-  tokens: number;
+  /** What the file holds: a count when the service wrote it. */
+  tokens: unknown;
+}
+
+/** Tokens a row can give back: its count, or nothing for a value written into the file by hand. */
+function countedTokens(tokens: unknown): number {
+  return typeof tokens === "number" && Number.isSafeInteger(tokens) && tokens > 0 ? tokens : 0;
 }
 
 export class TurnReservations {
   /** Ids of this process's rows whose turns will still settle or release them. */
   private readonly held = new Set<number>();
   private lastBeat = Number.NEGATIVE_INFINITY;
+  /** Since when every maintenance run reached the database, each within RUNS_APART_MS of the last. */
+  private reachedSince: number | null = null;
+  private lastRun = Number.NEGATIVE_INFINITY;
   private readonly statements;
   private readonly reclaimTransaction;
 
@@ -92,7 +116,7 @@ export class TurnReservations {
           .values({ holder: sql.placeholder("holder"), seenAt: sql.placeholder("now") })
           .onConflictDoUpdate({
             target: chatHolders.holder,
-            set: { seenAt: sql`max(${chatHolders.seenAt}, excluded.seen_at)` },
+            set: { seenAt: sql`excluded.seen_at` },
           })
           .prepare(),
       hold: () =>
@@ -122,11 +146,14 @@ export class TurnReservations {
             and(eq(r.ownerKind, sql.placeholder("kind")), eq(r.ownerId, sql.placeholder("id"))),
           )
           .prepare(),
+      // The turns in flight are among them: as many more as this process holds.
       own: () =>
         db
           .select(reclaimable)
           .from(r)
           .where(eq(r.holder, sql.placeholder("holder")))
+          .orderBy(r.id)
+          .limit(sql.placeholder("limit"))
           .prepare(),
       // A process never seen (its row deleted from the file) counts from when it reserved.
       othersGone: () =>
@@ -162,26 +189,31 @@ export class TurnReservations {
           )
           .prepare(),
     });
-    this.reclaimTransaction = sqlite.transaction((now: number): Reclaimed => {
+    this.reclaimTransaction = sqlite.transaction((now: number, others: boolean): Reclaimed => {
       const { statements } = this;
-      if (this.held.size > 0) this.beat(now);
       const orphans = statements.own
-        .all({ holder: this.holder })
-        .filter((row) => !this.held.has(row.id));
-      const gone = statements.othersGone.all({
-        holder: this.holder,
-        goneBefore: now - HOLDER_GONE_AFTER_MS,
-      });
+        .all({ holder: this.holder, limit: RECLAIM_BATCH + this.held.size })
+        .filter((row) => !this.held.has(row.id))
+        .slice(0, RECLAIM_BATCH);
+      const gone = others
+        ? statements.othersGone.all({
+            holder: this.holder,
+            goneBefore: now - HOLDER_GONE_AFTER_MS,
+          })
+        : [];
       let tokens = 0;
       for (const row of [...orphans, ...gone] as ReservationRow[]) {
-        statements.giveBack.run({
-          kind: row.kind,
-          id: row.ownerId,
-          day: row.day,
-          tokens: row.tokens,
-        });
+        const counted = countedTokens(row.tokens);
+        if (counted > 0) {
+          statements.giveBack.run({
+            kind: row.kind,
+            id: row.ownerId,
+            day: row.day,
+            tokens: counted,
+          });
+        }
         statements.end.get({ id: row.id });
-        tokens += row.tokens;
+        tokens += counted;
       }
       statements.forgetGone.run({ goneBefore: now - HOLDER_GONE_AFTER_MS });
       return { turns: orphans.length + gone.length, tokens };
@@ -229,7 +261,20 @@ export class TurnReservations {
    * reservations of gone processes (at most RECLAIM_BATCH) and its own no turn holds.
    */
   reclaim(now: number): Reclaimed {
-    return this.reclaimTransaction.immediate(now);
+    if (now - this.lastRun > RUNS_APART_MS) this.reachedSince = null;
+    this.lastRun = now;
+    const others = this.reachedSince !== null && now - this.reachedSince >= REACHED_FOR_MS;
+    let reclaimed: Reclaimed;
+    try {
+      // Its own statement: whatever the giving back meets, the beat stays written.
+      if (this.held.size > 0) this.beat(now);
+      reclaimed = this.reclaimTransaction.immediate(now, others);
+    } catch (error) {
+      if (isDatabaseBusy(error)) this.reachedSince = null;
+      throw error;
+    }
+    this.reachedSince ??= now;
+    return reclaimed;
   }
 
   private beat(now: number) {

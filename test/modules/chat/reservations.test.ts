@@ -7,8 +7,10 @@
  * however many processes run the maintenance; a turn whose storing fails is still charged, and one
  * whose settle was rolled back is given back by its own process's next maintenance run.
  */
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { chatReservations, chatUsage } from "../../../src/db/schema";
+import { ChatBudget, utcDay } from "../../../src/modules/chat/budget";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
@@ -68,6 +70,19 @@ function turnOf(app: TestApp, session: Session) {
   return chat(app, asUser(session), { message: MESSAGE });
 }
 
+/** Every instance's maintenance, every 10 s of the clock for `seconds`, as their timers would. */
+function maintainFor(
+  clock: ManualClock,
+  seconds: number,
+  ...instances: { services: TestApp["services"] }[]
+) {
+  for (let elapsed = 0; elapsed < seconds; elapsed += 10) {
+    for (const instance of instances) instance.services.runMaintenance();
+    clock.advance(10_000);
+  }
+  for (const instance of instances) instance.services.runMaintenance();
+}
+
 function budgetOf(app: TestApp) {
   return (app.services.features.find((f) => f.name === "chat") as ChatFeature).budget;
 }
@@ -105,12 +120,12 @@ describe("a process killed mid-turn", () => {
       // The day has room for that one turn, and the dead process holds it.
       expect((await turnOf(target, alice)).status).toBe(429);
       // Not yet a minute since the process last said it was running: nothing is given back.
-      clock.advance(Date.now() - clock.now() + HOLDER_GONE_AFTER_MS - 5_000);
-      target.services.runMaintenance();
+      clock.advance(Date.now() - clock.now());
+      maintainFor(clock, HOLDER_GONE_AFTER_MS / 1000 - 10, target);
       expect(reservations(target)).toHaveLength(1);
       expect((await turnOf(target, alice)).status).toBe(429);
 
-      clock.advance(10_000);
+      clock.advance(15_000);
       target.services.runMaintenance();
       expect(reservations(target)).toEqual([]);
       expect(usage(target)).toEqual({ used: 0, reserved: 0 });
@@ -178,8 +193,7 @@ describe("a process stalled past the minute", () => {
 
     // The target says nothing for a minute (its event loop held): the other process gives its
     // turn back, and admits two turns of its own in the room that made.
-    clock.advance(HOLDER_GONE_AFTER_MS + 1);
-    other.services.runMaintenance();
+    maintainFor(clock, HOLDER_GONE_AFTER_MS / 1000 + 10, other);
     expect(reservations(target)).toEqual([]);
     expect(await reclaimedMetric(other)).toBe(1);
     const ask = () =>
@@ -219,10 +233,7 @@ describe("every process runs the maintenance", () => {
     await waitFor(() => provider.waiting() === 1);
     expect(usage(target).reserved).toBe(2 * RESERVED);
 
-    clock.advance(HOLDER_GONE_AFTER_MS + 1);
-    target.services.runMaintenance();
-    other.services.runMaintenance();
-    target.services.runMaintenance();
+    maintainFor(clock, HOLDER_GONE_AFTER_MS / 1000 + 10, target, other);
     expect(usage(target).reserved).toBe(RESERVED);
     expect(reservations(target)).toHaveLength(1);
     expect((await reclaimedMetric(target)) + (await reclaimedMetric(other))).toBe(1);
@@ -230,6 +241,173 @@ describe("every process runs the maintenance", () => {
     provider.open();
     expect((await live).status).toBe(200);
     expect(usage(target).reserved).toBe(0);
+  });
+});
+
+describe("nothing reached the database for a while", () => {
+  test("a write lock held for over a minute: when it ends, no live process's turn is taken for gone before it could say it runs", async () => {
+    const clock = new ManualClock(0, 1);
+    const provider = gatedProvider();
+    const env = envFor(1);
+    target = buildTestApp({ env, clock, chatProvider: provider });
+    const other = anotherInstance(target, { clock, env });
+    others.push(other);
+    const alice = await signUp(target);
+    const live = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    maintainFor(clock, 30, target, other);
+
+    // Something else holds the write lock (a long transaction, a VACUUM) for 90 s: every
+    // maintenance run is deferred, so nobody says it is running.
+    for (const instance of [target, other]) {
+      instance.services.db.$client.run("PRAGMA busy_timeout = 0");
+    }
+    const locker = new Database(target.databasePath);
+    locker.run("BEGIN IMMEDIATE");
+    maintainFor(clock, 90, target, other);
+    locker.run("COMMIT");
+    locker.close();
+    expect(other.services.features.length).toBeGreaterThan(0);
+    expect(reservations(target)).toHaveLength(1);
+
+    // The lock is gone; the other process's timer fires first, then the target's, then both.
+    other.services.runMaintenance();
+    clock.advance(5_000);
+    other.services.runMaintenance();
+    expect(reservations(target)).toHaveLength(1);
+    maintainFor(clock, 60, target, other);
+    expect(reservations(target)).toHaveLength(1);
+    expect(await reclaimedMetric(other)).toBe(0);
+    expect(
+      (await send(other, "/api/chat", { body: { message: MESSAGE }, headers: asUser(alice) }))
+        .status,
+    ).toBe(429);
+    provider.open();
+    expect((await live).status).toBe(200);
+    expect(usage(target).reserved).toBe(0);
+  });
+
+  test("a clock stepped forward past the minute: the first runs after it take no live process for gone", async () => {
+    const clock = new ManualClock(0, 1);
+    const provider = gatedProvider();
+    const env = envFor(1);
+    target = buildTestApp({ env, clock, chatProvider: provider });
+    const other = anotherInstance(target, { clock, env });
+    others.push(other);
+    const alice = await signUp(target);
+    const live = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    maintainFor(clock, 30, target, other);
+    clock.advance(5 * 60_000);
+    other.services.runMaintenance();
+    maintainFor(clock, 60, target, other);
+    expect(reservations(target)).toHaveLength(1);
+    provider.open();
+    expect((await live).status).toBe(200);
+    expect(usage(target).reserved).toBe(0);
+  });
+
+  test("a process's clock corrected after a step forward: once killed, its turn is given back a minute after its last word", async () => {
+    const clock = new ManualClock(0, 1);
+    target = buildTestApp({ env: envFor(1), clock });
+    const alice = await signUp(target);
+    const owner = { kind: "user" as const, id: alice.userId };
+    // A process whose clock ran an hour ahead once, then was put right, then killed.
+    const crashed = new ChatBudget(target.db.$client, RESERVED * 2);
+    expect(crashed.reserve(owner, RESERVED, clock.now() + 60 * 60_000).kind).toBe("reserved");
+    crashed.reclaim(clock.now() + 60 * 60_000);
+    crashed.reserve(owner, 0, clock.now());
+    crashed.reclaim(clock.now());
+    maintainFor(clock, HOLDER_GONE_AFTER_MS / 1000 + 10, target);
+    expect(reservations(target)).toEqual([]);
+    expect(usage(target).reserved).toBe(0);
+  });
+});
+
+describe("rows written into the file by hand", () => {
+  function gone(app: TestApp, userId: string, tokens: string) {
+    const day = utcDay(app.services.clock.now());
+    app.db.$client.run("PRAGMA ignore_check_constraints = ON");
+    app.db.$client.run(
+      `INSERT INTO chat_reservations (owner_kind, owner_id, day, tokens, holder, created_at) VALUES ('user', ?, ?, ${tokens}, 'hand-made', 0)`,
+      [userId, day],
+    );
+    app.db.$client.run("PRAGMA ignore_check_constraints = OFF");
+  }
+
+  test("the service cannot write a reservation that is not a count", () => {
+    target = buildTestApp({ env: envFor(1) });
+    for (const tokens of ["-1", "1e999", "'twelve'", "1.5", "NULL"]) {
+      expect(() =>
+        target!.db.$client.run(
+          `INSERT INTO chat_reservations (owner_kind, owner_id, day, tokens, holder, created_at) VALUES ('user', 'u', '2026-01-01', ${tokens}, 'h', 0)`,
+        ),
+      ).toThrow("constraint failed");
+    }
+  });
+
+  test("tokens that are not a count (infinite, negative, text naming someone) give nothing back, stop nothing and reach no log line", async () => {
+    const clock = new ManualClock(0, 1);
+    const provider = gatedProvider();
+    const env = envFor(2);
+    target = buildTestApp({ env, clock, chatProvider: provider });
+    const other = anotherInstance(target, { clock, env });
+    others.push(other);
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    // Alice's day exists, with a turn in flight; a dead process holds one of Bob's.
+    const live = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    const crashed = new ChatBudget(target.db.$client, RESERVED * 3);
+    expect(crashed.reserve({ kind: "user", id: bob.userId }, RESERVED, clock.now()).kind).toBe(
+      "reserved",
+    );
+    for (const tokens of ["-1e999", "1e999", "-5", "'alice@example.com sk_live_secret'"]) {
+      gone(target, alice.userId, tokens);
+    }
+    maintainFor(clock, HOLDER_GONE_AFTER_MS / 1000 + 10, target, other);
+    // Bob's dead turn is given back; the hand-made rows are gone and gave nothing back; Alice's
+    // live turn keeps its reservation.
+    expect(reservations(target).map((r) => r.ownerId)).toEqual([alice.userId]);
+    const days = target.db.select().from(chatUsage).all();
+    expect(Object.fromEntries(days.map((d) => [d.ownerId, d.reservedTokens]))).toEqual({
+      [alice.userId]: RESERVED,
+      [bob.userId]: 0,
+    });
+    const logged = target.logs.text + other.logs.text;
+    expect(logged).not.toContain("sk_live_secret");
+    expect(logged).not.toContain("maintenance failed");
+    const said = [...target.logs.entries, ...other.logs.entries].filter((line) =>
+      String(line.msg).startsWith("chat reservations given back"),
+    );
+    for (const line of said) expect(typeof line.tokens).toBe("number");
+    provider.open();
+    expect((await live).status).toBe(200);
+  });
+
+  test("rows made under a live process's id are given back at most 1,000 a run", async () => {
+    const provider = gatedProvider();
+    target = buildTestApp({ env: envFor(1), chatProvider: provider });
+    const alice = await signUp(target);
+    const live = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    const holder = budgetOf(target).turns.holder;
+    target.db.$client.run(
+      `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+       INSERT INTO chat_reservations (owner_kind, owner_id, day, tokens, holder, created_at)
+       SELECT 'user', 'u' || i, '2026-01-01', 1, ?, 0 FROM n`,
+      [holder],
+    );
+    const left = () => reservations(target!).length;
+    target.services.runMaintenance();
+    expect(left()).toBe(1 + 1500);
+    target.services.runMaintenance();
+    target.services.runMaintenance();
+    // The turn in flight was never among them.
+    expect(left()).toBe(1);
+    provider.open();
+    expect((await live).status).toBe(200);
+    expect(left()).toBe(0);
   });
 });
 
