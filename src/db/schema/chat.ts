@@ -123,9 +123,9 @@ export const chatReservations = sqliteTable(
 );
 
 /**
- * The processes holding turns in flight, each with when it last said it was running: written
- * every maintenance run (10 s) while the process holds a turn. One not seen for a minute is gone
- * (modules/chat/reservations.ts says when another process may take it for gone).
+ * The processes serving chat, each with when it last said it was running: written at start and
+ * every maintenance run (10 s). One not seen for a minute is gone (modules/chat/reservations.ts
+ * says when another process may take it for gone).
  */
 export const chatHolders = sqliteTable("chat_holders", {
   holder: text("holder").primaryKey(),

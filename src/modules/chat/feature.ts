@@ -63,6 +63,15 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     routes: ({ auth }) =>
       chatModule({ auth, inFlight, service, budget, audit, errors, now: () => clock.now() }),
     endInFlight: () => inFlight.endAll(),
+    // The first mark at start, so that a process counts itself as reaching the database from
+    // then on, not from its first maintenance run 10 s later (./reservations.ts).
+    start: () => {
+      try {
+        budget.reclaim(clock.now());
+      } catch (error) {
+        logger.warn({ err: error }, "chat reservations: the first mark could not be written");
+      }
+    },
     maintenance: (now) => {
       const reclaimed = budget.reclaim(now);
       if (reclaimed.turns === 0) return;

@@ -4,15 +4,16 @@
  * is given back instead of holding the owner's day until midnight.
  *
  * Each turn's reservation is a row of `chat_reservations` naming its process (a random id made
- * when the budget is built). A process holding turns says it is running (`chat_holders.seen_at`)
+ * when the budget is built). Every process says it is running (`chat_holders.seen_at`) at start,
  * at every maintenance run (10 s) and, when it reserves, if it has not said so for 10 s. Any
  * process's maintenance gives a row back — deletes it and takes its tokens from its day's
  * `reserved` — when:
- * - its process has not been seen for a minute (killed, or its event loop held that long), and the
- *   maintaining process has itself reached the database run after run for 20 s: after anything
- *   that kept every process from writing (a write lock held for minutes, a VACUUM), a stall of the
- *   maintaining process or a step of the clock, every live process gets two runs to say it is
- *   running before any of its turns is taken for gone;
+ * - its process has not been seen for a minute (killed, or its event loop held that long; a mark a
+ *   minute ahead of the clock is one not written since the clock stepped back), and the
+ *   maintaining process has itself written its mark run after run for 20 s: after anything that
+ *   kept every process from writing (a write lock held for minutes, a VACUUM, a full disk), a
+ *   stall of the maintaining process or a step of the clock, every live process gets two runs to
+ *   say it is running before any of its turns is taken for gone;
  * - it is the maintaining process's own and no turn of the process holds it any more: the turn's
  *   settle or release failed (a locked or full disk) or was rolled back with the turn's storing.
  * A row whose tokens are not a count (written into the file by hand) is deleted and gives nothing
@@ -23,7 +24,10 @@
  * flight, not one per turn.
  *
  * What it cannot tell: a process whose event loop stalls for more than a minute looks gone, and so
- * does one whose clock runs a minute behind the others' (processes on one host share its clock).
+ * do one whose writes alone fail for a minute while the others' succeed (a lock that comes and
+ * goes in step with its runs) and one whose clock is a minute apart from the others' (processes on
+ * one host share its clock). A dead process's turns are given back only by a process that has run
+ * for 20 s: while every process restarts sooner (a crash loop), they stay reserved.
  * Its turns' rows are given back; when those turns finish they charge their usage without taking
  * from `reserved` again (their rows are gone), so the day can end over its budget by at most their
  * charges.
@@ -31,7 +35,6 @@
 import type { Database } from "bun:sqlite";
 import { and, eq, sql } from "drizzle-orm";
 import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
-import { isDatabaseBusy } from "../../db/busy";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatHolders, chatReservations, chatUsage } from "../../db/schema";
@@ -78,6 +81,11 @@ interface ReservationRow {
   day: string;
   /** What the file holds: a count when the service wrote it. */
   tokens: unknown;
+}
+
+/** A mark outside this window was not written by a live process. */
+function goneOutside(now: number) {
+  return { goneBefore: now - HOLDER_GONE_AFTER_MS, goneAfter: now + HOLDER_GONE_AFTER_MS };
 }
 
 /** Tokens a row can give back: its count, or nothing for a value written into the file by hand. */
@@ -155,7 +163,8 @@ export class TurnReservations {
           .orderBy(r.id)
           .limit(sql.placeholder("limit"))
           .prepare(),
-      // A process never seen (its row deleted from the file) counts from when it reserved.
+      // A process never seen (its row deleted from the file) counts from when it reserved. A mark
+      // a minute ahead is one not written since the clock stepped back: its process is gone too.
       othersGone: () =>
         db
           .select(reclaimable)
@@ -163,8 +172,8 @@ export class TurnReservations {
           .leftJoin(chatHolders, eq(chatHolders.holder, r.holder))
           .where(
             and(
-              sql`${r.holder} <> ${sql.placeholder("holder")}`,
-              sql`coalesce(${chatHolders.seenAt}, ${r.createdAt}) < ${sql.placeholder("goneBefore")}`,
+              sql`${r.holder} IS NOT ${sql.placeholder("holder")}`,
+              sql`coalesce(${chatHolders.seenAt}, ${r.createdAt}, 0) NOT BETWEEN ${sql.placeholder("goneBefore")} AND ${sql.placeholder("goneAfter")}`,
             ),
           )
           .orderBy(r.id)
@@ -182,10 +191,7 @@ export class TurnReservations {
         db
           .delete(chatHolders)
           .where(
-            and(
-              sql`${chatHolders.seenAt} < ${sql.placeholder("goneBefore")}`,
-              sql`${chatHolders.holder} NOT IN (SELECT ${r.holder} FROM ${r})`,
-            ),
+            sql`${chatHolders.holder} IN (SELECT gone.holder FROM ${chatHolders} AS gone WHERE gone.seen_at NOT BETWEEN ${sql.placeholder("goneBefore")} AND ${sql.placeholder("goneAfter")} AND NOT EXISTS (SELECT 1 FROM ${r} WHERE ${r.holder} = gone.holder) LIMIT ${RECLAIM_BATCH})`,
           )
           .prepare(),
     });
@@ -196,10 +202,7 @@ export class TurnReservations {
         .filter((row) => !this.held.has(row.id))
         .slice(0, RECLAIM_BATCH);
       const gone = others
-        ? statements.othersGone.all({
-            holder: this.holder,
-            goneBefore: now - HOLDER_GONE_AFTER_MS,
-          })
+        ? statements.othersGone.all({ holder: this.holder, ...goneOutside(now) })
         : [];
       let tokens = 0;
       for (const row of [...orphans, ...gone] as ReservationRow[]) {
@@ -215,7 +218,7 @@ export class TurnReservations {
         statements.end.get({ id: row.id });
         tokens += counted;
       }
-      statements.forgetGone.run({ goneBefore: now - HOLDER_GONE_AFTER_MS });
+      statements.forgetGone.run(goneOutside(now));
       return { turns: orphans.length + gone.length, tokens };
     });
   }
@@ -261,16 +264,19 @@ export class TurnReservations {
    * reservations of gone processes (at most RECLAIM_BATCH) and its own no turn holds.
    */
   reclaim(now: number): Reclaimed {
-    if (now - this.lastRun > RUNS_APART_MS) this.reachedSince = null;
+    // A clock stepped either way, or a run missed: count again from here.
+    if (now - this.lastRun > RUNS_APART_MS || now < this.lastRun) this.reachedSince = null;
     this.lastRun = now;
     const others = this.reachedSince !== null && now - this.reachedSince >= REACHED_FOR_MS;
     let reclaimed: Reclaimed;
     try {
-      // Its own statement: whatever the giving back meets, the beat stays written.
-      if (this.held.size > 0) this.beat(now);
+      // Every run writes its mark, turns held or not, in a statement of its own (whatever the
+      // giving back meets, the mark stays written): a run that cannot write — a lock, a full
+      // disk, a file that refuses writes — is one the other processes' marks may have missed too.
+      this.beat(now);
       reclaimed = this.reclaimTransaction.immediate(now, others);
     } catch (error) {
-      if (isDatabaseBusy(error)) this.reachedSince = null;
+      this.reachedSince = null;
       throw error;
     }
     this.reachedSince ??= now;

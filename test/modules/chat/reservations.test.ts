@@ -9,7 +9,7 @@
  */
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { chatReservations, chatUsage } from "../../../src/db/schema";
+import { chatHolders, chatReservations, chatUsage } from "../../../src/db/schema";
 import { ChatBudget, utcDay } from "../../../src/modules/chat/budget";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
@@ -324,6 +324,75 @@ describe("nothing reached the database for a while", () => {
   });
 });
 
+describe("nothing could be written for a while, or the clock stepped back", () => {
+  test("a file that refuses every write for over a minute (a full disk): once it takes them again, no live process's turn is taken for gone", async () => {
+    const clock = new ManualClock(0, 1);
+    const provider = gatedProvider();
+    const env = envFor(1);
+    target = buildTestApp({ env, clock, chatProvider: provider });
+    const other = anotherInstance(target, { clock, env });
+    others.push(other);
+    const alice = await signUp(target);
+    const live = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    maintainFor(clock, 30, target, other);
+    // Every write fails, and not as a lock: the other process holds no turn, so a run of it that
+    // writes nothing would still succeed.
+    const connections = [target, other].map((instance) => instance.services.db.$client);
+    for (const connection of connections) connection.run("PRAGMA query_only = ON");
+    maintainFor(clock, 90, target, other);
+    for (const connection of connections) connection.run("PRAGMA query_only = OFF");
+    other.services.runMaintenance();
+    clock.advance(5_000);
+    other.services.runMaintenance();
+    maintainFor(clock, 60, target, other);
+    expect(reservations(target)).toHaveLength(1);
+    expect(await reclaimedMetric(other)).toBe(0);
+    provider.open();
+    expect((await live).status).toBe(200);
+    expect(usage(target).reserved).toBe(0);
+  });
+
+  test("a clock stepped back an hour: a dead process's turn is given back about a minute later, not an hour", async () => {
+    const clock = new ManualClock(0, 1);
+    target = buildTestApp({ env: envFor(1), clock });
+    const alice = await signUp(target);
+    const crashed = new ChatBudget(target.db.$client, RESERVED * 2);
+    expect(crashed.reserve({ kind: "user", id: alice.userId }, RESERVED, clock.now()).kind).toBe(
+      "reserved",
+    );
+    maintainFor(clock, 30, target);
+    clock.advance(-60 * 60_000);
+    maintainFor(clock, 30, target);
+    expect(reservations(target)).toEqual([]);
+    expect(usage(target).reserved).toBe(0);
+  });
+
+  test("processes that each live 25 s (a crash loop): a dead process's turn is still given back", async () => {
+    const clock = new ManualClock(0, 1);
+    const env = envFor(1);
+    target = buildTestApp({ env, clock });
+    const alice = await signUp(target);
+    const crashed = new ChatBudget(target.db.$client, RESERVED * 2);
+    expect(crashed.reserve({ kind: "user", id: alice.userId }, RESERVED, clock.now()).kind).toBe(
+      "reserved",
+    );
+    for (let generation = 0; generation < 5 && reservations(target).length > 0; generation++) {
+      const instance = anotherInstance(target, { clock, env });
+      // As src/index.ts starts the features, then the maintenance timer runs every 10 s.
+      await instance.services.features.find((f) => f.name === "chat")!.start!();
+      for (const _ of [1, 2]) {
+        clock.advance(10_000);
+        instance.services.runMaintenance();
+      }
+      clock.advance(5_000);
+      instance.close();
+    }
+    expect(reservations(target)).toEqual([]);
+    expect(usage(target).reserved).toBe(0);
+  });
+});
+
 describe("rows written into the file by hand", () => {
   function gone(app: TestApp, userId: string, tokens: string) {
     const day = utcDay(app.services.clock.now());
@@ -383,6 +452,27 @@ describe("rows written into the file by hand", () => {
     for (const line of said) expect(typeof line.tokens).toBe("number");
     provider.open();
     expect((await live).status).toBe(200);
+  });
+
+  test("marks of gone processes with nothing reserved are cleared, 1,000 a run", () => {
+    const clock = new ManualClock(0, 1);
+    target = buildTestApp({ env: envFor(1), clock });
+    target.db.$client.run(
+      `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500)
+       INSERT INTO chat_holders (holder, seen_at) SELECT 'gone-' || i, 0 FROM n`,
+    );
+    const gone = () =>
+      target!.db.$client
+        .query<{ n: number }, []>(
+          "SELECT count(*) AS n FROM chat_holders WHERE holder LIKE 'gone-%'",
+        )
+        .get()!.n;
+    target.services.runMaintenance();
+    expect(gone()).toBe(500);
+    target.services.runMaintenance();
+    expect(gone()).toBe(0);
+    // This process's own mark stays.
+    expect(target.db.select().from(chatHolders).all()).toHaveLength(1);
   });
 
   test("rows made under a live process's id are given back at most 1,000 a run", async () => {
