@@ -4,7 +4,7 @@ CREATE TABLE `chat_holders` (
 );
 --> statement-breakpoint
 CREATE TABLE `chat_reservations` (
-	`id` integer PRIMARY KEY AUTOINCREMENT NOT NULL,
+	`id` integer PRIMARY KEY NOT NULL,
 	`owner_kind` text NOT NULL,
 	`owner_id` text NOT NULL,
 	`day` text NOT NULL,
@@ -14,6 +14,4 @@ CREATE TABLE `chat_reservations` (
 	CONSTRAINT "chat_reservations_tokens_counted" CHECK(typeof("chat_reservations"."tokens") = 'integer' AND "chat_reservations"."tokens" >= 0)
 );
 --> statement-breakpoint
-CREATE INDEX `chat_reservations_owner_day` ON `chat_reservations` (`owner_kind`,`owner_id`,`day`);--> statement-breakpoint
-CREATE INDEX `chat_reservations_holder` ON `chat_reservations` (`holder`);--> statement-breakpoint
 ALTER TABLE `chat_usage` DROP COLUMN `resets`;

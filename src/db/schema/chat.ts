@@ -98,12 +98,14 @@ export const chatUsage = sqliteTable(
  * One row per turn in flight: what it added to its day's `reserved` and which process holds it.
  * Settling or releasing the turn deletes the row and takes its tokens from `reserved`; a row whose
  * process stopped beating (`chat_holders`) is given back by another process's maintenance. Ids
- * are never reused (AUTOINCREMENT), so a turn whose row was given back cannot take a later turn's.
+ * are random (53 bits), so a turn whose row was given back cannot end a later turn's. No index:
+ * the table holds the turns in flight, and each statement that is not by id (a reset, an erasure,
+ * the maintenance) reads it whole; an index would be two more pages written by every turn.
  */
 export const chatReservations = sqliteTable(
   "chat_reservations",
   {
-    id: integer("id").primaryKey({ autoIncrement: true }),
+    id: integer("id").primaryKey(),
     ownerKind: text("owner_kind", { enum: CHAT_OWNER_KINDS }).notNull(),
     ownerId: text("owner_id").notNull(),
     day: text("day").notNull(),
@@ -113,8 +115,6 @@ export const chatReservations = sqliteTable(
     createdAt: integer("created_at").notNull(),
   },
   (table) => [
-    index("chat_reservations_owner_day").on(table.ownerKind, table.ownerId, table.day),
-    index("chat_reservations_holder").on(table.holder),
     check(
       "chat_reservations_tokens_counted",
       sql`typeof(${table.tokens}) = 'integer' AND ${table.tokens} >= 0`,

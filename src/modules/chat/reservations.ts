@@ -83,6 +83,16 @@ interface ReservationRow {
   tokens: unknown;
 }
 
+/**
+ * A random id of 53 bits: no row of the table, nor a row given back since, has it (so a turn whose
+ * row was given back cannot end a later turn's), and drawing it writes nothing, where SQLite's
+ * AUTOINCREMENT writes its sequence table at every reservation.
+ */
+function randomReservationId(): number {
+  const [high, low] = crypto.getRandomValues(new Uint32Array(2)) as unknown as [number, number];
+  return (high >>> 11) * 2 ** 32 + low;
+}
+
 /** A mark outside this window was not written by a live process. */
 function goneOutside(now: number) {
   return { goneBefore: now - HOLDER_GONE_AFTER_MS, goneAfter: now + HOLDER_GONE_AFTER_MS };
@@ -131,6 +141,7 @@ export class TurnReservations {
         db
           .insert(r)
           .values({
+            id: sql.placeholder("reservation"),
             ownerKind: sql.placeholder("kind"),
             ownerId: sql.placeholder("id"),
             day: sql.placeholder("day"),
@@ -138,6 +149,7 @@ export class TurnReservations {
             holder: sql.placeholder("holder"),
             createdAt: sql.placeholder("now"),
           })
+          .onConflictDoNothing()
           .returning({ id: r.id })
           .prepare(),
       end: () =>
@@ -229,16 +241,14 @@ export class TurnReservations {
    */
   hold(owner: ChatOwner, day: string, tokens: number, now: number): number {
     if (now - this.lastBeat >= HOLDER_BEAT_MS) this.beat(now);
-    const row = this.statements.hold.get({
-      kind: owner.kind,
-      id: owner.id,
-      day,
-      tokens,
-      holder: this.holder,
-      now,
-    });
-    this.held.add(row!.id);
-    return row!.id;
+    const values = { kind: owner.kind, id: owner.id, day, tokens, holder: this.holder, now };
+    // A random id taken by a row of the file's is drawn again (with 53 bits, never in practice).
+    for (;;) {
+      const row = this.statements.hold.get({ ...values, reservation: randomReservationId() });
+      if (row === undefined) continue;
+      this.held.add(row.id);
+      return row.id;
+    }
   }
 
   /**
