@@ -149,7 +149,7 @@ export class TurnReservations {
             holder: sql.placeholder("holder"),
             createdAt: sql.placeholder("now"),
           })
-          .onConflictDoNothing()
+          .onConflictDoNothing({ target: r.id })
           .returning({ id: r.id })
           .prepare(),
       end: () =>
@@ -203,7 +203,7 @@ export class TurnReservations {
         db
           .delete(chatHolders)
           .where(
-            sql`${chatHolders.holder} IN (SELECT gone.holder FROM ${chatHolders} AS gone WHERE gone.seen_at NOT BETWEEN ${sql.placeholder("goneBefore")} AND ${sql.placeholder("goneAfter")} AND NOT EXISTS (SELECT 1 FROM ${r} WHERE ${r.holder} = gone.holder) LIMIT ${RECLAIM_BATCH})`,
+            sql`${chatHolders.holder} IN (SELECT gone.holder FROM ${chatHolders} AS gone WHERE gone.seen_at NOT BETWEEN ${sql.placeholder("goneBefore")} AND ${sql.placeholder("goneAfter")} AND gone.holder NOT IN (SELECT ${r.holder} FROM ${r} WHERE ${r.holder} IS NOT NULL) LIMIT ${RECLAIM_BATCH})`,
           )
           .prepare(),
     });
@@ -242,13 +242,15 @@ export class TurnReservations {
   hold(owner: ChatOwner, day: string, tokens: number, now: number): number {
     if (now - this.lastBeat >= HOLDER_BEAT_MS) this.beat(now);
     const values = { kind: owner.kind, id: owner.id, day, tokens, holder: this.holder, now };
-    // A random id taken by a row of the file's is drawn again (with 53 bits, never in practice).
-    for (;;) {
+    // A random id taken by a row of the file's is drawn again (with 53 bits, never in practice);
+    // an insert that keeps being ignored is something written into the file, not chance.
+    for (let draw = 0; draw < 3; draw++) {
       const row = this.statements.hold.get({ ...values, reservation: randomReservationId() });
       if (row === undefined) continue;
       this.held.add(row.id);
       return row.id;
     }
+    throw new Error("a chat reservation's row could not be written: chat_reservations ignored it");
   }
 
   /**

@@ -454,6 +454,23 @@ describe("rows written into the file by hand", () => {
     expect((await live).status).toBe(200);
   });
 
+  test("a trigger that ignores every reservation: the turn fails (500) and the write lock is let go; nothing is reserved", async () => {
+    target = buildTestApp({ env: envFor(1) });
+    const alice = await signUp(target);
+    target.db.$client.run(
+      "CREATE TRIGGER swallow BEFORE INSERT ON chat_reservations BEGIN SELECT RAISE(IGNORE); END",
+    );
+    const failed = await turnOf(target, alice);
+    expect(failed.status).toBe(500);
+    expect((await failed.json()) as { code: string }).toMatchObject({ code: "INTERNAL" });
+    const other = new Database(target.databasePath);
+    other.run("PRAGMA busy_timeout = 0");
+    other.run("BEGIN IMMEDIATE");
+    other.run("ROLLBACK");
+    other.close();
+    expect(usage(target).reserved ?? 0).toBe(0);
+  });
+
   test("marks of gone processes with nothing reserved are cleared, 1,000 a run", () => {
     const clock = new ManualClock(0, 1);
     target = buildTestApp({ env: envFor(1), clock });
