@@ -168,7 +168,7 @@ export interface ChatBudgetOptions {
    * only for one that is. Absent: every owner is.
    */
   ownerExists?: (owner: ChatOwner) => boolean;
-  /** This process's id among the holders of turns in flight; a random one when absent. */
+  /** This process's id in `chat_holders` and on its reservations; a random one when absent. */
   holder?: string;
 }
 

@@ -20,17 +20,16 @@
  * back; the table refuses such rows from the service itself.
  *
  * Why the process and not the turn: a turn's length has no bound (a slow stream), a process's
- * liveness has one, and it costs one small write per process every 10 s while it has turns in
- * flight, not one per turn.
+ * liveness has one, and it costs one small write per process every 10 s, not one per turn.
  *
  * What it cannot tell: a process whose event loop stalls for more than a minute looks gone, and so
  * do one whose writes alone fail for a minute while the others' succeed (a lock that comes and
  * goes in step with its runs) and one whose clock is a minute apart from the others' (processes on
- * one host share its clock). A dead process's turns are given back only by a process that has run
- * for 20 s: while every process restarts sooner (a crash loop), they stay reserved.
- * Its turns' rows are given back; when those turns finish they charge their usage without taking
- * from `reserved` again (their rows are gone), so the day can end over its budget by at most their
- * charges.
+ * one host share its clock). Such a process's turns' rows are given back while it runs them; when
+ * those turns finish they charge their usage without taking from `reserved` again (their rows are
+ * gone), so the day can end over its budget by at most their charges. And a dead process's turns
+ * are given back only by a process that has run for 20 s: while every process restarts sooner (a
+ * crash loop), they stay reserved.
  */
 import type { Database } from "bun:sqlite";
 import { and, eq, sql } from "drizzle-orm";
@@ -40,7 +39,7 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatHolders, chatReservations, chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
 
-/** How often a process holding turns says it is running. */
+/** How often a process says it is running. */
 export const HOLDER_BEAT_MS = 10_000;
 /** A process not seen for this long is gone, and its turns' reservations are given back. */
 export const HOLDER_GONE_AFTER_MS = 60_000;
@@ -272,8 +271,8 @@ export class TurnReservations {
   }
 
   /**
-   * The maintenance run: says this process is running while it holds turns, and gives back the
-   * reservations of gone processes (at most RECLAIM_BATCH) and its own no turn holds.
+   * The maintenance run (and the first mark, at start): says this process is running, and gives
+   * back the reservations of gone processes and its own no turn holds, at most RECLAIM_BATCH each.
    */
   reclaim(now: number): Reclaimed {
     // A clock stepped either way, or a run missed: count again from here.
