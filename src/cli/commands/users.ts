@@ -107,3 +107,27 @@ export const usersErase: Command = {
     return 0;
   },
 };
+
+export const sessionsEnd: Command = {
+  name: "sessions:end",
+  summary:
+    "End every session of every account (after an incident or a restored backup): refresh tokens revoked, access tokens refused within a second; API keys stay",
+  usage: "sessions:end --all --yes",
+  run(args, context) {
+    if (args.flags.all !== true) {
+      throw new CliError(
+        "--all is required: the command ends every account's sessions",
+        EXIT_USAGE,
+      );
+    }
+    if (args.flags.yes !== true) {
+      throw new CliError(
+        "this ends every session of every account: everyone signs in again; add --yes to end them",
+        EXIT_USAGE,
+      );
+    }
+    const { sessions, accounts } = context.services().auth.endAllSessions("cli");
+    context.out(`ended ${sessions} sessions of ${accounts} accounts`);
+    return 0;
+  },
+};

@@ -677,6 +677,38 @@ export class AuthService {
   }
 
   /**
+   * Ends every session of every account (an incident, a restored backup): each refresh family
+   * still live is revoked, and every process drops those accounts' cached access tokens within a
+   * second (an access token not cached is checked against its family, now revoked). API keys are
+   * not sessions and stay. One transaction, audited as `admin.sessions.ended` with the counts.
+   */
+  endAllSessions(actor: string): { sessions: number; accounts: number } {
+    const { clock, credentials, audit } = this.options;
+    const now = clock.now();
+    const ended = this.db.transaction(
+      () => {
+        const families = this.db
+          .select({ id: refreshFamilies.id, userId: refreshFamilies.userId })
+          .from(refreshFamilies)
+          .where(isNull(refreshFamilies.revokedAt))
+          .all();
+        const accounts = new Set<string>();
+        for (const family of families) {
+          // Each family's revocation goes to the feed, which every process reads.
+          this.revokeFamilyRows(family.id, now);
+          accounts.add(family.userId);
+        }
+        const counts = { sessions: families.length, accounts: accounts.size };
+        audit.record({ type: "admin.sessions.ended", outcome: "success", actor, detail: counts });
+        return counts;
+      },
+      { behavior: "immediate" },
+    );
+    credentials.applyRevocations();
+    return ended;
+  }
+
+  /**
    * An account as an operator names it, by any spelling of its address, whether or not its row
    * matches its seal (`intact`): an operator must still be able to demote an account whose row was
    * written into the file, and to be told so.
