@@ -25,7 +25,7 @@ function workspace() {
       db.close();
     }
   };
-  return { cli, query };
+  return { cli, query, path: env.DATABASE_PATH };
 }
 
 describe("users", () => {
@@ -83,6 +83,41 @@ describe("users", () => {
     const noEmail = await cli(["users:create"]);
     expect(noEmail.code).toBe(2);
     expect(noEmail.stderr.trim()).toBe("palisade users:create: --email is required");
+  });
+});
+
+describe("users:list", () => {
+  test("lists every account with its id, address and role, oldest first; filters by role; never a hash; says which rows fail their seal", async () => {
+    const { cli, query, path } = workspace();
+    await cli(["users:create", "--email", "Root@Example.test", "--role", "admin"]);
+    await cli(["users:create", "--email", "b@example.test"]);
+    const rows = query<{ id: string; email: string; hash: string }>(
+      "SELECT id, email, password_hash AS hash FROM users ORDER BY created_at, id",
+    );
+    const listed = await cli(["users:list"]);
+    expect(listed.code).toBe(0);
+    const lines = listed.stdout.trim().split("\n");
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toStartWith(`${rows[0]!.id}  Root@example.test  admin  created 20`);
+    expect(lines[1]).toStartWith(`${rows[1]!.id}  b@example.test  user  created 20`);
+    for (const row of rows) expect(listed.stdout).not.toContain(row.hash);
+    const admins = await cli(["users:list", "--role", "admin"]);
+    expect(admins.stdout.trim().split("\n")).toHaveLength(1);
+    const json = await cli(["users:list", "--json"]);
+    const parsed = json.stdout
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(parsed.map((account) => account.role)).toEqual(["admin", "user"]);
+    expect(Object.keys(parsed[0]!).sort()).toEqual(["createdAt", "email", "id", "intact", "role"]);
+    // A role written into the file: the row no longer matches its seal, and the list says so.
+    const db = new Database(path);
+    db.run("UPDATE users SET role = 'admin' WHERE email = 'b@example.test'");
+    db.close();
+    const tampered = await cli(["users:list"]);
+    expect(tampered.stdout.trim().split("\n")[1]).toBe(
+      `${rows[1]!.id}  b@example.test  admin  created ${/created (\S+)/.exec(lines[1]!)![1]}  refused (does not match its seal)`,
+    );
   });
 });
 

@@ -84,8 +84,36 @@ describe("sessions:end", () => {
     expect(audited).toHaveLength(1);
     expect(audited[0]!.actor).toBe("cli");
     expect(JSON.parse(audited[0]!.detail)).toEqual({ sessions: 3, accounts: 2 });
-    // Nothing left to end: a second run ends none, and says so.
+    // A second run ends only the session signed in since.
     const again = await cli(target, ["sessions:end", "--all", "--yes"]);
-    expect(again.stdout.trim()).toBe("ended 1 sessions of 1 accounts");
+    expect(again.stdout.trim()).toBe("ended 1 session of 1 account");
+  });
+
+  test("thousands of sessions are ended a batch at a time, every one of them", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const seal = target.services.credentialSeal;
+    const now = Date.now();
+    const insert = target.db.$client.prepare(
+      "INSERT INTO refresh_families (id, user_id, created_at, expires_at, seal) VALUES (?, ?, ?, ?, ?)",
+    );
+    target.db.$client.transaction(() => {
+      for (let i = 0; i < 2500; i++) {
+        const id = `fam-${String(i).padStart(5, "0")}`;
+        const family = { id, userId: alice.userId, revokedAt: null };
+        insert.run(id, alice.userId, now, now + 86_400_000, seal.family(family));
+      }
+    })();
+    const result = await cli(target, ["sessions:end", "--all", "--yes"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout.trim()).toBe("ended 2501 sessions of 1 account");
+    const live = target.db.$client
+      .query<{ id: string }, []>("SELECT id FROM refresh_families WHERE revoked_at IS NULL")
+      .all();
+    expect(live).toEqual([]);
+    const revocations = target.db.$client
+      .query<{ n: number }, []>("SELECT count(*) AS n FROM auth_revocations WHERE kind = 'family'")
+      .get()!;
+    expect(revocations.n).toBe(2501);
   });
 });

@@ -6,12 +6,13 @@ import { configCheck } from "./config";
 import { dbBackup, dbMigrate } from "./db";
 import { keysCreate, keysList, keysRevoke } from "./keys";
 import { usageReset, usageShow } from "./usage";
-import { sessionsEnd, usersCreate, usersErase, usersRole } from "./users";
+import { sessionsEnd, usersCreate, usersErase, usersList, usersRole } from "./users";
 
 /** Every operator command, in the order the help screen lists them. */
 export const COMMANDS: readonly Command[] = [
   usersCreate,
   usersRole,
+  usersList,
   usersErase,
   sessionsEnd,
   keysCreate,

@@ -71,6 +71,32 @@ export const usersRole: Command = {
   },
 };
 
+export const usersList: Command = {
+  name: "users:list",
+  summary:
+    "List accounts (id, email, role, created; oldest first), to compare a restored file with the one it replaced; never password hashes",
+  usage: "users:list [--role user|admin] [--json]",
+  run(args, context) {
+    const role = args.flags.role === undefined ? null : roleFlag(args);
+    const accounts = context
+      .services()
+      .auth.accountsForOperator()
+      .filter((account) => role === null || account.role === role);
+    if (args.flags.json) {
+      for (const account of accounts) {
+        context.out(JSON.stringify({ ...account, createdAt: account.createdAt.toISOString() }));
+      }
+      return 0;
+    }
+    if (accounts.length === 0) context.out("no accounts");
+    for (const { id, email, role: held, createdAt, intact } of accounts) {
+      const refused = intact ? "" : "  refused (does not match its seal)";
+      context.out(`${id}  ${email}  ${held}  created ${createdAt.toISOString()}${refused}`);
+    }
+    return 0;
+  },
+};
+
 export const usersErase: Command = {
   name: "users:erase",
   summary:
@@ -126,8 +152,12 @@ export const sessionsEnd: Command = {
         EXIT_USAGE,
       );
     }
-    const { sessions, accounts } = context.services().auth.endAllSessions("cli");
-    context.out(`ended ${sessions} sessions of ${accounts} accounts`);
+    // Between two batches the service's writers, waiting for the lock, get it first.
+    const { sessions, accounts } = context
+      .services()
+      .auth.endAllSessions("cli", () => Bun.sleepSync(10));
+    const plural = (count: number, noun: string) => `${count} ${noun}${count === 1 ? "" : "s"}`;
+    context.out(`ended ${plural(sessions, "session")} of ${plural(accounts, "account")}`);
     return 0;
   },
 };

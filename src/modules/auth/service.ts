@@ -20,7 +20,7 @@
  *   back, so nothing is half done.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, eq, inArray, isNull, lt, or, sql } from "drizzle-orm";
+import { and, asc, eq, gt, inArray, isNull, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
@@ -680,32 +680,72 @@ export class AuthService {
    * Ends every session of every account (an incident, a restored backup): each refresh family
    * still live is revoked, and every process drops those accounts' cached access tokens within a
    * second (an access token not cached is checked against its family, now revoked). API keys are
-   * not sessions and stay. One transaction, audited as `admin.sessions.ended` with the counts.
+   * not sessions and stay. SESSIONS_ENDED_PER_TRANSACTION families a transaction, with `pause`
+   * between two, so that the service's own writes wait for one short batch at a time, not for the
+   * whole file (each family is revoked with its feed row, so a batch stands on its own); in id
+   * order, so each family is looked at once. Audited as `admin.sessions.ended` with the counts.
    */
-  endAllSessions(actor: string): { sessions: number; accounts: number } {
+  endAllSessions(
+    actor: string,
+    pause: () => void = () => {},
+  ): { sessions: number; accounts: number } {
     const { clock, credentials, audit } = this.options;
-    const now = clock.now();
-    const ended = this.db.transaction(
-      () => {
-        const families = this.db
-          .select({ id: refreshFamilies.id, userId: refreshFamilies.userId })
-          .from(refreshFamilies)
-          .where(isNull(refreshFamilies.revokedAt))
-          .all();
-        const accounts = new Set<string>();
-        for (const family of families) {
-          // Each family's revocation goes to the feed, which every process reads.
-          this.revokeFamilyRows(family.id, now);
-          accounts.add(family.userId);
-        }
-        const counts = { sessions: families.length, accounts: accounts.size };
-        audit.record({ type: "admin.sessions.ended", outcome: "success", actor, detail: counts });
-        return counts;
-      },
-      { behavior: "immediate" },
-    );
-    credentials.applyRevocations();
-    return ended;
+    const accounts = new Set<string>();
+    let sessions = 0;
+    let after = "";
+    for (;;) {
+      const batch = this.db.transaction(
+        () => {
+          const now = clock.now();
+          const families = this.db
+            .select({ id: refreshFamilies.id, userId: refreshFamilies.userId })
+            .from(refreshFamilies)
+            .where(and(isNull(refreshFamilies.revokedAt), gt(refreshFamilies.id, after)))
+            .orderBy(asc(refreshFamilies.id))
+            .limit(SESSIONS_ENDED_PER_TRANSACTION)
+            .all();
+          for (const family of families) this.revokeFamilyRows(family.id, now);
+          return families;
+        },
+        { behavior: "immediate" },
+      );
+      credentials.applyRevocations();
+      if (batch.length === 0) break;
+      sessions += batch.length;
+      for (const family of batch) accounts.add(family.userId);
+      after = batch.at(-1)!.id;
+      pause();
+    }
+    const counts = { sessions, accounts: accounts.size };
+    audit.record({ type: "admin.sessions.ended", outcome: "success", actor, detail: counts });
+    return counts;
+  }
+
+  /**
+   * Every account as an operator lists it (after a restore, to compare two files): id, address,
+   * role, when it was made, and whether its row matches its seal (one that does not is refused at
+   * sign-in, and its role proves nothing). Ordered by when it was made.
+   */
+  accountsForOperator(): {
+    id: string;
+    email: string;
+    role: Role;
+    createdAt: Date;
+    intact: boolean;
+  }[] {
+    const { seal } = this.options;
+    return this.db
+      .select()
+      .from(users)
+      .orderBy(asc(users.createdAt), asc(users.id))
+      .all()
+      .map((row) => ({
+        id: row.id,
+        email: row.email,
+        role: row.role,
+        createdAt: row.createdAt,
+        intact: seal.intact.account(row),
+      }));
   }
 
   /**
@@ -838,6 +878,11 @@ export class AuthService {
 const FAMILY_GRACE_MS = 60_000;
 /** Rows each table gives up per prune call at most, so a prune never stalls the event loop. */
 const PRUNE_BATCH = 1000;
+/**
+ * Refresh families revoked per transaction by `endAllSessions`: ~20 ms of write lock here, under
+ * the 50 ms a request waits for the lock before it answers 503.
+ */
+const SESSIONS_ENDED_PER_TRANSACTION = 250;
 
 /** Whether a refresh token may be presented at all: known, its family live, not expired. */
 function usable(row: RefreshRow, now: number): boolean {

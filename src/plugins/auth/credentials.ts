@@ -356,22 +356,33 @@ export class CredentialVerifier {
     // they are committed: applied at once, as a revocation must be, and undone here if that
     // transaction rolls back, at its COMMIT too, or this process alone would keep refusing.
     if (rows.length > 0 && this.options.sqlite.inTransaction) this.undoIfRolledBack(rows);
+    // What the rows name is gathered first and each cache is passed over once, whatever the
+    // number of rows: one pass per row held the event loop for seconds after tens of thousands of
+    // sessions were ended at once (sessions:end).
+    const families = new Set<string>();
+    const keys = new Set<string>();
+    // The owner's role changed or the account went: its keys are re-read at their next use.
+    const owners = new Set<string>();
     for (const row of rows) {
       this.lastRevocationId = Math.max(this.lastRevocationId, row.id);
       if (row.kind === "family") {
         this.revokedFamilies.set(row.subject, row.createdAt);
-        for (const [hash, entry] of this.tokens) {
-          if (entry.principal.familyId === row.subject) this.tokens.delete(hash);
-        }
+        families.add(row.subject);
       } else if (row.kind === "key") {
-        for (const [hash, entry] of this.keys) {
-          if (entry.principal.id === row.subject) this.keys.delete(hash);
-        }
+        keys.add(row.subject);
       } else if (row.kind === "user") {
-        // The owner's role changed or the account went: its keys are re-read at their next use.
-        for (const [hash, entry] of this.keys) {
-          if (entry.principal.userId === row.subject) this.keys.delete(hash);
-        }
+        owners.add(row.subject);
+      }
+    }
+    if (families.size > 0) {
+      for (const [hash, entry] of this.tokens) {
+        if (families.has(entry.principal.familyId)) this.tokens.delete(hash);
+      }
+    }
+    if (keys.size > 0 || owners.size > 0) {
+      for (const [hash, entry] of this.keys) {
+        const { id, userId } = entry.principal;
+        if (keys.has(id) || (userId !== null && owners.has(userId))) this.keys.delete(hash);
       }
     }
     for (const [family, revokedAt] of this.revokedFamilies) {
