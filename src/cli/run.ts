@@ -3,7 +3,8 @@
  * The CLI runner: finds the command, prints help, and turns every expected failure (bad usage, bad
  * configuration, a command's CliError) into one line on stderr and a non-zero exit code.
  */
-import { type Config, ConfigError, loadConfig } from "../config";
+import { existsSync } from "node:fs";
+import { type Config, ConfigError, databasePathOf, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
 import {
@@ -87,8 +88,19 @@ export async function runCli(
   let config: Readonly<Config> | null = null;
   let db: AppDatabase | null = null;
   let services: Services | null = null;
+  // Before the configuration is read: in development that makes the audit key beside the path.
+  const requireDatabaseFile = () => {
+    const path = databasePathOf(env);
+    if ((command.database ?? "reads") !== "reads" || path === ":memory:" || existsSync(path)) {
+      return;
+    }
+    throw new CliError(
+      `DATABASE_PATH ${path} names no file: ${command.name} reads an existing database and makes none (check the path)`,
+    );
+  };
   const context: CommandContext = {
     config: () => {
+      if (!config) requireDatabaseFile();
       config ??= loadConfig(env);
       return config;
     },

@@ -186,7 +186,7 @@ describe("db:backup", () => {
     const missing = await cli(["db:backup", join(dir, "copy.db")], env);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toBe(
-      `palisade db:backup: DATABASE_PATH ${env.DATABASE_PATH} does not exist`,
+      `palisade db:backup: DATABASE_PATH ${env.DATABASE_PATH} names no file: db:backup reads an existing database and makes none (check the path)`,
     );
     const memory = await cli(["db:backup", join(dir, "copy.db")], { DATABASE_PATH: ":memory:" });
     expect(memory.code).toBe(2);

@@ -223,6 +223,7 @@ test("audit:tail --limit and usage:show --day refuse other spellings and days th
   const dir = tempDir();
   try {
     const env = { DATABASE_PATH: join(dir.path, "cli.db") };
+    expect((await cliInProcess(["db:migrate"], env)).code).toBe(0);
     for (const args of [
       ["audit:tail", "--limit", "0x10"],
       ["audit:top", "--limit", "1e1"],

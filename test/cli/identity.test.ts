@@ -1,5 +1,6 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
@@ -86,6 +87,42 @@ describe("users", () => {
   });
 });
 
+describe("a path that names no file", () => {
+  test("only the commands that make a database make one; the others refuse it, make nothing (no key file either) and exit 1", async () => {
+    const dir = tempDir();
+    cleanup = dir.remove;
+    const path = join(dir.path, "typo", "db.sqlite");
+    const env = { DATABASE_PATH: path };
+    for (const args of [
+      ["users:list"],
+      ["keys:list"],
+      ["blocks:list"],
+      ["audit:tail"],
+      ["audit:verify"],
+      ["usage:show"],
+      ["users:erase", "--email", "a@example.test", "--yes"],
+      ["blocks:add", "--address", "203.0.113.9", "--ttl", "2h", "--reason", "x"],
+      ["sessions:end", "--all", "--yes"],
+      ["db:backup", join(dir.path, "copy.db")],
+    ]) {
+      const result = await cliInProcess(args, env);
+      expect({ args, code: result.code, stdout: result.stdout }).toEqual({
+        args,
+        code: 1,
+        stdout: "",
+      });
+      expect(result.stderr).toBe(
+        `palisade ${args[0]}: DATABASE_PATH ${path} names no file: ${args[0]} reads an existing database and makes none (check the path)`,
+      );
+      expect(existsSync(join(dir.path, "typo"))).toBe(false);
+    }
+    const made = await cliInProcess(["users:create", "--email", "root@example.test"], env);
+    expect(made.code).toBe(0);
+    expect(existsSync(path)).toBe(true);
+    expect((await cliInProcess(["users:list"], env)).code).toBe(0);
+  });
+});
+
 describe("users:list", () => {
   test("lists every account with its id, address and role, oldest first; filters by role; never a hash; says which rows fail their seal", async () => {
     const { cli, query, path } = workspace();
@@ -118,6 +155,14 @@ describe("users:list", () => {
     expect(tampered.stdout.trim().split("\n")[1]).toBe(
       `${rows[1]!.id}  b@example.test  admin  created ${/created (\S+)/.exec(lines[1]!)![1]}  refused (does not match its seal)`,
     );
+    // A creation time written into the file that is no time: shown as unknown, the rest listed.
+    const noTime = new Database(path);
+    noTime.run("UPDATE users SET created_at = 'yesterday' WHERE email = 'Root@example.test'");
+    noTime.close();
+    const listedAnyway = await cli(["users:list"]);
+    expect(listedAnyway.code).toBe(0);
+    expect(listedAnyway.stdout).toContain("Root@example.test  admin  created unknown");
+    expect((await cli(["users:list", "--json"])).stdout).toContain('"createdAt":null');
   });
 });
 
@@ -177,6 +222,7 @@ describe("keys", () => {
 describe("blocks", () => {
   test("blocks:add, blocks:list, blocks:remove", async () => {
     const { cli } = workspace();
+    expect((await cli(["db:migrate"])).code).toBe(0);
     const added = await cli([
       "blocks:add",
       "--address",

@@ -98,6 +98,7 @@ export function alertmanagerSettings(
 
 export const alertsConfig: Command = {
   name: "alerts:config",
+  database: "none",
   summary:
     "Write Alertmanager's configuration from ALERT_EMAIL and ALERT_SMTP_* (stdout, or --out PATH); the relay password stays in --password-file (default /run/secrets/smtp_password)",
   usage: "alerts:config [--out PATH] [--password-file PATH]",

@@ -34,6 +34,7 @@ export function describeConfig(config: Readonly<Config>): Record<string, unknown
 
 export const configCheck: Command = {
   name: "config:check",
+  database: "none",
   summary: "Validate the environment and print the effective configuration (secrets masked)",
   usage: "config:check",
   run(_args, context) {

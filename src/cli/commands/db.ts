@@ -24,6 +24,7 @@ import { CliError, type Command, EXIT_USAGE } from "../command";
 
 export const dbMigrate: Command = {
   name: "db:migrate",
+  database: "makes",
   summary: "Apply pending migrations to DATABASE_PATH (the server also does this at start)",
   usage: "db:migrate",
   run(_args, context) {
@@ -56,7 +57,7 @@ export const dbBackup: Command = {
     if (source === ":memory:") {
       throw new CliError("DATABASE_PATH is :memory:, there is no file to back up", EXIT_USAGE);
     }
-    if (!existsSync(source)) throw new CliError(`DATABASE_PATH ${source} does not exist`);
+    // A path that names no file was refused before the configuration was read (cli/run.ts).
     const keyTarget = `${target}.audit-key`;
     for (const path of [target, ...(config.audit.developmentKeyFile ? [keyTarget] : [])]) {
       if (existsSync(path)) throw new CliError(`${path} exists; refusing to overwrite it`);

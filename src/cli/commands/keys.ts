@@ -7,6 +7,7 @@ const iso = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString
 
 export const keysCreate: Command = {
   name: "keys:create",
+  database: "makes",
   summary:
     "Create an API key with scopes (chat, payments, admin, metrics); the key is printed once",
   usage: "keys:create --name N --scopes a,b [--expires 30d] [--env live|test] [--owner EMAIL]",

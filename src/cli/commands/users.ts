@@ -12,6 +12,7 @@ function roleFlag(args: ParsedArgs): Role {
 
 export const usersCreate: Command = {
   name: "users:create",
+  database: "makes",
   summary:
     "Create an account (--role admin for the first admin); the password comes from stdin or is generated",
   usage: "users:create --email E [--role user|admin] [--password-stdin]",
@@ -82,16 +83,18 @@ export const usersList: Command = {
       .services()
       .auth.accountsForOperator()
       .filter((account) => role === null || account.role === role);
+    // A time written into the file that is no time (text, out of range) is shown as unknown.
+    const when = (date: Date) => (Number.isNaN(date.getTime()) ? null : date.toISOString());
     if (args.flags.json) {
       for (const account of accounts) {
-        context.out(JSON.stringify({ ...account, createdAt: account.createdAt.toISOString() }));
+        context.out(JSON.stringify({ ...account, createdAt: when(account.createdAt) }));
       }
       return 0;
     }
     if (accounts.length === 0) context.out("no accounts");
     for (const { id, email, role: held, createdAt, intact } of accounts) {
       const refused = intact ? "" : "  refused (does not match its seal)";
-      context.out(`${id}  ${email}  ${held}  created ${createdAt.toISOString()}${refused}`);
+      context.out(`${id}  ${email}  ${held}  created ${when(createdAt) ?? "unknown"}${refused}`);
     }
     return 0;
   },
