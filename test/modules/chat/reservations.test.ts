@@ -83,6 +83,54 @@ function maintainFor(
   for (const instance of instances) instance.services.runMaintenance();
 }
 
+/**
+ * A day with room for one turn, that turn in flight in the target (its provider waiting until
+ * `provider.open()`), and another process on the file with the same clock.
+ */
+async function liveTurnBeside() {
+  const clock = new ManualClock(0, 1);
+  const provider = gatedProvider();
+  const env = envFor(1);
+  target = buildTestApp({ env, clock, chatProvider: provider });
+  const other = anotherInstance(target, { clock, env });
+  others.push(other);
+  const alice = await signUp(target);
+  const live = turnOf(target, alice);
+  await waitFor(() => provider.waiting() === 1);
+  return { app: target, clock, provider, other, alice, live };
+}
+
+/**
+ * A turn in flight in the target and another process beside it, then 90 s in which nothing can be
+ * written (`outage` starts it and returns what ends it); after it the other process's timer fires
+ * first, then both run for a minute. The live turn must keep its reservation throughout.
+ */
+async function liveTurnOutlives(
+  outage: (instances: { services: TestApp["services"] }[]) => () => void,
+) {
+  const { app, clock, provider, other, alice, live } = await liveTurnBeside();
+  maintainFor(clock, 30, app, other);
+  const end = outage([app, other]);
+  maintainFor(clock, 90, app, other);
+  end();
+  expect(reservations(app)).toHaveLength(1);
+  other.services.runMaintenance();
+  clock.advance(5_000);
+  other.services.runMaintenance();
+  expect(reservations(app)).toHaveLength(1);
+  maintainFor(clock, 60, app, other);
+  expect(reservations(app)).toHaveLength(1);
+  expect(await reclaimedMetric(other)).toBe(0);
+  const ask = await send(other, "/api/chat", {
+    body: { message: MESSAGE },
+    headers: asUser(alice),
+  });
+  expect(ask.status).toBe(429);
+  provider.open();
+  expect((await live).status).toBe(200);
+  expect(usage(app).reserved).toBe(0);
+}
+
 function budgetOf(app: TestApp) {
   return (app.services.features.find((f) => f.name === "chat") as ChatFeature).budget;
 }
@@ -246,65 +294,29 @@ describe("every process runs the maintenance", () => {
 
 describe("nothing reached the database for a while", () => {
   test("a write lock held for over a minute: when it ends, no live process's turn is taken for gone before it could say it runs", async () => {
-    const clock = new ManualClock(0, 1);
-    const provider = gatedProvider();
-    const env = envFor(1);
-    target = buildTestApp({ env, clock, chatProvider: provider });
-    const other = anotherInstance(target, { clock, env });
-    others.push(other);
-    const alice = await signUp(target);
-    const live = turnOf(target, alice);
-    await waitFor(() => provider.waiting() === 1);
-    maintainFor(clock, 30, target, other);
-
-    // Something else holds the write lock (a long transaction, a VACUUM) for 90 s: every
-    // maintenance run is deferred, so nobody says it is running.
-    for (const instance of [target, other]) {
-      instance.services.db.$client.run("PRAGMA busy_timeout = 0");
-    }
-    const locker = new Database(target.databasePath);
-    locker.run("BEGIN IMMEDIATE");
-    maintainFor(clock, 90, target, other);
-    locker.run("COMMIT");
-    locker.close();
-    expect(other.services.features.length).toBeGreaterThan(0);
-    expect(reservations(target)).toHaveLength(1);
-
-    // The lock is gone; the other process's timer fires first, then the target's, then both.
-    other.services.runMaintenance();
-    clock.advance(5_000);
-    other.services.runMaintenance();
-    expect(reservations(target)).toHaveLength(1);
-    maintainFor(clock, 60, target, other);
-    expect(reservations(target)).toHaveLength(1);
-    expect(await reclaimedMetric(other)).toBe(0);
-    expect(
-      (await send(other, "/api/chat", { body: { message: MESSAGE }, headers: asUser(alice) }))
-        .status,
-    ).toBe(429);
-    provider.open();
-    expect((await live).status).toBe(200);
-    expect(usage(target).reserved).toBe(0);
+    // Something else holds the write lock (a long transaction, a VACUUM): every maintenance run
+    // is deferred, so nobody says it is running.
+    await liveTurnOutlives((instances) => {
+      for (const instance of instances) instance.services.db.$client.run("PRAGMA busy_timeout = 0");
+      const locker = new Database(target!.databasePath);
+      locker.run("BEGIN IMMEDIATE");
+      return () => {
+        locker.run("COMMIT");
+        locker.close();
+      };
+    });
   });
 
   test("a clock stepped forward past the minute: the first runs after it take no live process for gone", async () => {
-    const clock = new ManualClock(0, 1);
-    const provider = gatedProvider();
-    const env = envFor(1);
-    target = buildTestApp({ env, clock, chatProvider: provider });
-    const other = anotherInstance(target, { clock, env });
-    others.push(other);
-    const alice = await signUp(target);
-    const live = turnOf(target, alice);
-    await waitFor(() => provider.waiting() === 1);
-    maintainFor(clock, 30, target, other);
+    const { app, clock, provider, other, live } = await liveTurnBeside();
+    maintainFor(clock, 30, app, other);
     clock.advance(5 * 60_000);
     other.services.runMaintenance();
-    maintainFor(clock, 60, target, other);
-    expect(reservations(target)).toHaveLength(1);
+    maintainFor(clock, 60, app, other);
+    expect(reservations(app)).toHaveLength(1);
     provider.open();
     expect((await live).status).toBe(200);
-    expect(usage(target).reserved).toBe(0);
+    expect(usage(app).reserved).toBe(0);
   });
 
   test("a process's clock corrected after a step forward: once killed, its turn is given back a minute after its last word", async () => {
@@ -326,31 +338,15 @@ describe("nothing reached the database for a while", () => {
 
 describe("nothing could be written for a while, or the clock stepped back", () => {
   test("a file that refuses every write for over a minute (a full disk): once it takes them again, no live process's turn is taken for gone", async () => {
-    const clock = new ManualClock(0, 1);
-    const provider = gatedProvider();
-    const env = envFor(1);
-    target = buildTestApp({ env, clock, chatProvider: provider });
-    const other = anotherInstance(target, { clock, env });
-    others.push(other);
-    const alice = await signUp(target);
-    const live = turnOf(target, alice);
-    await waitFor(() => provider.waiting() === 1);
-    maintainFor(clock, 30, target, other);
     // Every write fails, and not as a lock: the other process holds no turn, so a run of it that
     // writes nothing would still succeed.
-    const connections = [target, other].map((instance) => instance.services.db.$client);
-    for (const connection of connections) connection.run("PRAGMA query_only = ON");
-    maintainFor(clock, 90, target, other);
-    for (const connection of connections) connection.run("PRAGMA query_only = OFF");
-    other.services.runMaintenance();
-    clock.advance(5_000);
-    other.services.runMaintenance();
-    maintainFor(clock, 60, target, other);
-    expect(reservations(target)).toHaveLength(1);
-    expect(await reclaimedMetric(other)).toBe(0);
-    provider.open();
-    expect((await live).status).toBe(200);
-    expect(usage(target).reserved).toBe(0);
+    await liveTurnOutlives((instances) => {
+      const connections = instances.map((instance) => instance.services.db.$client);
+      for (const connection of connections) connection.run("PRAGMA query_only = ON");
+      return () => {
+        for (const connection of connections) connection.run("PRAGMA query_only = OFF");
+      };
+    });
   });
 
   test("a clock stepped back an hour: a dead process's turn is given back about a minute later, not an hour", async () => {
