@@ -1,6 +1,6 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
@@ -88,7 +88,7 @@ describe("users", () => {
 });
 
 describe("a path that names no file", () => {
-  test("only the commands that make a database make one; the others refuse it, make nothing (no key file either) and exit 1", async () => {
+  test("only the commands that make a database make one; the others refuse a missing or never-migrated file, make nothing (no key file either) and exit 1", async () => {
     const dir = tempDir();
     cleanup = dir.remove;
     const path = join(dir.path, "typo", "db.sqlite");
@@ -115,6 +115,30 @@ describe("a path that names no file", () => {
         `palisade ${args[0]}: DATABASE_PATH ${path} names no file: ${args[0]} reads an existing database and makes none (check the path)`,
       );
       expect(existsSync(join(dir.path, "typo"))).toBe(false);
+    }
+    // A file that is there but was never Palisade's (empty, another application's): refused too,
+    // and left as it was.
+    const empty = join(dir.path, "empty.db");
+    writeFileSync(empty, "");
+    const foreign = join(dir.path, "other.db");
+    const other = new Database(foreign);
+    other.run("CREATE TABLE notes (body TEXT)");
+    other.close();
+    for (const file of [empty, foreign]) {
+      const before = readFileSync(file);
+      for (const args of [["users:list"], ["sessions:end", "--all", "--yes"]]) {
+        const result = await cliInProcess(args, { DATABASE_PATH: file });
+        expect({ args, code: result.code, stdout: result.stdout }).toEqual({
+          args,
+          code: 1,
+          stdout: "",
+        });
+        expect(result.stderr).toBe(
+          `palisade ${args[0]}: DATABASE_PATH ${file} holds no Palisade database (never migrated): ${args[0]} reads an existing one and changes nothing there (check the path)`,
+        );
+      }
+      expect(readFileSync(file).equals(before)).toBe(true);
+      expect(existsSync(`${file}.audit-key`)).toBe(false);
     }
     const made = await cliInProcess(["users:create", "--email", "root@example.test"], env);
     expect(made.code).toBe(0);
