@@ -3,8 +3,6 @@
  * The CLI runner: finds the command, prints help, and turns every expected failure (bad usage, bad
  * configuration, a command's CliError) into one line on stderr and a non-zero exit code.
  */
-import { Database } from "bun:sqlite";
-import { existsSync } from "node:fs";
 import { type Config, ConfigError, databasePathOf, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
@@ -28,6 +26,7 @@ import {
   optionsOf,
   parseArgs,
 } from "./command";
+import { checkDatabaseFile } from "./database-file";
 import { terminalSafe } from "./terminal";
 
 export interface CliIo {
@@ -93,38 +92,7 @@ export async function runCli(
   const requireDatabaseFile = () => {
     const path = databasePathOf(env);
     if ((command.database ?? "reads") !== "reads" || path === ":memory:") return;
-    if (!existsSync(path)) {
-      throw new CliError(
-        `DATABASE_PATH ${path} names no file: ${command.name} reads an existing database and makes none (check the path)`,
-      );
-    }
-    refuseForeignFile(path);
-  };
-  // A file Palisade never migrated (empty: a 0-byte `-wal` named by mistake; another
-  // application's database) reads as an empty deployment, and opening it as the service does
-  // would write to it (WAL mode, Palisade's tables): a command that reads a database looks first,
-  // read-only, and refuses it. A file that is not SQLite at all is left to openDatabase's message.
-  const refuseForeignFile = (path: string) => {
-    let migrated: boolean;
-    try {
-      const look = new Database(path, { readonly: true });
-      try {
-        migrated =
-          look
-            .query(
-              "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '__drizzle_migrations'",
-            )
-            .get() !== null;
-      } finally {
-        look.close();
-      }
-    } catch {
-      return;
-    }
-    if (migrated) return;
-    throw new CliError(
-      `DATABASE_PATH ${path} holds no Palisade database (never migrated): ${command.name} reads an existing one and changes nothing there (check the path)`,
-    );
+    checkDatabaseFile(path, command.name);
   };
   const context: CommandContext = {
     config: () => {

@@ -120,9 +120,13 @@ describe("a path that names no file", () => {
     // and left as it was.
     const empty = join(dir.path, "empty.db");
     writeFileSync(empty, "");
+    // Another application's, drizzle-made too (it has a migrations table of its own).
     const foreign = join(dir.path, "other.db");
     const other = new Database(foreign);
     other.run("CREATE TABLE notes (body TEXT)");
+    other.run(
+      "CREATE TABLE __drizzle_migrations (id INTEGER PRIMARY KEY, hash TEXT, created_at NUMERIC)",
+    );
     other.close();
     for (const file of [empty, foreign]) {
       const before = readFileSync(file);
@@ -133,13 +137,25 @@ describe("a path that names no file", () => {
           code: 1,
           stdout: "",
         });
+        const what = file === empty ? "empty" : "another application's tables";
         expect(result.stderr).toBe(
-          `palisade ${args[0]}: DATABASE_PATH ${file} holds no Palisade database (never migrated): ${args[0]} reads an existing one and changes nothing there (check the path)`,
+          `palisade ${args[0]}: DATABASE_PATH ${file} holds no Palisade database (${what}): ${args[0]} reads an existing one and writes nothing there (check the path)`,
         );
       }
       expect(readFileSync(file).equals(before)).toBe(true);
       expect(existsSync(`${file}.audit-key`)).toBe(false);
     }
+    // Palisade's own file whose record of migrations was dropped: altered, not a typo.
+    const altered = join(dir.path, "altered.db");
+    expect((await cliInProcess(["db:migrate"], { DATABASE_PATH: altered })).code).toBe(0);
+    const drop = new Database(altered);
+    drop.run("DROP TABLE __drizzle_migrations");
+    drop.close();
+    const refused = await cliInProcess(["users:list"], { DATABASE_PATH: altered });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(
+      `palisade users:list: DATABASE_PATH ${altered} holds Palisade's tables but no record of its migrations: the file was altered; restore it from a backup`,
+    );
     const made = await cliInProcess(["users:create", "--email", "root@example.test"], env);
     expect(made.code).toBe(0);
     expect(existsSync(path)).toBe(true);
