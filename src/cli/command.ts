@@ -39,9 +39,9 @@ export interface Command {
   usage: string;
   /**
    * What the command does with the database at DATABASE_PATH: `reads` (the default) an existing
-   * one, refusing a path that names no file, since a mistyped path must not read as an empty
-   * deployment; `makes` one when there is none (the first admin, a key before the first start, the
-   * migrations); `none` (it reads only the configuration).
+   * one, refusing a path that names no file or a file that is not Palisade's, since neither may
+   * read as an empty deployment (cli/database-file.ts); `makes` one when there is none (the first
+   * admin, a key before the first start, the migrations); `none` (it reads only the configuration).
    */
   database?: "reads" | "makes" | "none";
   run(args: ParsedArgs, context: CommandContext): Promise<number> | number;
