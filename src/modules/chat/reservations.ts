@@ -4,8 +4,9 @@
  * is given back instead of holding the owner's day until midnight.
  *
  * Each turn's reservation is a row of `chat_reservations` naming its process (a random id made
- * when the budget is built). Every process says it is running (`chat_holders.seen_at`) at start,
- * at every maintenance run (10 s) and, when it reserves, if it has not said so for 10 s. Any
+ * when the budget is built). Every process says it is running (`chat_holders.seen_at`) at start
+ * and at every maintenance run (10 s); a row whose process never said so counts from when it was
+ * reserved. Any
  * process's maintenance gives a row back — deletes it and takes its tokens from its day's
  * `reserved` — when:
  * - its process has not been seen for a minute (killed, or its event loop held that long; a mark a
@@ -105,7 +106,6 @@ function countedTokens(tokens: unknown): number {
 export class TurnReservations {
   /** Ids of this process's rows whose turns will still settle or release them. */
   private readonly held = new Set<number>();
-  private lastBeat = Number.NEGATIVE_INFINITY;
   /** Since when every maintenance run reached the database, each within RUNS_APART_MS of the last. */
   private reachedSince: number | null = null;
   private lastRun = Number.NEGATIVE_INFINITY;
@@ -239,7 +239,6 @@ export class TurnReservations {
    * tokens to the day's `reserved`. Returns the row's id.
    */
   hold(owner: ChatOwner, day: string, tokens: number, now: number): number {
-    if (now - this.lastBeat >= HOLDER_BEAT_MS) this.beat(now);
     const values = { kind: owner.kind, id: owner.id, day, tokens, holder: this.holder, now };
     // A random id taken by a row of the file's is drawn again (with 53 bits, never in practice);
     // an insert that keeps being ignored is something written into the file, not chance.
@@ -296,6 +295,5 @@ export class TurnReservations {
 
   private beat(now: number) {
     this.statements.beat.run({ holder: this.holder, now });
-    this.lastBeat = now;
   }
 }
