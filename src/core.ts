@@ -30,6 +30,7 @@ import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
 import { type CredentialSeal, createCredentialSeal, tamperReporter } from "./plugins/auth/seal";
 import { type SigningKeys, signingKeys } from "./plugins/auth/tokens";
 import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
+import { createBlockSeal } from "./plugins/ip-block/seal";
 import {
   DEFAULT_IP_BLOCK_SETTINGS,
   IpBlockService,
@@ -169,6 +170,7 @@ export function createCore(options: CoreOptions): Core {
     logger,
     audit,
     limiter,
+    seal: createBlockSeal(config.audit.secretKey),
     registry,
     rateLimitMetrics: metrics.rateLimit,
     settings: {

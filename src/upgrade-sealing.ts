@@ -1,7 +1,8 @@
 /**
  * @module
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
- * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017)
+ * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017,
+ * address blocks and lockouts with 0021)
  * seals those rows in a
  * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
@@ -23,6 +24,7 @@ import {
 } from "./modules/webhooks/outbox-seal";
 import type { AuditEvent } from "./plugins/audit/events";
 import { createCredentialSeal } from "./plugins/auth/seal";
+import { blockSealing, blocksSealedMessage, createBlockSeal } from "./plugins/ip-block/seal";
 
 /** One kind of row an upgrade sealed: the line to say, its fields, and the event to audit. */
 export interface UpgradeSealed {
@@ -40,12 +42,14 @@ export function upgradeSealing(auditSecret: string): {
   const outbox = outboxSealing(createOutboxSeal(auditSecret));
   const chat = chatSealing(createChatSeal(auditSecret));
   const ledger = paymentSealing(createPaymentSeal(auditSecret));
+  const blocks = blockSealing(createBlockSeal(auditSecret));
   return {
     companions: new Map([
       ...credentials.companions,
       ...outbox.companions,
       ...chat.companions,
       ...ledger.companions,
+      ...blocks.companions,
     ]),
     sealed() {
       const said: UpgradeSealed[] = [];
@@ -57,6 +61,8 @@ export function upgradeSealing(auditSecret: string): {
       if (history) said.push(sealedOf("chat.history_sealed", chatSealedMessage(history), history));
       const paid = ledger.sealed();
       if (paid) said.push(sealedOf("payment.ledger_sealed", paymentsSealedMessage(paid), paid));
+      const blocked = blocks.sealed();
+      if (blocked) said.push(sealedOf("ip.blocks_sealed", blocksSealedMessage(blocked), blocked));
       return said;
     },
   };
@@ -92,7 +98,8 @@ function sealedOf(
     | "auth.credentials_sealed"
     | "whatsapp.outbox_sealed"
     | "chat.history_sealed"
-    | "payment.ledger_sealed",
+    | "payment.ledger_sealed"
+    | "ip.blocks_sealed",
   message: string,
   counts: object,
 ): UpgradeSealed {

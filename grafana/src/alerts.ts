@@ -81,11 +81,11 @@ export const ALERT_RULES: readonly AlertRule[] = [
   ),
   rule(
     "PalisadeDatabaseTampered",
-    `sum(increase(${r.auditEvents}{type=~"whatsapp.outbox_tampered|chat.conversation_tampered|payment.tampered|db.trigger_dropped|db.schema_changed|db.resealed"}[10m])) > 0`,
+    `sum(increase(${r.auditEvents}{type=~"whatsapp.outbox_tampered|chat.conversation_tampered|payment.tampered|ip.block_tampered|db.trigger_dropped|db.schema_changed|db.resealed"}[10m])) > 0`,
     "0m",
     "page",
     "Something was written into the database file, not by Palisade",
-    "A WhatsApp outbox row that does not match its seal (not sent), a chat conversation or message that does not (neither continued nor shown), a payment or stored Idempotency-Key result that does not (treated as absent), a trigger (dropped), or a changed table (the service stopped) was written into the database file, or the file was put back into a shape from before a release's seals to have rows sealed (db.resealed). Whoever could write the file is the incident.",
+    "A WhatsApp outbox row that does not match its seal (not sent), a chat conversation or message that does not (neither continued nor shown), a payment or stored Idempotency-Key result that does not (treated as absent), an address block or lockout that does not (blocks nothing), a trigger (dropped), or a changed table (the service stopped) was written into the database file, or the file was put back into a shape from before a release's seals to have rows sealed (db.resealed). Whoever could write the file is the incident.",
   ),
   rule(
     "PalisadeErrorRatioHigh",

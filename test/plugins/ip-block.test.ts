@@ -135,11 +135,15 @@ describe("manual blocks", () => {
   test("the in-memory copy is refreshed, so a block made elsewhere applies within its TTL", async () => {
     const clock = new ManualClock();
     const target = blockingApp(clock);
+    const other = secondProcess(target, clock);
+    cleanups.push(() => other.close());
     expect((await send(target, "/openapi.json", { peer: "192.0.2.70" })).status).toBe(200);
-    target.db.$client.run(
-      "INSERT INTO ip_blocks (address, reason, source, created_at, expires_at) VALUES (?, 'x', 'admin', ?, ?)",
-      ["192.0.2.70", clock.now(), clock.now() + 10 * MINUTE],
-    );
+    other.services.ipBlocks.block({
+      address: "192.0.2.70",
+      reason: "x",
+      ttlMs: 10 * MINUTE,
+      source: "admin",
+    });
     clock.advance(1_001);
     expect((await send(target, "/openapi.json", { peer: "192.0.2.70" })).status).toBe(403);
   });

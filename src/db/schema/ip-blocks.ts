@@ -19,6 +19,11 @@ export const ipBlocks = sqliteTable(
     expiresAt: integer("expires_at").notNull(),
     /** Set when an admin lifts the block before it expires. */
     liftedAt: integer("lifted_at"),
+    /**
+     * An HMAC over the row's other columns (plugins/ip-block/seal.ts): a row without a matching
+     * seal was written into the file, not by Palisade, and blocks nothing.
+     */
+    seal: text("seal"),
   },
   (table) => [
     index("ip_blocks_address").on(table.address, table.createdAt),

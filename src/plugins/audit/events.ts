@@ -41,6 +41,10 @@ export const AUDIT_EVENT_TYPES = [
   // Addresses blocked and unblocked (must not be lost).
   "ip.blocked",
   "ip.unblocked",
+  // A block row whose seal does not match (blocks nothing), and the rows an upgrade sealed
+  // (plugins/ip-block/seal.ts; must not be lost).
+  "ip.block_tampered",
+  "ip.blocks_sealed",
   // Privacy rights exercised (must not be lost).
   "privacy.erased",
   // Payments: intents, their outcomes from Stripe, refunds and disputes (must not be lost).

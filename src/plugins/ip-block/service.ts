@@ -13,9 +13,12 @@
  * came from: one noisy user behind a NAT must not get the office blocked. Crossing the same
  * threshold locks the principal out (5 minutes, then 15, then 1 hour), stored as a block whose
  * subject is the principal (`user:…`, `key:…`), so it is shared, listed and lifted like the others.
+ *
+ * Every row is sealed (seal.ts): one that does not match its seal, written into the file by someone
+ * without AUDIT_SECRET_KEY, blocks nothing and is neither listed nor counted.
  */
 import type { Database } from "bun:sqlite";
-import { and, count, desc, eq, gt, inArray, isNull, lt, max, or, sql } from "drizzle-orm";
+import { inArray, lt, or } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
@@ -30,6 +33,12 @@ import { limiterFailed } from "../rate-limit/enforce";
 import type { RateLimitMetrics } from "../rate-limit/metrics";
 import type { Policy } from "../rate-limit/policies";
 import type { LimiterStore, LimitOutcome } from "../rate-limit/store";
+import {
+  type BlockSeal,
+  blockTamperReporter,
+  SEALED_BLOCK_COLUMNS,
+  type SealedBlock,
+} from "./seal";
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -79,7 +88,10 @@ export class CreatorGone extends Error {
 }
 
 /** A block as stored; `liftedAt` is not shown (a lifted block is no longer listed). */
-export type IpBlock = Omit<typeof ipBlocks.$inferSelect, "liftedAt">;
+export type IpBlock = Omit<typeof ipBlocks.$inferSelect, "liftedAt" | "seal">;
+
+/** A block row as read with its seal. */
+type StoredBlock = SealedBlock & { seal: string | null };
 
 export interface NewBlock {
   address: string;
@@ -98,6 +110,8 @@ export interface IpBlockServiceOptions {
   logger: Logger;
   audit: AuditLog;
   limiter: LimiterStore;
+  /** Seals the rows this service writes, and tells the ones Palisade wrote from the rest. */
+  seal: BlockSeal;
   registry?: Registry;
   settings?: Partial<IpBlockSettings>;
   /**
@@ -107,68 +121,62 @@ export interface IpBlockServiceOptions {
   rateLimitMetrics: RateLimitMetrics;
 }
 
-const BLOCK_COLUMNS = {
-  id: ipBlocks.id,
-  address: ipBlocks.address,
-  reason: ipBlocks.reason,
-  source: ipBlocks.source,
-  createdBy: ipBlocks.createdBy,
-  createdAt: ipBlocks.createdAt,
-  expiresAt: ipBlocks.expiresAt,
-};
-
 /** The statements of the request path (reload) and of automatic blocking, prepared once. */
 function prepareStatements(db: AppDatabase) {
-  const p = sql.placeholder;
+  const sqlite = db.$client;
   return preparedOnUse({
+    // Every row in force, each with its seal: which of them count is decided here, not in SQL.
     loadActive: () =>
-      db
-        .select({ address: ipBlocks.address, expiresAt: max(ipBlocks.expiresAt) })
-        .from(ipBlocks)
-        .where(and(gt(ipBlocks.expiresAt, p("now")), isNull(ipBlocks.liftedAt)))
-        .groupBy(ipBlocks.address)
-        .prepare(),
-    insertBlock: () =>
-      db
-        .insert(ipBlocks)
-        .values({
-          address: p("address"),
-          reason: p("reason"),
-          source: p("source"),
-          createdBy: p("createdBy"),
-          createdAt: p("createdAt"),
-          expiresAt: p("expiresAt"),
-        })
-        .returning(BLOCK_COLUMNS)
-        .prepare(),
-    /** When the longest block in force on an address ends (null: none), as the file says now. */
-    inForceUntil: () =>
-      db
-        .select({ until: max(ipBlocks.expiresAt) })
-        .from(ipBlocks)
-        .where(
-          and(
-            eq(ipBlocks.address, p("address")),
-            gt(ipBlocks.expiresAt, p("now")),
-            isNull(ipBlocks.liftedAt),
-          ),
-        )
-        .prepare(),
+      sqlite.query<StoredBlock, { now: number }>(
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE expires_at > $now AND lifted_at IS NULL`,
+      ),
+    activeOn: () =>
+      sqlite.query<StoredBlock, { address: string; now: number }>(
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
+         WHERE address = $address AND expires_at > $now AND lifted_at IS NULL`,
+      ),
+    // A block an admin lifted was judged a mistake: it does not lengthen the next one.
     priorAutoBlocks: () =>
-      db
-        .select({ n: count() })
-        .from(ipBlocks)
-        .where(
-          and(
-            eq(ipBlocks.address, p("address")),
-            eq(ipBlocks.source, "auto"),
-            gt(ipBlocks.createdAt, p("since")),
-            // A block an admin lifted was judged a mistake: it does not lengthen the next one.
-            isNull(ipBlocks.liftedAt),
-          ),
-        )
-        .prepare(),
+      sqlite.query<StoredBlock, { address: string; since: number }>(
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
+         WHERE address = $address AND source = 'auto' AND created_at > $since AND lifted_at IS NULL`,
+      ),
+    insertBlock: () =>
+      sqlite.query<
+        { id: number },
+        {
+          address: string;
+          reason: string;
+          source: string;
+          createdBy: string | null;
+          createdAt: number;
+          expiresAt: number;
+        }
+      >(
+        `INSERT INTO ip_blocks (address, reason, source, created_by, created_at, expires_at)
+         VALUES ($address, $reason, $source, $createdBy, $createdAt, $expiresAt) RETURNING id`,
+      ),
+    reseal: () =>
+      sqlite.query<
+        never,
+        { id: number; seal: string; createdBy: string | null; liftedAt: number | null }
+      >(
+        "UPDATE ip_blocks SET seal = $seal, created_by = $createdBy, lifted_at = $liftedAt WHERE id = $id",
+      ),
   });
+}
+
+/** What a list or an export shows of a block. */
+function shown({ id, address, reason, source, createdBy, createdAt, expiresAt }: SealedBlock) {
+  return {
+    id,
+    address,
+    reason,
+    source: source as IpBlock["source"],
+    createdBy,
+    createdAt,
+    expiresAt,
+  };
 }
 
 export class IpBlockService {
@@ -178,6 +186,12 @@ export class IpBlockService {
   private loadedAt = Number.NEGATIVE_INFINITY;
   private readonly db: AppDatabase;
   private readonly statements: ReturnType<typeof prepareStatements>;
+  private readonly reportTampered: (id: number) => void;
+  /**
+   * The rows in force at the last reload, as read, and whether each matched its seal: a reload
+   * (every second) checks only rows it has not seen as they are now.
+   */
+  private checked = new Map<string, boolean>();
 
   constructor(private readonly options: IpBlockServiceOptions) {
     this.settings = { ...DEFAULT_IP_BLOCK_SETTINGS, ...options.settings };
@@ -200,6 +214,7 @@ export class IpBlockService {
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
+    this.reportTampered = blockTamperReporter(options);
     if (options.registry) {
       const service = this;
       new Gauge({
@@ -271,12 +286,11 @@ export class IpBlockService {
         if (isPrincipalSubject(subject) && this.options.audit.erasedAs(subject) !== null) {
           return { erased: true };
         }
-        const until = this.statements.inForceUntil.get({ address: subject, now })?.until ?? null;
+        const until = this.inForceUntil(subject, now);
         if (until !== null) return { inForceUntil: until };
-        const earlier = this.statements.priorAutoBlocks.get({
-          address: subject,
-          since: now - this.settings.escalationLookbackMs,
-        })!.n;
+        const earlier = this.statements.priorAutoBlocks
+          .all({ address: subject, since: now - this.settings.escalationLookbackMs })
+          .filter((row) => this.intact(row)).length;
         const ttlMs = ladder[Math.min(earlier, ladder.length - 1)]!;
         const block = { address: subject, reason, ttlMs, source: "auto" as const, requestId };
         return { row: this.insertAudited(block, now) };
@@ -292,16 +306,41 @@ export class IpBlockService {
     return null;
   }
 
-  /** Inserts a block and its audit row; inside the caller's transaction. */
+  /** When the longest intact block in force on a subject ends (null: none), as the file says now. */
+  private inForceUntil(subject: string, now: number): number | null {
+    let until: number | null = null;
+    for (const row of this.statements.activeOn.all({ address: subject, now })) {
+      if (this.intact(row)) until = Math.max(until ?? row.expiresAt, row.expiresAt);
+    }
+    return until;
+  }
+
+  /** Whether a row matches its seal; one that does not is reported (once per process). */
+  private intact(row: StoredBlock): boolean {
+    if (this.options.seal.intact(row)) return true;
+    this.reportTampered(row.id);
+    return false;
+  }
+
+  /** Inserts a block, sealed, and its audit row; inside the caller's transaction. */
   private insertAudited(block: NewBlock, now: number): IpBlock {
-    const inserted = this.statements.insertBlock.get({
+    const row = {
       address: block.address,
       reason: block.reason,
       source: block.source,
       createdBy: block.createdBy ?? null,
       createdAt: now,
       expiresAt: now + block.ttlMs,
-    })!;
+    };
+    // The id is sealed too, and is the database's to choose: sealed right after, in the same transaction.
+    const { id } = this.statements.insertBlock.get(row)!;
+    const inserted = { id, ...row, liftedAt: null };
+    this.statements.reseal.run({
+      id,
+      seal: this.options.seal.of(inserted),
+      createdBy: inserted.createdBy,
+      liftedAt: null,
+    });
     const lockout = isPrincipalSubject(block.address);
     this.options.audit.record({
       type: lockout ? "auth.locked_out" : "ip.blocked",
@@ -313,7 +352,7 @@ export class IpBlockService {
       detail: { reason: block.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
       at: now,
     });
-    return inserted;
+    return shown(inserted);
   }
 
   /** A block just written: in force here at once, and logged. */
@@ -361,18 +400,13 @@ export class IpBlockService {
     const { audit } = this.options;
     const lifted = this.db.transaction(
       () => {
-        const changes = this.db
-          .update(ipBlocks)
-          .set({ liftedAt: now })
-          .where(
-            and(
-              eq(ipBlocks.address, address),
-              gt(ipBlocks.expiresAt, now),
-              isNull(ipBlocks.liftedAt),
-            ),
-          )
-          .returning({ id: ipBlocks.id })
-          .all().length;
+        // Only rows Palisade wrote: one that fails its seal blocks nothing already, and is left as
+        // it is for whoever investigates.
+        const rows = this.statements.activeOn
+          .all({ address, now })
+          .filter((row) => this.intact(row));
+        for (const row of rows) this.resealed({ ...row, liftedAt: now });
+        const changes = rows.length;
         if (changes > 0) {
           const lockout = isPrincipalSubject(address);
           audit.record({
@@ -393,13 +427,23 @@ export class IpBlockService {
     return lifted;
   }
 
+  /** A change to a block's columns, written with the seal of the row it makes. */
+  private resealed(row: SealedBlock): void {
+    this.statements.reseal.run({
+      id: row.id,
+      seal: this.options.seal.of(row),
+      createdBy: row.createdBy,
+      liftedAt: row.liftedAt,
+    });
+  }
+
+  /** The blocks in force that Palisade made, newest first. */
   listActive(): IpBlock[] {
-    return this.db
-      .select(BLOCK_COLUMNS)
-      .from(ipBlocks)
-      .where(and(gt(ipBlocks.expiresAt, this.options.clock.now()), isNull(ipBlocks.liftedAt)))
-      .orderBy(desc(ipBlocks.createdAt))
-      .all();
+    return this.statements.loadActive
+      .all({ now: this.options.clock.now() })
+      .filter((row) => this.intact(row))
+      .sort((a, b) => b.createdAt - a.createdAt || b.id - a.id)
+      .map(shown);
   }
 
   /**
@@ -409,20 +453,39 @@ export class IpBlockService {
    */
   heldFor(actors: readonly string[]) {
     if (actors.length === 0) return { lockouts: [], blocksMade: [] };
-    const { address, reason, source, createdAt, expiresAt, liftedAt, id } = ipBlocks;
-    const lockouts = this.db
-      .select({ id, principal: address, reason, createdAt, expiresAt, liftedAt })
-      .from(ipBlocks)
-      .where(inArray(address, [...actors]))
-      .orderBy(ipBlocks.id)
-      .all();
-    const blocksMade = this.db
-      .select({ id, createdBy: ipBlocks.createdBy, reason, source, createdAt, expiresAt, liftedAt })
-      .from(ipBlocks)
-      .where(inArray(ipBlocks.createdBy, [...actors]))
-      .orderBy(ipBlocks.id)
-      .all();
+    const lockouts = this.rowsWhere("address", actors).map(
+      ({ id, address, reason, createdAt, expiresAt, liftedAt }) => ({
+        id,
+        principal: address,
+        reason,
+        createdAt,
+        expiresAt,
+        liftedAt,
+      }),
+    );
+    const blocksMade = this.rowsWhere("created_by", actors).map(
+      ({ id, createdBy, reason, source, createdAt, expiresAt, liftedAt }) => ({
+        id,
+        createdBy,
+        reason,
+        source,
+        createdAt,
+        expiresAt,
+        liftedAt,
+      }),
+    );
     return { lockouts, blocksMade };
+  }
+
+  /** The intact rows whose `column` is one of `values`, by id. */
+  private rowsWhere(column: "address" | "created_by", values: readonly string[]): SealedBlock[] {
+    const placeholders = values.map(() => "?").join(", ");
+    return this.options.sqlite
+      .query<StoredBlock, string[]>(
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE ${column} IN (${placeholders}) ORDER BY id`,
+      )
+      .all(...values)
+      .filter((row) => this.intact(row));
   }
 
   /**
@@ -432,6 +495,11 @@ export class IpBlockService {
    */
   eraseActors(actors: readonly string[], pseudonym: string): void {
     if (actors.length === 0) return;
+    // Every row the person made names the pseudonym, sealed again where it matched its seal: one
+    // that did not still must not keep their id, and stays unsealed.
+    for (const row of this.rowsWhere("created_by", actors)) {
+      this.resealed({ ...row, createdBy: pseudonym });
+    }
     this.db
       .update(ipBlocks)
       .set({ createdBy: pseudonym })
@@ -535,13 +603,14 @@ export class IpBlockService {
   private refresh(now: number, force = false): void {
     if (!force && now - this.loadedAt < this.settings.cacheTtlMs) return;
     const next = new Map<string, number>();
-    // As tuples: mapping each row to an object measured 1.6× the cost of the whole reload.
-    for (const [address, expiresAt] of this.statements.loadActive.values({ now }) as [
-      string,
-      number,
-    ][]) {
-      next.set(address, expiresAt);
+    const checked = new Map<string, boolean>();
+    for (const row of this.statements.loadActive.all({ now })) {
+      const asRead = JSON.stringify(row);
+      const intact = this.checked.get(asRead) ?? this.intact(row);
+      checked.set(asRead, intact);
+      if (intact) next.set(row.address, Math.max(row.expiresAt, next.get(row.address) ?? 0));
     }
+    this.checked = checked;
     // A block that was in force here and is gone before its end was lifted by another process (a
     // CLI command, another instance): forget its violations in this process's store as well.
     for (const [address, expiresAt] of this.active) {

@@ -1,0 +1,1 @@
+ALTER TABLE `ip_blocks` ADD `seal` text;

@@ -1,0 +1,125 @@
+/**
+ * @module
+ * Block seals: what keeps someone who can write the database file, but does not hold
+ * AUDIT_SECRET_KEY, from blocking an address or locking a living user out. Every process enforces
+ * every block row it reads, and the rows carried nothing Palisade alone could make: an insert into
+ * `ip_blocks` (a lockout of `user:<id>` for a year, a block of the office's address) was obeyed by
+ * every process within a second, with no `ip.blocked` or `auth.locked_out` event and a chain that
+ * still verified.
+ *
+ * So every `ip_blocks` row carries a `seal`, an HMAC (db/row-seal.ts, its own key label) over all
+ * its columns: the id (a sealed row copied under new ids would count as earlier offences and
+ * lengthen the next automatic block), the subject, reason, source, who made it, when, until when,
+ * and when it was lifted. Palisade seals each row it writes and reseals each change it makes (a
+ * lift, an erasure naming the pseudonym). A row that does not match blocks nothing, counts towards
+ * no escalation, and is left out of `GET /api/admin/blocks`, `blocks:list` and exports; it is
+ * reported once per process: an error line and an `ip.block_tampered` audit event naming the row
+ * (alert `PalisadeDatabaseTampered`). It stays in the file for whoever investigates, until the
+ * prune deletes it with the other ended blocks.
+ *
+ * Not covered: deleting a row or setting its `lifted_at` lifts a block (the `ip.blocked` event
+ * stays in the audit log), and a copy of an older row of the same file, seal and all (a rollback:
+ * a lifted block put back in force until its end).
+ */
+import type { AppDatabase } from "../../db/client";
+import type { MigrationCompanions } from "../../db/migrate";
+import { createRowSealer, oncePerRow, sealMatches } from "../../db/row-seal";
+import type { AuditEvent } from "../audit/events";
+
+/** The columns a block's seal covers: all of them. */
+export interface SealedBlock {
+  id: number;
+  address: string;
+  reason: string;
+  source: string;
+  createdBy: string | null;
+  createdAt: number;
+  expiresAt: number;
+  liftedAt: number | null;
+}
+
+export interface BlockSeal {
+  /** The seal of a row with these columns. */
+  of(row: SealedBlock): string;
+  /** Whether a stored row matches its seal; a row without one never does. */
+  intact(row: SealedBlock & { seal: string | null }): boolean;
+}
+
+const KEY_LABEL = "palisade ip block seal v1";
+
+/** The seal keyed from `auditSecret`. */
+export function createBlockSeal(auditSecret: string): BlockSeal {
+  const mac = createRowSealer(auditSecret, KEY_LABEL);
+  const of = (row: SealedBlock) =>
+    mac([
+      "ip_block",
+      row.id,
+      row.address,
+      row.reason,
+      row.source,
+      row.createdBy,
+      row.createdAt,
+      row.expiresAt,
+      row.liftedAt,
+    ]);
+  return { of, intact: (row) => sealMatches(of(row), row.seal) };
+}
+
+/** The sealed columns of `ip_blocks` in SQL, named as SealedBlock names them, and the seal. */
+export const SEALED_BLOCK_COLUMNS = `id, address, reason, source, created_by AS createdBy,
+  created_at AS createdAt, expires_at AS expiresAt, lifted_at AS liftedAt, seal`;
+
+/**
+ * Reports a block row that does not match its seal, once per process and row (db/row-seal
+ * oncePerRow): an error line and an `ip.block_tampered` audit event naming the row's id, never
+ * its subject (whatever the file's writer put there).
+ */
+export function blockTamperReporter(deps: {
+  logger: { error(fields: Record<string, unknown>, message: string): void };
+  audit: { record(event: AuditEvent): void };
+}): (id: number) => void {
+  const report = oncePerRow<"ip_blocks">((table, id) => {
+    deps.logger.error(
+      { table, id },
+      "a block row does not match its seal: it was written into the database file, not by Palisade; it blocks nothing",
+    );
+    deps.audit.record({
+      type: "ip.block_tampered",
+      outcome: "denied",
+      actor: "system",
+      detail: { table, id },
+    });
+  });
+  return (id) => report("ip_blocks", String(id));
+}
+
+export const BLOCK_SEALS_MIGRATION = "0021_ip_block_seals";
+
+/**
+ * The companion that seals every block row when migration 0021 is applied, in its transaction
+ * (db/migrate.ts), as the credentials are with 0013: only the call that applies it seals, so a row
+ * written into the file afterwards blocks nothing. What the file held before the upgrade is sealed
+ * as it was (said and audited, `ip.blocks_sealed`; a second sealing of the same file is
+ * `db.resealed`).
+ */
+export function blockSealing(seal: BlockSeal): {
+  companions: MigrationCompanions;
+  sealed(): { blocks: number } | null;
+} {
+  let sealed: { blocks: number } | null = null;
+  const sealAll = (db: AppDatabase) => {
+    const sqlite = db.$client;
+    const rows = sqlite
+      .query<SealedBlock, []>(`SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks`)
+      .all();
+    const update = sqlite.prepare("UPDATE ip_blocks SET seal = ? WHERE id = ?");
+    for (const row of rows) update.run(seal.of(row), row.id);
+    sealed = rows.length > 0 ? { blocks: rows.length } : null;
+  };
+  return { companions: new Map([[BLOCK_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+}
+
+/** What the start and the CLI say when the upgrade sealed blocks. */
+export function blocksSealedMessage({ blocks }: { blocks: number }): string {
+  return `sealed the ${blocks} address blocks and lockouts stored before this release; block rows written into the file from now on block nothing`;
+}
