@@ -6,7 +6,7 @@
  * empty deployment ("no accounts") — and opening it as the service does would write to it (WAL
  * mode, Palisade's tables), and in development make an audit key beside it. The look is read-only.
  */
-import { Database } from "bun:sqlite";
+import { constants, Database } from "bun:sqlite";
 import { existsSync } from "node:fs";
 import { isDatabaseBusy } from "../db/busy";
 import { BUSY_TIMEOUT_MS } from "../db/client";
@@ -16,6 +16,25 @@ import { CliError } from "./command";
 const PALISADE_TABLES = ["audit_events", "rate_limit_counters", "users"] as const;
 const MIGRATIONS_TABLE = "__drizzle_migrations";
 
+/**
+ * A read-only connection that leaves nothing beside the file. Opening a WAL-mode file, even
+ * read-only, makes its `-shm` (and an empty `-wal`), which a read-only connection cannot remove when
+ * it closes: a refused look would leave two new files beside another application's database. With no
+ * `-wal` or `-journal` beside it the file holds all its content, so it is read as `immutable`
+ * (no locks, no side files); otherwise as any reader does, through the WAL or journal there (a
+ * running service's file, or a crashed one's, whose tables may be only in its WAL).
+ */
+function openForALook(path: string): Database {
+  if (existsSync(`${path}-wal`) || existsSync(`${path}-journal`)) {
+    return new Database(path, { readonly: true });
+  }
+  const uriPath = path.split("/").map(encodeURIComponent).join("/");
+  return new Database(
+    `file:${uriPath}?immutable=1`,
+    constants.SQLITE_OPEN_READONLY | constants.SQLITE_OPEN_URI,
+  );
+}
+
 export function checkDatabaseFile(path: string, commandName: string): void {
   if (!existsSync(path)) {
     throw new CliError(
@@ -24,7 +43,7 @@ export function checkDatabaseFile(path: string, commandName: string): void {
   }
   let tables: Set<string>;
   try {
-    const look = new Database(path, { readonly: true });
+    const look = openForALook(path);
     try {
       look.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
       const names = look

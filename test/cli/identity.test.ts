@@ -1,6 +1,6 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
@@ -128,7 +128,17 @@ describe("a path that names no file", () => {
       "CREATE TABLE __drizzle_migrations (id INTEGER PRIMARY KEY, hash TEXT, created_at NUMERIC)",
     );
     other.close();
-    for (const file of [empty, foreign]) {
+    // Another application's in WAL mode, at a path a URI would misread: a look that opened it as
+    // SQLite does would leave a `-shm` and an empty `-wal` beside it.
+    const walFile = join(dir.path, "other app?#%41.db");
+    const walOther = new Database(walFile);
+    walOther.run("PRAGMA journal_mode = WAL");
+    walOther.run("CREATE TABLE notes (body TEXT)");
+    walOther.close();
+    expect(readdirSync(dir.path).filter((name) => name.startsWith("other app"))).toEqual([
+      "other app?#%41.db",
+    ]);
+    for (const file of [empty, foreign, walFile]) {
       const before = readFileSync(file);
       for (const args of [["users:list"], ["sessions:end", "--all", "--yes"]]) {
         const result = await cliInProcess(args, { DATABASE_PATH: file });
@@ -138,6 +148,7 @@ describe("a path that names no file", () => {
           stdout: "",
         });
         const what = file === empty ? "empty" : "another application's tables";
+        expect(existsSync(`${file}-wal`) || existsSync(`${file}-shm`)).toBe(false);
         expect(result.stderr).toBe(
           `palisade ${args[0]}: DATABASE_PATH ${file} holds no Palisade database (${what}): ${args[0]} reads an existing one and writes nothing there (check the path)`,
         );
