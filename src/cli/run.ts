@@ -97,7 +97,10 @@ export async function runCli(
   const context: CommandContext = {
     config: () => {
       if (!config) requireDatabaseFile();
-      config ??= loadConfig(env);
+      // A command that opens no database makes no key file beside a path that may be mistyped.
+      config ??= loadConfig(env, {
+        developmentKey: command.database === "none" ? "if there" : "load or make",
+      });
       return config;
     },
     db: () => {

@@ -4,6 +4,7 @@
  * and return one frozen object that the rest of the app receives as a dependency.
  */
 
+import { existsSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
 import type { PolicyId } from "../plugins/rate-limit/policies";
 import { type AlertSettings, parseAlertSettings } from "./alerts";
@@ -71,6 +72,11 @@ export interface Config {
     secretKey: string;
     /** Development only: the file the key was kept in because AUDIT_SECRET_KEY was not set. */
     developmentKeyFile: string | null;
+    /**
+     * Whether that file is there. Only a configuration read with `developmentKey: "if there"` can
+     * lack it: its key is then this run's alone, and the first start makes the file.
+     */
+    developmentKeyOnDisk: boolean;
   };
   cors: { allowedOrigins: string[] };
   rateLimit: {
@@ -162,6 +168,12 @@ export interface Config {
 
 export interface LoadConfigOptions {
   readFile?: ReadTextFile;
+  /**
+   * The development audit key: made beside DATABASE_PATH when missing (the default: the service,
+   * and every command that opens the database), or read only if there, for a command that opens no
+   * database and must make nothing beside a path that may be mistyped.
+   */
+  developmentKey?: "load or make" | "if there";
 }
 
 const HTTP_PROTOCOLS = ["http:", "https:"] as const;
@@ -252,9 +264,11 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   let developmentKeyFile: string | null = null;
   const auditRaw = env.AUDIT_SECRET_KEY;
   const keyFile = developmentKeyPath(databasePath);
+  let developmentKeyOnDisk = false;
   if ((auditRaw === undefined || auditRaw === "") && !deployed && keyFile !== null) {
-    auditSecret = loadOrCreateDevelopmentKey(keyFile);
     developmentKeyFile = keyFile;
+    developmentKeyOnDisk = options.developmentKey === "if there" ? existsSync(keyFile) : true;
+    auditSecret = developmentKeyOnDisk ? loadOrCreateDevelopmentKey(keyFile) : generateSecret();
   } else {
     auditSecret = signingKey("AUDIT_SECRET_KEY");
   }
@@ -292,7 +306,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       ),
     },
     csrf: { secretKey: csrfSecret, previousSecretKey: previousCsrfSecret },
-    audit: { secretKey: auditSecret, developmentKeyFile },
+    audit: { secretKey: auditSecret, developmentKeyFile, developmentKeyOnDisk },
     cors: {
       allowedOrigins:
         corsRaw === undefined

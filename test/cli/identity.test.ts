@@ -88,6 +88,33 @@ describe("users", () => {
 });
 
 describe("a path that names no file", () => {
+  test("config:check and alerts:config open no database and make nothing beside it, not even the development key file; once a start made it, they read it", async () => {
+    const dir = tempDir();
+    cleanup = dir.remove;
+    const path = join(dir.path, "typo", "db.sqlite");
+    const env = {
+      APP_ENV: "development",
+      DATABASE_PATH: path,
+      ALERT_EMAIL: "ops@example.org",
+      ALERT_SMTP_SMARTHOST: "127.0.0.1:25",
+      ALERT_SMTP_FROM: "palisade@example.org",
+    };
+    const checked = await cliInProcess(["config:check"], env);
+    expect(checked.code).toBe(0);
+    expect(JSON.parse(checked.stdout).auditSecretKey).toBe(
+      `(development key file ${path}.audit-key, not there yet: the first start makes it)`,
+    );
+    expect((await cliInProcess(["alerts:config"], env)).code).toBe(0);
+    expect(existsSync(join(dir.path, "typo"))).toBe(false);
+    // A command that opens the database makes the key, as a start does; the others then read it.
+    expect((await cliInProcess(["db:migrate"], env)).code).toBe(0);
+    expect(existsSync(`${path}.audit-key`)).toBe(true);
+    const again = await cliInProcess(["config:check"], env);
+    expect(JSON.parse(again.stdout).auditSecretKey).toBe(
+      `(development key file ${path}.audit-key)`,
+    );
+  });
+
   test("only the commands that make a database make one; the others refuse a missing or never-migrated file, make nothing (no key file either) and exit 1", async () => {
     const dir = tempDir();
     cleanup = dir.remove;

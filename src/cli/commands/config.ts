@@ -18,7 +18,9 @@ export function describeConfig(config: Readonly<Config>): Record<string, unknown
     jwtSecretKey: config.generatedSecrets.includes("JWT_SECRET_KEY") ? "(generated)" : "(set)",
     csrfSecretKey: config.generatedSecrets.includes("CSRF_SECRET_KEY") ? "(generated)" : "(set)",
     auditSecretKey: config.audit.developmentKeyFile
-      ? `(development key file ${config.audit.developmentKeyFile})`
+      ? config.audit.developmentKeyOnDisk
+        ? `(development key file ${config.audit.developmentKeyFile})`
+        : `(development key file ${config.audit.developmentKeyFile}, not there yet: the first start makes it)`
       : config.generatedSecrets.includes("AUDIT_SECRET_KEY")
         ? "(generated)"
         : "(set)",
