@@ -79,14 +79,45 @@ describe("sessions:end", () => {
     expect((await me(target, back.accessToken)).status).toBe(200);
 
     const audited = target.db.$client
-      .query("SELECT actor, detail FROM audit_events WHERE type = 'admin.sessions.ended'")
-      .all() as { actor: string; detail: string }[];
-    expect(audited).toHaveLength(1);
-    expect(audited[0]!.actor).toBe("cli");
-    expect(JSON.parse(audited[0]!.detail)).toEqual({ sessions: 3, accounts: 2 });
+      .query("SELECT type, actor, detail FROM audit_events WHERE type LIKE 'admin.sessions.%'")
+      .all() as { type: string; actor: string; detail: string }[];
+    expect(audited.map(({ type, actor, detail }) => [type, actor, JSON.parse(detail)])).toEqual([
+      ["admin.sessions.ending", "cli", {}],
+      ["admin.sessions.ended", "cli", { sessions: 3, accounts: 2 }],
+    ]);
     // A second run ends only the session signed in since.
     const again = await cli(target, ["sessions:end", "--all", "--yes"]);
     expect(again.stdout.trim()).toBe("ended 1 session of 1 account");
+  });
+
+  test("a run cut short after its first batch is on record: the sessions it ended and who began it", async () => {
+    const target = app();
+    const { userId } = await signUp(target);
+    const seal = target.services.credentialSeal;
+    const now = Date.now();
+    const insert = target.db.$client.prepare(
+      "INSERT INTO refresh_families (id, user_id, created_at, expires_at, seal) VALUES (?, ?, ?, ?, ?)",
+    );
+    // With the one signing up made: 150.
+    for (let i = 0; i < 149; i++) {
+      const id = `fam-${String(i).padStart(5, "0")}`;
+      insert.run(id, userId, now, now + 86_400_000, seal.family({ id, userId, revokedAt: null }));
+    }
+    expect(() =>
+      target.services.auth.endAllSessions("cli", () => {
+        throw new Error("killed between two batches");
+      }),
+    ).toThrow("killed between two batches");
+    const live = target.db.$client
+      .query<{ n: number }, []>(
+        "SELECT count(*) AS n FROM refresh_families WHERE revoked_at IS NULL",
+      )
+      .get()!;
+    expect(live.n).toBe(50);
+    const audited = target.db.$client
+      .query("SELECT type, actor FROM audit_events WHERE type LIKE 'admin.sessions.%'")
+      .all();
+    expect(audited).toEqual([{ type: "admin.sessions.ending", actor: "cli" }]);
   });
 
   test("thousands of sessions are ended a batch at a time, every one of them", async () => {

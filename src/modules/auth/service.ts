@@ -705,6 +705,12 @@ export class AuthService {
             .limit(SESSIONS_ENDED_PER_TRANSACTION)
             .all();
           for (const family of families) this.revokeFamilyRows(family.id, now);
+          // With the first revocations, not after the last: a run cut short (killed, the disk
+          // full) has still said who began ending every session, and the missing `ended` says it
+          // did not finish.
+          if (after === "" && families.length > 0) {
+            audit.record({ type: "admin.sessions.ending", outcome: "success", actor, at: now });
+          }
           return families;
         },
         { behavior: "immediate" },

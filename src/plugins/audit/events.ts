@@ -36,6 +36,7 @@ export const AUDIT_EVENT_TYPES = [
   "admin.blocks.listed",
   "admin.security.summarized",
   "admin.user.role_changed",
+  "admin.sessions.ending",
   "admin.sessions.ended",
   "admin.usage.queried",
   // Addresses blocked and unblocked (must not be lost).
