@@ -142,17 +142,7 @@ function prepareStatements(db: AppDatabase) {
          WHERE address = $address AND source = 'auto' AND created_at > $since AND lifted_at IS NULL`,
       ),
     insertBlock: () =>
-      sqlite.query<
-        { id: number },
-        {
-          address: string;
-          reason: string;
-          source: string;
-          createdBy: string | null;
-          createdAt: number;
-          expiresAt: number;
-        }
-      >(
+      sqlite.query<{ id: number }, Omit<SealedBlock, "id" | "liftedAt">>(
         `INSERT INTO ip_blocks (address, reason, source, created_by, created_at, expires_at)
          VALUES ($address, $reason, $source, $createdBy, $createdAt, $expiresAt) RETURNING id`,
       ),
