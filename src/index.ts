@@ -95,7 +95,7 @@ try {
 // Said at once, before anything else can fail: a start that stops later must not have sealed
 // rows without a word (the audit event follows once the services exist).
 const sealedOnUpgrade = sealing.sealed();
-for (const sealed of sealedOnUpgrade) logger.warn(sealed.fields, sealed.message);
+for (const { fields, message } of sealedOnUpgrade) if (message) logger.warn(fields, message);
 const resealed = resealings(db.$client, sealedOnUpgrade);
 for (const again of resealed) logger.error(again.fields, again.message);
 

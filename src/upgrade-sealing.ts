@@ -2,7 +2,7 @@
  * @module
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
  * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017,
- * address blocks and lockouts with 0021)
+ * address blocks and lockouts with 0021, API key rotations with 0022)
  * seals those rows in a
  * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
@@ -13,7 +13,12 @@
  */
 import type { Database } from "bun:sqlite";
 import type { MigrationCompanions } from "./db/migrate";
-import { credentialSealing, sealedMessage } from "./modules/auth/seal-upgrade";
+import {
+  credentialSealing,
+  rotationSealing,
+  rotationsSealedMessage,
+  sealedMessage,
+} from "./modules/auth/seal-upgrade";
 import { createChatSeal } from "./modules/chat/history-seal";
 import { chatSealedMessage, chatSealing } from "./modules/chat/history-seal-upgrade";
 import { createPaymentSeal, paymentSealing, paymentsSealedMessage } from "./modules/payments/seal";
@@ -28,14 +33,18 @@ import { blockSealing, blocksSealedMessage, createBlockSeal } from "./plugins/ip
 
 /** One kind of row an upgrade sealed: the line to say, its fields, and the event to audit. */
 export interface UpgradeSealed {
-  message: string;
+  /**
+   * The line to say; null when the migration found nothing to seal (a new file). Its event is
+   * still recorded: it is what shows a second sealing of the same file for what it is.
+   */
+  message: string | null;
   fields: Record<string, string | number>;
   event: AuditEvent;
 }
 
 export function upgradeSealing(auditSecret: string): {
   companions: MigrationCompanions;
-  /** What the migrations applied by this process sealed; empty when they sealed nothing. */
+  /** What the migrations applied by this process sealed, each kind of row once its migration ran. */
   sealed(): UpgradeSealed[];
 } {
   const credentials = credentialSealing(createCredentialSeal(auditSecret));
@@ -43,6 +52,7 @@ export function upgradeSealing(auditSecret: string): {
   const chat = chatSealing(createChatSeal(auditSecret));
   const ledger = paymentSealing(createPaymentSeal(auditSecret));
   const blocks = blockSealing(createBlockSeal(auditSecret));
+  const rotations = rotationSealing(createCredentialSeal(auditSecret));
   return {
     companions: new Map([
       ...credentials.companions,
@@ -50,6 +60,7 @@ export function upgradeSealing(auditSecret: string): {
       ...chat.companions,
       ...ledger.companions,
       ...blocks.companions,
+      ...rotations.companions,
     ]),
     sealed() {
       const said: UpgradeSealed[] = [];
@@ -63,6 +74,10 @@ export function upgradeSealing(auditSecret: string): {
       if (paid) said.push(sealedOf("payment.ledger_sealed", paymentsSealedMessage(paid), paid));
       const blocked = blocks.sealed();
       if (blocked) said.push(sealedOf("ip.blocks_sealed", blocksSealedMessage(blocked), blocked));
+      const linked = rotations.sealed();
+      if (linked) {
+        said.push(sealedOf("auth.rotations_sealed", rotationsSealedMessage(linked), linked));
+      }
       return said;
     },
   };
@@ -74,11 +89,14 @@ export function upgradeSealing(auditSecret: string): {
  * the file (who cannot forge the audit log's rows, only leave them) gets a file through one
  * release's sealing twice.
  */
-export function resealings(sqlite: Database, sealed: readonly UpgradeSealed[]): UpgradeSealed[] {
+export function resealings(
+  sqlite: Database,
+  sealed: readonly UpgradeSealed[],
+): (UpgradeSealed & { message: string })[] {
   const earlierOf = sqlite.query<{ earlier: number }, [string]>(
     "SELECT count(*) AS earlier FROM audit_events WHERE type = ?",
   );
-  const said: UpgradeSealed[] = [];
+  const said: (UpgradeSealed & { message: string })[] = [];
   for (const { event, fields } of sealed) {
     const earlier = earlierOf.get(event.type)?.earlier ?? 0;
     if (earlier === 0) continue;
@@ -99,13 +117,14 @@ function sealedOf(
     | "whatsapp.outbox_sealed"
     | "chat.history_sealed"
     | "payment.ledger_sealed"
-    | "ip.blocks_sealed",
+    | "ip.blocks_sealed"
+    | "auth.rotations_sealed",
   message: string,
   counts: object,
 ): UpgradeSealed {
   const fields = { ...counts } as Record<string, number>;
   return {
-    message,
+    message: Object.values(fields).every((count) => count === 0) ? null : message,
     fields,
     event: { type, outcome: "success", actor: "system", detail: { ...fields } },
   };

@@ -130,9 +130,14 @@ export async function runCli(
         }
         const sealed = sealing.sealed();
         const resealed = resealings(db.$client, sealed);
-        for (const { message } of [...sealed, ...resealed]) io.err(message);
+        for (const { message } of [...sealed, ...resealed]) if (message) io.err(message);
         // Audited as the start audits it, through the same services (the chain's upgrade first).
-        for (const { event } of [...sealed, ...resealed]) context.services().audit.record(event);
+        // A sealing that found nothing is audited only by a command that makes or migrates the
+        // file: a reading one (`audit:verify` first on an old file) writes nothing it need not.
+        const making = command.database === "makes";
+        for (const { event, message } of [...sealed, ...resealed]) {
+          if (message !== null || making) context.services().audit.record(event);
+        }
         for (const event of droppedTriggerEvents(dropped)) context.services().audit.record(event);
       }
       return db;

@@ -39,9 +39,12 @@ function app(clock = new ManualClock(), withAccounts = false): TestApp {
 
 type StoredRow = SealedBlock & { seal: string | null };
 
+/** The block rows, in the order they were written (ids are drawn at random). */
 function rows(target: TestApp): StoredRow[] {
   return target.db.$client
-    .query<StoredRow, []>(`SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks ORDER BY id`)
+    .query<StoredRow, []>(
+      `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks ORDER BY created_at, address, id`,
+    )
     .all();
 }
 
@@ -118,11 +121,11 @@ describe("a block row written into the database file", () => {
     expect(errors.map((entry) => [entry.msg, entry.id])).toEqual([
       [
         "a block row does not match its seal: it was written into the database file, not by Palisade; it blocks nothing",
-        String(unsealed),
+        unsealed,
       ],
       [
         "a block row does not match its seal: it was written into the database file, not by Palisade; it blocks nothing",
-        String(madeUp),
+        madeUp,
       ],
     ]);
     // The rows stay in the file for whoever investigates.
@@ -174,11 +177,12 @@ describe("a block row written into the database file", () => {
     for (const peer of ["192.0.2.10", "192.0.2.11", "192.0.2.99", "192.0.2.12"]) {
       expect([peer, (await send(target, "/openapi.json", { peer })).status]).toEqual([peer, 200]);
     }
-    expect(tamperReports(target).map((report) => Number(report.id)).sort()).toEqual([
-      longer.id,
-      moved.id,
-      resourced.id,
-    ]);
+    const byNumber = (a: number, b: number) => a - b;
+    expect(
+      tamperReports(target)
+        .map((report) => Number(report.id))
+        .sort(byNumber),
+    ).toEqual([longer.id, moved.id, resourced.id].sort(byNumber));
   });
 
   test("a forged block in force does not stop or lengthen the real automatic one", async () => {
@@ -200,6 +204,8 @@ describe("a block row written into the database file", () => {
         .query("SELECT count(*) AS n FROM audit_events WHERE type = 'ip.blocked'")
         .get(),
     ).toEqual({ n: 1 });
+    // Found in the transaction that made the real block: reported once that transaction ended.
+    expect(tamperReports(target)).toHaveLength(1);
     clock.advance(15 * MINUTE + 1_000);
     expect((await send(target, "/openapi.json", { peer: "203.0.113.40" })).status).not.toBe(403);
   });
@@ -222,6 +228,111 @@ describe("a block row written into the database file", () => {
     expect(second.status).toBe(403);
     expect(Number(second.headers.get("retry-after"))).toBe(60 * 60);
     expect(tamperReports(target)).toHaveLength(3);
+  });
+});
+
+describe("the file's ids and sizes (probe 19a)", () => {
+  test("a sequence pushed past what JavaScript counts, or to its end, changes nothing: blocks are made, sealed and lifted; a copy at a huge id counts for nothing", async () => {
+    const clock = new ManualClock();
+    const target = app(clock);
+    const sqlite = target.db.$client;
+    const service = target.services.ipBlocks;
+    for (const seq of ["1152921504606846975", "9223372036854775807"]) {
+      sqlite.run(`INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('ip_blocks', ${seq})`);
+      const block = service.block({
+        address: "192.0.2.20",
+        reason: "r",
+        ttlMs: MINUTE,
+        source: "admin",
+      });
+      expect(Number.isSafeInteger(block.id)).toBe(true);
+      expect(everyRowSealed(target)).toBe(true);
+      expect(service.listActive().map((listed) => listed.id)).toEqual([block.id]);
+      expect(await service.lift("192.0.2.20", "test")).toBe(1);
+      expect(service.listActive()).toEqual([]);
+    }
+    // A sealed lockout copied, seal and all, under ids past 2^53 (read back rounded).
+    const lockout = service.block({
+      address: "user:u1",
+      reason: "r",
+      ttlMs: 5 * MINUTE,
+      source: "auto",
+    });
+    sqlite.run(
+      `INSERT INTO ip_blocks (id, address, reason, source, created_by, created_at, expires_at, lifted_at, seal)
+       SELECT 1152921504606846976 + n, address, reason, source, created_by, created_at, expires_at, lifted_at, seal
+       FROM ip_blocks, (SELECT 1 AS n UNION SELECT 2 UNION SELECT 3) WHERE id = ?`,
+      [lockout.id],
+    );
+    expect(service.listActive().map((listed) => listed.id)).toEqual([lockout.id]);
+    expect(await service.lift("user:u1", "test")).toBe(1);
+    clock.advance(1_001);
+    expect(service.blockedUntil("user:u1")).toBeNull();
+    // The three copies read back as one rounded id: reported once, as a row Palisade never wrote.
+    const reported = tamperReports(target);
+    expect(reported).toHaveLength(1);
+    expect(Number.isSafeInteger(Number(reported[0]!.id))).toBe(false);
+  });
+
+  test("thousands of forged rows: the first 100 reported one by one, then one count a minute, however often they are read or changed", async () => {
+    const clock = new ManualClock();
+    const target = app(clock);
+    const sqlite = target.db.$client;
+    const far = clock.now() + YEAR;
+    sqlite.run(
+      `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500)
+       INSERT INTO ip_blocks (address, reason, source, created_at, expires_at)
+       SELECT '198.18.' || (i / 250) || '.' || (i % 250), 'forged', 'admin', 1, ${far} FROM n`,
+    );
+    const service = target.services.ipBlocks;
+    expect(service.listActive()).toEqual([]);
+    clock.advance(1_001);
+    expect(service.blockedUntil("198.18.0.1")).toBeNull();
+    sqlite.run("UPDATE ip_blocks SET reason = reason || '.'");
+    expect(service.listActive()).toEqual([]);
+    clock.advance(1_001);
+    expect(service.blockedUntil("198.18.0.2")).toBeNull();
+    const details = () => tamperReports(target) as { table: string; id?: string; more?: number }[];
+    const summaries = () => details().filter((detail) => detail.more !== undefined);
+    expect(details().filter((detail) => detail.id !== undefined)).toHaveLength(100);
+    // Read four times, changed once: counted once.
+    expect(summaries()).toEqual([{ table: "ip_blocks", more: 1400 }]);
+    // New rows are counted, and said at most once a minute.
+    sqlite.run(
+      `INSERT INTO ip_blocks (address, reason, source, created_at, expires_at)
+       VALUES ('198.18.9.1', 'forged', 'admin', 1, ${far}), ('198.18.9.2', 'forged', 'admin', 1, ${far})`,
+    );
+    expect(service.listActive()).toEqual([]);
+    expect(summaries()).toHaveLength(1);
+    clock.advance(60_000);
+    sqlite.run(
+      `INSERT INTO ip_blocks (address, reason, source, created_at, expires_at)
+       VALUES ('198.18.9.3', 'forged', 'admin', 1, ${far})`,
+    );
+    expect(service.listActive()).toEqual([]);
+    expect(summaries()).toEqual([
+      { table: "ip_blocks", more: 1400 },
+      { table: "ip_blocks", more: 3 },
+    ]);
+    const lines = target.logs.entries.filter((entry) => entry.level === "error");
+    expect(lines).toHaveLength(102);
+  });
+
+  test("a forged row whose end is not a time is never in force and is pruned", () => {
+    const clock = new ManualClock();
+    const target = app(clock);
+    const sqlite = target.db.$client;
+    for (const end of ["'never'", "9e999", "x'00'"]) {
+      sqlite.run(
+        `INSERT INTO ip_blocks (address, reason, source, created_at, expires_at)
+         VALUES ('192.0.2.30', 'forged', 'admin', 1, ${end})`,
+      );
+    }
+    const service = target.services.ipBlocks;
+    expect(service.blockedUntil("192.0.2.30")).toBeNull();
+    expect(service.listActive()).toEqual([]);
+    expect(service.prune(clock.now())).toBe(3);
+    expect(rows(target)).toEqual([]);
   });
 });
 
@@ -255,8 +366,8 @@ describe("what Palisade writes stays sealed", () => {
     expect(rows(target).map((row) => [row.address, row.source])).toEqual([
       ["192.0.2.50", "admin"],
       ["192.0.2.51", "admin"],
-      [`user:${bob.userId}`, "auto"],
       ["203.0.113.50", "auto"],
+      [`user:${bob.userId}`, "auto"],
     ]);
     expect(everyRowSealed(target)).toBe(true);
     expect(rows(target).find((row) => row.id === id)!.liftedAt).toBe(clock.now());
@@ -315,6 +426,45 @@ function databaseBeforeBlockSeals() {
 }
 
 describe("upgrading a database stored before block seals", () => {
+  test("a file that held no block at its first upgrade, put back with a forged lockout, is sealed again and said as tampering", async () => {
+    const dir = tempDir();
+    cleanups.push(dir.remove);
+    const path = `${dir.path}/empty.db`;
+    const db = openDatabase(path);
+    applyMigrations(db, migrationsUpTo(dir.path, 20));
+    db.$client.close();
+    const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC" };
+    const first = await cliInProcess(["db:migrate"], env);
+    expect(first.code).toBe(0);
+    // Nothing to seal, nothing said; recorded all the same.
+    expect(first.stderr).toBe("");
+    const file = openDatabase(path);
+    expect(
+      file.$client.query("SELECT detail FROM audit_events WHERE type = 'ip.blocks_sealed'").all(),
+    ).toEqual([{ detail: JSON.stringify({ blocks: 0 }) }]);
+    putBackBefore(file.$client, 21);
+    file.$client.run(
+      `INSERT INTO ip_blocks (address, reason, source, created_at, expires_at)
+       VALUES ('user:admin', 'forged year', 'auto', 1, 4102444800000)`,
+    );
+    file.$client.close();
+    const again = await cliInProcess(["db:migrate"], env);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain(
+      "the database file was sealed by this release before (1 earlier ip.blocks_sealed in its audit log)",
+    );
+    const reopened = openDatabase(path);
+    cleanups.push(() => reopened.$client.close());
+    const resealed = reopened.$client
+      .query<{ detail: string }, []>("SELECT detail FROM audit_events WHERE type = 'db.resealed'")
+      .all();
+    expect(resealed.map((row) => JSON.parse(row.detail))).toEqual([
+      { kind: "ip.blocks_sealed", earlier: 1, blocks: 1 },
+      // 0022, after 0021, ran again too.
+      { kind: "auth.rotations_sealed", earlier: 1, rotations: 0 },
+    ]);
+  });
+
   test("the migration seals the blocks there, in its transaction; only it does", () => {
     const { db } = databaseBeforeBlockSeals();
     cleanups.push(() => db.$client.close());
@@ -370,6 +520,8 @@ describe("upgrading a database stored before block seals", () => {
       .all();
     expect(resealed.map((row) => JSON.parse(row.detail))).toEqual([
       { kind: "ip.blocks_sealed", earlier: 1, blocks: 1 },
+      // 0022, after 0021, ran again too.
+      { kind: "auth.rotations_sealed", earlier: 1, rotations: 0 },
     ]);
   });
 });

@@ -82,6 +82,11 @@ export const apiKeys = sqliteTable(
     lastUsedAt: integer("last_used_at"),
     revokedAt: integer("revoked_at"),
     replacedBy: text("replaced_by"),
+    /**
+     * HMAC of the link to `replacedBy` (plugins/auth/seal.ts, `rotation`): only a link Palisade made
+     * carries an ownerless key's payments to its successor.
+     */
+    rotationSeal: text("rotation_seal"),
     origin: text("origin", { enum: API_KEY_ORIGINS }).notNull().default("api"),
     /** HMAC of what the key grants (plugins/auth/seal.ts): a row without a match is refused. */
     seal: text("seal"),

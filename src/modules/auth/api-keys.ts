@@ -31,7 +31,7 @@ import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
 
 /** A stored key as operators see it: never its hash. */
-type KeyRow = Omit<typeof apiKeys.$inferSelect, "secretHash" | "seal"> & {
+type KeyRow = Omit<typeof apiKeys.$inferSelect, "secretHash" | "seal" | "rotationSeal"> & {
   /** The owner's email when the key has an owner. */
   ownerEmail: (typeof users.$inferSelect)["email"] | null;
 };
@@ -75,6 +75,7 @@ type KeyChange = Partial<{
   expiresAt: number | null;
   revokedAt: number | null;
   replacedBy: string | null;
+  rotationSeal: string | null;
 }>;
 
 /** Keys with their owner's email: what every listing reads. */
@@ -330,7 +331,13 @@ export class ApiKeyService {
           actor,
         );
         const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
-        this.change(id, { expiresAt: graceEnds, replacedBy: fresh.record.id });
+        // The link is sealed on its own: it is what carries an ownerless key's payments to its
+        // successor (modules/payments, `ownerOf`), so one written into the file must carry nothing.
+        this.change(id, {
+          expiresAt: graceEnds,
+          replacedBy: fresh.record.id,
+          rotationSeal: this.options.seal.rotation({ id, replacedBy: fresh.record.id }),
+        });
         this.audit.record({
           type: "admin.key.rotated",
           outcome: "success",

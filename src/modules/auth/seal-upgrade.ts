@@ -37,7 +37,8 @@ export interface SealedOnUpgrade {
 
 /**
  * The companion that seals every row when migration 0013 is applied, and what it sealed: null
- * until it runs, and when there was nothing to seal (a new database).
+ * until it runs, zeros when there was nothing to seal (a new database: still recorded, so that a
+ * file put back into its older shape later is seen sealed twice; upgrade-sealing.ts).
  */
 export function credentialSealing(seal: CredentialSeal): {
   companions: MigrationCompanions;
@@ -75,7 +76,7 @@ export function credentialSealing(seal: CredentialSeal): {
       "id, user_id AS userId, revoked_at AS revokedAt FROM refresh_families",
       seal.family,
     );
-    sealed = accounts + keys + sessions > 0 ? { accounts, keys, sessions } : null;
+    sealed = { accounts, keys, sessions };
   };
   return { companions: new Map([[SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
 }
@@ -83,4 +84,36 @@ export function credentialSealing(seal: CredentialSeal): {
 /** What the start and the CLI say when they sealed something. */
 export function sealedMessage(sealed: SealedOnUpgrade): string {
   return `sealed the credentials stored before this release (${sealed.accounts} accounts, ${sealed.keys} API keys, ${sealed.sessions} sessions); rows written into the file from now on are refused`;
+}
+
+export const ROTATION_SEALS_MIGRATION = "0022_key_rotation_seals";
+
+/**
+ * The companion that seals every key's link to its successor when migration 0022 is applied (in
+ * its transaction, as 0013 seals the credentials), and how many: null until it runs. An ownerless
+ * key's payments follow only sealed links (modules/payments, `ownerOf`), so a link written into
+ * the file afterwards carries nothing.
+ */
+export function rotationSealing(seal: CredentialSeal): {
+  companions: MigrationCompanions;
+  sealed(): { rotations: number } | null;
+} {
+  let sealed: { rotations: number } | null = null;
+  const sealAll = (db: AppDatabase) => {
+    const sqlite = db.$client;
+    const links = sqlite
+      .query<{ id: string; replacedBy: string }, []>(
+        "SELECT id, replaced_by AS replacedBy FROM api_keys WHERE replaced_by IS NOT NULL",
+      )
+      .all();
+    const update = sqlite.prepare("UPDATE api_keys SET rotation_seal = ? WHERE id = ?");
+    for (const link of links) update.run(seal.rotation(link), link.id);
+    sealed = { rotations: links.length };
+  };
+  return { companions: new Map([[ROTATION_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+}
+
+/** What the start and the CLI say when the upgrade sealed key rotations. */
+export function rotationsSealedMessage({ rotations }: { rotations: number }): string {
+  return `sealed the ${rotations} API key rotations stored before this release; a key's link to a successor written into the file from now on carries no payments`;
 }

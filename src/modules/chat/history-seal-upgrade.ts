@@ -23,7 +23,7 @@ export interface ChatSealedOnUpgrade {
 
 /**
  * The companion that seals every conversation and message when migration 0015 is applied, and
- * what it sealed: null until it runs, and when there was nothing (a new database).
+ * what it sealed: null until it runs (zeros when there was nothing: a new database).
  */
 export function chatSealing(seal: ChatSeal): {
   companions: MigrationCompanions;
@@ -62,10 +62,7 @@ export function chatSealing(seal: ChatSeal): {
       sealMessage.run(sealed, previousSeal, row.id);
       previousSeal = sealed;
     }
-    sealed =
-      conversations.length + messages.length > 0
-        ? { conversations: conversations.length, messages: messages.length }
-        : null;
+    sealed = { conversations: conversations.length, messages: messages.length };
   };
   return { companions: new Map([[CHAT_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
 }

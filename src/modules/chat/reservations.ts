@@ -37,6 +37,7 @@ import { and, eq, sql } from "drizzle-orm";
 import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
+import { randomRowId } from "../../db/random-id";
 import { chatHolders, chatReservations, chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
 
@@ -84,14 +85,11 @@ interface ReservationRow {
 }
 
 /**
- * A random id of 53 bits: no row of the table, nor a row given back since, has it (so a turn whose
- * row was given back cannot end a later turn's), and drawing it writes nothing, where SQLite's
- * AUTOINCREMENT writes its sequence table at every reservation.
+ * A reservation's id is drawn at random (db/random-id): no row of the table, nor a row given back
+ * since, has it (so a turn whose row was given back cannot end a later turn's), and drawing it
+ * writes nothing, where SQLite's AUTOINCREMENT writes its sequence table at every reservation.
  */
-function randomReservationId(): number {
-  const [high, low] = crypto.getRandomValues(new Uint32Array(2)) as unknown as [number, number];
-  return (high >>> 11) * 2 ** 32 + low;
-}
+const randomReservationId = randomRowId;
 
 /** A mark outside this window was not written by a live process. */
 function goneOutside(now: number) {

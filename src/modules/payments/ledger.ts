@@ -94,6 +94,9 @@ const ignored = (reason: string): EventEffect => ({
   audit: [],
 });
 
+/** A key's link to its successor as stored (auth's rotation seal covers it). */
+type StoredRotation = { id: string; replacedBy: string; rotationSeal: string | null };
+
 /** One ledger per database, so the features that share it (payments, Stripe's webhook) share its reports. */
 const ledgers = new WeakMap<AppDatabase, PaymentLedger>();
 
@@ -101,13 +104,16 @@ const ledgers = new WeakMap<AppDatabase, PaymentLedger>();
  * The ledger of a core: sealed with its AUDIT_SECRET_KEY, tampering reported to its log and audit
  * once per row for every feature of the process that reads it.
  */
-export function paymentLedgerOf(core: Pick<Core, "db" | "config" | "logger" | "audit">) {
+export function paymentLedgerOf(
+  core: Pick<Core, "db" | "config" | "logger" | "audit" | "credentialSeal">,
+) {
   let ledger = ledgers.get(core.db);
   if (ledger === undefined) {
     ledger = new PaymentLedger(
       core.db,
       createPaymentSeal(core.config.audit.secretKey),
       paymentTamperReporter(core),
+      core.credentialSeal.intact.rotation,
     );
     ledgers.set(core.db, ledger);
   }
@@ -122,16 +128,14 @@ export class PaymentLedger {
     readonly seal: PaymentSeal,
     /** Reports a payments row that fails its seal (once per row and process). */
     readonly reportTampered: PaymentTamperReport,
+    /** Whether a key's link to its successor is one Palisade made (one that is not is reported). */
+    private readonly rotationIntact: (link: StoredRotation) => boolean,
   ) {
     this.statements = preparedOnUse({
-      firstKey: () =>
-        db.$client.query(
-          `WITH RECURSIVE chain(id, depth) AS (
-         SELECT ?1, 0
-         UNION ALL
-         SELECT api_keys.id, chain.depth + 1 FROM api_keys JOIN chain ON api_keys.replaced_by = chain.id
-         WHERE chain.depth < 1000)
-       SELECT id FROM chain ORDER BY depth DESC LIMIT 1`,
+      predecessors: () =>
+        db.$client.query<StoredRotation, [string]>(
+          `SELECT id, replaced_by AS replacedBy, rotation_seal AS rotationSeal
+           FROM api_keys WHERE replaced_by = ?1`,
         ),
       byId: () =>
         db
@@ -241,12 +245,22 @@ export class PaymentLedger {
 
   /**
    * The first key of the rotation chain `keyId` ends (rotation points each old key at its
-   * successor through `replaced_by`). Raw SQL: a recursive CTE, which Drizzle's builder does not
-   * write; chains are short (one link per rotation), capped at 1000 links.
+   * successor through `replaced_by`), following only links whose rotation seal matches: a link
+   * written into the file would hand another key's payments, stored results and client secrets to
+   * this one. Chains are short (one link per rotation); a cycle, which no rotation makes, ends the
+   * walk where it closes.
    */
   firstKeyOf(keyId: string): string {
-    const row = this.statements.firstKey.get(keyId) as { id: string } | null;
-    return row?.id ?? keyId;
+    const seen = new Set([keyId]);
+    let first = keyId;
+    for (;;) {
+      const link = this.statements.predecessors
+        .all(first)
+        .find((candidate) => this.rotationIntact(candidate));
+      if (link === undefined || seen.has(link.id)) return first;
+      seen.add(link.id);
+      first = link.id;
+    }
   }
 
   /**

@@ -170,10 +170,7 @@ export function paymentSealing(seal: PaymentSeal): {
       "UPDATE payment_idempotency_keys SET seal = ? WHERE owner = ? AND key = ?",
     );
     for (const row of keys) sealKey.run(seal.idempotencyKey(row), row.owner, row.key);
-    sealed =
-      rows.length + keys.length > 0
-        ? { payments: rows.length, idempotencyKeys: keys.length }
-        : null;
+    sealed = { payments: rows.length, idempotencyKeys: keys.length };
   };
   return { companions: new Map([[PAYMENT_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
 }

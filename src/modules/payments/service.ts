@@ -262,52 +262,70 @@ export class PaymentService {
     // before it, never between. A claim that is gone means the owner was erased while Stripe
     // worked: the intent exists and accounting keeps its row, but as erasure leaves rows — under
     // the pseudonym, without email, description, metadata or client secret.
-    const erased = this.db.transaction(
-      () => {
-        const claimed = this.db
-          .select({ key: paymentIdempotencyKeys.key })
-          .from(paymentIdempotencyKeys)
-          .where(and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)))
-          .get();
-        const gone = claimed === undefined;
-        this.ledger.insert({
-          id: result.id,
-          owner: gone ? this.audit.pseudonymOf(owner) : owner,
-          amount: result.amount,
-          currency: result.currency,
-          status: result.status,
-          clientSecret: gone ? null : result.clientSecret,
-          description: gone ? null : (request.description ?? null),
-          customerEmail: gone ? null : (request.customerEmail ?? null),
-          metadata: gone || !request.metadata ? null : JSON.stringify(request.metadata),
-          createdAt: now,
-          updatedAt: now,
-        });
-        if (!gone) {
-          const done = {
-            owner,
-            key,
-            requestHash: hash,
-            state: "done" as const,
-            response: JSON.stringify(response),
-          };
-          this.db
-            .update(paymentIdempotencyKeys)
-            .set({
-              requestHash: done.requestHash,
-              state: done.state,
-              response: done.response,
-              seal: this.ledger.seal.idempotencyKey(done),
-            })
+    const store = () =>
+      this.db.transaction(
+        () => {
+          const claimed = this.db
+            .select({ key: paymentIdempotencyKeys.key })
+            .from(paymentIdempotencyKeys)
             .where(
               and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)),
             )
-            .run();
-        }
-        return gone;
-      },
-      { behavior: "immediate" },
-    );
+            .get();
+          const gone = claimed === undefined;
+          this.ledger.insert({
+            id: result.id,
+            owner: gone ? this.audit.pseudonymOf(owner) : owner,
+            amount: result.amount,
+            currency: result.currency,
+            status: result.status,
+            clientSecret: gone ? null : result.clientSecret,
+            description: gone ? null : (request.description ?? null),
+            customerEmail: gone ? null : (request.customerEmail ?? null),
+            metadata: gone || !request.metadata ? null : JSON.stringify(request.metadata),
+            createdAt: now,
+            updatedAt: now,
+          });
+          if (!gone) {
+            const done = {
+              owner,
+              key,
+              requestHash: hash,
+              state: "done" as const,
+              response: JSON.stringify(response),
+            };
+            this.db
+              .update(paymentIdempotencyKeys)
+              .set({
+                requestHash: done.requestHash,
+                state: done.state,
+                response: done.response,
+                seal: this.ledger.seal.idempotencyKey(done),
+              })
+              .where(
+                and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)),
+              )
+              .run();
+          }
+          return gone;
+        },
+        { behavior: "immediate" },
+      );
+    // Stripe has made the intent: a lock held by another writer (a backup, a long erasure) must
+    // not turn that into a 503 whose retry meets the claim still pending for its whole lease. The
+    // write is tried again, the event loop running in between, for as long as a waiting request
+    // waits for an intent in progress; only past that is the lock the answer.
+    const storeBy = performance.now() + this.inProgressWaitMs;
+    let erased: boolean;
+    for (;;) {
+      try {
+        erased = store();
+        break;
+      } catch (error) {
+        if (!isDatabaseBusy(error) || performance.now() >= storeBy) throw error;
+        await Bun.sleep(RECORD_RETRY_MS);
+      }
+    }
     this.metrics.payments.labels(result.status).inc();
     this.audit.record({
       type: "payment.intent.created",

@@ -102,21 +102,26 @@ export const UNRECOGNISED_CODE = "unrecognised_code";
 /**
  * The upstream's error code as a reason we may show the client and log: the code (or type) is
  * whatever the answering host wrote, and a host at `STRIPE_API_URL` (or one in between) may echo
- * a credential or write control characters, line separators or pages of text into it.
+ * a credential or write control characters, line separators or pages of text into it. One that
+ * holds a configured secret (`secrets`) is not shown either: the log's scrubber would hide it, but
+ * the answer to the client does not pass through the scrubber.
  */
-export function stripeErrorCode(code: unknown): string {
-  return typeof code === "string" && STRIPE_CODE.test(code) ? code : UNRECOGNISED_CODE;
+export function stripeErrorCode(code: unknown, secrets: readonly string[] = []): string {
+  if (typeof code !== "string" || !STRIPE_CODE.test(code)) return UNRECOGNISED_CODE;
+  return secrets.some((secret) => secret !== "" && code.includes(secret))
+    ? UNRECOGNISED_CODE
+    : code;
 }
 
 /** What stands for a refund status of another shape (it is answered to the admin and audited). */
 export const UNRECOGNISED_STATUS = "unrecognised_status";
 
 /** What a thrown SDK error means for us; Stripe's own error code (never its message) as the reason. */
-async function failureOf(error: unknown): Promise<GatewayFailure> {
+async function failureOf(error: unknown, secrets: readonly string[]): Promise<GatewayFailure> {
   const { default: Stripe } = await import("stripe");
   if (error instanceof Stripe.errors.StripeError) {
     const status = error.statusCode;
-    const reason = stripeErrorCode(error.code ?? error.type);
+    const reason = stripeErrorCode(error.code ?? error.type, secrets);
     if (
       status === undefined ||
       status >= 500 ||
@@ -133,7 +138,11 @@ async function failureOf(error: unknown): Promise<GatewayFailure> {
 export class StripeGateway implements PaymentGateway {
   private readonly stripe: Promise<Stripe>;
 
-  constructor(stripe: Stripe | Promise<Stripe>) {
+  constructor(
+    stripe: Stripe | Promise<Stripe>,
+    /** The configured secrets, never shown as an upstream's error code (`stripeErrorCode`). */
+    private readonly secrets: readonly string[] = [],
+  ) {
     this.stripe = Promise.resolve(stripe);
     // A failed load is answered by the first call that awaits it, not left unhandled.
     this.stripe.catch(() => {});
@@ -157,7 +166,7 @@ export class StripeGateway implements PaymentGateway {
         { idempotencyKey },
       );
     } catch (error) {
-      return await failureOf(error);
+      return await failureOf(error, this.secrets);
     }
     if (!isStripeId("pi", intent.id)) {
       return { ok: false, kind: "bad_response", reason: "payment intent id" };
@@ -193,7 +202,7 @@ export class StripeGateway implements PaymentGateway {
         { idempotencyKey },
       );
     } catch (error) {
-      return await failureOf(error);
+      return await failureOf(error, this.secrets);
     }
     if (!isStripeId("re", refund.id))
       return { ok: false, kind: "bad_response", reason: "refund id" };

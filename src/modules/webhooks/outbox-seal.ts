@@ -113,7 +113,7 @@ export interface OutboxSealedOnUpgrade {
 /**
  * The companion that seals every outbox row when migration 0014 is applied (in its transaction, as
  * the credentials are sealed with 0013: modules/auth/seal-upgrade.ts), and what it did: null until
- * it runs, and when there were no rows.
+ * it runs (zeros when there were no rows).
  *
  * Only what cannot send is sealed: every row is sealed with no number and no text. A reply still
  * owed (a pending row) is given up, not sealed for sending: in a file someone put back into its
@@ -155,7 +155,7 @@ export function outboxSealing(seal: OutboxSeal): {
         givenUp++;
       } else sealRow.run(seal.of(row), row.id);
     }
-    sealed = rows.length > 0 ? { rows: rows.length, givenUp } : null;
+    sealed = { rows: rows.length, givenUp };
   };
   return { companions: new Map([[OUTBOX_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
 }

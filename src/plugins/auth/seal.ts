@@ -63,6 +63,12 @@ export interface SealedRefreshToken {
   expiresAt: number;
 }
 
+/** A rotation: the key `id` replaced by `replacedBy` (its `rotation_seal` covers the pair). */
+export interface SealedRotation {
+  id: string;
+  replacedBy: string;
+}
+
 /** A row as stored: its sealed columns and its seal (null when it has none). */
 type Stored<Row> = Row & { seal: string | null };
 
@@ -71,12 +77,15 @@ export interface CredentialSeal {
   apiKey(row: SealedApiKey): string;
   refreshToken(row: SealedRefreshToken): string;
   family(row: SealedFamily): string;
+  rotation(link: SealedRotation): string;
   /** Whether a stored row matches its seal; one that does not is reported (`report`). */
   intact: {
     account(row: Stored<SealedAccount>): boolean;
     apiKey(row: Stored<SealedApiKey>): boolean;
     refreshToken(row: Stored<SealedRefreshToken>): boolean;
     family(row: Stored<SealedFamily>): boolean;
+    /** A key's link to its successor, as stored in `replaced_by` and `rotation_seal`. */
+    rotation(link: SealedRotation & { rotationSeal: string | null }): boolean;
   };
 }
 
@@ -113,6 +122,7 @@ export function createCredentialSeal(
   const family = (row: SealedFamily) => mac(["family", row.id, row.userId, row.revokedAt]);
   const refreshToken = (row: SealedRefreshToken) =>
     mac(["refresh_token", row.id, row.userId, row.familyId, row.tokenHash, row.expiresAt]);
+  const rotation = (link: SealedRotation) => mac(["api_key_rotation", link.id, link.replacedBy]);
   const checked = (intact: boolean, table: SealedTable, id: string) => {
     if (!intact) report(table, id);
     return intact;
@@ -122,12 +132,15 @@ export function createCredentialSeal(
     apiKey,
     family,
     refreshToken,
+    rotation,
     intact: {
       account: (row) => checked(sealMatches(account(row), row.seal), "users", row.id),
       apiKey: (row) => checked(sealMatches(apiKey(row), row.seal), "api_keys", row.id),
       family: (row) => checked(sealMatches(family(row), row.seal), "refresh_families", row.id),
       refreshToken: (row) =>
         checked(sealMatches(refreshToken(row), row.seal), "refresh_tokens", row.id),
+      rotation: (link) =>
+        checked(sealMatches(rotation(link), link.rotationSeal), "api_keys", link.id),
     },
   };
 }

@@ -23,7 +23,7 @@
  */
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
-import { createRowSealer, oncePerRow, sealMatches } from "../../db/row-seal";
+import { createRowSealer, sealMatches } from "../../db/row-seal";
 import type { AuditEvent } from "../audit/events";
 
 /** The columns a block's seal covers: all of them. */
@@ -69,28 +69,69 @@ export function createBlockSeal(auditSecret: string): BlockSeal {
 export const SEALED_BLOCK_COLUMNS = `id, address, reason, source, created_by AS createdBy,
   created_at AS createdAt, expires_at AS expiresAt, lifted_at AS liftedAt, seal`;
 
+/** Rows reported one by one, per process; past them, how many more were read, once a minute. */
+export const ROWS_REPORTED_ONE_BY_ONE = 100;
+/** Rows remembered as reported (ids only); past it new ones are counted, never remembered. */
+const ROWS_REMEMBERED = 100_000;
+const SUMMARY_EVERY_MS = 60_000;
+
+export interface BlockTamperReporter {
+  /** Reports the rows (by id) just read that do not match their seals. */
+  report(ids: readonly number[]): void;
+}
+
 /**
- * Reports a block row that does not match its seal, once per process and row (db/row-seal
- * oncePerRow): an error line and an `ip.block_tampered` audit event naming the row's id, never
- * its subject (whatever the file's writer put there).
+ * Reports block rows that do not match their seals: each of the first 100 rows of a process once,
+ * as an error line and an `ip.block_tampered` audit event naming the row's id (never its subject,
+ * whatever the file's writer put there); past them, at most once a minute, one line and one event
+ * saying how many more were read. The whole table is read every second, so a file with thousands
+ * of forged rows must not become thousands of lines and must-not-lose audit writes per reload.
  */
 export function blockTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
-}): (id: number) => void {
-  const report = oncePerRow<"ip_blocks">((table, id) => {
-    deps.logger.error(
-      { table, id },
-      "a block row does not match its seal: it was written into the database file, not by Palisade; it blocks nothing",
-    );
-    deps.audit.record({
-      type: "ip.block_tampered",
-      outcome: "denied",
-      actor: "system",
-      detail: { table, id },
-    });
-  });
-  return (id) => report("ip_blocks", String(id));
+  clock: { now(): number };
+}): BlockTamperReporter {
+  const reported = new Set<number>();
+  let more = 0;
+  let summarizedAt = Number.NEGATIVE_INFINITY;
+  const table = "ip_blocks";
+  return {
+    report(ids) {
+      for (const id of ids) {
+        if (reported.has(id)) continue;
+        if (reported.size < ROWS_REMEMBERED) reported.add(id);
+        if (reported.size > ROWS_REPORTED_ONE_BY_ONE || !reported.has(id)) {
+          more++;
+          continue;
+        }
+        deps.logger.error(
+          { table, id },
+          "a block row does not match its seal: it was written into the database file, not by Palisade; it blocks nothing",
+        );
+        deps.audit.record({
+          type: "ip.block_tampered",
+          outcome: "denied",
+          actor: "system",
+          detail: { table, id: String(id) },
+        });
+      }
+      const now = deps.clock.now();
+      if (more === 0 || now - summarizedAt < SUMMARY_EVERY_MS) return;
+      deps.logger.error(
+        { table, more },
+        "more block rows do not match their seals (each of the first 100 was reported; these are counted since the last report): they block nothing",
+      );
+      deps.audit.record({
+        type: "ip.block_tampered",
+        outcome: "denied",
+        actor: "system",
+        detail: { table, more },
+      });
+      more = 0;
+      summarizedAt = now;
+    },
+  };
 }
 
 export const BLOCK_SEALS_MIGRATION = "0021_ip_block_seals";
@@ -114,7 +155,7 @@ export function blockSealing(seal: BlockSeal): {
       .all();
     const update = sqlite.prepare("UPDATE ip_blocks SET seal = ? WHERE id = ?");
     for (const row of rows) update.run(seal.of(row), row.id);
-    sealed = rows.length > 0 ? { blocks: rows.length } : null;
+    sealed = { blocks: rows.length };
   };
   return { companions: new Map([[BLOCK_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
 }

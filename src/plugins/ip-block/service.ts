@@ -18,10 +18,12 @@
  * without AUDIT_SECRET_KEY, blocks nothing and is neither listed nor counted.
  */
 import type { Database } from "bun:sqlite";
-import { inArray, lt, or } from "drizzle-orm";
+import { inArray, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
+import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
+import { randomRowId } from "../../db/random-id";
 import { ipBlocks } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../audit/log";
@@ -35,6 +37,7 @@ import type { Policy } from "../rate-limit/policies";
 import type { LimiterStore, LimitOutcome } from "../rate-limit/store";
 import {
   type BlockSeal,
+  type BlockTamperReporter,
   blockTamperReporter,
   SEALED_BLOCK_COLUMNS,
   type SealedBlock,
@@ -128,12 +131,14 @@ function prepareStatements(db: AppDatabase) {
     // Every row in force, each with its seal: which of them count is decided here, not in SQL.
     loadActive: () =>
       sqlite.query<StoredBlock, { now: number }>(
-        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE expires_at > $now AND lifted_at IS NULL`,
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
+         WHERE expires_at > $now AND typeof(expires_at) = 'integer' AND lifted_at IS NULL`,
       ),
     activeOn: () =>
       sqlite.query<StoredBlock, { address: string; now: number }>(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
-         WHERE address = $address AND expires_at > $now AND lifted_at IS NULL`,
+         WHERE address = $address AND expires_at > $now AND typeof(expires_at) = 'integer'
+           AND lifted_at IS NULL`,
       ),
     // A block an admin lifted was judged a mistake: it does not lengthen the next one.
     priorAutoBlocks: () =>
@@ -142,9 +147,10 @@ function prepareStatements(db: AppDatabase) {
          WHERE address = $address AND source = 'auto' AND created_at > $since AND lifted_at IS NULL`,
       ),
     insertBlock: () =>
-      sqlite.query<{ id: number }, Omit<SealedBlock, "id" | "liftedAt">>(
-        `INSERT INTO ip_blocks (address, reason, source, created_by, created_at, expires_at)
-         VALUES ($address, $reason, $source, $createdBy, $createdAt, $expiresAt) RETURNING id`,
+      sqlite.query<{ id: number }, Omit<SealedBlock, "liftedAt"> & { seal: string }>(
+        `INSERT INTO ip_blocks (id, address, reason, source, created_by, created_at, expires_at, seal)
+         VALUES ($id, $address, $reason, $source, $createdBy, $createdAt, $expiresAt, $seal)
+         ON CONFLICT (id) DO NOTHING RETURNING id`,
       ),
     reseal: () =>
       sqlite.query<
@@ -176,7 +182,10 @@ export class IpBlockService {
   private loadedAt = Number.NEGATIVE_INFINITY;
   private readonly db: AppDatabase;
   private readonly statements: ReturnType<typeof prepareStatements>;
-  private readonly reportTampered: (id: number) => void;
+  private readonly tampered: BlockTamperReporter;
+  /** Rows found failing their seals in a transaction: reported once it has ended (see `intact`). */
+  private unreported: number[] = [];
+  private reportScheduled = false;
   /**
    * The rows in force at the last reload, as read, and whether each matched its seal: a reload
    * (every second) checks only rows it has not seen as they are now.
@@ -204,7 +213,7 @@ export class IpBlockService {
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
-    this.reportTampered = blockTamperReporter(options);
+    this.tampered = blockTamperReporter(options);
     if (options.registry) {
       const service = this;
       new Gauge({
@@ -305,11 +314,30 @@ export class IpBlockService {
     return until;
   }
 
-  /** Whether a row matches its seal; one that does not is reported (once per process). */
+  /**
+   * Whether a row matches its seal; one that does not is reported, all of one read together. Palisade
+   * writes ids JavaScript counts exactly: a row whose id is past them was written into the file
+   * (and read back rounded). Found inside a transaction, the rows are reported after it: a report
+   * written in it would be rolled back with it. Outside one, the read reports them at its end.
+   */
   private intact(row: StoredBlock): boolean {
-    if (this.options.seal.intact(row)) return true;
-    this.reportTampered(row.id);
+    if (Number.isSafeInteger(row.id) && this.options.seal.intact(row)) return true;
+    this.unreported.push(row.id);
+    if (this.options.sqlite.inTransaction && !this.reportScheduled) {
+      this.reportScheduled = true;
+      afterTransaction(this.options.sqlite, () => {
+        this.reportScheduled = false;
+        this.reportUnreported();
+      });
+    }
     return false;
+  }
+
+  private reportUnreported(): void {
+    if (this.unreported.length === 0 || this.options.sqlite.inTransaction) return;
+    const ids = this.unreported;
+    this.unreported = [];
+    this.tampered.report(ids);
   }
 
   /** Inserts a block, sealed, and its audit row; inside the caller's transaction. */
@@ -322,15 +350,20 @@ export class IpBlockService {
       createdAt: now,
       expiresAt: now + block.ttlMs,
     };
-    // The id is sealed too, and is the database's to choose: sealed right after, in the same transaction.
-    const { id } = this.statements.insertBlock.get(row)!;
-    const inserted = { id, ...row, liftedAt: null };
-    this.statements.reseal.run({
-      id,
-      seal: this.options.seal.of(inserted),
-      createdBy: inserted.createdBy,
-      liftedAt: null,
-    });
+    // The id is sealed too, so it is drawn here (db/random-id), not taken from the file's sequence.
+    // One taken by a row of the file's is drawn again (with 53 bits, never in practice); an insert
+    // that keeps being ignored is something written into the file, not chance.
+    let inserted: SealedBlock | null = null;
+    for (let draw = 0; draw < 3 && inserted === null; draw++) {
+      const drawn = { id: randomRowId(), ...row, liftedAt: null };
+      const stored = this.statements.insertBlock.get({
+        ...drawn,
+        seal: this.options.seal.of(drawn),
+      });
+      if (stored) inserted = drawn;
+    }
+    if (inserted === null)
+      throw new Error("a block's row could not be written: ip_blocks ignored it");
     const lockout = isPrincipalSubject(block.address);
     this.options.audit.record({
       type: lockout ? "auth.locked_out" : "ip.blocked",
@@ -429,11 +462,13 @@ export class IpBlockService {
 
   /** The blocks in force that Palisade made, newest first. */
   listActive(): IpBlock[] {
-    return this.statements.loadActive
+    const listed = this.statements.loadActive
       .all({ now: this.options.clock.now() })
       .filter((row) => this.intact(row))
       .sort((a, b) => b.createdAt - a.createdAt || b.id - a.id)
       .map(shown);
+    this.reportUnreported();
+    return listed;
   }
 
   /**
@@ -464,15 +499,17 @@ export class IpBlockService {
         liftedAt,
       }),
     );
+    this.reportUnreported();
     return { lockouts, blocksMade };
   }
 
-  /** The intact rows whose `column` is one of `values`, by id. */
+  /** The intact rows whose `column` is one of `values`, oldest first. */
   private rowsWhere(column: "address" | "created_by", values: readonly string[]): SealedBlock[] {
     const placeholders = values.map(() => "?").join(", ");
     return this.options.sqlite
       .query<StoredBlock, string[]>(
-        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE ${column} IN (${placeholders}) ORDER BY id`,
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE ${column} IN (${placeholders})
+         ORDER BY created_at, id`,
       )
       .all(...values)
       .filter((row) => this.intact(row));
@@ -576,8 +613,13 @@ export class IpBlockService {
   /** Deletes blocks that ended longer ago than escalation looks back. Bounded per call. */
   prune(now: number): number {
     const cutoff = now - this.settings.escalationLookbackMs;
-    // Ended before the cutoff: expired, or lifted, before it.
-    const ended = or(lt(ipBlocks.expiresAt, cutoff), lt(ipBlocks.liftedAt, cutoff));
+    // Ended before the cutoff: expired, or lifted, before it. An end that is not a time (Palisade
+    // writes only integers) was written into the file, blocks nothing, and would never end.
+    const ended = or(
+      lt(ipBlocks.expiresAt, cutoff),
+      lt(ipBlocks.liftedAt, cutoff),
+      sql`typeof(${ipBlocks.expiresAt}) != 'integer'`,
+    );
     return this.db
       .delete(ipBlocks)
       .where(
@@ -601,6 +643,7 @@ export class IpBlockService {
       if (intact) next.set(row.address, Math.max(row.expiresAt, next.get(row.address) ?? 0));
     }
     this.checked = checked;
+    this.reportUnreported();
     // A block that was in force here and is gone before its end was lifted by another process (a
     // CLI command, another instance): forget its violations in this process's store as well.
     for (const [address, expiresAt] of this.active) {

@@ -8,12 +8,17 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
-import { credentialSealing, SEALS_MIGRATION } from "../../../src/modules/auth/seal-upgrade";
+import {
+  credentialSealing,
+  rotationSealing,
+  SEALS_MIGRATION,
+} from "../../../src/modules/auth/seal-upgrade";
 import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
 import { OUTBOX_SEALS_MIGRATION } from "../../../src/modules/webhooks/outbox-seal";
 import { generateApiKey, hashApiKey, keyPrefix } from "../../../src/plugins/auth/api-key-format";
 import { createCredentialSeal, tamperReporter } from "../../../src/plugins/auth/seal";
 import { sha256Hex } from "../../../src/plugins/auth/tokens";
+import { upgradeSealing } from "../../../src/upgrade-sealing";
 import {
   buildTestApp,
   secondProcess,
@@ -712,15 +717,60 @@ describe("upgrading a database stored before seals", () => {
     expect(start.stdout).toContain("sealed the credentials stored before this release");
   });
 
-  test("a new database has nothing to seal: nothing is logged or audited", () => {
+  test("migration 0022 seals the key rotations already there, in its transaction; only it does", () => {
+    const dir = tempDir();
+    cleanups.push(dir.remove);
+    const db = openDatabase(join(dir.path, "rotated.db"));
+    cleanups.push(() => db.$client.close());
+    applyMigrations(db, migrationsUpTo(dir.path, 21));
+    const insert = db.$client.prepare(
+      `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin, replaced_by)
+       VALUES (?, 'shop', ?, 'h', '["payments"]', NULL, 1, 'api', ?)`,
+    );
+    insert.run("k1", "pal_live_k1", "k2");
+    insert.run("k2", "pal_live_k2", null);
+    const seal = createCredentialSeal(AUDIT_SECRET_KEY);
+    const sealing = rotationSealing(seal);
+    expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
+      migrationTagsFrom(22),
+    );
+    expect(sealing.sealed()).toEqual({ rotations: 1 });
+    const links = () =>
+      db.$client
+        .query<{ id: string; replacedBy: string; rotationSeal: string | null }, []>(
+          `SELECT id, replaced_by AS replacedBy, rotation_seal AS rotationSeal FROM api_keys
+           WHERE replaced_by IS NOT NULL ORDER BY id`,
+        )
+        .all();
+    expect(links().map((link) => seal.intact.rotation(link))).toEqual([true]);
+    insert.run("k3", "pal_live_k3", "k1");
+    const later = rotationSealing(seal);
+    expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+    expect(later.sealed()).toBeNull();
+    expect(links().map((link) => [link.id, seal.intact.rotation(link)])).toEqual([
+      ["k1", true],
+      ["k3", false],
+    ]);
+  });
+
+  test("a new database has nothing to seal: nothing is said, but each sealing is recorded with its zeros", () => {
     const dir = tempDir();
     cleanups.push(dir.remove);
     const db = openDatabase(join(dir.path, "new.db"));
     cleanups.push(() => db.$client.close());
-    const sealing = credentialSealing(createCredentialSeal(AUDIT_SECRET_KEY));
+    const sealing = upgradeSealing(AUDIT_SECRET_KEY);
     const status = applyMigrations(db, undefined, sealing.companions);
     expect(status.appliedNow).toContain(SEALS_MIGRATION);
-    expect(sealing.sealed()).toBeNull();
+    expect(
+      sealing.sealed().map(({ message, event }) => [event.type, message, event.detail]),
+    ).toEqual([
+      ["auth.credentials_sealed", null, { accounts: 0, keys: 0, sessions: 0 }],
+      ["whatsapp.outbox_sealed", null, { rows: 0, givenUp: 0 }],
+      ["chat.history_sealed", null, { conversations: 0, messages: 0 }],
+      ["payment.ledger_sealed", null, { payments: 0, idempotencyKeys: 0 }],
+      ["ip.blocks_sealed", null, { blocks: 0 }],
+      ["auth.rotations_sealed", null, { rotations: 0 }],
+    ]);
   });
 
   test("the real start seals the old credentials once: they work; a row added later does not", async () => {
@@ -808,6 +858,7 @@ describe("upgrading a database stored before seals", () => {
         .split("\n")
         .filter((line) => line.includes("sealed by this release before"))
         .map((line) => JSON.parse(line));
+      // Every later sealing is said again too: the first start recorded each, rows or none.
       expect(lines).toEqual([
         expect.objectContaining({
           level: "error",
@@ -817,12 +868,17 @@ describe("upgrading a database stored before seals", () => {
           keys: 2,
           sessions: 0,
         }),
+        expect.objectContaining({ kind: "whatsapp.outbox_sealed", earlier: 1, rows: 0 }),
+        expect.objectContaining({ kind: "chat.history_sealed", earlier: 1, conversations: 0 }),
+        expect.objectContaining({ kind: "payment.ledger_sealed", earlier: 1, payments: 0 }),
+        expect.objectContaining({ kind: "ip.blocks_sealed", earlier: 1, blocks: 0 }),
+        expect.objectContaining({ kind: "auth.rotations_sealed", earlier: 1, rotations: 0 }),
       ]);
       const metrics = await fetch(new URL("/metrics", second.url), {
         headers: { "x-api-key": forged },
       });
       expect(metrics.status).toBe(200);
-      expect(await metrics.text()).toMatch(/^audit_events_total\{type="db\.resealed"\} 1$/m);
+      expect(await metrics.text()).toMatch(/^audit_events_total\{type="db\.resealed"\} 6$/m);
     } finally {
       expect(await second.stop()).toBe(0);
     }
@@ -833,13 +889,12 @@ describe("upgrading a database stored before seals", () => {
         "SELECT actor, outcome, detail FROM audit_events WHERE type = 'db.resealed'",
       )
       .all();
-    expect(rows.map((row) => ({ ...row, detail: JSON.parse(row.detail) }))).toEqual([
-      {
-        actor: "system",
-        outcome: "failure",
-        detail: { kind: "auth.credentials_sealed", earlier: 1, accounts: 1, keys: 2, sessions: 0 },
-      },
-    ]);
+    expect(rows.map((row) => ({ ...row, detail: JSON.parse(row.detail) }))[0]).toEqual({
+      actor: "system",
+      outcome: "failure",
+      detail: { kind: "auth.credentials_sealed", earlier: 1, accounts: 1, keys: 2, sessions: 0 },
+    });
+    expect(rows).toHaveLength(6);
   });
 });
 

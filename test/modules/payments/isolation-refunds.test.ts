@@ -9,6 +9,7 @@ import { ManualClock } from "../../support/clock";
 import {
   auditRows,
   buildPaymentsApp,
+  createIntent,
   deliver,
   metricValue,
   type PaymentsApp,
@@ -168,6 +169,33 @@ test("two admins refunding one payment at once: one refund reaches Stripe, the o
   );
   expect(responses.map((r) => r.status).sort()).toEqual([200, 409, 409, 409, 409]);
   expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
+});
+
+test("an intent Stripe made while the database is locked is stored once the lock goes, and answered 201; its key then replays it (probe 19b)", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const alice = await signUp(target);
+  target.stripe.delayMs = 300;
+  const body = { amount: 4200, currency: "usd" };
+  const answered = createIntent(target, bearer(alice.accessToken), body, "locked-1");
+  // Another process (a CLI command, a backup) takes the write lock while Stripe works.
+  const other = new Database(target.databasePath);
+  await Bun.sleep(100);
+  other.run("BEGIN IMMEDIATE");
+  await Bun.sleep(800);
+  other.run("COMMIT");
+  other.close();
+  const response = await answered;
+  expect(response.status).toBe(201);
+  const { id } = (await response.json()) as { id: string };
+  expect(target.db.$client.query("SELECT status FROM payments WHERE id = ?").get(id)).toEqual({
+    status: "requires_payment_method",
+  });
+  const again = await createIntent(target, bearer(alice.accessToken), body, "locked-1");
+  expect(again.status).toBe(201);
+  expect(again.headers.get("idempotent-replayed")).toBe("true");
+  expect(((await again.json()) as { id: string }).id).toBe(id);
+  expect(target.stripe.created("/v1/payment_intents")).toBe(1);
 });
 
 test("a refund Stripe made while the database is locked is answered, recorded once the lock goes, and audited", async () => {

@@ -273,6 +273,51 @@ describe("an ownerless key's payments across rotation", () => {
     expect(after.status).toBe(201);
   });
 
+  test("a link to a successor written into the database file hands over nothing (probe 19b): no payment, no stored result, reported once", async () => {
+    current = buildPaymentsApp();
+    const shopA = createKey(current, ["payments"], null);
+    const shopB = createKey(current, ["payments"], null);
+    const body = { amount: 4200, currency: "usd", metadata: { order: "order-43" } };
+    const paid = await createIntent(current, { "x-api-key": shopA.key }, body, "order-43");
+    expect(paid.status).toBe(201);
+    const paidId = ((await paid.json()) as { id: string }).id;
+    const sqlite = current.db.$client;
+    // Without any secret: A "replaced by" B, unsealed, then with a seal made up or copied from
+    // another link.
+    for (const rotationSeal of [null, "x".repeat(43)]) {
+      sqlite.run("UPDATE api_keys SET replaced_by = ?, rotation_seal = ? WHERE id = ?", [
+        shopB.record.id,
+        rotationSeal,
+        shopA.record.id,
+      ]);
+      const read = await send(current, `/api/payments/${paidId}`, {
+        headers: { "x-api-key": shopB.key },
+      });
+      expect(read.status).toBe(404);
+      const listed = await send(current, "/api/payments", { headers: { "x-api-key": shopB.key } });
+      const ids = ((await listed.json()) as { payments: { id: string }[] }).payments.map(
+        (payment) => payment.id,
+      );
+      expect(ids).not.toContain(paidId);
+      const replay = await createIntent(current, { "x-api-key": shopB.key }, body, "order-43");
+      expect(replay.status).toBe(201);
+      expect(replay.headers.get("idempotent-replayed")).toBeNull();
+      const replayed = (await replay.json()) as { id: string; clientSecret: string };
+      expect(replayed.id).not.toBe(paidId);
+      // B's own key claim goes, so that the next round asks again.
+      sqlite.run("DELETE FROM payment_idempotency_keys WHERE owner = ?", [
+        `key:${shopB.record.id}`,
+      ]);
+    }
+    const reports = sqlite
+      .query<{ detail: string }, []>(
+        "SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered'",
+      )
+      .all()
+      .map((row) => JSON.parse(row.detail));
+    expect(reports).toEqual([{ table: "api_keys", id: shopA.record.id }]);
+  });
+
   test("another ownerless key is another owner", async () => {
     current = buildPaymentsApp();
     const one = createKey(current, ["payments"], null);

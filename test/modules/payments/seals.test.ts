@@ -423,8 +423,11 @@ describe("upgrading a database stored before payment seals", () => {
     const resealed = reopened.$client
       .query<{ detail: string }, []>("SELECT detail FROM audit_events WHERE type = 'db.resealed'")
       .all();
+    // The blocks' sealing (0021, after 0017) ran again too; it had sealed none, but was recorded.
     expect(resealed.map((row) => JSON.parse(row.detail))).toEqual([
       { kind: "payment.ledger_sealed", earlier: 1, payments: 1, idempotencyKeys: 1 },
+      { kind: "ip.blocks_sealed", earlier: 1, blocks: 0 },
+      { kind: "auth.rotations_sealed", earlier: 1, rotations: 0 },
     ]);
     file.$client.close();
   });

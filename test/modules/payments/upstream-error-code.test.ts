@@ -97,6 +97,20 @@ describe("a hostile upstream error code", () => {
     expectOneUnrecognisedLine(current, "refused");
   });
 
+  test("a Stripe-shaped code that holds a configured secret is not shown either (probe 19b)", async () => {
+    current = buildPaymentsApp();
+    // The test key is all lower case: shaped like a Stripe code.
+    expect(stripeErrorCode(STRIPE_TEST_KEY)).toBe(STRIPE_TEST_KEY);
+    expect(stripeErrorCode(`x_${STRIPE_TEST_KEY}`, [STRIPE_TEST_KEY])).toBe(UNRECOGNISED_CODE);
+    const response = await intentMeeting(current, { status: 402, code: STRIPE_TEST_KEY });
+    expect(response.status).toBe(502);
+    const text = await response.text();
+    expect((JSON.parse(text) as { detail: string }).detail).toBe(
+      "The payment provider refused the request (unrecognised_code).",
+    );
+    expectNothingOfTheCode(text);
+  });
+
   test("an outage (5xx) keeps its fixed detail and logs unrecognised_code", async () => {
     current = buildPaymentsApp();
     const response = await intentMeeting(current, { status: 503, code: HOSTILE_CODE });
