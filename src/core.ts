@@ -24,6 +24,7 @@ import type { ReadinessCheck } from "./modules/health/service";
 import { AuditKeys } from "./plugins/audit/chain";
 import { assertAuditKeyMatches } from "./plugins/audit/key-match";
 import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
+import { registerRecentTampering } from "./plugins/audit/recent-tampering";
 import { keyLegacyAuditRows } from "./plugins/audit/upgrade";
 import { CredentialVerifier } from "./plugins/auth/credentials";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
@@ -133,6 +134,7 @@ export function createCore(options: CoreOptions): Core {
     secretValues: config.secretValues,
   });
   keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
+  registerRecentTampering(registry, sqlite, clock);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
   // Without an offline queue a command fails at once while Redis is unreachable, so the limiter
   // fails open or closed at once instead of holding requests until a reconnect.

@@ -9,6 +9,7 @@
  * Severities: `page` (someone should look now: money, an outage, an attack in progress) and
  * `ticket` (look today). Alertmanager (grafana/alertmanager.yml) mails both to ALERT_EMAIL.
  */
+import { TAMPER_EVENT_TYPES } from "../../src/plugins/audit/events";
 import { METRIC } from "../../src/plugins/metrics/names";
 
 export interface AlertRule {
@@ -37,6 +38,10 @@ const rule = (
 });
 
 const r = METRIC;
+/** The tampering events other than a credential's (which has its own alert), as a label regex. */
+const FILE_TAMPERING = TAMPER_EVENT_TYPES.filter(
+  (type) => type !== "auth.credential_tampered",
+).join("|");
 
 export const ALERT_RULES: readonly AlertRule[] = [
   rule(
@@ -73,19 +78,21 @@ export const ALERT_RULES: readonly AlertRule[] = [
   ),
   rule(
     "PalisadeCredentialTampered",
-    `sum(increase(${r.auditEvents}{type="auth.credential_tampered"}[10m])) > 0`,
+    // Recorded by the scraped process (the counter), or by any process on the file in the last
+    // hour (the gauge: a CLI command, an instance Prometheus does not scrape).
+    `(sum(increase(${r.auditEvents}{type="auth.credential_tampered"}[10m])) > 0) or (max(${r.auditTamperEventsRecent}{type="auth.credential_tampered"}) > 0)`,
     "0m",
     "page",
     "A credential row in the database does not match its seal",
-    "An account, API key or refresh token was written into the database file rather than by Palisade (or AUDIT_SECRET_KEY changed). The row is refused; whoever could write the file is the incident.",
+    "An account, API key or refresh token was written into the database file rather than by Palisade (or AUDIT_SECRET_KEY changed). The row is refused; whoever could write the file is the incident. Recorded by any process on the file, a CLI command too; resolves an hour after the last such event.",
   ),
   rule(
     "PalisadeDatabaseTampered",
-    `sum(increase(${r.auditEvents}{type=~"whatsapp.outbox_tampered|chat.conversation_tampered|payment.tampered|ip.block_tampered|db.trigger_dropped|db.schema_changed|db.resealed"}[10m])) > 0`,
+    `(sum(increase(${r.auditEvents}{type=~"${FILE_TAMPERING}"}[10m])) > 0) or (max(${r.auditTamperEventsRecent}{type=~"${FILE_TAMPERING}"}) > 0)`,
     "0m",
     "page",
     "Something was written into the database file, not by Palisade",
-    "A WhatsApp outbox row that does not match its seal (not sent), a chat conversation or message that does not (neither continued nor shown), a payment or stored Idempotency-Key result that does not (treated as absent), an address block or lockout that does not (blocks nothing), a trigger (dropped), or a changed table (the service stopped) was written into the database file, or the file was put back into a shape from before a release's seals to have rows sealed (db.resealed). Whoever could write the file is the incident.",
+    "A WhatsApp outbox row that does not match its seal (not sent), a chat conversation or message that does not (neither continued nor shown), a payment or stored Idempotency-Key result that does not (treated as absent), an address block or lockout that does not (blocks nothing), a trigger (dropped), or a changed table (the service stopped) was written into the database file, or the file was put back into a shape from before a release's seals to have rows sealed (db.resealed). Whoever could write the file is the incident. Recorded by any process on the file, a CLI command such as db:migrate too; resolves an hour after the last such event.",
   ),
   rule(
     "PalisadeErrorRatioHigh",

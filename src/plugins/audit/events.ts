@@ -93,6 +93,21 @@ export const AUDIT_EVENT_TYPES = [
 
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 
+/**
+ * The events that say someone wrote into the database file (a row failing its seal, a trigger, a
+ * changed table, a second sealing): each pages (grafana/src/alerts.ts), whoever recorded it.
+ */
+export const TAMPER_EVENT_TYPES = [
+  "auth.credential_tampered",
+  "whatsapp.outbox_tampered",
+  "chat.conversation_tampered",
+  "payment.tampered",
+  "ip.block_tampered",
+  "db.trigger_dropped",
+  "db.schema_changed",
+  "db.resealed",
+] as const satisfies readonly AuditEventType[];
+
 export type AuditOutcome = "success" | "failure" | "denied" | "info";
 
 export type AuditDetail = Record<string, string | number | boolean | null>;

@@ -24,6 +24,8 @@ export const METRIC = {
   csrfFailures: "csrf_failures_total",
   /** Counter `{type}`: security events recorded in the audit log. */
   auditEvents: "audit_events_total",
+  /** Gauge `{type}`: tampering events in the file's audit log from the last hour, any process's. */
+  auditTamperEventsRecent: "audit_tamper_events_recent",
   /** Histogram `{operation}`: time one SQL statement took. */
   dbQueryDuration: "db_query_duration_seconds",
   /** Counter `{provider}`: webhook deliveries whose signature did not verify. */

@@ -1,0 +1,41 @@
+/**
+ * @module
+ * `audit_tamper_events_recent{type}`: how many events of the types that page for tampering the
+ * database file's audit log holds from the last hour, whichever process recorded them. The alerts
+ * on `audit_events_total` hear only of what the scraped process recorded; a CLI command (a
+ * `db:migrate` that seals a file put back into an older shape: `db.resealed`; a command that
+ * reads a forged credential) or an instance Prometheus does not scrape records into the same file
+ * and would page no one. Read at each scrape through the (type, at) index: such rows are rare.
+ */
+import type { Database } from "bun:sqlite";
+import type { Clock } from "../../clock";
+import { METRIC } from "../metrics/names";
+import { Gauge, type Registry } from "../metrics/prom";
+import { TAMPER_EVENT_TYPES } from "./events";
+
+/** How far back the gauge counts: long enough for a scrape interval, short enough to resolve. */
+export const RECENT_TAMPERING_MS = 60 * 60 * 1000;
+
+export function registerRecentTampering(registry: Registry, sqlite: Database, clock: Clock): void {
+  const placeholders = TAMPER_EVENT_TYPES.map(() => "?").join(", ");
+  const counts = sqlite.query<{ type: string; n: number }, (string | number)[]>(
+    `SELECT type, count(*) AS n FROM audit_events
+     WHERE type IN (${placeholders}) AND at > ? GROUP BY type`,
+  );
+  new Gauge({
+    name: METRIC.auditTamperEventsRecent,
+    help: "Tampering events in the database file's audit log from the last hour, by type, whichever process recorded them",
+    labelNames: ["type"] as const,
+    registers: [registry],
+    collect() {
+      // Every type, 0 when absent: an alert's selector must find its series.
+      for (const type of TAMPER_EVENT_TYPES) this.set({ type }, 0);
+      for (const { type, n } of counts.all(
+        ...TAMPER_EVENT_TYPES,
+        clock.now() - RECENT_TAMPERING_MS,
+      )) {
+        this.set({ type }, n);
+      }
+    },
+  });
+}
