@@ -2,7 +2,7 @@
  * @module
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
  * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017,
- * address blocks and lockouts with 0021, API key rotations with 0022)
+ * address blocks and lockouts with 0021, API key lineages with 0022)
  * seals those rows in a
  * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
@@ -15,8 +15,8 @@ import type { Database } from "bun:sqlite";
 import type { MigrationCompanions } from "./db/migrate";
 import {
   credentialSealing,
-  rotationSealing,
-  rotationsSealedMessage,
+  lineageSealing,
+  lineagesSealedMessage,
   sealedMessage,
 } from "./modules/auth/seal-upgrade";
 import { createChatSeal } from "./modules/chat/history-seal";
@@ -52,7 +52,7 @@ export function upgradeSealing(auditSecret: string): {
   const chat = chatSealing(createChatSeal(auditSecret));
   const ledger = paymentSealing(createPaymentSeal(auditSecret));
   const blocks = blockSealing(createBlockSeal(auditSecret));
-  const rotations = rotationSealing(createCredentialSeal(auditSecret));
+  const lineages = lineageSealing(createCredentialSeal(auditSecret));
   return {
     companions: new Map([
       ...credentials.companions,
@@ -60,7 +60,7 @@ export function upgradeSealing(auditSecret: string): {
       ...chat.companions,
       ...ledger.companions,
       ...blocks.companions,
-      ...rotations.companions,
+      ...lineages.companions,
     ]),
     sealed() {
       const said: UpgradeSealed[] = [];
@@ -74,9 +74,9 @@ export function upgradeSealing(auditSecret: string): {
       if (paid) said.push(sealedOf("payment.ledger_sealed", paymentsSealedMessage(paid), paid));
       const blocked = blocks.sealed();
       if (blocked) said.push(sealedOf("ip.blocks_sealed", blocksSealedMessage(blocked), blocked));
-      const linked = rotations.sealed();
-      if (linked) {
-        said.push(sealedOf("auth.rotations_sealed", rotationsSealedMessage(linked), linked));
+      const lineage = lineages.sealed();
+      if (lineage) {
+        said.push(sealedOf("auth.lineages_sealed", lineagesSealedMessage(lineage), lineage));
       }
       return said;
     },
@@ -118,7 +118,7 @@ function sealedOf(
     | "chat.history_sealed"
     | "payment.ledger_sealed"
     | "ip.blocks_sealed"
-    | "auth.rotations_sealed",
+    | "auth.lineages_sealed",
   message: string,
   counts: object,
 ): UpgradeSealed {

@@ -442,7 +442,7 @@ async function expectSealedAgain(path: string, env: Record<string, string>) {
     .all();
   expect(resealed.map((row) => JSON.parse(row.detail))).toEqual([
     { kind: "ip.blocks_sealed", earlier: 1, blocks: 1 },
-    { kind: "auth.rotations_sealed", earlier: 1, rotations: 0 },
+    { kind: "auth.lineages_sealed", earlier: 1, keys: 0, rotated: 0 },
   ]);
 }
 

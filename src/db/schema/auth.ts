@@ -83,10 +83,12 @@ export const apiKeys = sqliteTable(
     revokedAt: integer("revoked_at"),
     replacedBy: text("replaced_by"),
     /**
-     * HMAC of the link to `replacedBy` (plugins/auth/seal.ts, `rotation`): only a link Palisade made
-     * carries an ownerless key's payments to its successor.
+     * The first key of the rotation chain this key ends (its own id when it replaced none), and an
+     * HMAC of the pair (plugins/auth/seal.ts, `lineage`): whose payments an ownerless key holds,
+     * written on the key itself, so nothing done to another row can move or cut it.
      */
-    rotationSeal: text("rotation_seal"),
+    lineage: text("lineage"),
+    lineageSeal: text("lineage_seal"),
     origin: text("origin", { enum: API_KEY_ORIGINS }).notNull().default("api"),
     /** HMAC of what the key grants (plugins/auth/seal.ts): a row without a match is refused. */
     seal: text("seal"),

@@ -31,7 +31,10 @@ import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
 
 /** A stored key as operators see it: never its hash. */
-type KeyRow = Omit<typeof apiKeys.$inferSelect, "secretHash" | "seal" | "rotationSeal"> & {
+type KeyRow = Omit<
+  typeof apiKeys.$inferSelect,
+  "secretHash" | "seal" | "lineage" | "lineageSeal"
+> & {
   /** The owner's email when the key has an owner. */
   ownerEmail: (typeof users.$inferSelect)["email"] | null;
 };
@@ -75,7 +78,6 @@ type KeyChange = Partial<{
   expiresAt: number | null;
   revokedAt: number | null;
   replacedBy: string | null;
-  rotationSeal: string | null;
 }>;
 
 /** Keys with their owner's email: what every listing reads. */
@@ -204,7 +206,12 @@ export class ApiKeyService {
    * the key: an owner erased or demoted meanwhile by another process is seen there, not found by
    * the insert's foreign key (a 500) or bypassed (a key beyond the new role).
    */
-  create(spec: NewApiKey, actor: string | null): { key: string; record: ApiKeyRecord } {
+  create(
+    spec: NewApiKey,
+    actor: string | null,
+    /** A rotation's: the first key of the chain the new key continues (see `lineageOf`). */
+    lineage?: string,
+  ): { key: string; record: ApiKeyRecord } {
     const now = this.clock.now();
     const key = generateApiKey(spec.environment ?? "live");
     const id = Bun.randomUUIDv7();
@@ -212,17 +219,20 @@ export class ApiKeyService {
       () => {
         const refused = this.refusal(spec);
         if (refused) throw new KeyRefused(refused);
-        this.insertSealed({
-          id,
-          name: spec.name,
-          prefix: keyPrefix(key),
-          secretHash: hashApiKey(key),
-          scopes: JSON.stringify(spec.scopes),
-          userId: spec.userId,
-          createdAt: now,
-          expiresAt: spec.expiresAt ?? null,
-          origin: "api",
-        });
+        this.insertSealed(
+          {
+            id,
+            name: spec.name,
+            prefix: keyPrefix(key),
+            secretHash: hashApiKey(key),
+            scopes: JSON.stringify(spec.scopes),
+            userId: spec.userId,
+            createdAt: now,
+            expiresAt: spec.expiresAt ?? null,
+            origin: "api",
+          },
+          lineage,
+        );
       },
       { behavior: "immediate" },
     );
@@ -233,6 +243,19 @@ export class ApiKeyService {
       detail: { keyId: id, name: spec.name, scopes: spec.scopes.join(",") },
     });
     return { key, record: this.get(id)! };
+  }
+
+  /**
+   * The first key of the rotation chain the key ends, as its own row says and seals it; null when
+   * the key is not there or its lineage fails its seal (written into the file; reported).
+   */
+  lineageOf(id: string): string | null {
+    const row = this.db
+      .select({ id: apiKeys.id, lineage: apiKeys.lineage, lineageSeal: apiKeys.lineageSeal })
+      .from(apiKeys)
+      .where(eq(apiKeys.id, id))
+      .get();
+    return row && this.options.seal.intact.lineage(row) ? row.lineage : null;
   }
 
   get(id: string): ApiKeyRecord | null {
@@ -315,6 +338,10 @@ export class ApiKeyService {
         if (!old || old.revokedAt !== null || old.replacedBy !== null) return null;
         // A successor inherits the old key's scopes: never from a row written into the file.
         if (!this.intact(id)) return null;
+        // And its lineage (whose payments an ownerless key holds): none, or one that fails its
+        // seal, would start the successor's own, another owner's, and its payments would be lost.
+        const lineage = this.lineageOf(id);
+        if (lineage === null) return null;
         if (old.expiresAt !== null && old.expiresAt <= now) return null;
         if (old.origin === "bootstrap") return null;
         const ownerId = actingUserId ?? old.userId;
@@ -329,15 +356,10 @@ export class ApiKeyService {
         const fresh = this.create(
           { name: old.name, scopes, userId: ownerId, expiresAt, environment },
           actor,
+          lineage,
         );
         const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
-        // The link is sealed on its own: it is what carries an ownerless key's payments to its
-        // successor (modules/payments, `ownerOf`), so one written into the file must carry nothing.
-        this.change(id, {
-          expiresAt: graceEnds,
-          replacedBy: fresh.record.id,
-          rotationSeal: this.options.seal.rotation({ id, replacedBy: fresh.record.id }),
-        });
+        this.change(id, { expiresAt: graceEnds, replacedBy: fresh.record.id });
         this.audit.record({
           type: "admin.key.rotated",
           outcome: "success",
@@ -461,16 +483,23 @@ export class ApiKeyService {
   }
 
   private insertSealed(
-    row: Omit<typeof apiKeys.$inferInsert, "seal" | "revokedAt"> & {
+    row: Omit<typeof apiKeys.$inferInsert, "seal" | "revokedAt" | "lineage" | "lineageSeal"> & {
       expiresAt: number | null;
       userId: string | null;
       origin: "api" | "bootstrap";
     },
+    /** The first key of the chain a rotation continues; the key's own id when it starts one. */
+    lineage: string = row.id,
   ): void {
-    const seal = this.options.seal.apiKey({ ...row, revokedAt: null });
+    const { seal } = this.options;
     this.db
       .insert(apiKeys)
-      .values({ ...row, seal })
+      .values({
+        ...row,
+        seal: seal.apiKey({ ...row, revokedAt: null }),
+        lineage,
+        lineageSeal: seal.lineage({ id: row.id, lineage }),
+      })
       .run();
   }
 

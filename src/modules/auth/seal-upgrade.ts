@@ -86,34 +86,58 @@ export function sealedMessage(sealed: SealedOnUpgrade): string {
   return `sealed the credentials stored before this release (${sealed.accounts} accounts, ${sealed.keys} API keys, ${sealed.sessions} sessions); rows written into the file from now on are refused`;
 }
 
-export const ROTATION_SEALS_MIGRATION = "0022_key_rotation_seals";
+export const LINEAGE_SEALS_MIGRATION = "0022_key_lineages";
 
-/**
- * The companion that seals every key's link to its successor when migration 0022 is applied (in
- * its transaction, as 0013 seals the credentials), and how many: null until it runs. An ownerless
- * key's payments follow only sealed links (modules/payments, `ownerOf`), so a link written into
- * the file afterwards carries nothing.
- */
-export function rotationSealing(seal: CredentialSeal): {
-  companions: MigrationCompanions;
-  sealed(): { rotations: number } | null;
-} {
-  let sealed: { rotations: number } | null = null;
-  const sealAll = (db: AppDatabase) => {
-    const sqlite = db.$client;
-    const links = sqlite
-      .query<{ id: string; replacedBy: string }, []>(
-        "SELECT id, replaced_by AS replacedBy FROM api_keys WHERE replaced_by IS NOT NULL",
-      )
-      .all();
-    const update = sqlite.prepare("UPDATE api_keys SET rotation_seal = ? WHERE id = ?");
-    for (const link of links) update.run(seal.rotation(link), link.id);
-    sealed = { rotations: links.length };
-  };
-  return { companions: new Map([[ROTATION_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+/** What 0022 sealed: every key's lineage, and how many of them continue another key's chain. */
+export interface LineagesSealed {
+  keys: number;
+  rotated: number;
 }
 
-/** What the start and the CLI say when the upgrade sealed key rotations. */
-export function rotationsSealedMessage({ rotations }: { rotations: number }): string {
-  return `sealed the ${rotations} API key rotations stored before this release; a key's link to a successor written into the file from now on carries no payments`;
+/**
+ * The companion that writes and seals every key's lineage when migration 0022 is applied (in its
+ * transaction, as 0013 seals the credentials): the first key of the rotation chain it ends, found
+ * by following `replaced_by` back as the file holds it then (a cycle, which no rotation makes,
+ * ends where it closes), and null until it runs. From then on a key's lineage is written when it is
+ * made, so a `replaced_by` changed in the file afterwards moves nothing.
+ */
+export function lineageSealing(seal: CredentialSeal): {
+  companions: MigrationCompanions;
+  sealed(): LineagesSealed | null;
+} {
+  let sealed: LineagesSealed | null = null;
+  const sealAll = (db: AppDatabase) => {
+    const sqlite = db.$client;
+    const keys = sqlite
+      .query<{ id: string; replacedBy: string | null }, []>(
+        "SELECT id, replaced_by AS replacedBy FROM api_keys",
+      )
+      .all();
+    const predecessorOf = new Map<string, string>();
+    for (const key of keys) {
+      if (key.replacedBy !== null && !predecessorOf.has(key.replacedBy)) {
+        predecessorOf.set(key.replacedBy, key.id);
+      }
+    }
+    const update = sqlite.prepare("UPDATE api_keys SET lineage = ?, lineage_seal = ? WHERE id = ?");
+    let rotated = 0;
+    for (const { id } of keys) {
+      const seen = new Set([id]);
+      let first = id;
+      for (let before = predecessorOf.get(first); before !== undefined && !seen.has(before); ) {
+        seen.add(before);
+        first = before;
+        before = predecessorOf.get(first);
+      }
+      if (first !== id) rotated++;
+      update.run(first, seal.lineage({ id, lineage: first }), id);
+    }
+    sealed = { keys: keys.length, rotated };
+  };
+  return { companions: new Map([[LINEAGE_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+}
+
+/** What the start and the CLI say when the upgrade sealed key lineages. */
+export function lineagesSealedMessage({ keys, rotated }: LineagesSealed): string {
+  return `sealed the payment lineage of the ${keys} API keys stored before this release (${rotated} continue a rotated key's); a key's lineage written into the file from now on reaches no payments`;
 }

@@ -52,9 +52,13 @@ export interface PaymentsModuleOptions {
  */
 export function ownerOf(principal: Principal, ledger: Pick<PaymentLedger, "firstKeyOf">): string {
   if (principal.kind === "user") return `user:${principal.id}`;
-  return principal.userId === null
-    ? `key:${ledger.firstKeyOf(principal.id)}`
-    : `user:${principal.userId}`;
+  if (principal.userId !== null) return `user:${principal.userId}`;
+  const first = ledger.firstKeyOf(principal.id);
+  // A lineage written into the file: the key reaches no payments (reported by the ledger).
+  if (first === null) {
+    throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
+  }
+  return `key:${first}`;
 }
 
 const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).";

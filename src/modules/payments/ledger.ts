@@ -94,8 +94,8 @@ const ignored = (reason: string): EventEffect => ({
   audit: [],
 });
 
-/** A key's link to its successor as stored (auth's rotation seal covers it). */
-type StoredRotation = { id: string; replacedBy: string; rotationSeal: string | null };
+/** A key's lineage as stored (auth's lineage seal covers it). */
+type StoredLineage = { id: string; lineage: string | null; lineageSeal: string | null };
 
 /** One ledger per database, so the features that share it (payments, Stripe's webhook) share its reports. */
 const ledgers = new WeakMap<AppDatabase, PaymentLedger>();
@@ -113,7 +113,7 @@ export function paymentLedgerOf(
       core.db,
       createPaymentSeal(core.config.audit.secretKey),
       paymentTamperReporter(core),
-      core.credentialSeal.intact.rotation,
+      core.credentialSeal.intact.lineage,
     );
     ledgers.set(core.db, ledger);
   }
@@ -128,14 +128,13 @@ export class PaymentLedger {
     readonly seal: PaymentSeal,
     /** Reports a payments row that fails its seal (once per row and process). */
     readonly reportTampered: PaymentTamperReport,
-    /** Whether a key's link to its successor is one Palisade made (one that is not is reported). */
-    private readonly rotationIntact: (link: StoredRotation) => boolean,
+    /** Whether a key's lineage is one Palisade wrote (one that is not is reported). */
+    private readonly lineageIntact: (row: StoredLineage) => boolean,
   ) {
     this.statements = preparedOnUse({
-      predecessors: () =>
-        db.$client.query<StoredRotation, [string]>(
-          `SELECT id, replaced_by AS replacedBy, rotation_seal AS rotationSeal
-           FROM api_keys WHERE replaced_by = ?1`,
+      lineage: () =>
+        db.$client.query<StoredLineage, [string]>(
+          "SELECT id, lineage, lineage_seal AS lineageSeal FROM api_keys WHERE id = ?1",
         ),
       byId: () =>
         db
@@ -244,23 +243,15 @@ export class PaymentLedger {
   }
 
   /**
-   * The first key of the rotation chain `keyId` ends (rotation points each old key at its
-   * successor through `replaced_by`), following only links whose rotation seal matches: a link
-   * written into the file would hand another key's payments, stored results and client secrets to
-   * this one. Chains are short (one link per rotation); a cycle, which no rotation makes, ends the
-   * walk where it closes.
+   * The first key of the rotation chain `keyId` ends, as the key's own row says and seals it
+   * (`lineage`, written when the key was made: its own id, or its predecessor's lineage). Nothing
+   * done to another row (a `replaced_by` pointed elsewhere, cut, or the old key deleted) moves it.
+   * Null when the lineage is missing or fails its seal: written into the file (reported), and the
+   * key then reaches no payments rather than another owner's, or a new owner's.
    */
-  firstKeyOf(keyId: string): string {
-    const seen = new Set([keyId]);
-    let first = keyId;
-    for (;;) {
-      const link = this.statements.predecessors
-        .all(first)
-        .find((candidate) => this.rotationIntact(candidate));
-      if (link === undefined || seen.has(link.id)) return first;
-      seen.add(link.id);
-      first = link.id;
-    }
+  firstKeyOf(keyId: string): string | null {
+    const row = this.statements.lineage.get(keyId);
+    return row && this.lineageIntact(row) ? row.lineage : null;
   }
 
   /**

@@ -25,7 +25,7 @@ export const AUDIT_EVENT_TYPES = [
   // rows an upgrade sealed (plugins/auth/seal.ts).
   "auth.credential_tampered",
   "auth.credentials_sealed",
-  "auth.rotations_sealed",
+  "auth.lineages_sealed",
   // What admins did or looked at (must not be lost).
   "admin.key.created",
   "admin.key.revoked",

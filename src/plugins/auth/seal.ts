@@ -63,10 +63,10 @@ export interface SealedRefreshToken {
   expiresAt: number;
 }
 
-/** A rotation: the key `id` replaced by `replacedBy` (its `rotation_seal` covers the pair). */
-export interface SealedRotation {
+/** A key's lineage: the first key of the rotation chain `id` ends (its `lineage_seal` covers the pair). */
+export interface SealedLineage {
   id: string;
-  replacedBy: string;
+  lineage: string;
 }
 
 /** A row as stored: its sealed columns and its seal (null when it has none). */
@@ -77,15 +77,15 @@ export interface CredentialSeal {
   apiKey(row: SealedApiKey): string;
   refreshToken(row: SealedRefreshToken): string;
   family(row: SealedFamily): string;
-  rotation(link: SealedRotation): string;
+  lineage(row: SealedLineage): string;
   /** Whether a stored row matches its seal; one that does not is reported (`report`). */
   intact: {
     account(row: Stored<SealedAccount>): boolean;
     apiKey(row: Stored<SealedApiKey>): boolean;
     refreshToken(row: Stored<SealedRefreshToken>): boolean;
     family(row: Stored<SealedFamily>): boolean;
-    /** A key's link to its successor, as stored in `replaced_by` and `rotation_seal`. */
-    rotation(link: SealedRotation & { rotationSeal: string | null }): boolean;
+    /** A key's lineage as stored (`lineage`, `lineage_seal`); a key without one has none intact. */
+    lineage(row: { id: string; lineage: string | null; lineageSeal: string | null }): boolean;
   };
 }
 
@@ -122,7 +122,7 @@ export function createCredentialSeal(
   const family = (row: SealedFamily) => mac(["family", row.id, row.userId, row.revokedAt]);
   const refreshToken = (row: SealedRefreshToken) =>
     mac(["refresh_token", row.id, row.userId, row.familyId, row.tokenHash, row.expiresAt]);
-  const rotation = (link: SealedRotation) => mac(["api_key_rotation", link.id, link.replacedBy]);
+  const lineage = (row: SealedLineage) => mac(["api_key_lineage", row.id, row.lineage]);
   const checked = (intact: boolean, table: SealedTable, id: string) => {
     if (!intact) report(table, id);
     return intact;
@@ -132,15 +132,20 @@ export function createCredentialSeal(
     apiKey,
     family,
     refreshToken,
-    rotation,
+    lineage,
     intact: {
       account: (row) => checked(sealMatches(account(row), row.seal), "users", row.id),
       apiKey: (row) => checked(sealMatches(apiKey(row), row.seal), "api_keys", row.id),
       family: (row) => checked(sealMatches(family(row), row.seal), "refresh_families", row.id),
       refreshToken: (row) =>
         checked(sealMatches(refreshToken(row), row.seal), "refresh_tokens", row.id),
-      rotation: (link) =>
-        checked(sealMatches(rotation(link), link.rotationSeal), "api_keys", link.id),
+      lineage: (row) =>
+        checked(
+          row.lineage !== null &&
+            sealMatches(lineage({ id: row.id, lineage: row.lineage }), row.lineageSeal),
+          "api_keys",
+          row.id,
+        ),
     },
   };
 }

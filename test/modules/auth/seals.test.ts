@@ -10,7 +10,7 @@ import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
 import {
   credentialSealing,
-  rotationSealing,
+  lineageSealing,
   SEALS_MIGRATION,
 } from "../../../src/modules/auth/seal-upgrade";
 import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
@@ -643,7 +643,10 @@ describe("upgrading a database stored before seals", () => {
     const first = await cliInProcess(["db:migrate"], env);
     expect(first.code).toBe(0);
     expect(first.stderr).toBe(
-      "sealed the credentials stored before this release (1 accounts, 1 API keys, 0 sessions); rows written into the file from now on are refused",
+      [
+        "sealed the credentials stored before this release (1 accounts, 1 API keys, 0 sessions); rows written into the file from now on are refused",
+        "sealed the payment lineage of the 1 API keys stored before this release (0 continue a rotated key's); a key's lineage written into the file from now on reaches no payments",
+      ].join("\n"),
     );
     const second = await cliInProcess(["db:migrate"], env);
     expect(second.code).toBe(0);
@@ -717,7 +720,7 @@ describe("upgrading a database stored before seals", () => {
     expect(start.stdout).toContain("sealed the credentials stored before this release");
   });
 
-  test("migration 0022 seals the key rotations already there, in its transaction; only it does", () => {
+  test("migration 0022 writes and seals every key's lineage from the chains already there, in its transaction; only it does", () => {
     const dir = tempDir();
     cleanups.push(dir.remove);
     const db = openDatabase(join(dir.path, "rotated.db"));
@@ -727,30 +730,38 @@ describe("upgrading a database stored before seals", () => {
       `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin, replaced_by)
        VALUES (?, 'shop', ?, 'h', '["payments"]', NULL, 1, 'api', ?)`,
     );
+    // k1 rotated into k2, k2 into k3; k4 alone; k5 and k6 in a cycle no rotation makes.
     insert.run("k1", "pal_live_k1", "k2");
-    insert.run("k2", "pal_live_k2", null);
+    insert.run("k2", "pal_live_k2", "k3");
+    insert.run("k3", "pal_live_k3", null);
+    insert.run("k4", "pal_live_k4", null);
+    insert.run("k5", "pal_live_k5", "k6");
+    insert.run("k6", "pal_live_k6", "k5");
     const seal = createCredentialSeal(AUDIT_SECRET_KEY);
-    const sealing = rotationSealing(seal);
+    const sealing = lineageSealing(seal);
     expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
       migrationTagsFrom(22),
     );
-    expect(sealing.sealed()).toEqual({ rotations: 1 });
-    const links = () =>
+    expect(sealing.sealed()).toEqual({ keys: 6, rotated: 4 });
+    const lineages = () =>
       db.$client
-        .query<{ id: string; replacedBy: string; rotationSeal: string | null }, []>(
-          `SELECT id, replaced_by AS replacedBy, rotation_seal AS rotationSeal FROM api_keys
-           WHERE replaced_by IS NOT NULL ORDER BY id`,
+        .query<{ id: string; lineage: string | null; lineageSeal: string | null }, []>(
+          "SELECT id, lineage, lineage_seal AS lineageSeal FROM api_keys ORDER BY id",
         )
         .all();
-    expect(links().map((link) => seal.intact.rotation(link))).toEqual([true]);
-    insert.run("k3", "pal_live_k3", "k1");
-    const later = rotationSealing(seal);
+    expect(lineages().map((row) => [row.id, row.lineage, seal.intact.lineage(row)])).toEqual([
+      ["k1", "k1", true],
+      ["k2", "k1", true],
+      ["k3", "k1", true],
+      ["k4", "k4", true],
+      ["k5", "k6", true],
+      ["k6", "k5", true],
+    ]);
+    insert.run("k7", "pal_live_k7", null);
+    const later = lineageSealing(seal);
     expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
     expect(later.sealed()).toBeNull();
-    expect(links().map((link) => [link.id, seal.intact.rotation(link)])).toEqual([
-      ["k1", true],
-      ["k3", false],
-    ]);
+    expect(seal.intact.lineage(lineages().at(-1)!)).toBe(false);
   });
 
   test("a new database has nothing to seal: nothing is said, but each sealing is recorded with its zeros", () => {
@@ -769,7 +780,7 @@ describe("upgrading a database stored before seals", () => {
       ["chat.history_sealed", null, { conversations: 0, messages: 0 }],
       ["payment.ledger_sealed", null, { payments: 0, idempotencyKeys: 0 }],
       ["ip.blocks_sealed", null, { blocks: 0 }],
-      ["auth.rotations_sealed", null, { rotations: 0 }],
+      ["auth.lineages_sealed", null, { keys: 0, rotated: 0 }],
     ]);
   });
 
@@ -872,7 +883,7 @@ describe("upgrading a database stored before seals", () => {
         expect.objectContaining({ kind: "chat.history_sealed", earlier: 1, conversations: 0 }),
         expect.objectContaining({ kind: "payment.ledger_sealed", earlier: 1, payments: 0 }),
         expect.objectContaining({ kind: "ip.blocks_sealed", earlier: 1, blocks: 0 }),
-        expect.objectContaining({ kind: "auth.rotations_sealed", earlier: 1, rotations: 0 }),
+        expect.objectContaining({ kind: "auth.lineages_sealed", earlier: 1, rotated: 0 }),
       ]);
       const metrics = await fetch(new URL("/metrics", second.url), {
         headers: { "x-api-key": forged },

@@ -273,49 +273,96 @@ describe("an ownerless key's payments across rotation", () => {
     expect(after.status).toBe(201);
   });
 
-  test("a link to a successor written into the database file hands over nothing (probe 19b): no payment, no stored result, reported once", async () => {
+  test("a rotation link pointed elsewhere, cut, or its old key deleted in the database file moves no payment (probes 19b, 19c)", async () => {
     current = buildPaymentsApp();
+    const operator = createKey(current, ["admin"], null);
     const shopA = createKey(current, ["payments"], null);
     const shopB = createKey(current, ["payments"], null);
     const body = { amount: 4200, currency: "usd", metadata: { order: "order-43" } };
     const paid = await createIntent(current, { "x-api-key": shopA.key }, body, "order-43");
     expect(paid.status).toBe(201);
     const paidId = ((await paid.json()) as { id: string }).id;
+    const rotated = await send(current, `/api/admin/api-keys/${shopA.record.id}/rotate`, {
+      body: { graceMinutes: 5 },
+      headers: { "x-api-key": operator.key },
+    });
+    const successor = (await rotated.json()) as { key: string; apiKey: { id: string } };
     const sqlite = current.db.$client;
-    // Without any secret: A "replaced by" B, unsealed, then with a seal made up or copied from
-    // another link.
-    for (const rotationSeal of [null, "x".repeat(43)]) {
-      sqlite.run("UPDATE api_keys SET replaced_by = ?, rotation_seal = ? WHERE id = ?", [
-        shopB.record.id,
-        rotationSeal,
+    const owns = async (key: string) => {
+      const read = await send(current!, `/api/payments/${paidId}`, {
+        headers: { "x-api-key": key },
+      });
+      return read.status;
+    };
+    expect(await owns(successor.key)).toBe(200);
+    // Without any secret: A "replaced by" B instead (B gains nothing), then the link cut, then the
+    // old key deleted (the successor loses nothing, and its retry replays the same intent).
+    sqlite.run("UPDATE api_keys SET replaced_by = ? WHERE id = ?", [
+      shopB.record.id,
+      shopA.record.id,
+    ]);
+    expect(await owns(shopB.key)).toBe(404);
+    expect(await owns(successor.key)).toBe(200);
+    sqlite.run("UPDATE api_keys SET replaced_by = NULL WHERE id = ?", [shopA.record.id]);
+    expect(await owns(successor.key)).toBe(200);
+    sqlite.run("DELETE FROM api_keys WHERE id = ?", [shopA.record.id]);
+    expect(await owns(successor.key)).toBe(200);
+    const retry = await createIntent(current, { "x-api-key": successor.key }, body, "order-43");
+    expect(retry.status).toBe(201);
+    expect(retry.headers.get("idempotent-replayed")).toBe("true");
+    expect(((await retry.json()) as { id: string }).id).toBe(paidId);
+    const replay = await createIntent(current, { "x-api-key": shopB.key }, body, "order-43");
+    expect(((await replay.json()) as { id: string }).id).not.toBe(paidId);
+    expect(current.stripe.created("/v1/payment_intents")).toBe(2);
+  });
+
+  test("a key's lineage written into the database file reaches no payment: 401, reported once", async () => {
+    current = buildPaymentsApp();
+    const shopA = createKey(current, ["payments"], null);
+    const shopB = createKey(current, ["payments"], null);
+    const paid = await createIntent(
+      current,
+      { "x-api-key": shopA.key },
+      { amount: 4200, currency: "usd" },
+    );
+    const paidId = ((await paid.json()) as { id: string }).id;
+    const sqlite = current.db.$client;
+    // B claims A's lineage: unsealed, with a made-up seal, with A's own seal (over A's id), none.
+    const aSeal = (
+      sqlite.query("SELECT lineage_seal AS s FROM api_keys WHERE id = ?").get(shopA.record.id) as {
+        s: string;
+      }
+    ).s;
+    for (const lineageSeal of [null, "x".repeat(43), aSeal]) {
+      sqlite.run("UPDATE api_keys SET lineage = ?, lineage_seal = ? WHERE id = ?", [
         shopA.record.id,
+        lineageSeal,
+        shopB.record.id,
       ]);
       const read = await send(current, `/api/payments/${paidId}`, {
         headers: { "x-api-key": shopB.key },
       });
-      expect(read.status).toBe(404);
+      expect(read.status).toBe(401);
       const listed = await send(current, "/api/payments", { headers: { "x-api-key": shopB.key } });
-      const ids = ((await listed.json()) as { payments: { id: string }[] }).payments.map(
-        (payment) => payment.id,
-      );
-      expect(ids).not.toContain(paidId);
-      const replay = await createIntent(current, { "x-api-key": shopB.key }, body, "order-43");
-      expect(replay.status).toBe(201);
-      expect(replay.headers.get("idempotent-replayed")).toBeNull();
-      const replayed = (await replay.json()) as { id: string; clientSecret: string };
-      expect(replayed.id).not.toBe(paidId);
-      // B's own key claim goes, so that the next round asks again.
-      sqlite.run("DELETE FROM payment_idempotency_keys WHERE owner = ?", [
-        `key:${shopB.record.id}`,
-      ]);
+      expect(listed.status).toBe(401);
     }
+    sqlite.run("UPDATE api_keys SET lineage = NULL, lineage_seal = NULL WHERE id = ?", [
+      shopB.record.id,
+    ]);
+    const created = await createIntent(
+      current,
+      { "x-api-key": shopB.key },
+      { amount: 100, currency: "usd" },
+    );
+    expect(created.status).toBe(401);
+    expect(current.stripe.created("/v1/payment_intents")).toBe(1);
     const reports = sqlite
       .query<{ detail: string }, []>(
         "SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered'",
       )
       .all()
       .map((row) => JSON.parse(row.detail));
-    expect(reports).toEqual([{ table: "api_keys", id: shopA.record.id }]);
+    expect(reports).toEqual([{ table: "api_keys", id: shopB.record.id }]);
   });
 
   test("another ownerless key is another owner", async () => {

@@ -427,7 +427,7 @@ describe("upgrading a database stored before payment seals", () => {
     expect(resealed.map((row) => JSON.parse(row.detail))).toEqual([
       { kind: "payment.ledger_sealed", earlier: 1, payments: 1, idempotencyKeys: 1 },
       { kind: "ip.blocks_sealed", earlier: 1, blocks: 0 },
-      { kind: "auth.rotations_sealed", earlier: 1, rotations: 0 },
+      { kind: "auth.lineages_sealed", earlier: 1, keys: 0, rotated: 0 },
     ]);
     file.$client.close();
   });
