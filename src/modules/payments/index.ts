@@ -191,6 +191,13 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 undefined,
                 { "retry-after": "1" },
               );
+            case "unrecorded":
+              throw new AppError(
+                "SERVICE_UNAVAILABLE",
+                `The payment intent was made but could not be recorded (the database is busy). Retry with the same Idempotency-Key in ${outcome.retryAfterSeconds} s: it returns the same intent.`,
+                undefined,
+                { "retry-after": String(outcome.retryAfterSeconds) },
+              );
             default:
               throw upstreamError(outcome, "retry with the same Idempotency-Key");
           }

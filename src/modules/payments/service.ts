@@ -59,6 +59,11 @@ export type IntentOutcome =
   | { kind: "created"; response: IntentResponse; replayed: boolean }
   | { kind: "key_reused" }
   | { kind: "in_progress" }
+  /**
+   * Stripe made the intent, but the file stayed locked past the wait: the key's claim is taken over
+   * (and Stripe replays the intent) once its lease ends, in `retryAfterSeconds`.
+   */
+  | { kind: "unrecorded"; retryAfterSeconds: number }
   /** The owner's account was erased meanwhile (its credential still accepted for a second). */
   | { kind: "owner_gone" }
   | GatewayFailure;
@@ -322,7 +327,17 @@ export class PaymentService {
         erased = store();
         break;
       } catch (error) {
-        if (!isDatabaseBusy(error) || performance.now() >= storeBy) throw error;
+        if (!isDatabaseBusy(error)) throw error;
+        if (performance.now() >= storeBy) {
+          // The claim stays pending until its lease ends: a retry before then waits and is told
+          // "in progress"; after it, the retry takes the claim over and Stripe replays the intent.
+          const retryAfter = Math.ceil(CLAIM_LEASE_MS / 1000);
+          this.logger.warn(
+            { requestId: acting.requestId, paymentId: result.id },
+            "payment intent made by Stripe could not be recorded: the database stayed locked",
+          );
+          return { kind: "unrecorded", retryAfterSeconds: retryAfter };
+        }
         await Bun.sleep(RECORD_RETRY_MS);
       }
     }

@@ -103,14 +103,24 @@ export const UNRECOGNISED_CODE = "unrecognised_code";
  * The upstream's error code as a reason we may show the client and log: the code (or type) is
  * whatever the answering host wrote, and a host at `STRIPE_API_URL` (or one in between) may echo
  * a credential or write control characters, line separators or pages of text into it. One that
- * holds a configured secret (`secrets`) is not shown either: the log's scrubber would hide it, but
- * the answer to the client does not pass through the scrubber.
+ * holds any 12 characters running of a configured secret (`secrets`) is not shown either: the log's
+ * scrubber would hide a whole secret, but the answer to the client does not pass through it, and
+ * most of a secret is as good as all of it.
  */
 export function stripeErrorCode(code: unknown, secrets: readonly string[] = []): string {
   if (typeof code !== "string" || !STRIPE_CODE.test(code)) return UNRECOGNISED_CODE;
-  return secrets.some((secret) => secret !== "" && code.includes(secret))
-    ? UNRECOGNISED_CODE
-    : code;
+  return secrets.some((secret) => holdsPartOf(code, secret)) ? UNRECOGNISED_CODE : code;
+}
+
+/** Characters of a secret that, running in a code, are taken for the secret: a run no code has. */
+const SECRET_RUN = 12;
+
+function holdsPartOf(code: string, secret: string): boolean {
+  if (secret.length < SECRET_RUN) return secret !== "" && code.includes(secret);
+  for (let start = 0; start + SECRET_RUN <= secret.length; start++) {
+    if (code.includes(secret.slice(start, start + SECRET_RUN))) return true;
+  }
+  return false;
 }
 
 /** What stands for a refund status of another shape (it is answered to the admin and audited). */

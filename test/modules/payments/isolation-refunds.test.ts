@@ -1,9 +1,12 @@
 /** Object-level isolation between users, and admin refunds (audited, bounded, one at a time). */
 import { Database } from "bun:sqlite";
 import { afterEach, expect, test } from "bun:test";
+import { createApp } from "../../../src/app";
+import { createLogger } from "../../../src/logging/logger";
 import type { PaymentsFeature } from "../../../src/modules/payments/feature";
 import { CLAIM_LEASE_MS, RECORD_RETRY_MS } from "../../../src/modules/payments/service";
-import { send } from "../../support/app";
+import { createServices } from "../../../src/services";
+import { LogCapture, send, TEST_PASSWORD_HASHING } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
 import {
@@ -196,6 +199,45 @@ test("an intent Stripe made while the database is locked is stored once the lock
   expect(again.headers.get("idempotent-replayed")).toBe("true");
   expect(((await again.json()) as { id: string }).id).toBe(id);
   expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+});
+
+test("an intent Stripe made while the database stays locked past the wait: 503 naming the same key and when to retry (probe 19c N4)", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const alice = await signUp(target);
+  // Another process on the file whose requests wait 300 ms for a write.
+  const services = createServices({
+    config: target.config,
+    db: target.db,
+    logger: createLogger({ level: "info", destination: new LogCapture() }),
+    passwordHashing: TEST_PASSWORD_HASHING,
+    maintenanceIntervalMs: 0,
+    payments: { inProgressWaitMs: 300 },
+  });
+  const impatient = { app: createApp({ ...services, peerAddress: () => "10.4.4.5" }) };
+  target.stripe.delayMs = 300;
+  const other = new Database(target.databasePath);
+  try {
+    const answered = createIntent(
+      impatient,
+      bearer(alice.accessToken),
+      { amount: 4200, currency: "usd" },
+      "locked-2",
+    );
+    await Bun.sleep(100);
+    other.run("BEGIN IMMEDIATE");
+    const response = await answered;
+    other.run("COMMIT");
+    expect(response.status).toBe(503);
+    expect(response.headers.get("retry-after")).toBe(String(CLAIM_LEASE_MS / 1000));
+    expect(((await response.json()) as { detail: string }).detail).toBe(
+      `The payment intent was made but could not be recorded (the database is busy). Retry with the same Idempotency-Key in ${CLAIM_LEASE_MS / 1000} s: it returns the same intent.`,
+    );
+  } finally {
+    if (other.inTransaction) other.run("ROLLBACK");
+    other.close();
+    services.close();
+  }
 });
 
 test("a refund Stripe made while the database is locked is answered, recorded once the lock goes, and audited", async () => {

@@ -102,6 +102,14 @@ describe("a hostile upstream error code", () => {
     // The test key is all lower case: shaped like a Stripe code.
     expect(stripeErrorCode(STRIPE_TEST_KEY)).toBe(STRIPE_TEST_KEY);
     expect(stripeErrorCode(`x_${STRIPE_TEST_KEY}`, [STRIPE_TEST_KEY])).toBe(UNRECOGNISED_CODE);
+    // Most of it is as good as all of it (probe 19c N3): any 12 characters of it running.
+    expect(stripeErrorCode(STRIPE_TEST_KEY.slice(0, -1), [STRIPE_TEST_KEY])).toBe(
+      UNRECOGNISED_CODE,
+    );
+    expect(stripeErrorCode(`e_${STRIPE_TEST_KEY.slice(5, 17)}`, [STRIPE_TEST_KEY])).toBe(
+      UNRECOGNISED_CODE,
+    );
+    expect(stripeErrorCode("card_declined", [STRIPE_TEST_KEY])).toBe("card_declined");
     const response = await intentMeeting(current, { status: 402, code: STRIPE_TEST_KEY });
     expect(response.status).toBe(502);
     const text = await response.text();
