@@ -102,10 +102,10 @@ export const UNRECOGNISED_CODE = "unrecognised_code";
 /**
  * The upstream's error code as a reason we may show the client and log: the code (or type) is
  * whatever the answering host wrote, and a host at `STRIPE_API_URL` (or one in between) may echo
- * a credential or write control characters, line separators or pages of text into it. One that
- * holds any 12 characters running of a configured secret (`secrets`) is not shown either: the log's
- * scrubber would hide a whole secret, but the answer to the client does not pass through it, and
- * most of a secret is as good as all of it.
+ * a credential or write control characters, line separators or pages of text into it. One that is
+ * any piece of a configured secret (`secrets`), or holds 12 characters running of one, is not shown
+ * either: the log's scrubber would hide a whole secret, but the answer to the client does not pass
+ * through it, and pieces told one answer at a time add up to the whole.
  */
 export function stripeErrorCode(code: unknown, secrets: readonly string[] = []): string {
   if (typeof code !== "string" || !STRIPE_CODE.test(code)) return UNRECOGNISED_CODE;
@@ -116,7 +116,9 @@ export function stripeErrorCode(code: unknown, secrets: readonly string[] = []):
 const SECRET_RUN = 12;
 
 function holdsPartOf(code: string, secret: string): boolean {
-  if (secret.length < SECRET_RUN) return secret !== "" && code.includes(secret);
+  if (secret === "") return false;
+  if (secret.includes(code)) return true;
+  if (secret.length < SECRET_RUN) return code.includes(secret);
   for (let start = 0; start + SECRET_RUN <= secret.length; start++) {
     if (code.includes(secret.slice(start, start + SECRET_RUN))) return true;
   }

@@ -109,6 +109,10 @@ describe("a hostile upstream error code", () => {
     expect(stripeErrorCode(`e_${STRIPE_TEST_KEY.slice(5, 17)}`, [STRIPE_TEST_KEY])).toBe(
       UNRECOGNISED_CODE,
     );
+    // And no piece of it, one answer at a time (probe 19d F4).
+    for (const piece of [STRIPE_TEST_KEY.slice(0, 11), STRIPE_TEST_KEY.slice(-4), "a"]) {
+      expect(stripeErrorCode(piece, [STRIPE_TEST_KEY])).toBe(UNRECOGNISED_CODE);
+    }
     expect(stripeErrorCode("card_declined", [STRIPE_TEST_KEY])).toBe("card_declined");
     const response = await intentMeeting(current, { status: 402, code: STRIPE_TEST_KEY });
     expect(response.status).toBe(502);
