@@ -427,17 +427,20 @@ export class ApiKeyService {
           }
           if (!row) {
             const id = Bun.randomUUIDv7();
-            this.insertSealed({
-              id,
-              name: `bootstrap-${index + 1}`,
-              prefix: keyPrefix(entry.key),
-              secretHash: hash,
-              scopes,
-              userId: null,
-              createdAt: now,
-              expiresAt: null,
-              origin: "bootstrap",
-            });
+            this.insertSealed(
+              {
+                id,
+                name: `bootstrap-${index + 1}`,
+                prefix: keyPrefix(entry.key),
+                secretHash: hash,
+                scopes,
+                userId: null,
+                createdAt: now,
+                expiresAt: null,
+                origin: "bootstrap",
+              },
+              bootstrapLineage(hash),
+            );
             this.audit.record({
               type: "admin.key.created",
               outcome: "success",
@@ -530,6 +533,15 @@ export class ApiKeyService {
       { behavior: "immediate" },
     );
   }
+}
+
+/**
+ * A bootstrap key's lineage: its secret's, not its row's. API_KEYS is its truth, and a row deleted
+ * from the file comes back at the next start under a new id: keyed by its id, it would come back a
+ * new owner, its payments gone from its view and a retried Idempotency-Key a second Stripe intent.
+ */
+export function bootstrapLineage(secretHash: string): string {
+  return `bootstrap-${secretHash.slice(0, 32)}`;
 }
 
 export interface BootstrapOutcome {

@@ -22,6 +22,7 @@ import type {
   SealedFamily,
   SealedRefreshToken,
 } from "../../plugins/auth/seal";
+import { bootstrapLineage } from "./api-keys";
 
 export const SEALS_MIGRATION = "0013_credential_seals";
 
@@ -98,8 +99,10 @@ export interface LineagesSealed {
  * The companion that writes and seals every key's lineage when migration 0022 is applied (in its
  * transaction, as 0013 seals the credentials): the first key of the rotation chain it ends, found
  * by following `replaced_by` back as the file holds it then (a cycle, which no rotation makes,
- * ends where it closes), and null until it runs. From then on a key's lineage is written when it is
- * made, so a `replaced_by` changed in the file afterwards moves nothing.
+ * ends where it closes), and null until it runs. A bootstrap key that owns no payment nor
+ * Idempotency-Key yet takes its secret's lineage (`bootstrapLineage`), as one added from now on
+ * does; one that does keeps its id, the owner its payments name. From then on a key's lineage is
+ * written when it is made, so a `replaced_by` changed in the file afterwards moves nothing.
  */
 export function lineageSealing(seal: CredentialSeal): {
   companions: MigrationCompanions;
@@ -109,10 +112,14 @@ export function lineageSealing(seal: CredentialSeal): {
   const sealAll = (db: AppDatabase) => {
     const sqlite = db.$client;
     const keys = sqlite
-      .query<{ id: string; replacedBy: string | null }, []>(
-        "SELECT id, replaced_by AS replacedBy FROM api_keys",
+      .query<{ id: string; replacedBy: string | null; origin: string; secretHash: string }, []>(
+        "SELECT id, replaced_by AS replacedBy, origin, secret_hash AS secretHash FROM api_keys",
       )
       .all();
+    const ownsAnything = sqlite.query<{ owned: number }, [string]>(
+      `SELECT EXISTS (SELECT 1 FROM payments WHERE owner = ?1)
+           OR EXISTS (SELECT 1 FROM payment_idempotency_keys WHERE owner = ?1) AS owned`,
+    );
     const predecessorOf = new Map<string, string>();
     for (const key of keys) {
       if (key.replacedBy !== null && !predecessorOf.has(key.replacedBy)) {
@@ -121,7 +128,12 @@ export function lineageSealing(seal: CredentialSeal): {
     }
     const update = sqlite.prepare("UPDATE api_keys SET lineage = ?, lineage_seal = ? WHERE id = ?");
     let rotated = 0;
-    for (const { id } of keys) {
+    for (const { id, origin, secretHash } of keys) {
+      if (origin === "bootstrap" && ownsAnything.get(`key:${id}`)?.owned === 0) {
+        const lineage = bootstrapLineage(secretHash);
+        update.run(lineage, seal.lineage({ id, lineage }), id);
+        continue;
+      }
       const seen = new Set([id]);
       let first = id;
       for (let before = predecessorOf.get(first); before !== undefined && !seen.has(before); ) {

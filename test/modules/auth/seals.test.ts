@@ -737,12 +737,24 @@ describe("upgrading a database stored before seals", () => {
     insert.run("k4", "pal_live_k4", null);
     insert.run("k5", "pal_live_k5", "k6");
     insert.run("k6", "pal_live_k6", "k5");
+    // Two bootstrap keys: one that owns nothing yet (its secret's lineage), one whose
+    // Idempotency-Key names it (keeps its id).
+    const bootstrap = db.$client.prepare(
+      `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin)
+       VALUES (?, 'b', ?, ?, '["payments"]', NULL, 1, 'bootstrap')`,
+    );
+    bootstrap.run("b1", "pal_live_b1", "a".repeat(64));
+    bootstrap.run("b2", "pal_live_b2", "b".repeat(64));
+    db.$client.run(
+      `INSERT INTO payment_idempotency_keys (owner, key, request_hash, state, claimed_at)
+       VALUES ('key:b2', 'order-1', 'h', 'pending', 1)`,
+    );
     const seal = createCredentialSeal(AUDIT_SECRET_KEY);
     const sealing = lineageSealing(seal);
     expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
       migrationTagsFrom(22),
     );
-    expect(sealing.sealed()).toEqual({ keys: 6, rotated: 4 });
+    expect(sealing.sealed()).toEqual({ keys: 8, rotated: 4 });
     const lineages = () =>
       db.$client
         .query<{ id: string; lineage: string | null; lineageSeal: string | null }, []>(
@@ -750,6 +762,8 @@ describe("upgrading a database stored before seals", () => {
         )
         .all();
     expect(lineages().map((row) => [row.id, row.lineage, seal.intact.lineage(row)])).toEqual([
+      ["b1", `bootstrap-${"a".repeat(32)}`, true],
+      ["b2", "b2", true],
       ["k1", "k1", true],
       ["k2", "k1", true],
       ["k3", "k1", true],

@@ -3,7 +3,8 @@
  * probe's findings, widened).
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { send } from "../../support/app";
+import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
+import { secondProcess, send } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
 import { untoldInstance } from "../../support/instance";
 import {
@@ -363,6 +364,40 @@ describe("an ownerless key's payments across rotation", () => {
       .all()
       .map((row) => JSON.parse(row.detail));
     expect(reports).toEqual([{ table: "api_keys", id: shopB.record.id }]);
+  });
+
+  test("a bootstrap key's row deleted from the database file comes back at the next start with its payments (probe 19d F1)", async () => {
+    const key = generateApiKey("live");
+    current = buildPaymentsApp({ env: { API_KEYS: `${key}:payments` } });
+    const body = { amount: 4200, currency: "usd" };
+    const paid = await createIntent(current, { "x-api-key": key }, body, "order-9");
+    expect(paid.status).toBe(201);
+    const paidId = ((await paid.json()) as { id: string }).id;
+    const sqlite = current.db.$client;
+    const before = sqlite.query("SELECT id, lineage FROM api_keys").get() as {
+      id: string;
+      lineage: string;
+    };
+    sqlite.run("DELETE FROM api_keys");
+    // The next start adds it back from API_KEYS, under another id and the same lineage.
+    const restarted = secondProcess(current);
+    try {
+      const after = sqlite.query("SELECT id, lineage FROM api_keys").get() as {
+        id: string;
+        lineage: string;
+      };
+      expect(after.id).not.toBe(before.id);
+      expect(after.lineage).toBe(before.lineage);
+      const read = await send(restarted, `/api/payments/${paidId}`, {
+        headers: { "x-api-key": key },
+      });
+      expect(read.status).toBe(200);
+      const retry = await createIntent(restarted, { "x-api-key": key }, body, "order-9");
+      expect(retry.headers.get("idempotent-replayed")).toBe("true");
+      expect(current.stripe.created("/v1/payment_intents")).toBe(1);
+    } finally {
+      restarted.close();
+    }
   });
 
   test("another ownerless key is another owner", async () => {
