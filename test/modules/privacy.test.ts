@@ -561,3 +561,39 @@ test("an erased admin's token or key, still accepted for a second by a process n
   expect(JSON.stringify(rows)).not.toContain(admin.userId);
   expect(JSON.stringify(rows)).not.toContain(record.id);
 });
+
+test("the limiter's counts under the person's names are exported, and go with the erasure: their principals' and their address's failed logins", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const { key } = createKey(current, ["chat"], alice.userId);
+  // Counted per principal (her token, her key), and a failed login on her address from elsewhere.
+  expect((await send(current, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+    200,
+  );
+  expect((await send(current, "/api/auth/me", { headers: { "x-api-key": key } })).status).toBe(200);
+  const failed = await send(current, "/api/auth/login", {
+    body: { email: alice.email.toUpperCase(), password: "not-her-password-1!" },
+    peer: "198.51.100.77",
+  });
+  expect(failed.status).toBe(401);
+  const sqlite = current.db.$client;
+  const heldKeys = () =>
+    (
+      sqlite
+        .query(
+          "SELECT DISTINCT key FROM rate_limit_counters WHERE key NOT LIKE 'ip:%' AND key NOT GLOB '[0-9]*'",
+        )
+        .all() as { key: string }[]
+    ).map((row) => row.key.split(":")[0]);
+  expect(new Set(heldKeys())).toEqual(new Set(["user", "key", "account"]));
+  const exported = (await (
+    await send(current, "/api/me/export", { headers: bearer(alice.accessToken) })
+  ).json()) as { rateLimits: { policy: string; current: number }[] };
+  expect(exported.rateLimits.map((row) => row.policy)).toContain("lockout");
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(alice.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  expect(heldKeys()).toEqual([]);
+});

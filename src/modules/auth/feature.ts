@@ -10,7 +10,12 @@ import type { Feature } from "../feature";
 import { ApiKeyService } from "./api-keys";
 import { authModule, authRouteClasses } from "./index";
 import type { PasswordHashing, PasswordStrengthModules } from "./passwords";
-import { account, apiKeysContributor, sessionsContributor } from "./privacy";
+import {
+  account,
+  apiKeysContributor,
+  limiterCountsContributor,
+  sessionsContributor,
+} from "./privacy";
 import { AuthService } from "./service";
 
 export interface AuthFeatureOptions {
@@ -100,7 +105,11 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     maintenance: (now) => {
       service.pruneSessions(now);
     },
-    privacy: [sessionsContributor(db, service), apiKeysContributor(apiKeys)],
+    privacy: [
+      sessionsContributor(db, service),
+      apiKeysContributor(apiKeys),
+      limiterCountsContributor(db),
+    ],
   };
 }
 

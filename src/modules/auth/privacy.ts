@@ -4,14 +4,14 @@
  * families) and the API keys the user owns. The account row itself is the privacy service's
  * `account`: it is exported as the profile and deleted last.
  */
-import { asc, eq, sql } from "drizzle-orm";
+import { asc, eq, inArray, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { refreshFamilies, users } from "../../db/schema";
+import { rateLimitCounters, refreshFamilies, users } from "../../db/schema";
 import type { PrivacyContributor } from "../privacy/contributor";
 import type { PrivacyAccount } from "../privacy/service";
 import type { ApiKeyService } from "./api-keys";
-import type { AuthService } from "./service";
+import { type AuthService, accountLimitKey } from "./service";
 
 export function sessionsContributor(db: AppDatabase, auth: AuthService): PrivacyContributor {
   // Prepared by the first export, not at start.
@@ -45,6 +45,39 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
       for (const key of apiKeys.list(userId)) {
         if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);
       }
+    },
+  };
+}
+
+/**
+ * The limiter's counts kept under the person's names: each principal's (`user:<id>`, `key:<id>`,
+ * their limits and lockout violations) and the account's failed-login count (`account:` and a hash
+ * of the address). They would go when their windows pass; an erasure takes them at once. Only the
+ * SQLite store's: with REDIS_URL they are Redis's, and go when their windows pass.
+ */
+export function limiterCountsContributor(db: AppDatabase): PrivacyContributor {
+  const keysOf = (userId: string, actors: readonly string[]) => {
+    const email = db.select({ email: users.email }).from(users).where(eq(users.id, userId)).get();
+    return email ? [...actors, accountLimitKey(email.email)] : [...actors];
+  };
+  return {
+    name: "rateLimits",
+    export: (userId, { actors }) =>
+      db
+        .select({
+          policy: rateLimitCounters.policy,
+          windowStart: rateLimitCounters.windowStart,
+          current: rateLimitCounters.current,
+          previous: rateLimitCounters.previous,
+        })
+        .from(rateLimitCounters)
+        .where(inArray(rateLimitCounters.key, keysOf(userId, actors)))
+        .orderBy(asc(rateLimitCounters.policy))
+        .all(),
+    erase(userId, { actors }) {
+      db.delete(rateLimitCounters)
+        .where(inArray(rateLimitCounters.key, keysOf(userId, actors)))
+        .run();
     },
   };
 }
