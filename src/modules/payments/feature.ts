@@ -35,7 +35,7 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
       ? options.gateway
       : secretKey === null
         ? null
-        : new StripeGateway(createStripe({ secretKey, apiUrl }), config.secretValues);
+        : new StripeGateway(createStripe({ secretKey, apiUrl }));
   const ledger = paymentLedgerOf(core);
   const service = new PaymentService({
     db,

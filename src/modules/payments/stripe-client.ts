@@ -15,6 +15,7 @@
 import type Stripe from "stripe";
 import { isClientSecretOf, isStripeId } from "./ids";
 import { isPaymentStatus, type PaymentStatus } from "./status";
+import { STRIPE_ERROR_CODES } from "./stripe-error-codes";
 
 export const STRIPE_MAX_NETWORK_RETRIES = 2;
 export const STRIPE_TIMEOUT_MS = 20_000;
@@ -94,46 +95,30 @@ export async function createStripe(options: StripeClientOptions): Promise<Stripe
   });
 }
 
-/** The shape of Stripe's own error codes and types (`card_declined`, `invalid_request_error`). */
-const STRIPE_CODE = /^[a-z0-9_]{1,64}$/;
+/** The shape of a refund status Stripe writes (`succeeded`, `requires_action`). */
+const REFUND_STATUS = /^[a-z0-9_]{1,64}$/;
 /** What stands for an upstream code of any other shape: it is never shown nor logged. */
 export const UNRECOGNISED_CODE = "unrecognised_code";
 
 /**
  * The upstream's error code as a reason we may show the client and log: the code (or type) is
  * whatever the answering host wrote, and a host at `STRIPE_API_URL` (or one in between) may echo
- * a credential or write control characters, line separators or pages of text into it. One that is
- * any piece of a configured secret (`secrets`), or holds 12 characters running of one, is not shown
- * either: the log's scrubber would hide a whole secret, but the answer to the client does not pass
- * through it, and pieces told one answer at a time add up to the whole.
+ * a credential or write control characters, line separators or pages of text into it. Only one of
+ * Stripe's own codes and types (`STRIPE_ERROR_CODES`) is kept; anything else is one fixed word.
  */
-export function stripeErrorCode(code: unknown, secrets: readonly string[] = []): string {
-  if (typeof code !== "string" || !STRIPE_CODE.test(code)) return UNRECOGNISED_CODE;
-  return secrets.some((secret) => holdsPartOf(code, secret)) ? UNRECOGNISED_CODE : code;
-}
-
-/** Characters of a secret that, running in a code, are taken for the secret: a run no code has. */
-const SECRET_RUN = 12;
-
-function holdsPartOf(code: string, secret: string): boolean {
-  if (secret === "") return false;
-  if (secret.includes(code)) return true;
-  if (secret.length < SECRET_RUN) return code.includes(secret);
-  for (let start = 0; start + SECRET_RUN <= secret.length; start++) {
-    if (code.includes(secret.slice(start, start + SECRET_RUN))) return true;
-  }
-  return false;
+export function stripeErrorCode(code: unknown): string {
+  return typeof code === "string" && STRIPE_ERROR_CODES.has(code) ? code : UNRECOGNISED_CODE;
 }
 
 /** What stands for a refund status of another shape (it is answered to the admin and audited). */
 export const UNRECOGNISED_STATUS = "unrecognised_status";
 
 /** What a thrown SDK error means for us; Stripe's own error code (never its message) as the reason. */
-async function failureOf(error: unknown, secrets: readonly string[]): Promise<GatewayFailure> {
+async function failureOf(error: unknown): Promise<GatewayFailure> {
   const { default: Stripe } = await import("stripe");
   if (error instanceof Stripe.errors.StripeError) {
     const status = error.statusCode;
-    const reason = stripeErrorCode(error.code ?? error.type, secrets);
+    const reason = stripeErrorCode(error.code ?? error.type);
     if (
       status === undefined ||
       status >= 500 ||
@@ -150,11 +135,7 @@ async function failureOf(error: unknown, secrets: readonly string[]): Promise<Ga
 export class StripeGateway implements PaymentGateway {
   private readonly stripe: Promise<Stripe>;
 
-  constructor(
-    stripe: Stripe | Promise<Stripe>,
-    /** The configured secrets, never shown as an upstream's error code (`stripeErrorCode`). */
-    private readonly secrets: readonly string[] = [],
-  ) {
+  constructor(stripe: Stripe | Promise<Stripe>) {
     this.stripe = Promise.resolve(stripe);
     // A failed load is answered by the first call that awaits it, not left unhandled.
     this.stripe.catch(() => {});
@@ -178,7 +159,7 @@ export class StripeGateway implements PaymentGateway {
         { idempotencyKey },
       );
     } catch (error) {
-      return await failureOf(error, this.secrets);
+      return await failureOf(error);
     }
     if (!isStripeId("pi", intent.id)) {
       return { ok: false, kind: "bad_response", reason: "payment intent id" };
@@ -214,7 +195,7 @@ export class StripeGateway implements PaymentGateway {
         { idempotencyKey },
       );
     } catch (error) {
-      return await failureOf(error, this.secrets);
+      return await failureOf(error);
     }
     if (!isStripeId("re", refund.id))
       return { ok: false, kind: "bad_response", reason: "refund id" };
@@ -228,7 +209,7 @@ export class StripeGateway implements PaymentGateway {
       ok: true,
       id: refund.id,
       amount: refund.amount,
-      status: STRIPE_CODE.test(status) ? status : UNRECOGNISED_STATUS,
+      status: REFUND_STATUS.test(status) ? status : UNRECOGNISED_STATUS,
     };
   }
 }

@@ -245,14 +245,14 @@ test("Stripe refusing the request (4xx) is 502 with Stripe's code, and the key i
   const user = await signUp(current);
   current.stripe.failNext(INTENTS, {
     status: 400,
-    code: "currency_not_enabled",
+    code: "amount_too_small",
     shouldRetry: false,
   });
   const refused = await createIntent(current, bearer(user.accessToken), body, "refused-1");
   expect(refused.status).toBe(502);
   const problem = (await refused.json()) as { code: string; detail: string };
   expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
-  expect(problem.detail).toContain("currency_not_enabled");
+  expect(problem.detail).toContain("amount_too_small");
   expect((await createIntent(current, bearer(user.accessToken), body, "refused-1")).status).toBe(
     201,
   );
