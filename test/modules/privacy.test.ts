@@ -597,3 +597,32 @@ test("the limiter's counts under the person's names are exported, and go with th
   expect(erased.status).toBe(204);
   expect(heldKeys()).toEqual([]);
 });
+
+test("an account set aside by the address upgrade (no address key) erases no other account's failed-login count (probe 19e F3)", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const sqlite = current.db.$client;
+  // Bob's row as the upgrade leaves a colliding account: alice's address, no key of its own.
+  sqlite.run("UPDATE users SET email = ?, email_key = NULL WHERE id = ?", [
+    alice.email,
+    bob.userId,
+  ]);
+  const failed = await send(current, "/api/auth/login", {
+    body: { email: alice.email, password: "not-her-password-1!" },
+    peer: "198.51.100.78",
+  });
+  expect(failed.status).toBe(401);
+  const accountRows = () =>
+    sqlite
+      .query(
+        "SELECT policy, key, current FROM rate_limit_counters WHERE key LIKE 'account:%' ORDER BY policy, key",
+      )
+      .all();
+  const before = accountRows();
+  expect(before.length).toBeGreaterThan(0);
+  expect(
+    current.services.privacy.erase(bob.userId, { ip: null, requestId: null, by: "operator" }),
+  ).toBe(true);
+  expect(accountRows()).toEqual(before);
+});

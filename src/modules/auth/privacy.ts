@@ -57,8 +57,14 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
  */
 export function limiterCountsContributor(db: AppDatabase): PrivacyContributor {
   const keysOf = (userId: string, actors: readonly string[]) => {
-    const email = db.select({ email: users.email }).from(users).where(eq(users.id, userId)).get();
-    return email ? [...actors, accountLimitKey(email.email)] : [...actors];
+    // The account's failed-login count is keyed by its address's key; an account set aside by the
+    // address upgrade (no key: another account holds it) has none of its own.
+    const row = db
+      .select({ emailKey: users.emailKey })
+      .from(users)
+      .where(eq(users.id, userId))
+      .get();
+    return row?.emailKey ? [...actors, accountLimitKey(row.emailKey)] : [...actors];
   };
   return {
     name: "rateLimits",
