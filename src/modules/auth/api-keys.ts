@@ -439,7 +439,7 @@ export class ApiKeyService {
                 expiresAt: null,
                 origin: "bootstrap",
               },
-              bootstrapLineage(hash),
+              bootstrapLineage(hash, this.options.seal),
             );
             this.audit.record({
               type: "admin.key.created",
@@ -539,9 +539,15 @@ export class ApiKeyService {
  * A bootstrap key's lineage: its secret's, not its row's. API_KEYS is its truth, and a row deleted
  * from the file comes back at the next start under a new id: keyed by its id, it would come back a
  * new owner, its payments gone from its view and a retried Idempotency-Key a second Stripe intent.
+ * Keyed from AUDIT_SECRET_KEY (through the lineage seal): an unkeyed hash of the secret would be
+ * the same in another deployment listing the same key, whose Stripe idempotency keys, derived from
+ * the owner, would then replay this one's intents.
  */
-export function bootstrapLineage(secretHash: string): string {
-  return `bootstrap-${secretHash.slice(0, 32)}`;
+export function bootstrapLineage(
+  secretHash: string,
+  seal: Pick<CredentialSeal, "lineage">,
+): string {
+  return `bootstrap-${seal.lineage({ id: "bootstrap", lineage: secretHash }).slice(0, 32)}`;
 }
 
 export interface BootstrapOutcome {

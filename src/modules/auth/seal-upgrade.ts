@@ -130,7 +130,7 @@ export function lineageSealing(seal: CredentialSeal): {
     let rotated = 0;
     for (const { id, origin, secretHash } of keys) {
       if (origin === "bootstrap" && ownsAnything.get(`key:${id}`)?.owned === 0) {
-        const lineage = bootstrapLineage(secretHash);
+        const lineage = bootstrapLineage(secretHash, seal);
         update.run(lineage, seal.lineage({ id, lineage }), id);
         continue;
       }
