@@ -26,6 +26,7 @@ import {
   keyPrefix,
 } from "../../plugins/auth/api-key-format";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
+import { keyLineage } from "../../plugins/auth/lineage";
 import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
@@ -245,17 +246,9 @@ export class ApiKeyService {
     return { key, record: this.get(id)! };
   }
 
-  /**
-   * The first key of the rotation chain the key ends, as its own row says and seals it; null when
-   * the key is not there or its lineage fails its seal (written into the file; reported).
-   */
+  /** The key's lineage (plugins/auth/lineage); null when missing or failing its seal. */
   lineageOf(id: string): string | null {
-    const row = this.db
-      .select({ id: apiKeys.id, lineage: apiKeys.lineage, lineageSeal: apiKeys.lineageSeal })
-      .from(apiKeys)
-      .where(eq(apiKeys.id, id))
-      .get();
-    return row && this.options.seal.intact.lineage(row) ? row.lineage : null;
+    return keyLineage(this.db.$client, this.options.seal, id);
   }
 
   get(id: string): ApiKeyRecord | null {

@@ -11,6 +11,7 @@ import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { payments } from "../../db/schema";
 import type { AuditEvent } from "../../plugins/audit/events";
+import { keyLineage } from "../../plugins/auth/lineage";
 import { isStripeId } from "./ids";
 import {
   createPaymentSeal,
@@ -94,9 +95,6 @@ const ignored = (reason: string): EventEffect => ({
   audit: [],
 });
 
-/** A key's lineage as stored (auth's lineage seal covers it). */
-type StoredLineage = { id: string; lineage: string | null; lineageSeal: string | null };
-
 /** One ledger per database, so the features that share it (payments, Stripe's webhook) share its reports. */
 const ledgers = new WeakMap<AppDatabase, PaymentLedger>();
 
@@ -113,7 +111,7 @@ export function paymentLedgerOf(
       core.db,
       createPaymentSeal(core.config.audit.secretKey),
       paymentTamperReporter(core),
-      core.credentialSeal.intact.lineage,
+      (keyId) => keyLineage(core.db.$client, core.credentialSeal, keyId),
     );
     ledgers.set(core.db, ledger);
   }
@@ -128,14 +126,10 @@ export class PaymentLedger {
     readonly seal: PaymentSeal,
     /** Reports a payments row that fails its seal (once per row and process). */
     readonly reportTampered: PaymentTamperReport,
-    /** Whether a key's lineage is one Palisade wrote (one that is not is reported). */
-    private readonly lineageIntact: (row: StoredLineage) => boolean,
+    /** A key's lineage as its row seals it (plugins/auth/lineage); null when it fails its seal. */
+    private readonly lineageOf: (keyId: string) => string | null,
   ) {
     this.statements = preparedOnUse({
-      lineage: () =>
-        db.$client.query<StoredLineage, [string]>(
-          "SELECT id, lineage, lineage_seal AS lineageSeal FROM api_keys WHERE id = ?1",
-        ),
       byId: () =>
         db
           .select()
@@ -250,8 +244,7 @@ export class PaymentLedger {
    * key then reaches no payments rather than another owner's, or a new owner's.
    */
   firstKeyOf(keyId: string): string | null {
-    const row = this.statements.lineage.get(keyId);
-    return row && this.lineageIntact(row) ? row.lineage : null;
+    return this.lineageOf(keyId);
   }
 
   /**
