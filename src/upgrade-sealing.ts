@@ -47,12 +47,13 @@ export function upgradeSealing(auditSecret: string): {
   /** What the migrations applied by this process sealed, each kind of row once its migration ran. */
   sealed(): UpgradeSealed[];
 } {
-  const credentials = credentialSealing(createCredentialSeal(auditSecret));
+  const credentialSeal = createCredentialSeal(auditSecret);
+  const credentials = credentialSealing(credentialSeal);
   const outbox = outboxSealing(createOutboxSeal(auditSecret));
   const chat = chatSealing(createChatSeal(auditSecret));
   const ledger = paymentSealing(createPaymentSeal(auditSecret));
   const blocks = blockSealing(createBlockSeal(auditSecret));
-  const lineages = lineageSealing(createCredentialSeal(auditSecret));
+  const lineages = lineageSealing(credentialSeal);
   return {
     companions: new Map([
       ...credentials.companions,
