@@ -12,3 +12,20 @@ export function randomRowId(): number {
   const [high, low] = crypto.getRandomValues(new Uint32Array(2)) as unknown as [number, number];
   return (high >>> 11) * 2 ** 32 + low || 1;
 }
+
+/**
+ * Runs `insert` with drawn ids until one is taken (`insert` answers the row, or null or undefined
+ * when the id was a row's already: `ON CONFLICT DO NOTHING`). An id of the file's is drawn again
+ * (with 53 bits, never in practice); an insert ignored three times is something written into the
+ * file, not chance, and `ignored` is thrown.
+ */
+export function insertWithRandomId<Row>(
+  insert: (id: number) => Row | null | undefined,
+  ignored: () => Error,
+): Row {
+  for (let draw = 0; draw < 3; draw++) {
+    const row = insert(randomRowId());
+    if (row != null) return row;
+  }
+  throw ignored();
+}

@@ -37,7 +37,7 @@ import { and, eq, sql } from "drizzle-orm";
 import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { randomRowId } from "../../db/random-id";
+import { insertWithRandomId } from "../../db/random-id";
 import { chatHolders, chatReservations, chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
 
@@ -83,13 +83,6 @@ interface ReservationRow {
   /** What the file holds: a count when the service wrote it. */
   tokens: unknown;
 }
-
-/**
- * A reservation's id is drawn at random (db/random-id): no row of the table, nor a row given back
- * since, has it (so a turn whose row was given back cannot end a later turn's), and drawing it
- * writes nothing, where SQLite's AUTOINCREMENT writes its sequence table at every reservation.
- */
-const randomReservationId = randomRowId;
 
 /** A mark outside this window was not written by a live process. */
 function goneOutside(now: number) {
@@ -238,15 +231,16 @@ export class TurnReservations {
    */
   hold(owner: ChatOwner, day: string, tokens: number, now: number): number {
     const values = { kind: owner.kind, id: owner.id, day, tokens, holder: this.holder, now };
-    // A random id taken by a row of the file's is drawn again (with 53 bits, never in practice);
-    // an insert that keeps being ignored is something written into the file, not chance.
-    for (let draw = 0; draw < 3; draw++) {
-      const row = this.statements.hold.get({ ...values, reservation: randomReservationId() });
-      if (row === undefined) continue;
-      this.held.add(row.id);
-      return row.id;
-    }
-    throw new Error("a chat reservation's row could not be written: chat_reservations ignored it");
+    // The id is drawn at random (db/random-id): no row of the table, nor a row given back since,
+    // has it (so a turn whose row was given back cannot end a later turn's), and drawing it writes
+    // nothing, where AUTOINCREMENT writes its sequence table at every reservation.
+    const row = insertWithRandomId(
+      (reservation) => this.statements.hold.get({ ...values, reservation }),
+      () =>
+        new Error("a chat reservation's row could not be written: chat_reservations ignored it"),
+    );
+    this.held.add(row.id);
+    return row.id;
   }
 
   /**

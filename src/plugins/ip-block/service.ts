@@ -23,7 +23,7 @@ import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { randomRowId } from "../../db/random-id";
+import { insertWithRandomId } from "../../db/random-id";
 import { ipBlocks } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../audit/log";
@@ -351,19 +351,15 @@ export class IpBlockService {
       expiresAt: now + block.ttlMs,
     };
     // The id is sealed too, so it is drawn here (db/random-id), not taken from the file's sequence.
-    // One taken by a row of the file's is drawn again (with 53 bits, never in practice); an insert
-    // that keeps being ignored is something written into the file, not chance.
-    let inserted: SealedBlock | null = null;
-    for (let draw = 0; draw < 3 && inserted === null; draw++) {
-      const drawn = { id: randomRowId(), ...row, liftedAt: null };
-      const stored = this.statements.insertBlock.get({
-        ...drawn,
-        seal: this.options.seal.of(drawn),
-      });
-      if (stored) inserted = drawn;
-    }
-    if (inserted === null)
-      throw new Error("a block's row could not be written: ip_blocks ignored it");
+    const inserted = insertWithRandomId(
+      (id) => {
+        const drawn = { id, ...row, liftedAt: null };
+        return this.statements.insertBlock.get({ ...drawn, seal: this.options.seal.of(drawn) })
+          ? drawn
+          : null;
+      },
+      () => new Error("a block's row could not be written: ip_blocks ignored it"),
+    );
     const lockout = isPrincipalSubject(block.address);
     this.options.audit.record({
       type: lockout ? "auth.locked_out" : "ip.blocked",
