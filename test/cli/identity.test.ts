@@ -269,6 +269,26 @@ describe("keys", () => {
     expect((await cli(["keys:revoke", id])).code).toBe(1);
   });
 
+  test("keys:list says when a key's lineage was written into the file (probe 19d F2)", async () => {
+    const { cli, path } = workspace();
+    const made = async (name: string) =>
+      /created key (\S+)/.exec(
+        (await cli(["keys:create", "--name", name, "--scopes", "payments"])).stdout,
+      )![1]!;
+    const first = await made("shop-a");
+    const second = await made("shop-b");
+    const db = new Database(path);
+    db.run("UPDATE api_keys SET lineage = ? WHERE id = ?", [first, second]);
+    db.close();
+    const lines = (await cli(["keys:list"])).stdout.split("\n");
+    const lineOf = (id: string) => lines.find((line) => line.startsWith(id))!;
+    expect(lineOf(second)).toContain("  active  ");
+    expect(lineOf(second)).toEndWith(
+      "lineage refused (does not match its seal: no payments for a key acting for no user, no rotation)",
+    );
+    expect(lineOf(first)).not.toContain("lineage refused");
+  });
+
   test("keys:create refuses unknown scopes and bad durations", async () => {
     const { cli } = workspace();
     const scope = await cli(["keys:create", "--name", "x", "--scopes", "chat,root"]);

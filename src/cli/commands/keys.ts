@@ -90,6 +90,9 @@ export const keysList: Command = {
           : key.expiresAt !== null && key.expiresAt <= now
             ? "expired"
             : "active";
+      const lineage = apiKeys.lineageIntact(key.id)
+        ? ""
+        : "  lineage refused (does not match its seal: no payments for a key acting for no user, no rotation)";
       const owner =
         key.userId !== null
           ? `${key.ownerEmail}`
@@ -97,7 +100,7 @@ export const keysList: Command = {
             ? "(API_KEYS)"
             : "(operator)";
       context.out(
-        `${key.id}  ${key.prefix}…  ${key.name}  ${key.scopes.join(",")}  ${state}  owner ${owner}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}`,
+        `${key.id}  ${key.prefix}…  ${key.name}  ${key.scopes.join(",")}  ${state}  owner ${owner}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}${lineage}`,
       );
     }
     return 0;

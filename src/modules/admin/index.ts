@@ -59,14 +59,15 @@ export interface AdminModuleOptions {
 
 /**
  * A key as admins see it: its owner (or null for an operator key), never its secret; `tampered`
- * when the key or its owner's account fails its seal (a key just made or rotated never does).
+ * when the key or its owner's account fails its seal, `lineageTampered` when its lineage does (a
+ * key just made or rotated never does).
  */
-function view(record: ApiKeyRecord, tampered = false) {
+function view(record: ApiKeyRecord, seals = { tampered: false, lineageTampered: false }) {
   const { userId, ownerEmail, ...shown } = record;
   return {
     ...shown,
     owner: userId === null ? null : { id: userId, email: ownerEmail ?? "" },
-    tampered,
+    ...seals,
   };
 }
 
@@ -136,7 +137,14 @@ export function adminModule(options: AdminModuleOptions) {
       "/api-keys",
       ({ principal, request, client, requestId, path }) => {
         record({ principal, request, client, requestId, path }, "admin.keys.listed");
-        return { keys: apiKeys.list().map((key) => view(key, apiKeys.tampered(key))) };
+        return {
+          keys: apiKeys.list().map((key) =>
+            view(key, {
+              tampered: apiKeys.tampered(key),
+              lineageTampered: !apiKeys.lineageIntact(key.id),
+            }),
+          ),
+        };
       },
       {
         auth: admin,

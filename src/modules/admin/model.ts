@@ -33,7 +33,12 @@ export const ApiKeyView = t.Object({
   expiresAt: Nullable(t.Number()),
   lastUsedAt: Nullable(t.Number()),
   revokedAt: Nullable(t.Number()),
-  replacedBy: Nullable(t.String()),
+  replacedBy: Nullable(
+    t.String({
+      description:
+        "The key a rotation replaced this one with, as the sealed lineages say (never the file's unsealed replaced_by column)",
+    }),
+  ),
   origin: t.UnionEnum(["api", "bootstrap"], {
     description: "bootstrap: from API_KEYS, reconciled with it at every start",
   }),
@@ -49,6 +54,10 @@ export const ApiKeyView = t.Object({
   tampered: t.Boolean({
     description:
       "True: the key's row, or its owner's account, does not match its seal (it was written into the database file, not by Palisade); the key is refused",
+  }),
+  lineageTampered: t.Boolean({
+    description:
+      "True: the key's lineage (the rotation chain whose payments a key acting for no user holds) does not match its seal (it was written into the database file); the key is refused on the payment routes if it acts for no user, and cannot be rotated; its other scopes work",
   }),
 });
 

@@ -26,7 +26,7 @@ import {
   keyPrefix,
 } from "../../plugins/auth/api-key-format";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
-import { keyLineage } from "../../plugins/auth/lineage";
+import { keyLineage, keySuccessor, keySuccessors } from "../../plugins/auth/lineage";
 import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
@@ -251,18 +251,35 @@ export class ApiKeyService {
     return keyLineage(this.db.$client, this.options.seal, id);
   }
 
+  /** The key, `replacedBy` its successor as the sealed lineages say (plugins/auth/lineage). */
   get(id: string): ApiKeyRecord | null {
     const row = selectKeys(this.db).where(eq(apiKeys.id, id)).get();
-    return row ? toRecord(row) : null;
+    if (!row) return null;
+    return toRecord({ ...row, replacedBy: this.successorOf(id) });
   }
 
   /** Every key, newest first; or only the keys acting for one user. */
   list(userId?: string): ApiKeyRecord[] {
+    const successors = keySuccessors(this.db.$client, this.options.seal);
     return selectKeys(this.db)
       .where(userId === undefined ? undefined : eq(apiKeys.userId, userId))
       .orderBy(desc(apiKeys.createdAt))
       .all()
-      .map(toRecord);
+      .map((row) => toRecord({ ...row, replacedBy: successors.get(row.id) ?? null }));
+  }
+
+  /**
+   * The key that replaced `id`, or null (also for a key whose lineage fails its seal: it was
+   * not rotated by Palisade, and cannot be).
+   */
+  private successorOf(id: string): string | null {
+    const lineage = this.lineageOf(id);
+    return lineage === null ? null : keySuccessor(this.db.$client, this.options.seal, id, lineage);
+  }
+
+  /** Whether the key's lineage matches its seal (reported when it does not). */
+  lineageIntact(id: string): boolean {
+    return this.lineageOf(id) !== null;
   }
 
   revoke(id: string, actor: string | null, reason?: string): boolean {
@@ -328,6 +345,7 @@ export class ApiKeyService {
       () => {
         const old = this.get(id);
         const now = this.clock.now();
+        // Rotated already, as the sealed lineages say (`get`): the file's `replaced_by` only notes it.
         if (!old || old.revokedAt !== null || old.replacedBy !== null) return null;
         // A successor inherits the old key's scopes: never from a row written into the file.
         if (!this.intact(id)) return null;
@@ -335,6 +353,7 @@ export class ApiKeyService {
         // seal, would start the successor's own, another owner's, and its payments would be lost.
         const lineage = this.lineageOf(id);
         if (lineage === null) return null;
+        this.reportForgedSuccessor(id);
         if (old.expiresAt !== null && old.expiresAt <= now) return null;
         if (old.origin === "bootstrap") return null;
         const ownerId = actingUserId ?? old.userId;
@@ -370,6 +389,25 @@ export class ApiKeyService {
     // Cached copies of the old key carry its old expiry: drop them everywhere.
     if (rotated) this.credentials.revoke("key", id);
     return rotated;
+  }
+
+  /**
+   * A `replaced_by` on a key no rotation replaced was written into the file (it is not believed:
+   * see `keySuccessors`); the rotation goes ahead and overwrites it, and this says so.
+   */
+  private reportForgedSuccessor(id: string): void {
+    const noted = this.db
+      .select({ replacedBy: apiKeys.replacedBy })
+      .from(apiKeys)
+      .where(eq(apiKeys.id, id))
+      .get();
+    if (noted?.replacedBy == null) return;
+    this.audit.record({
+      type: "auth.credential_tampered",
+      outcome: "denied",
+      actor: "system",
+      detail: { table: "api_keys", id: id.slice(0, 64), column: "replaced_by" },
+    });
   }
 
   /**

@@ -21,3 +21,55 @@ export function keyLineage(
     .get(keyId);
   return row && seal.intact.lineage(row) ? row.lineage : null;
 }
+
+interface LineageRow {
+  id: string;
+  lineage: string | null;
+  lineageSeal: string | null;
+}
+
+/**
+ * Which key replaced which, as the sealed lineages say: a rotation's successor continues its
+ * predecessor's lineage and is made after it, and key ids are UUIDv7 (their order is the order they
+ * were made in), so a key's successor is the next key of its lineage by id. Bootstrap keys are
+ * never rotated (a bootstrap entry added again shares its secret's lineage without replacing
+ * anything). `replaced_by` says the same thing unsealed: written into the file it would block a
+ * rotation, cleared it would allow a second one, so it is never believed. A row whose lineage
+ * fails its seal continues nothing (reported).
+ */
+export function keySuccessors(
+  sqlite: Database,
+  seal: Pick<CredentialSeal, "intact">,
+): Map<string, string> {
+  const rows = sqlite
+    .query<LineageRow, []>(
+      `SELECT id, lineage, lineage_seal AS lineageSeal FROM api_keys
+       WHERE origin <> 'bootstrap' AND lineage IS NOT NULL ORDER BY id`,
+    )
+    .all();
+  const latest = new Map<string, string>();
+  const successors = new Map<string, string>();
+  for (const row of rows) {
+    if (!seal.intact.lineage(row)) continue;
+    const before = latest.get(row.lineage!);
+    if (before !== undefined) successors.set(before, row.id);
+    latest.set(row.lineage!, row.id);
+  }
+  return successors;
+}
+
+/** The key that replaced `keyId` (of `lineage`), or null: see `keySuccessors`. */
+export function keySuccessor(
+  sqlite: Database,
+  seal: Pick<CredentialSeal, "intact">,
+  keyId: string,
+  lineage: string,
+): string | null {
+  const later = sqlite
+    .query<LineageRow, [string, string]>(
+      `SELECT id, lineage, lineage_seal AS lineageSeal FROM api_keys
+       WHERE origin <> 'bootstrap' AND lineage = ?1 AND id > ?2 ORDER BY id`,
+    )
+    .all(lineage, keyId);
+  return later.find((row) => seal.intact.lineage(row))?.id ?? null;
+}
