@@ -185,6 +185,14 @@ export function paymentsModule(options: PaymentsModuleOptions) {
             case "owner_gone":
               throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
             case "in_progress":
+              if (outcome.retryAfterSeconds !== undefined) {
+                throw new AppError(
+                  "CONFLICT",
+                  `The payment intent of this Idempotency-Key was made but is not recorded yet; retry with the same key in ${outcome.retryAfterSeconds} s: it returns the same intent.`,
+                  undefined,
+                  { "retry-after": String(outcome.retryAfterSeconds) },
+                );
+              }
               throw new AppError(
                 "CONFLICT",
                 "A request with this Idempotency-Key is still in progress; retry shortly.",

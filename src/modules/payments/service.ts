@@ -58,7 +58,12 @@ export interface ActingRequest {
 export type IntentOutcome =
   | { kind: "created"; response: IntentResponse; replayed: boolean }
   | { kind: "key_reused" }
-  | { kind: "in_progress" }
+  /**
+   * Another request holds the key: still with Stripe (`retryAfterSeconds` absent: retry shortly),
+   * or — known to this process — its intent made but unrecorded, so nothing finishes it before its
+   * lease ends, in `retryAfterSeconds`.
+   */
+  | { kind: "in_progress"; retryAfterSeconds?: number }
   /**
    * Stripe made the intent, but the file stayed locked past the wait: the key's claim is taken over
    * (and Stripe replays the intent) once its lease ends, in `retryAfterSeconds`.
@@ -136,6 +141,12 @@ export class PaymentService {
   private readonly ownerStands: (owner: string) => boolean;
   /** Per payment, a refund's ledger write that waits for the database lock (writeOrWait). */
   private readonly waiting = new Map<string, () => boolean>();
+  /**
+   * Keys whose intent this process made but could not record, and when their 503 said to retry
+   * (their claim's lease has ended by then): a retry before that is told so at once instead of
+   * waiting for a claim nothing will finish. Entries end with their lease (`unrecordedRetryAt`).
+   */
+  private readonly unrecorded = new Map<string, number>();
 
   constructor(options: PaymentServiceOptions) {
     this.db = options.db;
@@ -208,6 +219,22 @@ export class PaymentService {
     return { kind: "pending" };
   }
 
+  private rememberUnrecorded(owner: string, key: string, retryAt: number): void {
+    const now = this.clock.now();
+    for (const [held, at] of this.unrecorded) if (at <= now) this.unrecorded.delete(held);
+    this.unrecorded.set(JSON.stringify([owner, key]), retryAt);
+  }
+
+  /** When the 503 of this key's unrecorded intent said to retry, while that is still ahead. */
+  private unrecordedRetryAt(owner: string, key: string): number | null {
+    const held = JSON.stringify([owner, key]);
+    const retryAt = this.unrecorded.get(held);
+    if (retryAt === undefined) return null;
+    if (retryAt > this.clock.now()) return retryAt;
+    this.unrecorded.delete(held);
+    return null;
+  }
+
   private release(owner: string, key: string): void {
     this.db
       .delete(paymentIdempotencyKeys)
@@ -233,6 +260,11 @@ export class PaymentService {
     const deadline = performance.now() + this.inProgressWaitMs;
     let claim = this.claim(owner, key, hash);
     while (claim.kind === "pending") {
+      const retryAt = this.unrecordedRetryAt(owner, key);
+      if (retryAt !== null) {
+        const seconds = Math.max(1, Math.ceil((retryAt - this.clock.now()) / 1000));
+        return { kind: "in_progress", retryAfterSeconds: seconds };
+      }
       if (performance.now() >= deadline) return { kind: "in_progress" };
       await Bun.sleep(POLL_MS);
       claim = this.claim(owner, key, hash);
@@ -332,6 +364,7 @@ export class PaymentService {
           // The claim stays pending until its lease ends: a retry before then waits and is told
           // "in progress"; after it, the retry takes the claim over and Stripe replays the intent.
           const retryAfter = Math.ceil(CLAIM_LEASE_MS / 1000);
+          this.rememberUnrecorded(owner, key, this.clock.now() + retryAfter * 1000);
           this.logger.warn(
             { requestId: acting.requestId, paymentId: result.id },
             "payment intent made by Stripe could not be recorded: the database stayed locked",

@@ -233,6 +233,21 @@ test("an intent Stripe made while the database stays locked past the wait: 503 n
     expect(((await response.json()) as { detail: string }).detail).toBe(
       `The payment intent was made but could not be recorded (the database is busy). Retry with the same Idempotency-Key in ${CLAIM_LEASE_MS / 1000} s: it returns the same intent.`,
     );
+    // An early retry to the same process is told when, not "retry shortly" once a second (19d F5).
+    const early = await createIntent(
+      impatient,
+      bearer(alice.accessToken),
+      { amount: 4200, currency: "usd" },
+      "locked-2",
+    );
+    expect(early.status).toBe(409);
+    const seconds = Number(early.headers.get("retry-after"));
+    expect(seconds).toBeGreaterThan(CLAIM_LEASE_MS / 1000 - 30);
+    expect(seconds).toBeLessThanOrEqual(CLAIM_LEASE_MS / 1000);
+    expect(((await early.json()) as { detail: string }).detail).toBe(
+      `The payment intent of this Idempotency-Key was made but is not recorded yet; retry with the same key in ${seconds} s: it returns the same intent.`,
+    );
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
   } finally {
     if (other.inTransaction) other.run("ROLLBACK");
     other.close();
