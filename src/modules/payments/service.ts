@@ -14,7 +14,8 @@
  * - same key, another body: 409 CONFLICT;
  * - same key while the first is still with Stripe: the request waits for it (polling the row, up
  *   to `inProgressWaitMs`, 10 s by default) and answers with its result; past that, 409 CONFLICT
- *   ("in progress", `Retry-After: 1`);
+ *   ("in progress", `Retry-After: 1`); at once, with the seconds its lease has left, when this
+ *   process made the first's intent but could not record it;
  * - the first failed (Stripe unreachable, refused the request): the claim is deleted, so the
  *   client may retry with the same key; a waiting request then claims it itself.
  * A claim older than `CLAIM_LEASE_MS` (a process killed while Stripe answered) may be taken over;
@@ -361,8 +362,9 @@ export class PaymentService {
       } catch (error) {
         if (!isDatabaseBusy(error)) throw error;
         if (performance.now() >= storeBy) {
-          // The claim stays pending until its lease ends: a retry before then waits and is told
-          // "in progress"; after it, the retry takes the claim over and Stripe replays the intent.
+          // The claim stays pending until its lease ends: a retry before then is told when (at once
+          // by this process, after its wait by another); after it, the retry takes the claim over
+          // and Stripe replays the intent.
           const retryAfter = Math.ceil(CLAIM_LEASE_MS / 1000);
           this.rememberUnrecorded(owner, key, this.clock.now() + retryAfter * 1000);
           this.logger.warn(
