@@ -2,7 +2,7 @@
  * @module
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
  * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017,
- * address blocks and lockouts with 0021, API key lineages with 0022)
+ * address blocks and lockouts with 0021, API key lineages with 0022, their rotation marks with 0023)
  * seals those rows in a
  * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
@@ -18,6 +18,8 @@ import {
   lineageSealing,
   lineagesSealedMessage,
   sealedMessage,
+  successorSealing,
+  successorsSealedMessage,
 } from "./modules/auth/seal-upgrade";
 import { createChatSeal } from "./modules/chat/history-seal";
 import { chatSealedMessage, chatSealing } from "./modules/chat/history-seal-upgrade";
@@ -54,6 +56,7 @@ export function upgradeSealing(auditSecret: string): {
   const ledger = paymentSealing(createPaymentSeal(auditSecret));
   const blocks = blockSealing(createBlockSeal(auditSecret));
   const lineages = lineageSealing(credentialSeal);
+  const successors = successorSealing(credentialSeal);
   return {
     companions: new Map([
       ...credentials.companions,
@@ -62,6 +65,7 @@ export function upgradeSealing(auditSecret: string): {
       ...ledger.companions,
       ...blocks.companions,
       ...lineages.companions,
+      ...successors.companions,
     ]),
     sealed() {
       const said: UpgradeSealed[] = [];
@@ -78,6 +82,10 @@ export function upgradeSealing(auditSecret: string): {
       const lineage = lineages.sealed();
       if (lineage) {
         said.push(sealedOf("auth.lineages_sealed", lineagesSealedMessage(lineage), lineage));
+      }
+      const marks = successors.sealed();
+      if (marks) {
+        said.push(sealedOf("auth.successors_sealed", successorsSealedMessage(marks), marks));
       }
       return said;
     },
@@ -119,7 +127,8 @@ function sealedOf(
     | "chat.history_sealed"
     | "payment.ledger_sealed"
     | "ip.blocks_sealed"
-    | "auth.lineages_sealed",
+    | "auth.lineages_sealed"
+    | "auth.successors_sealed",
   message: string,
   counts: object,
 ): UpgradeSealed {

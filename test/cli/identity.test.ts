@@ -269,7 +269,7 @@ describe("keys", () => {
     expect((await cli(["keys:revoke", id])).code).toBe(1);
   });
 
-  test("keys:list says when a key's lineage was written into the file (probe 19d F2)", async () => {
+  test("keys:list says when a key's lineage or rotation mark was written into the file (probe 19d F2)", async () => {
     const { cli, path } = workspace();
     const made = async (name: string) =>
       /created key (\S+)/.exec(
@@ -277,8 +277,10 @@ describe("keys", () => {
       )![1]!;
     const first = await made("shop-a");
     const second = await made("shop-b");
+    const third = await made("shop-c");
     const db = new Database(path);
     db.run("UPDATE api_keys SET lineage = ? WHERE id = ?", [first, second]);
+    db.run("UPDATE api_keys SET replaced_by = ? WHERE id = ?", [first, third]);
     db.close();
     const lines = (await cli(["keys:list"])).stdout.split("\n");
     const lineOf = (id: string) => lines.find((line) => line.startsWith(id))!;
@@ -286,7 +288,10 @@ describe("keys", () => {
     expect(lineOf(second)).toEndWith(
       "lineage refused (does not match its seal: no payments for a key acting for no user, no rotation)",
     );
-    expect(lineOf(first)).not.toContain("lineage refused");
+    expect(lineOf(third)).toEndWith(
+      "rotation mark refused (replaced_by does not match its seal: no rotation)",
+    );
+    expect(lineOf(first)).not.toContain("refused");
   });
 
   test("keys:create refuses unknown scopes and bad durations", async () => {

@@ -145,6 +145,7 @@ test("on a new database the first start records its key, so a command without it
     { type: "payment.ledger_sealed", detail: '{"idempotencyKeys":0,"payments":0}' },
     { type: "ip.blocks_sealed", detail: '{"blocks":0}' },
     { type: "auth.lineages_sealed", detail: '{"keys":0,"rotated":0}' },
+    { type: "auth.successors_sealed", detail: '{"keys":0,"rotated":0}' },
   ]);
   const created = await cliInProcess(
     ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],
@@ -157,7 +158,7 @@ test("on a new database the first start records its key, so a command without it
   // A second start adds nothing: the log is no longer empty.
   const again = await startService({ DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
   await again.stop();
-  expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual([{ n: 7 }]);
+  expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual([{ n: 8 }]);
 });
 
 test("pinAuditKey writes the first row of an empty log only", () => {

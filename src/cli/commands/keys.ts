@@ -93,6 +93,10 @@ export const keysList: Command = {
       const lineage = apiKeys.lineageIntact(key.id)
         ? ""
         : "  lineage refused (does not match its seal: no payments for a key acting for no user, no rotation)";
+      const rotation =
+        apiKeys.rotationMark(key.id)?.intact === false
+          ? "  rotation mark refused (replaced_by does not match its seal: no rotation)"
+          : "";
       const owner =
         key.userId !== null
           ? `${key.ownerEmail}`
@@ -100,7 +104,7 @@ export const keysList: Command = {
             ? "(API_KEYS)"
             : "(operator)";
       context.out(
-        `${key.id}  ${key.prefix}…  ${key.name}  ${key.scopes.join(",")}  ${state}  owner ${owner}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}${lineage}`,
+        `${key.id}  ${key.prefix}…  ${key.name}  ${key.scopes.join(",")}  ${state}  owner ${owner}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}${lineage}${rotation}`,
       );
     }
     return 0;

@@ -81,7 +81,14 @@ export const apiKeys = sqliteTable(
     expiresAt: integer("expires_at"),
     lastUsedAt: integer("last_used_at"),
     revokedAt: integer("revoked_at"),
+    /** The key a rotation replaced this one with, and an HMAC of the pair (`successor`): see below. */
     replacedBy: text("replaced_by"),
+    /**
+     * Whether and by which key this key was rotated is believed only with this seal over (id,
+     * replaced_by), written when the key is made (replaced by none) and when it is rotated: a
+     * `replaced_by` written into the file, cleared, or copied from another row matches nothing.
+     */
+    successorSeal: text("successor_seal"),
     /**
      * The first key of the rotation chain this key ends (its own id when it replaced none), and an
      * HMAC of the pair (plugins/auth/seal.ts, `lineage`): whose payments an ownerless key holds,

@@ -59,10 +59,13 @@ export interface AdminModuleOptions {
 
 /**
  * A key as admins see it: its owner (or null for an operator key), never its secret; `tampered`
- * when the key or its owner's account fails its seal, `lineageTampered` when its lineage does (a
- * key just made or rotated never does).
+ * when the key or its owner's account fails its seal, `lineageTampered` and `rotationTampered`
+ * when its lineage or its rotation mark does (a key just made or rotated never does).
  */
-function view(record: ApiKeyRecord, seals = { tampered: false, lineageTampered: false }) {
+function view(
+  record: ApiKeyRecord,
+  seals = { tampered: false, lineageTampered: false, rotationTampered: false },
+) {
   const { userId, ownerEmail, ...shown } = record;
   return {
     ...shown,
@@ -142,6 +145,7 @@ export function adminModule(options: AdminModuleOptions) {
             view(key, {
               tampered: apiKeys.tampered(key),
               lineageTampered: !apiKeys.lineageIntact(key.id),
+              rotationTampered: apiKeys.rotationMark(key.id)?.intact === false,
             }),
           ),
         };

@@ -36,7 +36,7 @@ export const ApiKeyView = t.Object({
   replacedBy: Nullable(
     t.String({
       description:
-        "The key a rotation replaced this one with, as the sealed lineages say (never the file's unsealed replaced_by column)",
+        "The key a rotation replaced this one with; null also when its rotation mark fails its seal (rotationTampered)",
     }),
   ),
   origin: t.UnionEnum(["api", "bootstrap"], {
@@ -54,6 +54,10 @@ export const ApiKeyView = t.Object({
   tampered: t.Boolean({
     description:
       "True: the key's row, or its owner's account, does not match its seal (it was written into the database file, not by Palisade); the key is refused",
+  }),
+  rotationTampered: t.Boolean({
+    description:
+      "True: the key's rotation mark (replacedBy and its seal) does not match its seal (a replaced_by written, cleared or copied in the database file): whether it was rotated cannot be told, and it cannot be rotated",
   }),
   lineageTampered: t.Boolean({
     description:

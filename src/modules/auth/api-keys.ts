@@ -26,7 +26,7 @@ import {
   keyPrefix,
 } from "../../plugins/auth/api-key-format";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
-import { keyLineage, keySuccessor, keySuccessors } from "../../plugins/auth/lineage";
+import { keyLineage } from "../../plugins/auth/lineage";
 import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
@@ -34,7 +34,7 @@ import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/seale
 /** A stored key as operators see it: never its hash. */
 type KeyRow = Omit<
   typeof apiKeys.$inferSelect,
-  "secretHash" | "seal" | "lineage" | "lineageSeal"
+  "secretHash" | "seal" | "lineage" | "lineageSeal" | "successorSeal"
 > & {
   /** The owner's email when the key has an owner. */
   ownerEmail: (typeof users.$inferSelect)["email"] | null;
@@ -79,6 +79,7 @@ type KeyChange = Partial<{
   expiresAt: number | null;
   revokedAt: number | null;
   replacedBy: string | null;
+  successorSeal: string;
 }>;
 
 /** Keys with their owner's email: what every listing reads. */
@@ -251,30 +252,42 @@ export class ApiKeyService {
     return keyLineage(this.db.$client, this.options.seal, id);
   }
 
-  /** The key, `replacedBy` its successor as the sealed lineages say (plugins/auth/lineage). */
+  /** The key; `replacedBy` only as its sealed rotation mark says (null when that fails). */
   get(id: string): ApiKeyRecord | null {
     const row = selectKeys(this.db).where(eq(apiKeys.id, id)).get();
     if (!row) return null;
-    return toRecord({ ...row, replacedBy: this.successorOf(id) });
+    return toRecord({ ...row, replacedBy: this.rotationMark(id)?.replacedBy ?? null });
   }
 
   /** Every key, newest first; or only the keys acting for one user. */
   list(userId?: string): ApiKeyRecord[] {
-    const successors = keySuccessors(this.db.$client, this.options.seal);
     return selectKeys(this.db)
       .where(userId === undefined ? undefined : eq(apiKeys.userId, userId))
       .orderBy(desc(apiKeys.createdAt))
       .all()
-      .map((row) => toRecord({ ...row, replacedBy: successors.get(row.id) ?? null }));
+      .map((row) =>
+        toRecord({ ...row, replacedBy: this.rotationMark(row.id)?.replacedBy ?? null }),
+      );
   }
 
   /**
-   * The key that replaced `id`, or null (also for a key whose lineage fails its seal: it was
-   * not rotated by Palisade, and cannot be).
+   * Whether and by which key the key was rotated, as its row's `successor_seal` vouches; `intact`
+   * false (reported, `replacedBy` null) when the mark fails its seal: a `replaced_by` written,
+   * cleared or copied in the file. Null when there is no such key.
    */
-  private successorOf(id: string): string | null {
-    const lineage = this.lineageOf(id);
-    return lineage === null ? null : keySuccessor(this.db.$client, this.options.seal, id, lineage);
+  rotationMark(id: string): { intact: boolean; replacedBy: string | null } | null {
+    const row = this.db
+      .select({
+        id: apiKeys.id,
+        replacedBy: apiKeys.replacedBy,
+        successorSeal: apiKeys.successorSeal,
+      })
+      .from(apiKeys)
+      .where(eq(apiKeys.id, id))
+      .get();
+    if (!row) return null;
+    const intact = this.options.seal.intact.successor(row);
+    return { intact, replacedBy: intact ? row.replacedBy : null };
   }
 
   /** Whether the key's lineage matches its seal (reported when it does not). */
@@ -345,15 +358,17 @@ export class ApiKeyService {
       () => {
         const old = this.get(id);
         const now = this.clock.now();
-        // Rotated already, as the sealed lineages say (`get`): the file's `replaced_by` only notes it.
-        if (!old || old.revokedAt !== null || old.replacedBy !== null) return null;
+        if (!old || old.revokedAt !== null) return null;
+        // Rotated already; or its rotation mark fails its seal (reported), so whether it was
+        // cannot be told, and a second successor of one key is not made on a guess.
+        const mark = this.rotationMark(id);
+        if (mark === null || !mark.intact || mark.replacedBy !== null) return null;
         // A successor inherits the old key's scopes: never from a row written into the file.
         if (!this.intact(id)) return null;
         // And its lineage (whose payments an ownerless key holds): none, or one that fails its
         // seal, would start the successor's own, another owner's, and its payments would be lost.
         const lineage = this.lineageOf(id);
         if (lineage === null) return null;
-        this.reportForgedSuccessor(id);
         if (old.expiresAt !== null && old.expiresAt <= now) return null;
         if (old.origin === "bootstrap") return null;
         const ownerId = actingUserId ?? old.userId;
@@ -371,7 +386,12 @@ export class ApiKeyService {
           lineage,
         );
         const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
-        this.change(id, { expiresAt: graceEnds, replacedBy: fresh.record.id });
+        const replacedBy = fresh.record.id;
+        this.change(id, {
+          expiresAt: graceEnds,
+          replacedBy,
+          successorSeal: this.options.seal.successor({ id, replacedBy }),
+        });
         this.audit.record({
           type: "admin.key.rotated",
           outcome: "success",
@@ -389,25 +409,6 @@ export class ApiKeyService {
     // Cached copies of the old key carry its old expiry: drop them everywhere.
     if (rotated) this.credentials.revoke("key", id);
     return rotated;
-  }
-
-  /**
-   * A `replaced_by` on a key no rotation replaced was written into the file (it is not believed:
-   * see `keySuccessors`); the rotation goes ahead and overwrites it, and this says so.
-   */
-  private reportForgedSuccessor(id: string): void {
-    const noted = this.db
-      .select({ replacedBy: apiKeys.replacedBy })
-      .from(apiKeys)
-      .where(eq(apiKeys.id, id))
-      .get();
-    if (noted?.replacedBy == null) return;
-    this.audit.record({
-      type: "auth.credential_tampered",
-      outcome: "denied",
-      actor: "system",
-      detail: { table: "api_keys", id: id.slice(0, 64), column: "replaced_by" },
-    });
   }
 
   /**
@@ -517,7 +518,10 @@ export class ApiKeyService {
   }
 
   private insertSealed(
-    row: Omit<typeof apiKeys.$inferInsert, "seal" | "revokedAt" | "lineage" | "lineageSeal"> & {
+    row: Omit<
+      typeof apiKeys.$inferInsert,
+      "seal" | "revokedAt" | "lineage" | "lineageSeal" | "replacedBy" | "successorSeal"
+    > & {
       expiresAt: number | null;
       userId: string | null;
       origin: "api" | "bootstrap";
@@ -533,6 +537,8 @@ export class ApiKeyService {
         seal: seal.apiKey({ ...row, revokedAt: null }),
         lineage,
         lineageSeal: seal.lineage({ id: row.id, lineage }),
+        replacedBy: null,
+        successorSeal: seal.successor({ id: row.id, replacedBy: null }),
       })
       .run();
   }

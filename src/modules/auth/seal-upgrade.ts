@@ -15,6 +15,7 @@
  */
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
+import { keySuccessors } from "../../plugins/auth/lineage";
 import type {
   CredentialSeal,
   SealedAccount,
@@ -152,4 +153,45 @@ export function lineageSealing(seal: CredentialSeal): {
 /** What the start and the CLI say when the upgrade sealed key lineages. */
 export function lineagesSealedMessage({ keys, rotated }: LineagesSealed): string {
   return `sealed the payment lineage of the ${keys} API keys stored before this release (${rotated} continue a rotated key's); a key's lineage written into the file from now on reaches no payments`;
+}
+
+export const SUCCESSOR_SEALS_MIGRATION = "0023_key_successor_seals";
+
+/** What 0023 sealed: every key's rotation mark, and how many of them name a successor. */
+export interface SuccessorsSealed {
+  keys: number;
+  rotated: number;
+}
+
+/**
+ * The companion that writes and seals every key's rotation mark (`replaced_by`, `successor_seal`)
+ * when migration 0023 is applied, in its transaction: the successor the sealed lineages show
+ * (`keySuccessors`: the next key of the same lineage), not the `replaced_by` the file holds then,
+ * which no seal covered. From then on a rotation writes and seals the mark itself, so whether a key
+ * was rotated no longer depends on any other row.
+ */
+export function successorSealing(seal: CredentialSeal): {
+  companions: MigrationCompanions;
+  sealed(): SuccessorsSealed | null;
+} {
+  let sealed: SuccessorsSealed | null = null;
+  const sealAll = (db: AppDatabase) => {
+    const sqlite = db.$client;
+    const successors = keySuccessors(sqlite, seal);
+    const ids = sqlite.query<{ id: string }, []>("SELECT id FROM api_keys").all();
+    const update = sqlite.prepare(
+      "UPDATE api_keys SET replaced_by = ?, successor_seal = ? WHERE id = ?",
+    );
+    for (const { id } of ids) {
+      const replacedBy = successors.get(id) ?? null;
+      update.run(replacedBy, seal.successor({ id, replacedBy }), id);
+    }
+    sealed = { keys: ids.length, rotated: successors.size };
+  };
+  return { companions: new Map([[SUCCESSOR_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+}
+
+/** What the start and the CLI say when the upgrade sealed key rotation marks. */
+export function successorsSealedMessage({ keys, rotated }: SuccessorsSealed): string {
+  return `sealed the rotation mark of the ${keys} API keys stored before this release (${rotated} were rotated); a replaced_by written into the file from now on is refused, and a rotated key stays rotated`;
 }

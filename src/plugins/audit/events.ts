@@ -26,6 +26,7 @@ export const AUDIT_EVENT_TYPES = [
   "auth.credential_tampered",
   "auth.credentials_sealed",
   "auth.lineages_sealed",
+  "auth.successors_sealed",
   // What admins did or looked at (must not be lost).
   "admin.key.created",
   "admin.key.revoked",

@@ -33,9 +33,9 @@ interface LineageRow {
  * predecessor's lineage and is made after it, and key ids are UUIDv7 (their order is the order they
  * were made in), so a key's successor is the next key of its lineage by id. Bootstrap keys are
  * never rotated (a bootstrap entry added again shares its secret's lineage without replacing
- * anything). `replaced_by` says the same thing unsealed: written into the file it would block a
- * rotation, cleared it would allow a second one, so it is never believed. A row whose lineage
- * fails its seal continues nothing (reported).
+ * anything). A row whose lineage fails its seal continues nothing (reported). Migration 0023 seals
+ * each key's rotation mark from this rather than from `replaced_by`, which no seal covered before
+ * it; from then on the mark is written and sealed by the rotation itself.
  */
 export function keySuccessors(
   sqlite: Database,
@@ -56,20 +56,4 @@ export function keySuccessors(
     latest.set(row.lineage!, row.id);
   }
   return successors;
-}
-
-/** The key that replaced `keyId` (of `lineage`), or null: see `keySuccessors`. */
-export function keySuccessor(
-  sqlite: Database,
-  seal: Pick<CredentialSeal, "intact">,
-  keyId: string,
-  lineage: string,
-): string | null {
-  const later = sqlite
-    .query<LineageRow, [string, string]>(
-      `SELECT id, lineage, lineage_seal AS lineageSeal FROM api_keys
-       WHERE origin <> 'bootstrap' AND lineage = ?1 AND id > ?2 ORDER BY id`,
-    )
-    .all(lineage, keyId);
-  return later.find((row) => seal.intact.lineage(row))?.id ?? null;
 }

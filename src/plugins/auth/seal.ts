@@ -69,6 +69,12 @@ export interface SealedLineage {
   lineage: string;
 }
 
+/** A key's rotation mark: the key a rotation replaced `id` with, or null (`successor_seal`). */
+export interface SealedSuccessor {
+  id: string;
+  replacedBy: string | null;
+}
+
 /** A row as stored: its sealed columns and its seal (null when it has none). */
 type Stored<Row> = Row & { seal: string | null };
 
@@ -78,6 +84,7 @@ export interface CredentialSeal {
   refreshToken(row: SealedRefreshToken): string;
   family(row: SealedFamily): string;
   lineage(row: SealedLineage): string;
+  successor(row: SealedSuccessor): string;
   /** Whether a stored row matches its seal; one that does not is reported (`report`). */
   intact: {
     account(row: Stored<SealedAccount>): boolean;
@@ -86,6 +93,8 @@ export interface CredentialSeal {
     family(row: Stored<SealedFamily>): boolean;
     /** A key's lineage as stored (`lineage`, `lineage_seal`); a key without one has none intact. */
     lineage(row: { id: string; lineage: string | null; lineageSeal: string | null }): boolean;
+    /** A key's rotation mark as stored (`replaced_by`, `successor_seal`). */
+    successor(row: SealedSuccessor & { successorSeal: string | null }): boolean;
   };
 }
 
@@ -123,6 +132,7 @@ export function createCredentialSeal(
   const refreshToken = (row: SealedRefreshToken) =>
     mac(["refresh_token", row.id, row.userId, row.familyId, row.tokenHash, row.expiresAt]);
   const lineage = (row: SealedLineage) => mac(["api_key_lineage", row.id, row.lineage]);
+  const successor = (row: SealedSuccessor) => mac(["api_key_successor", row.id, row.replacedBy]);
   const checked = (intact: boolean, table: SealedTable, id: string) => {
     if (!intact) report(table, id);
     return intact;
@@ -133,6 +143,7 @@ export function createCredentialSeal(
     family,
     refreshToken,
     lineage,
+    successor,
     intact: {
       account: (row) => checked(sealMatches(account(row), row.seal), "users", row.id),
       apiKey: (row) => checked(sealMatches(apiKey(row), row.seal), "api_keys", row.id),
@@ -146,6 +157,8 @@ export function createCredentialSeal(
           "api_keys",
           row.id,
         ),
+      successor: (row) =>
+        checked(sealMatches(successor(row), row.successorSeal), "api_keys", row.id),
     },
   };
 }

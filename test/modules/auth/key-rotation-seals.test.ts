@@ -1,17 +1,26 @@
 /**
- * What a writer of the database file (without the secrets) can do to a key's rotation: the sealed
- * lineages decide whether a key was rotated and by which key (probe 19d F3), and a key whose
- * lineage fails its seal shows as such to admins (19d F2).
+ * What a writer of the database file (without the secrets) can do to a key's rotation: whether and
+ * by which key a key was rotated is its own sealed rotation mark (`replaced_by`, `successor_seal`,
+ * migration 0023), whatever is done to any other row (probes 19d F3, 20a F1); a key whose lineage
+ * or rotation mark fails its seal shows as such to admins (19d F2).
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { buildTestApp, send, type TestApp } from "../../support/app";
+import { join } from "node:path";
+import { openDatabase } from "../../../src/db/client";
+import { applyMigrations } from "../../../src/db/migrate";
+import { successorSealing } from "../../../src/modules/auth/seal-upgrade";
+import { createCredentialSeal } from "../../../src/plugins/auth/seal";
+import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
+import { migrationsUpTo, migrationTagsFrom } from "../../support/migrations";
 import { auditRows } from "../../support/payments";
 
 let current: TestApp | null = null;
+const cleanups: (() => void)[] = [];
 afterEach(() => {
   current?.close();
   current = null;
+  for (const cleanup of cleanups.splice(0)) cleanup();
 });
 
 interface KeyView {
@@ -19,6 +28,7 @@ interface KeyView {
   replacedBy: string | null;
   tampered: boolean;
   lineageTampered: boolean;
+  rotationTampered: boolean;
 }
 
 async function setUp() {
@@ -27,6 +37,11 @@ async function setUp() {
   const headers = bearer((await signUp(app, { role: "admin" })).accessToken);
   const rotate = (id: string) =>
     send(app, `/api/admin/api-keys/${id}/rotate`, { headers, body: { graceMinutes: 5 } });
+  const rotated = async (id: string) => {
+    const response = await rotate(id);
+    expect(response.status).toBe(201);
+    return ((await response.json()) as { apiKey: { id: string } }).apiKey.id;
+  };
   const listed = async () => {
     const response = await send(app, "/api/admin/api-keys", { headers });
     expect(response.status).toBe(200);
@@ -34,66 +49,123 @@ async function setUp() {
     return new Map(keys.map((key) => [key.id, key]));
   };
   const sqlite = app.db.$client;
-  return { app, rotate, listed, sqlite };
+  const mark = (id: string) =>
+    sqlite
+      .query<{ replacedBy: string | null; successorSeal: string | null }, [string]>(
+        "SELECT replaced_by AS replacedBy, successor_seal AS successorSeal FROM api_keys WHERE id = ?",
+      )
+      .get(id)!;
+  const reported = () =>
+    auditRows(app, "auth.credential_tampered").map((row) => JSON.parse(row.detail));
+  return { app, rotate, rotated, listed, sqlite, mark, reported };
 }
 
-describe("rotation follows the sealed lineages, not replaced_by", () => {
-  test("a replaced_by written into the file neither blocks a rotation nor shows; the rotation is reported", async () => {
-    const { app, rotate, listed, sqlite } = await setUp();
+describe("a key's rotation mark is its own, sealed", () => {
+  test("a replaced_by written into the file on a key never rotated: rotation refused and reported, shown as rotationTampered", async () => {
+    const { app, rotate, listed, sqlite, reported } = await setUp();
     const target = createKey(app, ["chat"]);
     const other = createKey(app, ["chat"]);
     sqlite.run("UPDATE api_keys SET replaced_by = ? WHERE id = ?", [
       other.record.id,
       target.record.id,
     ]);
-    expect((await listed()).get(target.record.id)!.replacedBy).toBeNull();
-    const rotated = await rotate(target.record.id);
-    expect(rotated.status).toBe(201);
-    const successor = ((await rotated.json()) as { apiKey: { id: string } }).apiKey.id;
-    const keys = await listed();
-    expect(keys.get(target.record.id)!.replacedBy).toBe(successor);
-    expect(keys.get(other.record.id)!.replacedBy).toBeNull();
-    const reports = auditRows(app, "auth.credential_tampered").map((row) => JSON.parse(row.detail));
-    expect(reports).toEqual([{ table: "api_keys", id: target.record.id, column: "replaced_by" }]);
-    // The rotation wrote its own successor over the forged one.
-    expect(
-      sqlite.query("SELECT replaced_by AS r FROM api_keys WHERE id = ?").get(target.record.id),
-    ).toEqual({ r: successor });
+    expect((await listed()).get(target.record.id)).toMatchObject({
+      replacedBy: null,
+      rotationTampered: true,
+      tampered: false,
+    });
+    expect((await rotate(target.record.id)).status).toBe(404);
+    expect(reported()).toEqual([{ table: "api_keys", id: target.record.id }]);
+    // The key itself still works, and its neighbour is untouched.
+    expect((await send(app, "/api/auth/me", { headers: { "x-api-key": target.key } })).status).toBe(
+      200,
+    );
+    expect((await listed()).get(other.record.id)).toMatchObject({ rotationTampered: false });
+    expect((await rotate(other.record.id)).status).toBe(201);
   });
 
-  test("a rotated key whose replaced_by is cleared in the file is still rotated: a second rotation is 404", async () => {
-    const { app, rotate, listed, sqlite } = await setUp();
+  test("a rotated key stays rotated: its replaced_by cleared, pointed elsewhere or copied from another key is refused, and 404", async () => {
+    const { app, rotate, rotated, listed, sqlite, mark } = await setUp();
     const target = createKey(app, ["chat"]);
-    const first = await rotate(target.record.id);
-    expect(first.status).toBe(201);
-    const successor = ((await first.json()) as { apiKey: { id: string } }).apiKey.id;
-    for (const forged of [null, target.record.id, "not-a-key"]) {
-      sqlite.run("UPDATE api_keys SET replaced_by = ? WHERE id = ?", [forged, target.record.id]);
-      const again = await rotate(target.record.id);
-      expect(again.status).toBe(404);
-      expect((await listed()).get(target.record.id)!.replacedBy).toBe(successor);
+    const donor = createKey(app, ["chat"]);
+    const successor = await rotated(target.record.id);
+    expect(mark(target.record.id).replacedBy).toBe(successor);
+    expect((await listed()).get(target.record.id)).toMatchObject({
+      replacedBy: successor,
+      rotationTampered: false,
+    });
+    const genuine = mark(target.record.id);
+    const unrotatedDonor = mark(donor.record.id);
+    for (const [replacedBy, successorSeal] of [
+      [null, genuine.successorSeal],
+      [target.record.id, genuine.successorSeal],
+      [null, unrotatedDonor.successorSeal],
+      [null, null],
+    ] as const) {
+      sqlite.run("UPDATE api_keys SET replaced_by = ?, successor_seal = ? WHERE id = ?", [
+        replacedBy,
+        successorSeal,
+        target.record.id,
+      ]);
+      expect((await rotate(target.record.id)).status).toBe(404);
+      expect((await listed()).get(target.record.id)).toMatchObject({
+        replacedBy: null,
+        rotationTampered: true,
+      });
     }
-    // The successor itself is not rotated, and rotates once.
-    expect((await listed()).get(successor)!.replacedBy).toBeNull();
-    expect((await rotate(successor)).status).toBe(201);
-    expect((await rotate(successor)).status).toBe(404);
-    expect(sqlite.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({ n: 3 });
+    // Put back as Palisade wrote it: rotated, by the same key.
+    sqlite.run("UPDATE api_keys SET replaced_by = ?, successor_seal = ? WHERE id = ?", [
+      genuine.replacedBy,
+      genuine.successorSeal,
+      target.record.id,
+    ]);
+    expect((await listed()).get(target.record.id)).toMatchObject({
+      replacedBy: successor,
+      rotationTampered: false,
+    });
+    expect((await rotate(target.record.id)).status).toBe(404);
   });
 
-  test("a key row claiming a rotated key's lineage (without its seal) makes it neither rotated nor a successor", async () => {
-    const { app, rotate, listed, sqlite } = await setUp();
+  test("whatever is done to the successor's row, its predecessor is not rotated twice; the successor rotates once (probe 20a F1)", async () => {
+    const { app, rotate, rotated, sqlite } = await setUp();
     const target = createKey(app, ["chat"]);
-    const forger = createKey(app, ["chat"]);
-    // The forger's row is newer than the target's, so by id it would come next in the lineage.
-    expect(forger.record.id > target.record.id).toBe(true);
-    sqlite.run("UPDATE api_keys SET lineage = ? WHERE id = ?", [
-      target.record.id,
-      forger.record.id,
-    ]);
-    const keys = await listed();
-    expect(keys.get(target.record.id)!.replacedBy).toBeNull();
-    expect(keys.get(forger.record.id)!.lineageTampered).toBe(true);
-    expect((await rotate(target.record.id)).status).toBe(201);
+    const successor = await rotated(target.record.id);
+    const row = sqlite.query("SELECT * FROM api_keys WHERE id = ?").get(successor) as Record<
+      string,
+      string | number | null
+    >;
+    const hide = [
+      () => sqlite.run("DELETE FROM api_keys WHERE id = ?", [successor]),
+      () => sqlite.run("UPDATE api_keys SET lineage = NULL WHERE id = ?", [successor]),
+      () => sqlite.run("UPDATE api_keys SET origin = 'bootstrap' WHERE id = ?", [successor]),
+    ];
+    const columns = Object.keys(row);
+    const restore = () => {
+      sqlite.run("DELETE FROM api_keys WHERE id = ?", [successor]);
+      sqlite.run(
+        `INSERT INTO api_keys (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`,
+        columns.map((column) => row[column]!),
+      );
+    };
+    for (const hideSuccessor of hide) {
+      hideSuccessor();
+      expect((await rotate(target.record.id)).status).toBe(404);
+      restore();
+    }
+    expect(sqlite.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({ n: 2 });
+    const next = await rotated(successor);
+    expect((await rotate(successor)).status).toBe(404);
+    expect((await rotate(next)).status).toBe(201);
+  });
+
+  test("concurrent rotations of one key make one successor", async () => {
+    const { app, rotate, sqlite } = await setUp();
+    const target = createKey(app, ["chat"]);
+    const statuses = (await Promise.all(Array.from({ length: 6 }, () => rotate(target.record.id))))
+      .map((response) => response.status)
+      .sort();
+    expect(statuses).toEqual([201, 404, 404, 404, 404, 404]);
+    expect(sqlite.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({ n: 2 });
   });
 });
 
@@ -107,7 +179,11 @@ describe("a key whose lineage fails its seal", () => {
       forged.record.id,
     ]);
     const keys = await listed();
-    expect(keys.get(forged.record.id)).toMatchObject({ tampered: false, lineageTampered: true });
+    expect(keys.get(forged.record.id)).toMatchObject({
+      tampered: false,
+      lineageTampered: true,
+      rotationTampered: false,
+    });
     expect(keys.get(intact.record.id)).toMatchObject({ tampered: false, lineageTampered: false });
     expect((await rotate(forged.record.id)).status).toBe(404);
     // Its other scopes still work.
@@ -115,4 +191,68 @@ describe("a key whose lineage fails its seal", () => {
       200,
     );
   });
+});
+
+test("migration 0023 seals every key's rotation mark from the sealed lineages, not from replaced_by; only it does", () => {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  const db = openDatabase(join(dir.path, "rotated.db"));
+  cleanups.push(() => db.$client.close());
+  applyMigrations(db, migrationsUpTo(dir.path, 22));
+  const seal = createCredentialSeal("a-test-audit-secret-0123456789abcdefghij");
+  const insert = db.$client.prepare(
+    `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin, replaced_by, lineage, lineage_seal)
+     VALUES (?, 'shop', ?, 'h', '["payments"]', NULL, 1, ?, ?, ?, ?)`,
+  );
+  const key = (
+    id: string,
+    replacedBy: string | null,
+    lineage: string,
+    origin = "api",
+    sealed = true,
+  ) =>
+    insert.run(
+      id,
+      `pal_live_${id}`,
+      origin,
+      replacedBy,
+      lineage,
+      sealed ? seal.lineage({ id, lineage }) : "forged",
+    );
+  // k1 rotated into k2, k2 into k3 (their lineages k1, sealed by 0022); k4's replaced_by written
+  // into the file (no lineage continues k4); k5 claims k4's lineage without its seal; two bootstrap
+  // rows of one secret (a row deleted and added again) replace nothing.
+  key("k1", "k2", "k1");
+  key("k2", "k3", "k1");
+  key("k3", null, "k1");
+  key("k4", "k1", "k4");
+  key("k5", null, "k4", "api", false);
+  key("k6", null, "bootstrap-x", "bootstrap");
+  key("k7", null, "bootstrap-x", "bootstrap");
+  const sealing = successorSealing(seal);
+  expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
+    migrationTagsFrom(23),
+  );
+  expect(sealing.sealed()).toEqual({ keys: 7, rotated: 2 });
+  const marks = () =>
+    db.$client
+      .query<{ id: string; replacedBy: string | null; successorSeal: string | null }, []>(
+        "SELECT id, replaced_by AS replacedBy, successor_seal AS successorSeal FROM api_keys ORDER BY id",
+      )
+      .all();
+  expect(marks().map((row) => [row.id, row.replacedBy, seal.intact.successor(row)])).toEqual([
+    ["k1", "k2", true],
+    ["k2", "k3", true],
+    ["k3", null, true],
+    ["k4", null, true],
+    ["k5", null, true],
+    ["k6", null, true],
+    ["k7", null, true],
+  ]);
+  // A row written after it has no mark of Palisade's: it is refused, not sealed by a later run.
+  key("k8", null, "k8");
+  const later = successorSealing(seal);
+  expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+  expect(later.sealed()).toBeNull();
+  expect(seal.intact.successor(marks().at(-1)!)).toBe(false);
 });

@@ -647,6 +647,7 @@ describe("upgrading a database stored before seals", () => {
       [
         "sealed the credentials stored before this release (1 accounts, 1 API keys, 0 sessions); rows written into the file from now on are refused",
         "sealed the payment lineage of the 1 API keys stored before this release (0 continue a rotated key's); a key's lineage written into the file from now on reaches no payments",
+        "sealed the rotation mark of the 1 API keys stored before this release (0 were rotated); a replaced_by written into the file from now on is refused, and a rotated key stays rotated",
       ].join("\n"),
     );
     const second = await cliInProcess(["db:migrate"], env);
@@ -796,6 +797,7 @@ describe("upgrading a database stored before seals", () => {
       ["payment.ledger_sealed", null, { payments: 0, idempotencyKeys: 0 }],
       ["ip.blocks_sealed", null, { blocks: 0 }],
       ["auth.lineages_sealed", null, { keys: 0, rotated: 0 }],
+      ["auth.successors_sealed", null, { keys: 0, rotated: 0 }],
     ]);
   });
 
@@ -899,12 +901,13 @@ describe("upgrading a database stored before seals", () => {
         expect.objectContaining({ kind: "payment.ledger_sealed", earlier: 1, payments: 0 }),
         expect.objectContaining({ kind: "ip.blocks_sealed", earlier: 1, blocks: 0 }),
         expect.objectContaining({ kind: "auth.lineages_sealed", earlier: 1, rotated: 0 }),
+        expect.objectContaining({ kind: "auth.successors_sealed", earlier: 1, rotated: 0 }),
       ]);
       const metrics = await fetch(new URL("/metrics", second.url), {
         headers: { "x-api-key": forged },
       });
       expect(metrics.status).toBe(200);
-      expect(await metrics.text()).toMatch(/^audit_events_total\{type="db\.resealed"\} 6$/m);
+      expect(await metrics.text()).toMatch(/^audit_events_total\{type="db\.resealed"\} 7$/m);
     } finally {
       expect(await second.stop()).toBe(0);
     }
@@ -920,7 +923,7 @@ describe("upgrading a database stored before seals", () => {
       outcome: "failure",
       detail: { kind: "auth.credentials_sealed", earlier: 1, accounts: 1, keys: 2, sessions: 0 },
     });
-    expect(rows).toHaveLength(6);
+    expect(rows).toHaveLength(7);
   });
 });
 
