@@ -12,6 +12,11 @@ import type { TokenUsage } from "./providers/provider";
 export interface ChatOwner {
   kind: "user" | "key" | "whatsapp";
   id: string;
+  /**
+   * A key's: the other keys of its rotation chain (plugins/auth/lineage `keyChain`), whose
+   * conversations it reads, continues and deletes as its own; a new one is still its own id's.
+   */
+  chain?: readonly string[];
 }
 
 export interface ChatTurnInput {

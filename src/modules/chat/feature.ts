@@ -6,6 +6,7 @@
  * what other features (the WhatsApp webhook) call for a turn with the same budget and storage.
  */
 import type { Core } from "../../core";
+import { keyChain } from "../../plugins/auth/lineage";
 import type { Feature } from "../feature";
 import { ChatBudget } from "./budget";
 import type { ChatOwner, ChatTurns } from "./contract";
@@ -61,7 +62,16 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     budget,
     routeClasses: chatRouteClasses,
     routes: ({ auth }) =>
-      chatModule({ auth, inFlight, service, budget, audit, errors, now: () => clock.now() }),
+      chatModule({
+        auth,
+        inFlight,
+        service,
+        budget,
+        audit,
+        errors,
+        now: () => clock.now(),
+        chainOf: (keyId, userId) => keyChain(db.$client, core.credentialSeal, keyId, userId),
+      }),
     endInFlight: () => inFlight.endAll(),
     // The first mark at start, so that a process counts itself as reaching the database from
     // then on, not from its first maintenance run 10 s later (./reservations.ts).

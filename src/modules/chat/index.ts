@@ -68,13 +68,25 @@ export interface ChatModuleOptions {
   /** Where failures answered without throwing (an `error` event mid-stream) are reported. */
   errors: ErrorReporter;
   now: () => number;
+  /**
+   * The other keys of a key's rotation chain acting for the same owner (plugins/auth/lineage
+   * `keyChain`); none when absent.
+   */
+  chainOf?: (keyId: string, userId: string | null) => readonly string[];
 }
 
-/** A user's conversations are the user's; an API key's are the key's own. */
-export function ownerOf(principal: Principal): ChatOwner {
+/**
+ * Whose conversations a caller holds: a user's own; a key's own and, through `chainOf` (the other
+ * keys of its rotation chain acting for the same owner), its predecessors' and successors', so a
+ * rotation keeps the history.
+ */
+export function chatOwnerOf(
+  principal: Principal,
+  chainOf: (keyId: string, userId: string | null) => readonly string[] = () => [],
+): ChatOwner {
   return principal.kind === "user"
     ? { kind: "user", id: principal.id }
-    : { kind: "key", id: principal.id };
+    : { kind: "key", id: principal.id, chain: chainOf(principal.id, principal.userId) };
 }
 
 /** Whether the client asked for Server-Sent Events (`Accept: text/event-stream`, q > 0). */
@@ -306,6 +318,7 @@ async function eventStream(
 
 export function chatModule(options: ChatModuleOptions) {
   const { service, budget, audit } = options;
+  const ownerOf = (principal: Principal) => chatOwnerOf(principal, options.chainOf);
   const chat = { scope: "chat" } as const;
   const tags = ["chat"];
 

@@ -6,7 +6,11 @@
  * here, through the credential seal.
  */
 import type { Database } from "bun:sqlite";
+import { and, eq, ne } from "drizzle-orm";
+import { drizzleOf } from "../../db/client";
+import { apiKeys } from "../../db/schema";
 import type { CredentialSeal } from "./seal";
+import { sealedKeyColumns } from "./sealed-columns";
 
 /** The key's lineage; null when the key is not there or its lineage fails its seal (reported). */
 export function keyLineage(
@@ -56,4 +60,29 @@ export function keySuccessors(
     latest.set(row.lineage!, row.id);
   }
   return successors;
+}
+
+/**
+ * The other keys of `keyId`'s rotation chain that act for the same owner (`userId`; null for a key
+ * acting for no user): every key whose row and lineage are sealed, whose lineage is `keyId`'s, and
+ * whose owner is the same. A key an admin rotated for themselves is another owner's, and a row
+ * deleted from the file links nothing. Empty when `keyId`'s lineage fails its seal (reported) or
+ * it is not there. What a chain holds in common beyond payments (a key's chat conversations) is
+ * read through this.
+ */
+export function keyChain(
+  sqlite: Database,
+  seal: Pick<CredentialSeal, "intact">,
+  keyId: string,
+  userId: string | null,
+): string[] {
+  const lineage = keyLineage(sqlite, seal, keyId);
+  if (lineage === null) return [];
+  return drizzleOf(sqlite)
+    .select({ ...sealedKeyColumns, lineage: apiKeys.lineage, lineageSeal: apiKeys.lineageSeal })
+    .from(apiKeys)
+    .where(and(eq(apiKeys.lineage, lineage), ne(apiKeys.id, keyId)))
+    .all()
+    .filter((row) => row.userId === userId && seal.intact.apiKey(row) && seal.intact.lineage(row))
+    .map((row) => row.id);
 }
