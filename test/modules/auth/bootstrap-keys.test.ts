@@ -148,6 +148,24 @@ describe("bootstrap keys follow API_KEYS across restarts", () => {
     expect((error as ConfigError).variable).toBe("API_KEYS");
     expect((error as ConfigError).message).not.toContain(made.key);
   });
+
+  test("a bootstrap row whose origin was changed in the file stops no start: the key is refused and reported (probe 19d)", async () => {
+    const path = databaseFile();
+    const key = generateApiKey("live");
+    const other = generateApiKey("live");
+    const first = start(path, `${key}:chat,${other}:chat`);
+    expect((await powers(first, key)).me).toBe(200);
+    first.db.$client.run("UPDATE api_keys SET origin = 'api' WHERE name = 'bootstrap-1'");
+    first.close();
+    const again = start(path, `${key}:chat,${other}:chat`);
+    expect((await powers(again, key)).me).toBe(401);
+    expect((await powers(again, other)).me).toBe(200);
+    again.services.audit.flush();
+    const reported = auditRows(again, ["auth.credential_tampered"]);
+    expect(reported.map((row) => row.detail.table)).toContain("api_keys");
+    // Nothing was added for it: the tampered row still holds its prefix.
+    expect(again.db.$client.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({ n: 2 });
+  });
 });
 
 describe("an API_KEYS that cannot work is refused in one line", () => {
