@@ -280,6 +280,7 @@ export class ApiKeyService {
       .select({
         id: apiKeys.id,
         replacedBy: apiKeys.replacedBy,
+        expiresAt: apiKeys.expiresAt,
         successorSeal: apiKeys.successorSeal,
       })
       .from(apiKeys)
@@ -390,7 +391,7 @@ export class ApiKeyService {
         this.change(id, {
           expiresAt: graceEnds,
           replacedBy,
-          successorSeal: this.options.seal.successor({ id, replacedBy }),
+          successorSeal: this.options.seal.successor({ id, replacedBy, expiresAt: graceEnds }),
         });
         this.audit.record({
           type: "admin.key.rotated",
@@ -531,7 +532,7 @@ export class ApiKeyService {
         lineage,
         lineageSeal: seal.lineage({ id: row.id, lineage }),
         replacedBy: null,
-        successorSeal: seal.successor({ id: row.id, replacedBy: null }),
+        successorSeal: seal.successor({ id: row.id, replacedBy: null, expiresAt: row.expiresAt }),
       })
       .run();
   }

@@ -166,9 +166,10 @@ export interface SuccessorsSealed {
 /**
  * The companion that writes and seals every key's rotation mark (`replaced_by`, `successor_seal`)
  * when migration 0023 is applied, in its transaction: the successor the sealed lineages show
- * (`keySuccessors`: the next key of the same lineage), not the `replaced_by` the file holds then,
- * which no seal covered. From then on a rotation writes and seals the mark itself, so whether a key
- * was rotated no longer depends on any other row.
+ * (`keySuccessors`: the next key of the same lineage) where they show one, else the `replaced_by`
+ * the file holds then (a key it says was rotated stays so; like every sealing migration, this
+ * seals what the file holds). From then on a rotation writes and seals the mark itself, so whether
+ * a key was rotated no longer depends on any other row.
  */
 export function successorSealing(seal: CredentialSeal): {
   companions: MigrationCompanions;
@@ -178,15 +179,23 @@ export function successorSealing(seal: CredentialSeal): {
   const sealAll = (db: AppDatabase) => {
     const sqlite = db.$client;
     const successors = keySuccessors(sqlite, seal);
-    const ids = sqlite.query<{ id: string }, []>("SELECT id FROM api_keys").all();
+    const keys = sqlite
+      .query<{ id: string; replacedBy: string | null; expiresAt: number | null }, []>(
+        "SELECT id, replaced_by AS replacedBy, expires_at AS expiresAt FROM api_keys",
+      )
+      .all();
     const update = sqlite.prepare(
       "UPDATE api_keys SET replaced_by = ?, successor_seal = ? WHERE id = ?",
     );
-    for (const { id } of ids) {
-      const replacedBy = successors.get(id) ?? null;
-      update.run(replacedBy, seal.successor({ id, replacedBy }), id);
+    let rotated = 0;
+    for (const { id, replacedBy: noted, expiresAt } of keys) {
+      // A successor hidden from the lineages when the file is upgraded (its row deleted or
+      // changed) leaves its predecessor rotated all the same, as `replaced_by` says.
+      const replacedBy = successors.get(id) ?? noted;
+      if (replacedBy !== null) rotated++;
+      update.run(replacedBy, seal.successor({ id, replacedBy, expiresAt }), id);
     }
-    sealed = { keys: ids.length, rotated: successors.size };
+    sealed = { keys: keys.length, rotated };
   };
   return { companions: new Map([[SUCCESSOR_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
 }

@@ -69,10 +69,15 @@ export interface SealedLineage {
   lineage: string;
 }
 
-/** A key's rotation mark: the key a rotation replaced `id` with, or null (`successor_seal`). */
+/**
+ * A key's rotation mark: the key a rotation replaced `id` with, or null (`successor_seal`), with
+ * the key's expiry, which the rotation sets (the grace's end): the mark the key had before its
+ * rotation, written back over the rotated row, does not match the expiry the rotation left.
+ */
 export interface SealedSuccessor {
   id: string;
   replacedBy: string | null;
+  expiresAt: number | null;
 }
 
 /** A row as stored: its sealed columns and its seal (null when it has none). */
@@ -100,8 +105,15 @@ export interface CredentialSeal {
 
 export type SealedTable = "users" | "api_keys" | "refresh_tokens" | "refresh_families";
 
-/** A row whose seal does not match: logged and audited by whoever read it. */
-export type TamperReport = (table: SealedTable, id: string) => void;
+/**
+ * What of a key row failed, when it was not the row's own seal: its lineage (the key then reaches
+ * no payments and cannot be rotated) or its rotation mark (it cannot be rotated); the key itself
+ * still works in both.
+ */
+export type SealedPart = "lineage" | "rotation_mark";
+
+/** A row (or part of one) whose seal does not match: logged and audited by whoever read it. */
+export type TamperReport = (table: SealedTable, id: string, part?: SealedPart) => void;
 
 const KEY_LABEL = "palisade credential seal v1";
 
@@ -132,9 +144,10 @@ export function createCredentialSeal(
   const refreshToken = (row: SealedRefreshToken) =>
     mac(["refresh_token", row.id, row.userId, row.familyId, row.tokenHash, row.expiresAt]);
   const lineage = (row: SealedLineage) => mac(["api_key_lineage", row.id, row.lineage]);
-  const successor = (row: SealedSuccessor) => mac(["api_key_successor", row.id, row.replacedBy]);
-  const checked = (intact: boolean, table: SealedTable, id: string) => {
-    if (!intact) report(table, id);
+  const successor = (row: SealedSuccessor) =>
+    mac(["api_key_successor", row.id, row.replacedBy, row.expiresAt]);
+  const checked = (intact: boolean, table: SealedTable, id: string, part?: SealedPart) => {
+    if (!intact) report(table, id, part);
     return intact;
   };
   return {
@@ -156,9 +169,15 @@ export function createCredentialSeal(
             sealMatches(lineage({ id: row.id, lineage: row.lineage }), row.lineageSeal),
           "api_keys",
           row.id,
+          "lineage",
         ),
       successor: (row) =>
-        checked(sealMatches(successor(row), row.successorSeal), "api_keys", row.id),
+        checked(
+          sealMatches(successor(row), row.successorSeal),
+          "api_keys",
+          row.id,
+          "rotation_mark",
+        ),
     },
   };
 }
@@ -173,16 +192,29 @@ export function tamperReporter(deps: {
   audit: { record(event: AuditEvent): void };
   limit?: number;
 }): TamperReport {
-  return oncePerRow<SealedTable>((table, id) => {
+  // Once per row and part: a forged rotation mark reported first must not hide a row forged later.
+  const once = oncePerRow<`${SealedTable}${"" | `.${SealedPart}`}`>((where, id) => {
+    const [table, part] = where.split(".") as [SealedTable, SealedPart | undefined];
     deps.logger.error(
-      { table, id },
-      "a credential row does not match its seal: it was written into the database file, not by Palisade; it is refused",
+      part === undefined ? { table, id } : { table, id, part },
+      `a credential row${part === undefined ? "" : `'s ${PART_NAMES[part]}`} does not match its seal: it was written into the database file, not by Palisade; ${part === undefined ? "it is refused" : PART_REFUSALS[part]}`,
     );
     deps.audit.record({
       type: "auth.credential_tampered",
       outcome: "denied",
       actor: "system",
-      detail: { table, id },
+      detail: part === undefined ? { table, id } : { table, id, part },
     });
   }, deps.limit);
+  return (table, id, part) => once(part === undefined ? table : `${table}.${part}`, id);
 }
+
+const PART_NAMES: Record<SealedPart, string> = {
+  lineage: "lineage",
+  rotation_mark: "rotation mark",
+};
+
+const PART_REFUSALS: Record<SealedPart, string> = {
+  lineage: "the key reaches no payments and cannot be rotated; it still works for its other scopes",
+  rotation_mark: "the key cannot be rotated; it still works",
+};

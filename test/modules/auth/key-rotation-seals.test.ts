@@ -75,7 +75,9 @@ describe("a key's rotation mark is its own, sealed", () => {
       tampered: false,
     });
     expect((await rotate(target.record.id)).status).toBe(404);
-    expect(reported()).toEqual([{ table: "api_keys", id: target.record.id }]);
+    expect(reported()).toEqual([
+      { table: "api_keys", id: target.record.id, part: "rotation_mark" },
+    ]);
     // The key itself still works, and its neighbour is untouched.
     expect((await send(app, "/api/auth/me", { headers: { "x-api-key": target.key } })).status).toBe(
       200,
@@ -88,6 +90,7 @@ describe("a key's rotation mark is its own, sealed", () => {
     const { app, rotate, rotated, listed, sqlite, mark } = await setUp();
     const target = createKey(app, ["chat"]);
     const donor = createKey(app, ["chat"]);
+    const beforeRotation = mark(target.record.id).successorSeal;
     const successor = await rotated(target.record.id);
     expect(mark(target.record.id).replacedBy).toBe(successor);
     expect((await listed()).get(target.record.id)).toMatchObject({
@@ -97,6 +100,8 @@ describe("a key's rotation mark is its own, sealed", () => {
     const genuine = mark(target.record.id);
     const unrotatedDonor = mark(donor.record.id);
     for (const [replacedBy, successorSeal] of [
+      // The key's own mark from before its rotation, written back (probe 20b F1).
+      [null, beforeRotation],
       [null, genuine.successorSeal],
       [target.record.id, genuine.successorSeal],
       [null, unrotatedDonor.successorSeal],
@@ -219,13 +224,14 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
       lineage,
       sealed ? seal.lineage({ id, lineage }) : "forged",
     );
-  // k1 rotated into k2, k2 into k3 (their lineages k1, sealed by 0022); k4's replaced_by written
-  // into the file (no lineage continues k4); k5 claims k4's lineage without its seal; two bootstrap
-  // rows of one secret (a row deleted and added again) replace nothing.
+  // k1 rotated into k2, k2 into k3 (their lineages k1, sealed by 0022), though k2's replaced_by
+  // was cleared in the file; k4 rotated into a key whose row is gone (its replaced_by is kept); k5
+  // claims k4's lineage without its seal (it continues nothing, and replaces nothing); two
+  // bootstrap rows of one secret (a row deleted and added again) replace nothing.
   key("k1", "k2", "k1");
-  key("k2", "k3", "k1");
+  key("k2", null, "k1");
   key("k3", null, "k1");
-  key("k4", "k1", "k4");
+  key("k4", "k4-gone", "k4");
   key("k5", null, "k4", "api", false);
   key("k6", null, "bootstrap-x", "bootstrap");
   key("k7", null, "bootstrap-x", "bootstrap");
@@ -233,18 +239,26 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
   expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
     migrationTagsFrom(23),
   );
-  expect(sealing.sealed()).toEqual({ keys: 7, rotated: 2 });
+  expect(sealing.sealed()).toEqual({ keys: 7, rotated: 3 });
   const marks = () =>
     db.$client
-      .query<{ id: string; replacedBy: string | null; successorSeal: string | null }, []>(
-        "SELECT id, replaced_by AS replacedBy, successor_seal AS successorSeal FROM api_keys ORDER BY id",
+      .query<
+        {
+          id: string;
+          replacedBy: string | null;
+          expiresAt: number | null;
+          successorSeal: string | null;
+        },
+        []
+      >(
+        "SELECT id, replaced_by AS replacedBy, expires_at AS expiresAt, successor_seal AS successorSeal FROM api_keys ORDER BY id",
       )
       .all();
   expect(marks().map((row) => [row.id, row.replacedBy, seal.intact.successor(row)])).toEqual([
     ["k1", "k2", true],
     ["k2", "k3", true],
     ["k3", null, true],
-    ["k4", null, true],
+    ["k4", "k4-gone", true],
     ["k5", null, true],
     ["k6", null, true],
     ["k7", null, true],

@@ -363,7 +363,7 @@ describe("an ownerless key's payments across rotation", () => {
       )
       .all()
       .map((row) => JSON.parse(row.detail));
-    expect(reports).toEqual([{ table: "api_keys", id: shopB.record.id }]);
+    expect(reports).toEqual([{ table: "api_keys", id: shopB.record.id, part: "lineage" }]);
   });
 
   test("a bootstrap key's row deleted from the database file comes back at the next start with its payments (probe 19d F1)", async () => {
