@@ -38,8 +38,8 @@ interface LineageRow {
  * were made in), so a key's successor is the next key of its lineage by id. Bootstrap keys are
  * never rotated (a bootstrap entry added again shares its secret's lineage without replacing
  * anything). A row whose lineage fails its seal continues nothing (reported). Migration 0023 seals
- * each key's rotation mark from this rather than from `replaced_by`, which no seal covered before
- * it; from then on the mark is written and sealed by the rotation itself.
+ * each key's rotation mark from this where it shows a successor (`replaced_by`, which no seal
+ * covered before it, only where it does not); from then on the rotation writes and seals the mark.
  */
 export function keySuccessors(
   sqlite: Database,
