@@ -381,10 +381,15 @@ export class ApiKeyService {
         const scopes = boundScopes(old.scopes, ownerRole);
         if (scopes.length === 0) return null;
         const expiresAt = earliest(old.expiresAt, endsBy);
+        // The successor continues the chain (an ownerless key's payments, a key's chat history)
+        // only for the key's own owner: one rotated by anyone else — an operator key rotating a
+        // user's key, whose secret it is then shown — starts a chain of its own.
+        const continues =
+          ownerId === old.userId && (old.userId === null || actingUserId === old.userId);
         const fresh = this.create(
           { name: old.name, scopes, userId: ownerId, expiresAt, environment },
           actor,
-          lineage,
+          continues ? lineage : undefined,
         );
         const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
         const replacedBy = fresh.record.id;

@@ -190,8 +190,9 @@ export function successorSealing(seal: CredentialSeal): {
     let rotated = 0;
     for (const { id, replacedBy: noted, expiresAt } of keys) {
       // A successor hidden from the lineages when the file is upgraded (its row deleted or
-      // changed) leaves its predecessor rotated all the same, as `replaced_by` says.
-      const replacedBy = successors.get(id) ?? noted;
+      // changed) leaves its predecessor rotated all the same, as `replaced_by` says; a value no
+      // rotation writes (not a key id's text) is none.
+      const replacedBy = successors.get(id) ?? (typeof noted === "string" ? noted : null);
       if (replacedBy !== null) rotated++;
       update.run(replacedBy, seal.successor({ id, replacedBy, expiresAt }), id);
     }

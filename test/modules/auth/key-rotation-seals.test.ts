@@ -235,11 +235,20 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
   key("k5", null, "k4", "api", false);
   key("k6", null, "bootstrap-x", "bootstrap");
   key("k7", null, "bootstrap-x", "bootstrap");
+  // A replaced_by no rotation writes (a blob): none (probe 20c F2).
+  insert.run(
+    "k7b",
+    "pal_live_k7b",
+    "api",
+    new Uint8Array([1, 2]),
+    "k7b",
+    seal.lineage({ id: "k7b", lineage: "k7b" }),
+  );
   const sealing = successorSealing(seal);
   expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
     migrationTagsFrom(23),
   );
-  expect(sealing.sealed()).toEqual({ keys: 7, rotated: 3 });
+  expect(sealing.sealed()).toEqual({ keys: 8, rotated: 3 });
   const marks = () =>
     db.$client
       .query<
@@ -262,6 +271,7 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
     ["k5", null, true],
     ["k6", null, true],
     ["k7", null, true],
+    ["k7b", null, true],
   ]);
   // A row written after it has no mark of Palisade's: it is refused, not sealed by a later run.
   key("k8", null, "k8");

@@ -134,6 +134,21 @@ describe("a rotated key keeps its conversations", () => {
     expect(await listed(alicesKey.key)).toHaveLength(1);
   });
 
+  test("an operator key rotating a user's key is shown a key of the user's that reads none of the key's history (probe 20c F1)", async () => {
+    const alice = await signUp(target);
+    const alicesKey = createKey(target, ["chat"], alice.userId);
+    await start(alicesKey.key);
+    const successor = await rotate(alicesKey.record.id);
+    const shown = await send(target, "/api/admin/api-keys", { headers: adminHeaders });
+    const { keys } = (await shown.json()) as {
+      keys: { id: string; owner: { id: string } | null }[];
+    };
+    expect(keys.find((key) => key.id === successor.id)?.owner?.id).toBe(alice.userId);
+    expect(await listed(successor.key)).toEqual([]);
+    const theirs = await start(successor.key);
+    expect(await listed(alicesKey.key)).not.toContain(theirs);
+  });
+
   test("a user's conversations and a key's stay apart", async () => {
     const alice = await signUp(target);
     const own = createKey(target, ["chat"], alice.userId);
