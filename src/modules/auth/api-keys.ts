@@ -343,7 +343,9 @@ export class ApiKeyService {
    * to whoever rotates, so it acts for them: a rotation by a user (or a user's key) gives the new
    * key that user as owner, bounded by their role, as a key they created would be — otherwise an
    * admin could rotate an operator's or another admin's key into one that outlives their own
-   * demotion. A rotation by an ownerless operator key keeps the old owner. One immediate
+   * demotion. A rotation by an ownerless operator key gives an ownerless key: kept the old owner,
+   * it handed the operator a key acting as that user — the user's payments, their client secrets,
+   * a way to rotate the user's other keys into their chat history (probe 20d). One immediate
    * transaction that needs the key not yet replaced, so concurrent rotations make one successor.
    * Bootstrap keys are not rotated here: API_KEYS is their truth.
    */
@@ -372,7 +374,7 @@ export class ApiKeyService {
         if (lineage === null) return null;
         if (old.expiresAt !== null && old.expiresAt <= now) return null;
         if (old.origin === "bootstrap") return null;
-        const ownerId = actingUserId ?? old.userId;
+        const ownerId = actingUserId;
         const environment = old.prefix.startsWith("pal_test_") ? "test" : "live";
         // In production a pal_test_ key is not an active key: there is nothing to rotate.
         if (environment === "test" && this.options.refuseTestKeys) return null;
@@ -382,10 +384,9 @@ export class ApiKeyService {
         if (scopes.length === 0) return null;
         const expiresAt = earliest(old.expiresAt, endsBy);
         // The successor continues the chain (an ownerless key's payments, a key's chat history)
-        // only for the key's own owner: one rotated by anyone else — an operator key rotating a
-        // user's key, whose secret it is then shown — starts a chain of its own.
-        const continues =
-          ownerId === old.userId && (old.userId === null || actingUserId === old.userId);
+        // only when it acts for the key's own owner: one rotated by anyone else is theirs, and
+        // starts a chain of its own.
+        const continues = ownerId === old.userId;
         const fresh = this.create(
           { name: old.name, scopes, userId: ownerId, expiresAt, environment },
           actor,

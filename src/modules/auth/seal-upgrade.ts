@@ -157,6 +157,9 @@ export function lineagesSealedMessage({ keys, rotated }: LineagesSealed): string
 
 export const SUCCESSOR_SEALS_MIGRATION = "0023_key_successor_seals";
 
+/** What a rotation writes as `replaced_by`: a key id (Bun.randomUUIDv7's text). */
+const KEY_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 /** What 0023 sealed: every key's rotation mark, and how many of them name a successor. */
 export interface SuccessorsSealed {
   keys: number;
@@ -191,8 +194,9 @@ export function successorSealing(seal: CredentialSeal): {
     for (const { id, replacedBy: noted, expiresAt } of keys) {
       // A successor hidden from the lineages when the file is upgraded (its row deleted or
       // changed) leaves its predecessor rotated all the same, as `replaced_by` says; a value no
-      // rotation writes (not a key id's text) is none.
-      const replacedBy = successors.get(id) ?? (typeof noted === "string" ? noted : null);
+      // rotation writes (not a key id: a UUID's text) is none.
+      const replacedBy =
+        successors.get(id) ?? (typeof noted === "string" && KEY_ID.test(noted) ? noted : null);
       if (replacedBy !== null) rotated++;
       update.run(replacedBy, seal.successor({ id, replacedBy, expiresAt }), id);
     }

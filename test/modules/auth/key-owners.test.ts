@@ -408,6 +408,36 @@ describe("rotation keeps keys bound to a person", () => {
     expect(((await rotated.json()) as { apiKey: { owner: unknown } }).apiKey.owner).toBeNull();
   });
 
+  test("an operator key rotating a user's key gets an ownerless key, never one acting as the user (probe 20d)", async () => {
+    const target = app();
+    const operator = createKey(target, ["admin"], null);
+    const admin = await signUp(target, { role: "admin" });
+    const usersKey = createKey(target, ["admin", "chat", "payments"], admin.userId);
+    const rotated = await send(target, `/api/admin/api-keys/${usersKey.record.id}/rotate`, {
+      headers: { "x-api-key": operator.key },
+      body: {},
+    });
+    expect(rotated.status).toBe(201);
+    const { key, apiKey } = (await rotated.json()) as {
+      key: string;
+      apiKey: { owner: unknown; scopes: string[] };
+    };
+    expect(apiKey.owner).toBeNull();
+    const { id: successorId } = apiKey as unknown as { id: string };
+    expect(
+      target.db.$client
+        .query("SELECT user_id AS owner FROM api_keys WHERE id = ?")
+        .get(successorId),
+    ).toEqual({ owner: null });
+    // Its own rotations, of the user's other keys, are an ownerless key's too.
+    const other = createKey(target, ["chat"], admin.userId);
+    const again = await send(target, `/api/admin/api-keys/${other.record.id}/rotate`, {
+      headers: { "x-api-key": key },
+      body: {},
+    });
+    expect(((await again.json()) as { apiKey: { owner: unknown } }).apiKey.owner).toBeNull();
+  });
+
   test("a bootstrap key is not rotated through the API: API_KEYS is its truth", async () => {
     const target = app(undefined, { API_KEYS: "bootstrapkeyROTATEROTATEROTATE1:admin" });
     const admin = await signUp(target, { role: "admin" });

@@ -198,6 +198,8 @@ describe("a key whose lineage fails its seal", () => {
   });
 });
 
+const GONE = "01a22c8b-0000-7000-8000-000000000000";
+
 test("migration 0023 seals every key's rotation mark from the sealed lineages, not from replaced_by; only it does", () => {
   const dir = tempDir();
   cleanups.push(dir.remove);
@@ -231,7 +233,9 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
   key("k1", "k2", "k1");
   key("k2", null, "k1");
   key("k3", null, "k1");
-  key("k4", "k4-gone", "k4");
+  key("k4", GONE, "k4");
+  // Text no rotation writes: none (probe 20d F3).
+  key("k4b", "x".repeat(2000), "k4b");
   key("k5", null, "k4", "api", false);
   key("k6", null, "bootstrap-x", "bootstrap");
   key("k7", null, "bootstrap-x", "bootstrap");
@@ -248,7 +252,7 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
   expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
     migrationTagsFrom(23),
   );
-  expect(sealing.sealed()).toEqual({ keys: 8, rotated: 3 });
+  expect(sealing.sealed()).toEqual({ keys: 9, rotated: 3 });
   const marks = () =>
     db.$client
       .query<
@@ -267,7 +271,8 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
     ["k1", "k2", true],
     ["k2", "k3", true],
     ["k3", null, true],
-    ["k4", "k4-gone", true],
+    ["k4", GONE, true],
+    ["k4b", null, true],
     ["k5", null, true],
     ["k6", null, true],
     ["k7", null, true],
