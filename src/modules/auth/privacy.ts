@@ -37,10 +37,15 @@ export function sessionsContributor(db: AppDatabase, auth: AuthService): Privacy
 }
 
 export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
+  // The keys whose sealed row names the user: a `user_id` written into the file must not put
+  // another's key, and what it did (its conversations, its audit rows), into this user's export or
+  // erasure (probe 20c F3). Every key the file says is theirs is still revoked with the erasure.
+  const sealedKeysOf = (userId: string) =>
+    apiKeys.list(userId).filter((key) => apiKeys.intact(key.id));
   return {
     name: "apiKeys",
-    export: (userId) => apiKeys.list(userId).map(({ userId: _owner, ...key }) => key),
-    actors: (userId) => apiKeys.list(userId).map((key) => `key:${key.id}`),
+    export: (userId) => sealedKeysOf(userId).map(({ userId: _owner, ...key }) => key),
+    actors: (userId) => sealedKeysOf(userId).map((key) => `key:${key.id}`),
     erase(userId, { pseudonym }) {
       for (const key of apiKeys.list(userId)) {
         if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);

@@ -62,6 +62,32 @@ describe("export and erasure", () => {
     );
   });
 
+  test("a key's user_id written into the file puts neither the key nor its conversations into that user's export or erasure (probe 20c F3)", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    const bobs = createKey(target, ["chat"], bob.userId);
+    const bobsChat = await start(target, asKey(bobs.key), "bob's key's secret question");
+    target.db.$client.run("UPDATE api_keys SET user_id = ? WHERE id = ?", [
+      alice.userId,
+      bobs.record.id,
+    ]);
+    const exported = await send(target, "/api/me/export", { headers: asUser(alice) });
+    expect(exported.status).toBe(200);
+    const text = await exported.text();
+    expect(text).not.toContain("bob's key's secret question");
+    expect(text).not.toContain(bobs.record.id);
+    const erased = await send(target, "/api/me", { method: "DELETE", headers: asUser(alice) });
+    expect(erased.status).toBe(204);
+    expect(
+      target.db
+        .select()
+        .from(chatConversations)
+        .all()
+        .map((c) => c.id),
+    ).toEqual([bobsChat]);
+  });
+
   test("erasure deletes the user's and the user's keys' conversations, messages and usage", async () => {
     target = buildTestApp();
     const alice = await signUp(target);
