@@ -85,7 +85,13 @@ export function upgradeSealing(auditSecret: string): {
       }
       const marks = successors.sealed();
       if (marks) {
-        said.push(sealedOf("auth.successors_sealed", successorsSealedMessage(marks), marks));
+        said.push(
+          sealedOf(
+            "auth.successors_sealed",
+            successorsSealedMessage(marks, successors.actingForUsers()),
+            marks,
+          ),
+        );
       }
       return said;
     },

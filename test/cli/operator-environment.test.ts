@@ -145,7 +145,7 @@ test("on a new database the first start records its key, so a command without it
     { type: "payment.ledger_sealed", detail: '{"idempotencyKeys":0,"payments":0}' },
     { type: "ip.blocks_sealed", detail: '{"blocks":0}' },
     { type: "auth.lineages_sealed", detail: '{"keys":0,"rotated":0}' },
-    { type: "auth.successors_sealed", detail: '{"keys":0,"rotated":0}' },
+    { type: "auth.successors_sealed", detail: '{"actingForUsers":0,"keys":0,"rotated":0}' },
   ]);
   const created = await cliInProcess(
     ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],

@@ -443,7 +443,7 @@ async function expectSealedAgain(path: string, env: Record<string, string>) {
   expect(resealed.map((row) => JSON.parse(row.detail))).toEqual([
     { kind: "ip.blocks_sealed", earlier: 1, blocks: 1 },
     { kind: "auth.lineages_sealed", earlier: 1, keys: 0, rotated: 0 },
-    { kind: "auth.successors_sealed", earlier: 1, keys: 0, rotated: 0 },
+    { kind: "auth.successors_sealed", earlier: 1, keys: 0, rotated: 0, actingForUsers: 0 },
   ]);
 }
 

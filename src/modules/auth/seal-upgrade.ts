@@ -164,7 +164,12 @@ const KEY_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 export interface SuccessorsSealed {
   keys: number;
   rotated: number;
+  /** Live keys an ownerless key rotated from a user's key: they still act for that user. */
+  actingForUsers: number;
 }
+
+/** At most this many of those keys are named in the upgrade's line. */
+const NAMED_KEYS = 10;
 
 /**
  * The companion that writes and seals every key's rotation mark (`replaced_by`, `successor_seal`)
@@ -177,8 +182,11 @@ export interface SuccessorsSealed {
 export function successorSealing(seal: CredentialSeal): {
   companions: MigrationCompanions;
   sealed(): SuccessorsSealed | null;
+  /** The first of the keys counted in `actingForUsers`, by id. */
+  actingForUsers(): readonly string[];
 } {
   let sealed: SuccessorsSealed | null = null;
+  let actingForUsers: string[] = [];
   const sealAll = (db: AppDatabase) => {
     const sqlite = db.$client;
     const successors = keySuccessors(sqlite, seal);
@@ -200,12 +208,36 @@ export function successorSealing(seal: CredentialSeal): {
       if (replacedBy !== null) rotated++;
       update.run(replacedBy, seal.successor({ id, replacedBy, expiresAt }), id);
     }
-    sealed = { keys: keys.length, rotated };
+    // Before this release a rotation by an ownerless (operator) key kept the old owner: its
+    // successor, whose secret the operator was shown, acts for that user. The audit log says
+    // which; they are named for the operator to revoke, not changed (one may be in the user's use).
+    actingForUsers = sqlite
+      .query<{ id: string }, []>(
+        `SELECT DISTINCT successor.id AS id FROM audit_events event
+         JOIN api_keys rotator ON event.actor = 'key:' || rotator.id AND rotator.user_id IS NULL
+         JOIN api_keys successor ON successor.id = json_extract(event.detail, '$.replacedBy')
+         WHERE event.type = 'admin.key.rotated' AND json_valid(event.detail)
+           AND successor.user_id IS NOT NULL AND successor.revoked_at IS NULL
+         ORDER BY successor.id`,
+      )
+      .all()
+      .map((row) => row.id);
+    sealed = { keys: keys.length, rotated, actingForUsers: actingForUsers.length };
   };
-  return { companions: new Map([[SUCCESSOR_SEALS_MIGRATION, sealAll]]), sealed: () => sealed };
+  return {
+    companions: new Map([[SUCCESSOR_SEALS_MIGRATION, sealAll]]),
+    sealed: () => sealed,
+    actingForUsers: () => actingForUsers.slice(0, NAMED_KEYS),
+  };
 }
 
 /** What the start and the CLI say when the upgrade sealed key rotation marks. */
-export function successorsSealedMessage({ keys, rotated }: SuccessorsSealed): string {
-  return `sealed the rotation mark of the ${keys} API keys stored before this release (${rotated} were rotated); a replaced_by written into the file from now on is refused, and a rotated key stays rotated`;
+export function successorsSealedMessage(
+  { keys, rotated, actingForUsers }: SuccessorsSealed,
+  named: readonly string[] = [],
+): string {
+  const sealed = `sealed the rotation mark of the ${keys} API keys stored before this release (${rotated} were rotated); a replaced_by written into the file from now on is refused, and a rotated key stays rotated`;
+  if (actingForUsers === 0) return sealed;
+  const more = actingForUsers > named.length ? ` and ${actingForUsers - named.length} more` : "";
+  return `${sealed}; ${actingForUsers} live keys an operator key rotated from a user's key still act for that user (${named.join(", ")}${more}): from this release such a rotation gives an ownerless key; revoke any not handed to that user (keys:revoke ID)`;
 }

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
-import { successorSealing } from "../../../src/modules/auth/seal-upgrade";
+import { successorSealing, successorsSealedMessage } from "../../../src/modules/auth/seal-upgrade";
 import { createCredentialSeal } from "../../../src/plugins/auth/seal";
 import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
@@ -248,11 +248,36 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
     "k7b",
     seal.lineage({ id: "k7b", lineage: "k7b" }),
   );
+  // Before this release an ownerless key's rotation kept the old owner: u2, the successor an
+  // ownerless operator key (op) made from a user's key u1, still acts for that user. A user's own
+  // rotation (u3 into u4) and a revoked successor (u6) are not named.
+  db.$client.run(
+    "INSERT INTO users (id, email, password_hash, role, created_at, updated_at) VALUES ('alice', 'a@example.test', 'h', 'user', 1, 1)",
+  );
+  const owned = db.$client.prepare(
+    `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin, revoked_at)
+     VALUES (?, 'k', ?, 'h', '["chat"]', ?, 1, 'api', ?)`,
+  );
+  owned.run("op", "pal_live_op", null, null);
+  for (const id of ["u1", "u2", "u3", "u4", "u5"]) owned.run(id, `pal_live_${id}`, "alice", null);
+  owned.run("u6", "pal_live_u6", "alice", 5);
+  const rotation = db.$client.prepare(
+    `INSERT INTO audit_events (at, type, actor, outcome, detail, subject_commit, prev_hash, hash)
+     VALUES (1, 'admin.key.rotated', ?, 'success', ?, 'c', 'p', 'h')`,
+  );
+  rotation.run("key:op", JSON.stringify({ keyId: "u1", replacedBy: "u2" }));
+  rotation.run("user:alice", JSON.stringify({ keyId: "u3", replacedBy: "u4" }));
+  rotation.run("key:op", JSON.stringify({ keyId: "u5", replacedBy: "u6" }));
+  rotation.run("key:op", "not json");
   const sealing = successorSealing(seal);
   expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
     migrationTagsFrom(23),
   );
-  expect(sealing.sealed()).toEqual({ keys: 9, rotated: 3 });
+  expect(sealing.sealed()).toEqual({ keys: 16, rotated: 3, actingForUsers: 1 });
+  expect(sealing.actingForUsers()).toEqual(["u2"]);
+  expect(successorsSealedMessage(sealing.sealed()!, sealing.actingForUsers())).toEndWith(
+    "; 1 live keys an operator key rotated from a user's key still act for that user (u2): from this release such a rotation gives an ownerless key; revoke any not handed to that user (keys:revoke ID)",
+  );
   const marks = () =>
     db.$client
       .query<
@@ -264,7 +289,7 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
         },
         []
       >(
-        "SELECT id, replaced_by AS replacedBy, expires_at AS expiresAt, successor_seal AS successorSeal FROM api_keys ORDER BY id",
+        "SELECT id, replaced_by AS replacedBy, expires_at AS expiresAt, successor_seal AS successorSeal FROM api_keys WHERE id LIKE 'k%' ORDER BY id",
       )
       .all();
   expect(marks().map((row) => [row.id, row.replacedBy, seal.intact.successor(row)])).toEqual([

@@ -797,7 +797,7 @@ describe("upgrading a database stored before seals", () => {
       ["payment.ledger_sealed", null, { payments: 0, idempotencyKeys: 0 }],
       ["ip.blocks_sealed", null, { blocks: 0 }],
       ["auth.lineages_sealed", null, { keys: 0, rotated: 0 }],
-      ["auth.successors_sealed", null, { keys: 0, rotated: 0 }],
+      ["auth.successors_sealed", null, { keys: 0, rotated: 0, actingForUsers: 0 }],
     ]);
   });
 
