@@ -319,6 +319,9 @@ async function eventStream(
 export function chatModule(options: ChatModuleOptions) {
   const { service, budget, audit } = options;
   const ownerOf = (principal: Principal) => chatOwnerOf(principal, options.chainOf);
+  // A turn that starts a conversation reads none of the chain's: no need to find it.
+  const ownerOfTurn = (principal: Principal, conversationId: string | undefined) =>
+    conversationId === undefined ? chatOwnerOf(principal) : ownerOf(principal);
   const chat = { scope: "chat" } as const;
   const tags = ["chat"];
 
@@ -336,7 +339,7 @@ export function chatModule(options: ChatModuleOptions) {
         }
         const prepared = service.prepare(
           {
-            owner: ownerOf(principal),
+            owner: ownerOfTurn(principal, body.conversationId),
             message: checked.message,
             conversationId: body.conversationId,
             requestId,
