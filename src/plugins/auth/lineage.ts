@@ -77,7 +77,7 @@ export function keyChain(
   const lineage = keyLineage(sqlite, seal, keyId);
   if (lineage === null) return [];
   // Raw and cached by bun:sqlite: a query built by Drizzle on each chat request cost a turn more
-  // than its whole defence chain (~170 µs; bench, POST /api/chat with an API key).
+  // than its whole defence chain (~100 µs; bench, POST /api/chat with an API key).
   return sqlite
     .query<ChainRow, [string, string]>(
       `SELECT id, prefix, secret_hash AS secretHash, scopes, user_id AS userId,
