@@ -28,7 +28,7 @@ import {
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import { keyLineage } from "../../plugins/auth/lineage";
 import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
-import type { CredentialSeal } from "../../plugins/auth/seal";
+import type { CredentialSeal, SealedSuccessor } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
 
 /** A stored key as operators see it: never its hash. */
@@ -96,6 +96,7 @@ function selectKeys(db: AppDatabase) {
       lastUsedAt: apiKeys.lastUsedAt,
       revokedAt: apiKeys.revokedAt,
       replacedBy: apiKeys.replacedBy,
+      successorSeal: apiKeys.successorSeal,
       ownerEmail: users.email,
       origin: apiKeys.origin,
     })
@@ -124,8 +125,26 @@ function storedScopes(text: string): Scope[] {
   }
 }
 
-function toRecord(row: KeyRow): ApiKeyRecord {
-  return { ...row, scopes: storedScopes(row.scopes) };
+/**
+ * Whether and by which key a key was rotated, as its row's `successor_seal` vouches; `intact`
+ * false (reported, `replacedBy` null) when the mark fails its seal: a `replaced_by` written,
+ * cleared or copied in the file.
+ */
+function markOf(
+  seal: CredentialSeal,
+  row: SealedSuccessor & { successorSeal: string | null },
+): { intact: boolean; replacedBy: string | null } {
+  const intact = seal.intact.successor(row);
+  return { intact, replacedBy: intact ? row.replacedBy : null };
+}
+
+/** A listed row as admins see it: `replacedBy` only as its sealed rotation mark says. */
+function toRecord(
+  row: KeyRow & { successorSeal: string | null },
+  seal: CredentialSeal,
+): ApiKeyRecord {
+  const { successorSeal: _sealed, ...shown } = row;
+  return { ...shown, replacedBy: markOf(seal, row).replacedBy, scopes: storedScopes(row.scopes) };
 }
 
 export function isScope(value: string): value is Scope {
@@ -255,8 +274,7 @@ export class ApiKeyService {
   /** The key; `replacedBy` only as its sealed rotation mark says (null when that fails). */
   get(id: string): ApiKeyRecord | null {
     const row = selectKeys(this.db).where(eq(apiKeys.id, id)).get();
-    if (!row) return null;
-    return toRecord({ ...row, replacedBy: this.rotationMark(id)?.replacedBy ?? null });
+    return row ? toRecord(row, this.options.seal) : null;
   }
 
   /** Every key, newest first; or only the keys acting for one user. */
@@ -265,16 +283,10 @@ export class ApiKeyService {
       .where(userId === undefined ? undefined : eq(apiKeys.userId, userId))
       .orderBy(desc(apiKeys.createdAt))
       .all()
-      .map((row) =>
-        toRecord({ ...row, replacedBy: this.rotationMark(row.id)?.replacedBy ?? null }),
-      );
+      .map((row) => toRecord(row, this.options.seal));
   }
 
-  /**
-   * Whether and by which key the key was rotated, as its row's `successor_seal` vouches; `intact`
-   * false (reported, `replacedBy` null) when the mark fails its seal: a `replaced_by` written,
-   * cleared or copied in the file. Null when there is no such key.
-   */
+  /** The key's rotation mark (`markOf`); null when there is no such key. */
   rotationMark(id: string): { intact: boolean; replacedBy: string | null } | null {
     const row = this.db
       .select({
@@ -286,9 +298,7 @@ export class ApiKeyService {
       .from(apiKeys)
       .where(eq(apiKeys.id, id))
       .get();
-    if (!row) return null;
-    const intact = this.options.seal.intact.successor(row);
-    return { intact, replacedBy: intact ? row.replacedBy : null };
+    return row ? markOf(this.options.seal, row) : null;
   }
 
   /** Whether the key's lineage matches its seal (reported when it does not). */
