@@ -90,13 +90,13 @@ export const keysList: Command = {
           : key.expiresAt !== null && key.expiresAt <= now
             ? "expired"
             : "active";
-      const lineage = apiKeys.lineageIntact(key.id)
-        ? ""
-        : "  lineage refused (does not match its seal: no payments for a key acting for no user, no rotation)";
-      const rotation =
-        apiKeys.rotationMark(key.id)?.intact === false
-          ? "  rotation mark refused (replaced_by does not match its seal: no rotation)"
-          : "";
+      const seals = apiKeys.sealsOf(key);
+      const lineage = seals.lineageTampered
+        ? "  lineage refused (does not match its seal: no payments for a key acting for no user, no rotation)"
+        : "";
+      const rotation = seals.rotationTampered
+        ? "  rotation mark refused (replaced_by does not match its seal: no rotation)"
+        : "";
       const owner =
         key.userId !== null
           ? `${key.ownerEmail}`

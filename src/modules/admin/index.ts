@@ -141,13 +141,7 @@ export function adminModule(options: AdminModuleOptions) {
       ({ principal, request, client, requestId, path }) => {
         record({ principal, request, client, requestId, path }, "admin.keys.listed");
         return {
-          keys: apiKeys.list().map((key) =>
-            view(key, {
-              tampered: apiKeys.tampered(key),
-              lineageTampered: !apiKeys.lineageIntact(key.id),
-              rotationTampered: apiKeys.rotationMark(key.id)?.intact === false,
-            }),
-          ),
+          keys: apiKeys.list().map((key) => view(key, apiKeys.sealsOf(key))),
         };
       },
       {

@@ -301,9 +301,20 @@ export class ApiKeyService {
     return row ? markOf(this.options.seal, row) : null;
   }
 
-  /** Whether the key's lineage matches its seal (reported when it does not). */
-  lineageIntact(id: string): boolean {
-    return this.lineageOf(id) !== null;
+  /**
+   * What of a key fails its seal, as the admin list and `keys:list` show it (each failure
+   * reported): the row or its owner's account (the key is refused), its lineage, its rotation mark.
+   */
+  sealsOf(key: Pick<ApiKeyRecord, "id" | "userId">): {
+    tampered: boolean;
+    lineageTampered: boolean;
+    rotationTampered: boolean;
+  } {
+    return {
+      tampered: this.tampered(key),
+      lineageTampered: this.lineageOf(key.id) === null,
+      rotationTampered: this.rotationMark(key.id)?.intact === false,
+    };
   }
 
   revoke(id: string, actor: string | null, reason?: string): boolean {
