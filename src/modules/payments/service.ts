@@ -129,6 +129,11 @@ type Claim =
   | { kind: "key_reused" }
   | { kind: "owner_gone" };
 
+/** An owner's Idempotency-Key as one map key (JSON: no owner and key pair spells another's). */
+function unrecordedKey(owner: string, key: string): string {
+  return JSON.stringify([owner, key]);
+}
+
 export class PaymentService {
   readonly configured: boolean;
   private readonly db: AppDatabase;
@@ -223,12 +228,12 @@ export class PaymentService {
   private rememberUnrecorded(owner: string, key: string, retryAt: number): void {
     const now = this.clock.now();
     for (const [held, at] of this.unrecorded) if (at <= now) this.unrecorded.delete(held);
-    this.unrecorded.set(JSON.stringify([owner, key]), retryAt);
+    this.unrecorded.set(unrecordedKey(owner, key), retryAt);
   }
 
   /** When the 503 of this key's unrecorded intent said to retry, while that is still ahead. */
   private unrecordedRetryAt(owner: string, key: string): number | null {
-    const held = JSON.stringify([owner, key]);
+    const held = unrecordedKey(owner, key);
     const retryAt = this.unrecorded.get(held);
     if (retryAt === undefined) return null;
     if (retryAt > this.clock.now()) return retryAt;
