@@ -9,12 +9,22 @@ import { createIdentify } from "../../src/plugins/auth/identify";
 
 const principal = { kind: "user", id: "u1", role: "user", via: "bearer" } as const;
 
-function countingVerifier() {
+/** A verifier that counts its verifications; tokens in `cached` are answered from its cache. */
+function countingVerifier(cached: readonly string[] = []) {
   const calls: string[] = [];
+  const verdict = (token: string) =>
+    token === "good" || token === "cached"
+      ? { ok: true, principal }
+      : { ok: false, reason: "invalid" };
   const verifier = {
+    cachedAccessToken(token: string, via: string) {
+      if (!cached.includes(token)) return null;
+      calls.push(`cached ${via}:${token}`);
+      return verdict(token);
+    },
     async verifyAccessToken(token: string, via: string) {
       calls.push(`${via}:${token}`);
-      return token === "good" ? { ok: true, principal } : { ok: false, reason: "invalid" };
+      return verdict(token);
     },
     verifyApiKey(key: string) {
       calls.push(`key:${key}`);
@@ -74,4 +84,51 @@ test("behind TLS only the __Host- session cookie counts", async () => {
   expect(await identify(request({ cookie: "palisade_session=good" }))).toEqual({ status: "none" });
   expect((await identify(request({ cookie: "__Host-palisade_session=good" }))).status).toBe("ok");
   expect(calls).toEqual(["cookie:good"]);
+});
+
+test("known at once: no credential, an API key, a cached token; a token to verify once it is", async () => {
+  const { verifier, calls } = countingVerifier(["cached"]);
+  const identify = createIdentify(verifier, false);
+  expect(identify.now(request({}))).toEqual({ status: "none" });
+  expect(identify.now(request({ "x-api-key": "pal_live_x" }))?.status).toBe("bad");
+  expect(identify.now(request({ authorization: "Bearer cached" }))?.status).toBe("ok");
+  expect(identify.now(request({ cookie: "palisade_session=cached" }))?.status).toBe("ok");
+  expect(identify.now(request({ authorization: "Bearer good", "x-api-key": "k" }))?.status).toBe(
+    "bad",
+  );
+  expect(calls).toEqual(["key:pal_live_x", "cached bearer:cached", "cached cookie:cached"]);
+
+  // Not cached: not known yet, its verification started by the first ask and made once.
+  calls.length = 0;
+  const uncached = request({ authorization: "Bearer good" });
+  expect(identify.now(uncached)).toBeUndefined();
+  expect(identify.now(uncached)).toBeUndefined();
+  const verified = await identify(uncached);
+  expect(verified.status).toBe("ok");
+  expect(identify.now(uncached)).toBe(verified);
+  expect(calls).toEqual(["bearer:good"]);
+
+  // The promise form answers a request known at once the same, without verifying again.
+  calls.length = 0;
+  const known = request({ authorization: "Bearer cached" });
+  expect(identify.now(known)?.status).toBe("ok");
+  expect(await identify(known)).toBe(identify.now(known)!);
+  expect(calls).toEqual(["cached bearer:cached"]);
+});
+
+test("a verifier that throws: identify rejects (never throws at the caller), now throws", async () => {
+  const failing = {
+    cachedAccessToken() {
+      throw new Error("database is locked");
+    },
+    verifyApiKey() {
+      throw new Error("database is locked");
+    },
+  } as unknown as CredentialVerifier;
+  const identify = createIdentify(failing, false);
+  const withKey = request({ "x-api-key": "pal_live_x" });
+  const pending = identify(withKey);
+  expect(pending).toBeInstanceOf(Promise);
+  await expect(pending).rejects.toThrow("database is locked");
+  expect(() => identify.now(request({ authorization: "Bearer t" }))).toThrow("database is locked");
 });

@@ -205,26 +205,22 @@ export class CredentialVerifier {
     this.poll(options.clock.now());
   }
 
+  /**
+   * The verdict on a token this process verified before and still caches, without waiting; null
+   * when it must be verified (`verifyAccessToken`). The same checks as a cached token there.
+   */
+  cachedAccessToken(token: string, via: "bearer" | "cookie"): Verification | null {
+    const now = this.options.clock.now();
+    this.pollIfDue(now);
+    return this.fromCache(sha256Hex(token), via, now);
+  }
+
   async verifyAccessToken(token: string, via: "bearer" | "cookie"): Promise<Verification> {
     const now = this.options.clock.now();
     this.pollIfDue(now);
     const cacheKey = sha256Hex(token);
-    const cached = this.tokens.get(cacheKey);
-    if (cached && cached.expiresAt > now) {
-      if (this.revokedFamilies.has(cached.principal.familyId))
-        return { ok: false, reason: "revoked" };
-      if (now - cached.checkedAt >= TOKEN_RECHECK_MS) {
-        if (!this.sessionLive(cached.principal.familyId, cached.principal.id)) {
-          this.tokens.delete(cacheKey);
-          return { ok: false, reason: "revoked" };
-        }
-        cached.checkedAt = now;
-      }
-      return {
-        ok: true,
-        principal: cached.principal.via === via ? cached.principal : { ...cached.principal, via },
-      };
-    }
+    const known = this.fromCache(cacheKey, via, now);
+    if (known !== null) return known;
     const verdict = await verifyAccessToken(
       this.options.signingKeys,
       token,
@@ -247,6 +243,24 @@ export class CredentialVerifier {
     if (this.tokens.size >= CACHE_LIMIT) this.tokens.clear();
     this.tokens.set(cacheKey, { principal, expiresAt: claims.exp * 1000, checkedAt: now });
     return { ok: true, principal };
+  }
+
+  private fromCache(cacheKey: string, via: "bearer" | "cookie", now: number): Verification | null {
+    const cached = this.tokens.get(cacheKey);
+    if (cached === undefined || cached.expiresAt <= now) return null;
+    if (this.revokedFamilies.has(cached.principal.familyId))
+      return { ok: false, reason: "revoked" };
+    if (now - cached.checkedAt >= TOKEN_RECHECK_MS) {
+      if (!this.sessionLive(cached.principal.familyId, cached.principal.id)) {
+        this.tokens.delete(cacheKey);
+        return { ok: false, reason: "revoked" };
+      }
+      cached.checkedAt = now;
+    }
+    return {
+      ok: true,
+      principal: cached.principal.via === via ? cached.principal : { ...cached.principal, via },
+    };
   }
 
   /**

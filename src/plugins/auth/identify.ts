@@ -4,10 +4,16 @@
  * authenticated request is counted against its principal, not its address); the auth stage asks
  * again and gets the same answer without verifying twice. A bad credential does not fail the
  * rate-limit stage — it is counted by address — and is refused by the auth stage.
+ *
+ * Only an access token not yet cached needs waiting for (its signature check is asynchronous): an
+ * API key, a cached token and no credential are known at once (`identify.now`), so those requests
+ * pass the rate-limit and auth stages without waiting a turn for an answer that is already there.
+ * Over HTTP each wait costs more than its own microtask (the answer goes out later, and the client
+ * is woken more often); see README, Performance.
  */
 
 import { cookieNames, readCookie } from "../csrf/cookies";
-import type { CredentialVerifier } from "./credentials";
+import type { CredentialVerifier, Verification } from "./credentials";
 import type { AuthFailureReason } from "./metrics";
 import type { Principal } from "./principal";
 
@@ -30,47 +36,27 @@ export function bearerCredential(authorization: string | null): string | null {
 export interface Identify {
   (request: Request): Promise<Identification>;
   /**
+   * The identification, when it is known without waiting: no credential, an API key (verified
+   * synchronously), a token this process has verified and cached, or one whose verification has
+   * finished. Otherwise starts the verification (as `identify` does) and returns undefined: the
+   * caller then awaits `identify`. One verification per request either way.
+   */
+  now(request: Request): Identification | undefined;
+  /**
    * Whether the request carries a credential at all (Authorization, X-API-Key or the session
    * cookie, well-formed or not): one that does not is identified as none without waiting.
    */
   carriesCredential(request: Request): boolean;
 }
 
+const NONE: Identification = { status: "none" };
+
 export function createIdentify(credentials: CredentialVerifier, requireTls: boolean): Identify {
   const sessionCookie = cookieNames(requireTls).session;
-  const seen = new WeakMap<Request, Promise<Identification>>();
+  /** What each request asked about was identified as, or the verification still running. */
+  const seen = new WeakMap<Request, Identification | Promise<Identification>>();
 
-  const identifyOnce = async (request: Request): Promise<Identification> => {
-    const authorization = request.headers.get("authorization");
-    const apiKey = request.headers.get("x-api-key");
-    if (authorization !== null && apiKey !== null) {
-      return { status: "bad", reason: "invalid_api_key", detail: "Send one credential, not two." };
-    }
-    let kind: "token" | "key";
-    let verification: Awaited<ReturnType<CredentialVerifier["verifyAccessToken"]>>;
-    if (apiKey !== null) {
-      kind = "key";
-      verification = credentials.verifyApiKey(apiKey);
-    } else if (authorization !== null) {
-      const credential = bearerCredential(authorization);
-      if (credential === null || !B64TOKEN.test(credential)) {
-        return {
-          status: "bad",
-          reason: "invalid_token",
-          detail: "Use Authorization: Bearer <token>.",
-        };
-      }
-      kind = credential.startsWith("pal_") ? "key" : "token";
-      verification =
-        kind === "key"
-          ? credentials.verifyApiKey(credential)
-          : await credentials.verifyAccessToken(credential, "bearer");
-    } else {
-      const session = readCookie(request.headers.get("cookie"), sessionCookie);
-      if (session === null) return { status: "none" };
-      kind = "token";
-      verification = await credentials.verifyAccessToken(session, "cookie");
-    }
+  const identification = (verification: Verification, kind: "token" | "key"): Identification => {
     if (verification.ok) return { status: "ok", principal: verification.principal };
     const what = kind === "key" ? "API key" : "token";
     return {
@@ -80,24 +66,79 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
     };
   };
 
-  // Most requests carry no credential at all: that answer needs no verifying and no memo, and
-  // one settled promise (owned by this identify) serves them all.
-  const none: Promise<Identification> = Promise.resolve({ status: "none" });
+  /** A token's identification: at once when this process has it cached, else once verified. */
+  const ofToken = (
+    token: string,
+    via: "bearer" | "cookie",
+  ): Identification | Promise<Identification> => {
+    const cached = credentials.cachedAccessToken(token, via);
+    if (cached !== null) return identification(cached, "token");
+    return credentials
+      .verifyAccessToken(token, via)
+      .then((verification) => identification(verification, "token"));
+  };
+
+  const identifyOnce = (request: Request): Identification | Promise<Identification> => {
+    const authorization = request.headers.get("authorization");
+    const apiKey = request.headers.get("x-api-key");
+    if (authorization !== null && apiKey !== null) {
+      return { status: "bad", reason: "invalid_api_key", detail: "Send one credential, not two." };
+    }
+    if (apiKey !== null) return identification(credentials.verifyApiKey(apiKey), "key");
+    if (authorization !== null) {
+      const credential = bearerCredential(authorization);
+      if (credential === null || !B64TOKEN.test(credential)) {
+        return {
+          status: "bad",
+          reason: "invalid_token",
+          detail: "Use Authorization: Bearer <token>.",
+        };
+      }
+      return credential.startsWith("pal_")
+        ? identification(credentials.verifyApiKey(credential), "key")
+        : ofToken(credential, "bearer");
+    }
+    const session = readCookie(request.headers.get("cookie"), sessionCookie);
+    return session === null ? NONE : ofToken(session, "cookie");
+  };
+
   const carriesCredential = (headers: Headers): boolean =>
     headers.has("authorization") ||
     headers.has("x-api-key") ||
     readCookie(headers.get("cookie"), sessionCookie) !== null;
 
-  const identify = (request: Request) => {
+  /** The request's identification or its verification in progress, started at the first ask. */
+  const lookUp = (request: Request): Identification | Promise<Identification> => {
     let result = seen.get(request);
     if (result === undefined) {
-      if (!carriesCredential(request.headers)) return none;
-      result = identifyOnce(request);
+      // Most requests carry no credential at all: that answer needs no verifying and no memo.
+      if (!carriesCredential(request.headers)) return NONE;
+      const found = identifyOnce(request);
+      result =
+        found instanceof Promise
+          ? found.then((settled) => {
+              seen.set(request, settled);
+              return settled;
+            })
+          : found;
       seen.set(request, result);
     }
     return result;
   };
+
+  const identify = (request: Request): Promise<Identification> => {
+    try {
+      const result = lookUp(request);
+      return result instanceof Promise ? result : Promise.resolve(result);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  };
   return Object.assign(identify, {
+    now: (request: Request) => {
+      const result = lookUp(request);
+      return result instanceof Promise ? undefined : result;
+    },
     carriesCredential: (request: Request) => carriesCredential(request.headers),
   });
 }

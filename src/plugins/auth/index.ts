@@ -19,7 +19,7 @@ import { type DocumentDecoration, Elysia } from "elysia";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import { type RequestState, requestStateTypes } from "../request-state";
-import type { Identify } from "./identify";
+import type { Identification, Identify } from "./identify";
 import type { AuthMetrics } from "./metrics";
 import { type Principal, principalRef, type Scope } from "./principal";
 
@@ -80,11 +80,15 @@ function authDetail(
   } as DocumentDecoration;
 }
 
+/** Where `transform` leaves the principal it authorized, for `resolve` to hand the handler. */
+const AUTHORIZED = Symbol("palisade.authorized");
+type Authorized = { [AUTHORIZED]: Principal };
+
 export function authPlugin(options: AuthPluginOptions) {
   const { identify, metrics, audit, stillAdmin } = options;
 
-  const authenticate = async (request: Request): Promise<Principal> => {
-    const found = await identify(request);
+  /** The principal a request identified as, or 401 (counted) when it has none or a bad one. */
+  const authenticated = (found: Identification): Principal => {
     if (found.status === "ok") return found.principal;
     const [reason, detail] =
       found.status === "none"
@@ -100,18 +104,20 @@ export function authPlugin(options: AuthPluginOptions) {
   };
 
   /**
-   * The principal, once it is known to meet the requirement; throws 401 or 403 otherwise. Called
-   * in `transform` and again in `resolve`: the second call finds the verification memoised for
-   * the request (identify.ts) and cannot fail where the first passed, so nothing is counted twice.
+   * The principal, once it is known to meet the requirement; throws 401 or 403 otherwise. A
+   * revocation made in another process reaches this one's caches within a second; an admin
+   * change must not be made in that second by the credential just revoked, logged out or demoted
+   * (a key it minted would outlive it), so it is checked against the database too.
    */
-  const authorize = async (
+  const authorize = (
     requirement: AuthRequirement,
+    found: Identification,
     request: Request,
     path: string,
     client: RequestState["client"],
     requestId: string,
-  ): Promise<Principal> => {
-    const principal = await authenticate(request);
+  ): Principal => {
+    const principal = authenticated(found);
     if (!satisfies(principal, requirement)) {
       metrics.fail("forbidden");
       audit.record({
@@ -125,8 +131,27 @@ export function authPlugin(options: AuthPluginOptions) {
       });
       throw new AppError("FORBIDDEN", "This credential may not do that.");
     }
+    if (
+      stillAdmin !== undefined &&
+      typeof requirement === "object" &&
+      "role" in requirement &&
+      !READS.has(request.method) &&
+      !stillAdmin(principal)
+    ) {
+      metrics.fail(principal.kind === "key" ? "revoked_api_key" : "revoked_token");
+      throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
+    }
     return principal;
   };
+
+  const authorizeOnceVerified = async (
+    requirement: AuthRequirement,
+    request: Request,
+    path: string,
+    client: RequestState["client"],
+    requestId: string,
+  ): Promise<Principal> =>
+    authorize(requirement, await identify(request), request, path, client, requestId);
 
   return new Elysia({ name: "palisade.auth" })
     .use(requestStateTypes())
@@ -143,28 +168,32 @@ export function authPlugin(options: AuthPluginOptions) {
           CREDENTIAL_ERRORS,
         ),
         // Authentication runs in `transform`, before Elysia validates the body, query and path
-        // parameters: an anonymous caller gets 401, not 422 with the route's schema. `resolve`
-        // (after validation) hands the handler the principal already verified for this request.
-        async transform(context) {
+        // parameters: an anonymous caller gets 401, not 422 with the route's schema. It waits
+        // only for a token that must still be verified (identify.ts). `resolve` (after
+        // validation) hands the handler the principal `transform` authorized; it reads the
+        // context's fields one by one, because a hook handed the whole context makes Elysia
+        // parse every cookie and header of every request on the route.
+        transform(context) {
           const { request, path, client, requestId } = context as unknown as RequestState;
-          const principal = await authorize(requirement, request, path, client, requestId);
-          // A revocation made in another process reaches this one's caches within a second; an
-          // admin change must not be made in that second by the credential just revoked, logged
-          // out or demoted (a key it minted would outlive it).
-          if (
-            stillAdmin !== undefined &&
-            typeof requirement === "object" &&
-            "role" in requirement &&
-            !READS.has(request.method) &&
-            !stillAdmin(principal)
-          ) {
-            metrics.fail(principal.kind === "key" ? "revoked_api_key" : "revoked_token");
-            throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
+          const found = identify.now(request);
+          if (found === undefined) {
+            return authorizeOnceVerified(requirement, request, path, client, requestId).then(
+              (principal) => {
+                (context as unknown as Authorized)[AUTHORIZED] = principal;
+              },
+            );
           }
+          (context as unknown as Authorized)[AUTHORIZED] = authorize(
+            requirement,
+            found,
+            request,
+            path,
+            client,
+            requestId,
+          );
         },
-        async resolve(context) {
-          const { request, path, client, requestId } = context as unknown as RequestState;
-          return { principal: await authorize(requirement, request, path, client, requestId) };
+        resolve(context) {
+          return { principal: (context as unknown as Authorized)[AUTHORIZED] };
         },
       }),
     })

@@ -12,7 +12,7 @@
  */
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
-import type { Identify } from "../auth/identify";
+import type { Identification, Identify } from "../auth/identify";
 import { principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
@@ -50,8 +50,7 @@ export function rateLimit(options: RateLimitOptions) {
   };
 
   /** The request's principal, if it carries a valid credential; a lockout refuses it here. */
-  const principalOf = async (request: Request): Promise<string | null> => {
-    const found = await identify!(request);
+  const principalOf = (found: Identification): string | null => {
     if (found.status !== "ok") return null;
     const principal = principalRef(found.principal);
     const until = lockedOutUntil?.(principal) ?? null;
@@ -67,6 +66,11 @@ export function rateLimit(options: RateLimitOptions) {
     return principal;
   };
 
+  const keysOf = (applied: readonly RoutePolicy[], address: string, principal: string | null) =>
+    principal === null
+      ? address
+      : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
+
   const limit = async (
     state: RequestState & { set: { headers: Record<string, unknown> } },
     applied: readonly RoutePolicy[],
@@ -74,11 +78,9 @@ export function rateLimit(options: RateLimitOptions) {
     countsPrincipal: boolean,
   ): Promise<void> => {
     const { request, path, client, requestId, set } = state;
-    const principal = countsPrincipal ? await principalOf(request) : null;
-    const keys =
-      principal === null
-        ? address
-        : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
+    const keys = countsPrincipal
+      ? keysOf(applied, address, principalOf(await identify!(request)))
+      : address;
     const headers = await enforce(applied, keys, {
       method: request.method,
       path,
@@ -98,14 +100,17 @@ export function rateLimit(options: RateLimitOptions) {
       if (allowRanges.length > 0 && client.address && inRanges(client.address, allowRanges)) return;
       const applied = policiesFor(routeClass);
       const address = `ip:${client.key}`;
-      // A request that may be counted against a principal waits for its credential's verdict;
-      // any other is counted by address, and a lease of its address admits it without waiting.
+      // A request that may be counted against a principal needs its credential's verdict (known
+      // at once unless a token must still be verified); any other is counted by address. With
+      // its keys known, a lease of them admits it without waiting.
       const countsPrincipal =
         identify !== undefined &&
         applied.some((policy) => policy.keyedBy === "principal") &&
         identify.carriesCredential(request);
-      if (!countsPrincipal) {
-        const headers = enforce.admitNow(applied, address);
+      const found = countsPrincipal ? identify!.now(request) : undefined;
+      if (!countsPrincipal || found !== undefined) {
+        const keys = found === undefined ? address : keysOf(applied, address, principalOf(found));
+        const headers = enforce.admitNow(applied, keys);
         if (headers !== undefined) {
           Object.assign(state.set.headers, headers);
           return;
