@@ -18,7 +18,12 @@ import { createLogger } from "../../src/logging/logger";
 import { createServices } from "../../src/services";
 import { settleDeferredWork } from "../deferred";
 import { memoryOf } from "../proc";
-import { BENCH_CSRF_SECRET, BENCH_JWT_SECRET, BENCH_PAYLOAD } from "../servers/payload";
+import {
+  BENCH_CSRF_SECRET,
+  BENCH_JWT_SECRET,
+  BENCH_PAYLOAD,
+  BENCH_ROUTE_CLASSES,
+} from "../servers/payload";
 
 const count = Number(process.argv[2] ?? 1_000_000);
 const dir = process.argv[3]!;
@@ -40,11 +45,11 @@ const logger = createLogger({
 // Maintenance runs as in production (every 10 s): within the run no window ends, so nothing is
 // pruned and every client's row is still there at the end.
 const services = createServices({ config, db, logger });
-const app = createApp({ ...services, peerAddress: () => "127.0.0.1" }).get(
-  "/bench",
-  () => BENCH_PAYLOAD,
-  { public: true },
-);
+const app = createApp({
+  ...services,
+  peerAddress: () => "127.0.0.1",
+  extraRouteClasses: BENCH_ROUTE_CLASSES,
+}).get("/bench", () => BENCH_PAYLOAD, { public: true });
 const address = (i: number) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
 
 // The unknown-email login's dummy argon2id hash is made at start (64 MB while it runs): let it

@@ -23,7 +23,13 @@ import { createLogger } from "../../src/logging/logger";
 import { signAccessToken, signingKey } from "../../src/plugins/auth/tokens";
 import { createServices } from "../../src/services";
 import { benchFamily } from "../family";
-import { BENCH_CSRF_SECRET, BENCH_JWT_SECRET, BENCH_PAYLOAD, ProtectedBody } from "./payload";
+import {
+  BENCH_CSRF_SECRET,
+  BENCH_JWT_SECRET,
+  BENCH_PAYLOAD,
+  BENCH_ROUTE_CLASSES,
+  ProtectedBody,
+} from "./payload";
 
 const mode = process.argv[2] ?? "full";
 const port = Number(process.argv[3] ?? 0);
@@ -57,7 +63,7 @@ const services = createServices({
   cacheTokens: mode !== "full-nocache",
 });
 await services.start();
-const app = createApp(services)
+const app = createApp({ ...services, extraRouteClasses: BENCH_ROUTE_CLASSES })
   .get("/bench", () => BENCH_PAYLOAD, { public: true })
   .post(
     "/bench/protected",
