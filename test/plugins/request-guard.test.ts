@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { t } from "elysia";
 import { users } from "../../src/db/schema";
+import { trimOptionalWhitespace } from "../../src/plugins/request-guard/checks";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
@@ -324,5 +325,27 @@ describe("injection", () => {
       body: { message: "How do I write SELECT * FROM users WHERE name = 'x' OR 1=1; --?" },
     });
     expect(response.status).toBe(200);
+  });
+});
+
+describe("optional whitespace", () => {
+  test("space and tab are cut from both ends, nothing else, whether or not a value has any", () => {
+    const cases: Array<[string, string]> = [
+      ["", ""],
+      ["application/json", "application/json"],
+      [" application/json", "application/json"],
+      ["application/json\t", "application/json"],
+      ["\t application/json \t", "application/json"],
+      [" ", ""],
+      ["\t \t", ""],
+      ["a b", "a b"],
+      ["\u00a0application/json", "\u00a0application/json"],
+      ["application/json\u00a0", "application/json\u00a0"],
+      [" \u00a0x\u00a0 ", "\u00a0x\u00a0"],
+      ["\nx", "\nx"],
+    ];
+    for (const [text, trimmed] of cases) {
+      expect({ text, got: trimOptionalWhitespace(text) }).toEqual({ text, got: trimmed });
+    }
   });
 });

@@ -86,7 +86,12 @@ export function requestGuard({
       // Elysia passes the header's media type as sent, cut at `;` but not trimmed: media types
       // are case-insensitive and may be followed by whitespace (RFC 9110 §8.3.1), as the guard
       // compared them. Any other spelling would reach the route as text, or as no body at all.
-      if (trimOptionalWhitespace(contentType).toLowerCase() !== BODY_MEDIA_TYPE) return;
+      if (
+        contentType !== BODY_MEDIA_TYPE &&
+        trimOptionalWhitespace(contentType).toLowerCase() !== BODY_MEDIA_TYPE
+      ) {
+        return;
+      }
       const { request, routeClass, route } = context as unknown as RequestState & {
         route: string;
       };
