@@ -154,31 +154,16 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
   const checksOf = (policies: readonly Policy[], keys: LimitKeys, now: number) =>
     policies.map((policy, i) => ({ policy, key: keyOf(keys, i), now }));
 
-  const enforceLimits = async function enforceLimits(
+  /** The refusal of a request the store refused: counted, audited, a violation, then thrown. */
+  const refuse = async (
     policies: readonly Policy[],
     keys: LimitKeys,
     request: LimitContext,
-  ): Promise<Record<string, string> | null> {
-    const now = clock.now();
-    let outcomes: LimitOutcome[];
-    try {
-      outcomes = await store.check(checksOf(policies, keys, now));
-    } catch (error) {
-      const failClosed = policies.some((policy) => policy.failClosed);
-      const refusal = limiterFailed(error, {
-        metrics,
-        logger,
-        requestId: request.requestId,
-        failClosed,
-      });
-      if (refusal) throw refusal;
-      return null;
-    }
-
-    const refusedAt = outcomes.findIndex((o) => !o.admitted);
-    const headers = rateLimitHeaders(policies, outcomes, now, refusedAt >= 0);
-    if (refusedAt < 0) return headers;
-
+    outcomes: readonly LimitOutcome[],
+    refusedAt: number,
+    now: number,
+  ): Promise<never> => {
+    const headers = rateLimitHeaders(policies, outcomes, now, true);
     const refusedBy = policies[refusedAt]!;
     const policyId = refusedBy.id;
     const key = keyOf(keys, refusedAt);
@@ -211,6 +196,40 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
       `Too many requests; retry in ${headers["retry-after"]} s.`,
       undefined,
       headers,
+    );
+  };
+
+  // A promise callback, not an `async` function awaiting the store: the admitted request's answer
+  // is one layer nearer (see plugins/rate-limit/index.ts).
+  const enforceLimits = function enforceLimits(
+    policies: readonly Policy[],
+    keys: LimitKeys,
+    request: LimitContext,
+  ): Promise<Record<string, string> | null> {
+    const now = clock.now();
+    let decided: Promise<LimitOutcome[]>;
+    try {
+      decided = store.check(checksOf(policies, keys, now));
+    } catch (error) {
+      decided = Promise.reject(error);
+    }
+    return decided.then(
+      (outcomes) => {
+        const refusedAt = outcomes.findIndex((o) => !o.admitted);
+        if (refusedAt < 0) return rateLimitHeaders(policies, outcomes, now, false);
+        return refuse(policies, keys, request, outcomes, refusedAt, now);
+      },
+      (error: unknown) => {
+        const failClosed = policies.some((policy) => policy.failClosed);
+        const refusal = limiterFailed(error, {
+          metrics,
+          logger,
+          requestId: request.requestId,
+          failClosed,
+        });
+        if (refusal) throw refusal;
+        return null;
+      },
     );
   };
   const admitNow = (policies: readonly Policy[], keys: LimitKeys) => {

@@ -71,23 +71,27 @@ export function rateLimit(options: RateLimitOptions) {
       ? address
       : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
 
-  const limit = async (
+  /**
+   * Counts a request the store must decide (or whose credential must still be verified). Promise
+   * callbacks rather than `async` functions awaiting one another: each such layer costs a request
+   * more than its microtask over HTTP (README, Performance).
+   */
+  const limit = (
     state: RequestState & { set: { headers: Record<string, unknown> } },
     applied: readonly RoutePolicy[],
     address: string,
     countsPrincipal: boolean,
   ): Promise<void> => {
     const { request, path, client, requestId, set } = state;
-    const keys = countsPrincipal
-      ? keysOf(applied, address, principalOf(await identify!(request)))
-      : address;
-    const headers = await enforce(applied, keys, {
-      method: request.method,
-      path,
-      client,
-      requestId,
+    const context = { method: request.method, path, client, requestId };
+    const decided = countsPrincipal
+      ? identify!(request).then((found) =>
+          enforce(applied, keysOf(applied, address, principalOf(found)), context),
+        )
+      : enforce(applied, address, context);
+    return decided.then((headers) => {
+      if (headers) Object.assign(set.headers, headers);
     });
-    if (headers) Object.assign(set.headers, headers);
   };
 
   return new Elysia({ name: "palisade.rate-limit" })
