@@ -351,6 +351,47 @@ describe("keys for authenticated requests", () => {
     expect(await remainingAfter({ authorization: "" })).toEqual([401, 696]);
   });
 
+  test("a hot principal admitted from its leases: every answer its own count, exactly the limit, whatever the credential", async () => {
+    // Over the leasing floor. A cached token and an API key are known at once, so their requests
+    // are counted against the principal by a lease without waiting; the token's first request is
+    // verified first (not cached yet), and the burst arrives while it is.
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "300", RATE_LIMIT_BURST: "300" });
+    const { bearer, createKey, signUp } = await import("../../support/auth");
+    const user = await signUp(target, { peer: "10.20.0.1" });
+    const credentials: Record<string, Record<string, string>> = {
+      "access token": bearer(user.accessToken),
+      "API key": { "x-api-key": createKey(target, ["chat"]).key },
+      "API key as bearer": bearer(createKey(target, ["chat"]).key),
+    };
+    for (const [name, headers] of Object.entries(credentials)) {
+      const remaining: number[] = [];
+      let refused = 0;
+      for (let batch = 0; batch < 7; batch++) {
+        const responses = await Promise.all(
+          // Each from its own address: the budget is the principal's, not an address's.
+          Array.from({ length: 50 }, (_, i) =>
+            send(target, "/api/auth/me", { headers, peer: `192.0.2.${i + 1}` }),
+          ),
+        );
+        for (const response of responses) {
+          if (response.status === 429) refused++;
+          else {
+            expect({ name, status: response.status }).toEqual({ name, status: 200 });
+            remaining.push(Number(response.headers.get("x-ratelimit-remaining")));
+          }
+        }
+      }
+      expect({ name, admitted: remaining.length, refused }).toEqual({
+        name,
+        admitted: 300,
+        refused: 50,
+      });
+      expect(remaining.sort((a, b) => b - a)).toEqual(
+        Array.from({ length: 300 }, (_, i) => 299 - i),
+      );
+    }
+  });
+
   test("an invalid credential is counted by address, not by the principal it claims", async () => {
     const target = limited({ RATE_LIMIT_PER_MINUTE: "2" });
     const statuses: number[] = [];
