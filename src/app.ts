@@ -33,6 +33,7 @@ import { metrics, metricsRouteClasses, registerInFlight } from "./plugins/metric
 import { metricsListenerPeer } from "./plugins/metrics/listener";
 import { DOCS_PATH, openapiDocument, openapiRouteClasses } from "./plugins/openapi";
 import { rateLimit } from "./plugins/rate-limit";
+import { STEADY_RATE_LIMIT_HEADERS } from "./plugins/rate-limit/headers";
 import { requestGuard } from "./plugins/request-guard";
 import { realPathFirst } from "./plugins/request-guard/host";
 import { requestId } from "./plugins/request-id";
@@ -74,6 +75,7 @@ export function createApp(deps: AppDeps) {
   const responseHeaders = securityResponseHeaders({
     hsts: config.requireTls,
     htmlPaths: [DOCS_PATH],
+    steady: STEADY_RATE_LIMIT_HEADERS,
   });
 
   let registeredRoutes: () => readonly RouteEntry[] = () => [];

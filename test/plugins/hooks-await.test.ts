@@ -14,12 +14,14 @@ afterEach(() => {
   current = null;
 });
 
-/** Hooks that may return a promise, by kind: they wait for the store, a credential or a body. */
+/**
+ * Hooks that may return a promise, by kind: they wait for the store, a credential not yet verified
+ * or a body. The auth macro's `resolve` is not one: it hands on what `transform` authorized.
+ */
 const MAY_WAIT = new Set([
   "request enforceRateLimit",
   "parse parseJsonWithinLimit",
   "transform transform",
-  "beforeHandle resolve",
   "error toProblemResponse",
 ]);
 
@@ -53,6 +55,9 @@ test("Elysia awaits only the hooks that can wait, on every route", () => {
   expect([...awaited].filter((name) => !MAY_WAIT.has(name))).toEqual([]);
   // The request hooks that run on every request and never wait are seen as such.
   expect(awaited.has("request guardRequest")).toBe(false);
+  expect(hooks.some(([kind, hook]) => kind === "beforeHandle" && nameOf(hook) === "resolve")).toBe(
+    true,
+  );
   expect(
     hooks.some(([kind, hook]) => kind === "beforeHandle" && nameOf(hook) === "refuseQueryAsSent"),
   ).toBe(true);

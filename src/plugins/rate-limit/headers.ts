@@ -44,6 +44,13 @@ function windowsOf(policy: Policy, outcome: LimitOutcome, into: Window[]): void 
   }
 }
 
+/**
+ * The two headers whose values repeat from one admitted answer of a route to the next: the policy
+ * list, and the limit of the window closest to refusing (the same window until another gets
+ * closer). The response builder keeps them prebuilt (security-headers/response.ts).
+ */
+export const STEADY_RATE_LIMIT_HEADERS = ["ratelimit-policy", "x-ratelimit-limit"] as const;
+
 const policyHeaderCache = new WeakMap<readonly Policy[], string>();
 
 function renderPolicies(windows: readonly Window[]): string {

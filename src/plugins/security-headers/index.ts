@@ -54,6 +54,8 @@ export interface SecurityHeadersOptions {
   hsts: boolean;
   /** Paths that serve HTML (the docs page) and get the HTML policy. */
   htmlPaths?: readonly string[];
+  /** Two headers whose values repeat across a route's answers, kept prebuilt (response.ts). */
+  steady?: readonly [string, string];
 }
 
 export function buildSecurityHeaders(hsts: boolean, csp: string): Record<string, string> {
@@ -75,11 +77,13 @@ export function buildSecurityHeaders(hsts: boolean, csp: string): Record<string,
 export function securityResponseHeaders({
   hsts,
   htmlPaths = [],
+  steady,
 }: SecurityHeadersOptions): ResponseHeaders {
   const html = buildSecurityHeaders(hsts, DOCS_CSP);
   return createResponseHeaders({
     fixed: buildSecurityHeaders(hsts, API_CSP),
     byRoute: new Map(htmlPaths.map((path) => [path, html])),
+    steady,
   });
 }
 

@@ -34,20 +34,55 @@ export interface ResponseHeaders {
   fill(route: string, set: SetHeaders): void;
 }
 
+/** At most this many prebuilt sets with steady values; past it those values are set per answer. */
+export const MAX_STEADY_SETS = 256;
+
 export function createResponseHeaders(options: {
   fixed: Readonly<Record<string, string>>;
   /** Routes (as matched, not as spelt) whose fixed headers differ (the HTML docs page), and theirs. */
   byRoute?: ReadonlyMap<string, Readonly<Record<string, string>>>;
+  /**
+   * Two headers a stage sets on every answer whose values repeat from one answer of a route to the
+   * next (the rate-limit policy and its limit): each pair of values seen is kept in a prebuilt set
+   * of its own, so an answer copies them with the fixed headers instead of setting each: on
+   * `/bench` 0.4–0.6 µs a request less in three sets of interleaved rounds (of ~20; at the edge of
+   * this machine's noise), where the five rate-limit headers together cost ~3 µs over HTTP.
+   */
+  steady?: readonly [string, string];
 }): ResponseHeaders {
-  const { fixed } = options;
+  const { fixed, steady } = options;
   const byRoute = options.byRoute ?? new Map<string, Readonly<Record<string, string>>>();
   const prebuilt = new Headers(fixed);
   const prebuiltByRoute = new Map([...byRoute].map(([route, set]) => [route, new Headers(set)]));
+  const steadySets = new Map<string, Headers>();
+  const firstName = steady?.[0];
+  const secondName = steady?.[1];
+
+  /** The prebuilt set for `route` with the steady values `set` carries, which leave `set`. */
+  const prebuiltFor = (route: string, set: SetHeaders): Headers => {
+    const base = prebuiltByRoute.get(route) ?? prebuilt;
+    if (firstName === undefined || secondName === undefined) return base;
+    const first = set[firstName];
+    const second = set[secondName];
+    if (typeof first !== "string" || typeof second !== "string") return base;
+    const key = `${route}\u0000${first}\u0000${second}`;
+    let withSteady = steadySets.get(key);
+    if (withSteady === undefined) {
+      if (steadySets.size >= MAX_STEADY_SETS) return base;
+      withSteady = new Headers(base);
+      withSteady.set(firstName, first);
+      withSteady.set(secondName, second);
+      steadySets.set(key, withSteady);
+    }
+    set[firstName] = undefined;
+    set[secondName] = undefined;
+    return withSteady;
+  };
 
   return {
     fixedFor: (route) => byRoute.get(route) ?? fixed,
     respond(route, set, body, status) {
-      const init = { status, headers: prebuiltByRoute.get(route) ?? prebuilt };
+      const init = { status, headers: prebuiltFor(route, set) };
       const response =
         body === null
           ? new Response(null, init)
