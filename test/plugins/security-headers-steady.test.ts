@@ -84,6 +84,27 @@ test("each answer carries its own steady values and its own varying ones, past t
   ]).toEqual(["9", null]);
 });
 
+test("an answer that cannot be built leaves every rate-limit value for the error answer (probe 21b)", () => {
+  const responses = createResponseHeaders({ fixed: { "x-fixed": "1" }, steady: STEADY });
+  const set: Record<string, unknown> = {
+    "ratelimit-policy": '"default";q=6;w=60',
+    "x-ratelimit-limit": "6",
+    "x-ratelimit-remaining": "5",
+  };
+  // JSON cannot hold a BigInt: the error handler answers instead, with what `set` still holds.
+  expect(() => responses.respond("/r", set, { amount: 1n }, 200)).toThrow();
+  expect(set).toEqual({
+    "ratelimit-policy": '"default";q=6;w=60',
+    "x-ratelimit-limit": "6",
+    "x-ratelimit-remaining": "5",
+  });
+  const answered = responses.respond("", set, '{"status":500}', 500).headers;
+  expect([answered.get("ratelimit-policy"), answered.get("x-ratelimit-limit")]).toEqual([
+    '"default";q=6;w=60',
+    "6",
+  ]);
+});
+
 test("over HTTP: the limit shown follows the window closest to refusing, answer by answer", async () => {
   const clock = new ManualClock();
   current = buildTestApp({

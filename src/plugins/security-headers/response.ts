@@ -58,37 +58,44 @@ export function createResponseHeaders(options: {
   const firstName = steady?.[0];
   const secondName = steady?.[1];
 
-  /** The prebuilt set for `route` with the steady values `set` carries, which leave `set`. */
-  const prebuiltFor = (route: string, set: SetHeaders): Headers => {
-    const base = prebuiltByRoute.get(route) ?? prebuilt;
-    if (firstName === undefined || secondName === undefined) return base;
+  /**
+   * The prebuilt set for `route` with the steady values `set` carries, or undefined when there is
+   * none (no such values, or the cap reached): then they are set on the answer like the others.
+   */
+  const steadySetFor = (route: string, set: SetHeaders): Headers | undefined => {
+    if (firstName === undefined || secondName === undefined) return undefined;
     const first = set[firstName];
     const second = set[secondName];
-    if (typeof first !== "string" || typeof second !== "string") return base;
+    if (typeof first !== "string" || typeof second !== "string") return undefined;
     const key = `${route}\u0000${first}\u0000${second}`;
     let withSteady = steadySets.get(key);
     if (withSteady === undefined) {
-      if (steadySets.size >= MAX_STEADY_SETS) return base;
-      withSteady = new Headers(base);
+      if (steadySets.size >= MAX_STEADY_SETS) return undefined;
+      withSteady = new Headers(prebuiltByRoute.get(route) ?? prebuilt);
       withSteady.set(firstName, first);
       withSteady.set(secondName, second);
       steadySets.set(key, withSteady);
     }
-    set[firstName] = undefined;
-    set[secondName] = undefined;
     return withSteady;
   };
 
   return {
     fixedFor: (route) => byRoute.get(route) ?? fixed,
     respond(route, set, body, status) {
-      const init = { status, headers: prebuiltFor(route, set) };
+      const steadySet = steadySetFor(route, set);
+      const init = { status, headers: steadySet ?? prebuiltByRoute.get(route) ?? prebuilt };
       const response =
         body === null
           ? new Response(null, init)
           : typeof body === "string"
             ? new Response(body, init)
             : Response.json(body, init);
+      // Only once the answer exists: an answer that cannot be built (a body JSON cannot hold)
+      // leaves `set` whole for the error answer that replaces it.
+      if (steadySet !== undefined) {
+        set[firstName!] = undefined;
+        set[secondName!] = undefined;
+      }
       layOver(response.headers, set);
       return response;
     },
