@@ -17,14 +17,13 @@ function countingVerifier(cached: readonly string[] = []) {
       ? { ok: true, principal }
       : { ok: false, reason: "invalid" };
   const verifier = {
-    cachedAccessToken(token: string, via: string) {
-      if (!cached.includes(token)) return null;
-      calls.push(`cached ${via}:${token}`);
-      return verdict(token);
-    },
-    async verifyAccessToken(token: string, via: string) {
+    accessToken(token: string, via: string) {
+      if (cached.includes(token)) {
+        calls.push(`cached ${via}:${token}`);
+        return verdict(token);
+      }
       calls.push(`${via}:${token}`);
-      return verdict(token);
+      return Promise.resolve(verdict(token));
     },
     verifyApiKey(key: string) {
       calls.push(`key:${key}`);
@@ -118,7 +117,7 @@ test("known at once: no credential, an API key, a cached token; a token to verif
 
 test("a verifier that throws: identify rejects (never throws at the caller), now throws", async () => {
   const failing = {
-    cachedAccessToken() {
+    accessToken() {
       throw new Error("database is locked");
     },
     verifyApiKey() {

@@ -206,21 +206,26 @@ export class CredentialVerifier {
   }
 
   /**
-   * The verdict on a token this process verified before and still caches, without waiting; null
-   * when it must be verified (`verifyAccessToken`). The same checks as a cached token there.
+   * The verdict on an access token: at once (no promise) for one this process verified before and
+   * still caches, else once its signature is checked. One look-up and one hash either way.
    */
-  cachedAccessToken(token: string, via: "bearer" | "cookie"): Verification | null {
-    const now = this.options.clock.now();
-    this.pollIfDue(now);
-    return this.fromCache(sha256Hex(token), via, now);
-  }
-
-  async verifyAccessToken(token: string, via: "bearer" | "cookie"): Promise<Verification> {
+  accessToken(token: string, via: "bearer" | "cookie"): Verification | Promise<Verification> {
     const now = this.options.clock.now();
     this.pollIfDue(now);
     const cacheKey = sha256Hex(token);
-    const known = this.fromCache(cacheKey, via, now);
-    if (known !== null) return known;
+    return this.fromCache(cacheKey, via, now) ?? this.verifySignature(token, via, cacheKey, now);
+  }
+
+  async verifyAccessToken(token: string, via: "bearer" | "cookie"): Promise<Verification> {
+    return this.accessToken(token, via);
+  }
+
+  private async verifySignature(
+    token: string,
+    via: "bearer" | "cookie",
+    cacheKey: string,
+    now: number,
+  ): Promise<Verification> {
     const verdict = await verifyAccessToken(
       this.options.signingKeys,
       token,

@@ -71,11 +71,10 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
     token: string,
     via: "bearer" | "cookie",
   ): Identification | Promise<Identification> => {
-    const cached = credentials.cachedAccessToken(token, via);
-    if (cached !== null) return identification(cached, "token");
-    return credentials
-      .verifyAccessToken(token, via)
-      .then((verification) => identification(verification, "token"));
+    const verification = credentials.accessToken(token, via);
+    return verification instanceof Promise
+      ? verification.then((verified) => identification(verified, "token"))
+      : identification(verification, "token");
   };
 
   const identifyOnce = (request: Request): Identification | Promise<Identification> => {
