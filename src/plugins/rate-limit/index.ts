@@ -17,7 +17,7 @@ import { principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
-import type { LimitEnforcer } from "./enforce";
+import type { LimitEnforcer, LimitKeys } from "./enforce";
 import type { PolicyTable, RoutePolicy } from "./policies";
 
 export interface RateLimitOptions {
@@ -72,23 +72,22 @@ export function rateLimit(options: RateLimitOptions) {
       : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
 
   /**
-   * Counts a request the store must decide (or whose credential must still be verified). Promise
-   * callbacks rather than `async` functions awaiting one another: each such layer costs a request
-   * more than its microtask over HTTP (README, Performance).
+   * Counts a request the store must decide, by its keys or, when its credential must still be
+   * verified, by the keys that verdict gives. Promise callbacks rather than `async` functions
+   * awaiting one another: each such layer costs a request more than its microtask over HTTP
+   * (README, Performance).
    */
   const limit = (
     state: RequestState & { set: { headers: Record<string, unknown> } },
     applied: readonly RoutePolicy[],
-    address: string,
-    countsPrincipal: boolean,
+    keys: LimitKeys | Promise<LimitKeys>,
   ): Promise<void> => {
     const { request, path, client, requestId, set } = state;
     const context = { method: request.method, path, client, requestId };
-    const decided = countsPrincipal
-      ? identify!(request).then((found) =>
-          enforce(applied, keysOf(applied, address, principalOf(found)), context),
-        )
-      : enforce(applied, address, context);
+    const decided =
+      keys instanceof Promise
+        ? keys.then((known) => enforce(applied, known, context))
+        : enforce(applied, keys, context);
     return decided.then((headers) => {
       if (headers) Object.assign(set.headers, headers);
     });
@@ -112,15 +111,21 @@ export function rateLimit(options: RateLimitOptions) {
         applied.some((policy) => policy.keyedBy === "principal") &&
         identify.carriesCredential(request);
       const found = countsPrincipal ? identify!.now(request) : undefined;
-      if (!countsPrincipal || found !== undefined) {
-        const keys = found === undefined ? address : keysOf(applied, address, principalOf(found));
-        const headers = enforce.admitNow(applied, keys);
-        if (headers !== undefined) {
-          Object.assign(state.set.headers, headers);
-          return;
-        }
+      if (countsPrincipal && found === undefined) {
+        const verified = identify!(request);
+        return limit(
+          state,
+          applied,
+          verified.then((settled) => keysOf(applied, address, principalOf(settled))),
+        );
       }
-      return limit(state, applied, address, countsPrincipal);
+      const keys = found === undefined ? address : keysOf(applied, address, principalOf(found));
+      const headers = enforce.admitNow(applied, keys);
+      if (headers !== undefined) {
+        Object.assign(state.set.headers, headers);
+        return;
+      }
+      return limit(state, applied, keys);
     })
     .as("global");
 }
