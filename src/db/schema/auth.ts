@@ -81,12 +81,14 @@ export const apiKeys = sqliteTable(
     expiresAt: integer("expires_at"),
     lastUsedAt: integer("last_used_at"),
     revokedAt: integer("revoked_at"),
-    /** The key a rotation replaced this one with, and an HMAC of the pair (`successor`): see below. */
+    /** The key a rotation replaced this one with, believed only with `successor_seal`: see below. */
     replacedBy: text("replaced_by"),
     /**
      * Whether and by which key this key was rotated is believed only with this seal over (id,
-     * replaced_by), written when the key is made (replaced by none) and when it is rotated: a
-     * `replaced_by` written into the file, cleared, or copied from another row matches nothing.
+     * replaced_by, expires_at) (plugins/auth/seal.ts, `successor`), written when the key is made
+     * (replaced by none) and when it is rotated (which also sets its expiry, the grace's end): a
+     * `replaced_by` written into the file, cleared, or copied from another row, or the key's own
+     * mark from before its rotation written back, matches nothing.
      */
     successorSeal: text("successor_seal"),
     /**

@@ -138,13 +138,13 @@ function markOf(
   return { intact, replacedBy: intact ? row.replacedBy : null };
 }
 
-/** A listed row as admins see it: `replacedBy` only as its sealed rotation mark says. */
+/** A listed row as admins see it: `replacedBy` only as its sealed rotation mark (`markOf`) says. */
 function toRecord(
   row: KeyRow & { successorSeal: string | null },
-  seal: CredentialSeal,
+  mark: { replacedBy: string | null },
 ): ApiKeyRecord {
   const { successorSeal: _sealed, ...shown } = row;
-  return { ...shown, replacedBy: markOf(seal, row).replacedBy, scopes: storedScopes(row.scopes) };
+  return { ...shown, replacedBy: mark.replacedBy, scopes: storedScopes(row.scopes) };
 }
 
 export function isScope(value: string): value is Scope {
@@ -273,8 +273,15 @@ export class ApiKeyService {
 
   /** The key; `replacedBy` only as its sealed rotation mark says (null when that fails). */
   get(id: string): ApiKeyRecord | null {
+    return this.read(id)?.record ?? null;
+  }
+
+  /** The key and its rotation mark, from one read of its row. */
+  private read(id: string): { record: ApiKeyRecord; mark: ReturnType<typeof markOf> } | null {
     const row = selectKeys(this.db).where(eq(apiKeys.id, id)).get();
-    return row ? toRecord(row, this.options.seal) : null;
+    if (!row) return null;
+    const mark = markOf(this.options.seal, row);
+    return { record: toRecord(row, mark), mark };
   }
 
   /** Every key, newest first; or only the keys acting for one user. */
@@ -283,7 +290,7 @@ export class ApiKeyService {
       .where(userId === undefined ? undefined : eq(apiKeys.userId, userId))
       .orderBy(desc(apiKeys.createdAt))
       .all()
-      .map((row) => toRecord(row, this.options.seal));
+      .map((row) => toRecord(row, markOf(this.options.seal, row)));
   }
 
   /** The key's rotation mark (`markOf`); null when there is no such key. */
@@ -380,13 +387,13 @@ export class ApiKeyService {
   ): { key: string; record: ApiKeyRecord } | null {
     const rotated = this.db.transaction(
       () => {
-        const old = this.get(id);
+        const found = this.read(id);
         const now = this.clock.now();
-        if (!old || old.revokedAt !== null) return null;
+        if (!found || found.record.revokedAt !== null) return null;
+        const { record: old, mark } = found;
         // Rotated already; or its rotation mark fails its seal (reported), so whether it was
         // cannot be told, and a second successor of one key is not made on a guess.
-        const mark = this.rotationMark(id);
-        if (mark === null || !mark.intact || mark.replacedBy !== null) return null;
+        if (!mark.intact || mark.replacedBy !== null) return null;
         // A successor inherits the old key's scopes: never from a row written into the file.
         if (!this.intact(id)) return null;
         // And its lineage (whose payments an ownerless key holds): none, or one that fails its
