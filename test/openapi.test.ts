@@ -1,6 +1,6 @@
 import { afterEach, expect, test } from "bun:test";
 import { Validator } from "@seriousme/openapi-schema-validator";
-import { OptionalKind } from "@sinclair/typebox";
+import { OptionalKind, TransformKind } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
 import { Elysia, type TSchema } from "elysia";
 import { ProblemSchema, problemResponses } from "../src/errors";
@@ -261,6 +261,42 @@ test("every route that takes a body documents it as application/json with the ro
   const credentials = { email: "nobody@example.test", password: "not-the-password-1!" };
   const extra = await send(current, "/api/auth/login", { body: { ...credentials, admin: true } });
   expect(extra.status).toBe(422);
+});
+
+test("an integer of a body or an answer is an integer, documented so and checked without a transform", async () => {
+  current = buildTestApp();
+  const document = await documentOf(current);
+  // What a client reads: an answer's integer is never "a string of digits or an integer".
+  const numericStringIn: string[] = [];
+  for (const [path, item] of Object.entries(document.paths)) {
+    for (const [method, operation] of Object.entries(item)) {
+      const schemas = [
+        ...Object.values(operation.responses).flatMap((r) => Object.values(r.content ?? {})),
+        ...Object.values(operation.requestBody?.content ?? {}),
+      ];
+      for (const { schema } of schemas) {
+        if (JSON.stringify(schema).includes('"format":"integer"'))
+          numericStringIn.push(`${method.toUpperCase()} ${path}`);
+      }
+    }
+  }
+  expect(numericStringIn).toEqual([]);
+  // What the server runs: a transform in a body or answer schema (Elysia's `t.Integer`) is a walk
+  // of the whole schema on every request that has one (src/plugins/openapi/json-integer.ts).
+  const transformsIn = (node: unknown, seen = new Set<unknown>()): boolean => {
+    if (node === null || typeof node !== "object" || seen.has(node)) return false;
+    seen.add(node);
+    if (TransformKind in node) return true;
+    return Object.values(node).some((child) => transformsIn(child, seen));
+  };
+  const withTransform = current.app.routes
+    .filter((route) => transformsIn(route.hooks.body) || transformsIn(route.hooks.response))
+    .map((route) => `${route.method} ${route.path}`);
+  expect(withTransform).toEqual([]);
+  // The query's integers stay text turned into numbers, as a query string must be.
+  expect(
+    transformsIn(current.app.routes.find((r) => r.path === "/api/payments")?.hooks.query),
+  ).toBe(true);
 });
 
 test("an integer query parameter is documented as the integer the route takes, with no default it lacks", async () => {

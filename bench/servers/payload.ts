@@ -5,13 +5,17 @@
  * Palisade's offline chat provider. `bench/servers/express.mjs` (Node, no TypeScript) repeats them.
  */
 import { type Elysia, t } from "elysia";
+import { JsonInteger } from "../../src/plugins/openapi/json-integer";
 
 export const BENCH_PAYLOAD = { id: 42, name: "palisade", tags: ["a", "b"], ok: true };
 
-/** `POST /bench/protected`: what the protected route validates. */
+/**
+ * `POST /bench/protected`: what the protected route validates, declared as the app's own body schemas
+ * are (an integer of a JSON body is `JsonInteger`, src/plugins/openapi/json-integer.ts).
+ */
 export const ProtectedBody = t.Object({
   message: t.String({ minLength: 1, maxLength: 500 }),
-  count: t.Integer({ minimum: 0, maximum: 1000 }),
+  count: JsonInteger({ minimum: 0, maximum: 1000 }),
 });
 
 /** The body wrk sends to the protected route and to the chat route (bench/lua/post.lua). */

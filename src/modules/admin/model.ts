@@ -1,4 +1,5 @@
 import { t } from "elysia";
+import { JsonInteger } from "../../plugins/openapi/json-integer";
 import { Nullable } from "../../plugins/openapi/types";
 import { MAX_ROTATION_GRACE_MS } from "../auth/api-keys";
 import { ScopeSchema } from "../auth/model";
@@ -10,13 +11,13 @@ export const MAX_BLOCK_MINUTES = 365 * 24 * 60;
 export const NewKeyBody = t.Object({
   name: t.String({ minLength: 1, maxLength: 100 }),
   scopes: t.Array(ScopeSchema, { minItems: 1, uniqueItems: true }),
-  expiresInDays: t.Optional(t.Integer({ minimum: 1, maximum: MAX_KEY_DAYS })),
+  expiresInDays: t.Optional(JsonInteger({ minimum: 1, maximum: MAX_KEY_DAYS })),
   environment: t.Optional(t.UnionEnum(["live", "test"])),
 });
 
 export const RotateBody = t.Object({
   graceMinutes: t.Optional(
-    t.Integer({
+    JsonInteger({
       minimum: 0,
       maximum: MAX_ROTATION_GRACE_MS / 60_000,
       description: "How long the old key keeps working; 60 by default",
@@ -105,7 +106,7 @@ export const NewBlockBody = t.Object({
     maxLength: 64,
     description: "An IPv4 or IPv6 address; IPv6 blocks cover its /64",
   }),
-  ttlMinutes: t.Integer({ minimum: 1, maximum: MAX_BLOCK_MINUTES }),
+  ttlMinutes: JsonInteger({ minimum: 1, maximum: MAX_BLOCK_MINUTES }),
   reason: t.String({ minLength: 1, maxLength: 500 }),
 });
 
@@ -137,11 +138,11 @@ export const SecuritySummaryQuery = t.Object({
 });
 
 const CategorySummary = t.Object({
-  total: t.Integer({ description: "Every such event in the window" }),
-  addresses: t.Array(t.Object({ address: t.String(), count: t.Integer() }), {
+  total: JsonInteger({ description: "Every such event in the window" }),
+  addresses: t.Array(t.Object({ address: t.String(), count: JsonInteger() }), {
     description: "Client addresses, highest count first",
   }),
-  principals: t.Array(t.Object({ principal: t.String(), count: t.Integer() }), {
+  principals: t.Array(t.Object({ principal: t.String(), count: JsonInteger() }), {
     description: "Principals (user:<id>, key:<id>), highest count first",
   }),
 });

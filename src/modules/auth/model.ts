@@ -1,5 +1,6 @@
 import { t } from "elysia";
 import { API_KEY_SCOPES } from "../../db/schema/auth";
+import { JsonInteger } from "../../plugins/openapi/json-integer";
 
 /** The scopes an API key may hold: the stored list itself, so the two cannot differ. */
 export const ScopeSchema = t.UnionEnum(API_KEY_SCOPES);
@@ -31,12 +32,12 @@ export const TokenPair = t.Object({
   accessToken: t.String(),
   refreshToken: t.String(),
   tokenType: t.Literal("Bearer"),
-  expiresIn: t.Integer({ description: "Seconds until the access token expires" }),
+  expiresIn: JsonInteger({ description: "Seconds until the access token expires" }),
 });
 
 export const CookieSession = t.Object({
   tokenType: t.Literal("Cookie"),
-  expiresIn: t.Integer(),
+  expiresIn: JsonInteger(),
 });
 
 export const LoginResponse = t.Union([TokenPair, CookieSession]);

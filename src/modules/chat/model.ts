@@ -1,4 +1,5 @@
 import { t } from "elysia";
+import { JsonInteger } from "../../plugins/openapi/json-integer";
 import { Nullable } from "../../plugins/openapi/types";
 import { MAX_MESSAGE_CHARACTERS } from "./message";
 
@@ -17,8 +18,8 @@ export const ChatBody = t.Object(
 );
 
 export const TokenUsageView = t.Object({
-  promptTokens: t.Integer({ minimum: 0 }),
-  completionTokens: t.Integer({ minimum: 0 }),
+  promptTokens: JsonInteger({ minimum: 0 }),
+  completionTokens: JsonInteger({ minimum: 0 }),
 });
 
 export const ChatReply = t.Object({
@@ -40,7 +41,7 @@ export const ConversationSummaryView = t.Object({
   id: t.String(),
   createdAt: t.String({ format: "date-time" }),
   updatedAt: t.String({ format: "date-time" }),
-  messageCount: t.Integer({ minimum: 0 }),
+  messageCount: JsonInteger({ minimum: 0 }),
 });
 
 export const ConversationPage = t.Object({
@@ -96,14 +97,14 @@ export const UsageQuery = t.Object({
 
 export const UsagePage = t.Object({
   day: t.String(),
-  budget: t.Integer({ minimum: 0, description: "CHAT_DAILY_TOKEN_BUDGET; 0: no budget" }),
+  budget: JsonInteger({ minimum: 0, description: "CHAT_DAILY_TOKEN_BUDGET; 0: no budget" }),
   usage: t.Array(
     t.Object({
       principal: t.String(),
       day: t.String(),
-      usedTokens: t.Integer(),
-      reservedTokens: t.Integer({ description: "Estimates of turns in flight" }),
-      requests: t.Integer(),
+      usedTokens: JsonInteger(),
+      reservedTokens: JsonInteger({ description: "Estimates of turns in flight" }),
+      requests: JsonInteger(),
     }),
   ),
   nextCursor: Nullable(

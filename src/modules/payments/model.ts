@@ -1,4 +1,5 @@
 import { t } from "elysia";
+import { JsonInteger } from "../../plugins/openapi/json-integer";
 import { Nullable } from "../../plugins/openapi/types";
 import { PAYMENT_INTENT_ID_PATTERN } from "./ids";
 
@@ -16,7 +17,7 @@ export const MIN_AMOUNT = 50;
  */
 export const IntentBody = t.Object(
   {
-    amount: t.Integer({
+    amount: JsonInteger({
       minimum: MIN_AMOUNT,
       description: "Minor units (cents); at most PAYMENT_MAX_AMOUNT",
     }),
@@ -56,16 +57,16 @@ export const CreatedIntent = t.Object({
   id: t.String({ description: "Stripe's PaymentIntent id, `pi_…`" }),
   clientSecret: t.String({ description: "For Stripe.js on the client: confirms this intent" }),
   status: t.String(),
-  amount: t.Integer(),
+  amount: JsonInteger(),
   currency: t.String(),
 });
 
 export const Payment = t.Object({
   id: t.String(),
-  amount: t.Integer(),
+  amount: JsonInteger(),
   currency: t.String(),
   status: t.String(),
-  amountRefunded: t.Integer(),
+  amountRefunded: JsonInteger(),
   description: Nullable(t.String()),
   customerEmail: Nullable(t.String()),
   metadata: Nullable(t.Record(t.String(), t.String())),
@@ -76,7 +77,7 @@ export const Payment = t.Object({
 
 export const PaymentPage = t.Object({
   payments: t.Array(Payment),
-  nextCursor: Nullable(t.Integer()),
+  nextCursor: Nullable(JsonInteger()),
 });
 
 export const PaymentListQuery = t.Object({
@@ -91,13 +92,16 @@ export const PaymentIdParams = t.Object({
 export const RefundBody = t.Object(
   {
     amount: t.Optional(
-      t.Integer({ minimum: 1, description: "Minor units; the whole remaining amount when absent" }),
+      JsonInteger({
+        minimum: 1,
+        description: "Minor units; the whole remaining amount when absent",
+      }),
     ),
   },
   { additionalProperties: false },
 );
 
 export const RefundResult = t.Object({
-  refund: t.Object({ id: t.String(), amount: t.Integer(), status: t.String() }),
+  refund: t.Object({ id: t.String(), amount: JsonInteger(), status: t.String() }),
   payment: Payment,
 });

@@ -18,6 +18,7 @@
 
 import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { type Static, t } from "elysia";
+import { JsonInteger } from "../../plugins/openapi/json-integer";
 import { checkChatMessage } from "../chat/message";
 
 /** WhatsApp ids (wamid.…) are base64 text well under this. */
@@ -69,13 +70,13 @@ const isStatusUpdate = TypeCompiler.Compile(StatusUpdate);
 export const WebhookAck = t.Object({
   received: t.Literal(true),
   /** Messages accepted into the outbox by this delivery. */
-  accepted: t.Integer(),
+  accepted: JsonInteger(),
   /** Messages already seen (a redelivery). */
-  duplicates: t.Integer(),
+  duplicates: JsonInteger(),
   /** Status callbacks recorded. */
-  statuses: t.Integer(),
+  statuses: JsonInteger(),
   /** Items not acted on: other fields, unusable items, senders over their limit. */
-  ignored: t.Integer(),
+  ignored: JsonInteger(),
 });
 
 export const DELIVERY_STATUSES = ["sent", "delivered", "read", "failed"] as const;
