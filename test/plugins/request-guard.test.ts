@@ -17,9 +17,27 @@ function guardedApp() {
       { routes: ["POST /api/echo"] },
       { routes: ["POST /api/chat-echo"], bodyLimit: "chat" },
       { routes: ["POST /webhooks/test"], bodyLimit: "webhooks", csrfExempt: true },
+      {
+        routes: ["POST /webhooks/exact"],
+        bodyLimit: "webhooks",
+        csrfExempt: true,
+        exactBytes: true,
+      },
     ],
   });
+  /** What a handler was handed: the parsed body, and the bytes as sent where it gets them. */
+  const received = (context: { [name: string]: unknown }) => {
+    // Unset, each is the `null` or `undefined` the webhook modules decorate the context with.
+    const { rawBytes, rawBody } = context as { rawBytes?: Uint8Array | null; rawBody?: string };
+    return {
+      body: context.body,
+      rawBytes: rawBytes ? [...rawBytes] : null,
+      rawBody: rawBody ?? null,
+    };
+  };
   const app = current.app
+    .post("/api/received", received)
+    .post("/webhooks/exact", received)
     .post("/api/echo", ({ body }) => ({ length: JSON.stringify(body).length }), {
       body: t.Object({ text: t.String() }),
     })
@@ -100,6 +118,77 @@ describe("body limits", () => {
     } finally {
       await running.shutdown("test");
     }
+  });
+});
+
+describe("how a body is read", () => {
+  // A JSON string holding a byte-order mark, bytes that are not UTF-8 (a lone 0xFF, an encoded
+  // surrogate, an overlong slash) and a cut-off four-byte sequence, after a leading byte-order mark.
+  const sent = new Uint8Array([
+    0xef,
+    0xbb,
+    0xbf,
+    ...new TextEncoder().encode('{"text":"a'),
+    0xef,
+    0xbb,
+    0xbf,
+    0xff,
+    0xed,
+    0xa0,
+    0x80,
+    0xc0,
+    0xaf,
+    0xf0,
+    0x9f,
+    0x98,
+    ...new TextEncoder().encode('é"}'),
+  ]);
+  const post = (
+    target: TestApp,
+    path: string,
+    body: Uint8Array | ReadableStream<Uint8Array>,
+    headers: Record<string, string>,
+  ) =>
+    target.app.handle(
+      new Request(`http://localhost${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body,
+        duplex: "half",
+      } as RequestInit),
+    );
+
+  test("only a route class marked exactBytes is handed the bytes as sent; both decode them alike", async () => {
+    const target = guardedApp();
+    const declared = { "content-length": String(sent.byteLength) };
+    const text = await post(target, "/api/received", sent, declared);
+    const exact = await post(target, "/webhooks/exact", sent, declared);
+    expect(text.status).toBe(200);
+    expect(exact.status).toBe(200);
+    const asText = (await text.json()) as { body: unknown; rawBytes: unknown; rawBody: unknown };
+    const asBytes = (await exact.json()) as { body: unknown; rawBytes: number[]; rawBody: string };
+    expect(asText.rawBytes).toBeNull();
+    expect(asText.rawBody).toBeNull();
+    expect(asBytes.rawBytes).toEqual([...sent]);
+    expect(asText.body).toEqual(asBytes.body);
+    expect(asText.body).toEqual({ text: "a\ufeff\ufffd\ufffd\ufffd\ufffd\ufffd\ufffd\ufffdé" });
+  });
+
+  test("a chunked body of the text route decodes as a declared one does", async () => {
+    const target = guardedApp();
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(sent.slice(0, 5));
+        controller.enqueue(sent.slice(5));
+        controller.close();
+      },
+    });
+    const chunked = await post(target, "/api/received", stream, { "transfer-encoding": "chunked" });
+    const declared = await post(target, "/api/received", sent, {
+      "content-length": String(sent.byteLength),
+    });
+    expect(chunked.status).toBe(200);
+    expect(await chunked.json()).toEqual(await declared.json());
   });
 });
 

@@ -53,6 +53,8 @@ export const stripeWebhookRouteClasses: readonly RouteClass[] = [
     policy: "webhooks",
     bodyLimit: "webhooks",
     csrfExempt: true,
+    // The signature is over the bytes as sent.
+    exactBytes: true,
   },
 ];
 

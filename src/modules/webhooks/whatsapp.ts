@@ -62,13 +62,18 @@ const PRUNE_BATCH = 1000;
 export const CLAIM_LEASE_MS = 60_000;
 const CLAIMED = "message.claimed";
 
-/** Both routes: signature-authenticated, CSRF-exempt, the 256 KiB body limit, 30/min per address. */
+/**
+ * Both routes: signature-authenticated, CSRF-exempt, the body's exact bytes, the 256 KiB body limit,
+ * 30/min per address.
+ */
 export const whatsappRouteClasses: readonly RouteClass[] = [
   {
     routes: [`GET ${WHATSAPP_PATH}`, `POST ${WHATSAPP_PATH}`],
     policy: "webhooks",
     bodyLimit: "webhooks",
     csrfExempt: true,
+    // The signature is over the bytes as sent.
+    exactBytes: true,
   },
 ];
 

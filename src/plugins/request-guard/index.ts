@@ -15,7 +15,7 @@ import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
 import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
-import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin } from "./body";
+import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin, readTextWithin } from "./body";
 import {
   BODY_MEDIA_TYPE,
   checkContentType,
@@ -95,12 +95,18 @@ export function requestGuard({
       const { request, routeClass, route } = context as unknown as RequestState & {
         route: string;
       };
-      const bytes = await readBodyWithin(request, bodyLimits[routeClass.bodyLimit]);
-      // Webhook signatures are computed over the exact bytes received, not a re-serialisation
-      // nor a decoding (two byte strings can decode to one text): `rawBytes` is what was sent.
-      const text = utf8.decode(bytes);
-      (context as { rawBody?: string; rawBytes?: Uint8Array }).rawBody = text;
-      (context as { rawBytes?: Uint8Array }).rawBytes = bytes;
+      const limit = bodyLimits[routeClass.bodyLimit];
+      let text: string;
+      if (routeClass.exactBytes) {
+        // Webhook signatures are computed over the exact bytes received, not a re-serialisation
+        // nor a decoding (two byte strings can decode to one text): `rawBytes` is what was sent.
+        const bytes = await readBodyWithin(request, limit);
+        text = utf8.decode(bytes);
+        (context as { rawBody?: string; rawBytes?: Uint8Array }).rawBody = text;
+        (context as { rawBytes?: Uint8Array }).rawBytes = bytes;
+      } else {
+        text = await readTextWithin(request, limit);
+      }
       if (text === "") return undefined;
       if (jsonNestsDeeperThan(text, MAX_BODY_DEPTH)) {
         throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [

@@ -29,6 +29,12 @@ export interface RouteClass {
   bodyLimit?: Exclude<keyof BodyLimits, "server">;
   /** Called server to server and authenticated by signature, so CSRF does not apply. */
   csrfExempt?: boolean;
+  /**
+   * The handler gets the body's bytes exactly as received (`rawBytes`, and `rawBody` their text):
+   * a signature is computed over them. Any other route's body is read as text, which Bun decodes
+   * as it reads (plugins/request-guard).
+   */
+  exactBytes?: boolean;
 }
 
 /** What the stages read for one request. */
@@ -39,6 +45,7 @@ export interface ResolvedRouteClass {
   probe: boolean;
   bodyLimit: Exclude<keyof BodyLimits, "server">;
   csrfExempt: boolean;
+  exactBytes: boolean;
 }
 
 interface Pattern {
@@ -55,6 +62,7 @@ export const UNMATCHED_CLASS: ResolvedRouteClass = Object.freeze({
   probe: false,
   bodyLimit: "default",
   csrfExempt: false,
+  exactBytes: false,
 });
 
 export interface RouteClassTable {
@@ -85,6 +93,7 @@ export function createRouteClassTable(classes: readonly RouteClass[]): RouteClas
       probe: routeClass.probe ?? false,
       bodyLimit: routeClass.bodyLimit ?? "default",
       csrfExempt: routeClass.csrfExempt ?? false,
+      exactBytes: routeClass.exactBytes ?? false,
     });
     for (const route of routeClass.routes) {
       const { method, path } = parseRoute(route);
