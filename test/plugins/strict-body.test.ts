@@ -377,3 +377,53 @@ describe("keys named like Object.prototype's members", () => {
     expect(target.stripe.created("/v1/payment_intents")).toBe(1);
   });
 });
+
+describe("a key repeated in one object", () => {
+  test("is 422 on every JSON body with a schema, in any object, however it is spelt; nothing is done", async () => {
+    const { target, alice } = await setUp();
+    const users = () => target.db.$client.query("SELECT COUNT(*) AS n FROM users").get();
+    const before = users();
+    for (const raw of [
+      // The last one wins in JSON.parse: a filter that read the first saw a string.
+      '{"amount":"1000","amount":1000,"currency":"usd"}',
+      '{"amount":1000,"currency":"usd","currency":"eur"}',
+      // An escaped spelling of the same key.
+      '{"amount":1000,"\\u0061mount":2000,"currency":"usd"}',
+      '{"amount":1000,"currency":"usd","metadata":{"order":"1","order":"2"}}',
+    ]) {
+      const response = await createIntent(target, bearer(alice.accessToken), raw);
+      const body = (await response.json()) as { code: string; errors?: { message: string }[] };
+      expect([raw, response.status, body.code, body.errors?.[0]?.message]).toEqual([
+        raw,
+        422,
+        "VALIDATION_FAILED",
+        "A key is repeated within one object",
+      ]);
+    }
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+    const register = await send(target, "/api/auth/register", {
+      body: `{"email":"twice@example.test","password":"${STRONG_PASSWORD}","email":"other@example.test"}`,
+      peer: "10.41.0.1",
+    });
+    expect(register.status).toBe(422);
+    expect(users()).toEqual(before);
+    // Read with the body, before authentication, as a malformed body is.
+    const anonymous = await createIntent(
+      target,
+      {},
+      '{"amount":1000,"amount":1000,"currency":"usd"}',
+    );
+    expect(anonymous.status).toBe(422);
+  });
+
+  test("colons inside strings and the same key in different objects are no repeat", async () => {
+    const { target, alice } = await setUp();
+    const response = await createIntent(
+      target,
+      bearer(alice.accessToken),
+      '{"amount":1000,"currency":"usd","description":"a:b \\":\\" c","metadata":{"amount":"x:y","note\\":":"z"}}',
+    );
+    expect(response.status).toBe(201);
+    expect(target.stripe.created("/v1/payment_intents")).toBe(2);
+  });
+});

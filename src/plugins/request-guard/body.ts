@@ -46,9 +46,18 @@ export function readTextWithin(request: Request, limit: number): Promise<string>
  */
 export const MAX_BODY_DEPTH = 32;
 
-/** Whether JSON text nests arrays and objects deeper than `max`, by one pass over its characters. */
-export function jsonNestsDeeperThan(text: string, max: number): boolean {
+/** Nested deeper than the limit (and not scanned further). */
+export const TOO_DEEP = -1;
+
+/**
+ * One pass over JSON text's characters: TOO_DEEP when it nests arrays and objects deeper than
+ * `max`, else how many keys it spells out. In valid JSON every `:` outside a string follows one
+ * key, so once the text has parsed, more keys here than in the parsed value means a key was
+ * repeated in one object (JSON.parse keeps the last).
+ */
+export function scanJsonText(text: string, max: number): number {
   let depth = 0;
+  let keys = 0;
   let inString = false;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
@@ -58,11 +67,13 @@ export function jsonNestsDeeperThan(text: string, max: number): boolean {
       else if (c === 0x22) inString = false;
     } else if (c === 0x22) {
       inString = true;
+    } else if (c === 0x3a) {
+      keys++;
     } else if (c === 0x5b || c === 0x7b) {
-      if (++depth > max) return true;
+      if (++depth > max) return TOO_DEEP;
     } else if (c === 0x5d || c === 0x7d) {
       depth--;
     }
   }
-  return false;
+  return keys;
 }

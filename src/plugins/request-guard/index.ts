@@ -15,7 +15,7 @@ import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
 import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
-import { jsonNestsDeeperThan, MAX_BODY_DEPTH, readBodyWithin, readTextWithin } from "./body";
+import { MAX_BODY_DEPTH, readBodyWithin, readTextWithin, scanJsonText, TOO_DEEP } from "./body";
 import {
   BODY_MEDIA_TYPE,
   checkContentType,
@@ -108,7 +108,8 @@ export function requestGuard({
         text = await readTextWithin(request, limit);
       }
       if (text === "") return undefined;
-      if (jsonNestsDeeperThan(text, MAX_BODY_DEPTH)) {
+      const keysSent = scanJsonText(text, MAX_BODY_DEPTH);
+      if (keysSent === TOO_DEEP) {
         throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
           { field: "body", message: `Nested more than ${MAX_BODY_DEPTH} levels deep` },
         ]);
@@ -122,7 +123,7 @@ export function requestGuard({
       if (checkSentBody) {
         // Now, as sent: Elysia's validation converts and cleans what it is handed. The refusal
         // waits for its place in the order (plugins/strict-body).
-        const refusal = checkSentBody(request.method, route, sent);
+        const refusal = checkSentBody(request.method, route, sent, keysSent);
         if (refusal !== undefined) (context as SentBodyState).sentBodyRefusal = refusal;
       }
       return sent;

@@ -115,6 +115,20 @@ function reservedKeyIn(value: unknown, path: string, depth = 0): string | null {
   return null;
 }
 
+/** How many keys the objects of a parsed JSON value hold, at every depth (array indices are none). */
+function keysIn(value: unknown, depth = 0): number {
+  if (value === null || typeof value !== "object" || depth > MAX_BODY_DEPTH) return 0;
+  let keys = 0;
+  if (Array.isArray(value)) {
+    for (const item of value) keys += keysIn(item, depth + 1);
+    return keys;
+  }
+  for (const key of Object.keys(value)) {
+    keys += 1 + keysIn((value as Record<string, unknown>)[key], depth + 1);
+  }
+  return keys;
+}
+
 /** A field name fit to echo: a plain word, else the parent path alone. */
 function fieldOf(path: string): string {
   const parts = path.split("/").filter((part) => part !== "");
@@ -139,6 +153,16 @@ export function refuseReservedKeys(sent: unknown): void {
       "Reserved key: names of Object.prototype's members (__proto__, constructor, toString, …) and prototype are refused",
     );
   }
+}
+
+/**
+ * Throws 422 VALIDATION_FAILED when the body's text repeats a key in one object (JSON.parse keeps
+ * the last, `{"amount":"1000","amount":1000}` is 1000): what checked the first one (a filter in
+ * front, a log) and what acts on the last would read two bodies, as with a repeated query
+ * parameter. Which key it was is not worked out: the text is refused whole.
+ */
+export function refuseRepeatedKeys(sent: unknown, keysSent: number): void {
+  if (keysIn(sent) !== keysSent) refuse("body", "A key is repeated within one object");
 }
 
 /** Throws 422 VALIDATION_FAILED naming the first way the sent body breaks the strict schema. */
@@ -172,10 +196,16 @@ function valueAt(value: unknown, pointer: string): unknown {
 
 /**
  * Checks a body as sent against its route's strict schema: the refusal to raise (a 422
- * AppError), or undefined when it passes or the route declares no body schema. A reserved key is
- * thrown at once.
+ * AppError), or undefined when it passes or the route declares no body schema. A reserved key, or
+ * a key repeated in one object (`keysSent`, the keys its text spells out, is more than the parsed
+ * value holds), is thrown at once.
  */
-export type SentBodyCheck = (method: string, route: string, sent: unknown) => unknown;
+export type SentBodyCheck = (
+  method: string,
+  route: string,
+  sent: unknown,
+  keysSent: number,
+) => unknown;
 
 /**
  * The check the request guard runs on the value it has just parsed, before Elysia's validation
@@ -189,11 +219,12 @@ export function createSentBodyCheck({ routes }: StrictBodyOptions): SentBodyChec
     }
     return TypeCompiler.Compile(strictSchemaOf(body as unknown as Schema));
   });
-  return function checkBodyAsSent(method, route, sent) {
+  return function checkBodyAsSent(method, route, sent, keysSent) {
     const check = checkFor(method, route);
     if (check === undefined) return undefined;
     // Now, not at its place in the order: Elysia's validation, which runs first, would throw on it.
     refuseReservedKeys(sent);
+    refuseRepeatedKeys(sent, keysSent);
     try {
       checkSentBody(check, sent);
       return undefined;
