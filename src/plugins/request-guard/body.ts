@@ -31,8 +31,8 @@ const utf8 = new TextDecoder();
 /**
  * The body as text, read within `limit` as readBodyWithin reads it. A declared length is read by
  * Bun's own `text()`, which decodes as it reads (as TextDecoder does: replacement characters for
- * bytes that are not UTF-8, a leading byte-order mark dropped): over HTTP ~2 µs a request less
- * than the bytes and a TextDecoder, on a route with a small JSON body. Not `async`: the promise
+ * bytes that are not UTF-8, a leading byte-order mark dropped): over HTTP 1.5–2 µs a request
+ * less than the bytes and a TextDecoder, on a route with a small JSON body. Not `async`: the promise
  * `text()` returns is the answer, with no second one wrapped around it.
  */
 export function readTextWithin(request: Request, limit: number): Promise<string> {
