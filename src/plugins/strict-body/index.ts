@@ -100,33 +100,32 @@ export function strictSchemaOf(schema: Schema): Schema {
   return strict;
 }
 
-/** The path of the first reserved key, or null (the guard refused bodies nested too deep). */
-function reservedKeyIn(value: unknown, path: string, depth = 0): string | null {
-  if (value === null || typeof value !== "object" || depth > MAX_BODY_DEPTH) return null;
-  for (const key of Object.keys(value)) {
-    if (RESERVED_KEYS.has(key)) return `${path}/${key}`;
-    const inner = reservedKeyIn(
-      (value as Record<string, unknown>)[key],
-      `${path}/${key}`,
-      depth + 1,
-    );
-    if (inner !== null) return inner;
-  }
-  return null;
+/** The keys a parsed JSON value's objects hold, at every depth (array indices are none). */
+interface HeldKeys {
+  count: number;
+  /** The path of the first reserved key, or null. */
+  reserved: string | null;
 }
 
-/** How many keys the objects of a parsed JSON value hold, at every depth (array indices are none). */
-function keysIn(value: unknown, depth = 0): number {
-  if (value === null || typeof value !== "object" || depth > MAX_BODY_DEPTH) return 0;
-  let keys = 0;
-  if (Array.isArray(value)) {
-    for (const item of value) keys += keysIn(item, depth + 1);
-    return keys;
-  }
+/** One walk of the parsed body for both key checks (the guard refused bodies nested too deep). */
+function heldKeys(
+  value: unknown,
+  path = "",
+  depth = 0,
+  held: HeldKeys = { count: 0, reserved: null },
+) {
+  if (value === null || typeof value !== "object" || depth > MAX_BODY_DEPTH) return held;
+  const isArray = Array.isArray(value);
   for (const key of Object.keys(value)) {
-    keys += 1 + keysIn((value as Record<string, unknown>)[key], depth + 1);
+    if (!isArray) {
+      held.count++;
+      if (held.reserved === null && RESERVED_KEYS.has(key)) held.reserved = `${path}/${key}`;
+    }
+    const inner = (value as Record<string, unknown>)[key];
+    if (inner !== null && typeof inner === "object")
+      heldKeys(inner, `${path}/${key}`, depth + 1, held);
   }
-  return keys;
+  return held;
 }
 
 /** A field name fit to echo: a plain word, else the parent path alone. */
@@ -144,25 +143,23 @@ function refuse(field: string, message: string): never {
   throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [{ field, message }]);
 }
 
-/** Throws 422 VALIDATION_FAILED when a JSON body holds a reserved key anywhere (see above). */
-export function refuseReservedKeys(sent: unknown): void {
-  const reserved = reservedKeyIn(sent, "");
-  if (reserved !== null) {
+/**
+ * Throws 422 VALIDATION_FAILED when a JSON body holds a reserved key anywhere (see above), then
+ * when its text repeats a key in one object: `keysSent`, the keys the text spells out, is more than
+ * the parsed value holds. JSON.parse keeps the last (`{"amount":"1000","amount":1000}` is 1000),
+ * so what checked the first one (a filter in front, a log) and what acts on the last would read two
+ * bodies, as with a repeated query parameter. Which key it was is not worked out: the text is
+ * refused whole.
+ */
+export function refuseKeysAsSent(sent: unknown, keysSent: number): void {
+  const held = heldKeys(sent);
+  if (held.reserved !== null) {
     refuse(
-      fieldOf(reserved.slice(0, reserved.lastIndexOf("/"))),
+      fieldOf(held.reserved.slice(0, held.reserved.lastIndexOf("/"))),
       "Reserved key: names of Object.prototype's members (__proto__, constructor, toString, …) and prototype are refused",
     );
   }
-}
-
-/**
- * Throws 422 VALIDATION_FAILED when the body's text repeats a key in one object (JSON.parse keeps
- * the last, `{"amount":"1000","amount":1000}` is 1000): what checked the first one (a filter in
- * front, a log) and what acts on the last would read two bodies, as with a repeated query
- * parameter. Which key it was is not worked out: the text is refused whole.
- */
-export function refuseRepeatedKeys(sent: unknown, keysSent: number): void {
-  if (keysIn(sent) !== keysSent) refuse("body", "A key is repeated within one object");
+  if (held.count !== keysSent) refuse("body", "A key is repeated within one object");
 }
 
 /** Throws 422 VALIDATION_FAILED naming the first way the sent body breaks the strict schema. */
@@ -223,8 +220,7 @@ export function createSentBodyCheck({ routes }: StrictBodyOptions): SentBodyChec
     const check = checkFor(method, route);
     if (check === undefined) return undefined;
     // Now, not at its place in the order: Elysia's validation, which runs first, would throw on it.
-    refuseReservedKeys(sent);
-    refuseRepeatedKeys(sent, keysSent);
+    refuseKeysAsSent(sent, keysSent);
     try {
       checkSentBody(check, sent);
       return undefined;
