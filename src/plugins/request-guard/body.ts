@@ -41,6 +41,18 @@ export function readTextWithin(request: Request, limit: number): Promise<string>
 }
 
 /**
+ * The body's bytes as received, read within `limit`, and their text decoded as readTextWithin
+ * decodes it: for a signature computed over the bytes, not a re-serialisation nor a decoding (two
+ * byte strings can decode to one text).
+ */
+export function readExactWithin(
+  request: Request,
+  limit: number,
+): Promise<{ bytes: Uint8Array; text: string }> {
+  return readBodyWithin(request, limit).then((bytes) => ({ bytes, text: utf8.decode(bytes) }));
+}
+
+/**
  * No route's body nests this deep. A deeper one is refused before it is parsed: validating or
  * walking a body thousands of levels deep runs out of stack (a 500 anyone could provoke).
  */

@@ -15,7 +15,7 @@ import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
 import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
-import { MAX_BODY_DEPTH, readBodyWithin, readTextWithin, scanJsonText, TOO_DEEP } from "./body";
+import { MAX_BODY_DEPTH, readExactWithin, readTextWithin, scanJsonText, TOO_DEEP } from "./body";
 import {
   BODY_MEDIA_TYPE,
   checkContentType,
@@ -42,8 +42,6 @@ export interface RequestGuardOptions {
    */
   routes?: () => readonly RouteBody[];
 }
-
-const utf8 = new TextDecoder();
 
 export function requestGuard({
   bodyLimits,
@@ -98,12 +96,11 @@ export function requestGuard({
       const limit = bodyLimits[routeClass.bodyLimit];
       let text: string;
       if (routeClass.exactBytes) {
-        // Webhook signatures are computed over the exact bytes received, not a re-serialisation
-        // nor a decoding (two byte strings can decode to one text): `rawBytes` is what was sent.
-        const bytes = await readBodyWithin(request, limit);
-        text = utf8.decode(bytes);
+        // Webhook signatures are computed over `rawBytes`, what was sent.
+        const exact = await readExactWithin(request, limit);
+        text = exact.text;
         (context as { rawBody?: string; rawBytes?: Uint8Array }).rawBody = text;
-        (context as { rawBytes?: Uint8Array }).rawBytes = bytes;
+        (context as { rawBytes?: Uint8Array }).rawBytes = exact.bytes;
       } else {
         text = await readTextWithin(request, limit);
       }
