@@ -216,10 +216,6 @@ export class CredentialVerifier {
     return this.fromCache(cacheKey, via, now) ?? this.verifySignature(token, via, cacheKey, now);
   }
 
-  async verifyAccessToken(token: string, via: "bearer" | "cookie"): Promise<Verification> {
-    return this.accessToken(token, via);
-  }
-
   private async verifySignature(
     token: string,
     via: "bearer" | "cookie",
