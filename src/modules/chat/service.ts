@@ -11,7 +11,9 @@
  *    prompt's estimate plus the provider's completion cap is reserved against the daily budget
  *    (budget.ts).
  * 2. `complete` or `stream`: the provider answers; the user's message and the reply are stored,
- *    and the reservation settled to the real usage, in one transaction. A stream that stops early
+ *    and the reservation settled to the real usage, in one transaction (shared, a savepoint each,
+ *    by the turns that end in the same event-loop turn: db/grouped-writes); the answer waits for
+ *    its commit. A stream that stops early
  *    (the client went away: its signal aborts the provider) stores what was received, marked
  *    incomplete. A turn aborted before any text (the client went away after the upstream was
  *    called) stores nothing and is charged its prompt's estimate: the upstream was sent, and bills,
@@ -30,6 +32,7 @@ import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { drizzleOf } from "../../db/client";
+import { type GroupedWrites, groupedWrites } from "../../db/grouped-writes";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
@@ -179,11 +182,13 @@ export class ChatService implements ChatTurns {
   private readonly db;
   private readonly statements;
   private readonly check: HistoryCheck;
+  private readonly writes: GroupedWrites;
 
   constructor(private readonly options: ChatServiceOptions) {
     const db = drizzleOf(options.sqlite);
     this.db = db;
     this.check = historyCheck(options.seal);
+    this.writes = groupedWrites(options.sqlite);
     this.statements = preparedOnUse({
       findConversation: () =>
         db
@@ -409,7 +414,7 @@ export class ChatService implements ChatTurns {
       this.failed(turn, error, signal, sent);
       throw error;
     }
-    this.store(turn, completion.text, completion.usage, false);
+    await this.store(turn, completion.text, completion.usage, false);
     return { conversationId: turn.conversationId, reply: completion.text, usage: completion.usage };
   }
 
@@ -446,10 +451,10 @@ export class ChatService implements ChatTurns {
     } finally {
       if (finished) {
         const used = usage ?? this.estimatedUsage(turn, text);
-        this.store(turn, text, used, false);
+        await this.store(turn, text, used, false);
       } else if (text !== "") {
         // Cut short after some text: keep what was received, counted by estimate.
-        this.store(turn, text, usage ?? this.estimatedUsage(turn, text), true);
+        await this.store(turn, text, usage ?? this.estimatedUsage(turn, text), true);
         if (failure !== null && !isAbort(failure, signal)) this.logFailure(turn, failure);
       } else {
         this.failed(turn, failure, signal, sent);
@@ -508,97 +513,98 @@ export class ChatService implements ChatTurns {
     }
   }
 
-  /** The user's message and the reply, the conversation's time and the usage: one transaction. */
-  private store(turn: PreparedTurn, reply: string, usage: TokenUsage, incomplete: boolean) {
+  /**
+   * The user's message and the reply, the conversation's time and the usage: one transaction, or
+   * one savepoint of the transaction the turns ending in the same event-loop turn share
+   * (db/grouped-writes). Settles once they are committed.
+   */
+  private async store(turn: PreparedTurn, reply: string, usage: TokenUsage, incomplete: boolean) {
     const { clock, budget, metrics, provider, seal } = this.options;
     const now = clock.now();
     const { insertConversation, touchConversation, lastMessageId, lastSealOf, insertTurn } =
       this.statements;
     const charge = usage.promptTokens + usage.completionTokens;
     try {
-      this.db.transaction(
-        () => {
-          // Erased (or its key revoked) while the turn ran: the erasure came first and found
-          // nothing of this turn to delete, so nothing of it is kept, in a new conversation or an
-          // old one; the usage counts.
-          if (this.options.ownerExists?.(turn.owner) === false) {
+      await this.writes.run(() => {
+        // Erased (or its key revoked) while the turn ran: the erasure came first and found
+        // nothing of this turn to delete, so nothing of it is kept, in a new conversation or an
+        // old one; the usage counts.
+        if (this.options.ownerExists?.(turn.owner) === false) {
+          budget.settle(turn.reservation, charge, now);
+          return;
+        }
+        if (turn.isNew) {
+          const conversation = {
+            id: turn.conversationId,
+            ownerKind: turn.owner.kind,
+            ownerId: turn.owner.id,
+          };
+          const conversationSeal = seal.conversation(conversation);
+          insertConversation.run({
+            id: conversation.id,
+            kind: conversation.ownerKind,
+            owner: conversation.ownerId,
+            now,
+            seal: conversationSeal,
+          });
+          this.check.rememberConversation({ ...conversation, seal: conversationSeal });
+        } else {
+          const kept = touchConversation.get({ id: turn.conversationId, now });
+          // Deleted while the turn ran: the reply was given, nothing is kept; the usage counts.
+          if (!kept) {
             budget.settle(turn.reservation, charge, now);
             return;
           }
-          if (turn.isNew) {
-            const conversation = {
-              id: turn.conversationId,
-              ownerKind: turn.owner.kind,
-              ownerId: turn.owner.id,
-            };
-            const conversationSeal = seal.conversation(conversation);
-            insertConversation.run({
-              id: conversation.id,
-              kind: conversation.ownerKind,
-              owner: conversation.ownerId,
-              now,
-              seal: conversationSeal,
-            });
-            this.check.rememberConversation({ ...conversation, seal: conversationSeal });
-          } else {
-            const kept = touchConversation.get({ id: turn.conversationId, now });
-            // Deleted while the turn ran: the reply was given, nothing is kept; the usage counts.
-            if (!kept) {
-              budget.settle(turn.reservation, charge, now);
-              return;
-            }
-          }
-          const last = lastMessageId.get()?.last;
-          // Palisade's ids count up from 1; a mark past what JavaScript counts exactly (or not a
-          // number) was written into the file, and ids read back from it would not be the stored ones.
-          if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
-            throw new IdSequenceError("the chat messages'", last);
-          }
-          // Chained to the conversation's newest message (none for a new conversation), in this
-          // transaction: the next message written there is chained to these.
-          const previous = turn.isNew ? null : (lastSealOf.get(turn.conversationId)?.seal ?? null);
-          const message = {
-            id: last + 1,
-            conversationId: turn.conversationId,
-            previousSeal: previous,
-            role: "user",
-            content: turn.message,
-            incomplete: false,
-            tokens: estimateTokens(turn.message),
-          };
-          const messageSeal = seal.message(message);
-          const answer = {
-            id: last + 2,
-            conversationId: turn.conversationId,
-            previousSeal: messageSeal,
-            role: "assistant",
-            content: reply,
-            incomplete,
-            tokens: estimateTokens(reply),
-          };
-          const replySeal = seal.message(answer);
-          insertTurn.run({
-            messageId: message.id,
-            replyId: answer.id,
-            messageSeal,
-            replySeal,
-            messagePrevious: previous,
-            conversation: turn.conversationId,
-            message: turn.message,
-            messageTokens: message.tokens,
-            reply,
-            incomplete: incomplete ? 1 : 0,
-            replyTokens: answer.tokens,
-            promptTokens: usage.promptTokens,
-            completionTokens: usage.completionTokens,
-            now,
-          });
-          this.check.remember({ ...message, seal: messageSeal });
-          this.check.remember({ ...answer, seal: replySeal });
-          budget.settle(turn.reservation, charge, now);
-        },
-        { behavior: "immediate" },
-      );
+        }
+        const last = lastMessageId.get()?.last;
+        // Palisade's ids count up from 1; a mark past what JavaScript counts exactly (or not a
+        // number) was written into the file, and ids read back from it would not be the stored ones.
+        if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
+          throw new IdSequenceError("the chat messages'", last);
+        }
+        // Chained to the conversation's newest message (none for a new conversation), in this
+        // transaction: the next message written there is chained to these.
+        const previous = turn.isNew ? null : (lastSealOf.get(turn.conversationId)?.seal ?? null);
+        const message = {
+          id: last + 1,
+          conversationId: turn.conversationId,
+          previousSeal: previous,
+          role: "user",
+          content: turn.message,
+          incomplete: false,
+          tokens: estimateTokens(turn.message),
+        };
+        const messageSeal = seal.message(message);
+        const answer = {
+          id: last + 2,
+          conversationId: turn.conversationId,
+          previousSeal: messageSeal,
+          role: "assistant",
+          content: reply,
+          incomplete,
+          tokens: estimateTokens(reply),
+        };
+        const replySeal = seal.message(answer);
+        insertTurn.run({
+          messageId: message.id,
+          replyId: answer.id,
+          messageSeal,
+          replySeal,
+          messagePrevious: previous,
+          conversation: turn.conversationId,
+          message: turn.message,
+          messageTokens: message.tokens,
+          reply,
+          incomplete: incomplete ? 1 : 0,
+          replyTokens: answer.tokens,
+          promptTokens: usage.promptTokens,
+          completionTokens: usage.completionTokens,
+          now,
+        });
+        this.check.remember({ ...message, seal: messageSeal });
+        this.check.remember({ ...answer, seal: replySeal });
+        budget.settle(turn.reservation, charge, now);
+      });
     } catch (error) {
       // Not stored (a locked or full disk, a file whose ids were tampered with): the usage is
       // still charged, since the upstream billed it. Should that fail too, the reservation is no

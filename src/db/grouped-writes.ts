@@ -1,0 +1,102 @@
+/**
+ * @module
+ * Writes that would each be an IMMEDIATE transaction of their own, committed together: those queued
+ * in one event-loop turn run at the next in one transaction, each in a savepoint of its own.
+ *
+ * Why: a commit writes every page its transaction changed to the WAL, two `pwrite`s a page, and
+ * consecutive writes of one kind change the same pages (a table's newest rows, the ends of its
+ * indexes). A chat turn stores ~10 such pages; committed one turn at a time the begin and commit
+ * were a third of a turn's CPU on `POST /api/chat`. Committed together, those pages are written once
+ * for the group. (The limiter groups its decisions the same way, in its own queue:
+ * plugins/rate-limit/coalesce.)
+ *
+ * Each write still succeeds or fails alone: one that throws has its savepoint rolled back and its
+ * caller gets its error; the others go on. What fails the transaction itself (the write lock not
+ * taken within the connection's busy timeout, a COMMIT that fails: a full disk, a deferred
+ * constraint) fails every write of it, none of them kept, as each would have failed alone. A
+ * caller's promise settles only once its write is committed or known lost, so an answer given
+ * after it never names a row that is not there. Work that must not wait a turn (a decision the
+ * request needs before it can go on) does not belong here.
+ */
+import type { Database } from "bun:sqlite";
+
+/** Writes in one transaction at most; the rest wait for the next turn's, so the lock is never held long. */
+export const MAX_WRITES_PER_TRANSACTION = 64;
+
+export interface GroupedWrites {
+  /**
+   * Runs `write` (synchronous: bun:sqlite's statements are) in the next group's transaction;
+   * resolves with its value once that has committed, rejects with its own error or the group's.
+   */
+  run<T>(write: () => T): Promise<T>;
+}
+
+interface Queued {
+  write: () => unknown;
+  resolve: (value: unknown) => void;
+  reject: (error: unknown) => void;
+}
+
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+export function groupedWrites(
+  sqlite: Database,
+  maxPerTransaction = MAX_WRITES_PER_TRANSACTION,
+): GroupedWrites {
+  let queue: Queued[] = [];
+  let scheduled = false;
+  // bun:sqlite runs a transaction function called inside another as a savepoint, rolled back (and
+  // its error rethrown) when it throws; the outer one commits, or rolls back and rethrows.
+  const inSavepoint = sqlite.transaction((write: () => unknown) => write());
+  const group = sqlite.transaction((writes: readonly Queued[]): Outcome[] => {
+    // Alone, a write needs no savepoint: should it throw, the transaction is rolled back (only
+    // its own writes were in it) and its error is the group's.
+    if (writes.length === 1) return [{ ok: true, value: writes[0]!.write() }];
+    const outcomes: Outcome[] = [];
+    for (const queued of writes) {
+      try {
+        outcomes.push({ ok: true, value: inSavepoint(queued.write) });
+      } catch (error) {
+        // SQLite ended the whole transaction (some I/O and full-disk errors roll it back): the
+        // writes before this one are undone with it, and one after would run outside any
+        // transaction, committing alone. So every write of the group fails.
+        if (!sqlite.inTransaction) throw error;
+        outcomes.push({ ok: false, error });
+      }
+    }
+    return outcomes;
+  });
+
+  const flush = () => {
+    scheduled = false;
+    const writes = queue.length > maxPerTransaction ? queue.slice(0, maxPerTransaction) : queue;
+    queue = queue.length > maxPerTransaction ? queue.slice(maxPerTransaction) : [];
+    if (queue.length > 0) schedule();
+    let outcomes: Outcome[];
+    try {
+      outcomes = group.immediate(writes);
+    } catch (error) {
+      for (const queued of writes) queued.reject(error);
+      return;
+    }
+    outcomes.forEach((outcome, index) => {
+      const queued = writes[index]!;
+      if (outcome.ok) queued.resolve(outcome.value);
+      else queued.reject(outcome.error);
+    });
+  };
+  const schedule = () => {
+    if (scheduled) return;
+    scheduled = true;
+    setImmediate(flush);
+  };
+
+  return {
+    run<T>(write: () => T): Promise<T> {
+      return new Promise<T>((resolve, reject) => {
+        queue.push({ write, resolve: resolve as (value: unknown) => void, reject });
+        schedule();
+      });
+    },
+  };
+}

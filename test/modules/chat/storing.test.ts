@@ -1,0 +1,151 @@
+/**
+ * Turns that end in the same event-loop turn are stored in one transaction, a savepoint each
+ * (db/grouped-writes): each is still stored, chained and charged as if alone, one whose storing
+ * fails loses only itself, and an answer is given only once its turn is there for every reader.
+ */
+import { Database } from "bun:sqlite";
+import { afterEach, expect, test } from "bun:test";
+import { chatConversations, chatMessages, chatUsage } from "../../../src/db/schema";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { type Session, signUp } from "../../support/auth";
+import { asUser, chat, gatedProvider } from "../../support/chat";
+import { waitFor } from "../../support/wait";
+
+const RAISED = { RATE_LIMIT_CHAT: "1000", RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" };
+
+let target: TestApp | undefined;
+afterEach(() => {
+  target?.close();
+  target = undefined;
+});
+
+interface Reply {
+  conversationId: string;
+  reply: string;
+}
+
+async function conversationOf(app: TestApp, session: Session, id: string) {
+  const response = await send(app, `/api/chat/conversations/${id}`, {
+    method: "GET",
+    headers: asUser(session),
+  });
+  return {
+    status: response.status,
+    body: (await response.json()) as { messages?: { role: string; content: string }[] },
+  };
+}
+
+test("turns ending together: each is stored and charged, and one whose storing fails loses only itself", async () => {
+  const provider = gatedProvider();
+  target = buildTestApp({ chatProvider: provider, env: RAISED });
+  const app = target;
+  const [alice, bob, carol] = [await signUp(app), await signUp(app), await signUp(app)];
+  // Someone with the file refuses one message: that turn's storing fails inside the shared
+  // transaction, after the turn before it in the same transaction has written its rows.
+  app.db.$client.run(
+    `CREATE TRIGGER refuse_poison BEFORE INSERT ON chat_messages WHEN NEW.content = 'poison'
+     BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END`,
+  );
+  const turns = [
+    chat(app, asUser(alice), { message: "How do I sign up?" }),
+    chat(app, asUser(bob), { message: "poison" }),
+    chat(app, asUser(carol), { message: "How do I pay?" }),
+  ];
+  await waitFor(() => provider.waiting() === 3);
+  provider.open();
+  const [aliceTurn, bobTurn, carolTurn] = await Promise.all(turns);
+
+  expect(aliceTurn!.status).toBe(200);
+  expect(carolTurn!.status).toBe(200);
+  expect(bobTurn!.status).toBe(500);
+  expect(((await bobTurn!.json()) as { code: string }).code).toBe("INTERNAL");
+  const aliceReply = (await aliceTurn!.json()) as Reply;
+  const carolReply = (await carolTurn!.json()) as Reply;
+
+  // Alice's and Carol's turns are there, whole; nothing of Bob's is.
+  for (const [session, reply, message] of [
+    [alice, aliceReply, "How do I sign up?"],
+    [carol, carolReply, "How do I pay?"],
+  ] as const) {
+    const stored = await conversationOf(app, session, reply.conversationId);
+    expect(stored.status).toBe(200);
+    expect(stored.body.messages).toMatchObject([
+      { role: "user", content: message },
+      { role: "assistant", content: reply.reply },
+    ]);
+  }
+  const owners = app.db
+    .select({ owner: chatConversations.ownerId })
+    .from(chatConversations)
+    .all()
+    .map((row) => row.owner)
+    .sort();
+  expect(owners).toEqual([alice.userId, carol.userId].sort());
+  expect(app.db.select().from(chatMessages).all()).toHaveLength(4);
+
+  // Every reservation left `reserved`; the failed turn is charged too (the upstream billed it).
+  const usage = app.db.select().from(chatUsage).all();
+  expect(usage).toHaveLength(3);
+  for (const row of usage) {
+    expect(row.reservedTokens).toBe(0);
+    expect(row.usedTokens).toBeGreaterThan(0);
+  }
+});
+
+test("two turns of one conversation at once are both stored, the second chained to the first", async () => {
+  target = buildTestApp({ env: RAISED });
+  const app = target;
+  const alice = await signUp(app);
+  const first = (await (
+    await chat(app, asUser(alice), { message: "How do I sign up?" })
+  ).json()) as Reply;
+  const again = await Promise.all([
+    chat(app, asUser(alice), { message: "and payments?", conversationId: first.conversationId }),
+    chat(app, asUser(alice), { message: "and refunds?", conversationId: first.conversationId }),
+  ]);
+  expect(again.map((response) => response.status)).toEqual([200, 200]);
+  const stored = await conversationOf(app, alice, first.conversationId);
+  // Read back through the seal check: a message not chained to the one before it would make the
+  // conversation unreadable (404).
+  expect(stored.status).toBe(200);
+  expect(stored.body.messages?.map((message) => message.role)).toEqual([
+    "user",
+    "assistant",
+    "user",
+    "assistant",
+    "user",
+    "assistant",
+  ]);
+  expect(
+    stored.body.messages
+      ?.filter((message) => message.role === "user")
+      .map((message) => message.content)
+      .sort(),
+  ).toEqual(["How do I sign up?", "and payments?", "and refunds?"]);
+});
+
+test("an answer is given only once its turn is committed: another connection reads it then", async () => {
+  target = buildTestApp({ env: RAISED });
+  const app = target;
+  const alice = await signUp(app);
+  const reader = new Database(app.databasePath, { readonly: true });
+  try {
+    const answers = await Promise.all(
+      Array.from({ length: 4 }, (_, index) =>
+        chat(app, asUser(alice), { message: `question ${index}` }).then(async (response) => {
+          const reply = (await response.json()) as Reply;
+          // Read by another connection at the moment the answer arrives.
+          const seen = reader
+            .query<{ n: number }, [string]>(
+              "SELECT count(*) AS n FROM chat_messages WHERE conversation_id = ?",
+            )
+            .get(reply.conversationId)!.n;
+          return { status: response.status, seen };
+        }),
+      ),
+    );
+    expect(answers).toEqual(Array.from({ length: 4 }, () => ({ status: 200, seen: 2 })));
+  } finally {
+    reader.close();
+  }
+});
