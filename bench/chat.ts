@@ -44,7 +44,7 @@ export async function measureChat(dir: string, requests: number, concurrency: nu
   const bareApp = new Elysia().post(
     "/api/chat",
     async ({ body }) => {
-      const prepared = chat.service.prepare({
+      const prepared = await chat.service.prepare({
         owner: { kind: "key", id: bareKey.id },
         message: body.message.trim(),
         requestId: "bench",

@@ -7,7 +7,9 @@
  * consecutive writes of one kind change the same pages (a table's newest rows, the ends of its
  * indexes). A chat turn stores ~10 such pages; committed one turn at a time the begin and commit
  * were a third of a turn's CPU on `POST /api/chat`. Committed together, those pages are written once
- * for the group. (The limiter groups its decisions the same way, in its own queue:
+ * for the group: with its reservations and its storing grouped, `POST /api/chat` went from 3.3k to
+ * 4.7k turns a second over HTTP here (301 → 214 µs of CPU a turn), and a turn alone in its
+ * event-loop turn costs what it did. (The limiter groups its decisions the same way, in its own queue:
  * plugins/rate-limit/coalesce.)
  *
  * Each write still succeeds or fails alone: one that throws has its savepoint rolled back and its
@@ -15,8 +17,8 @@
  * taken within the connection's busy timeout, a COMMIT that fails: a full disk, a deferred
  * constraint) fails every write of it, none of them kept, as each would have failed alone. A
  * caller's promise settles only once its write is committed or known lost, so an answer given
- * after it never names a row that is not there. Work that must not wait a turn (a decision the
- * request needs before it can go on) does not belong here.
+ * after it never names a row that is not there. The price is one event-loop turn of waiting: a
+ * chat turn's reservation and its storing pay it, which is nothing beside a provider's answer.
  */
 import type { Database } from "bun:sqlite";
 

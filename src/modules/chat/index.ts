@@ -337,7 +337,7 @@ export function chatModule(options: ChatModuleOptions) {
             { field: "body/message", message: checked.rule },
           ]);
         }
-        const prepared = service.prepare(
+        const prepared = await service.prepare(
           {
             owner: ownerOfTurn(principal, body.conversationId),
             message: checked.message,

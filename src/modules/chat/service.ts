@@ -9,11 +9,11 @@
  *    CHAT_CONTEXT_MESSAGES and CHAT_CONTEXT_TOKENS (estimated, oldest dropped first), then the new
  *    message. User text only ever goes in `user` messages, never into the system prompt. The
  *    prompt's estimate plus the provider's completion cap is reserved against the daily budget
- *    (budget.ts).
+ *    (budget.ts), in a transaction shared, a savepoint each, with the other turns' writes of the
+ *    same event-loop turn (db/grouped-writes).
  * 2. `complete` or `stream`: the provider answers; the user's message and the reply are stored,
- *    and the reservation settled to the real usage, in one transaction (shared, a savepoint each,
- *    by the turns that end in the same event-loop turn: db/grouped-writes); the answer waits for
- *    its commit. A stream that stops early
+ *    and the reservation settled to the real usage, in one transaction (shared the same way); the
+ *    answer waits for its commit. A stream that stops early
  *    (the client went away: its signal aborts the provider) stores what was received, marked
  *    incomplete. A turn aborted before any text (the client went away after the upstream was
  *    called) stores nothing and is charged its prompt's estimate: the upstream was sent, and bills,
@@ -337,8 +337,11 @@ export class ChatService implements ChatTurns {
     return false;
   }
 
-  /** Ownership, context and the budget reservation: everything before the provider is called. */
-  prepare(input: ChatTurnInput, meta: TurnMeta = {}): PrepareOutcome {
+  /**
+   * Ownership, context and the budget reservation: everything before the provider is called. The
+   * reservation is written with the other turns' writes of this event-loop turn.
+   */
+  async prepare(input: ChatTurnInput, meta: TurnMeta = {}): Promise<PrepareOutcome> {
     const { owner, message, requestId } = input;
     const { clock, budget, metrics, audit, provider } = this.options;
     let conversationId = input.conversationId;
@@ -358,11 +361,8 @@ export class ChatService implements ChatTurns {
       { role: "user", content: message },
     ];
     const promptEstimate = estimatePromptTokens(prompt);
-    const reserved = budget.reserve(
-      owner,
-      promptEstimate + provider.maxCompletionTokens,
-      clock.now(),
-    );
+    const tokens = promptEstimate + provider.maxCompletionTokens;
+    const reserved = await this.writes.run(() => budget.reserve(owner, tokens, clock.now()));
     if (reserved.kind === "owner_gone") {
       metrics.request(provider.name, "owner_gone");
       return reserved;
@@ -399,7 +399,7 @@ export class ChatService implements ChatTurns {
 
   /** One turn, answered whole: what the WhatsApp webhook calls. */
   async converse(input: ChatTurnInput, meta: TurnMeta = {}): Promise<ChatTurnOutcome> {
-    const prepared = this.prepare(input, meta);
+    const prepared = await this.prepare(input, meta);
     if (prepared.kind !== "ready") return prepared;
     return { kind: "reply", turn: await this.complete(prepared.turn, input.signal) };
   }

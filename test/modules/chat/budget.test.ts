@@ -688,7 +688,11 @@ describe("an aborted turn is charged what the upstream was sent", () => {
     const owner = { kind: "whatsapp" as const, id: "sender-hash" };
     const signal = AbortSignal.abort();
     for (const run of ["complete", "stream"] as const) {
-      const prepared = chatFeature.service.prepare({ owner, message: MESSAGE, requestId: run });
+      const prepared = await chatFeature.service.prepare({
+        owner,
+        message: MESSAGE,
+        requestId: run,
+      });
       if (prepared.kind !== "ready") throw new Error("not admitted");
       const attempt =
         run === "complete"

@@ -160,7 +160,7 @@ describe("an owner gone before the turn is prepared, or while it runs", () => {
     expect(erased.status).toBe(204);
     // What a request authenticated just before the erasure does next.
     const chatFeature = target.services.features.find((f) => f.name === "chat") as ChatFeature;
-    const prepared = chatFeature.service.prepare({
+    const prepared = await chatFeature.service.prepare({
       owner: { kind: "user", id: alice.userId },
       message: "asked as the erasure committed",
       requestId: "late",

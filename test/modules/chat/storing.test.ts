@@ -1,11 +1,14 @@
 /**
- * Turns that end in the same event-loop turn are stored in one transaction, a savepoint each
- * (db/grouped-writes): each is still stored, chained and charged as if alone, one whose storing
- * fails loses only itself, and an answer is given only once its turn is there for every reader.
+ * A turn's budget reservation and its storing are each written with the other turns' of the same
+ * event-loop turn, in one transaction, a savepoint each (db/grouped-writes): each is still
+ * decided, stored, chained and charged as if alone, one whose write fails loses only itself, and
+ * an answer is given only once its turn is there for every reader.
  */
 import { Database } from "bun:sqlite";
 import { afterEach, expect, test } from "bun:test";
 import { chatConversations, chatMessages, chatUsage } from "../../../src/db/schema";
+import { loadFaq } from "../../../src/modules/chat/providers/faq";
+import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { type Session, signUp } from "../../support/auth";
 import { asUser, chat, gatedProvider } from "../../support/chat";
@@ -148,4 +151,51 @@ test("an answer is given only once its turn is committed: another connection rea
   } finally {
     reader.close();
   }
+});
+
+// 40 characters: 10 tokens; "zzz yyyyyy": 3. A new conversation's turn is estimated at 13, and
+// reserves that plus the provider's completion cap.
+const SYSTEM_PROMPT = "S".repeat(40);
+const MESSAGE = "zzz yyyyyy";
+const RESERVED = 13 + createOfflineProvider(loadFaq(null)).maxCompletionTokens;
+
+test("turns prepared together are reserved one after another: with room for two, of three at once two are answered", async () => {
+  target = buildTestApp({
+    env: {
+      ...RAISED,
+      CHAT_SYSTEM_PROMPT: SYSTEM_PROMPT,
+      CHAT_DAILY_TOKEN_BUDGET: String(RESERVED * 2 + RESERVED - 1),
+    },
+  });
+  const app = target;
+  const alice = await signUp(app);
+  const statuses = (
+    await Promise.all(
+      Array.from({ length: 3 }, () => chat(app, asUser(alice), { message: MESSAGE })),
+    )
+  ).map((response) => response.status);
+  expect(statuses.sort()).toEqual([200, 200, 429]);
+  const [usage] = app.db.select().from(chatUsage).all();
+  expect(usage!.reservedTokens).toBe(0);
+  expect(usage!.requests).toBe(2);
+  expect(app.db.select().from(chatMessages).all()).toHaveLength(4);
+});
+
+test("a reservation whose writing fails fails only its own turn; the turns reserved with it go on", async () => {
+  target = buildTestApp({ env: RAISED });
+  const app = target;
+  const [alice, bob, carol] = [await signUp(app), await signUp(app), await signUp(app)];
+  app.db.$client.run(
+    `CREATE TRIGGER refuse_bob BEFORE INSERT ON chat_reservations WHEN NEW.owner_id = '${bob.userId}'
+     BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END`,
+  );
+  const [aliceTurn, bobTurn, carolTurn] = await Promise.all(
+    [alice, bob, carol].map((session) => chat(app, asUser(session), { message: "How do I pay?" })),
+  );
+  expect([aliceTurn!.status, bobTurn!.status, carolTurn!.status]).toEqual([200, 500, 200]);
+  const usage = app.db.select().from(chatUsage).all();
+  // Bob's usage row was made in his savepoint and went with it; nothing of his is reserved.
+  expect(usage.map((row) => row.ownerId).sort()).toEqual([alice.userId, carol.userId].sort());
+  for (const row of usage) expect(row.reservedTokens).toBe(0);
+  expect(app.db.select().from(chatMessages).all()).toHaveLength(4);
 });
