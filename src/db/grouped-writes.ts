@@ -15,7 +15,9 @@
  * Each write still succeeds or fails alone: one that throws has its savepoint rolled back and its
  * caller gets its error; the others go on. What fails the transaction itself (the write lock not
  * taken within the connection's busy timeout, a COMMIT that fails: a full disk, a deferred
- * constraint) fails every write of it, none of them kept, as each would have failed alone. A
+ * constraint) fails every write of it, none of them kept, as each would have failed alone; so does
+ * a write whose failure made SQLite roll back the whole transaction (some I/O and full-disk errors,
+ * a trigger's RAISE(ROLLBACK)), since the writes before it went with it. A
  * caller's promise settles only once its write is committed or known lost, so an answer given
  * after it never names a row that is not there. The price is one event-loop turn of waiting: a
  * chat turn's reservation and its storing pay it, which is nothing beside a provider's answer.

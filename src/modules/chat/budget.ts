@@ -311,6 +311,14 @@ export class ChatBudget {
     return charged;
   }
 
+  /**
+   * A reservation whose settling or release failed (a lock, a full disk): left to the next
+   * maintenance run, which gives it back (./reservations.ts).
+   */
+  abandon(reservation: Reservation): void {
+    this.turns.abandon(reservation.id);
+  }
+
   /** Gives a failed turn's reservation back. */
   release(reservation: Reservation, now: number): void {
     this.endTransaction.immediate(reservation, now, null);

@@ -17,6 +17,7 @@ import { streamedResponse } from "../../plugins/access-log";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
+import { storageRefusal } from "../../plugins/error-handler/storage";
 import type { RouteClass } from "../../plugins/route-class";
 import type { ErrorReporter } from "../../plugins/sentry";
 import {
@@ -273,10 +274,15 @@ async function eventStream(
       } catch (error) {
         if (closed || upstream.signal.aborted) return finish();
         const failure = upstreamError(error, service.providerName, request.signal);
+        // The text sent, then its storing failed (a lock, a full disk): the same 503 a turn
+        // answered whole gets, which the client may send again.
+        const refusal = failure instanceof AppError ? null : storageRefusal(failure);
         const [code, detail, status]: [ErrorCode, string, number] =
           failure instanceof AppError
             ? [failure.code, failure.detail, failure.status]
-            : ["INTERNAL", "The reply could not be completed.", 500];
+            : refusal
+              ? [refusal.code, refusal.detail, 503]
+              : ["INTERNAL", "The reply could not be completed.", 500];
         context.errors.report(failure, {
           requestId,
           route: context.route,

@@ -255,6 +255,15 @@ export class TurnReservations {
     return this.statements.end.get({ id }) !== undefined;
   }
 
+  /**
+   * Lets go of a turn's row without ending it, when the turn could not end it (its settling failed:
+   * a lock, a full disk): the row is then this process's and no turn's, and the next maintenance
+   * run gives it back. Ending it would need the write that just failed.
+   */
+  abandon(id: number): void {
+    this.held.delete(id);
+  }
+
   /** Ends every turn's row of an owner's day (a reset), or of every day (an erasure). */
   endAllOf(owner: ChatOwner, day?: string): void {
     if (day === undefined) this.statements.endOfOwner.run({ kind: owner.kind, id: owner.id });

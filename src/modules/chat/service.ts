@@ -31,6 +31,7 @@ import type { Database } from "bun:sqlite";
 import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
+import { isDatabaseBusy } from "../../db/busy";
 import { drizzleOf } from "../../db/client";
 import { type GroupedWrites, groupedWrites } from "../../db/grouped-writes";
 import { IdSequenceError } from "../../db/id-sequence";
@@ -411,7 +412,7 @@ export class ChatService implements ChatTurns {
     try {
       completion = await provider.complete(turn.prompt, { signal, requestId: turn.requestId });
     } catch (error) {
-      this.failed(turn, error, signal, sent);
+      await this.failed(turn, error, signal, sent);
       throw error;
     }
     await this.store(turn, completion.text, completion.usage, false);
@@ -457,7 +458,7 @@ export class ChatService implements ChatTurns {
         await this.store(turn, text, usage ?? this.estimatedUsage(turn, text), true);
         if (failure !== null && !isAbort(failure, signal)) this.logFailure(turn, failure);
       } else {
-        this.failed(turn, failure, signal, sent);
+        await this.failed(turn, failure, signal, sent);
       }
     }
     const stored = usage ?? this.estimatedUsage(turn, text);
@@ -476,26 +477,53 @@ export class ChatService implements ChatTurns {
    * away, however early): the prompt's estimate is charged, since the upstream bills it. Failed,
    * or aborted before the call: the reservation is given back. Counted, and logged why.
    */
-  private failed(
+  private async failed(
     turn: PreparedTurn,
     error: unknown,
     signal: AbortSignal | undefined,
     sent: boolean,
   ) {
-    const { budget, clock, metrics, provider } = this.options;
+    const { metrics, provider } = this.options;
     if (error === null || isAbort(error, signal)) {
       if (sent) {
-        budget.settle(turn.reservation, turn.promptEstimate, clock.now());
+        await this.endReservation(turn, turn.promptEstimate);
         metrics.tokens(turn.promptEstimate, 0);
       } else {
-        budget.release(turn.reservation, clock.now());
+        await this.endReservation(turn, null);
       }
       metrics.request(provider.name, "incomplete");
       return;
     }
-    budget.release(turn.reservation, clock.now());
+    await this.endReservation(turn, null);
     metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "error");
     this.logFailure(turn, error);
+  }
+
+  /**
+   * Settles a turn's reservation to `charged` tokens, or gives it back (null), outside the turn's
+   * storing: with the other turns' writes of this event-loop turn, so that the turns a lock failed
+   * together wait for it once, not once each. Should that fail too, the reservation is left to
+   * the next maintenance run, which gives it back; the turn's own outcome stands.
+   */
+  private async endReservation(turn: PreparedTurn, charged: number | null): Promise<void> {
+    const { budget, clock } = this.options;
+    try {
+      await this.writes.run(() =>
+        charged === null
+          ? budget.release(turn.reservation, clock.now())
+          : budget.settle(turn.reservation, charged, clock.now()),
+      );
+    } catch {
+      budget.abandon(turn.reservation);
+    }
+  }
+
+  /** A turn whose answer was produced (and billed) but not stored: said, with why. */
+  private logNotStored(turn: PreparedTurn, error: unknown) {
+    const { logger } = this.options;
+    const fields = { requestId: turn.requestId, conversationId: turn.conversationId };
+    if (isDatabaseBusy(error)) logger.warn(fields, "chat turn not stored: the database is locked");
+    else logger.error({ ...fields, err: error }, "chat turn not stored");
   }
 
   private logFailure(turn: PreparedTurn, error: unknown) {
@@ -607,13 +635,9 @@ export class ChatService implements ChatTurns {
       });
     } catch (error) {
       // Not stored (a locked or full disk, a file whose ids were tampered with): the usage is
-      // still charged, since the upstream billed it. Should that fail too, the reservation is no
-      // turn's any more and this process's next maintenance run gives it back (./reservations.ts).
-      try {
-        budget.settle(turn.reservation, charge, now);
-      } catch {
-        // The error that matters is the storing's, thrown below.
-      }
+      // still charged, since the upstream billed it.
+      this.logNotStored(turn, error);
+      await this.endReservation(turn, charge);
       throw error;
     }
     metrics.request(provider.name, incomplete ? "incomplete" : "ok");

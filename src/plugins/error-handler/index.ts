@@ -6,8 +6,6 @@
  * only as INTERNAL, without the exception's message.
  */
 import { Elysia, type ValidationError } from "elysia";
-import { isDatabaseBusy } from "../../db/busy";
-import { isStoreUnavailable } from "../../db/client";
 import {
   AppError,
   type ErrorCode,
@@ -22,6 +20,7 @@ import type { ResponseHeaders } from "../security-headers/response";
 import type { ErrorContext } from "../sentry";
 import { EarlyAnswer } from "./early-answer";
 import { type RouteEntry, routeMethodIndex, routePatternIndex } from "./route-methods";
+import { storageRefusal } from "./storage";
 
 export interface ErrorHandlerOptions {
   logger: Logger;
@@ -130,6 +129,7 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
           : (error as { cause?: unknown }).cause instanceof AppError
             ? ((error as { cause?: unknown }).cause as AppError)
             : null;
+      const refusal = appError ? null : storageRefusal(error);
       if (appError) {
         outcome = {
           code: appError.code,
@@ -174,26 +174,18 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
         outcome = { code: STATUS_CODES[code]!, detail: "The request was refused." };
       } else if (code === "INVALID_COOKIE_SIGNATURE") {
         outcome = { code: "BAD_REQUEST", detail: "A signed cookie did not verify." };
-      } else if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
-        // Another process holds the write lock past our short wait (db/busy): not a bug, and
-        // retrying shortly will work.
-        logger.warn({ requestId, method: request.method, route: routeOf() }, "database locked");
-        outcome = {
-          code: "SERVICE_UNAVAILABLE",
-          detail: "The database is busy; try again shortly.",
-          headers: { "retry-after": "1" },
-        };
-      } else if (isStoreUnavailable(error)) {
-        // Read-only, full or failing: the client may retry; the operator needs the stack.
-        logger.error(
-          { err: error, requestId, method: request.method, route: routeOf() },
-          "database unavailable",
-        );
-        outcome = {
-          code: "SERVICE_UNAVAILABLE",
-          detail: "The service cannot store this right now; try again shortly.",
-          headers: { "retry-after": "1" },
-        };
+      } else if (refusal) {
+        // Locked past our short wait (db/busy): not a bug, and retrying shortly will work. Read-only,
+        // full or failing: the client may retry too; the operator needs the stack.
+        if (refusal.busy) {
+          logger.warn({ requestId, method: request.method, route: routeOf() }, "database locked");
+        } else {
+          logger.error(
+            { err: error, requestId, method: request.method, route: routeOf() },
+            "database unavailable",
+          );
+        }
+        outcome = { code: refusal.code, detail: refusal.detail, headers: refusal.headers };
       } else {
         logger.error(
           { err: error, requestId, method: request.method, route: routeOf() },

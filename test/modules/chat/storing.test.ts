@@ -6,12 +6,17 @@
  */
 import { Database } from "bun:sqlite";
 import { afterEach, expect, test } from "bun:test";
-import { chatConversations, chatMessages, chatUsage } from "../../../src/db/schema";
+import {
+  chatConversations,
+  chatMessages,
+  chatReservations,
+  chatUsage,
+} from "../../../src/db/schema";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { type Session, signUp } from "../../support/auth";
-import { asUser, chat, gatedProvider } from "../../support/chat";
+import { asUser, chat, gatedProvider, parseSse, SSE } from "../../support/chat";
 import { waitFor } from "../../support/wait";
 
 const RAISED = { RATE_LIMIT_CHAT: "1000", RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" };
@@ -198,4 +203,90 @@ test("a reservation whose writing fails fails only its own turn; the turns reser
   expect(usage.map((row) => row.ownerId).sort()).toEqual([alice.userId, carol.userId].sort());
   for (const row of usage) expect(row.reservedTokens).toBe(0);
   expect(app.db.select().from(chatMessages).all()).toHaveLength(4);
+});
+
+/** How many transaction statements (BEGIN, COMMIT, SAVEPOINT, …) the app's connection has run. */
+async function transactionStatements(app: TestApp): Promise<number> {
+  const text = await (await send(app, "/metrics")).text();
+  const counts = [
+    ...text.matchAll(/^db_query_duration_seconds_count\{operation="transaction"[^}]*\} (\d+)$/gm),
+  ];
+  return counts.reduce((sum, match) => sum + Number(match[1]), 0);
+}
+
+/** Another connection holding the file's write lock until `release` is called. */
+function holdWriteLock(app: TestApp) {
+  const locker = new Database(app.databasePath);
+  locker.run("BEGIN IMMEDIATE");
+  return () => {
+    locker.run("ROLLBACK");
+    locker.close();
+  };
+}
+
+test("turns a lock fails together try for it together, and their reservations come back at the next maintenance run", async () => {
+  const provider = gatedProvider();
+  target = buildTestApp({
+    chatProvider: provider,
+    env: { ...RAISED, CHAT_DAILY_TOKEN_BUDGET: "1000000" },
+  });
+  const app = target;
+  const alice = await signUp(app);
+  const TURNS = 12;
+  const turns = Array.from({ length: TURNS }, () =>
+    chat(app, asUser(alice), { message: "How do I sign up?" }),
+  );
+  await waitFor(() => provider.waiting() === TURNS);
+  expect(app.db.select().from(chatReservations).all()).toHaveLength(TURNS);
+  const before = await transactionStatements(app);
+  app.db.$client.run("PRAGMA busy_timeout = 0");
+  const release = holdWriteLock(app);
+  provider.open();
+  const answers = await Promise.all(turns);
+  release();
+  for (const answer of answers) {
+    expect(answer.status).toBe(503);
+    expect(((await answer.json()) as { code: string }).code).toBe("SERVICE_UNAVAILABLE");
+  }
+  // Each turn alone would have tried the lock twice (its storing, then its settling): 24 waits
+  // on the event loop. Together: the group's storing once, the group's settling once, and the
+  // metrics request's own limiter decision.
+  expect((await transactionStatements(app)) - before).toBeLessThanOrEqual(4);
+  expect(app.db.select().from(chatMessages).all()).toEqual([]);
+  const logged = app.logs.entries.filter(
+    (line) => line.msg === "chat turn not stored: the database is locked",
+  );
+  expect(logged).toHaveLength(TURNS);
+
+  // The reservations could be neither settled nor given back under the lock: the next maintenance
+  // run gives them back, and the day's budget is whole again.
+  expect(app.db.select().from(chatUsage).get()!.reservedTokens).toBeGreaterThan(0);
+  app.services.runMaintenance();
+  expect(app.db.select().from(chatReservations).all()).toEqual([]);
+  expect(app.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
+});
+
+test("a streamed turn whose storing meets a lock ends with the 503 a whole answer gets, and says it was not stored", async () => {
+  const provider = gatedProvider();
+  target = buildTestApp({ chatProvider: provider, env: RAISED });
+  const app = target;
+  const alice = await signUp(app);
+  const streamed = chat(app, asUser(alice), { message: "How do I sign up?" }, SSE);
+  await waitFor(() => provider.waiting() === 1);
+  app.db.$client.run("PRAGMA busy_timeout = 0");
+  const release = holdWriteLock(app);
+  provider.open();
+  const response = await streamed;
+  expect(response.status).toBe(200);
+  const events = parseSse(await response.text());
+  release();
+  expect(events[0]!.event).toBe("message");
+  expect(events.at(-1)).toMatchObject({
+    event: "error",
+    data: { code: "SERVICE_UNAVAILABLE", status: 503 },
+  });
+  expect(app.db.select().from(chatMessages).all()).toEqual([]);
+  expect(
+    app.logs.entries.filter((line) => line.msg === "chat turn not stored: the database is locked"),
+  ).toHaveLength(1);
 });
