@@ -8,7 +8,7 @@
  */
 import { type Core, type CoreOptions, createCore } from "./core";
 import { backgroundCheckpoints } from "./db/background-checkpoint";
-import { isDatabaseBusy } from "./db/busy";
+import { busyTimeoutOf, isDatabaseBusy, setBusyTimeout } from "./db/busy";
 import { startWalGuard } from "./db/wal-guard";
 import { createFeatures, type FeatureOptions } from "./features";
 import type { ApiKeyService } from "./modules/auth/api-keys";
@@ -52,17 +52,35 @@ export function createServices(options: ServiceOptions): Services {
   const readiness: Record<string, ReadinessCheck> = { ...core.readiness };
   for (const feature of features.list) Object.assign(readiness, feature.readiness);
 
+  const sqlite = options.db.$client;
   const runMaintenance = () => {
     const now = clock.now();
-    for (const task of [core.maintenance, ...features.list.map((f) => f.maintenance)]) {
-      try {
-        task?.(now);
-      } catch (error) {
-        // Locked by another process: the next run tries again; nothing waits for the lock.
-        if (isDatabaseBusy(error)) logger.warn("maintenance deferred: the database is locked");
-        else logger.error({ err: error }, "maintenance failed");
+    // Once one task has waited out the busy timeout, the lock is known to be held: the rest of the
+    // run tries without waiting, so the event loop waits for a lock once a run, not once a task.
+    let waitedMs: number | null = null;
+    let deferred = 0;
+    try {
+      for (const task of [core.maintenance, ...features.list.map((f) => f.maintenance)]) {
+        try {
+          task?.(now);
+        } catch (error) {
+          if (!isDatabaseBusy(error)) {
+            logger.error({ err: error }, "maintenance failed");
+            continue;
+          }
+          // Locked by another process: the next run tries again.
+          deferred++;
+          if (waitedMs === null) {
+            waitedMs = busyTimeoutOf(sqlite);
+            setBusyTimeout(sqlite, 0);
+          }
+        }
       }
+    } finally {
+      if (waitedMs !== null) setBusyTimeout(sqlite, waitedMs);
     }
+    if (deferred > 0)
+      logger.warn({ tasks: deferred }, "maintenance deferred: the database is locked");
     // The anchor that lets audit:verify notice deleted newest rows; logged when the head moved.
     audit.logHead();
   };
@@ -70,7 +88,6 @@ export function createServices(options: ServiceOptions): Services {
   const timer = intervalMs > 0 ? setInterval(runMaintenance, intervalMs) : null;
   timer?.unref();
   // Background work like the maintenance: off where the maintenance is (tests drive it).
-  const sqlite = options.db.$client;
   const checkpoints =
     intervalMs > 0 && sqlite.filename && sqlite.filename !== ":memory:"
       ? backgroundCheckpoints({

@@ -35,6 +35,12 @@ export function sqliteCodeOf(error: unknown): string | null {
   return null;
 }
 
+/** The connection's busy timeout now, in ms. */
+export function busyTimeoutOf(sqlite: Database): number {
+  const row = sqlite.query("PRAGMA busy_timeout").values()[0];
+  return Number(row?.[0] ?? 0);
+}
+
 export function setBusyTimeout(sqlite: Database, ms: number): void {
   sqlite.run(`PRAGMA busy_timeout = ${Math.max(0, Math.floor(ms))}`);
 }

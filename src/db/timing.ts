@@ -3,7 +3,8 @@
  * Times every SQL statement a connection runs, once, where the connection is opened
  * (`openDatabase`), rather than by hand at each call site: Drizzle's query builder, its prepared
  * statements and the raw `bun:sqlite` statements the hot paths use all end in a `Statement`'s
- * `run`/`get`/`all`/`values`, which are wrapped here as the statement is prepared. (A Drizzle logger
+ * `run`/`get`/`all`/`values`, which are wrapped here as the statement is prepared; `transaction()`
+ * is replaced by the same wrapper over timed BEGIN/COMMIT/SAVEPOINT statements. (A Drizzle logger
  * cannot time: it is called before the statement runs, never after.)
  *
  * Each statement is classified once, when it is prepared, into a bounded series: an `operation`
@@ -60,6 +61,7 @@ const TABLE = /\b(?:into|update(?:\s+or\s+[A-Za-z]+)?|from)\s+[`"[]?([A-Za-z_][A
 /** Interpolated SQL (a PRAGMA with a number) must not grow the cache without bound. */
 const MAX_CACHED_SQL = 1000;
 const TIMED = ["run", "get", "all", "values", "raw"] as const;
+type TransactionBehavior = "default" | "deferred" | "immediate" | "exclusive";
 
 const timingsByConnection = new WeakMap<Database, QueryTimings>();
 
@@ -153,6 +155,57 @@ export function timeQueries(sqlite: Database, tables: Iterable<string>): QueryTi
     }
   };
   connection.exec = connection.run;
+
+  // bun:sqlite's `transaction()` runs its BEGIN, COMMIT and SAVEPOINT statements from statements
+  // it prepares itself, past the wrapped `prepare`: so they went untimed, and a wait for another
+  // process's lock at BEGIN IMMEDIATE (the commonest) never showed under `transaction`. This is
+  // its wrapper (better-sqlite3's semantics: a call inside a transaction is a savepoint, rolled back
+  // and rethrown when the function throws) over timed statements, prepared once per connection.
+  const control = (begin: string) => ({
+    begin: connection.prepare!(begin) as Statement,
+    commit: connection.prepare!("COMMIT") as Statement,
+    rollback: connection.prepare!("ROLLBACK") as Statement,
+    savepoint: connection.prepare!("SAVEPOINT timed_transaction") as Statement,
+    release: connection.prepare!("RELEASE timed_transaction") as Statement,
+    rollbackTo: connection.prepare!("ROLLBACK TO timed_transaction") as Statement,
+  });
+  let controls: Record<TransactionBehavior, ReturnType<typeof control>> | null = null;
+  const controlsOf = () =>
+    (controls ??= {
+      default: control("BEGIN"),
+      deferred: control("BEGIN DEFERRED"),
+      immediate: control("BEGIN IMMEDIATE"),
+      exclusive: control("BEGIN EXCLUSIVE"),
+    });
+  const wrapTransaction = (fn: (...args: unknown[]) => unknown, behavior: TransactionBehavior) =>
+    function timedTransaction(this: unknown, ...args: unknown[]) {
+      const { begin, commit, rollback, savepoint, release, rollbackTo } = controlsOf()[behavior];
+      const nested = sqlite.inTransaction;
+      const [before, after, undo] = nested
+        ? [savepoint, release, rollbackTo]
+        : [begin, commit, rollback];
+      before.run();
+      try {
+        const result = fn.apply(this, args);
+        after.run();
+        return result;
+      } catch (error) {
+        if (sqlite.inTransaction) {
+          undo.run();
+          if (nested) after.run();
+        }
+        throw error;
+      }
+    };
+  connection.transaction = (fn: unknown) => {
+    if (typeof fn !== "function") throw new TypeError("Expected first argument to be a function");
+    const run = fn as (...args: unknown[]) => unknown;
+    return Object.assign(wrapTransaction(run, "default"), {
+      deferred: wrapTransaction(run, "deferred"),
+      immediate: wrapTransaction(run, "immediate"),
+      exclusive: wrapTransaction(run, "exclusive"),
+    });
+  };
 
   const timings: QueryTimings = { series: () => bySeries.values() };
   timingsByConnection.set(sqlite, timings);

@@ -1,3 +1,4 @@
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { QUERY_DURATION_BUCKETS } from "../../src/db/timing";
 import { listenForMetrics } from "../../src/plugins/metrics/listener";
@@ -245,6 +246,48 @@ test("db_query_duration_seconds times every statement by operation and schema ta
   );
   expect(text).not.toContain("timed.user");
   expect(text.toLowerCase()).not.toContain("values (");
+});
+
+test('a wait for another process\'s write lock shows under operation="transaction", whichever way the transaction was begun', async () => {
+  current = buildTestApp();
+  const app = current;
+  const sqlite = app.db.$client;
+  sqlite.run("PRAGMA busy_timeout = 600");
+  const waits = async () => {
+    const text = await (await send(app, "/metrics")).text();
+    const labels = 'operation="transaction",table="other"';
+    return (
+      sample(text, `${METRIC.dbQueryDuration}_count{${labels}}`) -
+      sample(text, `${METRIC.dbQueryDuration}_bucket{le="0.5",${labels}}`)
+    );
+  };
+  const before = await waits();
+  const locker = new Database(app.databasePath);
+  locker.run("BEGIN IMMEDIATE");
+  try {
+    // bun:sqlite's transaction() (what Drizzle's and the services' transactions use), and Drizzle's.
+    expect(() => sqlite.transaction(() => sqlite.run("SELECT 1")).immediate()).toThrow("locked");
+    expect(() => app.db.transaction(() => undefined, { behavior: "immediate" })).toThrow();
+  } finally {
+    locker.run("ROLLBACK");
+    locker.close();
+  }
+  expect((await waits()) - before).toBe(2);
+  // Nesting and rollback are as bun:sqlite's own: the inner call is a savepoint, undone alone.
+  sqlite.run("CREATE TABLE timed_nesting (n INTEGER)");
+  sqlite
+    .transaction(() => {
+      sqlite.run("INSERT INTO timed_nesting VALUES (1)");
+      expect(() =>
+        sqlite.transaction(() => {
+          sqlite.run("INSERT INTO timed_nesting VALUES (2)");
+          throw new Error("inner");
+        })(),
+      ).toThrow("inner");
+    })
+    .immediate();
+  expect(sqlite.query("SELECT n FROM timed_nesting").values()).toEqual([[1]]);
+  expect(sqlite.inTransaction).toBe(false);
 });
 
 test("with METRICS_PORT, /metrics is served only by the listener, which applies the token too", async () => {
