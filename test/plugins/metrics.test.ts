@@ -256,9 +256,14 @@ test('a wait for another process\'s write lock shows under operation="transactio
   const waits = async () => {
     const text = await (await send(app, "/metrics")).text();
     const labels = 'operation="transaction",table="other"';
+    const exported = (series: string) => {
+      const value = sample(text, series);
+      if (value === null) throw new Error(`${series} is not exported`);
+      return value;
+    };
     return (
-      sample(text, `${METRIC.dbQueryDuration}_count{${labels}}`) -
-      sample(text, `${METRIC.dbQueryDuration}_bucket{le="0.5",${labels}}`)
+      exported(`${METRIC.dbQueryDuration}_count{${labels}}`) -
+      exported(`${METRIC.dbQueryDuration}_bucket{le="0.5",${labels}}`)
     );
   };
   const before = await waits();
