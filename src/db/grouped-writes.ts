@@ -15,9 +15,11 @@
  * Each write still succeeds or fails alone: one that throws has its savepoint rolled back and its
  * caller gets its error; the others go on. What fails the transaction itself (the write lock not
  * taken within the connection's busy timeout, a COMMIT that fails: a full disk, a deferred
- * constraint) fails every write of it, none of them kept, as each would have failed alone; so does
- * a write whose failure made SQLite roll back the whole transaction (some I/O and full-disk errors,
- * a trigger's RAISE(ROLLBACK)), since the writes before it went with it. A
+ * constraint) fails every write of it, none of them kept, as each would have failed alone. A write
+ * whose failure made SQLite roll back the whole transaction (some I/O and full-disk errors, a
+ * trigger's RAISE(ROLLBACK)) fails alone too: the others, undone with it, are run again without
+ * it. (So a write must not end the transaction itself, and what it does outside the database
+ * must bear being done twice.) A
  * caller's promise settles only once its write is committed or known lost, so an answer given
  * after it never names a row that is not there. The price is one event-loop turn of waiting: a
  * chat turn's reservation and its storing pay it, which is nothing beside a provider's answer.
@@ -43,6 +45,14 @@ interface Queued {
 
 type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
 
+/** The write at `index` failed in a way that made SQLite roll back the whole transaction. */
+class TransactionEnded {
+  constructor(
+    readonly index: number,
+    readonly error: unknown,
+  ) {}
+}
+
 export function groupedWrites(
   sqlite: Database,
   maxPerTransaction = MAX_WRITES_PER_TRANSACTION,
@@ -57,14 +67,14 @@ export function groupedWrites(
     // its own writes were in it) and its error is the group's.
     if (writes.length === 1) return [{ ok: true, value: writes[0]!.write() }];
     const outcomes: Outcome[] = [];
-    for (const queued of writes) {
+    for (const [index, queued] of writes.entries()) {
       try {
         outcomes.push({ ok: true, value: inSavepoint(queued.write) });
       } catch (error) {
-        // SQLite ended the whole transaction (some I/O and full-disk errors roll it back): the
-        // writes before this one are undone with it, and one after would run outside any
-        // transaction, committing alone. So every write of the group fails.
-        if (!sqlite.inTransaction) throw error;
+        // SQLite ended the whole transaction (some I/O and full-disk errors roll it back, and so
+        // does a trigger's RAISE(ROLLBACK)): the writes before this one are undone with it, and
+        // one after would run outside any transaction, committing alone. Stop here.
+        if (!sqlite.inTransaction) throw new TransactionEnded(index, error);
         outcomes.push({ ok: false, error });
       }
     }
@@ -80,7 +90,16 @@ export function groupedWrites(
     try {
       outcomes = group.immediate(writes);
     } catch (error) {
-      for (const queued of writes) queued.reject(error);
+      if (error instanceof TransactionEnded && writes.length > 1) {
+        // That write alone fails; the others, undone with it or never run, go again first at the
+        // next turn, without it. Each round takes one write out, so it ends.
+        writes[error.index]!.reject(error.error);
+        queue = [...writes.filter((_, index) => index !== error.index), ...queue];
+        schedule();
+        return;
+      }
+      const cause = error instanceof TransactionEnded ? error.error : error;
+      for (const queued of writes) queued.reject(cause);
       return;
     }
     outcomes.forEach((outcome, index) => {

@@ -134,17 +134,31 @@ test("a COMMIT that fails loses every write of the group, those whose own part w
   expect(sqlite.inTransaction).toBe(false);
 });
 
-test("a transaction SQLite ends under the group fails every write of it; none commits alone after it", async () => {
+test("a write whose failure makes SQLite end the whole transaction fails alone; the others run again and are committed", async () => {
   const { sqlite, other, rowsSeenBy } = twoConnections();
   const writes = groupedWrites(sqlite);
+  const runs = [0, 0, 0];
   const outcomes = await settled([
-    writes.run(() => sqlite.run("INSERT INTO t (n) VALUES (1)")),
-    // As SQLite does on some I/O and full-disk errors: the whole transaction rolled back.
-    writes.run(() => sqlite.run("ROLLBACK")),
-    writes.run(() => sqlite.run("INSERT INTO t (n) VALUES (3)")),
+    writes.run(() => {
+      runs[0]!++;
+      sqlite.run("INSERT INTO t (n) VALUES (1)");
+    }),
+    // As SQLite does on some I/O and full-disk errors, and a trigger's RAISE(ROLLBACK) on purpose:
+    // the whole transaction rolled back, the first write's row with it.
+    writes.run(() => {
+      runs[1]!++;
+      sqlite.run("ROLLBACK");
+    }),
+    writes.run(() => {
+      runs[2]!++;
+      sqlite.run("INSERT INTO t (n) VALUES (3)");
+    }),
   ]);
-  expect(outcomes.map((outcome) => outcome.status)).toEqual(["rejected", "rejected", "rejected"]);
-  expect(rowsSeenBy(other)).toEqual([]);
+  expect(outcomes.map((outcome) => outcome.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+  // The first ran again (its row had gone with the transaction); the third ran once, in the second
+  // transaction; the one that ended the first never ran again.
+  expect(runs).toEqual([2, 1, 1]);
+  expect(rowsSeenBy(other)).toEqual([1, 3]);
   expect(sqlite.inTransaction).toBe(false);
 });
 

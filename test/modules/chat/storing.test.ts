@@ -43,62 +43,63 @@ async function conversationOf(app: TestApp, session: Session, id: string) {
   };
 }
 
-test("turns ending together: each is stored and charged, and one whose storing fails loses only itself", async () => {
-  const provider = gatedProvider();
-  target = buildTestApp({ chatProvider: provider, env: RAISED });
-  const app = target;
-  const [alice, bob, carol] = [await signUp(app), await signUp(app), await signUp(app)];
-  // Someone with the file refuses one message: that turn's storing fails inside the shared
-  // transaction, after the turn before it in the same transaction has written its rows.
-  app.db.$client.run(
-    `CREATE TRIGGER refuse_poison BEFORE INSERT ON chat_messages WHEN NEW.content = 'poison'
-     BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END`,
-  );
-  const turns = [
-    chat(app, asUser(alice), { message: "How do I sign up?" }),
-    chat(app, asUser(bob), { message: "poison" }),
-    chat(app, asUser(carol), { message: "How do I pay?" }),
-  ];
-  await waitFor(() => provider.waiting() === 3);
-  provider.open();
-  const [aliceTurn, bobTurn, carolTurn] = await Promise.all(turns);
+for (const raise of ["ABORT", "ROLLBACK"] as const)
+  test(`turns ending together: each is stored and charged, and one whose storing fails loses only itself (RAISE(${raise}))`, async () => {
+    const provider = gatedProvider();
+    target = buildTestApp({ chatProvider: provider, env: RAISED });
+    const app = target;
+    const [alice, bob, carol] = [await signUp(app), await signUp(app), await signUp(app)];
+    // Someone with the file refuses one message: that turn's storing fails inside the shared
+    // transaction, after the turn before it in the same transaction has written its rows.
+    app.db.$client.run(
+      `CREATE TRIGGER refuse_poison BEFORE INSERT ON chat_messages WHEN NEW.content = 'poison'
+     BEGIN SELECT RAISE(${raise}, 'refused by a trigger'); END`,
+    );
+    const turns = [
+      chat(app, asUser(alice), { message: "How do I sign up?" }),
+      chat(app, asUser(bob), { message: "poison" }),
+      chat(app, asUser(carol), { message: "How do I pay?" }),
+    ];
+    await waitFor(() => provider.waiting() === 3);
+    provider.open();
+    const [aliceTurn, bobTurn, carolTurn] = await Promise.all(turns);
 
-  expect(aliceTurn!.status).toBe(200);
-  expect(carolTurn!.status).toBe(200);
-  expect(bobTurn!.status).toBe(500);
-  expect(((await bobTurn!.json()) as { code: string }).code).toBe("INTERNAL");
-  const aliceReply = (await aliceTurn!.json()) as Reply;
-  const carolReply = (await carolTurn!.json()) as Reply;
+    expect(aliceTurn!.status).toBe(200);
+    expect(carolTurn!.status).toBe(200);
+    expect(bobTurn!.status).toBe(500);
+    expect(((await bobTurn!.json()) as { code: string }).code).toBe("INTERNAL");
+    const aliceReply = (await aliceTurn!.json()) as Reply;
+    const carolReply = (await carolTurn!.json()) as Reply;
 
-  // Alice's and Carol's turns are there, whole; nothing of Bob's is.
-  for (const [session, reply, message] of [
-    [alice, aliceReply, "How do I sign up?"],
-    [carol, carolReply, "How do I pay?"],
-  ] as const) {
-    const stored = await conversationOf(app, session, reply.conversationId);
-    expect(stored.status).toBe(200);
-    expect(stored.body.messages).toMatchObject([
-      { role: "user", content: message },
-      { role: "assistant", content: reply.reply },
-    ]);
-  }
-  const owners = app.db
-    .select({ owner: chatConversations.ownerId })
-    .from(chatConversations)
-    .all()
-    .map((row) => row.owner)
-    .sort();
-  expect(owners).toEqual([alice.userId, carol.userId].sort());
-  expect(app.db.select().from(chatMessages).all()).toHaveLength(4);
+    // Alice's and Carol's turns are there, whole; nothing of Bob's is.
+    for (const [session, reply, message] of [
+      [alice, aliceReply, "How do I sign up?"],
+      [carol, carolReply, "How do I pay?"],
+    ] as const) {
+      const stored = await conversationOf(app, session, reply.conversationId);
+      expect(stored.status).toBe(200);
+      expect(stored.body.messages).toMatchObject([
+        { role: "user", content: message },
+        { role: "assistant", content: reply.reply },
+      ]);
+    }
+    const owners = app.db
+      .select({ owner: chatConversations.ownerId })
+      .from(chatConversations)
+      .all()
+      .map((row) => row.owner)
+      .sort();
+    expect(owners).toEqual([alice.userId, carol.userId].sort());
+    expect(app.db.select().from(chatMessages).all()).toHaveLength(4);
 
-  // Every reservation left `reserved`; the failed turn is charged too (the upstream billed it).
-  const usage = app.db.select().from(chatUsage).all();
-  expect(usage).toHaveLength(3);
-  for (const row of usage) {
-    expect(row.reservedTokens).toBe(0);
-    expect(row.usedTokens).toBeGreaterThan(0);
-  }
-});
+    // Every reservation left `reserved`; the failed turn is charged too (the upstream billed it).
+    const usage = app.db.select().from(chatUsage).all();
+    expect(usage).toHaveLength(3);
+    for (const row of usage) {
+      expect(row.reservedTokens).toBe(0);
+      expect(row.usedTokens).toBeGreaterThan(0);
+    }
+  });
 
 test("two turns of one conversation at once are both stored, the second chained to the first", async () => {
   target = buildTestApp({ env: RAISED });
