@@ -18,8 +18,8 @@
  * constraint) fails every write of it, none of them kept, as each would have failed alone. A write
  * whose failure made SQLite roll back the whole transaction (some I/O and full-disk errors, a
  * trigger's RAISE(ROLLBACK)) fails alone too: the others, undone with it, are run again without
- * it. (So a write must not end the transaction itself, and what it does outside the database
- * must bear being done twice.) A
+ * it, RETRY_GAP_MS later. (So a write must not end the transaction itself, and what it does
+ * outside the database must bear being done twice.) A
  * caller's promise settles only once its write is committed or known lost, so an answer given
  * after it never names a row that is not there. The price is one event-loop turn of waiting: a
  * chat turn's reservation and its storing pay it, which is nothing beside a provider's answer.
@@ -28,6 +28,14 @@ import type { Database } from "bun:sqlite";
 
 /** Writes in one transaction at most; the rest wait for the next turn's, so the lock is never held long. */
 export const MAX_WRITES_PER_TRANSACTION = 64;
+
+/**
+ * How long the writes of a group whose transaction one write ended wait before they run again.
+ * Not at once: a write refused that way again and again (a trigger on one owner's rows) would
+ * take the lock back round after round, and another process, whose wait for it polls every few
+ * milliseconds for at most REQUEST_BUSY_TIMEOUT_MS, would miss every gap and fail its own group.
+ */
+export const RETRY_GAP_MS = 10;
 
 export interface GroupedWrites {
   /**
@@ -83,6 +91,7 @@ export function groupedWrites(
 
   const flush = () => {
     scheduled = false;
+    if (queue.length === 0) return;
     const writes = queue.length > maxPerTransaction ? queue.slice(0, maxPerTransaction) : queue;
     queue = queue.length > maxPerTransaction ? queue.slice(maxPerTransaction) : [];
     if (queue.length > 0) schedule();
@@ -95,7 +104,7 @@ export function groupedWrites(
         // next turn, without it. Each round takes one write out, so it ends.
         writes[error.index]!.reject(error.error);
         queue = [...writes.filter((_, index) => index !== error.index), ...queue];
-        schedule();
+        schedule(RETRY_GAP_MS);
         return;
       }
       const cause = error instanceof TransactionEnded ? error.error : error;
@@ -108,10 +117,22 @@ export function groupedWrites(
       else queued.reject(outcome.error);
     });
   };
-  const schedule = () => {
+  let retryTimer: Timer | null = null;
+  const schedule = (afterMs = 0) => {
+    if (afterMs > 0) {
+      // Whatever was due at once waits with it: the queue runs in order.
+      scheduled = true;
+      retryTimer ??= setTimeout(() => {
+        retryTimer = null;
+        flush();
+      }, afterMs);
+      return;
+    }
     if (scheduled) return;
     scheduled = true;
-    setImmediate(flush);
+    setImmediate(() => {
+      if (retryTimer === null) flush();
+    });
   };
 
   return {
