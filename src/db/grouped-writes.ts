@@ -66,7 +66,9 @@ export function groupedWrites(
   maxPerTransaction = MAX_WRITES_PER_TRANSACTION,
 ): GroupedWrites {
   let queue: Queued[] = [];
-  let scheduled = false;
+  // The next flush: at the next event-loop turn, or RETRY_GAP_MS after a round one write ended.
+  let immediate: ReturnType<typeof setImmediate> | null = null;
+  let timer: Timer | null = null;
   // bun:sqlite runs a transaction function called inside another as a savepoint, rolled back (and
   // its error rethrown) when it throws; the outer one commits, or rolls back and rethrows.
   const inSavepoint = sqlite.transaction((write: () => unknown) => write());
@@ -90,8 +92,8 @@ export function groupedWrites(
   });
 
   const flush = () => {
-    scheduled = false;
-    if (queue.length === 0) return;
+    immediate = null;
+    timer = null;
     const writes = queue.length > maxPerTransaction ? queue.slice(0, maxPerTransaction) : queue;
     queue = queue.length > maxPerTransaction ? queue.slice(maxPerTransaction) : [];
     if (queue.length > 0) schedule();
@@ -99,16 +101,16 @@ export function groupedWrites(
     try {
       outcomes = group.immediate(writes);
     } catch (error) {
-      if (error instanceof TransactionEnded && writes.length > 1) {
-        // That write alone fails; the others, undone with it or never run, go again first at the
-        // next turn, without it. Each round takes one write out, so it ends.
+      // (Only a group of several writes throws this: a write alone is not in a savepoint.)
+      if (error instanceof TransactionEnded) {
+        // That write alone fails; the others, undone with it or never run, go again first,
+        // without it. Each round takes one write out, so it ends.
         writes[error.index]!.reject(error.error);
         queue = [...writes.filter((_, index) => index !== error.index), ...queue];
-        schedule(RETRY_GAP_MS);
+        scheduleAfterGap();
         return;
       }
-      const cause = error instanceof TransactionEnded ? error.error : error;
-      for (const queued of writes) queued.reject(cause);
+      for (const queued of writes) queued.reject(error);
       return;
     }
     outcomes.forEach((outcome, index) => {
@@ -117,22 +119,14 @@ export function groupedWrites(
       else queued.reject(outcome.error);
     });
   };
-  let retryTimer: Timer | null = null;
-  const schedule = (afterMs = 0) => {
-    if (afterMs > 0) {
-      // Whatever was due at once waits with it: the queue runs in order.
-      scheduled = true;
-      retryTimer ??= setTimeout(() => {
-        retryTimer = null;
-        flush();
-      }, afterMs);
-      return;
-    }
-    if (scheduled) return;
-    scheduled = true;
-    setImmediate(() => {
-      if (retryTimer === null) flush();
-    });
+  const schedule = () => {
+    if (immediate === null && timer === null) immediate = setImmediate(flush);
+  };
+  // Whatever was due at once waits with the retried writes: the queue runs in order.
+  const scheduleAfterGap = () => {
+    if (immediate !== null) clearImmediate(immediate);
+    immediate = null;
+    timer ??= setTimeout(flush, RETRY_GAP_MS);
   };
 
   return {

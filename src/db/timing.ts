@@ -161,29 +161,27 @@ export function timeQueries(sqlite: Database, tables: Iterable<string>): QueryTi
   // process's lock at BEGIN IMMEDIATE (the commonest) never showed under `transaction`. This is
   // its wrapper (better-sqlite3's semantics: a call inside a transaction is a savepoint, rolled back
   // and rethrown when the function throws) over timed statements, prepared once per connection.
-  const control = (begin: string) => ({
-    begin: connection.prepare!(begin) as Statement,
-    commit: connection.prepare!("COMMIT") as Statement,
-    rollback: connection.prepare!("ROLLBACK") as Statement,
-    savepoint: connection.prepare!("SAVEPOINT timed_transaction") as Statement,
-    release: connection.prepare!("RELEASE timed_transaction") as Statement,
-    rollbackTo: connection.prepare!("ROLLBACK TO timed_transaction") as Statement,
-  });
-  let controls: Record<TransactionBehavior, ReturnType<typeof control>> | null = null;
-  const controlsOf = () =>
-    (controls ??= {
-      default: control("BEGIN"),
-      deferred: control("BEGIN DEFERRED"),
-      immediate: control("BEGIN IMMEDIATE"),
-      exclusive: control("BEGIN EXCLUSIVE"),
-    });
+  const statements = new Map<string, Statement>();
+  const statement = (sql: string) => {
+    let prepared = statements.get(sql);
+    if (prepared === undefined) {
+      prepared = connection.prepare!(sql) as Statement;
+      statements.set(sql, prepared);
+    }
+    return prepared;
+  };
+  const BEGIN: Record<TransactionBehavior, string> = {
+    default: "BEGIN",
+    deferred: "BEGIN DEFERRED",
+    immediate: "BEGIN IMMEDIATE",
+    exclusive: "BEGIN EXCLUSIVE",
+  };
   const wrapTransaction = (fn: (...args: unknown[]) => unknown, behavior: TransactionBehavior) =>
     function timedTransaction(this: unknown, ...args: unknown[]) {
-      const { begin, commit, rollback, savepoint, release, rollbackTo } = controlsOf()[behavior];
       const nested = sqlite.inTransaction;
-      const [before, after, undo] = nested
-        ? [savepoint, release, rollbackTo]
-        : [begin, commit, rollback];
+      const before = statement(nested ? "SAVEPOINT timed_transaction" : BEGIN[behavior]);
+      const after = statement(nested ? "RELEASE timed_transaction" : "COMMIT");
+      const undo = statement(nested ? "ROLLBACK TO timed_transaction" : "ROLLBACK");
       before.run();
       try {
         const result = fn.apply(this, args);
