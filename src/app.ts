@@ -111,6 +111,7 @@ export function createApp(deps: AppDeps) {
         allowCidrs: config.rateLimit.allowCidrs,
         identify,
         lockedOutUntil: (principal) => ipBlocks.blockedUntil(principal),
+        metrics: deps.metrics.rateLimit,
         now: () => clock.now(),
       }),
     )

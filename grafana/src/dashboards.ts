@@ -80,7 +80,8 @@ export const SECURITY_DASHBOARD: DashboardSpec = {
       panels: [
         {
           title: "Rate-limit rejections by policy",
-          description: "Requests answered 429 RATE_LIMITED, per second, by the policy that refused",
+          description:
+            "Requests answered 429 RATE_LIMITED, per second, by the policy that refused; locked_out: requests of a user or API key locked out for its earlier refusals",
           unit: "reqps",
           queries: [q(rateBy(METRIC.rateLimitRejections, "policy"), "{{policy}}")],
         },

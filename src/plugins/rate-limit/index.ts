@@ -8,7 +8,10 @@
  * 429 with `Retry-After`, counts in `rate_limit_rejections_total`, goes to the audit log, and is a
  * violation of whoever was refused: a principal (repeated refusals lock it out for a while) or an
  * address (repeated refusals block it), never the address of a principal's request — unless the
- * policy says its refusals are no violation (`webhooks`: signed providers that retry).
+ * policy says its refusals are no violation (`webhooks`: signed providers that retry). A request of
+ * a principal that is locked out is refused before any policy counts it, and counts in
+ * `rate_limit_rejections_total` under `policy="locked_out"` (its lockout was audited once, as
+ * `auth.locked_out`, when it was made).
  */
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
@@ -18,7 +21,11 @@ import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
 import type { LimitEnforcer, LimitKeys } from "./enforce";
+import type { RateLimitMetrics } from "./metrics";
 import type { PolicyTable, RoutePolicy } from "./policies";
+
+/** The `policy` label of a refusal because the request's principal is locked out. */
+export const LOCKED_OUT_POLICY_LABEL = "locked_out";
 
 export interface RateLimitOptions {
   enforce: LimitEnforcer;
@@ -28,11 +35,13 @@ export interface RateLimitOptions {
   identify?: Identify;
   /** When a principal's lockout ends, or null; repeated refusals of a principal lock it out. */
   lockedOutUntil?: (principal: string) => number | null;
+  /** Counts the refusals of locked-out principals, which no policy's decision counts. */
+  metrics?: RateLimitMetrics;
   now?: () => number;
 }
 
 export function rateLimit(options: RateLimitOptions) {
-  const { enforce, policies, allowCidrs, identify, lockedOutUntil } = options;
+  const { enforce, policies, allowCidrs, identify, lockedOutUntil, metrics } = options;
   const now = options.now ?? Date.now;
   const allowRanges = allowCidrs.map(parseRange);
   // One array per route policy, reused, so the header rendering cached on it is found again.
@@ -55,6 +64,7 @@ export function rateLimit(options: RateLimitOptions) {
     const principal = principalRef(found.principal);
     const until = lockedOutUntil?.(principal) ?? null;
     if (until !== null) {
+      metrics?.rejections.labels(LOCKED_OUT_POLICY_LABEL).inc();
       const seconds = String(Math.max(1, Math.ceil((until - now()) / 1000)));
       throw new AppError(
         "RATE_LIMITED",

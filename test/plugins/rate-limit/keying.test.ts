@@ -177,6 +177,71 @@ describe("whose violation a refusal is", () => {
     expect((await asNoisy()).status).toBe(200);
   });
 
+  /** `rate_limit_rejections_total` for one policy label, 0 when the series is not exported yet. */
+  const rejectionsOf = async (target: TestApp, policy: string) => {
+    const text = await (await scrape(target)).text();
+    const line = text
+      .split("\n")
+      .find((entry) => entry.startsWith(`rate_limit_rejections_total{policy="${policy}"} `));
+    return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(" ") + 1));
+  };
+
+  for (const kind of ["user token", "API key"] as const) {
+    test(`every refusal of a locked-out principal (${kind}) is counted, whatever it asks for`, async () => {
+      const clock = new ManualClock();
+      current = lockoutApp(clock);
+      const noisy = await signUp(current, { peer: "10.1.1.1" });
+      const credential =
+        kind === "user token"
+          ? bearer(noisy.accessToken)
+          : { "x-api-key": createKey(current, ["chat"] as Scope[], noisy.userId).key };
+      clock.advance(MINUTE);
+      const statuses = [];
+      for (let i = 0; i < 6; i++) {
+        statuses.push(
+          (await send(current, "/api/auth/me", { headers: credential, peer: PEER })).status,
+        );
+      }
+      expect(statuses).toEqual([200, 200, 429, 429, 429, 429]);
+      const lockouts = current.db.$client
+        .query("SELECT count(*) AS n FROM audit_events WHERE type = 'auth.locked_out'")
+        .get() as { n: number };
+      expect(lockouts.n).toBe(1);
+      const defaultBefore = await rejectionsOf(current, "default");
+      const lockedBefore = await rejectionsOf(current, "locked_out");
+
+      // Past its window, with the same credential, on every spelling and method of routes that
+      // count it: each is refused by the lockout alone, and each refusal is counted.
+      clock.advance(2 * MINUTE);
+      const attempts: [string, string][] = [
+        ["GET", "/api/auth/me"],
+        ["GET", "/api/auth/me/"],
+        ["HEAD", "/api/auth/me"],
+        ["GET", "/API/auth/me"],
+        ["GET", "/api/me/export"],
+        ["POST", "/api/chat"],
+      ];
+      for (const [method, path] of attempts) {
+        const response = await send(current, path, {
+          method,
+          headers: { ...credential, "content-type": "application/json" },
+          peer: PEER,
+          ...(method === "POST" ? { body: JSON.stringify({ message: "hi" }) } : {}),
+        });
+        expect(response.status).toBe(429);
+        if (method !== "HEAD") expect(await codeOf(response)).toBe("RATE_LIMITED");
+      }
+      expect(await rejectionsOf(current, "locked_out")).toBe(lockedBefore + attempts.length);
+      // No policy decided them: the route's limit is not what refused them.
+      expect(await rejectionsOf(current, "default")).toBe(defaultBefore);
+      // The lockout is audited once, when it is made; its refusals are counted, not audited.
+      const after = current.db.$client
+        .query("SELECT count(*) AS n FROM audit_events WHERE type = 'auth.locked_out'")
+        .get() as { n: number };
+      expect(after.n).toBe(1);
+    });
+  }
+
   test("an anonymous client's refusals still block its address", async () => {
     const clock = new ManualClock();
     current = lockoutApp(clock);
