@@ -43,6 +43,7 @@ import type { ResolvedClient } from "../../plugins/client-ip";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import { limiterFailed } from "../../plugins/rate-limit/enforce";
 import type { RateLimitMetrics } from "../../plugins/rate-limit/metrics";
+import { LOGIN_LOCKOUT_POLICY_LABEL } from "../../plugins/rate-limit/metrics";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import type { ApiKeyService } from "./api-keys";
@@ -433,6 +434,9 @@ export class AuthService {
       limiter.peek(this.lockoutPolicy, accountKey, now),
     );
     if (failures >= this.lockoutPolicy.limit) {
+      // A 429 RATE_LIMITED like the rate-limit stage's: counted with them (the dashboard's panel
+      // and PalisadeRateLimitSpike), as well as in auth_failures_total{reason="locked"}.
+      this.options.rateLimitMetrics.rejections.labels(LOGIN_LOCKOUT_POLICY_LABEL).inc();
       audit.record({
         type: "auth.login.locked",
         outcome: "denied",

@@ -21,11 +21,8 @@ import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
 import type { LimitEnforcer, LimitKeys } from "./enforce";
-import type { RateLimitMetrics } from "./metrics";
+import { LOCKED_OUT_POLICY_LABEL, type RateLimitMetrics } from "./metrics";
 import type { PolicyTable, RoutePolicy } from "./policies";
-
-/** The `policy` label of a refusal because the request's principal is locked out. */
-export const LOCKED_OUT_POLICY_LABEL = "locked_out";
 
 export interface RateLimitOptions {
   enforce: LimitEnforcer;
@@ -76,6 +73,18 @@ export function rateLimit(options: RateLimitOptions) {
     return principal;
   };
 
+  /** For a request counted by no policy: refused (thrown) only if its principal is locked out. */
+  const refuseIfLockedOut = (request: Request): Promise<void> | undefined => {
+    const found = identify!.now(request);
+    if (found !== undefined) {
+      principalOf(found);
+      return undefined;
+    }
+    return identify!(request).then((settled) => {
+      principalOf(settled);
+    });
+  };
+
   const keysOf = (applied: readonly RoutePolicy[], address: string, principal: string | null) =>
     principal === null
       ? address
@@ -110,9 +119,7 @@ export function rateLimit(options: RateLimitOptions) {
       };
       const { request, client, routeClass } = state;
       if (routeClass.probe) return;
-      if (allowRanges.length > 0 && client.address && inRanges(client.address, allowRanges)) return;
       const applied = policiesFor(routeClass);
-      const address = `ip:${client.key}`;
       // A request that may be counted against a principal needs its credential's verdict (known
       // at once unless a token must still be verified); any other is counted by address. With
       // its keys known, a lease of them admits it without waiting.
@@ -120,6 +127,12 @@ export function rateLimit(options: RateLimitOptions) {
         identify !== undefined &&
         applied.some((policy) => policy.keyedBy === "principal") &&
         identify.carriesCredential(request);
+      if (allowRanges.length > 0 && client.address && inRanges(client.address, allowRanges)) {
+        // Never limited, but a lockout is the credential's, not the address's: a locked-out key
+        // is refused from inside the allow list too (probe 24 F1).
+        return countsPrincipal ? refuseIfLockedOut(request) : undefined;
+      }
+      const address = `ip:${client.key}`;
       const found = countsPrincipal ? identify!.now(request) : undefined;
       if (countsPrincipal && found === undefined) {
         const verified = identify!(request);

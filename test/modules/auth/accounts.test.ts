@@ -271,6 +271,10 @@ describe("login", () => {
     );
     expect(statuses.filter((status) => status === 401)).toHaveLength(10);
     expect(statuses.filter((status) => status === 429)).toHaveLength(20);
+    // Each 429 of the lockout counts with the limiter's refusals, as well as an auth failure.
+    const metrics = await (await send(target, "/metrics", { peer: "192.0.2.250" })).text();
+    expect(metrics).toContain('rate_limit_rejections_total{policy="login_lockout"} 20');
+    expect(metrics).toContain('auth_failures_total{reason="locked"} 20');
   });
 
   test("10 failed logins from one address block it", async () => {

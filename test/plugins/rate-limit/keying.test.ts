@@ -254,6 +254,50 @@ describe("whose violation a refusal is", () => {
     });
   }
 
+  test("a locked-out principal is refused from an allow-listed address too; others are not limited there", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({
+      clock,
+      env: {
+        RATE_LIMIT_PER_MINUTE: "2",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "3",
+        RATE_LIMIT_ALLOW_CIDRS: "10.50.0.0/16",
+      },
+    });
+    const noisy = await signUp(current, { peer: "10.1.1.1" });
+    const other = await signUp(current, { peer: "10.1.1.2" });
+    const key = createKey(current, ["chat"] as Scope[], noisy.userId).key;
+    clock.advance(MINUTE);
+    for (let i = 0; i < 6; i++) {
+      await send(current, "/api/auth/me", { headers: bearer(noisy.accessToken), peer: PEER });
+    }
+    const lockedBefore = await rejectionsOf(current, "locked_out");
+    const inside = "10.50.3.4";
+    // Cached token, a token not yet verified (a new sign-in), both refused inside the allow list.
+    const fresh = (await logIn(current, noisy.email, "10.1.1.9")).accessToken;
+    for (const token of [noisy.accessToken, fresh]) {
+      const refused = await send(current, "/api/auth/me", { headers: bearer(token), peer: inside });
+      expect(refused.status).toBe(429);
+      expect(await codeOf(refused)).toBe("RATE_LIMITED");
+    }
+    const chat = await send(current, "/api/chat", {
+      headers: bearer(noisy.accessToken),
+      body: { message: "hi" },
+      peer: inside,
+    });
+    expect(chat.status).toBe(429);
+    expect(await rejectionsOf(current, "locked_out")).toBe(lockedBefore + 3);
+    // The allow list still limits no one else: another user, the user's own key (a principal of
+    // its own) and anonymous callers pass however often they come.
+    for (let i = 0; i < 5; i++) {
+      for (const headers of [bearer(other.accessToken), { "x-api-key": key }, {}]) {
+        const path = Object.keys(headers).length === 0 ? "/openapi.json" : "/api/auth/me";
+        expect((await send(current, path, { headers, peer: inside })).status).toBe(200);
+      }
+    }
+  });
+
   test("an anonymous client's refusals still block its address", async () => {
     const clock = new ManualClock();
     current = lockoutApp(clock);
