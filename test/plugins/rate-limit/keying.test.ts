@@ -131,13 +131,14 @@ describe("principal-keyed policies", () => {
 });
 
 describe("whose violation a refusal is", () => {
-  const lockoutApp = (clock: ManualClock) =>
+  const lockoutApp = (clock: ManualClock, env: Record<string, string> = {}) =>
     buildTestApp({
       clock,
       env: {
         RATE_LIMIT_PER_MINUTE: "2",
         RATE_LIMIT_BURST: "100",
         IP_BLOCK_RATE_LIMIT_REFUSALS: "3",
+        ...env,
       },
     });
 
@@ -256,15 +257,7 @@ describe("whose violation a refusal is", () => {
 
   test("a locked-out principal is refused from an allow-listed address too; others are not limited there", async () => {
     const clock = new ManualClock();
-    current = buildTestApp({
-      clock,
-      env: {
-        RATE_LIMIT_PER_MINUTE: "2",
-        RATE_LIMIT_BURST: "100",
-        IP_BLOCK_RATE_LIMIT_REFUSALS: "3",
-        RATE_LIMIT_ALLOW_CIDRS: "10.50.0.0/16",
-      },
-    });
+    current = lockoutApp(clock, { RATE_LIMIT_ALLOW_CIDRS: "10.50.0.0/16" });
     const noisy = await signUp(current, { peer: "10.1.1.1" });
     const other = await signUp(current, { peer: "10.1.1.2" });
     const key = createKey(current, ["chat"] as Scope[], noisy.userId).key;
