@@ -42,8 +42,10 @@ import {
 import type { ResolvedClient } from "../../plugins/client-ip";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import { limiterFailed } from "../../plugins/rate-limit/enforce";
-import type { RateLimitMetrics } from "../../plugins/rate-limit/metrics";
-import { LOGIN_LOCKOUT_POLICY_LABEL } from "../../plugins/rate-limit/metrics";
+import {
+  LOGIN_LOCKOUT_POLICY_LABEL,
+  type RateLimitMetrics,
+} from "../../plugins/rate-limit/metrics";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import type { ApiKeyService } from "./api-keys";
