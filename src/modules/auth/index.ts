@@ -72,7 +72,10 @@ export const authRouteClasses: readonly RouteClass[] = [
 export function authModule(options: AuthModuleOptions) {
   const { service, enforceLimits, policies, metrics, requireTls } = options;
   const names = cookieNames(requireTls);
-  const loginPolicy = [policies.get("login")] as const;
+  // The per-account sign-in limit: its budget is spent by whoever signs in to the account, so a
+  // refusal is no violation of the refused request's address (probe 24b F2: an attacker spending a
+  // victim's budget got the victim's office, or an allow-listed monitor, blocked).
+  const accountLoginPolicy = [{ ...policies.get("login"), refusalIsViolation: false }] as const;
 
   const respondWithTokens = (set: SetLike, tokens: IssuedTokens, mode: string | undefined) => {
     if (mode === "cookie") {
@@ -137,7 +140,7 @@ export function authModule(options: AuthModuleOptions) {
       "/login",
       async ({ body, query, set, request, path, client, requestId }) => {
         const accountKey = accountLimitKey(body.email);
-        const headers = await enforceLimits(loginPolicy, accountKey, {
+        const headers = await enforceLimits(accountLoginPolicy, accountKey, {
           method: request.method,
           path,
           client,

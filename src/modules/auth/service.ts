@@ -435,7 +435,10 @@ export class AuthService {
     const failures = await this.lockoutCall(meta, () =>
       limiter.peek(this.lockoutPolicy, accountKey, now),
     );
-    if (failures >= this.lockoutPolicy.limit) {
+    // Locked when the next failure could not be counted: the limiter counts one only while the
+    // estimate stays within the limit, so with a fraction of the window before still counted the
+    // estimate never reached the limit and the lock never came (probe 24b F1).
+    if (failures > this.lockoutPolicy.limit - 1) {
       // A 429 RATE_LIMITED like the rate-limit stage's: counted with them (the dashboard's panel
       // and PalisadeRateLimitSpike), as well as in auth_failures_total{reason="locked"}.
       this.options.rateLimitMetrics.rejections.labels(LOGIN_LOCKOUT_POLICY_LABEL).inc();

@@ -277,6 +277,83 @@ describe("login", () => {
     expect(metrics).toContain('auth_failures_total{reason="locked"} 20');
   });
 
+  describe("the lockout across its 15-minute windows (probe 24b F1)", () => {
+    const WINDOW = 15 * 60_000;
+    const wrong = (target: TestApp, email: string, peer: string) =>
+      send(target, "/api/auth/login", { body: { email, password: "nope-nope-nope" }, peer });
+    const right = (target: TestApp, email: string) =>
+      send(target, "/api/auth/login", {
+        body: { email, password: STRONG_PASSWORD },
+        peer: "198.51.100.250",
+      });
+    const lockedOut = async (response: Response) =>
+      response.status === 429 && (await problem(response)).detail.includes("failed sign-ins");
+
+    test("one failure in the window before: a burst still gets no more verdicts than the lockout allows", async () => {
+      const clock = new ManualClock(1_000, WINDOW);
+      current = buildTestApp({
+        clock,
+        env: { RATE_LIMIT_LOGIN: "1000", RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" },
+      });
+      const target = current;
+      const session = await signUp(target);
+      // One failure late in a window, then the next window begins.
+      clock.advance(WINDOW - 60_000);
+      expect((await wrong(target, session.email, "198.51.200.1")).status).toBe(401);
+      clock.advance(90_000);
+      const statuses = await Promise.all(
+        Array.from({ length: 40 }, (_, i) => wrong(target, session.email, `198.51.${i}.9`)),
+      );
+      // The failure before still weighs ~0.97: nine more verdicts, and the account is locked.
+      expect(statuses.filter((response) => response.status === 401)).toHaveLength(9);
+      const refused = statuses.filter((response) => response.status === 429);
+      expect(refused).toHaveLength(31);
+      for (const response of refused) expect(await lockedOut(response)).toBe(true);
+      expect(await lockedOut(await right(target, session.email))).toBe(true);
+    });
+
+    test("a lock made at the end of a window holds past the next one's start", async () => {
+      const clock = new ManualClock(1_000, WINDOW);
+      current = buildTestApp({ clock, env: { RATE_LIMIT_LOGIN: "1000" } });
+      const session = await signUp(current);
+      clock.advance(WINDOW - 120_000);
+      for (let i = 0; i < 10; i++) {
+        expect((await wrong(current, session.email, `198.51.100.${i + 1}`)).status).toBe(401);
+      }
+      expect(await lockedOut(await right(current, session.email))).toBe(true);
+      // 30 s into the next window: the ten failures still weigh 9.7 of the last 15 minutes.
+      clock.advance(150_000);
+      expect(await lockedOut(await right(current, session.email))).toBe(true);
+      // Once they weigh no more than nine (1.5 minutes in), one more verdict is given.
+      clock.advance(75_000);
+      expect((await right(current, session.email)).status).toBe(200);
+    });
+  });
+
+  test("an account's spent sign-in budget refuses a sign-in without blocking its address (probe 24b F2)", async () => {
+    current = buildTestApp({ env: { IP_BLOCK_RATE_LIMIT_REFUSALS: "3" } });
+    const target = current;
+    const session = await signUp(target);
+    // Someone else spends the account's budget from addresses of their own.
+    for (let i = 0; i < 5; i++) {
+      await send(target, "/api/auth/login", {
+        body: { email: session.email, password: "nope-nope-nope" },
+        peer: `203.0.113.${i + 10}`,
+      });
+    }
+    const victim = "198.51.100.77";
+    for (let i = 0; i < 6; i++) {
+      const refused = await send(target, "/api/auth/login", {
+        body: { email: session.email, password: STRONG_PASSWORD },
+        peer: victim,
+      });
+      expect(refused.status).toBe(429);
+    }
+    // Refused, but not blocked: the address's other requests pass, and no block was made.
+    expect((await send(target, "/openapi.json", { peer: victim })).status).toBe(200);
+    expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+  });
+
   test("10 failed logins from one address block it", async () => {
     // Aligned to the 15-minute violation window, so all ten failures share one.
     const clock = new ManualClock(1_000, 15 * 60_000);
