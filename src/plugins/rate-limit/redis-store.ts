@@ -30,8 +30,11 @@ import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./s
 const PREFIX = "palisade:rl:";
 
 // KEYS: one hash per check. ARGV: wanted, then 9 values per check: window start, window ms, weight,
-// burst window start, burst window ms, burst weight, limit, burst limit, ttl ms.
+// burst window start, burst window ms, burst weight, limit, burst limit, now.
 // Returns, per check decided (it stops after the first that granted nothing), its seven numbers.
+// A hash already one window ahead of the check (another VM's clock, or a check stamped before a
+// wait) is decided in that window at its start, as rollForward does for SQLite: deciding in the
+// older window would see no counts, grant a fresh limit and write the hash back into the past.
 const SCRIPT = `
 local wanted = tonumber(ARGV[1])
 local out = {}
@@ -40,21 +43,24 @@ for i = 1, #KEYS do
   local a = 1 + (i - 1) * 9
   local ws, win, w = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local bws, bwin, bw = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local limit, blimit, ttl = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+  local limit, blimit, now = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
   local row = redis.call('HMGET', KEYS[i], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
   local ows, ocur, oprev = tonumber(row[1]), tonumber(row[2]) or 0, tonumber(row[3]) or 0
   local obws, obcur, obprev = tonumber(row[4]), tonumber(row[5]) or 0, tonumber(row[6]) or 0
   local prev, cur = 0, 0
-  if ows == ws then prev, cur = oprev, ocur elseif ows == ws - win then prev = ocur end
+  if ows == ws + win then ws, w, prev, cur = ows, 1, oprev, ocur
+  elseif ows == ws then prev, cur = oprev, ocur elseif ows == ws - win then prev = ocur end
   local bprev, bcur = 0, 0
-  if obws == bws then bprev, bcur = obprev, obcur elseif obws == bws - bwin then bprev = obcur end
+  if obws == bws + bwin then bws, bw, bprev, bcur = obws, 1, obprev, obcur
+  elseif obws == bws then bprev, bcur = obprev, obcur elseif obws == bws - bwin then bprev = obcur end
   local room = math.floor(limit - prev * w - cur)
   local broom = math.floor(blimit - bprev * bw - bcur)
   local granted = math.max(0, math.min(wanted, room, broom))
   cur = cur + granted
   bcur = bcur + granted
   redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev)
-  redis.call('PEXPIRE', KEYS[i], ttl)
+  -- Kept while either window can still count: until the later of them has passed as the previous one.
+  redis.call('PEXPIRE', KEYS[i], math.max(ws + 2 * win, bws + 2 * bwin) - now)
   table.insert(out, {ws, prev, cur, bws, bprev, bcur, granted})
   wanted = granted
 end
@@ -157,8 +163,6 @@ export class RedisLimiterStore implements LeasableStore {
     for (const { policy } of checks) {
       const windowStart = windowStartOf(now, policy.windowMs);
       const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
-      const ttl =
-        Math.max(windowStart + 2 * policy.windowMs, burstWindowStart + 2 * BURST_WINDOW_MS) - now;
       args.push(
         String(windowStart),
         String(policy.windowMs),
@@ -168,7 +172,7 @@ export class RedisLimiterStore implements LeasableStore {
         String(previousWeight(now, BURST_WINDOW_MS)),
         String(policy.limit),
         String(policy.burstLimit),
-        String(ttl),
+        String(now),
       );
     }
     const lease = leaseOf(group);

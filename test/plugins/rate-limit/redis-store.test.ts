@@ -87,6 +87,22 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     expect(ttl).toBeLessThanOrEqual(120_000);
   });
 
+  test("a check stamped in the window before the key's does not shorten the key's life", async () => {
+    const s = store();
+    const k = key();
+    // Each VM sets the expiry from its own clock: the one ahead counted 1 s into a minute (the key
+    // matters for 119 s more), the one behind 50 ms before that minute.
+    const next = Math.floor(Date.now() / 60_000) * 60_000 + 60_000;
+    await s.check([{ policy: policy(5), key: k, now: next + 1_000 }]);
+    await s.check([{ policy: policy(5), key: k, now: next - 50 }]);
+    const client = new RedisClient(redis.url);
+    const ttl = Number(await client.send("PTTL", [`palisade:rl:test:${k}`]));
+    client.close();
+    // Expiring at the end of the behind VM's next minute (60 s) would lose the count while it
+    // still weighs in the minute after.
+    expect(ttl).toBeGreaterThan(115_000);
+  });
+
   test("the app limits through Redis when REDIS_URL is set, and /ready reports it", async () => {
     const target = buildTestApp({ env: { REDIS_URL: redis.url, RATE_LIMIT_PER_MINUTE: "2" } });
     await target.services.start();

@@ -150,6 +150,58 @@ export function limiterStoreContract(name: string, open: () => Promise<StorePair
         expect(looseAfter!.current).toBe(4);
       }));
 
+    // A check can be decided after another process (or a VM whose clock is ahead) counted the key
+    // in the next window: it must be decided there, never in its own older window, which sees no
+    // counts, grants a fresh limit and moves the key back into the past.
+    test("a check stamped in the window before the key's is decided in the key's window", () =>
+      withPair(async ({ stores: [ahead, behind] }) => {
+        const key = unique("skew");
+        const next = minuteStart() + 60_000;
+        const full = policy(10, 10);
+        for (let i = 0; i < 10; i++) await ahead.check([{ policy: full, key, now: next + 1_000 }]);
+        const stale = await Promise.all(
+          Array.from({ length: 5 }, () => behind.check([{ policy: full, key, now: next - 50 }])),
+        );
+        expect(stale.filter(([o]) => o!.admitted)).toHaveLength(0);
+        expect(await ahead.peek(full, key, next + 1_000)).toBe(10);
+        const [later] = await ahead.check([{ policy: full, key, now: next + 1_000 }]);
+        expect(later!.admitted).toBe(false);
+
+        // With room left, it is counted in the key's window, against the counts there.
+        const roomy = unique("skew-room");
+        const loose = policy(100, 5);
+        for (let i = 0; i < 4; i++)
+          await ahead.check([{ policy: loose, key: roomy, now: next + 1_000 }]);
+        const late = await Promise.all(
+          Array.from({ length: 5 }, () =>
+            behind.check([{ policy: loose, key: roomy, now: next - 50 }]),
+          ),
+        );
+        expect(late.filter(([o]) => o!.admitted)).toHaveLength(1);
+        expect(late.find(([o]) => o!.admitted)![0]).toMatchObject({
+          windowStart: next,
+          current: 5,
+          burstWindowStart: next,
+          burstCurrent: 5,
+        });
+        expect(await ahead.peek(loose, roomy, next + 1_000)).toBe(5);
+      }));
+
+    test("only the burst window ahead: the burst count still holds", () =>
+      withPair(async ({ stores: [ahead, behind] }) => {
+        const key = unique("burst-skew");
+        const start = minuteStart();
+        const burstFull = policy(100, 5);
+        // The same minute; the burst window from 10 s on already holds 5.
+        for (let i = 0; i < 5; i++)
+          await ahead.check([{ policy: burstFull, key, now: start + 10_100 }]);
+        const [stale] = await behind.check([{ policy: burstFull, key, now: start + 9_950 }]);
+        expect(stale!.admitted).toBe(false);
+        const [later] = await ahead.check([{ policy: burstFull, key, now: start + 10_200 }]);
+        expect(later!.admitted).toBe(false);
+        expect(await ahead.peek(burstFull, key, start + 10_200)).toBe(5);
+      }));
+
     test("peek counts nothing", () =>
       withPair(async ({ stores: [store] }) => {
         const key = unique("peek");
