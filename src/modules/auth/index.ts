@@ -74,8 +74,11 @@ export function authModule(options: AuthModuleOptions) {
   const names = cookieNames(requireTls);
   // The per-account sign-in limit: its budget is spent by whoever signs in to the account, so a
   // refusal is no violation of the refused request's address (probe 24b F2: an attacker spending a
-  // victim's budget got the victim's office, or an allow-listed monitor, blocked).
-  const accountLoginPolicy = [{ ...policies.get("login"), refusalIsViolation: false }] as const;
+  // victim's budget got the victim's office, or an allow-listed monitor, blocked). An id of its own,
+  // so its refusals are counted and audited apart from the per-address limit's (probe 24c F6).
+  const accountLoginPolicy = [
+    { ...policies.get("login"), id: "login_account", refusalIsViolation: false },
+  ] as const;
 
   const respondWithTokens = (set: SetLike, tokens: IssuedTokens, mode: string | undefined) => {
     if (mode === "cookie") {

@@ -42,6 +42,7 @@ import {
 import type { ResolvedClient } from "../../plugins/client-ip";
 import type { IpBlockService } from "../../plugins/ip-block/service";
 import { limiterFailed } from "../../plugins/rate-limit/enforce";
+import { refusedForSeconds } from "../../plugins/rate-limit/headers";
 import {
   LOGIN_LOCKOUT_POLICY_LABEL,
   type RateLimitMetrics,
@@ -179,8 +180,6 @@ export class AuthService {
   /** Built on first registration, which is when zxcvbn is loaded (see passwords.ts). */
   private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
   private readonly lockoutPolicy: Policy;
-  /** The last login queued per account key (see login). */
-  private readonly loginsInFlight = new Map<string, Promise<LoginOutcome>>();
   /** What unknown-email logins verify against; hashed when the service is built. */
   private dummyHash: Promise<string> | null = null;
   private dummyHashReady = false;
@@ -401,44 +400,22 @@ export class AuthService {
   }
 
   /**
-   * One login per account at a time in this process. The lockout is read before the password is
-   * checked and counted after, so logins for one account running side by side would each read the
-   * count before any of them added to it: 60 at once got 15 verdicts past a lockout of 10. Queued,
-   * each reads what the one before it counted; across processes at most one per process overlaps.
-   * Keyed like the lockout (every spelling of the address, known or not), so a queue says nothing
-   * about whether the account exists. The login limit bounds how long a queue can get.
+   * The failure is counted before the password is judged, and given back when it was right: one
+   * atomic grant in the limiter store decides whether a login gets a verdict, so logins side by
+   * side, in this process or in others on the same file or Redis, never get more verdicts than
+   * the lockout allows. Read first and counted after the password check, each process gave a
+   * verdict every time a lock lifted (probe 24c F1), and the read and the count could round apart
+   * (F3). Keyed by every spelling of the address, known or not, so the lock says nothing about
+   * whether the account exists.
    */
   async login(rawEmail: string, password: string, meta: RequestMeta): Promise<LoginOutcome> {
-    const accountKey = accountLimitKey(rawEmail);
-    const before = this.loginsInFlight.get(accountKey);
-    const attempt = (before ?? Promise.resolve()).then(
-      () => this.loginOnce(accountKey, rawEmail, password, meta),
-      () => this.loginOnce(accountKey, rawEmail, password, meta),
-    );
-    this.loginsInFlight.set(accountKey, attempt);
-    try {
-      return await attempt;
-    } finally {
-      if (this.loginsInFlight.get(accountKey) === attempt) this.loginsInFlight.delete(accountKey);
-    }
-  }
-
-  private async loginOnce(
-    accountKey: string,
-    rawEmail: string,
-    password: string,
-    meta: RequestMeta,
-  ): Promise<LoginOutcome> {
     const { audit, clock, limiter } = this.options;
     const now = clock.now();
+    const policy = this.lockoutPolicy;
+    const key = accountLimitKey(rawEmail);
 
-    const failures = await this.lockoutCall(meta, () =>
-      limiter.peek(this.lockoutPolicy, accountKey, now),
-    );
-    // Locked when the next failure could not be counted: the limiter counts one only while the
-    // estimate stays within the limit, so with a fraction of the window before still counted the
-    // estimate never reached the limit and the lock never came (probe 24b F1).
-    if (failures > this.lockoutPolicy.limit - 1) {
+    const [failure] = await this.lockoutCall(meta, () => limiter.check([{ policy, key, now }]));
+    if (!failure!.admitted) {
       // A 429 RATE_LIMITED like the rate-limit stage's: counted with them (the dashboard's panel
       // and PalisadeRateLimitSpike), as well as in auth_failures_total{reason="locked"}.
       this.options.rateLimitMetrics.rejections.labels(LOGIN_LOCKOUT_POLICY_LABEL).inc();
@@ -449,24 +426,40 @@ export class AuthService {
         route: meta.route,
         requestId: meta.requestId,
       });
-      return { code: "LOCKED", retryAfterSeconds: Math.ceil(this.lockoutPolicy.windowMs / 1000) };
+      return { code: "LOCKED", retryAfterSeconds: refusedForSeconds(policy, failure!, now) };
+    }
+    const giveBack = () =>
+      limiter.giveBack([
+        {
+          policy,
+          key,
+          windowStart: failure!.windowStart,
+          burstWindowStart: failure!.burstWindowStart,
+          count: 1,
+        },
+      ]);
+
+    let user: UserRow | null;
+    let valid: boolean;
+    try {
+      // Every login waits for the dummy hash, not only an unknown email's: one that arrives while
+      // it is still being made (the first moments after a start) must not tell the two apart by
+      // its wait.
+      const dummyHash = await this.dummy();
+      user = this.userByEmail(emailLookupKey(rawEmail));
+      // A password with a lone surrogate was never accepted at registration: it matches nothing,
+      // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
+      const usable = password.isWellFormed();
+      // The same argon2 work whether or not the account exists, so timing tells nothing.
+      const matches = await verifyPassword(usable ? password : "", user?.passwordHash ?? dummyHash);
+      valid = user !== null && usable && matches;
+    } catch (error) {
+      // No verdict was given (the client gets a 500 or 503): nothing to count.
+      giveBack();
+      throw error;
     }
 
-    // Every login waits for the dummy hash, not only an unknown email's: one that arrives while it is
-    // still being made (the first moments after a start) must not tell the two apart by its wait.
-    const dummyHash = await this.dummy();
-    const user = this.userByEmail(emailLookupKey(rawEmail));
-    // A password with a lone surrogate was never accepted at registration: it matches nothing,
-    // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
-    const usable = password.isWellFormed();
-    // The same argon2 work whether or not the account exists, so timing tells nothing.
-    const matches = await verifyPassword(usable ? password : "", user?.passwordHash ?? dummyHash);
-    const valid = user !== null && usable && matches;
-
     if (!user || !valid) {
-      await this.lockoutCall(meta, () =>
-        limiter.check([{ policy: this.lockoutPolicy, key: accountKey, now }]),
-      );
       audit.record({
         type: "auth.login.failed",
         outcome: "failure",
@@ -479,6 +472,7 @@ export class AuthService {
       await this.options.ipBlocks.recordViolation("login", meta.client, meta.requestId);
       return { code: "INVALID" };
     }
+    giveBack();
 
     // Signing is async and the transaction is not: the account is read again inside it, since it
     // may have been erased (the session would name no user) or given another role (the tokens

@@ -169,8 +169,6 @@ function refusalHeaders(
   const reset = Math.max(1, Math.ceil(resetMs(state, now, windowMs) / 1000));
   const windows: Window[] = [];
   for (let i = 0; i < outcomes.length; i++) windowsOf(policies[i]!, outcomes[i]!, windows);
-  let wait = 0;
-  for (const w of windows) wait = Math.max(wait, retryAfterMs(w.state, now, w.windowMs, w.limit));
   return {
     "x-ratelimit-limit": String(limit),
     "x-ratelimit-remaining": "0",
@@ -180,6 +178,20 @@ function refusalHeaders(
         ? policyHeader(policies, outcomes)
         : renderPolicies(windows),
     ratelimit: `"${name}";r=0;t=${reset}`,
-    "retry-after": String(Math.max(1, Math.ceil(wait / 1000))),
+    "retry-after": String(retryAfterSeconds(windows, now)),
   };
+}
+
+/** Whole seconds (at least 1) until every window of a refused decision admits again. */
+function retryAfterSeconds(windows: readonly Window[], now: number): number {
+  let wait = 0;
+  for (const w of windows) wait = Math.max(wait, retryAfterMs(w.state, now, w.windowMs, w.limit));
+  return Math.max(1, Math.ceil(wait / 1000));
+}
+
+/** `Retry-After` of one refused check, for a refusal answered outside the rate-limit stage. */
+export function refusedForSeconds(policy: Policy, outcome: LimitOutcome, now: number): number {
+  const windows: Window[] = [];
+  windowsOf(policy, outcome, windows);
+  return retryAfterSeconds(windows, now);
 }

@@ -189,6 +189,10 @@ export class LeasingStore implements LimiterStore {
   }
 
   /** Any lease of the key alone ends first (its unused permits would be given back after). */
+  giveBack(permits: readonly UnusedPermits[]): void {
+    this.store.giveBack(permits);
+  }
+
   reset(policy: Policy, key: string): Promise<void> {
     const entry = this.demand.get(signatureOf([{ policy, key, now: 0 }]));
     if (entry?.lease) this.end(entry);
@@ -285,7 +289,7 @@ export class LeasingStore implements LimiterStore {
         return long >= size && burst >= size;
       });
     if (!whole) {
-      this.giveBack(checks, grants, counted);
+      this.returnUnused(checks, grants, counted);
       return;
     }
     // Never used outside the windows it was counted in: past their end it would be counted in a
@@ -302,7 +306,7 @@ export class LeasingStore implements LimiterStore {
       );
     }
     if (expiresAt <= validFrom) {
-      this.giveBack(checks, grants, counted);
+      this.returnUnused(checks, grants, counted);
       return;
     }
     const lease: Lease = {
@@ -328,7 +332,7 @@ export class LeasingStore implements LimiterStore {
     clearTimeout(lease.timer);
     entry.last = leasedOutcomes(lease);
     if (lease.unused > 0) {
-      this.giveBack(
+      this.returnUnused(
         lease.checks,
         lease.states.map((state) => ({ state, granted: lease.unused })),
         lease.states.map(() => lease.unused),
@@ -336,7 +340,7 @@ export class LeasingStore implements LimiterStore {
     }
   }
 
-  private giveBack(checks: readonly LimitCheck[], grants: Grant[], counts: number[]): void {
+  private returnUnused(checks: readonly LimitCheck[], grants: Grant[], counts: number[]): void {
     const permits: UnusedPermits[] = [];
     for (let i = 0; i < grants.length; i++) {
       if (counts[i]! <= 0) continue;

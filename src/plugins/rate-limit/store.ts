@@ -42,6 +42,14 @@ export interface LimiterStore {
    */
   peek(policy: Policy, key: string, now: number): Promise<number>;
   /**
+   * Uncounts permits in the windows they were counted in: from the current count if the stored
+   * window is still that one, from the previous if it has rolled once, not at all if later. For
+   * permits counted ahead and not spent (a lease's; a sign-in failure counted before the password
+   * proved right). Done with the next decision, within an event-loop turn; a failure to do it
+   * leaves them counted: never more than the limit, only fewer.
+   */
+  giveBack(permits: readonly UnusedPermits[]): void;
+  /**
    * Forgets what (policy, key) has counted, as if it had never been checked: lifting a block starts
    * the violations that made it from zero.
    */
@@ -77,10 +85,4 @@ export interface LeasableStore extends LimiterStore {
     checks: readonly LimitCheck[],
     extra: number,
   ): Promise<{ outcomes: LimitOutcome[]; lease: Grant[] }>;
-  /**
-   * Uncounts permits in the windows they were counted in: from the current count if the stored
-   * window is still that one, from the previous if it has rolled once, not at all if later. Done
-   * with the next decision (a failure to do it leaves them counted: never more than the limit).
-   */
-  giveBack(permits: readonly UnusedPermits[]): void;
 }

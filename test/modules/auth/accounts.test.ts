@@ -4,6 +4,7 @@ import { loadPasswordStrength } from "../../../src/modules/auth/passwords";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../../support/app";
 import { bearer, logIn, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
+import { anotherInstance } from "../../support/instance";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -330,6 +331,115 @@ describe("login", () => {
     });
   });
 
+  describe("the lockout decided in the store, before the password (probe 24c)", () => {
+    const WINDOW = 15 * 60_000;
+    // Nothing but the lockout refuses: the failures come from one address, which is not blocked.
+    const RAISED = {
+      RATE_LIMIT_LOGIN: "1000",
+      RATE_LIMIT_PER_MINUTE: "1000",
+      RATE_LIMIT_BURST: "1000",
+      IP_BLOCK_FAILED_LOGINS: "0",
+    };
+    const login = (
+      target: { app: TestApp["app"] },
+      email: string,
+      password: string,
+      peer?: string,
+    ) => send(target, "/api/auth/login", { body: { email, password }, peer });
+    const isLock = async (response: Response) =>
+      response.status === 429 && (await problem(response)).detail.includes("failed sign-ins");
+
+    test("two processes on one file give one verdict between them each time the lock lifts", async () => {
+      const clock = new ManualClock(1_000, WINDOW);
+      current = buildTestApp({ clock, env: RAISED });
+      const other = anotherInstance(current, { clock, env: RAISED });
+      try {
+        const session = await signUp(current);
+        const processes = [current, other];
+        clock.advance(WINDOW - 120_000);
+        for (let i = 0; i < 10; i++) {
+          const response = await login(processes[i % 2]!, session.email, "nope-nope-nope");
+          expect(response.status).toBe(401);
+        }
+        // 1¾ minutes into the next window the lock has lifted, for one failure; then every 1½.
+        clock.advance(120_000 + 105_000);
+        for (let lift = 0; lift < 4; lift++) {
+          const responses = await Promise.all(
+            processes.map((process) => login(process, session.email, "nope-nope-nope")),
+          );
+          const verdicts = responses.filter((response) => response.status === 401);
+          expect(verdicts).toHaveLength(1);
+          const [refused] = responses.filter((response) => response.status !== 401);
+          expect(await isLock(refused!)).toBe(true);
+          clock.advance(90_000);
+        }
+      } finally {
+        other.close();
+      }
+    });
+
+    test("the instant the lock and the count could round apart is locked (5:00.000 into a window)", async () => {
+      const clock = new ManualClock(1_000, WINDOW);
+      current = buildTestApp({ clock, env: RAISED });
+      const session = await signUp(current);
+      // The sign-up's own sign-in is given back; nine failures late in one window...
+      clock.advance(WINDOW - 60_000);
+      for (let i = 0; i < 9; i++) {
+        expect((await login(current, session.email, "nope-nope-nope")).status).toBe(401);
+      }
+      // ...three 200 s into the next (the nine weigh 7 then)...
+      clock.advance(60_000 - 1_000 + 200_000);
+      for (let i = 0; i < 3; i++) {
+        expect((await login(current, session.email, "nope-nope-nope")).status).toBe(401);
+      }
+      // ...and at exactly 300 s, 9 × (1 − 300/900) + 3 rounds to 9 while the count has no room.
+      clock.advance(100_000);
+      for (let i = 0; i < 5; i++) {
+        expect(await isLock(await login(current, session.email, "nope-nope-nope"))).toBe(true);
+      }
+      expect(await isLock(await login(current, session.email, STRONG_PASSWORD))).toBe(true);
+    });
+
+    test("a right password gives its count back: the owner's sign-ins never lock the account", async () => {
+      const clock = new ManualClock(1_000, WINDOW);
+      current = buildTestApp({ clock, env: RAISED });
+      const session = await signUp(current);
+      for (let i = 0; i < 9; i++) {
+        expect((await login(current, session.email, "nope-nope-nope")).status).toBe(401);
+      }
+      for (let i = 0; i < 5; i++) {
+        expect((await login(current, session.email, STRONG_PASSWORD)).status).toBe(200);
+      }
+      expect((await login(current, session.email, "nope-nope-nope")).status).toBe(401);
+      expect(await isLock(await login(current, session.email, STRONG_PASSWORD))).toBe(true);
+    });
+
+    test("Retry-After on a locked sign-in is when the lock lifts, early or late in a window", async () => {
+      for (const lockedAt of [1_000, WINDOW - 120_000]) {
+        const clock = new ManualClock(0, WINDOW);
+        const target = buildTestApp({ clock, env: RAISED });
+        try {
+          const session = await signUp(target);
+          clock.advance(lockedAt);
+          for (let i = 0; i < 10; i++) {
+            expect((await login(target, session.email, "nope-nope-nope")).status).toBe(401);
+          }
+          const locked = await login(target, session.email, STRONG_PASSWORD);
+          expect(await isLock(locked)).toBe(true);
+          const wait = Number(locked.headers.get("retry-after"));
+          // Until the ten weigh nine: 1½ minutes into the next window.
+          expect(wait).toBe((WINDOW - lockedAt + 90_000) / 1000);
+          clock.advance(wait * 1000 - 1_000);
+          expect(await isLock(await login(target, session.email, STRONG_PASSWORD))).toBe(true);
+          clock.advance(1_000);
+          expect((await login(target, session.email, STRONG_PASSWORD)).status).toBe(200);
+        } finally {
+          target.close();
+        }
+      }
+    });
+  });
+
   test("an account's spent sign-in budget refuses a sign-in without blocking its address (probe 24b F2)", async () => {
     current = buildTestApp({ env: { IP_BLOCK_RATE_LIMIT_REFUSALS: "3" } });
     const target = current;
@@ -348,10 +458,19 @@ describe("login", () => {
         peer: victim,
       });
       expect(refused.status).toBe(429);
+      // Named apart from the per-address limit, in the headers and the metric (probe 24c F6); the
+      // sixth is the victim's own address's sixth sign-in in a minute.
+      expect(refused.headers.get("ratelimit")).toStartWith(
+        i < 5 ? '"login_account";r=0' : '"login";r=0',
+      );
     }
     // Refused, but not blocked: the address's other requests pass, and no block was made.
     expect((await send(target, "/openapi.json", { peer: victim })).status).toBe(200);
     expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+    const metrics = await (await send(target, "/metrics", { peer: "192.0.2.250" })).text();
+    // The sign-up's sign-in and four of the others' were the account's five; one more and five.
+    expect(metrics).toContain('rate_limit_rejections_total{policy="login_account"} 6');
+    expect(metrics).toContain('rate_limit_rejections_total{policy="login"} 1');
   });
 
   test("10 failed logins from one address block it", async () => {

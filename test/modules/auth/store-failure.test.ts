@@ -128,7 +128,7 @@ describe("a failing session store", () => {
  * A limiter store that works, but fails the login lockout's calls while `broken` says so (the
  * rate-limit stage's own checks of the login route keep working, so the lockout's are reached).
  */
-function lockoutFailingStore(broken: { peek: boolean; check: boolean }): LimiterStore {
+function lockoutFailingStore(broken: { check: boolean; giveBack: boolean }): LimiterStore {
   const dir = tempDir();
   const db = openDatabase(join(dir.path, "limiter.db"));
   applyMigrations(db);
@@ -139,8 +139,13 @@ function lockoutFailingStore(broken: { peek: boolean; check: boolean }): Limiter
       broken.check && checks.some((c) => c.policy.id === "lockout")
         ? failure()
         : inner.check(checks),
-    peek: (policy, key, now) =>
-      broken.peek && policy.id === "lockout" ? failure() : inner.peek(policy, key, now),
+    // As the stores do when the write fails: nothing is uncounted, nothing is thrown.
+    giveBack: (permits) => {
+      if (!(broken.giveBack && permits.some((p) => p.policy.id === "lockout"))) {
+        inner.giveBack(permits);
+      }
+    },
+    peek: (policy, key, now) => inner.peek(policy, key, now),
     reset: (policy, key) => inner.reset(policy, key),
     prune: (now) => inner.prune(now),
     close: () => {
@@ -155,13 +160,13 @@ describe("a failing login lockout store", () => {
   const wrong = (target: TestApp, email: string) =>
     send(target, "/api/auth/login", { body: { email, password: "not-the-password-1!" } });
 
-  test("a lockout that cannot be read refuses every login with 503, logged and counted, and works once back", async () => {
-    const broken = { peek: false, check: false };
+  test("a lockout that cannot count refuses every login with 503, never a verdict, logged and counted, and works once back", async () => {
+    const broken = { check: false, giveBack: false };
     const store = lockoutFailingStore(broken);
     try {
       current = buildTestApp({ env: ENV, limiter: store });
       const user = await signUp(current);
-      broken.peek = true;
+      broken.check = true;
       for (const password of ["not-the-password-1!", STRONG_PASSWORD]) {
         const response = await send(current, "/api/auth/login", {
           body: { email: user.email, password },
@@ -179,7 +184,7 @@ describe("a failing login lockout store", () => {
       const metrics = await (await send(current, "/metrics")).text();
       expect(metrics).toContain('rate_limit_store_errors_total{mode="closed"} 2');
 
-      broken.peek = false;
+      broken.check = false;
       expect((await wrong(current, user.email)).status).toBe(401);
       expect((await logIn(current, user.email)).accessToken).toBeString();
     } finally {
@@ -187,19 +192,21 @@ describe("a failing login lockout store", () => {
     }
   });
 
-  test("a failed login the lockout cannot count is 503, never a verdict; a right password still signs in", async () => {
-    const broken = { peek: false, check: false };
+  test("a right password whose count cannot be given back still signs in; the count stays, never more verdicts", async () => {
+    const broken = { check: false, giveBack: true };
     const store = lockoutFailingStore(broken);
     try {
-      current = buildTestApp({ env: ENV, limiter: store });
+      current = buildTestApp({
+        env: { ...ENV, RATE_LIMIT_LOGIN: "1000", RATE_LIMIT_BURST: "1000" },
+        limiter: store,
+      });
       const user = await signUp(current);
-      broken.check = true;
-      const refused = await wrong(current, user.email);
-      expect(refused.status).toBe(503);
-      expect(((await refused.json()) as { code: string }).code).toBe("SERVICE_UNAVAILABLE");
-      expect((await logIn(current, user.email)).accessToken).toBeString();
-      broken.check = false;
-      expect((await wrong(current, user.email)).status).toBe(401);
+      // signUp signed in once: counted, and not given back.
+      for (let i = 0; i < 7; i++) expect((await wrong(current, user.email)).status).toBe(401);
+      // Two more sign-ins, each counted as a failure not given back: the lockout's 10 are spent.
+      for (let i = 0; i < 2; i++)
+        expect((await logIn(current, user.email)).accessToken).toBeString();
+      expect((await wrong(current, user.email)).status).toBe(429);
     } finally {
       store.close();
     }

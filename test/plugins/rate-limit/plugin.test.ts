@@ -191,6 +191,7 @@ describe("rate limiting", () => {
     const failing: LimiterStore = {
       check: () => Promise.reject(new Error("database is locked")),
       peek: () => Promise.reject(new Error("database is locked")),
+      giveBack: () => {},
       reset: () => Promise.reject(new Error("database is locked")),
       prune: () => 0,
       close: () => {},
@@ -239,6 +240,7 @@ describe("a violation the store cannot count", () => {
         });
       },
       peek: async () => 0,
+      giveBack: () => {},
       reset: async () => {},
       prune: () => 0,
       close: () => {},

@@ -4,7 +4,9 @@ import { parseIp } from "../../../src/plugins/client-ip/address";
 import { LeasingStore } from "../../../src/plugins/rate-limit/lease";
 import { RedisLimiterStore } from "../../../src/plugins/rate-limit/redis-store";
 import { buildTestApp, send } from "../../support/app";
-import { bearer, createKey } from "../../support/auth";
+import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
+import { anotherInstance } from "../../support/instance";
 import { cliInProcess } from "../../support/cli";
 import { type RedisServer, redisAvailable, startRedis } from "../../support/redis";
 import { waitFor } from "../../support/wait";
@@ -118,6 +120,42 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
       const { key: apiKey } = createKey(target, ["chat"]);
       expect((await send(target, "/api/auth/me", { headers: bearer(apiKey) })).status).toBe(200);
     } finally {
+      target.close();
+    }
+  });
+
+  test("the sign-in lockout holds across two VMs whose clocks are 50 ms apart at a window's start", async () => {
+    const WINDOW = 15 * 60_000;
+    const env = {
+      REDIS_URL: redis.url,
+      RATE_LIMIT_LOGIN: "1000",
+      RATE_LIMIT_PER_MINUTE: "1000",
+      RATE_LIMIT_BURST: "1000",
+      IP_BLOCK_FAILED_LOGINS: "0",
+    };
+    // 20 ms into a quarter hour on one VM, 30 ms before it on the other.
+    const ahead = new ManualClock(0, WINDOW);
+    ahead.advance(WINDOW + 20);
+    const behind = new ManualClock(0, WINDOW);
+    behind.advance(WINDOW - 30);
+    const target = buildTestApp({ clock: ahead, env });
+    const other = anotherInstance(target, { clock: behind, env });
+    await target.services.start();
+    await other.services.start();
+    try {
+      const session = await signUp(target);
+      const login = (vm: { app: typeof target.app }, password: string) =>
+        send(vm, "/api/auth/login", { body: { email: session.email, password } });
+      for (let i = 0; i < 9; i++) expect((await login(target, "nope-nope-nope")).status).toBe(401);
+      expect((await login(other, "nope-nope-nope")).status).toBe(401);
+      // Ten failures within 50 ms: locked on both VMs, the right password too.
+      for (const vm of [target, other]) {
+        const response = await login(vm, STRONG_PASSWORD);
+        expect(response.status).toBe(429);
+        expect(((await response.json()) as { detail: string }).detail).toContain("failed sign-ins");
+      }
+    } finally {
+      other.close();
       target.close();
     }
   });
