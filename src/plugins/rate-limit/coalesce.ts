@@ -5,7 +5,6 @@
  * that many permits, and a lease's permits after theirs), share the decision's grants out in
  * arrival order, and read a stored window back as an estimate.
  */
-import { rollForward } from "./sliding-window";
 import type { Grant, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 export type { Grant };
@@ -175,21 +174,4 @@ export function shareGrants(
     wanted = grant.granted;
   }
   return outcomes;
-}
-
-/** The estimated count now of a stored long window (its start and counts), rolled forward. */
-export function estimateStored(
-  stored: { windowStart: number; previous: number; current: number } | null,
-  now: number,
-  windowMs: number,
-): number {
-  if (stored === null) return 0;
-  const { previous, current, weight } = rollForward(
-    now,
-    windowMs,
-    stored.windowStart,
-    stored.previous,
-    stored.current,
-  );
-  return previous * weight + current;
 }

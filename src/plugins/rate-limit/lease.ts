@@ -180,14 +180,6 @@ export class LeasingStore implements LimiterStore {
     return outcomes;
   }
 
-  /**
-   * The store's count: permits leased and not yet used (by any process) count as used until they
-   * are given back. Lockouts peek fail-closed policies, which never lease.
-   */
-  peek(policy: Policy, key: string, now: number): Promise<number> {
-    return this.store.peek(policy, key, now);
-  }
-
   /** Any lease of the key alone ends first (its unused permits would be given back after). */
   giveBack(permits: readonly UnusedPermits[]): void {
     this.store.giveBack(permits);

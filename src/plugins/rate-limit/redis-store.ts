@@ -15,7 +15,6 @@
 import type { RedisClient } from "bun";
 import {
   CheckQueue,
-  estimateStored,
   fail,
   latestNow,
   leaseOf,
@@ -104,19 +103,6 @@ export class RedisLimiterStore implements LeasableStore {
     // resets right after it starts.
     if (!this.client.connected) await this.client.connect();
     await this.client.del(`${PREFIX}${policy.id}:${key}`);
-  }
-
-  async peek(policy: Policy, key: string, now: number): Promise<number> {
-    const [ws, cur, prev] = (await this.client.hmget(`${PREFIX}${policy.id}:${key}`, [
-      "ws",
-      "cur",
-      "prev",
-    ])) as (string | null)[];
-    const stored =
-      ws === null || ws === undefined
-        ? null
-        : { windowStart: Number(ws), previous: Number(prev), current: Number(cur) };
-    return estimateStored(stored, now, policy.windowMs);
   }
 
   /** Redis expires each key itself when its windows have passed. */

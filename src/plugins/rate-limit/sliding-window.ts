@@ -85,7 +85,7 @@ function storedCount(stored: unknown): number {
 }
 
 /**
- * One window of a stored row (both stores' decisions and peeks) rolled forward to `now`, with the
+ * One window of a stored row (both stores' decisions) rolled forward to `now`, with the
  * weight of its previous count: its current count becomes the previous one
  * if the row is one window behind, and both are 0 if it is further behind. A check decided after it
  * waited (a busy lock, the backlog) may find the row already in the next window, counted there by

@@ -25,13 +25,12 @@
  * policy.
  */
 import type { Database, Statement } from "bun:sqlite";
-import { and, eq, gte, inArray, lt, type SQL, sql } from "drizzle-orm";
+import { and, gte, inArray, lt, type SQL, sql } from "drizzle-orm";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { rateLimitCounters as counters } from "../../db/schema";
 import {
   CheckQueue,
-  estimateStored,
   fail,
   type Grant,
   latestNow,
@@ -101,24 +100,10 @@ function dueForPrune(db: AppDatabase, rowid: SQL<number>) {
     .limit(sql.placeholder("limit"));
 }
 
-/** Everything but the decision: a read for the lockout's peek, and the bounded prune. */
+/** Everything but the decision: the bounded prune. */
 function prepareStatements(db: AppDatabase) {
   const rowid = sql<number>`rowid`;
   return {
-    peek: db
-      .select({
-        windowStart: counters.windowStart,
-        previous: counters.previous,
-        current: counters.current,
-      })
-      .from(counters)
-      .where(
-        and(
-          eq(counters.policy, sql.placeholder("policy")),
-          eq(counters.key, sql.placeholder("key")),
-        ),
-      )
-      .prepare(),
     pruneExpired: db
       .delete(counters)
       .where(
@@ -216,11 +201,6 @@ export class SqliteLimiterStore implements LeasableStore {
       .query("DELETE FROM rate_limit_counters WHERE policy = ? AND key = ?")
       .run(policy.id, key);
     return Promise.resolve();
-  }
-
-  peek(policy: Policy, key: string, now: number): Promise<number> {
-    const stored = this.statements.peek.get({ policy: policy.id, key }) ?? null;
-    return Promise.resolve(estimateStored(stored, now, policy.windowMs));
   }
 
   /**

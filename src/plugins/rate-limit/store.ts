@@ -37,11 +37,6 @@ export interface LimiterStore {
    */
   checkNow?(checks: readonly LimitCheck[]): LimitOutcome[] | undefined;
   /**
-   * The estimated count in the long window for (policy, key) now, without counting anything: for
-   * decisions that depend on what happened (a lockout after failures), not on this request.
-   */
-  peek(policy: Policy, key: string, now: number): Promise<number>;
-  /**
    * Uncounts permits in the windows they were counted in: from the current count if the stored
    * window is still that one, from the previous if it has rolled once, not at all if later. For
    * permits counted ahead and not spent (a lease's; a sign-in failure counted before the password

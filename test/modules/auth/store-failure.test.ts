@@ -145,7 +145,6 @@ function lockoutFailingStore(broken: { check: boolean; giveBack: boolean }): Lim
         inner.giveBack(permits);
       }
     },
-    peek: (policy, key, now) => inner.peek(policy, key, now),
     reset: (policy, key) => inner.reset(policy, key),
     prune: (now) => inner.prune(now),
     close: () => {

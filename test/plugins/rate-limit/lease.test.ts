@@ -15,11 +15,12 @@ import type { LimitOutcome } from "../../../src/plugins/rate-limit/store";
 import { tempDir } from "../../support/app";
 import { waitFor } from "../../support/wait";
 import { limiterStoreContract, minuteStart, policy } from "./store-contract";
+import { sqliteEstimate } from "./stored-estimate";
 
 // The contract with leases allowed for any limit, so its small limits exercise the layer too.
 limiterStoreContract("LeasingStore over SQLite", () => {
-  const { stores, close } = openShared(2, { minLimit: 1 });
-  return { stores: [stores[0]!, stores[1]!], close };
+  const { stores, estimate, close } = openShared(2, { minLimit: 1 });
+  return { stores: [stores[0]!, stores[1]!], estimate, close };
 });
 
 interface Row {
@@ -42,6 +43,7 @@ function openShared(count: number, options: LeaseOptions = {}) {
   let closed = false;
   return {
     stores,
+    estimate: sqliteEstimate(reader.$client),
     row(key: string, policyId = "test"): Row | null {
       return reader.$client
         .query(

@@ -190,7 +190,6 @@ describe("rate limiting", () => {
   test("a failing store lets public routes through and refuses auth routes, counting both", async () => {
     const failing: LimiterStore = {
       check: () => Promise.reject(new Error("database is locked")),
-      peek: () => Promise.reject(new Error("database is locked")),
       giveBack: () => {},
       reset: () => Promise.reject(new Error("database is locked")),
       prune: () => 0,
@@ -239,7 +238,6 @@ describe("a violation the store cannot count", () => {
           };
         });
       },
-      peek: async () => 0,
       giveBack: () => {},
       reset: async () => {},
       prune: () => 0,

@@ -13,6 +13,7 @@ import { tempDir } from "../../support/app";
 import { migrationsUpTo } from "../../support/migrations";
 import { waitFor } from "../../support/wait";
 import { minuteStart, policy } from "./store-contract";
+import { sqliteEstimate } from "./stored-estimate";
 
 let cleanup: (() => void)[] = [];
 afterEach(() => {
@@ -70,7 +71,7 @@ describe("SqliteLimiterStore: pruning rows that checks keep alive", () => {
     const kept = rowOf(db, "busy")!;
     expect(kept).toEqual({ ...before, prune_after: t0 + 180_000 });
     // Its last window still counts: 3 × (1 − 5/60).
-    expect(await store.peek(limit, "busy", at)).toBeCloseTo(2.75, 5);
+    expect(await sqliteEstimate(db.$client)(limit, "busy", at)).toBeCloseTo(2.75, 5);
     // Looked at again only once it may have expired.
     expect(store.prune(at + 1_000)).toBe(0);
 
@@ -127,7 +128,7 @@ describe("migration 0011 (prune_after)", () => {
     expect(store.prune(now + 1_000)).toBe(1);
     expect(rowOf(db, "ip:192.0.2.2")).toBeNull();
     // The live client's count survived the upgrade and still limits it.
-    expect(await store.peek(policy(10), "ip:192.0.2.1", now + 1_000)).toBe(4);
+    expect(await sqliteEstimate(db.$client)(policy(10), "ip:192.0.2.1", now + 1_000)).toBe(4);
     const outcomes = await Promise.all(
       Array.from({ length: 8 }, () =>
         store.check([{ policy: policy(10), key: "ip:192.0.2.1", now: now + 1_000 }]),

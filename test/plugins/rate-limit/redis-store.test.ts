@@ -5,12 +5,13 @@ import { LeasingStore } from "../../../src/plugins/rate-limit/lease";
 import { RedisLimiterStore } from "../../../src/plugins/rate-limit/redis-store";
 import { buildTestApp, send } from "../../support/app";
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
 import { anotherInstance } from "../../support/instance";
-import { cliInProcess } from "../../support/cli";
 import { type RedisServer, redisAvailable, startRedis } from "../../support/redis";
 import { waitFor } from "../../support/wait";
 import { limiterStoreContract, minuteStart, policy } from "./store-contract";
+import { redisEstimate } from "./stored-estimate";
 
 describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () => {
   let redis: RedisServer;
@@ -20,10 +21,13 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
       new RedisLimiterStore(new RedisClient(redis.url)),
       new RedisLimiterStore(new RedisClient(redis.url)),
     ] as const;
+    const reader = new RedisClient(redis.url);
     return {
       stores: [stores[0], stores[1]],
+      estimate: redisEstimate(reader),
       close() {
         for (const store of stores) store.close();
+        reader.close();
       },
     };
   });
@@ -32,10 +36,13 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     const stores = [0, 1].map(
       () => new LeasingStore(new RedisLimiterStore(new RedisClient(redis.url)), { minLimit: 1 }),
     );
+    const reader = new RedisClient(redis.url);
     return {
       stores: [stores[0]!, stores[1]!],
+      estimate: redisEstimate(reader),
       close() {
         for (const store of stores) store.close();
+        reader.close();
       },
     };
   });

@@ -7,6 +7,7 @@ import { SqliteLimiterStore } from "../../../src/plugins/rate-limit/sqlite-store
 import { tempDir } from "../../support/app";
 import { waitFor } from "../../support/wait";
 import { limiterStoreContract, minuteStart, policy } from "./store-contract";
+import { sqliteEstimate } from "./stored-estimate";
 
 // Two stores on two connections to one file: what two processes of one VM share.
 limiterStoreContract("SqliteLimiterStore", () => {
@@ -17,6 +18,7 @@ limiterStoreContract("SqliteLimiterStore", () => {
   const stores = dbs.map((db) => new SqliteLimiterStore({ sqlite: db.$client }));
   return {
     stores: [stores[0]!, stores[1]!],
+    estimate: sqliteEstimate(dbs[0].$client),
     close() {
       for (const store of stores) store.close();
       for (const db of dbs) db.$client.close();
