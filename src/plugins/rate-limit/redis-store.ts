@@ -23,7 +23,7 @@ import {
   shareGrants,
 } from "./coalesce";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
-import { previousWeight, windowStartOf } from "./sliding-window";
+import { MAX_CLOCK_AHEAD_MS, previousWeight, windowStartOf } from "./sliding-window";
 import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 const PREFIX = "palisade:rl:";
@@ -31,10 +31,18 @@ const PREFIX = "palisade:rl:";
 // KEYS: one hash per check. ARGV: wanted, then 9 values per check: window start, window ms, weight,
 // burst window start, burst window ms, burst weight, limit, burst limit, now.
 // Returns, per check decided (it stops after the first that granted nothing), its seven numbers.
-// A hash already one window ahead of the check (another VM's clock, or a check stamped before a
-// wait) is decided in that window at its start, as rollForward does for SQLite: deciding in the
-// older window would see no counts, grant a fresh limit and write the hash back into the past.
+// A hash already in a later window than the check's (another VM's clock ahead, by up to
+// MAX_CLOCK_AHEAD_MS; a check stamped before a wait) is decided in that window at its start, as
+// rollForward does for SQLite (decidedAhead): deciding in the older window would see no counts,
+// grant a fresh limit and write the hash back into the past, and two VMs a window apart would wipe
+// each other's counts at every turn. Its expiry is only ever moved later: a VM whose clock is
+// ahead would otherwise cut it short for the others.
 const SCRIPT = `
+local function ahead(stored, start, win)
+  if not stored then return false end
+  local by = stored - start
+  return by > 0 and by <= math.max(win, ${MAX_CLOCK_AHEAD_MS}) and by % win == 0
+end
 local wanted = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS do
@@ -47,10 +55,10 @@ for i = 1, #KEYS do
   local ows, ocur, oprev = tonumber(row[1]), tonumber(row[2]) or 0, tonumber(row[3]) or 0
   local obws, obcur, obprev = tonumber(row[4]), tonumber(row[5]) or 0, tonumber(row[6]) or 0
   local prev, cur = 0, 0
-  if ows == ws + win then ws, w, prev, cur = ows, 1, oprev, ocur
+  if ahead(ows, ws, win) then ws, w, prev, cur = ows, 1, oprev, ocur
   elseif ows == ws then prev, cur = oprev, ocur elseif ows == ws - win then prev = ocur end
   local bprev, bcur = 0, 0
-  if obws == bws + bwin then bws, bw, bprev, bcur = obws, 1, obprev, obcur
+  if ahead(obws, bws, bwin) then bws, bw, bprev, bcur = obws, 1, obprev, obcur
   elseif obws == bws then bprev, bcur = obprev, obcur elseif obws == bws - bwin then bprev = obcur end
   local room = math.floor(limit - prev * w - cur)
   local broom = math.floor(blimit - bprev * bw - bcur)
@@ -59,7 +67,8 @@ for i = 1, #KEYS do
   bcur = bcur + granted
   redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev)
   -- Kept while either window can still count: until the later of them has passed as the previous one.
-  redis.call('PEXPIRE', KEYS[i], math.max(ws + 2 * win, bws + 2 * bwin) - now)
+  local ttl = math.max(ws + 2 * win, bws + 2 * bwin) - now
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
   table.insert(out, {ws, prev, cur, bws, bprev, bcur, granted})
   wanted = granted
 end

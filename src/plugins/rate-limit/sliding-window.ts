@@ -33,8 +33,14 @@ export function previousWeight(now: number, windowMs: number): number {
   return 1 - (now - windowStartOf(now, windowMs)) / windowMs;
 }
 
+/**
+ * A state already in a window that starts after `now` was decided there, at its start, for a
+ * check stamped before it (another VM's clock ahead, another process rolling the row while the
+ * check waited: see rollForward); it is read at that start too.
+ */
 export function estimate(state: WindowState, now: number, windowMs: number): number {
-  return state.previous * previousWeight(now, windowMs) + state.current;
+  const at = state.windowStart > now ? state.windowStart : now;
+  return state.previous * previousWeight(at, windowMs) + state.current;
 }
 
 export function remaining(state: WindowState, now: number, windowMs: number, limit: number) {
@@ -52,6 +58,10 @@ export function retryAfterMs(
   windowMs: number,
   limit: number,
 ): number {
+  // Nothing changes for this clock until the state's window starts (see estimate).
+  if (state.windowStart > now) {
+    return state.windowStart - now + retryAfterMs(state, state.windowStart, windowMs, limit);
+  }
   const excess = estimate(state, now, windowMs) - (limit - 1);
   if (excess <= 0) return 0;
   const untilWindowEnd = state.windowStart + windowMs - now;
@@ -85,13 +95,28 @@ function storedCount(stored: unknown): number {
 }
 
 /**
+ * How far ahead of a check's own window a stored window may be and still be decided in (or one
+ * window, if that is longer): another VM's clock ahead of this one's by up to that much. Further
+ * ahead it is no clock a fleet keeps in sync but a clock that was wrong and has been set back, or
+ * an edited row: honoured, its counts would hold a key at them until this clock caught up.
+ */
+export const MAX_CLOCK_AHEAD_MS = 15 * 60_000;
+
+/** Whether a stored window start is a later window than `windowStart` that a check is decided in. */
+export function decidedAhead(storedStart: number, windowStart: number, windowMs: number): boolean {
+  const ahead = storedStart - windowStart;
+  return ahead > 0 && ahead <= Math.max(windowMs, MAX_CLOCK_AHEAD_MS) && ahead % windowMs === 0;
+}
+
+/**
  * One window of a stored row (both stores' decisions) rolled forward to `now`, with the
  * weight of its previous count: its current count becomes the previous one
  * if the row is one window behind, and both are 0 if it is further behind. A check decided after it
- * waited (a busy lock, the backlog) may find the row already in the next window, counted there by
- * another process: it is then decided in that window, at its start (the previous count weighing
- * fully, the most it can), never with its own older window, which would see both counts as 0,
- * grant a fresh limit and write the row back into the past.
+ * waited (a busy lock, the backlog), or stamped by a clock behind another's, may find the row
+ * already in a later window, counted there: it is then decided in that window, at its start (the
+ * previous count weighing fully, the most it can), never with its own older window, which would
+ * see both counts as 0, grant a fresh limit and write the row back into the past (see
+ * MAX_CLOCK_AHEAD_MS for how far ahead).
  */
 export function rollForward(
   now: number,
@@ -101,7 +126,7 @@ export function rollForward(
   storedCurrent: unknown,
 ) {
   const windowStart = windowStartOf(now, windowMs);
-  if (storedStart === windowStart + windowMs) {
+  if (typeof storedStart === "number" && decidedAhead(storedStart, windowStart, windowMs)) {
     return {
       windowStart: storedStart,
       weight: 1,

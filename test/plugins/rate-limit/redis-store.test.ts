@@ -112,6 +112,19 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     expect(ttl).toBeGreaterThan(115_000);
   });
 
+  test("a VM whose clock is ahead does not cut short a key the others still count", async () => {
+    const [onTime, ahead] = [store(), store()];
+    const k = key();
+    const start = Math.floor(Date.now() / 60_000) * 60_000;
+    // Counted on time 1 s into a minute (it matters for 119 s more), then by a clock 5 s ahead.
+    await onTime.check([{ policy: policy(5), key: k, now: start + 1_000 }]);
+    await ahead.check([{ policy: policy(5), key: k, now: start + 6_000 }]);
+    const client = new RedisClient(redis.url);
+    const ttl = Number(await client.send("PTTL", [`palisade:rl:test:${k}`]));
+    client.close();
+    expect(ttl).toBeGreaterThan(116_000);
+  });
+
   test("the app limits through Redis when REDIS_URL is set, and /ready reports it", async () => {
     const target = buildTestApp({ env: { REDIS_URL: redis.url, RATE_LIMIT_PER_MINUTE: "2" } });
     await target.services.start();

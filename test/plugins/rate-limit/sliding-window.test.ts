@@ -32,3 +32,19 @@ test("retry-after reaches into the next window when the current one is full", ()
   expect(resetMs(state, 50_000, W)).toBe(70_000);
   expect(retryAfterMs({ previous: 0, current: 5, windowStart: 0 }, 50_000, W, 20)).toBe(0);
 });
+
+test("a state decided in a window that starts later is read, and waited for, from that start", () => {
+  // Decided in the window from 60 s for a check stamped at 59.997 s (another process rolled the
+  // row, or another VM's clock is ahead): 1 before and 9 in it, a limit of 10.
+  const state = { previous: 1, current: 9, windowStart: 60_000 };
+  expect(estimate(state, 59_997, W)).toBe(10);
+  expect(remaining(state, 59_997, W, 10)).toBe(0);
+  // The earlier failure slides out over the window: refused until it is gone, at its end.
+  expect(retryAfterMs(state, 59_997, W, 10)).toBe(3 + W);
+  expect(retryAfterMs(state, 60_000, W, 10)).toBe(W);
+  // A VM whose clock is 15 s behind waits its 15 s more.
+  expect(retryAfterMs({ previous: 20, current: 10, windowStart: 60_000 }, 45_000, W, 20)).toBe(
+    15_000 + 33_000,
+  );
+  expect(resetMs(state, 59_997, W)).toBe(3 + 2 * W);
+});
