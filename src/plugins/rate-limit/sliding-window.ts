@@ -39,7 +39,7 @@ export function previousWeight(now: number, windowMs: number): number {
  * check waited: see rollForward); it is read at that start too.
  */
 export function estimate(state: WindowState, now: number, windowMs: number): number {
-  const at = state.windowStart > now ? state.windowStart : now;
+  const at = Math.max(state.windowStart, now);
   return state.previous * previousWeight(at, windowMs) + state.current;
 }
 
