@@ -22,6 +22,11 @@ export function createRateLimitMetrics(registry: Registry) {
       labelNames: ["mode"] as const,
       registers: [registry],
     }),
+    clockSkew: new Counter({
+      name: METRIC.rateLimitClockSkew,
+      help: "Limiter keys found counted two or more windows ahead of this process's clock (Redis), their counts started afresh",
+      registers: [registry],
+    }),
   };
 }
 

@@ -23,26 +23,21 @@ import {
   shareGrants,
 } from "./coalesce";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
-import { MAX_CLOCK_AHEAD_MS, previousWeight, windowStartOf } from "./sliding-window";
+import { previousWeight, windowStartOf } from "./sliding-window";
 import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 const PREFIX = "palisade:rl:";
 
 // KEYS: one hash per check. ARGV: wanted, then 9 values per check: window start, window ms, weight,
 // burst window start, burst window ms, burst weight, limit, burst limit, now.
-// Returns, per check decided (it stops after the first that granted nothing), its seven numbers.
-// A hash already in a later window than the check's (another VM's clock ahead, by up to
-// MAX_CLOCK_AHEAD_MS; a check stamped before a wait) is decided in that window at its start, as
-// rollForward does for SQLite (decidedAhead): deciding in the older window would see no counts,
-// grant a fresh limit and write the hash back into the past, and two VMs a window apart would wipe
-// each other's counts at every turn. Its expiry is only ever moved later: a VM whose clock is
-// ahead would otherwise cut it short for the others.
+// Returns, per check decided (it stops after the first that granted nothing), its eight numbers.
+// A hash already in the next window (another VM's clock ahead; a check stamped before a wait) is
+// decided in that window at its start, as rollForward does for SQLite: deciding in the older window
+// would see no counts, grant a fresh limit and write the hash back into the past. A hash further
+// ahead is started afresh, as rollForward does (why: see there); the eighth number says so, since
+// only clocks a window or more apart make one. Its expiry is only ever moved later: a VM whose
+// clock is ahead would otherwise cut it short for the others.
 const SCRIPT = `
-local function ahead(stored, start, win)
-  if not stored then return false end
-  local by = stored - start
-  return by > 0 and by <= math.max(win, ${MAX_CLOCK_AHEAD_MS}) and by % win == 0
-end
 local wanted = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS do
@@ -55,10 +50,12 @@ for i = 1, #KEYS do
   local ows, ocur, oprev = tonumber(row[1]), tonumber(row[2]) or 0, tonumber(row[3]) or 0
   local obws, obcur, obprev = tonumber(row[4]), tonumber(row[5]) or 0, tonumber(row[6]) or 0
   local prev, cur = 0, 0
-  if ahead(ows, ws, win) then ws, w, prev, cur = ows, 1, oprev, ocur
+  local skewed = 0
+  if (ows and ows > ws + win) or (obws and obws > bws + bwin) then skewed = 1 end
+  if ows == ws + win then ws, w, prev, cur = ows, 1, oprev, ocur
   elseif ows == ws then prev, cur = oprev, ocur elseif ows == ws - win then prev = ocur end
   local bprev, bcur = 0, 0
-  if ahead(obws, bws, bwin) then bws, bw, bprev, bcur = obws, 1, obprev, obcur
+  if obws == bws + bwin then bws, bw, bprev, bcur = obws, 1, obprev, obcur
   elseif obws == bws then bprev, bcur = obprev, obcur elseif obws == bws - bwin then bprev = obcur end
   local room = math.floor(limit - prev * w - cur)
   local broom = math.floor(blimit - bprev * bw - bcur)
@@ -69,7 +66,7 @@ for i = 1, #KEYS do
   -- Kept while either window can still count: until the later of them has passed as the previous one.
   local ttl = math.max(ws + 2 * win, bws + 2 * bwin) - now
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
-  table.insert(out, {ws, prev, cur, bws, bprev, bcur, granted})
+  table.insert(out, {ws, prev, cur, bws, bprev, bcur, granted, skewed})
   wanted = granted
 end
 return out`;
@@ -89,11 +86,23 @@ if obws == bws then redis.call('HSET', KEYS[1], 'bcur', math.max(0, (tonumber(ro
 elseif obws == bws + bwin then redis.call('HSET', KEYS[1], 'bprev', math.max(0, (tonumber(row[6]) or 0) - n)) end
 return 1`;
 
+export interface RedisLimiterStoreOptions {
+  /**
+   * Told of each decision that found keys counted two or more windows ahead of this VM's clock
+   * (how many), whose counts it started afresh: only clocks a window or more apart do that, and
+   * then the limits the VMs share are not kept (see rollForward).
+   */
+  onClockSkew?: (keys: number) => void;
+}
+
 export class RedisLimiterStore implements LeasableStore {
   private readonly queue = new CheckQueue((groups, returns) => this.runGroups(groups, returns));
   private sha: Promise<string> | null = null;
 
-  constructor(private readonly client: RedisClient) {}
+  constructor(
+    private readonly client: RedisClient,
+    private readonly options: RedisLimiterStoreOptions = {},
+  ) {}
 
   check(checks: readonly LimitCheck[]): Promise<LimitOutcome[]> {
     return this.queue.check(checks);
@@ -173,6 +182,8 @@ export class RedisLimiterStore implements LeasableStore {
     const lease = leaseOf(group);
     args[0] = String(group.length + lease.extra);
     const rows = (await this.evaluate(keys, args)) as number[][];
+    const skewed = rows.reduce((n, row) => n + (row[7] === 1 ? 1 : 0), 0);
+    if (skewed > 0) this.options.onClockSkew?.(skewed);
     // The script stops after the first policy that granted nothing, as shareGrants does.
     return shareGrants(
       group.length,

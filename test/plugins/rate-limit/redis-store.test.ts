@@ -125,6 +125,55 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     expect(ttl).toBeGreaterThan(116_000);
   });
 
+  test("keys counted two or more windows ahead are started afresh and reported, once per decision", async () => {
+    const reported: number[] = [];
+    const behind = new RedisLimiterStore(new RedisClient(redis.url), {
+      onClockSkew: (keys) => reported.push(keys),
+    });
+    stores.push(behind);
+    const ahead = store();
+    const k = key();
+    const start = Math.floor(Date.now() / 60_000) * 60_000;
+    // Seconds apart (one window): decided in the key's window, nothing reported.
+    await ahead.check([{ policy: policy(1), key: k, now: start + 60_100 }]);
+    const [near] = await behind.check([{ policy: policy(1), key: k, now: start + 59_900 }]);
+    expect(near!.admitted).toBe(false);
+    expect(reported).toEqual([]);
+    // Two minutes apart: started afresh, and said.
+    const [far] = await behind.check([
+      { policy: policy(1), key: k, now: start - 60_000 + 100 },
+      { policy: policy(1, 1, "other"), key: k, now: start - 60_000 + 100 },
+    ]);
+    expect(far!.admitted).toBe(true);
+    expect(reported).toEqual([1]);
+  });
+
+  test("the app counts clock skew between VMs in /metrics and logs it once a minute", async () => {
+    const env = { REDIS_URL: redis.url, RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" };
+    const onTime = new ManualClock(1_000);
+    const late = new ManualClock(1_000);
+    late.advance(-3 * 60_000);
+    const target = buildTestApp({ clock: onTime, env });
+    const other = anotherInstance(target, { clock: late, env });
+    await target.services.start();
+    await other.services.start();
+    try {
+      for (let i = 0; i < 3; i++) {
+        // Both from 127.0.0.1: one client, one key, alternating between the VMs.
+        expect((await send(target, "/openapi.json")).status).toBe(200);
+        expect((await send(other, "/openapi.json")).status).toBe(200);
+      }
+      const metrics = await (await send(other, "/metrics")).text();
+      expect(metrics).toMatch(/^rate_limit_clock_skew_total [1-9]/m);
+      const warnings = other.logs.entries.filter((e) => String(e.msg).includes("clock"));
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]!.msg).toContain("timedatectl");
+    } finally {
+      other.close();
+      target.close();
+    }
+  });
+
   test("the app limits through Redis when REDIS_URL is set, and /ready reports it", async () => {
     const target = buildTestApp({ env: { REDIS_URL: redis.url, RATE_LIMIT_PER_MINUTE: "2" } });
     await target.services.start();
