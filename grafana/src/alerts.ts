@@ -66,7 +66,7 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "0m",
     "ticket",
     "VM clocks apart: {{ $value | humanize }} limiter keys started afresh in 10 minutes",
-    "A process found rate-limit keys in Redis counted two or more windows ahead of its clock: the VMs' clocks are at least 10 s apart, and the limits they share are not kept while they are.",
+    "A process found rate-limit keys in Redis decided more than a window ahead of its clock: the VMs' clocks are a window (a minute) or more apart, and the limits they share are not kept while they are.",
   ),
   rule(
     "PalisadeWebhookSignatureFailures",

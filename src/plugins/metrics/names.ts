@@ -17,7 +17,7 @@ export const METRIC = {
   /** Counter `{mode}`: limiter store failures (`open`: let through, `closed`: refused). */
   rateLimitStoreErrors: "rate_limit_store_errors_total",
   /**
-   * Counter: limiter keys this process found counted two or more windows ahead of its clock in
+   * Counter: limiter keys this process found decided more than a window ahead of its clock in
    * Redis (the VMs' clocks a window or more apart), whose counts were started afresh.
    */
   rateLimitClockSkew: "rate_limit_clock_skew_total",

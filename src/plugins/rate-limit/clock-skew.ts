@@ -1,9 +1,8 @@
 /**
  * @module
- * What a process does when the Redis limiter finds keys counted two or more windows ahead of its
- * clock: only VMs whose clocks are a window or more apart (10 s for the burst windows, a minute for
- * the per-minute limits) make such keys, and each is then started afresh, so the limits the VMs
- * share are not kept. Nothing else shows it: each key is counted, and the first at most once a
+ * What a process does when the Redis limiter finds keys decided more than a window ahead of its
+ * clock: only VMs whose clocks are a window or more apart (a minute for the per-minute limits) make
+ * such keys, and each is then started afresh, so the limits the VMs share are not kept. Nothing else shows it: each key is counted, and the first at most once a
  * minute is logged.
  */
 import type { Clock } from "../../clock";
@@ -25,7 +24,7 @@ export function clockSkewReporter(
     loggedAt = now;
     logger.warn(
       { keys },
-      "rate-limit keys in Redis were counted two or more windows ahead of this VM's clock and started afresh: the VMs' clocks are at least 10 s apart, and the limits they share are not kept (check NTP: timedatectl, chronyc tracking)",
+      "rate-limit keys in Redis were counted two or more windows ahead of this VM's clock and started afresh: the VMs' clocks are a window (a minute) or more apart, and the limits they share are not kept (check NTP: timedatectl, chronyc tracking)",
     );
   };
 }

@@ -168,7 +168,12 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     const policyId = refusedBy.id;
     const key = keyOf(keys, refusedAt);
     metrics.rejections.labels(policyId).inc();
-    const violation = refusedBy.refusalIsViolation !== false;
+    // A refusal decided in a window that starts after this clock's now (a clock set back, or behind
+    // another VM's: rollForward) may have counted more than the client sent in the last window:
+    // refused, but no step towards a block (probes 25b, 25c: clients at half their limit blocked).
+    const refusedOutcome = outcomes[refusedAt]!;
+    const decidedAhead = refusedOutcome.windowStart > now || refusedOutcome.burstWindowStart > now;
+    const violation = refusedBy.refusalIsViolation !== false && !decidedAhead;
     // A refusal that can block (the IP blocker counts it) is audited each time, until the block
     // ends the flood. One that blocks nobody (webhooks; every refusal when automatic blocks are
     // off) would cost a chained audit row per request for as long as a flood lasts: such

@@ -24,7 +24,7 @@ export function createRateLimitMetrics(registry: Registry) {
     }),
     clockSkew: new Counter({
       name: METRIC.rateLimitClockSkew,
-      help: "Limiter keys found counted two or more windows ahead of this process's clock (Redis), their counts started afresh",
+      help: "Limiter keys found decided more than a window ahead of this process's clock (Redis), their counts started afresh",
       registers: [registry],
     }),
   };

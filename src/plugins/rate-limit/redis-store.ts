@@ -23,46 +23,59 @@ import {
   shareGrants,
 } from "./coalesce";
 import { BURST_WINDOW_MS, type Policy } from "./policies";
-import { previousWeight, windowStartOf } from "./sliding-window";
 import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 const PREFIX = "palisade:rl:";
 
-// KEYS: one hash per check. ARGV: wanted, then 9 values per check: window start, window ms, weight,
-// burst window start, burst window ms, burst weight, limit, burst limit, now.
+// KEYS: one hash per check. ARGV: wanted, then 5 values per check: window ms, burst window ms,
+// limit, burst limit, now (this VM's clock).
 // Returns, per check decided (it stops after the first that granted nothing), its eight numbers.
-// A hash already in the next window (another VM's clock ahead; a check stamped before a wait) is
-// decided in that window at its start, as rollForward does for SQLite: deciding in the older window
-// would see no counts, grant a fresh limit and write the hash back into the past. A hash further
-// ahead is started afresh, as rollForward does (why: see there); the eighth number says so, since
-// only clocks a window or more apart make one. Its expiry is only ever moved later: a VM whose
-// clock is ahead would otherwise cut it short for the others.
+//
+// Each hash keeps the instant it was last decided at (`at`), and a check stamped before it is
+// decided at that instant: a VM whose clock is behind another's decides exactly as the one ahead
+// did, rather than in its own older window (which would see no counts, grant a fresh limit and
+// write the hash back into the past) or at the start of the hash's window with the previous count
+// weighing fully (which refused, then got blocked, clients at half their limit; probes 25b, 25c).
+// Up to one long window behind: a hash decided further ahead is started afresh in the check's own
+// window, since holding it at that instant would freeze a client's count until this clock caught
+// up; the eighth number says so (only clocks a window or more apart make one). A hash written
+// before `at` was kept, and found one window ahead, is decided in that window at its start, as
+// rollForward does for SQLite. The expiry is only ever moved later: a VM whose clock is ahead would
+// otherwise cut it short for the others.
 const SCRIPT = `
 local wanted = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS do
   if wanted <= 0 then break end
-  local a = 1 + (i - 1) * 9
-  local ws, win, w = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local bws, bwin, bw = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local limit, blimit, now = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
-  local row = redis.call('HMGET', KEYS[i], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
+  local a = 1 + (i - 1) * 5
+  local win, bwin = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local limit, blimit, now = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local row = redis.call('HMGET', KEYS[i], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev', 'at')
   local ows, ocur, oprev = tonumber(row[1]), tonumber(row[2]) or 0, tonumber(row[3]) or 0
   local obws, obcur, obprev = tonumber(row[4]), tonumber(row[5]) or 0, tonumber(row[6]) or 0
-  local prev, cur = 0, 0
+  local oat = tonumber(row[7])
+  local t = now
   local skewed = 0
-  if (ows and ows > ws + win) or (obws and obws > bws + bwin) then skewed = 1 end
-  if ows == ws + win then ws, w, prev, cur = ows, 1, oprev, ocur
+  if oat and oat > now then
+    if oat - now <= win then t = oat else skewed = 1 end
+  end
+  local ws = t - t % win
+  local w = 1 - (t - ws) / win
+  local bws = t - t % bwin
+  local bw = 1 - (t - bws) / bwin
+  if not oat and ((ows and ows > ws + win) or (obws and obws > bws + bwin)) then skewed = 1 end
+  local prev, cur = 0, 0
+  if ows == ws + win and not oat then ws, w, prev, cur = ows, 1, oprev, ocur
   elseif ows == ws then prev, cur = oprev, ocur elseif ows == ws - win then prev = ocur end
   local bprev, bcur = 0, 0
-  if obws == bws + bwin then bws, bw, bprev, bcur = obws, 1, obprev, obcur
+  if obws == bws + bwin and not oat then bws, bw, bprev, bcur = obws, 1, obprev, obcur
   elseif obws == bws then bprev, bcur = obprev, obcur elseif obws == bws - bwin then bprev = obcur end
   local room = math.floor(limit - prev * w - cur)
   local broom = math.floor(blimit - bprev * bw - bcur)
   local granted = math.max(0, math.min(wanted, room, broom))
   cur = cur + granted
   bcur = bcur + granted
-  redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev)
+  redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev, 'at', t)
   -- Kept while either window can still count: until the later of them has passed as the previous one.
   local ttl = math.max(ws + 2 * win, bws + 2 * bwin) - now
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
@@ -88,9 +101,9 @@ return 1`;
 
 export interface RedisLimiterStoreOptions {
   /**
-   * Told of each decision that found keys counted two or more windows ahead of this VM's clock
-   * (how many), whose counts it started afresh: only clocks a window or more apart do that, and
-   * then the limits the VMs share are not kept (see rollForward).
+   * Told of each decision that found keys decided more than a window ahead of this VM's clock (how
+   * many), whose counts it started afresh: only clocks a window or more apart do that, and then the
+   * limits the VMs share are not kept.
    */
   onClockSkew?: (keys: number) => void;
 }
@@ -165,15 +178,9 @@ export class RedisLimiterStore implements LeasableStore {
     const keys = checks.map((c) => `${PREFIX}${c.policy.id}:${c.key}`);
     const args: string[] = [String(group.length)];
     for (const { policy } of checks) {
-      const windowStart = windowStartOf(now, policy.windowMs);
-      const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
       args.push(
-        String(windowStart),
         String(policy.windowMs),
-        String(previousWeight(now, policy.windowMs)),
-        String(burstWindowStart),
         String(BURST_WINDOW_MS),
-        String(previousWeight(now, BURST_WINDOW_MS)),
         String(policy.limit),
         String(policy.burstLimit),
         String(now),

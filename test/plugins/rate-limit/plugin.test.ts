@@ -405,3 +405,39 @@ describe("keys for authenticated requests", () => {
     expect(statuses).toEqual([401, 401, 429]);
   });
 });
+
+describe("a clock set back", () => {
+  // Decided in the window the key was counted in, a check stamped before it counts that window's
+  // requests as if they had all come in the last minute: refused, but no step towards a block.
+  test("refusals decided in a window ahead of this clock block nobody", async () => {
+    const clock = new ManualClock(1_000);
+    current = buildTestApp({
+      clock,
+      env: {
+        RATE_LIMIT_PER_MINUTE: "10",
+        RATE_LIMIT_BURST: "10",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "3",
+      },
+    });
+    const target = current;
+    const peer = "198.51.100.40";
+    clock.advance(60_000);
+    for (let i = 0; i < 10; i++) {
+      expect((await send(target, "/openapi.json", { peer })).status).toBe(200);
+    }
+    clock.advance(-30_000);
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++)
+      statuses.push((await send(target, "/openapi.json", { peer })).status);
+    expect(statuses).toEqual([429, 429, 429, 429, 429, 429]);
+    expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+    // Counted and audited as refusals all the same.
+    const metrics = await (await send(target, "/metrics", { peer: "192.0.2.250" })).text();
+    expect(metrics).toContain('rate_limit_rejections_total{policy="default"} 6');
+    // Once the clock is back in that window, refusals count towards a block again.
+    clock.advance(31_000);
+    for (let i = 0; i < 3; i++)
+      expect((await send(target, "/openapi.json", { peer })).status).toBe(429);
+    expect((await send(target, "/openapi.json", { peer })).status).toBe(403);
+  });
+});

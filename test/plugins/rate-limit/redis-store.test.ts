@@ -125,6 +125,26 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     expect(ttl).toBeGreaterThan(116_000);
   });
 
+  test("a VM whose clock is behind decides at the instant the key was last decided, as the one ahead would", async () => {
+    const [ahead, behind] = [store(), store()];
+    const k = key();
+    const start = Math.floor(Date.now() / 60_000) * 60_000;
+    const sixty = policy(60, 1000);
+    const count = async (s: RedisLimiterStore, n: number, now: number) => {
+      const outcomes = await Promise.all(
+        Array.from({ length: n }, () => s.check([{ policy: sixty, key: k, now }])),
+      );
+      return outcomes.filter(([o]) => o!.admitted).length;
+    };
+    // 40 in one minute, then 10 half way through the next: the 40 weigh 20, 30 of 60 used.
+    expect(await count(ahead, 40, start + 100)).toBe(40);
+    expect(await count(ahead, 10, start + 90_000)).toBe(10);
+    // A clock 40 s behind, still in the first minute: 30 more fit, as on the VM ahead. Decided at
+    // the second minute's start, the 40 would weigh fully: 10 more, and the client refused.
+    expect(await count(behind, 35, start + 50_000)).toBe(30);
+    expect(await count(ahead, 1, start + 90_000)).toBe(0);
+  });
+
   test("keys counted two or more windows ahead are started afresh and reported, once per decision", async () => {
     const reported: number[] = [];
     const behind = new RedisLimiterStore(new RedisClient(redis.url), {
