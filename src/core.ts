@@ -41,7 +41,6 @@ import {
 import { registerQueryDurations } from "./plugins/metrics/database";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
 import { createMetricsRegistry, type Registry } from "./plugins/metrics/registry";
-import { clockSkewReporter } from "./plugins/rate-limit/clock-skew";
 import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/enforce";
 import { withLeases } from "./plugins/rate-limit/lease";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
@@ -142,17 +141,10 @@ export function createCore(options: CoreOptions): Core {
   const redis = config.redisUrl
     ? new RedisClient(config.redisUrl, { enableOfflineQueue: false, connectionTimeout: 2000 })
     : null;
-  const rateLimitMetrics = createRateLimitMetrics(registry);
   // Leases let a process admit a hot key's requests without a store decision each (lease.ts).
   const limiter =
     options.limiter ??
-    withLeases(
-      redis
-        ? new RedisLimiterStore(redis, {
-            onClockSkew: clockSkewReporter(rateLimitMetrics, logger, clock),
-          })
-        : new SqliteLimiterStore({ sqlite }),
-    );
+    withLeases(redis ? new RedisLimiterStore(redis) : new SqliteLimiterStore({ sqlite }));
   const readiness: Record<string, ReadinessCheck> = {
     // Ready means writable: a file another process holds locked (or that cannot be written)
     // answers reads but not a login. Takes the write lock for no work, waiting at most the short
@@ -170,7 +162,7 @@ export function createCore(options: CoreOptions): Core {
   }
   const metrics = {
     http: createHttpMetrics(registry),
-    rateLimit: rateLimitMetrics,
+    rateLimit: createRateLimitMetrics(registry),
     csrf: createCsrfMetrics(registry),
     auth: createAuthMetrics(registry),
   };

@@ -61,14 +61,6 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "More than 60 requests a minute refused 429 RATE_LIMITED for 5 minutes: a scraper, an abusive client, or a limit set too low for real traffic.",
   ),
   rule(
-    "PalisadeClockSkew",
-    `sum(increase(${r.rateLimitClockSkew}[10m])) > 0`,
-    "0m",
-    "ticket",
-    "VM clocks apart: {{ $value | humanize }} limiter keys started afresh in 10 minutes",
-    "A process found rate-limit keys in Redis decided more than a window ahead of its clock: the VMs' clocks are a window (a minute) or more apart, and the limits they share are not kept while they are.",
-  ),
-  rule(
     "PalisadeWebhookSignatureFailures",
     `sum by (provider) (increase(${r.webhookSignatureFailures}[10m])) > 5`,
     "0m",

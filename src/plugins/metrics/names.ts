@@ -16,11 +16,6 @@ export const METRIC = {
   rateLimitRejections: "rate_limit_rejections_total",
   /** Counter `{mode}`: limiter store failures (`open`: let through, `closed`: refused). */
   rateLimitStoreErrors: "rate_limit_store_errors_total",
-  /**
-   * Counter: limiter keys this process found decided more than a window ahead of its clock in
-   * Redis (the VMs' clocks a window or more apart), whose counts were started afresh.
-   */
-  rateLimitClockSkew: "rate_limit_clock_skew_total",
   /** Gauge: client addresses blocked right now. */
   ipBlocksActive: "ip_blocks_active",
   /** Counter `{reason}`: requests refused for their credentials or permissions. */

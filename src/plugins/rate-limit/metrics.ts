@@ -22,11 +22,6 @@ export function createRateLimitMetrics(registry: Registry) {
       labelNames: ["mode"] as const,
       registers: [registry],
     }),
-    clockSkew: new Counter({
-      name: METRIC.rateLimitClockSkew,
-      help: "Limiter keys found decided more than a window ahead of this process's clock (Redis), their counts started afresh",
-      registers: [registry],
-    }),
   };
 }
 

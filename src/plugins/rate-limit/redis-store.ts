@@ -27,59 +27,58 @@ import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./s
 
 const PREFIX = "palisade:rl:";
 
-// KEYS: one hash per check. ARGV: wanted, then 5 values per check: window ms, burst window ms,
-// limit, burst limit, now (this VM's clock).
-// Returns, per check decided (it stops after the first that granted nothing), its eight numbers.
+// KEYS: one hash per check. ARGV: wanted; the instant to decide at, or anything else to decide at
+// Redis's own clock (TIME); then 4 values per check: window ms, burst window ms, limit, burst limit.
+// Returns, per check decided (it stops after the first that granted nothing), eight numbers: the
+// windows after the decision, the permits granted, and the instant it was decided at.
 //
-// Each hash keeps the instant it was last decided at (`at`), and a check stamped before it is
-// decided at that instant: a VM whose clock is behind another's decides exactly as the one ahead
-// did, rather than in its own older window (which would see no counts, grant a fresh limit and
-// write the hash back into the past) or at the start of the hash's window with the previous count
-// weighing fully (which refused, then got blocked, clients at half their limit; probes 25b, 25c).
-// Up to one long window behind: a hash decided further ahead is started afresh in the check's own
-// window, since holding it at that instant would freeze a client's count until this clock caught
-// up; the eighth number says so (only clocks a window or more apart make one). A hash written
-// before `at` was kept, and found one window ahead, is decided in that window at its start, as
-// rollForward does for SQLite. The expiry is only ever moved later: a VM whose clock is ahead would
-// otherwise cut it short for the others.
+// Deciding at Redis's clock, every VM decides on one clock: a VM whose clock is behind another's
+// decides as the one ahead does. Decided at each VM's own clock, a key counted by a VM ahead was in
+// a later window than the VM behind's: started afresh there it lost its counts (probe 24c: a locked
+// account unlocked), decided at that window's start it counted too much (25b, 25c: clients at half
+// their limit refused, then blocked), decided at the instant the VM ahead last decided it, a client
+// moving to the VM behind stood still at that instant (25d). A hash already in the next window
+// (Redis's clock set back; a hash written by a VM on its own clock, as in tests and during an
+// upgrade from a release that did) is decided in that window at its start, as rollForward does for
+// SQLite; one further ahead is started afresh (why: see rollForward). The expiry is only ever moved
+// later.
 const SCRIPT = `
 local wanted = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+if not now then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
 local out = {}
 for i = 1, #KEYS do
   if wanted <= 0 then break end
-  local a = 1 + (i - 1) * 5
+  local a = 2 + (i - 1) * 4
   local win, bwin = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local limit, blimit, now = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local row = redis.call('HMGET', KEYS[i], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev', 'at')
+  local limit, blimit = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local ws = now - now % win
+  local w = 1 - (now - ws) / win
+  local bws = now - now % bwin
+  local bw = 1 - (now - bws) / bwin
+  local row = redis.call('HMGET', KEYS[i], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
   local ows, ocur, oprev = tonumber(row[1]), tonumber(row[2]) or 0, tonumber(row[3]) or 0
   local obws, obcur, obprev = tonumber(row[4]), tonumber(row[5]) or 0, tonumber(row[6]) or 0
-  local oat = tonumber(row[7])
-  local t = now
-  local skewed = 0
-  if oat and oat > now then
-    if oat - now <= win then t = oat else skewed = 1 end
-  end
-  local ws = t - t % win
-  local w = 1 - (t - ws) / win
-  local bws = t - t % bwin
-  local bw = 1 - (t - bws) / bwin
-  if not oat and ((ows and ows > ws + win) or (obws and obws > bws + bwin)) then skewed = 1 end
   local prev, cur = 0, 0
-  if ows == ws + win and not oat then ws, w, prev, cur = ows, 1, oprev, ocur
+  if ows == ws + win then ws, w, prev, cur = ows, 1, oprev, ocur
   elseif ows == ws then prev, cur = oprev, ocur elseif ows == ws - win then prev = ocur end
   local bprev, bcur = 0, 0
-  if obws == bws + bwin and not oat then bws, bw, bprev, bcur = obws, 1, obprev, obcur
+  if obws == bws + bwin then bws, bw, bprev, bcur = obws, 1, obprev, obcur
   elseif obws == bws then bprev, bcur = obprev, obcur elseif obws == bws - bwin then bprev = obcur end
   local room = math.floor(limit - prev * w - cur)
   local broom = math.floor(blimit - bprev * bw - bcur)
   local granted = math.max(0, math.min(wanted, room, broom))
   cur = cur + granted
   bcur = bcur + granted
-  redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev, 'at', t)
+  redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev)
   -- Kept while either window can still count: until the later of them has passed as the previous one.
   local ttl = math.max(ws + 2 * win, bws + 2 * bwin) - now
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
-  table.insert(out, {ws, prev, cur, bws, bprev, bcur, granted, skewed})
+  table.insert(out, {ws, prev, cur, bws, bprev, bcur, granted, now})
   wanted = granted
 end
 return out`;
@@ -101,16 +100,21 @@ return 1`;
 
 export interface RedisLimiterStoreOptions {
   /**
-   * Told of each decision that found keys decided more than a window ahead of this VM's clock (how
-   * many), whose counts it started afresh: only clocks a window or more apart do that, and then the
-   * limits the VMs share are not kept.
+   * Whose clock decides: Redis's (the default: every VM on one clock), or each check's own `now`
+   * (tests that move a clock by hand through windows).
    */
-  onClockSkew?: (keys: number) => void;
+  time?: "redis" | "caller";
 }
 
 export class RedisLimiterStore implements LeasableStore {
   private readonly queue = new CheckQueue((groups, returns) => this.runGroups(groups, returns));
   private sha: Promise<string> | null = null;
+  /**
+   * This VM's clock minus Redis's, at the last decision: the windows of an outcome are told in
+   * this VM's time (its headers, leases and give-backs reckon with its own `now`), and a
+   * give-back's windows translated back.
+   */
+  private offset = 0;
 
   constructor(
     private readonly client: RedisClient,
@@ -156,9 +160,9 @@ export class RedisLimiterStore implements LeasableStore {
           GIVE_BACK_SCRIPT,
           "1",
           `${PREFIX}${r.policy.id}:${r.key}`,
-          String(r.windowStart),
+          String(this.redisWindow(r.windowStart, r.policy.windowMs)),
           String(r.policy.windowMs),
-          String(r.burstWindowStart),
+          String(this.redisWindow(r.burstWindowStart, BURST_WINDOW_MS)),
           String(BURST_WINDOW_MS),
           String(r.count),
         ])
@@ -176,21 +180,22 @@ export class RedisLimiterStore implements LeasableStore {
     const checks = group[0]!.checks;
     const now = latestNow(group);
     const keys = checks.map((c) => `${PREFIX}${c.policy.id}:${c.key}`);
-    const args: string[] = [String(group.length)];
+    const lease = leaseOf(group);
+    const args = [
+      String(group.length + lease.extra),
+      this.options.time === "caller" ? String(now) : "redis",
+    ];
     for (const { policy } of checks) {
       args.push(
         String(policy.windowMs),
         String(BURST_WINDOW_MS),
         String(policy.limit),
         String(policy.burstLimit),
-        String(now),
       );
     }
-    const lease = leaseOf(group);
-    args[0] = String(group.length + lease.extra);
     const rows = (await this.evaluate(keys, args)) as number[][];
-    const skewed = rows.reduce((n, row) => n + (row[7] === 1 ? 1 : 0), 0);
-    if (skewed > 0) this.options.onClockSkew?.(skewed);
+    const offset = rows.length > 0 ? now - rows[0]![7]! : this.offset;
+    this.offset = offset;
     // The script stops after the first policy that granted nothing, as shareGrants does.
     return shareGrants(
       group.length,
@@ -200,10 +205,10 @@ export class RedisLimiterStore implements LeasableStore {
         if (row === undefined) return undefined;
         return {
           state: {
-            windowStart: row[0]!,
+            windowStart: row[0]! + offset,
             previous: row[1]!,
             current: row[2]!,
-            burstWindowStart: row[3]!,
+            burstWindowStart: row[3]! + offset,
             burstPrevious: row[4]!,
             burstCurrent: row[5]!,
           },
@@ -212,6 +217,14 @@ export class RedisLimiterStore implements LeasableStore {
       },
       lease,
     );
+  }
+
+  /**
+   * A window start as this VM told it back to Redis's: the offset moves by the latency of a
+   * decision (milliseconds) between one and the next, so the nearest window is the one.
+   */
+  private redisWindow(start: number, windowMs: number): number {
+    return Math.round((start - this.offset) / windowMs) * windowMs;
   }
 
   /** EVALSHA, loading the script on first use and again if Redis forgot it (a restart). */

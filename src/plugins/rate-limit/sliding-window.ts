@@ -34,13 +34,15 @@ export function previousWeight(now: number, windowMs: number): number {
 }
 
 /**
- * A state already in a window that starts after `now` was decided there, at its start, for a
- * check stamped before it (another VM's clock ahead, another process rolling the row while the
- * check waited: see rollForward); it is read at that start too.
+ * The previous count weighs by how much of the state's own window is left at `now`: the same as
+ * `previousWeight(now)` for a state in `now`'s window, and right for one whose windows are told in
+ * this clock's time but were cut on another's (the Redis store decides on Redis's clock). A state
+ * in a window that starts after `now` was decided at that start, for a check stamped before it
+ * (another process rolled the row while the check waited: see rollForward), and is read there.
  */
 export function estimate(state: WindowState, now: number, windowMs: number): number {
-  const at = Math.max(state.windowStart, now);
-  return state.previous * previousWeight(at, windowMs) + state.current;
+  const elapsed = Math.min(Math.max(now - state.windowStart, 0), windowMs);
+  return state.previous * (1 - elapsed / windowMs) + state.current;
 }
 
 export function remaining(state: WindowState, now: number, windowMs: number, limit: number) {
