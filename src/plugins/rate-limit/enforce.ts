@@ -168,9 +168,9 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     const policyId = refusedBy.id;
     const key = keyOf(keys, refusedAt);
     metrics.rejections.labels(policyId).inc();
-    // A refusal decided in a window that starts after this clock's now (a clock set back, or behind
-    // another VM's: rollForward) may have counted more than the client sent in the last window:
-    // refused, but no step towards a block (probes 25b, 25c: clients at half their limit blocked).
+    // A refusal decided in a window that starts after this clock's now (the clock set back:
+    // rollForward) may have counted more than the client sent in the last window: refused, but no
+    // step towards a block (probes 25b, 25c: clients at half their limit blocked).
     const refusedOutcome = outcomes[refusedAt]!;
     const decidedAhead = refusedOutcome.windowStart > now || refusedOutcome.burstWindowStart > now;
     const violation = refusedBy.refusalIsViolation !== false && !decidedAhead;

@@ -100,14 +100,14 @@ function storedCount(stored: unknown): number {
  * One window of a stored row (both stores' decisions) rolled forward to `now`, with the
  * weight of its previous count: its current count becomes the previous one
  * if the row is one window behind, and both are 0 if it is further behind. A check decided after it
- * waited (a busy lock, the backlog), or stamped by a clock behind another's, may find the row
- * already in the next window, counted there: it is then decided in that window, at its start (the
+ * waited (a busy lock, the backlog), or stamped after the clock was set back (or, in Redis, by a VM
+ * on the release before Redis's clock decided), may find the row already in the next window: it is then decided in that window, at its start (the
  * previous count weighing fully, the most it can), never with its own older window, which would
  * see both counts as 0, grant a fresh limit and write the row back into the past.
  *
  * Only the next window: decided at that window's start, a check overestimates the count by the
- * part of the previous one that has slid out since, which is small while the clocks are seconds
- * apart. A row further ahead is started afresh: held at its counts, it would refuse a client at
+ * part of the previous one that has slid out since, which is small for a wait or a small step. A
+ * row further ahead is started afresh: held at its counts, it would refuse a client at
  * half its limit until this clock caught up (probe 25b F1: blocked for 15 minutes after a clock
  * was set back 2), and an edited row would hold a key for as long as it was dated ahead.
  */
