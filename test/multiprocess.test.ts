@@ -64,15 +64,11 @@ test("three processes on one file admit exactly 50 of 300 concurrent requests fo
     );
     expect(responses.every((s) => s === 200 || s === 429 || s === 403)).toBe(true);
     // Request j went to process j % 3, 100 to each. Together they admitted exactly the limit: had
-    // any process counted on its own, it alone would have admitted 50. Which one admitted how
-    // many is timing — a process slow to take its share refuses all of it, having read the
-    // others' count (one such run failed an "every process admitted some" here) — but the limit
-    // was shared by more than one.
-    const admittedBy = [0, 1, 2].map(
-      (i) => responses.filter((s, j) => j % 3 === i && s === 200).length,
-    );
-    expect(admittedBy.filter((admitted) => admitted > 0).length).toBeGreaterThanOrEqual(2);
-    expect(admittedBy.reduce((a, b) => a + b, 0)).toBe(50);
+    // each counted on its own, each would have admitted 50, 150 in all (the refused address is
+    // blocked after a few refusals: 403 from then on). Which one admitted how many is timing — a
+    // process quick to take the whole limit leaves the others none (runs failed an "every process
+    // admitted some", then a "two admitted some").
+    expect(responses.filter((s) => s === 200)).toHaveLength(50);
     const db = new Database(env.DATABASE_PATH, { readonly: true });
     const row = db
       .query(
