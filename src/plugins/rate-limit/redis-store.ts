@@ -6,7 +6,8 @@
  * The same decision as the SQLite store, made by one Lua script per check list so it is atomic in
  * Redis: each (policy, key) is a hash holding both windows' counts; the script rolls the windows,
  * grants as many of the wanted permits as fit under both limits, counts them, and sets the hash to
- * expire when it no longer matters (so there is nothing to prune). Concurrent checks of one key in
+ * expire when it no longer matters (so there is nothing to prune). It decides on Redis's clock, so
+ * the VMs' clocks do not reach the limits they share (see SCRIPT). Concurrent checks of one key in
  * one event-loop turn are coalesced into one script call asking for that many permits, as in the
  * SQLite store; Bun's client pipelines the calls of one turn.
  *
