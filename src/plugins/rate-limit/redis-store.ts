@@ -27,6 +27,8 @@ import { BURST_WINDOW_MS, type Policy } from "./policies";
 import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
 const PREFIX = "palisade:rl:";
+/** Outcome windows remembered for give-backs; a lease lives 200 ms, so recent ones are enough. */
+const TOLD_WINDOWS_KEPT = 4096;
 
 // KEYS: one hash per check. ARGV: wanted; the instant to decide at, or anything else to decide at
 // Redis's own clock (TIME); then 4 values per check: window ms, burst window ms, limit, burst limit.
@@ -116,6 +118,12 @@ export class RedisLimiterStore implements LeasableStore {
    * give-back's windows translated back.
    */
   private offset = 0;
+  /**
+   * The window starts of recent outcomes as told to this VM, and Redis's: a give-back comes with
+   * the former, and the offset may have moved since (this VM's clock stepped) by more than half a
+   * burst window, where rounding would pick the wrong one. Cleared when it grows past a bound.
+   */
+  private readonly toldWindows = new Map<number, number>();
 
   constructor(
     private readonly client: RedisClient,
@@ -197,6 +205,13 @@ export class RedisLimiterStore implements LeasableStore {
     const rows = (await this.evaluate(keys, args)) as number[][];
     const offset = rows.length > 0 ? now - rows[0]![7]! : this.offset;
     this.offset = offset;
+    if (this.options.time !== "caller") {
+      if (this.toldWindows.size > TOLD_WINDOWS_KEPT) this.toldWindows.clear();
+      for (const row of rows) {
+        this.toldWindows.set(row[0]! + offset, row[0]!);
+        this.toldWindows.set(row[3]! + offset, row[3]!);
+      }
+    }
     // The script stops after the first policy that granted nothing, as shareGrants does.
     return shareGrants(
       group.length,
@@ -221,11 +236,12 @@ export class RedisLimiterStore implements LeasableStore {
   }
 
   /**
-   * A window start as this VM told it back to Redis's: the offset moves by the latency of a
-   * decision (milliseconds) between one and the next, so the nearest window is the one.
+   * A window start as this VM told it back to Redis's: as told at its decision, or else the nearest
+   * window at the latest offset (which moves by the latency of a decision, milliseconds, unless
+   * this VM's clock steps).
    */
   private redisWindow(start: number, windowMs: number): number {
-    return Math.round((start - this.offset) / windowMs) * windowMs;
+    return this.toldWindows.get(start) ?? Math.round((start - this.offset) / windowMs) * windowMs;
   }
 
   /** EVALSHA, loading the script on first use and again if Redis forgot it (a restart). */

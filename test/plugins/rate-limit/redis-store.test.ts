@@ -207,6 +207,29 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
       }
     });
 
+    test("a give-back after this VM's clock stepped takes the permit off the window it was counted in", async () => {
+      const two = policy(2, 2);
+      const s = onRedisTime();
+      const k = key();
+      const now = Date.now();
+      const [first] = await s.check([{ policy: two, key: k, now }]);
+      await s.check([{ policy: two, key: k, now }]);
+      // The clock steps 7 s forward: the offset to Redis's clock moves with it.
+      const [refused] = await s.check([{ policy: two, key: k, now: now + 7_000 }]);
+      expect(refused!.admitted).toBe(false);
+      s.giveBack([
+        {
+          policy: two,
+          key: k,
+          windowStart: first!.windowStart,
+          burstWindowStart: first!.burstWindowStart,
+          count: 1,
+        },
+      ]);
+      const [again] = await s.check([{ policy: two, key: k, now: now + 7_000 }]);
+      expect(again!.admitted).toBe(true);
+    });
+
     test("two apps on Redis whose clocks are 130 s apart: a client under its limit is never refused, one over it is", async () => {
       const env = {
         REDIS_URL: redis.url,
