@@ -180,11 +180,12 @@ export class LeasingStore implements LimiterStore {
     return outcomes;
   }
 
-  /** Any lease of the key alone ends first (its unused permits would be given back after). */
+  /** Permits counted ahead by a caller (a sign-in failure counted before its password proved right). */
   giveBack(permits: readonly UnusedPermits[]): void {
     this.store.giveBack(permits);
   }
 
+  /** Any lease of the key alone ends first (its unused permits would be given back after). */
   reset(policy: Policy, key: string): Promise<void> {
     const entry = this.demand.get(signatureOf([{ policy, key, now: 0 }]));
     if (entry?.lease) this.end(entry);
