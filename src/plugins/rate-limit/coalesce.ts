@@ -2,8 +2,8 @@
  * @module
  * What both limiter stores do around their one atomic decision: queue the checks of one
  * event-loop turn, group those asking the same policies for the same key (one decision asks for
- * that many permits, and a lease's permits after theirs), share the decision's grants out in
- * arrival order, and read a stored window back as an estimate.
+ * that many permits, and a lease's permits after theirs), and share the decision's grants out in
+ * arrival order.
  */
 import type { Grant, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
 
