@@ -45,7 +45,7 @@ import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/en
 import { withLeases } from "./plugins/rate-limit/lease";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
-import { RedisLimiterStore } from "./plugins/rate-limit/redis-store";
+import { RedisLimiterStore, withDeadline } from "./plugins/rate-limit/redis-store";
 import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "./plugins/rate-limit/store";
 import { createErrorReporter, type ErrorReporter } from "./plugins/sentry";
@@ -157,7 +157,7 @@ export function createCore(options: CoreOptions): Core {
   };
   if (redis) {
     readiness.redis = async () => {
-      await redis.send("PING", []);
+      await withDeadline(redis.send("PING", []), 500, "PING");
     };
   }
   const metrics = {

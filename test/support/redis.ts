@@ -14,6 +14,9 @@ if (!redisAvailable && process.env.CI === "true") {
 export interface RedisServer {
   url: string;
   stop(): Promise<void>;
+  /** Stops the server answering, connections left open (SIGSTOP): a stalled Redis. */
+  pause(): void;
+  resume(): void;
 }
 
 export async function startRedis(): Promise<RedisServer> {
@@ -54,8 +57,15 @@ export async function startRedis(): Promise<RedisServer> {
   return {
     url,
     async stop() {
+      proc.kill("SIGCONT");
       proc.kill("SIGTERM");
       await proc.exited;
+    },
+    pause() {
+      proc.kill("SIGSTOP");
+    },
+    resume() {
+      proc.kill("SIGCONT");
     },
   };
 }

@@ -107,6 +107,23 @@ export interface RedisLimiterStoreOptions {
    * (tests that move a clock by hand through windows).
    */
   time?: "redis" | "caller";
+  /**
+   * How long a decision may wait for Redis before it fails (the plugin then fails open or closed).
+   * A Redis that stops answering on an open connection (stalled, paused, a network that drops
+   * packets) would otherwise hold every limited request for as long as it lasts (probe 25f F1).
+   * A decision that ran after its deadline counted permits nobody used: fewer admitted, never more.
+   * @default 500, as long as the SQLite store waits for a locked file
+   */
+  deadlineMs?: number;
+}
+
+/** Rejects with a store failure when `work` has not settled within `ms`. */
+export function withDeadline<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: Timer | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer from Redis in ${ms} ms`)), ms);
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 export class RedisLimiterStore implements LeasableStore {
@@ -202,7 +219,11 @@ export class RedisLimiterStore implements LeasableStore {
         String(policy.burstLimit),
       );
     }
-    const rows = (await this.evaluate(keys, args)) as number[][];
+    const rows = (await withDeadline(
+      this.evaluate(keys, args),
+      this.options.deadlineMs ?? 500,
+      "rate-limit decision",
+    )) as number[][];
     const offset = rows.length > 0 ? now - rows[0]![7]! : this.offset;
     this.offset = offset;
     if (this.options.time !== "caller") {

@@ -342,6 +342,37 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     }
   });
 
+  test("with Redis stalled on an open connection, answers come within the deadline, and it recovers", async () => {
+    const own = await startRedis();
+    const target = buildTestApp({ env: { REDIS_URL: own.url } });
+    await target.services.start();
+    try {
+      expect((await send(target, "/openapi.json")).status).toBe(200);
+      own.pause();
+      // Each answer waits for the 500 ms deadline at most, not for Redis (a stall of minutes).
+      const timed = async (path: string, options = {}) => {
+        const started = performance.now();
+        const response = await send(target, path, options);
+        return { status: response.status, ms: performance.now() - started };
+      };
+      const open = await timed("/openapi.json");
+      const login = await timed("/api/auth/login", {
+        body: { email: "a@example.test", password: "whatever-it-is" },
+      });
+      const ready = await timed("/ready");
+      expect([open.status, login.status, ready.status]).toEqual([200, 503, 503]);
+      for (const answer of [open, login, ready]) expect(answer.ms).toBeLessThan(5_000);
+      own.resume();
+      await waitFor(async () => (await send(target, "/ready")).status === 200, {
+        what: "ready again once Redis answers",
+      });
+    } finally {
+      own.resume();
+      target.close();
+      await own.stop();
+    }
+  });
+
   test("with Redis down, public routes stay open, auth routes answer 503, /ready says so", async () => {
     const own = await startRedis();
     const target = buildTestApp({ env: { REDIS_URL: own.url } });
