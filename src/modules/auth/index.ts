@@ -157,6 +157,8 @@ export function authModule(options: AuthModuleOptions) {
         );
         if (outcome.code === "LOCKED") {
           metrics.fail("locked");
+          // The per-account limit's headers said there was room; the lock's answer is Retry-After.
+          if (headers) for (const name in headers) delete set.headers[name];
           throw new AppError(
             "RATE_LIMITED",
             "Too many failed sign-ins for this account; try again later.",

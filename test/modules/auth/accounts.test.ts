@@ -427,6 +427,9 @@ describe("login", () => {
           const locked = await login(target, session.email, STRONG_PASSWORD);
           expect(await isLock(locked)).toBe(true);
           const wait = Number(locked.headers.get("retry-after"));
+          // No RateLimit headers of the per-account limit saying there is room (probe 25f F4).
+          expect(locked.headers.get("ratelimit")).toBeNull();
+          expect(locked.headers.get("x-ratelimit-remaining")).toBeNull();
           // Until the ten weigh nine: 1½ minutes into the next window.
           expect(wait).toBe((WINDOW - lockedAt + 90_000) / 1000);
           clock.advance(wait * 1000 - 1_000);
