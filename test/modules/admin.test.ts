@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
+import { ManualClock } from "../support/clock";
 import { untoldInstance } from "../support/instance";
 
 let current: TestApp | null = null;
@@ -309,6 +310,185 @@ describe("a credential revoked in the second before this process reads the revoc
       ]);
     } finally {
       other.close();
+    }
+  });
+});
+
+describe("the admin lists page (api-keys, blocks)", () => {
+  type Page<Item> = { items: Item[]; nextCursor: string | null };
+  const pages = async <Item>(
+    target: TestApp,
+    route: string,
+    field: string,
+    token: string,
+    limit: number,
+  ) => {
+    const seen: Page<Item>[] = [];
+    let cursor: string | null = null;
+    do {
+      const query = `limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+      const response = await send(target, `${route}?${query}`, { headers: bearer(token) });
+      expect(response.status).toBe(200);
+      const body = (await response.json()) as Record<string, unknown> & {
+        nextCursor: string | null;
+      };
+      seen.push({ items: body[field] as Item[], nextCursor: body.nextCursor });
+      cursor = body.nextCursor;
+    } while (cursor !== null && seen.length < 20);
+    return seen;
+  };
+
+  test("keys page newest first, ties by id, each key once; a key made between pages is not repeated", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const admin = await signUp(current, { role: "admin" });
+    const made: string[] = [];
+    for (let i = 0; i < 7; i++) {
+      // Two keys share each instant: the id orders them.
+      if (i % 2 === 0) clock.advance(1_000);
+      made.push(createKey(current, ["chat"]).record.id);
+    }
+    const newestFirst = current.db.$client
+      .query("SELECT id FROM api_keys ORDER BY created_at DESC, id DESC")
+      .all()
+      .map((row) => (row as { id: string }).id);
+    expect(newestFirst).toHaveLength(7);
+
+    const listed = await pages<{ id: string; tampered: boolean }>(
+      current,
+      "/api/admin/api-keys",
+      "keys",
+      admin.accessToken,
+      3,
+    );
+    expect(listed.map((page) => page.items.length)).toEqual([3, 3, 1]);
+    expect(listed.at(-1)!.nextCursor).toBeNull();
+    expect(listed.flatMap((page) => page.items.map((key) => key.id))).toEqual(newestFirst);
+
+    // A key made after the first page is newer than its cursor: the next pages hold the rest once.
+    const first = listed[0]!;
+    clock.advance(1_000);
+    createKey(current, ["chat"]);
+    const rest: string[] = [];
+    let cursor = first.nextCursor;
+    while (cursor !== null) {
+      const response = await send(
+        current,
+        `/api/admin/api-keys?limit=3&cursor=${encodeURIComponent(cursor)}`,
+        { headers: bearer(admin.accessToken) },
+      );
+      const body = (await response.json()) as { keys: { id: string }[]; nextCursor: string | null };
+      rest.push(...body.keys.map((key) => key.id));
+      cursor = body.nextCursor;
+    }
+    expect(rest).toEqual(newestFirst.slice(3));
+
+    // Without a limit a page holds 100: all eight here, the newest first.
+    const all = await send(current, "/api/admin/api-keys", { headers: bearer(admin.accessToken) });
+    const body = (await all.json()) as { keys: { id: string }[]; nextCursor: string | null };
+    expect(body.keys).toHaveLength(8);
+    expect(body.nextCursor).toBeNull();
+  });
+
+  test("a key failing its seal is marked on whichever page it falls", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const admin = await signUp(current, { role: "admin" });
+    const owner = await signUp(current);
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      clock.advance(1_000);
+      ids.push(createKey(current, ["chat"], i === 0 ? owner.userId : null).record.id);
+    }
+    // The oldest key's owner and the second oldest key are edited in the file: both on page 3.
+    current.db.$client.run("UPDATE users SET role = 'admin' WHERE id = ?", [owner.userId]);
+    current.db.$client.run("UPDATE api_keys SET scopes = '[\"admin\"]' WHERE id = ?", [ids[1]!]);
+    const listed = await pages<{ id: string; tampered: boolean; owner: { id: string } | null }>(
+      current,
+      "/api/admin/api-keys",
+      "keys",
+      admin.accessToken,
+      2,
+    );
+    const keys = listed.flatMap((page) => page.items);
+    expect(keys.map((key) => [key.id, key.tampered])).toEqual([
+      [ids[4], false],
+      [ids[3], false],
+      [ids[2], false],
+      [ids[1], true],
+      [ids[0], true],
+    ]);
+    expect(keys.at(-1)!.owner).toEqual({ id: owner.userId, email: owner.email });
+  });
+
+  test("blocks in force page newest first, each once; lifted and expired ones are not listed", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const admin = await signUp(current, { role: "admin" });
+    const { ipBlocks } = current.services;
+    const made: number[] = [];
+    for (let i = 0; i < 9; i++) {
+      if (i % 3 === 0) clock.advance(1_000);
+      const ttlMs = i === 4 ? 2_000 : 60 * 60_000;
+      made.push(
+        ipBlocks.block({ address: `192.0.2.${10 + i}`, reason: "test", ttlMs, source: "admin" }).id,
+      );
+    }
+    const lifted = await send(current, `/api/admin/blocks/${made[7]}`, {
+      method: "DELETE",
+      headers: bearer(admin.accessToken),
+    });
+    expect(lifted.status).toBe(204);
+    clock.advance(5_000); // block 4 has expired
+    const inForce = current.db.$client
+      .query(
+        "SELECT id FROM ip_blocks WHERE lifted_at IS NULL AND expires_at > ? ORDER BY created_at DESC, id DESC",
+      )
+      .all(clock.now())
+      .map((row) => (row as { id: number }).id);
+    expect(inForce).toHaveLength(7);
+    const listed = await pages<{ id: number }>(
+      current,
+      "/api/admin/blocks",
+      "blocks",
+      admin.accessToken,
+      3,
+    );
+    expect(listed.map((page) => page.items.length)).toEqual([3, 3, 1]);
+    expect(listed.flatMap((page) => page.items.map((block) => block.id))).toEqual(inForce);
+  });
+
+  test("a cursor the route did not give, or a limit out of 1–500, is 422 naming the parameter", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    createKey(current, ["chat"]);
+    createKey(current, ["chat"]);
+    const keysPage = (await (
+      await send(current, "/api/admin/api-keys?limit=1", { headers: bearer(admin.accessToken) })
+    ).json()) as { nextCursor: string };
+    const keyCursor = encodeURIComponent(keysPage.nextCursor);
+    for (const [route, query] of [
+      ["/api/admin/api-keys", "cursor=not-a-cursor"],
+      ["/api/admin/api-keys", `cursor=${Buffer.from("1.a.b").toString("base64url")}`],
+      ["/api/admin/blocks", "cursor=not-a-cursor"],
+      // A key's cursor names a key id: no block has one.
+      ["/api/admin/blocks", `cursor=${keyCursor}`],
+      ["/api/admin/api-keys", "limit=0"],
+      ["/api/admin/api-keys", "limit=501"],
+      ["/api/admin/blocks", "limit=501"],
+      ["/api/admin/blocks", "limit=1.5"],
+    ] as const) {
+      const response = await send(current, `${route}?${query}`, {
+        headers: bearer(admin.accessToken),
+      });
+      expect(response.status).toBe(422);
+      const problem = (await response.json()) as { code: string; errors: { field: string }[] };
+      expect(problem.code).toBe("VALIDATION_FAILED");
+      // A coerced integer out of its range is named "property" by Elysia (see the conversations
+      // list's test); every other refusal names the parameter.
+      if (!/^limit=(0|501)$/.test(query)) {
+        expect(problem.errors[0]!.field).toBe(`query/${query.split("=")[0]}`);
+      }
     }
   });
 });

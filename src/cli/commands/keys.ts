@@ -76,21 +76,20 @@ export const keysList: Command = {
   usage: "keys:list",
   run(_args, context) {
     const { apiKeys, clock } = context.services();
-    const keys = apiKeys.list();
+    const { keys } = apiKeys.listChecked();
     if (keys.length === 0) {
       context.out("no API keys");
       return 0;
     }
     const now = clock.now();
-    for (const key of keys) {
-      const state = !apiKeys.intact(key.id)
-        ? "refused (does not match its seal: written into the database file)"
+    for (const { record: key, seals } of keys) {
+      const state = seals.tampered
+        ? "refused (it or its owner's account does not match its seal: written into the database file)"
         : key.revokedAt !== null
           ? "revoked"
           : key.expiresAt !== null && key.expiresAt <= now
             ? "expired"
             : "active";
-      const seals = apiKeys.sealsOf(key);
       const lineage = seals.lineageTampered
         ? "  lineage refused (does not match its seal: no payments for a key acting for no user, no rotation)"
         : "";

@@ -6,6 +6,7 @@
  */
 import { Elysia, t } from "elysia";
 import { AppError, problemResponses } from "../../errors";
+import { decodeCursor, type ListCursor } from "../../list-cursor";
 import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
@@ -25,6 +26,7 @@ import {
 } from "../auth/api-keys";
 import { queryAuditEvents } from "./audit-query";
 import {
+  ADMIN_PAGE,
   ApiKeyList,
   AuditPage,
   AuditQuery,
@@ -34,6 +36,7 @@ import {
   IdParams,
   NewBlockBody,
   NewKeyBody,
+  PageQuery,
   RotateBody,
   SecuritySummaryQuery,
   SecuritySummaryView,
@@ -72,6 +75,23 @@ function view(
     owner: userId === null ? null : { id: userId, email: ownerEmail ?? "" },
     ...seals,
   };
+}
+
+const invalidCursor = () =>
+  new AppError("VALIDATION_FAILED", "The cursor is not one this API gave.", [
+    { field: "query/cursor", message: "Expected a nextCursor from a previous page" },
+  ]);
+
+/** A list's page as its query asks: 422 for a cursor this API never gave. */
+function pageOf(query: { cursor?: string; limit?: number }): {
+  cursor?: ListCursor;
+  limit: number;
+} {
+  const limit = query.limit ?? ADMIN_PAGE;
+  if (query.cursor === undefined) return { limit };
+  const cursor = decodeCursor(query.cursor);
+  if (cursor === null) throw invalidCursor();
+  return { cursor, limit };
 }
 
 /** Every admin route is on the default policy (per principal). */
@@ -138,16 +158,21 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/api-keys",
-      ({ principal, request, client, requestId, path }) => {
+      ({ principal, request, client, requestId, path, query }) => {
+        const page = pageOf(query);
         record({ principal, request, client, requestId, path }, "admin.keys.listed");
-        return {
-          keys: apiKeys.list().map((key) => view(key, apiKeys.sealsOf(key))),
-        };
+        const { keys, nextCursor } = apiKeys.listChecked(page);
+        return { keys: keys.map(({ record, seals }) => view(record, seals)), nextCursor };
       },
       {
         auth: admin,
-        response: { 200: ApiKeyList },
-        detail: { tags, summary: "List API keys with their owners (never their secrets)" },
+        query: PageQuery,
+        response: { 200: ApiKeyList, ...problemResponses(422) },
+        detail: {
+          tags,
+          summary:
+            "List API keys with their owners (never their secrets), newest first (cursor pagination)",
+        },
       },
     )
     .delete(
@@ -270,14 +295,21 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/blocks",
-      ({ principal, request, client, requestId, path }) => {
+      ({ principal, request, client, requestId, path, query }) => {
+        const { cursor, limit } = pageOf(query);
+        // Block ids are integers: a cursor naming another kind of id is not one this route gave.
+        if (cursor !== undefined && !/^\d{1,16}$/.test(cursor.id)) throw invalidCursor();
         record({ principal, request, client, requestId, path }, "admin.blocks.listed");
-        return { blocks: ipBlocks.listActive() };
+        return ipBlocks.activePage({
+          cursor: cursor && { createdAt: cursor.createdAt, id: Number(cursor.id) },
+          limit,
+        });
       },
       {
         auth: admin,
-        response: { 200: BlockList },
-        detail: { tags, summary: "IP blocks in force" },
+        query: PageQuery,
+        response: { 200: BlockList, ...problemResponses(422) },
+        detail: { tags, summary: "IP blocks in force, newest first (cursor pagination)" },
       },
     )
     .post(

@@ -120,9 +120,26 @@ export const BlockView = t.Object({
   expiresAt: t.Number(),
 });
 
-export const ApiKeyList = t.Object({ keys: t.Array(ApiKeyView) });
+/** Admin lists page at this many items unless `limit` says otherwise. */
+export const ADMIN_PAGE = 100;
 
-export const BlockList = t.Object({ blocks: t.Array(BlockView) });
+/** `cursor` and `limit` of a list that pages newest first (api-keys, blocks). */
+export const PageQuery = t.Object({
+  cursor: t.Optional(
+    t.String({ maxLength: 200, description: "`nextCursor` of the previous page" }),
+  ),
+  limit: t.Optional(
+    t.Integer({ minimum: 1, maximum: 500, description: `${ADMIN_PAGE} by default` }),
+  ),
+});
+
+const NextCursor = Nullable(
+  t.String({ description: "Pass as `cursor` for the next page; null on the last page" }),
+);
+
+export const ApiKeyList = t.Object({ keys: t.Array(ApiKeyView), nextCursor: NextCursor });
+
+export const BlockList = t.Object({ blocks: t.Array(BlockView), nextCursor: NextCursor });
 
 export const SecuritySummaryQuery = t.Object({
   since: t.Optional(

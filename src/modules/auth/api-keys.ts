@@ -12,12 +12,13 @@
  * `--owner` or through the API by a bootstrap key; they are bounded by their own scopes only.
  */
 import type { Database } from "bun:sqlite";
-import { and, desc, eq, isNull, sql } from "drizzle-orm";
+import { and, desc, eq, isNull, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { type BootstrapKey, ConfigError } from "../../config";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
+import { encodeCursor, type ListCursor } from "../../list-cursor";
 import type { AuditLog } from "../../plugins/audit/log";
 import {
   generateApiKey,
@@ -41,6 +42,19 @@ type KeyRow = Omit<
 };
 
 export type ApiKeyRecord = Omit<KeyRow, "scopes"> & { scopes: Scope[] };
+
+/** A listed key and what of it fails its seal (each failure reported). */
+export interface CheckedKey {
+  record: ApiKeyRecord;
+  seals: {
+    /** The key's row or its owner's account fails its seal: the key is refused. */
+    tampered: boolean;
+    /** Its lineage fails: no payments for a key acting for no user, no rotation. */
+    lineageTampered: boolean;
+    /** Its rotation mark fails: no rotation. */
+    rotationTampered: boolean;
+  };
+}
 
 export interface NewApiKey {
   name: string;
@@ -293,34 +307,97 @@ export class ApiKeyService {
       .map((row) => toRecord(row, markOf(this.options.seal, row)));
   }
 
-  /** The key's rotation mark (`markOf`); null when there is no such key. */
-  rotationMark(id: string): { intact: boolean; replacedBy: string | null } | null {
-    const row = this.db
+  /**
+   * Keys newest first (by creation, then id), each with what of it fails its seal, `limit` after
+   * `cursor` (every key when no limit): the rows, their owners, lineages and rotation marks in one
+   * read, instead of four more reads a key.
+   */
+  listChecked(page: { cursor?: ListCursor; limit?: number } = {}): {
+    keys: CheckedKey[];
+    nextCursor: string | null;
+  } {
+    const { cursor, limit } = page;
+    const query = this.db
       .select({
-        id: apiKeys.id,
+        ...sealedKeyColumns,
+        name: apiKeys.name,
+        createdAt: apiKeys.createdAt,
+        lastUsedAt: apiKeys.lastUsedAt,
         replacedBy: apiKeys.replacedBy,
-        expiresAt: apiKeys.expiresAt,
         successorSeal: apiKeys.successorSeal,
+        lineage: apiKeys.lineage,
+        lineageSeal: apiKeys.lineageSeal,
+        ownerId: users.id,
+        ownerEmail: users.email,
+        ownerEmailKey: users.emailKey,
+        ownerPasswordHash: users.passwordHash,
+        ownerRole: users.role,
+        ownerSeal: users.seal,
       })
       .from(apiKeys)
-      .where(eq(apiKeys.id, id))
-      .get();
-    return row ? markOf(this.options.seal, row) : null;
-  }
-
-  /**
-   * What of a key fails its seal, as the admin list and `keys:list` show it (each failure
-   * reported): the row or its owner's account (the key is refused), its lineage, its rotation mark.
-   */
-  sealsOf(key: Pick<ApiKeyRecord, "id" | "userId">): {
-    tampered: boolean;
-    lineageTampered: boolean;
-    rotationTampered: boolean;
-  } {
+      .leftJoin(users, eq(users.id, apiKeys.userId))
+      .where(
+        cursor === undefined
+          ? undefined
+          : or(
+              lt(apiKeys.createdAt, cursor.createdAt),
+              and(eq(apiKeys.createdAt, cursor.createdAt), lt(apiKeys.id, cursor.id)),
+            ),
+      )
+      .orderBy(desc(apiKeys.createdAt), desc(apiKeys.id));
+    const rows = limit === undefined ? query.all() : query.limit(limit + 1).all();
+    const read = limit === undefined ? rows : rows.slice(0, limit);
+    const { intact } = this.options.seal;
+    const keys = read.map((row): CheckedKey => {
+      const mark = markOf(this.options.seal, row);
+      const ownerIntact =
+        row.ownerId !== null &&
+        row.ownerEmail !== null &&
+        row.ownerEmailKey !== null &&
+        row.ownerPasswordHash !== null &&
+        row.ownerRole !== null &&
+        intact.account({
+          id: row.ownerId,
+          email: row.ownerEmail,
+          emailKey: row.ownerEmailKey,
+          passwordHash: row.ownerPasswordHash,
+          role: row.ownerRole,
+          seal: row.ownerSeal,
+        });
+      const rowIntact = intact.apiKey(row);
+      return {
+        record: toRecord(
+          {
+            id: row.id,
+            name: row.name,
+            prefix: row.prefix,
+            scopes: row.scopes,
+            userId: row.userId,
+            createdAt: row.createdAt,
+            expiresAt: row.expiresAt,
+            lastUsedAt: row.lastUsedAt,
+            revokedAt: row.revokedAt,
+            replacedBy: row.replacedBy,
+            successorSeal: row.successorSeal,
+            ownerEmail: row.ownerEmail,
+            origin: row.origin,
+          },
+          mark,
+        ),
+        seals: {
+          tampered: !rowIntact || (row.userId !== null && !ownerIntact),
+          lineageTampered: !intact.lineage(row),
+          rotationTampered: !mark.intact,
+        },
+      };
+    });
+    const last = read.at(-1);
     return {
-      tampered: this.tampered(key),
-      lineageTampered: this.lineageOf(key.id) === null,
-      rotationTampered: this.rotationMark(key.id)?.intact === false,
+      keys,
+      nextCursor:
+        limit !== undefined && rows.length > limit && last
+          ? encodeCursor(last.createdAt, last.id)
+          : null,
     };
   }
 

@@ -13,6 +13,7 @@
 import { Elysia, t } from "elysia";
 import { isCalendarDay } from "../../calendar";
 import { AppError, type ErrorCode, problemResponses, toProblem } from "../../errors";
+import { decodeCursor } from "../../list-cursor";
 import { streamedResponse } from "../../plugins/access-log";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
@@ -42,7 +43,7 @@ import {
   UsageQuery,
 } from "./model";
 import { UpstreamFailure } from "./providers/provider";
-import { type ChatService, decodeCursor, type PreparedTurn, type TurnEvent } from "./service";
+import type { ChatService, PreparedTurn, TurnEvent } from "./service";
 
 /** POST /api/chat spends upstream tokens: its own per-principal policy and the 32 KiB body limit. */
 export const chatRouteClasses: readonly RouteClass[] = [

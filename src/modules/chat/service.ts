@@ -37,6 +37,7 @@ import { type GroupedWrites, groupedWrites } from "../../db/grouped-writes";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
+import { encodeCursor, type ListCursor } from "../../list-cursor";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import { type ChatBudget, ownerRef, type Reservation } from "./budget";
@@ -129,18 +130,6 @@ export function newConversationId(): string {
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
-
-/** A list cursor: the last item's creation time and id, opaque to clients. */
-export function encodeCursor(createdAt: number, id: string): string {
-  return Buffer.from(`${createdAt}.${id}`).toString("base64url");
-}
-
-export function decodeCursor(cursor: string): { createdAt: number; id: string } | null {
-  const match = /^(\d{1,16})\.([A-Za-z0-9_-]{1,64})$/.exec(
-    Buffer.from(cursor, "base64url").toString("utf8"),
-  );
-  return match ? { createdAt: Number(match[1]), id: match[2]! } : null;
-}
 
 function isAbort(error: unknown, signal: AbortSignal | undefined): boolean {
   return (
@@ -660,7 +649,7 @@ export class ChatService implements ChatTurns {
   /** The owner's conversations, newest first, `limit` at a time. */
   list(
     owner: ChatOwner,
-    page: { cursor?: { createdAt: number; id: string }; limit: number },
+    page: { cursor?: ListCursor; limit: number },
   ): { conversations: ConversationSummary[]; nextCursor: string | null } {
     const { cursor, limit } = page;
     const rows = this.db

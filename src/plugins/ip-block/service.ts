@@ -25,6 +25,7 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { insertWithRandomId } from "../../db/random-id";
 import { ipBlocks } from "../../db/schema";
+import { encodeCursor } from "../../list-cursor";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../audit/log";
 import { parsePrincipalRef } from "../auth/principal";
@@ -133,6 +134,17 @@ function prepareStatements(db: AppDatabase) {
       sqlite.query<StoredBlock, { now: number }>(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
          WHERE expires_at > $now AND typeof(expires_at) = 'integer' AND lifted_at IS NULL`,
+      ),
+    activeAfter: () =>
+      sqlite.query<
+        StoredBlock,
+        { now: number; createdAt: number | null; id: number | null; limit: number }
+      >(
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
+         WHERE expires_at > $now AND typeof(expires_at) = 'integer' AND lifted_at IS NULL
+           AND ($createdAt IS NULL OR created_at < $createdAt
+                OR (created_at = $createdAt AND id < $id))
+         ORDER BY created_at DESC, id DESC LIMIT $limit`,
       ),
     activeOn: () =>
       sqlite.query<StoredBlock, { address: string; now: number }>(
@@ -465,6 +477,33 @@ export class IpBlockService {
       .map(shown);
     this.reportUnreported();
     return listed;
+  }
+
+  /**
+   * The blocks in force that Palisade made, newest first: `limit` after `cursor` (the last block of
+   * the page before), with the cursor of the next page. A block that fails its seal is left out
+   * (reported); the cursor still moves past it.
+   */
+  activePage(page: { cursor?: { createdAt: number; id: number }; limit: number }): {
+    blocks: IpBlock[];
+    nextCursor: string | null;
+  } {
+    const { cursor, limit } = page;
+    const rows = this.statements.activeAfter.all({
+      now: this.options.clock.now(),
+      createdAt: cursor?.createdAt ?? null,
+      id: cursor?.id ?? null,
+      limit: limit + 1,
+    });
+    const read = rows.slice(0, limit);
+    const blocks = read.filter((row) => this.intact(row)).map(shown);
+    this.reportUnreported();
+    const last = read.at(-1);
+    return {
+      blocks,
+      nextCursor:
+        rows.length > limit && last ? encodeCursor(last.createdAt, String(last.id)) : null,
+    };
   }
 
   /**

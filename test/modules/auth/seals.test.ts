@@ -427,7 +427,9 @@ describe("what the CLI shows of tampered keys", () => {
     const env = { DATABASE_PATH: target.databasePath, API_KEYS: `${bootstrap}:chat` };
     const listed = await cliInProcess(["keys:list"], env);
     const line = (id: string) => listed.stdout.split("\n").find((l) => l.startsWith(id)) ?? "";
-    expect(line(made.record.id)).toContain("refused (does not match its seal");
+    expect(line(made.record.id)).toContain(
+      "refused (it or its owner's account does not match its seal",
+    );
     const bootstrapId = target.services.apiKeys.list().find((k) => k.origin === "bootstrap")!.id;
     expect(line(bootstrapId)).toContain("  active  ");
     const revoked = await cliInProcess(["keys:revoke", bootstrapId], env);
@@ -459,9 +461,12 @@ test("the admin API's key list marks a key that fails its seal, and one whose ow
   expect(tampered(malformed)).toBe(true);
   const cli = await cliInProcess(["keys:list"], { DATABASE_PATH: target.databasePath });
   expect(cli.code).toBe(0);
-  expect(cli.stdout.split("\n").find((line) => line.startsWith(malformed))).toContain(
-    "refused (does not match its seal",
-  );
+  // The CLI refuses what the API marks: a key whose owner's account fails too.
+  const cliLine = (id: string) => cli.stdout.split("\n").find((line) => line.startsWith(id));
+  for (const id of [malformed, widened.record.id, owned.record.id]) {
+    expect(cliLine(id)).toContain("refused (it or its owner's account does not match its seal");
+  }
+  expect(cliLine(untouched.record.id)).toContain("  active  ");
   // And the keys it marks are the keys refused.
   expect((await asKey(target, widened.key)).me).toBe(401);
   expect((await asKey(target, owned.key)).me).toBe(401);
