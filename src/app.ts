@@ -40,7 +40,7 @@ import { requestId } from "./plugins/request-id";
 import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/route-class";
 import { securityHeaders, securityResponseHeaders } from "./plugins/security-headers";
 import { type RouteBody, strictBody } from "./plugins/strict-body";
-import { type RouteQuery, strictQuery } from "./plugins/strict-query";
+import { queryRangeErrors, type RouteQuery, strictQuery } from "./plugins/strict-query";
 import type { Services } from "./services";
 
 /** The classes of the routes the app itself serves (the features bring their own). */
@@ -140,6 +140,7 @@ export function createApp(deps: AppDeps) {
         routes: () => registeredRoutes(),
         report: (error, context) => deps.errors.report(error, context),
         responseHeaders,
+        queryRangeErrors: queryRangeErrors(() => registeredRoutes() as readonly RouteQuery[]),
       }),
     )
     .use(

@@ -33,6 +33,11 @@ export interface ErrorHandlerOptions {
    * carries only what the request set.
    */
   responseHeaders?: ResponseHeaders;
+  /**
+   * The integer query parameters of `route` out of their range as sent (plugins/strict-query):
+   * Elysia's error for one names neither.
+   */
+  queryRangeErrors?: (method: string, route: string, url: string) => FieldError[];
 }
 
 interface Outcome {
@@ -74,7 +79,13 @@ export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
   return fields;
 }
 
-export function errorHandler({ logger, routes, report, responseHeaders }: ErrorHandlerOptions) {
+export function errorHandler({
+  logger,
+  routes,
+  report,
+  responseHeaders,
+  queryRangeErrors,
+}: ErrorHandlerOptions) {
   const allowedMethods = routeMethodIndex(routes);
   const routePatternOf = routePatternIndex(routes);
   /** The answer; set.headers is emptied so Elysia does not lay it over its headers again. */
@@ -152,11 +163,24 @@ export function errorHandler({ logger, routes, report, responseHeaders }: ErrorH
         );
         outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
       } else if (code === "VALIDATION") {
-        outcome = {
-          code: "VALIDATION_FAILED",
-          detail: `The request ${error.type} is invalid.`,
-          fieldErrors: fieldErrorsOf(error),
-        };
+        // A conversion that failed (an integer query parameter out of its range) is reported by
+        // Elysia as `property` with no path: named here from the query as sent.
+        const named =
+          error.type === "property" && route
+            ? queryRangeErrors?.(request.method, route, request.url)
+            : undefined;
+        outcome =
+          named && named.length > 0
+            ? {
+                code: "VALIDATION_FAILED",
+                detail: "The request query is invalid.",
+                fieldErrors: named,
+              }
+            : {
+                code: "VALIDATION_FAILED",
+                detail: `The request ${error.type} is invalid.`,
+                fieldErrors: fieldErrorsOf(error),
+              };
       } else if (code === "PARSE") {
         outcome = { code: "MALFORMED_BODY", detail: "The request body could not be parsed." };
       } else if (code === "NOT_FOUND") {

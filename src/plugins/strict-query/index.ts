@@ -25,7 +25,13 @@ export interface RouteQuery {
 
 const DIGITS = /^[0-9]{1,15}$/;
 
-type Property = { type?: unknown; format?: unknown; anyOf?: Property[] };
+type Property = {
+  type?: unknown;
+  format?: unknown;
+  anyOf?: Property[];
+  minimum?: unknown;
+  maximum?: unknown;
+};
 
 /**
  * What a query parameter must be, as sent, beyond what Elysia's validation already took: sent at
@@ -63,6 +69,10 @@ const realDay = (name: string): SentRule => ({
 
 const once = (name: string): SentRule => ({ name, message: "Expected once" });
 
+/** Declared an integer: Elysia stores one as any of a string of format `integer` or the integer. */
+const isInteger = (property: Property | undefined): boolean =>
+  property?.type === "integer" || (property?.anyOf?.some(isInteger) ?? false);
+
 /**
  * The rules of a query schema's properties (optional ones included): its integers, which Elysia
  * stores as it coerces them (any of a string of format `integer` or the integer itself), its
@@ -71,8 +81,6 @@ const once = (name: string): SentRule => ({ name, message: "Expected once" });
 function rulesOf(schema: unknown): SentRule[] {
   const properties = (schema as { properties?: Record<string, Property> } | null)?.properties;
   if (!properties) return [];
-  const isInteger = (property: Property | undefined): boolean =>
-    property?.type === "integer" || (property?.anyOf?.some(isInteger) ?? false);
   const rules: SentRule[] = [];
   for (const name of Object.keys(properties)) {
     const property = properties[name];
@@ -82,6 +90,60 @@ function rulesOf(schema: unknown): SentRule[] {
     } else if (property?.type !== "array") rules.push(once(name));
   }
   return rules;
+}
+
+/** A declared integer's bounds, as its schema (or the integer member of its union) holds them. */
+function boundsOf(property: Property): { minimum?: number; maximum?: number } {
+  const integer =
+    property.type === "integer" ? property : property.anyOf?.find((p) => p.type === "integer");
+  const bound = (value: unknown) => (typeof value === "number" ? value : undefined);
+  return {
+    minimum: bound(property.minimum) ?? bound(integer?.minimum),
+    maximum: bound(property.maximum) ?? bound(integer?.maximum),
+  };
+}
+
+function rangeMessage({ minimum, maximum }: { minimum?: number; maximum?: number }): string {
+  if (minimum !== undefined && maximum !== undefined) {
+    return `Expected a whole number from ${minimum} to ${maximum}`;
+  }
+  if (minimum !== undefined) return `Expected a whole number of at least ${minimum}`;
+  return `Expected a whole number of at most ${maximum}`;
+}
+
+/**
+ * Which of a route's integer query parameters are out of their range as sent. Elysia checks the
+ * range while it converts the text, and the error it throws then names neither the parameter nor
+ * the rule's place (`property`, path ""): the error handler asks this to name them.
+ */
+export function queryRangeErrors(routes: () => readonly RouteQuery[]) {
+  const integersFor = routeLookup(routes, (entry) => {
+    const properties = (entry.hooks?.query as { properties?: Record<string, Property> } | null)
+      ?.properties;
+    if (!properties) return undefined;
+    const integers = Object.entries(properties)
+      .filter(([, property]) => isInteger(property))
+      .map(([name, property]) => ({ name, ...boundsOf(property) }));
+    return integers.length > 0 ? integers : undefined;
+  });
+  return (method: string, route: string, url: string): { field: string; message: string }[] => {
+    const integers = integersFor(method === "HEAD" ? "GET" : method, route);
+    if (integers === undefined) return [];
+    const sent = new URL(url).searchParams;
+    const errors: { field: string; message: string }[] = [];
+    for (const integer of integers) {
+      const raw = sent.get(integer.name);
+      if (raw === null || !DIGITS.test(raw)) continue;
+      const value = Number(raw);
+      if (
+        (integer.minimum !== undefined && value < integer.minimum) ||
+        (integer.maximum !== undefined && value > integer.maximum)
+      ) {
+        errors.push({ field: `query/${integer.name}`, message: rangeMessage(integer) });
+      }
+    }
+    return errors;
+  };
 }
 
 export function strictQuery({ routes }: { routes: () => readonly RouteQuery[] }) {
