@@ -1,4 +1,4 @@
-import { afterEach, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { Elysia } from "elysia";
 import { systemClock } from "../../src/clock";
 import { openDatabase } from "../../src/db/client";
@@ -138,6 +138,116 @@ test("erasure revokes sessions and keys, pseudonymises audit rows and keeps the 
   expect(verifyAuditChain(sqlite, new AuditKeys(current.config.audit.secretKey)).ok).toBe(true);
   // Bob's rows are untouched.
   expect(dump).toContain(`user:${bob.userId}`);
+});
+
+describe("the ids other events' details name (probe 26b F1, F2)", () => {
+  /** An admin looks up a user's usage, a key is made for the user: two details name the user. */
+  const namedInDetails = async (target: TestApp) => {
+    const admin = await signUp(target, { role: "admin" });
+    const user = await signUp(target);
+    const made = createKey(target, ["chat"], user.userId);
+    const looked = await send(target, `/api/admin/usage?principal=user:${user.userId}`, {
+      headers: bearer(admin.accessToken),
+    });
+    expect(looked.status).toBe(200);
+    target.services.audit.flush();
+    return { admin, user, made };
+  };
+  const rowOf = (target: TestApp, type: string) =>
+    target.db.$client
+      .query("SELECT id, actor, ip, detail FROM audit_events WHERE type = ? ORDER BY id DESC")
+      .get(type) as { id: number; actor: string; ip: string | null; detail: string };
+  const verified = (target: TestApp) =>
+    verifyAuditChain(target.db.$client, new AuditKeys(target.config.audit.secretKey));
+
+  test("erasure pseudonymises them in others' events, drops the key's name, and the chain verifies; so does the actor's own erasure later", async () => {
+    current = buildTestApp();
+    const { admin, user, made } = await namedInDetails(current);
+    const lookedUp = rowOf(current, "admin.usage.queried");
+    expect(JSON.parse(lookedUp.detail).principal).toBe(`user:${user.userId}`);
+    expect(JSON.parse(rowOf(current, "admin.key.created").detail)).toMatchObject({
+      keyId: made.record.id,
+      name: made.record.name,
+    });
+
+    const erased = await send(current, "/api/me", {
+      method: "DELETE",
+      headers: bearer(user.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    current.services.audit.flush();
+    const sqlite = current.db.$client;
+    const dump = JSON.stringify(sqlite.query("SELECT actor, ip, detail FROM audit_events").all());
+    for (const id of [user.userId, made.record.id]) expect(dump).not.toContain(id);
+    expect(dump).not.toContain(`"name":"${made.record.name}"`);
+    const pseudonym = rowOf(current, "privacy.erased").actor;
+    expect(pseudonym).toMatch(/^erased:/);
+    // The admin's own event keeps its actor and address; only the user it names is replaced.
+    const after = rowOf(current, "admin.usage.queried");
+    expect(after).toEqual({
+      ...lookedUp,
+      detail: JSON.stringify({ ...JSON.parse(lookedUp.detail), principal: pseudonym }),
+    });
+    expect(JSON.parse(rowOf(current, "admin.key.created").detail)).toMatchObject({
+      keyId: pseudonym,
+      name: null,
+    });
+    expect(verified(current).ok).toBe(true);
+
+    // The admin erased later: the row already rewritten once is rewritten again, and verifies.
+    const adminErased = await send(current, "/api/me", {
+      method: "DELETE",
+      headers: bearer(admin.accessToken),
+    });
+    expect(adminErased.status).toBe(204);
+    current.services.audit.flush();
+    const again = rowOf(current, "admin.usage.queried");
+    expect(again.actor).toMatch(/^erased:/);
+    expect(again.actor).not.toBe(pseudonym);
+    expect(again.ip).toBeNull();
+    expect(verified(current).ok).toBe(true);
+  });
+
+  test("a detail edited in the file before the erasure stays unverifiable after it", async () => {
+    current = buildTestApp();
+    const { user } = await namedInDetails(current);
+    const row = rowOf(current, "admin.usage.queried");
+    const edited = JSON.stringify({ ...JSON.parse(row.detail), day: "2020-01-01" });
+    current.db.$client.run("UPDATE audit_events SET detail = ? WHERE id = ?", [edited, row.id]);
+    const before = verified(current);
+    expect(before).toMatchObject({ ok: false, badId: row.id });
+    const erased = await send(current, "/api/me", {
+      method: "DELETE",
+      headers: bearer(user.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    expect(verified(current)).toMatchObject({ ok: false, badId: row.id });
+  });
+
+  test("an admin's export withholds the addresses it blocked and the other principals its events name", async () => {
+    current = buildTestApp();
+    const { admin, user } = await namedInDetails(current);
+    const blocked = await send(current, "/api/admin/blocks", {
+      headers: bearer(admin.accessToken),
+      body: { address: "198.51.100.7", ttlMinutes: 30, reason: "spam" },
+    });
+    expect(blocked.status).toBe(201);
+    const exported = await send(current, "/api/me/export", { headers: bearer(admin.accessToken) });
+    expect(exported.status).toBe(200);
+    const document = (await exported.json()) as {
+      auditEvents: { type: string; ip: string | null; detail: Record<string, unknown> }[];
+    };
+    const text = JSON.stringify(document);
+    expect(text).not.toContain("198.51.100.7");
+    expect(text).not.toContain(user.userId);
+    const types = document.auditEvents.map((event) => event.type);
+    expect(types).toContain("ip.blocked");
+    const lookUp = document.auditEvents.find((event) => event.type === "admin.usage.queried")!;
+    expect(lookUp.detail.principal).toBe("(another principal)");
+    // The admin's own successful sign-in still shows the address it came from.
+    const login = document.auditEvents.find((event) => event.type === "auth.login.succeeded")!;
+    expect(login.ip).not.toBeNull();
+  });
 });
 
 test("3 exports per minute per user", async () => {

@@ -59,6 +59,24 @@ export class AuditKeys {
   }
 
   rowHash(prevHash: string, fields: ChainedFields): string {
+    if (commitsToDetail(fields.subjectCommit)) {
+      // The detail is covered by the commitment instead, so erasure can rewrite the ids in it.
+      return hmacHex(
+        this.chainKey,
+        JSON.stringify([
+          "row with detail committed",
+          this.keyId,
+          fields.id,
+          prevHash,
+          fields.at,
+          fields.type,
+          fields.route,
+          fields.requestId,
+          fields.outcome,
+          fields.subjectCommit,
+        ]),
+      );
+    }
     return hmacHex(
       this.chainKey,
       JSON.stringify([
@@ -77,11 +95,19 @@ export class AuditKeys {
     );
   }
 
-  /** Authenticates an erasure's rewrite of a row's actor and address (its salt dropped). */
-  erasureMac(id: number, subjectCommit: string, actor: string | null, ip: string | null): string {
+  /**
+   * Authenticates an erasure's rewrite of a row's actor and address (its salt dropped), and of its
+   * detail where the row commits to it.
+   */
+  erasureMac(row: ErasedFields): string {
+    const { id, subjectCommit: commit, actor, ip, detail } = row;
     return hmacHex(
       this.chainKey,
-      JSON.stringify(["erasure", this.keyId, id, subjectCommit, actor, ip]),
+      JSON.stringify(
+        commitsToDetail(commit)
+          ? ["erasure with detail", this.keyId, id, commit, actor, ip, detail]
+          : ["erasure", this.keyId, id, commit, actor, ip],
+      ),
     );
   }
 
@@ -134,9 +160,79 @@ export function legacyRowHash(prevHash: string, fields: Omit<ChainedFields, "id"
   );
 }
 
-/** Commits to the personal fields without revealing them once the salt is deleted. */
-export function subjectCommit(salt: string, actor: string | null, ip: string | null): string {
-  return sha256Hex(JSON.stringify([salt, actor, ip]));
+/** What an erasure rewrites of a row, and the commitment it rewrites it under. */
+export interface ErasedFields {
+  id: number;
+  subjectCommit: string;
+  actor: string | null;
+  ip: string | null;
+  detail: string;
+}
+
+/** Marks a commitment that covers the detail too (rows written since erasure rewrites details). */
+export const DETAIL_COMMITTED = "d:";
+
+/** Whether the row's commitment covers its detail (and its hash does not). */
+export function commitsToDetail(subjectCommit: string): boolean {
+  return subjectCommit.startsWith(DETAIL_COMMITTED);
+}
+
+/**
+ * A stored detail with an erased actor's ids replaced by its pseudonym: a value that is the actor
+ * (`user:<id>`, `key:<id>`) or its bare id (a `keyId`). A detail naming an erased key loses the
+ * key's `name` too, which its owner may have chosen to name themselves. Returned as it was when
+ * nothing in it names the actor (or it is not a stored detail's JSON object).
+ */
+export function detailWithout(
+  detail: string,
+  actor: string,
+  bareId: string,
+  pseudonym: string,
+): string {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(detail);
+  } catch {
+    return detail;
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return detail;
+  const fields = parsed as Record<string, unknown>;
+  let changed = false;
+  for (const [name, value] of Object.entries(fields)) {
+    if (value !== actor && value !== bareId) continue;
+    fields[name] = pseudonym;
+    changed = true;
+    if (name === "keyId" && "name" in fields) fields.name = null;
+  }
+  return changed ? JSON.stringify(fields) : detail;
+}
+
+/**
+ * Commits to the personal fields without revealing them once the salt is deleted: actor and
+ * address, and the detail, which may name other people (a key's id, the user an admin looked up).
+ * Rows written before details were committed (`detail` undefined) commit to actor and address.
+ */
+export function subjectCommit(
+  salt: string,
+  actor: string | null,
+  ip: string | null,
+  detail?: string,
+): string {
+  return detail === undefined
+    ? sha256Hex(JSON.stringify([salt, actor, ip]))
+    : `${DETAIL_COMMITTED}${sha256Hex(JSON.stringify(["with detail", salt, actor, ip, detail]))}`;
+}
+
+/** Whether a row still matches the commitment its salt makes, in whichever form it was written. */
+export function matchesCommit(row: {
+  subjectSalt: string;
+  subjectCommit: string;
+  actor: string | null;
+  ip: string | null;
+  detail: string;
+}): boolean {
+  const detail = commitsToDetail(row.subjectCommit) ? row.detail : undefined;
+  return subjectCommit(row.subjectSalt, row.actor, row.ip, detail) === row.subjectCommit;
 }
 
 export function newSalt(): string {

@@ -109,6 +109,15 @@ export const TAMPER_EVENT_TYPES = [
   "db.resealed",
 ] as const satisfies readonly AuditEventType[];
 
+/**
+ * The events whose address is the subject of the action (the address blocked or unblocked), not
+ * the address the actor came from: someone else's, never handed out in the actor's export.
+ */
+export const SUBJECT_ADDRESS_TYPES = [
+  "ip.blocked",
+  "ip.unblocked",
+] as const satisfies readonly AuditEventType[];
+
 export type AuditOutcome = "success" | "failure" | "denied" | "info";
 
 export type AuditDetail = Record<string, string | number | boolean | null>;

@@ -27,7 +27,7 @@
  * request already under way) is written under the pseudonym, without its address.
  */
 import type { Database } from "bun:sqlite";
-import { asc, desc, eq, lt, lte, max, sql } from "drizzle-orm";
+import { and, asc, desc, eq, isNull, like, lt, lte, max, ne, or, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
@@ -35,12 +35,23 @@ import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
+import { sealMatches } from "../../db/row-seal";
 import { auditCheckpoints, auditErasedActors, auditEvents } from "../../db/schema";
 import { cutClientText, type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
 import { Counter, type Registry } from "../metrics/prom";
-import { type AuditKeys, GENESIS_HASH, newSalt, PSEUDONYM_PREFIX, subjectCommit } from "./chain";
+import {
+  type AuditKeys,
+  commitsToDetail,
+  DETAIL_COMMITTED,
+  detailWithout,
+  GENESIS_HASH,
+  matchesCommit,
+  newSalt,
+  PSEUDONYM_PREFIX,
+  subjectCommit,
+} from "./chain";
 import { type AuditDetail, type AuditEvent, encodeDetail, mustNotLose } from "./events";
 import { type AuditHead, type AuditRow, latestCheckpoint, verifyAuditChain } from "./verify";
 
@@ -308,24 +319,42 @@ export class SqliteAuditLog implements AuditLog {
     this.flush();
     const keys = this.keys;
     const db = this.db;
+    // The id as other events' details name it: `user:<id>` as a principal, `<id>` as a `keyId`.
+    const bareId = actor.slice(actor.indexOf(":") + 1);
     return db.transaction(
       () => {
-        const rows = db
-          .select({
-            id: auditEvents.id,
-            actor: auditEvents.actor,
-            ip: auditEvents.ip,
-            subjectSalt: auditEvents.subjectSalt,
-            subjectCommit: auditEvents.subjectCommit,
-          })
-          .from(auditEvents)
-          .where(eq(auditEvents.actor, actor))
-          .all();
+        const columns = {
+          id: auditEvents.id,
+          actor: auditEvents.actor,
+          ip: auditEvents.ip,
+          detail: auditEvents.detail,
+          subjectSalt: auditEvents.subjectSalt,
+          subjectCommit: auditEvents.subjectCommit,
+          erasureMac: auditEvents.erasureMac,
+        };
+        const own = db.select(columns).from(auditEvents).where(eq(auditEvents.actor, actor)).all();
+        // Others' events that name the actor in their detail (an admin who looked up the user's
+        // usage, the key made for the user), where the detail is committed and so can be rewritten.
+        const naming =
+          bareId === ""
+            ? []
+            : db
+                .select(columns)
+                .from(auditEvents)
+                .where(
+                  and(
+                    or(isNull(auditEvents.actor), ne(auditEvents.actor, actor)),
+                    like(auditEvents.subjectCommit, `${DETAIL_COMMITTED}%`),
+                    sql`instr(${auditEvents.detail}, ${bareId}) > 0`,
+                  ),
+                )
+                .all();
         const update = db
           .update(auditEvents)
           .set({
-            actor: pseudonym,
-            ip: null,
+            actor: sql`${sql.placeholder("actor")}`,
+            ip: sql`${sql.placeholder("ip")}`,
+            detail: sql`${sql.placeholder("detail")}`,
             subjectSalt: null,
             erasureMac: sql`${sql.placeholder("erasureMac")}`,
           })
@@ -344,25 +373,42 @@ export class SqliteAuditLog implements AuditLog {
           .run();
         this.actorKeys.delete(actor);
         let untrusted = 0;
-        for (const row of rows) {
-          // Only a row whose subject still matches its commitment gets an authenticated rewrite:
-          // erasure must not turn someone's earlier tampering into a row that verifies.
+        let rewritten = 0;
+        const rewrite = (row: (typeof own)[number], ownRow: boolean) => {
+          const detail = commitsToDetail(row.subjectCommit)
+            ? detailWithout(row.detail, actor, bareId, pseudonym)
+            : row.detail;
+          if (!ownRow && detail === row.detail) return;
+          // Only a row that still matches its commitment (or an earlier erasure's record) gets an
+          // authenticated rewrite: erasure must not turn someone's earlier tampering into a row
+          // that verifies.
           const intact =
-            row.subjectSalt !== null &&
-            subjectCommit(row.subjectSalt, row.actor, row.ip) === row.subjectCommit;
+            row.subjectSalt !== null
+              ? row.erasureMac === null && matchesCommit({ ...row, subjectSalt: row.subjectSalt })
+              : row.erasureMac !== null && sealMatches(keys.erasureMac(row), row.erasureMac);
           if (!intact) untrusted++;
-          update.run({
-            erasureMac: intact ? keys.erasureMac(row.id, row.subjectCommit, pseudonym, null) : null,
+          const erased = {
             id: row.id,
+            subjectCommit: row.subjectCommit,
+            actor: ownRow ? pseudonym : row.actor,
+            ip: ownRow ? null : row.ip,
+            detail,
+          };
+          update.run({
+            ...erased,
+            erasureMac: intact ? keys.erasureMac(erased) : null,
           });
-        }
+          rewritten++;
+        };
+        for (const row of own) rewrite(row, true);
+        for (const row of naming) rewrite(row, false);
         if (untrusted > 0) {
           this.logger.error(
             { rows: untrusted },
-            "audit rows erased whose actor or address had been altered; audit:verify reports them",
+            "audit rows erased whose actor, address or detail had been altered; audit:verify reports them",
           );
         }
-        return rows.length;
+        return rewritten;
       },
       { behavior: "immediate" },
     );
@@ -496,6 +542,7 @@ export class SqliteAuditLog implements AuditLog {
           if (pseudonym !== null) erased++;
           const actor = pseudonym ?? event.actor ?? null;
           const ip = pseudonym === null ? (event.ip ?? null) : null;
+          const detail = encodeDetail(event.detail);
           const fields = {
             id,
             at: event.at!,
@@ -503,8 +550,8 @@ export class SqliteAuditLog implements AuditLog {
             route: event.route ?? null,
             requestId: event.requestId ?? null,
             outcome: event.outcome,
-            detail: encodeDetail(event.detail),
-            subjectCommit: subjectCommit(salt, actor, ip),
+            detail,
+            subjectCommit: subjectCommit(salt, actor, ip, detail),
           };
           const hash = this.keys.rowHash(prevHash, fields);
           // bun:sqlite's result (Drizzle passes it on; its type says void).

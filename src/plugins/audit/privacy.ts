@@ -4,19 +4,41 @@
  * of theirs (the user, and the API keys they own), with an event's address only when their own
  * credential succeeded (a failed login or a
  * replayed refresh token comes from whoever tried it, and that third party's address must not be
- * handed out). Erasure is `AuditLog.pseudonymise`.
+ * handed out), and never the address an event is about (a block's) nor another principal its
+ * detail names. Erasure is `AuditLog.pseudonymise`.
  */
-import { asc, inArray, sql } from "drizzle-orm";
+import { asc, inArray, notInArray, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { auditEvents } from "../../db/schema";
+import { SUBJECT_ADDRESS_TYPES } from "./events";
 import type { AuditLog } from "./log";
+
+/** A principal as a detail names one: `user:<id>`, `key:<id>`, `whatsapp:<id>`. */
+const PRINCIPAL = /^(user|key|whatsapp):/;
+
+/**
+ * An event's detail with every principal it names that is not the person's own withheld (an
+ * admin's `admin.usage.queried` names the user looked up: someone else, and theirs to export).
+ */
+function withoutOthers(detail: string, actors: readonly string[]): unknown {
+  const parsed = JSON.parse(detail) as unknown;
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return parsed;
+  const fields = parsed as Record<string, unknown>;
+  for (const [name, value] of Object.entries(fields)) {
+    if (typeof value === "string" && PRINCIPAL.test(value) && !actors.includes(value)) {
+      fields[name] = "(another principal)";
+    }
+  }
+  return fields;
+}
 
 export function createAuditExport(db: AppDatabase, audit: AuditLog) {
   const columns = {
     id: auditEvents.id,
     at: auditEvents.at,
     type: auditEvents.type,
-    ip: sql<string | null>`CASE WHEN ${auditEvents.outcome} = 'success' THEN ${auditEvents.ip} END`,
+    ip: sql<string | null>`CASE WHEN ${auditEvents.outcome} = 'success'
+      AND ${notInArray(auditEvents.type, [...SUBJECT_ADDRESS_TYPES])} THEN ${auditEvents.ip} END`,
     route: auditEvents.route,
     requestId: auditEvents.requestId,
     outcome: auditEvents.outcome,
@@ -31,6 +53,6 @@ export function createAuditExport(db: AppDatabase, audit: AuditLog) {
       .where(inArray(auditEvents.actor, [...actors]))
       .orderBy(asc(auditEvents.id))
       .all()
-      .map((row) => ({ ...row, detail: JSON.parse(row.detail) as unknown }));
+      .map((row) => ({ ...row, detail: withoutOthers(row.detail, actors) }));
   };
 }

@@ -133,10 +133,7 @@ export function keyLegacyAuditRows(
       for (const row of legacy) {
         const hash = keys.rowHash(prev, row);
         // Rows erased under the old scheme (salt dropped) get the erasure record they lacked.
-        const erasure =
-          row.subjectSalt === null
-            ? keys.erasureMac(row.id, row.subjectCommit, row.actor, row.ip)
-            : null;
+        const erasure = row.subjectSalt === null ? keys.erasureMac(row) : null;
         update.run({ prevHash: prev, hash, erasureMac: erasure, id: row.id });
         prev = hash;
       }

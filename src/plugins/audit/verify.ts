@@ -15,7 +15,7 @@ import type { Database } from "bun:sqlite";
 import { and, asc, desc, gt, lte, sql } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
-import { type AuditKeys, GENESIS_HASH, subjectCommit } from "./chain";
+import { type AuditKeys, commitsToDetail, GENESIS_HASH, matchesCommit } from "./chain";
 
 export type AuditRow = typeof auditEvents.$inferSelect;
 
@@ -68,16 +68,12 @@ function rowFault(keys: AuditKeys, row: AuditRow, expectedId: number, expectedPr
   if (row.prevHash !== expectedPrev) return "a row before it was removed or altered";
   // Timing does not matter here: verification runs offline on the operator's copy.
   if (keys.rowHash(row.prevHash, row) !== row.hash) return "its fields were altered";
+  const what = commitsToDetail(row.subjectCommit) ? "actor, address or detail" : "actor or address";
   if (row.subjectSalt !== null) {
     if (row.erasureMac !== null) return "its erasure record was altered";
-    if (subjectCommit(row.subjectSalt, row.actor, row.ip) !== row.subjectCommit) {
-      return "its actor or address was altered";
-    }
-  } else if (
-    row.erasureMac === null ||
-    keys.erasureMac(row.id, row.subjectCommit, row.actor, row.ip) !== row.erasureMac
-  ) {
-    return "its actor or address was rewritten without an authenticated erasure";
+    if (!matchesCommit({ ...row, subjectSalt: row.subjectSalt })) return `its ${what} was altered`;
+  } else if (row.erasureMac === null || keys.erasureMac(row) !== row.erasureMac) {
+    return `its ${what} was rewritten without an authenticated erasure`;
   }
   return null;
 }

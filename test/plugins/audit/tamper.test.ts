@@ -180,7 +180,7 @@ describe("audit:verify fails on tampering", () => {
     const result = await verify(app);
     expect(result.code).toBe(1);
     expect(result.stderr).toContain(
-      "chain broken at row 4 (its actor or address was rewritten without an authenticated erasure)",
+      "chain broken at row 4 (its actor, address or detail was rewritten without an authenticated erasure)",
     );
   });
 
@@ -318,12 +318,21 @@ describe("audit:verify fails on tampering", () => {
       "a forged pseudonymisation record: erasure MAC made with a guessed key",
       (sqlite) => {
         const row = sqlite
-          .query("SELECT subject_commit AS c FROM audit_events WHERE id = 4")
-          .get() as { c: string };
+          .query("SELECT subject_commit AS c, detail AS d FROM audit_events WHERE id = 4")
+          .get() as { c: string; d: string };
         const pseudonym = attackerKeys.pseudonym("user:bob");
         sqlite.run(
           "UPDATE audit_events SET actor = ?, ip = NULL, subject_salt = NULL, erasure_mac = ? WHERE id = 4",
-          [pseudonym, attackerKeys.erasureMac(4, row.c, pseudonym, null)],
+          [
+            pseudonym,
+            attackerKeys.erasureMac({
+              id: 4,
+              subjectCommit: row.c,
+              actor: pseudonym,
+              ip: null,
+              detail: row.d,
+            }),
+          ],
         );
       },
       false,
@@ -467,7 +476,7 @@ describe("audit:verify accepts the legitimate rewrites", () => {
     const after = await verify(current);
     expect(after.code).toBe(1);
     expect(after.stderr).toContain(
-      `row ${bobRow.id} (its actor or address was rewritten without an authenticated erasure)`,
+      `row ${bobRow.id} (its actor, address or detail was rewritten without an authenticated erasure)`,
     );
 
     // Without the tampering, the same erasure verifies.
