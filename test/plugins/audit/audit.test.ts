@@ -1,7 +1,7 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { createLogger } from "../../../src/logging/logger";
-import { AuditKeys } from "../../../src/plugins/audit/chain";
+import { AuditKeys, newSalt, subjectCommit } from "../../../src/plugins/audit/chain";
 import {
   AUDIT_EVENT_TYPES,
   type AuditEvent,
@@ -207,6 +207,123 @@ describe("the hash chain", () => {
       "UPDATE audit_events SET actor = 'erased:1a2b', ip = NULL, subject_salt = NULL WHERE id = 3",
     );
     expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 3 });
+  });
+
+  test("an edited detail is caught through its commitment, and so is a detail and commitment moved to another row", () => {
+    const { sqlite } = seeded();
+    sqlite.run(`UPDATE audit_events SET detail = '{"n":7}' WHERE id = 2`);
+    expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 2 });
+    sqlite.run(`UPDATE audit_events SET detail = '{"n":1}' WHERE id = 2`);
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 5 });
+    // Row 4's commitment, salt and detail copied onto row 2: the row hash covers the commitment.
+    sqlite.run(
+      `UPDATE audit_events SET (detail, subject_salt, subject_commit, actor, ip) =
+         (SELECT detail, subject_salt, subject_commit, actor, ip FROM audit_events WHERE id = 4)
+       WHERE id = 2`,
+    );
+    expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 2 });
+  });
+
+  test("a detail naming an erased actor is rewritten with an authenticated record; by hand it is not", () => {
+    const { sqlite, log } = seeded();
+    log.record({
+      type: "admin.usage.queried",
+      outcome: "success",
+      actor: "admin0@example.test",
+      ip: "192.0.2.50",
+      detail: { principal: "user:u-1", day: "2026-01-01" },
+    });
+    log.record({
+      type: "admin.key.created",
+      outcome: "success",
+      actor: "admin0@example.test",
+      detail: { keyId: "k-1", name: "alice laptop" },
+    });
+    log.flush();
+    const pseudonym = log.pseudonymOf("user:u-1");
+    expect(log.pseudonymise("user:u-1", pseudonym)).toBe(1);
+    expect(log.pseudonymise("key:k-1", pseudonym)).toBe(1);
+    const rows = sqlite
+      .query("SELECT actor, ip, detail FROM audit_events WHERE id > 5 ORDER BY id")
+      .all();
+    expect(rows).toEqual([
+      {
+        actor: "admin0@example.test",
+        ip: "192.0.2.50",
+        detail: JSON.stringify({ day: "2026-01-01", principal: pseudonym }),
+      },
+      {
+        actor: "admin0@example.test",
+        ip: null,
+        detail: JSON.stringify({ keyId: pseudonym, name: null }),
+      },
+    ]);
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 7 });
+    // The same rewrite of another row's detail by hand: refused.
+    sqlite.run(
+      `UPDATE audit_events SET detail = '{"n":"${pseudonym}"}', subject_salt = NULL WHERE id = 2`,
+    );
+    expect(verifyAuditChain(sqlite)).toMatchObject({ ok: false, badId: 2 });
+  });
+
+  test("rows written before details were committed still verify; erasure rewrites their actor and address, not their detail", () => {
+    const { sqlite, log } = seeded();
+    // Rows 6 and 7 as the release before wrote them: the detail in the row hash, the commitment
+    // over actor and address only.
+    const last = sqlite.query("SELECT hash FROM audit_events WHERE id = 5").get() as {
+      hash: string;
+    };
+    let prevHash = last.hash;
+    for (const [id, actor, detail] of [
+      [6, "user:u-2", '{"n":6}'],
+      [7, "admin0@example.test", '{"principal":"user:u-2"}'],
+    ] as const) {
+      const salt = newSalt();
+      const fields = {
+        id,
+        at: 1_700_000_000_000 + id,
+        type: "admin.key.created",
+        route: null,
+        requestId: null,
+        outcome: "success",
+        detail,
+        subjectCommit: subjectCommit(salt, actor, "192.0.2.9"),
+      };
+      const hash = keys.rowHash(prevHash, fields);
+      sqlite.run(
+        `INSERT INTO audit_events (id, at, type, actor, ip, route, request_id, outcome, detail,
+           subject_salt, subject_commit, prev_hash, hash, key_id)
+         VALUES (?, ?, ?, ?, '192.0.2.9', NULL, NULL, 'success', ?, ?, ?, ?, ?, ?)`,
+        [
+          id,
+          fields.at,
+          fields.type,
+          actor,
+          detail,
+          salt,
+          fields.subjectCommit,
+          prevHash,
+          hash,
+          keys.keyId,
+        ],
+      );
+      prevHash = hash;
+    }
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 7 });
+    // A new row follows them on the same chain.
+    log.record({ type: "admin.key.created", outcome: "success", actor: "x", detail: { n: 8 } });
+    log.flush();
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 8 });
+    const pseudonym = log.pseudonymOf("user:u-2");
+    expect(log.pseudonymise("user:u-2", pseudonym)).toBe(1);
+    const rows = sqlite
+      .query("SELECT actor, ip, detail FROM audit_events WHERE id IN (6, 7) ORDER BY id")
+      .all();
+    expect(rows).toEqual([
+      { actor: pseudonym, ip: null, detail: '{"n":6}' },
+      { actor: "admin0@example.test", ip: "192.0.2.9", detail: '{"principal":"user:u-2"}' },
+    ]);
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 8 });
   });
 
   test("retention deletes old rows from the start and leaves a checkpoint that verifies", () => {
