@@ -49,22 +49,23 @@ const REPORTED_LIMIT = 1000;
 const REPORTED_ID_LENGTH = 64;
 
 /**
- * `report`, called once per process for each table and row id (the id cut to 64 characters): a
+ * `report`, called once per process for each table and row id (the id cut to 64 characters; with
+ * `row`, what tells apart rows that share the id reported, such as an idempotency key's owner): a
  * file full of forged rows must not become a flood of reports, nor hide the next one, so once 1000
  * rows have been reported the memory is cleared and reports go on (a row may then be reported
  * again).
  */
 export function oncePerRow<Table extends string>(
-  report: (table: Table, id: string) => void,
+  report: (table: Table, id: string, row?: string) => void,
   limit = REPORTED_LIMIT,
-): (table: Table, rawId: string) => void {
+): (table: Table, rawId: string, row?: string) => void {
   const reported = new Set<string>();
-  return (table, rawId) => {
+  return (table, rawId, row) => {
     const id = rawId.length > REPORTED_ID_LENGTH ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…` : rawId;
-    const key = `${table}:${id}`;
+    const key = `${table}:${id}\u0000${row ?? ""}`;
     if (reported.has(key)) return;
     if (reported.size >= limit) reported.clear();
     reported.add(key);
-    report(table, id);
+    report(table, id, row);
   };
 }

@@ -193,7 +193,11 @@ export class PaymentLedger {
   }
 
   /** Inserts a new intent's row, sealed; a row with that id already there (a replayed claim) is kept. */
-  insert(row: Omit<typeof payments.$inferInsert, "seal">): void {
+  /**
+   * Stores a new intent; false when the ledger holds that intent already (Stripe replayed it for an
+   * idempotency key whose stored result was lost): the row there is kept as it is.
+   */
+  insert(row: Omit<typeof payments.$inferInsert, "seal">): boolean {
     const seal = this.seal.payment({
       id: row.id,
       owner: row.owner,
@@ -210,11 +214,13 @@ export class PaymentLedger {
       createdAt: row.createdAt,
       updatedAt: row.updatedAt,
     });
-    this.db
+    const inserted = this.db
       .insert(payments)
       .values({ ...row, seal })
       .onConflictDoNothing({ target: payments.id })
-      .run();
+      .returning({ id: payments.id })
+      .all();
+    return inserted.length === 1;
   }
 
   /** Moves `row` to `next` if the status rule allows it; returns whether it moved. */

@@ -104,9 +104,14 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
   };
 }
 
+/**
+ * `id`: a payment's id, or an idempotency key's owner; `key`, for an idempotency key, a hash of
+ * the key (so each row is reported, and the key a client chose is not written out).
+ */
 export type PaymentTamperReport = (
   table: "payments" | "payment_idempotency_keys",
   id: string,
+  key?: string,
 ) => void;
 
 /**
@@ -118,16 +123,16 @@ export function paymentTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
 }): PaymentTamperReport {
-  return oncePerRow<"payments" | "payment_idempotency_keys">((table, id) => {
+  return oncePerRow<"payments" | "payment_idempotency_keys">((table, id, key) => {
     deps.logger.error(
-      { table, id },
+      { table, id, ...(key === undefined ? {} : { key }) },
       "a payments row does not match its seal: it was written into the database file, not by Palisade; it is treated as absent",
     );
     deps.audit.record({
       type: "payment.tampered",
       outcome: "denied",
       actor: "system",
-      detail: { table, id },
+      detail: key === undefined ? { table, id } : { table, id, key },
     });
   });
 }

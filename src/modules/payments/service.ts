@@ -186,7 +186,14 @@ export class PaymentService {
         // It goes, and this request claims the key; Stripe replays its own result for the key if
         // the intent was ever made.
         if (row && !this.ledger.seal.intact.idempotencyKey(row)) {
-          this.ledger.reportTampered("payment_idempotency_keys", owner);
+          this.ledger.reportTampered(
+            "payment_idempotency_keys",
+            owner,
+            createHash("sha256")
+              .update(`reported idempotency key\n${key}`)
+              .digest("hex")
+              .slice(0, 16),
+          );
           tx.delete(paymentIdempotencyKeys).where(ours).run();
         } else if (row) {
           return this.claimHeld(row, hash, now, ours);
@@ -316,7 +323,7 @@ export class PaymentService {
             )
             .get();
           const gone = claimed === undefined;
-          this.ledger.insert({
+          const inserted = this.ledger.insert({
             id: result.id,
             owner: gone ? this.audit.pseudonymOf(owner) : owner,
             amount: result.amount,
@@ -350,7 +357,7 @@ export class PaymentService {
               )
               .run();
           }
-          return gone;
+          return { gone, inserted };
         },
         { behavior: "immediate" },
       );
@@ -359,10 +366,10 @@ export class PaymentService {
     // write is tried again, the event loop running in between, for as long as a waiting request
     // waits for an intent in progress; only past that is the lock the answer.
     const storeBy = performance.now() + this.inProgressWaitMs;
-    let erased: boolean;
+    let stored: ReturnType<typeof store>;
     for (;;) {
       try {
-        erased = store();
+        stored = store();
         break;
       } catch (error) {
         if (!isDatabaseBusy(error)) throw error;
@@ -380,6 +387,16 @@ export class PaymentService {
         }
         await Bun.sleep(RECORD_RETRY_MS);
       }
+    }
+    const { gone: erased, inserted } = stored;
+    if (!inserted) {
+      // Stripe replayed an intent the ledger holds (its idempotency key's stored result was lost,
+      // or failed its seal): nothing new was made, so nothing is counted or audited as made.
+      this.logger.info(
+        { requestId: acting.requestId, paymentId: result.id },
+        "payment intent replayed by Stripe for a payment already recorded",
+      );
+      return { kind: "created", response, replayed: true };
     }
     this.metrics.payments.labels(result.status).inc();
     this.audit.record({

@@ -25,6 +25,7 @@ import {
   buildPaymentsApp,
   createIntent,
   deliver,
+  metricValue,
   type PaymentsApp,
   paidPayment,
   pay,
@@ -170,13 +171,60 @@ describe("payments written into the file", () => {
     expect(target.stripe.calls.filter((call) => call.path === "/v1/payment_intents")).toHaveLength(
       1,
     );
-    expect(tamperReports(target)).toEqual([
-      { table: "payment_idempotency_keys", id: `user:${alice.userId}` },
-    ]);
+    const [report] = tamperReports(target);
+    expect(report).toEqual({
+      table: "payment_idempotency_keys",
+      id: `user:${alice.userId}`,
+      key: expect.stringMatching(/^[0-9a-f]{16}$/),
+    });
     // The key is Palisade's now: the same request replays what Stripe made.
     const again = await createIntent(target, bearer(alice.accessToken), body, "order-42");
     expect(((await again.json()) as { id: string }).id).toBe(created.id);
     expect(everyRowSealed(target)).toBe(true);
+  });
+});
+
+describe("idempotency keys lost or forged (probe 26a F2, F3)", () => {
+  test("each forged key of one owner is reported, by a hash of the key, never the key", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const body = { amount: 1500, currency: "usd" };
+    for (const key of ["order-1", "order-2", "order-3"]) {
+      target.db.$client.run(
+        `INSERT INTO payment_idempotency_keys (owner, key, request_hash, state, claimed_at, response)
+         VALUES (?, ?, ?, 'done', ?, '{}')`,
+        [`user:${alice.userId}`, key, requestHash(body), Date.now()],
+      );
+      const response = await createIntent(target, bearer(alice.accessToken), body, key);
+      expect(response.status).toBe(201);
+    }
+    const reports = tamperReports(target);
+    expect(reports).toHaveLength(3);
+    expect(new Set(reports.map((report) => report.key)).size).toBe(3);
+    expect(JSON.stringify(reports)).not.toContain("order-");
+  });
+
+  test("a key whose stored result was lost replays Stripe's intent: counted and audited once, marked replayed", async () => {
+    const target = app();
+    const alice = await signUp(target);
+    const body = { amount: 2500, currency: "usd" };
+    const first = await createIntent(target, bearer(alice.accessToken), body, "order-9");
+    expect(first.status).toBe(201);
+    const { id } = (await first.json()) as { id: string };
+    const counted = () =>
+      metricValue(target, "payments_total", { status: "requires_payment_method" });
+    expect(await counted()).toBe(1);
+    target.db.$client.run("DELETE FROM payment_idempotency_keys WHERE key = 'order-9'");
+    const again = await createIntent(target, bearer(alice.accessToken), body, "order-9");
+    expect(again.status).toBe(201);
+    expect(again.headers.get("idempotent-replayed")).toBe("true");
+    expect(((await again.json()) as { id: string }).id).toBe(id);
+    expect(await counted()).toBe(1);
+    target.services.audit.flush();
+    expect(auditRows(target, "payment.intent.created")).toHaveLength(1);
+    expect(
+      target.db.$client.query("SELECT count(*) AS n FROM payments WHERE id = ?").get(id),
+    ).toEqual({ n: 1 });
   });
 });
 
