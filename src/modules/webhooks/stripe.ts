@@ -23,7 +23,6 @@
  *    Unknown types and payments we do not hold are acknowledged and counted `ignored`.
  */
 import { Elysia, t } from "elysia";
-import type Stripe from "stripe";
 import type { Clock } from "../../clock";
 import type { AppDatabase } from "../../db/client";
 import { webhookEvents } from "../../db/schema";
@@ -84,7 +83,7 @@ export async function verifyStripeSignature(
   header: string,
   secrets: readonly string[],
   receivedAtMs: number,
-): Promise<Stripe.Event | null> {
+): Promise<{ event: unknown } | null> {
   // The SDK refuses a timestamp older than the tolerance but takes any in the future; a clock
   // that far ahead is not Stripe's, and a signature dated ahead would outlive the replay window.
   const signedAt = signedTimestamp(header);
@@ -95,14 +94,18 @@ export async function verifyStripeSignature(
   const { default: StripeSdk } = await import("stripe");
   for (const secret of secrets) {
     try {
-      return await StripeSdk.webhooks.constructEventAsync(
-        payload,
-        header,
-        secret,
-        STRIPE_SIGNATURE_TOLERANCE_S,
-        undefined,
-        receivedAtMs,
-      );
+      // Wrapped: a verified body may parse to anything, `null` included, which is a verified
+      // body of the wrong shape, not a signature that failed.
+      return {
+        event: await StripeSdk.webhooks.constructEventAsync(
+          payload,
+          header,
+          secret,
+          STRIPE_SIGNATURE_TOLERANCE_S,
+          undefined,
+          receivedAtMs,
+        ),
+      };
     } catch {
       // The next secret of a roll, if any.
     }
@@ -111,8 +114,9 @@ export async function verifyStripeSignature(
 }
 
 /** The event, narrowed to what we read, or null when a verified event is not shaped like one. */
-function eventShape(event: Stripe.Event): StripeEventLike | null {
-  const candidate = event as unknown as Record<string, unknown>;
+function eventShape(event: unknown): StripeEventLike | null {
+  if (event === null || typeof event !== "object" || Array.isArray(event)) return null;
+  const candidate = event as Record<string, unknown>;
   const data = candidate.data as { object?: unknown } | undefined;
   if (
     !isStripeId("evt", candidate.id) ||
@@ -239,7 +243,7 @@ export function stripeWebhook(options: StripeWebhookOptions) {
               400,
             );
           }
-          const event = eventShape(verified);
+          const event = eventShape(verified.event);
           if (event === null) {
             metrics.events.labels("stripe", "failed").inc();
             throw new AppError("BAD_REQUEST", "The event is not shaped like a Stripe event.");

@@ -235,14 +235,18 @@ test("events for payments we do not hold, unknown types and malformed ids inside
   ).toBe(9);
 });
 
-test("a signed event that is not shaped like one (id not evt_…, no type) is 400 BAD_REQUEST and not recorded", async () => {
+test("a signed event that is not shaped like one (id not evt_…, no type, null, a list) is 400 BAD_REQUEST, not a signature failure, and not recorded", async () => {
   current = buildPaymentsApp();
-  for (const event of [
+  const events = [
     { ...stripeEvent("invoice.paid", {}), id: "evil_1" },
     { ...stripeEvent("invoice.paid", {}), type: 7 },
     { ...stripeEvent("invoice.paid", {}), created: "yesterday" },
     { ...stripeEvent("invoice.paid", {}), data: null },
-  ]) {
+    "null",
+    "[]",
+    "7",
+  ];
+  for (const event of events) {
     const response = await deliver(current, event);
     expect(response.status).toBe(400);
     expect(((await response.json()) as { code: string }).code).toBe("BAD_REQUEST");
@@ -253,7 +257,11 @@ test("a signed event that is not shaped like one (id not evt_…, no type) is 40
   expect(rows.n).toBe(0);
   expect(
     await metricValue(current, "webhook_events_total", { provider: "stripe", outcome: "failed" }),
-  ).toBe(4);
+  ).toBe(events.length);
+  // Each was signed: none is a signature failure (probe 26a F4: `null` was one).
+  expect(
+    await metricValue(current, "webhook_signature_failures_total", { provider: "stripe" }),
+  ).toBe(0);
 });
 
 test("a signed event whose metadata a merchant keyed like Object.prototype members is taken, not refused forever", async () => {
