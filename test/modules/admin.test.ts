@@ -279,7 +279,7 @@ describe("IP blocks", () => {
 });
 
 describe("a credential revoked in the second before this process reads the revocation", () => {
-  test("a revoked admin key, a logged-out admin session or a demoted admin's key changes nothing here: no key made, rotated or revoked, no block lifted", async () => {
+  test("a revoked admin key, a logged-out admin session or a demoted admin's key changes and reads nothing here: no key made, rotated or revoked, no block lifted, no admin list read", async () => {
     current = buildTestApp();
     const target = current;
     const admin = await signUp(target, { role: "admin" });
@@ -327,7 +327,15 @@ describe("a credential revoked in the second before this process reads the revoc
             body: { address: "198.51.100.41", ttlMinutes: 60, reason: "spam" },
           }),
         ];
-        for (const answer of await Promise.all(changes)) {
+        // Reads too (probe 26b F4): the audit log and every key are not for it either.
+        const reads = [
+          "/api/admin/api-keys",
+          "/api/admin/audit",
+          "/api/admin/blocks",
+          "/api/admin/usage",
+          "/api/admin/security/summary",
+        ].map((path) => send(other, path, { headers }));
+        for (const answer of await Promise.all([...changes, ...reads])) {
           expect(answer.status).toBe(401);
           expect(((await answer.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
         }
@@ -343,6 +351,9 @@ describe("a credential revoked in the second before this process reads the revoc
         headers: viaDemoted,
       });
       expect(lifted.status).toBe(401);
+      for (const path of ["/api/admin/api-keys", "/api/admin/audit"]) {
+        expect((await send(other, path, { headers: viaDemoted })).status).toBe(401);
+      }
       expect(target.db.$client.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({
         n: (keysBefore as { n: number }).n + 1,
       });

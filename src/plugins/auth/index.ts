@@ -33,7 +33,9 @@ export interface AuthPluginOptions {
   audit: AuditLog;
   /**
    * Whether a credential is still an admin's, read from the database: asked before every admin
-   * request that changes something (any method but GET, HEAD and OPTIONS). Absent: not asked.
+   * request, reads too (what an admin reads, the audit log and every key, is not for a credential
+   * demoted or revoked a moment ago, in the second before this process hears of it). Absent: not
+   * asked.
    */
   stillAdmin?: (principal: Principal) => boolean;
 }
@@ -63,8 +65,6 @@ export function satisfies(principal: Principal, requirement: AuthRequirement): b
  */
 export const ERRORS_DETAIL_KEY = "x-palisade-errors";
 const PIPELINE_ERRORS = [400, 403, 429, 500, 503] as const;
-/** Methods that change nothing: an admin's read is not checked against the database again. */
-const READS = new Set(["GET", "HEAD", "OPTIONS"]);
 const CREDENTIAL_ERRORS = [400, 401, 403, 429, 500, 503] as const;
 
 /** The route's OpenAPI detail: who may call it, in the document and for the declaration test. */
@@ -135,7 +135,6 @@ export function authPlugin(options: AuthPluginOptions) {
       stillAdmin !== undefined &&
       typeof requirement === "object" &&
       "role" in requirement &&
-      !READS.has(request.method) &&
       !stillAdmin(principal)
     ) {
       metrics.fail(principal.kind === "key" ? "revoked_api_key" : "revoked_token");
