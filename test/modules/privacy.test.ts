@@ -226,7 +226,13 @@ describe("the ids other events' details name (probe 26b F1, F2)", () => {
 
   test("an admin's export withholds the addresses it blocked and the other principals its events name", async () => {
     current = buildTestApp();
-    const { admin, user } = await namedInDetails(current);
+    const { admin, user, made } = await namedInDetails(current);
+    // An admin revokes the user's key: the event names a key of someone else.
+    const revoked = await send(current, `/api/admin/api-keys/${made.record.id}`, {
+      method: "DELETE",
+      headers: bearer(admin.accessToken),
+    });
+    expect(revoked.status).toBe(204);
     const blocked = await send(current, "/api/admin/blocks", {
       headers: bearer(admin.accessToken),
       body: { address: "198.51.100.7", ttlMinutes: 30, reason: "spam" },
@@ -244,6 +250,19 @@ describe("the ids other events' details name (probe 26b F1, F2)", () => {
     expect(types).toContain("ip.blocked");
     const lookUp = document.auditEvents.find((event) => event.type === "admin.usage.queried")!;
     expect(lookUp.detail.principal).toBe("(another principal)");
+    expect(text).not.toContain(made.record.id);
+    const revocation = document.auditEvents.find((event) => event.type === "admin.key.revoked")!;
+    expect(revocation.detail.keyId).toBe("(another principal)");
+
+    // Once the user is erased, the pseudonym their ids were given is withheld the same way.
+    expect(
+      (await send(current, "/api/me", { method: "DELETE", headers: bearer(user.accessToken) }))
+        .status,
+    ).toBe(204);
+    const later = (await (
+      await send(current, "/api/me/export", { headers: bearer(admin.accessToken) })
+    ).json()) as { auditEvents: { type: string; detail: Record<string, unknown> }[] };
+    expect(JSON.stringify(later)).not.toContain("erased:");
     // The admin's own successful sign-in still shows the address it came from.
     const login = document.auditEvents.find((event) => event.type === "auth.login.succeeded")!;
     expect(login.ip).not.toBeNull();
@@ -516,6 +535,14 @@ test("what another process queued for the user before the erasure, or records af
     other.log.record(refusal(`user:${alice.userId}`, "192.0.2.70"));
     other.log.record(refusal(`key:${keyId}`, "192.0.2.71"));
     other.log.record(refusal(`user:${bob.userId}`, "192.0.2.72"));
+    // And an event there naming the user in its detail (probe 26c F2).
+    other.log.record({
+      type: "chat.usage.reset",
+      outcome: "success",
+      actor: `user:${bob.userId}`,
+      ip: "192.0.2.74",
+      detail: { principal: `user:${alice.userId}`, day: "2026-01-01" },
+    });
     await eraseOwnAccount(current, alice.accessToken);
     other.log.flush();
     // Recorded there after it by a request that was already under way: written at once.
@@ -524,6 +551,13 @@ test("what another process queued for the user before the erasure, or records af
       outcome: "denied",
       actor: `user:${alice.userId}`,
       ip: "192.0.2.73",
+    });
+    // An admin event there naming the key, recorded after it (written at once).
+    other.log.record({
+      type: "admin.key.revoked",
+      outcome: "success",
+      actor: `user:${bob.userId}`,
+      detail: { keyId, name: "alice's laptop" },
     });
 
     const sqlite = current.db.$client;
@@ -534,7 +568,8 @@ test("what another process queued for the user before the erasure, or records af
     ).actor;
     const dump = JSON.stringify(sqlite.query("SELECT actor, ip, detail FROM audit_events").all());
     expect(dump).not.toContain(alice.userId);
-    // (The key's id stays in the details of the admin events that created and revoked it.)
+    expect(dump).not.toContain(keyId);
+    expect(dump).not.toContain("alice's laptop");
     const actors = sqlite.query("SELECT actor FROM audit_events").values().flat();
     expect(actors).not.toContain(`key:${keyId}`);
     for (const ip of ["192.0.2.70", "192.0.2.71", "192.0.2.73"]) expect(dump).not.toContain(ip);
@@ -547,7 +582,20 @@ test("what another process queued for the user before the erasure, or records af
       { type: "ratelimit.rejected", actor: pseudonym, ip: null },
       { type: "ratelimit.rejected", actor: pseudonym, ip: null },
       { type: "ratelimit.rejected", actor: `user:${bob.userId}`, ip: "192.0.2.72" },
+      { type: "chat.usage.reset", actor: `user:${bob.userId}`, ip: "192.0.2.74" },
       { type: "auth.forbidden", actor: pseudonym, ip: null },
+      { type: "admin.key.revoked", actor: `user:${bob.userId}`, ip: null },
+    ]);
+    const named = sqlite
+      .query(
+        "SELECT detail FROM audit_events WHERE type IN ('chat.usage.reset', 'admin.key.revoked') AND actor = ? ORDER BY id",
+      )
+      .values(`user:${bob.userId}`)
+      .flat()
+      .map((detail) => JSON.parse(detail as string));
+    expect(named).toEqual([
+      { day: "2026-01-01", principal: pseudonym },
+      { keyId: pseudonym, name: null },
     ]);
     expect(verifyAuditChain(sqlite, new AuditKeys(current.config.audit.secretKey)).ok).toBe(true);
     // No personal data in the record of who was erased: keyed pseudonyms only.

@@ -59,39 +59,16 @@ export class AuditKeys {
   }
 
   rowHash(prevHash: string, fields: ChainedFields): string {
-    if (commitsToDetail(fields.subjectCommit)) {
-      // The detail is covered by the commitment instead, so erasure can rewrite the ids in it.
-      return hmacHex(
-        this.chainKey,
-        JSON.stringify([
-          "row with detail committed",
-          this.keyId,
-          fields.id,
-          prevHash,
-          fields.at,
-          fields.type,
-          fields.route,
-          fields.requestId,
-          fields.outcome,
-          fields.subjectCommit,
-        ]),
-      );
-    }
+    const { id, at, type, route, requestId, outcome, detail, subjectCommit: commit } = fields;
+    const common = [this.keyId, id, prevHash, at, type, route, requestId, outcome];
     return hmacHex(
       this.chainKey,
-      JSON.stringify([
-        "row",
-        this.keyId,
-        fields.id,
-        prevHash,
-        fields.at,
-        fields.type,
-        fields.route,
-        fields.requestId,
-        fields.outcome,
-        fields.detail,
-        fields.subjectCommit,
-      ]),
+      JSON.stringify(
+        commitsToDetail(commit)
+          ? // The detail is covered by the commitment instead, so erasure can rewrite ids in it.
+            ["row with detail committed", ...common, commit]
+          : ["row", ...common, detail, commit],
+      ),
     );
   }
 

@@ -108,6 +108,34 @@ const sqliteSequence = sqliteTable("sqlite_sequence", {
   seq: integer("seq").notNull(),
 });
 
+/** A detail value naming a principal (`user:<id>`, `key:<id>`); a `keyId` names `key:<id>`. */
+const NAMED_PRINCIPAL = /^(user|key):/;
+
+/**
+ * The detail with each principal it names that an erasure (in any process) has pseudonymised
+ * replaced by that pseudonym, as erasure rewrote the rows written before it; a key's `name` goes
+ * with its id. Events queued before an erasure and written after it are the case: an admin's
+ * look-up of the user, a key revoked for them.
+ */
+function withErasedNamed(
+  detail: AuditDetail | undefined,
+  erasedAs: (actor: string) => string | null,
+): AuditDetail | undefined {
+  if (!detail) return detail;
+  let rewritten: AuditDetail | undefined;
+  for (const [name, value] of Object.entries(detail)) {
+    if (typeof value !== "string") continue;
+    const principal =
+      name === "keyId" ? `key:${value}` : NAMED_PRINCIPAL.test(value) ? value : null;
+    const pseudonym = principal === null ? null : erasedAs(principal);
+    if (pseudonym === null) continue;
+    rewritten ??= { ...detail };
+    rewritten[name] = pseudonym;
+    if (name === "keyId" && "name" in rewritten) rewritten.name = null;
+  }
+  return rewritten ?? detail;
+}
+
 /** Prepared once per log, at its first write: the statements every write runs. */
 function prepareWrites(db: AppDatabase) {
   const p = (name: string) => sql.placeholder(name);
@@ -542,7 +570,8 @@ export class SqliteAuditLog implements AuditLog {
           if (pseudonym !== null) erased++;
           const actor = pseudonym ?? event.actor ?? null;
           const ip = pseudonym === null ? (event.ip ?? null) : null;
-          const detail = encodeDetail(event.detail);
+          // A principal the detail names who was erased meanwhile: as erasure left the others.
+          const detail = encodeDetail(withErasedNamed(event.detail, erasedAs));
           const fields = {
             id,
             at: event.at!,

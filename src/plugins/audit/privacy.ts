@@ -10,23 +10,28 @@
 import { asc, inArray, notInArray, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { auditEvents } from "../../db/schema";
+import { PSEUDONYM_PREFIX } from "./chain";
 import { SUBJECT_ADDRESS_TYPES } from "./events";
 import type { AuditLog } from "./log";
 
-/** A principal as a detail names one: `user:<id>`, `key:<id>`, `whatsapp:<id>`. */
-const PRINCIPAL = /^(user|key|whatsapp):/;
+/** A principal as a detail names one: `user:<id>`, `key:<id>`, `whatsapp:<id>`, or erased. */
+const PRINCIPAL = new RegExp(`^(user:|key:|whatsapp:|${PSEUDONYM_PREFIX})`);
 
 /**
  * An event's detail with every principal it names that is not the person's own withheld (an
- * admin's `admin.usage.queried` names the user looked up: someone else, and theirs to export).
+ * admin's `admin.usage.queried` names the user looked up, `admin.key.revoked` the key of another:
+ * someone else's, and theirs to export), an erased one's pseudonym included.
  */
 function withoutOthers(detail: string, actors: readonly string[]): unknown {
   const parsed = JSON.parse(detail) as unknown;
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return parsed;
   const fields = parsed as Record<string, unknown>;
   for (const [name, value] of Object.entries(fields)) {
-    if (typeof value === "string" && PRINCIPAL.test(value) && !actors.includes(value)) {
+    if (typeof value !== "string") continue;
+    const principal = name === "keyId" ? `key:${value}` : PRINCIPAL.test(value) ? value : null;
+    if (principal !== null && !actors.includes(principal)) {
       fields[name] = "(another principal)";
+      if (name === "keyId" && "name" in fields) fields.name = null;
     }
   }
   return fields;
