@@ -30,6 +30,7 @@ import m0020 from "../../drizzle/0020_chat_reservations.sql" with { type: "text"
 import m0021 from "../../drizzle/0021_ip_block_seals.sql" with { type: "text" };
 import m0022 from "../../drizzle/0022_key_lineages.sql" with { type: "text" };
 import m0023 from "../../drizzle/0023_key_successor_seals.sql" with { type: "text" };
+import m0024 from "../../drizzle/0024_audit_event_names.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -57,6 +58,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0021_ip_block_seals": m0021,
   "0022_key_lineages": m0022,
   "0023_key_successor_seals": m0023,
+  "0024_audit_event_names": m0024,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -179,6 +179,10 @@ describe("the ids other events' details name (probe 26b F1, F2)", () => {
     const sqlite = current.db.$client;
     const dump = JSON.stringify(sqlite.query("SELECT actor, ip, detail FROM audit_events").all());
     for (const id of [user.userId, made.record.id]) expect(dump).not.toContain(id);
+    // Nor in the index erasure found them by; the admin's own names stay.
+    const names = sqlite.query("SELECT name FROM audit_event_names").values().flat();
+    expect(JSON.stringify(names)).not.toContain(user.userId);
+    expect(JSON.stringify(names)).not.toContain(made.record.id);
     expect(dump).not.toContain(`"name":"${made.record.name}"`);
     const pseudonym = rowOf(current, "privacy.erased").actor;
     expect(pseudonym).toMatch(/^erased:/);

@@ -1,5 +1,5 @@
 import { isNull } from "drizzle-orm";
-import { index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import { index, integer, primaryKey, sqliteTable, text } from "drizzle-orm/sqlite-core";
 
 /**
  * Security events, hash-chained with a key: each row's `hash` is an HMAC (keyed with
@@ -37,6 +37,24 @@ export const auditEvents = sqliteTable(
     // Every start asks whether unkeyed rows exist (plugins/audit/upgrade); without this the answer
     // is a scan of the whole table (~200 ms at a million rows). Empty once keyed: no write cost.
     index("audit_events_unkeyed").on(table.id).where(isNull(table.keyId)),
+  ],
+);
+
+/**
+ * The principals each event's detail names (`user:<id>`, `key:<id>`: an admin's look-up of a user,
+ * a key made or revoked for one): how erasure finds the events that name someone without reading
+ * the whole log. Raw ids, so erasure deletes a principal's rows here as it rewrites its events,
+ * and retention deletes them with their events.
+ */
+export const auditEventNames = sqliteTable(
+  "audit_event_names",
+  {
+    name: text("name").notNull(),
+    eventId: integer("event_id").notNull(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.name, table.eventId] }),
+    index("audit_event_names_event").on(table.eventId),
   ],
 );
 

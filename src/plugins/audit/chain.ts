@@ -12,6 +12,7 @@
  */
 import { createHmac } from "node:crypto";
 import { sealMatches } from "../../db/row-seal";
+import { withPrincipalsReplaced } from "./events";
 
 export const GENESIS_HASH = "0".repeat(64);
 
@@ -147,7 +148,7 @@ export interface ErasedFields {
 }
 
 /** Marks a commitment that covers the detail too (rows written since erasure rewrites details). */
-export const DETAIL_COMMITTED = "d:";
+const DETAIL_COMMITTED = "d:";
 
 /** Whether the row's commitment covers its detail (and its hash does not). */
 export function commitsToDetail(subjectCommit: string): boolean {
@@ -155,17 +156,10 @@ export function commitsToDetail(subjectCommit: string): boolean {
 }
 
 /**
- * A stored detail with an erased actor's ids replaced by its pseudonym: a value that is the actor
- * (`user:<id>`, `key:<id>`) or its bare id (a `keyId`). A detail naming an erased key loses the
- * key's `name` too, which its owner may have chosen to name themselves. Returned as it was when
- * nothing in it names the actor (or it is not a stored detail's JSON object).
+ * A stored detail with the fields naming `actor` (`principalsNamed`) replaced by its pseudonym; as
+ * it was when none does (or it is not a stored detail's JSON object).
  */
-export function detailWithout(
-  detail: string,
-  actor: string,
-  bareId: string,
-  pseudonym: string,
-): string {
+export function detailWithout(detail: string, actor: string, pseudonym: string): string {
   let parsed: unknown;
   try {
     parsed = JSON.parse(detail);
@@ -174,14 +168,8 @@ export function detailWithout(
   }
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return detail;
   const fields = parsed as Record<string, unknown>;
-  let changed = false;
-  for (const [name, value] of Object.entries(fields)) {
-    if (value !== actor && value !== bareId) continue;
-    fields[name] = pseudonym;
-    changed = true;
-    if (name === "keyId" && "name" in fields) fields.name = null;
-  }
-  return changed ? JSON.stringify(fields) : detail;
+  const rewritten = withPrincipalsReplaced(fields, (named) => (named === actor ? pseudonym : null));
+  return rewritten === fields ? detail : JSON.stringify(rewritten);
 }
 
 /**

@@ -109,6 +109,53 @@ export const TAMPER_EVENT_TYPES = [
   "db.resealed",
 ] as const satisfies readonly AuditEventType[];
 
+/** A detail value that is a principal as written: `user:<id>`, `key:<id>`, `whatsapp:<id>`. */
+const PRINCIPAL_VALUE = /^(user|key|whatsapp):/;
+
+/** Detail fields that hold a bare id, and the kind of principal it is. */
+const ID_FIELDS: Readonly<Record<string, "user" | "key">> = {
+  user: "user",
+  userId: "user",
+  keyId: "key",
+  replacedBy: "key",
+};
+
+/**
+ * The principals a detail names, each with its field: a value written as a principal, or a bare id
+ * in a field that holds one (`keyId`, `replacedBy`, `user`). What erasure rewrites in others'
+ * events, what the export withholds of them, and what `audit_event_names` indexes.
+ */
+export function principalsNamed(detail: Readonly<Record<string, unknown>>): [string, string][] {
+  const named: [string, string][] = [];
+  for (const [field, value] of Object.entries(detail)) {
+    if (typeof value !== "string" || value === "") continue;
+    const kind = ID_FIELDS[field];
+    if (kind !== undefined && !PRINCIPAL_VALUE.test(value)) named.push([field, `${kind}:${value}`]);
+    else if (PRINCIPAL_VALUE.test(value)) named.push([field, value]);
+  }
+  return named;
+}
+
+/**
+ * The detail with the fields naming a principal in `replaced` (by `principalsNamed`) set to what
+ * it maps them to; a key's `name` goes (null) with its id, as its owner may have chosen it to name
+ * themselves. The same object when nothing in it is replaced.
+ */
+export function withPrincipalsReplaced<Detail extends Record<string, unknown>>(
+  detail: Detail,
+  replaced: (principal: string) => string | null,
+): Detail {
+  let rewritten: Record<string, unknown> | undefined;
+  for (const [field, principal] of principalsNamed(detail)) {
+    const replacement = replaced(principal);
+    if (replacement === null) continue;
+    rewritten ??= { ...detail };
+    rewritten[field] = replacement;
+    if (field === "keyId" && "name" in rewritten) rewritten.name = null;
+  }
+  return (rewritten as Detail | undefined) ?? detail;
+}
+
 /**
  * The events whose address is the subject of the action (the address blocked or unblocked), not
  * the address the actor came from: someone else's, never handed out in the actor's export.

@@ -27,7 +27,7 @@
  * request already under way) is written under the pseudonym, without its address.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, desc, eq, isNull, like, lt, lte, max, ne, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, isNull, lt, lte, max, ne, or, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
@@ -36,7 +36,7 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { sealMatches } from "../../db/row-seal";
-import { auditCheckpoints, auditErasedActors, auditEvents } from "../../db/schema";
+import { auditCheckpoints, auditErasedActors, auditEventNames, auditEvents } from "../../db/schema";
 import { cutClientText, type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
@@ -44,7 +44,6 @@ import { Counter, type Registry } from "../metrics/prom";
 import {
   type AuditKeys,
   commitsToDetail,
-  DETAIL_COMMITTED,
   detailWithout,
   GENESIS_HASH,
   matchesCommit,
@@ -52,7 +51,14 @@ import {
   PSEUDONYM_PREFIX,
   subjectCommit,
 } from "./chain";
-import { type AuditDetail, type AuditEvent, encodeDetail, mustNotLose } from "./events";
+import {
+  type AuditDetail,
+  type AuditEvent,
+  encodeDetail,
+  mustNotLose,
+  principalsNamed,
+  withPrincipalsReplaced,
+} from "./events";
 import { type AuditHead, type AuditRow, latestCheckpoint, verifyAuditChain } from "./verify";
 
 export type { AuditHead, AuditRow, VerifyResult } from "./verify";
@@ -108,34 +114,6 @@ const sqliteSequence = sqliteTable("sqlite_sequence", {
   seq: integer("seq").notNull(),
 });
 
-/** A detail value naming a principal (`user:<id>`, `key:<id>`); a `keyId` names `key:<id>`. */
-const NAMED_PRINCIPAL = /^(user|key):/;
-
-/**
- * The detail with each principal it names that an erasure (in any process) has pseudonymised
- * replaced by that pseudonym, as erasure rewrote the rows written before it; a key's `name` goes
- * with its id. Events queued before an erasure and written after it are the case: an admin's
- * look-up of the user, a key revoked for them.
- */
-function withErasedNamed(
-  detail: AuditDetail | undefined,
-  erasedAs: (actor: string) => string | null,
-): AuditDetail | undefined {
-  if (!detail) return detail;
-  let rewritten: AuditDetail | undefined;
-  for (const [name, value] of Object.entries(detail)) {
-    if (typeof value !== "string") continue;
-    const principal =
-      name === "keyId" ? `key:${value}` : NAMED_PRINCIPAL.test(value) ? value : null;
-    const pseudonym = principal === null ? null : erasedAs(principal);
-    if (pseudonym === null) continue;
-    rewritten ??= { ...detail };
-    rewritten[name] = pseudonym;
-    if (name === "keyId" && "name" in rewritten) rewritten.name = null;
-  }
-  return rewritten ?? detail;
-}
-
 /** Prepared once per log, at its first write: the statements every write runs. */
 function prepareWrites(db: AppDatabase) {
   const p = (name: string) => sql.placeholder(name);
@@ -159,6 +137,12 @@ function prepareWrites(db: AppDatabase) {
           hash: p("hash"),
           keyId: p("keyId"),
         })
+        .prepare(),
+    insertName: () =>
+      db
+        .insert(auditEventNames)
+        .values({ name: p("name"), eventId: p("eventId") })
+        .onConflictDoNothing()
         .prepare(),
     lastRow: () => lastRowQuery(db).prepare(),
     sequence: () =>
@@ -347,8 +331,6 @@ export class SqliteAuditLog implements AuditLog {
     this.flush();
     const keys = this.keys;
     const db = this.db;
-    // The id as other events' details name it: `user:<id>` as a principal, `<id>` as a `keyId`.
-    const bareId = actor.slice(actor.indexOf(":") + 1);
     return db.transaction(
       () => {
         const columns = {
@@ -362,21 +344,18 @@ export class SqliteAuditLog implements AuditLog {
         };
         const own = db.select(columns).from(auditEvents).where(eq(auditEvents.actor, actor)).all();
         // Others' events that name the actor in their detail (an admin who looked up the user's
-        // usage, the key made for the user), where the detail is committed and so can be rewritten.
-        const naming =
-          bareId === ""
-            ? []
-            : db
-                .select(columns)
-                .from(auditEvents)
-                .where(
-                  and(
-                    or(isNull(auditEvents.actor), ne(auditEvents.actor, actor)),
-                    like(auditEvents.subjectCommit, `${DETAIL_COMMITTED}%`),
-                    sql`instr(${auditEvents.detail}, ${bareId}) > 0`,
-                  ),
-                )
-                .all();
+        // usage, the key made for the user), found through the names written with them.
+        const naming = db
+          .select(columns)
+          .from(auditEventNames)
+          .innerJoin(auditEvents, eq(auditEvents.id, auditEventNames.eventId))
+          .where(
+            and(
+              eq(auditEventNames.name, actor),
+              or(isNull(auditEvents.actor), ne(auditEvents.actor, actor)),
+            ),
+          )
+          .all();
         const update = db
           .update(auditEvents)
           .set({
@@ -404,7 +383,7 @@ export class SqliteAuditLog implements AuditLog {
         let rewritten = 0;
         const rewrite = (row: (typeof own)[number], ownRow: boolean) => {
           const detail = commitsToDetail(row.subjectCommit)
-            ? detailWithout(row.detail, actor, bareId, pseudonym)
+            ? detailWithout(row.detail, actor, pseudonym)
             : row.detail;
           if (!ownRow && detail === row.detail) return;
           // Only a row that still matches its commitment (or an earlier erasure's record) gets an
@@ -430,6 +409,8 @@ export class SqliteAuditLog implements AuditLog {
         };
         for (const row of own) rewrite(row, true);
         for (const row of naming) rewrite(row, false);
+        // The raw id goes from the index too.
+        db.delete(auditEventNames).where(eq(auditEventNames.name, actor)).run();
         if (untrusted > 0) {
           this.logger.error(
             { rows: untrusted },
@@ -470,6 +451,7 @@ export class SqliteAuditLog implements AuditLog {
           .where(lte(auditEvents.id, last.id))
           .returning({ id: auditEvents.id })
           .all().length;
+        db.delete(auditEventNames).where(lte(auditEventNames.eventId, last.id)).run();
         const checkpoint = {
           createdAt: now,
           lastDeletedId: last.id,
@@ -547,7 +529,7 @@ export class SqliteAuditLog implements AuditLog {
 
   /** Writes the events on the chain; returns the last row written (its id and hash). */
   private write(events: AuditEvent[]): { id: number; hash: string } {
-    const { insert, lastRow, sequence } = this.statements;
+    const { insert, insertName, lastRow, sequence } = this.statements;
     let erased = 0;
     const written = this.db.transaction(
       () => {
@@ -570,8 +552,11 @@ export class SqliteAuditLog implements AuditLog {
           if (pseudonym !== null) erased++;
           const actor = pseudonym ?? event.actor ?? null;
           const ip = pseudonym === null ? (event.ip ?? null) : null;
-          // A principal the detail names who was erased meanwhile: as erasure left the others.
-          const detail = encodeDetail(withErasedNamed(event.detail, erasedAs));
+          // A principal the detail names who was erased meanwhile (an event queued by another
+          // process before the erasure): named by the pseudonym, as erasure left the others.
+          const detail = encodeDetail(
+            event.detail && withPrincipalsReplaced(event.detail, erasedAs),
+          );
           const fields = {
             id,
             at: event.at!,
@@ -597,6 +582,12 @@ export class SqliteAuditLog implements AuditLog {
           // and a chain of the rows written cannot show one that never was: fail as loudly as any
           // failed write (db/foreign-triggers.ts drops such a trigger).
           if (stored.changes !== 1) throw new AuditNotStoredError(event.type);
+          if (event.detail && principalsNamed(event.detail).length > 0) {
+            // Indexed as stored (erasure finds the row by them).
+            for (const [, name] of principalsNamed(JSON.parse(detail))) {
+              insertName.run({ name, eventId: id });
+            }
+          }
           prevHash = hash;
           id++;
         }

@@ -11,11 +11,10 @@ import { asc, inArray, notInArray, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { auditEvents } from "../../db/schema";
 import { PSEUDONYM_PREFIX } from "./chain";
-import { SUBJECT_ADDRESS_TYPES } from "./events";
+import { SUBJECT_ADDRESS_TYPES, withPrincipalsReplaced } from "./events";
 import type { AuditLog } from "./log";
 
-/** A principal as a detail names one: `user:<id>`, `key:<id>`, `whatsapp:<id>`, or erased. */
-const PRINCIPAL = new RegExp(`^(user:|key:|whatsapp:|${PSEUDONYM_PREFIX})`);
+const WITHHELD = "(another principal)";
 
 /**
  * An event's detail with every principal it names that is not the person's own withheld (an
@@ -25,16 +24,15 @@ const PRINCIPAL = new RegExp(`^(user:|key:|whatsapp:|${PSEUDONYM_PREFIX})`);
 function withoutOthers(detail: string, actors: readonly string[]): unknown {
   const parsed = JSON.parse(detail) as unknown;
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return parsed;
-  const fields = parsed as Record<string, unknown>;
-  for (const [name, value] of Object.entries(fields)) {
-    if (typeof value !== "string") continue;
-    const principal = name === "keyId" ? `key:${value}` : PRINCIPAL.test(value) ? value : null;
-    if (principal !== null && !actors.includes(principal)) {
-      fields[name] = "(another principal)";
-      if (name === "keyId" && "name" in fields) fields.name = null;
-    }
-  }
-  return fields;
+  const fields = withPrincipalsReplaced(parsed as Record<string, unknown>, (principal) =>
+    actors.includes(principal) ? null : WITHHELD,
+  );
+  return Object.fromEntries(
+    Object.entries(fields).map(([name, value]) => [
+      name,
+      typeof value === "string" && value.startsWith(PSEUDONYM_PREFIX) ? WITHHELD : value,
+    ]),
+  );
 }
 
 export function createAuditExport(db: AppDatabase, audit: AuditLog) {

@@ -240,6 +240,13 @@ describe("the hash chain", () => {
       detail: { keyId: "k-1", name: "alice laptop" },
     });
     log.flush();
+    // Erasure finds them by the names written with them, not by reading every row.
+    expect(
+      sqlite.query("SELECT name, event_id AS id FROM audit_event_names ORDER BY id").all(),
+    ).toEqual([
+      { name: "user:u-1", id: 6 },
+      { name: "key:k-1", id: 7 },
+    ]);
     const pseudonym = log.pseudonymOf("user:u-1");
     expect(log.pseudonymise("user:u-1", pseudonym)).toBe(1);
     expect(log.pseudonymise("key:k-1", pseudonym)).toBe(1);
@@ -259,6 +266,7 @@ describe("the hash chain", () => {
       },
     ]);
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 7 });
+    expect(sqlite.query("SELECT count(*) AS n FROM audit_event_names").get()).toEqual({ n: 0 });
     // The same rewrite of another row's detail by hand: refused.
     sqlite.run(
       `UPDATE audit_events SET detail = '{"n":"${pseudonym}"}', subject_salt = NULL WHERE id = 2`,
@@ -329,15 +337,19 @@ describe("the hash chain", () => {
   test("retention deletes old rows from the start and leaves a checkpoint that verifies", () => {
     const { log, clock, sqlite } = auditOn();
     for (let i = 0; i < 4; i++)
-      log.record({ type: "admin.key.created", outcome: "success", detail: { i } });
+      log.record({ type: "admin.key.created", outcome: "success", detail: { i, keyId: `k${i}` } });
     clock.advance(10 * 24 * 60 * 60 * 1000);
     for (let i = 0; i < 3; i++)
-      log.record({ type: "admin.key.revoked", outcome: "success", detail: { i } });
+      log.record({ type: "admin.key.revoked", outcome: "success", detail: { i, keyId: `n${i}` } });
     const cutoff = clock.now() - 24 * 60 * 60 * 1000;
     expect(log.prune(cutoff, clock.now(), 3)).toBe(3);
     expect(log.prune(cutoff, clock.now(), 3)).toBe(1);
     expect(log.prune(cutoff, clock.now(), 3)).toBe(0);
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 3 });
+    // The names the deleted rows' details gave go with them.
+    expect(
+      sqlite.query("SELECT name FROM audit_event_names ORDER BY name").values().flat(),
+    ).toEqual(["key:n0", "key:n1", "key:n2"]);
     // New rows continue the chain after the checkpoint even if every old row is gone.
     log.record({ type: "admin.key.rotated", outcome: "success" });
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 4 });
