@@ -5,8 +5,10 @@ import { index, integer, primaryKey, sqliteTable, text } from "drizzle-orm/sqlit
  * Security events, hash-chained with a key: each row's `hash` is an HMAC (keyed with
  * AUDIT_SECRET_KEY) over its id, its fields and the previous row's hash, so editing, inserting,
  * deleting or re-chaining rows breaks the chain for anyone without the key. Personal data (actor,
- * client IP) is covered through `subjectCommit`, a salted hash of the two, so erasure can replace
- * them with a pseudonym and drop the salt; the rewrite is itself authenticated by `erasureMac`.
+ * client IP, and the detail, which may name other people) is covered through `subjectCommit`, a
+ * salted hash of them (rows written before details were committed: of actor and IP only, the
+ * detail then in the hash), so erasure can replace them with a pseudonym and drop the salt; the
+ * rewrite is itself authenticated by `erasureMac`.
  */
 export const auditEvents = sqliteTable(
   "audit_events",

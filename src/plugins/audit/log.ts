@@ -21,7 +21,9 @@
  * remaining chain still verifies.
  *
  * Erasure: `pseudonymise` replaces an actor by its pseudonym, drops the address and the salt, and
- * authenticates that rewrite per row, so verification accepts it and refuses any other. It also
+ * authenticates that rewrite per row, so verification accepts it and refuses any other; in rows
+ * that commit to their detail it also replaces the actor where others' details name it (found
+ * through `audit_event_names`, written with each event). It also
  * records the actor as erased (`audit_erased_actors`, keyed by the actor's own pseudonym): an
  * event for it that any process writes afterwards (queued before the erasure, or recorded by a
  * request already under way) is written under the pseudonym, without its address.
