@@ -140,6 +140,18 @@ describe("users:erase", () => {
     expect(
       (await send(restarted(target), "/api/auth/me", { headers: { "x-api-key": key } })).status,
     ).toBe(401);
+    // The reports of the row that failed its seal named it by id: erased with the rest (probe 26d F2).
+    const reports = target.db.$client
+      .query<{ detail: string }, []>(
+        "SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered'",
+      )
+      .all();
+    expect(reports.length).toBeGreaterThan(0);
+    const dump = JSON.stringify(
+      target.db.$client.query("SELECT actor, ip, detail FROM audit_events").all(),
+    );
+    expect(dump).not.toContain(alice.userId);
+    expect(verifyAuditChain(target.db.$client, new AuditKeys(AUDIT_SECRET_KEY)).ok).toBe(true);
   });
 
   test("an unknown address exits 1 and erases nothing; --email is required", async () => {

@@ -113,23 +113,31 @@ export const TAMPER_EVENT_TYPES = [
 const PRINCIPAL_VALUE = /^(user|key|whatsapp):/;
 
 /** Detail fields that hold a bare id, and the kind of principal it is. */
-const ID_FIELDS: Readonly<Record<string, "user" | "key">> = {
-  user: "user",
-  userId: "user",
-  keyId: "key",
-  replacedBy: "key",
-};
+const ID_FIELDS: ReadonlyMap<string, "user" | "key"> = new Map([
+  ["user", "user"],
+  ["userId", "user"],
+  ["keyId", "key"],
+  ["replacedBy", "key"],
+]);
+
+/** A row named by `table` and `id` (a credential or payment failing its seal): whose id it is. */
+const TABLE_ID_KINDS: ReadonlyMap<string, "user" | "key"> = new Map([
+  ["users", "user"],
+  ["api_keys", "key"],
+]);
 
 /**
- * The principals a detail names, each with its field: a value written as a principal, or a bare id
- * in a field that holds one (`keyId`, `replacedBy`, `user`). What erasure rewrites in others'
- * events, what the export withholds of them, and what `audit_event_names` indexes.
+ * The principals a detail names, each with its field: a value written as a principal, a bare id
+ * in a field that holds one (`keyId`, `replacedBy`, `user`, `userId`), or the `id` of a `users` or
+ * `api_keys` row a detail names by `table`. What erasure rewrites in others' events, what the
+ * export withholds of them, and what `audit_event_names` indexes.
  */
 export function principalsNamed(detail: Readonly<Record<string, unknown>>): [string, string][] {
   const named: [string, string][] = [];
+  const rowKind = typeof detail.table === "string" ? TABLE_ID_KINDS.get(detail.table) : undefined;
   for (const [field, value] of Object.entries(detail)) {
     if (typeof value !== "string" || value === "") continue;
-    const kind = ID_FIELDS[field];
+    const kind = field === "id" ? rowKind : ID_FIELDS.get(field);
     if (kind !== undefined && !PRINCIPAL_VALUE.test(value)) named.push([field, `${kind}:${value}`]);
     else if (PRINCIPAL_VALUE.test(value)) named.push([field, value]);
   }
