@@ -65,7 +65,11 @@ export function startServer(options: StartServerOptions): RunningServer {
   const shutdown = (reason: string): Promise<void> => {
     shuttingDown ??= (async () => {
       logger.info({ reason, pending: server.pendingRequests }, "shutting down");
-      const drained = app.stop(false).then(() => true);
+      let drainedYet = false;
+      const drained = app.stop(false).then(() => {
+        drainedYet = true;
+        return true;
+      });
       const timedOut = Bun.sleep(drainTimeoutMs).then(() => false);
       if (!(await Promise.race([drained, timedOut]))) {
         if (options.onDrainTimeout) {
@@ -73,10 +77,16 @@ export function startServer(options: StartServerOptions): RunningServer {
           options.onDrainTimeout();
           await Promise.race([drained, Bun.sleep(STREAM_END_GRACE_MS)]);
         }
-        if (server.pendingRequests > 0) {
-          logger.warn({ pending: server.pendingRequests }, "drain timed out; closing connections");
+        // The streams' last events may have let the drain finish meanwhile: then Elysia has let go
+        // of the server, and its stop would print "isn't running" with a stack into the log.
+        if (!drainedYet) {
+          if (server.pendingRequests > 0) {
+            logger.warn({ pending: server.pendingRequests }, "drain timed out; closing connections");
+          }
+          // Bun's own stop: the drain Elysia awaits then ends, and its stop hooks run once.
+          await server.stop(true);
+          await drained;
         }
-        await app.stop(true);
       }
       // Elysia runs after-response hooks (the access line, request metrics) on the turn after the
       // answer is sent: let the last answers' hooks run before anything closes.

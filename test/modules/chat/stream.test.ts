@@ -4,7 +4,7 @@
  * incomplete), a streamed request's real duration in the access log and the histogram, and how
  * an UpstreamFailure reaches the client (503 with Retry-After, 502, an error event mid-stream).
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, spyOn, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { chatMessages, chatUsage } from "../../../src/db/schema";
 import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
@@ -143,6 +143,9 @@ describe("Server-Sent Events", () => {
     const reader = response.body!.getReader();
     const decoder = new TextDecoder();
     let text = decoder.decode((await reader.read()).value);
+    // Nothing but the logger writes to the process's output (probe 26e F1: Elysia printed
+    // "isn't running" and a stack when stopped a second time after the streams had ended).
+    const printed = spyOn(console, "log");
     const stopped = server.shutdown("test");
     // The whole body arrives and ends cleanly: the read never fails.
     for (;;) {
@@ -151,6 +154,8 @@ describe("Server-Sent Events", () => {
       text += decoder.decode(value);
     }
     await stopped;
+    expect(printed).not.toHaveBeenCalled();
+    printed.mockRestore();
     const events = parseSse(text);
     expect(events.filter((event) => event.event === "done")).toEqual([]);
     const last = events.at(-1)!;
