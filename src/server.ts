@@ -81,7 +81,10 @@ export function startServer(options: StartServerOptions): RunningServer {
         // of the server, and its stop would print "isn't running" with a stack into the log.
         if (!drainedYet) {
           if (server.pendingRequests > 0) {
-            logger.warn({ pending: server.pendingRequests }, "drain timed out; closing connections");
+            logger.warn(
+              { pending: server.pendingRequests },
+              "drain timed out; closing connections",
+            );
           }
           // Bun's own stop: the drain Elysia awaits then ends, and its stop hooks run once.
           await server.stop(true);
