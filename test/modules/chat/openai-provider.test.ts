@@ -11,6 +11,8 @@ import {
   completionCapField,
   createOpenAiProvider,
   MAX_RETRY_WAIT_MS,
+  MAX_TOLD_RETRY_AFTER_S,
+  replyBound,
   requestedWaitMs,
   retryDelay,
 } from "../../../src/modules/chat/providers/openai";
@@ -161,6 +163,61 @@ describe("replies", () => {
     });
     expect(estimateTokens("")).toBe(0);
     expect(estimateTokens("abcde")).toBe(2);
+  });
+});
+
+describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => {
+  const messages: ChatMessage[] = [{ role: "user", content: "efghijklm" }];
+
+  test("zero tokens for text that is not empty, or a count past 10^8, is replaced by the estimate", async () => {
+    for (const usage of [
+      { prompt: 0, completion: 0 },
+      { prompt: 1e308, completion: 1e308 },
+      { prompt: 2 ** 60, completion: -1 },
+    ]) {
+      upstream.enqueue({ kind: "reply", text: "0123456789", usage });
+      expect((await provider.complete(messages)).usage).toEqual({
+        promptTokens: 3,
+        completionTokens: 3,
+      });
+      upstream.enqueue({ kind: "reply", chunks: ["01234", "56789"], usage });
+      const deltas = await collect(provider.stream(messages));
+      expect(deltas.at(-1)).toEqual({
+        kind: "usage",
+        usage: { promptTokens: 3, completionTokens: 3 },
+      });
+    }
+    // A real count is kept, and zero for an empty reply is one.
+    upstream.enqueue({ kind: "reply", text: "0123456789", usage: { prompt: 7, completion: 9 } });
+    expect((await provider.complete(messages)).usage).toEqual({
+      promptTokens: 7,
+      completionTokens: 9,
+    });
+    upstream.enqueue({ kind: "reply", chunks: [], usage: { prompt: 7, completion: 0 } });
+    const empty = await collect(provider.stream(messages));
+    expect(empty.at(-1)).toEqual({
+      kind: "usage",
+      usage: { promptTokens: 7, completionTokens: 0 },
+    });
+  });
+
+  test("a reply longer than its cap allows is not kept: 502 bad_response, a stream cut there", async () => {
+    const bound = replyBound(1024);
+    expect(bound).toBe(65_536);
+    upstream.enqueue({ kind: "reply", text: "x".repeat(bound + 1) });
+    const failure = await failureOf(provider.complete(messages));
+    expect(failure.kind).toBe("bad_response");
+    // Exactly the bound is a reply.
+    upstream.enqueue({ kind: "reply", text: "y".repeat(bound) });
+    expect((await provider.complete(messages)).text).toHaveLength(bound);
+
+    const piece = "z".repeat(bound / 4);
+    upstream.enqueue({ kind: "reply", chunks: [piece, piece, piece, piece, "!", "more"] });
+    const { received, error } = await collectUntilError(provider.stream(messages));
+    expect(textOf(received)).toHaveLength(bound);
+    expect(error).toBeInstanceOf(UpstreamFailure);
+    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect(failureLines().at(-1)).toMatchObject({ reason: "reply longer than its cap" });
   });
 });
 
@@ -322,6 +379,20 @@ describe("retries", () => {
       kind: "give_up",
       retryAfterSeconds: MAX_RETRY_WAIT_MS / 1000 + 1,
     });
+    // What clients are told is at most an hour, however long the upstream asked (probe 26e F4).
+    for (const asked of ["99999999", "Fri, 01 Jan 2100 00:00:00 GMT"]) {
+      expect(retryDelay(1, headers({ "retry-after": asked }), now, () => 0)).toEqual({
+        kind: "give_up",
+        retryAfterSeconds: MAX_TOLD_RETRY_AFTER_S,
+      });
+    }
+  });
+
+  test("a 503 asking for years is passed on to the client as an hour", async () => {
+    upstream.enqueue({ kind: "error", status: 503, retryAfter: "99999999" });
+    const failure = await failureOf(provider.complete(MESSAGES));
+    expect(failure.kind).toBe("unavailable");
+    expect(failure.retryAfterSeconds).toBe(MAX_TOLD_RETRY_AFTER_S);
   });
 });
 

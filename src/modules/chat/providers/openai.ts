@@ -26,11 +26,14 @@
  *   and a reason we wrote. Never the messages, never the upstream's error text (OpenAI echoes part
  *   of a wrong key in it), never the key. The SDK's own console logging is off.
  * - **Usage**: the upstream's `usage` (the JSON body's, or the stream's final chunk with
- *   `stream_options.include_usage`); servers that send none get an estimate of one token per four
- *   characters (`estimateTokens`), never zero.
+ *   `stream_options.include_usage`); servers that send none, or a count that is not one (zero for
+ *   text that is not empty, past 10^8), get an estimate of one token per four characters
+ *   (`estimateTokens`), never zero.
  * - **Length**: every request carries CHAT_MAX_COMPLETION_TOKENS as the reply's cap
  *   (`completionCapField`: `max_completion_tokens` for api.openai.com, `max_tokens` elsewhere), so
- *   the completion a turn reserves against its budget is a real bound.
+ *   the completion a turn reserves against its budget is a real bound; a reply longer than 32
+ *   characters a capped token (at least 64 Ki characters) is not kept: `bad_response` (→ 502; a
+ *   stream is cut there, what arrived stored incomplete).
  */
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
 import type { Clock } from "../../../clock";
@@ -56,6 +59,17 @@ const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 4_000;
 /** The longest an upstream's Retry-After is waited for; beyond it the request fails at once. */
 export const MAX_RETRY_WAIT_MS = 10_000;
+/**
+ * The longest wait passed on to clients from an upstream's Retry-After: an hour, so an upstream
+ * that asks for years (broken, or not the operator's to trust) does not tell clients to never come
+ * back; the circuit breaker decides when the upstream is tried again anyway.
+ */
+export const MAX_TOLD_RETRY_AFTER_S = 3600;
+
+/** The seconds a client is told to wait for an upstream that asked `ms`. */
+function toldWait(ms: number): number {
+  return Math.min(MAX_TOLD_RETRY_AFTER_S, Math.max(1, Math.ceil(ms / 1000)));
+}
 
 export interface OpenAiProviderOptions {
   /** Any non-empty string for servers that ignore it (Ollama, vLLM, llama.cpp). */
@@ -121,7 +135,7 @@ export function retryDelay(
   const asked = requestedWaitMs(headers, now);
   if (asked !== undefined) {
     if (asked > MAX_RETRY_WAIT_MS) {
-      return { kind: "give_up", retryAfterSeconds: Math.ceil(asked / 1000) };
+      return { kind: "give_up", retryAfterSeconds: toldWait(asked) };
     }
     return {
       kind: "wait",
@@ -245,8 +259,46 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/** Past this a reported count is not a count of tokens (1e308 is an integer too). */
+const MAX_REPORTED_TOKENS = 100_000_000;
+
 function isCount(value: unknown): value is number {
-  return typeof value === "number" && Number.isInteger(value) && value >= 0;
+  return (
+    typeof value === "number" &&
+    Number.isSafeInteger(value) &&
+    value >= 0 &&
+    value <= MAX_REPORTED_TOKENS
+  );
+}
+
+/**
+ * What a turn is charged: the upstream's usage, but an estimate where it reports none, or zero
+ * for a prompt or a reply that was not empty (a server that always says 0 would switch the budget
+ * off).
+ */
+function chargedUsage(
+  reported: TokenUsage | undefined,
+  messages: readonly ChatMessage[],
+  text: string,
+): TokenUsage {
+  const promptTokens =
+    reported !== undefined && reported.promptTokens > 0
+      ? reported.promptTokens
+      : estimatePromptTokens(messages);
+  const completionTokens =
+    reported !== undefined && (reported.completionTokens > 0 || text === "")
+      ? reported.completionTokens
+      : estimateTokens(text);
+  return { promptTokens, completionTokens };
+}
+
+/**
+ * The longest reply kept, in characters: the completion cap asks the upstream for at most that
+ * many tokens, and no token is 32 characters on average; past it the upstream is not keeping to
+ * the cap, and what it sends is not stored, shown or held in memory without bound.
+ */
+export function replyBound(maxCompletionTokens: number): number {
+  return Math.max(65_536, maxCompletionTokens * 32);
 }
 
 /** The upstream's usage when it is well-formed, else undefined. */
@@ -273,6 +325,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
   const clock = options.clock ?? systemClock;
   const random = options.random ?? Math.random;
   const maxCompletionTokens = options.maxCompletionTokens ?? 1024;
+  const maxReplyChars = replyBound(maxCompletionTokens);
   const cap = { [completionCapField(options.baseUrl)]: maxCompletionTokens };
   const client = new OpenAI({
     apiKey: options.apiKey,
@@ -408,7 +461,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         retryAfterSeconds = delay.retryAfterSeconds;
       } else {
         const asked = requestedWaitMs(failed.headers, clock.now());
-        if (asked !== undefined) retryAfterSeconds = Math.max(1, Math.ceil(asked / 1000));
+        if (asked !== undefined) retryAfterSeconds = toldWait(asked);
       }
       const failure = new UpstreamFailure(failed.kind, failed.reason, retryAfterSeconds);
       throw fail(permit, failure, failed.upstreamFault, {
@@ -456,8 +509,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     });
     observe(startedAt);
     const text = readCompletionText(body);
-    if (text === undefined) {
-      const failure = new UpstreamFailure("bad_response", "response is not a chat completion");
+    if (text === undefined || text.length > maxReplyChars) {
+      const failure = new UpstreamFailure(
+        "bad_response",
+        text === undefined ? "response is not a chat completion" : "reply longer than its cap",
+      );
       metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
       throw fail(permit, failure, true, { requestId, attempts, status: 200 });
     }
@@ -466,10 +522,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       const line = { requestId: requestId ?? null, provider: PROVIDER, model, attempts };
       logger.info(line, "chat upstream answered after a retry");
     }
-    const usage = readUsage(isRecord(body) ? body.usage : undefined) ?? {
-      promptTokens: estimatePromptTokens(messages),
-      completionTokens: estimateTokens(text),
-    };
+    const usage = chargedUsage(readUsage(isRecord(body) ? body.usage : undefined), messages, text);
     return { text, usage };
   }
 
@@ -559,12 +612,18 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         if (isRecord(choice)) {
           const delta = isRecord(choice.delta) ? choice.delta.content : undefined;
           if (typeof delta === "string" && delta !== "") {
+            if (text.length + delta.length > maxReplyChars) {
+              broken = "reply longer than its cap";
+              break;
+            }
             text += delta;
             yield { kind: "text", text: delta };
           }
           if (typeof choice.finish_reason === "string") finished = true;
         }
       }
+      // A stream left mid-way (a malformed chunk, a reply past its cap): the upstream stops sending.
+      if (broken !== undefined) own.abort();
       observe(startedAt);
       // The SDK ends a stream quietly when its request is aborted: find out whose abort it was (a
       // trial's caller is not joined: the trial's end is its verdict whatever the caller did).
@@ -580,13 +639,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         throw fail(permit, failure, true, { requestId, attempts, status: 200 });
       }
       permit.success();
-      yield {
-        kind: "usage",
-        usage: usage ?? {
-          promptTokens: estimatePromptTokens(messages),
-          completionTokens: estimateTokens(text),
-        },
-      };
+      yield { kind: "usage", usage: chargedUsage(usage, messages, text) };
     } finally {
       // A consumer that stops reading, or a caller abort: close the upstream request, no verdict
       // (a trial's was given at its first chunk, or is still awaited by `trialStream`, which
