@@ -23,7 +23,7 @@ import {
   type MetricsListener,
   MetricsPortUnavailable,
 } from "./plugins/metrics/listener";
-import { startServer } from "./server";
+import { PortUnavailable, startServer } from "./server";
 import { createServices } from "./services";
 import { resealings, upgradeSealing } from "./upgrade-sealing";
 
@@ -157,21 +157,26 @@ if (config.metricsListener) {
     throw error;
   }
 }
-startServer({
-  app,
-  config,
-  logger,
-  onDrainTimeout: () => services.endInFlight(),
-  onClosed: async () => {
-    await metricsListener?.stop();
-    // Background work first (a WhatsApp reply in flight is sent and marked), then the reports
-    // still queued leave (at most 2 s), then the database.
-    await services.stop();
-    await services.flush();
-    services.close();
-    db.$client.close();
-  },
-});
+try {
+  startServer({
+    app,
+    config,
+    logger,
+    onDrainTimeout: () => services.endInFlight(),
+    onClosed: async () => {
+      await metricsListener?.stop();
+      // Background work first (a WhatsApp reply in flight is sent and marked), then the reports
+      // still queued leave (at most 2 s), then the database.
+      await services.stop();
+      await services.flush();
+      services.close();
+      db.$client.close();
+    },
+  });
+} catch (error) {
+  if (error instanceof PortUnavailable) fail(`refusing to start: ${error.message}`);
+  throw error;
+}
 // Every login, and /ready's logins check, waits for it (a login arriving first starts it itself).
 void services.auth.prepared();
 // The executable starts with JavaScriptCore's tier-up thresholds raised (scripts/build.ts): the

@@ -39,6 +39,34 @@ export interface RunningServer {
   shutdown(reason: string): Promise<void>;
 }
 
+/** The main listener cannot be bound: the start refuses with one line naming PORT and HOST. */
+export class PortUnavailable extends Error {
+  constructor(host: string, port: number, reason: string) {
+    super(`PORT ${port} on HOST ${host} cannot be bound (${reason})`);
+    this.name = "PortUnavailable";
+  }
+}
+
+/** `app.listen`, with a failure to bind as a PortUnavailable naming the system's reason. */
+function listenOrExplain(
+  app: StartServerOptions["app"],
+  config: StartServerOptions["config"],
+  options: Parameters<StartServerOptions["app"]["listen"]>[0],
+): void {
+  try {
+    app.listen(options);
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    const reason =
+      typeof code === "string" && /^[A-Z_]{2,32}$/.test(code)
+        ? code
+        : error instanceof Error
+          ? (error.message.split("\n")[0] ?? "").slice(0, 200)
+          : String(error).slice(0, 200);
+    throw new PortUnavailable(config.host, config.port, reason);
+  }
+}
+
 /** How long streams ended at the drain timeout have to send their last event before the cut. */
 const STREAM_END_GRACE_MS = 500;
 
@@ -47,7 +75,7 @@ export function startServer(options: StartServerOptions): RunningServer {
   const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
   const signals = options.signals ?? ["SIGTERM", "SIGINT"];
 
-  app.listen({
+  listenOrExplain(app, config, {
     hostname: config.host,
     port: config.port,
     maxRequestBodySize: config.bodyLimits.server,

@@ -147,6 +147,44 @@ describe("the service process", () => {
     );
   });
 
+  test("a PORT that cannot be bound, or a HOST that is no address, exits 2 in one line naming them, no stack (probe 26f F2)", async () => {
+    const dir = tempDir();
+    const taken = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: { data() {} },
+    });
+    try {
+      const env = { DATABASE_PATH: join(dir.path, "port.db"), LOG_LEVEL: "warn" };
+      const busy = await runToExit(["bun", "run", "src/index.ts"], {
+        ...env,
+        PORT: String(taken.port),
+      });
+      expect(busy.code).toBe(2);
+      const refusals = busy.stderr.split("\n").filter((line) => line.startsWith("palisade:"));
+      expect(refusals).toEqual([
+        `palisade: refusing to start: PORT ${taken.port} on HOST 127.0.0.1 cannot be bound (EADDRINUSE)`,
+      ]);
+      expect(`${busy.stdout}${busy.stderr}`).not.toContain("    at ");
+      expect(`${busy.stdout}${busy.stderr}`).not.toContain("node_modules");
+
+      for (const host of ["1.2.3.4\u001b[31m", "a b"]) {
+        const bad = await runToExit(["bun", "run", "src/index.ts"], {
+          ...env,
+          PORT: "0",
+          HOST: host,
+        });
+        expect(bad.code).toBe(2);
+        expect(bad.stderr.trim()).toBe(
+          "palisade: refusing to start: HOST must be an IP address or a host name",
+        );
+      }
+    } finally {
+      taken.stop(true);
+      dir.remove();
+    }
+  }, 30_000);
+
   test("a SENTRY_DSN the Sentry SDK would reject exits 2 in one line naming SENTRY_DSN, never printing it", async () => {
     const dir = tempDir();
     try {

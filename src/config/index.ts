@@ -284,7 +284,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
 
   const config: Config = {
     appEnv,
-    host: text("HOST") ?? "127.0.0.1",
+    host: listenHost("HOST", text("HOST")) ?? "127.0.0.1",
     port: integer("PORT", 3000, 0, 65535),
     databasePath,
     logLevel: parseLogLevel("LOG_LEVEL", text("LOG_LEVEL") ?? profile.logLevel),
@@ -449,7 +449,22 @@ function metricsListener(
     if (host !== undefined) throw new ConfigError("METRICS_HOST", "needs METRICS_PORT");
     return null;
   }
-  return { host: host ?? "127.0.0.1", ports: parsePortRange("METRICS_PORT", port) };
+  return {
+    host: listenHost("METRICS_HOST", host) ?? "127.0.0.1",
+    ports: parsePortRange("METRICS_PORT", port),
+  };
+}
+
+/**
+ * An address to listen on as written: an IPv4 or IPv6 address or a host name, nothing else (a
+ * control character or a space would reach the listen call, and its error, as it was sent).
+ */
+function listenHost(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (!/^[A-Za-z0-9._:%-]{1,253}$/.test(value)) {
+    throw new ConfigError(name, "must be an IP address or a host name");
+  }
+  return value;
 }
 
 /**

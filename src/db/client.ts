@@ -8,7 +8,7 @@
  * REQUEST_BUSY_TIMEOUT_MS once migrated (see db/busy), since every wait blocks its event loop.
  */
 import { Database, SQLiteError } from "bun:sqlite";
-import { mkdirSync } from "node:fs";
+import { closeSync, mkdirSync, openSync } from "node:fs";
 import { dirname } from "node:path";
 import { getTableName, is } from "drizzle-orm";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
@@ -54,10 +54,27 @@ function waitingOutLocks(sqlite: Database, step: (sqlite: Database) => void) {
   }
 }
 
+/**
+ * A new database file is created readable by its owner only (0600): it holds password and key
+ * hashes and the audit log, and SQLite would create it as the umask says (0644 under the usual
+ * 022). Its `-wal` and `-shm` take the file's mode. An existing file is left as it is.
+ */
+function createPrivately(path: string): void {
+  try {
+    closeSync(openSync(path, "wx", 0o600));
+  } catch {
+    // It exists (made before, or by another process a moment ago), or cannot be made here: then
+    // SQLite's open says why.
+  }
+}
+
 export function openDatabase(path: string): AppDatabase {
   let sqlite: Database;
   try {
-    if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+    if (path !== ":memory:") {
+      mkdirSync(dirname(path), { recursive: true });
+      createPrivately(path);
+    }
     sqlite = new Database(path, { create: true, strict: true });
   } catch (error) {
     throw new DatabaseOpenError(path, `cannot be opened: ${describe(error)}`);

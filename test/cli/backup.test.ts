@@ -1,6 +1,6 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
@@ -73,6 +73,12 @@ describe("db:backup", () => {
     );
     expect(statuses).toEqual(Array(total).fill(201));
     expect(before).toBeLessThan(total); // the service was still writing when the backup started
+    // Every hash and the audit log: the copy, the live file and its WAL are their owner's only,
+    // whatever the umask (probe 26f F1).
+    const modeOf = (path: string) => statSync(path).mode & 0o777;
+    expect(modeOf(target)).toBe(0o600);
+    expect(modeOf(databasePath)).toBe(0o600);
+    expect(modeOf(`${databasePath}-wal`)).toBe(0o600);
 
     // The copy holds what was committed when it was taken, and is consistent with itself.
     const users = count(target, "SELECT count(*) FROM users");

@@ -13,7 +13,16 @@
  */
 import { Database, SQLiteError } from "bun:sqlite";
 import { randomBytes } from "node:crypto";
-import { copyFileSync, existsSync, linkSync, statSync, unlinkSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  existsSync,
+  linkSync,
+  openSync,
+  statSync,
+  unlinkSync,
+} from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
 import { migrationStatus } from "../../db/migrate";
@@ -105,6 +114,10 @@ function snapshot(source: string, temporary: string): void {
   }
   try {
     sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    // The copy holds every hash and the audit log: readable by its owner only, whatever the
+    // umask (VACUUM INTO writes into an empty file it is given).
+    closeSync(openSync(temporary, "wx", 0o600));
+    chmodSync(temporary, 0o600);
     sqlite.query("VACUUM INTO ?").run(temporary);
   } catch (error) {
     if (error instanceof SQLiteError) {
