@@ -3,14 +3,17 @@
  * Reads raw variable values, resolving `NAME_FILE` (Docker secrets: the file's contents are the
  * value) for every secret.
  */
-import { readFileSync } from "node:fs";
+import { readBoundedFile, UnreadableFile } from "./bounded-file";
 import { ConfigError } from "./error";
 import { SECRET_VARIABLES } from "./variables";
 
 export type Environment = Record<string, string | undefined>;
 export type ReadTextFile = (path: string) => string;
 
-const readUtf8: ReadTextFile = (path) => readFileSync(path, "utf8");
+/** Far beyond any secret (a key is tens of bytes, a PEM a few KB). */
+export const MAX_SECRET_FILE_BYTES = 64 * 1024;
+
+const readUtf8: ReadTextFile = (path) => readBoundedFile(path, MAX_SECRET_FILE_BYTES);
 
 /**
  * Returns the environment with each secret's `NAME_FILE` folded into `NAME`. Setting both is refused
@@ -31,7 +34,10 @@ export function resolveFileSecrets(
     try {
       contents = readFile(filePath);
     } catch (error) {
-      const reason = (error as NodeJS.ErrnoException).code ?? "unreadable";
+      const reason =
+        error instanceof UnreadableFile
+          ? error.reason
+          : ((error as NodeJS.ErrnoException).code ?? "unreadable");
       throw new ConfigError(`${name}_FILE`, `cannot be read (${reason})`);
     }
     // Secret files are usually written with a trailing newline by `echo` or an editor.

@@ -406,6 +406,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   };
   config.secretValues = collectSecretValues(config, env);
   refuseOpenMetrics(config);
+  refuseMemoryDatabase(config);
   return deepFreeze(config);
 }
 
@@ -465,6 +466,19 @@ function listenHost(name: string, value: string | undefined): string | undefined
     throw new ConfigError(name, "must be an IP address or a host name");
   }
   return value;
+}
+
+/**
+ * Production keeps its accounts, audit log, blocks and lockouts across a restart, and processes
+ * sharing a port share one limiter: an in-memory database would lose them all at each restart.
+ */
+function refuseMemoryDatabase(config: Config): void {
+  if (config.appEnv === "production" && config.databasePath.trim() === ":memory:") {
+    throw new ConfigError(
+      "DATABASE_PATH",
+      "must be a file when APP_ENV=production (:memory: loses every account, the audit log, blocks and lockouts at each restart)",
+    );
+  }
 }
 
 /**

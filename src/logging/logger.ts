@@ -133,7 +133,9 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
         if (json !== undefined) tail = `,"msg":${json}}\n`;
       }
       if (batched.pending) batched.flush();
-      const line = scrub(`${head}${new Date().toISOString()}"${boundJson}${fields}${tail}`);
+      const line = escapeRawInJson(
+        scrub(`${head}${new Date().toISOString()}"${boundJson}${fields}${tail}`),
+      );
       destination.write(indivisible === undefined ? line : fitLine(line, indivisible));
     };
   };
@@ -178,7 +180,23 @@ export function createLogger({ level, secretValues = [], destination }: LoggerOp
 }
 
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
-const UNSAFE_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
+const UNSAFE_CHARACTERS =
+  /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * What JSON leaves raw that splits or reorders a line in a viewer or a terminal: C1 controls,
+ * the line and paragraph separators, and the bidirectional controls (a right-to-left override
+ * shows a line's end first). Outside a string a JSON line holds none of them.
+ */
+const RAW_IN_JSON = /[\u0080-\u009f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+const RAW_IN_JSON_ALL = new RegExp(RAW_IN_JSON.source, "g");
+
+/** A serialised line with those written as JSON escapes: the same JSON, one visible line. */
+export function escapeRawInJson(line: string): string {
+  return RAW_IN_JSON.test(line)
+    ? line.replace(RAW_IN_JSON_ALL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
+    : line;
+}
 const MAX_LOGGED_LENGTH = 512;
 
 /** Client text cut to what a log line (or an audit row) keeps of it: 512 characters, then `…`. */

@@ -72,6 +72,32 @@ describe("development profile", () => {
 });
 
 describe("production profile", () => {
+  test("refuses an in-memory database, naming DATABASE_PATH (probe 26f F6); development keeps it", () => {
+    for (const path of [":memory:", " :memory: "]) {
+      const error = refusal(production({ DATABASE_PATH: path }));
+      expect(error.variable).toBe("DATABASE_PATH");
+      expect(error.message).toStartWith("DATABASE_PATH must be a file when APP_ENV=production");
+    }
+    expect(loadConfig({ DATABASE_PATH: ":memory:" }).databasePath).toBe(":memory:");
+  });
+
+  test("refuses a HOST or METRICS_HOST that is not an address or a host name", () => {
+    for (const [name, value] of [
+      ["HOST", "1.2.3.4\u001b[31m"],
+      ["HOST", "a b"],
+      ["METRICS_HOST", "x\ny"],
+    ] as const) {
+      const error = refusal(
+        production({ [name]: value, ...(name === "METRICS_HOST" ? { METRICS_PORT: "9464" } : {}) }),
+      );
+      expect(error.variable).toBe(name);
+      expect(error.message).toBe(`${name} must be an IP address or a host name`);
+    }
+    for (const value of ["0.0.0.0", "::", "::1", "fe80::1%eth0", "api.internal", "localhost"]) {
+      expect(loadConfig(production({ HOST: value })).host).toBe(value);
+    }
+  });
+
   test("accepts strong secrets and applies the deployed defaults", () => {
     const config = loadConfig(production());
     expect(config.generatedSecrets).toEqual([]);
@@ -361,6 +387,37 @@ describe("secrets from files (NAME_FILE)", () => {
     const error = refusal({ JWT_SECRET_KEY_FILE: "/nonexistent/palisade/jwt" });
     expect(error.variable).toBe("JWT_SECRET_KEY_FILE");
     expect(error.message).toContain("ENOENT");
+  });
+
+  test("refuses at once what is not a regular file of at most 64 KiB: a FIFO, a device, a directory, a big file (probe 26f F3)", () => {
+    const dir = tempDir();
+    try {
+      const fifo = join(dir.path, "fifo");
+      const made = Bun.spawnSync(["mkfifo", fifo]);
+      expect(made.exitCode).toBe(0);
+      const big = join(dir.path, "big");
+      writeFileSync(big, "x".repeat(64 * 1024 + 1));
+      const justRight = join(dir.path, "right");
+      writeFileSync(justRight, `${"k".repeat(64 * 1024 - 1)}\n`);
+      // A FIFO with no writer would hang a blocking read (and this test) forever: refused at once.
+      for (const [path, reason] of [
+        [fifo, "not a regular file"],
+        ["/dev/zero", "not a regular file"],
+        [dir.path, "not a regular file"],
+        [big, "larger than 65536 bytes"],
+      ] as const) {
+        const error = refusal({ JWT_SECRET_KEY_FILE: path });
+        expect(error.variable).toBe("JWT_SECRET_KEY_FILE");
+        expect(error.message).toBe(`JWT_SECRET_KEY_FILE cannot be read (${reason})`);
+      }
+      const config = loadConfig({
+        APP_ENV: "development",
+        JWT_SECRET_KEY_FILE: justRight,
+      });
+      expect(config.jwt.secretKey).toHaveLength(64 * 1024 - 1);
+    } finally {
+      dir.remove();
+    }
   });
 
   test("refuses an empty file and refuses NAME together with NAME_FILE", () => {

@@ -82,12 +82,13 @@ describe("line layout", () => {
     expect(only(writes)).toBe(`${HEAD},"msg":"100% %s done"}\n`);
   });
 
-  test("control characters, quotes and lone surrogates are escaped as JSON.stringify escapes them", () => {
+  test("control characters, quotes and lone surrogates are escaped as JSON.stringify escapes them, and line separators too", () => {
     const { logger, writes } = capture();
     const value = 'a\u0000b\n\r\t"\\\u001b[31m\u2028\u007f\ud800';
     logger.info({ value }, value);
     const line = only(writes);
-    expect(line).toBe(`${HEAD},"value":${JSON.stringify(value)},"msg":${JSON.stringify(value)}}\n`);
+    const json = JSON.stringify(value).replace("\u2028", "\\u2028");
+    expect(line).toBe(`${HEAD},"value":${json},"msg":${json}}\n`);
     expect(line.slice(0, -1)).not.toContain("\n");
     expect(JSON.parse(line).value).toBe(value);
   });

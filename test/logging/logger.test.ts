@@ -68,6 +68,31 @@ describe("log injection", () => {
     expect(logSafe("a".repeat(2000))!.length).toBe(513);
   });
 
+  test("no line carries a raw C1 control, line or paragraph separator or bidirectional control, whatever a field holds (probe 26f F5)", async () => {
+    const logs = new LogCapture();
+    const logger = createLogger({ level: "info", destination: logs });
+    const reason = "abc\u202edef\u2028ghi\u0085jkl\u2066m\u200fn\u2029o";
+    logger.warn({ reason }, `msg \u202e${reason}`);
+    expect(logs.text).not.toMatch(
+      /[\u0080-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/,
+    );
+    // The same JSON: a parser reads the text as it was given.
+    const [entry] = logs.entries as [{ reason: string; msg: string }];
+    expect(entry.reason).toBe(reason);
+    expect(entry.msg).toBe(`msg \u202e${reason}`);
+    // And through the app: a block's reason an admin gives reaches the "ip blocked" line escaped.
+    current = buildTestApp();
+    current.services.ipBlocks.block({
+      address: "203.0.113.9",
+      reason,
+      ttlMs: 60_000,
+      source: "admin",
+    });
+    expect(current.logs.entries.some((line) => line.msg === "ip blocked")).toBe(true);
+    expect(current.logs.text).not.toMatch(/[\u0080-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
+    expect(logSafe("a\u202eb\u2066c")).toBe("a\\u202eb\\u2066c");
+  });
+
   test("CR/LF in a path or user agent cannot forge a log line", async () => {
     current = buildTestApp();
     const forged = '{"level":"fatal","msg":"forged"}';

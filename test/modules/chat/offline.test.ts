@@ -192,9 +192,14 @@ describe("CHAT_FAQ_PATH", () => {
     dir = tempDir();
     const broken = join(dir.path, "broken.json");
     writeFileSync(broken, '{"fallback": "x", "entries": [');
+    // A FIFO hung the start with nothing said, and /dev/zero filled the memory (probe 26f F3).
+    const fifo = join(dir.path, "faq.fifo");
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
     for (const [path, reason] of [
       [broken, "is not valid JSON"],
       [join(dir.path, "missing.json"), "cannot be read (ENOENT)"],
+      [fifo, "cannot be read (not a regular file)"],
+      ["/dev/zero", "cannot be read (not a regular file)"],
     ] as const) {
       const run = await runToExit(["bun", "run", "src/index.ts"], {
         CHAT_FAQ_PATH: path,

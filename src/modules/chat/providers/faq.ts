@@ -16,7 +16,7 @@
  * with the highest score answers, the earlier one on a tie; an entry needs at least one keyword to
  * match. Otherwise the fallback is answered, followed by a few of the questions it can answer.
  */
-import { readFileSync } from "node:fs";
+import { readBoundedFile, UnreadableFile } from "../../../config/bounded-file";
 import { ConfigError } from "../../../config/error";
 // Imported, not read from beside this file, so that a bundle (`bun run build`) carries it.
 import defaultFaq from "./default-faq.json" with { type: "json" };
@@ -25,6 +25,8 @@ import defaultFaq from "./default-faq.json" with { type: "json" };
 const DEFAULT_FAQ_NAME = "the shipped default-faq.json";
 
 const MAX_ENTRIES = 1000;
+/** A thousand entries of the longest answers and keywords allowed fit well within it. */
+const MAX_FAQ_BYTES = 16 * 1024 * 1024;
 const MAX_KEYWORDS = 50;
 const MAX_TEXT = 8000;
 /** How many questions the fallback lists. */
@@ -176,10 +178,9 @@ export function loadFaq(path: string | null): Faq {
   if (path === null) return validateFaq(DEFAULT_FAQ_NAME, structuredClone(defaultFaq));
   let raw: string;
   try {
-    raw = readFileSync(path, "utf8");
+    raw = readBoundedFile(path, MAX_FAQ_BYTES);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? "unreadable";
-    fail(path, `cannot be read (${code})`);
+    fail(path, `cannot be read (${error instanceof UnreadableFile ? error.reason : "unreadable"})`);
   }
   let document: unknown;
   try {
