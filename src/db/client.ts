@@ -68,6 +68,24 @@ function createPrivately(path: string): void {
   }
 }
 
+/**
+ * Why an opened file cannot serve, in the words that fit: the service and every command write to
+ * it (migrations, the audit log), so a read-only file or one another process holds locked is named
+ * as such, not as a damaged database.
+ */
+export function whyUnusable(error: unknown): string {
+  const code =
+    (error as { code?: unknown; cause?: { code?: unknown } }).cause?.code ??
+    (error as { code?: unknown }).code;
+  if (typeof code === "string" && code.startsWith("SQLITE_READONLY")) {
+    return `is read-only (${describe(error)}): Palisade and its commands write to it; use a writable copy`;
+  }
+  if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
+    return `is locked by another connection (${describe(error)}): try again when it is done`;
+  }
+  return `is not a usable SQLite database: ${describe(error)}`;
+}
+
 export function openDatabase(path: string): AppDatabase {
   let sqlite: Database;
   try {
@@ -99,7 +117,7 @@ export function openDatabase(path: string): AppDatabase {
     waitingOutLocks(sqlite, probeWritable);
   } catch (error) {
     sqlite.close();
-    throw new DatabaseOpenError(path, `is not a usable SQLite database: ${describe(error)}`);
+    throw new DatabaseOpenError(path, whyUnusable(error));
   }
   // Every statement from here on is timed (db_query_duration_seconds; see db/timing).
   timeQueries(sqlite, SCHEMA_TABLES);

@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { eq } from "drizzle-orm";
-import { DatabaseOpenError, openDatabase } from "../../src/db/client";
+import { DatabaseOpenError, openDatabase, whyUnusable } from "../../src/db/client";
 import { applyMigrations, MIGRATIONS_FOLDER } from "../../src/db/migrate";
 import { users } from "../../src/db/schema";
 import { tempDir } from "../support/app";
@@ -48,6 +48,46 @@ describe("openDatabase", () => {
     } finally {
       dir.remove();
     }
+  });
+
+  test("a file another connection holds locked is said to be locked, not unusable (probe 26f F7)", () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "locked.db");
+      const holder = openDatabase(path);
+      holder.$client.run("BEGIN IMMEDIATE");
+      let error: unknown;
+      try {
+        openDatabase(path);
+      } catch (caught) {
+        error = caught;
+      }
+      holder.$client.run("ROLLBACK");
+      holder.$client.close();
+      expect(error).toBeInstanceOf(DatabaseOpenError);
+      expect((error as Error).message).toStartWith(
+        `DATABASE_PATH ${path} is locked by another connection (`,
+      );
+      expect((error as Error).message).toEndWith("): try again when it is done");
+    } finally {
+      dir.remove();
+    }
+  }, 20_000);
+
+  test("a read-only file is said to be read-only (root cannot make one with a mode: the error as SQLite gives it)", () => {
+    const readonly = Object.assign(new Error("attempt to write a readonly database"), {
+      code: "SQLITE_READONLY",
+    });
+    expect(
+      whyUnusable(
+        new Error("not writable: attempt to write a readonly database", { cause: readonly }),
+      ),
+    ).toBe(
+      "is read-only (not writable: attempt to write a readonly database): Palisade and its commands write to it; use a writable copy",
+    );
+    expect(whyUnusable(new Error("file is not a database"))).toBe(
+      "is not a usable SQLite database: file is not a database",
+    );
   });
 
   test("an unwritable path is a one-line start error", () => {

@@ -7,6 +7,7 @@ import {
 } from "../../modules/admin/security-summary";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { type AuditHead, recentAuditEvents, verifyAuditChain } from "../../plugins/audit/log";
+import { describeFailure } from "../../plugins/audit/verify";
 import { CliError, type Command, EXIT_USAGE, wholeNumberFlag } from "../command";
 
 export const auditTail: Command = {
@@ -54,9 +55,7 @@ export const auditVerify: Command = {
     const keys = new AuditKeys(context.config().audit.secretKey);
     const result = verifyAuditChain(context.db().$client, keys, { anchor });
     if (!result.ok) {
-      throw new CliError(
-        `chain broken at ${result.where} (${result.reason}); ${result.checked} rows before it verified`,
-      );
+      throw new CliError(describeFailure(result));
     }
     context.out(
       `audit chain intact: ${result.checked} rows verified; head ${result.head.hash} count ${result.head.count}` +

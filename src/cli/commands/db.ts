@@ -29,6 +29,7 @@ import { migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { verifyAuditChain } from "../../plugins/audit/log";
+import { describeFailure } from "../../plugins/audit/verify";
 import { CliError, type Command, EXIT_USAGE } from "../command";
 
 export const dbMigrate: Command = {
@@ -142,9 +143,7 @@ function verifyCopy(path: string, keys: AuditKeys) {
     }
     const result = verifyAuditChain(copy, keys);
     if (!result.ok) {
-      throw new CliError(
-        `the copy's audit chain is broken at ${result.where} (${result.reason}); ${result.checked} rows before it verified`,
-      );
+      throw new CliError(`the copy's audit chain: ${describeFailure(result)}`);
     }
     return result;
   } catch (error) {

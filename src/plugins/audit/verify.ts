@@ -27,7 +27,25 @@ export interface AuditHead {
 
 export type VerifyResult =
   | { ok: true; checked: number; head: AuditHead }
-  | { ok: false; checked: number; where: string; badId: number | null; reason: string };
+  | {
+      ok: false;
+      checked: number;
+      where: string;
+      badId: number | null;
+      reason: string;
+      /** The chain itself verified; the anchor given does not match it. */
+      anchor?: true;
+    };
+
+/**
+ * A failed verification in one line: where the chain broke and how many rows before it verified,
+ * or, when every row verified and only the anchor does not match, that.
+ */
+export function describeFailure(result: Extract<VerifyResult, { ok: false }>): string {
+  return result.anchor
+    ? `the chain's ${result.checked} rows verify, but ${result.where} does not match the anchor (${result.reason})`
+    : `chain broken at ${result.where} (${result.reason}); ${result.checked} rows before it verified`;
+}
 
 export interface VerifyOptions {
   /** A head emitted earlier in the logs: it must still be part of the chain. */
@@ -118,6 +136,8 @@ function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): V
   const checkpoint = latestCheckpoint(sqlite);
   const fail = (where: string, badId: number | null, reason: string, checked = 0) =>
     ({ ok: false, checked, where, badId, reason }) as const;
+  const anchorFails = (where: string, badId: number | null, reason: string, checked: number) =>
+    ({ ...fail(where, badId, reason, checked), anchor: true }) as const;
   if (checkpoint) {
     if (checkpoint.keyId !== keys.keyId) {
       return fail(
@@ -147,7 +167,7 @@ function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): V
   const head = { hash: expectedPrev, count: expectedId - 1 };
   if (anchor) {
     if (anchor.count > head.count) {
-      return fail(
+      return anchorFails(
         "the head",
         null,
         `the anchor names row ${anchor.count} but the chain ends at row ${head.count}: the newest rows were deleted`,
@@ -155,7 +175,7 @@ function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): V
       );
     }
     if (anchorHash === null) {
-      return fail(
+      return anchorFails(
         "the anchor",
         null,
         `row ${anchor.count} was removed by retention before this check; use a newer anchor`,
@@ -163,7 +183,7 @@ function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): V
       );
     }
     if (anchorHash !== anchor.hash) {
-      return fail(
+      return anchorFails(
         `row ${anchor.count}`,
         anchor.count,
         "its hash differs from the anchor: the chain was rewritten since",

@@ -387,6 +387,22 @@ describe("audit:verify fails on tampering", () => {
     expect(plain.stderr).toContain("rows 7 to 8 before it are missing");
   });
 
+  test("an anchor that does not match an intact chain is said to be the anchor's fault, not a break before it (probe 26f F4)", async () => {
+    const { app } = seeded();
+    const anchor = loggedHead(app);
+    const wrong = await verify(app, ["--head", "a".repeat(64), "--count", String(anchor.count)]);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toBe(
+      `palisade audit:verify: the chain's ${anchor.count} rows verify, but row ${anchor.count} does not match the anchor (its hash differs from the anchor: the chain was rewritten since)`,
+    );
+    const early = await verify(app, ["--head", "a".repeat(64), "--count", "3"]);
+    expect(early.stderr).toStartWith(
+      `palisade audit:verify: the chain's ${anchor.count} rows verify, but row 3 does not match the anchor`,
+    );
+    const ahead = await verify(app, ["--head", anchor.head, "--count", String(anchor.count + 5)]);
+    expect(ahead.stderr).toContain("but the head does not match the anchor");
+  });
+
   test("a wrong AUDIT_SECRET_KEY is named as such", async () => {
     const { app } = seeded();
     const result = await verify(app, [], {
