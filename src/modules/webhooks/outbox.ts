@@ -257,8 +257,13 @@ export class OutboxWorker {
   private async process(row: OutboxRow): Promise<void> {
     const { clock, logger } = this.options;
     try {
-      // Before a chat turn or a send: a row Palisade did not write is neither (outbox-seal.ts).
-      if (!this.options.seal.intact(row)) return this.refuseTampered(row, { whoseLease: "mine" });
+      // Before a chat turn or a send: a row Palisade did not write is neither (outbox-seal.ts),
+      // and nor is a copy of one: the seal does not cover the row's id, and someone with the file
+      // who drops the unique index on the message id could insert a genuine row many times over,
+      // each copy a send of one reply (probe 26g F1). Every copy, the first included, is refused.
+      if (!this.options.seal.intact(row) || !this.onlyRowOf(row)) {
+        return this.refuseTampered(row, { whoseLease: "mine" });
+      }
       this.verified.add(row);
       let reply = row.reply;
       if (reply === null) {
@@ -294,6 +299,16 @@ export class OutboxWorker {
         // The lease expires and another run takes the row.
       }
     }
+  }
+
+  /** Whether the row is the only one of its inbound message, as the unique index keeps it. */
+  private onlyRowOf(row: OutboxRow): boolean {
+    const [copies] = this.options.db
+      .select({ n: sql<number>`count(*)` })
+      .from(whatsappOutbox)
+      .where(eq(whatsappOutbox.messageId, row.messageId))
+      .all();
+    return copies?.n === 1;
   }
 
   private async produceReply(row: OutboxRow): Promise<Produced> {

@@ -202,6 +202,42 @@ describe("rows written into the file", () => {
     expectRefused(target, "wamid.A");
   });
 
+  test("a genuine row copied many times in the file (its unique index dropped) sends nothing, not once per copy (probe 26g F1)", async () => {
+    const { target, graph, clock, worker } = setup();
+    graph.failNext({ status: 500 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.C", from: "16505551234", text: "hello" }] }),
+    );
+    await worker.drain();
+    expect(graph.sent).toHaveLength(0);
+    const genuine = rowOf(target, "wamid.C");
+    expect(genuine).toMatchObject({ state: "pending", reply: "reply to: hello" });
+    const sqlite = target.db.$client;
+    sqlite.run("DROP INDEX whatsapp_outbox_message_id_unique");
+    for (let i = 0; i < 20; i++) {
+      sqlite.run(
+        `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind, body,
+           reply, state, attempts, next_attempt_at, received_at, seal)
+         SELECT message_id, phone_number_id, recipient, sender_hash, kind, body, reply, state,
+           attempts, 0, received_at, seal FROM whatsapp_outbox WHERE id = ?`,
+        [genuine.id],
+      );
+    }
+    clock.advance(5_000);
+    await worker.drain();
+    expect(graph.sent).toHaveLength(0);
+    const states = sqlite
+      .query<{ state: string; last_error: string | null }, []>(
+        "SELECT state, last_error FROM whatsapp_outbox WHERE message_id = 'wamid.C'",
+      )
+      .all();
+    expect(states).toHaveLength(21);
+    expect(
+      states.every((row) => row.state === "failed" && row.last_error === TAMPERED_REASON),
+    ).toBe(true);
+  });
+
   test("a forged row ahead of a sender's own message does not hold it up", async () => {
     const { target, graph, worker } = setup();
     await deliver(
