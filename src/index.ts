@@ -5,9 +5,10 @@
  * with one line naming the cause and exit code 2.
  */
 import { createApp } from "./app";
+import { terminalSafe } from "./cli/terminal";
 import { ConfigError, loadConfig } from "./config";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
-import { DatabaseOpenError, openDatabase } from "./db/client";
+import { DatabaseOpenError, databaseFileMode, openDatabase } from "./db/client";
 import {
   type DroppedTrigger,
   dropForeignTriggers,
@@ -30,7 +31,9 @@ import { resealings, upgradeSealing } from "./upgrade-sealing";
 const EXIT_BAD_CONFIG = 2;
 
 function fail(message: string): never {
-  process.stderr.write(`palisade: ${message}\n`);
+  // One line whatever it quotes (a path or a value as the operator gave it): its controls and the
+  // characters that break or reorder a line spelt out.
+  process.stderr.write(`palisade: ${terminalSafe(message)}\n`);
   process.exit(EXIT_BAD_CONFIG);
 }
 
@@ -90,6 +93,16 @@ try {
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
   fail(migrationsFailed(config.databasePath, error));
+}
+
+// A file an earlier release made under the usual umask (0644): every hash and the audit log,
+// readable by every local user. Left as the operator set it, but said (new files are 0600).
+const databaseMode = databaseFileMode(config.databasePath);
+if (databaseMode !== null && (databaseMode & 0o077) !== 0) {
+  logger.warn(
+    { file: config.databasePath, mode: databaseMode.toString(8).padStart(4, "0") },
+    "DATABASE_PATH is readable or writable by other users: chmod 600 it and its -wal and -shm",
+  );
 }
 
 // Said at once, before anything else can fail: a start that stops later must not have sealed

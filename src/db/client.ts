@@ -8,7 +8,7 @@
  * REQUEST_BUSY_TIMEOUT_MS once migrated (see db/busy), since every wait blocks its event loop.
  */
 import { Database, SQLiteError } from "bun:sqlite";
-import { closeSync, mkdirSync, openSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { getTableName, is } from "drizzle-orm";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
@@ -84,6 +84,16 @@ export function whyUnusable(error: unknown): string {
     return `is locked by another connection (${describe(error)}): try again when it is done`;
   }
   return `is not a usable SQLite database: ${describe(error)}`;
+}
+
+/** The permission bits of the database file; null for `:memory:` or a file that cannot be read. */
+export function databaseFileMode(path: string): number | null {
+  if (path === ":memory:") return null;
+  try {
+    return statSync(path).mode & 0o777;
+  } catch {
+    return null;
+  }
 }
 
 export function openDatabase(path: string): AppDatabase {

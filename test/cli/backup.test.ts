@@ -1,6 +1,14 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
@@ -129,6 +137,39 @@ describe("db:backup", () => {
     });
     expect(count(target, "SELECT count(*) FROM audit_events")).toBeGreaterThan(0);
     expect(other.code).toBe(1);
+  });
+
+  test("a key file name taken by a dangling link refuses the backup in one line and leaves no copy (probe 26g F3)", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "live.db");
+    const db = openDatabase(databasePath);
+    applyMigrations(db);
+    db.$client.close();
+    const target = join(dir, "copy.db");
+    symlinkSync(join(dir, "nowhere"), `${target}.audit-key`);
+    const backup = await cli(["db:backup", target], { DATABASE_PATH: databasePath });
+    expect(backup.code).toBe(1);
+    expect(backup.stderr).toBe(
+      `palisade db:backup: ${target}.audit-key exists; refusing to overwrite it`,
+    );
+    expect(existsSync(target)).toBe(false);
+  });
+
+  test("a database other users can read is said at start, once (probe 26g F4)", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "old.db");
+    const db = openDatabase(databasePath);
+    applyMigrations(db);
+    db.$client.close();
+    chmodSync(databasePath, 0o644);
+    const service = await startService({ DATABASE_PATH: databasePath, LOG_LEVEL: "info" });
+    cleanup.push(() => service.stop());
+    const warnings = service
+      .stdout()
+      .split("\n")
+      .filter((line) => line.includes("DATABASE_PATH is readable or writable by other users"));
+    expect(warnings).toHaveLength(1);
+    expect(JSON.parse(warnings[0]!)).toMatchObject({ level: "warn", mode: "0644" });
   });
 
   test("refuses an existing target and leaves it as it was", async () => {

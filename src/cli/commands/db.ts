@@ -19,6 +19,7 @@ import {
   copyFileSync,
   existsSync,
   linkSync,
+  lstatSync,
   openSync,
   statSync,
   unlinkSync,
@@ -70,7 +71,10 @@ export const dbBackup: Command = {
     // A path that names no file was refused before the configuration was read (cli/run.ts).
     const keyTarget = `${target}.audit-key`;
     for (const path of [target, ...(config.audit.developmentKeyFile ? [keyTarget] : [])]) {
-      if (existsSync(path)) throw new CliError(`${path} exists; refusing to overwrite it`);
+      // lstat: a symbolic link is there even when what it names is not.
+      if (lstatSync(path, { throwIfNoEntry: false }) !== undefined) {
+        throw new CliError(`${path} exists; refusing to overwrite it`);
+      }
     }
     if (!existsSync(dirname(target)) || !statSync(dirname(target)).isDirectory()) {
       throw new CliError(`the directory of ${target} does not exist`);
@@ -90,7 +94,15 @@ export const dbBackup: Command = {
         throw new CliError(`cannot write ${target} (${(error as NodeJS.ErrnoException).code})`);
       }
       if (config.audit.developmentKeyFile) {
-        copyFileSync(config.audit.developmentKeyFile, keyTarget, 1 /* COPYFILE_EXCL */);
+        try {
+          copyFileSync(config.audit.developmentKeyFile, keyTarget, 1 /* COPYFILE_EXCL */);
+        } catch (error) {
+          // A copy that cannot be verified without its key is not left to look like a backup.
+          unlinkSync(target);
+          throw new CliError(
+            `cannot write ${keyTarget} (${(error as NodeJS.ErrnoException).code}); no backup written`,
+          );
+        }
       }
       context.out(
         `backup written to ${target}: integrity ok, audit chain intact (${rows.checked} rows; head ${rows.head.hash} count ${rows.head.count})` +

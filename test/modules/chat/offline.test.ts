@@ -214,6 +214,25 @@ describe("CHAT_FAQ_PATH", () => {
     }
   });
 
+  test("a refusal quoting a path with a line break or a bidirectional control is still one line (probe 26g F5)", {
+    timeout: 30_000,
+  }, async () => {
+    dir = tempDir();
+    const path = join(dir.path, 'x\n{"level":"fatal","msg":"forged"}\u202e\u0085.json');
+    const run = await runToExit(["bun", "run", "src/index.ts"], {
+      CHAT_FAQ_PATH: path,
+      DATABASE_PATH: join(dir.path, "start.db"),
+      PORT: "0",
+      LOG_LEVEL: "error",
+    });
+    expect(run.code).toBe(2);
+    const refusal = run.stderr.split("\n").filter((line) => line.startsWith("palisade:"));
+    expect(refusal).toEqual([
+      `palisade: refusing to start: CHAT_FAQ_PATH ${join(dir.path, "x")}\\x0a{"level":"fatal","msg":"forged"}\\u202e\\x85.json cannot be read (ENOENT)`,
+    ]);
+    expect(run.stderr).not.toContain('\n{"level":"fatal"');
+  });
+
   test("the provider is chosen in one place: offline without OPENAI_API_KEY, openai with it", () => {
     const logs = new LogCapture();
     const deps = {

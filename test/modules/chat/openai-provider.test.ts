@@ -187,6 +187,30 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
         usage: { promptTokens: 3, completionTokens: 3 },
       });
     }
+    // Under a tenth of the estimate cannot be a count of the text (probe 26g F2): 1 token for 400
+    // characters is estimated (100), while 1 for a 9-character prompt (estimate 3) stands; over
+    // the cap the request carried (1,024) is the cap.
+    const long = "word ".repeat(80);
+    upstream.enqueue({ kind: "reply", text: long, usage: { prompt: 1, completion: 1 } });
+    expect((await provider.complete(messages)).usage).toEqual({
+      promptTokens: 1,
+      completionTokens: 100,
+    });
+    upstream.enqueue({
+      kind: "reply",
+      text: "short",
+      usage: { prompt: 5, completion: 99_999_999 },
+    });
+    expect((await provider.complete(messages)).usage).toEqual({
+      promptTokens: 5,
+      completionTokens: 1024,
+    });
+    upstream.enqueue({ kind: "reply", chunks: [long], usage: { prompt: 1, completion: 1 } });
+    const under = await collect(provider.stream(messages));
+    expect(under.at(-1)).toEqual({
+      kind: "usage",
+      usage: { promptTokens: 1, completionTokens: 100 },
+    });
     // A real count is kept, and zero for an empty reply is one.
     upstream.enqueue({ kind: "reply", text: "0123456789", usage: { prompt: 7, completion: 9 } });
     expect((await provider.complete(messages)).usage).toEqual({

@@ -26,9 +26,10 @@
  *   and a reason we wrote. Never the messages, never the upstream's error text (OpenAI echoes part
  *   of a wrong key in it), never the key. The SDK's own console logging is off.
  * - **Usage**: the upstream's `usage` (the JSON body's, or the stream's final chunk with
- *   `stream_options.include_usage`); servers that send none, or a count that is not one (zero for
- *   text that is not empty, past 10^8), get an estimate of one token per four characters
- *   (`estimateTokens`), never zero.
+ *   `stream_options.include_usage`); servers that send none, or a count that cannot be one of that
+ *   text (past 10^8, under a tenth of the estimate: zero for text that is not empty), get an
+ *   estimate of one token per four characters (`estimateTokens`), never zero; a completion is
+ *   never counted past the cap the request carried.
  * - **Length**: every request carries CHAT_MAX_COMPLETION_TOKENS as the reply's cap
  *   (`completionCapField`: `max_completion_tokens` for api.openai.com, `max_tokens` elsewhere), so
  *   the completion a turn reserves against its budget is a real bound; a reply longer than 32
@@ -272,24 +273,34 @@ function isCount(value: unknown): value is number {
 }
 
 /**
- * What a turn is charged: the upstream's usage, but an estimate where it reports none, or zero
- * for a prompt or a reply that was not empty (a server that always says 0 would switch the budget
- * off).
+ * A reported count, or the estimate where the report cannot be a count of that text: none, or
+ * under a tenth of the estimate (no tokenizer packs ten times more text a token than the estimate's
+ * four characters; a server that always says 0 or 1 would switch the budget off).
+ */
+function believed(reported: number | undefined, estimate: number): number {
+  return reported !== undefined && reported * 10 >= estimate && (reported > 0 || estimate === 0)
+    ? reported
+    : estimate;
+}
+
+/**
+ * What a turn is charged: the upstream's usage where it can be the usage of this text, the
+ * estimate where not, and never more completion tokens than the request allowed (the cap it
+ * carried).
  */
 function chargedUsage(
   reported: TokenUsage | undefined,
   messages: readonly ChatMessage[],
   text: string,
+  maxCompletionTokens: number,
 ): TokenUsage {
-  const promptTokens =
-    reported !== undefined && reported.promptTokens > 0
-      ? reported.promptTokens
-      : estimatePromptTokens(messages);
-  const completionTokens =
-    reported !== undefined && (reported.completionTokens > 0 || text === "")
-      ? reported.completionTokens
-      : estimateTokens(text);
-  return { promptTokens, completionTokens };
+  return {
+    promptTokens: believed(reported?.promptTokens, estimatePromptTokens(messages)),
+    completionTokens: Math.min(
+      maxCompletionTokens,
+      believed(reported?.completionTokens, estimateTokens(text)),
+    ),
+  };
 }
 
 /**
@@ -522,7 +533,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       const line = { requestId: requestId ?? null, provider: PROVIDER, model, attempts };
       logger.info(line, "chat upstream answered after a retry");
     }
-    const usage = chargedUsage(readUsage(isRecord(body) ? body.usage : undefined), messages, text);
+    const usage = chargedUsage(
+      readUsage(isRecord(body) ? body.usage : undefined),
+      messages,
+      text,
+      maxCompletionTokens,
+    );
     return { text, usage };
   }
 
@@ -639,7 +655,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         throw fail(permit, failure, true, { requestId, attempts, status: 200 });
       }
       permit.success();
-      yield { kind: "usage", usage: chargedUsage(usage, messages, text) };
+      yield { kind: "usage", usage: chargedUsage(usage, messages, text, maxCompletionTokens) };
     } finally {
       // A consumer that stops reading, or a caller abort: close the upstream request, no verdict
       // (a trial's was given at its first chunk, or is still awaited by `trialStream`, which
