@@ -4,6 +4,7 @@
  * lets in-flight requests finish (up to a drain timeout, after which they are cut), runs the
  * closers (flush logs, close the database) and exits 0.
  */
+import { isIP } from "node:net";
 import type { Config } from "./config";
 import type { Logger } from "./logging/logger";
 import { lastResortErrorHandler } from "./plugins/error-handler/last-resort";
@@ -63,7 +64,14 @@ function listenOrExplain(
         : error instanceof Error
           ? (error.message.split("\n")[0] ?? "").slice(0, 200)
           : String(error).slice(0, 200);
-    throw new PortUnavailable(config.host, config.port, reason);
+    // Bun reports a host name that does not resolve as EADDRINUSE or ENOENT: with a name, say so.
+    throw new PortUnavailable(
+      config.host,
+      config.port,
+      isIP(config.host) === 0
+        ? `${reason}, or HOST does not resolve to an address of this machine`
+        : reason,
+    );
   }
 }
 

@@ -168,6 +168,17 @@ describe("the service process", () => {
       expect(`${busy.stdout}${busy.stderr}`).not.toContain("    at ");
       expect(`${busy.stdout}${busy.stderr}`).not.toContain("node_modules");
 
+      // A host name that does not resolve: Bun says EADDRINUSE or ENOENT, the line says what else
+      // it may be.
+      const unresolved = await runToExit(["bun", "run", "src/index.ts"], {
+        ...env,
+        PORT: "0",
+        HOST: "no-such-host.invalid",
+      });
+      expect(unresolved.code).toBe(2);
+      expect(unresolved.stderr.trim().split("\n").at(-1)).toMatch(
+        /^palisade: refusing to start: PORT 0 on HOST no-such-host\.invalid cannot be bound \([A-Z_]+, or HOST does not resolve to an address of this machine\)$/,
+      );
       for (const host of ["1.2.3.4\u001b[31m", "a b"]) {
         const bad = await runToExit(["bun", "run", "src/index.ts"], {
           ...env,
