@@ -53,6 +53,7 @@ import {
   type ChatMessage,
   type ChatProvider,
   type TokenUsage,
+  UnbilledAbort,
   UpstreamFailure,
 } from "./providers/provider";
 import { estimatePromptTokens, estimateTokens } from "./tokens";
@@ -474,7 +475,8 @@ export class ChatService implements ChatTurns {
   ) {
     const { metrics, provider } = this.options;
     if (error === null || isAbort(error, signal)) {
-      if (sent) {
+      // The upstream was sent the prompt, unless every attempt was refused before the caller left.
+      if (sent && !(error instanceof UnbilledAbort)) {
         await this.endReservation(turn, turn.promptEstimate);
         metrics.tokens(turn.promptEstimate, 0);
       } else {

@@ -226,6 +226,48 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     }
   });
 
+  test("a client that leaves while a refused upstream is retried is not charged; one that leaves mid-request is (probe 26e F5)", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
+    const server = serveInProcess(target);
+    const usage = () => target.db.select().from(chatUsage).all()[0];
+    try {
+      // 429, asked to wait 2 s: the client leaves during the wait. Nothing was generated.
+      upstream.enqueue({ kind: "error", status: 429, retryAfter: "2" });
+      const leaving = new AbortController();
+      const waited = fetch(new URL("/api/chat", server.url), {
+        method: "POST",
+        headers: { ...asUser(alice), "content-type": "application/json" },
+        body: JSON.stringify({ message: "Hello" }),
+        signal: leaving.signal,
+      }).catch(() => null);
+      await waitFor(() => upstream.requests.length === 1, { what: "the refused attempt" });
+      await Bun.sleep(100);
+      leaving.abort();
+      await waited;
+      await waitFor(() => usage()?.reservedTokens === 0, { what: "the reservation ended" });
+      expect(usage()).toMatchObject({ usedTokens: 0, reservedTokens: 0 });
+
+      // The upstream is generating (the reply comes in 2 s) when the client leaves: the prompt
+      // was sent, and is billed.
+      upstream.enqueue({ kind: "reply", text: "late", delayMs: 2_000 });
+      const midway = new AbortController();
+      const inFlight = fetch(new URL("/api/chat", server.url), {
+        method: "POST",
+        headers: { ...asUser(alice), "content-type": "application/json" },
+        body: JSON.stringify({ message: "Hello again" }),
+        signal: midway.signal,
+      }).catch(() => null);
+      // The refused request was not retried once its client left: this is the second request.
+      await waitFor(() => upstream.requests.length === 2, { what: "the generating attempt" });
+      midway.abort();
+      await inFlight;
+      await waitFor(() => usage()?.reservedTokens === 0, { what: "the reservation ended" });
+      expect(usage()!.usedTokens).toBeGreaterThan(0);
+    } finally {
+      await server.shutdown("test");
+    }
+  }, 20_000);
+
   test("429 with Retry-After, then success: 200 after waiting what the upstream asked", async () => {
     const { upstream, target, alice } = await setUp();
     upstream.enqueue(

@@ -50,6 +50,7 @@ import {
   type CompletionOptions,
   type Delta,
   type TokenUsage,
+  UnbilledAbort,
   UpstreamFailure,
 } from "./provider";
 
@@ -442,6 +443,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     attempt: () => Promise<T>,
   ): Promise<{ value: T; attempts: number }> {
     let lastFailed: AttemptFailure | null = null;
+    // Whether every attempt so far was answered with an error status (nothing generated, nothing
+    // billed); a timeout or a cut connection may have been billed.
+    let everyAttemptRefused = true;
     for (let attempts = 1; ; attempts++) {
       const startedAt = performance.now();
       let failed: AttemptFailure;
@@ -456,6 +460,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       }
       metrics.attemptFailures.labels(PROVIDER, countedKind(failed)).inc();
       lastFailed = failed;
+      if (failed.status === undefined) everyAttemptRefused = false;
       let retryAfterSeconds: number | undefined;
       // A half-open circuit's trial is one attempt: its verdict is owed soon, and every other
       // caller is refused while it runs.
@@ -465,7 +470,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           try {
             await sleep(delay.ms, signal);
           } catch (abort) {
-            throw abandoned(permit, signal, abort, failed, attempts, requestId);
+            const left = abandoned(permit, signal, abort, failed, attempts, requestId);
+            // Left while waiting, with nothing in flight: when every attempt was refused with a
+            // status, the upstream billed nothing, and the turn is not charged (probe 26e F5).
+            throw everyAttemptRefused ? new UnbilledAbort(left) : left;
           }
           continue;
         }

@@ -51,6 +51,18 @@ export interface ChatProvider {
  */
 export type UpstreamFailureKind = "unavailable" | "bad_response";
 
+/**
+ * The caller left while the provider waited to retry, every attempt having been refused with an
+ * error status: the upstream generated, and bills, nothing. An abort like any other (`AbortError`),
+ * for which the turn is not charged its prompt.
+ */
+export class UnbilledAbort extends Error {
+  constructor(readonly reason: unknown) {
+    super("The caller left before a billed attempt");
+    this.name = "AbortError";
+  }
+}
+
 export class UpstreamFailure extends Error {
   constructor(
     readonly kind: UpstreamFailureKind,
