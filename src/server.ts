@@ -4,7 +4,6 @@
  * lets in-flight requests finish (up to a drain timeout, after which they are cut), runs the
  * closers (flush logs, close the database) and exits 0.
  */
-import { isIP } from "node:net";
 import type { Config } from "./config";
 import type { Logger } from "./logging/logger";
 import { lastResortErrorHandler } from "./plugins/error-handler/last-resort";
@@ -48,6 +47,14 @@ export class PortUnavailable extends Error {
   }
 }
 
+/**
+ * An IPv4 or IPv6 address as written, not a name to resolve (config already refused anything
+ * else). Not node:net's isIP: loading node:net at every start costs idle memory for one check.
+ */
+function isAddressLiteral(host: string): boolean {
+  return /^[0-9.]+$/.test(host) || host.includes(":");
+}
+
 /** `app.listen`, with a failure to bind as a PortUnavailable naming the system's reason. */
 function listenOrExplain(
   app: StartServerOptions["app"],
@@ -68,9 +75,9 @@ function listenOrExplain(
     throw new PortUnavailable(
       config.host,
       config.port,
-      isIP(config.host) === 0
-        ? `${reason}, or HOST does not resolve to an address of this machine`
-        : reason,
+      isAddressLiteral(config.host)
+        ? reason
+        : `${reason}, or HOST does not resolve to an address of this machine`,
     );
   }
 }
