@@ -457,12 +457,13 @@ function metricsListener(
 }
 
 /**
- * An address to listen on as written: an IPv4 or IPv6 address or a host name, nothing else (a
- * control character or a space would reach the listen call, and its error, as it was sent).
+ * An address to listen on as written: an IPv4 or IPv6 address (bracketed or not, a zone id) or a
+ * host name (a compose service's `_` too), nothing else (a control character or a space would
+ * reach the listen call, and its error, as it was sent).
  */
 function listenHost(name: string, value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
-  if (!/^[A-Za-z0-9._:%-]{1,253}$/.test(value)) {
+  if (!/^[A-Za-z0-9._:%[\]-]{1,253}$/.test(value)) {
     throw new ConfigError(name, "must be an IP address or a host name");
   }
   return value;

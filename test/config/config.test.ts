@@ -93,7 +93,16 @@ describe("production profile", () => {
       expect(error.variable).toBe(name);
       expect(error.message).toBe(`${name} must be an IP address or a host name`);
     }
-    for (const value of ["0.0.0.0", "::", "::1", "fe80::1%eth0", "api.internal", "localhost"]) {
+    for (const value of [
+      "0.0.0.0",
+      "::",
+      "::1",
+      "[::1]",
+      "fe80::1%eth0",
+      "api.internal",
+      "localhost",
+      "palisade_api",
+    ]) {
       expect(loadConfig(production({ HOST: value })).host).toBe(value);
     }
   });

@@ -187,8 +187,8 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
         usage: { promptTokens: 3, completionTokens: 3 },
       });
     }
-    // Under a tenth of the estimate cannot be a count of the text (probe 26g F2): 1 token for 400
-    // characters is estimated (100), while 1 for a 9-character prompt (estimate 3) stands; over
+    // Under a fortieth of the estimate cannot be a count of the text (probe 26g F2): 1 token for
+    // 400 characters is estimated (100), while 1 for a 9-character prompt (estimate 3) stands; over
     // the cap the request carried (1,024) is the cap.
     const long = "word ".repeat(80);
     upstream.enqueue({ kind: "reply", text: long, usage: { prompt: 1, completion: 1 } });
@@ -216,6 +216,16 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
     expect((await provider.complete(messages)).usage).toEqual({
       promptTokens: 7,
       completionTokens: 9,
+    });
+    // An honest count of long tokens stands (probe 26h F1): 4,000 dashes are 62 of OpenAI's tokens.
+    upstream.enqueue({
+      kind: "reply",
+      text: "-".repeat(4_000),
+      usage: { prompt: 7, completion: 62 },
+    });
+    expect((await provider.complete(messages)).usage).toEqual({
+      promptTokens: 7,
+      completionTokens: 62,
     });
     upstream.enqueue({ kind: "reply", chunks: [], usage: { prompt: 7, completion: 0 } });
     const empty = await collect(provider.stream(messages));

@@ -27,7 +27,7 @@
  *   of a wrong key in it), never the key. The SDK's own console logging is off.
  * - **Usage**: the upstream's `usage` (the JSON body's, or the stream's final chunk with
  *   `stream_options.include_usage`); servers that send none, or a count that cannot be one of that
- *   text (past 10^8, under a tenth of the estimate: zero for text that is not empty), get an
+ *   text (past 10^8, under a fortieth of the estimate: zero for text that is not empty), get an
  *   estimate of one token per four characters (`estimateTokens`), never zero; a completion is
  *   never counted past the cap the request carried.
  * - **Length**: every request carries CHAT_MAX_COMPLETION_TOKENS as the reply's cap
@@ -275,11 +275,12 @@ function isCount(value: unknown): value is number {
 
 /**
  * A reported count, or the estimate where the report cannot be a count of that text: none, or
- * under a tenth of the estimate (no tokenizer packs ten times more text a token than the estimate's
- * four characters; a server that always says 0 or 1 would switch the budget off).
+ * under a fortieth of the estimate, more than 160 characters a token (OpenAI's tokenizers' longest
+ * tokens, runs of spaces or dashes, hold 128; a server that always says 0 or 1 would switch the
+ * budget off).
  */
 function believed(reported: number | undefined, estimate: number): number {
-  return reported !== undefined && reported * 10 >= estimate && (reported > 0 || estimate === 0)
+  return reported !== undefined && reported * 40 >= estimate && (reported > 0 || estimate === 0)
     ? reported
     : estimate;
 }
