@@ -8,7 +8,7 @@ import {
   MIGRATION_TAG_BY_MILLIS,
 } from "../src/db/migrations";
 import { createLogger } from "../src/logging/logger";
-import { startServer } from "../src/server";
+import { PortUnavailable, startServer } from "../src/server";
 import { buildTestApp, serveInProcess, type TestApp, tempDir } from "./support/app";
 import { freePort, REPO_ROOT, runToExit, startService } from "./support/process";
 import { rawHttp } from "./support/raw-http";
@@ -19,6 +19,29 @@ describe("graceful shutdown (in process)", () => {
   afterEach(() => {
     current?.close();
     current = null;
+  });
+
+  test("a port that cannot be bound is a PortUnavailable naming PORT, HOST and the system's reason", () => {
+    current = buildTestApp();
+    const taken = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    try {
+      const start = (host: string) => () =>
+        startServer({
+          app: current!.app,
+          config: { ...current!.config, host, port: taken.port },
+          logger: current!.logger,
+          exitProcess: false,
+          signals: [],
+        });
+      expect(start("127.0.0.1")).toThrow(
+        new PortUnavailable("127.0.0.1", taken.port, "EADDRINUSE"),
+      );
+      expect(start("no-such-host.invalid")).toThrow(
+        /^PORT \d+ on HOST no-such-host\.invalid cannot be bound \([A-Z_]+, or HOST does not resolve to an address of this machine\)$/,
+      );
+    } finally {
+      taken.stop(true);
+    }
   });
 
   test("in-flight requests finish, then the closers run, then no new connection is accepted", async () => {
