@@ -186,6 +186,15 @@ describe("CHAT_FAQ_PATH", () => {
     }
   });
 
+  /** The service started with CHAT_FAQ_PATH, in a child process, to its exit. */
+  const startWithFaq = (path: string) =>
+    runToExit(["bun", "run", "src/index.ts"], {
+      CHAT_FAQ_PATH: path,
+      DATABASE_PATH: join(dir!.path, "start.db"),
+      PORT: "0",
+      LOG_LEVEL: "error",
+    });
+
   test("a file that is missing or not JSON stops the start: one line, exit 2", {
     timeout: 30_000,
   }, async () => {
@@ -201,12 +210,7 @@ describe("CHAT_FAQ_PATH", () => {
       [fifo, "cannot be read (not a regular file)"],
       ["/dev/zero", "cannot be read (not a regular file)"],
     ] as const) {
-      const run = await runToExit(["bun", "run", "src/index.ts"], {
-        CHAT_FAQ_PATH: path,
-        DATABASE_PATH: join(dir.path, "start.db"),
-        PORT: "0",
-        LOG_LEVEL: "error",
-      });
+      const run = await startWithFaq(path);
       expect(run.code).toBe(2);
       const lines = run.stderr.trim().split("\n");
       expect(lines.at(-1)).toBe(`palisade: refusing to start: CHAT_FAQ_PATH ${path} ${reason}`);
@@ -219,12 +223,7 @@ describe("CHAT_FAQ_PATH", () => {
   }, async () => {
     dir = tempDir();
     const path = join(dir.path, 'x\n{"level":"fatal","msg":"forged"}\u202e\u0085.json');
-    const run = await runToExit(["bun", "run", "src/index.ts"], {
-      CHAT_FAQ_PATH: path,
-      DATABASE_PATH: join(dir.path, "start.db"),
-      PORT: "0",
-      LOG_LEVEL: "error",
-    });
+    const run = await startWithFaq(path);
     expect(run.code).toBe(2);
     const refusal = run.stderr.split("\n").filter((line) => line.startsWith("palisade:"));
     expect(refusal).toEqual([
