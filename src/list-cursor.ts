@@ -5,6 +5,8 @@
  * repeats nor skips another.
  */
 
+import { AppError } from "./errors";
+
 export interface ListCursor {
   createdAt: number;
   id: string;
@@ -14,8 +16,23 @@ export function encodeCursor(createdAt: number, id: string): string {
   return Buffer.from(`${createdAt}.${id}`).toString("base64url");
 }
 
+/**
+ * The pair a query's `cursor` names, undefined when it has none; a string this API never gave (or
+ * naming an id not of the list's kind, `id`) is 422 naming `query/cursor`.
+ */
+export function cursorOfQuery(cursor: string | undefined, id?: RegExp): ListCursor | undefined {
+  if (cursor === undefined) return undefined;
+  const decoded = decodeCursor(cursor);
+  if (decoded === null || (id !== undefined && !id.test(decoded.id))) {
+    throw new AppError("VALIDATION_FAILED", "The cursor is not one this API gave.", [
+      { field: "query/cursor", message: "Expected a nextCursor from a previous page" },
+    ]);
+  }
+  return decoded;
+}
+
 /** The pair a cursor names; null for a string this API never gave. */
-export function decodeCursor(cursor: string): ListCursor | null {
+function decodeCursor(cursor: string): ListCursor | null {
   const match = /^(\d{1,16})\.([A-Za-z0-9_-]{1,64})$/.exec(
     Buffer.from(cursor, "base64url").toString("utf8"),
   );

@@ -6,7 +6,7 @@
  */
 import { Elysia, t } from "elysia";
 import { AppError, problemResponses } from "../../errors";
-import { decodeCursor, type ListCursor } from "../../list-cursor";
+import { cursorOfQuery, type ListCursor } from "../../list-cursor";
 import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
@@ -77,21 +77,12 @@ function view(
   };
 }
 
-const invalidCursor = () =>
-  new AppError("VALIDATION_FAILED", "The cursor is not one this API gave.", [
-    { field: "query/cursor", message: "Expected a nextCursor from a previous page" },
-  ]);
-
-/** A list's page as its query asks: 422 for a cursor this API never gave. */
-function pageOf(query: { cursor?: string; limit?: number }): {
-  cursor?: ListCursor;
-  limit: number;
-} {
-  const limit = query.limit ?? ADMIN_PAGE;
-  if (query.cursor === undefined) return { limit };
-  const cursor = decodeCursor(query.cursor);
-  if (cursor === null) throw invalidCursor();
-  return { cursor, limit };
+/** A list's page as its query asks: 422 for a cursor this API never gave (or of another list's ids). */
+function pageOf(
+  query: { cursor?: string; limit?: number },
+  id?: RegExp,
+): { cursor?: ListCursor; limit: number } {
+  return { cursor: cursorOfQuery(query.cursor, id), limit: query.limit ?? ADMIN_PAGE };
 }
 
 /** Every admin route is on the default policy (per principal). */
@@ -296,9 +287,8 @@ export function adminModule(options: AdminModuleOptions) {
     .get(
       "/blocks",
       ({ principal, request, client, requestId, path, query }) => {
-        const { cursor, limit } = pageOf(query);
         // Block ids are integers: a cursor naming another kind of id is not one this route gave.
-        if (cursor !== undefined && !/^\d{1,16}$/.test(cursor.id)) throw invalidCursor();
+        const { cursor, limit } = pageOf(query, /^\d{1,16}$/);
         record({ principal, request, client, requestId, path }, "admin.blocks.listed");
         return ipBlocks.activePage({
           cursor: cursor && { createdAt: cursor.createdAt, id: Number(cursor.id) },

@@ -13,7 +13,7 @@
 import { Elysia, t } from "elysia";
 import { isCalendarDay } from "../../calendar";
 import { AppError, type ErrorCode, problemResponses, toProblem } from "../../errors";
-import { decodeCursor } from "../../list-cursor";
+import { cursorOfQuery } from "../../list-cursor";
 import { streamedResponse } from "../../plugins/access-log";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
@@ -416,12 +416,7 @@ export function chatModule(options: ChatModuleOptions) {
     .get(
       "/api/chat/conversations",
       ({ query, principal }) => {
-        const cursor = query.cursor === undefined ? undefined : decodeCursor(query.cursor);
-        if (cursor === null) {
-          throw new AppError("VALIDATION_FAILED", "The cursor is not one this API gave.", [
-            { field: "query/cursor", message: "Expected a nextCursor from a previous page" },
-          ]);
-        }
+        const cursor = cursorOfQuery(query.cursor);
         return service.list(ownerOf(principal), { cursor, limit: query.limit ?? DEFAULT_PAGE });
       },
       {
