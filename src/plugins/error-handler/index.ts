@@ -169,18 +169,12 @@ export function errorHandler({
           error.type === "property" && route
             ? queryRangeErrors?.(request.method, route, request.url)
             : undefined;
-        outcome =
-          named && named.length > 0
-            ? {
-                code: "VALIDATION_FAILED",
-                detail: "The request query is invalid.",
-                fieldErrors: named,
-              }
-            : {
-                code: "VALIDATION_FAILED",
-                detail: `The request ${error.type} is invalid.`,
-                fieldErrors: fieldErrorsOf(error),
-              };
+        const byName = named !== undefined && named.length > 0;
+        outcome = {
+          code: "VALIDATION_FAILED",
+          detail: `The request ${byName ? "query" : error.type} is invalid.`,
+          fieldErrors: byName ? named : fieldErrorsOf(error),
+        };
       } else if (code === "PARSE") {
         outcome = { code: "MALFORMED_BODY", detail: "The request body could not be parsed." };
       } else if (code === "NOT_FOUND") {

@@ -69,6 +69,11 @@ const realDay = (name: string): SentRule => ({
 
 const once = (name: string): SentRule => ({ name, message: "Expected once" });
 
+/** A query schema's properties, as Elysia keeps the schema. */
+function propertiesOf(schema: unknown): Record<string, Property> | undefined {
+  return (schema as { properties?: Record<string, Property> } | null)?.properties;
+}
+
 /** Declared an integer: Elysia stores one as any of a string of format `integer` or the integer. */
 const isInteger = (property: Property | undefined): boolean =>
   property?.type === "integer" || (property?.anyOf?.some(isInteger) ?? false);
@@ -79,7 +84,7 @@ const isInteger = (property: Property | undefined): boolean =>
  * date-times, and once for every other but a list.
  */
 function rulesOf(schema: unknown): SentRule[] {
-  const properties = (schema as { properties?: Record<string, Property> } | null)?.properties;
+  const properties = propertiesOf(schema);
   if (!properties) return [];
   const rules: SentRule[] = [];
   for (const name of Object.keys(properties)) {
@@ -118,8 +123,7 @@ function rangeMessage({ minimum, maximum }: { minimum?: number; maximum?: number
  */
 export function queryRangeErrors(routes: () => readonly RouteQuery[]) {
   const integersFor = routeLookup(routes, (entry) => {
-    const properties = (entry.hooks?.query as { properties?: Record<string, Property> } | null)
-      ?.properties;
+    const properties = propertiesOf(entry.hooks?.query);
     if (!properties) return undefined;
     const integers = Object.entries(properties)
       .filter(([, property]) => isInteger(property))
