@@ -55,13 +55,21 @@ function waitingOutLocks(sqlite: Database, step: (sqlite: Database) => void) {
 }
 
 /**
- * A new database file is created readable by its owner only (0600): it holds password and key
- * hashes and the audit log, and SQLite would create it as the umask says (0644 under the usual
- * 022). Its `-wal` and `-shm` take the file's mode. An existing file is left as it is.
+ * Creates an empty file readable by its owner only (0600; a umask can only take bits away), or
+ * throws (EEXIST when there is one): a database or a copy of one holds password and key hashes
+ * and the audit log, and SQLite would create it as the umask says (0644 under the usual 022).
+ */
+export function createOwnerOnly(path: string): void {
+  closeSync(openSync(path, "wx", 0o600));
+}
+
+/**
+ * A new database file is created 0600 (createOwnerOnly); its `-wal` and `-shm` take the file's
+ * mode. An existing file is left as it is.
  */
 function createPrivately(path: string): void {
   try {
-    closeSync(openSync(path, "wx", 0o600));
+    createOwnerOnly(path);
   } catch {
     // It exists (made before, or by another process a moment ago), or cannot be made here: then
     // SQLite's open says why.

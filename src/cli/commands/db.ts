@@ -13,19 +13,9 @@
  */
 import { Database, SQLiteError } from "bun:sqlite";
 import { randomBytes } from "node:crypto";
-import {
-  chmodSync,
-  closeSync,
-  copyFileSync,
-  existsSync,
-  linkSync,
-  lstatSync,
-  openSync,
-  statSync,
-  unlinkSync,
-} from "node:fs";
+import { copyFileSync, existsSync, linkSync, lstatSync, statSync, unlinkSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
+import { BUSY_TIMEOUT_MS, createOwnerOnly, DatabaseOpenError } from "../../db/client";
 import { migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { AuditKeys } from "../../plugins/audit/chain";
@@ -127,10 +117,13 @@ function snapshot(source: string, temporary: string): void {
   }
   try {
     sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
-    // The copy holds every hash and the audit log: readable by its owner only, whatever the
-    // umask (VACUUM INTO writes into an empty file it is given).
-    closeSync(openSync(temporary, "wx", 0o600));
-    chmodSync(temporary, 0o600);
+    // The copy holds every hash and the audit log: readable by its owner only (VACUUM INTO writes
+    // into an empty file it is given).
+    try {
+      createOwnerOnly(temporary);
+    } catch (error) {
+      throw new CliError(`cannot write ${temporary} (${(error as NodeJS.ErrnoException).code})`);
+    }
     sqlite.query("VACUUM INTO ?").run(temporary);
   } catch (error) {
     if (error instanceof SQLiteError) {
