@@ -21,6 +21,7 @@ import { fieldJson, fieldsJson, REDACTED } from "./fields";
 import { fitLine } from "./fit-line";
 import { bufferLines, type LineBuffer } from "./line-buffer";
 import { createTextScrubber, type TextScrubberOptions } from "./scrub";
+import { REORDERING_CLASS } from "./spell-out";
 
 export type { LogDestination } from "./fd-destination";
 export { REDACTED } from "./fields";
@@ -179,16 +180,15 @@ export function createLogger({ level, secretValues = [], destination }: LoggerOp
   );
 }
 
-const UNSAFE_CHARACTERS =
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
-  /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+/** Control characters, and what breaks or reorders a line (logging/spell-out's one list). */
+const UNSAFE_CHARACTERS = new RegExp(`[\\u0000-\\u001f\\u007f-\\u009f${REORDERING_CLASS}]`, "g");
 
 /**
  * What JSON leaves raw that splits or reorders a line in a viewer or a terminal: C1 controls,
  * the line and paragraph separators, and the bidirectional controls (a right-to-left override
  * shows a line's end first). Outside a string a JSON line holds none of them.
  */
-const RAW_IN_JSON = /[\u0080-\u009f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+const RAW_IN_JSON = new RegExp(`[\\u0080-\\u009f${REORDERING_CLASS}]`);
 const RAW_IN_JSON_ALL = new RegExp(RAW_IN_JSON.source, "g");
 
 /** A serialised line with those written as JSON escapes: the same JSON, one visible line. */

@@ -27,10 +27,12 @@ const REORDERING_RANGES: readonly (readonly [number, number])[] = [
   [0x2066, 0x2069],
 ];
 
-const REORDERING = new RegExp(
-  `[${REORDERING_RANGES.map(([from, to]) => (from === to ? `\\u${hex4(from)}` : `\\u${hex4(from)}-\\u${hex4(to)}`)).join("")}]`,
-  "g",
-);
+/** Those characters as the inside of a regular expression's class (`\u061c\u200e-…`). */
+export const REORDERING_CLASS = REORDERING_RANGES.map(([from, to]) =>
+  from === to ? `\\u${hex4(from)}` : `\\u${hex4(from)}-\\u${hex4(to)}`,
+).join("");
+
+const REORDERING = new RegExp(`[${REORDERING_CLASS}]`, "g");
 
 /** Whether a character (its UTF-16 code) breaks a line or reorders text. */
 export function reordersText(code: number): boolean {
