@@ -125,6 +125,9 @@ export interface IpBlockServiceOptions {
   rateLimitMetrics: RateLimitMetrics;
 }
 
+/** A block in force at `$now`: not expired (an expiry that is a whole number), not lifted. */
+const IN_FORCE = "expires_at > $now AND typeof(expires_at) = 'integer' AND lifted_at IS NULL";
+
 /** The statements of the request path (reload) and of automatic blocking, prepared once. */
 function prepareStatements(db: AppDatabase) {
   const sqlite = db.$client;
@@ -132,8 +135,7 @@ function prepareStatements(db: AppDatabase) {
     // Every row in force, each with its seal: which of them count is decided here, not in SQL.
     loadActive: () =>
       sqlite.query<StoredBlock, { now: number }>(
-        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
-         WHERE expires_at > $now AND typeof(expires_at) = 'integer' AND lifted_at IS NULL`,
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE ${IN_FORCE}`,
       ),
     activeAfter: () =>
       sqlite.query<
@@ -141,7 +143,7 @@ function prepareStatements(db: AppDatabase) {
         { now: number; createdAt: number | null; id: number | null; limit: number }
       >(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
-         WHERE expires_at > $now AND typeof(expires_at) = 'integer' AND lifted_at IS NULL
+         WHERE ${IN_FORCE}
            AND ($createdAt IS NULL OR created_at < $createdAt
                 OR (created_at = $createdAt AND id < $id))
          ORDER BY created_at DESC, id DESC LIMIT $limit`,
@@ -149,8 +151,7 @@ function prepareStatements(db: AppDatabase) {
     activeOn: () =>
       sqlite.query<StoredBlock, { address: string; now: number }>(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
-         WHERE address = $address AND expires_at > $now AND typeof(expires_at) = 'integer'
-           AND lifted_at IS NULL`,
+         WHERE address = $address AND ${IN_FORCE}`,
       ),
     // A block an admin lifted was judged a mistake: it does not lengthen the next one.
     priorAutoBlocks: () =>
