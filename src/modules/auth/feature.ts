@@ -82,7 +82,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     stillAdmin: (principal) =>
       principal.kind === "key"
         ? apiKeys.grants(principal.id, "admin")
-        : credentials.sessionLive(principal.familyId, principal.id),
+        : credentials.sessionLive(principal.familyId, principal.id, principal.role),
     account: account(db, service),
     routeClasses: authRouteClasses,
     routes: ({ auth }) =>

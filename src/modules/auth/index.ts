@@ -11,6 +11,7 @@ import {
   type CookieNames,
   cookieNames,
   readCookie,
+  sendsHeaderCredential,
   serializeCookie,
 } from "../../plugins/csrf/cookies";
 import type { LimitEnforcer } from "../../plugins/rate-limit/enforce";
@@ -183,11 +184,20 @@ export function authModule(options: AuthModuleOptions) {
     .post(
       "/refresh",
       async ({ body, set, request, client, requestId }) => {
-        const fromCookie = readCookie(request.headers.get("cookie"), names.refresh);
+        // Beside a header credential the cookie is not read: CSRF exempts such requests.
+        const headerCredential = sendsHeaderCredential(request.headers);
+        const fromCookie = headerCredential
+          ? null
+          : readCookie(request.headers.get("cookie"), names.refresh);
         const token = body?.refreshToken ?? fromCookie;
         if (!token) {
           metrics.fail("invalid_refresh");
-          throw new AppError("UNAUTHENTICATED", "A refresh token is required.");
+          throw new AppError(
+            "UNAUTHENTICATED",
+            headerCredential
+              ? "A refresh token is required in the body: the refresh cookie is not read beside an Authorization or X-API-Key header."
+              : "A refresh token is required.",
+          );
         }
         const outcome = await service.refresh(
           token,

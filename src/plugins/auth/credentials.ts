@@ -232,7 +232,9 @@ export class CredentialVerifier {
     const { claims } = verdict;
     if (this.revokedFamilies.has(claims.fam)) return { ok: false, reason: "revoked" };
     // The durable check, read after the signature (no await between it and the cache write).
-    if (!this.sessionLive(claims.fam, claims.sub)) return { ok: false, reason: "revoked" };
+    if (!this.sessionLive(claims.fam, claims.sub, claims.role)) {
+      return { ok: false, reason: "revoked" };
+    }
     const principal = {
       kind: "user" as const,
       id: claims.sub,
@@ -252,7 +254,8 @@ export class CredentialVerifier {
     if (this.revokedFamilies.has(cached.principal.familyId))
       return { ok: false, reason: "revoked" };
     if (now - cached.checkedAt >= TOKEN_RECHECK_MS) {
-      if (!this.sessionLive(cached.principal.familyId, cached.principal.id)) {
+      const { familyId, id, role } = cached.principal;
+      if (!this.sessionLive(familyId, id, role)) {
         this.tokens.delete(cacheKey);
         return { ok: false, reason: "revoked" };
       }
@@ -268,11 +271,15 @@ export class CredentialVerifier {
    * Whether the session (refresh family) exists, is the subject's, is not revoked, and matches its
    * seal (a revocation cleared in the file breaks the seal, so the session stays ended), and its
    * account's row matches its own: a token is refused like the account's login and keys when
-   * the row was changed in the file (a role raised or lowered there).
+   * the row was changed in the file (a role raised or lowered there). And the account's role is
+   * the one the token claims: a token re-signed with `role: "admin"` by someone holding
+   * `JWT_SECRET_KEY` acts for no admin (probe 27b F1); a role changed by Palisade ends the
+   * account's sessions anyway.
    */
-  sessionLive(familyId: string, userId: string): boolean {
+  sessionLive(familyId: string, userId: string, role: string): boolean {
     const family = this.statements.familyState({ id: familyId });
     if (!family || family.userId !== userId || family.revokedAt !== null) return false;
+    if (family.ownerRole !== role) return false;
     const { seal } = this.options;
     if (!seal.intact.family(family)) return false;
     return (

@@ -12,7 +12,7 @@
  * is woken more often); see README, Performance.
  */
 
-import { cookieNames, readCookie } from "../csrf/cookies";
+import { cookieNames, readCookie, sendsHeaderCredential } from "../csrf/cookies";
 import type { CredentialVerifier, Verification } from "./credentials";
 import type { AuthFailureReason } from "./metrics";
 import type { Principal } from "./principal";
@@ -102,9 +102,7 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
   };
 
   const carriesCredential = (headers: Headers): boolean =>
-    headers.has("authorization") ||
-    headers.has("x-api-key") ||
-    readCookie(headers.get("cookie"), sessionCookie) !== null;
+    sendsHeaderCredential(headers) || readCookie(headers.get("cookie"), sessionCookie) !== null;
 
   /** The request's identification or its verification in progress, started at the first ask. */
   const lookUp = (request: Request): Identification | Promise<Identification> => {

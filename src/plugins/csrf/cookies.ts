@@ -20,6 +20,16 @@ export function cookieNames(requireTls: boolean): CookieNames {
   };
 }
 
+/**
+ * Whether the request sends a credential in a header (`Authorization`, `X-API-Key`). Its cookies
+ * are then never read as a credential — not the session cookie (auth), not the refresh cookie
+ * (`POST /api/auth/refresh`) — which is what lets CSRF exempt it: a browser attaches neither
+ * header to a forged cross-site request, and a request that sends one is not riding on a cookie.
+ */
+export function sendsHeaderCredential(headers: Headers): boolean {
+  return headers.has("authorization") || headers.has("x-api-key");
+}
+
 /** The value of one cookie from a Cookie header, or null. */
 export function readCookie(header: string | null, name: string): string | null {
   if (header === null) return null;

@@ -10,7 +10,9 @@
  *
  * Exempt, by design:
  * - requests with an `Authorization` or `X-API-Key` header: a browser never attaches those on its
- *   own, so a forged cross-site request cannot carry them;
+ *   own, so a forged cross-site request cannot carry them, and such a request's cookies are never
+ *   read as a credential (cookies.ts, sendsHeaderCredential: probe 27a F1 found the refresh route
+ *   reading its cookie beside a junk `Authorization`, with the check skipped);
  * - route classes marked `csrfExempt` (webhooks): called server to server, authenticated by their
  *   HMAC signatures;
  * - requests with no session cookie: they carry no ambient credential to abuse.
@@ -20,7 +22,7 @@ import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
-import { cookieNames, readCookie, serializeCookie } from "./cookies";
+import { cookieNames, readCookie, sendsHeaderCredential, serializeCookie } from "./cookies";
 import type { CsrfMetrics } from "./metrics";
 import {
   CSRF_TOKEN_LIFETIME_MS,
@@ -96,7 +98,7 @@ export function csrf(options: CsrfOptions) {
       const { request, path, clientIp, requestId, routeClass } = context as unknown as RequestState;
       if (SAFE_METHODS.has(request.method)) return;
       if (routeClass.csrfExempt) return;
-      if (request.headers.has("authorization") || request.headers.has("x-api-key")) return;
+      if (sendsHeaderCredential(request.headers)) return;
       const failure = check(request);
       if (failure === null) return;
       metrics.failures.inc();

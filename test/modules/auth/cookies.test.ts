@@ -99,3 +99,47 @@ test("production cookies are __Host- prefixed and Secure", async () => {
   ]);
   expect(lines.every((l) => l.includes("Secure"))).toBe(true);
 });
+
+test("beside a header credential the refresh cookie is not read, so the skipped CSRF check rotates nothing (probe 27a F1)", async () => {
+  current = buildTestApp();
+  const { email } = await signUp(current);
+  const login = await send(current, "/api/auth/login?mode=cookie", {
+    body: { email, password: STRONG_PASSWORD },
+  });
+  const jar = cookiesOf(login);
+  for (const header of <Record<string, string>[]>[
+    { authorization: "x" },
+    { authorization: "" },
+    { "x-api-key": "x" },
+    { authorization: "Bearer not-a-token" },
+  ]) {
+    const refused = await send(current, "/api/auth/refresh", {
+      method: "POST",
+      headers: { cookie: cookieHeader(jar), "sec-fetch-site": "cross-site", ...header },
+    });
+    expect(refused.status).toBe(401);
+    const problem = (await refused.json()) as { code: string; detail: string };
+    expect(problem.code).toBe("UNAUTHENTICATED");
+    expect(problem.detail).toContain("not read beside an Authorization or X-API-Key header");
+    expect(refused.headers.getSetCookie()).toEqual([]);
+  }
+  // The session was neither rotated nor revoked: its cookie still refreshes, with the CSRF token.
+  const csrf = await send(current, "/api/auth/csrf", { headers: { cookie: cookieHeader(jar) } });
+  const { token } = (await csrf.json()) as { token: string };
+  const refreshed = await send(current, "/api/auth/refresh", {
+    method: "POST",
+    headers: { cookie: cookieHeader({ ...jar, ...cookiesOf(csrf) }), "x-csrf-token": token },
+  });
+  expect(refreshed.status).toBe(200);
+  // A refresh token in the body beside a header is still read (a client holding both).
+  const tokens = await send(current, "/api/auth/login", {
+    body: { email, password: STRONG_PASSWORD },
+  });
+  const { refreshToken } = (await tokens.json()) as { refreshToken: string };
+  const byBody = await send(current, "/api/auth/refresh", {
+    method: "POST",
+    headers: { authorization: "x" },
+    body: { refreshToken },
+  });
+  expect(byBody.status).toBe(200);
+});

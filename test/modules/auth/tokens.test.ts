@@ -41,7 +41,7 @@ async function claimsFor(target: TestApp) {
     session,
     payload: {
       sub: session.userId,
-      role: "admin",
+      role: "user",
       // The session's own family: a token is accepted only for a family the database knows.
       fam: decodeJwt(session.accessToken).fam as string,
       jti: "forged",
@@ -214,3 +214,27 @@ describe("signing-key rotation", () => {
     expect((await meWith(current, token)).status).toBe(200);
   });
 });
+
+test("a token signed with the real key but claiming a role its account does not have is refused (probe 27b F1)", async () => {
+  current = buildTestApp();
+  const { session, payload } = await claimsFor(current);
+  const asAdmin = handBuilt(
+    { alg: "HS256", typ: "JWT", kid: signingKey(TEST_JWT_SECRET).kid },
+    { ...payload, role: "admin" },
+    hmac(TEST_JWT_SECRET),
+  );
+  expect((await meWith(current, asAdmin)).status).toBe(401);
+  for (const path of ["/api/admin/blocks", "/api/admin/api-keys", "/api/admin/audit"]) {
+    const response = await send(current, path, { headers: bearer(asAdmin) });
+    expect(response.status).toBe(401);
+  }
+  // The account's own token, and one re-signed with the role it has, still work.
+  expect((await meWith(current, session.accessToken)).status).toBe(200);
+  const asUser = handBuilt(
+    { alg: "HS256", typ: "JWT", kid: signingKey(TEST_JWT_SECRET).kid },
+    payload,
+    hmac(TEST_JWT_SECRET),
+  );
+  expect((await meWith(current, asUser)).status).toBe(200);
+});
+
