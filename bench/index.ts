@@ -290,7 +290,7 @@ try {
     );
     printHttp(http);
     log(
-      `\nMany clients: a new X-Forwarded-For per request (TRUST_PROXY=loopback), ${plan.manyRounds} × ${plan.manySeconds} s, A and B alternately on GET /bench`,
+      `\nMany clients: a new X-Forwarded-For per request (TRUST_PROXY=loopback), ${plan.manyRounds} × ${plan.manySeconds} s, A, B, and B with one address in turn on GET /bench`,
     );
     many = await phase("many clients", () =>
       measureManyClients({
@@ -485,6 +485,15 @@ function printMany(m: ManyClientResults) {
   log(
     `| other work on the measured cores; stolen (most of a round, A's or B's) | ${quietness("many clients", m.otherCpuMax, m.stealMax)} |`,
   );
+  log(
+    `| Palisade req/s, one address, same rounds | ${steady("many clients B, one address", m.oneAddressRps)} |`,
+  );
+  if (m.cpuUs) {
+    const { newAddress, oneAddress } = m.cpuUs;
+    log(
+      `| Palisade CPU µs a request, new address / one address (what a new client costs) | ${newAddress.median.toFixed(1)} / ${oneAddress.median.toFixed(1)} (+${(newAddress.median - oneAddress.median).toFixed(1)}) |`,
+    );
+  }
   log(`| Palisade RSS at the end / peak | ${mb(m.rssKb)} / ${mb(m.peakRssKb)} |`);
   log(
     `| rate_limit_counters rows at the end of the load (${fmt(m.requests)} requests, each from a new address) | ${fmt(m.atEnd.rows)} |`,

@@ -237,4 +237,3 @@ test("a token signed with the real key but claiming a role its account does not 
   );
   expect((await meWith(current, asUser)).status).toBe(200);
 });
-
