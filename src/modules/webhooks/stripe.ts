@@ -30,6 +30,7 @@ import { AppError, problemResponses } from "../../errors";
 import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
+import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
 import { isStripeId } from "../payments/ids";
 import type { EventEffect, PaymentLedger, StripeEventLike } from "../payments/ledger";
@@ -190,96 +191,92 @@ export function stripeWebhook(options: StripeWebhookOptions) {
   };
 
   return (auth: ReturnType<typeof authPlugin>) =>
-    new Elysia({ name: "palisade.module.webhooks.stripe" })
-      .use(auth)
-      // The body's exact text, which the request guard sets while it reads a JSON body.
-      .decorate("rawBody", undefined as string | undefined)
-      .decorate("rawBytes", undefined as Uint8Array | undefined)
-      .post(
-        STRIPE_WEBHOOK_PATH,
-        async ({ body, rawBody, rawBytes, request, path, clientIp, requestId }) => {
-          if (secrets.length === 0) {
-            throw new AppError(
-              "SERVICE_UNAVAILABLE",
-              "Stripe webhooks are not configured on this service (STRIPE_WEBHOOK_SECRET is unset).",
+    new Elysia({ name: "palisade.module.webhooks.stripe" }).use(auth).post(
+      STRIPE_WEBHOOK_PATH,
+      async (context) => {
+        const { body, request, path, clientIp, requestId } = context;
+        if (secrets.length === 0) {
+          throw new AppError(
+            "SERVICE_UNAVAILABLE",
+            "Stripe webhooks are not configured on this service (STRIPE_WEBHOOK_SECRET is unset).",
+          );
+        }
+        // The request guard keeps the exact bytes and text it read (exactBodyOf) while Elysia
+        // parses the body; `body` is named so that Elysia reads it, and is never trusted.
+        void body;
+        const { text: raw, bytes } = exactBodyOf(context);
+        const header = request.headers.get("stripe-signature");
+        const route = `${request.method} ${path}`;
+        // The SDK verifies text, so the text must be exactly the bytes received: a body that
+        // decodes to it from other bytes (a byte-order mark, invalid UTF-8) is not what was signed.
+        const exact = sameBytes(utf8.encode(raw), bytes);
+        const verified =
+          header === null || !exact
+            ? null
+            : await verifyStripeSignature(raw, header, secrets, clock.now());
+        if (verified === null) {
+          metrics.signatureFailures.labels("stripe").inc();
+          audit.record({
+            type: "webhook.signature_failed",
+            outcome: "denied",
+            ip: clientIp,
+            route,
+            requestId,
+            detail: {
+              provider: "stripe",
+              reason:
+                header === null
+                  ? "missing Stripe-Signature header"
+                  : exact
+                    ? "no secret verified it"
+                    : "body bytes are not its UTF-8 text",
+            },
+          });
+          throw new AppError(
+            "BAD_SIGNATURE",
+            "The Stripe-Signature header does not verify this body.",
+            undefined,
+            undefined,
+            400,
+          );
+        }
+        const event = eventShape(verified.event);
+        if (event === null) {
+          metrics.events.labels("stripe", "failed").inc();
+          throw new AppError("BAD_REQUEST", "The event is not shaped like a Stripe event.");
+        }
+        const applied = apply(event);
+        metrics.events.labels("stripe", applied.outcome).inc();
+        if (applied.outcome !== "duplicate") {
+          for (const status of applied.statuses) options.payments?.payments.labels(status).inc();
+          // Committed: Stripe would redeliver an event already applied if this were a 503.
+          for (const entry of applied.audit)
+            recordDone(audit, logger, { ...entry, ip: clientIp, route, requestId });
+          if (applied.alert) {
+            logger.error({ requestId, eventId: event.id, type: event.type }, applied.alert);
+          }
+          if (applied.outcome === "ignored") {
+            logger.info(
+              { requestId, eventId: event.id, type: event.type, reason: applied.reason },
+              "stripe event acknowledged and ignored",
             );
           }
-          // The request guard keeps the exact text it read (plugins/request-guard) while Elysia
-          // parses the body; `body` is named so that Elysia reads it, and is never trusted.
-          void body;
-          const raw = rawBody ?? "";
-          const header = request.headers.get("stripe-signature");
-          const route = `${request.method} ${path}`;
-          // The SDK verifies text, so the text must be exactly the bytes received: a body that
-          // decodes to it from other bytes (a byte-order mark, invalid UTF-8) is not what was signed.
-          const exact = rawBytes === undefined || sameBytes(utf8.encode(raw), rawBytes);
-          const verified =
-            header === null || !exact
-              ? null
-              : await verifyStripeSignature(raw, header, secrets, clock.now());
-          if (verified === null) {
-            metrics.signatureFailures.labels("stripe").inc();
-            audit.record({
-              type: "webhook.signature_failed",
-              outcome: "denied",
-              ip: clientIp,
-              route,
-              requestId,
-              detail: {
-                provider: "stripe",
-                reason:
-                  header === null
-                    ? "missing Stripe-Signature header"
-                    : exact
-                      ? "no secret verified it"
-                      : "body bytes are not its UTF-8 text",
-              },
-            });
-            throw new AppError(
-              "BAD_SIGNATURE",
-              "The Stripe-Signature header does not verify this body.",
-              undefined,
-              undefined,
-              400,
-            );
-          }
-          const event = eventShape(verified.event);
-          if (event === null) {
-            metrics.events.labels("stripe", "failed").inc();
-            throw new AppError("BAD_REQUEST", "The event is not shaped like a Stripe event.");
-          }
-          const applied = apply(event);
-          metrics.events.labels("stripe", applied.outcome).inc();
-          if (applied.outcome !== "duplicate") {
-            for (const status of applied.statuses) options.payments?.payments.labels(status).inc();
-            // Committed: Stripe would redeliver an event already applied if this were a 503.
-            for (const entry of applied.audit)
-              recordDone(audit, logger, { ...entry, ip: clientIp, route, requestId });
-            if (applied.alert) {
-              logger.error({ requestId, eventId: event.id, type: event.type }, applied.alert);
-            }
-            if (applied.outcome === "ignored") {
-              logger.info(
-                { requestId, eventId: event.id, type: event.type, reason: applied.reason },
-                "stripe event acknowledged and ignored",
-              );
-            }
-          }
-          return { received: true as const, outcome: applied.outcome };
+        }
+        return { received: true as const, outcome: applied.outcome };
+      },
+      {
+        public: true,
+        response: {
+          200: t.Object({
+            received: t.Literal(true),
+            outcome: t.UnionEnum(["processed", "duplicate", "ignored"]),
+          }),
+          ...problemResponses(400, 413, 415, 503),
         },
-        {
-          public: true,
-          response: {
-            200: t.Object({
-              received: t.Literal(true),
-              outcome: t.UnionEnum(["processed", "duplicate", "ignored"]),
-            }),
-            ...problemResponses(400, 413, 415, 503),
-          },
-          detail: {
-            tags: ["webhooks"],
-            summary: "Stripe events (Stripe-Signature verified over the raw body; each id once)",
-          },
+        detail: {
+          tags: ["webhooks"],
+          summary: "Stripe events (Stripe-Signature verified over the raw body; each id once)",
         },
-      );
+      },
+    );
 }

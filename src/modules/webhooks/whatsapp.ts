@@ -34,6 +34,7 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
+import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
 import type { ChatTurns } from "../chat/contract";
 import type { Feature, WebContext } from "../feature";
@@ -331,7 +332,6 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
   const tags = ["webhooks"];
   return new Elysia({ name: "palisade.module.whatsapp" })
     .use(auth)
-    .decorate({ rawBytes: null as Uint8Array | null })
     .get(
       WHATSAPP_PATH,
       ({ request, set }) => {
@@ -370,7 +370,8 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
     )
     .post(
       WHATSAPP_PATH,
-      async ({ body, rawBytes, request, client, requestId }) => {
+      async (context) => {
+        const { body, request, client, requestId } = context;
         if (config.appSecret === null) {
           throw new AppError(
             "SERVICE_UNAVAILABLE",
@@ -379,7 +380,7 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
         }
         const check = verifyHubSignature(
           request.headers.get("x-hub-signature-256"),
-          rawBytes ?? new Uint8Array(),
+          exactBodyOf(context).bytes,
           { current: config.appSecret, previous: config.previousAppSecret },
         );
         if (!check.valid) {

@@ -28,6 +28,33 @@ export async function readBodyWithin(request: Request, limit: number): Promise<U
 
 const utf8 = new TextDecoder();
 
+/** What the guard stores on the context of a route class marked `exactBytes` (readExact). */
+interface ExactBodyFields {
+  rawBody?: string;
+  rawBytes?: Uint8Array;
+}
+
+const NO_BYTES = new Uint8Array();
+
+/** Stores the body read for a route class marked `exactBytes`, for exactBodyOf. */
+export function keepExactBody(context: object, body: { bytes: Uint8Array; text: string }): void {
+  (context as ExactBodyFields).rawBody = body.text;
+  (context as ExactBodyFields).rawBytes = body.bytes;
+}
+
+/**
+ * The body of a request on a route class marked `exactBytes` as the guard read it: its bytes as
+ * received and their text; both empty when no JSON body was read (none sent, or another media
+ * type, which the guard refuses first). The one reader of what keepExactBody stored: each webhook
+ * module declared the fields itself before, one as `null` and one as `undefined`, and whichever
+ * registered first set the default for both — an empty POST to the Stripe webhook met `null`
+ * where it checked for `undefined` and answered 500 (probe 27c F2).
+ */
+export function exactBodyOf(context: object): { bytes: Uint8Array; text: string } {
+  const { rawBody, rawBytes } = context as ExactBodyFields;
+  return { bytes: rawBytes ?? NO_BYTES, text: rawBody ?? "" };
+}
+
 /**
  * The body as text, read within `limit` as readBodyWithin reads it. A declared length is read by
  * Bun's own `text()`, which decodes as it reads (as TextDecoder does: replacement characters for

@@ -15,7 +15,14 @@ import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import type { RequestState } from "../request-state";
 import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
-import { MAX_BODY_DEPTH, readExactWithin, readTextWithin, scanJsonText, TOO_DEEP } from "./body";
+import {
+  keepExactBody,
+  MAX_BODY_DEPTH,
+  readExactWithin,
+  readTextWithin,
+  scanJsonText,
+  TOO_DEEP,
+} from "./body";
 import {
   BODY_MEDIA_TYPE,
   checkContentType,
@@ -96,11 +103,10 @@ export function requestGuard({
       const limit = bodyLimits[routeClass.bodyLimit];
       let text: string;
       if (routeClass.exactBytes) {
-        // Webhook signatures are computed over `rawBytes`, what was sent.
+        // Webhook signatures are computed over the bytes, what was sent (exactBodyOf).
         const exact = await readExactWithin(request, limit);
         text = exact.text;
-        (context as { rawBody?: string; rawBytes?: Uint8Array }).rawBody = text;
-        (context as { rawBytes?: Uint8Array }).rawBytes = exact.bytes;
+        keepExactBody(context, exact);
       } else {
         text = await readTextWithin(request, limit);
       }

@@ -30,9 +30,9 @@ export interface RouteClass {
   /** Called server to server and authenticated by signature, so CSRF does not apply. */
   csrfExempt?: boolean;
   /**
-   * The handler gets the body's bytes exactly as received (`rawBytes`, and `rawBody` their text):
-   * a signature is computed over them. Any other route's body is read as text, which Bun decodes
-   * as it reads (plugins/request-guard).
+   * The handler gets the body's bytes exactly as received, and their text (request-guard/body,
+   * exactBodyOf): a signature is computed over them. Any other route's body is read as text, which
+   * Bun decodes as it reads (plugins/request-guard).
    */
   exactBytes?: boolean;
 }

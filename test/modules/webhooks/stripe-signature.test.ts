@@ -250,3 +250,29 @@ for (const contentType of [
     expect(auditRows(current, "webhook.signature_failed")).toEqual([]);
   });
 }
+
+test("a POST with no body is a signature failure (400 BAD_SIGNATURE, counted, audited), never a 500 (probe 27c F2)", async () => {
+  // The full app: the WhatsApp module is mounted beside this one, as in the service.
+  current = buildPaymentsApp({ env: { WHATSAPP_APP_SECRET: "whatsapp-app-secret-0123456789" } });
+  const bodiless: Record<string, string>[] = [
+    {},
+    { "content-length": "0" },
+    { "stripe-signature": "t=1,v1=00" },
+    { "stripe-signature": await signStripe("") },
+  ];
+  let failures = 0;
+  for (const headers of bodiless) {
+    await expectBadSignature(
+      await send(current, "/webhooks/stripe", { method: "POST", headers }),
+      failures++,
+    );
+  }
+  expect(auditRows(current, "webhook.signature_failed")).toHaveLength(bodiless.length);
+  // An empty body sent as one is malformed JSON, as on the WhatsApp webhook.
+  const empty = await send(current, "/webhooks/stripe", {
+    headers: { "content-type": "application/json" },
+    body: "",
+  });
+  expect(empty.status).toBe(400);
+  expect(((await empty.json()) as { code: string }).code).toBe("MALFORMED_BODY");
+});
