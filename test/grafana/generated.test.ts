@@ -218,6 +218,45 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
     }
   });
 
+  test("PalisadePaymentDisputeCreated fires on the first dispute of a series that starts at 0, as the service exports it, and not of one that appears at 1 (promtool test rules; probe 27c F1)", async () => {
+    const dir = tempDir();
+    try {
+      const rule = ALERT_RULES.find((each) => each.alert === "PalisadePaymentDisputeCreated")!;
+      const disputes = (values: string) => [
+        { series: 'audit_events_total{type="payment.dispute.created"}', values },
+      ];
+      const tests = {
+        rule_files: [join(GRAFANA_DIR, "alerts.yml")],
+        evaluation_interval: "1m",
+        tests: [
+          {
+            interval: "1m",
+            input_series: disputes("0x5 1x20"),
+            alert_rule_test: [
+              {
+                eval_time: "8m",
+                alertname: rule.alert,
+                exp_alerts: [{ exp_labels: rule.labels, exp_annotations: rule.annotations }],
+              },
+            ],
+          },
+          {
+            // What Prometheus saw before the service started its series at 0: nothing to count.
+            interval: "1m",
+            input_series: disputes("_x5 1x20"),
+            alert_rule_test: [{ eval_time: "8m", alertname: rule.alert, exp_alerts: [] }],
+          },
+        ],
+      };
+      const path = join(dir.path, "first-dispute.test.yml");
+      await Bun.write(path, Bun.YAML.stringify(tests, null, 2));
+      const result = await check("promtool", ["test", "rules", path]);
+      expect({ code: result.code, out: result.stdout + result.stderr }).toMatchObject({ code: 0 });
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("check config accepts the shipped prometheus.yml with this machine's paths", async () => {
     const dir = tempDir();
     try {

@@ -15,6 +15,7 @@ import {
   serializeCookie,
 } from "../../plugins/csrf/cookies";
 import type { LimitEnforcer } from "../../plugins/rate-limit/enforce";
+import { LOGIN_ACCOUNT_POLICY_LABEL } from "../../plugins/rate-limit/metrics";
 import type { PolicyTable } from "../../plugins/rate-limit/policies";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
@@ -78,7 +79,7 @@ export function authModule(options: AuthModuleOptions) {
   // victim's budget got the victim's office, or an allow-listed monitor, blocked). An id of its own,
   // so its refusals are counted and audited apart from the per-address limit's (probe 24c F6).
   const accountLoginPolicy = [
-    { ...policies.get("login"), id: "login_account", refusalIsViolation: false },
+    { ...policies.get("login"), id: LOGIN_ACCOUNT_POLICY_LABEL, refusalIsViolation: false },
   ] as const;
 
   const respondWithTokens = (set: SetLike, tokens: IssuedTokens, mode: string | undefined) => {

@@ -37,7 +37,7 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
   const budget = new ChatBudget(db.$client, config.chat.dailyTokenBudget, {
     ownerExists: options.ownerExists,
   });
-  const metrics = chatMetrics(registry);
+  const metrics = chatMetrics(registry, provider.name);
   const service = new ChatService({
     sqlite: db.$client,
     provider,

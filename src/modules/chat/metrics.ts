@@ -15,17 +15,24 @@
  */
 
 import { METRIC } from "../../plugins/metrics/names";
-import { counterIn, type Registry } from "../../plugins/metrics/prom";
+import {
+  counterIn,
+  everyCombination,
+  type Registry,
+  startAtZero,
+} from "../../plugins/metrics/prom";
 
-export type ChatOutcome =
-  | "ok"
-  | "incomplete"
-  | "quota"
-  | "upstream_error"
-  | "not_found"
-  | "owner_gone"
-  | "invalid"
-  | "error";
+export const CHAT_OUTCOMES = [
+  "ok",
+  "incomplete",
+  "quota",
+  "upstream_error",
+  "not_found",
+  "owner_gone",
+  "invalid",
+  "error",
+] as const;
+export type ChatOutcome = (typeof CHAT_OUTCOMES)[number];
 
 export interface ChatMetrics {
   request(provider: string, outcome: ChatOutcome): void;
@@ -37,7 +44,8 @@ const REQUESTS = METRIC.chatRequests;
 const TOKENS = METRIC.chatTokens;
 const RECLAIMED = METRIC.chatReservationsReclaimed;
 
-export function chatMetrics(registry: Registry): ChatMetrics {
+/** `provider`: the provider's name, whose series start at 0 (every outcome). */
+export function chatMetrics(registry: Registry, provider: string): ChatMetrics {
   const requests = counterIn<"provider" | "outcome">(registry, {
     name: REQUESTS,
     help: "Chat turns, by provider and outcome",
@@ -52,6 +60,8 @@ export function chatMetrics(registry: Registry): ChatMetrics {
     name: RECLAIMED,
     help: "Chat turns whose budget reservations were given back: their process stopped mid-turn, or their storing failed",
   });
+  startAtZero(requests, everyCombination({ provider: [provider], outcome: CHAT_OUTCOMES }));
+  startAtZero(tokens, everyCombination({ kind: ["prompt", "completion"] }));
   return {
     request: (provider, outcome) => requests.inc({ provider, outcome }),
     reclaimed: (turns) => reclaimed.inc(turns),

@@ -6,7 +6,14 @@
  */
 
 import { METRIC } from "../../plugins/metrics/names";
-import { type Counter, counterIn, type Registry } from "../../plugins/metrics/prom";
+import {
+  type Counter,
+  counterIn,
+  everyCombination,
+  type Registry,
+  startAtZero,
+} from "../../plugins/metrics/prom";
+import { PAYMENT_STATUSES } from "./status";
 
 const PAYMENTS = METRIC.payments;
 
@@ -20,5 +27,6 @@ export function paymentMetrics(registry: Registry): PaymentMetrics {
     help: "Payments entering each status: created intents, then moves from webhooks and refunds",
     labelNames: ["status"],
   });
+  startAtZero(payments, everyCombination({ status: PAYMENT_STATUSES }));
   return { payments };
 }

@@ -6,15 +6,23 @@
  */
 
 import { METRIC } from "../../plugins/metrics/names";
-import { type Counter, counterIn, type Registry } from "../../plugins/metrics/prom";
+import {
+  type Counter,
+  counterIn,
+  everyCombination,
+  type Registry,
+  startAtZero,
+} from "../../plugins/metrics/prom";
 
-export type WebhookProvider = "stripe" | "whatsapp";
+export const WEBHOOK_PROVIDERS = ["stripe", "whatsapp"] as const;
+export type WebhookProvider = (typeof WEBHOOK_PROVIDERS)[number];
 
 /**
  * What happened to a verified delivery: `processed` (its effect applied), `duplicate` (seen
  * before, acknowledged with no second effect), `ignored` (a type we do not act on), `failed`.
  */
-export type WebhookOutcome = "processed" | "duplicate" | "ignored" | "failed";
+export const WEBHOOK_OUTCOMES = ["processed", "duplicate", "ignored", "failed"] as const;
+export type WebhookOutcome = (typeof WEBHOOK_OUTCOMES)[number];
 
 export interface WebhookMetrics {
   signatureFailures: Counter<"provider">;
@@ -35,5 +43,7 @@ export function webhookMetrics(registry: Registry): WebhookMetrics {
     help: "Verified webhook deliveries, by provider and outcome",
     labelNames: ["provider", "outcome"],
   });
+  startAtZero(signatureFailures, everyCombination({ provider: WEBHOOK_PROVIDERS }));
+  startAtZero(events, everyCombination({ provider: WEBHOOK_PROVIDERS, outcome: WEBHOOK_OUTCOMES }));
   return { signatureFailures, events };
 }

@@ -7,9 +7,17 @@
 
 import type { Database } from "bun:sqlite";
 import { METRIC } from "../../plugins/metrics/names";
-import { Counter, Gauge, type Registry } from "../../plugins/metrics/prom";
+import {
+  Counter,
+  everyCombination,
+  Gauge,
+  type Registry,
+  startAtZero,
+} from "../../plugins/metrics/prom";
+import { DELIVERY_STATUSES } from "./whatsapp-model";
 
-export type ReplyOutcome = "sent" | "retried" | "failed";
+export const REPLY_OUTCOMES = ["sent", "retried", "failed"] as const;
+export type ReplyOutcome = (typeof REPLY_OUTCOMES)[number];
 
 export interface WhatsAppMetrics {
   replies: Counter<"outcome">;
@@ -32,18 +40,19 @@ export function createWhatsAppMetrics(registry: Registry, sqlite: Database): Wha
       }
     },
   });
-  return {
-    replies: new Counter({
-      name: METRIC.whatsappReplies,
-      help: "WhatsApp reply attempts by outcome (sent, retried after a transient failure, failed)",
-      labelNames: ["outcome"],
-      registers: [registry],
-    }),
-    statuses: new Counter({
-      name: METRIC.whatsappStatuses,
-      help: "WhatsApp delivery status callbacks recorded, by status",
-      labelNames: ["status"],
-      registers: [registry],
-    }),
-  };
+  const replies = new Counter({
+    name: METRIC.whatsappReplies,
+    help: "WhatsApp reply attempts by outcome (sent, retried after a transient failure, failed)",
+    labelNames: ["outcome"],
+    registers: [registry],
+  });
+  const statuses = new Counter({
+    name: METRIC.whatsappStatuses,
+    help: "WhatsApp delivery status callbacks recorded, by status",
+    labelNames: ["status"],
+    registers: [registry],
+  });
+  startAtZero(replies, everyCombination({ outcome: REPLY_OUTCOMES }));
+  startAtZero(statuses, everyCombination({ status: DELIVERY_STATUSES }));
+  return { replies, statuses };
 }

@@ -42,7 +42,7 @@ import { auditCheckpoints, auditErasedActors, auditEventNames, auditEvents } fro
 import { cutClientText, type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
-import { Counter, type Registry } from "../metrics/prom";
+import { Counter, type Registry, startAtZero } from "../metrics/prom";
 import {
   type AuditKeys,
   commitsToDetail,
@@ -54,6 +54,7 @@ import {
   subjectCommit,
 } from "./chain";
 import {
+  AUDIT_EVENT_TYPES,
   type AuditDetail,
   type AuditEvent,
   encodeDetail,
@@ -256,6 +257,11 @@ export class SqliteAuditLog implements AuditLog {
           registers: [options.registry],
         })
       : null;
+    if (this.counter)
+      startAtZero(
+        this.counter,
+        AUDIT_EVENT_TYPES.map((type) => ({ type })),
+      );
   }
 
   record(event: AuditEvent): void {

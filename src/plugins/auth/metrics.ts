@@ -1,5 +1,5 @@
 import { METRIC } from "../metrics/names";
-import { Counter, type Registry } from "../metrics/prom";
+import { Counter, type Registry, startAtZero } from "../metrics/prom";
 
 export const AUTH_FAILURE_REASONS = [
   "missing_credentials",
@@ -26,6 +26,10 @@ export function createAuthMetrics(registry: Registry) {
     labelNames: ["reason"] as const,
     registers: [registry],
   });
+  startAtZero(
+    failures,
+    AUTH_FAILURE_REASONS.map((reason) => ({ reason })),
+  );
   return {
     fail(reason: AuthFailureReason) {
       failures.labels(reason).inc();

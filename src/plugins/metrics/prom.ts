@@ -17,6 +17,31 @@ export type Gauge<T extends string = string> = Prom.Gauge<T>;
 export const Histogram = require("prom-client/lib/histogram") as typeof Prom.Histogram;
 export type Histogram<T extends string = string> = Prom.Histogram<T>;
 
+/**
+ * Creates each series `labelSets` names at 0. A labelled series otherwise appears at its first
+ * increment, already at 1, and Prometheus's `increase()` and `rate()` cannot count the step from no
+ * series to its first value: the first dispute after a start paged no one, and a first burst of
+ * forged webhook signatures stayed under its alert's threshold (probe 27c F1). So every label value
+ * an alert or a dashboard reads is known, at 0, from the start.
+ */
+export function startAtZero<T extends string>(
+  counter: Counter<T>,
+  labelSets: Iterable<Partial<Record<T, string>>>,
+): void {
+  for (const labels of labelSets) counter.inc(labels, 0);
+}
+
+/** Every combination of the values listed for each label, as label sets for startAtZero. */
+export function everyCombination<T extends string>(
+  values: Record<T, readonly string[]>,
+): Partial<Record<T, string>>[] {
+  let sets: Partial<Record<T, string>>[] = [{}];
+  for (const name of Object.keys(values) as T[]) {
+    sets = sets.flatMap((set) => values[name].map((value) => ({ ...set, [name]: value })));
+  }
+  return sets;
+}
+
 /*
  * A feature's metrics, got from the app's registry when a builder before registered them, else
  * registered there: two builders on one app (two providers, a rebuilt one) share the series

@@ -1,5 +1,6 @@
 import { METRIC } from "../metrics/names";
-import { Counter, type Registry } from "../metrics/prom";
+import { Counter, everyCombination, type Registry, startAtZero } from "../metrics/prom";
+import { POLICY_IDS } from "./policies";
 
 /**
  * `policy` labels of the refusals no route policy decides: a request of a user or API key that is
@@ -7,22 +8,35 @@ import { Counter, type Registry } from "../metrics/prom";
  */
 export const LOCKED_OUT_POLICY_LABEL = "locked_out";
 export const LOGIN_LOCKOUT_POLICY_LABEL = "login_lockout";
+/** The sign-in limit counted per account (the login policy's second key), as the auth module names it. */
+export const LOGIN_ACCOUNT_POLICY_LABEL = "login_account";
 
 export function createRateLimitMetrics(registry: Registry) {
-  return {
-    rejections: new Counter({
-      name: METRIC.rateLimitRejections,
-      help: "Requests refused by the rate limiter, by policy",
-      labelNames: ["policy"] as const,
-      registers: [registry],
+  const rejections = new Counter({
+    name: METRIC.rateLimitRejections,
+    help: "Requests refused by the rate limiter, by policy",
+    labelNames: ["policy"] as const,
+    registers: [registry],
+  });
+  const storeErrors = new Counter({
+    name: METRIC.rateLimitStoreErrors,
+    help: "Limiter store failures, by what the request got (open: let through, closed: refused)",
+    labelNames: ["mode"] as const,
+    registers: [registry],
+  });
+  startAtZero(
+    rejections,
+    everyCombination({
+      policy: [
+        ...POLICY_IDS,
+        LOGIN_ACCOUNT_POLICY_LABEL,
+        LOCKED_OUT_POLICY_LABEL,
+        LOGIN_LOCKOUT_POLICY_LABEL,
+      ],
     }),
-    storeErrors: new Counter({
-      name: METRIC.rateLimitStoreErrors,
-      help: "Limiter store failures, by what the request got (open: let through, closed: refused)",
-      labelNames: ["mode"] as const,
-      registers: [registry],
-    }),
-  };
+  );
+  startAtZero(storeErrors, everyCombination({ mode: ["open", "closed"] }));
+  return { rejections, storeErrors };
 }
 
 export type RateLimitMetrics = ReturnType<typeof createRateLimitMetrics>;

@@ -50,7 +50,7 @@ function build(overrides: { apiKey?: string; timeoutMs?: number } = {}): ChatPro
     model: "local-model",
     timeoutMs: overrides.timeoutMs ?? 2_000,
     logger: createLogger({ level: "debug", destination: logs }),
-    metrics: createUpstreamMetrics(registry),
+    metrics: createUpstreamMetrics(registry, "openai"),
     clock,
     random: () => 0,
   });
@@ -325,7 +325,7 @@ describe("retries", () => {
       model: "local-model",
       timeoutMs: 1_000,
       logger: createLogger({ level: "debug", destination: logs }),
-      metrics: createUpstreamMetrics(registry),
+      metrics: createUpstreamMetrics(registry, "openai"),
       clock,
       random: () => 0,
     });
@@ -850,8 +850,8 @@ describe("logs and metrics", () => {
 
   test("two providers on one registry share the series instead of failing to register", () => {
     expect(() => build()).not.toThrow();
-    expect(createUpstreamMetrics(registry).circuitOpen).toBe(
-      createUpstreamMetrics(registry).circuitOpen,
+    expect(createUpstreamMetrics(registry, "openai").circuitOpen).toBe(
+      createUpstreamMetrics(registry, "openai").circuitOpen,
     );
   });
 });

@@ -25,7 +25,7 @@ export interface ChatProviderDeps {
 export function createChatProvider(config: Readonly<Config>, deps: ChatProviderDeps): ChatProvider {
   const { apiKey, baseUrl, model, timeoutMs } = config.openai;
   if (apiKey) {
-    const metrics = createUpstreamMetrics(deps.registry);
+    const metrics = createUpstreamMetrics(deps.registry, "openai");
     // The SDK is loaded now, in the background, and only when it is used: a service without a key
     // never loads it (about 110 ms and 13 MB of a start).
     const loading = import("./openai").then(({ createOpenAiProvider }) =>

@@ -8,11 +8,13 @@ import { METRIC } from "../../../plugins/metrics/names";
 import {
   type Counter,
   counterIn,
+  everyCombination,
   type Gauge,
   gaugeIn,
   type Histogram,
   histogramIn,
   type Registry,
+  startAtZero,
 } from "../../../plugins/metrics/prom";
 
 export interface UpstreamMetrics {
@@ -36,7 +38,11 @@ const ATTEMPT_FAILURES = METRIC.upstreamAttemptFailures;
 /** LLM calls run from tens of milliseconds (a cached or local model) to a minute (a long stream). */
 export const UPSTREAM_DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60];
 
-export function createUpstreamMetrics(registry: Registry): UpstreamMetrics {
+/** The kinds `upstream_attempt_failures_total` counts (a failure's kind, or `refused`). */
+export const ATTEMPT_FAILURE_KINDS = ["unavailable", "bad_response", "refused"] as const;
+
+/** `provider`: the upstream's name, whose failure series start at 0 (every kind). */
+export function createUpstreamMetrics(registry: Registry, provider: string): UpstreamMetrics {
   const requestDuration = histogramIn<"provider">(registry, {
     name: REQUEST_DURATION,
     help: "Duration of each HTTP request to a chat upstream (a stream until its last chunk)",
@@ -53,5 +59,9 @@ export function createUpstreamMetrics(registry: Registry): UpstreamMetrics {
     help: "HTTP requests to a chat upstream that failed (each attempt, retried or not, whether or not its caller waited), by kind",
     labelNames: ["provider", "kind"],
   });
+  startAtZero(
+    attemptFailures,
+    everyCombination({ provider: [provider], kind: ATTEMPT_FAILURE_KINDS }),
+  );
   return { requestDuration, circuitOpen, attemptFailures };
 }
