@@ -326,3 +326,35 @@ test("an integer query parameter is documented as the integer the route takes, w
   });
   expect(limits["GET /api/payments"]).toEqual({ type: "integer", minimum: 1, maximum: 100 });
 });
+
+test("the request guard's refusals are documented: 414 on every operation, 413 and 415 where a body is read (probe 27c F3)", async () => {
+  current = buildTestApp();
+  const document = await documentOf(current);
+  let withBody = 0;
+  for (const [path, item] of Object.entries(document.paths)) {
+    for (const [method, operation] of Object.entries(item)) {
+      const statuses = Object.keys(operation.responses);
+      const expected = (operation as { requestBody?: unknown }).requestBody
+        ? ["413", "414", "415"]
+        : ["414"];
+      if (expected.length === 3) withBody++;
+      expect({ at: `${method} ${path}`, statuses }).toEqual({
+        at: `${method} ${path}`,
+        statuses: expect.arrayContaining(expected),
+      });
+    }
+  }
+  expect(withBody).toBeGreaterThan(5);
+  const documented =
+    document.paths["/api/auth/register"]!.post!.responses["415"]!.content![
+      "application/problem+json"
+    ]!.schema;
+  const schema415 = problemResponses(415)[415];
+  expect(documented).toEqual(JSON.parse(JSON.stringify(schema415)));
+  const refused = await send(current, "/api/auth/register", {
+    body: "email=a",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+  });
+  expect(refused.status).toBe(415);
+  expect(Value.Check(schema415, await refused.json())).toBe(true);
+});

@@ -151,7 +151,10 @@ export function finish<T extends object>(document: T): T {
         delete op[OPTIONAL_BODY_KEY];
       }
       plainIntegerParameters(op.parameters);
-      for (const status of pipeline ?? []) {
+      // The request guard answers any route: a target or query too long (414) and, where a body
+      // is read, one too large (413) or not JSON (415) (probe 27c F3: the document left them out).
+      const guard = op.requestBody ? [413, 414, 415] : [414];
+      for (const status of [...(pipeline ?? []), ...guard]) {
         if (responses[status] !== undefined) continue;
         const schema = problemResponses(status)[status]!;
         responses[status] = {
