@@ -35,7 +35,7 @@ test("an event another process recorded is on this process's /metrics for an hou
   other.services.audit.flush();
   const after = await scrape(target);
   expect(after).toContain('audit_tamper_events_recent{type="db.resealed"} 1');
-  expect(after).not.toMatch(/^audit_events_total\{type="db\.resealed"\}/m);
+  expect(after).toContain('audit_events_total{type="db.resealed"} 0');
   clock.advance(60 * 60 * 1000 + 1);
   expect(await scrape(target)).toContain('audit_tamper_events_recent{type="db.resealed"} 0');
 });
