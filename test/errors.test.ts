@@ -2,6 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { t } from "elysia";
 import { AppError, ERROR_CODES, statusForCode } from "../src/errors";
 import { buildTestApp, send, type TestApp } from "./support/app";
+import { bearer, signUp } from "./support/auth";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -131,4 +132,25 @@ test("every error code has a status and the status switch is exhaustive", () => 
   expect(statusForCode("RATE_LIMITED")).toBe(429);
   expect(statusForCode("IP_BLOCKED")).toBe(403);
   expect(statusForCode("PAYLOAD_TOO_LARGE")).toBe(413);
+});
+
+test("a value outside a union is told the rule in words: the values allowed, or a whole number (probe 27c F5)", async () => {
+  current = buildTestApp();
+  const session = await signUp(current);
+  const mode = await send(current, "/api/auth/login?mode=x", {
+    body: { email: "a@example.com", password: "x" },
+  });
+  expect(mode.status).toBe(422);
+  expect(((await mode.json()) as { errors: unknown[] }).errors).toEqual([
+    { field: "query/mode", message: "Expected one of: 'token', 'cookie'" },
+  ]);
+  for (const limit of ["x", "1.5"]) {
+    const response = await send(current, `/api/chat/conversations?limit=${limit}`, {
+      headers: bearer(session.accessToken),
+    });
+    expect(response.status).toBe(422);
+    expect(((await response.json()) as { errors: unknown[] }).errors).toEqual([
+      { field: "query/limit", message: "Expected a whole number" },
+    ]);
+  }
 });

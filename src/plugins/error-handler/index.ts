@@ -64,6 +64,24 @@ const STATUS_CODES: Record<number, ErrorCode> = {
   503: "SERVICE_UNAVAILABLE",
 };
 
+/**
+ * The rule a union states, in words: Elysia's summary of a failed union names its members' types
+ * ("should be one of: 'string', 'string'" for `mode`, "'integer', 'integer'" for `limit`: probe
+ * 27c F5), which tells the client nothing. Null for a union of anything else.
+ */
+function unionRule(schema: unknown): string | null {
+  const members = (schema as { anyOf?: unknown } | null)?.anyOf;
+  if (!Array.isArray(members) || members.length === 0) return null;
+  const literals = members.map((member) => (member as { const?: unknown }).const);
+  if (literals.every((value) => typeof value === "string" || typeof value === "number")) {
+    return `Expected one of: ${literals.map((value) => `'${value}'`).join(", ")}`;
+  }
+  const types = new Set(members.map((member) => (member as { type?: unknown }).type));
+  if (types.has("integer")) return "Expected a whole number";
+  if (types.has("number")) return "Expected a number";
+  return null;
+}
+
 /** The failing fields of a schema error: JSON pointer and the rule, never the value sent. */
 export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
   const seen = new Set<string>();
@@ -73,7 +91,9 @@ export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
     const field = `${error.type}${path}`;
     if (seen.has(field)) continue;
     seen.add(field);
-    const message = "summary" in issue && issue.summary ? issue.summary : issue.message;
+    const message =
+      unionRule("schema" in issue ? issue.schema : null) ??
+      ("summary" in issue && issue.summary ? issue.summary : issue.message);
     fields.push({ field, message: String(message) });
   }
   return fields;
