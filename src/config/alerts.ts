@@ -46,7 +46,10 @@ export function parseAlertSettings(text: (name: string) => string | undefined): 
   const from = text("ALERT_SMTP_FROM");
   const username = text("ALERT_SMTP_USERNAME");
   if (username !== undefined && !/^[\x21-\x7e]{1,200}$/.test(username)) {
-    throw new ConfigError("ALERT_SMTP_USERNAME", "must be 1 to 200 printable characters");
+    throw new ConfigError(
+      "ALERT_SMTP_USERNAME",
+      "must be 1 to 200 printable characters without spaces",
+    );
   }
   return {
     email,

@@ -95,6 +95,9 @@ describe("bun run cli alerts:config", () => {
       ALERT_SMTP_USERNAME: "relay-user",
     });
     expect(result.code).toBe(0);
+    // Its own values, not the shipped example's (probe 27c F5).
+    expect(result.stdout).not.toContain("example values");
+    expect(result.stdout).toContain("from ALERT_EMAIL and\n# ALERT_SMTP_*.");
     const config = Bun.YAML.parse(result.stdout) as {
       global: Record<string, unknown>;
       route: { receiver: string; routes: { receiver: string }[] };

@@ -66,9 +66,11 @@ export function renderAlertmanagerConfig(settings: AlertmanagerSettings): string
   };
   const header = [
     "# Alertmanager for Palisade: every alert of grafana/alerts.yml is mailed to ALERT_EMAIL.",
-    "# Written by `bun run cli alerts:config` (see the README, Alerts); this copy holds example",
-    "# values. The SMTP password is never in this file: Alertmanager reads it from the file named",
-    "# by smtp_auth_password_file.",
+    settings === EXAMPLE_ALERTMANAGER_SETTINGS
+      ? "# Written by `bun run cli alerts:config` (see the README, Alerts); this copy holds example\n# values."
+      : "# Written by `bun run cli alerts:config` (see the README, Alerts) from ALERT_EMAIL and\n# ALERT_SMTP_*.",
+    "# The SMTP password is never in this file: Alertmanager reads it from the file named by",
+    "# smtp_auth_password_file.",
   ].join("\n");
   return `${header}\n${Bun.YAML.stringify(document, null, 2).trimEnd()}\n`;
 }
