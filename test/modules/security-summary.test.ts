@@ -224,12 +224,20 @@ describe("bun run cli audit:top", () => {
     expect(json.code).toBe(0);
     const parsed = JSON.parse(json.stdout) as Record<
       string,
-      { total: number; addresses: { value: string; count: number }[] }
+      { total: number; addresses: { address: string; count: number }[] }
     >;
+    // The API's shape, so a script reads either (probe 27c F5).
+    expect(Object.keys(parsed)).toEqual([
+      "since",
+      "until",
+      "failedLogins",
+      "rateLimitRefusals",
+      "signatureFailures",
+    ]);
     expect(parsed.failedLogins!.total).toBe(7);
     expect(parsed.failedLogins!.addresses).toEqual([
-      { value: "198.51.100.7", count: 3 },
-      { value: "192.0.2.4", count: 2 },
+      { address: "198.51.100.7", count: 3 },
+      { address: "192.0.2.4", count: 2 },
     ]);
     expect(parsed.signatureFailures!.total).toBe(3);
 

@@ -2,6 +2,7 @@ import {
   DEFAULT_TOP,
   MAX_TOP,
   parseSince,
+  presentSummary,
   type SummaryCategory,
   summarizeSecurity,
 } from "../../modules/admin/security-summary";
@@ -97,13 +98,7 @@ export const auditTop: Command = {
       top: limit,
     });
     if (args.flags.json) {
-      context.out(
-        JSON.stringify({
-          since: new Date(summary.since).toISOString(),
-          until: new Date(summary.until).toISOString(),
-          ...summary.categories,
-        }),
-      );
+      context.out(JSON.stringify(presentSummary(summary)));
       return 0;
     }
     context.out(

@@ -41,7 +41,7 @@ import {
   SecuritySummaryQuery,
   SecuritySummaryView,
 } from "./model";
-import { DEFAULT_TOP, parseSince, summarizeSecurity } from "./security-summary";
+import { DEFAULT_TOP, parseSince, presentSummary, summarizeSecurity } from "./security-summary";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -260,18 +260,7 @@ export function adminModule(options: AdminModuleOptions) {
         record({ principal, request, client, requestId, path }, "admin.security.summarized", {
           since: new Date(since.at).toISOString(),
         });
-        const shown = (category: (typeof summary.categories)[keyof typeof summary.categories]) => ({
-          total: category.total,
-          addresses: category.addresses.map(({ value, count }) => ({ address: value, count })),
-          principals: category.principals.map(({ value, count }) => ({ principal: value, count })),
-        });
-        return {
-          since: new Date(summary.since).toISOString(),
-          until: new Date(summary.until).toISOString(),
-          failedLogins: shown(summary.categories.failedLogins),
-          rateLimitRefusals: shown(summary.categories.rateLimitRefusals),
-          signatureFailures: shown(summary.categories.signatureFailures),
-        };
+        return presentSummary(summary);
       },
       {
         auth: admin,

@@ -56,6 +56,26 @@ export interface SecuritySummary {
   categories: Record<SummaryCategory, CategorySummary>;
 }
 
+/**
+ * The summary as the API answers it and `audit:top --json` prints it: one shape for scripts that
+ * read either (the CLI printed `{value, count}` where the API says `address` or `principal`: probe
+ * 27c F5).
+ */
+export function presentSummary(summary: SecuritySummary) {
+  const shown = (category: CategorySummary) => ({
+    total: category.total,
+    addresses: category.addresses.map(({ value, count }) => ({ address: value, count })),
+    principals: category.principals.map(({ value, count }) => ({ principal: value, count })),
+  });
+  return {
+    since: new Date(summary.since).toISOString(),
+    until: new Date(summary.until).toISOString(),
+    failedLogins: shown(summary.categories.failedLogins),
+    rateLimitRefusals: shown(summary.categories.rateLimitRefusals),
+    signatureFailures: shown(summary.categories.signatureFailures),
+  };
+}
+
 const UNIT_MS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000 };
 // A full date-time with an explicit offset: a bare date or local time would be read in the
 // server's time zone, and an operator comparing with a log line would count the wrong hours.
