@@ -4,10 +4,13 @@
  * Bearer WHATSAPP_ACCESS_TOKEN), and classifies what came back as a value:
  *
  * - `sent`: 2xx with Graph's `{messages:[{id}]}`; the id is what status callbacks name.
- * - `transient`: worth retrying — a network error or timeout, 429, 5xx, or a Graph error code that
- *   Meta documents as temporary (throughput and rate limits, "something went wrong").
- * - `permanent`: anything else (a bad token, a number that is not on WhatsApp, a message outside
- *   the 24-hour window): retrying cannot help.
+ * - `transient`: worth retrying — a network error or timeout, 429, 5xx, a Graph error code that
+ *   Meta documents as temporary (throughput and rate limits, "something went wrong"), or the access
+ *   token refused (401, code 190: expired or revoked): an operator fixes a token in minutes, and a
+ *   restart with the new one sends what is still pending (probe 26g: every reply owed when a token
+ *   lapsed was given up at once).
+ * - `permanent`: anything else (a number that is not on WhatsApp, a message outside the 24-hour
+ *   window, a request Graph refuses): retrying cannot help.
  *
  * Plain `fetch`: there is no official Graph SDK for Node/Bun, and this is one JSON POST.
  */
@@ -41,6 +44,8 @@ export interface GraphClientOptions {
  * 131056 (too many messages to one user), 133004 (server temporarily unavailable).
  */
 const TRANSIENT_GRAPH_CODES = new Set([1, 2, 4, 80007, 130429, 131000, 131016, 131056, 133004]);
+/** Graph's "access token expired, revoked or invalid" (OAuthException). */
+const TOKEN_REFUSED_CODE = 190;
 const MAX_RETRY_AFTER_MS = 5 * 60_000;
 
 interface GraphError {
@@ -112,6 +117,12 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
         return { kind: "sent", messageId: "" };
       }
       const { code, reason } = describeError(response.status, parsed as GraphError | null);
+      if (response.status === 401 || code === TOKEN_REFUSED_CODE) {
+        return {
+          kind: "transient",
+          reason: `access token refused (WHATSAPP_ACCESS_TOKEN): ${reason}`,
+        };
+      }
       if (
         response.status === 429 ||
         response.status >= 500 ||

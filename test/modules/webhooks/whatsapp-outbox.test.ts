@@ -139,14 +139,39 @@ describe("sending replies", () => {
     expect(event.actor).toBe(`whatsapp:${rows(target)[0]!.sender_hash}`);
   });
 
-  test("a wrong access token is a permanent failure, not retried", async () => {
-    const { target, graph, clock, worker } = setup({ WHATSAPP_ACCESS_TOKEN: "wrong-token" });
+  test("a refused access token is retried, not given up at once: a token fixed in time loses nothing (probe 26g)", async () => {
+    const { target, graph, clock, worker } = setup();
+    graph.failNext({ status: 401, code: 190 }, { status: 401, code: 190 });
     await deliver(target, notification({ messages: [{ id: "wamid.TOK", from: "16505551234" }] }));
     await worker.drain();
-    clock.advance(60_000);
-    await worker.drain();
-    expect(graph.received.map((r) => r.status)).toEqual([401]);
-    expect(rows(target)[0]!.state).toBe("failed");
+    expect(rows(target)[0]).toMatchObject({ state: "pending", attempts: 1 });
+    expect(rows(target)[0]!.last_error).toStartWith("access token refused (WHATSAPP_ACCESS_TOKEN)");
+    for (let i = 0; i < 10 && rows(target)[0]!.state === "pending"; i++) {
+      clock.advance(5_000);
+      await worker.drain();
+    }
+    expect(graph.received.map((r) => r.status)).toEqual([401, 401, 200]);
+    expect(rows(target)[0]!.state).toBe("sent");
+    expect(graph.sent).toHaveLength(1);
+    expect(audited(target, "whatsapp.reply_failed")).toHaveLength(0);
+  });
+
+  test("a wrong access token that stays wrong is given up at the bounded time, saying why", async () => {
+    const { target, graph, clock, worker } = setup(
+      { WHATSAPP_ACCESS_TOKEN: "wrong-token" },
+      { giveUpAfterMs: 10_000 },
+    );
+    await deliver(target, notification({ messages: [{ id: "wamid.TOK2", from: "16505551234" }] }));
+    for (let i = 0; i < 20 && rows(target)[0]!.state === "pending"; i++) {
+      await worker.drain();
+      clock.advance(2500);
+    }
+    expect(graph.received.length).toBeGreaterThan(1);
+    expect(graph.received.every((r) => r.status === 401)).toBe(true);
+    expect(rows(target)[0]).toMatchObject({ state: "failed", recipient: null, body: null });
+    const [event] = audited(target, "whatsapp.reply_failed");
+    expect(event.reason).toContain("gave up after");
+    expect(event.reason).toContain("access token refused");
   });
 
   test("transient failures past the bounded time give up with an audit event", async () => {
