@@ -27,6 +27,7 @@ import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
 import { registerRecentTampering } from "./plugins/audit/recent-tampering";
 import { keyLegacyAuditRows } from "./plugins/audit/upgrade";
 import { CredentialVerifier } from "./plugins/auth/credentials";
+import { forgedTokenReporter } from "./plugins/auth/forged-token";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
 import { type CredentialSeal, createCredentialSeal, tamperReporter } from "./plugins/auth/seal";
 import { type SigningKeys, signingKeys } from "./plugins/auth/tokens";
@@ -231,6 +232,7 @@ export function createCore(options: CoreOptions): Core {
     accessTokenTtlMs: config.jwt.accessTokenExpireMinutes * 60_000,
     cacheTokens: options.cacheTokens,
     refuseTestKeys: config.appEnv === "production",
+    reportForgedToken: forgedTokenReporter({ logger, audit }),
   });
 
   return {

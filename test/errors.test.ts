@@ -154,3 +154,31 @@ test("a value outside a union is told the rule in words: the values allowed, or 
     ]);
   }
 });
+
+test("an integer query parameter Elysia converts before refusing its range is named with the rule, not `property` (probe 27d F4)", async () => {
+  current = buildTestApp();
+  const session = await signUp(current);
+  for (const limit of ["-1", "-0", "1e3", "99999999999999999999"]) {
+    const response = await send(current, `/api/chat/conversations?limit=${limit}`, {
+      headers: bearer(session.accessToken),
+    });
+    expect(response.status).toBe(422);
+    expect(((await response.json()) as { errors: unknown[] }).errors).toEqual([
+      { field: "query/limit", message: "Expected one whole number written in decimal digits" },
+    ]);
+  }
+});
+
+test("a value outside a UnionEnum is told the values allowed (probe 27d F4)", async () => {
+  current = buildTestApp();
+  const admin = await signUp(current, { role: "admin" });
+  const response = await send(current, "/api/admin/api-keys", {
+    headers: bearer(admin.accessToken),
+    body: { name: "k", scopes: ["nope"], environment: "x" },
+  });
+  expect(response.status).toBe(422);
+  expect(((await response.json()) as { errors: unknown[] }).errors).toEqual([
+    { field: "body/scopes/0", message: "Expected one of: 'chat', 'payments', 'admin', 'metrics'" },
+    { field: "body/environment", message: "Expected one of: 'live', 'test'" },
+  ]);
+});

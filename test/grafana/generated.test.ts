@@ -218,12 +218,21 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
     }
   });
 
-  test("PalisadePaymentDisputeCreated fires on the first dispute of a series that starts at 0, as the service exports it, and not of one that appears at 1 (promtool test rules; probe 27c F1)", async () => {
+  test("PalisadePaymentDisputeCreated fires on the first dispute after a start: on a series that starts at 0, and on one first seen at 1 from a process started minutes before (promtool test rules; probes 27c F1, 27d F1)", async () => {
     const dir = tempDir();
     try {
       const rule = ALERT_RULES.find((each) => each.alert === "PalisadePaymentDisputeCreated")!;
-      const disputes = (values: string) => [
-        { series: 'audit_events_total{type="payment.dispute.created"}', values },
+      // One process (instance and job as a scrape labels them) started `startedAt` s into the test.
+      const disputes = (values: string, startedAt = "-3600") => [
+        {
+          series:
+            'audit_events_total{instance="a:3000",job="palisade",type="payment.dispute.created"}',
+          values,
+        },
+        {
+          series: 'process_start_time_seconds{instance="a:3000",job="palisade"}',
+          values: `${startedAt}x30`,
+        },
       ];
       const tests = {
         rule_files: [join(GRAFANA_DIR, "alerts.yml")],
@@ -241,10 +250,30 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
             ],
           },
           {
-            // What Prometheus saw before the service started its series at 0: nothing to count.
+            // A dispute before the first scrape of a process started a minute before: the first
+            // sample is 1, which increase() cannot count; the process's start says it is new
+            // (probe 27d F1).
+            interval: "1m",
+            input_series: disputes("_x5 1x20", "240"),
+            alert_rule_test: [
+              {
+                eval_time: "8m",
+                alertname: rule.alert,
+                exp_alerts: [{ exp_labels: rule.labels, exp_annotations: rule.annotations }],
+              },
+            ],
+          },
+          {
+            // A series that appears at 1 on a process running for an hour: no dispute now.
             interval: "1m",
             input_series: disputes("_x5 1x20"),
             alert_rule_test: [{ eval_time: "8m", alertname: rule.alert, exp_alerts: [] }],
+          },
+          {
+            // Ten minutes after its start the process's old disputes page no one.
+            interval: "1m",
+            input_series: disputes("_x5 1x20", "240"),
+            alert_rule_test: [{ eval_time: "16m", alertname: rule.alert, exp_alerts: [] }],
           },
         ],
       };

@@ -36,6 +36,7 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
+import type { ForgedTokenReport } from "./forged-token";
 import { boundScopes, type Principal, type Scope } from "./principal";
 import type { CredentialSeal } from "./seal";
 import { sealedFamilyColumns, sealedKeyColumns } from "./sealed-columns";
@@ -179,6 +180,8 @@ export interface CredentialVerifierOptions {
   refuseTestKeys?: boolean;
   /** A key row, its owner's, or a token's session is trusted only with a matching seal. */
   seal: CredentialSeal;
+  /** Hears of a token, signed with the key, that claims a role its account does not have. */
+  reportForgedToken?: ForgedTokenReport;
 }
 
 export class CredentialVerifier {
@@ -282,11 +285,17 @@ export class CredentialVerifier {
     const { seal } = this.options;
     if (!seal.intact.family(family)) return false;
     // The seal first: a row changed in the file is reported as such, whatever the token claims.
-    return (
-      family.ownerId !== null &&
-      seal.intact.account(ownerAccount({ ...family, ownerId: family.ownerId })) &&
-      family.ownerRole === role
-    );
+    if (
+      family.ownerId === null ||
+      !seal.intact.account(ownerAccount({ ...family, ownerId: family.ownerId }))
+    ) {
+      return false;
+    }
+    if (family.ownerRole !== role) {
+      this.options.reportForgedToken?.(userId, role);
+      return false;
+    }
+    return true;
   }
 
   verifyApiKey(key: string): Verification {

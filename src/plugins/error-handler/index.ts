@@ -70,6 +70,15 @@ const STATUS_CODES: Record<number, ErrorCode> = {
  * 27c F5), which tells the client nothing. Null for a union of anything else.
  */
 function unionRule(schema: unknown): string | null {
+  // Elysia's t.UnionEnum says "Expected kind 'UnionEnum'"; its values are the rule.
+  const listed = (schema as { enum?: unknown } | null)?.enum;
+  if (
+    Array.isArray(listed) &&
+    listed.length > 0 &&
+    listed.every((value) => typeof value === "string" || typeof value === "number")
+  ) {
+    return `Expected one of: ${listed.map((value) => `'${value}'`).join(", ")}`;
+  }
   const members = (schema as { anyOf?: unknown } | null)?.anyOf;
   if (!Array.isArray(members) || members.length === 0) return null;
   const literals = members.map((member) => (member as { const?: unknown }).const);

@@ -67,6 +67,8 @@ export const PROCESS_METRIC = {
   residentMemory: "process_resident_memory_bytes",
   /** Gauge `{}`: JavaScript heap in use. */
   heapUsed: "nodejs_heap_size_used_bytes",
+  /** Gauge: when the process started (Unix seconds); alerts read it to tell a new process. */
+  startTime: "process_start_time_seconds",
 } as const;
 
 export type MetricName = (typeof METRIC)[keyof typeof METRIC];

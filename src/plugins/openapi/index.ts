@@ -127,6 +127,9 @@ const OPTIONAL_BODY_KEY = "x-palisade-optional-body";
 
 const finishedDocuments = new WeakMap<object, unknown>();
 
+/** Methods whose bodies the request guard never reads (OpenAPI spells them in lower case). */
+const BODILESS_METHODS = new Set(["get", "head", "options"]);
+
 export function finish<T extends object>(document: T): T {
   const paths = (document as { paths?: Record<string, Record<string, unknown>> }).paths;
   if (!paths) return document;
@@ -136,7 +139,7 @@ export function finish<T extends object>(document: T): T {
   const finished = structuredClone(document);
   finishedDocuments.set(document, finished);
   for (const item of Object.values((finished as { paths: typeof paths }).paths)) {
-    for (const operation of Object.values(item)) {
+    for (const [method, operation] of Object.entries(item)) {
       const op = operation as Record<string, unknown> & {
         responses?: Record<string, ResponseObject>;
       };
@@ -151,9 +154,10 @@ export function finish<T extends object>(document: T): T {
         delete op[OPTIONAL_BODY_KEY];
       }
       plainIntegerParameters(op.parameters);
-      // The request guard answers any route: a target or query too long (414) and, where a body
-      // is read, one too large (413) or not JSON (415) (probe 27c F3: the document left them out).
-      const guard = op.requestBody ? [413, 414, 415] : [414];
+      // The request guard answers any route: a target or query too long (414) and, on a method
+      // whose body it reads (any but GET, HEAD, OPTIONS, whether the route declares a body or
+      // not), one too large (413) or not JSON (415) (probes 27c F3, 27d F2).
+      const guard = BODILESS_METHODS.has(method) ? [414] : [413, 414, 415];
       for (const status of [...(pipeline ?? []), ...guard]) {
         if (responses[status] !== undefined) continue;
         const schema = problemResponses(status)[status]!;

@@ -24,6 +24,7 @@ export interface RouteQuery {
 }
 
 const DIGITS = /^[0-9]{1,15}$/;
+const DECIMAL_DIGITS_MESSAGE = "Expected one whole number written in decimal digits";
 
 type Property = {
   type?: unknown;
@@ -56,7 +57,7 @@ function refusedRules(rules: readonly SentRule[], sent: URLSearchParams): SentRu
 
 const wholeNumber = (name: string): SentRule => ({
   name,
-  message: "Expected one whole number written in decimal digits",
+  message: DECIMAL_DIGITS_MESSAGE,
   valueOk: (raw) => DIGITS.test(raw),
 });
 
@@ -137,7 +138,14 @@ export function queryRangeErrors(routes: () => readonly RouteQuery[]) {
     const errors: { field: string; message: string }[] = [];
     for (const integer of integers) {
       const raw = sent.get(integer.name);
-      if (raw === null || !DIGITS.test(raw)) continue;
+      if (raw === null) continue;
+      // Elysia converts `-1`, `1e3` or twenty digits and refuses the number's range before
+      // strict-query's own rule runs: the rule that refuses their spelling names them here
+      // (probe 27d F4).
+      if (!DIGITS.test(raw)) {
+        errors.push({ field: `query/${integer.name}`, message: DECIMAL_DIGITS_MESSAGE });
+        continue;
+      }
       const value = Number(raw);
       if (
         (integer.minimum !== undefined && value < integer.minimum) ||

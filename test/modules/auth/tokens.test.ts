@@ -228,6 +228,17 @@ test("a token signed with the real key but claiming a role its account does not 
     const response = await send(current, path, { headers: bearer(asAdmin) });
     expect(response.status).toBe(401);
   }
+  // Reported once, as a credential forged with the signing key (probe 27d F3): never the token.
+  current.services.audit.flush();
+  const reports = current.db.$client
+    .query<{ detail: string }, []>(
+      "SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered'",
+    )
+    .all();
+  expect(reports.map((row) => JSON.parse(row.detail))).toEqual([
+    { table: "users", id: session.userId, claimedRole: "admin" },
+  ]);
+  expect(reports[0]!.detail).not.toContain(asAdmin.split(".")[2]!);
   // The account's own token, and one re-signed with the role it has, still work.
   expect((await meWith(current, session.accessToken)).status).toBe(200);
   const asUser = handBuilt(
