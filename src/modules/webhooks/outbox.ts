@@ -39,6 +39,7 @@
 import { randomUUID } from "node:crypto";
 import { and, asc, eq, gt, gte, inArray, isNotNull, isNull, lt, lte, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
+import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { whatsappOutbox } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
@@ -126,6 +127,8 @@ export class OutboxWorker {
   /** Rows in hand whose seal was checked: only these are resealed when the worker changes them. */
   private readonly verified = new WeakSet<OutboxRow>();
   private again = false;
+  /** Whether runs are meeting another connection's write lock (said once until one gets through). */
+  private lockedOut = false;
   private stopping = false;
   private readonly abort = new AbortController();
 
@@ -147,6 +150,24 @@ export class OutboxWorker {
     return this.timer !== null;
   }
 
+  /**
+   * A run that failed. A locked database (another process's long write, a backup) is said once,
+   * at warn, until a run gets through: it was an error line with a stack every second per process
+   * for as long as the lock lasted (probe 27e F3). The rows wait; nothing is lost.
+   */
+  private runFailed(error: unknown): void {
+    if (!isDatabaseBusy(error)) {
+      this.options.logger.error({ err: error }, "whatsapp outbox run failed");
+      return;
+    }
+    if (this.lockedOut) return;
+    this.lockedOut = true;
+    this.options.logger.warn(
+      {},
+      "whatsapp outbox deferred: the database is locked; replies wait until it is free",
+    );
+  }
+
   /** Looks for due rows now (the webhook calls this after accepting a message). */
   kick(): void {
     if (!this.timer || this.stopping) return;
@@ -155,7 +176,12 @@ export class OutboxWorker {
       return;
     }
     this.running = this.drain()
-      .catch((error) => this.options.logger.error({ err: error }, "whatsapp outbox run failed"))
+      .then(
+        () => {
+          this.lockedOut = false;
+        },
+        (error) => this.runFailed(error),
+      )
       .finally(() => {
         this.running = null;
         if (this.again) {

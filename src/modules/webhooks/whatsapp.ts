@@ -299,12 +299,15 @@ export class WhatsAppIntake {
       .where(and(or(eq(o.state, "sent"), eq(o.state, "failed")), lt(o.finishedAt, cutoff)))
       .limit(PRUNE_BATCH);
     db.delete(o).where(inArray(o.id, finished)).run();
+    // Each status row by its own rowid: a message has a row per status, and selecting by message
+    // id took a message's recent statuses with its expired one (probe 27e F2).
+    const statusRow = sql<number>`rowid`;
     const statuses = db
-      .select({ id: whatsappStatuses.messageId })
+      .select({ rowid: statusRow })
       .from(whatsappStatuses)
       .where(lt(whatsappStatuses.receivedAt, cutoff))
       .limit(PRUNE_BATCH);
-    db.delete(whatsappStatuses).where(inArray(whatsappStatuses.messageId, statuses)).run();
+    db.delete(whatsappStatuses).where(inArray(statusRow, statuses)).run();
     pruneWebhookEvents(db, "whatsapp", cutoff);
   }
 }

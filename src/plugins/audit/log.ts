@@ -29,7 +29,7 @@
  * request already under way) is written under the pseudonym, without its address.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, desc, eq, isNull, lt, lte, max, ne, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, isNull, lte, max, ne, or, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
@@ -435,15 +435,25 @@ export class SqliteAuditLog implements AuditLog {
     const db = this.db;
     return db.transaction(
       () => {
-        const oldest = db
-          .select({ id: auditEvents.id, hash: auditEvents.hash })
+        // The run of expired rows at the start of the chain, up to the first row that is not: a row
+        // written while the clock stood back is not a reason to take the recent rows before it
+        // (probe 27e F1: the newest expired id was taken as the end, and every row up to it went).
+        const first = db
+          .select({ at: auditEvents.at })
           .from(auditEvents)
-          .where(lt(auditEvents.at, cutoff))
+          .orderBy(asc(auditEvents.id))
+          .limit(1)
+          .get();
+        if (!first || !(first.at < cutoff)) return 0;
+        const head = db
+          .select({ id: auditEvents.id, hash: auditEvents.hash, at: auditEvents.at })
+          .from(auditEvents)
           .orderBy(asc(auditEvents.id))
           .limit(maxRows)
-          .as("oldest");
-        const last = db.select().from(oldest).orderBy(desc(oldest.id)).limit(1).get();
-        if (!last) return 0;
+          .all();
+        let expired = 0;
+        while (expired < head.length && head[expired]!.at < cutoff) expired++;
+        const last = head[expired - 1]!;
         // The rows to go are checked first: a checkpoint over altered rows would bury the evidence.
         const check = verifyAuditChain(this.sqlite, this.keys, { untilId: last.id });
         if (!check.ok) {

@@ -508,4 +508,24 @@ describe("retention", () => {
     expect(events(target).map((e) => e.event_id)).toEqual(["wamid.NEW"]);
     expect(sqlite.query("SELECT * FROM whatsapp_statuses").all()).toEqual([]);
   });
+
+  test("an expired status goes alone: the same message's recent statuses stay (probe 27e F2)", async () => {
+    const target = build();
+    await deliver(
+      target,
+      notification({
+        statuses: [
+          { id: "wamid.Y", status: "sent" },
+          { id: "wamid.Y", status: "read" },
+        ],
+      }),
+    );
+    const sqlite = target.db.$client;
+    const old = Date.now() - 31 * 24 * 60 * 60 * 1000;
+    sqlite.run("UPDATE whatsapp_statuses SET received_at = ? WHERE status = 'sent'", [old]);
+    target.services.runMaintenance();
+    expect(sqlite.query("SELECT message_id, status FROM whatsapp_statuses").all()).toEqual([
+      { message_id: "wamid.Y", status: "read" },
+    ]);
+  });
 });

@@ -394,6 +394,30 @@ describe("running with the app", () => {
     expect(rows(target)[0]!.state).toBe("sent");
   });
 
+  test("a database locked by another connection is said once, not an error a run, and the reply goes once it is free (probe 27e F3)", async () => {
+    const { target, graph, worker } = setup({}, { pollIntervalMs: 60_000 });
+    await deliver(target, notification({ messages: [{ id: "wamid.L1", from: "16505551234" }] }));
+    const { Database } = await import("bun:sqlite");
+    const other = new Database(target.databasePath);
+    other.run("BEGIN IMMEDIATE");
+    await target.services.start();
+    for (let i = 0; i < 5; i++) {
+      worker.kick();
+      await Bun.sleep(80);
+    }
+    const outboxLines = () =>
+      target.logs.entries.filter((entry) => String(entry.msg).startsWith("whatsapp outbox"));
+    expect(outboxLines().map((entry) => [entry.level, entry.msg])).toEqual([
+      ["warn", "whatsapp outbox deferred: the database is locked; replies wait until it is free"],
+    ]);
+    other.run("COMMIT");
+    other.close();
+    worker.kick();
+    await graph.waitForSent(1, 3000);
+    await target.services.stop();
+    expect(rows(target)[0]!.state).toBe("sent");
+  });
+
   test("stop() lets a send in flight finish and be marked sent", async () => {
     const { target, graph, worker } = setup({}, { pollIntervalMs: 60_000 });
     await target.services.start();

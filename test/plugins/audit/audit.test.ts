@@ -358,6 +358,29 @@ describe("the hash chain", () => {
     expect(verifyAuditChain(sqlite).ok).toBe(false);
   });
 
+  test("retention stops at the first row still inside retention: a row stamped while the clock stood back takes no recent rows with it (probe 27e F1)", () => {
+    const { log, clock, sqlite } = auditOn();
+    log.record({ type: "admin.key.created", outcome: "success" });
+    log.flush();
+    clock.advance(10 * 24 * 60 * 60 * 1000);
+    for (let i = 0; i < 3; i++) log.record({ type: "auth.login.succeeded", outcome: "success" });
+    // Written with the clock set 200 days back, after recent rows.
+    log.record({ type: "auth.logout", outcome: "success", at: clock.now() - 200 * 86_400_000 });
+    log.record({ type: "auth.login.failed", outcome: "failure" });
+    log.flush();
+    const cutoff = clock.now() - 24 * 60 * 60 * 1000;
+    expect(log.prune(cutoff, clock.now())).toBe(1);
+    expect(log.prune(cutoff, clock.now())).toBe(0);
+    expect(sqlite.query("SELECT type FROM audit_events ORDER BY id").values().flat()).toEqual([
+      "auth.login.succeeded",
+      "auth.login.succeeded",
+      "auth.login.succeeded",
+      "auth.logout",
+      "auth.login.failed",
+    ]);
+    expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 5 });
+  });
+
   test("two logs on one file (two processes) append to one chain", () => {
     const { log, sqlite } = auditOn();
     const other = new SqliteAuditLog({
