@@ -98,17 +98,37 @@ describe("the boundary, concurrently", () => {
     // The guarantee: however many turns ran at once, the day's usage is within the budget.
     expect(after.usedTokens).toBeLessThanOrEqual(BUDGET);
 
-    // Audited: who was refused, batched.
+    // Audited: who was refused, once a day for each principal (probe 27f F1: a chained row per
+    // refused turn); the metric counts every refusal.
     target.services.audit.flush();
-    const events = target.db.$client
-      .query("SELECT actor, outcome FROM audit_events WHERE type = 'chat.quota_exceeded'")
-      .all() as { actor: string; outcome: string }[];
-    expect(events).toHaveLength(20 - ADMITTED);
-    expect(events[0]).toEqual({ actor: `user:${alice.userId}`, outcome: "denied" });
+    const quotaEvents = () =>
+      target!.db.$client
+        .query("SELECT actor, outcome FROM audit_events WHERE type = 'chat.quota_exceeded'")
+        .all() as { actor: string; outcome: string }[];
+    expect(quotaEvents()).toEqual([{ actor: `user:${alice.userId}`, outcome: "denied" }]);
+    // Another principal's first refusal is audited too.
+    const bob = await signUp(target);
+    for (let i = 0; i < ADMITTED; i++) {
+      expect(
+        (await send(target, "/api/chat", { body: { message: MESSAGE }, headers: asUser(bob) }))
+          .status,
+      ).toBe(200);
+    }
+    expect(
+      (await send(target, "/api/chat", { body: { message: MESSAGE }, headers: asUser(bob) }))
+        .status,
+    ).toBe(429);
+    target.services.audit.flush();
+    expect(quotaEvents().map((event) => event.actor)).toEqual([
+      `user:${alice.userId}`,
+      `user:${bob.userId}`,
+    ]);
 
     const metrics = await (await send(target, "/metrics")).text();
-    expect(metrics).toContain(`chat_requests_total{provider="offline",outcome="quota"} 15`);
-    expect(metrics).toContain(`chat_requests_total{provider="offline",outcome="ok"} ${ADMITTED}`);
+    expect(metrics).toContain(`chat_requests_total{provider="offline",outcome="quota"} 16`);
+    expect(metrics).toContain(
+      `chat_requests_total{provider="offline",outcome="ok"} ${2 * ADMITTED}`,
+    );
   });
 
   test("two instances on one file, 10 each at once: still exactly 5 in all", async () => {
