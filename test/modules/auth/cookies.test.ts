@@ -75,15 +75,20 @@ async function cookieSession(target: TestApp) {
   return { email, jar: cookiesOf(login) };
 }
 
-test("browser mode refreshes from the refresh cookie", async () => {
-  current = buildTestApp();
-  const { jar } = await cookieSession(current);
-  const csrf = await send(current, "/api/auth/csrf", { headers: { cookie: cookieHeader(jar) } });
+/** `POST /api/auth/refresh` as a browser page sends it: the cookies and a fresh CSRF token. */
+async function refreshWithCsrf(target: TestApp, jar: Record<string, string>) {
+  const csrf = await send(target, "/api/auth/csrf", { headers: { cookie: cookieHeader(jar) } });
   const { token } = (await csrf.json()) as { token: string };
-  const refreshed = await send(current, "/api/auth/refresh", {
+  return send(target, "/api/auth/refresh", {
     method: "POST",
     headers: { cookie: cookieHeader({ ...jar, ...cookiesOf(csrf) }), "x-csrf-token": token },
   });
+}
+
+test("browser mode refreshes from the refresh cookie", async () => {
+  current = buildTestApp();
+  const { jar } = await cookieSession(current);
+  const refreshed = await refreshWithCsrf(current, jar);
   expect(refreshed.status).toBe(200);
   expect(await refreshed.json()).toMatchObject({ tokenType: "Cookie" });
   expect(cookiesOf(refreshed).palisade_refresh).not.toBe(jar.palisade_refresh);
@@ -125,13 +130,7 @@ test("beside a header credential the refresh cookie is not read, so the skipped 
     expect(refused.headers.getSetCookie()).toEqual([]);
   }
   // The session was neither rotated nor revoked: its cookie still refreshes, with the CSRF token.
-  const csrf = await send(current, "/api/auth/csrf", { headers: { cookie: cookieHeader(jar) } });
-  const { token } = (await csrf.json()) as { token: string };
-  const refreshed = await send(current, "/api/auth/refresh", {
-    method: "POST",
-    headers: { cookie: cookieHeader({ ...jar, ...cookiesOf(csrf) }), "x-csrf-token": token },
-  });
-  expect(refreshed.status).toBe(200);
+  expect((await refreshWithCsrf(current, jar)).status).toBe(200);
   // A refresh token in the body beside a header is still read (a client holding both).
   const tokens = await send(current, "/api/auth/login", {
     body: { email, password: STRONG_PASSWORD },
