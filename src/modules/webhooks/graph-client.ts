@@ -116,7 +116,15 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
         // Accepted (2xx) but without an id: it was sent; the id is only for status callbacks.
         return { kind: "sent", messageId: "" };
       }
-      const { code, reason } = describeError(response.status, parsed as GraphError | null);
+      const { code, reason: described } = describeError(
+        response.status,
+        parsed as GraphError | null,
+      );
+      // The reason is stored on the row (`last_error`) and audited: an error text that quotes the
+      // token (a proxy's, a mock's) must not put it there (probe 27g F6).
+      const reason = options.accessToken
+        ? described.replaceAll(options.accessToken, "[redacted]")
+        : described;
       if (response.status === 401 || code === TOKEN_REFUSED_CODE) {
         return {
           kind: "transient",

@@ -92,6 +92,13 @@ export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
 };
 
 const SEND_LEASE_MARGIN_MS = 5000;
+/**
+ * How long the mark of a reply Graph accepted may wait out another connection's write lock, inside
+ * the lease taken for the send: given up on the connection's 50 ms, the row stayed pending and the
+ * next claim sent the reply again (probe 27g F1: a 5 s lock).
+ */
+const MARK_SENT_WAIT_MS = 30_000;
+const MARK_SENT_RETRY_MS = 50;
 
 /** Why a row that fails its seal was given up (its `last_error`). */
 export const TAMPERED_REASON =
@@ -302,9 +309,9 @@ export class OutboxWorker {
       if (this.stopping) return this.release(row);
       if (row.recipient === null) return this.failPermanent(row, "no recipient kept");
       // The lease must cover the send: extended only if it is still ours (not expired and taken).
-      if (
-        !this.extendLease(row, clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS)
-      ) {
+      const sendLeaseUntil =
+        clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS + MARK_SENT_WAIT_MS;
+      if (!this.extendLease(row, sendLeaseUntil)) {
         logger.warn({ outboxId: row.id }, "whatsapp outbox lease lost before sending; not sent");
         return;
       }
@@ -313,7 +320,7 @@ export class OutboxWorker {
         to: row.recipient,
         body: reply,
       });
-      this.settle(row, outcome);
+      await this.settle(row, outcome, sendLeaseUntil);
     } catch (error) {
       logger.error({ err: error, outboxId: row.id }, "whatsapp outbox row failed");
       // A row refused for its seal but not yet marked (another process's lock) is left as it is:
@@ -433,30 +440,55 @@ export class OutboxWorker {
       .run();
   }
 
-  private settle(row: OutboxRow, outcome: SendOutcome): void {
+  private async settle(row: OutboxRow, outcome: SendOutcome, leaseUntil: number): Promise<void> {
     if (outcome.kind === "sent") {
-      // The one statement between Graph's acceptance and our record of it (see the header).
-      this.options.db
-        .update(whatsappOutbox)
-        .set({
-          state: "sent",
-          replyMessageId: outcome.messageId || null,
-          recipient: null,
-          body: null,
-          seal: this.options.seal.of({ ...row, recipient: null, body: null }),
-          leaseUntil: null,
-          leaseOwner: null,
-          attempts: sql`${whatsappOutbox.attempts} + 1`,
-          finishedAt: this.options.clock.now(),
-          lastError: null,
-        })
-        .where(eq(whatsappOutbox.id, row.id))
-        .run();
+      await this.markSent(row, outcome.messageId, leaseUntil);
       this.options.metrics.replies.labels("sent").inc();
       return;
     }
     if (outcome.kind === "permanent") this.failPermanent(row, outcome.reason);
     else this.failTransient(row, outcome.reason, outcome.retryAfterMs);
+  }
+
+  /**
+   * The one statement between Graph's acceptance and our record of it (see the header). Another
+   * connection's write lock is waited out, a try every 50 ms, while the lease taken for the send
+   * still holds (by the clock and by the time actually waited, whichever ends first): no other
+   * worker claims the row meanwhile, so the reply is not sent twice.
+   */
+  private async markSent(row: OutboxRow, messageId: string, leaseUntil: number): Promise<void> {
+    const waitUntil = performance.now() + MARK_SENT_WAIT_MS;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.options.db
+          .update(whatsappOutbox)
+          .set({
+            state: "sent",
+            replyMessageId: messageId || null,
+            recipient: null,
+            body: null,
+            seal: this.options.seal.of({ ...row, recipient: null, body: null }),
+            leaseUntil: null,
+            leaseOwner: null,
+            attempts: sql`${whatsappOutbox.attempts} + 1`,
+            finishedAt: this.options.clock.now(),
+            lastError: null,
+          })
+          .where(eq(whatsappOutbox.id, row.id))
+          .run();
+        if (attempt > 1) {
+          this.options.logger.info(
+            { outboxId: row.id, attempts: attempt },
+            "whatsapp reply marked sent after the database lock",
+          );
+        }
+        return;
+      } catch (error) {
+        const leaseLeft = leaseUntil - SEND_LEASE_MARGIN_MS - this.options.clock.now();
+        if (!isDatabaseBusy(error) || leaseLeft <= 0 || performance.now() >= waitUntil) throw error;
+        await Bun.sleep(MARK_SENT_RETRY_MS);
+      }
+    }
   }
 
   private failTransient(row: OutboxRow, reason: string, retryAfterMs?: number): void {

@@ -203,6 +203,8 @@ export class SqliteAuditLog implements AuditLog {
   private queue: AuditEvent[] = [];
   private timer: Timer | null = null;
   private closed = false;
+  /** The row id retention was last said to be held back by (noteRetentionHeldBy). */
+  private retentionHeldBy: number | null = null;
   private lastLoggedHead: string | null = null;
   /** A batch met the lock and waits for the timer. */
   private deferred = false;
@@ -431,6 +433,20 @@ export class SqliteAuditLog implements AuditLog {
     );
   }
 
+  /**
+   * The oldest row stamped more than a day ahead holds retention back until its stamp expires
+   * (rows after it wait for it: the chain goes from its start); said once per row and process,
+   * so an operator can see why old rows stay (probe 27g F2).
+   */
+  private noteRetentionHeldBy(first: { id: number; at: number }, now: number): void {
+    if (first.at <= now + 86_400_000 || this.retentionHeldBy === first.id) return;
+    this.retentionHeldBy = first.id;
+    this.logger.warn(
+      { id: first.id, at: new Date(first.at).toISOString() },
+      "audit retention waits: the oldest row is stamped in the future (a clock that was ahead); rows after it are kept until its time passes",
+    );
+  }
+
   prune(cutoff: number, now: number, maxRows = 5000): number {
     const db = this.db;
     return db.transaction(
@@ -439,12 +455,16 @@ export class SqliteAuditLog implements AuditLog {
         // written while the clock stood back is not a reason to take the recent rows before it
         // (probe 27e F1: the newest expired id was taken as the end, and every row up to it went).
         const first = db
-          .select({ at: auditEvents.at })
+          .select({ id: auditEvents.id, at: auditEvents.at })
           .from(auditEvents)
           .orderBy(asc(auditEvents.id))
           .limit(1)
           .get();
-        if (!first || !(first.at < cutoff)) return 0;
+        if (!first) return 0;
+        if (!(first.at < cutoff)) {
+          this.noteRetentionHeldBy(first, now);
+          return 0;
+        }
         const head = db
           .select({ id: auditEvents.id, hash: auditEvents.hash, at: auditEvents.at })
           .from(auditEvents)

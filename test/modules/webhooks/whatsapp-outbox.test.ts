@@ -418,6 +418,32 @@ describe("running with the app", () => {
     expect(rows(target)[0]!.state).toBe("sent");
   });
 
+  test("a reply Graph accepted while another connection holds the write lock is marked once the lock goes, and not sent again (probe 27g F1)", async () => {
+    const { target, graph, clock, worker } = setup();
+    await deliver(target, notification({ messages: [{ id: "wamid.M1", from: "16505551234" }] }));
+    graph.delayMs = 300;
+    const { Database } = await import("bun:sqlite");
+    const other = new Database(target.databasePath);
+    const running = worker.drain();
+    // Taken while the send is in flight (Graph answers after 300 ms): the mark meets it, past the
+    // connection's 50 ms.
+    await Bun.sleep(100);
+    expect(graph.received).toHaveLength(0);
+    other.run("BEGIN IMMEDIATE");
+    await graph.waitForSent(1, 3000);
+    await Bun.sleep(600);
+    other.run("COMMIT");
+    other.close();
+    await running;
+    expect(rows(target)[0]).toMatchObject({ state: "sent", lease_owner: null });
+    clock.advance(120_000);
+    await worker.drain();
+    expect(graph.sent).toHaveLength(1);
+    expect(
+      target.logs.entries.filter((entry) => entry.msg === "whatsapp outbox row failed"),
+    ).toEqual([]);
+  });
+
   test("stop() lets a send in flight finish and be marked sent", async () => {
     const { target, graph, worker } = setup({}, { pollIntervalMs: 60_000 });
     await target.services.start();

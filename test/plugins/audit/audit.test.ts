@@ -33,17 +33,18 @@ function auditOn(options: { flushIntervalMs?: number; flushBatchSize?: number } 
   current = buildTestApp();
   const clock = new ManualClock();
   const registry = createMetricsRegistry();
+  const logs = new LogCapture();
   const log = new SqliteAuditLog({
     sqlite: current.db.$client,
     clock,
-    logger: createLogger({ level: "info", destination: new LogCapture() }),
+    logger: createLogger({ level: "info", destination: logs }),
     registry,
     keys,
     ...options,
   });
   const count = () =>
     (current!.db.$client.query("SELECT count(*) AS n FROM audit_events").get() as { n: number }).n;
-  return { log, clock, count, sqlite: current.db.$client, registry };
+  return { log, clock, count, sqlite: current.db.$client, registry, logs };
 }
 
 describe("writing", () => {
@@ -379,6 +380,24 @@ describe("the hash chain", () => {
       "auth.login.failed",
     ]);
     expect(verifyAuditChain(sqlite)).toEqual({ ok: true, checked: 5 });
+  });
+
+  test("a first row stamped in the future holds retention back, and says so once (probe 27g F2)", () => {
+    const { log, clock, sqlite, logs } = auditOn();
+    const year = 365 * 86_400_000;
+    log.record({ type: "auth.logout", outcome: "success", at: clock.now() + 5 * year });
+    log.record({ type: "auth.login.failed", outcome: "failure" });
+    log.flush();
+    clock.advance(200 * 86_400_000);
+    const cutoff = clock.now() - 90 * 86_400_000;
+    expect(log.prune(cutoff, clock.now())).toBe(0);
+    expect(log.prune(cutoff, clock.now())).toBe(0);
+    expect(sqlite.query("SELECT count(*) AS n FROM audit_events").get()).toEqual({ n: 2 });
+    const held = logs.entries.filter((entry) =>
+      String(entry.msg).startsWith("audit retention waits"),
+    );
+    expect(held).toHaveLength(1);
+    expect(held[0]).toMatchObject({ level: "warn", id: 1 });
   });
 
   test("two logs on one file (two processes) append to one chain", () => {
