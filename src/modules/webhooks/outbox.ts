@@ -20,8 +20,9 @@
  * For each claimed row: (1) if it has no reply yet, one chat turn (`ChatTurns.converse`, the
  * sender's conversation continued) or a fixed notice (a non-text message, a text the chat message
  * rules refuse), and the reply is stored on the row — guarded by the lease — before anything is
- * sent; (2) the lease is checked and extended to cover the send; (3) `POST …/messages`; (4) one
- * UPDATE marks the row sent and clears the number. A transient failure (network, 429, 5xx, a
+ * sent; (2) the lease is checked and extended to cover the send and its mark; (3) `POST
+ * …/messages`; (4) one UPDATE marks the row sent and clears the number (waiting out another
+ * connection's write lock inside the lease, markSent). A transient failure (network, 429, 5xx, a
  * temporary Graph code, chat unavailable) releases the lease with an exponential backoff; past
  * `giveUpAfterMs` since the message arrived, or at once on a permanent failure, the row is marked
  * failed, the number cleared, and `whatsapp.reply_failed` audited.
@@ -30,7 +31,8 @@
  * sent or given up, across crashes and restarts. Nothing is sent twice, and no chat turn is run
  * twice, with two exceptions no design without an idempotency key at Graph can close:
  * - a crash (or SIGKILL) after Graph accepted a reply and before the one UPDATE that marks it sent:
- *   the row's lease expires and the reply is sent again. The window is one local statement long.
+ *   the row's lease expires and the reply is sent again. The window is one local statement long,
+ *   or as long as another connection's lock holds it, at most the 30 s the lease leaves for it.
  * - a send that timed out after Graph accepted it: retried like any timeout.
  * - (for chat) a crash between the chat turn returning and its reply being stored runs the turn
  *   again on the next claim; the sender still gets one reply.
