@@ -52,12 +52,28 @@ interface GraphError {
   error?: { message?: unknown; code?: unknown; type?: unknown; fbtrace_id?: unknown };
 }
 
+/**
+ * The text with every copy of the token, in any letter case, replaced: the reason is stored on the
+ * row (`last_error`) and audited, and an error text that quotes the token (a proxy's, a mock's)
+ * must not put it there (probes 27g F6, 27h F1–F2). Before the text is cut, or a token across the
+ * cut would keep its first part.
+ */
+function withoutToken(text: string, token: string): string {
+  if (token === "") return text;
+  const escaped = token.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return text.replace(new RegExp(escaped, "gi"), "[redacted]");
+}
+
 function describeError(
   status: number,
   body: GraphError | null,
+  token: string,
 ): { code: number | null; reason: string } {
   const code = typeof body?.error?.code === "number" ? body.error.code : null;
-  const message = typeof body?.error?.message === "string" ? body.error.message.slice(0, 200) : "";
+  const message =
+    typeof body?.error?.message === "string"
+      ? withoutToken(body.error.message, token).slice(0, 200)
+      : "";
   return {
     code,
     reason: `graph ${status}${code === null ? "" : ` code ${code}`}${message ? `: ${message}` : ""}`,
@@ -116,15 +132,11 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
         // Accepted (2xx) but without an id: it was sent; the id is only for status callbacks.
         return { kind: "sent", messageId: "" };
       }
-      const { code, reason: described } = describeError(
+      const { code, reason } = describeError(
         response.status,
         parsed as GraphError | null,
+        options.accessToken,
       );
-      // The reason is stored on the row (`last_error`) and audited: an error text that quotes the
-      // token (a proxy's, a mock's) must not put it there (probe 27g F6).
-      const reason = options.accessToken
-        ? described.replaceAll(options.accessToken, "[redacted]")
-        : described;
       if (response.status === 401 || code === TOKEN_REFUSED_CODE) {
         return {
           kind: "transient",

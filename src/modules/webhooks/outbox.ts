@@ -95,12 +95,13 @@ export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
 
 const SEND_LEASE_MARGIN_MS = 5000;
 /**
- * How long the mark of a reply Graph accepted may wait out another connection's write lock, inside
- * the lease taken for the send: given up on the connection's 50 ms, the row stayed pending and the
- * next claim sent the reply again (probe 27g F1: a 5 s lock).
+ * How long storing a reply, or marking one Graph accepted as sent, may wait out another
+ * connection's write lock, inside the row's lease (outlastLock): given up on the connection's
+ * 50 ms, the row stayed pending and the next claim ran the turn or sent the reply again (probes
+ * 27g F1: a 5 s lock, 27h F3).
  */
-const MARK_SENT_WAIT_MS = 30_000;
-const MARK_SENT_RETRY_MS = 50;
+const LOCK_WAIT_MS = 30_000;
+const LOCK_RETRY_MS = 50;
 
 /** Why a row that fails its seal was given up (its `last_error`). */
 export const TAMPERED_REASON =
@@ -305,14 +306,19 @@ export class OutboxWorker {
         const produced = await this.produceReply(row);
         if (this.stopping) return this.release(row);
         if (produced.kind === "transient") return this.failTransient(row, produced.reason);
-        if (!this.storeReply(row, produced.reply, produced.conversationId)) return;
+        // A lock here would run the turn again at the next claim (probe 27h F3): waited out too.
+        const stored = await this.outlastLock(
+          () => this.storeReply(row, produced.reply, produced.conversationId),
+          row.leaseUntil ?? 0,
+        );
+        if (!stored) return;
         reply = produced.reply;
       }
       if (this.stopping) return this.release(row);
       if (row.recipient === null) return this.failPermanent(row, "no recipient kept");
       // The lease must cover the send: extended only if it is still ours (not expired and taken).
       const sendLeaseUntil =
-        clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS + MARK_SENT_WAIT_MS;
+        clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS + LOCK_WAIT_MS;
       if (!this.extendLease(row, sendLeaseUntil)) {
         logger.warn({ outboxId: row.id }, "whatsapp outbox lease lost before sending; not sent");
         return;
@@ -459,36 +465,41 @@ export class OutboxWorker {
    * worker claims the row meanwhile, so the reply is not sent twice.
    */
   private async markSent(row: OutboxRow, messageId: string, leaseUntil: number): Promise<void> {
-    const waitUntil = performance.now() + MARK_SENT_WAIT_MS;
-    for (let attempt = 1; ; attempt++) {
+    await this.outlastLock(() => {
+      this.options.db
+        .update(whatsappOutbox)
+        .set({
+          state: "sent",
+          replyMessageId: messageId || null,
+          recipient: null,
+          body: null,
+          seal: this.options.seal.of({ ...row, recipient: null, body: null }),
+          leaseUntil: null,
+          leaseOwner: null,
+          attempts: sql`${whatsappOutbox.attempts} + 1`,
+          finishedAt: this.options.clock.now(),
+          lastError: null,
+        })
+        .where(eq(whatsappOutbox.id, row.id))
+        .run();
+    }, leaseUntil);
+  }
+
+  /**
+   * Runs a write that must not be lost to another connection's write lock (the reply's storing,
+   * its mark as sent), trying again every 50 ms while the row's lease holds (less its margin, by the
+   * clock) and for 30 s at most (by the time actually waited): the row cannot be claimed by another
+   * worker meanwhile, so waiting costs a delay, where giving up runs the turn or the send again.
+   */
+  private async outlastLock<T>(write: () => T, leaseUntil: number): Promise<T> {
+    const waitUntil = performance.now() + LOCK_WAIT_MS;
+    for (;;) {
       try {
-        this.options.db
-          .update(whatsappOutbox)
-          .set({
-            state: "sent",
-            replyMessageId: messageId || null,
-            recipient: null,
-            body: null,
-            seal: this.options.seal.of({ ...row, recipient: null, body: null }),
-            leaseUntil: null,
-            leaseOwner: null,
-            attempts: sql`${whatsappOutbox.attempts} + 1`,
-            finishedAt: this.options.clock.now(),
-            lastError: null,
-          })
-          .where(eq(whatsappOutbox.id, row.id))
-          .run();
-        if (attempt > 1) {
-          this.options.logger.info(
-            { outboxId: row.id, attempts: attempt },
-            "whatsapp reply marked sent after the database lock",
-          );
-        }
-        return;
+        return write();
       } catch (error) {
         const leaseLeft = leaseUntil - SEND_LEASE_MARGIN_MS - this.options.clock.now();
         if (!isDatabaseBusy(error) || leaseLeft <= 0 || performance.now() >= waitUntil) throw error;
-        await Bun.sleep(MARK_SENT_RETRY_MS);
+        await Bun.sleep(LOCK_RETRY_MS);
       }
     }
   }

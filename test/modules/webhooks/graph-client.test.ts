@@ -38,3 +38,27 @@ test("any other refusal that quotes the token keeps it out of the reason", async
   expect(outcome.kind).toBe("permanent");
   expect((outcome as { reason: string }).reason).not.toContain(TOKEN);
 });
+
+test("a token longer than the kept text, or quoted in another letter case, leaves nothing of itself (probe 27h F1, F2)", async () => {
+  const long = `EAAG${"x7Zq".repeat(55)}`;
+  const client = (text: string) =>
+    createGraphClient({
+      apiUrl: "http://graph.invalid/v21.0",
+      accessToken: long,
+      fetch: (async () =>
+        Response.json(
+          { error: { message: text, code: 100 } },
+          { status: 400 },
+        )) as unknown as typeof fetch,
+    });
+  for (const text of [
+    `bad token ${long}`,
+    `${"a".repeat(150)} ${long}`,
+    `bad token ${long.toLowerCase()}`,
+    `bad token ${long.toUpperCase()}`,
+  ]) {
+    const reason = ((await client(text).sendText(message)) as { reason: string }).reason;
+    expect(reason).not.toContain(long.slice(0, 12));
+    expect(reason.toLowerCase()).not.toContain(long.slice(4, 16).toLowerCase());
+  }
+});

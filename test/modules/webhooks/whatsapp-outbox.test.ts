@@ -444,6 +444,28 @@ describe("running with the app", () => {
     ).toEqual([]);
   });
 
+  test("a reply ready while another connection holds the write lock is stored once the lock goes: one chat turn, one send (probe 27h F3)", async () => {
+    const { target, graph, chat, clock, worker } = setup();
+    await deliver(target, notification({ messages: [{ id: "wamid.R1", from: "16505551234" }] }));
+    chat.delayMs = 300;
+    const { Database } = await import("bun:sqlite");
+    const other = new Database(target.databasePath);
+    const running = worker.drain();
+    // Taken while the turn runs: storing its reply meets it.
+    await Bun.sleep(100);
+    expect(chat.turns).toHaveLength(1);
+    other.run("BEGIN IMMEDIATE");
+    await Bun.sleep(700);
+    other.run("COMMIT");
+    other.close();
+    await running;
+    clock.advance(120_000);
+    await worker.drain();
+    expect(chat.turns).toHaveLength(1);
+    expect(graph.sent).toHaveLength(1);
+    expect(rows(target)[0]).toMatchObject({ state: "sent" });
+  });
+
   test("stop() lets a send in flight finish and be marked sent", async () => {
     const { target, graph, worker } = setup({}, { pollIntervalMs: 60_000 });
     await target.services.start();
