@@ -42,7 +42,7 @@ import { auditCheckpoints, auditErasedActors, auditEventNames, auditEvents } fro
 import { cutClientText, type Logger, logSafe, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
-import { Counter, type Registry, startAtZero } from "../metrics/prom";
+import { Counter, everyCombination, type Registry, startAtZero } from "../metrics/prom";
 import {
   type AuditKeys,
   commitsToDetail,
@@ -259,11 +259,7 @@ export class SqliteAuditLog implements AuditLog {
           registers: [options.registry],
         })
       : null;
-    if (this.counter)
-      startAtZero(
-        this.counter,
-        AUDIT_EVENT_TYPES.map((type) => ({ type })),
-      );
+    if (this.counter) startAtZero(this.counter, everyCombination({ type: AUDIT_EVENT_TYPES }));
   }
 
   record(event: AuditEvent): void {

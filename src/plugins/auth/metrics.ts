@@ -1,5 +1,5 @@
 import { METRIC } from "../metrics/names";
-import { Counter, type Registry, startAtZero } from "../metrics/prom";
+import { Counter, everyCombination, type Registry, startAtZero } from "../metrics/prom";
 
 export const AUTH_FAILURE_REASONS = [
   "missing_credentials",
@@ -26,10 +26,7 @@ export function createAuthMetrics(registry: Registry) {
     labelNames: ["reason"] as const,
     registers: [registry],
   });
-  startAtZero(
-    failures,
-    AUTH_FAILURE_REASONS.map((reason) => ({ reason })),
-  );
+  startAtZero(failures, everyCombination({ reason: AUTH_FAILURE_REASONS }));
   return {
     fail(reason: AuthFailureReason) {
       failures.labels(reason).inc();

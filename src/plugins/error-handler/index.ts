@@ -70,22 +70,18 @@ const STATUS_CODES: Record<number, ErrorCode> = {
  * 27c F5), which tells the client nothing. Null for a union of anything else.
  */
 function unionRule(schema: unknown): string | null {
-  // Elysia's t.UnionEnum says "Expected kind 'UnionEnum'"; its values are the rule.
-  const listed = (schema as { enum?: unknown } | null)?.enum;
+  const { enum: listed, anyOf } = (schema ?? {}) as { enum?: unknown; anyOf?: unknown };
+  const members: { const?: unknown; type?: unknown }[] = Array.isArray(anyOf) ? anyOf : [];
+  // A t.UnionEnum lists its values (Elysia says "Expected kind 'UnionEnum'"); a union of literals
+  // holds one in each member.
+  const values = Array.isArray(listed) ? listed : members.map((member) => member.const);
   if (
-    Array.isArray(listed) &&
-    listed.length > 0 &&
-    listed.every((value) => typeof value === "string" || typeof value === "number")
+    values.length > 0 &&
+    values.every((value) => typeof value === "string" || typeof value === "number")
   ) {
-    return `Expected one of: ${listed.map((value) => `'${value}'`).join(", ")}`;
+    return `Expected one of: ${values.map((value) => `'${value}'`).join(", ")}`;
   }
-  const members = (schema as { anyOf?: unknown } | null)?.anyOf;
-  if (!Array.isArray(members) || members.length === 0) return null;
-  const literals = members.map((member) => (member as { const?: unknown }).const);
-  if (literals.every((value) => typeof value === "string" || typeof value === "number")) {
-    return `Expected one of: ${literals.map((value) => `'${value}'`).join(", ")}`;
-  }
-  const types = new Set(members.map((member) => (member as { type?: unknown }).type));
+  const types = new Set(members.map((member) => member.type));
   if (types.has("integer")) return "Expected a whole number";
   if (types.has("number")) return "Expected a number";
   return null;

@@ -19,7 +19,7 @@ import { Elysia } from "elysia";
 import packageJson from "../../../package.json" with { type: "json" };
 import { PROBLEM_CONTENT_TYPE, problemResponses } from "../../errors";
 import { type authPlugin, ERRORS_DETAIL_KEY } from "../auth";
-import { BODY_MEDIA_TYPE } from "../request-guard/checks";
+import { BODY_MEDIA_TYPE, BODY_METHODS } from "../request-guard/checks";
 import type { RouteClass } from "../route-class";
 import { strictSchemaOf } from "../strict-body";
 
@@ -127,9 +127,6 @@ const OPTIONAL_BODY_KEY = "x-palisade-optional-body";
 
 const finishedDocuments = new WeakMap<object, unknown>();
 
-/** Methods whose bodies the request guard never reads (OpenAPI spells them in lower case). */
-const BODILESS_METHODS = new Set(["get", "head", "options"]);
-
 export function finish<T extends object>(document: T): T {
   const paths = (document as { paths?: Record<string, Record<string, unknown>> }).paths;
   if (!paths) return document;
@@ -155,9 +152,9 @@ export function finish<T extends object>(document: T): T {
       }
       plainIntegerParameters(op.parameters);
       // The request guard answers any route: a target or query too long (414) and, on a method
-      // whose body it reads (any but GET, HEAD, OPTIONS, whether the route declares a body or
-      // not), one too large (413) or not JSON (415) (probes 27c F3, 27d F2).
-      const guard = BODILESS_METHODS.has(method) ? [414] : [413, 414, 415];
+      // whose body it reads (whether the route declares a body or not), one too large (413) or
+      // not JSON (415) (probes 27c F3, 27d F2). OpenAPI spells methods in lower case.
+      const guard = BODY_METHODS.has(method.toUpperCase()) ? [413, 414, 415] : [414];
       for (const status of [...(pipeline ?? []), ...guard]) {
         if (responses[status] !== undefined) continue;
         const schema = problemResponses(status)[status]!;

@@ -106,7 +106,8 @@ export function headerRefusal(headers: Headers): Refusal | null {
   return null;
 }
 
-const BODY_METHODS = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+/** The methods whose bodies the guard reads (and bounds, and refuses when not JSON). */
+export const BODY_METHODS: ReadonlySet<string> = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
 export function hasBody(request: Request): boolean {
   if (!BODY_METHODS.has(request.method)) return false;
