@@ -15,6 +15,8 @@
  * Plain `fetch`: there is no official Graph SDK for Node/Bun, and this is one JSON POST.
  */
 
+import { createTextScrubber } from "../../logging/scrub";
+
 export type SendOutcome =
   | { kind: "sent"; messageId: string }
   | { kind: "transient"; reason: string; retryAfterMs?: number }
@@ -52,28 +54,30 @@ interface GraphError {
   error?: { message?: unknown; code?: unknown; type?: unknown; fbtrace_id?: unknown };
 }
 
+const REDACTED_TOKEN = "[redacted]";
+
 /**
- * The text with every copy of the token, in any letter case, replaced: the reason is stored on the
- * row (`last_error`) and audited, and an error text that quotes the token (a proxy's, a mock's)
- * must not put it there (probes 27g F6, 27h F1–F2). Before the text is cut, or a token across the
- * cut would keep its first part.
+ * Takes the token out of a text: every copy in any letter case, then every spelling the logs'
+ * scrubber knows (percent-encoded, base64, …). The reason is stored on the row (`last_error`) and
+ * audited, and an error text that quotes the token (a proxy's, a mock's) must not put it there
+ * (probes 27g F6, 27h F1–F2). Applied before the text is cut, or a token across the cut would
+ * keep its first part.
  */
-function withoutToken(text: string, token: string): string {
-  if (token === "") return text;
-  const escaped = token.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-  return text.replace(new RegExp(escaped, "gi"), "[redacted]");
+function tokenRemover(token: string): (text: string) => string {
+  if (token === "") return (text) => text;
+  const anyCase = new RegExp(token.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"), "gi");
+  const spellings = createTextScrubber([token], REDACTED_TOKEN);
+  return (text) => spellings(text.replace(anyCase, REDACTED_TOKEN));
 }
 
 function describeError(
   status: number,
   body: GraphError | null,
-  token: string,
+  withoutToken: (text: string) => string,
 ): { code: number | null; reason: string } {
   const code = typeof body?.error?.code === "number" ? body.error.code : null;
   const message =
-    typeof body?.error?.message === "string"
-      ? withoutToken(body.error.message, token).slice(0, 200)
-      : "";
+    typeof body?.error?.message === "string" ? withoutToken(body.error.message).slice(0, 200) : "";
   return {
     code,
     reason: `graph ${status}${code === null ? "" : ` code ${code}`}${message ? `: ${message}` : ""}`,
@@ -89,6 +93,7 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
   const doFetch = options.fetch ?? fetch;
   const base = options.apiUrl.replace(/\/+$/, "");
   const timeoutMs = options.timeoutMs ?? 10_000;
+  const withoutToken = tokenRemover(options.accessToken);
 
   return {
     async sendText({ phoneNumberId, to, body }, signal) {
@@ -135,7 +140,7 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
       const { code, reason } = describeError(
         response.status,
         parsed as GraphError | null,
-        options.accessToken,
+        withoutToken,
       );
       if (response.status === 401 || code === TOKEN_REFUSED_CODE) {
         return {
