@@ -39,6 +39,7 @@ import {
   ConversationQuery,
   ConversationView,
   DEFAULT_USAGE_PAGE,
+  MessagePageQuery,
   UsagePage,
   UsageQuery,
 } from "./model";
@@ -59,6 +60,9 @@ export const chatRouteClasses: readonly RouteClass[] = [
 ];
 
 const DEFAULT_PAGE = 20;
+const DEFAULT_MESSAGE_PAGE = 50;
+/** A message's id as a cursor names it. */
+const MESSAGE_ID = /^\d{1,15}$/;
 
 export interface ChatModuleOptions {
   auth: ReturnType<typeof authPlugin>;
@@ -428,16 +432,25 @@ export function chatModule(options: ChatModuleOptions) {
     )
     .get(
       "/api/chat/conversations/:id",
-      ({ params, principal }) => {
-        const conversation = service.get(ownerOf(principal), params.id);
+      ({ params, principal, query }) => {
+        const before = cursorOfQuery(query.cursor, MESSAGE_ID);
+        const conversation = service.page(ownerOf(principal), params.id, {
+          before: before === undefined ? undefined : Number(before.id),
+          limit: query.limit ?? DEFAULT_MESSAGE_PAGE,
+        });
         if (!conversation) throw new AppError("NOT_FOUND", "No conversation of yours has that id.");
         return conversation;
       },
       {
         auth: chat,
         params: ConversationParams,
-        response: { 200: ConversationView, ...problemResponses(404) },
-        detail: { tags, summary: "One of your conversations, its messages in order" },
+        query: MessagePageQuery,
+        response: { 200: ConversationView, ...problemResponses(404, 422) },
+        detail: {
+          tags,
+          summary:
+            "One of your conversations: its newest messages, oldest first; nextCursor pages back",
+        },
       },
     )
     .delete(

@@ -57,9 +57,19 @@ export const StoredMessageView = t.Object({
   usage: Nullable(TokenUsageView),
 });
 
+export const MessagePageQuery = t.Object({
+  cursor: t.Optional(
+    t.String({ maxLength: 200, description: "`nextCursor` of the previous page (older messages)" }),
+  ),
+  limit: t.Optional(t.Integer({ minimum: 1, maximum: 100, description: "50 by default" })),
+});
+
 export const ConversationView = t.Object({
   ...ConversationSummaryView.properties,
-  messages: t.Array(StoredMessageView),
+  messages: t.Array(StoredMessageView, {
+    description: "The page's messages, oldest first: the newest of the conversation on page one",
+  }),
+  nextCursor: Nullable(t.String({ description: "Pages to older messages; null at the first" })),
 });
 
 /** The most rows one page of `GET /api/admin/usage` holds, and how many it holds by default. */

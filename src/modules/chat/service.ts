@@ -22,13 +22,15 @@
  *
  * Every conversation and message is sealed as it is written (history-seal.ts). A turn continuing a
  * conversation whose row, or a message in the window the model will read, fails its seal is
- * refused as `not_found`; `get`, the list and the export leave such a conversation out. Each is
- * reported once per process; none is resealed. Deleting and erasing go by the owner columns.
+ * refused as `not_found`; so is a page of messages (`page`) whose conversation row or messages fail
+ * theirs, and the export leaves such a conversation out; the list, which shows no message, leaves
+ * out one whose row fails. Each is reported once per process; none is resealed. Deleting and
+ * erasing go by the owner columns.
  *
  * Upstream failures are logged with the request id and the provider's reason, never the text.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
+import { and, asc, count, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { isDatabaseBusy } from "../../db/busy";
@@ -96,6 +98,13 @@ export interface ConversationSummary {
   createdAt: string;
   updatedAt: string;
   messageCount: number;
+}
+
+/** A page of one conversation's messages, oldest first, and the cursor to the older ones. */
+export interface MessagePage extends ConversationSummary {
+  messages: StoredMessage[];
+  /** Names the page's oldest message; null when there is no older message. */
+  nextCursor: string | null;
 }
 
 export interface StoredMessage {
@@ -704,38 +713,82 @@ export class ChatService implements ChatTurns {
     const read = rows.slice(0, limit);
     // The cursor follows the page as read, so one left out is not read again on the next page.
     const last = read.at(-1);
-    // Counted from the messages checked, which are the ones GET would show.
-    const shown = this.intactOnly(read, true);
+    // The list shows no message, so only each row's seal (its id and owner) is checked, and the
+    // messages are counted, not read: reading every message of a page of long conversations to
+    // check their chains cost megabytes a request (probe 27f F2). A message tampered with is
+    // refused where it would be shown: on the page of it, a turn, the export.
+    const shown = read.filter((row) => this.intactConversation(row, true));
+    const counts = this.messageCounts(shown.map((row) => row.id));
     return {
       conversations: shown.map((row) => ({
         id: row.id,
         createdAt: iso(row.createdAt),
         updatedAt: iso(row.updatedAt),
-        messageCount: row.messages.length,
+        messageCount: counts.get(row.id) ?? 0,
       })),
       nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null,
     };
   }
 
-  /** One of the owner's conversations with its messages in order, or null. */
-  get(
+  /** How many messages each of these conversations holds. */
+  private messageCounts(conversationIds: readonly string[]): Map<string, number> {
+    if (conversationIds.length === 0) return new Map();
+    const rows = this.db
+      .select({ id: chatMessages.conversationId, count: count() })
+      .from(chatMessages)
+      .where(inArray(chatMessages.conversationId, [...conversationIds]))
+      .groupBy(chatMessages.conversationId)
+      .all();
+    return new Map(rows.map((row) => [row.id, row.count]));
+  }
+
+  /**
+   * A page of one of the owner's conversations: its newest `limit` messages older than the message
+   * `before` names (the newest when absent), oldest first; null when it is not the owner's, or its
+   * row or a message of the page fails its seal (reported). The page is checked as a turn checks
+   * its window: every message read, and the one before the page for the chain (so pages read one
+   * after another check every link); a message on another page is checked when that is read.
+   */
+  page(
     owner: ChatOwner,
     conversationId: string,
-  ): (ConversationSummary & { messages: StoredMessage[] }) | null {
+    page: { before?: number; limit: number },
+  ): MessagePage | null {
+    const { before, limit } = page;
     const conversation = this.db
       .select()
       .from(chatConversations)
       .where(and(eq(chatConversations.id, conversationId), ownedBy(owner)))
       .get();
-    const [checked] = conversation ? this.intactOnly([conversation], false) : [];
-    if (!checked) return null;
-    const messages = this.shownMessages(checked.messages);
+    if (!conversation || !this.intactConversation(conversation)) return null;
+    // One more than the page: the message before it, which its oldest is chained to.
+    const newest = this.db
+      .select()
+      .from(chatMessages)
+      .where(
+        and(
+          eq(chatMessages.conversationId, conversationId),
+          before === undefined ? undefined : lt(chatMessages.id, before),
+        ),
+      )
+      .orderBy(desc(chatMessages.id))
+      .limit(limit + 1)
+      .all();
+    const inOrder = newest.reverse();
+    if (!this.check.chain(inOrder)) {
+      this.options.reportTampered(conversationId);
+      return null;
+    }
+    const shown = inOrder.length > limit ? inOrder.slice(1) : inOrder;
+    const oldest = shown[0];
     return {
-      id: checked.id,
-      createdAt: iso(checked.createdAt),
-      updatedAt: iso(checked.updatedAt),
-      messageCount: messages.length,
-      messages,
+      id: conversation.id,
+      createdAt: iso(conversation.createdAt),
+      updatedAt: iso(conversation.updatedAt),
+      messageCount: this.messageCounts([conversation.id]).get(conversation.id) ?? 0,
+      messages: this.shownMessages(shown),
+      nextCursor:
+        inOrder.length > limit && oldest ? encodeCursor(oldest.createdAt, String(oldest.id)) : null,
     };
   }
 

@@ -30,6 +30,32 @@ async function start(credential: Record<string, string>, message = "hello"): Pro
   return ((await response.json()) as { conversationId: string }).conversationId;
 }
 
+/** A conversation of `turns` turns (`turn 0` …), a minute apart every ten so no limit refuses one. */
+async function converse(credential: Record<string, string>, turns: number): Promise<string> {
+  let id: string | undefined;
+  for (let i = 0; i < turns; i++) {
+    if (i > 0 && i % 10 === 0) clock.advance(60_000);
+    const response = await chat(target, credential, { message: `turn ${i}`, conversationId: id });
+    expect(response.status).toBe(200);
+    id = ((await response.json()) as { conversationId: string }).conversationId;
+  }
+  return id!;
+}
+
+interface MessagePage {
+  messageCount: number;
+  messages: { role: string; content: string }[];
+  nextCursor: string | null;
+}
+
+async function readPage(credential: Record<string, string>, id: string, query: string) {
+  const response = await send(target, `/api/chat/conversations/${id}${query}`, {
+    headers: credential,
+  });
+  expect(response.status).toBe(200);
+  return (await response.json()) as MessagePage;
+}
+
 interface Page {
   conversations: { id: string; createdAt: string; updatedAt: string; messageCount: number }[];
   nextCursor: string | null;
@@ -122,6 +148,65 @@ describe("list, read, delete", () => {
       expect(problem.code).toBe("VALIDATION_FAILED");
       expect(problem.errors[0]!.field).toBe(field);
     }
+  });
+
+  test("a conversation's messages page back from the newest: oldest first on each page, nextCursor until null, each message once", async () => {
+    const id = await converse(asUser(alice), 7);
+    const pages: string[][] = [];
+    let cursor: string | null = null;
+    do {
+      const query: string = cursor ? `?limit=4&cursor=${cursor}` : "?limit=4";
+      const page = await readPage(asUser(alice), id, query);
+      expect(page.messageCount).toBe(14);
+      pages.push(page.messages.map((m) => m.content));
+      cursor = page.nextCursor;
+    } while (cursor !== null);
+    expect(pages.map((page) => page.length)).toEqual([4, 4, 4, 2]);
+    // The first page holds the newest; read back to front, the pages are the history in order.
+    expect(pages[0]!.at(-1)).toStartWith("I am Palisade's built-in FAQ assistant");
+    expect(pages[0]!.at(-2)).toBe("turn 6");
+    const history = pages.toReversed().flat();
+    expect(history.filter((_, i) => i % 2 === 0)).toEqual(
+      Array.from({ length: 7 }, (_, i) => `turn ${i}`),
+    );
+  });
+
+  test("without a limit a page holds the newest 50 messages, and the next the rest", async () => {
+    const id = await converse(asUser(alice), 26);
+    const first = await readPage(asUser(alice), id, "");
+    expect(first.messages).toHaveLength(50);
+    expect(first.messages[0]!.content).toBe("turn 1");
+    expect(first.nextCursor).not.toBeNull();
+    const second = await readPage(asUser(alice), id, `?cursor=${first.nextCursor}`);
+    expect(second.messages.map((m) => m.content.slice(0, 6))).toEqual(["turn 0", "I am P"]);
+    expect(second.nextCursor).toBeNull();
+    expect(second.messageCount).toBe(52);
+  });
+
+  test("a bad cursor or limit on a conversation's page is 422 naming the parameter; another's conversation with a good cursor is 404", async () => {
+    const id = await converse(asUser(alice), 3);
+    const listCursor = Buffer.from(`${clock.now()}.${id}`).toString("base64url");
+    for (const [query, field] of [
+      ["?cursor=not-a-cursor", "query/cursor"],
+      [`?cursor=${listCursor}`, "query/cursor"],
+      [`?cursor=${Buffer.from("1.-1").toString("base64url")}`, "query/cursor"],
+      ["?limit=0", "query/limit"],
+      ["?limit=101", "query/limit"],
+      ["?limit=2&limit=3", "query/limit"],
+    ] as const) {
+      const response = await send(target, `/api/chat/conversations/${id}${query}`, {
+        headers: asUser(alice),
+      });
+      expect([query, response.status]).toEqual([query, 422]);
+      const problem = (await response.json()) as { code: string; errors: { field: string }[] };
+      expect(problem.code).toBe("VALIDATION_FAILED");
+      expect(problem.errors[0]!.field).toBe(field);
+    }
+    const { nextCursor } = await readPage(asUser(alice), id, "?limit=2");
+    const bobs = await send(target, `/api/chat/conversations/${id}?limit=2&cursor=${nextCursor}`, {
+      headers: asUser(bob),
+    });
+    expect(bobs.status).toBe(404);
   });
 
   test("delete removes the conversation and its messages; a second delete is 404", async () => {

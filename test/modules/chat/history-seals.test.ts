@@ -3,8 +3,9 @@
  * model read or a user see through the chat history: nothing. A message written into a
  * conversation (or one changed, copied or moved there), or a conversation given to another owner,
  * makes that conversation one that does not exist: the next turn on it is 404 and the provider
- * never reads the forged text, GET is 404, the list and the export leave it out, and the WhatsApp
- * worker starts the sender a new conversation. Each is reported once (`chat.conversation_tampered`).
+ * never reads the forged text, GET of a page holding it is 404, the export leaves it out (the
+ * list, which shows no message, leaves out one whose row was changed), and the WhatsApp worker
+ * starts the sender a new conversation. Each is reported once (`chat.conversation_tampered`).
  * Genuine conversations go on working, deleting and erasing still work on tampered ones, and the
  * upgrade seals the history a database held before seals.
  */
@@ -473,7 +474,7 @@ describe("genuine conversations", () => {
 });
 
 describe("showing conversations", () => {
-  test("GET of a tampered conversation is 404, the list and the export leave it out; the genuine one is shown", async () => {
+  test("GET of a tampered conversation is 404, the export leaves it out, the list (which shows no message) counts it; the genuine one is shown", async () => {
     const { target } = setup();
     const alice = await signUp(target);
     const genuine = await conversation(target, alice, "Where is the source?");
@@ -493,8 +494,11 @@ describe("showing conversations", () => {
     });
     expect(shown.status).toBe(200);
     const list = await send(target, "/api/chat/conversations", { headers: asUser(alice) });
-    const listed = (await list.json()) as { conversations: { id: string }[] };
-    expect(listed.conversations.map((c) => c.id)).toEqual([genuine]);
+    const listed = (await list.json()) as { conversations: { id: string; messageCount: number }[] };
+    expect(listed.conversations.map((c) => [c.id, c.messageCount])).toEqual([
+      [tampered, 5],
+      [genuine, 4],
+    ]);
     const exported = await send(target, "/api/me/export", { headers: asUser(alice) });
     const body = await exported.text();
     expect(body).not.toContain("IBAN");
@@ -505,6 +509,32 @@ describe("showing conversations", () => {
     ).toEqual([genuine]);
     // One report, however often it was refused.
     expect(tamperReports(target)).toEqual([{ conversation: tampered, actor: "system" }]);
+  });
+
+  test("a page of messages is checked with the message before it: a change on an older page refuses that page, a message deleted just before a page refuses the page", async () => {
+    const { target } = setup();
+    const alice = await signUp(target);
+    const changed = await conversation(target, alice);
+    const cut = await conversation(target, alice, "Where is the source?");
+    const page = (id: string, query: string) =>
+      send(target, `/api/chat/conversations/${id}${query}`, { headers: asUser(alice) });
+    // Four messages each; two a page: the newest page reads the second message for its chain.
+    const [first] = messagesOf(target, changed);
+    target.db.$client.run("UPDATE chat_messages SET content = ? WHERE id = ?", [FORGED, first!.id]);
+    const newest = await page(changed, "?limit=2");
+    expect(newest.status).toBe(200);
+    const { nextCursor } = (await newest.json()) as { nextCursor: string };
+    const older = await page(changed, `?limit=2&cursor=${nextCursor}`);
+    expect(older.status).toBe(404);
+    expect(await older.text()).not.toContain("IBAN");
+    const [, second] = messagesOf(target, cut);
+    target.db.$client.run("DELETE FROM chat_messages WHERE id = ?", [second!.id]);
+    expect((await page(cut, "?limit=2")).status).toBe(404);
+    expect((await page(cut, "?limit=3")).status).toBe(404);
+    expect(tamperReports(target)).toEqual([
+      { conversation: changed, actor: "system" },
+      { conversation: cut, actor: "system" },
+    ]);
   });
 
   test("a conversation written into the file under an id of any characters is left out and reported spelt out and cut", async () => {
