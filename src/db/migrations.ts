@@ -31,6 +31,7 @@ import m0021 from "../../drizzle/0021_ip_block_seals.sql" with { type: "text" };
 import m0022 from "../../drizzle/0022_key_lineages.sql" with { type: "text" };
 import m0023 from "../../drizzle/0023_key_successor_seals.sql" with { type: "text" };
 import m0024 from "../../drizzle/0024_audit_event_names.sql" with { type: "text" };
+import m0025 from "../../drizzle/0025_chat_message_counts.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -59,6 +60,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0022_key_lineages": m0022,
   "0023_key_successor_seals": m0023,
   "0024_audit_event_names": m0024,
+  "0025_chat_message_counts": m0025,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -19,6 +19,13 @@ export const chatConversations = sqliteTable(
     createdAt: integer("created_at").notNull(),
     updatedAt: integer("updated_at").notNull(),
     /**
+     * How many messages it holds, kept by triggers on `chat_messages` (migration 0025), so a page
+     * or the list reads it instead of counting a long conversation's rows on every request; a
+     * process that does not know the column (a rolling upgrade) keeps it too. Not sealed: a shown
+     * figure, as the times are.
+     */
+    messageCount: integer("message_count").notNull().default(0),
+    /**
      * HMAC of id and owner (modules/chat/history-seal.ts): a conversation whose row does not match
      * is neither continued nor shown.
      */

@@ -31,6 +31,7 @@ import {
 } from "./budget";
 import type { ChatOwner, ChatTurn } from "./contract";
 import { checkChatMessage } from "./message";
+import { messageIdOfCursor } from "./message-cursor";
 import {
   ChatBody,
   ChatReply,
@@ -61,8 +62,6 @@ export const chatRouteClasses: readonly RouteClass[] = [
 
 const DEFAULT_PAGE = 20;
 const DEFAULT_MESSAGE_PAGE = 50;
-/** A message's id as a cursor names it. */
-const MESSAGE_ID = /^\d{1,15}$/;
 
 export interface ChatModuleOptions {
   auth: ReturnType<typeof authPlugin>;
@@ -433,9 +432,8 @@ export function chatModule(options: ChatModuleOptions) {
     .get(
       "/api/chat/conversations/:id",
       ({ params, principal, query }) => {
-        const before = cursorOfQuery(query.cursor, MESSAGE_ID);
         const conversation = service.page(ownerOf(principal), params.id, {
-          before: before === undefined ? undefined : Number(before.id),
+          before: messageIdOfCursor(query.cursor),
           limit: query.limit ?? DEFAULT_MESSAGE_PAGE,
         });
         if (!conversation) throw new AppError("NOT_FOUND", "No conversation of yours has that id.");

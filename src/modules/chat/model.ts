@@ -41,7 +41,10 @@ export const ConversationSummaryView = t.Object({
   id: t.String(),
   createdAt: t.String({ format: "date-time" }),
   updatedAt: t.String({ format: "date-time" }),
-  messageCount: JsonInteger({ minimum: 0 }),
+  messageCount: JsonInteger({
+    minimum: 0,
+    description: "How many messages the conversation holds (all of them, not a page's)",
+  }),
 });
 
 export const ConversationPage = t.Object({

@@ -30,7 +30,7 @@
  * Upstream failures are logged with the request id and the provider's reason, never the text.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, count, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { isDatabaseBusy } from "../../db/busy";
@@ -50,6 +50,7 @@ import {
   type HistoryCheck,
   historyCheck,
 } from "./history-seal";
+import { encodeMessageCursor } from "./message-cursor";
 import type { ChatMetrics } from "./metrics";
 import {
   type ChatMessage,
@@ -227,13 +228,18 @@ export class ChatService implements ChatTurns {
             ownerId: sql.placeholder("owner"),
             createdAt: sql.placeholder("now"),
             updatedAt: sql.placeholder("now"),
+            // The turn's two messages, stored with it.
+            messageCount: 2,
             seal: sql.placeholder("seal"),
           })
           .prepare(),
       touchConversation: () =>
         db
           .update(chatConversations)
-          .set({ updatedAt: sql`${sql.placeholder("now")}` })
+          .set({
+            updatedAt: sql`${sql.placeholder("now")}`,
+            messageCount: sql`${chatConversations.messageCount} + 2`,
+          })
           .where(eq(chatConversations.id, sql.placeholder("id")))
           .returning({ id: chatConversations.id })
           .prepare(),
@@ -691,6 +697,7 @@ export class ChatService implements ChatTurns {
         seal: chatConversations.seal,
         createdAt: chatConversations.createdAt,
         updatedAt: chatConversations.updatedAt,
+        messageCount: chatConversations.messageCount,
       })
       .from(chatConversations)
       .where(
@@ -714,32 +721,19 @@ export class ChatService implements ChatTurns {
     // The cursor follows the page as read, so one left out is not read again on the next page.
     const last = read.at(-1);
     // The list shows no message, so only each row's seal (its id and owner) is checked, and the
-    // messages are counted, not read: reading every message of a page of long conversations to
-    // check their chains cost megabytes a request (probe 27f F2). A message tampered with is
-    // refused where it would be shown: on the page of it, a turn, the export.
+    // count is the row's: reading every message of a page of long conversations to check their
+    // chains cost megabytes a request, counting them milliseconds (probes 27f F2, 28a F1). A
+    // message tampered with is refused where it would be shown: on its page, a turn, the export.
     const shown = read.filter((row) => this.intactConversation(row, true));
-    const counts = this.messageCounts(shown.map((row) => row.id));
     return {
       conversations: shown.map((row) => ({
         id: row.id,
         createdAt: iso(row.createdAt),
         updatedAt: iso(row.updatedAt),
-        messageCount: counts.get(row.id) ?? 0,
+        messageCount: row.messageCount,
       })),
       nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null,
     };
-  }
-
-  /** How many messages each of these conversations holds. */
-  private messageCounts(conversationIds: readonly string[]): Map<string, number> {
-    if (conversationIds.length === 0) return new Map();
-    const rows = this.db
-      .select({ id: chatMessages.conversationId, count: count() })
-      .from(chatMessages)
-      .where(inArray(chatMessages.conversationId, [...conversationIds]))
-      .groupBy(chatMessages.conversationId)
-      .all();
-    return new Map(rows.map((row) => [row.id, row.count]));
   }
 
   /**
@@ -755,26 +749,32 @@ export class ChatService implements ChatTurns {
     page: { before?: number; limit: number },
   ): MessagePage | null {
     const { before, limit } = page;
-    const conversation = this.db
-      .select()
-      .from(chatConversations)
-      .where(and(eq(chatConversations.id, conversationId), ownedBy(owner)))
-      .get();
-    if (!conversation || !this.intactConversation(conversation)) return null;
-    // One more than the page: the message before it, which its oldest is chained to.
-    const newest = this.db
-      .select()
-      .from(chatMessages)
-      .where(
-        and(
-          eq(chatMessages.conversationId, conversationId),
-          before === undefined ? undefined : lt(chatMessages.id, before),
-        ),
-      )
-      .orderBy(desc(chatMessages.id))
-      .limit(limit + 1)
-      .all();
-    const inOrder = newest.reverse();
+    // One snapshot: a conversation deleted or continued by another process between the reads
+    // would otherwise show its row with none of its messages, or a count of other messages.
+    const read = this.db.transaction((tx) => {
+      const conversation = tx
+        .select()
+        .from(chatConversations)
+        .where(and(eq(chatConversations.id, conversationId), ownedBy(owner)))
+        .get();
+      if (!conversation) return null;
+      // One more than the page: the message before it, which its oldest is chained to.
+      const newest = tx
+        .select()
+        .from(chatMessages)
+        .where(
+          and(
+            eq(chatMessages.conversationId, conversationId),
+            before === undefined ? undefined : lt(chatMessages.id, before),
+          ),
+        )
+        .orderBy(desc(chatMessages.id))
+        .limit(limit + 1)
+        .all();
+      return { conversation, inOrder: newest.reverse() };
+    });
+    if (!read || !this.intactConversation(read.conversation)) return null;
+    const { conversation, inOrder } = read;
     if (!this.check.chain(inOrder)) {
       this.options.reportTampered(conversationId);
       return null;
@@ -785,10 +785,9 @@ export class ChatService implements ChatTurns {
       id: conversation.id,
       createdAt: iso(conversation.createdAt),
       updatedAt: iso(conversation.updatedAt),
-      messageCount: this.messageCounts([conversation.id]).get(conversation.id) ?? 0,
+      messageCount: conversation.messageCount,
       messages: this.shownMessages(shown),
-      nextCursor:
-        inOrder.length > limit && oldest ? encodeCursor(oldest.createdAt, String(oldest.id)) : null,
+      nextCursor: inOrder.length > limit && oldest ? encodeMessageCursor(oldest.id) : null,
     };
   }
 
@@ -921,11 +920,28 @@ export class ChatService implements ChatTurns {
       .where(lt(chatMessages.createdAt, cutoff))
       .orderBy(asc(chatMessages.createdAt))
       .limit(batch);
-    const messages = this.db
-      .delete(chatMessages)
-      .where(inArray(chatMessages.id, oldMessages))
-      .returning({ id: chatMessages.id })
-      .all().length;
+    // The conversations' counts go down with their messages, in one transaction.
+    const messages = this.db.transaction(
+      (tx) => {
+        const deleted = tx
+          .delete(chatMessages)
+          .where(inArray(chatMessages.id, oldMessages))
+          .returning({ conversationId: chatMessages.conversationId })
+          .all();
+        const byConversation = new Map<string, number>();
+        for (const { conversationId } of deleted) {
+          byConversation.set(conversationId, (byConversation.get(conversationId) ?? 0) + 1);
+        }
+        for (const [conversationId, gone] of byConversation) {
+          tx.update(chatConversations)
+            .set({ messageCount: sql`max(0, ${chatConversations.messageCount} - ${gone})` })
+            .where(eq(chatConversations.id, conversationId))
+            .run();
+        }
+        return deleted.length;
+      },
+      { behavior: "immediate" },
+    );
     const emptyConversations = this.db
       .select({ id: chatConversations.id })
       .from(chatConversations)

@@ -5,11 +5,13 @@
  * own API key. Malformed ids are 404 too (one answer for every id that is not yours).
  */
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { applyMigrations } from "../../../src/db/migrate";
 import { chatConversations, chatMessages } from "../../../src/db/schema";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { createKey, type Session, signUp } from "../../support/auth";
 import { asKey, asUser, chat } from "../../support/chat";
 import { ManualClock } from "../../support/clock";
+import { putBackBefore } from "../../support/migrations";
 
 let target: TestApp;
 let clock: ManualClock;
@@ -207,6 +209,48 @@ describe("list, read, delete", () => {
       headers: asUser(bob),
     });
     expect(bobs.status).toBe(404);
+  });
+
+  test("message ids of 16 digits page like any other, and a cursor names only the id (a time changed in the file does not spoil it)", async () => {
+    // As far as a file's id sequence can go before a turn refuses to write (db/id-sequence).
+    target.db.$client.run(
+      "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('chat_messages', 9007199254740000)",
+    );
+    const id = await converse(asUser(alice), 3);
+    const first = await readPage(asUser(alice), id, "?limit=2");
+    target.db.$client.run("UPDATE chat_messages SET created_at = -1 WHERE conversation_id = ?", [
+      id,
+    ]);
+    const second = await readPage(asUser(alice), id, `?limit=2&cursor=${first.nextCursor}`);
+    const third = await readPage(asUser(alice), id, `?limit=2&cursor=${second.nextCursor}`);
+    expect([...third.messages, ...second.messages].map((m) => m.content.slice(0, 6))).toEqual([
+      "turn 0",
+      "I am P",
+      "turn 1",
+      "I am P",
+    ]);
+    expect(third.nextCursor).toBeNull();
+  });
+
+  test("migration 0025 counts the messages of conversations stored before it", async () => {
+    const long = await converse(asUser(alice), 3);
+    const short = await start(asUser(bob));
+    // As the release before it left the file: no count column.
+    putBackBefore(target.db.$client, 25);
+    applyMigrations(target.db);
+    const counts = target.db
+      .select({ id: chatConversations.id, messageCount: chatConversations.messageCount })
+      .from(chatConversations)
+      .all();
+    expect(new Map(counts.map((c) => [c.id, c.messageCount]))).toEqual(
+      new Map([
+        [long, 6],
+        [short, 2],
+      ]),
+    );
+    // And kept from then on.
+    await chat(target, asUser(bob), { message: "again", conversationId: short });
+    expect((await readPage(asUser(bob), short, "")).messageCount).toBe(4);
   });
 
   test("delete removes the conversation and its messages; a second delete is 404", async () => {

@@ -474,7 +474,7 @@ describe("genuine conversations", () => {
 });
 
 describe("showing conversations", () => {
-  test("GET of a tampered conversation is 404, the export leaves it out, the list (which shows no message) counts it; the genuine one is shown", async () => {
+  test("GET of a tampered conversation is 404, the export leaves it out, the list (which shows no message) shows it with the messages Palisade wrote; the genuine one is shown", async () => {
     const { target } = setup();
     const alice = await signUp(target);
     const genuine = await conversation(target, alice, "Where is the source?");
@@ -496,7 +496,7 @@ describe("showing conversations", () => {
     const list = await send(target, "/api/chat/conversations", { headers: asUser(alice) });
     const listed = (await list.json()) as { conversations: { id: string; messageCount: number }[] };
     expect(listed.conversations.map((c) => [c.id, c.messageCount])).toEqual([
-      [tampered, 5],
+      [tampered, 4],
       [genuine, 4],
     ]);
     const exported = await send(target, "/api/me/export", { headers: asUser(alice) });

@@ -275,6 +275,12 @@ describe("retention", () => {
       messages[1]!.content.slice(0, 6),
     ]);
     expect(messages.every((m) => m.conversationId === kept)).toBe(true);
+    // Its count went down with the messages retention took.
+    const later = await logIn(target, alice.email);
+    const list = await send(target, "/api/chat/conversations", { headers: asUser(later) });
+    expect(((await list.json()) as { conversations: unknown[] }).conversations).toEqual([
+      expect.objectContaining({ id: kept, messageCount: 2 }),
+    ]);
 
     // Nothing young is touched: another run deletes nothing.
     const before = target.db.select().from(chatMessages).all().length;
