@@ -94,6 +94,12 @@ export interface Core {
   flush(timeoutMs?: number): Promise<void>;
   /** The core's share of the background clean-up (limiter, audit retention, blocks). */
   maintenance(now: number): void;
+  /**
+   * Whether the maintenance found the schema changed and the service is stopping for it: no
+   * background task writes from then on (code that does not know the new schema would write what
+   * it does not know to keep: probe 28b F1).
+   */
+  readonly stoppingForSchema: boolean;
   close(): void;
 }
 
@@ -112,7 +118,8 @@ export interface CoreOptions {
   schemaGuard?: SchemaGuard;
   /**
    * Told when the maintenance finds the schema changed while running (after the error line and
-   * the audit event): the service stops (src/index.ts). Absent: only reported.
+   * the audit event): the service stops (src/index.ts), and the background tasks are not run again.
+   * Absent: only reported.
    */
   onSchemaChanged?: (differences: readonly string[]) => void;
 }
@@ -122,6 +129,7 @@ export function createCore(options: CoreOptions): Core {
   const clock = options.clock ?? systemClock;
   const sqlite = db.$client;
   const schemaGuard = options.schemaGuard ?? createSchemaGuard(sqlite);
+  let stoppingForSchema = false;
   const registry = createMetricsRegistry();
   registerQueryDurations(registry, sqlite);
   const auditKeys = new AuditKeys(config.audit.secretKey);
@@ -273,7 +281,11 @@ export function createCore(options: CoreOptions): Core {
         logger.warn({ timeoutMs }, "sentry: some error reports were not sent before shutdown");
       }
     },
+    get stoppingForSchema() {
+      return stoppingForSchema;
+    },
     maintenance(now) {
+      if (stoppingForSchema) return;
       // First: a trigger added to the file since the last tick stops being able to act. Too many
       // to drop on the event loop: stopped as for a changed schema; the next start drops them.
       const triggers = countTriggers(sqlite);
@@ -305,7 +317,11 @@ export function createCore(options: CoreOptions): Core {
           actor: "system",
           detail: { differences: changed.join("; "), newerMigrations },
         });
-        options.onSchemaChanged?.(changed);
+        if (options.onSchemaChanged) {
+          stoppingForSchema = true;
+          options.onSchemaChanged(changed);
+          return;
+        }
       }
       limiter.prune(now);
       audit.prune(now - config.auditRetentionDays * DAY_MS, now);

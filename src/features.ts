@@ -26,6 +26,8 @@ export interface FeatureOptions extends AuthFeatureOptions {
   extraFeatures?: readonly Feature[];
   /** The WhatsApp webhook's chat, Graph fetch and worker timings (tests pass their own). */
   whatsapp?: Partial<WhatsAppWebhookOptions>;
+  /** The migrations this start applied (`applyMigrations`'s `appliedNow`). */
+  migratedNow?: readonly string[];
 }
 
 export interface Features {
@@ -55,6 +57,7 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
       if (owner.kind === "key") return auth.apiKeys.isActive(owner.id);
       return true;
     },
+    migratedNow: options.migratedNow,
   });
   const features: Feature[] = [
     healthFeature(core),

@@ -140,6 +140,7 @@ try {
     logger,
     prepareLogin: false,
     schemaGuard,
+    migratedNow: migrations.appliedNow,
     // A schema changed while running stops the service, exit 2: the next start refuses the file.
     onSchemaChanged: () => {
       process.exitCode = 2;

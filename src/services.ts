@@ -61,6 +61,7 @@ export function createServices(options: ServiceOptions): Services {
     let deferred = 0;
     try {
       for (const task of [core.maintenance, ...features.list.map((f) => f.maintenance)]) {
+        if (core.stoppingForSchema) break;
         try {
           task?.(now);
         } catch (error) {

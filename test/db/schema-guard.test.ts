@@ -13,7 +13,8 @@ import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { createSchemaGuard } from "../../src/db/schema-guard";
 import { buildTestApp, servicesTold, type TestApp, tempDir } from "../support/app";
-import { createKey } from "../support/auth";
+import { createKey, signUp } from "../support/auth";
+import { asUser, chat } from "../support/chat";
 import { cleanupsAfterEach } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { runToExit, startService } from "../support/process";
@@ -285,6 +286,32 @@ describe("while the service runs", () => {
     expect(schemaChangedEvents(target.db.$client)).toEqual([
       { differences: "table users is not as its migrations made it", newerMigrations: 1 },
     ]);
+  });
+
+  test("a process stopping for a changed schema runs no background task after it, in that run or a later one: an aged message is left to the newer release", async () => {
+    const target = buildTestApp({ env: { CHAT_RETENTION_DAYS: "1" } });
+    cleanups.push(() => target.close());
+    const { services, stops } = servicesTold(target);
+    cleanups.push(() => services.close());
+    const alice = await signUp(target);
+    expect((await chat(target, asUser(alice), { message: "hello" })).status).toBe(200);
+    const messages = () =>
+      target.db.$client.query<{ n: number }, []>("SELECT count(*) AS n FROM chat_messages").get()!
+        .n;
+    target.db.$client.run("UPDATE chat_messages SET created_at = created_at - 2 * 86400000");
+    target.db.$client.run("ALTER TABLE chat_conversations ADD `folder` text");
+    services.runMaintenance();
+    expect(stops).toHaveLength(1);
+    expect(messages()).toBe(2);
+    services.runMaintenance();
+    expect(stops).toHaveLength(1);
+    expect(messages()).toBe(2);
+    // What retention does to them when nothing stops it.
+    target.db.$client.run("ALTER TABLE chat_conversations DROP COLUMN `folder`");
+    const unstopped = servicesTold(target).services;
+    cleanups.push(() => unstopped.close());
+    unstopped.runMaintenance();
+    expect(messages()).toBe(0);
   });
 
   test("the real service stops with exit 2 once its maintenance sees the change, and will not start again", async () => {

@@ -19,10 +19,10 @@ export const chatConversations = sqliteTable(
     createdAt: integer("created_at").notNull(),
     updatedAt: integer("updated_at").notNull(),
     /**
-     * How many messages it holds, kept by triggers on `chat_messages` (migration 0025), so a page
-     * or the list reads it instead of counting a long conversation's rows on every request; a
-     * process that does not know the column (a rolling upgrade) keeps it too. Not sealed: a shown
-     * figure, as the times are.
+     * How many messages it holds (migration 0025), so a page or the list reads it instead of
+     * counting a long conversation's rows on every request: a turn adds its two messages,
+     * retention takes off what it deletes (modules/chat/service.ts). Not sealed: a shown figure,
+     * as the times are; a value no count can be is counted instead.
      */
     messageCount: integer("message_count").notNull().default(0),
     /**

@@ -23,7 +23,19 @@ export interface ChatFeatureOptions {
   provider?: ChatProvider;
   /** Whether a conversation's owner is still there (not erased, not revoked): see ChatService. */
   ownerExists?: (owner: ChatOwner) => boolean;
+  /** The migrations this start applied (a recount follows the one that added the counts). */
+  migratedNow?: readonly string[];
 }
+
+/** The migration that added each conversation's message count. */
+export const MESSAGE_COUNTS_MIGRATION = "0025_chat_message_counts";
+/**
+ * How long after that migration its process counts every conversation's messages again: by then
+ * the processes of the older release have stopped (at their next maintenance tick, 10 s, then a
+ * drain of 10 s and the outbox's wait for a lock, 30 s at most), and the turns they stored and the
+ * messages their retention deleted in between, which they did not count, are counted.
+ */
+export const RECOUNT_AFTER_MIGRATION_MS = 2 * 60_000;
 
 export interface ChatFeature extends Feature {
   turns: ChatTurns;
@@ -55,6 +67,9 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     ownerExists: options.ownerExists,
   });
   const inFlight = createTurnsInFlight();
+  let recountAt = options.migratedNow?.includes(MESSAGE_COUNTS_MIGRATION)
+    ? clock.now() + RECOUNT_AFTER_MIGRATION_MS
+    : null;
   return {
     name: "chat",
     turns: service,
@@ -83,6 +98,16 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
       }
     },
     maintenance: (now) => {
+      if (recountAt !== null && now >= recountAt) {
+        const corrected = service.recountMessages();
+        recountAt = null;
+        if (corrected > 0) {
+          logger.warn(
+            { conversations: corrected },
+            "chat message counts corrected after the upgrade: turns stored or messages deleted by a process of the older release",
+          );
+        }
+      }
       const reclaimed = budget.reclaim(now);
       if (reclaimed.turns === 0) return;
       metrics.reclaimed(reclaimed.turns);

@@ -19,7 +19,8 @@ export function messageIdOfCursor(cursor: string | undefined): number | undefine
   if (cursor === undefined) return undefined;
   const match = /^m(\d{1,16})$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
   const id = match ? Number(match[1]) : Number.NaN;
-  if (!Number.isSafeInteger(id)) {
+  // Exactly as given: base64url decoding skips what it cannot read (padding, stray characters).
+  if (!Number.isSafeInteger(id) || encodeMessageCursor(id) !== cursor) {
     throw new AppError("VALIDATION_FAILED", "The cursor is not one this API gave.", [
       { field: "query/cursor", message: "Expected a nextCursor from a previous page" },
     ]);

@@ -254,6 +254,10 @@ export class ChatService implements ChatTurns {
           `SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chat_messages'), 0),
              coalesce((SELECT max(id) FROM chat_messages), 0)) AS last`,
         ),
+      countMessages: () =>
+        options.sqlite.prepare<{ count: number }, [string]>(
+          "SELECT count(*) AS count FROM chat_messages WHERE conversation_id = ?",
+        ),
       // The newest message's seal, which the turn's first message is chained to.
       lastSealOf: () =>
         options.sqlite.prepare<{ seal: string | null }, [string]>(
@@ -730,7 +734,7 @@ export class ChatService implements ChatTurns {
         id: row.id,
         createdAt: iso(row.createdAt),
         updatedAt: iso(row.updatedAt),
-        messageCount: row.messageCount,
+        messageCount: this.countOf(row),
       })),
       nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null,
     };
@@ -785,10 +789,34 @@ export class ChatService implements ChatTurns {
       id: conversation.id,
       createdAt: iso(conversation.createdAt),
       updatedAt: iso(conversation.updatedAt),
-      messageCount: conversation.messageCount,
+      messageCount: this.countOf(conversation),
       messages: this.shownMessages(shown),
       nextCursor: inOrder.length > limit && oldest ? encodeMessageCursor(oldest.id) : null,
     };
+  }
+
+  /**
+   * A conversation's message count as its row keeps it; counted when the row holds what no count
+   * can be (written into the file: the column is not sealed), so one such row does not fail the
+   * answer that shows it (probe 28b F2).
+   */
+  private countOf(row: { id: string; messageCount: unknown }): number {
+    const kept = row.messageCount;
+    if (typeof kept === "number" && Number.isSafeInteger(kept) && kept >= 0) return kept;
+    return this.statements.countMessages.get(row.id)?.count ?? 0;
+  }
+
+  /**
+   * Counts every conversation's messages again and corrects the rows whose count differs; how many
+   * it corrected. One statement: a pass over the messages' index, as migration 0025's.
+   */
+  recountMessages(): number {
+    return this.options.sqlite.run(
+      `UPDATE chat_conversations SET message_count = counted.n
+       FROM (SELECT c.id, (SELECT count(*) FROM chat_messages m WHERE m.conversation_id = c.id) AS n
+             FROM chat_conversations c) AS counted
+       WHERE chat_conversations.id = counted.id AND chat_conversations.message_count IS NOT counted.n`,
+    ).changes;
   }
 
   /** Deletes one of the owner's conversations (its messages go with it); false if none. */

@@ -7,7 +7,11 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { applyMigrations } from "../../../src/db/migrate";
 import { chatConversations, chatMessages } from "../../../src/db/schema";
-import { buildTestApp, send, type TestApp } from "../../support/app";
+import {
+  MESSAGE_COUNTS_MIGRATION,
+  RECOUNT_AFTER_MIGRATION_MS,
+} from "../../../src/modules/chat/feature";
+import { buildTestApp, send, servicesTold, type TestApp } from "../../support/app";
 import { createKey, type Session, signUp } from "../../support/auth";
 import { asKey, asUser, chat } from "../../support/chat";
 import { ManualClock } from "../../support/clock";
@@ -192,6 +196,11 @@ describe("list, read, delete", () => {
       ["?cursor=not-a-cursor", "query/cursor"],
       [`?cursor=${listCursor}`, "query/cursor"],
       [`?cursor=${Buffer.from("1.-1").toString("base64url")}`, "query/cursor"],
+      // Another spelling of an id, and one past what JavaScript reads exactly.
+      [`?cursor=${Buffer.from("m007").toString("base64url")}`, "query/cursor"],
+      [`?cursor=${Buffer.from("m7").toString("base64url")}==`, "query/cursor"],
+      [`?cursor=${Buffer.from("m7").toString("base64url")}.`, "query/cursor"],
+      [`?cursor=${Buffer.from("m9007199254740993").toString("base64url")}`, "query/cursor"],
       ["?limit=0", "query/limit"],
       ["?limit=101", "query/limit"],
       ["?limit=2&limit=3", "query/limit"],
@@ -251,6 +260,64 @@ describe("list, read, delete", () => {
     // And kept from then on.
     await chat(target, asUser(bob), { message: "again", conversationId: short });
     expect((await readPage(asUser(bob), short, "")).messageCount).toBe(4);
+  });
+
+  test("a count written into the file that no count can be (negative, fractional, text) is counted instead; the list and the page answer", async () => {
+    const id = await converse(asUser(alice), 2);
+    const other = await start(asUser(alice));
+    for (const written of [-5, 1.5, "abc", new Uint8Array([1])]) {
+      target.db.$client.run("UPDATE chat_conversations SET message_count = ? WHERE id = ?", [
+        written,
+        id,
+      ]);
+      const list = await send(target, "/api/chat/conversations", { headers: asUser(alice) });
+      expect([String(written), list.status]).toEqual([String(written), 200]);
+      const counts = ((await list.json()) as Page).conversations.map((c) => c.messageCount);
+      expect(counts).toEqual([2, 4]);
+      expect((await readPage(asUser(alice), id, "")).messageCount).toBe(4);
+    }
+    expect((await readPage(asUser(alice), other, "")).messageCount).toBe(2);
+  });
+
+  test("the start that applied migration 0025 counts every conversation again two minutes later, once: what a process of the older release stored or deleted meanwhile", async () => {
+    const id = await converse(asUser(alice), 2);
+    const other = await start(asUser(bob));
+    const { services, logs } = servicesTold(target, {
+      clock,
+      migratedNow: [MESSAGE_COUNTS_MIGRATION],
+    });
+    // An older process's turn (not counted) and its retention (nothing taken off).
+    const setCount = (conversation: string, count: number) =>
+      target.db.$client.run("UPDATE chat_conversations SET message_count = ? WHERE id = ?", [
+        count,
+        conversation,
+      ]);
+    setCount(id, 2);
+    setCount(other, 7);
+    services.runMaintenance();
+    expect((await readPage(asUser(alice), id, "")).messageCount).toBe(2);
+    clock.advance(RECOUNT_AFTER_MIGRATION_MS);
+    services.runMaintenance();
+    expect((await readPage(asUser(alice), id, "")).messageCount).toBe(4);
+    expect((await readPage(asUser(bob), other, "")).messageCount).toBe(2);
+    expect(logs.entries.filter((entry) => entry.level === "warn")).toEqual([
+      expect.objectContaining({
+        conversations: 2,
+        msg: "chat message counts corrected after the upgrade: turns stored or messages deleted by a process of the older release",
+      }),
+    ]);
+    // Once.
+    setCount(id, 9);
+    clock.advance(RECOUNT_AFTER_MIGRATION_MS);
+    services.runMaintenance();
+    expect((await readPage(asUser(alice), id, "")).messageCount).toBe(9);
+    // A start that applied nothing counts nothing again.
+    const later = servicesTold(target, { clock });
+    clock.advance(RECOUNT_AFTER_MIGRATION_MS);
+    later.services.runMaintenance();
+    expect((await readPage(asUser(alice), id, "")).messageCount).toBe(9);
+    later.services.close();
+    services.close();
   });
 
   test("delete removes the conversation and its messages; a second delete is 404", async () => {
