@@ -5,7 +5,7 @@ import { principalsNamed, withPrincipalsReplaced } from "../../../src/plugins/au
 import { verifyAuditChain } from "../../../src/plugins/audit/log";
 import { buildTestApp } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
-import { forgetMigrationsFrom } from "../../support/migrations";
+import { putBackBefore } from "../../support/migrations";
 
 test("the principals a detail names: principal values, bare ids in id fields, a users or api_keys row's id", () => {
   expect(
@@ -106,8 +106,7 @@ describe("migration 0024 on a log written before it", () => {
       "user:u-9",
     ]);
     // As the release before this migration left the file: the rows, no table of names.
-    sqlite.run("DROP TABLE audit_event_names");
-    forgetMigrationsFrom(sqlite, 24);
+    putBackBefore(sqlite, 24);
     applyMigrations(target.db);
     expect(named()).toEqual(written);
 
@@ -124,8 +123,7 @@ describe("migration 0024 on a log written before it", () => {
     const target = buildTestApp();
     cleanups.push(() => target.close());
     const sqlite = target.db.$client;
-    sqlite.run("DROP TABLE audit_event_names");
-    forgetMigrationsFrom(sqlite, 24);
+    putBackBefore(sqlite, 24);
     for (const [id, detail] of [
       [900, "not json"],
       [901, '["user:u-1"]'],
