@@ -24,6 +24,13 @@ afterEach(() => {
 
 const toOpenApiPath = (path: string) => path.replace(/:(\w+)\??/g, "{$1}");
 
+/** A response schema as the document gives it: JSON, without the defaults of enums and literals. */
+function asDocumented(schema: unknown): TSchema {
+  return JSON.parse(JSON.stringify(schema), function (this: Record<string, unknown>, key, value) {
+    return key === "default" && ("enum" in this || "const" in this) ? undefined : value;
+  });
+}
+
 /** The parts of an operation these tests read. */
 interface DocumentedOperation {
   responses: Record<string, { content?: Record<string, { schema: TSchema }> }>;
@@ -180,12 +187,13 @@ test("every operation documents its errors as problem+json, and what is sent mat
     }
   }
   // The documented schemas are errors.ts's, and what the server sends for them passes them.
-  const asJson = (schema: unknown) => JSON.parse(JSON.stringify(schema));
   const [schema401, schema422] = [problemResponses(401)[401], problemResponses(422)[422]];
   const me = document.paths["/api/auth/me"]!.get!.responses;
-  expect(me["401"]!.content!["application/problem+json"]!.schema).toEqual(asJson(schema401));
+  expect(me["401"]!.content!["application/problem+json"]!.schema).toEqual(asDocumented(schema401));
   const register = document.paths["/api/auth/register"]!.post!.responses;
-  expect(register["422"]!.content!["application/problem+json"]!.schema).toEqual(asJson(schema422));
+  expect(register["422"]!.content!["application/problem+json"]!.schema).toEqual(
+    asDocumented(schema422),
+  );
 
   const unauthenticated = await send(current, "/api/auth/me");
   expect(unauthenticated.status).toBe(401);
@@ -327,6 +335,26 @@ test("an integer query parameter is documented as the integer the route takes, w
   expect(limits["GET /api/payments"]).toEqual({ type: "integer", minimum: 1, maximum: 100 });
 });
 
+test("no answer's schema has a default: an enum's or a literal's first value is not what an answer holds unless said (probe 28a F6)", async () => {
+  current = buildTestApp();
+  const document = await documentOf(current);
+  const withDefault: string[] = [];
+  const walk = (node: unknown, at: string) => {
+    if (!node || typeof node !== "object") return;
+    if (!Array.isArray(node) && "default" in node) withDefault.push(at);
+    for (const [key, value] of Object.entries(node)) walk(value, `${at}/${key}`);
+  };
+  for (const [path, item] of Object.entries(document.paths)) {
+    for (const [method, operation] of Object.entries(item)) {
+      walk(operation.responses, `${method} ${path}`);
+    }
+  }
+  expect(withDefault).toEqual([]);
+  // The messages' role among them, which read "user unless said".
+  const page = document.paths["/api/chat/conversations/{id}"]!.get!.responses["200"]!;
+  expect(JSON.stringify(page)).toContain('"enum":["user","assistant"]');
+});
+
 test("the request guard's refusals are documented: 414 on every operation, 413 and 415 on every method whose body it reads (probes 27c F3, 27d F2)", async () => {
   current = buildTestApp();
   const document = await documentOf(current);
@@ -350,7 +378,7 @@ test("the request guard's refusals are documented: 414 on every operation, 413 a
       "application/problem+json"
     ]!.schema;
   const schema415 = problemResponses(415)[415];
-  expect(documented).toEqual(JSON.parse(JSON.stringify(schema415)));
+  expect(documented).toEqual(asDocumented(schema415));
   const refused = await send(current, "/api/auth/register", {
     body: "email=a",
     headers: { "content-type": "application/x-www-form-urlencoded" },

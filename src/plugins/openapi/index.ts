@@ -102,6 +102,9 @@ function openObjects(schema: unknown): void {
   if (node.type === "object" && node.additionalProperties === false) {
     delete node.additionalProperties;
   }
+  // A response has no defaults: Elysia's `t.UnionEnum` and `t.Literal` carry their first value as
+  // one (for its own error messages), which read as "`role` is `user` unless said" (probe 28a F6).
+  if ("default" in node && ("enum" in node || "const" in node)) delete node.default;
   for (const value of Object.values(node)) openObjects(value);
 }
 
