@@ -53,6 +53,22 @@ export function createServices(options: ServiceOptions): Services {
   for (const feature of features.list) Object.assign(readiness, feature.readiness);
 
   const sqlite = options.db.$client;
+  let backgroundStopped = false;
+  /**
+   * The features' own background work (the WhatsApp outbox's worker) stops claiming as the
+   * maintenance does once the schema changed under the process, not only when the shutdown's drain
+   * is over: a newer release's rows are not worked on by code that does not know them (probe 28c
+   * F1). Work in flight finishes as at shutdown.
+   */
+  const stopBackgroundForSchema = () => {
+    if (backgroundStopped || !core.stoppingForSchema) return;
+    backgroundStopped = true;
+    for (const feature of features.list) {
+      feature
+        .stop?.()
+        .catch((error) => logger.error({ err: error }, "stopping background work failed"));
+    }
+  };
   const runMaintenance = () => {
     const now = clock.now();
     // Once one task has waited out the busy timeout, the lock is known to be held: the rest of the
@@ -80,6 +96,7 @@ export function createServices(options: ServiceOptions): Services {
     } finally {
       if (waitedMs !== null) setBusyTimeout(sqlite, waitedMs);
     }
+    stopBackgroundForSchema();
     if (deferred > 0)
       logger.warn({ tasks: deferred }, "maintenance deferred: the database is locked");
     // The anchor that lets audit:verify notice deleted newest rows; logged when the head moved.

@@ -103,6 +103,11 @@ export class ScriptedChat implements ChatTurns {
   readonly script: (ChatTurnOutcome | Error)[] = [];
   /** Each turn waits this long (aborted by the input's signal). */
   delayMs = 0;
+  /**
+   * The wait ignores the signal: a turn the abort came too late for (the real service, once the
+   * upstream has answered, stores the turn whatever the signal says).
+   */
+  completesDespiteAbort = false;
   private conversations = 0;
 
   async converse(input: ChatTurnInput): Promise<ChatTurnOutcome> {
@@ -111,6 +116,7 @@ export class ScriptedChat implements ChatTurns {
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(resolve, this.delayMs);
         input.signal?.addEventListener("abort", () => {
+          if (this.completesDespiteAbort) return;
           clearTimeout(timer);
           reject(new UpstreamFailure("unavailable", "aborted"));
         });

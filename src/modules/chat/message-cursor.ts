@@ -11,8 +11,9 @@ export function encodeMessageCursor(messageId: number): string {
 }
 
 /**
- * The message id a query's `cursor` names, undefined when it has none; a string this API never
- * gave is 422 naming `query/cursor`. Any id SQLite can hand out and JavaScript reads exactly is
+ * The message id a query's `cursor` names, undefined when it has none; any string but a cursor
+ * as this API spells it is 422 naming `query/cursor` (one naming an id the conversation does not
+ * hold only sets where the page starts). Any id SQLite can hand out and JavaScript reads exactly is
  * accepted (the turn refuses to write past that: db/id-sequence).
  */
 export function messageIdOfCursor(cursor: string | undefined): number | undefined {

@@ -151,6 +151,21 @@ function isAbort(error: unknown, signal: AbortSignal | undefined): boolean {
   );
 }
 
+/**
+ * A conversation's message count as a write moves it on: from the row's own when it holds a
+ * count, else from its messages counted (a cell written into the file that no count can be —
+ * NULL, text, negative, fractional — would fail the turn's or retention's write, or become a
+ * wrong count after one; probe 28c F2, F3). Qualified: the count is read inside a subquery on
+ * `chat_messages`, whose own `id` an unqualified name would be.
+ */
+const KEPT_COUNT = sql.raw(`"chat_conversations"."message_count"`);
+const HOLDS_A_COUNT = sql.raw(
+  `(typeof("chat_conversations"."message_count") = 'integer' AND "chat_conversations"."message_count" >= 0)`,
+);
+const COUNTED = sql.raw(
+  `(SELECT count(*) FROM "chat_messages" WHERE "chat_messages"."conversation_id" = "chat_conversations"."id")`,
+);
+
 /** A message of the context window as read (raw: see `recentMessages`). */
 interface WindowRow {
   id: number;
@@ -238,7 +253,7 @@ export class ChatService implements ChatTurns {
           .update(chatConversations)
           .set({
             updatedAt: sql`${sql.placeholder("now")}`,
-            messageCount: sql`${chatConversations.messageCount} + 2`,
+            messageCount: sql`CASE WHEN ${HOLDS_A_COUNT} THEN ${KEPT_COUNT} + 2 ELSE ${COUNTED} + 2 END`,
           })
           .where(eq(chatConversations.id, sql.placeholder("id")))
           .returning({ id: chatConversations.id })
@@ -962,7 +977,9 @@ export class ChatService implements ChatTurns {
         }
         for (const [conversationId, gone] of byConversation) {
           tx.update(chatConversations)
-            .set({ messageCount: sql`max(0, ${chatConversations.messageCount} - ${gone})` })
+            .set({
+              messageCount: sql`CASE WHEN ${HOLDS_A_COUNT} THEN max(0, ${KEPT_COUNT} - ${gone}) ELSE ${COUNTED} END`,
+            })
             .where(eq(chatConversations.id, conversationId))
             .run();
         }

@@ -304,8 +304,11 @@ export class OutboxWorker {
       let reply = row.reply;
       if (reply === null) {
         const produced = await this.produceReply(row);
-        if (this.stopping) return this.release(row);
-        if (produced.kind === "transient") return this.failTransient(row, produced.reason);
+        if (produced.kind === "transient") {
+          return this.stopping ? this.release(row) : this.failTransient(row, produced.reason);
+        }
+        // Kept even when stopping: the turn ran (stored and charged), and the next process sends
+        // this reply rather than run the turn again (probe 28c F1: two turns, charged twice).
         // A lock here would run the turn again at the next claim (probe 27h F3): waited out too.
         const stored = await this.outlastLock(
           () => this.storeReply(row, produced.reply, produced.conversationId),

@@ -5,6 +5,7 @@
  * own API key. Malformed ids are 404 too (one answer for every id that is not yours).
  */
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { eq } from "drizzle-orm";
 import { applyMigrations } from "../../../src/db/migrate";
 import { chatConversations, chatMessages } from "../../../src/db/schema";
 import {
@@ -282,6 +283,24 @@ describe("list, read, delete", () => {
       expect((await readPage(asUser(alice), id, "")).messageCount).toBe(4);
     }
     expect((await readPage(asUser(alice), other, "")).messageCount).toBe(2);
+    // A turn moves the count on from the messages counted, not from what the cell held (text plus
+    // two is two), and fails on none of them (NULL plus two is NULL, which the column refuses:
+    // the same branch as text, which a typed test can write).
+    for (const written of ["abc", -5, 1.5]) {
+      target.db.$client.run("UPDATE chat_conversations SET message_count = ? WHERE id = ?", [
+        written,
+        id,
+      ]);
+      const before = (await readPage(asUser(alice), id, "?limit=1")).messageCount;
+      const turn = await chat(target, asUser(alice), { message: "more", conversationId: id });
+      expect([written, turn.status]).toEqual([written, 200]);
+      const stored = target.db
+        .select({ messageCount: chatConversations.messageCount })
+        .from(chatConversations)
+        .where(eq(chatConversations.id, id))
+        .get();
+      expect(stored).toEqual({ messageCount: before + 2 });
+    }
   });
 
   test("the start that applied migration 0025 counts every conversation again two minutes later, once: what a process of the older release stored or deleted meanwhile", async () => {

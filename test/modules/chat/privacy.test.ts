@@ -265,6 +265,10 @@ describe("retention", () => {
     await chat(target, asUser(session), { message: "recent", conversationId: kept });
 
     clock.advance(11 * DAY_MS);
+    // A count written into the file that no count can be: retention counts instead of failing.
+    target.db.$client.run("UPDATE chat_conversations SET message_count = 'abc' WHERE id = ?", [
+      kept,
+    ]);
     target.services.runMaintenance();
     const conversations = target.db.select().from(chatConversations).all();
     expect(conversations.map((c) => c.id)).toEqual([kept]);

@@ -11,7 +11,7 @@ import {
   OVER_BUDGET_REPLY,
   REFUSED_TEXT_REPLY,
 } from "../../../src/modules/webhooks/outbox";
-import { buildTestApp, send, type TestApp } from "../../support/app";
+import { buildTestApp, send, servicesTold, type TestApp } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { startGraphServer } from "../../support/graph-server";
 import { anotherInstance } from "../../support/instance";
@@ -464,6 +464,54 @@ describe("running with the app", () => {
     expect(chat.turns).toHaveLength(1);
     expect(graph.sent).toHaveLength(1);
     expect(rows(target)[0]).toMatchObject({ state: "sent" });
+  });
+
+  test("a turn that finishes as the worker stops keeps its reply: the next process sends it without a second turn (probe 28c F1)", async () => {
+    const { target, graph, chat, worker } = setup();
+    await deliver(target, notification({ messages: [{ id: "wamid.T1", from: "16505551234" }] }));
+    chat.delayMs = 300;
+    chat.completesDespiteAbort = true;
+    const running = worker.drain();
+    await Bun.sleep(100);
+    await worker.stop();
+    await running;
+    expect(chat.turns).toHaveLength(1);
+    expect(graph.sent).toHaveLength(0);
+    expect(rows(target)[0]).toMatchObject({
+      state: "pending",
+      reply: "reply to: hello",
+      lease_owner: null,
+    });
+    const nextChat = new ScriptedChat();
+    const next = anotherInstance(target, {
+      env: whatsappEnv(graph),
+      whatsapp: { chat: nextChat },
+    });
+    cleanups.push(() => next.close());
+    await whatsappOf(next.services).worker.drain();
+    expect(nextChat.turns).toHaveLength(0);
+    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: hello"]);
+    expect(rows(target)[0]).toMatchObject({ state: "sent" });
+  });
+
+  test("the worker stops claiming once the maintenance finds the schema changed, not only after the drain (probe 28c F1)", async () => {
+    const { target, graph, chat } = setup({}, { pollIntervalMs: 60_000 });
+    const { services } = servicesTold(target, {
+      whatsapp: { chat, outbox: { pollIntervalMs: 60_000 } },
+    });
+    cleanups.push(() => services.close());
+    await services.start();
+    const worker = whatsappOf(services).worker;
+    expect(worker.started).toBe(true);
+    target.db.$client.run("ALTER TABLE whatsapp_outbox ADD `note` text");
+    services.runMaintenance();
+    expect(worker.started).toBe(false);
+    // A message accepted during the drain waits for the next process.
+    await deliver(target, notification({ messages: [{ id: "wamid.U1", from: "16505551234" }] }));
+    worker.kick();
+    await Bun.sleep(50);
+    expect(chat.turns).toHaveLength(0);
+    expect(graph.sent).toHaveLength(0);
   });
 
   test("stop() lets a send in flight finish and be marked sent", async () => {
