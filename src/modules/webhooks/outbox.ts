@@ -80,6 +80,11 @@ export interface OutboxSettings {
   retryMaxMs: number;
   /** A reply still failing this long after its message arrived is given up. */
   giveUpAfterMs: number;
+  /**
+   * How long a stop lets chat turns in flight finish before aborting them: within the 60 s that
+   * compose.yaml gives a stop, after the 10 s drain, with the 30 s a store may wait out a lock.
+   */
+  stopTurnGraceMs: number;
 }
 
 export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
@@ -91,6 +96,7 @@ export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
   retryBaseMs: 1000,
   retryMaxMs: 60_000,
   giveUpAfterMs: 15 * 60_000,
+  stopTurnGraceMs: 15_000,
 };
 
 const SEND_LEASE_MARGIN_MS = 5000;
@@ -140,6 +146,8 @@ export class OutboxWorker {
   /** Whether runs are meeting another connection's write lock (said once until one gets through). */
   private lockedOut = false;
   private stopping = false;
+  /** The rows being processed, by batch (however the drain was started): what a stop waits for. */
+  private readonly batches = new Set<Promise<unknown>>();
   private readonly abort = new AbortController();
 
   constructor(options: OutboxWorkerOptions) {
@@ -210,21 +218,38 @@ export class OutboxWorker {
       this.refuseForgedBlockers(now);
       const rows = this.claim(now);
       if (rows.length === 0) return total;
-      await Promise.all(rows.map((row) => this.process(row)));
+      const batch = Promise.all(rows.map((row) => this.process(row)));
+      this.batches.add(batch);
+      try {
+        await batch;
+      } finally {
+        this.batches.delete(batch);
+      }
       total += rows.length;
     }
   }
 
   /**
-   * Stops claiming, aborts chat turns in flight and waits for sends in flight to be marked. Called
-   * at shutdown, before the database closes.
+   * Stops claiming, lets chat turns in flight finish for up to `STOP_TURN_GRACE_MS` (an aborted
+   * one was charged and ran again at the next claim: probe 28d F1), then aborts those left and
+   * waits for sends in flight to be marked. Called at shutdown, before the database closes, and
+   * when the schema changed under the process.
    */
   async stop(): Promise<void> {
     this.stopping = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    const inFlight = () => Promise.all([this.running, ...this.batches]);
+    let graceOver: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      inFlight(),
+      new Promise<void>((resolve) => {
+        graceOver = setTimeout(resolve, this.settings.stopTurnGraceMs);
+      }),
+    ]);
+    clearTimeout(graceOver);
     this.abort.abort();
-    await this.running;
+    await inFlight();
   }
 
   /** Stops the timer at once (close without waiting). */
@@ -301,6 +326,17 @@ export class OutboxWorker {
         return this.refuseTampered(row, { whoseLease: "mine" });
       }
       this.verified.add(row);
+      // Past its give-up time before anything was tried, or with a reply kept at a stop: given
+      // up, not answered late (a turn run then is charged, and Graph refuses a free reply past 24
+      // hours anyway; probe 28d F3).
+      if (clock.now() - row.receivedAt >= this.settings.giveUpAfterMs) {
+        return this.failPermanent(
+          row,
+          row.attempts > 0
+            ? `gave up after ${row.attempts} attempts: ${row.lastError ?? "no reason kept"}`
+            : "not answered within the give-up time of its arrival",
+        );
+      }
       let reply = row.reply;
       if (reply === null) {
         const produced = await this.produceReply(row);

@@ -204,6 +204,20 @@ describe("sending replies", () => {
     expect(rows(target)[0]).toMatchObject({ state: "pending", attempts: 2 });
   });
 
+  test("a message not answered within the give-up time of its arrival is given up: no late turn, no late reply (probe 28d F3)", async () => {
+    const { target, graph, chat, clock, worker } = setup();
+    await deliver(target, notification({ messages: [{ id: "wamid.L1", from: "16505551234" }] }));
+    // No worker ran for a day (the service was down after accepting it).
+    clock.advance(24 * 60 * 60_000);
+    await worker.drain();
+    expect(chat.turns).toHaveLength(0);
+    expect(graph.received).toHaveLength(0);
+    expect(rows(target)[0]).toMatchObject({ state: "failed", recipient: null, body: null });
+    expect(audited(target, "whatsapp.reply_failed")[0].reason).toBe(
+      "not answered within the give-up time of its arrival",
+    );
+  });
+
   test("a non-text message gets the polite fixed reply without a chat turn", async () => {
     const { target, graph, chat, worker } = setup();
     await deliver(
@@ -466,8 +480,29 @@ describe("running with the app", () => {
     expect(rows(target)[0]).toMatchObject({ state: "sent" });
   });
 
-  test("a turn that finishes as the worker stops keeps its reply: the next process sends it without a second turn (probe 28c F1)", async () => {
+  test("a stop lets a turn in flight finish (an aborted one was charged and run again): its reply is kept and the next process sends it without a second turn (probe 28d F1)", async () => {
     const { target, graph, chat, worker } = setup();
+    await deliver(target, notification({ messages: [{ id: "wamid.T0", from: "16505551234" }] }));
+    // The scripted chat gives up at an abort, as the real one does while its upstream answers.
+    chat.delayMs = 300;
+    const running = worker.drain();
+    await Bun.sleep(100);
+    await worker.stop();
+    await running;
+    expect(chat.turns).toHaveLength(1);
+    expect(graph.sent).toHaveLength(0);
+    expect(rows(target)[0]).toMatchObject({ state: "pending", reply: "reply to: hello" });
+    const nextChat = new ScriptedChat();
+    const next = anotherInstance(target, { env: whatsappEnv(graph), whatsapp: { chat: nextChat } });
+    cleanups.push(() => next.close());
+    await whatsappOf(next.services).worker.drain();
+    expect(nextChat.turns).toHaveLength(0);
+    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: hello"]);
+  });
+
+  test("a turn that finishes as the worker stops keeps its reply: the next process sends it without a second turn (probe 28c F1)", async () => {
+    // Past the stop's grace: the abort comes, and this turn (its upstream had answered) ends anyway.
+    const { target, graph, chat, worker } = setup({}, { stopTurnGraceMs: 50 });
     await deliver(target, notification({ messages: [{ id: "wamid.T1", from: "16505551234" }] }));
     chat.delayMs = 300;
     chat.completesDespiteAbort = true;
