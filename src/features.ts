@@ -28,6 +28,8 @@ export interface FeatureOptions extends AuthFeatureOptions {
   whatsapp?: Partial<WhatsAppWebhookOptions>;
   /** The migrations this start applied (`applyMigrations`'s `appliedNow`). */
   migratedNow?: readonly string[];
+  /** How long storing a chat turn waits out another connection's lock (tests of one that stays). */
+  chatStoreLockWaitMs?: number;
 }
 
 export interface Features {
@@ -58,6 +60,7 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
       return true;
     },
     migratedNow: options.migratedNow,
+    storeLockWaitMs: options.chatStoreLockWaitMs,
   });
   const features: Feature[] = [
     healthFeature(core),

@@ -84,6 +84,8 @@ export interface TestAppOptions {
   whatsapp?: FeatureOptions["whatsapp"];
   /** The chat provider (configuration picks one when absent: offline without OPENAI_API_KEY). */
   chatProvider?: ChatProvider;
+  /** How long storing a chat turn waits out a lock (a test of a lock that stays passes 0). */
+  chatStoreLockWaitMs?: number;
   /** Batch access lines as the service does; off by default, so each line is there at once. */
   accessLogBuffered?: boolean;
   /**
@@ -150,6 +152,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     extraFeatures: options.extraFeatures,
     whatsapp: options.whatsapp,
     chatProvider: options.chatProvider,
+    chatStoreLockWaitMs: options.chatStoreLockWaitMs,
     prepareLogin: options.prepareLogin,
     loadPasswordStrength: options.loadPasswordStrength,
     freeDiskBytes: options.freeDiskBytes,

@@ -25,6 +25,8 @@ export interface ChatFeatureOptions {
   ownerExists?: (owner: ChatOwner) => boolean;
   /** The migrations this start applied (a recount follows the one that added the counts). */
   migratedNow?: readonly string[];
+  /** How long storing a turn waits out another connection's lock (tests of a lock that stays). */
+  storeLockWaitMs?: number;
 }
 
 /** The migration that added each conversation's message count. */
@@ -65,6 +67,7 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     seal: createChatSeal(config.audit.secretKey),
     reportTampered: conversationTamperReporter({ logger, audit }),
     ownerExists: options.ownerExists,
+    storeLockWaitMs: options.storeLockWaitMs,
   });
   const inFlight = createTurnsInFlight();
   let recountAt = options.migratedNow?.includes(MESSAGE_COUNTS_MIGRATION)

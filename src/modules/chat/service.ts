@@ -135,7 +135,18 @@ export interface ChatServiceOptions {
    * revoked); asked inside the storing transaction. Absent: every owner is.
    */
   ownerExists?: (owner: ChatOwner) => boolean;
+  /** How long storing a turn waits out another connection's write lock; STORE_LOCK_WAIT_MS. */
+  storeLockWaitMs?: number;
 }
+
+/**
+ * How long storing a turn waits out another connection's write lock (the connection itself waits
+ * 50 ms while serving, db/busy): by then the upstream has answered and billed the turn, and
+ * giving up made it an error the client retried, or a WhatsApp message whose turn ran again at
+ * the next claim, uncharged (probe 28d F2). Within the shutdown's 10 s drain.
+ */
+export const STORE_LOCK_WAIT_MS = 10_000;
+const STORE_LOCK_RETRY_MS = 50;
 
 /** 128 random bits, base64url (22 characters). */
 export function newConversationId(): string {
@@ -587,6 +598,23 @@ export class ChatService implements ChatTurns {
   }
 
   /**
+   * Runs `write` in the next group's transaction, again (every STORE_LOCK_RETRY_MS) while another
+   * connection's write lock refuses the group, for up to the store's wait. A refused group kept
+   * nothing, so running it again writes each row once.
+   */
+  private async outlastLock(write: () => void): Promise<void> {
+    const until = performance.now() + (this.options.storeLockWaitMs ?? STORE_LOCK_WAIT_MS);
+    for (;;) {
+      try {
+        return await this.writes.run(write);
+      } catch (error) {
+        if (!isDatabaseBusy(error) || performance.now() >= until) throw error;
+        await Bun.sleep(STORE_LOCK_RETRY_MS);
+      }
+    }
+  }
+
+  /**
    * The user's message and the reply, the conversation's time and the usage: one transaction, or
    * one savepoint of the transaction the turns ending in the same event-loop turn share
    * (db/grouped-writes). Settles once they are committed.
@@ -598,7 +626,7 @@ export class ChatService implements ChatTurns {
       this.statements;
     const charge = usage.promptTokens + usage.completionTokens;
     try {
-      await this.writes.run(() => {
+      await this.outlastLock(() => {
         // Erased (or its key revoked) while the turn ran: the erasure came first and found
         // nothing of this turn to delete, so nothing of it is kept, in a new conversation or an
         // old one; the usage counts.

@@ -230,6 +230,8 @@ test("turns a lock fails together try for it together, and their reservations co
   target = buildTestApp({
     chatProvider: provider,
     env: { ...RAISED, CHAT_DAILY_TOKEN_BUDGET: "1000000" },
+    // A lock that stays past the turn: nothing to wait out.
+    chatStoreLockWaitMs: 0,
   });
   const app = target;
   const alice = await signUp(app);
@@ -267,9 +269,37 @@ test("turns a lock fails together try for it together, and their reservations co
   expect(app.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
 });
 
+test("a turn whose storing meets another connection's lock waits it out: answered 200 and stored once, the upstream asked once (probe 28d F2)", async () => {
+  for (const accept of [{}, SSE]) {
+    const provider = gatedProvider();
+    const app = buildTestApp({ chatProvider: provider, env: RAISED });
+    try {
+      const alice = await signUp(app);
+      const turn = chat(app, asUser(alice), { message: "How do I sign up?" }, accept);
+      // Reserved, and the upstream asked: the lock comes between its answer and the storing.
+      await waitFor(() => provider.waiting() === 1);
+      const release = holdWriteLock(app);
+      provider.open();
+      // Longer than the connection's own 50 ms wait, well within the store's.
+      await Bun.sleep(400);
+      release();
+      const response = await turn;
+      expect(response.status).toBe(200);
+      expect(await response.text()).not.toContain("SERVICE_UNAVAILABLE");
+      expect(provider.waiting()).toBe(1);
+      expect(app.db.select().from(chatMessages).all()).toHaveLength(2);
+      expect(
+        app.logs.entries.filter((line) => String(line.msg).startsWith("chat turn not stored")),
+      ).toEqual([]);
+    } finally {
+      app.close();
+    }
+  }
+});
+
 test("a streamed turn whose storing meets a lock ends with the 503 a whole answer gets, and says it was not stored", async () => {
   const provider = gatedProvider();
-  target = buildTestApp({ chatProvider: provider, env: RAISED });
+  target = buildTestApp({ chatProvider: provider, env: RAISED, chatStoreLockWaitMs: 0 });
   const app = target;
   const alice = await signUp(app);
   const streamed = chat(app, asUser(alice), { message: "How do I sign up?" }, SSE);
