@@ -81,8 +81,9 @@ export interface OutboxSettings {
   /** A reply still failing this long after its message arrived is given up. */
   giveUpAfterMs: number;
   /**
-   * How long a stop lets chat turns in flight finish before aborting them: within the 60 s that
-   * compose.yaml gives a stop, after the 10 s drain, with the 30 s a store may wait out a lock.
+   * How long a stop lets chat turns in flight finish before aborting them: within the 75 s that
+   * compose.yaml gives a stop, with the 10 s drain, a turn's store waiting out a lock (10 s) and a
+   * reply's mark waiting out one (30 s).
    */
   stopTurnGraceMs: number;
 }
@@ -334,7 +335,9 @@ export class OutboxWorker {
           row,
           row.attempts > 0
             ? `gave up after ${row.attempts} attempts: ${row.lastError ?? "no reason kept"}`
-            : "not answered within the give-up time of its arrival",
+            : row.reply !== null
+              ? "its reply, kept at a stop, was not sent within the give-up time of its arrival"
+              : "not answered within the give-up time of its arrival",
         );
       }
       let reply = row.reply;
