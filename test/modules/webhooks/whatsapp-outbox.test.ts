@@ -481,7 +481,7 @@ describe("running with the app", () => {
   });
 
   test("a stop lets a turn in flight finish (an aborted one was charged and run again): its reply is kept and the next process sends it without a second turn (probe 28d F1)", async () => {
-    const { target, graph, chat, worker } = setup();
+    const { target, graph, chat, clock, worker } = setup();
     await deliver(target, notification({ messages: [{ id: "wamid.T0", from: "16505551234" }] }));
     // The scripted chat gives up at an abort, as the real one does while its upstream answers.
     chat.delayMs = 300;
@@ -493,7 +493,12 @@ describe("running with the app", () => {
     expect(graph.sent).toHaveLength(0);
     expect(rows(target)[0]).toMatchObject({ state: "pending", reply: "reply to: hello" });
     const nextChat = new ScriptedChat();
-    const next = anotherInstance(target, { env: whatsappEnv(graph), whatsapp: { chat: nextChat } });
+    // On the same clock: the row's times are the test clock's, a second ahead of the wall's at most.
+    const next = anotherInstance(target, {
+      clock,
+      env: whatsappEnv(graph),
+      whatsapp: { chat: nextChat },
+    });
     cleanups.push(() => next.close());
     await whatsappOf(next.services).worker.drain();
     expect(nextChat.turns).toHaveLength(0);
@@ -502,7 +507,7 @@ describe("running with the app", () => {
 
   test("a turn that finishes as the worker stops keeps its reply: the next process sends it without a second turn (probe 28c F1)", async () => {
     // Past the stop's grace: the abort comes, and this turn (its upstream had answered) ends anyway.
-    const { target, graph, chat, worker } = setup({}, { stopTurnGraceMs: 50 });
+    const { target, graph, chat, clock, worker } = setup({}, { stopTurnGraceMs: 50 });
     await deliver(target, notification({ messages: [{ id: "wamid.T1", from: "16505551234" }] }));
     chat.delayMs = 300;
     chat.completesDespiteAbort = true;
@@ -519,6 +524,7 @@ describe("running with the app", () => {
     });
     const nextChat = new ScriptedChat();
     const next = anotherInstance(target, {
+      clock,
       env: whatsappEnv(graph),
       whatsapp: { chat: nextChat },
     });
