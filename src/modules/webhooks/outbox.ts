@@ -36,7 +36,11 @@
  * - a send that timed out after Graph accepted it: retried like any timeout.
  * - (for chat) a crash between the chat turn returning and its reply being stored runs the turn
  *   again on the next claim; the sender still gets one reply.
- * A graceful shutdown (`stop()`) lets sends in flight finish and be marked, and aborts chat turns.
+ * - (for chat) a turn still running `stopTurnGraceMs` after a stop began is aborted and runs
+ *   again on the next claim.
+ * A graceful shutdown (`stop()`) lets chat turns in flight finish for a while (a finished turn's
+ * reply is kept on the row for the next process), then aborts the rest, and lets sends in flight
+ * finish and be marked.
  */
 import { randomUUID } from "node:crypto";
 import { and, asc, eq, gt, gte, inArray, isNotNull, isNull, lt, lte, or, sql } from "drizzle-orm";
