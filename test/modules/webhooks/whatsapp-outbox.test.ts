@@ -15,7 +15,7 @@ import { buildTestApp, send, servicesTold, type TestApp } from "../../support/ap
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { startGraphServer } from "../../support/graph-server";
 import { anotherInstance } from "../../support/instance";
-import { outboxSetup, whatsappOf } from "../../support/outbox";
+import { type OutboxSetup, outboxSetup, whatsappOf } from "../../support/outbox";
 import {
   auditedEvents,
   deliver,
@@ -48,6 +48,34 @@ const rows = (target: TestApp) =>
   target.db.$client.query<Row, []>("SELECT * FROM whatsapp_outbox ORDER BY id").all();
 
 const audited = auditedEvents;
+
+/** Stops the worker 100 ms into a drain whose chat turn is still running. */
+async function stopDuringTurn(worker: OutboxSetup["worker"]): Promise<void> {
+  const running = worker.drain();
+  await Bun.sleep(100);
+  await worker.stop();
+  await running;
+}
+
+/** Another process on the file sends the reply kept on the row, with no chat turn of its own. */
+async function expectNextProcessSendsKeptReply({
+  target,
+  graph,
+  clock,
+}: Pick<OutboxSetup, "target" | "graph" | "clock">): Promise<void> {
+  const nextChat = new ScriptedChat();
+  // On the same clock: the row's times are the test clock's, a second ahead of the wall's at most.
+  const next = anotherInstance(target, {
+    clock,
+    env: whatsappEnv(graph),
+    whatsapp: { chat: nextChat },
+  });
+  cleanups.push(() => next.close());
+  await whatsappOf(next.services).worker.drain();
+  expect(nextChat.turns).toHaveLength(0);
+  expect(graph.sent.map((m) => m.body)).toEqual(["reply to: hello"]);
+  expect(rows(target)[0]).toMatchObject({ state: "sent" });
+}
 
 describe("sending replies", () => {
   test("a text gets one chat turn and one Graph message; the row is marked sent and the number cleared", async () => {
@@ -485,24 +513,11 @@ describe("running with the app", () => {
     await deliver(target, notification({ messages: [{ id: "wamid.T0", from: "16505551234" }] }));
     // The scripted chat gives up at an abort, as the real one does while its upstream answers.
     chat.delayMs = 300;
-    const running = worker.drain();
-    await Bun.sleep(100);
-    await worker.stop();
-    await running;
+    await stopDuringTurn(worker);
     expect(chat.turns).toHaveLength(1);
     expect(graph.sent).toHaveLength(0);
     expect(rows(target)[0]).toMatchObject({ state: "pending", reply: "reply to: hello" });
-    const nextChat = new ScriptedChat();
-    // On the same clock: the row's times are the test clock's, a second ahead of the wall's at most.
-    const next = anotherInstance(target, {
-      clock,
-      env: whatsappEnv(graph),
-      whatsapp: { chat: nextChat },
-    });
-    cleanups.push(() => next.close());
-    await whatsappOf(next.services).worker.drain();
-    expect(nextChat.turns).toHaveLength(0);
-    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: hello"]);
+    await expectNextProcessSendsKeptReply({ target, graph, clock });
   });
 
   test("a turn that finishes as the worker stops keeps its reply: the next process sends it without a second turn (probe 28c F1)", async () => {
@@ -511,10 +526,7 @@ describe("running with the app", () => {
     await deliver(target, notification({ messages: [{ id: "wamid.T1", from: "16505551234" }] }));
     chat.delayMs = 300;
     chat.completesDespiteAbort = true;
-    const running = worker.drain();
-    await Bun.sleep(100);
-    await worker.stop();
-    await running;
+    await stopDuringTurn(worker);
     expect(chat.turns).toHaveLength(1);
     expect(graph.sent).toHaveLength(0);
     expect(rows(target)[0]).toMatchObject({
@@ -522,17 +534,7 @@ describe("running with the app", () => {
       reply: "reply to: hello",
       lease_owner: null,
     });
-    const nextChat = new ScriptedChat();
-    const next = anotherInstance(target, {
-      clock,
-      env: whatsappEnv(graph),
-      whatsapp: { chat: nextChat },
-    });
-    cleanups.push(() => next.close());
-    await whatsappOf(next.services).worker.drain();
-    expect(nextChat.turns).toHaveLength(0);
-    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: hello"]);
-    expect(rows(target)[0]).toMatchObject({ state: "sent" });
+    await expectNextProcessSendsKeptReply({ target, graph, clock });
   });
 
   test("the worker stops claiming once the maintenance finds the schema changed, not only after the drain (probe 28c F1)", async () => {
