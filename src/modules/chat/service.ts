@@ -851,15 +851,16 @@ export class ChatService implements ChatTurns {
 
   /**
    * Counts every conversation's messages again and corrects the rows whose count differs; how many
-   * it corrected. One statement: a pass over the messages' index, as migration 0025's.
+   * it corrected. One statement over the messages' index, as migration 0025's; a row is counted
+   * twice only where it is corrected.
    */
   recountMessages(): number {
-    return this.options.sqlite.run(
-      `UPDATE chat_conversations SET message_count = counted.n
-       FROM (SELECT c.id, (SELECT count(*) FROM chat_messages m WHERE m.conversation_id = c.id) AS n
-             FROM chat_conversations c) AS counted
-       WHERE chat_conversations.id = counted.id AND chat_conversations.message_count IS NOT counted.n`,
-    ).changes;
+    return this.db
+      .update(chatConversations)
+      .set({ messageCount: COUNTED })
+      .where(sql`${KEPT_COUNT} IS NOT ${COUNTED}`)
+      .returning({ id: chatConversations.id })
+      .all().length;
   }
 
   /** Deletes one of the owner's conversations (its messages go with it); false if none. */
