@@ -16,6 +16,7 @@ import {
   limiterCountsContributor,
   sessionsContributor,
 } from "./privacy";
+import { refreshSuccessors } from "./refresh-successor";
 import { AuthService } from "./service";
 
 export interface AuthFeatureOptions {
@@ -67,6 +68,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     credentials,
     apiKeys,
     seal,
+    successorOf: refreshSuccessors(config.audit.secretKey),
     signingKey: core.signingKeys.current,
     passwordHashing: options.passwordHashing,
     prepareLogin: options.prepareLogin,

@@ -221,7 +221,8 @@ export function authModule(options: AuthModuleOptions) {
         response: { 200: LoginResponse, ...problemResponses(401, 422) },
         detail: {
           tags: ["auth"],
-          summary: "Rotate the refresh token; a reused one revokes its whole family",
+          summary:
+            "Rotate the refresh token; sent again within 10 s it gets the same successor, reused later or further behind it revokes its whole family",
         },
       },
     )

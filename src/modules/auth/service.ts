@@ -8,9 +8,13 @@
  * file:
  * - A refresh consumes its token and inserts the successor in one BEGIN IMMEDIATE transaction that
  *   first reads the token and its family: of any number of concurrent uses of one token, exactly
- *   one succeeds. Signing is asynchronous, so the new pair is signed before the transaction and
+ *   one consumes it and stores a successor (the others are repeats, below, or refused). Signing is asynchronous, so the new pair is signed before the transaction and
  *   thrown away if the transaction refuses it.
- * - A token used a second time revokes its family, in the same transaction that detected it.
+ * - A token used a second time revokes its family, in the same transaction that detected it —
+ *   unless it comes again within REPEAT_GRACE_MS of its first use and the successor that use
+ *   stored is still unused: then it is a repeat (a client retrying a refresh whose answer it lost,
+ *   two tabs refreshing at once), answered with that same successor (./refresh-successor.ts) and a
+ *   new access token. A token two rotations behind, or repeated later, is reuse as before.
  * - Revocation (logout, reuse, role change, erasure) is recorded on the family row, which every
  *   refresh and every uncached access-token verification reads. A successor inserted by a refresh
  *   that committed before the revocation is covered by it; a refresh that commits after it is
@@ -58,6 +62,7 @@ import {
   type PasswordStrengthModules,
   verifyPassword,
 } from "./passwords";
+import type { RefreshSuccessor } from "./refresh-successor";
 
 export interface RequestMeta {
   client: ResolvedClient;
@@ -121,6 +126,8 @@ export interface AuthServiceOptions {
   rateLimitMetrics: RateLimitMetrics;
   /** Accounts, sessions and refresh tokens are written with their seal and trusted only with it. */
   seal: CredentialSeal;
+  /** Each refresh token's successor (./refresh-successor.ts), keyed from AUDIT_SECRET_KEY. */
+  successorOf: RefreshSuccessor;
 }
 
 type UserRow = typeof users.$inferSelect;
@@ -530,21 +537,36 @@ export class AuthService {
     if (!seen || !usable(seen, now)) return { code: "INVALID" };
     const user = this.userById(seen.userId);
     if (!user) return { code: "INVALID" };
-    const tokens = await this.prepareTokens(user.id, user.role, seen.familyId, now);
+    const tokens = await this.prepareTokens(
+      user.id,
+      user.role,
+      seen.familyId,
+      now,
+      this.options.successorOf(token),
+    );
 
     // The decision, made again inside one write transaction: everything above may be stale.
     const decision = db.transaction(
-      (): "OK" | "INVALID" | "REUSED" => {
+      (): "OK" | "REPEATED" | "INVALID" | "REUSED" => {
         const row = this.sealedRefresh(refreshByHash.get({ hash }));
         if (!row || !usable(row, now)) return "INVALID";
+        // The role is in the access token: a change since it was signed refuses it (and the
+        // change revoked the family anyway).
+        const sameRole = () => this.userById(row.userId)?.role === user.role;
         if (row.usedAt !== null) {
+          if (this.isRepeat(row, tokens.refreshHash, now))
+            return sameRole() ? "REPEATED" : "INVALID";
           // A second use of one token is theft or a replay: the whole family ends, now.
           this.revokeFamilyRows(row.familyId, now);
           return "REUSED";
         }
-        // The role is in the access token: a change since it was signed refuses it (and the
-        // change revoked the family anyway).
-        if (this.userById(row.userId)?.role !== user.role) return "INVALID";
+        if (!sameRole()) return "INVALID";
+        // Its successor is stored already: this token was used, and its use was wiped from the
+        // file (`used_at` is no secret's to keep). Reuse, not a first use.
+        if (refreshByHash.get({ hash: tokens.refreshHash })) {
+          this.revokeFamilyRows(row.familyId, now);
+          return "REUSED";
+        }
         db.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, row.id)).run();
         db.update(refreshFamilies)
           .set({ expiresAt: sql`max(${refreshFamilies.expiresAt}, ${tokens.lastExpiry})` })
@@ -577,8 +599,28 @@ export class AuthService {
       ip: meta.client.ip,
       route: meta.route,
       requestId: meta.requestId,
+      ...(decision === "REPEATED" ? { detail: { family: seen.familyId, repeat: true } } : {}),
     });
     return { code: "OK", tokens: publicTokens(tokens) };
+  }
+
+  /**
+   * Whether a used token is presented again as a repeat, not reuse: its first use was at most
+   * REPEAT_GRACE_MS ago (or after this refresh read the clock: the two raced), and the successor
+   * that use stored is still unused in the same family, so no later rotation has happened that a
+   * holder of this token could not know of.
+   */
+  private isRepeat(row: RefreshRow, successorHash: string, now: number): boolean {
+    if (row.usedAt === null || row.usedAt < now - REPEAT_GRACE_MS) return false;
+    const successor = this.sealedRefresh(
+      this.statements.refreshByHash.get({ hash: successorHash }),
+    );
+    return (
+      successor !== null &&
+      successor.familyId === row.familyId &&
+      successor.usedAt === null &&
+      usable(successor, now)
+    );
   }
 
   logout(userId: string, familyId: string, meta: RequestMeta): void {
@@ -836,12 +878,16 @@ export class AuthService {
     this.options.credentials.recordRevocation("family", familyId);
   }
 
-  /** Signs an access token and draws a refresh token; nothing is stored yet. */
+  /**
+   * Signs an access token and draws a refresh token (a login's), or takes the successor a rotation
+   * derived; nothing is stored yet.
+   */
   private async prepareTokens(
     userId: string,
     role: Role,
     familyId: string,
     now: number,
+    refreshToken = generateRefreshToken(),
   ): Promise<PreparedTokens> {
     const { config } = this.options;
     const accessTtl = config.jwt.accessTokenExpireMinutes * 60;
@@ -852,7 +898,6 @@ export class AuthService {
       now,
       accessTtl,
     );
-    const refreshToken = generateRefreshToken();
     return {
       accessToken,
       refreshToken,
@@ -885,6 +930,14 @@ export class AuthService {
 
 /** Clock skew allowed on access tokens, and then some: how long a family outlives its tokens. */
 const FAMILY_GRACE_MS = 60_000;
+/**
+ * How long after a refresh token's use the same token is a repeat, answered with the successor it
+ * got, rather than reuse, which ends the session: long enough for a client's retry after a lost
+ * answer or a slow network and for tabs racing, short enough that a stolen token replayed later
+ * still ends the session (and one replayed within it only shares the successor, whose next
+ * rotation leaves the other holder two behind: reuse).
+ */
+export const REPEAT_GRACE_MS = 10_000;
 /** Rows each table gives up per prune call at most, so a prune never stalls the event loop. */
 const PRUNE_BATCH = 1000;
 /**

@@ -9,10 +9,12 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { REPEAT_GRACE_MS } from "../../../src/modules/auth/service";
 import { SqliteLimiterStore } from "../../../src/plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "../../../src/plugins/rate-limit/store";
 import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
 import { bearer, logIn, type Session, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 
 const ENV = { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" };
 
@@ -101,13 +103,16 @@ describe("a failing session store", () => {
   }
 
   test("a reuse detected while the store is read-only is 503, and is still detected afterwards", async () => {
-    current = buildTestApp({ env: ENV });
+    const clock = new ManualClock();
+    current = buildTestApp({ env: ENV, clock });
     const session = await signUp(current);
     const first = await send(current, "/api/auth/refresh", {
       body: { refreshToken: session.refreshToken },
     });
     expect(first.status).toBe(200);
     const { refreshToken: child } = (await first.json()) as { refreshToken: string };
+    // Past the grace in which the same token is a repeat (refresh-repeat.test.ts).
+    clock.advance(REPEAT_GRACE_MS + 1);
     const restore = FAILURES[1]!.break(current);
     const replay = await send(current, "/api/auth/refresh", {
       body: { refreshToken: session.refreshToken },

@@ -1,0 +1,22 @@
+/**
+ * @module
+ * A refresh token's successor, derived from the token itself under a key from AUDIT_SECRET_KEY.
+ *
+ * Every rotation stores the successor of the token it consumes. Because the successor is a
+ * function of the token, a second presentation of the same token within a few seconds (a client
+ * retrying a refresh whose answer it lost, two browser tabs refreshing at once) can be answered
+ * with the successor the first presentation stored, without the successor ever being kept
+ * anywhere but as its hash. Without the key it cannot be computed from the token (or from anything
+ * in the database file), so it is as unguessable as a drawn token: an HMAC-SHA-256 of 256 bits.
+ */
+import { createHmac } from "node:crypto";
+
+/** The label the successor key is derived under: no seal's key is ever the same. */
+const LABEL = "palisade refresh successor v1";
+
+export type RefreshSuccessor = (token: string) => string;
+
+export function refreshSuccessors(auditSecret: string): RefreshSuccessor {
+  const key = createHmac("sha256", auditSecret).update(LABEL).digest();
+  return (token) => new Bun.CryptoHasher("sha256", key).update(token).digest("base64url");
+}
