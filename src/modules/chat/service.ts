@@ -30,7 +30,7 @@
  * Upstream failures are logged with the request id and the provider's reason, never the text.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, desc, eq, inArray, lt, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, gt, inArray, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { isDatabaseBusy } from "../../db/busy";
@@ -42,6 +42,7 @@ import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
+import { StreamedJson } from "../privacy/contributor";
 import { type ChatBudget, ownerRef, type Reservation } from "./budget";
 import type { ChatOwner, ChatTurn, ChatTurnInput, ChatTurnOutcome, ChatTurns } from "./contract";
 import {
@@ -190,6 +191,16 @@ interface WindowRow {
 
 /** A message row as stored, read to be checked and then shown. */
 type CheckedMessage = typeof chatMessages.$inferSelect;
+
+/** Messages the export reads at a time: a page of text, not the conversation. */
+const EXPORT_PAGE = 500;
+
+/** A conversation's messages failed their seals or their chain while the export read them. */
+class ChainBroken extends Error {
+  constructor(conversationId: string) {
+    super(`chat conversation ${conversationId} changed while it was exported`);
+  }
+}
 
 /** Whose conversations `owner` holds: its own, and a key's those of the rest of its chain. */
 function heldIds(owner: ChatOwner): readonly string[] {
@@ -873,43 +884,6 @@ export class ChatService implements ChatTurns {
     return deleted.length > 0;
   }
 
-  /**
-   * The conversations whose row and every message match their seals, in order; each other one is
-   * reported and left out (what is shown is only ever what Palisade wrote).
-   */
-  private intactOnly<
-    Row extends { id: string; ownerKind: string; ownerId: string; seal: string | null },
-  >(conversations: readonly Row[], bulk: boolean): (Row & { messages: CheckedMessage[] })[] {
-    const rowsIntact = conversations.filter((row) => this.intactConversation(row, bulk));
-    if (rowsIntact.length === 0) return [];
-    // Read once: what is shown is the rows checked here, never a second read of the file, which
-    // someone writing it could change between the two.
-    const messages = this.db
-      .select()
-      .from(chatMessages)
-      .where(
-        inArray(
-          chatMessages.conversationId,
-          rowsIntact.map((row) => row.id),
-        ),
-      )
-      .orderBy(asc(chatMessages.id))
-      .all();
-    const byConversation = new Map<string, CheckedMessage[]>();
-    for (const message of messages) {
-      const list = byConversation.get(message.conversationId);
-      if (list) list.push(message);
-      else byConversation.set(message.conversationId, [message]);
-    }
-    const shown: (Row & { messages: CheckedMessage[] })[] = [];
-    for (const row of rowsIntact) {
-      const chain = byConversation.get(row.id) ?? [];
-      if (this.check.chain(chain)) shown.push({ ...row, messages: chain });
-      else this.options.reportTampered(row.id, bulk);
-    }
-    return shown;
-  }
-
   /** Messages as shown (the export's and GET's shape), from rows already checked. */
   private shownMessages(messages: readonly CheckedMessage[]): StoredMessage[] {
     return messages.map((row) => ({
@@ -934,12 +908,91 @@ export class ChatService implements ChatTurns {
       .all();
   }
 
-  /** Every conversation (with its messages) and usage row of these owners: the export's part. */
-  exportOf(owners: readonly ChatOwner[]) {
-    // A conversation that fails its seal is not the user's as far as Palisade knows: left out,
-    // as from the list.
-    const conversations = this.intactOnly(this.conversationsOf(owners), true);
-    const usage = owners.flatMap((owner) =>
+  /**
+   * Every conversation (with its messages) and usage row of these owners: the export's part, as
+   * JSON text read a page of messages at a time (a year of a busy sender's chat does not fit in
+   * memory as objects). A conversation is read twice: once to check its row and every message's
+   * seal and link (one that fails is left out and reported, as from the list), then again as it is
+   * written, each page checked with the message before it; a change found in that second read
+   * (written into the file between the two) throws, and the export is cut there.
+   */
+  exportOf(owners: readonly ChatOwner[]): StreamedJson {
+    return new StreamedJson(() => this.exportPieces(owners));
+  }
+
+  private *exportPieces(owners: readonly ChatOwner[]): Generator<string> {
+    const rows = this.conversationsOf(owners).filter((row) => this.intactConversation(row, true));
+    let separator = "";
+    yield '{"conversations":[';
+    for (const row of rows) {
+      if (!this.chainHolds(row.id)) {
+        this.options.reportTampered(row.id, true);
+        continue;
+      }
+      const head = JSON.stringify({
+        id: row.id,
+        owner: `${row.ownerKind}:${row.ownerId}`,
+        createdAt: iso(row.createdAt),
+        updatedAt: iso(row.updatedAt),
+      });
+      yield `${separator}${head.slice(0, -1)},"messages":[`;
+      separator = ",";
+      let comma = "";
+      for (const page of this.checkedPages(row.id)) {
+        if (page.length === 0) continue;
+        yield comma +
+          this.shownMessages(page)
+            .map((message) => JSON.stringify(message))
+            .join(",");
+        comma = ",";
+      }
+      yield "]}";
+    }
+    yield `],"usage":${JSON.stringify(this.usageOf(owners))}}`;
+  }
+
+  /** Whether every message of the conversation matches its seal and is chained to the one before. */
+  private chainHolds(conversationId: string): boolean {
+    try {
+      for (const _page of this.checkedPages(conversationId));
+      return true;
+    } catch (error) {
+      if (error instanceof ChainBroken) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * A conversation's messages, oldest first, EXPORT_PAGE at a time; each page checked with the
+   * last message of the page before (ChainBroken when it fails). Reads by id, never holding a
+   * transaction between pages: a slow reader of the export must not hold back the WAL.
+   */
+  private *checkedPages(conversationId: string): Generator<CheckedMessage[]> {
+    let before: CheckedMessage | undefined;
+    for (;;) {
+      const page = this.db
+        .select()
+        .from(chatMessages)
+        .where(
+          and(
+            eq(chatMessages.conversationId, conversationId),
+            before === undefined ? undefined : gt(chatMessages.id, before.id),
+          ),
+        )
+        .orderBy(asc(chatMessages.id))
+        .limit(EXPORT_PAGE)
+        .all();
+      if (!this.check.chain(before === undefined ? page : [before, ...page])) {
+        throw new ChainBroken(conversationId);
+      }
+      yield page;
+      if (page.length < EXPORT_PAGE) return;
+      before = page[page.length - 1];
+    }
+  }
+
+  private usageOf(owners: readonly ChatOwner[]) {
+    return owners.flatMap((owner) =>
       this.db
         .select()
         .from(chatUsage)
@@ -953,16 +1006,6 @@ export class ChatService implements ChatTurns {
           requests: row.requests,
         })),
     );
-    return {
-      conversations: conversations.map((c) => ({
-        id: c.id,
-        owner: `${c.ownerKind}:${c.ownerId}`,
-        createdAt: iso(c.createdAt),
-        updatedAt: iso(c.updatedAt),
-        messages: this.shownMessages(c.messages),
-      })),
-      usage,
-    };
   }
 
   /**

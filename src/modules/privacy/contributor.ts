@@ -5,6 +5,26 @@
  * contributor and reaches into no table itself.
  */
 
+/**
+ * A part of the export too large to build whole (a year of chat is hundreds of megabytes as
+ * objects): the JSON text of one value, a piece at a time, each piece read from the database when
+ * the answer is ready for it. A piece that cannot be read (the database failing, a change found
+ * mid-way) throws, and the answer is cut there, never finished as if whole.
+ */
+export class StreamedJson {
+  constructor(readonly pieces: () => Iterable<string>) {}
+
+  /** The whole value, for a caller that does want it in memory (tests). */
+  value(): unknown {
+    return JSON.parse([...this.pieces()].join(""));
+  }
+
+  /** `JSON.stringify` of a document holding it writes the whole value. */
+  toJSON(): unknown {
+    return this.value();
+  }
+}
+
 export interface ExportContext {
   /**
    * Every audit-log actor that stands for the user: `user:<id>` and what contributors add (the
@@ -21,6 +41,7 @@ export interface ErasureContext extends ExportContext {
 export interface PrivacyContributor {
   /** Its section's name in the export document. */
   name: string;
+  /** Its section: a JSON value, or a StreamedJson read as the answer is sent. */
   export(userId: string, context: ExportContext): unknown;
   /** Audit-log actors that act for the user besides `user:<id>` (an API key: `key:<id>`). */
   actors?(userId: string): string[];

@@ -45,7 +45,8 @@ export function privacyFeature(
     name: "privacy",
     service,
     routeClasses: privacyRouteClasses,
-    routes: ({ auth }) => privacyModule({ auth, service }),
+    routes: ({ auth }) =>
+      privacyModule({ auth, service, errors: core.errors, logger: core.logger }),
     maintenance: (now) => {
       service.retain(now);
     },

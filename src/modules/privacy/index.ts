@@ -4,10 +4,58 @@
  */
 import { Elysia, t } from "elysia";
 import { AppError, problemResponses } from "../../errors";
+import type { Logger } from "../../logging/logger";
 import type { authPlugin } from "../../plugins/auth";
+import { principalRef } from "../../plugins/auth/principal";
 import type { RouteClass } from "../../plugins/route-class";
+import type { ErrorReporter } from "../../plugins/sentry";
 import { ExportDocument } from "./model";
 import type { PrivacyService } from "./service";
+
+const EXPORT_ROUTE = "GET /api/me/export";
+/** How much JSON text one read of the export's answer gathers before it is sent on. */
+const EXPORT_CHUNK_CHARACTERS = 64 * 1024;
+
+/**
+ * The export's text as a body read as it is sent: each read takes pieces until it has about
+ * EXPORT_CHUNK_CHARACTERS, so the database is read no faster than the client takes the answer.
+ * A piece that throws (the database failing, a change found mid-way) is reported and cuts the
+ * answer there: the client sees a broken download, never a document that looks whole.
+ */
+function exportBody(
+  pieces: Iterable<string>,
+  reportFailure: (error: unknown) => void,
+): ReadableStream<Uint8Array> {
+  const iterator = pieces[Symbol.iterator]();
+  const encoder = new TextEncoder();
+  return new ReadableStream<Uint8Array>(
+    {
+      pull(controller) {
+        try {
+          let text = "";
+          while (text.length < EXPORT_CHUNK_CHARACTERS) {
+            const next = iterator.next();
+            if (next.done) {
+              if (text) controller.enqueue(encoder.encode(text));
+              controller.close();
+              return;
+            }
+            text += next.value;
+          }
+          controller.enqueue(encoder.encode(text));
+        } catch (error) {
+          reportFailure(error);
+          controller.error(error);
+        }
+      },
+      cancel() {
+        // The client went away: the rest is never read.
+        iterator.return?.();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
 
 /** Export and erasure share one small per-user policy. */
 export const privacyRouteClasses: readonly RouteClass[] = [
@@ -17,18 +65,42 @@ export const privacyRouteClasses: readonly RouteClass[] = [
 export function privacyModule({
   auth,
   service,
+  errors,
+  logger,
 }: {
   auth: ReturnType<typeof authPlugin>;
   service: PrivacyService;
+  errors: ErrorReporter;
+  logger: Logger;
 }) {
   return new Elysia({ name: "palisade.module.privacy", prefix: "/api/me" })
     .use(auth)
     .get(
       "/export",
-      ({ principal }) => {
-        const document = service.export(principal.id);
-        if (!document) throw new AppError("NOT_FOUND", "The account no longer exists.");
-        return document as typeof ExportDocument.static;
+      ({ principal, request, requestId }) => {
+        const text = service.exportText(principal.id);
+        if (!text) throw new AppError("NOT_FOUND", "The account no longer exists.");
+        const body = exportBody(text, (error) => {
+          // Its 200 and headers are sent: the error handler never sees this one.
+          logger.error(
+            { requestId, route: EXPORT_ROUTE, code: "EXPORT_CUT", err: error },
+            "privacy export cut short",
+          );
+          errors.report(error, {
+            requestId,
+            route: EXPORT_ROUTE,
+            method: request.method,
+            principal: principalRef(principal),
+            status: 200,
+            code: "EXPORT_CUT",
+            request,
+          });
+        });
+        // Built here, as a stream: the document as one object would be the user's whole history
+        // in memory (typed for the route's schema, which the OpenAPI document states).
+        return new Response(body, {
+          headers: { "content-type": "application/json; charset=utf-8" },
+        }) as unknown as typeof ExportDocument.static;
       },
       {
         auth: "user",

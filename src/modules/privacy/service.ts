@@ -13,9 +13,10 @@
 import type { Database } from "bun:sqlite";
 import type { Clock } from "../../clock";
 import type { AuditLog } from "../../plugins/audit/log";
-import type { PrivacyContributor } from "./contributor";
+import { type PrivacyContributor, StreamedJson } from "./contributor";
 
 export type { ErasureContext, ExportContext, PrivacyContributor } from "./contributor";
+export { StreamedJson } from "./contributor";
 
 /** The account itself: the export's profile, and the row erasure deletes last. */
 export interface PrivacyAccount {
@@ -61,6 +62,10 @@ export class PrivacyService {
     return actors;
   }
 
+  /**
+   * Everything held about the user, by section; a section too large to build whole is a
+   * StreamedJson, read when it is written (`exportText`). Null when there is no such account.
+   */
   export(userId: string): Record<string, unknown> | null {
     const profile = this.options.account.find(userId);
     if (!profile) return null;
@@ -73,6 +78,16 @@ export class PrivacyService {
       document[contributor.name] = contributor.export(userId, { actors });
     }
     return document;
+  }
+
+  /**
+   * The export as JSON text, a piece at a time: the small sections are read now (a failure there
+   * is the answer's error), each streamed one as its pieces are asked for, so memory holds a page
+   * of it at a time, not the user's whole history.
+   */
+  exportText(userId: string): Iterable<string> | null {
+    const document = this.export(userId);
+    return document && jsonPieces(document);
   }
 
   /** Runs every contributor's retention; the maintenance task calls this. */
@@ -107,6 +122,19 @@ export class PrivacyService {
     copyErasureIntoFile(sqlite);
     return true;
   }
+}
+
+/** An object's JSON text with its StreamedJson values written piece by piece, in order. */
+function* jsonPieces(document: Record<string, unknown>): Generator<string> {
+  let separator = "{";
+  for (const [name, value] of Object.entries(document)) {
+    if (value === undefined) continue;
+    yield `${separator}${JSON.stringify(name)}:`;
+    separator = ",";
+    if (value instanceof StreamedJson) yield* value.pieces();
+    else yield JSON.stringify(value);
+  }
+  yield separator === "{" ? "{}" : "}";
 }
 
 /**

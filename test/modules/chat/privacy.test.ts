@@ -109,6 +109,100 @@ describe("export and erasure", () => {
   });
 });
 
+describe("the export is written as it is read", () => {
+  /** A conversation of `turns` turns (`turn 0` …), a minute apart every ten so no limit refuses one. */
+  async function converse(
+    app: TestApp,
+    clock: ManualClock,
+    credential: Record<string, string>,
+    turns: number,
+  ) {
+    let id: string | undefined;
+    for (let i = 0; i < turns; i++) {
+      if (i > 0 && i % 10 === 0) clock.advance(60_000);
+      const response = await chat(app, credential, { message: `turn ${i}`, conversationId: id });
+      expect(response.status).toBe(200);
+      id = ((await response.json()) as { conversationId: string }).conversationId;
+    }
+    return id!;
+  }
+
+  type Exported = {
+    chat: { conversations: { id: string; messages: { role: string; content: string }[] }[] };
+  };
+
+  // 251 turns: 502 messages, more than the 500 the export reads at a time.
+  const LONG = 251;
+
+  test("a conversation longer than a page of the export comes whole and in order, beside the others; the answer is JSON with the security headers, sent in pieces", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock });
+    const alice = await signUp(target);
+    const long = await converse(target, clock, asUser(alice), LONG);
+    const short = await start(target, asUser(alice), "one more question");
+
+    const response = await send(target, "/api/me/export", { headers: asUser(alice) });
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toStartWith("application/json");
+    expect(response.headers.get("x-content-type-options")).toBe("nosniff");
+    expect(response.headers.get("cache-control")).toBe("no-store");
+    expect(response.headers.get("x-request-id")).toBeTruthy();
+    const reader = response.body!.getReader();
+    const chunks: Uint8Array[] = [];
+    for (let read = await reader.read(); !read.done; read = await reader.read()) {
+      chunks.push(read.value);
+    }
+    expect(chunks.length).toBeGreaterThan(1);
+    const document = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Exported;
+    const byId = new Map(document.chat.conversations.map((c) => [c.id, c.messages]));
+    expect([...byId.keys()]).toEqual([long, short]);
+    const messages = byId.get(long)!;
+    expect(messages).toHaveLength(LONG * 2);
+    expect(messages.filter((m) => m.role === "user").map((m) => m.content)).toEqual(
+      Array.from({ length: LONG }, (_, i) => `turn ${i}`),
+    );
+    expect(messages.map((m) => m.role)).toEqual(
+      Array.from({ length: LONG * 2 }, (_, i) => (i % 2 === 0 ? "user" : "assistant")),
+    );
+    expect(byId.get(short)!.map((m) => m.content)[0]).toBe("one more question");
+  }, 60_000);
+
+  test("a message changed in the file after the export checked its conversation and before it wrote that page cuts the answer: never a document that looks whole; reported without the text", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock });
+    const alice = await signUp(target);
+    const long = await converse(target, clock, asUser(alice), LONG);
+
+    const response = await send(target, "/api/me/export", { headers: asUser(alice) });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    const first = await reader.read();
+    expect(first.done).toBe(false);
+    // The conversation's first page is on its way: its last message, on the next page, is
+    // changed now (someone writing the file).
+    target.db.$client
+      .query(
+        "UPDATE chat_messages SET content = 'IBAN DE00 1234' WHERE id = (SELECT max(id) FROM chat_messages WHERE conversation_id = ?)",
+      )
+      .run(long);
+    let received = new TextDecoder().decode(first.value);
+    let failure: unknown = null;
+    try {
+      for (let read = await reader.read(); !read.done; read = await reader.read()) {
+        received += new TextDecoder().decode(read.value);
+      }
+    } catch (error) {
+      failure = error;
+    }
+    expect(failure).not.toBeNull();
+    expect(() => JSON.parse(received)).toThrow();
+    expect(received).not.toContain("IBAN");
+    const reported = target.logs.entries.find((entry) => entry.code === "EXPORT_CUT");
+    expect(reported).toBeDefined();
+    expect(JSON.stringify(target.logs.entries)).not.toContain("IBAN");
+  }, 60_000);
+});
+
 describe("a turn racing its owner's erasure", () => {
   for (const [label, headers] of [
     ["whole", {}],
