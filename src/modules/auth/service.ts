@@ -606,12 +606,21 @@ export class AuthService {
 
   /**
    * Whether a used token is presented again as a repeat, not reuse: its first use was at most
-   * REPEAT_GRACE_MS ago (or after this refresh read the clock: the two raced), and the successor
-   * that use stored is still unused in the same family, so no later rotation has happened that a
-   * holder of this token could not know of.
+   * REPEAT_GRACE_MS from now (before, or after when the two raced and this refresh read the clock
+   * first), and the successor that use stored is still unused in the same family, so no later
+   * rotation has happened that a holder of this token could not know of. `used_at` is not sealed:
+   * a time written into the file far ahead, a text or a number no clock reads never stretches the
+   * grace (probe 29a F1); such a token is reuse.
    */
   private isRepeat(row: RefreshRow, successorHash: string, now: number): boolean {
-    if (row.usedAt === null || row.usedAt < now - REPEAT_GRACE_MS) return false;
+    const usedAt: unknown = row.usedAt;
+    if (
+      typeof usedAt !== "number" ||
+      !Number.isSafeInteger(usedAt) ||
+      Math.abs(now - usedAt) > REPEAT_GRACE_MS
+    ) {
+      return false;
+    }
     const successor = this.sealedRefresh(
       this.statements.refreshByHash.get({ hash: successorHash }),
     );

@@ -191,3 +191,34 @@ test("two browser tabs refreshing one cookie session at once both stay signed in
   }
   expect(familyRevoked(target, jar.palisade_refresh!)).toBe(false);
 });
+
+test("a use time written into the file (far ahead, text, a number no clock reads) never stretches the grace: the token is reuse (probe 29a F1)", async () => {
+  for (const usedAt of ["now + 3600000", "'x'", "9e18", "1e308"]) {
+    const { clock, target, session } = await started();
+    const first = await refresh(target, session.refreshToken);
+    clock.advance(REPEAT_GRACE_MS + 1_500);
+    target.db.$client
+      .query(
+        `UPDATE refresh_tokens SET used_at = ${usedAt.replace("now", String(clock.now()))} WHERE token_hash = ?`,
+      )
+      .run(sha256Hex(session.refreshToken));
+    const late = await refresh(target, session.refreshToken);
+    expect({ usedAt, status: late.status }).toEqual({ usedAt, status: 401 });
+    expect(familyRevoked(target, session.refreshToken)).toBe(true);
+    expect((await refresh(target, first.body.refreshToken)).status).toBe(401);
+    target.close();
+    current = null;
+  }
+});
+
+test("a repeat whose first use read the clock after it (the two raced) is still a repeat, within the grace either way", async () => {
+  const { target, session, clock } = await started();
+  const first = await refresh(target, session.refreshToken);
+  // As if the winner's clock read 5 s later than this refresh's.
+  target.db.$client
+    .query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?")
+    .run(clock.now() + 5_000, sha256Hex(session.refreshToken));
+  const again = await refresh(target, session.refreshToken);
+  expect(again.status).toBe(200);
+  expect(again.body.refreshToken).toBe(first.body.refreshToken);
+});
