@@ -938,13 +938,19 @@ export class ChatService implements ChatTurns {
       yield `${separator}${head.slice(0, -1)},"messages":[`;
       separator = ",";
       let comma = "";
-      for (const page of this.checkedPages(row.id)) {
-        if (page.length === 0) continue;
-        yield comma +
-          this.shownMessages(page)
-            .map((message) => JSON.stringify(message))
-            .join(",");
-        comma = ",";
+      try {
+        for (const page of this.checkedPages(row.id)) {
+          if (page.length === 0) continue;
+          yield comma +
+            this.shownMessages(page)
+              .map((message) => JSON.stringify(message))
+              .join(",");
+          comma = ",";
+        }
+      } catch (error) {
+        // Audited as any other read that finds it (probe 29b F3); the export is cut by the throw.
+        if (error instanceof ChainBroken) this.options.reportTampered(row.id, true);
+        throw error;
       }
       yield "]}";
     }
@@ -965,7 +971,10 @@ export class ChatService implements ChatTurns {
   /**
    * A conversation's messages, oldest first, EXPORT_PAGE at a time; each page checked with the
    * last message of the page before (ChainBroken when it fails). Reads by id, never holding a
-   * transaction between pages: a slow reader of the export must not hold back the WAL.
+   * transaction between pages: a slow reader of the export must not hold back the WAL. Retention
+   * may delete the oldest messages meanwhile, past the page read last (probe 29b F1): a page whose
+   * first message is now the oldest the conversation has is checked as the oldest message read
+   * always is, without the link to a message before it.
    */
   private *checkedPages(conversationId: string): Generator<CheckedMessage[]> {
     let before: CheckedMessage | undefined;
@@ -982,13 +991,34 @@ export class ChatService implements ChatTurns {
         .orderBy(asc(chatMessages.id))
         .limit(EXPORT_PAGE)
         .all();
-      if (!this.check.chain(before === undefined ? page : [before, ...page])) {
+      const linked =
+        before === undefined ||
+        this.check.chain([before, ...page]) ||
+        (this.isOldest(page[0]) && this.check.chain(page));
+      if (!linked || (before === undefined && !this.check.chain(page))) {
         throw new ChainBroken(conversationId);
       }
       yield page;
       if (page.length < EXPORT_PAGE) return;
       before = page[page.length - 1];
     }
+  }
+
+  /** Whether no message of its conversation older than this one is stored (retention took them). */
+  private isOldest(message: CheckedMessage | undefined): boolean {
+    if (message === undefined) return false;
+    const older = this.db
+      .select({ id: chatMessages.id })
+      .from(chatMessages)
+      .where(
+        and(
+          eq(chatMessages.conversationId, message.conversationId),
+          lt(chatMessages.id, message.id),
+        ),
+      )
+      .limit(1)
+      .get();
+    return older === undefined;
   }
 
   private usageOf(owners: readonly ChatOwner[]) {

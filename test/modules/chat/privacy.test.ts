@@ -17,6 +17,7 @@ import { buildTestApp, send, type TestApp } from "../../support/app";
 import { createKey, signUp } from "../../support/auth";
 import { asKey, asUser, chat, gatedProvider, SSE } from "../../support/chat";
 import { ManualClock } from "../../support/clock";
+import { auditedEvents } from "../../support/whatsapp";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 let target: TestApp | undefined;
@@ -200,6 +201,84 @@ describe("the export is written as it is read", () => {
     const reported = target.logs.entries.find((entry) => entry.code === "EXPORT_CUT");
     expect(reported).toBeDefined();
     expect(JSON.stringify(target.logs.entries)).not.toContain("IBAN");
+    // Audited as a read of the conversation would have found it (probe 29b F3).
+    expect(auditedEvents(target, "chat.conversation_tampered")).toEqual([
+      { conversation: long, actor: "system" },
+    ]);
+  }, 60_000);
+
+  /**
+   * The export's answer read up to its first chunk (the long conversation's first page), then
+   * `between` run, then the rest: the text received and whether the read failed.
+   */
+  async function exportAround(app: TestApp, session: { accessToken: string }, between: () => void) {
+    const response = await send(app, "/api/me/export", { headers: asUser(session) });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    const first = await reader.read();
+    between();
+    let text = new TextDecoder().decode(first.value);
+    try {
+      for (let read = await reader.read(); !read.done; read = await reader.read()) {
+        text += new TextDecoder().decode(read.value);
+      }
+    } catch {
+      return { text, cut: true };
+    }
+    return { text, cut: false };
+  }
+
+  const deleteMessages = (app: TestApp, conversation: string, where: string) =>
+    app.db.$client
+      .query(`DELETE FROM chat_messages WHERE conversation_id = ? AND ${where}`)
+      .run(conversation);
+
+  test("retention deleting the oldest messages past the page the export has written does not cut it: the rest follows, checked from the oldest left (probe 29b F1)", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock });
+    const alice = await signUp(target);
+    const long = await converse(target, clock, asUser(alice), LONG);
+    const ids = target.db.$client
+      .query<{ id: number }, [string]>(
+        "SELECT id FROM chat_messages WHERE conversation_id = ? ORDER BY id",
+      )
+      .all(long)
+      .map((row) => row.id);
+    // As retention does: the oldest 501, one past the first page of 500.
+    const { text, cut } = await exportAround(target, alice, () =>
+      deleteMessages(target!, long, `id <= ${ids[500]}`),
+    );
+    expect(cut).toBe(false);
+    const document = JSON.parse(text) as Exported;
+    const messages = document.chat.conversations[0]!.messages;
+    // The first page as written, then the one message retention left after it (the last reply).
+    expect(messages).toHaveLength(501);
+    expect(messages.filter((m) => m.role === "user").map((m) => m.content)).toEqual(
+      Array.from({ length: 250 }, (_, i) => `turn ${i}`),
+    );
+    expect(messages.at(-1)!.role).toBe("assistant");
+    expect(auditedEvents(target, "chat.conversation_tampered")).toEqual([]);
+  }, 60_000);
+
+  test("a message deleted from the middle, just past the page the export has written, still cuts it: older ones are left", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock });
+    const alice = await signUp(target);
+    const long = await converse(target, clock, asUser(alice), LONG);
+    const ids = target.db.$client
+      .query<{ id: number }, [string]>(
+        "SELECT id FROM chat_messages WHERE conversation_id = ? ORDER BY id",
+      )
+      .all(long)
+      .map((row) => row.id);
+    // The 500th and 501st go; the 499 before them stay.
+    const { cut } = await exportAround(target, alice, () =>
+      deleteMessages(target!, long, `id IN (${ids[499]}, ${ids[500]})`),
+    );
+    expect(cut).toBe(true);
+    expect(auditedEvents(target, "chat.conversation_tampered")).toEqual([
+      { conversation: long, actor: "system" },
+    ]);
   }, 60_000);
 });
 
