@@ -45,7 +45,10 @@ function exportBody(
           controller.enqueue(encoder.encode(text));
         } catch (error) {
           reportFailure(error);
-          controller.error(error);
+          // Without a reason: Bun writes a stream's error reason to stderr as a multi-line dump
+          // (source lines and stack, not a JSON log line: probe 29b F4); it is logged above. The
+          // connection is reset all the same.
+          controller.error();
         }
       },
       cancel() {
