@@ -24,9 +24,10 @@ export interface StartServerOptions {
   /**
    * Runs when the drain time is up with requests still in flight, just before their connections
    * are cut: what is in flight (a chat turn, a chat reply) ends itself readably instead
-   * (services.endInFlight).
+   * (services.endInFlight). What it returns is waited for before the cut: a turn whose upstream
+   * has answered finishes storing, and is answered, first.
    */
-  onDrainTimeout?: () => void;
+  onDrainTimeout?: () => void | Promise<void>;
   /** How long in-flight requests may take to finish once shutdown starts. */
   drainTimeoutMs?: number;
   /** Exit the process after shutdown; tests that drive shutdown in-process pass false. */
@@ -116,9 +117,10 @@ export function startServer(options: StartServerOptions): RunningServer {
       const timedOut = Bun.sleep(drainTimeoutMs).then(() => false);
       if (!(await Promise.race([drained, timedOut]))) {
         if (options.onDrainTimeout) {
-          // The streams end themselves with their last event; their bytes get a moment to leave.
-          options.onDrainTimeout();
-          await Promise.race([drained, Bun.sleep(STREAM_END_GRACE_MS)]);
+          // The streams end themselves with their last event; their bytes get a moment to leave,
+          // once the turns being stored are (each within its wait for a lock).
+          const ended = Promise.resolve(options.onDrainTimeout());
+          await Promise.race([drained, ended.then(() => Bun.sleep(STREAM_END_GRACE_MS))]);
         }
         // The streams' last events may have let the drain finish meanwhile: then Elysia has let go
         // of the server, and its stop would print "isn't running" with a stack into the log.

@@ -34,8 +34,11 @@ export interface Services extends Core {
   start(): Promise<void>;
   /** At shutdown, before `close()`: lets the features' background work in flight finish. */
   stop(): Promise<void>;
-  /** At shutdown, when the drain time is up: the features end what is in flight readably. */
-  endInFlight(): void;
+  /**
+   * At shutdown, when the drain time is up: the features end what is in flight readably; resolves
+   * once what they let finish (a chat turn being stored) has.
+   */
+  endInFlight(): Promise<void>;
 }
 
 export interface ServiceOptions extends CoreOptions, FeatureOptions {
@@ -139,8 +142,8 @@ export function createServices(options: ServiceOptions): Services {
     async stop() {
       await Promise.all([...features.list.map((feature) => feature.stop?.()), checkpoints?.stop()]);
     },
-    endInFlight() {
-      for (const feature of features.list) feature.endInFlight?.();
+    async endInFlight() {
+      await Promise.all(features.list.map((feature) => feature.endInFlight?.()));
     },
     close() {
       if (timer) clearInterval(timer);

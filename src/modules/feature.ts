@@ -43,7 +43,7 @@ export interface Feature {
    * the connections are closed, the way its clients can read (a chat turn not yet answered with a
    * 503, a chat stream with an `error` event) rather than as a cut connection.
    */
-  endInFlight?(): void;
+  endInFlight?(): void | Promise<void>;
   /** Flushes and stops what the feature runs; called once at shutdown. */
   close?(): void;
 }

@@ -90,7 +90,10 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
         now: () => clock.now(),
         chainOf: (keyId, userId) => keyChain(db.$client, core.credentialSeal, keyId, userId),
       }),
-    endInFlight: () => inFlight.endAll(),
+    endInFlight: () => {
+      inFlight.endAll();
+      return service.storesSettled();
+    },
     // The first mark at start, so that a process counts itself as reaching the database from
     // then on, not from its first maintenance run 10 s later (./reservations.ts).
     start: () => {

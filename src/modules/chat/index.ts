@@ -248,7 +248,9 @@ async function eventStream(
       // shortly) instead of a cut connection, and the turn's clean-up (what arrived is stored,
       // marked incomplete), as for a client that went away.
       forget = context.inFlight.add(() => {
-        if (closed) return;
+        // All its text is sent and its storing waits out a lock: the shutdown waits for it
+        // (ChatService.storesSettled), and its `done` event follows the commit as ever.
+        if (closed || service.isStoring(turn)) return;
         try {
           const { code, detail, status } = restarting();
           controller.enqueue(

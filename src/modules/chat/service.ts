@@ -223,6 +223,8 @@ export class ChatService implements ChatTurns {
   private readonly statements;
   private readonly check: HistoryCheck;
   private readonly writes: GroupedWrites;
+  /** The turns being stored now (their upstream has answered and billed them), and their stores. */
+  private readonly storing = new Map<PreparedTurn, Promise<void>>();
   /**
    * Principal → the UTC day its over-budget refusal was audited: once a day each, since the refusal
    * stands until midnight and a client retrying wrote a chained row per turn (probe 27f F1: 2,634
@@ -630,7 +632,37 @@ export class ChatService implements ChatTurns {
    * one savepoint of the transaction the turns ending in the same event-loop turn share
    * (db/grouped-writes). Settles once they are committed.
    */
+  /** Whether the turn's upstream has answered and its storing is under way. */
+  isStoring(turn: PreparedTurn): boolean {
+    return this.storing.has(turn);
+  }
+
+  /**
+   * Resolves once every turn being stored has been stored or has failed to be, each within its
+   * wait for a lock (STORE_LOCK_WAIT_MS): the shutdown waits for them before it closes the
+   * connections and the database (probe 28e F1: a turn the upstream had billed was cut there,
+   * neither stored nor charged, and its client told to send it again).
+   */
+  async storesSettled(): Promise<void> {
+    while (this.storing.size > 0) await Promise.allSettled([...this.storing.values()]);
+  }
+
   private async store(turn: PreparedTurn, reply: string, usage: TokenUsage, incomplete: boolean) {
+    const storing = this.storeTurn(turn, reply, usage, incomplete);
+    this.storing.set(turn, storing);
+    try {
+      await storing;
+    } finally {
+      this.storing.delete(turn);
+    }
+  }
+
+  private async storeTurn(
+    turn: PreparedTurn,
+    reply: string,
+    usage: TokenUsage,
+    incomplete: boolean,
+  ) {
     const { clock, budget, metrics, provider, seal } = this.options;
     const now = clock.now();
     const { insertConversation, touchConversation, lastMessageId, lastSealOf, insertTurn } =

@@ -4,9 +4,12 @@
  * incomplete), a streamed request's real duration in the access log and the histogram, and how
  * an UpstreamFailure reaches the client (503 with Retry-After, 502, an error event mid-stream).
  */
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, spyOn, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { chatMessages, chatUsage } from "../../../src/db/schema";
+import { loadFaq } from "../../../src/modules/chat/providers/faq";
+import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../../support/app";
 import { signUp } from "../../support/auth";
@@ -168,6 +171,65 @@ describe("Server-Sent Events", () => {
     expect(assistantRows(target)[0]!.incomplete).toBe(true);
     await waitFor(() => provider.aborted.length === 1);
     expect(target.db.select().from(chatUsage).get()!.reservedTokens).toBe(0);
+  });
+
+  test("a turn whose upstream has answered and whose storing waits out a lock when the drain time is up is stored, charged once and answered before the cut, streamed or not (probe 28e F1)", async () => {
+    const offline = createOfflineProvider(loadFaq(null));
+    let locker: Database | null = null;
+    let answered = 0;
+    // Answers at once, but first takes the write lock from another connection for 800 ms: the
+    // turn's storing waits for it, past the shutdown's 200 ms drain.
+    const takeLock = () => {
+      if (locker === null) {
+        locker = new Database(target!.databasePath);
+        locker.exec("BEGIN IMMEDIATE");
+        setTimeout(() => locker?.exec("COMMIT"), 800);
+      }
+      answered++;
+    };
+    const provider: ChatProvider = {
+      ...offline,
+      complete: async (messages, options) => {
+        takeLock();
+        return offline.complete(messages, options);
+      },
+      async *stream(messages, options) {
+        takeLock();
+        yield* offline.stream(messages, options);
+      },
+    };
+    target = buildTestApp({ chatProvider: provider });
+    const alice = await signUp(target);
+    const server = serveInProcess(target, {
+      drainTimeoutMs: 200,
+      onDrainTimeout: () => target!.services.endInFlight(),
+    });
+    try {
+      const turns = [SSE, {}].map((accept) =>
+        fetch(new URL("/api/chat", server.url), {
+          method: "POST",
+          headers: { ...asUser(alice), ...accept, "content-type": "application/json" },
+          body: JSON.stringify({ message: "How do I sign up?" }),
+        }),
+      );
+      await waitFor(() => answered === 2);
+      await server.shutdown("test");
+      const [streamed, whole] = await Promise.all(turns);
+      expect(streamed!.status).toBe(200);
+      const events = parseSse(await streamed!.text());
+      expect(events.at(-1)!.event).toBe("done");
+      expect(events.filter((event) => event.event === "error")).toEqual([]);
+      expect(whole!.status).toBe(200);
+      expect(await whole!.json()).toMatchObject({ reply: expect.any(String) });
+      // Both stored whole, and charged: nothing held, two requests counted.
+      expect(assistantRows(target).map((row) => row.incomplete)).toEqual([false, false]);
+      const usage = target.db.select().from(chatUsage).get()!;
+      expect(usage.reservedTokens).toBe(0);
+      expect(usage.requests).toBe(2);
+      expect(usage.usedTokens).toBeGreaterThan(0);
+    } finally {
+      (locker as Database | null)?.close();
+    }
   });
 
   test("a turn still waiting for its first piece when the drain time is up is answered 503 with Retry-After, streamed or not, and logged (re-probe 15c F4)", async () => {
