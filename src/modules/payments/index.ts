@@ -202,7 +202,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
             case "unrecorded":
               throw new AppError(
                 "SERVICE_UNAVAILABLE",
-                `The payment intent was made but could not be recorded (the database is busy). Retry with the same Idempotency-Key in ${outcome.retryAfterSeconds} s: it returns the same intent.`,
+                `The payment intent was made but could not be recorded (${outcome.reason === "busy" ? "the database is busy" : "the database could not be written"}). Retry with the same Idempotency-Key in ${outcome.retryAfterSeconds} s: it returns the same intent.`,
                 undefined,
                 { "retry-after": String(outcome.retryAfterSeconds) },
               );

@@ -69,7 +69,8 @@ export type IntentOutcome =
    * Stripe made the intent, but the file stayed locked past the wait: the key's claim is taken over
    * (and Stripe replays the intent) once its lease ends, in `retryAfterSeconds`.
    */
-  | { kind: "unrecorded"; retryAfterSeconds: number }
+  /** Stripe made the intent and the ledger could not record it: locked past the wait, or failing. */
+  | { kind: "unrecorded"; retryAfterSeconds: number; reason: "busy" | "failed" }
   /** The owner's account was erased meanwhile (its credential still accepted for a second). */
   | { kind: "owner_gone" }
   | GatewayFailure;
@@ -372,18 +373,34 @@ export class PaymentService {
         stored = store();
         break;
       } catch (error) {
-        if (!isDatabaseBusy(error)) throw error;
-        if (performance.now() >= storeBy) {
+        const busy = isDatabaseBusy(error);
+        // Any other failure (a full disk, an I/O error) is the same situation: Stripe has made the
+        // intent, and the claim stays pending for its lease (probe 29c F1: it was a 503 "retry
+        // shortly" whose retries met the pending claim for two minutes, and the log did not name
+        // the intent).
+        if (!busy || performance.now() >= storeBy) {
           // The claim stays pending until its lease ends: a retry before then is told when (at once
           // by this process, after its wait by another); after it, the retry takes the claim over
           // and Stripe replays the intent.
           const retryAfter = Math.ceil(CLAIM_LEASE_MS / 1000);
           this.rememberUnrecorded(owner, key, this.clock.now() + retryAfter * 1000);
-          this.logger.warn(
-            { requestId: acting.requestId, paymentId: result.id },
-            "payment intent made by Stripe could not be recorded: the database stayed locked",
-          );
-          return { kind: "unrecorded", retryAfterSeconds: retryAfter };
+          const fields = { requestId: acting.requestId, paymentId: result.id };
+          if (busy) {
+            this.logger.warn(
+              fields,
+              "payment intent made by Stripe could not be recorded: the database stayed locked",
+            );
+          } else {
+            this.logger.error(
+              { ...fields, err: error },
+              "payment intent made by Stripe could not be recorded",
+            );
+          }
+          return {
+            kind: "unrecorded",
+            retryAfterSeconds: retryAfter,
+            reason: busy ? "busy" : "failed",
+          };
         }
         await Bun.sleep(RECORD_RETRY_MS);
       }

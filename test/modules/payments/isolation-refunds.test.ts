@@ -255,6 +255,36 @@ test("an intent Stripe made while the database stays locked past the wait: 503 n
   }
 });
 
+test("an intent Stripe made that the ledger cannot record for another reason (a full disk) is the same 503 naming when to retry, logged with the intent's id (probe 29c F1)", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const alice = await signUp(target);
+  const sqlite = target.db.$client;
+  // The payments' AUTOINCREMENT at its end: the insert fails with SQLITE_FULL, as on a full disk.
+  const setSequence = (seq: number | bigint) => {
+    sqlite.run("DELETE FROM sqlite_sequence WHERE name = 'payments'");
+    sqlite.query("INSERT INTO sqlite_sequence (name, seq) VALUES ('payments', ?)").run(seq);
+  };
+  setSequence(9223372036854775807n);
+  const body = { amount: 4200, currency: "usd" };
+  const response = await createIntent(target, bearer(alice.accessToken), body, "full-1");
+  expect(response.status).toBe(503);
+  expect(response.headers.get("retry-after")).toBe(String(CLAIM_LEASE_MS / 1000));
+  expect(((await response.json()) as { detail: string }).detail).toBe(
+    `The payment intent was made but could not be recorded (the database could not be written). Retry with the same Idempotency-Key in ${CLAIM_LEASE_MS / 1000} s: it returns the same intent.`,
+  );
+  const logged = target.logs.entries.find(
+    (entry) => entry.msg === "payment intent made by Stripe could not be recorded",
+  );
+  expect(logged).toMatchObject({ level: "error", paymentId: expect.stringMatching(/^pi_/) });
+  // An early retry is told when, at once, not "retry shortly" after a 10 s wait.
+  const early = await createIntent(target, bearer(alice.accessToken), body, "full-1");
+  expect(early.status).toBe(409);
+  expect(Number(early.headers.get("retry-after"))).toBeGreaterThan(CLAIM_LEASE_MS / 1000 - 30);
+  expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+  setSequence(0);
+});
+
 test("a refund Stripe made while the database is locked is answered, recorded once the lock goes, and audited", async () => {
   const { target, admin, id } = await paidApp();
   target.stripe.delayMs = 300;
