@@ -265,18 +265,28 @@ export class OutboxWorker {
     this.abort.abort();
   }
 
-  /** One statement: due, unleased (or lease expired), oldest pending of its sender. */
+  /**
+   * One statement: due, unleased (or lease expired), oldest pending of its sender. The schedule
+   * and the lease are not sealed: one no worker writes — not a whole number, or further ahead
+   * than any backoff, Graph's longest Retry-After or lease reaches (the give-up time is past all
+   * of them) — is read as due and expired, so a genuine row whose times were written into the file
+   * is claimed, and answered or given up, instead of holding its sender's messages back for good
+   * (probe 29c F2).
+   */
   claim(now: number): OutboxRow[] {
     const { db } = this.options;
     const o = whatsappOutbox;
+    const horizon = now + this.settings.giveUpAfterMs;
+    const unwritable = (column: typeof o.nextAttemptAt | typeof o.leaseUntil) =>
+      or(sql`typeof(${column}) != 'integer'`, gt(column, horizon));
     const due = db
       .select({ id: o.id })
       .from(o)
       .where(
         and(
           eq(o.state, "pending"),
-          lte(o.nextAttemptAt, now),
-          or(isNull(o.leaseUntil), lt(o.leaseUntil, now)),
+          or(lte(o.nextAttemptAt, now), unwritable(o.nextAttemptAt)),
+          or(isNull(o.leaseUntil), lt(o.leaseUntil, now), unwritable(o.leaseUntil)),
           sql`NOT EXISTS (SELECT 1 FROM whatsapp_outbox AS earlier WHERE earlier.sender_hash = ${o.senderHash} AND earlier.state = 'pending' AND earlier.id < ${o.id})`,
         ),
       )

@@ -26,7 +26,7 @@
  * secret and the access token are set, stopped at shutdown.
  */
 import { TypeCompiler } from "@sinclair/typebox/compiler";
-import { and, eq, inArray, lt, or, sql } from "drizzle-orm";
+import { and, eq, inArray, lt, notInArray, or, sql } from "drizzle-orm";
 import { Elysia, t } from "elysia";
 import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
@@ -290,9 +290,41 @@ export class WhatsAppIntake {
 
   /** Deletes finished rows, statuses and WhatsApp dedupe records past retention; bounded. */
   prune(now: number): void {
-    const { db } = this.options;
+    const { db, core } = this.options;
     const cutoff = now - RETENTION_MS;
     const o = whatsappOutbox;
+    // A state Palisade never writes (the column is not sealed) is no reply owed and never finished:
+    // given up, its number and text cleared, so it is pruned like any other (probe 29c F2: such a
+    // row kept the number in clear for good). Not resealed: its seal was not checked.
+    const strays = db
+      .update(o)
+      .set({
+        state: "failed",
+        recipient: null,
+        body: null,
+        leaseUntil: null,
+        leaseOwner: null,
+        lastError: "its state was written into the database file",
+        finishedAt: now,
+      })
+      .where(
+        inArray(
+          o.id,
+          db
+            .select({ id: o.id })
+            .from(o)
+            .where(notInArray(o.state, ["pending", "sent", "failed"]))
+            .limit(PRUNE_BATCH),
+        ),
+      )
+      .returning({ id: o.id })
+      .all();
+    if (strays.length > 0) {
+      core.logger.warn(
+        { outboxIds: strays.map((row) => row.id) },
+        "whatsapp outbox rows in a state Palisade never writes were given up",
+      );
+    }
     const finished = db
       .select({ id: o.id })
       .from(o)

@@ -289,6 +289,67 @@ describe("rows written into the file", () => {
     }
   });
 
+  test("a genuine row whose schedule or lease was written into the file as no worker writes it (a text, Infinity, 9e18, a lease for good) is claimed and answered, and its sender's next message after it (probe 29c F2)", async () => {
+    for (const hold of [
+      "next_attempt_at = 'x'",
+      "next_attempt_at = 1e308 * 10",
+      "next_attempt_at = 9000000000000000000",
+      "next_attempt_at = 1.5",
+      "lease_until = 9000000000000000000, lease_owner = 'ghost'",
+      "lease_until = 'x', lease_owner = 'ghost'",
+    ]) {
+      const { target, graph, worker, clock } = setup();
+      // The first reply fails once: the row waits for its retry, genuine and pending.
+      graph.failNext({ status: 500 });
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.G1", from: "16505551234", text: "one" }] }),
+      );
+      await worker.drain();
+      expect(rowOf(target, "wamid.G1").state).toBe("pending");
+      target.db.$client.run(`UPDATE whatsapp_outbox SET ${hold} WHERE message_id = 'wamid.G1'`);
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.G2", from: "16505551234", text: "two" }] }),
+      );
+      // Past its retry: only the written schedule or lease can hold it now.
+      clock.advance(5_000);
+      await worker.drain();
+      expect({ hold, sent: graph.sent.map((m) => m.body) }).toEqual({
+        hold,
+        sent: ["reply to: one", "reply to: two"],
+      });
+      expect(rowOf(target, "wamid.G1")).toMatchObject({ state: "sent", recipient: null });
+      expect(audited(target, "whatsapp.outbox_tampered")).toEqual([]);
+    }
+  });
+
+  test("a row in a state Palisade never writes is given up at the next maintenance: its number and text cleared, then pruned with the rest (probe 29c F2)", async () => {
+    const { target, graph, worker } = setup();
+    graph.failNext({ status: 500 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.W", from: "16505551234", text: "one" }] }),
+    );
+    await worker.drain();
+    target.db.$client.run(
+      "UPDATE whatsapp_outbox SET state = 'weird' WHERE message_id = 'wamid.W'",
+    );
+    target.services.runMaintenance();
+    expect(rowOf(target, "wamid.W")).toMatchObject({
+      state: "failed",
+      recipient: null,
+      body: null,
+      last_error: "its state was written into the database file",
+    });
+    expect(
+      target.logs.entries.some(
+        (entry) =>
+          entry.msg === "whatsapp outbox rows in a state Palisade never writes were given up",
+      ),
+    ).toBe(true);
+  });
+
   test("a genuine row waiting for its retry holds its sender's next message back, and is left alone", async () => {
     const { target, graph, clock, worker } = setup();
     graph.failNext({ status: 500 });
