@@ -153,3 +153,39 @@ test("GET /api/payments lists the caller's payments newest first, a page at a ti
     disputed: false,
   });
 });
+
+test("a payment whose seq was written into the file past what JavaScript counts exactly is left out of the list, and every other page still reached (probe 29c F3)", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  const ids: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const response = await createIntent(current, bearer(user.accessToken), {
+      amount: 100 + i,
+      currency: "usd",
+    });
+    ids.push(((await response.json()) as { id: string }).id);
+  }
+  // The second made now sorts first, under a seq no cursor can carry back exactly.
+  current.db.$client.query("UPDATE payments SET seq = 9007199254740993 WHERE id = ?").run(ids[1]!);
+  const seen: string[] = [];
+  let cursor: number | null = null;
+  do {
+    const query: string = cursor === null ? "?limit=1" : `?limit=1&cursor=${cursor}`;
+    const response = await send(current, `/api/payments${query}`, {
+      headers: bearer(user.accessToken),
+    });
+    expect(response.status).toBe(200);
+    const page = (await response.json()) as {
+      payments: { id: string }[];
+      nextCursor: number | null;
+    };
+    seen.push(...page.payments.map((p) => p.id));
+    cursor = page.nextCursor;
+  } while (cursor !== null);
+  expect(seen).toEqual([ids[3], ids[2], ids[0]]);
+  // Still read by its id.
+  const moved = await send(current, `/api/payments/${ids[1]}`, {
+    headers: bearer(user.accessToken),
+  });
+  expect(moved.status).toBe(200);
+});
