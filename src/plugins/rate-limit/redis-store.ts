@@ -219,11 +219,29 @@ export class RedisLimiterStore implements LeasableStore {
         String(policy.burstLimit),
       );
     }
-    const rows = (await withDeadline(
-      this.evaluate(keys, args),
-      this.options.deadlineMs ?? 500,
-      "rate-limit decision",
-    )) as number[][];
+    const decision = this.evaluate(keys, args);
+    let rows: number[][];
+    try {
+      rows = (await withDeadline(
+        decision,
+        this.options.deadlineMs ?? 500,
+        "rate-limit decision",
+      )) as number[][];
+    } catch (error) {
+      // Past its deadline the script is still in the connection's pipeline, and a stalled Redis
+      // runs it when it resumes. Where a policy of these checks fails closed the request was
+      // refused (503) on this failure: what the script counts then, nobody was admitted for, and it
+      // is given back as it arrives (probe 29d F1: a client that obeyed Retry-After through a
+      // stall spent its sign-ins, and its first one after was a 429 counted as a violation). A
+      // fail-open check was let through: its count stands.
+      if (checks.some((check) => check.policy.failClosed)) {
+        decision.then(
+          (late) => this.giveBackLate(keys, checks, late as number[][]),
+          () => {},
+        );
+      }
+      throw error;
+    }
     const offset = rows.length > 0 ? now - rows[0]![7]! : this.offset;
     this.offset = offset;
     if (this.options.time !== "caller") {
@@ -254,6 +272,28 @@ export class RedisLimiterStore implements LeasableStore {
       },
       lease,
     );
+  }
+
+  /** Uncounts what a decision answered after its deadline granted, in Redis's own windows. */
+  private giveBackLate(keys: string[], checks: readonly LimitCheck[], rows: number[][]): void {
+    if (!Array.isArray(rows)) return;
+    rows.forEach((row, index) => {
+      const policy = checks[index]?.policy;
+      const granted = row?.[6];
+      if (policy === undefined || typeof granted !== "number" || granted <= 0) return;
+      this.client
+        .send("EVAL", [
+          GIVE_BACK_SCRIPT,
+          "1",
+          keys[index]!,
+          String(row[0]),
+          String(policy.windowMs),
+          String(row[3]),
+          String(BURST_WINDOW_MS),
+          String(granted),
+        ])
+        .catch(() => {});
+    });
   }
 
   /**

@@ -182,7 +182,7 @@ test("a payment whose seq was written into the file past what JavaScript counts 
     seen.push(...page.payments.map((p) => p.id));
     cursor = page.nextCursor;
   } while (cursor !== null);
-  expect(seen).toEqual([ids[3], ids[2], ids[0]]);
+  expect(seen).toEqual([ids[3]!, ids[2]!, ids[0]!]);
   // Still read by its id.
   const moved = await send(current, `/api/payments/${ids[1]}`, {
     headers: bearer(user.accessToken),

@@ -357,6 +357,49 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     }
   });
 
+  test("decisions answered 503 while Redis stalled are given back when it runs them late: a client that obeyed Retry-After is not refused after (probe 29d F1); a fail-open route's admitted requests stay counted", async () => {
+    const own = await startRedis();
+    const target = buildTestApp({ env: { REDIS_URL: own.url, RATE_LIMIT_ALLOW_CIDRS: "" } });
+    await target.services.start();
+    const raw = new RedisClient(own.url);
+    const peer = "198.51.100.71";
+    try {
+      const { email } = await signUp(target);
+      own.pause();
+      // Five sign-ins, the policy's whole minute, each answered 503 within the deadline.
+      for (let i = 0; i < 5; i++) {
+        const refused = await send(target, "/api/auth/login", {
+          body: { email, password: STRONG_PASSWORD },
+          peer,
+        });
+        expect(refused.status).toBe(503);
+      }
+      // A public route is let through (fail-open): it was admitted, and stays counted.
+      expect((await send(target, "/openapi.json", { peer })).status).toBe(200);
+      own.resume();
+      const loginCount = async () =>
+        Number((await raw.hget(`palisade:rl:login:ip:${peer}`, "cur")) ?? 0);
+      await waitFor(
+        async () =>
+          (await raw.exists(`palisade:rl:login:ip:${peer}`)) && (await loginCount()) === 0,
+        {
+          what: "the late sign-in decisions given back",
+        },
+      );
+      expect(Number(await raw.hget(`palisade:rl:default:ip:${peer}`, "cur"))).toBe(1);
+      const after = await send(target, "/api/auth/login", {
+        body: { email, password: STRONG_PASSWORD },
+        peer,
+      });
+      expect(after.status).toBe(200);
+    } finally {
+      own.resume();
+      raw.close();
+      target.close();
+      await own.stop();
+    }
+  });
+
   test("with Redis down, public routes stay open, auth routes answer 503, /ready says so", async () => {
     const own = await startRedis();
     const target = buildTestApp({ env: { REDIS_URL: own.url } });
