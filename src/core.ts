@@ -165,8 +165,11 @@ export function createCore(options: CoreOptions): Core {
     },
   };
   if (redis) {
+    // Ready means writable here too: a Redis at its `maxmemory` (noeviction) answers PING and
+    // refuses every decision, each sign-in and payment a 503 (probe 29d F5). A key of its own,
+    // gone in a second.
     readiness.redis = async () => {
-      await withDeadline(redis.send("PING", []), 500, "PING");
+      await withDeadline(redis.send("SET", ["palisade:ready", "1", "PX", "1000"]), 500, "SET");
     };
   }
   const metrics = {

@@ -400,6 +400,29 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     }
   });
 
+  test("a Redis at its maxmemory that refuses writes is not ready: /ready answers 503 while decisions fail, 200 once it takes writes again (probe 29d F5)", async () => {
+    const own = await startRedis();
+    const target = buildTestApp({ env: { REDIS_URL: own.url } });
+    await target.services.start();
+    const raw = new RedisClient(own.url);
+    try {
+      expect((await send(target, "/ready")).status).toBe(200);
+      await raw.send("CONFIG", ["SET", "maxmemory-policy", "noeviction"]);
+      await raw.send("CONFIG", ["SET", "maxmemory", "1"]);
+      const login = await send(target, "/api/auth/login", {
+        body: { email: "a@example.test", password: "whatever-it-is" },
+      });
+      expect(login.status).toBe(503);
+      expect((await send(target, "/ready")).status).toBe(503);
+      await raw.send("CONFIG", ["SET", "maxmemory", "0"]);
+      expect((await send(target, "/ready")).status).toBe(200);
+    } finally {
+      raw.close();
+      target.close();
+      await own.stop();
+    }
+  });
+
   test("with Redis down, public routes stay open, auth routes answer 503, /ready says so", async () => {
     const own = await startRedis();
     const target = buildTestApp({ env: { REDIS_URL: own.url } });
