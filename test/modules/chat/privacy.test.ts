@@ -207,6 +207,22 @@ describe("the export is written as it is read", () => {
     ]);
   }, 60_000);
 
+  test("the document built whole in memory (the service's export, JSON.stringify) is what the route streams", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock });
+    const alice = await signUp(target);
+    await converse(target, clock, asUser(alice), 3);
+    await start(target, asUser(alice), "one more question");
+    const streamed = (await (
+      await send(target, "/api/me/export", { headers: asUser(alice) })
+    ).json()) as Record<string, unknown>;
+    const whole = JSON.parse(
+      JSON.stringify(target.services.privacy.export(alice.userId)),
+    ) as Record<string, unknown>;
+    expect((whole.chat as Exported["chat"]).conversations).toHaveLength(2);
+    expect({ ...whole, exportedAt: null }).toEqual({ ...streamed, exportedAt: null });
+  });
+
   /**
    * The export's answer read up to its first chunk (the long conversation's first page), then
    * `between` run, then the rest: the text received and whether the read failed.
