@@ -6,24 +6,13 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { STRONG_PASSWORD, signUp } from "../../support/auth";
+import { cookiesOf, type Jar } from "../../support/cookies";
 
 let current: TestApp | null = null;
 afterEach(() => {
   current?.close();
   current = null;
 });
-
-type Jar = Record<string, string>;
-
-function cookiesOf(response: Response): Jar {
-  const jar: Jar = {};
-  for (const line of response.headers.getSetCookie()) {
-    const [pair] = line.split(";");
-    const equals = pair!.indexOf("=");
-    jar[pair!.slice(0, equals)] = pair!.slice(equals + 1);
-  }
-  return jar;
-}
 
 /** The ways a Cookie header may be written around the same cookies. */
 const SPELLINGS: [string, (jar: Jar) => string][] = [

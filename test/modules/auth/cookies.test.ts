@@ -1,27 +1,13 @@
 import { afterEach, expect, test } from "bun:test";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../../support/app";
 import { STRONG_PASSWORD, signUp } from "../../support/auth";
+import { cookieHeader, cookiesOf } from "../../support/cookies";
 
 let current: TestApp | null = null;
 afterEach(() => {
   current?.close();
   current = null;
 });
-
-function cookiesOf(response: Response): Record<string, string> {
-  const jar: Record<string, string> = {};
-  for (const line of response.headers.getSetCookie()) {
-    const [pair] = line.split(";");
-    const [name, value] = pair!.split("=");
-    jar[name!] = value!;
-  }
-  return jar;
-}
-
-const cookieHeader = (jar: Record<string, string>) =>
-  Object.entries(jar)
-    .map(([k, v]) => `${k}=${v}`)
-    .join("; ");
 
 test("browser mode: HttpOnly strict cookies, /me by cookie, CSRF on logout, cookies cleared", async () => {
   current = buildTestApp();

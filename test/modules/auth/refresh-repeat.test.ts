@@ -11,6 +11,7 @@ import { sha256Hex } from "../../../src/plugins/auth/tokens";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
+import { cookieHeader, cookiesOf } from "../../support/cookies";
 
 /** Loopback is never rate limited here: these tests refresh more than the route's limit. */
 const ENV = { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" };
@@ -152,21 +153,6 @@ test("a spent token whose use was wiped from the file (used_at cleared, no secre
   expect((await refresh(target, first.body.refreshToken)).status).toBe(401);
   expect(auditTypes(target).at(-1)!.type).toBe("auth.refresh.reused");
 });
-
-function cookiesOf(response: Response): Record<string, string> {
-  const jar: Record<string, string> = {};
-  for (const line of response.headers.getSetCookie()) {
-    const [pair] = line.split(";");
-    const [name, value] = pair!.split("=");
-    jar[name!] = value!;
-  }
-  return jar;
-}
-
-const cookieHeader = (jar: Record<string, string>) =>
-  Object.entries(jar)
-    .map(([name, value]) => `${name}=${value}`)
-    .join("; ");
 
 test("two browser tabs refreshing one cookie session at once both stay signed in, with the same new refresh cookie", async () => {
   const { target, session } = await started();

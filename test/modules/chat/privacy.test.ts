@@ -244,25 +244,32 @@ describe("the export is written as it is read", () => {
     return { text, cut: false };
   }
 
+  /** A user with a conversation of LONG turns, and its message ids in order. */
+  async function longConversation() {
+    const clock = new ManualClock();
+    const app = buildTestApp({ clock });
+    target = app;
+    const alice = await signUp(app);
+    const long = await converse(app, clock, asUser(alice), LONG);
+    const ids = app.db.$client
+      .query<{ id: number }, [string]>(
+        "SELECT id FROM chat_messages WHERE conversation_id = ? ORDER BY id",
+      )
+      .all(long)
+      .map((row) => row.id);
+    return { app, alice, long, ids };
+  }
+
   const deleteMessages = (app: TestApp, conversation: string, where: string) =>
     app.db.$client
       .query(`DELETE FROM chat_messages WHERE conversation_id = ? AND ${where}`)
       .run(conversation);
 
   test("retention deleting the oldest messages past the page the export has written does not cut it: the rest follows, checked from the oldest left (probe 29b F1)", async () => {
-    const clock = new ManualClock();
-    target = buildTestApp({ clock });
-    const alice = await signUp(target);
-    const long = await converse(target, clock, asUser(alice), LONG);
-    const ids = target.db.$client
-      .query<{ id: number }, [string]>(
-        "SELECT id FROM chat_messages WHERE conversation_id = ? ORDER BY id",
-      )
-      .all(long)
-      .map((row) => row.id);
+    const { app, alice, long, ids } = await longConversation();
     // As retention does: the oldest 501, one past the first page of 500.
-    const { text, cut } = await exportAround(target, alice, () =>
-      deleteMessages(target!, long, `id <= ${ids[500]}`),
+    const { text, cut } = await exportAround(app, alice, () =>
+      deleteMessages(app, long, `id <= ${ids[500]}`),
     );
     expect(cut).toBe(false);
     const document = JSON.parse(text) as Exported;
@@ -273,26 +280,17 @@ describe("the export is written as it is read", () => {
       Array.from({ length: 250 }, (_, i) => `turn ${i}`),
     );
     expect(messages.at(-1)!.role).toBe("assistant");
-    expect(auditedEvents(target, "chat.conversation_tampered")).toEqual([]);
+    expect(auditedEvents(app, "chat.conversation_tampered")).toEqual([]);
   }, 60_000);
 
   test("a message deleted from the middle, just past the page the export has written, still cuts it: older ones are left", async () => {
-    const clock = new ManualClock();
-    target = buildTestApp({ clock });
-    const alice = await signUp(target);
-    const long = await converse(target, clock, asUser(alice), LONG);
-    const ids = target.db.$client
-      .query<{ id: number }, [string]>(
-        "SELECT id FROM chat_messages WHERE conversation_id = ? ORDER BY id",
-      )
-      .all(long)
-      .map((row) => row.id);
+    const { app, alice, long, ids } = await longConversation();
     // The 500th and 501st go; the 499 before them stay.
-    const { cut } = await exportAround(target, alice, () =>
-      deleteMessages(target!, long, `id IN (${ids[499]}, ${ids[500]})`),
+    const { cut } = await exportAround(app, alice, () =>
+      deleteMessages(app, long, `id IN (${ids[499]}, ${ids[500]})`),
     );
     expect(cut).toBe(true);
-    expect(auditedEvents(target, "chat.conversation_tampered")).toEqual([
+    expect(auditedEvents(app, "chat.conversation_tampered")).toEqual([
       { conversation: long, actor: "system" },
     ]);
   }, 60_000);
