@@ -190,3 +190,24 @@ export async function streamFirstChunkThenHangUp(
   abort.abort();
   return { status: response.status, first: new TextDecoder().decode(value) };
 }
+
+/**
+ * A conversation of `turns` turns (`turn 0` …), the clock a minute on every ten so no limit
+ * refuses one; its id.
+ */
+export async function conversation(
+  target: TestApp,
+  clock: { advance(ms: number): void },
+  credential: Record<string, string>,
+  turns: number,
+): Promise<string> {
+  let id: string | undefined;
+  for (let i = 0; i < turns; i++) {
+    if (i > 0 && i % 10 === 0) clock.advance(60_000);
+    const response = await chat(target, credential, { message: `turn ${i}`, conversationId: id });
+    if (response.status !== 200)
+      throw new Error(`turn ${i}: ${response.status} ${await response.text()}`);
+    id = ((await response.json()) as { conversationId: string }).conversationId;
+  }
+  return id!;
+}

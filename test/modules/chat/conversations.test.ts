@@ -14,7 +14,7 @@ import {
 } from "../../../src/modules/chat/feature";
 import { buildTestApp, send, servicesTold, type TestApp } from "../../support/app";
 import { createKey, type Session, signUp } from "../../support/auth";
-import { asKey, asUser, chat } from "../../support/chat";
+import { asKey, asUser, chat, conversation } from "../../support/chat";
 import { ManualClock } from "../../support/clock";
 import { putBackBefore } from "../../support/migrations";
 
@@ -37,17 +37,8 @@ async function start(credential: Record<string, string>, message = "hello"): Pro
   return ((await response.json()) as { conversationId: string }).conversationId;
 }
 
-/** A conversation of `turns` turns (`turn 0` …), a minute apart every ten so no limit refuses one. */
-async function converse(credential: Record<string, string>, turns: number): Promise<string> {
-  let id: string | undefined;
-  for (let i = 0; i < turns; i++) {
-    if (i > 0 && i % 10 === 0) clock.advance(60_000);
-    const response = await chat(target, credential, { message: `turn ${i}`, conversationId: id });
-    expect(response.status).toBe(200);
-    id = ((await response.json()) as { conversationId: string }).conversationId;
-  }
-  return id!;
-}
+const converse = (credential: Record<string, string>, turns: number) =>
+  conversation(target, clock, credential, turns);
 
 interface MessagePage {
   messageCount: number;

@@ -15,7 +15,7 @@ import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { createChatSeal } from "../../../src/modules/chat/history-seal";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { createKey, signUp } from "../../support/auth";
-import { asKey, asUser, chat, gatedProvider, SSE } from "../../support/chat";
+import { asKey, asUser, chat, conversation, gatedProvider, SSE } from "../../support/chat";
 import { ManualClock } from "../../support/clock";
 import { auditedEvents } from "../../support/whatsapp";
 
@@ -111,23 +111,6 @@ describe("export and erasure", () => {
 });
 
 describe("the export is written as it is read", () => {
-  /** A conversation of `turns` turns (`turn 0` …), a minute apart every ten so no limit refuses one. */
-  async function converse(
-    app: TestApp,
-    clock: ManualClock,
-    credential: Record<string, string>,
-    turns: number,
-  ) {
-    let id: string | undefined;
-    for (let i = 0; i < turns; i++) {
-      if (i > 0 && i % 10 === 0) clock.advance(60_000);
-      const response = await chat(app, credential, { message: `turn ${i}`, conversationId: id });
-      expect(response.status).toBe(200);
-      id = ((await response.json()) as { conversationId: string }).conversationId;
-    }
-    return id!;
-  }
-
   type Exported = {
     chat: { conversations: { id: string; messages: { role: string; content: string }[] }[] };
   };
@@ -139,7 +122,7 @@ describe("the export is written as it is read", () => {
     const clock = new ManualClock();
     target = buildTestApp({ clock });
     const alice = await signUp(target);
-    const long = await converse(target, clock, asUser(alice), LONG);
+    const long = await conversation(target, clock, asUser(alice), LONG);
     const short = await start(target, asUser(alice), "one more question");
 
     const response = await send(target, "/api/me/export", { headers: asUser(alice) });
@@ -172,7 +155,7 @@ describe("the export is written as it is read", () => {
     const clock = new ManualClock();
     target = buildTestApp({ clock });
     const alice = await signUp(target);
-    const long = await converse(target, clock, asUser(alice), LONG);
+    const long = await conversation(target, clock, asUser(alice), LONG);
 
     const response = await send(target, "/api/me/export", { headers: asUser(alice) });
     expect(response.status).toBe(200);
@@ -211,7 +194,7 @@ describe("the export is written as it is read", () => {
     const clock = new ManualClock();
     target = buildTestApp({ clock });
     const alice = await signUp(target);
-    await converse(target, clock, asUser(alice), 3);
+    await conversation(target, clock, asUser(alice), 3);
     await start(target, asUser(alice), "one more question");
     const streamed = (await (
       await send(target, "/api/me/export", { headers: asUser(alice) })
@@ -250,7 +233,7 @@ describe("the export is written as it is read", () => {
     const app = buildTestApp({ clock });
     target = app;
     const alice = await signUp(app);
-    const long = await converse(app, clock, asUser(alice), LONG);
+    const long = await conversation(app, clock, asUser(alice), LONG);
     const ids = app.db.$client
       .query<{ id: number }, [string]>(
         "SELECT id FROM chat_messages WHERE conversation_id = ? ORDER BY id",
