@@ -31,9 +31,12 @@ const PREFIX = "palisade:rl:";
 const TOLD_WINDOWS_KEPT = 4096;
 
 // KEYS: one hash per check. ARGV: wanted; the instant to decide at, or anything else to decide at
-// Redis's own clock (TIME); then 4 values per check: window ms, burst window ms, limit, burst limit.
+// Redis's own clock (TIME); the instant (Redis's) after which the asker no longer waits, or anything
+// else for none; then 4 values per check: window ms, burst window ms, limit, burst limit.
 // Returns, per check decided (it stops after the first that granted nothing), eight numbers: the
-// windows after the decision, the permits granted, and the instant it was decided at.
+// windows after the decision, the permits granted, and the instant it was decided at. Run after
+// its deadline (a stalled Redis running what was queued), it counts nothing and returns one row
+// {-1, 0, 0, 0, 0, 0, 0, now}: the asker answered the request without it.
 //
 // Deciding at Redis's clock, every VM decides on one clock: a VM whose clock is behind another's
 // decides as the one ahead does. Decided at each VM's own clock, a key counted by a VM ahead was in
@@ -53,10 +56,12 @@ if not now then
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
+local decideBy = tonumber(ARGV[3])
+if decideBy and now > decideBy then return {{-1, 0, 0, 0, 0, 0, 0, now}} end
 local out = {}
 for i = 1, #KEYS do
   if wanted <= 0 then break end
-  local a = 2 + (i - 1) * 4
+  local a = 3 + (i - 1) * 4
   local win, bwin = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local limit, blimit = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local ws = now - now % win
@@ -135,6 +140,8 @@ export class RedisLimiterStore implements LeasableStore {
    * give-back's windows translated back.
    */
   private offset = 0;
+  /** Whether a decision has told the offset yet (a deadline is sent in Redis's time only then). */
+  private offsetKnown = false;
   /**
    * The window starts of recent outcomes as told to this VM, and Redis's: a give-back comes with
    * the former, and the offset may have moved since (this VM's clock stepped) by more than half a
@@ -207,9 +214,22 @@ export class RedisLimiterStore implements LeasableStore {
     const now = latestNow(group);
     const keys = checks.map((c) => `${PREFIX}${c.policy.id}:${c.key}`);
     const lease = leaseOf(group);
+    const deadlineMs = this.options.deadlineMs ?? 500;
+    // Where a policy fails closed, a decision the asker stopped waiting for answered its request
+    // 503: run later by a stalled Redis, it must count nothing — before whatever was queued behind
+    // it on the connection is decided (probe 29e F1: a give-back sent once the late answer came
+    // landed after the retry queued behind it, which was refused and counted towards a block).
+    // Told in Redis's time through the last decision's offset; none before one is known (a clock
+    // hours off would refuse every decision), and none on the caller's clock.
+    const failClosed = checks.some((check) => check.policy.failClosed);
+    const decideBy =
+      failClosed && this.offsetKnown && this.options.time !== "caller"
+        ? String(now - this.offset + deadlineMs)
+        : "none";
     const args = [
       String(group.length + lease.extra),
       this.options.time === "caller" ? String(now) : "redis",
+      decideBy,
     ];
     for (const { policy } of checks) {
       args.push(
@@ -222,19 +242,17 @@ export class RedisLimiterStore implements LeasableStore {
     const decision = this.evaluate(keys, args);
     let rows: number[][];
     try {
-      rows = (await withDeadline(
-        decision,
-        this.options.deadlineMs ?? 500,
-        "rate-limit decision",
-      )) as number[][];
+      rows = (await withDeadline(decision, deadlineMs, "rate-limit decision")) as number[][];
     } catch (error) {
       // Past its deadline the script is still in the connection's pipeline, and a stalled Redis
       // runs it when it resumes. Where a policy of these checks fails closed the request was
-      // refused (503) on this failure: what the script counts then, nobody was admitted for, and it
-      // is given back as it arrives (probe 29d F1: a client that obeyed Retry-After through a
-      // stall spent its sign-ins, and its first one after was a 429 counted as a violation). A
-      // fail-open check was let through: its count stands.
-      if (checks.some((check) => check.policy.failClosed)) {
+      // refused (503) on this failure: the script refuses itself past its deadline (above), and
+      // what it counted all the same (no offset known yet; run in the moment between its
+      // deadline in Redis and the answer's arrival here) is given back as it arrives (probe 29d
+      // F1: a client that obeyed Retry-After through a stall spent its sign-ins, and its first one
+      // after was a 429 counted as a violation). A fail-open check was let through: its count
+      // stands.
+      if (failClosed) {
         decision.then(
           (late) => this.giveBackLate(keys, checks, late as number[][]),
           () => {},
@@ -244,6 +262,12 @@ export class RedisLimiterStore implements LeasableStore {
     }
     const offset = rows.length > 0 ? now - rows[0]![7]! : this.offset;
     this.offset = offset;
+    this.offsetKnown ||= rows.length > 0;
+    if (rows[0]?.[0] === -1) {
+      // Judged late in Redis (this VM's clock stepped since the offset was read): a failure, as a
+      // timeout is; the offset is now this decision's.
+      throw new Error("rate-limit decision: Redis ran it after its deadline");
+    }
     if (this.options.time !== "caller") {
       if (this.toldWindows.size > TOLD_WINDOWS_KEPT) this.toldWindows.clear();
       for (const row of rows) {
@@ -276,7 +300,7 @@ export class RedisLimiterStore implements LeasableStore {
 
   /** Uncounts what a decision answered after its deadline granted, in Redis's own windows. */
   private giveBackLate(keys: string[], checks: readonly LimitCheck[], rows: number[][]): void {
-    if (!Array.isArray(rows)) return;
+    if (!Array.isArray(rows) || rows[0]?.[0] === -1) return;
     rows.forEach((row, index) => {
       const policy = checks[index]?.policy;
       const granted = row?.[6];

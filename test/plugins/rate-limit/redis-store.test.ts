@@ -377,21 +377,49 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
       // A public route is let through (fail-open): it was admitted, and stays counted.
       expect((await send(target, "/openapi.json", { peer })).status).toBe(200);
       own.resume();
-      const loginCount = async () =>
-        Number((await raw.hget(`palisade:rl:login:ip:${peer}`, "cur")) ?? 0);
+      // The public request, queued on the connection after the sign-ins, is counted once Redis
+      // runs the queue: by then every sign-in decision has run too, and counted nothing.
       await waitFor(
-        async () =>
-          (await raw.exists(`palisade:rl:login:ip:${peer}`)) && (await loginCount()) === 0,
-        {
-          what: "the late sign-in decisions given back",
-        },
+        async () => Number((await raw.hget(`palisade:rl:default:ip:${peer}`, "cur")) ?? 0) === 1,
+        { what: "the queued decisions run" },
       );
-      expect(Number(await raw.hget(`palisade:rl:default:ip:${peer}`, "cur"))).toBe(1);
+      await waitFor(
+        async () => Number((await raw.hget(`palisade:rl:login:ip:${peer}`, "cur")) ?? 0) === 0,
+        { what: "no sign-in counted" },
+      );
       const after = await send(target, "/api/auth/login", {
         body: { email, password: STRONG_PASSWORD },
         peer,
       });
       expect(after.status).toBe(200);
+    } finally {
+      own.resume();
+      raw.close();
+      target.close();
+      await own.stop();
+    }
+  });
+
+  test("a sign-in queued behind decisions that timed out in a stall is decided as if they never ran: admitted at the resume, not refused and counted towards a block (probe 29e F1)", async () => {
+    const own = await startRedis();
+    const target = buildTestApp({ env: { REDIS_URL: own.url, RATE_LIMIT_ALLOW_CIDRS: "" } });
+    await target.services.start();
+    const raw = new RedisClient(own.url);
+    const peer = "198.51.100.72";
+    const login = (email: string) =>
+      send(target, "/api/auth/login", { body: { email, password: STRONG_PASSWORD }, peer });
+    try {
+      // A decision made first: this process knows Redis's clock.
+      const { email } = await signUp(target);
+      own.pause();
+      for (let i = 0; i < 5; i++) expect((await login(email)).status).toBe(503);
+      // The client's retry, sent during the stall, waits on the connection behind those five.
+      const retry = login(email);
+      await Bun.sleep(100);
+      own.resume();
+      expect((await retry).status).toBe(200);
+      expect(Number((await raw.hget(`palisade:rl:login:ip:${peer}`, "cur")) ?? 0)).toBe(1);
+      expect(await raw.exists(`palisade:rl:violations.ratelimit:ip:${peer}`)).toBe(false);
     } finally {
       own.resume();
       raw.close();
