@@ -12,6 +12,7 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { payments } from "../../db/schema";
 import type { AuditEvent } from "../../plugins/audit/events";
 import { keyLineage } from "../../plugins/auth/lineage";
+import { MAX_QUERY_INTEGER } from "../../plugins/strict-query";
 import { isStripeId } from "./ids";
 import {
   createPaymentSeal,
@@ -174,11 +175,11 @@ export class PaymentLedger {
   }
 
   /**
-   * The owner's payments, newest first, `limit` from before the cursor (a `seq`). A `seq` past what
-   * JavaScript counts exactly is none SQLite handed out here (it counts from 1): written into the
+   * The owner's payments, newest first, `limit` from before the cursor (a `seq`). A `seq` longer
+   * than a query's 15 digits is none SQLite handed out here (it counts from 1): written into the
    * file (the column is not sealed), it would be a cursor no request can send back, and every
-   * older payment out of reach (probe 29c F3). Such a row is left out of the list; it is still
-   * read by its id.
+   * older payment out of reach (probes 29c F3, 29e F2). Such a row is left out of the list; it is
+   * still read by its id.
    */
   list(owner: string, cursor: number | undefined, limit: number) {
     const rows = this.db
@@ -188,7 +189,7 @@ export class PaymentLedger {
         and(
           eq(payments.owner, owner),
           sql`typeof(${payments.seq}) = 'integer'`,
-          lte(payments.seq, Number.MAX_SAFE_INTEGER),
+          lte(payments.seq, MAX_QUERY_INTEGER),
           cursor === undefined ? undefined : lt(payments.seq, cursor),
         ),
       )

@@ -24,6 +24,8 @@ export interface RouteQuery {
 }
 
 const DIGITS = /^[0-9]{1,15}$/;
+/** The largest whole number a query parameter can carry (15 digits): a cursor must fit. */
+export const MAX_QUERY_INTEGER = 999_999_999_999_999;
 const DECIMAL_DIGITS_MESSAGE = "Expected one whole number written in decimal digits";
 
 type Property = {

@@ -154,7 +154,7 @@ test("GET /api/payments lists the caller's payments newest first, a page at a ti
   });
 });
 
-test("a payment whose seq was written into the file past what JavaScript counts exactly is left out of the list, and every other page still reached (probe 29c F3)", async () => {
+test("a payment whose seq was written into the file past what a cursor carries (past 2^53, or 16 digits) is left out of the list, and every other page still reached (probes 29c F3, 29e F2)", async () => {
   current = buildPaymentsApp();
   const user = await signUp(current);
   const ids: string[] = [];
@@ -165,13 +165,30 @@ test("a payment whose seq was written into the file past what JavaScript counts 
     });
     ids.push(((await response.json()) as { id: string }).id);
   }
-  // The second made now sorts first, under a seq no cursor can carry back exactly.
-  current.db.$client.query("UPDATE payments SET seq = 9007199254740993 WHERE id = ?").run(ids[1]!);
+  for (const seq of ["9007199254740993", "1000000000000000"]) {
+    // The second made now sorts first, under a seq no cursor can carry back (past 2^53, rounded;
+    // or 16 digits, more than a query takes: probe 29e F2).
+    current.db.$client.query(`UPDATE payments SET seq = ${seq} WHERE id = ?`).run(ids[1]!);
+    await expectListed(current, user, [ids[3]!, ids[2]!, ids[0]!]);
+  }
+  // Still read by its id.
+  const moved = await send(current, `/api/payments/${ids[1]}`, {
+    headers: bearer(user.accessToken),
+  });
+  expect(moved.status).toBe(200);
+});
+
+/** Every payment the user's list shows, page by page (one a page), in order. */
+async function expectListed(
+  target: Parameters<typeof send>[0],
+  user: { accessToken: string },
+  expected: string[],
+) {
   const seen: string[] = [];
   let cursor: number | null = null;
   do {
     const query: string = cursor === null ? "?limit=1" : `?limit=1&cursor=${cursor}`;
-    const response = await send(current, `/api/payments${query}`, {
+    const response = await send(target, `/api/payments${query}`, {
       headers: bearer(user.accessToken),
     });
     expect(response.status).toBe(200);
@@ -182,10 +199,5 @@ test("a payment whose seq was written into the file past what JavaScript counts 
     seen.push(...page.payments.map((p) => p.id));
     cursor = page.nextCursor;
   } while (cursor !== null);
-  expect(seen).toEqual([ids[3]!, ids[2]!, ids[0]!]);
-  // Still read by its id.
-  const moved = await send(current, `/api/payments/${ids[1]}`, {
-    headers: bearer(user.accessToken),
-  });
-  expect(moved.status).toBe(200);
-});
+  expect(seen).toEqual(expected);
+}
