@@ -379,9 +379,11 @@ export class PaymentService {
         // shortly" whose retries met the pending claim for two minutes, and the log did not name
         // the intent).
         if (!busy || performance.now() >= storeBy) {
-          // The claim stays pending until its lease ends: a retry before then is told when (at once
-          // by this process, after its wait by another); after it, the retry takes the claim over
-          // and Stripe replays the intent.
+          // The claim stays pending until its lease ends: a retry before then to this process is
+          // told when, at once; another process cannot tell this claim from one whose Stripe call
+          // is still under way, and answers "in progress" (Retry-After: 1) after its wait (probe
+          // 29e F4; README). After the lease, the retry takes the claim over and Stripe replays the
+          // intent.
           const retryAfter = Math.ceil(CLAIM_LEASE_MS / 1000);
           this.rememberUnrecorded(owner, key, this.clock.now() + retryAfter * 1000);
           const fields = { requestId: acting.requestId, paymentId: result.id };

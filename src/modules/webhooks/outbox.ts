@@ -105,6 +105,8 @@ export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
 };
 
 const SEND_LEASE_MARGIN_MS = 5000;
+/** How far ahead of a process's clock another process on the file may have stamped an arrival. */
+const ARRIVAL_CLOCK_SKEW_MS = 60_000;
 /**
  * How long storing a reply, or marking one Graph accepted as sent, may wait out another
  * connection's write lock, inside the row's lease (outlastLock): given up on the connection's
@@ -344,7 +346,7 @@ export class OutboxWorker {
       // Past its give-up time before anything was tried, or with a reply kept at a stop: given
       // up, not answered late (a turn run then is charged, and Graph refuses a free reply past 24
       // hours anyway; probe 28d F3).
-      if (clock.now() - row.receivedAt >= this.settings.giveUpAfterMs) {
+      if (this.pastGiveUp(row, clock.now())) {
         return this.failPermanent(
           row,
           row.attempts > 0
@@ -560,10 +562,23 @@ export class OutboxWorker {
     }
   }
 
+  /**
+   * Whether the row's message arrived longer than the give-up time ago. Its arrival time is not
+   * sealed: one the intake never writes (not a whole number, or ahead of now by more than a
+   * minute of clock difference between processes) counts as past it, so such a row is given up
+   * rather than retried for good with its number kept (probe 29e F3).
+   */
+  private pastGiveUp(row: OutboxRow, now: number): boolean {
+    const receivedAt: unknown = row.receivedAt;
+    if (typeof receivedAt !== "number" || !Number.isSafeInteger(receivedAt)) return true;
+    if (receivedAt > now + ARRIVAL_CLOCK_SKEW_MS) return true;
+    return now - receivedAt >= this.settings.giveUpAfterMs;
+  }
+
   private failTransient(row: OutboxRow, reason: string, retryAfterMs?: number): void {
     const now = this.options.clock.now();
     const attempts = row.attempts + 1;
-    if (now - row.receivedAt >= this.settings.giveUpAfterMs) {
+    if (this.pastGiveUp(row, now)) {
       this.failPermanent(row, `gave up after ${attempts} attempts: ${reason}`);
       return;
     }

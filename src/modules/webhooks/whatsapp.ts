@@ -328,7 +328,14 @@ export class WhatsAppIntake {
     const finished = db
       .select({ id: o.id })
       .from(o)
-      .where(and(or(eq(o.state, "sent"), eq(o.state, "failed")), lt(o.finishedAt, cutoff)))
+      .where(
+        and(
+          or(eq(o.state, "sent"), eq(o.state, "failed")),
+          // A finish time no worker writes (none, a text: the column is not sealed) is pruned too,
+          // or the row would keep its number for good (probe 29e F3).
+          or(lt(o.finishedAt, cutoff), sql`typeof(${o.finishedAt}) != 'integer'`),
+        ),
+      )
       .limit(PRUNE_BATCH);
     db.delete(o).where(inArray(o.id, finished)).run();
     // Each status row by its own rowid: a message has a row per status, and selecting by message

@@ -324,6 +324,54 @@ describe("rows written into the file", () => {
     }
   });
 
+  test("a genuine row whose arrival time was written as the intake never writes it (a text, 9e18) is given up, its number cleared, and its sender's next message answered (probe 29e F3)", async () => {
+    for (const arrival of ["'x'", "9000000000000000000"]) {
+      const { target, graph, worker, clock } = setup();
+      graph.failNext({ status: 500 });
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.A1", from: "16505551234", text: "one" }] }),
+      );
+      await worker.drain();
+      target.db.$client.run(
+        `UPDATE whatsapp_outbox SET received_at = ${arrival} WHERE message_id = 'wamid.A1'`,
+      );
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.A2", from: "16505551234", text: "two" }] }),
+      );
+      clock.advance(5_000);
+      await worker.drain();
+      expect({ arrival, row: rowOf(target, "wamid.A1") }).toMatchObject({
+        arrival,
+        row: { state: "failed", recipient: null },
+      });
+      expect(graph.sent.map((m) => m.body)).toEqual(["reply to: two"]);
+    }
+  });
+
+  test("a finished row whose finish time was written as no worker writes it (none, a text) is pruned at the next maintenance, its number with it (probe 29e F3)", async () => {
+    const { target, worker } = setup();
+    for (const id of ["wamid.F1", "wamid.F2"]) {
+      await deliver(target, notification({ messages: [{ id, from: "16505551234", text: "hi" }] }));
+      await worker.drain();
+    }
+    target.db.$client.run(
+      "UPDATE whatsapp_outbox SET finished_at = NULL, recipient = '16505551234' WHERE message_id = 'wamid.F1'",
+    );
+    target.db.$client.run(
+      "UPDATE whatsapp_outbox SET state = 'failed', finished_at = 'never', recipient = '16505551234' WHERE message_id = 'wamid.F2'",
+    );
+    target.services.runMaintenance();
+    expect(
+      target.db.$client
+        .query(
+          "SELECT count(*) AS n FROM whatsapp_outbox WHERE message_id IN ('wamid.F1', 'wamid.F2')",
+        )
+        .get(),
+    ).toEqual({ n: 0 });
+  });
+
   test("a row in a state Palisade never writes is given up at the next maintenance: its number and text cleared, then pruned with the rest (probe 29c F2)", async () => {
     const { target, graph, worker } = setup();
     graph.failNext({ status: 500 });
