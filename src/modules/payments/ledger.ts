@@ -5,7 +5,7 @@
  * records the event id), so the dedupe record and the effect commit together or not at all; it
  * returns what to audit and count once that transaction has committed.
  */
-import { and, desc, eq, lt, lte, sql } from "drizzle-orm";
+import { and, desc, eq, gte, lt, lte, sql } from "drizzle-orm";
 import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
@@ -176,10 +176,10 @@ export class PaymentLedger {
 
   /**
    * The owner's payments, newest first, `limit` from before the cursor (a `seq`). A `seq` longer
-   * than a query's 15 digits is none SQLite handed out here (it counts from 1): written into the
-   * file (the column is not sealed), it would be a cursor no request can send back, and every
-   * older payment out of reach (probes 29c F3, 29e F2). Such a row is left out of the list; it is
-   * still read by its id.
+   * than a query's 15 digits, or below 1, is none SQLite handed out here (it counts from 1):
+   * written into the file (the column is not sealed), it would be a cursor no request can send
+   * back, and every older payment out of reach (probes 29c F3, 29e F2, 29f F4). Such a row is left
+   * out of the list; it is still read by its id.
    */
   list(owner: string, cursor: number | undefined, limit: number) {
     const rows = this.db
@@ -189,6 +189,7 @@ export class PaymentLedger {
         and(
           eq(payments.owner, owner),
           sql`typeof(${payments.seq}) = 'integer'`,
+          gte(payments.seq, 1),
           lte(payments.seq, MAX_QUERY_INTEGER),
           cursor === undefined ? undefined : lt(payments.seq, cursor),
         ),

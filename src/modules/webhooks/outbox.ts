@@ -105,8 +105,11 @@ export const DEFAULT_OUTBOX_SETTINGS: OutboxSettings = {
 };
 
 const SEND_LEASE_MARGIN_MS = 5000;
-/** How far ahead of a process's clock another process on the file may have stamped an arrival. */
-const ARRIVAL_CLOCK_SKEW_MS = 60_000;
+/**
+ * How far ahead of this clock an arrival may be and still be one the intake wrote (a clock stepped
+ * back since): a day, past which Graph takes no free reply anyway.
+ */
+const ARRIVAL_AHEAD_LIMIT_MS = 24 * 60 * 60_000;
 /**
  * How long storing a reply, or marking one Graph accepted as sent, may wait out another
  * connection's write lock, inside the row's lease (outlastLock): given up on the connection's
@@ -564,14 +567,15 @@ export class OutboxWorker {
 
   /**
    * Whether the row's message arrived longer than the give-up time ago. Its arrival time is not
-   * sealed: one the intake never writes (not a whole number, or ahead of now by more than a
-   * minute of clock difference between processes) counts as past it, so such a row is given up
-   * rather than retried for good with its number kept (probe 29e F3).
+   * sealed: one the intake never writes (not a whole number, or more than a day ahead of this
+   * clock) counts as past it, so such a row is given up rather than retried for good with its
+   * number kept (probe 29e F3). An arrival less far ahead is the clock stepped back (the rows of
+   * the last minutes look ahead then): waited for, never given up unanswered (probe 29f F1).
    */
   private pastGiveUp(row: OutboxRow, now: number): boolean {
     const receivedAt: unknown = row.receivedAt;
     if (typeof receivedAt !== "number" || !Number.isSafeInteger(receivedAt)) return true;
-    if (receivedAt > now + ARRIVAL_CLOCK_SKEW_MS) return true;
+    if (receivedAt > now + ARRIVAL_AHEAD_LIMIT_MS) return true;
     return now - receivedAt >= this.settings.giveUpAfterMs;
   }
 

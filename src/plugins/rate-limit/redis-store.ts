@@ -140,8 +140,11 @@ export class RedisLimiterStore implements LeasableStore {
    * give-back's windows translated back.
    */
   private offset = 0;
-  /** Whether a decision has told the offset yet (a deadline is sent in Redis's time only then). */
-  private offsetKnown = false;
+  /**
+   * Redis's clock minus this process's monotonic clock (`performance.now()`), at the last
+   * decision; null before one. A decision's deadline is told to Redis from it.
+   */
+  private redisMinusMonotonic: number | null = null;
   /**
    * The window starts of recent outcomes as told to this VM, and Redis's: a give-back comes with
    * the former, and the offset may have moved since (this VM's clock stepped) by more than half a
@@ -215,34 +218,48 @@ export class RedisLimiterStore implements LeasableStore {
     const keys = checks.map((c) => `${PREFIX}${c.policy.id}:${c.key}`);
     const lease = leaseOf(group);
     const deadlineMs = this.options.deadlineMs ?? 500;
+    const started = performance.now();
     // Where a policy fails closed, a decision the asker stopped waiting for answered its request
     // 503: run later by a stalled Redis, it must count nothing — before whatever was queued behind
     // it on the connection is decided (probe 29e F1: a give-back sent once the late answer came
     // landed after the retry queued behind it, which was refused and counted towards a block).
-    // Told in Redis's time through the last decision's offset; none before one is known (a clock
-    // hours off would refuse every decision), and none on the caller's clock.
+    // Told in Redis's time from this process's monotonic clock, which a step of the wall clock
+    // does not move (probe 29f F2, F3); none before a decision has told Redis's time, and none on
+    // the caller's clock.
     const failClosed = checks.some((check) => check.policy.failClosed);
-    const decideBy =
-      failClosed && this.offsetKnown && this.options.time !== "caller"
-        ? String(now - this.offset + deadlineMs)
+    const argsWith = (decideBy: string) => {
+      const args = [
+        String(group.length + lease.extra),
+        this.options.time === "caller" ? String(now) : "redis",
+        decideBy,
+      ];
+      for (const { policy } of checks) {
+        args.push(
+          String(policy.windowMs),
+          String(BURST_WINDOW_MS),
+          String(policy.limit),
+          String(policy.burstLimit),
+        );
+      }
+      return args;
+    };
+    const deadlineInRedis = () =>
+      failClosed && this.redisMinusMonotonic !== null && this.options.time !== "caller"
+        ? String(Math.ceil(started + this.redisMinusMonotonic + deadlineMs))
         : "none";
-    const args = [
-      String(group.length + lease.extra),
-      this.options.time === "caller" ? String(now) : "redis",
-      decideBy,
-    ];
-    for (const { policy } of checks) {
-      args.push(
-        String(policy.windowMs),
-        String(BURST_WINDOW_MS),
-        String(policy.limit),
-        String(policy.burstLimit),
-      );
-    }
-    const decision = this.evaluate(keys, args);
+    let decision = this.evaluate(keys, argsWith(deadlineInRedis()));
     let rows: number[][];
     try {
       rows = (await withDeadline(decision, deadlineMs, "rate-limit decision")) as number[][];
+      if (rows[0]?.[0] === -1) {
+        // Judged late by Redis though answered in time: Redis's clock stepped since it was read.
+        // Read again from this answer, and decided once more within what is left of the wait.
+        this.redisMinusMonotonic = rows[0]![7]! - started;
+        decision = this.evaluate(keys, argsWith(deadlineInRedis()));
+        const left = Math.max(1, deadlineMs - (performance.now() - started));
+        rows = (await withDeadline(decision, left, "rate-limit decision")) as number[][];
+        if (rows[0]?.[0] === -1) throw new Error("rate-limit decision: Redis ran it late");
+      }
     } catch (error) {
       // Past its deadline the script is still in the connection's pipeline, and a stalled Redis
       // runs it when it resumes. Where a policy of these checks fails closed the request was
@@ -262,12 +279,8 @@ export class RedisLimiterStore implements LeasableStore {
     }
     const offset = rows.length > 0 ? now - rows[0]![7]! : this.offset;
     this.offset = offset;
-    this.offsetKnown ||= rows.length > 0;
-    if (rows[0]?.[0] === -1) {
-      // Judged late in Redis (this VM's clock stepped since the offset was read): a failure, as a
-      // timeout is; the offset is now this decision's.
-      throw new Error("rate-limit decision: Redis ran it after its deadline");
-    }
+    // Measured from the send: an answer's travel back makes the deadline later, never earlier.
+    if (rows.length > 0) this.redisMinusMonotonic = rows[0]![7]! - started;
     if (this.options.time !== "caller") {
       if (this.toldWindows.size > TOLD_WINDOWS_KEPT) this.toldWindows.clear();
       for (const row of rows) {

@@ -165,9 +165,10 @@ test("a payment whose seq was written into the file past what a cursor carries (
     });
     ids.push(((await response.json()) as { id: string }).id);
   }
-  for (const seq of ["9007199254740993", "1000000000000000"]) {
+  for (const seq of ["9007199254740993", "1000000000000000", "0", "-5"]) {
     // The second made now sorts first, under a seq no cursor can carry back (past 2^53, rounded;
-    // or 16 digits, more than a query takes: probe 29e F2).
+    // or 16 digits, more than a query takes: probe 29e F2; or below the 1 a cursor starts at: 29f
+    // F4).
     current.db.$client.query(`UPDATE payments SET seq = ${seq} WHERE id = ?`).run(ids[1]!);
     await expectListed(current, user, [ids[3]!, ids[2]!, ids[0]!]);
   }

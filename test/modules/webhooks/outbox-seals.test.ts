@@ -350,6 +350,21 @@ describe("rows written into the file", () => {
     }
   });
 
+  test("the clock stepped back 20 minutes: a genuine reply waiting for its retry is sent, not given up as arrived in the future (probe 29f F1)", async () => {
+    const { target, graph, worker, clock } = setup();
+    graph.failNext({ status: 500 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.B1", from: "16505551234", text: "one" }] }),
+    );
+    await worker.drain();
+    expect(rowOf(target, "wamid.B1").state).toBe("pending");
+    clock.advance(-20 * 60_000);
+    await worker.drain();
+    expect(rowOf(target, "wamid.B1")).toMatchObject({ state: "sent" });
+    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: one"]);
+  });
+
   test("a finished row whose finish time was written as no worker writes it (none, a text) is pruned at the next maintenance, its number with it (probe 29e F3)", async () => {
     const { target, worker } = setup();
     for (const id of ["wamid.F1", "wamid.F2"]) {

@@ -428,6 +428,39 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     }
   });
 
+  test("a step of this VM's wall clock moves no deadline: back 2 s, sign-ins are decided, not 503; ahead 5 s, a retry queued behind a stall is still admitted (probe 29f F2, F3)", async () => {
+    const own = await startRedis();
+    let shift = 0;
+    const clock = { now: () => Date.now() + shift };
+    const target = buildTestApp({
+      clock,
+      env: { REDIS_URL: own.url, RATE_LIMIT_ALLOW_CIDRS: "" },
+    });
+    await target.services.start();
+    const login = (email: string, peer: string) =>
+      send(target, "/api/auth/login", { body: { email, password: STRONG_PASSWORD }, peer });
+    try {
+      const { email } = await signUp(target);
+      shift = -2_000;
+      const back = await Promise.all(
+        ["198.51.100.81", "198.51.100.82", "198.51.100.83"].map((peer) => login(email, peer)),
+      );
+      expect(back.map((response) => response.status)).toEqual([200, 200, 200]);
+      shift = 5_000;
+      own.pause();
+      const peer = "198.51.100.84";
+      for (let i = 0; i < 5; i++) expect((await login(email, peer)).status).toBe(503);
+      const retry = login(email, peer);
+      await Bun.sleep(100);
+      own.resume();
+      expect((await retry).status).toBe(200);
+    } finally {
+      own.resume();
+      target.close();
+      await own.stop();
+    }
+  });
+
   test("a Redis at its maxmemory that refuses writes is not ready: /ready answers 503 while decisions fail, 200 once it takes writes again (probe 29d F5)", async () => {
     const own = await startRedis();
     const target = buildTestApp({ env: { REDIS_URL: own.url } });
