@@ -40,6 +40,19 @@ const cleanups = cleanupsAfterEach();
 
 const setup = () => outboxSetup(cleanups);
 
+/** A sender's first message, whose reply failed once: its row genuine, pending, waiting to retry. */
+async function waitingForRetry(messageId: string) {
+  const world = setup();
+  world.graph.failNext({ status: 500 });
+  await deliver(
+    world.target,
+    notification({ messages: [{ id: messageId, from: "16505551234", text: "one" }] }),
+  );
+  await world.worker.drain();
+  expect(rowOf(world.target, messageId).state).toBe("pending");
+  return world;
+}
+
 interface Row {
   id: number;
   message_id: string;
@@ -298,15 +311,7 @@ describe("rows written into the file", () => {
       "lease_until = 9000000000000000000, lease_owner = 'ghost'",
       "lease_until = 'x', lease_owner = 'ghost'",
     ]) {
-      const { target, graph, worker, clock } = setup();
-      // The first reply fails once: the row waits for its retry, genuine and pending.
-      graph.failNext({ status: 500 });
-      await deliver(
-        target,
-        notification({ messages: [{ id: "wamid.G1", from: "16505551234", text: "one" }] }),
-      );
-      await worker.drain();
-      expect(rowOf(target, "wamid.G1").state).toBe("pending");
+      const { target, graph, worker, clock } = await waitingForRetry("wamid.G1");
       target.db.$client.run(`UPDATE whatsapp_outbox SET ${hold} WHERE message_id = 'wamid.G1'`);
       await deliver(
         target,
@@ -326,13 +331,7 @@ describe("rows written into the file", () => {
 
   test("a genuine row whose arrival time was written as the intake never writes it (a text, 9e18) is given up, its number cleared, and its sender's next message answered (probe 29e F3)", async () => {
     for (const arrival of ["'x'", "9000000000000000000"]) {
-      const { target, graph, worker, clock } = setup();
-      graph.failNext({ status: 500 });
-      await deliver(
-        target,
-        notification({ messages: [{ id: "wamid.A1", from: "16505551234", text: "one" }] }),
-      );
-      await worker.drain();
+      const { target, graph, worker, clock } = await waitingForRetry("wamid.A1");
       target.db.$client.run(
         `UPDATE whatsapp_outbox SET received_at = ${arrival} WHERE message_id = 'wamid.A1'`,
       );
@@ -351,14 +350,7 @@ describe("rows written into the file", () => {
   });
 
   test("the clock stepped back 20 minutes: a genuine reply waiting for its retry is sent, not given up as arrived in the future (probe 29f F1)", async () => {
-    const { target, graph, worker, clock } = setup();
-    graph.failNext({ status: 500 });
-    await deliver(
-      target,
-      notification({ messages: [{ id: "wamid.B1", from: "16505551234", text: "one" }] }),
-    );
-    await worker.drain();
-    expect(rowOf(target, "wamid.B1").state).toBe("pending");
+    const { target, graph, worker, clock } = await waitingForRetry("wamid.B1");
     clock.advance(-20 * 60_000);
     await worker.drain();
     expect(rowOf(target, "wamid.B1")).toMatchObject({ state: "sent" });
@@ -388,13 +380,7 @@ describe("rows written into the file", () => {
   });
 
   test("a row in a state Palisade never writes is given up at the next maintenance: its number and text cleared, then pruned with the rest (probe 29c F2)", async () => {
-    const { target, graph, worker } = setup();
-    graph.failNext({ status: 500 });
-    await deliver(
-      target,
-      notification({ messages: [{ id: "wamid.W", from: "16505551234", text: "one" }] }),
-    );
-    await worker.drain();
+    const { target } = await waitingForRetry("wamid.W");
     target.db.$client.run(
       "UPDATE whatsapp_outbox SET state = 'weird' WHERE message_id = 'wamid.W'",
     );
