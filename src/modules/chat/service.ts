@@ -627,11 +627,6 @@ export class ChatService implements ChatTurns {
     }
   }
 
-  /**
-   * The user's message and the reply, the conversation's time and the usage: one transaction, or
-   * one savepoint of the transaction the turns ending in the same event-loop turn share
-   * (db/grouped-writes). Settles once they are committed.
-   */
   /** Whether the turn's upstream has answered and its storing is under way. */
   isStoring(turn: PreparedTurn): boolean {
     return this.storing.has(turn);
@@ -647,6 +642,7 @@ export class ChatService implements ChatTurns {
     while (this.storing.size > 0) await Promise.allSettled([...this.storing.values()]);
   }
 
+  /** Stores the turn (storeTurn), known as being stored until that settles (storesSettled). */
   private async store(turn: PreparedTurn, reply: string, usage: TokenUsage, incomplete: boolean) {
     const storing = this.storeTurn(turn, reply, usage, incomplete);
     this.storing.set(turn, storing);
@@ -657,6 +653,11 @@ export class ChatService implements ChatTurns {
     }
   }
 
+  /**
+   * The user's message and the reply, the conversation's time and the usage: one transaction, or
+   * one savepoint of the transaction the turns ending in the same event-loop turn share
+   * (db/grouped-writes). Settles once they are committed.
+   */
   private async storeTurn(
     turn: PreparedTurn,
     reply: string,
@@ -1023,13 +1024,12 @@ export class ChatService implements ChatTurns {
         .orderBy(asc(chatMessages.id))
         .limit(EXPORT_PAGE)
         .all();
-      const linked =
-        before === undefined ||
-        this.check.chain([before, ...page]) ||
-        (this.isOldest(page[0]) && this.check.chain(page));
-      if (!linked || (before === undefined && !this.check.chain(page))) {
-        throw new ChainBroken(conversationId);
-      }
+      const holds =
+        before === undefined
+          ? this.check.chain(page)
+          : this.check.chain([before, ...page]) ||
+            (this.isOldest(page[0]) && this.check.chain(page));
+      if (!holds) throw new ChainBroken(conversationId);
       yield page;
       if (page.length < EXPORT_PAGE) return;
       before = page[page.length - 1];

@@ -66,10 +66,10 @@ export type IntentOutcome =
    */
   | { kind: "in_progress"; retryAfterSeconds?: number }
   /**
-   * Stripe made the intent, but the file stayed locked past the wait: the key's claim is taken over
-   * (and Stripe replays the intent) once its lease ends, in `retryAfterSeconds`.
+   * Stripe made the intent, but the ledger could not record it (the file locked past the wait, or
+   * failing): the key's claim is taken over (and Stripe replays the intent) once its lease ends, in
+   * `retryAfterSeconds`.
    */
-  /** Stripe made the intent and the ledger could not record it: locked past the wait, or failing. */
   | { kind: "unrecorded"; retryAfterSeconds: number; reason: "busy" | "failed" }
   /** The owner's account was erased meanwhile (its credential still accepted for a second). */
   | { kind: "owner_gone" }

@@ -240,7 +240,7 @@ export class OutboxWorker {
   }
 
   /**
-   * Stops claiming, lets chat turns in flight finish for up to `STOP_TURN_GRACE_MS` (an aborted
+   * Stops claiming, lets chat turns in flight finish for up to `stopTurnGraceMs` (an aborted
    * one was charged and ran again at the next claim: probe 28d F1), then aborts those left and
    * waits for sends in flight to be marked. Called at shutdown, before the database closes, and
    * when the schema changed under the process.

@@ -131,6 +131,11 @@ export function withDeadline<T>(work: Promise<T>, ms: number, what: string): Pro
   return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
+/** Whether the script ran after its deadline and counted nothing (its one row starts with -1). */
+function ranLate(rows: readonly (readonly number[])[]): boolean {
+  return rows[0]?.[0] === -1;
+}
+
 export class RedisLimiterStore implements LeasableStore {
   private readonly queue = new CheckQueue((groups, returns) => this.runGroups(groups, returns));
   private sha: Promise<string> | null = null;
@@ -251,14 +256,14 @@ export class RedisLimiterStore implements LeasableStore {
     let rows: number[][];
     try {
       rows = (await withDeadline(decision, deadlineMs, "rate-limit decision")) as number[][];
-      if (rows[0]?.[0] === -1) {
+      if (ranLate(rows)) {
         // Judged late by Redis though answered in time: Redis's clock stepped since it was read.
         // Read again from this answer, and decided once more within what is left of the wait.
         this.redisMinusMonotonic = rows[0]![7]! - started;
         decision = this.evaluate(keys, argsWith(deadlineInRedis()));
         const left = Math.max(1, deadlineMs - (performance.now() - started));
         rows = (await withDeadline(decision, left, "rate-limit decision")) as number[][];
-        if (rows[0]?.[0] === -1) throw new Error("rate-limit decision: Redis ran it late");
+        if (ranLate(rows)) throw new Error("rate-limit decision: Redis ran it late");
       }
     } catch (error) {
       // Past its deadline the script is still in the connection's pipeline, and a stalled Redis
@@ -313,7 +318,7 @@ export class RedisLimiterStore implements LeasableStore {
 
   /** Uncounts what a decision answered after its deadline granted, in Redis's own windows. */
   private giveBackLate(keys: string[], checks: readonly LimitCheck[], rows: number[][]): void {
-    if (!Array.isArray(rows) || rows[0]?.[0] === -1) return;
+    if (!Array.isArray(rows) || ranLate(rows)) return;
     rows.forEach((row, index) => {
       const policy = checks[index]?.policy;
       const granted = row?.[6];
