@@ -20,6 +20,7 @@ import { fdDestination, type LogDestination } from "./fd-destination";
 import { fieldJson, fieldsJson, REDACTED } from "./fields";
 import { fitLine } from "./fit-line";
 import { bufferLines, type LineBuffer } from "./line-buffer";
+import { createRepeatGate, type RepeatGate } from "./repeats";
 import { createTextScrubber, type TextScrubberOptions } from "./scrub";
 import { REORDERING_CLASS } from "./spell-out";
 
@@ -60,6 +61,12 @@ export interface Logger {
    * its order and a shutdown loses none.
    */
   readonly batched: LineBuffer;
+  /**
+   * For a line a lasting fault writes once per request (a store or the database down): the first
+   * line of `key` is written, the others of the next 10 s only counted, and one line then says how
+   * many (logging/repeats). `key` is chosen by the code, never client text.
+   */
+  repeating(key: string): Pick<Logger, "error" | "warn">;
   /** A logger whose every line also carries `bindings`, after `service`. */
   child(bindings: Record<string, unknown>): Logger;
   bindings(): Record<string, unknown>;
@@ -73,6 +80,8 @@ export interface LoggerOptions {
   secretValues?: readonly string[];
   /** Where lines go; stdout (fd 1, synchronously) by default. Tests pass a collecting one. */
   destination?: LogDestination;
+  /** How long the repeats of a `repeating` key are counted instead of written (10 s). */
+  repeatIntervalMs?: number;
 }
 
 /**
@@ -104,6 +113,7 @@ interface Shared {
   destination: LogDestination;
   batched: LineBuffer;
   scrub: (line: string) => string;
+  repeats: RepeatGate;
 }
 
 function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: string): Logger {
@@ -140,10 +150,18 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
       destination.write(indivisible === undefined ? line : fitLine(line, indivisible));
     };
   };
+  const error = method("error");
+  const warn = method("warn");
+  const repeatingOf = (key: string, level: "error" | "warn", write: LogFn): LogFn => {
+    if (write === ignore) return ignore;
+    return (first: unknown, second?: string) => {
+      if (shared.repeats.admit(key, level, requestIdOf(first))) write(first, second);
+    };
+  };
   return {
     fatal: method("fatal"),
-    error: method("error"),
-    warn: method("warn"),
+    error,
+    warn,
     info: method("info"),
     debug: method("debug"),
     trace: method("trace"),
@@ -152,32 +170,57 @@ function buildLogger(shared: Shared, bound: Record<string, unknown>, boundJson: 
     batched,
     child: (bindings) =>
       buildLogger(shared, { ...bound, ...bindings }, boundJson + fieldsJson(bindings)),
+    repeating: (key) => ({
+      error: repeatingOf(key, "error", error),
+      warn: repeatingOf(key, "warn", warn),
+    }),
     bindings: () => ({ ...bound }),
     isLevelEnabled: (level) =>
       level !== "silent" &&
       Object.hasOwn(SEVERITY, level) &&
       SEVERITY[level as LogLevel] >= threshold,
     flush: () => {
+      shared.repeats.flush();
       batched.flush();
       destination.flush?.();
     },
   };
 }
 
-export function createLogger({ level, secretValues = [], destination }: LoggerOptions): Logger {
+export function createLogger(options: LoggerOptions): Logger {
+  const { level, secretValues = [], destination } = options;
   const base = { service: "palisade" };
   const sink = destination ?? fdDestination(1);
-  return buildLogger(
+  const repeats = createRepeatGate({
+    intervalMs: options.repeatIntervalMs,
+    summarize: ({ key, level, count, intervalMs, lastRequestId }) => {
+      const seconds = intervalMs / 1000;
+      logger[level](
+        { repeated: key, count, seconds, lastRequestId },
+        `${key}: ${count} more in the last ${seconds} s, counted here rather than logged each`,
+      );
+    },
+  });
+  const logger = buildLogger(
     {
       level,
       destination: sink,
       batched: bufferLines(sink),
       // Whole serialised lines: a replacement must keep each one JSON.
       scrub: secretScrubber(secretValues, { json: true }),
+      repeats,
     },
     base,
     fieldsJson(base),
   );
+  return logger;
+}
+
+/** The request id a line's fields carry, for the summary of lines counted. */
+function requestIdOf(fields: unknown): string | undefined {
+  if (typeof fields !== "object" || fields === null) return undefined;
+  const { requestId } = fields as { requestId?: unknown };
+  return typeof requestId === "string" ? requestId : undefined;
 }
 
 /** Control characters, and what breaks or reorders a line (logging/spell-out's one list). */

@@ -97,6 +97,8 @@ export interface TestAppOptions {
   loadPasswordStrength?: FeatureOptions["loadPasswordStrength"];
   /** Bytes free where the database lives, as /ready reads them (a test fills the disk). */
   freeDiskBytes?: (directory: string) => number;
+  /** How long the logger counts a repeated fault's lines instead of writing them (10 s). */
+  logRepeatIntervalMs?: number;
 }
 
 export interface TestApp {
@@ -134,6 +136,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     level: config.logLevel,
     secretValues: config.secretValues,
     destination: logs,
+    repeatIntervalMs: options.logRepeatIntervalMs,
   });
   const db = openDatabase(databasePath);
   applyMigrations(db);

@@ -220,20 +220,31 @@ export function errorHandler({
       } else if (refusal) {
         // Locked past our short wait (db/busy): not a bug, and retrying shortly will work. Read-only,
         // full or failing: the client may retry too; the operator needs the stack.
+        // A lasting lock or a full disk fails every request: the first line of each route pattern
+        // (never the method, which can be any token a client sends) is written, the rest summed up
+        // (logging/repeats).
+        const route = routeOf();
         if (refusal.busy) {
-          logger.warn({ requestId, method: request.method, route: routeOf() }, "database locked");
+          logger
+            .repeating(`database locked: ${route ?? "<unmatched>"}`)
+            .warn({ requestId, method: request.method, route }, "database locked");
         } else {
-          logger.error(
-            { err: error, requestId, method: request.method, route: routeOf() },
-            "database unavailable",
-          );
+          logger
+            .repeating(`database unavailable: ${route ?? "<unmatched>"}`)
+            .error(
+              { err: error, requestId, method: request.method, route },
+              "database unavailable",
+            );
         }
         outcome = { code: refusal.code, detail: refusal.detail, headers: refusal.headers };
       } else {
-        logger.error(
-          { err: error, requestId, method: request.method, route: routeOf() },
-          "unhandled error",
-        );
+        // A fault a client can trigger at will would write its stack for every request: the
+        // first of each route and error kind is written, the rest summed up (logging/repeats).
+        const route = routeOf();
+        const kind = error instanceof Error ? error.constructor.name : typeof error;
+        logger
+          .repeating(`unhandled error: ${route ?? "<unmatched>"} ${kind}`)
+          .error({ err: error, requestId, method: request.method, route }, "unhandled error");
         outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
       }
 

@@ -23,7 +23,7 @@ export const QUIET_AUDIT_KEYS = 10_000;
 
 /**
  * A limiter store that could not answer: counted (`rate_limit_store_errors_total{mode}`) and
- * logged; for a decision that fails closed, returns the 503 (with Retry-After) to throw, else null
+ * logged (the first of a run of failures whole, the rest summed up: logging/repeats); for a decision that fails closed, returns the 503 (with Retry-After) to throw, else null
  * (let through). The store's error goes with the report (never to the client), so a lock and a
  * missing table are two failures. The rate-limit stage, the login lockout and the IP blocker's
  * violation counts all end here.
@@ -36,10 +36,11 @@ export function limiterFailed(error: unknown, context: StoreFailure): AppError |
 export function limiterFailed(error: unknown, context: StoreFailure): AppError | null {
   const { metrics, logger, requestId, failClosed, policy, lost } = context;
   metrics.storeErrors.labels(failClosed ? "closed" : "open").inc();
-  logger.error(
-    { err: error, requestId, failClosed, ...(policy ? { policy } : {}) },
-    lost ? `rate-limit store failed: ${lost}` : "rate-limit store failed",
-  );
+  const message = lost ? `rate-limit store failed: ${lost}` : "rate-limit store failed";
+  // Failing for every request while the store is down: one line each 10 s says how many more.
+  logger
+    .repeating(`${message}${policy ? ` (${policy})` : ""}${failClosed ? ", refused" : ""}`)
+    .error({ err: error, requestId, failClosed, ...(policy ? { policy } : {}) }, message);
   if (!failClosed) return null;
   return new AppError(
     "SERVICE_UNAVAILABLE",
