@@ -1,19 +1,18 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createLogger } from "../../src/logging/logger";
-import type { LimiterStore } from "../../src/plugins/rate-limit/store";
-import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
+import { buildTestApp, failingLimiterStore, LogCapture, send, type TestApp } from "../support/app";
 
 const INTERVAL_MS = 120;
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+function collecting(level: "info" | "error", repeatIntervalMs: number) {
+  const logs = new LogCapture();
+  return { logs, logger: createLogger({ level, destination: logs, repeatIntervalMs }) };
+}
+
 describe("a line a lasting fault repeats", () => {
   test("the first is written whole, the rest of the interval counted, and one line says how many", async () => {
-    const logs = new LogCapture();
-    const logger = createLogger({
-      level: "info",
-      destination: logs,
-      repeatIntervalMs: INTERVAL_MS,
-    });
+    const { logs, logger } = collecting("info", INTERVAL_MS);
     const down = logger.repeating("store down");
     for (let i = 1; i <= 5; i++)
       down.error({ err: new Error("locked"), requestId: `r${i}` }, "store failed");
@@ -34,12 +33,7 @@ describe("a line a lasting fault repeats", () => {
   });
 
   test("a fault that lasts writes one summary an interval, and a quiet key is written whole again", async () => {
-    const logs = new LogCapture();
-    const logger = createLogger({
-      level: "info",
-      destination: logs,
-      repeatIntervalMs: INTERVAL_MS,
-    });
+    const { logs, logger } = collecting("info", INTERVAL_MS);
     const down = logger.repeating("store down");
     down.warn({ requestId: "a" }, "store failed");
     await pause(INTERVAL_MS * 0.5);
@@ -61,8 +55,7 @@ describe("a line a lasting fault repeats", () => {
   });
 
   test("keys are counted apart, another logger's lines are not, and a flush writes what is counted", () => {
-    const logs = new LogCapture();
-    const logger = createLogger({ level: "info", destination: logs, repeatIntervalMs: 60_000 });
+    const { logs, logger } = collecting("info", 60_000);
     const child = logger.child({ component: "limiter" });
     for (let i = 0; i < 3; i++) {
       logger.repeating("one").error({ requestId: `one-${i}` }, "one failed");
@@ -90,8 +83,7 @@ describe("a line a lasting fault repeats", () => {
   });
 
   test("a level the logger leaves out is neither written nor counted", () => {
-    const logs = new LogCapture();
-    const logger = createLogger({ level: "error", destination: logs, repeatIntervalMs: 60_000 });
+    const { logs, logger } = collecting("error", 60_000);
     for (let i = 0; i < 3; i++) logger.repeating("locked").warn({ requestId: `${i}` }, "locked");
     logger.flush();
     expect(logs.entries).toHaveLength(0);
@@ -106,14 +98,10 @@ describe("the service while its limiter store is down", () => {
   });
 
   test("a flood of requests writes one failure line and one count each interval, beside every access line", async () => {
-    const failing: LimiterStore = {
-      check: () => Promise.reject(new Error("connection closed")),
-      giveBack: () => {},
-      reset: () => Promise.reject(new Error("connection closed")),
-      prune: () => 0,
-      close: () => {},
-    };
-    current = buildTestApp({ limiter: failing, logRepeatIntervalMs: INTERVAL_MS });
+    current = buildTestApp({
+      limiter: failingLimiterStore("connection closed"),
+      logRepeatIntervalMs: INTERVAL_MS,
+    });
     const statuses: number[] = [];
     for (let i = 0; i < 20; i++) {
       const response = await send(current, "/api/auth/login", {

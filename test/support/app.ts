@@ -127,6 +127,17 @@ export function testConfig(
   });
 }
 
+/** A limiter store that is down: every decision and reset fails with `message`. */
+export function failingLimiterStore(message: string): LimiterStore {
+  return {
+    check: () => Promise.reject(new Error(message)),
+    giveBack: () => {},
+    reset: () => Promise.reject(new Error(message)),
+    prune: () => 0,
+    close: () => {},
+  };
+}
+
 export function buildTestApp(options: TestAppOptions = {}): TestApp {
   const dir = tempDir();
   const databasePath = join(dir.path, "palisade.db");

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import type { LimiterStore } from "../../../src/plugins/rate-limit/store";
-import { buildTestApp, send, type TestApp } from "../../support/app";
+import { buildTestApp, failingLimiterStore, send, type TestApp } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 
 let current: TestApp | null = null;
@@ -188,14 +188,7 @@ describe("rate limiting", () => {
   });
 
   test("a failing store lets public routes through and refuses auth routes, counting both", async () => {
-    const failing: LimiterStore = {
-      check: () => Promise.reject(new Error("database is locked")),
-      giveBack: () => {},
-      reset: () => Promise.reject(new Error("database is locked")),
-      prune: () => 0,
-      close: () => {},
-    };
-    current = buildTestApp({ limiter: failing });
+    current = buildTestApp({ limiter: failingLimiterStore("database is locked") });
     const app = current.app;
     const open = await send({ app }, "/openapi.json");
     expect(open.status).toBe(200);
