@@ -266,6 +266,35 @@ test("a 4xx is not reported; a 503 from an unusable database is", async () => {
   expect(event.request.url).toBe("/api/auth/register");
 });
 
+test("an answer that fails its schema is reported by route and field paths, never with the answer's values (probe 30b F1)", async () => {
+  const target = build();
+  const admin = await signUp(target, { role: "admin" });
+  const keyName = "billing-bot-for-acme-4242";
+  const { record } = target.services.apiKeys.create(
+    { name: keyName, scopes: ["chat"], userId: null },
+    "test",
+  );
+  // A value written into the file that the answer's schema refuses: Infinity for an integer.
+  target.db.$client.run("UPDATE api_keys SET last_used_at = 9e999 WHERE id = ?", [record.id]);
+  const listed = await send(target, "/api/admin/api-keys", { headers: bearer(admin.accessToken) });
+  expect(listed.status).toBe(500);
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 1, { what: "the 500 event" });
+  const text = JSON.stringify(sentry.events());
+  // The answer's values (a key's name, its id) never leave; the principal tag is the admin's.
+  expect(text).not.toContain(keyName);
+  expect(text).not.toContain(record.id);
+  const event = sentry.events()[0] as {
+    tags: Record<string, string>;
+    exception: { values: { type: string; value: string }[] };
+  };
+  expect(event.tags.route).toBe("GET /api/admin/api-keys");
+  expect(event.exception.values[0]!.type).toBe("ResponseSchemaMismatch");
+  expect(event.exception.values[0]!.value).toMatch(
+    /^A response did not match its schema \(\/api\/admin\/api-keys\): response\/keys\/\d+\/lastUsedAt/,
+  );
+});
+
 test("one failure repeated during an outage is sent once a minute, with how many repeats it stood for", async () => {
   const clock = new ManualClock();
   const target = build({}, clock);

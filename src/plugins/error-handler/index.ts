@@ -87,6 +87,20 @@ function unionRule(schema: unknown): string | null {
   return null;
 }
 
+/**
+ * An answer that failed its route's response schema, as error reporting receives it: the route
+ * and the failing fields' paths, never their values or the rest of the answer.
+ */
+export class ResponseSchemaMismatch extends Error {
+  override name = "ResponseSchemaMismatch";
+  constructor(
+    readonly route: string | undefined,
+    readonly fields: readonly string[],
+  ) {
+    super(`A response did not match its schema (${route ?? "no route"}): ${fields.join(", ")}`);
+  }
+}
+
 /** The failing fields of a schema error: JSON pointer and the rule, never the value sent. */
 export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
   const seen = new Set<string>();
@@ -157,6 +171,8 @@ export function errorHandler({
       const routeOf = (): string | undefined =>
         route || (path ? routePatternOf(request.method, path) : null) || undefined;
       let outcome: Outcome;
+      /** What error reporting receives: the error, unless it carries what must not leave. */
+      let reported: unknown = error;
 
       // Elysia wraps what a parse hook throws in its ParseError; the AppError is the cause.
       const appError =
@@ -177,15 +193,14 @@ export function errorHandler({
       } else if (code === "VALIDATION" && error.type === "response") {
         // What a handler answers failed its own schema: a fault of the service (a row written
         // into the database file that no handler expects, say), never the client's request.
+        const fields = fieldErrorsOf(error).map((field) => field.field);
         logger.error(
-          {
-            requestId,
-            method: request.method,
-            route: routeOf(),
-            fields: fieldErrorsOf(error).map((field) => field.field),
-          },
+          { requestId, method: request.method, route: routeOf(), fields },
           "a response did not match its schema",
         );
+        // Elysia's error holds the whole answer in its message (every row of a page, a user's
+        // chat text): error reports get the fields, as the log does (probe 30b F1).
+        reported = new ResponseSchemaMismatch(routeOf(), fields);
         outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
       } else if (code === "VALIDATION") {
         // A conversion that failed (an integer query parameter out of its range) is reported by
@@ -251,7 +266,7 @@ export function errorHandler({
       const status = outcome.status ?? statusForCode(outcome.code);
       if (status >= 500 && report) {
         const route = routeOf();
-        report(error, {
+        report(reported, {
           requestId,
           route: route ? `${request.method} ${route}` : undefined,
           method: request.method,
