@@ -26,10 +26,11 @@
  */
 
 /**
- * API keys: `pal_live_…`, `pal_test_…` wherever they start (glued to other text too), and any
- * other `pal_…` token at a word boundary (so `principal_id` is left alone).
+ * API keys (`pal_live_…`, `pal_test_…`) and refresh tokens (`pal_rt_…`) wherever they start
+ * (glued to other text too), and any other `pal_…` token at a word boundary (so `principal_id` is
+ * left alone).
  */
-const API_KEY = /pal_(?:live|test)_[A-Za-z0-9_-]*|\bpal_[A-Za-z0-9_-]+/g;
+const API_KEY = /pal_(?:live|test|rt)_[A-Za-z0-9_-]*|\bpal_[A-Za-z0-9_-]+/g;
 /**
  * A JWT: base64url header starting `{"` (`eyJ`), payload and signature; glued to text too. Found
  * in each run of base64url characters and dots (DOTTED_RUN) by redactJwts, not by one pattern: a

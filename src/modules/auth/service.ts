@@ -62,7 +62,7 @@ import {
   type PasswordStrengthModules,
   verifyPassword,
 } from "./passwords";
-import type { RefreshSuccessor } from "./refresh-successor";
+import { type RefreshSuccessor, unprefixedSuccessor } from "./refresh-successor";
 
 export interface RequestMeta {
   client: ResolvedClient;
@@ -170,6 +170,12 @@ function prepareStatements(db: AppDatabase) {
 type RefreshRow = NonNullable<
   ReturnType<ReturnType<typeof prepareStatements>["refreshByHash"]["get"]>
 >;
+
+/** A successor's row, and the token in the spelling its hash was stored under. */
+interface StoredSuccessor {
+  row: RefreshRow;
+  token: string;
+}
 
 /** A signed pair not yet stored: stored only if the transaction that consumes the parent agrees. */
 interface PreparedTokens extends IssuedTokens {
@@ -546,6 +552,7 @@ export class AuthService {
     );
 
     // The decision, made again inside one write transaction: everything above may be stale.
+    let successor: StoredSuccessor | undefined;
     const decision = db.transaction(
       (): "OK" | "REPEATED" | "INVALID" | "REUSED" => {
         const row = this.sealedRefresh(refreshByHash.get({ hash }));
@@ -554,8 +561,8 @@ export class AuthService {
         // change revoked the family anyway).
         const sameRole = () => this.userById(row.userId)?.role === user.role;
         if (row.usedAt !== null) {
-          if (this.isRepeat(row, tokens.refreshHash, now))
-            return sameRole() ? "REPEATED" : "INVALID";
+          successor = this.storedSuccessor(tokens);
+          if (this.isRepeat(row, successor?.row, now)) return sameRole() ? "REPEATED" : "INVALID";
           // A second use of one token is theft or a replay: the whole family ends, now.
           this.revokeFamilyRows(row.familyId, now);
           return "REUSED";
@@ -563,7 +570,7 @@ export class AuthService {
         if (!sameRole()) return "INVALID";
         // Its successor is stored already: this token was used, and its use was wiped from the
         // file (`used_at` is no secret's to keep). Reuse, not a first use.
-        if (refreshByHash.get({ hash: tokens.refreshHash })) {
+        if (this.storedSuccessor(tokens)) {
           this.revokeFamilyRows(row.familyId, now);
           return "REUSED";
         }
@@ -601,7 +608,11 @@ export class AuthService {
       requestId: meta.requestId,
       ...(decision === "REPEATED" ? { detail: { family: seen.familyId, repeat: true } } : {}),
     });
-    return { code: "OK", tokens: publicTokens(tokens) };
+    // A repeat is answered with the successor as it was stored: unprefixed when the release
+    // before the prefix rotated the token.
+    const answered =
+      decision === "REPEATED" && successor ? { ...tokens, refreshToken: successor.token } : tokens;
+    return { code: "OK", tokens: publicTokens(answered) };
   }
 
   /**
@@ -612,7 +623,7 @@ export class AuthService {
    * a time written into the file far ahead, a text or a number no clock reads never stretches the
    * grace (probe 29a F1); such a token is reuse.
    */
-  private isRepeat(row: RefreshRow, successorHash: string, now: number): boolean {
+  private isRepeat(row: RefreshRow, stored: RefreshRow | undefined, now: number): boolean {
     const usedAt: unknown = row.usedAt;
     if (
       typeof usedAt !== "number" ||
@@ -621,15 +632,26 @@ export class AuthService {
     ) {
       return false;
     }
-    const successor = this.sealedRefresh(
-      this.statements.refreshByHash.get({ hash: successorHash }),
-    );
+    const successor = this.sealedRefresh(stored);
     return (
       successor !== null &&
       successor.familyId === row.familyId &&
       successor.usedAt === null &&
       usable(successor, now)
     );
+  }
+
+  /**
+   * The row of the successor a use of the token being refreshed stored, in its spelling or in the
+   * unprefixed one of the release before refresh tokens had a prefix (refresh-successor).
+   */
+  private storedSuccessor(tokens: PreparedTokens): StoredSuccessor | undefined {
+    const { refreshByHash } = this.statements;
+    const row = refreshByHash.get({ hash: tokens.refreshHash });
+    if (row) return { row, token: tokens.refreshToken };
+    const unprefixed = unprefixedSuccessor(tokens.refreshToken);
+    const legacy = refreshByHash.get({ hash: sha256Hex(unprefixed) });
+    return legacy ? { row: legacy, token: unprefixed } : undefined;
   }
 
   logout(userId: string, familyId: string, meta: RequestMeta): void {

@@ -14,7 +14,11 @@
  * must shorten what is accepted, not only what is issued, since revocations are remembered in
  * memory for that long.
  *
- * Refresh tokens are 256 random bits, base64url, stored only as their SHA-256.
+ * Refresh tokens are `pal_rt_` and 256 random bits in base64url, stored only as their SHA-256.
+ * The prefix is what the log and error-report scrubbers and the request-id check recognise, as
+ * they do API keys (`pal_live_…`): a client that puts its token in the wrong header or a path does
+ * not copy it into the logs, the audit log or Sentry (probe 30b F2). Tokens issued before the
+ * prefix have none and are accepted until they are rotated.
  *
  * jose is imported on the first signature or verification, not at start (46 modules, ~20 ms of
  * CPU and ~2 MB on the shared bench machine): a start serves `/health` without it, and the module
@@ -132,8 +136,12 @@ export async function verifyAccessToken(
   }
 }
 
+/** What every refresh token issued begins with (see the module's comment). */
+export const REFRESH_TOKEN_PREFIX = "pal_rt_";
+
 export function generateRefreshToken(): string {
-  return Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
+  const random = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
+  return REFRESH_TOKEN_PREFIX + random;
 }
 
 /** One-shot SHA-256 (Bun.SHA256.hash): half the cost of building a CryptoHasher, on every request. */
