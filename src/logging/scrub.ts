@@ -242,12 +242,33 @@ export function createTextScrubber(
     ]);
   // Without a `%`, a spelling other than the fixed ones can only be a space written as `+`.
   const plusForSpace = mixedSecrets.some((secret) => secret.includes(" "));
+  // A secret in another case (upper-cased by a client or a tool) leaves one bit a letter to guess:
+  // its text, JSON-escaped and URL-encoded spellings are also looked for in any case (probe 30b F3).
+  const foldable = [
+    ...new Set(
+      mixedSecrets.flatMap((secret) => [
+        secret,
+        JSON.stringify(secret).slice(1, -1),
+        encodeURIComponent(secret),
+      ]),
+    ),
+  ]
+    .filter((form) => !json || isJsonStringContent(form))
+    .sort((a, b) => b.length - a.length);
+  const folded = foldable.map((form) => form.toLowerCase());
+  let anyCase: RegExp | null = null;
+  const anyCasePattern = () => (anyCase ??= new RegExp(foldable.map(escapeRegExp).join("|"), "gi"));
   /** The configured secrets alone, in every spelling: no credential shape (see scrubText). */
   const secretsOnce = (text: string) => {
     let out = text;
     for (const form of forms) if (out.includes(form)) out = out.replaceAll(form, replacement);
     if (out.includes("%") || (plusForSpace && out.includes("+"))) {
       for (const pattern of mixedPatterns()) out = out.replace(pattern, replacement);
+    }
+    if (folded.length > 0) {
+      const lower = out.toLowerCase();
+      if (folded.some((form) => lower.includes(form)))
+        out = out.replace(anyCasePattern(), replacement);
     }
     return out;
   };

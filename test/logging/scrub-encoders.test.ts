@@ -322,3 +322,32 @@ describe("JWT shapes, found in one pass over each run (probe 14i I1)", () => {
     for (const [text, expected] of cases) expect(scrub(text)).toBe(expected);
   });
 });
+
+describe("a secret in another case (probe 30b F3)", () => {
+  const secret = "Zq8xJwtSigningKeyFor-Palisade-0042";
+  const upper = secret.toUpperCase();
+  const lower = secret.toLowerCase();
+
+  test("upper- or lower-cased, in a path, an agent, a request id and a log message: nothing of it is logged", async () => {
+    current = buildTestApp({ env: { OPENAI_API_KEY: secret } });
+    const response = await send(current, `/nope/${upper}`, {
+      headers: { "user-agent": `ua ${lower} tail`, "x-request-id": upper },
+    });
+    expect(response.status).toBe(404);
+    expect(response.headers.get("x-request-id")).not.toBe(upper);
+    current.logger.error({ note: `upstream said ${upper.slice(0, 10)}${lower.slice(10)}` }, "odd");
+    const text = current.logs.text.toLowerCase();
+    expect(text).not.toContain(lower);
+    expect(text).not.toContain(encodeURIComponent(lower));
+    expect(current.logs.text).toContain(REDACTED);
+  });
+
+  test("case-folded in the scrubber's JSON mode, percent-encoded, and glued to other text", () => {
+    const scrub = createTextScrubber([secret], "[X]", { json: true });
+    expect(scrub(`{"a":"x${upper}y"}`)).toBe('{"a":"x[X]y"}');
+    const plain = createTextScrubber([secret], "[X]");
+    expect(plain(`p=${encodeURIComponent(upper)}&q=1`)).not.toContain(upper.slice(0, 12));
+    // Text that only shares a prefix is left alone.
+    expect(plain(upper.slice(0, 20))).toBe(upper.slice(0, 20));
+  });
+});
