@@ -32,6 +32,14 @@
  */
 const API_KEY = /pal_(?:live|test|rt)_[A-Za-z0-9_-]*|\bpal_[A-Za-z0-9_-]+/g;
 /**
+ * The upstreams' own key shapes, which a client may paste where it does not belong: Stripe's
+ * secret, restricted and webhook signing keys (`sk_live_…`, `rk_test_…`, `whsec_…`) and OpenAI's
+ * (`sk-…`, `sk-proj-…`), each at a word boundary (probe 30b F4). The configured ones are found in
+ * every spelling by the secrets' own search; these are any others.
+ */
+const UPSTREAM_KEY =
+  /\b(?:[sr]k_(?:live|test)_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+|sk-[A-Za-z0-9_-]{20,})/g;
+/**
  * A JWT: base64url header starting `{"` (`eyJ`), payload and signature; glued to text too. Found
  * in each run of base64url characters and dots (DOTTED_RUN) by redactJwts, not by one pattern: a
  * pattern starting at every `eyJ` scans to the run's end from each of them, quadratic in a run of
@@ -88,7 +96,8 @@ const CREDENTIAL_PARAMETER_IN_JSON = new RegExp(
 );
 
 /** What every pattern below (and a percent-encoded secret) needs somewhere in the text. */
-const MAY_HOLD_CREDENTIAL = /pal_|eyJ|bearer|Basic|=|%/i;
+const MAY_HOLD_CREDENTIAL = /pal_|eyJ|bearer|Basic|=|%|k_live_|k_test_|whsec_|sk-/i;
+const MAY_HOLD_UPSTREAM_KEY = /k_live_|k_test_|whsec_|sk-/;
 
 /** A character under 256 as one percent-encoded byte, upper-case hex. */
 const hexOf = (char: string) =>
@@ -278,6 +287,7 @@ export function createTextScrubber(
     // One scan first: most lines hold none of what the shapes need (each shape's mark is in it).
     if (!MAY_HOLD_CREDENTIAL.test(out)) return out;
     if (out.includes("pal_")) out = out.replace(API_KEY, replacement);
+    if (MAY_HOLD_UPSTREAM_KEY.test(out)) out = out.replace(UPSTREAM_KEY, replacement);
     if (out.includes("eyJ")) out = out.replace(DOTTED_RUN, (run) => redactJwts(run, replacement));
     if (/bearer/i.test(out)) out = out.replace(BEARER, replacement);
     if (out.includes("Basic")) out = out.replace(BASIC, replacement);

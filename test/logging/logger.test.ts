@@ -236,3 +236,38 @@ describe("the percent-encoded patterns are built at first use", () => {
     expect(scrubFirst(`again ${first.replace("+", "%2b")}`)).toBe(`again ${REDACTED}`);
   });
 });
+
+describe("the upstreams' key shapes a client may paste anywhere (probe 30b F4)", () => {
+  const keys = [
+    "sk_live_51HxFAKEstripeKEY0123456789abcdef",
+    "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+    "rk_live_51HxRESTRICTEDkey0123456789",
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    "sk-AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+  ];
+
+  test("each is redacted from a path, an agent and a message, and refused as a request id", async () => {
+    current = buildTestApp();
+    for (const key of keys) {
+      const response = await send(current, `/nope/${key}`, {
+        headers: { "user-agent": `client (${key})`, "x-request-id": key },
+      });
+      expect(response.headers.get("x-request-id")).not.toBe(key);
+      current.logger.warn({ note: `upstream rejected ${key}` }, `paid with ${key}`);
+    }
+    for (const key of keys) expect(current.logs.text).not.toContain(key.slice(8));
+  });
+
+  test("words that only look alike are left alone", () => {
+    const scrub = secretScrubber([]);
+    for (const text of [
+      "risk_live_data",
+      "task-AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+      "sk-short",
+      "disk_test_x",
+    ]) {
+      expect(scrub(text)).toBe(text);
+    }
+  });
+});
