@@ -20,6 +20,7 @@ import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
 import { ManualClock } from "../support/clock";
 import { BASIC_CREDENTIAL, CREDENTIAL_QUERY, CREDENTIAL_VALUES } from "../support/credentials";
+import { buildPaymentsApp, createIntent } from "../support/payments";
 import { startService } from "../support/process";
 import { type SentryServer, startSentryServer } from "../support/sentry-server";
 import { waitFor } from "../support/wait";
@@ -293,6 +294,34 @@ test("an answer that fails its schema is reported by route and field paths, neve
   expect(event.exception.values[0]!.value).toMatch(
     /^A response did not match its schema \(\/api\/admin\/api-keys\): response\/keys\/\d+\/lastUsedAt/,
   );
+});
+
+test("a payment provider's failure arrives tagged upstream: stripe, with our reason and never Stripe's text (probe 30b F5)", async () => {
+  const target = buildPaymentsApp({ env: { SENTRY_DSN: sentry.dsn() } });
+  current = target;
+  const user = await signUp(target);
+  target.stripe.failNext("/v1/payment_intents", {
+    status: 500,
+    message: `internal failure near ${CONFIGURED_SECRET}`,
+    shouldRetry: false,
+  });
+  const response = await createIntent(target, bearer(user.accessToken), {
+    amount: 4200,
+    currency: "usd",
+  });
+  expect(response.status).toBe(503);
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 1, { what: "the 503 event" });
+  const event = sentry.events()[0] as {
+    tags: Record<string, string>;
+    exception: { values: { value: string }[] };
+  };
+  expect(event.tags.upstream).toBe("stripe");
+  expect(event.tags.route).toBe("POST /api/payments/intents");
+  expect(event.exception.values.map((value) => value.value)).toContain(
+    "stripe unavailable: unrecognised_code",
+  );
+  expect(JSON.stringify(event)).not.toContain("internal failure near");
 });
 
 test("one failure repeated during an outage is sent once a minute, with how many repeats it stood for", async () => {

@@ -75,6 +75,9 @@ function invalid(field: string, message: string, detail = "The request body is i
  * from the payment, so a retry of the same amount is not made twice).
  */
 function upstreamError(failure: GatewayFailure, retry = "retry shortly"): AppError {
+  // For the error report: the failure as stripe-client wrote it (its kind and our reason, never
+  // Stripe's text), tagged `upstream: stripe` as the chat provider's failures are (probe 30b F5).
+  const cause = new Error(`stripe ${failure.kind}: ${failure.reason}`);
   if (failure.kind === "unavailable") {
     return new AppError(
       "UPSTREAM_UNAVAILABLE",
@@ -82,14 +85,14 @@ function upstreamError(failure: GatewayFailure, retry = "retry shortly"): AppErr
       undefined,
       { "retry-after": "5" },
       503,
-    );
+    ).causedBy(cause, "stripe");
   }
   return new AppError(
     "UPSTREAM_UNAVAILABLE",
     failure.kind === "refused"
       ? `The payment provider refused the request (${failure.reason}).`
       : "The payment provider's answer could not be trusted.",
-  );
+  ).causedBy(cause, "stripe");
 }
 
 export function paymentsModule(options: PaymentsModuleOptions) {
