@@ -121,6 +121,7 @@ export function createApp(deps: AppDeps) {
         audit: deps.audit,
         allowedHosts: config.allowedHosts,
         routes: () => registeredRoutes() as readonly RouteBody[],
+        now: () => clock.now(),
       }),
     )
     .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))

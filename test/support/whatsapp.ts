@@ -6,6 +6,7 @@
 import { createHmac } from "node:crypto";
 import type { ChatTurnInput, ChatTurnOutcome, ChatTurns } from "../../src/modules/chat/contract";
 import { UpstreamFailure } from "../../src/modules/chat/providers/provider";
+import { fromPeer } from "./app";
 import type { GraphServer } from "./graph-server";
 
 export const WA_APP_SECRET = "test-whatsapp-app-secret-0123456789";
@@ -91,9 +92,12 @@ export async function deliver(
   if (target instanceof URL) {
     return fetch(new URL(WHATSAPP_PATH, target), { method: "POST", headers, body });
   }
-  return target.app.handle(
-    new Request(`http://localhost${WHATSAPP_PATH}`, { method: "POST", headers, body }),
-  );
+  const request = new Request(`http://localhost${WHATSAPP_PATH}`, {
+    method: "POST",
+    headers,
+    body,
+  });
+  return target.app.handle(options.peer ? fromPeer(request, options.peer) : request);
 }
 
 /** A ChatTurns that answers deterministically and records each turn it ran. */

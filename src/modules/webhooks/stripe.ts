@@ -29,6 +29,11 @@ import { webhookEvents } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
 import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
+import {
+  oncePerWindow,
+  REFUSAL_AUDIT_KEYS,
+  REFUSAL_AUDIT_WINDOW_MS,
+} from "../../plugins/audit/once-per-window";
 import type { authPlugin } from "../../plugins/auth";
 import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
@@ -169,6 +174,7 @@ export function pruneStripeEvents(db: AppDatabase, now: number): void {
 
 export function stripeWebhook(options: StripeWebhookOptions) {
   const { db, clock, logger, audit, secrets, metrics, ledger } = options;
+  const firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS);
 
   /** Records the event id and applies its effect, in one transaction. */
   const apply = (event: StripeEventLike): Applied => {
@@ -194,7 +200,7 @@ export function stripeWebhook(options: StripeWebhookOptions) {
     new Elysia({ name: "palisade.module.webhooks.stripe" }).use(auth).post(
       STRIPE_WEBHOOK_PATH,
       async (context) => {
-        const { body, request, path, clientIp, requestId } = context;
+        const { body, request, path, clientIp, clientKey, requestId } = context;
         if (secrets.length === 0) {
           throw new AppError(
             "SERVICE_UNAVAILABLE",
@@ -216,22 +222,25 @@ export function stripeWebhook(options: StripeWebhookOptions) {
             : await verifyStripeSignature(raw, header, secrets, clock.now());
         if (verified === null) {
           metrics.signatureFailures.labels("stripe").inc();
-          audit.record({
-            type: "webhook.signature_failed",
-            outcome: "denied",
-            ip: clientIp,
-            route,
-            requestId,
-            detail: {
-              provider: "stripe",
-              reason:
-                header === null
-                  ? "missing Stripe-Signature header"
-                  : exact
-                    ? "no secret verified it"
-                    : "body bytes are not its UTF-8 text",
-            },
-          });
+          // Audited once per address and minute (audit/once-per-window); the metric counts each.
+          const audited = firstInWindow("stripe", clientKey, clock.now(), REFUSAL_AUDIT_WINDOW_MS);
+          if (audited)
+            audit.record({
+              type: "webhook.signature_failed",
+              outcome: "denied",
+              ip: clientIp,
+              route,
+              requestId,
+              detail: {
+                provider: "stripe",
+                reason:
+                  header === null
+                    ? "missing Stripe-Signature header"
+                    : exact
+                      ? "no secret verified it"
+                      : "body bytes are not its UTF-8 text",
+              },
+            });
           throw new AppError(
             "BAD_SIGNATURE",
             "The Stripe-Signature header does not verify this body.",

@@ -33,6 +33,11 @@ import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
+import {
+  oncePerWindow,
+  REFUSAL_AUDIT_KEYS,
+  REFUSAL_AUDIT_WINDOW_MS,
+} from "../../plugins/audit/once-per-window";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
@@ -355,7 +360,7 @@ export interface WhatsAppModuleOptions {
   auth: WebContext["auth"];
   config: Core["config"]["whatsapp"];
   intake: WhatsAppIntake;
-  core: Pick<Core, "audit">;
+  core: Pick<Core, "audit" | "clock">;
   metrics: WebhookMetrics;
   /** Called after a delivery's rows are committed: the worker looks for them at once. */
   onAccepted: () => void;
@@ -372,6 +377,7 @@ function single(params: URLSearchParams, name: string): string | null {
 export function whatsappModule(options: WhatsAppModuleOptions) {
   const { auth, config, intake, core, metrics } = options;
   const tags = ["webhooks"];
+  const firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS);
   return new Elysia({ name: "palisade.module.whatsapp" })
     .use(auth)
     .get(
@@ -427,14 +433,18 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
         );
         if (!check.valid) {
           metrics.signatureFailures.labels("whatsapp").inc();
-          core.audit.record({
-            type: "webhook.signature_failed",
-            outcome: "denied",
-            ip: client.ip,
-            route: `POST ${WHATSAPP_PATH}`,
-            requestId,
-            detail: { provider: "whatsapp", reason: check.reason },
-          });
+          // Audited once per address and minute (audit/once-per-window); the metric counts each.
+          const now = core.clock.now();
+          const audited = firstInWindow("whatsapp", client.key, now, REFUSAL_AUDIT_WINDOW_MS);
+          if (audited)
+            core.audit.record({
+              type: "webhook.signature_failed",
+              outcome: "denied",
+              ip: client.ip,
+              route: `POST ${WHATSAPP_PATH}`,
+              requestId,
+              detail: { provider: "whatsapp", reason: check.reason },
+            });
           throw new AppError("BAD_SIGNATURE", "X-Hub-Signature-256 did not verify.");
         }
         if (!checkNotification.Check(body)) {

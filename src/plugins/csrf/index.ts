@@ -21,6 +21,11 @@ import { Elysia, t } from "elysia";
 import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
+import {
+  oncePerWindow,
+  REFUSAL_AUDIT_KEYS,
+  REFUSAL_AUDIT_WINDOW_MS,
+} from "../audit/once-per-window";
 import type { RequestState } from "../request-state";
 import { cookieNames, readCookie, sendsHeaderCredential, serializeCookie } from "./cookies";
 import type { CsrfMetrics } from "./metrics";
@@ -79,6 +84,7 @@ export function csrf(options: CsrfOptions) {
   const { secretKey, previousSecretKey, requireTls, clock, audit, metrics } = options;
   const keys = previousSecretKey ? [secretKey, previousSecretKey] : secretKey;
   const names = cookieNames(requireTls);
+  const firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS);
 
   const check = (request: Request): string | null => {
     const cookies = request.headers.get("cookie");
@@ -95,21 +101,25 @@ export function csrf(options: CsrfOptions) {
 
   return new Elysia({ name: "palisade.csrf" })
     .onRequest(function enforceCsrf(context) {
-      const { request, path, clientIp, requestId, routeClass } = context as unknown as RequestState;
+      const { request, path, clientIp, clientKey, requestId, routeClass } =
+        context as unknown as RequestState;
       if (SAFE_METHODS.has(request.method)) return;
       if (routeClass.csrfExempt) return;
       if (sendsHeaderCredential(request.headers)) return;
       const failure = check(request);
       if (failure === null) return;
       metrics.failures.inc();
-      audit.record({
-        type: "csrf.failed",
-        outcome: "denied",
-        ip: clientIp,
-        route: `${request.method} ${path}`,
-        requestId,
-        detail: { reason: failure },
-      });
+      // Audited once per address and minute (audit/once-per-window); the metric counts each.
+      if (firstInWindow("csrf", clientKey, clock.now(), REFUSAL_AUDIT_WINDOW_MS)) {
+        audit.record({
+          type: "csrf.failed",
+          outcome: "denied",
+          ip: clientIp,
+          route: `${request.method} ${path}`,
+          requestId,
+          detail: { reason: failure },
+        });
+      }
       throw new AppError("CSRF_FAILED", `CSRF check failed: ${failure}.`);
     })
     .as("global");

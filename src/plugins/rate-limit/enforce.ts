@@ -8,6 +8,7 @@ import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../audit/log";
+import { oncePerWindow } from "../audit/once-per-window";
 import type { ResolvedClient } from "../client-ip";
 import { rateLimitHeaders } from "./headers";
 import type { RateLimitMetrics } from "./metrics";
@@ -121,36 +122,10 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
   const { store, clock, logger, audit, metrics, onRefused, refusalsBlock } = options;
   const quietAuditKeys = options.quietAuditKeys ?? QUIET_AUDIT_KEYS;
   /**
-   * Per policy, the keys whose quiet refusals were audited and until when: one bound per policy,
-   * so a flood on one route cannot keep another policy's refusals (a login brute force) out of
-   * the audit log.
+   * Quiet refusals audited once per key and window, per policy: one bound per policy, so a flood
+   * on one route cannot keep another policy's refusals (a login brute force) out of the audit log.
    */
-  const quietAudited = new Map<string, { until: Map<string, number>; sweptAt: number }>();
-  const firstQuietRefusal = (policyId: string, key: string, now: number, windowMs: number) => {
-    let audited = quietAudited.get(policyId);
-    if (audited === undefined) {
-      audited = { until: new Map(), sweptAt: Number.NEGATIVE_INFINITY };
-      quietAudited.set(policyId, audited);
-    }
-    const { until } = audited;
-    const expiry = until.get(key);
-    if (expiry !== undefined && expiry > now) return false;
-    if (expiry === undefined && until.size >= quietAuditKeys) {
-      // Full: forget the keys whose window has passed (at most once a second, so a flood does not
-      // sweep per request). Still full, this key's refusals go unaudited until room is made:
-      // forgetting live keys instead would let a flood cycling through more keys than the limit
-      // be audited once per request again. The rejections metric counts every one.
-      if (now - audited.sweptAt >= 1000) {
-        audited.sweptAt = now;
-        for (const [known, end] of until) {
-          if (end <= now) until.delete(known);
-        }
-      }
-      if (until.size >= quietAuditKeys) return false;
-    }
-    until.set(key, now + windowMs);
-    return true;
-  };
+  const firstQuietRefusal = oncePerWindow(quietAuditKeys);
 
   const checksOf = (policies: readonly Policy[], keys: LimitKeys, now: number) =>
     policies.map((policy, i) => ({ policy, key: keyOf(keys, i), now }));

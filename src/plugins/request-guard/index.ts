@@ -13,6 +13,12 @@ import { Elysia } from "elysia";
 import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
+import {
+  type FirstInWindow,
+  oncePerWindow,
+  REFUSAL_AUDIT_KEYS,
+  REFUSAL_AUDIT_WINDOW_MS,
+} from "../audit/once-per-window";
 import type { RequestState } from "../request-state";
 import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
 import {
@@ -48,6 +54,10 @@ export interface RequestGuardOptions {
    * soon as it is parsed (plugins/strict-body). Absent: no such check.
    */
   routes?: () => readonly RouteBody[];
+  /** The time, for auditing each address's refusals once a minute (audit/once-per-window). */
+  now?: () => number;
+  /** Which refusals are audited; once per address, code and minute unless given (tests). */
+  firstInWindow?: FirstInWindow;
 }
 
 export function requestGuard({
@@ -56,26 +66,33 @@ export function requestGuard({
   limits = DEFAULT_GUARD_LIMITS,
   allowedHosts = null,
   routes,
+  now = Date.now,
+  firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS),
 }: RequestGuardOptions) {
   const checkSentBody = routes ? createSentBodyCheck({ routes }) : undefined;
   // Owned by this guard, so each app remembers its own hosts.
   const checkHost = createHostCheck(allowedHosts === null ? null : new Set(allowedHosts));
   const refuse = (state: RequestState, refusal: Refusal): never => {
-    const { request, path, clientIp, requestId } = state;
-    audit.record({
-      type: "request.rejected",
-      outcome: "denied",
-      ip: clientIp,
-      route: `${request.method} ${path}`,
-      requestId,
-      detail: { code: refusal.code, reason: refusal.reason },
-    });
+    const { request, path, clientIp, clientKey, requestId } = state;
+    // Audited once per address, code and minute: a flood from rotating addresses writes a bounded
+    // number of rows (audit/once-per-window); every refusal is still in the access log.
+    if (firstInWindow(refusal.code, clientKey, now(), REFUSAL_AUDIT_WINDOW_MS)) {
+      audit.record({
+        type: "request.rejected",
+        outcome: "denied",
+        ip: clientIp,
+        route: `${request.method} ${path}`,
+        requestId,
+        detail: { code: refusal.code, reason: refusal.reason },
+      });
+    }
     throw new AppError(refusal.code, `Refused: ${refusal.reason}.`);
   };
 
   return new Elysia({ name: "palisade.request-guard" })
     .onRequest(function guardRequest(context) {
-      const { request, path, clientIp, requestId, routeClass } = context as unknown as RequestState;
+      const { request, path, clientIp, clientKey, requestId, routeClass } =
+        context as unknown as RequestState;
       const headers = request.headers;
       const refusal =
         checkUrl(request.url, limits) ??
@@ -85,7 +102,9 @@ export function requestGuard({
           ? (checkDeclaredLength(headers, bodyLimits[routeClass.bodyLimit]) ??
             checkContentType(headers))
           : null);
-      if (refusal) refuse({ request, path, clientIp, requestId } as RequestState, refusal);
+      if (refusal) {
+        refuse({ request, path, clientIp, clientKey, requestId } as RequestState, refusal);
+      }
     })
     .onParse(async function parseJsonWithinLimit(context, contentType) {
       // Elysia passes the header's media type as sent, cut at `;` but not trimmed: media types

@@ -59,8 +59,10 @@ test("a wrong secret, a body changed after signing, a missing header: 400 BAD_SI
   const event = unknownType();
   const text = JSON.stringify(event);
 
+  // Each from its own address: one address's failures are audited once a minute
+  // (audit/once-per-window; refusal-audit-bound.test.ts).
   await expectBadSignature(
-    await deliver(current, event, { secret: "whsec_someone_else_0123456789" }),
+    await deliver(current, event, { secret: "whsec_someone_else_0123456789", peer: "192.0.2.60" }),
     0,
   );
 
@@ -69,15 +71,17 @@ test("a wrong secret, a body changed after signing, a missing header: 400 BAD_SI
   const changed = await send(current, "/webhooks/stripe", {
     body: tampered,
     headers: { "stripe-signature": signature },
+    peer: "192.0.2.61",
   });
   await expectBadSignature(changed, 1);
 
-  const missing = await send(current, "/webhooks/stripe", { body: text });
+  const missing = await send(current, "/webhooks/stripe", { body: text, peer: "192.0.2.62" });
   await expectBadSignature(missing, 2);
 
   const garbage = await send(current, "/webhooks/stripe", {
     body: text,
     headers: { "stripe-signature": "t=abc,v1=nothex" },
+    peer: "192.0.2.63",
   });
   await expectBadSignature(garbage, 3);
 
@@ -262,8 +266,10 @@ test("a POST with no body is a signature failure (400 BAD_SIGNATURE, counted, au
   ];
   let failures = 0;
   for (const headers of bodiless) {
+    // Each from its own address: one address's failures are audited once a minute.
+    const peer = `192.0.2.${70 + failures}`;
     await expectBadSignature(
-      await send(current, "/webhooks/stripe", { method: "POST", headers }),
+      await send(current, "/webhooks/stripe", { method: "POST", headers, peer }),
       failures++,
     );
   }

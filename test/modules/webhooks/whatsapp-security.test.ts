@@ -143,8 +143,11 @@ describe("POST /webhooks/whatsapp (signature)", () => {
       [`Sha256=${hex}`, "malformed"],
       [`sha256 =${hex}`, "malformed"],
     ];
-    for (const [signature] of attempts) {
-      await expectProblem(await deliver(target, body, { signature }), 401, "BAD_SIGNATURE");
+    // Each from its own address: one address's failures are audited once a minute
+    // (audit/once-per-window; refusal-audit-bound.test.ts).
+    for (const [i, [signature]] of attempts.entries()) {
+      const peer = `192.0.2.${100 + i}`;
+      await expectProblem(await deliver(target, body, { signature, peer }), 401, "BAD_SIGNATURE");
     }
     expect(outboxCount(target)).toBe(0);
     target.services.audit.flush();
