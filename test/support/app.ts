@@ -16,6 +16,7 @@ import { createLogger, type Logger } from "../../src/logging/logger";
 import type { ChatProvider } from "../../src/modules/chat/providers/provider";
 import type { Feature } from "../../src/modules/feature";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
+import type { PasswordWorkLimits } from "../../src/modules/auth/password-work";
 import type { LimiterStore } from "../../src/plugins/rate-limit/store";
 import type { RouteClass } from "../../src/plugins/route-class";
 import {
@@ -99,6 +100,8 @@ export interface TestAppOptions {
   freeDiskBytes?: (directory: string) => number;
   /** How long the logger counts a repeated fault's lines instead of writing them (10 s). */
   logRepeatIntervalMs?: number;
+  /** How many password hashes run and wait at once (modules/auth/password-work). */
+  passwordWork?: PasswordWorkLimits;
 }
 
 export interface TestApp {
@@ -170,6 +173,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     prepareLogin: options.prepareLogin,
     loadPasswordStrength: options.loadPasswordStrength,
     freeDiskBytes: options.freeDiskBytes,
+    passwordWork: options.passwordWork,
   });
   const app = createApp({
     ...services,

@@ -9,6 +9,11 @@ import { createCsrfIssuer } from "../../plugins/csrf";
 import type { Feature } from "../feature";
 import { ApiKeyService } from "./api-keys";
 import { authModule, authRouteClasses } from "./index";
+import {
+  createPasswordWork,
+  defaultPasswordWorkLimits,
+  type PasswordWorkLimits,
+} from "./password-work";
 import type { PasswordHashing, PasswordStrengthModules } from "./passwords";
 import {
   account,
@@ -22,6 +27,8 @@ import { AuthService } from "./service";
 export interface AuthFeatureOptions {
   /** argon2id cost; Bun's defaults when absent. Tests lower it. */
   passwordHashing?: PasswordHashing;
+  /** How many hashes run and wait at once (./password-work.ts); a slot and 8 waiting a core. */
+  passwordWork?: PasswordWorkLimits;
   /** Prepare the unknown-email login's dummy hash now (default true; the CLI serves no logins). */
   prepareLogin?: boolean;
   /** How zxcvbn is loaded at the first registration (tests make it fail). */
@@ -71,6 +78,10 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     successorOf: refreshSuccessors(config.audit.secretKey),
     signingKey: core.signingKeys.current,
     passwordHashing: options.passwordHashing,
+    passwordWork: createPasswordWork(
+      options.passwordWork ?? defaultPasswordWorkLimits(),
+      core.metrics.auth.passwordWorkRefused,
+    ),
     prepareLogin: options.prepareLogin,
     loadPasswordStrength: options.loadPasswordStrength,
     rateLimitMetrics: core.metrics.rateLimit,

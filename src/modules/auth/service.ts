@@ -55,6 +55,7 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey } from "./email";
+import type { PasswordWork } from "./password-work";
 import {
   createPasswordChecker,
   hashPassword,
@@ -113,6 +114,8 @@ export interface AuthServiceOptions {
   apiKeys: ApiKeyService;
   signingKey: SigningKey;
   passwordHashing?: PasswordHashing;
+  /** Where sign-ins and registrations hash, bounded (./password-work.ts); unbounded if absent. */
+  passwordWork?: PasswordWork;
   /**
    * Hash the dummy password for unknown-email logins when the service is built (default), so the
    * first such login is not slower than the rest. Off for the CLI, which serves no logins.
@@ -198,8 +201,10 @@ export class AuthService {
   private dummyHashReady = false;
   private readonly db: AppDatabase;
   private readonly statements: ReturnType<typeof prepareStatements>;
+  private readonly passwordWork: PasswordWork;
 
   constructor(private readonly options: AuthServiceOptions) {
+    this.passwordWork = options.passwordWork ?? { run: (work) => work() };
     const lockout = options.lockout ?? { failures: 10, windowMs: 15 * MINUTE_MS };
     this.lockoutPolicy = {
       id: "lockout",
@@ -341,7 +346,9 @@ export class AuthService {
     const verdict = (await this.passwordChecker)(password, email);
     if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
     // Hashed even for a duplicate, so a new and an existing email take the same time.
-    const passwordHash = await hashPassword(password, this.options.passwordHashing);
+    const passwordHash = await this.passwordWork.run(() =>
+      hashPassword(password, this.options.passwordHashing),
+    );
     if (this.userByEmail(key)) {
       this.options.audit.record({
         type: "auth.register.duplicate",
@@ -464,7 +471,9 @@ export class AuthService {
       // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
       const usable = password.isWellFormed();
       // The same argon2 work whether or not the account exists, so timing tells nothing.
-      const matches = await verifyPassword(usable ? password : "", user?.passwordHash ?? dummyHash);
+      const matches = await this.passwordWork.run(() =>
+        verifyPassword(usable ? password : "", user?.passwordHash ?? dummyHash),
+      );
       valid = user !== null && usable && matches;
     } catch (error) {
       // No verdict was given (the client gets a 500 or 503): nothing to count.

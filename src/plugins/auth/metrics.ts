@@ -27,9 +27,17 @@ export function createAuthMetrics(registry: Registry) {
     registers: [registry],
   });
   startAtZero(failures, everyCombination({ reason: AUTH_FAILURE_REASONS }));
+  const passwordWorkRefused = new Counter({
+    name: METRIC.authPasswordWorkRefused,
+    help: "Sign-ins and registrations refused 503 because the password-hashing queue was full",
+    registers: [registry],
+  });
   return {
     fail(reason: AuthFailureReason) {
       failures.labels(reason).inc();
+    },
+    passwordWorkRefused() {
+      passwordWorkRefused.inc();
     },
   };
 }

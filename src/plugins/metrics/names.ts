@@ -20,6 +20,8 @@ export const METRIC = {
   ipBlocksActive: "ip_blocks_active",
   /** Counter `{reason}`: requests refused for their credentials or permissions. */
   authFailures: "auth_failures_total",
+  /** Counter: sign-ins and registrations refused because the password-hashing queue was full. */
+  authPasswordWorkRefused: "auth_password_work_refused_total",
   /** Counter: state-changing browser requests refused by the CSRF check. */
   csrfFailures: "csrf_failures_total",
   /** Counter `{type}`: security events recorded in the audit log. */
