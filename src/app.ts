@@ -36,6 +36,7 @@ import { rateLimit } from "./plugins/rate-limit";
 import { STEADY_RATE_LIMIT_HEADERS } from "./plugins/rate-limit/headers";
 import { requestGuard } from "./plugins/request-guard";
 import { realPathFirst } from "./plugins/request-guard/host";
+import type { LargeBodyReads } from "./plugins/request-guard/large-bodies";
 import { requestId } from "./plugins/request-id";
 import { createRouteClassTable, type RouteClass, routeClass } from "./plugins/route-class";
 import { securityHeaders, securityResponseHeaders } from "./plugins/security-headers";
@@ -61,6 +62,8 @@ export interface AppDeps extends Services {
   extraRouteClasses?: readonly RouteClass[];
   /** Write access-log lines in batches (default); tests that read each line at once turn it off. */
   accessLogBuffered?: boolean;
+  /** How large bodies are read (request-guard/large-bodies); tests shorten the deadline. */
+  largeBodies?: LargeBodyReads;
 }
 
 export function createApp(deps: AppDeps) {
@@ -122,6 +125,7 @@ export function createApp(deps: AppDeps) {
         allowedHosts: config.allowedHosts,
         routes: () => registeredRoutes() as readonly RouteBody[],
         now: () => clock.now(),
+        largeBodies: deps.largeBodies,
       }),
     )
     .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))

@@ -19,6 +19,7 @@ export const ERROR_CODES = [
   "IP_BLOCKED",
   "CSRF_FAILED",
   "PAYLOAD_TOO_LARGE",
+  "REQUEST_TIMEOUT",
   "UNSUPPORTED_MEDIA_TYPE",
   "BAD_REQUEST",
   "BAD_PATH",
@@ -58,6 +59,8 @@ export function statusForCode(code: ErrorCode): number {
       return 404;
     case "METHOD_NOT_ALLOWED":
       return 405;
+    case "REQUEST_TIMEOUT":
+      return 408;
     case "CONFLICT":
       return 409;
     case "PAYLOAD_TOO_LARGE":
@@ -108,6 +111,7 @@ const TITLES: Record<ErrorCode, string> = {
   IP_BLOCKED: "This address is blocked",
   CSRF_FAILED: "CSRF check failed",
   PAYLOAD_TOO_LARGE: "The request body is too large",
+  REQUEST_TIMEOUT: "The request body did not arrive in time",
   UNSUPPORTED_MEDIA_TYPE: "Unsupported content type",
   BAD_REQUEST: "Bad request",
   BAD_PATH: "The request path is not acceptable",

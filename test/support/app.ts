@@ -13,11 +13,12 @@ import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import type { FeatureOptions } from "../../src/features";
 import { createLogger, type Logger } from "../../src/logging/logger";
+import type { PasswordWorkLimits } from "../../src/modules/auth/password-work";
 import type { ChatProvider } from "../../src/modules/chat/providers/provider";
 import type { Feature } from "../../src/modules/feature";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
-import type { PasswordWorkLimits } from "../../src/modules/auth/password-work";
 import type { LimiterStore } from "../../src/plugins/rate-limit/store";
+import type { LargeBodyReads } from "../../src/plugins/request-guard/large-bodies";
 import type { RouteClass } from "../../src/plugins/route-class";
 import {
   type Listenable,
@@ -102,6 +103,8 @@ export interface TestAppOptions {
   logRepeatIntervalMs?: number;
   /** How many password hashes run and wait at once (modules/auth/password-work). */
   passwordWork?: PasswordWorkLimits;
+  /** How large bodies are read (plugins/request-guard/large-bodies): a shorter deadline, say. */
+  largeBodies?: LargeBodyReads;
 }
 
 export interface TestApp {
@@ -180,6 +183,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
     accessLogBuffered: options.accessLogBuffered ?? false,
     extraRouteClasses: options.routeClasses,
+    largeBodies: options.largeBodies,
   });
   let closed = false;
   return {

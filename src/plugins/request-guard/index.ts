@@ -42,6 +42,7 @@ import {
   trimOptionalWhitespace,
 } from "./checks";
 import { createHostCheck } from "./host";
+import { type LargeBodyReads, largeBodyReads, SMALL_BODY_BYTES } from "./large-bodies";
 
 export interface RequestGuardOptions {
   bodyLimits: BodyLimits;
@@ -58,6 +59,8 @@ export interface RequestGuardOptions {
   now?: () => number;
   /** Which refusals are audited; once per address, code and minute unless given (tests). */
   firstInWindow?: FirstInWindow;
+  /** How large bodies are read: within 30 s, 64 MiB of them at once, unless given (tests). */
+  largeBodies?: LargeBodyReads;
 }
 
 export function requestGuard({
@@ -68,6 +71,7 @@ export function requestGuard({
   routes,
   now = Date.now,
   firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS),
+  largeBodies = largeBodyReads(),
 }: RequestGuardOptions) {
   const checkSentBody = routes ? createSentBodyCheck({ routes }) : undefined;
   // Owned by this guard, so each app remembers its own hosts.
@@ -120,12 +124,19 @@ export function requestGuard({
         route: string;
       };
       const limit = bodyLimits[routeClass.bodyLimit];
+      // A large body (or one of unknown length) must arrive in time, within a budget of such
+      // bodies at once (./large-bodies.ts); a small one is read as it comes.
+      const declared = request.headers.get("content-length");
+      const size = declared === null ? limit : Number(declared);
       let text: string;
       if (routeClass.exactBytes) {
         // Webhook signatures are computed over the bytes, what was sent (exactBodyOf).
-        const exact = await readExactWithin(request, limit);
+        const read = () => readExactWithin(request, limit);
+        const exact = await (size > SMALL_BODY_BYTES ? largeBodies.read(size, read) : read());
         text = exact.text;
         keepExactBody(context, exact);
+      } else if (size > SMALL_BODY_BYTES) {
+        text = await largeBodies.read(size, () => readTextWithin(request, limit));
       } else {
         text = await readTextWithin(request, limit);
       }

@@ -1,0 +1,139 @@
+/**
+ * A large body (over 16 KiB declared, or chunked) must arrive within the deadline, and at most a
+ * budget of such bodies is read at once: a byte every few seconds held a connection and its buffer
+ * for good, 1,500 of them 447 MB (probe 30a F4). Over a real socket, since what matters is what
+ * Bun does with the connection.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { largeBodyReads } from "../../src/plugins/request-guard/large-bodies";
+import type { RunningServer } from "../../src/server";
+import { buildTestApp, serveInProcess, type TestApp } from "../support/app";
+
+let current: { target: TestApp; server: RunningServer } | null = null;
+afterEach(async () => {
+  if (current) {
+    await current.server.shutdown("test over");
+    current.target.close();
+  }
+  current = null;
+});
+
+const DEADLINE_MS = 400;
+
+function serve(budgetBytes?: number) {
+  const target = buildTestApp({
+    env: { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" },
+    largeBodies: largeBodyReads({ deadlineMs: DEADLINE_MS, budgetBytes }),
+  });
+  const server = serveInProcess(target);
+  current = { target, server };
+  return server;
+}
+
+interface Trickle {
+  /** Everything the server sent, once it closed the connection or the test gave up. */
+  answer: Promise<{ text: string; closed: boolean; afterMs: number }>;
+  stop(): void;
+}
+
+/**
+ * A login whose body of `declared` bytes is sent `first` bytes at once, then a byte every 50 ms:
+ * to its end when `complete`, else all but the last.
+ */
+async function trickle(
+  port: number,
+  declared: number,
+  first: number,
+  complete = false,
+): Promise<Trickle> {
+  const chunks: Uint8Array[] = [];
+  const started = performance.now();
+  let finish: (closed: boolean) => void = () => {};
+  const ended = new Promise<boolean>((resolve) => {
+    finish = resolve;
+  });
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    socket: {
+      data: (_socket, chunk) => {
+        chunks.push(new Uint8Array(chunk));
+      },
+      close: () => finish(true),
+      end: () => finish(true),
+      error: () => finish(true),
+    },
+  });
+  socket.write(
+    `POST /api/auth/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${declared}\r\n\r\n${" ".repeat(first)}`,
+  );
+  let sent = first;
+  const drip = setInterval(() => {
+    if (sent < (complete ? declared : declared - 1)) {
+      socket.write(" ");
+      sent++;
+    }
+  }, 50);
+  const giveUp = setTimeout(() => finish(false), 5_000);
+  const answer = ended.then((closed) => {
+    clearInterval(drip);
+    clearTimeout(giveUp);
+    return {
+      text: Buffer.concat(chunks).toString("utf8"),
+      closed,
+      afterMs: performance.now() - started,
+    };
+  });
+  return {
+    answer,
+    stop: () => {
+      clearInterval(drip);
+      socket.end();
+    },
+  };
+}
+
+test("a large body trickled past the deadline is answered 408 and its connection closed, however many bytes keep coming", async () => {
+  const server = serve();
+  const slow = await trickle(Number(server.url.port), 32 * 1024, 1000);
+  const { text, closed, afterMs } = await slow.answer;
+  expect(text).toStartWith("HTTP/1.1 408");
+  expect(text.toLowerCase()).toContain("connection: close");
+  expect(text).toContain('"code":"REQUEST_TIMEOUT"');
+  expect(closed).toBe(true);
+  expect(afterMs).toBeGreaterThanOrEqual(DEADLINE_MS - 50);
+  expect(afterMs).toBeLessThan(3_000);
+});
+
+test("past the budget of large bodies at once, the next is refused 503 before it is read; room comes back", async () => {
+  const server = serve(40 * 1024);
+  const port = Number(server.url.port);
+  const holding = await trickle(port, 32 * 1024, 1000);
+  await Bun.sleep(100);
+  const refused = await trickle(port, 32 * 1024, 1000);
+  const second = await refused.answer;
+  expect(second.text).toStartWith("HTTP/1.1 503");
+  expect(second.text.toLowerCase()).toContain("connection: close");
+  expect(second.text.toLowerCase()).toContain("retry-after: 1");
+  expect(second.closed).toBe(true);
+  expect(second.afterMs).toBeLessThan(DEADLINE_MS);
+  // The first ends at its deadline, and gives its room back.
+  expect((await holding.answer).text).toStartWith("HTTP/1.1 408");
+  const body = JSON.stringify({ email: "a@b.test", password: "x".repeat(20 * 1024) });
+  const whole = await fetch(new URL("/api/auth/login", server.url), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body,
+  });
+  expect(whole.status).not.toBe(503);
+  expect(whole.status).not.toBe(408);
+});
+
+test("a small body is read as it comes, with no deadline of its own", async () => {
+  const server = serve();
+  const slow = await trickle(Number(server.url.port), 1200, 1190, true);
+  const { text } = await slow.answer;
+  // Its ten last bytes took ~500 ms, past the large bodies' deadline: answered on its merits.
+  expect(text).not.toStartWith("HTTP/1.1 408");
+  expect(text).toMatch(/^HTTP\/1\.1 (400|422)/);
+});
