@@ -187,6 +187,15 @@ export function isStoreUnavailable(error: unknown): boolean {
   return UNAVAILABLE_CODES.some((primary) => code === primary || code.startsWith(`${primary}_`));
 }
 
+/**
+ * The SQLite error code behind an error (SQLITE_FULL, SQLITE_READONLY, …), through a wrapper, or
+ * null. Never the message: a DrizzleError's names the query's parameters, client text among them.
+ */
+export function sqliteCodeOf(error: unknown): string | null {
+  const sqliteError = sqliteErrorIn(error);
+  return sqliteError === null ? null : String(sqliteError.code ?? "SQLITE_ERROR");
+}
+
 /** The SQLiteError itself, or the one a wrapper (a DrizzleError) carries as its cause. */
 function sqliteErrorIn(error: unknown): SQLiteError | null {
   for (let depth = 0; depth < 4 && error instanceof Error; depth++) {

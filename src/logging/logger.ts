@@ -194,7 +194,7 @@ export function createLogger(options: LoggerOptions): Logger {
   const repeats = createRepeatGate({
     intervalMs: options.repeatIntervalMs,
     summarize: ({ key, level, count, intervalMs, lastRequestId }) => {
-      const seconds = intervalMs / 1000;
+      const seconds = Math.round(intervalMs) / 1000;
       logger[level](
         { repeated: key, count, seconds, lastRequestId },
         `${key}: ${count} more in the last ${seconds} s, counted here rather than logged each`,

@@ -5,6 +5,12 @@ import { buildTestApp, failingLimiterStore, LogCapture, send, type TestApp } fro
 const INTERVAL_MS = 120;
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
 function collecting(level: "info" | "error", repeatIntervalMs: number) {
   const logs = new LogCapture();
   return { logs, logger: createLogger({ level, destination: logs, repeatIntervalMs }) };
@@ -90,13 +96,37 @@ describe("a line a lasting fault repeats", () => {
   });
 });
 
-describe("the service while its limiter store is down", () => {
-  let current: TestApp | null = null;
-  afterEach(() => {
-    current?.close();
-    current = null;
-  });
+test("a fault that changes while lines repeat is written whole: each error's kind is its own run (probe 30c F1)", async () => {
+  let failure = new Error("Connection is closed.");
+  const store = failingLimiterStore("unused");
+  store.check = () => Promise.reject(failure);
+  current = buildTestApp({ limiter: store, logRepeatIntervalMs: 60_000 });
+  const login = () =>
+    send(current!, "/api/auth/login", {
+      body: { email: "a@b.test", password: "whatever it is 1" },
+    });
+  for (let i = 0; i < 3; i++) expect((await login()).status).toBe(503);
+  // Redis back, but full: another fault, behind the same message.
+  failure = new Error("OOM command not allowed when used memory > 'maxmemory' (used 1048576).");
+  for (let i = 0; i < 3; i++) expect((await login()).status).toBe(503);
+  failure = new Error("OOM command not allowed when used memory > 'maxmemory' (used 2097152).");
+  expect((await login()).status).toBe(503);
+  const whole = current.logs.entries.filter((e) => e.msg === "rate-limit store failed");
+  expect(whole.map((e) => (e.err as { message: string }).message)).toEqual([
+    "Connection is closed.",
+    "OOM command not allowed when used memory > 'maxmemory' (used 1048576).",
+  ]);
+  current.logger.flush();
+  // The numbers in a message do not make a new kind; a shutdown says how long it counted.
+  const summed = current.logs.entries.filter((e) => e.repeated !== undefined);
+  expect(summed.map((e) => e.count)).toEqual([2, 3]);
+  expect(summed[1]!.repeated).toContain(
+    "OOM command not allowed when used memory > 'maxmemory' (used #)",
+  );
+  for (const line of summed) expect(line.seconds as number).toBeLessThan(60);
+});
 
+describe("the service while its limiter store is down", () => {
   test("a flood of requests writes one failure line and one count each interval, beside every access line", async () => {
     current = buildTestApp({
       limiter: failingLimiterStore("connection closed"),
@@ -121,14 +151,9 @@ describe("the service while its limiter store is down", () => {
 
     await pause(INTERVAL_MS * 1.5);
     const summed = current.logs.entries.filter((e) => e.repeated !== undefined);
-    expect(summed).toMatchObject([
-      {
-        level: "error",
-        repeated: "rate-limit store failed, refused",
-        count: 19,
-        lastRequestId: "flood-19",
-      },
-    ]);
+    expect(summed).toMatchObject([{ level: "error", count: 19, lastRequestId: "flood-19" }]);
+    // Keyed by what failed and how: a different fault would be written whole (probe 30c F1).
+    expect(summed[0]!.repeated).toBe("rate-limit store failed, refused — Error: connection closed");
     const metrics = await (await send(current, "/metrics")).text();
     expect(metrics).toContain('rate_limit_store_errors_total{mode="closed"} 20');
   });
@@ -152,7 +177,9 @@ describe("the service while its limiter store is down", () => {
     expect(unavailable[0]).toMatchObject({ requestId: "full-0", route: "/api/auth/register" });
     current.logger.flush();
     expect(
-      current.logs.entries.filter((e) => e.repeated === "database unavailable: /api/auth/register"),
+      current.logs.entries.filter(
+        (e) => e.repeated === "database unavailable: /api/auth/register SQLITE_READONLY",
+      ),
     ).toMatchObject([{ level: "error", count: 3, lastRequestId: "full-3" }]);
   });
 

@@ -6,6 +6,7 @@
  * only as INTERNAL, without the exception's message.
  */
 import { Elysia, type ValidationError } from "elysia";
+import { sqliteCodeOf } from "../../db/client";
 import {
   AppError,
   type ErrorCode,
@@ -245,7 +246,7 @@ export function errorHandler({
             .warn({ requestId, method: request.method, route }, "database locked");
         } else {
           logger
-            .repeating(`database unavailable: ${route ?? "<unmatched>"}`)
+            .repeating(`database unavailable: ${route ?? "<unmatched>"} ${sqliteCodeOf(error)}`)
             .error(
               { err: error, requestId, method: request.method, route },
               "database unavailable",

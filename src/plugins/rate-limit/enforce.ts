@@ -5,8 +5,10 @@
  * the policy says) and by login (keyed by the account's email).
  */
 import type { Clock } from "../../clock";
+import { sqliteCodeOf } from "../../db/client";
 import { AppError } from "../../errors";
 import type { Logger } from "../../logging/logger";
+import { faultKind } from "../../logging/repeats";
 import type { AuditLog } from "../audit/log";
 import { oncePerWindow } from "../audit/once-per-window";
 import type { ResolvedClient } from "../client-ip";
@@ -40,7 +42,9 @@ export function limiterFailed(error: unknown, context: StoreFailure): AppError |
   const message = lost ? `rate-limit store failed: ${lost}` : "rate-limit store failed";
   // Failing for every request while the store is down: one line each 10 s says how many more.
   logger
-    .repeating(`${message}${policy ? ` (${policy})` : ""}${failClosed ? ", refused" : ""}`)
+    .repeating(
+      `${message}${policy ? ` (${policy})` : ""}${failClosed ? ", refused" : ""} — ${sqliteCodeOf(error) ?? faultKind(error)}`,
+    )
     .error({ err: error, requestId, failClosed, ...(policy ? { policy } : {}) }, message);
   if (!failClosed) return null;
   return new AppError(

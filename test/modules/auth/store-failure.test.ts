@@ -190,7 +190,12 @@ describe("a failing login lockout store", () => {
       current.logger.flush();
       const summed = current.logs.entries.filter((e) => e.repeated !== undefined);
       expect(summed).toMatchObject([
-        { level: "error", repeated: "rate-limit store failed (lockout), refused", count: 1 },
+        {
+          level: "error",
+          repeated:
+            "rate-limit store failed (lockout), refused — Error: disk I/O error (SQLITE_IOERR) at /var/lib/x",
+          count: 1,
+        },
       ]);
       expect(summed[0]!.lastRequestId).toBe("lockout-down");
       const metrics = await (await send(current, "/metrics")).text();

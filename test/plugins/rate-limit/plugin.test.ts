@@ -266,7 +266,8 @@ describe("a violation the store cannot count", () => {
     current.logger.flush();
     expect(current.logs.entries.filter((entry) => entry.repeated !== undefined)).toMatchObject([
       {
-        repeated: "rate-limit store failed: a violation was not counted (violations.ratelimit)",
+        repeated:
+          "rate-limit store failed: a violation was not counted (violations.ratelimit) — Error: SQLITE_FULL: database or disk is full",
         count: 1,
       },
     ]);
