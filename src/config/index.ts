@@ -405,6 +405,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     allowedHosts: allowedHosts(text("ALLOWED_HOSTS"), appEnv),
   };
   config.secretValues = collectSecretValues(config, env);
+  if (deployed) refuseSharedSecrets(config);
   refuseOpenMetrics(config);
   refuseMemoryDatabase(config);
   return deepFreeze(config);
@@ -512,6 +513,43 @@ function allowedHosts(raw: string | undefined, appEnv: AppEnv): string[] | null 
     throw new ConfigError("ALLOWED_HOSTS", "is required when APP_ENV=production");
   }
   return null;
+}
+
+/**
+ * One value in two secret roles, when deployed: whoever holds one then holds the other. Some are
+ * held by others by design (Prometheus holds METRICS_TOKEN, Meta the verify token, clients their
+ * API keys), and AUDIT_SECRET_KEY keys every seal and the audit chain, so one of those equal to
+ * it gave its holder the seals (probe 30d F1). Refused naming both variables, never the value.
+ */
+function refuseSharedSecrets(config: Config): void {
+  const roles: [string, string | null][] = [
+    ["JWT_SECRET_KEY", config.jwt.secretKey],
+    ["JWT_PREVIOUS_SECRET_KEY", config.jwt.previousSecretKey],
+    ["CSRF_SECRET_KEY", config.csrf.secretKey],
+    ["CSRF_PREVIOUS_SECRET_KEY", config.csrf.previousSecretKey],
+    ["AUDIT_SECRET_KEY", config.audit.secretKey],
+    ["METRICS_TOKEN", config.metricsToken],
+    ...config.apiKeys.map((entry): [string, string] => ["API_KEYS", entry.key]),
+    ["OPENAI_API_KEY", config.openai.apiKey],
+    ["STRIPE_SECRET_KEY", config.stripe.secretKey],
+    ...config.stripe.webhookSecrets.map((secret): [string, string] => [
+      "STRIPE_WEBHOOK_SECRET",
+      secret,
+    ]),
+    ["WHATSAPP_APP_SECRET", config.whatsapp.appSecret],
+    ["WHATSAPP_APP_SECRET_PREVIOUS", config.whatsapp.previousAppSecret],
+    ["WHATSAPP_VERIFY_TOKEN", config.whatsapp.verifyToken],
+    ["WHATSAPP_ACCESS_TOKEN", config.whatsapp.accessToken],
+  ];
+  const holder = new Map<string, string>();
+  for (const [name, value] of roles) {
+    if (value === null || value === "") continue;
+    const other = holder.get(value);
+    if (other !== undefined && other !== name) {
+      throw new ConfigError(name, `must differ from ${other}: one value must not hold two roles`);
+    }
+    holder.set(value, name);
+  }
 }
 
 function collectSecretValues(config: Config, env: Environment): string[] {

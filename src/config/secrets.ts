@@ -15,8 +15,22 @@ export function secretWeakness(value: string): string | null {
     return `is shorter than ${MIN_SECRET_BYTES} bytes`;
   }
   if (new Set(value).size < MIN_DISTINCT_CHARACTERS) return "is too repetitive to be random";
+  if (isMostlyRun(value)) return "is a run of neighbouring characters, not a generated secret";
   if (PLACEHOLDER.test(value)) return "is a placeholder, not a generated secret";
   return null;
+}
+
+/**
+ * Whether most neighbouring characters are the same or one apart (`abcdef…`, `0123…0123`,
+ * `zyxw…`): such a value passes the length and distinct-character checks and is found by anyone
+ * who tries the obvious (probe 30d F2). In a random base64 value about one neighbour in twenty is.
+ */
+function isMostlyRun(value: string): boolean {
+  let neighbours = 0;
+  for (let i = 1; i < value.length; i++) {
+    if (Math.abs(value.charCodeAt(i) - value.charCodeAt(i - 1)) <= 1) neighbours++;
+  }
+  return neighbours * 2 > value.length - 1;
 }
 
 /** A fresh 256-bit secret, base64url, for development runs that did not supply one. */

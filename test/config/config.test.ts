@@ -139,6 +139,21 @@ describe("production profile", () => {
       "must differ from JWT_SECRET_KEY",
     ],
     ["API_KEYS", { API_KEYS: `${STRONG},weak` }, "has a key that is shorter"],
+    // One value in two roles (probe 30d F1): named by the later variable, never the value.
+    ["CSRF_SECRET_KEY", { CSRF_SECRET_KEY: STRONG }, "must differ from JWT_SECRET_KEY"],
+    ["METRICS_TOKEN", { METRICS_TOKEN: STRONG_3 }, "must differ from AUDIT_SECRET_KEY"],
+    ["API_KEYS", { API_KEYS: `${STRONG_3}:chat` }, "must differ from AUDIT_SECRET_KEY"],
+    ["WHATSAPP_VERIFY_TOKEN", { WHATSAPP_VERIFY_TOKEN: STRONG_3 }, "must differ from AUDIT"],
+    [
+      "STRIPE_WEBHOOK_SECRET",
+      { STRIPE_WEBHOOK_SECRET: `whsec_x,${STRONG}` },
+      "from JWT_SECRET_KEY",
+    ],
+    ["CSRF_SECRET_KEY", { JWT_PREVIOUS_SECRET_KEY: STRONG_2 }, "from JWT_PREVIOUS_SECRET_KEY"],
+    // Runs of neighbouring characters pass the length and variety checks (probe 30d F2).
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "abcdefghijklmnopqrstuvwxyz012345" }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "01234567890123456789012345678901" }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "ZYXWVUTSRQPONMLKJIHGFEDCBA987654" }, "neighbouring"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
@@ -175,6 +190,21 @@ describe("production profile", () => {
     expect(error.message).toContain(variable);
     expect(error.message).toContain(reason);
     expect(error.message.split("\n")).toHaveLength(1);
+  });
+
+  test("a generated secret is never taken for a run (a thousand of them), and a shared one is refused without its value", () => {
+    for (let i = 0; i < 1000; i++) {
+      const secret = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
+      expect(secretWeakness(secret)).toBeNull();
+      const hex = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex");
+      expect(secretWeakness(hex)).toBeNull();
+    }
+    const error = refusal(production({ METRICS_TOKEN: STRONG_3 }));
+    expect(error.message).not.toContain(STRONG_3);
+    // Development keeps what it is given: nothing is deployed.
+    expect(loadConfig({ JWT_SECRET_KEY: STRONG, CSRF_SECRET_KEY: STRONG }).csrf.secretKey).toBe(
+      STRONG,
+    );
   });
 
   test("never echoes a refused secret's value", () => {
