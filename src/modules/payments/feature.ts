@@ -6,6 +6,7 @@
  */
 import type { Core } from "../../core";
 import type { Feature } from "../feature";
+import { trackedGateway } from "./calls-in-flight";
 import { paymentsModule, paymentsRouteClasses } from "./index";
 import { type PaymentLedger, paymentLedgerOf } from "./ledger";
 import { paymentMetrics } from "./metrics";
@@ -30,12 +31,15 @@ export interface PaymentsFeature extends Feature {
 export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}): PaymentsFeature {
   const { config, db, clock, logger, audit, registry } = core;
   const { secretKey, apiUrl } = config.stripe;
-  const gateway =
+  const stripe =
     options.gateway !== undefined
       ? options.gateway
       : secretKey === null
         ? null
         : new StripeGateway(createStripe({ secretKey, apiUrl }));
+  // A stop waits for the calls still at Stripe (./calls-in-flight.ts).
+  const tracked = stripe === null ? null : trackedGateway(stripe);
+  const gateway = tracked?.gateway ?? null;
   const ledger = paymentLedgerOf(core);
   const service = new PaymentService({
     db,
@@ -56,6 +60,7 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
     routes: ({ auth }) => paymentsModule({ auth, service, ledger, payments: config.payments }),
     // Configured is all /ready can say without calling Stripe on every probe.
     readiness: { payments: () => (service.configured ? undefined : "not_configured") },
+    endInFlight: () => tracked?.settled(),
     maintenance: (now) => {
       service.prune(now);
     },

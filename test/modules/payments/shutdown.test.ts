@@ -1,0 +1,83 @@
+/**
+ * A payment still waiting on Stripe when the stop's drain time is up is waited for, recorded and
+ * answered, not cut with no answer and its Idempotency-Key left "in progress" for two minutes
+ * (probe 30d F5).
+ */
+import { afterEach, expect, test } from "bun:test";
+import { trackedGateway } from "../../../src/modules/payments/calls-in-flight";
+import type {
+  CreatedIntent,
+  GatewayResult,
+  PaymentGateway,
+} from "../../../src/modules/payments/stripe-client";
+import { serveInProcess } from "../../support/app";
+import { bearer, signUp } from "../../support/auth";
+import { buildPaymentsApp, newIdempotencyKey, type PaymentsApp } from "../../support/payments";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+test("a payment at Stripe when the drain ends is answered with its intent before the connections are cut", async () => {
+  const target = buildPaymentsApp();
+  current = target;
+  const user = await signUp(target);
+  const server = serveInProcess(target, {
+    drainTimeoutMs: 200,
+    onDrainTimeout: () => target.services.endInFlight(),
+  });
+  const held = target.stripe.holdNext("/v1/payment_intents");
+  const key = newIdempotencyKey();
+  const answer = fetch(new URL("/api/payments/intents", server.url), {
+    method: "POST",
+    headers: {
+      ...bearer(user.accessToken),
+      "content-type": "application/json",
+      "idempotency-key": key,
+    },
+    body: JSON.stringify({ amount: 4200, currency: "usd" }),
+  });
+  await held.reached;
+  const stopped = server.shutdown("test");
+  // Stripe answers well after the drain's 200 ms and the half second connections get to leave.
+  await Bun.sleep(1_500);
+  held.release();
+  const response = await answer;
+  expect(response.status).toBe(201);
+  const body = (await response.json()) as { id: string; status: string };
+  expect(body.status).toBeString();
+  await stopped;
+  expect(target.logs.entries.map((entry) => entry.msg)).not.toContain(
+    "drain timed out; closing connections",
+  );
+  const claim = target.db.$client
+    .query<{ n: number }, []>("SELECT count(*) AS n FROM payments")
+    .get();
+  expect(claim?.n).toBe(1);
+});
+
+test("the wait for calls in flight ends at its bound, and at once when none is in flight", async () => {
+  let answer!: (result: GatewayResult<CreatedIntent>) => void;
+  const never: PaymentGateway = {
+    createIntent: () =>
+      new Promise((resolve) => {
+        answer = resolve;
+      }),
+    refund: () => Promise.reject(new Error("unused")),
+  };
+  const tracked = trackedGateway(never);
+  const started = performance.now();
+  await tracked.settled(50);
+  expect(performance.now() - started).toBeLessThan(30);
+  const call = tracked.gateway.createIntent({ amount: 1, currency: "usd" } as never, "k");
+  const waited = performance.now();
+  await tracked.settled(100);
+  expect(performance.now() - waited).toBeGreaterThanOrEqual(90);
+  answer({ ok: false, kind: "unavailable", reason: "timeout" });
+  await call;
+  const after = performance.now();
+  await tracked.settled(1_000);
+  expect(performance.now() - after).toBeLessThan(30);
+});
