@@ -75,7 +75,7 @@ export async function runCli(
   const args = parseArgs(rest, (name) => options.get(name));
   const misuse = misuseOf(command, args, options);
   if (misuse !== null) {
-    io.err(`palisade: ${command.name}: ${misuse}; usage: bun run cli ${command.usage}`);
+    io.err(`palisade ${command.name}: ${misuse}; usage: bun run cli ${command.usage}`);
     return EXIT_USAGE;
   }
   if (args.flags.help) {

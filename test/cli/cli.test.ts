@@ -116,7 +116,7 @@ test("every command refuses an option it does not take, and one given twice, wit
       expect({ command: command.name, code: typo.code, stderr: typo.stderr }).toEqual({
         command: command.name,
         code: 2,
-        stderr: `palisade: ${command.name}: unknown option --bogus; usage: bun run cli ${command.usage}`,
+        stderr: `palisade ${command.name}: unknown option --bogus; usage: bun run cli ${command.usage}`,
       });
       expect(typo.stdout).toBe("");
     }
