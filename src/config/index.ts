@@ -543,12 +543,15 @@ function refuseSharedSecrets(config: Config): void {
   ];
   const holder = new Map<string, string>();
   for (const [name, value] of roles) {
-    if (value === null || value === "") continue;
-    const other = holder.get(value);
+    // Compared without the whitespace around them: `key` and `key\n` (a secret file's second
+    // newline) are one secret to whoever holds either (probe 30e F4).
+    const secret = value?.trim();
+    if (!secret) continue;
+    const other = holder.get(secret);
     if (other !== undefined && other !== name) {
       throw new ConfigError(name, `must differ from ${other}: one value must not hold two roles`);
     }
-    holder.set(value, name);
+    holder.set(secret, name);
   }
 }
 

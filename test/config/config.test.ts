@@ -150,6 +150,8 @@ describe("production profile", () => {
       "from JWT_SECRET_KEY",
     ],
     ["CSRF_SECRET_KEY", { JWT_PREVIOUS_SECRET_KEY: STRONG_2 }, "from JWT_PREVIOUS_SECRET_KEY"],
+    ["METRICS_TOKEN", { METRICS_TOKEN: `${STRONG_3}\n` }, "must differ from AUDIT_SECRET_KEY"],
+    ["WHATSAPP_VERIFY_TOKEN", { WHATSAPP_VERIFY_TOKEN: ` ${STRONG} ` }, "from JWT_SECRET_KEY"],
     // Runs of neighbouring characters pass the length and variety checks (probe 30d F2).
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "abcdefghijklmnopqrstuvwxyz012345" }, "neighbouring"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "01234567890123456789012345678901" }, "neighbouring"],

@@ -20,10 +20,11 @@ afterEach(async () => {
 
 const DEADLINE_MS = 400;
 
-function serve(budgetBytes?: number) {
+function serve(budgetBytes?: number, clientBytes?: number) {
   const target = buildTestApp({
-    env: { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" },
-    largeBodies: largeBodyReads({ deadlineMs: DEADLINE_MS, budgetBytes }),
+    // Each trickle names its own address (X-Forwarded-For from loopback).
+    env: { TRUST_PROXY: "loopback", RATE_LIMIT_ALLOW_CIDRS: "10.0.0.0/8,127.0.0.0/8" },
+    largeBodies: largeBodyReads({ deadlineMs: DEADLINE_MS, budgetBytes, clientBytes }),
   });
   const server = serveInProcess(target);
   current = { target, server };
@@ -45,6 +46,7 @@ async function trickle(
   declared: number,
   first: number,
   complete = false,
+  from = "10.9.9.9",
 ): Promise<Trickle> {
   const chunks: Uint8Array[] = [];
   const started = performance.now();
@@ -65,7 +67,7 @@ async function trickle(
     },
   });
   socket.write(
-    `POST /api/auth/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${declared}\r\n\r\n${" ".repeat(first)}`,
+    `POST /api/auth/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Forwarded-For: ${from}\r\nContent-Type: application/json\r\nContent-Length: ${declared}\r\n\r\n${" ".repeat(first)}`,
   );
   let sent = first;
   const drip = setInterval(() => {
@@ -108,9 +110,9 @@ test("a large body trickled past the deadline is answered 408 and its connection
 test("past the budget of large bodies at once, the next is refused 503 before it is read; room comes back", async () => {
   const server = serve(40 * 1024);
   const port = Number(server.url.port);
-  const holding = await trickle(port, 32 * 1024, 1000);
+  const holding = await trickle(port, 32 * 1024, 1000, false, "10.0.0.1");
   await Bun.sleep(100);
-  const refused = await trickle(port, 32 * 1024, 1000);
+  const refused = await trickle(port, 32 * 1024, 1000, false, "10.0.0.2");
   const second = await refused.answer;
   expect(second.text).toStartWith("HTTP/1.1 503");
   expect(second.text.toLowerCase()).toContain("connection: close");
@@ -136,4 +138,18 @@ test("a small body is read as it comes, with no deadline of its own", async () =
   // Its ten last bytes took ~500 ms, past the large bodies' deadline: answered on its merits.
   expect(text).not.toStartWith("HTTP/1.1 408");
   expect(text).toMatch(/^HTTP\/1\.1 (400|422)/);
+});
+
+test("one client holds at most its share of the budget: its next large body is refused, another client's is read", async () => {
+  const server = serve(undefined, 40 * 1024);
+  const port = Number(server.url.port);
+  const first = await trickle(port, 32 * 1024, 1000, false, "10.0.0.7");
+  await Bun.sleep(100);
+  const again = await (await trickle(port, 32 * 1024, 1000, false, "10.0.0.7")).answer;
+  expect(again.text).toStartWith("HTTP/1.1 503");
+  expect(again.afterMs).toBeLessThan(DEADLINE_MS);
+  // Another address is read as usual (and times out at the deadline, as it never finishes).
+  const other = await (await trickle(port, 32 * 1024, 1000, false, "10.0.0.8")).answer;
+  expect(other.text).toStartWith("HTTP/1.1 408");
+  expect((await first.answer).text).toStartWith("HTTP/1.1 408");
 });

@@ -59,7 +59,7 @@ export interface RequestGuardOptions {
   now?: () => number;
   /** Which refusals are audited; once per address, code and minute unless given (tests). */
   firstInWindow?: FirstInWindow;
-  /** How large bodies are read: within 30 s, 64 MiB of them at once, unless given (tests). */
+  /** How large bodies are read: within 20 s, 64 MiB of them at once, unless given (tests). */
   largeBodies?: LargeBodyReads;
 }
 
@@ -120,7 +120,7 @@ export function requestGuard({
       ) {
         return;
       }
-      const { request, routeClass, route } = context as unknown as RequestState & {
+      const { request, routeClass, route, clientKey } = context as unknown as RequestState & {
         route: string;
       };
       const limit = bodyLimits[routeClass.bodyLimit];
@@ -132,11 +132,12 @@ export function requestGuard({
       if (routeClass.exactBytes) {
         // Webhook signatures are computed over the bytes, what was sent (exactBodyOf).
         const read = () => readExactWithin(request, limit);
-        const exact = await (size > SMALL_BODY_BYTES ? largeBodies.read(size, read) : read());
+        const large = size > SMALL_BODY_BYTES;
+        const exact = await (large ? largeBodies.read(size, clientKey, read) : read());
         text = exact.text;
         keepExactBody(context, exact);
       } else if (size > SMALL_BODY_BYTES) {
-        text = await largeBodies.read(size, () => readTextWithin(request, limit));
+        text = await largeBodies.read(size, clientKey, () => readTextWithin(request, limit));
       } else {
         text = await readTextWithin(request, limit);
       }

@@ -17,29 +17,43 @@ import { AppError } from "../../errors";
 
 /** Bodies up to this many bytes are read as they come (at most this much held per connection). */
 export const SMALL_BODY_BYTES = 16 * 1024;
-/** How long a large body may take to arrive: 256 KiB at ~9 KB/s. */
-export const BODY_DEADLINE_MS = 30_000;
+/**
+ * How long a large body may take to arrive: 256 KiB at ~13 KB/s. Under Bun's own cut of a slow
+ * body (~30 s), so the 408 reaches the client rather than a closed connection (probe 30e F3).
+ */
+export const BODY_DEADLINE_MS = 20_000;
 /** Large bodies read at once, in bytes. */
 export const LARGE_BODY_BUDGET_BYTES = 64 * 1024 * 1024;
+/**
+ * Of which one client (an IPv4 address, an IPv6 /64) may hold: four webhook bodies. Without it,
+ * 256 slow connections held the whole budget and every large or chunked body of everyone else was
+ * refused (probe 30e F2); now that takes 64 addresses.
+ */
+export const LARGE_BODY_CLIENT_BYTES = 1024 * 1024;
 
 export interface LargeBodyReads {
   /**
-   * Reads a body of `size` bytes (declared, or the limit) with `read`, within the deadline and the
-   * budget: throws REQUEST_TIMEOUT (408) past the deadline, SERVICE_UNAVAILABLE (503) when the
-   * budget is spent, each with `Connection: close`.
+   * Reads a body of `size` bytes (declared, or the limit) from `client` (its address key) with
+   * `read`, within the deadline and the budget: throws REQUEST_TIMEOUT (408) past the deadline,
+   * SERVICE_UNAVAILABLE (503) when the budget or the client's share of it is spent, each with
+   * `Connection: close`.
    */
-  read<T>(size: number, read: () => Promise<T>): Promise<T>;
+  read<T>(size: number, client: string, read: () => Promise<T>): Promise<T>;
 }
 
 export function largeBodyReads(
-  options: { deadlineMs?: number; budgetBytes?: number } = {},
+  options: { deadlineMs?: number; budgetBytes?: number; clientBytes?: number } = {},
 ): LargeBodyReads {
   const deadlineMs = options.deadlineMs ?? BODY_DEADLINE_MS;
   const budgetBytes = options.budgetBytes ?? LARGE_BODY_BUDGET_BYTES;
+  const clientBytes = options.clientBytes ?? LARGE_BODY_CLIENT_BYTES;
   let reading = 0;
+  /** Bytes each client is being read, for the clients with any. */
+  const byClient = new Map<string, number>();
   return {
-    read(size, read) {
-      if (reading + size > budgetBytes) {
+    read(size, client, read) {
+      const own = byClient.get(client) ?? 0;
+      if (reading + size > budgetBytes || own + size > Math.max(clientBytes, size)) {
         return Promise.reject(
           new AppError(
             "SERVICE_UNAVAILABLE",
@@ -50,6 +64,7 @@ export function largeBodyReads(
         );
       }
       reading += size;
+      byClient.set(client, own + size);
       let timer: ReturnType<typeof setTimeout> | undefined;
       const late = new Promise<never>((_, reject) => {
         timer = setTimeout(
@@ -68,6 +83,9 @@ export function largeBodyReads(
       return Promise.race([read(), late]).finally(() => {
         clearTimeout(timer);
         reading -= size;
+        const left = (byClient.get(client) ?? size) - size;
+        if (left > 0) byClient.set(client, left);
+        else byClient.delete(client);
       });
     },
   };
