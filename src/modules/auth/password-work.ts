@@ -7,8 +7,8 @@
  * behind all of them (probe 30a F3: 49 s with 300 attempts in flight).
  *
  * So at most `concurrency` hashes run at once (a core each) and at most `queue` more wait for
- * one; past that a sign-in or registration is refused at once with 503 and `Retry-After: 1`,
- * before any work. A real user then waits at most `queue / concurrency` hashes' time, or is told
+ * one; past that a sign-in or registration is refused at once with 503, before any work, and a
+ * `Retry-After` that keeps retries within the sign-in limits (retryAfterWithin). A real user then waits at most `queue / concurrency` hashes' time, or is told
  * to retry, instead of waiting behind the whole flood. Known and unknown accounts wait alike, so
  * the queue says nothing about which exist. Refusals are counted
  * (`auth_password_work_refused_total`).
@@ -23,6 +23,16 @@ export interface PasswordWorkLimits {
   queue: number;
 }
 
+/**
+ * The Retry-After of a refusal: the spacing at which retries stay within the sign-up and sign-in
+ * limits (a refused attempt was counted against them before it reached the queue). Told to retry
+ * in a second, a user retrying as told spent the minute's five sign-ins in five seconds, was then
+ * refused 429, and after five of those was blocked (probe 30e F1).
+ */
+export function retryAfterWithin(perMinute: number): number {
+  return Math.max(1, Math.ceil(60 / Math.max(1, perMinute)));
+}
+
 /** A slot a core, and a queue of eight hashes a core: ~0.6 s of waiting at most at Bun's cost. */
 export function defaultPasswordWorkLimits(): PasswordWorkLimits {
   const cores = Math.max(1, availableParallelism());
@@ -30,8 +40,11 @@ export function defaultPasswordWorkLimits(): PasswordWorkLimits {
 }
 
 export interface PasswordWork {
-  /** Runs `work` when a slot is free; throws SERVICE_UNAVAILABLE at once when the queue is full. */
-  run<T>(work: () => Promise<T>): Promise<T>;
+  /**
+   * Runs `work` when a slot is free; throws SERVICE_UNAVAILABLE at once when the queue is full,
+   * saying to retry in `retryAfterSeconds`.
+   */
+  run<T>(work: () => Promise<T>, retryAfterSeconds?: number): Promise<T>;
 }
 
 export function createPasswordWork(
@@ -46,7 +59,7 @@ export function createPasswordWork(
     else running -= 1;
   };
   return {
-    async run(work) {
+    async run(work, retryAfterSeconds = 1) {
       if (running < limits.concurrency) {
         running += 1;
       } else if (waiting.length < limits.queue) {
@@ -56,9 +69,9 @@ export function createPasswordWork(
         onRefused();
         throw new AppError(
           "SERVICE_UNAVAILABLE",
-          "Too many sign-ins are being checked right now; retry in a second.",
+          `Too many sign-ins are being checked right now; retry in ${retryAfterSeconds} s.`,
           undefined,
-          { "retry-after": "1" },
+          { "retry-after": String(retryAfterSeconds) },
         );
       }
       try {

@@ -5,7 +5,7 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { AppError } from "../../../src/errors";
-import { createPasswordWork } from "../../../src/modules/auth/password-work";
+import { createPasswordWork, retryAfterWithin } from "../../../src/modules/auth/password-work";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { STRONG_PASSWORD, signUp } from "../../support/auth";
 
@@ -131,4 +131,25 @@ test("registrations past the queue are refused 503 and create no account", async
     .query<{ n: number }, []>("SELECT count(*) AS n FROM users")
     .get();
   expect(users?.n).toBe(created);
+});
+
+test("the refusal's Retry-After keeps a user retrying as told within the sign-in limit (probe 30e F1)", async () => {
+  expect([retryAfterWithin(5), retryAfterWithin(3), retryAfterWithin(1000)]).toEqual([12, 20, 1]);
+  current = buildTestApp({
+    passwordWork: { concurrency: 1, queue: 0 },
+    env: { RATE_LIMIT_LOGIN: "6", RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" },
+  });
+  const user = await signUp(current);
+  const answers = await Promise.all(
+    Array.from({ length: 6 }, (_, i) =>
+      send(current!, "/api/auth/login", {
+        body: { email: user.email, password: "not the password 123!" },
+        peer: `2001:db8:${i}::1`,
+      }),
+    ),
+  );
+  const busy = answers.filter((answer) => answer.status === 503);
+  expect(busy.length).toBeGreaterThan(0);
+  for (const answer of busy) expect(answer.headers.get("retry-after")).toBe("10");
+  expect(((await busy[0]!.json()) as { detail: string }).detail).toContain("retry in 10 s");
 });
