@@ -153,3 +153,56 @@ test("one client holds at most its share of the budget: its next large body is r
   expect(other.text).toStartWith("HTTP/1.1 408");
   expect((await first.answer).text).toStartWith("HTTP/1.1 408");
 });
+
+test("a chunked body is charged what arrives: many small ones from one client pass, one growing past the share is refused", async () => {
+  const server = serve(undefined, 8 * 1024);
+  // Requests built in process carry no Content-Length: read as chunked, each charged its bytes.
+  const target = current!.target;
+  const answers = await Promise.all(
+    Array.from({ length: 30 }, (_, i) =>
+      target.app.handle(
+        new Request("http://localhost/api/auth/refresh", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ refreshToken: `pal_rt_not-a-token-${i}` }),
+        }),
+      ),
+    ),
+  );
+  expect(answers.map((answer) => answer.status)).toEqual(Array(30).fill(401));
+
+  // Over a socket, two chunked bodies from one client: together past its 8 KiB share.
+  const port = Number(server.url.port);
+  const chunked = async (size: number) => {
+    const chunks: Uint8Array[] = [];
+    let closed!: () => void;
+    const ended = new Promise<void>((resolve) => {
+      closed = resolve;
+    });
+    const socket = await Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: {
+        data: (_s, chunk) => {
+          chunks.push(new Uint8Array(chunk));
+        },
+        close: () => closed(),
+        end: () => closed(),
+        error: () => closed(),
+      },
+    });
+    const piece = " ".repeat(size);
+    socket.write(
+      `POST /api/auth/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Forwarded-For: 10.0.0.9\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${size.toString(16)}\r\n${piece}\r\n`,
+    );
+    return {
+      socket,
+      answer: Promise.race([ended, Bun.sleep(3_000)]).then(() => Buffer.concat(chunks).toString()),
+    };
+  };
+  const first = await chunked(6 * 1024);
+  await Bun.sleep(100);
+  const second = await chunked(6 * 1024);
+  expect(await second.answer).toStartWith("HTTP/1.1 503");
+  first.socket.end();
+});

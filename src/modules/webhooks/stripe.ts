@@ -29,11 +29,7 @@ import { webhookEvents } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
 import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
-import {
-  oncePerWindow,
-  REFUSAL_AUDIT_KEYS,
-  REFUSAL_AUDIT_WINDOW_MS,
-} from "../../plugins/audit/once-per-window";
+import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../../plugins/audit/once-per-window";
 import type { authPlugin } from "../../plugins/auth";
 import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
@@ -174,7 +170,7 @@ export function pruneStripeEvents(db: AppDatabase, now: number): void {
 
 export function stripeWebhook(options: StripeWebhookOptions) {
   const { db, clock, logger, audit, secrets, metrics, ledger } = options;
-  const firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS);
+  const firstInWindow = auditedOncePerWindow(audit, "webhook.signature_failed");
 
   /** Records the event id and applies its effect, in one transaction. */
   const apply = (event: StripeEventLike): Applied => {

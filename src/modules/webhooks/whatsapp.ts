@@ -33,11 +33,7 @@ import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
-import {
-  oncePerWindow,
-  REFUSAL_AUDIT_KEYS,
-  REFUSAL_AUDIT_WINDOW_MS,
-} from "../../plugins/audit/once-per-window";
+import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../../plugins/audit/once-per-window";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
@@ -377,7 +373,7 @@ function single(params: URLSearchParams, name: string): string | null {
 export function whatsappModule(options: WhatsAppModuleOptions) {
   const { auth, config, intake, core, metrics } = options;
   const tags = ["webhooks"];
-  const firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS);
+  const firstInWindow = auditedOncePerWindow(core.audit, "webhook.signature_failed");
   return new Elysia({ name: "palisade.module.whatsapp" })
     .use(auth)
     .get(

@@ -82,8 +82,9 @@ export const AUDIT_EVENT_TYPES = [
   // (modules/webhooks/outbox-seal.ts; must not be lost).
   "whatsapp.outbox_tampered",
   "whatsapp.outbox_sealed",
-  // The log itself.
+  // The log itself, and refusals past the bound of those audited each (batched).
   "audit.chain.keyed",
+  "audit.refusals_unrecorded",
   // A trigger found in the database file and dropped (db/foreign-triggers.ts), a schema found
   // changed while running (db/schema-guard.ts), and rows sealed by an upgrade the file had already
   // been through (upgrade-sealing.ts); must not be lost.

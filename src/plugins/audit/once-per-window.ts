@@ -10,12 +10,50 @@
  * principal) and window, and at most `maxKeys` keys of a kind are remembered at once: past them a
  * new key is audited only once the window of a remembered one has passed. So a kind writes at most
  * `maxKeys` rows a window, and a flood cycling through more keys than that is not audited per
- * request again. Its metric still counts every refusal.
+ * request again. Its metric still counts every refusal, and what the bound left out is said in
+ * the log itself: `onUnaudited` is told, once a window a kind had any, how many keys' refusals
+ * went unaudited (probes 30c F3, 30e F7: a flood filling the bound hid the next refusals, and no
+ * row said so).
  */
+
+import type { AuditEventType } from "./events";
+import type { AuditLog } from "./log";
 
 export type FirstInWindow = (kind: string, key: string, now: number, windowMs: number) => boolean;
 
-export function oncePerWindow(maxKeys: number): FirstInWindow {
+/** What the bound left out of one kind's refusals, over `seconds` from the first of them. */
+export interface Unaudited {
+  kind: string;
+  refusals: number;
+  seconds: number;
+}
+
+export function oncePerWindow(
+  maxKeys: number,
+  onUnaudited: (unaudited: Unaudited) => void = () => {},
+): FirstInWindow {
+  /** Per kind, the refusals left out since the first of them, until they are reported. */
+  const leftOut = new Map<string, { refusals: number }>();
+  const leaveOut = (kind: string, windowMs: number) => {
+    const known = leftOut.get(kind);
+    if (known !== undefined) {
+      known.refusals++;
+      return;
+    }
+    leftOut.set(kind, { refusals: 1 });
+    // Reported once the window has passed: one row a window, however long the flood.
+    const timer = setTimeout(() => {
+      const counted = leftOut.get(kind);
+      leftOut.delete(kind);
+      if (counted === undefined) return;
+      onUnaudited({
+        kind,
+        refusals: counted.refusals,
+        seconds: Math.round(windowMs / 1000),
+      });
+    }, windowMs);
+    timer.unref?.();
+  };
   /** Per kind, the keys audited and until when: one bound per kind, so one flood cannot starve another. */
   const audited = new Map<string, { until: Map<string, number>; sweptAt: number }>();
   return function firstInWindow(kind, key, now, windowMs) {
@@ -38,11 +76,32 @@ export function oncePerWindow(maxKeys: number): FirstInWindow {
           if (end <= now) until.delete(remembered);
         }
       }
-      if (until.size >= maxKeys) return false;
+      if (until.size >= maxKeys) {
+        leaveOut(kind, windowMs);
+        return false;
+      }
     }
     until.set(key, now + windowMs);
     return true;
   };
+}
+
+/**
+ * Refusals of `type` audited once per key and window, and what the bound leaves out recorded as
+ * one `audit.refusals_unrecorded` row a window (`{type, kind, refusals, seconds}`).
+ */
+export function auditedOncePerWindow(
+  audit: Pick<AuditLog, "record">,
+  type: AuditEventType,
+  maxKeys = REFUSAL_AUDIT_KEYS,
+): FirstInWindow {
+  return oncePerWindow(maxKeys, ({ kind, refusals, seconds }) => {
+    audit.record({
+      type: "audit.refusals_unrecorded",
+      outcome: "denied",
+      detail: { type, kind, refusals, seconds },
+    });
+  });
 }
 
 /** How many addresses' refusals of one kind are audited a minute, per process (probe 30a F2). */

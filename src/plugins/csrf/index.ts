@@ -21,11 +21,7 @@ import { Elysia, t } from "elysia";
 import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
-import {
-  oncePerWindow,
-  REFUSAL_AUDIT_KEYS,
-  REFUSAL_AUDIT_WINDOW_MS,
-} from "../audit/once-per-window";
+import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../audit/once-per-window";
 import type { RequestState } from "../request-state";
 import { cookieNames, readCookie, sendsHeaderCredential, serializeCookie } from "./cookies";
 import type { CsrfMetrics } from "./metrics";
@@ -84,7 +80,7 @@ export function csrf(options: CsrfOptions) {
   const { secretKey, previousSecretKey, requireTls, clock, audit, metrics } = options;
   const keys = previousSecretKey ? [secretKey, previousSecretKey] : secretKey;
   const names = cookieNames(requireTls);
-  const firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS);
+  const firstInWindow = auditedOncePerWindow(audit, "csrf.failed");
 
   const check = (request: Request): string | null => {
     const cookies = request.headers.get("cookie");

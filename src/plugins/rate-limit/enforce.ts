@@ -10,7 +10,7 @@ import { AppError } from "../../errors";
 import type { Logger } from "../../logging/logger";
 import { faultKind } from "../../logging/repeats";
 import type { AuditLog } from "../audit/log";
-import { oncePerWindow } from "../audit/once-per-window";
+import { auditedOncePerWindow } from "../audit/once-per-window";
 import type { ResolvedClient } from "../client-ip";
 import { rateLimitHeaders } from "./headers";
 import type { RateLimitMetrics } from "./metrics";
@@ -129,7 +129,7 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
    * Quiet refusals audited once per key and window, per policy: one bound per policy, so a flood
    * on one route cannot keep another policy's refusals (a login brute force) out of the audit log.
    */
-  const firstQuietRefusal = oncePerWindow(quietAuditKeys);
+  const firstQuietRefusal = auditedOncePerWindow(audit, "ratelimit.rejected", quietAuditKeys);
 
   const checksOf = (policies: readonly Policy[], keys: LimitKeys, now: number) =>
     policies.map((policy, i) => ({ policy, key: keyOf(keys, i), now }));

@@ -1,11 +1,17 @@
 import { AppError } from "../../errors";
+import type { BodyAccount } from "./large-bodies";
 
 /**
  * Reads a body of unknown length (chunked) and stops as soon as it passes `limit`, so an endless
  * stream costs at most `limit` bytes of memory. Returns the bytes as received: webhook signatures
  * are computed over them, not over a decoded and re-encoded string.
  */
-export async function readBodyWithin(request: Request, limit: number): Promise<Uint8Array> {
+export async function readBodyWithin(
+  request: Request,
+  limit: number,
+  /** Charged each chunk as it arrives (large-bodies.ts); it throws past its bounds. */
+  account?: BodyAccount,
+): Promise<Uint8Array> {
   const declared = request.headers.get("content-length");
   // A declared length was already checked against the limit, and Bun enforces it while reading.
   if (declared !== null) return request.bytes();
@@ -20,6 +26,14 @@ export async function readBodyWithin(request: Request, limit: number): Promise<U
     if (size > limit) {
       await reader.cancel();
       throw new AppError("PAYLOAD_TOO_LARGE", `The body is over ${limit} bytes.`);
+    }
+    if (account) {
+      try {
+        account.grow(value.byteLength);
+      } catch (error) {
+        await reader.cancel();
+        throw error;
+      }
     }
     chunks.push(value);
   }
@@ -62,9 +76,13 @@ export function exactBodyOf(context: object): { bytes: Uint8Array; text: string 
  * less than the bytes and a TextDecoder, on a route with a small JSON body. Not `async`: the promise
  * `text()` returns is the answer, with no second one wrapped around it.
  */
-export function readTextWithin(request: Request, limit: number): Promise<string> {
+export function readTextWithin(
+  request: Request,
+  limit: number,
+  account?: BodyAccount,
+): Promise<string> {
   if (request.headers.get("content-length") !== null) return request.text();
-  return readBodyWithin(request, limit).then((bytes) => utf8.decode(bytes));
+  return readBodyWithin(request, limit, account).then((bytes) => utf8.decode(bytes));
 }
 
 /**
@@ -75,8 +93,12 @@ export function readTextWithin(request: Request, limit: number): Promise<string>
 export function readExactWithin(
   request: Request,
   limit: number,
+  account?: BodyAccount,
 ): Promise<{ bytes: Uint8Array; text: string }> {
-  return readBodyWithin(request, limit).then((bytes) => ({ bytes, text: utf8.decode(bytes) }));
+  return readBodyWithin(request, limit, account).then((bytes) => ({
+    bytes,
+    text: utf8.decode(bytes),
+  }));
 }
 
 /**

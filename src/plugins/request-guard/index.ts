@@ -14,9 +14,8 @@ import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import {
+  auditedOncePerWindow,
   type FirstInWindow,
-  oncePerWindow,
-  REFUSAL_AUDIT_KEYS,
   REFUSAL_AUDIT_WINDOW_MS,
 } from "../audit/once-per-window";
 import type { RequestState } from "../request-state";
@@ -70,7 +69,7 @@ export function requestGuard({
   allowedHosts = null,
   routes,
   now = Date.now,
-  firstInWindow = oncePerWindow(REFUSAL_AUDIT_KEYS),
+  firstInWindow = auditedOncePerWindow(audit, "request.rejected"),
   largeBodies = largeBodyReads(),
 }: RequestGuardOptions) {
   const checkSentBody = routes ? createSentBodyCheck({ routes }) : undefined;
@@ -124,20 +123,24 @@ export function requestGuard({
         route: string;
       };
       const limit = bodyLimits[routeClass.bodyLimit];
-      // A large body (or one of unknown length) must arrive in time, within a budget of such
-      // bodies at once (./large-bodies.ts); a small one is read as it comes.
+      // A large body, or one sent chunked (its length unknown), must arrive in time, within a
+      // budget of such bodies at once, a chunked one charged as it arrives (./large-bodies.ts); a
+      // small declared one is read as it comes.
       const declared = request.headers.get("content-length");
-      const size = declared === null ? limit : Number(declared);
+      const size = declared === null ? null : Number(declared);
+      const bounded = size === null || size > SMALL_BODY_BYTES;
       let text: string;
       if (routeClass.exactBytes) {
         // Webhook signatures are computed over the bytes, what was sent (exactBodyOf).
-        const read = () => readExactWithin(request, limit);
-        const large = size > SMALL_BODY_BYTES;
-        const exact = await (large ? largeBodies.read(size, clientKey, read) : read());
+        const exact = await (bounded
+          ? largeBodies.read(size, clientKey, (account) => readExactWithin(request, limit, account))
+          : readExactWithin(request, limit));
         text = exact.text;
         keepExactBody(context, exact);
-      } else if (size > SMALL_BODY_BYTES) {
-        text = await largeBodies.read(size, clientKey, () => readTextWithin(request, limit));
+      } else if (bounded) {
+        text = await largeBodies.read(size, clientKey, (account) =>
+          readTextWithin(request, limit, account),
+        );
       } else {
         text = await readTextWithin(request, limit);
       }

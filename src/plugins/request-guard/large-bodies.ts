@@ -31,15 +31,36 @@ export const LARGE_BODY_BUDGET_BYTES = 64 * 1024 * 1024;
  */
 export const LARGE_BODY_CLIENT_BYTES = 1024 * 1024;
 
+/** Bytes of a body taken from the budget as they are known, and given back at its end. */
+export interface BodyAccount {
+  /** Takes `bytes` more; throws SERVICE_UNAVAILABLE (503, `Connection: close`) past a bound. */
+  grow(bytes: number): void;
+}
+
 export interface LargeBodyReads {
   /**
-   * Reads a body of `size` bytes (declared, or the limit) from `client` (its address key) with
-   * `read`, within the deadline and the budget: throws REQUEST_TIMEOUT (408) past the deadline,
-   * SERVICE_UNAVAILABLE (503) when the budget or the client's share of it is spent, each with
-   * `Connection: close`.
+   * Reads a body of `client` (its address key) with `read`, within the deadline and the budget:
+   * a declared one of `size` bytes is charged all of it before it is read; one sent chunked
+   * (`size` null) is charged what arrives, as `read` grows the account it is given (a chunked
+   * body is charged its route's limit no longer: 200 small chunked deliveries from one address
+   * were refused, and a 40-byte one cost 64 KiB of the budget, probe 30e F2). Throws
+   * REQUEST_TIMEOUT (408) past the deadline, SERVICE_UNAVAILABLE (503) past the budget or the
+   * client's share of it, each with `Connection: close`.
    */
-  read<T>(size: number, client: string, read: () => Promise<T>): Promise<T>;
+  read<T>(
+    size: number | null,
+    client: string,
+    read: (account: BodyAccount) => Promise<T>,
+  ): Promise<T>;
 }
+
+const busy = () =>
+  new AppError(
+    "SERVICE_UNAVAILABLE",
+    "Too many large request bodies are arriving at once; retry shortly.",
+    undefined,
+    { "retry-after": "1", connection: "close" },
+  );
 
 export function largeBodyReads(
   options: { deadlineMs?: number; budgetBytes?: number; clientBytes?: number } = {},
@@ -50,21 +71,45 @@ export function largeBodyReads(
   let reading = 0;
   /** Bytes each client is being read, for the clients with any. */
   const byClient = new Map<string, number>();
+
+  const accountOf = (client: string) => {
+    let taken = 0;
+    let ended = false;
+    return {
+      grow(bytes: number) {
+        // A read the deadline already answered goes on until the connection closes: it takes
+        // nothing more, and stops.
+        if (ended) throw busy();
+        const own = byClient.get(client) ?? 0;
+        // One body alone may always be read up to its route's limit; a second is what is bounded.
+        if (reading + bytes > budgetBytes || (own > 0 && own + bytes > clientBytes)) throw busy();
+        reading += bytes;
+        taken += bytes;
+        byClient.set(client, own + bytes);
+      },
+      end() {
+        ended = true;
+        reading -= taken;
+        const left = (byClient.get(client) ?? taken) - taken;
+        if (left > 0) byClient.set(client, left);
+        else byClient.delete(client);
+        taken = 0;
+      },
+    };
+  };
+
   return {
-    read(size, client, read) {
-      const own = byClient.get(client) ?? 0;
-      if (reading + size > budgetBytes || own + size > Math.max(clientBytes, size)) {
-        return Promise.reject(
-          new AppError(
-            "SERVICE_UNAVAILABLE",
-            "Too many large request bodies are arriving at once; retry shortly.",
-            undefined,
-            { "retry-after": "1", connection: "close" },
-          ),
-        );
+    read<T>(
+      size: number | null,
+      client: string,
+      read: (account: BodyAccount) => Promise<T>,
+    ): Promise<T> {
+      const account = accountOf(client);
+      try {
+        if (size !== null) account.grow(size);
+      } catch (error) {
+        return Promise.reject(error);
       }
-      reading += size;
-      byClient.set(client, own + size);
       let timer: ReturnType<typeof setTimeout> | undefined;
       const late = new Promise<never>((_, reject) => {
         timer = setTimeout(
@@ -80,12 +125,15 @@ export function largeBodyReads(
           deadlineMs,
         );
       });
-      return Promise.race([read(), late]).finally(() => {
+      let body: Promise<T>;
+      try {
+        body = read(account);
+      } catch (error) {
+        body = Promise.reject(error);
+      }
+      return Promise.race([body, late]).finally(() => {
         clearTimeout(timer);
-        reading -= size;
-        const left = (byClient.get(client) ?? size) - size;
-        if (left > 0) byClient.set(client, left);
-        else byClient.delete(client);
+        account.end();
       });
     },
   };

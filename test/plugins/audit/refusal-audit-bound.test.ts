@@ -6,7 +6,11 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { STRIPE_WEBHOOK_PATH } from "../../../src/modules/webhooks/stripe";
-import { oncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../../../src/plugins/audit/once-per-window";
+import {
+  auditedOncePerWindow,
+  oncePerWindow,
+  REFUSAL_AUDIT_WINDOW_MS,
+} from "../../../src/plugins/audit/once-per-window";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 import { WEBHOOK_SECRET } from "../../support/payments";
@@ -95,6 +99,29 @@ test("at most the bound's addresses a window are audited; a remembered one's win
   expect(audited("a", 30_000)).toBe(false);
   expect(audited("f", 60_000)).toBe(true);
   expect(audited("a", 60_000)).toBe(true);
+});
+
+test("what the bound leaves out is one audit row a window and kind, saying how many (probes 30c F3, 30e F7)", async () => {
+  const recorded: unknown[] = [];
+  const first = auditedOncePerWindow({ record: (event) => recorded.push(event) }, "csrf.failed", 2);
+  const windowMs = 60;
+  const outcomes = ["a", "b", "c", "d", "e"].map((key) => first("csrf", key, 0, windowMs));
+  expect(outcomes).toEqual([true, true, false, false, false]);
+  // A key already audited in its window is no refusal left out by the bound.
+  expect(first("csrf", "a", 1, windowMs)).toBe(false);
+  expect(first("other", "x", 0, windowMs)).toBe(true);
+  expect(recorded).toEqual([]);
+  await Bun.sleep(windowMs * 2);
+  expect(recorded).toEqual([
+    {
+      type: "audit.refusals_unrecorded",
+      outcome: "denied",
+      detail: { type: "csrf.failed", kind: "csrf", refusals: 3, seconds: 0 },
+    },
+  ]);
+  // Nothing left out since: no row.
+  await Bun.sleep(windowMs * 2);
+  expect(recorded).toHaveLength(1);
 });
 
 test("CSRF failures: once per address and minute; the metric counts each", async () => {
