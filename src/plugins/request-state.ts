@@ -12,6 +12,7 @@
  */
 import { Elysia } from "elysia";
 import type { ResolvedClient } from "./client-ip";
+import type { LimitCharge } from "./rate-limit/enforce";
 import type { ResolvedRouteClass } from "./route-class/table";
 
 export interface RequestState {
@@ -25,6 +26,11 @@ export interface RequestState {
   client: ResolvedClient;
   clientIp: string;
   clientKey: string;
+  /**
+   * What the rate-limit stage charged this request when its store decided it (a lease's permit is
+   * not kept): a handler that refuses the request before any work of its own gives it back.
+   */
+  limitCharge?: LimitCharge;
 }
 
 /** The fields the early stages set, as a handler reads them. */
@@ -43,6 +49,7 @@ export function requestStateTypes() {
     client: undefined,
     clientIp: "",
     clientKey: "",
+    limitCharge: undefined,
   } as unknown as RequestStateFields;
   return new Elysia({ name: "palisade.request-state" }).decorate(placeholders);
 }

@@ -14,12 +14,13 @@ import {
   sendsHeaderCredential,
   serializeCookie,
 } from "../../plugins/csrf/cookies";
-import type { LimitEnforcer } from "../../plugins/rate-limit/enforce";
+import type { LimitCharge, LimitEnforcer } from "../../plugins/rate-limit/enforce";
 import { LOGIN_ACCOUNT_POLICY_LABEL } from "../../plugins/rate-limit/metrics";
 import type { PolicyTable } from "../../plugins/rate-limit/policies";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
 import { Credentials, LoginQuery, LoginResponse, Me, RefreshBody, RegisteredUser } from "./model";
+import { PasswordWorkBusy } from "./password-work";
 import { type AuthService, accountLimitKey, type IssuedTokens, type RequestMeta } from "./service";
 
 export interface AuthModuleOptions {
@@ -82,6 +83,21 @@ export function authModule(options: AuthModuleOptions) {
     { ...policies.get("login"), id: LOGIN_ACCOUNT_POLICY_LABEL, refusalIsViolation: false },
   ] as const;
 
+  /**
+   * The outcome of a sign-in or sign-up; refused by the full password queue, the request is no
+   * attempt, and what the rate limits charged it is given back (password-work.ts).
+   */
+  const refundedIfBusy = <T>(
+    outcome: Promise<T>,
+    ...charges: (LimitCharge | undefined)[]
+  ): Promise<T> =>
+    outcome.catch((error: unknown) => {
+      if (error instanceof PasswordWorkBusy) {
+        for (const charge of charges) if (charge) enforceLimits.refund(charge);
+      }
+      throw error;
+    });
+
   const respondWithTokens = (set: SetLike, tokens: IssuedTokens, mode: string | undefined) => {
     if (mode === "cookie") {
       set.headers["set-cookie"] = sessionCookies(names, tokens, requireTls);
@@ -99,11 +115,14 @@ export function authModule(options: AuthModuleOptions) {
     .use(options.auth)
     .post(
       "/register",
-      async ({ body, set, client, requestId }) => {
-        const outcome = await service.register(
-          body.email,
-          body.password,
-          meta({ client, requestId }, "POST /api/auth/register"),
+      async ({ body, set, client, requestId, limitCharge }) => {
+        const outcome = await refundedIfBusy(
+          service.register(
+            body.email,
+            body.password,
+            meta({ client, requestId }, "POST /api/auth/register"),
+          ),
+          limitCharge,
         );
         switch (outcome.code) {
           case "INVALID_EMAIL":
@@ -143,19 +162,27 @@ export function authModule(options: AuthModuleOptions) {
     )
     .post(
       "/login",
-      async ({ body, query, set, request, path, client, requestId }) => {
+      async ({ body, query, set, request, path, client, requestId, limitCharge }) => {
         const accountKey = accountLimitKey(body.email);
+        let accountCharge: LimitCharge | undefined;
         const headers = await enforceLimits(accountLoginPolicy, accountKey, {
           method: request.method,
           path,
           client,
           requestId,
+          charged: (charge) => {
+            accountCharge = charge;
+          },
         });
         if (headers) Object.assign(set.headers, headers);
-        const outcome = await service.login(
-          body.email,
-          body.password,
-          meta({ client, requestId }, "POST /api/auth/login"),
+        const outcome = await refundedIfBusy(
+          service.login(
+            body.email,
+            body.password,
+            meta({ client, requestId }, "POST /api/auth/login"),
+          ),
+          limitCharge,
+          accountCharge,
         );
         if (outcome.code === "LOCKED") {
           metrics.fail("locked");

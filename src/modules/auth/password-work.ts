@@ -7,8 +7,8 @@
  * behind all of them (probe 30a F3: 49 s with 300 attempts in flight).
  *
  * So at most `concurrency` hashes run at once (a core each) and at most `queue` more wait for
- * one; past that a sign-in or registration is refused at once with 503, before any work, and a
- * `Retry-After` that keeps retries within the sign-in limits (retryAfterWithin). A real user then waits at most `queue / concurrency` hashes' time, or is told
+ * one; past that a sign-in or registration is refused at once with 503, before any work, and is
+ * no attempt: the routes give back what the rate limits charged it (PasswordWorkBusy). A real user then waits at most `queue / concurrency` hashes' time, or is told
  * to retry, instead of waiting behind the whole flood. Known and unknown accounts wait alike, so
  * the queue says nothing about which exist. Refusals are counted
  * (`auth_password_work_refused_total`).
@@ -23,14 +23,23 @@ export interface PasswordWorkLimits {
   queue: number;
 }
 
+/** How soon a refused sign-in may come again: it is no attempt (its limits are given back). */
+export const QUEUE_RETRY_AFTER_SECONDS = 2;
+
 /**
- * The Retry-After of a refusal: the spacing at which retries stay within the sign-up and sign-in
- * limits (a refused attempt was counted against them before it reached the queue). Told to retry
- * in a second, a user retrying as told spent the minute's five sign-ins in five seconds, was then
- * refused 429, and after five of those was blocked (probe 30e F1).
+ * The queue's refusal. The sign-in and sign-up routes give back what the rate limits charged the
+ * request for it (LimitEnforcer.refund): counted, a user retrying as told spent the minute's five
+ * sign-ins, was refused 429 and then blocked (probes 30e F1, 30f F1).
  */
-export function retryAfterWithin(perMinute: number): number {
-  return Math.max(1, Math.ceil(60 / Math.max(1, perMinute)));
+export class PasswordWorkBusy extends AppError {
+  constructor() {
+    super(
+      "SERVICE_UNAVAILABLE",
+      `Too many sign-ins are being checked right now; retry in ${QUEUE_RETRY_AFTER_SECONDS} s.`,
+      undefined,
+      { "retry-after": String(QUEUE_RETRY_AFTER_SECONDS) },
+    );
+  }
 }
 
 /** A slot a core, and a queue of eight hashes a core: ~0.6 s of waiting at most at Bun's cost. */
@@ -40,11 +49,8 @@ export function defaultPasswordWorkLimits(): PasswordWorkLimits {
 }
 
 export interface PasswordWork {
-  /**
-   * Runs `work` when a slot is free; throws SERVICE_UNAVAILABLE at once when the queue is full,
-   * saying to retry in `retryAfterSeconds`.
-   */
-  run<T>(work: () => Promise<T>, retryAfterSeconds?: number): Promise<T>;
+  /** Runs `work` when a slot is free; throws PasswordWorkBusy (503) at once when the queue is full. */
+  run<T>(work: () => Promise<T>): Promise<T>;
 }
 
 export function createPasswordWork(
@@ -59,7 +65,7 @@ export function createPasswordWork(
     else running -= 1;
   };
   return {
-    async run(work, retryAfterSeconds = 1) {
+    async run(work) {
       if (running < limits.concurrency) {
         running += 1;
       } else if (waiting.length < limits.queue) {
@@ -67,12 +73,7 @@ export function createPasswordWork(
         await new Promise<void>((resolve) => waiting.push(resolve));
       } else {
         onRefused();
-        throw new AppError(
-          "SERVICE_UNAVAILABLE",
-          `Too many sign-ins are being checked right now; retry in ${retryAfterSeconds} s.`,
-          undefined,
-          { "retry-after": String(retryAfterSeconds) },
-        );
+        throw new PasswordWorkBusy();
       }
       try {
         return await work();

@@ -55,7 +55,7 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey } from "./email";
-import { type PasswordWork, retryAfterWithin } from "./password-work";
+import type { PasswordWork } from "./password-work";
 import {
   createPasswordChecker,
   hashPassword,
@@ -346,9 +346,8 @@ export class AuthService {
     const verdict = (await this.passwordChecker)(password, email);
     if (!verdict.ok) return { code: "WEAK_PASSWORD", rule: verdict.rule, message: verdict.message };
     // Hashed even for a duplicate, so a new and an existing email take the same time.
-    const passwordHash = await this.passwordWork.run(
-      () => hashPassword(password, this.options.passwordHashing),
-      retryAfterWithin(this.options.config.rateLimit.policies.register),
+    const passwordHash = await this.passwordWork.run(() =>
+      hashPassword(password, this.options.passwordHashing),
     );
     if (this.userByEmail(key)) {
       this.options.audit.record({
@@ -472,9 +471,8 @@ export class AuthService {
       // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
       const usable = password.isWellFormed();
       // The same argon2 work whether or not the account exists, so timing tells nothing.
-      const matches = await this.passwordWork.run(
-        () => verifyPassword(usable ? password : "", user?.passwordHash ?? dummyHash),
-        retryAfterWithin(this.options.config.rateLimit.policies.login),
+      const matches = await this.passwordWork.run(() =>
+        verifyPassword(usable ? password : "", user?.passwordHash ?? dummyHash),
       );
       valid = user !== null && usable && matches;
     } catch (error) {

@@ -71,6 +71,15 @@ export interface LimitContext {
   path: string;
   client: ResolvedClient;
   requestId: string;
+  /** Told what an admitted request was charged, for a handler that may give it back (refund). */
+  charged?: (charge: LimitCharge) => void;
+}
+
+/** What an admitted request counted: one permit of each policy, for its key, in these windows. */
+export interface LimitCharge {
+  policies: readonly Policy[];
+  keys: LimitKeys;
+  outcomes: readonly LimitOutcome[];
 }
 
 export interface LimitEnforcerOptions {
@@ -114,6 +123,11 @@ export interface LimitEnforcer {
    * busiest path (a hot client well under its limit) a promise and a wait per request.
    */
   admitNow(policies: readonly Policy[], keys: LimitKeys): Record<string, string> | undefined;
+  /**
+   * Gives back what an admitted request was charged, when the request was refused before any
+   * work for a reason of the service's own (the password queue full): it is then no attempt.
+   */
+  refund(charge: LimitCharge): void;
 }
 
 /**
@@ -201,7 +215,10 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     return decided.then(
       (outcomes) => {
         const refusedAt = outcomes.findIndex((o) => !o.admitted);
-        if (refusedAt < 0) return rateLimitHeaders(policies, outcomes, now, false);
+        if (refusedAt < 0) {
+          request.charged?.({ policies, keys, outcomes });
+          return rateLimitHeaders(policies, outcomes, now, false);
+        }
         return refuse(policies, keys, request, outcomes, refusedAt, now);
       },
       (error: unknown) => {
@@ -223,7 +240,18 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     const outcomes = store.checkNow(checksOf(policies, keys, now));
     return outcomes === undefined ? undefined : rateLimitHeaders(policies, outcomes, now, false);
   };
-  return Object.assign(enforceLimits, { admitNow });
+  const refund = ({ policies, keys, outcomes }: LimitCharge) => {
+    store.giveBack(
+      policies.map((policy, i) => ({
+        policy,
+        key: keyOf(keys, i),
+        windowStart: outcomes[i]!.windowStart,
+        burstWindowStart: outcomes[i]!.burstWindowStart,
+        count: 1,
+      })),
+    );
+  };
+  return Object.assign(enforceLimits, { admitNow, refund });
 }
 
 function keyOf(keys: LimitKeys, index: number): string {

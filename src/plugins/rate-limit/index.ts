@@ -20,7 +20,7 @@ import { principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
-import type { LimitEnforcer, LimitKeys } from "./enforce";
+import type { LimitCharge, LimitEnforcer, LimitKeys } from "./enforce";
 import { LOCKED_OUT_POLICY_LABEL, type RateLimitMetrics } from "./metrics";
 import type { PolicyTable, RoutePolicy } from "./policies";
 
@@ -102,7 +102,16 @@ export function rateLimit(options: RateLimitOptions) {
     keys: LimitKeys | Promise<LimitKeys>,
   ): Promise<void> => {
     const { request, path, client, requestId, set } = state;
-    const context = { method: request.method, path, client, requestId };
+    const context = {
+      method: request.method,
+      path,
+      client,
+      requestId,
+      // Kept for a handler that gives it back (a sign-in the password queue refused).
+      charged: (charge: LimitCharge) => {
+        state.limitCharge = charge;
+      },
+    };
     const decided =
       keys instanceof Promise
         ? keys.then((known) => enforce(applied, known, context))
