@@ -158,6 +158,7 @@ const STATUS_MEANING: Record<number, string> = {
   403: "Refused: the credential may not do this, the address is blocked, or the CSRF check failed",
   404: "No such resource",
   405: "Method not allowed (see Allow)",
+  408: "A large or chunked body did not arrive in time (the connection is closed)",
   409: "Conflicts with the current state",
   413: "The body is too large",
   414: "The URI is too long",

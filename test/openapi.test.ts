@@ -355,7 +355,7 @@ test("no answer's schema has a default: an enum's or a literal's first value is 
   expect(JSON.stringify(page)).toContain('"enum":["user","assistant"]');
 });
 
-test("the request guard's refusals are documented: 414 on every operation, 413 and 415 on every method whose body it reads (probes 27c F3, 27d F2)", async () => {
+test("the request guard's refusals are documented: 414 on every operation, 408, 413 and 415 on every method whose body it reads (probes 27c F3, 27d F2, 30a F4)", async () => {
   current = buildTestApp();
   const document = await documentOf(current);
   let withBody = 0;
@@ -364,8 +364,8 @@ test("the request guard's refusals are documented: 414 on every operation, 413 a
       const statuses = Object.keys(operation.responses);
       const expected = ["get", "head", "options"].includes(method)
         ? ["414"]
-        : ["413", "414", "415"];
-      if (expected.length === 3) withBody++;
+        : ["408", "413", "414", "415"];
+      if (expected.length === 4) withBody++;
       expect({ at: `${method} ${path}`, statuses }).toEqual({
         at: `${method} ${path}`,
         statuses: expect.arrayContaining(expected),

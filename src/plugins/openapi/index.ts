@@ -155,9 +155,10 @@ export function finish<T extends object>(document: T): T {
       }
       plainIntegerParameters(op.parameters);
       // The request guard answers any route: a target or query too long (414) and, on a method
-      // whose body it reads (whether the route declares a body or not), one too large (413) or
-      // not JSON (415) (probes 27c F3, 27d F2). OpenAPI spells methods in lower case.
-      const guard = BODY_METHODS.has(method.toUpperCase()) ? [413, 414, 415] : [414];
+      // whose body it reads (whether the route declares a body or not), one too slow to arrive
+      // (408), too large (413) or not JSON (415) (probes 27c F3, 27d F2, 30a F4). OpenAPI spells
+      // methods in lower case.
+      const guard = BODY_METHODS.has(method.toUpperCase()) ? [408, 413, 414, 415] : [414];
       for (const status of [...(pipeline ?? []), ...guard]) {
         if (responses[status] !== undefined) continue;
         const schema = problemResponses(status)[status]!;
