@@ -235,10 +235,9 @@ export function errorHandler({
         outcome = { code: "BAD_REQUEST", detail: "A signed cookie did not verify." };
       } else if (refusal) {
         // Locked past our short wait (db/busy): not a bug, and retrying shortly will work. Read-only,
-        // full or failing: the client may retry too; the operator needs the stack.
-        // A lasting lock or a full disk fails every request: the first line of each route pattern
-        // (never the method, which can be any token a client sends) is written, the rest summed up
-        // (logging/repeats).
+        // full or failing: the client may retry too; the operator needs the stack. Either, lasting,
+        // fails every request: the first line of each route pattern (never the method, which can
+        // be any token a client sends) is written, the rest summed up (logging/repeats).
         const route = routeOf();
         if (refusal.busy) {
           logger

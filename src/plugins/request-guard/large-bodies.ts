@@ -7,11 +7,11 @@
  *
  * So a body declared over SMALL_BODY_BYTES, or sent chunked (its length unknown), must arrive
  * within BODY_DEADLINE_MS, or the request is answered 408 and its connection closed; and at most
- * LARGE_BODY_BUDGET_BYTES of such bodies (by declared length, a chunked one by its limit) are
- * read at once, past which one is answered 503 at once and its connection closed before it is
- * read. Both answers say `Connection: close`: answered without it, Bun keeps reading the body.
- * A small body (every ordinary API call: a chat message, a login) skips both, so the common path
- * costs one comparison.
+ * LARGE_BODY_BUDGET_BYTES of such bodies (by declared length, a chunked one by what has arrived)
+ * are read at once, LARGE_BODY_CLIENT_BYTES of them from one client, past which one is answered
+ * 503 and its connection closed. Both answers say `Connection: close`: answered without it, Bun
+ * keeps reading the body. A small declared body (every ordinary API call: a chat message, a
+ * login) skips both, so the common path costs one comparison.
  */
 import { AppError } from "../../errors";
 
