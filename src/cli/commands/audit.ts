@@ -66,7 +66,7 @@ export const auditVerify: Command = {
   },
 };
 
-function parseAnchor(
+export function parseAnchor(
   head: string | true | undefined,
   count: string | true | undefined,
 ): AuditHead | undefined {

@@ -21,7 +21,9 @@ import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
+import { sweepSeals } from "../../seal-sweep";
 import { CliError, type Command, EXIT_USAGE } from "../command";
+import { failedRows, integrityProblems, sweepLines } from "./db-verify";
 
 export const dbMigrate: Command = {
   name: "db:migrate",
@@ -43,10 +45,13 @@ export const dbMigrate: Command = {
   },
 };
 
+/** `db:backup`'s status when the copy is written but holds rows that fail their seals. */
+export const EXIT_WRITTEN_WITH_FINDINGS = 3;
+
 export const dbBackup: Command = {
   name: "db:backup",
   summary:
-    "Write a consistent copy of DATABASE_PATH to PATH while the service runs (VACUUM INTO), then check it (integrity_check, audit chain); never overwrites PATH",
+    "Write a consistent copy of DATABASE_PATH to PATH while the service runs (VACUUM INTO), then check it (integrity_check, audit chain, seals: exit 3 when rows fail theirs); never overwrites PATH",
   usage: "db:backup PATH",
   run(args, context) {
     const [target, extra] = args.positional;
@@ -76,7 +81,7 @@ export const dbBackup: Command = {
     );
     try {
       snapshot(source, temporary);
-      const rows = verifyCopy(temporary, new AuditKeys(config.audit.secretKey));
+      const rows = verifyCopy(temporary, config.audit.secretKey);
       try {
         // link() refuses an existing name, so a file created at PATH meanwhile is not replaced.
         linkSync(temporary, target);
@@ -94,11 +99,20 @@ export const dbBackup: Command = {
           );
         }
       }
+      const tampered = failedRows(rows.seals);
       context.out(
         `backup written to ${target}: integrity ok, audit chain intact (${rows.checked} rows; head ${rows.head.hash} count ${rows.head.count})` +
+          (tampered === 0 ? ", seals intact" : "") +
           (config.audit.developmentKeyFile ? `; development audit key copied to ${keyTarget}` : ""),
       );
-      return 0;
+      if (tampered === 0) return 0;
+      // Written all the same: it is the file as the service holds it, and the newest copy there
+      // is. The exit status is what a cron job or a systemd unit sees.
+      for (const line of sweepLines(rows.seals)) context.err(line);
+      context.err(
+        `the copy holds ${tampered} ${tampered === 1 ? "row" : "rows"} that do not match their seals, as DATABASE_PATH does: run db:verify on it`,
+      );
+      return EXIT_WRITTEN_WITH_FINDINGS;
     } finally {
       try {
         unlinkSync(temporary);
@@ -135,22 +149,22 @@ function snapshot(source: string, temporary: string): void {
   }
 }
 
-/** integrity_check and the audit chain on the copy; a CliError naming the first fault. */
-function verifyCopy(path: string, keys: AuditKeys) {
+/**
+ * integrity_check and the audit chain on the copy, a CliError naming the first fault; then every
+ * seal, whose findings are the caller's to say (the copy is still the file as it is).
+ */
+function verifyCopy(path: string, auditSecret: string) {
   const copy = new Database(path, { readonly: true, strict: true });
   try {
-    const problems = copy
-      .query<{ integrity_check: string }, []>("PRAGMA integrity_check")
-      .all()
-      .map((row) => row.integrity_check);
-    if (problems.length !== 1 || problems[0] !== "ok") {
+    const problems = integrityProblems(copy);
+    if (problems.length > 0) {
       throw new CliError(`the copy failed integrity_check: ${problems.slice(0, 3).join("; ")}`);
     }
-    const result = verifyAuditChain(copy, keys);
+    const result = verifyAuditChain(copy, new AuditKeys(auditSecret));
     if (!result.ok) {
       throw new CliError(`the copy's audit chain: ${describeFailure(result)}`);
     }
-    return result;
+    return { ...result, seals: sweepSeals(copy, auditSecret) };
   } catch (error) {
     if (error instanceof SQLiteError) {
       throw new CliError(`the copy cannot be checked: ${firstLine(error)}`);

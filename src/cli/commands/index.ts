@@ -4,6 +4,7 @@ import { auditTail, auditTop, auditVerify } from "./audit";
 import { blocksAdd, blocksList, blocksRemove } from "./blocks";
 import { configCheck } from "./config";
 import { dbBackup, dbMigrate } from "./db";
+import { dbVerify } from "./db-verify";
 import { keysCreate, keysList, keysRevoke } from "./keys";
 import { usageReset, usageShow } from "./usage";
 import { sessionsEnd, usersCreate, usersErase, usersList, usersRole } from "./users";
@@ -30,4 +31,5 @@ export const COMMANDS: readonly Command[] = [
   configCheck,
   dbMigrate,
   dbBackup,
+  dbVerify,
 ];

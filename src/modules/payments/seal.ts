@@ -22,6 +22,7 @@
  * change what a payment says. A copy of an older row of the same file, seal and all (a rollback),
  * is not detected.
  */
+import { createHash } from "node:crypto";
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
 import { createRowSealer, oncePerRow, sealMatches } from "../../db/row-seal";
@@ -102,6 +103,14 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
       idempotencyKey: (row) => sealMatches(idempotencyKey(row), row.seal),
     },
   };
+}
+
+/**
+ * How a tampered idempotency key is named in reports: a hash of the key a client chose, so each row
+ * is told apart and the key itself is not written out.
+ */
+export function reportedIdempotencyKey(key: string): string {
+  return createHash("sha256").update(`reported idempotency key\n${key}`).digest("hex").slice(0, 16);
 }
 
 /**

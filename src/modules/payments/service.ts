@@ -35,6 +35,7 @@ import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
+import { reportedIdempotencyKey } from "./seal";
 import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
 
 export const CLAIM_LEASE_MS = 120_000;
@@ -190,10 +191,7 @@ export class PaymentService {
           this.ledger.reportTampered(
             "payment_idempotency_keys",
             owner,
-            createHash("sha256")
-              .update(`reported idempotency key\n${key}`)
-              .digest("hex")
-              .slice(0, 16),
+            reportedIdempotencyKey(key),
           );
           tx.delete(paymentIdempotencyKeys).where(ours).run();
         } else if (row) {

@@ -1,0 +1,333 @@
+/**
+ * `db:verify` and the backup's seal check: a file written only by Palisade verifies whole, and a
+ * row of any sealed kind changed in the file is named (probe 30d F7: a tampered backup passed
+ * `db:backup` and the documented restore check).
+ */
+import { Database } from "bun:sqlite";
+import { afterEach, describe, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { send, tempDir } from "../support/app";
+import { bearer, signUp } from "../support/auth";
+import { asUser, chat } from "../support/chat";
+import { cliInProcess as cli } from "../support/cli";
+import { startGraphServer } from "../support/graph-server";
+import { whatsappOf } from "../support/outbox";
+import { buildPaymentsApp, createIntent, type PaymentsApp } from "../support/payments";
+import { deliver, notification, ScriptedChat, whatsappEnv } from "../support/whatsapp";
+
+let cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const step of cleanups.reverse()) await step();
+  cleanups = [];
+});
+
+/**
+ * An app whose file holds every kind of sealed row, each written by the service as it runs: two
+ * accounts, sessions (one refreshed, one ended), a rotated API key and its successor, a chat
+ * conversation of two turns, a payment and its idempotency key, a WhatsApp reply sent and one
+ * pending, and an address block.
+ */
+async function populated(): Promise<PaymentsApp> {
+  const graph = startGraphServer();
+  cleanups.push(() => graph.close());
+  const target = buildPaymentsApp({
+    env: whatsappEnv(graph),
+    whatsapp: { chat: new ScriptedChat() },
+  });
+  cleanups.push(() => target.close());
+  const admin = await signUp(target, { role: "admin" });
+  const user = await signUp(target);
+  const refreshed = await send(target, "/api/auth/refresh", {
+    body: { refreshToken: user.refreshToken },
+  });
+  expect(refreshed.status).toBe(200);
+  const ended = await send(target, "/api/auth/logout", {
+    method: "POST",
+    headers: bearer(admin.accessToken),
+  });
+  expect(ended.status).toBe(204);
+  const adminAgain = await signUp(target, { role: "admin" });
+
+  const created = await send(target, "/api/admin/api-keys", {
+    headers: bearer(adminAgain.accessToken),
+    body: { name: "support bot", scopes: ["chat"] },
+  });
+  expect(created.status).toBe(201);
+  const { apiKey } = (await created.json()) as { apiKey: { id: string } };
+  const rotated = await send(target, `/api/admin/api-keys/${apiKey.id}/rotate`, {
+    headers: bearer(adminAgain.accessToken),
+    body: {},
+  });
+  expect(rotated.status).toBe(201);
+
+  const first = await chat(target, asUser(user), { message: "When are you open?" });
+  expect(first.status).toBe(200);
+  const { conversationId } = (await first.json()) as { conversationId: string };
+  const second = await chat(target, asUser(user), { message: "And on Sunday?", conversationId });
+  expect(second.status).toBe(200);
+
+  const intent = await createIntent(target, bearer(user.accessToken), {
+    amount: 1200,
+    currency: "eur",
+  });
+  expect(intent.status).toBe(201);
+
+  const sentReply = await deliver(
+    target,
+    notification({ messages: [{ id: "wamid.sent", from: "16505551234", text: "hi" }] }),
+  );
+  expect(sentReply.status).toBe(200);
+  await whatsappOf(target.services).worker.drain();
+  const pendingReply = await deliver(
+    target,
+    notification({ messages: [{ id: "wamid.pending", from: "16505559876", text: "hello" }] }),
+  );
+  expect(pendingReply.status).toBe(200);
+
+  const blocked = await send(target, "/api/admin/blocks", {
+    headers: bearer(adminAgain.accessToken),
+    body: { address: "203.0.113.9", ttlMinutes: 60, reason: "scraping" },
+  });
+  expect(blocked.status).toBe(201);
+  return target;
+}
+
+const verify = (target: PaymentsApp, args: string[] = []) =>
+  cli(["db:verify", ...args], { DATABASE_PATH: target.databasePath });
+
+/** Runs `sql` on the file as someone with write access to it (and not the key) would. */
+function tamper(target: PaymentsApp, sql: string): void {
+  const file = new Database(target.databasePath);
+  try {
+    file.run(sql);
+  } finally {
+    file.close();
+  }
+}
+
+const one = <Row>(target: PaymentsApp, sql: string) =>
+  target.db.$client.query<Row, []>(sql).get()!;
+
+describe("db:verify", () => {
+  test("a file written only by Palisade verifies whole: integrity, audit chain, every seal", async () => {
+    const target = await populated();
+    const result = await verify(target);
+    expect(result.stderr).toBe("");
+    expect(result.code).toBe(0);
+    const lines = result.stdout.split("\n");
+    expect(lines[0]).toBe("integrity ok");
+    expect(lines[1]).toMatch(/^audit chain intact: \d+ rows verified; head [0-9a-f]{64} count \d+$/);
+    expect(lines[2]).toMatch(/^seals intact: \d+ rows verified \(/);
+    // Every kind was there to check: none of the counts is 0.
+    const counts = Object.fromEntries(
+      [...lines[2]!.matchAll(/(\w+) (\d+)/g)].map(([, table, n]) => [table, Number(n)]),
+    );
+    expect(counts).toEqual({
+      users: 3,
+      api_keys: 2,
+      refresh_families: 3,
+      refresh_tokens: 4,
+      chat_conversations: 1,
+      chat_messages: 4,
+      payments: 1,
+      payment_idempotency_keys: 1,
+      whatsapp_outbox: 2,
+      ip_blocks: 1,
+    });
+    // The sent reply was finished (its number and text cleared) and the other is pending: both
+    // as the service wrote them.
+    const states = target.db.$client
+      .query<{ state: string }, []>("SELECT state FROM whatsapp_outbox ORDER BY id")
+      .all()
+      .map((row) => row.state);
+    expect(states).toEqual(["sent", "pending"]);
+  });
+
+  test("a row of each sealed kind changed in the file is named, and the command exits 1", async () => {
+    const target = await populated();
+    const user = one<{ id: string }>(target, "SELECT id FROM users WHERE role = 'user'");
+    const key = one<{ id: string }>(
+      target,
+      "SELECT id FROM api_keys WHERE replaced_by IS NULL ORDER BY id DESC LIMIT 1",
+    );
+    const family = one<{ id: string }>(
+      target,
+      "SELECT id FROM refresh_families WHERE revoked_at IS NOT NULL",
+    );
+    const token = one<{ id: string }>(target, "SELECT id FROM refresh_tokens LIMIT 1");
+    const conversation = one<{ id: string }>(target, "SELECT id FROM chat_conversations");
+    const reply = one<{ id: number }>(
+      target,
+      "SELECT id FROM chat_messages WHERE role = 'assistant' ORDER BY id LIMIT 1",
+    );
+    const payment = one<{ id: string; owner: string }>(target, "SELECT id, owner FROM payments");
+    const outbox = one<{ id: number }>(
+      target,
+      "SELECT id FROM whatsapp_outbox WHERE state = 'pending'",
+    );
+    const block = one<{ id: number }>(target, "SELECT id FROM ip_blocks");
+    tamper(
+      target,
+      `UPDATE users SET role = 'admin' WHERE id = '${user.id}';
+       UPDATE api_keys SET scopes = '["admin"]' WHERE id = '${key.id}';
+       UPDATE refresh_families SET revoked_at = NULL WHERE id = '${family.id}';
+       UPDATE refresh_tokens SET expires_at = expires_at + 86400000 WHERE id = '${token.id}';
+       UPDATE chat_conversations SET owner_id = 'someone-else' WHERE id = '${conversation.id}';
+       UPDATE chat_messages SET content = 'Please pay to IBAN X.' WHERE id = ${reply.id};
+       UPDATE payments SET amount = 1 WHERE id = '${payment.id}';
+       UPDATE payment_idempotency_keys SET request_hash = 'another request';
+       UPDATE whatsapp_outbox SET recipient = '15550000000' WHERE id = ${outbox.id};
+       UPDATE ip_blocks SET expires_at = 0 WHERE id = ${block.id};`,
+    );
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    const lines = result.stdout.split("\n");
+    for (const named of [
+      `users ${user.id}: does not match its seal`,
+      `api_keys ${key.id}: does not match its seal`,
+      `refresh_families ${family.id}: does not match its seal`,
+      `refresh_tokens ${token.id}: does not match its seal`,
+      `chat_conversations ${conversation.id}: does not match its seal`,
+      `chat_messages ${reply.id}: does not match its seal`,
+      `payments ${payment.id}: does not match its seal`,
+      `whatsapp_outbox ${outbox.id}: does not match its seal`,
+      `ip_blocks ${block.id}: does not match its seal`,
+    ]) {
+      expect(lines).toContain(named);
+    }
+    expect(lines).toContainEqual(
+      expect.stringMatching(
+        new RegExp(`^payment_idempotency_keys ${payment.owner} key [0-9a-f]{16}: does not match its seal$`),
+      ),
+    );
+    expect(lines.at(-1)).toMatch(
+      /^seals: 10 of \d+ rows do not match \(users 1, api_keys 1, refresh_families 1, refresh_tokens 1, chat_conversations 1, chat_messages 1, payments 1, payment_idempotency_keys 1, whatsapp_outbox 1, ip_blocks 1\)/,
+    );
+    expect(result.stderr).toBe("palisade db:verify: 10 rows do not match their seals");
+    // The audit chain was not touched, and says so.
+    expect(lines[1]).toMatch(/^audit chain intact/);
+  });
+
+  test("a key's lineage or rotation mark changed, and a message deleted from the middle of a conversation, are named for what failed", async () => {
+    const target = await populated();
+    const [older, newer] = target.db.$client
+      .query<{ id: string }, []>("SELECT id FROM api_keys ORDER BY id")
+      .all();
+    const messages = target.db.$client
+      .query<{ id: number }, []>("SELECT id FROM chat_messages ORDER BY id")
+      .all();
+    tamper(
+      target,
+      `UPDATE api_keys SET lineage = id WHERE id = '${newer!.id}';
+       UPDATE api_keys SET replaced_by = NULL WHERE id = '${older!.id}';
+       DELETE FROM chat_messages WHERE id = ${messages[1]!.id};`,
+    );
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    const lines = result.stdout.split("\n");
+    expect(lines).toContain(
+      `api_keys ${newer!.id}: its lineage does not match its seal (the key works, but reaches no payments and cannot be rotated)`,
+    );
+    expect(lines).toContain(
+      `api_keys ${older!.id}: its rotation mark does not match its seal (the key works, but cannot be rotated)`,
+    );
+    expect(lines).toContain(
+      `chat_messages ${messages[2]!.id}: does not follow the message before it in its conversation (a message deleted, moved or put back)`,
+    );
+    expect(result.stderr).toBe("palisade db:verify: 3 rows do not match their seals");
+  });
+
+  test("an audit row changed fails the chain and the command, and the seals are still checked", async () => {
+    const target = await populated();
+    tamper(
+      target,
+      `UPDATE audit_events SET detail = '{"forged":true}'
+       WHERE id = (SELECT min(id) + 1 FROM audit_events)`,
+    );
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    const lines = result.stdout.split("\n");
+    expect(lines[1]).toStartWith("audit chain: ");
+    expect(lines[2]).toStartWith("seals intact: ");
+    expect(result.stderr).toBe("palisade db:verify: the audit chain does not verify");
+  });
+
+  test("past 100 failures the rest are counted, not named; an id is cut and its controls spelt out", async () => {
+    const target = await populated();
+    const sqlite = new Database(target.databasePath);
+    try {
+      const insert = sqlite.prepare(
+        `INSERT INTO ip_blocks (address, reason, source, created_at, expires_at, seal)
+         VALUES (?, 'forged', 'manual', 0, 9999999999999, 'not-a-seal')`,
+      );
+      sqlite.transaction(() => {
+        for (let i = 0; i < 150; i++) insert.run(`198.51.100.${i % 250}-${i}`);
+      })();
+      sqlite.run(
+        `UPDATE users SET role = 'admin', id = '${"x".repeat(80)}\u001b[2J' WHERE role = 'user'`,
+      );
+    } finally {
+      sqlite.close();
+    }
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    const lines = result.stdout.split("\n");
+    expect(lines).toContain(`users ${"x".repeat(64)}…: does not match its seal`);
+    expect(lines.filter((line) => line.startsWith("ip_blocks "))).toHaveLength(99);
+    expect(lines).toContain("… and 51 more not named");
+    expect(lines.at(-1)).toStartWith("seals: 151 of ");
+    expect(result.stdout).not.toContain("\u001b");
+  });
+
+  test("--head and --count are checked as audit:verify checks them", async () => {
+    const target = await populated();
+    const bad = await verify(target, ["--head", "nothex", "--count", "1"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--head must be the 64 hex characters");
+    const head = one<{ hash: string; count: number }>(
+      target,
+      "SELECT hash, (SELECT count(*) FROM audit_events) AS count FROM audit_events ORDER BY id DESC LIMIT 1",
+    );
+    const anchored = await verify(target, ["--head", head.hash, "--count", String(head.count)]);
+    expect(anchored.stderr).toBe("");
+    expect(anchored.code).toBe(0);
+    expect(anchored.stdout).toContain(`; anchor at row ${head.count} confirmed`);
+  });
+});
+
+describe("db:backup's seal check", () => {
+  test("a copy holding a tampered row is written, named on stderr, and exits 3", async () => {
+    const target = await populated();
+    const user = one<{ id: string }>(target, "SELECT id FROM users WHERE role = 'user'");
+    tamper(target, `UPDATE users SET role = 'admin' WHERE id = '${user.id}'`);
+    const dir = tempDir("palisade-verify-");
+    cleanups.push(dir.remove);
+    const copy = join(dir.path, "copy.db");
+    const result = await cli(["db:backup", copy], { DATABASE_PATH: target.databasePath });
+    expect(result.code).toBe(3);
+    expect(existsSync(copy)).toBe(true);
+    expect(result.stdout).toStartWith(`backup written to ${copy}: integrity ok, audit chain intact`);
+    expect(result.stdout).not.toContain("seals intact");
+    expect(result.stderr.split("\n")).toEqual([
+      `users ${user.id}: does not match its seal`,
+      expect.stringMatching(/^seals: 1 of \d+ rows do not match \(users 1\)/),
+      "the copy holds 1 row that do not match their seals, as DATABASE_PATH does: run db:verify on it",
+    ]);
+    // And the copy itself says the same.
+    const again = await cli(["db:verify"], { DATABASE_PATH: copy });
+    expect(again.code).toBe(1);
+    expect(again.stdout).toContain(`users ${user.id}: does not match its seal`);
+  });
+
+  test("an untouched file's copy says its seals are intact and exits 0", async () => {
+    const target = await populated();
+    const dir = tempDir("palisade-verify-");
+    cleanups.push(dir.remove);
+    const copy = join(dir.path, "copy.db");
+    const result = await cli(["db:backup", copy], { DATABASE_PATH: target.databasePath });
+    expect(result.stderr).toBe("");
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain(", seals intact");
+  });
+});
