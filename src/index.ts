@@ -1,6 +1,6 @@
 /**
  * @module
- * Start: config → database → migrations → app → listen. SIGTERM and SIGINT drain in-flight
+ * Start: config → database → migrations → app → listen. SIGTERM, SIGINT and SIGHUP drain in-flight
  * requests, then close the database. A configuration or database that cannot work stops the start
  * with one line naming the cause and exit code 2.
  */

@@ -1,9 +1,10 @@
 /**
  * @module
- * Listening and graceful shutdown. On SIGTERM or SIGINT the server stops accepting connections,
- * lets in-flight requests finish (up to a drain timeout, after which they are cut), runs the
- * closers (flush logs, close the database) and exits 0.
+ * Listening and graceful shutdown. On SIGTERM, SIGINT or SIGHUP the server stops accepting
+ * connections, lets in-flight requests finish (up to a drain timeout, or until the signal comes
+ * again, after which they are cut), runs the closers (flush logs, close the database) and exits 0.
  */
+import { readFileSync } from "node:fs";
 import type { Config } from "./config";
 import type { Logger } from "./logging/logger";
 import { lastResortErrorHandler } from "./plugins/error-handler/last-resort";
@@ -83,13 +84,40 @@ function listenOrExplain(
   }
 }
 
+/**
+ * The signals that stop the service gracefully: SIGTERM, SIGINT, and SIGHUP unless the process
+ * was started with it ignored (`nohup`, a supervisor's choice). Palisade reads its configuration
+ * once and has nothing to reload, so a hang-up (a closed terminal, a `kill -HUP` sent for a reload)
+ * stops it as SIGTERM does, draining, instead of the default exit that drops what is in flight and
+ * the audit rows still queued (probe 30d F6). A handler would override `nohup`'s ignoring it, and
+ * that service would stop with the terminal that started it: so an ignored SIGHUP stays ignored.
+ */
+export function stopSignals(status: string | null = readOwnStatus()): NodeJS.Signals[] {
+  const ignored = status?.match(/^SigIgn:\s*([0-9a-f]+)$/m)?.[1];
+  // Bit 0 of the mask is signal 1, SIGHUP.
+  const hangupIgnored = ignored !== undefined && (Number.parseInt(ignored.slice(-1), 16) & 1) === 1;
+  return hangupIgnored ? ["SIGTERM", "SIGINT"] : ["SIGTERM", "SIGINT", "SIGHUP"];
+}
+
+/** /proc/self/status, where the kernel lists the signals this process ignores; null elsewhere. */
+function readOwnStatus(): string | null {
+  try {
+    return readFileSync("/proc/self/status", "utf8");
+  } catch {
+    return null;
+  }
+}
+
+/** The exit status of a stop forced by a signal after the drain, before the closers ran. */
+export const EXIT_FORCED = 1;
+
 /** How long streams ended at the drain timeout have to send their last event before the cut. */
 const STREAM_END_GRACE_MS = 500;
 
 export function startServer(options: StartServerOptions): RunningServer {
   const { app, config, logger } = options;
   const drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
-  const signals = options.signals ?? ["SIGTERM", "SIGINT"];
+  const signals = options.signals ?? stopSignals();
 
   listenOrExplain(app, config, {
     hostname: config.host,
@@ -106,16 +134,25 @@ export function startServer(options: StartServerOptions): RunningServer {
   const url = server.url;
 
   let shuttingDown: Promise<void> | null = null;
+  /** Where a stop is: a second signal cuts the drain short, a third ends the process at once. */
+  let phase: "serving" | "draining" | "cutting" | "closing" = "serving";
+  let forced = false;
+  let cutNow = () => {};
+  const cutRequested = new Promise<void>((resolve) => {
+    cutNow = resolve;
+  });
   const shutdown = (reason: string): Promise<void> => {
     shuttingDown ??= (async () => {
+      phase = "draining";
       logger.info({ reason, pending: server.pendingRequests }, "shutting down");
       let drainedYet = false;
       const drained = app.stop(false).then(() => {
         drainedYet = true;
         return true;
       });
-      const timedOut = Bun.sleep(drainTimeoutMs).then(() => false);
+      const timedOut = Promise.race([Bun.sleep(drainTimeoutMs), cutRequested]).then(() => false);
       if (!(await Promise.race([drained, timedOut]))) {
+        phase = "cutting";
         if (options.onDrainTimeout) {
           // The streams end themselves with their last event; their bytes get a moment to leave,
           // once the turns being stored are (each within its wait for a lock).
@@ -128,7 +165,7 @@ export function startServer(options: StartServerOptions): RunningServer {
           if (server.pendingRequests > 0) {
             logger.warn(
               { pending: server.pendingRequests },
-              "drain timed out; closing connections",
+              forced ? "closing connections" : "drain timed out; closing connections",
             );
           }
           // Bun's own stop: the drain Elysia awaits then ends, and its stop hooks run once.
@@ -136,6 +173,7 @@ export function startServer(options: StartServerOptions): RunningServer {
           await drained;
         }
       }
+      phase = "closing";
       // Elysia runs after-response hooks (the access line, request metrics) on the turn after the
       // answer is sent: let the last answers' hooks run before anything closes.
       await new Promise((resolve) => setImmediate(resolve));
@@ -149,7 +187,28 @@ export function startServer(options: StartServerOptions): RunningServer {
     })();
     return shuttingDown;
   };
-  const onSignal = (signal: NodeJS.Signals) => void shutdown(signal);
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (phase === "serving") {
+      void shutdown(signal);
+    } else if (phase === "draining") {
+      // An operator who sends the signal again wants it over: what is in flight is ended now, as
+      // at the drain timeout (streams get their last event, turns being stored finish storing).
+      logger.warn(
+        { signal, pending: server.pendingRequests },
+        "stop signalled again: ending what is in flight now; a further signal exits at once",
+      );
+      forced = true;
+      cutNow();
+    } else {
+      // What is left may wait on a lock or on Stripe; the operator has said twice not to wait.
+      logger.error(
+        { signal, pending: server.pendingRequests },
+        "stop signalled again after the drain: exiting now, without closing (the audit rows still queued are lost)",
+      );
+      logger.flush();
+      process.exit(EXIT_FORCED);
+    }
+  };
   for (const signal of signals) process.on(signal, onSignal);
   // Announced only once the signals are handled: a supervisor (or a test) that stops the service
   // as soon as it reads this line must get the graceful shutdown, not the default exit.

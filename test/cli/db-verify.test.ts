@@ -106,8 +106,7 @@ function tamper(target: PaymentsApp, sql: string): void {
   }
 }
 
-const one = <Row>(target: PaymentsApp, sql: string) =>
-  target.db.$client.query<Row, []>(sql).get()!;
+const one = <Row>(target: PaymentsApp, sql: string) => target.db.$client.query<Row, []>(sql).get()!;
 
 describe("db:verify", () => {
   test("a file written only by Palisade verifies whole: integrity, audit chain, every seal", async () => {
@@ -117,7 +116,9 @@ describe("db:verify", () => {
     expect(result.code).toBe(0);
     const lines = result.stdout.split("\n");
     expect(lines[0]).toBe("integrity ok");
-    expect(lines[1]).toMatch(/^audit chain intact: \d+ rows verified; head [0-9a-f]{64} count \d+$/);
+    expect(lines[1]).toMatch(
+      /^audit chain intact: \d+ rows verified; head [0-9a-f]{64} count \d+$/,
+    );
     expect(lines[2]).toMatch(/^seals intact: \d+ rows verified \(/);
     // Every kind was there to check: none of the counts is 0.
     const counts = Object.fromEntries(
@@ -198,7 +199,9 @@ describe("db:verify", () => {
     }
     expect(lines).toContainEqual(
       expect.stringMatching(
-        new RegExp(`^payment_idempotency_keys ${payment.owner} key [0-9a-f]{16}: does not match its seal$`),
+        new RegExp(
+          `^payment_idempotency_keys ${payment.owner} key [0-9a-f]{16}: does not match its seal$`,
+        ),
       ),
     );
     expect(lines.at(-1)).toMatch(
@@ -307,7 +310,9 @@ describe("db:backup's seal check", () => {
     const result = await cli(["db:backup", copy], { DATABASE_PATH: target.databasePath });
     expect(result.code).toBe(3);
     expect(existsSync(copy)).toBe(true);
-    expect(result.stdout).toStartWith(`backup written to ${copy}: integrity ok, audit chain intact`);
+    expect(result.stdout).toStartWith(
+      `backup written to ${copy}: integrity ok, audit chain intact`,
+    );
     expect(result.stdout).not.toContain("seals intact");
     expect(result.stderr.split("\n")).toEqual([
       `users ${user.id}: does not match its seal`,

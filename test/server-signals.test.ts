@@ -1,0 +1,168 @@
+/**
+ * Signals outside the first SIGTERM (probe 30d F6): a hang-up drains as SIGTERM does unless the
+ * process was started with it ignored; the stop signalled again ends what is in flight at once;
+ * signalled again after that, the process exits at once.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { stopSignals } from "../src/server";
+import { tempDir } from "./support/app";
+import { STRIPE_TEST_KEY } from "./support/payments";
+import { type ServiceProcess, startService } from "./support/process";
+import { startFakeStripe } from "./support/stripe-server";
+
+let cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const step of cleanups.reverse()) await step();
+  cleanups = [];
+});
+
+function databaseEnv(): Record<string, string> {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  return { DATABASE_PATH: join(dir.path, "app.db"), LOG_LEVEL: "info" };
+}
+
+async function started(env: Record<string, string>, command?: string[]): Promise<ServiceProcess> {
+  const service = await startService(env, 10_000, command ? { command } : undefined);
+  cleanups.push(() => {
+    if (service.proc.exitCode === null) service.proc.kill("SIGKILL");
+  });
+  return service;
+}
+
+const linesOf = (service: ServiceProcess) =>
+  service
+    .stdout()
+    .split("\n")
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as { msg: string; level: string; [field: string]: unknown });
+
+async function logged(service: ServiceProcess, message: string, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (linesOf(service).some((line) => line.msg === message)) return;
+    await Bun.sleep(10);
+  }
+  throw new Error(`never logged "${message}":\n${service.stdout()}`);
+}
+
+/** A JSON body that never ends: a request the service holds in flight until it is cut. */
+function bodyInFlight(service: ServiceProcess): Promise<unknown> {
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(new TextEncoder().encode('{"email":"'));
+    },
+  });
+  return fetch(new URL("/api/auth/login", service.url), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body,
+  }).catch((error: unknown) => error);
+}
+
+describe("stop signals", () => {
+  test("SIGHUP drains and exits 0 as SIGTERM does", async () => {
+    const service = await started(databaseEnv());
+    expect(await service.stop("SIGHUP")).toBe(0);
+    const lines = linesOf(service);
+    expect(lines.find((line) => line.msg === "shutting down")).toMatchObject({ reason: "SIGHUP" });
+    expect(lines.some((line) => line.msg === "shutdown complete")).toBe(true);
+  });
+
+  test("started under nohup, SIGHUP is still ignored and the service keeps serving", async () => {
+    const service = await started(databaseEnv(), ["nohup", "bun", "run", "src/index.ts"]);
+    service.proc.kill("SIGHUP");
+    await Bun.sleep(300);
+    expect(service.proc.exitCode).toBeNull();
+    expect((await fetch(new URL("/health", service.url))).status).toBe(200);
+    expect(linesOf(service).some((line) => line.msg === "shutting down")).toBe(false);
+    expect(await service.stop("SIGTERM")).toBe(0);
+  });
+
+  test("which signals stop it, from the kernel's list of ignored signals", () => {
+    const status = (mask: string) => `Name:\tbun\nSigBlk:\t0000000000000000\nSigIgn:\t${mask}\n`;
+    expect(stopSignals(status("0000000000000000"))).toEqual(["SIGTERM", "SIGINT", "SIGHUP"]);
+    expect(stopSignals(status("0000000000001000"))).toEqual(["SIGTERM", "SIGINT", "SIGHUP"]);
+    expect(stopSignals(status("0000000000000001"))).toEqual(["SIGTERM", "SIGINT"]);
+    expect(stopSignals(status("0000000000001003"))).toEqual(["SIGTERM", "SIGINT"]);
+    expect(stopSignals(null)).toEqual(["SIGTERM", "SIGINT", "SIGHUP"]);
+  });
+
+  test("signalled again while draining, what is in flight is ended now; the stop still closes and exits 0", async () => {
+    const service = await started(databaseEnv());
+    const inFlight = bodyInFlight(service);
+    // Time for the request to reach the service, whose guard then waits on the body (the
+    // "shutting down" line below says it was in flight).
+    await Bun.sleep(300);
+    const signalled = Date.now();
+    service.proc.kill("SIGTERM");
+    await logged(service, "shutting down");
+    service.proc.kill("SIGINT");
+    expect(await service.proc.exited).toBe(0);
+    // The drain's 10 s did not run out: the second signal ended it.
+    expect(Date.now() - signalled).toBeLessThan(8_000);
+    await inFlight;
+    const lines = linesOf(service);
+    expect(lines.find((line) => line.msg === "shutting down")).toMatchObject({ pending: 1 });
+    expect(
+      lines.find((line) =>
+        line.msg.startsWith("stop signalled again: ending what is in flight now"),
+      ),
+    ).toMatchObject({ level: "warn", signal: "SIGINT" });
+    expect(lines.some((line) => line.msg === "drain timed out; closing connections")).toBe(false);
+    expect(lines.at(-1)?.msg).toBe("shutdown complete");
+  });
+
+  test("signalled again once in-flight work is being ended (a payment waiting on Stripe), it exits 1 at once, saying so", async () => {
+    const stripe = startFakeStripe();
+    cleanups.push(() => stripe.stop());
+    const held = stripe.holdNext("/v1/payment_intents");
+    cleanups.push(() => held.release());
+    const service = await started({
+      ...databaseEnv(),
+      STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
+      STRIPE_API_URL: stripe.url,
+      RATE_LIMIT_PER_MINUTE: "1000",
+      RATE_LIMIT_BURST: "1000",
+    });
+    const email = "payer@example.test";
+    const password = "violet-Harbor-quantum-73!";
+    const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+      fetch(new URL(path, service.url), {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: JSON.stringify(body),
+      });
+    expect((await post("/api/auth/register", { email, password })).status).toBe(201);
+    const login = await post("/api/auth/login", { email, password });
+    const { accessToken } = (await login.json()) as { accessToken: string };
+    const payment = post(
+      "/api/payments/intents",
+      { amount: 1200, currency: "eur" },
+      { authorization: `Bearer ${accessToken}`, "idempotency-key": "signals-test-0001" },
+    ).catch((error: unknown) => error);
+    await held.reached;
+
+    service.proc.kill("SIGTERM");
+    await logged(service, "shutting down");
+    service.proc.kill("SIGTERM");
+    await logged(
+      service,
+      "stop signalled again: ending what is in flight now; a further signal exits at once",
+    );
+    // Ending it waits for Stripe (up to 20 s): the operator does not.
+    await Bun.sleep(200);
+    expect(service.proc.exitCode).toBeNull();
+    const third = Date.now();
+    service.proc.kill("SIGTERM");
+    expect(await service.proc.exited).toBe(1);
+    expect(Date.now() - third).toBeLessThan(5_000);
+    expect(linesOf(service).at(-1)).toMatchObject({
+      level: "error",
+      signal: "SIGTERM",
+      msg: "stop signalled again after the drain: exiting now, without closing (the audit rows still queued are lost)",
+    });
+    await payment;
+  }, 30_000);
+});
