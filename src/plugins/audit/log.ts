@@ -88,6 +88,11 @@ export interface AuditLog {
   prune(cutoff: number, now: number, maxRows?: number): number;
   /** Logs the chain's head when it moved since the last time (or always, with `force`). */
   logHead(force?: boolean): void;
+  /**
+   * `record` runs when the log closes, before its last flush: for what a stage holds back to
+   * record later (counts of a window not over yet), which a stop would otherwise lose.
+   */
+  beforeClose(record: () => void): void;
   close(): void;
 }
 
@@ -203,6 +208,7 @@ export class SqliteAuditLog implements AuditLog {
   private queue: AuditEvent[] = [];
   private timer: Timer | null = null;
   private closed = false;
+  private readonly closing: (() => void)[] = [];
   /** The row id retention was last said to be held back by (noteRetentionHeldBy). */
   private retentionHeldBy: number | null = null;
   private lastLoggedHead: string | null = null;
@@ -532,8 +538,19 @@ export class SqliteAuditLog implements AuditLog {
     }
   }
 
+  beforeClose(record: () => void): void {
+    this.closing.push(record);
+  }
+
   close(): void {
     if (this.closed) return;
+    for (const record of this.closing.splice(0)) {
+      try {
+        record();
+      } catch (error) {
+        this.logger.error({ err: error }, "an audit record held for the stop failed");
+      }
+    }
     this.flush();
     this.closed = true;
     const left = this.takeQueue();

@@ -28,35 +28,39 @@ export interface Unaudited {
   seconds: number;
 }
 
+/**
+ * `firstInWindow` says whether a refusal is the one to audit; `reportPending` reports at once what
+ * the bound has left out so far in windows not yet over (at a stop: probe 30f F3, the current
+ * window's count was lost when the process stopped within it).
+ */
 export function oncePerWindow(
   maxKeys: number,
   onUnaudited: (unaudited: Unaudited) => void = () => {},
-): FirstInWindow {
+  now: () => number = Date.now,
+): { firstInWindow: FirstInWindow; reportPending(): void } {
   /** Per kind, the refusals left out since the first of them, until they are reported. */
-  const leftOut = new Map<string, { refusals: number }>();
+  const leftOut = new Map<string, { refusals: number; since: number; timer: Timer }>();
+  const report = (kind: string, seconds: number) => {
+    const counted = leftOut.get(kind);
+    if (counted === undefined) return;
+    leftOut.delete(kind);
+    clearTimeout(counted.timer);
+    onUnaudited({ kind, refusals: counted.refusals, seconds });
+  };
   const leaveOut = (kind: string, windowMs: number) => {
     const known = leftOut.get(kind);
     if (known !== undefined) {
       known.refusals++;
       return;
     }
-    leftOut.set(kind, { refusals: 1 });
     // Reported once the window has passed: one row a window, however long the flood.
-    const timer = setTimeout(() => {
-      const counted = leftOut.get(kind);
-      leftOut.delete(kind);
-      if (counted === undefined) return;
-      onUnaudited({
-        kind,
-        refusals: counted.refusals,
-        seconds: Math.round(windowMs / 1000),
-      });
-    }, windowMs);
+    const timer = setTimeout(() => report(kind, Math.round(windowMs / 1000)), windowMs);
     timer.unref?.();
+    leftOut.set(kind, { refusals: 1, since: now(), timer });
   };
   /** Per kind, the keys audited and until when: one bound per kind, so one flood cannot starve another. */
   const audited = new Map<string, { until: Map<string, number>; sweptAt: number }>();
-  return function firstInWindow(kind, key, now, windowMs) {
+  const firstInWindow: FirstInWindow = (kind, key, now, windowMs) => {
     let known = audited.get(kind);
     if (known === undefined) {
       known = { until: new Map(), sweptAt: Number.NEGATIVE_INFINITY };
@@ -84,6 +88,14 @@ export function oncePerWindow(
     until.set(key, now + windowMs);
     return true;
   };
+  return {
+    firstInWindow,
+    reportPending() {
+      for (const [kind, { since }] of [...leftOut]) {
+        report(kind, Math.max(1, Math.round((now() - since) / 1000)));
+      }
+    },
+  };
 }
 
 /**
@@ -91,17 +103,20 @@ export function oncePerWindow(
  * one `audit.refusals_unrecorded` row a window (`{type, kind, refusals, seconds}`).
  */
 export function auditedOncePerWindow(
-  audit: Pick<AuditLog, "record">,
+  audit: Pick<AuditLog, "record" | "beforeClose">,
   type: AuditEventType,
   maxKeys = REFUSAL_AUDIT_KEYS,
 ): FirstInWindow {
-  return oncePerWindow(maxKeys, ({ kind, refusals, seconds }) => {
+  const bound = oncePerWindow(maxKeys, ({ kind, refusals, seconds }) => {
     audit.record({
       type: "audit.refusals_unrecorded",
       outcome: "denied",
       detail: { type, kind, refusals, seconds },
     });
   });
+  // A stop within a window records what it has left out so far, over the seconds it counted.
+  audit.beforeClose(bound.reportPending);
+  return bound.firstInWindow;
 }
 
 /** How many addresses' refusals of one kind are audited a minute, per process (probe 30a F2). */

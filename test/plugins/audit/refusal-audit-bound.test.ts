@@ -85,7 +85,7 @@ test("addresses in one IPv6 /64 are one address; each new /64 is its own until t
 });
 
 test("at most the bound's addresses a window are audited; a remembered one's window passing makes room", () => {
-  const first = oncePerWindow(3);
+  const { firstInWindow: first } = oncePerWindow(3);
   const audited = (key: string, now: number) => first("UNSUPPORTED_MEDIA_TYPE", key, now, 60_000);
   expect(["a", "b", "c", "d", "e"].map((key) => audited(key, 0))).toEqual([
     true,
@@ -103,7 +103,11 @@ test("at most the bound's addresses a window are audited; a remembered one's win
 
 test("what the bound leaves out is one audit row a window and kind, saying how many (probes 30c F3, 30e F7)", async () => {
   const recorded: unknown[] = [];
-  const first = auditedOncePerWindow({ record: (event) => recorded.push(event) }, "csrf.failed", 2);
+  const first = auditedOncePerWindow(
+    { record: (event) => recorded.push(event), beforeClose: () => {} },
+    "csrf.failed",
+    2,
+  );
   const windowMs = 60;
   const outcomes = ["a", "b", "c", "d", "e"].map((key) => first("csrf", key, 0, windowMs));
   expect(outcomes).toEqual([true, true, false, false, false]);
@@ -162,4 +166,53 @@ test("webhook signatures that do not verify: once per address, provider and minu
   const metrics = await (await send(current, "/metrics")).text();
   expect(metrics).toMatch(/webhook_signature_failures_total\{provider="stripe"\} 3/);
   expect(metrics).toMatch(/webhook_signature_failures_total\{provider="whatsapp"\} 3/);
+});
+
+test("a stop within a window records what the bound has left out so far, over the seconds it counted (probe 30f F3)", async () => {
+  const recorded: unknown[] = [];
+  const atClose: (() => void)[] = [];
+  const first = auditedOncePerWindow(
+    { record: (event) => recorded.push(event), beforeClose: (hook) => atClose.push(hook) },
+    "request.rejected",
+    1,
+  );
+  const windowMs = 200;
+  expect(["a", "b", "c"].map((key) => first("UNSUPPORTED_MEDIA_TYPE", key, 0, windowMs))).toEqual([
+    true,
+    false,
+    false,
+  ]);
+  expect(atClose).toHaveLength(1);
+  atClose[0]!();
+  expect(recorded).toEqual([
+    {
+      type: "audit.refusals_unrecorded",
+      outcome: "denied",
+      detail: { type: "request.rejected", kind: "UNSUPPORTED_MEDIA_TYPE", refusals: 2, seconds: 1 },
+    },
+  ]);
+  // Reported once: the window's own report does not come again.
+  await Bun.sleep(windowMs * 2);
+  expect(recorded).toHaveLength(1);
+});
+
+test("the audit log records what was held for the stop before its last flush, into the chain", () => {
+  current = buildTestApp();
+  const { audit } = current.services;
+  audit.beforeClose(() =>
+    audit.record({
+      type: "audit.refusals_unrecorded",
+      outcome: "denied",
+      detail: { type: "csrf.failed", kind: "csrf", refusals: 7, seconds: 12 },
+    }),
+  );
+  current.services.close();
+  const rows = current.db.$client
+    .query<{ detail: string }, []>(
+      "SELECT detail FROM audit_events WHERE type = 'audit.refusals_unrecorded'",
+    )
+    .all();
+  expect(rows.map((row) => JSON.parse(row.detail))).toEqual([
+    { type: "csrf.failed", kind: "csrf", refusals: 7, seconds: 12 },
+  ]);
 });

@@ -44,7 +44,10 @@ function enforcer(quietAuditKeys: number) {
   });
   const clock = new ManualClock();
   const audited: AuditEvent[] = [];
-  const audit = { record: (event: AuditEvent) => audited.push(event) } as unknown as AuditLog;
+  const audit = {
+    record: (event: AuditEvent) => audited.push(event),
+    beforeClose: () => {},
+  } as unknown as AuditLog;
   const registry = createMetricsRegistry();
   const metrics = createRateLimitMetrics(registry);
   const enforce = createLimitEnforcer({
