@@ -24,6 +24,14 @@ function appWithRoutes() {
     .get("/test/conflict", () => {
       throw new AppError("CONFLICT", "That item already exists.");
     })
+    .get("/test/unavailable", () => {
+      throw new AppError("SERVICE_UNAVAILABLE", "Down for now.");
+    })
+    .get("/test/shedding", () => {
+      throw new AppError("SERVICE_UNAVAILABLE", "Busy; retry shortly.", undefined, {
+        "retry-after": "2",
+      });
+    })
     .get("/test/boom", () => {
       throw new Error(`database password is ${current!.config.jwt.secretKey} at /srv/app.ts:12`);
     });
@@ -181,4 +189,26 @@ test("a value outside a UnionEnum is told the values allowed (probe 27d F4)", as
     { field: "body/scopes/0", message: "Expected one of: 'chat', 'payments', 'admin', 'metrics'" },
     { field: "body/environment", message: "Expected one of: 'live', 'test'" },
   ]);
+});
+
+describe("the access line's level", () => {
+  test("a 500, and a 503 that says nothing of when to retry, are errors; a 503 with Retry-After is a warning (probe 30e F8)", async () => {
+    const target = appWithRoutes();
+    const statuses = [];
+    for (const path of ["/test/boom", "/test/unavailable", "/test/shedding", "/test/conflict"]) {
+      statuses.push((await send(target, path)).status);
+    }
+    expect(statuses).toEqual([500, 503, 503, 409]);
+    const levels = Object.fromEntries(
+      target.logs.entries
+        .filter((entry) => typeof entry.route === "string" && entry.status !== undefined)
+        .map((entry) => [entry.route, entry.level]),
+    );
+    expect(levels).toMatchObject({
+      "/test/boom": "error",
+      "/test/unavailable": "error",
+      "/test/shedding": "warn",
+      "/test/conflict": "warn",
+    });
+  });
 });

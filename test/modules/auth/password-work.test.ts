@@ -88,6 +88,12 @@ test("a flood of sign-ins past the queue is answered 503 at once, never counted 
   }
   const metrics = await (await send(current, "/metrics")).text();
   expect(metrics).toContain(`auth_password_work_refused_total ${busy.length}\n`);
+  // The service shedding load is no error: the access lines of the 503s are warnings (probe 30e F8).
+  const refusedLines = current.logs.entries.filter(
+    (entry) => entry.route === "/api/auth/login" && entry.status === 503,
+  );
+  expect(refusedLines).toHaveLength(busy.length);
+  expect(new Set(refusedLines.map((entry) => entry.level))).toEqual(new Set(["warn"]));
   // Only the attempts that got a verdict were failures: audited and counted towards the lockout.
   current.services.audit.flush();
   const failed = current.db.$client
