@@ -7,6 +7,7 @@
 import { createApp } from "./app";
 import { terminalSafe } from "./cli/terminal";
 import { ConfigError, loadConfig } from "./config";
+import { looseSecretFileMessage } from "./config/secret-file-modes";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, databaseFileMode, openDatabase } from "./db/client";
 import {
@@ -61,6 +62,10 @@ for (const { name, suggestion } of config.unknownVariables) {
     { variable: name, suggestion },
     `unknown variable ${name}: did you mean ${suggestion}?`,
   );
+}
+
+for (const loose of config.looseSecretFiles) {
+  logger.warn({ variable: loose.variable, mode: loose.mode }, looseSecretFileMessage(loose));
 }
 
 if (config.generatedSecrets.length > 0) {

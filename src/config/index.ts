@@ -37,6 +37,7 @@ import {
   type PasswordPolicy,
   PROFILES,
 } from "./profiles";
+import { type FileModeOf, type LooseSecretFile, looseSecretFiles } from "./secret-file-modes";
 import { generateSecret, secretWeakness } from "./secrets";
 import { findUnknownVariables } from "./unknown-variables";
 import { SECRET_VARIABLES } from "./variables";
@@ -160,6 +161,8 @@ export interface Config {
   docsPage: boolean;
   /** Variables that look like Palisade's but are not (a typo), each with the closest known name. */
   unknownVariables: { name: string; suggestion: string }[];
+  /** `NAME_FILE` secrets whose files other users can read or change (config/secret-file-modes). */
+  looseSecretFiles: LooseSecretFile[];
   /** Secrets this run generated because they were missing (development only). */
   generatedSecrets: string[];
   /** Every secret value in this config, for scrubbing logs and error reports. */
@@ -168,6 +171,8 @@ export interface Config {
 
 export interface LoadConfigOptions {
   readFile?: ReadTextFile;
+  /** The permission bits of a secret file (tests give their own). */
+  fileModeOf?: FileModeOf;
   /**
    * The development audit key: made beside DATABASE_PATH when missing (the default: the service,
    * and every command that opens the database), or read only if there, for a command that opens no
@@ -399,6 +404,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     requireTls: profile.requireTls,
     docsPage: profile.docsPage,
     unknownVariables: findUnknownVariables(rawEnv),
+    looseSecretFiles: looseSecretFiles(rawEnv, options.fileModeOf),
     generatedSecrets,
     secretValues: [],
     // Last, so a missing signing secret is still the first thing a production start reports.

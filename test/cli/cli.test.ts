@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   CliError,
@@ -12,7 +13,7 @@ import { COMMANDS } from "../../src/cli/commands";
 import { MIGRATION_TAG_BY_MILLIS } from "../../src/db/migrations";
 import { tempDir } from "../support/app";
 import { cliInProcess } from "../support/cli";
-import { runToExit } from "../support/process";
+import { runToExit, startService } from "../support/process";
 
 /** The real entry point, in its own process. */
 const spawnCli = (args: string[], env: Record<string, string> = {}) =>
@@ -69,6 +70,38 @@ describe("bun run cli", () => {
       "warning: unknown variable JWT_SECRET: did you mean JWT_SECRET_KEY?",
     );
     expect(JSON.parse(result.stdout).appEnv).toBe("development");
+  });
+
+  test("config:check and the start name a secret file other users can read, never its value (probe 30d F8)", async () => {
+    const dir = tempDir();
+    try {
+      const secret = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3jW8e";
+      const path = join(dir.path, "jwt_secret_key");
+      writeFileSync(path, `${secret}\n`);
+      chmodSync(path, 0o644);
+      const env = { DATABASE_PATH: join(dir.path, "app.db"), JWT_SECRET_KEY_FILE: path };
+      const checked = await cli(["config:check"], env);
+      expect(checked.code).toBe(0);
+      expect(checked.stderr).toBe(
+        "warning: JWT_SECRET_KEY_FILE names a file other users can read or change (mode 0644): chmod 600 it, or 640 for the group the service runs in",
+      );
+      const service = await startService({ ...env, LOG_LEVEL: "info" });
+      expect(await service.stop()).toBe(0);
+      const warning = service
+        .stdout()
+        .split("\n")
+        .find((line) => line.includes("JWT_SECRET_KEY_FILE names a file"));
+      expect(JSON.parse(warning!)).toMatchObject({
+        level: "warn",
+        variable: "JWT_SECRET_KEY_FILE",
+        mode: "0644",
+      });
+      expect(service.stdout()).not.toContain(secret);
+      chmodSync(path, 0o600);
+      expect((await cli(["config:check"], env)).stderr).toBe("");
+    } finally {
+      dir.remove();
+    }
   });
 
   test("config:check refuses a bad configuration with one line and exit 2", async () => {

@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, loadConfig } from "../../src/config";
+import { looseSecretFileMessage } from "../../src/config/secret-file-modes";
 import { secretWeakness } from "../../src/config/secrets";
 import { VARIABLES } from "../../src/config/variables";
 import { tempDir } from "../support/app";
@@ -398,6 +399,45 @@ describe("secrets from files (NAME_FILE)", () => {
       });
       expect(config.jwt.secretKey).toBe(STRONG);
       expect(config.csrf.secretKey).toBe(STRONG_2);
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("a secret file other users can read or change is named with its mode, never its value; 0600 and 0640 are not (probe 30d F8)", () => {
+    const dir = tempDir();
+    try {
+      const files: Record<string, [string, number]> = {
+        JWT_SECRET_KEY_FILE: [STRONG, 0o644],
+        CSRF_SECRET_KEY_FILE: [STRONG_2, 0o600],
+        AUDIT_SECRET_KEY_FILE: [STRONG_3, 0o640],
+        METRICS_TOKEN_FILE: ["q7Vm2Lx9Rk4Tz8Nw3Pb6Hc1Jd5Fg0SyE4uA", 0o620],
+        STRIPE_SECRET_KEY_FILE: ["sk_test_4eC39HqLyjWDarjtT1zdp7dc", 0o602],
+      };
+      const env: Record<string, string> = {
+        APP_ENV: "production",
+        ALLOWED_HOSTS: "api.example.test",
+        METRICS_PORT: "9464",
+      };
+      for (const [variable, [value, mode]] of Object.entries(files)) {
+        const path = join(dir.path, variable.toLowerCase());
+        writeFileSync(path, `${value}\n`);
+        chmodSync(path, mode);
+        env[variable] = path;
+      }
+      const config = loadConfig(env);
+      expect(config.looseSecretFiles).toEqual([
+        { variable: "JWT_SECRET_KEY_FILE", mode: "0644" },
+        { variable: "STRIPE_SECRET_KEY_FILE", mode: "0602" },
+        { variable: "METRICS_TOKEN_FILE", mode: "0620" },
+      ]);
+      // Read all the same: the warning is the operator's to act on.
+      expect(config.jwt.secretKey).toBe(STRONG);
+      const message = looseSecretFileMessage(config.looseSecretFiles[0]!);
+      expect(message).toBe(
+        "JWT_SECRET_KEY_FILE names a file other users can read or change (mode 0644): chmod 600 it, or 640 for the group the service runs in",
+      );
+      expect(message).not.toContain(STRONG);
     } finally {
       dir.remove();
     }

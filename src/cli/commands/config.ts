@@ -1,4 +1,5 @@
 import type { Config } from "../../config";
+import { looseSecretFileMessage } from "../../config/secret-file-modes";
 import { loadFaq } from "../../modules/chat/providers/faq";
 import type { Command } from "../command";
 
@@ -45,6 +46,9 @@ export const configCheck: Command = {
     if (!config.openai.apiKey) loadFaq(config.chat.faqPath);
     for (const { name, suggestion } of config.unknownVariables) {
       context.err(`warning: unknown variable ${name}: did you mean ${suggestion}?`);
+    }
+    for (const loose of config.looseSecretFiles) {
+      context.err(`warning: ${looseSecretFileMessage(loose)}`);
     }
     for (const line of JSON.stringify(describeConfig(config), null, 2).split("\n")) {
       context.out(line);
