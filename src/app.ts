@@ -102,6 +102,13 @@ export function createApp(deps: AppDeps) {
         // A scrape the metrics listener hands over comes from that listener's socket.
         peerAddress: (request) => metricsListenerPeer(request) ?? deps.peerAddress?.(request),
         listener: () => listening(),
+        onShortChain: ({ hops, entries }) =>
+          logger
+            .repeating("trust proxy short chain")
+            .warn(
+              { hops, entries },
+              `TRUST_PROXY trusts ${hops} proxy hops, but a request came through ${entries}: with more hops than proxies, a client that sends its own X-Forwarded-For chooses its address; set TRUST_PROXY to the number of proxies in front of the service, or their CIDRs`,
+            ),
       }),
     )
     .use(securityHeaders(responseHeaders))

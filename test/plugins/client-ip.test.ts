@@ -181,3 +181,60 @@ describe("remembered resolutions", () => {
     expect(resolver.remembered).toBeLessThanOrEqual(10_000);
   });
 });
+
+describe("more hops than proxies (probe 30d F3)", () => {
+  let current: TestApp | null = null;
+  afterEach(() => {
+    current?.close();
+    current = null;
+  });
+
+  test("a request with fewer X-Forwarded-For entries than TRUST_PROXY's hops is said once, a direct one with none is not", async () => {
+    current = buildTestApp({ env: { TRUST_PROXY: "2" } });
+    const target = current;
+    const get = (forwardedFor?: string) =>
+      target.app.handle(
+        fromPeer(
+          new Request("http://localhost/health", {
+            headers: forwardedFor === undefined ? {} : { "x-forwarded-for": forwardedFor },
+          }),
+          "10.0.0.2",
+        ),
+      );
+    const warned = () =>
+      target.logs.entries.filter((entry) => String(entry.msg).startsWith("TRUST_PROXY trusts"));
+    await get();
+    await get("198.51.100.7, 10.0.0.1");
+    expect(warned()).toEqual([]);
+    // One proxy in front where two are trusted: each browser's request carries one entry.
+    await get("198.51.100.7");
+    await get("198.51.100.8");
+    await get("198.51.100.9");
+    expect(warned()).toHaveLength(1);
+    expect(warned()[0]).toMatchObject({
+      level: "warn",
+      hops: 2,
+      entries: 1,
+      msg: "TRUST_PROXY trusts 2 proxy hops, but a request came through 1: with more hops than proxies, a client that sends its own X-Forwarded-For chooses its address; set TRUST_PROXY to the number of proxies in front of the service, or their CIDRs",
+    });
+  });
+
+  test("CIDRs and a hop count the chain covers say nothing", () => {
+    const told: unknown[] = [];
+    const byCidrs = createClientResolver(parseTrustProxy("TRUST_PROXY", "loopback"), (chain) =>
+      told.push(chain),
+    );
+    byCidrs.resolve("127.0.0.1", "198.51.100.7");
+    const byHops = createClientResolver(parseTrustProxy("TRUST_PROXY", "1"), (chain) =>
+      told.push(chain),
+    );
+    byHops.resolve("10.0.0.2", "198.51.100.7");
+    byHops.resolve("10.0.0.2", null);
+    expect(told).toEqual([]);
+    const three = createClientResolver(parseTrustProxy("TRUST_PROXY", "3"), (chain) =>
+      told.push(chain),
+    );
+    three.resolve("10.0.0.2", "198.51.100.7, 10.0.0.1");
+    expect(told).toEqual([{ hops: 3, entries: 2 }]);
+  });
+});

@@ -30,6 +30,21 @@ export interface ClientIpOptions {
    * define it on its context.
    */
   listener?: () => { requestIP(request: Request): { address: string } | null } | null | undefined;
+  /** Told of a request whose chain is shorter than TRUST_PROXY's hops (see `shortChain`). */
+  onShortChain?: (chain: ShortChain) => void;
+}
+
+/**
+ * A request that came with fewer `X-Forwarded-For` entries than TRUST_PROXY trusts hops. Every
+ * proxy appends one, so a request that passed through as many proxies as configured carries at
+ * least that many: fewer says there are fewer proxies than hops (or the request skipped some), and
+ * then a client that sends its own `X-Forwarded-For` chooses the address it is limited, blocked and
+ * audited under (probe 30d F3). A request with no `X-Forwarded-For` at all reached the service
+ * directly (a health check on the host) and says nothing.
+ */
+export interface ShortChain {
+  hops: number;
+  entries: number;
 }
 
 export interface ResolvedClient {
@@ -56,10 +71,17 @@ export interface ClientResolver {
  * Resolves a request's client from its socket peer and X-Forwarded-For, remembering the answer per
  * (peer, header) pair: most requests repeat one.
  */
-export function createClientResolver(trustProxy: TrustProxy): ClientResolver {
+export function createClientResolver(
+  trustProxy: TrustProxy,
+  onShortChain: (chain: ShortChain) => void = () => {},
+): ClientResolver {
   const trust = compileTrust(trustProxy);
   const memo = new Map<string, ResolvedClient>();
   const resolveNow = (peer: string | null, forwardedFor: string | null): ResolvedClient => {
+    if (trust.kind === "hops" && forwardedFor) {
+      const entries = forwardedFor.split(",").length;
+      if (entries < trust.hops) onShortChain({ hops: trust.hops, entries });
+    }
     const address = resolveClientAddress({ peer, forwardedFor }, trust);
     return {
       ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
@@ -89,8 +111,8 @@ export function createClientResolver(trustProxy: TrustProxy): ClientResolver {
   };
 }
 
-export function clientIp({ trustProxy, peerAddress, listener }: ClientIpOptions) {
-  const { resolve } = createClientResolver(trustProxy);
+export function clientIp({ trustProxy, peerAddress, listener, onShortChain }: ClientIpOptions) {
+  const { resolve } = createClientResolver(trustProxy, onShortChain);
 
   return new Elysia({ name: "palisade.client-ip", seed: trustProxy })
     .decorate("clientIp", "")
