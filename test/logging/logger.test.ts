@@ -266,8 +266,20 @@ describe("the upstreams' key shapes a client may paste anywhere (probe 30b F4)",
       "task-AbCdEfGhIjKlMnOpQrStUvWxYz012345",
       "sk-short",
       "disk_test_x",
+      "risk_live_monitoring",
+      "/webhooks/whsec_/z",
+      "/docs/whsec_rotation/how-to",
     ]) {
       expect(scrub(text)).toBe(text);
     }
+  });
+
+  test("a Stripe key glued after other text is found, and a signing secret in a path takes no more than its run (probe 30c F5)", () => {
+    const scrub = secretScrubber([]);
+    expect(scrub("tokensk_live_51HxFAKEstripeKEY0123456789")).toBe(`token${REDACTED}`);
+    expect(scrub("x_rk_test_51HxRESTRICTEDkey012345")).toBe(`x_${REDACTED}`);
+    expect(scrub("/hooks/whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw?x=1")).toBe(
+      `/hooks/${REDACTED}?x=1`,
+    );
   });
 });
