@@ -5,6 +5,7 @@
  * Bun does with the connection.
  */
 import { afterEach, expect, test } from "bun:test";
+import { networkKeyOf } from "../../src/plugins/client-ip/resolve";
 import { largeBodyReads } from "../../src/plugins/request-guard/large-bodies";
 import type { RunningServer } from "../../src/server";
 import { buildTestApp, serveInProcess, type TestApp } from "../support/app";
@@ -20,11 +21,19 @@ afterEach(async () => {
 
 const DEADLINE_MS = 400;
 
-function serve(budgetBytes?: number, clientBytes?: number) {
+function serve(budgetBytes?: number, clientBytes?: number, networkBytes?: number) {
   const target = buildTestApp({
     // Each trickle names its own address (X-Forwarded-For from loopback).
-    env: { TRUST_PROXY: "loopback", RATE_LIMIT_ALLOW_CIDRS: "10.0.0.0/8,127.0.0.0/8" },
-    largeBodies: largeBodyReads({ deadlineMs: DEADLINE_MS, budgetBytes, clientBytes }),
+    env: {
+      TRUST_PROXY: "loopback",
+      RATE_LIMIT_ALLOW_CIDRS: "10.0.0.0/8,127.0.0.0/8,2001:db8::/32",
+    },
+    largeBodies: largeBodyReads({
+      deadlineMs: DEADLINE_MS,
+      budgetBytes,
+      clientBytes,
+      networkBytes,
+    }),
   });
   const server = serveInProcess(target);
   current = { target, server };
@@ -163,6 +172,31 @@ test("one client holds at most its share of the budget: its next large body is r
   const other = await (await trickle(port, 32 * 1024, 1000, false, "10.0.0.8")).answer;
   expect(other.text).toStartWith("HTTP/1.1 408");
   expect((await first.answer).text).toStartWith("HTTP/1.1 408");
+});
+
+test("one network (an IPv6 /48, an IPv4 /24) holds at most its share: another /64 of it is refused, another network's client is read (probe 30f F2)", async () => {
+  const server = serve(undefined, undefined, 40 * 1024);
+  const port = Number(server.url.port);
+  const first = await trickle(port, 32 * 1024, 1000, false, "2001:db8:1:1::1");
+  await Bun.sleep(100);
+  const sameSite = await (await trickle(port, 32 * 1024, 1000, false, "2001:db8:1:2::1")).answer;
+  expect(sameSite.text).toStartWith("HTTP/1.1 503");
+  expect(sameSite.afterMs).toBeLessThan(DEADLINE_MS);
+  const otherSite = await (await trickle(port, 32 * 1024, 1000, false, "2001:db8:2:1::1")).answer;
+  expect(otherSite.text).toStartWith("HTTP/1.1 408");
+  expect((await first.answer).text).toStartWith("HTTP/1.1 408");
+  // Its room came back with the first body's end.
+  const again = await (await trickle(port, 32 * 1024, 1000, false, "2001:db8:1:3::1")).answer;
+  expect(again.text).toStartWith("HTTP/1.1 408");
+});
+
+test("the networks client keys belong to", () => {
+  expect(networkKeyOf("198.51.100.7")).toBe("198.51.100.0/24");
+  expect(networkKeyOf("2001:db8:1:2::/64")).toBe("2001:db8:1::/48");
+  expect(networkKeyOf("2001:db8::/64")).toBe("2001:db8::/48");
+  // A translated IPv4 client is its IPv4 address's /24, not the translator's one /48.
+  expect(networkKeyOf("64:ff9b::c633:6407/128")).toBe("198.51.100.0/24");
+  expect(networkKeyOf("unknown")).toBe("unknown");
 });
 
 test("a chunked body is charged what arrives: many small ones from one client pass, one growing past the share is refused", async () => {

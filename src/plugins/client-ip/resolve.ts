@@ -98,6 +98,35 @@ export function clientKeyOf(address: Address | null): string {
   return `${prefix.toRFC5952String()}/64`;
 }
 
+/**
+ * The network a client key belongs to, for a bound wider than one client: an IPv4 address's /24,
+ * an IPv6 /64's /48 (a site's usual assignment), a translated IPv4 client's (`64:ff9b::/96`) the
+ * /24 of the IPv4 address it carries. Anything else (`unknown`) is its own network.
+ */
+export function networkKeyOf(clientKey: string): string {
+  if (clientKey === UNKNOWN_CLIENT) return clientKey;
+  if (!clientKey.includes(":")) {
+    const octets = clientKey.split(".");
+    return octets.length === 4 ? `${octets[0]}.${octets[1]}.${octets[2]}.0/24` : clientKey;
+  }
+  const slash = clientKey.lastIndexOf("/");
+  const address = parseIp(slash === -1 ? clientKey : clientKey.slice(0, slash));
+  if (address === null || address.kind() !== "ipv6") return clientKey;
+  const parts = (address as ipaddr.IPv6).parts;
+  if (clientKey.endsWith("/128")) {
+    const [a, b, c] = [parts[6]! >> 8, parts[6]! & 0xff, parts[7]! >> 8];
+    return `${a}.${b}.${c}.0/24`;
+  }
+  return `${formatAddress(
+    ipaddr.IPv6.parse(
+      `${parts
+        .slice(0, 3)
+        .map((p) => p.toString(16))
+        .join(":")}::`,
+    ),
+  )}/48`;
+}
+
 export function resolveClientAddress(
   input: ClientAddressInput,
   trust: CompiledTrust,

@@ -14,6 +14,7 @@
  * login) skips both, so the common path costs one comparison.
  */
 import { AppError } from "../../errors";
+import { networkKeyOf } from "../client-ip/resolve";
 
 /** Bodies up to this many bytes are read as they come (at most this much held per connection). */
 export const SMALL_BODY_BYTES = 16 * 1024;
@@ -30,6 +31,12 @@ export const LARGE_BODY_BUDGET_BYTES = 64 * 1024 * 1024;
  * refused (probe 30e F2); now that takes 64 addresses.
  */
 export const LARGE_BODY_CLIENT_BYTES = 1024 * 1024;
+/**
+ * And of which one network (an IPv4 /24, an IPv6 /48) may hold: four clients' shares. A client key
+ * is one /64, and an IPv6 /58 holds 64 of them: one party filled the whole budget from one /58
+ * (probe 30f F2). Now that takes 16 networks of that size.
+ */
+export const LARGE_BODY_NETWORK_BYTES = 4 * 1024 * 1024;
 
 /** Bytes of a body taken from the budget as they are known, and given back at its end. */
 export interface BodyAccount {
@@ -63,16 +70,29 @@ const busy = () =>
   );
 
 export function largeBodyReads(
-  options: { deadlineMs?: number; budgetBytes?: number; clientBytes?: number } = {},
+  options: {
+    deadlineMs?: number;
+    budgetBytes?: number;
+    clientBytes?: number;
+    networkBytes?: number;
+  } = {},
 ): LargeBodyReads {
   const deadlineMs = options.deadlineMs ?? BODY_DEADLINE_MS;
   const budgetBytes = options.budgetBytes ?? LARGE_BODY_BUDGET_BYTES;
   const clientBytes = options.clientBytes ?? LARGE_BODY_CLIENT_BYTES;
+  const networkBytes = options.networkBytes ?? LARGE_BODY_NETWORK_BYTES;
   let reading = 0;
-  /** Bytes each client is being read, for the clients with any. */
+  /** Bytes each client, and each network, is being read, for those with any. */
   const byClient = new Map<string, number>();
+  const byNetwork = new Map<string, number>();
+  const giveBack = (held: Map<string, number>, key: string, bytes: number) => {
+    const left = (held.get(key) ?? bytes) - bytes;
+    if (left > 0) held.set(key, left);
+    else held.delete(key);
+  };
 
   const accountOf = (client: string) => {
+    const network = networkKeyOf(client);
     let taken = 0;
     let ended = false;
     return {
@@ -81,18 +101,25 @@ export function largeBodyReads(
         // nothing more, and stops.
         if (ended) throw busy();
         const own = byClient.get(client) ?? 0;
+        const networks = byNetwork.get(network) ?? 0;
         // One body alone may always be read up to its route's limit; a second is what is bounded.
-        if (reading + bytes > budgetBytes || (own > 0 && own + bytes > clientBytes)) throw busy();
+        if (
+          reading + bytes > budgetBytes ||
+          (own > 0 && own + bytes > clientBytes) ||
+          (networks > 0 && networks + bytes > networkBytes)
+        ) {
+          throw busy();
+        }
         reading += bytes;
         taken += bytes;
         byClient.set(client, own + bytes);
+        byNetwork.set(network, networks + bytes);
       },
       end() {
         ended = true;
         reading -= taken;
-        const left = (byClient.get(client) ?? taken) - taken;
-        if (left > 0) byClient.set(client, left);
-        else byClient.delete(client);
+        giveBack(byClient, client, taken);
+        giveBack(byNetwork, network, taken);
         taken = 0;
       },
     };
