@@ -25,7 +25,7 @@ import {
   type MetricsListener,
   MetricsPortUnavailable,
 } from "./plugins/metrics/listener";
-import { PortUnavailable, startServer } from "./server";
+import { PortUnavailable, startServer, stopSignals } from "./server";
 import { createServices } from "./services";
 import { resealings, upgradeSealing } from "./upgrade-sealing";
 
@@ -47,6 +47,24 @@ const environment =
   typeof PALISADE_EXECUTABLE !== "undefined" && process.env.APP_ENV === undefined
     ? { ...process.env, APP_ENV: "production" }
     : process.env;
+
+// A stop signalled while the service starts is carried out once it listens: killed by the default
+// action between its migrations and its first audit write, a first start left the file sealed with
+// no record of the sealing, the record that shows a later second sealing for what it is (probe 31a
+// F2). Signalled again, the start is not waited for.
+let stopSignalledDuringStart: NodeJS.Signals | null = null;
+let started = false;
+const duringStart = (signal: NodeJS.Signals) => {
+  // A signal that waited out a synchronous step may be handed over once the server listens: the
+  // server's own handler has it then.
+  if (started) return;
+  if (stopSignalledDuringStart !== null) {
+    process.stderr.write(`palisade: ${signal} again while starting: exiting now\n`);
+    process.exit(1);
+  }
+  stopSignalledDuringStart = signal;
+};
+for (const signal of stopSignals()) process.on(signal, duringStart);
 
 let config: ReturnType<typeof loadConfig>;
 try {
@@ -176,8 +194,9 @@ if (config.metricsListener) {
     throw error;
   }
 }
+let running: ReturnType<typeof startServer>;
 try {
-  startServer({
+  running = startServer({
     app,
     config,
     logger,
@@ -195,6 +214,15 @@ try {
 } catch (error) {
   if (error instanceof PortUnavailable) fail(`refusing to start: ${error.message}`);
   throw error;
+}
+// The server handles the signals from here on.
+started = true;
+if (stopSignalledDuringStart !== null) {
+  logger.warn(
+    { signal: stopSignalledDuringStart },
+    "stop signalled during the start: stopping now that it has started",
+  );
+  void running.shutdown(stopSignalledDuringStart);
 }
 // Every login, and /ready's logins check, waits for it (a login arriving first starts it itself).
 void services.auth.prepared();

@@ -93,11 +93,10 @@ export function sweepSeals(
   const zero = () =>
     Object.fromEntries(SWEPT_TABLES.map((table) => [table, 0])) as Record<SweptTable, number>;
   const sweep: SealSweep = { checked: zero(), failed: zero(), findings: [] };
-  const fail = (table: SweptTable, rawId: string, part?: SealFinding["part"]) => {
+  const fail = (table: SweptTable, rawId: unknown, part?: SealFinding["part"]) => {
     sweep.failed[table]++;
     if (sweep.findings.length >= maxFindings) return;
-    const id =
-      rawId.length > NAMED_ID_LENGTH ? `${rawId.slice(0, NAMED_ID_LENGTH)}…` : String(rawId);
+    const id = namedId(rawId);
     sweep.findings.push(part === undefined ? { table, id } : { table, id, part });
   };
   /** Each row `select` reads, counted for `table`. */
@@ -195,7 +194,7 @@ export function sweepSeals(
        sender_hash AS senderHash, kind, body, reply, seal
      FROM whatsapp_outbox ORDER BY id`,
     (row) => {
-      if (!outbox.intact(row)) fail("whatsapp_outbox", String(row.id));
+      if (!outbox.intact(row)) fail("whatsapp_outbox", row.id);
     },
   );
 
@@ -204,10 +203,29 @@ export function sweepSeals(
     "ip_blocks",
     `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks ORDER BY id`,
     (row) => {
-      if (!blocks.intact(row)) fail("ip_blocks", String(row.id));
+      if (!blocks.intact(row)) fail("ip_blocks", row.id);
     },
   );
   return sweep;
+}
+
+/**
+ * An id as an operator can look it up: text cut to 64 characters (never inside a surrogate pair),
+ * a number as written, and what a forged row may hold instead — a blob as SQL's `x'…'` (SQLite lets
+ * a text key hold one), NULL as `NULL`.
+ */
+function namedId(raw: unknown): string {
+  if (raw instanceof Uint8Array) {
+    const hex = Buffer.from(raw).toString("hex");
+    return hex.length > NAMED_ID_LENGTH ? `x'${hex.slice(0, NAMED_ID_LENGTH)}…'` : `x'${hex}'`;
+  }
+  if (raw === null || raw === undefined) return "NULL";
+  const text = String(raw);
+  if (text.length <= NAMED_ID_LENGTH) return text;
+  const cut = /[\uD800-\uDBFF]/.test(text[NAMED_ID_LENGTH - 1]!)
+    ? NAMED_ID_LENGTH - 1
+    : NAMED_ID_LENGTH;
+  return `${text.slice(0, cut)}…`;
 }
 
 type StoredMessage = Omit<SealedMessage, "incomplete"> & {
@@ -224,7 +242,7 @@ type StoredMessage = Omit<SealedMessage, "incomplete"> & {
 function sweepMessages(
   chat: ChatSeal,
   each: (table: SweptTable, select: string, check: (row: StoredMessage) => void) => void,
-  fail: (table: SweptTable, id: string, part?: SealFinding["part"]) => void,
+  fail: (table: SweptTable, id: unknown, part?: SealFinding["part"]) => void,
 ): void {
   let conversation: string | null = null;
   let previousSeal: string | null = null;
@@ -240,8 +258,8 @@ function sweepMessages(
       previousSeal = row.seal;
       // As the service reads the column (drizzle's boolean mode): what the seal covers is what is shown.
       const message = { ...row, incomplete: Number(row.incomplete) === 1 };
-      if (!chat.intact.message(message)) fail("chat_messages", String(row.id));
-      else if (!followsBefore) fail("chat_messages", String(row.id), "chain");
+      if (!chat.intact.message(message)) fail("chat_messages", row.id);
+      else if (!followsBefore) fail("chat_messages", row.id, "chain");
     },
   );
 }

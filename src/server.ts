@@ -203,7 +203,7 @@ export function startServer(options: StartServerOptions): RunningServer {
       // What is left may wait on a lock or on Stripe; the operator has said twice not to wait.
       logger.error(
         { signal, pending: server.pendingRequests },
-        "stop signalled again after the drain: exiting now, without closing (the audit rows still queued are lost)",
+        `stop signalled again while ${phase === "cutting" ? "ending what was in flight" : "closing"}: exiting now, without closing (the audit rows still queued are lost)`,
       );
       logger.flush();
       process.exit(EXIT_FORCED);

@@ -3,12 +3,13 @@
  * process was started with it ignored; the stop signalled again ends what is in flight at once;
  * signalled again after that, the process exits at once.
  */
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { stopSignals } from "../src/server";
 import { tempDir } from "./support/app";
 import { STRIPE_TEST_KEY } from "./support/payments";
-import { type ServiceProcess, startService } from "./support/process";
+import { REPO_ROOT, type ServiceProcess, startService } from "./support/process";
 import { startFakeStripe } from "./support/stripe-server";
 
 let cleanups: (() => unknown)[] = [];
@@ -161,8 +162,84 @@ describe("stop signals", () => {
     expect(linesOf(service).at(-1)).toMatchObject({
       level: "error",
       signal: "SIGTERM",
-      msg: "stop signalled again after the drain: exiting now, without closing (the audit rows still queued are lost)",
+      msg: "stop signalled again while ending what was in flight: exiting now, without closing (the audit rows still queued are lost)",
     });
     await payment;
+  }, 30_000);
+});
+
+describe("a stop signalled during the start (probe 31a F2)", () => {
+  /**
+   * Spawns the service on a new database file whose write lock the test holds, so the start waits
+   * in its migrations; resolves once it has read its configuration (its development banner).
+   */
+  async function startHeldAtMigrations() {
+    const env = databaseEnv();
+    const holder = new Database(env.DATABASE_PATH!);
+    holder.run("CREATE TABLE held (x)");
+    holder.run("BEGIN IMMEDIATE");
+    holder.run("INSERT INTO held VALUES (1)");
+    const out: string[] = [];
+    const err: string[] = [];
+    const proc = Bun.spawn(["bun", "run", "src/index.ts"], {
+      cwd: REPO_ROOT,
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", PORT: "0", ...env },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    cleanups.push(() => {
+      if (proc.exitCode === null) proc.kill("SIGKILL");
+    });
+    const collect = async (stream: ReadableStream<Uint8Array>, into: string[]) => {
+      const decoder = new TextDecoder();
+      for await (const chunk of stream) into.push(decoder.decode(chunk));
+    };
+    void collect(proc.stdout, out);
+    void collect(proc.stderr, err);
+    const deadline = Date.now() + 10_000;
+    while (!err.join("").includes("WARNING:") && Date.now() < deadline) await Bun.sleep(10);
+    expect(err.join("")).toContain("WARNING:");
+    return {
+      proc,
+      env,
+      release: () => {
+        holder.run("ROLLBACK");
+        holder.close();
+      },
+      stdout: () => out.join(""),
+      stderr: () => err.join(""),
+    };
+  }
+
+  test("is carried out once the service has started: the start's audit rows are written, then it drains and exits 0", async () => {
+    const start = await startHeldAtMigrations();
+    start.proc.kill("SIGTERM");
+    await Bun.sleep(200);
+    expect(start.proc.exitCode).toBeNull();
+    start.release();
+    expect(await start.proc.exited).toBe(0);
+    const lines = start
+      .stdout()
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as { msg: string; reason?: string });
+    const messages = lines.map((line) => line.msg);
+    // Handed to the server once it listens, or carried out by the start itself, as the signal's
+    // delivery falls: either way after the start.
+    expect(lines.find((line) => line.msg === "shutting down")).toMatchObject({ reason: "SIGTERM" });
+    expect(messages.indexOf("listening")).toBeLessThan(messages.indexOf("shutting down"));
+    expect(messages.at(-1)).toBe("shutdown complete");
+    // What the migrations sealed is on record: a second sealing of this file would be seen.
+    const file = new Database(start.env.DATABASE_PATH!, { readonly: true });
+    try {
+      const types = file
+        .query<{ type: string }, []>("SELECT type FROM audit_events")
+        .all()
+        .map((row) => row.type);
+      expect(types).toContain("auth.credentials_sealed");
+      expect(types).toContain("ip.blocks_sealed");
+    } finally {
+      file.close();
+    }
   }, 30_000);
 });

@@ -72,6 +72,19 @@ export function dropForeignTriggers(sqlite: Database): DroppedTrigger[] {
   }));
 }
 
+/** Every trigger in the main database, as `dropForeignTriggers` reports them, dropping none. */
+export function listTriggers(sqlite: Database): DroppedTrigger[] {
+  type Found = { name: string; table: string; sql: string | null };
+  return sqlite
+    .query<Found, []>(FIND_TRIGGERS)
+    .all()
+    .map(({ name, table, sql }) => ({
+      name: spellOut(name, MAX_REPORTED_NAME),
+      table: spellOut(table, MAX_REPORTED_NAME),
+      sql: spellOutReordering(sql ?? "", MAX_REPORTED_SQL),
+    }));
+}
+
 /** What the log says of a dropped trigger. */
 export const DROPPED_TRIGGER_MESSAGE =
   "a trigger Palisade did not create was in the database file: it was written there by someone else, and could stop or change Palisade's writes; it was dropped";

@@ -98,7 +98,7 @@ export function migrationsFailed(databasePath: string, error: unknown): string {
 }
 
 /** What the migrations table records now (`db:migrate` prints it). */
-export function migrationStatus(db: AppDatabase): MigrationStatus {
+export function migrationStatus(db: Pick<AppDatabase, "$client">): MigrationStatus {
   return statusOf(appliedMigrationTimes(db) ?? new Set());
 }
 
@@ -127,7 +127,7 @@ function statusOf(
  * without a migrations table (a new database). One read of a tiny table instead of the migrator's
  * create-if-missing, read and empty transaction (~1 ms of a restart, measured cold).
  */
-function appliedMigrationTimes(db: AppDatabase): Set<number> | null {
+function appliedMigrationTimes(db: Pick<AppDatabase, "$client">): Set<number> | null {
   let rows: unknown[][];
   try {
     // drizzle's `id SERIAL` is no rowid alias in SQLite (every id is NULL): rows are named by rowid.

@@ -14,7 +14,7 @@ import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
 import { tempDir } from "../support/app";
 import { cliInProcess } from "../support/cli";
-import { runToExit, type ServiceProcess, startService } from "../support/process";
+import { REPO_ROOT, runToExit, type ServiceProcess, startService } from "../support/process";
 
 const cli = cliInProcess;
 
@@ -210,6 +210,67 @@ describe("db:backup", () => {
     expect(result.stderr.split("\n")).toHaveLength(1);
     expect(result.stderr).toMatch(/^palisade db:backup: .*malformed/);
     expect(readdirSync(dir).filter((name) => name.includes("copy"))).toEqual([]);
+  });
+
+  test("stopped by a signal while it copies, it ends at its next step with its partial copy removed (probe 31a F4)", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "live.db");
+    const db = openDatabase(databasePath);
+    applyMigrations(db);
+    // Enough rows that the copy takes a moment to write.
+    db.$client.run("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT)");
+    const insert = db.$client.query("INSERT INTO filler (body) VALUES (?)");
+    db.$client.transaction(() => {
+      for (let i = 0; i < 60_000; i++) insert.run(`${i} ${"x".repeat(600)}`);
+    })();
+    db.$client.run("PRAGMA wal_checkpoint(TRUNCATE)");
+    db.$client.close();
+    const target = join(dir, "copy.db");
+    const proc = Bun.spawn(["bun", "run", "src/cli/index.ts", "db:backup", target], {
+      cwd: REPO_ROOT,
+      env: {
+        PATH: process.env.PATH ?? "",
+        HOME: process.env.HOME ?? "/tmp",
+        DATABASE_PATH: databasePath,
+      },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    cleanup.push(() => {
+      if (proc.exitCode === null) proc.kill("SIGKILL");
+    });
+    const partial = () => readdirSync(dir).filter((name) => name.endsWith(".partial"));
+    const deadline = Date.now() + 10_000;
+    while (partial().length === 0 && proc.exitCode === null && Date.now() < deadline) {
+      await Bun.sleep(2);
+    }
+    expect(partial()).toHaveLength(1);
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(143);
+    expect((await new Response(proc.stderr).text()).trim()).toBe(
+      "palisade db:backup: stopped by SIGTERM; no backup written",
+    );
+    expect(readdirSync(dir).filter((name) => name.includes("copy"))).toEqual([]);
+  }, 30_000);
+
+  test("a partial copy left by a backup killed outright is removed by the next, one of a running backup is not", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "live.db");
+    const db = openDatabase(databasePath);
+    applyMigrations(db);
+    db.$client.close();
+    const gone = Bun.spawn(["true"]);
+    await gone.exited;
+    const stale = `.palisade-2026-11-30.db.${gone.pid}.0badc0de.partial`;
+    const running = `.palisade-2026-12-01.db.${process.pid}.0badc0de.partial`;
+    writeFileSync(join(dir, stale), "a whole copy, hashes and all");
+    writeFileSync(join(dir, running), "being written");
+    const target = join(dir, "palisade-2026-12-01.db");
+    const result = await cli(["db:backup", target], { DATABASE_PATH: databasePath });
+    expect(result.code).toBe(0);
+    expect(result.stderr).toBe(`removed ${stale}, a partial copy an interrupted backup left`);
+    expect(existsSync(join(dir, stale))).toBe(false);
+    expect(existsSync(join(dir, running))).toBe(true);
   });
 
   test("a file that is not SQLite is refused the same way", async () => {

@@ -5,7 +5,7 @@
  */
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { send, tempDir } from "../support/app";
 import { bearer, signUp } from "../support/auth";
@@ -116,13 +116,14 @@ describe("db:verify", () => {
     expect(result.code).toBe(0);
     const lines = result.stdout.split("\n");
     expect(lines[0]).toBe("integrity ok");
-    expect(lines[1]).toMatch(
+    expect(lines[1]).toMatch(/^schema as this release's \d+ migrations made it$/);
+    expect(lines[2]).toMatch(
       /^audit chain intact: \d+ rows verified; head [0-9a-f]{64} count \d+$/,
     );
-    expect(lines[2]).toMatch(/^seals intact: \d+ rows verified \(/);
+    expect(lines[3]).toMatch(/^seals intact: \d+ rows verified \(/);
     // Every kind was there to check: none of the counts is 0.
     const counts = Object.fromEntries(
-      [...lines[2]!.matchAll(/(\w+) (\d+)/g)].map(([, table, n]) => [table, Number(n)]),
+      [...lines[3]!.matchAll(/(\w+) (\d+)/g)].map(([, table, n]) => [table, Number(n)]),
     );
     expect(counts).toEqual({
       users: 3,
@@ -209,7 +210,7 @@ describe("db:verify", () => {
     );
     expect(result.stderr).toBe("palisade db:verify: 10 rows do not match their seals");
     // The audit chain was not touched, and says so.
-    expect(lines[1]).toMatch(/^audit chain intact/);
+    expect(lines[2]).toMatch(/^audit chain intact/);
   });
 
   test("a key's lineage or rotation mark changed, and a message deleted from the middle of a conversation, are named for what failed", async () => {
@@ -251,8 +252,8 @@ describe("db:verify", () => {
     const result = await verify(target);
     expect(result.code).toBe(1);
     const lines = result.stdout.split("\n");
-    expect(lines[1]).toStartWith("audit chain: ");
-    expect(lines[2]).toStartWith("seals intact: ");
+    expect(lines[2]).toStartWith("audit chain: ");
+    expect(lines[3]).toStartWith("seals intact: ");
     expect(result.stderr).toBe("palisade db:verify: the audit chain does not verify");
   });
 
@@ -299,6 +300,96 @@ describe("db:verify", () => {
   });
 });
 
+describe("db:verify reads and never writes (probe 31a F1)", () => {
+  const migrationsAndAuditRows = (path: string) => {
+    const file = new Database(path, { readonly: true });
+    try {
+      return file
+        .query<{ migrations: number; audit: number }, []>(
+          "SELECT (SELECT count(*) FROM __drizzle_migrations) AS migrations, (SELECT count(*) FROM audit_events) AS audit",
+        )
+        .get()!;
+    } finally {
+      file.close();
+    }
+  };
+
+  test("a file whose newest migration is undone is refused, not migrated: nothing it holds gets sealed by the check", async () => {
+    const target = await populated();
+    target.services.audit.flush();
+    tamper(
+      target,
+      `DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations);
+       INSERT INTO ip_blocks (address, reason, source, created_at, expires_at)
+       VALUES ('10.0.0.1', 'planted', 'manual', 0, 9999999999999)`,
+    );
+    const before = migrationsAndAuditRows(target.databasePath);
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    const lines = result.stdout.split("\n");
+    expect(lines[1]).toMatch(
+      /^migrations: at \S+, (\d+) of this release's (\d+): a start of this release would migrate it, sealing as they stand the rows its newer migrations seal; verify it with the release that wrote it, or start this release on it only if the file has not been out of your hands$/,
+    );
+    expect(lines).toContain("seals not checked: the file is not in this release's shape");
+    expect(result.stderr).toBe("palisade db:verify: the file is not at this release's migrations");
+    // Nothing was written: no migration applied, no audit row, the planted row still unsealed.
+    expect(migrationsAndAuditRows(target.databasePath)).toEqual(before);
+    const planted = one<{ seal: string | null }>(
+      target,
+      "SELECT seal FROM ip_blocks WHERE reason = 'planted'",
+    );
+    expect(planted.seal).toBeNull();
+  });
+
+  test("a file that verifies is left byte for byte as it was", async () => {
+    const target = await populated();
+    target.services.audit.flush();
+    target.db.$client.run("PRAGMA wal_checkpoint(TRUNCATE)");
+    const bytes = () =>
+      new Bun.CryptoHasher("sha256").update(readFileSync(target.databasePath)).digest("hex");
+    const before = bytes();
+    expect((await verify(target)).code).toBe(0);
+    expect(bytes()).toBe(before);
+  });
+
+  test("a trigger in the file is named as not Palisade's, and fails the check", async () => {
+    const target = await populated();
+    tamper(
+      target,
+      "CREATE TRIGGER quiet_logins AFTER INSERT ON audit_events BEGIN DELETE FROM audit_events WHERE id = NEW.id; END",
+    );
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    expect(result.stdout).toContain(
+      "schema: trigger quiet_logins on audit_events is not Palisade's (a start drops it): CREATE TRIGGER quiet_logins",
+    );
+    expect(result.stderr).toBe("palisade db:verify: its schema is not as the migrations made it");
+  });
+
+  test("in development, a file without its audit key beside it is refused; no key is made", async () => {
+    const target = await populated();
+    const dir = tempDir("palisade-verify-");
+    cleanups.push(dir.remove);
+    const copy = join(dir.path, "copy.db");
+    target.db.$client.run(`VACUUM INTO '${copy}'`);
+    const result = await cli(["db:verify"], { DATABASE_PATH: copy });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe(
+      `palisade db:verify: no audit key beside the file (${copy}.audit-key): copy there the key it was written with (a backup's PATH.audit-key), or set AUDIT_SECRET_KEY`,
+    );
+    expect(existsSync(`${copy}.audit-key`)).toBe(false);
+  });
+
+  test("a forged row whose id is a blob is named as SQL writes a blob", async () => {
+    const target = await populated();
+    tamper(target, "UPDATE users SET id = X'41424344' WHERE role = 'user'");
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    expect(result.stdout.split("\n")).toContain("users x'41424344': does not match its seal");
+    expect(result.stderr).toBe("palisade db:verify: 1 row does not match its seal");
+  });
+});
+
 describe("db:backup's seal check", () => {
   test("a copy holding a tampered row is written, named on stderr, and exits 3", async () => {
     const target = await populated();
@@ -317,7 +408,7 @@ describe("db:backup's seal check", () => {
     expect(result.stderr.split("\n")).toEqual([
       `users ${user.id}: does not match its seal`,
       expect.stringMatching(/^seals: 1 of \d+ rows do not match \(users 1\)/),
-      "the copy holds 1 row that do not match their seals, as DATABASE_PATH does: run db:verify on it",
+      "the copy holds 1 row that does not match its seal, as DATABASE_PATH does: run db:verify on it",
     ]);
     // And the copy itself says the same.
     const again = await cli(["db:verify"], { DATABASE_PATH: copy });

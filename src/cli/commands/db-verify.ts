@@ -1,53 +1,158 @@
 /**
  * @module
  * `db:verify`: a database file checked whole, as after a restore: SQLite's own `integrity_check`,
- * the audit chain (against a logged anchor when one is given, as `audit:verify`), and every sealed
- * row (seal-sweep.ts). The service refuses a tampered row only when it uses it; this names every
- * one at once, so a planted change shows before the file is put back into service.
+ * its migrations and schema, the audit chain (against a logged anchor when one is given, as
+ * `audit:verify`), and every sealed row (seal-sweep.ts). The service refuses a tampered row only
+ * when it uses it; this names every one at once, so a planted change shows before the file is put
+ * back into service. The file is opened read-only and never migrated: the migrations that add a
+ * seal seal what the file holds, so a verifier that migrated an older-shaped file would vouch for
+ * rows planted in it (probe 31a F1).
  */
-import type { Database } from "bun:sqlite";
+import { Database, SQLiteError } from "bun:sqlite";
+import { type AppDatabase, BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
+import { listTriggers } from "../../db/foreign-triggers";
+import { type MigrationStatus, migrationStatus } from "../../db/migrate";
+import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
+import { expectedSchema, schemaDifferences } from "../../db/schema-guard";
 import { AuditKeys } from "../../plugins/audit/chain";
-import { verifyAuditChain } from "../../plugins/audit/log";
+import { type AuditHead, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { type SealFinding, type SealSweep, SWEPT_TABLES, sweepSeals } from "../../seal-sweep";
-import { CliError, type Command } from "../command";
+import { CliError, type Command, type CommandContext, EXIT_USAGE } from "../command";
+import { checkDatabaseFile } from "../database-file";
 import { parseAnchor } from "./audit";
 
 export const dbVerify: Command = {
   name: "db:verify",
+  // Opened read-only by the command itself: a verifier that migrated the file would seal, as they
+  // stand, the rows of a file put back into an older shape, then pass them (probe 31a F1).
+  database: "none",
   summary:
-    "Check DATABASE_PATH whole (integrity_check, the audit chain, every sealed row: accounts, keys, sessions, chat, payments, WhatsApp replies, blocks); names each row that fails; exits 1 on any fault",
+    "Check DATABASE_PATH whole, read-only (integrity_check, its migrations and schema, the audit chain, every sealed row: accounts, keys, sessions, chat, payments, WhatsApp replies, blocks); names each row that fails; exits 1 on any fault",
   usage: "db:verify [--head HASH --count N]",
   run(args, context) {
     const anchor = parseAnchor(args.flags.head, args.flags.count);
     const config = context.config();
-    const sqlite = context.db().$client;
-    const problems = integrityProblems(sqlite);
-    // Nothing read from a damaged file can be trusted either way: the first fault ends the check.
-    if (problems.length > 0) {
-      throw new CliError(`integrity_check failed: ${problems.slice(0, 3).join("; ")}`);
+    const path = config.databasePath;
+    if (path === ":memory:") {
+      throw new CliError("DATABASE_PATH is :memory:, there is no file to verify", EXIT_USAGE);
     }
-    context.out("integrity ok");
-    const faults: string[] = [];
-    const chain = verifyAuditChain(sqlite, new AuditKeys(config.audit.secretKey), { anchor });
-    if (chain.ok) {
-      context.out(
-        `audit chain intact: ${chain.checked} rows verified; head ${chain.head.hash} count ${chain.head.count}` +
-          (anchor ? `; anchor at row ${anchor.count} confirmed` : ""),
+    checkDatabaseFile(path, "db:verify");
+    if (config.audit.developmentKeyFile && !config.audit.developmentKeyOnDisk) {
+      throw new CliError(
+        `no audit key beside the file (${config.audit.developmentKeyFile}): copy there the key it was written with (a backup's PATH.audit-key), or set AUDIT_SECRET_KEY`,
       );
-    } else {
-      context.out(`audit chain: ${describeFailure(chain)}`);
-      faults.push("the audit chain does not verify");
     }
-    const sweep = sweepSeals(sqlite, config.audit.secretKey);
-    for (const line of sweepLines(sweep)) context.out(line);
-    const failed = failedRows(sweep);
-    if (failed > 0)
-      faults.push(`${failed} ${failed === 1 ? "row does" : "rows do"} not match their seals`);
-    if (faults.length > 0) throw new CliError(faults.join("; "));
-    return 0;
+    let sqlite: Database;
+    try {
+      sqlite = new Database(path, { readonly: true, strict: true });
+    } catch (error) {
+      throw new DatabaseOpenError(path, `cannot be opened: ${firstLine(error)}`);
+    }
+    try {
+      sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
+      return verifyFile(sqlite, config.audit.secretKey, anchor, context);
+    } catch (error) {
+      if (error instanceof SQLiteError) {
+        throw new CliError(`cannot read DATABASE_PATH ${path}: ${firstLine(error)}`);
+      }
+      throw error;
+    } finally {
+      sqlite.close();
+    }
   },
 };
+
+function verifyFile(
+  sqlite: Database,
+  auditSecret: string,
+  anchor: AuditHead | undefined,
+  context: Pick<CommandContext, "out">,
+): number {
+  const problems = integrityProblems(sqlite);
+  // Nothing read from a damaged file can be trusted either way: the first fault ends the check.
+  if (problems.length > 0) {
+    throw new CliError(`integrity_check failed: ${problems.slice(0, 3).join("; ")}`);
+  }
+  context.out("integrity ok");
+  const faults: string[] = [];
+  const shape = shapeFaults(sqlite);
+  for (const line of shape.lines) context.out(line);
+  if (shape.lines.length === 0)
+    context.out(`schema as this release's ${MIGRATION_TAG_BY_MILLIS.size} migrations made it`);
+  else faults.push(shape.fault);
+  const chain = verifyAuditChain(sqlite, new AuditKeys(auditSecret), { anchor });
+  if (chain.ok) {
+    context.out(
+      `audit chain intact: ${chain.checked} rows verified; head ${chain.head.hash} count ${chain.head.count}` +
+        (anchor ? `; anchor at row ${anchor.count} confirmed` : ""),
+    );
+  } else {
+    context.out(`audit chain: ${describeFailure(chain)}`);
+    faults.push("the audit chain does not verify");
+  }
+  if (shape.sealsReadable) {
+    const sweep = sweepSeals(sqlite, auditSecret);
+    for (const line of sweepLines(sweep)) context.out(line);
+    const failed = failedRows(sweep);
+    if (failed > 0) {
+      faults.push(
+        `${failed} ${failed === 1 ? "row does not match its seal" : "rows do not match their seals"}`,
+      );
+    }
+  } else {
+    context.out("seals not checked: the file is not in this release's shape");
+  }
+  if (faults.length > 0) throw new CliError(faults.join("; "));
+  return 0;
+}
+
+/**
+ * What of the file's shape is not this release's, a line each: migrations it lacks or does not
+ * know, tables and indexes not as the migrations made them, triggers (Palisade makes none; a start
+ * drops them). `sealsReadable`: whether every sealed column is where the sweep reads it.
+ */
+function shapeFaults(sqlite: Database): { lines: string[]; fault: string; sealsReadable: boolean } {
+  let status: MigrationStatus;
+  try {
+    status = migrationStatus({ $client: sqlite } as Pick<AppDatabase, "$client">);
+  } catch (error) {
+    return {
+      lines: [`migrations: ${firstLine(error)}`],
+      fault: "its migrations table was edited",
+      sealsReadable: false,
+    };
+  }
+  const known = MIGRATION_TAG_BY_MILLIS.size;
+  if (status.applied < known) {
+    // A start would apply the rest, and the migrations that add a seal seal the rows they cover
+    // as they stand: whatever was planted in a file put back into an older shape included.
+    return {
+      lines: [
+        `migrations: at ${status.newestTag ?? "none"}, ${status.applied} of this release's ${known}: a start of this release would migrate it, sealing as they stand the rows its newer migrations seal; verify it with the release that wrote it, or start this release on it only if the file has not been out of your hands`,
+      ],
+      fault: "the file is not at this release's migrations",
+      sealsReadable: false,
+    };
+  }
+  if (status.fromNewerReleases > 0) {
+    return {
+      lines: [
+        `migrations: ${status.fromNewerReleases} from a newer release that this one does not know: verify it with that release`,
+      ],
+      fault: "the file was migrated by a newer release",
+      sealsReadable: false,
+    };
+  }
+  const lines = [
+    ...schemaDifferences(sqlite, expectedSchema()).map((difference) => `schema: ${difference}`),
+    ...listTriggers(sqlite).map(
+      ({ name, table, sql }) =>
+        `schema: trigger ${name} on ${table} is not Palisade's (a start drops it): ${sql}`,
+    ),
+  ];
+  return { lines, fault: "its schema is not as the migrations made it", sealsReadable: true };
+}
 
 /** `PRAGMA integrity_check`'s complaints; none for a sound file. */
 export function integrityProblems(sqlite: Database): string[] {
@@ -93,4 +198,9 @@ function findingLine({ table, id, part }: SealFinding): string {
     default:
       return `${table} ${id}: does not match its seal`;
   }
+}
+
+function firstLine(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split("\n")[0] ?? "unknown error";
 }

@@ -13,7 +13,16 @@
  */
 import { Database, SQLiteError } from "bun:sqlite";
 import { randomBytes } from "node:crypto";
-import { copyFileSync, existsSync, linkSync, lstatSync, statSync, unlinkSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  linkSync,
+  lstatSync,
+  readdirSync,
+  statSync,
+  unlinkSync,
+} from "node:fs";
+import { constants as osConstants } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { BUSY_TIMEOUT_MS, createOwnerOnly, DatabaseOpenError } from "../../db/client";
 import { migrationStatus } from "../../db/migrate";
@@ -53,7 +62,7 @@ export const dbBackup: Command = {
   summary:
     "Write a consistent copy of DATABASE_PATH to PATH while the service runs (VACUUM INTO), then check it (integrity_check, audit chain, seals: exit 3 when rows fail theirs); never overwrites PATH",
   usage: "db:backup PATH",
-  run(args, context) {
+  async run(args, context) {
     const [target, extra] = args.positional;
     if (target === undefined || target === "" || extra !== undefined) {
       throw new CliError("expects one PATH to write the backup to", EXIT_USAGE);
@@ -75,13 +84,19 @@ export const dbBackup: Command = {
       throw new CliError(`the directory of ${target} does not exist`);
     }
 
+    for (const name of removeStalePartials(dirname(target))) {
+      context.err(`removed ${name}, a partial copy an interrupted backup left`);
+    }
     const temporary = join(
       dirname(target),
-      `.${basename(target)}.${process.pid}.${randomBytes(4).toString("hex")}.partial`,
+      `.${basename(target)}.${process.pid}.${randomBytes(4).toString("hex")}${PARTIAL_SUFFIX}`,
     );
+    const stop = stopRequests();
     try {
       snapshot(source, temporary);
+      await stop.honour();
       const rows = verifyCopy(temporary, config.audit.secretKey);
+      await stop.honour();
       try {
         // link() refuses an existing name, so a file created at PATH meanwhile is not replaced.
         linkSync(temporary, target);
@@ -110,16 +125,78 @@ export const dbBackup: Command = {
       // is. The exit status is what a cron job or a systemd unit sees.
       for (const line of sweepLines(rows.seals)) context.err(line);
       context.err(
-        `the copy holds ${tampered} ${tampered === 1 ? "row" : "rows"} that do not match their seals, as DATABASE_PATH does: run db:verify on it`,
+        `the copy holds ${tampered === 1 ? "1 row that does not match its seal" : `${tampered} rows that do not match their seals`}, as DATABASE_PATH does: run db:verify on it`,
       );
       return EXIT_WRITTEN_WITH_FINDINGS;
     } finally {
+      stop.release();
       try {
         unlinkSync(temporary);
       } catch {}
     }
   },
 };
+
+const PARTIAL_SUFFIX = ".partial";
+/** `.NAME.PID.HEX.partial`: a copy being written, named by the process writing it. */
+const PARTIAL_NAME = /^\..+\.(\d{1,10})\.[0-9a-f]{8}\.partial$/;
+
+/**
+ * Removes the partial copies in `directory` whose process is gone (one killed outright, SIGKILL or
+ * a crash, leaves its copy: the whole file, hashes and audit log, under a name `ls` hides; probe
+ * 31a F4); their names.
+ */
+function removeStalePartials(directory: string): string[] {
+  const removed: string[] = [];
+  for (const name of readdirSync(directory)) {
+    const pid = PARTIAL_NAME.exec(name)?.[1];
+    if (pid === undefined || processRuns(Number(pid))) continue;
+    try {
+      unlinkSync(join(directory, name));
+      removed.push(name);
+    } catch {}
+  }
+  return removed;
+}
+
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it runs, as another user.
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * A stop signalled during the backup (systemd's stop or timeout, Ctrl-C) ends it at its next
+ * step, its partial copy removed, instead of killing it with the copy left behind. The copy and
+ * its checks are synchronous, so the signal is heard between them.
+ */
+function stopRequests(): { honour(): Promise<void>; release(): void } {
+  let stopped: NodeJS.Signals | null = null;
+  const onSignal = (signal: NodeJS.Signals) => {
+    stopped ??= signal;
+  };
+  const signals: NodeJS.Signals[] = ["SIGTERM", "SIGINT", "SIGHUP"];
+  for (const signal of signals) process.on(signal, onSignal);
+  return {
+    async honour() {
+      // A signal that arrived during a synchronous step is handled on the next turn of the loop.
+      await new Promise((resolve) => setImmediate(resolve));
+      if (stopped !== null) {
+        throw new CliError(
+          `stopped by ${stopped}; no backup written`,
+          128 + (osConstants.signals[stopped] ?? 0),
+        );
+      }
+    },
+    release() {
+      for (const signal of signals) process.off(signal, onSignal);
+    },
+  };
+}
 
 /** `VACUUM INTO` from a connection of its own (no migrations: the source is copied as it is). */
 function snapshot(source: string, temporary: string): void {
