@@ -1091,10 +1091,20 @@ export class ChatService implements ChatTurns {
    */
   retain(now: number, batch = RETENTION_BATCH): number {
     const cutoff = now - this.options.retentionDays * DAY_MS;
+    // Only a conversation's oldest messages, by id: its messages are chained in the order they
+    // were written (history-seal.ts), and the oldest one read is the only one not asked to follow
+    // another. A clock stepped back between two turns gives a later message an earlier time; taken
+    // alone, it broke the chain in the middle, and the genuine conversation was refused as tampered
+    // (probe 31a F6). Such a message waits for the ones before it.
     const oldMessages = this.db
       .select({ id: chatMessages.id })
       .from(chatMessages)
-      .where(lt(chatMessages.createdAt, cutoff))
+      .where(
+        and(
+          lt(chatMessages.createdAt, cutoff),
+          sql`NOT EXISTS (SELECT 1 FROM ${chatMessages} AS earlier WHERE earlier.conversation_id = ${chatMessages.conversationId} AND earlier.id < ${chatMessages.id} AND earlier.created_at >= ${cutoff})`,
+        ),
+      )
       .orderBy(asc(chatMessages.createdAt))
       .limit(batch);
     // The conversations' counts go down with their messages, in one transaction.

@@ -462,6 +462,48 @@ describe("retention", () => {
     expect(target.db.select().from(chatMessages).all()).toHaveLength(before);
   });
 
+  test("only a conversation's oldest messages go: one stamped earlier by a clock stepped back waits for those before it, and the conversation still reads (probe 31a F6)", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock, env: { CHAT_RETENTION_DAYS: "30" } });
+    const alice = await signUp(target);
+    const { logIn } = await import("../../support/auth");
+    const id = await start(target, asUser(alice), "first");
+    for (const message of ["second", "third"]) {
+      clock.advance(DAY_MS);
+      const session = await logIn(target, alice.email);
+      const turn = await chat(target, asUser(session), { message, conversationId: id });
+      expect(turn.status).toBe(200);
+    }
+    // The second turn's two messages as a clock stepped back a year would have stamped them.
+    const ids = target.db.$client
+      .query<{ id: number }, []>("SELECT id FROM chat_messages ORDER BY id")
+      .all()
+      .map((row) => row.id);
+    expect(ids).toHaveLength(6);
+    target.db.$client.run(
+      `UPDATE chat_messages SET created_at = created_at - ${365 * DAY_MS} WHERE id IN (?, ?)`,
+      [ids[2]!, ids[3]!],
+    );
+    const chatFeature = target.services.features.find((f) => f.name === "chat") as ChatFeature;
+    expect(chatFeature.service.retain(clock.now())).toBe(0);
+    const session = await logIn(target, alice.email);
+    const shown = await send(target, `/api/chat/conversations/${id}`, { headers: asUser(session) });
+    expect(shown.status).toBe(200);
+    // Once the messages before them are past the retention too, all of them go, oldest first.
+    clock.advance(29 * DAY_MS);
+    // Four messages, and the first day's usage row.
+    expect(chatFeature.service.retain(clock.now())).toBe(4 + 1);
+    const later = await send(target, `/api/chat/conversations/${id}`, {
+      headers: asUser(await logIn(target, alice.email)),
+    });
+    expect(later.status).toBe(200);
+    const left = target.db.$client
+      .query<{ id: number }, []>("SELECT id FROM chat_messages ORDER BY id")
+      .all()
+      .map((row) => row.id);
+    expect(left).toEqual(ids.slice(4));
+  });
+
   test("each run deletes a bounded batch", async () => {
     const clock = new ManualClock();
     target = buildTestApp({ clock, env: { CHAT_RETENTION_DAYS: "1" } });
