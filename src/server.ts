@@ -206,7 +206,7 @@ export function startServer(options: StartServerOptions): RunningServer {
         `stop signalled again while ${phase === "cutting" ? "ending what was in flight" : "closing"}: exiting now, without closing (the audit rows still queued are lost)`,
       );
       logger.flush();
-      process.exit(EXIT_FORCED);
+      if (options.exitProcess ?? true) process.exit(EXIT_FORCED);
     }
   };
   for (const signal of signals) process.on(signal, onSignal);

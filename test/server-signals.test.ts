@@ -88,6 +88,8 @@ describe("stop signals", () => {
     expect(stopSignals(status("0000000000000001"))).toEqual(["SIGTERM", "SIGINT"]);
     expect(stopSignals(status("0000000000001003"))).toEqual(["SIGTERM", "SIGINT"]);
     expect(stopSignals(null)).toEqual(["SIGTERM", "SIGINT", "SIGHUP"]);
+    // This process's own list, read from the kernel.
+    expect(stopSignals()).toEqual(expect.arrayContaining(["SIGTERM", "SIGINT"]));
   });
 
   test("signalled again while draining, what is in flight is ended now; the stop still closes and exits 0", async () => {

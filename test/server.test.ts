@@ -105,6 +105,55 @@ describe("graceful shutdown (in process)", () => {
     expect(access).toBeLessThan(entries.findIndex((entry) => entry.msg === "shutdown complete"));
   });
 
+  test("the stop signalled again ends what is in flight at once; once more, while that is being ended, it is said as the exit (probe 30d F6)", async () => {
+    current = buildTestApp();
+    const entered = signal();
+    const never = signal();
+    const ending = signal();
+    const app = current.app.get("/test/stuck", async () => {
+      entered.raise();
+      await never.promise;
+      return "late";
+    });
+    const running = startServer({
+      app,
+      config: { ...current.config, port: 0 },
+      logger: current.logger,
+      exitProcess: false,
+      signals: ["SIGUSR2"],
+      drainTimeoutMs: 60_000,
+      // What is in flight takes its time to end, as a payment waiting on Stripe does.
+      onDrainTimeout: () => ending.promise,
+    });
+    const stuck = fetch(new URL("/test/stuck", running.url)).catch((error: Error) => error);
+    await entered.promise;
+    const messages = () => current!.logs.entries.map((entry) => String(entry.msg));
+    const until = async (message: string) => {
+      const deadline = Date.now() + 5_000;
+      while (!messages().some((m) => m.startsWith(message)) && Date.now() < deadline) {
+        await Bun.sleep(5);
+      }
+    };
+    process.kill(process.pid, "SIGUSR2");
+    await until("shutting down");
+    process.kill(process.pid, "SIGUSR2");
+    await until("stop signalled again: ending what is in flight now");
+    process.kill(process.pid, "SIGUSR2");
+    await until("stop signalled again while ending what was in flight");
+    expect(current.logs.entries.at(-1)).toMatchObject({
+      level: "error",
+      signal: "SIGUSR2",
+      msg: "stop signalled again while ending what was in flight: exiting now, without closing (the audit rows still queued are lost)",
+    });
+    // Not told to exit (a test), the stop goes on once what is in flight has ended.
+    ending.raise();
+    await running.shutdown("test");
+    expect(await stuck).toBeInstanceOf(Error);
+    expect(messages()).not.toContain("drain timed out; closing connections");
+    expect(messages().at(-1)).toBe("shutdown complete");
+    never.raise();
+  });
+
   test("requests still running after the drain timeout are cut", async () => {
     current = buildTestApp();
     const entered = signal();
