@@ -200,7 +200,8 @@ function findingLine({ table, id, part }: SealFinding): string {
   }
 }
 
-function firstLine(error: unknown): string {
+/** An error's first line: what one line of the CLI says of it. */
+export function firstLine(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   return message.split("\n")[0] ?? "unknown error";
 }

@@ -32,7 +32,7 @@ import { verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { sweepSeals } from "../../seal-sweep";
 import { CliError, type Command, EXIT_USAGE } from "../command";
-import { failedRows, integrityProblems, sweepLines } from "./db-verify";
+import { failedRows, firstLine, integrityProblems, sweepLines } from "./db-verify";
 
 export const dbMigrate: Command = {
   name: "db:migrate",
@@ -250,9 +250,4 @@ function verifyCopy(path: string, auditSecret: string) {
   } finally {
     copy.close();
   }
-}
-
-function firstLine(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  return message.split("\n")[0] ?? "unknown error";
 }
