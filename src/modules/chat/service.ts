@@ -1091,28 +1091,34 @@ export class ChatService implements ChatTurns {
    */
   retain(now: number, batch = RETENTION_BATCH): number {
     const cutoff = now - this.options.retentionDays * DAY_MS;
-    // Only a conversation's oldest messages, by id: its messages are chained in the order they
-    // were written (history-seal.ts), and the oldest one read is the only one not asked to follow
-    // another. A clock stepped back between two turns gives a later message an earlier time; taken
-    // alone, it broke the chain in the middle, and the genuine conversation was refused as tampered
-    // (probe 31a F6). Such a message waits for the ones before it.
-    const oldMessages = this.db
-      .select({ id: chatMessages.id })
-      .from(chatMessages)
-      .where(
-        and(
-          lt(chatMessages.createdAt, cutoff),
-          sql`NOT EXISTS (SELECT 1 FROM ${chatMessages} AS earlier WHERE earlier.conversation_id = ${chatMessages.conversationId} AND earlier.id < ${chatMessages.id} AND earlier.created_at >= ${cutoff})`,
-        ),
-      )
-      .orderBy(asc(chatMessages.createdAt))
-      .limit(batch);
-    // The conversations' counts go down with their messages, in one transaction.
+    // A conversation's messages go as a prefix by id, up to its newest one past the retention:
+    // they are chained in the order they were written (history-seal.ts), and the oldest one read is
+    // the only one not asked to follow another, so a message taken from the middle refused the
+    // genuine conversation as tampered (probe 31a F6: a clock stepped back stamps a later message
+    // earlier). Up to the newest expired, not the oldest kept: a message stamped in the future (a
+    // clock stepped forward for a turn) would otherwise keep every later one past the retention,
+    // for as long as its stamp says (probe 31b F1); a message a wrong clock stamped young goes
+    // with the older ones after it, early rather than late. The batch runs by conversation and id,
+    // so its cut leaves a prefix too (probe 31b F2).
+    const expiredPrefixes = () =>
+      this.options.sqlite
+        .query<{ id: number }, [number, number]>(
+          `WITH expired AS (
+           SELECT conversation_id, max(id) AS upto FROM chat_messages
+           WHERE created_at < ?1 GROUP BY conversation_id
+         )
+         SELECT m.id FROM chat_messages AS m
+         JOIN expired ON m.conversation_id = expired.conversation_id AND m.id <= expired.upto
+         ORDER BY m.conversation_id, m.id LIMIT ?2`,
+        )
+        .all(cutoff, batch)
+        .map((row) => row.id);
+    // Chosen and deleted, and the conversations' counts lowered, in one transaction.
     const messages = this.db.transaction(
       (tx) => {
         const deleted = tx
           .delete(chatMessages)
-          .where(inArray(chatMessages.id, oldMessages))
+          .where(inArray(chatMessages.id, expiredPrefixes()))
           .returning({ conversationId: chatMessages.conversationId })
           .all();
         const byConversation = new Map<string, number>();

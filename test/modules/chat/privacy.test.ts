@@ -462,46 +462,81 @@ describe("retention", () => {
     expect(target.db.select().from(chatMessages).all()).toHaveLength(before);
   });
 
-  test("only a conversation's oldest messages go: one stamped earlier by a clock stepped back waits for those before it, and the conversation still reads (probe 31a F6)", async () => {
-    const clock = new ManualClock();
+  /** A conversation of three turns a day apart (six messages); its id, the messages' ids, and a way to read it. */
+  async function threeTurns(clock: ManualClock) {
     target = buildTestApp({ clock, env: { CHAT_RETENTION_DAYS: "30" } });
-    const alice = await signUp(target);
+    const app = target;
+    const alice = await signUp(app);
     const { logIn } = await import("../../support/auth");
-    const id = await start(target, asUser(alice), "first");
+    const id = await start(app, asUser(alice), "first");
     for (const message of ["second", "third"]) {
       clock.advance(DAY_MS);
-      const session = await logIn(target, alice.email);
-      const turn = await chat(target, asUser(session), { message, conversationId: id });
+      const turn = await chat(app, asUser(await logIn(app, alice.email)), {
+        message,
+        conversationId: id,
+      });
       expect(turn.status).toBe(200);
     }
-    // The second turn's two messages as a clock stepped back a year would have stamped them.
-    const ids = target.db.$client
+    const ids = app.db.$client
       .query<{ id: number }, []>("SELECT id FROM chat_messages ORDER BY id")
       .all()
       .map((row) => row.id);
     expect(ids).toHaveLength(6);
-    target.db.$client.run(
-      `UPDATE chat_messages SET created_at = created_at - ${365 * DAY_MS} WHERE id IN (?, ?)`,
-      [ids[2]!, ids[3]!],
-    );
-    const chatFeature = target.services.features.find((f) => f.name === "chat") as ChatFeature;
-    expect(chatFeature.service.retain(clock.now())).toBe(0);
-    const session = await logIn(target, alice.email);
-    const shown = await send(target, `/api/chat/conversations/${id}`, { headers: asUser(session) });
-    expect(shown.status).toBe(200);
-    // Once the messages before them are past the retention too, all of them go, oldest first.
-    clock.advance(29 * DAY_MS);
-    // Four messages, and the first day's usage row.
-    expect(chatFeature.service.retain(clock.now())).toBe(4 + 1);
-    const later = await send(target, `/api/chat/conversations/${id}`, {
-      headers: asUser(await logIn(target, alice.email)),
-    });
-    expect(later.status).toBe(200);
-    const left = target.db.$client
-      .query<{ id: number }, []>("SELECT id FROM chat_messages ORDER BY id")
-      .all()
-      .map((row) => row.id);
-    expect(left).toEqual(ids.slice(4));
+    const restamp = (days: number, ...which: number[]) =>
+      app.db.$client.run(
+        `UPDATE chat_messages SET created_at = created_at + ${days * DAY_MS} WHERE id IN (${which.join(",")})`,
+      );
+    const left = () =>
+      app.db.$client
+        .query<{ id: number }, []>("SELECT id FROM chat_messages ORDER BY id")
+        .all()
+        .map((row) => row.id);
+    const shown = async () =>
+      (
+        await send(app, `/api/chat/conversations/${id}`, {
+          headers: asUser(await logIn(app, alice.email)),
+        })
+      ).status;
+    const service = (app.services.features.find((f) => f.name === "chat") as ChatFeature).service;
+    return {
+      ids,
+      restamp,
+      left,
+      shown,
+      retain: (batch?: number) => service.retain(clock.now(), batch),
+    };
+  }
+
+  test("a conversation's messages go as a prefix by id: one stamped earlier by a clock stepped back takes those before it along, and the conversation still reads (probe 31a F6)", async () => {
+    const clock = new ManualClock();
+    const conversation = await threeTurns(clock);
+    // The second turn's two messages as a clock stepped back a year stamped them.
+    conversation.restamp(-365, conversation.ids[2]!, conversation.ids[3]!);
+    conversation.retain();
+    expect(conversation.left()).toEqual(conversation.ids.slice(4));
+    expect(await conversation.shown()).toBe(200);
+  });
+
+  test("a message stamped in the future (a clock stepped forward for a turn) keeps no later message past the retention (probe 31b F1)", async () => {
+    const clock = new ManualClock();
+    const conversation = await threeTurns(clock);
+    conversation.restamp(20 * 365, conversation.ids[0]!, conversation.ids[1]!);
+    clock.advance(400 * DAY_MS);
+    conversation.retain();
+    expect(conversation.left()).toEqual([]);
+  });
+
+  test("a batch cut leaves a prefix: the conversation reads between two runs (probe 31b F2)", async () => {
+    const clock = new ManualClock();
+    const conversation = await threeTurns(clock);
+    conversation.restamp(-365, conversation.ids[2]!, conversation.ids[3]!);
+    clock.advance(40 * DAY_MS);
+    conversation.retain(2);
+    expect(conversation.left()).toEqual(conversation.ids.slice(2));
+    expect(await conversation.shown()).toBe(200);
+    conversation.retain(2);
+    expect(conversation.left()).toEqual(conversation.ids.slice(4));
+    expect(await conversation.shown()).toBe(200);
   });
 
   test("each run deletes a bounded batch", async () => {
