@@ -1091,28 +1091,37 @@ export class ChatService implements ChatTurns {
    */
   retain(now: number, batch = RETENTION_BATCH): number {
     const cutoff = now - this.options.retentionDays * DAY_MS;
-    // A conversation's messages go as a prefix by id, up to its newest one past the retention:
+    // A conversation's messages go as a prefix by id, up to a message past the retention:
     // they are chained in the order they were written (history-seal.ts), and the oldest one read is
     // the only one not asked to follow another, so a message taken from the middle refused the
     // genuine conversation as tampered (probe 31a F6: a clock stepped back stamps a later message
     // earlier). Up to the newest expired, not the oldest kept: a message stamped in the future (a
     // clock stepped forward for a turn) would otherwise keep every later one past the retention,
     // for as long as its stamp says (probe 31b F1); a message a wrong clock stamped young goes
-    // with the older ones after it, early rather than late. The batch runs by conversation and id,
-    // so its cut leaves a prefix too (probe 31b F2).
-    const expiredPrefixes = () =>
-      this.options.sqlite
-        .query<{ id: number }, [number, number]>(
-          `WITH expired AS (
-           SELECT conversation_id, max(id) AS upto FROM chat_messages
-           WHERE created_at < ?1 GROUP BY conversation_id
-         )
-         SELECT m.id FROM chat_messages AS m
-         JOIN expired ON m.conversation_id = expired.conversation_id AND m.id <= expired.upto
-         ORDER BY m.conversation_id, m.id LIMIT ?2`,
+    // with the older ones after it, early rather than late. A batch cut inside a conversation leaves
+    // a prefix too (probe 31b F2).
+    const expiredPrefixes = (): number[] => {
+      const { sqlite } = this.options;
+      // The oldest messages past the retention (the time index: a backlog of a million messages
+      // is not read to find a thousand), and in each of their conversations the newest of them.
+      const conversations = sqlite
+        .query<{ conversationId: string; upto: number }, [number, number]>(
+          `SELECT conversation_id AS conversationId, max(id) AS upto FROM (
+             SELECT conversation_id, id FROM chat_messages WHERE created_at < ?1
+             ORDER BY created_at LIMIT ?2)
+           GROUP BY conversation_id`,
         )
-        .all(cutoff, batch)
-        .map((row) => row.id);
+        .all(cutoff, batch);
+      const prefix = sqlite.query<{ id: number }, [string, number, number]>(
+        "SELECT id FROM chat_messages WHERE conversation_id = ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+      );
+      const ids: number[] = [];
+      for (const { conversationId, upto } of conversations) {
+        if (ids.length >= batch) break;
+        for (const row of prefix.all(conversationId, upto, batch - ids.length)) ids.push(row.id);
+      }
+      return ids;
+    };
     // Chosen and deleted, and the conversations' counts lowered, in one transaction.
     const messages = this.db.transaction(
       (tx) => {
