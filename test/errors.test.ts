@@ -192,7 +192,7 @@ test("a value outside a UnionEnum is told the values allowed (probe 27d F4)", as
 });
 
 describe("the access line's level", () => {
-  test("a 500, and a 503 that says nothing of when to retry, are errors; a 503 with Retry-After is a warning (probe 30e F8)", async () => {
+  test("a 500 is an error; a 503, with or without Retry-After, is a warning (probes 30e F8, 31b F3)", async () => {
     const target = appWithRoutes();
     const statuses = [];
     for (const path of ["/test/boom", "/test/unavailable", "/test/shedding", "/test/conflict"]) {
@@ -206,7 +206,7 @@ describe("the access line's level", () => {
     );
     expect(levels).toMatchObject({
       "/test/boom": "error",
-      "/test/unavailable": "error",
+      "/test/unavailable": "warn",
       "/test/shedding": "warn",
       "/test/conflict": "warn",
     });

@@ -75,19 +75,6 @@ export function statusOf(response: unknown, fallback: number | string | undefine
   return typeof fallback === "number" ? fallback : 200;
 }
 
-/**
- * A 503 that tells the client when to retry is the service protecting itself (the password queue
- * or the large-body budget full, a lock waited out, a stop, an upstream's circuit open), each
- * cause logged by the stage that chose it: its access line is a warning, not an error. Under a
- * login flood they were 87k error lines in 30 s, which an alert on error lines would page on
- * (probe 30e F8).
- */
-function saysWhenToRetry(response: unknown, set: { headers?: unknown }): boolean {
-  if (response instanceof Response) return response.headers.has("retry-after");
-  const headers = set.headers as Record<string, unknown> | undefined;
-  return headers?.["retry-after"] !== undefined;
-}
-
 export interface AccessLogOptions {
   logger: Logger;
   http: HttpMetrics;
@@ -119,9 +106,14 @@ export function accessLog(options: AccessLogOptions) {
         context as unknown as RequestState & {
           route: string;
           responseValue: unknown;
-          set: { status?: number | string; headers?: unknown };
+          set: { status?: number | string };
         };
       const status = statusOf(responseValue, set.status);
+      // A 503 is the service declining to serve (a queue or budget full, a lock waited out, a
+      // stop, an upstream's circuit open, a feature not configured), each cause logged by the
+      // stage that chose it: its access line is a warning. As errors, a login flood's were 87k
+      // lines in 30 s (probe 30e F8), and anyone could write one a request to an unconfigured
+      // webhook (probe 31b F3); an alert on error lines paged with no fault to find.
       const streamEnd = streamEndOf(request);
       const observe = () => {
         const seconds = (performance.now() - startedAt) / 1000;
@@ -140,14 +132,7 @@ export function accessLog(options: AccessLogOptions) {
           });
         }
 
-        const level =
-          status >= 500
-            ? status === 503 && saysWhenToRetry(responseValue, set)
-              ? "warn"
-              : "error"
-            : status >= 400
-              ? "warn"
-              : "info";
+        const level = status >= 500 && status !== 503 ? "error" : status >= 400 ? "warn" : "info";
         if (!logger.isLevelEnabled(level)) return;
         const fields = {
           level,
