@@ -269,6 +269,8 @@ describe("the upstreams' key shapes a client may paste anywhere (probe 30b F4)",
       "risk_live_monitoring",
       "/webhooks/whsec_/z",
       "/docs/whsec_rotation/how-to",
+      "/api/whsec_x/conversations/0190abcd-1234",
+      "desk_live_configurationmanagement",
     ]) {
       expect(scrub(text)).toBe(text);
     }
