@@ -210,7 +210,13 @@ describe("more hops than proxies (probe 30d F3)", () => {
     await get("198.51.100.7");
     await get("198.51.100.8");
     await get("198.51.100.9");
+    // The same request again, remembered: still told, and counted.
+    for (let i = 0; i < 5; i++) await get("198.51.100.7");
     expect(warned()).toHaveLength(1);
+    target.logger.flush();
+    expect(
+      target.logs.entries.find((entry) => entry.repeated === "trust proxy short chain"),
+    ).toMatchObject({ count: 7 });
     expect(warned()[0]).toMatchObject({
       level: "warn",
       hops: 2,

@@ -76,24 +76,34 @@ export function createClientResolver(
   onShortChain: (chain: ShortChain) => void = () => {},
 ): ClientResolver {
   const trust = compileTrust(trustProxy);
-  const memo = new Map<string, ResolvedClient>();
-  const resolveNow = (peer: string | null, forwardedFor: string | null): ResolvedClient => {
+  const resolveNow = (
+    peer: string | null,
+    forwardedFor: string | null,
+  ): ResolvedClient & { shortChain: ShortChain | null } => {
+    let shortChain: ShortChain | null = null;
     if (trust.kind === "hops" && forwardedFor) {
       const entries = forwardedFor.split(",").length;
-      if (entries < trust.hops) onShortChain({ hops: trust.hops, entries });
+      if (entries < trust.hops) shortChain = { hops: trust.hops, entries };
     }
     const address = resolveClientAddress({ peer, forwardedFor }, trust);
     return {
       ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
       key: clientKeyOf(address),
       address,
+      shortChain,
     };
   };
+  /** Each request whose chain is short is told, remembered or not: the logger counts repeats. */
+  const told = (resolved: ResolvedClient & { shortChain: ShortChain | null }) => {
+    if (resolved.shortChain !== null) onShortChain(resolved.shortChain);
+    return resolved;
+  };
+  const memo = new Map<string, ResolvedClient & { shortChain: ShortChain | null }>();
   return {
     resolve(peer, forwardedFor) {
       const forwarded = trust.kind === "none" ? null : forwardedFor;
       if (forwarded !== null && forwarded.length > MEMO_MAX_FORWARDED_LENGTH) {
-        return resolveNow(peer, forwarded);
+        return told(resolveNow(peer, forwarded));
       }
       const memoKey = forwarded === null ? (peer ?? "") : `${peer}|${forwarded}`;
       let resolved = memo.get(memoKey);
@@ -103,7 +113,7 @@ export function createClientResolver(
         if (memo.size >= MEMO_LIMIT) memo.clear();
         memo.set(memoKey, resolved);
       }
-      return resolved;
+      return told(resolved);
     },
     get remembered() {
       return memo.size;
