@@ -196,6 +196,9 @@ test("the networks client keys belong to", () => {
   expect(networkKeyOf("2001:db8::/64")).toBe("2001:db8::/48");
   // A translated IPv4 client is its IPv4 address's /24, not the translator's one /48.
   expect(networkKeyOf("64:ff9b::c633:6407/128")).toBe("198.51.100.0/24");
+  // 6to4: each IPv4 host's own /48, its IPv4 address in bits 16–47 (probe 31b F7).
+  expect(networkKeyOf("2002:c633:6407:1::/64")).toBe("198.51.100.0/24");
+  expect(networkKeyOf("2002:c633:64ff::/64")).toBe("198.51.100.0/24");
   expect(networkKeyOf("unknown")).toBe("unknown");
 });
 

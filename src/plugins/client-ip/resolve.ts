@@ -100,8 +100,9 @@ export function clientKeyOf(address: Address | null): string {
 
 /**
  * The network a client key belongs to, for a bound wider than one client: an IPv4 address's /24,
- * an IPv6 /64's /48 (a site's usual assignment), a translated IPv4 client's (`64:ff9b::/96`) the
- * /24 of the IPv4 address it carries. Anything else (`unknown`) is its own network.
+ * an IPv6 /64's /48 (a site's usual assignment), and for an IPv6 address that carries an IPv4 one
+ * (translated, `64:ff9b::/96`; 6to4, `2002::/16`) that IPv4 address's /24. Anything else
+ * (`unknown`) is its own network.
  */
 export function networkKeyOf(clientKey: string): string {
   if (clientKey === UNKNOWN_CLIENT) return clientKey;
@@ -115,6 +116,12 @@ export function networkKeyOf(clientKey: string): string {
   const parts = (address as ipaddr.IPv6).parts;
   if (clientKey.endsWith("/128")) {
     const [a, b, c] = [parts[6]! >> 8, parts[6]! & 0xff, parts[7]! >> 8];
+    return `${a}.${b}.${c}.0/24`;
+  }
+  // 6to4 (2002::/16) gives every IPv4 host a /48 of its own, its address in bits 16–47: its
+  // network is that IPv4 address's /24, or 16 hosts of one /24 filled the budget (probe 31b F7).
+  if (parts[0] === 0x2002) {
+    const [a, b, c] = [parts[1]! >> 8, parts[1]! & 0xff, parts[2]! >> 8];
     return `${a}.${b}.${c}.0/24`;
   }
   return `${formatAddress(
