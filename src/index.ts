@@ -83,7 +83,10 @@ for (const { name, suggestion } of config.unknownVariables) {
 }
 
 for (const loose of config.looseSecretFiles) {
-  logger.warn({ variable: loose.variable, mode: loose.mode }, looseSecretFileMessage(loose));
+  logger.warn(
+    { variable: loose.variable, [loose.problem]: loose.detail },
+    looseSecretFileMessage(loose),
+  );
 }
 
 if (config.generatedSecrets.length > 0) {

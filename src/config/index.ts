@@ -37,7 +37,7 @@ import {
   type PasswordPolicy,
   PROFILES,
 } from "./profiles";
-import { type FileModeOf, type LooseSecretFile, looseSecretFiles } from "./secret-file-modes";
+import { type LooseSecretFile, looseSecretFiles, type StatOf } from "./secret-file-modes";
 import { generateSecret, secretWeakness } from "./secrets";
 import { findUnknownVariables } from "./unknown-variables";
 import { SECRET_VARIABLES } from "./variables";
@@ -171,8 +171,8 @@ export interface Config {
 
 export interface LoadConfigOptions {
   readFile?: ReadTextFile;
-  /** The permission bits of a secret file (tests give their own). */
-  fileModeOf?: FileModeOf;
+  /** A secret file's owner and permission bits (tests give their own). */
+  statOf?: StatOf;
   /**
    * The development audit key: made beside DATABASE_PATH when missing (the default: the service,
    * and every command that opens the database), or read only if there, for a command that opens no
@@ -404,7 +404,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     requireTls: profile.requireTls,
     docsPage: profile.docsPage,
     unknownVariables: findUnknownVariables(rawEnv),
-    looseSecretFiles: looseSecretFiles(rawEnv, options.fileModeOf),
+    looseSecretFiles: looseSecretFiles(rawEnv, options.statOf),
     generatedSecrets,
     secretValues: [],
     // Last, so a missing signing secret is still the first thing a production start reports.

@@ -1,54 +1,89 @@
 /**
  * @module
- * Secret files other users can read. A `NAME_FILE` written under the usual umask (`openssl rand …
- * > file` makes it 0644) lets every local user read the secret (probe 30d F8), as a database file
- * made that way did before the start said so. The start and `config:check` say it, naming the
- * variable and the mode, never the value; the file is read all the same (a refusal would stop
- * deployments that work), and a group may read it (0640 for the group the service runs in is how
- * a secret is shared with it).
+ * Secret files other users can read or change. A `NAME_FILE` written under the usual umask
+ * (`openssl rand … > file` makes it 0644) lets every local user read the secret (probe 30d F8), as
+ * a database file made that way did before the start said so; one owned by another user, or kept
+ * in a directory others can write, lets that user put in a value of their choosing (probe 31b F4).
+ * The start and `config:check` say each, naming the variable and what is wrong, never the value;
+ * the file is read all the same (a refusal would stop deployments that work). A group may read it
+ * (0640 for the group the service runs in is how a secret is shared with it), and root may own it.
  */
 import { statSync } from "node:fs";
+import { dirname } from "node:path";
 import type { Environment } from "./env-source";
 import { SECRET_VARIABLES } from "./variables";
 
-/** A `NAME_FILE` whose file other users may read or write, and its permission bits. */
+/** A `NAME_FILE` whose file other users can read or change, and how. */
 export interface LooseSecretFile {
   variable: string;
-  mode: string;
+  problem: "mode" | "owner" | "directory";
+  /** The file's permission bits (`mode`), its owner's uid (`owner`), or the directory and its bits. */
+  detail: string;
 }
 
-/** Permission bits of `path` (following links, as reading it does); null when it cannot be stat'ed. */
-export type FileModeOf = (path: string) => number | null;
+/** Owner and permission bits of `path` (following links, as reading it does); null when unknown. */
+export type StatOf = (path: string) => { mode: number; uid: number } | null;
 
-const modeOf: FileModeOf = (path) => {
+const statOf: StatOf = (path) => {
   try {
-    return statSync(path).mode & 0o7777;
+    const stat = statSync(path);
+    return { mode: stat.mode & 0o7777, uid: stat.uid };
   } catch {
     return null;
   }
 };
 
 /** Other users can read or write it, or its group can write it. */
-const LOOSE_BITS = 0o027;
+const LOOSE_FILE_BITS = 0o027;
+/** Its group or other users can add, remove and rename entries (unless the sticky bit stops them). */
+const LOOSE_DIRECTORY_BITS = 0o022;
+const STICKY = 0o1000;
+
+const octal = (mode: number) => mode.toString(8).padStart(4, "0");
 
 export function looseSecretFiles(
   env: Environment,
-  fileModeOf: FileModeOf = modeOf,
+  stat: StatOf = statOf,
+  ownUid: number | null = process.getuid?.() ?? null,
 ): LooseSecretFile[] {
   const loose: LooseSecretFile[] = [];
   for (const name of SECRET_VARIABLES) {
     const variable = `${name}_FILE`;
     const path = env[variable];
     if (path === undefined || path === "") continue;
-    const mode = fileModeOf(path);
-    if (mode !== null && (mode & LOOSE_BITS) !== 0) {
-      loose.push({ variable, mode: mode.toString(8).padStart(4, "0") });
+    const file = stat(path);
+    if (file === null) continue;
+    if ((file.mode & LOOSE_FILE_BITS) !== 0) {
+      loose.push({ variable, problem: "mode", detail: octal(file.mode) });
+    }
+    if (ownUid !== null && file.uid !== ownUid && file.uid !== 0) {
+      loose.push({ variable, problem: "owner", detail: `uid ${file.uid}` });
+    }
+    const directory = dirname(path);
+    const parent = stat(directory);
+    if (
+      parent !== null &&
+      (parent.mode & LOOSE_DIRECTORY_BITS) !== 0 &&
+      (parent.mode & STICKY) === 0
+    ) {
+      loose.push({
+        variable,
+        problem: "directory",
+        detail: `${directory}, mode ${octal(parent.mode)}`,
+      });
     }
   }
   return loose;
 }
 
 /** What the start and `config:check` say of one. */
-export function looseSecretFileMessage({ variable, mode }: LooseSecretFile): string {
-  return `${variable} names a file other users can read or change (mode ${mode}): chmod 600 it, or 640 for the group the service runs in`;
+export function looseSecretFileMessage({ variable, problem, detail }: LooseSecretFile): string {
+  switch (problem) {
+    case "mode":
+      return `${variable} names a file other users can read or change (mode ${detail}): chmod 600 it, or 640 for the group the service runs in`;
+    case "owner":
+      return `${variable} names a file another user owns (${detail}), who can put any value in it: chown it to the user the service runs as, or to root`;
+    case "directory":
+      return `${variable} names a file in a directory other users can change (${detail}), who can put another file in its place: keep it in a directory only its owner can write`;
+  }
 }

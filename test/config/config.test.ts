@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, loadConfig } from "../../src/config";
-import { looseSecretFileMessage } from "../../src/config/secret-file-modes";
+import { looseSecretFileMessage, looseSecretFiles } from "../../src/config/secret-file-modes";
 import { secretWeakness } from "../../src/config/secrets";
 import { VARIABLES } from "../../src/config/variables";
 import { tempDir } from "../support/app";
@@ -427,9 +427,9 @@ describe("secrets from files (NAME_FILE)", () => {
       }
       const config = loadConfig(env);
       expect(config.looseSecretFiles).toEqual([
-        { variable: "JWT_SECRET_KEY_FILE", mode: "0644" },
-        { variable: "STRIPE_SECRET_KEY_FILE", mode: "0602" },
-        { variable: "METRICS_TOKEN_FILE", mode: "0620" },
+        { variable: "JWT_SECRET_KEY_FILE", problem: "mode", detail: "0644" },
+        { variable: "STRIPE_SECRET_KEY_FILE", problem: "mode", detail: "0602" },
+        { variable: "METRICS_TOKEN_FILE", problem: "mode", detail: "0620" },
       ]);
       // Read all the same: the warning is the operator's to act on.
       expect(config.jwt.secretKey).toBe(STRONG);
@@ -441,6 +441,36 @@ describe("secrets from files (NAME_FILE)", () => {
     } finally {
       dir.remove();
     }
+  });
+
+  test("a secret file another user owns, or in a directory others can change, is named too; root's and a sticky directory's are not (probe 31b F4)", () => {
+    const stats: Record<string, { mode: number; uid: number }> = {
+      "/run/secrets": { mode: 0o755, uid: 0 },
+      "/run/secrets/jwt": { mode: 0o600, uid: 1001 },
+      "/run/secrets/csrf": { mode: 0o640, uid: 0 },
+      "/tmp": { mode: 0o1777, uid: 0 },
+      "/tmp/audit": { mode: 0o600, uid: 1000 },
+      "/srv/shared": { mode: 0o777, uid: 1000 },
+      "/srv/shared/metrics": { mode: 0o600, uid: 1000 },
+    };
+    const loose = looseSecretFiles(
+      {
+        JWT_SECRET_KEY_FILE: "/run/secrets/jwt",
+        CSRF_SECRET_KEY_FILE: "/run/secrets/csrf",
+        AUDIT_SECRET_KEY_FILE: "/tmp/audit",
+        METRICS_TOKEN_FILE: "/srv/shared/metrics",
+      },
+      (path) => stats[path] ?? null,
+      1000,
+    );
+    expect(loose).toEqual([
+      { variable: "JWT_SECRET_KEY_FILE", problem: "owner", detail: "uid 1001" },
+      { variable: "METRICS_TOKEN_FILE", problem: "directory", detail: "/srv/shared, mode 0777" },
+    ]);
+    expect(loose.map(looseSecretFileMessage)).toEqual([
+      "JWT_SECRET_KEY_FILE names a file another user owns (uid 1001), who can put any value in it: chown it to the user the service runs as, or to root",
+      "METRICS_TOKEN_FILE names a file in a directory other users can change (/srv/shared, mode 0777), who can put another file in its place: keep it in a directory only its owner can write",
+    ]);
   });
 
   test("every secret variable accepts _FILE", () => {
