@@ -25,8 +25,9 @@ import {
   type MetricsListener,
   MetricsPortUnavailable,
 } from "./plugins/metrics/listener";
-import { PortUnavailable, startServer, stopSignals } from "./server";
+import { PortUnavailable, startServer } from "./server";
 import { createServices } from "./services";
+import { stopSignals } from "./stop-signals";
 import { resealings, upgradeSealing } from "./upgrade-sealing";
 
 const EXIT_BAD_CONFIG = 2;

@@ -4,10 +4,10 @@
  * connections, lets in-flight requests finish (up to a drain timeout, or until the signal comes
  * again, after which they are cut), runs the closers (flush logs, close the database) and exits 0.
  */
-import { readFileSync } from "node:fs";
 import type { Config } from "./config";
 import type { Logger } from "./logging/logger";
 import { lastResortErrorHandler } from "./plugins/error-handler/last-resort";
+import { stopSignals } from "./stop-signals";
 
 /** The slice of an Elysia app this module drives. */
 export interface Listenable {
@@ -81,30 +81,6 @@ function listenOrExplain(
         ? reason
         : `${reason}, or HOST does not resolve to an address of this machine`,
     );
-  }
-}
-
-/**
- * The signals that stop the service gracefully: SIGTERM, SIGINT, and SIGHUP unless the process
- * was started with it ignored (`nohup`, a supervisor's choice). Palisade reads its configuration
- * once and has nothing to reload, so a hang-up (a closed terminal, a `kill -HUP` sent for a reload)
- * stops it as SIGTERM does, draining, instead of the default exit that drops what is in flight and
- * the audit rows still queued (probe 30d F6). A handler would override `nohup`'s ignoring it, and
- * that service would stop with the terminal that started it: so an ignored SIGHUP stays ignored.
- */
-export function stopSignals(status: string | null = readOwnStatus()): NodeJS.Signals[] {
-  const ignored = status?.match(/^SigIgn:\s*([0-9a-f]+)$/m)?.[1];
-  // Bit 0 of the mask is signal 1, SIGHUP.
-  const hangupIgnored = ignored !== undefined && (Number.parseInt(ignored.slice(-1), 16) & 1) === 1;
-  return hangupIgnored ? ["SIGTERM", "SIGINT"] : ["SIGTERM", "SIGINT", "SIGHUP"];
-}
-
-/** /proc/self/status, where the kernel lists the signals this process ignores; null elsewhere. */
-function readOwnStatus(): string | null {
-  try {
-    return readFileSync("/proc/self/status", "utf8");
-  } catch {
-    return null;
   }
 }
 

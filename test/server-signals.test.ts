@@ -6,7 +6,7 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { stopSignals } from "../src/server";
+import { stopSignals } from "../src/stop-signals";
 import { tempDir } from "./support/app";
 import { STRIPE_TEST_KEY } from "./support/payments";
 import { REPO_ROOT, type ServiceProcess, startService } from "./support/process";
@@ -86,7 +86,9 @@ describe("stop signals", () => {
     expect(stopSignals(status("0000000000000000"))).toEqual(["SIGTERM", "SIGINT", "SIGHUP"]);
     expect(stopSignals(status("0000000000001000"))).toEqual(["SIGTERM", "SIGINT", "SIGHUP"]);
     expect(stopSignals(status("0000000000000001"))).toEqual(["SIGTERM", "SIGINT"]);
-    expect(stopSignals(status("0000000000001003"))).toEqual(["SIGTERM", "SIGINT"]);
+    expect(stopSignals(status("0000000000001003"))).toEqual(["SIGTERM"]);
+    // SIGINT ignored (a job started with & from a script), SIGTERM ignored: SIGTERM still stops it.
+    expect(stopSignals(status("0000000000004002"))).toEqual(["SIGTERM", "SIGHUP"]);
     expect(stopSignals(null)).toEqual(["SIGTERM", "SIGINT", "SIGHUP"]);
     // This process's own list, read from the kernel.
     expect(stopSignals()).toEqual(expect.arrayContaining(["SIGTERM", "SIGINT"]));

@@ -24,7 +24,7 @@ const MIGRATIONS_TABLE = "__drizzle_migrations";
  * (no locks, no side files); otherwise as any reader does, through the WAL or journal there (a
  * running service's file, or a crashed one's, whose tables may be only in its WAL).
  */
-function openForALook(path: string): Database {
+export function openForALook(path: string): Database {
   if (existsSync(`${path}-wal`) || existsSync(`${path}-journal`)) {
     return new Database(path, { readonly: true });
   }

@@ -8,7 +8,7 @@
  * the file is read all the same (a refusal would stop deployments that work). A group may read it
  * (0640 for the group the service runs in is how a secret is shared with it), and root may own it.
  */
-import { statSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Environment } from "./env-source";
 import { SECRET_VARIABLES } from "./variables";
@@ -17,7 +17,7 @@ import { SECRET_VARIABLES } from "./variables";
 export interface LooseSecretFile {
   variable: string;
   problem: "mode" | "owner" | "directory";
-  /** The file's permission bits (`mode`), its owner's uid (`owner`), or the directory and its bits. */
+  /** The file's permission bits (`mode`), its owner's uid (`owner`), or the directory and why. */
   detail: string;
 }
 
@@ -28,6 +28,14 @@ const statOf: StatOf = (path) => {
   try {
     const stat = statSync(path);
     return { mode: stat.mode & 0o7777, uid: stat.uid };
+  } catch {
+    return null;
+  }
+};
+
+const realpathOf = (path: string): string | null => {
+  try {
+    return realpathSync(path);
   } catch {
     return null;
   }
@@ -45,6 +53,7 @@ export function looseSecretFiles(
   env: Environment,
   stat: StatOf = statOf,
   ownUid: number | null = process.getuid?.() ?? null,
+  realpath: (path: string) => string | null = realpathOf,
 ): LooseSecretFile[] {
   const loose: LooseSecretFile[] = [];
   for (const name of SECRET_VARIABLES) {
@@ -59,21 +68,43 @@ export function looseSecretFiles(
     if (ownUid !== null && file.uid !== ownUid && file.uid !== 0) {
       loose.push({ variable, problem: "owner", detail: `uid ${file.uid}` });
     }
-    const directory = dirname(path);
-    const parent = stat(directory);
-    if (
-      parent !== null &&
-      (parent.mode & LOOSE_DIRECTORY_BITS) !== 0 &&
-      (parent.mode & STICKY) === 0
-    ) {
-      loose.push({
-        variable,
-        problem: "directory",
-        detail: `${directory}, mode ${octal(parent.mode)}`,
-      });
-    }
+    const directory = looseDirectory([path, realpath(path) ?? path], stat, ownUid);
+    if (directory !== null) loose.push({ variable, problem: "directory", detail: directory });
   }
   return loose;
+}
+
+/**
+ * The first directory on the way to a file (as named, and where its links lead) that someone else
+ * can change: whoever can replace any directory on the path can put their own file at its end
+ * (probe 31c F3). Group or others may write it without the sticky bit, or another user than this
+ * one (or root) owns it. Said as the directory and why; null when there is none.
+ */
+function looseDirectory(
+  paths: readonly string[],
+  stat: StatOf,
+  ownUid: number | null,
+): string | null {
+  const seen = new Set<string>();
+  for (const path of paths) {
+    let directory = dirname(path);
+    while (!seen.has(directory)) {
+      seen.add(directory);
+      const entry = stat(directory);
+      if (entry !== null) {
+        if ((entry.mode & LOOSE_DIRECTORY_BITS) !== 0 && (entry.mode & STICKY) === 0) {
+          return `${directory}, mode ${octal(entry.mode)}`;
+        }
+        if (ownUid !== null && entry.uid !== ownUid && entry.uid !== 0) {
+          return `${directory}, owned by uid ${entry.uid}`;
+        }
+      }
+      const up = dirname(directory);
+      if (up === directory) break;
+      directory = up;
+    }
+  }
+  return null;
 }
 
 /** What the start and `config:check` say of one. */
@@ -84,6 +115,6 @@ export function looseSecretFileMessage({ variable, problem, detail }: LooseSecre
     case "owner":
       return `${variable} names a file another user owns (${detail}), who can put any value in it: chown it to the user the service runs as, or to root`;
     case "directory":
-      return `${variable} names a file in a directory other users can change (${detail}), who can put another file in its place: keep it in a directory only its owner can write`;
+      return `${variable} names a file on a path other users can change (${detail}), who can put another file in its place: keep it where only you or root can write every directory above it`;
   }
 }

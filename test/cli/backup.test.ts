@@ -3,10 +3,12 @@ import { afterEach, describe, expect, test } from "bun:test";
 import {
   chmodSync,
   existsSync,
+  lstatSync,
   readdirSync,
   readFileSync,
   statSync,
   symlinkSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -263,14 +265,24 @@ describe("db:backup", () => {
     await gone.exited;
     const stale = `.palisade-2026-11-30.db.${gone.pid}.0badc0de.partial`;
     const running = `.palisade-2026-12-01.db.${process.pid}.0badc0de.partial`;
+    // Its process gone from here, but written to a moment ago: a backup of another PID namespace
+    // (a container sharing the directory) may be writing it (probe 31c F2).
+    const fresh = `.palisade-2026-12-01.db.${gone.pid}.0ddba11a.partial`;
+    const linked = `.palisade-2026-11-29.db.${gone.pid}.0badc0de.partial`;
+    const anHourAgo = new Date(Date.now() - 61 * 60 * 1000);
     writeFileSync(join(dir, stale), "a whole copy, hashes and all");
     writeFileSync(join(dir, running), "being written");
+    writeFileSync(join(dir, fresh), "being written elsewhere");
+    symlinkSync(join(dir, "live.db"), join(dir, linked));
+    for (const name of [stale, running]) utimesSync(join(dir, name), anHourAgo, anHourAgo);
     const target = join(dir, "palisade-2026-12-01.db");
     const result = await cli(["db:backup", target], { DATABASE_PATH: databasePath });
     expect(result.code).toBe(0);
     expect(result.stderr).toBe(`removed ${stale}, a partial copy an interrupted backup left`);
     expect(existsSync(join(dir, stale))).toBe(false);
     expect(existsSync(join(dir, running))).toBe(true);
+    expect(existsSync(join(dir, fresh))).toBe(true);
+    expect(lstatSync(join(dir, linked)).isSymbolicLink()).toBe(true);
   });
 
   test("a file that is not SQLite is refused the same way", async () => {

@@ -5,7 +5,7 @@
  */
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { send, tempDir } from "../support/app";
 import { bearer, signUp } from "../support/auth";
@@ -350,6 +350,57 @@ describe("db:verify reads and never writes (probe 31a F1)", () => {
     const before = bytes();
     expect((await verify(target)).code).toBe(0);
     expect(bytes()).toBe(before);
+  });
+
+  test("a backup's copy at rest is verified with nothing made beside it (no -wal, no -shm; probe 31c F1)", async () => {
+    const target = await populated();
+    const dir = tempDir("palisade-verify-");
+    cleanups.push(dir.remove);
+    const copy = join(dir.path, "copy.db");
+    expect((await cli(["db:backup", copy], { DATABASE_PATH: target.databasePath })).code).toBe(0);
+    // As a stopped service leaves its file: in WAL mode, its -wal and -shm removed at the close.
+    const asLeft = new Database(copy);
+    asLeft.run("PRAGMA journal_mode = WAL");
+    asLeft.close();
+    const before = readdirSync(dir.path).sort();
+    expect(before.some((name) => name.endsWith("-wal") || name.endsWith("-shm"))).toBe(false);
+    const result = await cli(["db:verify"], { DATABASE_PATH: copy });
+    expect(result.stderr).toBe("");
+    expect(result.code).toBe(0);
+    expect(readdirSync(dir.path).sort()).toEqual(before);
+  });
+
+  test("a file a writer left mid-write is refused with what to do, not recovered (probe 31c F1)", async () => {
+    const target = await populated();
+    const dir = tempDir("palisade-verify-");
+    cleanups.push(dir.remove);
+    const copy = join(dir.path, "copy.db");
+    expect((await cli(["db:backup", copy], { DATABASE_PATH: target.databasePath })).code).toBe(0);
+    // A writer in rollback-journal mode killed inside its transaction leaves a hot journal.
+    const writer = Bun.spawn(
+      [
+        "bun",
+        "-e",
+        `const { Database } = require("bun:sqlite");
+         const db = new Database(process.env.FILE);
+         db.run("PRAGMA journal_mode=DELETE");
+         db.run("BEGIN IMMEDIATE");
+         db.run("CREATE TABLE filler (x)");
+         db.run("PRAGMA cache_size = 10");
+         for (let i = 0; i < 500; i++) db.run("INSERT INTO filler VALUES (randomblob(1000))");
+         db.run("UPDATE users SET role = 'admin'");
+         process.kill(process.pid, "SIGKILL");`,
+      ],
+      { env: { ...process.env, FILE: copy }, stdout: "ignore", stderr: "ignore" },
+    );
+    await writer.exited;
+    expect(existsSync(`${copy}-journal`)).toBe(true);
+    const result = await cli(["db:verify"], { DATABASE_PATH: copy });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe(
+      `palisade db:verify: DATABASE_PATH ${copy} needs recovery from a write that was cut short, which a check that writes nothing cannot make: copy it with db:backup and verify the copy`,
+    );
+    expect(existsSync(`${copy}-journal`)).toBe(true);
   });
 
   test("a trigger in the file is named as not Palisade's, and fails the check", async () => {

@@ -460,8 +460,9 @@ describe("secrets from files (NAME_FILE)", () => {
         AUDIT_SECRET_KEY_FILE: "/tmp/audit",
         METRICS_TOKEN_FILE: "/srv/shared/metrics",
       },
-      (path) => stats[path] ?? null,
+      (path) => stats[path] ?? { mode: 0o755, uid: 0 },
       1000,
+      (path) => path,
     );
     expect(loose).toEqual([
       { variable: "JWT_SECRET_KEY_FILE", problem: "owner", detail: "uid 1001" },
@@ -469,7 +470,42 @@ describe("secrets from files (NAME_FILE)", () => {
     ]);
     expect(loose.map(looseSecretFileMessage)).toEqual([
       "JWT_SECRET_KEY_FILE names a file another user owns (uid 1001), who can put any value in it: chown it to the user the service runs as, or to root",
-      "METRICS_TOKEN_FILE names a file in a directory other users can change (/srv/shared, mode 0777), who can put another file in its place: keep it in a directory only its owner can write",
+      "METRICS_TOKEN_FILE names a file on a path other users can change (/srv/shared, mode 0777), who can put another file in its place: keep it where only you or root can write every directory above it",
+    ]);
+  });
+
+  test("any directory on the way to a secret file counts, and so does the one its link leads to (probe 31c F3)", () => {
+    const stats: Record<string, { mode: number; uid: number }> = {
+      "/": { mode: 0o755, uid: 0 },
+      "/srv": { mode: 0o777, uid: 0 },
+      "/srv/app": { mode: 0o700, uid: 1000 },
+      "/srv/app/jwt": { mode: 0o600, uid: 1000 },
+      "/etc": { mode: 0o755, uid: 0 },
+      "/etc/palisade": { mode: 0o755, uid: 0 },
+      "/etc/palisade/csrf": { mode: 0o600, uid: 1000 },
+      "/home": { mode: 0o755, uid: 0 },
+      "/home/eve": { mode: 0o700, uid: 1002 },
+      "/home/eve/csrf": { mode: 0o600, uid: 1000 },
+      "/etc/palisade/audit": { mode: 0o600, uid: 1000 },
+    };
+    const links: Record<string, string> = { "/etc/palisade/csrf": "/home/eve/csrf" };
+    const loose = looseSecretFiles(
+      {
+        JWT_SECRET_KEY_FILE: "/srv/app/jwt",
+        CSRF_SECRET_KEY_FILE: "/etc/palisade/csrf",
+        AUDIT_SECRET_KEY_FILE: "/etc/palisade/audit",
+      },
+      (path) => stats[path] ?? null,
+      1000,
+      (path) => links[path] ?? path,
+    );
+    expect(loose).toEqual([
+      { variable: "JWT_SECRET_KEY_FILE", problem: "directory", detail: "/srv, mode 0777" },
+      {
+        variable: "CSRF_SECRET_KEY_FILE",
+        problem: "directory",
+        detail: "/home/eve, owned by uid 1002",
+      },
     ]);
   });
 

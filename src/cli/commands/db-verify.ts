@@ -8,7 +8,7 @@
  * seal seal what the file holds, so a verifier that migrated an older-shaped file would vouch for
  * rows planted in it (probe 31a F1).
  */
-import { Database, SQLiteError } from "bun:sqlite";
+import { type Database, SQLiteError } from "bun:sqlite";
 import { type AppDatabase, BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
 import { listTriggers } from "../../db/foreign-triggers";
 import { type MigrationStatus, migrationStatus } from "../../db/migrate";
@@ -19,7 +19,7 @@ import { type AuditHead, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { type SealFinding, type SealSweep, SWEPT_TABLES, sweepSeals } from "../../seal-sweep";
 import { CliError, type Command, type CommandContext, EXIT_USAGE } from "../command";
-import { checkDatabaseFile } from "../database-file";
+import { checkDatabaseFile, openForALook } from "../database-file";
 import { parseAnchor } from "./audit";
 
 export const dbVerify: Command = {
@@ -45,7 +45,9 @@ export const dbVerify: Command = {
     }
     let sqlite: Database;
     try {
-      sqlite = new Database(path, { readonly: true, strict: true });
+      // Read as it is, leaving nothing beside it: a file at rest (no -wal) is opened immutable,
+      // which makes no -shm or -wal (probe 31c F1).
+      sqlite = openForALook(path);
     } catch (error) {
       throw new DatabaseOpenError(path, `cannot be opened: ${firstLine(error)}`);
     }
@@ -53,6 +55,12 @@ export const dbVerify: Command = {
       sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
       return verifyFile(sqlite, config.audit.secretKey, anchor, context);
     } catch (error) {
+      if (error instanceof SQLiteError && /READONLY/.test(String(error.code))) {
+        // A journal or WAL a writer left mid-write: reading it means recovering it, a write.
+        throw new CliError(
+          `DATABASE_PATH ${path} needs recovery from a write that was cut short, which a check that writes nothing cannot make: copy it with db:backup and verify the copy`,
+        );
+      }
       if (error instanceof SQLiteError) {
         throw new CliError(`cannot read DATABASE_PATH ${path}: ${firstLine(error)}`);
       }

@@ -31,6 +31,7 @@ import { AuditKeys } from "../../plugins/audit/chain";
 import { verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { sweepSeals } from "../../seal-sweep";
+import { stopSignals } from "../../stop-signals";
 import { CliError, type Command, EXIT_USAGE } from "../command";
 import { failedRows, firstLine, integrityProblems, sweepLines } from "./db-verify";
 
@@ -142,17 +143,38 @@ const PARTIAL_SUFFIX = ".partial";
 const PARTIAL_NAME = /^\..+\.(\d{1,10})\.[0-9a-f]{8}\.partial$/;
 
 /**
- * Removes the partial copies in `directory` whose process is gone (one killed outright, SIGKILL or
- * a crash, leaves its copy: the whole file, hashes and audit log, under a name `ls` hides; probe
- * 31a F4); their names.
+ * A partial copy this long untouched is no backup in progress: one writes its copy continuously,
+ * then checks it (minutes at most, for files far past what one VM serves).
  */
-function removeStalePartials(directory: string): string[] {
+export const STALE_PARTIAL_MS = 60 * 60 * 1000;
+
+/**
+ * Removes the partial copies in `directory` that a backup killed outright (SIGKILL, a crash) left:
+ * the whole file, hashes and audit log, under a name `ls` hides (probe 31a F4); their names. Only
+ * a regular file this user owns, untouched for an hour, whose process is not running here: a
+ * process in another PID namespace (a container sharing the directory) looks gone, and its copy
+ * in progress was removed under it (probe 31c F2); and a link or another user's file with such a
+ * name is not ours to remove.
+ */
+function removeStalePartials(directory: string, now = Date.now()): string[] {
   const removed: string[] = [];
+  const ownUid = process.getuid?.();
   for (const name of readdirSync(directory)) {
     const pid = PARTIAL_NAME.exec(name)?.[1];
-    if (pid === undefined || processRuns(Number(pid))) continue;
+    if (pid === undefined) continue;
+    const path = join(directory, name);
+    const entry = lstatSync(path, { throwIfNoEntry: false });
+    if (
+      entry === undefined ||
+      !entry.isFile() ||
+      (ownUid !== undefined && entry.uid !== ownUid) ||
+      now - entry.mtimeMs < STALE_PARTIAL_MS ||
+      processRuns(Number(pid))
+    ) {
+      continue;
+    }
     try {
-      unlinkSync(join(directory, name));
+      unlinkSync(path);
       removed.push(name);
     } catch {}
   }
@@ -179,7 +201,8 @@ function stopRequests(): { honour(): Promise<void>; release(): void } {
   const onSignal = (signal: NodeJS.Signals) => {
     stopped ??= signal;
   };
-  const signals: NodeJS.Signals[] = ["SIGTERM", "SIGINT", "SIGHUP"];
+  // Those the service stops on: a backup started ignoring SIGHUP (`nohup`) or SIGINT keeps on.
+  const signals = stopSignals();
   for (const signal of signals) process.on(signal, onSignal);
   return {
     async honour() {
