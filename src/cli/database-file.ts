@@ -25,14 +25,17 @@ const MIGRATIONS_TABLE = "__drizzle_migrations";
  * running service's file, or a crashed one's, whose tables may be only in its WAL).
  */
 export function openForALook(path: string): Database {
-  if (existsSync(`${path}-wal`) || existsSync(`${path}-journal`)) {
-    return new Database(path, { readonly: true });
-  }
+  if (!atRest(path)) return new Database(path, { readonly: true });
   const uriPath = path.split("/").map(encodeURIComponent).join("/");
   return new Database(
     `file:${uriPath}?immutable=1`,
     constants.SQLITE_OPEN_READONLY | constants.SQLITE_OPEN_URI,
   );
+}
+
+/** No `-wal` or `-journal` beside it: the file holds all its content, and no writer has it open. */
+export function atRest(path: string): boolean {
+  return !existsSync(`${path}-wal`) && !existsSync(`${path}-journal`);
 }
 
 export function checkDatabaseFile(path: string, commandName: string): void {

@@ -7,6 +7,8 @@ import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { COMMANDS } from "../../src/cli/commands";
+import { runCli } from "../../src/cli/run";
 import { send, tempDir } from "../support/app";
 import { bearer, signUp } from "../support/auth";
 import { asUser, chat } from "../support/chat";
@@ -368,6 +370,34 @@ describe("db:verify reads and never writes (probe 31a F1)", () => {
     expect(result.stderr).toBe("");
     expect(result.code).toBe(0);
     expect(readdirSync(dir.path).sort()).toEqual(before);
+  });
+
+  test("a file at rest that a process writes to during the check gets no verdict (probe 31d F1)", async () => {
+    const target = await populated();
+    const dir = tempDir("palisade-verify-");
+    cleanups.push(dir.remove);
+    const copy = join(dir.path, "copy.db");
+    expect((await cli(["db:backup", copy], { DATABASE_PATH: target.databasePath })).code).toBe(0);
+    const out: string[] = [];
+    const err: string[] = [];
+    // Another process's write, once the check has begun (read without a lock, as a file at rest).
+    const writeMeanwhile = (line: string) => {
+      out.push(line);
+      if (line !== "integrity ok") return;
+      const writer = new Database(copy);
+      writer.run("CREATE TABLE written_meanwhile (x)");
+      writer.close();
+    };
+    const code = await runCli(
+      ["db:verify"],
+      { DATABASE_PATH: copy },
+      { out: writeMeanwhile, err: (line) => err.push(line), readStdin: async () => "" },
+      COMMANDS,
+    );
+    expect(code).toBe(1);
+    expect(err).toEqual([
+      `palisade db:verify: DATABASE_PATH ${copy} changed while it was checked (a process wrote to it), so no verdict is given: stop what writes to it, or verify a db:backup copy`,
+    ]);
   });
 
   test("a file a writer left mid-write is refused with what to do, not recovered (probe 31c F1)", async () => {

@@ -9,6 +9,7 @@
  * rows planted in it (probe 31a F1).
  */
 import { type Database, SQLiteError } from "bun:sqlite";
+import { statSync } from "node:fs";
 import { type AppDatabase, BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
 import { listTriggers } from "../../db/foreign-triggers";
 import { type MigrationStatus, migrationStatus } from "../../db/migrate";
@@ -19,7 +20,7 @@ import { type AuditHead, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { type SealFinding, type SealSweep, SWEPT_TABLES, sweepSeals } from "../../seal-sweep";
 import { CliError, type Command, type CommandContext, EXIT_USAGE } from "../command";
-import { checkDatabaseFile, openForALook } from "../database-file";
+import { atRest, checkDatabaseFile, openForALook } from "../database-file";
 import { parseAnchor } from "./audit";
 
 export const dbVerify: Command = {
@@ -44,16 +45,37 @@ export const dbVerify: Command = {
       );
     }
     let sqlite: Database;
+    // Read as it is, leaving nothing beside it: a file at rest (no -wal) is opened immutable,
+    // which makes no -shm or -wal (probe 31c F1), and takes no lock: a writer that came meanwhile
+    // would change pages under the check (probe 31d F1), so the file is compared after it.
+    const immutable = atRest(path);
+    const before = immutable ? fileIdentity(path) : null;
     try {
-      // Read as it is, leaving nothing beside it: a file at rest (no -wal) is opened immutable,
-      // which makes no -shm or -wal (probe 31c F1).
       sqlite = openForALook(path);
     } catch (error) {
       throw new DatabaseOpenError(path, `cannot be opened: ${firstLine(error)}`);
     }
     try {
       sqlite.run(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
-      return verifyFile(sqlite, config.audit.secretKey, anchor, context);
+      // One read transaction: with a writer running, every step reads the same snapshot.
+      sqlite.run("BEGIN");
+      let outcome: { verdict: number } | { error: unknown };
+      try {
+        outcome = { verdict: verifyFile(sqlite, config.audit.secretKey, anchor, context) };
+      } catch (error) {
+        outcome = { error };
+      } finally {
+        sqlite.run("COMMIT");
+      }
+      // Whatever was read from a file that changed under an unlocked read (a fault, an error, or
+      // a pass) says nothing of it.
+      if (before !== null && fileIdentity(path) !== before) {
+        throw new CliError(
+          `DATABASE_PATH ${path} changed while it was checked (a process wrote to it), so no verdict is given: stop what writes to it, or verify a db:backup copy`,
+        );
+      }
+      if ("error" in outcome) throw outcome.error;
+      return outcome.verdict;
     } catch (error) {
       if (error instanceof SQLiteError && /READONLY/.test(String(error.code))) {
         // A journal or WAL a writer left mid-write: reading it means recovering it, a write.
@@ -160,6 +182,12 @@ function shapeFaults(sqlite: Database): { lines: string[]; fault: string; sealsR
     ),
   ];
   return { lines, fault: "its schema is not as the migrations made it", sealsReadable: true };
+}
+
+/** What changes when a file is written: its inode, size and modification time. */
+function fileIdentity(path: string): string {
+  const stat = statSync(path);
+  return `${stat.ino}:${stat.size}:${stat.mtimeMs}`;
 }
 
 /** `PRAGMA integrity_check`'s complaints; none for a sound file. */

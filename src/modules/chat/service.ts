@@ -1153,6 +1153,11 @@ export class ChatService implements ChatTurns {
         and(
           lt(chatConversations.updatedAt, cutoff),
           sql`NOT EXISTS (SELECT 1 FROM ${chatMessages} WHERE ${chatMessages.conversationId} = ${chatConversations.id})`,
+          // Not while its owner has a turn in flight (a reservation held): a turn continuing a
+          // conversation whose messages all expired meanwhile found it gone when it came to
+          // store, and answered a conversation that no longer existed, its messages lost (probe
+          // 31d F2). It is taken at a later run, if still empty then.
+          sql`NOT EXISTS (SELECT 1 FROM chat_reservations AS r WHERE r.owner_kind = ${chatConversations.ownerKind} AND r.owner_id = ${chatConversations.ownerId})`,
         ),
       )
       .limit(batch);

@@ -13,6 +13,9 @@ import {
 } from "../../../src/db/schema";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { createChatSeal } from "../../../src/modules/chat/history-seal";
+import { loadFaq } from "../../../src/modules/chat/providers/faq";
+import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
+import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { createKey, signUp } from "../../support/auth";
 import { asKey, asUser, chat, conversation, gatedProvider, SSE } from "../../support/chat";
@@ -537,6 +540,55 @@ describe("retention", () => {
     conversation.retain(2);
     expect(conversation.left()).toEqual(conversation.ids.slice(4));
     expect(await conversation.shown()).toBe(200);
+  });
+
+  const offline = createOfflineProvider(loadFaq(null));
+
+  test("a conversation whose messages all expire while a turn on it is in flight is kept for that turn, streamed or not (probe 31d F2)", async () => {
+    for (const accept of [{}, SSE]) {
+      const clock = new ManualClock();
+      const gated = gatedProvider();
+      let holding = false;
+      const provider: ChatProvider = {
+        ...gated,
+        complete: (messages, options) =>
+          holding ? gated.complete(messages, options) : offline.complete(messages, options),
+        stream: (messages, options) =>
+          holding ? gated.stream(messages, options) : offline.stream(messages, options),
+      };
+      target?.close();
+      target = buildTestApp({ clock, env: { CHAT_RETENTION_DAYS: "30" }, chatProvider: provider });
+      const app = target;
+      const alice = await signUp(app);
+      const { logIn } = await import("../../support/auth");
+      const id = await start(app, asUser(alice), "first");
+      clock.advance(40 * DAY_MS);
+      holding = true;
+      const turn = chat(
+        app,
+        asUser(await logIn(app, alice.email)),
+        { message: "still there?", conversationId: id },
+        accept,
+      );
+      while (gated.waiting() === 0) await Bun.sleep(5);
+      const chatFeature = app.services.features.find((f) => f.name === "chat") as ChatFeature;
+      // Every message of it is past the retention: they go, the conversation stays for the turn.
+      chatFeature.service.retain(clock.now());
+      expect(app.db.$client.query("SELECT count(*) AS n FROM chat_messages").get()).toEqual({
+        n: 0,
+      });
+      gated.open();
+      const answered = await turn;
+      expect(answered.status).toBe(200);
+      await answered.text();
+      const shown = await send(app, `/api/chat/conversations/${id}`, {
+        headers: asUser(await logIn(app, alice.email)),
+      });
+      expect(shown.status).toBe(200);
+      const { messages } = (await shown.json()) as { messages: { content: string }[] };
+      expect(messages.map((message) => message.content)[0]).toBe("still there?");
+      expect(messages).toHaveLength(2);
+    }
   });
 
   test("each run deletes a bounded batch", async () => {
