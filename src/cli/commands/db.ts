@@ -8,8 +8,10 @@
  * temporary file next to PATH, checked (`PRAGMA integrity_check`, then the audit chain with the
  * configured AUDIT_SECRET_KEY, as `audit:verify` does) and only then linked to PATH, which fails
  * if PATH exists: a failed backup leaves nothing behind that looks like a backup, and an existing
- * file is never overwritten. In development, where the audit key lives in
- * `DATABASE_PATH.audit-key`, that file is copied to `PATH.audit-key` so the copy verifies on its own.
+ * file is never overwritten. Its seals are then swept as `db:verify` sweeps them: a copy with rows
+ * that fail is still linked (it is the file as the service holds it) and the command exits 3. In
+ * development, where the audit key lives in `DATABASE_PATH.audit-key`, that file is copied to
+ * `PATH.audit-key` so the copy verifies on its own.
  */
 import { Database, SQLiteError } from "bun:sqlite";
 import { randomBytes } from "node:crypto";
