@@ -5,7 +5,7 @@
  */
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { COMMANDS } from "../../src/cli/commands";
 import { runCli } from "../../src/cli/run";
@@ -384,9 +384,17 @@ describe("db:verify reads and never writes (probe 31a F1)", () => {
     const writeMeanwhile = (line: string) => {
       out.push(line);
       if (line !== "integrity ok") return;
+      // Written, then its modification time set back, as `cp -p` or `touch -r` leave it (probe
+      // 31e F4): the change time still moves.
+      const times = join(dir.path, "times");
+      writeFileSync(times, "");
+      Bun.spawnSync(["touch", "-r", copy, times]);
       const writer = new Database(copy);
-      writer.run("CREATE TABLE written_meanwhile (x)");
+      // In place: the file keeps its size.
+      writer.run("UPDATE users SET role = role");
       writer.close();
+      Bun.spawnSync(["touch", "-r", times, copy]);
+      expect(statSync(copy).mtimeMs).toBe(statSync(times).mtimeMs);
     };
     const code = await runCli(
       ["db:verify"],
@@ -394,9 +402,9 @@ describe("db:verify reads and never writes (probe 31a F1)", () => {
       { out: writeMeanwhile, err: (line) => err.push(line), readStdin: async () => "" },
       COMMANDS,
     );
-    expect(code).toBe(1);
+    expect(code).toBe(75);
     expect(err).toEqual([
-      `palisade db:verify: DATABASE_PATH ${copy} changed while it was checked (a process wrote to it), so no verdict is given: stop what writes to it, or verify a db:backup copy`,
+      `palisade db:verify: DATABASE_PATH ${copy} changed while it was checked (a process wrote to it), so no verdict is given and the lines above say nothing of it: stop what writes to it, or verify a db:backup copy`,
     ]);
   });
 

@@ -71,7 +71,8 @@ export const dbVerify: Command = {
       // a pass) says nothing of it.
       if (before !== null && fileIdentity(path) !== before) {
         throw new CliError(
-          `DATABASE_PATH ${path} changed while it was checked (a process wrote to it), so no verdict is given: stop what writes to it, or verify a db:backup copy`,
+          `DATABASE_PATH ${path} changed while it was checked (a process wrote to it), so no verdict is given and the lines above say nothing of it: stop what writes to it, or verify a db:backup copy`,
+          EXIT_NO_VERDICT,
         );
       }
       if ("error" in outcome) throw outcome.error;
@@ -184,11 +185,21 @@ function shapeFaults(sqlite: Database): { lines: string[]; fault: string; sealsR
   return { lines, fault: "its schema is not as the migrations made it", sealsReadable: true };
 }
 
-/** What changes when a file is written: its inode, size and modification time. */
+/**
+ * What changes when a file is written: its inode, size, and modification and change times (the
+ * change time too: a writer can set the modification time back, `touch -r`, `cp -p`, probe 31e F4;
+ * the kernel sets the change time itself).
+ */
 function fileIdentity(path: string): string {
   const stat = statSync(path);
-  return `${stat.ino}:${stat.size}:${stat.mtimeMs}`;
+  return `${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
 }
+
+/**
+ * The status of a check that gave no verdict because the file changed under it: EX_TEMPFAIL, so a
+ * script tells "try again" from a fault (1) (probe 31e F5).
+ */
+export const EXIT_NO_VERDICT = 75;
 
 /** `PRAGMA integrity_check`'s complaints; none for a sound file. */
 export function integrityProblems(sqlite: Database): string[] {

@@ -256,6 +256,11 @@ export class ChatService implements ChatTurns {
           `SELECT id, role, content, incomplete, tokens, seal, previous_seal AS previousSeal
            FROM chat_messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?`,
         ),
+      // A conversation continued, touched as its turn reserves (prepare).
+      touchAtStart: () =>
+        options.sqlite.prepare<{ id: string }, [number, string]>(
+          "UPDATE chat_conversations SET updated_at = max(updated_at, ?1) WHERE id = ?2 RETURNING id",
+        ),
       // A turn's writes (store): prepared, not rebuilt and re-prepared by the query builder each
       // turn, which was a third of a turn's CPU.
       insertConversation: () =>
@@ -428,7 +433,25 @@ export class ChatService implements ChatTurns {
     ];
     const promptEstimate = estimatePromptTokens(prompt);
     const tokens = promptEstimate + provider.maxCompletionTokens;
-    const reserved = await this.writes.run(() => budget.reserve(owner, tokens, clock.now()));
+    const continued = conversationId;
+    const reserved = await this.writes.run(() => {
+      const now = clock.now();
+      const outcome = budget.reserve(owner, tokens, now);
+      // A conversation continued is touched with the reservation: retention takes an empty
+      // conversation only once it is untouched for the retention, so one whose messages all
+      // expire during the turn is still there when the turn stores. Without it, retention could
+      // delete it under the turn, which answered a conversation that no longer existed, its
+      // messages lost (probes 31d F2, 31e F1, F2). Gone already (between the ownership check and
+      // this write), the turn is refused before the provider is called, its reservation given back.
+      if (outcome.kind !== "reserved" || continued === undefined) return outcome;
+      if (this.statements.touchAtStart.get(now, continued) !== null) return outcome;
+      budget.release(outcome.reservation, now);
+      return { kind: "conversation_gone" } as const;
+    });
+    if (reserved.kind === "conversation_gone") {
+      metrics.request(provider.name, "not_found");
+      return { kind: "not_found" };
+    }
     if (reserved.kind === "owner_gone") {
       metrics.request(provider.name, "owner_gone");
       return reserved;
@@ -1153,11 +1176,6 @@ export class ChatService implements ChatTurns {
         and(
           lt(chatConversations.updatedAt, cutoff),
           sql`NOT EXISTS (SELECT 1 FROM ${chatMessages} WHERE ${chatMessages.conversationId} = ${chatConversations.id})`,
-          // Not while its owner has a turn in flight (a reservation held): a turn continuing a
-          // conversation whose messages all expired meanwhile found it gone when it came to
-          // store, and answered a conversation that no longer existed, its messages lost (probe
-          // 31d F2). It is taken at a later run, if still empty then.
-          sql`NOT EXISTS (SELECT 1 FROM chat_reservations AS r WHERE r.owner_kind = ${chatConversations.ownerKind} AND r.owner_id = ${chatConversations.ownerId})`,
         ),
       )
       .limit(batch);

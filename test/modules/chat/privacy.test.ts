@@ -591,6 +591,39 @@ describe("retention", () => {
     }
   });
 
+  test("a conversation gone between a turn's ownership check and its reservation refuses the turn before the provider is called, its reservation given back (probe 31e F2)", async () => {
+    let calls = 0;
+    const provider: ChatProvider = {
+      ...offline,
+      complete: (messages, options) => {
+        calls++;
+        return offline.complete(messages, options);
+      },
+    };
+    target = buildTestApp({ chatProvider: provider });
+    const app = target;
+    const alice = await signUp(app);
+    const id = await start(app, asUser(alice), "first");
+    // Whatever deletes it (retention, the owner, another process) does so as the turn reserves.
+    app.db.$client.run(
+      `CREATE TRIGGER gone_meanwhile AFTER INSERT ON chat_reservations BEGIN DELETE FROM chat_conversations WHERE id = '${id}'; END`,
+    );
+    const answered = await chat(app, asUser(alice), {
+      message: "still there?",
+      conversationId: id,
+    });
+    expect(answered.status).toBe(404);
+    expect(calls).toBe(1);
+    app.db.$client.run("DROP TRIGGER gone_meanwhile");
+    expect(app.db.$client.query("SELECT count(*) AS n FROM chat_reservations").get()).toEqual({
+      n: 0,
+    });
+    const usage = app.db.$client
+      .query<{ reserved: number }, []>("SELECT sum(reserved_tokens) AS reserved FROM chat_usage")
+      .get();
+    expect(usage?.reserved).toBe(0);
+  });
+
   test("each run deletes a bounded batch", async () => {
     const clock = new ManualClock();
     target = buildTestApp({ clock, env: { CHAT_RETENTION_DAYS: "1" } });
