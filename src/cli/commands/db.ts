@@ -142,9 +142,9 @@ export const dbBackup: Command = {
 
 const PARTIAL_SUFFIX = ".partial";
 /** `.NAME.PID.HEX.partial`: a copy being written, named by the process writing it. */
-const PARTIAL_NAME = /^\..+\.(\d{1,7})\.[0-9a-f]{8}\.partial$/;
-/** Linux's largest process id (`/proc/sys/kernel/pid_max` at most): a name past it no backup wrote. */
-const MAX_PID = 4_194_304;
+const PARTIAL_NAME = /^\..+\.([1-9]\d{0,6})\.[0-9a-f]{8}\.partial$/;
+/** Linux's `pid_max` at most: process ids are below it, and a name at or past it no backup wrote. */
+const PID_LIMIT = 4_194_304;
 
 /**
  * A partial copy this long untouched is no backup in progress: one writes its copy continuously,
@@ -165,7 +165,7 @@ function removeStalePartials(directory: string, now = Date.now()): string[] {
   const ownUid = process.getuid?.();
   for (const name of readdirSync(directory)) {
     const pid = PARTIAL_NAME.exec(name)?.[1];
-    if (pid === undefined || Number(pid) > MAX_PID) continue;
+    if (pid === undefined || Number(pid) >= PID_LIMIT) continue;
     const path = join(directory, name);
     const entry = lstatSync(path, { throwIfNoEntry: false });
     if (
