@@ -35,12 +35,12 @@ const API_KEY = /pal_(?:live|test|rt)_[A-Za-z0-9_-]*|\bpal_[A-Za-z0-9_-]+/g;
  * The upstreams' own key shapes, which a client may paste where it does not belong: Stripe's
  * secret, restricted and webhook signing keys (`sk_live_…`, `rk_test_…`, `whsec_…`) and OpenAI's
  * (`sk-…`, `sk-proj-…`), each at a word boundary (probe 30b F4). A Stripe key glued after other
- * text (`xsk_live_…`) is found once 20 letters and digits, a digit among them, follow its prefix, as
- * every real one has (a word such as `risk_live_data` or `desk_live_` and a long word has not);
- * a signing secret once 16 letters and digits follow `whsec_` (Stripe's are base62 or hex), so a
- * path segment merely named `whsec_x` does not take the rest of the path with it (probes 30c F5,
- * 31b F5). The configured
- * ones are found in every spelling by the secrets' own search; these are any others.
+ * text (`xsk_live_…`) is found once 20 letters and digits, a digit among them, follow its
+ * prefix, as every real one has (a word such as `risk_live_data`, or `desk_live_` and a long word,
+ * has not); a signing secret once 16 letters and digits follow `whsec_` (Stripe's are base62 or
+ * hex), so a path segment merely named `whsec_x` does not take the rest of the path with it
+ * (probes 30c F5, 31b F5). The configured ones are found in every spelling by the secrets' own
+ * search; these are any others.
  */
 const UPSTREAM_KEY =
   /\b(?:[sr]k_(?:live|test)_[A-Za-z0-9]+|sk-[A-Za-z0-9_-]{20,})|[sr]k_(?:live|test)_(?=[A-Za-z]*[0-9])[A-Za-z0-9]{20,}|whsec_[A-Za-z0-9]{16,}/g;

@@ -29,7 +29,7 @@ export const dbVerify: Command = {
   // stand, the rows of a file put back into an older shape, then pass them (probe 31a F1).
   database: "none",
   summary:
-    "Check DATABASE_PATH whole, read-only (integrity_check, its migrations and schema, the audit chain, every sealed row: accounts, keys, sessions, chat, payments, WhatsApp replies, blocks); names each row that fails; exits 1 on any fault",
+    "Check DATABASE_PATH whole, read-only (integrity_check, its migrations and schema, the audit chain, every sealed row: accounts, keys, sessions, chat, payments, WhatsApp replies, blocks); names each row that fails; exits 1 on any fault, 75 when the file changed during the check",
   usage: "db:verify [--head HASH --count N]",
   run(args, context) {
     const anchor = parseAnchor(args.flags.head, args.flags.count);

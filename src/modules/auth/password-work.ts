@@ -8,10 +8,10 @@
  *
  * So at most `concurrency` hashes run at once (a core each) and at most `queue` more wait for
  * one; past that a sign-in or registration is refused at once with 503, before any work, and is
- * no attempt: the routes give back what the rate limits charged it (PasswordWorkBusy). A real user then waits at most `queue / concurrency` hashes' time, or is told
- * to retry, instead of waiting behind the whole flood. Known and unknown accounts wait alike, so
- * the queue says nothing about which exist. Refusals are counted
- * (`auth_password_work_refused_total`).
+ * no attempt: the routes give back what the rate limits charged it (PasswordWorkBusy). A real
+ * user then waits at most `queue / concurrency` hashes' time, or is told to retry, instead of
+ * waiting behind the whole flood. Known and unknown accounts wait alike, so the queue says nothing
+ * about which exist. Refusals are counted (`auth_password_work_refused_total`).
  */
 import { availableParallelism } from "node:os";
 import { AppError } from "../../errors";

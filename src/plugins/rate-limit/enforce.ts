@@ -27,7 +27,8 @@ export const QUIET_AUDIT_KEYS = 10_000;
 /**
  * A limiter store that could not answer: counted (`rate_limit_store_errors_total{mode}`) and
  * logged (the first of a run of failures whole, the rest summed up: logging/repeats); for a
- * decision that fails closed, returns the 503 (with Retry-After) to throw, else null (let through). The store's error goes with the report (never to the client), so a lock and a
+ * decision that fails closed, returns the 503 (with Retry-After) to throw, else null (let
+ * through). The store's error goes with the report (never to the client), so a lock and a
  * missing table are two failures. The rate-limit stage, the login lockout and the IP blocker's
  * violation counts all end here.
  */
