@@ -154,6 +154,63 @@ describe("graceful shutdown (in process)", () => {
     never.raise();
   });
 
+  test("a request whose connection closed before its answer left is logged and counted 499, not the body read's 400 (probe 31a F5)", async () => {
+    current = buildTestApp();
+    const running = serveInProcess(current, { drainTimeoutMs: 100 });
+    const port = Number(new URL(running.url).port);
+    const trickle = async (requestId: string) => {
+      const socket = await Bun.connect({
+        hostname: "127.0.0.1",
+        port,
+        socket: { data() {}, error() {} },
+      });
+      socket.write(
+        `POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Request-Id: ${requestId}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{"\r\n`,
+      );
+      return socket;
+    };
+    const accessLine = (requestId: string) =>
+      current!.logs.entries.find((entry) => entry.requestId === requestId && "status" in entry);
+    const until = async (found: () => unknown) => {
+      const deadline = Date.now() + 5_000;
+      while (!found() && Date.now() < deadline) await Bun.sleep(5);
+    };
+
+    // The client goes mid-body.
+    const leaving = await trickle("client-left");
+    await Bun.sleep(50);
+    leaving.end();
+    await until(() => accessLine("client-left"));
+    expect(accessLine("client-left")).toMatchObject({ level: "warn", status: 499 });
+
+    // An answer that left is logged as sent, though its connection closed at once after it.
+    const answered = await rawHttp(
+      port,
+      'POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\nX-Request-Id: answered\r\nConnection: close\r\n\r\n{"',
+    );
+    expect(answered.status).toBe(400);
+    await until(() => accessLine("answered"));
+    expect(accessLine("answered")).toMatchObject({ status: 400 });
+    const metrics = await (await fetch(new URL("/metrics", running.url))).text();
+    expect(metrics).toContain(
+      'http_requests_total{method="POST",route="/api/auth/login",status="499"} 1',
+    );
+
+    // The stop cuts a body still arriving at the drain timeout.
+    const cut = await trickle("cut-at-stop");
+    await Bun.sleep(50);
+    await running.shutdown("test");
+    cut.end();
+    await until(() => accessLine("cut-at-stop"));
+    expect(accessLine("cut-at-stop")).toMatchObject({ status: 499 });
+
+    expect(
+      current.logs.entries.filter(
+        (entry) => entry.status === 400 && entry.requestId !== "answered",
+      ),
+    ).toEqual([]);
+  });
+
   test("requests still running after the drain timeout are cut", async () => {
     current = buildTestApp();
     const entered = signal();

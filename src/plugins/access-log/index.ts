@@ -36,6 +36,9 @@ export { streamedResponse } from "./stream-end";
 
 export const UNMATCHED_ROUTE = "<unmatched>";
 
+/** The status logged and counted for a request whose connection closed before its answer left. */
+export const CONNECTION_CLOSED_STATUS = 499;
+
 /**
  * Client text is cut at 512 characters before its control characters are escaped, so a value of
  * tabs grows sevenfold in the line: a client could make its access line longer than PIPE_BUF,
@@ -108,7 +111,14 @@ export function accessLog(options: AccessLogOptions) {
           responseValue: unknown;
           set: { status?: number | string };
         };
-      const status = statusOf(responseValue, set.status);
+      // A connection closed before the answer left (the client went mid-body, or a stop cut the
+      // request) answered nothing, whatever the handler chose: 499, nginx's "client closed
+      // request", as a chat turn its client left is. Bun aborts the signal only then; a
+      // connection closed after its answer leaves it unaborted (probe 31a F5: such a request was
+      // logged 400, the body read's failure, though the client received nothing).
+      const status = request.signal.aborted
+        ? CONNECTION_CLOSED_STATUS
+        : statusOf(responseValue, set.status);
       // A 503 is the service declining to serve (a queue or budget full, a lock waited out, a
       // stop, an upstream's circuit open, a feature not configured), each cause logged by the
       // stage that chose it: its access line is a warning. As errors, a login flood's were 87k
