@@ -21,6 +21,8 @@ export interface ScriptedAnswer {
   /** Graph's error code in the error body (defaults: 1 for 5xx, 100 for 4xx). */
   code?: number;
   headers?: Record<string, string>;
+  /** The error body's message (default "scripted failure"). */
+  message?: string;
 }
 
 export interface GraphServer {
@@ -129,7 +131,12 @@ export function startGraphServer(options: { token?: string; version?: string } =
       if (scripted) {
         answer(scripted.status);
         const code = scripted.code ?? (scripted.status >= 500 ? 1 : 100);
-        return graphError(scripted.status, code, "scripted failure", scripted.headers);
+        return graphError(
+          scripted.status,
+          code,
+          scripted.message ?? "scripted failure",
+          scripted.headers,
+        );
       }
       counter++;
       const id = `wamid.HBgL${phoneNumberId}${String(counter).padStart(6, "0")}`;

@@ -38,6 +38,12 @@ export interface GraphClientOptions {
   fetch?: typeof fetch;
   /** Per request; a slower answer is a transient failure. */
   timeoutMs?: number;
+  /**
+   * The service's other secrets (config.secretValues): an error text that quotes one (a proxy's
+   * echo of a request, a Graph look-alike's) must not store it in `last_error` either (probe 29c
+   * F4: the app secret and Stripe's key were kept there in clear).
+   */
+  otherSecrets?: readonly string[];
 }
 
 /**
@@ -58,15 +64,16 @@ const REDACTED_TOKEN = "[redacted]";
 
 /**
  * Takes the token out of a text: every copy in any letter case, then every spelling the logs'
- * scrubber knows (percent-encoded, base64, …). The reason is stored on the row (`last_error`) and
- * audited, and an error text that quotes the token (a proxy's, a mock's) must not put it there
- * (probes 27g F6, 27h F1–F2). Applied before the text is cut, or a token across the cut would
- * keep its first part.
+ * scrubber knows (percent-encoded, base64, …), and the same for every other configured secret and
+ * every credential shape the logs' scrubber knows (an API key, a JWT, a `Bearer` credential). The
+ * reason is stored on the row (`last_error`) and audited, and an error text that quotes a secret
+ * (a proxy's, a mock's) must not put it there (probes 27g F6, 27h F1–F2, 29c F4). Applied before
+ * the text is cut, or a secret across the cut would keep its first part.
  */
-function tokenRemover(token: string): (text: string) => string {
-  if (token === "") return (text) => text;
+function secretRemover(token: string, otherSecrets: readonly string[]): (text: string) => string {
+  const spellings = createTextScrubber([token, ...otherSecrets], REDACTED_TOKEN);
+  if (token === "") return spellings;
   const anyCase = new RegExp(token.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"), "gi");
-  const spellings = createTextScrubber([token], REDACTED_TOKEN);
   return (text) => spellings(text.replace(anyCase, REDACTED_TOKEN));
 }
 
@@ -93,7 +100,7 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
   const doFetch = options.fetch ?? fetch;
   const base = options.apiUrl.replace(/\/+$/, "");
   const timeoutMs = options.timeoutMs ?? 10_000;
-  const withoutToken = tokenRemover(options.accessToken);
+  const withoutToken = secretRemover(options.accessToken, options.otherSecrets ?? []);
 
   return {
     async sendText({ phoneNumberId, to, body }, signal) {

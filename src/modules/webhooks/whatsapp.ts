@@ -511,6 +511,7 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
       accessToken: config.whatsapp.accessToken ?? "",
       fetch: options.fetch,
       timeoutMs: options.outbox?.sendTimeoutMs,
+      otherSecrets: config.secretValues,
     }),
     metrics: whatsapp,
     settings: options.outbox,

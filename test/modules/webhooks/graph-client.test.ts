@@ -62,3 +62,33 @@ test("a token longer than the kept text, or quoted in another letter case, leave
     expect(reason.toLowerCase()).not.toContain(long.slice(4, 16).toLowerCase());
   }
 });
+
+test("an error text quoting another configured secret or a credential keeps it out of the reason (probe 29c F4)", async () => {
+  const appSecret = "whatsapp-app-secret-0123456789abcdef";
+  const stripeKey = "sk_test_51Hprobe29cSecretKey0123456789";
+  const client = (text: string) =>
+    createGraphClient({
+      apiUrl: "http://graph.invalid/v21.0",
+      accessToken: TOKEN,
+      otherSecrets: [appSecret, stripeKey],
+      fetch: (async () =>
+        Response.json(
+          { error: { message: text, code: 100 } },
+          { status: 400 },
+        )) as unknown as typeof fetch,
+    });
+  for (const [text, secret] of [
+    [`echo: app secret ${appSecret}`, appSecret],
+    [`echo: ${encodeURIComponent(appSecret.toUpperCase())}`, appSecret.toUpperCase()],
+    [`echo: key=${stripeKey}`, stripeKey],
+    [`upstream said pal_live_${"A".repeat(40)}`, `pal_live_${"A".repeat(40)}`],
+  ] as const) {
+    const reason = ((await client(text).sendText(message)) as { reason: string }).reason;
+    expect(reason).toStartWith("graph 400 code 100: ");
+    expect(reason).not.toContain(secret.slice(0, 20));
+    expect(reason).not.toContain(encodeURIComponent(secret).slice(0, 20));
+  }
+  // Text that holds no secret is kept as Graph wrote it.
+  const plain = await client("(#100) Invalid parameter").sendText(message);
+  expect((plain as { reason: string }).reason).toBe("graph 400 code 100: (#100) Invalid parameter");
+});

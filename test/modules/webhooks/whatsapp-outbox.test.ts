@@ -22,6 +22,7 @@ import {
   notification,
   ScriptedChat,
   sign,
+  WA_APP_SECRET,
   WA_PHONE_NUMBER_ID,
   whatsappEnv,
 } from "../../support/whatsapp";
@@ -165,6 +166,24 @@ describe("sending replies", () => {
     const [event] = audited(target, "whatsapp.reply_failed");
     expect(event.reason).toContain("graph 400 code 131026");
     expect(event.actor).toBe(`whatsapp:${rows(target)[0]!.sender_hash}`);
+  });
+
+  test("a refusal whose text quotes the app secret keeps it out of last_error and the audit (probe 29c F4)", async () => {
+    const { target, graph, worker } = setup();
+    graph.failNext({
+      status: 400,
+      code: 131026,
+      message: `(#131026) undeliverable; request signed with ${WA_APP_SECRET}`,
+    });
+    await deliver(target, notification({ messages: [{ id: "wamid.SEC", from: "16505551234" }] }));
+    await worker.drain();
+    expect(rows(target)[0]).toMatchObject({ state: "failed" });
+    expect(rows(target)[0]!.last_error).toContain(
+      "(#131026) undeliverable; request signed with [redacted]",
+    );
+    const [event] = audited(target, "whatsapp.reply_failed");
+    expect(JSON.stringify(event)).not.toContain(WA_APP_SECRET);
+    expect(rows(target)[0]!.last_error).not.toContain(WA_APP_SECRET);
   });
 
   test("a refused access token is retried, not given up at once: a token fixed in time loses nothing (probe 26g)", async () => {
