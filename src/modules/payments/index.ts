@@ -64,6 +64,7 @@ export function ownerOf(principal: Principal, ledger: Pick<PaymentLedger, "first
 const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).";
 
 const WELL_FORMED = "Must be well-formed Unicode (no unpaired surrogates)";
+const NO_NUL = "Must not contain NUL (U+0000)";
 
 function invalid(field: string, message: string, detail = "The request body is invalid."): never {
   throw new AppError("VALIDATION_FAILED", detail, [{ field, message }]);
@@ -146,19 +147,28 @@ export function paymentsModule(options: PaymentsModuleOptions) {
           }
           // Text Stripe cannot take (the SDK fails encoding a lone surrogate, which answered 503 as
           // if Stripe were down, and every retry failed the same way) is the client's to mend.
-          if (body.description !== undefined && !body.description.isWellFormed()) {
-            invalid("body/description", WELL_FORMED);
+          // A NUL is refused too: C-string tools (a CSV export, a shell, Stripe's own pipeline)
+          // cut the text there, so what the Dashboard shows would not be what was sent (probe 29c F5).
+          if (body.description !== undefined) {
+            if (!body.description.isWellFormed()) invalid("body/description", WELL_FORMED);
+            if (body.description.includes("\u0000")) invalid("body/description", NO_NUL);
           }
           if (body.metadata !== undefined) {
             for (const [key, value] of Object.entries(body.metadata)) {
               if (!key.isWellFormed() || !String(value).isWellFormed()) {
                 invalid("body/metadata", WELL_FORMED);
               }
-              // Stripe refuses empty keys, keys over 40 characters and square brackets.
-              if (key.length === 0 || key.length > METADATA_KEY_MAX_LENGTH || /[[\]]/.test(key)) {
+              if (String(value).includes("\u0000")) invalid("body/metadata", NO_NUL);
+              // Stripe refuses empty keys, keys over 40 characters and square brackets; a key is a
+              // name, so no control character either.
+              if (
+                key.length === 0 ||
+                key.length > METADATA_KEY_MAX_LENGTH ||
+                /[[\]\p{Cc}]/u.test(key)
+              ) {
                 invalid(
                   "body/metadata",
-                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets`,
+                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets or control characters`,
                 );
               }
             }

@@ -27,14 +27,16 @@ export const IntentBody = t.Object(
       pattern: "^[A-Za-z]{3}$",
       description: "ISO 4217, any case; one of PAYMENT_CURRENCIES",
     }),
-    description: t.Optional(t.String({ maxLength: DESCRIPTION_MAX_LENGTH })),
+    description: t.Optional(
+      t.String({ maxLength: DESCRIPTION_MAX_LENGTH, description: "No NUL (U+0000)" }),
+    ),
     customerEmail: t.Optional(
       t.String({ maxLength: 320, description: "Validated like account emails" }),
     ),
     metadata: t.Optional(
       t.Record(t.String(), t.String({ maxLength: METADATA_VALUE_MAX_LENGTH }), {
         maxProperties: METADATA_MAX_KEYS,
-        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters, string values of at most ${METADATA_VALUE_MAX_LENGTH}`,
+        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters (no square brackets or control characters), string values of at most ${METADATA_VALUE_MAX_LENGTH} (no NUL)`,
       }),
     ),
   },

@@ -78,6 +78,21 @@ test("description and metadata: an unpaired surrogate is 422, never a Stripe cal
   }
 });
 
+test("description and metadata: a NUL, or a control character in a metadata key, is 422, never a Stripe call (probe 29c F5)", async () => {
+  await expectAccepted({
+    ...valid,
+    description: "line one\nline two\tend",
+    metadata: { order: "a\nb\tc" },
+  });
+  const calls = current.stripe.calls.length;
+  await expectRefused({ ...valid, description: "order\u0000 42" }, "body/description");
+  await expectRefused({ ...valid, metadata: { order: "42\u0000" } }, "body/metadata");
+  for (const control of ["\u0000", "\n", "\t", "\u001b", "\u007f", "\u0085"]) {
+    await expectRefused({ ...valid, metadata: { [`or${control}der`]: "42" } }, "body/metadata");
+  }
+  expect(current.stripe.calls.length).toBe(calls);
+});
+
 test("customerEmail: validated like an account email, stored normalised", async () => {
   await expectAccepted({ ...valid, customerEmail: "  Ana@Example.COM " });
   expect(current.stripe.calls.at(-1)!.params.receipt_email).toBe("Ana@example.com");
