@@ -111,14 +111,15 @@ export function accessLog(options: AccessLogOptions) {
           responseValue: unknown;
           set: { status?: number | string };
         };
-      // A connection closed before the answer left (the client went mid-body, or a stop cut the
-      // request) answered nothing, whatever the handler chose: 499, nginx's "client closed
-      // request", as a chat turn its client left is. Bun aborts the signal only then; a
-      // connection closed after its answer leaves it unaborted (probe 31a F5: such a request was
-      // logged 400, the body read's failure, though the client received nothing).
-      const status = request.signal.aborted
-        ? CONNECTION_CLOSED_STATUS
-        : statusOf(responseValue, set.status);
+      // A request that failed because its connection closed before the answer left (the client
+      // went mid-body, or a stop cut it) answered nothing: 499, nginx's "client closed request",
+      // as a chat turn its client left is (probe 31a F5: it was logged 400, the failed body
+      // read's status). Bun aborts the signal only then; one closed after its answer stays
+      // unaborted. Asked of failures only: the signal is made at the first read (~0.2 µs), and a
+      // handler that finished did its work whether or not its client stayed to hear of it.
+      const answered = statusOf(responseValue, set.status);
+      const status =
+        answered >= 400 && request.signal.aborted ? CONNECTION_CLOSED_STATUS : answered;
       // A 503 is the service declining to serve (a queue or budget full, a lock waited out, a
       // stop, an upstream's circuit open, a feature not configured), each cause logged by the
       // stage that chose it: its access line is a warning. As errors, a login flood's were 87k
