@@ -25,7 +25,7 @@ import { authPlugin } from "./plugins/auth";
 import { createIdentify } from "./plugins/auth/identify";
 import { clientIp } from "./plugins/client-ip";
 import { corsHeaders, corsPreflight } from "./plugins/cors";
-import { csrf } from "./plugins/csrf";
+import { createCsrfCheck, csrf } from "./plugins/csrf";
 import { errorHandler } from "./plugins/error-handler";
 import type { RouteEntry } from "./plugins/error-handler/route-methods";
 import { ipBlock } from "./plugins/ip-block";
@@ -69,6 +69,12 @@ export interface AppDeps extends Services {
 export function createApp(deps: AppDeps) {
   const { config, logger, clock, registry, ipBlocks } = deps;
   const identify = createIdentify(deps.credentials, config.requireTls);
+  const csrfCheck = createCsrfCheck({
+    secretKey: config.csrf.secretKey,
+    previousSecretKey: config.csrf.previousSecretKey,
+    requireTls: config.requireTls,
+    clock,
+  });
   const auth = authPlugin({
     identify,
     metrics: deps.metrics.auth,
@@ -122,6 +128,7 @@ export function createApp(deps: AppDeps) {
         identify,
         lockedOutUntil: (principal) => ipBlocks.blockedUntil(principal),
         metrics: deps.metrics.rateLimit,
+        cookieProven: (request) => csrfCheck(request) === null,
         now: () => clock.now(),
       }),
     )

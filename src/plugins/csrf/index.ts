@@ -76,13 +76,20 @@ export function createCsrfIssuer(options: Pick<CsrfOptions, "secretKey" | "requi
   };
 }
 
-export function csrf(options: CsrfOptions) {
-  const { secretKey, previousSecretKey, requireTls, clock, audit, metrics } = options;
+/**
+ * Why a request that carries a session or refresh cookie does not prove it comes from the app's
+ * own page (cross-site, no token, a token not this session's or expired), or null when it does or
+ * carries neither cookie. The CSRF stage refuses a state-changing request for it; the rate-limit
+ * stage asks it of any request whose only credential is the session cookie, before counting it
+ * against that principal (plugins/rate-limit).
+ */
+export function createCsrfCheck(
+  options: Pick<CsrfOptions, "secretKey" | "previousSecretKey" | "requireTls" | "clock">,
+): (request: Request) => string | null {
+  const { secretKey, previousSecretKey, requireTls, clock } = options;
   const keys = previousSecretKey ? [secretKey, previousSecretKey] : secretKey;
   const names = cookieNames(requireTls);
-  const firstInWindow = auditedOncePerWindow(audit, "csrf.failed");
-
-  const check = (request: Request): string | null => {
+  return (request) => {
     const cookies = request.headers.get("cookie");
     const session = readCookie(cookies, names.session);
     if (session === null && readCookie(cookies, names.refresh) === null) return null;
@@ -94,6 +101,12 @@ export function csrf(options: CsrfOptions) {
     const verdict = verifyCsrfToken(keys, header, session, clock.now());
     return verdict === "VALID" ? null : `token ${verdict.toLowerCase().replace("_", " ")}`;
   };
+}
+
+export function csrf(options: CsrfOptions) {
+  const { clock, audit, metrics } = options;
+  const firstInWindow = auditedOncePerWindow(audit, "csrf.failed");
+  const check = createCsrfCheck(options);
 
   return new Elysia({ name: "palisade.csrf" })
     .onRequest(function enforceCsrf(context) {

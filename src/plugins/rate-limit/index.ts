@@ -16,6 +16,7 @@
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
 import type { Identification, Identify } from "../auth/identify";
+import { sendsHeaderCredential } from "../csrf/cookies";
 import { principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
@@ -34,11 +35,19 @@ export interface RateLimitOptions {
   lockedOutUntil?: (principal: string) => number | null;
   /** Counts the refusals of locked-out principals, which no policy's decision counts. */
   metrics?: RateLimitMetrics;
+  /**
+   * Whether a request whose only credential is the session cookie proves it comes from the app's
+   * own page (a valid `X-CSRF-Token` for that session, not cross-site: csrf/createCsrfCheck). One
+   * that does not is counted by address: a browser attaches the cookie to any same-site page's
+   * request, so such requests may not spend the principal's budget nor lock it out (probe 32c F1).
+   */
+  cookieProven?: (request: Request) => boolean;
   now?: () => number;
 }
 
 export function rateLimit(options: RateLimitOptions) {
-  const { enforce, policies, allowCidrs, identify, lockedOutUntil, metrics } = options;
+  const { enforce, policies, allowCidrs, identify, lockedOutUntil, metrics, cookieProven } =
+    options;
   const now = options.now ?? Date.now;
   const allowRanges = allowCidrs.map(parseRange);
   // One array per route policy, reused, so the header rendering cached on it is found again.
@@ -89,6 +98,19 @@ export function rateLimit(options: RateLimitOptions) {
     principal === null
       ? address
       : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
+
+  /**
+   * The principal the request is counted against: its own, unless its only credential is the
+   * session cookie and it does not prove it comes from the app's page. A lockout is asked of the
+   * credential first either way (principalOf), so a locked-out session is refused without a token.
+   */
+  const countedAs = (request: Request, principal: string | null): string | null =>
+    principal !== null &&
+    cookieProven !== undefined &&
+    !sendsHeaderCredential(request.headers) &&
+    !cookieProven(request)
+      ? null
+      : principal;
 
   /**
    * Counts a request the store must decide, by its keys or, when its credential must still be
@@ -148,10 +170,15 @@ export function rateLimit(options: RateLimitOptions) {
         return limit(
           state,
           applied,
-          verified.then((settled) => keysOf(applied, address, principalOf(settled))),
+          verified.then((settled) =>
+            keysOf(applied, address, countedAs(request, principalOf(settled))),
+          ),
         );
       }
-      const keys = found === undefined ? address : keysOf(applied, address, principalOf(found));
+      const keys =
+        found === undefined
+          ? address
+          : keysOf(applied, address, countedAs(request, principalOf(found)));
       const headers = enforce.admitNow(applied, keys);
       if (headers !== undefined) {
         Object.assign(state.set.headers, headers);

@@ -14,6 +14,7 @@ import {
   signUp,
 } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
+import { cookieHeader, cookiesOf } from "../../support/cookies";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -127,6 +128,137 @@ describe("principal-keyed policies", () => {
       peer: PEER,
     });
     expect(own.status).toBe(200);
+  });
+});
+
+describe("the session cookie alone (probe 32c F1)", () => {
+  /** A user signed in in browser mode, with a bearer token too: cookies, CSRF token, token. */
+  const browserUser = async (target: TestApp) => {
+    const user = await signUp(target, { peer: "10.1.1.1" });
+    const login = await send(target, "/api/auth/login?mode=cookie", {
+      body: { email: user.email, password: STRONG_PASSWORD },
+      peer: "10.1.1.2",
+    });
+    const jar = cookiesOf(login);
+    const csrf = await send(target, "/api/auth/csrf", {
+      headers: { cookie: cookieHeader(jar) },
+      peer: "10.1.1.3",
+    });
+    const { token } = (await csrf.json()) as { token: string };
+    return {
+      user,
+      ambient: { cookie: cookieHeader(jar) },
+      proven: { cookie: cookieHeader({ ...jar, ...cookiesOf(csrf) }), "x-csrf-token": token },
+    };
+  };
+
+  test("requests a same-site page could forge count by address: they neither spend the user's budget nor lock the user out", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({
+      clock,
+      env: { RATE_LIMIT_PRIVACY: "2", RATE_LIMIT_BURST: "100", IP_BLOCK_RATE_LIMIT_REFUSALS: "0" },
+    });
+    const victim = await browserUser(current);
+    clock.advance(MINUTE);
+    // Forged: the cookie only, from pages at many addresses; each is refused by CSRF, none by
+    // the user's budget, however many there are.
+    const forged = [];
+    for (let i = 1; i <= 8; i++) {
+      const response = await send(current, "/api/me", {
+        method: "DELETE",
+        headers: { ...victim.ambient, "sec-fetch-site": "same-site" },
+        peer: `198.51.100.${i}`,
+      });
+      forged.push(`${response.status} ${await codeOf(response)}`);
+    }
+    expect(forged).toEqual(Array(8).fill("403 CSRF_FAILED"));
+    // Forged reads too: counted by the address they came from.
+    const reads = [];
+    for (let i = 0; i < 3; i++) {
+      reads.push(
+        (await send(current, "/api/me/export", { headers: victim.ambient, peer: "198.51.100.9" }))
+          .status,
+      );
+    }
+    expect(reads).toEqual([200, 200, 429]);
+    // The user's own requests still have the whole budget, by token and by the page's cookie.
+    const own = [];
+    own.push(
+      (
+        await send(current, "/api/me/export", {
+          headers: bearer(victim.user.accessToken),
+          peer: PEER,
+        })
+      ).status,
+    );
+    own.push(
+      (await send(current, "/api/me/export", { headers: victim.proven, peer: "10.9.9.9" })).status,
+    );
+    own.push(
+      (
+        await send(current, "/api/me/export", {
+          headers: bearer(victim.user.accessToken),
+          peer: PEER,
+        })
+      ).status,
+    );
+    expect(own).toEqual([200, 200, 429]);
+    const lockouts = current.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'auth.locked_out'")
+      .get() as { n: number };
+    expect(lockouts.n).toBe(0);
+  });
+
+  test("the page's own requests (the cookie and a valid X-CSRF-Token) count against the user wherever they come from", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock, env: { RATE_LIMIT_PRIVACY: "2", RATE_LIMIT_BURST: "100" } });
+    const browser = await browserUser(current);
+    clock.advance(MINUTE);
+    const statuses = [];
+    for (let i = 1; i <= 3; i++) {
+      statuses.push(
+        (await send(current, "/api/me/export", { headers: browser.proven, peer: `10.3.0.${i}` }))
+          .status,
+      );
+    }
+    expect(statuses).toEqual([200, 200, 429]);
+    // Marked cross-site, or with another token, the same cookie proves nothing: by address.
+    const crossSite = await send(current, "/api/me/export", {
+      headers: { ...browser.proven, "sec-fetch-site": "cross-site" },
+      peer: "10.3.0.9",
+    });
+    expect(crossSite.status).toBe(200);
+    const otherToken = await send(current, "/api/me/export", {
+      headers: { ...browser.proven, "x-csrf-token": "1.x.y" },
+      peer: "10.3.0.10",
+    });
+    expect(otherToken.status).toBe(200);
+  });
+
+  test("a locked-out user's cookie is refused without a token too", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({
+      clock,
+      env: {
+        RATE_LIMIT_PER_MINUTE: "2",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "3",
+      },
+    });
+    const browser = await browserUser(current);
+    clock.advance(MINUTE);
+    for (let i = 0; i < 6; i++) {
+      await send(current, "/api/auth/me", {
+        headers: bearer(browser.user.accessToken),
+        peer: PEER,
+      });
+    }
+    const locked = await send(current, "/api/auth/me", {
+      headers: browser.ambient,
+      peer: "10.4.4.4",
+    });
+    expect(locked.status).toBe(429);
+    expect(await locked.text()).toContain("Too many refused requests from this credential");
   });
 });
 
