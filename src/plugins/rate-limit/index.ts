@@ -16,9 +16,9 @@
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
 import type { Identification, Identify } from "../auth/identify";
-import { sendsHeaderCredential } from "../csrf/cookies";
 import { principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
+import { sendsHeaderCredential } from "../csrf/cookies";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
 import type { LimitCharge, LimitEnforcer, LimitKeys } from "./enforce";
