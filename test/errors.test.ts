@@ -86,6 +86,35 @@ describe("problem+json", () => {
     expect(JSON.stringify(body)).not.toContain("secret-value-not-an-email");
   });
 
+  test("a value of the wrong type is not echoed either, whatever its type (probe 32c F2)", async () => {
+    const target = appWithRoutes();
+    for (const name of [4111111111111111, 98765432101, true, 1e300, { card: "4242424242424242" }]) {
+      const response = await send(target, "/test/items", {
+        body: { name, quantity: 1, email: "a@example.test" },
+      });
+      expect(response.status).toBe(422);
+      const body = await problemOf(response);
+      expect(body.errors).toEqual([{ field: "body/name", message: expect.any(String) }]);
+      const text = JSON.stringify(body);
+      expect(text).not.toContain("found");
+      for (const sent of [
+        "4111111111111111",
+        "98765432101",
+        "true",
+        "1e+300",
+        "4242424242424242",
+      ]) {
+        expect(text).not.toContain(sent);
+      }
+    }
+    // The app's own routes answer the same way: the email of a sign-up sent as a number.
+    const signUp = await send(target, "/api/auth/register", {
+      body: { email: 123456789012345, password: "violet-Harbor-quantum-73!" },
+    });
+    expect(signUp.status).toBe(422);
+    expect(await signUp.text()).not.toContain("123456789012345");
+  });
+
   test("a missing field is named", async () => {
     const target = appWithRoutes();
     const response = await send(target, "/test/items", { body: { name: "widget", quantity: 2 } });

@@ -111,9 +111,12 @@ export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
     const field = `${error.type}${path}`;
     if (seen.has(field)) continue;
     seen.add(field);
+    // Elysia's summary of a wrong type ends "… but found: <the value sent>" (a card number sent
+    // as a number, probe 32c F2): TypeBox's own message ("Expected string") names the rule alone.
+    const summary = "summary" in issue && issue.summary ? issue.summary : null;
     const message =
       unionRule("schema" in issue ? issue.schema : null) ??
-      ("summary" in issue && issue.summary ? issue.summary : issue.message);
+      (summary !== null && !summary.includes(" but found: ") ? summary : issue.message);
     fields.push({ field, message: String(message) });
   }
   return fields;
