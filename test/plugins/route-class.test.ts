@@ -6,8 +6,9 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { routeClassesOf } from "../../src/app";
 import { AUTH_DETAIL_KEY } from "../../src/plugins/auth";
 import { createRouteClassTable, UNMATCHED_CLASS } from "../../src/plugins/route-class";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { buildTestApp, send, serveInProcess, type TestApp } from "../support/app";
 import { bearer, signUp } from "../support/auth";
+import { rawHttp } from "../support/raw-http";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -178,6 +179,85 @@ describe("through the router", () => {
       });
     }
     expect(current.services.auth.findUserByEmail("never@example.test")).toBeNull();
+  });
+});
+
+describe("through the live server's router", () => {
+  /** A raw request to the live server: Bun's own router matches the path as sent. */
+  const sendRaw = (port: number, method: string, path: string, peer: number) => {
+    const body = method === "GET" || method === "HEAD" ? "" : "{}";
+    return rawHttp(
+      port,
+      `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 198.51.100.${peer}\r\n` +
+        (body ? `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n` : "") +
+        `Connection: close\r\n\r\n${body}`,
+    );
+  };
+
+  test("each spelling that reaches a handler is counted against its route's policy, as in process", async () => {
+    current = buildTestApp({
+      env: {
+        RATE_LIMIT_PER_MINUTE: "100000",
+        RATE_LIMIT_BURST: "100000",
+        TRUST_PROXY: "loopback",
+      },
+    });
+    tableOf(current);
+    const running = serveInProcess(current);
+    const port = Number(new URL(running.url).port);
+    let peer = 0;
+    try {
+      for (const route of routesOf(current)) {
+        const resolved = table.classify(route.method, route.path);
+        for (const spelling of spellings(route.method, concrete(route.path))) {
+          const response = await sendRaw(port, spelling.method, spelling.path, ++peer % 250);
+          const seen = {
+            route: `${spelling.method} ${spelling.path}`,
+            routed: response.status !== 404 && response.status !== 405,
+            policy: response.headers["ratelimit-policy"] ?? null,
+          };
+          const policy = resolved.probe
+            ? null
+            : resolved.policy === null
+              ? '"default";q=100000;w=60'
+              : expect.stringContaining(`"${resolved.policy}";`);
+          expect(seen).toEqual({ route: seen.route, routed: true, policy });
+        }
+      }
+    } finally {
+      await running.shutdown("test");
+    }
+  });
+
+  test("a dot segment where a route has a parameter is refused 400 BAD_PATH before auth or validation (probe 32c F3)", async () => {
+    current = buildTestApp({
+      env: {
+        RATE_LIMIT_PER_MINUTE: "100000",
+        RATE_LIMIT_BURST: "100000",
+        TRUST_PROXY: "loopback",
+      },
+    });
+    const running = serveInProcess(current);
+    const port = Number(new URL(running.url).port);
+    let peer = 0;
+    const withParams = routesOf(current).filter((route) => route.path.includes("/:"));
+    expect(withParams.length).toBeGreaterThan(3);
+    try {
+      for (const route of withParams) {
+        for (const dots of ["..", "%2e%2e", ".%2E", "%2e.", ".", "%2e"]) {
+          const path = route.path.replace(/:[^/]+/, dots).replace(/:[^/]+/g, "12345");
+          const response = await sendRaw(port, route.method, path, ++peer % 250);
+          const code = response.status === 400 ? JSON.parse(response.body).code : null;
+          expect({ route: `${route.method} ${path}`, status: response.status, code }).toEqual({
+            route: `${route.method} ${path}`,
+            status: 400,
+            code: "BAD_PATH",
+          });
+        }
+      }
+    } finally {
+      await running.shutdown("test");
+    }
   });
 });
 

@@ -29,6 +29,7 @@ import {
   checkContentType,
   checkDeclaredLength,
   checkHeaders,
+  checkParams,
   checkUrl,
   DEFAULT_GUARD_LIMITS,
   type GuardLimits,
@@ -102,6 +103,10 @@ export function requestGuard({
       if (refusal) {
         refuse({ request, path, clientIp, clientKey, requestId } as RequestState, refusal);
       }
+    })
+    .onTransform(function refuseDotSegmentParams(context) {
+      const refusal = checkParams((context as { params?: Record<string, string> }).params);
+      if (refusal) refuse(context as unknown as RequestState, refusal);
     })
     .onParse(async function parseJsonWithinLimit(context, contentType) {
       // Elysia passes the header's media type as sent, cut at `;` but not trimmed: media types
