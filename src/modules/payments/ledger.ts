@@ -164,6 +164,17 @@ export class PaymentLedger {
     return row && this.intact(row) ? row : undefined;
   }
 
+  /** Whether the ledger holds intent `id`, intact, for `owner` with this amount and currency. */
+  holdsAs(id: string, owner: string, made: { amount: number; currency: string }): boolean {
+    const row = this.find(id);
+    return (
+      row !== undefined &&
+      row.owner === owner &&
+      row.amount === made.amount &&
+      row.currency === made.currency
+    );
+  }
+
   findOwned(owner: string, id: string): PaymentRow | undefined {
     const row = this.statements.byOwnerAndId.get({ owner, id });
     return row && this.intact(row) ? row : undefined;

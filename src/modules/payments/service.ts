@@ -322,9 +322,10 @@ export class PaymentService {
             )
             .get();
           const gone = claimed === undefined;
+          const ownerAsStored = gone ? this.audit.pseudonymOf(owner) : owner;
           const inserted = this.ledger.insert({
             id: result.id,
-            owner: gone ? this.audit.pseudonymOf(owner) : owner,
+            owner: ownerAsStored,
             amount: result.amount,
             currency: result.currency,
             status: result.status,
@@ -335,6 +336,13 @@ export class PaymentService {
             createdAt: now,
             updatedAt: now,
           });
+          // An intent Stripe replays must be the one the ledger holds for this owner, amount and
+          // currency. An answer naming another owner's intent (an upstream that writes what it
+          // likes, probe 32b F3) would hand this caller that payment's client secret, and store it
+          // as this key's result: nothing is written, and the answer is not trusted.
+          if (!inserted && !this.ledger.holdsAs(result.id, ownerAsStored, result)) {
+            return { gone, inserted, foreign: true };
+          }
           if (!gone) {
             const done = {
               owner,
@@ -356,7 +364,7 @@ export class PaymentService {
               )
               .run();
           }
-          return { gone, inserted };
+          return { gone, inserted, foreign: false };
         },
         { behavior: "immediate" },
       );
@@ -405,7 +413,15 @@ export class PaymentService {
         await Bun.sleep(RECORD_RETRY_MS);
       }
     }
-    const { gone: erased, inserted } = stored;
+    const { gone: erased, inserted, foreign } = stored;
+    if (foreign) {
+      this.release(owner, key);
+      this.logger.error(
+        { requestId: acting.requestId, paymentId: result.id },
+        "stripe answered a new payment intent with one the ledger holds for another owner, amount or currency: not trusted",
+      );
+      return { ok: false, kind: "bad_response", reason: "payment intent of another payment" };
+    }
     if (!inserted) {
       // Stripe replayed an intent the ledger holds (its idempotency key's stored result was lost,
       // or failed its seal): nothing new was made, so nothing is counted or audited as made.

@@ -189,3 +189,48 @@ test("a Stripe answer whose id or client secret does not match Stripe's patterns
   ).n;
   expect(after).toBe(before);
 });
+
+test("a Stripe answer naming an intent the ledger holds for another owner, amount or currency is not trusted: 502, the key given back (probe 32b F3)", async () => {
+  const other = await signUp(current);
+  const made = await createIntent(current, bearer(other.accessToken), {
+    amount: 1000,
+    currency: "usd",
+  });
+  expect(made.status).toBe(201);
+  const theirs = (await made.json()) as { id: string; clientSecret: string };
+  // The upstream answers this user's new key with the other user's intent, consistent in itself.
+  for (const body of [valid, { amount: 1000, currency: "eur" }]) {
+    const key = `foreign-${body.currency}`;
+    current.stripe.tamperNextIntent({ id: theirs.id, client_secret: theirs.clientSecret });
+    const response = await createIntent(current, bearer(user.accessToken), body, key);
+    expect(response.status).toBe(502);
+    const text = await response.text();
+    expect(JSON.parse(text).code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(text).not.toContain(theirs.clientSecret);
+    // The key was given back, not stored with the other user's answer: a retry asks Stripe
+    // again (which replays its answer to that key), and is not trusted either.
+    const retry = await createIntent(current, bearer(user.accessToken), body, key);
+    expect(retry.status).toBe(502);
+    expect(await retry.text()).not.toContain(theirs.clientSecret);
+    const stored = current.db.$client
+      .query("SELECT count(*) AS n FROM payment_idempotency_keys WHERE key = ?")
+      .get(key) as { n: number };
+    expect(stored.n).toBe(0);
+  }
+  const row = current.db.$client
+    .query("SELECT owner, amount FROM payments WHERE id = ?")
+    .get(theirs.id) as { owner: string; amount: number };
+  expect(row).toEqual({ owner: `user:${other.userId}`, amount: 1000 });
+});
+
+test("an intent Stripe replays for this owner's lost key, the same payment, is still answered as a replay", async () => {
+  const made = await createIntent(current, bearer(user.accessToken), valid, "replayed-own");
+  const mine = (await made.json()) as { id: string; clientSecret: string };
+  // Its stored result lost: the key row gone, Stripe's replay of the same intent arrives again.
+  current.db.$client.query("DELETE FROM payment_idempotency_keys WHERE key = 'replayed-own'").run();
+  current.stripe.tamperNextIntent({ id: mine.id, client_secret: mine.clientSecret });
+  const again = await createIntent(current, bearer(user.accessToken), valid, "replayed-own");
+  expect(again.status).toBe(201);
+  expect(again.headers.get("idempotent-replayed")).toBe("true");
+  expect(((await again.json()) as { id: string }).id).toBe(mine.id);
+});
