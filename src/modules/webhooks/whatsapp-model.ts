@@ -94,6 +94,8 @@ export interface InboundItem {
   /** The text as chat receives it (trimmed), or null for `refused` and `unsupported`. */
   text: string | null;
   type: string;
+  /** When the sender sent it (Meta's `timestamp`, in ms), or null when it carries none. */
+  sentAt: number | null;
 }
 
 export interface StatusItem {
@@ -130,7 +132,7 @@ function isDeliveryStatus(value: string): value is DeliveryStatus {
 }
 
 /** Seconds since the epoch as Meta sends them (a string), in milliseconds; `fallback` if absent. */
-function timestampMs(value: string | undefined, fallback: number): number {
+function timestampMs<T extends number | null>(value: string | undefined, fallback: T): number | T {
   if (value === undefined || !/^[0-9]{1,12}$/.test(value)) return fallback;
   return Number(value) * 1000;
 }
@@ -181,6 +183,7 @@ export function readNotification(
           kind: read === null ? "unsupported" : read.kind,
           text: read?.kind === "text" ? read.text : null,
           type: message.type,
+          sentAt: timestampMs(message.timestamp, null),
         });
       }
       for (const status of value.statuses ?? []) {

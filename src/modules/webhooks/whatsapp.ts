@@ -59,6 +59,11 @@ const CHALLENGE = /^[A-Za-z0-9._~-]{1,128}$/;
 const DAY_MS = 24 * 60 * 60 * 1000;
 /** Finished outbox rows, statuses and WhatsApp dedupe records are kept this long. */
 const RETENTION_MS = 30 * DAY_MS;
+/**
+ * A message sent longer ago than this is ignored: a day inside the dedupe records' retention, so
+ * every message accepted has its id remembered for as long as it can arrive.
+ */
+export const OLDEST_MESSAGE_MS = RETENTION_MS - DAY_MS;
 const PRUNE_BATCH = 1000;
 /** A dedupe row still `message.claimed` this long after it was written was left by a crash. */
 export const CLAIM_LEASE_MS = 60_000;
@@ -149,6 +154,8 @@ function prepareIntake(db: AppDatabase) {
           receivedAt: p("at"),
           seal: p("seal"),
         })
+        .onConflictDoNothing({ target: whatsappOutbox.messageId })
+        .returning({ id: whatsappOutbox.id })
         .prepare(),
     recordStatus: () =>
       db
@@ -193,6 +200,15 @@ export class WhatsAppIntake {
     for (let i = 0; i < read.ignored; i++) metrics.events.labels("whatsapp", "ignored").inc();
 
     for (const message of read.messages) {
+      // Older than the dedupe records go back: its id may be forgotten, so it cannot be told
+      // from a replay of signed bytes captured then (Meta's signature carries no time, and Meta
+      // redelivers for 7 days at most). Answered 200 and ignored, never a second reply (probe
+      // 32b F1: a 40-day-old message was answered again once its id was pruned).
+      if (message.sentAt !== null && message.sentAt < core.clock.now() - OLDEST_MESSAGE_MS) {
+        ack.ignored++;
+        metrics.events.labels("whatsapp", "ignored").inc();
+        continue;
+      }
       // A redelivery (or a concurrent copy) of a message id never reaches the limiter.
       const claimedAt = core.clock.now();
       if (!this.claim(message.messageId, claimedAt)) {
@@ -220,8 +236,11 @@ export class WhatsAppIntake {
             body: message.text,
             reply: null,
           };
-          enqueue.run({ ...row, at: now, seal: this.options.outboxSeal.of(row) });
-          return true;
+          // The outbox may still hold the id after its dedupe record was pruned (a reply that took
+          // retries finished later than its message arrived): a duplicate, the record kept, not a
+          // unique-index 500 that left the claim behind for every redelivery (probe 32b F2).
+          const queued = enqueue.all({ ...row, at: now, seal: this.options.outboxSeal.of(row) });
+          return queued.length === 1;
         })
         .immediate();
       if (!inserted) {

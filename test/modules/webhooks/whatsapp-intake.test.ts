@@ -528,4 +528,54 @@ describe("retention", () => {
       { message_id: "wamid.Y", status: "read" },
     ]);
   });
+
+  test("a message id redelivered after its dedupe record was pruned, while the outbox still holds it, is a duplicate, not a 500 (probe 32b F2)", async () => {
+    const target = build();
+    const payload = notification({ messages: [{ id: "wamid.GAP", from: "16505551234" }] });
+    expect((await deliver(target, payload)).status).toBe(200);
+    const sqlite = target.db.$client;
+    // Its reply finished 10 minutes after the message arrived: the record goes before the row.
+    const day = 24 * 60 * 60 * 1000;
+    const arrived = Date.now() - 30 * day - 60_000;
+    sqlite.run(
+      "UPDATE whatsapp_outbox SET state = 'sent', recipient = NULL, body = NULL, received_at = ?, finished_at = ?",
+      [arrived, arrived + 600_000],
+    );
+    sqlite.run("UPDATE webhook_events SET received_at = ? WHERE event_id = 'wamid.GAP'", [arrived]);
+    target.services.runMaintenance();
+    expect(events(target)).toEqual([]);
+    expect(outbox(target)).toHaveLength(1);
+    for (let i = 0; i < 2; i++) {
+      const again = await deliver(target, payload);
+      expect(again.status).toBe(200);
+      expect(await again.json()).toMatchObject({ accepted: 0, duplicates: 1 });
+    }
+    expect(outbox(target)).toHaveLength(1);
+    // No claim is left behind: the id is recorded as the message it was.
+    expect(events(target)).toEqual([{ event_id: "wamid.GAP", type: "message.text" }]);
+  });
+
+  test("a message sent longer ago than the dedupe records go back is ignored, never answered again (probe 32b F1)", async () => {
+    const target = build();
+    const day = 24 * 60 * 60 * 1000;
+    const dated = (id: string, sentAgoMs: number) => {
+      const payload = notification({ messages: [{ id, from: "16505551234" }] }) as {
+        entry: { changes: { value: { messages: { timestamp: string }[] } }[] }[];
+      };
+      payload.entry[0]!.changes[0]!.value.messages[0]!.timestamp = String(
+        Math.floor((Date.now() - sentAgoMs) / 1000),
+      );
+      return payload;
+    };
+    const stale = await deliver(target, dated("wamid.STALE", 40 * day));
+    expect(stale.status).toBe(200);
+    expect(await stale.json()).toMatchObject({ accepted: 0, ignored: 1 });
+    const edge = await deliver(target, dated("wamid.EDGE", 29 * day + 60_000));
+    expect(await edge.json()).toMatchObject({ accepted: 0, ignored: 1 });
+    // Meta redelivers for a week: a message that old is still answered.
+    const late = await deliver(target, dated("wamid.LATE", 7 * day));
+    expect(await late.json()).toMatchObject({ accepted: 1, ignored: 0 });
+    expect(outbox(target).map((row) => row.message_id)).toEqual(["wamid.LATE"]);
+    expect(events(target).map((event) => event.event_id)).toEqual(["wamid.LATE"]);
+  });
 });
