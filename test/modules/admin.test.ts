@@ -55,6 +55,48 @@ describe("audit log query", () => {
     expect(page2.events[0]!.id).toBeLessThan(page1.events[2]!.id);
   });
 
+  test("an address is found in any spelling of it; text that is no address is 422 (probe 32d F1)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    for (const peer of ["2001:DB7:0:0::AB", "::ffff:10.3.3.7"]) {
+      const failed = await send(current, "/api/auth/login", {
+        body: { email: "nobody@example.test", password: "wrong-password-123" },
+        peer,
+      });
+      expect(failed.status).toBe(401);
+    }
+    current.services.audit.flush();
+    const found = async (ip: string) => {
+      const response = await send(
+        current!,
+        `/api/admin/audit?type=auth.login.failed&ip=${encodeURIComponent(ip)}`,
+        { headers: bearer(admin.accessToken) },
+      );
+      return {
+        ip,
+        status: response.status,
+        events: ((await response.json()) as { events?: unknown[] }).events?.length,
+      };
+    };
+    for (const ip of ["2001:db7::ab", "2001:DB7::AB", "2001:db7:0:0::ab", "2001:0db7::00ab"]) {
+      expect(await found(ip)).toEqual({ ip, status: 200, events: 1 });
+    }
+    for (const ip of ["10.3.3.7", "::ffff:10.3.3.7", "::FFFF:10.3.3.7"]) {
+      expect(await found(ip)).toEqual({ ip, status: 200, events: 1 });
+    }
+    expect(await found("2001:db7::cd")).toEqual({ ip: "2001:db7::cd", status: 200, events: 0 });
+    for (const ip of ["a".repeat(64), "010.3.3.7", "10.3.3.7/24", "10.3.3.7:80"]) {
+      const response = await send(current, `/api/admin/audit?ip=${encodeURIComponent(ip)}`, {
+        headers: bearer(admin.accessToken),
+      });
+      expect(response.status).toBe(422);
+      expect(await response.json()).toMatchObject({
+        code: "VALIDATION_FAILED",
+        errors: [{ field: "query/ip" }],
+      });
+    }
+  });
+
   test("since and until on a day that does not exist are 422, not the next month's days", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

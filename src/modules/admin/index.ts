@@ -11,7 +11,7 @@ import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
-import { parseIp } from "../../plugins/client-ip/address";
+import { formatAddress, parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
 import { CreatorGone, type IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
@@ -221,10 +221,26 @@ export function adminModule(options: AdminModuleOptions) {
     .get(
       "/audit",
       ({ query, principal, request, client, requestId, path }) => {
+        // Addresses are recorded in one spelling (IPv6 compressed and lower case, a mapped IPv4
+        // as IPv4): the filter is read the same way, so any spelling finds its events, and text
+        // that is no address is refused rather than answered with nothing (probe 32d F1).
+        let ip: string | undefined;
+        if (query.ip !== undefined) {
+          const address = parseIp(query.ip);
+          if (address === null) {
+            throw new AppError("VALIDATION_FAILED", "The request query is invalid.", [
+              {
+                field: "query/ip",
+                message: "Expected a canonical dotted-decimal IPv4 or an IPv6 address",
+              },
+            ]);
+          }
+          ip = formatAddress(address);
+        }
         const page = queryAuditEvents(options.sqlite, {
           type: query.type,
           actor: query.actor,
-          ip: query.ip,
+          ip,
           since: query.since ? Date.parse(query.since) : undefined,
           until: query.until ? Date.parse(query.until) : undefined,
           cursor: query.cursor,

@@ -559,7 +559,7 @@ describe("retention", () => {
     const target = build();
     const day = 24 * 60 * 60 * 1000;
     const dated = (id: string, sentAgoMs: number) => {
-      const payload = notification({ messages: [{ id, from: "16505551234" }] }) as {
+      const payload = notification({ messages: [{ id, from: "16505551234" }] }) as unknown as {
         entry: { changes: { value: { messages: { timestamp: string }[] } }[] }[];
       };
       payload.entry[0]!.changes[0]!.value.messages[0]!.timestamp = String(
