@@ -788,3 +788,36 @@ test("an account set aside by the address upgrade (no address key) erases no oth
   ).toBe(true);
   expect(accountRows()).toEqual(before);
 });
+
+test("a key an admin rotated is exported with its successor withheld, the admin's key; a key rotated by its own owner names its successor (probe 32d F3)", async () => {
+  current = buildTestApp();
+  const user = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const usersKey = createKey(current, ["chat"], user.userId);
+  const adminsKey = createKey(current, ["chat"], admin.userId);
+  const rotate = async (id: string) => {
+    const response = await send(current!, `/api/admin/api-keys/${id}/rotate`, {
+      body: { graceMinutes: 1 },
+      headers: bearer(admin.accessToken),
+    });
+    expect(response.status).toBe(201);
+    return ((await response.json()) as { apiKey: { id: string } }).apiKey.id;
+  };
+  const adminsSuccessorOfUsers = await rotate(usersKey.record.id);
+  const adminsOwnSuccessor = await rotate(adminsKey.record.id);
+  const keysExported = async (who: { accessToken: string }) => {
+    const response = await send(current!, "/api/me/export", { headers: bearer(who.accessToken) });
+    expect(response.status).toBe(200);
+    return ((await response.json()) as { apiKeys: { id: string; replacedBy: string | null }[] })
+      .apiKeys;
+  };
+  const usersKeys = await keysExported(user);
+  expect(usersKeys).toEqual([
+    expect.objectContaining({ id: usersKey.record.id, replacedBy: "(another principal)" }),
+  ]);
+  expect(JSON.stringify(usersKeys)).not.toContain(adminsSuccessorOfUsers);
+  const adminsKeys = await keysExported(admin);
+  expect(adminsKeys.find((key) => key.id === adminsKey.record.id)?.replacedBy).toBe(
+    adminsOwnSuccessor,
+  );
+});

@@ -8,6 +8,7 @@ import { asc, eq, inArray, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { rateLimitCounters, refreshFamilies, users } from "../../db/schema";
+import { WITHHELD_PRINCIPAL } from "../../plugins/audit/privacy";
 import type { PrivacyContributor } from "../privacy/contributor";
 import type { PrivacyAccount } from "../privacy/service";
 import type { ApiKeyService } from "./api-keys";
@@ -44,7 +45,17 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
     apiKeys.list(userId).filter((key) => apiKeys.intact(key.id));
   return {
     name: "apiKeys",
-    export: (userId) => sealedKeysOf(userId).map(({ userId: _owner, ...key }) => key),
+    export: (userId) => {
+      const keys = sealedKeysOf(userId);
+      const own = new Set(keys.map((key) => key.id));
+      // A successor an admin made by rotating the user's key is the admin's (a successor acts for
+      // whoever rotated): withheld as the audit events withhold another principal (probe 32d F3).
+      return keys.map(({ userId: _owner, ...key }) => ({
+        ...key,
+        replacedBy:
+          key.replacedBy === null || own.has(key.replacedBy) ? key.replacedBy : WITHHELD_PRINCIPAL,
+      }));
+    },
     actors: (userId) => sealedKeysOf(userId).map((key) => `key:${key.id}`),
     erase(userId, { pseudonym }) {
       for (const key of apiKeys.list(userId)) {

@@ -14,7 +14,9 @@ import { PSEUDONYM_PREFIX } from "./chain";
 import { SUBJECT_ADDRESS_TYPES, withPrincipalsReplaced } from "./events";
 import type { AuditLog } from "./log";
 
-const WITHHELD = "(another principal)";
+/** What an export shows in place of a principal that is not the person's own. */
+export const WITHHELD_PRINCIPAL = "(another principal)";
+const WITHHELD = WITHHELD_PRINCIPAL;
 
 /**
  * An event's detail with every principal it names that is not the person's own withheld (an
