@@ -64,8 +64,13 @@ export const usersRole: Command = {
     const changed = auth.setRole(user.id, role, "cli");
     context.out(changed ? `${email} is now ${role}` : `${email} was already ${role}`);
     if (!user.intact) {
+      // A role written into the file, put back to the one the seal was made over, leaves the row
+      // as Palisade wrote it: it matches its seal again (probe 32a F1). Said as it is now.
+      const after = auth.accountForOperator(email);
       context.err(
-        `the account of ${email} does not match its seal (it was written into the database file): its sessions were ended and it cannot sign in`,
+        after?.intact
+          ? `the account of ${email} did not match its seal (its role was written into the database file); with the role it was sealed with, it matches it again and can sign in: its sessions were ended`
+          : `the account of ${email} does not match its seal (it was written into the database file): its sessions were ended and it cannot sign in`,
       );
     }
     return 0;

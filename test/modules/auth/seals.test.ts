@@ -413,6 +413,28 @@ describe("operators acting on tampered rows", () => {
       (await send(next, "/api/admin/api-keys", { headers: bearer(admin.accessToken) })).status,
     ).toBe(401);
   });
+
+  test("a user whose role was written admin in the file, demoted back by users:role, is told as it is: it matches its seal again and signs in (probe 32a F1)", async () => {
+    const target = app();
+    const user = await signUp(target);
+    target.db.$client.run("UPDATE users SET role = 'admin' WHERE id = ?", [user.userId]);
+    const env = { DATABASE_PATH: target.databasePath };
+    const demoted = await cliInProcess(
+      ["users:role", "--email", user.email, "--role", "user"],
+      env,
+    );
+    expect(demoted.code).toBe(0);
+    expect(demoted.stderr).toContain(
+      "with the role it was sealed with, it matches it again and can sign in",
+    );
+    expect(demoted.stderr).not.toContain("cannot sign in");
+    const next = restarted(target);
+    const signedIn = await send(next, "/api/auth/login", {
+      body: { email: user.email, password: STRONG_PASSWORD },
+      peer: "10.66.3.1",
+    });
+    expect(signedIn.status).toBe(200);
+  });
 });
 
 describe("what the CLI shows of tampered keys", () => {
