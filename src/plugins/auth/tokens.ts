@@ -100,6 +100,22 @@ function accessClaimsOf(payload: Record<string, unknown>): AccessClaims | null {
   return { sub, role, fam, jti, iat, exp };
 }
 
+/**
+ * Whether each of the token's three parts is base64url as an encoder writes it: no padding, and
+ * no bits set past the last byte. A decoder ignores both, so without this check one token has
+ * several spellings that verify (`=` appended, the signature's last character with its two unused
+ * bits changed: probe 32a F3), each a cache entry and a verification of its own.
+ */
+export function isCanonicalCompactJws(token: string): boolean {
+  const parts = token.split(".");
+  if (parts.length !== 3) return false;
+  for (const part of parts) {
+    if (!/^[A-Za-z0-9_-]*$/.test(part)) return false;
+    if (Buffer.from(part, "base64url").toString("base64url") !== part) return false;
+  }
+  return true;
+}
+
 export async function verifyAccessToken(
   keys: SigningKeys,
   token: string,
@@ -107,6 +123,7 @@ export async function verifyAccessToken(
   /** The configured access-token lifetime: a token claiming a longer one is refused. */
   maxLifetimeSeconds: number,
 ): Promise<TokenVerdict> {
+  if (!isCanonicalCompactJws(token)) return { ok: false, reason: "invalid" };
   const { errors, jwtVerify } = await import("jose");
   // Tokens from before `kid` existed carry none: they were signed with the current key.
   const keyFor = (header: JWTHeaderParameters): Uint8Array => {

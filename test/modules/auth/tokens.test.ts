@@ -138,6 +138,32 @@ describe("access tokens are refused when", () => {
     expect(response.headers.get("www-authenticate")).toBe('Bearer realm="palisade"');
   });
 
+  test("it is another spelling of a valid token: padding, or the signature's unused bits set (probe 32a F3)", async () => {
+    current = buildTestApp();
+    const session = await signUp(current);
+    const token = session.accessToken;
+    expect((await meWith(current, token)).status).toBe(200);
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const last = alphabet.indexOf(token.at(-1)!);
+    const [header, payload] = token.split(".");
+    const spellings = [
+      `${token}=`,
+      `${token}==`,
+      `${token.slice(0, -1)}${alphabet[last ^ 1]}`,
+      `${token.slice(0, -1)}${alphabet[last ^ 2]}`,
+      `${header}=.${token.slice(header!.length + 1)}`,
+      `${header}.${payload}=.${token.split(".")[2]}`,
+    ];
+    for (const spelling of spellings) {
+      expect({ spelling, ...(await meWith(current, spelling)) }).toMatchObject({
+        spelling,
+        status: 401,
+      });
+    }
+    // The token itself still works.
+    expect((await meWith(current, token)).status).toBe(200);
+  });
+
   test("a hand-built token with every claim right and the right secret is accepted", async () => {
     // The control for the cases above: they fail for their one change, not for the harness.
     current = buildTestApp();
