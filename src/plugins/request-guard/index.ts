@@ -105,8 +105,13 @@ export function requestGuard({
       }
     })
     .onTransform(function refuseDotSegmentParams(context) {
-      const refusal = checkParams((context as { params?: Record<string, string> }).params);
-      if (refusal) refuse(context as unknown as RequestState, refusal);
+      // Destructured, never handed on whole: Elysia reads which context properties a hook names
+      // and parses only those (cookies, headers, query) for every route (test/plugins/request-parsing).
+      const { params, request, path, clientIp, clientKey, requestId } =
+        context as unknown as RequestState & { params?: Record<string, string> };
+      const refusal = checkParams(params);
+      if (refusal)
+        refuse({ request, path, clientIp, clientKey, requestId } as RequestState, refusal);
     })
     .onParse(async function parseJsonWithinLimit(context, contentType) {
       // Elysia passes the header's media type as sent, cut at `;` but not trimmed: media types
