@@ -41,6 +41,8 @@ export interface FakeStripe {
   failNext(path: string, failure: ScriptedFailure, count?: number): void;
   /** The next payment intent is answered with these fields changed (a response we must refuse). */
   tamperNextIntent(fields: Record<string, unknown>): void;
+  /** The next refunds made are answered with these statuses, one each (then `succeeded`). */
+  refundStatusNext(...statuses: string[]): void;
   /** Every answer waits this long first (lets concurrent requests overlap). */
   delayMs: number;
   /**
@@ -88,6 +90,7 @@ export function startFakeStripe(): FakeStripe {
   const failures = new Map<string, ScriptedFailure[]>();
   const intents = new Map<string, Record<string, unknown>>();
   let tamper: Record<string, unknown> | null = null;
+  const refundStatuses: string[] = [];
 
   const state = {
     delayMs: 0,
@@ -152,7 +155,7 @@ export function startFakeStripe(): FakeStripe {
           amount,
           currency: intent.currency,
           payment_intent: intent.id,
-          status: "succeeded",
+          status: refundStatuses.shift() ?? "succeeded",
           created: Math.floor(Date.now() / 1000),
         },
       };
@@ -250,6 +253,9 @@ export function startFakeStripe(): FakeStripe {
     },
     tamperNextIntent(fields) {
       tamper = fields;
+    },
+    refundStatusNext(...statuses) {
+      refundStatuses.push(...statuses);
     },
     holdNext(path) {
       const reached = Promise.withResolvers<void>();

@@ -136,6 +136,34 @@ function unrecordedKey(owner: string, key: string): string {
   return JSON.stringify([owner, key]);
 }
 
+/** How many refunds Stripe refused (`failed`, `canceled`) one refund request walks past. */
+export const MAX_REFUND_ATTEMPTS = 10;
+
+/**
+ * A refund of `amount` from the payment's refunded total `refundedBefore`, under a Stripe
+ * idempotency key derived from them, so a retry after an answer lost on the way (a timeout, a
+ * stop) is that refund again, never a second one. Stripe answers a key it has seen with its first
+ * answer for 24 hours, so a refund it refused (`failed`, `canceled`) would be that refusal again
+ * on every retry (probe 32b): a refused answer replayed moves on to the key derived from that
+ * refused refund's id, which is again the same on every retry. A refusal that is not a replay is
+ * this request's answer.
+ */
+async function refundPastFailures(
+  gateway: PaymentGateway,
+  id: string,
+  refundedBefore: number,
+  amount: number,
+): Promise<Awaited<ReturnType<PaymentGateway["refund"]>>> {
+  const first = `palisade_refund_${id}_${refundedBefore}_${amount}`;
+  let key = first;
+  for (let attempt = 1; ; attempt++) {
+    const result = await gateway.refund(id, amount, key);
+    const refused = result.ok && (result.status === "failed" || result.status === "canceled");
+    if (!refused || !result.replayed || attempt === MAX_REFUND_ATTEMPTS) return result;
+    key = `${first}_after_${result.id}`;
+  }
+}
+
 export class PaymentService {
   readonly configured: boolean;
   private readonly db: AppDatabase;
@@ -488,8 +516,7 @@ export class PaymentService {
     // This refund's claim: its end clears only this claim, never one a later refund took.
     const claim = now;
 
-    const stripeKey = `palisade_refund_${id}_${start.refundedBefore}_${start.amount}`;
-    const result = await gateway.refund(id, start.amount, stripeKey);
+    const result = await refundPastFailures(gateway, id, start.refundedBefore, start.amount);
     const context = { requestId: acting.requestId, paymentId: id };
     if (!result.ok) {
       this.logger.warn(

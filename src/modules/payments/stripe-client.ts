@@ -40,6 +40,8 @@ export interface CreatedRefund {
   id: string;
   amount: number;
   status: string;
+  /** Stripe answered with what it answered this idempotency key before (`Idempotent-Replayed`). */
+  replayed: boolean;
 }
 
 export type GatewayFailure =
@@ -93,6 +95,16 @@ export async function createStripe(options: StripeClientOptions): Promise<Stripe
     timeout: options.timeoutMs ?? STRIPE_TIMEOUT_MS,
     telemetry: false,
   });
+}
+
+/**
+ * A header of the SDK's `lastResponse`: a plain object under Node's HTTP client (as its types say),
+ * a `Headers` under the fetch client Bun gets.
+ */
+function headerOf(headers: unknown, name: string): string | undefined {
+  if (headers instanceof Headers) return headers.get(name) ?? undefined;
+  const value = (headers as Record<string, unknown> | undefined)?.[name];
+  return typeof value === "string" ? value : undefined;
 }
 
 /** The shape of a refund status Stripe writes (`succeeded`, `requires_action`). */
@@ -188,7 +200,7 @@ export class StripeGateway implements PaymentGateway {
     amount: number,
     idempotencyKey: string,
   ): Promise<GatewayResult<CreatedRefund>> {
-    let refund: Stripe.Refund;
+    let refund: Stripe.Response<Stripe.Refund>;
     try {
       refund = await (await this.stripe).refunds.create(
         { payment_intent: paymentIntentId, amount },
@@ -210,6 +222,7 @@ export class StripeGateway implements PaymentGateway {
       id: refund.id,
       amount: refund.amount,
       status: REFUND_STATUS.test(status) ? status : UNRECOGNISED_STATUS,
+      replayed: headerOf(refund.lastResponse?.headers, "idempotent-replayed") === "true",
     };
   }
 }

@@ -61,6 +61,41 @@ describe("only a succeeded refund is money returned", () => {
     });
   }
 
+  test("a refund Stripe refused is retried as a new refund: Stripe's replay of the refusal is walked past, and each key is the same on every retry (probe 32b)", async () => {
+    current = buildPaymentsApp();
+    const { alice, admin, id } = await paidPayment(current, 3000);
+    const refund = () =>
+      send(current!, `/api/admin/payments/${id}/refund`, {
+        body: { amount: 1000 },
+        headers: bearer(admin.accessToken),
+      });
+    const refundsMade = () => current!.stripe.created("/v1/refunds");
+    const keysSent = () =>
+      current!.stripe.calls
+        .filter((call) => call.path === "/v1/refunds")
+        .map((call) => call.idempotencyKey);
+    current.stripe.refundStatusNext("failed", "canceled");
+    expect((await refund()).status).toBe(502);
+    expect(refundsMade()).toBe(1);
+    // Retried: Stripe replays the failure to the first key; the next key is a new refund,
+    // canceled.
+    expect((await refund()).status).toBe(502);
+    expect(refundsMade()).toBe(2);
+    // Retried again: both refusals replayed, the third key makes the refund.
+    const made = await refund();
+    expect(made.status).toBe(200);
+    expect(refundsMade()).toBe(3);
+    const keys = keysSent();
+    expect(keys).toHaveLength(6);
+    expect(new Set(keys).size).toBe(3);
+    expect(keys.slice(0, 1)).toEqual(keys.slice(1, 2));
+    expect(keys.slice(1, 3)).toEqual(keys.slice(3, 5));
+    const view = (await (
+      await send(current, `/api/payments/${id}`, { headers: bearer(alice.accessToken) })
+    ).json()) as { amountRefunded: number };
+    expect(view.amountRefunded).toBe(1000);
+  });
+
   test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
     const target = withRefundStatus("pending").app;
     const alice = await signUp(target);
