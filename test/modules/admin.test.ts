@@ -309,6 +309,27 @@ describe("IP blocks", () => {
     expect(other.status).toBe(201);
   });
 
+  test("a block covering the trusted proxy the request came through is 409 too; another proxy's is not (probe 32d F2)", async () => {
+    current = buildTestApp({ env: { TRUST_PROXY: "loopback" } });
+    const admin = await signUp(current, { role: "admin", peer: "10.20.30.40" });
+    const viaProxy = (address: string) =>
+      send(current!, "/api/admin/blocks", {
+        headers: { ...bearer(admin.accessToken), "x-forwarded-for": "10.20.30.40" },
+        peer: "127.0.0.1",
+        body: { address, ttlMinutes: 5, reason: "oops" },
+      });
+    for (const address of ["127.0.0.1", "::ffff:127.0.0.1"]) {
+      const refused = await viaProxy(address);
+      expect(refused.status).toBe(409);
+      expect(await refused.text()).toContain("the proxy this request came through");
+    }
+    expect(current.services.ipBlocks.listActive()).toEqual([]);
+    // Requests without X-Forwarded-For still reach the service through the proxy.
+    expect((await send(current, "/openapi.json", { peer: "127.0.0.1" })).status).toBe(200);
+    // Another loopback address is no proxy of this request: blocked as asked.
+    expect((await viaProxy("127.0.0.2")).status).toBe(201);
+  });
+
   test("a bad address is 422", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

@@ -6,6 +6,7 @@
  */
 import { Elysia } from "elysia";
 import type { TrustProxy } from "../../config";
+import { parseIp } from "./address";
 import {
   type Address,
   clientKeyOf,
@@ -51,6 +52,11 @@ export interface ResolvedClient {
   ip: string;
   key: string;
   address: Address | null;
+  /**
+   * The socket peer's key when the client is another address behind it (a trusted proxy), else
+   * null: the admin blocks API will not block the proxy a request came through (probe 32d F2).
+   */
+  proxyKey?: string | null;
 }
 
 const MEMO_LIMIT = 10_000;
@@ -76,6 +82,17 @@ export function createClientResolver(
   onShortChain: (chain: ShortChain) => void = () => {},
 ): ClientResolver {
   const trust = compileTrust(trustProxy);
+  // Peers are the few proxies in front (or the clients themselves): each read once.
+  const peerKeys = new Map<string, string>();
+  const peerKeyOf = (peer: string): string => {
+    let key = peerKeys.get(peer);
+    if (key === undefined) {
+      key = clientKeyOf(parseIp(peer));
+      if (peerKeys.size >= MEMO_LIMIT) peerKeys.clear();
+      peerKeys.set(peer, key);
+    }
+    return key;
+  };
   const resolveNow = (
     peer: string | null,
     forwardedFor: string | null,
@@ -86,10 +103,13 @@ export function createClientResolver(
       if (entries < trust.hops) shortChain = { hops: trust.hops, entries };
     }
     const address = resolveClientAddress({ peer, forwardedFor }, trust);
+    const key = clientKeyOf(address);
+    const peerKey = peer === null || forwardedFor === null ? null : peerKeyOf(peer);
     return {
       ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
-      key: clientKeyOf(address),
+      key,
       address,
+      proxyKey: peerKey !== null && peerKey !== key ? peerKey : null,
       shortChain,
     };
   };
