@@ -50,6 +50,14 @@ function spellings(method: string, path: string): { method: string; path: string
 
 let table = createRouteClassTable([]);
 
+/** The RateLimit-Policy header a request of the class carries, limits raised to 100,000. */
+const policyHeaderOf = (resolved: ReturnType<typeof table.classify>) =>
+  resolved.probe
+    ? null
+    : resolved.policy === null
+      ? '"default";q=100000;w=60'
+      : expect.stringContaining(`"${resolved.policy}";`);
+
 describe("the route-class table", () => {
   test("every registered route has a class, and every class names a registered route", () => {
     current = buildTestApp();
@@ -111,11 +119,7 @@ describe("through the router", () => {
           routed: response.status !== 404 && response.status !== 405,
           policy: response.headers.get("ratelimit-policy"),
         };
-        const policy = resolved.probe
-          ? null
-          : resolved.policy === null
-            ? '"default";q=100000;w=60'
-            : expect.stringContaining(`"${resolved.policy}";`);
+        const policy = policyHeaderOf(resolved);
         expect(seen).toEqual({ route: seen.route, routed: true, policy });
       }
     }
@@ -194,7 +198,8 @@ describe("through the live server's router", () => {
     );
   };
 
-  test("each spelling that reaches a handler is counted against its route's policy, as in process", async () => {
+  /** The app, limits raised, listening: clients named by X-Forwarded-For from loopback. */
+  const liveServer = () => {
     current = buildTestApp({
       env: {
         RATE_LIMIT_PER_MINUTE: "100000",
@@ -202,12 +207,16 @@ describe("through the live server's router", () => {
         TRUST_PROXY: "loopback",
       },
     });
-    tableOf(current);
     const running = serveInProcess(current);
-    const port = Number(new URL(running.url).port);
+    return { target: current, running, port: Number(new URL(running.url).port) };
+  };
+
+  test("each spelling that reaches a handler is counted against its route's policy, as in process", async () => {
+    const { running, port, target } = liveServer();
+    tableOf(target);
     let peer = 0;
     try {
-      for (const route of routesOf(current)) {
+      for (const route of routesOf(target)) {
         const resolved = table.classify(route.method, route.path);
         for (const spelling of spellings(route.method, concrete(route.path))) {
           const response = await sendRaw(port, spelling.method, spelling.path, ++peer % 250);
@@ -216,11 +225,7 @@ describe("through the live server's router", () => {
             routed: response.status !== 404 && response.status !== 405,
             policy: response.headers["ratelimit-policy"] ?? null,
           };
-          const policy = resolved.probe
-            ? null
-            : resolved.policy === null
-              ? '"default";q=100000;w=60'
-              : expect.stringContaining(`"${resolved.policy}";`);
+          const policy = policyHeaderOf(resolved);
           expect(seen).toEqual({ route: seen.route, routed: true, policy });
         }
       }
@@ -230,17 +235,9 @@ describe("through the live server's router", () => {
   });
 
   test("a dot segment where a route has a parameter is refused 400 BAD_PATH before auth or validation (probe 32c F3)", async () => {
-    current = buildTestApp({
-      env: {
-        RATE_LIMIT_PER_MINUTE: "100000",
-        RATE_LIMIT_BURST: "100000",
-        TRUST_PROXY: "loopback",
-      },
-    });
-    const running = serveInProcess(current);
-    const port = Number(new URL(running.url).port);
+    const { running, port, target } = liveServer();
     let peer = 0;
-    const withParams = routesOf(current).filter((route) => route.path.includes("/:"));
+    const withParams = routesOf(target).filter((route) => route.path.includes("/:"));
     expect(withParams.length).toBeGreaterThan(3);
     try {
       for (const route of withParams) {
