@@ -191,6 +191,20 @@ describe("graceful shutdown (in process)", () => {
     expect(answered.status).toBe(400);
     await until(() => accessLine("answered"));
     expect(accessLine("answered")).toMatchObject({ status: 400 });
+    // A request whose whole body arrived is answered by its handler, and logged with that answer,
+    // though its client hangs up before it (probe 33a F2: a failed sign-in was logged 499).
+    const hangingUp = await Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: { data() {}, error() {} },
+    });
+    const wrong = JSON.stringify({ email: "nobody@example.test", password: "wrong-password-123" });
+    hangingUp.write(
+      `POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${wrong.length}\r\nX-Request-Id: hung-up\r\n\r\n${wrong}`,
+    );
+    hangingUp.end();
+    await until(() => accessLine("hung-up"));
+    expect(accessLine("hung-up")).toMatchObject({ status: 401 });
     const metrics = await (await fetch(new URL("/metrics", running.url))).text();
     expect(metrics).toContain(
       'http_requests_total{method="POST",route="/api/auth/login",status="499"} 1',

@@ -36,9 +36,6 @@ export { streamedResponse } from "./stream-end";
 
 export const UNMATCHED_ROUTE = "<unmatched>";
 
-/** The status logged and counted for a request whose connection closed before its answer left. */
-export const CONNECTION_CLOSED_STATUS = 499;
-
 /**
  * Client text is cut at 512 characters before its control characters are escaped, so a value of
  * tabs grows sevenfold in the line: a client could make its access line longer than PIPE_BUF,
@@ -111,15 +108,7 @@ export function accessLog(options: AccessLogOptions) {
           responseValue: unknown;
           set: { status?: number | string };
         };
-      // A request that failed because its connection closed before the answer left (the client
-      // went mid-body, or a stop cut it) answered nothing: 499, nginx's "client closed request",
-      // as a chat turn its client left is (probe 31a F5: it was logged 400, the failed body
-      // read's status). Bun aborts the signal only then; one closed after its answer stays
-      // unaborted. Asked of failures only: the signal is made at the first read (~0.2 µs), and a
-      // handler that finished did its work whether or not its client stayed to hear of it.
-      const answered = statusOf(responseValue, set.status);
-      const status =
-        answered >= 400 && request.signal.aborted ? CONNECTION_CLOSED_STATUS : answered;
+      const status = statusOf(responseValue, set.status);
       // A 503 is the service declining to serve (a queue or budget full, a lock waited out, a
       // stop, an upstream's circuit open, a feature not configured), each cause logged by the
       // stage that chose it: its access line is a warning. As errors, a login flood's were 87k

@@ -134,20 +134,33 @@ export function requestGuard({
       const size = declared === null ? null : Number(declared);
       const bounded = size === null || size > SMALL_BODY_BYTES;
       let text: string;
-      if (routeClass.exactBytes) {
-        // Webhook signatures are computed over the bytes, what was sent (exactBodyOf).
-        const exact = await (bounded
-          ? largeBodies.read(size, clientKey, (account) => readExactWithin(request, limit, account))
-          : readExactWithin(request, limit));
-        text = exact.text;
-        keepExactBody(context, exact);
-      } else if (bounded) {
-        text = await largeBodies.read(size, clientKey, (account) =>
-          readTextWithin(request, limit, account),
-        );
-      } else {
-        // Declared and small: Bun's own text(), as readTextWithin reads a declared body.
-        text = await request.text();
+      try {
+        if (routeClass.exactBytes) {
+          // Webhook signatures are computed over the bytes, what was sent (exactBodyOf).
+          const exact = await (bounded
+            ? largeBodies.read(size, clientKey, (account) =>
+                readExactWithin(request, limit, account),
+              )
+            : readExactWithin(request, limit));
+          text = exact.text;
+          keepExactBody(context, exact);
+        } else if (bounded) {
+          text = await largeBodies.read(size, clientKey, (account) =>
+            readTextWithin(request, limit, account),
+          );
+        } else {
+          // Declared and small: Bun's own text(), as readTextWithin reads a declared body.
+          text = await request.text();
+        }
+      } catch (error) {
+        // The connection closed before the body arrived (the client went, or a stop cut it): no
+        // answer can reach it, and the request failed for that alone. 499, nginx's "client closed
+        // request", as a chat turn its client left is; it was logged 400, a malformed body
+        // (probe 31a F5). Bun aborts the signal only then; the signal is read on failure only.
+        if (request.signal.aborted) {
+          throw new AppError("CLIENT_CLOSED", "The connection closed before the body arrived.");
+        }
+        throw error;
       }
       if (text === "") return undefined;
       const keysSent = scanJsonText(text, MAX_BODY_DEPTH);
