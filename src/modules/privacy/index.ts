@@ -62,7 +62,9 @@ function exportBody(
 
 /** Export and erasure share one small per-user policy. */
 export const privacyRouteClasses: readonly RouteClass[] = [
-  { routes: ["GET /api/me/export", "DELETE /api/me"], policy: "privacy" },
+  // The export with the session cookie needs X-CSRF-Token as the erasure does: without it the
+  // limiter counts the request by address, and the per-user budget would not hold (probe 33a F1).
+  { routes: ["GET /api/me/export", "DELETE /api/me"], policy: "privacy", csrfOnReads: true },
 ];
 
 export function privacyModule({

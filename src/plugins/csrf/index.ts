@@ -16,6 +16,8 @@
  * - route classes marked `csrfExempt` (webhooks): called server to server, authenticated by their
  *   HMAC signatures;
  * - requests with no session cookie: they carry no ambient credential to abuse.
+ *
+ * A route class marked `csrfOnReads` (the privacy export) asks the same of GET and HEAD.
  */
 import { Elysia, t } from "elysia";
 import type { Clock } from "../../clock";
@@ -112,7 +114,12 @@ export function csrf(options: CsrfOptions) {
     .onRequest(function enforceCsrf(context) {
       const { request, path, clientIp, clientKey, requestId, routeClass } =
         context as unknown as RequestState;
-      if (SAFE_METHODS.has(request.method)) return;
+      if (
+        SAFE_METHODS.has(request.method) &&
+        !(routeClass.csrfOnReads && request.method !== "OPTIONS")
+      ) {
+        return;
+      }
       if (routeClass.csrfExempt) return;
       if (sendsHeaderCredential(request.headers)) return;
       const failure = check(request);

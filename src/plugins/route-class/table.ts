@@ -30,6 +30,12 @@ export interface RouteClass {
   /** Called server to server and authenticated by signature, so CSRF does not apply. */
   csrfExempt?: boolean;
   /**
+   * CSRF applies to its reads (GET, HEAD) too: a read the session cookie alone must not make, since
+   * the rate limiter counts such a request by address and the route's own per-user budget would
+   * not hold (the privacy export: probe 33a F1).
+   */
+  csrfOnReads?: boolean;
+  /**
    * The handler gets the body's bytes exactly as received, and their text (request-guard/body,
    * exactBodyOf): a signature is computed over them. Any other route's body is read as text, which
    * Bun decodes as it reads (plugins/request-guard).
@@ -45,6 +51,7 @@ export interface ResolvedRouteClass {
   probe: boolean;
   bodyLimit: Exclude<keyof BodyLimits, "server">;
   csrfExempt: boolean;
+  csrfOnReads: boolean;
   exactBytes: boolean;
 }
 
@@ -62,6 +69,7 @@ export const UNMATCHED_CLASS: ResolvedRouteClass = Object.freeze({
   probe: false,
   bodyLimit: "default",
   csrfExempt: false,
+  csrfOnReads: false,
   exactBytes: false,
 });
 
@@ -93,6 +101,7 @@ export function createRouteClassTable(classes: readonly RouteClass[]): RouteClas
       probe: routeClass.probe ?? false,
       bodyLimit: routeClass.bodyLimit ?? "default",
       csrfExempt: routeClass.csrfExempt ?? false,
+      csrfOnReads: routeClass.csrfOnReads ?? false,
       exactBytes: routeClass.exactBytes ?? false,
     });
     for (const route of routeClass.routes) {
