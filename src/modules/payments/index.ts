@@ -160,15 +160,16 @@ export function paymentsModule(options: PaymentsModuleOptions) {
               }
               if (String(value).includes("\u0000")) invalid("body/metadata", NO_NUL);
               // Stripe refuses empty keys, keys over 40 characters and square brackets; a key is a
-              // name, so no control character either.
+              // name, so no control, format (bidirectional overrides) or line-separator character
+              // either (probe 33a F5).
               if (
                 key.length === 0 ||
                 key.length > METADATA_KEY_MAX_LENGTH ||
-                /[[\]\p{Cc}]/u.test(key)
+                /[[\]\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(key)
               ) {
                 invalid(
                   "body/metadata",
-                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets or control characters`,
+                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets or control, format or line-separator characters`,
                 );
               }
             }

@@ -87,7 +87,18 @@ test("description and metadata: a NUL, or a control character in a metadata key,
   const calls = current.stripe.calls.length;
   await expectRefused({ ...valid, description: "order\u0000 42" }, "body/description");
   await expectRefused({ ...valid, metadata: { order: "42\u0000" } }, "body/metadata");
-  for (const control of ["\u0000", "\n", "\t", "\u001b", "\u007f", "\u0085"]) {
+  for (const control of [
+    "\u0000",
+    "\n",
+    "\t",
+    "\u001b",
+    "\u007f",
+    "\u0085",
+    "\u202e",
+    "\u200b",
+    "\u2028",
+    "\u2029",
+  ]) {
     await expectRefused({ ...valid, metadata: { [`or${control}der`]: "42" } }, "body/metadata");
   }
   expect(current.stripe.calls.length).toBe(calls);
