@@ -138,6 +138,12 @@ function unrecordedKey(owner: string, key: string): string {
 
 /** How many refunds Stripe refused (`failed`, `canceled`) one refund request walks past. */
 export const MAX_REFUND_ATTEMPTS = 10;
+/**
+ * How long after its start a refund request still walks past a refusal: the next Stripe call may
+ * take ~65 s (20 s, two retries), and all of it must end inside the refund's claim (CLAIM_LEASE_MS),
+ * or another refund of the payment could start beside it (probe 33b F3).
+ */
+export const REFUND_WALK_MS = 30_000;
 
 /**
  * A refund of `amount` from the payment's refunded total `refundedBefore`, under a Stripe
@@ -153,13 +159,17 @@ async function refundPastFailures(
   id: string,
   refundedBefore: number,
   amount: number,
+  clock: Clock,
 ): Promise<Awaited<ReturnType<PaymentGateway["refund"]>>> {
   const first = `palisade_refund_${id}_${refundedBefore}_${amount}`;
+  const walkUntil = clock.now() + REFUND_WALK_MS;
   let key = first;
   for (let attempt = 1; ; attempt++) {
     const result = await gateway.refund(id, amount, key);
     const refused = result.ok && (result.status === "failed" || result.status === "canceled");
-    if (!refused || !result.replayed || attempt === MAX_REFUND_ATTEMPTS) return result;
+    if (!refused || !result.replayed) return result;
+    // Out of attempts or time: this refusal is the answer; a retry walks on from here.
+    if (attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) return result;
     key = `${first}_after_${result.id}`;
   }
 }
@@ -516,7 +526,13 @@ export class PaymentService {
     // This refund's claim: its end clears only this claim, never one a later refund took.
     const claim = now;
 
-    const result = await refundPastFailures(gateway, id, start.refundedBefore, start.amount);
+    const result = await refundPastFailures(
+      gateway,
+      id,
+      start.refundedBefore,
+      start.amount,
+      this.clock,
+    );
     const context = { requestId: acting.requestId, paymentId: id };
     if (!result.ok) {
       this.logger.warn(

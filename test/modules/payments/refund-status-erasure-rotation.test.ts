@@ -6,6 +6,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
 import { secondProcess, send } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 import { untoldInstance } from "../../support/instance";
 import {
   auditRows,
@@ -94,6 +95,35 @@ describe("only a succeeded refund is money returned", () => {
       await send(current, `/api/payments/${id}`, { headers: bearer(alice.accessToken) })
     ).json()) as { amountRefunded: number };
     expect(view.amountRefunded).toBe(1000);
+  });
+
+  test("walking past refusals stops 30 s into the request, inside the refund's claim; the next retry walks on (probe 33b F3)", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 3000);
+    const refund = () =>
+      send(current!, `/api/admin/payments/${id}/refund`, {
+        body: { amount: 1000 },
+        headers: bearer(admin.accessToken),
+      });
+    const refundCalls = () =>
+      current!.stripe.calls.filter((call) => call.path === "/v1/refunds").length;
+    current.stripe.refundStatusNext("failed", "failed");
+    expect((await refund()).status).toBe(502);
+    expect((await refund()).status).toBe(502);
+    expect(current.stripe.created("/v1/refunds")).toBe(2);
+    // Stripe slow: its replay of the first refusal comes 31 s into the request.
+    const before = refundCalls();
+    const held = current.stripe.holdNext("/v1/refunds");
+    const slow = refund();
+    await held.reached;
+    clock.advance(31_000);
+    held.release();
+    expect((await slow).status).toBe(502);
+    expect(refundCalls() - before).toBe(1);
+    // The next retry walks past both refusals, and the third key makes the refund.
+    expect((await refund()).status).toBe(200);
+    expect(current.stripe.created("/v1/refunds")).toBe(3);
   });
 
   test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
