@@ -330,6 +330,25 @@ describe("IP blocks", () => {
     expect((await viaProxy("127.0.0.2")).status).toBe(201);
   });
 
+  for (const trustProxy of ["2", "loopback,10.9.0.0/16"]) {
+    test(`with TRUST_PROXY=${trustProxy}, a block of any proxy the request came through is 409, the nearest or further out (probe 33b F2)`, async () => {
+      current = buildTestApp({ env: { TRUST_PROXY: trustProxy } });
+      const admin = await signUp(current, { role: "admin", peer: "10.20.30.40" });
+      const throughTwo = (address: string) =>
+        send(current!, "/api/admin/blocks", {
+          headers: { ...bearer(admin.accessToken), "x-forwarded-for": "10.20.30.40, 10.9.9.9" },
+          peer: "127.0.0.1",
+          body: { address, ttlMinutes: 5, reason: "oops" },
+        });
+      for (const address of ["127.0.0.1", "10.9.9.9", "::ffff:10.9.9.9"]) {
+        const refused = await throughTwo(address);
+        expect({ address, status: refused.status }).toEqual({ address, status: 409 });
+      }
+      expect(current.services.ipBlocks.listActive()).toEqual([]);
+      expect((await throughTwo("10.9.9.10")).status).toBe(201);
+    });
+  }
+
   test("a bad address is 422", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

@@ -328,10 +328,10 @@ export function adminModule(options: AdminModuleOptions) {
             "That block would cover the address this request comes from, and lock you out; add it with `bun run cli blocks:add` on the server if that is meant.",
           );
         }
-        // The proxy this request came through (TRUST_PROXY): blocked, it refuses every request
-        // that arrives without a usable X-Forwarded-For, its health checks and the clients of a
-        // misconfigured hop among them (probe 32d F2).
-        if (client.proxyKey !== undefined && subject === client.proxyKey) {
+        // A trusted proxy this request came through (TRUST_PROXY): blocked, it refuses every
+        // request it passes on without a usable X-Forwarded-For, its health checks and the clients
+        // of a misconfigured hop among them (probes 32d F2, 33b F2: any hop, not the nearest alone).
+        if (client.proxyKeys?.includes(subject)) {
           throw new AppError(
             "CONFLICT",
             "That block would cover the proxy this request came through (TRUST_PROXY): every request reaching the service without a usable X-Forwarded-For would be refused; add it with `bun run cli blocks:add` on the server if that is meant.",

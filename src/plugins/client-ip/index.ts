@@ -6,7 +6,6 @@
  */
 import { Elysia } from "elysia";
 import type { TrustProxy } from "../../config";
-import { parseIp } from "./address";
 import {
   type Address,
   clientKeyOf,
@@ -53,13 +52,14 @@ export interface ResolvedClient {
   key: string;
   address: Address | null;
   /**
-   * The socket peer's key when the client is another address behind it (a trusted proxy), else
-   * null: the admin blocks API will not block the proxy a request came through (probe 32d F2).
+   * The keys of the trusted proxies the request came through (the socket peer first) that are not
+   * the client's own: the admin blocks API will not block one of them (probes 32d F2, 33b F2).
    */
-  proxyKey?: string | null;
+  proxyKeys?: readonly string[];
 }
 
 const MEMO_LIMIT = 10_000;
+const NO_PROXIES: readonly string[] = Object.freeze([]);
 /**
  * Longer X-Forwarded-For values are resolved every time, never remembered: the header is client
  * text (a proxy appends to what the client sent) of up to ~16 KB, and 10,000 remembered 16 KB
@@ -82,17 +82,6 @@ export function createClientResolver(
   onShortChain: (chain: ShortChain) => void = () => {},
 ): ClientResolver {
   const trust = compileTrust(trustProxy);
-  // Peers are the few proxies in front (or the clients themselves): each read once.
-  const peerKeys = new Map<string, string>();
-  const peerKeyOf = (peer: string): string => {
-    let key = peerKeys.get(peer);
-    if (key === undefined) {
-      key = clientKeyOf(parseIp(peer));
-      if (peerKeys.size >= MEMO_LIMIT) peerKeys.clear();
-      peerKeys.set(peer, key);
-    }
-    return key;
-  };
   const resolveNow = (
     peer: string | null,
     forwardedFor: string | null,
@@ -102,14 +91,17 @@ export function createClientResolver(
       const entries = forwardedFor.split(",").length;
       if (entries < trust.hops) shortChain = { hops: trust.hops, entries };
     }
-    const address = resolveClientAddress({ peer, forwardedFor }, trust);
+    const proxies: Address[] = [];
+    const address = resolveClientAddress({ peer, forwardedFor }, trust, proxies);
     const key = clientKeyOf(address);
-    const peerKey = peer === null || forwardedFor === null ? null : peerKeyOf(peer);
     return {
       ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
       key,
       address,
-      proxyKey: peerKey !== null && peerKey !== key ? peerKey : null,
+      proxyKeys:
+        proxies.length === 0
+          ? NO_PROXIES
+          : proxies.map((proxy) => clientKeyOf(proxy)).filter((proxyKey) => proxyKey !== key),
       shortChain,
     };
   };

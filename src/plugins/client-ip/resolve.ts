@@ -137,6 +137,8 @@ export function networkKeyOf(clientKey: string): string {
 export function resolveClientAddress(
   input: ClientAddressInput,
   trust: CompiledTrust,
+  /** Given, receives each trusted proxy the request came through (the peer first), in order. */
+  proxies?: Address[],
 ): Address | null {
   const peer = input.peer === null ? null : parseIp(input.peer);
   if (peer === null) return null;
@@ -150,6 +152,7 @@ export function resolveClientAddress(
     for (let step = 1; step <= trust.hops && step <= forwarded.length; step++) {
       const next = parseForwardedEntry(forwarded[forwarded.length - step]!);
       if (next === null) break;
+      proxies?.push(client);
       client = next;
     }
     return client;
@@ -161,6 +164,7 @@ export function resolveClientAddress(
     const next = parseForwardedEntry(forwarded[index]!);
     // A malformed entry was written by the trusted proxy to its right; that proxy is what we know.
     if (next === null) break;
+    proxies?.push(client);
     client = next;
   }
   return client;
