@@ -145,6 +145,9 @@ export const MAX_REFUND_ATTEMPTS = 10;
  */
 export const REFUND_WALK_MS = 30_000;
 
+/** How many refused keys this process remembers where to walk on from (refundPastFailures). */
+const REFUND_WALKS_KEPT = 1_000;
+
 /**
  * A refund of `amount` from the payment's refunded total `refundedBefore`, under a Stripe
  * idempotency key derived from them, so a retry after an answer lost on the way (a timeout, a
@@ -152,7 +155,10 @@ export const REFUND_WALK_MS = 30_000;
  * answer for 24 hours, so a refund it refused (`failed`, `canceled`) would be that refusal again
  * on every retry (probe 32b): a refused answer replayed moves on to the key derived from that
  * refused refund's id, which is again the same on every retry. A refusal that is not a replay is
- * this request's answer.
+ * this request's answer. Where a walk stopped (out of attempts or time) is remembered by the
+ * process, so the next retry walks on from there rather than replaying the same refusals again
+ * (probe 33c F1); another process, or this one restarted, walks from the first key, as every key
+ * it passes is a refusal Stripe keeps.
  */
 async function refundPastFailures(
   gateway: PaymentGateway,
@@ -160,16 +166,25 @@ async function refundPastFailures(
   refundedBefore: number,
   amount: number,
   clock: Clock,
+  walks: Map<string, string>,
 ): Promise<Awaited<ReturnType<PaymentGateway["refund"]>>> {
   const first = `palisade_refund_${id}_${refundedBefore}_${amount}`;
   const walkUntil = clock.now() + REFUND_WALK_MS;
-  let key = first;
+  let key = walks.get(first) ?? first;
   for (let attempt = 1; ; attempt++) {
     const result = await gateway.refund(id, amount, key);
     const refused = result.ok && (result.status === "failed" || result.status === "canceled");
-    if (!refused || !result.replayed) return result;
-    // Out of attempts or time: this refusal is the answer; a retry walks on from here.
-    if (attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) return result;
+    if (!refused) {
+      walks.delete(first);
+      return result;
+    }
+    // This refusal is the answer when it is new, or when out of attempts or time: the next
+    // retry starts at its key, and walks on past it.
+    if (!result.replayed || attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) {
+      if (walks.size >= REFUND_WALKS_KEPT && !walks.has(first)) walks.clear();
+      walks.set(first, key);
+      return result;
+    }
     key = `${first}_after_${result.id}`;
   }
 }
@@ -193,6 +208,8 @@ export class PaymentService {
    * waiting for a claim nothing will finish. Entries end with their lease (`unrecordedRetryAt`).
    */
   private readonly unrecorded = new Map<string, number>();
+  /** Per refund's first key, the key its walk past refusals stopped at (refundPastFailures). */
+  private readonly refundWalks = new Map<string, string>();
 
   constructor(options: PaymentServiceOptions) {
     this.db = options.db;
@@ -532,6 +549,7 @@ export class PaymentService {
       start.refundedBefore,
       start.amount,
       this.clock,
+      this.refundWalks,
     );
     const context = { requestId: acting.requestId, paymentId: id };
     if (!result.ok) {
