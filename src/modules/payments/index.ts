@@ -65,6 +65,15 @@ const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECR
 
 const WELL_FORMED = "Must be well-formed Unicode (no unpaired surrogates)";
 const NO_NUL = "Must not contain NUL (U+0000)";
+/**
+ * What a metadata key may not hold: square brackets (Stripe refuses them), and characters that do
+ * not show or are not characters: controls, format characters (bidirectional overrides,
+ * zero-width ones), default-ignorable ones (a combining grapheme joiner, a Hangul filler), line
+ * and paragraph separators, private-use, unassigned and noncharacter code points, the braille
+ * blank and the replacement character.
+ */
+const METADATA_KEY_UNSEEN =
+  /[[\]\p{Cc}\p{Cf}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Default_Ignorable_Code_Point}\u2800\uFFFD]/u;
 
 function invalid(field: string, message: string, detail = "The request body is invalid."): never {
   throw new AppError("VALIDATION_FAILED", detail, [{ field, message }]);
@@ -159,17 +168,18 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 invalid("body/metadata", WELL_FORMED);
               }
               if (String(value).includes("\u0000")) invalid("body/metadata", NO_NUL);
-              // Stripe refuses empty keys, keys over 40 characters and square brackets; a key is a
-              // name, so no control, format (bidirectional overrides) or line-separator character
-              // either (probe 33a F5).
+              // Stripe refuses empty keys, keys over 40 characters and square brackets. A key is a
+              // name a person reads in the Dashboard, so every character must show: two keys that
+              // read alike are two keys (probes 33a F5, 33c F2).
               if (
                 key.length === 0 ||
                 key.length > METADATA_KEY_MAX_LENGTH ||
-                /[[\]\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(key)
+                METADATA_KEY_UNSEEN.test(key) ||
+                key.trim() !== key
               ) {
                 invalid(
                   "body/metadata",
-                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters without square brackets or control, format or line-separator characters`,
+                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} visible characters (spaces between them) without square brackets`,
                 );
               }
             }

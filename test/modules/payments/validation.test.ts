@@ -98,10 +98,25 @@ test("description and metadata: a NUL, or a control character in a metadata key,
     "\u200b",
     "\u2028",
     "\u2029",
+    "\u034f",
+    "\u3164",
+    "\u2800",
+    "\ue000",
+    "\ufdd0",
+    "\u0378",
+    "\ufffd",
   ]) {
     await expectRefused({ ...valid, metadata: { [`or${control}der`]: "42" } }, "body/metadata");
   }
+  for (const blank of [" ", "   ", " order", "order ", "\u3000"]) {
+    await expectRefused({ ...valid, metadata: { [blank]: "42" } }, "body/metadata");
+  }
   expect(current.stripe.calls.length).toBe(calls);
+  // Names in any script, with spaces between words, are keys.
+  await expectAccepted({
+    ...valid,
+    metadata: { "order id": "1", 注文番号: "2", "número de pedido": "3" },
+  });
 });
 
 test("customerEmail: validated like an account email, stored normalised", async () => {
