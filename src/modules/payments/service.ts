@@ -173,8 +173,9 @@ async function refundPastFailures(
   let key = walks.get(first) ?? first;
   for (let attempt = 1; ; attempt++) {
     const result = await gateway.refund(id, amount, key);
-    const refused = result.ok && (result.status === "failed" || result.status === "canceled");
-    if (!refused) {
+    // A failed call leaves the walk where it was; a refund made, or pending, ends it.
+    if (!result.ok) return result;
+    if (result.status !== "failed" && result.status !== "canceled") {
       walks.delete(first);
       return result;
     }
