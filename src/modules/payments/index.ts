@@ -66,14 +66,19 @@ const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECR
 const WELL_FORMED = "Must be well-formed Unicode (no unpaired surrogates)";
 const NO_NUL = "Must not contain NUL (U+0000)";
 /**
- * What a metadata key may not hold: square brackets (Stripe refuses them), and characters that do
- * not show or are not characters: controls, format characters (bidirectional overrides,
- * zero-width ones), default-ignorable ones (a combining grapheme joiner, a Hangul filler), line
- * and paragraph separators, private-use, unassigned and noncharacter code points, the braille
- * blank and the replacement character.
+ * What a metadata key may not hold: square brackets (Stripe refuses them), and what does not show
+ * or is no character: controls, line and paragraph separators, private-use, unassigned and
+ * noncharacter code points, the replacement character, blank letters (the braille blank, the
+ * Hangul fillers, a combining grapheme joiner, a soft hyphen), and every other format or
+ * default-ignorable character (bidirectional overrides, zero-width spaces) but those that shape
+ * visible text: the zero-width joiner and non-joiner (emoji sequences, Persian, Sinhala) and the
+ * variation selectors and emoji tags (`❤️`, subdivision flags). Probe 33d F3 found the first
+ * version refusing those.
  */
 const METADATA_KEY_UNSEEN =
-  /[[\]\p{Cc}\p{Cf}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Default_Ignorable_Code_Point}\u2800\uFFFD]/u;
+  /[[\]\p{Cc}\p{Co}\p{Cn}\p{Zl}\p{Zp}\uFFFD\u2800\u115F\u1160\u3164\uFFA0\u034F\u00AD]|(?![\u200C\u200D\u180B-\u180F\uFE00-\uFE0F\u{E0020}-\u{E007F}\u{E0100}-\u{E01EF}])[\p{Cf}\p{Default_Ignorable_Code_Point}]/u;
+/** Blank between words but one plain space (NBSP, a thin space, two spaces), or at either end. */
+const METADATA_KEY_BLANKS = /[^\S ]| {2}|^\s|\s$/u;
 
 function invalid(field: string, message: string, detail = "The request body is invalid."): never {
   throw new AppError("VALIDATION_FAILED", detail, [{ field, message }]);
@@ -169,17 +174,20 @@ export function paymentsModule(options: PaymentsModuleOptions) {
               }
               if (String(value).includes("\u0000")) invalid("body/metadata", NO_NUL);
               // Stripe refuses empty keys, keys over 40 characters and square brackets. A key is a
-              // name a person reads in the Dashboard, so every character must show: two keys that
-              // read alike are two keys (probes 33a F5, 33c F2).
+              // name a person reads in the Dashboard, so every character must show, words apart by
+              // one space, in one normal form: two keys that read alike are two keys (probes 33a
+              // F5, 33c F2, 33d F2).
               if (
                 key.length === 0 ||
                 key.length > METADATA_KEY_MAX_LENGTH ||
                 METADATA_KEY_UNSEEN.test(key) ||
-                key.trim() !== key
+                METADATA_KEY_BLANKS.test(key) ||
+                // One spelling a key: `café` precomposed and with a combining accent read alike.
+                key.normalize("NFC") !== key
               ) {
                 invalid(
                   "body/metadata",
-                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} visible characters (spaces between them) without square brackets`,
+                  `Keys must be 1–${METADATA_KEY_MAX_LENGTH} characters that show, in Unicode's NFC form, words apart by one space, without square brackets, control, zero-width or blank characters`,
                 );
               }
             }

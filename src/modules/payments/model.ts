@@ -36,7 +36,7 @@ export const IntentBody = t.Object(
     metadata: t.Optional(
       t.Record(t.String(), t.String({ maxLength: METADATA_VALUE_MAX_LENGTH }), {
         maxProperties: METADATA_MAX_KEYS,
-        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters (visible characters, spaces between them; no square brackets), string values of at most ${METADATA_VALUE_MAX_LENGTH} (no NUL)`,
+        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters (characters that show, NFC, words apart by one space; no square brackets), string values of at most ${METADATA_VALUE_MAX_LENGTH} (no NUL)`,
       }),
     ),
   },

@@ -114,6 +114,31 @@ describe("only a succeeded refund is money returned", () => {
     expect(current.stripe.created("/v1/refunds")).toBe(13);
   });
 
+  test("a Stripe call that fails mid-walk leaves the remembered place as it was (probe 33d F1)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 3000);
+    const refund = () =>
+      send(current!, `/api/admin/payments/${id}/refund`, {
+        body: { amount: 1000 },
+        headers: bearer(admin.accessToken),
+      });
+    const refundCalls = () =>
+      current!.stripe.calls.filter((call) => call.path === "/v1/refunds").length;
+    current.stripe.refundStatusNext("failed", "failed", "failed");
+    expect((await refund()).status).toBe(502);
+    expect((await refund()).status).toBe(502);
+    // The walk's next call fails (Stripe down): no refund, the walk's place kept.
+    current.stripe.failNext("/v1/refunds", { status: 500, shouldRetry: false });
+    expect((await refund()).status).toBeGreaterThanOrEqual(500);
+    // The retry starts at the second refusal, not the first: one replay, then the third refusal.
+    const before = refundCalls();
+    expect((await refund()).status).toBe(502);
+    expect(refundCalls() - before).toBe(2);
+    expect((await refund()).status).toBe(200);
+    // Three refusals, the failed call, the refund: each reached Stripe once.
+    expect(current.stripe.created("/v1/refunds")).toBe(5);
+  });
+
   test("walking past refusals stops 30 s into the request, inside the refund's claim; the next retry walks on (probe 33b F3)", async () => {
     const clock = new ManualClock();
     current = buildPaymentsApp({ clock });

@@ -108,14 +108,36 @@ test("description and metadata: a NUL, or a control character in a metadata key,
   ]) {
     await expectRefused({ ...valid, metadata: { [`or${control}der`]: "42" } }, "body/metadata");
   }
-  for (const blank of [" ", "   ", " order", "order ", "\u3000"]) {
+  for (const blank of [
+    " ",
+    "   ",
+    " order",
+    "order ",
+    "\u3000",
+    "order\u00a0id",
+    "order  id",
+    "order\u2005id",
+    "order\tid",
+    "cafe\u0301",
+  ]) {
     await expectRefused({ ...valid, metadata: { [blank]: "42" } }, "body/metadata");
   }
   expect(current.stripe.calls.length).toBe(calls);
   // Names in any script, with spaces between words, are keys.
   await expectAccepted({
     ...valid,
-    metadata: { "order id": "1", 注文番号: "2", "número de pedido": "3" },
+    metadata: { "order id": "1", 注文番号: "2", "número de pedido": "3", café: "4" },
+  });
+  // Joiners and variation selectors that shape visible text (probe 33d F3).
+  await expectAccepted({
+    ...valid,
+    metadata: {
+      "❤️": "1",
+      "👨\u200d👩\u200d👧": "2",
+      "🏳️\u200d🌈": "3",
+      "می\u200cخواهم": "4",
+      "1️⃣": "5",
+    },
   });
 });
 
