@@ -69,14 +69,14 @@ const NO_NUL = "Must not contain NUL (U+0000)";
  * What a metadata key may not hold: square brackets (Stripe refuses them), and what does not show
  * or is no character: controls, line and paragraph separators, private-use, unassigned and
  * noncharacter code points, the replacement character, blank letters (the braille blank, the
- * Hangul fillers, a combining grapheme joiner, a soft hyphen), and every other format or
- * default-ignorable character (bidirectional overrides, zero-width spaces) but those that shape
+ * Hangul fillers, a soft hyphen; a combining grapheme joiner is default-ignorable), and every
+ * other format or default-ignorable character (bidirectional overrides, zero-width spaces) but those that shape
  * visible text: the zero-width joiner and non-joiner (emoji sequences, Persian, Sinhala) and the
  * variation selectors and emoji tags (`❤️`, subdivision flags). Probe 33d F3 found the first
  * version refusing those.
  */
 const METADATA_KEY_UNSEEN =
-  /[[\]\p{Cc}\p{Co}\p{Cn}\p{Zl}\p{Zp}\uFFFD\u2800\u115F\u1160\u3164\uFFA0\u034F\u00AD]|(?![\u200C\u200D\u180B-\u180F\uFE00-\uFE0F\u{E0020}-\u{E007F}\u{E0100}-\u{E01EF}])[\p{Cf}\p{Default_Ignorable_Code_Point}]/u;
+  /[[\]\p{Cc}\p{Co}\p{Cn}\p{Zl}\p{Zp}\uFFFD\u2800\u115F\u1160\u3164\uFFA0\u00AD]|(?![\u200C\u200D\u180B-\u180F\uFE00-\uFE0F\u{E0020}-\u{E007F}\u{E0100}-\u{E01EF}])[\p{Cf}\p{Default_Ignorable_Code_Point}]/u;
 /** Blank between words but one plain space (NBSP, a thin space, two spaces), or at either end. */
 const METADATA_KEY_BLANKS = /[^\S ]| {2}|^\s|\s$/u;
 
