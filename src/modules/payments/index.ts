@@ -76,7 +76,7 @@ const NO_NUL = "Must not contain NUL (U+0000)";
  * version refusing those.
  */
 const METADATA_KEY_UNSEEN =
-  /[[\]\p{Cc}\p{Co}\p{Cn}\p{Zl}\p{Zp}\uFFFD\u2800\u115F\u1160\u3164\uFFA0\u00AD]|(?![\u200C\u200D\u180B-\u180F\uFE00-\uFE0F\u{E0020}-\u{E007F}\u{E0100}-\u{E01EF}])[\p{Cf}\p{Default_Ignorable_Code_Point}]/u;
+  /[[\]\p{Cc}\p{Co}\p{Cn}\p{Zl}\p{Zp}\uFFFD\u2800\u115F\u1160\u3164\uFFA0\u00AD]|(?!\u200C|\u200D|[\u180B-\u180F]|[\uFE00-\uFE0F]|[\u{E0020}-\u{E007F}]|[\u{E0100}-\u{E01EF}])[\p{Cf}\p{Default_Ignorable_Code_Point}]/u;
 /** Blank between words but one plain space (NBSP, a thin space, two spaces), or at either end. */
 const METADATA_KEY_BLANKS = /[^\S ]| {2}|^\s|\s$/u;
 
