@@ -559,8 +559,17 @@ export class ChatService implements ChatTurns {
     };
   }
 
+  /**
+   * The usage of text no upstream counted: one token per four characters, never past the
+   * provider's completion cap, as a counted reply is not. A stream cut short (at the kept-text
+   * bound, by the upstream, by the client) was stored and counted by its length alone: 16,384
+   * tokens against a cap of 200 (probe 34a F1).
+   */
   private estimatedUsage(turn: PreparedTurn, text: string): TokenUsage {
-    return { promptTokens: turn.promptEstimate, completionTokens: estimateTokens(text) };
+    return {
+      promptTokens: turn.promptEstimate,
+      completionTokens: Math.min(estimateTokens(text), this.options.provider.maxCompletionTokens),
+    };
   }
 
   /**

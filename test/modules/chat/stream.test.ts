@@ -372,6 +372,34 @@ describe("upstream failures", () => {
     });
   });
 
+  test("a reply cut short is stored and counted by estimate, never past the completion cap (probe 34a F1)", async () => {
+    const long = "x".repeat(4_000);
+    target = buildTestApp({
+      chatProvider: {
+        name: "openai",
+        maxCompletionTokens: 50,
+        async complete() {
+          throw new UpstreamFailure("bad_response", "unused");
+        },
+        async *stream() {
+          yield { kind: "text", text: long };
+          throw new UpstreamFailure("bad_response", "stream cut");
+        },
+      },
+    });
+    const alice = await signUp(target);
+    const response = await chat(target, asUser(alice), { message: "hi" }, SSE);
+    expect(parseSse(await response.text()).at(-1)!.event).toBe("error");
+    await waitFor(() => assistantRows(target!).length === 1);
+    expect(assistantRows(target)[0]).toMatchObject({
+      content: long,
+      incomplete: true,
+      completionTokens: 50,
+    });
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('chat_tokens_total{kind="completion"} 50');
+  });
+
   test("an unexpected provider error is 500 INTERNAL without its message", async () => {
     const alice = await setup(new Error("sk-secret-in-a-message"));
     const response = await chat(target!, asUser(alice), { message: "hi" });
