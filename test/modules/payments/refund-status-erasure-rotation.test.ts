@@ -35,6 +35,17 @@ afterEach(() => {
 });
 const withRefundStatus = refundStatusStripes();
 
+/** An admin's refund of 1000 of payment `id` on the current app, as a function to call again. */
+const refunding = (id: string, admin: { accessToken: string }) => () =>
+  send(current!, `/api/admin/payments/${id}/refund`, {
+    body: { amount: 1000 },
+    headers: bearer(admin.accessToken),
+  });
+
+/** How many refund requests reached the local Stripe, replays included. */
+const refundCallsOf = (target: PaymentsApp) =>
+  target.stripe.calls.filter((call) => call.path === "/v1/refunds").length;
+
 describe("only a succeeded refund is money returned", () => {
   for (const status of ["failed", "canceled"]) {
     test(`a refund Stripe reports as ${status} is 502 and changes nothing`, async () => {
@@ -65,11 +76,7 @@ describe("only a succeeded refund is money returned", () => {
   test("a refund Stripe refused is retried as a new refund: Stripe's replay of the refusal is walked past, and each key is the same on every retry (probe 32b)", async () => {
     current = buildPaymentsApp();
     const { alice, admin, id } = await paidPayment(current, 3000);
-    const refund = () =>
-      send(current!, `/api/admin/payments/${id}/refund`, {
-        body: { amount: 1000 },
-        headers: bearer(admin.accessToken),
-      });
+    const refund = refunding(id, admin);
     const refundsMade = () => current!.stripe.created("/v1/refunds");
     const keysSent = () =>
       current!.stripe.calls
@@ -101,11 +108,7 @@ describe("only a succeeded refund is money returned", () => {
   test("past more refusals than one request walks, each retry walks on from where the last stopped (probe 33c F1)", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 3000);
-    const refund = () =>
-      send(current!, `/api/admin/payments/${id}/refund`, {
-        body: { amount: 1000 },
-        headers: bearer(admin.accessToken),
-      });
+    const refund = refunding(id, admin);
     current.stripe.refundStatusNext(...Array<string>(12).fill("failed"));
     const statuses: number[] = [];
     for (let i = 0; i < 20 && statuses.at(-1) !== 200; i++) statuses.push((await refund()).status);
@@ -117,13 +120,7 @@ describe("only a succeeded refund is money returned", () => {
   test("a Stripe call that fails mid-walk leaves the remembered place as it was (probe 33d F1)", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 3000);
-    const refund = () =>
-      send(current!, `/api/admin/payments/${id}/refund`, {
-        body: { amount: 1000 },
-        headers: bearer(admin.accessToken),
-      });
-    const refundCalls = () =>
-      current!.stripe.calls.filter((call) => call.path === "/v1/refunds").length;
+    const refund = refunding(id, admin);
     current.stripe.refundStatusNext("failed", "failed", "failed");
     expect((await refund()).status).toBe(502);
     expect((await refund()).status).toBe(502);
@@ -131,9 +128,9 @@ describe("only a succeeded refund is money returned", () => {
     current.stripe.failNext("/v1/refunds", { status: 500, shouldRetry: false });
     expect((await refund()).status).toBeGreaterThanOrEqual(500);
     // The retry starts at the second refusal, not the first: one replay, then the third refusal.
-    const before = refundCalls();
+    const before = refundCallsOf(current!);
     expect((await refund()).status).toBe(502);
-    expect(refundCalls() - before).toBe(2);
+    expect(refundCallsOf(current!) - before).toBe(2);
     expect((await refund()).status).toBe(200);
     // Three refusals, the failed call, the refund: each reached Stripe once.
     expect(current.stripe.created("/v1/refunds")).toBe(5);
@@ -143,26 +140,20 @@ describe("only a succeeded refund is money returned", () => {
     const clock = new ManualClock();
     current = buildPaymentsApp({ clock });
     const { admin, id } = await paidPayment(current, 3000);
-    const refund = () =>
-      send(current!, `/api/admin/payments/${id}/refund`, {
-        body: { amount: 1000 },
-        headers: bearer(admin.accessToken),
-      });
-    const refundCalls = () =>
-      current!.stripe.calls.filter((call) => call.path === "/v1/refunds").length;
+    const refund = refunding(id, admin);
     current.stripe.refundStatusNext("failed", "failed");
     expect((await refund()).status).toBe(502);
     expect((await refund()).status).toBe(502);
     expect(current.stripe.created("/v1/refunds")).toBe(2);
     // Stripe slow: its replay of the first refusal comes 31 s into the request.
-    const before = refundCalls();
+    const before = refundCallsOf(current!);
     const held = current.stripe.holdNext("/v1/refunds");
     const slow = refund();
     await held.reached;
     clock.advance(31_000);
     held.release();
     expect((await slow).status).toBe(502);
-    expect(refundCalls() - before).toBe(1);
+    expect(refundCallsOf(current!) - before).toBe(1);
     // The next retry walks past both refusals, and the third key makes the refund.
     expect((await refund()).status).toBe(200);
     expect(current.stripe.created("/v1/refunds")).toBe(3);
