@@ -19,7 +19,12 @@ import type { Principal } from "./principal";
 
 export type Identification =
   | { status: "none" }
-  | { status: "ok"; principal: Principal }
+  /**
+   * `ambient`: the credential is the session cookie, which a browser attaches to any same-site
+   * page's request on its own (the rate limiter counts such a request as the user only with a
+   * valid CSRF token: plugins/rate-limit).
+   */
+  | { status: "ok"; principal: Principal; ambient?: true }
   | { status: "bad"; reason: AuthFailureReason; detail: string };
 
 /** An authentication scheme is case-insensitive (RFC 9110 §11.1): `bearer` and `BEARER` are Bearer. */
@@ -56,8 +61,16 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
   /** What each request asked about was identified as, or the verification still running. */
   const seen = new WeakMap<Request, Identification | Promise<Identification>>();
 
-  const identification = (verification: Verification, kind: "token" | "key"): Identification => {
-    if (verification.ok) return { status: "ok", principal: verification.principal };
+  const identification = (
+    verification: Verification,
+    kind: "token" | "key",
+    ambient = false,
+  ): Identification => {
+    if (verification.ok) {
+      return ambient
+        ? { status: "ok", principal: verification.principal, ambient }
+        : { status: "ok", principal: verification.principal };
+    }
     const what = kind === "key" ? "API key" : "token";
     return {
       status: "bad",
@@ -72,9 +85,10 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
     via: "bearer" | "cookie",
   ): Identification | Promise<Identification> => {
     const verification = credentials.accessToken(token, via);
+    const ambient = via === "cookie";
     return verification instanceof Promise
-      ? verification.then((verified) => identification(verified, "token"))
-      : identification(verification, "token");
+      ? verification.then((verified) => identification(verified, "token", ambient))
+      : identification(verification, "token", ambient);
   };
 
   const identifyOnce = (request: Request): Identification | Promise<Identification> => {

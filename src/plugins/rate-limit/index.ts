@@ -18,7 +18,6 @@ import { AppError } from "../../errors";
 import type { Identification, Identify } from "../auth/identify";
 import { principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
-import { sendsHeaderCredential } from "../csrf/cookies";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
 import type { LimitCharge, LimitEnforcer, LimitKeys } from "./enforce";
@@ -100,17 +99,16 @@ export function rateLimit(options: RateLimitOptions) {
       : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
 
   /**
-   * The principal the request is counted against: its own, unless its only credential is the
-   * session cookie and it does not prove it comes from the app's page. A lockout is asked of the
-   * credential first either way (principalOf), so a locked-out session is refused without a token.
+   * The principal the request is counted against: its own, unless its credential is the session
+   * cookie (identify marks it ambient) and it does not prove it comes from the app's page. A
+   * lockout is asked of the credential first either way (principalOf), so a locked-out session is
+   * refused without a token.
    */
-  const countedAs = (request: Request, principal: string | null): string | null =>
-    principal !== null &&
-    cookieProven !== undefined &&
-    !sendsHeaderCredential(request.headers) &&
-    !cookieProven(request)
-      ? null
-      : principal;
+  const countedAs = (request: Request, found: Identification): string | null => {
+    const principal = principalOf(found);
+    const unproven = found.status === "ok" && found.ambient && cookieProven?.(request) === false;
+    return unproven ? null : principal;
+  };
 
   /**
    * Counts a request the store must decide, by its keys or, when its credential must still be
@@ -170,15 +168,11 @@ export function rateLimit(options: RateLimitOptions) {
         return limit(
           state,
           applied,
-          verified.then((settled) =>
-            keysOf(applied, address, countedAs(request, principalOf(settled))),
-          ),
+          verified.then((settled) => keysOf(applied, address, countedAs(request, settled))),
         );
       }
       const keys =
-        found === undefined
-          ? address
-          : keysOf(applied, address, countedAs(request, principalOf(found)));
+        found === undefined ? address : keysOf(applied, address, countedAs(request, found));
       const headers = enforce.admitNow(applied, keys);
       if (headers !== undefined) {
         Object.assign(state.set.headers, headers);
