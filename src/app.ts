@@ -69,12 +69,13 @@ export interface AppDeps extends Services {
 export function createApp(deps: AppDeps) {
   const { config, logger, clock, registry, ipBlocks } = deps;
   const identify = createIdentify(deps.credentials, config.requireTls);
-  const csrfCheck = createCsrfCheck({
+  const csrfKeys = {
     secretKey: config.csrf.secretKey,
     previousSecretKey: config.csrf.previousSecretKey,
     requireTls: config.requireTls,
     clock,
-  });
+  };
+  const csrfCheck = createCsrfCheck(csrfKeys);
   const auth = authPlugin({
     identify,
     metrics: deps.metrics.auth,
@@ -145,10 +146,7 @@ export function createApp(deps: AppDeps) {
     .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
     .use(
       csrf({
-        secretKey: config.csrf.secretKey,
-        previousSecretKey: config.csrf.previousSecretKey,
-        requireTls: config.requireTls,
-        clock,
+        ...csrfKeys,
         audit: deps.audit,
         metrics: deps.metrics.csrf,
       }),

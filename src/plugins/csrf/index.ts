@@ -114,12 +114,9 @@ export function csrf(options: CsrfOptions) {
     .onRequest(function enforceCsrf(context) {
       const { request, path, clientIp, clientKey, requestId, routeClass } =
         context as unknown as RequestState;
-      if (
-        SAFE_METHODS.has(request.method) &&
-        !(routeClass.csrfOnReads && request.method !== "OPTIONS")
-      ) {
-        return;
-      }
+      // A read is checked only on a route class that asks (csrfOnReads); a preflight never.
+      const read = SAFE_METHODS.has(request.method);
+      if (read && (request.method === "OPTIONS" || !routeClass.csrfOnReads)) return;
       if (routeClass.csrfExempt) return;
       if (sendsHeaderCredential(request.headers)) return;
       const failure = check(request);
