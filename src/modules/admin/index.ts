@@ -11,7 +11,7 @@ import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
-import { formatAddress, parseIp } from "../../plugins/client-ip/address";
+import { type Address, formatAddress, parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
 import { CreatorGone, type IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
@@ -87,6 +87,17 @@ function pageOf(
 
 /** Every admin route is on the default policy (per principal). */
 export const adminRouteClasses: readonly RouteClass[] = [{ routes: ["* /api/admin/*"] }];
+
+/** `text` as an address, as the blocks and the audit filter read one; else 422 naming `field`. */
+function addressOf(text: string, field: string, detail: string): Address {
+  const address = parseIp(text);
+  if (address === null) {
+    throw new AppError("VALIDATION_FAILED", detail, [
+      { field, message: "Expected a canonical dotted-decimal IPv4 or an IPv6 address" },
+    ]);
+  }
+  return address;
+}
 
 export function adminModule(options: AdminModuleOptions) {
   const { apiKeys, ipBlocks, audit } = options;
@@ -224,19 +235,10 @@ export function adminModule(options: AdminModuleOptions) {
         // Addresses are recorded in one spelling (IPv6 compressed and lower case, a mapped IPv4
         // as IPv4): the filter is read the same way, so any spelling finds its events, and text
         // that is no address is refused rather than answered with nothing (probe 32d F1).
-        let ip: string | undefined;
-        if (query.ip !== undefined) {
-          const address = parseIp(query.ip);
-          if (address === null) {
-            throw new AppError("VALIDATION_FAILED", "The request query is invalid.", [
-              {
-                field: "query/ip",
-                message: "Expected a canonical dotted-decimal IPv4 or an IPv6 address",
-              },
-            ]);
-          }
-          ip = formatAddress(address);
-        }
+        const ip =
+          query.ip === undefined
+            ? undefined
+            : formatAddress(addressOf(query.ip, "query/ip", "The request query is invalid."));
         const page = queryAuditEvents(options.sqlite, {
           type: query.type,
           actor: query.actor,
@@ -310,15 +312,7 @@ export function adminModule(options: AdminModuleOptions) {
     .post(
       "/blocks",
       ({ body, principal, set, requestId, client }) => {
-        const address = parseIp(body.address);
-        if (address === null) {
-          throw new AppError("VALIDATION_FAILED", "Not an IP address.", [
-            {
-              field: "body/address",
-              message: "Expected a canonical dotted-decimal IPv4 or an IPv6 address",
-            },
-          ]);
-        }
+        const address = addressOf(body.address, "body/address", "Not an IP address.");
         const subject = clientKeyOf(address);
         // Blocking the address this request comes from shuts out every admin behind it, the one
         // lifting it included (only the CLI on the server could): the API refuses; the CLI may.
