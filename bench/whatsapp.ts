@@ -14,7 +14,8 @@ import { benchServices } from "./services";
 
 const SECRET = "bench-whatsapp-app-secret-0123456789";
 
-function payload(id: string, from: string) {
+// Sent now: the webhook ignores a message older than OLDEST_MESSAGE_MS, and answers 200 all the same.
+function payload(id: string, from: string, timestamp = Math.floor(Date.now() / 1000)) {
   return JSON.stringify({
     object: "whatsapp_business_account",
     entry: [
@@ -31,7 +32,7 @@ function payload(id: string, from: string) {
                 {
                   from,
                   id,
-                  timestamp: "1716400000",
+                  timestamp: String(timestamp),
                   type: "text",
                   text: {
                     body: "Hello! I'd like to know where my order is; it was due yesterday. ".repeat(
