@@ -6,7 +6,7 @@ import { Elysia } from "elysia";
 import { accessLog } from "../src/plugins/access-log";
 import { clientIp } from "../src/plugins/client-ip";
 import { corsHeaders, corsPreflight } from "../src/plugins/cors";
-import { csrf } from "../src/plugins/csrf";
+import { createCsrfCheck, csrf } from "../src/plugins/csrf";
 import { errorHandler } from "../src/plugins/error-handler";
 import { ipBlock } from "../src/plugins/ip-block";
 import { rateLimit } from "../src/plugins/rate-limit";
@@ -69,8 +69,11 @@ export async function measureChain(dir: string, requests: number, concurrency: n
       add: (a) =>
         a.use(
           csrf({
-            secretKey: config.csrf.secretKey,
-            requireTls: false,
+            check: createCsrfCheck({
+              secretKey: config.csrf.secretKey,
+              requireTls: false,
+              clock: s.clock,
+            }),
             clock: s.clock,
             audit: s.audit,
             metrics: s.metrics.csrf,

@@ -69,13 +69,13 @@ export interface AppDeps extends Services {
 export function createApp(deps: AppDeps) {
   const { config, logger, clock, registry, ipBlocks } = deps;
   const identify = createIdentify(deps.credentials, config.requireTls);
-  const csrfKeys = {
+  // One check for the CSRF stage and the rate-limit stage (which asks it of a cookie-only request).
+  const csrfCheck = createCsrfCheck({
     secretKey: config.csrf.secretKey,
     previousSecretKey: config.csrf.previousSecretKey,
     requireTls: config.requireTls,
     clock,
-  };
-  const csrfCheck = createCsrfCheck(csrfKeys);
+  });
   const auth = authPlugin({
     identify,
     metrics: deps.metrics.auth,
@@ -146,7 +146,8 @@ export function createApp(deps: AppDeps) {
     .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
     .use(
       csrf({
-        ...csrfKeys,
+        check: csrfCheck,
+        clock,
         audit: deps.audit,
         metrics: deps.metrics.csrf,
       }),

@@ -42,8 +42,6 @@ export interface CsrfOptions {
   previousSecretKey?: string | null;
   requireTls: boolean;
   clock: Clock;
-  audit: AuditLog;
-  metrics: CsrfMetrics;
 }
 
 export const CsrfTokenResponse = t.Object({
@@ -105,10 +103,16 @@ export function createCsrfCheck(
   };
 }
 
-export function csrf(options: CsrfOptions) {
-  const { clock, audit, metrics } = options;
+export interface CsrfStageOptions {
+  /** The check (createCsrfCheck), built once by the app and shared with the rate-limit stage. */
+  check: (request: Request) => string | null;
+  clock: Clock;
+  audit: AuditLog;
+  metrics: CsrfMetrics;
+}
+
+export function csrf({ check, clock, audit, metrics }: CsrfStageOptions) {
   const firstInWindow = auditedOncePerWindow(audit, "csrf.failed");
-  const check = createCsrfCheck(options);
 
   return new Elysia({ name: "palisade.csrf" })
     .onRequest(function enforceCsrf(context) {
