@@ -37,7 +37,7 @@ import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
 import type { ForgedTokenReport } from "./forged-token";
-import { boundScopes, type Principal, type Scope } from "./principal";
+import { bootstrapLimitName, boundScopes, type Principal, type Scope } from "./principal";
 import type { CredentialSeal } from "./seal";
 import { sealedFamilyColumns, sealedKeyColumns } from "./sealed-columns";
 import { type SigningKeys, sha256Hex, verifyAccessToken } from "./tokens";
@@ -340,6 +340,7 @@ export class CredentialVerifier {
       name: row.name,
       userId: row.userId,
       scopes: boundScopes(JSON.parse(row.scopes) as Scope[], row.ownerRole),
+      ...(row.origin === "bootstrap" ? { limitName: bootstrapLimitName(row.secretHash) } : {}),
     };
     if (this.keys.size >= CACHE_LIMIT) this.keys.clear();
     this.keys.set(hash, { principal, cachedAt: now, expiresAt: row.expiresAt });

@@ -19,11 +19,34 @@ export type Principal =
       /** The user the key acts for; null for bootstrap keys. */
       userId: string | null;
       scopes: readonly Scope[];
+      /** A bootstrap key's name for the rate limits, the same on every VM (limitNameOf). */
+      limitName?: string;
     };
 
 /** The id rate limits and audit rows use for a principal. */
 export function principalRef(principal: Principal): string {
   return principal.kind === "user" ? `user:${principal.id}` : `key:${principal.id}`;
+}
+
+/**
+ * The name the rate limits and lockouts count a principal under: `principalRef`, but for a
+ * bootstrap key. An API_KEYS entry is one credential on every VM, while each VM's file gives its
+ * row an id of its own: counted by that id, VMs sharing Redis each gave it the whole budget and
+ * counted its refusals apart (probe 35b F1). It is counted as `bootstrapLimitName` instead. Any
+ * other key, and a user, is a row of one file.
+ */
+export function limitNameOf(principal: Principal): string {
+  if (principal.kind === "key" && principal.limitName !== undefined) return principal.limitName;
+  return principalRef(principal);
+}
+
+/**
+ * A bootstrap key's limit name, from the hash its row stores (the key's SHA-256): the same on every
+ * VM whatever its secrets, and no more about the key than the stored hash says.
+ */
+export function bootstrapLimitName(secretHash: string): string {
+  const derived = Bun.SHA256.hash(`palisade bootstrap key limit name v1\u0000${secretHash}`, "hex");
+  return `key:bootstrap-${derived.slice(0, 32)}`;
 }
 
 /** What `principalRef` names (`user:<id>`, `key:<id>`), or null for any other actor. */

@@ -72,6 +72,11 @@ export interface LimitContext {
   path: string;
   client: ResolvedClient;
   requestId: string;
+  /**
+   * The principal a refusal counted per principal names as its actor (`principalRef`): a bootstrap
+   * key is counted under a name of its own (auth/principal limitNameOf). Absent: the key itself.
+   */
+  actor?: string | null;
   /** Told what an admitted request was charged, for a handler that may give it back (refund). */
   charged?: (charge: LimitCharge) => void;
 }
@@ -181,7 +186,7 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
         // A refusal counted per principal names it (`user:<id>`, `key:<id>`), so the audit log can
         // say who was refused, not only from where; an address- or account-keyed refusal (`ip:`,
         // `account:<hash of the email>`) has no principal behind it.
-        actor: key.startsWith("user:") || key.startsWith("key:") ? key : null,
+        actor: key.startsWith("user:") || key.startsWith("key:") ? (request.actor ?? key) : null,
         ip: request.client.ip,
         route: `${request.method} ${request.path}`,
         requestId: request.requestId,

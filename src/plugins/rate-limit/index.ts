@@ -16,13 +16,19 @@
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
 import type { Identification, Identify } from "../auth/identify";
-import { principalRef } from "../auth/principal";
+import { limitNameOf, type Principal, principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
 import type { LimitCharge, LimitEnforcer, LimitKeys } from "./enforce";
 import { LOCKED_OUT_POLICY_LABEL, type RateLimitMetrics } from "./metrics";
 import type { PolicyTable, RoutePolicy } from "./policies";
+
+/** What a request is counted under, and whom a refusal of it names in the audit log. */
+interface Counted {
+  keys: LimitKeys;
+  actor: string | null;
+}
 
 export interface RateLimitOptions {
   enforce: LimitEnforcer;
@@ -64,10 +70,10 @@ export function rateLimit(options: RateLimitOptions) {
   };
 
   /** The request's principal, if it carries a valid credential; a lockout refuses it here. */
-  const principalOf = (found: Identification): string | null => {
+  const principalOf = (found: Identification): Principal | null => {
     if (found.status !== "ok") return null;
-    const principal = principalRef(found.principal);
-    const until = lockedOutUntil?.(principal) ?? null;
+    const principal = found.principal;
+    const until = lockedOutUntil?.(limitNameOf(principal)) ?? null;
     if (until !== null) {
       metrics?.rejections.labels(LOCKED_OUT_POLICY_LABEL).inc();
       const seconds = String(Math.max(1, Math.ceil((until - now()) / 1000)));
@@ -93,10 +99,25 @@ export function rateLimit(options: RateLimitOptions) {
     });
   };
 
-  const keysOf = (applied: readonly RoutePolicy[], address: string, principal: string | null) =>
-    principal === null
-      ? address
-      : applied.map((policy) => (policy.keyedBy === "principal" ? principal : address));
+  const keysOf = (
+    applied: readonly RoutePolicy[],
+    address: string,
+    principal: Principal | null,
+  ) => {
+    if (principal === null) return address;
+    const name = limitNameOf(principal);
+    return applied.map((policy) => (policy.keyedBy === "principal" ? name : address));
+  };
+
+  /** The keys, and the principal a refusal's audit row names (a bootstrap key by its row's id). */
+  const countedKeys = (
+    applied: readonly RoutePolicy[],
+    address: string,
+    principal: Principal | null,
+  ): Counted => ({
+    keys: keysOf(applied, address, principal),
+    actor: principal === null ? null : principalRef(principal),
+  });
 
   /**
    * The principal the request is counted against: its own, unless its credential is the session
@@ -104,7 +125,7 @@ export function rateLimit(options: RateLimitOptions) {
    * lockout is asked of the credential first either way (principalOf), so a locked-out session is
    * refused without a token.
    */
-  const countedAs = (request: Request, found: Identification): string | null => {
+  const countedAs = (request: Request, found: Identification): Principal | null => {
     const principal = principalOf(found);
     const unproven = found.status === "ok" && found.ambient && cookieProven?.(request) === false;
     return unproven ? null : principal;
@@ -119,7 +140,7 @@ export function rateLimit(options: RateLimitOptions) {
   const limit = (
     state: RequestState & { set: { headers: Record<string, unknown> } },
     applied: readonly RoutePolicy[],
-    keys: LimitKeys | Promise<LimitKeys>,
+    counted: Counted | Promise<Counted>,
   ): Promise<void> => {
     const { request, path, client, requestId, set } = state;
     const context = {
@@ -127,15 +148,17 @@ export function rateLimit(options: RateLimitOptions) {
       path,
       client,
       requestId,
+      actor: null as string | null,
       // Kept for a handler that gives it back (a sign-in the password queue refused).
       charged: (charge: LimitCharge) => {
         state.limitCharge = charge;
       },
     };
-    const decided =
-      keys instanceof Promise
-        ? keys.then((known) => enforce(applied, known, context))
-        : enforce(applied, keys, context);
+    const decide = (known: Counted) => {
+      context.actor = known.actor;
+      return enforce(applied, known.keys, context);
+    };
+    const decided = counted instanceof Promise ? counted.then(decide) : decide(counted);
     return decided.then((headers) => {
       if (headers) Object.assign(set.headers, headers);
     });
@@ -168,17 +191,20 @@ export function rateLimit(options: RateLimitOptions) {
         return limit(
           state,
           applied,
-          verified.then((settled) => keysOf(applied, address, countedAs(request, settled))),
+          verified.then((settled) => countedKeys(applied, address, countedAs(request, settled))),
         );
       }
-      const keys =
-        found === undefined ? address : keysOf(applied, address, countedAs(request, found));
+      const principal = found === undefined ? null : countedAs(request, found);
+      const keys = keysOf(applied, address, principal);
       const headers = enforce.admitNow(applied, keys);
       if (headers !== undefined) {
         Object.assign(state.set.headers, headers);
         return;
       }
-      return limit(state, applied, keys);
+      return limit(state, applied, {
+        keys,
+        actor: principal === null ? null : principalRef(principal),
+      });
     })
     .as("global");
 }

@@ -1,16 +1,18 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
+import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
 import { parseIp } from "../../../src/plugins/client-ip/address";
 import { LeasingStore } from "../../../src/plugins/rate-limit/lease";
 import type { Policy } from "../../../src/plugins/rate-limit/policies";
 import { RedisLimiterStore } from "../../../src/plugins/rate-limit/redis-store";
 import { estimate, retryAfterMs } from "../../../src/plugins/rate-limit/sliding-window";
 import type { LimitOutcome } from "../../../src/plugins/rate-limit/store";
-import { buildTestApp, send } from "../../support/app";
+import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
 import { anotherInstance } from "../../support/instance";
+import { auditRows } from "../../support/payments";
 import { type RedisServer, redisAvailable, startRedis } from "../../support/redis";
 import { waitFor } from "../../support/wait";
 import { limiterStoreContract, minuteStart, policy } from "./store-contract";
@@ -299,6 +301,46 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     } finally {
       other.close();
       target.close();
+    }
+  });
+
+  test("a bootstrap API key is one budget on every VM: two VMs on their own files admit the limit once between them, and audit the refusal by each file's key id (probe 35b F1)", async () => {
+    const bootstrap = generateApiKey("live");
+    const env = {
+      REDIS_URL: redis.url,
+      API_KEYS: `${bootstrap}:chat`,
+      RATE_LIMIT_PER_MINUTE: "10",
+      RATE_LIMIT_BURST: "10",
+    };
+    const first = buildTestApp({ env });
+    const second = buildTestApp({ env });
+    await first.services.start();
+    await second.services.start();
+    try {
+      const idOn = (vm: TestApp) =>
+        (vm.db.$client.query("SELECT id FROM api_keys").get() as { id: string }).id;
+      // Each file gives the key a row id of its own: the limits must not follow it.
+      expect(idOn(first)).not.toBe(idOn(second));
+      const statuses: number[] = [];
+      for (let i = 0; i < 24; i++) {
+        // A new address each time: only the key's own budget can refuse.
+        const vm = i % 2 ? second : first;
+        const response = await send(vm, "/api/auth/me", {
+          headers: { "x-api-key": bootstrap },
+          peer: `198.51.100.${i + 1}`,
+        });
+        statuses.push(response.status);
+      }
+      expect(statuses.filter((status) => status === 200)).toHaveLength(10);
+      expect(statuses.slice(0, 10).every((status) => status === 200)).toBe(true);
+      for (const vm of [first, second]) {
+        const refusals = auditRows(vm, "ratelimit.rejected");
+        expect(refusals.length).toBeGreaterThan(0);
+        for (const row of refusals) expect(row.actor).toBe(`key:${idOn(vm)}`);
+      }
+    } finally {
+      second.close();
+      first.close();
     }
   });
 
