@@ -386,3 +386,24 @@ test("the request guard's refusals are documented: 414 on every operation, 408, 
   expect(refused.status).toBe(415);
   expect(Value.Check(schema415, await refused.json())).toBe(true);
 });
+
+test("GET /metrics documents the credentials it takes, and each works with METRICS_TOKEN set (probe 35a F2)", async () => {
+  const token = "mtok_openapi_test_0123456789abcdef0123456789";
+  current = buildTestApp({ env: { METRICS_TOKEN: token } });
+  const document = (await documentOf(current)) as unknown as {
+    paths: Record<string, Record<string, { security: Record<string, string[]>[] }>>;
+  };
+  // Optional ({}) only because a development server without the token serves it open.
+  expect(document.paths["/metrics"]!.get!.security).toEqual([
+    {},
+    { bearerAuth: [] },
+    { apiKey: [] },
+  ]);
+  expect((await send(current, "/metrics")).status).toBe(401);
+  const bearerScrape = await send(current, "/metrics", {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  expect(bearerScrape.status).toBe(200);
+  const { key } = createKey(current, ["metrics"]);
+  expect((await send(current, "/metrics", { headers: { "x-api-key": key } })).status).toBe(200);
+});

@@ -120,7 +120,14 @@ export function metrics(options: MetricsOptions) {
         // Missing or wrong METRICS_TOKEN; a valid credential without the metrics scope.
         ...problemResponses(401, 403, 404),
       },
-      detail: { tags: ["meta"], summary: "Prometheus metrics (text exposition format)" },
+      detail: {
+        tags: ["meta"],
+        summary: "Prometheus metrics (text exposition format)",
+        description:
+          "With METRICS_TOKEN set: `Authorization: Bearer <METRICS_TOKEN>`, or an API key with the `metrics` scope. Without it (development, or production behind a loopback METRICS_PORT listener): open.",
+        // The credential depends on the configuration: none, the metrics token, or a key.
+        security: [{}, { bearerAuth: [] }, { apiKey: [] }],
+      },
     },
   );
 }
