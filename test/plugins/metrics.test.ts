@@ -522,3 +522,19 @@ describe("the route label of requests refused before routing", () => {
     expect(text).not.toContain("pay_123");
   });
 });
+
+test("scrapes have a limit of their own: the scraper's host spending its default budget leaves them, and refused scrapes never block the address (probe 35a F1)", async () => {
+  current = buildTestApp({ env: { METRICS_TOKEN: TOKEN, RATE_LIMIT_METRICS: "5" } });
+  const prometheus = "192.0.2.90";
+  const scrape = () => send(current!, "/metrics", { headers: bearer(TOKEN), peer: prometheus });
+  // An operator on the monitoring host spends its address's whole default burst (20).
+  for (let i = 0; i < 20; i++) {
+    expect((await send(current, "/api/auth/csrf", { peer: prometheus })).status).toBe(200);
+  }
+  const statuses: number[] = [];
+  for (let i = 0; i < 12; i++) statuses.push((await scrape()).status);
+  expect(statuses).toEqual([200, 200, 200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
+  // Seven refusals, five to a block by default: none of them was a violation.
+  expect(current.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+  expect((await send(current, "/api/auth/csrf", { peer: prometheus })).status).toBe(429);
+});

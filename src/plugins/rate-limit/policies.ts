@@ -17,6 +17,11 @@
  * then the whole limit, per minute with no tighter burst window, not capped by the default policy
  * nor RATE_LIMIT_BURST, and its refusals are not violations: a provider's address is never
  * blocked for delivering (a forged flood is refused by its signatures and this limit alone).
+ *
+ * `metrics` is standalone for the same reason: Prometheus scrapes from one address, which other
+ * requests from its host (an operator's curl, an agent, a NAT) would otherwise spend and block.
+ * RATE_LIMIT_METRICS is the scrapes' whole limit, and refusing one never blocks the address; a
+ * wrong token is still a failed credential, counted towards a block as any other.
  */
 import type { Config } from "../../config";
 
@@ -60,7 +65,9 @@ export const POLICY_SPECS = {
   register: { keyedBy: "address", failClosed: true },
   refresh: { keyedBy: "address", failClosed: true },
   privacy: { keyedBy: "principal", failClosed: true },
-  metrics: { keyedBy: "address", failClosed: false },
+  // Standalone and no violation, like webhooks: a scraper shares its address with whatever else
+  // runs on its host, and a blocked Prometheus is every alert blind (probe 35a F1).
+  metrics: { keyedBy: "address", failClosed: false, standalone: true, refusalIsViolation: false },
   // Chat and payments spend money upstream: a broken store must not lift their limits.
   chat: { keyedBy: "principal", failClosed: true },
   payments: { keyedBy: "principal", failClosed: true },
