@@ -63,6 +63,17 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "More than 30 failed or locked logins a minute for 2 minutes, across every address. Automatic IP blocks catch single addresses; a wave from many addresses is credential stuffing.",
   ),
   rule(
+    "PalisadeCredentialGuessing",
+    // Credentials that are no credential: not expired or revoked ones, nor refresh tokens (a
+    // missing or expired one counts the same), which clients' own churn sends (probe 35a O2:
+    // guessing tokens and keys from many addresses paged no one).
+    `sum(rate(${r.authFailures}{reason=~"invalid_token|invalid_api_key|metrics_token"}[5m])) > 0.5`,
+    "5m",
+    "ticket",
+    "Credential guessing: {{ $value | humanize }} invalid tokens or keys per second",
+    "More than 30 requests a minute for 5 minutes carried an access token, API key or metrics token that is not one (malformed, forged, unknown), across every address. Automatic IP blocks catch single addresses; many addresses are a distributed guess, or a client or Prometheus configured with a wrong credential.",
+  ),
+  rule(
     "PalisadeRateLimitSpike",
     `sum(rate(${r.rateLimitRejections}[5m])) > 1`,
     "5m",

@@ -130,7 +130,7 @@ describe("generated files", () => {
     const readme = readFileSync(join(REPO_ROOT, "README.md"), "utf8");
     const section = readme.slice(readme.indexOf("\n### Alerts"));
     expect(section.length).toBeGreaterThan(100);
-    expect(ALERT_RULES.length).toBe(12);
+    expect(ALERT_RULES.length).toBe(13);
     for (const rule of ALERT_RULES) {
       expect(rule.annotations.summary.length).toBeGreaterThan(10);
       expect(rule.annotations.description.length).toBeGreaterThan(20);
@@ -146,7 +146,7 @@ describe("generated files", () => {
 describe.skipIf(!promtoolAvailable)("promtool", () => {
   test("check rules accepts grafana/alerts.yml", async () => {
     const result = await check("promtool", ["check", "rules", join(GRAFANA_DIR, "alerts.yml")]);
-    expect(result.stdout).toContain("SUCCESS: 12 rules found");
+    expect(result.stdout).toContain("SUCCESS: 13 rules found");
     expect(result.code).toBe(0);
   });
 
@@ -210,6 +210,60 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
         ],
       };
       const path = join(dir.path, "upstream-failing.test.yml");
+      await Bun.write(path, Bun.YAML.stringify(tests, null, 2));
+      const result = await check("promtool", ["test", "rules", path]);
+      expect({ code: result.code, out: result.stdout + result.stderr }).toMatchObject({ code: 0 });
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("PalisadeCredentialGuessing fires on invalid tokens and keys from everywhere, not on expired or revoked ones (promtool test rules; probe 35a O2)", async () => {
+    const dir = tempDir();
+    try {
+      const rule = ALERT_RULES.find((each) => each.alert === "PalisadeCredentialGuessing")!;
+      const failures = (reason: string, values: string) => ({
+        series: `auth_failures_total{reason="${reason}"}`,
+        values,
+      });
+      const at = (input_series: { series: string; values: string }[], fires: boolean) => ({
+        interval: "1m",
+        input_series,
+        alert_rule_test: [
+          {
+            eval_time: "12m",
+            alertname: rule.alert,
+            exp_alerts: fires
+              ? [
+                  {
+                    exp_labels: rule.labels,
+                    exp_annotations: {
+                      ...rule.annotations,
+                      // 40 a minute, as Prometheus's humanize writes 0.667.
+                      summary: rule.annotations.summary.replace(
+                        "{{ $value | humanize }}",
+                        "666.7m",
+                      ),
+                    },
+                  },
+                ]
+              : [],
+          },
+        ],
+      });
+      const tests = {
+        rule_files: [join(GRAFANA_DIR, "alerts.yml")],
+        evaluation_interval: "1m",
+        tests: [
+          // 20 unknown API keys and 20 forged tokens a minute: 40, over 30.
+          at([failures("invalid_api_key", "0+20x20"), failures("invalid_token", "0+20x20")], true),
+          // 40 expired and revoked tokens a minute: clients' churn, no guess.
+          at([failures("expired_token", "0+20x20"), failures("revoked_api_key", "0+20x20")], false),
+          // 20 wrong metrics tokens a minute: under the threshold.
+          at([failures("metrics_token", "0+20x20")], false),
+        ],
+      };
+      const path = join(dir.path, "credential-guessing.test.yml");
       await Bun.write(path, Bun.YAML.stringify(tests, null, 2));
       const result = await check("promtool", ["test", "rules", path]);
       expect({ code: result.code, out: result.stdout + result.stderr }).toMatchObject({ code: 0 });
