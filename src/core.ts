@@ -187,6 +187,7 @@ export function createCore(options: CoreOptions): Core {
     seal: createBlockSeal(config.audit.secretKey),
     registry,
     rateLimitMetrics: metrics.rateLimit,
+    secretValues: config.secretValues,
     settings: {
       thresholds: {
         ratelimit: {

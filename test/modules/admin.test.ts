@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import { buildTestApp, send, type TestApp } from "../support/app";
+import { buildTestApp, send, TEST_JWT_SECRET, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
 import { ManualClock } from "../support/clock";
 import { untoldInstance } from "../support/instance";
@@ -281,6 +281,32 @@ describe("IP blocks", () => {
     expect(
       (await send(current, `/api/admin/blocks/${block.id}`, { method: "DELETE", headers })).status,
     ).toBe(404);
+  });
+
+  test("a block's reason is stored with secrets and credentials redacted, as its audit row and log line show it (probe 35d F1)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    const reason = `pasted ${TEST_JWT_SECRET} and ${admin.refreshToken} by mistake`;
+    const added = await send(current, "/api/admin/blocks", {
+      headers,
+      body: { address: "198.51.100.77", ttlMinutes: 5, reason },
+    });
+    expect(added.status).toBe(201);
+    const shown = [
+      ((await added.json()) as { reason: string }).reason,
+      (
+        (await (await send(current, "/api/admin/blocks", { headers })).json()) as {
+          blocks: { reason: string }[];
+        }
+      ).blocks[0]!.reason,
+      (current.db.$client.query("SELECT reason FROM ip_blocks").get() as { reason: string }).reason,
+    ];
+    for (const text of shown) {
+      expect(text).toBe("pasted [REDACTED] and [REDACTED] by mistake");
+    }
+    expect(current.logs.text).not.toContain(TEST_JWT_SECRET);
+    expect(current.logs.text).not.toContain(admin.refreshToken);
   });
 
   test("a block covering the admin's own address is 409 and blocks nothing; the CLI may add it", async () => {

@@ -26,7 +26,8 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { insertWithRandomId } from "../../db/random-id";
 import { ipBlocks } from "../../db/schema";
 import { encodeCursor } from "../../list-cursor";
-import type { Logger } from "../../logging/logger";
+import { type Logger, secretScrubber } from "../../logging/logger";
+import { scrubUrlPart } from "../../logging/scrub";
 import type { AuditLog } from "../audit/log";
 import { parsePrincipalRef } from "../auth/principal";
 import type { ResolvedClient } from "../client-ip";
@@ -123,6 +124,11 @@ export interface IpBlockServiceOptions {
    * past the busy wait, disk full) is counted, as a limiter store failure that failed open.
    */
   rateLimitMetrics: RateLimitMetrics;
+  /**
+   * Configured secret values: an admin's reason is stored with them, and the credential shapes the
+   * logs scrub, redacted, as its log line and audit row show it (probe 35d F1).
+   */
+  secretValues?: readonly string[];
 }
 
 /** A block in force at `$now`: not expired (an expiry that is a whole number), not lifted. */
@@ -205,8 +211,11 @@ export class IpBlockService {
    */
   private checked = new Map<string, boolean>();
 
+  private readonly scrub: (text: string) => string;
+
   constructor(private readonly options: IpBlockServiceOptions) {
     this.settings = { ...DEFAULT_IP_BLOCK_SETTINGS, ...options.settings };
+    this.scrub = secretScrubber(options.secretValues ?? []);
     const policy = (kind: ViolationKind): Policy => {
       const { count, windowMs } = this.settings.thresholds[kind];
       // The count-th violation is the one refused, and refusal is what blocks.
@@ -357,7 +366,7 @@ export class IpBlockService {
   private insertAudited(block: NewBlock, now: number): IpBlock {
     const row = {
       address: block.address,
-      reason: block.reason,
+      reason: scrubUrlPart(block.reason, this.scrub),
       source: block.source,
       createdBy: block.createdBy ?? null,
       createdAt: now,
@@ -381,7 +390,7 @@ export class IpBlockService {
       actor: lockout ? block.address : (block.createdBy ?? "system"),
       ip: lockout ? null : block.address,
       requestId: block.requestId ?? null,
-      detail: { reason: block.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
+      detail: { reason: row.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
       at: now,
     });
     return shown(inserted);
