@@ -7,6 +7,7 @@
 import { createApp } from "./app";
 import { terminalSafe } from "./cli/terminal";
 import { ConfigError, loadConfig } from "./config";
+import { leftoverDevelopmentKey } from "./config/development-key";
 import { looseSecretFileMessage } from "./config/secret-file-modes";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import { DatabaseOpenError, databaseFileMode, openDatabase } from "./db/client";
@@ -104,6 +105,21 @@ if (config.audit.developmentKeyFile) {
     { file: config.audit.developmentKeyFile },
     "AUDIT_SECRET_KEY not set; using the development audit key kept next to the database",
   );
+}
+
+if (config.appEnv !== "development") {
+  const leftover = leftoverDevelopmentKey(config.databasePath, config.audit.secretKey);
+  if (leftover?.sameKey) {
+    logger.warn(
+      { file: leftover.file },
+      "AUDIT_SECRET_KEY is the development audit key file's beside the database: whoever holds the file or a development backup holds the key; keep the key only in AUDIT_SECRET_KEY and move the file off this host",
+    );
+  } else if (leftover) {
+    logger.warn(
+      { file: leftover.file },
+      "a development audit key file lies beside the database; it is not AUDIT_SECRET_KEY, and keys only rows written in development: remove it once no copy needs verifying with it",
+    );
+  }
 }
 
 let db: ReturnType<typeof openDatabase>;

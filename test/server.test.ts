@@ -9,7 +9,7 @@ import {
 } from "../src/db/migrations";
 import { createLogger } from "../src/logging/logger";
 import { PortUnavailable, startServer } from "../src/server";
-import { buildTestApp, serveInProcess, type TestApp, tempDir } from "./support/app";
+import { buildTestApp, PRODUCTION_ENV, serveInProcess, type TestApp, tempDir } from "./support/app";
 import { freePort, REPO_ROOT, runToExit, startService } from "./support/process";
 import { rawHttp } from "./support/raw-http";
 import { signal } from "./support/wait";
@@ -277,6 +277,39 @@ describe("the service process", () => {
       const second = await startService(env);
       expect((await fetch(new URL("/ready", second.url))).status).toBe(200);
       expect(await second.stop()).toBe(0);
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("a production start warns of a development audit key file beside its database, saying whether it is AUDIT_SECRET_KEY (probe 35c F3)", async () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "app.db");
+      await Bun.write(`${path}.audit-key`, `${PRODUCTION_ENV.AUDIT_SECRET_KEY}\n`);
+      const elsewhere = join(dir.path, "other.db");
+      await Bun.write(`${elsewhere}.audit-key`, "Q1w2E3r4T5y6U7i8O9p0AsDfGhJkLzXc\n");
+      const warnings = async (databasePath: string) => {
+        const service = await startService({ ...PRODUCTION_ENV, DATABASE_PATH: databasePath });
+        await service.stop();
+        return service
+          .stdout()
+          .split("\n")
+          .filter((line) => line.includes("development audit key file"))
+          .map((line) => JSON.parse(line) as { file: string; msg: string });
+      };
+      const same = await warnings(path);
+      expect(same).toHaveLength(1);
+      expect(same[0]!.file).toBe(`${path}.audit-key`);
+      expect(same[0]!.msg).toStartWith("AUDIT_SECRET_KEY is the development audit key file's");
+      const other = await warnings(elsewhere);
+      expect(other.map((line) => line.msg)).toEqual([
+        expect.stringMatching(/^a development audit key file lies beside the database/),
+      ]);
+      // The line names the file, never the key.
+      const service = await startService({ ...PRODUCTION_ENV, DATABASE_PATH: path });
+      await service.stop();
+      expect(service.stdout() + service.stderr()).not.toContain(PRODUCTION_ENV.AUDIT_SECRET_KEY);
     } finally {
       dir.remove();
     }

@@ -18,6 +18,25 @@ export function developmentKeyPath(databasePath: string): string | null {
   return databasePath === ":memory:" ? null : `${databasePath}.audit-key`;
 }
 
+/**
+ * A development key file left beside a deployed profile's database, which keys with
+ * AUDIT_SECRET_KEY: `sameKey` when that variable holds the file's key (the key then sits beside the
+ * database, and beside every development backup of it, held by whoever holds them; probe 35c F3).
+ * Null when there is none, or it cannot be read.
+ */
+export function leftoverDevelopmentKey(
+  databasePath: string,
+  auditSecret: string,
+): { file: string; sameKey: boolean } | null {
+  const file = developmentKeyPath(databasePath);
+  if (file === null) return null;
+  try {
+    return { file, sameKey: readFileSync(file, "utf8").trim() === auditSecret.trim() };
+  } catch {
+    return null;
+  }
+}
+
 /** Reads the development key file, creating it (0600, atomically) when it does not exist. */
 export function loadOrCreateDevelopmentKey(path: string): string {
   try {

@@ -549,9 +549,10 @@ function refuseSharedSecrets(config: Config): void {
   ];
   const holder = new Map<string, string>();
   for (const [name, value] of roles) {
-    // Compared without the whitespace around them: `key` and `key\n` (a secret file's second
-    // newline) are one secret to whoever holds either (probe 30e F4).
-    const secret = value?.trim();
+    // Compared as whoever holds one would try the other: without the whitespace around it (`key`
+    // and `key\n`, a secret file's second newline; probe 30e F4), quotes a compose file or unit
+    // left around it, or its letters' case (probe 35c F4).
+    const secret = value === null ? "" : sameSecretForm(value);
     if (!secret) continue;
     const other = holder.get(secret);
     if (other !== undefined && other !== name) {
@@ -559,6 +560,13 @@ function refuseSharedSecrets(config: Config): void {
     }
     holder.set(secret, name);
   }
+}
+
+/** A secret as compared across roles: trimmed, one pair of surrounding quotes off, lower case. */
+function sameSecretForm(value: string): string {
+  const trimmed = value.trim();
+  const unquoted = /^(["'])(.*)\1$/s.exec(trimmed)?.[2] ?? trimmed;
+  return unquoted.trim().toLowerCase();
 }
 
 function collectSecretValues(config: Config, env: Environment): string[] {

@@ -8,6 +8,11 @@
 export const MIN_SECRET_BYTES = 32;
 const MIN_DISTINCT_CHARACTERS = 10;
 const PLACEHOLDER = /change[-_ ]?me|replace[-_ ]?me|example|placeholder|^x+$/i;
+// Words of a value someone wrote rather than generated: the published defaults of tutorials and
+// other products (`super-secret-jwt-token-with-at-least-32-characters-long`, `your-…-key-here`)
+// pass the length and variety checks, and are the first an attacker tries (probe 35c F2). A
+// generated 43-character base64 value holds one of these by a chance of about one in seven million.
+const WRITTEN = /secret|passw(or)?d|default|sample|insecure|do[-_ ]?not[-_ ]?use|[-_ .]here$/i;
 
 /** Why a secret is too weak to use in a deployed profile, or `null` when it is acceptable. */
 export function secretWeakness(value: string): string | null {
@@ -17,6 +22,8 @@ export function secretWeakness(value: string): string | null {
   if (new Set(value).size < MIN_DISTINCT_CHARACTERS) return "is too repetitive to be random";
   if (isMostlyRun(value)) return "is a run of neighbouring characters, not a generated secret";
   if (PLACEHOLDER.test(value)) return "is a placeholder, not a generated secret";
+  if (WRITTEN.test(value))
+    return "reads as a written phrase or a published default, not a generated secret";
   return null;
 }
 

@@ -153,6 +153,22 @@ describe("production profile", () => {
     ["CSRF_SECRET_KEY", { JWT_PREVIOUS_SECRET_KEY: STRONG_2 }, "from JWT_PREVIOUS_SECRET_KEY"],
     ["METRICS_TOKEN", { METRICS_TOKEN: `${STRONG_3}\n` }, "must differ from AUDIT_SECRET_KEY"],
     ["WHATSAPP_VERIFY_TOKEN", { WHATSAPP_VERIFY_TOKEN: ` ${STRONG} ` }, "from JWT_SECRET_KEY"],
+    // The same value in another case, or in the quotes a compose list or a unit file left (probe 35c F4).
+    ["METRICS_TOKEN", { METRICS_TOKEN: STRONG_3.toUpperCase() }, "from AUDIT_SECRET_KEY"],
+    ["METRICS_TOKEN", { METRICS_TOKEN: `"${STRONG_3}"` }, "from AUDIT_SECRET_KEY"],
+    ["METRICS_TOKEN", { METRICS_TOKEN: `'${STRONG_3.toLowerCase()}'` }, "from AUDIT_SECRET_KEY"],
+    // Published defaults and written phrases pass the length and variety checks (probe 35c F2).
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "super-secret-jwt-token-with-at-least-32-characters-long" },
+      "published default",
+    ],
+    [
+      "CSRF_SECRET_KEY",
+      { CSRF_SECRET_KEY: "your-very-long-random-csrf-key-goes-here" },
+      "published default",
+    ],
+    ["METRICS_TOKEN", { METRICS_TOKEN: "prometheus-scrape-Password-2024-abcd" }, "written phrase"],
     // Runs of neighbouring characters pass the length and variety checks (probe 30d F2).
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "abcdefghijklmnopqrstuvwxyz012345" }, "neighbouring"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "01234567890123456789012345678901" }, "neighbouring"],
