@@ -234,7 +234,15 @@ export function parseOrigins(name: string, raw: string, requireHttps: boolean): 
     if (url.protocol !== "https:" && url.protocol !== "http:") {
       throw new ConfigError(name, `has a non-web origin "${item}"`);
     }
-    if (url.origin !== item.replace(/\/$/, "")) {
+    const written = item.replace(/\/$/, "");
+    if (url.origin !== written && url.origin === written.toLowerCase()) {
+      // A browser sends the scheme and host in lower case, and origins are compared as sent.
+      throw new ConfigError(
+        name,
+        `has "${item}"; a browser sends it in lower case, as "${url.origin}": write it so`,
+      );
+    }
+    if (url.origin !== written) {
       throw new ConfigError(
         name,
         `has "${item}", which is not a bare origin (scheme://host[:port])`,

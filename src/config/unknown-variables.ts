@@ -28,6 +28,9 @@ const PREFIXES = [
   "ALLOWED_",
   "TRUST_",
   "API_KEY",
+  // DATABASE_PATH_FILE, as if the path were a secret, went unnoticed (probe 35c I5); not all of
+  // DATABASE_, which other programs' DATABASE_URL shares.
+  "DATABASE_PATH",
 ];
 
 const KNOWN = new Set([

@@ -72,6 +72,16 @@ describe("bun run cli", () => {
     expect(JSON.parse(result.stdout).appEnv).toBe("development");
   });
 
+  test("config:check names DATABASE_PATH_FILE as unknown: the path is no secret (probe 35c I5)", async () => {
+    const result = await cli(["config:check"], {
+      DATABASE_PATH: ":memory:",
+      DATABASE_PATH_FILE: "/run/secrets/db_path",
+    });
+    expect(result.stderr.trim()).toBe(
+      "warning: unknown variable DATABASE_PATH_FILE: did you mean DATABASE_PATH?",
+    );
+  });
+
   test("config:check and the start name a secret file other users can read, never its value (probe 30d F8)", async () => {
     const dir = tempDir();
     try {

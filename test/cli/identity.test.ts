@@ -30,6 +30,25 @@ function workspace() {
 }
 
 describe("users", () => {
+  test("users:role warns when it leaves no admin; keys:create holds --name to the API's 100 characters (probe 35c I3, I4)", async () => {
+    const { cli, query } = workspace();
+    expect(
+      (await cli(["users:create", "--email", "only@example.test", "--role", "admin"])).code,
+    ).toBe(0);
+    const demoted = await cli(["users:role", "--email", "only@example.test", "--role", "user"]);
+    expect(demoted.code).toBe(0);
+    expect(demoted.stderr).toContain("no account is an admin now");
+    const again = await cli(["users:role", "--email", "only@example.test", "--role", "user"]);
+    expect(again.stderr).toBe("");
+    const long = await cli(["keys:create", "--name", "k".repeat(101), "--scopes", "chat"]);
+    expect(long.code).toBe(2);
+    expect(long.stderr).toContain("--name is longer than 100 characters");
+    expect(query("SELECT id FROM api_keys")).toEqual([]);
+    expect((await cli(["keys:create", "--name", "k".repeat(100), "--scopes", "chat"])).code).toBe(
+      0,
+    );
+  });
+
   test("users:create makes the first admin with a generated password shown once", async () => {
     const { cli, query } = workspace();
     const result = await cli(["users:create", "--email", "Root@Example.test", "--role", "admin"]);
@@ -37,6 +56,9 @@ describe("users", () => {
     expect(result.stdout).toContain("created admin Root@example.test");
     const password = /password \(shown once\): (\S+)/.exec(result.stdout)![1]!;
     expect(password.length).toBeGreaterThanOrEqual(40);
+    // No credential's shape: a refresh token's prefix made scanners take it for one (probe 35c I2).
+    expect(password).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(password).not.toStartWith("pal_");
     const [row] = query<{ role: string; hash: string }>(
       "SELECT role, password_hash AS hash FROM users",
     );

@@ -176,6 +176,12 @@ describe("production profile", () => {
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
+    // Said as the case it is, not as "not a bare origin" (probe 35c I6).
+    [
+      "CORS_ALLOWED_ORIGINS",
+      { CORS_ALLOWED_ORIGINS: "https://APP.example.com" },
+      'a browser sends it in lower case, as "https://app.example.com"',
+    ],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "http://app.test" }, "only https origins"],
     [
       "CORS_ALLOWED_ORIGINS",

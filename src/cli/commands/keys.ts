@@ -1,4 +1,4 @@
-import { MAX_KEY_DAYS } from "../../modules/admin/model";
+import { MAX_KEY_DAYS, MAX_KEY_NAME_LENGTH } from "../../modules/admin/model";
 import { isScope, KeyRefused } from "../../modules/auth/api-keys";
 import type { Scope } from "../../plugins/auth/principal";
 import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
@@ -13,6 +13,9 @@ export const keysCreate: Command = {
   usage: "keys:create --name N --scopes a,b [--expires 30d] [--env live|test] [--owner EMAIL]",
   run(args, context) {
     const name = requireFlag(args, "name");
+    if (name.length > MAX_KEY_NAME_LENGTH) {
+      throw new CliError(`--name is longer than ${MAX_KEY_NAME_LENGTH} characters`, EXIT_USAGE);
+    }
     const scopes = requireFlag(args, "scopes")
       .split(",")
       .map((s) => s.trim());

@@ -1,5 +1,5 @@
 import type { Role } from "../../plugins/auth/principal";
-import { generateRefreshToken } from "../../plugins/auth/tokens";
+import { generateSecret } from "../../config/secrets";
 import { CliError, type Command, EXIT_USAGE, type ParsedArgs, requireFlag } from "../command";
 
 function roleFlag(args: ParsedArgs): Role {
@@ -14,16 +14,17 @@ export const usersCreate: Command = {
   name: "users:create",
   database: "makes",
   summary:
-    "Create an account (--role admin for the first admin); the password comes from stdin or is generated",
+    "Create an account (--role admin for the first admin); the password is read from stdin with --password-stdin, else generated and printed once",
   usage: "users:create --email E [--role user|admin] [--password-stdin]",
   async run(args, context) {
     const email = requireFlag(args, "email");
     const role = roleFlag(args);
     const fromStdin = args.flags["password-stdin"] === true;
-    // A generated password: 32 random bytes, far past any strength rule.
+    // A generated password: 32 random bytes, far past any strength rule, in no credential's shape
+    // (it was a refresh token's, which scanners and the log scrubber then took it for).
     const password = fromStdin
       ? (await context.readStdin()).replace(/\r?\n$/, "")
-      : generateRefreshToken();
+      : generateSecret();
     const outcome = await context.services().auth.register(email, password, null, role);
     switch (outcome.code) {
       case "INVALID_EMAIL":
@@ -63,6 +64,12 @@ export const usersRole: Command = {
     }
     const changed = auth.setRole(user.id, role, "cli");
     context.out(changed ? `${email} is now ${role}` : `${email} was already ${role}`);
+    const admins = auth.accountsForOperator().filter((a) => a.role === "admin" && a.intact);
+    if (changed && admins.length === 0) {
+      context.err(
+        "no account is an admin now: the admin routes are open to admin-scoped API keys only; promote one with users:role --role admin",
+      );
+    }
     if (!user.intact) {
       // A role written into the file, put back to the one the seal was made over, leaves the row
       // as Palisade wrote it: it matches its seal again (probe 32a F1). Said as it is now.

@@ -6,10 +6,12 @@ import { ScopeSchema } from "../auth/model";
 
 /** The longest life a key is given, and the longest block: the API's bounds, and the CLI's. */
 export const MAX_KEY_DAYS = 3650;
+/** The longest key name, in UTF-16 units as the API counts it; the CLI holds to it too. */
+export const MAX_KEY_NAME_LENGTH = 100;
 export const MAX_BLOCK_MINUTES = 365 * 24 * 60;
 
 export const NewKeyBody = t.Object({
-  name: t.String({ minLength: 1, maxLength: 100 }),
+  name: t.String({ minLength: 1, maxLength: MAX_KEY_NAME_LENGTH }),
   scopes: t.Array(ScopeSchema, { minItems: 1, uniqueItems: true }),
   expiresInDays: t.Optional(JsonInteger({ minimum: 1, maximum: MAX_KEY_DAYS })),
   environment: t.Optional(t.UnionEnum(["live", "test"])),
