@@ -2,8 +2,9 @@
  * @module
  * `API_KEYS`: bootstrap API keys, a comma list of `key` or `key:scope+scope` (`chat+payments` when
  * no scopes are given). Every entry is checked here, so `config:check` refuses what the start would:
- * a scope that does not exist, a key the verifier could never accept (under 16 characters, or a
- * `pal_` key whose checksum is wrong), a `pal_test_` key in production, and two entries that share
+ * a scope that does not exist, a key the verifier could never accept (under 16 characters, spaces
+ * around it, a `pal_` key whose checksum is wrong or whose shape is not whole), a key holding a
+ * colon (a second one of `key:scope:scope`), a `pal_test_` key in production, and two entries that share
  * their first 16 characters (keys are found by that prefix, so one of them could never work).
  * Messages name entries by position, never by value: the keys are secrets.
  */
@@ -47,6 +48,23 @@ export function parseApiKeys(
     if (rules.deployed) {
       const weakness = secretWeakness(key);
       if (weakness) throw new ConfigError("API_KEYS", `has a key that ${weakness} (entry ${n})`);
+    }
+    // A key no client could send, or not the one meant (probe 36b F2): HTTP trims a header's
+    // value; a second colon split `key:admin:chat` into the key `key:admin`.
+    if (key !== key.trim()) {
+      throw new ConfigError("API_KEYS", `entry ${n} has spaces around its key`);
+    }
+    if (key.includes(":")) {
+      throw new ConfigError(
+        "API_KEYS",
+        `entry ${n} has more than one ':'; write its scopes as scope+scope after one ':'`,
+      );
+    }
+    if (key.startsWith("pal_") && !KEY_PATTERN.test(key)) {
+      throw new ConfigError(
+        "API_KEYS",
+        `entry ${n} starts with pal_ but is not a whole pal_ key (a character too many or too few?)`,
+      );
     }
     if (key.length < PREFIX_LENGTH) {
       throw new ConfigError("API_KEYS", `entry ${n} is shorter than ${PREFIX_LENGTH} characters`);

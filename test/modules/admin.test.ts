@@ -235,6 +235,73 @@ describe("audit log query", () => {
   });
 });
 
+describe("API key actions", () => {
+  test("creating, rotating and revoking a key through the admin routes audits the address, route and request id (probe 36b F1)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    const peer = "198.51.100.23";
+    const created = await send(current, "/api/admin/api-keys", {
+      headers,
+      peer,
+      body: { name: "ci", scopes: ["chat"] },
+    });
+    expect(created.status).toBe(201);
+    const { apiKey } = (await created.json()) as { apiKey: { id: string } };
+    const rotated = await send(current, `/api/admin/api-keys/${apiKey.id}/rotate`, {
+      headers,
+      peer,
+      body: {},
+    });
+    expect(rotated.status).toBe(201);
+    const successor = ((await rotated.json()) as { apiKey: { id: string } }).apiKey.id;
+    const revoked = await send(current, `/api/admin/api-keys/${successor}`, {
+      method: "DELETE",
+      headers,
+      peer,
+    });
+    expect(revoked.status).toBe(204);
+    const requestIds = [created, rotated, revoked].map((r) => r.headers.get("x-request-id"));
+    current.services.audit.flush();
+    const rows = current.db.$client
+      .query(
+        "SELECT type, ip, route, request_id AS requestId FROM audit_events WHERE type LIKE 'admin.key.%' ORDER BY id",
+      )
+      .all();
+    expect(rows).toEqual([
+      {
+        type: "admin.key.created",
+        ip: peer,
+        route: "POST /api/admin/api-keys",
+        requestId: requestIds[0],
+      },
+      {
+        type: "admin.key.created",
+        ip: peer,
+        route: `POST /api/admin/api-keys/${apiKey.id}/rotate`,
+        requestId: requestIds[1],
+      },
+      {
+        type: "admin.key.rotated",
+        ip: peer,
+        route: `POST /api/admin/api-keys/${apiKey.id}/rotate`,
+        requestId: requestIds[1],
+      },
+      {
+        type: "admin.key.revoked",
+        ip: peer,
+        route: `DELETE /api/admin/api-keys/${successor}`,
+        requestId: requestIds[2],
+      },
+    ]);
+    // The address search an investigation starts from finds them.
+    const found = (await (
+      await send(current, `/api/admin/audit?ip=${peer}&type=admin.key.created`, { headers })
+    ).json()) as { events: unknown[] };
+    expect(found.events).toHaveLength(2);
+  });
+});
+
 describe("IP blocks", () => {
   test("add with TTL and reason, list, remove; each action audited with the admin", async () => {
     current = buildTestApp();

@@ -1,5 +1,5 @@
-import type { Role } from "../../plugins/auth/principal";
 import { generateSecret } from "../../config/secrets";
+import type { Role } from "../../plugins/auth/principal";
 import { CliError, type Command, EXIT_USAGE, type ParsedArgs, requireFlag } from "../command";
 
 function roleFlag(args: ParsedArgs): Role {

@@ -124,13 +124,19 @@ export function adminModule(options: AdminModuleOptions) {
       detail,
     });
   };
+  /** A key action's origin, for the audit rows ApiKeyService writes. */
+  const originOf = ({ request, client, requestId, path }: Omit<Actor, "principal">) => ({
+    ip: client.ip,
+    route: `${request.method} ${path}`,
+    requestId,
+  });
   const tags = ["admin"];
 
   return new Elysia({ name: "palisade.module.admin", prefix: "/api/admin" })
     .use(options.auth)
     .post(
       "/api-keys",
-      ({ body, principal, set }) => {
+      ({ body, principal, set, request, client, requestId, path }) => {
         // The new key acts for the caller's owner and may hold nothing that owner's role may not;
         // made by a key, it lives no longer than that key (a short-lived key cannot mint one that
         // never expires).
@@ -144,7 +150,12 @@ export function adminModule(options: AdminModuleOptions) {
         };
         let created: ReturnType<typeof apiKeys.create>;
         try {
-          created = apiKeys.create(spec, principalRef(principal));
+          created = apiKeys.create(
+            spec,
+            principalRef(principal),
+            undefined,
+            originOf({ request, client, requestId, path }),
+          );
         } catch (error) {
           throw error instanceof KeyRefused ? refusalProblem(error.refusal) : error;
         }
@@ -179,8 +190,9 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .delete(
       "/api-keys/:id",
-      ({ params, principal, set }) => {
-        if (!apiKeys.revoke(params.id, principalRef(principal))) {
+      ({ params, principal, set, request, client, requestId, path }) => {
+        const origin = originOf({ request, client, requestId, path });
+        if (!apiKeys.revoke(params.id, principalRef(principal), undefined, origin)) {
           throw new AppError("NOT_FOUND", "No active key has that id.");
         }
         set.status = 204;
@@ -195,7 +207,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .post(
       "/api-keys/:id/rotate",
-      ({ params, body, principal, set }) => {
+      ({ params, body, principal, set, request, client, requestId, path }) => {
         const graceMs =
           body?.graceMinutes === undefined ? DEFAULT_ROTATION_GRACE_MS : body.graceMinutes * 60_000;
         if (apiKeys.get(params.id)?.origin === "bootstrap") {
@@ -212,6 +224,7 @@ export function adminModule(options: AdminModuleOptions) {
           principalRef(principal),
           actingUserId,
           endOf(principal),
+          originOf({ request, client, requestId, path }),
         );
         if (!rotated)
           throw new AppError("NOT_FOUND", "No active key that has not been rotated has that id.");

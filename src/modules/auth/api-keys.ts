@@ -56,6 +56,16 @@ export interface CheckedKey {
   };
 }
 
+/**
+ * Where a key action came from, for its audit row: an admin route's client address, matched route
+ * and request id (probe 36b F1: they were left empty, so an address search missed who minted keys).
+ */
+export interface KeyActionOrigin {
+  ip: string | null;
+  route: string;
+  requestId: string;
+}
+
 export interface NewApiKey {
   name: string;
   scopes: Scope[];
@@ -246,6 +256,8 @@ export class ApiKeyService {
     actor: string | null,
     /** A rotation's: the first key of the chain the new key continues (see `lineageOf`). */
     lineage?: string,
+    /** The request that asked, for the audit row (none from the CLI). */
+    origin?: KeyActionOrigin,
   ): { key: string; record: ApiKeyRecord } {
     const now = this.clock.now();
     const key = generateApiKey(spec.environment ?? "live");
@@ -275,6 +287,7 @@ export class ApiKeyService {
       type: "admin.key.created",
       outcome: "success",
       actor,
+      ...origin,
       detail: { keyId: id, name: spec.name, scopes: spec.scopes.join(",") },
     });
     return { key, record: this.get(id)! };
@@ -401,7 +414,7 @@ export class ApiKeyService {
     };
   }
 
-  revoke(id: string, actor: string | null, reason?: string): boolean {
+  revoke(id: string, actor: string | null, reason?: string, origin?: KeyActionOrigin): boolean {
     const revokedAt = this.clock.now();
     if (!this.change(id, { revokedAt }, (row) => row.revokedAt === null)) return false;
     this.credentials.revoke("key", id);
@@ -409,6 +422,7 @@ export class ApiKeyService {
       type: "admin.key.revoked",
       outcome: "success",
       actor,
+      ...origin,
       detail: reason ? { keyId: id, reason } : { keyId: id },
     });
     return true;
@@ -461,6 +475,7 @@ export class ApiKeyService {
     actingUserId: string | null = null,
     /** When the successor must have expired at the latest (a key rotated by a key: the caller's end). */
     endsBy: number | null = null,
+    origin?: KeyActionOrigin,
   ): { key: string; record: ApiKeyRecord } | null {
     const rotated = this.db.transaction(
       () => {
@@ -496,6 +511,7 @@ export class ApiKeyService {
           { name: old.name, scopes, userId: ownerId, expiresAt, environment },
           actor,
           continues ? lineage : undefined,
+          origin,
         );
         const graceEnds = Math.min(now + graceMs, old.expiresAt ?? Number.POSITIVE_INFINITY);
         const replacedBy = fresh.record.id;
@@ -508,6 +524,7 @@ export class ApiKeyService {
           type: "admin.key.rotated",
           outcome: "success",
           actor,
+          ...origin,
           detail: {
             keyId: id,
             replacedBy: fresh.record.id,
@@ -612,6 +629,9 @@ export class ApiKeyService {
           if (row.origin !== "bootstrap" || row.revokedAt !== null || listed.has(row.secretHash)) {
             continue;
           }
+          // An origin written into the file is not believed: such a row is refused (and reported)
+          // as it is, not revoked as an API_KEYS entry it never was (probe 36b F4).
+          if (!this.options.seal.intact.apiKey(row)) continue;
           this.revoke(row.id, "system", "removed_from_api_keys");
           outcome.revoked++;
         }

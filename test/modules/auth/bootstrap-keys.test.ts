@@ -149,6 +149,29 @@ describe("bootstrap keys follow API_KEYS across restarts", () => {
     expect((error as ConfigError).message).not.toContain(made.key);
   });
 
+  test("a key whose origin was changed to bootstrap in the file is refused, not revoked as an API_KEYS entry it never was (probe 36b F4)", async () => {
+    const path = databaseFile();
+    const listed = generateApiKey("live");
+    const first = start(path, `${listed}:admin`);
+    const made = await send(first, "/api/admin/api-keys", {
+      headers: bearer(listed),
+      body: { name: "ownerless", scopes: ["chat"] },
+    });
+    const { key, apiKey } = (await made.json()) as { key: string; apiKey: { id: string } };
+    expect((await powers(first, key)).me).toBe(200);
+    first.db.$client.run("UPDATE api_keys SET origin = 'bootstrap' WHERE id = ?", [apiKey.id]);
+    first.close();
+    const again = start(path, `${listed}:admin`);
+    expect((await powers(again, key)).me).toBe(401);
+    again.services.audit.flush();
+    expect(auditRows(again, ["admin.key.revoked"])).toEqual([]);
+    expect(
+      again.db.$client.query("SELECT revoked_at FROM api_keys WHERE id = ?").get(apiKey.id),
+    ).toEqual({ revoked_at: null });
+    const reported = auditRows(again, ["auth.credential_tampered"]);
+    expect(reported.map((row) => row.detail.table)).toContain("api_keys");
+  });
+
   test("a bootstrap row whose origin was changed in the file stops no start: the key is refused and reported (probe 19d)", async () => {
     const path = databaseFile();
     const key = generateApiKey("live");
@@ -170,16 +193,27 @@ describe("bootstrap keys follow API_KEYS across restarts", () => {
 
 describe("an API_KEYS that cannot work is refused in one line", () => {
   const key = generateApiKey("live");
-  const twin = `${key.slice(0, 16)}${"x".repeat(24)}`;
   const longKey = "a-long-bootstrap-key-0123456789-abcdef";
+  // Not a pal_ key: one that starts as one is refused unless it is whole.
+  const twin = `${longKey.slice(0, 16)}${"y".repeat(24)}`;
   const badChecksum = `${key.slice(0, -1)}${key.endsWith("A") ? "B" : "A"}`;
   test.each([
     ["the same key twice", `${key},${key}:chat`, {}, "share their first 16 characters"],
-    ["two keys sharing their first 16 characters", `${key},${twin}`, {}, "entries 1 and 2 share"],
+    [
+      "two keys sharing their first 16 characters",
+      `${longKey},${twin}`,
+      {},
+      "entries 1 and 2 share",
+    ],
     ["an unknown scope", `${longKey}:chat+root`, {}, "names a scope that is not one of"],
     ["an empty scope list", `${longKey}:`, {}, "names a scope that is not one of"],
     ["a key under 16 characters", "short-key", {}, "shorter than 16 characters"],
     ["a pal_ key with a wrong checksum", badChecksum, {}, "checksum is wrong"],
+    // Keys no client could send, or not the one meant (probe 36b F2).
+    ["spaces around a key", `${longKey} :chat`, {}, "entry 1 has spaces around its key"],
+    ["a second colon", `${longKey}:admin:chat`, {}, "entry 1 has more than one ':'"],
+    ["a pal_ key a character too long", `${key}x`, {}, "not a whole pal_ key"],
+    ["a pal_ key a character short", key.slice(0, -1), {}, "not a whole pal_ key"],
     ["a pal_test_ key in production", generateApiKey("test"), PRODUCTION_ENV, "pal_test_"],
   ])("%s", (_name, apiKeys, env, reason) => {
     let error: unknown;
@@ -199,7 +233,7 @@ describe("an API_KEYS that cannot work is refused in one line", () => {
 
   test("config:check and the start both refuse a collision: one line, exit 2", async () => {
     const path = databaseFile();
-    const env = { DATABASE_PATH: path, API_KEYS: `${key},${twin}`, PORT: "0" };
+    const env = { DATABASE_PATH: path, API_KEYS: `${longKey},${twin}`, PORT: "0" };
     const check = await runToExit(["bun", "run", "src/cli/index.ts", "config:check"], env);
     expect(check.code).toBe(2);
     expect(check.stderr.trim().split("\n")).toHaveLength(1);
@@ -210,6 +244,6 @@ describe("an API_KEYS that cannot work is refused in one line", () => {
       "palisade: refusing to start: API_KEYS entries 1 and 2",
     );
     expect(started.stderr.trim().split("\n")).toHaveLength(1);
-    expect(started.stderr).not.toContain(key);
+    expect(started.stderr).not.toContain(longKey);
   });
 });
