@@ -71,7 +71,7 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "5m",
     "ticket",
     "Credential guessing: {{ $value | humanize }} invalid tokens or keys per second",
-    "More than 30 requests a minute for 5 minutes carried an access token, API key or metrics token that is not one (malformed, forged, unknown), across every address. Automatic IP blocks catch single addresses; many addresses are a distributed guess, or a client or Prometheus configured with a wrong credential.",
+    "More than 30 requests a minute for 5 minutes carried an access token, API key or metrics token that is not one (malformed, forged, unknown), across every address. Invalid tokens and keys are not blocked by address: the access log's 401s say who sends them, most often a client or Prometheus configured with a wrong credential, else a distributed attempt.",
   ),
   rule(
     "PalisadeRateLimitSpike",

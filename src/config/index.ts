@@ -562,11 +562,14 @@ function refuseSharedSecrets(config: Config): void {
   }
 }
 
-/** A secret as compared across roles: trimmed, one pair of surrounding quotes off, lower case. */
+/**
+ * A secret as compared across roles: trimmed, one pair of surrounding quotes off, base64's padding
+ * off and its alphabet as base64url's (probe 36a F5), lower case.
+ */
 function sameSecretForm(value: string): string {
   const trimmed = value.trim();
-  const unquoted = /^(["'])(.*)\1$/s.exec(trimmed)?.[2] ?? trimmed;
-  return unquoted.trim().toLowerCase();
+  const unquoted = (/^(["'])(.*)\1$/s.exec(trimmed)?.[2] ?? trimmed).trim();
+  return unquoted.replace(/=+$/, "").replaceAll("+", "-").replaceAll("/", "_").toLowerCase();
 }
 
 function collectSecretValues(config: Config, env: Environment): string[] {

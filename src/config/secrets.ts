@@ -11,8 +11,10 @@ const PLACEHOLDER = /change[-_ ]?me|replace[-_ ]?me|example|placeholder|^x+$/i;
 // Words of a value someone wrote rather than generated: the published defaults of tutorials and
 // other products (`super-secret-jwt-token-with-at-least-32-characters-long`, `your-…-key-here`)
 // pass the length and variety checks, and are the first an attacker tries (probe 35c F2). A
-// generated 43-character base64 value holds one of these by a chance of about one in seven million.
-const WRITTEN = /secret|passw(or)?d|default|sample|insecure|do[-_ ]?not[-_ ]?use|[-_ .]here$/i;
+// generated 43-character base64url value holds one of these by a chance of about one in 500,000
+// (`your-`, `-here-`): refused, with the reason, and generated again.
+const WRITTEN =
+  /secret|passw(or)?d|default|sample|insecure|do[-_ ]?not[-_ ]?use|your[-_ .]|[-_ .]here([-_ .]|$)/i;
 
 /** Why a secret is too weak to use in a deployed profile, or `null` when it is acceptable. */
 export function secretWeakness(value: string): string | null {

@@ -30,7 +30,7 @@ function workspace() {
 }
 
 describe("users", () => {
-  test("users:role warns when it leaves no admin; keys:create holds --name to the API's 100 characters (probe 35c I3, I4)", async () => {
+  test("users:role and users:erase warn when they leave no admin; keys:create --name and blocks:add --reason hold to the API's bounds (probes 35c I3, I4, 36a F4, F8)", async () => {
     const { cli, query } = workspace();
     expect(
       (await cli(["users:create", "--email", "only@example.test", "--role", "admin"])).code,
@@ -42,7 +42,25 @@ describe("users", () => {
     expect(again.stderr).toBe("");
     const long = await cli(["keys:create", "--name", "k".repeat(101), "--scopes", "chat"]);
     expect(long.code).toBe(2);
-    expect(long.stderr).toContain("--name is longer than 100 characters");
+    expect(long.stderr).toContain("--name is longer than the API's 100 (UTF-16 units");
+    // Erasing the last admin says so too (probe 36a F8).
+    expect(
+      (await cli(["users:role", "--email", "only@example.test", "--role", "admin"])).code,
+    ).toBe(0);
+    const erased = await cli(["users:erase", "--email", "only@example.test", "--yes"]);
+    expect(erased.code).toBe(0);
+    expect(erased.stderr).toContain("no account is an admin now");
+    const reason = await cli([
+      "blocks:add",
+      "--address",
+      "203.0.113.4",
+      "--ttl",
+      "5m",
+      "--reason",
+      "r".repeat(501),
+    ]);
+    expect(reason.code).toBe(2);
+    expect(reason.stderr).toContain("--reason is longer than the API's 500");
     expect(query("SELECT id FROM api_keys")).toEqual([]);
     expect((await cli(["keys:create", "--name", "k".repeat(100), "--scopes", "chat"])).code).toBe(
       0,

@@ -157,6 +157,15 @@ describe("production profile", () => {
     ["METRICS_TOKEN", { METRICS_TOKEN: STRONG_3.toUpperCase() }, "from AUDIT_SECRET_KEY"],
     ["METRICS_TOKEN", { METRICS_TOKEN: `"${STRONG_3}"` }, "from AUDIT_SECRET_KEY"],
     ["METRICS_TOKEN", { METRICS_TOKEN: `'${STRONG_3.toLowerCase()}'` }, "from AUDIT_SECRET_KEY"],
+    // The same bytes in the other base64 alphabet, or without the padding (probe 36a F5).
+    [
+      "WHATSAPP_ACCESS_TOKEN",
+      {
+        AUDIT_SECRET_KEY: "a7Q2+E9r/4yU1iO6pL3kJ8hG5fD0sZxCq==",
+        WHATSAPP_ACCESS_TOKEN: "a7Q2-E9r_4yU1iO6pL3kJ8hG5fD0sZxCq",
+      },
+      "from AUDIT_SECRET_KEY",
+    ],
     // Published defaults and written phrases pass the length and variety checks (probe 35c F2).
     [
       "JWT_SECRET_KEY",
@@ -169,6 +178,11 @@ describe("production profile", () => {
       "published default",
     ],
     ["METRICS_TOKEN", { METRICS_TOKEN: "prometheus-scrape-Password-2024-abcd" }, "written phrase"],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "your-jwt-key-goes-here-make-it-long-enough" },
+      "written phrase",
+    ],
     // Runs of neighbouring characters pass the length and variety checks (probe 30d F2).
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "abcdefghijklmnopqrstuvwxyz012345" }, "neighbouring"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "01234567890123456789012345678901" }, "neighbouring"],

@@ -376,6 +376,23 @@ describe("IP blocks", () => {
     expect(current.logs.text).not.toContain(admin.refreshToken);
   });
 
+  test("a reason of many short secrets, longer once redacted, is stored no longer than the API's bound (probe 36a F4)", async () => {
+    const short = "vt8chars";
+    current = buildTestApp({ env: { WHATSAPP_VERIFY_TOKEN: short } });
+    const admin = await signUp(current, { role: "admin" });
+    const reason = short.repeat(62);
+    expect(reason.length).toBeLessThanOrEqual(500);
+    const added = await send(current, "/api/admin/blocks", {
+      headers: bearer(admin.accessToken),
+      body: { address: "198.51.100.78", ttlMinutes: 5, reason },
+    });
+    expect(added.status).toBe(201);
+    const stored = ((await added.json()) as { reason: string }).reason;
+    expect(stored).toStartWith("[REDACTED][REDACTED]");
+    expect(stored).toHaveLength(500);
+    expect(stored).not.toContain(short);
+  });
+
   test("a block covering the admin's own address is 409 and blocks nothing; the CLI may add it", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin", peer: "2001:db8:7:8::5" });

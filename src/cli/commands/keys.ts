@@ -14,7 +14,10 @@ export const keysCreate: Command = {
   run(args, context) {
     const name = requireFlag(args, "name");
     if (name.length > MAX_KEY_NAME_LENGTH) {
-      throw new CliError(`--name is longer than ${MAX_KEY_NAME_LENGTH} characters`, EXIT_USAGE);
+      throw new CliError(
+        `--name is longer than the API's ${MAX_KEY_NAME_LENGTH} (UTF-16 units: an emoji is two)`,
+        EXIT_USAGE,
+      );
     }
     const scopes = requireFlag(args, "scopes")
       .split(",")

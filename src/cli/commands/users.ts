@@ -1,6 +1,13 @@
 import { generateSecret } from "../../config/secrets";
 import type { Role } from "../../plugins/auth/principal";
-import { CliError, type Command, EXIT_USAGE, type ParsedArgs, requireFlag } from "../command";
+import {
+  CliError,
+  type Command,
+  type CommandContext,
+  EXIT_USAGE,
+  type ParsedArgs,
+  requireFlag,
+} from "../command";
 
 function roleFlag(args: ParsedArgs): Role {
   const role = args.flags.role ?? "user";
@@ -8,6 +15,18 @@ function roleFlag(args: ParsedArgs): Role {
     throw new CliError("--role must be user or admin", EXIT_USAGE);
   }
   return role;
+}
+
+/** Said after a command took away the last admin account (probe 35c I4, 36a F8). */
+function warnIfNoAdmin(
+  auth: ReturnType<CommandContext["services"]>["auth"],
+  context: Pick<CommandContext, "err">,
+): void {
+  const admins = auth.accountsForOperator().filter((a) => a.role === "admin" && a.intact);
+  if (admins.length > 0) return;
+  context.err(
+    "no account is an admin now: the admin routes are open to admin-scoped API keys only; promote one with users:role --role admin",
+  );
 }
 
 export const usersCreate: Command = {
@@ -64,12 +83,7 @@ export const usersRole: Command = {
     }
     const changed = auth.setRole(user.id, role, "cli");
     context.out(changed ? `${email} is now ${role}` : `${email} was already ${role}`);
-    const admins = auth.accountsForOperator().filter((a) => a.role === "admin" && a.intact);
-    if (changed && admins.length === 0) {
-      context.err(
-        "no account is an admin now: the admin routes are open to admin-scoped API keys only; promote one with users:role --role admin",
-      );
-    }
+    if (changed) warnIfNoAdmin(auth, context);
     if (!user.intact) {
       // A role written into the file, put back to the one the seal was made over, leaves the row
       // as Palisade wrote it: it matches its seal again (probe 32a F1). Said as it is now.
@@ -145,6 +159,7 @@ export const usersErase: Command = {
         `the account of ${email} did not match its seal (it was written into the database file); it was erased all the same`,
       );
     }
+    if (user.role === "admin") warnIfNoAdmin(auth, context);
     return 0;
   },
 };

@@ -1,4 +1,5 @@
 import { t } from "elysia";
+import { MAX_BLOCK_REASON_LENGTH } from "../../plugins/ip-block/service";
 import { JsonInteger } from "../../plugins/openapi/json-integer";
 import { Nullable } from "../../plugins/openapi/types";
 import { MAX_ROTATION_GRACE_MS } from "../auth/api-keys";
@@ -109,7 +110,7 @@ export const NewBlockBody = t.Object({
     description: "An IPv4 or IPv6 address; IPv6 blocks cover its /64",
   }),
   ttlMinutes: JsonInteger({ minimum: 1, maximum: MAX_BLOCK_MINUTES }),
-  reason: t.String({ minLength: 1, maxLength: 500 }),
+  reason: t.String({ minLength: 1, maxLength: MAX_BLOCK_REASON_LENGTH }),
 });
 
 export const BlockView = t.Object({

@@ -46,6 +46,8 @@ import {
 } from "./seal";
 
 const MINUTE = 60_000;
+/** The longest block reason, in UTF-16 units: the admin API's and the CLI's bound, and the store's. */
+export const MAX_BLOCK_REASON_LENGTH = 500;
 const HOUR = 60 * MINUTE;
 
 export type ViolationKind = "ratelimit" | "login" | "principal";
@@ -366,7 +368,8 @@ export class IpBlockService {
   private insertAudited(block: NewBlock, now: number): IpBlock {
     const row = {
       address: block.address,
-      reason: scrubUrlPart(block.reason, this.scrub),
+      // Cut where the API bounds it: a reason of many short secrets grew with each redaction.
+      reason: scrubUrlPart(block.reason, this.scrub).slice(0, MAX_BLOCK_REASON_LENGTH),
       source: block.source,
       createdBy: block.createdBy ?? null,
       createdAt: now,
