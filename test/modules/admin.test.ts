@@ -278,19 +278,19 @@ describe("API key actions", () => {
       {
         type: "admin.key.created",
         ip: peer,
-        route: `POST /api/admin/api-keys/${apiKey.id}/rotate`,
+        route: "POST /api/admin/api-keys/:id/rotate",
         requestId: requestIds[1],
       },
       {
         type: "admin.key.rotated",
         ip: peer,
-        route: `POST /api/admin/api-keys/${apiKey.id}/rotate`,
+        route: "POST /api/admin/api-keys/:id/rotate",
         requestId: requestIds[1],
       },
       {
         type: "admin.key.revoked",
         ip: peer,
-        route: `DELETE /api/admin/api-keys/${successor}`,
+        route: "DELETE /api/admin/api-keys/:id",
         requestId: requestIds[2],
       },
     ]);

@@ -124,10 +124,18 @@ export function adminModule(options: AdminModuleOptions) {
       detail,
     });
   };
-  /** A key action's origin, for the audit rows ApiKeyService writes. */
-  const originOf = ({ request, client, requestId, path }: Omit<Actor, "principal">) => ({
+  /**
+   * A key action's origin, for the audit rows ApiKeyService writes: the matched pattern, not the
+   * path, which names the key (another principal's id, which an admin's export withholds).
+   */
+  const originOf = ({
+    request,
+    route,
+    client,
+    requestId,
+  }: Pick<RequestState, "request" | "client" | "requestId"> & { route: string }) => ({
     ip: client.ip,
-    route: `${request.method} ${path}`,
+    route: `${request.method} ${route}`,
     requestId,
   });
   const tags = ["admin"];
@@ -136,7 +144,7 @@ export function adminModule(options: AdminModuleOptions) {
     .use(options.auth)
     .post(
       "/api-keys",
-      ({ body, principal, set, request, client, requestId, path }) => {
+      ({ body, principal, set, request, client, requestId, route }) => {
         // The new key acts for the caller's owner and may hold nothing that owner's role may not;
         // made by a key, it lives no longer than that key (a short-lived key cannot mint one that
         // never expires).
@@ -154,7 +162,7 @@ export function adminModule(options: AdminModuleOptions) {
             spec,
             principalRef(principal),
             undefined,
-            originOf({ request, client, requestId, path }),
+            originOf({ request, client, requestId, route }),
           );
         } catch (error) {
           throw error instanceof KeyRefused ? refusalProblem(error.refusal) : error;
@@ -190,8 +198,8 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .delete(
       "/api-keys/:id",
-      ({ params, principal, set, request, client, requestId, path }) => {
-        const origin = originOf({ request, client, requestId, path });
+      ({ params, principal, set, request, client, requestId, route }) => {
+        const origin = originOf({ request, client, requestId, route });
         if (!apiKeys.revoke(params.id, principalRef(principal), undefined, origin)) {
           throw new AppError("NOT_FOUND", "No active key has that id.");
         }
@@ -207,7 +215,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .post(
       "/api-keys/:id/rotate",
-      ({ params, body, principal, set, request, client, requestId, path }) => {
+      ({ params, body, principal, set, request, client, requestId, route }) => {
         const graceMs =
           body?.graceMinutes === undefined ? DEFAULT_ROTATION_GRACE_MS : body.graceMinutes * 60_000;
         if (apiKeys.get(params.id)?.origin === "bootstrap") {
@@ -224,7 +232,7 @@ export function adminModule(options: AdminModuleOptions) {
           principalRef(principal),
           actingUserId,
           endOf(principal),
-          originOf({ request, client, requestId, path }),
+          originOf({ request, client, requestId, route }),
         );
         if (!rotated)
           throw new AppError("NOT_FOUND", "No active key that has not been rotated has that id.");
