@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, loadConfig } from "../../src/config";
+import { leftoverDevelopmentKey } from "../../src/config/development-key";
 import { looseSecretFileMessage, looseSecretFiles } from "../../src/config/secret-file-modes";
 import { secretWeakness } from "../../src/config/secrets";
 import { VARIABLES } from "../../src/config/variables";
@@ -884,5 +885,28 @@ describe("metrics exposure and Sentry settings", () => {
     expect(
       loadConfig({ SENTRY_DSN: "https://publickey0123@sentry.example.test/42" }).secretValues,
     ).toContain("publickey0123");
+  });
+});
+
+describe("a development audit key file beside a deployed database (probe 35c F3)", () => {
+  test("is found, and told apart from AUDIT_SECRET_KEY; none, or an in-memory database, is null", () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "app.db");
+      const key = "k7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxCq1";
+      expect(leftoverDevelopmentKey(path, key)).toBeNull();
+      writeFileSync(`${path}.audit-key`, `${key}\n`, { mode: 0o600 });
+      expect(leftoverDevelopmentKey(path, key)).toEqual({
+        file: `${path}.audit-key`,
+        sameKey: true,
+      });
+      expect(leftoverDevelopmentKey(path, `${key}x`)).toEqual({
+        file: `${path}.audit-key`,
+        sameKey: false,
+      });
+      expect(leftoverDevelopmentKey(":memory:", key)).toBeNull();
+    } finally {
+      dir.remove();
+    }
   });
 });
