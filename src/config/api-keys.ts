@@ -3,7 +3,8 @@
  * `API_KEYS`: bootstrap API keys, a comma list of `key` or `key:scope+scope` (`chat+payments` when
  * no scopes are given). Every entry is checked here, so `config:check` refuses what the start would:
  * a scope that does not exist, a key the verifier could never accept (under 16 characters, spaces
- * around it, a `pal_` key whose checksum is wrong or whose shape is not whole), a key holding a
+ * around it or a character outside printable ASCII, a `pal_` key whose checksum is wrong or whose
+ * shape is not whole), a key holding a
  * colon (a second one of `key:scope:scope`), a `pal_test_` key in production, and two entries that share
  * their first 16 characters (keys are found by that prefix, so one of them could never work).
  * Messages name entries by position, never by value: the keys are secrets.
@@ -53,6 +54,14 @@ export function parseApiKeys(
     // value; a second colon split `key:admin:chat` into the key `key:admin`.
     if (key !== key.trim()) {
       throw new ConfigError("API_KEYS", `entry ${n} has spaces around its key`);
+    }
+    // Invisible characters (U+200B, U+00AD) at its ends, or any other beyond printable ASCII,
+    // which clients send in encodings of their own (probe 37a F2).
+    if (/[^\x20-\x7e]/.test(key)) {
+      throw new ConfigError(
+        "API_KEYS",
+        `entry ${n} has a character outside printable ASCII (invisible, or sent differently by each client)`,
+      );
     }
     if (key.includes(":")) {
       throw new ConfigError(

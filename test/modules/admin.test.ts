@@ -376,6 +376,40 @@ describe("IP blocks", () => {
     expect(current.logs.text).not.toContain(admin.refreshToken);
   });
 
+  test("a reason with a lone surrogate, or cut at 500 inside an emoji, still blocks: stored well-formed, matching its seal (probe 37a F1)", async () => {
+    const short = "vt8chars";
+    current = buildTestApp({ env: { WHATSAPP_VERIFY_TOKEN: short } });
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    // Redacted, the secrets take it past 500 with the emoji's two halves at 499 and 500.
+    const grown = `${short.repeat(49)}${"x".repeat(9)}\u{1F600}tail`;
+    const reasons = [grown, "lone \ud83d surrogate", "lone \ude00 low"];
+    const addresses = ["198.51.100.81", "198.51.100.82", "198.51.100.83"];
+    for (const [i, reason] of reasons.entries()) {
+      // Sent as JSON escapes: a lone surrogate cannot be written as UTF-8.
+      const added = await send(current, "/api/admin/blocks", {
+        headers: { ...headers, "content-type": "application/json" },
+        body: JSON.stringify({ address: addresses[i], ttlMinutes: 5, reason }),
+      });
+      expect(added.status).toBe(201);
+      const stored = ((await added.json()) as { reason: string }).reason;
+      expect(stored.isWellFormed()).toBe(true);
+      expect(stored.length).toBeLessThanOrEqual(500);
+    }
+    const listed = (await (await send(current, "/api/admin/blocks", { headers })).json()) as {
+      blocks: { address: string }[];
+    };
+    expect(listed.blocks.map((block) => block.address).sort()).toEqual(addresses);
+    for (const peer of addresses) {
+      expect((await send(current, "/openapi.json", { peer })).status).toBe(403);
+    }
+    current.services.audit.flush();
+    const tampered = current.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'ip.block_tampered'")
+      .get();
+    expect(tampered).toEqual({ n: 0 });
+  });
+
   test("a reason of many short secrets, longer once redacted, is stored no longer than the API's bound (probe 36a F4)", async () => {
     const short = "vt8chars";
     current = buildTestApp({ env: { WHATSAPP_VERIFY_TOKEN: short } });

@@ -50,6 +50,17 @@ const MINUTE = 60_000;
 export const MAX_BLOCK_REASON_LENGTH = 500;
 const HOUR = 60 * MINUTE;
 
+/**
+ * A reason as stored and sealed: well-formed (a lone surrogate, sent escaped in JSON or left by a
+ * cut, is stored by SQLite as U+FFFD, so the row no longer matched its seal and the block was
+ * reported tampered and never enforced; probe 37a F1), and cut where the API bounds it, between
+ * characters (a reason of many short secrets grows with each redaction).
+ */
+export function storedReason(reason: string): string {
+  const cut = reason.toWellFormed().slice(0, MAX_BLOCK_REASON_LENGTH);
+  return /[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut;
+}
+
 export type ViolationKind = "ratelimit" | "login" | "principal";
 
 /** Whether a block's subject is a principal (a lockout) rather than a client address. */
@@ -368,8 +379,7 @@ export class IpBlockService {
   private insertAudited(block: NewBlock, now: number): IpBlock {
     const row = {
       address: block.address,
-      // Cut where the API bounds it: a reason of many short secrets grew with each redaction.
-      reason: scrubUrlPart(block.reason, this.scrub).slice(0, MAX_BLOCK_REASON_LENGTH),
+      reason: storedReason(scrubUrlPart(block.reason, this.scrub)),
       source: block.source,
       createdBy: block.createdBy ?? null,
       createdAt: now,

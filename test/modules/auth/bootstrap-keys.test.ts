@@ -212,6 +212,15 @@ describe("an API_KEYS that cannot work is refused in one line", () => {
     // Keys no client could send, or not the one meant (probe 36b F2).
     ["spaces around a key", `${longKey} :chat`, {}, "entry 1 has spaces around its key"],
     ["a second colon", `${longKey}:admin:chat`, {}, "entry 1 has more than one ':'"],
+    // Invisible at an end, or sent differently by each client (probe 37a F2).
+    ["a zero-width space after a key", `${longKey}\u200b:chat`, {}, "outside printable ASCII"],
+    ["a soft hyphen before a key", `\u00ad${longKey}`, {}, "outside printable ASCII"],
+    [
+      "a no-break space inside a key",
+      `a-long\u00a0bootstrap-key-0123456789`,
+      {},
+      "outside printable",
+    ],
     ["a pal_ key a character too long", `${key}x`, {}, "not a whole pal_ key"],
     ["a pal_ key a character short", key.slice(0, -1), {}, "not a whole pal_ key"],
     ["a pal_test_ key in production", generateApiKey("test"), PRODUCTION_ENV, "pal_test_"],
