@@ -87,6 +87,28 @@ test("export and erasure need a signed-in user: an API key is refused", async ()
   ).toBe(403);
 });
 
+test("the key revocations an erasure makes carry its request id, and no address (probe 37a F3)", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  createKey(current, ["chat"], alice.userId);
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(alice.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  current.services.audit.flush();
+  const rows = current.db.$client
+    .query(
+      "SELECT type, ip, request_id AS requestId FROM audit_events WHERE type IN ('admin.key.revoked', 'privacy.erased') ORDER BY id",
+    )
+    .all();
+  const requestId = erased.headers.get("x-request-id");
+  expect(rows).toEqual([
+    { type: "admin.key.revoked", ip: null, requestId },
+    { type: "privacy.erased", ip: null, requestId },
+  ]);
+});
+
 test("erasure revokes sessions and keys, pseudonymises audit rows and keeps the chain intact", async () => {
   current = buildTestApp();
   const alice = await signUp(current);

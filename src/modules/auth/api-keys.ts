@@ -62,8 +62,8 @@ export interface CheckedKey {
  */
 export interface KeyActionOrigin {
   ip: string | null;
-  route: string;
-  requestId: string;
+  route: string | null;
+  requestId: string | null;
 }
 
 export interface NewApiKey {

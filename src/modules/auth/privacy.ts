@@ -57,9 +57,11 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
       }));
     },
     actors: (userId) => sealedKeysOf(userId).map((key) => `key:${key.id}`),
-    erase(userId, { pseudonym }) {
+    erase(userId, { pseudonym, requestId }) {
+      // No address: an erasure takes the person's addresses out of their rows (probe 37a F3).
+      const origin = { ip: null, route: null, requestId };
       for (const key of apiKeys.list(userId)) {
-        if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym);
+        if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym, undefined, origin);
       }
     },
   };

@@ -36,6 +36,8 @@ export interface ExportContext {
 export interface ErasureContext extends ExportContext {
   /** The keyed pseudonym that replaces the user's id wherever a record must outlive the account. */
   pseudonym: string;
+  /** The erasing request's id (null from the CLI), for the audit rows the erasure writes. */
+  requestId: string | null;
 }
 
 export interface PrivacyContributor {

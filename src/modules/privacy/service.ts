@@ -108,7 +108,8 @@ export class PrivacyService {
     sqlite
       .transaction(() => {
         const actors = this.actorsOf(userId);
-        for (const contributor of contributors) contributor.erase(userId, { pseudonym, actors });
+        const context = { pseudonym, actors, requestId: meta.requestId };
+        for (const contributor of contributors) contributor.erase(userId, context);
         account.remove(userId);
       })
       .immediate();
