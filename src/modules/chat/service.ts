@@ -506,8 +506,11 @@ export class ChatService implements ChatTurns {
       await this.failed(turn, error, signal, sent);
       throw error;
     }
-    await this.store(turn, completion.text, completion.usage, false);
-    return { conversationId: turn.conversationId, reply: completion.text, usage: completion.usage };
+    // The reply as stored and sealed: SQLite keeps a lone surrogate as U+FFFD, so stored as sent
+    // it no longer matched its seal and the conversation read as tampered (probe 37b F1).
+    const reply = completion.text.toWellFormed();
+    await this.store(turn, reply, completion.usage, false);
+    return { conversationId: turn.conversationId, reply, usage: completion.usage };
   }
 
   /**
@@ -555,7 +558,7 @@ export class ChatService implements ChatTurns {
     const stored = usage ?? this.estimatedUsage(turn, text);
     yield {
       kind: "done",
-      turn: { conversationId: turn.conversationId, reply: text, usage: stored },
+      turn: { conversationId: turn.conversationId, reply: text.toWellFormed(), usage: stored },
     };
   }
 
@@ -676,7 +679,8 @@ export class ChatService implements ChatTurns {
 
   /** Stores the turn (storeTurn), known as being stored until that settles (storesSettled). */
   private async store(turn: PreparedTurn, reply: string, usage: TokenUsage, incomplete: boolean) {
-    const storing = this.storeTurn(turn, reply, usage, incomplete);
+    // Well-formed whole, not per streamed delta: a pair split across two deltas stays one character.
+    const storing = this.storeTurn(turn, reply.toWellFormed(), usage, incomplete);
     this.storing.set(turn, storing);
     try {
       await storing;

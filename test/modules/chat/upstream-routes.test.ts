@@ -9,7 +9,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { eq } from "drizzle-orm";
 import { chatMessages, chatUsage } from "../../../src/db/schema";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../../support/app";
-import { signUp } from "../../support/auth";
+import { bearer, signUp } from "../../support/auth";
 import { asUser, chat, parseSse, SSE, streamFirstChunkThenHangUp } from "../../support/chat";
 import { type OpenAiServer, startOpenAiServer } from "../../support/openai-server";
 import { type SentryServer, startSentryServer } from "../../support/sentry-server";
@@ -550,5 +550,42 @@ describe("upstream failures reach Sentry with the request id, never the text or 
     await waitFor(() => assistantRows(target).length === 1, { what: "the partial reply" });
     await target.services.errors.flush(2000);
     expect(sentry!.events()).toHaveLength(0);
+  });
+});
+
+describe("a reply that is not well-formed Unicode (probe 37b F1)", () => {
+  test("is stored well-formed: the conversation reads back, nothing is reported tampered, and a pair split across streamed pieces stays one character", async () => {
+    const { upstream, target, alice } = await setUp();
+    const headers = { ...bearer(alice.accessToken), "content-type": "application/json" };
+    upstream.enqueue({ kind: "reply", text: "hello \ud83d tail" });
+    const plain = await send(target, "/api/chat", {
+      headers,
+      body: JSON.stringify({ message: "first" }),
+    });
+    expect(plain.status).toBe(200);
+    const first = (await plain.json()) as { conversationId: string; reply: string };
+    expect(first.reply).toBe("hello \ufffd tail");
+    // A lone low surrogate, and an emoji whose two halves come in two pieces.
+    upstream.enqueue({ kind: "reply", chunks: ["a \ude00 b \ud83d", "\ude00 c"] });
+    const streamed = await send(target, "/api/chat", {
+      headers: { ...headers, accept: "text/event-stream" },
+      body: JSON.stringify({ message: "second", conversationId: first.conversationId }),
+    });
+    expect(streamed.status).toBe(200);
+    await streamed.text();
+    const read = await send(target, `/api/chat/conversations/${first.conversationId}`, {
+      headers: bearer(alice.accessToken),
+    });
+    expect(read.status).toBe(200);
+    const { messages } = (await read.json()) as { messages: { role: string; content: string }[] };
+    expect(messages.filter((m) => m.role === "assistant").map((m) => m.content)).toEqual([
+      "hello \ufffd tail",
+      "a \ufffd b \u{1F600} c",
+    ]);
+    target.services.audit.flush();
+    const tampered = target.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'chat.conversation_tampered'")
+      .get();
+    expect(tampered).toEqual({ n: 0 });
   });
 });
