@@ -242,9 +242,15 @@ export function escapeRawInJson(line: string): string {
 }
 const MAX_LOGGED_LENGTH = 512;
 
-/** Client text cut to what a log line (or an audit row) keeps of it: 512 characters, then `…`. */
+/**
+ * Client text cut to what a log line (or an audit row) keeps of it: 512 characters, then `…`. Cut
+ * between characters: half a surrogate pair in an audit row's route would be stored by SQLite as
+ * U+FFFD, and the row would no longer verify (the class of probes 37a F1, 37b F1).
+ */
 export function cutClientText(text: string): string {
-  return text.length > MAX_LOGGED_LENGTH ? `${text.slice(0, MAX_LOGGED_LENGTH)}…` : text;
+  if (text.length <= MAX_LOGGED_LENGTH) return text;
+  const cut = text.slice(0, MAX_LOGGED_LENGTH);
+  return `${/[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut}…`;
 }
 
 /**

@@ -1,5 +1,11 @@
 import { afterEach, describe, expect, test } from "bun:test";
-import { createLogger, logSafe, REDACTED, secretScrubber } from "../../src/logging/logger";
+import {
+  createLogger,
+  cutClientText,
+  logSafe,
+  REDACTED,
+  secretScrubber,
+} from "../../src/logging/logger";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
 import { BASIC_CREDENTIAL, CREDENTIAL_QUERY, CREDENTIAL_VALUES } from "../support/credentials";
 
@@ -284,4 +290,14 @@ describe("the upstreams' key shapes a client may paste anywhere (probe 30b F4)",
       `/hooks/${REDACTED}?x=1`,
     );
   });
+});
+
+test("client text is cut between characters: an emoji at the 512th unit goes whole, never half", () => {
+  for (const before of [510, 511, 512]) {
+    const cut = cutClientText(`${"a".repeat(before)}\u{1F600}${"b".repeat(10)}`);
+    expect(cut.isWellFormed()).toBe(true);
+    expect(cut.endsWith("…")).toBe(true);
+    expect(cut.length).toBeLessThanOrEqual(513);
+  }
+  expect(cutClientText(`${"a".repeat(510)}\u{1F600}b`)).toBe(`${"a".repeat(510)}\u{1F600}…`);
 });
