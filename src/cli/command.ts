@@ -183,6 +183,21 @@ export function requireFlag(args: ParsedArgs, name: string): string {
   return value;
 }
 
+/**
+ * A required text flag held to the API's bound for the same field, counted as the API counts it
+ * (UTF-16 units), so the CLI stores nothing the API would refuse.
+ */
+export function requireFlagWithin(args: ParsedArgs, name: string, max: number): string {
+  const value = requireFlag(args, name);
+  if (value.length > max) {
+    throw new CliError(
+      `--${name} is longer than the API's ${max} (UTF-16 units: an emoji is two)`,
+      EXIT_USAGE,
+    );
+  }
+  return value;
+}
+
 /** `--flag N`: decimal digits only (`Number` would read `0x10` or `1e1`), from 1 to `max`. */
 export function wholeNumberFlag(flag: string, raw: unknown, max: number): number {
   const value = typeof raw === "string" && /^[0-9]{1,9}$/.test(raw) ? Number(raw) : Number.NaN;

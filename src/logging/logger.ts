@@ -248,9 +248,15 @@ const MAX_LOGGED_LENGTH = 512;
  * U+FFFD, and the row would no longer verify (the class of probes 37a F1, 37b F1).
  */
 export function cutClientText(text: string): string {
-  if (text.length <= MAX_LOGGED_LENGTH) return text;
-  const cut = text.slice(0, MAX_LOGGED_LENGTH);
-  return `${/[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut}…`;
+  return text.length > MAX_LOGGED_LENGTH
+    ? `${cutBetweenCharacters(text, MAX_LOGGED_LENGTH)}…`
+    : text;
+}
+
+/** At most `max` UTF-16 units of `text`, never ending on the first half of a surrogate pair. */
+export function cutBetweenCharacters(text: string, max: number): string {
+  const cut = text.slice(0, max);
+  return /[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut;
 }
 
 /**

@@ -2,7 +2,14 @@ import { MAX_BLOCK_MINUTES } from "../../modules/admin/model";
 import { parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
 import { MAX_BLOCK_REASON_LENGTH } from "../../plugins/ip-block/service";
-import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
+import {
+  CliError,
+  type Command,
+  EXIT_USAGE,
+  parseDuration,
+  requireFlag,
+  requireFlagWithin,
+} from "../command";
 
 export const blocksList: Command = {
   name: "blocks:list",
@@ -38,13 +45,7 @@ export const blocksAdd: Command = {
       );
     }
     const ttlMs = parseDuration("ttl", requireFlag(args, "ttl"), MAX_BLOCK_MINUTES / (24 * 60));
-    const reason = requireFlag(args, "reason");
-    if (reason.length > MAX_BLOCK_REASON_LENGTH) {
-      throw new CliError(
-        `--reason is longer than the API's ${MAX_BLOCK_REASON_LENGTH} (UTF-16 units: an emoji is two)`,
-        EXIT_USAGE,
-      );
-    }
+    const reason = requireFlagWithin(args, "reason", MAX_BLOCK_REASON_LENGTH);
     const block = context.services().ipBlocks.block({
       address: clientKeyOf(address),
       reason,

@@ -1,7 +1,14 @@
 import { MAX_KEY_DAYS, MAX_KEY_NAME_LENGTH } from "../../modules/admin/model";
 import { isScope, KeyRefused } from "../../modules/auth/api-keys";
 import type { Scope } from "../../plugins/auth/principal";
-import { CliError, type Command, EXIT_USAGE, parseDuration, requireFlag } from "../command";
+import {
+  CliError,
+  type Command,
+  EXIT_USAGE,
+  parseDuration,
+  requireFlag,
+  requireFlagWithin,
+} from "../command";
 
 const iso = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString());
 
@@ -12,13 +19,7 @@ export const keysCreate: Command = {
     "Create an API key with scopes (chat, payments, admin, metrics); the key is printed once",
   usage: "keys:create --name N --scopes a,b [--expires 30d] [--env live|test] [--owner EMAIL]",
   run(args, context) {
-    const name = requireFlag(args, "name");
-    if (name.length > MAX_KEY_NAME_LENGTH) {
-      throw new CliError(
-        `--name is longer than the API's ${MAX_KEY_NAME_LENGTH} (UTF-16 units: an emoji is two)`,
-        EXIT_USAGE,
-      );
-    }
+    const name = requireFlagWithin(args, "name", MAX_KEY_NAME_LENGTH);
     const scopes = requireFlag(args, "scopes")
       .split(",")
       .map((s) => s.trim());

@@ -544,6 +544,9 @@ export class ChatService implements ChatTurns {
       failure = error;
       throw error;
     } finally {
+      // Stored and returned well-formed, as a complete reply is; whole, not per delta, so a pair
+      // split across two deltas stays one character.
+      text = text.toWellFormed();
       if (finished) {
         const used = usage ?? this.estimatedUsage(turn, text);
         await this.store(turn, text, used, false);
@@ -558,7 +561,7 @@ export class ChatService implements ChatTurns {
     const stored = usage ?? this.estimatedUsage(turn, text);
     yield {
       kind: "done",
-      turn: { conversationId: turn.conversationId, reply: text.toWellFormed(), usage: stored },
+      turn: { conversationId: turn.conversationId, reply: text, usage: stored },
     };
   }
 
@@ -679,8 +682,7 @@ export class ChatService implements ChatTurns {
 
   /** Stores the turn (storeTurn), known as being stored until that settles (storesSettled). */
   private async store(turn: PreparedTurn, reply: string, usage: TokenUsage, incomplete: boolean) {
-    // Well-formed whole, not per streamed delta: a pair split across two deltas stays one character.
-    const storing = this.storeTurn(turn, reply.toWellFormed(), usage, incomplete);
+    const storing = this.storeTurn(turn, reply, usage, incomplete);
     this.storing.set(turn, storing);
     try {
       await storing;

@@ -26,7 +26,7 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { insertWithRandomId } from "../../db/random-id";
 import { ipBlocks } from "../../db/schema";
 import { encodeCursor } from "../../list-cursor";
-import { type Logger, secretScrubber } from "../../logging/logger";
+import { cutBetweenCharacters, type Logger, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import type { AuditLog } from "../audit/log";
 import { parsePrincipalRef } from "../auth/principal";
@@ -56,9 +56,8 @@ const HOUR = 60 * MINUTE;
  * reported tampered and never enforced; probe 37a F1), and cut where the API bounds it, between
  * characters (a reason of many short secrets grows with each redaction).
  */
-export function storedReason(reason: string): string {
-  const cut = reason.toWellFormed().slice(0, MAX_BLOCK_REASON_LENGTH);
-  return /[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut;
+function storedReason(reason: string): string {
+  return cutBetweenCharacters(reason.toWellFormed(), MAX_BLOCK_REASON_LENGTH);
 }
 
 export type ViolationKind = "ratelimit" | "login" | "principal";
