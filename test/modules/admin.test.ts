@@ -233,6 +233,27 @@ describe("audit log query", () => {
       .get() as { actor: string };
     expect(row.actor).toBe(`user:${admin.userId}`);
   });
+
+  test("an admin read is audited under the route it matched, whatever the spelling that reached it", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    for (const path of ["/api/admin/audit", "/api/admin/audit/", "/api/admin/blocks/"]) {
+      expect((await send(current, path, { headers })).status).toBe(200);
+    }
+    current.services.audit.flush();
+    const routes = current.db.$client
+      .query(
+        "SELECT route FROM audit_events WHERE type IN ('admin.audit.queried', 'admin.blocks.listed') ORDER BY id",
+      )
+      .all()
+      .map((row) => (row as { route: string }).route);
+    expect(routes).toEqual([
+      "GET /api/admin/audit",
+      "GET /api/admin/audit",
+      "GET /api/admin/blocks",
+    ]);
+  });
 });
 
 describe("API key actions", () => {

@@ -106,11 +106,12 @@ export function adminModule(options: AdminModuleOptions) {
   const endOf = (principal: Principal): number | null =>
     principal.kind === "key" ? (apiKeys.get(principal.id)?.expiresAt ?? null) : null;
   /** Reads are admin actions too: who looked at keys, blocks or the audit log is itself audited. */
-  type Actor = Pick<RequestState, "request" | "client" | "requestId" | "path"> & {
+  type Actor = Pick<RequestState, "request" | "client" | "requestId"> & {
     principal: Principal;
+    route: string;
   };
   const record = (
-    { principal, request, client, requestId, path }: Actor,
+    { principal, request, client, requestId, route }: Actor,
     type: AuditEventType,
     detail?: Record<string, string>,
   ) => {
@@ -119,7 +120,7 @@ export function adminModule(options: AdminModuleOptions) {
       outcome: "success",
       actor: principalRef(principal),
       ip: client.ip,
-      route: `${request.method} ${path}`,
+      route: `${request.method} ${route}`,
       requestId,
       detail,
     });
@@ -179,9 +180,9 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/api-keys",
-      ({ principal, request, client, requestId, path, query }) => {
+      ({ principal, request, client, requestId, route, query }) => {
         const page = pageOf(query);
-        record({ principal, request, client, requestId, path }, "admin.keys.listed");
+        record({ principal, request, client, requestId, route }, "admin.keys.listed");
         const { keys, nextCursor } = apiKeys.listChecked(page);
         return { keys: keys.map(({ record, seals }) => view(record, seals)), nextCursor };
       },
@@ -252,7 +253,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/audit",
-      ({ query, principal, request, client, requestId, path }) => {
+      ({ query, principal, request, client, requestId, route }) => {
         // Addresses are recorded in one spelling (IPv6 compressed and lower case, a mapped IPv4
         // as IPv4): the filter is read the same way, so any spelling finds its events, and text
         // that is no address is refused rather than answered with nothing (probe 32d F1).
@@ -269,7 +270,7 @@ export function adminModule(options: AdminModuleOptions) {
           cursor: query.cursor,
           limit: query.limit ?? 100,
         });
-        record({ principal, request, client, requestId, path }, "admin.audit.queried", {
+        record({ principal, request, client, requestId, route }, "admin.audit.queried", {
           filters: Object.keys(query).sort().join(","),
         });
         return page;
@@ -283,7 +284,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/security/summary",
-      ({ query, principal, request, client, requestId, path }) => {
+      ({ query, principal, request, client, requestId, route }) => {
         const now = options.now();
         const since = parseSince(query.since, now);
         if (!since.ok) {
@@ -296,7 +297,7 @@ export function adminModule(options: AdminModuleOptions) {
           until: now,
           top: query.limit ?? DEFAULT_TOP,
         });
-        record({ principal, request, client, requestId, path }, "admin.security.summarized", {
+        record({ principal, request, client, requestId, route }, "admin.security.summarized", {
           since: new Date(since.at).toISOString(),
         });
         return presentSummary(summary);
@@ -314,10 +315,10 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/blocks",
-      ({ principal, request, client, requestId, path, query }) => {
+      ({ principal, request, client, requestId, route, query }) => {
         // Block ids are integers: a cursor naming another kind of id is not one this route gave.
         const { cursor, limit } = pageOf(query, /^\d{1,16}$/);
-        record({ principal, request, client, requestId, path }, "admin.blocks.listed");
+        record({ principal, request, client, requestId, route }, "admin.blocks.listed");
         return ipBlocks.activePage({
           cursor: cursor && { createdAt: cursor.createdAt, id: Number(cursor.id) },
           limit,

@@ -341,7 +341,7 @@ export function chatModule(options: ChatModuleOptions) {
     .use(options.auth)
     .post(
       "/api/chat",
-      async ({ body, principal, request, client, requestId, path, route }) => {
+      async ({ body, principal, request, client, requestId, route }) => {
         const checked = checkChatMessage(body.message);
         if (!checked.ok) {
           service.refusedInvalid();
@@ -356,7 +356,7 @@ export function chatModule(options: ChatModuleOptions) {
             conversationId: body.conversationId,
             requestId,
           },
-          { ip: client.ip, route: `${request.method} ${path}` },
+          { ip: client.ip, route: `${request.method} ${route}` },
         );
         if (prepared.kind === "not_found") {
           throw new AppError("NOT_FOUND", "No conversation of yours has that id.");
@@ -471,7 +471,7 @@ export function chatModule(options: ChatModuleOptions) {
     )
     .get(
       "/api/admin/usage",
-      ({ query, principal, request, client, requestId, path }) => {
+      ({ query, principal, request, client, requestId, route }) => {
         const owner = query.principal === undefined ? undefined : parseOwnerRef(query.principal);
         const cursor = query.cursor === undefined ? undefined : decodeUsageCursor(query.cursor);
         // A cursor names its page's day: paging goes on through the day it began.
@@ -493,7 +493,7 @@ export function chatModule(options: ChatModuleOptions) {
           outcome: "success",
           actor: principalRef(principal),
           ip: client.ip,
-          route: `${request.method} ${path}`,
+          route: `${request.method} ${route}`,
           requestId,
           // What was viewed: the day and, when one was asked for, the principal (both checked
           // above; a cursor is only a position in the day).

@@ -116,13 +116,13 @@ export function paymentsModule(options: PaymentsModuleOptions) {
   const acting = (
     principal: Principal,
     request: Request,
-    path: string,
+    route: string,
     ip: string,
     requestId: string,
   ): ActingRequest => ({
     actor: principalRef(principal),
     ip,
-    route: `${request.method} ${path}`,
+    route: `${request.method} ${route}`,
     requestId,
   });
 
@@ -138,7 +138,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       })
       .post(
         "/api/payments/intents",
-        async ({ body, headers, principal, request, path, clientIp, requestId, set }) => {
+        async ({ body, headers, principal, request, route, clientIp, requestId, set }) => {
           if (body.amount > payments.maxAmount) {
             invalid("body/amount", `Must be at most ${payments.maxAmount}`);
           }
@@ -202,7 +202,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
               customerEmail,
               metadata: body.metadata,
             },
-            acting(principal, request, path, clientIp, requestId),
+            acting(principal, request, route, clientIp, requestId),
           );
           switch (outcome.kind) {
             case "created":
@@ -280,11 +280,11 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       )
       .post(
         "/api/admin/payments/:id/refund",
-        async ({ params, body, principal, request, path, clientIp, requestId }) => {
+        async ({ params, body, principal, request, route, clientIp, requestId }) => {
           const outcome = await service.refund(
             params.id,
             body?.amount,
-            acting(principal, request, path, clientIp, requestId),
+            acting(principal, request, route, clientIp, requestId),
           );
           switch (outcome.kind) {
             case "refunded":

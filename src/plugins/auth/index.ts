@@ -113,7 +113,7 @@ export function authPlugin(options: AuthPluginOptions) {
     requirement: AuthRequirement,
     found: Identification,
     request: Request,
-    path: string,
+    route: string,
     client: RequestState["client"],
     requestId: string,
   ): Principal => {
@@ -125,7 +125,7 @@ export function authPlugin(options: AuthPluginOptions) {
         outcome: "denied",
         actor: principalRef(principal),
         ip: client.ip,
-        route: `${request.method} ${path}`,
+        route: `${request.method} ${route}`,
         requestId,
         detail: { requires: describeRequirement(requirement) },
       });
@@ -146,11 +146,11 @@ export function authPlugin(options: AuthPluginOptions) {
   const authorizeOnceVerified = async (
     requirement: AuthRequirement,
     request: Request,
-    path: string,
+    route: string,
     client: RequestState["client"],
     requestId: string,
   ): Promise<Principal> =>
-    authorize(requirement, await identify(request), request, path, client, requestId);
+    authorize(requirement, await identify(request), request, route, client, requestId);
 
   return new Elysia({ name: "palisade.auth" })
     .use(requestStateTypes())
@@ -173,10 +173,12 @@ export function authPlugin(options: AuthPluginOptions) {
         // context's fields one by one, because a hook handed the whole context makes Elysia
         // parse every cookie and header of every request on the route.
         transform(context) {
-          const { request, path, client, requestId } = context as unknown as RequestState;
+          const { request, route, client, requestId } = context as unknown as RequestState & {
+            route: string;
+          };
           const found = identify.now(request);
           if (found === undefined) {
-            return authorizeOnceVerified(requirement, request, path, client, requestId).then(
+            return authorizeOnceVerified(requirement, request, route, client, requestId).then(
               (principal) => {
                 (context as unknown as Authorized)[AUTHORIZED] = principal;
               },
@@ -186,7 +188,7 @@ export function authPlugin(options: AuthPluginOptions) {
             requirement,
             found,
             request,
-            path,
+            route,
             client,
             requestId,
           );

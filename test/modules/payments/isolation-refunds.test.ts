@@ -84,7 +84,12 @@ test("refunds are admins': a user is 403 (audited), Stripe is not called", async
   const userKey = createKey(current, ["payments"], alice.userId);
   expect((await refund(current, id, { "x-api-key": userKey.key })).status).toBe(403);
   expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(0);
-  expect(auditRows(current, "auth.forbidden").length).toBeGreaterThanOrEqual(2);
+  const forbidden = auditRows(current, "auth.forbidden");
+  expect(forbidden.length).toBeGreaterThanOrEqual(2);
+  // The matched pattern, as every audit row after routing names it, not the path with the id.
+  expect(new Set(forbidden.map((row) => row.route))).toEqual(
+    new Set(["POST /api/admin/payments/:id/refund"]),
+  );
 });
 
 test("an admin refunds in part then the rest: Stripe gets each, the row follows, each is audited as payment.refund", async () => {
@@ -130,6 +135,10 @@ test("an admin refunds in part then the rest: Stripe gets each, the row follows,
   const audited = auditRows(current, "payment.refund");
   expect(audited).toHaveLength(2);
   expect(audited[0]!.actor).toBe(`user:${admin.userId}`);
+  expect(audited.map((row) => row.route)).toEqual([
+    "POST /api/admin/payments/:id/refund",
+    "POST /api/admin/payments/:id/refund",
+  ]);
   expect(JSON.parse(audited[0]!.detail)).toMatchObject({
     paymentId: id,
     amount: 1000,
