@@ -68,7 +68,11 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
     adminFeature(core, { apiKeys: auth.apiKeys, stillAdmin: auth.stillAdmin }),
     // An ownerless key's payments belong to the first key of its rotation chain, which may be
     // revoked while its successor pays: only an account is asked after.
-    paymentsFeature(core, { ...options.payments, ownerStands: accountStands }),
+    paymentsFeature(core, {
+      ...options.payments,
+      ownerStands: accountStands,
+      stillAdmin: auth.stillAdmin,
+    }),
     webhooksFeature(core),
     chat,
     whatsappFeature(core, { chat: chat.turns, ...options.whatsapp }),

@@ -614,6 +614,102 @@ describe("a credential revoked in the second before this process reads the revoc
   });
 });
 
+describe("requests already past the auth stage when their credential is revoked (probe 38c F1)", () => {
+  test("a key revoked, or a session logged out, right after the auth stage let its request by mints, rotates, revokes, blocks and lifts nothing: 401", async () => {
+    // What another process's revocation, or a request of this one's, does when it commits between
+    // the auth stage's check and the handler: the stage said yes, the handler must not write.
+    let endAfterCheck = false;
+    current = buildTestApp({
+      authStageStillAdmin: (stillAdmin) => (principal) => {
+        const stands = stillAdmin(principal);
+        if (endAfterCheck) {
+          endAfterCheck = false;
+          if (principal.kind === "key") current!.services.apiKeys.revoke(principal.id, "test");
+          else current!.services.auth.revokeFamily(principal.familyId);
+        }
+        return stands;
+      },
+    });
+    const target = current;
+    const db = target.db.$client;
+    const count = (sql: string) => (db.query(sql).get() as { n: number }).n;
+    const changes = (round: number) => {
+      const victim = createKey(target, ["chat"], null);
+      const rotated = createKey(target, ["chat"], null);
+      const block = target.services.ipBlocks.block({
+        address: `198.51.100.${round}`,
+        reason: "spam",
+        ttlMs: 3_600_000,
+        source: "admin",
+      });
+      const address = `203.0.113.${round}`;
+      return [
+        {
+          name: "mint",
+          send: (headers: Record<string, string>) =>
+            send(target, "/api/admin/api-keys", {
+              headers,
+              body: { name: "persistence", scopes: ["admin"] },
+            }),
+          madeNothing: (keysBefore: number) =>
+            count("SELECT count(*) AS n FROM api_keys") === keysBefore,
+        },
+        {
+          name: "rotate",
+          send: (headers: Record<string, string>) =>
+            send(target, `/api/admin/api-keys/${rotated.record.id}/rotate`, { headers, body: {} }),
+          madeNothing: (keysBefore: number) =>
+            count("SELECT count(*) AS n FROM api_keys") === keysBefore &&
+            target.services.apiKeys.get(rotated.record.id)?.expiresAt === null,
+        },
+        {
+          name: "revoke",
+          send: (headers: Record<string, string>) =>
+            send(target, `/api/admin/api-keys/${victim.record.id}`, { method: "DELETE", headers }),
+          madeNothing: () => target.services.apiKeys.isActive(victim.record.id),
+        },
+        {
+          name: "lift",
+          send: (headers: Record<string, string>) =>
+            send(target, `/api/admin/blocks/${block.id}`, { method: "DELETE", headers }),
+          madeNothing: () =>
+            target.services.ipBlocks.listActive().some((active) => active.id === block.id),
+        },
+        {
+          name: "block",
+          send: (headers: Record<string, string>) =>
+            send(target, "/api/admin/blocks", {
+              headers,
+              body: { address, ttlMinutes: 60, reason: "spam" },
+            }),
+          madeNothing: () =>
+            !target.services.ipBlocks.listActive().some((active) => active.address === address),
+        },
+      ];
+    };
+    let round = 0;
+    for (const credential of ["key", "session"] as const) {
+      for (const change of changes(++round)) {
+        const admin = await signUp(target, { role: "admin" });
+        const headers =
+          credential === "key"
+            ? { "x-api-key": createKey(target, ["admin"], admin.userId).key }
+            : bearer(admin.accessToken);
+        const keysBefore = count("SELECT count(*) AS n FROM api_keys");
+        endAfterCheck = true;
+        const answer = await change.send(headers);
+        const asked = `${change.name} by ${credential}`;
+        expect({ asked, status: answer.status }).toEqual({ asked, status: 401 });
+        expect(((await answer.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+        expect({ asked, madeNothing: change.madeNothing(keysBefore) }).toEqual({
+          asked,
+          madeNothing: true,
+        });
+      }
+    }
+  });
+});
+
 describe("the admin lists page (api-keys, blocks)", () => {
   type Page<Item> = { items: Item[]; nextCursor: string | null };
   const pages = async <Item>(

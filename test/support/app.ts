@@ -105,6 +105,12 @@ export interface TestAppOptions {
   passwordWork?: PasswordWorkLimits;
   /** How large bodies are read (plugins/request-guard/large-bodies): a shorter deadline, say. */
   largeBodies?: LargeBodyReads;
+  /**
+   * What the auth stage asks of an admin credential, given the service's own answer: a test has a
+   * revocation land right after the stage let a request by, as one committed by another process
+   * does. The handlers still ask the service's own.
+   */
+  authStageStillAdmin?: (stillAdmin: Services["stillAdmin"]) => Services["stillAdmin"];
 }
 
 export interface TestApp {
@@ -180,6 +186,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
   });
   const app = createApp({
     ...services,
+    stillAdmin: options.authStageStillAdmin?.(services.stillAdmin) ?? services.stillAdmin,
     peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
     accessLogBuffered: options.accessLogBuffered ?? false,
     extraRouteClasses: options.routeClasses,

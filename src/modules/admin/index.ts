@@ -10,10 +10,10 @@ import { cursorOfQuery, type ListCursor } from "../../list-cursor";
 import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
-import { type Principal, principalRef } from "../../plugins/auth/principal";
+import { ActorGone, type Principal, principalRef } from "../../plugins/auth/principal";
 import { type Address, formatAddress, parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
-import { CreatorGone, type IpBlockService } from "../../plugins/ip-block/service";
+import type { IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
 import {
@@ -127,17 +127,23 @@ export function adminModule(options: AdminModuleOptions) {
   };
   /**
    * A key action's origin, for the audit rows ApiKeyService writes: the matched pattern, not the
-   * path, which names the key (another principal's id, which an admin's export withholds).
+   * path, which names the key (another principal's id, which an admin's export withholds). The
+   * acting credential is asked again in the writing transaction (ActorGone).
    */
   const originOf = ({
     request,
     route,
     client,
     requestId,
-  }: Pick<RequestState, "request" | "client" | "requestId"> & { route: string }) => ({
+    principal,
+  }: Pick<RequestState, "request" | "client" | "requestId"> & {
+    route: string;
+    principal: Principal;
+  }) => ({
     ip: client.ip,
     route: `${request.method} ${route}`,
     requestId,
+    actorStands: () => options.stillAdmin(principal),
   });
   const tags = ["admin"];
 
@@ -163,10 +169,10 @@ export function adminModule(options: AdminModuleOptions) {
             spec,
             principalRef(principal),
             undefined,
-            originOf({ request, client, requestId, route }),
+            originOf({ request, client, requestId, route, principal }),
           );
         } catch (error) {
-          throw error instanceof KeyRefused ? refusalProblem(error.refusal) : error;
+          throw error instanceof KeyRefused ? refusalProblem(error.refusal) : standing(error);
         }
         set.status = 201;
         return { key: created.key, apiKey: view(created.record) };
@@ -200,10 +206,14 @@ export function adminModule(options: AdminModuleOptions) {
     .delete(
       "/api-keys/:id",
       ({ params, principal, set, request, client, requestId, route }) => {
-        const origin = originOf({ request, client, requestId, route });
-        if (!apiKeys.revoke(params.id, principalRef(principal), undefined, origin)) {
-          throw new AppError("NOT_FOUND", "No active key has that id.");
+        const origin = originOf({ request, client, requestId, route, principal });
+        let revoked: boolean;
+        try {
+          revoked = apiKeys.revoke(params.id, principalRef(principal), undefined, origin);
+        } catch (error) {
+          throw standing(error);
         }
+        if (!revoked) throw new AppError("NOT_FOUND", "No active key has that id.");
         set.status = 204;
         return undefined;
       },
@@ -227,14 +237,19 @@ export function adminModule(options: AdminModuleOptions) {
         }
         const actingUserId = principal.kind === "user" ? principal.id : principal.userId;
         // A successor made by a key lives no longer than that key, as a key it mints does.
-        const rotated = apiKeys.rotate(
-          params.id,
-          graceMs,
-          principalRef(principal),
-          actingUserId,
-          endOf(principal),
-          originOf({ request, client, requestId, route }),
-        );
+        let rotated: ReturnType<typeof apiKeys.rotate>;
+        try {
+          rotated = apiKeys.rotate(
+            params.id,
+            graceMs,
+            principalRef(principal),
+            actingUserId,
+            endOf(principal),
+            originOf({ request, client, requestId, route, principal }),
+          );
+        } catch (error) {
+          throw standing(error);
+        }
         if (!rotated)
           throw new AppError("NOT_FOUND", "No active key that has not been rotated has that id.");
         set.status = 201;
@@ -366,12 +381,7 @@ export function adminModule(options: AdminModuleOptions) {
             requestId,
           });
         } catch (error) {
-          if (error instanceof CreatorGone) {
-            // An erased account's credential, or a key revoked, in the second before this process
-            // reads the revocation.
-            throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
-          }
-          throw error;
+          throw standing(error);
         }
         set.status = 201;
         return block;
@@ -388,7 +398,13 @@ export function adminModule(options: AdminModuleOptions) {
       async ({ params, principal, set, requestId }) => {
         const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
-        await ipBlocks.lift(block.address, principalRef(principal), requestId);
+        try {
+          await ipBlocks.lift(block.address, principalRef(principal), requestId, () =>
+            options.stillAdmin(principal),
+          );
+        } catch (error) {
+          throw standing(error);
+        }
         set.status = 204;
         return undefined;
       },
@@ -399,6 +415,16 @@ export function adminModule(options: AdminModuleOptions) {
         detail: { tags, summary: "Lift a block" },
       },
     );
+}
+
+/**
+ * The answer to a change whose credential was revoked, logged out, demoted or erased after the auth
+ * stage let its request by (in this process, or another not yet told): 401, as the auth stage
+ * answers. Any other error goes on as it is.
+ */
+function standing(error: unknown): unknown {
+  if (!(error instanceof ActorGone)) return error;
+  return new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
 }
 
 /** The answer to a key creation the owner's role refused. */

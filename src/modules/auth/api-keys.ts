@@ -28,7 +28,13 @@ import {
 } from "../../plugins/auth/api-key-format";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import { keyLineage } from "../../plugins/auth/lineage";
-import { boundScopes, ROLE_SCOPES, type Role, type Scope } from "../../plugins/auth/principal";
+import {
+  ActorGone,
+  boundScopes,
+  ROLE_SCOPES,
+  type Role,
+  type Scope,
+} from "../../plugins/auth/principal";
 import type { CredentialSeal, SealedSuccessor } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
 
@@ -64,6 +70,24 @@ export interface KeyActionOrigin {
   ip: string | null;
   route: string | null;
   requestId: string | null;
+  /**
+   * Whether the credential that asked still stands, asked in the writing transaction: requests
+   * already past the auth stage when their credential was revoked or logged out must not mint,
+   * rotate or revoke after it (ActorGone; probe 38c F1). Absent: the CLI, an erasure.
+   */
+  actorStands?: () => boolean;
+}
+
+/** The audit row's fields of an origin. */
+function audited(origin: KeyActionOrigin | undefined) {
+  return origin === undefined
+    ? undefined
+    : { ip: origin.ip, route: origin.route, requestId: origin.requestId };
+}
+
+/** Throws ActorGone when the credential that asked no longer stands. */
+function stillStanding(origin: KeyActionOrigin | undefined): void {
+  if (origin?.actorStands?.() === false) throw new ActorGone();
 }
 
 export interface NewApiKey {
@@ -264,6 +288,7 @@ export class ApiKeyService {
     const id = Bun.randomUUIDv7();
     this.db.transaction(
       () => {
+        stillStanding(origin);
         const refused = this.refusal(spec);
         if (refused) throw new KeyRefused(refused);
         this.insertSealed(
@@ -287,7 +312,7 @@ export class ApiKeyService {
       type: "admin.key.created",
       outcome: "success",
       actor,
-      ...origin,
+      ...audited(origin),
       detail: { keyId: id, name: spec.name, scopes: spec.scopes.join(",") },
     });
     return { key, record: this.get(id)! };
@@ -416,13 +441,18 @@ export class ApiKeyService {
 
   revoke(id: string, actor: string | null, reason?: string, origin?: KeyActionOrigin): boolean {
     const revokedAt = this.clock.now();
-    if (!this.change(id, { revokedAt }, (row) => row.revokedAt === null)) return false;
+    const applies = (row: { revokedAt: number | null }) => {
+      if (row.revokedAt !== null) return false;
+      stillStanding(origin);
+      return true;
+    };
+    if (!this.change(id, { revokedAt }, applies)) return false;
     this.credentials.revoke("key", id);
     this.audit.record({
       type: "admin.key.revoked",
       outcome: "success",
       actor,
-      ...origin,
+      ...audited(origin),
       detail: reason ? { keyId: id, reason } : { keyId: id },
     });
     return true;
@@ -479,6 +509,7 @@ export class ApiKeyService {
   ): { key: string; record: ApiKeyRecord } | null {
     const rotated = this.db.transaction(
       () => {
+        stillStanding(origin);
         const found = this.read(id);
         const now = this.clock.now();
         if (!found || found.record.revokedAt !== null) return null;
@@ -524,7 +555,7 @@ export class ApiKeyService {
           type: "admin.key.rotated",
           outcome: "success",
           actor,
-          ...origin,
+          ...audited(origin),
           detail: {
             keyId: id,
             replacedBy: fresh.record.id,

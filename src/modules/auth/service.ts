@@ -664,7 +664,9 @@ export class AuthService {
   }
 
   logout(userId: string, familyId: string, meta: RequestMeta): void {
-    this.revokeFamily(familyId);
+    // Logouts of one session at once all pass the auth stage before the first ends it: the one
+    // that ended it is audited, not each (probe 38c: twenty rows for one logout).
+    if (!this.revokeFamily(familyId)) return;
     this.options.audit.record({
       type: "auth.logout",
       outcome: "success",
@@ -675,11 +677,17 @@ export class AuthService {
     });
   }
 
-  /** Ends a refresh family and, within a second everywhere, its access tokens. */
-  revokeFamily(familyId: string): void {
+  /**
+   * Ends a refresh family and, within a second everywhere, its access tokens. Whether it ended it
+   * (false: ended already, or no such family).
+   */
+  revokeFamily(familyId: string): boolean {
     const now = this.options.clock.now();
-    this.db.transaction(() => this.revokeFamilyRows(familyId, now), { behavior: "immediate" });
+    const ended = this.db.transaction(() => this.revokeFamilyRows(familyId, now), {
+      behavior: "immediate",
+    });
     this.options.credentials.applyRevocations();
+    return ended;
   }
 
   /**
@@ -889,13 +897,14 @@ export class AuthService {
   }
 
   /** Marks a family revoked, its tokens too, and tells every process. Call inside a transaction. */
-  private revokeFamilyRows(familyId: string, now: number): void {
+  private revokeFamilyRows(familyId: string, now: number): boolean {
     const family = this.db
       .select(sealedFamilyColumns)
       .from(refreshFamilies)
       .where(eq(refreshFamilies.id, familyId))
       .get();
-    if (family && family.revokedAt === null) {
+    const ending = family !== undefined && family.revokedAt === null;
+    if (ending) {
       const { seal } = this.options;
       // Resealed with the revocation, so clearing it in the file breaks the seal; a row that did
       // not match before stays unmatched (and refused).
@@ -916,6 +925,7 @@ export class AuthService {
       .where(and(eq(refreshTokens.familyId, familyId), isNull(refreshTokens.revokedAt)))
       .run();
     this.options.credentials.recordRevocation("family", familyId);
+    return ending;
   }
 
   /**

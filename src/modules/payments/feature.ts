@@ -5,6 +5,7 @@
  * `payments: not_configured` without failing: a service without payments still serves chat.
  */
 import type { Core } from "../../core";
+import type { Principal } from "../../plugins/auth/principal";
 import type { Feature } from "../feature";
 import { trackedGateway } from "./calls-in-flight";
 import { paymentsModule, paymentsRouteClasses } from "./index";
@@ -21,6 +22,8 @@ export interface PaymentsFeatureOptions {
   inProgressWaitMs?: number;
   /** Whether an owner (`user:<id>`, `key:<id>`) is still there to pay for (see PaymentService). */
   ownerStands?: (owner: string) => boolean;
+  /** Whether an admin's credential still stands, asked as a refund is claimed (auth feature). */
+  stillAdmin?: (principal: Principal) => boolean;
 }
 
 export interface PaymentsFeature extends Feature {
@@ -57,7 +60,14 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
     service,
     ledger,
     routeClasses: paymentsRouteClasses,
-    routes: ({ auth }) => paymentsModule({ auth, service, ledger, payments: config.payments }),
+    routes: ({ auth }) =>
+      paymentsModule({
+        auth,
+        service,
+        ledger,
+        payments: config.payments,
+        stillAdmin: options.stillAdmin,
+      }),
     // Configured is all /ready can say without calling Stripe on every probe.
     readiness: { payments: () => (service.configured ? undefined : "not_configured") },
     endInFlight: () => tracked?.settled(),

@@ -42,6 +42,8 @@ export interface PaymentsModuleOptions {
   service: PaymentService;
   ledger: PaymentLedger;
   payments: Config["payments"];
+  /** Whether an admin's credential still stands, asked as a refund is claimed. */
+  stillAdmin?: (principal: Principal) => boolean;
 }
 
 /**
@@ -111,7 +113,7 @@ function upstreamError(failure: GatewayFailure, retry = "retry shortly"): AppErr
 }
 
 export function paymentsModule(options: PaymentsModuleOptions) {
-  const { service, ledger, payments } = options;
+  const { service, ledger, payments, stillAdmin } = options;
   const tags = ["payments"];
   const acting = (
     principal: Principal,
@@ -281,12 +283,13 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       .post(
         "/api/admin/payments/:id/refund",
         async ({ params, body, principal, request, route, clientIp, requestId }) => {
-          const outcome = await service.refund(
-            params.id,
-            body?.amount,
-            acting(principal, request, route, clientIp, requestId),
-          );
+          const outcome = await service.refund(params.id, body?.amount, {
+            ...acting(principal, request, route, clientIp, requestId),
+            stands: stillAdmin && (() => stillAdmin(principal)),
+          });
           switch (outcome.kind) {
+            case "actor_gone":
+              throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
             case "refunded":
               return { refund: outcome.refund, payment: outcome.payment };
             case "not_found":

@@ -55,6 +55,12 @@ export interface ActingRequest {
   ip: string | null;
   route: string;
   requestId: string;
+  /**
+   * Whether the credential that asked still stands, asked in the transaction that claims a refund:
+   * a refund asked by an admin key revoked (or a session logged out) after the auth stage let the
+   * request by is not made (probe 38c F1).
+   */
+  stands?: () => boolean;
 }
 
 export type IntentOutcome =
@@ -86,6 +92,8 @@ export type RefundOutcome =
   | { kind: "not_refundable"; status: string }
   | { kind: "too_much"; remaining: number }
   | { kind: "in_progress" }
+  /** The credential that asked was revoked or logged out meanwhile (ActingRequest.stands). */
+  | { kind: "actor_gone" }
   | GatewayFailure;
 
 export interface PaymentServiceOptions {
@@ -516,10 +524,11 @@ export class PaymentService {
       | { kind: "start"; amount: number; refundedBefore: number; currency: string; row: PaymentRow }
       | Extract<
           RefundOutcome,
-          { kind: "not_found" | "not_refundable" | "too_much" | "in_progress" }
+          { kind: "not_found" | "not_refundable" | "too_much" | "in_progress" | "actor_gone" }
         >;
     const start = this.db.transaction(
       (): Start => {
+        if (acting.stands?.() === false) return { kind: "actor_gone" };
         const row = this.ledger.find(id);
         if (!row) return { kind: "not_found" };
         if (row.status !== "succeeded") return { kind: "not_refundable", status: row.status };

@@ -73,3 +73,17 @@ export function boundScopes(scopes: readonly Scope[], ownerRole: Role | null): S
   const allowed = ROLE_SCOPES[ownerRole];
   return scopes.filter((scope) => allowed.includes(scope));
 }
+
+/**
+ * Thrown inside a writing transaction when the credential that asked for the write no longer
+ * stands (revoked, logged out, its account erased or demoted). The auth stage asks before the
+ * handler, but requests already past it when the revocation commits (in this process or another)
+ * would otherwise write after it: a key minted then outlives the credential that minted it
+ * (probe 38c F1). Answered 401 UNAUTHENTICATED.
+ */
+export class ActorGone extends Error {
+  constructor() {
+    super("the credential making the change no longer stands");
+    this.name = "ActorGone";
+  }
+}

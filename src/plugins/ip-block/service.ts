@@ -29,7 +29,7 @@ import { encodeCursor } from "../../list-cursor";
 import { cutBetweenCharacters, type Logger, secretScrubber } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import type { AuditLog } from "../audit/log";
-import { parsePrincipalRef } from "../auth/principal";
+import { ActorGone, parsePrincipalRef } from "../auth/principal";
 import type { ResolvedClient } from "../client-ip";
 import { METRIC } from "../metrics/names";
 import { Gauge, type Registry } from "../metrics/prom";
@@ -95,14 +95,6 @@ export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
   escalationLookbackMs: 7 * 24 * HOUR,
   cacheTtlMs: 1000,
 };
-
-/** What `block` throws when the account or key making the block is gone (erased meanwhile). */
-export class CreatorGone extends Error {
-  constructor() {
-    super("the account or key making the block is gone");
-    this.name = "CreatorGone";
-  }
-}
 
 /** A block as stored; `liftedAt` is not shown (a lifted block is no longer listed). */
 export type IpBlock = Omit<typeof ipBlocks.$inferSelect, "liftedAt" | "seal">;
@@ -280,7 +272,7 @@ export class IpBlockService {
   }
 
   /**
-   * Makes a block, or throws CreatorGone: an admin account erased meanwhile (its credential still
+   * Makes a block, or throws ActorGone: an admin account erased meanwhile (its credential still
    * accepted for up to a second by a process not yet told) makes no block, whose row would keep its
    * id. Asked in the inserting transaction, so the erasure is wholly before it or after it (and
    * then gives the row the pseudonym).
@@ -289,7 +281,7 @@ export class IpBlockService {
     const now = this.options.clock.now();
     const row = this.db.transaction(
       () => {
-        if (block.creatorStands?.() === false) throw new CreatorGone();
+        if (block.creatorStands?.() === false) throw new ActorGone();
         return this.insertAudited(block, now);
       },
       { behavior: "immediate" },
@@ -425,8 +417,18 @@ export class IpBlockService {
    * too in its own store when it sees the block gone (refresh): a CLI command may not have the
    * service's REDIS_URL, or reach Redis.
    */
-  async lift(address: string, liftedBy: string | null, requestId?: string | null): Promise<number> {
-    const lifted = this.liftNow(address, liftedBy, requestId);
+  /**
+   * Lifts the blocks in force on `address`. `liftedByStands` (an admin's request) is asked in the
+   * lifting transaction, as `block` asks its creator: ActorGone if that credential was revoked or
+   * logged out after the auth stage let the request by (probe 38c F1).
+   */
+  async lift(
+    address: string,
+    liftedBy: string | null,
+    requestId?: string | null,
+    liftedByStands?: () => boolean,
+  ): Promise<number> {
+    const lifted = this.liftNow(address, liftedBy, requestId, liftedByStands);
     await this.forgetViolations(address);
     return lifted;
   }
@@ -448,11 +450,17 @@ export class IpBlockService {
     }
   }
 
-  private liftNow(address: string, liftedBy: string | null, requestId?: string | null): number {
+  private liftNow(
+    address: string,
+    liftedBy: string | null,
+    requestId?: string | null,
+    liftedByStands?: () => boolean,
+  ): number {
     const now = this.options.clock.now();
     const { audit } = this.options;
     const lifted = this.db.transaction(
       () => {
+        if (liftedByStands?.() === false) throw new ActorGone();
         // Only rows Palisade wrote: one that fails its seal blocks nothing already, and is left as
         // it is for whoever investigates.
         const rows = this.statements.activeOn

@@ -565,6 +565,25 @@ describe("refresh and logout", () => {
     ).toBe(200);
   });
 
+  test("twenty logouts of one session at once end it once: one auth.logout row (probe 38c)", async () => {
+    current = buildTestApp();
+    const session = await signUp(current);
+    const target = current;
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, () =>
+        send(target, "/api/auth/logout", { method: "POST", headers: bearer(session.accessToken) }),
+      ),
+    );
+    // Each is answered as a logout is (the session is ended whichever ended it), or refused once
+    // the session is seen ended.
+    for (const answer of answers) expect([204, 401]).toContain(answer.status);
+    current.services.audit.flush();
+    const rows = current.db.$client
+      .query("SELECT actor FROM audit_events WHERE type = 'auth.logout'")
+      .all();
+    expect(rows).toEqual([{ actor: `user:${session.userId}` }]);
+  });
+
   test("an expired or unknown refresh token is refused", async () => {
     const clock = new ManualClock();
     current = buildTestApp({ clock });

@@ -92,6 +92,42 @@ test("refunds are admins': a user is 403 (audited), Stripe is not called", async
   );
 });
 
+test("a refund asked by an admin key revoked, or a session logged out, right after the auth stage let it by is 401: Stripe is not called (probe 38c F1)", async () => {
+  // What another process's revocation does when it commits between the auth stage's check and
+  // the handler: the stage said yes, the refund's claim must not be taken.
+  let endAfterCheck = false;
+  current = buildPaymentsApp({
+    authStageStillAdmin: (stillAdmin) => (principal) => {
+      const stands = stillAdmin(principal);
+      if (endAfterCheck) {
+        endAfterCheck = false;
+        if (principal.kind === "key") current!.services.apiKeys.revoke(principal.id, "test");
+        else current!.services.auth.revokeFamily(principal.familyId);
+      }
+      return stands;
+    },
+  });
+  const alice = await signUp(current);
+  const id = await pay(current, alice, 3000);
+  await succeed(current, id);
+  for (const credential of ["key", "session"] as const) {
+    const admin = await signUp(current, { role: "admin" });
+    const headers =
+      credential === "key"
+        ? { "x-api-key": createKey(current, ["admin"], admin.userId).key }
+        : bearer(admin.accessToken);
+    endAfterCheck = true;
+    const refused = await refund(current, id, headers);
+    expect({ credential, status: refused.status }).toEqual({ credential, status: 401 });
+    expect(((await refused.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+  }
+  expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(0);
+  expect(auditRows(current, "payment.refund")).toHaveLength(0);
+  // The payment is not held by a claim: a standing admin refunds it at once.
+  const admin = await signUp(current, { role: "admin" });
+  expect((await refund(current, id, bearer(admin.accessToken))).status).toBe(200);
+});
+
 test("an admin refunds in part then the rest: Stripe gets each, the row follows, each is audited as payment.refund", async () => {
   current = buildPaymentsApp();
   const alice = await signUp(current);
