@@ -13,7 +13,7 @@ const principal = { kind: "user", id: "u1", role: "user", via: "bearer" } as con
 function countingVerifier(cached: readonly string[] = []) {
   const calls: string[] = [];
   const verdict = (token: string) =>
-    token === "good" || token === "cached"
+    ["good", "cached", "h.good.s", "h.cached.s"].includes(token)
       ? { ok: true, principal }
       : { ok: false, reason: "invalid" };
   const verifier = {
@@ -53,18 +53,27 @@ test("a credential in any place is verified, once per request, and never answere
   const { verifier, calls } = countingVerifier();
   const identify = createIdentify(verifier, false);
   const cases: [Record<string, string>, "ok" | "bad", string][] = [
-    [{ authorization: "Bearer good" }, "ok", "bearer:good"],
+    [{ authorization: "Bearer h.good.s" }, "ok", "bearer:h.good.s"],
     // The scheme is case-insensitive (RFC 9110 §11.1; probe 15b).
-    [{ authorization: "bearer good" }, "ok", "bearer:good"],
-    [{ authorization: "BEARER good" }, "ok", "bearer:good"],
-    [{ authorization: "Bearer bad" }, "bad", "bearer:bad"],
-    [{ authorization: "Bearer  good" }, "bad", ""],
-    [{ authorization: "Bearer good x" }, "bad", ""],
+    [{ authorization: "bearer h.good.s" }, "ok", "bearer:h.good.s"],
+    [{ authorization: "BEARER h.good.s" }, "ok", "bearer:h.good.s"],
+    [{ authorization: "Bearer h.bad.s" }, "bad", "bearer:h.bad.s"],
+    [{ authorization: "Bearer  h.good.s" }, "bad", ""],
+    [{ authorization: "Bearer h.good.s x" }, "bad", ""],
     [{ authorization: "Bearergood" }, "bad", ""],
     [{ authorization: "Basic abc" }, "bad", ""],
     [{ "x-api-key": "pal_live_x" }, "bad", "key:pal_live_x"],
+    // A bearer credential is a token only in a JWT's shape (three parts, two dots); anything else
+    // is an API key's: a pal_ key, or a bootstrap key of any spelling (probe 38c F2).
+    [{ authorization: "Bearer pal_live_x" }, "bad", "key:pal_live_x"],
+    [{ authorization: "Bearer scrape-key-0123456789" }, "bad", "key:scrape-key-0123456789"],
+    [{ authorization: "Bearer a.b" }, "bad", "key:a.b"],
+    [{ authorization: "Bearer a..b" }, "bad", "key:a..b"],
+    [{ authorization: "Bearer .a.b" }, "bad", "key:.a.b"],
+    [{ authorization: "Bearer a.b." }, "bad", "key:a.b."],
+    [{ authorization: "Bearer a.b.c.d" }, "bad", "key:a.b.c.d"],
     [{ cookie: "theme=dark; palisade_session=good" }, "ok", "cookie:good"],
-    [{ authorization: "Bearer good", "x-api-key": "k" }, "bad", ""],
+    [{ authorization: "Bearer h.good.s", "x-api-key": "k" }, "bad", ""],
   ];
   for (const [headers, status, call] of cases) {
     calls.length = 0;
@@ -86,33 +95,33 @@ test("behind TLS only the __Host- session cookie counts", async () => {
 });
 
 test("known at once: no credential, an API key, a cached token; a token to verify once it is", async () => {
-  const { verifier, calls } = countingVerifier(["cached"]);
+  const { verifier, calls } = countingVerifier(["cached", "h.cached.s"]);
   const identify = createIdentify(verifier, false);
   expect(identify.now(request({}))).toEqual({ status: "none" });
   expect(identify.now(request({ "x-api-key": "pal_live_x" }))?.status).toBe("bad");
-  expect(identify.now(request({ authorization: "Bearer cached" }))?.status).toBe("ok");
+  expect(identify.now(request({ authorization: "Bearer h.cached.s" }))?.status).toBe("ok");
   expect(identify.now(request({ cookie: "palisade_session=cached" }))?.status).toBe("ok");
-  expect(identify.now(request({ authorization: "Bearer good", "x-api-key": "k" }))?.status).toBe(
+  expect(identify.now(request({ authorization: "Bearer h.good.s", "x-api-key": "k" }))?.status).toBe(
     "bad",
   );
-  expect(calls).toEqual(["key:pal_live_x", "cached bearer:cached", "cached cookie:cached"]);
+  expect(calls).toEqual(["key:pal_live_x", "cached bearer:h.cached.s", "cached cookie:cached"]);
 
   // Not cached: not known yet, its verification started by the first ask and made once.
   calls.length = 0;
-  const uncached = request({ authorization: "Bearer good" });
+  const uncached = request({ authorization: "Bearer h.good.s" });
   expect(identify.now(uncached)).toBeUndefined();
   expect(identify.now(uncached)).toBeUndefined();
   const verified = await identify(uncached);
   expect(verified.status).toBe("ok");
   expect(identify.now(uncached)).toBe(verified);
-  expect(calls).toEqual(["bearer:good"]);
+  expect(calls).toEqual(["bearer:h.good.s"]);
 
   // The promise form answers a request known at once the same, without verifying again.
   calls.length = 0;
-  const known = request({ authorization: "Bearer cached" });
+  const known = request({ authorization: "Bearer h.cached.s" });
   expect(identify.now(known)?.status).toBe("ok");
   expect(await identify(known)).toBe(identify.now(known)!);
-  expect(calls).toEqual(["cached bearer:cached"]);
+  expect(calls).toEqual(["cached bearer:h.cached.s"]);
 });
 
 test("a verifier that throws: identify rejects (never throws at the caller), now throws", async () => {

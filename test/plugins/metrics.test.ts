@@ -106,6 +106,24 @@ test("with METRICS_TOKEN set, only a presented credential that is wrong counts a
   }
 });
 
+test("a bootstrap metrics key of any spelling scrapes as a bearer, as Prometheus sends it: 200 every time, the address never blocked (probe 38c F2)", async () => {
+  const scraper = "scrape-key-0123456789-abcdef";
+  current = buildTestApp({ env: { METRICS_TOKEN: TOKEN, API_KEYS: `${scraper}:metrics` } });
+  const peer = "198.51.100.60";
+  for (let i = 0; i < 12; i++) {
+    const answer = await send(current, "/metrics", { headers: bearer(scraper), peer });
+    expect({ i, status: answer.status }).toEqual({ i, status: 200 });
+  }
+  expect(current.services.ipBlocks.listActive()).toEqual([]);
+  // The same key as X-API-Key, and as a bearer anywhere else a key is taken.
+  expect(
+    (await send(current, "/metrics", { headers: { "x-api-key": scraper }, peer })).status,
+  ).toBe(200);
+  const me = await send(current, "/api/auth/me", { headers: bearer(scraper), peer });
+  expect(me.status).toBe(200);
+  expect(((await me.json()) as { scopes: string[] }).scopes).toEqual(["metrics"]);
+});
+
 /** The value of one sample line, or null when the series is absent. */ /** The value of one sample line, or null when the series is absent. */
 function sample(text: string, series: string): number | null {
   const line = text.split("\n").find((l) => l.startsWith(`${series} `));

@@ -32,6 +32,23 @@ const BEARER_SCHEME = /^bearer /i;
 /** What a bearer credential may hold (RFC 6750's b64token). */
 const B64TOKEN = /^[A-Za-z0-9._~+/=-]+$/;
 
+/**
+ * Whether a bearer credential has a JWT's shape: three non-empty parts between two dots. Anything
+ * else is an API key's: a generated `pal_` key, or a bootstrap key of any spelling (API_KEYS), which
+ * read as a token was refused and, on `/metrics`, counted as a wrong metrics token until the
+ * scraper's address was blocked (probe 38c F2).
+ */
+function hasTokenShape(credential: string): boolean {
+  const first = credential.indexOf(".");
+  const second = credential.indexOf(".", first + 1);
+  return (
+    first > 0 &&
+    second > first + 1 &&
+    second < credential.length - 1 &&
+    credential.indexOf(".", second + 1) === -1
+  );
+}
+
 /** The credential of `Authorization: Bearer <credential>` (the scheme in any case), else null. */
 export function bearerCredential(authorization: string | null): string | null {
   if (authorization === null || !BEARER_SCHEME.test(authorization)) return null;
@@ -107,7 +124,7 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
           detail: "Use Authorization: Bearer <token>.",
         };
       }
-      return credential.startsWith("pal_")
+      return credential.startsWith("pal_") || !hasTokenShape(credential)
         ? identification(credentials.verifyApiKey(credential), "key")
         : ofToken(credential, "bearer");
     }
