@@ -101,9 +101,9 @@ test("known at once: no credential, an API key, a cached token; a token to verif
   expect(identify.now(request({ "x-api-key": "pal_live_x" }))?.status).toBe("bad");
   expect(identify.now(request({ authorization: "Bearer h.cached.s" }))?.status).toBe("ok");
   expect(identify.now(request({ cookie: "palisade_session=cached" }))?.status).toBe("ok");
-  expect(identify.now(request({ authorization: "Bearer h.good.s", "x-api-key": "k" }))?.status).toBe(
-    "bad",
-  );
+  expect(
+    identify.now(request({ authorization: "Bearer h.good.s", "x-api-key": "k" }))?.status,
+  ).toBe("bad");
   expect(calls).toEqual(["key:pal_live_x", "cached bearer:h.cached.s", "cached cookie:cached"]);
 
   // Not cached: not known yet, its verification started by the first ask and made once.

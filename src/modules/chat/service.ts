@@ -985,18 +985,30 @@ export class ChatService implements ChatTurns {
    * memory as objects). A conversation is read twice: once to check its row and every message's
    * seal and link (one that fails is left out and reported, as from the list), then again as it is
    * written, each page checked with the message before it; a change found in that second read
-   * (written into the file between the two) throws, and the export is cut there.
+   * (written into the file between the two) throws, and the export is cut there. A conversation is
+   * read again when its turn comes: one deleted meanwhile (by its owner, retention or an erasure)
+   * is left out, not written with no messages (probe 38b F4). An empty piece marks a point where
+   * the work so far is done (a conversation's row or a page checked): the reader may let other
+   * requests in there, so a long history never holds the event loop (probe 38b F1).
    */
   exportOf(owners: readonly ChatOwner[]): StreamedJson {
     return new StreamedJson(() => this.exportPieces(owners));
   }
 
   private *exportPieces(owners: readonly ChatOwner[]): Generator<string> {
-    const rows = this.conversationsOf(owners).filter((row) => this.intactConversation(row, true));
+    const listed = this.conversationsOf(owners);
     let separator = "";
     yield '{"conversations":[';
-    for (const row of rows) {
-      if (!this.chainHolds(row.id)) {
+    for (const { id, ownerKind, ownerId } of listed) {
+      yield "";
+      const row = this.db
+        .select()
+        .from(chatConversations)
+        .where(eq(chatConversations.id, id))
+        .get();
+      if (row === undefined || row.ownerKind !== ownerKind || row.ownerId !== ownerId) continue;
+      if (!this.intactConversation(row, true)) continue;
+      if (!(yield* this.chainChecked(row.id))) {
         this.options.reportTampered(row.id, true);
         continue;
       }
@@ -1028,10 +1040,13 @@ export class ChatService implements ChatTurns {
     yield `],"usage":${JSON.stringify(this.usageOf(owners))}}`;
   }
 
-  /** Whether every message of the conversation matches its seal and is chained to the one before. */
-  private chainHolds(conversationId: string): boolean {
+  /**
+   * Whether every message of the conversation matches its seal and is chained to the one before;
+   * an empty piece after each page checked (exportPieces).
+   */
+  private *chainChecked(conversationId: string): Generator<string, boolean> {
     try {
-      for (const _page of this.checkedPages(conversationId));
+      for (const _page of this.checkedPages(conversationId)) yield "";
       return true;
     } catch (error) {
       if (error instanceof ChainBroken) return false;

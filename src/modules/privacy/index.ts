@@ -15,45 +15,96 @@ import type { PrivacyService } from "./service";
 const EXPORT_ROUTE = "GET /api/me/export";
 /** How much JSON text one read of the export's answer gathers before it is sent on. */
 const EXPORT_CHUNK_CHARACTERS = 64 * 1024;
+/** The most time the export works on before other requests are let in (probe 38b F1). */
+const EXPORT_SLICE_MS = 8;
+/**
+ * How long the export waits for its client to take the next chunk before it ends the answer. Bun's
+ * own idle timeout (10 s) is not restarted by a slow client draining what was written, and cut a
+ * steady 32 KB/s reader at ~4 MB (probe 38b F2); the export replaces it with this one, which only a
+ * client taking less than a chunk in this time meets.
+ */
+export const EXPORT_STALL_MS = 120_000;
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+interface ExportBodyEvents {
+  /** A piece threw: the answer is cut there. */
+  failed(error: unknown): void;
+  /** The client took nothing for `stallMs`: the answer is ended there. */
+  stalled(): void;
+  /** The client closed the connection before the end. */
+  closed(): void;
+}
 
 /**
  * The export's text as a body read as it is sent: each read takes pieces until it has about
  * EXPORT_CHUNK_CHARACTERS, so the database is read no faster than the client takes the answer.
- * A piece that throws (the database failing, a change found mid-way) is reported and cuts the
- * answer there: the client sees a broken download, never a document that looks whole.
+ * A read lets other requests in every EXPORT_SLICE_MS of work and after each chunk: Bun reads the
+ * next chunk as soon as the socket takes one, so a fast client of a long history held the event
+ * loop for the whole download (probe 38b F1). A piece that throws (the database failing, a change
+ * found mid-way) is reported and cuts the answer there: the client sees a broken download, never a
+ * document that looks whole; so does a client that stops taking it.
  */
-function exportBody(
+export function exportBody(
   pieces: Iterable<string>,
-  reportFailure: (error: unknown) => void,
+  events: ExportBodyEvents,
+  stallMs = EXPORT_STALL_MS,
 ): ReadableStream<Uint8Array> {
   const iterator = pieces[Symbol.iterator]();
   const encoder = new TextEncoder();
+  let ended = false;
+  let watchdog: ReturnType<typeof setTimeout> | undefined;
+  const end = () => {
+    ended = true;
+    clearTimeout(watchdog);
+  };
+  // Without a reason: Bun writes a stream's error reason to stderr as a multi-line dump (source
+  // lines and stack, not a JSON log line: probe 29b F4); each end is logged by its event. The
+  // connection is reset all the same.
+  const cut = (controller: ReadableStreamDefaultController<Uint8Array>) => controller.error();
   return new ReadableStream<Uint8Array>(
     {
-      pull(controller) {
+      async pull(controller) {
+        clearTimeout(watchdog);
         try {
           let text = "";
+          let sliceStarted = performance.now();
           while (text.length < EXPORT_CHUNK_CHARACTERS) {
             const next = iterator.next();
             if (next.done) {
               if (text) controller.enqueue(encoder.encode(text));
+              end();
               controller.close();
               return;
             }
             text += next.value;
+            if (performance.now() - sliceStarted >= EXPORT_SLICE_MS) {
+              await nextTurn();
+              if (ended) return;
+              sliceStarted = performance.now();
+            }
           }
           controller.enqueue(encoder.encode(text));
+          watchdog = setTimeout(() => {
+            end();
+            iterator.return?.();
+            events.stalled();
+            cut(controller);
+          }, stallMs);
+          await nextTurn();
         } catch (error) {
-          reportFailure(error);
-          // Without a reason: Bun writes a stream's error reason to stderr as a multi-line dump
-          // (source lines and stack, not a JSON log line: probe 29b F4); it is logged above. The
-          // connection is reset all the same.
-          controller.error();
+          if (ended) return;
+          end();
+          events.failed(error);
+          cut(controller);
         }
       },
       cancel() {
+        if (ended) return;
+        end();
         // The client went away: the rest is never read.
         iterator.return?.();
+        events.closed();
       },
     },
     { highWaterMark: 0 },
@@ -82,25 +133,41 @@ export function privacyModule({
     .use(auth)
     .get(
       "/export",
-      ({ principal, request, requestId }) => {
+      ({ principal, request, requestId, server }) => {
         const text = service.exportText(principal.id);
         if (!text) throw new AppError("NOT_FOUND", "The account no longer exists.");
-        const body = exportBody(text, (error) => {
-          // Its 200 and headers are sent: the error handler never sees this one.
-          logger.error(
-            { requestId, route: EXPORT_ROUTE, code: "EXPORT_CUT", err: error },
-            "privacy export cut short",
-          );
-          errors.report(error, {
-            requestId,
-            route: EXPORT_ROUTE,
-            method: request.method,
-            principal: principalRef(principal),
-            status: 200,
-            code: "EXPORT_CUT",
-            request,
-          });
+        const body = exportBody(text, {
+          failed(error) {
+            // Its 200 and headers are sent: the error handler never sees this one.
+            logger.error(
+              { requestId, route: EXPORT_ROUTE, code: "EXPORT_CUT", err: error },
+              "privacy export cut short",
+            );
+            errors.report(error, {
+              requestId,
+              route: EXPORT_ROUTE,
+              method: request.method,
+              principal: principalRef(principal),
+              status: 200,
+              code: "EXPORT_CUT",
+              request,
+            });
+          },
+          stalled() {
+            logger.warn(
+              { requestId, route: EXPORT_ROUTE, code: "EXPORT_STALLED", stallMs: EXPORT_STALL_MS },
+              "privacy export ended before its end: the client took nothing more",
+            );
+          },
+          closed() {
+            logger.info(
+              { requestId, route: EXPORT_ROUTE, code: "EXPORT_CLOSED" },
+              "privacy export not read to its end: the client closed the connection",
+            );
+          },
         });
+        // The export's own stall timer replaces Bun's idle timeout for this answer (EXPORT_STALL_MS).
+        server?.timeout(request, 0);
         // Built here, as a stream: the document as one object would be the user's whole history
         // in memory (typed for the route's schema, which the OpenAPI document states).
         return new Response(body, {

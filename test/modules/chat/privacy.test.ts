@@ -193,6 +193,31 @@ describe("the export is written as it is read", () => {
     ]);
   }, 60_000);
 
+  test("a conversation deleted while the export is read is left out of the rest, not written with no messages (probe 38b F4)", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock });
+    const alice = await signUp(target);
+    // A second apart: the export writes conversations oldest first.
+    const first = await start(target, asUser(alice), "first question");
+    clock.advance(1000);
+    const second = await start(target, asUser(alice), "second question");
+    clock.advance(1000);
+    const third = await start(target, asUser(alice), "third question");
+    const pieces = target.services.privacy.exportText(alice.userId)![Symbol.iterator]();
+    let text = "";
+    // Read up to the first conversation's head, then its owner deletes the second.
+    while (!text.includes(first)) text += pieces.next().value as string;
+    const deleted = await send(target, `/api/chat/conversations/${second}`, {
+      method: "DELETE",
+      headers: asUser(alice),
+    });
+    expect(deleted.status).toBe(204);
+    for (let next = pieces.next(); !next.done; next = pieces.next()) text += next.value;
+    const document = JSON.parse(text) as Exported;
+    expect(document.chat.conversations.map((c) => c.id)).toEqual([first, third]);
+    expect(document.chat.conversations.every((c) => c.messages.length === 2)).toBe(true);
+  });
+
   test("the document built whole in memory (the service's export, JSON.stringify) is what the route streams", async () => {
     const clock = new ManualClock();
     target = buildTestApp({ clock });
