@@ -843,3 +843,43 @@ test("a key an admin rotated is exported with its successor withheld, the admin'
     adminsOwnSuccessor,
   );
 });
+
+test("others' events that name the user (a key made for them, an admin's rotation of it and look-up of their usage) are in the export, without that actor or its address (probe 38b F3)", async () => {
+  current = buildTestApp();
+  const user = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const adminPeer = "203.0.113.77";
+  const made = current.services.apiKeys.create(
+    { name: "for the user", scopes: ["chat"], userId: user.userId },
+    "cli",
+  );
+  const rotated = await send(current, `/api/admin/api-keys/${made.record.id}/rotate`, {
+    body: {},
+    headers: bearer(admin.accessToken),
+    peer: adminPeer,
+  });
+  expect(rotated.status).toBe(201);
+  const lookUp = await send(current, `/api/admin/usage?principal=user:${user.userId}`, {
+    headers: bearer(admin.accessToken),
+    peer: adminPeer,
+  });
+  expect(lookUp.status).toBe(200);
+
+  const response = await send(current, "/api/me/export", { headers: bearer(user.accessToken) });
+  expect(response.status).toBe(200);
+  const { auditEvents } = (await response.json()) as {
+    auditEvents: { type: string; actor: string | null; ip: string | null; detail: unknown }[];
+  };
+  const byOthers = auditEvents.filter((event) => event.actor !== `user:${user.userId}`);
+  expect(byOthers.map(({ type, actor, ip }) => ({ type, actor, ip }))).toEqual([
+    { type: "admin.key.created", actor: "cli", ip: null },
+    { type: "admin.key.rotated", actor: "(another principal)", ip: null },
+    { type: "admin.usage.queried", actor: "(another principal)", ip: null },
+  ]);
+  const shown = JSON.stringify(auditEvents);
+  expect(shown).toContain(made.record.id);
+  expect(shown).not.toContain(admin.userId);
+  expect(shown).not.toContain(adminPeer);
+  // The user's own rows name the user, as before.
+  expect(auditEvents.some((event) => event.actor === `user:${user.userId}`)).toBe(true);
+});

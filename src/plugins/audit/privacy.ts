@@ -5,11 +5,14 @@
  * credential succeeded (a failed login or a
  * replayed refresh token comes from whoever tried it, and that third party's address must not be
  * handed out), and never the address an event is about (a block's) nor another principal its
- * detail names. Erasure is `AuditLog.pseudonymise`.
+ * detail names; and others' events that name them (the key an operator made for them, an admin's
+ * rotation of their key or look-up of their usage: what erasure rewrites too, found through
+ * `audit_event_names`; probe 38b F3), without that actor's address and with that actor withheld
+ * unless it is no one's (`cli`, `system`, `stripe`). Erasure is `AuditLog.pseudonymise`.
  */
-import { asc, inArray, notInArray, sql } from "drizzle-orm";
+import { asc, inArray, notInArray, or, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
-import { auditEvents } from "../../db/schema";
+import { auditEventNames, auditEvents } from "../../db/schema";
 import { PSEUDONYM_PREFIX } from "./chain";
 import { SUBJECT_ADDRESS_TYPES, withPrincipalsReplaced } from "./events";
 import type { AuditLog } from "./log";
@@ -37,9 +40,13 @@ function withoutOthers(detail: string, actors: readonly string[]): unknown {
   );
 }
 
+/** The actors that are no one's: shown as they are; any other is a principal or its pseudonym. */
+const NO_ONES = new Set(["cli", "system", "stripe"]);
+
 export function createAuditExport(db: AppDatabase, audit: AuditLog) {
   const columns = {
     id: auditEvents.id,
+    actor: auditEvents.actor,
     at: auditEvents.at,
     type: auditEvents.type,
     ip: sql<string | null>`CASE WHEN ${auditEvents.outcome} = 'success'
@@ -52,12 +59,24 @@ export function createAuditExport(db: AppDatabase, audit: AuditLog) {
   return function exportAuditEvents(actors: readonly string[]) {
     // Events still queued belong in the export too.
     audit.flush();
+    const named = db
+      .select({ id: auditEventNames.eventId })
+      .from(auditEventNames)
+      .where(inArray(auditEventNames.name, [...actors]));
     return db
       .select(columns)
       .from(auditEvents)
-      .where(inArray(auditEvents.actor, [...actors]))
+      .where(or(inArray(auditEvents.actor, [...actors]), inArray(auditEvents.id, named)))
       .orderBy(asc(auditEvents.id))
       .all()
-      .map((row) => ({ ...row, detail: withoutOthers(row.detail, actors) }));
+      .map(({ actor, ...row }) => {
+        const own = actor !== null && actors.includes(actor);
+        return {
+          ...row,
+          actor: own || actor === null || NO_ONES.has(actor) ? actor : WITHHELD,
+          ip: own ? row.ip : null,
+          detail: withoutOthers(row.detail, actors),
+        };
+      });
   };
 }
