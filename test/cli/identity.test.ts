@@ -67,6 +67,23 @@ describe("users", () => {
     );
   });
 
+  test("keys:create refuses a name the API refuses, and stores a credential in a name redacted (probes 38a F1, 38c F3)", async () => {
+    const { cli, query } = workspace();
+    for (const name of ["ops\nsecond line", "rtl \u202Egnp.exe", "nul\u0000", "\u200B"]) {
+      const refused = await cli(["keys:create", "--name", name, "--scopes", "chat"]);
+      expect({ name, code: refused.code }).toEqual({ name, code: 2 });
+      expect(refused.stderr).toContain("--name: Must");
+    }
+    const live = "pal_live_I8aS7uL8KzBphd6b1mYoolvZmGfWsq3Q0xKm";
+    expect(
+      (await cli(["keys:create", "--name", `handover ${live}`, "--scopes", "chat"])).code,
+    ).toBe(0);
+    // The one key made: the refused names made none.
+    expect(query<{ name: string }>("SELECT name FROM api_keys")).toEqual([
+      { name: "handover [REDACTED]" },
+    ]);
+  });
+
   test("users:create makes the first admin with a generated password shown once", async () => {
     const { cli, query } = workspace();
     const result = await cli(["users:create", "--email", "Root@Example.test", "--role", "admin"]);

@@ -323,6 +323,72 @@ describe("API key actions", () => {
   });
 });
 
+describe("API key names (probes 38a F1, 38c F3)", () => {
+  test("a name is stored, answered, listed and exported with configured secrets and credentials redacted, as its audit row shows it", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    const live = "pal_live_I8aS7uL8KzBphd6b1mYoolvZmGfWsq3Q0xKm";
+    const created = await send(current, "/api/admin/api-keys", {
+      headers,
+      body: { name: `ops ${TEST_JWT_SECRET} ${live}`, scopes: ["chat"] },
+    });
+    expect(created.status).toBe(201);
+    const { apiKey } = (await created.json()) as { apiKey: { id: string; name: string } };
+    expect(apiKey.name).toBe("ops [REDACTED] [REDACTED]");
+    const listed = (await (await send(current, "/api/admin/api-keys", { headers })).json()) as {
+      keys: { id: string; name: string }[];
+    };
+    expect(listed.keys.find((key) => key.id === apiKey.id)?.name).toBe(apiKey.name);
+    current.services.audit.flush();
+    const audited = current.db.$client
+      .query("SELECT detail FROM audit_events WHERE type = 'admin.key.created'")
+      .get() as { detail: string };
+    expect(JSON.parse(audited.detail).name).toBe(apiKey.name);
+    const exported = await (await send(current, "/api/me/export", { headers })).text();
+    expect(exported).not.toContain(TEST_JWT_SECRET);
+    expect(exported).not.toContain(live);
+    expect(
+      current.db.$client.query("SELECT name FROM api_keys WHERE id = ?").get(apiKey.id),
+    ).toEqual({ name: apiKey.name });
+  });
+
+  test("a name with a control character, a line break, a bidirectional override, an unpaired surrogate, an unassigned code point or nothing that shows is 422 naming body/name; nothing is made", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const before = current.db.$client.query("SELECT count(*) AS n FROM api_keys").get();
+    for (const name of [
+      "nul\u0000",
+      "esc\u001b[31m",
+      "two\r\nlines",
+      "del\u007f",
+      "c1\u0085",
+      "para\u2029",
+      "rtl \u202Egnp.exe",
+      "isolate \u2067x",
+      "lone \ud800",
+      "unassigned \u{E0080}",
+      "\u200B\u200B",
+      "   ",
+    ]) {
+      const refused = await send(current, "/api/admin/api-keys", {
+        headers: bearer(admin.accessToken),
+        body: { name, scopes: ["chat"] },
+      });
+      expect({ name, status: refused.status }).toEqual({ name, status: 422 });
+      const problem = (await refused.json()) as { errors: { field: string }[] };
+      expect(problem.errors.map((error) => error.field)).toEqual(["body/name"]);
+    }
+    expect(current.db.$client.query("SELECT count(*) AS n FROM api_keys").get()).toEqual(before);
+    // What shapes visible text stays: an emoji sequence with a joiner, an accent, a flag.
+    const kept = await send(current, "/api/admin/api-keys", {
+      headers: bearer(admin.accessToken),
+      body: { name: "équipe 👩‍💻 🇫🇷", scopes: ["chat"] },
+    });
+    expect(kept.status).toBe(201);
+  });
+});
+
 describe("IP blocks", () => {
   test("add with TTL and reason, list, remove; each action audited with the admin", async () => {
     current = buildTestApp();

@@ -1,5 +1,10 @@
-import { MAX_KEY_DAYS, MAX_KEY_NAME_LENGTH } from "../../modules/admin/model";
-import { isScope, KeyRefused } from "../../modules/auth/api-keys";
+import { MAX_KEY_DAYS } from "../../modules/admin/model";
+import {
+  isScope,
+  KeyRefused,
+  keyNameProblem,
+  MAX_KEY_NAME_LENGTH,
+} from "../../modules/auth/api-keys";
 import type { Scope } from "../../plugins/auth/principal";
 import {
   CliError,
@@ -20,6 +25,8 @@ export const keysCreate: Command = {
   usage: "keys:create --name N --scopes a,b [--expires 30d] [--env live|test] [--owner EMAIL]",
   run(args, context) {
     const name = requireFlagWithin(args, "name", MAX_KEY_NAME_LENGTH);
+    const nameProblem = keyNameProblem(name);
+    if (nameProblem !== null) throw new CliError(`--name: ${nameProblem}`, EXIT_USAGE);
     const scopes = requireFlag(args, "scopes")
       .split(",")
       .map((s) => s.trim());

@@ -23,6 +23,7 @@ import {
   earliest,
   type KeyRefusal,
   KeyRefused,
+  keyNameProblem,
 } from "../auth/api-keys";
 import { queryAuditEvents } from "./audit-query";
 import {
@@ -155,6 +156,12 @@ export function adminModule(options: AdminModuleOptions) {
         // The new key acts for the caller's owner and may hold nothing that owner's role may not;
         // made by a key, it lives no longer than that key (a short-lived key cannot mint one that
         // never expires).
+        const nameProblem = keyNameProblem(body.name);
+        if (nameProblem !== null) {
+          throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
+            { field: "body/name", message: nameProblem },
+          ]);
+        }
         const asked = body.expiresInDays ? options.now() + body.expiresInDays * DAY_MS : null;
         const spec = {
           name: body.name,

@@ -2,13 +2,11 @@ import { t } from "elysia";
 import { MAX_BLOCK_REASON_LENGTH } from "../../plugins/ip-block/service";
 import { JsonInteger } from "../../plugins/openapi/json-integer";
 import { Nullable } from "../../plugins/openapi/types";
-import { MAX_ROTATION_GRACE_MS } from "../auth/api-keys";
+import { MAX_KEY_NAME_LENGTH, MAX_ROTATION_GRACE_MS } from "../auth/api-keys";
 import { ScopeSchema } from "../auth/model";
 
 /** The longest life a key is given, and the longest block: the API's bounds, and the CLI's. */
 export const MAX_KEY_DAYS = 3650;
-/** The longest key name, in UTF-16 units as the API counts it; the CLI holds to it too. */
-export const MAX_KEY_NAME_LENGTH = 100;
 export const MAX_BLOCK_MINUTES = 365 * 24 * 60;
 
 export const NewKeyBody = t.Object({

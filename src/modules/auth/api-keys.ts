@@ -19,6 +19,8 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
+import { cutBetweenCharacters, secretScrubber } from "../../logging/logger";
+import { scrubUrlPart, type TextScrubber } from "../../logging/scrub";
 import type { AuditLog } from "../../plugins/audit/log";
 import {
   generateApiKey,
@@ -120,6 +122,42 @@ export interface ApiKeyServiceOptions {
   refuseTestKeys?: boolean;
   /** Every key row is written with its seal, and resealed by every change of what it grants. */
   seal: CredentialSeal;
+  /** The configured secrets: redacted from a key's name as it is stored (storedKeyName). */
+  secretValues?: readonly string[];
+}
+
+/** The longest key name, in UTF-16 units as the API counts it; the CLI holds to it too. */
+export const MAX_KEY_NAME_LENGTH = 100;
+
+/**
+ * What a key's name may not hold: controls (NUL, ESC, CR, LF, DEL, C1), line and paragraph
+ * separators, unpaired surrogates, unassigned code points and noncharacters, and the bidirectional
+ * overrides, embeddings and isolates that make a listing read otherwise than it is stored.
+ */
+const KEY_NAME_REFUSED = /[\p{Cc}\p{Cs}\p{Cn}\p{Zl}\p{Zp}\u202A-\u202E\u2066-\u2069]/u;
+/** A character that shows (the chat message's rule): a name of blanks alone names nothing. */
+const SHOWS = /[^\s\p{Z}\p{Cc}\p{Cf}\p{Default_Ignorable_Code_Point}\u2800]/u;
+
+/** Why a key's name is refused (the API's 422, the CLI's usage error), or null (probe 38a F1). */
+export function keyNameProblem(name: string): string | null {
+  if (name.length === 0 || name.length > MAX_KEY_NAME_LENGTH) {
+    return `Must be 1 to ${MAX_KEY_NAME_LENGTH} characters (UTF-16 units)`;
+  }
+  if (KEY_NAME_REFUSED.test(name)) {
+    return "Must not contain control characters, line breaks, bidirectional controls, unpaired surrogates or unassigned code points";
+  }
+  if (!SHOWS.test(name)) return "Must contain a character that shows";
+  return null;
+}
+
+/**
+ * A key's name as stored, listed, exported and audited: configured secrets and credential shapes
+ * redacted, as the audit row's scrubber redacts them (until this release the key list, `keys:list`
+ * and the owner's export showed what the audit log hid, probes 38a F1, 38c F3), then well-formed
+ * and held to its bound between characters (a redaction can lengthen it).
+ */
+function storedKeyName(name: string, scrub: TextScrubber): string {
+  return cutBetweenCharacters(scrubUrlPart(name, scrub).toWellFormed(), MAX_KEY_NAME_LENGTH);
 }
 
 type KeyChange = Partial<{
@@ -202,6 +240,7 @@ export function isScope(value: string): value is Scope {
 export class ApiKeyService {
   private readonly db: AppDatabase;
   private readonly statements: { activeById: ReturnType<typeof prepareActiveById> };
+  private readonly scrub: TextScrubber;
 
   constructor(
     sqlite: Database,
@@ -213,6 +252,7 @@ export class ApiKeyService {
     this.db = drizzleOf(sqlite);
     const db = this.db;
     this.statements = preparedOnUse({ activeById: () => prepareActiveById(db) });
+    this.scrub = secretScrubber(options.secretValues ?? []);
   }
 
   /**
@@ -286,6 +326,7 @@ export class ApiKeyService {
     const now = this.clock.now();
     const key = generateApiKey(spec.environment ?? "live");
     const id = Bun.randomUUIDv7();
+    const name = storedKeyName(spec.name, this.scrub);
     this.db.transaction(
       () => {
         stillStanding(origin);
@@ -294,7 +335,7 @@ export class ApiKeyService {
         this.insertSealed(
           {
             id,
-            name: spec.name,
+            name,
             prefix: keyPrefix(key),
             secretHash: hashApiKey(key),
             scopes: JSON.stringify(spec.scopes),
@@ -313,7 +354,7 @@ export class ApiKeyService {
       outcome: "success",
       actor,
       ...audited(origin),
-      detail: { keyId: id, name: spec.name, scopes: spec.scopes.join(",") },
+      detail: { keyId: id, name, scopes: spec.scopes.join(",") },
     });
     return { key, record: this.get(id)! };
   }

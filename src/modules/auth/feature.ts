@@ -63,6 +63,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
   const apiKeys = new ApiKeyService(sqlite, clock, audit, credentials, {
     refuseTestKeys,
     seal,
+    secretValues: config.secretValues,
   });
   const service = new AuthService({
     sqlite,
