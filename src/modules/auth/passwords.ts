@@ -2,6 +2,10 @@
  * @module
  * Password policy and hashing. Strength is zxcvbn's score, whose dictionaries hold the common and
  * leaked passwords, so there is no hand-made blocklist. Hashes are argon2id through Bun.password.
+ * A password is checked, hashed and verified in one spelling, NFKC (NIST SP 800-63B 5.1.1.2): a
+ * composed and a decomposed accent are one password, and a fullwidth or mathematical spelling of a
+ * dictionary word is that word to the strength check, as an attacker undoes it with the same pass
+ * (probe 38a F2: `ｐａｓｓｗｏｒｄ１２３４` scored as random and was accepted in production).
  */
 import type { PasswordPolicy } from "../../config";
 
@@ -36,6 +40,18 @@ export function loadPasswordStrength(): Promise<PasswordStrengthModules> {
   ]);
 }
 
+/** The one spelling a password is checked, hashed and verified in. */
+export function normalizedPassword(password: string): string {
+  return password.normalize("NFKC");
+}
+
+/** A password's length in characters (code points), as the policy counts it: an emoji is one. */
+function characters(text: string): number {
+  let count = 0;
+  for (const _ of text) count++;
+  return count;
+}
+
 /** Builds the checker once zxcvbn is loaded. */
 export async function createPasswordChecker(
   policy: PasswordPolicy,
@@ -48,11 +64,14 @@ export async function createPasswordChecker(
     translations: zxcvbnEnglish.translations,
   });
 
-  /** Names the first rule the password breaks and how to fix it; never echoes the password. */
-  return function checkPassword(password: string, email: string): PasswordVerdict {
+  /**
+   * Names the first rule the password breaks and how to fix it; never echoes the password. Every
+   * rule reads its NFKC spelling, the one that is hashed.
+   */
+  return function checkPassword(typed: string, email: string): PasswordVerdict {
     // A lone surrogate (a broken `\ud800` escape) would reach argon2 as U+FFFD, so distinct
     // passwords would collapse into one; U+FFFD itself is what a broken encoding leaves behind.
-    if (!password.isWellFormed() || password.includes("\uFFFD")) {
+    if (!typed.isWellFormed() || typed.includes("\uFFFD")) {
       return {
         ok: false,
         rule: "invalid_characters",
@@ -60,21 +79,23 @@ export async function createPasswordChecker(
           "The password has unpaired surrogates or U+FFFD, which cannot be stored faithfully.",
       };
     }
-    if (password.length < policy.minLength) {
+    const password = normalizedPassword(typed);
+    const length = characters(password);
+    if (length < policy.minLength) {
       return {
         ok: false,
         rule: "min_length",
         message: `Use at least ${policy.minLength} characters.`,
       };
     }
-    if (password.length > policy.maxLength) {
+    if (length > policy.maxLength) {
       return {
         ok: false,
         rule: "max_length",
         message: `Use at most ${policy.maxLength} characters.`,
       };
     }
-    const localPart = email.slice(0, email.lastIndexOf("@")).toLowerCase();
+    const localPart = email.slice(0, email.lastIndexOf("@")).normalize("NFKC").toLowerCase();
     if (localPart.length >= 3 && password.toLowerCase().includes(localPart)) {
       return {
         ok: false,
@@ -96,10 +117,24 @@ export async function createPasswordChecker(
   };
 }
 
+/** The hash of a password's NFKC spelling. */
 export function hashPassword(password: string, hashing: PasswordHashing = {}): Promise<string> {
-  return Bun.password.hash(password, { algorithm: "argon2id", ...hashing });
+  return Bun.password.hash(normalizedPassword(password), { algorithm: "argon2id", ...hashing });
 }
 
-export function verifyPassword(password: string, hash: string): Promise<boolean> {
-  return Bun.password.verify(password, hash);
+/**
+ * Whether the password matches the hash: its NFKC spelling, or, only when that differs from the
+ * spelling typed and does not match, the spelling typed, as hashes made before this release hold
+ * it (`legacy`: the caller makes the hash again from the NFKC spelling). Whether the second check
+ * runs depends on the password alone, never on the account, so timing tells nothing of it.
+ */
+export async function verifyPassword(
+  password: string,
+  hash: string,
+): Promise<{ matches: boolean; legacy: boolean }> {
+  const normalized = normalizedPassword(password);
+  if (await Bun.password.verify(normalized, hash)) return { matches: true, legacy: false };
+  if (normalized === password) return { matches: false, legacy: false };
+  const legacy = await Bun.password.verify(password, hash);
+  return { matches: legacy, legacy };
 }

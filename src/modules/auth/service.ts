@@ -228,6 +228,40 @@ export class AuthService {
     return this.sealed(this.statements.userByEmail.get({ value: emailKey }));
   }
 
+  /**
+   * Makes an account's hash again from the NFKC spelling of the password it was just verified
+   * with: hashed before passwords were normalised, it held the spelling typed (passwords.ts). Only
+   * the row as read is changed, resealed; a failure leaves the old hash, which still verifies.
+   */
+  private async rehashPassword(user: UserRow, password: string): Promise<void> {
+    try {
+      const passwordHash = await this.passwordWork.run(() =>
+        hashPassword(password, this.options.passwordHashing),
+      );
+      this.db.transaction(
+        () => {
+          const current = this.userById(user.id);
+          if (!current || current.passwordHash !== user.passwordHash) return;
+          const { id, email, emailKey, role } = current;
+          this.db
+            .update(users)
+            .set({
+              passwordHash,
+              seal: this.options.seal.account({ id, email, emailKey, passwordHash, role }),
+            })
+            .where(eq(users.id, id))
+            .run();
+        },
+        { behavior: "immediate" },
+      );
+    } catch (error) {
+      this.options.logger.warn(
+        { err: error, userId: user.id },
+        "a password hash could not be made again in its normalised spelling; the old one still verifies",
+      );
+    }
+  }
+
   /** The account, or null when there is none or its row does not match its seal. */
   private sealed(row: UserRow | undefined): UserRow | null {
     return row && this.options.seal.intact.account(row) ? row : null;
@@ -471,10 +505,11 @@ export class AuthService {
       // rather than being collapsed to U+FFFD on its way to argon2 and matching some other password.
       const usable = password.isWellFormed();
       // The same argon2 work whether or not the account exists, so timing tells nothing.
-      const matches = await this.passwordWork.run(() =>
+      const verified = await this.passwordWork.run(() =>
         verifyPassword(usable ? password : "", user?.passwordHash ?? dummyHash),
       );
-      valid = user !== null && usable && matches;
+      valid = user !== null && usable && verified.matches;
+      if (valid && verified.legacy) await this.rehashPassword(user!, password);
     } catch (error) {
       // No verdict was given (the client gets a 500 or 503): nothing to count.
       giveBack();

@@ -2,6 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { decodeJwt, decodeProtectedHeader } from "jose";
 import { loadPasswordStrength } from "../../../src/modules/auth/passwords";
 import { REPEAT_GRACE_MS } from "../../../src/modules/auth/service";
+import { createCredentialSeal } from "../../../src/plugins/auth/seal";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../../support/app";
 import { bearer, logIn, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
@@ -121,6 +122,107 @@ describe("register", () => {
       body: { email: "p@example.test", password: STRONG_PASSWORD },
     });
     expect(ok.status).toBe(201);
+  });
+
+  test("the policy reads a password's NFKC spelling and counts characters: a fullwidth or mathematical spelling of a weak password is as weak, an emoji is one character (probe 38a F2)", async () => {
+    current = buildTestApp({ env: PRODUCTION_ENV });
+    const target = current;
+    let n = 0;
+    const rule = async (password: string, email = `p${++n}@example.test`) => {
+      const response = await send(target, "/api/auth/register", {
+        body: { email, password },
+        peer: `198.51.100.${n}`,
+      });
+      if (response.status === 201) return "accepted";
+      expect(response.status).toBe(422);
+      const { errors } = (await response.json()) as { errors: { message: string }[] };
+      return errors[0]!.message;
+    };
+    for (const password of [
+      "ｐａｓｓｗｏｒｄ１２３４",
+      "Ｐａｓｓｗｏｒｄ１２３４！",
+      "ｑｗｅｒｔｙｕｉｏｐ１２",
+      "𝐩𝐚𝐬𝐬𝐰𝐨𝐫𝐝𝟏𝟐𝟑𝟒",
+    ]) {
+      expect({ password, verdict: await rule(password) }).toEqual({
+        password,
+        verdict: expect.stringContaining("too easy to guess"),
+      });
+    }
+    // Six characters, twelve UTF-16 units: short.
+    expect(await rule("𝔵𝔶𝔷𝔴𝔳𝔲")).toContain("at least 12 characters");
+    // The email's local part in another spelling is still the email.
+    expect(await rule("xx-E\u0301mile.Zola-harbor-quartz-38", "émile.zola@example.test")).toContain(
+      "email address",
+    );
+    expect(
+      await rule("xx-ｅｍｉｌｅ.ｚｏｌａ-harbor-quartz-38", "emile.zola@example.test"),
+    ).toContain("email address");
+  });
+
+  test("a password is one password in any Unicode spelling: registered composed, it logs in decomposed or fullwidth (probe 38a F2)", async () => {
+    current = buildTestApp();
+    const password = "Crème-Brûlée-Harbor-Quartz-38";
+    const registered = await send(current, "/api/auth/register", {
+      body: { email: "creme@example.test", password },
+    });
+    expect(registered.status).toBe(201);
+    for (const spelling of [
+      password,
+      password.normalize("NFD"),
+      "Crème-Brûlée-Ｈａｒｂｏｒ-Quartz-38",
+    ]) {
+      const login = await send(current, "/api/auth/login", {
+        body: { email: "creme@example.test", password: spelling },
+      });
+      expect({ spelling, status: login.status }).toEqual({ spelling, status: 200 });
+    }
+    const wrong = await send(current, "/api/auth/login", {
+      body: { email: "creme@example.test", password: "Creme-Brulee-Harbor-Quartz-38" },
+    });
+    expect(wrong.status).toBe(401);
+  });
+
+  test("an account hashed before passwords were normalised logs in with the spelling it chose, and its hash is made again in the normalised one (probe 38a F2)", async () => {
+    current = buildTestApp();
+    const typed = "Ｈａｒｂｏｒ-Quartz-Crème-38-violet";
+    const email = "legacy@example.test";
+    expect(
+      (await send(current, "/api/auth/register", { body: { email, password: typed } })).status,
+    ).toBe(201);
+    const user = { email, userId: current.services.auth.findUserByEmail(email)!.id };
+    // The hash as the release before made it: of the spelling typed.
+    const legacy = await Bun.password.hash(typed, {
+      algorithm: "argon2id",
+      memoryCost: 1024,
+      timeCost: 1,
+    });
+    const seal = createCredentialSeal(current.config.audit.secretKey);
+    const db = current.db.$client;
+    const row = db
+      .query("SELECT id, email, email_key AS emailKey, role FROM users WHERE id = ?")
+      .get(user.userId) as { id: string; email: string; emailKey: string; role: "user" };
+    db.query("UPDATE users SET password_hash = ?, seal = ? WHERE id = ?").run(
+      legacy,
+      seal.account({ ...row, passwordHash: legacy }),
+      user.userId,
+    );
+    const login = await send(current, "/api/auth/login", {
+      body: { email: user.email, password: typed },
+    });
+    expect(login.status).toBe(200);
+    const after = db
+      .query("SELECT password_hash AS hash FROM users WHERE id = ?")
+      .get(user.userId) as {
+      hash: string;
+    };
+    expect(after.hash).not.toBe(legacy);
+    expect(await Bun.password.verify(typed.normalize("NFKC"), after.hash)).toBe(true);
+    // Resealed: the account still works, in the other spelling too.
+    const again = await send(current, "/api/auth/login", {
+      body: { email: user.email, password: typed.normalize("NFKC") },
+    });
+    expect(again.status).toBe(200);
   });
 
   test("a duplicate email (any case) is 409 in development", async () => {
