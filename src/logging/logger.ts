@@ -260,6 +260,15 @@ export function cutBetweenCharacters(text: string, max: number): string {
 }
 
 /**
+ * Text from outside (a client, Stripe, an upstream's error) as stored: well-formed (SQLite keeps an
+ * unpaired surrogate as U+FFFD, so a sealed row would no longer match its seal, and an audit row
+ * would read otherwise than the column) and at most `max` UTF-16 units, cut between characters.
+ */
+export function storedText(text: string, max: number): string {
+  return cutBetweenCharacters(text.toWellFormed(), max);
+}
+
+/**
  * Makes a client-supplied value safe to log: `scrub` runs first, on the whole value (a secret cut
  * in two would no longer be recognised), then control characters, CR/LF and Unicode line
  * separators become visible escapes (JSON encoding escapes most, but not U+2028/2029, and log

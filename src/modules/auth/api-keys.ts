@@ -19,7 +19,7 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
-import { cutBetweenCharacters, secretScrubber } from "../../logging/logger";
+import { secretScrubber, storedText } from "../../logging/logger";
 import { scrubUrlPart, type TextScrubber } from "../../logging/scrub";
 import type { AuditLog } from "../../plugins/audit/log";
 import {
@@ -157,7 +157,7 @@ export function keyNameProblem(name: string): string | null {
  * and held to its bound between characters (a redaction can lengthen it).
  */
 function storedKeyName(name: string, scrub: TextScrubber): string {
-  return cutBetweenCharacters(scrubUrlPart(name, scrub).toWellFormed(), MAX_KEY_NAME_LENGTH);
+  return storedText(scrubUrlPart(name, scrub), MAX_KEY_NAME_LENGTH);
 }
 
 type KeyChange = Partial<{

@@ -10,6 +10,7 @@ import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { payments } from "../../db/schema";
+import { storedText } from "../../logging/logger";
 import type { AuditEvent } from "../../plugins/audit/events";
 import { keyLineage } from "../../plugins/auth/lineage";
 import { MAX_QUERY_INTEGER } from "../../plugins/strict-query";
@@ -429,7 +430,9 @@ export class PaymentLedger {
               paymentId: row?.id ?? null,
               eventId: event.id,
               amount: typeof object.amount === "number" ? object.amount : null,
-              reason: typeof object.reason === "string" ? object.reason.slice(0, 64) : null,
+              // Cut between characters: half an emoji would be an unpaired surrogate in the
+              // audit detail (probe 38a F8).
+              reason: typeof object.reason === "string" ? storedText(object.reason, 64) : null,
             },
           },
         ],

@@ -48,7 +48,7 @@ import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { whatsappOutbox } from "../../db/schema";
-import type { Logger } from "../../logging/logger";
+import { type Logger, storedText } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { ChatTurns } from "../chat/contract";
 import type { GraphClient, SendOutcome } from "./graph-client";
@@ -449,7 +449,7 @@ export class OutboxWorker {
           return { kind: "transient", reason: "chat: owner gone" };
       }
     } catch (error) {
-      const reason = error instanceof Error ? error.message.slice(0, 200) : "chat failed";
+      const reason = error instanceof Error ? storedText(error.message, 200) : "chat failed";
       return { kind: "transient", reason: `chat: ${reason}` };
     }
   }
@@ -597,7 +597,7 @@ export class OutboxWorker {
         nextAttemptAt: Math.round(now + delay),
         leaseUntil: null,
         leaseOwner: null,
-        lastError: reason.slice(0, 300),
+        lastError: storedText(reason, 300),
       })
       .where(this.mine(row))
       .run();
@@ -619,7 +619,7 @@ export class OutboxWorker {
         body: null,
         leaseUntil: null,
         leaseOwner: null,
-        lastError: reason.slice(0, 300),
+        lastError: storedText(reason, 300),
         finishedAt: this.options.clock.now(),
         // Only a row whose seal was checked is resealed: Palisade never seals a row it did not
         // write, whatever path gives it up.
@@ -653,7 +653,7 @@ export class OutboxWorker {
       type: "whatsapp.reply_failed",
       outcome: "failure",
       actor: `whatsapp:${row.senderHash}`,
-      detail: { outbox: row.id, attempts: row.attempts + 1, reason: reason.slice(0, 200) },
+      detail: { outbox: row.id, attempts: row.attempts + 1, reason: storedText(reason, 200) },
     });
   }
 }

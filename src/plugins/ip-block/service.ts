@@ -26,7 +26,7 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { insertWithRandomId } from "../../db/random-id";
 import { ipBlocks } from "../../db/schema";
 import { encodeCursor } from "../../list-cursor";
-import { cutBetweenCharacters, type Logger, secretScrubber } from "../../logging/logger";
+import { type Logger, secretScrubber, storedText } from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import type { AuditLog } from "../audit/log";
 import { ActorGone, parsePrincipalRef } from "../auth/principal";
@@ -57,7 +57,7 @@ const HOUR = 60 * MINUTE;
  * characters (a reason of many short secrets grows with each redaction).
  */
 function storedReason(reason: string): string {
-  return cutBetweenCharacters(reason.toWellFormed(), MAX_BLOCK_REASON_LENGTH);
+  return storedText(reason, MAX_BLOCK_REASON_LENGTH);
 }
 
 export type ViolationKind = "ratelimit" | "login" | "principal";

@@ -198,6 +198,26 @@ test("charge.dispute.created is audited as payment.dispute.created and logged as
   expect(alert?.level).toBe("error");
 });
 
+test("a dispute's reason is cut at 64 between characters: never half an emoji in the audit detail (probe 38a F8)", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current);
+  const response = await deliver(
+    current,
+    stripeEvent("charge.dispute.created", {
+      id: "dp_1Pcut",
+      object: "dispute",
+      charge: "ch_1Pcut",
+      payment_intent: id,
+      amount: 2000,
+      reason: `${"r".repeat(63)}😀tail`,
+    }),
+  );
+  expect(response.status).toBe(200);
+  const [audited] = auditRows(current, "payment.dispute.created");
+  expect(audited!.detail).not.toContain("\\ud83d");
+  expect(JSON.parse(audited!.detail).reason).toBe("r".repeat(63));
+});
+
 test("events for payments we do not hold, unknown types and malformed ids inside events are acknowledged, counted, harmless", async () => {
   current = buildPaymentsApp();
   const unknownPayment = await deliver(
