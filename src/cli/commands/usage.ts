@@ -15,7 +15,10 @@ function dayFlag(args: ParsedArgs): string {
 function principalFlag(raw: string) {
   const owner = parseOwnerRef(raw);
   if (!owner) {
-    throw new CliError("--principal must be user:<id>, key:<id> or whatsapp:<id>", EXIT_USAGE);
+    throw new CliError(
+      "--principal must be user:<id> or key:<id> (a UUID, lower case), or whatsapp:<32 hex>",
+      EXIT_USAGE,
+    );
   }
   return owner;
 }

@@ -54,11 +54,20 @@ export function ownerRef(owner: ChatOwner): string {
   return `${owner.kind}:${owner.id}`;
 }
 
-const OWNER_REF = /^(user|key|whatsapp):([^\s:][^\s]{0,199})$/;
+/**
+ * The owner names Palisade gives, and nothing else: a user's or key's id (a UUID, lower case) and a
+ * WhatsApp sender's keyed hash (32 hex). An admin's look-up or reset naming anything else (a full
+ * stop or a zero-width space copied after the id) was answered with nothing and audited as typed,
+ * where the user's erasure never found it (probe 38a F3).
+ */
+export const OWNER_REF_PATTERN =
+  "^(?:(?:user|key):[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|whatsapp:[0-9a-f]{32})$";
+const OWNER_REF = new RegExp(OWNER_REF_PATTERN);
 
 export function parseOwnerRef(ref: string): ChatOwner | null {
-  const match = OWNER_REF.exec(ref);
-  return match ? { kind: match[1] as ChatOwner["kind"], id: match[2]! } : null;
+  if (!OWNER_REF.test(ref)) return null;
+  const colon = ref.indexOf(":");
+  return { kind: ref.slice(0, colon) as ChatOwner["kind"], id: ref.slice(colon + 1) };
 }
 
 const BASE64URL = /^[A-Za-z0-9_-]+$/;

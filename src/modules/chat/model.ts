@@ -1,6 +1,7 @@
 import { t } from "elysia";
 import { JsonInteger } from "../../plugins/openapi/json-integer";
 import { Nullable } from "../../plugins/openapi/types";
+import { OWNER_REF_PATTERN } from "./budget";
 import { MAX_MESSAGE_CHARACTERS } from "./message";
 
 export const ChatBody = t.Object(
@@ -88,8 +89,9 @@ export const UsageQuery = t.Object({
   ),
   principal: t.Optional(
     t.String({
-      pattern: "^(user|key|whatsapp):[^\\s:]\\S{0,199}$",
-      description: "`user:<id>`, `key:<id>` or `whatsapp:<id>`",
+      pattern: OWNER_REF_PATTERN,
+      description:
+        "`user:<id>` or `key:<id>` (the id a UUID, lower case), or `whatsapp:<id>` (32 hex)",
     }),
   ),
   cursor: t.Optional(
