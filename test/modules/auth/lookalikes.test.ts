@@ -384,3 +384,38 @@ describe("the CLI finds accounts by the same normalisation", () => {
     expect(rows).toEqual([{ email: "\u00e9mile@example.com", role: "admin" }]);
   }, 30_000);
 });
+
+test("an address near the 254 bound reaches its account in a longer spelling: decomposed, or with spaces around it (probe 38a F4)", async () => {
+  const target = app();
+  const domain = `${"d".repeat(60)}.${"e".repeat(60)}.${"f".repeat(60)}.test`;
+  const composed = `${"é".repeat(60)}q@${domain}`;
+  expect(composed.length).toBe(249);
+  const registered = await send(target, "/api/auth/register", {
+    body: { email: composed, password: STRONG_PASSWORD },
+    peer: nextPeer(),
+  });
+  expect(registered.status).toBe(201);
+  const decomposed = composed.normalize("NFD");
+  expect(decomposed.length).toBeGreaterThan(254);
+  for (const spelling of [decomposed, `    ${composed}    `]) {
+    const login = await send(target, "/api/auth/login", {
+      body: { email: spelling, password: STRONG_PASSWORD },
+      peer: nextPeer(),
+    });
+    expect({ length: spelling.length, status: login.status }).toEqual({
+      length: spelling.length,
+      status: 200,
+    });
+  }
+  const again = await send(target, "/api/auth/register", {
+    body: { email: decomposed, password: STRONG_PASSWORD },
+    peer: nextPeer(),
+  });
+  expect(again.status).toBe(409);
+  // Past 254 once normalised it is no address: 422 naming the field, as before.
+  const tooLong = await send(target, "/api/auth/register", {
+    body: { email: `${"é".repeat(60)}qq${"q".repeat(5)}@${domain}`, password: STRONG_PASSWORD },
+    peer: nextPeer(),
+  });
+  expect(tooLong.status).toBe(422);
+});
