@@ -883,3 +883,32 @@ test("others' events that name the user (a key made for them, an admin's rotatio
   // The user's own rows name the user, as before.
   expect(auditEvents.some((event) => event.actor === `user:${user.userId}`)).toBe(true);
 });
+
+test("the last admin erasing itself is erased, and the record and the log say no admin is left; an admin with another left says nothing (probe 38b F5)", async () => {
+  current = buildTestApp();
+  const first = await signUp(current, { role: "admin" });
+  const last = await signUp(current, { role: "admin" });
+  const erase = async (who: { accessToken: string }) => {
+    const response = await send(current!, "/api/me", {
+      method: "DELETE",
+      headers: bearer(who.accessToken),
+    });
+    expect(response.status).toBe(204);
+  };
+  const erasures = () => {
+    current!.services.audit.flush();
+    return current!.db.$client
+      .query("SELECT detail FROM audit_events WHERE type = 'privacy.erased' ORDER BY id")
+      .all()
+      .map((row) => (row as { detail: string | null }).detail);
+  };
+  const warned = () =>
+    current!.logs.entries.filter((entry) => String(entry.msg).includes("last admin account"));
+  await erase(first);
+  expect(erasures()).toEqual(["{}"]);
+  expect(warned()).toEqual([]);
+  await erase(last);
+  expect(JSON.parse(erasures()[1]!)).toEqual({ noAdminLeft: "true" });
+  expect(warned()).toHaveLength(1);
+  expect(warned()[0]!.level).toBe("warn");
+});

@@ -114,5 +114,13 @@ export function account(db: AppDatabase, auth: AuthService): PrivacyAccount {
     remove(userId) {
       db.delete(users).where(eq(users.id, userId)).run();
     },
+    isAdmin: (userId) => auth.findUser(userId)?.role === "admin",
+    anyAdmin: () =>
+      db
+        .select({ id: users.id })
+        .from(users)
+        .where(eq(users.role, "admin"))
+        .all()
+        .some(({ id }) => auth.findUser(id)?.role === "admin"),
   };
 }

@@ -186,6 +186,12 @@ export function privacyModule({
         if (!service.erase(principal.id, { ip: client.ip, requestId })) {
           throw new AppError("NOT_FOUND", "The account no longer exists.");
         }
+        if (principal.kind === "user" && principal.role === "admin" && !service.adminsRemain()) {
+          logger.warn(
+            { requestId, route: "DELETE /api/me" },
+            "the last admin account erased itself: the admin routes are open to admin-scoped API keys only; promote one with users:role --role admin",
+          );
+        }
         set.status = 204;
         return undefined;
       },

@@ -28,6 +28,9 @@ export interface PrivacyAccount {
    */
   stored(userId: string): boolean;
   remove(userId: string): void;
+  /** Whether the account is a trusted admin's; and whether any trusted admin account is left. */
+  isAdmin?(userId: string): boolean;
+  anyAdmin?(): boolean;
 }
 
 /** Who asked for an erasure: the signed-in user (DELETE /api/me), or an operator (the CLI). */
@@ -105,6 +108,7 @@ export class PrivacyService {
     const byOperator = meta.by === "operator";
     if (byOperator ? !account.stored(userId) : !account.find(userId)) return false;
     const pseudonym = this.pseudonymOf(`user:${userId}`);
+    const wasAdmin = account.isAdmin?.(userId) === true;
     sqlite
       .transaction(() => {
         const actors = this.actorsOf(userId);
@@ -113,15 +117,27 @@ export class PrivacyService {
         account.remove(userId);
       })
       .immediate();
+    // The last admin erasing itself leaves the admin routes to admin-scoped keys alone: said in the
+    // record, as the CLI says it (probe 38b F5). Their right to erase is not refused for it.
+    const noAdminLeft = wasAdmin && account.anyAdmin?.() === false;
+    const detail = {
+      ...(byOperator ? { by: "operator" } : {}),
+      ...(noAdminLeft ? { noAdminLeft: "true" } : {}),
+    };
     audit.record({
       type: "privacy.erased",
       outcome: "success",
       actor: pseudonym,
       requestId: meta.requestId,
-      ...(byOperator ? { detail: { by: "operator" } } : {}),
+      ...(Object.keys(detail).length > 0 ? { detail } : {}),
     });
     copyErasureIntoFile(sqlite);
     return true;
+  }
+
+  /** Whether any trusted admin account is left (unknown: true). */
+  adminsRemain(): boolean {
+    return this.options.account.anyAdmin?.() !== false;
   }
 }
 
