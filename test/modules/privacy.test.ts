@@ -912,3 +912,31 @@ test("the last admin erasing itself is erased, and the record and the log say no
   expect(warned()).toHaveLength(1);
   expect(warned()[0]!.level).toBe("warn");
 });
+
+test("with the file but not the secrets: another user's audit rows and sessions moved to you in the file are not in your export (probe 38b F6)", async () => {
+  current = buildTestApp();
+  const victimPeer = "203.0.113.201";
+  const victim = await signUp(current, { peer: victimPeer });
+  const mallory = await signUp(current);
+  current.services.audit.flush();
+  const db = current.db.$client;
+  db.query("UPDATE audit_events SET actor = ? WHERE actor = ?").run(
+    `user:${mallory.userId}`,
+    `user:${victim.userId}`,
+  );
+  db.query("UPDATE refresh_families SET user_id = ? WHERE user_id = ?").run(
+    mallory.userId,
+    victim.userId,
+  );
+  const response = await send(current, "/api/me/export", { headers: bearer(mallory.accessToken) });
+  expect(response.status).toBe(200);
+  const document = (await response.json()) as {
+    sessions: { familyId: string }[];
+    auditEvents: { ip: string | null }[];
+  };
+  const text = JSON.stringify(document);
+  expect(text).not.toContain(victimPeer);
+  expect(document.sessions).toHaveLength(1);
+  // Mallory's own rows are there as they were.
+  expect(document.auditEvents.length).toBeGreaterThan(0);
+});

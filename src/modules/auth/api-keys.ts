@@ -12,11 +12,12 @@
  * `--owner` or through the API by a bootstrap key; they are bounded by their own scopes only.
  */
 import type { Database } from "bun:sqlite";
-import { and, desc, eq, isNull, lt, or, sql } from "drizzle-orm";
+import { and, desc, eq, inArray, isNull, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { type BootstrapKey, ConfigError } from "../../config";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
+import { sealMatches } from "../../db/row-seal";
 import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
 import { secretScrubber, storedText } from "../../logging/logger";
@@ -378,6 +379,28 @@ export class ApiKeyService {
   }
 
   /** Every key, newest first; or only the keys acting for one user. */
+  /**
+   * The keys whose sealed row names the user, wherever the file's `user_id` column points now: a
+   * key moved to another account in the file is still this user's to export and erase (probe 38b
+   * F7), and one moved to this user is not (probe 20c F3). Each row is compared with a seal made
+   * for this user, without reporting: another user's key is no forgery for not matching it.
+   */
+  sealedKeysOf(userId: string): ApiKeyRecord[] {
+    const { seal } = this.options;
+    const ids = this.db
+      .select(sealedKeyColumns)
+      .from(apiKeys)
+      .all()
+      .filter((row) => sealMatches(seal.apiKey({ ...row, userId }), row.seal))
+      .map((row) => row.id);
+    if (ids.length === 0) return [];
+    return selectKeys(this.db)
+      .where(inArray(apiKeys.id, ids))
+      .orderBy(desc(apiKeys.createdAt))
+      .all()
+      .map((row) => toRecord(row, markOf(seal, row)));
+  }
+
   list(userId?: string): ApiKeyRecord[] {
     return selectKeys(this.db)
       .where(userId === undefined ? undefined : eq(apiKeys.userId, userId))

@@ -120,7 +120,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
       service.pruneSessions(now);
     },
     privacy: [
-      sessionsContributor(db, service),
+      sessionsContributor(db, service, seal),
       apiKeysContributor(apiKeys),
       limiterCountsContributor(db),
     ],

@@ -9,21 +9,26 @@ import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { rateLimitCounters, refreshFamilies, users } from "../../db/schema";
 import { WITHHELD_PRINCIPAL } from "../../plugins/audit/privacy";
+import type { CredentialSeal } from "../../plugins/auth/seal";
+import { sealedFamilyColumns } from "../../plugins/auth/sealed-columns";
 import type { PrivacyContributor } from "../privacy/contributor";
 import type { PrivacyAccount } from "../privacy/service";
 import type { ApiKeyService } from "./api-keys";
 import { type AuthService, accountLimitKey } from "./service";
 
-export function sessionsContributor(db: AppDatabase, auth: AuthService): PrivacyContributor {
+export function sessionsContributor(
+  db: AppDatabase,
+  auth: AuthService,
+  seal: Pick<CredentialSeal, "intact">,
+): PrivacyContributor {
   // Prepared by the first export, not at start.
   const statements = preparedOnUse({
     sessions: () =>
       db
         .select({
-          familyId: refreshFamilies.id,
+          ...sealedFamilyColumns,
           startedAt: refreshFamilies.createdAt,
           expiresAt: refreshFamilies.expiresAt,
-          revokedAt: refreshFamilies.revokedAt,
         })
         .from(refreshFamilies)
         .where(eq(refreshFamilies.userId, sql.placeholder("userId")))
@@ -32,7 +37,18 @@ export function sessionsContributor(db: AppDatabase, auth: AuthService): Privacy
   });
   return {
     name: "sessions",
-    export: (userId) => statements.sessions.all({ userId }),
+    // The sessions whose sealed row names the user: another's moved to them in the file is not
+    // theirs to be shown (probe 38b F6), as their keys are read (apiKeysContributor).
+    export: (userId) =>
+      statements.sessions
+        .all({ userId })
+        .filter((row) => seal.intact.family(row))
+        .map(({ id, startedAt, expiresAt, revokedAt }) => ({
+          familyId: id,
+          startedAt,
+          expiresAt,
+          revokedAt,
+        })),
     erase: (userId) => auth.revokeUserSessions(userId),
   };
 }
@@ -40,9 +56,9 @@ export function sessionsContributor(db: AppDatabase, auth: AuthService): Privacy
 export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
   // The keys whose sealed row names the user: a `user_id` written into the file must not put
   // another's key, and what it did (its conversations, its audit rows), into this user's export or
-  // erasure (probe 20c F3). Every key the file says is theirs is still revoked with the erasure.
-  const sealedKeysOf = (userId: string) =>
-    apiKeys.list(userId).filter((key) => apiKeys.intact(key.id));
+  // erasure (probe 20c F3), nor take the user's own out of them (probe 38b F7). Every key the file
+  // says is theirs is still revoked with the erasure.
+  const sealedKeysOf = (userId: string) => apiKeys.sealedKeysOf(userId);
   return {
     name: "apiKeys",
     export: (userId) => {
@@ -60,7 +76,10 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
     erase(userId, { pseudonym, requestId }) {
       // No address: an erasure takes the person's addresses out of their rows (probe 37a F3).
       const origin = { ip: null, route: null, requestId };
-      for (const key of apiKeys.list(userId)) {
+      const theirs = new Map(
+        [...apiKeys.list(userId), ...sealedKeysOf(userId)].map((key) => [key.id, key]),
+      );
+      for (const key of theirs.values()) {
         if (key.revokedAt === null) apiKeys.revoke(key.id, pseudonym, undefined, origin);
       }
     },

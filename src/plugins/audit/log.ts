@@ -62,7 +62,13 @@ import {
   principalsNamed,
   withPrincipalsReplaced,
 } from "./events";
-import { type AuditHead, type AuditRow, latestCheckpoint, verifyAuditChain } from "./verify";
+import {
+  type AuditHead,
+  type AuditRow,
+  latestCheckpoint,
+  rowVouched,
+  verifyAuditChain,
+} from "./verify";
 
 export type { AuditHead, AuditRow, VerifyResult } from "./verify";
 export { verifyAuditChain } from "./verify";
@@ -79,6 +85,8 @@ export interface AuditLog {
   pseudonymise(actor: string, pseudonym: string): number;
   /** The pseudonym erasure gives `actor` (keyed, so it cannot be recomputed without the key). */
   pseudonymOf(actor: string): string;
+  /** Whether a stored row, read alone, is as Palisade wrote or erased it (verify.ts rowVouched). */
+  vouches(row: AuditRow): boolean;
   /**
    * The pseudonym an erasure (by any process) gave `actor`, or null while the actor stands. Inside
    * the caller's transaction when there is one, so an erasure is wholly before it or after it.
@@ -333,6 +341,10 @@ export class SqliteAuditLog implements AuditLog {
       // A full or broken database must not crash a request; the events are logged instead.
       this.logger.error({ err: error, lost: batch.length }, "audit flush failed");
     }
+  }
+
+  vouches(row: AuditRow): boolean {
+    return rowVouched(this.keys, row);
   }
 
   pseudonymOf(actor: string): string {

@@ -10,7 +10,7 @@
  * `audit_event_names`; probe 38b F3), without that actor's address and with that actor withheld
  * unless it is no one's (`cli`, `system`, `stripe`). Erasure is `AuditLog.pseudonymise`.
  */
-import { asc, inArray, notInArray, or, sql } from "drizzle-orm";
+import { asc, inArray, or } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { auditEventNames, auditEvents } from "../../db/schema";
 import { PSEUDONYM_PREFIX } from "./chain";
@@ -44,18 +44,7 @@ function withoutOthers(detail: string, actors: readonly string[]): unknown {
 const NO_ONES = new Set(["cli", "system", "stripe"]);
 
 export function createAuditExport(db: AppDatabase, audit: AuditLog) {
-  const columns = {
-    id: auditEvents.id,
-    actor: auditEvents.actor,
-    at: auditEvents.at,
-    type: auditEvents.type,
-    ip: sql<string | null>`CASE WHEN ${auditEvents.outcome} = 'success'
-      AND ${notInArray(auditEvents.type, [...SUBJECT_ADDRESS_TYPES])} THEN ${auditEvents.ip} END`,
-    route: auditEvents.route,
-    requestId: auditEvents.requestId,
-    outcome: auditEvents.outcome,
-    detail: auditEvents.detail,
-  };
+  const subjectAddressTypes: ReadonlySet<string> = new Set(SUBJECT_ADDRESS_TYPES);
   return function exportAuditEvents(actors: readonly string[]) {
     // Events still queued belong in the export too.
     audit.flush();
@@ -63,20 +52,34 @@ export function createAuditExport(db: AppDatabase, audit: AuditLog) {
       .select({ id: auditEventNames.eventId })
       .from(auditEventNames)
       .where(inArray(auditEventNames.name, [...actors]));
-    return db
-      .select(columns)
-      .from(auditEvents)
-      .where(or(inArray(auditEvents.actor, [...actors]), inArray(auditEvents.id, named)))
-      .orderBy(asc(auditEvents.id))
-      .all()
-      .map(({ actor, ...row }) => {
-        const own = actor !== null && actors.includes(actor);
-        return {
-          ...row,
-          actor: own || actor === null || NO_ONES.has(actor) ? actor : WITHHELD,
-          ip: own ? row.ip : null,
-          detail: withoutOthers(row.detail, actors),
-        };
-      });
+    return (
+      db
+        .select()
+        .from(auditEvents)
+        .where(or(inArray(auditEvents.actor, [...actors]), inArray(auditEvents.id, named)))
+        .orderBy(asc(auditEvents.id))
+        .all()
+        // Only rows as Palisade wrote or erased them: one whose actor was rewritten in the file
+        // would show someone else's event, and address, as the user's (audit:verify reports it).
+        .filter((row) => audit.vouches(row))
+        .map((row) => {
+          const own = row.actor !== null && actors.includes(row.actor);
+          // The address of the user's own credential succeeding, never a third party's (a failed
+          // login), nor the address an event is about (a block's), nor another actor's.
+          const shownIp =
+            own && row.outcome === "success" && !subjectAddressTypes.has(row.type) ? row.ip : null;
+          return {
+            id: row.id,
+            actor: own || row.actor === null || NO_ONES.has(row.actor) ? row.actor : WITHHELD,
+            at: row.at,
+            type: row.type,
+            ip: shownIp,
+            route: row.route,
+            requestId: row.requestId,
+            outcome: row.outcome,
+            detail: withoutOthers(row.detail, actors),
+          };
+        })
+    );
   };
 }

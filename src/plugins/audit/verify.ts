@@ -84,7 +84,15 @@ function rowFault(keys: AuditKeys, row: AuditRow, expectedId: number, expectedPr
       : "its id is out of order";
   }
   if (row.prevHash !== expectedPrev) return "a row before it was removed or altered";
-  // Timing does not matter here: verification runs offline on the operator's copy.
+  return contentFault(keys, row);
+}
+
+/**
+ * What is wrong with a row read alone (its place in the chain aside): its keyed hash over its
+ * fields, then its actor, address and detail against their commitment or the erasure's record.
+ */
+function contentFault(keys: AuditKeys, row: AuditRow): string | null {
+  // Timing does not matter here: the row and the hash are both in the file being checked.
   if (keys.rowHash(row.prevHash, row) !== row.hash) return "its fields were altered";
   const what = commitsToDetail(row.subjectCommit) ? "actor, address or detail" : "actor or address";
   if (row.subjectSalt !== null) {
@@ -94,6 +102,16 @@ function rowFault(keys: AuditKeys, row: AuditRow, expectedId: number, expectedPr
     return `its ${what} was rewritten without an authenticated erasure`;
   }
   return null;
+}
+
+/**
+ * Whether a row read alone is as Palisade wrote it, or as an authenticated erasure rewrote it:
+ * keyed with this AUDIT_SECRET_KEY, its hash and its subject matching. What a privacy export shows
+ * of the log must be that (probe 38b F6: a row whose actor was rewritten in the file put someone
+ * else's event, their address with it, into another user's export).
+ */
+export function rowVouched(keys: AuditKeys, row: AuditRow): boolean {
+  return row.keyId === keys.keyId && contentFault(keys, row) === null;
 }
 
 /**

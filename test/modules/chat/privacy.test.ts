@@ -92,6 +92,39 @@ describe("export and erasure", () => {
     ).toEqual([bobsChat]);
   });
 
+  test("a key of the user's moved to another account in the file is still the user's: exported, and erased with them, its conversations too (probe 38b F7)", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    const alices = createKey(target, ["chat"], alice.userId);
+    const alicesChat = await start(target, asKey(alices.key), "alice's key's question");
+    target.db.$client.run("UPDATE api_keys SET user_id = ? WHERE id = ?", [
+      bob.userId,
+      alices.record.id,
+    ]);
+    const exported = await (
+      await send(target, "/api/me/export", { headers: asUser(alice) })
+    ).text();
+    expect(exported).toContain(alices.record.id);
+    expect(exported).toContain("alice's key's question");
+    const erased = await send(target, "/api/me", { method: "DELETE", headers: asUser(alice) });
+    expect(erased.status).toBe(204);
+    const row = target.db.$client
+      .query("SELECT revoked_at AS revokedAt FROM api_keys WHERE id = ?")
+      .get(alices.record.id) as { revokedAt: number | null };
+    expect(row.revokedAt).not.toBeNull();
+    expect(
+      target.db
+        .select()
+        .from(chatConversations)
+        .all()
+        .map((c) => c.id),
+    ).not.toContain(alicesChat);
+    // Bob's export does not hold it either.
+    const bobs = await (await send(target, "/api/me/export", { headers: asUser(bob) })).text();
+    expect(bobs).not.toContain(alices.record.id);
+  });
+
   test("erasure deletes the user's and the user's keys' conversations, messages and usage", async () => {
     target = buildTestApp();
     const alice = await signUp(target);
