@@ -198,7 +198,12 @@ describe("audit log query", () => {
       ["/api/admin/audit", "since", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"],
       ["/api/admin/security/summary", "since", "24h", "12h"],
       ["/api/admin/usage", "day", today, "2020-01-01"],
-      ["/api/admin/usage", "principal", "user:a", "user:b"],
+      [
+        "/api/admin/usage",
+        "principal",
+        "user:01a23371-1217-7705-8871-410ef76a5130",
+        "user:01a23371-1217-7705-8871-410ef76a5131",
+      ],
       ["/api/chat/conversations", "limit", "5", "6"],
       ["/api/admin/audit", "cursor", "5", "6"],
     ];

@@ -40,6 +40,7 @@ import {
 } from "../../plugins/auth/principal";
 import type { CredentialSeal, SealedSuccessor } from "../../plugins/auth/seal";
 import { sealedAccountColumns, sealedKeyColumns } from "../../plugins/auth/sealed-columns";
+import { showsSomething } from "../../visible-text";
 
 /** A stored key as operators see it: never its hash. */
 type KeyRow = Omit<
@@ -136,8 +137,6 @@ export const MAX_KEY_NAME_LENGTH = 100;
  * overrides, embeddings and isolates that make a listing read otherwise than it is stored.
  */
 const KEY_NAME_REFUSED = /[\p{Cc}\p{Cs}\p{Cn}\p{Zl}\p{Zp}\u202A-\u202E\u2066-\u2069]/u;
-/** A character that shows (the chat message's rule): a name of blanks alone names nothing. */
-const SHOWS = /[^\s\p{Z}\p{Cc}\p{Cf}\p{Default_Ignorable_Code_Point}\u2800]/u;
 
 /** Why a key's name is refused (the API's 422, the CLI's usage error), or null (probe 38a F1). */
 export function keyNameProblem(name: string): string | null {
@@ -147,7 +146,8 @@ export function keyNameProblem(name: string): string | null {
   if (KEY_NAME_REFUSED.test(name)) {
     return "Must not contain control characters, line breaks, bidirectional controls, unpaired surrogates or unassigned code points";
   }
-  if (!SHOWS.test(name)) return "Must contain a character that shows";
+  // A name of blanks alone names nothing (the chat message's rule).
+  if (!showsSomething(name)) return "Must contain a character that shows";
   return null;
 }
 

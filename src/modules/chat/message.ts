@@ -6,16 +6,14 @@
  * failure names the rule, never the text. A message that fails is refused whole, never altered.
  */
 
+import { showsSomething } from "../../visible-text";
+
 export const MAX_MESSAGE_CHARACTERS = 4000;
 
 export type MessageCheck = { ok: true; message: string } | { ok: false; rule: string };
 
 // Unicode's Cc category (C0, DEL, C1), but tab and newline.
 const FORBIDDEN_CONTROL = /[^\P{Cc}\t\n]/u;
-// A character that shows something: not white space or a separator, not a format character
-// (zero-width space and joiners, bidi marks), not default-ignorable (Hangul fillers U+115F,
-// U+1160, U+3164, U+FFA0; variation selectors), not the blank Braille pattern U+2800.
-const VISIBLE = /[^\s\p{Z}\p{Cc}\p{Cf}\p{Default_Ignorable_Code_Point}\u2800]/u;
 
 export function checkChatMessage(raw: string): MessageCheck {
   if (!raw.isWellFormed()) return { ok: false, rule: "Must be well-formed Unicode" };
@@ -24,7 +22,7 @@ export function checkChatMessage(raw: string): MessageCheck {
   }
   const message = raw.trim();
   if (message === "") return { ok: false, rule: "Must not be empty or only whitespace" };
-  if (!VISIBLE.test(message)) {
+  if (!showsSomething(message)) {
     return { ok: false, rule: "Must contain at least one visible character" };
   }
   // Counted in code points: an emoji is one character, as a person counts it.

@@ -240,6 +240,13 @@ describe("validation", () => {
     ["only Hangul fillers", "\u3164 \u115f\u1160\uffa0"],
     ["only a blank Braille pattern", "\u2800\u2800"],
     ["only joiners, bidi marks and a variation selector", "\u200d\u200c\u200e\ufe0f"],
+    // What draws nothing, or nothing a reader's font has (probe 38a F7).
+    ["only the Khitan blank", "\u{18cff}"],
+    ["only a null notehead", "\u{1d159}\u{1d159}"],
+    ["only a combining mark", "\u0301"],
+    ["only a noncharacter", "\ufffe"],
+    ["only a replacement character", "\ufffd"],
+    ["only private-use characters", "\ue000\u{f0000}"],
   ])("%s is refused, naming body/message and not echoing it", async (_name, message) => {
     const { problem, raw } = await refused({ message }, "body/message");
     if (message.trim() !== "") expect(raw).not.toContain(message.slice(0, 20));
@@ -249,6 +256,13 @@ describe("validation", () => {
   test("a visible character among invisible ones is accepted as it was sent", async () => {
     const response = await chat(target, asUser(alice), { message: "\u200bhi\u3164" });
     expect(response.status).toBe(200);
+  });
+
+  test("a letter with a combining accent, and emoji sequences, show: accepted", async () => {
+    for (const message of ["e\u0301", "👩‍💻", "🇫🇷", "❤️"]) {
+      const response = await chat(target, asUser(alice), { message });
+      expect({ message, status: response.status }).toEqual({ message, status: 200 });
+    }
   });
 
   test("4000 characters after trimming (emoji counted as one) are accepted", async () => {
