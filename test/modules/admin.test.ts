@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, TEST_JWT_SECRET, type TestApp } from "../support/app";
-import { bearer, createKey, signUp } from "../support/auth";
+import { bearer, createKey, endedAfterAuthStage, signUp } from "../support/auth";
 import { ManualClock } from "../support/clock";
 import { untoldInstance } from "../support/instance";
 
@@ -687,20 +687,9 @@ describe("a credential revoked in the second before this process reads the revoc
 
 describe("requests already past the auth stage when their credential is revoked (probe 38c F1)", () => {
   test("a key revoked, or a session logged out, right after the auth stage let its request by mints, rotates, revokes, blocks and lifts nothing: 401", async () => {
-    // What another process's revocation, or a request of this one's, does when it commits between
-    // the auth stage's check and the handler: the stage said yes, the handler must not write.
-    let endAfterCheck = false;
-    current = buildTestApp({
-      authStageStillAdmin: (stillAdmin) => (principal) => {
-        const stands = stillAdmin(principal);
-        if (endAfterCheck) {
-          endAfterCheck = false;
-          if (principal.kind === "key") current!.services.apiKeys.revoke(principal.id, "test");
-          else current!.services.auth.revokeFamily(principal.familyId);
-        }
-        return stands;
-      },
-    });
+    // The stage said yes, the handler must not write.
+    const ending = endedAfterAuthStage(() => current!.services);
+    current = buildTestApp({ authStageStillAdmin: ending.authStageStillAdmin });
     const target = current;
     const db = target.db.$client;
     const count = (sql: string) => (db.query(sql).get() as { n: number }).n;
@@ -767,7 +756,7 @@ describe("requests already past the auth stage when their credential is revoked 
             ? { "x-api-key": createKey(target, ["admin"], admin.userId).key }
             : bearer(admin.accessToken);
         const keysBefore = count("SELECT count(*) AS n FROM api_keys");
-        endAfterCheck = true;
+        ending.arm();
         const answer = await change.send(headers);
         const asked = `${change.name} by ${credential}`;
         expect({ asked, status: answer.status }).toEqual({ asked, status: 401 });

@@ -48,3 +48,29 @@ export function bearer(token: string): Record<string, string> {
 export function createKey(target: TestApp, scopes: Scope[], userId: string | null = null) {
   return target.services.apiKeys.create({ name: `test-${++counter}`, scopes, userId }, "test");
 }
+
+/**
+ * What another process's revocation does when it commits between the auth stage's check of an
+ * admin request and its handler: `authStageStillAdmin` (a test app option) answers the stage as the
+ * service does, then, when armed, revokes the key or logs out the session that asked. `arm()`
+ * before the request; `services` are the app's, once it is built.
+ */
+export function endedAfterAuthStage(services: () => TestApp["services"]) {
+  let armed = false;
+  return {
+    authStageStillAdmin:
+      (stillAdmin: TestApp["services"]["stillAdmin"]) =>
+      (principal: Parameters<TestApp["services"]["stillAdmin"]>[0]) => {
+        const stands = stillAdmin(principal);
+        if (armed) {
+          armed = false;
+          if (principal.kind === "key") services().apiKeys.revoke(principal.id, "test");
+          else services().auth.revokeFamily(principal.familyId);
+        }
+        return stands;
+      },
+    arm() {
+      armed = true;
+    },
+  };
+}

@@ -7,7 +7,7 @@ import type { PaymentsFeature } from "../../../src/modules/payments/feature";
 import { CLAIM_LEASE_MS, RECORD_RETRY_MS } from "../../../src/modules/payments/service";
 import { createServices } from "../../../src/services";
 import { LogCapture, send, TEST_PASSWORD_HASHING } from "../../support/app";
-import { bearer, createKey, signUp } from "../../support/auth";
+import { bearer, createKey, endedAfterAuthStage, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
 import {
   auditRows,
@@ -93,20 +93,9 @@ test("refunds are admins': a user is 403 (audited), Stripe is not called", async
 });
 
 test("a refund asked by an admin key revoked, or a session logged out, right after the auth stage let it by is 401: Stripe is not called (probe 38c F1)", async () => {
-  // What another process's revocation does when it commits between the auth stage's check and
-  // the handler: the stage said yes, the refund's claim must not be taken.
-  let endAfterCheck = false;
-  current = buildPaymentsApp({
-    authStageStillAdmin: (stillAdmin) => (principal) => {
-      const stands = stillAdmin(principal);
-      if (endAfterCheck) {
-        endAfterCheck = false;
-        if (principal.kind === "key") current!.services.apiKeys.revoke(principal.id, "test");
-        else current!.services.auth.revokeFamily(principal.familyId);
-      }
-      return stands;
-    },
-  });
+  // The stage said yes, the refund's claim must not be taken.
+  const ending = endedAfterAuthStage(() => current!.services);
+  current = buildPaymentsApp({ authStageStillAdmin: ending.authStageStillAdmin });
   const alice = await signUp(current);
   const id = await pay(current, alice, 3000);
   await succeed(current, id);
@@ -116,7 +105,7 @@ test("a refund asked by an admin key revoked, or a session logged out, right aft
       credential === "key"
         ? { "x-api-key": createKey(current, ["admin"], admin.userId).key }
         : bearer(admin.accessToken);
-    endAfterCheck = true;
+    ending.arm();
     const refused = await refund(current, id, headers);
     expect({ credential, status: refused.status }).toEqual({ credential, status: 401 });
     expect(((await refused.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
