@@ -8,6 +8,8 @@
  * (probe 38a F2: `ｐａｓｓｗｏｒｄ１２３４` scored as random and was accepted in production).
  */
 import type { PasswordPolicy } from "../../config";
+import { showsSomething } from "../../visible-text";
+import { passwordSkeleton } from "./password-skeleton";
 
 export type PasswordVerdict = { ok: true } | { ok: false; rule: string; message: string };
 
@@ -65,8 +67,8 @@ export async function createPasswordChecker(
   });
 
   /**
-   * Names the first rule the password breaks and how to fix it; never echoes the password. Every
-   * rule reads its NFKC spelling, the one that is hashed.
+   * Names the first rule the password breaks and how to fix it; never echoes the password. The
+   * rules read its skeleton (NFKC, what draws nothing dropped, homoglyphs read as Latin).
    */
   return function checkPassword(typed: string, email: string): PasswordVerdict {
     // A lone surrogate (a broken `\ud800` escape) would reach argon2 as U+FFFD, so distinct
@@ -79,31 +81,41 @@ export async function createPasswordChecker(
           "The password has unpaired surrogates or U+FFFD, which cannot be stored faithfully.",
       };
     }
-    const password = normalizedPassword(typed);
-    const length = characters(password);
-    if (length < policy.minLength) {
+    // Judged as an attacker reads it (password-skeleton.ts); long enough as typed and as read,
+    // whichever is shorter: NFKC makes one typed U+FDFA eighteen characters, and an invisible
+    // character typed is none (probe 39b F2).
+    const skeleton = passwordSkeleton(typed);
+    if (!showsSomething(typed)) {
+      return {
+        ok: false,
+        rule: "invalid_characters",
+        message: "The password has no character that shows.",
+      };
+    }
+    if (Math.min(characters(typed), characters(skeleton)) < policy.minLength) {
       return {
         ok: false,
         rule: "min_length",
         message: `Use at least ${policy.minLength} characters.`,
       };
     }
-    if (length > policy.maxLength) {
+    // What is hashed: the NFKC spelling.
+    if (characters(normalizedPassword(typed)) > policy.maxLength) {
       return {
         ok: false,
         rule: "max_length",
         message: `Use at most ${policy.maxLength} characters.`,
       };
     }
-    const localPart = email.slice(0, email.lastIndexOf("@")).normalize("NFKC").toLowerCase();
-    if (localPart.length >= 3 && password.toLowerCase().includes(localPart)) {
+    const localPart = passwordSkeleton(email.slice(0, email.lastIndexOf("@"))).toLowerCase();
+    if (localPart.length >= 3 && skeleton.toLowerCase().includes(localPart)) {
       return {
         ok: false,
         rule: "contains_email",
         message: "Do not use your email address in your password.",
       };
     }
-    const result = zxcvbn.check(password, [email, localPart]);
+    const result = zxcvbn.check(skeleton, [email, localPart]);
     if (result.score < policy.minScore) {
       const hints = [result.feedback.warning, ...result.feedback.suggestions].filter(Boolean);
       return {

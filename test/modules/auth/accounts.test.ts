@@ -151,6 +151,25 @@ describe("register", () => {
     }
     // Six characters, twelve UTF-16 units: short.
     expect(await rule("𝔵𝔶𝔷𝔴𝔳𝔲")).toContain("at least 12 characters");
+    // What NFKC leaves: an invisible character, a homoglyph, small capitals (probe 39b F2).
+    for (const password of [
+      "password\u200b1234",
+      "pass\u00adword1234",
+      "p\ufe0fa\ufe0fs\ufe0fs\ufe0fword1234",
+      "p\u0430ssword1234",
+      "ᴘᴀꜱꜱᴡᴏʀᴅ1234",
+      "qwertyuiop\u200b12",
+    ]) {
+      expect({ password, verdict: await rule(password) }).toEqual({
+        password,
+        verdict: expect.stringContaining("too easy to guess"),
+      });
+    }
+    // One typed character NFKC makes eighteen, three it makes a dozen: short as typed.
+    expect(await rule("\ufdfa")).toContain("at least 12 characters");
+    expect(await rule("㌀㌁㌂")).toContain("at least 12 characters");
+    // Twelve tag characters draw nothing.
+    expect(await rule("\u{e0041}".repeat(12))).toContain("no character that shows");
     // The email's local part in another spelling is still the email.
     expect(await rule("xx-E\u0301mile.Zola-harbor-quartz-38", "émile.zola@example.test")).toContain(
       "email address",
