@@ -33,12 +33,14 @@ const BEARER_SCHEME = /^bearer /i;
 const B64TOKEN = /^[A-Za-z0-9._~+/=-]+$/;
 
 /**
- * Whether a bearer credential has a JWT's shape: three non-empty parts between two dots. Anything
- * else is an API key's: a generated `pal_` key, or a bootstrap key of any spelling (API_KEYS), which
- * read as a token was refused and, on `/metrics`, counted as a wrong metrics token until the
- * scraper's address was blocked (probe 38c F2).
+ * Whether a bearer credential has a JWT's shape: RFC 6750's b64token alphabet, three non-empty parts
+ * between two dots. Anything else is an API key's: a generated `pal_` key, or a bootstrap key of any
+ * spelling API_KEYS takes (`!`, `#`, a space inside), which read as a token was refused and, on
+ * `/metrics`, counted as a wrong metrics token until the scraper's address was blocked (probes 38c
+ * F2, 39b F1).
  */
 function hasTokenShape(credential: string): boolean {
+  if (!B64TOKEN.test(credential)) return false;
   const first = credential.indexOf(".");
   const second = credential.indexOf(".", first + 1);
   return (
@@ -117,7 +119,7 @@ export function createIdentify(credentials: CredentialVerifier, requireTls: bool
     if (apiKey !== null) return identification(credentials.verifyApiKey(apiKey), "key");
     if (authorization !== null) {
       const credential = bearerCredential(authorization);
-      if (credential === null || !B64TOKEN.test(credential)) {
+      if (credential === null || credential === "") {
         return {
           status: "bad",
           reason: "invalid_token",
