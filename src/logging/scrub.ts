@@ -411,3 +411,20 @@ export function scrubUrlPart(text: string, scrub: TextScrubber): string {
   }
   return scrubbed;
 }
+
+/** What draws nothing: kept out of the spelling a secret is looked for in (scrubAnySpelling). */
+const DRAWS_NOTHING = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/gu;
+
+/**
+ * scrubUrlPart, also finding a secret written in a spelling that reads the same: fullwidth (NFKC
+ * folds it) or with a character that draws nothing inside (a zero-width space or soft hyphen, which
+ * wiki and rich-text copies insert). When only that spelling holds one, it is returned scrubbed, so
+ * no spelling of the secret is kept (probe 39b F6: a key's name and a block's reason are stored).
+ */
+export function scrubAnySpelling(text: string, scrub: TextScrubber): string {
+  const scrubbed = scrubUrlPart(text, scrub);
+  const readAs = text.normalize("NFKC").replace(DRAWS_NOTHING, "");
+  if (readAs === text) return scrubbed;
+  const readAsScrubbed = scrubUrlPart(readAs, scrub);
+  return readAsScrubbed === readAs ? scrubbed : readAsScrubbed;
+}

@@ -375,6 +375,12 @@ describe("API key names (probes 38a F1, 38c F3)", () => {
       "unassigned \u{E0080}",
       "\u200B\u200B",
       "   ",
+      // Bidi marks, and what draws nothing inside a name (probe 39b F5, F6).
+      "ops\u200Fkey",
+      "ops\u200Ekey",
+      "ops\u061Ckey",
+      `ci ${TEST_JWT_SECRET.slice(0, 10)}\u200B${TEST_JWT_SECRET.slice(10)}`,
+      "soft\u00ADhyphen",
     ]) {
       const refused = await send(current, "/api/admin/api-keys", {
         headers: bearer(admin.accessToken),
@@ -385,6 +391,18 @@ describe("API key names (probes 38a F1, 38c F3)", () => {
       expect(problem.errors.map((error) => error.field)).toEqual(["body/name"]);
     }
     expect(current.db.$client.query("SELECT count(*) AS n FROM api_keys").get()).toEqual(before);
+    // A secret written fullwidth is redacted as it is in ASCII.
+    const fullwidth = [...TEST_JWT_SECRET]
+      .map((c) => String.fromCodePoint(c.codePointAt(0)! + 0xfee0))
+      .join("");
+    const folded = await send(current, "/api/admin/api-keys", {
+      headers: bearer(admin.accessToken),
+      body: { name: `ci ${fullwidth}`, scopes: ["chat"] },
+    });
+    expect(folded.status).toBe(201);
+    expect(((await folded.json()) as { apiKey: { name: string } }).apiKey.name).toBe(
+      "ci [REDACTED]",
+    );
     // What shapes visible text stays: an emoji sequence with a joiner, an accent, a flag.
     const kept = await send(current, "/api/admin/api-keys", {
       headers: bearer(admin.accessToken),
@@ -466,6 +484,30 @@ describe("IP blocks", () => {
     }
     expect(current.logs.text).not.toContain(TEST_JWT_SECRET);
     expect(current.logs.text).not.toContain(admin.refreshToken);
+  });
+
+  test("a secret in a reason is redacted in another spelling too: fullwidth, or with a zero-width space or soft hyphen inside (probe 39b F6)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    const fullwidth = [...TEST_JWT_SECRET]
+      .map((c) => String.fromCodePoint(c.codePointAt(0)! + 0xfee0))
+      .join("");
+    const spellings = [
+      `${TEST_JWT_SECRET.slice(0, 10)}\u200b${TEST_JWT_SECRET.slice(10)}`,
+      `${TEST_JWT_SECRET.slice(0, 20)}\u00ad${TEST_JWT_SECRET.slice(20)}`,
+      fullwidth,
+    ];
+    for (const [index, spelling] of spellings.entries()) {
+      const added = await send(current, "/api/admin/blocks", {
+        headers,
+        body: { address: `198.51.100.${80 + index}`, ttlMinutes: 5, reason: `pasted ${spelling}` },
+      });
+      expect(added.status).toBe(201);
+      expect(((await added.json()) as { reason: string }).reason).toBe("pasted [REDACTED]");
+    }
+    const stored = current.db.$client.query("SELECT reason FROM ip_blocks").all();
+    expect(stored).toEqual(spellings.map(() => ({ reason: "pasted [REDACTED]" })));
   });
 
   test("a reason with a lone surrogate, or cut at 500 inside an emoji, still blocks: stored well-formed, matching its seal (probe 37a F1)", async () => {
@@ -656,6 +698,9 @@ describe("a credential revoked in the second before this process reads the revoc
         for (const answer of await Promise.all([...changes, ...reads])) {
           expect(answer.status).toBe(401);
           expect(((await answer.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+          expect(answer.headers.get("www-authenticate")).toBe(
+            'Bearer realm="palisade", error="invalid_token"',
+          );
         }
       }
       // An admin demoted meanwhile: the key is narrowed to a user's scopes (chat), not revoked.
@@ -761,11 +806,22 @@ describe("requests already past the auth stage when their credential is revoked 
         const asked = `${change.name} by ${credential}`;
         expect({ asked, status: answer.status }).toEqual({ asked, status: 401 });
         expect(((await answer.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+        // The auth stage's 401, challenge and count included (probe 39b F4).
+        expect(answer.headers.get("www-authenticate")).toBe(
+          'Bearer realm="palisade", error="invalid_token"',
+        );
         expect({ asked, madeNothing: change.madeNothing(keysBefore) }).toEqual({
           asked,
           madeNothing: true,
         });
       }
+    }
+    const exported = await (await send(target, "/metrics")).text();
+    for (const reason of ["revoked_api_key", "revoked_token"]) {
+      const line = exported
+        .split("\n")
+        .find((l) => l.startsWith(`auth_failures_total{reason="${reason}"}`));
+      expect({ reason, count: Number(line?.split(" ")[1]) }).toEqual({ reason, count: 5 });
     }
   });
 });

@@ -26,6 +26,7 @@ export function adminFeature(
         stillAdmin,
         ipBlocks: core.ipBlocks,
         audit: core.audit,
+        authMetrics: core.metrics.auth,
         sqlite: core.db.$client,
         now: () => core.clock.now(),
       }),

@@ -9,7 +9,8 @@ import { AppError, problemResponses } from "../../errors";
 import { cursorOfQuery, type ListCursor } from "../../list-cursor";
 import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
-import type { authPlugin } from "../../plugins/auth";
+import { type authPlugin, endedCredential } from "../../plugins/auth";
+import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { ActorGone, type Principal, principalRef } from "../../plugins/auth/principal";
 import { type Address, formatAddress, parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
@@ -57,6 +58,8 @@ export interface AdminModuleOptions {
   stillAdmin: (principal: Principal) => boolean;
   ipBlocks: IpBlockService;
   audit: AuditLog;
+  /** Where a credential that ended while its request was under way is counted. */
+  authMetrics: AuthMetrics;
   sqlite: import("bun:sqlite").Database;
   now: () => number;
 }
@@ -102,6 +105,13 @@ function addressOf(text: string, field: string, detail: string): Address {
 
 export function adminModule(options: AdminModuleOptions) {
   const { apiKeys, ipBlocks, audit } = options;
+  /**
+   * The answer to a change whose credential was revoked, logged out, demoted or erased after the
+   * auth stage let its request by (in this process, or another not yet told): the auth stage's
+   * 401. Any other error goes on as it is.
+   */
+  const standing = (error: unknown, principal: Principal): unknown =>
+    error instanceof ActorGone ? endedCredential(options.authMetrics, principal) : error;
   const admin = { role: "admin" } as const;
   /** When what a caller makes must have expired: a key's own end; a user's session sets none. */
   const endOf = (principal: Principal): number | null =>
@@ -179,7 +189,9 @@ export function adminModule(options: AdminModuleOptions) {
             originOf({ request, client, requestId, route, principal }),
           );
         } catch (error) {
-          throw error instanceof KeyRefused ? refusalProblem(error.refusal) : standing(error);
+          throw error instanceof KeyRefused
+            ? refusalProblem(error.refusal)
+            : standing(error, principal);
         }
         set.status = 201;
         return { key: created.key, apiKey: view(created.record) };
@@ -218,7 +230,7 @@ export function adminModule(options: AdminModuleOptions) {
         try {
           revoked = apiKeys.revoke(params.id, principalRef(principal), undefined, origin);
         } catch (error) {
-          throw standing(error);
+          throw standing(error, principal);
         }
         if (!revoked) throw new AppError("NOT_FOUND", "No active key has that id.");
         set.status = 204;
@@ -255,7 +267,7 @@ export function adminModule(options: AdminModuleOptions) {
             originOf({ request, client, requestId, route, principal }),
           );
         } catch (error) {
-          throw standing(error);
+          throw standing(error, principal);
         }
         if (!rotated)
           throw new AppError("NOT_FOUND", "No active key that has not been rotated has that id.");
@@ -388,7 +400,7 @@ export function adminModule(options: AdminModuleOptions) {
             requestId,
           });
         } catch (error) {
-          throw standing(error);
+          throw standing(error, principal);
         }
         set.status = 201;
         return block;
@@ -410,7 +422,7 @@ export function adminModule(options: AdminModuleOptions) {
             options.stillAdmin(principal),
           );
         } catch (error) {
-          throw standing(error);
+          throw standing(error, principal);
         }
         set.status = 204;
         return undefined;
@@ -422,16 +434,6 @@ export function adminModule(options: AdminModuleOptions) {
         detail: { tags, summary: "Lift a block" },
       },
     );
-}
-
-/**
- * The answer to a change whose credential was revoked, logged out, demoted or erased after the auth
- * stage let its request by (in this process, or another not yet told): 401, as the auth stage
- * answers. Any other error goes on as it is.
- */
-function standing(error: unknown): unknown {
-  if (!(error instanceof ActorGone)) return error;
-  return new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
 }
 
 /** The answer to a key creation the owner's role refused. */

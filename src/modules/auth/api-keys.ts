@@ -21,7 +21,7 @@ import { sealMatches } from "../../db/row-seal";
 import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
 import { secretScrubber, storedText } from "../../logging/logger";
-import { scrubUrlPart, type TextScrubber } from "../../logging/scrub";
+import { scrubAnySpelling, type TextScrubber } from "../../logging/scrub";
 import type { AuditLog } from "../../plugins/audit/log";
 import {
   generateApiKey,
@@ -133,10 +133,14 @@ export const MAX_KEY_NAME_LENGTH = 100;
 
 /**
  * What a key's name may not hold: controls (NUL, ESC, CR, LF, DEL, C1), line and paragraph
- * separators, unpaired surrogates, unassigned code points and noncharacters, and the bidirectional
- * overrides, embeddings and isolates that make a listing read otherwise than it is stored.
+ * separators, unpaired surrogates, unassigned code points and noncharacters, the bidirectional
+ * overrides, embeddings, isolates and marks that make a listing read otherwise than it is stored,
+ * and every other character that draws nothing (a zero-width space, a soft hyphen: two names that
+ * look alike, or a secret split so redaction misses it; probe 39b F5, F6) but those that shape
+ * visible text: the zero-width joiner and non-joiner, variation selectors and emoji tags.
  */
-const KEY_NAME_REFUSED = /[\p{Cc}\p{Cs}\p{Cn}\p{Zl}\p{Zp}\u202A-\u202E\u2066-\u2069]/u;
+const KEY_NAME_REFUSED =
+  /[\p{Cc}\p{Cs}\p{Cn}\p{Zl}\p{Zp}\u202A-\u202E\u2066-\u2069\u200E\u200F\u061C]|(?!\u200C|\u200D|[\uFE00-\uFE0F]|[\u{E0020}-\u{E007F}]|[\u{E0100}-\u{E01EF}])[\p{Cf}\p{Default_Ignorable_Code_Point}]/u;
 
 /** Why a key's name is refused (the API's 422, the CLI's usage error), or null (probe 38a F1). */
 export function keyNameProblem(name: string): string | null {
@@ -158,7 +162,7 @@ export function keyNameProblem(name: string): string | null {
  * and held to its bound between characters (a redaction can lengthen it).
  */
 function storedKeyName(name: string, scrub: TextScrubber): string {
-  return storedText(scrubUrlPart(name, scrub), MAX_KEY_NAME_LENGTH);
+  return storedText(scrubAnySpelling(name, scrub), MAX_KEY_NAME_LENGTH);
 }
 
 type KeyChange = Partial<{
@@ -324,12 +328,13 @@ export class ApiKeyService {
     /** The request that asked, for the audit row (none from the CLI). */
     origin?: KeyActionOrigin,
   ): { key: string; record: ApiKeyRecord } {
-    const now = this.clock.now();
     const key = generateApiKey(spec.environment ?? "live");
     const id = Bun.randomUUIDv7();
     const name = storedKeyName(spec.name, this.scrub);
     this.db.transaction(
       () => {
+        // Stamped once the write lock is held, as a revocation is.
+        const now = this.clock.now();
         stillStanding(origin);
         const refused = this.refusal(spec);
         if (refused) throw new KeyRefused(refused);
@@ -504,13 +509,14 @@ export class ApiKeyService {
   }
 
   revoke(id: string, actor: string | null, reason?: string, origin?: KeyActionOrigin): boolean {
-    const revokedAt = this.clock.now();
     const applies = (row: { revokedAt: number | null }) => {
       if (row.revokedAt !== null) return false;
       stillStanding(origin);
       return true;
     };
-    if (!this.change(id, { revokedAt }, applies)) return false;
+    // Stamped once the write lock is held: a key another process minted with this one, committed
+    // before the revocation, must not read as minted after it (probe 39b F3).
+    if (!this.change(id, () => ({ revokedAt: this.clock.now() }), applies)) return false;
     this.credentials.revoke("key", id);
     this.audit.record({
       type: "admin.key.revoked",
@@ -770,7 +776,7 @@ export class ApiKeyService {
    */
   private change(
     id: string,
-    change: KeyChange,
+    changeAsked: KeyChange | (() => KeyChange),
     applies: (row: { revokedAt: number | null }) => boolean = () => true,
   ): boolean {
     const { seal } = this.options;
@@ -778,6 +784,7 @@ export class ApiKeyService {
       () => {
         const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
         if (!row || !applies(row)) return false;
+        const change = typeof changeAsked === "function" ? changeAsked() : changeAsked;
         const intact = seal.intact.apiKey(row);
         const next = { ...row, ...change };
         this.db

@@ -67,6 +67,7 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
         ledger,
         payments: config.payments,
         stillAdmin: options.stillAdmin,
+        authMetrics: core.metrics.auth,
       }),
     // Configured is all /ready can say without calling Stripe on every probe.
     readiness: { payments: () => (service.configured ? undefined : "not_configured") },

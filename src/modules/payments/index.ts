@@ -9,7 +9,8 @@
 import { Elysia, t } from "elysia";
 import type { Config } from "../../config";
 import { AppError, problemResponses } from "../../errors";
-import type { authPlugin } from "../../plugins/auth";
+import { type authPlugin, endedCredential } from "../../plugins/auth";
+import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import type { RouteClass } from "../../plugins/route-class";
 import { checkEmail } from "../auth/email";
@@ -44,6 +45,8 @@ export interface PaymentsModuleOptions {
   payments: Config["payments"];
   /** Whether an admin's credential still stands, asked as a refund is claimed. */
   stillAdmin?: (principal: Principal) => boolean;
+  /** Where a credential that ended while its request was under way is counted. */
+  authMetrics: AuthMetrics;
 }
 
 /**
@@ -289,7 +292,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
           });
           switch (outcome.kind) {
             case "actor_gone":
-              throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
+              throw endedCredential(options.authMetrics, principal);
             case "refunded":
               return { refund: outcome.refund, payment: outcome.payment };
             case "not_found":

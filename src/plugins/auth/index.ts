@@ -84,6 +84,18 @@ function authDetail(
 const AUTHORIZED = Symbol("palisade.authorized");
 type Authorized = { [AUTHORIZED]: Principal };
 
+/**
+ * The 401 of a credential that was revoked, logged out, demoted or erased while its request was
+ * under way (the auth stage's admin re-check, or a handler's ActorGone), counted as any revoked
+ * credential is and with the challenge every 401 carries (RFC 9110 section 11.6.1; probe 39b F4).
+ */
+export function endedCredential(metrics: AuthMetrics, principal: Principal): AppError {
+  metrics.fail(principal.kind === "key" ? "revoked_api_key" : "revoked_token");
+  return new AppError("UNAUTHENTICATED", "These credentials are no longer valid.", undefined, {
+    "www-authenticate": 'Bearer realm="palisade", error="invalid_token"',
+  });
+}
+
 export function authPlugin(options: AuthPluginOptions) {
   const { identify, metrics, audit, stillAdmin } = options;
 
@@ -137,8 +149,7 @@ export function authPlugin(options: AuthPluginOptions) {
       "role" in requirement &&
       !stillAdmin(principal)
     ) {
-      metrics.fail(principal.kind === "key" ? "revoked_api_key" : "revoked_token");
-      throw new AppError("UNAUTHENTICATED", "These credentials are no longer valid.");
+      throw endedCredential(metrics, principal);
     }
     return principal;
   };

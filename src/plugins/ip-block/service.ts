@@ -27,7 +27,7 @@ import { insertWithRandomId } from "../../db/random-id";
 import { ipBlocks } from "../../db/schema";
 import { encodeCursor } from "../../list-cursor";
 import { type Logger, secretScrubber, storedText } from "../../logging/logger";
-import { scrubUrlPart } from "../../logging/scrub";
+import { scrubAnySpelling } from "../../logging/scrub";
 import type { AuditLog } from "../audit/log";
 import { ActorGone, parsePrincipalRef } from "../auth/principal";
 import type { ResolvedClient } from "../client-ip";
@@ -370,7 +370,7 @@ export class IpBlockService {
   private insertAudited(block: NewBlock, now: number): IpBlock {
     const row = {
       address: block.address,
-      reason: storedReason(scrubUrlPart(block.reason, this.scrub)),
+      reason: storedReason(scrubAnySpelling(block.reason, this.scrub)),
       source: block.source,
       createdBy: block.createdBy ?? null,
       createdAt: now,

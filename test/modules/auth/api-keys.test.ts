@@ -246,3 +246,40 @@ test("API_KEYS bootstrap keys work and are stored only as hashes", async () => {
     (await send(current, "/api/auth/me", { headers: { "x-api-key": bootstrap } })).status,
   ).toBe(200);
 });
+
+test("a revocation is stamped once it holds the write lock: what another process committed before it never reads as after it (probe 39b F3)", async () => {
+  current = buildTestApp();
+  const target = current;
+  const { record } = createKey(target, ["chat"]);
+  target.db.$client.run("PRAGMA busy_timeout = 5000");
+  // Another process holds the write lock for 300 ms, as one minting a key would.
+  const holder = Bun.spawn(
+    [
+      "bun",
+      "-e",
+      `import { Database } from "bun:sqlite";
+       const db = new Database(process.env.LOCK_DB);
+       db.run("PRAGMA busy_timeout = 5000");
+       db.run("BEGIN IMMEDIATE");
+       console.log("locked");
+       await Bun.sleep(300);
+       db.run("COMMIT");`,
+    ],
+    { env: { PATH: process.env.PATH ?? "", LOCK_DB: target.databasePath }, stdout: "pipe" },
+  );
+  const reader = holder.stdout.getReader();
+  let seen = "";
+  while (!seen.includes("locked")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("the lock holder exited before locking");
+    seen += new TextDecoder().decode(value);
+  }
+  const asked = Date.now();
+  expect(target.services.apiKeys.revoke(record.id, "test")).toBe(true);
+  await holder.exited;
+  const { revokedAt } = target.db.$client
+    .query("SELECT revoked_at AS revokedAt FROM api_keys WHERE id = ?")
+    .get(record.id) as { revokedAt: number };
+  // Stamped after the wait for the lock, not when it was asked.
+  expect(revokedAt - asked).toBeGreaterThanOrEqual(100);
+});
