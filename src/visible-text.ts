@@ -9,12 +9,13 @@
  * (zero-width space and joiners, bidi marks), not default-ignorable (the Hangul fillers U+115F,
  * U+1160, U+3164, U+FFA0; variation selectors), not a combining mark (on nothing it draws a stray
  * accent at most; `e` + U+0301 still has its `e`), not private-use, unassigned or a noncharacter
- * (no font a reader has draws it), not U+FFFD (what a broken encoding leaves), and not the blank
+ * (no font a reader has draws it), not U+FFFD (what a broken encoding leaves) nor U+FFFC (the
+ * placeholder for an object that is not there), and not the blank
  * letters and symbols Unicode has no property for: the blank Braille pattern U+2800, the Khitan
  * blank U+18CFF and the null notehead U+1D159 (probe 38a F7).
  */
 const SHOWS =
-  /[^\s\p{Z}\p{Cc}\p{Cf}\p{M}\p{Co}\p{Cn}\p{Default_Ignorable_Code_Point}\u2800\uFFFD\u{18CFF}\u{1D159}]/u;
+  /[^\s\p{Z}\p{Cc}\p{Cf}\p{M}\p{Co}\p{Cn}\p{Default_Ignorable_Code_Point}\u2800\uFFFC\uFFFD\u{18CFF}\u{1D159}]/u;
 
 export function showsSomething(text: string): boolean {
   return SHOWS.test(text);

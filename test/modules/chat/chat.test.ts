@@ -246,6 +246,7 @@ describe("validation", () => {
     ["only a combining mark", "\u0301"],
     ["only a noncharacter", "\ufffe"],
     ["only a replacement character", "\ufffd"],
+    ["only an object replacement character", "\ufffc"],
     ["only private-use characters", "\ue000\u{f0000}"],
   ])("%s is refused, naming body/message and not echoing it", async (_name, message) => {
     const { problem, raw } = await refused({ message }, "body/message");
