@@ -940,3 +940,47 @@ test("with the file but not the secrets: another user's audit rows and sessions 
   // Mallory's own rows are there as they were.
   expect(document.auditEvents.length).toBeGreaterThan(0);
 });
+
+test("an erasure revokes every one of a user's many keys, each refused at once, cached ones too (probe 39a F2: revoked together)", async () => {
+  current = buildTestApp();
+  const user = await signUp(current);
+  const keys = Array.from({ length: 60 }, () => createKey(current!, ["chat"], user.userId));
+  // Cached in this process before the erasure.
+  for (const { key } of keys.slice(0, 5)) {
+    expect((await send(current, "/api/auth/me", { headers: { "x-api-key": key } })).status).toBe(
+      200,
+    );
+  }
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(user.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  const active = current.db.$client
+    .query("SELECT count(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+    .get() as { n: number };
+  expect(active.n).toBe(0);
+  for (const { key } of [...keys.slice(0, 5), keys.at(-1)!]) {
+    expect((await send(current, "/api/auth/me", { headers: { "x-api-key": key } })).status).toBe(
+      401,
+    );
+  }
+});
+
+test("a key listed under the user whose row was edited in the file (revoked_at set by hand) is reported at the erasure, not left in silence (probe 39a F6)", async () => {
+  current = buildTestApp();
+  const user = await signUp(current);
+  const { record } = createKey(current, ["chat"], user.userId);
+  current.db.$client.query("UPDATE api_keys SET revoked_at = 1 WHERE id = ?").run(record.id);
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(user.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  current.services.audit.flush();
+  const reported = current.db.$client
+    .query("SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered'")
+    .all()
+    .map((row) => JSON.parse((row as { detail: string }).detail) as { id: string });
+  expect(reported.map((detail) => detail.id)).toContain(record.id);
+});

@@ -45,8 +45,11 @@ export interface PrivacyContributor {
   name: string;
   /** Its section: a JSON value, or a StreamedJson read as the answer is sent. */
   export(userId: string, context: ExportContext): unknown;
-  /** Audit-log actors that act for the user besides `user:<id>` (an API key: `key:<id>`). */
-  actors?(userId: string): string[];
+  /**
+   * Audit-log actors that act for the user besides `user:<id>` (an API key: `key:<id>`); for an
+   * erasure, also those found at a cost an export does not pay (a key moved away in the file).
+   */
+  actors?(userId: string, forErasure?: boolean): string[];
   /**
    * Deletes, or strips the personal fields of, what it holds for the user. Runs inside the
    * erasure's transaction, before the account row is deleted.

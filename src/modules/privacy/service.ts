@@ -57,10 +57,10 @@ export class PrivacyService {
   }
 
   /** The user, and every actor a contributor says acts for them (their API keys). */
-  actorsOf(userId: string): string[] {
+  actorsOf(userId: string, forErasure = false): string[] {
     const actors = [`user:${userId}`];
     for (const contributor of this.options.contributors) {
-      actors.push(...(contributor.actors?.(userId) ?? []));
+      actors.push(...(contributor.actors?.(userId, forErasure) ?? []));
     }
     return actors;
   }
@@ -111,7 +111,7 @@ export class PrivacyService {
     const wasAdmin = account.isAdmin?.(userId) === true;
     sqlite
       .transaction(() => {
-        const actors = this.actorsOf(userId);
+        const actors = this.actorsOf(userId, true);
         const context = { pseudonym, actors, requestId: meta.requestId };
         for (const contributor of contributors) contributor.erase(userId, context);
         account.remove(userId);
