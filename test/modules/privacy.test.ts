@@ -984,3 +984,55 @@ test("a key listed under the user whose row was edited in the file (revoked_at s
     .map((row) => JSON.parse((row as { detail: string }).detail) as { id: string });
   expect(reported.map((detail) => detail.id)).toContain(record.id);
 });
+
+test("a long audit history is exported a page at a time, each event once and in order (probe 39a F1)", async () => {
+  current = buildTestApp();
+  const user = await signUp(current);
+  for (let i = 0; i < 1_200; i++) {
+    current.services.audit.record({
+      type: "auth.login.succeeded",
+      outcome: "success",
+      actor: `user:${user.userId}`,
+      ip: "192.0.2.9",
+    });
+  }
+  current.services.audit.flush();
+  const pieces = [...current.services.privacy.exportText(user.userId)!];
+  const start = pieces.findIndex((piece) => piece.endsWith('"auditEvents":'));
+  const auditPieces = pieces.slice(start + 1, pieces.indexOf("]", start + 1));
+  expect(auditPieces.filter((piece) => piece.length > 0).length).toBeGreaterThanOrEqual(3);
+  const { auditEvents } = JSON.parse(pieces.join("")) as { auditEvents: { id: number }[] };
+  expect(auditEvents.length).toBeGreaterThanOrEqual(1_200);
+  const ids = auditEvents.map((event) => event.id);
+  expect(ids).toEqual([...ids].sort((a, b) => a - b));
+  expect(new Set(ids).size).toBe(ids.length);
+});
+
+test("with the file: a names-index row pointing another's event at the user brings it into no export (probe 39a F5)", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const admin = await signUp(current, { role: "admin" });
+  const lookUp = await send(current, `/api/admin/usage?principal=user:${alice.userId}`, {
+    headers: bearer(admin.accessToken),
+  });
+  expect(lookUp.status).toBe(200);
+  current.services.audit.flush();
+  const db = current.db.$client;
+  const event = db
+    .query("SELECT id FROM audit_events WHERE type = 'admin.usage.queried'")
+    .get() as { id: number };
+  db.query("INSERT INTO audit_event_names (name, event_id) VALUES (?, ?)").run(
+    `user:${bob.userId}`,
+    event.id,
+  );
+  const exported = (await (
+    await send(current, "/api/me/export", { headers: bearer(bob.accessToken) })
+  ).json()) as { auditEvents: { id: number }[] };
+  expect(exported.auditEvents.map((e) => e.id)).not.toContain(event.id);
+  // Alice, whom it names, has it.
+  const alices = (await (
+    await send(current, "/api/me/export", { headers: bearer(alice.accessToken) })
+  ).json()) as { auditEvents: { id: number }[] };
+  expect(alices.auditEvents.map((e) => e.id)).toContain(event.id);
+});

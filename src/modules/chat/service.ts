@@ -969,14 +969,45 @@ export class ChatService implements ChatTurns {
     }));
   }
 
-  private conversationsOf(owners: readonly ChatOwner[]) {
-    if (owners.length === 0) return [];
-    return this.db
-      .select()
-      .from(chatConversations)
-      .where(or(...owners.map((owner) => ownedBy(owner))))
-      .orderBy(asc(chatConversations.createdAt), asc(chatConversations.id))
-      .all();
+  /**
+   * The owners' conversations, oldest first, EXPORT_PAGE at a time: 100,000 of them read at once
+   * held the event loop for a quarter of a second at the start of the export's chat part (probe
+   * 39a F1).
+   */
+  private *conversationsOf(owners: readonly ChatOwner[]) {
+    if (owners.length === 0) return;
+    const owned = or(...owners.map((owner) => ownedBy(owner)));
+    let after: { createdAt: number; id: string } | undefined;
+    for (;;) {
+      const page = this.db
+        .select({
+          id: chatConversations.id,
+          ownerKind: chatConversations.ownerKind,
+          ownerId: chatConversations.ownerId,
+          createdAt: chatConversations.createdAt,
+        })
+        .from(chatConversations)
+        .where(
+          after === undefined
+            ? owned
+            : and(
+                owned,
+                or(
+                  gt(chatConversations.createdAt, after.createdAt),
+                  and(
+                    eq(chatConversations.createdAt, after.createdAt),
+                    gt(chatConversations.id, after.id),
+                  ),
+                ),
+              ),
+        )
+        .orderBy(asc(chatConversations.createdAt), asc(chatConversations.id))
+        .limit(EXPORT_PAGE)
+        .all();
+      yield* page;
+      if (page.length < EXPORT_PAGE) return;
+      after = page.at(-1)!;
+    }
   }
 
   /**
@@ -1012,6 +1043,9 @@ export class ChatService implements ChatTurns {
         this.options.reportTampered(row.id, true);
         continue;
       }
+      // Deleted while its messages were checked (other requests run between their pages): left
+      // out too (probe 39a F4).
+      if (!this.statements.findConversation.get({ id: row.id })) continue;
       const head = JSON.stringify({
         id: row.id,
         owner: `${row.ownerKind}:${row.ownerId}`,

@@ -7,7 +7,7 @@
 import type { Core } from "../../core";
 import { createAuditExport } from "../../plugins/audit/privacy";
 import type { Feature } from "../feature";
-import type { PrivacyContributor } from "./contributor";
+import { type PrivacyContributor, StreamedJson } from "./contributor";
 import { privacyModule, privacyRouteClasses } from "./index";
 import { type PrivacyAccount, PrivacyService } from "./service";
 
@@ -23,7 +23,19 @@ export function privacyFeature(
   // Rows by the user's own API keys are theirs too: exported, and pseudonymised on erasure.
   const auditEvents: PrivacyContributor = {
     name: "auditEvents",
-    export: (_userId, { actors }) => exportAuditEvents(actors),
+    // Streamed a page at a time, a point to let other requests in after each (exportBody).
+    export: (_userId, { actors }) =>
+      new StreamedJson(function* () {
+        yield "[";
+        let comma = "";
+        for (const page of exportAuditEvents(actors)) {
+          yield "";
+          if (page.length === 0) continue;
+          yield comma + page.map((event) => JSON.stringify(event)).join(",");
+          comma = ",";
+        }
+        yield "]";
+      }),
     erase: (_userId, { pseudonym, actors }) => {
       for (const actor of actors) core.audit.pseudonymise(actor, pseudonym);
     },

@@ -252,6 +252,59 @@ describe("the export is written as it is read", () => {
     expect(document.chat.conversations.every((c) => c.messages.length === 2)).toBe(true);
   });
 
+  test("a conversation deleted while the export checks its messages is left out too (probe 39a F4)", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({ clock });
+    const alice = await signUp(target);
+    const first = await start(target, asUser(alice), "first question");
+    clock.advance(1000);
+    const second = await start(target, asUser(alice), "second question");
+    const pieces = target.services.privacy.exportText(alice.userId)![Symbol.iterator]();
+    let text = "";
+    const next = () => {
+      const piece = pieces.next();
+      if (!piece.done) text += piece.value;
+      return piece;
+    };
+    while (!text.includes(first)) next();
+    // The rest of the first conversation, up to the second's turn and the check of its messages.
+    while (!text.endsWith("]}")) next();
+    expect(next().value).toBe("");
+    expect(next().value).toBe("");
+    const deleted = await send(target, `/api/chat/conversations/${second}`, {
+      method: "DELETE",
+      headers: asUser(alice),
+    });
+    expect(deleted.status).toBe(204);
+    while (!next().done);
+    const document = JSON.parse(text) as Exported;
+    expect(document.chat.conversations.map((c) => c.id)).toEqual([first]);
+  });
+
+  test("conversations past a page of the export come, each once", async () => {
+    const clock = new ManualClock();
+    target = buildTestApp({
+      clock,
+      env: {
+        RATE_LIMIT_CHAT: "1000000",
+        RATE_LIMIT_PER_MINUTE: "1000000",
+        RATE_LIMIT_BURST: "1000000",
+      },
+    });
+    const alice = await signUp(target);
+    const made: string[] = [];
+    // Some sharing a creation time: the page boundary falls among them.
+    for (let i = 0; i < 503; i++) {
+      if (i % 50 === 0) clock.advance(1000);
+      made.push(await start(target, asUser(alice), `question ${i}`));
+    }
+    const ids = (
+      JSON.parse(JSON.stringify(target.services.privacy.export(alice.userId))) as Exported
+    ).chat.conversations.map((c) => c.id);
+    expect(ids).toHaveLength(503);
+    expect(new Set(ids)).toEqual(new Set(made));
+  }, 60_000);
+
   test("the document built whole in memory (the service's export, JSON.stringify) is what the route streams", async () => {
     const clock = new ManualClock();
     target = buildTestApp({ clock });
