@@ -25,6 +25,8 @@
  * first).
  */
 
+import { readAsLatin } from "../look-alikes";
+
 /**
  * API keys (`pal_live_…`, `pal_test_…`) and refresh tokens (`pal_rt_…`) wherever they start
  * (glued to other text too), and any other `pal_…` token at a word boundary (so `principal_id` is
@@ -412,18 +414,16 @@ export function scrubUrlPart(text: string, scrub: TextScrubber): string {
   return scrubbed;
 }
 
-/** What draws nothing: kept out of the spelling a secret is looked for in (scrubAnySpelling). */
-const DRAWS_NOTHING = /[\p{Default_Ignorable_Code_Point}\p{Cf}]/gu;
-
 /**
- * scrubUrlPart, also finding a secret written in a spelling that reads the same: fullwidth (NFKC
- * folds it) or with a character that draws nothing inside (a zero-width space or soft hyphen, which
- * wiki and rich-text copies insert). When only that spelling holds one, it is returned scrubbed, so
- * no spelling of the secret is kept (probe 39b F6: a key's name and a block's reason are stored).
+ * scrubUrlPart, also finding a secret written in a spelling that reads the same (look-alikes.ts):
+ * fullwidth, with a character that draws nothing inside (a zero-width space or soft hyphen, which
+ * wiki and rich-text copies insert), or with a Cyrillic or Greek letter for a Latin one. When only
+ * that spelling holds one, it is returned scrubbed, so no spelling of the secret is kept (probes
+ * 39b F6, 40b F2: a key's name and a block's reason are stored).
  */
 export function scrubAnySpelling(text: string, scrub: TextScrubber): string {
   const scrubbed = scrubUrlPart(text, scrub);
-  const readAs = text.normalize("NFKC").replace(DRAWS_NOTHING, "");
+  const readAs = readAsLatin(text);
   if (readAs === text) return scrubbed;
   const readAsScrubbed = scrubUrlPart(readAs, scrub);
   return readAsScrubbed === readAs ? scrubbed : readAsScrubbed;

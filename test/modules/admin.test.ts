@@ -497,6 +497,9 @@ describe("IP blocks", () => {
       `${TEST_JWT_SECRET.slice(0, 10)}\u200b${TEST_JWT_SECRET.slice(10)}`,
       `${TEST_JWT_SECRET.slice(0, 20)}\u00ad${TEST_JWT_SECRET.slice(20)}`,
       fullwidth,
+      // A Cyrillic letter for a Latin one, a blank Braille pattern inside (probe 40b F2).
+      TEST_JWT_SECRET.replace("e", "\u0435"),
+      `${TEST_JWT_SECRET.slice(0, 15)}\u2800${TEST_JWT_SECRET.slice(15)}`,
     ];
     for (const [index, spelling] of spellings.entries()) {
       const added = await send(current, "/api/admin/blocks", {
@@ -508,6 +511,21 @@ describe("IP blocks", () => {
     }
     const stored = current.db.$client.query("SELECT reason FROM ip_blocks").all();
     expect(stored).toEqual(spellings.map(() => ({ reason: "pasted [REDACTED]" })));
+  });
+
+  test("a reason that reorders itself (a right-to-left override, an isolate) is 422, so no secret hides written backwards (probe 40b F2)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    for (const reason of [`\u202e${[...TEST_JWT_SECRET].reverse().join("")}`, "a\u2067b\u2069"]) {
+      const refused = await send(current, "/api/admin/blocks", {
+        headers: bearer(admin.accessToken),
+        body: { address: "198.51.100.90", ttlMinutes: 5, reason },
+      });
+      expect(refused.status).toBe(422);
+      const problem = (await refused.json()) as { errors: { field: string }[] };
+      expect(problem.errors.map((error) => error.field)).toEqual(["body/reason"]);
+    }
+    expect(current.services.ipBlocks.listActive()).toEqual([]);
   });
 
   test("a reason with a lone surrogate, or cut at 500 inside an emoji, still blocks: stored well-formed, matching its seal (probe 37a F1)", async () => {

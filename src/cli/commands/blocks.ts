@@ -1,7 +1,7 @@
 import { MAX_BLOCK_MINUTES } from "../../modules/admin/model";
 import { parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
-import { MAX_BLOCK_REASON_LENGTH } from "../../plugins/ip-block/service";
+import { blockReasonProblem, MAX_BLOCK_REASON_LENGTH } from "../../plugins/ip-block/service";
 import {
   CliError,
   type Command,
@@ -46,6 +46,8 @@ export const blocksAdd: Command = {
     }
     const ttlMs = parseDuration("ttl", requireFlag(args, "ttl"), MAX_BLOCK_MINUTES / (24 * 60));
     const reason = requireFlagWithin(args, "reason", MAX_BLOCK_REASON_LENGTH);
+    const reasonProblem = blockReasonProblem(reason);
+    if (reasonProblem !== null) throw new CliError(`--reason: ${reasonProblem}`, EXIT_USAGE);
     const block = context.services().ipBlocks.block({
       address: clientKeyOf(address),
       reason,

@@ -14,7 +14,7 @@ import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { ActorGone, type Principal, principalRef } from "../../plugins/auth/principal";
 import { type Address, formatAddress, parseIp } from "../../plugins/client-ip/address";
 import { clientKeyOf } from "../../plugins/client-ip/resolve";
-import type { IpBlockService } from "../../plugins/ip-block/service";
+import { blockReasonProblem, type IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
 import {
@@ -368,6 +368,12 @@ export function adminModule(options: AdminModuleOptions) {
     .post(
       "/blocks",
       ({ body, principal, set, requestId, client }) => {
+        const reasonProblem = blockReasonProblem(body.reason);
+        if (reasonProblem !== null) {
+          throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
+            { field: "body/reason", message: reasonProblem },
+          ]);
+        }
         const address = addressOf(body.address, "body/address", "Not an IP address.");
         const subject = clientKeyOf(address);
         // Blocking the address this request comes from shuts out every admin behind it, the one

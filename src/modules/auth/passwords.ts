@@ -8,6 +8,7 @@
  * (probe 38a F2: `ｐａｓｓｗｏｒｄ１２３４` scored as random and was accepted in production).
  */
 import type { PasswordPolicy } from "../../config";
+import { seenCharacters } from "../../look-alikes";
 import { showsSomething } from "../../visible-text";
 import { passwordSkeleton } from "./password-skeleton";
 
@@ -85,6 +86,7 @@ export async function createPasswordChecker(
     // whichever is shorter: NFKC makes one typed U+FDFA eighteen characters, and an invisible
     // character typed is none (probe 39b F2).
     const skeleton = passwordSkeleton(typed);
+    const seen = seenCharacters(typed);
     if (!showsSomething(typed)) {
       return {
         ok: false,
@@ -92,7 +94,7 @@ export async function createPasswordChecker(
         message: "The password has no character that shows.",
       };
     }
-    if (Math.min(characters(typed), characters(skeleton)) < policy.minLength) {
+    if (Math.min(characters(typed), characters(seen)) < policy.minLength) {
       return {
         ok: false,
         rule: "min_length",
@@ -115,7 +117,15 @@ export async function createPasswordChecker(
         message: "Do not use your email address in your password.",
       };
     }
-    const result = zxcvbn.check(skeleton, [email, localPart]);
+    // And as typed, the weaker verdict kept: NFKC makes one typed U+FDFA eighteen characters of an
+    // Arabic phrase, which scores as random; twelve of them typed are one character repeated
+    // (probe 40b F1).
+    const asRead = zxcvbn.check(skeleton, [email, localPart]);
+    const asTyped = zxcvbn.check(typed.replace(/[\p{Default_Ignorable_Code_Point}\p{Cf}]/gu, ""), [
+      email,
+      localPart,
+    ]);
+    const result = asTyped.score < asRead.score ? asTyped : asRead;
     if (result.score < policy.minScore) {
       const hints = [result.feedback.warning, ...result.feedback.suggestions].filter(Boolean);
       return {

@@ -48,6 +48,19 @@ import {
 const MINUTE = 60_000;
 /** The longest block reason, in UTF-16 units: the admin API's and the CLI's bound, and the store's. */
 export const MAX_BLOCK_REASON_LENGTH = 500;
+
+/** Bidirectional overrides, embeddings and isolates: they draw a reason otherwise than it is stored. */
+const REORDERS = /[\u202A-\u202E\u2066-\u2069]/u;
+
+/**
+ * Why a block's reason is refused (the API's 422, the CLI's usage error), or null: a reason that
+ * reorders itself could show a secret written backwards, which no redaction finds (probe 40b F2).
+ */
+export function blockReasonProblem(reason: string): string | null {
+  return REORDERS.test(reason)
+    ? "Must not contain bidirectional overrides, embeddings or isolates"
+    : null;
+}
 const HOUR = 60 * MINUTE;
 
 /**
