@@ -732,3 +732,14 @@ describe("retention", () => {
     expect(chatFeature.service.retain(clock.now(), 4)).toBe(0);
   });
 });
+
+test("a user with over a thousand API keys exports whole: one condition a kind, not one an owner (probe 40a F1)", async () => {
+  target = buildTestApp();
+  const alice = await signUp(target);
+  const keys = Array.from({ length: 1_100 }, () => createKey(target!, ["chat"], alice.userId));
+  const chatted = await start(target, asKey(keys.at(-1)!.key), "from the last key");
+  const response = await send(target, "/api/me/export", { headers: asUser(alice) });
+  expect(response.status).toBe(200);
+  const document = JSON.parse(await response.text()) as Exported;
+  expect(document.chat.conversations.map((c) => c.id)).toEqual([chatted]);
+}, 60_000);
