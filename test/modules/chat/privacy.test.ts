@@ -740,6 +740,8 @@ test("a user with over a thousand API keys exports whole: one condition a kind, 
   const chatted = await start(target, asKey(keys.at(-1)!.key), "from the last key");
   const response = await send(target, "/api/me/export", { headers: asUser(alice) });
   expect(response.status).toBe(200);
-  const document = JSON.parse(await response.text()) as Exported;
+  const document = JSON.parse(await response.text()) as {
+    chat: { conversations: { id: string }[] };
+  };
   expect(document.chat.conversations.map((c) => c.id)).toEqual([chatted]);
 }, 60_000);
