@@ -187,7 +187,13 @@ export function requireFlag(args: ParsedArgs, name: string): string {
  * A required text flag held to the API's bound for the same field, counted as the API counts it
  * (UTF-16 units), so the CLI stores nothing the API would refuse.
  */
-export function requireFlagWithin(args: ParsedArgs, name: string, max: number): string {
+export function requireFlagWithin(
+  args: ParsedArgs,
+  name: string,
+  max: number,
+  /** The API's other rule for the same text (its 422's message), held to here too. */
+  problemOf?: (value: string) => string | null,
+): string {
   const value = requireFlag(args, name);
   if (value.length > max) {
     throw new CliError(
@@ -195,6 +201,8 @@ export function requireFlagWithin(args: ParsedArgs, name: string, max: number): 
       EXIT_USAGE,
     );
   }
+  const problem = problemOf?.(value) ?? null;
+  if (problem !== null) throw new CliError(`--${name}: ${problem}`, EXIT_USAGE);
   return value;
 }
 

@@ -45,9 +45,7 @@ export const blocksAdd: Command = {
       );
     }
     const ttlMs = parseDuration("ttl", requireFlag(args, "ttl"), MAX_BLOCK_MINUTES / (24 * 60));
-    const reason = requireFlagWithin(args, "reason", MAX_BLOCK_REASON_LENGTH);
-    const reasonProblem = blockReasonProblem(reason);
-    if (reasonProblem !== null) throw new CliError(`--reason: ${reasonProblem}`, EXIT_USAGE);
+    const reason = requireFlagWithin(args, "reason", MAX_BLOCK_REASON_LENGTH, blockReasonProblem);
     const block = context.services().ipBlocks.block({
       address: clientKeyOf(address),
       reason,

@@ -24,9 +24,7 @@ export const keysCreate: Command = {
     "Create an API key with scopes (chat, payments, admin, metrics); the key is printed once",
   usage: "keys:create --name N --scopes a,b [--expires 30d] [--env live|test] [--owner EMAIL]",
   run(args, context) {
-    const name = requireFlagWithin(args, "name", MAX_KEY_NAME_LENGTH);
-    const nameProblem = keyNameProblem(name);
-    if (nameProblem !== null) throw new CliError(`--name: ${nameProblem}`, EXIT_USAGE);
+    const name = requireFlagWithin(args, "name", MAX_KEY_NAME_LENGTH, keyNameProblem);
     const scopes = requireFlag(args, "scopes")
       .split(",")
       .map((s) => s.trim());

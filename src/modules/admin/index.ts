@@ -92,6 +92,14 @@ function pageOf(
 /** Every admin route is on the default policy (per principal). */
 export const adminRouteClasses: readonly RouteClass[] = [{ routes: ["* /api/admin/*"] }];
 
+/** 422 naming `field` when its text breaks a rule the schema cannot state (`problem`). */
+function refuseText(field: string, problem: string | null): void {
+  if (problem === null) return;
+  throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
+    { field, message: problem },
+  ]);
+}
+
 /** `text` as an address, as the blocks and the audit filter read one; else 422 naming `field`. */
 function addressOf(text: string, field: string, detail: string): Address {
   const address = parseIp(text);
@@ -166,12 +174,7 @@ export function adminModule(options: AdminModuleOptions) {
         // The new key acts for the caller's owner and may hold nothing that owner's role may not;
         // made by a key, it lives no longer than that key (a short-lived key cannot mint one that
         // never expires).
-        const nameProblem = keyNameProblem(body.name);
-        if (nameProblem !== null) {
-          throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
-            { field: "body/name", message: nameProblem },
-          ]);
-        }
+        refuseText("body/name", keyNameProblem(body.name));
         const asked = body.expiresInDays ? options.now() + body.expiresInDays * DAY_MS : null;
         const spec = {
           name: body.name,
@@ -368,12 +371,7 @@ export function adminModule(options: AdminModuleOptions) {
     .post(
       "/blocks",
       ({ body, principal, set, requestId, client }) => {
-        const reasonProblem = blockReasonProblem(body.reason);
-        if (reasonProblem !== null) {
-          throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
-            { field: "body/reason", message: reasonProblem },
-          ]);
-        }
+        refuseText("body/reason", blockReasonProblem(body.reason));
         const address = addressOf(body.address, "body/address", "Not an IP address.");
         const subject = clientKeyOf(address);
         // Blocking the address this request comes from shuts out every admin behind it, the one

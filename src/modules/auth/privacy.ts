@@ -85,7 +85,8 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
       const listed = apiKeys.list(userId);
       // A key listed under the user whose row fails its seal has no owner that can be told: it is
       // revoked, and reported (its conversations and audit rows are left; probe 39a F6).
-      for (const key of listed) if (!actors.includes(`key:${key.id}`)) apiKeys.intact(key.id);
+      const erased = new Set(actors);
+      for (const key of listed) if (!erased.has(`key:${key.id}`)) apiKeys.intact(key.id);
       const theirs = new Map(
         [...listed, ...apiKeys.sealedKeysOf(userId)].map((key) => [key.id, key]),
       );

@@ -26,11 +26,11 @@ const WITHHELD = WITHHELD_PRINCIPAL;
  * admin's `admin.usage.queried` names the user looked up, `admin.key.revoked` the key of another:
  * someone else's, and theirs to export), an erased one's pseudonym included.
  */
-function withoutOthers(detail: string, actors: readonly string[]): unknown {
+function withoutOthers(detail: string, actors: ReadonlyMap<string, number>): unknown {
   const parsed = JSON.parse(detail) as unknown;
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return parsed;
   const fields = withPrincipalsReplaced(parsed as Record<string, unknown>, (principal) =>
-    actors.includes(principal) ? null : WITHHELD,
+    actors.has(principal) ? null : WITHHELD,
   );
   return Object.fromEntries(
     Object.entries(fields).map(([name, value]) => [
@@ -43,16 +43,21 @@ function withoutOthers(detail: string, actors: readonly string[]): unknown {
 /** The actors that are no one's: shown as they are; any other is a principal or its pseudonym. */
 const NO_ONES = new Set(["cli", "system", "stripe"]);
 
-/** Whether an event's detail names one of the actors (for a row found through the names index). */
-function namesAny(detail: string, actors: readonly string[]): boolean {
+/**
+ * The first of the actors (by their place in the list) an event's detail names, or undefined: for
+ * a row found through the names index, which must name the actor it was found under and none
+ * before it (a row naming two is given once, under the first).
+ */
+function firstNamed(detail: string, actors: ReadonlyMap<string, number>): number | undefined {
   const parsed = JSON.parse(detail) as unknown;
-  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return false;
-  let named = false;
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return undefined;
+  let first: number | undefined;
   withPrincipalsReplaced(parsed as Record<string, unknown>, (principal) => {
-    if (actors.includes(principal)) named = true;
+    const place = actors.get(principal);
+    if (place !== undefined && (first === undefined || place < first)) first = place;
     return null;
   });
-  return named;
+  return first;
 }
 
 /** How many events the export reads at a time. */
@@ -70,8 +75,8 @@ type AuditRowRead = typeof auditEvents.$inferSelect;
  */
 export function createAuditExport(db: AppDatabase, audit: AuditLog) {
   const subjectAddressTypes: ReadonlySet<string> = new Set(SUBJECT_ADDRESS_TYPES);
-  const shown = (row: AuditRowRead, actors: readonly string[]) => {
-    const own = row.actor !== null && actors.includes(row.actor);
+  const shown = (row: AuditRowRead, actors: ReadonlyMap<string, number>) => {
+    const own = row.actor !== null && actors.has(row.actor);
     // The address of the user's own credential succeeding, never a third party's (a failed
     // login), nor the address an event is about (a block's), nor another actor's.
     const shownIp =
@@ -88,12 +93,14 @@ export function createAuditExport(db: AppDatabase, audit: AuditLog) {
       detail: withoutOthers(row.detail, actors),
     };
   };
-  return function* exportAuditEvents(actors: readonly string[]) {
+  return function* exportAuditEvents(actorList: readonly string[]) {
     // Events still queued belong in the export too.
     audit.flush();
+    // Each actor's place in the list, asked of every row (a user may have thousands of keys).
+    const actors = new Map(actorList.map((actor, place) => [actor, place]));
     // Only rows as Palisade wrote or erased them: one whose actor was rewritten in the file would
     // show someone else's event, and address, as the user's (audit:verify reports it).
-    for (const actor of actors) {
+    for (const actor of actorList) {
       let after = 0;
       for (;;) {
         const rows = db
@@ -111,8 +118,7 @@ export function createAuditExport(db: AppDatabase, audit: AuditLog) {
     // Others' events naming them, name by name: an event that does name it (an index row written
     // into the file must not bring anyone's event in, probe 39a F5), not one of their own (above),
     // nor one already given under a name before it.
-    for (const [index, name] of actors.entries()) {
-      const earlier = actors.slice(0, index);
+    for (const [place, name] of actorList.entries()) {
       let after = 0;
       for (;;) {
         const rows = db
@@ -127,9 +133,8 @@ export function createAuditExport(db: AppDatabase, audit: AuditLog) {
         yield rows
           .filter(
             (row) =>
-              (row.actor === null || !actors.includes(row.actor)) &&
-              namesAny(row.detail, [name]) &&
-              !namesAny(row.detail, earlier) &&
+              (row.actor === null || !actors.has(row.actor)) &&
+              firstNamed(row.detail, actors) === place &&
               audit.vouches(row),
           )
           .map((row) => shown(row, actors));
