@@ -186,9 +186,14 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = {
   ʋ: "u",
 };
 
+/** The text without what draws nothing, spelt as it is otherwise. */
+export function withoutUnseen(text: string): string {
+  return text.replace(UNSEEN, "");
+}
+
 /** NFKC, with what draws nothing dropped: the characters a reader sees, as they are. */
 export function seenCharacters(text: string): string {
-  return text.normalize("NFKC").replace(UNSEEN, "");
+  return withoutUnseen(text.normalize("NFKC"));
 }
 
 /** The text as a reader takes it in (see the module's header). */

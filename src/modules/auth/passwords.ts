@@ -8,7 +8,7 @@
  * (probe 38a F2: `ｐａｓｓｗｏｒｄ１２３４` scored as random and was accepted in production).
  */
 import type { PasswordPolicy } from "../../config";
-import { seenCharacters } from "../../look-alikes";
+import { seenCharacters, withoutUnseen } from "../../look-alikes";
 import { showsSomething } from "../../visible-text";
 import { passwordSkeleton } from "./password-skeleton";
 
@@ -69,7 +69,7 @@ export async function createPasswordChecker(
 
   /**
    * Names the first rule the password breaks and how to fix it; never echoes the password. The
-   * rules read its skeleton (NFKC, what draws nothing dropped, homoglyphs read as Latin).
+   * rules read its skeleton (password-skeleton.ts), and its strength also as typed.
    */
   return function checkPassword(typed: string, email: string): PasswordVerdict {
     // A lone surrogate (a broken `\ud800` escape) would reach argon2 as U+FFFD, so distinct
@@ -121,10 +121,7 @@ export async function createPasswordChecker(
     // Arabic phrase, which scores as random; twelve of them typed are one character repeated
     // (probe 40b F1).
     const asRead = zxcvbn.check(skeleton, [email, localPart]);
-    const asTyped = zxcvbn.check(typed.replace(/[\p{Default_Ignorable_Code_Point}\p{Cf}]/gu, ""), [
-      email,
-      localPart,
-    ]);
+    const asTyped = zxcvbn.check(withoutUnseen(typed), [email, localPart]);
     const result = asTyped.score < asRead.score ? asTyped : asRead;
     if (result.score < policy.minScore) {
       const hints = [result.feedback.warning, ...result.feedback.suggestions].filter(Boolean);
