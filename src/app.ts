@@ -80,7 +80,7 @@ export function createApp(deps: AppDeps) {
     identify,
     metrics: deps.metrics.auth,
     audit: deps.audit,
-    stillAdmin: deps.stillAdmin,
+    standing: deps.standing,
   });
   const responseHeaders = securityResponseHeaders({
     hsts: config.requireTls,

@@ -65,13 +65,13 @@ export function createFeatures(core: Core, options: FeatureOptions = {}): Featur
   const features: Feature[] = [
     healthFeature(core),
     auth,
-    adminFeature(core, { apiKeys: auth.apiKeys, stillAdmin: auth.stillAdmin }),
+    adminFeature(core, { apiKeys: auth.apiKeys, standing: auth.standing }),
     // An ownerless key's payments belong to the first key of its rotation chain, which may be
     // revoked while its successor pays: only an account is asked after.
     paymentsFeature(core, {
       ...options.payments,
       ownerStands: accountStands,
-      stillAdmin: auth.stillAdmin,
+      standing: auth.standing,
     }),
     webhooksFeature(core),
     chat,

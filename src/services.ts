@@ -16,15 +16,15 @@ import type { AuthService } from "./modules/auth/service";
 import type { Feature } from "./modules/feature";
 import type { ReadinessCheck } from "./modules/health/service";
 import type { PrivacyService } from "./modules/privacy/service";
-import type { Principal } from "./plugins/auth/principal";
+import type { CredentialStanding } from "./plugins/auth";
 
 export interface Services extends Core {
   features: readonly Feature[];
   /** The auth feature's accounts and sessions (the CLI and tests drive them directly). */
   auth: AuthService;
   apiKeys: ApiKeyService;
-  /** Whether a credential is still an admin's, from the database (see the auth feature). */
-  stillAdmin: (principal: Principal) => boolean;
+  /** A credential as the database reads it now (see the auth feature). */
+  standing: CredentialStanding;
   privacy: PrivacyService;
   /** Every readiness check: the core's and each feature's. */
   readiness: Record<string, ReadinessCheck>;
@@ -131,7 +131,7 @@ export function createServices(options: ServiceOptions): Services {
     features: features.list,
     auth: features.auth.service,
     apiKeys: features.auth.apiKeys,
-    stillAdmin: features.auth.stillAdmin,
+    standing: features.auth.standing,
     privacy: features.privacy.service,
     readiness,
     runMaintenance,

@@ -721,20 +721,55 @@ describe("a credential revoked in the second before this process reads the revoc
           );
         }
       }
-      // An admin demoted meanwhile: the key is narrowed to a user's scopes (chat), not revoked.
+      // An admin demoted meanwhile: the key is narrowed to a user's scopes (chat), not revoked,
+      // so it is told 403, as once this process hears of the demotion, never that it is no longer
+      // valid (a client discarding it on invalid_token would lose a working key; probe 40b F3).
       const demoted = await signUp(target, { role: "admin" });
-      const demotedKey = createKey(target, ["admin", "chat"], demoted.userId).key;
-      const viaDemoted = { "x-api-key": demotedKey };
+      const demotedKey = createKey(target, ["admin", "chat"], demoted.userId);
+      const viaDemoted = { "x-api-key": demotedKey.key };
       expect((await send(other, "/api/admin/api-keys", { headers: viaDemoted })).status).toBe(200);
+      const failures = async () => {
+        const exported = await (await send(other, "/metrics")).text();
+        const count = (reason: string) =>
+          Number(
+            exported
+              .split("\n")
+              .find((l) => l.startsWith(`auth_failures_total{reason="${reason}"}`))
+              ?.split(" ")[1] ?? 0,
+          );
+        return { forbidden: count("forbidden"), revoked: count("revoked_api_key") };
+      };
+      const before = await failures();
       target.services.auth.setRole(demoted.userId, "user", "test");
       const lifted = await send(other, `/api/admin/blocks/${block.id}`, {
         method: "DELETE",
         headers: viaDemoted,
       });
-      expect(lifted.status).toBe(401);
+      const demotedAnswers = [lifted];
       for (const path of ["/api/admin/api-keys", "/api/admin/audit"]) {
-        expect((await send(other, path, { headers: viaDemoted })).status).toBe(401);
+        demotedAnswers.push(await send(other, path, { headers: viaDemoted }));
       }
+      for (const answer of demotedAnswers) {
+        expect(answer.status).toBe(403);
+        expect(((await answer.json()) as { code: string }).code).toBe("FORBIDDEN");
+        expect(answer.headers.get("www-authenticate")).toBeNull();
+      }
+      expect(await failures()).toEqual({
+        forbidden: before.forbidden + 3,
+        revoked: before.revoked,
+      });
+      const refusedRows = target.db.$client
+        .query(
+          "SELECT route, actor FROM audit_events WHERE type = 'auth.forbidden' AND actor = ? ORDER BY id",
+        )
+        .all(`key:${demotedKey.record.id}`);
+      expect(refusedRows).toEqual([
+        { route: "DELETE /api/admin/blocks/:id", actor: `key:${demotedKey.record.id}` },
+        { route: "GET /api/admin/api-keys", actor: `key:${demotedKey.record.id}` },
+        { route: "GET /api/admin/audit", actor: `key:${demotedKey.record.id}` },
+      ]);
+      // And it still does what its owner may.
+      expect((await send(other, "/api/auth/me", { headers: viaDemoted })).status).toBe(200);
       expect(target.db.$client.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({
         n: (keysBefore as { n: number }).n + 1,
       });
@@ -749,7 +784,7 @@ describe("a credential revoked in the second before this process reads the revoc
 });
 
 describe("requests already past the auth stage when their credential is revoked (probe 38c F1)", () => {
-  test("a key revoked, or a session logged out, right after the auth stage let its request by mints, rotates, revokes, blocks and lifts nothing: 401", async () => {
+  test("a key revoked, a session logged out or an owner demoted right after the auth stage let its request by mints, rotates, revokes, blocks and lifts nothing: 401, or 403 for a demoted owner's key", async () => {
     // The stage said yes, the handler must not write.
     const ending = endedAfterAuthStage(() => current!.services);
     current = buildTestApp({ authStageStillAdmin: ending.authStageStillAdmin });
@@ -811,23 +846,38 @@ describe("requests already past the auth stage when their credential is revoked 
       ];
     };
     let round = 0;
-    for (const credential of ["key", "session"] as const) {
+    for (const credential of ["key", "session", "demoted key", "demoted session"] as const) {
       for (const change of changes(++round)) {
         const admin = await signUp(target, { role: "admin" });
-        const headers =
-          credential === "key"
-            ? { "x-api-key": createKey(target, ["admin"], admin.userId).key }
-            : bearer(admin.accessToken);
+        const headers = credential.endsWith("key")
+          ? { "x-api-key": createKey(target, ["admin", "chat"], admin.userId).key }
+          : bearer(admin.accessToken);
         const keysBefore = count("SELECT count(*) AS n FROM api_keys");
-        ending.arm();
+        ending.arm(credential.startsWith("demoted") ? "demote" : "end");
         const answer = await change.send(headers);
         const asked = `${change.name} by ${credential}`;
-        expect({ asked, status: answer.status }).toEqual({ asked, status: 401 });
-        expect(((await answer.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
-        // The auth stage's 401, challenge and count included (probe 39b F4).
-        expect(answer.headers.get("www-authenticate")).toBe(
-          'Bearer realm="palisade", error="invalid_token"',
-        );
+        const body = (await answer.json()) as { code: string };
+        if (credential === "demoted key") {
+          // Narrowed to chat, not ended: the 403 the auth stage gives it a moment later (probe
+          // 40b F3), never a challenge telling its client to discard a working key.
+          expect({ asked, status: answer.status, code: body.code }).toEqual({
+            asked,
+            status: 403,
+            code: "FORBIDDEN",
+          });
+          expect(answer.headers.get("www-authenticate")).toBeNull();
+        } else {
+          // A demotion ends the owner's sessions: theirs is the 401 of an ended credential.
+          expect({ asked, status: answer.status, code: body.code }).toEqual({
+            asked,
+            status: 401,
+            code: "UNAUTHENTICATED",
+          });
+          // The auth stage's 401, challenge and count included (probe 39b F4).
+          expect(answer.headers.get("www-authenticate")).toBe(
+            'Bearer realm="palisade", error="invalid_token"',
+          );
+        }
         expect({ asked, madeNothing: change.madeNothing(keysBefore) }).toEqual({
           asked,
           madeNothing: true,
@@ -835,12 +885,28 @@ describe("requests already past the auth stage when their credential is revoked 
       }
     }
     const exported = await (await send(target, "/metrics")).text();
-    for (const reason of ["revoked_api_key", "revoked_token"]) {
+    for (const [reason, times] of [
+      ["revoked_api_key", 5],
+      ["revoked_token", 10],
+      ["forbidden", 5],
+    ] as const) {
       const line = exported
         .split("\n")
         .find((l) => l.startsWith(`auth_failures_total{reason="${reason}"}`));
-      expect({ reason, count: Number(line?.split(" ")[1]) }).toEqual({ reason, count: 5 });
+      expect({ reason, count: Number(line?.split(" ")[1]) }).toEqual({ reason, count: times });
     }
+    // Each 403 is recorded as the auth stage records one, at the matched route.
+    const refused = db
+      .query("SELECT route FROM audit_events WHERE type = 'auth.forbidden' ORDER BY id")
+      .all()
+      .map((row) => (row as { route: string }).route);
+    expect(refused).toEqual([
+      "POST /api/admin/api-keys",
+      "POST /api/admin/api-keys/:id/rotate",
+      "DELETE /api/admin/api-keys/:id",
+      "DELETE /api/admin/blocks/:id",
+      "POST /api/admin/blocks",
+    ]);
   });
 });
 

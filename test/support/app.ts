@@ -110,7 +110,9 @@ export interface TestAppOptions {
    * revocation land right after the stage let a request by, as one committed by another process
    * does. The handlers still ask the service's own.
    */
-  authStageStillAdmin?: (stillAdmin: Services["stillAdmin"]) => Services["stillAdmin"];
+  authStageStillAdmin?: (
+    stillAdmin: Services["standing"]["stillAdmin"],
+  ) => Services["standing"]["stillAdmin"];
 }
 
 export interface TestApp {
@@ -186,7 +188,12 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
   });
   const app = createApp({
     ...services,
-    stillAdmin: options.authStageStillAdmin?.(services.stillAdmin) ?? services.stillAdmin,
+    standing: options.authStageStillAdmin
+      ? {
+          ...services.standing,
+          stillAdmin: options.authStageStillAdmin(services.standing.stillAdmin),
+        }
+      : services.standing,
     peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
     accessLogBuffered: options.accessLogBuffered ?? false,
     extraRouteClasses: options.routeClasses,

@@ -52,25 +52,29 @@ export function createKey(target: TestApp, scopes: Scope[], userId: string | nul
 /**
  * What another process's revocation does when it commits between the auth stage's check of an
  * admin request and its handler: `authStageStillAdmin` (a test app option) answers the stage as the
- * service does, then, when armed, revokes the key or logs out the session that asked. `arm()`
- * before the request; `services` are the app's, once it is built.
+ * service does, then, when armed, revokes the key or logs out the session that asked, or with
+ * `arm("demote")` makes its owner a user (the key narrowed, the session ended). `arm()` before the
+ * request; `services` are the app's, once it is built.
  */
 export function endedAfterAuthStage(services: () => TestApp["services"]) {
-  let armed = false;
+  let armed: "end" | "demote" | null = null;
   return {
     authStageStillAdmin:
-      (stillAdmin: TestApp["services"]["stillAdmin"]) =>
-      (principal: Parameters<TestApp["services"]["stillAdmin"]>[0]) => {
+      (stillAdmin: TestApp["services"]["standing"]["stillAdmin"]) =>
+      (principal: Parameters<TestApp["services"]["standing"]["stillAdmin"]>[0]) => {
         const stands = stillAdmin(principal);
-        if (armed) {
-          armed = false;
-          if (principal.kind === "key") services().apiKeys.revoke(principal.id, "test");
-          else services().auth.revokeFamily(principal.familyId);
-        }
+        const how = armed;
+        armed = null;
+        const owner = principal.kind === "key" ? principal.userId : principal.id;
+        if (how === "demote" && owner !== null) services().auth.setRole(owner, "user", "test");
+        else if (how === "end" && principal.kind === "key")
+          services().apiKeys.revoke(principal.id, "test");
+        else if (how === "end" && principal.kind === "user")
+          services().auth.revokeFamily(principal.familyId);
         return stands;
       },
-    arm() {
-      armed = true;
+    arm(how: "end" | "demote" = "end") {
+      armed = how;
     },
   };
 }

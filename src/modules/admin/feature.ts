@@ -4,17 +4,14 @@
  * own: it drives the auth feature's keys and the core's audit log and blocker.
  */
 import type { Core } from "../../core";
-import type { Principal } from "../../plugins/auth/principal";
+import type { CredentialStanding } from "../../plugins/auth";
 import type { ApiKeyService } from "../auth/api-keys";
 import type { Feature } from "../feature";
 import { adminModule, adminRouteClasses } from "./index";
 
 export function adminFeature(
   core: Core,
-  {
-    apiKeys,
-    stillAdmin,
-  }: { apiKeys: ApiKeyService; stillAdmin: (principal: Principal) => boolean },
+  { apiKeys, standing }: { apiKeys: ApiKeyService; standing: CredentialStanding },
 ): Feature {
   return {
     name: "admin",
@@ -23,7 +20,7 @@ export function adminFeature(
       adminModule({
         auth,
         apiKeys,
-        stillAdmin,
+        standing,
         ipBlocks: core.ipBlocks,
         audit: core.audit,
         authMetrics: core.metrics.auth,

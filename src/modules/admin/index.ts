@@ -9,7 +9,7 @@ import { AppError, problemResponses } from "../../errors";
 import { cursorOfQuery, type ListCursor } from "../../list-cursor";
 import type { AuditEventType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
-import { type authPlugin, endedCredential } from "../../plugins/auth";
+import { type authPlugin, type CredentialStanding, lostAdmin } from "../../plugins/auth";
 import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { ActorGone, type Principal, principalRef } from "../../plugins/auth/principal";
 import { type Address, formatAddress, parseIp } from "../../plugins/client-ip/address";
@@ -51,11 +51,11 @@ export interface AdminModuleOptions {
   auth: ReturnType<typeof authPlugin>;
   apiKeys: ApiKeyService;
   /**
-   * Whether the request's credential is still an admin's, read from the database (the auth
-   * feature's): asked again inside a block's transaction, which an erasure runs wholly before or
-   * after.
+   * The request's credential as the database reads it (the auth feature's): whether it is still an
+   * admin's is asked again inside each change's transaction, which an erasure runs wholly before
+   * or after.
    */
-  stillAdmin: (principal: Principal) => boolean;
+  standing: CredentialStanding;
   ipBlocks: IpBlockService;
   audit: AuditLog;
   /** Where a credential that ended while its request was under way is counted. */
@@ -116,10 +116,29 @@ export function adminModule(options: AdminModuleOptions) {
   /**
    * The answer to a change whose credential was revoked, logged out, demoted or erased after the
    * auth stage let its request by (in this process, or another not yet told): the auth stage's
-   * 401. Any other error goes on as it is.
+   * answer, 401 for an ended credential, 403 for a demoted owner's key. Any other error goes on as
+   * it is.
    */
-  const standing = (error: unknown, principal: Principal): unknown =>
-    error instanceof ActorGone ? endedCredential(options.authMetrics, principal) : error;
+  const standing = (
+    error: unknown,
+    {
+      principal,
+      request,
+      route,
+      client,
+      requestId,
+    }: Pick<RequestState, "request" | "client" | "requestId"> & {
+      principal: Principal;
+      route: string;
+    },
+  ): unknown =>
+    error instanceof ActorGone
+      ? lostAdmin({ metrics: options.authMetrics, audit, standing: options.standing }, principal, {
+          route: `${request.method} ${route}`,
+          ip: client.ip,
+          requestId,
+        })
+      : error;
   const admin = { role: "admin" } as const;
   /** When what a caller makes must have expired: a key's own end; a user's session sets none. */
   const endOf = (principal: Principal): number | null =>
@@ -162,7 +181,7 @@ export function adminModule(options: AdminModuleOptions) {
     ip: client.ip,
     route: `${request.method} ${route}`,
     requestId,
-    actorStands: () => options.stillAdmin(principal),
+    actorStands: () => options.standing.stillAdmin(principal),
   });
   const tags = ["admin"];
 
@@ -194,7 +213,7 @@ export function adminModule(options: AdminModuleOptions) {
         } catch (error) {
           throw error instanceof KeyRefused
             ? refusalProblem(error.refusal)
-            : standing(error, principal);
+            : standing(error, { principal, request, client, requestId, route });
         }
         set.status = 201;
         return { key: created.key, apiKey: view(created.record) };
@@ -233,7 +252,7 @@ export function adminModule(options: AdminModuleOptions) {
         try {
           revoked = apiKeys.revoke(params.id, principalRef(principal), undefined, origin);
         } catch (error) {
-          throw standing(error, principal);
+          throw standing(error, { principal, request, client, requestId, route });
         }
         if (!revoked) throw new AppError("NOT_FOUND", "No active key has that id.");
         set.status = 204;
@@ -270,7 +289,7 @@ export function adminModule(options: AdminModuleOptions) {
             originOf({ request, client, requestId, route, principal }),
           );
         } catch (error) {
-          throw standing(error, principal);
+          throw standing(error, { principal, request, client, requestId, route });
         }
         if (!rotated)
           throw new AppError("NOT_FOUND", "No active key that has not been rotated has that id.");
@@ -370,7 +389,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .post(
       "/blocks",
-      ({ body, principal, set, requestId, client }) => {
+      ({ body, principal, set, requestId, client, request, route }) => {
         refuseText("body/reason", blockReasonProblem(body.reason));
         const address = addressOf(body.address, "body/address", "Not an IP address.");
         const subject = clientKeyOf(address);
@@ -400,11 +419,11 @@ export function adminModule(options: AdminModuleOptions) {
             ttlMs: body.ttlMinutes * 60_000,
             source: "admin",
             createdBy: creator,
-            creatorStands: () => options.stillAdmin(principal),
+            creatorStands: () => options.standing.stillAdmin(principal),
             requestId,
           });
         } catch (error) {
-          throw standing(error, principal);
+          throw standing(error, { principal, request, client, requestId, route });
         }
         set.status = 201;
         return block;
@@ -418,15 +437,15 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .delete(
       "/blocks/:id",
-      async ({ params, principal, set, requestId }) => {
+      async ({ params, principal, set, requestId, client, request, route }) => {
         const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
         try {
           await ipBlocks.lift(block.address, principalRef(principal), requestId, () =>
-            options.stillAdmin(principal),
+            options.standing.stillAdmin(principal),
           );
         } catch (error) {
-          throw standing(error, principal);
+          throw standing(error, { principal, request, client, requestId, route });
         }
         set.status = 204;
         return undefined;

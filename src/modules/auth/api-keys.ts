@@ -274,11 +274,24 @@ export class ApiKeyService {
    * role bounds them today (a demoted owner's key no longer grants `admin`).
    */
   grants(id: string, scope: Scope): boolean {
+    return this.liveScopes(id)?.includes(scope) ?? false;
+  }
+
+  /**
+   * Whether a key still verifies, read from its row: not revoked, not expired, its row and its
+   * owner's intact, whatever its scopes (a demoted owner's key is narrowed, not ended).
+   */
+  verifies(id: string): boolean {
+    return this.liveScopes(id) !== null;
+  }
+
+  /** A live key's scopes as its owner's role bounds them today; null for a key that is not live. */
+  private liveScopes(id: string): readonly Scope[] | null {
     const record = this.get(id);
-    if (!record || record.revokedAt !== null || this.tampered(record)) return false;
-    if (record.expiresAt !== null && record.expiresAt <= this.clock.now()) return false;
+    if (!record || record.revokedAt !== null || this.tampered(record)) return null;
+    if (record.expiresAt !== null && record.expiresAt <= this.clock.now()) return null;
     const role = record.userId === null ? null : this.roleOf(record.userId);
-    return boundScopes(record.scopes, role).includes(scope);
+    return boundScopes(record.scopes, role);
   }
 
   /** The owner's role now, or null when there is no such user (or its row fails its seal). */

@@ -4,7 +4,7 @@
  * hold about a user. Verifying credentials is the auth defence's (plugins/auth), in the core.
  */
 import type { Core } from "../../core";
-import type { Principal } from "../../plugins/auth/principal";
+import type { CredentialStanding } from "../../plugins/auth";
 import { createCsrfIssuer } from "../../plugins/csrf";
 import type { Feature } from "../feature";
 import { ApiKeyService } from "./api-keys";
@@ -45,12 +45,12 @@ export interface AuthFeature extends Feature {
   service: AuthService;
   apiKeys: ApiKeyService;
   /**
-   * Whether a credential is still an admin's, read from the database rather than the caches a
-   * revocation made in another process reaches within a second: a key that still grants `admin`
-   * (not revoked or expired, under its owner's role today), a session not ended (logout, refresh-
-   * token reuse, erasure; a demotion ends its sessions).
+   * A credential as the database reads it now rather than the caches a revocation made in another
+   * process reaches within a second: still an admin's (a key that grants `admin`, not revoked or
+   * expired, under its owner's role today; a session not ended by logout, refresh-token reuse,
+   * erasure or demotion), or still valid at all (a key whatever its scopes; a session not ended).
    */
-  stillAdmin(principal: Principal): boolean;
+  standing: CredentialStanding;
   /** The account row, for the privacy feature: its profile and its deletion. */
   account: ReturnType<typeof account>;
 }
@@ -93,10 +93,16 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     name: "auth",
     service,
     apiKeys,
-    stillAdmin: (principal) =>
-      principal.kind === "key"
-        ? apiKeys.grants(principal.id, "admin")
-        : credentials.sessionLive(principal.familyId, principal.id, principal.role),
+    standing: {
+      stillAdmin: (principal) =>
+        principal.kind === "key"
+          ? apiKeys.grants(principal.id, "admin")
+          : credentials.sessionLive(principal.familyId, principal.id, principal.role),
+      stillValid: (principal) =>
+        principal.kind === "key"
+          ? apiKeys.verifies(principal.id)
+          : credentials.sessionLive(principal.familyId, principal.id, principal.role),
+    },
     account: account(db, service),
     routeClasses: authRouteClasses,
     routes: ({ auth }) =>

@@ -5,7 +5,7 @@
  * `payments: not_configured` without failing: a service without payments still serves chat.
  */
 import type { Core } from "../../core";
-import type { Principal } from "../../plugins/auth/principal";
+import type { CredentialStanding } from "../../plugins/auth";
 import type { Feature } from "../feature";
 import { trackedGateway } from "./calls-in-flight";
 import { paymentsModule, paymentsRouteClasses } from "./index";
@@ -22,8 +22,8 @@ export interface PaymentsFeatureOptions {
   inProgressWaitMs?: number;
   /** Whether an owner (`user:<id>`, `key:<id>`) is still there to pay for (see PaymentService). */
   ownerStands?: (owner: string) => boolean;
-  /** Whether an admin's credential still stands, asked as a refund is claimed (auth feature). */
-  stillAdmin?: (principal: Principal) => boolean;
+  /** An admin's credential as the database reads it, asked as a refund is claimed (auth feature). */
+  standing?: CredentialStanding;
 }
 
 export interface PaymentsFeature extends Feature {
@@ -66,7 +66,8 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
         service,
         ledger,
         payments: config.payments,
-        stillAdmin: options.stillAdmin,
+        standing: options.standing,
+        audit,
         authMetrics: core.metrics.auth,
       }),
     // Configured is all /ready can say without calling Stripe on every probe.

@@ -9,7 +9,8 @@
 import { Elysia, t } from "elysia";
 import type { Config } from "../../config";
 import { AppError, problemResponses } from "../../errors";
-import { type authPlugin, endedCredential } from "../../plugins/auth";
+import type { AuditLog } from "../../plugins/audit/log";
+import { type authPlugin, type CredentialStanding, lostAdmin } from "../../plugins/auth";
 import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import type { RouteClass } from "../../plugins/route-class";
@@ -43,10 +44,12 @@ export interface PaymentsModuleOptions {
   service: PaymentService;
   ledger: PaymentLedger;
   payments: Config["payments"];
-  /** Whether an admin's credential still stands, asked as a refund is claimed. */
-  stillAdmin?: (principal: Principal) => boolean;
-  /** Where a credential that ended while its request was under way is counted. */
+  /** An admin's credential as the database reads it, asked as a refund is claimed. */
+  standing?: CredentialStanding;
+  /** Where a credential that lost its standing while its request was under way is counted. */
   authMetrics: AuthMetrics;
+  /** Where such a credential's 403 is recorded. */
+  audit: AuditLog;
 }
 
 /**
@@ -116,7 +119,7 @@ function upstreamError(failure: GatewayFailure, retry = "retry shortly"): AppErr
 }
 
 export function paymentsModule(options: PaymentsModuleOptions) {
-  const { service, ledger, payments, stillAdmin } = options;
+  const { service, ledger, payments, standing } = options;
   const tags = ["payments"];
   const acting = (
     principal: Principal,
@@ -288,11 +291,15 @@ export function paymentsModule(options: PaymentsModuleOptions) {
         async ({ params, body, principal, request, route, clientIp, requestId }) => {
           const outcome = await service.refund(params.id, body?.amount, {
             ...acting(principal, request, route, clientIp, requestId),
-            stands: stillAdmin && (() => stillAdmin(principal)),
+            stands: standing && (() => standing.stillAdmin(principal)),
           });
           switch (outcome.kind) {
             case "actor_gone":
-              throw endedCredential(options.authMetrics, principal);
+              throw lostAdmin(
+                { metrics: options.authMetrics, audit: options.audit, standing: standing! },
+                principal,
+                { route: `${request.method} ${route}`, ip: clientIp, requestId },
+              );
             case "refunded":
               return { refund: outcome.refund, payment: outcome.payment };
             case "not_found":

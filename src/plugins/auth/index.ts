@@ -32,13 +32,36 @@ export interface AuthPluginOptions {
   metrics: AuthMetrics;
   audit: AuditLog;
   /**
-   * Whether a credential is still an admin's, read from the database: asked before every admin
-   * request, reads too (what an admin reads, the audit log and every key, is not for a credential
-   * demoted or revoked a moment ago, in the second before this process hears of it). Absent: not
-   * asked.
+   * What the database says of a credential now: asked before every admin request, reads too
+   * (what an admin reads, the audit log and every key, is not for a credential demoted or revoked
+   * a moment ago, in the second before this process hears of it). Absent: not asked.
    */
-  stillAdmin?: (principal: Principal) => boolean;
+  standing?: CredentialStanding;
 }
+
+/**
+ * A credential as the database reads it now, rather than the caches a revocation made in another
+ * process reaches within a second (the auth feature's reads).
+ */
+export interface CredentialStanding {
+  /** Still an admin's: a key that grants `admin` under its owner's role today, a session not ended. */
+  stillAdmin(principal: Principal): boolean;
+  /**
+   * Still valid at all: a key not revoked or expired whose row and owner are intact (a demoted
+   * owner's key is narrowed, not revoked), a session not ended (a demotion ends it).
+   */
+  stillValid(principal: Principal): boolean;
+}
+
+/** Where a refused request was made, for its `auth.forbidden` row. */
+export interface RequestPlace {
+  /** The method and matched route pattern. */
+  route: string;
+  ip?: string | null;
+  requestId: string;
+}
+
+const ADMIN_REQUIREMENT = { role: "admin" } as const;
 
 export function describeRequirement(requirement: AuthRequirement | "public"): string {
   if (typeof requirement === "string") return requirement;
@@ -96,8 +119,44 @@ export function endedCredential(metrics: AuthMetrics, principal: Principal): App
   });
 }
 
+/** The 403 of a credential that verifies but may not do what it asked: counted and audited. */
+export function forbidden(
+  { metrics, audit }: Pick<AuthPluginOptions, "metrics" | "audit">,
+  principal: Principal,
+  place: RequestPlace,
+  requirement: AuthRequirement,
+): AppError {
+  metrics.fail("forbidden");
+  audit.record({
+    type: "auth.forbidden",
+    outcome: "denied",
+    actor: principalRef(principal),
+    ip: place.ip,
+    route: place.route,
+    requestId: place.requestId,
+    detail: { requires: describeRequirement(requirement) },
+  });
+  return new AppError("FORBIDDEN", "This credential may not do that.");
+}
+
+/**
+ * The answer to a credential that was an admin's when its request was let by and is not now: the
+ * 403 the auth stage gives it once its caches catch up when it still verifies (a demoted owner's
+ * key, narrowed to a user's scopes: telling its client to discard it would throw away a working
+ * key; probe 40b F3), the 401 of an ended credential otherwise.
+ */
+export function lostAdmin(
+  deps: Pick<AuthPluginOptions, "metrics" | "audit"> & { standing: CredentialStanding },
+  principal: Principal,
+  place: RequestPlace,
+): AppError {
+  return deps.standing.stillValid(principal)
+    ? forbidden(deps, principal, place, ADMIN_REQUIREMENT)
+    : endedCredential(deps.metrics, principal);
+}
+
 export function authPlugin(options: AuthPluginOptions) {
-  const { identify, metrics, audit, stillAdmin } = options;
+  const { identify, metrics, audit, standing } = options;
 
   /** The principal a request identified as, or 401 (counted) when it has none or a bad one. */
   const authenticated = (found: Identification): Principal => {
@@ -130,26 +189,17 @@ export function authPlugin(options: AuthPluginOptions) {
     requestId: string,
   ): Principal => {
     const principal = authenticated(found);
+    const place = () => ({ route: `${request.method} ${route}`, ip: client.ip, requestId });
     if (!satisfies(principal, requirement)) {
-      metrics.fail("forbidden");
-      audit.record({
-        type: "auth.forbidden",
-        outcome: "denied",
-        actor: principalRef(principal),
-        ip: client.ip,
-        route: `${request.method} ${route}`,
-        requestId,
-        detail: { requires: describeRequirement(requirement) },
-      });
-      throw new AppError("FORBIDDEN", "This credential may not do that.");
+      throw forbidden(options, principal, place(), requirement);
     }
     if (
-      stillAdmin !== undefined &&
+      standing !== undefined &&
       typeof requirement === "object" &&
       "role" in requirement &&
-      !stillAdmin(principal)
+      !standing.stillAdmin(principal)
     ) {
-      throw endedCredential(metrics, principal);
+      throw lostAdmin({ metrics, audit, standing }, principal, place());
     }
     return principal;
   };

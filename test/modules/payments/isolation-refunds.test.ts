@@ -92,26 +92,33 @@ test("refunds are admins': a user is 403 (audited), Stripe is not called", async
   );
 });
 
-test("a refund asked by an admin key revoked, or a session logged out, right after the auth stage let it by is 401: Stripe is not called (probe 38c F1)", async () => {
+test("a refund asked by an admin key revoked, or a session logged out, right after the auth stage let it by is 401, by a key whose owner was demoted 403: Stripe is not called (probe 38c F1, 40b F3)", async () => {
   // The stage said yes, the refund's claim must not be taken.
   const ending = endedAfterAuthStage(() => current!.services);
   current = buildPaymentsApp({ authStageStillAdmin: ending.authStageStillAdmin });
   const alice = await signUp(current);
   const id = await pay(current, alice, 3000);
   await succeed(current, id);
-  for (const credential of ["key", "session"] as const) {
+  for (const credential of ["key", "session", "demoted key"] as const) {
     const admin = await signUp(current, { role: "admin" });
-    const headers =
-      credential === "key"
-        ? { "x-api-key": createKey(current, ["admin"], admin.userId).key }
-        : bearer(admin.accessToken);
-    ending.arm();
+    const headers = credential.endsWith("key")
+      ? { "x-api-key": createKey(current, ["admin", "payments"], admin.userId).key }
+      : bearer(admin.accessToken);
+    ending.arm(credential === "demoted key" ? "demote" : "end");
     const refused = await refund(current, id, headers);
-    expect({ credential, status: refused.status }).toEqual({ credential, status: 401 });
-    expect(((await refused.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+    const code = ((await refused.json()) as { code: string }).code;
+    // A demoted owner's key is narrowed, not ended: 403, as the auth stage tells it once it knows.
+    const expected =
+      credential === "demoted key"
+        ? { status: 403, code: "FORBIDDEN" }
+        : { status: 401, code: "UNAUTHENTICATED" };
+    expect({ credential, status: refused.status, code }).toEqual({ credential, ...expected });
   }
   expect(current.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(0);
   expect(auditRows(current, "payment.refund")).toHaveLength(0);
+  expect(auditRows(current, "auth.forbidden").map((row) => row.route)).toEqual([
+    "POST /api/admin/payments/:id/refund",
+  ]);
   // The payment is not held by a claim: a standing admin refunds it at once.
   const admin = await signUp(current, { role: "admin" });
   expect((await refund(current, id, bearer(admin.accessToken))).status).toBe(200);
