@@ -358,8 +358,8 @@ describe("API key names (probes 38a F1, 38c F3)", () => {
     ).toEqual({ name: apiKey.name });
   });
 
-  test("a name with a control character, a line break, a bidirectional override, an unpaired surrogate, an unassigned code point or nothing that shows is 422 naming body/name; nothing is made", async () => {
-    current = buildTestApp();
+  test("a name with a control character, a line break, a bidirectional override, an unpaired surrogate, an unassigned code point, a character that draws nothing where it stands or nothing that shows is 422 naming body/name; nothing is made", async () => {
+    current = buildTestApp({ env: { RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" } });
     const admin = await signUp(current, { role: "admin" });
     const before = current.db.$client.query("SELECT count(*) AS n FROM api_keys").get();
     for (const name of [
@@ -381,6 +381,18 @@ describe("API key names (probes 38a F1, 38c F3)", () => {
       "ops\u061Ckey",
       `ci ${TEST_JWT_SECRET.slice(0, 10)}\u200B${TEST_JWT_SECRET.slice(10)}`,
       "soft\u00ADhyphen",
+      // Joiners, variation selectors and tags where they shape nothing (probe 40b F4).
+      "ops\u200Dkey",
+      "ops\u200Ckey",
+      "ops\uFE0Fkey",
+      "ops\uFE00key",
+      "ops\u{E0020}\u{E0041}key",
+      "ops\u{E0100}key",
+      `a${"\u200D".repeat(60)}`,
+      `x${"\u{E0061}".repeat(30)}`,
+      "ops1\uFE0Fkey",
+      "ops \u200D\u{1F469}",
+      "\u{1F3F4}\u{E0067}\u{E0062} flag without its cancel tag",
     ]) {
       const refused = await send(current, "/api/admin/api-keys", {
         headers: bearer(admin.accessToken),
@@ -403,12 +415,25 @@ describe("API key names (probes 38a F1, 38c F3)", () => {
     expect(((await folded.json()) as { apiKey: { name: string } }).apiKey.name).toBe(
       "ci [REDACTED]",
     );
-    // What shapes visible text stays: an emoji sequence with a joiner, an accent, a flag.
-    const kept = await send(current, "/api/admin/api-keys", {
-      headers: bearer(admin.accessToken),
-      body: { name: "équipe 👩‍💻 🇫🇷", scopes: ["chat"] },
-    });
-    expect(kept.status).toBe(201);
+    // What shapes visible text stays: emoji sequences with a joiner, a skin tone or a variation
+    // selector, a keycap, flags, an accent, Persian's non-joiner, Sinhala's joiner, a CJK
+    // ideograph's variant.
+    for (const name of [
+      "équipe 👩‍💻 🇫🇷",
+      "on call 👩🏽\u200D💻 ❤️ 1️⃣ 🏳️\u200D🌈",
+      "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F} ops",
+      "می\u200Cخواهم",
+      "ශ්\u200Dරී",
+      "葛\u{E0100}城",
+    ]) {
+      const kept = await send(current, "/api/admin/api-keys", {
+        headers: bearer(admin.accessToken),
+        body: { name, scopes: ["chat"] },
+      });
+      expect({ name, status: kept.status }).toEqual({ name, status: 201 });
+      const stored = ((await kept.json()) as { apiKey: { name: string } }).apiKey.name;
+      expect({ name, stored }).toEqual({ name, stored: name });
+    }
   });
 });
 

@@ -105,6 +105,13 @@ test("description and metadata: a NUL, or a control character in a metadata key,
     "\ufdd0",
     "\u0378",
     "\ufffd",
+    // Joiners, variation selectors and tags where they shape nothing (probe 40b F4).
+    "\u200d",
+    "\u200c",
+    "\ufe0f",
+    "\u{e0041}",
+    "\u{e0100}",
+    "\u180b",
   ]) {
     await expectRefused({ ...valid, metadata: { [`or${control}der`]: "42" } }, "body/metadata");
   }
@@ -137,6 +144,8 @@ test("description and metadata: a NUL, or a control character in a metadata key,
       "🏳️\u200d🌈": "3",
       "می\u200cخواهم": "4",
       "1️⃣": "5",
+      "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}": "6",
+      "ᠠ\u180B": "7",
     },
   });
 });
