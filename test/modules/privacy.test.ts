@@ -346,7 +346,7 @@ test("contributors are part of export, erasure and retention", async () => {
   ]);
   services.runMaintenance();
   expect(services.privacy.retain(Date.now())).toBe(2);
-  services.privacy.erase(alice.userId, { ip: null, requestId: null });
+  await services.privacy.erase(alice.userId, { ip: null, requestId: null });
   expect(calls).toEqual(["retain", "retain", `erase ${alice.userId}`]);
   services.close();
 });
@@ -806,7 +806,7 @@ test("an account set aside by the address upgrade (no address key) erases no oth
   const before = accountRows();
   expect(before.length).toBeGreaterThan(0);
   expect(
-    current.services.privacy.erase(bob.userId, { ip: null, requestId: null, by: "operator" }),
+    await current.services.privacy.erase(bob.userId, { ip: null, requestId: null, by: "operator" }),
   ).toBe(true);
   expect(accountRows()).toEqual(before);
 });
@@ -1040,4 +1040,153 @@ test("with the file: a names-index row pointing another's event at the user brin
     await send(current, "/api/me/export", { headers: bearer(alice.accessToken) })
   ).json()) as { auditEvents: { id: number }[] };
   expect(alices.auditEvents.map((e) => e.id)).toContain(event.id);
+});
+
+describe("erasing a long audit history (probe 40a F3)", () => {
+  /** `n` events by the user, and `n / 10` of an admin's naming the user, written now. */
+  const history = (target: TestApp, userId: string, n: number) => {
+    for (let i = 0; i < n; i++) {
+      target.services.audit.record({
+        type: "auth.login.succeeded",
+        outcome: "success",
+        actor: `user:${userId}`,
+        ip: "192.0.2.9",
+      });
+      if (i % 10 === 0) {
+        target.services.audit.record({
+          type: "admin.usage.queried",
+          outcome: "success",
+          actor: "cli",
+          detail: { principal: `user:${userId}`, day: "2026-01-01" },
+        });
+      }
+    }
+    target.services.audit.flush();
+  };
+  const leftOf = (target: TestApp, userId: string) => {
+    const sqlite = target.db.$client;
+    const raw = `user:${userId}`;
+    return {
+      own: (
+        sqlite.query("SELECT count(*) AS n FROM audit_events WHERE actor = ?").get(raw) as {
+          n: number;
+        }
+      ).n,
+      named: (
+        sqlite
+          .query("SELECT count(*) AS n FROM audit_events WHERE detail LIKE ?")
+          .get(`%${raw}%`) as { n: number }
+      ).n,
+      names: (
+        sqlite.query("SELECT count(*) AS n FROM audit_event_names WHERE name = ?").get(raw) as {
+          n: number;
+        }
+      ).n,
+    };
+  };
+
+  test("other requests are answered while it runs; once it answers 204 no row keeps the id, and the chain verifies", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    history(target, user.userId, 4_000);
+    expect(leftOf(target, user.userId).own).toBeGreaterThan(4_000);
+    const before = leftOf(target, user.userId).own;
+    let answered = false;
+    const erasure = send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(user.accessToken),
+    }).finally(() => {
+      answered = true;
+    });
+    // Requests asked while it runs are answered while it runs, between two of its parts, each
+    // seeing the history part-rewritten; one transaction over the whole history held every
+    // request until the last row was rewritten, so each saw all of it or none.
+    const seen: number[] = [];
+    while (!answered) {
+      expect((await send(target, "/health")).status).toBe(200);
+      seen.push(leftOf(target, user.userId).own);
+    }
+    expect((await erasure).status).toBe(204);
+    expect(seen.some((left) => left > 0 && left < before)).toBe(true);
+    expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
+    const sqlite = target.db.$client;
+    expect(
+      (
+        sqlite
+          .query(
+            "SELECT count(*) AS n FROM audit_events WHERE actor LIKE 'erased:%' AND ip IS NULL",
+          )
+          .get() as { n: number }
+      ).n,
+    ).toBeGreaterThan(4_000);
+    expect(verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey)).ok).toBe(true);
+  });
+
+  test("an erasure stopped part-way is finished by the next maintenance runs, and said without the id", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    const other = await signUp(target);
+    history(target, user.userId, 3_000);
+    history(target, other.userId, 20);
+    // The erasure's record and its first part, then the process stops: what DELETE /api/me does
+    // in its transaction, and the next parts never ran.
+    const actor = `user:${user.userId}`;
+    const pseudonym = target.services.audit.pseudonymOf(actor);
+    expect(target.services.audit.pseudonymiseSome(actor, pseudonym, 1_000)).toBe(false);
+    expect(leftOf(target, user.userId).own).toBeGreaterThan(1_900);
+
+    const next = untoldInstance(target);
+    try {
+      for (let run = 0; run < 5; run++) next.services.runMaintenance();
+    } finally {
+      next.close();
+    }
+    expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
+    // Nobody else's rows were touched.
+    expect(leftOf(target, other.userId).own).toBeGreaterThan(20);
+    const sqlite = target.db.$client;
+    expect(verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey)).ok).toBe(true);
+    const said = next.logs.entries.filter((entry) =>
+      String(entry.msg).startsWith("an erasure stopped part-way was finished"),
+    );
+    expect(said).toHaveLength(1);
+    expect(said[0]!.pseudonym).toBe(pseudonym);
+    expect(next.logs.text).not.toContain(user.userId);
+  });
+
+  test("a part the database refuses after the erasure committed is logged, the account stays erased, and the maintenance finishes the rest", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    history(target, user.userId, 2_500);
+    const sqlite = target.db.$client;
+    const ids = sqlite
+      .query("SELECT id FROM audit_events WHERE actor = ? ORDER BY id")
+      .all(`user:${user.userId}`) as { id: number }[];
+    // Refuses the rewrite of the last rows, beyond the erasure's own transaction's part.
+    sqlite.run(
+      `CREATE TRIGGER refuse_late_rows BEFORE UPDATE ON audit_events WHEN OLD.id > ${ids[2_000]!.id} BEGIN SELECT RAISE(ABORT, 'refused'); END`,
+    );
+    const erased = await send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(user.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    expect(sqlite.query("SELECT count(*) AS n FROM users WHERE id = ?").get(user.userId)).toEqual({
+      n: 0,
+    });
+    expect(leftOf(target, user.userId).own).toBeGreaterThan(0);
+    const stopped = target.logs.entries.filter((entry) =>
+      String(entry.msg).startsWith("an erasure stopped part-way: the account is erased"),
+    );
+    expect(stopped).toHaveLength(1);
+    expect(target.logs.text).not.toContain(`user:${user.userId}`);
+
+    sqlite.run("DROP TRIGGER refuse_late_rows");
+    for (let run = 0; run < 5; run++) target.services.runMaintenance();
+    expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
+    expect(verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey)).ok).toBe(true);
+  });
 });

@@ -131,7 +131,7 @@ export const usersErase: Command = {
   summary:
     "Erase an account as DELETE /api/me does (for a user who cannot sign in to do it): sessions and API keys revoked, data deleted, audit rows pseudonymised",
   usage: "users:erase --email E --yes",
-  run(args, context) {
+  async run(args, context) {
     const email = requireFlag(args, "email");
     const { auth, privacy } = context.services();
     const user = auth.accountForOperator(email);
@@ -148,7 +148,7 @@ export const usersErase: Command = {
         EXIT_USAGE,
       );
     }
-    if (!privacy.erase(user.id, { ip: null, requestId: null, by: "operator" })) {
+    if (!(await privacy.erase(user.id, { ip: null, requestId: null, by: "operator" }))) {
       throw new CliError(`no account has the email ${email}`);
     }
     context.out(

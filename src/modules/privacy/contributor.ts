@@ -56,6 +56,13 @@ export interface PrivacyContributor {
    */
   erase(userId: string, context: ErasureContext): void;
   /**
+   * What is left of its erasure once the erasure's transaction has committed, for what is too long
+   * to rewrite while every other request waits (the audit log of a long history, probe 40a F3):
+   * a step that does a bounded part in a transaction of its own and says whether it is done. The
+   * erasure runs it until it is, letting other work in between, before it answers.
+   */
+  eraseRest?(userId: string, context: ErasureContext): () => boolean;
+  /**
    * Deletes what is older than its retention allows (chat messages past CHAT_RETENTION_DAYS);
    * bounded work per call, run by the background maintenance. Returns how many rows went.
    */

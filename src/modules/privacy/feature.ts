@@ -8,8 +8,15 @@ import type { Core } from "../../core";
 import { createAuditExport } from "../../plugins/audit/privacy";
 import type { Feature } from "../feature";
 import { type PrivacyContributor, StreamedJson } from "./contributor";
+import { ErasureResumption } from "./erasure-resumption";
 import { privacyModule, privacyRouteClasses } from "./index";
 import { type PrivacyAccount, PrivacyService } from "./service";
+
+/**
+ * Audit rows an erasure rewrites in one transaction: all of its actors' together in the erasure's
+ * own, then each part after it (~30 ms of the write lock and the event loop here).
+ */
+const ERASURE_PART_ROWS = 1_000;
 
 export interface PrivacyFeature extends Feature {
   service: PrivacyService;
@@ -36,8 +43,19 @@ export function privacyFeature(
         }
         yield "]";
       }),
+    // In the erasure's transaction, the record of each actor's erasure (so that events written
+    // from then on take the pseudonym) and a first part of its rows: a short history is done
+    // there, at once; a long one is finished by eraseRest, other requests served between parts.
     erase: (_userId, { pseudonym, actors }) => {
-      for (const actor of actors) core.audit.pseudonymise(actor, pseudonym);
+      const part = Math.floor(ERASURE_PART_ROWS / actors.length);
+      for (const actor of actors) core.audit.pseudonymiseSome(actor, pseudonym, part);
+    },
+    eraseRest: (_userId, { pseudonym, actors }) => {
+      let next = 0;
+      return () => {
+        if (core.audit.pseudonymiseSome(actors[next]!, pseudonym, ERASURE_PART_ROWS)) next++;
+        return next === actors.length;
+      };
     },
   };
   // The blocks an admin made, and the lockouts of their principals: before the audit log's own.
@@ -46,10 +64,13 @@ export function privacyFeature(
     export: (_userId, { actors }) => core.ipBlocks.heldFor(actors),
     erase: (_userId, { pseudonym, actors }) => core.ipBlocks.eraseActors(actors, pseudonym),
   };
+  const resumption = new ErasureResumption(core.audit, core.logger);
   const service = new PrivacyService({
     sqlite: core.db.$client,
     clock: core.clock,
     audit: core.audit,
+    logger: core.logger,
+    onUnfinished: () => resumption.rescan(),
     account,
     contributors: [...features.flatMap((feature) => feature.privacy ?? []), ipBlocks, auditEvents],
   });
@@ -61,6 +82,7 @@ export function privacyFeature(
       privacyModule({ auth, service, errors: core.errors, logger: core.logger }),
     maintenance: (now) => {
       service.retain(now);
+      resumption.run();
     },
   };
 }

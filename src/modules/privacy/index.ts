@@ -182,8 +182,11 @@ export function privacyModule({
     )
     .delete(
       "",
-      ({ principal, set, client, requestId }) => {
-        if (!service.erase(principal.id, { ip: client.ip, requestId })) {
+      async ({ principal, set, client, request, requestId, server }) => {
+        // A long history is rewritten in parts, the event loop running between them: Bun's 10 s
+        // idle timeout would close the connection of an erasure that takes longer before its 204.
+        server?.timeout(request, 0);
+        if (!(await service.erase(principal.id, { ip: client.ip, requestId }))) {
           throw new AppError("NOT_FOUND", "The account no longer exists.");
         }
         if (principal.kind === "user" && principal.role === "admin" && !service.adminsRemain()) {

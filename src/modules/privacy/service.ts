@@ -8,10 +8,15 @@
  * sessions and keys are revoked, the audit log replaces the user's id by a keyed pseudonym
  * (dropping the address and the salt that committed to both, each rewrite authenticated with
  * AUDIT_SECRET_KEY, so the chain still verifies and a rewrite by anyone else does not) — and then
- * the account row goes.
+ * the account row goes. What a contributor has too much of to rewrite in that transaction without
+ * holding every other request (a long audit history) it finishes after, a bounded part at a time
+ * (`eraseRest`), before the erasure answers; a process that stops part-way has it finished by the
+ * next one's maintenance (erasure-resumption.ts).
  */
 import type { Database } from "bun:sqlite";
 import type { Clock } from "../../clock";
+import { isDatabaseBusy } from "../../db/busy";
+import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import { type PrivacyContributor, StreamedJson } from "./contributor";
 
@@ -45,9 +50,16 @@ export interface PrivacyServiceOptions {
   sqlite: Database;
   clock: Clock;
   audit: AuditLog;
+  logger: Logger;
   account: PrivacyAccount;
   contributors: readonly PrivacyContributor[];
+  /** Told when an erasure's rest could not be finished here, for the maintenance to finish it. */
+  onUnfinished?: () => void;
 }
+
+/** How long the rest of an erasure waits out another connection's write lock, in all. */
+const REST_LOCK_WAIT_MS = 30_000;
+const REST_LOCK_RETRY_MS = 25;
 
 export class PrivacyService {
   constructor(private readonly options: PrivacyServiceOptions) {}
@@ -102,21 +114,30 @@ export class PrivacyService {
     return removed;
   }
 
-  /** Erases the account and everything held about it; false when there is no such account. */
-  erase(userId: string, meta: ErasureRequest): boolean {
+  /**
+   * Erases the account and everything held about it; false when there is no such account. Resolves
+   * once every contributor's rest is done too (or, when the database keeps failing, left to the
+   * maintenance, which is logged).
+   */
+  async erase(userId: string, meta: ErasureRequest): Promise<boolean> {
     const { sqlite, account, audit, contributors } = this.options;
     const byOperator = meta.by === "operator";
     if (byOperator ? !account.stored(userId) : !account.find(userId)) return false;
     const pseudonym = this.pseudonymOf(`user:${userId}`);
     const wasAdmin = account.isAdmin?.(userId) === true;
-    sqlite
+    const context = sqlite
       .transaction(() => {
         const actors = this.actorsOf(userId, true);
         const context = { pseudonym, actors, requestId: meta.requestId };
         for (const contributor of contributors) contributor.erase(userId, context);
         account.remove(userId);
+        return context;
       })
       .immediate();
+    for (const contributor of contributors) {
+      const step = contributor.eraseRest?.(userId, context);
+      if (step !== undefined) await this.finishRest(contributor.name, step, pseudonym);
+    }
     // The last admin erasing itself leaves the admin routes to admin-scoped keys alone: said in the
     // record, as the CLI says it (probe 38b F5). Their right to erase is not refused for it.
     const noAdminLeft = wasAdmin && account.anyAdmin?.() === false;
@@ -133,6 +154,33 @@ export class PrivacyService {
     });
     copyErasureIntoFile(sqlite);
     return true;
+  }
+
+  /**
+   * Runs an erasure's rest until it is done, a part per event-loop turn so that other requests are
+   * served between parts; another connection's write lock is waited out (up to 30 s in all). A
+   * rest that cannot finish here is logged and left to the maintenance: the account is erased
+   * already, and the rows left are rewritten by the next maintenance that finds them.
+   */
+  private async finishRest(name: string, step: () => boolean, pseudonym: string): Promise<void> {
+    const started = performance.now();
+    for (;;) {
+      try {
+        if (step()) return;
+        await new Promise((resolve) => setImmediate(resolve));
+      } catch (error) {
+        if (isDatabaseBusy(error) && performance.now() - started < REST_LOCK_WAIT_MS) {
+          await Bun.sleep(REST_LOCK_RETRY_MS);
+          continue;
+        }
+        this.options.logger.error(
+          { err: error, contributor: name, pseudonym },
+          "an erasure stopped part-way: the account is erased, and the maintenance rewrites what is left",
+        );
+        this.options.onUnfinished?.();
+        return;
+      }
+    }
   }
 
   /** Whether any trusted admin account is left (unknown: true). */

@@ -73,6 +73,12 @@ import {
 export type { AuditHead, AuditRow, VerifyResult } from "./verify";
 export { verifyAuditChain } from "./verify";
 
+/** Where a scan for unfinished erasures stands: the actors of events, then the names in details. */
+export interface ErasureScanCursor {
+  in: "actors" | "names";
+  after: string;
+}
+
 /** What the rest of the app needs from an audit log. */
 export interface AuditLog {
   record(event: AuditEvent): void;
@@ -83,6 +89,23 @@ export interface AuditLog {
    * Queued events are written first. Returns how many rows were rewritten.
    */
   pseudonymise(actor: string, pseudonym: string): number;
+  /**
+   * Erasure a part at a time: records the erasure as `pseudonymise` does, then rewrites at most
+   * `maxRows` of the actor's rows (its own events first, then others' naming it), in a transaction
+   * of its own (or the caller's). True once none is left. A long history is rewritten over many
+   * calls, other requests served between them (probe 40a F3).
+   */
+  pseudonymiseSome(actor: string, pseudonym: string, maxRows: number): boolean;
+  /**
+   * Erasures stopped part-way (the process ended between two parts): each erased actor, with the
+   * pseudonym its rows take, whose own events or whose names in others' events are still there.
+   * Reads the distinct actors and names, at most `maxActors` a call from `after` on (a cursor:
+   * `next`, null at the end).
+   */
+  unfinishedErasures(
+    after: ErasureScanCursor | null,
+    maxActors: number,
+  ): { unfinished: { actor: string; pseudonym: string }[]; next: ErasureScanCursor | null };
   /** The pseudonym erasure gives `actor` (keyed, so it cannot be recomputed without the key). */
   pseudonymOf(actor: string): string;
   /** Whether a stored row, read alone, is as Palisade wrote or erased it (verify.ts rowVouched). */
@@ -353,98 +376,172 @@ export class SqliteAuditLog implements AuditLog {
 
   pseudonymise(actor: string, pseudonym: string): number {
     this.flush();
-    const keys = this.keys;
-    const db = this.db;
-    return db.transaction(
-      () => {
-        const columns = {
-          id: auditEvents.id,
-          actor: auditEvents.actor,
-          ip: auditEvents.ip,
-          detail: auditEvents.detail,
-          subjectSalt: auditEvents.subjectSalt,
-          subjectCommit: auditEvents.subjectCommit,
-          erasureMac: auditEvents.erasureMac,
-        };
-        const own = db.select(columns).from(auditEvents).where(eq(auditEvents.actor, actor)).all();
-        // Others' events that name the actor in their detail (an admin who looked up the user's
-        // usage, the key made for the user), found through the names written with them.
-        const naming = db
-          .select(columns)
-          .from(auditEventNames)
-          .innerJoin(auditEvents, eq(auditEvents.id, auditEventNames.eventId))
-          .where(
-            and(
-              eq(auditEventNames.name, actor),
-              or(isNull(auditEvents.actor), ne(auditEvents.actor, actor)),
-            ),
-          )
-          .all();
-        const update = db
-          .update(auditEvents)
-          .set({
-            actor: sql`${sql.placeholder("actor")}`,
-            ip: sql`${sql.placeholder("ip")}`,
-            detail: sql`${sql.placeholder("detail")}`,
-            subjectSalt: null,
-            erasureMac: sql`${sql.placeholder("erasureMac")}`,
-          })
-          .where(eq(auditEvents.id, sql.placeholder("id")))
-          .prepare();
-        // Events for the actor written from now on, by any process, take the pseudonym too.
-        const actorKey = keys.pseudonym(actor);
-        db.insert(auditErasedActors)
-          .values({
-            actorKey,
-            pseudonym,
-            erasedAt: this.clock.now(),
-            mac: keys.erasedActorMac(actorKey, pseudonym),
-          })
-          .onConflictDoNothing()
-          .run();
-        this.actorKeys.delete(actor);
-        let untrusted = 0;
-        let rewritten = 0;
-        const rewrite = (row: (typeof own)[number], ownRow: boolean) => {
-          const detail = commitsToDetail(row.subjectCommit)
-            ? detailWithout(row.detail, actor, pseudonym)
-            : row.detail;
-          if (!ownRow && detail === row.detail) return;
-          // Only a row that still matches its commitment (or an earlier erasure's record) gets an
-          // authenticated rewrite: erasure must not turn someone's earlier tampering into a row
-          // that verifies.
-          const intact =
-            row.subjectSalt !== null
-              ? row.erasureMac === null && matchesCommit({ ...row, subjectSalt: row.subjectSalt })
-              : row.erasureMac !== null && sealMatches(keys.erasureMac(row), row.erasureMac);
-          if (!intact) untrusted++;
-          const erased = {
-            id: row.id,
-            subjectCommit: row.subjectCommit,
-            actor: ownRow ? pseudonym : row.actor,
-            ip: ownRow ? null : row.ip,
-            detail,
-          };
-          update.run({
-            ...erased,
-            erasureMac: intact ? keys.erasureMac(erased) : null,
-          });
-          rewritten++;
-        };
-        for (const row of own) rewrite(row, true);
-        for (const row of naming) rewrite(row, false);
-        // The raw id goes from the index too.
-        db.delete(auditEventNames).where(eq(auditEventNames.name, actor)).run();
-        if (untrusted > 0) {
-          this.logger.error(
-            { rows: untrusted },
-            "audit rows erased whose actor, address or detail had been altered; audit:verify reports them",
-          );
-        }
-        return rewritten;
-      },
+    return this.db.transaction(() => this.rewriteErased(actor, pseudonym, -1).rewritten, {
+      behavior: "immediate",
+    });
+  }
+
+  pseudonymiseSome(actor: string, pseudonym: string, maxRows: number): boolean {
+    this.flush();
+    return this.db.transaction(
+      () => this.rewriteErased(actor, pseudonym, maxRows).examined < maxRows,
       { behavior: "immediate" },
     );
+  }
+
+  unfinishedErasures(
+    after: ErasureScanCursor | null,
+    maxActors: number,
+  ): { unfinished: { actor: string; pseudonym: string }[]; next: ErasureScanCursor | null } {
+    const unfinished: { actor: string; pseudonym: string }[] = [];
+    let cursor: ErasureScanCursor = after ?? { in: "actors", after: "" };
+    // One index step a distinct value (the actor index, the names' primary key), not a scan of
+    // every row: a log of millions of events has thousands of actors.
+    const nextActor = this.sqlite.prepare<{ actor: string }, [string]>(
+      "SELECT actor FROM audit_events WHERE actor > ?1 ORDER BY actor LIMIT 1",
+    );
+    const nextName = this.sqlite.prepare<{ name: string }, [string]>(
+      "SELECT name FROM audit_event_names WHERE name > ?1 ORDER BY name LIMIT 1",
+    );
+    for (let looked = 0; looked < maxActors; looked++) {
+      const found =
+        cursor.in === "actors"
+          ? nextActor.get(cursor.after)?.actor
+          : nextName.get(cursor.after)?.name;
+      if (found === undefined) {
+        if (cursor.in === "names") return { unfinished, next: null };
+        cursor = { in: "names", after: "" };
+        continue;
+      }
+      cursor = { in: cursor.in, after: found };
+      const pseudonym = this.erasedAs(found);
+      if (pseudonym !== null) unfinished.push({ actor: found, pseudonym });
+    }
+    return { unfinished, next: cursor };
+  }
+
+  /**
+   * Rewrites up to `limit` rows of an erased actor (-1: all), inside the caller's transaction:
+   * records the erasure, then its own events in id order, then others' events that name it (the
+   * names index rows of those rewritten deleted with them, so the next call goes on from there).
+   * `examined` counts the rows looked at, rewritten or not.
+   */
+  private rewriteErased(
+    actor: string,
+    pseudonym: string,
+    limit: number,
+  ): { rewritten: number; examined: number } {
+    const keys = this.keys;
+    const db = this.db;
+    const columns = {
+      id: auditEvents.id,
+      actor: auditEvents.actor,
+      ip: auditEvents.ip,
+      detail: auditEvents.detail,
+      subjectSalt: auditEvents.subjectSalt,
+      subjectCommit: auditEvents.subjectCommit,
+      erasureMac: auditEvents.erasureMac,
+    };
+    // Events for the actor written from now on, by any process, take the pseudonym too.
+    const actorKey = keys.pseudonym(actor);
+    db.insert(auditErasedActors)
+      .values({
+        actorKey,
+        pseudonym,
+        erasedAt: this.clock.now(),
+        mac: keys.erasedActorMac(actorKey, pseudonym),
+      })
+      .onConflictDoNothing()
+      .run();
+    this.actorKeys.delete(actor);
+    const own = db
+      .select(columns)
+      .from(auditEvents)
+      .where(eq(auditEvents.actor, actor))
+      .orderBy(auditEvents.id)
+      .limit(limit)
+      .all();
+    // Others' events that name the actor in their detail (an admin who looked up the user's
+    // usage, the key made for the user), found through the names written with them.
+    const room = limit < 0 ? -1 : limit - own.length;
+    const naming =
+      room === 0
+        ? []
+        : db
+            .select(columns)
+            .from(auditEventNames)
+            .innerJoin(auditEvents, eq(auditEvents.id, auditEventNames.eventId))
+            .where(
+              and(
+                eq(auditEventNames.name, actor),
+                or(isNull(auditEvents.actor), ne(auditEvents.actor, actor)),
+              ),
+            )
+            .orderBy(auditEventNames.eventId)
+            .limit(room)
+            .all();
+    const update = db
+      .update(auditEvents)
+      .set({
+        actor: sql`${sql.placeholder("actor")}`,
+        ip: sql`${sql.placeholder("ip")}`,
+        detail: sql`${sql.placeholder("detail")}`,
+        subjectSalt: null,
+        erasureMac: sql`${sql.placeholder("erasureMac")}`,
+      })
+      .where(eq(auditEvents.id, sql.placeholder("id")))
+      .prepare();
+    let untrusted = 0;
+    let rewritten = 0;
+    const rewrite = (row: (typeof own)[number], ownRow: boolean) => {
+      const detail = commitsToDetail(row.subjectCommit)
+        ? detailWithout(row.detail, actor, pseudonym)
+        : row.detail;
+      if (!ownRow && detail === row.detail) return;
+      // Only a row that still matches its commitment (or an earlier erasure's record) gets an
+      // authenticated rewrite: erasure must not turn someone's earlier tampering into a row
+      // that verifies.
+      const intact =
+        row.subjectSalt !== null
+          ? row.erasureMac === null && matchesCommit({ ...row, subjectSalt: row.subjectSalt })
+          : row.erasureMac !== null && sealMatches(keys.erasureMac(row), row.erasureMac);
+      if (!intact) untrusted++;
+      const erased = {
+        id: row.id,
+        subjectCommit: row.subjectCommit,
+        actor: ownRow ? pseudonym : row.actor,
+        ip: ownRow ? null : row.ip,
+        detail,
+      };
+      update.run({
+        ...erased,
+        erasureMac: intact ? keys.erasureMac(erased) : null,
+      });
+      rewritten++;
+    };
+    for (const row of own) rewrite(row, true);
+    for (const row of naming) rewrite(row, false);
+    // The raw id goes from the index too: all of it once the events are done, else those done.
+    const examined = own.length + naming.length;
+    if (limit < 0 || examined < limit) {
+      db.delete(auditEventNames).where(eq(auditEventNames.name, actor)).run();
+    } else if (naming.length > 0) {
+      db.delete(auditEventNames)
+        .where(
+          and(
+            eq(auditEventNames.name, actor),
+            lte(auditEventNames.eventId, naming[naming.length - 1]!.id),
+          ),
+        )
+        .run();
+    }
+    if (untrusted > 0) {
+      this.logger.error(
+        { rows: untrusted },
+        "audit rows erased whose actor, address or detail had been altered; audit:verify reports them",
+      );
+    }
+    return { rewritten, examined };
   }
 
   /**

@@ -251,7 +251,9 @@ describe("a key's scopes are bounded by its owner's current role at every use", 
     const other = secondProcess(target, clock);
     cleanups.push(other.close);
     expect((await powers(other, key)).me).toBe(200);
-    expect(target.services.privacy.erase(owner.userId, { ip: null, requestId: null })).toBe(true);
+    expect(await target.services.privacy.erase(owner.userId, { ip: null, requestId: null })).toBe(
+      true,
+    );
     clock.advance(1_100);
     expect((await powers(other, key)).me).toBe(401);
     expect((await powers(target, key)).me).toBe(401);

@@ -1,0 +1,63 @@
+/**
+ * @module
+ * Finishing erasures a process stopped part-way. An erasure rewrites a long audit history a part
+ * at a time after its transaction commits (the privacy service's `eraseRest`); a process that
+ * stops between two parts (a crash, a kill, a deploy) leaves the erased actor's older rows as they
+ * were. The audit log's record of the erasure (`audit_erased_actors`, keyed and MACed) is already
+ * written, so the actors still to finish can be found by asking it of every distinct actor and
+ * name in the log — which is what this does, once after the start and again whenever an erasure
+ * could not finish, a bounded part per maintenance run.
+ */
+import type { Logger } from "../../logging/logger";
+import type { AuditLog, ErasureScanCursor } from "../../plugins/audit/log";
+
+/** Distinct actors and names looked at per maintenance run. */
+const ACTORS_PER_RUN = 2_000;
+/** Rows rewritten per maintenance run at most. */
+const ROWS_PER_RUN = 2_000;
+
+export class ErasureResumption {
+  private scanning = true;
+  private cursor: ErasureScanCursor | null = null;
+  private readonly pending: { actor: string; pseudonym: string }[] = [];
+  /** Actors found by this scan: one found by its events is found again by its names. */
+  private readonly found = new Set<string>();
+
+  constructor(
+    private readonly audit: Pick<AuditLog, "pseudonymiseSome" | "unfinishedErasures">,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Looks through the whole log again, from its start (an erasure was left to the maintenance). */
+  rescan(): void {
+    this.scanning = true;
+    this.cursor = null;
+    this.found.clear();
+  }
+
+  /** One maintenance run's part: the erasures found so far, then the scan a step further. */
+  run(): void {
+    while (this.pending.length > 0) {
+      const { actor, pseudonym } = this.pending[0]!;
+      if (!this.audit.pseudonymiseSome(actor, pseudonym, ROWS_PER_RUN)) return;
+      this.pending.shift();
+      // Never the actor: it is what the erasure took out.
+      this.logger.warn(
+        { pseudonym },
+        "an erasure stopped part-way was finished: its account's remaining audit rows now carry its pseudonym",
+      );
+    }
+    if (!this.scanning) return;
+    const { unfinished, next } = this.audit.unfinishedErasures(this.cursor, ACTORS_PER_RUN);
+    for (const erasure of unfinished) {
+      if (this.found.has(erasure.actor)) continue;
+      this.found.add(erasure.actor);
+      this.pending.push(erasure);
+    }
+    this.cursor = next;
+    if (next === null) {
+      this.scanning = false;
+      this.found.clear();
+    }
+  }
+}
