@@ -205,6 +205,18 @@ function prepareActiveById(db: AppDatabase) {
 }
 
 /**
+ * A key's sealed columns by id: every change reads them (an erasure of a user with a thousand keys
+ * revokes each, with the write lock held; building the query each time was a third of that).
+ */
+function prepareSealedById(db: AppDatabase) {
+  return db
+    .select(sealedKeyColumns)
+    .from(apiKeys)
+    .where(eq(apiKeys.id, sql.placeholder("id")))
+    .prepare();
+}
+
+/**
  * A stored key's scopes. Only a sealed row is ever believed, but every row is listed: one written
  * into the file may hold anything there, and a listing must show it (as tampered), not fail.
  */
@@ -245,7 +257,10 @@ export function isScope(value: string): value is Scope {
 
 export class ApiKeyService {
   private readonly db: AppDatabase;
-  private readonly statements: { activeById: ReturnType<typeof prepareActiveById> };
+  private readonly statements: {
+    activeById: ReturnType<typeof prepareActiveById>;
+    sealedById: ReturnType<typeof prepareSealedById>;
+  };
   private readonly scrub: TextScrubber;
 
   constructor(
@@ -257,7 +272,10 @@ export class ApiKeyService {
   ) {
     this.db = drizzleOf(sqlite);
     const db = this.db;
-    this.statements = preparedOnUse({ activeById: () => prepareActiveById(db) });
+    this.statements = preparedOnUse({
+      activeById: () => prepareActiveById(db),
+      sealedById: () => prepareSealedById(db),
+    });
     this.scrub = secretScrubber(options.secretValues ?? []);
   }
 
@@ -829,7 +847,7 @@ export class ApiKeyService {
     const { seal } = this.options;
     return this.db.transaction(
       () => {
-        const row = this.db.select(sealedKeyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
+        const row = this.statements.sealedById.get({ id });
         if (!row || !applies(row)) return false;
         const change = typeof changeAsked === "function" ? changeAsked() : changeAsked;
         const intact = seal.intact.apiKey(row);

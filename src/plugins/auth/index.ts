@@ -190,15 +190,17 @@ export function authPlugin(options: AuthPluginOptions) {
   ): Principal => {
     const principal = authenticated(found);
     const place = () => ({ route: `${request.method} ${route}`, ip: client.ip, requestId });
+    const asksAdmin =
+      standing !== undefined && typeof requirement === "object" && "role" in requirement;
     if (!satisfies(principal, requirement)) {
+      // A key this process still holds as it was verified (without `admin`) may have been revoked
+      // by another process in the second before this one reads it: the 401 of an ended credential
+      // then, whichever process it reaches, not a 403 counted and audited as a refusal (probe
+      // 41a F3). Asked of admin requests only, and only when refused.
+      if (asksAdmin && !standing.stillValid(principal)) throw endedCredential(metrics, principal);
       throw forbidden(options, principal, place(), requirement);
     }
-    if (
-      standing !== undefined &&
-      typeof requirement === "object" &&
-      "role" in requirement &&
-      !standing.stillAdmin(principal)
-    ) {
+    if (asksAdmin && !standing.stillAdmin(principal)) {
       throw lostAdmin({ metrics, audit, standing }, principal, place());
     }
     return principal;

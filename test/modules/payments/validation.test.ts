@@ -112,6 +112,8 @@ test("description and metadata: a NUL, or a control character in a metadata key,
     "\u{e0041}",
     "\u{e0100}",
     "\u180b",
+    "\u202f\u200d\u202f",
+    "\u{1f3fb}\ufe0f",
   ]) {
     await expectRefused({ ...valid, metadata: { [`or${control}der`]: "42" } }, "body/metadata");
   }
@@ -146,6 +148,8 @@ test("description and metadata: a NUL, or a control character in a metadata key,
       "1️⃣": "5",
       "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}": "6",
       "ᠠ\u180B": "7",
+      // Mongolian's vowel separator between two of its letters (probe 41a F2).
+      "ᠬᠠᠳᠠ\u180Eᠠ": "8",
     },
   });
 });
