@@ -26,6 +26,8 @@ export class ErasureResumption {
   constructor(
     private readonly audit: Pick<AuditLog, "pseudonymiseSome" | "unfinishedErasures">,
     private readonly logger: Logger,
+    /** Whether this process's own erasure of the actor is still under way (not stopped). */
+    private readonly underWay: (actor: string) => boolean = () => false,
   ) {}
 
   /** Looks through the whole log again, from its start (an erasure was left to the maintenance). */
@@ -50,7 +52,7 @@ export class ErasureResumption {
     if (!this.scanning) return;
     const { unfinished, next } = this.audit.unfinishedErasures(this.cursor, ACTORS_PER_RUN);
     for (const erasure of unfinished) {
-      if (this.found.has(erasure.actor)) continue;
+      if (this.found.has(erasure.actor) || this.underWay(erasure.actor)) continue;
       this.found.add(erasure.actor);
       this.pending.push(erasure);
     }

@@ -64,8 +64,10 @@ export function privacyFeature(
     export: (_userId, { actors }) => core.ipBlocks.heldFor(actors),
     erase: (_userId, { pseudonym, actors }) => core.ipBlocks.eraseActors(actors, pseudonym),
   };
-  const resumption = new ErasureResumption(core.audit, core.logger);
-  const service = new PrivacyService({
+  const resumption = new ErasureResumption(core.audit, core.logger, (actor) =>
+    service.erasing(actor),
+  );
+  const service: PrivacyService = new PrivacyService({
     sqlite: core.db.$client,
     clock: core.clock,
     audit: core.audit,

@@ -62,7 +62,15 @@ const REST_LOCK_WAIT_MS = 30_000;
 const REST_LOCK_RETRY_MS = 25;
 
 export class PrivacyService {
+  /** The actors of this process's erasures whose rest is under way. */
+  private readonly erasingNow = new Set<string>();
+
   constructor(private readonly options: PrivacyServiceOptions) {}
+
+  /** Whether this process is rewriting the actor's rows now, an erasure's rest under way. */
+  erasing(actor: string): boolean {
+    return this.erasingNow.has(actor);
+  }
 
   pseudonymOf(actor: string): string {
     return this.options.audit.pseudonymOf(actor);
@@ -134,9 +142,14 @@ export class PrivacyService {
         return context;
       })
       .immediate();
-    for (const contributor of contributors) {
-      const step = contributor.eraseRest?.(userId, context);
-      if (step !== undefined) await this.finishRest(contributor.name, step, pseudonym);
+    for (const actor of context.actors) this.erasingNow.add(actor);
+    try {
+      for (const contributor of contributors) {
+        const step = contributor.eraseRest?.(userId, context);
+        if (step !== undefined) await this.finishRest(contributor.name, step, pseudonym);
+      }
+    } finally {
+      for (const actor of context.actors) this.erasingNow.delete(actor);
     }
     // The last admin erasing itself leaves the admin routes to admin-scoped keys alone: said in the
     // record, as the CLI says it (probe 38b F5). Their right to erase is not refused for it.
