@@ -257,6 +257,14 @@ export function isScope(value: string): value is Scope {
 
 export class ApiKeyService {
   private readonly db: AppDatabase;
+  /**
+   * A key change's UPDATE, prepared once per set of columns it writes: an erasure revokes each of
+   * a user's keys, with the write lock held, and building the statement was most of each change.
+   */
+  private readonly changeStatements = new Map<
+    string,
+    { run(values: Record<string, unknown>): unknown }
+  >();
   private readonly statements: {
     activeById: ReturnType<typeof prepareActiveById>;
     sealedById: ReturnType<typeof prepareSealedById>;
@@ -852,15 +860,32 @@ export class ApiKeyService {
         const change = typeof changeAsked === "function" ? changeAsked() : changeAsked;
         const intact = seal.intact.apiKey(row);
         const next = { ...row, ...change };
-        this.db
-          .update(apiKeys)
-          .set(intact ? { ...change, seal: seal.apiKey(next) } : change)
-          .where(eq(apiKeys.id, id))
-          .run();
+        const values: Record<string, unknown> = intact
+          ? { ...change, seal: seal.apiKey(next) }
+          : { ...change };
+        // Drizzle's `set` leaves out an undefined value: so does the statement.
+        const columns = Object.keys(values).filter((column) => values[column] !== undefined);
+        this.changeStatement(columns).run({ ...values, id });
         return true;
       },
       { behavior: "immediate" },
     );
+  }
+
+  /** The UPDATE of these columns by id, prepared by its first use and kept. */
+  private changeStatement(columns: string[]): { run(values: Record<string, unknown>): unknown } {
+    const name = columns.join(",");
+    let statement = this.changeStatements.get(name);
+    if (statement === undefined) {
+      const set = Object.fromEntries(columns.map((column) => [column, sql.placeholder(column)]));
+      statement = this.db
+        .update(apiKeys)
+        .set(set)
+        .where(eq(apiKeys.id, sql.placeholder("id")))
+        .prepare();
+      this.changeStatements.set(name, statement);
+    }
+    return statement;
   }
 }
 
