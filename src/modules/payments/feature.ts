@@ -22,7 +22,7 @@ export interface PaymentsFeatureOptions {
   inProgressWaitMs?: number;
   /** Whether an owner (`user:<id>`, `key:<id>`) is still there to pay for (see PaymentService). */
   ownerStands?: (owner: string) => boolean;
-  /** An admin's credential as the database reads it, asked as a refund is claimed (auth feature). */
+  /** The asking credential as the database reads it, asked as a refund or an intent is claimed. */
   standing?: CredentialStanding;
 }
 

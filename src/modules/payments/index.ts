@@ -10,7 +10,12 @@ import { Elysia, t } from "elysia";
 import type { Config } from "../../config";
 import { AppError, problemResponses } from "../../errors";
 import type { AuditLog } from "../../plugins/audit/log";
-import { type authPlugin, type CredentialStanding, lostAdmin } from "../../plugins/auth";
+import {
+  type authPlugin,
+  type CredentialStanding,
+  endedCredential,
+  lostAdmin,
+} from "../../plugins/auth";
 import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import type { RouteClass } from "../../plugins/route-class";
@@ -45,7 +50,7 @@ export interface PaymentsModuleOptions {
   service: PaymentService;
   ledger: PaymentLedger;
   payments: Config["payments"];
-  /** An admin's credential as the database reads it, asked as a refund is claimed. */
+  /** The asking credential as the database reads it, asked as a refund or an intent is claimed. */
   standing?: CredentialStanding;
   /** Where a credential that lost its standing while its request was under way is counted. */
   authMetrics: AuthMetrics;
@@ -211,9 +216,14 @@ export function paymentsModule(options: PaymentsModuleOptions) {
               customerEmail,
               metadata: body.metadata,
             },
-            acting(principal, request, route, clientIp, requestId),
+            {
+              ...acting(principal, request, route, clientIp, requestId),
+              stands: standing && (() => standing.stillValid(principal)),
+            },
           );
           switch (outcome.kind) {
+            case "actor_gone":
+              throw endedCredential(options.authMetrics, principal);
             case "created":
               set.status = 201;
               if (outcome.replayed) set.headers["idempotent-replayed"] = "true";

@@ -56,9 +56,9 @@ export interface ActingRequest {
   route: string;
   requestId: string;
   /**
-   * Whether the credential that asked still stands, asked in the transaction that claims a refund:
-   * a refund asked by an admin key revoked (or a session logged out) after the auth stage let the
-   * request by is not made (probe 38c F1).
+   * Whether the credential that asked still stands, asked in the transaction that claims a refund
+   * or an intent's Idempotency-Key: a refund or an intent asked by a key revoked (or a session
+   * logged out) after the auth stage let the request by is not made (probes 38c F1, 39b).
    */
   stands?: () => boolean;
 }
@@ -80,6 +80,8 @@ export type IntentOutcome =
   | { kind: "unrecorded"; retryAfterSeconds: number; reason: "busy" | "failed" }
   /** The owner's account was erased meanwhile (its credential still accepted for a second). */
   | { kind: "owner_gone" }
+  /** The credential that asked was revoked or logged out meanwhile (ActingRequest.stands). */
+  | { kind: "actor_gone" }
   | GatewayFailure;
 
 export type RefundOutcome =
@@ -137,7 +139,8 @@ type Claim =
   | { kind: "done"; response: IntentResponse }
   | { kind: "pending" }
   | { kind: "key_reused" }
-  | { kind: "owner_gone" };
+  | { kind: "owner_gone" }
+  | { kind: "actor_gone" };
 
 /** An owner's Idempotency-Key as one map key (JSON: no owner and key pair spells another's). */
 function unrecordedKey(owner: string, key: string): string {
@@ -234,7 +237,7 @@ export class PaymentService {
   }
 
   /** Claims `key` for `owner`, or says what holds it; one BEGIN IMMEDIATE transaction. */
-  private claim(owner: string, key: string, hash: string): Claim {
+  private claim(owner: string, key: string, hash: string, stands?: () => boolean): Claim {
     const now = this.clock.now();
     return this.db.transaction(
       (tx) => {
@@ -243,6 +246,9 @@ export class PaymentService {
         // its id and the request's personal fields. Erasure deletes the owner's keys in its own
         // transaction, so one made before it goes with it and one after it is refused here.
         if (!this.ownerStands(owner)) return { kind: "owner_gone" } as const;
+        // The credential that asked, revoked or logged out after the auth stage let the request
+        // by (in this process, or another not yet told), claims nothing either.
+        if (stands?.() === false) return { kind: "actor_gone" } as const;
         const ours = and(
           eq(paymentIdempotencyKeys.owner, owner),
           eq(paymentIdempotencyKeys.key, key),
@@ -334,7 +340,7 @@ export class PaymentService {
     if (gateway === null) throw new Error("payments are not configured");
     const hash = requestHash(request);
     const deadline = performance.now() + this.inProgressWaitMs;
-    let claim = this.claim(owner, key, hash);
+    let claim = this.claim(owner, key, hash, acting.stands);
     while (claim.kind === "pending") {
       const retryAt = this.unrecordedRetryAt(owner, key);
       if (retryAt !== null) {
@@ -343,9 +349,10 @@ export class PaymentService {
       }
       if (performance.now() >= deadline) return { kind: "in_progress" };
       await Bun.sleep(POLL_MS);
-      claim = this.claim(owner, key, hash);
+      claim = this.claim(owner, key, hash, acting.stands);
     }
-    if (claim.kind === "key_reused" || claim.kind === "owner_gone") return claim;
+    if (claim.kind === "key_reused" || claim.kind === "owner_gone" || claim.kind === "actor_gone")
+      return claim;
     if (claim.kind === "done") return { kind: "created", response: claim.response, replayed: true };
 
     let result: Awaited<ReturnType<PaymentGateway["createIntent"]>>;

@@ -278,6 +278,44 @@ describe("erasure and an intent in flight exclude each other", () => {
     }
   });
 
+  test("an intent asked by a key revoked, or a session logged out, in the second before a process not yet told reads it is refused 401: Stripe never asked, nothing claimed", async () => {
+    current = buildPaymentsApp();
+    const alice = await signUp(current);
+    const { key, record } = createKey(current, ["payments"], alice.userId);
+    const other = untoldInstance(current, stripeEnvOf(current));
+    try {
+      const viaKey = { "x-api-key": key };
+      const viaSession = bearer(alice.accessToken);
+      for (const headers of [viaKey, viaSession]) {
+        const first = await createIntent(other, headers, { amount: 1000, currency: "usd" });
+        expect(first.status).toBe(201);
+      }
+      expect(current.services.apiKeys.revoke(record.id, "test")).toBe(true);
+      const loggedOut = await send(current, "/api/auth/logout", {
+        headers: viaSession,
+        body: { refreshToken: alice.refreshToken },
+      });
+      expect(loggedOut.status).toBeLessThan(300);
+      const keysBefore = current.db.$client
+        .query("SELECT count(*) AS n FROM payment_idempotency_keys")
+        .get();
+      for (const headers of [viaKey, viaSession]) {
+        const late = await createIntent(other, headers, { amount: 4444, currency: "usd" });
+        expect(late.status).toBe(401);
+        expect(((await late.json()) as { code: string }).code).toBe("UNAUTHENTICATED");
+        expect(late.headers.get("www-authenticate")).toBe(
+          'Bearer realm="palisade", error="invalid_token"',
+        );
+      }
+      expect(current.stripe.created("/v1/payment_intents")).toBe(2);
+      expect(
+        current.db.$client.query("SELECT count(*) AS n FROM payment_idempotency_keys").get(),
+      ).toEqual(keysBefore);
+    } finally {
+      other.close();
+    }
+  });
+
   test("an intent that finishes before erasure is stripped by the erasure, as before", async () => {
     current = buildPaymentsApp();
     const alice = await signUp(current);
