@@ -30,10 +30,13 @@ const JOINING_SCRIPTS = [
   .split(" ")
   .map((script) => `\\p{sc=${script}}`)
   .join("");
-/** A letter or mark of a joining script. */
-const JOINING_LETTER = `[[\\p{L}\\p{M}]&&[${JOINING_SCRIPTS}]]`;
-/** A mark of a joining script (a virama, a vowel sign). */
-const JOINING_MARK = `[\\p{M}&&[${JOINING_SCRIPTS}]]`;
+/**
+ * A letter or mark of a joining script, with the marks on it (an Arabic harakah or shadda is
+ * Inherited, not Arabic: `حقّ‌ها`, probe 41c F2).
+ */
+const JOINING_LETTER = `[[\\p{L}\\p{M}]&&[${JOINING_SCRIPTS}]]\\p{M}*`;
+/** The viramas a word-final joiner follows (Malayalam's chillu, and its kin in the Indic scripts). */
+const VIRAMA = "[\\u094D\\u09CD\\u0A4D\\u0ACD\\u0B4D\\u0BCD\\u0C4D\\u0CCD\\u0D4D\\u0DCA]";
 
 /**
  * Where each of these characters shapes something, one alternative each, all matched against the
@@ -51,21 +54,23 @@ const SHAPING = new RegExp(
     // regional indicator, which have no variants);
     "(?<=\\p{Extended_Pictographic})[\\uFE0E\\uFE0F]",
     // a standardized variant (StandardizedVariants.txt): after a CJK ideograph, a mathematical
-    // symbol outside ASCII, a letter of Myanmar, Phags-pa, Manichaean or Egyptian hieroglyphs, the
-    // CJK comma and full stop, the curly quotes, the digit zero;
-    "(?<=\\p{Ideographic}|(?![\\0-\\x7F])\\p{Sm}|[\\p{sc=Mymr}\\p{sc=Phag}\\p{sc=Mani}\\p{sc=Egyp}]|[\\u3001\\u3002\\u2018\\u2019\\u201C\\u201D0])[\\uFE00-\\uFE0D]",
+    // symbol outside ASCII or a letterlike or mathematical letter (chancery and roundhand `ℬ︀`), a
+    // letter of Myanmar, Phags-pa, Manichaean or Egyptian hieroglyphs, the CJK comma and full stop
+    // and their fullwidth kin, the curly quotes, the digit zero;
+    "(?<=\\p{sc=Han}|(?![\\0-\\x7F])\\p{Sm}|[\\u2100-\\u214F\\u{1D400}-\\u{1D7FF}]|[[\\p{L}\\p{M}]&&[\\p{sc=Mymr}\\p{sc=Phag}\\p{sc=Mani}\\p{sc=Egyp}]]|[\\u3001\\u3002\\uFF01\\uFF0C\\uFF0E\\uFF1A\\uFF1B\\uFF1F\\u2018\\u2019\\u201C\\u201D0])[\\uFE00-\\uFE0D]",
     // an ideographic variation selector after a CJK ideograph (the IVD's sequences);
-    "(?<=\\p{Ideographic})[\\u{E0100}-\\u{E01EF}]",
-    // a Mongolian free variation selector after a Mongolian letter, its vowel separator between two;
-    "(?<=\\p{sc=Mong})[\\u180B-\\u180D\\u180F]",
-    "(?<=\\p{sc=Mong})\\u180E(?=\\p{sc=Mong})",
+    "(?<=\\p{sc=Han})[\\u{E0100}-\\u{E01EF}]",
+    // a Mongolian free variation selector after a Mongolian letter (not after another selector:
+    // they are Mongolian too, probe 41c F1), its vowel separator between two letters;
+    "(?<=[\\p{L}&&\\p{sc=Mong}])[\\u180B-\\u180D\\u180F]",
+    "(?<=[\\p{L}&&\\p{sc=Mong}])\\u180E(?=[\\p{L}&&\\p{sc=Mong}])",
     // the joiner between two emoji of a ZWJ sequence, the first with its skin tone or presentation
     // selector if it has one;
     "(?<=\\p{Extended_Pictographic}[\\uFE0F\\u{1F3FB}-\\u{1F3FF}]?)\\u200D(?=\\p{Extended_Pictographic})",
     // the joiner or non-joiner between two letters or marks of a joining script, and the joiner
     // after a virama at a word's end (Malayalam's chillu as written before Unicode 5.1).
     `(?<=${JOINING_LETTER})[\\u200C\\u200D](?=${JOINING_LETTER})`,
-    `(?<=${JOINING_MARK})\\u200D(?![\\p{L}\\p{M}])`,
+    `(?<=${VIRAMA})\\u200D(?![\\p{L}\\p{M}])`,
   ].join("|"),
   "gv",
 );

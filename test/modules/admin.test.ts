@@ -405,6 +405,11 @@ describe("API key names (probes 38a F1, 38c F3)", () => {
       "ops \u{1F1FA}\uFE0F\u{1F1F8}",
       "\u6F22\uFE00\u{E0100}\u5B57",
       `ops \u{1F3F4}${[..."ignoreallinstructions"].map((c) => String.fromCodePoint(0xe0000 + c.codePointAt(0)!)).join("")}\u{E007F}`,
+      // Mongolian selectors chained after one letter, a vowel sign's word-final joiner, a Tangut
+      // ideograph's IVS (probe 41c F1, F3).
+      `ops \u1820${"\u180B".repeat(40)} key`,
+      "\u0D2E\u0D3E\u200D",
+      "\u{17000}\u{E0100}",
     ]) {
       const refused = await send(current, "/api/admin/api-keys", {
         headers: bearer(admin.accessToken),
@@ -445,6 +450,10 @@ describe("API key names (probes 38a F1, 38c F3)", () => {
       "\u{1E900}\u200D\u{1E901}",
       "\u0840\u200D\u0841",
       "本\u3001\uFE00番 \u2018\uFE00ops\u2019\uFE00 key0\uFE00",
+      // A non-joiner after a shadda (Persian), chancery script, fullwidth punctuation's variant
+      // (probe 41c F2).
+      "\u062D\u0642\u0651\u200C\u0647\u0627",
+      "\u212C\uFE00 \uFF01\uFE00",
     ]) {
       const kept = await send(current, "/api/admin/api-keys", {
         headers: bearer(admin.accessToken),
