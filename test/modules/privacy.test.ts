@@ -7,6 +7,7 @@ import { AuditKeys } from "../../src/plugins/audit/chain";
 import { SqliteAuditLog, verifyAuditChain } from "../../src/plugins/audit/log";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
+import { ManualClock } from "../support/clock";
 import { untoldInstance } from "../support/instance";
 
 let current: TestApp | null = null;
@@ -1159,6 +1160,37 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(said).toHaveLength(1);
     expect(said[0]!.pseudonym).toBe(pseudonym);
     expect(next.logs.text).not.toContain(user.userId);
+  });
+
+  test("an erasure another process (users:erase) stopped part-way while this one runs is finished here a minute later (probe 41b F1)", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const target = current;
+    const user = await signUp(target);
+    history(target, user.userId, 3_000);
+    // This process's look through the log after its start is over before the other erases.
+    for (let run = 0; run < 3; run++) target.services.runMaintenance();
+    const actor = `user:${user.userId}`;
+    const other = untoldInstance(target);
+    try {
+      const pseudonym = other.services.audit.pseudonymOf(actor);
+      expect(other.services.audit.pseudonymiseSome(actor, pseudonym, 1_000)).toBe(false);
+    } finally {
+      other.close();
+    }
+    target.services.runMaintenance();
+    // Its own rest is the other process's for a while.
+    clock.advance(30_000);
+    target.services.runMaintenance();
+    expect(leftOf(target, user.userId).own).toBeGreaterThan(1_900);
+    clock.advance(30_000);
+    for (let run = 0; run < 5; run++) target.services.runMaintenance();
+    expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
+    expect(
+      target.logs.entries.filter((entry) =>
+        String(entry.msg).startsWith("an erasure stopped part-way was finished"),
+      ),
+    ).toHaveLength(1);
   });
 
   test("a part the database refuses after the erasure committed is logged, the account stays erased, and the maintenance finishes the rest", async () => {

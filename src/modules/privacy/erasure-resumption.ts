@@ -2,11 +2,13 @@
  * @module
  * Finishing erasures a process stopped part-way. An erasure rewrites a long audit history a part
  * at a time after its transaction commits (the privacy service's `eraseRest`); a process that
- * stops between two parts (a crash, a kill, a deploy) leaves the erased actor's older rows as they
- * were. The audit log's record of the erasure (`audit_erased_actors`, keyed and MACed) is already
- * written, so the actors still to finish can be found by asking it of every distinct actor and
- * name in the log — which is what this does, once after the start and again whenever an erasure
- * could not finish, a bounded part per maintenance run.
+ * stops between two parts (a crash, a kill, a deploy, `users:erase` interrupted) leaves the erased
+ * actor's older rows as they were. The audit log's record of the erasure (`audit_erased_actors`,
+ * keyed and MACed) is already written, so the actors still to finish can be found by asking it of
+ * every distinct actor and name in the log — which this does, a bounded part per maintenance run:
+ * once after the start, when an erasure of this process could not finish, and a minute after
+ * another process (a second server, the CLI) recorded an erasure, time for it to finish its own
+ * (probe 41b F1: a `users:erase` killed part-way was left until the server restarted).
  */
 import type { Logger } from "../../logging/logger";
 import type { AuditLog, ErasureScanCursor } from "../../plugins/audit/log";
@@ -15,6 +17,10 @@ import type { AuditLog, ErasureScanCursor } from "../../plugins/audit/log";
 const ACTORS_PER_RUN = 2_000;
 /** Rows rewritten per maintenance run at most. */
 const ROWS_PER_RUN = 2_000;
+/** How long another process's erasure is left to finish its own rest before this one looks. */
+export const OTHERS_ERASURE_GRACE_MS = 60_000;
+
+type ResumableLog = Pick<AuditLog, "pseudonymiseSome" | "unfinishedErasures" | "erasuresRecorded">;
 
 export class ErasureResumption {
   private scanning = true;
@@ -22,9 +28,12 @@ export class ErasureResumption {
   private readonly pending: { actor: string; pseudonym: string }[] = [];
   /** Actors found by this scan: one found by its events is found again by its names. */
   private readonly found = new Set<string>();
+  /** Erasures recorded when last counted, and when a new one was first seen (null: none new). */
+  private recorded: number | null = null;
+  private newSince: number | null = null;
 
   constructor(
-    private readonly audit: Pick<AuditLog, "pseudonymiseSome" | "unfinishedErasures">,
+    private readonly audit: ResumableLog,
     private readonly logger: Logger,
     /** Whether this process's own erasure of the actor is still under way (not stopped). */
     private readonly underWay: (actor: string) => boolean = () => false,
@@ -38,7 +47,8 @@ export class ErasureResumption {
   }
 
   /** One maintenance run's part: the erasures found so far, then the scan a step further. */
-  run(): void {
+  run(now: number): void {
+    this.noticeOthers(now);
     while (this.pending.length > 0) {
       const { actor, pseudonym } = this.pending[0]!;
       if (!this.audit.pseudonymiseSome(actor, pseudonym, ROWS_PER_RUN)) return;
@@ -60,6 +70,23 @@ export class ErasureResumption {
     if (next === null) {
       this.scanning = false;
       this.found.clear();
+    }
+  }
+
+  /**
+   * Erasures recorded since the last count, by this process or another: once the newest has had
+   * its grace, the log is looked through again (a scan started before it could have missed it).
+   */
+  private noticeOthers(now: number): void {
+    const recorded = this.audit.erasuresRecorded();
+    if (this.recorded === null) this.recorded = recorded;
+    if (recorded !== this.recorded) {
+      this.recorded = recorded;
+      this.newSince = now;
+    }
+    if (this.newSince !== null && now - this.newSince >= OTHERS_ERASURE_GRACE_MS) {
+      this.newSince = null;
+      this.rescan();
     }
   }
 }

@@ -84,7 +84,7 @@ export function privacyFeature(
       privacyModule({ auth, service, errors: core.errors, logger: core.logger }),
     maintenance: (now) => {
       service.retain(now);
-      resumption.run();
+      resumption.run(now);
     },
   };
 }

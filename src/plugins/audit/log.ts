@@ -106,6 +106,8 @@ export interface AuditLog {
     after: ErasureScanCursor | null,
     maxActors: number,
   ): { unfinished: { actor: string; pseudonym: string }[]; next: ErasureScanCursor | null };
+  /** How many erasures the log has recorded (by any process): one more says another was made. */
+  erasuresRecorded(): number;
   /** The pseudonym erasure gives `actor` (keyed, so it cannot be recomputed without the key). */
   pseudonymOf(actor: string): string;
   /** Whether a stored row, read alone, is as Palisade wrote or erased it (verify.ts rowVouched). */
@@ -461,6 +463,12 @@ export class SqliteAuditLog implements AuditLog {
       () => this.rewriteErased(actor, pseudonym, maxRows).examined < maxRows,
       { behavior: "immediate" },
     );
+  }
+
+  erasuresRecorded(): number {
+    return (
+      this.sqlite.query("SELECT count(*) AS n FROM audit_erased_actors").get() as { n: number }
+    ).n;
   }
 
   unfinishedErasures(
