@@ -1193,6 +1193,34 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     ).toHaveLength(1);
   });
 
+  test("with the file: a row whose commitment was written as a BLOB, in the first part or a later one, neither stops the erasure nor breaks audit:verify or the maintenance; it is reported as altered (probe 41b F3)", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    history(target, user.userId, 2_500);
+    const sqlite = target.db.$client;
+    const ids = sqlite
+      .query("SELECT id FROM audit_events WHERE actor = ? ORDER BY id")
+      .all(`user:${user.userId}`) as { id: number }[];
+    for (const poisoned of [ids[0]!.id, ids[2_000]!.id]) {
+      sqlite.run(
+        `UPDATE audit_events SET subject_commit = CAST(subject_commit AS BLOB) WHERE id = ${poisoned}`,
+      );
+    }
+    const erased = await send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(user.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
+    target.services.runMaintenance();
+    expect(target.logs.text).not.toContain("maintenance failed");
+    const verified = verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey));
+    expect(verified.ok).toBe(false);
+    expect(JSON.stringify(verified)).toContain("altered");
+    expect(JSON.stringify(verified)).not.toContain("TypeError");
+  });
+
   test("a part the database refuses after the erasure committed is logged, the account stays erased, and the maintenance finishes the rest", async () => {
     current = buildTestApp();
     const target = current;
