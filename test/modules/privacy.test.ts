@@ -3,6 +3,7 @@ import { Elysia } from "elysia";
 import { systemClock } from "../../src/clock";
 import { openDatabase } from "../../src/db/client";
 import { createLogger } from "../../src/logging/logger";
+import { PrivacyService } from "../../src/modules/privacy/service";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { SqliteAuditLog, verifyAuditChain } from "../../src/plugins/audit/log";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
@@ -1064,6 +1065,24 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     }
     target.services.audit.flush();
   };
+  /**
+   * Maintenance runs, with time between them for the parts they start (a stopped erasure is
+   * finished a part every 10 ms), until `userId`'s rows are all rewritten or `runs` have passed.
+   */
+  const maintainUntilErased = async (
+    maintained: Pick<TestApp, "services">,
+    observed: TestApp,
+    userId: string,
+    runs = 20,
+  ) => {
+    for (let run = 0; run < runs; run++) {
+      maintained.services.runMaintenance();
+      await Bun.sleep(25);
+      const left = leftOf(observed, userId);
+      // The part that found nothing left (and says so) comes after the last that rewrote.
+      if (left.own + left.named + left.names === 0) return await Bun.sleep(50);
+    }
+  };
   const leftOf = (target: TestApp, userId: string) => {
     const sqlite = target.db.$client;
     const raw = `user:${userId}`;
@@ -1106,14 +1125,28 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     // The maintenance running meanwhile (its first scan after a start, once the erasure is under
     // way) leaves this process's own erasure to it, and says nothing of it.
     const seen: number[] = [];
+    const recorded = () =>
+      (
+        target.db.$client
+          .query("SELECT count(*) AS n FROM audit_events WHERE type = 'privacy.erased'")
+          .get() as { n: number }
+      ).n;
+    let recordedMidway = false;
     while (!answered) {
       expect((await send(target, "/health")).status).toBe(200);
       const left = leftOf(target, user.userId).own;
       seen.push(left);
-      if (left > 0 && left < before) target.services.runMaintenance();
+      if (left > 0 && left < before) {
+        target.services.runMaintenance();
+        // The record is written once the account is gone, before the rest: a process stopped
+        // during the rest must not take it with it (probe 41b F2).
+        recordedMidway ||= recorded() === 1;
+      }
     }
     expect((await erasure).status).toBe(204);
     expect(seen.some((left) => left > 0 && left < before)).toBe(true);
+    expect(recordedMidway).toBe(true);
+    expect(recorded()).toBe(1);
     expect(target.logs.text).not.toContain("an erasure stopped part-way");
     expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
     const sqlite = target.db.$client;
@@ -1136,16 +1169,27 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     const other = await signUp(target);
     history(target, user.userId, 3_000);
     history(target, other.userId, 20);
+    // Two of the user's keys with events of their own: one erasure, said once (probe 41b F6).
+    const keyActors = [1, 2].map((n) => {
+      const actor = `key:${createKey(target, ["chat"], user.userId).record.id}`;
+      for (let i = 0; i < 50 * n; i++) {
+        target.services.audit.record({ type: "auth.login.succeeded", outcome: "success", actor });
+      }
+      return actor;
+    });
+    target.services.audit.flush();
     // The erasure's record and its first part, then the process stops: what DELETE /api/me does
     // in its transaction, and the next parts never ran.
     const actor = `user:${user.userId}`;
     const pseudonym = target.services.audit.pseudonymOf(actor);
-    expect(target.services.audit.pseudonymiseSome(actor, pseudonym, 1_000)).toBe(false);
+    expect(target.services.audit.pseudonymiseSome(actor, pseudonym, 1_000)).toBe(1_000);
+    for (const keyActor of keyActors)
+      target.services.audit.pseudonymiseSome(keyActor, pseudonym, 0);
     expect(leftOf(target, user.userId).own).toBeGreaterThan(1_900);
 
     const next = untoldInstance(target);
     try {
-      for (let run = 0; run < 5; run++) next.services.runMaintenance();
+      await maintainUntilErased(next, target, user.userId);
     } finally {
       next.close();
     }
@@ -1159,6 +1203,10 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     );
     expect(said).toHaveLength(1);
     expect(said[0]!.pseudonym).toBe(pseudonym);
+    const keyRowsLeft = target.db.$client
+      .query(`SELECT count(*) AS n FROM audit_events WHERE actor IN (?, ?)`)
+      .get(...keyActors);
+    expect(keyRowsLeft).toEqual({ n: 0 });
     expect(next.logs.text).not.toContain(user.userId);
   });
 
@@ -1174,7 +1222,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     const other = untoldInstance(target);
     try {
       const pseudonym = other.services.audit.pseudonymOf(actor);
-      expect(other.services.audit.pseudonymiseSome(actor, pseudonym, 1_000)).toBe(false);
+      expect(other.services.audit.pseudonymiseSome(actor, pseudonym, 1_000)).toBe(1_000);
     } finally {
       other.close();
     }
@@ -1184,7 +1232,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     target.services.runMaintenance();
     expect(leftOf(target, user.userId).own).toBeGreaterThan(1_900);
     clock.advance(30_000);
-    for (let run = 0; run < 5; run++) target.services.runMaintenance();
+    await maintainUntilErased(target, target, user.userId);
     expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
     expect(
       target.logs.entries.filter((entry) =>
@@ -1221,6 +1269,37 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(JSON.stringify(verified)).not.toContain("TypeError");
   });
 
+  test("an account another process erased between the check and the write lock is not erased again: false, nothing recorded (probe 41b F7)", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    let asked = 0;
+    const service = new PrivacyService({
+      sqlite: target.db.$client,
+      clock: systemClock,
+      audit: target.services.audit,
+      logger: createLogger({ level: "info", destination: new LogCapture() }),
+      // Stored when first asked; gone once the write lock is held (the other erasure committed).
+      account: {
+        find: () => ({}),
+        stored: () => ++asked === 1,
+        remove: () => {
+          throw new Error("an account erased twice");
+        },
+      },
+      contributors: [],
+    });
+    expect(await service.erase(user.userId, { ip: null, requestId: null, by: "operator" })).toBe(
+      false,
+    );
+    target.services.audit.flush();
+    expect(
+      target.db.$client
+        .query("SELECT count(*) AS n FROM audit_events WHERE type = 'privacy.erased'")
+        .get(),
+    ).toEqual({ n: 0 });
+  });
+
   test("a part the database refuses after the erasure committed is logged, the account stays erased, and the maintenance finishes the rest", async () => {
     current = buildTestApp();
     const target = current;
@@ -1250,7 +1329,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(target.logs.text).not.toContain(`user:${user.userId}`);
 
     sqlite.run("DROP TRIGGER refuse_late_rows");
-    for (let run = 0; run < 5; run++) target.services.runMaintenance();
+    await maintainUntilErased(target, target, user.userId);
     expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
     expect(verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey)).ok).toBe(true);
   });

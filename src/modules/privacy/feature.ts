@@ -53,7 +53,8 @@ export function privacyFeature(
     eraseRest: (_userId, { pseudonym, actors }) => {
       let next = 0;
       return () => {
-        if (core.audit.pseudonymiseSome(actors[next]!, pseudonym, ERASURE_PART_ROWS)) next++;
+        const examined = core.audit.pseudonymiseSome(actors[next]!, pseudonym, ERASURE_PART_ROWS);
+        if (examined < ERASURE_PART_ROWS) next++;
         return next === actors.length;
       };
     },
@@ -86,5 +87,6 @@ export function privacyFeature(
       service.retain(now);
       resumption.run(now);
     },
+    close: () => resumption.close(),
   };
 }

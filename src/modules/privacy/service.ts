@@ -60,6 +60,8 @@ export interface PrivacyServiceOptions {
 /** How long the rest of an erasure waits out another connection's write lock, in all. */
 const REST_LOCK_WAIT_MS = 30_000;
 const REST_LOCK_RETRY_MS = 25;
+/** The pause between two parts of an erasure's rest. */
+const REST_PART_PAUSE_MS = 10;
 
 export class PrivacyService {
   /** The actors of this process's erasures whose rest is under way. */
@@ -135,6 +137,9 @@ export class PrivacyService {
     const wasAdmin = account.isAdmin?.(userId) === true;
     const context = sqlite
       .transaction(() => {
+        // Asked again with the write lock held: of two erasures of one account at once (the API's
+        // and the CLI's), the second finds nothing and records nothing (probe 41b F7).
+        if (!account.stored(userId)) return null;
         const actors = this.actorsOf(userId, true);
         const context = { pseudonym, actors, requestId: meta.requestId };
         for (const contributor of contributors) contributor.erase(userId, context);
@@ -142,6 +147,25 @@ export class PrivacyService {
         return context;
       })
       .immediate();
+    if (context === null) return false;
+    // The last admin erasing itself leaves the admin routes to admin-scoped keys alone: said in the
+    // record, as the CLI says it (probe 38b F5). Their right to erase is not refused for it.
+    const noAdminLeft = wasAdmin && account.anyAdmin?.() === false;
+    const detail = {
+      ...(byOperator ? { by: "operator" } : {}),
+      ...(noAdminLeft ? { noAdminLeft: "true" } : {}),
+    };
+    // Recorded once the account is gone, before the rest of a long history: a process stopped
+    // during the rest leaves it to the maintenance, and the record must not go with it (probe
+    // 41b F2).
+    audit.record({
+      type: "privacy.erased",
+      outcome: "success",
+      actor: pseudonym,
+      requestId: meta.requestId,
+      ...(Object.keys(detail).length > 0 ? { detail } : {}),
+    });
+    audit.flush();
     for (const actor of context.actors) this.erasingNow.add(actor);
     try {
       for (const contributor of contributors) {
@@ -151,27 +175,15 @@ export class PrivacyService {
     } finally {
       for (const actor of context.actors) this.erasingNow.delete(actor);
     }
-    // The last admin erasing itself leaves the admin routes to admin-scoped keys alone: said in the
-    // record, as the CLI says it (probe 38b F5). Their right to erase is not refused for it.
-    const noAdminLeft = wasAdmin && account.anyAdmin?.() === false;
-    const detail = {
-      ...(byOperator ? { by: "operator" } : {}),
-      ...(noAdminLeft ? { noAdminLeft: "true" } : {}),
-    };
-    audit.record({
-      type: "privacy.erased",
-      outcome: "success",
-      actor: pseudonym,
-      requestId: meta.requestId,
-      ...(Object.keys(detail).length > 0 ? { detail } : {}),
-    });
     copyErasureIntoFile(sqlite);
     return true;
   }
 
   /**
-   * Runs an erasure's rest until it is done, a part per event-loop turn so that other requests are
-   * served between parts; another connection's write lock is waited out (up to 30 s in all). A
+   * Runs an erasure's rest until it is done, 10 ms between two parts, so that other requests are
+   * served and other processes (the service, when the CLI erases) get the write lock between
+   * them (probe 41b F4: taken again at once, it refused their writes); another connection's write
+   * lock is waited out (up to 30 s in all). A
    * rest that cannot finish here is logged and left to the maintenance: the account is erased
    * already, and the rows left are rewritten by the next maintenance that finds them.
    */
@@ -180,7 +192,7 @@ export class PrivacyService {
     for (;;) {
       try {
         if (step()) return;
-        await new Promise((resolve) => setImmediate(resolve));
+        await Bun.sleep(REST_PART_PAUSE_MS);
       } catch (error) {
         if (isDatabaseBusy(error) && performance.now() - started < REST_LOCK_WAIT_MS) {
           await Bun.sleep(REST_LOCK_RETRY_MS);

@@ -92,10 +92,11 @@ export interface AuditLog {
   /**
    * Erasure a part at a time: records the erasure as `pseudonymise` does, then rewrites at most
    * `maxRows` of the actor's rows (its own events first, then others' naming it), in a transaction
-   * of its own (or the caller's). True once none is left. A long history is rewritten over many
-   * calls, other requests served between them (probe 40a F3).
+   * of its own (or the caller's). Returns how many rows it looked at: fewer than `maxRows` once
+   * none is left. A long history is rewritten over many calls, other requests served between them
+   * (probe 40a F3).
    */
-  pseudonymiseSome(actor: string, pseudonym: string, maxRows: number): boolean;
+  pseudonymiseSome(actor: string, pseudonym: string, maxRows: number): number;
   /**
    * Erasures stopped part-way (the process ended between two parts): each erased actor, with the
    * pseudonym its rows take, whose own events or whose names in others' events are still there.
@@ -457,12 +458,11 @@ export class SqliteAuditLog implements AuditLog {
     });
   }
 
-  pseudonymiseSome(actor: string, pseudonym: string, maxRows: number): boolean {
+  pseudonymiseSome(actor: string, pseudonym: string, maxRows: number): number {
     this.flush();
-    return this.db.transaction(
-      () => this.rewriteErased(actor, pseudonym, maxRows).examined < maxRows,
-      { behavior: "immediate" },
-    );
+    return this.db.transaction(() => this.rewriteErased(actor, pseudonym, maxRows).examined, {
+      behavior: "immediate",
+    });
   }
 
   erasuresRecorded(): number {
