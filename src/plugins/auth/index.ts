@@ -189,7 +189,12 @@ export function authPlugin(options: AuthPluginOptions) {
     requestId: string,
   ): Principal => {
     const principal = authenticated(found);
-    const place = () => ({ route: `${request.method} ${route}`, ip: client.ip, requestId });
+    // Built only for a refusal: every admitted request passes here.
+    const place = (): RequestPlace => ({
+      route: `${request.method} ${route}`,
+      ip: client.ip,
+      requestId,
+    });
     const asksAdmin =
       standing !== undefined && typeof requirement === "object" && "role" in requirement;
     if (!satisfies(principal, requirement)) {
