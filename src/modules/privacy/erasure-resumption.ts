@@ -133,7 +133,9 @@ export class ErasureResumption {
     if (this.recorded === null) this.recorded = recorded;
     if (recorded !== this.recorded) {
       this.recorded = recorded;
-      this.newSince = now;
+      // From the first one not yet looked for: erasures a minute apart must not put the look off
+      // for ever (probe 41d).
+      this.newSince ??= now;
     }
     if (this.newSince !== null && now - this.newSince >= OTHERS_ERASURE_GRACE_MS) {
       this.newSince = null;
