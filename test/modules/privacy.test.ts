@@ -1277,6 +1277,40 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(JSON.stringify(verified)).not.toContain("TypeError");
   });
 
+  test("with the file: an actor or a name written as a BLOB neither stops the look for stopped erasures nor fails the admin's audit listing (probe 41d F1, F2)", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    const other = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    history(target, user.userId, 2_000);
+    history(target, other.userId, 20);
+    const sqlite = target.db.$client;
+    sqlite.run(
+      `UPDATE audit_events SET actor = CAST(actor AS BLOB) WHERE id = (SELECT min(id) FROM audit_events WHERE actor = 'user:${other.userId}')`,
+    );
+    sqlite.run(
+      `UPDATE audit_event_names SET name = CAST(name AS BLOB) WHERE rowid = (SELECT min(rowid) FROM audit_event_names WHERE name = 'user:${other.userId}')`,
+    );
+    const actor = `user:${user.userId}`;
+    const pseudonym = target.services.audit.pseudonymOf(actor);
+    expect(target.services.audit.pseudonymiseSome(actor, pseudonym, 1_000)).toBe(1_000);
+    const next = untoldInstance(target);
+    try {
+      await maintainUntilErased(next, target, user.userId);
+      expect(next.logs.text).not.toContain("maintenance failed");
+    } finally {
+      next.close();
+    }
+    expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
+    const listed = await send(target, "/api/admin/audit?limit=500", {
+      headers: bearer(admin.accessToken),
+    });
+    expect(listed.status).toBe(200);
+    const { events } = (await listed.json()) as { events: { actor: string | null }[] };
+    expect(events.some((event) => event.actor === `user:${other.userId}`)).toBe(true);
+  });
+
   test("an account another process erased between the check and the write lock is not erased again: false, nothing recorded (probe 41b F7)", async () => {
     current = buildTestApp();
     const target = current;

@@ -22,6 +22,13 @@ export interface AuditFilter {
 /** As the API shows it: the schema in model.ts is the type. */
 export type AuditEventView = typeof AuditEventViewSchema.static;
 
+/** A stored value as text: a BLOB decoded as UTF-8, a number written out, text and null as they are. */
+function storedText(value: unknown): string | null {
+  if (value === null || typeof value === "string") return value;
+  if (value instanceof Uint8Array) return new TextDecoder().decode(value);
+  return String(value);
+}
+
 /** The columns an admin sees: not the chain's own (salt, commitment, hashes). */
 const VISIBLE = {
   id: auditEvents.id,
@@ -62,6 +69,9 @@ export function queryAuditEvents(
   return {
     events: page.map((row) => ({
       ...row,
+      // An actor written into the file as a BLOB (or a number) is shown as the text it holds,
+      // as the other columns are, not a 500 for every page that holds it (probe 41d F2).
+      actor: storedText(row.actor),
       at: new Date(row.at).toISOString(),
       detail: JSON.parse(row.detail) as Record<string, unknown>,
     })),

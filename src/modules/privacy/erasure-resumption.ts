@@ -9,7 +9,7 @@
  * once after the start, when an erasure of this process could not finish, and a minute after
  * another process (a second server, the CLI) recorded an erasure, time for it to finish its own
  * (probe 41b F1: a `users:erase` killed part-way was left until the server restarted). What it
- * finds it rewrites as the erasure would have, a part every 10 ms, not a part per maintenance run
+ * finds it rewrites as the erasure would have, a part every 20 ms, not a part per maintenance run
  * (probe 41b F8: 300,000 rows would have taken 25 minutes).
  */
 import type { Logger } from "../../logging/logger";
@@ -18,9 +18,9 @@ import type { AuditLog, ErasureScanCursor } from "../../plugins/audit/log";
 /** Distinct actors and names looked at per maintenance run. */
 const ACTORS_PER_RUN = 2_000;
 /** Rows rewritten per part, one transaction each, as the erasure's own parts. */
-const ROWS_PER_PART = 1_000;
+const ROWS_PER_PART = 500;
 /** The pause between two parts: the event loop runs, and other processes get the write lock. */
-export const PART_PAUSE_MS = 10;
+export const PART_PAUSE_MS = 20;
 /** How long another process's erasure is left to finish its own rest before this one looks. */
 export const OTHERS_ERASURE_GRACE_MS = 60_000;
 

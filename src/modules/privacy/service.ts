@@ -60,8 +60,12 @@ export interface PrivacyServiceOptions {
 /** How long the rest of an erasure waits out another connection's write lock, in all. */
 const REST_LOCK_WAIT_MS = 30_000;
 const REST_LOCK_RETRY_MS = 25;
-/** The pause between two parts of an erasure's rest. */
-const REST_PART_PAUSE_MS = 10;
+/**
+ * The pause between two parts of an erasure's rest: longer than the gaps between SQLite's busy
+ * waits (5, 10, 15 ms early on), so that a writer of another process waiting out the lock always
+ * looks once while it is free (probe 41d F3: 10 ms was not).
+ */
+const REST_PART_PAUSE_MS = 20;
 
 export class PrivacyService {
   /** The actors of this process's erasures whose rest is under way. */
@@ -180,7 +184,7 @@ export class PrivacyService {
   }
 
   /**
-   * Runs an erasure's rest until it is done, 10 ms between two parts, so that other requests are
+   * Runs an erasure's rest until it is done, 20 ms between two parts, so that other requests are
    * served and other processes (the service, when the CLI erases) get the write lock between
    * them (probe 41b F4: taken again at once, it refused their writes); another connection's write
    * lock is waited out (up to 30 s in all). A

@@ -478,12 +478,14 @@ export class SqliteAuditLog implements AuditLog {
     const unfinished: { actor: string; pseudonym: string }[] = [];
     let cursor: ErasureScanCursor = after ?? { in: "actors", after: "" };
     // One index step a distinct value (the actor index, the names' primary key), not a scan of
-    // every row: a log of millions of events has thousands of actors.
+    // every row: a log of millions of events has thousands of actors. Text only: a value written
+    // into the file as a BLOB (which sorts after all text) names no actor Palisade wrote, and
+    // asked of the erasure record it failed every scan (probe 41d F1).
     const nextActor = this.sqlite.prepare<{ actor: string }, [string]>(
-      "SELECT actor FROM audit_events WHERE actor > ?1 ORDER BY actor LIMIT 1",
+      "SELECT actor FROM audit_events WHERE actor > ?1 AND typeof(actor) = 'text' ORDER BY actor LIMIT 1",
     );
     const nextName = this.sqlite.prepare<{ name: string }, [string]>(
-      "SELECT name FROM audit_event_names WHERE name > ?1 ORDER BY name LIMIT 1",
+      "SELECT name FROM audit_event_names WHERE name > ?1 AND typeof(name) = 'text' ORDER BY name LIMIT 1",
     );
     for (let looked = 0; looked < maxActors; looked++) {
       const found =
@@ -811,7 +813,8 @@ export class SqliteAuditLog implements AuditLog {
   }
 
   erasedAs(actor: string): string | null {
-    if (actor.startsWith(PSEUDONYM_PREFIX)) return null;
+    // A value read from the file may be anything (probe 41d F1).
+    if (typeof actor !== "string" || actor.startsWith(PSEUDONYM_PREFIX)) return null;
     const actorKey = this.actorKey(actor);
     const stored = this.statements.erasedAs.get({ actorKey });
     if (stored === undefined) return null;
