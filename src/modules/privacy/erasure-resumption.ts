@@ -18,7 +18,7 @@ import type { AuditLog, ErasureScanCursor } from "../../plugins/audit/log";
 /** Distinct actors and names looked at per maintenance run. */
 const ACTORS_PER_RUN = 2_000;
 /** Rows rewritten per part, one transaction each, as the erasure's own parts. */
-const ROWS_PER_PART = 500;
+const ROWS_PER_PART = 250;
 /** The pause between two parts: the event loop runs, and other processes get the write lock. */
 export const PART_PAUSE_MS = 20;
 /** How long another process's erasure is left to finish its own rest before this one looks. */

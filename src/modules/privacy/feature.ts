@@ -15,12 +15,12 @@ import { type PrivacyAccount, PrivacyService } from "./service";
 /** Audit rows an erasure rewrites in its own transaction, all of its actors' together. */
 const ERASURE_FIRST_ROWS = 1_000;
 /**
- * Audit rows a part of its rest rewrites in one transaction (~15 ms of the write lock here): short
+ * Audit rows a part of its rest rewrites in one transaction (~7 ms of the write lock here): short
  * enough that a writer of another process waiting out the lock finds it free in the pause after
  * (probe 41d F3: parts of 1,000 with 10 ms between refused some of the service's writes while
  * `users:erase` ran).
  */
-const ERASURE_PART_ROWS = 500;
+const ERASURE_PART_ROWS = 250;
 
 export interface PrivacyFeature extends Feature {
   service: PrivacyService;
