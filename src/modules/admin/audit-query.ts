@@ -24,9 +24,32 @@ export type AuditEventView = typeof AuditEventViewSchema.static;
 
 /** A stored value as text: a BLOB decoded as UTF-8, a number written out, text and null as they are. */
 function storedText(value: unknown): string | null {
-  if (value === null || typeof value === "string") return value;
+  if (value === null || value === undefined || typeof value === "string") return value ?? null;
   if (value instanceof Uint8Array) return new TextDecoder().decode(value);
   return String(value);
+}
+
+/** A stored time in ms as an ISO date, or as the text it holds when it is not one. */
+function storedTime(value: unknown): string {
+  const date = typeof value === "number" ? new Date(value) : null;
+  return date !== null && Number.isFinite(date.getTime())
+    ? date.toISOString()
+    : (storedText(value) ?? "");
+}
+
+/** A stored detail's JSON object, or what was stored, as text, under `unreadableDetail`. */
+function storedDetail(value: unknown): Record<string, unknown> {
+  if (typeof value === "string") {
+    try {
+      const parsed: unknown = JSON.parse(value);
+      if (parsed !== null && typeof parsed === "object" && !Array.isArray(parsed)) {
+        return parsed as Record<string, unknown>;
+      }
+    } catch {
+      // Not JSON: shown as it is, below.
+    }
+  }
+  return { unreadableDetail: storedText(value) };
 }
 
 /** The columns an admin sees: not the chain's own (salt, commitment, hashes). */
@@ -67,13 +90,18 @@ export function queryAuditEvents(
     .all();
   const page = rows.slice(0, filter.limit);
   return {
+    // A value written into the file as a BLOB, a number or text where Palisade writes another is
+    // shown as the text it holds, not a 500 for every page that holds it (probes 41d F2, 41e F2).
     events: page.map((row) => ({
-      ...row,
-      // An actor written into the file as a BLOB (or a number) is shown as the text it holds,
-      // as the other columns are, not a 500 for every page that holds it (probe 41d F2).
+      id: row.id,
+      at: storedTime(row.at),
+      type: storedText(row.type) ?? "",
       actor: storedText(row.actor),
-      at: new Date(row.at).toISOString(),
-      detail: JSON.parse(row.detail) as Record<string, unknown>,
+      ip: storedText(row.ip),
+      route: storedText(row.route),
+      requestId: storedText(row.requestId),
+      outcome: storedText(row.outcome) ?? "",
+      detail: storedDetail(row.detail),
     })),
     nextCursor: rows.length > filter.limit ? page.at(-1)!.id : null,
   };

@@ -42,6 +42,10 @@ export class ErasureResumption {
   /** Erasures recorded when last counted, and when a new one was first seen (null: none new). */
   private recorded: number | null = null;
   private newSince: number | null = null;
+  /** Whether this scan passed over an erasure too recent to take over. */
+  private youngSeen = false;
+  /** Actors of this process's own erasures that could not finish. */
+  private readonly stoppedHere = new Set<string>();
   private continuation: Timer | null = null;
 
   constructor(
@@ -51,11 +55,15 @@ export class ErasureResumption {
     private readonly underWay: (actor: string) => boolean = () => false,
   ) {}
 
-  /** Looks through the whole log again, from its start (an erasure was left to the maintenance). */
-  rescan(): void {
+  /**
+   * Looks through the whole log again, from its start: an erasure of this process could not finish
+   * (`stopped`: its actors, taken however recent, since nothing else is finishing them).
+   */
+  rescan(stopped: readonly string[] = []): void {
     this.scanning = true;
     this.cursor = null;
     this.found.clear();
+    for (const actor of stopped) this.stoppedHere.add(actor);
   }
 
   /** One maintenance run: a part of what was found, then the scan a step further. */
@@ -66,13 +74,25 @@ export class ErasureResumption {
     const { unfinished, next } = this.audit.unfinishedErasures(this.cursor, ACTORS_PER_RUN);
     for (const erasure of unfinished) {
       if (this.found.has(erasure.actor) || this.underWay(erasure.actor)) continue;
+      // Recorded less than the grace ago: most likely still under way in the process that made it
+      // (a long `users:erase`), which finishes it and says so; looked at again after the grace
+      // (probe 41e F1: it was taken over and reported as stopped). A time ahead of now, written
+      // into the file, does not put it off.
+      const age = now - erasure.erasedAt;
+      if (!this.stoppedHere.has(erasure.actor) && age >= 0 && age < OTHERS_ERASURE_GRACE_MS) {
+        this.youngSeen = true;
+        continue;
+      }
       this.found.add(erasure.actor);
-      this.pending.push(erasure);
+      this.pending.push({ actor: erasure.actor, pseudonym: erasure.pseudonym });
     }
     this.cursor = next;
     if (next === null) {
       this.scanning = false;
       this.found.clear();
+      this.stoppedHere.clear();
+      if (this.youngSeen) this.newSince ??= now;
+      this.youngSeen = false;
     }
     this.continueSoon();
   }

@@ -12,8 +12,11 @@ import { ErasureResumption } from "./erasure-resumption";
 import { privacyModule, privacyRouteClasses } from "./index";
 import { type PrivacyAccount, PrivacyService } from "./service";
 
-/** Audit rows an erasure rewrites in its own transaction, all of its actors' together. */
-const ERASURE_FIRST_ROWS = 1_000;
+/**
+ * Audit rows an erasure rewrites in its own transaction, all of its actors' together: no more than
+ * a part of its rest, since that transaction holds the lock longest (probe 41e F3).
+ */
+const ERASURE_FIRST_ROWS = 250;
 /**
  * Audit rows a part of its rest rewrites in one transaction (~7 ms of the write lock here): short
  * enough that a writer of another process waiting out the lock finds it free in the pause after
@@ -77,7 +80,7 @@ export function privacyFeature(
     clock: core.clock,
     audit: core.audit,
     logger: core.logger,
-    onUnfinished: () => resumption.rescan(),
+    onUnfinished: (actors) => resumption.rescan(actors),
     account,
     contributors: [...features.flatMap((feature) => feature.privacy ?? []), ipBlocks, auditEvents],
   });

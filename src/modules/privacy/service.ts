@@ -53,8 +53,8 @@ export interface PrivacyServiceOptions {
   logger: Logger;
   account: PrivacyAccount;
   contributors: readonly PrivacyContributor[];
-  /** Told when an erasure's rest could not be finished here, for the maintenance to finish it. */
-  onUnfinished?: () => void;
+  /** Told when an erasure's rest could not be finished here (its actors), for the maintenance. */
+  onUnfinished?: (actors: readonly string[]) => void;
 }
 
 /** How long the rest of an erasure waits out another connection's write lock, in all. */
@@ -174,7 +174,9 @@ export class PrivacyService {
     try {
       for (const contributor of contributors) {
         const step = contributor.eraseRest?.(userId, context);
-        if (step !== undefined) await this.finishRest(contributor.name, step, pseudonym);
+        if (step !== undefined) {
+          await this.finishRest(contributor.name, step, pseudonym, context.actors);
+        }
       }
     } finally {
       for (const actor of context.actors) this.erasingNow.delete(actor);
@@ -191,7 +193,12 @@ export class PrivacyService {
    * rest that cannot finish here is logged and left to the maintenance: the account is erased
    * already, and the rows left are rewritten by the next maintenance that finds them.
    */
-  private async finishRest(name: string, step: () => boolean, pseudonym: string): Promise<void> {
+  private async finishRest(
+    name: string,
+    step: () => boolean,
+    pseudonym: string,
+    actors: readonly string[],
+  ): Promise<void> {
     const started = performance.now();
     for (;;) {
       try {
@@ -206,7 +213,7 @@ export class PrivacyService {
           { err: error, contributor: name, pseudonym },
           "an erasure stopped part-way: the account is erased, and the maintenance rewrites what is left",
         );
-        this.options.onUnfinished?.();
+        this.options.onUnfinished?.(actors);
         return;
       }
     }

@@ -73,6 +73,14 @@ import {
 export type { AuditHead, AuditRow, VerifyResult } from "./verify";
 export { verifyAuditChain } from "./verify";
 
+/** An erased actor whose rows are not all rewritten: its pseudonym, and when it was erased. */
+export interface UnfinishedErasure {
+  actor: string;
+  pseudonym: string;
+  /** As recorded (ms), by whichever process erased it; 0 when the file holds no time there. */
+  erasedAt: number;
+}
+
 /** Where a scan for unfinished erasures stands: the actors of events, then the names in details. */
 export interface ErasureScanCursor {
   in: "actors" | "names";
@@ -106,7 +114,7 @@ export interface AuditLog {
   unfinishedErasures(
     after: ErasureScanCursor | null,
     maxActors: number,
-  ): { unfinished: { actor: string; pseudonym: string }[]; next: ErasureScanCursor | null };
+  ): { unfinished: UnfinishedErasure[]; next: ErasureScanCursor | null };
   /** How many erasures the log has recorded (by any process): one more says another was made. */
   erasuresRecorded(): number;
   /** The pseudonym erasure gives `actor` (keyed, so it cannot be recomputed without the key). */
@@ -195,7 +203,11 @@ function prepareWrites(db: AppDatabase) {
         .prepare(),
     erasedAs: () =>
       db
-        .select({ pseudonym: auditErasedActors.pseudonym, mac: auditErasedActors.mac })
+        .select({
+          pseudonym: auditErasedActors.pseudonym,
+          mac: auditErasedActors.mac,
+          erasedAt: auditErasedActors.erasedAt,
+        })
         .from(auditErasedActors)
         .where(eq(auditErasedActors.actorKey, p("actorKey")))
         .prepare(),
@@ -474,8 +486,8 @@ export class SqliteAuditLog implements AuditLog {
   unfinishedErasures(
     after: ErasureScanCursor | null,
     maxActors: number,
-  ): { unfinished: { actor: string; pseudonym: string }[]; next: ErasureScanCursor | null } {
-    const unfinished: { actor: string; pseudonym: string }[] = [];
+  ): { unfinished: UnfinishedErasure[]; next: ErasureScanCursor | null } {
+    const unfinished: UnfinishedErasure[] = [];
     let cursor: ErasureScanCursor = after ?? { in: "actors", after: "" };
     // One index step a distinct value (the actor index, the names' primary key), not a scan of
     // every row: a log of millions of events has thousands of actors. Text only: a value written
@@ -498,8 +510,12 @@ export class SqliteAuditLog implements AuditLog {
         continue;
       }
       cursor = { in: cursor.in, after: found };
-      const pseudonym = this.erasedAs(found);
-      if (pseudonym !== null) unfinished.push({ actor: found, pseudonym });
+      const erasure = this.erasureOf(found);
+      if (erasure !== null) {
+        // Unauthenticated, read from the file: anything but a time in ms reads as long ago.
+        const erasedAt = typeof erasure.erasedAt === "number" ? erasure.erasedAt : 0;
+        unfinished.push({ actor: found, pseudonym: erasure.pseudonym, erasedAt });
+      }
     }
     return { unfinished, next: cursor };
   }
@@ -813,6 +829,11 @@ export class SqliteAuditLog implements AuditLog {
   }
 
   erasedAs(actor: string): string | null {
+    return this.erasureOf(actor)?.pseudonym ?? null;
+  }
+
+  /** The erasure recorded for `actor` (by any process): its pseudonym and when, or null. */
+  private erasureOf(actor: string): { pseudonym: string; erasedAt: unknown } | null {
     // A value read from the file may be anything (probe 41d F1).
     if (typeof actor !== "string" || actor.startsWith(PSEUDONYM_PREFIX)) return null;
     const actorKey = this.actorKey(actor);
@@ -822,7 +843,7 @@ export class SqliteAuditLog implements AuditLog {
     // be rewritten in the file (to frame a living user, or another erased one): one its MAC does
     // not vouch for is not written; the actor's own pseudonym is.
     const vouched = this.keys.vouchesForErasedActor(actorKey, stored.pseudonym, stored.mac);
-    return vouched ? stored.pseudonym : actorKey;
+    return { pseudonym: vouched ? stored.pseudonym : actorKey, erasedAt: stored.erasedAt };
   }
 
   /** The actor's own keyed pseudonym, which `audit_erased_actors` is keyed by (one HMAC each). */
