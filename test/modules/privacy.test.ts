@@ -1083,6 +1083,18 @@ describe("erasing a long audit history (probe 40a F3)", () => {
       if (left.own + left.named + left.names === 0) return await Bun.sleep(50);
     }
   };
+  /** A test app with a user of `n` events (and an admin's naming them), and the user's row ids. */
+  const withHistory = async (n: number) => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    history(target, user.userId, n);
+    const sqlite = target.db.$client;
+    const ids = sqlite
+      .query("SELECT id FROM audit_events WHERE actor = ? ORDER BY id")
+      .all(`user:${user.userId}`) as { id: number }[];
+    return { target, user, sqlite, ids };
+  };
   const leftOf = (target: TestApp, userId: string) => {
     const sqlite = target.db.$client;
     const raw = `user:${userId}`;
@@ -1258,14 +1270,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
   });
 
   test("with the file: a row whose commitment was written as a BLOB, in the first part or a later one, neither stops the erasure nor breaks audit:verify or the maintenance; it is reported as altered (probe 41b F3)", async () => {
-    current = buildTestApp();
-    const target = current;
-    const user = await signUp(target);
-    history(target, user.userId, 2_500);
-    const sqlite = target.db.$client;
-    const ids = sqlite
-      .query("SELECT id FROM audit_events WHERE actor = ? ORDER BY id")
-      .all(`user:${user.userId}`) as { id: number }[];
+    const { target, user, sqlite, ids } = await withHistory(2_500);
     for (const poisoned of [ids[0]!.id, ids[2_000]!.id]) {
       sqlite.run(
         `UPDATE audit_events SET subject_commit = CAST(subject_commit AS BLOB) WHERE id = ${poisoned}`,
@@ -1372,14 +1377,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
   });
 
   test("a part the database refuses after the erasure committed is logged, the account stays erased, and the maintenance finishes the rest", async () => {
-    current = buildTestApp();
-    const target = current;
-    const user = await signUp(target);
-    history(target, user.userId, 2_500);
-    const sqlite = target.db.$client;
-    const ids = sqlite
-      .query("SELECT id FROM audit_events WHERE actor = ? ORDER BY id")
-      .all(`user:${user.userId}`) as { id: number }[];
+    const { target, user, sqlite, ids } = await withHistory(2_500);
     // Refuses the rewrite of the last rows, beyond the erasure's own transaction's part.
     sqlite.run(
       `CREATE TRIGGER refuse_late_rows BEFORE UPDATE ON audit_events WHEN OLD.id > ${ids[2_000]!.id} BEGIN SELECT RAISE(ABORT, 'refused'); END`,
