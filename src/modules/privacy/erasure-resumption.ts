@@ -70,7 +70,12 @@ export class ErasureResumption {
   run(now: number): void {
     this.noticeOthers(now);
     if (this.continuation === null) this.finishPart();
-    if (!this.scanning) return;
+    if (this.scanning) this.scanFurther(now);
+    this.continueSoon();
+  }
+
+  /** The look through the log's actors and names, a step further. */
+  private scanFurther(now: number): void {
     const { unfinished, next } = this.audit.unfinishedErasures(this.cursor, ACTORS_PER_RUN);
     for (const erasure of unfinished) {
       if (this.found.has(erasure.actor) || this.underWay(erasure.actor)) continue;
@@ -94,7 +99,6 @@ export class ErasureResumption {
       if (this.youngSeen) this.newSince ??= now;
       this.youngSeen = false;
     }
-    this.continueSoon();
   }
 
   /** Stops the parts still to come (at shutdown); the next start finds what is left. */
