@@ -1345,6 +1345,44 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(events.some((event) => event.actor === `user:${other.userId}`)).toBe(true);
   });
 
+  test("each part of an erasure's rest has its own wait for a lock: a long rest meeting a lock late is not stopped (probe 41f F1)", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    const logs = new LogCapture();
+    let parts = 0;
+    const locked = Object.assign(new Error("database is locked"), { code: "SQLITE_BUSY" });
+    const service = new PrivacyService({
+      sqlite: target.db.$client,
+      clock: systemClock,
+      audit: target.services.audit,
+      logger: createLogger({ level: "info", destination: logs }),
+      account: {
+        find: () => ({}),
+        stored: () => true,
+        remove: () => {},
+      },
+      // Parts that take longer in all than a part may wait for a lock, then one kept out once.
+      contributors: [
+        {
+          name: "slow",
+          export: () => [],
+          erase: () => {},
+          eraseRest: () => () => {
+            parts++;
+            if (parts === 6) throw locked;
+            Bun.sleepSync(30);
+            return parts === 8;
+          },
+        },
+      ],
+      restLockWaitMs: 100,
+    });
+    expect(await service.erase(user.userId, { ip: null, requestId: null })).toBe(true);
+    expect(parts).toBe(8);
+    expect(logs.text).not.toContain("an erasure stopped part-way");
+  });
+
   test("an account another process erased between the check and the write lock is not erased again: false, nothing recorded (probe 41b F7)", async () => {
     current = buildTestApp();
     const target = current;

@@ -81,10 +81,11 @@ export class ErasureResumption {
       if (this.found.has(erasure.actor) || this.underWay(erasure.actor)) continue;
       // Recorded less than the grace ago: most likely still under way in the process that made it
       // (a long `users:erase`), which finishes it and says so; looked at again after the grace
-      // (probe 41e F1: it was taken over and reported as stopped). A time ahead of now, written
-      // into the file, does not put it off.
+      // (probe 41e F1: it was taken over and reported as stopped). So is one stamped a little
+      // ahead of this run's time (committed while the run went on: probe 41f); one further
+      // ahead, written into the file, does not put it off longer.
       const age = now - erasure.erasedAt;
-      if (!this.stoppedHere.has(erasure.actor) && age >= 0 && age < OTHERS_ERASURE_GRACE_MS) {
+      if (!this.stoppedHere.has(erasure.actor) && Math.abs(age) < OTHERS_ERASURE_GRACE_MS) {
         this.youngSeen = true;
         continue;
       }
