@@ -315,9 +315,11 @@ export class ApiKeyService {
   /** A live key's scopes as its owner's role bounds them today; null for a key that is not live. */
   private liveScopes(id: string): readonly Scope[] | null {
     const record = this.get(id);
-    if (!record || record.revokedAt !== null || this.tampered(record)) return null;
+    if (!record || record.revokedAt !== null || !this.intact(record.id)) return null;
     if (record.expiresAt !== null && record.expiresAt <= this.clock.now()) return null;
+    // The owner read once: gone or failing its seal, the key is tampered (as `tampered` says).
     const role = record.userId === null ? null : this.roleOf(record.userId);
+    if (record.userId !== null && role === null) return null;
     return boundScopes(record.scopes, role);
   }
 

@@ -493,10 +493,10 @@ export class SqliteAuditLog implements AuditLog {
     // every row: a log of millions of events has thousands of actors. Text only: a value written
     // into the file as a BLOB (which sorts after all text) names no actor Palisade wrote, and
     // asked of the erasure record it failed every scan (probe 41d F1).
-    const nextActor = this.sqlite.prepare<{ actor: string }, [string]>(
+    const nextActor = this.sqlite.query<{ actor: string }, [string]>(
       "SELECT actor FROM audit_events WHERE actor > ?1 AND typeof(actor) = 'text' ORDER BY actor LIMIT 1",
     );
-    const nextName = this.sqlite.prepare<{ name: string }, [string]>(
+    const nextName = this.sqlite.query<{ name: string }, [string]>(
       "SELECT name FROM audit_event_names WHERE name > ?1 AND typeof(name) = 'text' ORDER BY name LIMIT 1",
     );
     for (let looked = 0; looked < maxActors; looked++) {

@@ -8,7 +8,8 @@
  * detail names; and others' events that name them (the key an operator made for them, an admin's
  * rotation of their key or look-up of their usage: what erasure rewrites too, found through
  * `audit_event_names`; probe 38b F3), without that actor's address and with that actor withheld
- * unless it is no one's (`cli`, `system`, `stripe`). Erasure is `AuditLog.pseudonymise`.
+ * unless it is no one's (`cli`, `system`, `stripe`). Erasure is `AuditLog.pseudonymiseSome`, a
+ * part at a time (the privacy feature's audit contributor).
  */
 import { and, asc, eq, gt } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
