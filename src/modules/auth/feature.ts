@@ -5,6 +5,7 @@
  */
 import type { Core } from "../../core";
 import type { CredentialStanding } from "../../plugins/auth";
+import type { Principal } from "../../plugins/auth/principal";
 import { createCsrfIssuer } from "../../plugins/csrf";
 import type { Feature } from "../feature";
 import { ApiKeyService } from "./api-keys";
@@ -88,20 +89,19 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     rateLimitMetrics: core.metrics.rateLimit,
   });
   if (options.reconcileBootstrapKeys !== false) reconcileBootstrapKeys(core, apiKeys);
+  const sessionLive = ({ familyId, id, role }: Extract<Principal, { kind: "user" }>) =>
+    credentials.sessionLive(familyId, id, role);
 
   return {
     name: "auth",
     service,
     apiKeys,
+    // A session is an admin's while it lives: a demotion ends it.
     standing: {
       stillAdmin: (principal) =>
-        principal.kind === "key"
-          ? apiKeys.grants(principal.id, "admin")
-          : credentials.sessionLive(principal.familyId, principal.id, principal.role),
+        principal.kind === "key" ? apiKeys.grants(principal.id, "admin") : sessionLive(principal),
       stillValid: (principal) =>
-        principal.kind === "key"
-          ? apiKeys.verifies(principal.id)
-          : credentials.sessionLive(principal.familyId, principal.id, principal.role),
+        principal.kind === "key" ? apiKeys.verifies(principal.id) : sessionLive(principal),
     },
     account: account(db, service),
     routeClasses: authRouteClasses,
