@@ -3,6 +3,7 @@ import { Elysia } from "elysia";
 import { systemClock } from "../../src/clock";
 import { openDatabase } from "../../src/db/client";
 import { createLogger } from "../../src/logging/logger";
+import { KEYS_AHEAD_PART } from "../../src/modules/auth/privacy";
 import {
   auditEventsContributor,
   ERASURE_PART_ROWS,
@@ -1176,6 +1177,51 @@ describe("erasing a long audit history (probe 40a F3)", () => {
       ).n,
     ).toBeGreaterThan(4_000);
     expect(verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey)).ok).toBe(true);
+  });
+
+  test("a user's many API keys are revoked ahead of the erasure's transaction, a part at a time: requests between parts see them part-revoked with the account still there; then every key is refused (probe 41b F5)", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    const keys = Array.from({ length: 3 * KEYS_AHEAD_PART }, () =>
+      createKey(target, ["chat"], user.userId),
+    );
+    const sqlite = target.db.$client;
+    const revoked = () =>
+      (
+        sqlite
+          .query("SELECT count(*) AS n FROM api_keys WHERE user_id = ? AND revoked_at IS NOT NULL")
+          .get(user.userId) as { n: number }
+      ).n;
+    let answered = false;
+    const erasure = send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(user.accessToken),
+    }).finally(() => {
+      answered = true;
+    });
+    let seenPartway = false;
+    while (!answered) {
+      expect((await send(target, "/health")).status).toBe(200);
+      const now = revoked();
+      if (now > 0 && now < keys.length) seenPartway = true;
+    }
+    expect((await erasure).status).toBe(204);
+    // In the erasure's transaction, every request saw none revoked or the account gone.
+    expect(seenPartway).toBe(true);
+    expect(
+      (
+        sqlite
+          .query("SELECT count(*) AS n FROM audit_events WHERE type = 'admin.key.revoked'")
+          .get() as { n: number }
+      ).n,
+    ).toBe(keys.length);
+    for (const { key } of [keys[0]!, keys.at(-1)!]) {
+      const asked = await send(target, "/api/chat/conversations", {
+        headers: { "x-api-key": key },
+      });
+      expect(asked.status).toBe(401);
+    }
   });
 
   test("a part of the rest goes on to the user's next key while it has rows to spare: 600 keys with a few rows each take a handful of parts, not one a key", async () => {

@@ -51,6 +51,15 @@ export interface PrivacyContributor {
    */
   actors?(userId: string, forErasure?: boolean): string[];
   /**
+   * What of its erasure can be done while the account still stands, for what is too much to do
+   * while every other request waits (a long chat history, thousands of keys; probe 41b F5): a step
+   * that does a bounded part in a transaction of its own and says whether it is done. The erasure
+   * runs it until it is, letting other work in between, before its transaction; `erase` then does
+   * what came since. A part must leave what it holds as sound as it found it: the erasure may stop
+   * between two parts, and the account is then still there.
+   */
+  eraseAhead?(userId: string, context: ErasureContext): () => boolean;
+  /**
    * Deletes, or strips the personal fields of, what it holds for the user. Runs inside the
    * erasure's transaction, before the account row is deleted.
    */

@@ -8,10 +8,14 @@
  * sessions and keys are revoked, the audit log replaces the user's id by a keyed pseudonym
  * (dropping the address and the salt that committed to both, each rewrite authenticated with
  * AUDIT_SECRET_KEY, so the chain still verifies and a rewrite by anyone else does not) — and then
- * the account row goes. What a contributor has too much of to rewrite in that transaction without
- * holding every other request (a long audit history) it finishes after, a bounded part at a time
- * (`eraseRest`), before the erasure answers; a process that stops part-way has it finished by the
- * next one's maintenance (erasure-resumption.ts).
+ * the account row goes. What a contributor has too much of to do in that transaction without
+ * holding every other request it does a bounded part at a time, each part a transaction of its own
+ * with other requests served between: what can go while the account stands (a long chat history,
+ * thousands of API keys) before it (`eraseAhead`), leaving the transaction what came since; what
+ * must wait for the account's erasure (a long audit history) after it (`eraseRest`), before the
+ * erasure answers. A process that stops part-way after the transaction has the rest finished by
+ * the next one's maintenance (erasure-resumption.ts); before it, the account stands, with less
+ * held about it, for the erasure asked again.
  */
 import type { Database } from "bun:sqlite";
 import type { Clock } from "../../clock";
@@ -141,6 +145,19 @@ export class PrivacyService {
     if (byOperator ? !account.stored(userId) : !account.find(userId)) return false;
     const pseudonym = this.pseudonymOf(`user:${userId}`);
     const wasAdmin = account.isAdmin?.(userId) === true;
+    const ahead = { pseudonym, actors: this.actorsOf(userId, true), requestId: meta.requestId };
+    for (const contributor of contributors) {
+      const step = contributor.eraseAhead?.(userId, ahead);
+      if (step === undefined) continue;
+      const failure = await this.inParts(step);
+      // The transaction below does whatever is left, as it would have done all of it.
+      if (failure !== null) {
+        this.options.logger.warn(
+          { err: failure, contributor: contributor.name, pseudonym },
+          "an erasure's parts ahead of it stopped: its transaction does the rest",
+        );
+      }
+    }
     const context = sqlite
       .transaction(() => {
         // Asked again with the write lock held: of two erasures of one account at once (the API's
@@ -201,12 +218,26 @@ export class PrivacyService {
     pseudonym: string,
     actors: readonly string[],
   ): Promise<void> {
+    const failure = await this.inParts(step);
+    if (failure === null) return;
+    this.options.logger.error(
+      { err: failure, contributor: name, pseudonym },
+      "an erasure stopped part-way: the account is erased, and the maintenance rewrites what is left",
+    );
+    this.options.onUnfinished?.(actors);
+  }
+
+  /**
+   * Runs `step` until it says it is done, a pause between two parts; null once done, or the error
+   * of a part that failed (a lock held past its wait, or anything else).
+   */
+  private async inParts(step: () => boolean): Promise<unknown> {
     // Since when the part now asked has been kept out by another connection's lock: each part
     // has its 30 s, not the whole rest (probe 41f F1: a long history used them up by itself).
     let lockedSince: number | null = null;
     for (;;) {
       try {
-        if (step()) return;
+        if (step()) return null;
         lockedSince = null;
         await Bun.sleep(REST_PART_PAUSE_MS);
       } catch (error) {
@@ -216,12 +247,7 @@ export class PrivacyService {
           await Bun.sleep(REST_LOCK_RETRY_MS);
           continue;
         }
-        this.options.logger.error(
-          { err: error, contributor: name, pseudonym },
-          "an erasure stopped part-way: the account is erased, and the maintenance rewrites what is left",
-        );
-        this.options.onUnfinished?.(actors);
-        return;
+        return error;
       }
     }
   }

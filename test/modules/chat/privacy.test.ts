@@ -13,6 +13,7 @@ import {
 } from "../../../src/db/schema";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { createChatSeal } from "../../../src/modules/chat/history-seal";
+import { MESSAGES_AHEAD_PART } from "../../../src/modules/chat/privacy";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
@@ -123,6 +124,87 @@ describe("export and erasure", () => {
     expect(messages).toHaveLength(2);
     const usage = target.db.select().from(chatUsage).all();
     expect(usage.map((u) => `${u.ownerKind}:${u.ownerId}`)).toEqual([`user:${bob.userId}`]);
+  });
+});
+
+describe("a long history is deleted ahead of the erasure's transaction, a part at a time (probe 41b F5)", () => {
+  test("requests are answered between parts, each seeing the history part-deleted with the account still there; then nothing of it is left, and another's is untouched", async () => {
+    target = buildTestApp();
+    const app = target;
+    const alice = await signUp(app);
+    const bob = await signUp(app);
+    const { key } = createKey(app, ["chat"], alice.userId);
+    const own = await start(app, asUser(alice), "one");
+    const keys = await start(app, asKey(key), "two");
+    const bobs = await start(app, asUser(bob), "three");
+    // A long history written into the file: the erasure deletes rows, it does not read them.
+    const sqlite = app.db.$client;
+    const insert = sqlite.query(
+      "INSERT INTO chat_messages (conversation_id, role, content, incomplete, tokens, created_at) VALUES (?, 'user', 'x', 0, 1, 0)",
+    );
+    sqlite.transaction(() => {
+      for (let i = 0; i < 2 * MESSAGES_AHEAD_PART + 500; i++) insert.run(i % 3 === 0 ? keys : own);
+    })();
+    const aliceMessages = () =>
+      (
+        sqlite
+          .query("SELECT count(*) AS n FROM chat_messages WHERE conversation_id IN (?, ?)")
+          .get(own, keys) as { n: number }
+      ).n;
+    const accountStands = () =>
+      sqlite.query("SELECT 1 FROM users WHERE id = ?").get(alice.userId) !== null;
+    const before = aliceMessages();
+    let answered = false;
+    const erasure = send(app, "/api/me", { method: "DELETE", headers: asUser(alice) }).finally(
+      () => {
+        answered = true;
+      },
+    );
+    let seenPartway = false;
+    while (!answered) {
+      expect((await send(app, "/health")).status).toBe(200);
+      const left = aliceMessages();
+      if (left > 0 && left < before && accountStands()) seenPartway = true;
+    }
+    expect((await erasure).status).toBe(204);
+    // One transaction over the whole history: every request saw all of it or none.
+    expect(seenPartway).toBe(true);
+    expect(aliceMessages()).toBe(0);
+    expect(
+      app.db
+        .select()
+        .from(chatConversations)
+        .all()
+        .map((c) => c.id),
+    ).toEqual([bobs]);
+    expect(app.db.select().from(chatMessages).all()).toHaveLength(2);
+  });
+
+  test("an erasure stopped between two parts leaves each conversation reading as after a retention run: its oldest messages gone, the rest shown", async () => {
+    target = buildTestApp();
+    const app = target;
+    const alice = await signUp(app);
+    const id = await start(app, asUser(alice), "one");
+    for (const message of ["two", "three"]) {
+      expect((await chat(app, asUser(alice), { message, conversationId: id })).status).toBe(200);
+    }
+    const chatFeature = app.services.features.find((f) => f.name === "chat") as ChatFeature;
+    const owners = [{ kind: "user" as const, id: alice.userId }];
+    // A part of two: the two oldest of six go, and the next part starts from the same owner.
+    expect(chatFeature.service.eraseSomeMessages(owners, 0, 2)).toBe(0);
+    const shown = await send(app, `/api/chat/conversations/${id}`, { headers: asUser(alice) });
+    expect(shown.status).toBe(200);
+    const { messages } = (await shown.json()) as { messages: { content: string }[] };
+    expect(messages).toHaveLength(4);
+    expect(messages[0]!.content).toBe("two");
+    expect(chatFeature.service.eraseSomeMessages(owners, 0, 10)).toBe(1);
+    expect(
+      (await send(app, `/api/chat/conversations/${id}`, { headers: asUser(alice) })).status,
+    ).toBe(200);
+    expect((await send(app, "/api/me", { method: "DELETE", headers: asUser(alice) })).status).toBe(
+      204,
+    );
+    expect(app.db.select().from(chatConversations).all()).toHaveLength(0);
   });
 });
 
