@@ -88,9 +88,9 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
     // Revoked KEYS_AHEAD_PART at a time before the erasure's transaction (each revocation sealed
     // and audited: 2,000 keys held every request ~0.6–1.8 s in it; probe 41b F5): the keys listed
     // under the user whose seal names them (its actors). A key whose seal names the user but the
-    // file lists under another is revoked in the transaction: a revocation seals the row as the
-    // file has it, and the transaction's seal scan would no longer find it theirs (nor its
-    // conversations and audit rows); so is one listed whose seal fails (reported there), and one
+    // file lists under another is revoked in the transaction: its row fails its seal, which a
+    // revocation leaves as it was, so with `revoked_at` set the transaction's seal scan would no
+    // longer find it theirs (nor its conversations and audit rows); so is one listed whose seal fails (reported there), and one
     // created since.
     eraseAhead(userId, { pseudonym, requestId, actors }) {
       const sealedToThem = new Set(actors);
