@@ -14,6 +14,7 @@ import { SqliteAuditLog, verifyAuditChain } from "../../src/plugins/audit/log";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
 import { ManualClock } from "../support/clock";
+import { eraseWatching } from "../support/erasure";
 import { anotherInstance, untoldInstance } from "../support/instance";
 
 let current: TestApp | null = null;
@@ -1129,13 +1130,6 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     history(target, user.userId, 4_000);
     expect(leftOf(target, user.userId).own).toBeGreaterThan(4_000);
     const before = leftOf(target, user.userId).own;
-    let answered = false;
-    const erasure = send(target, "/api/me", {
-      method: "DELETE",
-      headers: bearer(user.accessToken),
-    }).finally(() => {
-      answered = true;
-    });
     // Requests asked while it runs are answered while it runs, between two of its parts, each
     // seeing the history part-rewritten; one transaction over the whole history held every
     // request until the last row was rewritten, so each saw all of it or none.
@@ -1149,8 +1143,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
           .get() as { n: number }
       ).n;
     let recordedMidway = false;
-    while (!answered) {
-      expect((await send(target, "/health")).status).toBe(200);
+    const erasure = eraseWatching(target, bearer(user.accessToken), () => {
       const left = leftOf(target, user.userId).own;
       seen.push(left);
       if (left > 0 && left < before) {
@@ -1159,7 +1152,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
         // during the rest must not take it with it (probe 41b F2).
         recordedMidway ||= recorded() === 1;
       }
-    }
+    });
     expect((await erasure).status).toBe(204);
     expect(seen.some((left) => left > 0 && left < before)).toBe(true);
     expect(recordedMidway).toBe(true);
@@ -1193,19 +1186,11 @@ describe("erasing a long audit history (probe 40a F3)", () => {
           .query("SELECT count(*) AS n FROM api_keys WHERE user_id = ? AND revoked_at IS NOT NULL")
           .get(user.userId) as { n: number }
       ).n;
-    let answered = false;
-    const erasure = send(target, "/api/me", {
-      method: "DELETE",
-      headers: bearer(user.accessToken),
-    }).finally(() => {
-      answered = true;
-    });
     let seenPartway = false;
-    while (!answered) {
-      expect((await send(target, "/health")).status).toBe(200);
+    const erasure = eraseWatching(target, bearer(user.accessToken), () => {
       const now = revoked();
       if (now > 0 && now < keys.length) seenPartway = true;
-    }
+    });
     expect((await erasure).status).toBe(204);
     // In the erasure's transaction, every request saw none revoked or the account gone.
     expect(seenPartway).toBe(true);
