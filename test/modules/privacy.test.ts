@@ -8,6 +8,7 @@ import {
   auditEventsContributor,
   ERASURE_PART_ROWS,
 } from "../../src/modules/privacy/audit-contributor";
+import { ErasureResumption } from "../../src/modules/privacy/erasure-resumption";
 import { PrivacyService } from "../../src/modules/privacy/service";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { SqliteAuditLog, verifyAuditChain } from "../../src/plugins/audit/log";
@@ -1186,14 +1187,37 @@ describe("erasing a long audit history (probe 40a F3)", () => {
           .query("SELECT count(*) AS n FROM api_keys WHERE user_id = ? AND revoked_at IS NOT NULL")
           .get(user.userId) as { n: number }
       ).n;
+    // Made ahead, while the account stands, by the user: the pseudonym is nowhere beside the
+    // living account's key ids (probe 42a F2); the erasure then rewrites these rows too.
+    const pseudonym = target.services.audit.pseudonymOf(`user:${user.userId}`);
+    const revokers = () =>
+      (
+        sqlite
+          .query(
+            "SELECT DISTINCT actor FROM audit_events WHERE type = 'admin.key.revoked' ORDER BY actor",
+          )
+          .all() as { actor: string }[]
+      ).map((row) => row.actor);
     let seenPartway = false;
     const erasure = eraseWatching(target, bearer(user.accessToken), () => {
       const now = revoked();
-      if (now > 0 && now < keys.length) seenPartway = true;
+      if (now > 0 && now < keys.length) {
+        seenPartway = true;
+        target.services.audit.flush();
+        expect(revokers()).toEqual([`user:${user.userId}`]);
+      }
     });
     expect((await erasure).status).toBe(204);
     // In the erasure's transaction, every request saw none revoked or the account gone.
     expect(seenPartway).toBe(true);
+    expect(revokers()).toEqual([pseudonym]);
+    expect(
+      (
+        sqlite
+          .query("SELECT count(*) AS n FROM audit_events WHERE detail LIKE ?")
+          .get(`%${keys[0]!.record.id}%`) as { n: number }
+      ).n,
+    ).toBe(0);
     expect(
       (
         sqlite
@@ -1237,7 +1261,12 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     const actors = [`user:${user.userId}`, ...keyActors];
     expect(rowsOf(actors)).toBeGreaterThan(1_200);
     const contributor = auditEventsContributor({ db: target.db, audit });
-    const context = { pseudonym: audit.pseudonymOf(actors[0]!), actors, requestId: null };
+    const context = {
+      pseudonym: audit.pseudonymOf(actors[0]!),
+      actors,
+      requestId: null,
+      requestedBy: actors[0]!,
+    };
     sqlite.transaction(() => contributor.erase(user.userId, context)).immediate();
     const part = contributor.eraseRest!(user.userId, context);
     let parts = 1;
@@ -1247,6 +1276,56 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(parts).toBeLessThanOrEqual(Math.ceil((1_240 + 600) / ERASURE_PART_ROWS) + 1);
     expect(rowsOf(actors)).toBe(0);
     expect(verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey)).ok).toBe(true);
+  });
+
+  test("finishing a stopped erasure, a part goes on to the next key's rows too: 600 keys with a row each take a few parts, said once", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    const { audit } = target.services;
+    const keyActors = Array.from({ length: 600 }, () => {
+      const actor = `key:${createKey(target, ["chat"], user.userId).record.id}`;
+      audit.record({ type: "auth.login.succeeded", outcome: "success", actor });
+      return actor;
+    });
+    audit.flush();
+    const actors = [`user:${user.userId}`, ...keyActors];
+    const pseudonym = audit.pseudonymOf(actors[0]!);
+    // The erasure's record of each actor, then the process stopped: none of their rows rewritten.
+    for (const actor of actors) audit.pseudonymiseSome(actor, pseudonym, 0);
+    const sqlite = target.db.$client;
+    const own = () =>
+      (
+        sqlite
+          .query(
+            `SELECT count(*) AS n FROM audit_events WHERE actor IN (${keyActors.map(() => "?").join(",")})`,
+          )
+          .get(...keyActors) as { n: number }
+      ).n;
+    expect(own()).toBe(600);
+    const finishing = new ErasureResumption(audit, target.logger, (part) =>
+      sqlite.transaction(part).immediate(),
+    );
+    finishing.rescan(actors);
+    // One run finds them; each run after it (its timer stopped) does one part.
+    const onePart = () => {
+      finishing.run(Date.now());
+      finishing.close();
+    };
+    onePart();
+    onePart();
+    // One key a part left 599.
+    expect(own()).toBeLessThan(500);
+    let parts = 1;
+    while (own() > 0 && parts < 50) {
+      onePart();
+      parts++;
+    }
+    expect(parts).toBeLessThanOrEqual(10);
+    onePart();
+    expect(own()).toBe(0);
+    expect(target.logs.text.split("an erasure stopped part-way was finished").length - 1).toBe(1);
+    expect(target.logs.text).not.toContain(user.userId);
   });
 
   test("an erasure stopped part-way is finished by the next process's maintenance once a minute has passed since it was recorded, and said without the id", async () => {

@@ -56,6 +56,9 @@ export function sessionsContributor(
 /** API keys an erasure revokes in one transaction ahead of its own (~20–40 ms of the lock here). */
 export const KEYS_AHEAD_PART = 100;
 
+/** The reason on a revocation made ahead of an erasure's transaction. */
+const ERASURE_REASON = "account_erasure";
+
 /** No address: an erasure takes the person's addresses out of their rows (probe 37a F3). */
 const erasureOrigin = (requestId: string | null) => ({ ip: null, route: null, requestId });
 
@@ -86,13 +89,14 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
         (key) => `key:${key.id}`,
       ),
     // Revoked KEYS_AHEAD_PART at a time before the erasure's transaction (each revocation sealed
-    // and audited: 2,000 keys held every request ~0.6–1.8 s in it; probe 41b F5): the keys listed
+    // and audited: 2,000 keys held every request ~0.6–1.8 s in it; probe 41b F5), by whoever
+    // asked for the erasure, not its pseudonym (probe 42a F2): the keys listed
     // under the user whose seal names them (its actors). A key whose seal names the user but the
     // file lists under another is revoked in the transaction: its row fails its seal, which a
     // revocation leaves as it was, so with `revoked_at` set the transaction's seal scan would no
     // longer find it theirs (nor its conversations and audit rows); so is one listed whose seal fails (reported there), and one
     // created since.
-    eraseAhead(userId, { pseudonym, requestId, actors }) {
+    eraseAhead(userId, { requestedBy, requestId, actors }) {
       const sealedToThem = new Set(actors);
       const active = apiKeys
         .list(userId)
@@ -101,7 +105,7 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
       let next = 0;
       return () => {
         const part = active.slice(next, next + KEYS_AHEAD_PART);
-        apiKeys.revokeMany(part, pseudonym, undefined, erasureOrigin(requestId));
+        apiKeys.revokeMany(part, requestedBy, ERASURE_REASON, erasureOrigin(requestId));
         next += part.length;
         return next >= active.length;
       };

@@ -19,21 +19,21 @@ export function ownersOfUser(userId: string, actors: readonly string[]): ChatOwn
   return owners;
 }
 
-/** Chat messages an erasure deletes in one transaction ahead of its own. */
-export const MESSAGES_AHEAD_PART = 1_000;
+/** Chat rows (messages, conversations) an erasure deletes in one transaction ahead of its own. */
+export const CHAT_ROWS_AHEAD_PART = 1_000;
 
 export function chatContributor(service: ChatService): PrivacyContributor {
   return {
     name: "chat",
     export: (userId, { actors }) => service.exportOf(ownersOfUser(userId, actors)),
     // A long history goes before the erasure's transaction, a part at a time (100,000 messages'
-    // deletion held every request ~1 s in it; probe 41b F5); the transaction deletes the
-    // conversations, and what was written since.
+    // deletion held every request ~1 s in it; probe 41b F5); the transaction deletes what was
+    // written since, and the usage.
     eraseAhead: (userId, { actors }) => {
       const owners = ownersOfUser(userId, actors);
       let next = 0;
       return () => {
-        next = service.eraseSomeMessages(owners, next, MESSAGES_AHEAD_PART);
+        next = service.eraseSomeChat(owners, next, CHAT_ROWS_AHEAD_PART);
         return next >= owners.length;
       };
     },

@@ -38,6 +38,12 @@ export interface ErasureContext extends ExportContext {
   pseudonym: string;
   /** The erasing request's id (null from the CLI), for the audit rows the erasure writes. */
   requestId: string | null;
+  /**
+   * Who asked, as the audit log names them (`user:<id>`; `cli` for `users:erase`): the actor of
+   * what is done ahead of the erasure's transaction, while the account stands. The pseudonym must
+   * not appear beside the living account's ids (probe 42a F2); the erasure rewrites these rows too.
+   */
+  requestedBy: string;
 }
 
 export interface PrivacyContributor {

@@ -17,7 +17,11 @@ import type { AuditLog, ErasureScanCursor } from "../../plugins/audit/log";
 
 /** Distinct actors and names looked at per maintenance run. */
 const ACTORS_PER_RUN = 2_000;
-/** Rows rewritten per part, one transaction each, as the erasure's own parts. */
+/**
+ * Rows rewritten per part, one transaction each, as the erasure's own parts: over the erasures
+ * found, in order, each actor counting one at least (one actor a part took a user's 2,000 keys
+ * 2,000 parts).
+ */
 const ROWS_PER_PART = 250;
 /** The pause between two parts: the event loop runs, and other processes get the write lock. */
 export const PART_PAUSE_MS = 20;
@@ -51,6 +55,8 @@ export class ErasureResumption {
   constructor(
     private readonly audit: ResumableLog,
     private readonly logger: Logger,
+    /** Runs a part in one immediate transaction (the audit log's writes in it join it). */
+    private readonly inTransaction: <T>(part: () => T) => T,
     /** Whether this process's own erasure of the actor is still under way (not stopped). */
     private readonly underWay: (actor: string) => boolean = () => false,
   ) {}
@@ -108,27 +114,44 @@ export class ErasureResumption {
     this.continuation = null;
   }
 
-  /** One part of the first erasure found; a failure (a lock) leaves it for the next run. */
+  /**
+   * One part of the erasures found, from the first; a failure (a lock) leaves them all as they
+   * were for the next run.
+   */
   private finishPart(): void {
-    const first = this.pending[0];
-    if (first === undefined) return;
-    const { actor, pseudonym } = first;
-    // Another process may be finishing it too (its own rest): each part is one transaction, and
+    // Another process may be finishing one too (its own rest): each part is one transaction, and
     // the rows either rewrote are not rewritten again.
-    const examined = this.audit.pseudonymiseSome(actor, pseudonym, ROWS_PER_PART);
-    if (examined > 0)
-      this.rewritten.set(pseudonym, (this.rewritten.get(pseudonym) ?? 0) + examined);
-    if (examined === ROWS_PER_PART) return;
-    this.pending.shift();
-    const rows = this.rewritten.get(pseudonym);
-    if (rows === undefined || this.pending.some((other) => other.pseudonym === pseudonym)) return;
-    this.rewritten.delete(pseudonym);
-    // Once an erasure (the account and its keys) is done, and only when rows were left to this
-    // process; never the actor: it is what the erasure took out.
-    this.logger.warn(
-      { pseudonym, rows },
-      "an erasure stopped part-way was finished: its account's remaining audit rows now carry its pseudonym",
-    );
+    const steps = this.inTransaction(() => {
+      const done: { examined: number; finished: boolean }[] = [];
+      let left = ROWS_PER_PART;
+      for (const { actor, pseudonym } of this.pending) {
+        if (left <= 0) break;
+        const examined = this.audit.pseudonymiseSome(actor, pseudonym, left);
+        done.push({ examined, finished: examined < left });
+        if (examined >= left) break;
+        left -= Math.max(1, examined);
+      }
+      return done;
+    });
+    // Once committed: what it rewrote, and the erasures it finished.
+    for (const { examined, finished } of steps) {
+      const { pseudonym } = this.pending[0]!;
+      if (examined > 0)
+        this.rewritten.set(pseudonym, (this.rewritten.get(pseudonym) ?? 0) + examined);
+      if (!finished) return;
+      this.pending.shift();
+      const rows = this.rewritten.get(pseudonym);
+      if (rows === undefined || this.pending.some((other) => other.pseudonym === pseudonym)) {
+        continue;
+      }
+      this.rewritten.delete(pseudonym);
+      // Once an erasure (the account and its keys) is done, and only when rows were left to this
+      // process; never the actor: it is what the erasure took out.
+      this.logger.warn(
+        { pseudonym, rows },
+        "an erasure stopped part-way was finished: its account's remaining audit rows now carry its pseudonym",
+      );
+    }
   }
 
   private continueSoon(): void {

@@ -27,8 +27,11 @@ export function privacyFeature(
     export: (_userId, { actors }) => core.ipBlocks.heldFor(actors),
     erase: (_userId, { pseudonym, actors }) => core.ipBlocks.eraseActors(actors, pseudonym),
   };
-  const resumption = new ErasureResumption(core.audit, core.logger, (actor) =>
-    service.erasing(actor),
+  const resumption = new ErasureResumption(
+    core.audit,
+    core.logger,
+    (part) => core.db.$client.transaction(part).immediate(),
+    (actor) => service.erasing(actor),
   );
   const service: PrivacyService = new PrivacyService({
     sqlite: core.db.$client,

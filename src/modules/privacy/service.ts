@@ -145,7 +145,13 @@ export class PrivacyService {
     if (byOperator ? !account.stored(userId) : !account.find(userId)) return false;
     const pseudonym = this.pseudonymOf(`user:${userId}`);
     const wasAdmin = account.isAdmin?.(userId) === true;
-    const ahead = { pseudonym, actors: this.actorsOf(userId, true), requestId: meta.requestId };
+    const requestedBy = byOperator ? "cli" : `user:${userId}`;
+    const ahead = {
+      pseudonym,
+      actors: this.actorsOf(userId, true),
+      requestId: meta.requestId,
+      requestedBy,
+    };
     for (const contributor of contributors) {
       const step = contributor.eraseAhead?.(userId, ahead);
       if (step === undefined) continue;
@@ -164,7 +170,7 @@ export class PrivacyService {
         // and the CLI's), the second finds nothing and records nothing (probe 41b F7).
         if (!account.stored(userId)) return null;
         const actors = this.actorsOf(userId, true);
-        const context = { pseudonym, actors, requestId: meta.requestId };
+        const context = { pseudonym, actors, requestId: meta.requestId, requestedBy };
         for (const contributor of contributors) contributor.erase(userId, context);
         account.remove(userId);
         return context;

@@ -13,7 +13,7 @@ import {
 } from "../../../src/db/schema";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { createChatSeal } from "../../../src/modules/chat/history-seal";
-import { MESSAGES_AHEAD_PART } from "../../../src/modules/chat/privacy";
+import { CHAT_ROWS_AHEAD_PART } from "../../../src/modules/chat/privacy";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
@@ -144,7 +144,7 @@ describe("a long history is deleted ahead of the erasure's transaction, a part a
       "INSERT INTO chat_messages (conversation_id, role, content, incomplete, tokens, created_at) VALUES (?, 'user', 'x', 0, 1, 0)",
     );
     sqlite.transaction(() => {
-      for (let i = 0; i < 2 * MESSAGES_AHEAD_PART + 500; i++) insert.run(i % 3 === 0 ? keys : own);
+      for (let i = 0; i < 2 * CHAT_ROWS_AHEAD_PART + 500; i++) insert.run(i % 3 === 0 ? keys : own);
     })();
     const aliceMessages = () =>
       (
@@ -174,7 +174,51 @@ describe("a long history is deleted ahead of the erasure's transaction, a part a
     expect(app.db.select().from(chatMessages).all()).toHaveLength(2);
   });
 
-  test("an erasure stopped between two parts leaves each conversation reading as after a retention run: its oldest messages gone, the rest shown", async () => {
+  test("an owner with many short conversations: a part takes the oldest that fit, whole, and the next starts at what is left, each conversation counting one row (probe 42a F1)", async () => {
+    target = buildTestApp();
+    const app = target;
+    const alice = await signUp(app);
+    const bob = await signUp(app);
+    const bobs = await start(app, asUser(bob), "bob's");
+    const sqlite = app.db.$client;
+    const conversation = sqlite.query(
+      "INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at, message_count) VALUES (?, 'user', ?, ?, ?, 1)",
+    );
+    const message = sqlite.query(
+      "INSERT INTO chat_messages (conversation_id, role, content, incomplete, tokens, created_at) VALUES (?, 'user', 'x', 0, 1, ?)",
+    );
+    const ids = Array.from({ length: 300 }, (_, i) => `c${String(i).padStart(4, "0")}`);
+    sqlite.transaction(() => {
+      ids.forEach((id, i) => {
+        conversation.run(id, alice.userId, i, i);
+        message.run(id, i);
+      });
+    })();
+    const left = () =>
+      (
+        sqlite
+          .query("SELECT id FROM chat_conversations WHERE owner_id = ? ORDER BY created_at")
+          .all(alice.userId) as { id: string }[]
+      ).map((row) => row.id);
+    const chatFeature = app.services.features.find((f) => f.name === "chat") as ChatFeature;
+    const owners = [{ kind: "user" as const, id: alice.userId }];
+    // A message and its conversation: two rows each, fifty in a part of a hundred.
+    expect(chatFeature.service.eraseSomeChat(owners, 0, 100)).toBe(0);
+    expect(left()).toEqual(ids.slice(50));
+    let parts = 1;
+    while (chatFeature.service.eraseSomeChat(owners, 0, 100) === 0) parts++;
+    expect(parts).toBe(6);
+    expect(left()).toEqual([]);
+    expect(
+      app.db
+        .select()
+        .from(chatConversations)
+        .all()
+        .map((c) => c.id),
+    ).toEqual([bobs]);
+  });
+
+  test("an erasure stopped between two parts leaves each conversation gone whole or reading as after a retention run: its oldest messages gone, the rest shown", async () => {
     target = buildTestApp();
     const app = target;
     const alice = await signUp(app);
@@ -185,16 +229,19 @@ describe("a long history is deleted ahead of the erasure's transaction, a part a
     const chatFeature = app.services.features.find((f) => f.name === "chat") as ChatFeature;
     const owners = [{ kind: "user" as const, id: alice.userId }];
     // A part of two: the two oldest of six go, and the next part starts from the same owner.
-    expect(chatFeature.service.eraseSomeMessages(owners, 0, 2)).toBe(0);
+    expect(chatFeature.service.eraseSomeChat(owners, 0, 2)).toBe(0);
     const shown = await send(app, `/api/chat/conversations/${id}`, { headers: asUser(alice) });
     expect(shown.status).toBe(200);
     const { messages } = (await shown.json()) as { messages: { content: string }[] };
     expect(messages).toHaveLength(4);
     expect(messages[0]!.content).toBe("two");
-    expect(chatFeature.service.eraseSomeMessages(owners, 0, 10)).toBe(1);
+    // Its four left and itself fit in a part of ten: it goes whole, never shown empty; the owner
+    // has nothing left.
+    expect(chatFeature.service.eraseSomeChat(owners, 0, 10)).toBe(1);
     expect(
       (await send(app, `/api/chat/conversations/${id}`, { headers: asUser(alice) })).status,
-    ).toBe(200);
+    ).toBe(404);
+    expect(app.db.select().from(chatConversations).all()).toHaveLength(0);
     expect((await send(app, "/api/me", { method: "DELETE", headers: asUser(alice) })).status).toBe(
       204,
     );
