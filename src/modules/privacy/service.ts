@@ -148,7 +148,10 @@ export class PrivacyService {
     const requestedBy = byOperator ? "cli" : `user:${userId}`;
     const ahead = {
       pseudonym,
-      actors: this.actorsOf(userId, true),
+      // As an export finds them (the keys listed under the user whose seal names them): not the
+      // scan of every key's seal (~0.3 s with 20,000 keys in the file, probe 42a F5), which the
+      // transaction makes, and does what it alone finds.
+      actors: this.actorsOf(userId, false),
       requestId: meta.requestId,
       requestedBy,
     };
