@@ -1328,6 +1328,54 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(target.logs.text).not.toContain(user.userId);
   });
 
+  test("finishing a stopped erasure whose actors take the look through the log several runs to find, it is said once, when all of it is done (probe 42b F1)", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    const { audit } = target.services;
+    // More actors than one run of the look reads (2,000), each with a row of its own.
+    const keyActors = Array.from({ length: 2_100 }, () => {
+      const actor = `key:${createKey(target, ["chat"], user.userId).record.id}`;
+      audit.record({ type: "auth.login.succeeded", outcome: "success", actor });
+      return actor;
+    });
+    audit.flush();
+    const actors = [`user:${user.userId}`, ...keyActors];
+    const pseudonym = audit.pseudonymOf(actors[0]!);
+    for (const actor of actors) audit.pseudonymiseSome(actor, pseudonym, 0);
+    const sqlite = target.db.$client;
+    const left = () =>
+      (
+        sqlite
+          .query(
+            "SELECT (SELECT count(*) FROM audit_events WHERE actor LIKE 'key:%') + (SELECT count(*) FROM audit_event_names WHERE name LIKE 'key:%') AS n",
+          )
+          .get() as { n: number }
+      ).n;
+    const said = () =>
+      target.logs.text.split("an erasure stopped part-way was finished").length - 1;
+    const finishing = new ErasureResumption(audit, target.logger, (part) =>
+      sqlite.transaction(part).immediate(),
+    );
+    finishing.rescan(actors);
+    // A maintenance run every 10 s, the parts every 20 ms between them: what a run found is
+    // finished before the next run looks further.
+    const before = left();
+    let runs = 0;
+    while ((left() > 0 || said() === 0) && runs < 20) {
+      finishing.run(Date.now());
+      runs++;
+      // Until its parts stop: what this run found is done.
+      for (let last = -1; left() !== last; await Bun.sleep(60)) last = left();
+      if (said() > 0) expect(left()).toBe(0);
+    }
+    finishing.close();
+    expect(before).toBeGreaterThan(2_100);
+    expect(left()).toBe(0);
+    expect(runs).toBeGreaterThan(1);
+    expect(said()).toBe(1);
+  }, 60_000);
+
   test("an erasure stopped part-way is finished by the next process's maintenance once a minute has passed since it was recorded, and said without the id", async () => {
     const clock = new ManualClock();
     current = buildTestApp({ clock });
@@ -1535,6 +1583,39 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(await service.erase(user.userId, { ip: null, requestId: null })).toBe(true);
     expect(parts).toBe(8);
     expect(logs.text).not.toContain("an erasure stopped part-way");
+  });
+
+  test("the erasure's record is written in its transaction: one that cannot be written leaves the account as it was, to be asked again (probe 42b F2)", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    const { audit } = target.services;
+    const record = audit.record.bind(audit);
+    let failing = true;
+    // What a process stopped right after its erasure committed must not leave: the account gone
+    // and no record of its erasure. The record failing stands for the stop.
+    audit.record = (event) => {
+      if (failing && event.type === "privacy.erased") throw new Error("stopped here");
+      record(event);
+    };
+    const refused = await send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(user.accessToken),
+    });
+    expect(refused.status).toBe(500);
+    const sqlite = target.db.$client;
+    expect(sqlite.query("SELECT 1 FROM users WHERE id = ?").get(user.userId)).not.toBeNull();
+    failing = false;
+    const erased = await send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(user.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    expect(sqlite.query("SELECT 1 FROM users WHERE id = ?").get(user.userId)).toBeNull();
+    audit.flush();
+    expect(
+      sqlite.query("SELECT count(*) AS n FROM audit_events WHERE type = 'privacy.erased'").get(),
+    ).toEqual({ n: 1 });
   });
 
   test("an account another process erased between the check and the write lock is not erased again: false, nothing recorded (probe 41b F7)", async () => {

@@ -176,28 +176,30 @@ export class PrivacyService {
         const context = { pseudonym, actors, requestId: meta.requestId, requestedBy };
         for (const contributor of contributors) contributor.erase(userId, context);
         account.remove(userId);
+        // The last admin erasing itself leaves the admin routes to admin-scoped keys alone: said
+        // in the record, as the CLI says it (probe 38b F5). Their right to erase is not refused
+        // for it.
+        const noAdminLeft = wasAdmin && account.anyAdmin?.() === false;
+        const detail = {
+          ...(byOperator ? { by: "operator" } : {}),
+          ...(noAdminLeft ? { noAdminLeft: "true" } : {}),
+        };
+        // Written with the account's deletion, before the rest of a long history: a process
+        // stopped during the rest leaves it to the maintenance, and the record must not go with it
+        // (probe 41b F2); nor one stopped in the instant after the commit (probe 42b F2: written
+        // right after it, a kill there left an erased account with no record).
+        audit.record({
+          type: "privacy.erased",
+          outcome: "success",
+          actor: pseudonym,
+          requestId: meta.requestId,
+          ...(Object.keys(detail).length > 0 ? { detail } : {}),
+        });
+        audit.flush();
         return context;
       })
       .immediate();
     if (context === null) return false;
-    // The last admin erasing itself leaves the admin routes to admin-scoped keys alone: said in the
-    // record, as the CLI says it (probe 38b F5). Their right to erase is not refused for it.
-    const noAdminLeft = wasAdmin && account.anyAdmin?.() === false;
-    const detail = {
-      ...(byOperator ? { by: "operator" } : {}),
-      ...(noAdminLeft ? { noAdminLeft: "true" } : {}),
-    };
-    // Recorded once the account is gone, before the rest of a long history: a process stopped
-    // during the rest leaves it to the maintenance, and the record must not go with it (probe
-    // 41b F2).
-    audit.record({
-      type: "privacy.erased",
-      outcome: "success",
-      actor: pseudonym,
-      requestId: meta.requestId,
-      ...(Object.keys(detail).length > 0 ? { detail } : {}),
-    });
-    audit.flush();
     for (const actor of context.actors) this.erasingNow.add(actor);
     try {
       for (const contributor of contributors) {
