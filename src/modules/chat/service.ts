@@ -1242,16 +1242,19 @@ export class ChatService implements ChatTurns {
     const dropConversation = sqlite.query<unknown, [string]>(
       "DELETE FROM chat_conversations WHERE id = ?1",
     );
-    /** Up to `most` rows of the conversation; how many went. */
+    /**
+     * Up to `most` rows of the conversation (one over, for a conversation of exactly `most`
+     * messages, so none is left with none: probe 42b F4); how many went.
+     */
     const takeFrom = (conversationId: string, most: number): number => {
-      const ids = oldestMessages.all(conversationId, most).map((row) => row.id);
-      if (ids.length < most) {
+      const ids = oldestMessages.all(conversationId, most + 1).map((row) => row.id);
+      if (ids.length <= most) {
         // Its messages go with it (ON DELETE CASCADE).
         dropConversation.run(conversationId);
         return ids.length + 1;
       }
-      this.deleteMessages(() => ids);
-      return ids.length;
+      this.deleteMessages(() => ids.slice(0, most));
+      return most;
     };
     /** Up to `most` rows of the owner's chat; how many went (fewer: none is left). */
     const takeOf = (owner: ChatOwner, most: number): number => {

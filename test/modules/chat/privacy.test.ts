@@ -218,6 +218,21 @@ describe("a long history is deleted ahead of the erasure's transaction, a part a
     ).toEqual([bobs]);
   });
 
+  test("a conversation of exactly a part's messages goes whole, never left with none (probe 42b F4)", async () => {
+    target = buildTestApp();
+    const app = target;
+    const alice = await signUp(app);
+    const id = await start(app, asUser(alice), "one");
+    const chatFeature = app.services.features.find((f) => f.name === "chat") as ChatFeature;
+    const owners = [{ kind: "user" as const, id: alice.userId }];
+    expect(chatFeature.service.eraseSomeChat(owners, 0, 2)).toBe(0);
+    expect(
+      (await send(app, `/api/chat/conversations/${id}`, { headers: asUser(alice) })).status,
+    ).toBe(404);
+    expect(app.db.select().from(chatMessages).all()).toHaveLength(0);
+    expect(chatFeature.service.eraseSomeChat(owners, 0, 2)).toBe(1);
+  });
+
   test("an erasure stopped between two parts leaves each conversation gone whole or reading as after a retention run: its oldest messages gone, the rest shown", async () => {
     target = buildTestApp();
     const app = target;
