@@ -90,11 +90,11 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
       ),
     // Revoked KEYS_AHEAD_PART at a time before the erasure's transaction (each revocation sealed
     // and audited: 2,000 keys held every request ~0.6–1.8 s in it; probe 41b F5), by whoever
-    // asked for the erasure, not its pseudonym (probe 42a F2): the keys listed
-    // under the user whose seal names them (its actors). A key whose seal names the user but the
-    // file lists under another is revoked in the transaction: its row fails its seal, which a
-    // revocation leaves as it was, so with `revoked_at` set the transaction's seal scan would no
-    // longer find it theirs (nor its conversations and audit rows); so is one listed whose seal fails (reported there), and one
+    // asked for the erasure, not its pseudonym (probe 42a F2): the keys listed under the user whose
+    // seal names them (its actors). Revoked in the transaction instead: a key whose seal names the
+    // user but the file lists under another (its row fails its seal, which a revocation leaves as
+    // it was, so with `revoked_at` set the transaction's seal scan would no longer find it theirs,
+    // nor its conversations and audit rows), one listed whose seal fails (reported there), and one
     // created since.
     eraseAhead(userId, { requestedBy, requestId, actors }) {
       const sealedToThem = new Set(actors);
