@@ -1376,6 +1376,54 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(said()).toBe(1);
   }, 60_000);
 
+  test("finishing a stopped erasure whose look crosses its first minute (earlier actors passed over as too recent, later ones taken), it is said once, when the earlier are done too (probe 42c F1)", async () => {
+    current = buildTestApp();
+    const target = current;
+    const user = await signUp(target);
+    const { audit } = target.services;
+    const keyActors = Array.from({ length: 2_100 }, () => {
+      const actor = `key:${createKey(target, ["chat"], user.userId).record.id}`;
+      audit.record({ type: "auth.login.succeeded", outcome: "success", actor });
+      return actor;
+    });
+    audit.flush();
+    const actors = [`user:${user.userId}`, ...keyActors];
+    const pseudonym = audit.pseudonymOf(actors[0]!);
+    const erasedAt = Date.now();
+    for (const actor of actors) audit.pseudonymiseSome(actor, pseudonym, 0);
+    const sqlite = target.db.$client;
+    const left = () =>
+      (
+        sqlite
+          .query(
+            "SELECT (SELECT count(*) FROM audit_events WHERE actor LIKE 'key:%') + (SELECT count(*) FROM audit_event_names WHERE name LIKE 'key:%') AS n",
+          )
+          .get() as { n: number }
+      ).n;
+    const said = () =>
+      target.logs.text.split("an erasure stopped part-way was finished").length - 1;
+    const finishing = new ErasureResumption(audit, target.logger, (part) =>
+      sqlite.transaction(part).immediate(),
+    );
+    // A run of the look half a minute after the erasure passes its first 2,000 actors and names
+    // over; the runs after it, once the minute is past, take the rest, then look again a minute on.
+    const runAt = async (now: number) => {
+      finishing.run(now);
+      for (let last = -1; left() !== last; await Bun.sleep(60)) last = left();
+      if (said() > 0) expect(left()).toBe(0);
+    };
+    await runAt(erasedAt + 30_000);
+    expect(left()).toBeGreaterThan(2_000);
+    for (let i = 0; i < 4; i++) await runAt(erasedAt + 70_000 + i * 10_000);
+    expect(said()).toBe(0);
+    for (let i = 0; i < 6 && (left() > 0 || said() === 0); i++) {
+      await runAt(erasedAt + 140_000 + i * 10_000);
+    }
+    finishing.close();
+    expect(left()).toBe(0);
+    expect(said()).toBe(1);
+  }, 60_000);
+
   test("an erasure stopped part-way is finished by the next process's maintenance once a minute has passed since it was recorded, and said without the id", async () => {
     const clock = new ManualClock();
     current = buildTestApp({ clock });

@@ -48,6 +48,12 @@ export class ErasureResumption {
   private newSince: number | null = null;
   /** Whether this scan passed over an erasure too recent to take over. */
   private youngSeen = false;
+  /**
+   * Erasures (their pseudonyms) some of whose actors this scan passed over as too recent: not said
+   * to be finished until a later look has taken those too (probe 42c F1: a look that crossed the
+   * minute took an erasure's later actors, and said it finished with its earlier ones left).
+   */
+  private readonly youngPseudonyms = new Set<string>();
   /** Actors of this process's own erasures that could not finish. */
   private readonly stoppedHere = new Set<string>();
   private continuation: Timer | null = null;
@@ -69,6 +75,7 @@ export class ErasureResumption {
     this.scanning = true;
     this.cursor = null;
     this.found.clear();
+    this.youngPseudonyms.clear();
     for (const actor of stopped) this.stoppedHere.add(actor);
   }
 
@@ -93,6 +100,7 @@ export class ErasureResumption {
       const age = now - erasure.erasedAt;
       if (!this.stoppedHere.has(erasure.actor) && Math.abs(age) < OTHERS_ERASURE_GRACE_MS) {
         this.youngSeen = true;
+        this.youngPseudonyms.add(erasure.pseudonym);
         continue;
       }
       this.found.add(erasure.actor);
@@ -153,7 +161,8 @@ export class ErasureResumption {
    * scan's runs are slow said one erasure two or three times, the first with rows still left).
    */
   private sayFinished(pseudonym: string): void {
-    if (this.scanning || this.pending.some((other) => other.pseudonym === pseudonym)) return;
+    if (this.scanning || this.youngPseudonyms.has(pseudonym)) return;
+    if (this.pending.some((other) => other.pseudonym === pseudonym)) return;
     const rows = this.rewritten.get(pseudonym);
     if (rows === undefined) return;
     this.rewritten.delete(pseudonym);
