@@ -1278,12 +1278,17 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey)).ok).toBe(true);
   });
 
-  test("finishing a stopped erasure, a part goes on to the next key's rows too: 600 keys with a row each take a few parts, said once", async () => {
+  /**
+   * A user with `keys` API keys, each with an audit row of its own, whose erasure recorded each
+   * actor and then stopped (none of their rows rewritten); and a finisher of stopped erasures on
+   * the app's log, driven by the test (`run`, `close`).
+   */
+  const stoppedErasureOfKeys = async (keys: number) => {
     current = buildTestApp();
     const target = current;
     const user = await signUp(target);
     const { audit } = target.services;
-    const keyActors = Array.from({ length: 600 }, () => {
+    const keyActors = Array.from({ length: keys }, () => {
       const actor = `key:${createKey(target, ["chat"], user.userId).record.id}`;
       audit.record({ type: "auth.login.succeeded", outcome: "success", actor });
       return actor;
@@ -1291,21 +1296,40 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     audit.flush();
     const actors = [`user:${user.userId}`, ...keyActors];
     const pseudonym = audit.pseudonymOf(actors[0]!);
-    // The erasure's record of each actor, then the process stopped: none of their rows rewritten.
+    const erasedAt = Date.now();
     for (const actor of actors) audit.pseudonymiseSome(actor, pseudonym, 0);
     const sqlite = target.db.$client;
-    const own = () =>
-      (
-        sqlite
-          .query(
-            `SELECT count(*) AS n FROM audit_events WHERE actor IN (${keyActors.map(() => "?").join(",")})`,
-          )
-          .get(...keyActors) as { n: number }
-      ).n;
+    return {
+      target,
+      user,
+      actors,
+      erasedAt,
+      /** The keys' own rows, and their names in others' rows, not yet rewritten. */
+      left: () =>
+        (
+          sqlite
+            .query(
+              "SELECT (SELECT count(*) FROM audit_events WHERE actor LIKE 'key:%') + (SELECT count(*) FROM audit_event_names WHERE name LIKE 'key:%') AS n",
+            )
+            .get() as { n: number }
+        ).n,
+      /** The keys' own rows not yet rewritten. */
+      own: () =>
+        (
+          sqlite.query("SELECT count(*) AS n FROM audit_events WHERE actor LIKE 'key:%'").get() as {
+            n: number;
+          }
+        ).n,
+      said: () => target.logs.text.split("an erasure stopped part-way was finished").length - 1,
+      finishing: new ErasureResumption(audit, target.logger, (part) =>
+        sqlite.transaction(part).immediate(),
+      ),
+    };
+  };
+
+  test("finishing a stopped erasure, a part goes on to the next key's rows too: 600 keys with a row each take a few parts, said once", async () => {
+    const { target, user, actors, own, said, finishing } = await stoppedErasureOfKeys(600);
     expect(own()).toBe(600);
-    const finishing = new ErasureResumption(audit, target.logger, (part) =>
-      sqlite.transaction(part).immediate(),
-    );
     finishing.rescan(actors);
     // One run finds them; each run after it (its timer stopped) does one part.
     const onePart = () => {
@@ -1324,39 +1348,13 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(parts).toBeLessThanOrEqual(10);
     onePart();
     expect(own()).toBe(0);
-    expect(target.logs.text.split("an erasure stopped part-way was finished").length - 1).toBe(1);
+    expect(said()).toBe(1);
     expect(target.logs.text).not.toContain(user.userId);
   });
 
   test("finishing a stopped erasure whose actors take the look through the log several runs to find, it is said once, when all of it is done (probe 42b F1)", async () => {
-    current = buildTestApp();
-    const target = current;
-    const user = await signUp(target);
-    const { audit } = target.services;
     // More actors than one run of the look reads (2,000), each with a row of its own.
-    const keyActors = Array.from({ length: 2_100 }, () => {
-      const actor = `key:${createKey(target, ["chat"], user.userId).record.id}`;
-      audit.record({ type: "auth.login.succeeded", outcome: "success", actor });
-      return actor;
-    });
-    audit.flush();
-    const actors = [`user:${user.userId}`, ...keyActors];
-    const pseudonym = audit.pseudonymOf(actors[0]!);
-    for (const actor of actors) audit.pseudonymiseSome(actor, pseudonym, 0);
-    const sqlite = target.db.$client;
-    const left = () =>
-      (
-        sqlite
-          .query(
-            "SELECT (SELECT count(*) FROM audit_events WHERE actor LIKE 'key:%') + (SELECT count(*) FROM audit_event_names WHERE name LIKE 'key:%') AS n",
-          )
-          .get() as { n: number }
-      ).n;
-    const said = () =>
-      target.logs.text.split("an erasure stopped part-way was finished").length - 1;
-    const finishing = new ErasureResumption(audit, target.logger, (part) =>
-      sqlite.transaction(part).immediate(),
-    );
+    const { actors, left, said, finishing } = await stoppedErasureOfKeys(2_100);
     finishing.rescan(actors);
     // A maintenance run every 10 s, the parts every 20 ms between them: what a run found is
     // finished before the next run looks further.
@@ -1377,34 +1375,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
   }, 60_000);
 
   test("finishing a stopped erasure whose look crosses its first minute (earlier actors passed over as too recent, later ones taken), it is said once, when the earlier are done too (probe 42c F1)", async () => {
-    current = buildTestApp();
-    const target = current;
-    const user = await signUp(target);
-    const { audit } = target.services;
-    const keyActors = Array.from({ length: 2_100 }, () => {
-      const actor = `key:${createKey(target, ["chat"], user.userId).record.id}`;
-      audit.record({ type: "auth.login.succeeded", outcome: "success", actor });
-      return actor;
-    });
-    audit.flush();
-    const actors = [`user:${user.userId}`, ...keyActors];
-    const pseudonym = audit.pseudonymOf(actors[0]!);
-    const erasedAt = Date.now();
-    for (const actor of actors) audit.pseudonymiseSome(actor, pseudonym, 0);
-    const sqlite = target.db.$client;
-    const left = () =>
-      (
-        sqlite
-          .query(
-            "SELECT (SELECT count(*) FROM audit_events WHERE actor LIKE 'key:%') + (SELECT count(*) FROM audit_event_names WHERE name LIKE 'key:%') AS n",
-          )
-          .get() as { n: number }
-      ).n;
-    const said = () =>
-      target.logs.text.split("an erasure stopped part-way was finished").length - 1;
-    const finishing = new ErasureResumption(audit, target.logger, (part) =>
-      sqlite.transaction(part).immediate(),
-    );
+    const { erasedAt, left, said, finishing } = await stoppedErasureOfKeys(2_100);
     // A run of the look half a minute after the erasure passes its first 2,000 actors and names
     // over; the runs after it, once the minute is past, take the rest, then look again a minute on.
     const runAt = async (now: number) => {

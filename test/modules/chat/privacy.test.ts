@@ -28,6 +28,14 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 let target: TestApp | undefined;
 afterEach(() => target?.close());
 
+/** The ids of every conversation stored. */
+const conversationIds = (app: TestApp) =>
+  app.db
+    .select()
+    .from(chatConversations)
+    .all()
+    .map((c) => c.id);
+
 const start = async (app: TestApp, credential: Record<string, string>, message: string) => {
   const response = await chat(app, credential, { message });
   expect(response.status).toBe(200);
@@ -93,13 +101,7 @@ describe("export and erasure", () => {
     }
     const erased = await send(target, "/api/me", { method: "DELETE", headers: asUser(alice) });
     expect(erased.status).toBe(204);
-    expect(
-      target.db
-        .select()
-        .from(chatConversations)
-        .all()
-        .map((c) => c.id),
-    ).toEqual([bobsChat]);
+    expect(conversationIds(target)).toEqual([bobsChat]);
     expect(alicesChat).not.toBe(bobsChat);
     const row = target.db.$client
       .query("SELECT revoked_at AS revokedAt FROM api_keys WHERE id = ?")
@@ -164,13 +166,7 @@ describe("a long history is deleted ahead of the erasure's transaction, a part a
     // One transaction over the whole history: every request saw all of it or none.
     expect(seenPartway).toBe(true);
     expect(aliceMessages()).toBe(0);
-    expect(
-      app.db
-        .select()
-        .from(chatConversations)
-        .all()
-        .map((c) => c.id),
-    ).toEqual([bobs]);
+    expect(conversationIds(app)).toEqual([bobs]);
     expect(app.db.select().from(chatMessages).all()).toHaveLength(2);
   });
 
@@ -209,13 +205,7 @@ describe("a long history is deleted ahead of the erasure's transaction, a part a
     while (chatFeature.service.eraseSomeChat(owners, 0, 100) === 0) parts++;
     expect(parts).toBe(6);
     expect(left()).toEqual([]);
-    expect(
-      app.db
-        .select()
-        .from(chatConversations)
-        .all()
-        .map((c) => c.id),
-    ).toEqual([bobs]);
+    expect(conversationIds(app)).toEqual([bobs]);
   });
 
   test("a conversation of exactly a part's messages goes whole, never left with none (probe 42b F4)", async () => {
