@@ -4,10 +4,8 @@ import { systemClock } from "../../src/clock";
 import { openDatabase } from "../../src/db/client";
 import { createLogger } from "../../src/logging/logger";
 import { KEYS_AHEAD_PART } from "../../src/modules/auth/privacy";
-import {
-  auditEventsContributor,
-  ERASURE_PART_ROWS,
-} from "../../src/modules/privacy/audit-contributor";
+import { auditEventsContributor } from "../../src/modules/privacy/audit-contributor";
+import { ERASURE_PART_ROWS } from "../../src/modules/privacy/erasure-parts";
 import { ErasureResumption } from "../../src/modules/privacy/erasure-resumption";
 import { PrivacyService } from "../../src/modules/privacy/service";
 import { AuditKeys } from "../../src/plugins/audit/chain";

@@ -7,19 +7,13 @@
 import type { Core } from "../../core";
 import { createAuditExport } from "../../plugins/audit/privacy";
 import { type PrivacyContributor, StreamedJson } from "./contributor";
+import { pseudonymisePart } from "./erasure-parts";
 
 /**
  * Audit rows an erasure rewrites in its own transaction, all of its actors' together: no more than
  * a part of its rest, since that transaction holds the lock longest (probe 41e F3).
  */
 const ERASURE_FIRST_ROWS = 250;
-/**
- * Audit rows a part of its rest rewrites in one transaction (~7 ms of the write lock here): short
- * enough that a writer of another process waiting out the lock finds it free in the pause after
- * (probe 41d F3: parts of 1,000 with 10 ms between refused some of the service's writes while
- * `users:erase` ran).
- */
-export const ERASURE_PART_ROWS = 250;
 
 export function auditEventsContributor(core: Pick<Core, "db" | "audit">): PrivacyContributor {
   const exportAuditEvents = createAuditExport(core.db, core.audit);
@@ -46,26 +40,16 @@ export function auditEventsContributor(core: Pick<Core, "db" | "audit">): Privac
       const part = Math.floor(ERASURE_FIRST_ROWS / actors.length);
       for (const actor of actors) core.audit.pseudonymiseSome(actor, pseudonym, part);
     },
-    // A part goes on to the next actor while it has rows left to look at: one actor a part made a
-    // user with 2,000 keys, each with a few rows, wait 2,000 pauses (~43 s) for the 204. Every
-    // actor counts for one row at least, so a part also asks at most ERASURE_PART_ROWS actors.
     eraseRest: (_userId, { pseudonym, actors }) => {
+      const erasures = actors.map((actor) => ({ actor, pseudonym }));
       let next = 0;
       return () => {
         // Moved on only once the part commits: a part refused by a lock is asked again whole.
-        next = core.db.$client
-          .transaction(() => {
-            let at = next;
-            let left = ERASURE_PART_ROWS;
-            while (at < actors.length && left > 0) {
-              const examined = core.audit.pseudonymiseSome(actors[at]!, pseudonym, left);
-              if (examined < left) at++;
-              left -= Math.max(1, examined);
-            }
-            return at;
-          })
+        const steps = core.db.$client
+          .transaction(() => pseudonymisePart(core.audit, erasures, next))
           .immediate();
-        return next === actors.length;
+        next += steps.filter((step) => step.finished).length;
+        return next === erasures.length;
       };
     },
   };

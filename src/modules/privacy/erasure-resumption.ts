@@ -14,31 +14,19 @@
  */
 import type { Logger } from "../../logging/logger";
 import type { AuditLog, ErasureScanCursor } from "../../plugins/audit/log";
+import { ERASURE_PART_PAUSE_MS, type ErasedActor, pseudonymisePart } from "./erasure-parts";
 
 /** Distinct actors and names looked at per maintenance run. */
 const ACTORS_PER_RUN = 2_000;
-/**
- * Rows rewritten per part, one transaction each, as the erasure's own parts: over the erasures
- * found, in order, each actor counting one at least (one actor a part took a user's 2,000 keys
- * 2,000 parts).
- */
-const ROWS_PER_PART = 250;
-/** The pause between two parts: the event loop runs, and other processes get the write lock. */
-export const PART_PAUSE_MS = 20;
 /** How long another process's erasure is left to finish its own rest before this one looks. */
 export const OTHERS_ERASURE_GRACE_MS = 60_000;
 
 type ResumableLog = Pick<AuditLog, "pseudonymiseSome" | "unfinishedErasures" | "erasuresRecorded">;
 
-interface Unfinished {
-  actor: string;
-  pseudonym: string;
-}
-
 export class ErasureResumption {
   private scanning = true;
   private cursor: ErasureScanCursor | null = null;
-  private readonly pending: Unfinished[] = [];
+  private readonly pending: ErasedActor[] = [];
   /** Actors found by this scan: one found by its events is found again by its names. */
   private readonly found = new Set<string>();
   /** Rows rewritten here per pseudonym, said once its last actor is done. */
@@ -131,18 +119,7 @@ export class ErasureResumption {
   private finishPart(): void {
     // Another process may be finishing one too (its own rest): each part is one transaction, and
     // the rows either rewrote are not rewritten again.
-    const steps = this.inTransaction(() => {
-      const done: { examined: number; finished: boolean }[] = [];
-      let left = ROWS_PER_PART;
-      for (const { actor, pseudonym } of this.pending) {
-        if (left <= 0) break;
-        const examined = this.audit.pseudonymiseSome(actor, pseudonym, left);
-        done.push({ examined, finished: examined < left });
-        if (examined >= left) break;
-        left -= Math.max(1, examined);
-      }
-      return done;
-    });
+    const steps = this.inTransaction(() => pseudonymisePart(this.audit, this.pending));
     // Once committed: what it rewrote, and the erasures it finished.
     for (const { examined, finished } of steps) {
       const { pseudonym } = this.pending[0]!;
@@ -187,7 +164,7 @@ export class ErasureResumption {
         return;
       }
       this.continueSoon();
-    }, PART_PAUSE_MS);
+    }, ERASURE_PART_PAUSE_MS);
   }
 
   /**

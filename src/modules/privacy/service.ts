@@ -23,6 +23,7 @@ import { isDatabaseBusy } from "../../db/busy";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import { type PrivacyContributor, StreamedJson } from "./contributor";
+import { ERASURE_PART_PAUSE_MS } from "./erasure-parts";
 
 export type { ErasureContext, ExportContext, PrivacyContributor } from "./contributor";
 export { StreamedJson } from "./contributor";
@@ -66,12 +67,6 @@ export interface PrivacyServiceOptions {
 /** How long the rest of an erasure waits out another connection's write lock, in all. */
 const REST_LOCK_WAIT_MS = 30_000;
 const REST_LOCK_RETRY_MS = 25;
-/**
- * The pause between two parts of an erasure's rest: longer than the gaps between SQLite's busy
- * waits (5, 10, 15 ms early on), so that a writer of another process waiting out the lock always
- * looks once while it is free (probe 41d F3: 10 ms was not).
- */
-const REST_PART_PAUSE_MS = 20;
 
 export class PrivacyService {
   /** The actors of this process's erasures whose rest is under way. */
@@ -250,7 +245,7 @@ export class PrivacyService {
       try {
         if (step()) return null;
         lockedSince = null;
-        await Bun.sleep(REST_PART_PAUSE_MS);
+        await Bun.sleep(ERASURE_PART_PAUSE_MS);
       } catch (error) {
         lockedSince ??= performance.now();
         const waitMs = this.options.restLockWaitMs ?? REST_LOCK_WAIT_MS;
