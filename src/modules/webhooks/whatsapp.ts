@@ -17,10 +17,14 @@
  *   time spends the sender's limit, also when Meta redelivers it concurrently to one or several
  *   processes: the dedupe row is inserted first, as a claim (`type` = `message.claimed`; the
  *   primary key lets one delivery win), the limiter is asked only by the winner, and the claim
- *   becomes the final record together with the outbox row in one transaction. A claim left by a
- *   crash between the two (the 200 was never sent, so Meta redelivers) is taken over after
- *   CLAIM_LEASE_MS. Status callbacks (sent, delivered,
- *   read, failed) go to `whatsapp_statuses`, one row per message and status.
+ *   becomes the final record together with the outbox row in one transaction. Only a final record
+ *   makes a delivery a duplicate (200): one that meets a claim still running (another delivery
+ *   storing the message now, or one that failed or died before finishing it) is answered 503 with
+ *   `Retry-After`, so Meta delivers it again, since that claim may never become a record (probe 43a
+ *   F1: answered 200 "duplicate", the message whose first delivery then failed was never
+ *   answered). A delivery whose write fails gives its claim back; a claim left by a crash (or one
+ *   that could not be given back) is taken over after CLAIM_LEASE_MS. Status callbacks (sent,
+ *   delivered, read, failed) go to `whatsapp_statuses`, one row per message and status.
  *
  * The replies are sent by the outbox worker (outbox.ts): started with the app when both the app
  * secret and the access token are set, stopped at shutdown.
@@ -29,6 +33,7 @@ import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { and, eq, inArray, lt, notInArray, or, sql } from "drizzle-orm";
 import { Elysia, t } from "elysia";
 import type { Core } from "../../core";
+import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
@@ -67,6 +72,8 @@ export const OLDEST_MESSAGE_MS = RETENTION_MS - DAY_MS;
 const PRUNE_BATCH = 1000;
 /** A dedupe row still `message.claimed` this long after it was written was left by a crash. */
 export const CLAIM_LEASE_MS = 60_000;
+/** How often a claim that could not be given back (the database locked) is tried again. */
+const GIVE_BACK_RETRY_MS = 250;
 const CLAIMED = "message.claimed";
 
 /**
@@ -123,6 +130,26 @@ function prepareIntake(db: AppDatabase) {
           ),
         })
         .returning({ id: webhookEvents.eventId })
+        .prepare(),
+    // What holds a message id another delivery claimed first: its claim, or its final record.
+    claimOf: () =>
+      db
+        .select({ type: webhookEvents.type })
+        .from(webhookEvents)
+        .where(and(eq(webhookEvents.provider, "whatsapp"), eq(webhookEvents.eventId, p("id"))))
+        .prepare(),
+    // A claim given back by the delivery that made it, when that delivery failed.
+    giveBack: () =>
+      db
+        .delete(webhookEvents)
+        .where(
+          and(
+            eq(webhookEvents.provider, "whatsapp"),
+            eq(webhookEvents.eventId, p("id")),
+            eq(webhookEvents.type, CLAIMED),
+            eq(webhookEvents.receivedAt, p("claimedAt")),
+          ),
+        )
         .prepare(),
     // The claim becomes the record, if it is still this delivery's.
     recordEvent: () =>
@@ -188,8 +215,16 @@ export class WhatsAppIntake {
     };
   }
 
-  async accept(read: ReadNotification, request: { ip: string; requestId: string }): Promise<Ack> {
+  /**
+   * Stores what the notification carries. `unfinished` counts its messages another delivery has
+   * claimed and not yet recorded: the notification must be delivered again (see the module).
+   */
+  async accept(
+    read: ReadNotification,
+    request: { ip: string; requestId: string },
+  ): Promise<{ ack: Ack; unfinished: number }> {
     const { db, core, metrics } = this.options;
+    let unfinished = 0;
     const ack: Ack = {
       received: true,
       accepted: 0,
@@ -211,9 +246,14 @@ export class WhatsAppIntake {
       }
       // A redelivery (or a concurrent copy) of a message id never reaches the limiter.
       const claimedAt = core.clock.now();
-      if (!this.claim(message.messageId, claimedAt)) {
+      const claim = this.claim(message.messageId, claimedAt);
+      if (claim === "recorded") {
         ack.duplicates++;
         metrics.events.labels("whatsapp", "duplicate").inc();
+        continue;
+      }
+      if (claim === "running") {
+        unfinished++;
         continue;
       }
       const senderHash = this.options.hashSender(message.from);
@@ -221,28 +261,35 @@ export class WhatsAppIntake {
       const now = core.clock.now();
       const { recordEvent, enqueue } = this.statements;
       // One transaction: the final dedupe record and the outbox row exist together or not at all.
-      const inserted = db.$client
-        .transaction(() => {
-          const type = limited ? "message.limited" : `message.${message.kind}`;
-          const event = recordEvent.all({ id: message.messageId, type, claimedAt });
-          if (event.length === 0) return false;
-          if (limited) return true;
-          const row = {
-            messageId: message.messageId,
-            phoneNumberId: message.phoneNumberId,
-            recipient: message.from,
-            senderHash,
-            kind: message.kind,
-            body: message.text,
-            reply: null,
-          };
-          // The outbox may still hold the id after its dedupe record was pruned (a reply that took
-          // retries finished later than its message arrived): a duplicate, the record kept, not a
-          // unique-index 500 that left the claim behind for every redelivery (probe 32b F2).
-          const queued = enqueue.all({ ...row, at: now, seal: this.options.outboxSeal.of(row) });
-          return queued.length === 1;
-        })
-        .immediate();
+      const store = db.$client.transaction(() => {
+        const type = limited ? "message.limited" : `message.${message.kind}`;
+        const event = recordEvent.all({ id: message.messageId, type, claimedAt });
+        if (event.length === 0) return false;
+        if (limited) return true;
+        const row = {
+          messageId: message.messageId,
+          phoneNumberId: message.phoneNumberId,
+          recipient: message.from,
+          senderHash,
+          kind: message.kind,
+          body: message.text,
+          reply: null,
+        };
+        // The outbox may still hold the id after its dedupe record was pruned (a reply that took
+        // retries finished later than its message arrived): a duplicate, the record kept, not a
+        // unique-index 500 that left the claim behind for every redelivery (probe 32b F2).
+        const queued = enqueue.all({ ...row, at: now, seal: this.options.outboxSeal.of(row) });
+        return queued.length === 1;
+      });
+      let inserted: boolean;
+      try {
+        inserted = store.immediate();
+      } catch (error) {
+        // Nothing of it was written, and the answer is not 200: Meta delivers it again, and that
+        // delivery must find the id free, not claimed by this one.
+        this.giveBack(message.messageId, claimedAt);
+        throw error;
+      }
       if (!inserted) {
         ack.duplicates++;
         metrics.events.labels("whatsapp", "duplicate").inc();
@@ -281,17 +328,52 @@ export class WhatsAppIntake {
         metrics.events.labels("whatsapp", "duplicate").inc();
       }
     }
-    return ack;
+    return { ack, unfinished };
   }
 
-  /** True for the one delivery that goes on with this message id (see `claim` above). */
-  private claim(messageId: string, now: number): boolean {
+  /**
+   * `won` for the one delivery that goes on with this message id (see `claim` above); `recorded`
+   * when the message was stored by another; `running` while another's claim stands (or was given
+   * back between the two reads: delivered again, it is claimed anew).
+   */
+  private claim(messageId: string, now: number): "won" | "recorded" | "running" {
     const rows = this.statements.claim.all({
       id: messageId,
       at: now,
       staleBefore: now - CLAIM_LEASE_MS,
     });
-    return rows.length === 1;
+    if (rows.length === 1) return "won";
+    const held = this.statements.claimOf.get({ id: messageId });
+    return held === undefined || held.type === CLAIMED ? "running" : "recorded";
+  }
+
+  /**
+   * Deletes this delivery's claim, if it is still there and still this delivery's. The database may
+   * be what failed (locked): then it is tried again from a timer until it goes or the claim's lease
+   * ends (a redelivery takes it over then anyway).
+   */
+  private giveBack(messageId: string, claimedAt: number): void {
+    const { core } = this.options;
+    const attempt = (): boolean => {
+      try {
+        this.statements.giveBack.run({ id: messageId, claimedAt });
+        return true;
+      } catch (error) {
+        if (!isDatabaseBusy(error)) {
+          core.logger.warn(
+            { err: error },
+            "a WhatsApp message's claim could not be given back; a redelivery takes it over once its lease ends",
+          );
+          return true;
+        }
+        return core.clock.now() - claimedAt >= CLAIM_LEASE_MS;
+      }
+    };
+    if (attempt()) return;
+    const retry = () => {
+      if (!attempt()) setTimeout(retry, GIVE_BACK_RETRY_MS).unref?.();
+    };
+    setTimeout(retry, GIVE_BACK_RETRY_MS).unref?.();
   }
 
   /** Counts the message against its sender's budget; a failing store lets it through. */
@@ -471,8 +553,17 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
           return { received: true as const, accepted: 0, duplicates: 0, statuses: 0, ignored: 1 };
         }
         const read = readNotification(body, Date.now());
-        const ack = await intake.accept(read, { ip: client.ip, requestId });
+        const { ack, unfinished } = await intake.accept(read, { ip: client.ip, requestId });
         if (ack.accepted > 0) options.onAccepted();
+        if (unfinished > 0) {
+          // The rest of it is stored (its ids are duplicates when Meta delivers it again).
+          throw new AppError(
+            "SERVICE_UNAVAILABLE",
+            "Another delivery of a message in this notification is still being stored; deliver it again.",
+            undefined,
+            { "retry-after": "1" },
+          );
+        }
         return ack;
       },
       {

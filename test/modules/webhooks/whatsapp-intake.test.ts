@@ -52,6 +52,21 @@ const events = (target: TestApp) =>
     )
     .all();
 
+/**
+ * Delivers as Meta does: again while the answer is 503 (a copy that met another delivery's claim
+ * still running, probe 43a F1), until it is answered.
+ */
+async function deliverUntilAnswered(
+  target: Parameters<typeof deliver>[0],
+  payload: unknown,
+): Promise<{ response: Response; tries: number }> {
+  for (let tries = 1; ; tries++) {
+    const response = await deliver(target, payload);
+    if (response.status !== 503 || tries === 50) return { response, tries };
+    await Bun.sleep(5);
+  }
+}
+
 describe("accepting messages", () => {
   test("a text message becomes one outbox row and one dedupe record, the number only on the row", async () => {
     const target = build();
@@ -118,18 +133,21 @@ describe("accepting messages", () => {
         }),
       );
       // 5 different notifications carry the same 4 message ids: 40 deliveries at once.
-      const responses = await Promise.all(
-        Array.from({ length: 40 }, (_, k) => deliver(k % 2 ? other : target, payloads[k % 5])),
+      const delivered = await Promise.all(
+        Array.from({ length: 40 }, (_, k) =>
+          deliverUntilAnswered(k % 2 ? other : target, payloads[k % 5]),
+        ),
       );
+      const responses = delivered.map(({ response }) => response);
       expect(responses.map((r) => r.status)).toEqual(Array(40).fill(200));
-      const acks = (await Promise.all(responses.map((r) => r.json()))) as { accepted: number }[];
-      expect(acks.reduce((sum, ack) => sum + ack.accepted, 0)).toBe(4);
+      // Each message once, whichever delivery stored it: one answered 503 may have stored some of
+      // its messages before meeting another's claim (its count is not in a 200 then).
       expect(
         outbox(target)
           .map((r) => r.message_id)
           .sort(),
       ).toEqual(["wamid.C0", "wamid.C1", "wamid.C2", "wamid.C3"]);
-      expect(events(target)).toHaveLength(4);
+      expect(events(target).map((e) => e.type)).toEqual(Array(4).fill("message.text"));
     } finally {
       other.close();
     }
@@ -362,13 +380,16 @@ describe("redeliveries never spend the sender's limit", () => {
           { id: "wamid.REDELIVERED", from, text: "hello" },
         ],
       });
-      const acks = await Promise.all(
+      // A copy that met the first delivery's claim still running is 503 (probe 43a F1), and Meta
+      // delivers it again: then it is a duplicate.
+      const delivered = await Promise.all(
         Array.from({ length: 10 }, (_, i) =>
-          deliver(i % 2 ? other : target, i === 9 ? twice : once),
+          deliverUntilAnswered(i % 2 ? other : target, i === 9 ? twice : once),
         ),
       );
-      expect(acks.map((r) => r.status)).toEqual(Array(10).fill(200));
-      const bodies = (await Promise.all(acks.map((r) => r.json()))) as {
+      const answered = delivered.map(({ response }) => response);
+      expect(answered.map((r) => r.status)).toEqual(Array(10).fill(200));
+      const bodies = (await Promise.all(answered.map((r) => r.json()))) as {
         accepted: number;
         duplicates: number;
         ignored: number;
@@ -394,7 +415,7 @@ describe("redeliveries never spend the sender's limit", () => {
     }
   });
 
-  test("a claim left by a crashed delivery is a duplicate until its lease ends, then taken over", async () => {
+  test("a claim left by a crashed delivery is 503 until its lease ends, never a duplicate, then taken over (probe 43a F1)", async () => {
     const clock = new ManualClock();
     const target = buildTestApp({
       env: whatsappEnv(null, generous),
@@ -410,19 +431,79 @@ describe("redeliveries never spend the sender's limit", () => {
     const payload = notification({
       messages: [{ id: "wamid.CRASH", from: "16505550003", text: "hi" }],
     });
+    // A 200 would end Meta's redeliveries, and the message would never be answered.
     const early = await deliver(target, payload);
-    expect(await early.json()).toMatchObject({ accepted: 0, duplicates: 1 });
+    expect(early.status).toBe(503);
+    expect(early.headers.get("retry-after")).toBe("1");
+    expect(await early.json()).toMatchObject({ code: "SERVICE_UNAVAILABLE" });
     expect(outbox(target)).toHaveLength(0);
-    clock.advance(CLAIM_LEASE_MS + 1);
+    clock.advance(CLAIM_LEASE_MS - 1);
+    expect((await deliver(target, payload)).status).toBe(503);
+    clock.advance(2);
     // Meta redelivers (it never got its 200): now the message is accepted, exactly once.
-    const [late, again] = await Promise.all([deliver(target, payload), deliver(target, payload)]);
-    const acks = [
-      (await late.json()) as { accepted: number },
-      (await again.json()) as { accepted: number },
-    ];
+    const delivered = await Promise.all([
+      deliverUntilAnswered(target, payload),
+      deliverUntilAnswered(target, payload),
+    ]);
+    const acks = (await Promise.all(delivered.map(({ response }) => response.json()))) as {
+      accepted: number;
+      duplicates: number;
+    }[];
     expect(acks.reduce((n, a) => n + a.accepted, 0)).toBe(1);
+    expect(acks.reduce((n, a) => n + a.duplicates, 0)).toBe(1);
     expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.CRASH"]);
     expect(events(target)).toEqual([{ event_id: "wamid.CRASH", type: "message.text" }]);
+  });
+
+  test("a delivery whose write fails gives its claim back: the redelivery right after is accepted (probe 43a F1)", async () => {
+    const target = build(generous);
+    // The outbox refuses the write, as a full disk would, after the message id was claimed.
+    target.db.$client.run(
+      "CREATE TRIGGER full_disk BEFORE INSERT ON whatsapp_outbox BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    );
+    const payload = notification({
+      messages: [
+        { id: "wamid.FIRST", from: "16505550004", text: "first" },
+        { id: "wamid.LOST", from: "16505550005", text: "second" },
+      ],
+    });
+    const failed = await deliver(target, payload);
+    expect(failed.status).toBeGreaterThanOrEqual(500);
+    expect(events(target)).toEqual([]);
+    target.db.$client.run("DROP TRIGGER full_disk");
+    const redelivered = await deliver(target, payload);
+    expect(redelivered.status).toBe(200);
+    expect(await redelivered.json()).toMatchObject({ accepted: 2, duplicates: 0 });
+    expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.FIRST", "wamid.LOST"]);
+  });
+
+  test("a notification with one message claimed by a running delivery stores the others and is 503; delivered again, all are duplicates", async () => {
+    const clock = new ManualClock();
+    const target = buildTestApp({
+      env: whatsappEnv(null, generous),
+      whatsapp: { chat: new ScriptedChat() },
+      clock,
+    });
+    current = target;
+    target.db.$client.run(
+      "INSERT INTO webhook_events (provider, event_id, type, received_at) VALUES ('whatsapp', 'wamid.RUNNING', 'message.claimed', ?)",
+      [clock.now()],
+    );
+    const payload = notification({
+      messages: [
+        { id: "wamid.RUNNING", from: "16505550006", text: "one" },
+        { id: "wamid.READY", from: "16505550006", text: "two" },
+      ],
+    });
+    expect((await deliver(target, payload)).status).toBe(503);
+    expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.READY"]);
+    // The running delivery finishes its message.
+    target.db.$client.run(
+      "UPDATE webhook_events SET type = 'message.text' WHERE event_id = 'wamid.RUNNING'",
+    );
+    const again = await deliver(target, payload);
+    expect(again.status).toBe(200);
+    expect(await again.json()).toMatchObject({ accepted: 0, duplicates: 2 });
   });
 });
 
