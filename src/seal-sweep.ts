@@ -15,6 +15,11 @@
 import type { Database } from "bun:sqlite";
 import { type ChatSeal, createChatSeal, type SealedMessage } from "./modules/chat/history-seal";
 import {
+  readableConversation,
+  readableTime,
+  unreadableUsage,
+} from "./modules/chat/readable-columns";
+import {
   createPaymentSeal,
   reportedIdempotencyKey,
   SEALED_PAYMENT_COLUMNS,
@@ -35,8 +40,12 @@ import { createBlockSeal, SEALED_BLOCK_COLUMNS, type SealedBlock } from "./plugi
 export interface SealFinding {
   table: SweptTable;
   id: string;
-  /** What failed when it is not the row's own seal. */
-  part?: "lineage" | "rotation_mark" | "chain";
+  /**
+   * What failed when it is not the row's own seal: `times` and `usage` are columns no seal covers
+   * that hold what Palisade never writes, which the service reads as tampered or shows as no usage
+   * (modules/chat/readable-columns.ts).
+   */
+  part?: "lineage" | "rotation_mark" | "chain" | "times" | "usage";
 }
 
 export type SweptTable =
@@ -157,12 +166,21 @@ export function sweepSeals(
   );
 
   const chat = createChatSeal(auditSecret);
-  each<{ id: string; ownerKind: string; ownerId: string; seal: string | null }>(
+  each<{
+    id: string;
+    ownerKind: string;
+    ownerId: string;
+    seal: string | null;
+    createdAt: unknown;
+    updatedAt: unknown;
+  }>(
     "chat_conversations",
-    `SELECT id, owner_kind AS ownerKind, owner_id AS ownerId, seal
+    `SELECT id, owner_kind AS ownerKind, owner_id AS ownerId, seal, created_at AS createdAt,
+       updated_at AS updatedAt
      FROM chat_conversations ORDER BY id`,
     (row) => {
       if (!chat.intact.conversation(row)) fail("chat_conversations", row.id);
+      else if (!readableConversation(row)) fail("chat_conversations", row.id, "times");
     },
   );
   sweepMessages(chat, (table, select, check) => each(table, select, check), fail);
@@ -231,6 +249,9 @@ function namedId(raw: unknown): string {
 type StoredMessage = Omit<SealedMessage, "incomplete"> & {
   incomplete: unknown;
   seal: string | null;
+  createdAt: unknown;
+  promptTokens: unknown;
+  completionTokens: unknown;
 };
 
 /**
@@ -249,7 +270,8 @@ function sweepMessages(
   each(
     "chat_messages",
     `SELECT id, conversation_id AS conversationId, previous_seal AS previousSeal, role, content,
-       incomplete, tokens, seal
+       incomplete, tokens, seal, created_at AS createdAt, prompt_tokens AS promptTokens,
+       completion_tokens AS completionTokens
      FROM chat_messages ORDER BY conversation_id, id`,
     (row) => {
       const first = row.conversationId !== conversation;
@@ -260,6 +282,8 @@ function sweepMessages(
       const message = { ...row, incomplete: Number(row.incomplete) === 1 };
       if (!chat.intact.message(message)) fail("chat_messages", row.id);
       else if (!followsBefore) fail("chat_messages", row.id, "chain");
+      else if (!readableTime(row.createdAt)) fail("chat_messages", row.id, "times");
+      else if (unreadableUsage(row)) fail("chat_messages", row.id, "usage");
     },
   );
 }

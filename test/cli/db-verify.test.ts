@@ -244,6 +244,32 @@ describe("db:verify", () => {
     expect(result.stderr).toBe("palisade db:verify: 3 rows do not match their seals");
   });
 
+  test("a conversation's or a message's time, and a message's usage, that the file holds as none can be are named (probe 43b F1, F2)", async () => {
+    const target = await populated();
+    const conversation = one<{ id: string }>(target, "SELECT id FROM chat_conversations LIMIT 1");
+    const [asked, answered] = target.db.$client
+      .query<{ id: number }, []>("SELECT id FROM chat_messages ORDER BY id LIMIT 2")
+      .all();
+    tamper(
+      target,
+      `UPDATE chat_conversations SET created_at = 'yesterday' WHERE id = '${conversation.id}';
+       UPDATE chat_messages SET created_at = 9e15 WHERE id = ${asked!.id};
+       UPDATE chat_messages SET completion_tokens = -4 WHERE id = ${answered!.id};`,
+    );
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    const lines = result.stdout.split("\n");
+    expect(lines).toContain(
+      `chat_conversations ${conversation.id}: holds a time that is none (text, a fraction, or out of range): the service reads it as tampered`,
+    );
+    expect(lines).toContain(
+      `chat_messages ${asked!.id}: holds a time that is none (text, a fraction, or out of range): the service reads it as tampered`,
+    );
+    expect(lines).toContain(
+      `chat_messages ${answered!.id}: holds a token count that is none: the service shows it as no usage`,
+    );
+  });
+
   test("an audit row changed fails the chain and the command, and the seals are still checked", async () => {
     const target = await populated();
     tamper(

@@ -242,6 +242,10 @@ function findingLine({ table, id, part }: SealFinding): string {
       return `${table} ${id}: its rotation mark does not match its seal (the key works, but cannot be rotated)`;
     case "chain":
       return `${table} ${id}: does not follow the message before it in its conversation (a message deleted, moved or put back)`;
+    case "times":
+      return `${table} ${id}: holds a time that is none (text, a fraction, or out of range): the service reads it as tampered`;
+    case "usage":
+      return `${table} ${id}: holds a token count that is none: the service shows it as no usage`;
     default:
       return `${table} ${id}: does not match its seal`;
   }

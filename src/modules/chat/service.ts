@@ -60,6 +60,12 @@ import {
   UnbilledAbort,
   UpstreamFailure,
 } from "./providers/provider";
+import {
+  orderableTime,
+  readableConversation,
+  readableMessages,
+  shownUsage,
+} from "./readable-columns";
 import { estimatePromptTokens, estimateTokens } from "./tokens";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -245,6 +251,8 @@ export class ChatService implements ChatTurns {
             ownerKind: chatConversations.ownerKind,
             ownerId: chatConversations.ownerId,
             seal: chatConversations.seal,
+            createdAt: chatConversations.createdAt,
+            updatedAt: chatConversations.updatedAt,
           })
           .from(chatConversations)
           .where(eq(chatConversations.id, sql.placeholder("id")))
@@ -398,12 +406,22 @@ export class ChatService implements ChatTurns {
     return kept.reverse();
   }
 
-  /** Whether a conversation's row matches its seal; one that does not is reported. */
+  /**
+   * Whether a conversation's row matches its seal and its times are times (readable-columns.ts);
+   * one that does not is reported.
+   */
   private intactConversation(
-    row: { id: string; ownerKind: string; ownerId: string; seal: string | null },
+    row: {
+      id: string;
+      ownerKind: string;
+      ownerId: string;
+      seal: string | null;
+      createdAt: unknown;
+      updatedAt: unknown;
+    },
     bulk = false,
   ): boolean {
-    if (this.check.conversation(row)) return true;
+    if (this.check.conversation(row) && readableConversation(row)) return true;
     this.options.reportTampered(row.id, bulk);
     return false;
   }
@@ -832,6 +850,7 @@ export class ChatService implements ChatTurns {
       .where(
         and(
           ownedBy(owner),
+          orderableTime(chatConversations.createdAt),
           cursor
             ? or(
                 lt(chatConversations.createdAt, cursor.createdAt),
@@ -904,7 +923,7 @@ export class ChatService implements ChatTurns {
     });
     if (!read || !this.intactConversation(read.conversation)) return null;
     const { conversation, inOrder } = read;
-    if (!this.check.chain(inOrder)) {
+    if (!this.check.chain(inOrder) || !readableMessages(inOrder)) {
       this.options.reportTampered(conversationId);
       return null;
     }
@@ -962,10 +981,7 @@ export class ChatService implements ChatTurns {
       content: row.content,
       incomplete: row.incomplete,
       createdAt: iso(row.createdAt),
-      usage:
-        row.promptTokens === null || row.completionTokens === null
-          ? null
-          : { promptTokens: row.promptTokens, completionTokens: row.completionTokens },
+      usage: shownUsage(row),
     }));
   }
 
@@ -1128,7 +1144,7 @@ export class ChatService implements ChatTurns {
           ? this.check.chain(page)
           : this.check.chain([before, ...page]) ||
             (this.isOldest(page[0]) && this.check.chain(page));
-      if (!holds) throw new ChainBroken(conversationId);
+      if (!holds || !readableMessages(page)) throw new ChainBroken(conversationId);
       yield page;
       if (page.length < EXPORT_PAGE) return;
       before = page[page.length - 1];

@@ -294,6 +294,133 @@ describe("list, read, delete", () => {
     }
   });
 
+  // What no time can be: text, a BLOB, a fraction, past Date's last day either way, 2^63-1.
+  const NOT_TIMES = [
+    "abc",
+    new Uint8Array([1]),
+    1.5,
+    9_000_000_000_000_000,
+    -9_000_000_000_000_000,
+    2n ** 63n - 1n,
+  ];
+
+  test("a conversation whose time the file holds as no time can be reads as tampered: left out of the list, which pages on past it, its page 404, still deleted; the others answer (probes 42b F3, 43b F1)", async () => {
+    for (const column of ["created_at", "updated_at"]) {
+      for (const written of NOT_TIMES) {
+        // A minute on each time: the chat limit is 20 turns a minute.
+        clock.advance(60_000);
+        const broken = await start(asUser(alice));
+        clock.advance(1000);
+        const older = await start(asUser(alice));
+        clock.advance(1000);
+        const newest = await start(asUser(alice));
+        clock.advance(1000);
+        target.db.$client.run(`UPDATE chat_conversations SET ${column} = ? WHERE id = ?`, [
+          written,
+          broken,
+        ]);
+        const label = `${column} = ${String(written)}`;
+        const shown: string[] = [];
+        let cursor: string | null = null;
+        do {
+          const list = await send(
+            target,
+            `/api/chat/conversations?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
+            { headers: asUser(alice) },
+          );
+          expect([label, list.status]).toEqual([label, 200]);
+          const page = (await list.json()) as Page;
+          shown.push(...page.conversations.map((c) => c.id));
+          cursor = page.nextCursor;
+        } while (cursor !== null);
+        expect([label, shown]).toEqual([label, [newest, older]]);
+        const page = await send(target, `/api/chat/conversations/${broken}`, {
+          headers: asUser(alice),
+        });
+        expect([label, page.status]).toEqual([label, 404]);
+        const turn = await chat(target, asUser(alice), { message: "more", conversationId: broken });
+        expect([label, turn.status]).toEqual([label, 404]);
+        const deleted = await send(target, `/api/chat/conversations/${broken}`, {
+          method: "DELETE",
+          headers: asUser(alice),
+        });
+        expect([label, deleted.status]).toEqual([label, 204]);
+        for (const other of [older, newest]) {
+          await send(target, `/api/chat/conversations/${other}`, {
+            method: "DELETE",
+            headers: asUser(alice),
+          });
+        }
+      }
+    }
+  });
+
+  test("conversations the file dates before 1970 are listed, and the list pages on past them", async () => {
+    const earliest = await start(asUser(alice));
+    const early = await start(asUser(alice));
+    const later = await start(asUser(alice));
+    const date = (id: string, at: number) =>
+      target.db.$client.run("UPDATE chat_conversations SET created_at = ? WHERE id = ?", [at, id]);
+    date(earliest, -10);
+    date(early, -5);
+    const shown: [string, string][] = [];
+    let cursor: string | null = null;
+    do {
+      const response = await send(
+        target,
+        `/api/chat/conversations?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
+        { headers: asUser(alice) },
+      );
+      expect(response.status).toBe(200);
+      const page = (await response.json()) as Page;
+      shown.push(...page.conversations.map((c): [string, string] => [c.id, c.createdAt]));
+      cursor = page.nextCursor;
+    } while (cursor !== null);
+    expect(shown).toEqual([
+      [later, expect.any(String)],
+      [early, "1969-12-31T23:59:59.995Z"],
+      [earliest, "1969-12-31T23:59:59.990Z"],
+    ]);
+  });
+
+  test("a message whose time the file holds as no time can be makes its page 404, never 500; a usage no count can be is shown as none (probe 43b F1, F2)", async () => {
+    const id = await converse(asUser(alice), 2);
+    const messageIds = () =>
+      target.db
+        .select({ id: chatMessages.id })
+        .from(chatMessages)
+        .where(eq(chatMessages.conversationId, id))
+        .all()
+        .map((row) => row.id);
+    const [, firstReply, , lastReply] = messageIds();
+    for (const written of ["abc", -3, 1.5, new Uint8Array([1])]) {
+      target.db.$client.run(
+        "UPDATE chat_messages SET prompt_tokens = ?, completion_tokens = 7 WHERE id = ?",
+        [written, lastReply!],
+      );
+      const page = await readPage(asUser(alice), id, "");
+      const usage = (page.messages as unknown as { usage: unknown }[]).map((m) => m.usage);
+      expect([String(written), usage[3]]).toEqual([String(written), null]);
+      expect(usage[1]).toEqual({
+        promptTokens: expect.any(Number),
+        completionTokens: expect.any(Number),
+      });
+    }
+    for (const written of NOT_TIMES) {
+      target.db.$client.run("UPDATE chat_messages SET created_at = ? WHERE id = ?", [
+        written,
+        firstReply!,
+      ]);
+      const page = await send(target, `/api/chat/conversations/${id}`, {
+        headers: asUser(alice),
+      });
+      expect([String(written), page.status]).toEqual([String(written), 404]);
+    }
+    // The list shows no message: it still shows the conversation.
+    const list = await send(target, "/api/chat/conversations", { headers: asUser(alice) });
+    expect(((await list.json()) as Page).conversations.map((c) => c.id)).toEqual([id]);
+  });
+
   test("the start that applied migration 0025 counts every conversation again two minutes later, once: what a process of the older release stored or deleted meanwhile", async () => {
     const id = await converse(asUser(alice), 2);
     const other = await start(asUser(bob));

@@ -43,6 +43,32 @@ const start = async (app: TestApp, credential: Record<string, string>, message: 
 };
 
 describe("export and erasure", () => {
+  test("a conversation whose time, or a message whose time, the file holds as no time can be is left out of the export, which comes whole; a usage no count can be is exported as none (probe 43b F1, F2)", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const kept = await start(target, asUser(alice), "kept");
+    const times = await start(target, asUser(alice), "conversation time");
+    const messageTime = await start(target, asUser(alice), "message time");
+    const run = (query: string, values: (string | number)[]) =>
+      target!.db.$client.run(query, values);
+    run("UPDATE chat_conversations SET updated_at = 'abc' WHERE id = ?", [times]);
+    run("UPDATE chat_messages SET created_at = 9e15 WHERE conversation_id = ? AND role = 'user'", [
+      messageTime,
+    ]);
+    run(
+      "UPDATE chat_messages SET prompt_tokens = 'abc' WHERE conversation_id = ? AND role = 'assistant'",
+      [kept],
+    );
+    const response = await send(target, "/api/me/export", { headers: asUser(alice) });
+    expect(response.status).toBe(200);
+    // Whole JSON: a cut answer does not parse.
+    const document = (await response.json()) as {
+      chat: { conversations: { id: string; messages: { usage: unknown }[] }[] };
+    };
+    expect(document.chat.conversations.map((c) => c.id)).toEqual([kept]);
+    expect(document.chat.conversations[0]!.messages.map((m) => m.usage)).toEqual([null, null]);
+  });
+
   test("the export holds the user's and the user's keys' conversations, nobody else's", async () => {
     target = buildTestApp();
     const alice = await signUp(target);

@@ -1,0 +1,73 @@
+/**
+ * @module
+ * The columns of a conversation or message its seal does not cover (history-seal.ts) that are
+ * shown: the times, and a message's usage. Palisade writes a time as whole milliseconds since
+ * 1970 and a token count as a whole number of tokens; what the file holds as anything else (text,
+ * a BLOB, a fraction, a number past the dates JavaScript can show, a negative count) was written
+ * there by someone else. A time before 1970 is one still, and shown as such.
+ *
+ * Such a time cannot be shown at all (`toISOString` throws): one made the owner's whole list and
+ * the conversation's page answer 500, and cut every export of theirs at the same place (probes
+ * 42b F3, 43b F1). So a conversation whose time, or a message whose time, is not one reads as
+ * tampered, as one failing its seal does. A usage that is not a count is shown as no usage (`null`,
+ * as for a message whose usage was never known), on the page and in the export alike (43b F2: the
+ * page answered 500 and the export wrote the text as it stood).
+ */
+
+import { type SQL, sql } from "drizzle-orm";
+import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
+
+/** The furthest time from 1970 JavaScript's Date can hold, either way, in ms. */
+const LAST_TIME_MS = 8_640_000_000_000_000;
+
+/** A time as Palisade writes one. */
+export function readableTime(value: unknown): value is number {
+  return Number.isSafeInteger(value) && Math.abs(value as number) <= LAST_TIME_MS;
+}
+
+/** A token count as Palisade writes one. */
+function readableCount(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}
+
+/** Whether a conversation's times are times. */
+export function readableConversation(row: { createdAt: unknown; updatedAt: unknown }): boolean {
+  return readableTime(row.createdAt) && readableTime(row.updatedAt);
+}
+
+/** Whether every message's time is a time. */
+export function readableMessages(rows: readonly { createdAt: unknown }[]): boolean {
+  return rows.every((row) => readableTime(row.createdAt));
+}
+
+/** A message's usage as shown: null unless both counts are counts. */
+export function shownUsage(row: {
+  promptTokens: unknown;
+  completionTokens: unknown;
+}): { promptTokens: number; completionTokens: number } | null {
+  const { promptTokens, completionTokens } = row;
+  return readableCount(promptTokens) && readableCount(completionTokens)
+    ? { promptTokens, completionTokens }
+    : null;
+}
+
+/** Whether a message's usage holds what no count can be (absent, `null`, is none known). */
+export function unreadableUsage(row: {
+  promptTokens: unknown;
+  completionTokens: unknown;
+}): boolean {
+  const { promptTokens, completionTokens } = row;
+  return (
+    (promptTokens !== null && !readableCount(promptTokens)) ||
+    (completionTokens !== null && !readableCount(completionTokens))
+  );
+}
+
+/**
+ * Holds for a row whose time in `column` can order a list and name its cursor: one that cannot is
+ * left out of the list, since no page after it could be asked for.
+ */
+export function orderableTime(column: SQLiteColumn): SQL {
+  const last = sql.raw(String(LAST_TIME_MS));
+  return sql`(typeof(${column}) = 'integer' AND ${column} BETWEEN -${last} AND ${last})`;
+}
