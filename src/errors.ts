@@ -32,6 +32,7 @@ export const ERROR_CODES = [
   "CONFLICT",
   "UPSTREAM_UNAVAILABLE",
   "SERVICE_UNAVAILABLE",
+  "NOT_CONFIGURED",
   "INTERNAL",
   "CLIENT_CLOSED",
 ] as const;
@@ -74,6 +75,11 @@ export function statusForCode(code: ErrorCode): number {
       return 429;
     case "INTERNAL":
       return 500;
+    case "NOT_CONFIGURED":
+      // RFC 9110 §15.6.2: this server does not support what the request needs. A deployment
+      // without payments or WhatsApp is a normal one, not a fault: no Retry-After, and neither
+      // reported as an error nor counted by the 5xx alert (probe 43c F1).
+      return 501;
     case "UPSTREAM_UNAVAILABLE":
       return 502;
     case "SERVICE_UNAVAILABLE":
@@ -124,6 +130,7 @@ const TITLES: Record<ErrorCode, string> = {
   CONFLICT: "Conflict",
   UPSTREAM_UNAVAILABLE: "An upstream service is unavailable",
   SERVICE_UNAVAILABLE: "The service is unavailable",
+  NOT_CONFIGURED: "This feature is not configured on this service",
   INTERNAL: "Internal error",
   CLIENT_CLOSED: "The client closed the request",
 };
@@ -166,6 +173,7 @@ const STATUS_MEANING: Record<number, string> = {
   422: "The request did not pass validation; `errors` names the fields",
   429: "Rate limited, or a quota is spent (see Retry-After)",
   500: "Internal error",
+  501: "The feature this route belongs to is not configured on this service (`detail` names the setting)",
   502: "An upstream service is unavailable",
   503: "The service cannot be used right now (see Retry-After)",
 };

@@ -387,6 +387,35 @@ test("the request guard's refusals are documented: 414 on every operation, 408, 
   expect(Value.Check(schema415, await refused.json())).toBe(true);
 });
 
+test("501 NOT_CONFIGURED is documented on exactly the routes of a feature that may be left unconfigured, and what they send matches it (probe 43c F1)", async () => {
+  current = buildTestApp();
+  const document = await documentOf(current);
+  const with501: string[] = [];
+  for (const [path, item] of Object.entries(document.paths)) {
+    for (const [method, operation] of Object.entries(item)) {
+      if (operation.responses["501"] !== undefined) with501.push(`${method} ${path}`);
+    }
+  }
+  expect(with501.sort()).toEqual([
+    "get /api/payments",
+    "get /api/payments/{id}",
+    "post /api/admin/payments/{id}/refund",
+    "post /api/payments/intents",
+    "post /webhooks/stripe",
+    "post /webhooks/whatsapp",
+  ]);
+  const documented =
+    document.paths["/webhooks/stripe"]!.post!.responses["501"]!.content![
+      "application/problem+json"
+    ]!.schema;
+  const schema501 = problemResponses(501)[501];
+  expect(documented).toEqual(asDocumented(schema501));
+  expect(JSON.stringify(documented)).toContain('"enum":["NOT_CONFIGURED"]');
+  const answered = await send(current, "/webhooks/stripe", { body: {} });
+  expect(answered.status).toBe(501);
+  expect(Value.Check(schema501, await answered.json())).toBe(true);
+});
+
 test("GET /metrics documents the credentials it takes, and each works with METRICS_TOKEN set (probe 35a F2)", async () => {
   const token = "mtok_openapi_test_0123456789abcdef0123456789";
   current = buildTestApp({ env: { METRICS_TOKEN: token } });

@@ -87,7 +87,7 @@ const explosions: Feature = {
       ),
 };
 
-function build(env: Record<string, string> = {}, clock?: ManualClock): TestApp {
+function build(env: Record<string, string | undefined> = {}, clock?: ManualClock): TestApp {
   current = buildTestApp({
     clock,
     extraFeatures: [explosions],
@@ -265,6 +265,32 @@ test("a 4xx is not reported; a 503 from an unusable database is", async () => {
   // Refused by the limiter (its store is locked) before routing: still tagged with its route.
   expect(event.tags.route).toBe("POST /api/auth/register");
   expect(event.request.url).toBe("/api/auth/register");
+});
+
+test("a feature not configured (501 NOT_CONFIGURED) is not reported, whoever asks; a 500 after it still is (probe 43c F1)", async () => {
+  // No STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET or WHATSAPP_APP_SECRET: the default deployment.
+  const target = build({ STRIPE_WEBHOOK_SECRET: undefined });
+  const user = await signUp(target);
+  const unconfigured = [
+    await send(target, "/webhooks/stripe", { body: {} }),
+    await send(target, "/webhooks/whatsapp", { body: {} }),
+    await send(target, "/api/payments", { headers: bearer(user.accessToken) }),
+  ];
+  for (const response of unconfigured) {
+    expect(response.status).toBe(501);
+    expect(((await response.json()) as { code: string }).code).toBe("NOT_CONFIGURED");
+  }
+  const explode = await send(target, "/test/explode", {
+    body: {},
+    headers: bearer(user.accessToken),
+  });
+  expect(explode.status).toBe(500);
+  // Reports leave in the order made: had the 501s been reported, they would be here first.
+  expect(await target.services.errors.flush(5000)).toBe(true);
+  await waitFor(() => sentry.events().length > 0, { what: "the 500 event" });
+  expect(sentry.events().map((event) => (event.tags as Record<string, string>).code)).toEqual([
+    "INTERNAL",
+  ]);
 });
 
 test("an answer that fails its schema is reported by route and field paths, never with the answer's values (probe 30b F1)", async () => {

@@ -1,7 +1,7 @@
 /**
  * @module
  * The payments feature: Stripe PaymentIntents for users and `payments` keys, refunds for admins.
- * Without STRIPE_SECRET_KEY it still mounts its routes (they answer 503) and `/ready` reports
+ * Without STRIPE_SECRET_KEY it still mounts its routes (they answer 501) and `/ready` reports
  * `payments: not_configured` without failing: a service without payments still serves chat.
  */
 import type { Core } from "../../core";

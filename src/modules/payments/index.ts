@@ -4,7 +4,7 @@
  * /api/payments[/:id]` (the caller's own), and the admins' `POST /api/admin/payments/:id/refund`.
  * Callers are signed-in users or API keys with the `payments` scope; a payment belongs to the user
  * (an API key acting for a user sees that user's payments), and another's is 404, never 403. With
- * no STRIPE_SECRET_KEY every route answers 503 SERVICE_UNAVAILABLE saying so.
+ * no STRIPE_SECRET_KEY every route answers 501 NOT_CONFIGURED saying so.
  */
 import { Elysia, t } from "elysia";
 import type { Config } from "../../config";
@@ -147,7 +147,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       // 422), before any handler reaches for Stripe.
       .onBeforeHandle(function paymentsConfigured() {
         if (!service.configured) {
-          throw new AppError("SERVICE_UNAVAILABLE", NOT_CONFIGURED);
+          throw new AppError("NOT_CONFIGURED", NOT_CONFIGURED);
         }
       })
       .post(
@@ -265,7 +265,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
           auth: { scope: "payments" },
           body: IntentBody,
           headers: IdempotencyHeaders,
-          response: { 201: CreatedIntent, ...problemResponses(409, 422, 502, 503) },
+          response: { 201: CreatedIntent, ...problemResponses(409, 422, 501, 502, 503) },
           detail: {
             tags,
             summary: "Create a Stripe PaymentIntent (Idempotency-Key required)",
@@ -279,7 +279,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
         {
           auth: { scope: "payments" },
           query: PaymentListQuery,
-          response: { 200: PaymentPage, ...problemResponses(422) },
+          response: { 200: PaymentPage, ...problemResponses(422, 501) },
           detail: { tags, summary: "Your payments, newest first (cursor pagination)" },
         },
       )
@@ -293,7 +293,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
         {
           auth: { scope: "payments" },
           params: PaymentIdParams,
-          response: { 200: Payment, ...problemResponses(404, 422) },
+          response: { 200: Payment, ...problemResponses(404, 422, 501) },
           detail: { tags, summary: "One of your payments" },
         },
       )
@@ -343,7 +343,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
           auth: { role: "admin" },
           params: PaymentIdParams,
           body: t.Optional(RefundBody),
-          response: { 200: RefundResult, ...problemResponses(404, 409, 422, 502, 503) },
+          response: { 200: RefundResult, ...problemResponses(404, 409, 422, 501, 502, 503) },
           detail: {
             tags: ["admin", ...tags],
             summary: "Refund a payment, whole or in part (audited)",

@@ -105,7 +105,7 @@ export interface PaymentServiceOptions {
   audit: AuditLog;
   ledger: PaymentLedger;
   metrics: PaymentMetrics;
-  /** Null when STRIPE_SECRET_KEY is unset: every route answers 503. */
+  /** Null when STRIPE_SECRET_KEY is unset: every route answers 501 NOT_CONFIGURED. */
   gateway: PaymentGateway | null;
   inProgressWaitMs?: number;
   /**

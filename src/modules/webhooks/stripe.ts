@@ -9,7 +9,7 @@
  *    accepted while both are listed. A missing header, a bad or stale signature, a body changed
  *    after signing: 400 BAD_SIGNATURE, counted in `webhook_signature_failures_total{provider}` and
  *    audited (`webhook.signature_failed`, with the reason and never the body). No secret
- *    configured: 503 saying so.
+ *    configured: 501 NOT_CONFIGURED saying so.
  * 2. **Shape.** A verified event whose id is not `evt_…` or that lacks a type, time or object is
  *    400 BAD_REQUEST (counted `failed`); the ids inside it are checked by the ledger before use.
  * 3. **Exactly once.** One BEGIN IMMEDIATE transaction inserts the event id into `webhook_events`
@@ -145,7 +145,7 @@ export interface StripeWebhookOptions {
   clock: Clock;
   logger: Logger;
   audit: AuditLog;
-  /** STRIPE_WEBHOOK_SECRET, every secret accepted; empty: the route answers 503. */
+  /** STRIPE_WEBHOOK_SECRET, every secret accepted; empty: the route answers 501 NOT_CONFIGURED. */
   secrets: readonly string[];
   metrics: WebhookMetrics;
   payments?: PaymentMetrics;
@@ -199,7 +199,7 @@ export function stripeWebhook(options: StripeWebhookOptions) {
         const { body, request, path, clientIp, clientKey, requestId } = context;
         if (secrets.length === 0) {
           throw new AppError(
-            "SERVICE_UNAVAILABLE",
+            "NOT_CONFIGURED",
             "Stripe webhooks are not configured on this service (STRIPE_WEBHOOK_SECRET is unset).",
           );
         }
@@ -276,7 +276,7 @@ export function stripeWebhook(options: StripeWebhookOptions) {
             received: t.Literal(true),
             outcome: t.UnionEnum(["processed", "duplicate", "ignored"]),
           }),
-          ...problemResponses(400, 413, 415, 503),
+          ...problemResponses(400, 413, 415, 501, 503),
         },
         detail: {
           tags: ["webhooks"],

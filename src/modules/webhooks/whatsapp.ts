@@ -519,7 +519,7 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
         const { body, request, client, requestId } = context;
         if (config.appSecret === null) {
           throw new AppError(
-            "SERVICE_UNAVAILABLE",
+            "NOT_CONFIGURED",
             "WhatsApp is not configured (WHATSAPP_APP_SECRET is not set).",
           );
         }
@@ -568,7 +568,7 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
       },
       {
         public: true,
-        response: { 200: WebhookAck, ...problemResponses(400, 401, 503) },
+        response: { 200: WebhookAck, ...problemResponses(400, 401, 501, 503) },
         detail: {
           tags,
           summary:

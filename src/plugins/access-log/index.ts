@@ -110,10 +110,10 @@ export function accessLog(options: AccessLogOptions) {
         };
       const status = statusOf(responseValue, set.status);
       // A 503 is the service declining to serve (a queue or budget full, a lock waited out, a
-      // stop, an upstream's circuit open, a feature not configured), each cause logged by the
-      // stage that chose it: its access line is a warning. As errors, a login flood's were 87k
-      // lines in 30 s (probe 30e F8), and anyone could write one a request to an unconfigured
-      // webhook (probe 31b F3); an alert on error lines paged with no fault to find.
+      // stop, an upstream's circuit open), each cause logged by the stage that chose it, and a 501
+      // a feature not configured: their access lines are warnings. As errors, a login flood's
+      // were 87k lines in 30 s (probe 30e F8), and anyone could write one a request to an
+      // unconfigured webhook (probe 31b F3); an alert on error lines paged with no fault to find.
       const streamEnd = streamEndOf(request);
       const observe = () => {
         const seconds = (performance.now() - startedAt) / 1000;
@@ -132,7 +132,12 @@ export function accessLog(options: AccessLogOptions) {
           });
         }
 
-        const level = status >= 500 && status !== 503 ? "error" : status >= 400 ? "warn" : "info";
+        const level =
+          status >= 500 && status !== 501 && status !== 503
+            ? "error"
+            : status >= 400
+              ? "warn"
+              : "info";
         if (!logger.isLevelEnabled(level)) return;
         const fields = {
           level,

@@ -27,7 +27,7 @@ export interface ErrorHandlerOptions {
   logger: Logger;
   /** The app's registered routes, read once on the first miss, to tell 404 from 405. */
   routes: () => readonly RouteEntry[];
-  /** Every 5xx goes here (error reporting, plugins/sentry). */
+  /** Every 5xx but NOT_CONFIGURED goes here (error reporting, plugins/sentry). */
   report?: (error: unknown, context: ErrorContext) => void;
   /**
    * The fixed headers every answer carries (plugins/security-headers); without them the problem
@@ -267,7 +267,9 @@ export function errorHandler({
       }
 
       const status = outcome.status ?? statusForCode(outcome.code);
-      if (status >= 500 && report) {
+      // A feature left unconfigured is how the service was deployed, not a failure: anyone could
+      // send one event a minute per route to the error tracker (probe 43c F1).
+      if (status >= 500 && outcome.code !== "NOT_CONFIGURED" && report) {
         const route = routeOf();
         report(reported, {
           requestId,

@@ -11,9 +11,10 @@
  * process, `fetch` or the console; events carry what `report` puts in them, scrubbed by
  * `beforeSend` (scrub.ts).
  *
- * `report` is called by the one error handler for every 5xx and by features for an upstream
- * failure they answer without throwing; each event carries the request id, route, method and
- * principal as tags. `flush` runs at shutdown.
+ * `report` is called by the one error handler for every 5xx (but 501 NOT_CONFIGURED, a feature
+ * the deployment left off) and by features for an upstream failure they answer without throwing;
+ * each event carries the request id, route, method and principal as tags. `flush` runs at
+ * shutdown.
  *
  * Tracing: with SENTRY_TRACES_SAMPLE_RATE above 0, that share of requests is sent as an
  * `http.server` transaction (name `METHOD /route/pattern`, status, duration, request id), built

@@ -1,8 +1,9 @@
-/** Payments without STRIPE_SECRET_KEY (503, /ready still ready), and what privacy does to payments. */
+/** Payments without STRIPE_SECRET_KEY (501, /ready still ready), and what privacy does to payments. */
 import { afterEach, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { buildPaymentsApp, createIntent, ROOMY_LIMITS, succeed } from "../../support/payments";
+import { waitFor } from "../../support/wait";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -10,7 +11,7 @@ afterEach(() => {
   current = null;
 });
 
-test("without STRIPE_SECRET_KEY every payment route answers 503 saying payments are not configured", async () => {
+test("without STRIPE_SECRET_KEY every payment route answers 501 NOT_CONFIGURED saying so, with no Retry-After, logged as a warning (probe 43c F1)", async () => {
   current = buildTestApp({ env: ROOMY_LIMITS });
   const user = await signUp(current);
   const admin = await signUp(current, { role: "admin" });
@@ -24,12 +25,32 @@ test("without STRIPE_SECRET_KEY every payment route answers 503 saying payments 
     }),
   ];
   for (const response of await Promise.all(calls)) {
-    expect(response.status).toBe(503);
-    const problem = (await response.json()) as { code: string; detail: string };
-    expect(problem.code).toBe("SERVICE_UNAVAILABLE");
-    expect(problem.detail).toContain("not configured");
-    expect(problem.detail).toContain("STRIPE_SECRET_KEY");
+    expect(response.status).toBe(501);
+    expect(response.headers.get("content-type")).toBe("application/problem+json");
+    // Not temporary: nothing to come back for.
+    expect(response.headers.get("retry-after")).toBeNull();
+    const problem = (await response.json()) as Record<string, unknown>;
+    expect(problem).toMatchObject({
+      type: "urn:palisade:problem:not-configured",
+      title: "This feature is not configured on this service",
+      status: 501,
+      code: "NOT_CONFIGURED",
+      detail: "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).",
+      requestId: response.headers.get("x-request-id")!,
+    });
   }
+  // Each access line (written once its response is sent) a warning, never an error: not a fault
+  // of the service.
+  const logs = current.logs;
+  const unconfigured = () => logs.entries.filter((entry) => entry.status === 501);
+  await waitFor(() => unconfigured().length === 4, { what: "the four access lines" });
+  const lines = unconfigured();
+  expect(lines.map((entry) => `${entry.level} ${entry.method} ${entry.route}`).sort()).toEqual([
+    "warn GET /api/payments",
+    "warn GET /api/payments/:id",
+    "warn POST /api/admin/payments/:id/refund",
+    "warn POST /api/payments/intents",
+  ]);
   // Who may call still comes first.
   expect((await send(current, "/api/payments")).status).toBe(401);
 });

@@ -16,6 +16,7 @@ import {
   stripeEvent,
   WEBHOOK_SECRET,
 } from "../../support/payments";
+import { waitFor } from "../../support/wait";
 
 let current: PaymentsApp | null = null;
 afterEach(() => {
@@ -130,13 +131,26 @@ test("during a secret roll both listed secrets verify; a secret no longer listed
   );
 });
 
-test("without STRIPE_WEBHOOK_SECRET the endpoint answers 503 saying so", async () => {
+test("without STRIPE_WEBHOOK_SECRET the endpoint answers 501 NOT_CONFIGURED saying so, not to be retried, logged as a warning (probe 43c F1)", async () => {
   current = buildPaymentsApp({ env: { STRIPE_WEBHOOK_SECRET: undefined } });
   const response = await deliver(current, unknownType());
-  expect(response.status).toBe(503);
-  const problem = (await response.json()) as { code: string; detail: string };
-  expect(problem.code).toBe("SERVICE_UNAVAILABLE");
-  expect(problem.detail).toContain("STRIPE_WEBHOOK_SECRET");
+  expect(response.status).toBe(501);
+  expect(response.headers.get("content-type")).toBe("application/problem+json");
+  expect(response.headers.get("retry-after")).toBeNull();
+  const requestId = response.headers.get("x-request-id");
+  expect(await response.json()).toMatchObject({
+    type: "urn:palisade:problem:not-configured",
+    status: 501,
+    code: "NOT_CONFIGURED",
+    detail: "Stripe webhooks are not configured on this service (STRIPE_WEBHOOK_SECRET is unset).",
+    requestId,
+  });
+  // The access line is written once the response is sent: a warning, not an error.
+  const logs = current.logs;
+  const line = await waitFor(() => logs.entries.find((entry) => entry.requestId === requestId), {
+    what: "the access line",
+  });
+  expect(line).toMatchObject({ level: "warn", route: "/webhooks/stripe", status: 501 });
 });
 
 test("the webhook is public and CSRF-exempt, and its body limit is the webhooks class's 256 KiB", async () => {

@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../../support/app";
+import { waitFor } from "../../support/wait";
 import {
   deliver,
   notification,
@@ -242,11 +243,25 @@ describe("POST /webhooks/whatsapp (signature)", () => {
     );
   });
 
-  test("with no app secret configured the endpoint answers 503 and accepts nothing", async () => {
+  test("with no app secret configured the endpoint answers 501 NOT_CONFIGURED, not to be retried, and accepts nothing (probe 43c F1)", async () => {
     const target = build({});
-    const body = await expectProblem(await deliver(target, payload), 503, "SERVICE_UNAVAILABLE");
-    expect(body.detail).toContain("WHATSAPP_APP_SECRET");
+    const response = await deliver(target, payload);
+    expect(response.headers.get("retry-after")).toBeNull();
+    const requestId = response.headers.get("x-request-id");
+    const body = await expectProblem(response, 501, "NOT_CONFIGURED");
+    expect(body).toMatchObject({
+      type: "urn:palisade:problem:not-configured",
+      status: 501,
+      detail: "WhatsApp is not configured (WHATSAPP_APP_SECRET is not set).",
+      requestId,
+    });
     expect(outboxCount(target)).toBe(0);
+    // The access line is written once the response is sent: a warning, not an error.
+    const line = await waitFor(
+      () => target.logs.entries.find((entry) => entry.requestId === requestId),
+      { what: "the access line" },
+    );
+    expect(line).toMatchObject({ level: "warn", route: WHATSAPP_PATH, status: 501 });
   });
 
   test("the webhooks body limit and content-type checks still apply before the signature", async () => {
