@@ -48,6 +48,12 @@ const r = METRIC;
  */
 const sinceRecentStart = (selector: string, by = "") =>
   `sum${by} (${selector} and on (instance, job) (time() - ${PROCESS_METRIC.startTime} < 600))`;
+/**
+ * The responses that are the service's failures: every 5xx but 501 NOT_CONFIGURED, the answer of
+ * a feature the deployment left off, which anyone may ask for as often as its route's limit allows
+ * (probe 43c F1: unconfigured webhooks paged the on-call). A label matcher list for `{…}`.
+ */
+export const SERVER_ERRORS = 'status=~"5..",status!="501"';
 /** The tampering events other than a credential's (which has its own alert), as a label regex. */
 const FILE_TAMPERING = TAMPER_EVENT_TYPES.filter(
   (type) => type !== "auth.credential_tampered",
@@ -117,11 +123,11 @@ export const ALERT_RULES: readonly AlertRule[] = [
   ),
   rule(
     "PalisadeErrorRatioHigh",
-    `(sum(rate(${r.httpRequests}{status=~"5.."}[5m])) or vector(0)) / sum(rate(${r.httpRequests}[5m])) > 0.05`,
+    `(sum(rate(${r.httpRequests}{${SERVER_ERRORS}}[5m])) or vector(0)) / sum(rate(${r.httpRequests}[5m])) > 0.05`,
     "5m",
     "page",
     "{{ $value | humanizePercentage }} of responses are 5xx",
-    "More than 5 % of responses have been server errors for 5 minutes.",
+    "More than 5 % of responses have been server errors for 5 minutes. A 501 NOT_CONFIGURED (a feature this deployment has not configured, such as payments or a webhook) is not one and is not counted.",
   ),
   rule(
     "PalisadeLatencyP99High",

@@ -21,6 +21,7 @@ import * as prometheus from "@grafana/grafana-foundation-sdk/prometheus";
 import * as stat from "@grafana/grafana-foundation-sdk/stat";
 import * as timeseries from "@grafana/grafana-foundation-sdk/timeseries";
 import { METRIC, PROCESS_METRIC } from "../../src/plugins/metrics/names";
+import { SERVER_ERRORS } from "./alerts";
 
 /** The datasource every panel reads, as provisioned. */
 export const DATASOURCE = { type: "prometheus", uid: "prometheus" } as const;
@@ -142,7 +143,8 @@ export const SECURITY_DASHBOARD: DashboardSpec = {
       panels: [
         {
           title: "4xx and 5xx by route",
-          description: "Error responses per second, by route pattern and status",
+          description:
+            "Error responses per second, by route pattern and status (a 501 asked for a feature not configured)",
           unit: "reqps",
           width: 24,
           queries: [
@@ -181,11 +183,12 @@ export const SERVICE_DASHBOARD: DashboardSpec = {
         },
         {
           title: "Error ratio",
-          description: "Share of responses that are 5xx (the alert fires over 5 %)",
+          description:
+            "Share of responses that are 5xx, but 501 NOT_CONFIGURED (a feature not configured), as the alert counts them (it fires over 5 %)",
           unit: "percentunit",
           queries: [
             q(
-              `(sum(rate(${METRIC.httpRequests}{status=~"5.."}[${RATE}])) or vector(0)) / sum(rate(${METRIC.httpRequests}[${RATE}]))`,
+              `(sum(rate(${METRIC.httpRequests}{${SERVER_ERRORS}}[${RATE}])) or vector(0)) / sum(rate(${METRIC.httpRequests}[${RATE}]))`,
               "5xx ratio",
             ),
           ],

@@ -272,6 +272,58 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
     }
   });
 
+  test("PalisadeErrorRatioHigh fires on 500s and 503s, and 501 NOT_CONFIGURED alone does not fire it (promtool test rules; probe 43c F1)", async () => {
+    const dir = tempDir();
+    try {
+      const rule = ALERT_RULES.find((each) => each.alert === "PalisadeErrorRatioHigh")!;
+      // Half the responses have `status`, the other half are 200s: 25 of each a minute.
+      const half = (status: string, route: string) => [
+        { series: `http_requests_total{route="${route}",status="${status}"}`, values: "0+25x20" },
+        { series: 'http_requests_total{route="/api/auth/csrf",status="200"}', values: "0+25x20" },
+      ];
+      const at = (input_series: { series: string; values: string }[], fires: boolean) => ({
+        interval: "1m",
+        input_series,
+        alert_rule_test: [
+          {
+            eval_time: "15m",
+            alertname: rule.alert,
+            exp_alerts: fires
+              ? [
+                  {
+                    exp_labels: rule.labels,
+                    exp_annotations: {
+                      ...rule.annotations,
+                      summary: rule.annotations.summary.replace(
+                        "{{ $value | humanizePercentage }}",
+                        "50%",
+                      ),
+                    },
+                  },
+                ]
+              : [],
+          },
+        ],
+      });
+      const tests = {
+        rule_files: [join(GRAFANA_DIR, "alerts.yml")],
+        evaluation_interval: "1m",
+        tests: [
+          // An unconfigured webhook asked for as often as the webhooks policy allows: no page.
+          at(half("501", "/webhooks/stripe"), false),
+          at(half("500", "/api/chat"), true),
+          at(half("503", "/api/auth/login"), true),
+        ],
+      };
+      const path = join(dir.path, "error-ratio.test.yml");
+      await Bun.write(path, Bun.YAML.stringify(tests, null, 2));
+      const result = await check("promtool", ["test", "rules", path]);
+      expect({ code: result.code, out: result.stdout + result.stderr }).toMatchObject({ code: 0 });
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("PalisadePaymentDisputeCreated fires on the first dispute after a start: on a series that starts at 0, and on one first seen at 1 from a process started minutes before (promtool test rules; probes 27c F1, 27d F1)", async () => {
     const dir = tempDir();
     try {
