@@ -17,6 +17,7 @@ import { type ChatSeal, createChatSeal, type SealedMessage } from "./modules/cha
 import {
   readableConversation,
   readableTime,
+  type StoredConversation,
   unreadableUsage,
 } from "./modules/chat/readable-columns";
 import {
@@ -166,14 +167,7 @@ export function sweepSeals(
   );
 
   const chat = createChatSeal(auditSecret);
-  each<{
-    id: string;
-    ownerKind: string;
-    ownerId: string;
-    seal: string | null;
-    createdAt: unknown;
-    updatedAt: unknown;
-  }>(
+  each<StoredConversation>(
     "chat_conversations",
     `SELECT id, owner_kind AS ownerKind, owner_id AS ownerId, seal, created_at AS createdAt,
        updated_at AS updatedAt

@@ -24,6 +24,39 @@ import { metricSelectors } from "../support/promql";
 
 const read = (path: string) => readFileSync(join(GRAFANA_DIR, path), "utf8");
 
+/**
+ * A promtool case builder for one rule: its input series, evaluated at `evalTime`, expecting the
+ * rule to fire (with its labels and annotations, the summary's value as promtool writes it:
+ * `summaryValue` replaces its template) or not.
+ */
+function ruleCase(
+  rule: (typeof ALERT_RULES)[number],
+  evalTime: string,
+  summaryValue: [template: string, written: string],
+) {
+  return (input_series: { series: string; values: string }[], fires: boolean) => ({
+    interval: "1m",
+    input_series,
+    alert_rule_test: [
+      {
+        eval_time: evalTime,
+        alertname: rule.alert,
+        exp_alerts: fires
+          ? [
+              {
+                exp_labels: rule.labels,
+                exp_annotations: {
+                  ...rule.annotations,
+                  summary: rule.annotations.summary.replace(...summaryValue),
+                },
+              },
+            ]
+          : [],
+      },
+    ],
+  });
+}
+
 describe("generated files", () => {
   test("the committed dashboards, alert rules and Alertmanager example are what bun run dashboards writes", () => {
     const files = generatedFiles();
@@ -226,31 +259,8 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
         series: `auth_failures_total{reason="${reason}"}`,
         values,
       });
-      const at = (input_series: { series: string; values: string }[], fires: boolean) => ({
-        interval: "1m",
-        input_series,
-        alert_rule_test: [
-          {
-            eval_time: "12m",
-            alertname: rule.alert,
-            exp_alerts: fires
-              ? [
-                  {
-                    exp_labels: rule.labels,
-                    exp_annotations: {
-                      ...rule.annotations,
-                      // 40 a minute, as Prometheus's humanize writes 0.667.
-                      summary: rule.annotations.summary.replace(
-                        "{{ $value | humanize }}",
-                        "666.7m",
-                      ),
-                    },
-                  },
-                ]
-              : [],
-          },
-        ],
-      });
+      // 40 a minute, as Prometheus's humanize writes 0.667.
+      const at = ruleCase(rule, "12m", ["{{ $value | humanize }}", "666.7m"]);
       const tests = {
         rule_files: [join(GRAFANA_DIR, "alerts.yml")],
         evaluation_interval: "1m",
@@ -281,30 +291,7 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
         { series: `http_requests_total{route="${route}",status="${status}"}`, values: "0+25x20" },
         { series: 'http_requests_total{route="/api/auth/csrf",status="200"}', values: "0+25x20" },
       ];
-      const at = (input_series: { series: string; values: string }[], fires: boolean) => ({
-        interval: "1m",
-        input_series,
-        alert_rule_test: [
-          {
-            eval_time: "15m",
-            alertname: rule.alert,
-            exp_alerts: fires
-              ? [
-                  {
-                    exp_labels: rule.labels,
-                    exp_annotations: {
-                      ...rule.annotations,
-                      summary: rule.annotations.summary.replace(
-                        "{{ $value | humanizePercentage }}",
-                        "50%",
-                      ),
-                    },
-                  },
-                ]
-              : [],
-          },
-        ],
-      });
+      const at = ruleCase(rule, "15m", ["{{ $value | humanizePercentage }}", "50%"]);
       const tests = {
         rule_files: [join(GRAFANA_DIR, "alerts.yml")],
         evaluation_interval: "1m",

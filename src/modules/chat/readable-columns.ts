@@ -30,6 +30,16 @@ function readableCount(value: unknown): value is number {
   return Number.isSafeInteger(value) && (value as number) >= 0;
 }
 
+/** A conversation's row as read to be checked: what its seal covers, and its times. */
+export interface StoredConversation {
+  id: string;
+  ownerKind: string;
+  ownerId: string;
+  seal: string | null;
+  createdAt: unknown;
+  updatedAt: unknown;
+}
+
 /** Whether a conversation's times are times. */
 export function readableConversation(row: { createdAt: unknown; updatedAt: unknown }): boolean {
   return readableTime(row.createdAt) && readableTime(row.updatedAt);

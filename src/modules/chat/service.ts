@@ -64,6 +64,7 @@ import {
   orderableTime,
   readableConversation,
   readableMessages,
+  type StoredConversation,
   shownUsage,
 } from "./readable-columns";
 import { estimatePromptTokens, estimateTokens } from "./tokens";
@@ -410,17 +411,7 @@ export class ChatService implements ChatTurns {
    * Whether a conversation's row matches its seal and its times are times (readable-columns.ts);
    * one that does not is reported.
    */
-  private intactConversation(
-    row: {
-      id: string;
-      ownerKind: string;
-      ownerId: string;
-      seal: string | null;
-      createdAt: unknown;
-      updatedAt: unknown;
-    },
-    bulk = false,
-  ): boolean {
+  private intactConversation(row: StoredConversation, bulk = false): boolean {
     if (this.check.conversation(row) && readableConversation(row)) return true;
     this.options.reportTampered(row.id, bulk);
     return false;

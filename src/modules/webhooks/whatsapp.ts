@@ -114,6 +114,13 @@ export interface IntakeOptions {
  */
 function prepareIntake(db: AppDatabase) {
   const p = (name: string) => sql.placeholder(name);
+  // The claim this delivery made (its id and its time), if it is still a claim.
+  const thisDeliverysClaim = and(
+    eq(webhookEvents.provider, "whatsapp"),
+    eq(webhookEvents.eventId, p("id")),
+    eq(webhookEvents.type, CLAIMED),
+    eq(webhookEvents.receivedAt, p("claimedAt")),
+  );
   return preparedOnUse({
     // One statement decides which delivery of a message id goes on: a new id, or a claim whose
     // delivery died before finishing it (the UPDATE branch); every other delivery gets no row.
@@ -139,31 +146,13 @@ function prepareIntake(db: AppDatabase) {
         .where(and(eq(webhookEvents.provider, "whatsapp"), eq(webhookEvents.eventId, p("id"))))
         .prepare(),
     // A claim given back by the delivery that made it, when that delivery failed.
-    giveBack: () =>
-      db
-        .delete(webhookEvents)
-        .where(
-          and(
-            eq(webhookEvents.provider, "whatsapp"),
-            eq(webhookEvents.eventId, p("id")),
-            eq(webhookEvents.type, CLAIMED),
-            eq(webhookEvents.receivedAt, p("claimedAt")),
-          ),
-        )
-        .prepare(),
+    giveBack: () => db.delete(webhookEvents).where(thisDeliverysClaim).prepare(),
     // The claim becomes the record, if it is still this delivery's.
     recordEvent: () =>
       db
         .update(webhookEvents)
         .set({ type: sql`${p("type")}` })
-        .where(
-          and(
-            eq(webhookEvents.provider, "whatsapp"),
-            eq(webhookEvents.eventId, p("id")),
-            eq(webhookEvents.type, CLAIMED),
-            eq(webhookEvents.receivedAt, p("claimedAt")),
-          ),
-        )
+        .where(thisDeliverysClaim)
         .returning({ id: webhookEvents.eventId })
         .prepare(),
     enqueue: () =>

@@ -361,6 +361,21 @@ describe("redeliveries never spend the sender's limit", () => {
     RATE_LIMIT_BURST: "1000",
     RATE_LIMIT_WHATSAPP_SENDER: "3",
   };
+  /** An app on a manual clock whose file holds another delivery's claim of `messageId`, made now. */
+  const withClaimStanding = (messageId: string) => {
+    const clock = new ManualClock();
+    const target = buildTestApp({
+      env: whatsappEnv(null, generous),
+      whatsapp: { chat: new ScriptedChat() },
+      clock,
+    });
+    current = target;
+    target.db.$client.run(
+      "INSERT INTO webhook_events (provider, event_id, type, received_at) VALUES ('whatsapp', ?, 'message.claimed', ?)",
+      [messageId, clock.now()],
+    );
+    return { target, clock };
+  };
   const accepted = async (response: Response) =>
     ((await response.json()) as { accepted: number }).accepted;
 
@@ -416,18 +431,8 @@ describe("redeliveries never spend the sender's limit", () => {
   });
 
   test("a claim left by a crashed delivery is 503 until its lease ends, never a duplicate, then taken over (probe 43a F1)", async () => {
-    const clock = new ManualClock();
-    const target = buildTestApp({
-      env: whatsappEnv(null, generous),
-      whatsapp: { chat: new ScriptedChat() },
-      clock,
-    });
-    current = target;
     // A process died after claiming the id and before writing the record and the outbox row.
-    target.db.$client.run(
-      "INSERT INTO webhook_events (provider, event_id, type, received_at) VALUES ('whatsapp', 'wamid.CRASH', 'message.claimed', ?)",
-      [clock.now()],
-    );
+    const { target, clock } = withClaimStanding("wamid.CRASH");
     const payload = notification({
       messages: [{ id: "wamid.CRASH", from: "16505550003", text: "hi" }],
     });
@@ -478,17 +483,7 @@ describe("redeliveries never spend the sender's limit", () => {
   });
 
   test("a notification with one message claimed by a running delivery stores the others and is 503; delivered again, all are duplicates", async () => {
-    const clock = new ManualClock();
-    const target = buildTestApp({
-      env: whatsappEnv(null, generous),
-      whatsapp: { chat: new ScriptedChat() },
-      clock,
-    });
-    current = target;
-    target.db.$client.run(
-      "INSERT INTO webhook_events (provider, event_id, type, received_at) VALUES ('whatsapp', 'wamid.RUNNING', 'message.claimed', ?)",
-      [clock.now()],
-    );
+    const { target } = withClaimStanding("wamid.RUNNING");
     const payload = notification({
       messages: [
         { id: "wamid.RUNNING", from: "16505550006", text: "one" },
