@@ -37,12 +37,16 @@ import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from ".
 import type { PaymentMetrics } from "./metrics";
 import { reportedIdempotencyKey } from "./seal";
 import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
+import { WaitingWrites } from "./waiting-writes";
 
 export const CLAIM_LEASE_MS = 120_000;
 export const IDEMPOTENCY_RETENTION_MS = 24 * 60 * 60 * 1000;
 const DEFAULT_IN_PROGRESS_WAIT_MS = 10_000;
 const POLL_MS = 20;
-/** How often a made refund's ledger write is tried again while the database is locked. */
+/**
+ * How often a write that follows Stripe's answer (a refund's record, a claim given back) is tried
+ * again while the database is locked.
+ */
 export const RECORD_RETRY_MS = 200;
 const PRUNE_BATCH = 1000;
 
@@ -135,7 +139,8 @@ export function stripeIdempotencyKey(owner: string, key: string): string {
 }
 
 type Claim =
-  | { kind: "claimed" }
+  /** This request holds the key, from `claimedAt` (its lease's start, which a takeover moves). */
+  | { kind: "claimed"; claimedAt: number }
   | { kind: "done"; response: IntentResponse }
   | { kind: "pending" }
   | { kind: "key_reused" }
@@ -213,7 +218,9 @@ export class PaymentService {
   private readonly inProgressWaitMs: number;
   private readonly ownerStands: (owner: string) => boolean;
   /** Per payment, a refund's ledger write that waits for the database lock (writeOrWait). */
-  private readonly waiting = new Map<string, () => boolean>();
+  private readonly refundWrites = new WaitingWrites(RECORD_RETRY_MS);
+  /** Per owner's key (unrecordedKey), the give-back of a failed intent's claim that waits for it. */
+  private readonly releases = new WaitingWrites(RECORD_RETRY_MS);
   /**
    * Keys whose intent this process made but could not record, and when their 503 said to retry
    * (their claim's lease has ended by then): a retry before that is told so at once instead of
@@ -277,7 +284,7 @@ export class PaymentService {
         tx.insert(paymentIdempotencyKeys)
           .values({ ...pending, claimedAt: now, seal: this.ledger.seal.idempotencyKey(pending) })
           .run();
-        return { kind: "claimed" } as const;
+        return { kind: "claimed", claimedAt: now } as const;
       },
       { behavior: "immediate" },
     );
@@ -296,7 +303,7 @@ export class PaymentService {
     }
     if (row.claimedAt + CLAIM_LEASE_MS <= now) {
       this.db.update(paymentIdempotencyKeys).set({ claimedAt: now }).where(ours).run();
-      return { kind: "claimed" };
+      return { kind: "claimed", claimedAt: now };
     }
     return { kind: "pending" };
   }
@@ -317,17 +324,41 @@ export class PaymentService {
     return null;
   }
 
-  private release(owner: string, key: string): void {
-    this.db
-      .delete(paymentIdempotencyKeys)
-      .where(
-        and(
-          eq(paymentIdempotencyKeys.owner, owner),
-          eq(paymentIdempotencyKeys.key, key),
-          eq(paymentIdempotencyKeys.state, "pending"),
-        ),
-      )
-      .run();
+  /**
+   * Gives back this request's claim of the key, so that a retry with it is a fresh attempt. A lock
+   * held by another connection must not turn Stripe's answer into a 503 "database busy" and leave
+   * the claim pending for its lease, every retry meanwhile waiting 10 s for a 409 (probe 43a F2):
+   * the delete waits for the lock (WaitingWrites), and a request with the key tries it first. Only
+   * the claim taken at `claimedAt` goes, never one a takeover after its lease made meanwhile.
+   */
+  private release(owner: string, key: string, claimedAt: number, requestId: string): void {
+    const context = { requestId };
+    this.releases.run(
+      unrecordedKey(owner, key),
+      () => {
+        this.db
+          .delete(paymentIdempotencyKeys)
+          .where(
+            and(
+              eq(paymentIdempotencyKeys.owner, owner),
+              eq(paymentIdempotencyKeys.key, key),
+              eq(paymentIdempotencyKeys.state, "pending"),
+              eq(paymentIdempotencyKeys.claimedAt, claimedAt),
+            ),
+          )
+          .run();
+      },
+      {
+        waiting: () =>
+          this.logger.warn(context, "idempotency key given back once the database lock goes"),
+        written: () => this.logger.info(context, "idempotency key given back after the lock"),
+        failed: (error) =>
+          this.logger.error(
+            { ...context, err: error },
+            "idempotency key could not be given back; a retry with it waits for its lease to end",
+          ),
+      },
+    );
   }
 
   async createIntent(
@@ -340,6 +371,8 @@ export class PaymentService {
     if (gateway === null) throw new Error("payments are not configured");
     const hash = requestHash(request);
     const deadline = performance.now() + this.inProgressWaitMs;
+    // A claim this process gave back while the file was locked goes first, if it can go now.
+    this.releases.settle(unrecordedKey(owner, key));
     let claim = this.claim(owner, key, hash, acting.stands);
     while (claim.kind === "pending") {
       const retryAt = this.unrecordedRetryAt(owner, key);
@@ -349,6 +382,7 @@ export class PaymentService {
       }
       if (performance.now() >= deadline) return { kind: "in_progress" };
       await Bun.sleep(POLL_MS);
+      this.releases.settle(unrecordedKey(owner, key));
       claim = this.claim(owner, key, hash, acting.stands);
     }
     if (claim.kind === "key_reused" || claim.kind === "owner_gone" || claim.kind === "actor_gone")
@@ -359,15 +393,15 @@ export class PaymentService {
     try {
       result = await gateway.createIntent(request, stripeIdempotencyKey(owner, key));
     } catch (error) {
-      this.release(owner, key);
+      this.release(owner, key, claim.claimedAt, acting.requestId);
       throw error;
     }
     if (!result.ok) {
-      this.release(owner, key);
       this.logger.warn(
         { requestId: acting.requestId, kind: result.kind, reason: result.reason },
         "stripe did not create the payment intent",
       );
+      this.release(owner, key, claim.claimedAt, acting.requestId);
       return result;
     }
     const response: IntentResponse = {
@@ -486,7 +520,7 @@ export class PaymentService {
     }
     const { gone: erased, inserted, foreign } = stored;
     if (foreign) {
-      this.release(owner, key);
+      this.release(owner, key, claim.claimedAt, acting.requestId);
       this.logger.error(
         { requestId: acting.requestId, paymentId: result.id },
         "stripe answered a new payment intent with one the ledger holds for another owner, amount or currency: not trusted",
@@ -654,49 +688,27 @@ export class PaymentService {
     write: () => void,
     context: Record<string, unknown>,
   ): boolean {
-    try {
-      write();
-      return true;
-    } catch (error) {
-      // What Stripe did is done: any other failure to write it is logged with the refund's ids and
-      // answered as done, never a 500 that hides a refund made.
-      if (!isDatabaseBusy(error)) {
-        this.logger.error(
-          { ...context, err: error },
-          "refund answered by Stripe could not be recorded; charge.refunded will record its total",
-        );
-        return false;
-      }
-    }
-    this.logger.warn(context, "refund answered by Stripe; its record waits for the database lock");
-    const attempt = () => {
-      try {
-        write();
-        this.logger.info(context, "refund recorded after the database lock");
-      } catch (error) {
-        if (isDatabaseBusy(error)) return false;
-        this.logger.error(
-          { ...context, err: error },
-          "refund answered by Stripe could not be recorded; charge.refunded will record its total",
-        );
-      }
-      this.waiting.delete(paymentId);
-      return true;
-    };
-    this.waiting.set(paymentId, attempt);
-    const retry = () => {
-      if (this.waiting.get(paymentId) === attempt && !attempt()) {
-        setTimeout(retry, RECORD_RETRY_MS).unref?.();
-      }
-    };
-    setTimeout(retry, RECORD_RETRY_MS).unref?.();
-    return false;
+    // What Stripe did is done: any other failure to write it is logged with the refund's ids and
+    // answered as done, never a 500 that hides a refund made.
+    const failed = (error: unknown) =>
+      this.logger.error(
+        { ...context, err: error },
+        "refund answered by Stripe could not be recorded; charge.refunded will record its total",
+      );
+    return this.refundWrites.run(paymentId, write, {
+      waiting: () =>
+        this.logger.warn(
+          context,
+          "refund answered by Stripe; its record waits for the database lock",
+        ),
+      written: () => this.logger.info(context, "refund recorded after the database lock"),
+      failed,
+    });
   }
 
   /** Writes this payment's waiting ledger write, if any; whether none waits any more. */
   private writeWaiting(paymentId: string): boolean {
-    const attempt = this.waiting.get(paymentId);
-    return attempt === undefined || attempt();
+    return this.refundWrites.settle(paymentId);
   }
 
   /** Deletes idempotency keys past their 24 hours, a bounded number per run. */

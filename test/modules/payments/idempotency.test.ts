@@ -2,6 +2,7 @@
  * Idempotency-Key on POST /api/payments/intents: replay, conflict, concurrency (one process and
  * two), scoping to the owner, and what a Stripe failure leaves behind.
  */
+import { Database } from "bun:sqlite";
 import { afterEach, expect, test } from "bun:test";
 import { createApp } from "../../../src/app";
 import { createLogger } from "../../../src/logging/logger";
@@ -256,6 +257,50 @@ test("Stripe refusing the request (4xx) is 502 with Stripe's code, and the key i
   expect((await createIntent(current, bearer(user.accessToken), body, "refused-1")).status).toBe(
     201,
   );
+});
+
+test("Stripe refusing the request while another connection holds the write lock is still its 502, logged; the key is given back once the lock goes, and a retry is a fresh attempt at once (probe 43a F2)", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const user = await signUp(target);
+  target.stripe.delayMs = 300;
+  target.stripe.failNext(INTENTS, { status: 400, code: "amount_too_small", shouldRetry: false });
+  const answered = createIntent(target, bearer(user.accessToken), body, "refused-locked");
+  // Another process (a CLI command, a backup) takes the write lock while Stripe works.
+  const other = new Database(target.databasePath);
+  const claimOf = () =>
+    other
+      .query("SELECT state FROM payment_idempotency_keys WHERE key = ?")
+      .get("refused-locked") as { state: string } | null;
+  try {
+    await Bun.sleep(100);
+    other.run("BEGIN IMMEDIATE");
+    const refused = await answered;
+    expect(refused.status).toBe(502);
+    const problem = (await refused.json()) as { code: string; detail: string };
+    expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(problem.detail).toContain("amount_too_small");
+    expect(
+      target.logs.entries.find((entry) => entry.msg === "stripe did not create the payment intent"),
+    ).toMatchObject({ level: "warn", kind: "refused" });
+    // Still locked: the claim waits to be given back.
+    expect(claimOf()).toEqual({ state: "pending" });
+    other.run("COMMIT");
+    // Given back within a few retries of the lock going, with no request asking.
+    const deadline = Date.now() + 3000;
+    while (claimOf() !== null && Date.now() < deadline) await Bun.sleep(50);
+    expect(claimOf()).toBeNull();
+  } finally {
+    if (other.inTransaction) other.run("ROLLBACK");
+    other.close();
+  }
+  target.stripe.delayMs = 0;
+  const started = performance.now();
+  const retried = await createIntent(target, bearer(user.accessToken), body, "refused-locked");
+  expect(retried.status).toBe(201);
+  expect(retried.headers.get("idempotent-replayed")).toBeNull();
+  expect(performance.now() - started).toBeLessThan(1000);
+  expect(intentCalls(target)).toBe(2);
 });
 
 test("keys are kept 24 hours: until then a reuse is refused here; after, the maintenance forgets it and Stripe decides", async () => {

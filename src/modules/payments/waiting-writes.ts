@@ -1,0 +1,66 @@
+/**
+ * @module
+ * Writes that follow an answer from Stripe and must not be lost to another connection's write
+ * lock (a backup, a CLI command, another process): a refund's record or the end of its claim, an
+ * intent's Idempotency-Key claim given back. Turned into a 503 "database busy", such a write would
+ * hide what Stripe answered and leave its claim held for the whole lease (probes 19b, 43a F2). A
+ * write that meets the lock is tried again every `retryMs`, the event loop running in between,
+ * until the lock goes; one write waits per id, and `settle(id)` tries it once more before anything
+ * that must come after it.
+ */
+import { isDatabaseBusy } from "../../db/busy";
+
+/** What a waiting write says, and when. */
+export interface WaitingWriteReport {
+  /** The lock was held: the write waits for it. */
+  waiting(): void;
+  /** Written after waiting. */
+  written(): void;
+  /** Failed for another reason than the lock (a full disk, an I/O error): not tried again. */
+  failed(error: unknown): void;
+}
+
+export class WaitingWrites {
+  private readonly waiting = new Map<string, () => boolean>();
+
+  constructor(private readonly retryMs: number) {}
+
+  /** Writes now, or waits for the lock; whether it was written now. */
+  run(id: string, write: () => void, report: WaitingWriteReport): boolean {
+    try {
+      write();
+      return true;
+    } catch (error) {
+      if (!isDatabaseBusy(error)) {
+        report.failed(error);
+        return false;
+      }
+    }
+    report.waiting();
+    const attempt = () => {
+      try {
+        write();
+        report.written();
+      } catch (error) {
+        if (isDatabaseBusy(error)) return false;
+        report.failed(error);
+      }
+      this.waiting.delete(id);
+      return true;
+    };
+    this.waiting.set(id, attempt);
+    const retry = () => {
+      if (this.waiting.get(id) === attempt && !attempt()) {
+        setTimeout(retry, this.retryMs).unref?.();
+      }
+    };
+    setTimeout(retry, this.retryMs).unref?.();
+    return false;
+  }
+
+  /** Tries the write waiting for `id`, if any, once more; whether none waits any more. */
+  settle(id: string): boolean {
+    const attempt = this.waiting.get(id);
+    return attempt === undefined || attempt();
+  }
+}
