@@ -6,11 +6,16 @@
  */
 import { createApp } from "./app";
 import { terminalSafe } from "./cli/terminal";
-import { ConfigError, loadConfig } from "./config";
+import { ConfigError, databasePathOf, loadConfig } from "./config";
 import { leftoverDevelopmentKey } from "./config/development-key";
 import { looseSecretFileMessage } from "./config/secret-file-modes";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
-import { DatabaseOpenError, databaseFileMode, openDatabase } from "./db/client";
+import {
+  DatabaseOpenError,
+  databaseFileMode,
+  openDatabase,
+  refuseForeignDatabase,
+} from "./db/client";
 import {
   type DroppedTrigger,
   dropForeignTriggers,
@@ -67,6 +72,15 @@ const duringStart = (signal: NodeJS.Signals) => {
   stopSignalledDuringStart = signal;
 };
 for (const signal of stopSignals()) process.on(signal, duringStart);
+
+// Before the configuration, which in development makes an audit key beside the file: a file that
+// holds another application's tables is refused with nothing written to it or beside it.
+try {
+  refuseForeignDatabase(databasePathOf(environment));
+} catch (error) {
+  if (error instanceof DatabaseOpenError) fail(error.message);
+  throw error;
+}
 
 let config: ReturnType<typeof loadConfig>;
 try {

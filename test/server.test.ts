@@ -1,4 +1,6 @@
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase } from "../src/db/client";
 import { applyMigrations } from "../src/db/migrate";
@@ -455,6 +457,37 @@ describe("the service process", () => {
       });
       expect(cli.code).toBe(0);
       expect(cli.stdout).toContain("and 1 from a newer release that this one does not know");
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("another application's SQLite file exits 2 with one line naming DATABASE_PATH, left byte for byte with nothing beside it (no audit key either); an empty file is still served (probe 43c F2)", async () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "grafana.db");
+      const other = new Database(path);
+      other.run("CREATE TABLE dashboard (id INTEGER PRIMARY KEY, title TEXT)");
+      other.run("INSERT INTO dashboard (title) VALUES ('Production')");
+      other.close();
+      const before = readFileSync(path);
+      const result = await runToExit(["bun", "run", "src/index.ts"], {
+        DATABASE_PATH: path,
+        PORT: "0",
+      });
+      expect(result.code).toBe(2);
+      expect(result.stderr).toBe(
+        `palisade: DATABASE_PATH ${path} holds no Palisade database (another application's tables): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)\n`,
+      );
+      expect(result.stdout).toBe("");
+      expect(readFileSync(path).equals(before)).toBe(true);
+      expect(readdirSync(dir.path)).toEqual(["grafana.db"]);
+
+      const empty = join(dir.path, "empty.db");
+      writeFileSync(empty, "");
+      const service = await startService({ DATABASE_PATH: empty });
+      expect((await fetch(new URL("/health", service.url))).status).toBe(200);
+      expect(await service.stop("SIGTERM")).toBe(0);
     } finally {
       dir.remove();
     }

@@ -26,7 +26,7 @@ import {
   optionsOf,
   parseArgs,
 } from "./command";
-import { checkDatabaseFile } from "./database-file";
+import { checkDatabaseFile, checkMakeableDatabaseFile } from "./database-file";
 import { terminalSafe } from "./terminal";
 
 export interface CliIo {
@@ -91,8 +91,10 @@ export async function runCli(
   // Before the configuration is read: in development that makes the audit key beside the path.
   const requireDatabaseFile = () => {
     const path = databasePathOf(env);
-    if ((command.database ?? "reads") !== "reads" || path === ":memory:") return;
-    checkDatabaseFile(path, command.name);
+    const database = command.database ?? "reads";
+    if (path === ":memory:" || database === "none") return;
+    if (database === "reads") checkDatabaseFile(path, command.name);
+    else checkMakeableDatabaseFile(path);
   };
   const context: CommandContext = {
     config: () => {

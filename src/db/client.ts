@@ -14,6 +14,7 @@ import { getTableName, is } from "drizzle-orm";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
 import { SQLiteTable } from "drizzle-orm/sqlite-core";
 import { isDatabaseBusy, probeWritable } from "./busy";
+import { whyNotPalisades } from "./foreign-database";
 import * as schema from "./schema";
 import { timeQueries } from "./timing";
 
@@ -104,7 +105,25 @@ export function databaseFileMode(path: string): number | null {
   }
 }
 
+/**
+ * Refuses, before anything is written, a file that holds tables and is not Palisade's database
+ * (db/foreign-database.ts): every process that opens the file to write it — the start, a command —
+ * comes through here, and the start and the commands that make a database ask first themselves,
+ * before their configuration makes a development audit key beside the file.
+ */
+export function refuseForeignDatabase(path: string): void {
+  if (path === ":memory:") return;
+  let why: string | null;
+  try {
+    why = whyNotPalisades(path, BUSY_TIMEOUT_MS);
+  } catch (error) {
+    throw new DatabaseOpenError(path, whyUnusable(error));
+  }
+  if (why !== null) throw new DatabaseOpenError(path, why);
+}
+
 export function openDatabase(path: string): AppDatabase {
+  refuseForeignDatabase(path);
   let sqlite: Database;
   try {
     if (path !== ":memory:") {

@@ -256,6 +256,50 @@ describe("a path that names no file", () => {
     expect(existsSync(path)).toBe(true);
     expect((await cliInProcess(["users:list"], env)).code).toBe(0);
   });
+
+  test("the commands that make a database refuse another application's file in one line naming DATABASE_PATH, exit 1, and leave it byte for byte with nothing beside it; an empty file is still made a database (probe 43c F2)", async () => {
+    const dir = tempDir();
+    cleanup = dir.remove;
+    const foreign = join(dir.path, "other.db");
+    const other = new Database(foreign);
+    other.run("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)");
+    other.run("INSERT INTO customers (name) VALUES ('Important Co')");
+    other.close();
+    // In WAL mode, at a path a URI would misread: a look that opened it as SQLite does would
+    // leave a `-shm` and an empty `-wal` beside it.
+    const walFile = join(dir.path, "other app?#%41.db");
+    const walOther = new Database(walFile);
+    walOther.run("PRAGMA journal_mode = WAL");
+    walOther.run("CREATE TABLE notes (body TEXT)");
+    walOther.close();
+    const makers = [
+      ["db:migrate"],
+      ["users:create", "--email", "root@example.test"],
+      ["keys:create", "--name", "ci", "--scopes", "chat"],
+    ];
+    for (const file of [foreign, walFile]) {
+      const before = readFileSync(file);
+      for (const args of makers) {
+        const result = await cliInProcess(args, { DATABASE_PATH: file });
+        expect({ args, code: result.code, stdout: result.stdout, stderr: result.stderr }).toEqual({
+          args,
+          code: 1,
+          stdout: "",
+          stderr: `palisade ${args[0]}: DATABASE_PATH ${file} holds no Palisade database (another application's tables): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)`,
+        });
+      }
+      expect(readFileSync(file).equals(before)).toBe(true);
+    }
+    expect(readdirSync(dir.path).sort()).toEqual(["other app?#%41.db", "other.db"]);
+    // An empty file (touched ahead of the first start) is made a database, as before.
+    for (const args of makers) {
+      const empty = join(dir.path, `${args[0]!.replace(":", "-")}.db`);
+      writeFileSync(empty, "");
+      const result = await cliInProcess(args, { DATABASE_PATH: empty });
+      expect({ args, code: result.code }).toEqual({ args, code: 0 });
+      expect((await cliInProcess(["users:list"], { DATABASE_PATH: empty })).code).toBe(0);
+    }
+  });
 });
 
 describe("users:list", () => {

@@ -1,5 +1,6 @@
+import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
-import { readdirSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { eq } from "drizzle-orm";
 import { DatabaseOpenError, openDatabase, whyUnusable } from "../../src/db/client";
@@ -88,6 +89,73 @@ describe("openDatabase", () => {
     expect(whyUnusable(new Error("file is not a database"))).toBe(
       "is not a usable SQLite database: file is not a database",
     );
+  });
+
+  test("a file holding another application's tables is refused in one line naming DATABASE_PATH, with nothing written to it or beside it (probe 43c F2)", () => {
+    const dir = tempDir();
+    try {
+      const plain = join(dir.path, "other.db");
+      const other = new Database(plain);
+      other.run("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)");
+      other.run("INSERT INTO customers (name) VALUES ('Important Co')");
+      other.close();
+      // Another drizzle-made application's: a migrations table, but none of Palisade's migrations.
+      const drizzleMade = join(dir.path, "drizzle-made.db");
+      const made = new Database(drizzleMade);
+      made.run("PRAGMA journal_mode = WAL");
+      made.run("CREATE TABLE notes (body TEXT)");
+      made.run(
+        "CREATE TABLE __drizzle_migrations (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)",
+      );
+      made.run("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('x', 1700000000000)");
+      made.close();
+      for (const path of [plain, drizzleMade]) {
+        const before = readFileSync(path);
+        expect(() => openDatabase(path)).toThrow(
+          new DatabaseOpenError(
+            path,
+            "holds no Palisade database (another application's tables): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)",
+          ),
+        );
+        expect(readFileSync(path).equals(before)).toBe(true);
+      }
+      expect(readdirSync(dir.path).sort()).toEqual(["drizzle-made.db", "other.db"]);
+      // Palisade's own tables without their record of migrations: altered, said as the CLI says it.
+      const altered = join(dir.path, "altered.db");
+      const db = openDatabase(altered);
+      applyMigrations(db);
+      db.$client.run("DROP TABLE __drizzle_migrations");
+      db.$client.close();
+      expect(() => openDatabase(altered)).toThrow(
+        "holds Palisade's tables but no record of its migrations: the file was altered; restore it from a backup",
+      );
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("an empty file, one whose first migration stopped half way, and Palisade's own are opened and migrated as before", () => {
+    const dir = tempDir();
+    try {
+      const empty = join(dir.path, "empty.db");
+      writeFileSync(empty, "");
+      // What a first start stopped before its migrations' transaction leaves: the table drizzle
+      // records them in, empty.
+      const halfWay = join(dir.path, "half-way.db");
+      const stopped = new Database(halfWay);
+      stopped.run(
+        "CREATE TABLE __drizzle_migrations (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)",
+      );
+      stopped.close();
+      for (const path of [empty, halfWay, empty]) {
+        const db = openDatabase(path);
+        applyMigrations(db);
+        expect(db.select().from(users).all()).toEqual([]);
+        db.$client.close();
+      }
+    } finally {
+      dir.remove();
+    }
   });
 
   test("an unwritable path is a one-line start error", () => {

@@ -1,0 +1,77 @@
+/**
+ * @module
+ * A look at a database file that writes nothing: no table, no journal mode, no `-wal` or `-shm`
+ * left beside it where that can be avoided. What a command or a start checks before it opens the
+ * file as the service does (which writes at once: WAL mode, then the migrations).
+ */
+import { constants, Database } from "bun:sqlite";
+import { existsSync } from "node:fs";
+import { isDatabaseBusy } from "./busy";
+
+/** The table drizzle records its migrations in; Palisade's file has one from its first start. */
+export const MIGRATIONS_TABLE = "__drizzle_migrations";
+
+/**
+ * A read-only connection that leaves nothing beside the file. Opening a WAL-mode file, even
+ * read-only, makes its `-shm` (and an empty `-wal`), which a read-only connection cannot remove when
+ * it closes: a refused look would leave two new files beside another application's database. With no
+ * `-wal` or `-journal` beside it the file holds all its content, so it is read as `immutable`
+ * (no locks, no side files); otherwise as any reader does, through the WAL or journal there (a
+ * running service's file, or a crashed one's, whose tables may be only in its WAL).
+ */
+export function openForALook(path: string): Database {
+  if (!atRest(path)) return new Database(path, { readonly: true });
+  const uriPath = path.split("/").map(encodeURIComponent).join("/");
+  return new Database(
+    `file:${uriPath}?immutable=1`,
+    constants.SQLITE_OPEN_READONLY | constants.SQLITE_OPEN_URI,
+  );
+}
+
+/** No `-wal` or `-journal` beside it: the file holds all its content, and no writer has it open. */
+export function atRest(path: string): boolean {
+  return !existsSync(`${path}-wal`) && !existsSync(`${path}-journal`);
+}
+
+/** What a look finds in a file. */
+export interface FileTables {
+  /** Its tables, SQLite's own (`sqlite_sequence`, `sqlite_stat1`…) left out. */
+  tables: ReadonlySet<string>;
+  /** The `created_at` of each row of its migrations table (none without one). */
+  migrations: readonly unknown[];
+}
+
+/**
+ * The tables of the file at `path`, read-only; null when it is not an SQLite database (opening it
+ * as the service does says so in its own words). Throws SQLite's error when another connection
+ * holds it locked past `busyTimeoutMs`.
+ */
+export function tablesOf(path: string, busyTimeoutMs: number): FileTables | null {
+  let look: Database;
+  try {
+    look = openForALook(path);
+  } catch {
+    return null;
+  }
+  try {
+    look.run(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
+    const names = look
+      .query<{ name: string }, []>("SELECT name FROM sqlite_master WHERE type = 'table'")
+      .all()
+      .map((row) => row.name)
+      .filter((name) => !name.startsWith("sqlite_"));
+    const tables = new Set(names);
+    const migrations = tables.has(MIGRATIONS_TABLE)
+      ? look
+          .query(`SELECT created_at FROM "${MIGRATIONS_TABLE}"`)
+          .values()
+          .map((row) => row[0])
+      : [];
+    return { tables, migrations };
+  } catch (error) {
+    if (isDatabaseBusy(error)) throw error;
+    return null;
+  } finally {
+    look.close();
+  }
+}
