@@ -69,7 +69,14 @@ const KIB = 1024;
 
 const bodyLimits: BodyLimits = {
   default: 64 * KIB,
-  chat: 32 * KIB,
+  /**
+   * The longest spelling of a legal chat body, and the smallest whole KiB above it: a message of
+   * 4000 code points each beyond the BMP written as two `\uXXXX` escapes (12 bytes, as Python's
+   * `json.dumps` writes one by default), its 22-character conversation id and both keys escaped
+   * too, the JSON's punctuation and a BOM: 48,274 bytes (probe 43b F3: 32 KiB refused such a
+   * message 413). test/modules/chat/chat.test.ts holds the figure to the message rules.
+   */
+  chat: 48 * KIB,
   webhooks: 256 * KIB,
   server: 1024 * KIB,
 };

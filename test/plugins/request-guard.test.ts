@@ -63,9 +63,9 @@ describe("body limits", () => {
     expect(fits.status).toBe(200);
   });
 
-  test("a route class's body limit applies: chat 32 KiB, webhooks 256 KiB", async () => {
+  test("a route class's body limit applies: chat 48 KiB, webhooks 256 KiB", async () => {
     const target = guardedApp();
-    const chat = await send(target, "/api/chat-echo", { body: { message: "x".repeat(40 * 1024) } });
+    const chat = await send(target, "/api/chat-echo", { body: { message: "x".repeat(49 * 1024) } });
     expect(chat.status).toBe(413);
     const webhook = await send(target, "/webhooks/test", {
       body: { data: "x".repeat(200 * 1024) },

@@ -47,7 +47,7 @@ import {
 import { UpstreamFailure } from "./providers/provider";
 import type { ChatService, PreparedTurn, TurnEvent } from "./service";
 
-/** POST /api/chat spends upstream tokens: its own per-principal policy and the 32 KiB body limit. */
+/** POST /api/chat spends upstream tokens: its own per-principal policy and the 48 KiB body limit. */
 export const chatRouteClasses: readonly RouteClass[] = [
   { routes: ["POST /api/chat"], policy: "chat", bodyLimit: "chat" },
   {
