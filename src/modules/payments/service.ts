@@ -31,13 +31,13 @@ import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { paymentIdempotencyKeys, payments } from "../../db/schema";
+import { WaitingWrites } from "../../db/waiting-writes";
 import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
 import { reportedIdempotencyKey } from "./seal";
 import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
-import { WaitingWrites } from "./waiting-writes";
 
 export const CLAIM_LEASE_MS = 120_000;
 export const IDEMPOTENCY_RETENTION_MS = 24 * 60 * 60 * 1000;

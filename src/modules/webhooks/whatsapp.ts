@@ -33,10 +33,10 @@ import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { and, eq, inArray, lt, notInArray, or, sql } from "drizzle-orm";
 import { Elysia, t } from "elysia";
 import type { Core } from "../../core";
-import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
+import { WaitingWrites } from "../../db/waiting-writes";
 import { AppError, problemResponses } from "../../errors";
 import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../../plugins/audit/once-per-window";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
@@ -192,6 +192,7 @@ function prepareIntake(db: AppDatabase) {
 export class WhatsAppIntake {
   private readonly senderPolicy: Policy;
   private readonly statements: ReturnType<typeof prepareIntake>;
+  private readonly givingBack = new WaitingWrites(GIVE_BACK_RETRY_MS);
   constructor(private readonly options: IntakeOptions) {
     this.statements = prepareIntake(options.db);
     this.senderPolicy = {
@@ -338,31 +339,27 @@ export class WhatsAppIntake {
 
   /**
    * Deletes this delivery's claim, if it is still there and still this delivery's. The database may
-   * be what failed (locked): then it is tried again from a timer until it goes or the claim's lease
-   * ends (a redelivery takes it over then anyway).
+   * be what failed (locked): then it waits for the lock (db/waiting-writes), and stops trying once
+   * the claim's lease has ended (a redelivery takes the claim over then anyway).
    */
   private giveBack(messageId: string, claimedAt: number): void {
     const { core } = this.options;
-    const attempt = (): boolean => {
-      try {
+    this.givingBack.run(
+      `${messageId}\u0000${claimedAt}`,
+      () => {
+        if (core.clock.now() - claimedAt >= CLAIM_LEASE_MS) return;
         this.statements.giveBack.run({ id: messageId, claimedAt });
-        return true;
-      } catch (error) {
-        if (!isDatabaseBusy(error)) {
+      },
+      {
+        waiting: () => {},
+        written: () => {},
+        failed: (error) =>
           core.logger.warn(
             { err: error },
             "a WhatsApp message's claim could not be given back; a redelivery takes it over once its lease ends",
-          );
-          return true;
-        }
-        return core.clock.now() - claimedAt >= CLAIM_LEASE_MS;
-      }
-    };
-    if (attempt()) return;
-    const retry = () => {
-      if (!attempt()) setTimeout(retry, GIVE_BACK_RETRY_MS).unref?.();
-    };
-    setTimeout(retry, GIVE_BACK_RETRY_MS).unref?.();
+          ),
+      },
+    );
   }
 
   /** Counts the message against its sender's budget; a failing store lets it through. */

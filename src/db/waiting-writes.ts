@@ -1,14 +1,15 @@
 /**
  * @module
- * Writes that follow an answer from Stripe and must not be lost to another connection's write
+ * Writes that follow what already happened and must not be lost to another connection's write
  * lock (a backup, a CLI command, another process): a refund's record or the end of its claim, an
- * intent's Idempotency-Key claim given back. Turned into a 503 "database busy", such a write would
- * hide what Stripe answered and leave its claim held for the whole lease (probes 19b, 43a F2). A
+ * intent's Idempotency-Key claim given back after Stripe answered, a WhatsApp message's claim given
+ * back after its delivery failed. Turned into a 503 "database busy", such a write would hide what
+ * Stripe answered and leave its claim held for the whole lease (probes 19b, 43a F1, F2). A
  * write that meets the lock is tried again every `retryMs`, the event loop running in between,
  * until the lock goes; one write waits per id, and `settle(id)` tries it once more before anything
  * that must come after it.
  */
-import { isDatabaseBusy } from "../../db/busy";
+import { isDatabaseBusy } from "./busy";
 
 /** What a waiting write says, and when. */
 export interface WaitingWriteReport {
