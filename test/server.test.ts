@@ -325,6 +325,53 @@ describe("the service process", () => {
     );
   });
 
+  test("production refuses weak WhatsApp and Stripe webhook secrets, a test-mode Stripe key, an http SENTRY_DSN and a Redis password that is another secret: exit 2, one line naming the variable (probe 43c F5)", async () => {
+    const dir = tempDir();
+    try {
+      const cases: [Record<string, string>, string][] = [
+        [{ WHATSAPP_VERIFY_TOKEN: "x" }, "WHATSAPP_VERIFY_TOKEN is shorter than 32 bytes"],
+        [{ WHATSAPP_APP_SECRET: "password1234" }, "WHATSAPP_APP_SECRET is shorter than 32 bytes"],
+        [
+          { WHATSAPP_APP_SECRET_PREVIOUS: "password1234" },
+          "WHATSAPP_APP_SECRET_PREVIOUS is shorter than 32 bytes",
+        ],
+        [
+          { STRIPE_WEBHOOK_SECRET: "whsec_1" },
+          "STRIPE_WEBHOOK_SECRET has a secret that is shorter than 32 bytes (entry 1)",
+        ],
+        [
+          { STRIPE_SECRET_KEY: "sk_test_123" },
+          "STRIPE_SECRET_KEY is a Stripe test-mode key (sk_test_…), refused when APP_ENV=production: use a live key",
+        ],
+        [
+          { SENTRY_DSN: "http://abc123@sentry.example.com/1" },
+          "SENTRY_DSN must use https when APP_ENV=production (plain http only to a loopback address)",
+        ],
+        [
+          { REDIS_URL: `redis://:${PRODUCTION_ENV.JWT_SECRET_KEY}@127.0.0.1:1/0` },
+          "REDIS_URL must differ from JWT_SECRET_KEY: one value must not hold two roles",
+        ],
+      ];
+      const results = await Promise.all(
+        cases.map(([extra]) =>
+          runToExit(["bun", "run", "src/index.ts"], {
+            ...PRODUCTION_ENV,
+            DATABASE_PATH: join(dir.path, "refused.db"),
+            PORT: "0",
+            ...extra,
+          }),
+        ),
+      );
+      results.forEach((result, index) => {
+        expect(result.code).toBe(2);
+        expect(result.stderr.trim()).toBe(`palisade: refusing to start: ${cases[index]![1]}`);
+        expect(result.stdout).toBe("");
+      });
+    } finally {
+      dir.remove();
+    }
+  }, 30_000);
+
   test("a PORT that cannot be bound, or a HOST that is no address, exits 2 in one line naming them, no stack (probe 26f F2)", async () => {
     const dir = tempDir();
     const taken = Bun.listen({

@@ -212,19 +212,10 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     const raw = text(name);
     return raw === undefined ? null : parseUrl(name, raw, protocols);
   };
-  /**
-   * An upstream the service sends a secret to (an API key, an access token): production sends it
-   * over https, or over plain http to this host only (a local proxy that adds the TLS).
-   */
+  /** An upstream the service sends a secret to (an API key, an access token). */
   const upstreamUrl = (name: string): string | null => {
     const value = url(name);
-    if (value === null || appEnv !== "production") return value;
-    if (plainToAnotherHost(value, "http:")) {
-      throw new ConfigError(
-        name,
-        "must use https when APP_ENV=production (plain http only to a loopback address)",
-      );
-    }
+    if (value !== null) refusePlainHttp(name, value, appEnv);
     return value;
   };
 
@@ -250,6 +241,20 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       if (weakness) throw new ConfigError(name, weakness);
     }
     return value;
+  };
+  /**
+   * A secret that is a comma list (one entry for each secret a provider has in play while it
+   * rolls it): each entry as strong as `optionalSecret(name, true)` asks, named by its place.
+   */
+  const secretList = (name: string): string[] => {
+    const entries = parseList(optionalSecret(name) ?? "");
+    if (!deployed) return entries;
+    entries.forEach((entry, index) => {
+      const weakness = secretWeakness(entry);
+      if (weakness)
+        throw new ConfigError(name, `has a secret that ${weakness} (entry ${index + 1})`);
+    });
+    return entries;
   };
 
   const jwtSecret = signingKey("JWT_SECRET_KEY");
@@ -282,6 +287,9 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   }
   const corsRaw = text("CORS_ALLOWED_ORIGINS");
   const rateLimitPerMinute = integer("RATE_LIMIT_PER_MINUTE", profile.rateLimitPerMinute, 1, 1e6);
+  // Its events carry stack traces, principal and request ids: the same https rule as the upstreams.
+  const sentryDsn = parseSentryDsn("SENTRY_DSN", text("SENTRY_DSN"));
+  if (sentryDsn !== null) refusePlainHttp("SENTRY_DSN", sentryDsn, appEnv);
   const apiKeys = parseApiKeys(env.API_KEYS ?? "", {
     deployed,
     production: appEnv === "production",
@@ -360,8 +368,8 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       ),
     },
     stripe: {
-      secretKey: optionalSecret("STRIPE_SECRET_KEY"),
-      webhookSecrets: parseList(optionalSecret("STRIPE_WEBHOOK_SECRET") ?? ""),
+      secretKey: stripeSecretKey(optionalSecret("STRIPE_SECRET_KEY"), appEnv),
+      webhookSecrets: secretList("STRIPE_WEBHOOK_SECRET"),
       apiUrl: upstreamUrl("STRIPE_API_URL"),
     },
     payments: {
@@ -372,15 +380,15 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       ),
     },
     whatsapp: {
-      appSecret: optionalSecret("WHATSAPP_APP_SECRET"),
-      previousAppSecret: optionalSecret("WHATSAPP_APP_SECRET_PREVIOUS"),
-      verifyToken: optionalSecret("WHATSAPP_VERIFY_TOKEN"),
+      appSecret: optionalSecret("WHATSAPP_APP_SECRET", true),
+      previousAppSecret: optionalSecret("WHATSAPP_APP_SECRET_PREVIOUS", true),
+      verifyToken: optionalSecret("WHATSAPP_VERIFY_TOKEN", true),
       accessToken: optionalSecret("WHATSAPP_ACCESS_TOKEN"),
       apiUrl: upstreamUrl("WHATSAPP_API_URL") ?? "https://graph.facebook.com/v21.0",
     },
-    sentryDsn: parseSentryDsn("SENTRY_DSN", text("SENTRY_DSN")),
+    sentryDsn,
     sentry: {
-      dsn: parseSentryDsn("SENTRY_DSN", text("SENTRY_DSN")),
+      dsn: sentryDsn,
       release: release(text("APP_RELEASE")),
       tracesSampleRate: parseFraction(
         "SENTRY_TRACES_SAMPLE_RATE",
@@ -415,6 +423,34 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   refuseOpenMetrics(config);
   refuseMemoryDatabase(config);
   return deepFreeze(config);
+}
+
+/**
+ * What the service sends to another host (a key, a token, error reports) goes over https in
+ * production, or over plain http to this host only (a local proxy that adds the TLS).
+ */
+function refusePlainHttp(name: string, url: string, appEnv: AppEnv): void {
+  if (appEnv === "production" && plainToAnotherHost(url, "http:")) {
+    throw new ConfigError(
+      name,
+      "must use https when APP_ENV=production (plain http only to a loopback address)",
+    );
+  }
+}
+
+/**
+ * Production takes payments with a live key: in test mode Stripe declines every real card, and
+ * nothing else would say the deployment takes no money. Staging keeps one, as its name says.
+ */
+function stripeSecretKey(value: string | null, appEnv: AppEnv): string | null {
+  const mode = value === null ? undefined : /^(sk|rk)_test_/.exec(value.trim())?.[1];
+  if (mode !== undefined && appEnv === "production") {
+    throw new ConfigError(
+      "STRIPE_SECRET_KEY",
+      `is a Stripe test-mode key (${mode}_test_…), refused when APP_ENV=production: use a live key`,
+    );
+  }
+  return value;
 }
 
 /** Whether `url` uses the unencrypted `protocol` to reach a host other than this one. */
@@ -546,6 +582,7 @@ function refuseSharedSecrets(config: Config): void {
     ["WHATSAPP_APP_SECRET_PREVIOUS", config.whatsapp.previousAppSecret],
     ["WHATSAPP_VERIFY_TOKEN", config.whatsapp.verifyToken],
     ["WHATSAPP_ACCESS_TOKEN", config.whatsapp.accessToken],
+    ["REDIS_URL", redisPassword(config.redisUrl)],
   ];
   const holder = new Map<string, string>();
   for (const [name, value] of roles) {
@@ -559,6 +596,21 @@ function refuseSharedSecrets(config: Config): void {
       throw new ConfigError(name, `must differ from ${other}: one value must not hold two roles`);
     }
     holder.set(secret, name);
+  }
+}
+
+/**
+ * The password REDIS_URL sends, as written (percent-encoding undone): its password part, or a
+ * lone user part, which some clients send as the password (`redis://secret@host`).
+ */
+function redisPassword(url: string | null): string | null {
+  if (url === null) return null;
+  const { username, password } = new URL(url);
+  const written = password || username;
+  try {
+    return decodeURIComponent(written);
+  } catch {
+    return written;
   }
 }
 

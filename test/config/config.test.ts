@@ -12,6 +12,13 @@ const STRONG = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
 const STRONG_2 = "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4";
 const STRONG_3 = "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC";
 
+// Shaped as the providers issue them: a Meta app secret is 32 hex characters; a Stripe endpoint
+// secret `whsec_` and 32 alphanumerics (the Stripe CLI's, 64 hex characters).
+const META_APP_SECRET = "3f9c1a7be04d2c85f61e9b0a47d3c2e8";
+const META_APP_SECRET_2 = "b81e5d0c9a2f47e6031d8cb59fa4e27c";
+const STRIPE_WHSEC = "whsec_Qm7Tz2Kp9Vx4Lr8Nw1Yb6Cd5Fg0Hj3Ks";
+const STRIPE_CLI_WHSEC = `whsec_${"8f2ac4e19b07d6357e1a9c0b4d82f6e3".repeat(2).split("").reverse().join("")}`;
+
 const production = (extra: Record<string, string | undefined> = {}) => ({
   APP_ENV: "production",
   JWT_SECRET_KEY: STRONG,
@@ -148,8 +155,19 @@ describe("production profile", () => {
     ["WHATSAPP_VERIFY_TOKEN", { WHATSAPP_VERIFY_TOKEN: STRONG_3 }, "must differ from AUDIT"],
     [
       "STRIPE_WEBHOOK_SECRET",
-      { STRIPE_WEBHOOK_SECRET: `whsec_x,${STRONG}` },
+      { STRIPE_WEBHOOK_SECRET: `${STRIPE_WHSEC},${STRONG}` },
       "from JWT_SECRET_KEY",
+    ],
+    // A Redis password is a secret too (probe 43c F5), its lone user part as well, percent-decoded.
+    ["REDIS_URL", { REDIS_URL: `rediss://:${STRONG}@cache.internal:6380` }, "from JWT_SECRET_KEY"],
+    ["REDIS_URL", { REDIS_URL: `rediss://${STRONG_3}@cache.internal` }, "from AUDIT_SECRET_KEY"],
+    [
+      "REDIS_URL",
+      {
+        AUDIT_SECRET_KEY: "a7Q2+E9r/4yU1iO6pL3kJ8hG5fD0sZxCq",
+        REDIS_URL: "redis://app:a7Q2%2BE9r%2F4yU1iO6pL3kJ8hG5fD0sZxCq@127.0.0.1:6379/0",
+      },
+      "from AUDIT_SECRET_KEY",
     ],
     ["CSRF_SECRET_KEY", { JWT_PREVIOUS_SECRET_KEY: STRONG_2 }, "from JWT_PREVIOUS_SECRET_KEY"],
     ["METRICS_TOKEN", { METRICS_TOKEN: `${STRONG_3}\n` }, "must differ from AUDIT_SECRET_KEY"],
@@ -224,6 +242,35 @@ describe("production profile", () => {
     ["WHATSAPP_API_URL", { WHATSAPP_API_URL: "http://graph.example.test/v21.0" }, "must use https"],
     ["WHATSAPP_API_URL", { WHATSAPP_API_URL: "http://0.0.0.0:9000" }, "must use https"],
     ["SENTRY_DSN", { SENTRY_DSN: "ftp://x@sentry.test/1" }, "must be a Sentry DSN"],
+    // Secrets that are not signing keys are as strong, and production's traffic as private
+    // (probe 43c F5).
+    ["WHATSAPP_APP_SECRET", { WHATSAPP_APP_SECRET: "password1234" }, "shorter than 32 bytes"],
+    ["WHATSAPP_APP_SECRET", { WHATSAPP_APP_SECRET: "f".repeat(32) }, "too repetitive"],
+    ["WHATSAPP_APP_SECRET_PREVIOUS", { WHATSAPP_APP_SECRET_PREVIOUS: "old" }, "shorter than"],
+    ["WHATSAPP_VERIFY_TOKEN", { WHATSAPP_VERIFY_TOKEN: "x" }, "shorter than 32 bytes"],
+    [
+      "WHATSAPP_VERIFY_TOKEN",
+      { WHATSAPP_VERIFY_TOKEN: "my-meta-verify-token-goes-here-2024" },
+      "written phrase",
+    ],
+    [
+      "STRIPE_WEBHOOK_SECRET",
+      { STRIPE_WEBHOOK_SECRET: "whsec_1" },
+      "has a secret that is shorter than 32 bytes (entry 1)",
+    ],
+    [
+      "STRIPE_WEBHOOK_SECRET",
+      { STRIPE_WEBHOOK_SECRET: `${STRIPE_WHSEC}, whsec_placeholder_Kp9Vx4Lr8Nw1Yb6Cd5` },
+      "has a secret that is a placeholder, not a generated secret (entry 2)",
+    ],
+    ["STRIPE_SECRET_KEY", { STRIPE_SECRET_KEY: "sk_test_123" }, "test-mode key (sk_test_…)"],
+    [
+      "STRIPE_SECRET_KEY",
+      { STRIPE_SECRET_KEY: ` rk_test_${"4eC39HqLyjWDarjtT1zdp7dc".repeat(2)}` },
+      "test-mode key (rk_test_…), refused when APP_ENV=production: use a live key",
+    ],
+    ["SENTRY_DSN", { SENTRY_DSN: "http://abc123@sentry.example.com/1" }, "must use https"],
+    ["SENTRY_DSN", { SENTRY_DSN: "http://abc123@10.0.0.9:9000/1" }, "must use https"],
   ])("refuses %s (%o)", (variable, extra, reason) => {
     const error = refusal(production(extra));
     expect(error.variable).toBe(variable);
@@ -281,6 +328,59 @@ describe("production profile", () => {
       production({ APP_ENV: "staging", STRIPE_API_URL: "http://stripe-mock.internal:12111" }),
     );
     expect(staging.stripe.apiUrl).toBe("http://stripe-mock.internal:12111");
+  });
+
+  test("provider-issued secrets, a live Stripe key, an https or loopback DSN and a Redis password of its own start (probe 43c F5)", () => {
+    const issued = {
+      WHATSAPP_APP_SECRET: META_APP_SECRET,
+      WHATSAPP_APP_SECRET_PREVIOUS: META_APP_SECRET_2,
+      WHATSAPP_VERIFY_TOKEN: "Vt4qL9xR2mW7kP1zN8bC3yF6hJ0dG5sA",
+      STRIPE_WEBHOOK_SECRET: `${STRIPE_WHSEC},${STRIPE_CLI_WHSEC}`,
+      STRIPE_SECRET_KEY: `sk_live_${"51HxY2eZvKYlo2C0aB".repeat(3)}`,
+      SENTRY_DSN: "https://abc123def456@o1.ingest.sentry.io/4501234",
+      REDIS_URL: "rediss://:r3D1sPw9Qx7Lm2Kv8Nt4Zb6Yc0Hf5Jg@cache.internal:6380",
+    };
+    const config = loadConfig(production(issued));
+    expect(config.whatsapp.appSecret).toBe(META_APP_SECRET);
+    expect(config.whatsapp.previousAppSecret).toBe(META_APP_SECRET_2);
+    expect(config.stripe.webhookSecrets).toEqual([STRIPE_WHSEC, STRIPE_CLI_WHSEC]);
+    expect(config.stripe.secretKey).toStartWith("sk_live_");
+    expect(loadConfig(production({ STRIPE_SECRET_KEY: "rk_live_x" })).stripe.secretKey).toBe(
+      "rk_live_x",
+    );
+    for (const dsn of ["http://abc123@127.0.0.1:9000/1", "http://abc123@[::1]:9000/1"]) {
+      expect(loadConfig(production({ SENTRY_DSN: dsn })).sentry.dsn).toBe(dsn);
+    }
+    // Staging keeps a test-mode Stripe key and reports to any Sentry; its secrets are as strong.
+    const loose = {
+      STRIPE_SECRET_KEY: "sk_test_123",
+      SENTRY_DSN: "http://abc123@sentry.example.com/1",
+    };
+    const staging = loadConfig(production({ APP_ENV: "staging", ...loose }));
+    expect(staging.stripe.secretKey).toBe("sk_test_123");
+    expect(staging.sentry.dsn).toBe("http://abc123@sentry.example.com/1");
+    for (const [name, value] of <[string, string][]>[
+      ["WHATSAPP_VERIFY_TOKEN", "x"],
+      ["WHATSAPP_APP_SECRET", "password1234"],
+      ["STRIPE_WEBHOOK_SECRET", "whsec_1"],
+    ]) {
+      expect(refusal(production({ APP_ENV: "staging", [name]: value })).variable).toBe(name);
+    }
+    expect(
+      refusal(production({ APP_ENV: "staging", REDIS_URL: `rediss://:${STRONG}@cache` })).variable,
+    ).toBe("REDIS_URL");
+    // Development takes every one of them.
+    const development = loadConfig({
+      ...loose,
+      WHATSAPP_APP_SECRET: "password1234",
+      WHATSAPP_VERIFY_TOKEN: "x",
+      STRIPE_WEBHOOK_SECRET: "whsec_1",
+      JWT_SECRET_KEY: STRONG,
+      REDIS_URL: `redis://:${STRONG}@10.0.0.7:6379`,
+    });
+    expect(development.whatsapp.verifyToken).toBe("x");
+    expect(development.stripe.webhookSecrets).toEqual(["whsec_1"]);
+    expect(development.stripe.secretKey).toBe("sk_test_123");
   });
 
   test("staging also refuses missing secrets but allows http origins", () => {
@@ -411,10 +511,10 @@ describe("parsed values", () => {
   });
 
   test("collects every secret value for scrubbing", () => {
-    const config = loadConfig(production({ STRIPE_SECRET_KEY: "sk_test_abcdefgh12345" }));
+    const config = loadConfig(production({ STRIPE_SECRET_KEY: "sk_live_abcdefgh12345" }));
     expect(config.secretValues).toContain(STRONG);
     expect(config.secretValues).toContain(STRONG_2);
-    expect(config.secretValues).toContain("sk_test_abcdefgh12345");
+    expect(config.secretValues).toContain("sk_live_abcdefgh12345");
   });
 });
 
@@ -449,7 +549,7 @@ describe("secrets from files (NAME_FILE)", () => {
         CSRF_SECRET_KEY_FILE: [STRONG_2, 0o600],
         AUDIT_SECRET_KEY_FILE: [STRONG_3, 0o640],
         METRICS_TOKEN_FILE: ["q7Vm2Lx9Rk4Tz8Nw3Pb6Hc1Jd5Fg0SyE4uA", 0o620],
-        STRIPE_SECRET_KEY_FILE: ["sk_test_4eC39HqLyjWDarjtT1zdp7dc", 0o602],
+        STRIPE_SECRET_KEY_FILE: ["sk_live_4eC39HqLyjWDarjtT1zdp7dc", 0o602],
       };
       const env: Record<string, string> = {
         APP_ENV: "production",
