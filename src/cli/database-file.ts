@@ -8,7 +8,7 @@
  * database: that the file, if there is one, is empty or Palisade's (db/foreign-database.ts). The
  * look is read-only.
  */
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { BUSY_TIMEOUT_MS, refuseForeignDatabase } from "../db/client";
 import { type FileTables, MIGRATIONS_TABLE, tablesOf } from "../db/file-look";
 import { PALISADE_TABLES } from "../db/foreign-database";
@@ -17,6 +17,17 @@ import { CliError } from "./command";
 /** For a command that makes the database: refuses a file that holds another's (exit 1). */
 export function checkMakeableDatabaseFile(path: string): void {
   refuseForeignDatabase(path);
+}
+
+/**
+ * What changes when a file is written: its inode, size, and modification and change times (the
+ * change time too: a writer can set the modification time back, `touch -r`, `cp -p`, probe 31e F4;
+ * the kernel sets the change time itself). A look at a file at rest takes no lock, so it compares
+ * this before and after.
+ */
+export function fileIdentity(path: string): string {
+  const stat = statSync(path);
+  return `${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
 }
 
 export function checkDatabaseFile(path: string, commandName: string): void {

@@ -8,7 +8,14 @@
  * REQUEST_BUSY_TIMEOUT_MS once migrated (see db/busy), since every wait blocks its event loop.
  */
 import { Database, SQLiteError } from "bun:sqlite";
-import { closeSync, mkdirSync, openSync, statSync } from "node:fs";
+import {
+  accessSync,
+  closeSync,
+  constants as fsConstants,
+  mkdirSync,
+  openSync,
+  statSync,
+} from "node:fs";
 import { dirname } from "node:path";
 import { getTableName, is } from "drizzle-orm";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
@@ -82,17 +89,49 @@ function createPrivately(path: string): void {
  * it (migrations, the audit log), so a read-only file or one another process holds locked is named
  * as such, not as a damaged database.
  */
-export function whyUnusable(error: unknown): string {
+export function whyUnusable(error: unknown, path?: string): string {
   const code =
     (error as { code?: unknown; cause?: { code?: unknown } }).cause?.code ??
     (error as { code?: unknown }).code;
-  if (typeof code === "string" && code.startsWith("SQLITE_READONLY")) {
-    return `is read-only (${describe(error)}): Palisade and its commands write to it; use a writable copy`;
+  const sqliteCode = typeof code === "string" ? code : "";
+  // SQLite opens a file it may not write read-only without a word; what fails then is a write
+  // (SQLITE_READONLY), or making the `-wal` beside it: SQLITE_READONLY_DIRECTORY for EACCES, but
+  // only "unable to open database file" (SQLITE_CANTOPEN) for a read-only mount's EROFS or an
+  // immutable file's EPERM. The system says which of the file and its directory cannot be
+  // written (probe 43c F4).
+  if (path !== undefined && /^SQLITE_(READONLY|CANTOPEN)/.test(sqliteCode)) {
+    const file = writeRefusal(path);
+    if (file !== null) {
+      return `is read-only (${describe(error)}; writing it: ${file}): ${READ_ONLY_ADVICE}`;
+    }
+    const directory = writeRefusal(dirname(path));
+    if (directory !== null) {
+      return `is in a directory that cannot be written (${describe(error)}; writing ${dirname(path)}: ${directory}): SQLite makes its -wal and -shm beside the file; make the directory writable, or use a copy in one that is`;
+    }
+  }
+  if (sqliteCode.startsWith("SQLITE_READONLY")) {
+    return `is read-only (${describe(error)}): ${READ_ONLY_ADVICE}`;
   }
   if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
     return `is locked by another connection (${describe(error)}): try again when it is done`;
   }
   return `is not a usable SQLite database: ${describe(error)}`;
+}
+
+const READ_ONLY_ADVICE = "Palisade and its commands write to it; use a writable copy";
+
+/**
+ * Why `path` cannot be written, as the system says it (EROFS: read-only storage; EACCES: its mode;
+ * EPERM: an immutable file), or null when it can, or when it cannot be told.
+ */
+export function writeRefusal(path: string): string | null {
+  try {
+    accessSync(path, fsConstants.W_OK);
+    return null;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === "EROFS" || code === "EACCES" || code === "EPERM" ? code : null;
+  }
 }
 
 /** The permission bits of the database file; null for `:memory:` or a file that cannot be read. */
@@ -154,7 +193,7 @@ export function openDatabase(path: string): AppDatabase {
     waitingOutLocks(sqlite, probeWritable);
   } catch (error) {
     sqlite.close();
-    throw new DatabaseOpenError(path, whyUnusable(error));
+    throw new DatabaseOpenError(path, whyUnusable(error, path));
   }
   // Every statement from here on is timed (db_query_duration_seconds; see db/timing).
   timeQueries(sqlite, SCHEMA_TABLES);

@@ -9,7 +9,6 @@
  * rows planted in it (probe 31a F1).
  */
 import { type Database, SQLiteError } from "bun:sqlite";
-import { statSync } from "node:fs";
 import { type AppDatabase, BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
 import { atRest, openForALook } from "../../db/file-look";
 import { listTriggers } from "../../db/foreign-triggers";
@@ -21,7 +20,7 @@ import { type AuditHead, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { type SealFinding, type SealSweep, SWEPT_TABLES, sweepSeals } from "../../seal-sweep";
 import { CliError, type Command, type CommandContext, EXIT_USAGE } from "../command";
-import { checkDatabaseFile } from "../database-file";
+import { checkDatabaseFile, fileIdentity } from "../database-file";
 import { parseAnchor } from "./audit";
 
 export const dbVerify: Command = {
@@ -184,16 +183,6 @@ function shapeFaults(sqlite: Database): { lines: string[]; fault: string; sealsR
     ),
   ];
   return { lines, fault: "its schema is not as the migrations made it", sealsReadable: true };
-}
-
-/**
- * What changes when a file is written: its inode, size, and modification and change times (the
- * change time too: a writer can set the modification time back, `touch -r`, `cp -p`, probe 31e F4;
- * the kernel sets the change time itself).
- */
-function fileIdentity(path: string): string {
-  const stat = statSync(path);
-  return `${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
 }
 
 /**

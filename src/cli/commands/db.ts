@@ -26,7 +26,8 @@ import {
 } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { basename, dirname, join } from "node:path";
-import { BUSY_TIMEOUT_MS, createOwnerOnly, DatabaseOpenError } from "../../db/client";
+import { BUSY_TIMEOUT_MS, createOwnerOnly, DatabaseOpenError, writeRefusal } from "../../db/client";
+import { atRest, openForALook } from "../../db/file-look";
 import { migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { AuditKeys } from "../../plugins/audit/chain";
@@ -35,6 +36,7 @@ import { describeFailure } from "../../plugins/audit/verify";
 import { sweepSeals } from "../../seal-sweep";
 import { stopSignals } from "../../stop-signals";
 import { CliError, type Command, EXIT_USAGE } from "../command";
+import { fileIdentity } from "../database-file";
 import { failedRows, firstLine, integrityProblems, sweepLines } from "./db-verify";
 
 export const dbMigrate: Command = {
@@ -225,11 +227,22 @@ function stopRequests(): { honour(): Promise<void>; release(): void } {
   };
 }
 
-/** `VACUUM INTO` from a connection of its own (no migrations: the source is copied as it is). */
+/**
+ * `VACUUM INTO` from a connection of its own (no migrations: the source is copied as it is).
+ * A file at rest on read-only storage (neither it nor its directory writable, so SQLite cannot
+ * make the `-shm` a WAL file is read through) is read as db:verify reads it: immutable, nothing
+ * made beside it, and no lock taken, so a copy of a file that changed meanwhile is not kept
+ * (probe 43c F4).
+ */
 function snapshot(source: string, temporary: string): void {
+  const readOnly =
+    atRest(source) && (writeRefusal(source) ?? writeRefusal(dirname(source))) !== null;
+  const before = readOnly ? fileIdentity(source) : null;
   let sqlite: Database;
   try {
-    sqlite = new Database(source, { readwrite: true, create: false, strict: true });
+    sqlite = readOnly
+      ? openForALook(source)
+      : new Database(source, { readwrite: true, create: false, strict: true });
   } catch (error) {
     throw new DatabaseOpenError(source, `cannot be opened: ${firstLine(error)}`);
   }
@@ -243,6 +256,11 @@ function snapshot(source: string, temporary: string): void {
       throw new CliError(`cannot write ${temporary} (${(error as NodeJS.ErrnoException).code})`);
     }
     sqlite.query("VACUUM INTO ?").run(temporary);
+    if (before !== null && fileIdentity(source) !== before) {
+      throw new CliError(
+        `DATABASE_PATH ${source} changed while it was copied (a process wrote to it); no backup written: try again`,
+      );
+    }
   } catch (error) {
     if (error instanceof SQLiteError) {
       throw new CliError(`cannot read DATABASE_PATH ${source}: ${firstLine(error)}`);
