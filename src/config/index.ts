@@ -38,7 +38,7 @@ import {
   PROFILES,
 } from "./profiles";
 import { type LooseSecretFile, looseSecretFiles, type StatOf } from "./secret-file-modes";
-import { generateSecret, secretWeakness } from "./secrets";
+import { generateSecret, issuedSecretWeakness, secretWeakness } from "./secrets";
 import { findUnknownVariables } from "./unknown-variables";
 import { SECRET_VARIABLES } from "./variables";
 
@@ -242,15 +242,22 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     }
     return value;
   };
+  /** A secret a provider issued: absent is fine; a deployed one must be one (secrets.ts). */
+  const issuedSecret = (name: string): string | null => {
+    const value = optionalSecret(name);
+    const weakness = value === null || !deployed ? null : issuedSecretWeakness(value);
+    if (weakness) throw new ConfigError(name, weakness);
+    return value;
+  };
   /**
-   * A secret that is a comma list (one entry for each secret a provider has in play while it
-   * rolls it): each entry as strong as `optionalSecret(name, true)` asks, named by its place.
+   * Issued secrets in a comma list (one entry for each secret a provider has in play while it
+   * rolls it): each entry as `issuedSecret` asks, named by its place.
    */
   const secretList = (name: string): string[] => {
     const entries = parseList(optionalSecret(name) ?? "");
     if (!deployed) return entries;
     entries.forEach((entry, index) => {
-      const weakness = secretWeakness(entry);
+      const weakness = issuedSecretWeakness(entry);
       if (weakness)
         throw new ConfigError(name, `has a secret that ${weakness} (entry ${index + 1})`);
     });
@@ -380,8 +387,8 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       ),
     },
     whatsapp: {
-      appSecret: optionalSecret("WHATSAPP_APP_SECRET", true),
-      previousAppSecret: optionalSecret("WHATSAPP_APP_SECRET_PREVIOUS", true),
+      appSecret: issuedSecret("WHATSAPP_APP_SECRET"),
+      previousAppSecret: issuedSecret("WHATSAPP_APP_SECRET_PREVIOUS"),
       verifyToken: optionalSecret("WHATSAPP_VERIFY_TOKEN", true),
       accessToken: optionalSecret("WHATSAPP_ACCESS_TOKEN"),
       apiUrl: upstreamUrl("WHATSAPP_API_URL") ?? "https://graph.facebook.com/v21.0",

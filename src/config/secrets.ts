@@ -30,6 +30,25 @@ export function secretWeakness(value: string): string | null {
 }
 
 /**
+ * Why a secret a provider issued (Meta's app secret, Stripe's `whsec_…`) is too weak to use in a
+ * deployed profile, or `null`: too short, or a placeholder or phrase someone wrote in its place. The
+ * distinct-character and run checks keep only the obvious (three characters or fewer): they find
+ * values a person made up, and refused about one in 9,000 of Meta's random 32 hexadecimal
+ * characters, which the operator cannot choose.
+ */
+export function issuedSecretWeakness(value: string): string | null {
+  if (Buffer.byteLength(value, "utf8") < MIN_SECRET_BYTES) {
+    return `is shorter than ${MIN_SECRET_BYTES} bytes`;
+  }
+  // Four: a random value of 32 characters has fewer by a chance of about 1e-21.
+  if (new Set(value).size < 4) return "is too repetitive to be random";
+  if (PLACEHOLDER.test(value)) return "is a placeholder, not a generated secret";
+  if (WRITTEN.test(value))
+    return "reads as a written phrase or a published default, not a generated secret";
+  return null;
+}
+
+/**
  * Whether most neighbouring characters are the same or one apart (`abcdef…`, `0123…0123`,
  * `zyxw…`): such a value passes the length and distinct-character checks and is found by anyone
  * who tries the obvious (probe 30d F2). In a random base64 value about one neighbour in twenty is.
