@@ -3,30 +3,40 @@
  * The columns of a conversation or message its seal does not cover (history-seal.ts) that are
  * shown: the times, and a message's usage. Palisade writes a time as whole milliseconds since
  * 1970 and a token count as a whole number of tokens; what the file holds as anything else (text,
- * a BLOB, a fraction, a number past the dates JavaScript can show, a negative count) was written
- * there by someone else. A time before 1970 is one still, and shown as such.
+ * a BLOB, a fraction, a time outside the years 0000 to 9999, a negative count) was written there by
+ * someone else. A time before 1970 is one still, and shown as such.
  *
  * Such a time cannot be shown at all (`toISOString` throws): one made the owner's whole list and
  * the conversation's page answer 500, and cut every export of theirs at the same place (probes
  * 42b F3, 43b F1). So a conversation whose time, or a message whose time, is not one reads as
  * tampered, as one failing its seal does. A usage that is not a count is shown as no usage (`null`,
  * as for a message whose usage was never known), on the page and in the export alike (43b F2: the
- * page answered 500 and the export wrote the text as it stood).
+ * page answered 500 and the export wrote the text as it stood), and a day's usage count that is not
+ * one is exported as none too (44a F3).
  */
 
 import { type SQL, sql } from "drizzle-orm";
 import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
 
-/** The furthest time from 1970 JavaScript's Date can hold, either way, in ms. */
-const LAST_TIME_MS = 8_640_000_000_000_000;
+/**
+ * The first and last instants of the years 0000 to 9999, in ms since 1970: the times a `date-time`
+ * (RFC 3339) can write. Date holds more (±271,821 years), written `+010000-…` or `-000001-…`, which
+ * no client reading the documented format expects (probe 44a).
+ */
+const FIRST_TIME_MS = -62_167_219_200_000;
+const LAST_TIME_MS = 253_402_300_799_999;
 
-/** A time as Palisade writes one. */
+/** A time as Palisade writes one (one before 1970 too: shown as it is). */
 export function readableTime(value: unknown): value is number {
-  return Number.isSafeInteger(value) && Math.abs(value as number) <= LAST_TIME_MS;
+  return (
+    Number.isSafeInteger(value) &&
+    (value as number) >= FIRST_TIME_MS &&
+    (value as number) <= LAST_TIME_MS
+  );
 }
 
-/** A token count as Palisade writes one. */
-function readableCount(value: unknown): value is number {
+/** A count (of tokens, of requests) as Palisade writes one. */
+export function readableCount(value: unknown): value is number {
   return Number.isSafeInteger(value) && (value as number) >= 0;
 }
 
@@ -78,6 +88,7 @@ export function unreadableUsage(row: {
  * left out of the list, since no page after it could be asked for.
  */
 export function orderableTime(column: SQLiteColumn): SQL {
+  const first = sql.raw(String(FIRST_TIME_MS));
   const last = sql.raw(String(LAST_TIME_MS));
-  return sql`(typeof(${column}) = 'integer' AND ${column} BETWEEN -${last} AND ${last})`;
+  return sql`(typeof(${column}) = 'integer' AND ${column} BETWEEN ${first} AND ${last})`;
 }

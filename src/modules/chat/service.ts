@@ -63,6 +63,7 @@ import {
 import {
   orderableTime,
   readableConversation,
+  readableCount,
   readableMessages,
   type StoredConversation,
   shownUsage,
@@ -1170,8 +1171,8 @@ export class ChatService implements ChatTurns {
         .map((row) => ({
           principal: `${row.ownerKind}:${row.ownerId}`,
           day: row.day,
-          usedTokens: row.usedTokens,
-          requests: row.requests,
+          usedTokens: readableCount(row.usedTokens) ? row.usedTokens : null,
+          requests: readableCount(row.requests) ? row.requests : null,
         })),
     );
   }

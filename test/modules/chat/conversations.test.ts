@@ -294,7 +294,8 @@ describe("list, read, delete", () => {
     }
   });
 
-  // What no time can be: text, a BLOB, a fraction, past Date's last day either way, 2^63-1.
+  // What no time can be: text, a BLOB, a fraction, past Date's last day either way, 2^63-1, and
+  // the years Date holds that a date-time cannot write (10000, -1; probe 44a).
   const NOT_TIMES = [
     "abc",
     new Uint8Array([1]),
@@ -302,6 +303,8 @@ describe("list, read, delete", () => {
     9_000_000_000_000_000,
     -9_000_000_000_000_000,
     2n ** 63n - 1n,
+    Date.UTC(10000, 0, 1),
+    Date.UTC(-1, 11, 31),
   ];
 
   test("a conversation whose time the file holds as no time can be reads as tampered: left out of the list, which pages on past it, its page 404, still deleted; the others answer (probes 42b F3, 43b F1)", async () => {

@@ -43,7 +43,7 @@ const start = async (app: TestApp, credential: Record<string, string>, message: 
 };
 
 describe("export and erasure", () => {
-  test("a conversation whose time, or a message whose time, the file holds as no time can be is left out of the export, which comes whole; a usage no count can be is exported as none (probe 43b F1, F2)", async () => {
+  test("a conversation whose time, or a message whose time, the file holds as no time can be is left out of the export, which comes whole; a usage no count can be is exported as none (probes 43b F1, F2, 44a F3)", async () => {
     target = buildTestApp();
     const alice = await signUp(target);
     const kept = await start(target, asUser(alice), "kept");
@@ -59,14 +59,21 @@ describe("export and erasure", () => {
       "UPDATE chat_messages SET prompt_tokens = 'abc' WHERE conversation_id = ? AND role = 'assistant'",
       [kept],
     );
+    run("UPDATE chat_usage SET used_tokens = 'abc', requests = -1 WHERE owner_id = ?", [
+      alice.userId,
+    ]);
     const response = await send(target, "/api/me/export", { headers: asUser(alice) });
     expect(response.status).toBe(200);
     // Whole JSON: a cut answer does not parse.
     const document = (await response.json()) as {
-      chat: { conversations: { id: string; messages: { usage: unknown }[] }[] };
+      chat: {
+        conversations: { id: string; messages: { usage: unknown }[] }[];
+        usage: { usedTokens: unknown; requests: unknown }[];
+      };
     };
     expect(document.chat.conversations.map((c) => c.id)).toEqual([kept]);
     expect(document.chat.conversations[0]!.messages.map((m) => m.usage)).toEqual([null, null]);
+    expect(document.chat.usage.map((u) => [u.usedTokens, u.requests])).toEqual([[null, null]]);
   });
 
   test("the export holds the user's and the user's keys' conversations, nobody else's", async () => {
