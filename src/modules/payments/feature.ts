@@ -31,6 +31,9 @@ export interface PaymentsFeature extends Feature {
   ledger: PaymentLedger;
 }
 
+/** The longest a stop waits for another connection's lock to write what waits for it. */
+const STOP_LOCK_WAIT_MS = 30_000;
+
 export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}): PaymentsFeature {
   const { config, db, clock, logger, audit, registry } = core;
   const { secretKey, apiUrl } = config.stripe;
@@ -73,6 +76,9 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
     // Configured is all /ready can say without calling Stripe on every probe.
     readiness: { payments: () => (service.configured ? undefined : "not_configured") },
     endInFlight: () => tracked?.settled(),
+    // After the last request: what waits for another connection's lock is written before the
+    // database closes, within as long as the outbox waits out a lock.
+    stop: () => service.stop(STOP_LOCK_WAIT_MS),
     maintenance: (now) => {
       service.prune(now);
     },

@@ -74,6 +74,8 @@ const PRUNE_BATCH = 1000;
 export const CLAIM_LEASE_MS = 60_000;
 /** How often a claim that could not be given back (the database locked) is tried again. */
 const GIVE_BACK_RETRY_MS = 250;
+/** The longest a stop waits for another connection's lock to give back what waits for it. */
+const STOP_LOCK_WAIT_MS = 30_000;
 const CLAIMED = "message.claimed";
 
 /**
@@ -362,6 +364,15 @@ export class WhatsAppIntake {
     );
   }
 
+  /**
+   * At a stop: the claims still waiting for another connection's lock to be given back are tried
+   * until it goes, their lease ends or STOP_LOCK_WAIT_MS passes (probe 44b F1). One left is taken
+   * over by a redelivery once its lease ends, as a crashed delivery's is.
+   */
+  async stop(): Promise<void> {
+    await this.givingBack.drain(STOP_LOCK_WAIT_MS);
+  }
+
   /** Counts the message against its sender's budget; a failing store lets it through. */
   private async admitSender(senderHash: string, requestId: string): Promise<boolean> {
     const { core } = this.options;
@@ -637,7 +648,9 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
         );
       }
     },
-    stop: () => worker.stop(),
+    stop: async () => {
+      await Promise.all([worker.stop(), intake.stop()]);
+    },
     close: () => worker.close(),
   };
 }

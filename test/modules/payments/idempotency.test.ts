@@ -303,6 +303,39 @@ test("Stripe refusing the request while another connection holds the write lock 
   expect(intentCalls(target)).toBe(2);
 });
 
+test("a stop while a refused intent's claim waits for another connection's lock gives it back once the lock goes, before the database closes (probe 44b F1)", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const user = await signUp(target);
+  target.stripe.delayMs = 300;
+  target.stripe.failNext(INTENTS, { status: 400, code: "amount_too_small", shouldRetry: false });
+  const answered = createIntent(target, bearer(user.accessToken), body, "stopped-locked");
+  const other = new Database(target.databasePath);
+  const claimOf = () =>
+    other
+      .query("SELECT state FROM payment_idempotency_keys WHERE key = ?")
+      .get("stopped-locked") as { state: string } | null;
+  try {
+    await Bun.sleep(100);
+    other.run("BEGIN IMMEDIATE");
+    expect((await answered).status).toBe(502);
+    let stopped = false;
+    const stopping = target.services.stop().then(() => {
+      stopped = true;
+    });
+    await Bun.sleep(500);
+    // The stop waits for the lock rather than drop the give-back.
+    expect(stopped).toBe(false);
+    expect(claimOf()).toEqual({ state: "pending" });
+    other.run("COMMIT");
+    await stopping;
+    expect(claimOf()).toBeNull();
+  } finally {
+    if (other.inTransaction) other.run("ROLLBACK");
+    other.close();
+  }
+});
+
 test("keys are kept 24 hours: until then a reuse is refused here; after, the maintenance forgets it and Stripe decides", async () => {
   const clock = new ManualClock();
   current = buildPaymentsApp({ clock });
