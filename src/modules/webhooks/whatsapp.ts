@@ -249,7 +249,8 @@ export class WhatsAppIntake {
         continue;
       }
       const senderHash = this.options.hashSender(message.from);
-      const limited = !(await this.admitSender(senderHash, request.requestId));
+      const sender = await this.admitSender(senderHash, request.requestId);
+      const limited = !sender.admitted;
       const now = core.clock.now();
       const { recordEvent, enqueue } = this.statements;
       // One transaction: the final dedupe record and the outbox row exist together or not at all.
@@ -278,8 +279,10 @@ export class WhatsAppIntake {
         inserted = store.immediate();
       } catch (error) {
         // Nothing of it was written, and the answer is not 200: Meta delivers it again, and that
-        // delivery must find the id free, not claimed by this one.
+        // delivery must find the id free, not claimed by this one, and the sender's count as it was
+        // (probe 44a F2: counted twice, a sender within the limit lost messages as over it).
         this.giveBack(message.messageId, claimedAt);
+        sender.giveBack();
         throw error;
       }
       if (!inserted) {
@@ -373,17 +376,31 @@ export class WhatsAppIntake {
     await this.givingBack.drain(STOP_LOCK_WAIT_MS);
   }
 
-  /** Counts the message against its sender's budget; a failing store lets it through. */
-  private async admitSender(senderHash: string, requestId: string): Promise<boolean> {
+  /**
+   * Counts the message against its sender's budget; a failing store lets it through. `giveBack`
+   * uncounts it, for a message that was not stored after all.
+   */
+  private async admitSender(
+    senderHash: string,
+    requestId: string,
+  ): Promise<{ admitted: boolean; giveBack(): void }> {
     const { core } = this.options;
+    const policy = this.senderPolicy;
+    const key = `whatsapp:${senderHash}`;
+    const nothing = () => {};
     try {
-      const [outcome] = await core.limiter.check([
-        { policy: this.senderPolicy, key: `whatsapp:${senderHash}`, now: core.clock.now() },
-      ]);
-      return outcome?.admitted ?? true;
+      const [outcome] = await core.limiter.check([{ policy, key, now: core.clock.now() }]);
+      if (outcome === undefined) return { admitted: true, giveBack: nothing };
+      if (!outcome.admitted) return { admitted: false, giveBack: nothing };
+      const { windowStart, burstWindowStart } = outcome;
+      return {
+        admitted: true,
+        giveBack: () =>
+          core.limiter.giveBack([{ policy, key, windowStart, burstWindowStart, count: 1 }]),
+      };
     } catch (error) {
       core.logger.error({ err: error, requestId }, "whatsapp sender limit unavailable; admitting");
-      return true;
+      return { admitted: true, giveBack: nothing };
     }
   }
 

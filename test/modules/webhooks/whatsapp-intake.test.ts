@@ -482,6 +482,34 @@ describe("redeliveries never spend the sender's limit", () => {
     expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.FIRST", "wamid.LOST"]);
   });
 
+  test("a delivery whose write fails gives the sender's count back too: delivered again, it spends one message of the limit, not two (probe 44a F2)", async () => {
+    const target = build(generous);
+    const from = "16505550007";
+    target.db.$client.run(
+      "CREATE TRIGGER full_disk BEFORE INSERT ON whatsapp_outbox BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    );
+    const first = notification({ messages: [{ id: "wamid.COUNTED", from, text: "one" }] });
+    expect((await deliver(target, first)).status).toBeGreaterThanOrEqual(500);
+    target.db.$client.run("DROP TRIGGER full_disk");
+    // Three a minute: the redelivery and two more are all within it.
+    const acks = [];
+    for (const payload of [
+      first,
+      notification({ messages: [{ id: "wamid.COUNTED2", from, text: "two" }] }),
+      notification({ messages: [{ id: "wamid.COUNTED3", from, text: "three" }] }),
+    ]) {
+      const response = await deliver(target, payload);
+      expect(response.status).toBe(200);
+      acks.push(((await response.json()) as { accepted: number }).accepted);
+    }
+    expect(acks).toEqual([1, 1, 1]);
+    expect(outbox(target).map((r) => r.message_id)).toEqual([
+      "wamid.COUNTED",
+      "wamid.COUNTED2",
+      "wamid.COUNTED3",
+    ]);
+  });
+
   test("a notification with one message claimed by a running delivery stores the others and is 503; delivered again, all are duplicates", async () => {
     const { target } = withClaimStanding("wamid.RUNNING");
     const payload = notification({
