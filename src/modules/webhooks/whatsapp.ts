@@ -133,9 +133,15 @@ function prepareIntake(db: AppDatabase) {
         .onConflictDoUpdate({
           target: [webhookEvents.provider, webhookEvents.eventId],
           set: { receivedAt: sql`excluded.received_at` },
+          // Stale: older than the lease, or a time no live claim holds (the column is not sealed: a
+          // claim dated ahead in the file, or as text, held every redelivery at 503 until that
+          // time, or for good; probe 44a). Taking one over is safe: only the claim a delivery made
+          // becomes its record (recordEvent).
           setWhere: and(
             eq(webhookEvents.type, CLAIMED),
-            lt(webhookEvents.receivedAt, p("staleBefore")),
+            sql`NOT (typeof(${webhookEvents.receivedAt}) = 'integer'
+              AND ${webhookEvents.receivedAt} >= ${p("staleBefore")}
+              AND ${webhookEvents.receivedAt} <= ${p("aheadLimit")})`,
           ),
         })
         .returning({ id: webhookEvents.eventId })
@@ -336,6 +342,7 @@ export class WhatsAppIntake {
       id: messageId,
       at: now,
       staleBefore: now - CLAIM_LEASE_MS,
+      aheadLimit: now + CLAIM_LEASE_MS,
     });
     if (rows.length === 1) return "won";
     const held = this.statements.claimOf.get({ id: messageId });

@@ -460,6 +460,28 @@ describe("redeliveries never spend the sender's limit", () => {
     expect(events(target)).toEqual([{ event_id: "wamid.CRASH", type: "message.text" }]);
   });
 
+  test("a claim the file dates ahead of its lease, or as no time, is taken over at once, not held at 503 (probe 44a)", async () => {
+    const anHourAhead = (now: number) => now + 60 * 60_000;
+    for (const [id, dated] of [
+      ["wamid.AHEAD", anHourAhead],
+      ["wamid.TEXT", () => "soon"],
+    ] as const) {
+      const { target, clock } = withClaimStanding(id);
+      target.db.$client.run("UPDATE webhook_events SET received_at = ? WHERE event_id = ?", [
+        dated(clock.now()),
+        id,
+      ]);
+      const response = await deliver(
+        target,
+        notification({ messages: [{ id, from: "16505550008", text: "hi" }] }),
+      );
+      expect([id, response.status]).toEqual([id, 200]);
+      expect(outbox(target).map((r) => r.message_id)).toEqual([id]);
+      target.close();
+      current = null;
+    }
+  });
+
   test("a delivery whose write fails gives its claim back: the redelivery right after is accepted (probe 43a F1)", async () => {
     const target = build(generous);
     // The outbox refuses the write, as a full disk would, after the message id was claimed.
