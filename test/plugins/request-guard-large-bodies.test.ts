@@ -4,11 +4,20 @@
  * for good, 1,500 of them 447 MB (probe 30a F4). Over a real socket, since what matters is what
  * Bun does with the connection.
  */
-import { afterEach, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
+import { AppError } from "../../src/errors";
 import { networkKeyOf } from "../../src/plugins/client-ip/resolve";
 import { largeBodyReads } from "../../src/plugins/request-guard/large-bodies";
 import type { RunningServer } from "../../src/server";
 import { buildTestApp, serveInProcess, type TestApp } from "../support/app";
+import { type SentryServer, startSentryServer } from "../support/sentry-server";
+import { waitFor } from "../support/wait";
+
+let sentry: SentryServer;
+beforeAll(() => {
+  sentry = startSentryServer();
+});
+afterAll(() => sentry.stop());
 
 let current: { target: TestApp; server: RunningServer } | null = null;
 afterEach(async () => {
@@ -17,6 +26,7 @@ afterEach(async () => {
     current.target.close();
   }
   current = null;
+  sentry.envelopes.length = 0;
 });
 
 const DEADLINE_MS = 400;
@@ -27,6 +37,7 @@ function serve(budgetBytes?: number, clientBytes?: number, networkBytes?: number
     env: {
       TRUST_PROXY: "loopback",
       RATE_LIMIT_ALLOW_CIDRS: "10.0.0.0/8,127.0.0.0/8,2001:db8::/32",
+      SENTRY_DSN: sentry.dsn(),
     },
     largeBodies: largeBodyReads({
       deadlineMs: DEADLINE_MS,
@@ -160,18 +171,91 @@ test("a small body is read as it comes, with no deadline of its own", async () =
   expect(text).toMatch(/^HTTP\/1\.1 (400|422)/);
 });
 
-test("one client holds at most its share of the budget: its next large body is refused, another client's is read", async () => {
+test("one client holds at most its share of the budget: its next large body is refused 429, another client's is read", async () => {
   const server = serve(undefined, 40 * 1024);
   const port = Number(server.url.port);
   const first = await trickle(port, 32 * 1024, 1000, false, "10.0.0.7");
   await Bun.sleep(100);
   const again = await (await trickle(port, 32 * 1024, 1000, false, "10.0.0.7")).answer;
-  expect(again.text).toStartWith("HTTP/1.1 503");
+  expect(again.text).toStartWith("HTTP/1.1 429");
+  expect(again.text).toContain('"code":"RATE_LIMITED"');
+  expect(again.text.toLowerCase()).toContain("connection: close");
   expect(again.afterMs).toBeLessThan(DEADLINE_MS);
   // Another address is read as usual (and times out at the deadline, as it never finishes).
   const other = await (await trickle(port, 32 * 1024, 1000, false, "10.0.0.8")).answer;
   expect(other.text).toStartWith("HTTP/1.1 408");
   expect((await first.answer).text).toStartWith("HTTP/1.1 408");
+});
+
+test("an address past its own share gets 429 for every further body, never a 5xx: a warning, not sent to Sentry; only the whole budget full is 503 (probe 44a F1)", async () => {
+  // Room for three bodies at once, one a client: an address alone cannot fill it.
+  const server = serve(3 * 32 * 1024, 40 * 1024);
+  const port = Number(server.url.port);
+  const target = current!.target;
+  const holding = await trickle(port, 32 * 1024, 1000, false, "10.1.0.1");
+  await Bun.sleep(100);
+  const again = await Promise.all(
+    Array.from(
+      { length: 8 },
+      async () => (await trickle(port, 32 * 1024, 1000, false, "10.1.0.1")).answer,
+    ),
+  );
+  for (const { text, closed, afterMs } of again) {
+    expect(text).toStartWith("HTTP/1.1 429");
+    expect(text).toContain('"code":"RATE_LIMITED"');
+    expect(text.toLowerCase()).toContain("retry-after: 1\r\n");
+    expect(text.toLowerCase()).toContain("connection: close");
+    expect(closed).toBe(true);
+    expect(afterMs).toBeLessThan(DEADLINE_MS);
+  }
+  const refusedLines = () =>
+    target.logs.entries.filter((entry) => entry.msg === "request" && entry.status === 429);
+  await waitFor(() => refusedLines().length === 8, { what: "the 429s' access lines" });
+  expect(new Set(refusedLines().map((entry) => entry.level))).toEqual(new Set(["warn"]));
+  expect(await target.services.errors.flush(5000)).toBe(true);
+  expect(sentry.events()).toEqual([]);
+
+  // Two more addresses fill the budget: the service is full, and a fourth address is told so.
+  const others = [
+    await trickle(port, 32 * 1024, 1000, false, "10.2.0.1"),
+    await trickle(port, 32 * 1024, 1000, false, "10.3.0.1"),
+  ];
+  await Bun.sleep(100);
+  const full = await (await trickle(port, 32 * 1024, 1000, false, "10.4.0.1")).answer;
+  expect(full.text).toStartWith("HTTP/1.1 503");
+  expect(full.text).toContain('"code":"SERVICE_UNAVAILABLE"');
+  expect(full.text.toLowerCase()).toContain("retry-after: 1\r\n");
+  await waitFor(() => sentry.events().length === 1, { what: "the 503 event" });
+  expect((sentry.events()[0]!.tags as Record<string, string>).code).toBe("SERVICE_UNAVAILABLE");
+  for (const other of others) expect((await other.answer).text).toStartWith("HTTP/1.1 408");
+  expect((await holding.answer).text).toStartWith("HTTP/1.1 408");
+});
+
+test("a body past its client's share is told to come back when the oldest of that client's bodies will have ended", async () => {
+  let now = 1_000_000;
+  const reads = largeBodyReads({ deadlineMs: 20_000, clientBytes: 40 * 1024, now: () => now });
+  let finish: (text: string) => void = () => {};
+  const first = reads.read(
+    32 * 1024,
+    "203.0.113.5",
+    () =>
+      new Promise<string>((resolve) => {
+        finish = resolve;
+      }),
+  );
+  now += 5_500;
+  const refused = await reads
+    .read(32 * 1024, "203.0.113.5", () => Promise.resolve("never read"))
+    .catch((error: unknown) => error);
+  expect(refused).toBeInstanceOf(AppError);
+  expect((refused as AppError).status).toBe(429);
+  expect((refused as AppError).code).toBe("RATE_LIMITED");
+  // The first body's deadline is 14.5 s away.
+  expect((refused as AppError).headers).toEqual({ "retry-after": "15", connection: "close" });
+  finish("done");
+  expect(await first).toBe("done");
+  // Its room came back with its end.
+  expect(await reads.read(32 * 1024, "203.0.113.5", () => Promise.resolve("read"))).toBe("read");
 });
 
 test("one network (an IPv6 /48, an IPv4 /24) holds at most its share: another /64 of it is refused, another network's client is read (probe 30f F2)", async () => {
@@ -180,7 +264,8 @@ test("one network (an IPv6 /48, an IPv4 /24) holds at most its share: another /6
   const first = await trickle(port, 32 * 1024, 1000, false, "2001:db8:1:1::1");
   await Bun.sleep(100);
   const sameSite = await (await trickle(port, 32 * 1024, 1000, false, "2001:db8:1:2::1")).answer;
-  expect(sameSite.text).toStartWith("HTTP/1.1 503");
+  expect(sameSite.text).toStartWith("HTTP/1.1 429");
+  expect(sameSite.text).toContain('"code":"RATE_LIMITED"');
   expect(sameSite.afterMs).toBeLessThan(DEADLINE_MS);
   const otherSite = await (await trickle(port, 32 * 1024, 1000, false, "2001:db8:2:1::1")).answer;
   expect(otherSite.text).toStartWith("HTTP/1.1 408");
@@ -230,6 +315,6 @@ test("a chunked body is charged what arrives: many small ones from one client pa
   const first = await chunked(6 * 1024);
   await Bun.sleep(100);
   const second = await chunked(6 * 1024);
-  expect((await second.answer).text).toStartWith("HTTP/1.1 503");
+  expect((await second.answer).text).toStartWith("HTTP/1.1 429");
   first.stop();
 });

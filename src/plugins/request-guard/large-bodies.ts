@@ -8,10 +8,14 @@
  * So a body declared over SMALL_BODY_BYTES, or sent chunked (its length unknown), must arrive
  * within BODY_DEADLINE_MS, or the request is answered 408 and its connection closed; and at most
  * LARGE_BODY_BUDGET_BYTES of such bodies (by declared length, a chunked one by what has arrived)
- * are read at once, LARGE_BODY_CLIENT_BYTES of them from one client, past which one is answered
- * 503 and its connection closed. Both answers say `Connection: close`: answered without it, Bun
- * keeps reading the body. A small declared body (every ordinary API call: a chat message, a
- * login) skips both, so the common path costs one comparison.
+ * are read at once, LARGE_BODY_CLIENT_BYTES of them from one client and LARGE_BODY_NETWORK_BYTES
+ * from one network. A body past its client's or network's share is that client's excess, answered
+ * 429 RATE_LIMITED: one address holding four slow bodies made every further one of its own a 503,
+ * each a server error counted towards a page and sent to Sentry (probe 44a F1). Only the whole
+ * budget full is the service declining (503), and that takes 64 clients in 16 networks. Every
+ * refusal closes the connection: answered without `Connection: close`, Bun keeps reading the body.
+ * A small declared body (every ordinary API call: a chat message, a login) skips all of it, so the
+ * common path costs one comparison.
  */
 import { AppError } from "../../errors";
 import { networkKeyOf } from "../client-ip/resolve";
@@ -40,7 +44,10 @@ export const LARGE_BODY_NETWORK_BYTES = 4 * 1024 * 1024;
 
 /** Bytes of a body taken from the budget as they are known, and given back at its end. */
 export interface BodyAccount {
-  /** Takes `bytes` more; throws SERVICE_UNAVAILABLE (503, `Connection: close`) past a bound. */
+  /**
+   * Takes `bytes` more; throws RATE_LIMITED (429) past the client's or network's share,
+   * SERVICE_UNAVAILABLE (503) past the whole budget, each with `Connection: close`.
+   */
   grow(bytes: number): void;
 }
 
@@ -51,8 +58,8 @@ export interface LargeBodyReads {
    * (`size` null) is charged what arrives, as `read` grows the account it is given (a chunked
    * body is charged its route's limit no longer: 200 small chunked deliveries from one address
    * were refused, and a 40-byte one cost 64 KiB of the budget, probe 30e F2). Throws
-   * REQUEST_TIMEOUT (408) past the deadline, SERVICE_UNAVAILABLE (503) past the budget or the
-   * client's share of it, each with `Connection: close`.
+   * REQUEST_TIMEOUT (408) past the deadline, RATE_LIMITED (429) past the client's or its
+   * network's share, SERVICE_UNAVAILABLE (503) past the whole budget, each with `Connection: close`.
    */
   read<T>(
     size: number | null,
@@ -61,7 +68,7 @@ export interface LargeBodyReads {
   ): Promise<T>;
 }
 
-const busy = () =>
+const budgetFull = () =>
   new AppError(
     "SERVICE_UNAVAILABLE",
     "Too many large request bodies are arriving at once; retry shortly.",
@@ -69,57 +76,108 @@ const busy = () =>
     { "retry-after": "1", connection: "close" },
   );
 
+/** The refusal of a body past the share of `whose`, told when room comes back at the latest. */
+const shareFull = (whose: "client" | "network", retryAfterSeconds: number) =>
+  new AppError(
+    "RATE_LIMITED",
+    `This ${whose === "client" ? "address" : "network"} already has as many large request bodies arriving as it may; send this one when one of them has ended.`,
+    undefined,
+    { "retry-after": String(retryAfterSeconds), connection: "close" },
+  );
+
+const lateBody = (deadlineMs: number) =>
+  new AppError(
+    "REQUEST_TIMEOUT",
+    `The request body did not arrive within ${deadlineMs / 1000} s.`,
+    undefined,
+    { connection: "close" },
+  );
+
+/** The bodies one client or network is being read: their bytes, and when each began. */
+interface Holding {
+  bytes: number;
+  startedAt: Set<{ at: number }>;
+}
+
 export function largeBodyReads(
   options: {
     deadlineMs?: number;
     budgetBytes?: number;
     clientBytes?: number;
     networkBytes?: number;
+    /** The time in ms, for how soon a refused client may send again. */
+    now?: () => number;
   } = {},
 ): LargeBodyReads {
   const deadlineMs = options.deadlineMs ?? BODY_DEADLINE_MS;
   const budgetBytes = options.budgetBytes ?? LARGE_BODY_BUDGET_BYTES;
   const clientBytes = options.clientBytes ?? LARGE_BODY_CLIENT_BYTES;
   const networkBytes = options.networkBytes ?? LARGE_BODY_NETWORK_BYTES;
+  const now = options.now ?? Date.now;
   let reading = 0;
-  /** Bytes each client, and each network, is being read, for those with any. */
-  const byClient = new Map<string, number>();
-  const byNetwork = new Map<string, number>();
-  const giveBack = (held: Map<string, number>, key: string, bytes: number) => {
-    const left = (held.get(key) ?? bytes) - bytes;
-    if (left > 0) held.set(key, left);
-    else held.delete(key);
+  /** What each client, and each network, is being read, for those with any. */
+  const byClient = new Map<string, Holding>();
+  const byNetwork = new Map<string, Holding>();
+  const take = (held: Map<string, Holding>, key: string, bytes: number, read: { at: number }) => {
+    const holding = held.get(key) ?? { bytes: 0, startedAt: new Set() };
+    holding.bytes += bytes;
+    holding.startedAt.add(read);
+    held.set(key, holding);
+  };
+  const giveBack = (
+    held: Map<string, Holding>,
+    key: string,
+    bytes: number,
+    read: { at: number },
+  ) => {
+    const holding = held.get(key);
+    if (!holding) return;
+    holding.bytes -= bytes;
+    holding.startedAt.delete(read);
+    if (holding.startedAt.size === 0) held.delete(key);
+  };
+  // The oldest of the bodies held has ended by its deadline, whatever its sender does: room comes
+  // back by then at the latest, and usually as soon as the sender's own bodies have arrived.
+  const secondsUntilRoom = (holding: Holding) => {
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const read of holding.startedAt) oldest = Math.min(oldest, read.at);
+    return Math.max(1, Math.ceil((oldest + deadlineMs - now()) / 1000));
   };
 
   const accountOf = (client: string) => {
     const network = networkKeyOf(client);
+    const read = { at: now() };
     let taken = 0;
     let ended = false;
     return {
       grow(bytes: number) {
         // A read the deadline already answered goes on until the connection closes: it takes
         // nothing more, and stops.
-        if (ended) throw busy();
-        const own = byClient.get(client) ?? 0;
-        const networks = byNetwork.get(network) ?? 0;
+        if (ended) throw lateBody(deadlineMs);
+        const own = byClient.get(client);
+        const networks = byNetwork.get(network);
         // One body alone may always be read up to its route's limit; a second is what is bounded.
-        if (
-          reading + bytes > budgetBytes ||
-          (own > 0 && own + bytes > clientBytes) ||
-          (networks > 0 && networks + bytes > networkBytes)
-        ) {
-          throw busy();
+        // A share is checked before the whole budget: a client past its own is refused for its own
+        // bodies, whatever everyone else sends.
+        if (own && own.bytes > 0 && own.bytes + bytes > clientBytes) {
+          throw shareFull("client", secondsUntilRoom(own));
         }
+        if (networks && networks.bytes > 0 && networks.bytes + bytes > networkBytes) {
+          throw shareFull("network", secondsUntilRoom(networks));
+        }
+        if (reading + bytes > budgetBytes) throw budgetFull();
         reading += bytes;
         taken += bytes;
-        byClient.set(client, own + bytes);
-        byNetwork.set(network, networks + bytes);
+        take(byClient, client, bytes, read);
+        take(byNetwork, network, bytes, read);
       },
       end() {
         ended = true;
         reading -= taken;
-        giveBack(byClient, client, taken);
-        giveBack(byNetwork, network, taken);
+        if (taken > 0) {
+          giveBack(byClient, client, taken, read);
+          giveBack(byNetwork, network, taken, read);
+        }
         taken = 0;
       },
     };
@@ -139,18 +197,7 @@ export function largeBodyReads(
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
       const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () =>
-            reject(
-              new AppError(
-                "REQUEST_TIMEOUT",
-                `The request body did not arrive within ${deadlineMs / 1000} s.`,
-                undefined,
-                { connection: "close" },
-              ),
-            ),
-          deadlineMs,
-        );
+        timer = setTimeout(() => reject(lateBody(deadlineMs)), deadlineMs);
       });
       let body: Promise<T>;
       try {
