@@ -12,6 +12,7 @@ import {
 import { createLogger } from "../src/logging/logger";
 import { PortUnavailable, startServer } from "../src/server";
 import { buildTestApp, PRODUCTION_ENV, serveInProcess, type TestApp, tempDir } from "./support/app";
+import { makeOthersFiles, makeStoppedFirstStart, OTHERS_FILES } from "./support/database-files";
 import { freePort, REPO_ROOT, runToExit, startService } from "./support/process";
 import { rawHttp } from "./support/raw-http";
 import { signal } from "./support/wait";
@@ -533,6 +534,37 @@ describe("the service process", () => {
       const empty = join(dir.path, "empty.db");
       writeFileSync(empty, "");
       const service = await startService({ DATABASE_PATH: empty });
+      expect((await fetch(new URL("/health", service.url))).status).toBe(200);
+      expect(await service.stop("SIGTERM")).toBe(0);
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("a file of another's views and header marks, or with a migrations table not as Palisade's migrator makes it, exits 2 with nothing written to it or beside it; Palisade's file whose first start stopped before its migrations is finished and served (probe 44b F2, F3)", async () => {
+    const dir = tempDir();
+    try {
+      const paths = makeOthersFiles(dir.path);
+      for (const name of ["views.db", "migrations-one-line.db"]) {
+        const at = OTHERS_FILES.findIndex((file) => file.name === name);
+        const path = paths[at]!;
+        const before = readFileSync(path);
+        const result = await runToExit(["bun", "run", "src/index.ts"], {
+          DATABASE_PATH: path,
+          PORT: "0",
+        });
+        expect({ code: result.code, stdout: result.stdout, stderr: result.stderr }).toEqual({
+          code: 2,
+          stdout: "",
+          stderr: `palisade: DATABASE_PATH ${path} holds no Palisade database (${OTHERS_FILES[at]!.holds}): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)\n`,
+        });
+        expect(readFileSync(path).equals(before)).toBe(true);
+      }
+      expect(readdirSync(dir.path).sort()).toEqual(OTHERS_FILES.map((file) => file.name).sort());
+
+      const stopped = join(dir.path, "stopped.db");
+      makeStoppedFirstStart(stopped);
+      const service = await startService({ DATABASE_PATH: stopped });
       expect((await fetch(new URL("/health", service.url))).status).toBe(200);
       expect(await service.stop("SIGTERM")).toBe(0);
     } finally {

@@ -10,8 +10,8 @@
  */
 import { existsSync, statSync } from "node:fs";
 import { BUSY_TIMEOUT_MS, refuseForeignDatabase } from "../db/client";
-import { type FileTables, MIGRATIONS_TABLE, tablesOf } from "../db/file-look";
-import { PALISADE_TABLES } from "../db/foreign-database";
+import { type FileLook, lookAt, MIGRATIONS_TABLE } from "../db/file-look";
+import { isEmpty, PALISADE_TABLES, whatOthersHold } from "../db/foreign-database";
 import { CliError } from "./command";
 
 /** For a command that makes the database: refuses a file that holds another's (exit 1). */
@@ -36,9 +36,9 @@ export function checkDatabaseFile(path: string, commandName: string): void {
       `DATABASE_PATH ${path} names no file: ${commandName} reads an existing database and makes none (check the path)`,
     );
   }
-  let found: FileTables | null;
+  let found: FileLook | null;
   try {
-    found = tablesOf(path, BUSY_TIMEOUT_MS);
+    found = lookAt(path, BUSY_TIMEOUT_MS);
   } catch {
     throw new CliError(`DATABASE_PATH ${path} is locked by another writer; try again`);
   }
@@ -53,6 +53,6 @@ export function checkDatabaseFile(path: string, commandName: string): void {
     );
   }
   throw new CliError(
-    `DATABASE_PATH ${path} holds no Palisade database (${tables.size === 0 ? "empty" : "another application's tables"}): ${commandName} reads an existing one and writes nothing there (check the path)`,
+    `DATABASE_PATH ${path} holds no Palisade database (${isEmpty(found) ? "empty" : whatOthersHold(found)}): ${commandName} reads an existing one and writes nothing there (check the path)`,
   );
 }

@@ -33,20 +33,42 @@ export function atRest(path: string): boolean {
   return !existsSync(`${path}-wal`) && !existsSync(`${path}-journal`);
 }
 
+/** An entry of a file's schema (`sqlite_master`), as SQLite keeps it. */
+export interface SchemaEntry {
+  type: string;
+  name: string;
+  table: string;
+  sql: string | null;
+}
+
 /** What a look finds in a file. */
-export interface FileTables {
+export interface FileLook {
+  /** Every entry of its schema, SQLite's own too (autoindexes, `sqlite_sequence`), by name. */
+  schema: readonly SchemaEntry[];
   /** Its tables, SQLite's own (`sqlite_sequence`, `sqlite_stat1`…) left out. */
   tables: ReadonlySet<string>;
-  /** The `created_at` of each row of its migrations table (none without one). */
+  /** The `created_at` of each row of its migrations table (none without one, or one without it). */
   migrations: readonly unknown[];
+  /** The header's `application_id` and `user_version`: 0 until an application sets them. */
+  applicationId: number;
+  userVersion: number;
+}
+
+/** Every entry of a connection's schema (`sqlite_master`), by name. */
+export function readSchema(sqlite: Database): SchemaEntry[] {
+  return sqlite
+    .query<SchemaEntry, []>(
+      `SELECT type, name, tbl_name AS "table", sql FROM sqlite_master ORDER BY type, name`,
+    )
+    .all();
 }
 
 /**
- * The tables of the file at `path`, read-only; null when it is not an SQLite database (opening it
- * as the service does says so in its own words). Throws SQLite's error when another connection
- * holds it locked past `busyTimeoutMs`.
+ * What the file at `path` holds, read-only; null when it is not an SQLite database (opening it as
+ * the service does says so in its own words). Throws SQLite's error when another connection holds
+ * it locked past `busyTimeoutMs`.
  */
-export function tablesOf(path: string, busyTimeoutMs: number): FileTables | null {
+export function lookAt(path: string, busyTimeoutMs: number): FileLook | null {
   let look: Database;
   try {
     look = openForALook(path);
@@ -55,23 +77,40 @@ export function tablesOf(path: string, busyTimeoutMs: number): FileTables | null
   }
   try {
     look.run(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
-    const names = look
-      .query<{ name: string }, []>("SELECT name FROM sqlite_master WHERE type = 'table'")
-      .all()
-      .map((row) => row.name)
-      .filter((name) => !name.startsWith("sqlite_"));
-    const tables = new Set(names);
-    const migrations = tables.has(MIGRATIONS_TABLE)
-      ? look
-          .query(`SELECT created_at FROM "${MIGRATIONS_TABLE}"`)
-          .values()
-          .map((row) => row[0])
-      : [];
-    return { tables, migrations };
+    const schema = readSchema(look);
+    const tables = new Set(
+      schema
+        .filter((entry) => entry.type === "table" && !entry.name.startsWith("sqlite_"))
+        .map((entry) => entry.name),
+    );
+    const header = (pragma: string) => Number(look.query(`PRAGMA ${pragma}`).values()[0]?.[0] ?? 0);
+    return {
+      schema,
+      tables,
+      migrations: tables.has(MIGRATIONS_TABLE) ? migrationTimes(look) : [],
+      applicationId: header("application_id"),
+      userVersion: header("user_version"),
+    };
   } catch (error) {
     if (isDatabaseBusy(error)) throw error;
     return null;
   } finally {
     look.close();
+  }
+}
+
+/**
+ * The `created_at` of each row of the migrations table; none when it has no such column (another
+ * application's table of that name, which the schema then tells from Palisade's).
+ */
+function migrationTimes(look: Database): unknown[] {
+  try {
+    return look
+      .query(`SELECT created_at FROM "${MIGRATIONS_TABLE}"`)
+      .values()
+      .map((row) => row[0]);
+  } catch (error) {
+    if (isDatabaseBusy(error)) throw error;
+    return [];
   }
 }

@@ -5,9 +5,18 @@
  * a DATABASE_PATH that names another application's SQLite file (a mistyped path, Grafana's
  * `grafana.db`) added Palisade's tables to it, and served from it (probe 43c F2). Before anything is
  * written, a read-only look (db/file-look.ts) tells a file that is Palisade's, or on its way to
- * being it, from one that holds tables and is not.
+ * being it, from one that is someone else's.
+ *
+ * Empty means nothing at all: no schema entry of any kind, and a header no application marked
+ * (`application_id` and `user_version` 0; Palisade sets neither). A file of views only, or one that
+ * only carries another application's id, is someone's (probe 44b F2). The one file on its way is
+ * what a first start stopped between making drizzle's migrations table and filling it leaves: that
+ * table alone, exactly as Palisade's migrator makes it, empty; a table of that name in any other
+ * shape is another's, and was migrated in full before the schema guard refused it (probe 44b F3).
  */
-import { type FileTables, MIGRATIONS_TABLE, tablesOf } from "./file-look";
+import { Database } from "bun:sqlite";
+import { type FileLook, lookAt, MIGRATIONS_TABLE, readSchema, type SchemaEntry } from "./file-look";
+import { MIGRATIONS_TABLE_DDL } from "./migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "./migrations";
 
 /** Tables every Palisade database has from its first migration on, and no other application's. */
@@ -19,22 +28,71 @@ export const PALISADE_TABLES = ["audit_events", "rate_limit_counters", "users"] 
  * is no SQLite database is left to the open, which says so. Throws SQLite's error for a lock.
  */
 export function whyNotPalisades(path: string, busyTimeoutMs: number): string | null {
-  const found = tablesOf(path, busyTimeoutMs);
+  const found = lookAt(path, busyTimeoutMs);
   if (found === null || isPalisades(found)) return null;
   if (PALISADE_TABLES.every((name) => found.tables.has(name))) {
     return "holds Palisade's tables but no record of its migrations: the file was altered; restore it from a backup";
   }
-  return "holds no Palisade database (another application's tables): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)";
+  return `holds no Palisade database (${whatOthersHold(found)}): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)`;
 }
 
-function isPalisades({ tables, migrations }: FileTables): boolean {
-  if (tables.size === 0) return true;
+/** No schema entry of any kind, and no application's mark in the header. */
+export function isEmpty(found: FileLook): boolean {
+  return found.schema.length === 0 && !markedByAnApplication(found);
+}
+
+/**
+ * What a first start stopped before its migrations' transaction leaves (db/migrate.ts): drizzle's
+ * migrations table alone, as Palisade's migrator makes it, empty; or another process's first start
+ * at that point.
+ */
+export function isStoppedFirstStart(found: FileLook): boolean {
+  return (
+    found.migrations.length === 0 &&
+    !markedByAnApplication(found) &&
+    Bun.deepEquals(found.schema, stoppedFirstStartSchema(), true)
+  );
+}
+
+/** What makes a file that is not Palisade's someone else's, for the line that refuses it. */
+export function whatOthersHold(found: FileLook): string {
+  if (found.tables.size > 0) return "another application's tables";
+  if (found.schema.length > 0) {
+    // A kind written into sqlite_master by hand is not repeated: it can hold any character.
+    const kinds = new Set(found.schema.map((entry) => KINDS[entry.type] ?? "schema entries"));
+    return `another application's ${[...kinds].sort().join(" and ")}`;
+  }
+  return `another application's mark: application_id ${found.applicationId}, user_version ${found.userVersion}`;
+}
+
+const KINDS: Readonly<Record<string, string>> = {
+  table: "tables",
+  index: "indexes",
+  view: "views",
+  trigger: "triggers",
+};
+
+function isPalisades(found: FileLook): boolean {
+  if (isEmpty(found) || isStoppedFirstStart(found)) return true;
+  const { tables, migrations } = found;
   if (!tables.has(MIGRATIONS_TABLE)) return false;
   // Its tables and a migrations table: the migrations judge what that table records.
   if (PALISADE_TABLES.every((name) => tables.has(name))) return true;
-  // A first migration under way in another process, or stopped half way: the migrations table is
-  // made before the transaction that fills it with the rest.
-  if (tables.size === 1 && migrations.length === 0) return true;
   // A migrations table that records one of Palisade's (the schema guard judges the tables).
   return migrations.some((createdAt) => MIGRATION_TAG_BY_MILLIS.has(Number(createdAt)));
+}
+
+function markedByAnApplication(found: FileLook): boolean {
+  return found.applicationId !== 0 || found.userVersion !== 0;
+}
+
+/** The schema Palisade's migrator leaves before its first transaction, with SQLite's autoindex. */
+function stoppedFirstStartSchema(): SchemaEntry[] {
+  const memory = new Database(":memory:");
+  try {
+    memory.run(MIGRATIONS_TABLE_DDL);
+    return readSchema(memory);
+  } finally {
+    memory.close();
+  }
 }

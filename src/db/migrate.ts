@@ -17,6 +17,15 @@ export class MigrationRecordError extends Error {
 /** The source tree's `drizzle/` (drizzle-kit, tests); a bundle has no such folder beside it. */
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL("../../drizzle", import.meta.url));
 
+/**
+ * drizzle's migrations table, as its migrator makes it, to the whitespace (SQLite keeps the
+ * statement as written, and test/db/migrations.test.ts holds it to drizzle's migrator). A first
+ * start makes it before the transaction that applies the migrations, so a start stopped between
+ * the two leaves a file holding this table alone, empty (db/foreign-database.ts tells it so).
+ */
+export const MIGRATIONS_TABLE_DDL =
+  'CREATE TABLE IF NOT EXISTS "__drizzle_migrations" (\n\t\t\t\tid SERIAL PRIMARY KEY,\n\t\t\t\thash text NOT NULL,\n\t\t\t\tcreated_at numeric\n\t\t\t)';
+
 /** What the migrations table records, against this release's migrations. */
 export interface MigrationStatus {
   /** How many of this release's migrations it records. */
@@ -60,13 +69,10 @@ export function applyMigrations(
   if (applied !== null) refuseGaps(applied);
   if (applied !== null && newestOf(applied) >= LATEST_MIGRATION_MILLIS) return statusOf(applied);
   const sqlite = db.$client;
-  // drizzle's own table and rows, as its migrator writes them, to the whitespace of the table's
-  // statement (SQLite keeps it as written; test/db/migrations.test.ts holds the result to
-  // drizzle's migrator on the folder). Only the transaction is ours: companions commit with their
-  // migration, and processes starting together on a new file migrate it one after the other.
-  sqlite.run(
-    'CREATE TABLE IF NOT EXISTS "__drizzle_migrations" (\n\t\t\t\tid SERIAL PRIMARY KEY,\n\t\t\t\thash text NOT NULL,\n\t\t\t\tcreated_at numeric\n\t\t\t)',
-  );
+  // drizzle's own table and rows, as its migrator writes them. Only the transaction is ours:
+  // companions commit with their migration, and processes starting together on a new file migrate
+  // it one after the other.
+  sqlite.run(MIGRATIONS_TABLE_DDL);
   sqlite.run("BEGIN IMMEDIATE");
   // The table exists now: what another process applied while this one waited is in it.
   let before = new Set<number>();

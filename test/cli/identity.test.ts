@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
 import { cliInProcess } from "../support/cli";
+import { makeOthersFiles, OTHERS_FILES } from "../support/database-files";
 
 let cleanup: (() => void) | null = null;
 afterEach(() => {
@@ -299,6 +300,39 @@ describe("a path that names no file", () => {
       expect({ args, code: result.code }).toEqual({ args, code: 0 });
       expect((await cliInProcess(["users:list"], { DATABASE_PATH: empty })).code).toBe(0);
     }
+  });
+});
+
+describe("a file that is not Palisade's, or not yet", () => {
+  const makers = [
+    ["db:migrate"],
+    ["users:create", "--email", "root@example.test"],
+    ["keys:create", "--name", "ci", "--scopes", "chat"],
+  ];
+
+  test("a file of another's views or triggers, one its header marks as an application's, and a migrations table not as Palisade's migrator makes it are refused by the commands that make a database and those that read one, exit 1, left byte for byte with nothing beside them (probe 44b F2, F3)", async () => {
+    const dir = tempDir();
+    cleanup = dir.remove;
+    const paths = makeOthersFiles(dir.path);
+    for (const [at, file] of paths.entries()) {
+      const { holds } = OTHERS_FILES[at]!;
+      const before = readFileSync(file);
+      for (const args of [...makers, ["users:list"]]) {
+        const result = await cliInProcess(args, { DATABASE_PATH: file });
+        const refusal =
+          args[0] === "users:list"
+            ? "users:list reads an existing one and writes nothing there (check the path)"
+            : "Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)";
+        expect({ args, code: result.code, stdout: result.stdout, stderr: result.stderr }).toEqual({
+          args,
+          code: 1,
+          stdout: "",
+          stderr: `palisade ${args[0]}: DATABASE_PATH ${file} holds no Palisade database (${holds}): ${refusal}`,
+        });
+      }
+      expect(readFileSync(file).equals(before)).toBe(true);
+    }
+    expect(readdirSync(dir.path).sort()).toEqual(OTHERS_FILES.map((file) => file.name).sort());
   });
 });
 

@@ -7,6 +7,7 @@ import { DatabaseOpenError, openDatabase, whyUnusable } from "../../src/db/clien
 import { applyMigrations, MIGRATIONS_FOLDER } from "../../src/db/migrate";
 import { users } from "../../src/db/schema";
 import { tempDir } from "../support/app";
+import { makeOthersFiles, makeStoppedFirstStart, OTHERS_FILES } from "../support/database-files";
 
 const migrationCount = () =>
   readdirSync(MIGRATIONS_FOLDER).filter((f) => f.endsWith(".sql")).length;
@@ -134,19 +135,33 @@ describe("openDatabase", () => {
     }
   });
 
+  test("a file of another's views or triggers, one its header marks as an application's, and a migrations table not as Palisade's migrator makes it are refused, with nothing written to them or beside them (probe 44b F2, F3)", () => {
+    const dir = tempDir();
+    try {
+      const paths = makeOthersFiles(dir.path);
+      const before = paths.map((path) => readFileSync(path));
+      paths.forEach((path, at) => {
+        expect(() => openDatabase(path)).toThrow(
+          new DatabaseOpenError(
+            path,
+            `holds no Palisade database (${OTHERS_FILES[at]!.holds}): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)`,
+          ),
+        );
+        expect(readFileSync(path).equals(before[at]!)).toBe(true);
+      });
+      expect(readdirSync(dir.path).sort()).toEqual(OTHERS_FILES.map((file) => file.name).sort());
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("an empty file, one whose first migration stopped half way, and Palisade's own are opened and migrated as before", () => {
     const dir = tempDir();
     try {
       const empty = join(dir.path, "empty.db");
       writeFileSync(empty, "");
-      // What a first start stopped before its migrations' transaction leaves: the table drizzle
-      // records them in, empty.
       const halfWay = join(dir.path, "half-way.db");
-      const stopped = new Database(halfWay);
-      stopped.run(
-        "CREATE TABLE __drizzle_migrations (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)",
-      );
-      stopped.close();
+      makeStoppedFirstStart(halfWay);
       for (const path of [empty, halfWay, empty]) {
         const db = openDatabase(path);
         applyMigrations(db);
