@@ -11,7 +11,12 @@
 import { existsSync, statSync } from "node:fs";
 import { BUSY_TIMEOUT_MS, refuseForeignDatabase } from "../db/client";
 import { type FileLook, lookAt, MIGRATIONS_TABLE } from "../db/file-look";
-import { isEmpty, PALISADE_TABLES, whatOthersHold } from "../db/foreign-database";
+import {
+  isEmpty,
+  isStoppedFirstStart,
+  PALISADE_TABLES,
+  whatOthersHold,
+} from "../db/foreign-database";
 import { CliError } from "./command";
 
 /** For a command that makes the database: refuses a file that holds another's (exit 1). */
@@ -50,6 +55,13 @@ export function checkDatabaseFile(path: string, commandName: string): void {
   if (palisade) {
     throw new CliError(
       `DATABASE_PATH ${path} holds Palisade's tables but no record of its migrations: the file was altered; restore it from a backup`,
+    );
+  }
+  // Palisade's own, which the commands that make a database finish (probe 44b F4: it was called
+  // another application's).
+  if (isStoppedFirstStart(found)) {
+    throw new CliError(
+      `DATABASE_PATH ${path} is a Palisade database whose first start stopped before its migrations were done: ${commandName} reads a migrated one and writes nothing there (start the service or run db:migrate)`,
     );
   }
   throw new CliError(

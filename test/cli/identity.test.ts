@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
 import { cliInProcess } from "../support/cli";
-import { makeOthersFiles, OTHERS_FILES } from "../support/database-files";
+import { makeOthersFiles, makeStoppedFirstStart, OTHERS_FILES } from "../support/database-files";
 
 let cleanup: (() => void) | null = null;
 afterEach(() => {
@@ -333,6 +333,46 @@ describe("a file that is not Palisade's, or not yet", () => {
       expect(readFileSync(file).equals(before)).toBe(true);
     }
     expect(readdirSync(dir.path).sort()).toEqual(OTHERS_FILES.map((file) => file.name).sort());
+  });
+
+  test("Palisade's file whose first start stopped before its migrations is said to be so by the commands that read one, exit 1, and left as it is; the commands that make a database finish it (probe 44b F4)", async () => {
+    const dir = tempDir();
+    cleanup = dir.remove;
+    const stopped = join(dir.path, "stopped.db");
+    makeStoppedFirstStart(stopped);
+    const before = readFileSync(stopped);
+    for (const args of [
+      ["users:list"],
+      ["keys:list"],
+      ["blocks:list"],
+      ["audit:tail"],
+      ["audit:verify"],
+      ["usage:show"],
+      ["sessions:end", "--all", "--yes"],
+      ["db:backup", join(dir.path, "copy.db")],
+      ["db:verify"],
+    ]) {
+      const result = await cliInProcess(args, { DATABASE_PATH: stopped });
+      expect({ args, code: result.code, stdout: result.stdout, stderr: result.stderr }).toEqual({
+        args,
+        code: 1,
+        stdout: "",
+        stderr: `palisade ${args[0]}: DATABASE_PATH ${stopped} is a Palisade database whose first start stopped before its migrations were done: ${args[0]} reads a migrated one and writes nothing there (start the service or run db:migrate)`,
+      });
+    }
+    expect(readFileSync(stopped).equals(before)).toBe(true);
+    expect(readdirSync(dir.path)).toEqual(["stopped.db"]);
+    for (const args of makers) {
+      const path = join(dir.path, `${args[0]!.replace(":", "-")}.db`);
+      makeStoppedFirstStart(path);
+      const result = await cliInProcess(args, { DATABASE_PATH: path });
+      expect({ args, code: result.code, stderr: result.stderr }).toEqual({
+        args,
+        code: 0,
+        stderr: "",
+      });
+      expect((await cliInProcess(["db:verify"], { DATABASE_PATH: path })).code).toBe(0);
+    }
   });
 });
 
