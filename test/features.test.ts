@@ -49,7 +49,7 @@ test("a feature brings its routes, route classes, readiness, maintenance, privac
     );
   }
   expect(statuses).toEqual([200, 200, 200, 429]);
-  const large = await send(current, "/api/notes", { body: { text: "x".repeat(40 * 1024) } });
+  const large = await send(current, "/api/notes", { body: { text: "x".repeat(50 * 1024) } });
   expect(large.status).toBe(413);
 
   expect((await send(current, "/ready")).status).toBe(200);

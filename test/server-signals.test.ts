@@ -179,10 +179,10 @@ describe("a stop signalled during the start (probe 31a F2)", () => {
    */
   async function startHeldAtMigrations() {
     const env = databaseEnv();
+    // An empty file (no table of another application's, which the start refuses to touch), its
+    // write lock held: the start finds it empty, then waits for the lock to make its tables.
     const holder = new Database(env.DATABASE_PATH!);
-    holder.run("CREATE TABLE held (x)");
     holder.run("BEGIN IMMEDIATE");
-    holder.run("INSERT INTO held VALUES (1)");
     const out: string[] = [];
     const err: string[] = [];
     const proc = Bun.spawn(["bun", "run", "src/index.ts"], {
