@@ -80,6 +80,11 @@ export interface SealSweep {
   checked: Record<SweptTable, number>;
   /** Rows (or parts of rows) that failed, per table. */
   failed: Record<SweptTable, number>;
+  /**
+   * Of them, rows whose seal holds and that hold a time or count Palisade never writes (`times`,
+   * `usage`): no seal covers those columns, so "does not match its seal" would not be true of them.
+   */
+  unreadable: number;
   /** The first `maxFindings` failures, in the order found. */
   findings: SealFinding[];
 }
@@ -102,9 +107,10 @@ export function sweepSeals(
   const maxFindings = options.maxFindings ?? DEFAULT_MAX_FINDINGS;
   const zero = () =>
     Object.fromEntries(SWEPT_TABLES.map((table) => [table, 0])) as Record<SweptTable, number>;
-  const sweep: SealSweep = { checked: zero(), failed: zero(), findings: [] };
+  const sweep: SealSweep = { checked: zero(), failed: zero(), unreadable: 0, findings: [] };
   const fail = (table: SweptTable, rawId: unknown, part?: SealFinding["part"]) => {
     sweep.failed[table]++;
+    if (part === "times" || part === "usage") sweep.unreadable++;
     if (sweep.findings.length >= maxFindings) return;
     const id = namedId(rawId);
     sweep.findings.push(part === undefined ? { table, id } : { table, id, part });

@@ -268,6 +268,13 @@ describe("db:verify", () => {
     expect(lines).toContain(
       `chat_messages ${answered!.id}: holds a token count that is none: the service shows it as no usage`,
     );
+    // Their seals hold: said as what they are, not as rows that do not match (probe 44a).
+    expect(lines.at(-1)).toMatch(
+      /^seals: 0 of \d+ rows do not match, 3 hold a time or count Palisade never writes \(chat_conversations 1, chat_messages 2\)/,
+    );
+    expect(result.stderr).toBe(
+      "palisade db:verify: 3 rows hold a time or count Palisade never writes",
+    );
   });
 
   test("an audit row changed fails the chain and the command, and the seals are still checked", async () => {

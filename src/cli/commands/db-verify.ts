@@ -125,12 +125,7 @@ function verifyFile(
   if (shape.sealsReadable) {
     const sweep = sweepSeals(sqlite, auditSecret);
     for (const line of sweepLines(sweep)) context.out(line);
-    const failed = failedRows(sweep);
-    if (failed > 0) {
-      faults.push(
-        `${failed} ${failed === 1 ? "row does not match its seal" : "rows do not match their seals"}`,
-      );
-    }
+    if (failedRows(sweep) > 0) faults.push(findingsPhrase(sweep));
   } else {
     context.out("seals not checked: the file is not in this release's shape");
   }
@@ -204,6 +199,31 @@ export function failedRows(sweep: SealSweep): number {
   return SWEPT_TABLES.reduce((sum, table) => sum + sweep.failed[table], 0);
 }
 
+/**
+ * The rows a sweep found, in a phrase: those that do not match their seal, and those that hold a
+ * time or count Palisade never writes (their seal holds: probe 44a).
+ */
+export function findingsPhrase(sweep: SealSweep): string {
+  const unreadable = sweep.unreadable;
+  const unsealed = failedRows(sweep) - unreadable;
+  const phrases: string[] = [];
+  if (unsealed > 0) {
+    phrases.push(
+      unsealed === 1
+        ? "1 row does not match its seal"
+        : `${unsealed} rows do not match their seals`,
+    );
+  }
+  if (unreadable > 0) {
+    phrases.push(
+      unreadable === 1
+        ? "1 row holds a time or count Palisade never writes"
+        : `${unreadable} rows hold a time or count Palisade never writes`,
+    );
+  }
+  return phrases.join(", and ");
+}
+
 /** What a sweep found, a line each: every row named (up to the sweep's limit), then the counts. */
 export function sweepLines(sweep: SealSweep): string[] {
   const failed = failedRows(sweep);
@@ -214,7 +234,7 @@ export function sweepLines(sweep: SealSweep): string[] {
   return [
     ...sweep.findings.map(findingLine),
     ...(unnamed > 0 ? [`… and ${unnamed} more not named`] : []),
-    `seals: ${failed} of ${checked} rows do not match (${SWEPT_TABLES.filter(
+    `seals: ${failed - sweep.unreadable} of ${checked} rows do not match${sweep.unreadable > 0 ? `, ${sweep.unreadable} hold a time or count Palisade never writes` : ""} (${SWEPT_TABLES.filter(
       (table) => sweep.failed[table] > 0,
     )
       .map((table) => `${table} ${sweep.failed[table]}`)

@@ -37,7 +37,7 @@ import { sweepSeals } from "../../seal-sweep";
 import { stopSignals } from "../../stop-signals";
 import { CliError, type Command, EXIT_USAGE } from "../command";
 import { fileIdentity } from "../database-file";
-import { failedRows, firstLine, integrityProblems, sweepLines } from "./db-verify";
+import { failedRows, findingsPhrase, firstLine, integrityProblems, sweepLines } from "./db-verify";
 
 export const dbMigrate: Command = {
   name: "db:migrate",
@@ -130,7 +130,9 @@ export const dbBackup: Command = {
       // is. The exit status is what a cron job or a systemd unit sees.
       for (const line of sweepLines(rows.seals)) context.err(line);
       context.err(
-        `the copy holds ${tampered === 1 ? "1 row that does not match its seal" : `${tampered} rows that do not match their seals`}, as DATABASE_PATH does: run db:verify on it`,
+        rows.seals.unreadable === 0
+          ? `the copy holds ${tampered === 1 ? "1 row that does not match its seal" : `${tampered} rows that do not match their seals`}, as DATABASE_PATH does: run db:verify on it`
+          : `the copy holds what DATABASE_PATH holds (${findingsPhrase(rows.seals)}): run db:verify on it`,
       );
       return EXIT_WRITTEN_WITH_FINDINGS;
     } finally {
