@@ -515,8 +515,13 @@ export class OutboxWorker {
       this.options.metrics.replies.labels("sent").inc();
       return;
     }
-    if (outcome.kind === "permanent") this.failPermanent(row, outcome.reason);
-    else this.failTransient(row, outcome.reason, outcome.retryAfterMs);
+    // What Graph refused is recorded as its acceptance is: waiting out another connection's lock
+    // within the send's lease. Thrown at once, the reason was never logged, the row sat out its
+    // lease, and a permanent refusal was sent once more (probe 43a, fix note).
+    await this.outlastLock(() => {
+      if (outcome.kind === "permanent") this.failPermanent(row, outcome.reason);
+      else this.failTransient(row, outcome.reason, outcome.retryAfterMs);
+    }, leaseUntil);
   }
 
   /**

@@ -505,6 +505,39 @@ describe("running with the app", () => {
     ).toEqual([]);
   });
 
+  test("a send Graph refused while another connection holds the write lock is recorded once the lock goes: a transient one retried with its reason logged, a permanent one given up, never sent again", async () => {
+    for (const [answer, state] of [
+      [{ status: 500, code: 2 }, "pending"],
+      [{ status: 400, code: 131026 }, "failed"],
+    ] as const) {
+      const { target, graph, worker } = setup();
+      await deliver(target, notification({ messages: [{ id: "wamid.F1", from: "16505551234" }] }));
+      graph.failNext(answer);
+      graph.delayMs = 300;
+      const { Database } = await import("bun:sqlite");
+      const other = new Database(target.databasePath);
+      const running = worker.drain();
+      await Bun.sleep(100);
+      other.run("BEGIN IMMEDIATE");
+      await graph.waitForRequests(1, 3000);
+      await Bun.sleep(600);
+      other.run("COMMIT");
+      other.close();
+      await running;
+      const [row] = rows(target);
+      expect([answer.status, row!.state, row!.lease_owner]).toEqual([answer.status, state, null]);
+      expect(row!.last_error).toContain(String(answer.code));
+      expect(
+        target.logs.entries.filter((entry) => entry.msg === "whatsapp outbox row failed"),
+      ).toEqual([]);
+      if (state === "pending") {
+        expect(
+          target.logs.entries.some((entry) => entry.msg === "whatsapp reply failed; will retry"),
+        ).toBe(true);
+      }
+    }
+  });
+
   test("a reply ready while another connection holds the write lock is stored once the lock goes: one chat turn, one send (probe 27h F3)", async () => {
     const { target, graph, chat, clock, worker } = setup();
     await deliver(target, notification({ messages: [{ id: "wamid.R1", from: "16505551234" }] }));
