@@ -337,6 +337,51 @@ describe("retries", () => {
     expect(failureLines().at(-1)).toMatchObject({ attempts: 3, upstreamStatus: null });
   });
 
+  test("an upstream that redirects is not followed: the conversation never reaches the host it names (probe 43b note)", async () => {
+    const elsewhere: string[] = [];
+    const catcher = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      async fetch(request) {
+        elsewhere.push(await request.text());
+        return Response.json({});
+      },
+    });
+    const redirecting = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      fetch: (request) =>
+        new Response(null, {
+          status: 307,
+          headers: { location: `http://127.0.0.1:${catcher.port}${new URL(request.url).pathname}` },
+        }),
+    });
+    try {
+      const redirected = createOpenAiProvider({
+        apiKey: "sk-any",
+        baseUrl: `http://127.0.0.1:${redirecting.port}/v1`,
+        model: "local-model",
+        timeoutMs: 1_000,
+        logger: createLogger({ level: "debug", destination: logs }),
+        metrics: createUpstreamMetrics(registry, "openai"),
+        clock,
+        random: () => 0,
+      });
+      const failure = await failureOf(
+        redirected.complete(MESSAGES, { requestId: "req-redirected" }),
+      );
+      expect(failure.kind).toBe("unavailable");
+      const streamed = await collectUntilError(
+        redirected.stream(MESSAGES, { requestId: "req-redirected-stream" }),
+      );
+      expect(streamed.error).toBeInstanceOf(UpstreamFailure);
+      expect(elsewhere).toEqual([]);
+    } finally {
+      redirecting.stop(true);
+      catcher.stop(true);
+    }
+  });
+
   test("an upstream asking for a wait beyond the cap is not waited for: unavailable at once with its Retry-After", async () => {
     upstream.enqueue({ kind: "error", status: 429, retryAfter: "120" });
     const started = performance.now();

@@ -346,6 +346,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     timeout: timeoutMs,
     maxRetries: 0,
     logLevel: "off",
+    // The configured URL is where a conversation may go (https in production). A redirect
+    // re-sent it, system prompt and history, to the host it named, over any scheme (fetch drops
+    // only Authorization across origins; probe 43b note): refused as the Graph client refuses
+    // one, a connection failure.
+    fetchOptions: { redirect: "error" },
   });
   const breaker = new CircuitBreaker({
     clock,
