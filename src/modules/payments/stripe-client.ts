@@ -94,6 +94,16 @@ export async function createStripe(options: StripeClientOptions): Promise<Stripe
     maxNetworkRetries: options.maxNetworkRetries ?? STRIPE_MAX_NETWORK_RETRIES,
     timeout: options.timeoutMs ?? STRIPE_TIMEOUT_MS,
     telemetry: false,
+    // Stripe never redirects. One from the host at STRIPE_API_URL (or one in between) re-sent the
+    // payment (amount, description, customer email, metadata) to the host it named, over any
+    // scheme: refused, a connection failure, as the chat provider and the Graph client refuse one.
+    httpClient: StripeSdk.createFetchHttpClient(
+      Object.assign(
+        (url: string | URL | Request, init?: RequestInit) =>
+          fetch(url, { ...init, redirect: "error" }),
+        fetch,
+      ),
+    ),
   });
 }
 
