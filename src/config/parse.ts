@@ -316,7 +316,13 @@ export function parseSentryDsn(name: string, raw: string | undefined): string | 
   const value = raw.replace(/\/$/, "");
   const match = SENTRY_DSN.exec(value);
   const port = match?.[1];
-  if (!match || (port !== undefined && (Number(port) < 1 || Number(port) > 65535))) {
+  // And a URL as WHATWG reads it: an IPv6 host with a zone id (`[fe80::1%eth0]`) passed the pattern
+  // and threw, DSN and key in the stack, where the https check read it (probe 45a F1).
+  if (
+    !match ||
+    (port !== undefined && (Number(port) < 1 || Number(port) > 65535)) ||
+    !URL.canParse(value)
+  ) {
     throw new ConfigError(
       name,
       "must be a Sentry DSN, http(s)://public_key@host[:port]/project_id (a numeric project id)",

@@ -244,6 +244,8 @@ describe("production profile", () => {
     ["WHATSAPP_API_URL", { WHATSAPP_API_URL: "http://graph.example.test/v21.0" }, "must use https"],
     ["WHATSAPP_API_URL", { WHATSAPP_API_URL: "http://0.0.0.0:9000" }, "must use https"],
     ["SENTRY_DSN", { SENTRY_DSN: "ftp://x@sentry.test/1" }, "must be a Sentry DSN"],
+    // An IPv6 zone id: no URL, said in the line, not thrown with the key (probe 45a F1).
+    ["SENTRY_DSN", { SENTRY_DSN: "http://dsnkey123@[fe80::1%eth0]/1" }, "must be a Sentry DSN"],
     // Secrets that are not signing keys are as strong, and production's traffic as private
     // (probe 43c F5).
     ["WHATSAPP_APP_SECRET", { WHATSAPP_APP_SECRET: "password1234" }, "shorter than 32 bytes"],
