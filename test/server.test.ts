@@ -541,6 +541,25 @@ describe("the service process", () => {
     }
   });
 
+  test("a file that is no SQLite database exits 2 with one line naming DATABASE_PATH, and no audit key made beside it (probe 45a F4)", async () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "conf.yaml");
+      writeFileSync(path, "key: value\n");
+      const result = await runToExit(["bun", "run", "src/index.ts"], {
+        DATABASE_PATH: path,
+        PORT: "0",
+      });
+      expect(result.code).toBe(2);
+      expect(result.stderr).toBe(
+        `palisade: DATABASE_PATH ${path} is not a usable SQLite database: it does not start as one (check the path)\n`,
+      );
+      expect(readdirSync(dir.path)).toEqual(["conf.yaml"]);
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("a file of another's views and header marks, or with a migrations table not as Palisade's migrator makes it, exits 2 with nothing written to it or beside it; Palisade's file whose first start stopped before its migrations is finished and served (probe 44b F2, F3)", async () => {
     const dir = tempDir();
     try {

@@ -14,6 +14,7 @@ import { type FileLook, lookAt, MIGRATIONS_TABLE } from "../db/file-look";
 import {
   isEmpty,
   isStoppedFirstStart,
+  notSqlite,
   PALISADE_TABLES,
   whatOthersHold,
 } from "../db/foreign-database";
@@ -39,6 +40,12 @@ export function checkDatabaseFile(path: string, commandName: string): void {
   if (!existsSync(path)) {
     throw new CliError(
       `DATABASE_PATH ${path} names no file: ${commandName} reads an existing database and makes none (check the path)`,
+    );
+  }
+  // Before the configuration makes a development audit key beside it (probe 45a F4).
+  if (notSqlite(path)) {
+    throw new CliError(
+      `DATABASE_PATH ${path} is not a usable SQLite database: it does not start as one; ${commandName} reads an existing database and writes nothing there (check the path)`,
     );
   }
   let found: FileLook | null;

@@ -15,6 +15,7 @@
  * shape is another's, and was migrated in full before the schema guard refused it (probe 44b F3).
  */
 import { Database } from "bun:sqlite";
+import { closeSync, openSync, readSync } from "node:fs";
 import { type FileLook, lookAt, MIGRATIONS_TABLE, readSchema, type SchemaEntry } from "./file-look";
 import { MIGRATIONS_TABLE_DDL } from "./migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "./migrations";
@@ -28,12 +29,43 @@ export const PALISADE_TABLES = ["audit_events", "rate_limit_counters", "users"] 
  * is no SQLite database is left to the open, which says so. Throws SQLite's error for a lock.
  */
 export function whyNotPalisades(path: string, busyTimeoutMs: number): string | null {
+  // Said here, before the configuration makes a development audit key beside it (probe 45a F4: a
+  // YAML file named by mistake got one, though nothing else was written).
+  if (notSqlite(path)) {
+    return "is not a usable SQLite database: it does not start as one (check the path)";
+  }
   const found = lookAt(path, busyTimeoutMs);
   if (found === null || isPalisades(found)) return null;
   if (PALISADE_TABLES.every((name) => found.tables.has(name))) {
     return "holds Palisade's tables but no record of its migrations: the file was altered; restore it from a backup";
   }
   return `holds no Palisade database (${whatOthersHold(found)}): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)`;
+}
+
+/** SQLite's file header: every database file of one page or more starts with it. */
+const SQLITE_HEADER = Buffer.from("SQLite format 3\u0000", "latin1");
+
+/**
+ * Whether `path` is a file with content that is not SQLite's: its first bytes are not the header.
+ * A file that cannot be read, or is empty, is left to the open (which says why).
+ */
+export function notSqlite(path: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch {
+    return false;
+  }
+  try {
+    const start = Buffer.alloc(SQLITE_HEADER.length);
+    const read = readSync(fd, start, 0, start.length, 0);
+    // A database file is a page at least: shorter than the header, it is none.
+    return read > 0 && (read < SQLITE_HEADER.length || !start.equals(SQLITE_HEADER));
+  } catch {
+    return false;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** No schema entry of any kind, and no application's mark in the header. */

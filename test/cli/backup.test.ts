@@ -292,9 +292,11 @@ describe("db:backup", () => {
     const result = await cli(["db:backup", join(dir, "copy.db")], { DATABASE_PATH: databasePath });
     expect(result.code).toBe(1);
     expect(result.stderr).toMatch(
-      /^palisade db:backup: cannot read DATABASE_PATH .*not a database/,
+      /^palisade db:backup: DATABASE_PATH .* is not a usable SQLite database: it does not start as one/,
     );
     expect(existsSync(join(dir, "copy.db"))).toBe(false);
+    // Said before the configuration is read: no development audit key beside it (probe 45a F4).
+    expect(existsSync(`${databasePath}.audit-key`)).toBe(false);
   });
 
   test("usage errors exit 2; a missing source exits 1 (the real entry point)", async () => {

@@ -335,6 +335,27 @@ describe("a file that is not Palisade's, or not yet", () => {
     expect(readdirSync(dir.path).sort()).toEqual(OTHERS_FILES.map((file) => file.name).sort());
   });
 
+  test("a file that is no SQLite database (a YAML file named by mistake) is said to be so by the commands that make a database and those that read one, with no audit key made beside it (probe 45a F4)", async () => {
+    const dir = tempDir();
+    cleanup = dir.remove;
+    for (const [name, content] of [
+      ["conf.yaml", "key: value\nother: 1\n"],
+      ["tiny.db", "SQLite"],
+    ] as const) {
+      const file = join(dir.path, name);
+      writeFileSync(file, content);
+      for (const args of [...makers, ["users:list"], ["keys:list"]]) {
+        const result = await cliInProcess(args, { DATABASE_PATH: file });
+        expect([args, result.code]).toEqual([args, 1]);
+        expect(result.stderr).toStartWith(
+          `palisade ${args[0]}: DATABASE_PATH ${file} is not a usable SQLite database: it does not start as one`,
+        );
+        expect(readFileSync(file, "utf8")).toBe(content);
+      }
+    }
+    expect(readdirSync(dir.path).sort()).toEqual(["conf.yaml", "tiny.db"]);
+  });
+
   test("Palisade's file whose first start stopped before its migrations is said to be so by the commands that read one, exit 1, and left as it is; the commands that make a database finish it (probe 44b F4)", async () => {
     const dir = tempDir();
     cleanup = dir.remove;
