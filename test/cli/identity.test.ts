@@ -5,7 +5,12 @@ import { join } from "node:path";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
 import { cliInProcess } from "../support/cli";
-import { makeOthersFiles, makeStoppedFirstStart, OTHERS_FILES } from "../support/database-files";
+import {
+  makeOthersFiles,
+  makeOthersWalFile,
+  makeStoppedFirstStart,
+  OTHERS_FILES,
+} from "../support/database-files";
 
 let cleanup: (() => void) | null = null;
 afterEach(() => {
@@ -213,13 +218,7 @@ describe("a path that names no file", () => {
       "CREATE TABLE __drizzle_migrations (id INTEGER PRIMARY KEY, hash TEXT, created_at NUMERIC)",
     );
     other.close();
-    // Another application's in WAL mode, at a path a URI would misread: a look that opened it as
-    // SQLite does would leave a `-shm` and an empty `-wal` beside it.
-    const walFile = join(dir.path, "other app?#%41.db");
-    const walOther = new Database(walFile);
-    walOther.run("PRAGMA journal_mode = WAL");
-    walOther.run("CREATE TABLE notes (body TEXT)");
-    walOther.close();
+    const walFile = makeOthersWalFile(dir.path);
     expect(readdirSync(dir.path).filter((name) => name.startsWith("other app"))).toEqual([
       "other app?#%41.db",
     ]);
@@ -266,13 +265,7 @@ describe("a path that names no file", () => {
     other.run("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)");
     other.run("INSERT INTO customers (name) VALUES ('Important Co')");
     other.close();
-    // In WAL mode, at a path a URI would misread: a look that opened it as SQLite does would
-    // leave a `-shm` and an empty `-wal` beside it.
-    const walFile = join(dir.path, "other app?#%41.db");
-    const walOther = new Database(walFile);
-    walOther.run("PRAGMA journal_mode = WAL");
-    walOther.run("CREATE TABLE notes (body TEXT)");
-    walOther.close();
+    const walFile = makeOthersWalFile(dir.path);
     const makers = [
       ["db:migrate"],
       ["users:create", "--email", "root@example.test"],

@@ -97,3 +97,16 @@ export function makeStoppedFirstStart(path: string): void {
   db.$client.run(MIGRATIONS_TABLE_DDL);
   db.$client.close();
 }
+
+/**
+ * Another application's file in WAL mode, at a path a URI would misread: a look that opened it as
+ * SQLite does would leave a `-shm` and an empty `-wal` beside it. Its path.
+ */
+export function makeOthersWalFile(dir: string): string {
+  const path = join(dir, "other app?#%41.db");
+  const other = new Database(path);
+  other.run("PRAGMA journal_mode = WAL");
+  other.run("CREATE TABLE notes (body TEXT)");
+  other.close();
+  return path;
+}

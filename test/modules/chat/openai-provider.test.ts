@@ -27,6 +27,7 @@ import { createMetricsRegistry, type Registry } from "../../../src/plugins/metri
 import { LogCapture, testConfig } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 import { type OpenAiServer, startOpenAiServer } from "../../support/openai-server";
+import { startRedirectingUpstream } from "../../support/redirecting-upstream";
 import { waitFor } from "../../support/wait";
 
 const SECRET_TEXT = "my card ends in 4242 and my secret plan is zebra-omelette";
@@ -49,6 +50,20 @@ function build(overrides: { apiKey?: string; timeoutMs?: number } = {}): ChatPro
     baseUrl: upstream.url,
     model: "local-model",
     timeoutMs: overrides.timeoutMs ?? 2_000,
+    logger: createLogger({ level: "debug", destination: logs }),
+    metrics: createUpstreamMetrics(registry, "openai"),
+    clock,
+    random: () => 0,
+  });
+}
+
+/** A provider at another base URL than the test upstream's, with any key and a 1 s timeout. */
+function providerAt(baseUrl: string): ChatProvider {
+  return createOpenAiProvider({
+    apiKey: "sk-any",
+    baseUrl,
+    model: "local-model",
+    timeoutMs: 1_000,
     logger: createLogger({ level: "debug", destination: logs }),
     metrics: createUpstreamMetrics(registry, "openai"),
     clock,
@@ -319,16 +334,7 @@ describe("retries", () => {
   test("an upstream nobody listens on: connection errors are retried, then unavailable", async () => {
     const gone = await startOpenAiServer();
     gone.stop();
-    const unreachable = createOpenAiProvider({
-      apiKey: "sk-any",
-      baseUrl: gone.url,
-      model: "local-model",
-      timeoutMs: 1_000,
-      logger: createLogger({ level: "debug", destination: logs }),
-      metrics: createUpstreamMetrics(registry, "openai"),
-      clock,
-      random: () => 0,
-    });
+    const unreachable = providerAt(gone.url);
     const failure = await failureOf(
       unreachable.complete(MESSAGES, { requestId: "req-refused-conn" }),
     );
@@ -338,35 +344,9 @@ describe("retries", () => {
   });
 
   test("an upstream that redirects is not followed: the conversation never reaches the host it names (probe 43b note)", async () => {
-    const elsewhere: string[] = [];
-    const catcher = Bun.serve({
-      port: 0,
-      hostname: "127.0.0.1",
-      async fetch(request) {
-        elsewhere.push(await request.text());
-        return Response.json({});
-      },
-    });
-    const redirecting = Bun.serve({
-      port: 0,
-      hostname: "127.0.0.1",
-      fetch: (request) =>
-        new Response(null, {
-          status: 307,
-          headers: { location: `http://127.0.0.1:${catcher.port}${new URL(request.url).pathname}` },
-        }),
-    });
+    const upstream = startRedirectingUpstream();
     try {
-      const redirected = createOpenAiProvider({
-        apiKey: "sk-any",
-        baseUrl: `http://127.0.0.1:${redirecting.port}/v1`,
-        model: "local-model",
-        timeoutMs: 1_000,
-        logger: createLogger({ level: "debug", destination: logs }),
-        metrics: createUpstreamMetrics(registry, "openai"),
-        clock,
-        random: () => 0,
-      });
+      const redirected = providerAt(`${upstream.url}/v1`);
       const failure = await failureOf(
         redirected.complete(MESSAGES, { requestId: "req-redirected" }),
       );
@@ -375,10 +355,9 @@ describe("retries", () => {
         redirected.stream(MESSAGES, { requestId: "req-redirected-stream" }),
       );
       expect(streamed.error).toBeInstanceOf(UpstreamFailure);
-      expect(elsewhere).toEqual([]);
+      expect(upstream.elsewhere).toEqual([]);
     } finally {
-      redirecting.stop(true);
-      catcher.stop(true);
+      upstream.stop();
     }
   });
 

@@ -10,6 +10,7 @@ import {
   metricValue,
   type PaymentsApp,
 } from "../../support/payments";
+import { startRedirectingUpstream } from "../../support/redirecting-upstream";
 
 let current: PaymentsApp | null = null;
 afterEach(() => {
@@ -204,27 +205,10 @@ async function expectListed(
 }
 
 test("a redirect from the host at STRIPE_API_URL is not followed: the payment never reaches the host it names (probe 43b's class)", async () => {
-  const elsewhere: string[] = [];
-  const catcher = Bun.serve({
-    port: 0,
-    hostname: "127.0.0.1",
-    async fetch(request) {
-      elsewhere.push(await request.text());
-      return Response.json({ id: "pi_elsewhere", object: "payment_intent" });
-    },
-  });
-  const redirecting = Bun.serve({
-    port: 0,
-    hostname: "127.0.0.1",
-    fetch: (request) =>
-      new Response(null, {
-        status: 307,
-        headers: { location: `http://127.0.0.1:${catcher.port}${new URL(request.url).pathname}` },
-      }),
-  });
+  const upstream = startRedirectingUpstream();
   try {
     current = buildPaymentsApp({
-      env: { STRIPE_API_URL: `http://127.0.0.1:${redirecting.port}` },
+      env: { STRIPE_API_URL: upstream.url },
     });
     const user = await signUp(current);
     const response = await createIntent(
@@ -235,9 +219,8 @@ test("a redirect from the host at STRIPE_API_URL is not followed: the payment ne
     );
     expect(response.status).toBeGreaterThanOrEqual(502);
     expect(((await response.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
-    expect(elsewhere).toEqual([]);
+    expect(upstream.elsewhere).toEqual([]);
   } finally {
-    redirecting.stop(true);
-    catcher.stop(true);
+    upstream.stop();
   }
 });
