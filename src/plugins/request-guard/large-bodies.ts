@@ -154,6 +154,8 @@ export function largeBodyReads(
         // A read the deadline already answered goes on until the connection closes: it takes
         // nothing more, and stops.
         if (ended) throw lateBody(deadlineMs);
+        // Nothing taken is nothing held: a holding with no bytes would never be given back.
+        if (bytes <= 0) return;
         const own = byClient.get(client);
         const networks = byNetwork.get(network);
         // One body alone may always be read up to its route's limit; a second is what is bounded.
