@@ -5,7 +5,12 @@
  */
 import { type Config, ConfigError, databasePathOf, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
-import { type AppDatabase, DatabaseOpenError, openDatabase } from "../db/client";
+import {
+  type AppDatabase,
+  DatabaseOpenError,
+  openDatabase,
+  refuseForeignDatabase,
+} from "../db/client";
 import {
   dropForeignTriggers,
   droppedTriggerEvents,
@@ -26,7 +31,7 @@ import {
   optionsOf,
   parseArgs,
 } from "./command";
-import { checkDatabaseFile, checkMakeableDatabaseFile } from "./database-file";
+import { checkDatabaseFile } from "./database-file";
 import { terminalSafe } from "./terminal";
 
 export interface CliIo {
@@ -94,7 +99,8 @@ export async function runCli(
     const database = command.database ?? "reads";
     if (path === ":memory:" || database === "none") return;
     if (database === "reads") checkDatabaseFile(path, command.name);
-    else checkMakeableDatabaseFile(path);
+    // One that makes the database: a file that holds another's is refused (exit 1).
+    else refuseForeignDatabase(path);
   };
   const context: CommandContext = {
     config: () => {

@@ -232,26 +232,23 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     if (weakness && deployed) throw new ConfigError(name, weakness);
     return value;
   };
-  /** An optional secret: absent is fine, but a deployed one must not be guessable. */
-  const optionalSecret = (name: string, mustBeStrong = false): string | null => {
+  /**
+   * An optional secret: absent is fine, but a deployed one must pass `weakness` when given (one a
+   * person chooses, `secretWeakness`; one a provider issued, `issuedSecretWeakness`).
+   */
+  const optionalSecret = (
+    name: string,
+    weakness?: (value: string) => string | null,
+  ): string | null => {
     const value = env[name];
     if (value === undefined || value === "") return null;
-    if (mustBeStrong && deployed) {
-      const weakness = secretWeakness(value);
-      if (weakness) throw new ConfigError(name, weakness);
-    }
-    return value;
-  };
-  /** A secret a provider issued: absent is fine; a deployed one must be one (secrets.ts). */
-  const issuedSecret = (name: string): string | null => {
-    const value = optionalSecret(name);
-    const weakness = value === null || !deployed ? null : issuedSecretWeakness(value);
-    if (weakness) throw new ConfigError(name, weakness);
+    const found = weakness && deployed ? weakness(value) : null;
+    if (found) throw new ConfigError(name, found);
     return value;
   };
   /**
    * Issued secrets in a comma list (one entry for each secret a provider has in play while it
-   * rolls it): each entry as `issuedSecret` asks, named by its place.
+   * rolls it): each entry judged as an issued secret is, named by its place.
    */
   const secretList = (name: string): string[] => {
     const entries = parseList(optionalSecret(name) ?? "");
@@ -265,12 +262,12 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   };
 
   const jwtSecret = signingKey("JWT_SECRET_KEY");
-  const previousJwtSecret = optionalSecret("JWT_PREVIOUS_SECRET_KEY", true);
+  const previousJwtSecret = optionalSecret("JWT_PREVIOUS_SECRET_KEY", secretWeakness);
   if (previousJwtSecret !== null && previousJwtSecret === jwtSecret) {
     throw new ConfigError("JWT_PREVIOUS_SECRET_KEY", "must differ from JWT_SECRET_KEY");
   }
   const csrfSecret = signingKey("CSRF_SECRET_KEY");
-  const previousCsrfSecret = optionalSecret("CSRF_PREVIOUS_SECRET_KEY", true);
+  const previousCsrfSecret = optionalSecret("CSRF_PREVIOUS_SECRET_KEY", secretWeakness);
   if (previousCsrfSecret !== null && previousCsrfSecret === csrfSecret) {
     throw new ConfigError("CSRF_PREVIOUS_SECRET_KEY", "must differ from CSRF_SECRET_KEY");
   }
@@ -387,9 +384,9 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
       ),
     },
     whatsapp: {
-      appSecret: issuedSecret("WHATSAPP_APP_SECRET"),
-      previousAppSecret: issuedSecret("WHATSAPP_APP_SECRET_PREVIOUS"),
-      verifyToken: optionalSecret("WHATSAPP_VERIFY_TOKEN", true),
+      appSecret: optionalSecret("WHATSAPP_APP_SECRET", issuedSecretWeakness),
+      previousAppSecret: optionalSecret("WHATSAPP_APP_SECRET_PREVIOUS", issuedSecretWeakness),
+      verifyToken: optionalSecret("WHATSAPP_VERIFY_TOKEN", secretWeakness),
       accessToken: optionalSecret("WHATSAPP_ACCESS_TOKEN"),
       apiUrl: upstreamUrl("WHATSAPP_API_URL") ?? "https://graph.facebook.com/v21.0",
     },
@@ -402,7 +399,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
         text("SENTRY_TRACES_SAMPLE_RATE") ?? "0",
       ),
     },
-    metricsToken: optionalSecret("METRICS_TOKEN", true),
+    metricsToken: optionalSecret("METRICS_TOKEN", secretWeakness),
     alerts: parseAlertSettings(text),
     metricsListener: metricsListener(text("METRICS_PORT"), text("METRICS_HOST")),
     openapiPublic: parseBoolean(

@@ -5,7 +5,7 @@
  * file as the service does (which writes at once: WAL mode, then the migrations).
  */
 import { constants, Database } from "bun:sqlite";
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { isDatabaseBusy } from "./busy";
 
 /** The table drizzle records its migrations in; Palisade's file has one from its first start. */
@@ -31,6 +31,17 @@ export function openForALook(path: string): Database {
 /** No `-wal` or `-journal` beside it: the file holds all its content, and no writer has it open. */
 export function atRest(path: string): boolean {
   return !existsSync(`${path}-wal`) && !existsSync(`${path}-journal`);
+}
+
+/**
+ * What changes when a file is written: its inode, size, and modification and change times (the
+ * change time too: a writer can set the modification time back, `touch -r`, `cp -p`, probe 31e F4;
+ * the kernel sets the change time itself). A look at a file at rest takes no lock, so it compares
+ * this before and after.
+ */
+export function fileIdentity(path: string): string {
+  const stat = statSync(path);
+  return `${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
 }
 
 /** An entry of a file's schema (`sqlite_master`), as SQLite keeps it. */

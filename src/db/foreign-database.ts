@@ -23,6 +23,13 @@ import { MIGRATION_TAG_BY_MILLIS } from "./migrations";
 /** Tables every Palisade database has from its first migration on, and no other application's. */
 export const PALISADE_TABLES = ["audit_events", "rate_limit_counters", "users"] as const;
 
+/** What the refusal of a file that is no SQLite database says of it, after `DATABASE_PATH <path>`. */
+export const NOT_SQLITE = "is not a usable SQLite database: it does not start as one";
+
+/** What the refusal of a file with Palisade's tables and no record of its migrations says. */
+export const PALISADE_ALTERED =
+  "holds Palisade's tables but no record of its migrations: the file was altered; restore it from a backup";
+
 /**
  * Why the file at `path` must not be written as Palisade's database (the end of a line that begins
  * `DATABASE_PATH <path>`), or null when it may: none there, an empty one, or Palisade's. A file that
@@ -31,14 +38,10 @@ export const PALISADE_TABLES = ["audit_events", "rate_limit_counters", "users"] 
 export function whyNotPalisades(path: string, busyTimeoutMs: number): string | null {
   // Said here, before the configuration makes a development audit key beside it (probe 45a F4: a
   // YAML file named by mistake got one, though nothing else was written).
-  if (notSqlite(path)) {
-    return "is not a usable SQLite database: it does not start as one (check the path)";
-  }
+  if (notSqlite(path)) return `${NOT_SQLITE} (check the path)`;
   const found = lookAt(path, busyTimeoutMs);
   if (found === null || isPalisades(found)) return null;
-  if (PALISADE_TABLES.every((name) => found.tables.has(name))) {
-    return "holds Palisade's tables but no record of its migrations: the file was altered; restore it from a backup";
-  }
+  if (PALISADE_TABLES.every((name) => found.tables.has(name))) return PALISADE_ALTERED;
   return `holds no Palisade database (${whatOthersHold(found)}): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)`;
 }
 

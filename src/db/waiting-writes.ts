@@ -11,6 +11,12 @@
  */
 import { isDatabaseBusy } from "./busy";
 
+/**
+ * The longest a stop waits for another connection's lock to make what waits for it (`drain`), as
+ * the WhatsApp outbox waits out a lock for a send in flight.
+ */
+export const STOP_LOCK_WAIT_MS = 30_000;
+
 /** What a waiting write says, and when. */
 export interface WaitingWriteReport {
   /** The lock was held: the write waits for it. */

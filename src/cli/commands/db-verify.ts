@@ -10,7 +10,7 @@
  */
 import { type Database, SQLiteError } from "bun:sqlite";
 import { type AppDatabase, BUSY_TIMEOUT_MS, DatabaseOpenError } from "../../db/client";
-import { atRest, openForALook } from "../../db/file-look";
+import { atRest, fileIdentity, openForALook } from "../../db/file-look";
 import { listTriggers } from "../../db/foreign-triggers";
 import { type MigrationStatus, migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
@@ -20,7 +20,7 @@ import { type AuditHead, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { type SealFinding, type SealSweep, SWEPT_TABLES, sweepSeals } from "../../seal-sweep";
 import { CliError, type Command, type CommandContext, EXIT_USAGE } from "../command";
-import { checkDatabaseFile, fileIdentity } from "../database-file";
+import { checkDatabaseFile } from "../database-file";
 import { parseAnchor } from "./audit";
 
 export const dbVerify: Command = {

@@ -27,7 +27,7 @@ import {
 import { constants as osConstants } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { BUSY_TIMEOUT_MS, createOwnerOnly, DatabaseOpenError, writeRefusal } from "../../db/client";
-import { atRest, openForALook } from "../../db/file-look";
+import { atRest, fileIdentity, openForALook } from "../../db/file-look";
 import { migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { AuditKeys } from "../../plugins/audit/chain";
@@ -36,7 +36,6 @@ import { describeFailure } from "../../plugins/audit/verify";
 import { sweepSeals } from "../../seal-sweep";
 import { stopSignals } from "../../stop-signals";
 import { CliError, type Command, EXIT_USAGE } from "../command";
-import { fileIdentity } from "../database-file";
 import { failedRows, findingsPhrase, firstLine, integrityProblems, sweepLines } from "./db-verify";
 
 export const dbMigrate: Command = {

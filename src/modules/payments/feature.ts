@@ -5,6 +5,7 @@
  * `payments: not_configured` without failing: a service without payments still serves chat.
  */
 import type { Core } from "../../core";
+import { STOP_LOCK_WAIT_MS } from "../../db/waiting-writes";
 import type { CredentialStanding } from "../../plugins/auth";
 import type { Feature } from "../feature";
 import { trackedGateway } from "./calls-in-flight";
@@ -30,9 +31,6 @@ export interface PaymentsFeature extends Feature {
   service: PaymentService;
   ledger: PaymentLedger;
 }
-
-/** The longest a stop waits for another connection's lock to write what waits for it. */
-const STOP_LOCK_WAIT_MS = 30_000;
 
 export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}): PaymentsFeature {
   const { config, db, clock, logger, audit, registry } = core;

@@ -559,7 +559,7 @@ export class PaymentService {
     if (gateway === null) throw new Error("payments are not configured");
     // A refund of this payment whose ledger write still waits for a lock in this process holds the
     // payment, however long the lock lasted: tried once more here, it is 409 while it waits.
-    if (!this.writeWaiting(id)) return { kind: "in_progress" };
+    if (!this.refundWrites.settle(id)) return { kind: "in_progress" };
     const now = this.clock.now();
     type Start =
       | { kind: "start"; amount: number; refundedBefore: number; currency: string; row: PaymentRow }
@@ -729,11 +729,6 @@ export class PaymentService {
         "Idempotency-Key claims not given back before the stop (the database stayed locked): a retry with such a key is answered 409 until its claim's two minutes end",
       );
     }
-  }
-
-  /** Writes this payment's waiting ledger write, if any; whether none waits any more. */
-  private writeWaiting(paymentId: string): boolean {
-    return this.refundWrites.settle(paymentId);
   }
 
   /** Deletes idempotency keys past their 24 hours, a bounded number per run. */

@@ -36,7 +36,7 @@ import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
-import { WaitingWrites } from "../../db/waiting-writes";
+import { STOP_LOCK_WAIT_MS, WaitingWrites } from "../../db/waiting-writes";
 import { AppError, problemResponses } from "../../errors";
 import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../../plugins/audit/once-per-window";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
@@ -74,8 +74,6 @@ const PRUNE_BATCH = 1000;
 export const CLAIM_LEASE_MS = 60_000;
 /** How often a claim that could not be given back (the database locked) is tried again. */
 const GIVE_BACK_RETRY_MS = 250;
-/** The longest a stop waits for another connection's lock to give back what waits for it. */
-const STOP_LOCK_WAIT_MS = 30_000;
 const CLAIMED = "message.claimed";
 
 /**
