@@ -44,9 +44,10 @@ export const usageShow: Command = {
       return 0;
     }
     const limit = budget.dailyTokens > 0 ? `of ${budget.dailyTokens}` : "(no budget)";
+    const count = (value: number | null) => value ?? "(not a count)";
     for (const row of rows) {
       context.out(
-        `${row.principal}  ${row.day}  used ${row.usedTokens} ${limit}  reserved ${row.reservedTokens}  requests ${row.requests}`,
+        `${row.principal}  ${row.day}  used ${count(row.usedTokens)} ${limit}  reserved ${count(row.reservedTokens)}  requests ${count(row.requests)}`,
       );
     }
     return 0;

@@ -34,6 +34,7 @@ import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { CHAT_OWNER_KINDS, chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
+import { readableCount } from "./readable-columns";
 import { ownerDayPlaceholders, type Reclaimed, TurnReservations } from "./reservations";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -159,16 +160,32 @@ function toUsageRow(row: {
   reservedTokens: number;
   requests: number;
 }): UsageRow {
-  const { kind, id, day, usedTokens, reservedTokens, requests } = row;
-  return { principal: ownerRef({ kind, id }), day, usedTokens, reservedTokens, requests };
+  const { kind, id, day } = row;
+  return {
+    principal: ownerRef({ kind, id }),
+    day,
+    usedTokens: countOrNone(row.usedTokens),
+    reservedTokens: countOrNone(row.reservedTokens),
+    requests: countOrNone(row.requests),
+  };
+}
+
+/**
+ * A count as Palisade writes one, or null for what the file holds instead (text, a fraction, a
+ * negative number): one such row made the admin's whole usage page for its day 500 (its schema
+ * refused the answer), and the CLI printed the text as if it were a count.
+ */
+function countOrNone(value: unknown): number | null {
+  return readableCount(value) ? value : null;
 }
 
 export interface UsageRow {
   principal: string;
   day: string;
-  usedTokens: number;
-  reservedTokens: number;
-  requests: number;
+  /** Null where the file holds no count (readable-columns). */
+  usedTokens: number | null;
+  reservedTokens: number | null;
+  requests: number | null;
 }
 
 export interface ChatBudgetOptions {

@@ -117,9 +117,10 @@ export const UsagePage = t.Object({
     t.Object({
       principal: t.String(),
       day: t.String(),
-      usedTokens: JsonInteger(),
-      reservedTokens: JsonInteger({ description: "Estimates of turns in flight" }),
-      requests: JsonInteger(),
+      // Null: the file holds something other than a count there (written by something else).
+      usedTokens: Nullable(JsonInteger()),
+      reservedTokens: Nullable(JsonInteger({ description: "Estimates of turns in flight" })),
+      requests: Nullable(JsonInteger()),
     }),
   ),
   nextCursor: Nullable(

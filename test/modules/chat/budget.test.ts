@@ -514,6 +514,39 @@ describe("admins see and reset usage", () => {
     );
   });
 
+  test("a usage row whose counts the file holds as something else: null on the page and in the CLI, the day's other rows as they are", async () => {
+    target = buildTestApp({ env });
+    const admin = await signUp(target, { role: "admin" });
+    const day = "2026-03-14";
+    const insert = target.db.$client.prepare(
+      "INSERT INTO chat_usage (owner_kind, owner_id, day, used_tokens, reserved_tokens, requests, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0)",
+    );
+    insert.run("user", "sound", day, 40, 0, 2);
+    // What someone editing the file may leave: text, a fraction, a negative count, a BLOB.
+    insert.run("user", "text", day, "lots", 1.5, -3);
+    insert.run("user", "blob", day, new Uint8Array([1, 2]), 0, 1);
+
+    const response = await send(target, `/api/admin/usage?day=${day}`, { headers: asUser(admin) });
+    expect(response.status).toBe(200);
+    const page = (await response.json()) as { usage: Record<string, unknown>[] };
+    expect(page.usage).toEqual([
+      { principal: "user:blob", day, usedTokens: null, reservedTokens: 0, requests: 1 },
+      { principal: "user:sound", day, usedTokens: 40, reservedTokens: 0, requests: 2 },
+      { principal: "user:text", day, usedTokens: null, reservedTokens: null, requests: null },
+    ]);
+
+    const shown = await cliInProcess(["usage:show", "--day", day], {
+      DATABASE_PATH: target.databasePath,
+      CHAT_DAILY_TOKEN_BUDGET: String(BUDGET),
+    });
+    expect(shown.code).toBe(0);
+    expect(shown.stdout.split("\n")).toEqual([
+      `user:blob  ${day}  used (not a count) of ${BUDGET}  reserved 0  requests 1`,
+      `user:sound  ${day}  used 40 of ${BUDGET}  reserved 0  requests 2`,
+      `user:text  ${day}  used (not a count) of ${BUDGET}  reserved (not a count)  requests (not a count)`,
+    ]);
+  });
+
   test("usage:show and usage:reset through the CLI; the reset is audited and admits again", async () => {
     // Room for one turn's reservation, not two.
     const budget = String(RESERVED + 50);
