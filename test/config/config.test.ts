@@ -272,6 +272,12 @@ describe("production profile", () => {
       { STRIPE_WEBHOOK_SECRET: `${STRIPE_WHSEC}, whsec_placeholder_Kp9Vx4Lr8Nw1Yb6Cd5` },
       "has a secret that is a placeholder, not a generated secret (entry 2)",
     ],
+    // The prefix's own letters are not the secret's (probe 45a).
+    [
+      "STRIPE_WEBHOOK_SECRET",
+      { STRIPE_WEBHOOK_SECRET: `whsec_${"a".repeat(32)}` },
+      "has a secret that is too repetitive to be random (entry 1)",
+    ],
     ["STRIPE_SECRET_KEY", { STRIPE_SECRET_KEY: "sk_test_123" }, "test-mode key (sk_test_…)"],
     [
       "STRIPE_SECRET_KEY",
