@@ -22,6 +22,7 @@ import { ManualClock } from "../support/clock";
 import { BASIC_CREDENTIAL, CREDENTIAL_QUERY, CREDENTIAL_VALUES } from "../support/credentials";
 import { buildPaymentsApp, createIntent } from "../support/payments";
 import { startService } from "../support/process";
+import { startRedirectingUpstream } from "../support/redirecting-upstream";
 import { type SentryServer, startSentryServer } from "../support/sentry-server";
 import { waitFor } from "../support/wait";
 
@@ -291,6 +292,25 @@ test("a feature not configured (501 NOT_CONFIGURED) is not reported, whoever ask
   expect(sentry.events().map((event) => (event.tags as Record<string, string>).code)).toEqual([
     "INTERNAL",
   ]);
+});
+
+test("a redirect from the DSN's host is not followed: the event goes nowhere else", async () => {
+  const upstream = startRedirectingUpstream();
+  try {
+    const host = new URL(upstream.url).host;
+    const target = build({ SENTRY_DSN: `http://0123456789abcdef0123456789abcdef@${host}/7` });
+    const user = await signUp(target);
+    const explode = await send(target, "/test/explode", {
+      body: {},
+      headers: bearer(user.accessToken),
+    });
+    expect(explode.status).toBe(500);
+    expect(await target.services.errors.flush(5000)).toBe(true);
+    // The SDK's own transport re-sent the event (its request, its user) to the host named.
+    expect(upstream.elsewhere).toEqual([]);
+  } finally {
+    upstream.stop();
+  }
 });
 
 test("an answer that fails its schema is reported by route and field paths, never with the answer's values (probe 30b F1)", async () => {

@@ -28,6 +28,7 @@ import {
   type PendingRepeats,
   REPORT_INTERVAL_MS,
 } from "./throttle";
+import { noRedirectTransport } from "./transport";
 
 export interface ErrorContext {
   requestId?: string;
@@ -141,7 +142,7 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
         tracesSampleRate: rate,
         // Transactions as whole events, so beforeSendTransaction (the scrubber) sees them.
         traceLifecycle: "static",
-        transport: Sentry.makeFetchTransport,
+        transport: noRedirectTransport(Sentry),
         stackParser: Sentry.defaultStackParser,
         integrations: [Sentry.linkedErrorsIntegration()],
         beforeSend: (event) => scrub(event),
