@@ -235,6 +235,7 @@ try {
     config,
     logger,
     onDrainTimeout: () => services.endInFlight(),
+    onForcedExit: () => services.reportUndone("the stop was signalled again"),
     onClosed: async () => {
       await metricsListener?.stop();
       // Background work first (a WhatsApp reply in flight is sent and marked), then the reports

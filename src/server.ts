@@ -29,6 +29,11 @@ export interface StartServerOptions {
    * has answered finishes storing, and is answered, first.
    */
   onDrainTimeout?: () => void | Promise<void>;
+  /**
+   * Runs when a stop signalled again exits the process without closing: logs what is left undone
+   * (services.reportUndone), as the graceful stop logs what it could not finish.
+   */
+  onForcedExit?: () => void;
   /** How long in-flight requests may take to finish once shutdown starts. */
   drainTimeoutMs?: number;
   /** Exit the process after shutdown; tests that drive shutdown in-process pass false. */
@@ -181,6 +186,7 @@ export function startServer(options: StartServerOptions): RunningServer {
         { signal, pending: server.pendingRequests },
         `stop signalled again while ${phase === "cutting" ? "ending what was in flight" : "closing"}: exiting now, without closing (the audit rows still queued are lost)`,
       );
+      options.onForcedExit?.();
       logger.flush();
       if (options.exitProcess ?? true) process.exit(EXIT_FORCED);
     }

@@ -34,6 +34,8 @@ export interface Services extends Core {
   start(): Promise<void>;
   /** At shutdown, before `close()`: lets the features' background work in flight finish. */
   stop(): Promise<void>;
+  /** At an exit that does not wait for `stop()`: logs what each feature leaves undone. */
+  reportUndone(why: string): void;
   /**
    * At shutdown, when the drain time is up: the features end what is in flight readably; resolves
    * once what they let finish (a chat turn being stored) has.
@@ -141,6 +143,9 @@ export function createServices(options: ServiceOptions): Services {
     },
     async stop() {
       await Promise.all([...features.list.map((feature) => feature.stop?.()), checkpoints?.stop()]);
+    },
+    reportUndone(why) {
+      for (const feature of features.list) feature.reportUndone?.(why);
     },
     async endInFlight() {
       await Promise.all(features.list.map((feature) => feature.endInFlight?.()));

@@ -170,6 +170,72 @@ describe("stop signals", () => {
     });
     await payment;
   }, 30_000);
+
+  test("signalled again while the stop waits for another connection's lock, it exits 1 naming what it leaves undone (probe 45a F3)", async () => {
+    const stripe = startFakeStripe();
+    cleanups.push(() => stripe.stop());
+    stripe.delayMs = 300;
+    stripe.failNext("/v1/payment_intents", {
+      status: 400,
+      code: "amount_too_small",
+      shouldRetry: false,
+    });
+    const env = {
+      ...databaseEnv(),
+      STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
+      STRIPE_API_URL: stripe.url,
+      RATE_LIMIT_PER_MINUTE: "1000",
+      RATE_LIMIT_BURST: "1000",
+    };
+    const service = await started(env);
+    const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+      fetch(new URL(path, service.url), {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: JSON.stringify(body),
+      });
+    const email = "payer@example.test";
+    const password = "violet-Harbor-quantum-73!";
+    expect((await post("/api/auth/register", { email, password })).status).toBe(201);
+    const { accessToken } = (await (await post("/api/auth/login", { email, password })).json()) as {
+      accessToken: string;
+    };
+    const payment = post(
+      "/api/payments/intents",
+      { amount: 1200, currency: "eur" },
+      { authorization: `Bearer ${accessToken}`, "idempotency-key": "signals-test-0002" },
+    );
+    // Another process (a backup, a CLI command) takes the write lock while Stripe works: the
+    // refused intent's claim waits for it to be given back.
+    const holder = new Database(env.DATABASE_PATH);
+    cleanups.push(() => {
+      if (holder.inTransaction) holder.run("ROLLBACK");
+      holder.close();
+    });
+    await Bun.sleep(100);
+    holder.run("BEGIN IMMEDIATE");
+    expect((await payment).status).toBe(502);
+
+    service.proc.kill("SIGTERM");
+    await logged(service, "shutting down");
+    // The stop waits for the lock (30 s at most) to give the claim back.
+    await Bun.sleep(300);
+    expect(service.proc.exitCode).toBeNull();
+    service.proc.kill("SIGTERM");
+    expect(await service.proc.exited).toBe(1);
+    const lines = linesOf(service);
+    const forced = lines.findIndex((line) =>
+      line.msg.startsWith("stop signalled again while closing: exiting now"),
+    );
+    expect(forced).toBeGreaterThan(-1);
+    expect(lines.slice(forced + 1)).toEqual([
+      expect.objectContaining({
+        level: "warn",
+        claims: 1,
+        msg: "Idempotency-Key claims not given back before the stop (the stop was signalled again): a retry with such a key is answered 409 until its claim's two minutes end",
+      }),
+    ]);
+  }, 30_000);
 });
 
 describe("a stop signalled during the start (probe 31a F2)", () => {

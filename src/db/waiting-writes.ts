@@ -65,6 +65,11 @@ export class WaitingWrites {
     return false;
   }
 
+  /** The ids whose write still waits for the lock. */
+  pending(): string[] {
+    return [...this.waiting.keys()];
+  }
+
   /** Tries the write waiting for `id`, if any, once more; whether none waits any more. */
   settle(id: string): boolean {
     const attempt = this.waiting.get(id);
@@ -81,7 +86,7 @@ export class WaitingWrites {
     const until = performance.now() + maxWaitMs;
     for (;;) {
       for (const id of [...this.waiting.keys()]) this.settle(id);
-      if (this.waiting.size === 0 || performance.now() >= until) return [...this.waiting.keys()];
+      if (this.waiting.size === 0 || performance.now() >= until) return this.pending();
       await Bun.sleep(this.retryMs);
     }
   }

@@ -44,6 +44,12 @@ export interface Feature {
    * 503, a chat stream with an `error` event) rather than as a cut connection.
    */
   endInFlight?(): void | Promise<void>;
+  /**
+   * Logs each write the feature still leaves undone (one waiting for another connection's lock)
+   * when the process exits now: a stop signalled again exits without waiting for them (probe 45a
+   * F3: a refund Stripe made went missing from the ledger without a line naming it).
+   */
+  reportUndone?(why: string): void;
   /** Flushes and stops what the feature runs; called once at shutdown. */
   close?(): void;
 }

@@ -77,6 +77,7 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
     // After the last request: what waits for another connection's lock is written before the
     // database closes, within as long as the outbox waits out a lock.
     stop: () => service.stop(STOP_LOCK_WAIT_MS),
+    reportUndone: (why) => service.reportUndone(why),
     maintenance: (now) => {
       service.prune(now);
     },

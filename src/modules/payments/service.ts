@@ -713,20 +713,23 @@ export class PaymentService {
    * and a key answering 409 for its claim's two minutes).
    */
   async stop(maxWaitMs: number): Promise<void> {
-    const [refunds, releases] = await Promise.all([
-      this.refundWrites.drain(maxWaitMs),
-      this.releases.drain(maxWaitMs),
-    ]);
-    for (const paymentId of refunds) {
+    await Promise.all([this.refundWrites.drain(maxWaitMs), this.releases.drain(maxWaitMs)]);
+    this.reportUndone("the database stayed locked");
+  }
+
+  /** Logs each refund record and claim still waiting for the lock, as the process stops (`why`). */
+  reportUndone(why: string): void {
+    for (const paymentId of this.refundWrites.pending()) {
       this.logger.error(
         { paymentId },
-        "refund answered by Stripe not recorded before the stop (the database stayed locked); charge.refunded will record its total",
+        `refund answered by Stripe not recorded before the stop (${why}); charge.refunded will record its total`,
       );
     }
-    if (releases.length > 0) {
+    const claims = this.releases.pending().length;
+    if (claims > 0) {
       this.logger.warn(
-        { claims: releases.length },
-        "Idempotency-Key claims not given back before the stop (the database stayed locked): a retry with such a key is answered 409 until its claim's two minutes end",
+        { claims },
+        `Idempotency-Key claims not given back before the stop (${why}): a retry with such a key is answered 409 until its claim's two minutes end`,
       );
     }
   }

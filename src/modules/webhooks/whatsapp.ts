@@ -378,12 +378,18 @@ export class WhatsAppIntake {
    * over by a redelivery once its lease ends, as a crashed delivery's is.
    */
   async stop(): Promise<void> {
-    const left = await this.givingBack.drain(STOP_LOCK_WAIT_MS);
-    if (left.length > 0) {
+    await this.givingBack.drain(STOP_LOCK_WAIT_MS);
+    this.reportUndone("the database stayed locked");
+  }
+
+  /** Logs the claims still waiting for the lock, as the process stops (`why`). */
+  reportUndone(why: string): void {
+    const claims = this.givingBack.pending().length;
+    if (claims > 0) {
       // Said, as the README says each write left undone is (probe 45a F2).
       this.options.core.logger.warn(
-        { claims: left.length },
-        "WhatsApp message claims not given back before the stop (the database stayed locked): their redeliveries are answered 503 until each claim's minute ends",
+        { claims },
+        `WhatsApp message claims not given back before the stop (${why}): their redeliveries are answered 503 until each claim's minute ends`,
       );
     }
   }
@@ -680,6 +686,7 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
     stop: async () => {
       await Promise.all([worker.stop(), intake.stop()]);
     },
+    reportUndone: (why) => intake.reportUndone(why),
     close: () => worker.close(),
   };
 }
