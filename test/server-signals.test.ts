@@ -180,14 +180,14 @@ describe("stop signals", () => {
       code: "amount_too_small",
       shouldRetry: false,
     });
-    const env = {
-      ...databaseEnv(),
+    const database = databaseEnv();
+    const service = await started({
+      ...database,
       STRIPE_SECRET_KEY: STRIPE_TEST_KEY,
       STRIPE_API_URL: stripe.url,
       RATE_LIMIT_PER_MINUTE: "1000",
       RATE_LIMIT_BURST: "1000",
-    };
-    const service = await started(env);
+    });
     const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
       fetch(new URL(path, service.url), {
         method: "POST",
@@ -207,7 +207,7 @@ describe("stop signals", () => {
     );
     // Another process (a backup, a CLI command) takes the write lock while Stripe works: the
     // refused intent's claim waits for it to be given back.
-    const holder = new Database(env.DATABASE_PATH);
+    const holder = new Database(database.DATABASE_PATH!);
     cleanups.push(() => {
       if (holder.inTransaction) holder.run("ROLLBACK");
       holder.close();

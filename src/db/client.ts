@@ -11,6 +11,7 @@ import { Database, SQLiteError } from "bun:sqlite";
 import {
   accessSync,
   closeSync,
+  existsSync,
   constants as fsConstants,
   mkdirSync,
   openSync,
@@ -163,6 +164,16 @@ export function refuseForeignDatabase(path: string): void {
 
 export function openDatabase(path: string): AppDatabase {
   refuseForeignDatabase(path);
+  // Said before SQLite opens it: SQLite opens a file it may not write read-only and makes its
+  // `-wal` and `-shm` beside it when the directory allows, leaving them there when the probe
+  // write below then fails (probe 45a F5).
+  const unwritable = path === ":memory:" || !existsSync(path) ? null : writeRefusal(path);
+  if (unwritable !== null) {
+    throw new DatabaseOpenError(
+      path,
+      `is read-only (writing it: ${unwritable}): ${READ_ONLY_ADVICE}`,
+    );
+  }
   let sqlite: Database;
   try {
     if (path !== ":memory:") {

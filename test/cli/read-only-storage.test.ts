@@ -121,7 +121,7 @@ describe("a database on read-only storage (probe 43c F4)", () => {
     const { storage, path, out } = await evidence();
     const reader = unwritable([path, storage]);
     const env = { DATABASE_PATH: path, HOME: out };
-    const said = `DATABASE_PATH ${path} is read-only (${reader.sqlite}; writing it: ${reader.errno}): Palisade and its commands write to it; use a writable copy`;
+    const said = `DATABASE_PATH ${path} is read-only (writing it: ${reader.errno}): Palisade and its commands write to it; use a writable copy`;
     const commands: [string, string[]][] = [
       ["users:list", []],
       ["keys:list", []],
@@ -141,6 +141,23 @@ describe("a database on read-only storage (probe 43c F4)", () => {
     const start = await runAsReader(reader, ["src/index.ts"], { ...env, PORT: "0" });
     expect(start.stderr.trim().split("\n").at(-1)).toBe(`palisade: ${said}`);
     expect(start.code).toBe(2);
+    expect(readdirSync(storage)).toEqual(["palisade.db"]);
+  }, 30_000);
+
+  test("an unwritable file in a directory that can be written: said read-only, and nothing is made beside it (probe 45a F5)", async () => {
+    const { storage, path, out } = await evidence();
+    const reader = unwritable([path]);
+    const env = { DATABASE_PATH: path, HOME: out };
+    const said = `DATABASE_PATH ${path} is read-only (writing it: ${reader.errno}): Palisade and its commands write to it; use a writable copy`;
+    for (const command of ["users:list", "db:migrate"]) {
+      const run = await runAsReader(reader, ["src/cli/index.ts", command], env);
+      expect(run.stderr.trim()).toBe(`palisade ${command}: ${said}`);
+      expect(run.code).toBe(1);
+    }
+    const start = await runAsReader(reader, ["src/index.ts"], { ...env, PORT: "0" });
+    expect(start.stderr.trim().split("\n").at(-1)).toBe(`palisade: ${said}`);
+    expect(start.code).toBe(2);
+    // SQLite made a -wal and a 32 KiB -shm beside it before the write failed, and left them.
     expect(readdirSync(storage)).toEqual(["palisade.db"]);
   }, 30_000);
 
