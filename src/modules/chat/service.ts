@@ -69,6 +69,7 @@ import {
   shownUsage,
 } from "./readable-columns";
 import { estimatePromptTokens, estimateTokens } from "./tokens";
+import { WellFormedPieces } from "./well-formed-pieces";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 /** Principals whose over-budget refusal today this process remembers having audited. */
@@ -535,6 +536,10 @@ export class ChatService implements ChatTurns {
     let usage: TokenUsage | null = null;
     let finished = false;
     let failure: unknown = null;
+    // The pieces as the stored reply reads (well-formed, below): a lone surrogate is U+FFFD, and a
+    // high surrogate ending a piece waits for the next, which may hold its pair (probe 43b note:
+    // the client was sent `\ud800` where the stored reply and the JSON answer hold U+FFFD).
+    const wellFormed = new WellFormedPieces();
     try {
       for await (const delta of provider.stream(turn.prompt, {
         signal,
@@ -547,8 +552,11 @@ export class ChatService implements ChatTurns {
           continue;
         }
         text += delta.text;
-        yield { kind: "text", text: delta.text };
+        const piece = wellFormed.next(delta.text);
+        if (piece !== "") yield { kind: "text", text: piece };
       }
+      const rest = wellFormed.end();
+      if (rest !== "" && !signal?.aborted) yield { kind: "text", text: rest };
       finished = !signal?.aborted;
     } catch (error) {
       failure = error;

@@ -565,14 +565,21 @@ describe("a reply that is not well-formed Unicode (probe 37b F1)", () => {
     expect(plain.status).toBe(200);
     const first = (await plain.json()) as { conversationId: string; reply: string };
     expect(first.reply).toBe("hello \ufffd tail");
-    // A lone low surrogate, and an emoji whose two halves come in two pieces.
-    upstream.enqueue({ kind: "reply", chunks: ["a \ude00 b \ud83d", "\ude00 c"] });
+    // A lone low surrogate, an emoji whose two halves come in two pieces, and a high surrogate
+    // ending the reply.
+    upstream.enqueue({ kind: "reply", chunks: ["a \ude00 b \ud83d", "\ude00 c\ud83d"] });
     const streamed = await send(target, "/api/chat", {
       headers: { ...headers, accept: "text/event-stream" },
       body: JSON.stringify({ message: "second", conversationId: first.conversationId }),
     });
     expect(streamed.status).toBe(200);
-    await streamed.text();
+    // The client is sent what is stored, piece by piece: no lone surrogate (probe 43b note).
+    const deltas = (await streamed.text())
+      .split("\n\n")
+      .filter((event) => event.startsWith("data: "))
+      .map((event) => (JSON.parse(event.slice(6)) as { delta: string }).delta);
+    expect(deltas.every((delta) => delta.isWellFormed())).toBe(true);
+    expect(deltas.join("")).toBe("a \ufffd b \u{1F600} c\ufffd");
     const read = await send(target, `/api/chat/conversations/${first.conversationId}`, {
       headers: bearer(alice.accessToken),
     });
@@ -580,7 +587,7 @@ describe("a reply that is not well-formed Unicode (probe 37b F1)", () => {
     const { messages } = (await read.json()) as { messages: { role: string; content: string }[] };
     expect(messages.filter((m) => m.role === "assistant").map((m) => m.content)).toEqual([
       "hello \ufffd tail",
-      "a \ufffd b \u{1F600} c",
+      "a \ufffd b \u{1F600} c\ufffd",
     ]);
     target.services.audit.flush();
     const tampered = target.db.$client
