@@ -117,49 +117,41 @@ function runAsReader(
 }
 
 describe("a database on read-only storage (probe 43c F4)", () => {
-  test("every command and the start say it is read-only, in the documented line, and make nothing beside it", async () => {
-    const { storage, path, out } = await evidence();
-    const reader = unwritable([path, storage]);
-    const env = { DATABASE_PATH: path, HOME: out };
-    const said = `DATABASE_PATH ${path} is read-only (writing it: ${reader.errno}): Palisade and its commands write to it; use a writable copy`;
-    const commands: [string, string[]][] = [
-      ["users:list", []],
-      ["keys:list", []],
-      ["audit:verify", []],
-      ["db:migrate", []],
-      ["users:create", ["--email", "other@example.test"]],
-    ];
-    const runs = await Promise.all(
-      commands.map(([command, rest]) =>
-        runAsReader(reader, ["src/cli/index.ts", command, ...rest], env),
-      ),
-    );
-    runs.forEach((run, index) => {
-      expect(run.stderr.trim()).toBe(`palisade ${commands[index]![0]}: ${said}`);
-      expect(run.code).toBe(1);
-    });
-    const start = await runAsReader(reader, ["src/index.ts"], { ...env, PORT: "0" });
-    expect(start.stderr.trim().split("\n").at(-1)).toBe(`palisade: ${said}`);
-    expect(start.code).toBe(2);
-    expect(readdirSync(storage)).toEqual(["palisade.db"]);
-  }, 30_000);
-
-  test("an unwritable file in a directory that can be written: said read-only, and nothing is made beside it (probe 45a F5)", async () => {
-    const { storage, path, out } = await evidence();
-    const reader = unwritable([path]);
-    const env = { DATABASE_PATH: path, HOME: out };
-    const said = `DATABASE_PATH ${path} is read-only (writing it: ${reader.errno}): Palisade and its commands write to it; use a writable copy`;
-    for (const command of ["users:list", "db:migrate"]) {
-      const run = await runAsReader(reader, ["src/cli/index.ts", command], env);
-      expect(run.stderr.trim()).toBe(`palisade ${command}: ${said}`);
-      expect(run.code).toBe(1);
-    }
-    const start = await runAsReader(reader, ["src/index.ts"], { ...env, PORT: "0" });
-    expect(start.stderr.trim().split("\n").at(-1)).toBe(`palisade: ${said}`);
-    expect(start.code).toBe(2);
-    // SQLite made a -wal and a 32 KiB -shm beside it before the write failed, and left them.
-    expect(readdirSync(storage)).toEqual(["palisade.db"]);
-  }, 30_000);
+  // With the directory writable too, SQLite made a -wal and a 32 KiB -shm beside the file before
+  // its write failed, and left them there (probe 45a F5).
+  test.each([
+    ["the file and its directory", true],
+    ["the file, its directory writable", false],
+  ])(
+    "%s unwritable: every command and the start say it is read-only, in the documented line, and make nothing beside it",
+    async (_, directoryToo) => {
+      const { storage, path, out } = await evidence();
+      const reader = unwritable(directoryToo ? [path, storage] : [path]);
+      const env = { DATABASE_PATH: path, HOME: out };
+      const said = `DATABASE_PATH ${path} is read-only (writing it: ${reader.errno}): Palisade and its commands write to it; use a writable copy`;
+      const commands: [string, string[]][] = [
+        ["users:list", []],
+        ["keys:list", []],
+        ["audit:verify", []],
+        ["db:migrate", []],
+        ["users:create", ["--email", "other@example.test"]],
+      ];
+      const runs = await Promise.all(
+        commands.map(([command, rest]) =>
+          runAsReader(reader, ["src/cli/index.ts", command, ...rest], env),
+        ),
+      );
+      runs.forEach((run, index) => {
+        expect(run.stderr.trim()).toBe(`palisade ${commands[index]![0]}: ${said}`);
+        expect(run.code).toBe(1);
+      });
+      const start = await runAsReader(reader, ["src/index.ts"], { ...env, PORT: "0" });
+      expect(start.stderr.trim().split("\n").at(-1)).toBe(`palisade: ${said}`);
+      expect(start.code).toBe(2);
+      expect(readdirSync(storage)).toEqual(["palisade.db"]);
+    },
+    30_000,
+  );
 
   test("db:backup copies it as db:verify reads it, making nothing beside it", async () => {
     const { storage, path, out } = await evidence();
