@@ -174,7 +174,8 @@ describe("stop signals", () => {
   test("signalled again while the stop waits for another connection's lock, it exits 1 naming what it leaves undone (probe 45a F3)", async () => {
     const stripe = startFakeStripe();
     cleanups.push(() => stripe.stop());
-    stripe.delayMs = 300;
+    const held = stripe.holdNext("/v1/payment_intents");
+    cleanups.push(() => held.release());
     stripe.failNext("/v1/payment_intents", {
       status: 400,
       code: "amount_too_small",
@@ -212,14 +213,16 @@ describe("stop signals", () => {
       if (holder.inTransaction) holder.run("ROLLBACK");
       holder.close();
     });
-    await Bun.sleep(100);
+    await held.reached;
     holder.run("BEGIN IMMEDIATE");
+    held.release();
     expect((await payment).status).toBe(502);
 
     service.proc.kill("SIGTERM");
     await logged(service, "shutting down");
-    // The stop waits for the lock (30 s at most) to give the claim back.
-    await Bun.sleep(300);
+    // With nothing in flight the drain ends at once; the stop then waits for the lock (30 s at
+    // most) to give the claim back.
+    await Bun.sleep(1000);
     expect(service.proc.exitCode).toBeNull();
     service.proc.kill("SIGTERM");
     expect(await service.proc.exited).toBe(1);
