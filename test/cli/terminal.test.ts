@@ -61,3 +61,38 @@ test("a key name holding a line break cannot print a line of its own", async () 
   expect(listed.stdout.split("\n")).toHaveLength(1);
   expect(listed.stdout).toContain("k3\\x0a0190  pal_live_fake");
 });
+
+test("rows written into the file with a time that is none, or a BLOB for text, are listed as the file holds them by keys:list and audit:tail: every row, exit 0 (probe 46b F2)", async () => {
+  const target = buildTestApp();
+  apps.push(target);
+  const keys = target.services.apiKeys;
+  const made = ["first", "second", "third"].map(
+    (name) => keys.create({ name, scopes: ["chat"], userId: null }, "test").record.id,
+  );
+  const sqlite = target.db.$client;
+  sqlite.query("UPDATE api_keys SET expires_at = 'soon' WHERE id = ?").run(made[0]!);
+  sqlite.query("UPDATE api_keys SET last_used_at = 1e300 WHERE id = ?").run(made[1]!);
+  sqlite.query("UPDATE api_keys SET name = X'6869' WHERE id = ?").run(made[2]!);
+  const env = { DATABASE_PATH: target.databasePath };
+  const listed = await cliInProcess(["keys:list"], env);
+  expect(listed.code).toBe(0);
+  const lines = listed.stdout.split("\n");
+  expect(lines).toHaveLength(3);
+  expect(lines.find((line) => line.startsWith(made[0]!))).toContain("expires soon");
+  expect(lines.find((line) => line.startsWith(made[1]!))).toContain("last used 1e+300");
+  expect(lines.find((line) => line.startsWith(made[2]!))).toContain(" hi ");
+
+  target.services.audit.flush();
+  const insert = sqlite.prepare(
+    "INSERT INTO audit_events (at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash) VALUES (?, 'auth.logout', NULL, NULL, NULL, NULL, 'success', ?, NULL, 'c', 'p', 'h')",
+  );
+  insert.run("x", "{}");
+  insert.run(1e300, new Uint8Array([123, 125]));
+  const tail = await cliInProcess(["audit:tail", "--limit", "100"], env);
+  expect(tail.code).toBe(0);
+  const forged = tail.stdout.split("\n").filter((row) => row.includes("auth.logout"));
+  expect(forged.sort()).toEqual([
+    "1e+300  auth.logout  success  actor=-  ip=-  route=-  request=-  {}",
+    "x  auth.logout  success  actor=-  ip=-  route=-  request=-  {}",
+  ]);
+});

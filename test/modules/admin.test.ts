@@ -1102,6 +1102,94 @@ describe("the admin lists page (api-keys, blocks)", () => {
     expect(keys.at(-1)!.owner).toEqual({ id: owner.userId, email: owner.email });
   });
 
+  test("key rows written into the file with values Palisade never writes are listed as the file holds them, marked, and paged past: never a 500 (probe 46b F1)", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const admin = await signUp(current, { role: "admin" });
+    const owner = await signUp(current);
+    const real: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      clock.advance(1_000);
+      real.push(createKey(current, ["chat"], i === 0 ? owner.userId : null).record.id);
+    }
+    const sqlite = current.db.$client;
+    const insert = sqlite.prepare(
+      "INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, expires_at, last_used_at, revoked_at, origin, seal) VALUES (?, ?, ?, '00', '[\"chat\"]', NULL, ?, ?, ?, ?, ?, 'x')",
+    );
+    const now = clock.now();
+    // Text sorts above every number in SQLite: ordered by the column, this one came first and no
+    // page could be asked for after it.
+    insert.run("forged-text-created", "n1", "pal_live_AAAAAAA", "soon", null, null, null, "api");
+    insert.run("forged-text-times", "n2", "pal_live_BBBBBBB", now, "soon", "x", "y", "api");
+    insert.run(
+      "forged-blobs",
+      new Uint8Array([104, 105]),
+      new Uint8Array([112]),
+      now,
+      null,
+      null,
+      null,
+      "api",
+    );
+    insert.run("forged-origin", "n4", "pal_live_DDDDDDD", now, 1e300, null, null, "weird");
+    insert.run("forged id. with spaces", "n5", "pal_live_EEEEEEE", 1.5, null, null, null, "api");
+    // A real key's owner whose email the file holds as a BLOB.
+    sqlite.run("UPDATE users SET email = X'6869' WHERE id = ?", [owner.userId]);
+
+    type Listed = {
+      id: string;
+      name: string;
+      prefix: string;
+      createdAt: number | null;
+      expiresAt: number | null;
+      lastUsedAt: number | null;
+      revokedAt: number | null;
+      origin: string | null;
+      owner: { id: string; email: string } | null;
+      tampered: boolean;
+    };
+    const listed = await pages<Listed>(
+      current,
+      "/api/admin/api-keys",
+      "keys",
+      admin.accessToken,
+      2,
+    );
+    const keys = listed.flatMap((page) => page.items);
+    const byId = new Map(keys.map((key) => [key.id, key]));
+    // Every key once: the rows with no time head the list (by id), then the rest newest first.
+    expect(keys.map((key) => key.id)).toEqual([
+      "forged-text-created",
+      "forged id. with spaces",
+      "forged-text-times",
+      "forged-origin",
+      "forged-blobs",
+      real[2]!,
+      real[1]!,
+      real[0]!,
+    ]);
+    for (const id of [
+      "forged-text-created",
+      "forged-text-times",
+      "forged-blobs",
+      "forged-origin",
+    ]) {
+      expect([id, byId.get(id)!.tampered]).toEqual([id, true]);
+    }
+    expect(byId.get("forged-text-created")!.createdAt).toBeNull();
+    expect(byId.get("forged id. with spaces")!.createdAt).toBeNull();
+    expect(byId.get("forged-text-times")).toMatchObject({
+      createdAt: now,
+      expiresAt: null,
+      lastUsedAt: null,
+      revokedAt: null,
+    });
+    expect(byId.get("forged-blobs")).toMatchObject({ name: "hi", prefix: "p" });
+    expect(byId.get("forged-origin")).toMatchObject({ origin: null, expiresAt: null });
+    expect(byId.get(real[0]!)!.owner).toEqual({ id: owner.userId, email: "hi" });
+    expect(byId.get(real[0]!)!.tampered).toBe(true);
+  });
+
   test("blocks in force page newest first, each once; lifted and expired ones are not listed", async () => {
     const clock = new ManualClock();
     current = buildTestApp({ clock });
@@ -1150,7 +1238,8 @@ describe("the admin lists page (api-keys, blocks)", () => {
     const keyCursor = encodeURIComponent(keysPage.nextCursor);
     for (const [route, query] of [
       ["/api/admin/api-keys", "cursor=not-a-cursor"],
-      ["/api/admin/api-keys", `cursor=${Buffer.from("1.a.b").toString("base64url")}`],
+      ["/api/admin/api-keys", `cursor=${Buffer.from("1.").toString("base64url")}`],
+      ["/api/admin/api-keys", `cursor=${Buffer.from("soon.a").toString("base64url")}`],
       ["/api/admin/blocks", "cursor=not-a-cursor"],
       // A key's cursor names a key id: no block has one.
       ["/api/admin/blocks", `cursor=${keyCursor}`],

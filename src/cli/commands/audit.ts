@@ -1,3 +1,4 @@
+import { storedTimeText, storedValueText } from "../../db/stored-values";
 import {
   DEFAULT_TOP,
   MAX_TOP,
@@ -30,15 +31,17 @@ export const auditTail: Command = {
         continue;
       }
       context.out(
+        // As the file holds them: a row written there with a time that is none is the one the
+        // operator is looking for, not one to stop at (probe 46b F2).
         [
-          new Date(row.at).toISOString(),
-          row.type,
-          row.outcome,
-          `actor=${row.actor ?? "-"}`,
-          `ip=${row.ip ?? "-"}`,
-          `route=${row.route ?? "-"}`,
-          `request=${row.requestId ?? "-"}`,
-          row.detail,
+          storedTimeText(row.at),
+          storedValueText(row.type),
+          storedValueText(row.outcome),
+          `actor=${storedValueText(row.actor) ?? "-"}`,
+          `ip=${storedValueText(row.ip) ?? "-"}`,
+          `route=${storedValueText(row.route) ?? "-"}`,
+          `request=${storedValueText(row.requestId) ?? "-"}`,
+          storedValueText(row.detail),
         ].join("  "),
       );
     }

@@ -1,3 +1,4 @@
+import { storedTimeText, storedValueText } from "../../db/stored-values";
 import { MAX_KEY_DAYS } from "../../modules/admin/model";
 import {
   isScope,
@@ -15,7 +16,8 @@ import {
   requireFlagWithin,
 } from "../command";
 
-const iso = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString());
+/** A time as the file holds it: an ISO date, or the text a row written into the file holds. */
+const iso = (ms: unknown) => (ms === null ? "-" : storedTimeText(ms));
 
 export const keysCreate: Command = {
   name: "keys:create",
@@ -110,12 +112,12 @@ export const keysList: Command = {
         : "";
       const owner =
         key.userId !== null
-          ? `${key.ownerEmail}`
+          ? `${storedValueText(key.ownerEmail)}`
           : key.origin === "bootstrap"
             ? "(API_KEYS)"
             : "(operator)";
       context.out(
-        `${key.id}  ${key.prefix}…  ${key.name}  ${key.scopes.join(",")}  ${state}  owner ${owner}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}${lineage}${rotation}`,
+        `${key.id}  ${storedValueText(key.prefix)}…  ${storedValueText(key.name)}  ${key.scopes.join(",")}  ${state}  owner ${owner}  expires ${iso(key.expiresAt)}  last used ${iso(key.lastUsedAt)}${lineage}${rotation}`,
       );
     }
     return 0;

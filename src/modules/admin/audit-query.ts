@@ -7,6 +7,7 @@ import type { Database } from "bun:sqlite";
 import { and, desc, eq, gte, lt, lte } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
 import { auditEvents } from "../../db/schema";
+import { storedTimeText, storedValueText } from "../../db/stored-values";
 import type { AuditEventView as AuditEventViewSchema } from "./model";
 
 export interface AuditFilter {
@@ -22,21 +23,6 @@ export interface AuditFilter {
 /** As the API shows it: the schema in model.ts is the type. */
 export type AuditEventView = typeof AuditEventViewSchema.static;
 
-/** A stored value as text: a BLOB decoded as UTF-8, a number written out, text and null as they are. */
-function storedText(value: unknown): string | null {
-  if (value === null || value === undefined || typeof value === "string") return value ?? null;
-  if (value instanceof Uint8Array) return new TextDecoder().decode(value);
-  return String(value);
-}
-
-/** A stored time in ms as an ISO date, or as the text it holds when it is not one. */
-function storedTime(value: unknown): string {
-  const date = typeof value === "number" ? new Date(value) : null;
-  return date !== null && Number.isFinite(date.getTime())
-    ? date.toISOString()
-    : (storedText(value) ?? "");
-}
-
 /** A stored detail's JSON object, or what was stored, as text, under `unreadableDetail`. */
 function storedDetail(value: unknown): Record<string, unknown> {
   if (typeof value === "string") {
@@ -49,7 +35,7 @@ function storedDetail(value: unknown): Record<string, unknown> {
       // Not JSON: shown as it is, below.
     }
   }
-  return { unreadableDetail: storedText(value) };
+  return { unreadableDetail: storedValueText(value) };
 }
 
 /** The columns an admin sees: not the chain's own (salt, commitment, hashes). */
@@ -94,13 +80,13 @@ export function queryAuditEvents(
     // shown as the text it holds, not a 500 for every page that holds it (probes 41d F2, 41e F2).
     events: page.map((row) => ({
       id: row.id,
-      at: storedTime(row.at),
-      type: storedText(row.type) ?? "",
-      actor: storedText(row.actor),
-      ip: storedText(row.ip),
-      route: storedText(row.route),
-      requestId: storedText(row.requestId),
-      outcome: storedText(row.outcome) ?? "",
+      at: storedTimeText(row.at),
+      type: storedValueText(row.type) ?? "",
+      actor: storedValueText(row.actor),
+      ip: storedValueText(row.ip),
+      route: storedValueText(row.route),
+      requestId: storedValueText(row.requestId),
+      outcome: storedValueText(row.outcome) ?? "",
       detail: storedDetail(row.detail),
     })),
     nextCursor: rows.length > filter.limit ? page.at(-1)!.id : null,

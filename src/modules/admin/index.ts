@@ -5,6 +5,7 @@
  * principal.
  */
 import { Elysia, t } from "elysia";
+import { storedValueText, timeOrNull } from "../../db/stored-values";
 import { AppError, problemResponses } from "../../errors";
 import { cursorOfQuery, type ListCursor } from "../../list-cursor";
 import type { AuditEventType } from "../../plugins/audit/events";
@@ -73,13 +74,30 @@ function view(
   record: ApiKeyRecord,
   seals = { tampered: false, lineageTampered: false, rotationTampered: false },
 ) {
-  const { userId, ownerEmail, ...shown } = record;
+  const { userId, ownerEmail } = record;
+  // As the file holds them: a row written there with text for a time or a BLOB for a name is
+  // shown (with `tampered`), where its answer failing the schema made every page holding it 500
+  // and hid every key (probe 46b F1).
   return {
-    ...shown,
-    owner: userId === null ? null : { id: userId, email: ownerEmail ?? "" },
+    id: storedValueText(record.id) ?? "",
+    name: storedValueText(record.name) ?? "",
+    prefix: storedValueText(record.prefix) ?? "",
+    scopes: record.scopes,
+    createdAt: timeOrNull(record.createdAt),
+    expiresAt: timeOrNull(record.expiresAt),
+    lastUsedAt: timeOrNull(record.lastUsedAt),
+    revokedAt: timeOrNull(record.revokedAt),
+    replacedBy: storedValueText(record.replacedBy),
+    origin: KEY_ORIGINS.includes(record.origin) ? record.origin : null,
+    owner:
+      userId === null
+        ? null
+        : { id: storedValueText(userId) ?? "", email: storedValueText(ownerEmail) ?? "" },
     ...seals,
   };
 }
+
+const KEY_ORIGINS: readonly unknown[] = ["api", "bootstrap"];
 
 /** A list's page as its query asks: 422 for a cursor this API never gave (or of another list's ids). */
 function pageOf(

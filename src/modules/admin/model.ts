@@ -31,7 +31,9 @@ export const ApiKeyView = t.Object({
   name: t.String(),
   prefix: t.String(),
   scopes: t.Array(ScopeSchema),
-  createdAt: t.Number(),
+  // Null where the file holds no time there (text, a fraction, out of range): a row written into
+  // the file, not by Palisade, also marked `tampered` where its seal covers the column.
+  createdAt: Nullable(t.Number()),
   expiresAt: Nullable(t.Number()),
   lastUsedAt: Nullable(t.Number()),
   revokedAt: Nullable(t.Number()),
@@ -41,9 +43,12 @@ export const ApiKeyView = t.Object({
         "The key a rotation replaced this one with; null also when its rotation mark fails its seal (rotationTampered)",
     }),
   ),
-  origin: t.UnionEnum(["api", "bootstrap"], {
-    description: "bootstrap: from API_KEYS, reconciled with it at every start",
-  }),
+  origin: Nullable(
+    t.UnionEnum(["api", "bootstrap"], {
+      description:
+        "bootstrap: from API_KEYS, reconciled with it at every start; null: the file holds another value (written there, not by Palisade)",
+    }),
+  ),
   owner: Nullable(
     t.Object(
       { id: t.String(), email: t.String() },

@@ -19,6 +19,7 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { sealMatches } from "../../db/row-seal";
 import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
+import { LAST_TIME_MS, orderableTime, readableTime } from "../../db/stored-values";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
 import { secretScrubber, storedText } from "../../logging/logger";
 import { scrubAnySpelling, type TextScrubber } from "../../logging/scrub";
@@ -243,6 +244,17 @@ function markOf(
 }
 
 /** A listed row as admins see it: `replacedBy` only as its sealed rotation mark (`markOf`) says. */
+/**
+ * The time a key is listed by: its creation, or for a row whose creation the file holds as no time
+ * (text, a fraction, out of range: written there, not by Palisade) a time after every real one, so
+ * it heads the list and a cursor can name it. Ordered by the column itself, such a row (SQLite
+ * sorts text above every number) came first and could not be paged past (probe 46b F1).
+ */
+const UNREADABLE_LISTED_AT = LAST_TIME_MS + 1;
+const LISTED_TIME = sql<number>`(CASE WHEN ${orderableTime(apiKeys.createdAt)} THEN ${apiKeys.createdAt} ELSE ${sql.raw(String(UNREADABLE_LISTED_AT))} END)`;
+const listedTime = (createdAt: unknown) =>
+  readableTime(createdAt) ? createdAt : UNREADABLE_LISTED_AT;
+
 function toRecord(
   row: KeyRow & { successorSeal: string | null },
   mark: { replacedBy: string | null },
@@ -489,11 +501,11 @@ export class ApiKeyService {
         cursor === undefined
           ? undefined
           : or(
-              lt(apiKeys.createdAt, cursor.createdAt),
-              and(eq(apiKeys.createdAt, cursor.createdAt), lt(apiKeys.id, cursor.id)),
+              lt(LISTED_TIME, cursor.createdAt),
+              and(eq(LISTED_TIME, cursor.createdAt), lt(apiKeys.id, cursor.id)),
             ),
       )
-      .orderBy(desc(apiKeys.createdAt), desc(apiKeys.id));
+      .orderBy(desc(LISTED_TIME), desc(apiKeys.id));
     const rows = limit === undefined ? query.all() : query.limit(limit + 1).all();
     const read = limit === undefined ? rows : rows.slice(0, limit);
     const { intact } = this.options.seal;
@@ -545,7 +557,7 @@ export class ApiKeyService {
       keys,
       nextCursor:
         limit !== undefined && rows.length > limit && last
-          ? encodeCursor(last.createdAt, last.id)
+          ? encodeCursor(listedTime(last.createdAt), last.id)
           : null,
     };
   }

@@ -15,25 +15,9 @@
  * one is exported as none too (44a F3).
  */
 
-import { type SQL, sql } from "drizzle-orm";
-import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
+import { orderableTime, readableTime } from "../../db/stored-values";
 
-/**
- * The first and last instants of the years 0000 to 9999, in ms since 1970: the times a `date-time`
- * (RFC 3339) can write. Date holds more (±271,821 years), written `+010000-…` or `-000001-…`, which
- * no client reading the documented format expects (probe 44a).
- */
-const FIRST_TIME_MS = -62_167_219_200_000;
-const LAST_TIME_MS = 253_402_300_799_999;
-
-/** A time as Palisade writes one (one before 1970 too: shown as it is). */
-export function readableTime(value: unknown): value is number {
-  return (
-    Number.isSafeInteger(value) &&
-    (value as number) >= FIRST_TIME_MS &&
-    (value as number) <= LAST_TIME_MS
-  );
-}
+export { orderableTime, readableTime };
 
 /** A count (of tokens, of requests) as Palisade writes one. */
 export function readableCount(value: unknown): value is number {
@@ -81,14 +65,4 @@ export function unreadableUsage(row: {
     (promptTokens !== null && !readableCount(promptTokens)) ||
     (completionTokens !== null && !readableCount(completionTokens))
   );
-}
-
-/**
- * Holds for a row whose time in `column` can order a list and name its cursor: one that cannot is
- * left out of the list, since no page after it could be asked for.
- */
-export function orderableTime(column: SQLiteColumn): SQL {
-  const first = sql.raw(String(FIRST_TIME_MS));
-  const last = sql.raw(String(LAST_TIME_MS));
-  return sql`(typeof(${column}) = 'integer' AND ${column} BETWEEN ${first} AND ${last})`;
 }

@@ -133,7 +133,8 @@ describe("list, read, delete", () => {
   test("a cursor this API did not give, or a bad limit, is 422 naming the parameter", async () => {
     for (const [query, field] of [
       ["?cursor=not-a-cursor", "query/cursor"],
-      [`?cursor=${Buffer.from("1.x'--").toString("base64url")}`, "query/cursor"],
+      [`?cursor=${Buffer.from("1.").toString("base64url")}`, "query/cursor"],
+      [`?cursor=${Buffer.from("x'--.1").toString("base64url")}`, "query/cursor"],
       ["?limit=1.5", "query/limit"],
       ["?limit=0", "query/limit"],
       ["?limit=101", "query/limit"],
