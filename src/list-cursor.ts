@@ -35,7 +35,7 @@ export function cursorOfQuery(cursor: string | undefined, id?: RegExp): ListCurs
 function decodeCursor(cursor: string): ListCursor | null {
   // A time before 1970 is negative: only the file can hold one, and the list still pages past it;
   // so can an id in any spelling (a key row written there), which the list must page past too.
-  const match = /^(-?\d{1,16})\.([^]{1,256})$/.exec(
+  const match = /^(-?\d{1,16})\.([\s\S]{1,256})$/.exec(
     Buffer.from(cursor, "base64url").toString("utf8"),
   );
   return match ? { createdAt: Number(match[1]), id: match[2]! } : null;
