@@ -82,6 +82,7 @@ export function authModule(options: AuthModuleOptions) {
   const accountLoginPolicy = [
     { ...policies.get("login"), id: LOGIN_ACCOUNT_POLICY_LABEL, refusalIsViolation: false },
   ] as const;
+  const isSignInPolicy = (policy: { id: string }) => policy.id === "login";
 
   /**
    * The outcome of a sign-in or sign-up; refused by the full password queue, the request is no
@@ -165,6 +166,14 @@ export function authModule(options: AuthModuleOptions) {
       async ({ body, query, set, request, path, client, requestId, limitCharge }) => {
         const accountKey = accountLimitKey(body.email);
         let accountCharge: LimitCharge | undefined;
+        // A sign-in refused for its account (its limit spent, or locked by failed sign-ins) checked
+        // no password: the address's sign-in permit it was charged is given back, so whoever spends
+        // or locks an account cannot turn its owner's retries into refusals of the owner's address,
+        // and those into a block (probe 46a F2). The default policy's permit stays counted: an
+        // address sending them without end is still limited and blocked as for any route.
+        const refundAddress = () => {
+          if (limitCharge) enforceLimits.refund(limitCharge, isSignInPolicy);
+        };
         const headers = await enforceLimits(accountLoginPolicy, accountKey, {
           method: request.method,
           path,
@@ -173,6 +182,9 @@ export function authModule(options: AuthModuleOptions) {
           charged: (charge) => {
             accountCharge = charge;
           },
+        }).catch((error: unknown) => {
+          if (error instanceof AppError && error.code === "RATE_LIMITED") refundAddress();
+          throw error;
         });
         if (headers) Object.assign(set.headers, headers);
         const outcome = await refundedIfBusy(
@@ -185,6 +197,7 @@ export function authModule(options: AuthModuleOptions) {
           accountCharge,
         );
         if (outcome.code === "LOCKED") {
+          refundAddress();
           metrics.fail("locked");
           // The per-account limit's headers said there was room; the lock's answer is Retry-After.
           if (headers) for (const name in headers) delete set.headers[name];

@@ -15,7 +15,7 @@ import type { ResolvedClient } from "../client-ip";
 import { rateLimitHeaders } from "./headers";
 import type { RateLimitMetrics } from "./metrics";
 import type { Policy } from "./policies";
-import type { LimiterStore, LimitOutcome } from "./store";
+import type { LimiterStore, LimitOutcome, UnusedPermits } from "./store";
 
 /**
  * How many keys' quiet refusals (those that block nobody) one process remembers having audited in
@@ -130,10 +130,11 @@ export interface LimitEnforcer {
    */
   admitNow(policies: readonly Policy[], keys: LimitKeys): Record<string, string> | undefined;
   /**
-   * Gives back what an admitted request was charged, when the request was refused before any
-   * work for a reason of the service's own (the password queue full): it is then no attempt.
+   * Gives back what an admitted request was charged (of the policies `keep` keeps, every one when
+   * absent), when the request was refused before any work: for a reason of the service's own (the
+   * password queue full), or of another subject's limit (a sign-in refused for its account).
    */
-  refund(charge: LimitCharge): void;
+  refund(charge: LimitCharge, keep?: (policy: Policy) => boolean): void;
 }
 
 /**
@@ -163,6 +164,11 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     refusedAt: number,
     now: number,
   ): Promise<never> => {
+    // The policies before the one that refused counted the request's permit in the same decision:
+    // given back, so a request refused by any of its policies counts against none (probe 46a F1:
+    // three sign-ups refused by the default burst left the address none of its three for the
+    // minute, each later refusal a step towards a block, its Retry-After wrong).
+    if (refusedAt > 0) store.giveBack(permitsOf({ policies, keys, outcomes }, refusedAt));
     const headers = rateLimitHeaders(policies, outcomes, now, true);
     const refusedBy = policies[refusedAt]!;
     const policyId = refusedBy.id;
@@ -246,18 +252,31 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     const outcomes = store.checkNow(checksOf(policies, keys, now));
     return outcomes === undefined ? undefined : rateLimitHeaders(policies, outcomes, now, false);
   };
-  const refund = ({ policies, keys, outcomes }: LimitCharge) => {
-    store.giveBack(
-      policies.map((policy, i) => ({
-        policy,
-        key: keyOf(keys, i),
-        windowStart: outcomes[i]!.windowStart,
-        burstWindowStart: outcomes[i]!.burstWindowStart,
-        count: 1,
-      })),
-    );
+  const refund = (charge: LimitCharge, keep?: (policy: Policy) => boolean) => {
+    store.giveBack(permitsOf(charge, charge.policies.length, keep));
   };
   return Object.assign(enforceLimits, { admitNow, refund });
+}
+
+/** One permit of each of the first `count` policies of a charge (those `keep` keeps), to give back. */
+function permitsOf(
+  { policies, keys, outcomes }: LimitCharge,
+  count: number,
+  keep: (policy: Policy) => boolean = () => true,
+): UnusedPermits[] {
+  const permits: UnusedPermits[] = [];
+  for (let i = 0; i < count; i++) {
+    const policy = policies[i]!;
+    if (!keep(policy)) continue;
+    permits.push({
+      policy,
+      key: keyOf(keys, i),
+      windowStart: outcomes[i]!.windowStart,
+      burstWindowStart: outcomes[i]!.burstWindowStart,
+      count: 1,
+    });
+  }
+  return permits;
 }
 
 function keyOf(keys: LimitKeys, index: number): string {

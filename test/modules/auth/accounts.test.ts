@@ -573,7 +573,7 @@ describe("login", () => {
     });
   });
 
-  test("an account's spent sign-in budget refuses a sign-in without blocking its address (probe 24b F2)", async () => {
+  test("an account's spent sign-in budget refuses a sign-in without spending or blocking its address, however often its owner retries (probes 24b F2, 46a F2)", async () => {
     current = buildTestApp({ env: { IP_BLOCK_RATE_LIMIT_REFUSALS: "3" } });
     const target = current;
     const session = await signUp(target);
@@ -585,25 +585,59 @@ describe("login", () => {
       });
     }
     const victim = "198.51.100.77";
-    for (let i = 0; i < 6; i++) {
+    // Twice the address's five sign-ins a minute: each refused for the account, none of them
+    // counted against the address (they checked no password), so none is the address's refusal
+    // and none a step towards its block (46a F2: the sixth on were, and the address was blocked).
+    for (let i = 0; i < 10; i++) {
       const refused = await send(target, "/api/auth/login", {
         body: { email: session.email, password: STRONG_PASSWORD },
         peer: victim,
       });
       expect(refused.status).toBe(429);
-      // Named apart from the per-address limit, in the headers and the metric (probe 24c F6); the
-      // sixth is the victim's own address's sixth sign-in in a minute.
-      expect(refused.headers.get("ratelimit")).toStartWith(
-        i < 5 ? '"login_account";r=0' : '"login";r=0',
-      );
+      // Named apart from the per-address limit, in the headers and the metric (probe 24c F6).
+      expect(refused.headers.get("ratelimit")).toStartWith('"login_account";r=0');
     }
+    await Bun.sleep(50);
+    expect(
+      target.db.$client
+        .query("SELECT current FROM rate_limit_counters WHERE policy = 'login' AND key = ?")
+        .get(`ip:${victim}`),
+    ).toEqual({ current: 0 });
     // Refused, but not blocked: the address's other requests pass, and no block was made.
     expect((await send(target, "/openapi.json", { peer: victim })).status).toBe(200);
     expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
     const metrics = await (await send(target, "/metrics", { peer: "192.0.2.250" })).text();
-    // The sign-up's sign-in and four of the others' were the account's five; one more and five.
-    expect(metrics).toContain('rate_limit_rejections_total{policy="login_account"} 6');
-    expect(metrics).toContain('rate_limit_rejections_total{policy="login"} 1');
+    // The sign-up's sign-in and four of the others' were the account's five; one more and ten.
+    expect(metrics).toContain('rate_limit_rejections_total{policy="login_account"} 11');
+    expect(metrics).toContain('rate_limit_rejections_total{policy="login"} 0\n');
+  });
+
+  test("a sign-in refused for its locked account gives its address's sign-in permit back (probe 46a F2)", async () => {
+    // The account's own limit high, so ten failed sign-ins lock it before the limit refuses.
+    current = buildTestApp({ env: { RATE_LIMIT_LOGIN: "100" } });
+    const target = current;
+    const session = await signUp(target);
+    for (let i = 0; i < 10; i++) {
+      await send(target, "/api/auth/login", {
+        body: { email: session.email, password: "nope-nope-nope" },
+        peer: `203.0.113.${i + 10}`,
+      });
+    }
+    const victim = "198.51.100.78";
+    for (let i = 0; i < 3; i++) {
+      const locked = await send(target, "/api/auth/login", {
+        body: { email: session.email, password: STRONG_PASSWORD },
+        peer: victim,
+      });
+      expect(locked.status).toBe(429);
+      expect(await locked.text()).toContain("Too many failed sign-ins for this account");
+    }
+    await Bun.sleep(50);
+    expect(
+      target.db.$client
+        .query("SELECT current FROM rate_limit_counters WHERE policy = 'login' AND key = ?")
+        .get(`ip:${victim}`),
+    ).toEqual({ current: 0 });
   });
 
   test("10 failed logins from one address block it", async () => {

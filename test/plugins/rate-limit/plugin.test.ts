@@ -187,6 +187,37 @@ describe("rate limiting", () => {
     expect(await metricsText(target)).toContain('rate_limit_rejections_total{policy="register"} 1');
   });
 
+  test("a request the default policy refuses counts against none of its route's: the route admits again once the burst passes, one at a time or at once (probe 46a F1)", async () => {
+    const clock = new ManualClock();
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "60", RATE_LIMIT_BURST: "5" }, clock);
+    for (const [peer, together] of [
+      ["192.0.2.31", false],
+      ["192.0.2.32", true],
+    ] as const) {
+      // The address's burst of five, spent on other routes.
+      for (let i = 0; i < 5; i++) {
+        expect((await send(target, "/openapi.json", { peer })).status).toBe(200);
+      }
+      const register = () =>
+        send(target, "/api/auth/register", { body: { email: "a@x.test" }, peer });
+      const refused = together
+        ? await Promise.all([register(), register(), register()])
+        : [await register(), await register(), await register()];
+      expect(refused.map((response) => response.status)).toEqual([429, 429, 429]);
+      await Bun.sleep(20);
+      const counted = target.db.$client
+        .query("SELECT current FROM rate_limit_counters WHERE policy = 'register' AND key = ?")
+        .get(`ip:${peer}`) as { current: number } | null;
+      expect([peer, counted?.current ?? 0]).toEqual([peer, 0]);
+      // Once the burst window has passed the three registrations the address has are its own
+      // (each a 422 here: no password), where they were spent by refusals never served.
+      clock.advance(20_000);
+      const statuses = [];
+      for (let i = 0; i < 3; i++) statuses.push((await register()).status);
+      expect([peer, statuses]).toEqual([peer, [422, 422, 422]]);
+    }
+  });
+
   test("a failing store lets public routes through and refuses auth routes, counting both", async () => {
     current = buildTestApp({ limiter: failingLimiterStore("database is locked") });
     const app = current.app;
