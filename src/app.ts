@@ -24,7 +24,8 @@ import { accessLog } from "./plugins/access-log";
 import { authPlugin } from "./plugins/auth";
 import { createIdentify } from "./plugins/auth/identify";
 import { clientIp } from "./plugins/client-ip";
-import { corsHeaders, corsPreflight } from "./plugins/cors";
+import { corsBarePreflight, corsHeaders, corsPreflight } from "./plugins/cors";
+import { crossSiteRequests } from "./plugins/cross-site";
 import { createCsrfCheck, csrf } from "./plugins/csrf";
 import { errorHandler } from "./plugins/error-handler";
 import type { RouteEntry } from "./plugins/error-handler/route-methods";
@@ -121,6 +122,10 @@ export function createApp(deps: AppDeps) {
     .use(securityHeaders(responseHeaders))
     .use(corsHeaders({ allowedOrigins: config.cors.allowedOrigins }))
     .use(ipBlock({ service: ipBlocks, clock }))
+    // Browser requests answered or refused before they are counted: another site's page's
+    // requests (refused), an allowed origin's preflights (answered).
+    .use(crossSiteRequests({ allowedOrigins: config.cors.allowedOrigins }))
+    .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
     .use(
       rateLimit({
         enforce: deps.enforceLimits,
@@ -143,7 +148,7 @@ export function createApp(deps: AppDeps) {
         largeBodies: deps.largeBodies,
       }),
     )
-    .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
+    .use(corsBarePreflight())
     .use(
       csrf({
         check: csrfCheck,

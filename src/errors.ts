@@ -18,6 +18,7 @@ export const ERROR_CODES = [
   "QUOTA_EXCEEDED",
   "IP_BLOCKED",
   "CSRF_FAILED",
+  "CROSS_SITE_REFUSED",
   "PAYLOAD_TOO_LARGE",
   "REQUEST_TIMEOUT",
   "UNSUPPORTED_MEDIA_TYPE",
@@ -55,6 +56,7 @@ export function statusForCode(code: ErrorCode): number {
     case "FORBIDDEN":
     case "IP_BLOCKED":
     case "CSRF_FAILED":
+    case "CROSS_SITE_REFUSED":
       return 403;
     case "NOT_FOUND":
       return 404;
@@ -116,6 +118,7 @@ const TITLES: Record<ErrorCode, string> = {
   QUOTA_EXCEEDED: "A usage quota is spent",
   IP_BLOCKED: "This address is blocked",
   CSRF_FAILED: "CSRF check failed",
+  CROSS_SITE_REFUSED: "Cross-site request refused",
   PAYLOAD_TOO_LARGE: "The request body is too large",
   REQUEST_TIMEOUT: "The request body did not arrive in time",
   UNSUPPORTED_MEDIA_TYPE: "Unsupported content type",

@@ -68,10 +68,46 @@ describe("CORS", () => {
     expect(corsHeadersOf(pre)).toEqual([]);
   });
 
-  test("a preflight for a method outside the list permits nothing", async () => {
+  test("a preflight for a method outside the list permits nothing: no CORS header at all", async () => {
     corsApp();
     const response = await preflight(ALLOWED, "TRACE");
-    expect(response.headers.get("access-control-allow-methods")).toBeNull();
+    expect(response.status).toBe(204);
+    // Allow-Origin and -Credentials went out too until this release (probe 46a, an observation).
+    expect(corsHeadersOf(response)).toEqual([]);
+  });
+
+  test("an allowed origin's preflights are not counted, so a page's many never spend or block its address (probe 46a F4)", async () => {
+    corsApp();
+    const office = "192.0.2.44";
+    // Past the default burst of 20, one URL each, as a page of 30 conversations sends them.
+    for (let i = 0; i < 30; i++) {
+      const response = await send(current!, `/api/chat/conversations/c${i}`, {
+        method: "OPTIONS",
+        peer: office,
+        headers: {
+          origin: ALLOWED,
+          "access-control-request-method": "GET",
+          "access-control-request-headers": "authorization",
+          "sec-fetch-site": "cross-site",
+          "sec-fetch-mode": "cors",
+        },
+      });
+      expect(response.status).toBe(204);
+      expect(response.headers.get("access-control-allow-origin")).toBe(ALLOWED);
+      expect(response.headers.get("ratelimit")).toBeNull();
+    }
+    await Bun.sleep(20);
+    expect(
+      current!.db.$client
+        .query("SELECT count(*) AS n FROM rate_limit_counters WHERE key = ?")
+        .get(`ip:${office}`),
+    ).toEqual({ n: 0 });
+    const after = await send(current!, "/openapi.json", { peer: office });
+    expect(after.status).toBe(200);
+    expect(after.headers.get("x-ratelimit-remaining")).toBe("19");
+    // Another origin's, or one for another method, is counted as before.
+    const other = await preflight("https://evil.test");
+    expect(other.headers.get("ratelimit")).not.toBeNull();
   });
 
   test("refusals by earlier stages still carry CORS headers for an allowed origin", async () => {

@@ -101,6 +101,8 @@ describe("checking", () => {
         cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
         "x-csrf-token": token,
         "sec-fetch-site": "cross-site",
+        // From an allowed origin: another one is refused before it is counted (cross-site stage).
+        origin: "http://localhost:3000",
       }),
     ],
     [
@@ -109,6 +111,8 @@ describe("checking", () => {
         cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
         "x-csrf-token": token,
         "sec-fetch-site": "Cross-Site",
+        // From an allowed origin: another one is refused before it is counted (cross-site stage).
+        origin: "http://localhost:3000",
       }),
     ],
     [
@@ -117,6 +121,8 @@ describe("checking", () => {
         cookie: `palisade_session=${SESSION}; palisade_csrf=${token}`,
         "x-csrf-token": token,
         "sec-fetch-site": "same-origin, cross-site",
+        // From an allowed origin: another one is refused before it is counted (cross-site stage).
+        origin: "http://localhost:3000",
       }),
     ],
     [

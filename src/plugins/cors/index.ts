@@ -56,33 +56,53 @@ export function corsHeaders({ allowedOrigins }: CorsOptions) {
     .as("global");
 }
 
+/** The method a preflight asks for, or null for a request that is not one. */
+function preflightMethod(request: Request): string | null {
+  if (request.method !== "OPTIONS") return null;
+  return request.headers.get("access-control-request-method");
+}
+
 /**
- * Answers preflights, at the CORS stage of the chain (after the limiter and the guard). An allowed
- * origin asking for an allowed method gets the methods, headers and max age; anything else gets a
- * bare 204 that permits nothing.
+ * Answers the preflights of an allowed origin asking for an allowed method (the methods, headers
+ * and max age) before the rate limit: a browser sends one, with no credential, for each URL and
+ * method its page calls, so counted they spent the address's budget for the page's real requests,
+ * which are counted per principal, and their refusals blocked everyone behind the address (probe
+ * 46a F4: one signed-in user's page of 26 conversations blocked the office).
  */
 export function corsPreflight({ allowedOrigins }: CorsOptions) {
   const allowed = new Set(allowedOrigins);
   const allowMethods = CORS_METHODS.join(", ");
   const allowHeaders = CORS_ALLOWED_HEADERS.join(", ");
   const allowedMethodSet = new Set(CORS_METHODS);
-  const bare = (set: { headers: Record<string, unknown> }): never => {
-    delete set.headers["access-control-expose-headers"];
-    throw new EarlyAnswer(204);
-  };
 
   return new Elysia({ name: "palisade.cors-preflight", seed: allowedOrigins })
     .onRequest(function answerPreflight({ request, set }) {
-      if (request.method !== "OPTIONS") return;
-      const method = request.headers.get("access-control-request-method");
-      if (method === null) return;
+      const method = preflightMethod(request);
+      if (method === null || !allowedMethodSet.has(method.toUpperCase())) return;
       const origin = request.headers.get("origin");
-      if (origin === null || !allowed.has(origin)) bare(set);
-      if (!allowedMethodSet.has(method.toUpperCase())) bare(set);
+      if (origin === null || !allowed.has(origin)) return;
       delete set.headers["access-control-expose-headers"];
       set.headers["access-control-allow-methods"] = allowMethods;
       set.headers["access-control-allow-headers"] = allowHeaders;
       set.headers["access-control-max-age"] = String(PREFLIGHT_MAX_AGE_SECONDS);
+      throw new EarlyAnswer(204);
+    })
+    .as("global");
+}
+
+/**
+ * Answers every other preflight, at the CORS stage of the chain (after the limiter, which counts
+ * it, and the guard): a bare 204 that permits nothing, without the CORS headers an allowed origin's
+ * answers carry (an allowed origin asking for another method got `Access-Control-Allow-Origin` and
+ * `-Credentials` here: harmless without the methods, but not nothing).
+ */
+export function corsBarePreflight() {
+  return new Elysia({ name: "palisade.cors-bare-preflight" })
+    .onRequest(function answerOtherPreflight({ request, set }) {
+      if (preflightMethod(request) === null) return;
+      delete set.headers["access-control-allow-origin"];
+      delete set.headers["access-control-allow-credentials"];
+      delete set.headers["access-control-expose-headers"];
       throw new EarlyAnswer(204);
     })
     .as("global");

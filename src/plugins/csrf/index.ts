@@ -24,6 +24,7 @@ import type { Clock } from "../../clock";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../audit/once-per-window";
+import { isCrossSite } from "../cross-site";
 import type { RequestState } from "../request-state";
 import { cookieNames, readCookie, sendsHeaderCredential, serializeCookie } from "./cookies";
 import type { CsrfMetrics } from "./metrics";
@@ -47,16 +48,6 @@ export interface CsrfOptions {
 export const CsrfTokenResponse = t.Object({
   token: t.String({ description: "Send this value as X-CSRF-Token on state-changing requests" }),
 });
-
-/**
- * Whether a browser said the request is cross-site. Browsers send one lower-case value; a value in
- * another case, or several joined into a list (two headers), counts as cross-site when any of them
- * says so (probe 15a F5).
- */
-function isCrossSite(value: string | null): boolean {
-  if (value === null) return false;
-  return value.split(",").some((item) => item.trim().toLowerCase() === "cross-site");
-}
 
 /**
  * Issues a CSRF token bound to the request's session cookie: the body's `token`, and the same

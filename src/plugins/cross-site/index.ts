@@ -1,0 +1,56 @@
+/**
+ * @module
+ * Fetch Metadata resource isolation: a request a browser made for a page of another site, which
+ * this API has no use for, is refused (403 `CROSS_SITE_REFUSED`) before the rate limit counts it.
+ *
+ * Any page can make its visitors' browsers send requests here without CORS: an `<img>`, a
+ * `fetch(url, {mode: "no-cors"})`, a form, an iframe. They carry no credential (the session cookie
+ * is `SameSite=Strict`), so they were counted against the visitor's address, and their refusals were
+ * violations: thirty image tags on a forum post blocked every visitor's address, and everyone
+ * behind it (an office's NAT, a carrier's), for 15 minutes, then an hour, then a day (probe 46a F3).
+ *
+ * Browsers say where a request came from (`Sec-Fetch-Site`, what kind it is in `Sec-Fetch-Mode` and
+ * `Sec-Fetch-Dest`). A request marked `cross-site` is let through only when it comes from an origin
+ * in CORS_ALLOWED_ORIGINS (its `Origin` header: the browser front-end's calls and their preflights),
+ * or is a top-level navigation by GET or HEAD (a link to `/docs` followed, an address typed). Every
+ * other request is unchanged: clients that are not browsers send no `Sec-Fetch-*` header (Stripe's
+ * and Meta's webhooks, Prometheus, SDKs, curl), and same-origin and same-site requests are not
+ * refused here. Not audited: anyone can send as many as they like, and each is counted by status in
+ * `http_requests_total`.
+ */
+import { Elysia } from "elysia";
+import { AppError } from "../../errors";
+
+/**
+ * Whether a browser said the request is cross-site. Browsers send one lower-case value; a value in
+ * another case, or several joined into a list (two headers), counts as cross-site when any of them
+ * says so (probe 15a F5).
+ */
+export function isCrossSite(value: string | null): boolean {
+  if (value === null) return false;
+  return value.split(",").some((item) => item.trim().toLowerCase() === "cross-site");
+}
+
+/** A page the user opened (a link followed): not a frame or an embedding, and nothing sent. */
+function isTopLevelNavigation(request: Request): boolean {
+  if (request.method !== "GET" && request.method !== "HEAD") return false;
+  if (request.headers.get("sec-fetch-mode") !== "navigate") return false;
+  const destination = request.headers.get("sec-fetch-dest");
+  return destination === null || destination === "document";
+}
+
+export function crossSiteRequests({ allowedOrigins }: { allowedOrigins: readonly string[] }) {
+  const allowed = new Set(allowedOrigins);
+  return new Elysia({ name: "palisade.cross-site", seed: allowedOrigins })
+    .onRequest(function refuseCrossSite({ request }) {
+      if (!isCrossSite(request.headers.get("sec-fetch-site"))) return;
+      const origin = request.headers.get("origin");
+      if (origin !== null && allowed.has(origin)) return;
+      if (isTopLevelNavigation(request)) return;
+      throw new AppError(
+        "CROSS_SITE_REFUSED",
+        "A browser request from a page of another site is refused: only the origins this service allows may call it.",
+      );
+    })
+    .as("global");
+}

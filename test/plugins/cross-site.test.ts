@@ -1,0 +1,123 @@
+/**
+ * Fetch Metadata resource isolation (probe 46a F3): a request a browser made for another site's
+ * page is refused before it is counted, so no page can spend its visitors' budgets or get their
+ * addresses blocked; what is not a browser's, or is the allowed front-end's, or a link followed,
+ * passes as before.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../support/app";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const ALLOWED = "https://app.example.com";
+const VISITOR = "192.0.2.61";
+
+function crossSiteApp() {
+  current = buildTestApp({ env: { CORS_ALLOWED_ORIGINS: ALLOWED } });
+  return current;
+}
+
+/** What Chrome and Firefox send for an `<img>` on another site's page. */
+const IMAGE = {
+  "sec-fetch-site": "cross-site",
+  "sec-fetch-mode": "no-cors",
+  "sec-fetch-dest": "image",
+};
+
+const countedFor = (target: TestApp, peer: string) =>
+  target.db.$client
+    .query("SELECT count(*) AS n FROM rate_limit_counters WHERE key = ?")
+    .get(`ip:${peer}`) as { n: number };
+
+describe("a browser request from another site's page", () => {
+  test("is 403 CROSS_SITE_REFUSED before it is counted: thirty image tags neither spend nor block the visitor's address", async () => {
+    const target = crossSiteApp();
+    for (let i = 0; i < 30; i++) {
+      const response = await send(target, `/api/auth/csrf?n=${i}`, {
+        peer: VISITOR,
+        headers: IMAGE,
+      });
+      expect(response.status).toBe(403);
+      expect(response.headers.get("content-type")).toStartWith("application/problem+json");
+      const problem = (await response.json()) as { code: string; requestId: string };
+      expect(problem.code).toBe("CROSS_SITE_REFUSED");
+      expect(problem.requestId).toBe(response.headers.get("x-request-id")!);
+    }
+    await Bun.sleep(20);
+    expect(countedFor(target, VISITOR)).toEqual({ n: 0 });
+    expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+    // The visitor's own requests are untouched.
+    const own = await send(target, "/openapi.json", { peer: VISITOR });
+    expect(own.status).toBe(200);
+    expect(own.headers.get("x-ratelimit-remaining")).toBe("19");
+  });
+
+  test.each([
+    ["no-cors fetch", { "sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors" }, "GET"],
+    ["the value in another case", { "sec-fetch-site": "Cross-Site" }, "GET"],
+    ["two headers", { "sec-fetch-site": "same-origin, cross-site" }, "GET"],
+    ["a form posted", { "sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate" }, "POST"],
+    [
+      "a frame",
+      { "sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate", "sec-fetch-dest": "iframe" },
+      "GET",
+    ],
+    [
+      "a CORS fetch from an origin not allowed",
+      { "sec-fetch-site": "cross-site", "sec-fetch-mode": "cors", origin: "https://evil.test" },
+      "GET",
+    ],
+    [
+      "a preflight from an origin not allowed",
+      {
+        "sec-fetch-site": "cross-site",
+        "sec-fetch-mode": "cors",
+        origin: "https://evil.test",
+        "access-control-request-method": "POST",
+      },
+      "OPTIONS",
+    ],
+  ])("is refused when it is %s", async (_label, headers, method) => {
+    const target = crossSiteApp();
+    const response = await send(target, "/api/auth/register", {
+      method,
+      headers,
+      peer: VISITOR,
+      ...(method === "POST" ? { body: { email: "a@example.test" } } : {}),
+    });
+    expect(response.status).toBe(403);
+    expect(((await response.json()) as { code: string }).code).toBe("CROSS_SITE_REFUSED");
+    await Bun.sleep(20);
+    expect(countedFor(target, VISITOR)).toEqual({ n: 0 });
+  });
+});
+
+describe("what is let through as before", () => {
+  test.each([
+    ["a client that is not a browser (no Sec-Fetch-Site)", {}],
+    ["the service's own page", { "sec-fetch-site": "same-origin", "sec-fetch-mode": "cors" }],
+    ["a sibling site", { "sec-fetch-site": "same-site", "sec-fetch-mode": "no-cors" }],
+    ["an address typed", { "sec-fetch-site": "none", "sec-fetch-mode": "navigate" }],
+    [
+      "the allowed front-end's call",
+      { "sec-fetch-site": "cross-site", "sec-fetch-mode": "cors", origin: ALLOWED },
+    ],
+    [
+      "a link followed from another site",
+      {
+        "sec-fetch-site": "cross-site",
+        "sec-fetch-mode": "navigate",
+        "sec-fetch-dest": "document",
+      },
+    ],
+  ])("%s", async (_label, headers) => {
+    const target = crossSiteApp();
+    const response = await send(target, "/openapi.json", { headers, peer: VISITOR });
+    expect(response.status).toBe(200);
+    expect(response.headers.get("x-ratelimit-remaining")).toBe("19");
+  });
+});
