@@ -541,6 +541,25 @@ describe("the service process", () => {
     }
   });
 
+  test("a path that names a FIFO exits 2 with one line naming DATABASE_PATH, where the start hung at its first read, deaf to SIGTERM (probe 46c F5)", async () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "fifo.db");
+      expect(Bun.spawnSync(["mkfifo", path]).exitCode).toBe(0);
+      const result = await runToExit(["bun", "run", "src/index.ts"], {
+        DATABASE_PATH: path,
+        PORT: "0",
+      });
+      expect(result.code).toBe(2);
+      expect(result.stderr).toBe(
+        `palisade: DATABASE_PATH ${path} is not a regular file (a FIFO): the database is a file (check the path)\n`,
+      );
+      expect(readdirSync(dir.path)).toEqual(["fifo.db"]);
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("a file that is no SQLite database exits 2 with one line naming DATABASE_PATH, and no audit key made beside it (probe 45a F4)", async () => {
     const dir = tempDir();
     try {

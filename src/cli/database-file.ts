@@ -14,6 +14,8 @@ import {
   isEmpty,
   isStoppedFirstStart,
   NOT_SQLITE,
+  notAFile,
+  notAFileReason,
   notSqlite,
   PALISADE_ALTERED,
   PALISADE_TABLES,
@@ -27,6 +29,8 @@ export function checkDatabaseFile(path: string, commandName: string): void {
       `DATABASE_PATH ${path} names no file: ${commandName} reads an existing database and makes none (check the path)`,
     );
   }
+  const kind = notAFile(path);
+  if (kind !== null) throw new CliError(`DATABASE_PATH ${path} ${notAFileReason(kind)}`);
   // Before the configuration makes a development audit key beside it (probe 45a F4).
   if (notSqlite(path)) {
     throw new CliError(

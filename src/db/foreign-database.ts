@@ -15,7 +15,7 @@
  * shape is another's, and was migrated in full before the schema guard refused it (probe 44b F3).
  */
 import { Database } from "bun:sqlite";
-import { closeSync, openSync, readSync } from "node:fs";
+import { closeSync, openSync, readSync, statSync } from "node:fs";
 import { type FileLook, lookAt, MIGRATIONS_TABLE, readSchema, type SchemaEntry } from "./file-look";
 import { MIGRATIONS_TABLE_DDL } from "./migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "./migrations";
@@ -36,6 +36,8 @@ export const PALISADE_ALTERED =
  * is no SQLite database is left to the open, which says so. Throws SQLite's error for a lock.
  */
 export function whyNotPalisades(path: string, busyTimeoutMs: number): string | null {
+  const kind = notAFile(path);
+  if (kind !== null) return notAFileReason(kind);
   // Said here, before the configuration makes a development audit key beside it (probe 45a F4: a
   // YAML file named by mistake got one, though nothing else was written).
   if (notSqlite(path)) return `${NOT_SQLITE} (check the path)`;
@@ -43,6 +45,31 @@ export function whyNotPalisades(path: string, busyTimeoutMs: number): string | n
   if (found === null || isPalisades(found)) return null;
   if (PALISADE_TABLES.every((name) => found.tables.has(name))) return PALISADE_ALTERED;
   return `holds no Palisade database (${whatOthersHold(found)}): Palisade makes its database only at a path that names no file or in an empty file, and writes nothing to another's (check the path)`;
+}
+
+/**
+ * What `path` names when it is there and is no regular file (a link is followed), or null. A FIFO
+ * hung the start and every command at their first read, deaf to SIGTERM (probe 46c F5).
+ */
+export function notAFile(path: string): string | null {
+  let stats: ReturnType<typeof statSync>;
+  try {
+    stats = statSync(path, { throwIfNoEntry: false });
+  } catch {
+    // Cannot be looked at (its directory's mode): the open says why.
+    return null;
+  }
+  if (stats === undefined || stats.isFile()) return null;
+  if (stats.isFIFO()) return "a FIFO";
+  if (stats.isDirectory()) return "a directory";
+  if (stats.isSocket()) return "a socket";
+  if (stats.isCharacterDevice() || stats.isBlockDevice()) return "a device";
+  return "not a regular file";
+}
+
+/** What the refusal of a path that names no regular file says, after `DATABASE_PATH <path>`. */
+export function notAFileReason(kind: string): string {
+  return `is not a regular file (${kind}): the database is a file (check the path)`;
 }
 
 /** SQLite's file header: every database file of one page or more starts with it. */

@@ -188,6 +188,37 @@ describe("db:backup", () => {
     expect(readFileSync(target, "utf8")).toBe("yesterday's backup");
   });
 
+  test("a target named as SQLite names the files beside a database is refused, and nothing is written (probe 46c F4)", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "live.db");
+    const db = openDatabase(databasePath);
+    applyMigrations(db);
+    db.$client.close();
+    for (const [suffix, what] of [
+      ["-journal", "journal"],
+      ["-wal", "write-ahead log"],
+      ["-shm", "shared memory"],
+    ] as const) {
+      // The live file's own companion, and one of another database at rest.
+      for (const target of [`${databasePath}${suffix}`, join(dir, `restored.db${suffix}`)]) {
+        // The live file's -wal and -shm may be there (the command's own look at it): left as found.
+        const before = existsSync(target) ? readFileSync(target) : null;
+        const result = await cli(["db:backup", target], { DATABASE_PATH: databasePath });
+        expect({ target, code: result.code, stderr: result.stderr }).toEqual({
+          target,
+          code: 2,
+          stderr: `palisade db:backup: ${target} ends in ${suffix}, the name SQLite gives the ${what} it keeps beside a database: choose another name`,
+        });
+        expect([target, existsSync(target) ? readFileSync(target) : null]).toEqual([
+          target,
+          before,
+        ]);
+      }
+    }
+    // The live file still opens: no journal beside it makes it read as locked.
+    expect((await cli(["users:list"], { DATABASE_PATH: databasePath })).code).toBe(0);
+  });
+
   test("a corrupt source fails with one line, exit 1, and leaves no file behind", async () => {
     const dir = workDir();
     const databasePath = join(dir, "corrupt.db");

@@ -1,6 +1,6 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
@@ -347,6 +347,30 @@ describe("a file that is not Palisade's, or not yet", () => {
       }
     }
     expect(readdirSync(dir.path).sort()).toEqual(["conf.yaml", "tiny.db"]);
+  });
+
+  test("a path that names a FIFO or a directory is said to be no regular file by the commands that make a database and those that read one, with nothing read or made (probe 46c F5: a FIFO hung them)", async () => {
+    const dir = tempDir();
+    cleanup = dir.remove;
+    const fifo = join(dir.path, "fifo.db");
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+    const directory = join(dir.path, "folder.db");
+    mkdirSync(directory);
+    for (const [path, kind] of [
+      [fifo, "a FIFO"],
+      [directory, "a directory"],
+    ] as const) {
+      for (const args of [...makers, ["users:list"], ["keys:list"], ["db:verify"]]) {
+        const result = await cliInProcess(args, { DATABASE_PATH: path });
+        expect({ args, code: result.code, stderr: result.stderr }).toEqual({
+          args,
+          code: 1,
+          stderr: `palisade ${args[0]}: DATABASE_PATH ${path} is not a regular file (${kind}): the database is a file (check the path)`,
+        });
+      }
+    }
+    expect(readdirSync(dir.path).sort()).toEqual(["fifo.db", "folder.db"]);
+    expect(readdirSync(directory)).toEqual([]);
   });
 
   test("Palisade's file whose first start stopped before its migrations is said to be so by the commands that read one, exit 1, and left as it is; the commands that make a database finish it (probe 44b F4)", async () => {

@@ -58,6 +58,9 @@ export const dbMigrate: Command = {
   },
 };
 
+/** The files SQLite keeps beside a database, named after it. */
+const SQLITE_COMPANION = /-(journal|wal|shm)$/;
+
 /** `db:backup`'s status when the copy is written but holds rows that fail their seals. */
 export const EXIT_WRITTEN_WITH_FINDINGS = 3;
 
@@ -77,6 +80,16 @@ export const dbBackup: Command = {
       throw new CliError("DATABASE_PATH is :memory:, there is no file to back up", EXIT_USAGE);
     }
     // A path that names no file was refused before the configuration was read (cli/run.ts).
+    const companion = SQLITE_COMPANION.exec(basename(target));
+    if (companion !== null) {
+      // SQLite takes such a file beside its database for that database's own: a `-journal` for a
+      // write cut short (every connection then refused the live file as locked, and the next open
+      // deleted the backup), a `-wal` for its log (probe 46c F4).
+      throw new CliError(
+        `${target} ends in ${companion[0]}, the name SQLite gives the ${companion[1] === "journal" ? "journal" : companion[1] === "wal" ? "write-ahead log" : "shared memory"} it keeps beside a database: choose another name`,
+        EXIT_USAGE,
+      );
+    }
     const keyTarget = `${target}.audit-key`;
     for (const path of [target, ...(config.audit.developmentKeyFile ? [keyTarget] : [])]) {
       // lstat: a symbolic link is there even when what it names is not.

@@ -107,7 +107,13 @@ test("beside a header credential the refresh cookie is not read, so the skipped 
   ]) {
     const refused = await send(current, "/api/auth/refresh", {
       method: "POST",
-      headers: { cookie: cookieHeader(jar), "sec-fetch-site": "cross-site", ...header },
+      // From an allowed origin: another site's page is refused before this (cross-site stage).
+      headers: {
+        cookie: cookieHeader(jar),
+        "sec-fetch-site": "cross-site",
+        origin: "http://localhost:3000",
+        ...header,
+      },
     });
     expect(refused.status).toBe(401);
     const problem = (await refused.json()) as { code: string; detail: string };
