@@ -7,7 +7,7 @@
  */
 import { RedisClient } from "bun";
 import { type Clock, systemClock } from "./clock";
-import type { Config } from "./config";
+import { type Config, ConfigError } from "./config";
 import { probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
 import { checkDiskRoom } from "./db/disk-space";
@@ -145,11 +145,7 @@ export function createCore(options: CoreOptions): Core {
   keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
   registerRecentTampering(registry, sqlite, clock);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
-  // Without an offline queue a command fails at once while Redis is unreachable, so the limiter
-  // fails open or closed at once instead of holding requests until a reconnect.
-  const redis = config.redisUrl
-    ? new RedisClient(config.redisUrl, { enableOfflineQueue: false, connectionTimeout: 2000 })
-    : null;
+  const redis = config.redisUrl ? redisClient(config.redisUrl) : null;
   // Leases let a process admit a hot key's requests without a store decision each (lease.ts).
   const limiter =
     options.limiter ??
@@ -336,4 +332,18 @@ export function createCore(options: CoreOptions): Core {
       audit.close();
     },
   };
+}
+
+/**
+ * Without an offline queue a command fails at once while Redis is unreachable, so the limiter
+ * fails open or closed at once instead of holding requests until a reconnect. A URL the
+ * configuration accepted (config/redis-url) is one Bun's client takes; were one not, it is refused
+ * as the configuration refuses, in one line that does not quote the URL (its password).
+ */
+function redisClient(url: string): RedisClient {
+  try {
+    return new RedisClient(url, { enableOfflineQueue: false, connectionTimeout: 2000 });
+  } catch {
+    throw new ConfigError("REDIS_URL", "is not a URL Bun's Redis client takes");
+  }
 }

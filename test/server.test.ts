@@ -373,6 +373,37 @@ describe("the service process", () => {
     }
   }, 30_000);
 
+  test("a REDIS_URL whose database Bun's client would ignore or throw on is refused in one line, exit 2, by the start and config:check, without its password (probe 46c F3)", async () => {
+    const dir = tempDir();
+    try {
+      const urls = [
+        "redis://:hunter2hunter2@127.0.0.1:1/abc",
+        "redis://:hunter2hunter2@127.0.0.1:1/-1",
+        "redis://:hunter2hunter2@127.0.0.1:1/1.5",
+        "redis://:hunter2hunter2@127.0.0.1:1/3/extra",
+        "redis://:hunter2hunter2@127.0.0.1:1/4294967296",
+        "redis://:hunter2hunter2@127.0.0.1:1?db=2",
+      ];
+      const env = (url: string) => ({ DATABASE_PATH: join(dir.path, "redis.db"), REDIS_URL: url });
+      const results = await Promise.all(
+        urls.flatMap((url) => [
+          runToExit(["bun", "run", "src/index.ts"], { ...env(url), PORT: "0" }),
+          runToExit(["bun", "run", "src/cli/index.ts", "config:check"], env(url)),
+        ]),
+      );
+      results.forEach((result, index) => {
+        const prefix = index % 2 === 0 ? "palisade: refusing to start:" : "palisade config:check:";
+        expect(result.code).toBe(2);
+        expect(result.stderr.trim().split("\n")).toHaveLength(1);
+        expect(result.stderr).toStartWith(`${prefix} REDIS_URL `);
+        expect(result.stderr + result.stdout).not.toContain("hunter2");
+      });
+      expect(results[10]!.stderr).toContain("must not have a query or fragment");
+    } finally {
+      dir.remove();
+    }
+  }, 60_000);
+
   test("a PORT that cannot be bound, or a HOST that is no address, exits 2 in one line naming them, no stack (probe 26f F2)", async () => {
     const dir = tempDir();
     const taken = Bun.listen({

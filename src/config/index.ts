@@ -37,6 +37,7 @@ import {
   type PasswordPolicy,
   PROFILES,
 } from "./profiles";
+import { redisDatabase } from "./redis-url";
 import { type LooseSecretFile, looseSecretFiles, type StatOf } from "./secret-file-modes";
 import { generateSecret, issuedSecretWeakness, secretWeakness } from "./secrets";
 import { findUnknownVariables } from "./unknown-variables";
@@ -464,11 +465,14 @@ function plainToAnotherHost(url: string, protocol: "http:" | "redis:"): boolean 
 }
 
 /**
- * A Redis password goes to the server in the clear over `redis://`: production sends credentials
- * only over TLS (`rediss://`), or to this host. A URL without any is accepted (a private network).
+ * A URL Bun's Redis client reads as written (config/redis-url). A Redis password goes to the
+ * server in the clear over `redis://`: production sends credentials only over TLS (`rediss://`),
+ * or to this host. A URL without any is accepted (a private network).
  */
 function redisUrl(value: string | null, appEnv: AppEnv): string | null {
-  if (value === null || appEnv !== "production") return value;
+  if (value === null) return value;
+  redisDatabase(value);
+  if (appEnv !== "production") return value;
   const { username, password } = new URL(value);
   // `redis://secret@host` is a password too, to clients that read a lone user part as one.
   const credentials = username !== "" || password !== "";

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { RedisClient } from "bun";
 import { ConfigError, loadConfig } from "../../src/config";
 import { leftoverDevelopmentKey } from "../../src/config/development-key";
 import { looseSecretFileMessage, looseSecretFiles } from "../../src/config/secret-file-modes";
@@ -514,6 +515,46 @@ describe("parsed values", () => {
     expect(config.openai.model).toBe("gpt-4o-mini");
     const configured = loadConfig({ REDIS_URL: "redis://127.0.0.1:6379/0" });
     expect(configured.redisUrl).toBe("redis://127.0.0.1:6379/0");
+  });
+
+  test("REDIS_URL names its database as the path or not at all: any other path, a query (?db=2, which Bun's client ignores) or a fragment is refused in one line without the password (probe 46c F3)", () => {
+    const refused: [string, string][] = [
+      ["redis://:hunter2hunter2@127.0.0.1:6379/abc", "no path or a database number"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/-1", "no path or a database number"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/1.5", "no path or a database number"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/3/extra", "no path or a database number"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/%33", "no path or a database number"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/+3", "no path or a database number"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379?db=2", "must not have a query or fragment"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/?db=2", "must not have a query or fragment"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/2?", "must not have a query or fragment"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/2#x", "must not have a query or fragment"],
+      ["redis://:hunter2hunter2@127.0.0.1:6379/4294967296", "past the largest Redis has"],
+      ["redis://:hunter2hunter2@127.0.0.1:0", "must name a port"],
+      ["redis:///3", "must name a host"],
+      ["redis:hunter2hunter2", "must name a host"],
+    ];
+    for (const [url, reason] of refused) {
+      const error = refusal({ REDIS_URL: url });
+      expect(error.variable).toBe("REDIS_URL");
+      expect(error.message).toContain(reason);
+      expect(error.message).not.toContain("hunter2");
+      expect(error.message).not.toContain("\n");
+    }
+    // Every URL accepted is one Bun's client takes: making the core cannot throw for it.
+    for (const url of [
+      "redis://127.0.0.1:6379",
+      "redis://127.0.0.1:6379/",
+      "redis://127.0.0.1:6379/2",
+      "redis://127.0.0.1:6379/007",
+      "redis://127.0.0.1:6379/2147483647",
+      "rediss://app:p%40ss@cache.internal:6380/15",
+      "redis://[::1]:6379/1",
+      "REDIS://Cache_Host/3",
+    ]) {
+      const accepted = loadConfig({ REDIS_URL: url }).redisUrl!;
+      new RedisClient(accepted, { autoReconnect: false }).close();
+    }
   });
 
   test("WAL_TRUNCATE_MB: 64 MB unless set, 0 turns the truncation off, anything else is refused by name", () => {
