@@ -46,13 +46,14 @@ import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/en
 import { withLeases } from "./plugins/rate-limit/lease";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
+import { createEvictionWatch } from "./plugins/rate-limit/redis-eviction";
+import { startRedisLimiter } from "./plugins/rate-limit/redis-start";
 import { RedisLimiterStore, withDeadline } from "./plugins/rate-limit/redis-store";
 import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "./plugins/rate-limit/store";
 import { createErrorReporter, type ErrorReporter } from "./plugins/sentry";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
-const REDIS_START_WAIT_MS = 500;
 
 export interface Core {
   config: Readonly<Config>;
@@ -88,8 +89,12 @@ export interface Core {
   signingKeys: SigningKeys;
   /** The core's own readiness: the database (writable), and Redis when the limiter uses it. */
   readiness: Record<string, ReadinessCheck>;
-  /** Connects what needs connecting (Redis) before the server takes requests; never throws. */
-  start(): Promise<void>;
+  /**
+   * Connects what needs connecting (Redis) before the server takes requests; never throws. Resolves
+   * to the reason the start must stop (production, a Redis that may evict the limiter's keys), or
+   * null.
+   */
+  start(): Promise<string | null>;
   /** Sends what is still queued for error reporting; at shutdown, before close. */
   flush(timeoutMs?: number): Promise<void>;
   /** The core's share of the background clean-up (limiter, audit retention, blocks). */
@@ -146,6 +151,10 @@ export function createCore(options: CoreOptions): Core {
   registerRecentTampering(registry, sqlite, clock);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
   const redis = config.redisUrl ? redisClient(config.redisUrl) : null;
+  const evictions = redis
+    ? createEvictionWatch({ send: (command, args) => redis.send(command, args), logger })
+    : null;
+  let lookingForEvictions = false;
   // Leases let a process admit a hot key's requests without a store decision each (lease.ts).
   const limiter =
     options.limiter ??
@@ -164,8 +173,17 @@ export function createCore(options: CoreOptions): Core {
     // Ready means writable here too: a Redis at its `maxmemory` (noeviction) answers PING and
     // refuses every decision, each sign-in and payment a 503 (probe 29d F5). A key of its own,
     // gone in a second.
+    // And a Redis that may evict keys is not ready: a flood of new addresses evicts lockouts and
+    // limits (probe 46c F2).
     readiness.redis = async () => {
-      await withDeadline(redis.send("SET", ["palisade:ready", "1", "PX", "1000"]), 500, "SET");
+      await withDeadline(
+        Promise.all([
+          redis.send("SET", ["palisade:ready", "1", "PX", "1000"]),
+          evictions!.checkReady(),
+        ]),
+        500,
+        "SET",
+      );
     };
   }
   const metrics = {
@@ -261,20 +279,14 @@ export function createCore(options: CoreOptions): Core {
     signingKeys: keys,
     readiness,
     async start() {
-      if (!redis) return;
-      // Waits a moment for Redis, never for long: the service starts either way, and the client
-      // keeps reconnecting in the background while the limiter fails open or closed by policy.
-      const connected = redis.connect().then(
-        () => true,
-        () => false,
-      );
-      const timedOut = Bun.sleep(REDIS_START_WAIT_MS).then(() => false);
-      if (!(await Promise.race([connected, timedOut]))) {
-        logger.error(
-          { redis: "unreachable" },
-          "redis unreachable at start; the limiter fails open or closed by policy until it is back",
-        );
-      }
+      if (!redis || !evictions || !config.redisUrl) return null;
+      return startRedisLimiter({
+        redis,
+        url: config.redisUrl,
+        appEnv: config.appEnv,
+        watch: evictions,
+        logger,
+      });
     },
     async flush(timeoutMs = 2000) {
       if (!(await errors.flush(timeoutMs, { final: true }))) {
@@ -324,6 +336,12 @@ export function createCore(options: CoreOptions): Core {
         }
       }
       limiter.prune(now);
+      if (evictions && !lookingForEvictions) {
+        lookingForEvictions = true;
+        void evictions.lookForEvictions().finally(() => {
+          lookingForEvictions = false;
+        });
+      }
       audit.prune(now - config.auditRetentionDays * DAY_MS, now);
       ipBlocks.prune(now);
     },

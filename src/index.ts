@@ -214,7 +214,9 @@ try {
 pinAuditKey(db.$client, services.audit);
 for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);
 for (const sealed of [...sealedOnUpgrade, ...resealed]) services.audit.record(sealed.event);
-await services.start();
+// A Redis that may evict the limiter's keys refuses a production start (plugins/rate-limit/redis-start).
+const startRefused = await services.start();
+if (startRefused !== null) fail(`refusing to start: ${startRefused}`);
 // Serving: a statement waits for another process's write lock briefly, never seconds (db/busy).
 setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
 const app = createApp(services);

@@ -30,8 +30,11 @@ export interface Services extends Core {
   readiness: Record<string, ReadinessCheck>;
   /** Runs the background tasks once now (tests call this instead of waiting for timers). */
   runMaintenance(): void;
-  /** Connects the core (Redis), then starts the features' background work (workers). */
-  start(): Promise<void>;
+  /**
+   * Connects the core (Redis), then starts the features' background work (workers). Resolves to
+   * the reason the start must stop (the core's), with nothing started, or null.
+   */
+  start(): Promise<string | null>;
   /** At shutdown, before `close()`: lets the features' background work in flight finish. */
   stop(): Promise<void>;
   /** At an exit that does not wait for `stop()`: logs what each feature leaves undone. */
@@ -138,8 +141,10 @@ export function createServices(options: ServiceOptions): Services {
     readiness,
     runMaintenance,
     async start() {
-      await core.start();
+      const refused = await core.start();
+      if (refused !== null) return refused;
       for (const feature of features.list) await feature.start?.();
+      return null;
     },
     async stop() {
       await Promise.all([...features.list.map((feature) => feature.stop?.()), checkpoints?.stop()]);

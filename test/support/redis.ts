@@ -19,7 +19,8 @@ export interface RedisServer {
   resume(): void;
 }
 
-export async function startRedis(): Promise<RedisServer> {
+/** `settings`: more of redis-server's own arguments (`["--maxmemory-policy", "allkeys-lru"]`). */
+export async function startRedis(settings: readonly string[] = []): Promise<RedisServer> {
   const port = freePort();
   const proc = Bun.spawn(
     [
@@ -34,6 +35,7 @@ export async function startRedis(): Promise<RedisServer> {
       "no",
       "--daemonize",
       "no",
+      ...settings,
     ],
     { stdout: "ignore", stderr: "ignore" },
   );

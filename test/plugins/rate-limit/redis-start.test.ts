@@ -1,0 +1,193 @@
+import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { RedisClient } from "bun";
+import { buildTestApp, PRODUCTION_ENV, send, type TestApp, tempDir } from "../../support/app";
+import { runToExit } from "../../support/process";
+import { type RedisServer, redisAvailable, startRedis } from "../../support/redis";
+import { waitFor } from "../../support/wait";
+
+type Ready = { checks: Record<string, { status: string; error?: string }> };
+
+async function readyRedis(
+  target: TestApp,
+): Promise<{ status: number; redis: Ready["checks"][string] }> {
+  const response = await send(target, "/ready");
+  const body = (await response.json()) as Ready;
+  return { status: response.status, redis: body.checks.redis! };
+}
+
+async function withRedis(
+  settings: readonly string[],
+  run: (redis: RedisServer) => Promise<void>,
+): Promise<void> {
+  const redis = await startRedis(settings);
+  try {
+    await run(redis);
+  } finally {
+    await redis.stop();
+  }
+}
+
+describe.skipIf(!redisAvailable)(
+  "the limiter's Redis at the start and in /ready (a real redis-server)",
+  () => {
+    test("a Redis that may evict keys is said at the start and not ready, with the reason, whichever evicting policy; noeviction is ready (probe 46c F2)", async () => {
+      await withRedis(["--maxmemory-policy", "allkeys-lru"], async (redis) => {
+        const target = buildTestApp({ env: { REDIS_URL: redis.url } });
+        const admin = new RedisClient(redis.url);
+        try {
+          expect(await target.services.start()).toBeNull();
+          const warned = target.logs.entries.filter((entry) => entry.redis === "evicting policy");
+          expect(warned).toHaveLength(1);
+          expect(warned[0]!.level).toBe("warn");
+          expect(warned[0]!.msg).toContain("maxmemory-policy is allkeys-lru");
+          const evicting = await readyRedis(target);
+          expect(evicting.status).toBe(503);
+          expect(evicting.redis.status).toBe("down");
+          expect(evicting.redis.error).toStartWith(
+            "maxmemory-policy is allkeys-lru: Redis may evict lockouts",
+          );
+          // Changed while running: /ready follows it.
+          await admin.send("CONFIG", ["SET", "maxmemory-policy", "volatile-lru"]);
+          expect((await readyRedis(target)).redis.error).toContain("volatile-lru");
+          await admin.send("CONFIG", ["SET", "maxmemory-policy", "noeviction"]);
+          expect(await readyRedis(target)).toMatchObject({ status: 200, redis: { status: "up" } });
+        } finally {
+          admin.close();
+          target.close();
+        }
+      });
+    });
+
+    test("CONFIG renamed away: the policy is read from INFO; CONFIG and INFO both refused: said once, and ready", async () => {
+      await withRedis(
+        ["--rename-command", "CONFIG", "", "--maxmemory-policy", "volatile-ttl"],
+        async (redis) => {
+          const renamed = buildTestApp({ env: { REDIS_URL: redis.url } });
+          try {
+            await renamed.services.start();
+            expect((await readyRedis(renamed)).redis.error).toContain(
+              "maxmemory-policy is volatile-ttl",
+            );
+          } finally {
+            renamed.close();
+          }
+          const admin = new RedisClient(redis.url);
+          await admin.send("ACL", [
+            "SETUSER",
+            "limiter",
+            "on",
+            ">limiter-pw-1",
+            "~*",
+            "+@all",
+            "-info",
+          ]);
+          admin.close();
+          const blind = buildTestApp({
+            env: { REDIS_URL: redis.url.replace("redis://", "redis://limiter:limiter-pw-1@") },
+          });
+          try {
+            expect(await blind.services.start()).toBeNull();
+            expect((await readyRedis(blind)).status).toBe(200);
+            expect((await readyRedis(blind)).status).toBe(200);
+            const unknown = blind.logs.entries.filter(
+              (entry) => entry.redis === "maxmemory-policy unknown",
+            );
+            expect(unknown).toHaveLength(1);
+            expect(unknown[0]!.msg).toContain("could not be read");
+          } finally {
+            blind.close();
+          }
+        },
+      );
+    });
+
+    test("keys Redis evicts are logged by the maintenance, once per look that finds more (probe 46c F2)", async () => {
+      await withRedis(["--maxmemory-policy", "allkeys-random"], async (redis) => {
+        const target = buildTestApp({ env: { REDIS_URL: redis.url } });
+        const filler = new RedisClient(redis.url);
+        const evictedLines = () =>
+          target.logs.entries.filter((entry) => entry.redis === "evicted keys");
+        try {
+          await target.services.start();
+          // Another application's cache fills the memory Redis may use.
+          const info = String(await filler.send("INFO", ["memory"]));
+          const used = Number(/used_memory:(\d+)/.exec(info)![1]);
+          await filler.send("CONFIG", ["SET", "maxmemory", String(used + 1_000_000)]);
+          const value = "x".repeat(10_000);
+          for (let i = 0; i < 300; i++) await filler.send("SET", [`cache:${i}`, value]);
+          target.services.runMaintenance();
+          await waitFor(() => evictedLines().length === 1, { what: "the evictions logged" });
+          const line = evictedLines()[0]!;
+          expect(line.level).toBe("error");
+          expect(line.evictedKeys).toBeGreaterThan(0);
+          expect(line.msg).toContain("keys since the last look");
+          // Nothing evicted since: nothing said.
+          target.services.runMaintenance();
+          await Bun.sleep(100);
+          expect(evictedLines()).toHaveLength(1);
+        } finally {
+          filler.close();
+          target.close();
+        }
+      });
+    });
+
+    test("REDIS_URL's database: /2 counts there, not in database 0; one past the server's databases is said with the server's reason (probe 46c F3)", async () => {
+      await withRedis(["--databases", "4"], async (redis) => {
+        const target = buildTestApp({
+          env: { REDIS_URL: `${redis.url}/2`, RATE_LIMIT_PER_MINUTE: "2" },
+        });
+        const database0 = new RedisClient(redis.url);
+        const database2 = new RedisClient(`${redis.url}/2`);
+        try {
+          await target.services.start();
+          const statuses: number[] = [];
+          for (let i = 0; i < 3; i++) {
+            statuses.push((await send(target, "/openapi.json", { peer: "192.0.2.46" })).status);
+          }
+          expect(statuses).toEqual([200, 200, 429]);
+          const counted = (await database2.send("KEYS", ["palisade:rl:*192.0.2.46*"])) as string[];
+          expect(counted).toContain("palisade:rl:default:ip:192.0.2.46");
+          expect(await database0.send("KEYS", ["palisade:*"])).toEqual([]);
+        } finally {
+          database0.close();
+          database2.close();
+          target.close();
+        }
+        const beyond = buildTestApp({ env: { REDIS_URL: `${redis.url}/4` } });
+        try {
+          await beyond.services.start();
+          const refused = beyond.logs.entries.filter((entry) => entry.redis === "database refused");
+          expect(refused).toHaveLength(1);
+          expect(refused[0]).toMatchObject({ level: "error", database: 4 });
+          expect(refused[0]!.msg).toContain("ERR DB index is out of range");
+          expect((await readyRedis(beyond)).status).toBe(503);
+        } finally {
+          beyond.close();
+        }
+      });
+    });
+
+    test("production refuses to start on a Redis that may evict keys: exit 2, one line naming REDIS_URL (probe 46c F2)", async () => {
+      await withRedis(["--maxmemory-policy", "volatile-lru"], async (redis) => {
+        const dir = tempDir();
+        try {
+          const result = await runToExit(["bun", "run", "src/index.ts"], {
+            ...PRODUCTION_ENV,
+            DATABASE_PATH: join(dir.path, "evicting.db"),
+            PORT: "0",
+            REDIS_URL: redis.url,
+          });
+          expect(result.code).toBe(2);
+          expect(result.stderr.trim()).toBe(
+            "palisade: refusing to start: REDIS_URL's Redis: maxmemory-policy is volatile-lru: Redis may evict lockouts, sign-in counts and limits (set maxmemory-policy noeviction on the limiter's Redis)",
+          );
+          expect(result.stdout).not.toContain('"msg":"listening"');
+        } finally {
+          dir.remove();
+        }
+      });
+    }, 30_000);
+  },
+);
