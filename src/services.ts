@@ -17,6 +17,7 @@ import type { Feature } from "./modules/feature";
 import type { ReadinessCheck } from "./modules/health/service";
 import type { PrivacyService } from "./modules/privacy/service";
 import type { CredentialStanding } from "./plugins/auth";
+import { registerWalMetrics } from "./plugins/metrics/database";
 
 export interface Services extends Core {
   features: readonly Feature[];
@@ -122,12 +123,14 @@ export function createServices(options: ServiceOptions): Services {
           workerUrl: options.checkpointWorkerUrl,
         })
       : null;
+  const countTruncateCheckpoint = registerWalMetrics(core.registry, sqlite);
   const stopWalGuard =
     intervalMs > 0
       ? startWalGuard(sqlite, {
           limitBytes: options.config.walTruncateBytes,
           logger,
           onLook: checkpoints ? (walBytes) => checkpoints.consider(walBytes) : undefined,
+          onTruncateCheckpoint: countTruncateCheckpoint,
         })
       : () => {};
 

@@ -162,6 +162,16 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "More than 10 WhatsApp replies are waiting and the backlog has kept growing for 15 minutes: the Graph API is refusing or slow.",
   ),
   rule(
+    "PalisadeWalHeld",
+    // Each process tries at most every 30 s while the WAL is held (db/wal-guard): a busy one with
+    // no truncation in 10 minutes is a transaction that has held it that long, not traffic.
+    `sum(increase(${r.dbWalTruncateCheckpoints}{outcome="busy"}[10m])) > 0 unless sum(increase(${r.dbWalTruncateCheckpoints}{outcome="truncated"}[10m])) > 0`,
+    "5m",
+    "ticket",
+    "The WAL is past WAL_TRUNCATE_MB and cannot be truncated",
+    "For 15 minutes every TRUNCATE checkpoint of the WAL has come back busy: another connection to the database file (an operator's sqlite3 shell, a slow tool) holds a long transaction, and the -wal file grows with every write until it ends (db_wal_size_bytes on the service dashboard).",
+  ),
+  rule(
     "PalisadeInstanceDown",
     `up{job="palisade"} == 0`,
     "1m",

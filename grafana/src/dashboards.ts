@@ -246,6 +246,20 @@ export const SERVICE_DASHBOARD: DashboardSpec = {
           unit: "ops",
           queries: [q(rateBy(`${METRIC.dbQueryDuration}_count`, "operation"), "{{operation}}")],
         },
+        {
+          title: "WAL size",
+          description:
+            "The database's -wal file (one file for every process, so max); past WAL_TRUNCATE_MB it is truncated unless a long transaction on the file holds it",
+          unit: "bytes",
+          queries: [q(`max(${METRIC.dbWalSize})`, "WAL")],
+        },
+        {
+          title: "WAL truncations by outcome",
+          description:
+            "TRUNCATE checkpoints of a WAL past WAL_TRUNCATE_MB per second: busy ones with none truncated while the WAL grows are a long transaction holding it (PalisadeWalHeld)",
+          unit: "ops",
+          queries: [q(rateBy(METRIC.dbWalTruncateCheckpoints, "outcome"), "{{outcome}}")],
+        },
       ],
     },
     {

@@ -163,7 +163,7 @@ describe("generated files", () => {
     const readme = readFileSync(join(REPO_ROOT, "README.md"), "utf8");
     const section = readme.slice(readme.indexOf("\n### Alerts"));
     expect(section.length).toBeGreaterThan(100);
-    expect(ALERT_RULES.length).toBe(13);
+    expect(ALERT_RULES.length).toBe(14);
     for (const rule of ALERT_RULES) {
       expect(rule.annotations.summary.length).toBeGreaterThan(10);
       expect(rule.annotations.description.length).toBeGreaterThan(20);
@@ -179,7 +179,7 @@ describe("generated files", () => {
 describe.skipIf(!promtoolAvailable)("promtool", () => {
   test("check rules accepts grafana/alerts.yml", async () => {
     const result = await check("promtool", ["check", "rules", join(GRAFANA_DIR, "alerts.yml")]);
-    expect(result.stdout).toContain("SUCCESS: 13 rules found");
+    expect(result.stdout).toContain("SUCCESS: 14 rules found");
     expect(result.code).toBe(0);
   });
 
@@ -243,6 +243,58 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
         ],
       };
       const path = join(dir.path, "upstream-failing.test.yml");
+      await Bun.write(path, Bun.YAML.stringify(tests, null, 2));
+      const result = await check("promtool", ["test", "rules", path]);
+      expect({ code: result.code, out: result.stdout + result.stderr }).toMatchObject({ code: 0 });
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("PalisadeWalHeld fires when every TRUNCATE of the WAL is busy for 15 minutes, not when one truncated among them (promtool test rules; probe 46c F1)", async () => {
+    const dir = tempDir();
+    try {
+      const rule = ALERT_RULES.find((each) => each.alert === "PalisadeWalHeld")!;
+      const checkpoints = (busy: string, truncated: string) => [
+        { series: 'db_wal_truncate_checkpoints_total{instance="a",outcome="busy"}', values: busy },
+        {
+          series: 'db_wal_truncate_checkpoints_total{instance="a",outcome="truncated"}',
+          values: truncated,
+        },
+      ];
+      const tests = {
+        rule_files: [join(GRAFANA_DIR, "alerts.yml")],
+        evaluation_interval: "1m",
+        tests: [
+          {
+            // A reader holds the WAL: two busy tries a minute (every 30 s), none truncated.
+            interval: "1m",
+            input_series: checkpoints("0+2x30", "3x30"),
+            alert_rule_test: [
+              {
+                eval_time: "20m",
+                alertname: "PalisadeWalHeld",
+                exp_alerts: [
+                  { exp_labels: { severity: "ticket" }, exp_annotations: rule.annotations },
+                ],
+              },
+            ],
+          },
+          {
+            // Busy now and then under load, each time truncated soon after: no ticket.
+            interval: "1m",
+            input_series: checkpoints("0+1x30", "0+1x30"),
+            alert_rule_test: [{ eval_time: "20m", alertname: "PalisadeWalHeld", exp_alerts: [] }],
+          },
+          {
+            // Held for a few minutes, then truncated: resolved.
+            interval: "1m",
+            input_series: checkpoints("0+2x10 20x20", "0x10 1x20"),
+            alert_rule_test: [{ eval_time: "25m", alertname: "PalisadeWalHeld", exp_alerts: [] }],
+          },
+        ],
+      };
+      const path = join(dir.path, "wal-held.test.yml");
       await Bun.write(path, Bun.YAML.stringify(tests, null, 2));
       const result = await check("promtool", ["test", "rules", path]);
       expect({ code: result.code, out: result.stdout + result.stderr }).toMatchObject({ code: 0 });

@@ -1,5 +1,6 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
+import { statSync } from "node:fs";
 import { QUERY_DURATION_BUCKETS } from "../../src/db/timing";
 import { listenForMetrics } from "../../src/plugins/metrics/listener";
 import { CONTRACT_METRIC_NAMES, METRIC } from "../../src/plugins/metrics/names";
@@ -193,10 +194,27 @@ test("every metric a core app registers is spelled as the contract's constant", 
     METRIC.csrfFailures,
     METRIC.auditEvents,
     METRIC.dbQueryDuration,
+    METRIC.dbWalSize,
+    METRIC.dbWalTruncateCheckpoints,
   ];
   for (const name of ours) expect(text).toContain(`# TYPE ${name} `);
   expect(new Set(CONTRACT_METRIC_NAMES).size).toBe(CONTRACT_METRIC_NAMES.length);
   for (const name of CONTRACT_METRIC_NAMES) expect(name).toMatch(/^[a-z][a-z0-9_]*$/);
+});
+
+test("db_wal_size_bytes is the -wal file's size at the scrape; the WAL guard's TRUNCATE checkpoints start at 0 (probe 46c F1)", async () => {
+  current = buildTestApp();
+  // Some writes on the app's own file, as the service makes.
+  current.db.$client.run("CREATE TABLE filler (data BLOB)");
+  const insert = current.db.$client.prepare("INSERT INTO filler VALUES (randomblob(4000))");
+  for (let i = 0; i < 50; i++) insert.run();
+  const text = await (await send(current, "/metrics")).text();
+  // Read after the scrape: the scrape's own request writes (its limiter row) before it is answered.
+  const walBytes = statSync(`${current.databasePath}-wal`).size;
+  expect(walBytes).toBeGreaterThan(50 * 4000);
+  expect(text.split("\n")).toContain(`${METRIC.dbWalSize} ${walBytes}`);
+  expect(text).toContain(`${METRIC.dbWalTruncateCheckpoints}{outcome="truncated"} 0`);
+  expect(text).toContain(`${METRIC.dbWalTruncateCheckpoints}{outcome="busy"} 0`);
 });
 
 test("every contract metric name is spelled once, in names.ts: no source file writes one as a literal", async () => {

@@ -30,6 +30,10 @@ export const METRIC = {
   auditTamperEventsRecent: "audit_tamper_events_recent",
   /** Histogram `{operation}`: time one SQL statement took. */
   dbQueryDuration: "db_query_duration_seconds",
+  /** Gauge: the database's `-wal` file, in bytes (read at each scrape; 0 when there is none). */
+  dbWalSize: "db_wal_size_bytes",
+  /** Counter `{outcome}`: the WAL guard's TRUNCATE checkpoints (`truncated`, `busy`). */
+  dbWalTruncateCheckpoints: "db_wal_truncate_checkpoints_total",
   /** Counter `{provider}`: webhook deliveries whose signature did not verify. */
   webhookSignatureFailures: "webhook_signature_failures_total",
   /** Counter `{provider, outcome}`: verified webhook deliveries. */
