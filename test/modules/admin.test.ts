@@ -1021,7 +1021,7 @@ describe("the admin lists page (api-keys, blocks)", () => {
     return seen;
   };
 
-  test("keys page newest first, ties by id, each key once; a key made between pages is not repeated", async () => {
+  test("keys page newest first, ties by their place in the file, each key once; a key made between pages is not repeated", async () => {
     const clock = new ManualClock();
     current = buildTestApp({ clock });
     const admin = await signUp(current, { role: "admin" });
@@ -1032,7 +1032,7 @@ describe("the admin lists page (api-keys, blocks)", () => {
       made.push(createKey(current, ["chat"]).record.id);
     }
     const newestFirst = current.db.$client
-      .query("SELECT id FROM api_keys ORDER BY created_at DESC, id DESC")
+      .query("SELECT id FROM api_keys ORDER BY created_at DESC, rowid DESC")
       .all()
       .map((row) => (row as { id: string }).id);
     expect(newestFirst).toHaveLength(7);
@@ -1104,7 +1104,10 @@ describe("the admin lists page (api-keys, blocks)", () => {
 
   test("key rows written into the file with values Palisade never writes are listed as the file holds them, marked, and paged past: never a 500 (probe 46b F1)", async () => {
     const clock = new ManualClock();
-    current = buildTestApp({ clock });
+    current = buildTestApp({
+      clock,
+      env: { RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" },
+    });
     const admin = await signUp(current, { role: "admin" });
     const owner = await signUp(current);
     const real: string[] = [];
@@ -1157,13 +1160,14 @@ describe("the admin lists page (api-keys, blocks)", () => {
     );
     const keys = listed.flatMap((page) => page.items);
     const byId = new Map(keys.map((key) => [key.id, key]));
-    // Every key once: the rows with no time head the list (by id), then the rest newest first.
+    // Every key once: the rows with no time head the list, then the rest newest first, each time's
+    // latest written first.
     expect(keys.map((key) => key.id)).toEqual([
-      "forged-text-created",
       "forged id. with spaces",
-      "forged-text-times",
+      "forged-text-created",
       "forged-origin",
       "forged-blobs",
+      "forged-text-times",
       real[2]!,
       real[1]!,
       real[0]!,
@@ -1188,6 +1192,26 @@ describe("the admin lists page (api-keys, blocks)", () => {
     expect(byId.get("forged-origin")).toMatchObject({ origin: null, expiresAt: null });
     expect(byId.get(real[0]!)!.owner).toEqual({ id: owner.userId, email: "hi" });
     expect(byId.get(real[0]!)!.tampered).toBe(true);
+
+    // Ids no cursor could hold by id (longer than it takes, empty, a BLOB), at the real keys' times:
+    // every page size pages past them and shows every key once (probe 47a F1: the list stopped
+    // there, 422 for its own cursor, or skipped the real keys of that time).
+    const realTime = sqlite
+      .query("SELECT created_at AS t FROM api_keys WHERE id = ?")
+      .get(real[1]!) as {
+      t: number;
+    };
+    insert.run("x".repeat(300), "n6", "pal_live_FFFFFFF", realTime.t, null, null, null, "api");
+    insert.run("", "n7", "pal_live_GGGGGGG", realTime.t, null, null, null, "api");
+    insert.run(new Uint8Array([0]), "n8", "pal_live_HHHHHHH", realTime.t, null, null, null, "api");
+    for (const limit of [1, 2, 3, 4]) {
+      const all = (
+        await pages<Listed>(current, "/api/admin/api-keys", "keys", admin.accessToken, limit)
+      ).flatMap((page) => page.items.map((key) => key.id));
+      expect([limit, all.length, new Set(all).size]).toEqual([limit, 11, 11]);
+      expect(all).toContain(real[1]!);
+      expect(all).toContain(real[0]!);
+    }
   });
 
   test("blocks in force page newest first, each once; lifted and expired ones are not listed", async () => {
@@ -1235,14 +1259,14 @@ describe("the admin lists page (api-keys, blocks)", () => {
     const keysPage = (await (
       await send(current, "/api/admin/api-keys?limit=1", { headers: bearer(admin.accessToken) })
     ).json()) as { nextCursor: string };
-    const keyCursor = encodeURIComponent(keysPage.nextCursor);
+    // A cursor of the old form, by key id (a client paging across the upgrade): 422, not a wrong page.
+    const byKeyId = Buffer.from(`${Date.now()}.${keysPage.nextCursor}`).toString("base64url");
     for (const [route, query] of [
       ["/api/admin/api-keys", "cursor=not-a-cursor"],
+      ["/api/admin/api-keys", `cursor=${byKeyId}`],
       ["/api/admin/api-keys", `cursor=${Buffer.from("1.").toString("base64url")}`],
       ["/api/admin/api-keys", `cursor=${Buffer.from("soon.a").toString("base64url")}`],
       ["/api/admin/blocks", "cursor=not-a-cursor"],
-      // A key's cursor names a key id: no block has one.
-      ["/api/admin/blocks", `cursor=${keyCursor}`],
       ["/api/admin/api-keys", "limit=0"],
       ["/api/admin/api-keys", "limit=501"],
       ["/api/admin/blocks", "limit=501"],

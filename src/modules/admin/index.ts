@@ -246,7 +246,8 @@ export function adminModule(options: AdminModuleOptions) {
     .get(
       "/api-keys",
       ({ principal, request, client, requestId, route, query }) => {
-        const page = pageOf(query);
+        // A key list's cursor names the row's place in the file (api-keys listChecked).
+        const page = pageOf(query, /^\d{1,19}$/);
         record({ principal, request, client, requestId, route }, "admin.keys.listed");
         const { keys, nextCursor } = apiKeys.listChecked(page);
         return { keys: keys.map(({ record, seals }) => view(record, seals)), nextCursor };

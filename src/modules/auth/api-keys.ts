@@ -252,6 +252,12 @@ function markOf(
  */
 const UNREADABLE_LISTED_AT = LAST_TIME_MS + 1;
 const LISTED_TIME = sql<number>`(CASE WHEN ${orderableTime(apiKeys.createdAt)} THEN ${apiKeys.createdAt} ELSE ${sql.raw(String(UNREADABLE_LISTED_AT))} END)`;
+/**
+ * Keys of one listed time are ordered by their place in the file, which a cursor can always name:
+ * by id, a row written into the file with an id longer than a cursor holds, empty or a BLOB made
+ * the list stop there (422 for its own cursor) or skip the real keys of that time (probe 47a F1).
+ */
+const KEY_ROWID = sql<number>`"api_keys"."rowid"`;
 const listedTime = (createdAt: unknown) =>
   readableTime(createdAt) ? createdAt : UNREADABLE_LISTED_AT;
 
@@ -481,6 +487,7 @@ export class ApiKeyService {
     const query = this.db
       .select({
         ...sealedKeyColumns,
+        rowid: KEY_ROWID,
         name: apiKeys.name,
         createdAt: apiKeys.createdAt,
         lastUsedAt: apiKeys.lastUsedAt,
@@ -502,10 +509,10 @@ export class ApiKeyService {
           ? undefined
           : or(
               lt(LISTED_TIME, cursor.createdAt),
-              and(eq(LISTED_TIME, cursor.createdAt), lt(apiKeys.id, cursor.id)),
+              and(eq(LISTED_TIME, cursor.createdAt), lt(KEY_ROWID, Number(cursor.id))),
             ),
       )
-      .orderBy(desc(LISTED_TIME), desc(apiKeys.id));
+      .orderBy(desc(LISTED_TIME), desc(KEY_ROWID));
     const rows = limit === undefined ? query.all() : query.limit(limit + 1).all();
     const read = limit === undefined ? rows : rows.slice(0, limit);
     const { intact } = this.options.seal;
@@ -557,7 +564,7 @@ export class ApiKeyService {
       keys,
       nextCursor:
         limit !== undefined && rows.length > limit && last
-          ? encodeCursor(listedTime(last.createdAt), last.id)
+          ? encodeCursor(listedTime(last.createdAt), String(last.rowid))
           : null,
     };
   }

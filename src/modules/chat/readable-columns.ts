@@ -15,9 +15,21 @@
  * one is exported as none too (44a F3).
  */
 
+import { type SQL, sql } from "drizzle-orm";
+import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
 import { orderableTime, readableTime } from "../../db/stored-values";
 
 export { orderableTime, readableTime };
+
+/**
+ * Holds for a row whose id a list cursor can name (list-cursor takes 256 UTF-16 units:
+ * 128 characters whatever they are). Palisade's ids are UUIDs; a row written into the file with a
+ * longer id, an empty one or a BLOB made the owner's list stop at it, 422 for its own cursor (probe
+ * 47a F1): it is left out, as a row whose time is none is.
+ */
+export function cursorableId(column: SQLiteColumn): SQL {
+  return sql`(typeof(${column}) = 'text' AND length(${column}) BETWEEN 1 AND 128)`;
+}
 
 /** A count (of tokens, of requests) as Palisade writes one. */
 export function readableCount(value: unknown): value is number {

@@ -61,6 +61,7 @@ import {
   UpstreamFailure,
 } from "./providers/provider";
 import {
+  cursorableId,
   orderableTime,
   readableConversation,
   readableCount,
@@ -851,6 +852,7 @@ export class ChatService implements ChatTurns {
         and(
           ownedBy(owner),
           orderableTime(chatConversations.createdAt),
+          cursorableId(chatConversations.id),
           cursor
             ? or(
                 lt(chatConversations.createdAt, cursor.createdAt),

@@ -169,7 +169,10 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     // three sign-ups refused by the default burst left the address none of its three for the
     // minute, each later refusal a step towards a block, its Retry-After wrong).
     if (refusedAt > 0) store.giveBack(permitsOf({ policies, keys, outcomes }, refusedAt));
-    const headers = rateLimitHeaders(policies, outcomes, now, true);
+    // Its headers count without the permits given back: with them a request that took its route's
+    // last permit and was refused by the default burst was told the route was full for a minute
+    // (probe 47a F2).
+    const headers = rateLimitHeaders(policies, withoutOwnPermit(outcomes, refusedAt), now, true);
     const refusedBy = policies[refusedAt]!;
     const policyId = refusedBy.id;
     const key = keyOf(keys, refusedAt);
@@ -256,6 +259,19 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     store.giveBack(permitsOf(charge, charge.policies.length, keep));
   };
   return Object.assign(enforceLimits, { admitNow, refund });
+}
+
+/** The outcomes as they stand once the first `count` policies' permits are given back. */
+function withoutOwnPermit(outcomes: readonly LimitOutcome[], count: number): LimitOutcome[] {
+  return outcomes.map((outcome, i) =>
+    i < count
+      ? {
+          ...outcome,
+          current: Math.max(0, outcome.current - 1),
+          burstCurrent: Math.max(0, outcome.burstCurrent - 1),
+        }
+      : outcome,
+  );
 }
 
 /** One permit of each of the first `count` policies of a charge (those `keep` keeps), to give back. */

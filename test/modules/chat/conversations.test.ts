@@ -359,6 +359,40 @@ describe("list, read, delete", () => {
     }
   });
 
+  test("conversations the file gives ids no cursor can hold (longer, empty, a BLOB) are left out, and the list pages on past them (probe 47a F1)", async () => {
+    const older = await start(asUser(alice));
+    clock.advance(1000);
+    const newer = await start(asUser(alice));
+    const at = clock.now();
+    const forge = target.db.$client.prepare(
+      "INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at, seal) VALUES (?, 'user', ?, ?, ?, 'x')",
+    );
+    // At the real conversations' own times, and after them.
+    for (const id of ["x".repeat(300), "", new Uint8Array([0])]) {
+      forge.run(id, alice.userId, at, at);
+      forge.run(
+        id instanceof Uint8Array ? new Uint8Array([1]) : `${id}y`,
+        alice.userId,
+        at + 5,
+        at + 5,
+      );
+    }
+    const shown: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const response = await send(
+        target,
+        `/api/chat/conversations?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
+        { headers: asUser(alice) },
+      );
+      expect(response.status).toBe(200);
+      const page = (await response.json()) as Page;
+      shown.push(...page.conversations.map((c) => c.id));
+      cursor = page.nextCursor;
+    } while (cursor !== null);
+    expect(shown).toEqual([newer, older]);
+  });
+
   test("conversations the file dates before 1970 are listed, and the list pages on past them", async () => {
     const earliest = await start(asUser(alice));
     const early = await start(asUser(alice));

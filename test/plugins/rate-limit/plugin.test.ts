@@ -218,6 +218,28 @@ describe("rate limiting", () => {
     }
   });
 
+  test("a refusal by the default policy is told the truth: the route's permit it gave back is left, and Retry-After is the burst's (probe 47a F2)", async () => {
+    const clock = new ManualClock();
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "60", RATE_LIMIT_BURST: "5" }, clock);
+    const peer = "192.0.2.33";
+    const register = () =>
+      send(target, "/api/auth/register", { body: { email: "a@x.test" }, peer });
+    expect((await register()).status).toBe(422);
+    expect((await register()).status).toBe(422);
+    for (let i = 0; i < 3; i++) {
+      expect((await send(target, "/openapi.json", { peer })).status).toBe(200);
+    }
+    // The route's last permit, taken and given back: one registration is left, and the wait is the
+    // burst window's, not the route's minute.
+    const refused = await register();
+    expect(refused.status).toBe(429);
+    expect(refused.headers.get("ratelimit")).not.toMatch(/"register";r=0/);
+    // The burst window slides over two 10 s windows; the route's is a minute.
+    expect(Number(refused.headers.get("retry-after"))).toBeLessThanOrEqual(20);
+    clock.advance(Number(refused.headers.get("retry-after")) * 1000);
+    expect((await register()).status).toBe(422);
+  });
+
   test("a failing store lets public routes through and refuses auth routes, counting both", async () => {
     current = buildTestApp({ limiter: failingLimiterStore("database is locked") });
     const app = current.app;
