@@ -4,25 +4,16 @@
  * process's writers for its busy timeout and achieved nothing, four times a second. Each test
  * drives the guard's looks itself on a clock it moves, as the 250 ms timer would.
  */
-import { Database } from "bun:sqlite";
-import { afterEach, expect, test } from "bun:test";
-import { statSync } from "node:fs";
-import { join } from "node:path";
-import { setBusyTimeout } from "../../src/db/busy";
-import { openDatabase } from "../../src/db/client";
+import type { Database } from "bun:sqlite";
+import { expect, test } from "bun:test";
 import { walGuard } from "../../src/db/wal-guard";
 import { createLogger } from "../../src/logging/logger";
 import { registerWalMetrics } from "../../src/plugins/metrics/database";
 import { createMetricsRegistry } from "../../src/plugins/metrics/registry";
-import { LogCapture, tempDir } from "../support/app";
+import { LogCapture } from "../support/app";
+import { walSize, walTestFiles, writeFiller } from "../support/wal-files";
 
-let dir: ReturnType<typeof tempDir> | null = null;
-const open: Database[] = [];
-afterEach(() => {
-  for (const sqlite of open.splice(0)) sqlite.close();
-  dir?.remove();
-  dir = null;
-});
+const files = walTestFiles();
 
 const LIMIT = 256 * 1024;
 const LOOK_MS = 250;
@@ -32,25 +23,8 @@ const RELEASED = "WAL truncated: the transaction that held it past WAL_TRUNCATE_
 
 /** A file as the service opens it, once per process; `reader` is the operator's shell. */
 function database(processes = 1) {
-  dir = tempDir("palisade-wal-reader-");
-  const path = join(dir.path, "palisade.db");
-  const connections = Array.from({ length: processes }, () => {
-    const sqlite = openDatabase(path).$client;
-    setBusyTimeout(sqlite, 50);
-    open.push(sqlite);
-    return sqlite;
-  });
-  connections[0]!.run("CREATE TABLE filler (id INTEGER PRIMARY KEY, data BLOB)");
-  const reader = new Database(path);
-  open.push(reader);
-  return { path, connections, reader };
-}
-
-const walSize = (path: string) => statSync(`${path}-wal`).size;
-
-function write(sqlite: Database, bytes: number) {
-  const insert = sqlite.prepare("INSERT INTO filler (data) VALUES (randomblob(4000))");
-  for (let done = 0; done < bytes; done += 4000) insert.run();
+  const { path, connections, other } = files.database(processes);
+  return { path, connections, reader: other };
 }
 
 /** A process's guard on its connection, its metrics and its log, on the clock `clock.t`. */
@@ -83,12 +57,12 @@ test("while a long reader holds its snapshot, TRUNCATE is tried after 1, 2, 4 â€
   const guarded = process(writer, clock);
   reader.run("BEGIN");
   reader.query("SELECT count(*) FROM filler").get();
-  write(writer, 2 * LIMIT);
+  writeFiller(writer, 2 * LIMIT);
 
   // A minute of looks, the service writing between them.
   for (; clock.t < 60_000; clock.t += LOOK_MS) {
     guarded.guard.look();
-    write(writer, 8000);
+    writeFiller(writer, 8000);
   }
   // 240 looks; attempts at 0, 1, 3, 7, 15 and 31 s (the next is due at 61 s).
   expect(await guarded.metric(busyAttempts)).toBe(6);
@@ -121,7 +95,7 @@ test("a reader held for minutes is said again every five minutes, never at each 
   const guarded = process(writer, clock);
   reader.run("BEGIN");
   reader.query("SELECT count(*) FROM filler").get();
-  write(writer, 2 * LIMIT);
+  writeFiller(writer, 2 * LIMIT);
   const minutes = 11;
   for (; clock.t < minutes * 60_000; clock.t += LOOK_MS) guarded.guard.look();
   // 0, 1, 3, 7, 15, 31 s, then every 30 s: 61, 91 â€¦ 631 s.
@@ -137,11 +111,11 @@ test("processes sharing the file each back off; when the reader ends the first t
   const processes = connections.map((sqlite) => process(sqlite, clock));
   reader.run("BEGIN");
   reader.query("SELECT count(*) FROM filler").get();
-  write(connections[0]!, 2 * LIMIT);
+  writeFiller(connections[0]!, 2 * LIMIT);
   for (; clock.t < 60_000; clock.t += LOOK_MS) {
     for (const [i, { guard }] of processes.entries()) {
       guard.look();
-      write(connections[i]!, 4000);
+      writeFiller(connections[i]!, 4000);
     }
   }
   for (const guarded of processes) {
@@ -163,7 +137,7 @@ test("a write lock held for one look is not a held WAL: nothing is said, and the
   const [writer, other] = connections as [Database, Database];
   const clock = { t: 0 };
   const guarded = process(writer, clock);
-  write(writer, 2 * LIMIT);
+  writeFiller(writer, 2 * LIMIT);
   other.run("BEGIN IMMEDIATE");
   guarded.guard.look();
   other.run("ROLLBACK");

@@ -1,42 +1,16 @@
-import { Database } from "bun:sqlite";
-import { afterEach, expect, test } from "bun:test";
-import { statSync } from "node:fs";
-import { join } from "node:path";
-import { setBusyTimeout } from "../../src/db/busy";
-import { openDatabase } from "../../src/db/client";
+import { expect, test } from "bun:test";
 import { checkpointIfLarge, startWalGuard } from "../../src/db/wal-guard";
 import { createLogger } from "../../src/logging/logger";
-import { LogCapture, tempDir } from "../support/app";
+import { LogCapture } from "../support/app";
+import { walSize, walTestFiles, writeFiller } from "../support/wal-files";
 
-let dir: ReturnType<typeof tempDir> | null = null;
-const open: Database[] = [];
-afterEach(() => {
-  for (const sqlite of open.splice(0)) sqlite.close();
-  dir?.remove();
-  dir = null;
-});
-
+const files = walTestFiles();
 const LIMIT = 256 * 1024;
 
 /** A database file as the service opens it, and a second connection: another process. */
 function twoConnections() {
-  dir = tempDir("palisade-wal-");
-  const path = join(dir.path, "palisade.db");
-  const writer = openDatabase(path).$client;
-  setBusyTimeout(writer, 50);
-  const other = new Database(path);
-  setBusyTimeout(other, 50);
-  open.push(other, writer);
-  writer.run("CREATE TABLE filler (id INTEGER PRIMARY KEY, data BLOB)");
-  return { path, writer, other };
-}
-
-const walSize = (path: string) => statSync(`${path}-wal`).size;
-
-/** Writes about `bytes` of new rows, one small transaction at a time. */
-function write(sqlite: Database, bytes: number) {
-  const insert = sqlite.prepare("INSERT INTO filler (data) VALUES (randomblob(4000))");
-  for (let done = 0; done < bytes; done += 4000) insert.run();
+  const { path, connections, other } = files.database();
+  return { path, writer: connections[0]!, other };
 }
 
 test("a WAL another connection keeps from resetting is truncated once that connection's transaction ends", () => {
@@ -45,7 +19,7 @@ test("a WAL another connection keeps from resetting is truncated once that conne
   // checkpoint can copy back what it may still read, so the WAL only grows.
   other.run("BEGIN");
   other.query("SELECT count(*) FROM filler").get();
-  write(writer, 2 * LIMIT);
+  writeFiller(writer, 2 * LIMIT);
   expect(walSize(path)).toBeGreaterThan(LIMIT);
   expect(checkpointIfLarge(writer, LIMIT)).toBe("busy");
   expect(walSize(path)).toBeGreaterThan(LIMIT);
@@ -59,7 +33,7 @@ test("a WAL another connection keeps from resetting is truncated once that conne
 
 test("a WAL within the limit is left alone", () => {
   const { path, writer } = twoConnections();
-  write(writer, LIMIT / 4);
+  writeFiller(writer, LIMIT / 4);
   const size = walSize(path);
   expect(size).toBeGreaterThan(0);
   expect(checkpointIfLarge(writer, LIMIT)).toBe("within");
@@ -77,7 +51,7 @@ test("the guard looks a few times a second and truncates a WAL that grew past it
   try {
     other.run("BEGIN");
     other.query("SELECT count(*) FROM filler").get();
-    write(writer, 2 * LIMIT);
+    writeFiller(writer, 2 * LIMIT);
     other.run("COMMIT");
     const deadline = Date.now() + 5_000;
     while (walSize(path) > 0 && Date.now() < deadline) await Bun.sleep(10);
@@ -92,12 +66,11 @@ test("the guard looks a few times a second and truncates a WAL that grew past it
 
 test("no WAL file is a WAL within the limit; another connection's write transaction is busy, not an error", () => {
   const { path, writer, other } = twoConnections();
-  const plain = new Database(join(dir!.path, "rollback-journal.db"));
-  open.push(plain);
+  const plain = files.beside("rollback-journal.db");
   plain.run("CREATE TABLE t (x)");
   expect(checkpointIfLarge(plain, 0)).toBe("within");
 
-  write(writer, 2 * LIMIT);
+  writeFiller(writer, 2 * LIMIT);
   other.run("BEGIN IMMEDIATE");
   try {
     expect(checkpointIfLarge(writer, LIMIT)).toBe("busy");
@@ -111,10 +84,10 @@ test("no WAL file is a WAL within the limit; another connection's write transact
 test("a checkpoint that fails otherwise is logged, and the guard keeps looking", async () => {
   const { writer, other } = twoConnections();
   const logs = new LogCapture();
-  write(writer, 2 * LIMIT);
+  writeFiller(writer, 2 * LIMIT);
   // The WAL stays (the other connection is open); the guard's own connection is gone.
   other.query("SELECT count(*) FROM filler").get();
-  open.splice(open.indexOf(writer), 1);
+  files.untrack(writer);
   writer.close();
   const stop = startWalGuard(writer, {
     limitBytes: LIMIT,
@@ -136,7 +109,7 @@ test("a checkpoint that fails otherwise is logged, and the guard keeps looking",
 test("with truncation off (WAL_TRUNCATE_MB=0) the guard still looks, and tells each look's size, but never truncates", async () => {
   const { path, writer } = twoConnections();
   writer.run("PRAGMA wal_autocheckpoint = 0");
-  write(writer, 2 * LIMIT);
+  writeFiller(writer, 2 * LIMIT);
   const sizes: number[] = [];
   const logs = new LogCapture();
   const stop = startWalGuard(writer, {

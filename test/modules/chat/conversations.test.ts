@@ -59,6 +59,27 @@ interface Page {
   nextCursor: string | null;
 }
 
+/** Every conversation the list shows, read one a page to its end; `label` names a failing status. */
+async function listedOneByOne(
+  credential: Record<string, string>,
+  label = "",
+): Promise<Page["conversations"]> {
+  const shown: Page["conversations"] = [];
+  let cursor: string | null = null;
+  do {
+    const response = await send(
+      target,
+      `/api/chat/conversations?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
+      { headers: credential },
+    );
+    expect([label, response.status]).toEqual([label, 200]);
+    const page = (await response.json()) as Page;
+    shown.push(...page.conversations);
+    cursor = page.nextCursor;
+  } while (cursor !== null);
+  return shown;
+}
+
 describe("list, read, delete", () => {
   test("a conversation shows its messages in order, with usage on the replies", async () => {
     const id = await start(asUser(alice), "How do I sign up?");
@@ -324,19 +345,7 @@ describe("list, read, delete", () => {
           broken,
         ]);
         const label = `${column} = ${String(written)}`;
-        const shown: string[] = [];
-        let cursor: string | null = null;
-        do {
-          const list = await send(
-            target,
-            `/api/chat/conversations?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
-            { headers: asUser(alice) },
-          );
-          expect([label, list.status]).toEqual([label, 200]);
-          const page = (await list.json()) as Page;
-          shown.push(...page.conversations.map((c) => c.id));
-          cursor = page.nextCursor;
-        } while (cursor !== null);
+        const shown = (await listedOneByOne(asUser(alice), label)).map((c) => c.id);
         expect([label, shown]).toEqual([label, [newest, older]]);
         const page = await send(target, `/api/chat/conversations/${broken}`, {
           headers: asUser(alice),
@@ -377,20 +386,7 @@ describe("list, read, delete", () => {
         at + 5,
       );
     }
-    const shown: string[] = [];
-    let cursor: string | null = null;
-    do {
-      const response = await send(
-        target,
-        `/api/chat/conversations?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
-        { headers: asUser(alice) },
-      );
-      expect(response.status).toBe(200);
-      const page = (await response.json()) as Page;
-      shown.push(...page.conversations.map((c) => c.id));
-      cursor = page.nextCursor;
-    } while (cursor !== null);
-    expect(shown).toEqual([newer, older]);
+    expect((await listedOneByOne(asUser(alice))).map((c) => c.id)).toEqual([newer, older]);
   });
 
   test("conversations the file dates before 1970 are listed, and the list pages on past them", async () => {
@@ -401,19 +397,7 @@ describe("list, read, delete", () => {
       target.db.$client.run("UPDATE chat_conversations SET created_at = ? WHERE id = ?", [at, id]);
     date(earliest, -10);
     date(early, -5);
-    const shown: [string, string][] = [];
-    let cursor: string | null = null;
-    do {
-      const response = await send(
-        target,
-        `/api/chat/conversations?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
-        { headers: asUser(alice) },
-      );
-      expect(response.status).toBe(200);
-      const page = (await response.json()) as Page;
-      shown.push(...page.conversations.map((c): [string, string] => [c.id, c.createdAt]));
-      cursor = page.nextCursor;
-    } while (cursor !== null);
+    const shown = (await listedOneByOne(asUser(alice))).map((c) => [c.id, c.createdAt]);
     expect(shown).toEqual([
       [later, expect.any(String)],
       [early, "1969-12-31T23:59:59.995Z"],
