@@ -169,14 +169,20 @@ export function walGuard(sqlite: Database, options: WalGuardOptions): WalGuard {
     );
   };
 
-  /** Whether the copying moved since the last look: the snapshot that held it is gone. */
+  /**
+   * Whether the WAL is copied back whole, or restarted: no snapshot holds it any more. Copying that
+   * merely moved was taken for that: with long readers overlapping, each one's end moved it while
+   * the next still held it, and TRUNCATE was tried at once, about every other look (probe 47b F2).
+   */
   const copyingMoved = (state: Held): boolean => {
     const seen = passiveCheckpoint(sqlite);
     if (seen === null) return false;
     const before = state.lastSeen;
     state.lastSeen = seen;
     // Fewer frames: the WAL restarted from its beginning, which no reader's snapshot allows.
-    return before !== null && (seen.copied > before.copied || seen.frames < before.frames);
+    const restarted = before !== null && seen.frames < before.frames;
+    const copiedWhole = seen.frames >= 0 && seen.copied >= seen.frames;
+    return restarted || (copiedWhole && (before === null || seen.copied > before.copied));
   };
 
   return {

@@ -219,6 +219,25 @@ describe("db:backup", () => {
     expect((await cli(["users:list"], { DATABASE_PATH: databasePath })).code).toBe(0);
   });
 
+  test("a target beside an earlier file's -wal or -journal is refused, and nothing is written (probe 47b F1)", async () => {
+    const dir = workDir();
+    const databasePath = join(dir, "live.db");
+    const db = openDatabase(databasePath);
+    applyMigrations(db);
+    db.$client.close();
+    for (const suffix of ["-wal", "-journal"]) {
+      const target = join(dir, `drill${suffix.replace("-", "")}.db`);
+      writeFileSync(`${target}${suffix}`, "an earlier file's log");
+      const result = await cli(["db:backup", target], { DATABASE_PATH: databasePath });
+      expect({ code: result.code, stderr: result.stderr }).toEqual({
+        code: 1,
+        stderr: `palisade db:backup: ${target}${suffix} exists, left by an earlier file of that name: SQLite would replay it into the backup; remove it or choose another name`,
+      });
+      expect(existsSync(target)).toBe(false);
+      expect(readFileSync(`${target}${suffix}`, "utf8")).toBe("an earlier file's log");
+    }
+  });
+
   test("a corrupt source fails with one line, exit 1, and leaves no file behind", async () => {
     const dir = workDir();
     const databasePath = join(dir, "corrupt.db");

@@ -4,7 +4,7 @@
  * process's writers for its busy timeout and achieved nothing, four times a second. Each test
  * drives the guard's looks itself on a clock it moves, as the 250 ms timer would.
  */
-import type { Database } from "bun:sqlite";
+import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
 import { walGuard } from "../../src/db/wal-guard";
 import { createLogger } from "../../src/logging/logger";
@@ -149,4 +149,40 @@ test("a write lock held for one look is not a held WAL: nothing is said, and the
   expect(await guarded.metric(truncations)).toBe(1);
   expect(guarded.warnings()).toEqual([]);
   expect(guarded.infos()).toEqual(["WAL past its limit: checkpointed and truncated"]);
+});
+
+test("long readers that overlap: one's end while the next still holds a snapshot is no reason to try at once (probe 47b F2)", async () => {
+  const { path, connections, reader } = database();
+  const [writer] = connections as [Database];
+  const clock = { t: 0 };
+  const guarded = process(writer, clock);
+  const next = new Database(path);
+  try {
+    reader.run("BEGIN");
+    reader.query("SELECT count(*) FROM filler").get();
+    writeFiller(writer, 2 * LIMIT);
+    // The first try is busy; the next is due a second later.
+    guarded.guard.look();
+    expect(await guarded.metric(busyAttempts)).toBe(1);
+    // A second reader takes a later snapshot, the service writes on, and the first reader ends:
+    // the copying moves up to the second's snapshot, not to the WAL's end.
+    next.run("BEGIN");
+    next.query("SELECT count(*) FROM filler").get();
+    writeFiller(writer, 40_000);
+    reader.run("COMMIT");
+    for (let look = 0; look < 3; look++) {
+      clock.t += LOOK_MS;
+      guarded.guard.look();
+    }
+    expect(await guarded.metric(busyAttempts)).toBe(1);
+    // Once the second ends too, the next look truncates, before the try is due.
+    next.run("COMMIT");
+    clock.t += LOOK_MS;
+    guarded.guard.look();
+    expect(await guarded.metric(truncations)).toBe(1);
+    expect(walSize(path)).toBe(0);
+  } finally {
+    if (next.inTransaction) next.run("COMMIT");
+    next.close();
+  }
 });

@@ -97,6 +97,15 @@ export const dbBackup: Command = {
         throw new CliError(`${path} exists; refusing to overwrite it`);
       }
     }
+    for (const suffix of ["-wal", "-journal"]) {
+      // An earlier file's log left there: SQLite replays it into the copy at its first open, after
+      // the copy was checked (probe 47b F1: rows the source never had, or a copy that fails).
+      if (lstatSync(`${target}${suffix}`, { throwIfNoEntry: false }) !== undefined) {
+        throw new CliError(
+          `${target}${suffix} exists, left by an earlier file of that name: SQLite would replay it into the backup; remove it or choose another name`,
+        );
+      }
+    }
     if (!existsSync(dirname(target)) || !statSync(dirname(target)).isDirectory()) {
       throw new CliError(`the directory of ${target} does not exist`);
     }

@@ -26,6 +26,8 @@ export interface EvictionWatch {
   checkReady(): Promise<void>;
   /** Logs the keys evicted since the last look (the first look only notes the count). */
   lookForEvictions(): Promise<void>;
+  /** The policy the start read and reported itself: later looks tell only a change from it. */
+  policyAtStart(policy: string | null): void;
 }
 
 export function evictingPolicyMessage(policy: string): string {
@@ -42,6 +44,28 @@ export function createEvictionWatch({
   let configRefused = false;
   let unreadSaid = false;
   let lastEvicted: number | null = null;
+  /** The policy last read; undefined before the first read (Redis down at the start). */
+  let seenPolicy: string | null | undefined;
+
+  /**
+   * Tells a policy that became one that evicts, once, and its return to noeviction: one set while
+   * the service runs (`CONFIG SET`, a restart with another configuration, or a Redis that was down
+   * at the start) was said only in `/ready`'s body, and a production start would have refused it
+   * (probe 47b F3).
+   */
+  const observed = (policy: string | null) => {
+    const before = seenPolicy;
+    seenPolicy = policy;
+    if (policy === null || policy === before) return;
+    if (policy !== SAFE_POLICY) {
+      logger.error(
+        { redis: "evicting policy", policy },
+        `redis: ${evictingPolicyMessage(policy)}; /ready answers 503 until then`,
+      );
+    } else if (before !== undefined && before !== null) {
+      logger.info({ redis: "noeviction", before }, "redis: maxmemory-policy is noeviction again");
+    }
+  };
 
   const readPolicy = async (): Promise<string | null> => {
     if (!configRefused) {
@@ -75,11 +99,16 @@ export function createEvictionWatch({
     readPolicy,
     async checkReady() {
       const policy = await readPolicy();
+      observed(policy);
       if (policy !== null && policy !== SAFE_POLICY) throw new Error(evictingPolicyMessage(policy));
+    },
+    policyAtStart(policy) {
+      seenPolicy = policy;
     },
     async lookForEvictions() {
       let evicted: number | null;
       try {
+        observed(await readPolicy());
         evicted = Number(infoField(String(await send("INFO", ["stats"])), "evicted_keys"));
       } catch {
         return; // Redis not answering: the limiter and /ready say so.

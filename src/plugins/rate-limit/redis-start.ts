@@ -57,7 +57,9 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
     }
     return null;
   }
-  // The count evictions are told against from now on.
+  // Said below: later looks tell only a change from it. The count evictions are told against from
+  // now on.
+  watch.policyAtStart(policy);
   await watch.lookForEvictions();
   if (policy === null || policy === SAFE_POLICY) return null;
   // Production refuses: lockouts and limits that a flood of new addresses can evict are no

@@ -59,6 +59,41 @@ describe.skipIf(!redisAvailable)(
       });
     });
 
+    test("a policy that starts evicting while the service runs is logged once by the maintenance, and its return to noeviction (probe 47b F3)", async () => {
+      await withRedis(["--maxmemory-policy", "noeviction"], async (redis) => {
+        const target = buildTestApp({ env: { REDIS_URL: redis.url } });
+        const admin = new RedisClient(redis.url);
+        const said = (level: string) =>
+          target.logs.entries.filter(
+            (entry) =>
+              entry.level === level &&
+              (entry.redis === "evicting policy" || entry.redis === "noeviction"),
+          );
+        try {
+          expect(await target.services.start()).toBeNull();
+          expect(said("warn")).toEqual([]);
+          await admin.send("CONFIG", ["SET", "maxmemory-policy", "allkeys-lru"]);
+          // Three looks, each finished before the next (a look still running is not started again).
+          for (let look = 0; look < 3; look++) {
+            target.services.runMaintenance();
+            await waitFor(() => said("error").length > 0, { what: "the evicting policy's line" });
+            await Bun.sleep(50);
+          }
+          expect(await readyRedis(target)).toMatchObject({ status: 503 });
+          expect(said("error").map((entry) => entry.msg)).toEqual([
+            "redis: maxmemory-policy is allkeys-lru: Redis may evict lockouts, sign-in counts and limits (set maxmemory-policy noeviction on the limiter's Redis); /ready answers 503 until then",
+          ]);
+          await admin.send("CONFIG", ["SET", "maxmemory-policy", "noeviction"]);
+          target.services.runMaintenance();
+          await waitFor(() => said("info").length > 0, { what: "the noeviction line" });
+          expect(said("info")).toHaveLength(1);
+        } finally {
+          admin.close();
+          target.close();
+        }
+      });
+    });
+
     test("CONFIG renamed away: the policy is read from INFO; CONFIG and INFO both refused: said once, and ready", async () => {
       await withRedis(
         ["--rename-command", "CONFIG", "", "--maxmemory-policy", "volatile-ttl"],
