@@ -1204,11 +1204,22 @@ describe("the admin lists page (api-keys, blocks)", () => {
     insert.run("x".repeat(300), "n6", "pal_live_FFFFFFF", realTime.t, null, null, null, "api");
     insert.run("", "n7", "pal_live_GGGGGGG", realTime.t, null, null, null, "api");
     insert.run(new Uint8Array([0]), "n8", "pal_live_HHHHHHH", realTime.t, null, null, null, "api");
+    // Places in the file no JS number holds exactly, or a cursor of digits alone (48a F1).
+    const placed = sqlite.prepare(
+      "INSERT INTO api_keys (rowid, id, name, prefix, secret_hash, scopes, created_at, origin, seal) VALUES (?, ?, 'n', ?, '00', '[\"chat\"]', ?, 'api', 'x')",
+    );
+    for (const [rowid, id] of [
+      [-1n, "placed-negative"],
+      [9_007_199_254_740_993n, "placed-past-2^53"],
+      [9_007_199_254_740_995n, "placed-past-2^53-again"],
+    ] as const) {
+      placed.run(rowid, id, `pal_live_${id.slice(-7)}`, realTime.t);
+    }
     for (const limit of [1, 2, 3, 4]) {
       const all = (
         await pages<Listed>(current, "/api/admin/api-keys", "keys", admin.accessToken, limit)
       ).flatMap((page) => page.items.map((key) => key.id));
-      expect([limit, all.length, new Set(all).size]).toEqual([limit, 11, 11]);
+      expect([limit, all.length, new Set(all).size]).toEqual([limit, 14, 14]);
       expect(all).toContain(real[1]!);
       expect(all).toContain(real[0]!);
     }
@@ -1216,7 +1227,10 @@ describe("the admin lists page (api-keys, blocks)", () => {
 
   test("blocks in force page newest first, each once; lifted and expired ones are not listed", async () => {
     const clock = new ManualClock();
-    current = buildTestApp({ clock });
+    current = buildTestApp({
+      clock,
+      env: { RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" },
+    });
     const admin = await signUp(current, { role: "admin" });
     const { ipBlocks } = current.services;
     const made: number[] = [];
@@ -1249,6 +1263,30 @@ describe("the admin lists page (api-keys, blocks)", () => {
     );
     expect(listed.map((page) => page.items.length)).toEqual([3, 3, 1]);
     expect(listed.flatMap((page) => page.items.map((block) => block.id))).toEqual(inForce);
+
+    // Block rows written into the file with ids no JS number holds exactly, or negative, at a real
+    // block's time: left out (they fail their seals), and paged past at every size (probe 48a F1).
+    const at = current.db.$client
+      .query("SELECT created_at AS t FROM ip_blocks WHERE id = ?")
+      .get(inForce[3]!) as { t: number };
+    const forge = current.db.$client.prepare(
+      "INSERT INTO ip_blocks (id, address, reason, source, created_at, expires_at, seal) VALUES (?, ?, 'forged', 'admin', ?, ?, 'x')",
+    );
+    forge.run(-1n, "198.51.100.1", at.t, clock.now() + 3_600_000);
+    forge.run(9_007_199_254_740_993n, "198.51.100.2", at.t, clock.now() + 3_600_000);
+    forge.run(9_007_199_254_740_995n, "198.51.100.3", at.t, clock.now() + 3_600_000);
+    for (const limit of [1, 2, 3]) {
+      const all = (
+        await pages<{ id: number }>(
+          current,
+          "/api/admin/blocks",
+          "blocks",
+          admin.accessToken,
+          limit,
+        )
+      ).flatMap((page) => page.items.map((block) => block.id));
+      expect([limit, all]).toEqual([limit, inForce]);
+    }
   });
 
   test("a cursor the route did not give, or a limit out of 1–500, is 422 naming the parameter", async () => {

@@ -107,6 +107,12 @@ function pageOf(
   return { cursor: cursorOfQuery(query.cursor, id), limit: query.limit ?? ADMIN_PAGE };
 }
 
+/**
+ * A list cursor's id that is a row's integer id or rowid, written out: any 64-bit integer, as the file
+ * may hold (a negative one, one past 2^53 included: probe 48a F1).
+ */
+const ROWID = /^-?\d{1,19}$/;
+
 /** Every admin route is on the default policy (per principal). */
 export const adminRouteClasses: readonly RouteClass[] = [{ routes: ["* /api/admin/*"] }];
 
@@ -247,7 +253,7 @@ export function adminModule(options: AdminModuleOptions) {
       "/api-keys",
       ({ principal, request, client, requestId, route, query }) => {
         // A key list's cursor names the row's place in the file (api-keys listChecked).
-        const page = pageOf(query, /^\d{1,19}$/);
+        const page = pageOf(query, ROWID);
         record({ principal, request, client, requestId, route }, "admin.keys.listed");
         const { keys, nextCursor } = apiKeys.listChecked(page);
         return { keys: keys.map(({ record, seals }) => view(record, seals)), nextCursor };
@@ -392,10 +398,10 @@ export function adminModule(options: AdminModuleOptions) {
       "/blocks",
       ({ principal, request, client, requestId, route, query }) => {
         // Block ids are integers: a cursor naming another kind of id is not one this route gave.
-        const { cursor, limit } = pageOf(query, /^\d{1,16}$/);
+        const { cursor, limit } = pageOf(query, ROWID);
         record({ principal, request, client, requestId, route }, "admin.blocks.listed");
         return ipBlocks.activePage({
-          cursor: cursor && { createdAt: cursor.createdAt, id: Number(cursor.id) },
+          cursor: cursor && { createdAt: cursor.createdAt, id: cursor.id },
           limit,
         });
       },

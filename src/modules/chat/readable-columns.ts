@@ -22,13 +22,15 @@ import { orderableTime, readableTime } from "../../db/stored-values";
 export { orderableTime, readableTime };
 
 /**
- * Holds for a row whose id a list cursor can name (list-cursor takes 256 UTF-16 units:
- * 128 characters whatever they are). Palisade's ids are UUIDs; a row written into the file with a
- * longer id, an empty one or a BLOB made the owner's list stop at it, 422 for its own cursor (probe
- * 47a F1): it is left out, as a row whose time is none is.
+ * Holds for a row whose id a list cursor can name and the next page find again: text of 1 to 64
+ * bytes of letters, digits, `-` and `_` (Palisade's are 22 base64url characters). A row written into the file with
+ * a longer id, an empty one or a BLOB made the owner's list stop at it, 422 for its own cursor
+ * (probe 47a F1), and one with a NUL (SQLite's `length` stops there) or bytes that are no UTF-8 (read
+ * back as U+FFFD, which names no row) did too, or returned the same empty page forever (48a F2):
+ * it is left out, as a row whose time is none is. Counted in bytes, and checked for any other byte.
  */
 export function cursorableId(column: SQLiteColumn): SQL {
-  return sql`(typeof(${column}) = 'text' AND length(${column}) BETWEEN 1 AND 128)`;
+  return sql`(typeof(${column}) = 'text' AND length(CAST(${column} AS BLOB)) BETWEEN 1 AND 64 AND ${column} NOT GLOB '*[^0-9A-Za-z_-]*' AND instr(CAST(${column} AS BLOB), X'00') = 0)`;
 }
 
 /** A count (of tokens, of requests) as Palisade writes one. */

@@ -160,12 +160,14 @@ function prepareStatements(db: AppDatabase) {
       sqlite.query<StoredBlock, { now: number }>(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE ${IN_FORCE}`,
       ),
+    // The id also as text, exactly as stored (a forged one past 2^53 rounds as a JS number), and the
+    // cursor's id bound as text: SQLite compares it as the integer it spells (probe 48a F1).
     activeAfter: () =>
       sqlite.query<
-        StoredBlock,
-        { now: number; createdAt: number | null; id: number | null; limit: number }
+        StoredBlock & { idText: string },
+        { now: number; createdAt: number | null; id: string | null; limit: number }
       >(
-        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
+        `SELECT ${SEALED_BLOCK_COLUMNS}, CAST(id AS TEXT) AS idText FROM ip_blocks
          WHERE ${IN_FORCE}
            AND ($createdAt IS NULL OR created_at < $createdAt
                 OR (created_at = $createdAt AND id < $id))
@@ -527,7 +529,7 @@ export class IpBlockService {
    * the page before), with the cursor of the next page. A block that fails its seal is left out
    * (reported); the cursor still moves past it.
    */
-  activePage(page: { cursor?: { createdAt: number; id: number }; limit: number }): {
+  activePage(page: { cursor?: { createdAt: number; id: string }; limit: number }): {
     blocks: IpBlock[];
     nextCursor: string | null;
   } {
@@ -545,7 +547,7 @@ export class IpBlockService {
     return {
       blocks,
       nextCursor:
-        rows.length > limit && last ? encodeCursor(last.createdAt, String(last.id)) : null,
+        rows.length > limit && last ? encodeCursor(last.createdAt, last.idText) : null,
     };
   }
 

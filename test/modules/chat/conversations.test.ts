@@ -66,7 +66,10 @@ async function listedOneByOne(
 ): Promise<Page["conversations"]> {
   const shown: Page["conversations"] = [];
   let cursor: string | null = null;
+  let pages = 0;
   do {
+    // A list that gives the same page forever fails here, not by the test's timeout.
+    expect([label, ++pages]).not.toEqual([label, 100]);
     const response = await send(
       target,
       `/api/chat/conversations?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
@@ -376,14 +379,25 @@ describe("list, read, delete", () => {
     const forge = target.db.$client.prepare(
       "INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at, seal) VALUES (?, 'user', ?, ?, ?, 'x')",
     );
-    // At the real conversations' own times, and after them.
-    for (const id of ["x".repeat(300), "", new Uint8Array([0])]) {
+    // At the real conversations' own times, and after them: too long, empty, a BLOB, a NUL that
+    // SQLite's length() stops at (48a F2), a byte that is no UTF-8 (read back as U+FFFD).
+    const nulInside = `a\u0000${"x".repeat(299)}`;
+    for (const id of ["x".repeat(300), "", new Uint8Array([0]), nulInside]) {
       forge.run(id, alice.userId, at, at);
       forge.run(
         id instanceof Uint8Array ? new Uint8Array([1]) : `${id}y`,
         alice.userId,
         at + 5,
         at + 5,
+      );
+    }
+    for (const [bytes, time] of [
+      ["80", at],
+      ["8081", at + 5],
+    ] as const) {
+      target.db.$client.run(
+        `INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at, seal) VALUES (CAST(X'${bytes}' AS TEXT), 'user', ?, ?, ?, 'x')`,
+        [alice.userId, time, time],
       );
     }
     expect((await listedOneByOne(asUser(alice))).map((c) => c.id)).toEqual([newer, older]);
