@@ -546,8 +546,7 @@ export class IpBlockService {
     const last = read.at(-1);
     return {
       blocks,
-      nextCursor:
-        rows.length > limit && last ? encodeCursor(last.createdAt, last.idText) : null,
+      nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.idText) : null,
     };
   }
 
