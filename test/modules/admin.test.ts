@@ -1275,6 +1275,11 @@ describe("the admin lists page (api-keys, blocks)", () => {
     forge.run(-1n, "198.51.100.1", at.t, clock.now() + 3_600_000);
     forge.run(9_007_199_254_740_993n, "198.51.100.2", at.t, clock.now() + 3_600_000);
     forge.run(9_007_199_254_740_995n, "198.51.100.3", at.t, clock.now() + 3_600_000);
+    // And times no cursor can hold: a fraction, text, past 2^53 (49a F1).
+    forge.run(7, "198.51.100.4", at.t + 0.5, clock.now() + 3_600_000);
+    forge.run(8, "198.51.100.5", "soon", clock.now() + 3_600_000);
+    forge.run(9, "198.51.100.6", 9_007_199_254_740_993n, clock.now() + 3_600_000);
+    forge.run(10, "198.51.100.7", 12_345_678_901_234_567n, clock.now() + 3_600_000);
     for (const limit of [1, 2, 3]) {
       const all = (
         await pages<{ id: number }>(

@@ -67,6 +67,15 @@ describe("a browser request from another site's page", () => {
       "GET",
     ],
     [
+      "a link to an API route, not a page (probe 49a F2)",
+      {
+        "sec-fetch-site": "cross-site",
+        "sec-fetch-mode": "navigate",
+        "sec-fetch-dest": "document",
+      },
+      "GET",
+    ],
+    [
       "a CORS fetch from an origin not allowed",
       { "sec-fetch-site": "cross-site", "sec-fetch-mode": "cors", origin: "https://evil.test" },
       "GET",
@@ -94,6 +103,26 @@ describe("a browser request from another site's page", () => {
     await Bun.sleep(20);
     expect(countedFor(target, VISITOR)).toEqual({ n: 0 });
   });
+});
+
+test("a page opening the API's URLs in a window of its own, one after another, neither spends nor blocks the visitor's address (probe 49a F2)", async () => {
+  const target = crossSiteApp();
+  const navigation = {
+    "sec-fetch-site": "cross-site",
+    "sec-fetch-mode": "navigate",
+    "sec-fetch-dest": "document",
+  };
+  for (let i = 0; i < 30; i++) {
+    const path = i % 2 === 0 ? `/api/auth/csrf?n=${i}` : `/nothing-here-${i}`;
+    const response = await send(target, path, { peer: VISITOR, headers: navigation });
+    expect([path, response.status]).toEqual([path, 403]);
+  }
+  await Bun.sleep(20);
+  expect(countedFor(target, VISITOR)).toEqual({ n: 0 });
+  expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+  // The documentation is what a link from another site may open.
+  const docs = await send(target, "/openapi.json", { peer: VISITOR, headers: navigation });
+  expect(docs.status).toBe(200);
 });
 
 describe("what is let through as before", () => {

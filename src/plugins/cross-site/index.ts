@@ -12,7 +12,9 @@
  * Browsers say where a request came from (`Sec-Fetch-Site`, what kind it is in `Sec-Fetch-Mode` and
  * `Sec-Fetch-Dest`). A request marked `cross-site` is let through only when it comes from an origin
  * in CORS_ALLOWED_ORIGINS (its `Origin` header: the browser front-end's calls and their preflights),
- * or is a top-level navigation by GET or HEAD (a link to `/docs` followed, an address typed). Every
+ * or is a top-level navigation by GET or HEAD to a route a link may open (`navigable`: the
+ * documentation). A page could otherwise open the API's URLs one after another in a window it
+ * opened, each a navigation counted against the visitor's address (probe 49a F2). Every
  * other request is unchanged: clients that are not browsers send no `Sec-Fetch-*` header (Stripe's
  * and Meta's webhooks, Prometheus, SDKs, curl), and same-origin and same-site requests are not
  * refused here. Not audited: anyone can send as many as they like, and each is counted by status in
@@ -20,6 +22,7 @@
  */
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
+import type { RequestState } from "../request-state";
 
 /**
  * Whether a browser said the request is cross-site. Browsers send one lower-case value; a value in
@@ -42,11 +45,12 @@ function isTopLevelNavigation(request: Request): boolean {
 export function crossSiteRequests({ allowedOrigins }: { allowedOrigins: readonly string[] }) {
   const allowed = new Set(allowedOrigins);
   return new Elysia({ name: "palisade.cross-site", seed: allowedOrigins })
-    .onRequest(function refuseCrossSite({ request }) {
+    .onRequest(function refuseCrossSite(context) {
+      const { request, routeClass } = context as unknown as RequestState;
       if (!isCrossSite(request.headers.get("sec-fetch-site"))) return;
       const origin = request.headers.get("origin");
       if (origin !== null && allowed.has(origin)) return;
-      if (isTopLevelNavigation(request)) return;
+      if (routeClass.navigable && isTopLevelNavigation(request)) return;
       throw new AppError(
         "CROSS_SITE_REFUSED",
         "A browser request from a page of another site is refused: only the origins this service allows may call it.",

@@ -25,6 +25,7 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { insertWithRandomId } from "../../db/random-id";
 import { ipBlocks } from "../../db/schema";
+import { FIRST_TIME_MS, LAST_TIME_MS } from "../../db/stored-values";
 import { encodeCursor } from "../../list-cursor";
 import { type Logger, secretScrubber, storedText } from "../../logging/logger";
 import { scrubAnySpelling } from "../../logging/scrub";
@@ -150,6 +151,13 @@ export interface IpBlockServiceOptions {
 
 /** A block in force at `$now`: not expired (an expiry that is a whole number), not lifted. */
 const IN_FORCE = "expires_at > $now AND typeof(expires_at) = 'integer' AND lifted_at IS NULL";
+/**
+ * A block the list can order and name in a cursor: made at a time Palisade writes (whole ms, years
+ * 0000–9999). One written into the file with a fraction, text or a time past 2^53 made the list's
+ * next page 422 or the same page forever (probe 49a F1); it fails its seal, so it is left out, and
+ * is no block either way.
+ */
+const LISTABLE_TIME = `typeof(created_at) = 'integer' AND created_at BETWEEN ${FIRST_TIME_MS} AND ${LAST_TIME_MS}`;
 
 /** The statements of the request path (reload) and of automatic blocking, prepared once. */
 function prepareStatements(db: AppDatabase) {
@@ -168,7 +176,7 @@ function prepareStatements(db: AppDatabase) {
         { now: number; createdAt: number | null; id: string | null; limit: number }
       >(
         `SELECT ${SEALED_BLOCK_COLUMNS}, CAST(id AS TEXT) AS idText FROM ip_blocks
-         WHERE ${IN_FORCE}
+         WHERE ${IN_FORCE} AND ${LISTABLE_TIME}
            AND ($createdAt IS NULL OR created_at < $createdAt
                 OR (created_at = $createdAt AND id < $id))
          ORDER BY created_at DESC, id DESC LIMIT $limit`,

@@ -27,7 +27,8 @@ export const OPENAPI_PATH = "/openapi.json";
 export const DOCS_PATH = "/docs";
 
 export const openapiRouteClasses: readonly RouteClass[] = [
-  { routes: [`GET ${OPENAPI_PATH}`, `GET ${DOCS_PATH}`] },
+  // Opened from links: the documentation is what a page on another site may send a reader to.
+  { routes: [`GET ${OPENAPI_PATH}`, `GET ${DOCS_PATH}`], navigable: true },
 ];
 
 export interface OpenapiOptions {

@@ -36,6 +36,13 @@ export interface RouteClass {
    */
   csrfOnReads?: boolean;
   /**
+   * A page a browser may open from a link on another site (the API's documentation): a cross-site
+   * top-level navigation reaches it. Any other route refuses one before it is counted
+   * (plugins/cross-site): a page could open the API's URLs one after another in a window it opened
+   * and get its visitor's address blocked (probe 49a F2).
+   */
+  navigable?: boolean;
+  /**
    * The handler gets the body's bytes exactly as received, and their text (request-guard/body,
    * exactBodyOf): a signature is computed over them. Any other route's body is read as text, which
    * Bun decodes as it reads (plugins/request-guard).
@@ -52,6 +59,7 @@ export interface ResolvedRouteClass {
   bodyLimit: Exclude<keyof BodyLimits, "server">;
   csrfExempt: boolean;
   csrfOnReads: boolean;
+  navigable: boolean;
   exactBytes: boolean;
 }
 
@@ -70,6 +78,7 @@ export const UNMATCHED_CLASS: ResolvedRouteClass = Object.freeze({
   bodyLimit: "default",
   csrfExempt: false,
   csrfOnReads: false,
+  navigable: false,
   exactBytes: false,
 });
 
@@ -102,6 +111,7 @@ export function createRouteClassTable(classes: readonly RouteClass[]): RouteClas
       bodyLimit: routeClass.bodyLimit ?? "default",
       csrfExempt: routeClass.csrfExempt ?? false,
       csrfOnReads: routeClass.csrfOnReads ?? false,
+      navigable: routeClass.navigable ?? false,
       exactBytes: routeClass.exactBytes ?? false,
     });
     for (const route of routeClass.routes) {
