@@ -47,10 +47,8 @@ function process(sqlite: Database, clock: { t: number }) {
   return { guard, metric, logs, warnings: () => messages("warn"), infos: () => messages("info") };
 }
 
-const busyAttempts = 'db_wal_truncate_checkpoints_total{outcome="busy"}';
-const truncations = 'db_wal_truncate_checkpoints_total{outcome="truncated"}';
-
-test("while a long reader holds its snapshot, TRUNCATE is tried after 1, 2, 4 â€¦ s, not at every look; it is said once with the size; the reader's end truncates at once", async () => {
+/** One process's guard, with a reader holding a snapshot and the WAL written past the limit. */
+function heldByReader() {
   const { path, connections, reader } = database();
   const [writer] = connections as [Database];
   const clock = { t: 0 };
@@ -58,6 +56,14 @@ test("while a long reader holds its snapshot, TRUNCATE is tried after 1, 2, 4 â€
   reader.run("BEGIN");
   reader.query("SELECT count(*) FROM filler").get();
   writeFiller(writer, 2 * LIMIT);
+  return { path, writer, reader, clock, guarded };
+}
+
+const busyAttempts = 'db_wal_truncate_checkpoints_total{outcome="busy"}';
+const truncations = 'db_wal_truncate_checkpoints_total{outcome="truncated"}';
+
+test("while a long reader holds its snapshot, TRUNCATE is tried after 1, 2, 4 â€¦ s, not at every look; it is said once with the size; the reader's end truncates at once", async () => {
+  const { path, writer, reader, clock, guarded } = heldByReader();
 
   // A minute of looks, the service writing between them.
   for (; clock.t < 60_000; clock.t += LOOK_MS) {
@@ -89,13 +95,7 @@ test("while a long reader holds its snapshot, TRUNCATE is tried after 1, 2, 4 â€
 });
 
 test("a reader held for minutes is said again every five minutes, never at each attempt; the tries stay at most every 30 s", async () => {
-  const { connections, reader } = database();
-  const [writer] = connections as [Database];
-  const clock = { t: 0 };
-  const guarded = process(writer, clock);
-  reader.run("BEGIN");
-  reader.query("SELECT count(*) FROM filler").get();
-  writeFiller(writer, 2 * LIMIT);
+  const { writer, reader, clock, guarded } = heldByReader();
   const minutes = 11;
   for (; clock.t < minutes * 60_000; clock.t += LOOK_MS) guarded.guard.look();
   // 0, 1, 3, 7, 15, 31 s, then every 30 s: 61, 91 â€¦ 631 s.
