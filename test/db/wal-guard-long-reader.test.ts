@@ -95,7 +95,7 @@ test("while a long reader holds its snapshot, TRUNCATE is tried after 1, 2, 4 â€
 });
 
 test("a reader held for minutes is said again every five minutes, never at each attempt; the tries stay at most every 30 s", async () => {
-  const { writer, reader, clock, guarded } = heldByReader();
+  const { reader, clock, guarded } = heldByReader();
   const minutes = 11;
   for (; clock.t < minutes * 60_000; clock.t += LOOK_MS) guarded.guard.look();
   // 0, 1, 3, 7, 15, 31 s, then every 30 s: 61, 91 â€¦ 631 s.
