@@ -60,7 +60,7 @@ if (missing.length > 0) {
     const gate =
       server.coveredOnlyBy.length === 0
         ? ""
-        : ` and ${server.coveredOnlyBy.join(", ")} is left out of the coverage gate`;
+        : ` and ${server.coveredOnlyBy.join(", ")} ${server.coveredOnlyBy.length === 1 ? "is" : "are"} left out of the coverage gate`;
     process.stderr.write(
       `test: ${server.binary} not installed: its tests are skipped${gate} ` +
         `(apt-get install ${APT_PACKAGE[server.binary] ?? server.binary} to run them)\n`,
