@@ -6,6 +6,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../support/app";
+import { createKey, signUp } from "../support/auth";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -149,4 +150,52 @@ describe("what is let through as before", () => {
     expect(response.status).toBe(200);
     expect(response.headers.get("x-ratelimit-remaining")).toBe("19");
   });
+});
+
+test("every spelling and method that reaches a route meets the stage alike; a credential does not let another site's request by", async () => {
+  const target = crossSiteApp();
+  const navigation = {
+    "sec-fetch-site": "cross-site",
+    "sec-fetch-mode": "navigate",
+    "sec-fetch-dest": "document",
+  };
+  // The documentation is navigable by GET and HEAD, in the spellings that reach it.
+  for (const [method, path] of [
+    ["GET", "/openapi.json/"],
+    ["HEAD", "/openapi.json"],
+  ] as const) {
+    const response = await send(target, path, { method, headers: navigation, peer: VISITOR });
+    expect([method, path, response.status]).toEqual([method, path, 200]);
+  }
+  // An API route is not, in any spelling or method.
+  for (const [method, path] of [
+    ["GET", "/api/auth/csrf/"],
+    ["HEAD", "/api/auth/csrf"],
+    ["GET", "/api/auth/./csrf"],
+  ] as const) {
+    const response = await send(target, path, { method, headers: navigation, peer: VISITOR });
+    expect([method, path, response.status]).toEqual([method, path, 403]);
+  }
+  // A bearer token or an API key on a request another site's page made: refused all the same,
+  // before the credential is looked at or counted against its principal.
+  const session = await signUp(target);
+  for (const credential of [
+    { authorization: `Bearer ${session.accessToken}` },
+    { "x-api-key": createKey(target, ["chat"], session.userId).key },
+  ]) {
+    const response = await send(target, "/api/auth/me", {
+      headers: { ...credential, "sec-fetch-site": "cross-site", "sec-fetch-mode": "cors" },
+      peer: VISITOR,
+    });
+    expect(response.status).toBe(403);
+    expect(((await response.json()) as { code: string }).code).toBe("CROSS_SITE_REFUSED");
+  }
+  await Bun.sleep(20);
+  expect(
+    target.db.$client
+      .query(
+        "SELECT count(*) AS n FROM rate_limit_counters WHERE key LIKE 'user:%' OR key LIKE 'key:%'",
+      )
+      .get(),
+  ).toEqual({ n: 0 });
 });
