@@ -179,7 +179,7 @@ test("every spelling and method that reaches a route meets the stage alike; a cr
   // A bearer token or an API key on a request another site's page made: refused all the same,
   // before the credential is looked at or counted against its principal.
   const session = await signUp(target);
-  for (const credential of [
+  for (const credential of <Record<string, string>[]>[
     { authorization: `Bearer ${session.accessToken}` },
     { "x-api-key": createKey(target, ["chat"], session.userId).key },
   ]) {
