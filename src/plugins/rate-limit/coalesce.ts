@@ -3,9 +3,10 @@
  * What both limiter stores do around their one atomic decision: queue the checks of one
  * event-loop turn, group those asking the same policies for the same key (one decision asks for
  * that many permits, and a lease's permits after theirs), and share the decision's grants out in
- * arrival order.
+ * arrival order. A decision is one over all of a check's policies: it grants what every one of
+ * them has room for and counts that in each, so a refused request is counted by none.
  */
-import type { Grant, LimitCheck, LimitOutcome, UnusedPermits } from "./store";
+import type { Grant, LimitCheck, LimitOutcome, UnusedPermits, WindowCounts } from "./store";
 
 export type { Grant };
 
@@ -124,45 +125,82 @@ export function latestNow(group: readonly PendingCheck[]): number {
 }
 
 /**
- * Turns a group's decisions into each check's outcomes. The first policy is asked for one permit
- * per check (and a lease's `extra` after them); each later one for what the one before granted; a
- * check stops at the first policy that did not grant its permit, so a refused request is not
- * counted by the policies after it. The lease comes last, so it never takes a permit a check of
- * the same turn would have had, and the checks' outcomes leave its permits out (they are shown as
- * the lease's requests use them). The admitted checks of a group see the count after their own
- * permit, in arrival order. `decide` is called in policy order and may return nothing once
- * nothing is wanted.
+ * One policy's part of a group's decision: its windows once the grant was counted, and how many
+ * permits it had room for before (floor(limit − estimate) in the tighter of its two windows, never
+ * negative).
+ */
+export interface PolicyDecision {
+  state: WindowCounts;
+  room: number;
+}
+
+/** What a decision grants of `wanted`: as many as every policy has room for, counted in each. */
+export function grantOf(wanted: number, rooms: readonly number[]): number {
+  let granted = wanted;
+  for (const room of rooms) if (room < granted) granted = room;
+  return Math.max(0, granted);
+}
+
+/**
+ * The first policy with no room left once `granted` was counted: the one that refuses what the
+ * decision did not grant. Each policy refusing on its own, in order, counted a refused request's
+ * permit in the policies before the one that refused it, and a concurrent sibling refused by one
+ * of those was told it full while that permit came back a moment later (probe 48a F3).
+ */
+export function refusingPolicy(rooms: readonly number[], granted: number): number {
+  for (let i = 0; i < rooms.length; i++) if (rooms[i]! <= granted) return i;
+  return rooms.length - 1;
+}
+
+/**
+ * Turns a group's decision into each check's outcomes. The decision is one over all policies:
+ * `granted` (grantOf: the group's checks, then a lease's `extra`) counted in every policy, so a
+ * refused check is counted by none of them. The first `granted` checks are admitted; each sees the
+ * count as it stood after its own permit, in arrival order. A refused check's outcomes end at the
+ * policy that refused it (refusingPolicy), the ones before it showing the windows as the decision
+ * left them. The lease comes last, so it never takes a permit a check of the same turn would have
+ * had, and the checks' outcomes leave its permits out (they are shown as the lease's requests use
+ * them).
  */
 export function shareGrants(
   groupSize: number,
-  policies: number,
-  decide: (index: number, wanted: number) => Grant | undefined,
+  decisions: readonly PolicyDecision[],
+  granted: number,
   lease: { extra: number; leased?: Grant[] } = { extra: 0 },
 ): LimitOutcome[][] {
   const outcomes: LimitOutcome[][] = Array.from({ length: groupSize }, () => []);
-  let wanted = groupSize + lease.extra;
-  for (let index = 0; index < policies && wanted > 0; index++) {
-    const grant = decide(index, wanted);
-    if (grant === undefined) break;
-    const leased = Math.max(0, grant.granted - groupSize);
+  const leased = Math.max(0, granted - groupSize);
+  const admitted = Math.min(granted, groupSize);
+  const refusedAt =
+    admitted < groupSize
+      ? refusingPolicy(
+          decisions.map((d) => d.room),
+          granted,
+        )
+      : -1;
+  for (let index = 0; index < decisions.length; index++) {
+    const counted = decisions[index]!.state;
+    lease.leased?.push({ state: counted, granted: leased });
     const state =
       leased === 0
-        ? grant.state
+        ? counted
         : {
-            ...grant.state,
-            current: grant.state.current - leased,
-            burstCurrent: grant.state.burstCurrent - leased,
+            ...counted,
+            current: counted.current - leased,
+            burstCurrent: counted.burstCurrent - leased,
           };
-    lease.leased?.push({ state: grant.state, granted: leased });
-    const asked = Math.min(wanted, groupSize);
-    // Each admitted check sees the count as it stood after its own permit, so the remaining quota
-    // in its headers counts down one by one across a group, as if they had come one at a time.
-    const admitted = Math.min(grant.granted, asked);
-    for (let j = 0; j < asked; j++) {
-      const after = j < admitted ? admitted - 1 - j : 0;
+    for (let j = 0; j < groupSize; j++) {
+      if (j >= admitted) {
+        if (index <= refusedAt) outcomes[j]!.push({ ...state, admitted: index < refusedAt });
+        continue;
+      }
+      // Each admitted check sees the count as it stood after its own permit, so the remaining
+      // quota in its headers counts down one by one across a group, as if they had come one at a
+      // time.
+      const after = admitted - 1 - j;
       outcomes[j]!.push(
         after === 0
-          ? { ...state, admitted: j < grant.granted }
+          ? { ...state, admitted: true }
           : {
               ...state,
               current: state.current - after,
@@ -171,7 +209,6 @@ export function shareGrants(
             },
       );
     }
-    wanted = grant.granted;
   }
   return outcomes;
 }

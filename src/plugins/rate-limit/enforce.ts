@@ -164,15 +164,10 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     refusedAt: number,
     now: number,
   ): Promise<never> => {
-    // The policies before the one that refused counted the request's permit in the same decision:
-    // given back, so a request refused by any of its policies counts against none (probe 46a F1:
-    // three sign-ups refused by the default burst left the address none of its three for the
-    // minute, each later refusal a step towards a block, its Retry-After wrong).
-    if (refusedAt > 0) store.giveBack(permitsOf({ policies, keys, outcomes }, refusedAt));
-    // Its headers count without the permits given back: with them a request that took its route's
-    // last permit and was refused by the default burst was told the route was full for a minute
-    // (probe 47a F2).
-    const headers = rateLimitHeaders(policies, withoutOwnPermit(outcomes, refusedAt), now, true);
+    // The store's decision is one over all of the policies (rate-limit/coalesce.ts): a request
+    // refused by any of them is counted by none, so its headers and Retry-After are the windows as
+    // they stand (probes 46a F1, 47a F2, 48a F3).
+    const headers = rateLimitHeaders(policies, outcomes, now, true);
     const refusedBy = policies[refusedAt]!;
     const policyId = refusedBy.id;
     const key = keyOf(keys, refusedAt);
@@ -256,32 +251,18 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     return outcomes === undefined ? undefined : rateLimitHeaders(policies, outcomes, now, false);
   };
   const refund = (charge: LimitCharge, keep?: (policy: Policy) => boolean) => {
-    store.giveBack(permitsOf(charge, charge.policies.length, keep));
+    store.giveBack(permitsOf(charge, keep));
   };
   return Object.assign(enforceLimits, { admitNow, refund });
 }
 
-/** The outcomes as they stand once the first `count` policies' permits are given back. */
-function withoutOwnPermit(outcomes: readonly LimitOutcome[], count: number): LimitOutcome[] {
-  return outcomes.map((outcome, i) =>
-    i < count
-      ? {
-          ...outcome,
-          current: Math.max(0, outcome.current - 1),
-          burstCurrent: Math.max(0, outcome.burstCurrent - 1),
-        }
-      : outcome,
-  );
-}
-
-/** One permit of each of the first `count` policies of a charge (those `keep` keeps), to give back. */
+/** One permit of each policy of a charge (those `keep` keeps), to give back. */
 function permitsOf(
   { policies, keys, outcomes }: LimitCharge,
-  count: number,
   keep: (policy: Policy) => boolean = () => true,
 ): UnusedPermits[] {
   const permits: UnusedPermits[] = [];
-  for (let i = 0; i < count; i++) {
+  for (let i = 0; i < policies.length; i++) {
     const policy = policies[i]!;
     if (!keep(policy)) continue;
     permits.push({

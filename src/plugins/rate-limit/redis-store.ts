@@ -33,10 +33,12 @@ const TOLD_WINDOWS_KEPT = 4096;
 // KEYS: one hash per check. ARGV: wanted; the instant to decide at, or anything else to decide at
 // Redis's own clock (TIME); the instant (Redis's) after which the asker no longer waits, or anything
 // else for none; then 4 values per check: window ms, burst window ms, limit, burst limit.
-// Returns, per check decided (it stops after the first that granted nothing), eight numbers: the
-// windows after the decision, the permits granted, and the instant it was decided at. Run after
-// its deadline (a stalled Redis running what was queued), it counts nothing and returns one row
-// {-1, 0, 0, 0, 0, 0, 0, now}: the asker answered the request without it.
+// Returns, per check, nine numbers: the windows after the decision, the permits granted, the
+// instant it was decided at, and the room the check's policy had. One decision over all checks:
+// every hash is read and rolled first, then what every policy has room for is counted in each (a
+// refused request is counted by none, as in the SQLite store: coalesce.ts). Run after its
+// deadline (a stalled Redis running what was queued), it counts nothing and returns one row
+// {-1, 0, 0, 0, 0, 0, 0, now, 0}: the asker answered the request without it.
 //
 // Deciding at Redis's clock, every VM decides on one clock: a VM whose clock is behind another's
 // decides as the one ahead does. Decided at each VM's own clock, a key counted by a VM ahead was in
@@ -57,10 +59,10 @@ if not now then
   now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 local decideBy = tonumber(ARGV[3])
-if decideBy and now > decideBy then return {{-1, 0, 0, 0, 0, 0, 0, now}} end
-local out = {}
+if decideBy and now > decideBy then return {{-1, 0, 0, 0, 0, 0, 0, now, 0}} end
+local rows = {}
+local granted = wanted
 for i = 1, #KEYS do
-  if wanted <= 0 then break end
   local a = 3 + (i - 1) * 4
   local win, bwin = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local limit, blimit = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
@@ -77,17 +79,22 @@ for i = 1, #KEYS do
   local bprev, bcur = 0, 0
   if obws == bws + bwin then bws, bw, bprev, bcur = obws, 1, obprev, obcur
   elseif obws == bws then bprev, bcur = obprev, obcur elseif obws == bws - bwin then bprev = obcur end
-  local room = math.floor(limit - prev * w - cur)
-  local broom = math.floor(blimit - bprev * bw - bcur)
-  local granted = math.max(0, math.min(wanted, room, broom))
-  cur = cur + granted
-  bcur = bcur + granted
-  redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev)
-  -- Kept while either window can still count: until the later of them has passed as the previous one.
-  local ttl = math.max(ws + 2 * win, bws + 2 * bwin) - now
-  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
-  table.insert(out, {ws, prev, cur, bws, bprev, bcur, granted, now})
-  wanted = granted
+  local room = math.max(0, math.min(math.floor(limit - prev * w - cur), math.floor(blimit - bprev * bw - bcur)))
+  granted = math.min(granted, room)
+  rows[i] = {ws, prev, cur, bws, bprev, bcur, win, bwin, room}
+end
+granted = math.max(0, granted)
+local out = {}
+for i = 1, #KEYS do
+  local r = rows[i]
+  local ws, prev, cur, bws, bprev, bcur, win, bwin = r[1], r[2], r[3] + granted, r[4], r[5], r[6] + granted, r[7], r[8]
+  if granted > 0 then
+    redis.call('HSET', KEYS[i], 'ws', ws, 'cur', cur, 'prev', prev, 'bws', bws, 'bcur', bcur, 'bprev', bprev)
+    -- Kept while either window can still count: until the later of them has passed as the previous one.
+    local ttl = math.max(ws + 2 * win, bws + 2 * bwin) - now
+    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+  out[i] = {ws, prev, cur, bws, bprev, bcur, granted, now, r[9]}
 end
 return out`;
 
@@ -293,25 +300,20 @@ export class RedisLimiterStore implements LeasableStore {
         this.toldWindows.set(row[3]! + offset, row[3]!);
       }
     }
-    // The script stops after the first policy that granted nothing, as shareGrants does.
     return shareGrants(
       group.length,
-      checks.length,
-      (index) => {
-        const row = rows[index];
-        if (row === undefined) return undefined;
-        return {
-          state: {
-            windowStart: row[0]! + offset,
-            previous: row[1]!,
-            current: row[2]!,
-            burstWindowStart: row[3]! + offset,
-            burstPrevious: row[4]!,
-            burstCurrent: row[5]!,
-          },
-          granted: row[6]!,
-        };
-      },
+      rows.map((row) => ({
+        state: {
+          windowStart: row[0]! + offset,
+          previous: row[1]!,
+          current: row[2]!,
+          burstWindowStart: row[3]! + offset,
+          burstPrevious: row[4]!,
+          burstCurrent: row[5]!,
+        },
+        room: row[8]!,
+      })),
+      rows[0]?.[6] ?? 0,
       lease,
     );
   }

@@ -32,10 +32,11 @@ import { rateLimitCounters as counters } from "../../db/schema";
 import {
   CheckQueue,
   fail,
-  type Grant,
+  grantOf,
   latestNow,
   leaseOf,
   type PendingCheck,
+  type PolicyDecision,
   settle,
   shareGrants,
 } from "./coalesce";
@@ -306,30 +307,46 @@ export class SqliteLimiterStore implements LeasableStore {
     if (entries.length > 0) this.attempt(entries);
   }
 
+  /**
+   * One decision over all of the group's policies: each row read and rolled forward first, then
+   * what every policy has room for (grantOf) counted in each. A refused request is counted by none.
+   */
   private decideGroup(group: readonly PendingCheck[]): LimitOutcome[][] {
     const checks = group[0]!.checks;
     const now = latestNow(group);
     if (group.length === 1 && !(group[0]!.extra! > 0)) return [this.decideAlone(checks, now)];
-    return shareGrants(
-      group.length,
-      checks.length,
-      (index, wanted) => this.decide(checks[index]!, now, wanted),
-      leaseOf(group),
+    const lease = leaseOf(group);
+    const looks = checks.map((check) => this.look(check, now));
+    const granted = grantOf(
+      group.length + lease.extra,
+      looks.map((look) => look.room),
     );
+    if (granted > 0)
+      for (let i = 0; i < checks.length; i++) this.count(checks[i]!, looks[i]!, granted);
+    return shareGrants(group.length, looks, granted, lease);
   }
 
   /**
    * A request alone in its group and asking no lease (most requests when clients are many): one
-   * permit per policy, stopping at the first that refuses, as shareGrants would decide it, without
-   * its per-group arrays and copies. Each outcome is the decision's own state object.
+   * permit counted in every policy if each has room, else none, as shareGrants would decide it,
+   * without its per-group arrays and copies. Each outcome is the look's own state object.
    */
   private decideAlone(checks: readonly LimitCheck[], now: number): LimitOutcome[] {
     const outcomes: LimitOutcome[] = [];
+    let refused = false;
+    const looks: Look[] = [];
     for (let i = 0; i < checks.length; i++) {
-      const { state } = this.decide(checks[i]!, now, 1);
-      outcomes.push(state);
-      if (!state.admitted) break;
+      const look = this.look(checks[i]!, now);
+      looks.push(look);
+      outcomes.push(look.state);
+      if (look.room < 1) {
+        // The first policy without room refuses; the policies after it are not asked.
+        look.state.admitted = false;
+        refused = true;
+        break;
+      }
     }
+    if (!refused) for (let i = 0; i < checks.length; i++) this.count(checks[i]!, looks[i]!, 1);
     return outcomes;
   }
 
@@ -346,74 +363,90 @@ export class SqliteLimiterStore implements LeasableStore {
   }
 
   /**
-   * `now` is the group's latest arrival, not the check's own. Grants as many of the wanted permits
-   * as fit under both windows' limits (floor(limit − estimate), never negative) and counts only
-   * those; a new key is granted up to the smaller limit. Runs inside the group's transaction.
-   * The state is an outcome (admitted when any permit was granted), so that a request alone in its
-   * group is handed it as it is (decideAlone); shareGrants copies it for each check of a group.
+   * The (policy, key) row as it stands at `now` (`now` is the group's latest arrival, not the
+   * check's own), its windows rolled forward, and how many permits it has room for:
+   * floor(limit − estimate) under both windows' limits, never negative; a new key's room is the
+   * smaller limit. Counts nothing. Runs inside the group's transaction.
    */
-  private decide(
-    { policy, key }: LimitCheck,
-    now: number,
-    wanted: number,
-  ): Grant & { state: LimitOutcome } {
+  private look({ policy, key }: LimitCheck, now: number): Look {
     const row = this.readRow.values(policy.id, key)[0] as unknown as StoredRow | undefined;
     if (row === undefined) {
       const windowStart = windowStartOf(now, policy.windowMs);
       const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
-      const expiresAt = expiryOf(windowStart, policy.windowMs, burstWindowStart);
-      const granted = Math.min(wanted, policy.limit, policy.burstLimit);
-      this.insertRow.run(policy.id, key, windowStart, burstWindowStart, granted, expiresAt);
-      const state = {
-        windowStart,
-        previous: 0,
-        current: granted,
-        burstWindowStart,
-        burstPrevious: 0,
-        burstCurrent: granted,
-        admitted: granted > 0,
+      return {
+        rowid: undefined,
+        state: {
+          windowStart,
+          previous: 0,
+          current: 0,
+          burstWindowStart,
+          burstPrevious: 0,
+          burstCurrent: 0,
+          admitted: true,
+        },
+        room: Math.max(0, Math.min(policy.limit, policy.burstLimit)),
       };
-      return { state, granted };
     }
     const long = rollForward(now, policy.windowMs, row[1], row[2], row[3]);
     const burst = rollForward(now, BURST_WINDOW_MS, row[4], row[5], row[6]);
-    const windowStart = long.windowStart;
-    const burstWindowStart = burst.windowStart;
-    const { previous, current } = long;
-    const burstPrevious = burst.previous;
-    const burstCurrent = burst.current;
-    const expiresAt = expiryOf(windowStart, policy.windowMs, burstWindowStart);
     // Left to right as SQL's CAST(limit − previous × weight − current AS INTEGER) computed it.
-    const granted = Math.max(
+    const room = Math.max(
       0,
       Math.min(
-        wanted,
-        Math.trunc(policy.limit - previous * long.weight - current),
-        Math.trunc(policy.burstLimit - burstPrevious * burst.weight - burstCurrent),
+        Math.trunc(policy.limit - long.previous * long.weight - long.current),
+        Math.trunc(policy.burstLimit - burst.previous * burst.weight - burst.current),
       ),
     );
+    return {
+      rowid: row[0],
+      state: {
+        windowStart: long.windowStart,
+        previous: long.previous,
+        current: long.current,
+        burstWindowStart: burst.windowStart,
+        burstPrevious: burst.previous,
+        burstCurrent: burst.current,
+        admitted: true,
+      },
+      room,
+    };
+  }
+
+  /** Counts `granted` permits in the row `look` read (inserting it for a new key), and in its state. */
+  private count({ policy, key }: LimitCheck, look: Look, granted: number): void {
+    const state = look.state;
+    state.current += granted;
+    state.burstCurrent += granted;
+    const expiresAt = expiryOf(state.windowStart, policy.windowMs, state.burstWindowStart);
+    if (look.rowid === undefined) {
+      this.insertRow.run(
+        policy.id,
+        key,
+        state.windowStart,
+        state.burstWindowStart,
+        granted,
+        expiresAt,
+      );
+      return;
+    }
     this.writeRow.run(
-      row[0],
-      windowStart,
-      previous,
-      current + granted,
-      burstWindowStart,
-      burstPrevious,
-      burstCurrent + granted,
+      look.rowid,
+      state.windowStart,
+      state.previous,
+      state.current,
+      state.burstWindowStart,
+      state.burstPrevious,
+      state.burstCurrent,
       granted,
       expiresAt,
     );
-    const state = {
-      windowStart,
-      previous,
-      current: current + granted,
-      burstWindowStart,
-      burstPrevious,
-      burstCurrent: burstCurrent + granted,
-      admitted: granted > 0,
-    };
-    return { state, granted };
   }
+}
+
+/** A row as a decision read it: where it is (none for a new key), its windows now, and its room. */
+interface Look extends PolicyDecision {
+  rowid: number | undefined;
+  state: LimitOutcome;
 }
 
 /** When a row of these windows may be pruned: once both are two windows old. */

@@ -119,11 +119,12 @@ test("the store grants exactly what the sliding-window estimate leaves, for ever
         "SELECT current, burst_current FROM rate_limit_counters WHERE key = ?1",
       )
       .get(key)!;
+    // A decision that grants nothing writes nothing: the row stays as it was stored.
     expect({ i, admitted, current: row.current, burstCurrent: row.burst_current }).toEqual({
       i,
       admitted: expected,
-      current: l.current + expected,
-      burstCurrent: b.current + expected,
+      current: expected > 0 ? l.current + expected : long.current,
+      burstCurrent: expected > 0 ? b.current + expected : burst.current,
     });
     if (expected === wanted) granted++;
     else refused++;

@@ -240,6 +240,36 @@ describe("rate limiting", () => {
     expect((await register()).status).toBe(422);
   });
 
+  test("sign-ups sent together past the default burst are each told the truth: the default refused them, the route's permits are left (probe 48a F3)", async () => {
+    const clock = new ManualClock();
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "60", RATE_LIMIT_BURST: "5" }, clock);
+    const peer = "192.0.2.34";
+    // Three of the address's burst of five spent elsewhere: two are left, and the route's three.
+    for (let i = 0; i < 3; i++) {
+      expect((await send(target, "/openapi.json", { peer })).status).toBe(200);
+    }
+    const register = () =>
+      send(target, "/api/auth/register", { body: { email: "a@x.test" }, peer });
+    const responses = await Promise.all(Array.from({ length: 20 }, () => register()));
+    const statuses = responses.map((response) => response.status);
+    expect(statuses.filter((status) => status === 422)).toHaveLength(2);
+    expect(statuses.filter((status) => status === 429)).toHaveLength(18);
+    for (const refused of responses.filter((response) => response.status === 429)) {
+      expect(refused.headers.get("ratelimit")).toMatch(/^"default\.burst";r=0;/);
+      expect(Number(refused.headers.get("retry-after"))).toBeLessThanOrEqual(20);
+    }
+    const counted = target.db.$client
+      .query("SELECT current FROM rate_limit_counters WHERE policy = 'register' AND key = ?")
+      .get(`ip:${peer}`) as { current: number } | null;
+    expect(counted?.current).toBe(2);
+    // Once the burst has passed, the route's last registration is there, then the route is full.
+    clock.advance(20_000);
+    expect((await register()).status).toBe(422);
+    const full = await register();
+    expect(full.status).toBe(429);
+    expect(full.headers.get("ratelimit")).toMatch(/^"register";r=0;/);
+  });
+
   test("a failing store lets public routes through and refuses auth routes, counting both", async () => {
     current = buildTestApp({ limiter: failingLimiterStore("database is locked") });
     const app = current.app;

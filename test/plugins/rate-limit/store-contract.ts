@@ -153,6 +153,45 @@ export function limiterStoreContract(name: string, open: () => Promise<StorePair
         expect(looseAfter!.current).toBe(4);
       }));
 
+    test("a refusal by a later policy is counted by none before it, one at a time or at once (probe 48a F3)", () =>
+      withPair(async ({ stores: [store], estimate }) => {
+        const now = minuteStart() + 1_000;
+        const route = policy(5, 5, "route");
+        const shared = policy(2, 2, "shared");
+        const checksOf = (key: string) => [
+          { policy: route, key, now },
+          { policy: shared, key, now },
+        ];
+
+        const alone = unique("alone");
+        const one = [];
+        for (let i = 0; i < 3; i++) one.push(await store.check(checksOf(alone)));
+        expect(one.map((o) => o.map((p) => p.admitted))).toEqual([
+          [true, true],
+          [true, true],
+          [true, false],
+        ]);
+        expect(await estimate(route, alone, now)).toBe(2);
+        expect(await estimate(shared, alone, now)).toBe(2);
+
+        // Twenty at once: two admitted, and every refusal is the shared policy's. The route was
+        // counted only for the two, so none is told the route is full (three of its five remain).
+        const together = unique("together");
+        const outcomes = await Promise.all(
+          Array.from({ length: 20 }, () => store.check(checksOf(together))),
+        );
+        const admitted = outcomes.filter((o) => o.every((p) => p.admitted));
+        expect(admitted).toHaveLength(2);
+        const refused = outcomes.filter((o) => !o.every((p) => p.admitted));
+        expect(refused).toHaveLength(18);
+        for (const o of refused) {
+          expect(o.map((p) => p.admitted)).toEqual([true, false]);
+          expect(o[0]!.current).toBe(2);
+        }
+        expect(await estimate(route, together, now)).toBe(2);
+        expect(await estimate(shared, together, now)).toBe(2);
+      }));
+
     // A check can be decided after another process (or a VM whose clock is ahead) counted the key
     // in the next window: it must be decided there, never in its own older window, which sees no
     // counts, grants a fresh limit and moves the key back into the past.
