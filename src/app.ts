@@ -125,7 +125,12 @@ export function createApp(deps: AppDeps) {
     // Browser requests answered or refused before they are counted: another site's page's
     // requests (refused), an allowed origin's preflights (answered).
     .use(crossSiteRequests({ allowedOrigins: config.cors.allowedOrigins }))
-    .use(corsPreflight({ allowedOrigins: config.cors.allowedOrigins }))
+    .use(
+      corsPreflight({
+        allowedOrigins: config.cors.allowedOrigins,
+        allowedHosts: config.allowedHosts,
+      }),
+    )
     .use(
       rateLimit({
         enforce: deps.enforceLimits,

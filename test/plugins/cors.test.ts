@@ -110,6 +110,29 @@ describe("CORS", () => {
     expect(other.headers.get("ratelimit")).not.toBeNull();
   });
 
+  test("an allowed origin's preflight naming a Host the service does not answer for is counted and refused as any request", async () => {
+    current = buildTestApp({
+      env: { CORS_ALLOWED_ORIGINS: ALLOWED, ALLOWED_HOSTS: "api.example.com" },
+    });
+    const ask = (host: string) =>
+      send(current!, "/api/anything", {
+        method: "OPTIONS",
+        peer: "192.0.2.45",
+        headers: { host, origin: ALLOWED, "access-control-request-method": "POST" },
+      });
+    const listed = await ask("api.example.com");
+    expect(listed.status).toBe(204);
+    expect(listed.headers.get("access-control-allow-methods")).not.toBeNull();
+    expect(listed.headers.get("ratelimit")).toBeNull();
+    for (const host of ["rebound.evil.test", "api.example.com.evil.test", "bad host"]) {
+      const other = await ask(host);
+      expect([host, other.status]).toEqual([host, 400]);
+      expect(((await other.json()) as { code: string }).code).toBe("BAD_HEADER");
+      expect(other.headers.get("access-control-allow-methods")).toBeNull();
+      expect(other.headers.get("ratelimit")).not.toBeNull();
+    }
+  });
+
   test("refusals by earlier stages still carry CORS headers for an allowed origin", async () => {
     corsApp();
     const refused = await send(current!, "/api/x%00y", { headers: { origin: ALLOWED } });

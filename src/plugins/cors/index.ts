@@ -11,6 +11,7 @@
  */
 import { Elysia } from "elysia";
 import { EarlyAnswer } from "../error-handler/early-answer";
+import { createHostCheck } from "../request-guard/host";
 
 export const CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 export const CORS_ALLOWED_HEADERS = [
@@ -34,6 +35,11 @@ const PREFLIGHT_MAX_AGE_SECONDS = 600;
 
 interface CorsOptions {
   allowedOrigins: readonly string[];
+}
+
+interface PreflightOptions extends CorsOptions {
+  /** Host names `Host` may name (ALLOWED_HOSTS); null: any well-formed host. */
+  allowedHosts?: readonly string[] | null;
 }
 
 /**
@@ -67,20 +73,22 @@ function preflightMethod(request: Request): string | null {
  * and max age) before the rate limit: a browser sends one, with no credential, for each URL and
  * method its page calls, so counted they spent the address's budget for the page's real requests,
  * which are counted per principal, and their refusals blocked everyone behind the address (probe
- * 46a F4: one signed-in user's page of 26 conversations blocked the office).
+ * 46a F4: one signed-in user's page of 26 conversations blocked the office). Only for a `Host` the
+ * request guard would pass: any other goes on through the chain, counted, to the guard's 400.
  */
-export function corsPreflight({ allowedOrigins }: CorsOptions) {
+export function corsPreflight({ allowedOrigins, allowedHosts = null }: PreflightOptions) {
   const allowed = new Set(allowedOrigins);
+  const hostRefusal = createHostCheck(allowedHosts === null ? null : new Set(allowedHosts));
   const allowMethods = CORS_METHODS.join(", ");
   const allowHeaders = CORS_ALLOWED_HEADERS.join(", ");
   const allowedMethodSet = new Set(CORS_METHODS);
 
-  return new Elysia({ name: "palisade.cors-preflight", seed: allowedOrigins })
+  return new Elysia({ name: "palisade.cors-preflight", seed: [allowedOrigins, allowedHosts] })
     .onRequest(function answerPreflight({ request, set }) {
       const method = preflightMethod(request);
       if (method === null || !allowedMethodSet.has(method.toUpperCase())) return;
       const origin = request.headers.get("origin");
-      if (origin === null || !allowed.has(origin)) return;
+      if (origin === null || !allowed.has(origin) || hostRefusal(request) !== null) return;
       delete set.headers["access-control-expose-headers"];
       set.headers["access-control-allow-methods"] = allowMethods;
       set.headers["access-control-allow-headers"] = allowHeaders;
