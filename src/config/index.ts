@@ -447,12 +447,26 @@ function refusePlainHttp(name: string, url: string, appEnv: AppEnv): void {
  * Production takes payments with a live key: in test mode Stripe declines every real card, and
  * nothing else would say the deployment takes no money. Staging keeps one, as its name says.
  */
+/**
+ * A key as Stripe issues it: secret or restricted, live or test mode, then letters and digits.
+ * Anything else (quoted, upper-case, a space or line break around it) was taken as given and
+ * every payment then failed at Stripe's first answer, "Invalid API Key provided".
+ */
+const STRIPE_KEY = /^(?:sk|rk)_(?:live|test)_[0-9A-Za-z]+$/;
+
 function stripeSecretKey(value: string | null, appEnv: AppEnv): string | null {
-  const mode = value === null ? undefined : /^(sk|rk)_test_/.exec(value.trim())?.[1];
+  if (value === null) return value;
+  const mode = /^(sk|rk)_test_/.exec(value.trim())?.[1];
   if (mode !== undefined && appEnv === "production") {
     throw new ConfigError(
       "STRIPE_SECRET_KEY",
       `is a Stripe test-mode key (${mode}_test_…), refused when APP_ENV=production: use a live key`,
+    );
+  }
+  if (!STRIPE_KEY.test(value)) {
+    throw new ConfigError(
+      "STRIPE_SECRET_KEY",
+      "is not a key as Stripe issues it: sk_live_ or rk_live_ (sk_test_ or rk_test_ outside production) and then letters and digits, with nothing around it (no quotes, no spaces)",
     );
   }
   return value;

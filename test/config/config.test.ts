@@ -410,6 +410,32 @@ describe("production profile", () => {
 });
 
 describe("parsed values", () => {
+  test.each([
+    ['"sk_live_4eC39HqLyjWDarjtT1zdp7dc"', "quoted"],
+    ["SK_LIVE_4eC39HqLyjWDarjtT1zdp7dc", "upper-case"],
+    [" sk_live_4eC39HqLyjWDarjtT1zdp7dc", "a space before it"],
+    ["sk_live_4eC39HqLyjWDarjtT1zdp7dc\n", "a line break after it"],
+    ["sk_live_", "no key after the prefix"],
+    ["pk_live_4eC39HqLyjWDarjtT1zdp7dc", "a publishable key"],
+    ["whsec_4eC39HqLyjWDarjtT1zdp7dc", "a webhook secret"],
+  ])("STRIPE_SECRET_KEY=%p (%s) is refused in one line, in every profile", (value) => {
+    for (const env of [{}, production({})]) {
+      const error = refusal({ ...env, STRIPE_SECRET_KEY: value });
+      expect(error.variable).toBe("STRIPE_SECRET_KEY");
+      expect(error.message).toContain("is not a key as Stripe issues it");
+      expect(error.message).not.toContain("4eC39HqLyjWDarjtT1zdp7dc");
+      expect(error.message.split("\n")).toHaveLength(1);
+    }
+  });
+
+  test("a key as Stripe issues it is taken as it is", () => {
+    for (const key of ["sk_test_4eC39HqLyjWDarjtT1zdp7dc", "rk_test_51HxY2eZvKYlo2C0aB"]) {
+      expect(loadConfig({ STRIPE_SECRET_KEY: key }).stripe.secretKey).toBe(key);
+    }
+    const live = `sk_live_${"51HxY2eZvKYlo2C0aB".repeat(3)}`;
+    expect(loadConfig(production({ STRIPE_SECRET_KEY: live })).stripe.secretKey).toBe(live);
+  });
+
   test("origin lists are trimmed and normalised", () => {
     const config = loadConfig(
       production({ CORS_ALLOWED_ORIGINS: " https://app.test/ , https://admin.app.test:8443" }),
@@ -715,12 +741,19 @@ describe("secrets from files (NAME_FILE)", () => {
       readFile: (path) => {
         read.push(path);
         const name = path.split("/").pop()!;
-        return values[name] ?? `${name.toLowerCase()}-value-0123456789-abcdefghijklmnop`;
+        return (
+          values[name] ??
+          (name === "STRIPE_SECRET_KEY"
+            ? "sk_test_value0123456789abcdefghijklmnop\n"
+            : `${name.toLowerCase()}-value-0123456789-abcdefghijklmnop`)
+        );
       },
     });
     expect(read.sort()).toEqual(secrets.map((v) => `/run/secrets/${v.name}`).sort());
     expect(config.stripe.webhookSecrets[0]).toStartWith("stripe_webhook_secret-value");
     expect(config.redisUrl).toBe("redis://127.0.0.1:6379");
+    // A secret file's one line break at the end is not the key's.
+    expect(config.stripe.secretKey).toBe("sk_test_value0123456789abcdefghijklmnop");
   });
 
   test("refuses an unreadable file, naming the _FILE variable", () => {
