@@ -32,6 +32,14 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
   );
   const timedOut = Bun.sleep(REDIS_START_WAIT_MS).then(() => false);
   if (!(await Promise.race([connected, timedOut]))) {
+    const refused = await credentialRefusal(url);
+    if (refused !== null) {
+      logger.error(
+        { redis: "credentials refused", reason: refused },
+        `redis refuses REDIS_URL's credentials (${refused}): every limiter decision fails until REDIS_URL carries ones the server accepts`,
+      );
+      return null;
+    }
     logger.error(
       { redis: "unreachable" },
       "redis unreachable at start; the limiter fails open or closed by policy until it is back",
@@ -43,6 +51,15 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
     // The first command on the connection, so a refused database is found here (below).
     policy = await withDeadline(watch.readPolicy(), REDIS_START_WAIT_MS, "CONFIG GET");
   } catch (error) {
+    // Connected without credentials to a server that requires them: every command is refused.
+    const refused = await credentialRefusal(url);
+    if (refused !== null) {
+      logger.error(
+        { redis: "credentials refused", reason: refused },
+        `redis refuses REDIS_URL's credentials (${refused}): every limiter decision fails until REDIS_URL carries ones the server accepts`,
+      );
+      return null;
+    }
     const refusal = await databaseRefusal(url);
     if (refusal !== null) {
       logger.error(
@@ -97,5 +114,70 @@ async function databaseRefusal(url: string): Promise<string | null> {
     return code === "ERR_REDIS_SERVER_ERROR" && error instanceof Error ? error.message : null;
   } finally {
     probe.close();
+  }
+}
+
+/**
+ * Why the server refuses REDIS_URL's credentials (a wrong password, none where one is required),
+ * asked in Redis's own protocol over a socket of its own: Bun's client closes such a connection
+ * and says only "Connection closed", so a wrong password was logged as an unreachable Redis.
+ * Null when the server accepts them, or cannot be asked (unreachable, no answer in time).
+ */
+export async function credentialRefusal(url: string): Promise<string | null> {
+  const parsed = new URL(url);
+  const user = decodeURIComponent(parsed.username);
+  const password = decodeURIComponent(parsed.password);
+  // As Bun's client sends them: a lone user part (`redis://secret@host`) is a password.
+  const command =
+    password !== ""
+      ? ["AUTH", ...(user !== "" ? [user] : []), password]
+      : user !== ""
+        ? ["AUTH", user]
+        : ["PING"];
+  const request = command.map((part) => `$${Buffer.byteLength(part)}\r\n${part}\r\n`).join("");
+  let answer = "";
+  const sockets: { end(): void }[] = [];
+  let finished = false;
+  const replied = new Promise<string | null>((resolve) => {
+    Bun.connect({
+      hostname: parsed.hostname.replace(/^\[|\]$/g, ""),
+      port: Number(parsed.port || 6379),
+      tls: parsed.protocol === "rediss:",
+      socket: {
+        open(opened) {
+          opened.write(`*${command.length}\r\n${request}`);
+        },
+        data(_, chunk) {
+          answer += chunk.toString("latin1");
+          const end = answer.indexOf("\r\n");
+          if (end >= 0 || answer.length > 1024) resolve(end >= 0 ? answer.slice(0, end) : answer);
+        },
+        close: () => resolve(null),
+        error: () => resolve(null),
+        connectError: () => resolve(null),
+      },
+    }).then(
+      (connected) => {
+        // Connected after the answer or the deadline: nothing is waiting for it.
+        if (finished) connected.end();
+        else sockets.push(connected);
+      },
+      () => resolve(null),
+    );
+  });
+  try {
+    const line = await withDeadline(replied, REDIS_START_WAIT_MS, "AUTH").catch(() => null);
+    if (line === null || !line.startsWith("-")) return null;
+    const reason = line
+      .slice(1)
+      .replace(/[^\x20-\x7e]/g, "?")
+      .slice(0, 200);
+    // The server's words name no credential; a line that did would not be logged with it.
+    return [user, password].some((part) => part.length >= 3 && reason.includes(part))
+      ? "the server refused them"
+      : reason;
+  } finally {
+    finished = true;
+    for (const socket of sockets) socket.end();
   }
 }

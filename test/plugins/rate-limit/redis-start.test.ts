@@ -204,6 +204,45 @@ describe.skipIf(!redisAvailable)(
       });
     });
 
+    test("credentials the server refuses are said at the start with the server's reason, never as an unreachable Redis, and never with the password", async () => {
+      await withRedis([], async (redis) => {
+        const admin = new RedisClient(redis.url);
+        await admin.send("CONFIG", ["SET", "requirepass", "right-pass-0123456789"]);
+        admin.close();
+        const port = new URL(redis.url).port;
+        const cases = [
+          [`redis://:wrong-pass-0123456789@127.0.0.1:${port}`, "WRONGPASS"],
+          [`redis://someone:wrong-pass-0123456789@127.0.0.1:${port}`, "WRONGPASS"],
+          [`redis://127.0.0.1:${port}`, "NOAUTH"],
+        ] as const;
+        for (const [url, word] of cases) {
+          const target = buildTestApp({ env: { REDIS_URL: url } });
+          try {
+            expect(await target.services.start()).toBeNull();
+            const said = target.logs.entries.filter((entry) => entry.redis !== undefined);
+            expect([url, said.map((entry) => entry.redis)]).toEqual([url, ["credentials refused"]]);
+            expect(said[0]).toMatchObject({ level: "error" });
+            expect(said[0]!.msg).toContain(`redis refuses REDIS_URL's credentials (${word}`);
+            expect(target.logs.text).not.toContain("pass-0123456789");
+            expect((await readyRedis(target)).status).toBe(503);
+          } finally {
+            target.close();
+          }
+        }
+        // The right password: nothing said.
+        const right = buildTestApp({
+          env: { REDIS_URL: `redis://:right-pass-0123456789@127.0.0.1:${port}` },
+        });
+        try {
+          expect(await right.services.start()).toBeNull();
+          expect(right.logs.entries.filter((entry) => entry.level === "error")).toEqual([]);
+          expect((await readyRedis(right)).status).toBe(200);
+        } finally {
+          right.close();
+        }
+      });
+    });
+
     test("production refuses to start on a Redis that may evict keys: exit 2, one line naming REDIS_URL (probe 46c F2)", async () => {
       await withRedis(["--maxmemory-policy", "volatile-lru"], async (redis) => {
         const dir = tempDir();
