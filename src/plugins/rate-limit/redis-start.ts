@@ -32,14 +32,7 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
   );
   const timedOut = Bun.sleep(REDIS_START_WAIT_MS).then(() => false);
   if (!(await Promise.race([connected, timedOut]))) {
-    const refused = await credentialRefusal(url);
-    if (refused !== null) {
-      logger.error(
-        { redis: "credentials refused", reason: refused },
-        `redis refuses REDIS_URL's credentials (${refused}): every limiter decision fails until REDIS_URL carries ones the server accepts`,
-      );
-      return null;
-    }
+    if (await saidCredentialsRefused(url, logger)) return null;
     logger.error(
       { redis: "unreachable" },
       "redis unreachable at start; the limiter fails open or closed by policy until it is back",
@@ -52,14 +45,7 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
     policy = await withDeadline(watch.readPolicy(), REDIS_START_WAIT_MS, "CONFIG GET");
   } catch (error) {
     // Connected without credentials to a server that requires them: every command is refused.
-    const refused = await credentialRefusal(url);
-    if (refused !== null) {
-      logger.error(
-        { redis: "credentials refused", reason: refused },
-        `redis refuses REDIS_URL's credentials (${refused}): every limiter decision fails until REDIS_URL carries ones the server accepts`,
-      );
-      return null;
-    }
+    if (await saidCredentialsRefused(url, logger)) return null;
     const refusal = await databaseRefusal(url);
     if (refusal !== null) {
       logger.error(
@@ -115,6 +101,17 @@ async function databaseRefusal(url: string): Promise<string | null> {
   } finally {
     probe.close();
   }
+}
+
+/** Whether the server refuses REDIS_URL's credentials: then said, with its reason. */
+async function saidCredentialsRefused(url: string, logger: Logger): Promise<boolean> {
+  const refused = await credentialRefusal(url);
+  if (refused === null) return false;
+  logger.error(
+    { redis: "credentials refused", reason: refused },
+    `redis refuses REDIS_URL's credentials (${refused}): every limiter decision fails until REDIS_URL carries ones the server accepts`,
+  );
+  return true;
 }
 
 /**
