@@ -90,11 +90,11 @@ export function signStripe(payload: string, secret = WEBHOOK_SECRET, timestamp?:
 export async function deliver(
   target: TestApp,
   payload: unknown,
-  options: { secret?: string; timestamp?: number; peer?: string } = {},
+  options: { secret?: string; timestamp?: number; peer?: string; path?: string } = {},
 ) {
   const text = typeof payload === "string" ? payload : JSON.stringify(payload);
   const signature = await signStripe(text, options.secret, options.timestamp);
-  return send(target, "/webhooks/stripe", {
+  return send(target, options.path ?? "/webhooks/stripe", {
     body: text,
     headers: { "stripe-signature": signature, "content-type": "application/json; charset=utf-8" },
     peer: options.peer ?? "54.187.174.169",

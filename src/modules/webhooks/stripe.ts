@@ -196,7 +196,7 @@ export function stripeWebhook(options: StripeWebhookOptions) {
     new Elysia({ name: "palisade.module.webhooks.stripe" }).use(auth).post(
       STRIPE_WEBHOOK_PATH,
       async (context) => {
-        const { body, request, path, clientIp, clientKey, requestId } = context;
+        const { body, request, clientIp, clientKey, requestId } = context;
         if (secrets.length === 0) {
           throw new AppError(
             "NOT_CONFIGURED",
@@ -208,7 +208,8 @@ export function stripeWebhook(options: StripeWebhookOptions) {
         void body;
         const { text: raw, bytes } = exactBodyOf(context);
         const header = request.headers.get("stripe-signature");
-        const route = `${request.method} ${path}`;
+        // The matched route, as every audit row names it: a trailing slash reaches this handler too.
+        const route = `POST ${STRIPE_WEBHOOK_PATH}`;
         // The SDK verifies text, so the text must be exactly the bytes received: a body that
         // decodes to it from other bytes (a byte-order mark, invalid UTF-8) is not what was signed.
         const exact = sameBytes(utf8.encode(raw), bytes);

@@ -65,6 +65,34 @@ test("payment_intent.succeeded moves the payment, audits payment.succeeded and c
   ).toBe(1);
 });
 
+test("every spelling that reaches the webhook is audited under its matched route, a signature failure too (probe 50b F1)", async () => {
+  current = buildPaymentsApp();
+  const paths = ["/webhooks/stripe", "/webhooks/stripe/", "/webhooks/stripe/."];
+  for (const [i, path] of paths.entries()) {
+    const id = await newPayment(current);
+    const response = await deliver(
+      current,
+      intentEvent("payment_intent.succeeded", id, 1_800_000_000 + i),
+      {
+        path,
+      },
+    );
+    expect([path, response.status]).toEqual([path, 200]);
+    const bad = await deliver(current, intentEvent("payment_intent.succeeded", id, 1), {
+      path,
+      secret: "whsec_not0the0secret0of0this0endpoint",
+      peer: `192.0.2.${60 + i}`,
+    });
+    expect([path, bad.status]).toEqual([path, 400]);
+  }
+  const routes = [
+    ...auditRows(current, "payment.succeeded"),
+    ...auditRows(current, "webhook.signature_failed"),
+  ].map((row) => row.route);
+  expect(routes).toHaveLength(6);
+  expect(new Set(routes)).toEqual(new Set(["POST /webhooks/stripe"]));
+});
+
 test("a redelivered event is acknowledged with 200 and has no second effect", async () => {
   current = buildPaymentsApp();
   const id = await newPayment(current);
