@@ -38,7 +38,11 @@ import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
 import { STOP_LOCK_WAIT_MS, WaitingWrites } from "../../db/waiting-writes";
 import { AppError, problemResponses } from "../../errors";
-import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../../plugins/audit/once-per-window";
+import {
+  auditedOncePerWindow,
+  type FirstInWindow,
+  REFUSAL_AUDIT_WINDOW_MS,
+} from "../../plugins/audit/once-per-window";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
@@ -199,8 +203,15 @@ export class WhatsAppIntake {
   private readonly senderPolicy: Policy;
   private readonly statements: ReturnType<typeof prepareIntake>;
   private readonly givingBack = new WaitingWrites(GIVE_BACK_RETRY_MS);
+  /**
+   * A sender over its limit is audited once per window, as every refusal that blocks nobody is:
+   * anyone can message the number, and one row per message let one sender write 980 rows with
+   * one delivery, each kept for the audit retention (probe 50b F4). The metric counts each.
+   */
+  private readonly firstLimitedInWindow: FirstInWindow;
   constructor(private readonly options: IntakeOptions) {
     this.statements = prepareIntake(options.db);
+    this.firstLimitedInWindow = auditedOncePerWindow(options.core.audit, "whatsapp.sender_limited");
     this.senderPolicy = {
       id: "whatsapp_sender",
       limit: options.senderLimit,
@@ -295,15 +306,18 @@ export class WhatsAppIntake {
       } else if (limited) {
         ack.ignored++;
         metrics.events.labels("whatsapp", "ignored").inc();
-        core.audit.record({
-          type: "whatsapp.sender_limited",
-          outcome: "denied",
-          actor: `whatsapp:${senderHash}`,
-          ip: request.ip,
-          route: `POST ${WHATSAPP_PATH}`,
-          requestId: request.requestId,
-          detail: { limit: this.senderPolicy.limit },
-        });
+        const policy = this.senderPolicy;
+        if (this.firstLimitedInWindow("whatsapp", senderHash, now, policy.windowMs)) {
+          core.audit.record({
+            type: "whatsapp.sender_limited",
+            outcome: "denied",
+            actor: `whatsapp:${senderHash}`,
+            ip: request.ip,
+            route: `POST ${WHATSAPP_PATH}`,
+            requestId: request.requestId,
+            detail: { limit: policy.limit },
+          });
+        }
       } else {
         ack.accepted++;
         metrics.events.labels("whatsapp", "processed").inc();

@@ -344,13 +344,57 @@ describe("the sender's own limit", () => {
         "SELECT actor, outcome FROM audit_events WHERE type = 'whatsapp.sender_limited'",
       )
       .all();
-    expect(audited).toHaveLength(2);
+    // Once a sender and window (probe 50b F4), however many it sent over the limit.
+    expect(audited).toHaveLength(1);
     expect(audited[0]!.outcome).toBe("denied");
     expect(audited[0]!.actor).toStartWith("whatsapp:");
     expect(audited[0]!.actor).not.toContain(busy);
     // Keyed per sender, not per address: Meta's one address is not blocked or limited for it.
     const blocks = target.db.$client.query("SELECT * FROM ip_blocks").all();
     expect(blocks).toEqual([]);
+  });
+
+  test("a sender flooding the number writes one audit row a window, not one a message; each sender its own, and again the next window (probe 50b F4)", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({
+      env: whatsappEnv(null, { RATE_LIMIT_WHATSAPP_SENDER: "3", RATE_LIMIT_WEBHOOKS: "1000" }),
+      whatsapp: { chat: new ScriptedChat() },
+      clock,
+    });
+    const target = current;
+    const limitedRows = () => {
+      target.services.audit.flush();
+      return target.db.$client
+        .query<{ actor: string }, []>(
+          "SELECT actor FROM audit_events WHERE type = 'whatsapp.sender_limited' ORDER BY id",
+        )
+        .all()
+        .map((row) => row.actor);
+    };
+    const flood = async (from: string, label: string, count: number) => {
+      const messages = Array.from({ length: count }, (_, i) => ({
+        id: `wamid.${label}${i}`,
+        from,
+      }));
+      const response = await deliver(target, notification({ messages }));
+      expect(response.status).toBe(200);
+      return (await response.json()) as { accepted: number; ignored: number };
+    };
+    expect(await flood("16505550011", "A", 200)).toMatchObject({ accepted: 3, ignored: 197 });
+    expect(await flood("16505550012", "B", 50)).toMatchObject({ accepted: 3, ignored: 47 });
+    expect(await flood("16505550011", "C", 50)).toMatchObject({ accepted: 0, ignored: 50 });
+    const firstWindow = limitedRows();
+    expect(firstWindow).toHaveLength(2);
+    expect(new Set(firstWindow).size).toBe(2);
+    // Each message is still counted.
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('webhook_events_total{provider="whatsapp",outcome="ignored"} 294');
+    // The next window: audited again, once.
+    clock.advance(120_000);
+    expect(await flood("16505550011", "D", 10)).toMatchObject({ accepted: 3, ignored: 7 });
+    const both = limitedRows();
+    expect(both).toHaveLength(3);
+    expect(both[2]).toBe(firstWindow[0]);
   });
 });
 
