@@ -40,6 +40,22 @@ import { reportedIdempotencyKey } from "./seal";
 import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
 
 export const CLAIM_LEASE_MS = 120_000;
+
+/**
+ * Whether a claim (of an Idempotency-Key, of a refund) stamped at `startedAt` still runs at `now`:
+ * within its lease. Neither time is sealed. A stamp the file dates more than a lease ahead is no
+ * claim any process made (processes sharing a file share its host's clock) and is taken over at
+ * once, as the WhatsApp intake takes over such a claim: a refund claim dated ten years ahead
+ * answered every refund of its payment 409 for good (probe 50b F2). A stamp that is no number is
+ * no claim either.
+ */
+export function claimRuns(startedAt: unknown, now: number): boolean {
+  return (
+    typeof startedAt === "number" &&
+    startedAt + CLAIM_LEASE_MS > now &&
+    startedAt - CLAIM_LEASE_MS <= now
+  );
+}
 export const IDEMPOTENCY_RETENTION_MS = 24 * 60 * 60 * 1000;
 const DEFAULT_IN_PROGRESS_WAIT_MS = 10_000;
 const POLL_MS = 20;
@@ -290,6 +306,32 @@ export class PaymentService {
     );
   }
 
+  /**
+   * Whether the key is still held by a claim that runs (pending, for this request's body, within
+   * its lease, sealed), read in a transaction of its own that takes no write lock (a read alone
+   * leaves no snapshot open after it). Anything else is for `claim` to decide.
+   */
+  private claimStillRunning(owner: string, key: string, hash: string): boolean {
+    const now = this.clock.now();
+    return this.db.transaction(
+      (tx) => {
+        const row = tx
+          .select()
+          .from(paymentIdempotencyKeys)
+          .where(and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)))
+          .get();
+        return (
+          row !== undefined &&
+          row.state === "pending" &&
+          row.requestHash === hash &&
+          claimRuns(row.claimedAt, now) &&
+          this.ledger.seal.intact.idempotencyKey(row)
+        );
+      },
+      { behavior: "deferred" },
+    );
+  }
+
   /** What a claim finds in a key already held by a row Palisade wrote. */
   private claimHeld(
     row: typeof paymentIdempotencyKeys.$inferSelect,
@@ -301,7 +343,7 @@ export class PaymentService {
     if (row.state === "done" && row.response !== null) {
       return { kind: "done", response: JSON.parse(row.response) as IntentResponse };
     }
-    if (row.claimedAt + CLAIM_LEASE_MS <= now) {
+    if (!claimRuns(row.claimedAt, now)) {
       this.db.update(paymentIdempotencyKeys).set({ claimedAt: now }).where(ours).run();
       return { kind: "claimed", claimedAt: now };
     }
@@ -383,7 +425,16 @@ export class PaymentService {
       if (performance.now() >= deadline) return { kind: "in_progress" };
       await Bun.sleep(POLL_MS);
       this.releases.settle(unrecordedKey(owner, key));
-      claim = this.claim(owner, key, hash, acting.stands);
+      // Looked at without the write lock while the claim still runs: every waiting request taking
+      // it each poll, in two processes on one file, met each other's locks and some were answered
+      // 503 "database busy" (probe 50b F3). Taken only to claim or replay, and a lock met then is
+      // one more poll of the wait, not an answer.
+      if (this.claimStillRunning(owner, key, hash)) continue;
+      try {
+        claim = this.claim(owner, key, hash, acting.stands);
+      } catch (error) {
+        if (!isDatabaseBusy(error)) throw error;
+      }
     }
     if (claim.kind === "key_reused" || claim.kind === "owner_gone" || claim.kind === "actor_gone")
       return claim;
@@ -573,7 +624,7 @@ export class PaymentService {
         const row = this.ledger.find(id);
         if (!row) return { kind: "not_found" };
         if (row.status !== "succeeded") return { kind: "not_refundable", status: row.status };
-        if (row.refundStartedAt !== null && row.refundStartedAt + CLAIM_LEASE_MS > now) {
+        if (row.refundStartedAt !== null && claimRuns(row.refundStartedAt, now)) {
           return { kind: "in_progress" };
         }
         const remaining = row.amount - row.amountRefunded;
@@ -734,7 +785,10 @@ export class PaymentService {
     }
   }
 
-  /** Deletes idempotency keys past their 24 hours, a bounded number per run. */
+  /**
+   * Deletes idempotency keys past their 24 hours, and those the file dates more than a claim's
+   * lease ahead (no process stamped them: kept, they were never pruned), a bounded number per run.
+   */
   prune(now: number): number {
     const cutoff = now - IDEMPOTENCY_RETENTION_MS;
     // Raw SQL: Drizzle's delete has no LIMIT (SQLite's DELETE … LIMIT needs a compile option), and
@@ -742,9 +796,11 @@ export class PaymentService {
     const result = this.db.$client
       .query(
         `DELETE FROM payment_idempotency_keys WHERE rowid IN (
-           SELECT rowid FROM payment_idempotency_keys WHERE claimed_at < ? LIMIT ${PRUNE_BATCH})`,
+           SELECT rowid FROM (SELECT rowid FROM payment_idempotency_keys WHERE claimed_at < ?1 LIMIT ${PRUNE_BATCH})
+           UNION ALL
+           SELECT rowid FROM (SELECT rowid FROM payment_idempotency_keys WHERE claimed_at > ?2 LIMIT ${PRUNE_BATCH}))`,
       )
-      .run(cutoff);
+      .run(cutoff, now + CLAIM_LEASE_MS);
     return result.changes;
   }
 }

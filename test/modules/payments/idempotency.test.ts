@@ -130,6 +130,56 @@ test("a request with the key of one still at Stripe waits for its result", async
   expect(intentCalls(current)).toBe(1);
 });
 
+test("a request waiting on a key still at Stripe keeps waiting through another connection's write lock, and replays the result (probe 50b F3)", async () => {
+  current = buildPaymentsApp();
+  current.stripe.delayMs = 1_000;
+  const user = await signUp(current);
+  const first = createIntent(current, bearer(user.accessToken), body, "locked-wait");
+  await Bun.sleep(100);
+  const waiting = createIntent(current, bearer(user.accessToken), body, "locked-wait");
+  // Another process's (or a backup's) write lock, held across many of the wait's polls and
+  // given back before Stripe answers the first request.
+  await Bun.sleep(100);
+  const other = new Database(current.db.$client.filename);
+  other.run("BEGIN IMMEDIATE");
+  await Bun.sleep(500);
+  other.run("COMMIT");
+  other.close();
+  const [one, two] = await Promise.all([first, waiting]);
+  expect(one.status).toBe(201);
+  expect(two.status).toBe(201);
+  expect(two.headers.get("idempotent-replayed")).toBe("true");
+  expect(intentCalls(current)).toBe(1);
+});
+
+test("a pending key the file dates further ahead than a claim's lease is taken over at once, and pruned if never asked again (probe 50b F2)", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  const owner = `user:${user.userId}`;
+  const hash = requestHash({
+    amount: body.amount,
+    currency: body.currency,
+    metadata: body.metadata,
+  });
+  const insert = current.db.$client.query(
+    "INSERT INTO payment_idempotency_keys (owner, key, request_hash, state, claimed_at) VALUES (?, ?, ?, 'pending', ?)",
+  );
+  insert.run(owner, "ahead-1", hash, Date.now() + 10 * 365 * 86_400_000);
+  // Held, it would be answered 409 after the 10 s wait for a claim that runs.
+  const response = await createIntent(current, bearer(user.accessToken), body, "ahead-1");
+  expect(response.status).toBe(201);
+  expect(intentCalls(current)).toBe(1);
+
+  insert.run(owner, "ahead-2", hash, 9e15);
+  insert.run(owner, "within-lease", hash, Date.now() + 60_000);
+  const feature = current.services.features.find((f) => f.name === "payments") as PaymentsFeature;
+  feature.service.prune(Date.now());
+  const left = current.db.$client
+    .query("SELECT key FROM payment_idempotency_keys WHERE owner = ? ORDER BY key")
+    .all(owner) as { key: string }[];
+  expect(left.map((row) => row.key)).toEqual(["ahead-1", "within-lease"]);
+});
+
 test("past its wait, a request whose key is still at Stripe is told so (in_progress, answered 409 with Retry-After)", async () => {
   current = buildPaymentsApp();
   current.stripe.delayMs = 1_000;

@@ -215,6 +215,23 @@ test("two admins refunding one payment at once: one refund reaches Stripe, the o
   expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
 });
 
+test("a refund claim the file dates further ahead than a claim's lease, or not as a time, is no claim: the refund goes ahead; one within its lease still holds (probe 50b F2)", async () => {
+  const { target, admin, id } = await paidApp();
+  const stamp = (value: unknown) =>
+    target.db.$client
+      .query("UPDATE payments SET refund_started_at = ? WHERE id = ?")
+      .run(value as number, id);
+  stamp(Date.now() + 10_000);
+  const held = await refund(target, id, bearer(admin.accessToken), { amount: 100 });
+  expect(held.status).toBe(409);
+  for (const [i, ahead] of [9e15, Date.now() + 10 * 365 * 86_400_000, "x"].entries()) {
+    stamp(ahead);
+    const response = await refund(target, id, bearer(admin.accessToken), { amount: 100 });
+    expect([String(ahead), response.status]).toEqual([String(ahead), 200]);
+    expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(i + 1);
+  }
+});
+
 test("an intent Stripe made while the database is locked is stored once the lock goes, and answered 201; its key then replays it (probe 19b)", async () => {
   current = buildPaymentsApp();
   const target = current;
