@@ -154,6 +154,7 @@ export function createServices(options: ServiceOptions): Services {
     },
     reportUndone(why) {
       for (const feature of features.list) feature.reportUndone?.(why);
+      audit.reportQueued(why);
     },
     async endInFlight() {
       await Promise.all(features.list.map((feature) => feature.endInFlight?.()));

@@ -217,6 +217,10 @@ describe("stop signals", () => {
     holder.run("BEGIN IMMEDIATE");
     held.release();
     expect((await payment).status).toBe(502);
+    // An audit row queued while the lock holds (the guard's refusal of a bad path).
+    const refused = await fetch(new URL("/api/x%00y", service.url));
+    expect(refused.status).toBe(400);
+    const refusedId = refused.headers.get("x-request-id");
 
     service.proc.kill("SIGTERM");
     await logged(service, "shutting down");
@@ -236,6 +240,14 @@ describe("stop signals", () => {
         level: "warn",
         claims: 1,
         msg: "Idempotency-Key claims not given back before the stop (the stop was signalled again): a retry with such a key is answered 409 until its claim's two minutes end",
+      }),
+      // Named as the stop's own give-up names them (probe 50b F5).
+      expect.objectContaining({
+        level: "error",
+        lost: 1,
+        types: { "request.rejected": 1 },
+        requestIds: [refusedId],
+        msg: "audit events lost at shutdown: the stop was signalled again",
       }),
     ]);
   }, 30_000);

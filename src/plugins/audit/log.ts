@@ -92,6 +92,12 @@ export interface AuditLog {
   record(event: AuditEvent): void;
   flush(): void;
   /**
+   * The process exits now without closing (a stop signalled again): what is queued is written if
+   * the database lets it at once, and what is left is logged as lost, as `close` logs it (probe
+   * 50b F5: under a lock the queue holds everything since the lock began, and went unnamed).
+   */
+  reportQueued(why: string): void;
+  /**
    * Erasure: rewrites every row of `actor` to `pseudonym` without address or salt, authenticated
    * per row, and has rows written for `actor` afterwards (by any process) take `pseudonym` too.
    * Queued events are written first. Returns how many rows were rewritten.
@@ -709,19 +715,38 @@ export class SqliteAuditLog implements AuditLog {
     }
     this.flush();
     this.closed = true;
-    const left = this.takeQueue();
-    if (left.length > 0) {
-      // What they were, so the log keeps the trace the table could not: each type and its count,
-      // and the request ids (a refund's request id finds its refund id in the warning line).
-      const types: Record<string, number> = {};
-      for (const event of left) types[event.type] = (types[event.type] ?? 0) + 1;
-      const requestIds = [...new Set(left.flatMap((event) => event.requestId ?? []))].slice(0, 100);
-      this.logger.error(
-        { lost: left.length, types, requestIds },
-        "audit events lost at shutdown: the database stayed locked",
-      );
-    }
+    this.reportLost(this.takeQueue(), "the database stayed locked");
     this.logHead(true);
+  }
+
+  reportQueued(why: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    const left = this.takeQueue();
+    if (left.length === 0) return;
+    try {
+      // One attempt, no wait beyond the connection's busy timeout: the process is exiting.
+      this.write(left);
+      return;
+    } catch (error) {
+      if (!isDatabaseBusy(error)) this.logger.error({ err: error }, "audit flush failed");
+    }
+    this.reportLost(left, why);
+  }
+
+  /**
+   * What they were, so the log keeps the trace the table could not: each type and its count, and
+   * the request ids (a refund's request id finds its refund id in the warning line).
+   */
+  private reportLost(left: readonly AuditEvent[], why: string): void {
+    if (left.length === 0) return;
+    const types: Record<string, number> = {};
+    for (const event of left) types[event.type] = (types[event.type] ?? 0) + 1;
+    const requestIds = [...new Set(left.flatMap((event) => event.requestId ?? []))].slice(0, 100);
+    this.logger.error(
+      { lost: left.length, types, requestIds },
+      `audit events lost at shutdown: ${why}`,
+    );
   }
 
   private takeQueue(): AuditEvent[] {
