@@ -184,7 +184,7 @@ export function startServer(options: StartServerOptions): RunningServer {
       // What is left may wait on a lock or on Stripe; the operator has said twice not to wait.
       logger.error(
         { signal, pending: server.pendingRequests },
-        `stop signalled again while ${phase === "cutting" ? "ending what was in flight" : "closing"}: exiting now, without closing (the audit rows still queued are lost)`,
+        `stop signalled again while ${phase === "cutting" ? "ending what was in flight" : "closing"}: exiting now, without closing (audit rows still queued are written in one attempt, or logged as lost)`,
       );
       options.onForcedExit?.();
       logger.flush();

@@ -166,7 +166,7 @@ describe("stop signals", () => {
     expect(linesOf(service).at(-1)).toMatchObject({
       level: "error",
       signal: "SIGTERM",
-      msg: "stop signalled again while ending what was in flight: exiting now, without closing (the audit rows still queued are lost)",
+      msg: "stop signalled again while ending what was in flight: exiting now, without closing (audit rows still queued are written in one attempt, or logged as lost)",
     });
     await payment;
   }, 30_000);

@@ -146,7 +146,7 @@ describe("graceful shutdown (in process)", () => {
     expect(current.logs.entries.at(-1)).toMatchObject({
       level: "error",
       signal: "SIGUSR2",
-      msg: "stop signalled again while ending what was in flight: exiting now, without closing (the audit rows still queued are lost)",
+      msg: "stop signalled again while ending what was in flight: exiting now, without closing (audit rows still queued are written in one attempt, or logged as lost)",
     });
     // Not told to exit (a test), the stop goes on once what is in flight has ended.
     ending.raise();
