@@ -151,6 +151,7 @@ export function createApp(deps: AppDeps) {
         routes: () => registeredRoutes() as readonly RouteBody[],
         now: () => clock.now(),
         largeBodies: deps.largeBodies,
+        rateLimitMetrics: deps.metrics.rateLimit,
       }),
     )
     .use(corsBarePreflight())

@@ -82,7 +82,7 @@ export const SECURITY_DASHBOARD: DashboardSpec = {
         {
           title: "Rate-limit rejections by policy",
           description:
-            "Requests answered 429 RATE_LIMITED, per second, by the policy that refused (login_account: the per-account sign-in limit); locked_out: requests of a user or API key locked out for its earlier refusals; login_lockout: sign-ins to an account locked for failed sign-ins",
+            "Requests answered 429 RATE_LIMITED, per second, by the policy that refused (login_account: the per-account sign-in limit); locked_out: requests of a user or API key locked out for its earlier refusals; login_lockout: sign-ins to an account locked for failed sign-ins; large_bodies: a large request body past its client's or network's share of the bodies read at once",
           unit: "reqps",
           queries: [q(rateBy(METRIC.rateLimitRejections, "policy"), "{{policy}}")],
         },

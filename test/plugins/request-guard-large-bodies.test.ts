@@ -212,6 +212,10 @@ test("an address past its own share gets 429 for every further body, never a 5xx
     target.logs.entries.filter((entry) => entry.msg === "request" && entry.status === 429);
   await waitFor(() => refusedLines().length === 8, { what: "the 429s' access lines" });
   expect(new Set(refusedLines().map((entry) => entry.level))).toEqual(new Set(["warn"]));
+  // Counted with the limiter's 429s, as the dashboards and the spike alert read them.
+  expect(await target.services.registry.metrics()).toContain(
+    'rate_limit_rejections_total{policy="large_bodies"} 8',
+  );
   expect(await target.services.errors.flush(5000)).toBe(true);
   expect(sentry.events()).toEqual([]);
 

@@ -10,6 +10,8 @@ export const LOCKED_OUT_POLICY_LABEL = "locked_out";
 export const LOGIN_LOCKOUT_POLICY_LABEL = "login_lockout";
 /** The sign-in limit counted per account (the login policy's second key), as the auth module names it. */
 export const LOGIN_ACCOUNT_POLICY_LABEL = "login_account";
+/** A large body past its client's or network's share of the bodies read at once (request guard). */
+export const LARGE_BODIES_POLICY_LABEL = "large_bodies";
 
 export function createRateLimitMetrics(registry: Registry) {
   const rejections = new Counter({
@@ -32,6 +34,7 @@ export function createRateLimitMetrics(registry: Registry) {
         LOGIN_ACCOUNT_POLICY_LABEL,
         LOCKED_OUT_POLICY_LABEL,
         LOGIN_LOCKOUT_POLICY_LABEL,
+        LARGE_BODIES_POLICY_LABEL,
       ],
     }),
   );

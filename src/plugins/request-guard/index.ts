@@ -14,6 +14,7 @@ import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
 import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../audit/once-per-window";
+import { LARGE_BODIES_POLICY_LABEL, type RateLimitMetrics } from "../rate-limit/metrics";
 import type { RequestState } from "../request-state";
 import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../strict-body";
 import {
@@ -55,6 +56,12 @@ export interface RequestGuardOptions {
   now?: () => number;
   /** How large bodies are read: within 20 s, 64 MiB of them at once, unless given (tests). */
   largeBodies?: LargeBodyReads;
+  /**
+   * Counts a large body refused 429 past its client's or network's share, with the limiter's
+   * refusals (`rate_limit_rejections_total{policy="large_bodies"}`): a 429 RATE_LIMITED the
+   * dashboards and PalisadeRateLimitSpike did not see.
+   */
+  rateLimitMetrics?: RateLimitMetrics;
 }
 
 export function requestGuard({
@@ -65,6 +72,7 @@ export function requestGuard({
   routes,
   now = Date.now,
   largeBodies = largeBodyReads(),
+  rateLimitMetrics,
 }: RequestGuardOptions) {
   const firstInWindow = auditedOncePerWindow(audit, "request.rejected");
   const checkSentBody = routes ? createSentBodyCheck({ routes }) : undefined;
@@ -159,6 +167,9 @@ export function requestGuard({
         // (probe 31a F5). Bun aborts the signal only then; the signal is read on failure only.
         if (request.signal.aborted) {
           throw new AppError("CLIENT_CLOSED", "The connection closed before the body arrived.");
+        }
+        if (error instanceof AppError && error.code === "RATE_LIMITED") {
+          rateLimitMetrics?.rejections.labels(LARGE_BODIES_POLICY_LABEL).inc();
         }
         throw error;
       }
