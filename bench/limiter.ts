@@ -107,18 +107,16 @@ async function hotKey(store: LimiterStore, checks: number, key: string): Promise
 }
 
 /**
- * The store's decision statements (sqlite-store.ts: read the row, write it back by rowid, insert a
- * new key) as Drizzle prepared statements with `sql.placeholder()`.
+ * The store's decision statements (sqlite-store.ts: read the row, write it back by its key,
+ * insert a new key) as Drizzle prepared statements with `sql.placeholder()`.
  */
 export function prepareDrizzleDecision(db: AppDatabase) {
-  const rowid = sql<number>`rowid`;
   const p = (name: string) => sql.placeholder(name);
   // In `set`, a placeholder goes inside sql``: Drizzle types `set` values as SQL, not Placeholder.
   const v = (name: string) => sql`${sql.placeholder(name)}`;
   return {
     readRow: db
       .select({
-        rowid,
         windowStart: t.windowStart,
         previous: t.previous,
         current: t.current,
@@ -141,7 +139,7 @@ export function prepareDrizzleDecision(db: AppDatabase) {
         admitted: v("granted"),
         expiresAt: v("expires"),
       })
-      .where(eq(rowid, p("rowid")))
+      .where(and(eq(t.policy, p("policy")), eq(t.key, p("key"))))
       .prepare(),
     insertRow: db
       .insert(t)
@@ -179,7 +177,7 @@ function comparePrepared(db: AppDatabase, checks: number) {
   const viaRaw = (key: string) => {
     const row = readRow.values(policy.id, key)[0] as number[] | undefined;
     if (row === undefined) insertRow.run(policy.id, key, ws, bws, 1, expires);
-    else writeRow.run(row[0]!, ws, 0, row[3]! + 1, bws, 0, row[6]! + 1, 1, expires);
+    else writeRow.run(policy.id, key, ws, 0, row[2]! + 1, bws, 0, row[5]! + 1, 1, expires);
   };
   const viaDrizzle = (key: string) => {
     const row = drizzlePrepared.readRow.get({ policy: policy.id, key });
@@ -187,7 +185,8 @@ function comparePrepared(db: AppDatabase, checks: number) {
       drizzlePrepared.insertRow.run({ policy: policy.id, key, ws, bws, granted: 1, expires });
     } else {
       drizzlePrepared.writeRow.run({
-        rowid: row.rowid,
+        policy: policy.id,
+        key,
         ws,
         previous: 0,
         current: row.current + 1,

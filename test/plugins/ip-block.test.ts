@@ -271,6 +271,21 @@ describe("configuration", () => {
     expect((await send(current, "/openapi.json", { peer: "203.0.113.20" })).status).toBe(403);
     current.close();
 
+    // A threshold of one: the first refusal blocks (it took two, probe 50a F3).
+    current = buildTestApp({
+      env: {
+        RATE_LIMIT_PER_MINUTE: "1",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "1",
+      },
+    });
+    expect(await provoke(current, "203.0.113.22", 1)).toEqual([200, 429]);
+    expect((await send(current, "/openapi.json", { peer: "203.0.113.22" })).status).toBe(403);
+    expect(
+      current.db.$client.query("SELECT reason FROM ip_blocks WHERE address = '203.0.113.22'").get(),
+    ).toEqual({ reason: "1 rate-limit refusals in 10 min" });
+    current.close();
+
     current = buildTestApp({
       env: {
         RATE_LIMIT_PER_MINUTE: "1",

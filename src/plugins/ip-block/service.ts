@@ -245,8 +245,9 @@ export class IpBlockService {
     this.scrub = secretScrubber(options.secretValues ?? []);
     const policy = (kind: ViolationKind): Policy => {
       const { count, windowMs } = this.settings.thresholds[kind];
-      // The count-th violation is the one refused, and refusal is what blocks.
-      const limit = Math.max(1, count - 1);
+      // The count-th violation is the one refused, and refusal is what blocks: with a count of 1,
+      // the first (it was admitted, and the address blocked only at its second: probe 50a F3).
+      const limit = Math.max(0, count - 1);
       return {
         id: `violations.${kind}`,
         limit,

@@ -142,25 +142,18 @@ export function grantOf(wanted: number, rooms: readonly number[]): number {
 }
 
 /**
- * The first policy with no room left once `granted` was counted: the one that refuses what the
- * decision did not grant. Each policy refusing on its own, in order, counted a refused request's
- * permit in the policies before the one that refused it, and a concurrent sibling refused by one
- * of those was told it full while that permit came back a moment later (probe 48a F3).
- */
-export function refusingPolicy(rooms: readonly number[], granted: number): number {
-  for (let i = 0; i < rooms.length; i++) if (rooms[i]! <= granted) return i;
-  return rooms.length - 1;
-}
-
-/**
  * Turns a group's decision into each check's outcomes. The decision is one over all policies:
  * `granted` (grantOf: the group's checks, then a lease's `extra`) counted in every policy, so a
- * refused check is counted by none of them. The first `granted` checks are admitted; each sees the
- * count as it stood after its own permit, in arrival order. A refused check's outcomes end at the
- * policy that refused it (refusingPolicy), the ones before it showing the windows as the decision
- * left them. The lease comes last, so it never takes a permit a check of the same turn would have
- * had, and the checks' outcomes leave its permits out (they are shown as the lease's requests use
- * them).
+ * refused check is counted by none of them (each policy refusing on its own, in order, counted a
+ * refused request's permit in the policies before the one that refused it, and a sibling refused
+ * by one of those was told it full while that permit came back a moment later: probe 48a F3). The
+ * first `granted` checks are admitted; each sees the count as it stood after its own permit, in
+ * arrival order. A refused check sees every policy's windows as the decision left them, each
+ * admitting where it has room left: the first that has none refused it, and its Retry-After is
+ * the wait until all of them admit (probe 50a F1: it was the refusing policy's alone, and a retry
+ * made as told met the default burst). The lease comes last, so it never takes a permit a check
+ * of the same turn would have had, and the checks' outcomes leave its permits out (they are shown
+ * as the lease's requests use them).
  */
 export function shareGrants(
   groupSize: number,
@@ -171,15 +164,8 @@ export function shareGrants(
   const outcomes: LimitOutcome[][] = Array.from({ length: groupSize }, () => []);
   const leased = Math.max(0, granted - groupSize);
   const admitted = Math.min(granted, groupSize);
-  const refusedAt =
-    admitted < groupSize
-      ? refusingPolicy(
-          decisions.map((d) => d.room),
-          granted,
-        )
-      : -1;
   for (let index = 0; index < decisions.length; index++) {
-    const counted = decisions[index]!.state;
+    const { state: counted, room } = decisions[index]!;
     lease.leased?.push({ state: counted, granted: leased });
     const state =
       leased === 0
@@ -191,7 +177,7 @@ export function shareGrants(
           };
     for (let j = 0; j < groupSize; j++) {
       if (j >= admitted) {
-        if (index <= refusedAt) outcomes[j]!.push({ ...state, admitted: index < refusedAt });
+        outcomes[j]!.push({ ...state, admitted: room > granted });
         continue;
       }
       // Each admitted check sees the count as it stood after its own permit, so the remaining

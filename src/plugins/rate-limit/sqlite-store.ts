@@ -54,17 +54,20 @@ import type { LeasableStore, LimitCheck, LimitOutcome, UnusedPermits } from "./s
 // nor `prune_after`, so it rewrites no index entry; only the insert and the prune write
 // `prune_after` (the indexed column). Raw SQL, not Drizzle: the same three statements as Drizzle
 // prepared ones (bench/limiter.ts, `prepareDrizzleDecision`) measured 0.52× these at 256 checks a
-// transaction (145k against 281k checks/s, one run on a busy 2-core machine).
+// transaction (145k against 281k checks/s, one run on a busy 2-core machine). The row is written
+// back by its key, not its rowid: a rowid past 2^53 (any new row's, once one row written into the
+// file holds the largest rowid) reads rounded as a JS number, and the write by it changed no row
+// or another one, every new client's counts stuck at one (probe 50a F2).
 export const READ_ROW = `
-SELECT rowid, window_start, previous, current, burst_window_start, burst_previous, burst_current
+SELECT window_start, previous, current, burst_window_start, burst_previous, burst_current
 FROM rate_limit_counters WHERE policy = ?1 AND key = ?2`;
 
-// ?1 rowid, ?2 window start, ?3 previous, ?4 current, ?5 burst window start, ?6 burst previous,
-// ?7 burst current, ?8 permits granted, ?9 expiry.
+// ?1 policy, ?2 key, ?3 window start, ?4 previous, ?5 current, ?6 burst window start, ?7 burst
+// previous, ?8 burst current, ?9 permits granted, ?10 expiry.
 export const WRITE_ROW = `
-UPDATE rate_limit_counters SET window_start = ?2, previous = ?3, current = ?4,
-  burst_window_start = ?5, burst_previous = ?6, burst_current = ?7, admitted = ?8, expires_at = ?9
-WHERE rowid = ?1`;
+UPDATE rate_limit_counters SET window_start = ?3, previous = ?4, current = ?5,
+  burst_window_start = ?6, burst_previous = ?7, burst_current = ?8, admitted = ?9, expires_at = ?10
+WHERE policy = ?1 AND key = ?2`;
 
 // ?1 policy, ?2 key, ?3 window start, ?4 burst window start, ?5 permits granted, ?6 expiry.
 export const INSERT_ROW = `
@@ -72,8 +75,8 @@ INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
   burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
 VALUES (?1, ?2, ?3, ?5, 0, ?4, ?5, 0, ?5, ?6, ?6)`;
 
-// rowid, then the windows as stored: read as they are, since someone editing the file may write anything.
-type StoredRow = [rowid: number, ...stored: unknown[]];
+// The windows as stored: read as they are, since someone editing the file may write anything.
+type StoredRow = unknown[];
 
 // ?1 policy, ?2 key, ?3 window start the permits were counted in, ?4 window ms, ?5 permits, ?6 burst
 // window start, ?7 burst window ms. Uncounts unused leased permits where they were counted: the
@@ -329,7 +332,9 @@ export class SqliteLimiterStore implements LeasableStore {
   /**
    * A request alone in its group and asking no lease (most requests when clients are many): one
    * permit counted in every policy if each has room, else none, as shareGrants would decide it,
-   * without its per-group arrays and copies. Each outcome is the look's own state object.
+   * without its per-group arrays and copies. Each outcome is the look's own state object; a
+   * refused request's has every policy's, each saying whether that policy had room, so its
+   * Retry-After is the wait until all of them admit (probe 50a F1).
    */
   private decideAlone(checks: readonly LimitCheck[], now: number): LimitOutcome[] {
     const outcomes: LimitOutcome[] = [];
@@ -340,10 +345,8 @@ export class SqliteLimiterStore implements LeasableStore {
       looks.push(look);
       outcomes.push(look.state);
       if (look.room < 1) {
-        // The first policy without room refuses; the policies after it are not asked.
         look.state.admitted = false;
         refused = true;
-        break;
       }
     }
     if (!refused) for (let i = 0; i < checks.length; i++) this.count(checks[i]!, looks[i]!, 1);
@@ -374,7 +377,7 @@ export class SqliteLimiterStore implements LeasableStore {
       const windowStart = windowStartOf(now, policy.windowMs);
       const burstWindowStart = windowStartOf(now, BURST_WINDOW_MS);
       return {
-        rowid: undefined,
+        stored: false,
         state: {
           windowStart,
           previous: 0,
@@ -387,8 +390,8 @@ export class SqliteLimiterStore implements LeasableStore {
         room: Math.max(0, Math.min(policy.limit, policy.burstLimit)),
       };
     }
-    const long = rollForward(now, policy.windowMs, row[1], row[2], row[3]);
-    const burst = rollForward(now, BURST_WINDOW_MS, row[4], row[5], row[6]);
+    const long = rollForward(now, policy.windowMs, row[0], row[1], row[2]);
+    const burst = rollForward(now, BURST_WINDOW_MS, row[3], row[4], row[5]);
     // Left to right as SQL's CAST(limit − previous × weight − current AS INTEGER) computed it.
     const room = Math.max(
       0,
@@ -398,7 +401,7 @@ export class SqliteLimiterStore implements LeasableStore {
       ),
     );
     return {
-      rowid: row[0],
+      stored: true,
       state: {
         windowStart: long.windowStart,
         previous: long.previous,
@@ -418,7 +421,7 @@ export class SqliteLimiterStore implements LeasableStore {
     state.current += granted;
     state.burstCurrent += granted;
     const expiresAt = expiryOf(state.windowStart, policy.windowMs, state.burstWindowStart);
-    if (look.rowid === undefined) {
+    if (!look.stored) {
       this.insertRow.run(
         policy.id,
         key,
@@ -430,7 +433,8 @@ export class SqliteLimiterStore implements LeasableStore {
       return;
     }
     this.writeRow.run(
-      look.rowid,
+      policy.id,
+      key,
       state.windowStart,
       state.previous,
       state.current,
@@ -443,9 +447,9 @@ export class SqliteLimiterStore implements LeasableStore {
   }
 }
 
-/** A row as a decision read it: where it is (none for a new key), its windows now, and its room. */
+/** A row as a decision read it: whether it is stored (not for a new key), its windows now, and its room. */
 interface Look extends PolicyDecision {
-  rowid: number | undefined;
+  stored: boolean;
   state: LimitOutcome;
 }
 

@@ -270,6 +270,28 @@ describe("rate limiting", () => {
     expect(full.headers.get("ratelimit")).toMatch(/^"register";r=0;/);
   });
 
+  test("a refusal's Retry-After is the wait until every policy of the request admits, not the refusing one's alone: a retry made as told is admitted (probe 50a F1)", async () => {
+    // 50 s into a minute: three sign-ups fill the route's minute.
+    const clock = new ManualClock(50_000);
+    const target = limited({ RATE_LIMIT_PER_MINUTE: "60", RATE_LIMIT_BURST: "5" }, clock);
+    const peer = "192.0.2.35";
+    const register = () =>
+      send(target, "/api/auth/register", { body: { email: "a@x.test" }, peer });
+    for (let i = 0; i < 3; i++) expect((await register()).status).toBe(422);
+    // 15 s into the next minute the route has room again in 5 s; the default burst, filled now,
+    // in 7 s.
+    clock.advance(25_000);
+    for (let i = 0; i < 5; i++) {
+      expect((await send(target, "/openapi.json", { peer })).status).toBe(200);
+    }
+    const refused = await register();
+    expect(refused.status).toBe(429);
+    expect(refused.headers.get("ratelimit")).toMatch(/^"register";r=0;/);
+    expect(refused.headers.get("retry-after")).toBe("7");
+    clock.advance(Number(refused.headers.get("retry-after")) * 1000);
+    expect((await register()).status).toBe(422);
+  });
+
   test("a failing store lets public routes through and refuses auth routes, counting both", async () => {
     current = buildTestApp({ limiter: failingLimiterStore("database is locked") });
     const app = current.app;

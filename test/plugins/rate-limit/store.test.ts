@@ -236,6 +236,49 @@ describe("SqliteLimiterStore: its table", () => {
 
   // A check can be decided a while after it arrived (a busy lock, the backlog), by which time
   // another process may have counted the key in the next window.
+  test("a row written into the file at rowid 2^53 does not stop the counting of the rows after it, whose rowids a JS number cannot hold (probe 50a F2)", async () => {
+    const { store, db } = freshStore();
+    // A row at 2^53: the next rows are 2^53 + 1 (read as 2^53 by JavaScript, whose numbers cannot
+    // hold it), 2^53 + 2. (With the largest rowid in the file SQLite picks new ones at random,
+    // nearly all past 2^53: the same case, not deterministic.)
+    for (const rowid of [9007199254740992n]) {
+      db.$client
+        .query(
+          `INSERT INTO rate_limit_counters (rowid, policy, key, window_start, current, previous,
+             burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
+           VALUES (?1, 'planted', ?2, 0, 0, 0, 0, 0, 0, 0, 4000000000000000, 4000000000000000)`,
+        )
+        .run(rowid, `planted-${rowid}`);
+    }
+    const now = minuteStart() + 1_000;
+    const limit = policy(3, 3);
+    for (const key of ["one-at-a-time", "together"]) {
+      const outcomes =
+        key === "together"
+          ? await Promise.all(
+              Array.from({ length: 10 }, () => store.check([{ policy: limit, key, now }])),
+            )
+          : await (async () => {
+              const each = [];
+              for (let i = 0; i < 10; i++)
+                each.push(await store.check([{ policy: limit, key, now }]));
+              return each;
+            })();
+      expect([key, outcomes.filter(([o]) => o!.admitted).length]).toEqual([key, 3]);
+      const row = db.$client
+        .query(
+          "SELECT CAST(rowid AS TEXT) AS rowid, current FROM rate_limit_counters WHERE key = ?",
+        )
+        .get(key) as { rowid: string; current: number };
+      expect(row.current).toBe(3);
+      expect(BigInt(row.rowid)).toBe(key === "one-at-a-time" ? 2n ** 53n + 1n : 2n ** 53n + 2n);
+    }
+    // The planted row is as it was.
+    expect(
+      db.$client.query("SELECT current FROM rate_limit_counters WHERE policy = 'planted'").all(),
+    ).toEqual([{ current: 0 }]);
+  });
+
   test("a check that finds its row already in the next window is decided there and never moves the row back", async () => {
     const { store, db } = freshStore();
     const next = minuteStart() + 60_000;
