@@ -49,9 +49,15 @@ export function credentialSealing(seal: CredentialSeal): {
   let sealed: SealedOnUpgrade | null = null;
   const sealAll = (db: AppDatabase) => {
     const sqlite = db.$client;
-    /** Seals every row `select` reads (by rowid) with `sealOf`; returns how many. */
+    /**
+     * Seals every row `select` reads (by rowid) with `sealOf`; returns how many. The rowid is read
+     * and bound as text: one past 2^53 (a row written into the file) reads rounded as a number,
+     * and its seal would land on another row (as the limiter's write-back did: probe 50a F2).
+     */
     const sealEach = <Row>(table: string, select: string, sealOf: (row: Row) => string) => {
-      const rows = sqlite.query<Row & { rowid: number }, []>(`SELECT rowid, ${select}`).all();
+      const rows = sqlite
+        .query<Row & { rowid: string }, []>(`SELECT CAST(rowid AS TEXT) AS rowid, ${select}`)
+        .all();
       const update = sqlite.prepare(`UPDATE ${table} SET seal = ? WHERE rowid = ?`);
       for (const row of rows) update.run(sealOf(row), row.rowid);
       return rows.length;

@@ -664,6 +664,42 @@ describe("upgrading a database stored before seals", () => {
     expect(unsealed).toEqual([{ id: "later" }]);
   });
 
+  test("rows whose rowids a JS number cannot hold are each sealed as themselves (probe 50a F2's class)", async () => {
+    const { db } = databaseBeforeSeals();
+    cleanups.push(() => db.$client.close());
+    for (const [rowid, id] of [
+      [9007199254740992n, "at-2-53"],
+      [9007199254740993n, "past-2-53"],
+    ] as const) {
+      db.$client
+        .query(
+          `INSERT INTO users (rowid, id, email, email_key, password_hash, role, created_at, updated_at)
+           VALUES (?1, ?2, ?3, ?3, 'x', 'user', 1, 1)`,
+        )
+        .run(rowid, id, `${id}@example.test`);
+    }
+    const seal = createCredentialSeal(AUDIT_SECRET_KEY);
+    applyMigrations(db, undefined, credentialSealing(seal).companions);
+    const rows = db.$client
+      .query<
+        {
+          id: string;
+          email: string;
+          emailKey: string;
+          passwordHash: string;
+          role: "user";
+          seal: string | null;
+        },
+        []
+      >(
+        "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users ORDER BY id",
+      )
+      .all();
+    expect(rows.map((row) => [row.id, row.seal])).toEqual(
+      rows.map((row) => [row.id, seal.account(row)]),
+    );
+  });
+
   test("db:migrate seals them and says so; a second run seals nothing", async () => {
     const { path, db } = databaseBeforeSeals();
     const { key } = await oldRows(db.$client);
