@@ -786,8 +786,10 @@ export class PaymentService {
   }
 
   /**
-   * Deletes idempotency keys past their 24 hours, and those the file dates more than a claim's
-   * lease ahead (no process stamped them: kept, they were never pruned), a bounded number per run.
+   * Deletes idempotency keys past their 24 hours, and those the file dates more than 24 hours ahead
+   * (no process stamped them: kept, they were never pruned), a bounded number per run. Not those
+   * dated less far ahead: a claim still at Stripe when the clock was stepped back minutes is one,
+   * and deleting it stored its payment as an erased owner's (probe 51b F2).
    */
   prune(now: number): number {
     const cutoff = now - IDEMPOTENCY_RETENTION_MS;
@@ -800,7 +802,7 @@ export class PaymentService {
            UNION ALL
            SELECT rowid FROM (SELECT rowid FROM payment_idempotency_keys WHERE claimed_at > ?2 LIMIT ${PRUNE_BATCH}))`,
       )
-      .run(cutoff, now + CLAIM_LEASE_MS);
+      .run(cutoff, now + IDEMPOTENCY_RETENTION_MS);
     return result.changes;
   }
 }

@@ -152,7 +152,7 @@ test("a request waiting on a key still at Stripe keeps waiting through another c
   expect(intentCalls(current)).toBe(1);
 });
 
-test("a pending key the file dates further ahead than a claim's lease is taken over at once, and pruned if never asked again (probe 50b F2)", async () => {
+test("a pending key the file dates further ahead than a claim's lease is taken over at once, and pruned if never asked again and dated more than a day ahead (probes 50b F2, 51b F2)", async () => {
   current = buildPaymentsApp();
   const user = await signUp(current);
   const owner = `user:${user.userId}`;
@@ -171,13 +171,15 @@ test("a pending key the file dates further ahead than a claim's lease is taken o
   expect(intentCalls(current)).toBe(1);
 
   insert.run(owner, "ahead-2", hash, 9e15);
+  // A claim still at Stripe when the clock was stepped back minutes: kept (probe 51b F2).
+  insert.run(owner, "stepped-back", hash, Date.now() + 10 * 60_000);
   insert.run(owner, "within-lease", hash, Date.now() + 60_000);
   const feature = current.services.features.find((f) => f.name === "payments") as PaymentsFeature;
   feature.service.prune(Date.now());
   const left = current.db.$client
     .query("SELECT key FROM payment_idempotency_keys WHERE owner = ? ORDER BY key")
     .all(owner) as { key: string }[];
-  expect(left.map((row) => row.key)).toEqual(["ahead-1", "within-lease"]);
+  expect(left.map((row) => row.key)).toEqual(["ahead-1", "stepped-back", "within-lease"]);
 });
 
 test("past its wait, a request whose key is still at Stripe is told so (in_progress, answered 409 with Retry-After)", async () => {
