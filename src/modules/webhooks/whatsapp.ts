@@ -34,6 +34,7 @@ import { and, eq, inArray, lt, notInArray, or, sql } from "drizzle-orm";
 import { Elysia, t } from "elysia";
 import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
+import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
 import { STOP_LOCK_WAIT_MS, WaitingWrites } from "../../db/waiting-writes";
@@ -287,6 +288,13 @@ export class WhatsAppIntake {
         // retries finished later than its message arrived): a duplicate, the record kept, not a
         // unique-index 500 that left the claim behind for every redelivery (probe 32b F2).
         const queued = enqueue.all({ ...row, at: now, seal: this.options.outboxSeal.of(row) });
+        // An id past what JavaScript counts exactly (the sequence set ahead in the file) would be
+        // read back rounded, and the worker, marking its row by that id, would never send it:
+        // refused here, said with the reason, rather than lost without a word.
+        const id = queued[0]?.id;
+        if (id !== undefined && !Number.isSafeInteger(id)) {
+          throw new IdSequenceError("the WhatsApp outbox's", id);
+        }
         return queued.length === 1;
       });
       let inserted: boolean;

@@ -310,6 +310,22 @@ describe("accepting messages", () => {
   });
 });
 
+test("an outbox id sequence set past what JavaScript counts exactly refuses the message with the reason, stores nothing and gives the claim back (probe 51a's class)", async () => {
+  const target = build();
+  target.db.$client.run(
+    "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('whatsapp_outbox', 9007199254740992)",
+  );
+  const response = await deliver(
+    target,
+    notification({ messages: [{ id: "wamid.PAST53", from: "16505551234" }] }),
+  );
+  expect(response.status).toBe(500);
+  expect(outbox(target)).toEqual([]);
+  expect(events(target).filter((e) => e.event_id === "wamid.PAST53")).toEqual([]);
+  expect(target.logs.text).toContain("the WhatsApp outbox's id sequence (sqlite_sequence) is");
+  expect(target.logs.text).toContain("restore the file from a backup");
+});
+
 describe("the sender's own limit", () => {
   test("a sender over RATE_LIMIT_WHATSAPP_SENDER gets no reply row and is audited; others are unaffected", async () => {
     const target = build({ RATE_LIMIT_WHATSAPP_SENDER: "3", RATE_LIMIT_WEBHOOKS: "1000" });
