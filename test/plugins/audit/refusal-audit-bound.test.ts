@@ -196,48 +196,38 @@ test("a stop within a window records what the bound has left out so far, over th
   expect(recorded).toHaveLength(1);
 });
 
-test("the audit log records what was held for the stop before its last flush, into the chain", () => {
-  current = buildTestApp();
-  const { audit } = current.services;
-  audit.beforeClose(() =>
-    audit.record({
-      type: "audit.refusals_unrecorded",
-      outcome: "denied",
-      detail: { type: "csrf.failed", kind: "csrf", refusals: 7, seconds: 12 },
-    }),
-  );
-  current.services.close();
-  const rows = current.db.$client
-    .query<{ detail: string }, []>(
-      "SELECT detail FROM audit_events WHERE type = 'audit.refusals_unrecorded'",
-    )
-    .all();
-  expect(rows.map((row) => JSON.parse(row.detail))).toEqual([
-    { type: "csrf.failed", kind: "csrf", refusals: 7, seconds: 12 },
-  ]);
-});
-
-test("a stop signalled again records what was held for the stop too, and logs the chain's head after it (probe 51b F3)", () => {
-  current = buildTestApp();
-  const { audit } = current.services;
-  audit.beforeClose(() =>
-    audit.record({
-      type: "audit.refusals_unrecorded",
-      outcome: "denied",
-      detail: { type: "whatsapp.sender_limited", kind: "whatsapp", refusals: 50, seconds: 20 },
-    }),
-  );
-  current.services.reportUndone("the stop was signalled again");
-  const rows = current.db.$client
-    .query<{ detail: string }, []>(
-      "SELECT detail FROM audit_events WHERE type = 'audit.refusals_unrecorded'",
-    )
-    .all();
-  expect(rows.map((row) => JSON.parse(row.detail))).toEqual([
-    { type: "whatsapp.sender_limited", kind: "whatsapp", refusals: 50, seconds: 20 },
-  ]);
-  const heads = current.logs.entries.filter((entry) => entry.msg === "audit chain head");
-  expect(heads.at(-1)!.auditCount).toBe(
-    (current.db.$client.query("SELECT count(*) AS n FROM audit_events").get() as { n: number }).n,
-  );
-});
+test.each([
+  ["a stop", (target: TestApp) => target.services.close()],
+  // Probe 51b F3: a stop signalled again skipped both.
+  [
+    "a stop signalled again",
+    (target: TestApp) => target.services.reportUndone("the stop was signalled again"),
+  ],
+] as const)(
+  "%s records what was held for the stop into the chain, and logs the chain's head after it",
+  (_label, stop) => {
+    current = buildTestApp();
+    const { audit } = current.services;
+    audit.beforeClose(() =>
+      audit.record({
+        type: "audit.refusals_unrecorded",
+        outcome: "denied",
+        detail: { type: "csrf.failed", kind: "csrf", refusals: 7, seconds: 12 },
+      }),
+    );
+    const count = () =>
+      (current!.db.$client.query("SELECT count(*) AS n FROM audit_events").get() as { n: number })
+        .n;
+    stop(current);
+    const rows = current.db.$client
+      .query<{ detail: string }, []>(
+        "SELECT detail FROM audit_events WHERE type = 'audit.refusals_unrecorded'",
+      )
+      .all();
+    expect(rows.map((row) => JSON.parse(row.detail))).toEqual([
+      { type: "csrf.failed", kind: "csrf", refusals: 7, seconds: 12 },
+    ]);
+    const heads = current.logs.entries.filter((entry) => entry.msg === "audit chain head");
+    expect(heads.at(-1)!.auditCount).toBe(count());
+  },
+);
