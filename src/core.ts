@@ -229,8 +229,10 @@ export function createCore(options: CoreOptions): Core {
     metrics: metrics.rateLimit,
     onRefused: async ({ client, key, requestId }) => {
       // A refused principal is that principal's violation, never its address's (see ip-block).
-      if (isPrincipalSubject(key)) await ipBlocks.recordPrincipalViolation(key, requestId);
-      else await ipBlocks.recordViolation("ratelimit", client, requestId);
+      const block = isPrincipalSubject(key)
+        ? await ipBlocks.recordPrincipalViolation(key, requestId)
+        : await ipBlocks.recordViolation("ratelimit", client, requestId);
+      return block?.expiresAt ?? null;
     },
     refusalsBlock: (key) => ipBlocks.blocksOn(isPrincipalSubject(key) ? "principal" : "ratelimit"),
   });

@@ -104,7 +104,8 @@ export interface LimitEnforcerOptions {
     policyId: string;
     key: string;
     requestId: string;
-  }) => void | Promise<void>;
+    /** When the block or lockout this refusal made ends (ms), or nothing when it made none. */
+  }) => number | null | undefined | Promise<number | null | undefined>;
   /**
    * Whether refusals of this key count towards a block (false when IP_BLOCK_RATE_LIMIT_REFUSALS is
    * 0). Absent: they do.
@@ -198,7 +199,20 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
       });
     }
     if (violation) {
-      await onRefused?.({ client: request.client, policyId, key, requestId: request.requestId });
+      const blockedUntil = await onRefused?.({
+        client: request.client,
+        policyId,
+        key,
+        requestId: request.requestId,
+      });
+      // The refusal that made a block or lockout: no retry is admitted before it ends, and a retry
+      // made sooner, as the limit alone said, was refused again (probe 51a F1).
+      if (typeof blockedUntil === "number" && blockedUntil > now) {
+        const blockSeconds = Math.ceil((blockedUntil - now) / 1000);
+        if (blockSeconds > Number(headers["retry-after"])) {
+          headers["retry-after"] = String(blockSeconds);
+        }
+      }
     }
     throw new AppError(
       "RATE_LIMITED",
