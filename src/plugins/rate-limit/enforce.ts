@@ -97,14 +97,14 @@ export interface LimitEnforcerOptions {
   /**
    * Told of every refusal with the key that was refused (but a policy's whose refusals are no
    * violation): the IP blocker counts it against the principal when the key is one, else against
-   * the client's address.
+   * the client's address. Returns when the block or lockout this refusal made ends (ms), or
+   * nothing when it made none.
    */
   onRefused?: (refusal: {
     client: ResolvedClient;
     policyId: string;
     key: string;
     requestId: string;
-    /** When the block or lockout this refusal made ends (ms), or nothing when it made none. */
   }) => number | null | undefined | Promise<number | null | undefined>;
   /**
    * Whether refusals of this key count towards a block (false when IP_BLOCK_RATE_LIMIT_REFUSALS is
