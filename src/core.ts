@@ -229,10 +229,13 @@ export function createCore(options: CoreOptions): Core {
     metrics: metrics.rateLimit,
     onRefused: async ({ client, key, requestId }) => {
       // A refused principal is that principal's violation, never its address's (see ip-block).
-      const block = isPrincipalSubject(key)
+      const principal = isPrincipalSubject(key);
+      const block = principal
         ? await ipBlocks.recordPrincipalViolation(key, requestId)
         : await ipBlocks.recordViolation("ratelimit", client, requestId);
-      return block?.expiresAt ?? null;
+      // The block this refusal made, or one a sibling refusal made a moment before (probe 52a F1:
+      // twenty at once, only the one that made it was told when it ends).
+      return block?.expiresAt ?? ipBlocks.blockedUntil(principal ? key : client.key);
     },
     refusalsBlock: (key) => ipBlocks.blocksOn(isPrincipalSubject(key) ? "principal" : "ratelimit"),
   });

@@ -294,6 +294,18 @@ describe("configuration", () => {
     expect(
       current.db.$client.query("SELECT reason FROM ip_blocks WHERE address = '203.0.113.22'").get(),
     ).toEqual({ reason: "1 rate-limit refusals in 10 min" });
+    // Twenty at once: every refusal, not only the one that made the block, says when it ends
+    // (probe 52a F1).
+    const peer = "203.0.113.23";
+    expect((await send(current, "/openapi.json", { peer })).status).toBe(200);
+    const together = await Promise.all(
+      Array.from({ length: 20 }, () => send(current!, "/openapi.json", { peer })),
+    );
+    const waits = together
+      .filter((response) => response.status === 429)
+      .map((response) => Number(response.headers.get("retry-after")));
+    expect(waits.length).toBeGreaterThan(0);
+    for (const wait of waits) expect(wait).toBeGreaterThanOrEqual(900);
     current.close();
 
     current = buildTestApp({

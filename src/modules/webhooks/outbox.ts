@@ -467,9 +467,19 @@ export class OutboxWorker {
     return found?.id ?? null;
   }
 
+  /**
+   * The row as this worker leased it, named by its message id (unique), never by the id it read:
+   * an id past 2^53 (rows moved there in the file; the seal does not cover the id) reads rounded,
+   * and a write by it marked another row sent while the one sent stayed pending, re-leased every
+   * minute (probe 52a F2).
+   */
   private mine(row: OutboxRow) {
     const o = whatsappOutbox;
-    return and(eq(o.id, row.id), eq(o.leaseOwner, this.owner), eq(o.state, "pending"));
+    return and(
+      eq(o.messageId, row.messageId),
+      eq(o.leaseOwner, this.owner),
+      eq(o.state, "pending"),
+    );
   }
 
   /**
@@ -546,7 +556,7 @@ export class OutboxWorker {
           finishedAt: this.options.clock.now(),
           lastError: null,
         })
-        .where(eq(whatsappOutbox.id, row.id))
+        .where(eq(whatsappOutbox.messageId, row.messageId))
         .run();
     }, leaseUntil);
   }
@@ -648,7 +658,9 @@ export class OutboxWorker {
   private refuseTampered(row: OutboxRow, { whoseLease }: { whoseLease: "any" | "mine" }): void {
     const o = whatsappOutbox;
     const where =
-      whoseLease === "any" ? and(eq(o.id, row.id), eq(o.state, "pending")) : this.mine(row);
+      whoseLease === "any"
+        ? and(eq(o.messageId, row.messageId), eq(o.state, "pending"))
+        : this.mine(row);
     if (this.markFailed(row, TAMPERED_REASON, where)) this.options.reportTampered(row);
   }
 

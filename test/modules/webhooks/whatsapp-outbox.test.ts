@@ -114,6 +114,35 @@ describe("sending replies", () => {
     expect(metrics).toContain("whatsapp_outbox_pending 0");
   });
 
+  test("rows whose ids the file moved past 2^53 are each answered once and marked sent as themselves (probe 52a F2)", async () => {
+    const { target, graph, chat, worker } = setup();
+    const senders = ["16505551001", "16505551002", "16505551003"];
+    for (const [i, from] of senders.entries()) {
+      await deliver(
+        target,
+        notification({ messages: [{ id: `wamid.MOVED${i}`, from, text: `hello ${i}` }] }),
+      );
+    }
+    // Ids JavaScript reads rounded: 2^53 + 1 and 2^53 + 3 read as 2^53 + 0 and 2^53 + 4.
+    for (const [i, id] of [9007199254740993n, 9007199254740994n, 9007199254740995n].entries()) {
+      target.db.$client
+        .query("UPDATE whatsapp_outbox SET id = ?1 WHERE message_id = ?2")
+        .run(id, `wamid.MOVED${i}`);
+    }
+    expect(await worker.drain()).toBe(3);
+    expect(graph.sent.map((m) => [m.to, m.body]).sort()).toEqual(
+      senders.map((to, i) => [to, `reply to: hello ${i}`]),
+    );
+    expect(chat.turns).toHaveLength(3);
+    expect(rows(target).map((row) => [row.message_id, row.state, row.lease_owner])).toEqual([
+      ["wamid.MOVED0", "sent", null],
+      ["wamid.MOVED1", "sent", null],
+      ["wamid.MOVED2", "sent", null],
+    ]);
+    expect(await worker.drain()).toBe(0);
+    expect(graph.sent).toHaveLength(3);
+  });
+
   test("Graph 500 then success: one message sent, the same text, one chat turn", async () => {
     const { target, graph, chat, clock, worker } = setup();
     graph.failNext({ status: 500 }, { status: 503 });
