@@ -5,6 +5,7 @@ import { applyMigrations } from "../../src/db/migrate";
 import { parseIp } from "../../src/plugins/client-ip/address";
 import { SqliteLimiterStore } from "../../src/plugins/rate-limit/sqlite-store";
 import { buildTestApp, secondProcess, send, type TestApp, tempDir } from "../support/app";
+import { createKey } from "../support/auth";
 import { cliInProcess } from "../support/cli";
 import { ManualClock } from "../support/clock";
 
@@ -306,6 +307,33 @@ describe("configuration", () => {
       .map((response) => Number(response.headers.get("retry-after")));
     expect(waits.length).toBeGreaterThan(0);
     for (const wait of waits) expect(wait).toBeGreaterThanOrEqual(900);
+    current.close();
+
+    // A signed-in client's refusal decided with an anonymous one that blocks their address: told
+    // the address's block, which refuses its next request all the same (probe 53a F1).
+    current = buildTestApp({
+      env: {
+        RATE_LIMIT_PER_MINUTE: "1",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "1",
+      },
+    });
+    const office = "203.0.113.24";
+    const { key } = createKey(current, ["chat"]);
+    const asKey = { "x-api-key": key };
+    expect((await send(current, "/openapi.json", { peer: office })).status).toBe(200);
+    expect((await send(current, "/openapi.json", { peer: office, headers: asKey })).status).toBe(
+      200,
+    );
+    const [anonymous, signedIn] = await Promise.all([
+      send(current, "/openapi.json", { peer: office }),
+      send(current!, "/openapi.json", { peer: office, headers: asKey }),
+    ]);
+    expect([anonymous.status, signedIn.status]).toEqual([429, 429]);
+    expect(Number(signedIn.headers.get("retry-after"))).toBeGreaterThanOrEqual(900);
+    expect((await send(current, "/openapi.json", { peer: office, headers: asKey })).status).toBe(
+      403,
+    );
     current.close();
 
     current = buildTestApp({
