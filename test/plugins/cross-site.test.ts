@@ -29,6 +29,13 @@ const IMAGE = {
   "sec-fetch-dest": "image",
 };
 
+/** What a browser sends for a top-level page another site's link or script opened. */
+const NAVIGATION = {
+  "sec-fetch-site": "cross-site",
+  "sec-fetch-mode": "navigate",
+  "sec-fetch-dest": "document",
+};
+
 const countedFor = (target: TestApp, peer: string) =>
   target.db.$client
     .query("SELECT count(*) AS n FROM rate_limit_counters WHERE key = ?")
@@ -67,15 +74,7 @@ describe("a browser request from another site's page", () => {
       { "sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate", "sec-fetch-dest": "iframe" },
       "GET",
     ],
-    [
-      "a link to an API route, not a page (probe 49a F2)",
-      {
-        "sec-fetch-site": "cross-site",
-        "sec-fetch-mode": "navigate",
-        "sec-fetch-dest": "document",
-      },
-      "GET",
-    ],
+    ["a link to an API route, not a page (probe 49a F2)", NAVIGATION, "GET"],
     [
       "a CORS fetch from an origin not allowed",
       { "sec-fetch-site": "cross-site", "sec-fetch-mode": "cors", origin: "https://evil.test" },
@@ -108,21 +107,16 @@ describe("a browser request from another site's page", () => {
 
 test("a page opening the API's URLs in a window of its own, one after another, neither spends nor blocks the visitor's address (probe 49a F2)", async () => {
   const target = crossSiteApp();
-  const navigation = {
-    "sec-fetch-site": "cross-site",
-    "sec-fetch-mode": "navigate",
-    "sec-fetch-dest": "document",
-  };
   for (let i = 0; i < 30; i++) {
     const path = i % 2 === 0 ? `/api/auth/csrf?n=${i}` : `/nothing-here-${i}`;
-    const response = await send(target, path, { peer: VISITOR, headers: navigation });
+    const response = await send(target, path, { peer: VISITOR, headers: NAVIGATION });
     expect([path, response.status]).toEqual([path, 403]);
   }
   await Bun.sleep(20);
   expect(countedFor(target, VISITOR)).toEqual({ n: 0 });
   expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
   // The documentation is what a link from another site may open.
-  const docs = await send(target, "/openapi.json", { peer: VISITOR, headers: navigation });
+  const docs = await send(target, "/openapi.json", { peer: VISITOR, headers: NAVIGATION });
   expect(docs.status).toBe(200);
 });
 
@@ -136,14 +130,7 @@ describe("what is let through as before", () => {
       "the allowed front-end's call",
       { "sec-fetch-site": "cross-site", "sec-fetch-mode": "cors", origin: ALLOWED },
     ],
-    [
-      "a link followed from another site",
-      {
-        "sec-fetch-site": "cross-site",
-        "sec-fetch-mode": "navigate",
-        "sec-fetch-dest": "document",
-      },
-    ],
+    ["a link followed from another site", NAVIGATION],
   ])("%s", async (_label, headers) => {
     const target = crossSiteApp();
     const response = await send(target, "/openapi.json", { headers, peer: VISITOR });
@@ -154,17 +141,12 @@ describe("what is let through as before", () => {
 
 test("every spelling and method that reaches a route meets the stage alike; a credential does not let another site's request by", async () => {
   const target = crossSiteApp();
-  const navigation = {
-    "sec-fetch-site": "cross-site",
-    "sec-fetch-mode": "navigate",
-    "sec-fetch-dest": "document",
-  };
   // The documentation is navigable by GET and HEAD, in the spellings that reach it.
   for (const [method, path] of [
     ["GET", "/openapi.json/"],
     ["HEAD", "/openapi.json"],
   ] as const) {
-    const response = await send(target, path, { method, headers: navigation, peer: VISITOR });
+    const response = await send(target, path, { method, headers: NAVIGATION, peer: VISITOR });
     expect([method, path, response.status]).toEqual([method, path, 200]);
   }
   // An API route is not, in any spelling or method.
@@ -173,7 +155,7 @@ test("every spelling and method that reaches a route meets the stage alike; a cr
     ["HEAD", "/api/auth/csrf"],
     ["GET", "/api/auth/./csrf"],
   ] as const) {
-    const response = await send(target, path, { method, headers: navigation, peer: VISITOR });
+    const response = await send(target, path, { method, headers: NAVIGATION, peer: VISITOR });
     expect([method, path, response.status]).toEqual([method, path, 403]);
   }
   // A bearer token or an API key on a request another site's page made: refused all the same,

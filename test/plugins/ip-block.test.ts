@@ -261,25 +261,22 @@ describe("manual blocks", () => {
 
 describe("configuration", () => {
   test("IP_BLOCK_RATE_LIMIT_REFUSALS sets the threshold, and 0 turns automatic blocks off", async () => {
-    current = buildTestApp({
-      env: {
-        RATE_LIMIT_PER_MINUTE: "1",
-        RATE_LIMIT_BURST: "100",
-        IP_BLOCK_RATE_LIMIT_REFUSALS: "2",
-      },
-    });
+    /** An app allowing one request a minute, blocking at `refusals` refusals. */
+    const limitOfOne = (refusals: string) =>
+      buildTestApp({
+        env: {
+          RATE_LIMIT_PER_MINUTE: "1",
+          RATE_LIMIT_BURST: "100",
+          IP_BLOCK_RATE_LIMIT_REFUSALS: refusals,
+        },
+      });
+    current = limitOfOne("2");
     expect(await provoke(current, "203.0.113.20", 2)).toEqual([200, 429, 429]);
     expect((await send(current, "/openapi.json", { peer: "203.0.113.20" })).status).toBe(403);
     current.close();
 
     // A threshold of one: the first refusal blocks (it took two, probe 50a F3).
-    current = buildTestApp({
-      env: {
-        RATE_LIMIT_PER_MINUTE: "1",
-        RATE_LIMIT_BURST: "100",
-        IP_BLOCK_RATE_LIMIT_REFUSALS: "1",
-      },
-    });
+    current = limitOfOne("1");
     expect((await send(current, "/openapi.json", { peer: "203.0.113.22" })).status).toBe(200);
     const refused = await send(current, "/openapi.json", { peer: "203.0.113.22" });
     expect(refused.status).toBe(429);
@@ -311,13 +308,7 @@ describe("configuration", () => {
 
     // A signed-in client's refusal decided with an anonymous one that blocks their address: told
     // the address's block, which refuses its next request all the same (probe 53a F1).
-    current = buildTestApp({
-      env: {
-        RATE_LIMIT_PER_MINUTE: "1",
-        RATE_LIMIT_BURST: "100",
-        IP_BLOCK_RATE_LIMIT_REFUSALS: "1",
-      },
-    });
+    current = limitOfOne("1");
     const office = "203.0.113.24";
     const { key } = createKey(current, ["chat"]);
     const asKey = { "x-api-key": key };
@@ -336,13 +327,7 @@ describe("configuration", () => {
     );
     current.close();
 
-    current = buildTestApp({
-      env: {
-        RATE_LIMIT_PER_MINUTE: "1",
-        RATE_LIMIT_BURST: "100",
-        IP_BLOCK_RATE_LIMIT_REFUSALS: "0",
-      },
-    });
+    current = limitOfOne("0");
     await provoke(current, "203.0.113.21", 20);
     expect((await send(current, "/openapi.json", { peer: "203.0.113.21" })).status).toBe(429);
     expect(current.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
