@@ -125,7 +125,7 @@ test("an audit sequence raised past any id in the file fails the audited request
   const refused = await login(target, alice.email);
   expect(refused.status).toBe(500);
   expect(target.logs.text).toContain(
-    "the audit log's id sequence (sqlite_sequence) is 9223372036854776000, past any id Palisade writes",
+    "the audit log's id sequence (sqlite_sequence) is 9223372036854775807, past any id Palisade writes",
   );
 });
 

@@ -306,9 +306,10 @@ export class ChatService implements ChatTurns {
       // (plugins/audit/log.ts). RETURNING the ids and an UPDATE per message cost 20 µs a turn more
       // (measured in process; a turn is ~400 µs).
       lastMessageId: () =>
-        options.sqlite.prepare<{ last: unknown }, []>(
-          `SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chat_messages'), 0),
-             coalesce((SELECT max(id) FROM chat_messages), 0)) AS last`,
+        options.sqlite.prepare<{ last: unknown; stored: string }, []>(
+          `SELECT last, CAST(last AS TEXT) AS stored FROM (
+             SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chat_messages'), 0),
+               coalesce((SELECT max(id) FROM chat_messages), 0)) AS last)`,
         ),
       countMessages: () =>
         options.sqlite.prepare<{ count: number }, [string]>(
@@ -758,11 +759,12 @@ export class ChatService implements ChatTurns {
             return;
           }
         }
-        const last = lastMessageId.get()?.last;
+        const mark = lastMessageId.get();
+        const last = mark?.last;
         // Palisade's ids count up from 1; a mark past what JavaScript counts exactly (or not a
         // number) was written into the file, and ids read back from it would not be the stored ones.
         if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
-          throw new IdSequenceError("the chat messages'", last);
+          throw new IdSequenceError("the chat messages'", mark?.stored ?? last);
         }
         // Chained to the conversation's newest message (none for a new conversation), in this
         // transaction: the next message written there is chained to these.

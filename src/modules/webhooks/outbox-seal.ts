@@ -78,7 +78,7 @@ const REPORTED_ID_LENGTH = 64;
 export function outboxTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
   audit: { record(event: AuditEvent): void };
-}): (row: { id: number; messageId: string }) => void {
+}): (row: { id: number | string; messageId: string }) => void {
   return ({ id, messageId: raw }) => {
     const message = spellOut(raw, REPORTED_ID_LENGTH);
     deps.logger.error(

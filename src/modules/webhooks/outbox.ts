@@ -128,7 +128,7 @@ export interface OutboxWorkerOptions {
   /** Checks each claimed row's seal before anything is done with it, and reseals each change. */
   seal: OutboxSeal;
   /** Told of each row refused for its seal, once it is marked failed (outbox-seal.ts). */
-  reportTampered: (row: { id: number; messageId: string }) => void;
+  reportTampered: (row: { id: number | string; messageId: string }) => void;
   clock: Clock;
   logger: Logger;
   audit: AuditLog;
@@ -381,7 +381,10 @@ export class OutboxWorker {
       const sendLeaseUntil =
         clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS + LOCK_WAIT_MS;
       if (!this.extendLease(row, sendLeaseUntil)) {
-        logger.warn({ outboxId: row.id }, "whatsapp outbox lease lost before sending; not sent");
+        logger.warn(
+          { outboxId: this.storedId(row) },
+          "whatsapp outbox lease lost before sending; not sent",
+        );
         return;
       }
       const outcome = await this.options.graph.sendText({
@@ -391,7 +394,7 @@ export class OutboxWorker {
       });
       await this.settle(row, outcome, sendLeaseUntil);
     } catch (error) {
-      logger.error({ err: error, outboxId: row.id }, "whatsapp outbox row failed");
+      logger.error({ err: error, outboxId: this.storedId(row) }, "whatsapp outbox row failed");
       // A row refused for its seal but not yet marked (another process's lock) is left as it is:
       // its lease expires and the next claim refuses it, and reports it, once.
       if (!this.verified.has(row)) return;
@@ -473,6 +476,22 @@ export class OutboxWorker {
    * and a write by it marked another row sent while the one sent stayed pending, re-leased every
    * minute (probe 52a F2).
    */
+  /**
+   * The row's id as the file holds it, for what a log line or an audit record names. Past 2^53 a
+   * JavaScript number is the stored id rounded (a row moved there in the database file), an id no
+   * row has: it is read again as text, by the message id, which is unique (probe 53a F2).
+   */
+  private storedId(row: OutboxRow): number | string {
+    if (Number.isSafeInteger(row.id)) return row.id;
+    const o = whatsappOutbox;
+    const stored = this.options.db
+      .select({ id: sql<string>`CAST(${o.id} AS TEXT)` })
+      .from(o)
+      .where(eq(o.messageId, row.messageId))
+      .get();
+    return stored?.id ?? String(row.id);
+  }
+
   private mine(row: OutboxRow) {
     const o = whatsappOutbox;
     return and(
@@ -618,7 +637,7 @@ export class OutboxWorker {
       .run();
     this.options.metrics.replies.labels("retried").inc();
     this.options.logger.warn(
-      { outboxId: row.id, attempts, retryInMs: Math.round(delay), reason },
+      { outboxId: this.storedId(row), attempts, retryInMs: Math.round(delay), reason },
       "whatsapp reply failed; will retry",
     );
   }
@@ -661,7 +680,9 @@ export class OutboxWorker {
       whoseLease === "any"
         ? and(eq(o.messageId, row.messageId), eq(o.state, "pending"))
         : this.mine(row);
-    if (this.markFailed(row, TAMPERED_REASON, where)) this.options.reportTampered(row);
+    if (this.markFailed(row, TAMPERED_REASON, where)) {
+      this.options.reportTampered({ id: this.storedId(row), messageId: row.messageId });
+    }
   }
 
   private failPermanent(row: OutboxRow, reason: string): void {
@@ -670,7 +691,11 @@ export class OutboxWorker {
       type: "whatsapp.reply_failed",
       outcome: "failure",
       actor: `whatsapp:${row.senderHash}`,
-      detail: { outbox: row.id, attempts: row.attempts + 1, reason: storedText(reason, 200) },
+      detail: {
+        outbox: this.storedId(row),
+        attempts: row.attempts + 1,
+        reason: storedText(reason, 200),
+      },
     });
   }
 }

@@ -182,7 +182,11 @@ function prepareIntake(db: AppDatabase) {
           seal: p("seal"),
         })
         .onConflictDoNothing({ target: whatsappOutbox.messageId })
-        .returning({ id: whatsappOutbox.id })
+        // As text too: past 2^53 the number is rounded, and a refusal names the id given.
+        .returning({
+          id: whatsappOutbox.id,
+          stored: sql<string>`CAST(${whatsappOutbox.id} AS TEXT)`,
+        })
         .prepare(),
     recordStatus: () =>
       db
@@ -293,7 +297,7 @@ export class WhatsAppIntake {
         // refused here, said with the reason, rather than lost without a word.
         const id = queued[0]?.id;
         if (id !== undefined && !Number.isSafeInteger(id)) {
-          throw new IdSequenceError("the WhatsApp outbox's", id);
+          throw new IdSequenceError("the WhatsApp outbox's", queued[0]?.stored, "next id");
         }
         return queued.length === 1;
       });

@@ -203,7 +203,11 @@ function prepareWrites(db: AppDatabase) {
     lastRow: () => lastRowQuery(db).prepare(),
     sequence: () =>
       db
-        .select({ seq: sqliteSequence.seq })
+        // As text too: past 2^53 the number is rounded, and a refusal names the stored value.
+        .select({
+          seq: sqliteSequence.seq,
+          stored: sql<string>`CAST(${sqliteSequence.seq} AS TEXT)`,
+        })
         .from(sqliteSequence)
         .where(eq(sqliteSequence.name, "audit_events"))
         .prepare(),
@@ -778,12 +782,13 @@ export class SqliteAuditLog implements AuditLog {
         let prevHash = last?.hash ?? checkpoint?.lastHash ?? GENESIS_HASH;
         // The id continues from the highest ever used (AUTOINCREMENT's sequence), not from the last
         // row: rows deleted from the end then leave a gap that verification reports.
-        const used = sequence.get()?.seq ?? 0;
+        const sequenceRow = sequence.get();
+        const used = sequenceRow?.seq ?? 0;
         let id = Math.max(last?.id ?? 0, checkpoint?.lastDeletedId ?? 0, used) + 1;
         // Palisade's ids count up from 1; one past what JavaScript counts exactly was written into
         // the file (sqlite_sequence), and every write would fail on it without saying why.
         if (!Number.isSafeInteger(id + events.length))
-          throw new IdSequenceError("the audit log's", used);
+          throw new IdSequenceError("the audit log's", sequenceRow?.stored ?? used);
         const erasedAs = this.erasedActorReader();
         for (const event of events) {
           const salt = newSalt();

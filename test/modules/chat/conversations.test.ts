@@ -258,6 +258,21 @@ describe("list, read, delete", () => {
     expect(third.nextCursor).toBeNull();
   });
 
+  test("a message id sequence set past 2^53 refuses the turn, stores nothing and names the sequence as the file holds it (probe 52a F3's class)", async () => {
+    target.db.$client.run(
+      "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('chat_messages', 9007199254740993)",
+    );
+    const response = await chat(target, asUser(alice), { message: "hello" });
+    expect(response.status).toBe(500);
+    expect(target.db.$client.query("SELECT count(*) AS n FROM chat_messages").get()).toEqual({
+      n: 0,
+    });
+    // Not 9007199254740992, as JavaScript reads the number.
+    expect(target.logs.text).toContain(
+      "the chat messages' id sequence (sqlite_sequence) is 9007199254740993, past any id Palisade writes",
+    );
+  });
+
   test("migration 0025 counts the messages of conversations stored before it", async () => {
     const long = await converse(asUser(alice), 3);
     const short = await start(asUser(bob));

@@ -189,6 +189,31 @@ describe("rows written into the file", () => {
     }
   });
 
+  test("a tampered row moved past 2^53 is reported by the id the file holds, not the rounded one (probe 53a F2)", async () => {
+    const { target, graph, chat, worker } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.MOVED", from: "16505551234", text: "hi" }] }),
+    );
+    // 2^53 + 1: read by JavaScript as 2^53, an id no row has.
+    target.db.$client.run(
+      "UPDATE whatsapp_outbox SET id = 9007199254740993, recipient = '15550009999'",
+    );
+    expect(await worker.drain()).toBe(1);
+    expect(chat.turns).toHaveLength(0);
+    expect(graph.sent).toHaveLength(0);
+    expect(audited(target, "whatsapp.outbox_tampered")).toEqual([
+      { outbox: "9007199254740993", message: spellOut("wamid.MOVED"), actor: "system" },
+    ]);
+    const logged = target.logs.entries.filter((entry) =>
+      String(entry.msg).includes("outbox row does not match its seal"),
+    );
+    expect(logged.map((entry) => entry.outboxId)).toEqual(["9007199254740993"]);
+    expect(
+      target.db.$client.query("SELECT CAST(id AS TEXT) AS id, state FROM whatsapp_outbox").all(),
+    ).toEqual([{ id: "9007199254740993", state: "failed" }]);
+  });
+
   test("a stored reply replaced in the file before its retry is not sent; the genuine retry is", async () => {
     const { target, graph, chat, clock, worker } = setup();
     graph.failNext({ status: 500 }, { status: 500 });
