@@ -206,22 +206,23 @@ export function sweepSeals(
   );
 
   const outbox = createOutboxSeal(auditSecret);
-  each<SealedOutboxRow & { id: number; seal: string | null }>(
+  // Integer ids are named as the file holds them (idText): past 2^53 a number reads rounded.
+  each<SealedOutboxRow & { id: number; idText: string; seal: string | null }>(
     "whatsapp_outbox",
-    `SELECT id, message_id AS messageId, phone_number_id AS phoneNumberId, recipient,
+    `SELECT id, CAST(id AS TEXT) AS idText, message_id AS messageId, phone_number_id AS phoneNumberId, recipient,
        sender_hash AS senderHash, kind, body, reply, seal
      FROM whatsapp_outbox ORDER BY id`,
     (row) => {
-      if (!outbox.intact(row)) fail("whatsapp_outbox", row.id);
+      if (!outbox.intact(row)) fail("whatsapp_outbox", row.idText);
     },
   );
 
   const blocks = createBlockSeal(auditSecret);
-  each<SealedBlock & { seal: string | null }>(
+  each<SealedBlock & { idText: string; seal: string | null }>(
     "ip_blocks",
     `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks ORDER BY id`,
     (row) => {
-      if (!blocks.intact(row)) fail("ip_blocks", row.id);
+      if (!blocks.intact(row)) fail("ip_blocks", row.idText);
     },
   );
   return sweep;
@@ -247,6 +248,7 @@ function namedId(raw: unknown): string {
 }
 
 type StoredMessage = Omit<SealedMessage, "incomplete"> & {
+  idText: string;
   incomplete: unknown;
   seal: string | null;
   createdAt: unknown;
@@ -269,7 +271,8 @@ function sweepMessages(
   let previousSeal: string | null = null;
   each(
     "chat_messages",
-    `SELECT id, conversation_id AS conversationId, previous_seal AS previousSeal, role, content,
+    `SELECT id, CAST(id AS TEXT) AS idText, conversation_id AS conversationId,
+       previous_seal AS previousSeal, role, content,
        incomplete, tokens, seal, created_at AS createdAt, prompt_tokens AS promptTokens,
        completion_tokens AS completionTokens
      FROM chat_messages ORDER BY conversation_id, id`,
@@ -280,10 +283,11 @@ function sweepMessages(
       previousSeal = row.seal;
       // As the service reads the column (drizzle's boolean mode): what the seal covers is what is shown.
       const message = { ...row, incomplete: Number(row.incomplete) === 1 };
-      if (!chat.intact.message(message)) fail("chat_messages", row.id);
-      else if (!followsBefore) fail("chat_messages", row.id, "chain");
-      else if (!readableTime(row.createdAt)) fail("chat_messages", row.id, "times");
-      else if (unreadableUsage(row)) fail("chat_messages", row.id, "usage");
+      const id = row.idText;
+      if (!chat.intact.message(message)) fail("chat_messages", id);
+      else if (!followsBefore) fail("chat_messages", id, "chain");
+      else if (!readableTime(row.createdAt)) fail("chat_messages", id, "times");
+      else if (unreadableUsage(row)) fail("chat_messages", id, "usage");
     },
   );
 }

@@ -502,6 +502,28 @@ describe("db:verify reads and never writes (probe 31a F1)", () => {
     expect(existsSync(`${copy}.audit-key`)).toBe(false);
   });
 
+  test("rows whose integer ids the file moved past 2^53 are named by the ids it holds, not JavaScript's rounding (probe 53a F2's class)", async () => {
+    const target = await populated();
+    const reply = one<{ id: number }>(
+      target,
+      "SELECT id FROM chat_messages WHERE role = 'assistant' ORDER BY id LIMIT 1",
+    );
+    // 2^53 + 1, + 3 and + 5: read by JavaScript as 2^53, 2^53 + 4 and 2^53 + 4.
+    tamper(
+      target,
+      `UPDATE chat_messages SET id = 9007199254740993 WHERE id = ${reply.id};
+       UPDATE whatsapp_outbox SET id = 9007199254740995, recipient = '15550000000'
+         WHERE state = 'pending';
+       UPDATE ip_blocks SET id = 9007199254740997;`,
+    );
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    const lines = result.stdout.split("\n");
+    expect(lines).toContain("chat_messages 9007199254740993: does not match its seal");
+    expect(lines).toContain("whatsapp_outbox 9007199254740995: does not match its seal");
+    expect(lines).toContain("ip_blocks 9007199254740997: does not match its seal");
+  });
+
   test("a forged row whose id is a blob is named as SQL writes a blob", async () => {
     const target = await populated();
     tamper(target, "UPDATE users SET id = X'41424344' WHERE role = 'user'");

@@ -65,9 +65,14 @@ export function createBlockSeal(auditSecret: string): BlockSeal {
   return { of, intact: (row) => sealMatches(of(row), row.seal) };
 }
 
-/** The sealed columns of `ip_blocks` in SQL, named as SealedBlock names them, and the seal. */
+/**
+ * The sealed columns of `ip_blocks` in SQL, named as SealedBlock names them, the seal, and the id
+ * also as text (`idText`): past 2^53 the number is read rounded, and a report naming it would
+ * name a row that does not exist (probe 53a F2's class).
+ */
 export const SEALED_BLOCK_COLUMNS = `id, address, reason, source, created_by AS createdBy,
-  created_at AS createdAt, expires_at AS expiresAt, lifted_at AS liftedAt, seal`;
+  created_at AS createdAt, expires_at AS expiresAt, lifted_at AS liftedAt, seal,
+  CAST(id AS TEXT) AS idText`;
 
 /** Rows reported one by one, per process; past them, how many more were read, once a minute. */
 export const ROWS_REPORTED_ONE_BY_ONE = 100;
@@ -76,8 +81,8 @@ const ROWS_REMEMBERED = 100_000;
 const SUMMARY_EVERY_MS = 60_000;
 
 export interface BlockTamperReporter {
-  /** Reports the rows (by id) just read that do not match their seals. */
-  report(ids: readonly number[]): void;
+  /** Reports the rows (by id, as the file holds it) just read that do not match their seals. */
+  report(ids: readonly string[]): void;
 }
 
 /**
@@ -92,7 +97,7 @@ export function blockTamperReporter(deps: {
   audit: { record(event: AuditEvent): void };
   clock: { now(): number };
 }): BlockTamperReporter {
-  const reported = new Set<number>();
+  const reported = new Set<string>();
   let more = 0;
   let summarizedAt = Number.NEGATIVE_INFINITY;
   const table = "ip_blocks";
@@ -105,15 +110,17 @@ export function blockTamperReporter(deps: {
           more++;
           continue;
         }
+        // A number in the log as before, unless only the text is exact.
+        const exact = Number(id);
         deps.logger.error(
-          { table, id },
+          { table, id: Number.isSafeInteger(exact) ? exact : id },
           "a block row does not match its seal: it was written into the database file, not by Palisade; it blocks nothing",
         );
         deps.audit.record({
           type: "ip.block_tampered",
           outcome: "denied",
           actor: "system",
-          detail: { table, id: String(id) },
+          detail: { table, id },
         });
       }
       const now = deps.clock.now();

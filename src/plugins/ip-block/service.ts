@@ -114,7 +114,7 @@ export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
 export type IpBlock = Omit<typeof ipBlocks.$inferSelect, "liftedAt" | "seal">;
 
 /** A block row as read with its seal. */
-type StoredBlock = SealedBlock & { seal: string | null };
+type StoredBlock = SealedBlock & { seal: string | null; idText: string };
 
 export interface NewBlock {
   address: string;
@@ -168,14 +168,15 @@ function prepareStatements(db: AppDatabase) {
       sqlite.query<StoredBlock, { now: number }>(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE ${IN_FORCE}`,
       ),
-    // The id also as text, exactly as stored (a forged one past 2^53 rounds as a JS number), and the
-    // cursor's id bound as text: SQLite compares it as the integer it spells (probe 48a F1).
+    // The id also as text (SEALED_BLOCK_COLUMNS), exactly as stored (a forged one past 2^53 rounds
+    // as a JS number), and the cursor's id bound as text: SQLite compares it as the integer it
+    // spells (probe 48a F1).
     activeAfter: () =>
       sqlite.query<
-        StoredBlock & { idText: string },
+        StoredBlock,
         { now: number; createdAt: number | null; id: string | null; limit: number }
       >(
-        `SELECT ${SEALED_BLOCK_COLUMNS}, CAST(id AS TEXT) AS idText FROM ip_blocks
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
          WHERE ${IN_FORCE} AND ${LISTABLE_TIME}
            AND ($createdAt IS NULL OR created_at < $createdAt
                 OR (created_at = $createdAt AND id < $id))
@@ -230,7 +231,7 @@ export class IpBlockService {
   private readonly statements: ReturnType<typeof prepareStatements>;
   private readonly tampered: BlockTamperReporter;
   /** Rows found failing their seals in a transaction: reported once it has ended (see `intact`). */
-  private unreported: number[] = [];
+  private unreported: string[] = [];
   private reportScheduled = false;
   /**
    * The rows in force at the last reload, as read, and whether each matched its seal: a reload
@@ -372,7 +373,7 @@ export class IpBlockService {
    */
   private intact(row: StoredBlock): boolean {
     if (Number.isSafeInteger(row.id) && this.options.seal.intact(row)) return true;
-    this.unreported.push(row.id);
+    this.unreported.push(row.idText);
     if (this.options.sqlite.inTransaction && !this.reportScheduled) {
       this.reportScheduled = true;
       afterTransaction(this.options.sqlite, () => {
