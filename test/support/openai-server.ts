@@ -25,6 +25,10 @@
  * - `wrong_shape`: 200 with valid JSON that is not a completion (`{"ok":true}`).
  * - `cut`: a stream that sends `afterChunks` deltas and then ends with no finish_reason and no
  *   `[DONE]`: `abrupt: true` resets the connection, else the body ends cleanly.
+ * - `flood`: 200 and bytes without end (until the client leaves, or `maxBytes`), in blocks of
+ *   `blockBytes` with `pauseMs` between them: `shape: "json"` a completion body whose content never
+ *   closes; `"line"` one SSE `data:` line whose content never closes; `"events"` SSE events
+ *   without end, each a well-formed chunk with no choices (nothing of a reply, never a finish).
  *
  * Every request is recorded (`requests`): its body, headers without `authorization`, whether it
  * carried the expected key, whether it asked to stream, and whether the client went away before
@@ -51,7 +55,14 @@ export type UpstreamStep =
   | { kind: "hang" }
   | { kind: "malformed"; body?: string; contentType?: string }
   | { kind: "wrong_shape" }
-  | { kind: "cut"; afterChunks?: number; abrupt?: boolean; text?: string };
+  | { kind: "cut"; afterChunks?: number; abrupt?: boolean; text?: string }
+  | {
+      kind: "flood";
+      shape: "json" | "line" | "events";
+      blockBytes?: number;
+      pauseMs?: number;
+      maxBytes?: number;
+    };
 
 export interface RecordedRequest {
   method: string;
@@ -67,6 +78,8 @@ export interface RecordedRequest {
   receivedAt: number;
   /** The client closed the connection before the response ended. */
   aborted: boolean;
+  /** Bytes of the response body handed to the connection (counted for `flood` steps). */
+  bytesSent: number;
 }
 
 export interface OpenAiServer {
@@ -138,6 +151,49 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
   function completionId(): string {
     sequence += 1;
     return `chatcmpl-local${sequence}`;
+  }
+
+  const FLOOD_HEADS = {
+    json: '{"id":"chatcmpl-flood","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"',
+    line: 'data: {"id":"chatcmpl-flood","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"',
+    events: "",
+  };
+  const EMPTY_EVENT =
+    'data: {"id":"chatcmpl-flood","object":"chat.completion.chunk","choices":[]}\n\n';
+
+  function flood(
+    step: Extract<UpstreamStep, { kind: "flood" }>,
+    record: RecordedRequest,
+  ): Response {
+    const blockBytes = step.blockBytes ?? 64 * 1024;
+    const block = encoder.encode(
+      step.shape === "events"
+        ? EMPTY_EVENT.repeat(Math.max(1, Math.floor(blockBytes / EMPTY_EVENT.length)))
+        : "a".repeat(blockBytes),
+    );
+    let head: Uint8Array | null = encoder.encode(FLOOD_HEADS[step.shape]);
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (head !== null) {
+          controller.enqueue(head);
+          head = null;
+          return;
+        }
+        if (step.pauseMs) await Bun.sleep(step.pauseMs);
+        if (record.aborted) return;
+        if (step.maxBytes !== undefined && record.bytesSent >= step.maxBytes) {
+          controller.close();
+          return;
+        }
+        controller.enqueue(block);
+        record.bytesSent += block.length;
+      },
+      cancel() {
+        record.aborted = true;
+      },
+    });
+    const type = step.shape === "json" ? "application/json" : "text/event-stream";
+    return new Response(body, { headers: { "content-type": type } });
   }
 
   function sse(actions: Action[], record: RecordedRequest): Response {
@@ -295,6 +351,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         return new Response(null, { status: 499 });
       case "wrong_shape":
         return json(200, { ok: true });
+      case "flood":
+        return flood(step, record);
       case "malformed":
         if (record.stream) return sse(streamActions(body, step), record);
         return new Response(step.body ?? '{"id": "chatcmpl-broken", "choices": [', {
@@ -361,6 +419,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         stream: (body as { stream?: unknown })?.stream === true,
         receivedAt: performance.now(),
         aborted: false,
+        bytesSent: 0,
       };
       requests.push(record);
       request.signal.addEventListener("abort", () => {

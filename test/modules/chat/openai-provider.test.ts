@@ -15,6 +15,7 @@ import {
   replyBound,
   requestedWaitMs,
   retryDelay,
+  upstreamBounds,
 } from "../../../src/modules/chat/providers/openai";
 import {
   type ChatMessage,
@@ -267,6 +268,67 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
     expect(error).toBeInstanceOf(UpstreamFailure);
     expect((error as UpstreamFailure).kind).toBe("bad_response");
     expect(failureLines().at(-1)).toMatchObject({ reason: "reply longer than its cap" });
+  });
+});
+
+describe("the upstream's bytes (probe 54a F1)", () => {
+  const bounds = upstreamBounds(1024);
+  /** Bytes the loopback connection's buffers may hold beyond what was read when it was closed. */
+  const inFlight = 8 * 1024 * 1024;
+
+  test("the bounds at the default cap: a reply's 64 Ki characters escaped, and room for the envelope", () => {
+    expect(bounds).toEqual({
+      bodyBytes: 65_536 * 8 + 1024 * 1024,
+      streamBytes: (65_536 * 8 + 1024 * 1024) * 16,
+      streamEvents: 65_536 + 1024,
+    });
+  });
+
+  test("a completion body without end is cut at its bound, at once and not retried: 502, the request closed", async () => {
+    // It would otherwise end at 64 MiB, as a body that is not JSON.
+    upstream.enqueue({ kind: "flood", shape: "json", maxBytes: 64 * 1024 * 1024 });
+    const failure = await failureOf(provider.complete(MESSAGES));
+    expect(failure.kind).toBe("bad_response");
+    expect(failureLines()).toEqual([
+      expect.objectContaining({ reason: "reply longer than its cap", attempts: 1 }),
+    ]);
+    await upstream.waitForAbort(0);
+    expect(upstream.requests).toHaveLength(1);
+    expect(upstream.requests[0]!.bytesSent).toBeLessThan(bounds.bodyBytes + inFlight);
+  });
+
+  test("one stream line without end is cut at its bound: the stream fails 502, the request closed", async () => {
+    upstream.enqueue({ kind: "flood", shape: "line", maxBytes: 64 * 1024 * 1024 });
+    const { received, error } = await collectUntilError(provider.stream(MESSAGES));
+    expect(received).toEqual([]);
+    expect(error).toBeInstanceOf(UpstreamFailure);
+    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect(failureLines()).toEqual([
+      expect.objectContaining({ reason: "reply longer than its cap", attempts: 1 }),
+    ]);
+    await upstream.waitForAbort(0);
+    expect(upstream.requests[0]!.bytesSent).toBeLessThan(bounds.bodyBytes + inFlight);
+  });
+
+  test("events without end that carry nothing of a reply are cut at the event bound, not read until the upstream stops", async () => {
+    // Each event comes well within the silence timeout, so only their number ends it.
+    upstream.enqueue({ kind: "flood", shape: "events", maxBytes: 16 * 1024 * 1024 });
+    const { received, error } = await collectUntilError(provider.stream(MESSAGES));
+    expect(received).toEqual([]);
+    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect(failureLines()).toEqual([
+      expect.objectContaining({ reason: "stream longer than its cap" }),
+    ]);
+    await upstream.waitForAbort(0);
+  });
+
+  test("a reply at its bound in characters JSON escapes at six bytes each is kept, whole and streamed", async () => {
+    const escaped = "\u0001".repeat(replyBound(1024));
+    upstream.enqueue({ kind: "reply", text: escaped });
+    expect((await provider.complete(MESSAGES)).text).toBe(escaped);
+    upstream.enqueue({ kind: "reply", chunks: [escaped.slice(0, 30_000), escaped.slice(30_000)] });
+    const deltas = await collect(provider.stream(MESSAGES));
+    expect(textOf(deltas)).toBe(escaped);
   });
 });
 

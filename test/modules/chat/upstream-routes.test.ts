@@ -346,6 +346,19 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expectCleanFailureLogs(target, upstream, problem.requestId);
   });
 
+  test("an upstream body without end: 502 UPSTREAM_UNAVAILABLE at its byte bound, one attempt, nothing stored (probe 54a F1)", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue({ kind: "flood", shape: "json", maxBytes: 64 * 1024 * 1024 });
+    const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE });
+    expect(response.status).toBe(502);
+    const problem = (await response.json()) as Problem;
+    expect(problem).toMatchObject({ code: "UPSTREAM_UNAVAILABLE", status: 502 });
+    expect(upstream.requests).toHaveLength(1);
+    await upstream.waitForAbort(0);
+    expect(assistantRows(target)).toHaveLength(0);
+    expectCleanFailureLogs(target, upstream, problem.requestId);
+  });
+
   test("a wrong key: 502, and OpenAI's error text quoting the key never reaches the logs", async () => {
     upstream = await startOpenAiServer();
     target = buildTestApp({

@@ -35,6 +35,12 @@
  *   the completion a turn reserves against its budget is a real bound; a reply longer than 32
  *   characters a capped token (at least 64 Ki characters) is not kept: `bad_response` (→ 502; a
  *   stream is cut there, what arrived stored incomplete).
+ * - **Bytes**: what the upstream sends is bounded as it arrives, before the SDK holds or parses it
+ *   (`upstreamBounds`): a JSON body, and each line of a stream, at eight bytes a character of that
+ *   reply plus 1 MiB; a whole stream at sixteen times that and at one event a character (plus
+ *   1,024). Past a bound the request is closed and fails `bad_response` at once, never retried (probe
+ *   54a F1: an endless body or SSE line was held until the timeout, 1.2 GB by 13 s, and events with
+ *   nothing in them reset the stream's silence timer without end).
  */
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
 import type { Clock } from "../../../clock";
@@ -215,6 +221,15 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Pro
 
 /** What an SDK error means for us. Reasons are ours: the upstream's message is never kept. */
 function classify(error: unknown): AttemptFailure {
+  if (error instanceof UpstreamTooLarge) {
+    // The same upstream would send the same again: not retried.
+    return {
+      kind: "bad_response",
+      retryable: false,
+      upstreamFault: true,
+      reason: "reply longer than its cap",
+    };
+  }
   if (error instanceof APIConnectionTimeoutError) {
     return { kind: "unavailable", retryable: true, upstreamFault: true, reason: "timeout" };
   }
@@ -314,6 +329,77 @@ export function replyBound(maxCompletionTokens: number): number {
   return Math.max(65_536, maxCompletionTokens * 32);
 }
 
+export interface UpstreamBounds {
+  /** Bytes of a JSON body, or of one line of a stream. */
+  bodyBytes: number;
+  /** Bytes of a whole stream. */
+  streamBytes: number;
+  /** Events of a stream (chunks the SDK hands over). */
+  streamEvents: number;
+}
+
+/**
+ * What an upstream keeping to the cap can send for one reply: its text at the bound with every
+ * character escaped as `\uXXXX` (six bytes) or spent on a reasoning field beside it, and 1 MiB of
+ * envelope (ids, usage); in a stream, each event carries at least one character (of the reply or of
+ * its reasoning), plus the role, finish and usage chunks, each event at most a few hundred bytes.
+ */
+export function upstreamBounds(maxCompletionTokens: number): UpstreamBounds {
+  const chars = replyBound(maxCompletionTokens);
+  const bodyBytes = chars * 8 + 1024 * 1024;
+  return { bodyBytes, streamBytes: bodyBytes * 16, streamEvents: chars + 1024 };
+}
+
+/** An upstream's response passed its byte bound: it is not read further. */
+class UpstreamTooLarge extends Error {
+  constructor() {
+    super("upstream response longer than its bound");
+    this.name = "UpstreamTooLarge";
+  }
+}
+
+const LINE_FEED = 10;
+
+/**
+ * fetch, with the response's body cut at `bounds` as it arrives (a JSON body whole; a stream whole
+ * and line by line, since the SDK's decoder holds a line until its end). Past a bound the body
+ * errors with UpstreamTooLarge, which closes the upstream request.
+ */
+function boundedFetch(bounds: UpstreamBounds): typeof fetch {
+  const bounded = async (input: string | URL | Request, init?: RequestInit) => {
+    const response = await fetch(input, init);
+    if (response.body === null) return response;
+    const streaming = (response.headers.get("content-type") ?? "").includes("text/event-stream");
+    const limit = streaming ? bounds.streamBytes : bounds.bodyBytes;
+    let total = 0;
+    let line = 0;
+    const body = response.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          total += chunk.byteLength;
+          if (streaming) {
+            const first = chunk.indexOf(LINE_FEED);
+            const lineEnd = first < 0 ? chunk.byteLength : first;
+            if (line + lineEnd > bounds.bodyBytes) return controller.error(new UpstreamTooLarge());
+            line =
+              first < 0
+                ? line + chunk.byteLength
+                : chunk.byteLength - chunk.lastIndexOf(LINE_FEED) - 1;
+          }
+          if (total > limit) return controller.error(new UpstreamTooLarge());
+          controller.enqueue(chunk);
+        },
+      }),
+    );
+    return new Response(body, {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
+  };
+  return Object.assign(bounded, { preconnect: fetch.preconnect });
+}
+
 /** The upstream's usage when it is well-formed, else undefined. */
 function readUsage(value: unknown): TokenUsage | undefined {
   if (!isRecord(value)) return undefined;
@@ -339,6 +425,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
   const random = options.random ?? Math.random;
   const maxCompletionTokens = options.maxCompletionTokens ?? 1024;
   const maxReplyChars = replyBound(maxCompletionTokens);
+  const bounds = upstreamBounds(maxCompletionTokens);
   const cap = { [completionCapField(options.baseUrl)]: maxCompletionTokens };
   const client = new OpenAI({
     apiKey: options.apiKey,
@@ -346,6 +433,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     timeout: timeoutMs,
     maxRetries: 0,
     logLevel: "off",
+    fetch: boundedFetch(bounds),
     // The configured URL is where a conversation may go (https in production). A redirect
     // re-sent it, system prompt and history, to the host it named, over any scheme (fetch drops
     // only Authorization across origins; probe 43b note): refused as the Graph client refuses
@@ -610,6 +698,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       let finished = false;
       let usage: TokenUsage | undefined;
       let idle = false;
+      let events = 0;
       let broken: string | undefined;
       while (true) {
         // Only the upstream's silence is timed, not the time our consumer takes with a delta.
@@ -622,16 +711,23 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           next = pending.shift() ?? (await iterator.next());
         } catch (error) {
           broken =
-            error instanceof SyntaxError
-              ? "malformed chunk"
-              : error instanceof APIError && error.status === undefined
-                ? "error event in stream"
-                : "stream cut";
+            error instanceof UpstreamTooLarge
+              ? "reply longer than its cap"
+              : error instanceof SyntaxError
+                ? "malformed chunk"
+                : error instanceof APIError && error.status === undefined
+                  ? "error event in stream"
+                  : "stream cut";
           break;
         } finally {
           clearTimeout(timer);
         }
         if (next.done) break;
+        // Events with nothing of a reply in them would reset the silence timer without end.
+        if (++events > bounds.streamEvents) {
+          broken = "stream longer than its cap";
+          break;
+        }
         const chunk = next.value;
         if (!isRecord(chunk)) {
           broken = "malformed chunk";
