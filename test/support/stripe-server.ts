@@ -24,6 +24,8 @@ export interface ScriptedFailure {
   message?: string;
   /** Sent as `Stripe-Should-Retry`, which the SDK obeys. */
   shouldRetry?: boolean;
+  /** The body is this many bytes that never close the JSON (an answer without end), not the error. */
+  floodBytes?: number;
 }
 
 interface Stored {
@@ -51,6 +53,8 @@ export interface FakeStripe {
    */
   holdNext(path: string): { reached: Promise<void>; release(): void };
   intents: Map<string, Record<string, unknown>>;
+  /** Of the flooding answers (`floodBytes`): bytes handed to their connections, and how many the client closed. */
+  flooded: { bytesSent: number; cancelled: number };
   stop(): void;
 }
 
@@ -84,8 +88,37 @@ function stripeError(status: number, type: string, code: string, message: string
   return Response.json({ error: { type, code, message } }, { status, headers });
 }
 
+function floodingAnswer(
+  status: number,
+  bytes: number,
+  flooded: { bytesSent: number; cancelled: number },
+): Response {
+  const block = new Uint8Array(64 * 1024).fill(97);
+  let head: Uint8Array | null = new TextEncoder().encode('{"error":{"message":"');
+  let sent = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (head !== null) {
+        controller.enqueue(head);
+        head = null;
+      } else if (sent >= bytes) {
+        controller.close();
+      } else {
+        controller.enqueue(block);
+        sent += block.byteLength;
+        flooded.bytesSent += block.byteLength;
+      }
+    },
+    cancel() {
+      flooded.cancelled++;
+    },
+  });
+  return new Response(body, { status, headers: { "content-type": "application/json" } });
+}
+
 export function startFakeStripe(): FakeStripe {
   const calls: RecordedCall[] = [];
+  const flooded = { bytesSent: 0, cancelled: 0 };
   const stored = new Map<string, Stored>();
   const failures = new Map<string, ScriptedFailure[]>();
   const intents = new Map<string, Record<string, unknown>>();
@@ -224,6 +257,9 @@ export function startFakeStripe(): FakeStripe {
         }
       }
       const scripted = failures.get(url.pathname)?.shift();
+      if (scripted?.floodBytes !== undefined) {
+        return floodingAnswer(scripted.status, scripted.floodBytes, flooded);
+      }
       if (scripted) {
         // Stripe keeps no idempotent result for a request it did not execute.
         return stripeError(
@@ -245,6 +281,7 @@ export function startFakeStripe(): FakeStripe {
   return {
     url: `http://127.0.0.1:${server.port}`,
     calls,
+    flooded,
     created: (path) => calls.filter((c) => c.path === path && !c.replayed).length,
     failNext(path, failure, count = 1) {
       const list = failures.get(path) ?? [];

@@ -12,7 +12,9 @@
  * carries our idempotency key, so a retry after a lost answer is replayed by Stripe, never done
  * twice. Timeout 20 s per attempt.
  */
+
 import type Stripe from "stripe";
+import { boundedFetch } from "../../bounded-fetch";
 import { isClientSecretOf, isStripeId } from "./ids";
 import { isPaymentStatus, type PaymentStatus } from "./status";
 import { STRIPE_ERROR_CODES } from "./stripe-error-codes";
@@ -63,6 +65,13 @@ export interface PaymentGateway {
   ): Promise<GatewayResult<CreatedRefund>>;
 }
 
+/**
+ * The most of a Stripe answer read: a payment intent or a refund is a few KiB. A larger one (an
+ * endless body from the host at STRIPE_API_URL) is not read on into memory (probe 54a F1's class):
+ * the call fails as one whose connection broke.
+ */
+export const STRIPE_ANSWER_BYTES = 1024 * 1024;
+
 export interface StripeClientOptions {
   secretKey: string;
   /** `STRIPE_API_URL`: another host for the API (tests); Stripe's own when null. */
@@ -97,11 +106,10 @@ export async function createStripe(options: StripeClientOptions): Promise<Stripe
     // Stripe never redirects. One from the host at STRIPE_API_URL (or one in between) re-sent the
     // payment (amount, description, customer email, metadata) to the host it named, over any
     // scheme: refused, a connection failure, as the chat provider and the Graph client refuse one.
+    // An answer is read to at most STRIPE_ANSWER_BYTES (bounded-fetch.ts): past it, a failed call.
     httpClient: StripeSdk.createFetchHttpClient(
-      Object.assign(
-        (url: string | URL | Request, init?: RequestInit) =>
-          fetch(url, { ...init, redirect: "error" }),
-        fetch,
+      boundedFetch({ bodyBytes: STRIPE_ANSWER_BYTES }, (url, init) =>
+        fetch(url, { ...init, redirect: "error" }),
       ),
     ),
   });

@@ -15,6 +15,7 @@
  * Plain `fetch`: there is no official Graph SDK for Node/Bun, and this is one JSON POST.
  */
 
+import { boundedFetch } from "../../bounded-fetch";
 import { createTextScrubber } from "../../logging/scrub";
 
 export type SendOutcome =
@@ -91,13 +92,20 @@ function describeError(
   };
 }
 
+/**
+ * The most of an answer read: Graph's answers (an id, or an error) are a few hundred bytes. A
+ * larger one is not read on into memory (an endless body was held until the timeout; probe 54a
+ * F1's class) and counts as an answer without a body.
+ */
+export const GRAPH_ANSWER_BYTES = 64 * 1024;
+
 function retryAfter(header: string | null): number | undefined {
   if (header === null || !/^[0-9]{1,6}$/.test(header)) return undefined;
   return Math.min(Number(header) * 1000, MAX_RETRY_AFTER_MS);
 }
 
 export function createGraphClient(options: GraphClientOptions): GraphClient {
-  const doFetch = options.fetch ?? fetch;
+  const doFetch = boundedFetch({ bodyBytes: GRAPH_ANSWER_BYTES }, options.fetch ?? fetch);
   const base = options.apiUrl.replace(/\/+$/, "");
   const timeoutMs = options.timeoutMs ?? 10_000;
   const withoutToken = secretRemover(options.accessToken, options.otherSecrets ?? []);
@@ -134,6 +142,7 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
       try {
         parsed = await response.json();
       } catch {
+        // Not JSON, cut, or past its bound (UpstreamTooLarge): an answer without a body.
         parsed = null;
       }
       if (response.ok) {

@@ -14,7 +14,12 @@ import {
   requestHash,
   stripeIdempotencyKey,
 } from "../../../src/modules/payments/service";
-import { createStripe, StripeGateway } from "../../../src/modules/payments/stripe-client";
+import {
+  createStripe,
+  STRIPE_ANSWER_BYTES,
+  StripeGateway,
+} from "../../../src/modules/payments/stripe-client";
+
 import { createServices } from "../../../src/services";
 import { LogCapture, secondProcess, TEST_PASSWORD_HASHING } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
@@ -25,6 +30,7 @@ import {
   type PaymentsApp,
   STRIPE_TEST_KEY,
 } from "../../support/payments";
+import { waitFor } from "../../support/wait";
 
 let current: PaymentsApp | null = null;
 afterEach(() => {
@@ -280,6 +286,20 @@ test("a Stripe outage is 503 UPSTREAM_UNAVAILABLE with Retry-After and releases 
   expect(retried.status).toBe(201);
   expect(retried.headers.get("idempotent-replayed")).toBeNull();
   expect(intentCalls(current)).toBe(2);
+});
+
+test("a Stripe answer without end is read no further than its bound: 503 UPSTREAM_UNAVAILABLE, the key released for the retry (probe 54a F1's class)", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  current.stripe.failNext(INTENTS, { status: 200, floodBytes: 128 * 1024 * 1024 });
+  const failed = await createIntent(current, bearer(user.accessToken), body, "flood-1");
+  expect(failed.status).toBe(503);
+  expect(((await failed.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+  await waitFor(() => current!.stripe.flooded.cancelled === 1);
+  // The bound, and what the loopback connection's buffers held when it was closed.
+  expect(current.stripe.flooded.bytesSent).toBeLessThan(STRIPE_ANSWER_BYTES + 8 * 1024 * 1024);
+  const retried = await createIntent(current, bearer(user.accessToken), body, "flood-1");
+  expect(retried.status).toBe(201);
 });
 
 test("the SDK retries a transient 500 itself with the same key: one intent, one 201", async () => {

@@ -2,7 +2,7 @@
  * The Graph client's classification of what came back, through a fetch that answers as Graph does.
  */
 import { expect, test } from "bun:test";
-import { createGraphClient } from "../../../src/modules/webhooks/graph-client";
+import { createGraphClient, GRAPH_ANSWER_BYTES } from "../../../src/modules/webhooks/graph-client";
 
 const TOKEN = "EAAGm0PX4ZCpsBAKZCtoken0123456789";
 
@@ -91,4 +91,38 @@ test("an error text quoting another configured secret or a credential keeps it o
   // Text that holds no secret is kept as Graph wrote it.
   const plain = await client("(#100) Invalid parameter").sendText(message);
   expect((plain as { reason: string }).reason).toBe("graph 400 code 100: (#100) Invalid parameter");
+});
+
+test("an answer without end is read no further than its bound: accepted as sent, or refused by its status alone (probe 54a F1's class)", async () => {
+  for (const status of [200, 503, 400]) {
+    let pulled = 0;
+    let cancelled = false;
+    const block = new Uint8Array(64 * 1024).fill(97);
+    const client = createGraphClient({
+      apiUrl: "http://graph.invalid/v21.0",
+      accessToken: TOKEN,
+      fetch: (async () =>
+        new Response(
+          new ReadableStream<Uint8Array>({
+            pull(controller) {
+              pulled += block.byteLength;
+              // An end far past the bound, so a reader without one ends too.
+              if (pulled > 256 * 1024 * 1024) controller.close();
+              else controller.enqueue(block);
+            },
+            cancel() {
+              cancelled = true;
+            },
+          }),
+          { status, headers: { "content-type": "application/json" } },
+        )) as unknown as typeof fetch,
+    });
+    const outcome = await client.sendText(message);
+    expect(cancelled).toBe(true);
+    expect(pulled).toBeLessThanOrEqual(GRAPH_ANSWER_BYTES + 4 * block.byteLength);
+    // Graph accepted it (2xx): sent, with no id to match status callbacks by; never sent again.
+    if (status === 200) expect(outcome).toEqual({ kind: "sent", messageId: "" });
+    else if (status === 503) expect(outcome).toEqual({ kind: "transient", reason: "graph 503" });
+    else expect(outcome).toEqual({ kind: "permanent", reason: "graph 400" });
+  }
 });

@@ -43,6 +43,7 @@
  *   nothing in them reset the stream's silence timer without end).
  */
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
+import { boundedFetch, UpstreamTooLarge } from "../../../bounded-fetch";
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
@@ -350,56 +351,6 @@ export function upstreamBounds(maxCompletionTokens: number): UpstreamBounds {
   return { bodyBytes, streamBytes: bodyBytes * 16, streamEvents: chars + 1024 };
 }
 
-/** An upstream's response passed its byte bound: it is not read further. */
-class UpstreamTooLarge extends Error {
-  constructor() {
-    super("upstream response longer than its bound");
-    this.name = "UpstreamTooLarge";
-  }
-}
-
-const LINE_FEED = 10;
-
-/**
- * fetch, with the response's body cut at `bounds` as it arrives (a JSON body whole; a stream whole
- * and line by line, since the SDK's decoder holds a line until its end). Past a bound the body
- * errors with UpstreamTooLarge, which closes the upstream request.
- */
-function boundedFetch(bounds: UpstreamBounds): typeof fetch {
-  const bounded = async (input: string | URL | Request, init?: RequestInit) => {
-    const response = await fetch(input, init);
-    if (response.body === null) return response;
-    const streaming = (response.headers.get("content-type") ?? "").includes("text/event-stream");
-    const limit = streaming ? bounds.streamBytes : bounds.bodyBytes;
-    let total = 0;
-    let line = 0;
-    const body = response.body.pipeThrough(
-      new TransformStream<Uint8Array, Uint8Array>({
-        transform(chunk, controller) {
-          total += chunk.byteLength;
-          if (streaming) {
-            const first = chunk.indexOf(LINE_FEED);
-            const lineEnd = first < 0 ? chunk.byteLength : first;
-            if (line + lineEnd > bounds.bodyBytes) return controller.error(new UpstreamTooLarge());
-            line =
-              first < 0
-                ? line + chunk.byteLength
-                : chunk.byteLength - chunk.lastIndexOf(LINE_FEED) - 1;
-          }
-          if (total > limit) return controller.error(new UpstreamTooLarge());
-          controller.enqueue(chunk);
-        },
-      }),
-    );
-    return new Response(body, {
-      status: response.status,
-      statusText: response.statusText,
-      headers: response.headers,
-    });
-  };
-  return Object.assign(bounded, { preconnect: fetch.preconnect });
-}
-
 /** The upstream's usage when it is well-formed, else undefined. */
 function readUsage(value: unknown): TokenUsage | undefined {
   if (!isRecord(value)) return undefined;
@@ -433,7 +384,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     timeout: timeoutMs,
     maxRetries: 0,
     logLevel: "off",
-    fetch: boundedFetch(bounds),
+    fetch: boundedFetch({ bodyBytes: bounds.bodyBytes, streamBytes: bounds.streamBytes }),
     // The configured URL is where a conversation may go (https in production). A redirect
     // re-sent it, system prompt and history, to the host it named, over any scheme (fetch drops
     // only Authorization across origins; probe 43b note): refused as the Graph client refuses

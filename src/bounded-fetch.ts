@@ -1,0 +1,66 @@
+/**
+ * @module
+ * fetch with the response's body bounded in bytes as it arrives, for the upstreams Palisade reads
+ * (the chat provider, Stripe, Graph): each is at a configured URL, and an answer without end (a
+ * broken or hostile server, or anyone on the path of an `http://` one) was read into memory until
+ * the request's timeout, 1.2 GB in 13 s from one chat turn (probe 54a F1).
+ *
+ * A body past its bound errors with UpstreamTooLarge where it is read, and the upstream request is
+ * closed. A stream (`text/event-stream`) is bounded whole and line by line, since an SSE decoder
+ * holds a line until its end.
+ */
+
+/** An upstream's answer passed its byte bound: it is not read further. */
+export class UpstreamTooLarge extends Error {
+  constructor() {
+    super("upstream response longer than its bound");
+    this.name = "UpstreamTooLarge";
+  }
+}
+
+export interface BodyBounds {
+  /** Bytes of a body, or of one line of a stream. */
+  bodyBytes: number;
+  /** Bytes of a whole stream; `bodyBytes` when absent. */
+  streamBytes?: number;
+}
+
+const LINE_FEED = 10;
+
+type Fetch = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
+
+export function boundedFetch(bounds: BodyBounds, base: Fetch = fetch): typeof fetch {
+  const bounded = async (input: string | URL | Request, init?: RequestInit) => {
+    const response = await base(input, init);
+    if (response.body === null) return response;
+    const streaming = (response.headers.get("content-type") ?? "").includes("text/event-stream");
+    const limit = streaming ? (bounds.streamBytes ?? bounds.bodyBytes) : bounds.bodyBytes;
+    let total = 0;
+    let line = 0;
+    const body = response.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          total += chunk.byteLength;
+          if (streaming) {
+            const first = chunk.indexOf(LINE_FEED);
+            if (line + (first < 0 ? chunk.byteLength : first) > bounds.bodyBytes) {
+              return controller.error(new UpstreamTooLarge());
+            }
+            line =
+              first < 0
+                ? line + chunk.byteLength
+                : chunk.byteLength - chunk.lastIndexOf(LINE_FEED) - 1;
+          }
+          if (total > limit) return controller.error(new UpstreamTooLarge());
+          controller.enqueue(chunk);
+        },
+      }),
+    );
+    return new Response(body, {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
+  };
+  return Object.assign(bounded, { preconnect: fetch.preconnect });
+}
