@@ -77,6 +77,8 @@ export function ownerDayPlaceholders(table: {
 
 interface ReservationRow {
   id: number;
+  /** The id as the file holds it, as text (exact past 2^53). */
+  storedId: string;
   kind: ChatOwner["kind"];
   ownerId: string;
   day: string;
@@ -112,6 +114,9 @@ export class TurnReservations {
     const r = chatReservations;
     const reclaimable = {
       id: r.id,
+      // As the file holds it: past 2^53 the number is read rounded, and a delete by it missed the
+      // row, given back again at every run, in every process, without end (probe 54a F2).
+      storedId: sql<string>`CAST(${r.id} AS TEXT)`,
       kind: r.ownerKind,
       ownerId: r.ownerId,
       day: r.day,
@@ -147,6 +152,12 @@ export class TurnReservations {
           .delete(r)
           .where(eq(r.id, sql.placeholder("id")))
           .returning({ id: r.id })
+          .prepare(),
+      // A reclaimed row, by its id as stored (text, compared as the integer it spells).
+      endReclaimed: () =>
+        db
+          .delete(r)
+          .where(eq(r.id, sql`CAST(${sql.placeholder("storedId")} AS INTEGER)`))
           .prepare(),
       endOfOwnerDay: () => db.delete(r).where(ownerDayPlaceholders(r)).prepare(),
       endOfOwner: () =>
@@ -217,7 +228,7 @@ export class TurnReservations {
             tokens: counted,
           });
         }
-        statements.end.get({ id: row.id });
+        statements.endReclaimed.run({ storedId: row.storedId });
         tokens += counted;
       }
       statements.forgetGone.run(goneOutside(now));

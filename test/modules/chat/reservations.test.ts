@@ -450,6 +450,35 @@ describe("rows written into the file by hand", () => {
     expect((await live).status).toBe(200);
   });
 
+  test("a row whose id the file put past 2^53 is given back once and deleted, not at every run of every process (probe 54a F2)", async () => {
+    const clock = new ManualClock(0, 1);
+    const env = envFor(2);
+    target = buildTestApp({ env, clock });
+    const other = anotherInstance(target, { clock, env });
+    others.push(other);
+    const alice = await signUp(target);
+    expect((await turnOf(target, alice)).status).toBe(200);
+    const day = utcDay(clock.now());
+    // 2^53 + 1, read by JavaScript as 2^53: a delete by that id matches no row.
+    target.db.$client.run(
+      "UPDATE chat_usage SET reserved_tokens = 500 WHERE owner_id = ? AND day = ?",
+      [alice.userId, day],
+    );
+    target.db.$client.run(
+      `INSERT INTO chat_reservations (id, owner_kind, owner_id, day, tokens, holder, created_at)
+       VALUES (9007199254740993, 'user', ?, ?, 7, 'dead-holder', 0)`,
+      [alice.userId, day],
+    );
+    maintainFor(clock, HOLDER_GONE_AFTER_MS / 1000 + 60, target, other);
+    expect(reservations(target)).toEqual([]);
+    expect(usage(target).reserved).toBe(493);
+    expect((await reclaimedMetric(target)) + (await reclaimedMetric(other))).toBe(1);
+    const said = [...target.logs.entries, ...other.logs.entries].filter((line) =>
+      String(line.msg).startsWith("chat reservations given back"),
+    );
+    expect(said).toHaveLength(1);
+  });
+
   test("a trigger that ignores every reservation: the turn fails (500) and the write lock is let go; nothing is reserved", async () => {
     target = buildTestApp({ env: envFor(1) });
     const alice = await signUp(target);
