@@ -45,7 +45,9 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
             owner: next.owner,
             ...(ledger.intact(row) ? { seal: ledger.seal.payment(next) } : {}),
           })
-          .where(eq(payments.seq, row.seq))
+          // By the payment's id (unique), not its `seq`: one the file put past 2^53 is read
+          // rounded, and its update missed the row or stripped another owner's payment.
+          .where(eq(payments.id, row.id))
           .run();
       }
       db.delete(paymentIdempotencyKeys).where(eq(paymentIdempotencyKeys.owner, owner)).run();

@@ -168,12 +168,11 @@ export function paymentSealing(seal: PaymentSeal): {
   const sealAll = (db: AppDatabase) => {
     const sqlite = db.$client;
     const rows = sqlite
-      .query<SealedPayment & { seq: number }, []>(
-        `SELECT seq, ${SEALED_PAYMENT_COLUMNS} FROM payments`,
-      )
+      .query<SealedPayment, []>(`SELECT ${SEALED_PAYMENT_COLUMNS} FROM payments`)
       .all();
-    const sealPayment = sqlite.prepare("UPDATE payments SET seal = ? WHERE seq = ?");
-    for (const row of rows) sealPayment.run(seal.payment(row), row.seq);
+    // By the payment's id (unique): a `seq` past 2^53 is read rounded (another row's, or none).
+    const sealPayment = sqlite.prepare("UPDATE payments SET seal = ? WHERE id = ?");
+    for (const row of rows) sealPayment.run(seal.payment(row), row.id);
     const keys = sqlite
       .query<SealedIdempotencyKey, []>(
         `SELECT owner, key, request_hash AS requestHash, state, response

@@ -136,3 +136,42 @@ test("export includes the user's payments; erasure keeps the rows for accounting
     .get(`user:${bob.userId}`) as { n: number };
   expect(bobRows.n).toBe(1);
 });
+
+test("erasure strips the user's payment whose seq the file put past 2^53, and no other owner's payment at the seq it rounds to (53a F2's class)", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const mine = await createIntent(current, bearer(alice.accessToken), {
+    amount: 2500,
+    currency: "usd",
+    customerEmail: "alice.private@example.com",
+  });
+  const theirs = await createIntent(current, bearer(bob.accessToken), {
+    amount: 700,
+    currency: "usd",
+    customerEmail: "bob.private@example.com",
+  });
+  const aliceId = ((await mine.json()) as { id: string }).id;
+  const bobId = ((await theirs.json()) as { id: string }).id;
+  // Alice's at 2^53 + 1, which JavaScript reads as 2^53: Bob's seq.
+  const sqlite = current.db.$client;
+  sqlite.run("UPDATE payments SET seq = 9007199254740992 WHERE id = ?", [bobId]);
+  sqlite.run("UPDATE payments SET seq = 9007199254740993 WHERE id = ?", [aliceId]);
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(alice.accessToken),
+    body: { password: STRONG_PASSWORD },
+  });
+  expect(erased.status).toBeLessThan(300);
+  const rows = sqlite
+    .query("SELECT id, owner, customer_email AS email FROM payments ORDER BY amount")
+    .all();
+  expect(rows).toEqual([
+    { id: bobId, owner: `user:${bob.userId}`, email: "bob.private@example.com" },
+    {
+      id: aliceId,
+      owner: current.services.audit.pseudonymOf(`user:${alice.userId}`),
+      email: null,
+    },
+  ]);
+});

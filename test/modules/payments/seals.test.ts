@@ -434,6 +434,25 @@ describe("upgrading a database stored before payment seals", () => {
     ]);
   });
 
+  test("payments whose seq the file put past 2^53 are each sealed as themselves (53a F2's class)", () => {
+    const { db } = databaseBeforePaymentSeals();
+    cleanups.push(() => db.$client.close());
+    // A second payment at 2^53, and the first moved to 2^53 + 1, which JavaScript reads as 2^53.
+    db.$client.run(
+      `INSERT INTO payments (seq, id, owner, amount, currency, status, created_at, updated_at)
+       VALUES (9007199254740992, 'pi_Old0000000000000002', 'user:old', 900, 'eur', 'succeeded', 1, 1)`,
+    );
+    db.$client.run(
+      "UPDATE payments SET seq = 9007199254740993 WHERE id = 'pi_Old0000000000000001'",
+    );
+    const sealer = createPaymentSeal("a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC");
+    applyMigrations(db, undefined, paymentSealing(sealer).companions);
+    const rows = db.$client
+      .query(`SELECT ${SEALED_PAYMENT_COLUMNS}, seal FROM payments ORDER BY id`)
+      .all() as Parameters<typeof sealer.intact.payment>[0][];
+    expect(rows.map((row) => sealer.intact.payment(row))).toEqual([true, true]);
+  });
+
   test("db:migrate says and audits it; a file put back into its pre-0017 shape is sealed, said and audited again", async () => {
     const { path, db } = databaseBeforePaymentSeals();
     db.$client.close();
