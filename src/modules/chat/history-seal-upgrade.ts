@@ -40,13 +40,22 @@ export function chatSealing(seal: ChatSeal): {
     const sealConversation = sqlite.prepare("UPDATE chat_conversations SET seal = ? WHERE id = ?");
     for (const row of conversations) sealConversation.run(seal.conversation(row), row.id);
     const messages = sqlite
-      .query<Omit<SealedMessage, "incomplete" | "previousSeal"> & { incomplete: unknown }, []>(
-        `SELECT id, conversation_id AS conversationId, role, content, incomplete, tokens
+      .query<
+        Omit<SealedMessage, "incomplete" | "previousSeal"> & {
+          incomplete: unknown;
+          idText: string;
+        },
+        []
+      >(
+        `SELECT id, CAST(id AS TEXT) AS idText, conversation_id AS conversationId, role, content,
+           incomplete, tokens
          FROM chat_messages ORDER BY conversation_id, id`,
       )
       .all();
+    // By the id as stored (text, compared as the integer it spells): past 2^53 the number is read
+    // rounded, and the seal went onto another message or none.
     const sealMessage = sqlite.prepare(
-      "UPDATE chat_messages SET seal = ?, previous_seal = ? WHERE id = ?",
+      "UPDATE chat_messages SET seal = ?, previous_seal = ? WHERE id = CAST(? AS INTEGER)",
     );
     // Each conversation's messages chained in the order they were written (their ids).
     let conversation: string | null = null;
@@ -59,7 +68,7 @@ export function chatSealing(seal: ChatSeal): {
       // As drizzle reads the column (boolean mode): what the seal covers is what is shown.
       const incomplete = Number(row.incomplete) === 1;
       const sealed = seal.message({ ...row, incomplete, previousSeal });
-      sealMessage.run(sealed, previousSeal, row.id);
+      sealMessage.run(sealed, previousSeal, row.idText);
       previousSeal = sealed;
     }
     sealed = { conversations: conversations.length, messages: messages.length };

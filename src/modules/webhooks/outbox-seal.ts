@@ -137,23 +137,24 @@ export function outboxSealing(seal: OutboxSeal): {
            sender_hash AS senderHash, kind, body, reply, state FROM whatsapp_outbox`,
       )
       .all();
-    const sealRow = sqlite.prepare("UPDATE whatsapp_outbox SET seal = ? WHERE id = ?");
+    // By the message id (unique): an id past 2^53 is read rounded (another row's, or none).
+    const sealRow = sqlite.prepare("UPDATE whatsapp_outbox SET seal = ? WHERE message_id = ?");
     const close = sqlite.prepare(
       `UPDATE whatsapp_outbox SET state = 'failed', recipient = NULL, body = NULL,
          lease_until = NULL, lease_owner = NULL, last_error = ?, finished_at = ?, seal = ?
-       WHERE id = ?`,
+       WHERE message_id = ?`,
     );
     const now = Date.now();
     let givenUp = 0;
     for (const row of rows) {
       const closed = { ...row, recipient: null, body: null };
       if (row.state === "pending") {
-        close.run(OWED_AT_UPGRADE_REASON, now, seal.of(closed), row.id);
+        close.run(OWED_AT_UPGRADE_REASON, now, seal.of(closed), row.messageId);
         givenUp++;
       } else if (row.recipient !== null || row.body !== null) {
-        close.run(UNFINISHED_AT_UPGRADE_REASON, now, seal.of(closed), row.id);
+        close.run(UNFINISHED_AT_UPGRADE_REASON, now, seal.of(closed), row.messageId);
         givenUp++;
-      } else sealRow.run(seal.of(row), row.id);
+      } else sealRow.run(seal.of(row), row.messageId);
     }
     sealed = { rows: rows.length, givenUp };
   };

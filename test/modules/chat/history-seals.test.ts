@@ -699,6 +699,38 @@ function databaseBeforeChatSeals() {
 }
 
 describe("upgrading a database stored before chat seals", () => {
+  test("messages whose ids the file put past 2^53 are each sealed as themselves (53a F2's class)", () => {
+    const { db } = databaseBeforeChatSeals();
+    cleanups.push(() => db.$client.close());
+    // The last two at 2^53 and 2^53 + 1; JavaScript reads both as 2^53.
+    db.$client.run("UPDATE chat_messages SET id = 9007199254740992 WHERE content = 'cut'");
+    db.$client.run("UPDATE chat_messages SET id = 9007199254740993 WHERE content = 'Partial'");
+    const seal = createChatSeal(AUDIT_SECRET_KEY);
+    applyMigrations(db, undefined, chatSealing(seal).companions);
+    const messages = db.$client
+      .query<MessageRow, []>("SELECT * FROM chat_messages ORDER BY id")
+      .all();
+    expect(messages.map((m) => m.content)).toEqual([
+      "hello",
+      "Hi, how can I help?",
+      "cut",
+      "Partial",
+    ]);
+    let previousSeal: string | null = null;
+    for (const m of messages) {
+      expect(m.previous_seal).toBe(previousSeal);
+      expect(m.seal).toBe(
+        seal.message({
+          ...m,
+          conversationId: m.conversation_id,
+          previousSeal,
+          incomplete: m.incomplete === 1,
+        }),
+      );
+      previousSeal = m.seal;
+    }
+  });
+
   test("the migration seals the history there, in its transaction; only it does, so a row added later is refused", async () => {
     const { db } = databaseBeforeChatSeals();
     cleanups.push(() => db.$client.close());

@@ -554,6 +554,27 @@ describe("upgrading a database stored before outbox seals", () => {
     ).toEqual([{ message_id: "wamid.LATER" }]);
   });
 
+  test("rows whose ids the file put past 2^53 are each sealed as themselves (53a F2's class)", () => {
+    const { db } = databaseBeforeOutboxSeals();
+    cleanups.push(() => db.$client.close());
+    // The sent row at 2^53, the owed one at 2^53 + 1, which JavaScript reads as 2^53.
+    db.$client.run(
+      "UPDATE whatsapp_outbox SET id = 9007199254740992 WHERE message_id = 'wamid.DONE'",
+    );
+    db.$client.run(
+      "UPDATE whatsapp_outbox SET id = 9007199254740993 WHERE message_id = 'wamid.OWED'",
+    );
+    applyMigrations(db, undefined, outboxSealing(createOutboxSeal(AUDIT_SECRET_KEY)).companions);
+    const stored = db.$client
+      .query<Row, []>("SELECT * FROM whatsapp_outbox ORDER BY message_id")
+      .all();
+    expect(stored.map((row) => [row.message_id, row.state])).toEqual([
+      ["wamid.DONE", "sent"],
+      ["wamid.OWED", "failed"],
+    ]);
+    for (const row of stored) expect(row.seal).toBe(sealOf(AUDIT_SECRET_KEY, row));
+  });
+
   test("db:migrate says and audits it; a file put back into its pre-0014 shape with a forged reply sends nothing", async () => {
     const { path, db } = databaseBeforeOutboxSeals();
     db.$client.close();
