@@ -535,6 +535,8 @@ export class ChatService implements ChatTurns {
     // Aborted before the upstream was called: nothing was sent, nothing is owed.
     const sent = signal?.aborted !== true;
     let text = "";
+    // What the consumer was handed: a reply cut short is stored as far as this (below).
+    let handed = "";
     let usage: TokenUsage | null = null;
     let finished = false;
     let failure: unknown = null;
@@ -555,18 +557,27 @@ export class ChatService implements ChatTurns {
         }
         text += delta.text;
         const piece = wellFormed.next(delta.text);
-        if (piece !== "") yield { kind: "text", text: piece };
+        if (piece !== "") {
+          handed += piece;
+          yield { kind: "text", text: piece };
+        }
       }
       const rest = wellFormed.end();
-      if (rest !== "" && !signal?.aborted) yield { kind: "text", text: rest };
+      if (rest !== "" && !signal?.aborted) {
+        handed += rest;
+        yield { kind: "text", text: rest };
+      }
       finished = !signal?.aborted;
     } catch (error) {
       failure = error;
       throw error;
     } finally {
-      // Stored and returned well-formed, as a complete reply is; whole, not per delta, so a pair
-      // split across two deltas stays one character.
-      text = text.toWellFormed();
+      // A complete reply is stored and returned well-formed; whole, not per delta, so a pair split
+      // across two deltas stays one character. One cut short is stored as far as it was handed
+      // on: a high surrogate held back for its pair was never sent, and stored as U+FFFD it made
+      // the history differ from what the client read, or, alone, a conversation the client was
+      // told failed (probe 54a F3).
+      text = finished ? text.toWellFormed() : handed;
       if (finished) {
         const used = usage ?? this.estimatedUsage(turn, text);
         await this.store(turn, text, used, false);

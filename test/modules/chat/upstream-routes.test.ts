@@ -404,6 +404,29 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     );
   });
 
+  test("a stream cut after half of a surrogate pair stores what the client was sent, and nothing when that half was all (probe 54a F3)", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue({ kind: "cut", text: "abc \ud83d", afterChunks: 2 });
+    const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE }, SSE);
+    expect(response.status).toBe(200);
+    const events = parseSse(await response.text());
+    expect(events.map((e) => e.event)).toEqual(["message", "error"]);
+    expect((events[0]!.data as { delta: string }).delta).toBe("abc ");
+    expect(assistantRows(target)).toEqual([
+      expect.objectContaining({ content: "abc ", incomplete: true }),
+    ]);
+
+    upstream.enqueue({ kind: "cut", text: "\ud83d", afterChunks: 1 });
+    const alone = await chat(target, asUser(alice), { message: SECRET_MESSAGE }, SSE);
+    expect(alone.status).toBe(502);
+    expect(alone.headers.get("content-type")).toStartWith("application/problem+json");
+    // Nothing of the second turn is kept: no conversation the client was told failed.
+    expect(assistantRows(target)).toHaveLength(1);
+    expect(target.db.$client.query("SELECT count(*) AS n FROM chat_conversations").get()).toEqual({
+      n: 1,
+    });
+  });
+
   test("a connection reset mid-stream is the same: event: error, the part stored incomplete", async () => {
     const { upstream, target, alice } = await setUp();
     upstream.enqueue({ kind: "cut", text: "Reset right here now", afterChunks: 1, abrupt: true });
