@@ -425,6 +425,20 @@ export class ChatService implements ChatTurns {
    * Ownership, context and the budget reservation: everything before the provider is called. The
    * reservation is written with the other turns' writes of this event-loop turn.
    */
+  /**
+   * The highest message id used; throws IdSequenceError when the ids cannot go on: Palisade's count up from 1, and a
+   * mark past what JavaScript counts exactly (or not a number) was written into the file; ids read
+   * back from it would not be the stored ones.
+   */
+  private lastWritableId(): number {
+    const mark = this.statements.lastMessageId.get();
+    const last = mark?.last;
+    if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
+      throw new IdSequenceError("the chat messages'", mark?.stored ?? last);
+    }
+    return last;
+  }
+
   async prepare(input: ChatTurnInput, meta: TurnMeta = {}): Promise<PrepareOutcome> {
     const { owner, message, requestId } = input;
     const { clock, budget, metrics, audit, provider } = this.options;
@@ -448,6 +462,8 @@ export class ChatService implements ChatTurns {
     const tokens = promptEstimate + provider.maxCompletionTokens;
     const continued = conversationId;
     const reserved = await this.writes.run(() => {
+      // Before the upstream is called (and bills the turn): a turn that could not be stored.
+      this.lastWritableId();
       const now = clock.now();
       const outcome = budget.reserve(owner, tokens, now);
       // A conversation continued is touched with the reservation: retention takes an empty
@@ -735,8 +751,7 @@ export class ChatService implements ChatTurns {
   ) {
     const { clock, budget, metrics, provider, seal } = this.options;
     const now = clock.now();
-    const { insertConversation, touchConversation, lastMessageId, lastSealOf, insertTurn } =
-      this.statements;
+    const { insertConversation, touchConversation, lastSealOf, insertTurn } = this.statements;
     const charge = usage.promptTokens + usage.completionTokens;
     try {
       await this.outlastLock(() => {
@@ -770,13 +785,7 @@ export class ChatService implements ChatTurns {
             return;
           }
         }
-        const mark = lastMessageId.get();
-        const last = mark?.last;
-        // Palisade's ids count up from 1; a mark past what JavaScript counts exactly (or not a
-        // number) was written into the file, and ids read back from it would not be the stored ones.
-        if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
-          throw new IdSequenceError("the chat messages'", mark?.stored ?? last);
-        }
+        const last = this.lastWritableId();
         // Chained to the conversation's newest message (none for a new conversation), in this
         // transaction: the next message written there is chained to these.
         const previous = turn.isNew ? null : (lastSealOf.get(turn.conversationId)?.seal ?? null);

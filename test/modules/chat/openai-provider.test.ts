@@ -274,7 +274,7 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
 describe("the upstream's bytes (probe 54a F1)", () => {
   const bounds = upstreamBounds(1024);
   /** Bytes the loopback connection's buffers may hold beyond what was read when it was closed. */
-  const inFlight = 8 * 1024 * 1024;
+  const inFlight = 24 * 1024 * 1024;
 
   test("the bounds at the default cap: a reply's 64 Ki characters escaped, and room for the envelope", () => {
     expect(bounds).toEqual({

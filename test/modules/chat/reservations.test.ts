@@ -543,17 +543,39 @@ describe("rows written into the file by hand", () => {
   });
 });
 
+/** A message the file holds at an id two short of 2^53: no turn's two messages can follow it. */
+function markPastIds(app: TestApp) {
+  app.db.$client.run(
+    "INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at) VALUES ('c-x', 'user', 'nobody', 0, 0)",
+  );
+  app.db.$client.run(
+    "INSERT INTO chat_messages (id, conversation_id, role, content, tokens, created_at) VALUES (9007199254740990, 'c-x', 'user', 'x', 1, 0)",
+  );
+}
+
 describe("a turn whose storing fails", () => {
-  test("a file whose message ids cannot go on: the turn fails, its usage is still charged, nothing stays reserved", async () => {
-    target = buildTestApp({ env: envFor(1) });
+  test("a file whose message ids cannot go on: the turn fails before the upstream is called, nothing charged or reserved (probe 54a note)", async () => {
+    const provider = gatedProvider();
+    target = buildTestApp({ env: envFor(1), chatProvider: provider });
     const alice = await signUp(target);
-    target.db.$client.run(
-      "INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at) VALUES ('c-x', 'user', 'nobody', 0, 0)",
-    );
-    target.db.$client.run(
-      "INSERT INTO chat_messages (id, conversation_id, role, content, tokens, created_at) VALUES (9007199254740990, 'c-x', 'user', 'x', 1, 0)",
-    );
+    markPastIds(target);
     const failed = await turnOf(target, alice);
+    expect(failed.status).toBe(500);
+    expect(provider.waiting()).toBe(0);
+    expect(reservations(target)).toEqual([]);
+    // Refused before anything was reserved: no day of usage at all.
+    expect(target.db.select().from(chatUsage).all()).toEqual([]);
+  });
+
+  test("ids that cannot go on once the upstream has answered: the turn fails, its usage is still charged, nothing stays reserved", async () => {
+    const provider = gatedProvider();
+    target = buildTestApp({ env: envFor(1), chatProvider: provider });
+    const alice = await signUp(target);
+    const turn = turnOf(target, alice);
+    await waitFor(() => provider.waiting() === 1);
+    markPastIds(target);
+    provider.open();
+    const failed = await turn;
     expect(failed.status).toBe(500);
     expect(reservations(target)).toEqual([]);
     const after = usage(target);
