@@ -234,10 +234,11 @@ export function createCore(options: CoreOptions): Core {
         ? await ipBlocks.recordPrincipalViolation(key, requestId)
         : await ipBlocks.recordViolation("ratelimit", client, requestId);
       // The block this refusal made, or one a sibling refusal made a moment before (probe 52a F1:
-      // twenty at once, only the one that made it was told when it ends); for a principal, its
-      // address's block too, which refuses its next request all the same (probe 53a F1).
-      const own = block?.expiresAt ?? ipBlocks.blockedUntil(principal ? key : client.key);
-      const address = principal ? ipBlocks.blockedUntil(client.key) : null;
+      // twenty at once, only the one that made it was told when it ends), in this process or
+      // another on the file (54b F1: read from the file, not this process's copy); for a
+      // principal, its address's block too, which refuses its next request all the same (53a F1).
+      const own = block?.expiresAt ?? ipBlocks.blockedUntilNow(principal ? key : client.key);
+      const address = principal ? ipBlocks.blockedUntilNow(client.key) : null;
       return own === null || address === null ? (own ?? address) : Math.max(own, address);
     },
     refusalsBlock: (key) => ipBlocks.blocksOn(isPrincipalSubject(key) ? "principal" : "ratelimit"),

@@ -333,6 +333,35 @@ describe("configuration", () => {
     expect(current.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
   });
 
+  test("a refusal in one process says when a block another process just wrote ends, before its copy of the blocks is reloaded (probe 54b F1)", async () => {
+    const clock = new ManualClock();
+    const office = "203.0.113.25";
+    current = buildTestApp({
+      clock,
+      env: {
+        RATE_LIMIT_PER_MINUTE: "1",
+        RATE_LIMIT_BURST: "100",
+        IP_BLOCK_RATE_LIMIT_REFUSALS: "1",
+      },
+    });
+    const other = secondProcess(current, clock, office);
+    cleanups.push(() => other.close());
+    const { key } = createKey(current, ["chat"]);
+    const asKey = { "x-api-key": key };
+    // The other process has read the blocks (none) and keeps its copy for a second.
+    expect(other.services.ipBlocks.blockedUntil(office)).toBeNull();
+    expect((await send(other, "/openapi.json", { headers: asKey })).status).toBe(200);
+    // This process blocks the address: 15 minutes.
+    expect((await send(current, "/openapi.json", { peer: office })).status).toBe(200);
+    expect((await send(current, "/openapi.json", { peer: office })).status).toBe(429);
+    // The key's refusal in the other process, at the same moment: told the address's block, which
+    // refuses its next request (it was told the key's 5-minute lockout).
+    const refused = await send(other, "/openapi.json", { headers: asKey });
+    expect(refused.status).toBe(429);
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(900);
+    expect((await send(other, "/openapi.json", { headers: asKey })).status).toBe(403);
+  });
+
   test("with automatic blocks off a flood of refusals costs one audit row per address and window, not one per request", async () => {
     const clock = new ManualClock();
     current = buildTestApp({

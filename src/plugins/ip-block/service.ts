@@ -286,6 +286,18 @@ export class IpBlockService {
     return expiresAt !== undefined && expiresAt > now ? expiresAt : null;
   }
 
+  /**
+   * When the block on this subject ends, as the file says now (null: none): for a refusal's
+   * Retry-After, which must not miss a block another process wrote since this one's copy was
+   * loaded (up to a second old; probe 54b F1). One indexed read; what it finds is kept.
+   */
+  blockedUntilNow(subject: string): number | null {
+    const now = this.options.clock.now();
+    const until = this.inForceUntil(subject, now);
+    if (until !== null) this.active.set(subject, Math.max(until, this.active.get(subject) ?? 0));
+    return until;
+  }
+
   activeCount(): number {
     const now = this.options.clock.now();
     this.refresh(now, true);
