@@ -30,6 +30,19 @@ const PREFIX = "palisade:rl:";
 /** Outcome windows remembered for give-backs; a lease lives 200 ms, so recent ones are enough. */
 const TOLD_WINDOWS_KEPT = 4096;
 
+/**
+ * A stored count as the SQLite store reads one (sliding-window.ts, storedCount): the decimal digits
+ * of a whole number up to 2^53 − 1, else 0. Lua's tonumber also took "-1000", "-inf", "nan" and
+ * hex, and a count of −1000 written in by hand admitted a thousand more (probe 54b F2).
+ */
+const STORED_COUNT = `
+local function count(value)
+  if type(value) ~= 'string' or not string.match(value, '^%d+$') or #value > 16 then return 0 end
+  local n = tonumber(value)
+  if n > 9007199254740991 then return 0 end
+  return n
+end`;
+
 // KEYS: one hash per check. ARGV: wanted; the instant to decide at, or anything else to decide at
 // Redis's own clock (TIME); the instant (Redis's) after which the asker no longer waits, or anything
 // else for none; then 4 values per check: window ms, burst window ms, limit, burst limit.
@@ -51,6 +64,7 @@ const TOLD_WINDOWS_KEPT = 4096;
 // SQLite; one further ahead is started afresh (why: see rollForward). The expiry is only ever moved
 // later.
 const SCRIPT = `
+${STORED_COUNT}
 local wanted = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 if not now then
@@ -70,9 +84,11 @@ for i = 1, #KEYS do
   local w = 1 - (now - ws) / win
   local bws = now - now % bwin
   local bw = 1 - (now - bws) / bwin
-  local row = redis.call('HMGET', KEYS[i], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
-  local ows, ocur, oprev = tonumber(row[1]), tonumber(row[2]) or 0, tonumber(row[3]) or 0
-  local obws, obcur, obprev = tonumber(row[4]), tonumber(row[5]) or 0, tonumber(row[6]) or 0
+  local row = redis.pcall('HMGET', KEYS[i], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
+  -- Not a hash (written by hand): a new key, replaced by this decision's hash.
+  if row.err then redis.call('DEL', KEYS[i]); row = {} end
+  local ows, ocur, oprev = tonumber(row[1]), count(row[2]), count(row[3])
+  local obws, obcur, obprev = tonumber(row[4]), count(row[5]), count(row[6])
   local prev, cur = 0, 0
   if ows == ws + win then ws, w, prev, cur = ows, 1, oprev, ocur
   elseif ows == ws then prev, cur = oprev, ocur elseif ows == ws - win then prev = ocur end
@@ -103,14 +119,15 @@ return out`;
 // that window, previous once it rolled once, nothing later; never below zero); a hash that has
 // expired is left absent.
 const GIVE_BACK_SCRIPT = `
-local row = redis.call('HMGET', KEYS[1], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
-if not row[1] then return 0 end
+${STORED_COUNT}
+local row = redis.pcall('HMGET', KEYS[1], 'ws', 'cur', 'prev', 'bws', 'bcur', 'bprev')
+if row.err or not row[1] then return 0 end
 local ws, win, bws, bwin, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local ows, obws = tonumber(row[1]), tonumber(row[4])
-if ows == ws then redis.call('HSET', KEYS[1], 'cur', math.max(0, (tonumber(row[2]) or 0) - n))
-elseif ows == ws + win then redis.call('HSET', KEYS[1], 'prev', math.max(0, (tonumber(row[3]) or 0) - n)) end
-if obws == bws then redis.call('HSET', KEYS[1], 'bcur', math.max(0, (tonumber(row[5]) or 0) - n))
-elseif obws == bws + bwin then redis.call('HSET', KEYS[1], 'bprev', math.max(0, (tonumber(row[6]) or 0) - n)) end
+if ows == ws then redis.call('HSET', KEYS[1], 'cur', math.max(0, count(row[2]) - n))
+elseif ows == ws + win then redis.call('HSET', KEYS[1], 'prev', math.max(0, count(row[3]) - n)) end
+if obws == bws then redis.call('HSET', KEYS[1], 'bcur', math.max(0, count(row[5]) - n))
+elseif obws == bws + bwin then redis.call('HSET', KEYS[1], 'bprev', math.max(0, count(row[6]) - n)) end
 return 1`;
 
 export interface RedisLimiterStoreOptions {

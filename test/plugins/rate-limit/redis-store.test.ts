@@ -136,6 +136,78 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     expect(ttl).toBeGreaterThan(116_000);
   });
 
+  test("a hash edited to hold counts that are no count (negative, infinite, hex, past 2^53) counts them as 0, as the SQLite store does (probe 54b F2)", async () => {
+    const s = store();
+    const client = new RedisClient(redis.url);
+    const now = minuteStart() + 1_000;
+    // Sequentially, so every check is decided alone: exactly the limit of 20 for each edit.
+    const admittedOf20Of = async (k: string) => {
+      let admitted = 0;
+      for (let i = 0; i < 30; i++) {
+        const [outcome] = await s.check([{ policy: policy(20), key: k, now }]);
+        if (outcome!.admitted) admitted++;
+      }
+      return admitted;
+    };
+    try {
+      for (const [cur, bcur] of [
+        ["-1000", "-1000"],
+        ["-inf", "-inf"],
+        ["0x10", "-0x10"],
+        ["nan", "nan"],
+        ["1e300", "1e300"],
+        ["9007199254740993", "9007199254740993"],
+        ["3.5", "3.5"],
+      ]) {
+        const k = key();
+        await s.check([{ policy: policy(20), key: k, now }]);
+        await client.send("HSET", [`palisade:rl:test:${k}`, "cur", cur!, "bcur", bcur!]);
+        expect([cur, await admittedOf20Of(k)]).toEqual([cur, 20]);
+      }
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a key of another type than a hash (written by hand) is replaced by the decision's: limited, never failing (probe 54b F2)", async () => {
+    const s = store();
+    const client = new RedisClient(redis.url);
+    const now = minuteStart() + 1_000;
+    try {
+      const k = key();
+      await client.send("RPUSH", [`palisade:rl:test:${k}`, "x", "y"]);
+      const outcomes = [];
+      for (let i = 0; i < 8; i++)
+        outcomes.push((await s.check([{ policy: policy(5), key: k, now }]))[0]!);
+      expect(outcomes.map((o) => o.admitted)).toEqual([
+        true,
+        true,
+        true,
+        true,
+        true,
+        false,
+        false,
+        false,
+      ]);
+      expect(await client.send("TYPE", [`palisade:rl:test:${k}`])).toBe("hash");
+      // A give-back to a key that is no hash changes nothing and fails nothing.
+      const other = key();
+      await client.send("SET", [`palisade:rl:test:${other}`, "text"]);
+      s.giveBack([
+        {
+          policy: policy(5),
+          key: other,
+          windowStart: minuteStart(),
+          burstWindowStart: now - (now % 10_000),
+          count: 1,
+        },
+      ]);
+      await s.check([{ policy: policy(5), key: key(), now }]);
+    } finally {
+      client.close();
+    }
+  });
+
   describe("on Redis's clock (as the app runs it)", () => {
     const onRedisTime = () => {
       const made = new RedisLimiterStore(new RedisClient(redis.url));
