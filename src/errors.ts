@@ -32,6 +32,7 @@ export const ERROR_CODES = [
   "METHOD_NOT_ALLOWED",
   "CONFLICT",
   "UPSTREAM_UNAVAILABLE",
+  "UPSTREAM_REFUSED",
   "SERVICE_UNAVAILABLE",
   "NOT_CONFIGURED",
   "INTERNAL",
@@ -43,6 +44,11 @@ export type ErrorCode = (typeof ERROR_CODES)[number];
 export function statusForCode(code: ErrorCode): number {
   switch (code) {
     case "VALIDATION_FAILED":
+      return 422;
+    case "UPSTREAM_REFUSED":
+      // The chat model refused the request for what it holds (its 400, 413, 422: a content filter,
+      // a context too long): the client's to change, not a failure of the service, so neither
+      // reported to Sentry nor counted by the 5xx alert (probe 55a F3).
       return 422;
     case "MALFORMED_BODY":
     case "BAD_REQUEST":
@@ -132,6 +138,7 @@ const TITLES: Record<ErrorCode, string> = {
   METHOD_NOT_ALLOWED: "Method not allowed",
   CONFLICT: "Conflict",
   UPSTREAM_UNAVAILABLE: "An upstream service is unavailable",
+  UPSTREAM_REFUSED: "The upstream refused the request",
   SERVICE_UNAVAILABLE: "The service is unavailable",
   NOT_CONFIGURED: "This feature is not configured on this service",
   INTERNAL: "Internal error",

@@ -146,6 +146,14 @@ export const ALERT_RULES: readonly AlertRule[] = [
     "For 5 minutes half or more of the chat upstream's requests (each attempt) have failed (timed out, 5xx, unusable answers; not its refusals of a request), whether or not their callers waited for the retries: an outage even when clients give up before the circuit breaker could open.",
   ),
   rule(
+    "PalisadeUpstreamRefusing",
+    `sum by (provider) (rate(${r.upstreamAttemptFailures}{kind="refused"}[15m])) / sum by (provider) (rate(${r.upstreamRequestDuration}_count[15m])) >= 0.5`,
+    "15m",
+    "ticket",
+    "Half or more of the requests to {{ $labels.provider }} are refused for their content",
+    "For 15 minutes half or more of the chat upstream's requests have been refused for what they hold (its 400, 413 or 422, answered 422 UPSTREAM_REFUSED): one user's text does that now and then, but most requests refused is a setting the upstream does not take (CHAT_MAX_COMPLETION_TOKENS past the model's, a context too long for it, a model that takes no system prompt). Not paged: the 5xx alert does not see these.",
+  ),
+  rule(
     "PalisadeUpstreamCircuitOpen",
     `max by (provider) (${r.upstreamCircuitOpen}) == 1`,
     "1m",

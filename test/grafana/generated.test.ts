@@ -163,7 +163,7 @@ describe("generated files", () => {
     const readme = readFileSync(join(REPO_ROOT, "README.md"), "utf8");
     const section = readme.slice(readme.indexOf("\n### Alerts"));
     expect(section.length).toBeGreaterThan(100);
-    expect(ALERT_RULES.length).toBe(14);
+    expect(ALERT_RULES.length).toBe(15);
     for (const rule of ALERT_RULES) {
       expect(rule.annotations.summary.length).toBeGreaterThan(10);
       expect(rule.annotations.description.length).toBeGreaterThan(20);
@@ -179,8 +179,63 @@ describe("generated files", () => {
 describe.skipIf(!promtoolAvailable)("promtool", () => {
   test("check rules accepts grafana/alerts.yml", async () => {
     const result = await check("promtool", ["check", "rules", join(GRAFANA_DIR, "alerts.yml")]);
-    expect(result.stdout).toContain("SUCCESS: 14 rules found");
+    expect(result.stdout).toContain("SUCCESS: 15 rules found");
     expect(result.code).toBe(0);
+  });
+
+  test("PalisadeUpstreamRefusing fires when half the attempts are refused for their content, not for a few (promtool test rules; probe 55a F3)", async () => {
+    const dir = tempDir();
+    try {
+      const rule = ALERT_RULES.find((each) => each.alert === "PalisadeUpstreamRefusing")!;
+      const annotations = {
+        summary: rule.annotations.summary.replace("{{ $labels.provider }}", "openai"),
+        description: rule.annotations.description,
+        runbook: rule.annotations.runbook,
+      };
+      const refusing = (refusals: string, attempts: string) => [
+        {
+          series: 'upstream_attempt_failures_total{provider="openai",kind="refused"}',
+          values: refusals,
+        },
+        { series: 'upstream_request_duration_seconds_count{provider="openai"}', values: attempts },
+      ];
+      const tests = {
+        rule_files: [join(GRAFANA_DIR, "alerts.yml")],
+        evaluation_interval: "1m",
+        tests: [
+          {
+            interval: "1m",
+            input_series: refusing("0+20x40", "0+20x40"),
+            alert_rule_test: [
+              {
+                eval_time: "35m",
+                alertname: "PalisadeUpstreamRefusing",
+                exp_alerts: [
+                  {
+                    exp_labels: { severity: "ticket", provider: "openai" },
+                    exp_annotations: annotations,
+                  },
+                ],
+              },
+            ],
+          },
+          {
+            // A user's text refused now and then among many answered requests: nothing.
+            interval: "1m",
+            input_series: refusing("0+1x40", "0+20x40"),
+            alert_rule_test: [
+              { eval_time: "35m", alertname: "PalisadeUpstreamRefusing", exp_alerts: [] },
+            ],
+          },
+        ],
+      };
+      const path = join(dir.path, "upstream-refusing.test.yml");
+      await Bun.write(path, Bun.YAML.stringify(tests, null, 2));
+      const result = await check("promtool", ["test", "rules", path]);
+      expect({ code: result.code, out: result.stdout + result.stderr }).toMatchObject({ code: 0 });
+    } finally {
+      dir.remove();
+    }
   });
 
   test("PalisadeUpstreamFailing fires at half the attempts failing, the retried outage whose callers leave, and not on the upstream's refusals (promtool test rules; re-probe 15e F1)", async () => {

@@ -40,6 +40,9 @@ test("a fresh service exports, at 0, every labelled series an alert or a panel p
       STRIPE_SECRET_KEY: "sk_test_0123456789abcdefghijklmnop",
       STRIPE_WEBHOOK_SECRET: "whsec_test_0123456789abcdefghijkl",
       WHATSAPP_APP_SECRET: "whatsapp-app-secret-0123456789",
+      // The chat upstream's series exist once it is configured (never asked here).
+      OPENAI_API_KEY: "sk-local-test-0123456789",
+      OPENAI_BASE_URL: "http://127.0.0.1:9/v1",
     },
   });
   const metrics = await (await send(current, "/metrics")).text();

@@ -117,6 +117,12 @@ export function upstreamError(error: unknown, provider: string, client: AbortSig
     return new AppError("CLIENT_CLOSED", "The client closed the request before its answer.");
   }
   if (!(error instanceof UpstreamFailure)) return error;
+  if (error.kind === "refused") {
+    return new AppError(
+      "UPSTREAM_REFUSED",
+      "The chat model refused this message; change it and send it again.",
+    ).causedBy(error, provider);
+  }
   if (error.kind === "unavailable") {
     return new AppError(
       "UPSTREAM_UNAVAILABLE",

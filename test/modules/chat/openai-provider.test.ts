@@ -433,8 +433,13 @@ describe("retries", () => {
     expect(upstream.requests).toHaveLength(1);
   });
 
-  test("non-retryable refusals (400, 401, 403, 404) are bad_response after a single attempt", async () => {
-    for (const status of [400, 403, 404]) {
+  test("non-retryable refusals after a single attempt: of the request's content (400, 413, 422) refused, logged as a warning; others (401, 403, 404) bad_response, an error (probe 55a F3)", async () => {
+    for (const status of [400, 413, 422]) {
+      upstream.enqueue({ kind: "error", status });
+      const failure = await failureOf(provider.complete(MESSAGES));
+      expect(failure.kind).toBe("refused");
+    }
+    for (const status of [403, 404]) {
       upstream.enqueue({ kind: "error", status });
       const failure = await failureOf(provider.complete(MESSAGES));
       expect(failure.kind).toBe("bad_response");
@@ -442,8 +447,15 @@ describe("retries", () => {
     const wrongKey = build({ apiKey: "sk-wrong-key-must-not-be-logged" });
     const failure = await failureOf(wrongKey.complete(MESSAGES));
     expect(failure.kind).toBe("bad_response");
-    expect(upstream.requests).toHaveLength(4);
-    expect(failureLines().map((line) => line.upstreamStatus)).toEqual([400, 403, 404, 401]);
+    expect(upstream.requests).toHaveLength(6);
+    expect(failureLines().map((line) => [line.upstreamStatus, line.kind, line.level])).toEqual([
+      [400, "refused", "warn"],
+      [413, "refused", "warn"],
+      [422, "refused", "warn"],
+      [403, "bad_response", "error"],
+      [404, "bad_response", "error"],
+      [401, "bad_response", "error"],
+    ]);
   });
 
   test("a timeout is retried, and three timeouts are unavailable; each timed-out request is closed", async () => {

@@ -576,6 +576,38 @@ describe("upstream failures reach Sentry with the request id, never the text or 
     expect(raw).not.toContain("Partial answer");
   });
 
+  test("a refusal of the message's content (the upstream's 400, 413, 422) is 422 UPSTREAM_REFUSED, JSON or streamed: a warning, not reported, not a 5xx (probe 55a F3)", async () => {
+    const { upstream, target, alice } = await setUpWithSentry();
+    for (const status of [400, 413, 422]) {
+      upstream.enqueue({ kind: "error", status, message: "content_filter" });
+      const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE });
+      expect(response.status).toBe(422);
+      expect(response.headers.get("content-type")).toStartWith("application/problem+json");
+      expect((await response.json()) as Problem).toMatchObject({
+        code: "UPSTREAM_REFUSED",
+        status: 422,
+      });
+    }
+    upstream.enqueue({ kind: "error", status: 400 });
+    const streamed = await chat(target, asUser(alice), { message: SECRET_MESSAGE }, SSE);
+    expect(streamed.status).toBe(422);
+    expect(((await streamed.json()) as Problem).code).toBe("UPSTREAM_REFUSED");
+    expect(assistantRows(target)).toHaveLength(0);
+    const failed = target.logs.entries.filter((entry) => entry.msg === "chat upstream failed");
+    expect(failed.map((entry) => [entry.level, entry.kind])).toEqual(
+      Array.from({ length: 4 }, () => ["warn", "refused"]),
+    );
+    await target.services.errors.flush(2000);
+    expect(sentry!.events()).toHaveLength(0);
+    const metrics = await metricsText(target);
+    expect(metrics).toContain(
+      'http_requests_total{method="POST",route="/api/chat",status="422"} 4',
+    );
+    expect(metrics).toContain(
+      'upstream_attempt_failures_total{provider="openai",kind="refused"} 4',
+    );
+  });
+
   test("a client that goes away is not an error: nothing is reported", async () => {
     const { upstream, target, alice } = await setUpWithSentry();
     upstream.enqueue({ kind: "reply", chunks: ["one ", "two ", "three "], pauseMs: 100 });

@@ -59,6 +59,7 @@ import {
   type TokenUsage,
   UnbilledAbort,
   UpstreamFailure,
+  type UpstreamFailureKind,
 } from "./provider";
 
 const PROVIDER = "openai";
@@ -122,7 +123,7 @@ function estimatePromptTokens(messages: readonly ChatMessage[]): number {
 
 /** A failed attempt, classified: may it be retried, and what does the breaker learn from it. */
 interface AttemptFailure {
-  kind: "unavailable" | "bad_response";
+  kind: UpstreamFailureKind;
   retryable: boolean;
   /** Does this failure say the upstream is unwell (breaker failure) or merely refused us. */
   upstreamFault: boolean;
@@ -193,12 +194,6 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
  */
 const CONTENT_REFUSALS = new Set([400, 413, 422]);
 
-/** The kind a failed attempt is counted under: `refused` for a refusal of the request's content. */
-function countedKind(failed: AttemptFailure): string {
-  if (failed.status !== undefined && CONTENT_REFUSALS.has(failed.status)) return "refused";
-  return failed.kind;
-}
-
 /** Whether a stream chunk answers: text of the reply, or its finish. */
 function answers(chunk: unknown): boolean {
   const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
@@ -250,7 +245,9 @@ function classify(error: unknown): AttemptFailure {
       return { kind: "unavailable", retryable: true, upstreamFault: true, status, reason, headers };
     }
     return {
-      kind: "bad_response",
+      // A refusal of what the request holds is the client's to change (422); any other (a wrong
+      // key, model or URL) fails every request alike (502).
+      kind: CONTENT_REFUSALS.has(status) ? "refused" : "bad_response",
       retryable: false,
       upstreamFault: false,
       status,
@@ -503,7 +500,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         }
         failed = classify(error);
       }
-      metrics.attemptFailures.labels(PROVIDER, countedKind(failed)).inc();
+      metrics.attemptFailures.labels(PROVIDER, failed.kind).inc();
       lastFailed = failed;
       if (failed.status === undefined) everyAttemptRefused = false;
       let retryAfterSeconds: number | undefined;

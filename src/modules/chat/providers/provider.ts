@@ -49,7 +49,7 @@ export interface ChatProvider {
  * 429/5xx/connection errors/timeouts) answers 503 so clients back off; `bad_response` (malformed
  * JSON, a stream cut mid-way, a non-retryable refusal) answers 502.
  */
-export type UpstreamFailureKind = "unavailable" | "bad_response";
+export type UpstreamFailureKind = "unavailable" | "bad_response" | "refused";
 
 /**
  * The caller left while the provider waited to retry, every attempt having been refused with an
