@@ -251,6 +251,7 @@ export function createCore(options: CoreOptions): Core {
     tracesSampleRate: config.sentry.tracesSampleRate,
     secretValues: config.secretValues,
     logger,
+    registry,
     now: () => clock.now(),
   });
 

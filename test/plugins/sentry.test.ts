@@ -314,6 +314,74 @@ test("a redirect from the DSN's host is not followed: the event goes nowhere els
   }
 });
 
+test("reports Sentry refuses, or that cannot reach it, are counted and said once a run: a warning at the first, how many were lost at the next delivered (probe 55a F2)", async () => {
+  const clock = new ManualClock();
+  const target = build({}, clock);
+  const user = await signUp(target);
+  const explode = async () =>
+    expect(
+      (await send(target, "/test/explode", { body: {}, headers: bearer(user.accessToken) })).status,
+    ).toBe(500);
+  const failedMetric = async (reason: string) => {
+    const text = await (await send(target, "/metrics")).text();
+    return Number(
+      new RegExp(`^error_reports_failed_total\\{reason="${reason}"\\} (\\d+)$`, "m").exec(
+        text,
+      )?.[1],
+    );
+  };
+  expect(await failedMetric("refused")).toBe(0);
+  sentry.refuseWith = 403;
+  try {
+    // Two failures a minute apart (the throttle sends one a minute), both refused.
+    await explode();
+    await target.services.errors.flush(5000);
+    clock.advance(REPORT_INTERVAL_MS);
+    await explode();
+    await target.services.errors.flush(5000);
+    await waitFor(async () => (await failedMetric("refused")) === 2, { what: "two refusals" });
+  } finally {
+    sentry.refuseWith = null;
+  }
+  const warned = () =>
+    target.logs.entries.filter((entry) => String(entry.msg).startsWith("sentry did not take"));
+  expect(warned().map((entry) => [entry.level, entry.reason, entry.status])).toEqual([
+    ["warn", "refused", 403],
+  ]);
+  clock.advance(REPORT_INTERVAL_MS);
+  await explode();
+  await target.services.errors.flush(5000);
+  await waitFor(() => sentry.events().length === 1, { what: "the event Sentry took" });
+  const recovered = target.logs.entries.filter(
+    (entry) => entry.msg === "sentry takes error reports again",
+  );
+  expect(recovered.map((entry) => entry.lost)).toEqual([2]);
+});
+
+test("a DSN whose host refuses connections: counted as network, said once", async () => {
+  const closed = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
+  const port = closed.port;
+  closed.stop(true);
+  const target = build({
+    SENTRY_DSN: `http://0123456789abcdef0123456789abcdef@127.0.0.1:${port}/7`,
+  });
+  const user = await signUp(target);
+  expect(
+    (await send(target, "/test/explode", { body: {}, headers: bearer(user.accessToken) })).status,
+  ).toBe(500);
+  await target.services.errors.flush(5000);
+  await waitFor(
+    async () =>
+      /^error_reports_failed_total\{reason="network"\} 1$/m.test(
+        await (await send(target, "/metrics")).text(),
+      ),
+    { what: "the failure counted" },
+  );
+  expect(
+    target.logs.entries.filter((entry) => String(entry.msg).startsWith("sentry did not take")),
+  ).toEqual([expect.objectContaining({ level: "warn", reason: "network", status: null })]);
+});
+
 test("an answer that fails its schema is reported by route and field paths, never with the answer's values (probe 30b F1)", async () => {
   current = buildTestApp({
     extraFeatures: [uncheckedStoredValue(() => current!.db.$client)],

@@ -27,6 +27,11 @@ export interface SentryServer {
   envelopes: ReceivedEnvelope[];
   /** Every `event` item received (errors), in order. */
   events(): Record<string, unknown>[];
+  /**
+   * The status every envelope is answered with while set (403: a revoked key or a deleted project,
+   * as Sentry answers them), instead of 200; a refused envelope is not recorded.
+   */
+  refuseWith: number | null;
   stop(): void;
 }
 
@@ -80,6 +85,7 @@ export function parseEnvelope(bytes: Uint8Array): {
 
 export function startSentryServer(): SentryServer {
   const envelopes: ReceivedEnvelope[] = [];
+  const state = { refuseWith: null as number | null };
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
@@ -87,6 +93,9 @@ export function startSentryServer(): SentryServer {
       const url = new URL(request.url);
       const match = /^\/api\/([^/]+)\/envelope\/?$/.exec(url.pathname);
       if (request.method !== "POST" || !match) return new Response("not found", { status: 404 });
+      if (state.refuseWith !== null) {
+        return Response.json({ detail: "event submission rejected" }, { status: state.refuseWith });
+      }
       const body = decode(
         new Uint8Array(await request.arrayBuffer()),
         request.headers.get("content-encoding"),
@@ -110,6 +119,12 @@ export function startSentryServer(): SentryServer {
     envelopes,
     events: () =>
       envelopes.flatMap((e) => e.items.filter((i) => i.type === "event").map((i) => i.payload)),
+    get refuseWith() {
+      return state.refuseWith;
+    },
+    set refuseWith(status: number | null) {
+      state.refuseWith = status;
+    },
     stop: () => server.stop(true),
   };
 }

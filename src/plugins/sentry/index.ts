@@ -21,6 +21,8 @@
  * from what the access log already measures; nothing else is instrumented.
  */
 import type { Logger } from "../../logging/logger";
+import type { Registry } from "../metrics/prom";
+import { createDeliveryWatch } from "./delivery";
 import { createScrubber } from "./scrub";
 import {
   createReportThrottle,
@@ -88,6 +90,8 @@ export interface ErrorReporterOptions {
   /** Every configured secret: replaced wherever it appears in an event. */
   secretValues: readonly string[];
   logger: Logger;
+  /** Where `error_reports_failed_total` is registered (delivery.ts). */
+  registry?: Registry;
   /** The time, for sending one event per failure per minute (throttle.ts). */
   now?: () => number;
 }
@@ -111,6 +115,8 @@ const randomHex = (bytes: number) =>
 
 export function createErrorReporter(options: ErrorReporterOptions): ErrorReporter {
   const { dsn, logger } = options;
+  // Registered without a DSN too (at 0): every deployment exports the same families.
+  const delivered = createDeliveryWatch(logger, options.registry);
   if (dsn === null) return disabledReporter;
 
   const scrub = createScrubber([...options.secretValues, dsn]);
@@ -142,7 +148,7 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
         tracesSampleRate: rate,
         // Transactions as whole events, so beforeSendTransaction (the scrubber) sees them.
         traceLifecycle: "static",
-        transport: noRedirectTransport(Sentry),
+        transport: noRedirectTransport(Sentry, delivered),
         stackParser: Sentry.defaultStackParser,
         integrations: [Sentry.linkedErrorsIntegration()],
         beforeSend: (event) => scrub(event),

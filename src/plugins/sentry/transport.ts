@@ -8,6 +8,7 @@
  * one the network refused.
  */
 import type * as SentryBun from "@sentry/bun";
+import type { DeliveryOutcome } from "./delivery";
 
 type Sentry = Pick<typeof SentryBun, "createTransport" | "suppressTracing">;
 type TransportOptions = Parameters<typeof SentryBun.createTransport>[0] & {
@@ -15,7 +16,11 @@ type TransportOptions = Parameters<typeof SentryBun.createTransport>[0] & {
   headers?: Record<string, string>;
 };
 
-export function noRedirectTransport(sentry: Sentry) {
+/** `delivered` is told what became of each envelope (delivery.ts). */
+export function noRedirectTransport(
+  sentry: Sentry,
+  delivered: (outcome: DeliveryOutcome) => void = () => {},
+) {
   return (options: TransportOptions) =>
     sentry.createTransport(options, (request) =>
       sentry.suppressTracing(() =>
@@ -24,13 +29,22 @@ export function noRedirectTransport(sentry: Sentry) {
           body: request.body,
           headers: options.headers,
           redirect: "error",
-        }).then((response) => ({
-          statusCode: response.status,
-          headers: {
-            "x-sentry-rate-limits": response.headers.get("X-Sentry-Rate-Limits"),
-            "retry-after": response.headers.get("Retry-After"),
+        }).then(
+          (response) => {
+            delivered({ status: response.status });
+            return {
+              statusCode: response.status,
+              headers: {
+                "x-sentry-rate-limits": response.headers.get("X-Sentry-Rate-Limits"),
+                "retry-after": response.headers.get("Retry-After"),
+              },
+            };
           },
-        })),
+          (error: unknown) => {
+            delivered({ status: null });
+            throw error;
+          },
+        ),
       ),
     );
 }
