@@ -4,7 +4,7 @@
  * export's own stall timer, not Bun's idle timeout (probe 38b F2).
  */
 import { expect, test } from "bun:test";
-import { exportBody } from "../../src/modules/privacy";
+import { createExportsInFlight, exportBody } from "../../src/modules/privacy";
 
 /** Pieces that each take about `ms` of work, counting how many were made. */
 function slowPieces(count: number, ms: number, made: { count: number }) {
@@ -35,6 +35,7 @@ const events = () => {
     failed: () => seen.push("failed"),
     stalled: () => seen.push("stalled"),
     closed: () => seen.push("closed"),
+    interrupted: () => seen.push("interrupted"),
   };
 };
 
@@ -117,4 +118,29 @@ test("a piece that throws cuts the answer and is reported once", async () => {
   })();
   expect(await rejects(new Response(exportBody(pieces, seen)).text())).toBe(true);
   expect(seen.seen).toEqual(["failed"]);
+});
+
+test("an export ended by the stop at its drain time says so, once, and is not then counted as the client's leaving (probe 55a F1)", async () => {
+  const seen = events();
+  const inFlight = createExportsInFlight();
+  const body = exportBody(slowPieces(2000, 0, { count: 0 }), seen, 60_000, inFlight);
+  const reader = body.getReader();
+  expect((await reader.read()).done).toBe(false);
+  inFlight.endAll();
+  expect(await rejects(reader.read())).toBe(true);
+  await reader.cancel().catch(() => undefined);
+  inFlight.endAll();
+  expect(seen.seen).toEqual(["interrupted"]);
+});
+
+test("an export read to its end, or left by its client, is no longer the stop's to end", async () => {
+  const inFlight = createExportsInFlight();
+  const whole = events();
+  await new Response(exportBody(slowPieces(10, 0, { count: 0 }), whole, 60_000, inFlight)).text();
+  const left = events();
+  const reader = exportBody(slowPieces(2000, 0, { count: 0 }), left, 60_000, inFlight).getReader();
+  await reader.read();
+  await reader.cancel();
+  inFlight.endAll();
+  expect([whole.seen, left.seen]).toEqual([[], ["closed"]]);
 });

@@ -10,8 +10,9 @@ import { ErasureResumption } from "../../src/modules/privacy/erasure-resumption"
 import { PrivacyService } from "../../src/modules/privacy/service";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { SqliteAuditLog, verifyAuditChain } from "../../src/plugins/audit/log";
-import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
+import { buildTestApp, LogCapture, send, serveInProcess, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
+import { asUser, chat } from "../support/chat";
 import { ManualClock } from "../support/clock";
 import { eraseWatching } from "../support/erasure";
 import { anotherInstance, untoldInstance } from "../support/instance";
@@ -20,6 +21,62 @@ let current: TestApp | null = null;
 afterEach(() => {
   current?.close();
   current = null;
+});
+
+describe("an export not read to its end (probe 55a F1)", () => {
+  const exportLines = (target: TestApp) =>
+    target.logs.entries.filter((entry) => String(entry.code ?? "").startsWith("EXPORT_"));
+
+  test("a HEAD over a socket reads and sends no body, and logs none as not read", async () => {
+    current = buildTestApp();
+    const target = current;
+    const alice = await signUp(target);
+    const server = serveInProcess(target);
+    try {
+      const head = await fetch(new URL("/api/me/export", server.url), {
+        method: "HEAD",
+        headers: bearer(alice.accessToken),
+      });
+      expect(head.status).toBe(200);
+      expect(head.headers.get("content-type")).toBe("application/json; charset=utf-8");
+      expect(await head.text()).toBe("");
+      await Bun.sleep(50);
+    } finally {
+      await server.shutdown("test");
+    }
+    expect(exportLines(target)).toEqual([]);
+  });
+
+  test("one the service's stop cuts at its drain time is logged as that, a warning, not as the client's leaving", async () => {
+    current = buildTestApp({
+      env: { RATE_LIMIT_CHAT: "1000", RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" },
+    });
+    const target = current;
+    const alice = await signUp(target);
+    // Longer than one of the export's 64 Ki-character chunks.
+    for (let i = 0; i < 30; i++) {
+      expect(
+        (await chat(target, asUser(alice), { message: `${i} ${"w".repeat(3000)}` })).status,
+      ).toBe(200);
+    }
+    // Read as a slow client reads it: a chunk, then nothing more, when the drain time is up.
+    const response = await send(target, "/api/me/export", { headers: bearer(alice.accessToken) });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    expect((await reader.read()).done).toBe(false);
+    // What the server's stop calls at its drain time (src/server.ts, onDrainTimeout).
+    await target.services.endInFlight();
+    expect(
+      await reader.read().then(
+        () => "read on",
+        () => "cut",
+      ),
+    ).toBe("cut");
+    await reader.cancel().catch(() => undefined);
+    expect(exportLines(target).map((entry) => [entry.level, entry.code])).toEqual([
+      ["warn", "EXPORT_INTERRUPTED"],
+    ]);
+  });
 });
 
 test("export returns the caller's data and nobody else's", async () => {

@@ -9,7 +9,7 @@ import type { Feature } from "../feature";
 import { auditEventsContributor } from "./audit-contributor";
 import type { PrivacyContributor } from "./contributor";
 import { ErasureResumption } from "./erasure-resumption";
-import { privacyModule, privacyRouteClasses } from "./index";
+import { createExportsInFlight, privacyModule, privacyRouteClasses } from "./index";
 import { type PrivacyAccount, PrivacyService } from "./service";
 
 export interface PrivacyFeature extends Feature {
@@ -42,12 +42,14 @@ export function privacyFeature(
     account,
     contributors: [...features.flatMap((feature) => feature.privacy ?? []), ipBlocks, auditEvents],
   });
+  const exportsInFlight = createExportsInFlight();
   return {
     name: "privacy",
     service,
     routeClasses: privacyRouteClasses,
     routes: ({ auth }) =>
-      privacyModule({ auth, service, errors: core.errors, logger: core.logger }),
+      privacyModule({ auth, service, errors: core.errors, logger: core.logger, exportsInFlight }),
+    endInFlight: () => exportsInFlight.endAll(),
     maintenance: (now) => {
       service.retain(now);
       resumption.run(now);

@@ -34,6 +34,35 @@ interface ExportBodyEvents {
   stalled(): void;
   /** The client closed the connection before the end. */
   closed(): void;
+  /** The service's stop ended it at its drain time (ExportsInFlight). */
+  interrupted(): void;
+}
+
+/**
+ * The exports being sent, each with how to end it when the shutdown's drain time is up: logged as
+ * cut by the stop, not as the client's leaving (probe 55a F1: the drain's cut said "the client
+ * closed the connection").
+ */
+export interface ExportsInFlight {
+  /** Keeps `end` until the returned function forgets it (the export ended by itself). */
+  add(end: () => void): () => void;
+  /** Ends every export still being sent. */
+  endAll(): void;
+}
+
+export function createExportsInFlight(): ExportsInFlight {
+  const ends = new Set<() => void>();
+  return {
+    add(end) {
+      ends.add(end);
+      return () => {
+        ends.delete(end);
+      };
+    },
+    endAll() {
+      for (const end of [...ends]) end();
+    },
+  };
 }
 
 /**
@@ -49,14 +78,17 @@ export function exportBody(
   pieces: Iterable<string>,
   events: ExportBodyEvents,
   stallMs = EXPORT_STALL_MS,
+  inFlight: ExportsInFlight = createExportsInFlight(),
 ): ReadableStream<Uint8Array> {
   const iterator = pieces[Symbol.iterator]();
   const encoder = new TextEncoder();
   let ended = false;
   let watchdog: ReturnType<typeof setTimeout> | undefined;
+  let forget = () => {};
   const end = () => {
     ended = true;
     clearTimeout(watchdog);
+    forget();
   };
   // Without a reason: Bun writes a stream's error reason to stderr as a multi-line dump (source
   // lines and stack, not a JSON log line: probe 29b F4); each end is logged by its event. The
@@ -64,6 +96,15 @@ export function exportBody(
   const cut = (controller: ReadableStreamDefaultController<Uint8Array>) => controller.error();
   return new ReadableStream<Uint8Array>(
     {
+      start(controller) {
+        forget = inFlight.add(() => {
+          if (ended) return;
+          end();
+          iterator.return?.();
+          events.interrupted();
+          cut(controller);
+        });
+      },
       async pull(controller) {
         clearTimeout(watchdog);
         try {
@@ -123,11 +164,13 @@ export function privacyModule({
   service,
   errors,
   logger,
+  exportsInFlight = createExportsInFlight(),
 }: {
   auth: ReturnType<typeof authPlugin>;
   service: PrivacyService;
   errors: ErrorReporter;
   logger: Logger;
+  exportsInFlight?: ExportsInFlight;
 }) {
   return new Elysia({ name: "palisade.module.privacy", prefix: "/api/me" })
     .use(auth)
@@ -136,43 +179,62 @@ export function privacyModule({
       ({ principal, request, requestId, server }) => {
         const text = service.exportText(principal.id);
         if (!text) throw new AppError("NOT_FOUND", "The account no longer exists.");
-        const body = exportBody(text, {
-          failed(error) {
-            // Its 200 and headers are sent: the error handler never sees this one.
-            logger.error(
-              { requestId, route: EXPORT_ROUTE, code: "EXPORT_CUT", err: error },
-              "privacy export cut short",
-            );
-            errors.report(error, {
-              requestId,
-              route: EXPORT_ROUTE,
-              method: request.method,
-              principal: principalRef(principal),
-              status: 200,
-              code: "EXPORT_CUT",
-              request,
-            });
+        const headers = { "content-type": "application/json; charset=utf-8" };
+        // A HEAD sends no body: none is read, and none is logged as not read to its end.
+        if (request.method === "HEAD") {
+          return new Response(null, { headers }) as unknown as typeof ExportDocument.static;
+        }
+        const body = exportBody(
+          text,
+          {
+            failed(error) {
+              // Its 200 and headers are sent: the error handler never sees this one.
+              logger.error(
+                { requestId, route: EXPORT_ROUTE, code: "EXPORT_CUT", err: error },
+                "privacy export cut short",
+              );
+              errors.report(error, {
+                requestId,
+                route: EXPORT_ROUTE,
+                method: request.method,
+                principal: principalRef(principal),
+                status: 200,
+                code: "EXPORT_CUT",
+                request,
+              });
+            },
+            stalled() {
+              logger.warn(
+                {
+                  requestId,
+                  route: EXPORT_ROUTE,
+                  code: "EXPORT_STALLED",
+                  stallMs: EXPORT_STALL_MS,
+                },
+                "privacy export ended before its end: the client took nothing more",
+              );
+            },
+            closed() {
+              logger.info(
+                { requestId, route: EXPORT_ROUTE, code: "EXPORT_CLOSED" },
+                "privacy export not read to its end: the client closed the connection",
+              );
+            },
+            interrupted() {
+              logger.warn(
+                { requestId, route: EXPORT_ROUTE, code: "EXPORT_INTERRUPTED" },
+                "privacy export cut by the service's stop at its drain time: the user must ask for it again",
+              );
+            },
           },
-          stalled() {
-            logger.warn(
-              { requestId, route: EXPORT_ROUTE, code: "EXPORT_STALLED", stallMs: EXPORT_STALL_MS },
-              "privacy export ended before its end: the client took nothing more",
-            );
-          },
-          closed() {
-            logger.info(
-              { requestId, route: EXPORT_ROUTE, code: "EXPORT_CLOSED" },
-              "privacy export not read to its end: the client closed the connection",
-            );
-          },
-        });
+          EXPORT_STALL_MS,
+          exportsInFlight,
+        );
         // The export's own stall timer replaces Bun's idle timeout for this answer (EXPORT_STALL_MS).
         server?.timeout(request, 0);
         // Built here, as a stream: the document as one object would be the user's whole history
         // in memory (typed for the route's schema, which the OpenAPI document states).
-        return new Response(body, {
-          headers: { "content-type": "application/json; charset=utf-8" },
-        }) as unknown as typeof ExportDocument.static;
+        return new Response(body, { headers }) as unknown as typeof ExportDocument.static;
       },
       {
         auth: "user",
