@@ -10,6 +10,14 @@
  * holds a line until its end.
  */
 
+/** An upstream's answer (not a stream) did not arrive whole within its deadline. */
+export class UpstreamBodyTimeout extends Error {
+  constructor() {
+    super("upstream response not whole within its deadline");
+    this.name = "UpstreamBodyTimeout";
+  }
+}
+
 /** An upstream's answer passed its byte bound: it is not read further. */
 export class UpstreamTooLarge extends Error {
   constructor() {
@@ -23,6 +31,12 @@ export interface BodyBounds {
   bodyBytes: number;
   /** Bytes of a whole stream; `bodyBytes` when absent. */
   streamBytes?: number;
+  /**
+   * Milliseconds from the request to the end of an answer that is not a stream (a reply, or an
+   * error's body, which the OpenAI SDK reads with no timer of its own: a body sent a byte at a time
+   * held a turn for minutes, probe 56a F1); past it the body errors with UpstreamBodyTimeout.
+   */
+  bodyDeadlineMs?: number;
 }
 
 const LINE_FEED = 10;
@@ -31,14 +45,24 @@ type Fetch = (input: string | URL | Request, init?: RequestInit) => Promise<Resp
 
 export function boundedFetch(bounds: BodyBounds, base: Fetch = fetch): typeof fetch {
   const bounded = async (input: string | URL | Request, init?: RequestInit) => {
+    const startedAt = performance.now();
     const response = await base(input, init);
     if (response.body === null) return response;
     const streaming = (response.headers.get("content-type") ?? "").includes("text/event-stream");
     const limit = streaming ? (bounds.streamBytes ?? bounds.bodyBytes) : bounds.bodyBytes;
     let total = 0;
     let line = 0;
+    let deadline: ReturnType<typeof setTimeout> | undefined;
     const body = response.body.pipeThrough(
       new TransformStream<Uint8Array, Uint8Array>({
+        start(controller) {
+          if (streaming || bounds.bodyDeadlineMs === undefined) return;
+          const left = Math.max(0, startedAt + bounds.bodyDeadlineMs - performance.now());
+          deadline = setTimeout(() => controller.error(new UpstreamBodyTimeout()), left);
+        },
+        flush() {
+          clearTimeout(deadline);
+        },
         transform(chunk, controller) {
           total += chunk.byteLength;
           if (streaming) {
@@ -51,7 +75,10 @@ export function boundedFetch(bounds: BodyBounds, base: Fetch = fetch): typeof fe
                 ? line + chunk.byteLength
                 : chunk.byteLength - chunk.lastIndexOf(LINE_FEED) - 1;
           }
-          if (total > limit) return controller.error(new UpstreamTooLarge());
+          if (total > limit) {
+            clearTimeout(deadline);
+            return controller.error(new UpstreamTooLarge());
+          }
           controller.enqueue(chunk);
         },
       }),

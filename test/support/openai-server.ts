@@ -28,7 +28,8 @@
  * - `flood`: 200 and bytes without end (until the client leaves, or `maxBytes`), in blocks of
  *   `blockBytes` with `pauseMs` between them: `shape: "json"` a completion body whose content never
  *   closes; `"line"` one SSE `data:` line whose content never closes; `"events"` SSE events
- *   without end, each a well-formed chunk with no choices (nothing of a reply, never a finish).
+ *   without end, each a well-formed chunk with no choices (nothing of a reply, never a finish);
+ *   `status` answers it as an error (a body that trickles with `blockBytes: 1` and `pauseMs`).
  *
  * Every request is recorded (`requests`): its body, headers without `authorization`, whether it
  * carried the expected key, whether it asked to stream, and whether the client went away before
@@ -59,6 +60,8 @@ export type UpstreamStep =
   | {
       kind: "flood";
       shape: "json" | "line" | "events";
+      /** The answer's status (200 by default): an error whose body never ends, or trickles. */
+      status?: number;
       blockBytes?: number;
       pauseMs?: number;
       maxBytes?: number;
@@ -193,7 +196,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
       },
     });
     const type = step.shape === "json" ? "application/json" : "text/event-stream";
-    return new Response(body, { headers: { "content-type": type } });
+    return new Response(body, { status: step.status ?? 200, headers: { "content-type": type } });
   }
 
   function sse(actions: Action[], record: RecordedRequest): Response {

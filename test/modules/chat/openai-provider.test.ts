@@ -322,6 +322,33 @@ describe("the upstream's bytes (probe 54a F1)", () => {
     await upstream.waitForAbort(0);
   });
 
+  test("an answer that trickles, an error's body included, is bounded by the attempt's timeout: retried, then unavailable, each request closed (probe 56a F1)", async () => {
+    provider = build({ timeoutMs: 300 });
+    // A byte every 50 ms: 20 s for the whole body, were it read to its end.
+    const trickle = (status: number) =>
+      ({
+        kind: "flood",
+        shape: "json",
+        status,
+        blockBytes: 1,
+        pauseMs: 50,
+        maxBytes: 400,
+      }) as const;
+    for (const [i, status] of [500, 429, 200].entries()) {
+      upstream.setDefault(trickle(status));
+      const started = performance.now();
+      const failure = await failureOf(provider.complete(MESSAGES));
+      expect([status, failure.kind]).toEqual([status, "unavailable"]);
+      expect(performance.now() - started).toBeLessThan(6_000);
+      expect(upstream.requests).toHaveLength(3 * (i + 1));
+    }
+    upstream.setDefault(trickle(502));
+    const { error } = await collectUntilError(provider.stream(MESSAGES));
+    expect((error as UpstreamFailure).kind).toBe("unavailable");
+    expect(upstream.requests).toHaveLength(12);
+    for (let index = 0; index < 12; index++) await upstream.waitForAbort(index);
+  }, 30_000);
+
   test("a reply at its bound in characters JSON escapes at six bytes each is kept, whole and streamed", async () => {
     const escaped = "\u0001".repeat(replyBound(1024));
     upstream.enqueue({ kind: "reply", text: escaped });

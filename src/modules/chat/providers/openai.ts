@@ -43,7 +43,7 @@
  *   nothing in them reset the stream's silence timer without end).
  */
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
-import { boundedFetch, UpstreamTooLarge } from "../../../bounded-fetch";
+import { boundedFetch, UpstreamBodyTimeout, UpstreamTooLarge } from "../../../bounded-fetch";
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
@@ -226,7 +226,7 @@ function classify(error: unknown): AttemptFailure {
       reason: "reply longer than its cap",
     };
   }
-  if (error instanceof APIConnectionTimeoutError) {
+  if (error instanceof APIConnectionTimeoutError || error instanceof UpstreamBodyTimeout) {
     return { kind: "unavailable", retryable: true, upstreamFault: true, reason: "timeout" };
   }
   if (error instanceof APIConnectionError) {
@@ -381,7 +381,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     timeout: timeoutMs,
     maxRetries: 0,
     logLevel: "off",
-    fetch: boundedFetch({ bodyBytes: bounds.bodyBytes, streamBytes: bounds.streamBytes }),
+    fetch: boundedFetch({
+      bodyBytes: bounds.bodyBytes,
+      streamBytes: bounds.streamBytes,
+      bodyDeadlineMs: timeoutMs,
+    }),
     // The configured URL is where a conversation may go (https in production). A redirect
     // re-sent it, system prompt and history, to the host it named, over any scheme (fetch drops
     // only Authorization across origins; probe 43b note): refused as the Graph client refuses
