@@ -349,6 +349,25 @@ describe("the upstream's bytes (probe 54a F1)", () => {
     for (let index = 0; index < 12; index++) await upstream.waitForAbort(index);
   }, 30_000);
 
+  test("events with nothing in them, each just inside the timeout, do not end the upstream's silence: the stream times out (probe 56a note)", async () => {
+    provider = build({ timeoutMs: 300 });
+    // One empty event every 100 ms, for a minute were it read on.
+    upstream.enqueue({
+      kind: "flood",
+      shape: "events",
+      blockBytes: 100,
+      pauseMs: 100,
+      maxBytes: 60_000,
+    });
+    const started = performance.now();
+    const { received, error } = await collectUntilError(provider.stream(MESSAGES));
+    expect(received).toEqual([]);
+    expect((error as UpstreamFailure).kind).toBe("unavailable");
+    expect(failureLines().at(-1)).toMatchObject({ reason: "timeout mid-stream" });
+    expect(performance.now() - started).toBeLessThan(3_000);
+    await upstream.waitForAbort(0);
+  });
+
   test("a reply at its bound in characters JSON escapes at six bytes each is kept, whole and streamed", async () => {
     const escaped = "\u0001".repeat(replyBound(1024));
     upstream.enqueue({ kind: "reply", text: escaped });

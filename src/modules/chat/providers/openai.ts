@@ -204,6 +204,25 @@ function answers(chunk: unknown): boolean {
   );
 }
 
+/**
+ * Whether a stream chunk carries anything of the answer: text of the reply or of its reasoning (any
+ * non-empty text in its delta), a tool call, a finish, or the usage. Chunks with nothing in them do
+ * not end the upstream's silence: one sent just inside the timeout held a turn open for as long as
+ * the event bound let it, weeks (probe 56a note).
+ */
+function progresses(chunk: unknown): boolean {
+  if (!isRecord(chunk)) return false;
+  if (isRecord(chunk.usage)) return true;
+  const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  if (!isRecord(choice)) return false;
+  if (typeof choice.finish_reason === "string") return true;
+  if (!isRecord(choice.delta)) return false;
+  return Object.values(choice.delta).some(
+    (value) =>
+      (typeof value === "string" && value !== "") || (Array.isArray(value) && value.length > 0),
+  );
+}
+
 /** `work`, or the caller's abort as soon as `signal` aborts (the work goes on). */
 function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return work;
@@ -651,13 +670,19 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       let usage: TokenUsage | undefined;
       let idle = false;
       let events = 0;
+      // The upstream's silence since its last chunk with something in it (progresses).
+      let silentMs = 0;
       let broken: string | undefined;
       while (true) {
         // Only the upstream's silence is timed, not the time our consumer takes with a delta.
-        const timer = setTimeout(() => {
-          idle = true;
-          own.abort();
-        }, timeoutMs);
+        const waitStarted = performance.now();
+        const timer = setTimeout(
+          () => {
+            idle = true;
+            own.abort();
+          },
+          Math.max(0, timeoutMs - silentMs),
+        );
         let next: IteratorResult<unknown>;
         try {
           next = pending.shift() ?? (await iterator.next());
@@ -675,7 +700,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           clearTimeout(timer);
         }
         if (next.done) break;
-        // Events with nothing of a reply in them would reset the silence timer without end.
+        silentMs = progresses(next.value) ? 0 : silentMs + (performance.now() - waitStarted);
         if (++events > bounds.streamEvents) {
           broken = "stream longer than its cap";
           break;
