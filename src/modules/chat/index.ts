@@ -12,6 +12,7 @@
  */
 import { Elysia, t } from "elysia";
 import { isCalendarDay } from "../../calendar";
+import { createEndsInFlight, type EndsInFlight } from "../../ends-in-flight";
 import { AppError, type ErrorCode, problemResponses, toProblem } from "../../errors";
 import { cursorOfQuery } from "../../list-cursor";
 import { streamedResponse } from "../../plugins/access-log";
@@ -168,12 +169,8 @@ interface StreamContext {
  * readably when the shutdown's drain time is up: a turn not yet answered is answered 503 with
  * Retry-After, a stream ends with an `error` event.
  */
-export interface TurnsInFlight {
-  /** Keeps `end` until the returned function forgets it (the turn ended by itself). */
-  add(end: () => void): () => void;
-  /** Ends every turn still in flight. */
-  endAll(): void;
-}
+export type TurnsInFlight = EndsInFlight;
+export const createTurnsInFlight = createEndsInFlight;
 
 /** Why the shutdown aborts a turn's upstream: told apart from a client that went away. */
 const SHUTTING_DOWN = "The service is shutting down";
@@ -194,21 +191,6 @@ function restarting(): AppError {
 
 function endedByShutdown(signal: AbortSignal): boolean {
   return signal.aborted && (signal.reason as { message?: unknown })?.message === SHUTTING_DOWN;
-}
-
-export function createTurnsInFlight(): TurnsInFlight {
-  const ends = new Set<() => void>();
-  return {
-    add(end) {
-      ends.add(end);
-      return () => {
-        ends.delete(end);
-      };
-    },
-    endAll() {
-      for (const end of [...ends]) end();
-    },
-  };
 }
 
 /**

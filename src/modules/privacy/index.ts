@@ -3,6 +3,7 @@
  * `/api/me`: the signed-in user's export and erasure (3 per minute per user).
  */
 import { Elysia, t } from "elysia";
+import { createEndsInFlight, type EndsInFlight } from "../../ends-in-flight";
 import { AppError, problemResponses } from "../../errors";
 import type { Logger } from "../../logging/logger";
 import type { authPlugin } from "../../plugins/auth";
@@ -39,31 +40,12 @@ interface ExportBodyEvents {
 }
 
 /**
- * The exports being sent, each with how to end it when the shutdown's drain time is up: logged as
- * cut by the stop, not as the client's leaving (probe 55a F1: the drain's cut said "the client
- * closed the connection").
+ * The exports being sent, each ended at the shutdown's drain time and logged as cut by the stop,
+ * not as the client's leaving (probe 55a F1: the drain's cut said "the client closed the
+ * connection").
  */
-export interface ExportsInFlight {
-  /** Keeps `end` until the returned function forgets it (the export ended by itself). */
-  add(end: () => void): () => void;
-  /** Ends every export still being sent. */
-  endAll(): void;
-}
-
-export function createExportsInFlight(): ExportsInFlight {
-  const ends = new Set<() => void>();
-  return {
-    add(end) {
-      ends.add(end);
-      return () => {
-        ends.delete(end);
-      };
-    },
-    endAll() {
-      for (const end of [...ends]) end();
-    },
-  };
-}
+export type ExportsInFlight = EndsInFlight;
+export const createExportsInFlight = createEndsInFlight;
 
 /**
  * The export's text as a body read as it is sent: each read takes pieces until it has about

@@ -678,6 +678,23 @@ describe("the WhatsApp worker", () => {
 const AUDIT_SECRET_KEY = "chat-seal-upgrade-audit-key-0123456789ab";
 
 /** A database as the release before chat seals left it: a conversation of two turns. */
+/** Each message sealed as itself and chained to the one before it, in the order given. */
+function expectChainedInOrder(messages: MessageRow[], seal: ReturnType<typeof createChatSeal>) {
+  let previousSeal: string | null = null;
+  for (const m of messages) {
+    expect(m.previous_seal).toBe(previousSeal);
+    expect(m.seal).toBe(
+      seal.message({
+        ...m,
+        conversationId: m.conversation_id,
+        previousSeal,
+        incomplete: m.incomplete === 1,
+      }),
+    );
+    previousSeal = m.seal;
+  }
+}
+
 function databaseBeforeChatSeals() {
   const dir = tempDir();
   cleanups.push(dir.remove);
@@ -716,19 +733,7 @@ describe("upgrading a database stored before chat seals", () => {
       "cut",
       "Partial",
     ]);
-    let previousSeal: string | null = null;
-    for (const m of messages) {
-      expect(m.previous_seal).toBe(previousSeal);
-      expect(m.seal).toBe(
-        seal.message({
-          ...m,
-          conversationId: m.conversation_id,
-          previousSeal,
-          incomplete: m.incomplete === 1,
-        }),
-      );
-      previousSeal = m.seal;
-    }
+    expectChainedInOrder(messages, seal);
   });
 
   test("the migration seals the history there, in its transaction; only it does, so a row added later is refused", async () => {
@@ -743,19 +748,7 @@ describe("upgrading a database stored before chat seals", () => {
     const messages = db.$client
       .query<MessageRow, []>("SELECT * FROM chat_messages ORDER BY id")
       .all();
-    let previousSeal: string | null = null;
-    for (const m of messages) {
-      expect(m.previous_seal).toBe(previousSeal);
-      expect(m.seal).toBe(
-        seal.message({
-          ...m,
-          conversationId: m.conversation_id,
-          previousSeal,
-          incomplete: m.incomplete === 1,
-        }),
-      );
-      previousSeal = m.seal;
-    }
+    expectChainedInOrder(messages, seal);
     db.$client.run(
       `INSERT INTO chat_messages (conversation_id, role, content, incomplete, tokens, created_at)
        VALUES ('0ldC0nversati0n0000001', 'assistant', ?, 0, 12, 2)`,
