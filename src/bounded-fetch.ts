@@ -18,6 +18,14 @@ export class UpstreamBodyTimeout extends Error {
   }
 }
 
+/** An upstream's answer came compressed though only an uncompressed one was asked for. */
+export class UpstreamEncodingRefused extends Error {
+  constructor() {
+    super("upstream response compressed though asked for identity");
+    this.name = "UpstreamEncodingRefused";
+  }
+}
+
 /** An upstream's answer passed its byte bound: it is not read further. */
 export class UpstreamTooLarge extends Error {
   constructor() {
@@ -46,8 +54,25 @@ type Fetch = (input: string | URL | Request, init?: RequestInit) => Promise<Resp
 export function boundedFetch(bounds: BodyBounds, base: Fetch = fetch): typeof fetch {
   const bounded = async (input: string | URL | Request, init?: RequestInit) => {
     const startedAt = performance.now();
-    const response = await base(input, init);
+    // Uncompressed answers only, and none decompressed: Bun inflates a network chunk whole before
+    // any bound here sees it, so a small gzip body could grow to gigabytes in one step (probe 56a
+    // note: 78–200 MB from a Graph look-alike's answer cut at 64 KiB).
+    const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : {}));
+    headers.set("accept-encoding", "identity");
+    const response = await base(input, { ...init, headers, decompress: false } as RequestInit);
     if (response.body === null) return response;
+    const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
+    if (encoding !== undefined && encoding !== "" && encoding !== "identity") {
+      await response.body.cancel().catch(() => undefined);
+      const refused = new ReadableStream<Uint8Array>({
+        start: (controller) => controller.error(new UpstreamEncodingRefused()),
+      });
+      return new Response(refused, {
+        status: response.status,
+        statusText: response.statusText,
+        headers: response.headers,
+      });
+    }
     const streaming = (response.headers.get("content-type") ?? "").includes("text/event-stream");
     const limit = streaming ? (bounds.streamBytes ?? bounds.bodyBytes) : bounds.bodyBytes;
     let total = 0;

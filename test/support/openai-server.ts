@@ -60,6 +60,8 @@ export type UpstreamStep =
   | {
       kind: "flood";
       shape: "json" | "line" | "events";
+      /** Sent gzip-compressed, `Content-Encoding: gzip`, whatever the client accepts. */
+      gzip?: boolean;
       /** The answer's status (200 by default): an error whose body never ends, or trickles. */
       status?: number;
       blockBytes?: number;
@@ -196,7 +198,14 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
       },
     });
     const type = step.shape === "json" ? "application/json" : "text/event-stream";
-    return new Response(body, { status: step.status ?? 200, headers: { "content-type": type } });
+    const headers: Record<string, string> = { "content-type": type };
+    if (step.gzip) headers["content-encoding"] = "gzip";
+    const sent = step.gzip
+      ? body.pipeThrough(
+          new CompressionStream("gzip") as unknown as TransformStream<Uint8Array, Uint8Array>,
+        )
+      : body;
+    return new Response(sent, { status: step.status ?? 200, headers });
   }
 
   function sse(actions: Action[], record: RecordedRequest): Response {

@@ -368,6 +368,25 @@ describe("the upstream's bytes (probe 54a F1)", () => {
     await upstream.waitForAbort(0);
   });
 
+  test("answers are asked for uncompressed and never inflated: one compressed all the same fails at once, JSON or streamed (probe 56a note: a gzip body grew in one step)", async () => {
+    // 64 MiB of one letter: about 64 KiB compressed.
+    for (const shape of ["json", "line"] as const) {
+      upstream.enqueue({ kind: "flood", shape, gzip: true, maxBytes: 64 * 1024 * 1024 });
+    }
+    const failure = await failureOf(provider.complete(MESSAGES));
+    expect(failure.kind).toBe("bad_response");
+    const { error } = await collectUntilError(provider.stream(MESSAGES));
+    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect(failureLines().map((line) => line.reason)).toEqual([
+      "answer compressed though asked for identity",
+      "answer compressed though asked for identity",
+    ]);
+    expect(upstream.requests.map((request) => request.headers["accept-encoding"])).toEqual([
+      "identity",
+      "identity",
+    ]);
+  });
+
   test("a reply at its bound in characters JSON escapes at six bytes each is kept, whole and streamed", async () => {
     const escaped = "\u0001".repeat(replyBound(1024));
     upstream.enqueue({ kind: "reply", text: escaped });

@@ -43,7 +43,12 @@
  *   nothing in them reset the stream's silence timer without end).
  */
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
-import { boundedFetch, UpstreamBodyTimeout, UpstreamTooLarge } from "../../../bounded-fetch";
+import {
+  boundedFetch,
+  UpstreamBodyTimeout,
+  UpstreamEncodingRefused,
+  UpstreamTooLarge,
+} from "../../../bounded-fetch";
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
@@ -243,6 +248,14 @@ function classify(error: unknown): AttemptFailure {
       retryable: false,
       upstreamFault: true,
       reason: "reply longer than its cap",
+    };
+  }
+  if (error instanceof UpstreamEncodingRefused) {
+    return {
+      kind: "bad_response",
+      retryable: false,
+      upstreamFault: true,
+      reason: "answer compressed though asked for identity",
     };
   }
   if (error instanceof APIConnectionTimeoutError || error instanceof UpstreamBodyTimeout) {
@@ -690,11 +703,13 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           broken =
             error instanceof UpstreamTooLarge
               ? "reply longer than its cap"
-              : error instanceof SyntaxError
-                ? "malformed chunk"
-                : error instanceof APIError && error.status === undefined
-                  ? "error event in stream"
-                  : "stream cut";
+              : error instanceof UpstreamEncodingRefused
+                ? "answer compressed though asked for identity"
+                : error instanceof SyntaxError
+                  ? "malformed chunk"
+                  : error instanceof APIError && error.status === undefined
+                    ? "error event in stream"
+                    : "stream cut";
           break;
         } finally {
           clearTimeout(timer);
