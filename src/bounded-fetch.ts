@@ -73,7 +73,10 @@ export function boundedFetch(bounds: BodyBounds, base: Fetch = fetch): typeof fe
         headers: response.headers,
       });
     }
-    const streaming = (response.headers.get("content-type") ?? "").includes("text/event-stream");
+    // An error's answer is never a stream, whatever it is labelled: read whole, under the deadline
+    // (probe 57a F2: a 500 labelled text/event-stream trickled without one).
+    const mediaType = (response.headers.get("content-type") ?? "").split(";")[0]!.trim();
+    const streaming = response.ok && mediaType.toLowerCase() === "text/event-stream";
     const limit = streaming ? (bounds.streamBytes ?? bounds.bodyBytes) : bounds.bodyBytes;
     let total = 0;
     let line = 0;

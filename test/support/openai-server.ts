@@ -52,7 +52,19 @@ export type UpstreamStep =
       usage?: false | { prompt: number; completion: number };
       finishReason?: string;
     }
-  | { kind: "error"; status: number; retryAfter?: string; retryAfterMs?: string; message?: string }
+  | {
+      kind: "error";
+      status: number;
+      retryAfter?: string;
+      retryAfterMs?: string;
+      message?: string;
+      /** The error body's `code` (`context_length_exceeded`, `model_not_found`, …); null if absent. */
+      code?: string;
+    }
+  | {
+      /** 200, a completion whose reply the upstream's content filter withheld (no content). */
+      kind: "filtered";
+    }
   | { kind: "hang" }
   | { kind: "malformed"; body?: string; contentType?: string }
   | { kind: "wrong_shape" }
@@ -62,6 +74,8 @@ export type UpstreamStep =
       shape: "json" | "line" | "events";
       /** Sent gzip-compressed, `Content-Encoding: gzip`, whatever the client accepts. */
       gzip?: boolean;
+      /** For `events`: each event's JSON (a chunk with nothing in it by default). */
+      event?: string;
       /** The answer's status (200 by default): an error whose body never ends, or trickles. */
       status?: number;
       blockBytes?: number;
@@ -173,7 +187,9 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
     const blockBytes = step.blockBytes ?? 64 * 1024;
     const block = encoder.encode(
       step.shape === "events"
-        ? EMPTY_EVENT.repeat(Math.max(1, Math.floor(blockBytes / EMPTY_EVENT.length)))
+        ? (step.event === undefined ? EMPTY_EVENT : `data: ${step.event}\n\n`).repeat(
+            Math.max(1, Math.floor(blockBytes / EMPTY_EVENT.length)),
+          )
         : "a".repeat(blockBytes),
     );
     let head: Uint8Array | null = encoder.encode(FLOOD_HEADS[step.shape]);
@@ -352,8 +368,35 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
               : "invalid_request_error";
         return json(
           step.status,
-          errorBody(step.status, step.message ?? `Local error ${step.status}`, type, null),
+          errorBody(
+            step.status,
+            step.message ?? `Local error ${step.status}`,
+            type,
+            step.code ?? null,
+          ),
           headers,
+        );
+      }
+      case "filtered": {
+        const finish = { index: 0, logprobs: null, finish_reason: "content_filter" };
+        if (!record.stream) {
+          return json(200, {
+            id: completionId(),
+            object: "chat.completion",
+            created: Math.floor(Date.now() / 1000),
+            model: String(body.model),
+            choices: [{ ...finish, message: { role: "assistant", content: null, refusal: null } }],
+          });
+        }
+        const chunk = (choices: unknown[]) =>
+          `data: ${JSON.stringify({ id: "chatcmpl-filtered", object: "chat.completion.chunk", choices })}\n\n`;
+        return sse(
+          [
+            { pauseMs: 0, write: chunk([{ index: 0, delta: { role: "assistant", content: "" } }]) },
+            { pauseMs: 0, write: chunk([{ ...finish, delta: {} }]) },
+            { pauseMs: 0, write: "data: [DONE]\n\n" },
+          ],
+          record,
         );
       }
       case "hang":

@@ -45,7 +45,9 @@ let registry: Registry;
 let clock: ManualClock;
 let provider: ChatProvider;
 
-function build(overrides: { apiKey?: string; timeoutMs?: number } = {}): ChatProvider {
+function build(
+  overrides: { apiKey?: string; timeoutMs?: number; maxCompletionTokens?: number } = {},
+): ChatProvider {
   return createOpenAiProvider({
     apiKey: overrides.apiKey ?? upstream.apiKey,
     baseUrl: upstream.url,
@@ -55,6 +57,7 @@ function build(overrides: { apiKey?: string; timeoutMs?: number } = {}): ChatPro
     metrics: createUpstreamMetrics(registry, "openai"),
     clock,
     random: () => 0,
+    maxCompletionTokens: overrides.maxCompletionTokens,
   });
 }
 
@@ -346,8 +349,14 @@ describe("the upstream's bytes (probe 54a F1)", () => {
     const { error } = await collectUntilError(provider.stream(MESSAGES));
     expect((error as UpstreamFailure).kind).toBe("unavailable");
     expect(upstream.requests).toHaveLength(12);
-    for (let index = 0; index < 12; index++) await upstream.waitForAbort(index);
-  }, 30_000);
+    // An error labelled as a stream is an error all the same: read whole, under the deadline
+    // (probe 57a F2).
+    upstream.setDefault({ ...trickle(429), shape: "line" });
+    const labelled = await collectUntilError(provider.stream(MESSAGES));
+    expect((labelled.error as UpstreamFailure).kind).toBe("unavailable");
+    expect(upstream.requests).toHaveLength(15);
+    for (let index = 0; index < 15; index++) await upstream.waitForAbort(index);
+  }, 40_000);
 
   test("events with nothing in them, each just inside the timeout, do not end the upstream's silence: the stream times out (probe 56a note)", async () => {
     provider = build({ timeoutMs: 300 });
@@ -385,6 +394,51 @@ describe("the upstream's bytes (probe 54a F1)", () => {
       "identity",
       "identity",
     ]);
+  });
+
+  test("a role, an unknown field, an empty finish or empty usage is nothing of the answer either (probe 57a F3)", async () => {
+    provider = build({ timeoutMs: 300 });
+    for (const event of [
+      '{"choices":[{"index":0,"delta":{"role":"assistant"}}]}',
+      '{"choices":[{"index":0,"delta":{"x":"y","tool_calls":[{}]},"finish_reason":""}],"usage":{}}',
+      '{"choices":[{"index":0,"delta":{"content":"","reasoning_content":" "}}]}',
+    ]) {
+      upstream.enqueue({
+        kind: "flood",
+        shape: "events",
+        event,
+        blockBytes: 100,
+        pauseMs: 100,
+        maxBytes: 60_000,
+      });
+      const { error } = await collectUntilError(provider.stream(MESSAGES));
+      expect([event, (error as UpstreamFailure).kind]).toEqual([event, "unavailable"]);
+    }
+    expect(failureLines().map((line) => line.reason)).toEqual([
+      "timeout mid-stream",
+      "timeout mid-stream",
+      "timeout mid-stream",
+    ]);
+  });
+
+  test("a stream that trickles text just inside the silence timeout ends at a second a capped token after it (probe 57a F3)", async () => {
+    provider = build({ timeoutMs: 300, maxCompletionTokens: 1 });
+    // A letter every 100 ms, for a minute were it read on: each ends the silence.
+    upstream.enqueue({
+      kind: "flood",
+      shape: "events",
+      event: '{"choices":[{"index":0,"delta":{"content":"a"}}]}',
+      blockBytes: 100,
+      pauseMs: 100,
+      maxBytes: 60_000,
+    });
+    const started = performance.now();
+    const { received, error } = await collectUntilError(provider.stream(MESSAGES));
+    // Past the 300 ms of silence a letter would have ended.
+    expect(received.length).toBeGreaterThan(5);
+    expect((error as UpstreamFailure).kind).toBe("unavailable");
+    // 300 ms and a second for the one capped token.
+    expect(performance.now() - started).toBeLessThan(3_000);
   });
 
   test("a reply at its bound in characters JSON escapes at six bytes each is kept, whole and streamed", async () => {
@@ -498,29 +552,53 @@ describe("retries", () => {
     expect(upstream.requests).toHaveLength(1);
   });
 
-  test("non-retryable refusals after a single attempt: of the request's content (400, 413, 422) refused, logged as a warning; others (401, 403, 404) bad_response, an error (probe 55a F3)", async () => {
-    for (const status of [400, 413, 422]) {
-      upstream.enqueue({ kind: "error", status });
-      const failure = await failureOf(provider.complete(MESSAGES));
-      expect(failure.kind).toBe("refused");
-    }
-    for (const status of [403, 404]) {
-      upstream.enqueue({ kind: "error", status });
-      const failure = await failureOf(provider.complete(MESSAGES));
-      expect(failure.kind).toBe("bad_response");
-    }
+  test("non-retryable refusals after a single attempt: of the request's content (413, 422, a 400 whose code says so, a reply the content filter withheld) refused, a warning; others (a 400 without such a code, 401, 403, 404) bad_response, an error (probes 55a F3, 57a F1, F5)", async () => {
+    const steps = [
+      { kind: "error", status: 400, code: "content_filter" },
+      { kind: "error", status: 400, code: "context_length_exceeded" },
+      { kind: "error", status: 413 },
+      { kind: "error", status: 422 },
+      { kind: "filtered" },
+      // A wrong model as OpenRouter and LiteLLM answer it: every request alike, an outage.
+      { kind: "error", status: 400, code: "model_not_found" },
+      { kind: "error", status: 400 },
+      { kind: "error", status: 403 },
+      { kind: "error", status: 404 },
+    ] as const;
+    for (const step of steps) upstream.enqueue(step);
+    const kinds = [];
+    for (const _ of steps) kinds.push((await failureOf(provider.complete(MESSAGES))).kind);
+    expect(kinds).toEqual([
+      ...Array.from({ length: 5 }, () => "refused"),
+      ...Array.from({ length: 4 }, () => "bad_response"),
+    ]);
     const wrongKey = build({ apiKey: "sk-wrong-key-must-not-be-logged" });
-    const failure = await failureOf(wrongKey.complete(MESSAGES));
-    expect(failure.kind).toBe("bad_response");
-    expect(upstream.requests).toHaveLength(6);
+    expect((await failureOf(wrongKey.complete(MESSAGES))).kind).toBe("bad_response");
+    expect(upstream.requests).toHaveLength(10);
     expect(failureLines().map((line) => [line.upstreamStatus, line.kind, line.level])).toEqual([
+      [400, "refused", "warn"],
       [400, "refused", "warn"],
       [413, "refused", "warn"],
       [422, "refused", "warn"],
+      [200, "refused", "warn"],
+      [400, "bad_response", "error"],
+      [400, "bad_response", "error"],
       [403, "bad_response", "error"],
       [404, "bad_response", "error"],
       [401, "bad_response", "error"],
     ]);
+    // A reply withheld whole is refused streamed too.
+    upstream.enqueue({ kind: "filtered" });
+    const { received, error } = await collectUntilError(provider.stream(MESSAGES));
+    expect(received).toEqual([]);
+    expect((error as UpstreamFailure).kind).toBe("refused");
+  });
+
+  test("refusals never open the circuit: a user's withheld replies cannot take chat down for everyone (probe 57a F5)", async () => {
+    for (let i = 0; i < 8; i++) upstream.enqueue({ kind: "filtered" });
+    await Promise.all(Array.from({ length: 8 }, () => failureOf(provider.complete(MESSAGES))));
+    upstream.enqueue({ kind: "reply", text: "still here" });
+    expect((await provider.complete(MESSAGES)).text).toBe("still here");
   });
 
   test("a timeout is retried, and three timeouts are unavailable; each timed-out request is closed", async () => {

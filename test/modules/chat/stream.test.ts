@@ -177,24 +177,29 @@ describe("Server-Sent Events", () => {
     const offline = createOfflineProvider(loadFaq(null));
     let locker: Database | null = null;
     let answered = 0;
-    // Answers at once, but first takes the write lock from another connection for 800 ms: the
-    // turn's storing waits for it, past the shutdown's 200 ms drain.
-    const takeLock = () => {
-      if (locker === null) {
+    const bothAsked = Promise.withResolvers<void>();
+    // Answers at once, but once both turns have asked (so that neither still needs the lock to
+    // reserve: a turn that met it there was refused, and the test timed out one run in ten), takes
+    // the write lock from another connection for 800 ms: each turn's storing waits for it, past
+    // the shutdown's 200 ms drain.
+    const takeLock = async () => {
+      answered++;
+      if (answered === 2 && locker === null) {
         locker = new Database(target!.databasePath);
         locker.exec("BEGIN IMMEDIATE");
         setTimeout(() => locker?.exec("COMMIT"), 800);
+        bothAsked.resolve();
       }
-      answered++;
+      await bothAsked.promise;
     };
     const provider: ChatProvider = {
       ...offline,
       complete: async (messages, options) => {
-        takeLock();
+        await takeLock();
         return offline.complete(messages, options);
       },
       async *stream(messages, options) {
-        takeLock();
+        await takeLock();
         yield* offline.stream(messages, options);
       },
     };

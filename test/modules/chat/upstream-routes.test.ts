@@ -579,7 +579,7 @@ describe("upstream failures reach Sentry with the request id, never the text or 
   test("a refusal of the message's content (the upstream's 400, 413, 422) is 422 UPSTREAM_REFUSED, JSON or streamed: a warning, not reported, not a 5xx (probe 55a F3)", async () => {
     const { upstream, target, alice } = await setUpWithSentry();
     for (const status of [400, 413, 422]) {
-      upstream.enqueue({ kind: "error", status, message: "content_filter" });
+      upstream.enqueue({ kind: "error", status, code: "content_filter" });
       const response = await chat(target, asUser(alice), { message: SECRET_MESSAGE });
       expect(response.status).toBe(422);
       expect(response.headers.get("content-type")).toStartWith("application/problem+json");
@@ -588,7 +588,7 @@ describe("upstream failures reach Sentry with the request id, never the text or 
         status: 422,
       });
     }
-    upstream.enqueue({ kind: "error", status: 400 });
+    upstream.enqueue({ kind: "error", status: 400, code: "context_length_exceeded" });
     const streamed = await chat(target, asUser(alice), { message: SECRET_MESSAGE }, SSE);
     expect(streamed.status).toBe(422);
     expect(((await streamed.json()) as Problem).code).toBe("UPSTREAM_REFUSED");

@@ -193,11 +193,28 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
 }
 
 /**
- * Statuses by which an upstream refuses a request for what it holds (its text, its size): the
- * upstream up, and any user able to cause them, so counted apart (`refused`) and never paging
- * anyone as an outage. A 401, 403 or 404 (a wrong key, model or URL) fails every request alike.
+ * How an upstream refuses a request for what it holds (its text, its size): the upstream up, and any
+ * user able to cause them, so answered 422 and counted apart (`refused`), never paging anyone as an
+ * outage. A 413 or 422 says so by its status; a 400 only by its error code, since OpenRouter and
+ * LiteLLM answer a wrong model 400 too (probe 57a F1: every turn told to change its message, and
+ * nothing paged). A 401, 403, 404 or any other 400 (a wrong key, model or URL) fails every request
+ * alike: 502.
  */
-const CONTENT_REFUSALS = new Set([400, 413, 422]);
+const CONTENT_REFUSAL_STATUSES = new Set([413, 422]);
+const CONTENT_REFUSAL_CODES = new Set([
+  "content_filter",
+  "content_policy_violation",
+  "context_length_exceeded",
+  "invalid_prompt",
+  "string_above_max_length",
+]);
+
+function refusesContent(error: APIError & { status: number }): boolean {
+  if (CONTENT_REFUSAL_STATUSES.has(error.status)) return true;
+  return (
+    error.status === 400 && typeof error.code === "string" && CONTENT_REFUSAL_CODES.has(error.code)
+  );
+}
 
 /** Whether a stream chunk answers: text of the reply, or its finish. */
 function answers(chunk: unknown): boolean {
@@ -217,16 +234,21 @@ function answers(chunk: unknown): boolean {
  */
 function progresses(chunk: unknown): boolean {
   if (!isRecord(chunk)) return false;
-  if (isRecord(chunk.usage)) return true;
+  if (readUsage(chunk.usage) !== undefined) return true;
   const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
   if (!isRecord(choice)) return false;
-  if (typeof choice.finish_reason === "string") return true;
+  if (typeof choice.finish_reason === "string" && FINISHES.has(choice.finish_reason)) return true;
   if (!isRecord(choice.delta)) return false;
-  return Object.values(choice.delta).some(
-    (value) =>
-      (typeof value === "string" && value !== "") || (Array.isArray(value) && value.length > 0),
+  const { content, refusal, reasoning_content: reasoningContent, reasoning } = choice.delta;
+  // Only what the answer is made of: a role, an unknown field, an empty list or object is not
+  // (probe 57a F3: each of them held a turn as the empty chunks had).
+  return [content, refusal, reasoningContent, reasoning].some(
+    (value) => typeof value === "string" && value.trim() !== "",
   );
 }
+
+/** The finishes OpenAI's API documents: any other (an empty one) is no finish. */
+const FINISHES = new Set(["stop", "length", "content_filter", "tool_calls", "function_call"]);
 
 /** `work`, or the caller's abort as soon as `signal` aborts (the work goes on). */
 function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
@@ -279,7 +301,7 @@ function classify(error: unknown): AttemptFailure {
     return {
       // A refusal of what the request holds is the client's to change (422); any other (a wrong
       // key, model or URL) fails every request alike (502).
-      kind: CONTENT_REFUSALS.has(status) ? "refused" : "bad_response",
+      kind: refusesContent(error as APIError & { status: number }) ? "refused" : "bad_response",
       retryable: false,
       upstreamFault: false,
       status,
@@ -389,15 +411,27 @@ function readUsage(value: unknown): TokenUsage | undefined {
 }
 
 /** The reply text of a chat.completion body, or undefined when the body is not that shape. */
-function readCompletionText(body: unknown): string | undefined {
+function readCompletionText(body: unknown): string | typeof FILTERED | undefined {
   if (!isRecord(body) || !Array.isArray(body.choices)) return undefined;
   const choice = body.choices[0];
   if (!isRecord(choice) || !isRecord(choice.message)) return undefined;
   const { content, refusal } = choice.message;
-  if (typeof content === "string") return content;
-  if (typeof refusal === "string") return refusal;
+  if (typeof content === "string" && content !== "") return content;
+  if (typeof refusal === "string" && refusal !== "") return refusal;
+  if (choice.finish_reason === CONTENT_FILTERED) return FILTERED;
+  // A completion that finished with nothing in it: an empty reply, as a stream gives it.
+  if (typeof choice.finish_reason === "string" || typeof content === "string") return "";
   return undefined;
 }
+
+/**
+ * The finish of a reply the upstream's output filter withheld (Azure OpenAI answers it 200 with no
+ * content): a refusal of the request's content, like its 400, not an unusable answer. As a 502 and
+ * a breaker failure, five at once from one user opened the circuit for everyone (probe 57a F5).
+ */
+const CONTENT_FILTERED = "content_filter";
+const FILTERED = Symbol("filtered");
+const FILTERED_REASON = "reply withheld by the upstream's content filter";
 
 export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvider {
   const { model, timeoutMs, logger, metrics } = options;
@@ -606,6 +640,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     });
     observe(startedAt);
     const text = readCompletionText(body);
+    if (text === FILTERED) {
+      const failure = new UpstreamFailure("refused", FILTERED_REASON);
+      metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
+      throw fail(permit, failure, false, { requestId, attempts, status: 200 });
+    }
     if (text === undefined || text.length > maxReplyChars) {
       const failure = new UpstreamFailure(
         "bad_response",
@@ -683,8 +722,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       let usage: TokenUsage | undefined;
       let idle = false;
       let events = 0;
+      let filtered = false;
       // The upstream's silence since its last chunk with something in it (progresses).
       let silentMs = 0;
+      // However it trickles: a second a capped token, after the timeout (probe 57a F3: a space or
+      // a reasoning character every 29 s kept the silence timer from ever firing).
+      const streamEndsBy = performance.now() + timeoutMs + maxCompletionTokens * 1000;
       let broken: string | undefined;
       while (true) {
         // Only the upstream's silence is timed, not the time our consumer takes with a delta.
@@ -694,7 +737,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             idle = true;
             own.abort();
           },
-          Math.max(0, timeoutMs - silentMs),
+          Math.max(0, Math.min(timeoutMs - silentMs, streamEndsBy - waitStarted)),
         );
         let next: IteratorResult<unknown>;
         try {
@@ -737,7 +780,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             text += delta;
             yield { kind: "text", text: delta };
           }
-          if (typeof choice.finish_reason === "string") finished = true;
+          if (typeof choice.finish_reason === "string") {
+            finished = true;
+            filtered = choice.finish_reason === CONTENT_FILTERED;
+          }
         }
       }
       // A stream left mid-way (a malformed chunk, a reply past its cap): the upstream stops sending.
@@ -751,10 +797,16 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       else if (broken) failure = new UpstreamFailure("bad_response", broken);
       else if (!finished)
         failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
+      // Withheld whole: refused, as the JSON answer is (a reply cut by it part-way is kept).
+      else if (filtered && text === "") failure = new UpstreamFailure("refused", FILTERED_REASON);
       settled = true;
       if (failure) {
         metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-        throw fail(permit, failure, true, { requestId, attempts, status: 200 });
+        throw fail(permit, failure, failure.kind !== "refused", {
+          requestId,
+          attempts,
+          status: 200,
+        });
       }
       permit.success();
       yield { kind: "usage", usage: chargedUsage(usage, messages, text, maxCompletionTokens) };
