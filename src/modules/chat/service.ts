@@ -422,13 +422,9 @@ export class ChatService implements ChatTurns {
   }
 
   /**
-   * Ownership, context and the budget reservation: everything before the provider is called. The
-   * reservation is written with the other turns' writes of this event-loop turn.
-   */
-  /**
-   * The highest message id used; throws IdSequenceError when the ids cannot go on: Palisade's count up from 1, and a
-   * mark past what JavaScript counts exactly (or not a number) was written into the file; ids read
-   * back from it would not be the stored ones.
+   * The highest message id used; throws IdSequenceError when the ids cannot go on: Palisade's
+   * count up from 1, and a mark past what JavaScript counts exactly (or not a number) was written
+   * into the file; ids read back from it would not be the stored ones.
    */
   private lastWritableId(): number {
     const mark = this.statements.lastMessageId.get();
@@ -439,6 +435,10 @@ export class ChatService implements ChatTurns {
     return last;
   }
 
+  /**
+   * Ownership, context and the budget reservation: everything before the provider is called. The
+   * reservation is written with the other turns' writes of this event-loop turn.
+   */
   async prepare(input: ChatTurnInput, meta: TurnMeta = {}): Promise<PrepareOutcome> {
     const { owner, message, requestId } = input;
     const { clock, budget, metrics, audit, provider } = this.options;

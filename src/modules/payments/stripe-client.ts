@@ -12,7 +12,6 @@
  * carries our idempotency key, so a retry after a lost answer is replayed by Stripe, never done
  * twice. Timeout 20 s per attempt.
  */
-
 import type Stripe from "stripe";
 import { boundedFetch } from "../../bounded-fetch";
 import { isClientSecretOf, isStripeId } from "./ids";

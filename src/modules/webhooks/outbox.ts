@@ -471,12 +471,6 @@ export class OutboxWorker {
   }
 
   /**
-   * The row as this worker leased it, named by its message id (unique), never by the id it read:
-   * an id past 2^53 (rows moved there in the file; the seal does not cover the id) reads rounded,
-   * and a write by it marked another row sent while the one sent stayed pending, re-leased every
-   * minute (probe 52a F2).
-   */
-  /**
    * The row's id as the file holds it, for what a log line or an audit record names. Past 2^53 a
    * JavaScript number is the stored id rounded (a row moved there in the database file), an id no
    * row has: it is read again as text, by the message id, which is unique (probe 53a F2).
@@ -492,6 +486,12 @@ export class OutboxWorker {
     return stored?.id ?? String(row.id);
   }
 
+  /**
+   * The row as this worker leased it, named by its message id (unique), never by the id it read:
+   * an id past 2^53 (rows moved there in the file; the seal does not cover the id) reads rounded,
+   * and a write by it marked another row sent while the one sent stayed pending, re-leased every
+   * minute (probe 52a F2).
+   */
   private mine(row: OutboxRow) {
     const o = whatsappOutbox;
     return and(

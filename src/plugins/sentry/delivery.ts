@@ -20,7 +20,9 @@ export const DELIVERY_FAILURE_REASONS = ["network", "rate_limited", "refused", "
 export type DeliveryFailureReason = (typeof DELIVERY_FAILURE_REASONS)[number];
 
 /** What became of one envelope: its HTTP status, or none when no answer came. */
-export type DeliveryOutcome = { status: number } | { status: null };
+export interface DeliveryOutcome {
+  status: number | null;
+}
 
 export function failureReason(outcome: DeliveryOutcome): DeliveryFailureReason | null {
   const { status } = outcome;

@@ -227,10 +227,10 @@ function answers(chunk: unknown): boolean {
 }
 
 /**
- * Whether a stream chunk carries anything of the answer: text of the reply or of its reasoning (any
- * non-empty text in its delta), a tool call, a finish, or the usage. Chunks with nothing in them do
- * not end the upstream's silence: one sent just inside the timeout held a turn open for as long as
- * the event bound let it, weeks (probe 56a note).
+ * Whether a stream chunk carries anything of the answer: text of the reply, of its refusal or of
+ * its reasoning that is not only whitespace, a finish OpenAI documents, or the usage's counts.
+ * Chunks with nothing in them do not end the upstream's silence: one sent just inside the timeout
+ * held a turn open for as long as the event bound let it, weeks (probe 56a note).
  */
 function progresses(chunk: unknown): boolean {
   if (!isRecord(chunk)) return false;
@@ -261,24 +261,20 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Pro
   });
 }
 
+/** Why the bounded fetch refused an answer (bounded-fetch.ts), or undefined for any other error. */
+function refusedAnswer(error: unknown): string | undefined {
+  if (error instanceof UpstreamTooLarge) return "reply longer than its cap";
+  if (error instanceof UpstreamEncodingRefused)
+    return "answer compressed though asked for identity";
+  return undefined;
+}
+
 /** What an SDK error means for us. Reasons are ours: the upstream's message is never kept. */
 function classify(error: unknown): AttemptFailure {
-  if (error instanceof UpstreamTooLarge) {
+  const refused = refusedAnswer(error);
+  if (refused !== undefined) {
     // The same upstream would send the same again: not retried.
-    return {
-      kind: "bad_response",
-      retryable: false,
-      upstreamFault: true,
-      reason: "reply longer than its cap",
-    };
-  }
-  if (error instanceof UpstreamEncodingRefused) {
-    return {
-      kind: "bad_response",
-      retryable: false,
-      upstreamFault: true,
-      reason: "answer compressed though asked for identity",
-    };
+    return { kind: "bad_response", retryable: false, upstreamFault: true, reason: refused };
   }
   if (error instanceof APIConnectionTimeoutError || error instanceof UpstreamBodyTimeout) {
     return { kind: "unavailable", retryable: true, upstreamFault: true, reason: "timeout" };
@@ -744,15 +740,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           next = pending.shift() ?? (await iterator.next());
         } catch (error) {
           broken =
-            error instanceof UpstreamTooLarge
-              ? "reply longer than its cap"
-              : error instanceof UpstreamEncodingRefused
-                ? "answer compressed though asked for identity"
-                : error instanceof SyntaxError
-                  ? "malformed chunk"
-                  : error instanceof APIError && error.status === undefined
-                    ? "error event in stream"
-                    : "stream cut";
+            refusedAnswer(error) ??
+            (error instanceof SyntaxError
+              ? "malformed chunk"
+              : error instanceof APIError && error.status === undefined
+                ? "error event in stream"
+                : "stream cut");
           break;
         } finally {
           clearTimeout(timer);
