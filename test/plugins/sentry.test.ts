@@ -9,14 +9,17 @@ import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
 import { Elysia, t } from "elysia";
 import { AppError } from "../../src/errors";
+import { createLogger } from "../../src/logging/logger";
 import type { Feature } from "../../src/modules/feature";
+import { Registry } from "../../src/plugins/metrics/prom";
+import { createErrorReporter } from "../../src/plugins/sentry";
 import { createScrubber } from "../../src/plugins/sentry/scrub";
 import {
   createReportThrottle,
   fingerprintOf,
   REPORT_INTERVAL_MS,
 } from "../../src/plugins/sentry/throttle";
-import { buildTestApp, send, type TestApp, tempDir } from "../support/app";
+import { buildTestApp, LogCapture, send, type TestApp, tempDir } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
 import { ManualClock } from "../support/clock";
 import { BASIC_CREDENTIAL, CREDENTIAL_QUERY, CREDENTIAL_VALUES } from "../support/credentials";
@@ -380,6 +383,87 @@ test("a DSN whose host refuses connections: counted as network, said once", asyn
   expect(
     target.logs.entries.filter((entry) => String(entry.msg).startsWith("sentry did not take")),
   ).toEqual([expect.objectContaining({ level: "warn", reason: "network", status: null })]);
+});
+
+/** A reporter of its own, as core.ts makes it, with its metrics and log lines in reach. */
+function standaloneReporter(options: { sendTimeoutMs?: number } = {}) {
+  const logs = new LogCapture();
+  const registry = new Registry();
+  const reporter = createErrorReporter({
+    dsn: sentry.dsn(),
+    environment: "test",
+    release: "test",
+    tracesSampleRate: 0,
+    secretValues: [],
+    logger: createLogger({ level: "info", destination: logs }),
+    registry,
+    ...options,
+  });
+  const failed = async (reason: string) =>
+    Number(
+      new RegExp(`^error_reports_failed_total\\{reason="${reason}"\\} (\\d+)$`, "m").exec(
+        await registry.metrics(),
+      )?.[1],
+    );
+  const warnings = () =>
+    logs.entries.filter((entry) => String(entry.msg).startsWith("sentry did not take"));
+  return { reporter, failed, warnings, logs };
+}
+
+test("after a 429 the SDK drops reports without sending them: each is counted as rate_limited (probe 57a F4)", async () => {
+  const { reporter, failed, warnings } = standaloneReporter();
+  sentry.refuseWith = 429;
+  try {
+    reporter.report(new Error("first failure"));
+    await reporter.flush(5000);
+    const sentBefore = sentry.envelopes.length;
+    // Four different failures (the throttle sends each), all inside the SDK's 60 s back-off.
+    for (const name of ["second", "third", "fourth", "fifth"]) {
+      reporter.report(new Error(`${name} failure`));
+    }
+    await reporter.flush(5000);
+    await waitFor(async () => (await failed("rate_limited")) === 5, {
+      what: "the answered 429 and the four dropped in its back-off",
+    });
+    expect(sentry.envelopes.length).toBe(sentBefore);
+    expect(warnings().map((entry) => [entry.reason, entry.status])).toEqual([
+      ["rate_limited", 429],
+    ]);
+  } finally {
+    sentry.refuseWith = null;
+  }
+});
+
+test("a Sentry that takes the connection and never answers: each report counted as timeout when its wait ends, those past the SDK's buffer as backlog (probe 57a F4)", async () => {
+  const { reporter, failed, warnings, logs } = standaloneReporter({ sendTimeoutMs: 300 });
+  sentry.hang = true;
+  try {
+    // More different failures at once than the SDK holds (64).
+    for (let i = 0; i < 70; i++) reporter.report(new Error(`failure number ${i}`));
+    await waitFor(async () => (await failed("timeout")) + (await failed("backlog")) === 70, {
+      what: "every report counted",
+      timeoutMs: 10_000,
+    });
+    expect(await failed("backlog")).toBe(6);
+    expect(warnings()).toHaveLength(1);
+  } finally {
+    sentry.hang = false;
+  }
+  // Delivered again once Sentry answers, and the run's losses said.
+  reporter.report(new Error("after the outage"));
+  await reporter.flush(5000);
+  await waitFor(() => sentry.events().length === 1, { what: "the event Sentry took" });
+  await waitFor(
+    () => logs.entries.some((entry) => entry.msg === "sentry takes error reports again"),
+    {
+      what: "the recovery said",
+    },
+  );
+  expect(
+    logs.entries
+      .filter((entry) => entry.msg === "sentry takes error reports again")
+      .map((entry) => entry.lost),
+  ).toEqual([70]);
 });
 
 test("an answer that fails its schema is reported by route and field paths, never with the answer's values (probe 30b F1)", async () => {

@@ -32,6 +32,8 @@ export interface SentryServer {
    * as Sentry answers them), instead of 200; a refused envelope is not recorded.
    */
   refuseWith: number | null;
+  /** While set, envelopes are read and never answered (a host that accepts and hangs). */
+  hang: boolean;
   stop(): void;
 }
 
@@ -85,7 +87,7 @@ export function parseEnvelope(bytes: Uint8Array): {
 
 export function startSentryServer(): SentryServer {
   const envelopes: ReceivedEnvelope[] = [];
-  const state = { refuseWith: null as number | null };
+  const state = { refuseWith: null as number | null, hang: false };
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
@@ -93,6 +95,10 @@ export function startSentryServer(): SentryServer {
       const url = new URL(request.url);
       const match = /^\/api\/([^/]+)\/envelope\/?$/.exec(url.pathname);
       if (request.method !== "POST" || !match) return new Response("not found", { status: 404 });
+      if (state.hang) {
+        await request.arrayBuffer();
+        return new Promise<Response>(() => {});
+      }
       if (state.refuseWith !== null) {
         return Response.json({ detail: "event submission rejected" }, { status: state.refuseWith });
       }
@@ -124,6 +130,12 @@ export function startSentryServer(): SentryServer {
     },
     set refuseWith(status: number | null) {
       state.refuseWith = status;
+    },
+    get hang() {
+      return state.hang;
+    },
+    set hang(value: boolean) {
+      state.hang = value;
     },
     stop: () => server.stop(true),
   };

@@ -20,9 +20,10 @@
  * `http.server` transaction (name `METHOD /route/pattern`, status, duration, request id), built
  * from what the access log already measures; nothing else is instrumented.
  */
+import type * as SentryBun from "@sentry/bun";
 import type { Logger } from "../../logging/logger";
 import type { Registry } from "../metrics/prom";
-import { createDeliveryWatch } from "./delivery";
+import { createDeliveryWatch, failureOfDrop } from "./delivery";
 import { createScrubber } from "./scrub";
 import {
   createReportThrottle,
@@ -30,7 +31,7 @@ import {
   type PendingRepeats,
   REPORT_INTERVAL_MS,
 } from "./throttle";
-import { noRedirectTransport } from "./transport";
+import { guardedTransport } from "./transport";
 
 export interface ErrorContext {
   requestId?: string;
@@ -94,6 +95,8 @@ export interface ErrorReporterOptions {
   registry?: Registry;
   /** The time, for sending one event per failure per minute (throttle.ts). */
   now?: () => number;
+  /** How long an envelope waits for Sentry's answer (transport.ts). */
+  sendTimeoutMs?: number;
 }
 
 const MAX_QUEUED = 100;
@@ -116,7 +119,7 @@ const randomHex = (bytes: number) =>
 export function createErrorReporter(options: ErrorReporterOptions): ErrorReporter {
   const { dsn, logger } = options;
   // Registered without a DSN too (at 0): every deployment exports the same families.
-  const delivered = createDeliveryWatch(logger, options.registry);
+  const watch = createDeliveryWatch(logger, options.registry);
   if (dsn === null) return disabledReporter;
 
   const scrub = createScrubber([...options.secretValues, dsn]);
@@ -141,14 +144,25 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
 
   const ready = import("@sentry/bun").then(
     (Sentry) => {
-      const client = new Sentry.BunClient({
+      // Every drop the SDK records passes here: those before the transport's fetch (backing off
+      // after a 429, a full buffer) are delivery failures no answer tells of.
+      class WatchedClient extends Sentry.BunClient {
+        override recordDroppedEvent(
+          ...[reason, category, count = 1]: Parameters<SentryBun.BunClient["recordDroppedEvent"]>
+        ): void {
+          super.recordDroppedEvent(reason, category, count);
+          const failure = failureOfDrop(reason, category);
+          if (failure !== null) watch.lost(failure, count);
+        }
+      }
+      const client = new WatchedClient({
         dsn,
         environment: options.environment,
         release: options.release,
         tracesSampleRate: rate,
         // Transactions as whole events, so beforeSendTransaction (the scrubber) sees them.
         traceLifecycle: "static",
-        transport: noRedirectTransport(Sentry, delivered),
+        transport: guardedTransport(Sentry, watch, options.sendTimeoutMs),
         stackParser: Sentry.defaultStackParser,
         integrations: [Sentry.linkedErrorsIntegration()],
         beforeSend: (event) => scrub(event),
