@@ -35,9 +35,14 @@ export interface ChatTurn {
   usage: TokenUsage;
 }
 
-/** A turn's outcome as a value; upstream failures are thrown as UpstreamFailure. */
+/**
+ * A turn's outcome as a value; upstream failures are thrown as UpstreamFailure, but for the
+ * upstream's refusal of the message's content (`refused`: asking again gets the same answer).
+ */
 export type ChatTurnOutcome =
   | { kind: "reply"; turn: ChatTurn }
+  /** The upstream refused the message for what it holds (content filter, too long for it). */
+  | { kind: "refused" }
   | { kind: "not_found" }
   | { kind: "over_budget"; retryAfterSeconds: number }
   /** The owner was erased (or its key revoked) while the turn was prepared: nothing is kept. */

@@ -100,7 +100,7 @@ export interface PreparedTurn {
 
 export type PrepareOutcome =
   | { kind: "ready"; turn: PreparedTurn }
-  | Exclude<ChatTurnOutcome, { kind: "reply" }>;
+  | Exclude<ChatTurnOutcome, { kind: "reply" } | { kind: "refused" }>;
 
 /** What a streamed turn yields: text as it arrives, then the stored turn. */
 export type TurnEvent = { kind: "text"; text: string } | { kind: "done"; turn: ChatTurn };
@@ -522,7 +522,13 @@ export class ChatService implements ChatTurns {
   async converse(input: ChatTurnInput, meta: TurnMeta = {}): Promise<ChatTurnOutcome> {
     const prepared = await this.prepare(input, meta);
     if (prepared.kind !== "ready") return prepared;
-    return { kind: "reply", turn: await this.complete(prepared.turn, input.signal) };
+    try {
+      return { kind: "reply", turn: await this.complete(prepared.turn, input.signal) };
+    } catch (error) {
+      // Not a failure to retry: the same message is refused again (its reservation is released).
+      if (error instanceof UpstreamFailure && error.kind === "refused") return { kind: "refused" };
+      throw error;
+    }
   }
 
   async complete(turn: PreparedTurn, signal?: AbortSignal): Promise<ChatTurn> {

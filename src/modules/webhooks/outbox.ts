@@ -66,6 +66,12 @@ export const NON_TEXT_REPLY =
  */
 export const REFUSED_TEXT_REPLY =
   "Thanks for your message! I couldn't read it as it was sent — please type your question as plain text, up to 4000 characters.";
+/**
+ * The answer to a text the chat model refused for what it holds (its content filter, or too long
+ * for it): the same text is refused again, so it is not retried.
+ */
+export const UPSTREAM_REFUSED_REPLY =
+  "Thanks for your message! I can't answer that one — please rephrase your question and send it again.";
 /** The answer when the sender's daily chat budget is spent. */
 export const OVER_BUDGET_REPLY =
   "Thanks for your message! You've reached today's limit for this assistant; please try again tomorrow.";
@@ -445,6 +451,8 @@ export class OutboxWorker {
           };
         case "over_budget":
           return { kind: "reply", reply: OVER_BUDGET_REPLY, conversationId: previous };
+        case "refused":
+          return { kind: "reply", reply: UPSTREAM_REFUSED_REPLY, conversationId: previous };
         case "not_found":
           return { kind: "transient", reason: "chat: conversation not found" };
         // A WhatsApp sender is never erased from under a turn; were it, the row is tried again.

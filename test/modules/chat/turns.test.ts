@@ -1,10 +1,10 @@
 /**
  * `ChatTurns.converse`, what the WhatsApp webhook calls: the same storage, context, budget and
- * metrics as POST /api/chat, outcomes as values (reply, not_found, over_budget), upstream
+ * metrics as POST /api/chat, outcomes as values (reply, not_found, over_budget, refused), upstream
  * failures thrown as UpstreamFailure.
  */
 import { afterEach, expect, test } from "bun:test";
-import { chatConversations } from "../../../src/db/schema";
+import { chatConversations, chatMessages, chatReservations } from "../../../src/db/schema";
 import type { ChatFeature } from "../../../src/modules/chat/feature";
 import { buildTestApp, type TestApp } from "../../support/app";
 import { failingProvider, recordingProvider, UpstreamFailure } from "../../support/chat";
@@ -60,4 +60,17 @@ test("over the budget is a value with the seconds to wait; upstream failures are
   });
   const failed = turnsOf(target).converse({ owner, message: "hello", requestId: "r" });
   await expect(failed).rejects.toBeInstanceOf(UpstreamFailure);
+});
+
+test("a message the upstream refuses for what it holds is a value, not a failure to retry; nothing is kept or held", async () => {
+  target = buildTestApp({
+    chatProvider: failingProvider(
+      new UpstreamFailure("refused", "upstream refused the request (status 400)"),
+    ),
+  });
+  const owner = { kind: "whatsapp" as const, id: "sender" };
+  const outcome = await turnsOf(target).converse({ owner, message: "hello", requestId: "r" });
+  expect(outcome).toEqual({ kind: "refused" });
+  expect(target.db.select().from(chatMessages).all()).toEqual([]);
+  expect(target.db.select().from(chatReservations).all()).toEqual([]);
 });

@@ -10,6 +10,7 @@ import {
   NON_TEXT_REPLY,
   OVER_BUDGET_REPLY,
   REFUSED_TEXT_REPLY,
+  UPSTREAM_REFUSED_REPLY,
 } from "../../../src/modules/webhooks/outbox";
 import { buildTestApp, send, servicesTold, type TestApp } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
@@ -372,6 +373,27 @@ describe("chat turns", () => {
     clock.advance(1500);
     await worker.drain();
     expect(graph.sent.map((m) => m.body)).toEqual([OVER_BUDGET_REPLY, "reply to: q"]);
+  });
+
+  test("a text the chat model refuses for what it holds gets the fixed notice at once, not retried", async () => {
+    const { target, graph, chat, worker } = setup();
+    const from = "16505551234";
+    await deliver(target, notification({ messages: [{ id: "wamid.R1", from, text: "one" }] }));
+    await worker.drain();
+    chat.script.push({ kind: "refused" });
+    await deliver(target, notification({ messages: [{ id: "wamid.R2", from, text: "two" }] }));
+    await worker.drain();
+    await graph.waitForSent(2);
+    expect(graph.sent.map((m) => m.body)).toEqual(["reply to: one", UPSTREAM_REFUSED_REPLY]);
+    expect(chat.turns.map((t) => t.message)).toEqual(["one", "two"]);
+    expect(rows(target).map((r) => [r.state, r.attempts, r.conversation_id])).toEqual([
+      ["sent", 1, "conv-1"],
+      ["sent", 1, "conv-1"],
+    ]);
+    // The conversation goes on with the next message.
+    await deliver(target, notification({ messages: [{ id: "wamid.R3", from, text: "three" }] }));
+    await worker.drain();
+    expect(chat.turns.at(-1)!.conversationId).toBe("conv-1");
   });
 
   test("one sender's messages are answered in order, one at a time", async () => {
