@@ -167,6 +167,39 @@ describe("GET /api/admin/security/summary", () => {
     ]);
   });
 
+  test("an address or principal written into the file as a BLOB or a number is shown as the text it holds, by the route and the CLI (probe 58a F1)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const forge = (ip: string, actor: string) =>
+      current!.db.$client.run(
+        `INSERT INTO audit_events (at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash)
+         VALUES (${Date.now()}, 'auth.login.failed', ${actor}, ${ip}, NULL, NULL, 'failure', '{}', NULL, 'c', 'p', 'h')`,
+      );
+    forge("X'3139382E35312E3130302E39'", "X'757365723A3432'");
+    forge("X'DEADBEEF'", "7");
+    forge("3232235777", "NULL");
+    const { response, body } = await summary(current, admin.accessToken);
+    expect(response.status).toBe(200);
+    // In SQLite's order of types (numbers, text, BLOBs); a BLOB decoded as UTF-8.
+    expect(body.failedLogins.addresses).toEqual([
+      { address: "3232235777", count: 1 },
+      { address: "198.51.100.9", count: 1 },
+      { address: new TextDecoder().decode(new Uint8Array([0xde, 0xad, 0xbe, 0xef])), count: 1 },
+    ]);
+    expect(body.failedLogins.principals).toEqual([
+      { principal: "7", count: 1 },
+      { principal: "user:42", count: 1 },
+    ]);
+    const json = await cliInProcess(["audit:top", "--json"], {
+      DATABASE_PATH: current.databasePath,
+    });
+    expect(json.code).toBe(0);
+    expect(JSON.parse(json.stdout).failedLogins).toEqual(body.failedLogins);
+    const text = await cliInProcess(["audit:top"], { DATABASE_PATH: current.databasePath });
+    expect(text.stdout).toContain("1  198.51.100.9");
+    expect(text.stdout).toContain("1  user:42");
+  });
+
   test("since is a duration or an ISO date-time, bounded to 30 days back and not the future", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

@@ -22,6 +22,7 @@ import { and, asc, desc, gte, inArray, isNotNull, lte, sql } from "drizzle-orm";
 import { isCalendarDateTime } from "../../calendar";
 import { drizzleOf } from "../../db/client";
 import { auditEvents } from "../../db/schema";
+import { storedValueText } from "../../db/stored-values";
 import type { AuditEventType } from "../../plugins/audit/events";
 
 export const SUMMARY_CATEGORIES = {
@@ -125,14 +126,17 @@ export function summarizeSecurity(
     const count = sql<number>`count(*)`.mapWith(Number);
     const top = (column: typeof auditEvents.ip | typeof auditEvents.actor) =>
       db
-        .select({ value: sql<string>`${column}`, count })
+        .select({ value: sql<unknown>`${column}`, count })
         .from(auditEvents)
         .where(and(inWindow, isNotNull(column)))
         .groupBy(column)
         // Ties in a stable order, so two reads of the same log print the same list.
         .orderBy(desc(count), asc(column))
         .limit(window.top)
-        .all();
+        .all()
+        // A value written into the file as a BLOB or a number is shown as the text it holds, as
+        // the audit listing shows it, not a 500 for every window that holds it (probe 58a F1).
+        .map(({ value, count }) => ({ value: storedValueText(value) ?? "", count }));
     const total = db.select({ count }).from(auditEvents).where(inWindow).get()?.count ?? 0;
     categories[category] = {
       total,
