@@ -55,6 +55,11 @@ export function helpText(commands: readonly Command[]): string {
   ].join("\n");
 }
 
+function oneLine(error: unknown): string {
+  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  return text.split("\n", 1)[0]!.slice(0, 500);
+}
+
 export async function runCli(
   argv: readonly string[],
   env: Environment,
@@ -182,7 +187,10 @@ export async function runCli(
       io.err(`palisade ${command.name}: ${error.message}`);
       return 1;
     }
-    throw error;
+    // Anything else (the file locked past the busy timeout, a disk full, a write the file refuses)
+    // is one line too, never a stack trace with a source listing (probe 58a F2).
+    io.err(`palisade ${command.name}: failed: ${oneLine(error)}`);
+    return 1;
   } finally {
     (services as Services | null)?.close();
     (db as AppDatabase | null)?.$client.close();

@@ -571,8 +571,16 @@ export class ApiKeyService {
     };
   }
 
+  /**
+   * The revocation, its feed row and its audit event in one transaction: written one after another,
+   * a feed row that could not be written (a lock past the busy timeout, a full disk) left the key
+   * revoked in the file but unaudited and still accepted from every cache, and the retry the
+   * admin was told to make answered 404 (probe 58a F2).
+   */
   revoke(id: string, actor: string | null, reason?: string, origin?: KeyActionOrigin): boolean {
-    const revoked = this.revokeRow(id, actor, reason, origin);
+    const revoked = this.db.transaction(() => this.revokeRow(id, actor, reason, origin), {
+      behavior: "immediate",
+    });
     if (revoked) this.credentials.applyRevocations();
     return revoked;
   }
@@ -724,6 +732,10 @@ export class ApiKeyService {
           replacedBy,
           successorSeal: this.options.seal.successor({ id, replacedBy, expiresAt: graceEnds }),
         });
+        // In the rotation's transaction (probe 58a F2): after its commit, a feed row that could
+        // not be written failed the request with the rotation kept, the successor's secret never
+        // shown and the old key's grace running.
+        this.credentials.recordRevocation("key", id);
         this.audit.record({
           type: "admin.key.rotated",
           outcome: "success",
@@ -739,8 +751,8 @@ export class ApiKeyService {
       },
       { behavior: "immediate" },
     );
-    // Cached copies of the old key carry its old expiry: drop them everywhere.
-    if (rotated) this.credentials.revoke("key", id);
+    // Cached copies of the old key carry its old expiry: dropped here now, elsewhere by the feed.
+    if (rotated) this.credentials.applyRevocations();
     return rotated;
   }
 
@@ -814,6 +826,8 @@ export class ApiKeyService {
           }
           if (row.scopes !== scopes) {
             this.change(row.id, { scopes });
+            // With the change it reports (probe 58a F2's class); read after the commit.
+            this.credentials.recordRevocation("key", row.id);
             changedKeys.push(row.id);
             this.audit.record({
               type: "admin.key.scopes_changed",
@@ -842,7 +856,7 @@ export class ApiKeyService {
       },
       { behavior: "immediate" },
     );
-    for (const id of changedKeys) this.credentials.revoke("key", id);
+    if (changedKeys.length > 0) this.credentials.applyRevocations();
     return outcome;
   }
 

@@ -798,10 +798,12 @@ export class AuthService {
           .where(and(eq(refreshFamilies.userId, userId), isNull(refreshFamilies.revokedAt)))
           .all();
         for (const { id } of families) this.revokeFamilyRows(id, now);
+        // With the families it stands for (probe 58a F2's class), read after the commit.
+        credentials.recordRevocation("user", userId);
       },
       { behavior: "immediate" },
     );
-    credentials.revoke("user", userId);
+    credentials.applyRevocations();
   }
 
   /**

@@ -1,0 +1,122 @@
+/**
+ * A revocation that cannot be written to the revocation feed (the file locked past the busy
+ * timeout, a disk full; here the feed's id sequence at SQLite's last id, which fails its insert as
+ * a full disk does) changes nothing: the key is neither revoked nor rotated, nothing is audited,
+ * the key still works, and the same request succeeds once the feed can be written (probe 58a F2:
+ * the key change was committed first, unaudited and not reaching any cache, and the retry was 404).
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { bearer, createKey, signUp } from "../../support/auth";
+import { cliInProcess } from "../../support/cli";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+/** Every feed insert fails (SQLITE_FULL) until the returned function is called. */
+function breakFeed(target: TestApp): () => void {
+  const sqlite = target.db.$client;
+  sqlite.run("DELETE FROM sqlite_sequence WHERE name = 'auth_revocations'");
+  sqlite.run(
+    "INSERT INTO sqlite_sequence (name, seq) VALUES ('auth_revocations', 9223372036854775807)",
+  );
+  return () =>
+    sqlite.run(
+      "UPDATE sqlite_sequence SET seq = (SELECT coalesce(max(id), 0) FROM auth_revocations) WHERE name = 'auth_revocations'",
+    );
+}
+
+function keyRows(target: TestApp) {
+  return target.db.$client
+    .query<{ id: string; revokedAt: number | null; replacedBy: string | null }, []>(
+      "SELECT id, revoked_at AS revokedAt, replaced_by AS replacedBy FROM api_keys ORDER BY rowid",
+    )
+    .all();
+}
+
+function keyEvents(target: TestApp): string[] {
+  target.services.audit.flush();
+  return target.db.$client
+    .query<{ type: string }, []>(
+      "SELECT type FROM audit_events WHERE type LIKE 'admin.key.%' AND type != 'admin.key.created' ORDER BY id",
+    )
+    .all()
+    .map((row) => row.type);
+}
+
+const useKey = (target: TestApp, key: string) =>
+  send(target, "/api/auth/me", { headers: { "x-api-key": key } });
+
+describe("a revocation feed that cannot be written", () => {
+  test("DELETE /api/admin/api-keys/:id is 503 and changes nothing; the retry revokes", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const { key, record } = createKey(current, ["chat"], admin.userId);
+    expect((await useKey(current, key)).status).toBe(200);
+    const mend = breakFeed(current);
+    const revoke = () =>
+      send(current!, `/api/admin/api-keys/${record.id}`, {
+        method: "DELETE",
+        headers: bearer(admin.accessToken),
+      });
+    const refused = await revoke();
+    expect(refused.status).toBe(503);
+    expect(((await refused.json()) as { code: string }).code).toBe("SERVICE_UNAVAILABLE");
+    expect(keyRows(current).find((row) => row.id === record.id)?.revokedAt).toBeNull();
+    expect(keyEvents(current)).toEqual([]);
+    expect((await useKey(current, key)).status).toBe(200);
+
+    mend();
+    expect((await revoke()).status).toBe(204);
+    expect(keyEvents(current)).toEqual(["admin.key.revoked"]);
+    expect((await useKey(current, key)).status).toBe(401);
+  });
+
+  test("POST /api/admin/api-keys/:id/rotate is 503 and makes no successor; the retry rotates", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const { key, record } = createKey(current, ["chat"], admin.userId);
+    const before = keyRows(current);
+    const mend = breakFeed(current);
+    const rotate = () =>
+      send(current!, `/api/admin/api-keys/${record.id}/rotate`, {
+        headers: bearer(admin.accessToken),
+        body: { graceMinutes: 0 },
+      });
+    expect((await rotate()).status).toBe(503);
+    expect(keyRows(current)).toEqual(before);
+    expect(keyEvents(current)).toEqual([]);
+    expect((await useKey(current, key)).status).toBe(200);
+
+    mend();
+    const rotated = await rotate();
+    expect(rotated.status).toBe(201);
+    const successor = ((await rotated.json()) as { key: string }).key;
+    expect(keyEvents(current)).toEqual(["admin.key.rotated"]);
+    expect((await useKey(current, successor)).status).toBe(200);
+    expect((await useKey(current, key)).status).toBe(401);
+  });
+
+  test("bun run cli keys:revoke fails in one line, exit 1, and leaves the key as it was", async () => {
+    current = buildTestApp();
+    const { key, record } = createKey(current, ["chat"]);
+    const mend = breakFeed(current);
+    const env = { DATABASE_PATH: current.databasePath };
+    const failed = await cliInProcess(["keys:revoke", record.id], env);
+    expect(failed.code).toBe(1);
+    expect(failed.stdout).toBe("");
+    expect(failed.stderr.trim().split("\n")).toEqual([
+      expect.stringMatching(/^palisade keys:revoke: failed: \w*Error: .+$/),
+    ]);
+    expect(keyRows(current)[0]!.revokedAt).toBeNull();
+    expect(keyEvents(current)).toEqual([]);
+    expect((await useKey(current, key)).status).toBe(200);
+
+    mend();
+    expect((await cliInProcess(["keys:revoke", record.id], env)).code).toBe(0);
+    expect(keyRows(current)[0]!.revokedAt).not.toBeNull();
+  });
+});
