@@ -12,7 +12,7 @@
  * notice that the newest rows were deleted.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, desc, gt, lte, sql } from "drizzle-orm";
+import { and, asc, desc, gt, lte, type SQL, sql } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
 import { type AuditKeys, commitsToDetail, GENESIS_HASH, matchesCommit } from "./chain";
@@ -58,6 +58,8 @@ type CheckpointRow = typeof auditCheckpoints.$inferSelect;
 
 /** Rows read per query while walking: memory stays bounded however long the chain. */
 const WALK_PAGE = 1000;
+/** SQLite's largest rowid, exactly (a number would round it to 2^63, past every integer). */
+const LAST_ROWID = 9_223_372_036_854_775_807n;
 
 export function latestCheckpoint(sqlite: Database): CheckpointRow | null {
   return (
@@ -127,27 +129,44 @@ export function verifyAuditChain(
   return drizzleOf(sqlite).transaction(() => walkChain(sqlite, keys, options));
 }
 
-/** The rows with id up to `untilId`, in id order, read a page at a time. */
-function* rowsUpTo(sqlite: Database, untilId: number): Generator<AuditRow> {
-  const page = drizzleOf(sqlite)
-    .select()
-    .from(auditEvents)
-    .where(
-      and(
-        gt(auditEvents.id, sql.placeholder("after")),
-        lte(auditEvents.id, sql.placeholder("until")),
-      ),
-    )
-    .orderBy(asc(auditEvents.id))
-    .limit(WALK_PAGE)
-    .prepare();
-  let after = Number.MIN_SAFE_INTEGER;
+/**
+ * The rows with id up to `untilId` (every row without it, whatever its id: bounded by what
+ * JavaScript counts exactly, a row written into the file past 2^53 was never read, and the chain
+ * read as intact; probe 58a F3), in id order, read a page at a time.
+ */
+function* rowsUpTo(sqlite: Database, untilId: number | null): Generator<AuditRow> {
+  // Two statements rather than one with `? IS NULL OR`: SQLite then scans from the first row for
+  // every page, and a long log's walk grows with the square of its rows.
+  const page = (from: SQL | undefined) =>
+    drizzleOf(sqlite)
+      .select()
+      .from(auditEvents)
+      .where(and(from, lte(auditEvents.id, sql.placeholder("until"))))
+      .orderBy(asc(auditEvents.id))
+      .limit(WALK_PAGE)
+      .prepare();
+  const first = page(undefined);
+  const next = page(gt(auditEvents.id, sql.placeholder("after")));
+  const until = untilId ?? LAST_ROWID;
+  let rows = first.all({ until });
   for (;;) {
-    const rows = page.all({ after, until: untilId });
     yield* rows;
     if (rows.length < WALK_PAGE) return;
-    after = rows.at(-1)!.id;
+    const last = rows.at(-1)!.id;
+    // A rounded id would read its page again or skip rows: the walk stops at it (walkChain).
+    if (!Number.isSafeInteger(last)) return;
+    rows = next.all({ after: last, until });
   }
+}
+
+/** The id of the first row after `after` (any row without it) as the file holds it. */
+function storedIdAfter(sqlite: Database, after: number | null): string {
+  const row = sqlite
+    .query<{ id: string }, [number | null]>(
+      "SELECT CAST(id AS TEXT) AS id FROM audit_events WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT 1",
+    )
+    .get(after);
+  return row?.id ?? "?";
 }
 
 function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): VerifyResult {
@@ -173,8 +192,19 @@ function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): V
   const anchor = options.anchor;
   let anchorHash: string | null = anchor && anchor.count === expectedId - 1 ? expectedPrev : null;
   let checked = 0;
-  const limit = options.untilId ?? Number.MAX_SAFE_INTEGER;
-  for (const row of rowsUpTo(sqlite, limit)) {
+  let lastId: number | null = null;
+  for (const row of rowsUpTo(sqlite, options.untilId ?? null)) {
+    // Palisade writes ids from 1 up, one at a time: one past what JavaScript counts exactly (or
+    // below it) was written into the file, and is named as the file holds it.
+    if (!Number.isSafeInteger(row.id)) {
+      return fail(
+        `row ${storedIdAfter(sqlite, lastId)}`,
+        null,
+        "its id is past any id Palisade writes: it was written into the database file",
+        checked,
+      );
+    }
+    lastId = row.id;
     const fault = rowFault(keys, row, expectedId, expectedPrev);
     if (fault) return fail(`row ${row.id}`, row.id, fault, checked);
     if (anchor && row.id === anchor.count) anchorHash = row.hash;

@@ -373,6 +373,36 @@ describe("audit:verify fails on tampering", () => {
     expect(result.stderr.split("\n")).toHaveLength(1);
   });
 
+  test.each(["-9007199254740993", "9007199254740992", "9223372036854775807"])(
+    "a copy of the last row at id %s is named as the file holds it, by audit:verify and db:verify (probe 58a F3)",
+    async (id) => {
+      const { app, sqlite } = seeded();
+      const anchor = loggedHead(app);
+      sqlite.run(
+        `INSERT INTO audit_events SELECT ${id}, ${Object.keys(
+          sqlite.query("SELECT * FROM audit_events LIMIT 1").get() as object,
+        )
+          .filter((column) => column !== "id")
+          .join(
+            ", ",
+          )} FROM audit_events WHERE id = (SELECT max(id) FROM audit_events WHERE id < 100)`,
+      );
+      for (const flags of [[], ["--head", anchor.head, "--count", String(anchor.count)]]) {
+        const result = await verify(app, flags);
+        expect(result.code).toBe(1);
+        expect(result.stderr).toBe(
+          `palisade audit:verify: chain broken at row ${id} (its id is past any id Palisade writes: it was written into the database file); ${id.startsWith("-") ? 0 : anchor.count} rows before it verified`,
+        );
+      }
+      const checked = await cliInProcess(["db:verify"], {
+        DATABASE_PATH: app.databasePath,
+        AUDIT_SECRET_KEY: AUDIT_KEY,
+      });
+      expect(checked.code).toBe(1);
+      expect(`${checked.stdout}\n${checked.stderr}`).toContain(`row ${id} (its id is past any id`);
+    },
+  );
+
   test("deleted newest rows followed by new events: the anchor no longer matches, and the ids have a gap", async () => {
     const { app, sqlite, audit } = seeded();
     const anchor = loggedHead(app);
