@@ -120,6 +120,35 @@ test("a page opening the API's URLs in a window of its own, one after another, n
   expect(docs.status).toBe(200);
 });
 
+test("navigations from another site to the documentation are counted, and refused past the limit, but never block the visitor's address (probe 58b F1)", async () => {
+  const target = crossSiteApp();
+  const statuses: number[] = [];
+  for (let i = 0; i < 30; i++) {
+    const path = i % 2 === 0 ? `/openapi.json?n=${i}` : `/docs?n=${i}`;
+    const method = i % 3 === 0 ? "HEAD" : "GET";
+    statuses.push(
+      (await send(target, path, { method, peer: VISITOR, headers: NAVIGATION })).status,
+    );
+  }
+  expect(statuses.filter((status) => status === 200)).toHaveLength(20);
+  expect(statuses.filter((status) => status === 429)).toHaveLength(10);
+  await Bun.sleep(20);
+  expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+  // The visitor's own requests are refused for the burst's seconds, never blocked.
+  const own = await send(target, "/api/auth/csrf", { peer: VISITOR });
+  expect(own.status).toBe(429);
+  expect(((await own.json()) as { code: string }).code).toBe("RATE_LIMITED");
+  // The same requests without the browser's marks are a client's own: their refusals block.
+  for (let i = 0; i < 10; i++) await send(target, `/openapi.json?m=${i}`, { peer: "192.0.2.62" });
+  await Bun.sleep(20);
+  expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({ n: 0 });
+  for (let i = 0; i < 20; i++) await send(target, `/openapi.json?m=${i}`, { peer: "192.0.2.62" });
+  await Bun.sleep(20);
+  expect(target.db.$client.query("SELECT address FROM ip_blocks").all()).toEqual([
+    { address: "192.0.2.62" },
+  ]);
+});
+
 describe("what is let through as before", () => {
   test.each([
     ["a client that is not a browser (no Sec-Fetch-Site)", {}],

@@ -42,6 +42,17 @@ function isTopLevelNavigation(request: Request): boolean {
   return destination === null || destination === "document";
 }
 
+/**
+ * A top-level navigation from another site's page (the only cross-site request but the allowed
+ * origins' that this stage lets through): a page can make its visitors open as many as it likes
+ * (a window it opened, sent from URL to URL), so the rate limit counts it but its refusals are no
+ * violation of the visitor's address (probe 58b F1: thirty navigations to `/openapi.json` blocked
+ * the visitor, and everyone behind their address, for 15 minutes).
+ */
+export function isCrossSiteNavigation(request: Request): boolean {
+  return isCrossSite(request.headers.get("sec-fetch-site")) && isTopLevelNavigation(request);
+}
+
 export function crossSiteRequests({ allowedOrigins }: { allowedOrigins: readonly string[] }) {
   const allowed = new Set(allowedOrigins);
   return new Elysia({ name: "palisade.cross-site", seed: allowedOrigins })

@@ -79,6 +79,11 @@ export interface LimitContext {
   actor?: string | null;
   /** Told what an admitted request was charged, for a handler that may give it back (refund). */
   charged?: (charge: LimitCharge) => void;
+  /**
+   * Its refusal is no violation, whatever its policy: another site's page made the visitor's
+   * browser send it (cross-site/isCrossSiteNavigation), so a block would be the visitor's.
+   */
+  sentForAnotherSite?: boolean;
 }
 
 /** What an admitted request counted: one permit of each policy, for its key, in these windows. */
@@ -178,7 +183,10 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     // step towards a block (probes 25b, 25c: clients at half their limit blocked).
     const refusedOutcome = outcomes[refusedAt]!;
     const decidedAhead = refusedOutcome.windowStart > now || refusedOutcome.burstWindowStart > now;
-    const violation = refusedBy.refusalIsViolation !== false && !decidedAhead;
+    const violation =
+      refusedBy.refusalIsViolation !== false &&
+      !decidedAhead &&
+      request.sentForAnotherSite !== true;
     // A refusal that can block (the IP blocker counts it) is audited each time, until the block
     // ends the flood. One that blocks nobody (webhooks; every refusal when automatic blocks are
     // off) would cost a chained audit row per request for as long as a flood lasts: such

@@ -8,7 +8,8 @@
  * 429 with `Retry-After`, counts in `rate_limit_rejections_total`, goes to the audit log, and is a
  * violation of whoever was refused: a principal (repeated refusals lock it out for a while) or an
  * address (repeated refusals block it), never the address of a principal's request — unless the
- * policy says its refusals are no violation (`webhooks`: signed providers that retry). A request of
+ * policy says its refusals are no violation (`webhooks`: signed providers that retry), or the request
+ * is another site's page's navigation (cross-site/isCrossSiteNavigation). A request of
  * a principal that is locked out is refused before any policy counts it, and counts in
  * `rate_limit_rejections_total` under `policy="locked_out"` (its lockout was audited once, as
  * `auth.locked_out`, when it was made).
@@ -18,6 +19,7 @@ import { AppError } from "../../errors";
 import type { Identification, Identify } from "../auth/identify";
 import { limitNameOf, type Principal, principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
+import { isCrossSiteNavigation } from "../cross-site";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
 import type { LimitCharge, LimitEnforcer, LimitKeys } from "./enforce";
@@ -153,6 +155,7 @@ export function rateLimit(options: RateLimitOptions) {
       charged: (charge: LimitCharge) => {
         state.limitCharge = charge;
       },
+      sentForAnotherSite: isCrossSiteNavigation(request),
     };
     const decide = (known: Counted) => {
       context.actor = known.actor;
