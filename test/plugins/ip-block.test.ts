@@ -227,6 +227,35 @@ describe("manual blocks", () => {
     expect(second!.expiresAt - second!.createdAt).toBe(firstTtl);
   });
 
+  test("a block or lockout uses up the violations that made it: once it has ended, the next takes as many again, a rung longer (probe 58b F2)", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp(clock);
+    const { parseIp } = await import("../../src/plugins/client-ip/address");
+    const client = { ip: "192.0.2.82", key: "192.0.2.82", address: parseIp("192.0.2.82") };
+    const blocks = target.services.ipBlocks;
+    const fail = () => blocks.recordViolation("login", client);
+    for (let i = 0; i < 9; i++) expect(await fail()).toBeNull();
+    const first = await fail();
+    expect(first!.expiresAt - first!.createdAt).toBe(15 * MINUTE);
+    // Waited out: the failures that made it are still within their 15 minutes' window.
+    clock.advance(15 * MINUTE + 1000);
+    for (let i = 0; i < 9; i++) expect(await fail()).toBeNull();
+    const second = await fail();
+    expect(second!.expiresAt - second!.createdAt).toBe(60 * MINUTE);
+
+    // A principal's lockout: five refusals in 10 minutes lock it out for 5.
+    const refused = () => blocks.recordPrincipalViolation("user:probe58b");
+    for (let i = 0; i < 4; i++) expect(await refused()).toBeNull();
+    const lockout = await refused();
+    expect(lockout!.expiresAt - lockout!.createdAt).toBe(5 * MINUTE);
+    // A refusal that was in flight when it was made counts towards nothing.
+    expect(await refused()).toBeNull();
+    clock.advance(5 * MINUTE + 1000);
+    for (let i = 0; i < 4; i++) expect(await refused()).toBeNull();
+    const next = await refused();
+    expect(next!.expiresAt - next!.createdAt).toBe(15 * MINUTE);
+  });
+
   test("a block lifted by another process (the CLI) is forgotten in this process's own store too", async () => {
     // The service counts in a store the CLI cannot reach (as Redis is for a CLI run without
     // REDIS_URL): only the service can forget the count, when it sees the block gone.

@@ -187,6 +187,11 @@ function prepareStatements(db: AppDatabase) {
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
          WHERE address = $address AND ${IN_FORCE}`,
       ),
+    endedOn: () =>
+      sqlite.query<StoredBlock, { address: string; now: number }>(
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
+         WHERE address = $address AND (expires_at <= $now OR lifted_at <= $now)`,
+      ),
     // A block an admin lifted was judged a mistake: it does not lengthen the next one.
     priorAutoBlocks: () =>
       sqlite.query<StoredBlock, { address: string; since: number }>(
@@ -366,6 +371,17 @@ export class IpBlockService {
     }
     this.active.set(subject, Math.max(outcome.inForceUntil, this.active.get(subject) ?? 0));
     return null;
+  }
+
+  /** When the subject's latest intact block ended, expired or lifted, as the file says (null: none). */
+  private lastBlockEnded(subject: string, now: number): number | null {
+    let ended: number | null = null;
+    for (const row of this.statements.endedOn.all({ address: subject, now })) {
+      if (!this.intact(row)) continue;
+      const end = row.liftedAt === null ? row.expiresAt : Math.min(row.liftedAt, row.expiresAt);
+      if (end <= now) ended = Math.max(ended ?? end, end);
+    }
+    return ended;
   }
 
   /** When the longest intact block in force on a subject ends (null: none), as the file says now. */
@@ -676,13 +692,24 @@ export class IpBlockService {
     if (count === 0) return null;
     const now = this.options.clock.now();
     const policy = this.violationPolicies[kind];
+    // Blocked already (a refusal that was in flight when the block was made, here or in another
+    // process on the file: read from the file, refusals only): no step towards the next block.
+    if (this.blockedUntilNow(subject) !== null) return null;
+    // Counted from the end of the subject's last block: the violations that made it are used up.
+    // Their window outlasts a first block or lockout (10 minutes against 5), and one refusal after
+    // a lockout was waited out locked the principal out again, a rung longer (probe 58b F2).
+    // Escalation counts blocks, not violations. A VM on a file of its own sharing the counts in
+    // Redis, which has not seen the block, still counts on the counter that made it, and blocks
+    // at its next refusal there (README, Scale-out).
+    const ended = this.lastBlockEnded(subject, now);
+    const countedAs = ended === null ? counterKey : `${counterKey}~${ended}`;
     // The refusal or failed login that made this violation stands as answered (a 429 stays a 429,
     // not a 503) whatever the file does: while it cannot be written, the violation's count or the
     // block it crossed into is lost (the count stays over its threshold, so the next violation
     // once the file is back makes the block).
     let outcome: LimitOutcome | undefined;
     try {
-      [outcome] = await this.options.limiter.check([{ policy, key: counterKey, now }]);
+      [outcome] = await this.options.limiter.check([{ policy, key: countedAs, now }]);
     } catch (error) {
       this.lost(error, requestId, policy.id, "a violation was not counted");
       return null;
