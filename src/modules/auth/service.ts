@@ -202,6 +202,11 @@ export class AuthService {
   private readonly db: AppDatabase;
   private readonly statements: ReturnType<typeof prepareStatements>;
   private readonly passwordWork: PasswordWork;
+  /**
+   * Sign-ins of this process whose failure is counted and whose verdict is not given yet, by
+   * account key: each holds one of the lockout's places until its password is judged.
+   */
+  private readonly judging = new Map<string, Set<Promise<void>>>();
 
   constructor(private readonly options: AuthServiceOptions) {
     this.passwordWork = options.passwordWork ?? { run: (work) => work() };
@@ -468,7 +473,19 @@ export class AuthService {
     const policy = this.lockoutPolicy;
     const key = accountLimitKey(rawEmail);
 
-    const [failure] = await this.lockoutCall(meta, () => limiter.check([{ policy, key, now }]));
+    let [failure] = await this.lockoutCall(meta, () => limiter.check([{ policy, key, now }]));
+    // Refused while this process still judges other sign-ins to the account: the last places may
+    // be theirs, and one with the right password gives its place back within ~70 ms. Told the
+    // lock's wait and audited as locked, the owner's second device waited six minutes for a lock
+    // that never was (probe 58a F5). Asked again as each round of them ends (a place given back
+    // goes to one of those waiting), at most as many rounds as the lockout has places.
+    for (let round = 0; !failure!.admitted && round < policy.limit; round++) {
+      const pending = this.judging.get(key);
+      if (pending === undefined) break;
+      await Promise.all(pending);
+      const again = clock.now();
+      [failure] = await this.lockoutCall(meta, () => limiter.check([{ policy, key, now: again }]));
+    }
     if (!failure!.admitted) {
       // A 429 RATE_LIMITED like the rate-limit stage's: counted with them (the dashboard's panel
       // and PalisadeRateLimitSpike), as well as in auth_failures_total{reason="locked"}.
@@ -493,6 +510,19 @@ export class AuthService {
         },
       ]);
 
+    let judged!: () => void;
+    const verdict = new Promise<void>((resolve) => {
+      judged = resolve;
+    });
+    const judgingNow = this.judging.get(key) ?? new Set<Promise<void>>();
+    judgingNow.add(verdict);
+    this.judging.set(key, judgingNow);
+    const verdictGiven = () => {
+      judgingNow.delete(verdict);
+      if (judgingNow.size === 0 && this.judging.get(key) === judgingNow) this.judging.delete(key);
+      judged();
+    };
+
     let user: UserRow | null;
     let valid: boolean;
     try {
@@ -513,10 +543,12 @@ export class AuthService {
     } catch (error) {
       // No verdict was given (the client gets a 500 or 503): nothing to count.
       giveBack();
+      verdictGiven();
       throw error;
     }
 
     if (!user || !valid) {
+      verdictGiven();
       audit.record({
         type: "auth.login.failed",
         outcome: "failure",
@@ -530,6 +562,7 @@ export class AuthService {
       return { code: "INVALID" };
     }
     giveBack();
+    verdictGiven();
 
     // Signing is async and the transaction is not: the account is read again inside it, since it
     // may have been erased (the session would name no user) or given another role (the tokens

@@ -427,6 +427,48 @@ describe("login", () => {
     expect(metrics).toContain('auth_failures_total{reason="locked"} 20');
   });
 
+  test("the owner's two right passwords at once, one place left: both signed in, never told of a lock that is not there (probe 58a F5)", async () => {
+    const clock = new ManualClock(1_000, 15 * 60_000);
+    current = buildTestApp({
+      clock,
+      env: { RATE_LIMIT_LOGIN: "1000", RATE_LIMIT_PER_MINUTE: "1000", RATE_LIMIT_BURST: "1000" },
+    });
+    const target = current;
+    const session = await signUp(target);
+    for (let i = 0; i < 9; i++) {
+      const response = await send(target, "/api/auth/login", {
+        body: { email: session.email, password: "nope-nope-nope" },
+        peer: `198.51.100.${i + 1}`,
+      });
+      expect(response.status).toBe(401);
+    }
+    const both = await Promise.all(
+      ["203.0.113.1", "203.0.113.2", "203.0.113.3"].map((peer) =>
+        send(target, "/api/auth/login", {
+          body: { email: session.email, password: STRONG_PASSWORD },
+          peer,
+        }),
+      ),
+    );
+    expect(both.map((response) => response.status)).toEqual([200, 200, 200]);
+    target.services.audit.flush();
+    expect(
+      target.db.$client
+        .query("SELECT count(*) AS n FROM audit_events WHERE type = 'auth.login.locked'")
+        .get(),
+    ).toEqual({ n: 0 });
+    // The tenth failure still locks the account.
+    await send(target, "/api/auth/login", {
+      body: { email: session.email, password: "nope-nope-nope" },
+      peer: "198.51.100.10",
+    });
+    const locked = await send(target, "/api/auth/login", {
+      body: { email: session.email, password: STRONG_PASSWORD },
+      peer: "203.0.113.4",
+    });
+    expect(locked.status).toBe(429);
+  });
+
   describe("the lockout across its 15-minute windows (probe 24b F1)", () => {
     const WINDOW = 15 * 60_000;
     const wrong = (target: TestApp, email: string, peer: string) =>
