@@ -37,11 +37,11 @@ export interface ChatTurn {
 
 /**
  * A turn's outcome as a value; upstream failures are thrown as UpstreamFailure, but for the
- * upstream's refusal of the message's content (`refused`: asking again gets the same answer).
+ * upstream's refusal of what the message says (`refused`: asking again gets the same answer).
  */
 export type ChatTurnOutcome =
   | { kind: "reply"; turn: ChatTurn }
-  /** The upstream refused the message for what it holds (content filter, too long for it). */
+  /** The upstream refused the message for what it says (its content filter or policy). */
   | { kind: "refused" }
   | { kind: "not_found" }
   | { kind: "over_budget"; retryAfterSeconds: number }

@@ -525,8 +525,12 @@ export class ChatService implements ChatTurns {
     try {
       return { kind: "reply", turn: await this.complete(prepared.turn, input.signal) };
     } catch (error) {
-      // Not a failure to retry: the same message is refused again (its reservation is released).
-      if (error instanceof UpstreamFailure && error.kind === "refused") return { kind: "refused" };
+      // Not a failure to retry: the same text is refused again (its reservation is released). A
+      // refusal of its size or a setting (413, 422, a context too long) is thrown as any failure:
+      // it may be the deployment's, mended within the caller's retries (probe 58c F3).
+      if (error instanceof UpstreamFailure && error.kind === "refused" && error.ofContent) {
+        return { kind: "refused" };
+      }
       throw error;
     }
   }

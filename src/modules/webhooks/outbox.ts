@@ -67,8 +67,8 @@ export const NON_TEXT_REPLY =
 export const REFUSED_TEXT_REPLY =
   "Thanks for your message! I couldn't read it as it was sent — please type your question as plain text, up to 4000 characters.";
 /**
- * The answer to a text the chat model refused for what it holds (its content filter, or too long
- * for it): the same text is refused again, so it is not retried.
+ * The answer to a text the chat model refused for what it says (its content filter or policy):
+ * the same text is refused again, so it is not retried.
  */
 export const UPSTREAM_REFUSED_REPLY =
   "Thanks for your message! I can't answer that one — please rephrase your question and send it again.";

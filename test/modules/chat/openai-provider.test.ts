@@ -566,11 +566,24 @@ describe("retries", () => {
       { kind: "error", status: 404 },
     ] as const;
     for (const step of steps) upstream.enqueue(step);
-    const kinds = [];
-    for (const _ of steps) kinds.push((await failureOf(provider.complete(MESSAGES))).kind);
-    expect(kinds).toEqual([
+    const failures = [];
+    for (const _ of steps) failures.push(await failureOf(provider.complete(MESSAGES)));
+    expect(failures.map((failure) => failure.kind)).toEqual([
       ...Array.from({ length: 5 }, () => "refused"),
       ...Array.from({ length: 4 }, () => "bad_response"),
+    ]);
+    // Of what the message says (a content filter), or of its size or a setting that may be the
+    // deployment's (probe 58c F3: a WhatsApp sender was told to rephrase for a model's context).
+    expect(failures.map((failure) => failure.ofContent)).toEqual([
+      true,
+      false,
+      false,
+      false,
+      true,
+      false,
+      false,
+      false,
+      false,
     ]);
     const wrongKey = build({ apiKey: "sk-wrong-key-must-not-be-logged" });
     expect((await failureOf(wrongKey.complete(MESSAGES))).kind).toBe("bad_response");
@@ -592,6 +605,7 @@ describe("retries", () => {
     const { received, error } = await collectUntilError(provider.stream(MESSAGES));
     expect(received).toEqual([]);
     expect((error as UpstreamFailure).kind).toBe("refused");
+    expect((error as UpstreamFailure).ofContent).toBe(true);
   });
 
   test("refusals never open the circuit: a user's withheld replies cannot take chat down for everyone (probe 57a F5)", async () => {

@@ -62,15 +62,21 @@ test("over the budget is a value with the seconds to wait; upstream failures are
   await expect(failed).rejects.toBeInstanceOf(UpstreamFailure);
 });
 
-test("a message the upstream refuses for what it holds is a value, not a failure to retry; nothing is kept or held", async () => {
-  target = buildTestApp({
-    chatProvider: failingProvider(
-      new UpstreamFailure("refused", "upstream refused the request (status 400)"),
-    ),
-  });
+test("a message the upstream refuses for what it says is a value, not a failure to retry; one refused for its size is thrown; nothing is kept or held", async () => {
+  const ofContent = new UpstreamFailure("refused", "upstream refused the request (status 400)");
+  ofContent.ofContent = true;
+  target = buildTestApp({ chatProvider: failingProvider(ofContent) });
   const owner = { kind: "whatsapp" as const, id: "sender" };
   const outcome = await turnsOf(target).converse({ owner, message: "hello", requestId: "r" });
   expect(outcome).toEqual({ kind: "refused" });
   expect(target.db.select().from(chatMessages).all()).toEqual([]);
+  expect(target.db.select().from(chatReservations).all()).toEqual([]);
+  target.close();
+
+  // A 413, a 422, a context too long for the model: maybe the deployment's, retried by the caller.
+  const ofSize = new UpstreamFailure("refused", "upstream refused the request (status 413)");
+  target = buildTestApp({ chatProvider: failingProvider(ofSize) });
+  const failed = turnsOf(target).converse({ owner, message: "hello", requestId: "r" });
+  await expect(failed).rejects.toBeInstanceOf(UpstreamFailure);
   expect(target.db.select().from(chatReservations).all()).toEqual([]);
 });

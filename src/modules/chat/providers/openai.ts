@@ -135,6 +135,8 @@ interface AttemptFailure {
   status?: number;
   reason: string;
   headers?: Headers;
+  /** A refusal of what the message says (UpstreamFailure.ofContent). */
+  ofContent?: boolean;
 }
 
 /**
@@ -207,6 +209,13 @@ const CONTENT_REFUSAL_CODES = new Set([
   "context_length_exceeded",
   "invalid_prompt",
   "string_above_max_length",
+]);
+
+/** The codes that name what the message says, not its size (UpstreamFailure.ofContent). */
+const TEXT_REFUSAL_CODES = new Set([
+  "content_filter",
+  "content_policy_violation",
+  "invalid_prompt",
 ]);
 
 function refusesContent(error: APIError & { status: number }): boolean {
@@ -302,6 +311,10 @@ function classify(error: unknown): AttemptFailure {
       upstreamFault: false,
       status,
       reason: `upstream refused the request (status ${status})`,
+      ofContent:
+        error.status === 400 &&
+        typeof error.code === "string" &&
+        TEXT_REFUSAL_CODES.has(error.code),
     };
   }
   if (error instanceof SyntaxError) {
@@ -591,6 +604,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         if (asked !== undefined) retryAfterSeconds = toldWait(asked);
       }
       const failure = new UpstreamFailure(failed.kind, failed.reason, retryAfterSeconds);
+      failure.ofContent = failed.ofContent === true;
       throw fail(permit, failure, failed.upstreamFault, {
         requestId,
         attempts,
@@ -638,6 +652,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     const text = readCompletionText(body);
     if (text === FILTERED) {
       const failure = new UpstreamFailure("refused", FILTERED_REASON);
+      failure.ofContent = true;
       metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
       throw fail(permit, failure, false, { requestId, attempts, status: 200 });
     }
@@ -791,7 +806,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       else if (!finished)
         failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
       // Withheld whole: refused, as the JSON answer is (a reply cut by it part-way is kept).
-      else if (filtered && text === "") failure = new UpstreamFailure("refused", FILTERED_REASON);
+      else if (filtered && text === "") {
+        failure = new UpstreamFailure("refused", FILTERED_REASON);
+        failure.ofContent = true;
+      }
       settled = true;
       if (failure) {
         metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();

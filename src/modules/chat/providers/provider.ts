@@ -76,6 +76,13 @@ export class UpstreamFailure extends Error {
   }
 
   /**
+   * For a refusal: whether the upstream named what the message says (its content filter or
+   * policy), not its size nor a setting (a context too long for the model, a 413 or 422 that may
+   * be the deployment's). The same text is refused again whatever is changed but the text.
+   */
+  ofContent = false;
+
+  /**
    * Whether the provider has logged it already (with what only it knows: the model, the upstream's
    * status, the attempts): the chat service logs a failure only when no provider did, so each
    * failed request is one line.
