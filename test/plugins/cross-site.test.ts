@@ -149,6 +149,30 @@ test("navigations from another site to the documentation are counted, and refuse
   ]);
 });
 
+test("a client sending a navigation's headers with an allowed Origin is blocked on every other route, as without them (probe 58c F1)", async () => {
+  const target = crossSiteApp();
+  const forged = { ...NAVIGATION, origin: ALLOWED };
+  for (const [method, path] of [
+    ["GET", "/api/auth/csrf"],
+    ["HEAD", "/api/auth/csrf"],
+    ["GET", "/nothing-here"],
+  ] as const) {
+    const peer = `192.0.2.${method === "HEAD" ? 71 : path.length}`;
+    const statuses: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      statuses.push(
+        (await send(target, `${path}?n=${i}`, { method, peer, headers: forged })).status,
+      );
+    }
+    // 20 admitted (or 404), 5 refused, the fifth refusal blocks: 403 from then on.
+    expect([method, path, statuses.slice(25)]).toEqual([method, path, [403, 403, 403, 403, 403]]);
+    await Bun.sleep(20);
+    expect(
+      target.db.$client.query("SELECT count(*) AS n FROM ip_blocks WHERE address = ?").get(peer),
+    ).toEqual({ n: 1 });
+  }
+});
+
 describe("what is let through as before", () => {
   test.each([
     ["a client that is not a browser (no Sec-Fetch-Site)", {}],

@@ -155,7 +155,10 @@ export function rateLimit(options: RateLimitOptions) {
       charged: (charge: LimitCharge) => {
         state.limitCharge = charge;
       },
-      sentForAnotherSite: isCrossSiteNavigation(request),
+      // Only where a link may lead (what the cross-site stage lets a navigation through to): the
+      // same headers with an allowed Origin passed that stage on every route, and a script
+      // sending them escaped every block and lockout (probe 58c F1).
+      sentForAnotherSite: state.routeClass.navigable === true && isCrossSiteNavigation(request),
     };
     const decide = (known: Counted) => {
       context.actor = known.actor;

@@ -568,7 +568,7 @@ describe("retries", () => {
     for (const step of steps) upstream.enqueue(step);
     const failures = [];
     for (const _ of steps) failures.push(await failureOf(provider.complete(MESSAGES)));
-    expect(failures.map((failure) => failure.kind)).toEqual([
+    expect(failures.map((failure): string => failure.kind)).toEqual([
       ...Array.from({ length: 5 }, () => "refused"),
       ...Array.from({ length: 4 }, () => "bad_response"),
     ]);
