@@ -419,8 +419,15 @@ export class SqliteAuditLog implements AuditLog {
         // Counted once written, and inside a caller's transaction once that has committed: an
         // event the file could not take, or that its caller's rollback undid, is not counted.
         const count = () => this.counter?.labels(event.type).inc();
-        if (this.sqlite.inTransaction) this.afterCaller(last, (committed) => committed && count());
-        else count();
+        // Only a count waits on the caller here: a database closed first (a CLI command that
+        // failed and ended) leaves nothing to report (probe 58c F2: a second error line).
+        if (this.sqlite.inTransaction) {
+          this.afterCaller(
+            last,
+            (committed) => committed && count(),
+            () => {},
+          );
+        } else count();
       } catch (error) {
         if (isDatabaseBusy(error) && !this.closed) {
           // Queued with the rest, to be written (or logged as lost) as they are: counted like them.
@@ -896,7 +903,12 @@ export class SqliteAuditLog implements AuditLog {
   }
 
   /** Once the caller's transaction has ended: whether the last row written is still there. */
-  private afterCaller(last: { id: number; hash: string }, then: (committed: boolean) => void) {
+  private afterCaller(
+    last: { id: number; hash: string },
+    then: (committed: boolean) => void,
+    closedFirst: (error: unknown) => void = (error) =>
+      this.logger.error({ err: error }, "audit rows unconfirmed: the database closed first"),
+  ) {
     afterTransaction(
       this.sqlite,
       () => {
@@ -905,8 +917,7 @@ export class SqliteAuditLog implements AuditLog {
           .get(last.id) as { hash: string } | null;
         then(row?.hash === last.hash);
       },
-      (error) =>
-        this.logger.error({ err: error }, "audit rows unconfirmed: the database closed first"),
+      closedFirst,
     );
   }
 

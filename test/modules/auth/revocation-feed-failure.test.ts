@@ -9,6 +9,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
+import { runToExit } from "../../support/process";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -118,5 +119,24 @@ describe("a revocation feed that cannot be written", () => {
     mend();
     expect((await cliInProcess(["keys:revoke", record.id], env)).code).toBe(0);
     expect(keyRows(current)[0]!.revokedAt).not.toBeNull();
+  });
+
+  test("bun run cli users:role fails in one line, and the role stays (probe 58c F2)", async () => {
+    current = buildTestApp();
+    const user = await signUp(current);
+    const { key } = createKey(current, ["chat"], user.userId);
+    breakFeed(current);
+    // A process of its own: what its logger writes goes to the same stderr.
+    const failed = await runToExit(
+      ["bun", "run", "src/cli/index.ts", "users:role", "--email", user.email, "--role", "admin"],
+      { DATABASE_PATH: current.databasePath },
+    );
+    expect(failed.code).toBe(1);
+    expect(failed.stderr.trimEnd().split("\n")).toEqual([
+      expect.stringMatching(/^palisade users:role: failed: \w*Error: .+$/),
+    ]);
+    const role = current.db.$client.query("SELECT role FROM users WHERE id = ?").get(user.userId);
+    expect(role).toEqual({ role: "user" });
+    expect((await useKey(current, key)).status).toBe(200);
   });
 });
