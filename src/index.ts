@@ -209,7 +209,10 @@ try {
 } catch (error) {
   // API_KEYS checked against the stored keys (a key already made through the API, a prefix clash).
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
-  throw error;
+  // Anything else the file refused while the services started (API_KEYS applied, an id sequence
+  // written into the file) in one line too, never a source listing (probe 58c F2).
+  const reason = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  fail(`refusing to start: ${config.databasePath}: ${reason.split("\n", 1)[0]}`);
 }
 pinAuditKey(db.$client, services.audit);
 for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);

@@ -31,7 +31,8 @@ import { timingSafeEqual } from "node:crypto";
 import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
-import { type AppDatabase, drizzleOf } from "../../db/client";
+import { type AppDatabase, drizzleOf, sqliteCodeOf } from "../../db/client";
+import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
@@ -356,11 +357,16 @@ export class CredentialVerifier {
 
   /** Appends to the feed only: for a caller that makes it part of its own transaction. */
   recordRevocation(kind: "family" | "key" | "user", subject: string): void {
-    const stored = this.statements.insertRevocation.run({
-      kind,
-      subject,
-      createdAt: this.options.clock.now(),
-    }) as unknown as { changes: number };
+    let stored: { changes: number };
+    try {
+      stored = this.statements.insertRevocation.run({
+        kind,
+        subject,
+        createdAt: this.options.clock.now(),
+      }) as unknown as { changes: number };
+    } catch (error) {
+      throw this.feedSequenceSpent(error) ?? error;
+    }
     // A trigger written into the file can skip the insert without an error: the revocation then
     // fails, with what it is part of, rather than reaching no other process.
     if (stored.changes !== 1) {
@@ -368,6 +374,23 @@ export class CredentialVerifier {
         "the revocation was not stored: something in the database file (a trigger) stopped the write",
       );
     }
+  }
+
+  /**
+   * SQLite refuses an AUTOINCREMENT insert once the sequence is at its last id with "database or
+   * disk is full": no disk is, and Palisade's ids never get near it; it was written into the file
+   * (probe 58c F2: every logout, revocation, role change and erasure refused, the operator sent to
+   * look for a full disk). Named as the other sequences are, with its value as the file holds it.
+   */
+  private feedSequenceSpent(error: unknown): IdSequenceError | null {
+    if (sqliteCodeOf(error) !== "SQLITE_FULL") return null;
+    const row = this.options.sqlite
+      .query<{ seq: string }, []>(
+        "SELECT CAST(seq AS TEXT) AS seq FROM sqlite_sequence WHERE name = 'auth_revocations'",
+      )
+      .get();
+    if (row === null || Number.isSafeInteger(Number(row.seq) + 1)) return null;
+    return new IdSequenceError("the revocation feed's", row.seq);
   }
 
   /** Reads the feed now, so what this process just revoked takes effect here at once. */

@@ -3,11 +3,12 @@
  * re-scope and revoke to match it (audited), and an API_KEYS that could not work is a one-line
  * refusal naming the variable, from `config:check` as from the start.
  */
+import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { ConfigError, loadConfig } from "../../../src/config";
 import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
 import type { Scope } from "../../../src/plugins/auth/principal";
-import { PRODUCTION_ENV, send } from "../../support/app";
+import { PRODUCTION_ENV, send, TEST_CSRF_SECRET, TEST_JWT_SECRET } from "../../support/app";
 import { bearer } from "../../support/auth";
 import { cleanupsAfterEach, tempDatabaseFile } from "../../support/cleanups";
 import { ManualClock } from "../../support/clock";
@@ -255,4 +256,34 @@ describe("an API_KEYS that cannot work is refused in one line", () => {
     expect(started.stderr.trim().split("\n")).toHaveLength(1);
     expect(started.stderr).not.toContain(longKey);
   });
+});
+
+test("a start whose API_KEYS change meets an id sequence written into the file refuses in one line, exit 2, and changes nothing (probe 58c F2)", async () => {
+  const path = databaseFile();
+  const key = generateApiKey("live");
+  start(path, `${key}:chat+admin`).close();
+  const written = new Database(path);
+  written.run("DELETE FROM sqlite_sequence WHERE name = 'auth_revocations'");
+  written.run(
+    "INSERT INTO sqlite_sequence (name, seq) VALUES ('auth_revocations', 9223372036854775807)",
+  );
+  written.close();
+  const started = await runToExit(["bun", "run", "src/index.ts"], {
+    DATABASE_PATH: path,
+    PORT: "0",
+    API_KEYS: `${key}:chat`,
+    JWT_SECRET_KEY: TEST_JWT_SECRET,
+    CSRF_SECRET_KEY: TEST_CSRF_SECRET,
+  });
+  const lines = started.stderr.trim().split("\n");
+  expect([started.code, lines]).toEqual([2, [expect.any(String)]]);
+  expect(lines[0]).toStartWith(`palisade: refusing to start: ${path}: IdSequenceError: `);
+  expect(lines[0]).toContain(
+    "the revocation feed's id sequence (sqlite_sequence) is 9223372036854775807",
+  );
+  const read = new Database(path, { readonly: true });
+  expect(read.query("SELECT scopes FROM api_keys WHERE origin = 'bootstrap'").all()).toEqual([
+    { scopes: '["chat","admin"]' },
+  ]);
+  read.close();
 });

@@ -1,9 +1,9 @@
 /**
  * A revocation that cannot be written to the revocation feed (the file locked past the busy
- * timeout, a disk full; here the feed's id sequence at SQLite's last id, which fails its insert as
- * a full disk does) changes nothing: the key is neither revoked nor rotated, nothing is audited,
- * the key still works, and the same request succeeds once the feed can be written (probe 58a F2:
- * the key change was committed first, unaudited and not reaching any cache, and the retry was 404).
+ * timeout, a disk full; here the feed's id sequence written to SQLite's last id, named as such:
+ * probe 58c F2) changes nothing: the key is neither revoked nor rotated, nothing is audited, the
+ * key still works, and the same request succeeds once the feed can be written (probe 58a F2: the
+ * key change was committed first, unaudited and not reaching any cache, and the retry was 404).
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../../support/app";
@@ -30,6 +30,9 @@ function breakFeed(target: TestApp): () => void {
     );
 }
 
+const SEQUENCE_NAMED =
+  "the revocation feed's id sequence (sqlite_sequence) is 9223372036854775807, past any id Palisade writes";
+
 function keyRows(target: TestApp) {
   return target.db.$client
     .query<{ id: string; revokedAt: number | null; replacedBy: string | null }, []>(
@@ -52,7 +55,7 @@ const useKey = (target: TestApp, key: string) =>
   send(target, "/api/auth/me", { headers: { "x-api-key": key } });
 
 describe("a revocation feed that cannot be written", () => {
-  test("DELETE /api/admin/api-keys/:id is 503 and changes nothing; the retry revokes", async () => {
+  test("DELETE /api/admin/api-keys/:id is 500 naming the sequence and changes nothing; the retry revokes", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });
     const { key, record } = createKey(current, ["chat"], admin.userId);
@@ -64,8 +67,9 @@ describe("a revocation feed that cannot be written", () => {
         headers: bearer(admin.accessToken),
       });
     const refused = await revoke();
-    expect(refused.status).toBe(503);
-    expect(((await refused.json()) as { code: string }).code).toBe("SERVICE_UNAVAILABLE");
+    expect(refused.status).toBe(500);
+    expect(((await refused.json()) as { code: string }).code).toBe("INTERNAL");
+    expect(current.logs.text).toContain(SEQUENCE_NAMED);
     expect(keyRows(current).find((row) => row.id === record.id)?.revokedAt).toBeNull();
     expect(keyEvents(current)).toEqual([]);
     expect((await useKey(current, key)).status).toBe(200);
@@ -76,7 +80,7 @@ describe("a revocation feed that cannot be written", () => {
     expect((await useKey(current, key)).status).toBe(401);
   });
 
-  test("POST /api/admin/api-keys/:id/rotate is 503 and makes no successor; the retry rotates", async () => {
+  test("POST /api/admin/api-keys/:id/rotate is 500 and makes no successor; the retry rotates", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });
     const { key, record } = createKey(current, ["chat"], admin.userId);
@@ -87,7 +91,7 @@ describe("a revocation feed that cannot be written", () => {
         headers: bearer(admin.accessToken),
         body: { graceMinutes: 0 },
       });
-    expect((await rotate()).status).toBe(503);
+    expect((await rotate()).status).toBe(500);
     expect(keyRows(current)).toEqual(before);
     expect(keyEvents(current)).toEqual([]);
     expect((await useKey(current, key)).status).toBe(200);
@@ -110,7 +114,7 @@ describe("a revocation feed that cannot be written", () => {
     expect(failed.code).toBe(1);
     expect(failed.stdout).toBe("");
     expect(failed.stderr.trim().split("\n")).toEqual([
-      expect.stringMatching(/^palisade keys:revoke: failed: \w*Error: .+$/),
+      `palisade keys:revoke: failed: IdSequenceError: ${SEQUENCE_NAMED}: it was written into the database file; restore the file from a backup`,
     ]);
     expect(keyRows(current)[0]!.revokedAt).toBeNull();
     expect(keyEvents(current)).toEqual([]);
