@@ -173,6 +173,18 @@ test("a client sending a navigation's headers with an allowed Origin is blocked 
   }
 });
 
+test("a navigation's headers on the documentation with a credential spare nothing: the principal is locked out as without them (probe 58d F1)", async () => {
+  const target = crossSiteApp();
+  const user = await signUp(target);
+  const headers = { ...NAVIGATION, authorization: `Bearer ${user.accessToken}` };
+  for (let i = 0; i < 30; i++)
+    await send(target, `/openapi.json?n=${i}`, { peer: VISITOR, headers });
+  await Bun.sleep(20);
+  expect(target.db.$client.query("SELECT address FROM ip_blocks").all()).toEqual([
+    { address: `user:${user.userId}` },
+  ]);
+});
+
 describe("what is let through as before", () => {
   test.each([
     ["a client that is not a browser (no Sec-Fetch-Site)", {}],

@@ -384,13 +384,19 @@ export class CredentialVerifier {
    */
   private feedSequenceSpent(error: unknown): IdSequenceError | null {
     if (sqliteCodeOf(error) !== "SQLITE_FULL") return null;
+    // SQLite gives the next id after the larger of the sequence and the largest id: a row written
+    // at the last id spends it too, whatever the sequence says (probe 58d F2).
     const row = this.options.sqlite
-      .query<{ seq: string }, []>(
-        "SELECT CAST(seq AS TEXT) AS seq FROM sqlite_sequence WHERE name = 'auth_revocations'",
+      .query<{ seq: string | null; top: string | null }, []>(
+        `SELECT (SELECT CAST(seq AS TEXT) FROM sqlite_sequence WHERE name = 'auth_revocations') AS seq,
+                (SELECT CAST(max(id) AS TEXT) FROM auth_revocations) AS top`,
       )
       .get();
-    if (row === null || Number.isSafeInteger(Number(row.seq) + 1)) return null;
-    return new IdSequenceError("the revocation feed's", row.seq);
+    const spent = (value: string | null | undefined) =>
+      value != null && !Number.isSafeInteger(Number(value) + 1);
+    if (spent(row?.seq)) return new IdSequenceError("the revocation feed's", row!.seq);
+    if (spent(row?.top)) return new IdSequenceError("the revocation feed's", row!.top, "next id");
+    return null;
   }
 
   /** Reads the feed now, so what this process just revoked takes effect here at once. */

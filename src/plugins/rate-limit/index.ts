@@ -157,8 +157,13 @@ export function rateLimit(options: RateLimitOptions) {
       },
       // Only where a link may lead (what the cross-site stage lets a navigation through to): the
       // same headers with an allowed Origin passed that stage on every route, and a script
-      // sending them escaped every block and lockout (probe 58c F1).
-      sentForAnotherSite: state.routeClass.navigable === true && isCrossSiteNavigation(request),
+      // sending them escaped every block and lockout (probe 58c F1). And only without a
+      // credential, which no browser puts on a navigation from another site (the session cookie
+      // is SameSite=Strict): with one, a script escaped its principal's lockout (58d F1).
+      sentForAnotherSite:
+        state.routeClass.navigable === true &&
+        isCrossSiteNavigation(request) &&
+        identify?.carriesCredential(request) !== true,
     };
     const decide = (known: Counted) => {
       context.actor = known.actor;

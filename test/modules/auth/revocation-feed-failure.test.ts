@@ -125,6 +125,27 @@ describe("a revocation feed that cannot be written", () => {
     expect(keyRows(current)[0]!.revokedAt).not.toBeNull();
   });
 
+  test("a row written at the last id spends the sequence too, whatever sqlite_sequence says: named as such (probe 58d F2)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const { key, record } = createKey(current, ["chat"], admin.userId);
+    const sqlite = current.db.$client;
+    sqlite.run(
+      "INSERT INTO auth_revocations (id, kind, subject, created_at) VALUES (9223372036854775807, 'key', 'planted', 0)",
+    );
+    sqlite.run("UPDATE sqlite_sequence SET seq = 5 WHERE name = 'auth_revocations'");
+    const refused = await send(current, `/api/admin/api-keys/${record.id}`, {
+      method: "DELETE",
+      headers: bearer(admin.accessToken),
+    });
+    expect(refused.status).toBe(500);
+    expect(current.logs.text).toContain(
+      "the revocation feed's next id would be 9223372036854775807, past any id Palisade writes",
+    );
+    expect(keyRows(current).find((row) => row.id === record.id)?.revokedAt).toBeNull();
+    expect((await useKey(current, key)).status).toBe(200);
+  });
+
   test("bun run cli users:role fails in one line, and the role stays (probe 58c F2)", async () => {
     current = buildTestApp();
     const user = await signUp(current);
