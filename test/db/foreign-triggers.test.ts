@@ -129,6 +129,26 @@ test("an audit sequence raised past any id in the file fails the audited request
   );
 });
 
+test("an audit row written at a larger id than the sequence is named as what spends the ids (probe 58e F1)", async () => {
+  const target = app();
+  const alice = await signUp(target);
+  target.services.audit.flush();
+  target.db.$client.run(
+    `INSERT INTO audit_events SELECT 9223372036854775807, ${Object.keys(
+      target.db.$client.query("SELECT * FROM audit_events LIMIT 1").get() as object,
+    )
+      .filter((column) => column !== "id")
+      .join(", ")} FROM audit_events WHERE id = (SELECT max(id) FROM audit_events)`,
+  );
+  target.db.$client.run("UPDATE sqlite_sequence SET seq = 5 WHERE name = 'audit_events'");
+  const refused = await login(target, alice.email);
+  expect(refused.status).toBe(500);
+  expect(target.logs.text).toContain(
+    "the audit log's largest id is 9223372036854775807, past any id Palisade writes: a row was written there",
+  );
+  expect(target.logs.text).not.toContain("id sequence (sqlite_sequence) is 5");
+});
+
 describe("many triggers", () => {
   const addTriggers = (sqlite: Database, count: number) =>
     sqlite.transaction(() => {

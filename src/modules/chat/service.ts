@@ -36,7 +36,7 @@ import type { Config } from "../../config";
 import { isDatabaseBusy } from "../../db/busy";
 import { drizzleOf } from "../../db/client";
 import { type GroupedWrites, groupedWrites } from "../../db/grouped-writes";
-import { IdSequenceError } from "../../db/id-sequence";
+import { IdSequenceError, spentIds } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
@@ -306,10 +306,15 @@ export class ChatService implements ChatTurns {
       // (plugins/audit/log.ts). RETURNING the ids and an UPDATE per message cost 20 µs a turn more
       // (measured in process; a turn is ~400 µs).
       lastMessageId: () =>
-        options.sqlite.prepare<{ last: unknown; stored: string }, []>(
-          `SELECT last, CAST(last AS TEXT) AS stored FROM (
+        options.sqlite.prepare<
+          { last: unknown; stored: string; sequence: string | null; largest: string | null },
+          []
+        >(
+          `SELECT last, CAST(last AS TEXT) AS stored, sequence, largest FROM (
              SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chat_messages'), 0),
-               coalesce((SELECT max(id) FROM chat_messages), 0)) AS last)`,
+               coalesce((SELECT max(id) FROM chat_messages), 0)) AS last,
+             (SELECT CAST(seq AS TEXT) FROM sqlite_sequence WHERE name = 'chat_messages') AS sequence,
+             (SELECT CAST(max(id) AS TEXT) FROM chat_messages) AS largest)`,
         ),
       countMessages: () =>
         options.sqlite.prepare<{ count: number }, [string]>(
@@ -430,7 +435,11 @@ export class ChatService implements ChatTurns {
     const mark = this.statements.lastMessageId.get();
     const last = mark?.last;
     if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
-      throw new IdSequenceError("the chat messages'", mark?.stored ?? last);
+      // Named by what spends them: the sequence, or a row written at a larger id (58e F1).
+      throw (
+        spentIds("the chat messages'", mark?.sequence, mark?.largest) ??
+        new IdSequenceError("the chat messages'", mark?.stored ?? last)
+      );
     }
     return last;
   }

@@ -477,7 +477,8 @@ export class WhatsAppIntake {
             .limit(PRUNE_BATCH),
         ),
       )
-      .returning({ id: o.id })
+      // Named as the file holds them: an id past 2^53 read as a number is another row's (58e F2).
+      .returning({ id: sql<string>`CAST(${o.id} AS TEXT)` })
       .all();
     if (strays.length > 0) {
       core.logger.warn(

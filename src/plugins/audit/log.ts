@@ -35,7 +35,7 @@ import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
-import { IdSequenceError } from "../../db/id-sequence";
+import { IdSequenceError, spentIds } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { sealMatches } from "../../db/row-seal";
 import { auditCheckpoints, auditErasedActors, auditEventNames, auditEvents } from "../../db/schema";
@@ -794,8 +794,18 @@ export class SqliteAuditLog implements AuditLog {
         let id = Math.max(last?.id ?? 0, checkpoint?.lastDeletedId ?? 0, used) + 1;
         // Palisade's ids count up from 1; one past what JavaScript counts exactly was written into
         // the file (sqlite_sequence), and every write would fail on it without saying why.
-        if (!Number.isSafeInteger(id + events.length))
-          throw new IdSequenceError("the audit log's", sequenceRow?.stored ?? used);
+        if (!Number.isSafeInteger(id + events.length)) {
+          // Named by what spends them: the sequence, or a row written at a larger id (58e F1).
+          const largest = this.sqlite
+            .query<{ top: string | null }, []>(
+              "SELECT CAST(max(id) AS TEXT) AS top FROM audit_events",
+            )
+            .get()?.top;
+          throw (
+            spentIds("the audit log's", sequenceRow?.stored, largest) ??
+            new IdSequenceError("the audit log's", sequenceRow?.stored ?? used)
+          );
+        }
         const erasedAs = this.erasedActorReader();
         for (const event of events) {
           const salt = newSalt();

@@ -32,7 +32,7 @@ import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf, sqliteCodeOf } from "../../db/client";
-import { IdSequenceError } from "../../db/id-sequence";
+import { spentIds } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
@@ -382,7 +382,7 @@ export class CredentialVerifier {
    * (probe 58c F2: every logout, revocation, role change and erasure refused, the operator sent to
    * look for a full disk). Named as the other sequences are, with its value as the file holds it.
    */
-  private feedSequenceSpent(error: unknown): IdSequenceError | null {
+  private feedSequenceSpent(error: unknown): Error | null {
     if (sqliteCodeOf(error) !== "SQLITE_FULL") return null;
     // SQLite gives the next id after the larger of the sequence and the largest id: a row written
     // at the last id spends it too, whatever the sequence says (probe 58d F2).
@@ -392,11 +392,7 @@ export class CredentialVerifier {
                 (SELECT CAST(max(id) AS TEXT) FROM auth_revocations) AS top`,
       )
       .get();
-    const spent = (value: string | null | undefined) =>
-      value != null && !Number.isSafeInteger(Number(value) + 1);
-    if (spent(row?.seq)) return new IdSequenceError("the revocation feed's", row!.seq);
-    if (spent(row?.top)) return new IdSequenceError("the revocation feed's", row!.top, "next id");
-    return null;
+    return spentIds("the revocation feed's", row?.seq, row?.top);
   }
 
   /** Reads the feed now, so what this process just revoked takes effect here at once. */

@@ -140,7 +140,7 @@ describe("a revocation feed that cannot be written", () => {
     });
     expect(refused.status).toBe(500);
     expect(current.logs.text).toContain(
-      "the revocation feed's next id would be 9223372036854775807, past any id Palisade writes",
+      "the revocation feed's largest id is 9223372036854775807, past any id Palisade writes: a row was written there",
     );
     expect(keyRows(current).find((row) => row.id === record.id)?.revokedAt).toBeNull();
     expect((await useKey(current, key)).status).toBe(200);

@@ -273,6 +273,20 @@ describe("list, read, delete", () => {
     );
   });
 
+  test("a message row written past 2^53 with the sequence low is named as what spends the ids (probe 58e F1)", async () => {
+    await converse(asUser(alice), 1);
+    target.db.$client.run(
+      "UPDATE chat_messages SET id = 9007199254740993 WHERE id = (SELECT max(id) FROM chat_messages)",
+    );
+    target.db.$client.run("UPDATE sqlite_sequence SET seq = 3 WHERE name = 'chat_messages'");
+    // A new conversation: the moved row's own fails its seal, and reads as not found.
+    const response = await chat(target, asUser(bob), { message: "hello" });
+    expect(response.status).toBe(500);
+    expect(target.logs.text).toContain(
+      "the chat messages' largest id is 9007199254740993, past any id Palisade writes: a row was written there",
+    );
+  });
+
   test("migration 0025 counts the messages of conversations stored before it", async () => {
     const long = await converse(asUser(alice), 3);
     const short = await start(asUser(bob));
