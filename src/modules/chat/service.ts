@@ -306,15 +306,10 @@ export class ChatService implements ChatTurns {
       // (plugins/audit/log.ts). RETURNING the ids and an UPDATE per message cost 20 µs a turn more
       // (measured in process; a turn is ~400 µs).
       lastMessageId: () =>
-        options.sqlite.prepare<
-          { last: unknown; stored: string; sequence: string | null; largest: string | null },
-          []
-        >(
-          `SELECT last, CAST(last AS TEXT) AS stored, sequence, largest FROM (
+        options.sqlite.prepare<{ last: unknown; stored: string }, []>(
+          `SELECT last, CAST(last AS TEXT) AS stored FROM (
              SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chat_messages'), 0),
-               coalesce((SELECT max(id) FROM chat_messages), 0)) AS last,
-             (SELECT CAST(seq AS TEXT) FROM sqlite_sequence WHERE name = 'chat_messages') AS sequence,
-             (SELECT CAST(max(id) AS TEXT) FROM chat_messages) AS largest)`,
+               coalesce((SELECT max(id) FROM chat_messages), 0)) AS last)`,
         ),
       countMessages: () =>
         options.sqlite.prepare<{ count: number }, [string]>(
@@ -436,8 +431,14 @@ export class ChatService implements ChatTurns {
     const last = mark?.last;
     if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
       // Named by what spends them: the sequence, or a row written at a larger id (58e F1).
+      const which = this.options.sqlite
+        .query<{ sequence: string | null; largest: string | null }, []>(
+          `SELECT (SELECT CAST(seq AS TEXT) FROM sqlite_sequence WHERE name = 'chat_messages') AS sequence,
+                  (SELECT CAST(max(id) AS TEXT) FROM chat_messages) AS largest`,
+        )
+        .get();
       throw (
-        spentIds("the chat messages'", mark?.sequence, mark?.largest) ??
+        spentIds("the chat messages'", which?.sequence, which?.largest) ??
         new IdSequenceError("the chat messages'", mark?.stored ?? last)
       );
     }
