@@ -30,20 +30,34 @@ export class IdSequenceError extends Error {
   }
 }
 
+/** A stored id or sequence: as SQLite reads it for ids (`CAST(… AS INTEGER)`), and as text. */
+export interface StoredId {
+  asInteger: number | null;
+  stored: string | null;
+}
+
+/** The SQL that reads a column or value as a StoredId's two fields. */
+export const storedIdColumns = (value: string) =>
+  `CAST(${value} AS INTEGER) AS asInteger, CAST(${value} AS TEXT) AS stored`;
+
 /**
- * Which of a table's id sequence and largest id, each as the file holds it (text), spends the ids:
- * SQLite goes on from the larger, so a row written at the last id spends them whatever the
- * sequence says (probe 58e F1: the message named a sequence of 5). Null when neither is past what
- * JavaScript counts exactly; a value that is not a whole number is not the cause.
+ * Which of a table's id sequence and largest id spends the ids, named as the file holds it. SQLite
+ * goes on from the larger of the two as it reads them (`CAST(… AS INTEGER)`: a text that is not a
+ * number is 0, an infinite or huge REAL the largest id), so a row written at the last id spends
+ * them whatever the sequence says, and a sequence of `1e999` or `'+9223372036854775807'` does too
+ * (probes 58e F1, 58f F1, F2). Null when neither is past what JavaScript counts exactly.
  */
 export function spentIds(
   table: string,
-  sequence: string | null | undefined,
-  largestId: string | null | undefined,
+  sequence: StoredId | null | undefined,
+  largestId: StoredId | null | undefined,
 ): IdSequenceError | null {
-  const spent = (value: string | null | undefined): value is string =>
-    value != null && /^-?\d+$/.test(value) && !Number.isSafeInteger(Number(value) + 2);
-  if (spent(sequence)) return new IdSequenceError(table, sequence);
-  if (spent(largestId)) return new IdSequenceError(table, largestId, "largest id");
+  const read = (id: StoredId | null | undefined) => id?.asInteger ?? 0;
+  const spends = (value: number) => value + 2 > Number.MAX_SAFE_INTEGER;
+  const [fromSequence, fromRow] = [read(sequence), read(largestId)];
+  if (spends(fromSequence) && fromSequence >= fromRow) {
+    return new IdSequenceError(table, sequence?.stored);
+  }
+  if (spends(fromRow)) return new IdSequenceError(table, largestId?.stored, "largest id");
   return null;
 }

@@ -36,7 +36,7 @@ import type { Config } from "../../config";
 import { isDatabaseBusy } from "../../db/busy";
 import { drizzleOf } from "../../db/client";
 import { type GroupedWrites, groupedWrites } from "../../db/grouped-writes";
-import { IdSequenceError, spentIds } from "../../db/id-sequence";
+import { IdSequenceError, type StoredId, spentIds, storedIdColumns } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
@@ -308,7 +308,7 @@ export class ChatService implements ChatTurns {
       lastMessageId: () =>
         options.sqlite.prepare<{ last: unknown; stored: string }, []>(
           `SELECT last, CAST(last AS TEXT) AS stored FROM (
-             SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chat_messages'), 0),
+             SELECT max(coalesce((SELECT CAST(seq AS INTEGER) FROM sqlite_sequence WHERE name = 'chat_messages'), 0),
                coalesce((SELECT max(id) FROM chat_messages), 0)) AS last)`,
         ),
       countMessages: () =>
@@ -431,14 +431,17 @@ export class ChatService implements ChatTurns {
     const last = mark?.last;
     if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
       // Named by what spends them: the sequence, or a row written at a larger id (58e F1).
-      const which = this.options.sqlite
-        .query<{ sequence: string | null; largest: string | null }, []>(
-          `SELECT (SELECT CAST(seq AS TEXT) FROM sqlite_sequence WHERE name = 'chat_messages') AS sequence,
-                  (SELECT CAST(max(id) AS TEXT) FROM chat_messages) AS largest`,
+      const sqlite = this.options.sqlite;
+      const sequence = sqlite
+        .query<StoredId, []>(
+          `SELECT ${storedIdColumns("seq")} FROM sqlite_sequence WHERE name = 'chat_messages'`,
         )
         .get();
+      const largest = sqlite
+        .query<StoredId, []>(`SELECT ${storedIdColumns("max(id)")} FROM chat_messages`)
+        .get();
       throw (
-        spentIds("the chat messages'", which?.sequence, which?.largest) ??
+        spentIds("the chat messages'", sequence, largest) ??
         new IdSequenceError("the chat messages'", mark?.stored ?? last)
       );
     }

@@ -35,7 +35,7 @@ import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
-import { IdSequenceError, spentIds } from "../../db/id-sequence";
+import { IdSequenceError, type StoredId, spentIds, storedIdColumns } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { sealMatches } from "../../db/row-seal";
 import { auditCheckpoints, auditErasedActors, auditEventNames, auditEvents } from "../../db/schema";
@@ -205,7 +205,8 @@ function prepareWrites(db: AppDatabase) {
       db
         // As text too: past 2^53 the number is rounded, and a refusal names the stored value.
         .select({
-          seq: sqliteSequence.seq,
+          // As SQLite reads it for the next id: a text that is not a number is 0 (58f F3).
+          seq: sql<number>`CAST(${sqliteSequence.seq} AS INTEGER)`,
           stored: sql<string>`CAST(${sqliteSequence.seq} AS TEXT)`,
         })
         .from(sqliteSequence)
@@ -797,12 +798,14 @@ export class SqliteAuditLog implements AuditLog {
         if (!Number.isSafeInteger(id + events.length)) {
           // Named by what spends them: the sequence, or a row written at a larger id (58e F1).
           const largest = this.sqlite
-            .query<{ top: string | null }, []>(
-              "SELECT CAST(max(id) AS TEXT) AS top FROM audit_events",
-            )
-            .get()?.top;
+            .query<StoredId, []>(`SELECT ${storedIdColumns("max(id)")} FROM audit_events`)
+            .get();
+          const sequence = sequenceRow && {
+            asInteger: sequenceRow.seq,
+            stored: sequenceRow.stored,
+          };
           throw (
-            spentIds("the audit log's", sequenceRow?.stored, largest) ??
+            spentIds("the audit log's", sequence, largest) ??
             new IdSequenceError("the audit log's", sequenceRow?.stored ?? used)
           );
         }

@@ -32,7 +32,7 @@ import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf, sqliteCodeOf } from "../../db/client";
-import { spentIds } from "../../db/id-sequence";
+import { type StoredId, spentIds, storedIdColumns } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
@@ -386,13 +386,15 @@ export class CredentialVerifier {
     if (sqliteCodeOf(error) !== "SQLITE_FULL") return null;
     // SQLite gives the next id after the larger of the sequence and the largest id: a row written
     // at the last id spends it too, whatever the sequence says (probe 58d F2).
-    const row = this.options.sqlite
-      .query<{ seq: string | null; top: string | null }, []>(
-        `SELECT (SELECT CAST(seq AS TEXT) FROM sqlite_sequence WHERE name = 'auth_revocations') AS seq,
-                (SELECT CAST(max(id) AS TEXT) FROM auth_revocations) AS top`,
+    const sequence = this.options.sqlite
+      .query<StoredId, []>(
+        `SELECT ${storedIdColumns("seq")} FROM sqlite_sequence WHERE name = 'auth_revocations'`,
       )
       .get();
-    return spentIds("the revocation feed's", row?.seq, row?.top);
+    const largest = this.options.sqlite
+      .query<StoredId, []>(`SELECT ${storedIdColumns("max(id)")} FROM auth_revocations`)
+      .get();
+    return spentIds("the revocation feed's", sequence, largest);
   }
 
   /** Reads the feed now, so what this process just revoked takes effect here at once. */

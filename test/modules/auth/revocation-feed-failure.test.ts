@@ -146,6 +146,51 @@ describe("a revocation feed that cannot be written", () => {
     expect((await useKey(current, key)).status).toBe(200);
   });
 
+  test.each([
+    [
+      "an infinite REAL",
+      "1e999",
+      null,
+      "the revocation feed's id sequence (sqlite_sequence) is Inf",
+    ],
+    [
+      "a text SQLite reads as the last id",
+      "'+9223372036854775807'",
+      null,
+      "the revocation feed's id sequence (sqlite_sequence) is +9223372036854775807",
+    ],
+    [
+      "a negative sequence beside a row at the last id",
+      "-9223372036854775808",
+      "9223372036854775807",
+      "the revocation feed's largest id is 9223372036854775807",
+    ],
+  ])(
+    "a sequence written as %s is named as what spends the ids (probe 58f F1, F2)",
+    async (_label, sequence, planted, named) => {
+      current = buildTestApp();
+      const admin = await signUp(current, { role: "admin" });
+      const { record } = createKey(current, ["chat"], admin.userId);
+      const sqlite = current.db.$client;
+      if (planted !== null) {
+        sqlite.run(
+          `INSERT INTO auth_revocations (id, kind, subject, created_at) VALUES (${planted}, 'key', 'planted', 0)`,
+        );
+      }
+      sqlite.run("DELETE FROM sqlite_sequence WHERE name = 'auth_revocations'");
+      sqlite.run(
+        `INSERT INTO sqlite_sequence (name, seq) VALUES ('auth_revocations', ${sequence})`,
+      );
+      const refused = await send(current, `/api/admin/api-keys/${record.id}`, {
+        method: "DELETE",
+        headers: bearer(admin.accessToken),
+      });
+      expect(refused.status).toBe(500);
+      expect(current.logs.text).toContain(`${named}, past any id Palisade writes`);
+      expect(keyRows(current).find((row) => row.id === record.id)?.revokedAt).toBeNull();
+    },
+  );
+
   test("bun run cli users:role fails in one line, and the role stays (probe 58c F2)", async () => {
     current = buildTestApp();
     const user = await signUp(current);

@@ -287,6 +287,13 @@ describe("list, read, delete", () => {
     );
   });
 
+  test("a sequence written as a text that is not a number is read as SQLite reads it, 0: turns go on (probe 58f F3)", async () => {
+    target.db.$client.run(
+      "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('chat_messages', 'abc')",
+    );
+    expect((await chat(target, asUser(alice), { message: "hello" })).status).toBe(200);
+  });
+
   test("migration 0025 counts the messages of conversations stored before it", async () => {
     const long = await converse(asUser(alice), 3);
     const short = await start(asUser(bob));
