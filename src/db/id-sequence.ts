@@ -3,6 +3,7 @@
  * A table's AUTOINCREMENT sequence (`sqlite_sequence`) as Palisade reads it to give rows their ids
  * itself: the audit log and the chat messages, each inserting rows whose ids are in their seals.
  */
+import type { Database } from "bun:sqlite";
 
 /**
  * The sequence holds what no Palisade write leaves (past what JavaScript counts exactly, or not a
@@ -31,33 +32,35 @@ export class IdSequenceError extends Error {
 }
 
 /** A stored id or sequence: as SQLite reads it for ids (`CAST(… AS INTEGER)`), and as text. */
-export interface StoredId {
+interface StoredId {
   asInteger: number | null;
   stored: string | null;
 }
 
-/** The SQL that reads a column or value as a StoredId's two fields. */
-export const storedIdColumns = (value: string) =>
+const STORED_ID = (value: string) =>
   `CAST(${value} AS INTEGER) AS asInteger, CAST(${value} AS TEXT) AS stored`;
 
 /**
- * Which of a table's id sequence and largest id spends the ids, named as the file holds it. SQLite
- * goes on from the larger of the two as it reads them (`CAST(… AS INTEGER)`: a text that is not a
- * number is 0, an infinite or huge REAL the largest id), so a row written at the last id spends
- * them whatever the sequence says, and a sequence of `1e999` or `'+9223372036854775807'` does too
- * (probes 58e F1, 58f F1, F2). Null when neither is past what JavaScript counts exactly.
+ * Whether `table`'s ids are spent, and by what, named as the file holds it (`named`: "the audit
+ * log's", as an operator reads it). SQLite goes on from the larger of the table's id sequence and
+ * its largest id as it reads them (`CAST(… AS INTEGER)`: a text that is not a number is 0, an
+ * infinite or huge REAL the largest id), so a row written at the last id spends them whatever the
+ * sequence says, and a sequence of `1e999` or `'+9223372036854775807'` does too (probes 58e F1,
+ * 58f F1, F2). Null when neither is past what JavaScript counts exactly. Read on a failure only.
  */
-export function spentIds(
-  table: string,
-  sequence: StoredId | null | undefined,
-  largestId: StoredId | null | undefined,
-): IdSequenceError | null {
-  const read = (id: StoredId | null | undefined) => id?.asInteger ?? 0;
+export function spentIdsIn(sqlite: Database, table: string, named: string): IdSequenceError | null {
+  const sequence = sqlite
+    .query<StoredId, [string]>(`SELECT ${STORED_ID("seq")} FROM sqlite_sequence WHERE name = ?`)
+    .get(table);
+  const largestId = sqlite
+    .query<StoredId, []>(`SELECT ${STORED_ID("max(id)")} FROM "${table}"`)
+    .get();
+  const read = (id: StoredId | null) => id?.asInteger ?? 0;
   const spends = (value: number) => value + 2 > Number.MAX_SAFE_INTEGER;
   const [fromSequence, fromRow] = [read(sequence), read(largestId)];
   if (spends(fromSequence) && fromSequence >= fromRow) {
-    return new IdSequenceError(table, sequence?.stored);
+    return new IdSequenceError(named, sequence?.stored);
   }
-  if (spends(fromRow)) return new IdSequenceError(table, largestId?.stored, "largest id");
+  if (spends(fromRow)) return new IdSequenceError(named, largestId?.stored, "largest id");
   return null;
 }

@@ -36,7 +36,7 @@ import type { Config } from "../../config";
 import { isDatabaseBusy } from "../../db/busy";
 import { drizzleOf } from "../../db/client";
 import { type GroupedWrites, groupedWrites } from "../../db/grouped-writes";
-import { IdSequenceError, type StoredId, spentIds, storedIdColumns } from "../../db/id-sequence";
+import { IdSequenceError, spentIdsIn } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
@@ -431,17 +431,8 @@ export class ChatService implements ChatTurns {
     const last = mark?.last;
     if (typeof last !== "number" || !Number.isSafeInteger(last + 2)) {
       // Named by what spends them: the sequence, or a row written at a larger id (58e F1).
-      const sqlite = this.options.sqlite;
-      const sequence = sqlite
-        .query<StoredId, []>(
-          `SELECT ${storedIdColumns("seq")} FROM sqlite_sequence WHERE name = 'chat_messages'`,
-        )
-        .get();
-      const largest = sqlite
-        .query<StoredId, []>(`SELECT ${storedIdColumns("max(id)")} FROM chat_messages`)
-        .get();
       throw (
-        spentIds("the chat messages'", sequence, largest) ??
+        spentIdsIn(this.options.sqlite, "chat_messages", "the chat messages'") ??
         new IdSequenceError("the chat messages'", mark?.stored ?? last)
       );
     }

@@ -35,7 +35,7 @@ import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
-import { IdSequenceError, type StoredId, spentIds, storedIdColumns } from "../../db/id-sequence";
+import { IdSequenceError, spentIdsIn } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { sealMatches } from "../../db/row-seal";
 import { auditCheckpoints, auditErasedActors, auditEventNames, auditEvents } from "../../db/schema";
@@ -797,15 +797,8 @@ export class SqliteAuditLog implements AuditLog {
         // the file (sqlite_sequence), and every write would fail on it without saying why.
         if (!Number.isSafeInteger(id + events.length)) {
           // Named by what spends them: the sequence, or a row written at a larger id (58e F1).
-          const largest = this.sqlite
-            .query<StoredId, []>(`SELECT ${storedIdColumns("max(id)")} FROM audit_events`)
-            .get();
-          const sequence = sequenceRow && {
-            asInteger: sequenceRow.seq,
-            stored: sequenceRow.stored,
-          };
           throw (
-            spentIds("the audit log's", sequence, largest) ??
+            spentIdsIn(this.sqlite, "audit_events", "the audit log's") ??
             new IdSequenceError("the audit log's", sequenceRow?.stored ?? used)
           );
         }

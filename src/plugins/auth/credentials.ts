@@ -32,7 +32,7 @@ import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf, sqliteCodeOf } from "../../db/client";
-import { type StoredId, spentIds, storedIdColumns } from "../../db/id-sequence";
+import { spentIdsIn } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
@@ -384,17 +384,8 @@ export class CredentialVerifier {
    */
   private feedSequenceSpent(error: unknown): Error | null {
     if (sqliteCodeOf(error) !== "SQLITE_FULL") return null;
-    // SQLite gives the next id after the larger of the sequence and the largest id: a row written
-    // at the last id spends it too, whatever the sequence says (probe 58d F2).
-    const sequence = this.options.sqlite
-      .query<StoredId, []>(
-        `SELECT ${storedIdColumns("seq")} FROM sqlite_sequence WHERE name = 'auth_revocations'`,
-      )
-      .get();
-    const largest = this.options.sqlite
-      .query<StoredId, []>(`SELECT ${storedIdColumns("max(id)")} FROM auth_revocations`)
-      .get();
-    return spentIds("the revocation feed's", sequence, largest);
+    // Or a row written at the last id, whatever the sequence says (probe 58d F2).
+    return spentIdsIn(this.options.sqlite, "auth_revocations", "the revocation feed's");
   }
 
   /** Reads the feed now, so what this process just revoked takes effect here at once. */
