@@ -202,27 +202,22 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
  * nothing paged). A 401, 403, 404 or any other 400 (a wrong key, model or URL) fails every request
  * alike: 502.
  */
-const CONTENT_REFUSAL_STATUSES = new Set([413, 422]);
-const CONTENT_REFUSAL_CODES = new Set([
-  "content_filter",
-  "content_policy_violation",
-  "context_length_exceeded",
-  "invalid_prompt",
-  "string_above_max_length",
-]);
-
-/** The codes that name what the message says, not its size (UpstreamFailure.ofContent). */
+const SIZE_REFUSAL_STATUSES = new Set([413, 422]);
+/** The 400 codes that name what the message says (UpstreamFailure.ofContent). */
 const TEXT_REFUSAL_CODES = new Set([
   "content_filter",
   "content_policy_violation",
   "invalid_prompt",
 ]);
+/** The 400 codes that name its size, or a setting that may be the deployment's. */
+const SIZE_REFUSAL_CODES = new Set(["context_length_exceeded", "string_above_max_length"]);
 
-function refusesContent(error: APIError & { status: number }): boolean {
-  if (CONTENT_REFUSAL_STATUSES.has(error.status)) return true;
-  return (
-    error.status === 400 && typeof error.code === "string" && CONTENT_REFUSAL_CODES.has(error.code)
-  );
+/** What a refusal of the request is of (its text, its size), or null when it is none. */
+function refusalOf(error: APIError & { status: number }): "text" | "size" | null {
+  const code = error.status === 400 && typeof error.code === "string" ? error.code : null;
+  if (code !== null && TEXT_REFUSAL_CODES.has(code)) return "text";
+  if (SIZE_REFUSAL_STATUSES.has(error.status)) return "size";
+  return code !== null && SIZE_REFUSAL_CODES.has(code) ? "size" : null;
 }
 
 /** Whether a stream chunk answers: text of the reply, or its finish. */
@@ -303,18 +298,16 @@ function classify(error: unknown): AttemptFailure {
       const reason = status === 429 ? "rate limited by upstream" : `upstream status ${status}`;
       return { kind: "unavailable", retryable: true, upstreamFault: true, status, reason, headers };
     }
+    const refusal = refusalOf(error as APIError & { status: number });
     return {
       // A refusal of what the request holds is the client's to change (422); any other (a wrong
       // key, model or URL) fails every request alike (502).
-      kind: refusesContent(error as APIError & { status: number }) ? "refused" : "bad_response",
+      kind: refusal !== null ? "refused" : "bad_response",
       retryable: false,
       upstreamFault: false,
       status,
       reason: `upstream refused the request (status ${status})`,
-      ofContent:
-        error.status === 400 &&
-        typeof error.code === "string" &&
-        TEXT_REFUSAL_CODES.has(error.code),
+      ofContent: refusal === "text",
     };
   }
   if (error instanceof SyntaxError) {
@@ -440,7 +433,12 @@ function readCompletionText(body: unknown): string | typeof FILTERED | undefined
  */
 const CONTENT_FILTERED = "content_filter";
 const FILTERED = Symbol("filtered");
-const FILTERED_REASON = "reply withheld by the upstream's content filter";
+/** A reply the content filter withheld whole: a refusal of what the message says. */
+function withheldReply(): UpstreamFailure {
+  const failure = new UpstreamFailure("refused", "reply withheld by the upstream's content filter");
+  failure.ofContent = true;
+  return failure;
+}
 
 export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvider {
   const { model, timeoutMs, logger, metrics } = options;
@@ -651,8 +649,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     observe(startedAt);
     const text = readCompletionText(body);
     if (text === FILTERED) {
-      const failure = new UpstreamFailure("refused", FILTERED_REASON);
-      failure.ofContent = true;
+      const failure = withheldReply();
       metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
       throw fail(permit, failure, false, { requestId, attempts, status: 200 });
     }
@@ -806,10 +803,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       else if (!finished)
         failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
       // Withheld whole: refused, as the JSON answer is (a reply cut by it part-way is kept).
-      else if (filtered && text === "") {
-        failure = new UpstreamFailure("refused", FILTERED_REASON);
-        failure.ofContent = true;
-      }
+      else if (filtered && text === "") failure = withheldReply();
       settled = true;
       if (failure) {
         metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
