@@ -5,7 +5,7 @@
  * with one line naming the cause and exit code 2.
  */
 import { createApp } from "./app";
-import { terminalSafe } from "./cli/terminal";
+import { namedFirstLine, terminalSafe } from "./cli/terminal";
 import { ConfigError, databasePathOf, loadConfig } from "./config";
 import { leftoverDevelopmentKey } from "./config/development-key";
 import { looseSecretFileMessage } from "./config/secret-file-modes";
@@ -211,8 +211,7 @@ try {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   // Anything else the file refused while the services started (API_KEYS applied, an id sequence
   // written into the file) in one line too, never a source listing (probe 58c F2).
-  const reason = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-  fail(`refusing to start: ${config.databasePath}: ${reason.split("\n", 1)[0]}`);
+  fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
 }
 pinAuditKey(db.$client, services.audit);
 for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);

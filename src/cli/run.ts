@@ -32,7 +32,7 @@ import {
   parseArgs,
 } from "./command";
 import { checkDatabaseFile } from "./database-file";
-import { terminalSafe } from "./terminal";
+import { namedFirstLine, terminalSafe } from "./terminal";
 
 export interface CliIo {
   out(line: string): void;
@@ -53,11 +53,6 @@ export function helpText(commands: readonly Command[]): string {
     "",
     "Configuration comes from the same environment as the server (see .env.example).",
   ].join("\n");
-}
-
-function oneLine(error: unknown): string {
-  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-  return text.split("\n", 1)[0]!.slice(0, 500);
 }
 
 export async function runCli(
@@ -189,7 +184,7 @@ export async function runCli(
     }
     // Anything else (the file locked past the busy timeout, a disk full, a write the file refuses)
     // is one line too, never a stack trace with a source listing (probe 58a F2).
-    io.err(`palisade ${command.name}: failed: ${oneLine(error)}`);
+    io.err(`palisade ${command.name}: failed: ${namedFirstLine(error).slice(0, 500)}`);
     return 1;
   } finally {
     (services as Services | null)?.close();

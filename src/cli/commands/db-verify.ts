@@ -21,6 +21,7 @@ import { describeFailure } from "../../plugins/audit/verify";
 import { type SealFinding, type SealSweep, SWEPT_TABLES, sweepSeals } from "../../seal-sweep";
 import { CliError, type Command, type CommandContext, EXIT_USAGE } from "../command";
 import { checkDatabaseFile } from "../database-file";
+import { firstLine } from "../terminal";
 import { parseAnchor } from "./audit";
 
 export const dbVerify: Command = {
@@ -262,7 +263,3 @@ function findingLine({ table, id, part }: SealFinding): string {
 }
 
 /** An error's first line: what one line of the CLI says of it. */
-export function firstLine(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  return message.split("\n")[0] ?? "unknown error";
-}

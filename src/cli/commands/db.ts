@@ -36,7 +36,8 @@ import { describeFailure } from "../../plugins/audit/verify";
 import { sweepSeals } from "../../seal-sweep";
 import { stopSignals } from "../../stop-signals";
 import { CliError, type Command, EXIT_USAGE } from "../command";
-import { failedRows, findingsPhrase, firstLine, integrityProblems, sweepLines } from "./db-verify";
+import { firstLine } from "../terminal";
+import { failedRows, findingsPhrase, integrityProblems, sweepLines } from "./db-verify";
 
 export const dbMigrate: Command = {
   name: "db:migrate",
