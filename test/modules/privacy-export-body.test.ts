@@ -4,7 +4,8 @@
  * export's own stall timer, not Bun's idle timeout (probe 38b F2).
  */
 import { expect, test } from "bun:test";
-import { createExportsInFlight, exportBody } from "../../src/modules/privacy";
+import { createEndsInFlight } from "../../src/ends-in-flight";
+import { exportBody } from "../../src/modules/privacy";
 
 /** Pieces that each take about `ms` of work, counting how many were made. */
 function slowPieces(count: number, ms: number, made: { count: number }) {
@@ -122,7 +123,7 @@ test("a piece that throws cuts the answer and is reported once", async () => {
 
 test("an export ended by the stop at its drain time says so, once, and is not then counted as the client's leaving (probe 55a F1)", async () => {
   const seen = events();
-  const inFlight = createExportsInFlight();
+  const inFlight = createEndsInFlight();
   const body = exportBody(slowPieces(2000, 0, { count: 0 }), seen, 60_000, inFlight);
   const reader = body.getReader();
   expect((await reader.read()).done).toBe(false);
@@ -134,7 +135,7 @@ test("an export ended by the stop at its drain time says so, once, and is not th
 });
 
 test("an export read to its end, or left by its client, is no longer the stop's to end", async () => {
-  const inFlight = createExportsInFlight();
+  const inFlight = createEndsInFlight();
   const whole = events();
   await new Response(exportBody(slowPieces(10, 0, { count: 0 }), whole, 60_000, inFlight)).text();
   const left = events();

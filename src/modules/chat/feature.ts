@@ -6,12 +6,13 @@
  * what other features (the WhatsApp webhook) call for a turn with the same budget and storage.
  */
 import type { Core } from "../../core";
+import { createEndsInFlight } from "../../ends-in-flight";
 import { keyChain } from "../../plugins/auth/lineage";
 import type { Feature } from "../feature";
 import { ChatBudget } from "./budget";
 import type { ChatOwner, ChatTurns } from "./contract";
 import { conversationTamperReporter, createChatSeal } from "./history-seal";
-import { chatModule, chatRouteClasses, createTurnsInFlight } from "./index";
+import { chatModule, chatRouteClasses } from "./index";
 import { chatMetrics } from "./metrics";
 import { chatContributor } from "./privacy";
 import { createChatProvider } from "./providers";
@@ -69,7 +70,7 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
     ownerExists: options.ownerExists,
     storeLockWaitMs: options.storeLockWaitMs,
   });
-  const inFlight = createTurnsInFlight();
+  const inFlight = createEndsInFlight();
   let recountAt = options.migratedNow?.includes(MESSAGE_COUNTS_MIGRATION)
     ? clock.now() + RECOUNT_AFTER_MIGRATION_MS
     : null;

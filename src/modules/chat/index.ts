@@ -12,7 +12,7 @@
  */
 import { Elysia, t } from "elysia";
 import { isCalendarDay } from "../../calendar";
-import { createEndsInFlight, type EndsInFlight } from "../../ends-in-flight";
+import type { EndsInFlight } from "../../ends-in-flight";
 import { AppError, type ErrorCode, problemResponses, toProblem } from "../../errors";
 import { cursorOfQuery } from "../../list-cursor";
 import { streamedResponse } from "../../plugins/access-log";
@@ -66,8 +66,12 @@ const DEFAULT_MESSAGE_PAGE = 50;
 
 export interface ChatModuleOptions {
   auth: ReturnType<typeof authPlugin>;
-  /** Where each turn in flight is kept until it ends, for the shutdown to end it readably. */
-  inFlight: TurnsInFlight;
+  /**
+   * Where each turn in flight (waiting for its first piece, or streaming) is kept until it ends,
+   * for the shutdown to end it readably at its drain time: a turn not yet answered is answered 503
+   * with Retry-After, a stream ends with an `error` event.
+   */
+  inFlight: EndsInFlight;
   service: ChatService;
   budget: ChatBudget;
   audit: AuditLog;
@@ -161,16 +165,8 @@ interface StreamContext {
   route: string;
   principal: Principal;
   errors: ErrorReporter;
-  inFlight: TurnsInFlight;
+  inFlight: EndsInFlight;
 }
-
-/**
- * The chat turns in flight (waiting for their first piece, or streaming), each with how to end it
- * readably when the shutdown's drain time is up: a turn not yet answered is answered 503 with
- * Retry-After, a stream ends with an `error` event.
- */
-export type TurnsInFlight = EndsInFlight;
-export const createTurnsInFlight = createEndsInFlight;
 
 /** Why the shutdown aborts a turn's upstream: told apart from a client that went away. */
 const SHUTTING_DOWN = "The service is shutting down";

@@ -5,11 +5,12 @@
  * contribution comes last, so erasure pseudonymises the rows the other contributors wrote too.
  */
 import type { Core } from "../../core";
+import { createEndsInFlight } from "../../ends-in-flight";
 import type { Feature } from "../feature";
 import { auditEventsContributor } from "./audit-contributor";
 import type { PrivacyContributor } from "./contributor";
 import { ErasureResumption } from "./erasure-resumption";
-import { createExportsInFlight, privacyModule, privacyRouteClasses } from "./index";
+import { privacyModule, privacyRouteClasses } from "./index";
 import { type PrivacyAccount, PrivacyService } from "./service";
 
 export interface PrivacyFeature extends Feature {
@@ -42,7 +43,7 @@ export function privacyFeature(
     account,
     contributors: [...features.flatMap((feature) => feature.privacy ?? []), ipBlocks, auditEvents],
   });
-  const exportsInFlight = createExportsInFlight();
+  const exportsInFlight = createEndsInFlight();
   return {
     name: "privacy",
     service,

@@ -35,17 +35,9 @@ interface ExportBodyEvents {
   stalled(): void;
   /** The client closed the connection before the end. */
   closed(): void;
-  /** The service's stop ended it at its drain time (ExportsInFlight). */
+  /** The service's stop ended it at its drain time (EndsInFlight). */
   interrupted(): void;
 }
-
-/**
- * The exports being sent, each ended at the shutdown's drain time and logged as cut by the stop,
- * not as the client's leaving (probe 55a F1: the drain's cut said "the client closed the
- * connection").
- */
-export type ExportsInFlight = EndsInFlight;
-export const createExportsInFlight = createEndsInFlight;
 
 /**
  * The export's text as a body read as it is sent: each read takes pieces until it has about
@@ -60,7 +52,7 @@ export function exportBody(
   pieces: Iterable<string>,
   events: ExportBodyEvents,
   stallMs = EXPORT_STALL_MS,
-  inFlight: ExportsInFlight = createExportsInFlight(),
+  inFlight: EndsInFlight = createEndsInFlight(),
 ): ReadableStream<Uint8Array> {
   const iterator = pieces[Symbol.iterator]();
   const encoder = new TextEncoder();
@@ -146,13 +138,18 @@ export function privacyModule({
   service,
   errors,
   logger,
-  exportsInFlight = createExportsInFlight(),
+  exportsInFlight = createEndsInFlight(),
 }: {
   auth: ReturnType<typeof authPlugin>;
   service: PrivacyService;
   errors: ErrorReporter;
   logger: Logger;
-  exportsInFlight?: ExportsInFlight;
+  /**
+   * The exports being sent, each ended at the shutdown's drain time and logged as cut by the stop,
+   * not as the client's leaving (probe 55a F1: the drain's cut said "the client closed the
+   * connection").
+   */
+  exportsInFlight?: EndsInFlight;
 }) {
   return new Elysia({ name: "palisade.module.privacy", prefix: "/api/me" })
     .use(auth)
