@@ -32,6 +32,7 @@ import m0022 from "../../drizzle/0022_key_lineages.sql" with { type: "text" };
 import m0023 from "../../drizzle/0023_key_successor_seals.sql" with { type: "text" };
 import m0024 from "../../drizzle/0024_audit_event_names.sql" with { type: "text" };
 import m0025 from "../../drizzle/0025_chat_message_counts.sql" with { type: "text" };
+import m0026 from "../../drizzle/0026_outbox_reply_parts.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -61,6 +62,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0023_key_successor_seals": m0023,
   "0024_audit_event_names": m0024,
   "0025_chat_message_counts": m0025,
+  "0026_outbox_reply_parts": m0026,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -33,7 +33,7 @@ export interface GraphServer {
   readonly sent: SentMessage[];
   /** Every request that reached the messages route, accepted or not. */
   readonly received: { phoneNumberId: string; to: string; body: string; status: number }[];
-  /** The next answers, in order, before the normal 200s resume. */
+  /** The next answers, in order, before the normal 200s resume (a 2xx one: a normal 200). */
   failNext(...answers: ScriptedAnswer[]): void;
   /** Every answer waits this long first (0 by default). */
   delayMs: number;
@@ -128,7 +128,8 @@ export function startGraphServer(options: { token?: string; version?: string } =
         return graphError(400, 100, "(#100) Invalid parameter");
       }
       const scripted = script.shift();
-      if (scripted) {
+      // A 2xx in the script is an ordinary acceptance: what lets a failure come after successes.
+      if (scripted && scripted.status >= 300) {
         answer(scripted.status);
         const code = scripted.code ?? (scripted.status >= 500 ? 1 : 100);
         return graphError(

@@ -33,7 +33,12 @@ export const whatsappOutbox = sqliteTable(
     nextAttemptAt: integer("next_attempt_at").notNull(),
     leaseUntil: integer("lease_until"),
     leaseOwner: text("lease_owner"),
-    /** The Graph API's id of the reply (what status callbacks name). */
+    /**
+     * How many parts of a reply longer than Graph takes in one message Graph has accepted
+     * (modules/webhooks/reply-parts.ts): a retry sends the rest, never a part again.
+     */
+    replyPartsSent: integer("reply_parts_sent").notNull().default(0),
+    /** The Graph API's id of the reply (of its last part: what status callbacks name). */
     replyMessageId: text("reply_message_id"),
     lastError: text("last_error"),
     receivedAt: integer("received_at").notNull(),

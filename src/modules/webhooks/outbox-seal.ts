@@ -16,9 +16,10 @@
  * answered by chat: it is marked failed (its number and text cleared, as for any reply given up),
  * logged, and audited as `whatsapp.outbox_tampered` (alert `PalisadeDatabaseTampered`).
  *
- * Not sealed: the bookkeeping (state, attempts, lease, next attempt, error, times) and the
- * conversation id (a chat turn checks the conversation's owner itself). Changing those can delay a
- * reply or give it up; not send anything else, or anywhere else (a sent row keeps no number). A
+ * Not sealed: the bookkeeping (state, attempts, lease, next attempt, error, times, the count of a
+ * long reply's parts sent) and the conversation id (a chat turn checks the conversation's owner
+ * itself). Changing those can delay a reply or give it up, or send parts of it again to the same
+ * number; not send anything else, or anywhere else (a sent row keeps no number). A
  * copy of an older row of the same file, seal and all (a rollback), is not detected: a reply
  * already sent could be sent again.
  */

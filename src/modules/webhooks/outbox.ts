@@ -53,6 +53,7 @@ import type { AuditLog } from "../../plugins/audit/log";
 import type { ChatTurns } from "../chat/contract";
 import type { GraphClient, SendOutcome } from "./graph-client";
 import type { OutboxSeal } from "./outbox-seal";
+import { replyParts } from "./reply-parts";
 import type { WhatsAppMetrics } from "./whatsapp-metrics";
 
 export type OutboxRow = typeof whatsappOutbox.$inferSelect;
@@ -383,22 +384,7 @@ export class OutboxWorker {
       }
       if (this.stopping) return this.release(row);
       if (row.recipient === null) return this.failPermanent(row, "no recipient kept");
-      // The lease must cover the send: extended only if it is still ours (not expired and taken).
-      const sendLeaseUntil =
-        clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS + LOCK_WAIT_MS;
-      if (!this.extendLease(row, sendLeaseUntil)) {
-        logger.warn(
-          { outboxId: this.storedId(row) },
-          "whatsapp outbox lease lost before sending; not sent",
-        );
-        return;
-      }
-      const outcome = await this.options.graph.sendText({
-        phoneNumberId: row.phoneNumberId,
-        to: row.recipient,
-        body: reply,
-      });
-      await this.settle(row, outcome, sendLeaseUntil);
+      await this.send(row, row.recipient, replyParts(reply));
     } catch (error) {
       logger.error({ err: error, outboxId: this.storedId(row) }, "whatsapp outbox row failed");
       // A row refused for its seal but not yet marked (another process's lock) is left as it is:
@@ -410,6 +396,67 @@ export class OutboxWorker {
         // The lease expires and another run takes the row.
       }
     }
+  }
+
+  /**
+   * Sends the reply's parts Graph has not accepted yet, each under a lease extended to cover it,
+   * each accepted one recorded before the next is sent (a retry, or the next process after a stop
+   * or a crash, sends the rest, never a part again), the last marked as the whole reply's sending.
+   */
+  private async send(row: OutboxRow, recipient: string, parts: readonly string[]): Promise<void> {
+    const { clock, logger } = this.options;
+    const first = partsSent(row, parts.length);
+    for (let part = first; part < parts.length; part++) {
+      if (part > first && this.stopping) return this.release(row);
+      // The lease must cover the send: extended only if it is still ours (not expired and taken).
+      const sendLeaseUntil =
+        clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS + LOCK_WAIT_MS;
+      if (!this.extendLease(row, sendLeaseUntil)) {
+        logger.warn(
+          { outboxId: this.storedId(row), part: part + 1, parts: parts.length },
+          "whatsapp outbox lease lost before sending; not sent",
+        );
+        return;
+      }
+      const outcome = await this.options.graph.sendText({
+        phoneNumberId: row.phoneNumberId,
+        to: recipient,
+        body: parts[part]!,
+      });
+      if (outcome.kind === "sent" && part < parts.length - 1) {
+        if (await this.outlastLock(() => this.recordPartSent(row, part + 1), sendLeaseUntil)) {
+          continue;
+        }
+        logger.warn(
+          { outboxId: this.storedId(row), part: part + 1, parts: parts.length },
+          "whatsapp outbox lease lost after a part was sent; the rest is sent by the next claim",
+        );
+        return;
+      }
+      const which = parts.length > 1 ? `part ${part + 1} of ${parts.length}: ` : "";
+      return this.settle(
+        row,
+        outcome.kind === "sent" ? outcome : { ...outcome, reason: `${which}${outcome.reason}` },
+        sendLeaseUntil,
+        parts.length,
+      );
+    }
+  }
+
+  /**
+   * Records that Graph accepted the reply's first `count` parts (the row stays pending); false if
+   * the lease was lost (taken over past its end): the part may then be sent again by the next claim.
+   */
+  private recordPartSent(row: OutboxRow, count: number): boolean {
+    const recorded = this.options.db
+      .update(whatsappOutbox)
+      .set({ replyPartsSent: count })
+      .where(this.mine(row))
+      .returning({ id: whatsappOutbox.id })
+      .all();
+    if (recorded.length !== 1) return false;
+    row.replyPartsSent = count;
+    return true;
   }
 
   /** Whether the row is the only one of its inbound message, as the unique index keeps it. */
@@ -546,9 +593,14 @@ export class OutboxWorker {
       .run();
   }
 
-  private async settle(row: OutboxRow, outcome: SendOutcome, leaseUntil: number): Promise<void> {
+  private async settle(
+    row: OutboxRow,
+    outcome: SendOutcome,
+    leaseUntil: number,
+    parts: number,
+  ): Promise<void> {
     if (outcome.kind === "sent") {
-      await this.markSent(row, outcome.messageId, leaseUntil);
+      await this.markSent(row, outcome.messageId, leaseUntil, parts);
       this.options.metrics.replies.labels("sent").inc();
       return;
     }
@@ -567,12 +619,18 @@ export class OutboxWorker {
    * still holds (by the clock and by the time actually waited, whichever ends first): no other
    * worker claims the row meanwhile, so the reply is not sent twice.
    */
-  private async markSent(row: OutboxRow, messageId: string, leaseUntil: number): Promise<void> {
+  private async markSent(
+    row: OutboxRow,
+    messageId: string,
+    leaseUntil: number,
+    parts: number,
+  ): Promise<void> {
     await this.outlastLock(() => {
       this.options.db
         .update(whatsappOutbox)
         .set({
           state: "sent",
+          replyPartsSent: parts,
           replyMessageId: messageId || null,
           recipient: null,
           body: null,
@@ -706,4 +764,17 @@ export class OutboxWorker {
       },
     });
   }
+}
+
+/**
+ * How many of a reply's `parts` Graph has accepted, as the row records it. The count is not sealed:
+ * one the worker never writes on a pending row (not a whole number, or not below the count of
+ * parts) is read as none, so the genuine reply goes to its genuine number from its first part
+ * rather than not at all.
+ */
+function partsSent(row: OutboxRow, parts: number): number {
+  const sent: unknown = row.replyPartsSent;
+  return typeof sent === "number" && Number.isSafeInteger(sent) && sent >= 0 && sent < parts
+    ? sent
+    : 0;
 }

@@ -126,3 +126,31 @@ test("an answer without end is read no further than its bound: accepted as sent,
     else expect(outcome).toEqual({ kind: "permanent", reason: "graph 400" });
   }
 });
+
+test("an error text quoting the recipient's number or the text sent keeps both out of the reason, in any spelling (probe 59b F2)", async () => {
+  const sent = {
+    phoneNumberId: "106540352242922",
+    to: "16505551234",
+    body: "Your order 4471 ships on Monday; reply STOP to opt out.",
+  };
+  for (const [quoted, kept] of [
+    [
+      "(#131026) Message undeliverable to 16505551234",
+      "(#131026) Message undeliverable to [number]",
+    ],
+    ["to=+1 650-555-1234 failed", "to=[number] failed"],
+    ["to (650) 555 1234, also 447700900123", "to [number], also [number]"],
+    [
+      "text='Your order 4471 ships on Monday; reply STOP to opt out.' refused",
+      "text='[text]' refused",
+    ],
+    ["body starts 'Your order 4471 ships…' (cut)", "body starts '[text]…' (cut)"],
+    ["phone number 106540352242922 not registered", "phone number 106540352242922 not registered"],
+    ["(#100) Param text['body'] is invalid", "(#100) Param text['body'] is invalid"],
+  ] as const) {
+    const outcome = await answering(400, { error: { message: quoted, code: 131026 } }).sendText(
+      sent,
+    );
+    expect((outcome as { reason: string }).reason).toBe(`graph 400 code 131026: ${kept}`);
+  }
+});

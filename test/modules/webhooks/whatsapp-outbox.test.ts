@@ -216,6 +216,35 @@ describe("sending replies", () => {
     expect(rows(target)[0]!.last_error).not.toContain(WA_APP_SECRET);
   });
 
+  test("a refusal whose text quotes the number or the reply keeps both out of last_error, the audit and the log once the number is cleared (probe 59b F2)", async () => {
+    const { target, graph, clock, worker } = setup();
+    const echo = "Service unavailable for request to=16505551234 text='reply to: hello there'";
+    graph.failNext(
+      { status: 503, code: 2, message: echo },
+      { status: 400, code: 131026, message: `(#131026) ${echo}` },
+    );
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.ECHO", from: "16505551234", text: "hello there" }] }),
+    );
+    await worker.drain();
+    clock.advance(1300);
+    await worker.drain();
+    expect(graph.received.map((r) => r.status)).toEqual([503, 400]);
+    const [row] = rows(target);
+    expect(row).toMatchObject({ state: "failed", recipient: null });
+    expect(row!.last_error).toBe(
+      "graph 400 code 131026: (#131026) Service unavailable for request to=[number] text='[text]'",
+    );
+    const [event] = audited(target, "whatsapp.reply_failed");
+    const retried = target.logs.entries.find((e) => e.msg === "whatsapp reply failed; will retry");
+    for (const kept of [JSON.stringify(event), JSON.stringify(retried), target.logs.text]) {
+      expect(kept).not.toContain("16505551234");
+      expect(kept).not.toContain("reply to: hello");
+    }
+    expect(String(retried?.reason)).toContain("to=[number] text='[text]'");
+  });
+
   test("a refused access token is retried, not given up at once: a token fixed in time loses nothing (probe 26g)", async () => {
     const { target, graph, clock, worker } = setup();
     graph.failNext({ status: 401, code: 190 }, { status: 401, code: 190 });

@@ -1,0 +1,79 @@
+/**
+ * @module
+ * A reply cut into the messages Graph takes. The Cloud API refuses a text body over 4,096
+ * characters (`(#100) Invalid parameter`, a permanent refusal), while a chat reply may run to
+ * 65,536 and more (1,024 tokens of English are 4–5 thousand characters): such a reply was given up
+ * unsent, its turn charged and kept in the conversation, and the sender heard nothing (probe 59b
+ * F1). A longer reply now goes out as consecutive messages, in order, each cut where a reader
+ * would pause: a paragraph's end, else a line's, a sentence's, a space, and only in a word that
+ * fills a whole part between two characters as a reader sees them (grapheme clusters).
+ *
+ * Lengths are counted in UTF-16 code units, as JavaScript counts a string: never fewer than the
+ * characters (code points) Graph counts, so a part within the bound here is within it there.
+ */
+
+/** The most characters Graph takes in one text message's body. */
+export const GRAPH_TEXT_LIMIT = 4096;
+
+/**
+ * Where a part may end at the earliest, as a share of the bound: a break earlier than this would
+ * make a short message of a long reply; past it, a weaker break is looked for instead.
+ */
+const EARLIEST_BREAK = 0.5;
+
+const SENTENCE_ENDS = new Set([".", "!", "?", "…", "。", "！", "？"]);
+const isSpace = (char: string | undefined) => char !== undefined && /\s/u.test(char);
+
+/**
+ * The parts `reply` is sent as: itself when it fits in one message (unchanged), else consecutive
+ * parts of at most `limit` code units, each trimmed at the cut (white space there is the break
+ * itself), none empty.
+ */
+export function replyParts(reply: string, limit = GRAPH_TEXT_LIMIT): string[] {
+  if (reply.length <= limit) return [reply];
+  const parts: string[] = [];
+  let rest = reply;
+  while (rest.length > limit) {
+    const cut = cutPoint(rest, limit);
+    const head = rest.slice(0, cut).trimEnd();
+    if (head !== "") parts.push(head);
+    rest = rest.slice(cut).trimStart();
+  }
+  if (rest !== "") parts.push(rest);
+  return parts;
+}
+
+/** The length of the next part of `text` (longer than `limit`): between 1 and `limit`. */
+function cutPoint(text: string, limit: number): number {
+  const earliest = Math.max(1, Math.floor(limit * EARLIEST_BREAK));
+  // Each finder gives the part's length for a break at `i`, or -1 where there is none.
+  const finders: ((i: number) => number)[] = [
+    (i) => (text[i] === "\n" && text[i + 1] === "\n" ? i : -1),
+    (i) => (text[i] === "\n" ? i : -1),
+    (i) => (SENTENCE_ENDS.has(text[i - 1] ?? "") && isSpace(text[i]) ? i : -1),
+    (i) => (isSpace(text[i]) ? i : -1),
+  ];
+  for (const find of finders) {
+    for (let i = limit; i >= earliest; i--) {
+      const cut = find(i);
+      if (cut >= earliest) return cut;
+    }
+  }
+  return lastGraphemeBoundary(text, limit);
+}
+
+/**
+ * The last boundary between two characters as a reader sees them at or before `limit`; a single
+ * cluster longer than the bound (hundreds of combining marks) is cut between code points.
+ */
+function lastGraphemeBoundary(text: string, limit: number): number {
+  const segmenter = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+  let boundary = 0;
+  for (const { index } of segmenter.segment(text.slice(0, limit + 1))) {
+    if (index > limit) break;
+    boundary = index;
+  }
+  if (boundary > 0) return boundary;
+  const splitsPair = /[\uD800-\uDBFF]/.test(text[limit - 1] ?? "");
+  return splitsPair ? limit - 1 : limit;
+}

@@ -1,0 +1,256 @@
+/**
+ * Replies longer than Graph takes in one message (4,096 characters): sent as consecutive parts,
+ * each cut where a reader would pause, in order, each part once, across retries, permanent
+ * refusals, stops and rows whose count of parts sent was written into the file (probe 59b F1: such
+ * a reply was refused by Graph as a whole and given up unsent).
+ */
+import { describe, expect, test } from "bun:test";
+import type { ChatTurnOutcome } from "../../../src/modules/chat/contract";
+import { GRAPH_TEXT_LIMIT, replyParts } from "../../../src/modules/webhooks/reply-parts";
+import { send } from "../../support/app";
+import { cleanupsAfterEach } from "../../support/cleanups";
+import { anotherInstance } from "../../support/instance";
+import { outboxSetup, whatsappOf } from "../../support/outbox";
+import {
+  auditedEvents,
+  deliver,
+  notification,
+  ScriptedChat,
+  whatsappEnv,
+} from "../../support/whatsapp";
+
+const cleanups = cleanupsAfterEach();
+
+/** What a part holds apart from the white space a cut drops. */
+const visible = (text: string) => text.replace(/\s+/gu, "");
+
+function expectWellCut(reply: string, parts: string[], limit = GRAPH_TEXT_LIMIT): void {
+  for (const part of parts) {
+    expect(part.length).toBeGreaterThan(0);
+    expect(part.length).toBeLessThanOrEqual(limit);
+    expect(part.isWellFormed()).toBe(true);
+  }
+  expect(visible(parts.join(""))).toBe(visible(reply));
+}
+
+describe("cutting a reply into parts", () => {
+  test("a reply that fits in one message is sent as it is, to the last character", () => {
+    const fits = `  ${"a".repeat(GRAPH_TEXT_LIMIT - 4)}  `;
+    expect(replyParts(fits)).toEqual([fits]);
+    expect(replyParts("")).toEqual([""]);
+  });
+
+  test("a longer one is cut at a paragraph's end, else a line's, a sentence's, a space", () => {
+    const paragraph = "Word ".repeat(500).trim(); // 2,499 characters
+    expect(replyParts(`${paragraph}.\n\n${paragraph}.\n\n${paragraph}.`)).toEqual([
+      `${paragraph}.`,
+      `${paragraph}.`,
+      `${paragraph}.`,
+    ]);
+    const line = `${"Lines ".repeat(300).trim()}`; // 1,799
+    const lines = [line, line, line].join("\n");
+    expect(replyParts(lines)).toEqual([`${line}\n${line}`, line]);
+    const sentence = `${"Sentences are words. ".repeat(100).trim()}`; // 2,099
+    const [first, ...rest] = replyParts(`${sentence} ${sentence}`);
+    expect(first!.endsWith(".")).toBe(true);
+    expect(rest).toHaveLength(1);
+    const words = "unbroken ".repeat(1000).trim();
+    const byWords = replyParts(words);
+    expect(byWords.every((part) => /^unbroken( unbroken)*$/.test(part))).toBe(true);
+    expectWellCut(words, byWords);
+  });
+
+  test("a break in the first half of the bound is passed over for a weaker one later: no short messages", () => {
+    const reply = `Short intro.\n\n${"x ".repeat(3000)}`;
+    const [first] = replyParts(reply);
+    expect(first!.length).toBeGreaterThan(GRAPH_TEXT_LIMIT / 2);
+  });
+
+  test("text with no space is cut between characters as a reader sees them: no emoji, flag or accent split", () => {
+    for (const unit of ["😀", "🇫🇷", "👩‍👩‍👧‍👦", "é", "e\u0301", "字", "a"]) {
+      const reply = unit.repeat(Math.ceil((3 * GRAPH_TEXT_LIMIT) / unit.length) + 7);
+      const parts = replyParts(reply);
+      expectWellCut(reply, parts);
+      expect(parts.join("")).toBe(reply);
+      for (const part of parts) expect(part.length % unit.length).toBe(0);
+    }
+  });
+
+  test("every part is within the bound, well-formed and in order, whatever the text (random texts of many scripts)", () => {
+    const pieces = ["a", "bc ", "\n", "\n\n", ". ", "😀", "🇫🇷", "e\u0301", "字", "\t", "!? ", "—"];
+    let seed = 59;
+    const random = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    for (let round = 0; round < 200; round++) {
+      const limit = 16 + Math.floor(random() * 200);
+      let reply = "";
+      const length = Math.floor(random() * limit * 6);
+      while (reply.length < length) reply += pieces[Math.floor(random() * pieces.length)];
+      expectWellCut(reply, replyParts(reply, limit), limit);
+    }
+  });
+});
+
+/** A chat that answers the next turn with `reply`. */
+function replying(chat: ScriptedChat, reply: string): void {
+  const outcome: ChatTurnOutcome = {
+    kind: "reply",
+    turn: { conversationId: "conv-long", reply, usage: { promptTokens: 3, completionTokens: 4 } },
+  };
+  chat.script.push(outcome);
+}
+
+const LONG_REPLY = [
+  "First paragraph. ".repeat(200).trim(),
+  "Second paragraph. ".repeat(220).trim(),
+  "Third paragraph. ".repeat(100).trim(),
+].join("\n\n");
+
+interface Row {
+  state: string;
+  attempts: number;
+  recipient: string | null;
+  reply: string | null;
+  reply_parts_sent: number;
+  reply_message_id: string | null;
+  last_error: string | null;
+}
+
+const rowOf = (target: { db: { $client: import("bun:sqlite").Database } }) =>
+  target.db.$client.query<Row, []>("SELECT * FROM whatsapp_outbox").get()!;
+
+describe("sending a long reply", () => {
+  test("a reply over 4,096 characters reaches the sender whole, as consecutive messages in order; one chat turn, one row sent", async () => {
+    const { target, graph, chat, worker } = outboxSetup(cleanups);
+    replying(chat, LONG_REPLY);
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.LONG1", from: "16505551234", text: "tell me" }] }),
+    );
+    expect(await worker.drain()).toBe(1);
+    const parts = replyParts(LONG_REPLY);
+    expect(parts).toHaveLength(3);
+    expect(graph.received.map((r) => r.status)).toEqual([200, 200, 200]);
+    expect(graph.sent.map((m) => m.body)).toEqual(parts);
+    expect(graph.sent.every((m) => m.to === "16505551234")).toBe(true);
+    expect(chat.turns).toHaveLength(1);
+    expect(rowOf(target)).toMatchObject({
+      state: "sent",
+      attempts: 1,
+      recipient: null,
+      reply: LONG_REPLY,
+      reply_parts_sent: 3,
+      reply_message_id: graph.sent[2]!.id,
+      last_error: null,
+    });
+    expect(await worker.drain()).toBe(0);
+    expect(graph.sent).toHaveLength(3);
+    const metrics = await (await send(target, "/metrics")).text();
+    expect(metrics).toContain('whatsapp_replies_total{outcome="sent"} 1');
+  });
+
+  test("a part Graph fails for a while is sent after the backoff, and the parts before it never twice", async () => {
+    const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
+    replying(chat, LONG_REPLY);
+    graph.failNext({ status: 200 }, { status: 503 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.LONG2", from: "16505551234", text: "tell me" }] }),
+    );
+    await worker.drain();
+    const parts = replyParts(LONG_REPLY);
+    expect(graph.sent.map((m) => m.body)).toEqual(parts.slice(0, 1));
+    expect(rowOf(target)).toMatchObject({
+      state: "pending",
+      attempts: 1,
+      reply_parts_sent: 1,
+      recipient: "16505551234",
+    });
+    expect(rowOf(target).last_error).toStartWith("part 2 of 3: graph 503");
+    clock.advance(1300);
+    await worker.drain();
+    expect(graph.received.map((r) => [r.status, parts.indexOf(r.body) + 1])).toEqual([
+      [200, 1],
+      [503, 2],
+      [200, 2],
+      [200, 3],
+    ]);
+    expect(graph.sent.map((m) => m.body)).toEqual(parts);
+    expect(chat.turns).toHaveLength(1);
+    expect(rowOf(target)).toMatchObject({ state: "sent", attempts: 2, reply_parts_sent: 3 });
+  });
+
+  test("a part Graph refuses for good gives the rest up at once, saying which part: failed, number cleared, audited", async () => {
+    const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
+    replying(chat, LONG_REPLY);
+    graph.failNext({ status: 200 }, { status: 200 }, { status: 400, code: 131026 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.LONG3", from: "16505551234", text: "tell me" }] }),
+    );
+    await worker.drain();
+    clock.advance(60 * 60_000);
+    await worker.drain();
+    expect(graph.received.map((r) => r.status)).toEqual([200, 200, 400]);
+    expect(rowOf(target)).toMatchObject({ state: "failed", recipient: null, reply_parts_sent: 2 });
+    expect(rowOf(target).last_error).toStartWith("part 3 of 3: graph 400 code 131026");
+    const [event] = auditedEvents(target, "whatsapp.reply_failed");
+    expect(event.reason).toStartWith("part 3 of 3: graph 400 code 131026");
+  });
+
+  test("a stop between parts leaves the rest to the next process, which sends them without a chat turn or a part again", async () => {
+    const { target, graph, chat, clock, worker } = outboxSetup(
+      cleanups,
+      {},
+      { pollIntervalMs: 60_000 },
+    );
+    replying(chat, LONG_REPLY);
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.LONG4", from: "16505551234", text: "tell me" }] }),
+    );
+    graph.delayMs = 300;
+    const draining = worker.drain();
+    // The first part is in flight (Graph answers after 300 ms) when the stop begins.
+    await Bun.sleep(100);
+    await worker.stop();
+    await draining;
+    const parts = replyParts(LONG_REPLY);
+    expect(graph.sent.map((m) => m.body)).toEqual(parts.slice(0, 1));
+    expect(rowOf(target)).toMatchObject({ state: "pending", reply_parts_sent: 1 });
+    graph.delayMs = 0;
+    const nextChat = new ScriptedChat();
+    const next = anotherInstance(target, {
+      clock,
+      env: whatsappEnv(graph),
+      whatsapp: { chat: nextChat },
+    });
+    cleanups.push(() => next.close());
+    await whatsappOf(next.services).worker.drain();
+    expect(nextChat.turns).toHaveLength(0);
+    expect(chat.turns).toHaveLength(1);
+    expect(graph.sent.map((m) => m.body)).toEqual(parts);
+    expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 3 });
+  });
+
+  test("a count of parts sent the worker never writes (written into the file) sends the genuine reply from its first part", async () => {
+    for (const written of ["99", "-1", "1.5", "'two'", "3"]) {
+      const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
+      replying(chat, LONG_REPLY);
+      graph.failNext({ status: 503 });
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.LONG5", from: "16505551234", text: "tell me" }] }),
+      );
+      await worker.drain();
+      expect(rowOf(target)).toMatchObject({ state: "pending", reply_parts_sent: 0 });
+      target.db.$client.run(`UPDATE whatsapp_outbox SET reply_parts_sent = ${written}`);
+      clock.advance(1300);
+      await worker.drain();
+      expect(graph.sent.map((m) => m.body)).toEqual(replyParts(LONG_REPLY));
+      expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 3 });
+    }
+  });
+});
