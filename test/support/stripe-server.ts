@@ -2,7 +2,9 @@
  * A local Stripe: Bun.serve on 127.0.0.1:0 speaking the REST shape the official SDK uses —
  * form-encoded bodies with bracket keys (`metadata[k]=v`), `Authorization: Bearer sk_test_…`,
  * `Idempotency-Key` honoured as Stripe does (same key and parameters: the first response again with
- * `Idempotent-Replayed: true`; same key, other parameters: 400 `idempotency_error`), JSON objects
+ * `Idempotent-Replayed: true`, a 500 included — Stripe keeps the error of a request it began, and
+ * answers it again with `Stripe-Should-Retry: false`; same key, other parameters: 400
+ * `idempotency_error`), JSON objects
  * (`pi_…` payment intents with `pi_…_secret_…` client secrets, `re_…` refunds) and Stripe's error
  * body `{error: {type, code, message}}`. Failures and odd answers are scripted per test; every
  * request is counted.
@@ -24,6 +26,12 @@ export interface ScriptedFailure {
   message?: string;
   /** Sent as `Stripe-Should-Retry`, which the SDK obeys. */
   shouldRetry?: boolean;
+  /**
+   * Whether Stripe keeps this error under the request's idempotency key and answers it again to the
+   * key's next requests: by default a 500 (Stripe began the request), not a 429, 502, 503 or 4xx
+   * (answered before anything ran).
+   */
+  kept?: boolean;
   /** The body is this many bytes that never close the JSON (an answer without end), not the error. */
   floodBytes?: number;
 }
@@ -250,10 +258,9 @@ export function startFakeStripe(): FakeStripe {
             );
           }
           call.replayed = true;
-          return Response.json(previous.body, {
-            status: previous.status,
-            headers: { "idempotent-replayed": "true" },
-          });
+          const headers: Record<string, string> = { "idempotent-replayed": "true" };
+          if (previous.status >= 500) headers["stripe-should-retry"] = "false";
+          return Response.json(previous.body, { status: previous.status, headers });
         }
       }
       const scripted = failures.get(url.pathname)?.shift();
@@ -261,14 +268,19 @@ export function startFakeStripe(): FakeStripe {
         return floodingAnswer(scripted.status, scripted.floodBytes, flooded);
       }
       if (scripted) {
-        // Stripe keeps no idempotent result for a request it did not execute.
-        return stripeError(
-          scripted.status,
-          scripted.type ?? (scripted.status >= 500 ? "api_error" : "invalid_request_error"),
-          scripted.code ?? "scripted_failure",
-          scripted.message ?? "Scripted failure",
-          scripted.shouldRetry,
-        );
+        const type =
+          scripted.type ?? (scripted.status >= 500 ? "api_error" : "invalid_request_error");
+        const code = scripted.code ?? "scripted_failure";
+        const message = scripted.message ?? "Scripted failure";
+        // Stripe keeps no idempotent result for a request it did not execute; a 500's, it does.
+        if (idempotencyKey !== null && (scripted.kept ?? scripted.status === 500)) {
+          stored.set(idempotencyKey, {
+            paramsKey,
+            status: scripted.status,
+            body: { error: { type, code, message } },
+          });
+        }
+        return stripeError(scripted.status, type, code, message, scripted.shouldRetry);
       }
       const answer = handle(request.method, url.pathname, params);
       if (idempotencyKey !== null && answer.status < 500) {

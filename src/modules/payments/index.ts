@@ -103,10 +103,22 @@ function invalid(field: string, message: string, detail = "The request body is i
  * intent is retried with its Idempotency-Key; a refund takes none (its own Stripe key is derived
  * from the payment, so a retry of the same amount is not made twice).
  */
-function upstreamError(failure: GatewayFailure, retry = "retry shortly"): AppError {
+function upstreamError(
+  failure: GatewayFailure,
+  retry = "retry shortly",
+  keptError = "retry shortly",
+): AppError {
   // For the error report: the failure as stripe-client wrote it (its kind and our reason, never
   // Stripe's text), tagged `upstream: stripe` as the chat provider's failures are (probe 30b F5).
   const cause = new Error(`stripe ${failure.kind}: ${failure.reason}`);
+  // An error Stripe keeps for the key: the same request is that error again for 24 hours, so no
+  // Retry-After (probe 59a F1).
+  if (failure.kind === "unavailable" && failure.keptByStripe) {
+    return new AppError(
+      "UPSTREAM_UNAVAILABLE",
+      `The payment provider answered this request with a server error it keeps for 24 hours; ${keptError}.`,
+    ).causedBy(cause, "stripe");
+  }
   if (failure.kind === "unavailable") {
     return new AppError(
       "UPSTREAM_UNAVAILABLE",
@@ -258,7 +270,11 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 { "retry-after": String(outcome.retryAfterSeconds) },
               );
             default:
-              throw upstreamError(outcome, "retry with the same Idempotency-Key");
+              throw upstreamError(
+                outcome,
+                "retry with the same Idempotency-Key",
+                "retry with a new Idempotency-Key",
+              );
           }
         },
         {
@@ -336,7 +352,11 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 "The refund is larger than what is left to refund.",
               );
             default:
-              throw upstreamError(outcome);
+              throw upstreamError(
+                outcome,
+                "retry shortly",
+                "whether the refund was made is unknown: see the payment in Stripe's dashboard (a refund Stripe made is recorded here by its charge.refunded event)",
+              );
           }
         },
         {

@@ -26,11 +26,11 @@
  * the refunded total before it and the amount, so a retried refund is not made twice.
  */
 import { createHash } from "node:crypto";
-import { and, eq } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
-import { paymentIdempotencyKeys, payments } from "../../db/schema";
+import { auditEvents, paymentIdempotencyKeys, payments } from "../../db/schema";
 import { WaitingWrites } from "../../db/waiting-writes";
 import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
@@ -176,6 +176,32 @@ export const MAX_REFUND_ATTEMPTS = 10;
  * or another refund of the payment could start beside it (probe 33b F3).
  */
 export const REFUND_WALK_MS = 30_000;
+
+/** How many keys one intent request walks past server errors Stripe keeps for them. */
+export const MAX_INTENT_KEYS = 10;
+
+/**
+ * The intent under the Stripe key derived from the owner's Idempotency-Key, or, where Stripe keeps
+ * a server error for that key, under the next key derived from it, and so on. Stripe saves a 500's
+ * answer under its idempotency key (it began the request) and answers it again for 24 hours, so a
+ * retry with the same Idempotency-Key, which the 503 asks for, was a 503 for a day (probe 59a F1).
+ * The keys are the same, in the same order, on every retry and in every process, so an answer lost
+ * on the way is still that intent again; a server error that is not a replay is this request's
+ * answer (503), and the next retry walks past it. What a 500 leaves undecided: an intent Stripe may
+ * have made under a key walked past, whose client secret no one was given, so it is never confirmed
+ * nor charged (Stripe lists it as incomplete).
+ */
+async function intentPastKeptErrors(
+  gateway: PaymentGateway,
+  request: IntentRequest,
+  first: string,
+): Promise<Awaited<ReturnType<PaymentGateway["createIntent"]>>> {
+  for (let walked = 0; ; walked++) {
+    const result = await gateway.createIntent(request, walked === 0 ? first : `${first}_${walked}`);
+    if (result.ok || result.kind !== "unavailable" || !result.keptByStripe) return result;
+    if (walked === MAX_INTENT_KEYS - 1) return result;
+  }
+}
 
 /** How many refused keys this process remembers where to walk on from (refundPastFailures). */
 const REFUND_WALKS_KEPT = 1_000;
@@ -442,7 +468,7 @@ export class PaymentService {
 
     let result: Awaited<ReturnType<PaymentGateway["createIntent"]>>;
     try {
-      result = await gateway.createIntent(request, stripeIdempotencyKey(owner, key));
+      result = await intentPastKeptErrors(gateway, request, stripeIdempotencyKey(owner, key));
     } catch (error) {
       this.release(owner, key, claim.claimedAt, acting.requestId);
       throw error;
@@ -700,22 +726,24 @@ export class PaymentService {
       },
       made,
     );
-    // Queued in the audit log while the database is locked, and written once the lock goes.
-    recordDone(this.audit, this.logger, {
-      type: "payment.refund",
-      outcome: settled ? "success" : "info",
-      actor: acting.actor,
-      ip: acting.ip,
-      route: acting.route,
-      requestId: acting.requestId,
-      detail: {
-        paymentId: id,
-        refundId: result.id,
-        amount: result.amount,
-        currency: start.currency,
-        status: result.status,
-      },
-    });
+    // Queued in the audit log while the database is locked, and written once the lock goes. A
+    // refund Stripe replayed was audited when it was answered first, unless that answer was lost.
+    if (!(result.replayed && this.refundAudited(result.id)))
+      recordDone(this.audit, this.logger, {
+        type: "payment.refund",
+        outcome: settled ? "success" : "info",
+        actor: acting.actor,
+        ip: acting.ip,
+        route: acting.route,
+        requestId: acting.requestId,
+        detail: {
+          paymentId: id,
+          refundId: result.id,
+          amount: result.amount,
+          currency: start.currency,
+          status: result.status,
+        },
+      });
     return {
       kind: "refunded",
       refund: { id: result.id, amount: result.amount, status: result.status },
@@ -723,6 +751,29 @@ export class PaymentService {
       // again, so neither a lock nor a row changed meanwhile turns a refund made into an error.
       payment: viewOf(settled ? this.ledger.afterRefund(start.row, refundedTotal) : start.row),
     };
+  }
+
+  /**
+   * Whether a refund is in the audit log already. A refund Stripe has not settled leaves the
+   * payment's refunded total as it was, so a retry of its amount derives the same key and Stripe
+   * replays that refund: each retry wrote another `payment.refund` row for the whole amount, three
+   * refunds of 5,000 on a payment of 5,000 in the log where Stripe made one (probe 59a F2). Read
+   * by the type's index: refunds are few.
+   */
+  private refundAudited(refundId: string): boolean {
+    return (
+      this.db
+        .select({ id: auditEvents.id })
+        .from(auditEvents)
+        .where(
+          and(
+            eq(auditEvents.type, "payment.refund"),
+            sql`json_extract(${auditEvents.detail}, '$.refundId') = ${refundId}`,
+          ),
+        )
+        .limit(1)
+        .get() !== undefined
+    );
   }
 
   /**

@@ -46,7 +46,17 @@ export interface CreatedRefund {
 }
 
 export type GatewayFailure =
-  | { ok: false; kind: "unavailable"; reason: string }
+  | {
+      ok: false;
+      kind: "unavailable";
+      reason: string;
+      /**
+       * Stripe answered a server error it keeps for this idempotency key (`Idempotent-Replayed`):
+       * it began the request once and saved the error, and answers it again for 24 hours however
+       * often the key is sent, so the same key cannot get another answer.
+       */
+      keptByStripe?: boolean;
+    }
   | { ok: false; kind: "refused"; reason: string }
   | { ok: false; kind: "bad_response"; reason: string };
 
@@ -154,7 +164,11 @@ async function failureOf(error: unknown): Promise<GatewayFailure> {
       status === 429 ||
       error instanceof Stripe.errors.StripeConnectionError
     ) {
-      return { ok: false, kind: "unavailable", reason };
+      const keptByStripe =
+        status !== undefined &&
+        status >= 500 &&
+        headerOf(error.headers, "idempotent-replayed") === "true";
+      return { ok: false, kind: "unavailable", reason, ...(keptByStripe ? { keptByStripe } : {}) };
     }
     return { ok: false, kind: "refused", reason };
   }

@@ -270,7 +270,7 @@ test("a key is its owner's: another user's identical key and body is a new inten
 test("a Stripe outage is 503 UPSTREAM_UNAVAILABLE with Retry-After and releases the key: the retry with it succeeds", async () => {
   current = buildPaymentsApp();
   const user = await signUp(current);
-  current.stripe.failNext(INTENTS, { status: 500, shouldRetry: false });
+  current.stripe.failNext(INTENTS, { status: 503, shouldRetry: false });
   const failed = await createIntent(current, bearer(user.accessToken), body, "outage-1");
   expect(failed.status).toBe(503);
   expect(failed.headers.get("retry-after")).toBe("5");
@@ -302,15 +302,69 @@ test("a Stripe answer without end is read no further than its bound: 503 UPSTREA
   expect(retried.status).toBe(201);
 });
 
-test("the SDK retries a transient 500 itself with the same key: one intent, one 201", async () => {
+test("the SDK retries a transient 503 itself with the same key: one intent, one 201", async () => {
   current = buildPaymentsApp();
   const user = await signUp(current);
-  current.stripe.failNext(INTENTS, { status: 500 });
+  current.stripe.failNext(INTENTS, { status: 503 });
   const response = await createIntent(current, bearer(user.accessToken), body, "transient-1");
   expect(response.status).toBe(201);
   const calls = current.stripe.calls.filter((c) => c.path === INTENTS);
   expect(calls).toHaveLength(2);
   expect(calls[0]!.idempotencyKey).toBe(calls[1]!.idempotencyKey);
+});
+
+test("a 500 Stripe keeps for the key (and replays to the SDK's own retry) is walked past to the next derived key: one 201, the same keys on every retry (probe 59a F1)", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  current.stripe.failNext(INTENTS, { status: 500 });
+  const response = await createIntent(current, bearer(user.accessToken), body, "kept-500");
+  expect(response.status).toBe(201);
+  const created = (await response.json()) as { id: string };
+  const calls = current.stripe.calls.filter((c) => c.path === INTENTS);
+  const first = calls[0]!.idempotencyKey!;
+  expect(calls.map((c) => [c.idempotencyKey, c.replayed])).toEqual([
+    [first, false],
+    [first, true],
+    [`${first}_1`, false],
+  ]);
+  // The same Idempotency-Key again: the stored intent, no Stripe call.
+  const again = await createIntent(current, bearer(user.accessToken), body, "kept-500");
+  expect(again.status).toBe(201);
+  expect(((await again.json()) as { id: string }).id).toBe(created.id);
+  expect(intentCalls(current)).toBe(3);
+});
+
+test("a 500 Stripe keeps, answered 503 with the key given back: the retry with the same Idempotency-Key, as the 503 says, makes the intent (probe 59a F1: 503 for a day)", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  current.stripe.failNext(INTENTS, { status: 500, shouldRetry: false });
+  const failed = await createIntent(current, bearer(user.accessToken), body, "outage-500");
+  expect(failed.status).toBe(503);
+  expect(((await failed.json()) as { detail: string }).detail).toContain(
+    "retry with the same Idempotency-Key",
+  );
+  const retried = await createIntent(current, bearer(user.accessToken), body, "outage-500");
+  expect(retried.status).toBe(201);
+  expect(current.stripe.created(INTENTS)).toBe(2);
+  // Another walk past the same kept error on the next key gives the same keys in the same order.
+  const keys = current.stripe.calls.filter((c) => c.path === INTENTS).map((c) => c.idempotencyKey);
+  expect(keys).toEqual([keys[0]!, keys[0]!, `${keys[0]}_1`]);
+});
+
+test("past ten keys each holding a kept 500, the answer says to use a new Idempotency-Key, without Retry-After", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  current.stripe.failNext(INTENTS, { status: 500, shouldRetry: false }, 10);
+  for (let attempt = 0; attempt < 10; attempt++) {
+    expect((await createIntent(current, bearer(user.accessToken), body, "ten")).status).toBe(503);
+  }
+  const stuck = await createIntent(current, bearer(user.accessToken), body, "ten");
+  expect(stuck.status).toBe(502);
+  expect(stuck.headers.get("retry-after")).toBeNull();
+  expect(((await stuck.json()) as { detail: string }).detail).toContain(
+    "retry with a new Idempotency-Key",
+  );
+  expect((await createIntent(current, bearer(user.accessToken), body, "fresh")).status).toBe(201);
 });
 
 test("Stripe refusing the request (4xx) is 502 with Stripe's code, and the key is released", async () => {

@@ -124,8 +124,9 @@ describe("only a succeeded refund is money returned", () => {
     current.stripe.refundStatusNext("failed", "failed", "failed");
     expect((await refund()).status).toBe(502);
     expect((await refund()).status).toBe(502);
-    // The walk's next call fails (Stripe down): no refund, the walk's place kept.
-    current.stripe.failNext("/v1/refunds", { status: 500, shouldRetry: false });
+    // The walk's next call fails (Stripe down, a 503 it keeps nothing of): no refund, the walk's
+    // place kept.
+    current.stripe.failNext("/v1/refunds", { status: 503, shouldRetry: false });
     expect((await refund()).status).toBeGreaterThanOrEqual(500);
     // The retry starts at the second refusal, not the first: one replay, then the third refusal.
     const before = refundCallsOf(current!);
@@ -134,6 +135,29 @@ describe("only a succeeded refund is money returned", () => {
     expect((await refund()).status).toBe(200);
     // Three refusals, the failed call, the refund: each reached Stripe once.
     expect(current.stripe.created("/v1/refunds")).toBe(5);
+  });
+
+  test("a server error Stripe keeps for the refund's key is 502, saying it may have been made, and no other key is tried: never a second refund (probe 59a F1)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 3000);
+    const refund = refunding(id, admin);
+    current.stripe.failNext("/v1/refunds", { status: 500, shouldRetry: false });
+    const first = await refund();
+    expect(first.status).toBe(503);
+    expect(first.headers.get("retry-after")).toBe("5");
+    for (let retry = 0; retry < 2; retry++) {
+      const again = await refund();
+      expect(again.status).toBe(502);
+      expect(again.headers.get("retry-after")).toBeNull();
+      const problem = (await again.json()) as { code: string; detail: string };
+      expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+      expect(problem.detail).toContain("keeps for 24 hours");
+      expect(problem.detail).toContain("whether the refund was made is unknown");
+    }
+    const keys = current.stripe.calls.filter((c) => c.path === "/v1/refunds");
+    expect(keys.map((c) => c.replayed)).toEqual([false, true, true]);
+    expect(new Set(keys.map((c) => c.idempotencyKey)).size).toBe(1);
+    expect(current.stripe.created("/v1/refunds")).toBe(1);
   });
 
   test("walking past refusals stops 30 s into the request, inside the refund's claim; the next retry walks on (probe 33b F3)", async () => {
@@ -157,6 +181,43 @@ describe("only a succeeded refund is money returned", () => {
     // The next retry walks past both refusals, and the third key makes the refund.
     expect((await refund()).status).toBe(200);
     expect(current.stripe.created("/v1/refunds")).toBe(3);
+  });
+
+  test("a pending refund retried is Stripe's one refund replayed, audited once; a refund whose first answer was lost is audited by its replay (probe 59a F2)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    const refund = refunding(id, admin);
+    current.stripe.refundStatusNext("pending");
+    const answers = [];
+    for (let retry = 0; retry < 3; retry++) {
+      const response = await refund();
+      expect(response.status).toBe(200);
+      answers.push(((await response.json()) as { refund: { id: string } }).refund.id);
+    }
+    expect(new Set(answers).size).toBe(1);
+    expect(current.stripe.created("/v1/refunds")).toBe(1);
+    const rows = auditRows(current, "payment.refund");
+    expect(rows.map((row) => JSON.parse(row.detail).refundId)).toEqual([answers[0]]);
+
+    // Stripe made a refund whose answer never reached Palisade (a timeout): the retry's replay is
+    // the first Palisade hears of it, and is audited, once.
+    const other = await paidPayment(current, 4000);
+    current.stripe.refundStatusNext("pending");
+    const lost = await fetch(`${current.stripe.url}/v1/refunds`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${STRIPE_TEST_KEY}`,
+        "content-type": "application/x-www-form-urlencoded",
+        "idempotency-key": `palisade_refund_${other.id}_0_1000`,
+      },
+      body: `payment_intent=${other.id}&amount=1000`,
+    });
+    expect(lost.status).toBe(200);
+    const refundOther = refunding(other.id, other.admin);
+    for (let retry = 0; retry < 2; retry++) expect((await refundOther()).status).toBe(200);
+    expect(current.stripe.created("/v1/refunds")).toBe(2);
+    const audited = auditRows(current, "payment.refund").map((row) => JSON.parse(row.detail));
+    expect(audited.map((detail) => detail.paymentId)).toEqual([id, other.id]);
   });
 
   test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
