@@ -7,6 +7,7 @@ import type { Services } from "../../src/services";
 import { buildTestApp, type TestApp } from "./app";
 import { ManualClock } from "./clock";
 import { type GraphServer, startGraphServer } from "./graph-server";
+import { anotherInstance } from "./instance";
 import { ScriptedChat, whatsappEnv } from "./whatsapp";
 
 export interface OutboxSetup {
@@ -38,4 +39,19 @@ export function outboxSetup(
   });
   cleanups.push(() => target.close());
   return { target, graph, chat, clock, worker: whatsappOf(target.services).worker };
+}
+
+/**
+ * Another process on the file, on the same clock (the rows' times are the test clock's), runs its
+ * worker once: what a stop leaves to the next process. Returns that process's chat (its turns).
+ */
+export async function drainInNextProcess(
+  cleanups: (() => void)[],
+  { target, graph, clock }: Pick<OutboxSetup, "target" | "graph" | "clock">,
+): Promise<ScriptedChat> {
+  const chat = new ScriptedChat();
+  const next = anotherInstance(target, { clock, env: whatsappEnv(graph), whatsapp: { chat } });
+  cleanups.push(() => next.close());
+  await whatsappOf(next.services).worker.drain();
+  return chat;
 }

@@ -16,7 +16,12 @@ import { buildTestApp, send, servicesTold, type TestApp } from "../../support/ap
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { startGraphServer } from "../../support/graph-server";
 import { anotherInstance } from "../../support/instance";
-import { type OutboxSetup, outboxSetup, whatsappOf } from "../../support/outbox";
+import {
+  drainInNextProcess,
+  type OutboxSetup,
+  outboxSetup,
+  whatsappOf,
+} from "../../support/outbox";
 import {
   auditedEvents,
   deliver,
@@ -65,15 +70,7 @@ async function expectNextProcessSendsKeptReply({
   graph,
   clock,
 }: Pick<OutboxSetup, "target" | "graph" | "clock">): Promise<void> {
-  const nextChat = new ScriptedChat();
-  // On the same clock: the row's times are the test clock's, a second ahead of the wall's at most.
-  const next = anotherInstance(target, {
-    clock,
-    env: whatsappEnv(graph),
-    whatsapp: { chat: nextChat },
-  });
-  cleanups.push(() => next.close());
-  await whatsappOf(next.services).worker.drain();
+  const nextChat = await drainInNextProcess(cleanups, { target, graph, clock });
   expect(nextChat.turns).toHaveLength(0);
   expect(graph.sent.map((m) => m.body)).toEqual(["reply to: hello"]);
   expect(rows(target)[0]).toMatchObject({ state: "sent" });

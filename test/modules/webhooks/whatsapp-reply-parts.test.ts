@@ -9,15 +9,8 @@ import type { ChatTurnOutcome } from "../../../src/modules/chat/contract";
 import { GRAPH_TEXT_LIMIT, replyParts } from "../../../src/modules/webhooks/reply-parts";
 import { send } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
-import { anotherInstance } from "../../support/instance";
-import { outboxSetup, whatsappOf } from "../../support/outbox";
-import {
-  auditedEvents,
-  deliver,
-  notification,
-  ScriptedChat,
-  whatsappEnv,
-} from "../../support/whatsapp";
+import { drainInNextProcess, outboxSetup } from "../../support/outbox";
+import { auditedEvents, deliver, notification, type ScriptedChat } from "../../support/whatsapp";
 
 const cleanups = cleanupsAfterEach();
 
@@ -221,14 +214,7 @@ describe("sending a long reply", () => {
     expect(graph.sent.map((m) => m.body)).toEqual(parts.slice(0, 1));
     expect(rowOf(target)).toMatchObject({ state: "pending", reply_parts_sent: 1 });
     graph.delayMs = 0;
-    const nextChat = new ScriptedChat();
-    const next = anotherInstance(target, {
-      clock,
-      env: whatsappEnv(graph),
-      whatsapp: { chat: nextChat },
-    });
-    cleanups.push(() => next.close());
-    await whatsappOf(next.services).worker.drain();
+    const nextChat = await drainInNextProcess(cleanups, { target, graph, clock });
     expect(nextChat.turns).toHaveLength(0);
     expect(chat.turns).toHaveLength(1);
     expect(graph.sent.map((m) => m.body)).toEqual(parts);
