@@ -728,7 +728,8 @@ export class PaymentService {
     );
     // Queued in the audit log while the database is locked, and written once the lock goes. A
     // refund Stripe replayed was audited when it was answered first, unless that answer was lost.
-    if (!(result.replayed && this.refundAudited(result.id)))
+    const auditedBefore = result.replayed && this.refundAudited(result.id);
+    if (!auditedBefore) {
       recordDone(this.audit, this.logger, {
         type: "payment.refund",
         outcome: settled ? "success" : "info",
@@ -744,6 +745,7 @@ export class PaymentService {
           status: result.status,
         },
       });
+    }
     return {
       kind: "refunded",
       refund: { id: result.id, amount: result.amount, status: result.status },

@@ -110,7 +110,10 @@ function withoutWhatWasSent(text: string, sent: TextMessage): string {
   return kept;
 }
 
-/** How long the piece of `text` from `at` is that `sent` holds (the lengths that it holds are all up to it). */
+/**
+ * The length of the longest piece of `text` from `at` that `sent` holds, found by halving: every
+ * shorter piece from `at` is held too.
+ */
 function longestQuotedAt(text: string, at: number, sent: string): number {
   let held = 0;
   let notHeld = Math.min(text.length - at, sent.length) + 1;
