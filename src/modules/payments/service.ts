@@ -760,22 +760,29 @@ export class PaymentService {
    * payment's refunded total as it was, so a retry of its amount derives the same key and Stripe
    * replays that refund: each retry wrote another `payment.refund` row for the whole amount, three
    * refunds of 5,000 on a payment of 5,000 in the log where Stripe made one (probe 59a F2). Read
-   * by the type's index: refunds are few.
+   * by the type's index (refunds are few), and only a row the audit log vouches for counts: one
+   * written into the file, or a detail that is not JSON, neither keeps a refund out of the log nor
+   * fails the refund (probe 59c F2: one row's detail made `'{'` was a 500 for every replayed refund,
+   * its refund recorded and never audited). Unreadable, the refund is audited (a row too many
+   * rather than one missing).
    */
   private refundAudited(refundId: string): boolean {
-    return (
-      this.db
-        .select({ id: auditEvents.id })
+    try {
+      return this.db
+        .select()
         .from(auditEvents)
         .where(
           and(
             eq(auditEvents.type, "payment.refund"),
-            sql`json_extract(${auditEvents.detail}, '$.refundId') = ${refundId}`,
+            sql`CASE WHEN typeof(${auditEvents.detail}) = 'text' AND json_valid(${auditEvents.detail}) THEN json_extract(${auditEvents.detail}, '$.refundId') END = ${refundId}`,
           ),
         )
-        .limit(1)
-        .get() !== undefined
-    );
+        .all()
+        .some((row) => this.audit.vouches(row));
+    } catch (error) {
+      this.logger.warn({ err: error, refundId }, "refund's audit rows unreadable; audited again");
+      return false;
+    }
   }
 
   /**

@@ -21,16 +21,25 @@ export const GRAPH_TEXT_LIMIT = 4096;
  */
 const EARLIEST_BREAK = 0.5;
 
-const SENTENCE_ENDS = new Set([".", "!", "?", "…", "。", "！", "？"]);
+/** Sentence ends that a space follows (a full stop in a number or a name does not end one). */
+const SENTENCE_ENDS = new Set([".", "!", "?", "…"]);
+/**
+ * Chinese and Japanese full stops and marks, which no space follows (probe 59c F3: such text was
+ * cut inside a sentence, at the bound, where a stop came every few characters).
+ */
+const WIDE_SENTENCE_ENDS = new Set(["。", "！", "？", "｡"]);
 const isSpace = (char: string | undefined) => char !== undefined && /\s/u.test(char);
 
 /**
  * The parts `reply` is sent as: itself when it fits in one message (unchanged), else consecutive
  * parts of at most `limit` code units, each trimmed at the cut (white space there is the break
- * itself), none empty.
+ * itself), none empty; always at least one. A longer reply of white space alone is its first
+ * `limit` characters, as a shorter one is sent as it is (probe 59c F1: it was no part at all, and
+ * its row was neither sent nor given up, holding the sender's later messages back).
  */
 export function replyParts(reply: string, limit = GRAPH_TEXT_LIMIT): string[] {
   if (reply.length <= limit) return [reply];
+  if (reply.trim() === "") return [reply.slice(0, lastGraphemeBoundary(reply, limit))];
   const parts: string[] = [];
   let rest = reply;
   while (rest.length > limit) {
@@ -50,7 +59,11 @@ function cutPoint(text: string, limit: number): number {
   const finders: ((i: number) => number)[] = [
     (i) => (text[i] === "\n" && text[i + 1] === "\n" ? i : -1),
     (i) => (text[i] === "\n" ? i : -1),
-    (i) => (SENTENCE_ENDS.has(text[i - 1] ?? "") && isSpace(text[i]) ? i : -1),
+    (i) =>
+      WIDE_SENTENCE_ENDS.has(text[i - 1] ?? "") ||
+      (SENTENCE_ENDS.has(text[i - 1] ?? "") && isSpace(text[i]))
+        ? i
+        : -1,
     (i) => (isSpace(text[i]) ? i : -1),
   ];
   for (const find of finders) {

@@ -220,6 +220,42 @@ describe("only a succeeded refund is money returned", () => {
     expect(audited.map((detail) => detail.paymentId)).toEqual([id, other.id]);
   });
 
+  test("audit rows written into the file neither keep a replayed refund out of the log nor fail it: a detail that is not JSON, a forged row naming the refund (probe 59c F2)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.refundStatusNext("pending");
+    expect((await refunding(id, admin)()).status).toBe(200);
+    current.db.$client.run("UPDATE audit_events SET detail = '{' WHERE type = 'payment.refund'");
+    // A replay of that pending refund: answered, and not audited again only by a vouched row.
+    expect((await refunding(id, admin)()).status).toBe(200);
+
+    // A refund Stripe made whose answer was lost, and a row forged in the file naming it.
+    const other = await paidPayment(current, 4000);
+    current.stripe.refundStatusNext("pending");
+    const made = await fetch(`${current.stripe.url}/v1/refunds`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${STRIPE_TEST_KEY}`,
+        "content-type": "application/x-www-form-urlencoded",
+        "idempotency-key": `palisade_refund_${other.id}_0_1000`,
+      },
+      body: `payment_intent=${other.id}&amount=1000`,
+    });
+    const refundId = ((await made.json()) as { id: string }).id;
+    current.db.$client.run(
+      `INSERT INTO audit_events (at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac)
+       SELECT at, type, actor, ip, route, request_id, outcome, ?, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac
+       FROM audit_events WHERE type = 'payment.refund' LIMIT 1`,
+      [JSON.stringify({ paymentId: other.id, refundId, amount: 1000 })],
+    );
+    expect((await refunding(other.id, other.admin)()).status).toBe(200);
+    const named = auditRows(current, "payment.refund").filter(
+      (row) => row.detail !== "{" && JSON.parse(row.detail).refundId === refundId,
+    );
+    // The forged row and the refund's own.
+    expect(named).toHaveLength(2);
+  });
+
   test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
     const target = withRefundStatus("pending").app;
     const alice = await signUp(target);

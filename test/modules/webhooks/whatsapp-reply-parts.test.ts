@@ -69,6 +69,27 @@ describe("cutting a reply into parts", () => {
     }
   });
 
+  test("Chinese and Japanese text is cut after a full stop, which no space follows (probe 59c F3)", () => {
+    for (const sentence of ["这是一个句子。", "これは文です。", "你好吗？", "太好了！"]) {
+      const reply = sentence.repeat(Math.ceil(7000 / sentence.length));
+      const parts = replyParts(reply);
+      expect(parts.length).toBeGreaterThan(1);
+      for (const part of parts) expect(part.startsWith(sentence)).toBe(true);
+      expect(parts.join("")).toBe(reply);
+    }
+  });
+
+  test("a longer reply of white space alone is still one part, as a shorter one is sent as it is (probe 59c F1: it was none)", () => {
+    for (const blank of [
+      "\n".repeat(2500) + " ".repeat(2500),
+      "\u00a0".repeat(5000),
+      "\u3000".repeat(9000),
+    ]) {
+      const parts = replyParts(blank);
+      expect(parts).toEqual([blank.slice(0, GRAPH_TEXT_LIMIT)]);
+    }
+  });
+
   test("every part is within the bound, well-formed and in order, whatever the text (random texts of many scripts)", () => {
     const pieces = ["a", "bc ", "\n", "\n\n", ". ", "😀", "🇫🇷", "e\u0301", "字", "\t", "!? ", "—"];
     let seed = 59;
@@ -142,6 +163,28 @@ describe("sending a long reply", () => {
     expect(graph.sent).toHaveLength(3);
     const metrics = await (await send(target, "/metrics")).text();
     expect(metrics).toContain('whatsapp_replies_total{outcome="sent"} 1');
+  });
+
+  test("a reply of white space alone longer than a message is sent and the row finished: the sender's next message is answered (probe 59c F1)", async () => {
+    const { target, graph, chat, worker } = outboxSetup(cleanups);
+    replying(chat, "\n".repeat(2500) + " ".repeat(2500));
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.BLANK", from: "16505551234", text: "say nothing" }] }),
+    );
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.AFTER", from: "16505551234", text: "hello" }] }),
+    );
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body.length)).toEqual([
+      GRAPH_TEXT_LIMIT,
+      "reply to: hello".length,
+    ]);
+    const states = target.db.$client
+      .query<{ state: string }, []>("SELECT state FROM whatsapp_outbox ORDER BY id")
+      .all();
+    expect(states.map((row) => row.state)).toEqual(["sent", "sent"]);
   });
 
   test("a part Graph fails for a while is sent after the backoff, and the parts before it never twice", async () => {
