@@ -32,6 +32,11 @@ export interface ScriptedFailure {
    * (answered before anything ran).
    */
   kept?: boolean;
+  /**
+   * The request runs (an intent or a refund is made) and its answer is this error all the same: a
+   * 500 after Stripe did the work.
+   */
+  executed?: boolean;
   /** The body is this many bytes that never close the JSON (an answer without end), not the error. */
   floodBytes?: number;
 }
@@ -132,6 +137,8 @@ export function startFakeStripe(): FakeStripe {
   const intents = new Map<string, Record<string, unknown>>();
   let tamper: Record<string, unknown> | null = null;
   const refundStatuses: string[] = [];
+  /** Every refund made, oldest first (`GET /v1/refunds` lists a payment's, newest first). */
+  const refunds: Record<string, unknown>[] = [];
 
   const state = {
     delayMs: 0,
@@ -188,16 +195,34 @@ export function startFakeStripe(): FakeStripe {
         };
       }
       const amount = params.amount === undefined ? Number(intent.amount) : Number(params.amount);
+      const refund = {
+        id: `re_${randomId()}`,
+        object: "refund",
+        amount,
+        currency: intent.currency,
+        payment_intent: intent.id,
+        status: refundStatuses.shift() ?? "succeeded",
+        metadata: metadataOf(params),
+        created: Math.floor(Date.now() / 1000),
+      };
+      refunds.push(refund);
+      return { status: 200, body: refund };
+    }
+    if (method === "GET" && path === "/v1/refunds") {
+      const limit = Math.min(Number(params.limit ?? 10), 100);
+      const ofIntent = refunds
+        .filter(
+          (refund) =>
+            params.payment_intent === undefined || refund.payment_intent === params.payment_intent,
+        )
+        .reverse();
       return {
         status: 200,
         body: {
-          id: `re_${randomId()}`,
-          object: "refund",
-          amount,
-          currency: intent.currency,
-          payment_intent: intent.id,
-          status: refundStatuses.shift() ?? "succeeded",
-          created: Math.floor(Date.now() / 1000),
+          object: "list",
+          data: ofIntent.slice(0, limit),
+          has_more: ofIntent.length > limit,
+          url: "/v1/refunds",
         },
       };
     }
@@ -219,7 +244,10 @@ export function startFakeStripe(): FakeStripe {
     hostname: "127.0.0.1",
     async fetch(request) {
       const url = new URL(request.url);
-      const params = parseForm(await request.text());
+      // The SDK sends a GET's parameters in the query string, a POST's in the form body.
+      const params = parseForm(
+        request.method === "GET" ? url.search.slice(1) : await request.text(),
+      );
       if (state.delayMs > 0) await Bun.sleep(state.delayMs);
       const hold = holds.get(url.pathname);
       if (hold) {
@@ -272,6 +300,7 @@ export function startFakeStripe(): FakeStripe {
           scripted.type ?? (scripted.status >= 500 ? "api_error" : "invalid_request_error");
         const code = scripted.code ?? "scripted_failure";
         const message = scripted.message ?? "Scripted failure";
+        if (scripted.executed) handle(request.method, url.pathname, params);
         // Stripe keeps no idempotent result for a request it did not execute; a 500's, it does.
         if (idempotencyKey !== null && (scripted.kept ?? scripted.status === 500)) {
           stored.set(idempotencyKey, {

@@ -230,7 +230,14 @@ async function refundPastFailures(
   const walkUntil = clock.now() + REFUND_WALK_MS;
   let key = walks.get(first) ?? first;
   for (let attempt = 1; ; attempt++) {
-    const result = await gateway.refund(id, amount, key);
+    const answered = await gateway.refund(id, amount, key);
+    const result = answered.ok ? answered : await pastKeptError(gateway, id, key, answered);
+    if (result === "not made") {
+      // Stripe keeps a server error for this key and made no refund under it: the next key.
+      if (attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) return answered;
+      key = `${key}_after_error`;
+      continue;
+    }
     // A failed call leaves the walk where it was; a refund made, or pending, ends it.
     if (!result.ok) return result;
     if (result.status !== "failed" && result.status !== "canceled") {
@@ -246,6 +253,26 @@ async function refundPastFailures(
     }
     key = `${first}_after_${result.id}`;
   }
+}
+
+/**
+ * What a refund's failed call means. A server error Stripe keeps for the key (it began the
+ * request, saved its 500 and answers it again for 24 hours) says nothing of whether the refund was
+ * made, so the payment's refunds are read for the one made under that key (each carries its key in
+ * its metadata): made, it is this refund's answer; not made, the walk moves on to the next key
+ * ("not made"). A retry was otherwise a 502 for a day (probe 59a F1). A refund list that cannot be
+ * read leaves the failure as it was. Any other failure is the answer.
+ */
+async function pastKeptError(
+  gateway: PaymentGateway,
+  id: string,
+  key: string,
+  failure: GatewayFailure,
+): Promise<Awaited<ReturnType<PaymentGateway["refund"]>> | "not made"> {
+  if (failure.kind !== "unavailable" || !failure.keptByStripe) return failure;
+  const found = await gateway.refundMadeUnder(id, key);
+  if (!found.ok) return failure;
+  return found.refund === null ? "not made" : { ok: true, ...found.refund };
 }
 
 export class PaymentService {

@@ -72,7 +72,21 @@ export interface PaymentGateway {
     amount: number,
     idempotencyKey: string,
   ): Promise<GatewayResult<CreatedRefund>>;
+  /**
+   * The refund Stripe made under `idempotencyKey` (each refund carries its key in its metadata),
+   * found among the payment's refunds; null when Stripe holds none: the request behind a server
+   * error Stripe keeps did not make one. A failure when the payment's refunds cannot all be read.
+   */
+  refundMadeUnder(
+    paymentIntentId: string,
+    idempotencyKey: string,
+  ): Promise<GatewayResult<{ refund: CreatedRefund | null }>>;
 }
+
+/** The metadata key a refund carries its idempotency key under (refundMadeUnder). */
+export const REFUND_KEY_METADATA = "palisade_key";
+/** The most refunds of one payment read to find one (Stripe's page; a payment has a few). */
+const REFUNDS_READ = 100;
 
 /**
  * The most of a Stripe answer read: a payment intent or a refund is a few KiB. A larger one (an
@@ -234,26 +248,72 @@ export class StripeGateway implements PaymentGateway {
     let refund: Stripe.Response<Stripe.Refund>;
     try {
       refund = await (await this.stripe).refunds.create(
-        { payment_intent: paymentIntentId, amount },
+        {
+          payment_intent: paymentIntentId,
+          amount,
+          metadata: { [REFUND_KEY_METADATA]: idempotencyKey },
+        },
         { idempotencyKey },
       );
     } catch (error) {
       return await failureOf(error);
     }
-    if (!isStripeId("re", refund.id))
-      return { ok: false, kind: "bad_response", reason: "refund id" };
-    if (refund.amount !== amount) {
-      return { ok: false, kind: "bad_response", reason: "refund amount" };
-    }
-    // Any status but `succeeded` leaves the refund to be settled by `charge.refunded`; one of
-    // another shape than Stripe's words is not shown nor audited as the upstream wrote it.
-    const status = refund.status ?? "pending";
-    return {
-      ok: true,
-      id: refund.id,
-      amount: refund.amount,
-      status: REFUND_STATUS.test(status) ? status : UNRECOGNISED_STATUS,
-      replayed: headerOf(refund.lastResponse?.headers, "idempotent-replayed") === "true",
-    };
+    return checkedRefund(
+      refund,
+      amount,
+      headerOf(refund.lastResponse?.headers, "idempotent-replayed") === "true",
+    );
   }
+
+  async refundMadeUnder(
+    paymentIntentId: string,
+    idempotencyKey: string,
+  ): Promise<GatewayResult<{ refund: CreatedRefund | null }>> {
+    let listed: Stripe.ApiList<Stripe.Refund>;
+    try {
+      listed = await (await this.stripe).refunds.list({
+        payment_intent: paymentIntentId,
+        limit: REFUNDS_READ,
+      });
+    } catch (error) {
+      return await failureOf(error);
+    }
+    if (!Array.isArray(listed.data)) {
+      return { ok: false, kind: "bad_response", reason: "refund list" };
+    }
+    const made = listed.data.find(
+      (refund) => refund?.metadata?.[REFUND_KEY_METADATA] === idempotencyKey,
+    );
+    if (made === undefined) {
+      // Not among those read: with more left unread, it may be among them.
+      if (listed.has_more !== false) {
+        return { ok: false, kind: "unavailable", reason: "refund list not read whole" };
+      }
+      return { ok: true, refund: null };
+    }
+    const checked = checkedRefund(made, made.amount, true);
+    return checked.ok ? { ok: true, refund: checked } : checked;
+  }
+}
+
+/** A refund Stripe answered, checked before it is shown, recorded or audited. */
+function checkedRefund(
+  refund: Stripe.Refund,
+  amount: number,
+  replayed: boolean,
+): GatewayResult<CreatedRefund> {
+  if (!isStripeId("re", refund.id)) return { ok: false, kind: "bad_response", reason: "refund id" };
+  if (refund.amount !== amount) {
+    return { ok: false, kind: "bad_response", reason: "refund amount" };
+  }
+  // Any status but `succeeded` leaves the refund to be settled by `charge.refunded`; one of
+  // another shape than Stripe's words is not shown nor audited as the upstream wrote it.
+  const status = refund.status ?? "pending";
+  return {
+    ok: true,
+    id: refund.id,
+    amount: refund.amount,
+    status: REFUND_STATUS.test(status) ? status : UNRECOGNISED_STATUS,
+    replayed,
+  };
 }

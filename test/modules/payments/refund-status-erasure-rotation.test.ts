@@ -42,6 +42,34 @@ const refunding = (id: string, admin: { accessToken: string }) => () =>
     headers: bearer(admin.accessToken),
   });
 
+/** The refunds the local Stripe holds of a payment, newest first, read as Stripe lists them. */
+async function stripeRefundsOf(target: PaymentsApp, id: string) {
+  const listed = await fetch(`${target.stripe.url}/v1/refunds?payment_intent=${id}&limit=100`, {
+    headers: { authorization: `Bearer ${STRIPE_TEST_KEY}` },
+  });
+  return ((await listed.json()) as { data: { id: string; amount: number }[] }).data;
+}
+
+/** Stripe made the refund Palisade's first call asked for, and its answer never came back. */
+async function refundMadeAtStripe(target: PaymentsApp, id: string) {
+  const key = `palisade_refund_${id}_0_1000`;
+  const made = await fetch(`${target.stripe.url}/v1/refunds`, {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${STRIPE_TEST_KEY}`,
+      "content-type": "application/x-www-form-urlencoded",
+      "idempotency-key": key,
+    },
+    body: new URLSearchParams({
+      payment_intent: id,
+      amount: "1000",
+      "metadata[palisade_key]": key,
+    }).toString(),
+  });
+  expect(made.status).toBe(200);
+  return ((await made.json()) as { id: string }).id;
+}
+
 /** How many refund requests reached the local Stripe, replays included. */
 const refundCallsOf = (target: PaymentsApp) =>
   target.stripe.calls.filter((call) => call.path === "/v1/refunds").length;
@@ -137,7 +165,7 @@ describe("only a succeeded refund is money returned", () => {
     expect(current.stripe.created("/v1/refunds")).toBe(5);
   });
 
-  test("a server error Stripe keeps for the refund's key is 502, saying it may have been made, and no other key is tried: never a second refund (probe 59a F1)", async () => {
+  test("a server error Stripe keeps for the refund's key: the payment's refunds are read, and none made under it, the next key makes the refund, once (probe 59a F1)", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 3000);
     const refund = refunding(id, admin);
@@ -145,19 +173,64 @@ describe("only a succeeded refund is money returned", () => {
     const first = await refund();
     expect(first.status).toBe(503);
     expect(first.headers.get("retry-after")).toBe("5");
-    for (let retry = 0; retry < 2; retry++) {
-      const again = await refund();
-      expect(again.status).toBe(502);
-      expect(again.headers.get("retry-after")).toBeNull();
-      const problem = (await again.json()) as { code: string; detail: string };
-      expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
-      expect(problem.detail).toContain("keeps for 24 hours");
-      expect(problem.detail).toContain("whether the refund was made is unknown");
-    }
-    const keys = current.stripe.calls.filter((c) => c.path === "/v1/refunds");
-    expect(keys.map((c) => c.replayed)).toEqual([false, true, true]);
-    expect(new Set(keys.map((c) => c.idempotencyKey)).size).toBe(1);
-    expect(current.stripe.created("/v1/refunds")).toBe(1);
+    const again = await refund();
+    expect(again.status).toBe(200);
+    const made = ((await again.json()) as { refund: { id: string } }).refund.id;
+    const calls = current.stripe.calls.filter((c) => c.path === "/v1/refunds");
+    const key = calls[0]!.idempotencyKey!;
+    expect(calls.map((c) => [c.method, c.idempotencyKey, c.replayed])).toEqual([
+      ["POST", key, false],
+      ["POST", key, true],
+      ["GET", null, false],
+      ["POST", `${key}_after_error`, false],
+    ]);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.id)).toEqual([made]);
+    expect(auditRows(current, "payment.refund")).toHaveLength(1);
+    // Recorded: the rest is what is left to refund.
+    expect((await refund()).status).toBe(200);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(2);
+  });
+
+  test("a refund Stripe made behind a server error it keeps is found among the payment's refunds: answered, recorded and audited as made, never made again (probe 59a F1)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 3000);
+    const refund = refunding(id, admin);
+    current.stripe.failNext("/v1/refunds", { status: 500, shouldRetry: false, executed: true });
+    expect((await refund()).status).toBe(503);
+    const [made] = await stripeRefundsOf(current, id);
+    const again = await refund();
+    expect(again.status).toBe(200);
+    const answered = (await again.json()) as {
+      refund: { id: string; amount: number };
+      payment: { amountRefunded: number };
+    };
+    expect(answered.refund).toMatchObject({ id: made!.id, amount: 1000 });
+    expect(answered.payment.amountRefunded).toBe(1000);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+    const audited = auditRows(current, "payment.refund").map((row) => JSON.parse(row.detail));
+    expect(audited.map((detail) => detail.refundId)).toEqual([made!.id]);
+  });
+
+  test("a kept server error whose refunds cannot be read is 502 saying whether the refund was made is unknown, without Retry-After; no other key is tried", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 3000);
+    const refund = refunding(id, admin);
+    // The refund's 500, kept; then the refund list's 503.
+    current.stripe.failNext("/v1/refunds", { status: 500, shouldRetry: false });
+    current.stripe.failNext("/v1/refunds", { status: 503, shouldRetry: false });
+    expect((await refund()).status).toBe(503);
+    const again = await refund();
+    expect(again.status).toBe(502);
+    expect(again.headers.get("retry-after")).toBeNull();
+    const problem = (await again.json()) as { code: string; detail: string };
+    expect(problem.code).toBe("UPSTREAM_UNAVAILABLE");
+    expect(problem.detail).toContain("keeps for 24 hours");
+    expect(problem.detail).toContain("whether the refund was made is unknown");
+    const posted = current.stripe.calls.filter(
+      (c) => c.method === "POST" && c.path === "/v1/refunds",
+    );
+    expect(new Set(posted.map((c) => c.idempotencyKey)).size).toBe(1);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(0);
   });
 
   test("walking past refusals stops 30 s into the request, inside the refund's claim; the next retry walks on (probe 33b F3)", async () => {
@@ -203,16 +276,7 @@ describe("only a succeeded refund is money returned", () => {
     // the first Palisade hears of it, and is audited, once.
     const other = await paidPayment(current, 4000);
     current.stripe.refundStatusNext("pending");
-    const lost = await fetch(`${current.stripe.url}/v1/refunds`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${STRIPE_TEST_KEY}`,
-        "content-type": "application/x-www-form-urlencoded",
-        "idempotency-key": `palisade_refund_${other.id}_0_1000`,
-      },
-      body: `payment_intent=${other.id}&amount=1000`,
-    });
-    expect(lost.status).toBe(200);
+    await refundMadeAtStripe(current, other.id);
     const refundOther = refunding(other.id, other.admin);
     for (let retry = 0; retry < 2; retry++) expect((await refundOther()).status).toBe(200);
     expect(current.stripe.created("/v1/refunds")).toBe(2);
@@ -232,16 +296,7 @@ describe("only a succeeded refund is money returned", () => {
     // A refund Stripe made whose answer was lost, and a row forged in the file naming it.
     const other = await paidPayment(current, 4000);
     current.stripe.refundStatusNext("pending");
-    const made = await fetch(`${current.stripe.url}/v1/refunds`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${STRIPE_TEST_KEY}`,
-        "content-type": "application/x-www-form-urlencoded",
-        "idempotency-key": `palisade_refund_${other.id}_0_1000`,
-      },
-      body: `payment_intent=${other.id}&amount=1000`,
-    });
-    const refundId = ((await made.json()) as { id: string }).id;
+    const refundId = await refundMadeAtStripe(current, other.id);
     current.db.$client.run(
       `INSERT INTO audit_events (at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac)
        SELECT at, type, actor, ip, route, request_id, outcome, ?, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac

@@ -66,6 +66,7 @@ test("the wait for calls in flight ends at its bound, and at once when none is i
         answer = resolve;
       }),
     refund: () => Promise.reject(new Error("unused")),
+    refundMadeUnder: () => Promise.reject(new Error("unused")),
   };
   const tracked = trackedGateway(never);
   const started = performance.now();
