@@ -33,8 +33,8 @@ export function trackedGateway(gateway: PaymentGateway): TrackedGateway {
         track(gateway.createIntent(request, idempotencyKey)),
       refund: (paymentIntentId, amount, idempotencyKey) =>
         track(gateway.refund(paymentIntentId, amount, idempotencyKey)),
-      refundMadeUnder: (paymentIntentId, idempotencyKey) =>
-        track(gateway.refundMadeUnder(paymentIntentId, idempotencyKey)),
+      refundMadeUnder: (paymentIntentId, amount, idempotencyKey) =>
+        track(gateway.refundMadeUnder(paymentIntentId, amount, idempotencyKey)),
     },
     settled(withinMs = STRIPE_DRAIN_MS) {
       if (inFlight.size === 0) return Promise.resolve();

@@ -231,7 +231,7 @@ async function refundPastFailures(
   let key = walks.get(first) ?? first;
   for (let attempt = 1; ; attempt++) {
     const answered = await gateway.refund(id, amount, key);
-    const result = answered.ok ? answered : await pastKeptError(gateway, id, key, answered);
+    const result = answered.ok ? answered : await pastKeptError(gateway, id, amount, key, answered);
     if (result === "not made") {
       // Stripe keeps a server error for this key and made no refund under it: the next key.
       if (attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) return answered;
@@ -266,11 +266,12 @@ async function refundPastFailures(
 async function pastKeptError(
   gateway: PaymentGateway,
   id: string,
+  amount: number,
   key: string,
   failure: GatewayFailure,
 ): Promise<Awaited<ReturnType<PaymentGateway["refund"]>> | "not made"> {
   if (failure.kind !== "unavailable" || !failure.keptByStripe) return failure;
-  const found = await gateway.refundMadeUnder(id, key);
+  const found = await gateway.refundMadeUnder(id, amount, key);
   if (!found.ok) return failure;
   return found.refund === null ? "not made" : { ok: true, ...found.refund };
 }

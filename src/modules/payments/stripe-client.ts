@@ -73,12 +73,14 @@ export interface PaymentGateway {
     idempotencyKey: string,
   ): Promise<GatewayResult<CreatedRefund>>;
   /**
-   * The refund Stripe made under `idempotencyKey` (each refund carries its key in its metadata),
-   * found among the payment's refunds; null when Stripe holds none: the request behind a server
-   * error Stripe keeps did not make one. A failure when the payment's refunds cannot all be read.
+   * The refund of `amount` Stripe made under `idempotencyKey` (each refund carries its key in its
+   * metadata), found among the payment's refunds; null when Stripe holds none: the request behind
+   * a server error Stripe keeps did not make one. A failure when the payment's refunds cannot all
+   * be read, or the one under the key is not a refund of the payment and the amount asked for.
    */
   refundMadeUnder(
     paymentIntentId: string,
+    amount: number,
     idempotencyKey: string,
   ): Promise<GatewayResult<{ refund: CreatedRefund | null }>>;
 }
@@ -267,6 +269,7 @@ export class StripeGateway implements PaymentGateway {
 
   async refundMadeUnder(
     paymentIntentId: string,
+    amount: number,
     idempotencyKey: string,
   ): Promise<GatewayResult<{ refund: CreatedRefund | null }>> {
     let listed: Stripe.ApiList<Stripe.Refund>;
@@ -291,7 +294,12 @@ export class StripeGateway implements PaymentGateway {
       }
       return { ok: true, refund: null };
     }
-    const checked = checkedRefund(made, made.amount, true);
+    const ofPayment =
+      typeof made.payment_intent === "string" ? made.payment_intent : made.payment_intent?.id;
+    if (ofPayment !== paymentIntentId) {
+      return { ok: false, kind: "bad_response", reason: "refund of another payment" };
+    }
+    const checked = checkedRefund(made, amount, true);
     return checked.ok ? { ok: true, refund: checked } : checked;
   }
 }

@@ -3,6 +3,7 @@
  * probe's findings, widened).
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { createStripe, StripeGateway } from "../../../src/modules/payments/stripe-client";
 import { generateApiKey } from "../../../src/plugins/auth/api-key-format";
 import { secondProcess, send } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
@@ -209,6 +210,26 @@ describe("only a succeeded refund is money returned", () => {
     expect(await stripeRefundsOf(current, id)).toHaveLength(1);
     const audited = auditRows(current, "payment.refund").map((row) => JSON.parse(row.detail));
     expect(audited.map((detail) => detail.refundId)).toEqual([made!.id]);
+  });
+
+  test("the refund found under a key must be of the payment and of the amount asked for; the list must be read whole", async () => {
+    current = buildPaymentsApp();
+    const { id } = await paidPayment(current, 3000);
+    const gateway = new StripeGateway(
+      createStripe({ secretKey: STRIPE_TEST_KEY, apiUrl: current.stripe.url }),
+    );
+    const key = `palisade_refund_${id}_0_1000`;
+    expect(await gateway.refundMadeUnder(id, 1000, key)).toEqual({ ok: true, refund: null });
+    const made = await refundMadeAtStripe(current, id);
+    expect(await gateway.refundMadeUnder(id, 1000, key)).toMatchObject({
+      ok: true,
+      refund: { id: made, amount: 1000, replayed: true },
+    });
+    // The same key asked with another amount: not this refund, and no walk past it.
+    expect(await gateway.refundMadeUnder(id, 500, key)).toMatchObject({
+      ok: false,
+      kind: "bad_response",
+    });
   });
 
   test("a kept server error whose refunds cannot be read is 502 saying whether the refund was made is unknown, without Retry-After; no other key is tried", async () => {
