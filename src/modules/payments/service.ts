@@ -171,11 +171,19 @@ function unrecordedKey(owner: string, key: string): string {
 /** How many refunds Stripe refused (`failed`, `canceled`) one refund request walks past. */
 export const MAX_REFUND_ATTEMPTS = 10;
 /**
- * How long after its start a refund request still walks past a refusal: the next Stripe call may
- * take ~65 s (20 s, two retries), and all of it must end inside the refund's claim (CLAIM_LEASE_MS),
- * or another refund of the payment could start beside it (probe 33b F3).
+ * How long after its start a request still starts a Stripe call to walk on (past a refusal, a
+ * kept server error, or to read the refunds made under a key): the next call may take ~65 s (20 s,
+ * two retries), and all of it must end inside the claim (CLAIM_LEASE_MS), or another refund of the
+ * payment could start beside it (probe 33b F3). Reading the refunds after a kept server error
+ * started past it, a slow list outlived the claim (probe 59d F2).
  */
-export const REFUND_WALK_MS = 30_000;
+export const WALK_MS = 30_000;
+
+/**
+ * A walk past server errors Stripe keeps, stopped by WALK_MS before its next call: nothing is
+ * decided, and a retry goes on from where it stopped (503, Retry-After).
+ */
+const OUT_OF_TIME: GatewayFailure = { ok: false, kind: "unavailable", reason: "walk out of time" };
 
 /** How many keys one intent request walks past server errors Stripe keeps for them. */
 export const MAX_INTENT_KEYS = 10;
@@ -187,7 +195,8 @@ export const MAX_INTENT_KEYS = 10;
  * retry with the same Idempotency-Key, which the 503 asks for, was a 503 for a day (probe 59a F1).
  * The keys are the same, in the same order, on every retry and in every process, so an answer lost
  * on the way is still that intent again; a server error that is not a replay is this request's
- * answer (503), and the next retry walks past it. What a 500 leaves undecided: an intent Stripe may
+ * answer (503), and the next retry walks past it. No key is asked past WALK_MS into the request,
+ * so the walk ends inside the key's claim. What a 500 leaves undecided: an intent Stripe may
  * have made under a key walked past, whose client secret no one was given, so it is never confirmed
  * nor charged (Stripe lists it as incomplete).
  */
@@ -195,11 +204,14 @@ async function intentPastKeptErrors(
   gateway: PaymentGateway,
   request: IntentRequest,
   first: string,
+  clock: Clock,
 ): Promise<Awaited<ReturnType<PaymentGateway["createIntent"]>>> {
+  const walkUntil = clock.now() + WALK_MS;
   for (let walked = 0; ; walked++) {
     const result = await gateway.createIntent(request, walked === 0 ? first : `${first}_${walked}`);
     if (result.ok || result.kind !== "unavailable" || !result.keptByStripe) return result;
     if (walked === MAX_INTENT_KEYS - 1) return result;
+    if (clock.now() >= walkUntil) return OUT_OF_TIME;
   }
 }
 
@@ -227,15 +239,26 @@ async function refundPastFailures(
   walks: Map<string, string>,
 ): Promise<Awaited<ReturnType<PaymentGateway["refund"]>>> {
   const first = `palisade_refund_${id}_${refundedBefore}_${amount}`;
-  const walkUntil = clock.now() + REFUND_WALK_MS;
+  const walkUntil = clock.now() + WALK_MS;
+  const remember = (place: string) => {
+    if (walks.size >= REFUND_WALKS_KEPT && !walks.has(first)) walks.clear();
+    walks.set(first, place);
+  };
   let key = walks.get(first) ?? first;
   for (let attempt = 1; ; attempt++) {
     const answered = await gateway.refund(id, amount, key);
+    // A kept server error answered past the walk's time: the retry reads the refunds.
+    const kept = !answered.ok && answered.kind === "unavailable" && answered.keptByStripe;
+    if (kept && clock.now() >= walkUntil) return OUT_OF_TIME;
     const result = answered.ok ? answered : await pastKeptError(gateway, id, amount, key, answered);
     if (result === "not made") {
-      // Stripe keeps a server error for this key and made no refund under it: the next key.
-      if (attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) return answered;
+      // Stripe keeps a server error for this key and made no refund under it: the next key, in
+      // this request or, out of attempts or time, in the next retry.
       key = `${key}_after_error`;
+      if (attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) {
+        remember(key);
+        return OUT_OF_TIME;
+      }
       continue;
     }
     // A failed call leaves the walk where it was; a refund made, or pending, ends it.
@@ -247,8 +270,7 @@ async function refundPastFailures(
     // This refusal is the answer when it is new, or when out of attempts or time: the next
     // retry starts at its key, and walks on past it.
     if (!result.replayed || attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) {
-      if (walks.size >= REFUND_WALKS_KEPT && !walks.has(first)) walks.clear();
-      walks.set(first, key);
+      remember(key);
       return result;
     }
     key = `${first}_after_${result.id}`;
@@ -496,7 +518,12 @@ export class PaymentService {
 
     let result: Awaited<ReturnType<PaymentGateway["createIntent"]>>;
     try {
-      result = await intentPastKeptErrors(gateway, request, stripeIdempotencyKey(owner, key));
+      result = await intentPastKeptErrors(
+        gateway,
+        request,
+        stripeIdempotencyKey(owner, key),
+        this.clock,
+      );
     } catch (error) {
       this.release(owner, key, claim.claimedAt, acting.requestId);
       throw error;

@@ -351,6 +351,29 @@ test("a 500 Stripe keeps, answered 503 with the key given back: the retry with t
   expect(keys).toEqual([keys[0]!, keys[0]!, `${keys[0]}_1`]);
 });
 
+test("no key is walked to past 30 s into the request, so the walk ends inside the key's claim; the next retry walks on (probe 59d F2)", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock });
+  const user = await signUp(current);
+  current.stripe.failNext(INTENTS, { status: 500, shouldRetry: false });
+  expect((await createIntent(current, bearer(user.accessToken), body, "slow")).status).toBe(503);
+  // Stripe's replay of the kept 500 comes 31 s into the retry.
+  const held = current.stripe.holdNext(INTENTS);
+  const slow = createIntent(current, bearer(user.accessToken), body, "slow");
+  await held.reached;
+  clock.advance(31_000);
+  held.release();
+  const stopped = await slow;
+  expect(stopped.status).toBe(503);
+  expect(((await stopped.json()) as { detail: string }).detail).toContain(
+    "retry with the same Idempotency-Key",
+  );
+  expect(intentCalls(current)).toBe(2);
+  expect((await createIntent(current, bearer(user.accessToken), body, "slow")).status).toBe(201);
+  const keys = current.stripe.calls.filter((c) => c.path === INTENTS).map((c) => c.idempotencyKey);
+  expect(keys).toEqual([keys[0]!, keys[0]!, keys[0]!, `${keys[0]}_1`]);
+});
+
 test("past ten keys each holding a kept 500, the answer says to use a new Idempotency-Key, without Retry-After", async () => {
   current = buildPaymentsApp();
   const user = await signUp(current);

@@ -277,6 +277,28 @@ describe("only a succeeded refund is money returned", () => {
     expect(current.stripe.created("/v1/refunds")).toBe(3);
   });
 
+  test("a kept server error answered past 30 s into the request starts no read of the refunds: every call ends inside the refund's claim; the next retry reads them (probe 59d F2)", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 3000);
+    const refund = refunding(id, admin);
+    current.stripe.failNext("/v1/refunds", { status: 500, shouldRetry: false, executed: true });
+    expect((await refund()).status).toBe(503);
+    const held = current.stripe.holdNext("/v1/refunds");
+    const slow = refund();
+    await held.reached;
+    clock.advance(31_000);
+    held.release();
+    const stopped = await slow;
+    expect(stopped.status).toBe(503);
+    expect(stopped.headers.get("retry-after")).toBe("5");
+    expect(current.stripe.calls.filter((c) => c.method === "GET")).toHaveLength(0);
+    const again = await refund();
+    expect(again.status).toBe(200);
+    expect(current.stripe.calls.filter((c) => c.method === "GET")).toHaveLength(1);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  });
+
   test("a pending refund retried is Stripe's one refund replayed, audited once; a refund whose first answer was lost is audited by its replay (probe 59a F2)", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 5000);

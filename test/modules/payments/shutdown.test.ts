@@ -12,7 +12,13 @@ import type {
 } from "../../../src/modules/payments/stripe-client";
 import { serveInProcess } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
-import { buildPaymentsApp, newIdempotencyKey, type PaymentsApp } from "../../support/payments";
+import {
+  auditRows,
+  buildPaymentsApp,
+  newIdempotencyKey,
+  type PaymentsApp,
+  paidPayment,
+} from "../../support/payments";
 
 let current: PaymentsApp | null = null;
 afterEach(() => {
@@ -56,6 +62,53 @@ test("a payment at Stripe when the drain ends is answered with its intent before
     .query<{ n: number }, []>("SELECT count(*) AS n FROM payments")
     .get();
   expect(claim?.n).toBe(1);
+});
+
+test("a refund whose call at Stripe is answered after the drain by a server error Stripe keeps is still found, recorded and answered: the read of the refunds it starts is waited for (probe 59d F1)", async () => {
+  const target = buildPaymentsApp();
+  current = target;
+  const { admin, id } = await paidPayment(target, 3000);
+  const server = serveInProcess(target, {
+    drainTimeoutMs: 200,
+    onDrainTimeout: () => target.services.endInFlight(),
+  });
+  const refund = () =>
+    fetch(new URL(`/api/admin/payments/${id}/refund`, server.url), {
+      method: "POST",
+      headers: { ...bearer(admin.accessToken), "content-type": "application/json" },
+      body: JSON.stringify({ amount: 1000 }),
+    });
+  // Stripe makes the refund and answers 500, which it keeps for the key.
+  target.stripe.failNext("/v1/refunds", { status: 500, shouldRetry: false, executed: true });
+  expect((await refund()).status).toBe(503);
+  // The retry's call is Stripe's replay of that 500, answered after the drain; then the payment's
+  // refunds are read, slowly too.
+  const replay = target.stripe.holdNext("/v1/refunds");
+  const answer = refund();
+  await replay.reached;
+  const stopped = server.shutdown("test");
+  await Bun.sleep(700);
+  const list = target.stripe.holdNext("/v1/refunds");
+  replay.release();
+  await list.reached;
+  await Bun.sleep(700);
+  list.release();
+  const response = await answer;
+  expect(response.status).toBe(200);
+  const body = (await response.json()) as {
+    refund: { id: string };
+    payment: { amountRefunded: number };
+  };
+  expect(body.payment.amountRefunded).toBe(1000);
+  await stopped;
+  const audited = auditRows(target, "payment.refund").map((row) => JSON.parse(row.detail));
+  expect(audited.map((detail) => detail.refundId)).toEqual([body.refund.id]);
+  const recorded = target.db.$client
+    .query<{ refunded: number }, [string]>(
+      "SELECT amount_refunded AS refunded FROM payments WHERE id = ?",
+    )
+    .get(id);
+  expect(recorded?.refunded).toBe(1000);
 });
 
 test("the wait for calls in flight ends at its bound, and at once when none is in flight", async () => {
