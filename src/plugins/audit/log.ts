@@ -317,20 +317,29 @@ function lastRowQuery(db: AppDatabase) {
 /**
  * Records the audit row of something already done (an effect committed, a refund Stripe made): a
  * locked database must not turn it into a 503 that invites doing it again. The log keeps such a
- * row queued and writes it once the lock goes; the line says it waits.
+ * row queued and writes it once the lock goes; the line says it waits. A log that cannot take the
+ * row at all (a full disk, an id sequence written into the file) must not turn it into a 500
+ * either: a refund recorded and answered 500 was retried as a second refund of what was left
+ * (probe 59d F3). The row is then lost, and the error line says which.
  */
 export function recordDone(
   audit: Pick<AuditLog, "record">,
-  logger: Pick<Logger, "warn">,
+  logger: Pick<Logger, "warn" | "error">,
   event: AuditEvent,
 ): void {
   try {
     audit.record(event);
   } catch (error) {
-    if (!isDatabaseBusy(error)) throw error;
-    logger.warn(
-      { requestId: event.requestId, type: event.type },
-      "audit row queued: the database is locked",
+    if (isDatabaseBusy(error)) {
+      logger.warn(
+        { requestId: event.requestId, type: event.type },
+        "audit row queued: the database is locked",
+      );
+      return;
+    }
+    logger.error(
+      { err: error, requestId: event.requestId, type: event.type },
+      "audit row lost: what it records was done and stands, but the audit log could not take it",
     );
   }
 }

@@ -354,6 +354,32 @@ describe("only a succeeded refund is money returned", () => {
     expect(named).toHaveLength(2);
   });
 
+  test("an audit log that cannot take the refund's row (its id sequence written past 2^53 in the file) does not turn the refund Stripe made into a 500: answered, recorded, the lost row named in the error log (probe 59d F3)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 3000);
+    current.db.$client.run(
+      `INSERT INTO audit_events (id, at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac)
+       SELECT 9007199254740993, at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac
+       FROM audit_events LIMIT 1`,
+    );
+    const response = await refunding(id, admin)();
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as { payment: { amountRefunded: number } };
+    expect(body.payment.amountRefunded).toBe(1000);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+    const recorded = current.db.$client
+      .query<{ refunded: number }, [string]>(
+        "SELECT amount_refunded AS refunded FROM payments WHERE id = ?",
+      )
+      .get(id);
+    expect(recorded?.refunded).toBe(1000);
+    const lost = current.logs.entries.filter((entry) =>
+      String(entry.msg).startsWith("audit row lost"),
+    );
+    expect(lost).toHaveLength(1);
+    expect(lost[0]).toMatchObject({ level: "error", type: "payment.refund" });
+  });
+
   test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
     const target = withRefundStatus("pending").app;
     const alice = await signUp(target);
