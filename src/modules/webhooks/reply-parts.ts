@@ -29,6 +29,14 @@ const SENTENCE_ENDS = new Set([".", "!", "?", "…"]);
  */
 const WIDE_SENTENCE_ENDS = new Set(["。", "！", "？", "｡"]);
 const isSpace = (char: string | undefined) => char !== undefined && /\s/u.test(char);
+/**
+ * What closes a sentence after its stop: closing brackets and quotes (」』）】” ’ », and ASCII
+ * quotes there), and the combining marks on them. A cut goes after them, never before them; nor
+ * before a combining mark, which belongs to the character before it (probe 59d F4: a part began
+ * with 」).
+ */
+const CLOSES_SENTENCE = /^[\p{Pe}\p{Pf}\p{M}"']$/u;
+const MUST_NOT_BEGIN_A_PART = /^[\p{Pe}\p{Pf}\p{M}]$/u;
 
 /**
  * The parts `reply` is sent as: itself when it fits in one message (unchanged), else consecutive
@@ -59,11 +67,7 @@ function cutPoint(text: string, limit: number): number {
   const finders: ((i: number) => number)[] = [
     (i) => (text[i] === "\n" && text[i + 1] === "\n" ? i : -1),
     (i) => (text[i] === "\n" ? i : -1),
-    (i) =>
-      WIDE_SENTENCE_ENDS.has(text[i - 1] ?? "") ||
-      (SENTENCE_ENDS.has(text[i - 1] ?? "") && isSpace(text[i]))
-        ? i
-        : -1,
+    (i) => (sentenceEndsAt(text, i) ? i : -1),
     (i) => (isSpace(text[i]) ? i : -1),
   ];
   for (const find of finders) {
@@ -73,6 +77,15 @@ function cutPoint(text: string, limit: number): number {
     }
   }
   return lastGraphemeBoundary(text, limit);
+}
+
+/** Whether a sentence ends just before `i`: its stop, then what closes it, then a cut allowed. */
+function sentenceEndsAt(text: string, i: number): boolean {
+  if (MUST_NOT_BEGIN_A_PART.test(text[i] ?? "")) return false;
+  let stop = i - 1;
+  while (stop > 0 && CLOSES_SENTENCE.test(text[stop] ?? "")) stop--;
+  const char = text[stop] ?? "";
+  return WIDE_SENTENCE_ENDS.has(char) || (SENTENCE_ENDS.has(char) && isSpace(text[i]));
 }
 
 /**

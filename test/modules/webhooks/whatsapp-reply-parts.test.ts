@@ -79,6 +79,23 @@ describe("cutting a reply into parts", () => {
     }
   });
 
+  test("a sentence's closing brackets and quotes, and combining marks, stay with it: no part begins with one (probe 59d F4)", () => {
+    for (const sentence of [
+      "他说：「这是一个句子。」",
+      "『これは文です。』",
+      "（你好吗？）",
+      "“太好了！”",
+      "她说「好。」\u3099",
+      'He said: "It works." ',
+      "(It works.) ",
+    ]) {
+      const reply = sentence.repeat(Math.ceil(7000 / sentence.length));
+      const parts = replyParts(reply);
+      expect(parts.length).toBeGreaterThan(1);
+      for (const part of parts) expect(part.startsWith(sentence.trimEnd())).toBe(true);
+    }
+  });
+
   test("a longer reply of white space alone is still one part, as a shorter one is sent as it is (probe 59c F1: it was none)", () => {
     for (const blank of [
       "\n".repeat(2500) + " ".repeat(2500),
