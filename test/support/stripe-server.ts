@@ -323,7 +323,9 @@ export function startFakeStripe(): FakeStripe {
     url: `http://127.0.0.1:${server.port}`,
     calls,
     flooded,
-    created: (path) => calls.filter((c) => c.path === path && !c.replayed).length,
+    // A GET (a list read) makes nothing.
+    created: (path) =>
+      calls.filter((c) => c.path === path && c.method !== "GET" && !c.replayed).length,
     failNext(path, failure, count = 1) {
       const list = failures.get(path) ?? [];
       for (let i = 0; i < count; i++) list.push(failure);

@@ -28,6 +28,13 @@ export const payments = sqliteTable(
     amountRefunded: integer("amount_refunded").notNull().default(0),
     /** While an admin refund is with Stripe: when it started (one refund of a payment at a time). */
     refundStartedAt: integer("refund_started_at"),
+    /**
+     * A refund whose outcome Palisade never heard (Stripe timed out, answered a server error, or
+     * could not be read), as JSON `{key, amount, before}`: its Stripe idempotency key, its amount
+     * and the refunded total it started from. The next refund of the payment first asks Stripe
+     * whether it was made (modules/payments/undecided-refund.ts). Not sealed, as the claim is not.
+     */
+    refundUndecided: text("refund_undecided"),
     disputedAt: integer("disputed_at"),
     clientSecret: text("client_secret"),
     description: text("description"),

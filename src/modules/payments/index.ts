@@ -331,6 +331,11 @@ export function paymentsModule(options: PaymentsModuleOptions) {
               return { refund: outcome.refund, payment: outcome.payment };
             case "not_found":
               throw new AppError("NOT_FOUND", "No payment has that id.");
+            case "earlier_refund_made":
+              throw new AppError(
+                "CONFLICT",
+                `An earlier refund of ${outcome.refund.amount} of this payment, whose answer was lost, was made by Stripe (${outcome.refund.id}, ${outcome.refund.status}) and is now recorded (${outcome.payment.amountRefunded} refunded); this refund was not asked for. Ask again if another refund is wanted.`,
+              );
             case "not_refundable":
               throw new AppError(
                 "CONFLICT",

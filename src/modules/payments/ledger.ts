@@ -22,6 +22,7 @@ import {
   paymentTamperReporter,
 } from "./seal";
 import { mayMove, type PaymentStatus } from "./status";
+import { storedUndecided, type UndecidedRefund } from "./undecided-refund";
 
 export type PaymentRow = typeof payments.$inferSelect;
 
@@ -289,6 +290,36 @@ export class PaymentLedger {
       .where(and(eq(payments.id, id), eq(payments.refundStartedAt, claim)))
       .run();
     return null;
+  }
+
+  /**
+   * Ends a refund's claim as `releaseRefund` does, keeping the refund whose outcome Stripe never
+   * told (undecided-refund.ts) for the next refund of the payment to settle.
+   */
+  releaseUndecided(id: string, claim: number, undecided: UndecidedRefund): void {
+    this.db.transaction(
+      () => {
+        this.db
+          .update(payments)
+          .set({ refundUndecided: storedUndecided(undecided) })
+          .where(eq(payments.id, id))
+          .run();
+        this.releaseRefund(id, claim);
+      },
+      { behavior: "immediate" },
+    );
+  }
+
+  /**
+   * Forgets the undecided refund `stored` once settled, or keeps it as `keep` (found made); one
+   * stored since is left as it is.
+   */
+  settledUndecided(id: string, stored: string, keep: UndecidedRefund | null): void {
+    this.db
+      .update(payments)
+      .set({ refundUndecided: keep === null ? null : storedUndecided(keep) })
+      .where(and(eq(payments.id, id), eq(payments.refundUndecided, stored)))
+      .run();
   }
 
   /** The row as recordRefund would leave it (what a refund answers while its write waits). */

@@ -37,7 +37,14 @@ import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
 import { reportedIdempotencyKey } from "./seal";
-import type { CreatedIntent, GatewayFailure, IntentRequest, PaymentGateway } from "./stripe-client";
+import type {
+  CreatedIntent,
+  CreatedRefund,
+  GatewayFailure,
+  IntentRequest,
+  PaymentGateway,
+} from "./stripe-client";
+import { type UndecidedRefund, undecidedOf } from "./undecided-refund";
 
 export const CLAIM_LEASE_MS = 120_000;
 
@@ -110,6 +117,15 @@ export type RefundOutcome =
       refund: { id: string; amount: number; status: string };
       payment: PaymentView;
     }
+  /**
+   * A refund of another amount whose answer was lost was found made by Stripe first: recorded and
+   * audited, and this refund not asked for (the admin asks again, knowing of it).
+   */
+  | {
+      kind: "earlier_refund_made";
+      refund: { id: string; amount: number; status: string };
+      payment: PaymentView;
+    }
   | { kind: "not_found" }
   | { kind: "not_refundable"; status: string }
   | { kind: "too_much"; remaining: number }
@@ -152,6 +168,17 @@ export function requestHash(request: IntentRequest): string {
 /** The idempotency key Stripe sees: scoped to the owner, so owners never share Stripe's replays. */
 export function stripeIdempotencyKey(owner: string, key: string): string {
   return `palisade_${createHash("sha256").update(`${owner}\n${key}`).digest("hex")}`;
+}
+
+/** A refund claimed: what it asks for, and the payment's row as the claim read it. */
+interface RefundStart {
+  kind: "start";
+  amount: number;
+  refundedBefore: number;
+  currency: string;
+  row: PaymentRow;
+  /** The payment's undecided refund, as stored (./undecided-refund.ts). */
+  undecided: string | null;
 }
 
 type Claim =
@@ -237,7 +264,7 @@ async function refundPastFailures(
   amount: number,
   clock: Clock,
   walks: Map<string, string>,
-): Promise<Awaited<ReturnType<PaymentGateway["refund"]>>> {
+): Promise<{ result: Awaited<ReturnType<PaymentGateway["refund"]>>; key: string }> {
   const first = `palisade_refund_${id}_${refundedBefore}_${amount}`;
   const walkUntil = clock.now() + WALK_MS;
   const remember = (place: string) => {
@@ -245,33 +272,38 @@ async function refundPastFailures(
     walks.set(first, place);
   };
   let key = walks.get(first) ?? first;
+  const asked = (result: Awaited<ReturnType<PaymentGateway["refund"]>>, askedKey = key) => ({
+    result,
+    key: askedKey,
+  });
   for (let attempt = 1; ; attempt++) {
     const answered = await gateway.refund(id, amount, key);
     // A kept server error answered past the walk's time: the retry reads the refunds.
     const kept = !answered.ok && answered.kind === "unavailable" && answered.keptByStripe;
-    if (kept && clock.now() >= walkUntil) return OUT_OF_TIME;
+    if (kept && clock.now() >= walkUntil) return asked(OUT_OF_TIME);
     const result = answered.ok ? answered : await pastKeptError(gateway, id, amount, key, answered);
     if (result === "not made") {
       // Stripe keeps a server error for this key and made no refund under it: the next key, in
       // this request or, out of attempts or time, in the next retry.
+      const notMade = key;
       key = `${key}_after_error`;
       if (attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) {
         remember(key);
-        return OUT_OF_TIME;
+        return asked(OUT_OF_TIME, notMade);
       }
       continue;
     }
     // A failed call leaves the walk where it was; a refund made, or pending, ends it.
-    if (!result.ok) return result;
+    if (!result.ok) return asked(result);
     if (result.status !== "failed" && result.status !== "canceled") {
       walks.delete(first);
-      return result;
+      return asked(result);
     }
     // This refusal is the answer when it is new, or when out of attempts or time: the next
     // retry starts at its key, and walks on past it.
     if (!result.replayed || attempt === MAX_REFUND_ATTEMPTS || clock.now() >= walkUntil) {
       remember(key);
-      return result;
+      return asked(result);
     }
     key = `${first}_after_${result.id}`;
   }
@@ -694,7 +726,7 @@ export class PaymentService {
     if (!this.refundWrites.settle(id)) return { kind: "in_progress" };
     const now = this.clock.now();
     type Start =
-      | { kind: "start"; amount: number; refundedBefore: number; currency: string; row: PaymentRow }
+      | RefundStart
       | Extract<
           RefundOutcome,
           { kind: "not_found" | "not_refundable" | "too_much" | "in_progress" | "actor_gone" }
@@ -718,6 +750,7 @@ export class PaymentService {
           refundedBefore: row.amountRefunded,
           currency: row.currency,
           row,
+          undecided: row.refundUndecided,
         };
       },
       { behavior: "immediate" },
@@ -725,8 +758,23 @@ export class PaymentService {
     if (start.kind !== "start") return start;
     // This refund's claim: its end clears only this claim, never one a later refund took.
     const claim = now;
+    const context = { requestId: acting.requestId, paymentId: id };
+    // A refund of this payment whose outcome Stripe never told is settled first (./undecided-refund.ts).
+    let forget: string | null = null;
+    if (start.undecided !== null) {
+      const settled = await this.settleUndecided(
+        gateway,
+        start.undecided,
+        id,
+        start,
+        claim,
+        acting,
+      );
+      if ("kind" in settled) return settled;
+      forget = settled.forget;
+    }
 
-    const result = await refundPastFailures(
+    const { result, key } = await refundPastFailures(
       gateway,
       id,
       start.refundedBefore,
@@ -734,34 +782,157 @@ export class PaymentService {
       this.clock,
       this.refundWalks,
     );
-    const context = { requestId: acting.requestId, paymentId: id };
     if (!result.ok) {
       this.logger.warn(
         { ...context, kind: result.kind, reason: result.reason },
         "stripe did not make the refund",
       );
-      this.writeOrWait(id, () => this.ledger.releaseRefund(id, claim), context);
+      // Refused (a 4xx), Stripe made nothing; anything else may have made it.
+      const undecided =
+        result.kind === "refused"
+          ? null
+          : { key, amount: start.amount, before: start.refundedBefore };
+      this.writeOrWait(id, () => this.endClaim(id, claim, forget, undecided), context);
       return result;
     }
     // Only a `succeeded` refund is money returned. A `pending` one (or `requires_action`) is
     // recorded when Stripe settles it (`charge.refunded` carries the charge's refunded total); a
     // `failed` or `canceled` one returned nothing and is the caller's 502.
-    const settled = result.status === "succeeded";
     if (result.status === "failed" || result.status === "canceled") {
       this.logger.warn(
         { ...context, refundId: result.id, status: result.status },
         "stripe reported the refund as not made",
       );
-      this.writeOrWait(id, () => this.ledger.releaseRefund(id, claim), context);
+      this.writeOrWait(id, () => this.endClaim(id, claim, forget, null), context);
       return { ok: false, kind: "refused", reason: `refund ${result.status}` };
     }
-    const refundedTotal = start.refundedBefore + result.amount;
-    const made = { ...context, refundId: result.id, amount: result.amount };
+    return this.madeRefund(id, start, claim, result, start.refundedBefore, acting, {
+      forget,
+      keep: null,
+    });
+  }
+
+  /**
+   * Settles the undecided refund `stored` of the payment (./undecided-refund.ts) by reading the
+   * payment's refunds for the one made under its key. Made, it is recorded and audited, and it is
+   * the answer to a retry of its amount (replayed); a refund of another amount is told so (409),
+   * and it stays kept, made, for the retry of its own amount. Not made (or no refund Palisade
+   * stored), the refund asked for goes on, and ends it (`forget`). Refunds that cannot be read
+   * leave it undecided: 503.
+   */
+  private async settleUndecided(
+    gateway: PaymentGateway,
+    stored: string,
+    id: string,
+    start: RefundStart,
+    claim: number,
+    acting: ActingRequest,
+  ): Promise<RefundOutcome | { forget: string | null }> {
+    const context = { requestId: acting.requestId, paymentId: id };
+    const undecided = undecidedOf(stored, id);
+    if (undecided === null) {
+      this.logger.error(
+        context,
+        "the payment's undecided refund is none Palisade stored (written into the database file); it is ignored",
+      );
+      return { forget: stored };
+    }
+    const { made } = undecided;
+    if (made !== undefined) {
+      // Found made by a refund of another amount: kept for a retry of its own, for a day.
+      if (this.clock.now() - made.at >= IDEMPOTENCY_RETENTION_MS) return { forget: stored };
+      if (undecided.amount !== start.amount) return { forget: null };
+      this.writeOrWait(id, () => this.endClaim(id, claim, stored, null), context);
+      return {
+        kind: "refunded",
+        refund: { id: made.id, amount: undecided.amount, status: made.status },
+        payment: viewOf(start.row),
+      };
+    }
+    const found = await gateway.refundMadeUnder(id, undecided.amount, undecided.key);
+    if (!found.ok && found.kind === "unavailable") {
+      this.writeOrWait(id, () => this.ledger.releaseRefund(id, claim), context);
+      return found;
+    }
+    if (!found.ok) {
+      this.logger.error(
+        { ...context, reason: found.reason },
+        "the refund Stripe lists under the payment's undecided refund's key is not that refund; it is ignored",
+      );
+      return { forget: stored };
+    }
+    const refund = found.refund;
+    if (refund === null || refund.status === "failed" || refund.status === "canceled") {
+      return { forget: stored };
+    }
+    this.logger.info(
+      { ...context, refundId: refund.id, amount: refund.amount },
+      "a refund whose answer was lost was made by Stripe: recorded now",
+    );
+    const retried = undecided.amount === start.amount;
+    const keep = retried
+      ? null
+      : { ...undecided, made: { id: refund.id, status: refund.status, at: this.clock.now() } };
+    const outcome = this.madeRefund(id, start, claim, refund, undecided.before, acting, {
+      forget: stored,
+      keep,
+    });
+    if (retried || outcome.kind !== "refunded") return outcome;
+    return { kind: "earlier_refund_made", refund: outcome.refund, payment: outcome.payment };
+  }
+
+  /**
+   * Ends the refund's claim; keeps `undecided` for the next refund to settle, or forgets the one
+   * it settled (`forget`, as stored).
+   */
+  private endClaim(
+    id: string,
+    claim: number,
+    forget: string | null,
+    undecided: UndecidedRefund | null,
+  ): void {
+    if (undecided !== null) {
+      this.ledger.releaseUndecided(id, claim, undecided);
+      return;
+    }
+    this.db.transaction(
+      () => {
+        if (forget !== null) this.ledger.settledUndecided(id, forget, null);
+        this.ledger.releaseRefund(id, claim);
+      },
+      { behavior: "immediate" },
+    );
+  }
+
+  /**
+   * A refund Stripe made (or has pending) from the refunded total `refundedBefore`: recorded (a
+   * `succeeded` one counted), its claim ended, the undecided refund it settles (`forget`, as
+   * stored) forgotten or kept as `keep`, audited once, and answered.
+   */
+  private madeRefund(
+    id: string,
+    start: RefundStart,
+    claim: number,
+    result: CreatedRefund,
+    refundedBefore: number,
+    acting: ActingRequest,
+    undecided: { forget: string | null; keep: UndecidedRefund | null },
+  ): RefundOutcome {
+    const { forget, keep } = undecided;
+    const settled = result.status === "succeeded";
+    const refundedTotal = refundedBefore + result.amount;
+    const made = {
+      requestId: acting.requestId,
+      paymentId: id,
+      refundId: result.id,
+      amount: result.amount,
+    };
     this.writeOrWait(
       id,
       () => {
         const entered = this.db.transaction(
           () => {
+            if (forget !== null) this.ledger.settledUndecided(id, forget, keep);
             if (!settled) return this.ledger.releaseRefund(id, claim);
             const recorded = this.ledger.recordRefund(id, refundedTotal, this.clock.now(), claim);
             if (recorded.kind === "absent") {

@@ -1,0 +1,237 @@
+/**
+ * A refund whose outcome Palisade never heard (a timeout, a server error, refunds that could not
+ * be read) is kept on the payment until the next refund of it asks Stripe whether it was made: the
+ * retry its 503 asks for made a second refund once `charge.refunded`, or another refund, had moved
+ * the refunded total its Stripe key is derived from (probe 60a F-DUP).
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { secondProcess, send } from "../../support/app";
+import { bearer } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
+import {
+  auditRows,
+  buildPaymentsApp,
+  deliver,
+  type PaymentsApp,
+  paidPayment,
+  STRIPE_TEST_KEY,
+  stripeEvent,
+} from "../../support/payments";
+
+const REFUNDS = "/v1/refunds";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const refund = (id: string, admin: { accessToken: string }, amount: number) =>
+  send(current!, `/api/admin/payments/${id}/refund`, {
+    body: { amount },
+    headers: bearer(admin.accessToken),
+  });
+
+async function stripeRefundsOf(target: PaymentsApp, id: string) {
+  const listed = await fetch(`${target.stripe.url}${REFUNDS}?payment_intent=${id}&limit=100`, {
+    headers: { authorization: `Bearer ${STRIPE_TEST_KEY}` },
+  });
+  return ((await listed.json()) as { data: { id: string; amount: number }[] }).data;
+}
+
+/** Stripe's `charge.refunded` for payment `id`, the charge's refunded total `total`. */
+async function chargeRefunded(target: PaymentsApp, id: string, total: number) {
+  const delivered = await deliver(
+    target,
+    stripeEvent("charge.refunded", {
+      id: `ch_${id.slice(3)}`,
+      object: "charge",
+      payment_intent: id,
+      amount_refunded: total,
+    }),
+  );
+  expect(delivered.status).toBe(200);
+}
+
+const storedUndecided = (target: PaymentsApp, id: string) =>
+  target.db.$client
+    .query<{ undecided: string | null; refunded: number }, [string]>(
+      "SELECT refund_undecided AS undecided, amount_refunded AS refunded FROM payments WHERE id = ?",
+    )
+    .get(id);
+
+describe("a refund Stripe made whose answer Palisade never heard", () => {
+  for (const [why, script] of [
+    [
+      "a server error Stripe answers once",
+      () => current!.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true }),
+    ],
+    [
+      "an answer lost on the way (Stripe down after it made it)",
+      () => current!.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false, executed: true }),
+    ],
+  ] as const) {
+    test(`${why}, then charge.refunded: the retry its 503 asks for is that refund, never a second one`, async () => {
+      current = buildPaymentsApp();
+      const { admin, id } = await paidPayment(current, 5000);
+      script();
+      const first = await refund(id, admin, 1000);
+      expect(first.status).toBe(503);
+      expect(JSON.parse(storedUndecided(current, id)!.undecided!)).toMatchObject({
+        amount: 1000,
+        before: 0,
+      });
+      await chargeRefunded(current, id, 1000);
+      const retried = await refund(id, admin, 1000);
+      expect(retried.status).toBe(200);
+      const made = await stripeRefundsOf(current, id);
+      expect(made).toHaveLength(1);
+      const body = (await retried.json()) as {
+        refund: { id: string };
+        payment: { amountRefunded: number };
+      };
+      expect(body.refund.id).toBe(made[0]!.id);
+      expect(body.payment.amountRefunded).toBe(1000);
+      expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 1000 });
+      const audited = auditRows(current, "payment.refund").map((row) => JSON.parse(row.detail));
+      expect(audited.map((detail) => detail.refundId)).toEqual([made[0]!.id]);
+      // Settled: the next refund of the same amount is a new one.
+      expect((await refund(id, admin, 1000)).status).toBe(200);
+      expect(await stripeRefundsOf(current, id)).toHaveLength(2);
+    });
+  }
+
+  test("past 30 s into the request (503, no read of the refunds), then charge.refunded: the retry is that refund", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, executed: true });
+    const held = current.stripe.holdNext(REFUNDS);
+    const slow = refund(id, admin, 1000);
+    await held.reached;
+    clock.advance(31_000);
+    held.release();
+    expect((await slow).status).toBe(503);
+    await chargeRefunded(current, id, 1000);
+    expect((await refund(id, admin, 1000)).status).toBe(200);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  });
+
+  test("a refund of another amount in between is told of the one made (409), and the retry of the first amount is still that refund", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    const [made] = await stripeRefundsOf(current, id);
+    const other = await refund(id, admin, 300);
+    expect(other.status).toBe(409);
+    const problem = (await other.json()) as { code: string; detail: string };
+    expect(problem.code).toBe("CONFLICT");
+    expect(problem.detail).toContain(made!.id);
+    expect(problem.detail).toContain("1000 refunded");
+    expect(storedUndecided(current, id)!.refunded).toBe(1000);
+    // Asked again, the other amount is refunded; the first amount's retry is still the first.
+    expect((await refund(id, admin, 300)).status).toBe(200);
+    const retried = await refund(id, admin, 1000);
+    expect(retried.status).toBe(200);
+    expect(((await retried.json()) as { refund: { id: string } }).refund.id).toBe(made!.id);
+    const refunds = await stripeRefundsOf(current, id);
+    expect(refunds.map((r) => r.amount).sort()).toEqual([1000, 300]);
+    expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 1300 });
+    // Audited once each.
+    expect(auditRows(current, "payment.refund")).toHaveLength(2);
+  });
+
+  test("one found made is kept for a retry of its amount for a day, not longer", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    expect((await refund(id, admin, 300)).status).toBe(409);
+    // Found made a day ago (the day moved back in the file, as a session would expire).
+    const kept = JSON.parse(storedUndecided(current, id)!.undecided!);
+    kept.made.at -= 24 * 60 * 60 * 1000;
+    current.db.$client.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [
+      JSON.stringify(kept),
+      id,
+    ]);
+    expect((await refund(id, admin, 1000)).status).toBe(200);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([1000, 1000]);
+    expect(storedUndecided(current, id)!.undecided).toBeNull();
+  });
+
+  test("one Stripe did not make: the retry makes it once; refunds that cannot be read leave it kept (503)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    const kept = storedUndecided(current, id)!.undecided;
+    expect(kept).not.toBeNull();
+    // The read of the refunds fails: nothing asked, nothing forgotten.
+    current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+    const unread = await refund(id, admin, 1000);
+    expect(unread.status).toBe(503);
+    expect(unread.headers.get("retry-after")).toBe("5");
+    expect(storedUndecided(current, id)!.undecided).toBe(kept);
+    expect(current.stripe.created(REFUNDS)).toBe(1);
+    expect((await refund(id, admin, 1000)).status).toBe(200);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+    expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 1000 });
+  });
+
+  test("a refund Stripe refused (4xx) leaves nothing undecided", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 400, code: "charge_disputed" });
+    expect((await refund(id, admin, 1000)).status).toBe(502);
+    expect(storedUndecided(current, id)!.undecided).toBeNull();
+  });
+
+  test("an undecided refund written into the database file is ignored and logged: another payment's key, a made refund's forged id, text that is not JSON", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    const other = await paidPayment(current, 5000);
+    const forged = [
+      JSON.stringify({ key: `palisade_refund_${other.id}_0_1000`, amount: 1000, before: 0 }),
+      JSON.stringify({
+        key: `palisade_refund_${id}_0_1000`,
+        amount: 1000,
+        before: 0,
+        made: { id: "not a refund id", status: "succeeded", at: Date.now() },
+      }),
+      "{",
+    ];
+    let expected = 0;
+    for (const stored of forged) {
+      current.db.$client.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [stored, id]);
+      expect((await refund(id, admin, 1000)).status).toBe(200);
+      expected += 1;
+      expect(await stripeRefundsOf(current, id)).toHaveLength(expected);
+      expect(storedUndecided(current, id)!.undecided).toBeNull();
+    }
+    const ignored = current.logs.entries.filter((entry) =>
+      String(entry.msg).startsWith("the payment's undecided refund is none Palisade stored"),
+    );
+    expect(ignored).toHaveLength(3);
+    expect(await stripeRefundsOf(current, other.id)).toHaveLength(0);
+  });
+
+  test("two processes on one file: the retry in the other process settles it the same way", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    await chargeRefunded(current, id, 1000);
+    const other = secondProcess(current);
+    try {
+      const retried = await send(other, `/api/admin/payments/${id}/refund`, {
+        body: { amount: 1000 },
+        headers: bearer(admin.accessToken),
+      });
+      expect(retried.status).toBe(200);
+    } finally {
+      other.close();
+    }
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  });
+});
