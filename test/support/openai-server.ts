@@ -65,6 +65,14 @@ export type UpstreamStep =
       /** 200, a completion whose reply the upstream's content filter withheld (no content). */
       kind: "filtered";
     }
+  | {
+      /**
+       * 200, the model's refusal as OpenAI sends it: `message.refusal` with no content, or streamed
+       * in `delta.refusal` pieces.
+       */
+      kind: "refusal";
+      text: string;
+    }
   | { kind: "hang" }
   | { kind: "malformed"; body?: string; contentType?: string }
   | { kind: "wrong_shape" }
@@ -394,6 +402,47 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
           [
             { pauseMs: 0, write: chunk([{ index: 0, delta: { role: "assistant", content: "" } }]) },
             { pauseMs: 0, write: chunk([{ ...finish, delta: {} }]) },
+            { pauseMs: 0, write: "data: [DONE]\n\n" },
+          ],
+          record,
+        );
+      }
+      case "refusal": {
+        const usage = usageOf(body, step.text, undefined);
+        if (!record.stream) {
+          return json(200, {
+            id: completionId(),
+            object: "chat.completion",
+            created: Math.floor(Date.now() / 1000),
+            model: String(body.model),
+            choices: [
+              {
+                index: 0,
+                logprobs: null,
+                finish_reason: "stop",
+                message: { role: "assistant", content: null, refusal: step.text },
+              },
+            ],
+            usage,
+          });
+        }
+        const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
+          `data: ${JSON.stringify({ id: "chatcmpl-refusal", object: "chat.completion.chunk", choices, ...extra })}\n\n`;
+        const pieces = step.text.split(/(?<= )/);
+        return sse(
+          [
+            {
+              pauseMs: 0,
+              write: chunk([
+                { index: 0, delta: { role: "assistant", content: null, refusal: "" } },
+              ]),
+            },
+            ...pieces.map((piece) => ({
+              pauseMs: 0,
+              write: chunk([{ index: 0, delta: { refusal: piece } }]),
+            })),
+            { pauseMs: 0, write: chunk([{ index: 0, delta: {}, finish_reason: "stop" }]) },
+            { pauseMs: 0, write: chunk([], { usage }) },
             { pauseMs: 0, write: "data: [DONE]\n\n" },
           ],
           record,

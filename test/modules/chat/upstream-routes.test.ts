@@ -190,6 +190,24 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     );
   });
 
+  test("the model's refusal is the reply, JSON and streamed alike: a stream's refusal was an empty reply, stored and charged (probe 60b F4)", async () => {
+    const { upstream, target, alice } = await setUp();
+    const refusal = "I can't help with that request.";
+    upstream.enqueue({ kind: "refusal", text: refusal }, { kind: "refusal", text: refusal });
+    const json = await chat(target, asUser(alice), { message: "Refuse it" });
+    expect(json.status).toBe(200);
+    expect(((await json.json()) as { reply: string }).reply).toBe(refusal);
+    const streamed = await chat(target, asUser(alice), { message: "Refuse it" }, SSE);
+    expect(streamed.status).toBe(200);
+    const events = parseSse(await streamed.text());
+    const deltas = events
+      .filter((event) => event.event === "message")
+      .map((event) => (event.data as { delta: string }).delta);
+    expect(deltas.join("")).toBe(refusal);
+    expect(events.at(-1)!.event).toBe("done");
+    expect(assistantRows(target).map((row) => row.content)).toEqual([refusal, refusal]);
+  });
+
   test("a client that disconnects mid-stream over a real socket aborts the upstream request; what arrived is stored incomplete", async () => {
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
     upstream.enqueue({

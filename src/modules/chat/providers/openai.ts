@@ -220,14 +220,23 @@ function refusalOf(error: APIError & { status: number }): "text" | "size" | null
   return code !== null && SIZE_REFUSAL_CODES.has(code) ? "size" : null;
 }
 
+/**
+ * The text a stream chunk's choice adds to the reply: its content, or the model's refusal, which
+ * OpenAI streams in `delta.refusal` as it answers it in `message.refusal` (the JSON answer showed
+ * the refusal, the stream an empty reply, stored and charged: probe 60b F4). Empty when neither.
+ */
+function deltaText(choice: Record<string, unknown>): string {
+  if (!isRecord(choice.delta)) return "";
+  const { content, refusal } = choice.delta;
+  if (typeof content === "string" && content !== "") return content;
+  return typeof refusal === "string" ? refusal : "";
+}
+
 /** Whether a stream chunk answers: text of the reply, or its finish. */
 function answers(chunk: unknown): boolean {
   const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
   if (!isRecord(choice)) return false;
-  const content = isRecord(choice.delta) ? choice.delta.content : undefined;
-  return (
-    (typeof content === "string" && content !== "") || typeof choice.finish_reason === "string"
-  );
+  return deltaText(choice) !== "" || typeof choice.finish_reason === "string";
 }
 
 /**
@@ -776,8 +785,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         usage = readUsage(chunk.usage) ?? usage;
         const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
         if (isRecord(choice)) {
-          const delta = isRecord(choice.delta) ? choice.delta.content : undefined;
-          if (typeof delta === "string" && delta !== "") {
+          const delta = deltaText(choice);
+          if (delta !== "") {
             if (text.length + delta.length > maxReplyChars) {
               broken = "reply longer than its cap";
               break;
