@@ -30,7 +30,7 @@
  * Upstream failures are logged with the request id and the provider's reason, never the text.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, desc, eq, gt, inArray, lt, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, gt, inArray, lt, or, type SQL, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { isDatabaseBusy } from "../../db/busy";
@@ -1038,20 +1038,31 @@ export class ChatService implements ChatTurns {
       ids.push(...heldIds(owner));
       idsByKind.set(owner.kind, ids);
     }
-    const owned = or(
+    const ofOwners = or(
       ...[...idsByKind].map(([kind, ids]) =>
         and(eq(chatConversations.ownerKind, kind), inArray(chatConversations.ownerId, ids)),
       ),
     );
+    // Paged only through rows a page can be cut after, as the list reads them: one whose id reads
+    // back as another (bytes that are no UTF-8 read as U+FFFD, which sorts before the ids after it)
+    // gave the same page for ever, and the export answered 200 and sent nothing while it spun
+    // (probe 60b F2). The others (none Palisade wrote) come after, up to a page, to be checked and
+    // reported as tampered.
+    const pageable = and(
+      orderableTime(chatConversations.createdAt),
+      cursorableId(chatConversations.id),
+    );
+    const owned = and(ofOwners, pageable);
+    const columns = {
+      id: chatConversations.id,
+      ownerKind: chatConversations.ownerKind,
+      ownerId: chatConversations.ownerId,
+      createdAt: chatConversations.createdAt,
+    };
     let after: { createdAt: number; id: string } | undefined;
     for (;;) {
       const page = this.db
-        .select({
-          id: chatConversations.id,
-          ownerKind: chatConversations.ownerKind,
-          ownerId: chatConversations.ownerId,
-          createdAt: chatConversations.createdAt,
-        })
+        .select(columns)
         .from(chatConversations)
         .where(
           after === undefined
@@ -1071,9 +1082,15 @@ export class ChatService implements ChatTurns {
         .limit(EXPORT_PAGE)
         .all();
       yield* page;
-      if (page.length < EXPORT_PAGE) return;
+      if (page.length < EXPORT_PAGE) break;
       after = page.at(-1)!;
     }
+    yield* this.db
+      .select(columns)
+      .from(chatConversations)
+      .where(and(ofOwners, sql`NOT ${pageable}`))
+      .limit(EXPORT_PAGE)
+      .all();
   }
 
   /**
@@ -1245,16 +1262,18 @@ export class ChatService implements ChatTurns {
   }
 
   /**
-   * Deletes the messages `choose` names, lowering their conversations' counts, in one transaction
-   * (chosen in it too); how many went. What is chosen must be a prefix of each conversation (its
-   * oldest messages): the ones left still verify (history-seal.ts).
+   * Deletes the messages the query `which` selects (their ids), lowering their conversations'
+   * counts, in one transaction; how many went. What is chosen must be a prefix of each conversation
+   * (its oldest messages): the ones left still verify (history-seal.ts). Chosen in SQL, never by ids
+   * read back into JavaScript: a message id past 2^53 reads rounded, a conversation id that is no
+   * UTF-8 reads as U+FFFD, and a delete by what was read matched nothing (probe 60b F1, F3).
    */
-  private deleteMessages(choose: () => number[]): number {
+  private deleteMessages(which: SQL): number {
     return this.db.transaction(
       (tx) => {
         const deleted = tx
           .delete(chatMessages)
-          .where(inArray(chatMessages.id, choose()))
+          .where(sql`${chatMessages.id} IN (${which})`)
           .returning({ conversationId: chatMessages.conversationId })
           .all();
         const byConversation = new Map<string, number>();
@@ -1284,40 +1303,58 @@ export class ChatService implements ChatTurns {
    * costs about the same however many conversations an owner has (probe 42a F1: each part read
    * every conversation of the owner, those it had emptied too). Returns the owner the next part
    * starts from: `owners.length` once none has any left.
+   *
+   * The oldest conversation is named in SQL (by its rowid, chosen there), not by its id read back:
+   * one whose id was written into the file as bytes that are no UTF-8 was never deleted, and the
+   * erasure asked for it again every 20 ms, for ever (probe 60b F1). A part that deletes nothing it
+   * chose (a trigger written into the file) throws: the erasure's own transaction does the rest.
    */
   eraseSomeChat(owners: readonly ChatOwner[], from: number, batch: number): number {
     const { sqlite } = this.options;
-    const oldestConversation = sqlite.query<{ id: string }, [string, string]>(
-      "SELECT id FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2 ORDER BY created_at, id LIMIT 1",
+    const OLDEST =
+      "SELECT rowid FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2 ORDER BY created_at, id LIMIT 1";
+    const oldestHolds = sqlite.query<{ rows: number }, [string, string, number]>(
+      `SELECT count(*) AS rows FROM (SELECT 1 FROM chat_messages WHERE conversation_id =
+         (SELECT id FROM chat_conversations WHERE rowid = (${OLDEST})) LIMIT ?3)`,
     );
-    const oldestMessages = sqlite.query<{ id: number }, [string, number]>(
-      "SELECT id FROM chat_messages WHERE conversation_id = ?1 ORDER BY id LIMIT ?2",
+    const anyLeft = sqlite.query<{ left: number }, [string, string]>(
+      `SELECT EXISTS (${OLDEST}) AS left`,
     );
-    const dropConversation = sqlite.query<unknown, [string]>(
-      "DELETE FROM chat_conversations WHERE id = ?1",
+    const dropOldest = sqlite.query<unknown, [string, string]>(
+      `DELETE FROM chat_conversations WHERE rowid = (${OLDEST})`,
     );
+    const stuck = () =>
+      new Error(
+        "an erasure's part deleted none of the chat rows it chose: the database file holds rows that cannot be deleted (a trigger written into it?)",
+      );
     /**
-     * Up to `most` rows of the conversation (one over, for a conversation of exactly `most`
-     * messages, so none is left with none: probe 42b F4); how many went.
+     * Up to `most` rows of the owner's oldest conversation (one over, for a conversation of exactly
+     * `most` messages, so none is left with none: probe 42b F4); how many went.
      */
-    const takeFrom = (conversationId: string, most: number): number => {
-      const ids = oldestMessages.all(conversationId, most + 1).map((row) => row.id);
-      if (ids.length <= most) {
+    const takeOldest = (kind: string, id: string, most: number): number => {
+      const held = oldestHolds.get(kind, id, most + 1)!.rows;
+      if (held <= most) {
         // Its messages go with it (ON DELETE CASCADE).
-        dropConversation.run(conversationId);
-        return ids.length + 1;
+        if (dropOldest.run(kind, id).changes === 0) throw stuck();
+        return held + 1;
       }
-      this.deleteMessages(() => ids.slice(0, most));
-      return most;
+      const gone = this.deleteMessages(
+        sql`SELECT ${chatMessages.id} FROM ${chatMessages} WHERE ${chatMessages.conversationId} =
+          (SELECT ${chatConversations.id} FROM ${chatConversations} WHERE rowid =
+            (SELECT rowid FROM ${chatConversations} WHERE ${chatConversations.ownerKind} = ${kind}
+              AND ${chatConversations.ownerId} = ${id}
+              ORDER BY ${chatConversations.createdAt}, ${chatConversations.id} LIMIT 1))
+          ORDER BY ${chatMessages.id} LIMIT ${most}`,
+      );
+      if (gone === 0) throw stuck();
+      return gone;
     };
     /** Up to `most` rows of the owner's chat; how many went (fewer: none is left). */
     const takeOf = (owner: ChatOwner, most: number): number => {
       let taken = 0;
       for (const id of heldIds(owner)) {
-        while (taken < most) {
-          const conversation = oldestConversation.get(owner.kind, id);
-          if (conversation === null) break;
-          taken += takeFrom(conversation.id, most - taken);
+        while (taken < most && anyLeft.get(owner.kind, id)!.left === 1) {
+          taken += takeOldest(owner.kind, id, most - taken);
         }
       }
       return taken;
@@ -1352,28 +1389,18 @@ export class ChatService implements ChatTurns {
     // for as long as its stamp says (probe 31b F1); a message a wrong clock stamped young goes
     // with the older ones after it, early rather than late. A batch cut inside a conversation leaves
     // a prefix too (probe 31b F2).
-    const expiredPrefixes = (): number[] => {
-      const { sqlite } = this.options;
-      // The oldest messages past the retention (the time index: a backlog of a million messages
-      // is not read to find a thousand), and in each of their conversations the newest of them.
-      const conversations = sqlite
-        .query<{ conversationId: string; upto: number }, [number, number]>(
-          `SELECT conversation_id AS conversationId, max(id) AS upto FROM (
-             SELECT conversation_id, id FROM chat_messages WHERE created_at < ?1
-             ORDER BY created_at LIMIT ?2)
-           GROUP BY conversation_id`,
-        )
-        .all(cutoff, batch);
-      const prefix = sqlite.query<{ id: number }, [string, number, number]>(
-        "SELECT id FROM chat_messages WHERE conversation_id = ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-      );
-      const ids: number[] = [];
-      for (const { conversationId, upto } of conversations) {
-        if (ids.length >= batch) break;
-        for (const row of prefix.all(conversationId, upto, batch - ids.length)) ids.push(row.id);
-      }
-      return ids;
-    };
+    // The oldest messages past the retention (the time index: a backlog of a million messages
+    // is not read to find a thousand), and in each of their conversations every message up to the
+    // newest of them; by id, so a batch cut inside a conversation leaves a prefix. Chosen in SQL:
+    // forged rows whose ids JavaScript reads otherwise (past 2^53, no UTF-8) were chosen on every
+    // run and never deleted, and retention stopped for every user (probe 60b F3).
+    const expiredPrefixes = sql`SELECT m.id FROM ${chatMessages} AS m JOIN (
+        SELECT conversation_id, max(id) AS upto FROM (
+          SELECT conversation_id, id FROM ${chatMessages} WHERE created_at < ${cutoff}
+          ORDER BY created_at LIMIT ${batch})
+        GROUP BY conversation_id) AS expired
+      ON m.conversation_id = expired.conversation_id AND m.id <= expired.upto
+      ORDER BY m.id LIMIT ${batch}`;
     const messages = this.deleteMessages(expiredPrefixes);
     const emptyConversations = this.db
       .select({ id: chatConversations.id })
