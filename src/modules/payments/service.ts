@@ -37,12 +37,13 @@ import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
 import { reportedIdempotencyKey } from "./seal";
-import type {
-  CreatedIntent,
-  CreatedRefund,
-  GatewayFailure,
-  IntentRequest,
-  PaymentGateway,
+import {
+  type CreatedIntent,
+  type CreatedRefund,
+  type GatewayFailure,
+  type IntentRequest,
+  type PaymentGateway,
+  REFUNDS_NOT_READ_WHOLE,
 } from "./stripe-client";
 import { type UndecidedRefund, undecidedOf } from "./undecided-refund";
 
@@ -326,6 +327,11 @@ async function pastKeptError(
 ): Promise<Awaited<ReturnType<PaymentGateway["refund"]>> | "not made"> {
   if (failure.kind !== "unavailable" || !failure.keptByStripe) return failure;
   const found = await gateway.refundMadeUnder(id, amount, key);
+  // A read that failed for now (Stripe down, a 429) is retried shortly: the refund is left
+  // undecided, and the retry reads them again (probe 60a F-LIST: it was the 24-hour answer).
+  if (!found.ok && found.kind === "unavailable" && found.reason !== REFUNDS_NOT_READ_WHOLE) {
+    return { ok: false, kind: "unavailable", reason: found.reason };
+  }
   if (!found.ok) return failure;
   return found.refund === null ? "not made" : { ok: true, ...found.refund };
 }

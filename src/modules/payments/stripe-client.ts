@@ -85,6 +85,9 @@ export interface PaymentGateway {
   ): Promise<GatewayResult<{ refund: CreatedRefund | null }>>;
 }
 
+/** Why refundMadeUnder could not say: the payment has more refunds than one read holds. */
+export const REFUNDS_NOT_READ_WHOLE = "refund list not read whole";
+
 /** The metadata key a refund carries its idempotency key under (refundMadeUnder). */
 export const REFUND_KEY_METADATA = "palisade_key";
 /** The most refunds of one payment read to find one (Stripe's page; a payment has a few). */
@@ -290,7 +293,7 @@ export class StripeGateway implements PaymentGateway {
     if (made === undefined) {
       // Not among those read: with more left unread, it may be among them.
       if (listed.has_more !== false) {
-        return { ok: false, kind: "unavailable", reason: "refund list not read whole" };
+        return { ok: false, kind: "unavailable", reason: REFUNDS_NOT_READ_WHOLE };
       }
       return { ok: true, refund: null };
     }

@@ -337,8 +337,20 @@ export function recordDone(
       );
       return;
     }
+    // The row's own content, so the line is the record the log could not take (who did what:
+    // for a refund, which payment, refund and amount). Logged through the logger, which escapes
+    // and scrubs what it writes as it does every line.
     logger.error(
-      { err: error, requestId: event.requestId, type: event.type },
+      {
+        err: error,
+        requestId: event.requestId,
+        type: event.type,
+        outcome: event.outcome,
+        actor: event.actor,
+        ip: event.ip,
+        route: event.route,
+        detail: event.detail,
+      },
       "audit row lost: what it records was done and stands, but the audit log could not take it",
     );
   }

@@ -235,13 +235,24 @@ describe("only a succeeded refund is money returned", () => {
     });
   });
 
-  test("a kept server error whose refunds cannot be read is 502 saying whether the refund was made is unknown, without Retry-After; no other key is tried; the retry reads them and goes on", async () => {
+  test("a kept server error whose refunds cannot be read whole (more than 100 of the payment) is 502 saying whether the refund was made is unknown, without Retry-After; no other key is tried", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 3000);
+    // 101 refunds of a cent made in Stripe's Dashboard: one read of the list holds 100.
+    for (let made = 0; made < 101; made++) {
+      const response = await fetch(`${current.stripe.url}/v1/refunds`, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${STRIPE_TEST_KEY}`,
+          "content-type": "application/x-www-form-urlencoded",
+        },
+        body: new URLSearchParams({ payment_intent: id, amount: "1" }).toString(),
+      });
+      expect(response.status).toBe(200);
+    }
     const refund = refunding(id, admin);
-    // The refund's 500, kept (the SDK's own retry is its replay); then the refund list's 503.
+    // The refund's 500, kept (the SDK's own retry is its replay).
     current.stripe.failNext("/v1/refunds", { status: 500 });
-    current.stripe.failNext("/v1/refunds", { status: 503, shouldRetry: false });
     const failed = await refund();
     expect(failed.status).toBe(502);
     expect(failed.headers.get("retry-after")).toBeNull();
@@ -250,11 +261,23 @@ describe("only a succeeded refund is money returned", () => {
     expect(problem.detail).toContain("keeps for 24 hours");
     expect(problem.detail).toContain("whether the refund was made is unknown");
     const posted = current.stripe.calls.filter(
-      (c) => c.method === "POST" && c.path === "/v1/refunds",
+      (c) => c.method === "POST" && c.path === "/v1/refunds" && c.idempotencyKey !== null,
     );
     expect(new Set(posted.map((c) => c.idempotencyKey)).size).toBe(1);
-    expect(await stripeRefundsOf(current, id)).toHaveLength(0);
-    // Left undecided: the retry reads the refunds first, finds none made, and makes it once.
+    expect(await stripeRefundsOf(current, id)).toHaveLength(100);
+  });
+
+  test("a kept server error whose refunds could not be read for now (a 429) is 503 with Retry-After, and the retry reads them and makes the refund once (probe 60a F-LIST)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 3000);
+    const refund = refunding(id, admin);
+    // The refund's 500, kept (the SDK's own retry is its replay); then the list's 429.
+    current.stripe.failNext("/v1/refunds", { status: 500 });
+    current.stripe.failNext("/v1/refunds", { status: 429, shouldRetry: false });
+    const failed = await refund();
+    expect(failed.status).toBe(503);
+    expect(failed.headers.get("retry-after")).toBe("5");
+    expect(((await failed.json()) as { detail: string }).detail).not.toContain("24 hours");
     expect((await refund()).status).toBe(200);
     expect(await stripeRefundsOf(current, id)).toHaveLength(1);
   });
@@ -383,7 +406,13 @@ describe("only a succeeded refund is money returned", () => {
       String(entry.msg).startsWith("audit row lost"),
     );
     expect(lost).toHaveLength(1);
-    expect(lost[0]).toMatchObject({ level: "error", type: "payment.refund" });
+    const [made] = await stripeRefundsOf(current, id);
+    expect(lost[0]).toMatchObject({
+      level: "error",
+      type: "payment.refund",
+      actor: `user:${admin.userId}`,
+      detail: { paymentId: id, refundId: made!.id, amount: 1000, currency: "usd" },
+    });
   });
 
   test("a pending refund is answered as pending and counted only when charge.refunded settles it", async () => {
