@@ -6,7 +6,7 @@
  * waiting 10 s (probe 30d F5), though Stripe had made or was making the intent. Now the stop waits
  * for such calls, at most STRIPE_DRAIN_MS more, and the payment is recorded and answered first.
  */
-import type { PaymentGateway } from "./stripe-client";
+import type { GatewayFailure, PaymentGateway } from "./stripe-client";
 
 /** How long a stop waits for Stripe calls in flight past the drain: one call's timeout. */
 export const STRIPE_DRAIN_MS = 20_000;
@@ -15,29 +15,38 @@ export interface TrackedGateway {
   gateway: PaymentGateway;
   /**
    * Resolves when no call is in flight (those started while it waits included), or after
-   * `withinMs`.
+   * `withinMs`; from then on no call starts (each is answered `unavailable`, "stopping").
    */
   settled(withinMs?: number): Promise<void>;
 }
 
 export function trackedGateway(gateway: PaymentGateway): TrackedGateway {
   const inFlight = new Set<Promise<unknown>>();
-  const track = <T>(call: Promise<T>): Promise<T> => {
-    inFlight.add(call);
+  // Once the stop has waited for the calls, none starts: a request that claimed an
+  // Idempotency-Key given back meanwhile called Stripe as the process closed, its claim left
+  // pending and the intent unrecorded (probe 60a F-STOP). It is answered as Stripe down would
+  // be, and gives its claim back.
+  let stopped = false;
+  const track = <T>(call: () => Promise<T>): Promise<T | GatewayFailure> => {
+    if (stopped) {
+      return Promise.resolve({ ok: false, kind: "unavailable", reason: "stopping" } as const);
+    }
+    const started = call();
+    inFlight.add(started);
     const done = () => {
-      inFlight.delete(call);
+      inFlight.delete(started);
     };
-    call.then(done, done);
-    return call;
+    started.then(done, done);
+    return started;
   };
   return {
     gateway: {
       createIntent: (request, idempotencyKey) =>
-        track(gateway.createIntent(request, idempotencyKey)),
+        track(() => gateway.createIntent(request, idempotencyKey)),
       refund: (paymentIntentId, amount, idempotencyKey) =>
-        track(gateway.refund(paymentIntentId, amount, idempotencyKey)),
+        track(() => gateway.refund(paymentIntentId, amount, idempotencyKey)),
       refundMadeUnder: (paymentIntentId, amount, idempotencyKey) =>
-        track(gateway.refundMadeUnder(paymentIntentId, amount, idempotencyKey)),
+        track(() => gateway.refundMadeUnder(paymentIntentId, amount, idempotencyKey)),
     },
     async settled(withinMs = STRIPE_DRAIN_MS) {
       const until = performance.now() + withinMs;
@@ -47,11 +56,12 @@ export function trackedGateway(gateway: PaymentGateway): TrackedGateway {
       // 59d F1).
       while (inFlight.size > 0) {
         const left = until - performance.now();
-        if (left <= 0) return;
+        if (left <= 0) break;
         await answeredOrLate([...inFlight], left);
         // The answered calls' requests go on (and start their next call) before the next look.
         await new Promise((resolve) => setTimeout(resolve, 0));
       }
+      stopped = true;
     },
   };
 }

@@ -113,27 +113,84 @@ test("a refund whose call at Stripe is answered after the drain by a server erro
   expect(recorded?.refunded).toBe(1000);
 });
 
-test("the wait for calls in flight ends at its bound, and at once when none is in flight", async () => {
+test("the wait for calls in flight ends at its bound, and at once when none is in flight; after it no call starts", async () => {
   let answer!: (result: GatewayResult<CreatedIntent>) => void;
+  let asked = 0;
   const never: PaymentGateway = {
-    createIntent: () =>
-      new Promise((resolve) => {
+    createIntent: () => {
+      asked++;
+      return new Promise((resolve) => {
         answer = resolve;
-      }),
+      });
+    },
     refund: () => Promise.reject(new Error("unused")),
     refundMadeUnder: () => Promise.reject(new Error("unused")),
   };
-  const tracked = trackedGateway(never);
+  const idle = trackedGateway(never);
   const started = performance.now();
-  await tracked.settled(50);
+  await idle.settled(50);
   expect(performance.now() - started).toBeLessThan(30);
-  const call = tracked.gateway.createIntent({ amount: 1, currency: "usd" } as never, "k");
+  // Stopped: a call is answered as Stripe down would be, and never reaches the gateway.
+  expect(await idle.gateway.createIntent({ amount: 1, currency: "usd" } as never, "k")).toEqual({
+    ok: false,
+    kind: "unavailable",
+    reason: "stopping",
+  });
+  expect(asked).toBe(0);
+
+  const busy = trackedGateway(never);
+  const call = busy.gateway.createIntent({ amount: 1, currency: "usd" } as never, "k");
   const waited = performance.now();
-  await tracked.settled(100);
+  await busy.settled(100);
   expect(performance.now() - waited).toBeGreaterThanOrEqual(90);
   answer({ ok: false, kind: "unavailable", reason: "timeout" });
   await call;
-  const after = performance.now();
-  await tracked.settled(1_000);
-  expect(performance.now() - after).toBeLessThan(30);
+  expect(asked).toBe(1);
+});
+
+test("a request that claims an Idempotency-Key given back after the stop's wait ended calls no Stripe: 503, the key given back (probe 60a F-STOP)", async () => {
+  const target = buildPaymentsApp();
+  current = target;
+  const user = await signUp(target);
+  const server = serveInProcess(target, {
+    drainTimeoutMs: 200,
+    onDrainTimeout: () => target.services.endInFlight(),
+  });
+  const key = newIdempotencyKey();
+  const ask = () =>
+    fetch(new URL("/api/payments/intents", server.url), {
+      method: "POST",
+      headers: {
+        ...bearer(user.accessToken),
+        "content-type": "application/json",
+        "idempotency-key": key,
+      },
+      body: JSON.stringify({ amount: 4200, currency: "usd" }),
+    }).then(
+      (response) => response.status,
+      () => "cut",
+    );
+  const first = target.stripe.holdNext("/v1/payment_intents");
+  const a = ask();
+  await first.reached;
+  // The second waits for the first's claim.
+  const b = ask();
+  await Bun.sleep(100);
+  const stopped = server.shutdown("test");
+  await Bun.sleep(400);
+  // The first's call fails (a 503 Stripe keeps nothing of): it gives the key back, which the
+  // second then claims.
+  target.stripe.failNext("/v1/payment_intents", { status: 503, shouldRetry: false });
+  first.release();
+  await stopped;
+  await Promise.race([b, Bun.sleep(2_000)]);
+  expect(await a).toBe(503);
+  const intentCalls = target.stripe.calls.filter((c) => c.path === "/v1/payment_intents");
+  expect(intentCalls).toHaveLength(1);
+  const pending = target.db.$client
+    .query<{ n: number }, [string]>(
+      "SELECT count(*) AS n FROM payment_idempotency_keys WHERE key = ? AND state = 'pending'",
+    )
+    .get(key)?.n;
+  expect(pending).toBe(0);
 });
