@@ -37,11 +37,44 @@ const isSpace = (char: string | undefined) => char !== undefined && /\s/u.test(c
  */
 const CLOSES_SENTENCE = /^[\p{Pe}\p{Pf}\p{M}"']$/u;
 const MUST_NOT_BEGIN_A_PART = /^[\p{Pe}\p{Pf}\p{M}]$/u;
+/**
+ * How far a look for a sentence's stop, or for where the next part begins, goes past closing
+ * marks or white space: each candidate cut looks this far at most, so a run of thousands of quotes
+ * costs no more than letters do (probe 60a F-RP2: every candidate walked the whole run, a second
+ * for a long reply, on the event loop).
+ */
+const MOST_LOOKED_PAST = 8;
+
+/** The code point that ends just before `end` (a surrogate pair whole), and where it starts. */
+function codePointBefore(text: string, end: number): { char: string; at: number } {
+  const low = text.charCodeAt(end - 1);
+  const high = text.charCodeAt(end - 2);
+  if (low >= 0xdc00 && low <= 0xdfff && high >= 0xd800 && high <= 0xdbff) {
+    return { char: text.slice(end - 2, end), at: end - 2 };
+  }
+  return { char: text.charAt(end - 1), at: end - 1 };
+}
+
+/**
+ * Whether a part may begin where the text after a cut at `i` begins, past the white space the cut
+ * trims: not with a closing bracket or quote, nor a combining mark (a code point, so one outside
+ * the BMP too: probe 60a F-RP1). A cut at the space before a French `»`, or before a mark, began
+ * a part with it. A longer run of white space than MOST_LOOKED_PAST is a break of its own.
+ */
+function beginsWell(text: string, i: number): boolean {
+  let at = i;
+  while (at < text.length && isSpace(text[at])) {
+    if (at - i >= MOST_LOOKED_PAST) return true;
+    at++;
+  }
+  const first = text.codePointAt(at);
+  return first === undefined || !MUST_NOT_BEGIN_A_PART.test(String.fromCodePoint(first));
+}
 
 /**
  * The parts `reply` is sent as: itself when it fits in one message (unchanged), else consecutive
  * parts of at most `limit` code units, each trimmed at the cut (white space there is the break
- * itself), none empty; always at least one. A longer reply of white space alone is its first
+ * itself, unless a combining mark rides on it), none empty; always at least one. A longer reply of white space alone is its first
  * `limit` characters, as a shorter one is sent as it is (probe 59c F1: it was no part at all, and
  * its row was neither sent nor given up, holding the sender's later messages back).
  */
@@ -54,7 +87,11 @@ export function replyParts(reply: string, limit = GRAPH_TEXT_LIMIT): string[] {
     const cut = cutPoint(rest, limit);
     const head = rest.slice(0, cut).trimEnd();
     if (head !== "") parts.push(head);
-    rest = rest.slice(cut).trimStart();
+    // White space at a cut is the break itself, unless a mark rides on it (a cut between
+    // characters, where nothing better was found): trimmed, the mark would begin the part alone.
+    const after = rest.slice(cut);
+    const trimmed = after.trimStart();
+    rest = beginsWell(trimmed, 0) ? trimmed : after;
   }
   if (rest !== "") parts.push(rest);
   return parts;
@@ -73,19 +110,26 @@ function cutPoint(text: string, limit: number): number {
   for (const find of finders) {
     for (let i = limit; i >= earliest; i--) {
       const cut = find(i);
-      if (cut >= earliest) return cut;
+      if (cut >= earliest && beginsWell(text, cut)) return cut;
     }
   }
   return lastGraphemeBoundary(text, limit);
 }
 
-/** Whether a sentence ends just before `i`: its stop, then what closes it, then a cut allowed. */
+/**
+ * Whether a sentence ends just before `i`: its stop, then what closes it (and the space French puts
+ * before `»`), looked past MOST_LOOKED_PAST code points at most.
+ */
 function sentenceEndsAt(text: string, i: number): boolean {
-  if (MUST_NOT_BEGIN_A_PART.test(text[i] ?? "")) return false;
-  let stop = i - 1;
-  while (stop > 0 && CLOSES_SENTENCE.test(text[stop] ?? "")) stop--;
-  const char = text[stop] ?? "";
-  return WIDE_SENTENCE_ENDS.has(char) || (SENTENCE_ENDS.has(char) && isSpace(text[i]));
+  let end = i;
+  for (let looked = 0; end > 0; looked++) {
+    const { char, at } = codePointBefore(text, end);
+    if (WIDE_SENTENCE_ENDS.has(char)) return true;
+    if (SENTENCE_ENDS.has(char)) return isSpace(text[i]);
+    if (looked >= MOST_LOOKED_PAST || !(CLOSES_SENTENCE.test(char) || isSpace(char))) return false;
+    end = at;
+  }
+  return false;
 }
 
 /**

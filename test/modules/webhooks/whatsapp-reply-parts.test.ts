@@ -96,6 +96,35 @@ describe("cutting a reply into parts", () => {
     }
   });
 
+  test("no part begins with a closing quote or bracket or a combining mark, wherever the cut falls: French spacing before », a mark or ) after a space, a mark outside the BMP (probe 60a F-RP1)", () => {
+    const mustNotBegin = /^[\p{Pe}\p{Pf}\p{M}]/u;
+    const replies = [
+      ...[" ", "\u00a0", "\u202f"].map((space) => `« Il a dit oui.${space}» `.repeat(600)),
+      "word \u0301".repeat(2000),
+      `(${"see this ".repeat(5)}done. ) `.repeat(200),
+      "文です。\u{E0100}".repeat(2000),
+      "他说「好。」\u{E0100} ".repeat(900),
+    ];
+    for (const reply of replies) {
+      const parts = replyParts(reply);
+      expect(parts.length).toBeGreaterThan(1);
+      expectWellCut(reply, parts);
+      expect(parts.filter((part) => mustNotBegin.test(part)).map((p) => p.slice(0, 3))).toEqual([]);
+    }
+  });
+
+  test("runs of closing quotes, marks and brackets are cut like any text: every part within the bound, nothing lost (probe 60a F-RP2)", () => {
+    for (const reply of [
+      "'".repeat(70_000),
+      "」".repeat(70_000),
+      `a${"\u0301".repeat(70_000)}`,
+      " '".repeat(35_000),
+    ]) {
+      const parts = replyParts(reply);
+      expectWellCut(reply, parts);
+    }
+  });
+
   test("a longer reply of white space alone is still one part, as a shorter one is sent as it is (probe 59c F1: it was none)", () => {
     for (const blank of [
       "\n".repeat(2500) + " ".repeat(2500),
