@@ -749,6 +749,19 @@ export class PaymentService {
         const remaining = row.amount - row.amountRefunded;
         const wanted = amount ?? remaining;
         if (wanted > remaining || remaining === 0) return { kind: "too_much", remaining };
+        // Written with the claim, before Stripe is asked: a refund the audit log cannot record is
+        // not made (the row written into this transaction, a failure rolls the claim back). With
+        // the log refusing rows (its id sequence written past 2^53), refunds went on, each with
+        // an error line alone, while a sign-in was refused (probe 60a F-AUD2).
+        this.audit.record({
+          type: "payment.refund.requested",
+          outcome: "info",
+          actor: acting.actor,
+          ip: acting.ip,
+          route: acting.route,
+          requestId: acting.requestId,
+          detail: { paymentId: id, amount: wanted, currency: row.currency },
+        });
         this.db.update(payments).set({ refundStartedAt: now }).where(eq(payments.id, id)).run();
         return {
           kind: "start",

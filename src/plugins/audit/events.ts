@@ -55,6 +55,9 @@ export const AUDIT_EVENT_TYPES = [
   "payment.succeeded",
   "payment.failed",
   "payment.canceled",
+  // An admin's refund asked for, written with its claim before Stripe is asked; then what Stripe
+  // made of it.
+  "payment.refund.requested",
   "payment.refund",
   "payment.refunded",
   "payment.dispute.created",

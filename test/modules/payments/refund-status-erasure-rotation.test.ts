@@ -71,6 +71,15 @@ async function refundMadeAtStripe(target: PaymentsApp, id: string) {
   return ((await made.json()) as { id: string }).id;
 }
 
+/** An audit row written into the file at an id past 2^53: the log takes no row after it. */
+function spendAuditIds(target: PaymentsApp) {
+  target.db.$client.run(
+    `INSERT INTO audit_events (id, at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac)
+     SELECT 9007199254740993, at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac
+     FROM audit_events LIMIT 1`,
+  );
+}
+
 /** How many refund requests reached the local Stripe, replays included. */
 const refundCallsOf = (target: PaymentsApp) =>
   target.stripe.calls.filter((call) => call.method === "POST" && call.path === "/v1/refunds")
@@ -383,15 +392,31 @@ describe("only a succeeded refund is money returned", () => {
     expect(named).toHaveLength(2);
   });
 
-  test("an audit log that cannot take the refund's row (its id sequence written past 2^53 in the file) does not turn the refund Stripe made into a 500: answered, recorded, the lost row named in the error log (probe 59d F3)", async () => {
+  test("a refund the audit log cannot record is not made: with its id sequence written past 2^53 in the file, 500 and Stripe never asked (probe 60a F-AUD2)", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 3000);
-    current.db.$client.run(
-      `INSERT INTO audit_events (id, at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac)
-       SELECT 9007199254740993, at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac
-       FROM audit_events LIMIT 1`,
-    );
+    spendAuditIds(current);
     const response = await refunding(id, admin)();
+    expect(response.status).toBe(500);
+    expect(refundCallsOf(current)).toBe(0);
+    // Nothing claimed: the payment is as it was.
+    const row = current.db.$client
+      .query<{ claim: number | null; refunded: number }, [string]>(
+        "SELECT refund_started_at AS claim, amount_refunded AS refunded FROM payments WHERE id = ?",
+      )
+      .get(id);
+    expect(row).toEqual({ claim: null, refunded: 0 });
+  });
+
+  test("an audit log that stops taking rows while Stripe makes the refund does not turn it into a 500: answered, recorded, the lost row logged with its content (probe 59d F3)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 3000);
+    const held = current.stripe.holdNext("/v1/refunds");
+    const pending = refunding(id, admin)();
+    await held.reached;
+    spendAuditIds(current);
+    held.release();
+    const response = await pending;
     expect(response.status).toBe(200);
     const body = (await response.json()) as { payment: { amountRefunded: number } };
     expect(body.payment.amountRefunded).toBe(1000);
