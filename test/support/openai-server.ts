@@ -325,6 +325,19 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
     return actions;
   }
 
+  /** A `chat.completion` body answering `body` with `choices`. */
+  // biome-ignore lint/suspicious/noExplicitAny: the request body as sent.
+  function completion(body: any, choices: unknown[], extra: Record<string, unknown> = {}) {
+    return {
+      id: completionId(),
+      object: "chat.completion",
+      created: Math.floor(Date.now() / 1000),
+      model: String(body.model),
+      choices,
+      ...extra,
+    };
+  }
+
   function usageOf(
     // biome-ignore lint/suspicious/noExplicitAny: the request body as sent.
     body: any,
@@ -388,13 +401,12 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
       case "filtered": {
         const finish = { index: 0, logprobs: null, finish_reason: "content_filter" };
         if (!record.stream) {
-          return json(200, {
-            id: completionId(),
-            object: "chat.completion",
-            created: Math.floor(Date.now() / 1000),
-            model: String(body.model),
-            choices: [{ ...finish, message: { role: "assistant", content: null, refusal: null } }],
-          });
+          return json(
+            200,
+            completion(body, [
+              { ...finish, message: { role: "assistant", content: null, refusal: null } },
+            ]),
+          );
         }
         const chunk = (choices: unknown[]) =>
           `data: ${JSON.stringify({ id: "chatcmpl-filtered", object: "chat.completion.chunk", choices })}\n\n`;
@@ -410,21 +422,21 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
       case "refusal": {
         const usage = usageOf(body, step.text, undefined);
         if (!record.stream) {
-          return json(200, {
-            id: completionId(),
-            object: "chat.completion",
-            created: Math.floor(Date.now() / 1000),
-            model: String(body.model),
-            choices: [
-              {
-                index: 0,
-                logprobs: null,
-                finish_reason: "stop",
-                message: { role: "assistant", content: null, refusal: step.text },
-              },
-            ],
-            usage,
-          });
+          return json(
+            200,
+            completion(
+              body,
+              [
+                {
+                  index: 0,
+                  logprobs: null,
+                  finish_reason: "stop",
+                  message: { role: "assistant", content: null, refusal: step.text },
+                },
+              ],
+              { usage },
+            ),
+          );
         }
         const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
           `data: ${JSON.stringify({ id: "chatcmpl-refusal", object: "chat.completion.chunk", choices, ...extra })}\n\n`;

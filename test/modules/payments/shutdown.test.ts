@@ -27,25 +27,35 @@ afterEach(() => {
   current = null;
 });
 
-test("a payment at Stripe when the drain ends is answered with its intent before the connections are cut", async () => {
-  const target = buildPaymentsApp();
-  current = target;
-  const user = await signUp(target);
-  const server = serveInProcess(target, {
-    drainTimeoutMs: 200,
-    onDrainTimeout: () => target.services.endInFlight(),
-  });
-  const held = target.stripe.holdNext("/v1/payment_intents");
-  const key = newIdempotencyKey();
-  const answer = fetch(new URL("/api/payments/intents", server.url), {
+/** An intent of 4200 asked of the server at `url` under Idempotency-Key `key`. */
+function askIntent(url: URL | string, accessToken: string, key: string) {
+  return fetch(new URL("/api/payments/intents", url), {
     method: "POST",
     headers: {
-      ...bearer(user.accessToken),
+      ...bearer(accessToken),
       "content-type": "application/json",
       "idempotency-key": key,
     },
     body: JSON.stringify({ amount: 4200, currency: "usd" }),
   });
+}
+
+/** `target` served, its drain 200 ms, then the calls to Stripe in flight waited for. */
+function servedWithShortDrain(target: PaymentsApp) {
+  return serveInProcess(target, {
+    drainTimeoutMs: 200,
+    onDrainTimeout: () => target.services.endInFlight(),
+  });
+}
+
+test("a payment at Stripe when the drain ends is answered with its intent before the connections are cut", async () => {
+  const target = buildPaymentsApp();
+  current = target;
+  const user = await signUp(target);
+  const server = servedWithShortDrain(target);
+  const held = target.stripe.holdNext("/v1/payment_intents");
+  const key = newIdempotencyKey();
+  const answer = askIntent(server.url, user.accessToken, key);
   await held.reached;
   const stopped = server.shutdown("test");
   // Stripe answers well after the drain's 200 ms and the half second connections get to leave.
@@ -69,10 +79,7 @@ test("a refund whose call at Stripe is answered after the drain by a server erro
   const target = buildPaymentsApp();
   current = target;
   const { admin, id } = await paidPayment(target, 3000);
-  const server = serveInProcess(target, {
-    drainTimeoutMs: 200,
-    onDrainTimeout: () => target.services.endInFlight(),
-  });
+  const server = servedWithShortDrain(target);
   const refund = () =>
     fetch(new URL(`/api/admin/payments/${id}/refund`, server.url), {
       method: "POST",
@@ -153,21 +160,10 @@ test("a request that claims an Idempotency-Key given back after the stop's wait 
   const target = buildPaymentsApp();
   current = target;
   const user = await signUp(target);
-  const server = serveInProcess(target, {
-    drainTimeoutMs: 200,
-    onDrainTimeout: () => target.services.endInFlight(),
-  });
+  const server = servedWithShortDrain(target);
   const key = newIdempotencyKey();
   const ask = () =>
-    fetch(new URL("/api/payments/intents", server.url), {
-      method: "POST",
-      headers: {
-        ...bearer(user.accessToken),
-        "content-type": "application/json",
-        "idempotency-key": key,
-      },
-      body: JSON.stringify({ amount: 4200, currency: "usd" }),
-    }).then(
+    askIntent(server.url, user.accessToken, key).then(
       (response) => response.status,
       () => "cut",
     );
