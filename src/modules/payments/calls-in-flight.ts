@@ -45,8 +45,8 @@ export function trackedGateway(gateway: PaymentGateway): TrackedGateway {
         track(() => gateway.createIntent(request, idempotencyKey)),
       refund: (paymentIntentId, amount, idempotencyKey) =>
         track(() => gateway.refund(paymentIntentId, amount, idempotencyKey)),
-      refundMadeUnder: (paymentIntentId, amount, idempotencyKey) =>
-        track(() => gateway.refundMadeUnder(paymentIntentId, amount, idempotencyKey)),
+      refundMadeUnder: (paymentIntentId, amount, idempotencyKey, walked) =>
+        track(() => gateway.refundMadeUnder(paymentIntentId, amount, idempotencyKey, walked)),
     },
     async settled(withinMs = STRIPE_DRAIN_MS) {
       const until = performance.now() + withinMs;

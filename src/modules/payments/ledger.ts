@@ -5,7 +5,7 @@
  * records the event id), so the dedupe record and the effect commit together or not at all; it
  * returns what to audit and count once that transaction has committed.
  */
-import { and, desc, eq, gte, lt, lte, sql } from "drizzle-orm";
+import { and, desc, eq, gte, isNull, lt, lte, sql } from "drizzle-orm";
 import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
@@ -22,7 +22,7 @@ import {
   paymentTamperReporter,
 } from "./seal";
 import { mayMove, type PaymentStatus } from "./status";
-import { storedUndecided, type UndecidedRefund } from "./undecided-refund";
+import { storedUndecided, type UndecidedRefund, undecidedOf } from "./undecided-refund";
 
 export type PaymentRow = typeof payments.$inferSelect;
 
@@ -293,33 +293,37 @@ export class PaymentLedger {
   }
 
   /**
-   * Ends a refund's claim as `releaseRefund` does, keeping the refund whose outcome Stripe never
-   * told (undecided-refund.ts) for the next refund of the payment to settle.
+   * The payment's refunds whose outcome Stripe has not told (undecided-refund.ts), as `stored`
+   * holds them: none for none, null for a value Palisade did not store (written into the file).
    */
-  releaseUndecided(id: string, claim: number, undecided: UndecidedRefund): void {
-    this.db.transaction(
-      () => {
-        this.db
-          .update(payments)
-          .set({ refundUndecided: storedUndecided(undecided) })
-          .where(eq(payments.id, id))
-          .run();
-        this.releaseRefund(id, claim);
-      },
-      { behavior: "immediate" },
-    );
+  undecidedOf(id: string, stored: string | null): UndecidedRefund[] | null {
+    if (stored === null) return [];
+    return undecidedOf(stored, id, this.seal.undecidedRefunds);
   }
 
   /**
-   * Forgets the undecided refund `stored` once settled, or keeps it as `keep` (found made); one
-   * stored since is left as it is.
+   * Stores `entries` as the payment's undecided refunds, if the row still holds `expected` (what
+   * the caller read); whether it did.
    */
-  settledUndecided(id: string, stored: string, keep: UndecidedRefund | null): void {
-    this.db
+  writeUndecided(
+    id: string,
+    entries: readonly UndecidedRefund[],
+    expected: string | null,
+  ): boolean {
+    const changed = this.db
       .update(payments)
-      .set({ refundUndecided: keep === null ? null : storedUndecided(keep) })
-      .where(and(eq(payments.id, id), eq(payments.refundUndecided, stored)))
-      .run();
+      .set({ refundUndecided: storedUndecided(id, entries, this.seal.undecidedRefunds) })
+      .where(
+        and(
+          eq(payments.id, id),
+          expected === null
+            ? isNull(payments.refundUndecided)
+            : eq(payments.refundUndecided, expected),
+        ),
+      )
+      .returning({ id: payments.id })
+      .all();
+    return changed.length === 1;
   }
 
   /** The row as recordRefund would leave it (what a refund answers while its write waits). */

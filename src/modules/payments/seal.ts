@@ -18,6 +18,9 @@
  * audit event naming the table and the row (alert `PalisadeDatabaseTampered`). A change Palisade
  * makes to such a row (erasure strips it) never reseals it.
  *
+ * The refunds whose outcome Stripe never told (`refund_undecided`, undecided-refund.ts) carry a
+ * seal of their own, with the same key.
+ *
  * Not sealed: the refund claim and `seq`. Changing those can delay a refund or reorder a list; not
  * change what a payment says. A copy of an older row of the same file, seal and all (a rollback),
  * is not detected.
@@ -64,6 +67,8 @@ export interface SealedIdempotencyKey {
 export interface PaymentSeal {
   payment(row: SealedPayment): string;
   idempotencyKey(row: SealedIdempotencyKey): string;
+  /** A payment's refunds whose outcome Stripe never told, as stored (undecided-refund.ts). */
+  undecidedRefunds(paymentId: string, entries: string): string;
   intact: {
     payment(row: SealedPayment & { seal: string | null }): boolean;
     idempotencyKey(row: SealedIdempotencyKey & { seal: string | null }): boolean;
@@ -98,6 +103,8 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
   return {
     payment,
     idempotencyKey,
+    undecidedRefunds: (paymentId, entries) =>
+      mac(["payment_refunds_undecided", paymentId, entries]),
     intact: {
       payment: (row) => sealMatches(payment(row), row.seal),
       idempotencyKey: (row) => sealMatches(idempotencyKey(row), row.seal),

@@ -45,7 +45,7 @@ import {
   type PaymentGateway,
   REFUNDS_NOT_READ_WHOLE,
 } from "./stripe-client";
-import { type UndecidedRefund, undecidedOf } from "./undecided-refund";
+import { MADE_KEPT_MS, type UndecidedRefund } from "./undecided-refund";
 
 export const CLAIM_LEASE_MS = 120_000;
 
@@ -178,8 +178,8 @@ interface RefundStart {
   refundedBefore: number;
   currency: string;
   row: PaymentRow;
-  /** The payment's undecided refund, as stored (./undecided-refund.ts). */
-  undecided: string | null;
+  /** Its first Stripe idempotency key, as the payment's undecided refunds name it. */
+  key: string;
 }
 
 type Claim =
@@ -243,6 +243,11 @@ async function intentPastKeptErrors(
   }
 }
 
+/** A refund's first Stripe idempotency key: the payment, its refunded total before, the amount. */
+function firstRefundKey(id: string, refundedBefore: number, amount: number): string {
+  return `palisade_refund_${id}_${refundedBefore}_${amount}`;
+}
+
 /** How many refused keys this process remembers where to walk on from (refundPastFailures). */
 const REFUND_WALKS_KEPT = 1_000;
 
@@ -266,7 +271,7 @@ async function refundPastFailures(
   clock: Clock,
   walks: Map<string, string>,
 ): Promise<{ result: Awaited<ReturnType<PaymentGateway["refund"]>>; key: string }> {
-  const first = `palisade_refund_${id}_${refundedBefore}_${amount}`;
+  const first = firstRefundKey(id, refundedBefore, amount);
   const walkUntil = clock.now() + WALK_MS;
   const remember = (place: string) => {
     if (walks.size >= REFUND_WALKS_KEPT && !walks.has(first)) walks.clear();
@@ -731,69 +736,66 @@ export class PaymentService {
     // payment, however long the lock lasted: tried once more here, it is 409 while it waits.
     if (!this.refundWrites.settle(id)) return { kind: "in_progress" };
     const now = this.clock.now();
-    type Start =
+    const context = { requestId: acting.requestId, paymentId: id };
+    type Claimed =
       | RefundStart
-      | Extract<
-          RefundOutcome,
-          { kind: "not_found" | "not_refundable" | "too_much" | "in_progress" | "actor_gone" }
-        >;
-    const start = this.db.transaction(
-      (): Start => {
-        if (acting.stands?.() === false) return { kind: "actor_gone" };
+      | { kind: "settle"; row: PaymentRow; entries: UndecidedRefund[] }
+      | { kind: "answer"; outcome: RefundOutcome };
+    const claimed = this.db.transaction(
+      (): Claimed => {
+        if (acting.stands?.() === false) return { kind: "answer", outcome: { kind: "actor_gone" } };
         const row = this.ledger.find(id);
-        if (!row) return { kind: "not_found" };
-        if (row.status !== "succeeded") return { kind: "not_refundable", status: row.status };
-        if (row.refundStartedAt !== null && claimRuns(row.refundStartedAt, now)) {
-          return { kind: "in_progress" };
+        if (!row) return { kind: "answer", outcome: { kind: "not_found" } };
+        if (row.status !== "succeeded") {
+          return { kind: "answer", outcome: { kind: "not_refundable", status: row.status } };
         }
-        const remaining = row.amount - row.amountRefunded;
-        const wanted = amount ?? remaining;
-        if (wanted > remaining || remaining === 0) return { kind: "too_much", remaining };
-        // Written with the claim, before Stripe is asked: a refund the audit log cannot record is
-        // not made (the row written into this transaction, a failure rolls the claim back). With
-        // the log refusing rows (its id sequence written past 2^53), refunds went on, each with
-        // an error line alone, while a sign-in was refused (probe 60a F-AUD2).
-        this.audit.record({
-          type: "payment.refund.requested",
-          outcome: "info",
-          actor: acting.actor,
-          ip: acting.ip,
-          route: acting.route,
-          requestId: acting.requestId,
-          detail: { paymentId: id, amount: wanted, currency: row.currency },
-        });
-        this.db.update(payments).set({ refundStartedAt: now }).where(eq(payments.id, id)).run();
-        return {
-          kind: "start",
-          amount: wanted,
-          refundedBefore: row.amountRefunded,
-          currency: row.currency,
-          row,
-          undecided: row.refundUndecided,
-        };
+        if (row.refundStartedAt !== null && claimRuns(row.refundStartedAt, now)) {
+          return { kind: "answer", outcome: { kind: "in_progress" } };
+        }
+        const entries = this.undecidedRefunds(row, now);
+        const wanted = amount ?? row.amount - row.amountRefunded;
+        // A retry of a refund found made since its answer was lost is answered with it.
+        const retried = entries.find((entry) => entry.made && entry.amount === wanted);
+        if (retried?.made) {
+          this.auditRequested(acting, row, wanted);
+          this.ledger.writeUndecided(
+            id,
+            entries.filter((entry) => entry !== retried),
+            row.refundUndecided,
+          );
+          return {
+            kind: "answer",
+            outcome: {
+              kind: "refunded",
+              refund: { id: retried.made.id, amount: retried.amount, status: retried.made.status },
+              payment: viewOf(row),
+            },
+          };
+        }
+        // Refunds whose outcome was never told are asked about before anything else is decided:
+        // a retry of one counted meanwhile by charge.refunded was refused as too much (probe 60c F5).
+        if (entries.some((entry) => entry.made === undefined)) {
+          this.auditRequested(acting, row, wanted);
+          this.claimRefund(id, now);
+          return { kind: "settle", row, entries };
+        }
+        return this.startRefund(id, row, amount, entries, now, acting);
       },
       { behavior: "immediate" },
     );
-    if (start.kind !== "start") return start;
+    if (claimed.kind === "answer") return claimed.outcome;
     // This refund's claim: its end clears only this claim, never one a later refund took.
     const claim = now;
-    const context = { requestId: acting.requestId, paymentId: id };
-    // A refund of this payment whose outcome Stripe never told is settled first (./undecided-refund.ts).
-    let forget: string | null = null;
-    if (start.undecided !== null) {
-      const settled = await this.settleUndecided(
-        gateway,
-        start.undecided,
-        id,
-        start,
-        claim,
-        acting,
-      );
-      if ("kind" in settled) return settled;
-      forget = settled.forget;
+    let start: RefundStart;
+    if (claimed.kind === "settle") {
+      const settled = await this.settleUndecided(gateway, claimed, amount, claim, acting);
+      if (settled.kind !== "start") return settled;
+      start = settled;
+    } else {
+      start = claimed;
     }
 
-    const { result, key } = await refundPastFailures(
+    const { result } = await refundPastFailures(
       gateway,
       id,
       start.refundedBefore,
@@ -806,12 +808,10 @@ export class PaymentService {
         { ...context, kind: result.kind, reason: result.reason },
         "stripe did not make the refund",
       );
-      // Refused (a 4xx), Stripe made nothing; anything else may have made it.
-      const undecided =
-        result.kind === "refused"
-          ? null
-          : { key, amount: start.amount, before: start.refundedBefore };
-      this.writeOrWait(id, () => this.endClaim(id, claim, forget, undecided), context);
+      // Refused (a 4xx), Stripe made nothing; anything else may have made it, and the refund
+      // stays among the payment's undecided ones.
+      const decided = result.kind === "refused";
+      this.writeOrWait(id, () => this.endClaim(id, claim, decided ? start.key : null), context);
       return result;
     }
     // Only a `succeeded` refund is money returned. A `pending` one (or `requires_action`) is
@@ -822,124 +822,239 @@ export class PaymentService {
         { ...context, refundId: result.id, status: result.status },
         "stripe reported the refund as not made",
       );
-      this.writeOrWait(id, () => this.endClaim(id, claim, forget, null), context);
+      this.writeOrWait(id, () => this.endClaim(id, claim, start.key), context);
       return { ok: false, kind: "refused", reason: `refund ${result.status}` };
     }
-    return this.madeRefund(id, start, claim, result, start.refundedBefore, acting, {
-      forget,
-      keep: null,
-    });
+    return this.madeRefund(id, start, claim, result, acting);
   }
 
   /**
-   * Settles the undecided refund `stored` of the payment (./undecided-refund.ts) by reading the
-   * payment's refunds for the one made under its key. Made, it is recorded and audited, and it is
-   * the answer to a retry of its amount (replayed); a refund of another amount is told so (409),
-   * and it stays kept, made, for the retry of its own amount. Not made (or no refund Palisade
-   * stored), the refund asked for goes on, and ends it (`forget`). Refunds that cannot be read
-   * leave it undecided: 503.
+   * The payment's refunds whose outcome Stripe has not told (./undecided-refund.ts), those found
+   * made more than a day ago left out. One value Palisade did not store is reported and read as
+   * none.
+   */
+  private undecidedRefunds(row: PaymentRow, now: number): UndecidedRefund[] {
+    const entries = this.ledger.undecidedOf(row.id, row.refundUndecided);
+    if (entries === null) {
+      this.logger.error(
+        { paymentId: row.id },
+        "the payment's undecided refunds are none Palisade stored (written into the database file); they are ignored",
+      );
+      return [];
+    }
+    return entries.filter((entry) => !entry.made || now - entry.made.at < MADE_KEPT_MS);
+  }
+
+  /** The must-keep row of a refund asked for, in the claim's transaction (probe 60a F-AUD2). */
+  private auditRequested(acting: ActingRequest, row: PaymentRow, amount: number): void {
+    // Written before Stripe is asked: a refund the audit log cannot record is not made (a
+    // failure rolls the claim back). With the log refusing rows (its id sequence written past
+    // 2^53), refunds went on, each with an error line alone, while a sign-in was refused.
+    this.audit.record({
+      type: "payment.refund.requested",
+      outcome: "info",
+      actor: acting.actor,
+      ip: acting.ip,
+      route: acting.route,
+      requestId: acting.requestId,
+      detail: { paymentId: row.id, amount, currency: row.currency },
+    });
+  }
+
+  private claimRefund(id: string, now: number): void {
+    this.db.update(payments).set({ refundStartedAt: now }).where(eq(payments.id, id)).run();
+  }
+
+  /**
+   * Inside the claim's transaction: checks the amount against what is left, claims the payment
+   * (if not claimed already: `claimed`) and writes the refund among its undecided ones before
+   * Stripe is asked, so a stop or a crash while Stripe works leaves it to be asked about (probe
+   * 60c F2).
+   */
+  private startRefund(
+    id: string,
+    row: PaymentRow,
+    amount: number | undefined,
+    entries: UndecidedRefund[],
+    now: number,
+    acting: ActingRequest,
+    claimed = false,
+  ): RefundStart | { kind: "answer"; outcome: RefundOutcome } {
+    const remaining = row.amount - row.amountRefunded;
+    const wanted = amount ?? remaining;
+    if (wanted > remaining || remaining === 0) {
+      if (claimed) this.ledger.writeUndecided(id, entries, row.refundUndecided);
+      return { kind: "answer", outcome: { kind: "too_much", remaining } };
+    }
+    if (!claimed) {
+      this.auditRequested(acting, row, wanted);
+      this.claimRefund(id, now);
+    }
+    const key = firstRefundKey(id, row.amountRefunded, wanted);
+    const own = { key, amount: wanted, before: row.amountRefunded };
+    this.ledger.writeUndecided(
+      id,
+      [...entries.filter((entry) => entry.key !== key), own],
+      row.refundUndecided,
+    );
+    return {
+      kind: "start",
+      amount: wanted,
+      refundedBefore: row.amountRefunded,
+      currency: row.currency,
+      row,
+      key,
+    };
+  }
+
+  /**
+   * Asks Stripe about each of the payment's refunds whose outcome was never told (a refund made
+   * under its first key or one walked to from it). Not made, it goes. Made, it is recorded and
+   * audited, and kept, made, for a day: the answer to a retry of its amount (this request's, if
+   * its amount is that); a refund of another amount that found one is told so (409, the admin
+   * asks again knowing of it). Refunds that cannot be read leave them as they were: 503. Then the
+   * refund asked for starts as any does.
    */
   private async settleUndecided(
     gateway: PaymentGateway,
-    stored: string,
-    id: string,
-    start: RefundStart,
+    claimed: { row: PaymentRow; entries: UndecidedRefund[] },
+    amount: number | undefined,
     claim: number,
     acting: ActingRequest,
-  ): Promise<RefundOutcome | { forget: string | null }> {
+  ): Promise<RefundStart | RefundOutcome> {
+    const { row } = claimed;
+    const id = row.id;
     const context = { requestId: acting.requestId, paymentId: id };
-    const undecided = undecidedOf(stored, id);
-    if (undecided === null) {
-      this.logger.error(
-        context,
-        "the payment's undecided refund is none Palisade stored (written into the database file); it is ignored",
+    const release = () => this.writeOrWait(id, () => this.ledger.releaseRefund(id, claim), context);
+    const entries: UndecidedRefund[] = [];
+    const found: { entry: UndecidedRefund; refund: CreatedRefund }[] = [];
+    for (const entry of claimed.entries) {
+      if (entry.made) {
+        entries.push(entry);
+        continue;
+      }
+      const listed = await gateway.refundMadeUnder(id, entry.amount, entry.key, true);
+      if (!listed.ok && listed.kind === "unavailable") {
+        release();
+        return listed;
+      }
+      if (!listed.ok) {
+        this.logger.error(
+          { ...context, reason: listed.reason },
+          "the refund Stripe lists under an undecided refund's key is not that refund; it is left",
+        );
+        continue;
+      }
+      const refund = listed.refund;
+      if (refund === null || refund.status === "failed" || refund.status === "canceled") continue;
+      this.logger.info(
+        { ...context, refundId: refund.id, amount: refund.amount },
+        "a refund whose answer was lost was made by Stripe: recorded now",
       );
-      return { forget: stored };
-    }
-    const { made } = undecided;
-    if (made !== undefined) {
-      // Found made by a refund of another amount: kept for a retry of its own, for a day.
-      if (this.clock.now() - made.at >= IDEMPOTENCY_RETENTION_MS) return { forget: stored };
-      if (undecided.amount !== start.amount) return { forget: null };
-      this.writeOrWait(id, () => this.endClaim(id, claim, stored, null), context);
-      return {
-        kind: "refunded",
-        refund: { id: made.id, amount: undecided.amount, status: made.status },
-        payment: viewOf(start.row),
+      const made = {
+        ...entry,
+        made: { id: refund.id, status: refund.status, at: this.clock.now() },
       };
+      entries.push(made);
+      found.push({ entry: made, refund });
     }
-    const found = await gateway.refundMadeUnder(id, undecided.amount, undecided.key);
-    if (!found.ok && found.kind === "unavailable") {
-      this.writeOrWait(id, () => this.ledger.releaseRefund(id, claim), context);
-      return found;
-    }
-    if (!found.ok) {
-      this.logger.error(
-        { ...context, reason: found.reason },
-        "the refund Stripe lists under the payment's undecided refund's key is not that refund; it is ignored",
+    let next: RefundStart | { kind: "answer"; outcome: RefundOutcome };
+    try {
+      next = this.db.transaction(
+        () => {
+          const now = this.clock.now();
+          for (const { entry, refund } of found) {
+            if (refund.status !== "succeeded") continue;
+            const recorded = this.ledger.recordRefund(id, entry.before + refund.amount, now, null);
+            if (recorded.kind === "recorded" && recorded.entered) {
+              this.metrics.payments.labels(recorded.entered).inc();
+            }
+          }
+          const current = this.ledger.find(id);
+          if (!current) {
+            this.ledger.releaseRefund(id, claim);
+            return { kind: "answer", outcome: { kind: "not_found" } } as const;
+          }
+          const wanted = amount ?? current.amount - current.amountRefunded;
+          const retried = entries.find((entry) => entry.made && entry.amount === wanted);
+          const newlyMade = found[0];
+          if (retried?.made || newlyMade) {
+            this.ledger.writeUndecided(
+              id,
+              entries.filter((entry) => entry !== retried),
+              current.refundUndecided,
+            );
+            this.ledger.releaseRefund(id, claim);
+            const shown = retried?.made ? retried : newlyMade!.entry;
+            const refund = {
+              id: shown.made!.id,
+              amount: shown.amount,
+              status: shown.made!.status,
+            };
+            const payment = viewOf(current);
+            return {
+              kind: "answer",
+              outcome: retried?.made
+                ? { kind: "refunded", refund, payment }
+                : { kind: "earlier_refund_made", refund, payment },
+            } as const;
+          }
+          return this.startRefund(id, current, amount, entries, now, acting, true);
+        },
+        { behavior: "immediate" },
       );
-      return { forget: stored };
+    } catch (error) {
+      release();
+      throw error;
     }
-    const refund = found.refund;
-    if (refund === null || refund.status === "failed" || refund.status === "canceled") {
-      return { forget: stored };
+    for (const { refund } of found) this.auditRefund(acting, id, row.currency, refund);
+    if (next.kind === "answer") {
+      if (next.outcome.kind === "too_much") release();
+      return next.outcome;
     }
-    this.logger.info(
-      { ...context, refundId: refund.id, amount: refund.amount },
-      "a refund whose answer was lost was made by Stripe: recorded now",
-    );
-    const retried = undecided.amount === start.amount;
-    const keep = retried
-      ? null
-      : { ...undecided, made: { id: refund.id, status: refund.status, at: this.clock.now() } };
-    const outcome = this.madeRefund(id, start, claim, refund, undecided.before, acting, {
-      forget: stored,
-      keep,
-    });
-    if (retried || outcome.kind !== "refunded") return outcome;
-    return { kind: "earlier_refund_made", refund: outcome.refund, payment: outcome.payment };
+    return next;
   }
 
   /**
-   * Ends the refund's claim; keeps `undecided` for the next refund to settle, or forgets the one
-   * it settled (`forget`, as stored).
+   * Ends the refund's claim; takes the refund off the payment's undecided ones (`decided`, its
+   * first key) when Stripe has said what it made of it.
    */
-  private endClaim(
-    id: string,
-    claim: number,
-    forget: string | null,
-    undecided: UndecidedRefund | null,
-  ): void {
-    if (undecided !== null) {
-      this.ledger.releaseUndecided(id, claim, undecided);
-      return;
-    }
+  private endClaim(id: string, claim: number, decided: string | null): void {
     this.db.transaction(
       () => {
-        if (forget !== null) this.ledger.settledUndecided(id, forget, null);
+        if (decided !== null) this.dropUndecided(id, decided);
         this.ledger.releaseRefund(id, claim);
       },
       { behavior: "immediate" },
     );
   }
 
+  /** Takes the refund whose first key is `key` off the payment's undecided ones. */
+  private dropUndecided(id: string, key: string): void {
+    const row = this.ledger.find(id);
+    if (!row || row.refundUndecided === null) return;
+    const entries = this.ledger.undecidedOf(id, row.refundUndecided);
+    if (entries === null) return;
+    this.ledger.writeUndecided(
+      id,
+      entries.filter((entry) => entry.key !== key),
+      row.refundUndecided,
+    );
+  }
+
   /**
-   * A refund Stripe made (or has pending) from the refunded total `refundedBefore`: recorded (a
-   * `succeeded` one counted), its claim ended, the undecided refund it settles (`forget`, as
-   * stored) forgotten or kept as `keep`, audited once, and answered.
+   * A refund Stripe made (or has pending): recorded (a `succeeded` one counted), taken off the
+   * payment's undecided ones, its claim ended, audited once, and answered.
    */
   private madeRefund(
     id: string,
     start: RefundStart,
     claim: number,
     result: CreatedRefund,
-    refundedBefore: number,
     acting: ActingRequest,
-    undecided: { forget: string | null; keep: UndecidedRefund | null },
   ): RefundOutcome {
-    const { forget, keep } = undecided;
     const settled = result.status === "succeeded";
-    const refundedTotal = refundedBefore + result.amount;
+    const refundedTotal = start.refundedBefore + result.amount;
     const made = {
       requestId: acting.requestId,
       paymentId: id,
@@ -951,7 +1066,7 @@ export class PaymentService {
       () => {
         const entered = this.db.transaction(
           () => {
-            if (forget !== null) this.ledger.settledUndecided(id, forget, keep);
+            this.dropUndecided(id, start.key);
             if (!settled) return this.ledger.releaseRefund(id, claim);
             const recorded = this.ledger.recordRefund(id, refundedTotal, this.clock.now(), claim);
             if (recorded.kind === "absent") {
@@ -971,26 +1086,7 @@ export class PaymentService {
       },
       made,
     );
-    // Queued in the audit log while the database is locked, and written once the lock goes. A
-    // refund Stripe replayed was audited when it was answered first, unless that answer was lost.
-    const auditedBefore = result.replayed && this.refundAudited(result.id);
-    if (!auditedBefore) {
-      recordDone(this.audit, this.logger, {
-        type: "payment.refund",
-        outcome: settled ? "success" : "info",
-        actor: acting.actor,
-        ip: acting.ip,
-        route: acting.route,
-        requestId: acting.requestId,
-        detail: {
-          paymentId: id,
-          refundId: result.id,
-          amount: result.amount,
-          currency: start.currency,
-          status: result.status,
-        },
-      });
-    }
+    this.auditRefund(acting, id, start.currency, result);
     return {
       kind: "refunded",
       refund: { id: result.id, amount: result.amount, status: result.status },
@@ -998,6 +1094,35 @@ export class PaymentService {
       // again, so neither a lock nor a row changed meanwhile turns a refund made into an error.
       payment: viewOf(settled ? this.ledger.afterRefund(start.row, refundedTotal) : start.row),
     };
+  }
+
+  /**
+   * The refund's `payment.refund` row, once: a refund Stripe replayed was audited when it was
+   * answered first, unless that answer was lost. Queued in the audit log while the database is
+   * locked, and written once the lock goes.
+   */
+  private auditRefund(
+    acting: ActingRequest,
+    id: string,
+    currency: string,
+    refund: CreatedRefund,
+  ): void {
+    if (refund.replayed && this.refundAudited(refund.id)) return;
+    recordDone(this.audit, this.logger, {
+      type: "payment.refund",
+      outcome: refund.status === "succeeded" ? "success" : "info",
+      actor: acting.actor,
+      ip: acting.ip,
+      route: acting.route,
+      requestId: acting.requestId,
+      detail: {
+        paymentId: id,
+        refundId: refund.id,
+        amount: refund.amount,
+        currency,
+        status: refund.status,
+      },
+    });
   }
 
   /**

@@ -77,11 +77,13 @@ export interface PaymentGateway {
    * metadata), found among the payment's refunds; null when Stripe holds none: the request behind
    * a server error Stripe keeps did not make one. A failure when the payment's refunds cannot all
    * be read, or the one under the key is not a refund of the payment and the amount asked for.
+   * `walked`: a refund made under a key walked to from this one counts too (a made one first).
    */
   refundMadeUnder(
     paymentIntentId: string,
     amount: number,
     idempotencyKey: string,
+    walked?: boolean,
   ): Promise<GatewayResult<{ refund: CreatedRefund | null }>>;
 }
 
@@ -274,6 +276,7 @@ export class StripeGateway implements PaymentGateway {
     paymentIntentId: string,
     amount: number,
     idempotencyKey: string,
+    walked = false,
   ): Promise<GatewayResult<{ refund: CreatedRefund | null }>> {
     let listed: Stripe.ApiList<Stripe.Refund>;
     try {
@@ -287,9 +290,20 @@ export class StripeGateway implements PaymentGateway {
     if (!Array.isArray(listed.data)) {
       return { ok: false, kind: "bad_response", reason: "refund list" };
     }
-    const made = listed.data.find(
-      (refund) => refund?.metadata?.[REFUND_KEY_METADATA] === idempotencyKey,
-    );
+    // With `walked`, a refund under a key the walk went on to from this one counts too
+    // (`…_after_error`, `…_after_<refund id>`), one Stripe made before one it refused.
+    const keyOf = (refund: Stripe.Refund | undefined) => refund?.metadata?.[REFUND_KEY_METADATA];
+    const under = (refund: Stripe.Refund | undefined) => {
+      const key = keyOf(refund);
+      return (
+        key === idempotencyKey ||
+        (walked && typeof key === "string" && key.startsWith(`${idempotencyKey}_after_`))
+      );
+    };
+    const refused = (refund: Stripe.Refund | undefined) =>
+      refund?.status === "failed" || refund?.status === "canceled";
+    const made =
+      listed.data.find((refund) => under(refund) && !refused(refund)) ?? listed.data.find(under);
     if (made === undefined) {
       // Not among those read: with more left unread, it may be among them.
       if (listed.has_more !== false) {

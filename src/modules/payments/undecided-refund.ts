@@ -1,50 +1,58 @@
 /**
  * @module
- * A refund whose outcome Palisade never heard. A refund's Stripe idempotency key is derived from
+ * Refunds whose outcome Palisade has not heard. A refund's Stripe idempotency key is derived from
  * the payment, its refunded total and the amount, so a retry is that refund again only while the
  * total stands; a refund Stripe made behind a timeout or a server error, and that
  * `charge.refunded` (or another refund) then counted, was made a second time by the retry its 503
- * asked for, under the key of the new total (probe 60a F-DUP). Such a refund is now kept on the
- * payment's row (`refund_undecided`) until the next refund of the payment has asked Stripe
- * whether it was made. Not made, the next refund goes on as asked. Made, it is recorded and
- * audited, and is the answer to a retry of its amount; a refund of another amount that found it is
- * told so (409), and it stays kept, made, for the retry of its own amount (within the 24 hours
- * Stripe keeps a key, after which a refund of that amount is a new one).
+ * asked for, under the key of the new total (probe 60a F-DUP).
+ *
+ * So every refund is written on the payment's row (`refund_undecided`) with its claim, before
+ * Stripe is asked, and taken off once Stripe has said what it made of it: one whose answer never
+ * came (a timeout, a server error, a stop or a crash while Stripe worked: probe 60c F2) stays. The
+ * next refund of the payment first asks Stripe about each one left (a refund made under its first
+ * key or a key walked to from it). Not made, it goes. Made, it is recorded and audited, and kept,
+ * made, for a day (as long as Stripe keeps a key): the answer to a retry of its amount. Several are
+ * kept at once (probe 60c F1: one kept made was overwritten by a later refund's). The list is
+ * sealed with the payment seals' key: one written into the file (a forged refund id answered as
+ * made, a `before` that raised the sealed refunded total: probe 60c F3, F4) is ignored.
  */
+import { sealMatches } from "../../db/row-seal";
 import { isStripeId } from "./ids";
 
 export interface UndecidedRefund {
-  /** The last Stripe idempotency key the refund was asked under. */
+  /** The first Stripe idempotency key the refund was asked under. */
   key: string;
   amount: number;
   /** The refunded total it started from. */
   before: number;
-  /** Found made (and recorded) by a refund of another amount: its id and status, and when. */
+  /** Found made (and recorded): its id and status, and when. */
   made?: { id: string; status: string; at: number };
 }
 
-/** The stored form of `undecided` (the `refund_undecided` column). */
-export function storedUndecided(undecided: UndecidedRefund): string {
-  return JSON.stringify(undecided);
+/** At most this many are kept on a payment: the oldest go first. */
+export const MAX_UNDECIDED_REFUNDS = 10;
+
+/** How long a refund found made stays the answer to a retry of its amount: Stripe keeps a key a day. */
+export const MADE_KEPT_MS = 24 * 60 * 60 * 1000;
+
+/** The stored form of `entries`: null for none. */
+export function storedUndecided(
+  paymentId: string,
+  entries: readonly UndecidedRefund[],
+  seal: (paymentId: string, entries: string) => string,
+): string | null {
+  if (entries.length === 0) return null;
+  const kept = JSON.stringify(entries.slice(-MAX_UNDECIDED_REFUNDS));
+  return JSON.stringify({ entries: JSON.parse(kept), seal: seal(paymentId, kept) });
 }
 
 const isCount = (value: unknown): value is number =>
   typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
 
-/**
- * The undecided refund `stored` names for payment `id`, or null when it is no refund Palisade
- * stored for that payment (written into the file: a key of another payment, numbers that are not
- * counts, text that is not JSON).
- */
-export function undecidedOf(stored: string, id: string): UndecidedRefund | null {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(stored);
-  } catch {
-    return null;
-  }
-  if (parsed === null || typeof parsed !== "object") return null;
-  const { key, amount, before, made } = parsed as Record<string, unknown>;
+/** One entry as Palisade writes it for payment `id`, or null. */
+function entryOf(value: unknown, id: string): UndecidedRefund | null {
+  if (value === null || typeof value !== "object") return null;
+  const { key, amount, before, made } = value as Record<string, unknown>;
   if (typeof key !== "string" || !key.startsWith(`palisade_refund_${id}_`) || key.length > 512) {
     return null;
   }
@@ -61,4 +69,27 @@ export function undecidedOf(stored: string, id: string): UndecidedRefund | null 
   }
   if (!isCount(at)) return null;
   return { key, amount, before, made: { id: refundId, status, at } };
+}
+
+/**
+ * The refunds `stored` keeps for payment `id`, or null when it is none Palisade stored (its seal
+ * does not match, or it is not the shape written).
+ */
+export function undecidedOf(
+  stored: string,
+  id: string,
+  seal: (paymentId: string, entries: string) => string,
+): UndecidedRefund[] | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(stored);
+  } catch {
+    return null;
+  }
+  if (parsed === null || typeof parsed !== "object") return null;
+  const { entries, seal: stamp } = parsed as Record<string, unknown>;
+  if (!Array.isArray(entries) || typeof stamp !== "string") return null;
+  if (!sealMatches(seal(id, JSON.stringify(entries)), stamp)) return null;
+  const read = entries.map((entry) => entryOf(entry, id));
+  return read.every((entry) => entry !== null) ? (read as UndecidedRefund[]) : null;
 }

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { secondProcess, send } from "../../support/app";
-import { bearer } from "../../support/auth";
+import { bearer, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
 import {
   auditRows,
@@ -53,6 +53,24 @@ async function chargeRefunded(target: PaymentsApp, id: string, total: number) {
   expect(delivered.status).toBe(200);
 }
 
+/** Stripe made a refund under `key`, whose answer Palisade never had. */
+async function refundMadeAtStripeUnder(target: PaymentsApp, id: string, key: string) {
+  const made = await fetch(`${target.stripe.url}${REFUNDS}`, {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${STRIPE_TEST_KEY}`,
+      "content-type": "application/x-www-form-urlencoded",
+      "idempotency-key": key,
+    },
+    body: new URLSearchParams({
+      payment_intent: id,
+      amount: "1000",
+      "metadata[palisade_key]": key,
+    }).toString(),
+  });
+  expect(made.status).toBe(200);
+}
+
 const storedUndecided = (target: PaymentsApp, id: string) =>
   target.db.$client
     .query<{ undecided: string | null; refunded: number }, [string]>(
@@ -77,10 +95,9 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
       script();
       const first = await refund(id, admin, 1000);
       expect(first.status).toBe(503);
-      expect(JSON.parse(storedUndecided(current, id)!.undecided!)).toMatchObject({
-        amount: 1000,
-        before: 0,
-      });
+      expect(JSON.parse(storedUndecided(current, id)!.undecided!).entries).toMatchObject([
+        { amount: 1000, before: 0 },
+      ]);
       await chargeRefunded(current, id, 1000);
       const retried = await refund(id, admin, 1000);
       expect(retried.status).toBe(200);
@@ -143,21 +160,16 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
   });
 
   test("one found made is kept for a retry of its amount for a day, not longer", async () => {
-    current = buildPaymentsApp();
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
     const { admin, id } = await paidPayment(current, 5000);
     current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
     expect((await refund(id, admin, 1000)).status).toBe(503);
     expect((await refund(id, admin, 300)).status).toBe(409);
-    // Found made a day ago (the day moved back in the file, as a session would expire).
-    const kept = JSON.parse(storedUndecided(current, id)!.undecided!);
-    kept.made.at -= 24 * 60 * 60 * 1000;
-    current.db.$client.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [
-      JSON.stringify(kept),
-      id,
-    ]);
-    expect((await refund(id, admin, 1000)).status).toBe(200);
+    clock.advance(24 * 60 * 60 * 1000);
+    const later = await signUp(current, { role: "admin" });
+    expect((await refund(id, later, 1000)).status).toBe(200);
     expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([1000, 1000]);
-    expect(storedUndecided(current, id)!.undecided).toBeNull();
   });
 
   test("one Stripe did not make: the retry makes it once; refunds that cannot be read leave it kept (503)", async () => {
@@ -187,33 +199,106 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
     expect(storedUndecided(current, id)!.undecided).toBeNull();
   });
 
-  test("an undecided refund written into the database file is ignored and logged: another payment's key, a made refund's forged id, text that is not JSON", async () => {
+  test("undecided refunds written into the database file are ignored and logged: unsealed, under another seal, a forged refund id answered as made, a `before` that would raise the refunded total, text that is not JSON (probe 60c F3, F4)", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 5000);
-    const other = await paidPayment(current, 5000);
+    // A genuine list, sealed, to copy the seal from.
+    current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+    expect((await refund(id, admin, 100)).status).toBe(503);
+    const genuine = JSON.parse(storedUndecided(current, id)!.undecided!) as {
+      entries: { key: string }[];
+      seal: string;
+    };
+    const key = genuine.entries[0]!.key;
     const forged = [
-      JSON.stringify({ key: `palisade_refund_${other.id}_0_1000`, amount: 1000, before: 0 }),
+      JSON.stringify({ entries: [{ key, amount: 100, before: 4900 }] }),
+      JSON.stringify({ entries: [{ key, amount: 100, before: 4900 }], seal: genuine.seal }),
       JSON.stringify({
-        key: `palisade_refund_${id}_0_1000`,
-        amount: 1000,
-        before: 0,
-        made: { id: "not a refund id", status: "succeeded", at: Date.now() },
+        entries: [
+          {
+            key,
+            amount: 100,
+            before: 0,
+            made: { id: "re_Forged0123456789", status: "succeeded", at: Date.now() },
+          },
+        ],
+        seal: genuine.seal,
       }),
       "{",
     ];
-    let expected = 0;
+    let made = 0;
     for (const stored of forged) {
       current.db.$client.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [stored, id]);
-      expect((await refund(id, admin, 1000)).status).toBe(200);
-      expected += 1;
-      expect(await stripeRefundsOf(current, id)).toHaveLength(expected);
-      expect(storedUndecided(current, id)!.undecided).toBeNull();
+      const answered = await refund(id, admin, 100);
+      expect(answered.status).toBe(200);
+      made += 1;
+      expect(((await answered.json()) as { refund: { id: string } }).refund.id).not.toBe(
+        "re_Forged0123456789",
+      );
+      expect(await stripeRefundsOf(current, id)).toHaveLength(made);
+      expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 100 * made });
     }
     const ignored = current.logs.entries.filter((entry) =>
-      String(entry.msg).startsWith("the payment's undecided refund is none Palisade stored"),
+      String(entry.msg).startsWith("the payment's undecided refunds are none Palisade stored"),
     );
-    expect(ignored).toHaveLength(3);
-    expect(await stripeRefundsOf(current, other.id)).toHaveLength(0);
+    expect(ignored).toHaveLength(forged.length);
+  });
+
+  test("a refund is among the payment's undecided ones before Stripe is asked: a stop or a crash while Stripe works leaves it to be asked about, and the retry in another process after the claim's lease is that refund (probe 60c F2)", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 5000);
+    const held = current.stripe.holdNext(REFUNDS);
+    const first = refund(id, admin, 1000);
+    await held.reached;
+    expect(JSON.parse(storedUndecided(current, id)!.undecided!).entries).toMatchObject([
+      { key: `palisade_refund_${id}_0_1000`, amount: 1000, before: 0 },
+    ]);
+    // The process is gone (its answer never written); Stripe made the refund; charge.refunded.
+    await refundMadeAtStripeUnder(current, id, `palisade_refund_${id}_0_1000`);
+    await chargeRefunded(current, id, 1000);
+    clock.advance(3 * 60_000);
+    const other = secondProcess(current, clock);
+    try {
+      const later = await signUp(current, { role: "admin" });
+      const retried = await send(other, `/api/admin/payments/${id}/refund`, {
+        body: { amount: 1000 },
+        headers: bearer(later.accessToken),
+      });
+      expect(retried.status).toBe(200);
+    } finally {
+      other.close();
+    }
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+    held.release();
+    await first;
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  });
+
+  test("a refund found made stays the answer to a retry of its amount while later refunds of other amounts are left undecided too (probe 60c F1)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    expect((await refund(id, admin, 300)).status).toBe(409);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 300)).status).toBe(503);
+    const retried = await refund(id, admin, 1000);
+    expect(retried.status).toBe(200);
+    expect((await refund(id, admin, 300)).status).toBe(200);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount).sort()).toEqual([1000, 300]);
+    expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 1300 });
+  });
+
+  test("a retry of a refund charge.refunded counted is that refund, not 422 too much (probe 60c F5)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 3000)).status).toBe(503);
+    await chargeRefunded(current, id, 3000);
+    expect((await refund(id, admin, 3000)).status).toBe(200);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+    expect(auditRows(current, "payment.refund")).toHaveLength(1);
   });
 
   test("two processes on one file: the retry in the other process settles it the same way", async () => {
