@@ -31,8 +31,19 @@ export function chatContributor(service: ChatService): PrivacyContributor {
     // written since, and the usage.
     eraseAhead: (userId, { actors }) => {
       const owners = ownersOfUser(userId, actors);
+      // The parts the rows there now take, twice over (turns the user still makes meanwhile, an
+      // owner's part ending early), and a few: a trigger written into the file that puts back
+      // each row deleted had the erasure go on for ever, a part every 20 ms (probe 60c F7).
+      const partsAllowed =
+        2 * Math.ceil(service.chatRowsOf(owners) / CHAT_ROWS_AHEAD_PART) + owners.length + 2;
+      let parts = 0;
       let next = 0;
       return () => {
+        if (parts++ >= partsAllowed) {
+          throw new Error(
+            `an erasure's parts ahead of it took ${partsAllowed} parts and the chat rows are not all gone: rows keep coming back (a trigger written into the database file?)`,
+          );
+        }
         next = service.eraseSomeChat(owners, next, CHAT_ROWS_AHEAD_PART);
         return next >= owners.length;
       };

@@ -1295,6 +1295,24 @@ export class ChatService implements ChatTurns {
   }
 
   /**
+   * How many chat rows (conversations and their messages) the owners hold now: what an erasure's
+   * parts ahead of it are bounded by (privacy.ts).
+   */
+  chatRowsOf(owners: readonly ChatOwner[]): number {
+    const { sqlite } = this.options;
+    const count = sqlite.query<{ rows: number }, [string, string]>(
+      `SELECT (SELECT count(*) FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2)
+        + (SELECT count(*) FROM chat_messages WHERE conversation_id IN
+            (SELECT id FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2)) AS rows`,
+    );
+    let rows = 0;
+    for (const owner of owners) {
+      for (const id of heldIds(owner)) rows += count.get(owner.kind, id)!.rows;
+    }
+    return rows;
+  }
+
+  /**
    * An erasure's part ahead of it (privacy.ts): up to `batch` rows of the owners' chat from
    * `owners[from]` on, each owner's oldest conversation first: one whose messages fit goes whole
    * (its row and its messages), one that does not loses its oldest messages (a prefix: it still

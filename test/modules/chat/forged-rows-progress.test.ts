@@ -2,7 +2,8 @@
  * Rows someone who can write the database file put there, whose ids JavaScript reads back as other
  * values (text that is no UTF-8 reads as U+FFFD, an integer past 2^53 rounded): an erasure, an
  * export or a retention run that chose rows by the ids it read back deleted or found nothing and
- * asked again for ever (probe 60b F1, F2, F3). Each now ends, and does what it is for.
+ * asked again for ever (probe 60b F1, F2, F3), and so did an erasure whose deleted rows a trigger
+ * wrote again (probe 60c F7). Each now ends, and does what it is for.
  */
 import { afterEach, expect, test } from "bun:test";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../../support/app";
@@ -81,6 +82,27 @@ test("an erasure whose parts ahead of it can delete nothing (a trigger written i
   expect(erased).not.toBe("no answer");
   expect(target.logs.text).toContain("an erasure's parts ahead of it stopped");
   expect(target.logs.text).toContain("deleted none of the chat rows it chose");
+}, 20_000);
+
+test("an erasure whose parts ahead of it see the rows they delete come back (a trigger written into the file) stops them with a line and answers", async () => {
+  target = buildTestApp({ env });
+  const { alice } = await userWithConversation(target);
+  // Each conversation deleted is written again under a longer id: every part deletes its 1,000
+  // rows, and as many are there after it (probe 60c F7: DELETE /api/me never answered).
+  target.db.$client.run(
+    `CREATE TRIGGER conversations_come_back AFTER DELETE ON chat_conversations BEGIN
+       INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at, message_count, seal)
+       VALUES (old.id || 'x', old.owner_kind, old.owner_id, old.created_at, old.updated_at, 0, 'x');
+     END`,
+  );
+  const erased = await within(
+    send(target, "/api/me", { method: "DELETE", headers: asUser(alice) }),
+    10_000,
+  );
+  expect(erased === "no answer" ? erased : erased.status).toBe(204);
+  expect(target.services.auth.findUser(alice.userId)).toBeNull();
+  expect(target.logs.text).toContain("an erasure's parts ahead of it stopped");
+  expect(target.logs.text).toContain("rows keep coming back");
 }, 20_000);
 
 test("an export ends through 500 conversations written under ids that are no UTF-8, and leaves them out", async () => {
