@@ -133,16 +133,24 @@ function sentenceEndsAt(text: string, i: number): boolean {
 }
 
 /**
- * The last boundary between two characters as a reader sees them at or before `limit`; a single
- * cluster longer than the bound (hundreds of combining marks) is cut between code points.
+ * The last boundary between two characters as a reader sees them at or before `limit` where a part
+ * may begin (not before a closing bracket or quote: probe 60c F8, a part began with 」), looked
+ * back MOST_LOOKED_PAST boundaries at most, else the last one; a single cluster longer than the
+ * bound (hundreds of combining marks) is cut between code points.
  */
 function lastGraphemeBoundary(text: string, limit: number): number {
   const segmenter = new Intl.Segmenter(undefined, { granularity: "grapheme" });
-  let boundary = 0;
+  const last: number[] = [];
   for (const { index } of segmenter.segment(text.slice(0, limit + 1))) {
     if (index > limit) break;
-    boundary = index;
+    if (index === 0) continue;
+    last.push(index);
+    if (last.length > MOST_LOOKED_PAST + 1) last.shift();
   }
+  for (let k = last.length - 1; k >= 0; k--) {
+    if (beginsWell(text, last[k]!)) return last[k]!;
+  }
+  const boundary = last.at(-1) ?? 0;
   if (boundary > 0) return boundary;
   const splitsPair = /[\uD800-\uDBFF]/.test(text[limit - 1] ?? "");
   return splitsPair ? limit - 1 : limit;

@@ -113,6 +113,21 @@ describe("cutting a reply into parts", () => {
     }
   });
 
+  test("text with no break at all is cut between characters where no closing bracket or quote begins the next part (probe 60c F8)", () => {
+    const mustNotBegin = /^[\p{Pe}\p{Pf}\p{M}]/u;
+    for (let offset = 0; offset < 4; offset++) {
+      for (const run of ["他说好」", "字（字）", "字“字”"]) {
+        const reply = "字".repeat(offset) + run.repeat(3000);
+        const parts = replyParts(reply);
+        expect(parts.length).toBeGreaterThan(1);
+        expectWellCut(reply, parts);
+        expect(parts.filter((part) => mustNotBegin.test(part)).map((p) => p.slice(0, 3))).toEqual(
+          [],
+        );
+      }
+    }
+  });
+
   test("runs of closing quotes, marks and brackets are cut like any text: every part within the bound, nothing lost (probe 60a F-RP2)", () => {
     for (const reply of [
       "'".repeat(70_000),
