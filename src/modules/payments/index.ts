@@ -336,6 +336,14 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 "CONFLICT",
                 `An earlier refund of ${outcome.refund.amount} of this payment, whose answer was lost, was made by Stripe (${outcome.refund.id}, ${outcome.refund.status}) and is now recorded (${outcome.payment.amountRefunded} refunded); this refund was not asked for. Ask again if another refund is wanted.`,
               );
+            case "earlier_refund_undecided":
+              throw new AppError(
+                "UPSTREAM_UNAVAILABLE",
+                `An earlier refund of this payment, whose answer was lost, is not among Stripe's refunds yet and may still be in the making; no other refund of it starts until Stripe lists it or ${outcome.retryAfterSeconds} s have passed. Retry then.`,
+                undefined,
+                { "retry-after": String(outcome.retryAfterSeconds) },
+                503,
+              );
             case "not_refundable":
               throw new AppError(
                 "CONFLICT",

@@ -45,7 +45,7 @@ import {
   type PaymentGateway,
   REFUNDS_NOT_READ_WHOLE,
 } from "./stripe-client";
-import { MADE_KEPT_MS, type UndecidedRefund } from "./undecided-refund";
+import { MADE_KEPT_MS, UNLISTED_KEPT_MS, type UndecidedRefund } from "./undecided-refund";
 
 export const CLAIM_LEASE_MS = 120_000;
 
@@ -127,6 +127,12 @@ export type RefundOutcome =
       refund: { id: string; amount: number; status: string };
       payment: PaymentView;
     }
+  /**
+   * An earlier refund of the payment whose answer was lost is not among Stripe's refunds, and may
+   * still be in the making (UNLISTED_KEPT_MS): no other refund starts until Stripe lists it or
+   * that time has passed.
+   */
+  | { kind: "earlier_refund_undecided"; retryAfterSeconds: number }
   | { kind: "not_found" }
   | { kind: "not_refundable"; status: string }
   | { kind: "too_much"; remaining: number }
@@ -246,6 +252,18 @@ async function intentPastKeptErrors(
 /** A refund's first Stripe idempotency key: the payment, its refunded total before, the amount. */
 function firstRefundKey(id: string, refundedBefore: number, amount: number): string {
   return `palisade_refund_${id}_${refundedBefore}_${amount}`;
+}
+
+/**
+ * Whether a refund asked of `row` for `amount` (the rest when undefined) is a retry of `entry`: of
+ * its amount, or, for the rest, of what was the rest when it started (probe 61a F2: once the
+ * refund of the rest was recorded, the rest was 0, and its retry was refused).
+ */
+function isRetryOf(entry: UndecidedRefund, amount: number | undefined, row: PaymentRow): boolean {
+  if (amount !== undefined) return entry.amount === amount;
+  return (
+    entry.amount === row.amount - row.amountRefunded || entry.before + entry.amount === row.amount
+  );
 }
 
 /** How many refused keys this process remembers where to walk on from (refundPastFailures). */
@@ -746,16 +764,15 @@ export class PaymentService {
         if (acting.stands?.() === false) return { kind: "answer", outcome: { kind: "actor_gone" } };
         const row = this.ledger.find(id);
         if (!row) return { kind: "answer", outcome: { kind: "not_found" } };
-        if (row.status !== "succeeded") {
-          return { kind: "answer", outcome: { kind: "not_refundable", status: row.status } };
-        }
         if (row.refundStartedAt !== null && claimRuns(row.refundStartedAt, now)) {
           return { kind: "answer", outcome: { kind: "in_progress" } };
         }
         const entries = this.undecidedRefunds(row, now);
         const wanted = amount ?? row.amount - row.amountRefunded;
-        // A retry of a refund found made since its answer was lost is answered with it.
-        const retried = entries.find((entry) => entry.made && entry.amount === wanted);
+        // A retry of a refund found made since its answer was lost is answered with it, whatever
+        // the payment's status: charge.refunded having counted it, a retry of a refund of the
+        // whole rest was refused (probe 61a F2).
+        const retried = entries.find((entry) => entry.made && isRetryOf(entry, amount, row));
         if (retried?.made) {
           this.auditRequested(acting, row, wanted);
           this.ledger.writeUndecided(
@@ -778,6 +795,9 @@ export class PaymentService {
           this.auditRequested(acting, row, wanted);
           this.claimRefund(id, now);
           return { kind: "settle", row, entries };
+        }
+        if (row.status !== "succeeded") {
+          return { kind: "answer", outcome: { kind: "not_refundable", status: row.status } };
         }
         return this.startRefund(id, row, amount, entries, now, acting);
       },
@@ -891,7 +911,7 @@ export class PaymentService {
       this.claimRefund(id, now);
     }
     const key = firstRefundKey(id, row.amountRefunded, wanted);
-    const own = { key, amount: wanted, before: row.amountRefunded };
+    const own = { key, amount: wanted, before: row.amountRefunded, at: now };
     this.ledger.writeUndecided(
       id,
       [...entries.filter((entry) => entry.key !== key), own],
@@ -928,6 +948,8 @@ export class PaymentService {
     const release = () => this.writeOrWait(id, () => this.ledger.releaseRefund(id, claim), context);
     const entries: UndecidedRefund[] = [];
     const found: { entry: UndecidedRefund; refund: CreatedRefund }[] = [];
+    // Not listed, and young enough that Stripe may still be making them.
+    const unlisted: UndecidedRefund[] = [];
     for (const entry of claimed.entries) {
       if (entry.made) {
         entries.push(entry);
@@ -939,13 +961,21 @@ export class PaymentService {
         return listed;
       }
       if (!listed.ok) {
+        // Left as it is, and nothing else started: dropped, the refund asked for went on beside a
+        // refund Stripe holds under the key (probe 61a F5).
         this.logger.error(
           { ...context, reason: listed.reason },
-          "the refund Stripe lists under an undecided refund's key is not that refund; it is left",
+          "the refund Stripe lists under an undecided refund's key is not that refund; it is kept, and no other refund of the payment starts until an operator clears it (payments:undecided)",
         );
-        continue;
+        release();
+        return { ok: false, kind: "unavailable", reason: "undecided refund not that refund" };
       }
       const refund = listed.refund;
+      if (refund === null && this.clock.now() - entry.at < UNLISTED_KEPT_MS) {
+        entries.push(entry);
+        unlisted.push(entry);
+        continue;
+      }
       if (refund === null || refund.status === "failed" || refund.status === "canceled") continue;
       this.logger.info(
         { ...context, refundId: refund.id, amount: refund.amount },
@@ -975,8 +1005,7 @@ export class PaymentService {
             this.ledger.releaseRefund(id, claim);
             return { kind: "answer", outcome: { kind: "not_found" } } as const;
           }
-          const wanted = amount ?? current.amount - current.amountRefunded;
-          const retried = entries.find((entry) => entry.made && entry.amount === wanted);
+          const retried = entries.find((entry) => entry.made && isRetryOf(entry, amount, current));
           const newlyMade = found[0];
           if (retried?.made || newlyMade) {
             this.ledger.writeUndecided(
@@ -998,6 +1027,26 @@ export class PaymentService {
                 ? { kind: "refunded", refund, payment }
                 : { kind: "earlier_refund_made", refund, payment },
             } as const;
+          }
+          const leave = (outcome: RefundOutcome) => {
+            this.ledger.writeUndecided(id, entries, current.refundUndecided);
+            this.ledger.releaseRefund(id, claim);
+            return { kind: "answer", outcome } as const;
+          };
+          if (current.status !== "succeeded") {
+            return leave({ kind: "not_refundable", status: current.status });
+          }
+          // A refund Stripe may still be making holds every other: only its own retry (its key)
+          // goes on, which Stripe answers as that refund (probe 61a F1: dropped, it was made
+          // after the refund asked for, and its retry made it again).
+          const wanted = amount ?? current.amount - current.amountRefunded;
+          const key = firstRefundKey(id, current.amountRefunded, wanted);
+          if (unlisted.some((entry) => entry.key !== key)) {
+            const until = Math.max(...unlisted.map((entry) => entry.at)) + UNLISTED_KEPT_MS;
+            return leave({
+              kind: "earlier_refund_undecided",
+              retryAfterSeconds: Math.max(1, Math.ceil((until - now) / 1000)),
+            });
           }
           return this.startRefund(id, current, amount, entries, now, acting, true);
         },

@@ -179,10 +179,16 @@ async function failureOf(error: unknown): Promise<GatewayFailure> {
   if (error instanceof Stripe.errors.StripeError) {
     const status = error.statusCode;
     const reason = stripeErrorCode(error.code ?? error.type);
+    // A 409 is another request under the same idempotency key that Stripe is still working on
+    // (the SDK's own retry of an attempt that timed out, `idempotency_key_in_use`): Stripe has
+    // not said what it made of it. Taken as a refusal, the refund was taken off the payment's
+    // undecided ones, and Stripe made it after; the retry, its key moved by charge.refunded, made
+    // it again (probe 61a F1).
     if (
       status === undefined ||
       status >= 500 ||
       status === 429 ||
+      status === 409 ||
       error instanceof Stripe.errors.StripeConnectionError
     ) {
       const keptByStripe =

@@ -25,6 +25,11 @@ export interface UndecidedRefund {
   amount: number;
   /** The refunded total it started from. */
   before: number;
+  /**
+   * When it was written, before Stripe was asked (0 in a list the release before this one wrote):
+   * one Stripe does not list yet may still be in the making until UNLISTED_KEPT_MS after it.
+   */
+  at: number;
   /** Found made (and recorded): its id and status, and when. */
   made?: { id: string; status: string; at: number };
 }
@@ -34,6 +39,14 @@ export const MAX_UNDECIDED_REFUNDS = 10;
 
 /** How long a refund found made stays the answer to a retry of its amount: Stripe keeps a key a day. */
 export const MADE_KEPT_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * How long after it was written a refund Stripe does not list is still taken as one Stripe may be
+ * making: every call of a refund ends inside its 2-minute claim, and Stripe goes on with a request
+ * whose client has given up (a timeout, then the SDK's retries answered 409 while it works: probe
+ * 61a F1). Until then no other refund of the payment starts; past it, one not listed was not made.
+ */
+export const UNLISTED_KEPT_MS = 10 * 60 * 1000;
 
 /** The stored form of `entries`: null for none. */
 export function storedUndecided(
@@ -52,14 +65,16 @@ const isCount = (value: unknown): value is number =>
 /** One entry as Palisade writes it for payment `id`, or null. */
 function entryOf(value: unknown, id: string): UndecidedRefund | null {
   if (value === null || typeof value !== "object") return null;
-  const { key, amount, before, made } = value as Record<string, unknown>;
+  const { key, amount, before, at: written, made } = value as Record<string, unknown>;
   if (typeof key !== "string" || !key.startsWith(`palisade_refund_${id}_`) || key.length > 512) {
     return null;
   }
   if (!isCount(amount) || amount === 0 || !isCount(before)) return null;
-  if (made === undefined) return { key, amount, before };
+  if (written !== undefined && !isCount(written)) return null;
+  const at = written ?? 0;
+  if (made === undefined) return { key, amount, before, at };
   if (made === null || typeof made !== "object") return null;
-  const { id: refundId, status, at } = made as Record<string, unknown>;
+  const { id: refundId, status, at: madeAt } = made as Record<string, unknown>;
   if (
     !isStripeId("re", refundId) ||
     typeof status !== "string" ||
@@ -67,8 +82,8 @@ function entryOf(value: unknown, id: string): UndecidedRefund | null {
   ) {
     return null;
   }
-  if (!isCount(at)) return null;
-  return { key, amount, before, made: { id: refundId, status, at } };
+  if (!isCount(madeAt)) return null;
+  return { key, amount, before, at, made: { id: refundId, status, at: madeAt } };
 }
 
 /**

@@ -320,3 +320,134 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
     expect(await stripeRefundsOf(current, id)).toHaveLength(1);
   });
 });
+
+/** The Idempotency-Key of the first refund Palisade asked Stripe for. */
+const firstRefundKeyAsked = (target: PaymentsApp) =>
+  target.stripe.calls.find((call) => call.method === "POST" && call.path === REFUNDS)!
+    .idempotencyKey!;
+
+const refundTheRest = (id: string, admin: { accessToken: string }) =>
+  send(current!, `/api/admin/payments/${id}/refund`, {
+    method: "POST",
+    headers: bearer(admin.accessToken),
+  });
+
+describe("a refund Stripe may still be making (probe 61a)", () => {
+  test("answered 409 idempotency_key_in_use (Stripe still at the SDK's first attempt) it stays undecided: made after, then charge.refunded, the retry is that refund (F1)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, {
+      status: 409,
+      type: "idempotency_error",
+      code: "idempotency_key_in_use",
+      shouldRetry: false,
+      kept: false,
+    });
+    const first = await refund(id, admin, 1000);
+    expect(first.status).toBe(503);
+    expect(storedUndecided(current, id)!.undecided).not.toBeNull();
+    // Stripe ends the request it was working on, and tells of it.
+    await refundMadeAtStripeUnder(current, id, firstRefundKeyAsked(current));
+    await chargeRefunded(current, id, 1000);
+    const retried = await refund(id, admin, 1000);
+    expect(retried.status).toBe(200);
+    const made = await stripeRefundsOf(current, id);
+    expect(made).toHaveLength(1);
+    expect(((await retried.json()) as { refund: { id: string } }).refund.id).toBe(made[0]!.id);
+    const audited = auditRows(current, "payment.refund").map((row) => JSON.parse(row.detail));
+    expect(audited.map((detail) => detail.refundId)).toEqual([made[0]!.id]);
+  });
+
+  test("one Stripe does not list yet holds a refund of another amount (503, Retry-After) until Stripe lists it: then it is told of, recorded, and the retry of its amount is it (F1)", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    clock.advance(60_000);
+    const held = await refund(id, admin, 300);
+    expect(held.status).toBe(503);
+    expect(held.headers.get("retry-after")).toBe("540");
+    expect(((await held.json()) as { detail: string }).detail).toContain(
+      "may still be in the making",
+    );
+    expect(await stripeRefundsOf(current, id)).toEqual([]);
+    expect(storedUndecided(current, id)!.refunded).toBe(0);
+    // Stripe ends the first late.
+    await refundMadeAtStripeUnder(current, id, firstRefundKeyAsked(current));
+    expect((await refund(id, admin, 300)).status).toBe(409);
+    expect((await refund(id, admin, 300)).status).toBe(200);
+    const retried = await refund(id, admin, 1000);
+    expect(retried.status).toBe(200);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount).sort()).toEqual([1000, 300]);
+    expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 1300 });
+  });
+
+  test("ten minutes after it was asked, one Stripe still does not list was not made: the refund asked for goes on", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    clock.advance(10 * 60_000 - 1_000);
+    expect((await refund(id, admin, 300)).status).toBe(503);
+    clock.advance(1_000);
+    expect((await refund(id, admin, 300)).status).toBe(200);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([300]);
+    expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 300 });
+  });
+
+  test("the refund of the whole rest whose answer was lost, then charge.refunded: its retry without an amount is that refund, audited (F2)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    expect((await refund(id, admin, 1000)).status).toBe(200);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refundTheRest(id, admin)).status).toBe(503);
+    await chargeRefunded(current, id, 5000);
+    const retried = await refundTheRest(id, admin);
+    expect(retried.status).toBe(200);
+    const body = (await retried.json()) as { refund: { amount: number } };
+    expect(body.refund.amount).toBe(4000);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount).sort()).toEqual([1000, 4000]);
+    const audited = auditRows(current, "payment.refund").map((row) => JSON.parse(row.detail));
+    expect(audited.map((detail) => detail.amount).sort()).toEqual([1000, 4000]);
+    // Answered: nothing is left to refund.
+    expect((await refundTheRest(id, admin)).status).toBe(409);
+  });
+
+  for (const retry of ["with its amount", "without an amount"] as const) {
+    test(`the refund of the whole payment whose answer was lost: its retry ${retry} is that refund, with charge.refunded counted first or not (F2)`, async () => {
+      for (const counted of [true, false]) {
+        current?.close();
+        current = buildPaymentsApp();
+        const { admin, id } = await paidPayment(current, 5000);
+        current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+        expect((await refund(id, admin, 5000)).status).toBe(503);
+        if (counted) await chargeRefunded(current, id, 5000);
+        const retried =
+          retry === "with its amount"
+            ? await refund(id, admin, 5000)
+            : await refundTheRest(id, admin);
+        expect(retried.status).toBe(200);
+        expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([5000]);
+        expect(auditRows(current, "payment.refund")).toHaveLength(1);
+        expect(storedUndecided(current, id)!.refunded).toBe(5000);
+      }
+    });
+  }
+});
+
+test("a refund Stripe lists under an undecided refund's key that is not that refund (another amount) keeps it, and no other refund starts (probe 61a F5)", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 5000);
+  current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+  expect((await refund(id, admin, 2000)).status).toBe(503);
+  const kept = storedUndecided(current, id)!.undecided;
+  // Under the first refund's key, a refund of 1000.
+  await refundMadeAtStripeUnder(current, id, firstRefundKeyAsked(current));
+  const other = await refund(id, admin, 300);
+  expect(other.status).toBe(503);
+  expect(storedUndecided(current, id)).toEqual({ undecided: kept, refunded: 0 });
+  expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([1000]);
+  expect(current.logs.text).toContain("it is kept, and no other refund of the payment starts");
+});
