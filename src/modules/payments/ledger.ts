@@ -302,23 +302,21 @@ export class PaymentLedger {
   }
 
   /**
-   * Stores `entries` as the payment's undecided refunds, if the row still holds `expected` (what
-   * the caller read); whether it did.
+   * Stores `entries` as the payment's undecided refunds, the row resealed over them (seal.ts), if
+   * the row is still `row` as the caller read it (its list and its seal); whether it was.
    */
-  writeUndecided(
-    id: string,
-    entries: readonly UndecidedRefund[],
-    expected: string | null,
-  ): boolean {
+  writeUndecided(row: PaymentRow, entries: readonly UndecidedRefund[]): boolean {
+    const refundUndecided = storedUndecided(row.id, entries, this.seal.undecidedRefunds);
     const changed = this.db
       .update(payments)
-      .set({ refundUndecided: storedUndecided(id, entries, this.seal.undecidedRefunds) })
+      .set({ refundUndecided, ...this.resealed(row, { refundUndecided }) })
       .where(
         and(
-          eq(payments.id, id),
-          expected === null
+          eq(payments.id, row.id),
+          row.refundUndecided === null
             ? isNull(payments.refundUndecided)
-            : eq(payments.refundUndecided, expected),
+            : eq(payments.refundUndecided, row.refundUndecided),
+          row.seal === null ? isNull(payments.seal) : eq(payments.seal, row.seal),
         ),
       )
       .returning({ id: payments.id })

@@ -19,7 +19,12 @@
  * makes to such a row (erasure strips it) never reseals it.
  *
  * The refunds whose outcome Stripe never told (`refund_undecided`, undecided-refund.ts) carry a
- * seal of their own, with the same key.
+ * seal of their own, with the same key, and the payment's seal covers them too once there are any
+ * (a payment without any is sealed as before they existed): sealed alone, the list could be
+ * emptied in the file, or one of its earlier states written back, and a refund Stripe had made was
+ * made again or a new one answered with an old one (probe 61a F3). A list the release before this
+ * one wrote (its entries carry no time) is accepted under the seal of its payment without it, until
+ * Palisade next writes the row.
  *
  * Not sealed: the refund claim and `seq`. Changing those can delay a refund or reorder a list; not
  * change what a payment says. A copy of an older row of the same file, seal and all (a rollback),
@@ -47,13 +52,19 @@ export interface SealedPayment {
   metadata: string | null;
   createdAt: number;
   updatedAt: number;
+  /** The refunds whose outcome Stripe never told, as stored; none when null or absent. */
+  refundUndecided?: string | null;
 }
 
-/** The sealed columns of `payments` in SQL, named as SealedPayment names them. */
-export const SEALED_PAYMENT_COLUMNS = `id, owner, amount, currency, status,
+/** The columns a payment's seal covered when migration 0017 sealed them (no undecided refunds). */
+const SEALED_PAYMENT_COLUMNS_0017 = `id, owner, amount, currency, status,
   status_event_at AS statusEventAt, amount_refunded AS amountRefunded, disputed_at AS disputedAt, client_secret AS clientSecret,
   description, customer_email AS customerEmail, metadata, created_at AS createdAt,
   updated_at AS updatedAt`;
+
+/** The sealed columns of `payments` in SQL, named as SealedPayment names them. */
+export const SEALED_PAYMENT_COLUMNS = `${SEALED_PAYMENT_COLUMNS_0017},
+  refund_undecided AS refundUndecided`;
 
 /** The columns an idempotency key's seal covers. */
 export interface SealedIdempotencyKey {
@@ -97,6 +108,7 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
       row.metadata,
       row.createdAt,
       row.updatedAt,
+      ...(row.refundUndecided == null ? [] : ["refund_undecided", row.refundUndecided]),
     ]);
   const idempotencyKey = (row: SealedIdempotencyKey) =>
     mac(["payment_idempotency_key", row.owner, row.key, row.requestHash, row.state, row.response]);
@@ -106,10 +118,33 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
     undecidedRefunds: (paymentId, entries) =>
       mac(["payment_refunds_undecided", paymentId, entries]),
     intact: {
-      payment: (row) => sealMatches(payment(row), row.seal),
+      payment: (row) =>
+        sealMatches(payment(row), row.seal) ||
+        (row.refundUndecided != null &&
+          writtenBeforeTheirTimes(row.refundUndecided) &&
+          sealMatches(payment({ ...row, refundUndecided: null }), row.seal)),
       idempotencyKey: (row) => sealMatches(idempotencyKey(row), row.seal),
     },
   };
+}
+
+/**
+ * Whether `stored` is a list of undecided refunds as the release before this one wrote them: none
+ * of its entries carries the time it was written (every list written since does).
+ */
+function writtenBeforeTheirTimes(stored: string): boolean {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(stored);
+  } catch {
+    return false;
+  }
+  if (parsed === null || typeof parsed !== "object") return false;
+  const { entries } = parsed as { entries?: unknown };
+  return (
+    Array.isArray(entries) &&
+    entries.every((entry) => entry !== null && typeof entry === "object" && !("at" in entry))
+  );
 }
 
 /**
@@ -175,7 +210,7 @@ export function paymentSealing(seal: PaymentSeal): {
   const sealAll = (db: AppDatabase) => {
     const sqlite = db.$client;
     const rows = sqlite
-      .query<SealedPayment, []>(`SELECT ${SEALED_PAYMENT_COLUMNS} FROM payments`)
+      .query<SealedPayment, []>(`SELECT ${SEALED_PAYMENT_COLUMNS_0017} FROM payments`)
       .all();
     // By the payment's id (unique): a `seq` past 2^53 is read rounded (another row's, or none).
     const sealPayment = sqlite.prepare("UPDATE payments SET seal = ? WHERE id = ?");

@@ -776,9 +776,8 @@ export class PaymentService {
         if (retried?.made) {
           this.auditRequested(acting, row, wanted);
           this.ledger.writeUndecided(
-            id,
+            row,
             entries.filter((entry) => entry !== retried),
-            row.refundUndecided,
           );
           return {
             kind: "answer",
@@ -903,7 +902,7 @@ export class PaymentService {
     const remaining = row.amount - row.amountRefunded;
     const wanted = amount ?? remaining;
     if (wanted > remaining || remaining === 0) {
-      if (claimed) this.ledger.writeUndecided(id, entries, row.refundUndecided);
+      if (claimed) this.ledger.writeUndecided(row, entries);
       return { kind: "answer", outcome: { kind: "too_much", remaining } };
     }
     if (!claimed) {
@@ -912,11 +911,7 @@ export class PaymentService {
     }
     const key = firstRefundKey(id, row.amountRefunded, wanted);
     const own = { key, amount: wanted, before: row.amountRefunded, at: now };
-    this.ledger.writeUndecided(
-      id,
-      [...entries.filter((entry) => entry.key !== key), own],
-      row.refundUndecided,
-    );
+    this.ledger.writeUndecided(row, [...entries.filter((entry) => entry.key !== key), own]);
     return {
       kind: "start",
       amount: wanted,
@@ -1009,9 +1004,8 @@ export class PaymentService {
           const newlyMade = found[0];
           if (retried?.made || newlyMade) {
             this.ledger.writeUndecided(
-              id,
+              current,
               entries.filter((entry) => entry !== retried),
-              current.refundUndecided,
             );
             this.ledger.releaseRefund(id, claim);
             const shown = retried?.made ? retried : newlyMade!.entry;
@@ -1029,7 +1023,7 @@ export class PaymentService {
             } as const;
           }
           const leave = (outcome: RefundOutcome) => {
-            this.ledger.writeUndecided(id, entries, current.refundUndecided);
+            this.ledger.writeUndecided(current, entries);
             this.ledger.releaseRefund(id, claim);
             return { kind: "answer", outcome } as const;
           };
@@ -1085,9 +1079,8 @@ export class PaymentService {
     const entries = this.ledger.undecidedOf(id, row.refundUndecided);
     if (entries === null) return;
     this.ledger.writeUndecided(
-      id,
+      row,
       entries.filter((entry) => entry.key !== key),
-      row.refundUndecided,
     );
   }
 

@@ -5,6 +5,7 @@
  * the refunded total its Stripe key is derived from (probe 60a F-DUP).
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { createPaymentSeal } from "../../../src/modules/payments/seal";
 import { secondProcess, send } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
@@ -199,49 +200,86 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
     expect(storedUndecided(current, id)!.undecided).toBeNull();
   });
 
-  test("undecided refunds written into the database file are ignored and logged: unsealed, under another seal, a forged refund id answered as made, a `before` that would raise the refunded total, text that is not JSON (probe 60c F3, F4)", async () => {
+  test("undecided refunds changed in the database file make the payment fail its seal: emptied, unsealed, under another seal, a forged refund id answered as made, a `before` that would raise the refunded total, text that is not JSON, an earlier state written back (probes 60c F3, F4; 61a F3)", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 5000);
-    // A genuine list, sealed, to copy the seal from.
     current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
     expect((await refund(id, admin, 100)).status).toBe(503);
-    const genuine = JSON.parse(storedUndecided(current, id)!.undecided!) as {
-      entries: { key: string }[];
-      seal: string;
-    };
-    const key = genuine.entries[0]!.key;
+    const sqlite = current.db.$client;
+    const rowNow = () =>
+      sqlite
+        .query<{ undecided: string | null; seal: string }, [string]>(
+          "SELECT refund_undecided AS undecided, seal FROM payments WHERE id = ?",
+        )
+        .get(id)!;
+    const earlier = rowNow();
+    // Retried, it is made; then another whose answer is lost: a list again, under another seal.
+    expect((await refund(id, admin, 100)).status).toBe(200);
+    current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+    expect((await refund(id, admin, 100)).status).toBe(503);
+    const genuine = rowNow();
+    expect(genuine.undecided).not.toBeNull();
+    expect(genuine.undecided).not.toBe(earlier.undecided);
+    const list = JSON.parse(genuine.undecided!) as { entries: { key: string }[]; seal: string };
+    const key = list.entries[0]!.key;
     const forged = [
-      JSON.stringify({ entries: [{ key, amount: 100, before: 4900 }] }),
-      JSON.stringify({ entries: [{ key, amount: 100, before: 4900 }], seal: genuine.seal }),
+      null,
+      JSON.stringify({ entries: [{ key, amount: 100, before: 4900, at: 0 }] }),
+      JSON.stringify({ entries: [{ key, amount: 100, before: 4900, at: 0 }], seal: list.seal }),
       JSON.stringify({
         entries: [
           {
             key,
             amount: 100,
             before: 0,
+            at: 0,
             made: { id: "re_Forged0123456789", status: "succeeded", at: Date.now() },
           },
         ],
-        seal: genuine.seal,
+        seal: list.seal,
       }),
       "{",
+      earlier.undecided,
     ];
-    let made = 0;
     for (const stored of forged) {
-      current.db.$client.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [stored, id]);
+      sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [stored, id]);
       const answered = await refund(id, admin, 100);
-      expect(answered.status).toBe(200);
-      made += 1;
-      expect(((await answered.json()) as { refund: { id: string } }).refund.id).not.toBe(
-        "re_Forged0123456789",
-      );
-      expect(await stripeRefundsOf(current, id)).toHaveLength(made);
-      expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 100 * made });
+      expect(answered.status).toBe(404);
     }
-    const ignored = current.logs.entries.filter((entry) =>
-      String(entry.msg).startsWith("the payment's undecided refunds are none Palisade stored"),
-    );
-    expect(ignored).toHaveLength(forged.length);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+    expect(current.logs.text).toContain("a payments row does not match its seal");
+    expect(auditRows(current, "payment.tampered")).toHaveLength(1);
+    // Put back as Palisade left it, the payment is refunded again.
+    sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [genuine.undecided, id]);
+    expect((await refund(id, admin, 100)).status).toBe(200);
+    expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 200 });
+  });
+
+  test("a list the release before wrote (no times, the payment sealed without it) is still asked about, and the row resealed over what replaces it; forged in that shape, it is ignored with a line", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    const sealer = createPaymentSeal(current.config.audit.secretKey);
+    const key = `palisade_refund_${id}_0_1000`;
+    const entries = JSON.stringify([{ key, amount: 1000, before: 0 }]);
+    const sqlite = current.db.$client;
+    sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [
+      JSON.stringify({ entries: JSON.parse(entries), seal: sealer.undecidedRefunds(id, entries) }),
+      id,
+    ]);
+    await refundMadeAtStripeUnder(current, id, key);
+    await chargeRefunded(current, id, 1000);
+    const retried = await refund(id, admin, 1000);
+    expect(retried.status).toBe(200);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+    expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 1000 });
+    // Forged in that shape (no seal of its own) on a payment sealed without a list: ignored.
+    sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [
+      JSON.stringify({ entries: [{ key, amount: 1000, before: 0 }], seal: "x" }),
+      id,
+    ]);
+    expect((await refund(id, admin, 300)).status).toBe(200);
+    expect(current.logs.text).toContain("the payment's undecided refunds are none Palisade stored");
+    expect(await stripeRefundsOf(current, id)).toHaveLength(2);
   });
 
   test("a refund is among the payment's undecided ones before Stripe is asked: a stop or a crash while Stripe works leaves it to be asked about, and the retry in another process after the claim's lease is that refund (probe 60c F2)", async () => {
