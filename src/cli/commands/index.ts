@@ -6,6 +6,7 @@ import { configCheck } from "./config";
 import { dbBackup, dbMigrate } from "./db";
 import { dbVerify } from "./db-verify";
 import { keysCreate, keysList, keysRevoke } from "./keys";
+import { paymentsUndecided } from "./payments";
 import { usageReset, usageShow } from "./usage";
 import { sessionsEnd, usersCreate, usersErase, usersList, usersRole } from "./users";
 
@@ -28,6 +29,7 @@ export const COMMANDS: readonly Command[] = [
   alertsConfig,
   usageShow,
   usageReset,
+  paymentsUndecided,
   configCheck,
   dbMigrate,
   dbBackup,

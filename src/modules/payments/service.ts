@@ -864,6 +864,54 @@ export class PaymentService {
     return entries.filter((entry) => !entry.made || now - entry.made.at < MADE_KEPT_MS);
   }
 
+  /**
+   * The payment's refunds whose outcome Stripe never told, as an operator sees them
+   * (`payments:undecided`); null when the ledger holds no such payment (or it fails its seal).
+   */
+  undecidedOf(id: string): UndecidedRefund[] | null {
+    const row = this.ledger.find(id);
+    if (!row) return null;
+    return this.ledger.undecidedOf(id, row.refundUndecided) ?? [];
+  }
+
+  /**
+   * An operator's clearing of them (`payments:undecided --clear`), once the payment's refunds have
+   * been checked in Stripe's Dashboard: what no refund can settle (a payment with more refunds
+   * than one read holds, a refund Stripe lists under a key that is not it). Audited; refused while
+   * a refund of the payment runs.
+   */
+  clearUndecided(
+    id: string,
+  ):
+    | { kind: "not_found" }
+    | { kind: "in_progress" }
+    | { kind: "cleared"; entries: UndecidedRefund[] } {
+    return this.db.transaction(
+      () => {
+        const row = this.ledger.find(id);
+        if (!row) return { kind: "not_found" } as const;
+        if (row.refundStartedAt !== null && claimRuns(row.refundStartedAt, this.clock.now())) {
+          return { kind: "in_progress" } as const;
+        }
+        const entries = this.ledger.undecidedOf(id, row.refundUndecided) ?? [];
+        if (row.refundUndecided === null) return { kind: "cleared", entries } as const;
+        this.ledger.writeUndecided(row, []);
+        this.audit.record({
+          type: "payment.refund.undecided_cleared",
+          outcome: "success",
+          actor: "cli",
+          detail: {
+            paymentId: id,
+            cleared: entries.length,
+            amounts: entries.map((entry) => entry.amount).join(","),
+          },
+        });
+        return { kind: "cleared", entries } as const;
+      },
+      { behavior: "immediate" },
+    );
+  }
+
   /** The must-keep row of a refund asked for, in the claim's transaction (probe 60a F-AUD2). */
   private auditRequested(acting: ActingRequest, row: PaymentRow, amount: number): void {
     // Written before Stripe is asked: a refund the audit log cannot record is not made (a

@@ -12,9 +12,11 @@
  * next refund of the payment first asks Stripe about each one left (a refund made under its first
  * key or a key walked to from it). Not made, it goes. Made, it is recorded and audited, and kept,
  * made, for a day (as long as Stripe keeps a key): the answer to a retry of its amount. Several are
- * kept at once (probe 60c F1: one kept made was overwritten by a later refund's). The list is
- * sealed with the payment seals' key: one written into the file (a forged refund id answered as
- * made, a `before` that raised the sealed refunded total: probe 60c F3, F4) is ignored.
+ * kept at once (probe 60c F1: one kept made was overwritten by a later refund's). One Stripe does
+ * not list yet may still be in the making for UNLISTED_KEPT_MS (probe 61a F1). The list is sealed
+ * with the payment seals' key, and the payment's seal covers it (seal.ts): one written into the
+ * file (a forged refund id answered as made, a `before` that raised the sealed refunded total,
+ * emptied, or an earlier state: probes 60c F3, F4, 61a F3) fails the payment's seal.
  */
 import { sealMatches } from "../../db/row-seal";
 import { isStripeId } from "./ids";

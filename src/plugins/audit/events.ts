@@ -59,6 +59,8 @@ export const AUDIT_EVENT_TYPES = [
   // made of it.
   "payment.refund.requested",
   "payment.refund",
+  // An operator's clearing of a payment's refunds whose outcome Stripe never told (the CLI).
+  "payment.refund.undecided_cleared",
   "payment.refunded",
   "payment.dispute.created",
   // A payments row whose seal does not match (treated as absent), and the rows an upgrade sealed

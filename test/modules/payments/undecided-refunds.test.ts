@@ -8,6 +8,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { createPaymentSeal } from "../../../src/modules/payments/seal";
 import { secondProcess, send } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
+import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
 import {
   auditRows,
@@ -488,4 +489,31 @@ test("a refund Stripe lists under an undecided refund's key that is not that ref
   expect(storedUndecided(current, id)).toEqual({ undecided: kept, refunded: 0 });
   expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([1000]);
   expect(current.logs.text).toContain("it is kept, and no other refund of the payment starts");
+});
+
+test("payments:undecided shows a payment's undecided refunds, and --clear takes them off, the payment still sealed, audited", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 5000);
+  current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+  expect((await refund(id, admin, 1000)).status).toBe(503);
+  const env = {
+    DATABASE_PATH: current.databasePath,
+    AUDIT_SECRET_KEY: current.config.audit.secretKey,
+  };
+  const shown = await cliInProcess(["payments:undecided", id], env);
+  expect(shown.code).toBe(0);
+  expect(shown.stdout).toContain(`${id}  1000 from a refunded total of 0, asked `);
+  expect(shown.stdout).toContain(": not known");
+  expect((await cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env)).code).toBe(1);
+  expect((await cliInProcess(["payments:undecided", "x"], env)).code).toBe(2);
+  const cleared = await cliInProcess(["payments:undecided", id, "--clear"], env);
+  expect(cleared.code).toBe(0);
+  expect(cleared.stdout).toContain(`${id}: 1 undecided refund(s) cleared`);
+  expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 0 });
+  const audited = auditRows(current, "payment.refund.undecided_cleared").map((row) =>
+    JSON.parse(row.detail),
+  );
+  expect(audited).toEqual([{ paymentId: id, cleared: 1, amounts: "1000" }]);
+  // Still the payment Palisade sealed: a refund of another amount goes on at once.
+  expect((await refund(id, admin, 300)).status).toBe(200);
 });
