@@ -213,3 +213,28 @@ export function refundStatusStripes(): (status: string) => RefundStatusStripe {
     return stripe;
   };
 }
+
+/**
+ * Stripe made a refund of 1000 of payment `id` under `key`, whose answer Palisade never had; its id.
+ */
+export async function refundMadeAtStripeUnder(
+  target: PaymentsApp,
+  id: string,
+  key: string,
+): Promise<string> {
+  const made = await fetch(`${target.stripe.url}/v1/refunds`, {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${STRIPE_TEST_KEY}`,
+      "content-type": "application/x-www-form-urlencoded",
+      "idempotency-key": key,
+    },
+    body: new URLSearchParams({
+      payment_intent: id,
+      amount: "1000",
+      "metadata[palisade_key]": key,
+    }).toString(),
+  });
+  expect(made.status).toBe(200);
+  return ((await made.json()) as { id: string }).id;
+}

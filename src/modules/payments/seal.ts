@@ -35,6 +35,7 @@ import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
 import { createRowSealer, oncePerRow, sealMatches } from "../../db/row-seal";
 import type { AuditEvent } from "../../plugins/audit/events";
+import { storedListOf } from "./undecided-refund";
 
 /** The columns a payment's seal covers. */
 export interface SealedPayment {
@@ -133,14 +134,7 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
  * of its entries carries the time it was written (every list written since does).
  */
 function writtenBeforeTheirTimes(stored: string): boolean {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(stored);
-  } catch {
-    return false;
-  }
-  if (parsed === null || typeof parsed !== "object") return false;
-  const { entries } = parsed as { entries?: unknown };
+  const entries = storedListOf(stored)?.entries;
   return (
     Array.isArray(entries) &&
     entries.every((entry) => entry !== null && typeof entry === "object" && !("at" in entry))

@@ -88,6 +88,17 @@ function entryOf(value: unknown, id: string): UndecidedRefund | null {
   return { key, amount, before, at, made: { id: refundId, status, at: madeAt } };
 }
 
+/** The object a stored list is, unchecked; null when it is no JSON object. */
+export function storedListOf(stored: string): Record<string, unknown> | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(stored);
+  } catch {
+    return null;
+  }
+  return parsed !== null && typeof parsed === "object" ? (parsed as Record<string, unknown>) : null;
+}
+
 /**
  * The refunds `stored` keeps for payment `id`, or null when it is none Palisade stored (its seal
  * does not match, or it is not the shape written).
@@ -97,14 +108,9 @@ export function undecidedOf(
   id: string,
   seal: (paymentId: string, entries: string) => string,
 ): UndecidedRefund[] | null {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(stored);
-  } catch {
-    return null;
-  }
-  if (parsed === null || typeof parsed !== "object") return null;
-  const { entries, seal: stamp } = parsed as Record<string, unknown>;
+  const parsed = storedListOf(stored);
+  if (parsed === null) return null;
+  const { entries, seal: stamp } = parsed;
   if (!Array.isArray(entries) || typeof stamp !== "string") return null;
   if (!sealMatches(seal(id, JSON.stringify(entries)), stamp)) return null;
   const read = entries.map((entry) => entryOf(entry, id));

@@ -17,6 +17,7 @@ import {
   paidPayment,
   pay,
   ROOMY_LIMITS,
+  refundMadeAtStripeUnder,
   refundStatusStripes,
   STRIPE_TEST_KEY,
   signStripe,
@@ -52,24 +53,8 @@ async function stripeRefundsOf(target: PaymentsApp, id: string) {
 }
 
 /** Stripe made the refund Palisade's first call asked for, and its answer never came back. */
-async function refundMadeAtStripe(target: PaymentsApp, id: string) {
-  const key = `palisade_refund_${id}_0_1000`;
-  const made = await fetch(`${target.stripe.url}/v1/refunds`, {
-    method: "POST",
-    headers: {
-      authorization: `Bearer ${STRIPE_TEST_KEY}`,
-      "content-type": "application/x-www-form-urlencoded",
-      "idempotency-key": key,
-    },
-    body: new URLSearchParams({
-      payment_intent: id,
-      amount: "1000",
-      "metadata[palisade_key]": key,
-    }).toString(),
-  });
-  expect(made.status).toBe(200);
-  return ((await made.json()) as { id: string }).id;
-}
+const refundMadeAtStripe = (target: PaymentsApp, id: string) =>
+  refundMadeAtStripeUnder(target, id, `palisade_refund_${id}_0_1000`);
 
 /** An audit row written into the file at an id past 2^53: the log takes no row after it. */
 function spendAuditIds(target: PaymentsApp) {

@@ -16,6 +16,7 @@ import {
   deliver,
   type PaymentsApp,
   paidPayment,
+  refundMadeAtStripeUnder,
   STRIPE_TEST_KEY,
   stripeEvent,
 } from "../../support/payments";
@@ -53,24 +54,6 @@ async function chargeRefunded(target: PaymentsApp, id: string, total: number) {
     }),
   );
   expect(delivered.status).toBe(200);
-}
-
-/** Stripe made a refund under `key`, whose answer Palisade never had. */
-async function refundMadeAtStripeUnder(target: PaymentsApp, id: string, key: string) {
-  const made = await fetch(`${target.stripe.url}${REFUNDS}`, {
-    method: "POST",
-    headers: {
-      authorization: `Bearer ${STRIPE_TEST_KEY}`,
-      "content-type": "application/x-www-form-urlencoded",
-      "idempotency-key": key,
-    },
-    body: new URLSearchParams({
-      payment_intent: id,
-      amount: "1000",
-      "metadata[palisade_key]": key,
-    }).toString(),
-  });
-  expect(made.status).toBe(200);
 }
 
 const storedUndecided = (target: PaymentsApp, id: string) =>
