@@ -141,7 +141,10 @@ function sentenceEndsAt(text: string, i: number): boolean {
 function lastGraphemeBoundary(text: string, limit: number): number {
   const segmenter = new Intl.Segmenter(undefined, { granularity: "grapheme" });
   const last: number[] = [];
-  for (const { index } of segmenter.segment(text.slice(0, limit + 1))) {
+  // Two code units past the bound, so the code point after it is whole: cut at `limit + 1`, an
+  // astral one was a lone surrogate there, and the segmenter put a boundary before it that the text
+  // has not, inside a flag, a skin tone or a ZWJ sequence (probe 61b F1).
+  for (const { index } of segmenter.segment(text.slice(0, limit + 2))) {
     if (index > limit) break;
     if (index === 0) continue;
     last.push(index);

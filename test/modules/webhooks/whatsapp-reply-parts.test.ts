@@ -128,6 +128,22 @@ describe("cutting a reply into parts", () => {
     }
   });
 
+  test("a cut at the bound itself never falls inside an emoji whose piece starts there: flags, skin tones, ZWJ sequences (probe 61b F1)", () => {
+    const segmenter = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+    for (const reply of [
+      `ab${"🇫🇷".repeat(2000)}`,
+      `ab${"🇺🇸🇪🇸".repeat(1000)}`,
+      `xx${"👍🏽".repeat(2000)}`,
+      `${"x".repeat(4093)}👨‍👩‍👧 tail`,
+    ]) {
+      const parts = replyParts(reply);
+      expectWellCut(reply, parts);
+      const whole = [...segmenter.segment(reply)].map((s) => s.segment);
+      const cut = parts.flatMap((part) => [...segmenter.segment(part)].map((s) => s.segment));
+      expect(cut.filter((g) => g.trim() !== "")).toEqual(whole.filter((g) => g.trim() !== ""));
+    }
+  });
+
   test("runs of closing quotes, marks and brackets are cut like any text: every part within the bound, nothing lost (probe 60a F-RP2)", () => {
     for (const reply of [
       "'".repeat(70_000),
