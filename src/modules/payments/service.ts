@@ -261,9 +261,9 @@ function firstRefundKey(id: string, refundedBefore: number, amount: number): str
  */
 function isRetryOf(entry: UndecidedRefund, amount: number | undefined, row: PaymentRow): boolean {
   if (amount !== undefined) return entry.amount === amount;
-  return (
-    entry.amount === row.amount - row.amountRefunded || entry.before + entry.amount === row.amount
-  );
+  // Not any refund equal to the rest now: one of 1000 found made, with the rest now 1000, answered
+  // a new refund of the rest with it, and nothing was made (probe 61c F3).
+  return entry.before + entry.amount === row.amount;
 }
 
 /** How many refused keys this process remembers where to walk on from (refundPastFailures). */

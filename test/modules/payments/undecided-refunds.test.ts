@@ -437,6 +437,19 @@ describe("a refund Stripe may still be making (probe 61a)", () => {
     expect((await refundTheRest(id, admin)).status).toBe(409);
   });
 
+  test("a refund of the rest without an amount is not answered with an earlier refund found made that happens to equal the rest now (probe 61c F3)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    expect((await refund(id, admin, 3000)).status).toBe(409);
+    expect((await refund(id, admin, 3000)).status).toBe(200);
+    expect((await refundTheRest(id, admin)).status).toBe(200);
+    const amounts = (await stripeRefundsOf(current, id)).map((r) => r.amount).sort();
+    expect(amounts).toEqual([1000, 1000, 3000]);
+    expect(storedUndecided(current, id)!.refunded).toBe(5000);
+  });
+
   for (const retry of ["with its amount", "without an amount"] as const) {
     test(`the refund of the whole payment whose answer was lost: its retry ${retry} is that refund, with charge.refunded counted first or not (F2)`, async () => {
       for (const counted of [true, false]) {
