@@ -186,6 +186,8 @@ interface RefundStart {
   row: PaymentRow;
   /** Its first Stripe idempotency key, as the payment's undecided refunds name it. */
   key: string;
+  /** Its claim of the payment: the `refund_started_at` it holds (renewed after a settle). */
+  claimedAt: number;
 }
 
 type Claim =
@@ -803,16 +805,16 @@ export class PaymentService {
       { behavior: "immediate" },
     );
     if (claimed.kind === "answer") return claimed.outcome;
-    // This refund's claim: its end clears only this claim, never one a later refund took.
-    const claim = now;
     let start: RefundStart;
     if (claimed.kind === "settle") {
-      const settled = await this.settleUndecided(gateway, claimed, amount, claim, acting);
+      const settled = await this.settleUndecided(gateway, claimed, amount, now, acting);
       if (settled.kind !== "start") return settled;
       start = settled;
     } else {
       start = claimed;
     }
+    // This refund's claim: its end clears only this claim, never one a later refund took.
+    const claim = start.claimedAt;
 
     const { result } = await refundPastFailures(
       gateway,
@@ -953,10 +955,10 @@ export class PaymentService {
       if (claimed) this.ledger.writeUndecided(row, entries);
       return { kind: "answer", outcome: { kind: "too_much", remaining } };
     }
-    if (!claimed) {
-      this.auditRequested(acting, row, wanted);
-      this.claimRefund(id, now);
-    }
+    if (!claimed) this.auditRequested(acting, row, wanted);
+    // Claimed by a settle, the claim is renewed: the reads of Stripe's refunds took part of its
+    // lease, and the refund's own calls must end inside one (probe 61c F1).
+    this.claimRefund(id, now);
     const key = firstRefundKey(id, row.amountRefunded, wanted);
     const own = { key, amount: wanted, before: row.amountRefunded, at: now };
     this.ledger.writeUndecided(row, [...entries.filter((entry) => entry.key !== key), own]);
@@ -967,6 +969,7 @@ export class PaymentService {
       currency: row.currency,
       row,
       key,
+      claimedAt: now,
     };
   }
 
@@ -997,6 +1000,12 @@ export class PaymentService {
       if (entry.made) {
         entries.push(entry);
         continue;
+      }
+      // Each read may take ~65 s: none starts past WALK_MS into the claim, so the last ends inside
+      // it (probe 61c F1: ten slow reads outlived it, and another refund took the payment).
+      if (this.clock.now() >= claim + WALK_MS) {
+        release();
+        return OUT_OF_TIME;
       }
       const listed = await gateway.refundMadeUnder(id, entry.amount, entry.key, true);
       if (!listed.ok && listed.kind === "unavailable") {
@@ -1032,10 +1041,19 @@ export class PaymentService {
       found.push({ entry: made, refund });
     }
     let next: RefundStart | { kind: "answer"; outcome: RefundOutcome };
+    // The claim lapsed while Stripe was read, and another refund of the payment took it: that one
+    // read the same list, settles it, and holds the payment; this one writes nothing (probe 61c F1:
+    // it wrote its stale list over the other's and started a refund beside it).
+    let lapsed = false;
     try {
       next = this.db.transaction(
         () => {
           const now = this.clock.now();
+          const held = this.ledger.find(id);
+          if (held && held.refundStartedAt !== claim) {
+            lapsed = true;
+            return { kind: "answer", outcome: { kind: "in_progress" } } as const;
+          }
           for (const { entry, refund } of found) {
             if (refund.status !== "succeeded") continue;
             const recorded = this.ledger.recordRefund(id, entry.before + refund.amount, now, null);
@@ -1098,7 +1116,14 @@ export class PaymentService {
       release();
       throw error;
     }
-    for (const { refund } of found) this.auditRefund(acting, id, row.currency, refund);
+    if (lapsed) {
+      this.logger.warn(
+        context,
+        "the refund's claim of the payment lapsed while Stripe's refunds were read; another refund holds it, and this one made nothing",
+      );
+    } else {
+      for (const { refund } of found) this.auditRefund(acting, id, row.currency, refund);
+    }
     if (next.kind === "answer") {
       if (next.outcome.kind === "too_much") release();
       return next.outcome;

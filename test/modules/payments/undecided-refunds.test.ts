@@ -5,6 +5,7 @@
  * the refunded total its Stripe key is derived from (probe 60a F-DUP).
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import type { PaymentsFeature } from "../../../src/modules/payments/feature";
 import { createPaymentSeal } from "../../../src/modules/payments/seal";
 import { secondProcess, send } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
@@ -512,4 +513,88 @@ test("payments:undecided shows a payment's undecided refunds, and --clear takes 
   expect(audited).toEqual([{ paymentId: id, cleared: 1, amounts: "1000" }]);
   // Still the payment Palisade sealed: a refund of another amount goes on at once.
   expect((await refund(id, admin, 300)).status).toBe(200);
+});
+
+describe("a refund's claim of the payment while Stripe's refunds are read (probe 61c F1)", () => {
+  test("lapsed while they were read, and taken by another refund: it writes nothing and starts nothing, and the other goes on alone", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    // Past the time Stripe may still be making it: the next read finds it not made.
+    clock.advance(11 * 60_000);
+    const slowRead = current.stripe.holdNext(REFUNDS);
+    const first = refund(id, admin, 300);
+    await slowRead.reached;
+    clock.advance(3 * 60_000);
+    const otherRead = current.stripe.holdNext(REFUNDS);
+    const second = refund(id, admin, 200);
+    await otherRead.reached;
+    const otherMade = current.stripe.holdNext(REFUNDS);
+    otherRead.release();
+    await otherMade.reached;
+    // The second refund is with Stripe; the first's read ends now.
+    slowRead.release();
+    expect((await first).status).toBe(409);
+    const stored = JSON.parse(storedUndecided(current, id)!.undecided!) as {
+      entries: { amount: number }[];
+    };
+    expect(stored.entries.map((entry) => entry.amount)).toEqual([200]);
+    otherMade.release();
+    expect((await second).status).toBe(200);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([200]);
+    expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 200 });
+    expect(current.logs.text).toContain("the refund's claim of the payment lapsed");
+    // Asked again, the first goes on.
+    expect((await refund(id, admin, 300)).status).toBe(200);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount).sort()).toEqual([200, 300]);
+  });
+
+  test("no read of them starts past 30 s into the claim (503), and a refund that starts after them has a claim of its own lease", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 5000);
+    const feature = current.services.features.find(
+      (f) => f.name === "payments",
+    ) as PaymentsFeature;
+    const row = feature.ledger.find(id)!;
+    const entry = (amount: number) => ({
+      key: `palisade_refund_${id}_0_${amount}`,
+      amount,
+      before: 0,
+      at: clock.now(),
+    });
+    expect(feature.ledger.writeUndecided(row, [entry(1000), entry(700)])).toBe(true);
+    const reads = () =>
+      current!.stripe.calls.filter((call) => call.method === "GET" && call.path === REFUNDS).length;
+    const slowRead = current.stripe.holdNext(REFUNDS);
+    const asked = refund(id, admin, 1000);
+    await slowRead.reached;
+    clock.advance(31_000);
+    slowRead.release();
+    const answer = await asked;
+    expect(answer.status).toBe(503);
+    expect(answer.headers.get("retry-after")).not.toBeNull();
+    expect(reads()).toBe(1);
+    expect(feature.ledger.find(id)!.refundStartedAt).toBeNull();
+    // Both read at once this time; past ten minutes neither was made, and the refund asked for
+    // starts under a claim taken when it starts, not when the reads began.
+    clock.advance(10 * 60_000);
+    const readAgain = current.stripe.holdNext(REFUNDS);
+    const again = refund(id, admin, 300);
+    await readAgain.reached;
+    clock.advance(20_000);
+    const started = clock.now();
+    const secondRead = current.stripe.holdNext(REFUNDS);
+    readAgain.release();
+    await secondRead.reached;
+    const made = current.stripe.holdNext(REFUNDS);
+    secondRead.release();
+    await made.reached;
+    expect(feature.ledger.find(id)!.refundStartedAt).toBe(started);
+    made.release();
+    expect((await again).status).toBe(200);
+    expect(reads()).toBe(3);
+  });
 });
