@@ -1023,9 +1023,14 @@ export class PaymentService {
         return { ok: false, kind: "unavailable", reason: "undecided refund not that refund" };
       }
       const refund = listed.refund;
-      if (refund === null && this.clock.now() - entry.at < UNLISTED_KEPT_MS) {
-        entries.push(entry);
-        unlisted.push(entry);
+      const now = this.clock.now();
+      if (refund === null && now - entry.at < UNLISTED_KEPT_MS) {
+        // Written ahead of this clock (set back since, or another process's ahead), it is kept as
+        // if written now: held from its time, it held every other refund for as long as the clock
+        // was off, with a Retry-After past ten minutes (probe 61c F4).
+        const kept = entry.at > now ? { ...entry, at: now } : entry;
+        entries.push(kept);
+        unlisted.push(kept);
         continue;
       }
       if (refund === null || refund.status === "failed" || refund.status === "canceled") continue;

@@ -598,3 +598,20 @@ describe("a refund's claim of the payment while Stripe's refunds are read (probe
     expect(reads()).toBe(3);
   });
 });
+
+test("an undecided refund written ahead of the clock (the clock set back since) holds others no longer than ten minutes from when it is first found (probe 61c F4)", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock });
+  const { admin, id } = await paidPayment(current, 5000);
+  current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+  expect((await refund(id, admin, 1000)).status).toBe(503);
+  clock.advance(-60 * 60_000);
+  const held = await refund(id, admin, 300);
+  expect(held.status).toBe(503);
+  expect(held.headers.get("retry-after")).toBe("600");
+  clock.advance(5 * 60_000);
+  expect((await refund(id, admin, 300)).headers.get("retry-after")).toBe("300");
+  clock.advance(5 * 60_000);
+  expect((await refund(id, admin, 300)).status).toBe(200);
+  expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([300]);
+});
