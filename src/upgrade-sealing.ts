@@ -2,7 +2,8 @@
  * @module
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
  * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017,
- * address blocks and lockouts with 0021, API key lineages with 0022, their rotation marks with 0023)
+ * address blocks and lockouts with 0021, API key lineages with 0022, their rotation marks with 0023,
+ * payments' undecided refunds with 0028)
  * seals those rows in a
  * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
@@ -24,6 +25,10 @@ import {
 import { createChatSeal } from "./modules/chat/history-seal";
 import { chatSealedMessage, chatSealing } from "./modules/chat/history-seal-upgrade";
 import { createPaymentSeal, paymentSealing, paymentsSealedMessage } from "./modules/payments/seal";
+import {
+  undecidedSealedMessage,
+  undecidedSealing,
+} from "./modules/payments/undecided-seal-upgrade";
 import {
   createOutboxSeal,
   outboxSealedMessage,
@@ -53,7 +58,9 @@ export function upgradeSealing(auditSecret: string): {
   const credentials = credentialSealing(credentialSeal);
   const outbox = outboxSealing(createOutboxSeal(auditSecret));
   const chat = chatSealing(createChatSeal(auditSecret));
-  const ledger = paymentSealing(createPaymentSeal(auditSecret));
+  const paymentSeal = createPaymentSeal(auditSecret);
+  const ledger = paymentSealing(paymentSeal);
+  const undecided = undecidedSealing(paymentSeal);
   const blocks = blockSealing(createBlockSeal(auditSecret));
   const lineages = lineageSealing(credentialSeal);
   const successors = successorSealing(credentialSeal);
@@ -66,6 +73,7 @@ export function upgradeSealing(auditSecret: string): {
       ...blocks.companions,
       ...lineages.companions,
       ...successors.companions,
+      ...undecided.companions,
     ]),
     sealed() {
       const said: UpgradeSealed[] = [];
@@ -92,6 +100,10 @@ export function upgradeSealing(auditSecret: string): {
             marks,
           ),
         );
+      }
+      const refunds = undecided.sealed();
+      if (refunds) {
+        said.push(sealedOf("payment.undecided_sealed", undecidedSealedMessage(refunds), refunds));
       }
       return said;
     },
@@ -134,7 +146,8 @@ function sealedOf(
     | "payment.ledger_sealed"
     | "ip.blocks_sealed"
     | "auth.lineages_sealed"
-    | "auth.successors_sealed",
+    | "auth.successors_sealed"
+    | "payment.undecided_sealed",
   message: string,
   counts: object,
 ): UpgradeSealed {

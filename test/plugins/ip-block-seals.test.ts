@@ -447,6 +447,7 @@ async function expectSealedAgain(path: string, env: Record<string, string>) {
     { kind: "ip.blocks_sealed", earlier: 1, blocks: 1 },
     { kind: "auth.lineages_sealed", earlier: 1, keys: 0, rotated: 0 },
     { kind: "auth.successors_sealed", earlier: 1, keys: 0, rotated: 0, actingForUsers: 0 },
+    { kind: "payment.undecided_sealed", earlier: 1, payments: 0 },
   ]);
 }
 

@@ -22,9 +22,9 @@
  * seal of their own, with the same key, and the payment's seal covers them too once there are any
  * (a payment without any is sealed as before they existed): sealed alone, the list could be
  * emptied in the file, or one of its earlier states written back, and a refund Stripe had made was
- * made again or a new one answered with an old one (probe 61a F3). A list the release before this
- * one wrote (its entries carry no time) is accepted under the seal of its payment without it, until
- * Palisade next writes the row.
+ * made again or a new one answered with an old one (probe 61a F3). The lists the release before
+ * this one wrote, sealed alone, were put under their payment's seal by migration 0028
+ * (undecided-seal-upgrade.ts).
  *
  * Not sealed: the refund claim and `seq`. Changing those can delay a refund or reorder a list; not
  * change what a payment says. A copy of an older row of the same file, seal and all (a rollback),
@@ -35,7 +35,6 @@ import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
 import { createRowSealer, oncePerRow, sealMatches } from "../../db/row-seal";
 import type { AuditEvent } from "../../plugins/audit/events";
-import { storedListOf } from "./undecided-refund";
 
 /** The columns a payment's seal covers. */
 export interface SealedPayment {
@@ -119,26 +118,10 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
     undecidedRefunds: (paymentId, entries) =>
       mac(["payment_refunds_undecided", paymentId, entries]),
     intact: {
-      payment: (row) =>
-        sealMatches(payment(row), row.seal) ||
-        (row.refundUndecided != null &&
-          writtenBeforeTheirTimes(row.refundUndecided) &&
-          sealMatches(payment({ ...row, refundUndecided: null }), row.seal)),
+      payment: (row) => sealMatches(payment(row), row.seal),
       idempotencyKey: (row) => sealMatches(idempotencyKey(row), row.seal),
     },
   };
-}
-
-/**
- * Whether `stored` is a list of undecided refunds as the release before this one wrote them: none
- * of its entries carries the time it was written (every list written since does).
- */
-function writtenBeforeTheirTimes(stored: string): boolean {
-  const entries = storedListOf(stored)?.entries;
-  return (
-    Array.isArray(entries) &&
-    entries.every((entry) => entry !== null && typeof entry === "object" && !("at" in entry))
-  );
 }
 
 /**

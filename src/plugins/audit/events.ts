@@ -64,9 +64,10 @@ export const AUDIT_EVENT_TYPES = [
   "payment.refunded",
   "payment.dispute.created",
   // A payments row whose seal does not match (treated as absent), and the rows an upgrade sealed
-  // (modules/payments/seal.ts).
+  // (modules/payments/seal.ts, undecided-seal-upgrade.ts).
   "payment.tampered",
   "payment.ledger_sealed",
+  "payment.undecided_sealed",
   // Webhook deliveries whose signature did not verify (batched: a flood must not cost a write each).
   "webhook.signature_failed",
   // Chat budgets: a turn refused over the daily budget (batched), an operator's reset.

@@ -496,6 +496,7 @@ describe("upgrading a database stored before payment seals", () => {
       { kind: "ip.blocks_sealed", earlier: 1, blocks: 0 },
       { kind: "auth.lineages_sealed", earlier: 1, keys: 0, rotated: 0 },
       { kind: "auth.successors_sealed", earlier: 1, keys: 0, rotated: 0, actingForUsers: 0 },
+      { kind: "payment.undecided_sealed", earlier: 1, payments: 0 },
     ]);
     file.$client.close();
   });

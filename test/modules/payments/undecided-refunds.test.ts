@@ -5,12 +5,15 @@
  * the refunded total its Stripe key is derived from (probe 60a F-DUP).
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { applyMigrations } from "../../../src/db/migrate";
 import type { PaymentsFeature } from "../../../src/modules/payments/feature";
 import { createPaymentSeal } from "../../../src/modules/payments/seal";
+import { upgradeSealing } from "../../../src/upgrade-sealing";
 import { secondProcess, send } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
+import { forgetMigrationsFrom } from "../../support/migrations";
 import {
   auditRows,
   buildPaymentsApp,
@@ -240,31 +243,60 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
     expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 200 });
   });
 
-  test("a list the release before wrote (no times, the payment sealed without it) is still asked about, and the row resealed over what replaces it; forged in that shape, it is ignored with a line", async () => {
+  test("a list the release before wrote (sealed alone, its payment without it) is put under the payment's seal by the upgrade and still asked about; written back into the file once settled, the payment fails its seal (probe 61c F2)", async () => {
     current = buildPaymentsApp();
     const { admin, id } = await paidPayment(current, 5000);
-    const sealer = createPaymentSeal(current.config.audit.secretKey);
+    const secret = current.config.audit.secretKey;
+    const sealer = createPaymentSeal(secret);
     const key = `palisade_refund_${id}_0_1000`;
     const entries = JSON.stringify([{ key, amount: 1000, before: 0 }]);
     const sqlite = current.db.$client;
-    sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [
-      JSON.stringify({ entries: JSON.parse(entries), seal: sealer.undecidedRefunds(id, entries) }),
-      id,
+    const oldList = JSON.stringify({
+      entries: JSON.parse(entries),
+      seal: sealer.undecidedRefunds(id, entries),
+    });
+    sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [oldList, id]);
+    forgetMigrationsFrom(sqlite, 28);
+    const sealing = upgradeSealing(secret);
+    expect(applyMigrations(current.db, undefined, sealing.companions).appliedNow).toEqual([
+      "0028_refund_undecided_seals",
     ]);
+    expect(sealing.sealed().at(-1)).toMatchObject({
+      event: { type: "payment.undecided_sealed", detail: { payments: 1 } },
+      message: expect.stringContaining("sealed the undecided refunds of the 1 payments"),
+    });
     await refundMadeAtStripeUnder(current, id, key);
     await chargeRefunded(current, id, 1000);
     const retried = await refund(id, admin, 1000);
     expect(retried.status).toBe(200);
     expect(await stripeRefundsOf(current, id)).toHaveLength(1);
     expect(storedUndecided(current, id)).toEqual({ undecided: null, refunded: 1000 });
-    // Forged in that shape (no seal of its own) on a payment sealed without a list: ignored.
+    // The old list, written back into the file once settled: before, it was the answer to a new
+    // refund of 1000 (found made again under its key), and nothing was refunded.
+    sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [oldList, id]);
+    expect((await refund(id, admin, 1000)).status).toBe(404);
+    expect(current.logs.text).toContain("a payments row does not match its seal");
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  });
+
+  test("the upgrade seals only a list both seals say Palisade wrote: one forged in that shape stays unsealed, and its payment fails its seal (probe 61c F2)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    const sqlite = current.db.$client;
+    const key = `palisade_refund_${id}_0_1000`;
     sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [
       JSON.stringify({ entries: [{ key, amount: 1000, before: 0 }], seal: "x" }),
       id,
     ]);
-    expect((await refund(id, admin, 300)).status).toBe(200);
-    expect(current.logs.text).toContain("the payment's undecided refunds are none Palisade stored");
-    expect(await stripeRefundsOf(current, id)).toHaveLength(2);
+    forgetMigrationsFrom(sqlite, 28);
+    const sealing = upgradeSealing(current.config.audit.secretKey);
+    applyMigrations(current.db, undefined, sealing.companions);
+    expect(sealing.sealed().at(-1)).toMatchObject({
+      event: { type: "payment.undecided_sealed", detail: { payments: 0 } },
+      message: null,
+    });
+    expect((await refund(id, admin, 300)).status).toBe(404);
+    expect(await stripeRefundsOf(current, id)).toEqual([]);
   });
 
   test("a refund is among the payment's undecided ones before Stripe is asked: a stop or a crash while Stripe works leaves it to be asked about, and the retry in another process after the claim's lease is that refund (probe 60c F2)", async () => {
@@ -555,9 +587,7 @@ describe("a refund's claim of the payment while Stripe's refunds are read (probe
     const clock = new ManualClock();
     current = buildPaymentsApp({ clock });
     const { admin, id } = await paidPayment(current, 5000);
-    const feature = current.services.features.find(
-      (f) => f.name === "payments",
-    ) as PaymentsFeature;
+    const feature = current.services.features.find((f) => f.name === "payments") as PaymentsFeature;
     const row = feature.ledger.find(id)!;
     const entry = (amount: number) => ({
       key: `palisade_refund_${id}_0_${amount}`,
