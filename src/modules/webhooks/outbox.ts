@@ -73,6 +73,13 @@ export const REFUSED_TEXT_REPLY =
  */
 export const UPSTREAM_REFUSED_REPLY =
   "Thanks for your message! I can't answer that one — please rephrase your question and send it again.";
+/**
+ * Sent for a chat reply with nothing visible in it (empty, or white space alone: a model that
+ * finished with no content). Graph refuses an empty text for good, so the sender heard nothing for
+ * a turn that ran and was charged (probe 61b F2); white space alone is no answer either.
+ */
+export const EMPTY_CHAT_REPLY =
+  "Thanks for your message! I don't have an answer to that one — please rephrase your question and send it again.";
 /** The answer when the sender's daily chat budget is spent. */
 export const OVER_BUDGET_REPLY =
   "Thanks for your message! You've reached today's limit for this assistant; please try again tomorrow.";
@@ -384,6 +391,13 @@ export class OutboxWorker {
       }
       if (this.stopping) return this.release(row);
       if (row.recipient === null) return this.failPermanent(row, "no recipient kept");
+      if (reply.trim() === "") {
+        logger.warn(
+          { outboxId: this.storedId(row) },
+          "the chat reply has nothing visible in it; the sender is sent a fixed notice",
+        );
+        reply = EMPTY_CHAT_REPLY;
+      }
       await this.send(row, row.recipient, replyParts(reply));
     } catch (error) {
       logger.error({ err: error, outboxId: this.storedId(row) }, "whatsapp outbox row failed");

@@ -6,6 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { ChatTurnOutcome } from "../../../src/modules/chat/contract";
+import { EMPTY_CHAT_REPLY } from "../../../src/modules/webhooks/outbox";
 import { GRAPH_TEXT_LIMIT, replyParts } from "../../../src/modules/webhooks/reply-parts";
 import { send } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
@@ -242,27 +243,38 @@ describe("sending a long reply", () => {
     expect(metrics).toContain('whatsapp_replies_total{outcome="sent"} 1');
   });
 
-  test("a reply of white space alone longer than a message is sent and the row finished: the sender's next message is answered (probe 59c F1)", async () => {
-    const { target, graph, chat, worker } = outboxSetup(cleanups);
-    replying(chat, "\n".repeat(2500) + " ".repeat(2500));
-    await deliver(
-      target,
-      notification({ messages: [{ id: "wamid.BLANK", from: "16505551234", text: "say nothing" }] }),
-    );
-    await deliver(
-      target,
-      notification({ messages: [{ id: "wamid.AFTER", from: "16505551234", text: "hello" }] }),
-    );
-    await worker.drain();
-    expect(graph.sent.map((m) => m.body.length)).toEqual([
-      GRAPH_TEXT_LIMIT,
-      "reply to: hello".length,
-    ]);
-    const states = target.db.$client
-      .query<{ state: string }, []>("SELECT state FROM whatsapp_outbox ORDER BY id")
-      .all();
-    expect(states.map((row) => row.state)).toEqual(["sent", "sent"]);
-  });
+  test.each([
+    ["empty (probe 61b F2: Graph refused it for good, and the sender heard nothing)", ""],
+    [
+      "white space alone, longer than a message (probe 59c F1)",
+      "\n".repeat(2500) + " ".repeat(2500),
+    ],
+    ["white space alone, short", " \u00a0\u3000\n"],
+  ])(
+    "a chat reply %s: the sender is sent a fixed notice, the row finished, and the next message answered",
+    async (_, blank) => {
+      const { target, graph, chat, worker } = outboxSetup(cleanups);
+      replying(chat, blank);
+      await deliver(
+        target,
+        notification({
+          messages: [{ id: "wamid.BLANK", from: "16505551234", text: "say nothing" }],
+        }),
+      );
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.AFTER", from: "16505551234", text: "hello" }] }),
+      );
+      await worker.drain();
+      expect(graph.sent.map((m) => m.body)).toEqual([EMPTY_CHAT_REPLY, "reply to: hello"]);
+      expect(graph.received.filter((m) => m.status >= 400)).toEqual([]);
+      expect(target.logs.text).toContain("the chat reply has nothing visible in it");
+      const states = target.db.$client
+        .query<{ state: string }, []>("SELECT state FROM whatsapp_outbox ORDER BY id")
+        .all();
+      expect(states.map((row) => row.state)).toEqual(["sent", "sent"]);
+    },
+  );
 
   test("a part Graph fails for a while is sent after the backoff, and the parts before it never twice", async () => {
     const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
