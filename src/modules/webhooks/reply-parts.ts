@@ -36,7 +36,14 @@ const isSpace = (char: string | undefined) => char !== undefined && /\s/u.test(c
  * with 」).
  */
 const CLOSES_SENTENCE = /^[\p{Pe}\p{Pf}\p{M}"']$/u;
-const MUST_NOT_BEGIN_A_PART = /^[\p{Pe}\p{Pf}\p{M}]$/u;
+/**
+ * Nor what a line may not begin with in the text's own rules: the French `! ? : ;` that a (narrow)
+ * no-break space puts after a word, commas and full stops, and the Japanese and Chinese commas,
+ * colons, small kana, the long-vowel mark and iteration marks, which go with the character before
+ * them (probe 61b F3: a part began with `!`, or with `、`).
+ */
+const MUST_NOT_BEGIN_A_PART =
+  /^(?:[\p{Pe}\p{Pf}\p{M}]|[!?:;,.‼⁇⁈⁉、。，．：；！？・ーぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶㇰ-ㇿ々〻ゝゞヽヾ])$/u;
 /**
  * How far a look for a sentence's stop, or for where the next part begins, goes past closing
  * marks or white space: each candidate cut looks this far at most, so a run of thousands of quotes

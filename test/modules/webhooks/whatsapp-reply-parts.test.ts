@@ -129,6 +129,31 @@ describe("cutting a reply into parts", () => {
     }
   });
 
+  test("no part begins with what a line may not begin with in its script: French `! ? : ;` after a no-break space, Japanese and Chinese commas, small kana, the long-vowel mark (probe 61b F3)", () => {
+    const mustNotBegin = /^[!?:;,.、，：；ぁぃぅぇぉっゃゅょァィゥェォッャュョー々]/u;
+    const runs = [
+      "Bonjour\u00a0! ",
+      "Vraiment\u202f? ",
+      "Note\u00a0: ",
+      "Oui\u202f; ",
+      "東京、",
+      "ちょっと",
+      "チョコレート",
+      "字，字；",
+    ];
+    for (let offset = 0; offset < 6; offset++) {
+      for (const run of runs) {
+        const reply = "x".repeat(offset) + run.repeat(Math.ceil(9000 / run.length));
+        const parts = replyParts(reply);
+        expect(parts.length).toBeGreaterThan(1);
+        expectWellCut(reply, parts);
+        expect(parts.filter((part) => mustNotBegin.test(part)).map((p) => p.slice(0, 3))).toEqual(
+          [],
+        );
+      }
+    }
+  });
+
   test("a cut at the bound itself never falls inside an emoji whose piece starts there: flags, skin tones, ZWJ sequences (probe 61b F1)", () => {
     const segmenter = new Intl.Segmenter(undefined, { granularity: "grapheme" });
     for (const reply of [
