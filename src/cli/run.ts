@@ -139,13 +139,11 @@ export async function runCli(
         const sealed = sealing.sealed();
         const resealed = resealings(db.$client, sealed);
         for (const { message } of [...sealed, ...resealed]) if (message) io.err(message);
-        // Audited as the start audits it, through the same services (the chain's upgrade first).
-        // A sealing that found nothing is audited only by a command that makes or migrates the
-        // file: a reading one (`audit:verify` first on an old file) writes nothing it need not.
-        const making = command.database === "makes";
-        for (const { event, message } of [...sealed, ...resealed]) {
-          if (message !== null || making) context.services().audit.record(event);
-        }
+        // Audited as the start audits it, through the same services (the chain's upgrade first),
+        // by every command that applied the migration, a reading one too: a sealing that found
+        // nothing and was not recorded left a second run of it, on a file put back before it, with
+        // no earlier one to be told from (probe 62a F1).
+        for (const { event } of [...sealed, ...resealed]) context.services().audit.record(event);
         for (const event of droppedTriggerEvents(dropped)) context.services().audit.record(event);
       }
       return db;

@@ -863,7 +863,14 @@ export class PaymentService {
       );
       return [];
     }
-    return entries.filter((entry) => !entry.made || now - entry.made.at < MADE_KEPT_MS);
+    // One found made at a time ahead of the clock (set back since) is kept a day from now, not
+    // from that time: it answered a new refund of its amount for as long as the clock was off
+    // (probe 62a F3). The list is written with it so at the refund's next write.
+    return entries
+      .map((entry) =>
+        entry.made && entry.made.at > now ? { ...entry, made: { ...entry.made, at: now } } : entry,
+      )
+      .filter((entry) => !entry.made || now - entry.made.at < MADE_KEPT_MS);
   }
 
   /**
@@ -1054,8 +1061,14 @@ export class PaymentService {
       next = this.db.transaction(
         () => {
           const now = this.clock.now();
+          // The list as read, too: a retry answered with a refund found made takes it off without
+          // the claim, once the claim has lapsed; written over, the refund was back as the answer
+          // to a new refund of its amount (probe 62a F2). Nothing else writes it while the claim runs.
           const held = this.ledger.find(id);
-          if (held && held.refundStartedAt !== claim) {
+          if (
+            held &&
+            (held.refundStartedAt !== claim || held.refundUndecided !== row.refundUndecided)
+          ) {
             lapsed = true;
             return { kind: "answer", outcome: { kind: "in_progress" } } as const;
           }

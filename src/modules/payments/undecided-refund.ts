@@ -89,7 +89,7 @@ function entryOf(value: unknown, id: string): UndecidedRefund | null {
 }
 
 /** The object a stored list is, unchecked; null when it is no JSON object. */
-function storedListOf(stored: string): Record<string, unknown> | null {
+export function storedListOf(stored: string): Record<string, unknown> | null {
   let parsed: unknown;
   try {
     parsed = JSON.parse(stored);

@@ -19,7 +19,12 @@ import { send, tempDir } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
-import { migrationsUpTo, migrationTagsFrom, putBackBefore } from "../../support/migrations";
+import {
+  forgetMigrationsFrom,
+  migrationsUpTo,
+  migrationTagsFrom,
+  putBackBefore,
+} from "../../support/migrations";
 import {
   auditRows,
   buildPaymentsApp,
@@ -499,5 +504,38 @@ describe("upgrading a database stored before payment seals", () => {
       { kind: "payment.undecided_sealed", earlier: 1, payments: 0 },
     ]);
     file.$client.close();
+  });
+
+  test("a reading command that applies a sealing migration records it, with nothing sealed too: the file put back before it is then seen sealed twice (probe 62a F1)", async () => {
+    const dir = tempDir();
+    cleanups.push(dir.remove);
+    const path = `${dir.path}/at-0027.db`;
+    const db = openDatabase(path);
+    applyMigrations(db, migrationsUpTo(dir.path, 27));
+    db.$client.close();
+    const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC" };
+    await cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
+    const events = (type: string) => {
+      const file = openDatabase(path);
+      try {
+        return file.$client
+          .query<{ detail: string }, [string]>("SELECT detail FROM audit_events WHERE type = ?")
+          .all(type)
+          .map((row) => JSON.parse(row.detail));
+      } finally {
+        file.$client.close();
+      }
+    };
+    expect(events("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
+    const file = openDatabase(path);
+    forgetMigrationsFrom(file.$client, 28);
+    file.$client.close();
+    const again = await cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
+    expect(again.stderr).toContain(
+      "the database file was sealed by this release before (1 earlier payment.undecided_sealed in its audit log)",
+    );
+    expect(events("db.resealed")).toEqual([
+      { kind: "payment.undecided_sealed", earlier: 1, payments: 0 },
+    ]);
   });
 });

@@ -645,3 +645,78 @@ test("an undecided refund written ahead of the clock (the clock set back since) 
   expect((await refund(id, admin, 300)).status).toBe(200);
   expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([300]);
 });
+
+describe("probe 62a", () => {
+  test("a lapsed refund whose list was changed meanwhile by a retry answered without the claim writes nothing: the refund found made does not come back to answer a new refund (F2)", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    const [made] = await stripeRefundsOf(current, id);
+    expect((await refund(id, admin, 300)).status).toBe(409);
+    current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+    expect((await refund(id, admin, 300)).status).toBe(503);
+    // The retry of 300 reads Stripe's refunds for as long as its claim lasts.
+    const slowRead = current.stripe.holdNext(REFUNDS);
+    const first = refund(id, admin, 300);
+    await slowRead.reached;
+    clock.advance(3 * 60_000);
+    // Meanwhile the retry of 1000 is answered with the refund found made, and takes it off.
+    const retried = await refund(id, admin, 1000);
+    expect(retried.status).toBe(200);
+    expect(((await retried.json()) as { refund: { id: string } }).refund.id).toBe(made!.id);
+    slowRead.release();
+    expect((await first).status).toBe(409);
+    expect((await refund(id, admin, 300)).status).toBe(200);
+    // A new refund of 1000 is a new one.
+    const fresh = await refund(id, admin, 1000);
+    expect(fresh.status).toBe(200);
+    expect(((await fresh.json()) as { refund: { id: string } }).refund.id).not.toBe(made!.id);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount).sort()).toEqual([
+      1000, 1000, 300,
+    ]);
+  });
+
+  test("a refund found made at a time ahead of the clock (set back since) answers a retry of its amount a day from when the clock was seen behind it, not from that time (F3)", async () => {
+    const clock = new ManualClock();
+    current = buildPaymentsApp({ clock });
+    const { id } = await paidPayment(current, 5000);
+    const day = 24 * 60 * 60 * 1000;
+    clock.advance(2 * day);
+    const ahead = await signUp(current, { role: "admin" });
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, ahead, 1000)).status).toBe(503);
+    expect((await refund(id, ahead, 300)).status).toBe(409);
+    clock.advance(-2 * day);
+    const admin = await signUp(current, { role: "admin" });
+    expect((await refund(id, admin, 300)).status).toBe(200);
+    clock.advance(day);
+    const later = await signUp(current, { role: "admin" });
+    const fresh = await refund(id, later, 1000);
+    expect(fresh.status).toBe(200);
+    expect((await stripeRefundsOf(current, id)).map((r) => r.amount).sort()).toEqual([
+      1000, 1000, 300,
+    ]);
+  });
+
+  test("a second run of the upgrade (0028 forgotten in the file) does not reseal a list this release wrote: a settled one written back fails the payment's seal (F1)", async () => {
+    current = buildPaymentsApp();
+    const { admin, id } = await paidPayment(current, 5000);
+    current.stripe.failNext(REFUNDS, { status: 500, shouldRetry: false, executed: true });
+    expect((await refund(id, admin, 1000)).status).toBe(503);
+    expect((await refund(id, admin, 300)).status).toBe(409);
+    const saved = storedUndecided(current, id)!.undecided!;
+    expect((await refund(id, admin, 1000)).status).toBe(200);
+    const sqlite = current.db.$client;
+    sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [saved, id]);
+    forgetMigrationsFrom(sqlite, 28);
+    const sealing = upgradeSealing(current.config.audit.secretKey);
+    applyMigrations(current.db, undefined, sealing.companions);
+    expect(sealing.sealed().at(-1)).toMatchObject({
+      event: { type: "payment.undecided_sealed", detail: { payments: 0 } },
+    });
+    expect((await refund(id, admin, 1000)).status).toBe(404);
+    expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  });
+});
