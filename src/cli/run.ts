@@ -20,6 +20,7 @@ import { applyMigrations, migrationsFailed } from "../db/migrate";
 import { createSchemaGuard, schemaChangedMessage } from "../db/schema-guard";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
+import { UNKEYED_CHECK } from "../plugins/audit/upgrade";
 import { createServices, type Services } from "../services";
 import { resealings, upgradeSealing } from "../upgrade-sealing";
 import {
@@ -142,8 +143,15 @@ export async function runCli(
         // Audited as the start audits it, through the same services (the chain's upgrade first),
         // by every command that applied the migration, a reading one too: a sealing that found
         // nothing and was not recorded left a second run of it, on a file put back before it, with
-        // no earlier one to be told from (probe 62a F1).
-        for (const { event } of [...sealed, ...resealed]) context.services().audit.record(event);
+        // no earlier one to be told from (probe 62a F1). But a reading command keys no chain the
+        // first start has yet to key (`audit:verify` reports its unkeyed rows): there, it records
+        // only a sealing that sealed something, as before.
+        const records =
+          command.database === "makes" ||
+          db.$client.query<{ found: number }, []>(UNKEYED_CHECK).get()?.found !== 1;
+        for (const { event, message } of [...sealed, ...resealed]) {
+          if (message !== null || records) context.services().audit.record(event);
+        }
         for (const event of droppedTriggerEvents(dropped)) context.services().audit.record(event);
       }
       return db;

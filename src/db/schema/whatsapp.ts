@@ -38,6 +38,12 @@ export const whatsappOutbox = sqliteTable(
      * (modules/webhooks/reply-parts.ts): a retry sends the rest, never a part again.
      */
     replyPartsSent: integer("reply_parts_sent").notNull().default(0),
+    /**
+     * Where in the reply the text Graph has not accepted yet begins (UTF-16 offset), recorded with
+     * each part accepted: the next try cuts the rest afresh from there (reply-parts.ts
+     * replyPieces). Null on a row the release before wrote, whose parts are then counted.
+     */
+    replySentChars: integer("reply_sent_chars"),
     /** The Graph API's id of the reply (of its last part: what status callbacks name). */
     replyMessageId: text("reply_message_id"),
     lastError: text("last_error"),

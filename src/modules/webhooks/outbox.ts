@@ -50,10 +50,11 @@ import type { AppDatabase } from "../../db/client";
 import { whatsappOutbox } from "../../db/schema";
 import { type Logger, storedText } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
+import { showsSomething } from "../../visible-text";
 import type { ChatTurns } from "../chat/contract";
 import type { GraphClient, SendOutcome } from "./graph-client";
 import type { OutboxSeal } from "./outbox-seal";
-import { replyParts } from "./reply-parts";
+import { replyPieces } from "./reply-parts";
 import type { WhatsAppMetrics } from "./whatsapp-metrics";
 
 export type OutboxRow = typeof whatsappOutbox.$inferSelect;
@@ -391,14 +392,16 @@ export class OutboxWorker {
       }
       if (this.stopping) return this.release(row);
       if (row.recipient === null) return this.failPermanent(row, "no recipient kept");
-      if (reply.trim() === "") {
+      // Nothing that shows: empty, white space, zero-width or filler characters, controls (the
+      // rule a chat message itself must meet; probe 62b F1: `trim()` let them through).
+      if (!showsSomething(reply)) {
         logger.warn(
           { outboxId: this.storedId(row) },
           "the chat reply has nothing visible in it; the sender is sent a fixed notice",
         );
         reply = EMPTY_CHAT_REPLY;
       }
-      await this.send(row, row.recipient, replyParts(reply));
+      await this.send(row, row.recipient, reply);
     } catch (error) {
       logger.error({ err: error, outboxId: this.storedId(row) }, "whatsapp outbox row failed");
       // A row refused for its seal but not yet marked (another process's lock) is left as it is:
@@ -414,20 +417,24 @@ export class OutboxWorker {
 
   /**
    * Sends the reply's parts Graph has not accepted yet, each under a lease extended to cover it,
-   * each accepted one recorded before the next is sent (a retry, or the next process after a stop
-   * or a crash, sends the rest, never a part again), the last marked as the whole reply's sending.
+   * each accepted one recorded (its count, and where the rest begins) before the next is sent: a
+   * retry, or the next process after a stop or a crash, cuts and sends the rest, never a part
+   * again; the last is marked as the whole reply's sending.
    */
-  private async send(row: OutboxRow, recipient: string, parts: readonly string[]): Promise<void> {
+  private async send(row: OutboxRow, recipient: string, reply: string): Promise<void> {
     const { clock, logger } = this.options;
-    const first = partsSent(row, parts.length);
-    for (let part = first; part < parts.length; part++) {
-      if (part > first && this.stopping) return this.release(row);
+    const resumed = resumePoint(row, reply);
+    const parts = replyPieces(reply.slice(resumed.at));
+    const total = resumed.sent + parts.length;
+    for (let part = 0; part < parts.length; part++) {
+      if (part > 0 && this.stopping) return this.release(row);
+      const number = resumed.sent + part + 1;
       // The lease must cover the send: extended only if it is still ours (not expired and taken).
       const sendLeaseUntil =
         clock.now() + this.settings.sendTimeoutMs + SEND_LEASE_MARGIN_MS + LOCK_WAIT_MS;
       if (!this.extendLease(row, sendLeaseUntil)) {
         logger.warn(
-          { outboxId: this.storedId(row), part: part + 1, parts: parts.length },
+          { outboxId: this.storedId(row), part: number, parts: total },
           "whatsapp outbox lease lost before sending; not sent",
         );
         return;
@@ -435,41 +442,46 @@ export class OutboxWorker {
       const outcome = await this.options.graph.sendText({
         phoneNumberId: row.phoneNumberId,
         to: recipient,
-        body: parts[part]!,
+        body: parts[part]!.text,
       });
       if (outcome.kind === "sent" && part < parts.length - 1) {
-        if (await this.outlastLock(() => this.recordPartSent(row, part + 1), sendLeaseUntil)) {
+        const restAt = resumed.at + parts[part]!.next;
+        if (
+          await this.outlastLock(() => this.recordPartSent(row, number, restAt), sendLeaseUntil)
+        ) {
           continue;
         }
         logger.warn(
-          { outboxId: this.storedId(row), part: part + 1, parts: parts.length },
+          { outboxId: this.storedId(row), part: number, parts: total },
           "whatsapp outbox lease lost after a part was sent; the rest is sent by the next claim",
         );
         return;
       }
-      const which = parts.length > 1 ? `part ${part + 1} of ${parts.length}: ` : "";
+      const which = total > 1 ? `part ${number} of ${total}: ` : "";
       return this.settle(
         row,
         outcome.kind === "sent" ? outcome : { ...outcome, reason: `${which}${outcome.reason}` },
         sendLeaseUntil,
-        parts.length,
+        total,
       );
     }
   }
 
   /**
-   * Records that Graph accepted the reply's first `count` parts (the row stays pending); false if
-   * the lease was lost (taken over past its end): the part may then be sent again by the next claim.
+   * Records that Graph accepted the reply's first `count` parts, the rest beginning at `restAt`
+   * (the row stays pending); false if the lease was lost (taken over past its end): the part may
+   * then be sent again by the next claim.
    */
-  private recordPartSent(row: OutboxRow, count: number): boolean {
+  private recordPartSent(row: OutboxRow, count: number, restAt: number): boolean {
     const recorded = this.options.db
       .update(whatsappOutbox)
-      .set({ replyPartsSent: count })
+      .set({ replyPartsSent: count, replySentChars: restAt })
       .where(this.mine(row))
       .returning({ id: whatsappOutbox.id })
       .all();
     if (recorded.length !== 1) return false;
     row.replyPartsSent = count;
+    row.replySentChars = restAt;
     return true;
   }
 
@@ -781,14 +793,24 @@ export class OutboxWorker {
 }
 
 /**
- * How many of a reply's `parts` Graph has accepted, as the row records it. The count is not sealed:
- * one the worker never writes on a pending row (not a whole number, or not below the count of
- * parts) is read as none, so the genuine reply goes to its genuine number from its first part
- * rather than not at all.
+ * How many of the reply's parts Graph has accepted and where the rest begins, as the row records
+ * them. Neither is sealed: values the worker never writes on a pending row (not a whole number, an
+ * offset not inside the reply, one without the other) are read as none, so the genuine reply goes
+ * to its genuine number from its first part rather than not at all. A row the release before wrote
+ * mid-send records only the count: the rest begins where this release's cut puts the end of that
+ * many parts.
  */
-function partsSent(row: OutboxRow, parts: number): number {
+function resumePoint(row: OutboxRow, reply: string): { sent: number; at: number } {
   const sent: unknown = row.replyPartsSent;
-  return typeof sent === "number" && Number.isSafeInteger(sent) && sent >= 0 && sent < parts
-    ? sent
-    : 0;
+  const at: unknown = row.replySentChars;
+  if (typeof sent !== "number" || !Number.isSafeInteger(sent) || sent <= 0) {
+    return { sent: 0, at: 0 };
+  }
+  if (at === null) {
+    const pieces = replyPieces(reply);
+    return sent < pieces.length ? { sent, at: pieces[sent - 1]!.next } : { sent: 0, at: 0 };
+  }
+  return typeof at === "number" && Number.isSafeInteger(at) && at > 0 && at < reply.length
+    ? { sent, at }
+    : { sent: 0, at: 0 };
 }

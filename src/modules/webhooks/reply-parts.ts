@@ -11,6 +11,7 @@
  * Lengths are counted in UTF-16 code units, as JavaScript counts a string: never fewer than the
  * characters (code points) Graph counts, so a part within the bound here is within it there.
  */
+import { showsSomething } from "../../visible-text";
 
 /** The most characters Graph takes in one text message's body. */
 export const GRAPH_TEXT_LIMIT = 4096;
@@ -29,6 +30,7 @@ const SENTENCE_ENDS = new Set([".", "!", "?", "…"]);
  */
 const WIDE_SENTENCE_ENDS = new Set(["。", "！", "？", "｡"]);
 const isSpace = (char: string | undefined) => char !== undefined && /\s/u.test(char);
+const LINE_BREAK = /[\n\r\v\f\u0085\u2028\u2029]/u;
 /**
  * What closes a sentence after its stop: closing brackets and quotes (」』）】” ’ », and ASCII
  * quotes there), and the combining marks on them. A cut goes after them, never before them; nor
@@ -37,13 +39,21 @@ const isSpace = (char: string | undefined) => char !== undefined && /\s/u.test(c
  */
 const CLOSES_SENTENCE = /^[\p{Pe}\p{Pf}\p{M}"']$/u;
 /**
- * Nor what a line may not begin with in the text's own rules: the French `! ? : ;` that a (narrow)
- * no-break space puts after a word, commas and full stops, and the Japanese and Chinese commas,
- * colons, small kana, the long-vowel mark and iteration marks, which go with the character before
- * them (probe 61b F3: a part began with `!`, or with `、`).
+ * Nor what a line may not begin with in the text's own rules (probe 61b F3: a part began with `、`
+ * or `!`): the Japanese and Chinese commas, stops and colons, small kana (full and halfwidth), the
+ * long-vowel, iteration and wave marks, and the Thai and Lao repetition marks, which go with the
+ * character before them wherever the cut falls (probe 62b F4);
  */
 const MUST_NOT_BEGIN_A_PART =
-  /^(?:[\p{Pe}\p{Pf}\p{M}]|[!?:;,.‼⁇⁈⁉、。，．：；！？・ーぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶㇰ-ㇿ々〻ゝゞヽヾ])$/u;
+  /^(?:[\p{Pe}\p{Pf}\p{M}]|[、。，．：；！？・ーぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶㇰ-ㇿ々〻ゝゞヽヾｧ-ｯｰ､･〜゠ๆໆ])$/u;
+/**
+ * and, within a line, the French `! ? : ;` a (narrow) no-break space puts after a word, ellipses
+ * and dashes (`……` is one Chinese mark), and a comma or a full stop standing alone: a paragraph or
+ * a line may begin with `.NET`, `...and then` or `!important` (probe 62b F3: the rule passed over a
+ * paragraph's end for a cut inside the next).
+ */
+const MUST_NOT_BEGIN_A_PART_IN_A_LINE = /^[!?:;‼⁇⁈⁉…‥‐–]$/u;
+const STANDS_ALONE = /^[.,](?:\s|$)/u;
 /**
  * How far a look for a sentence's stop, or for where the next part begins, goes past closing
  * marks or white space: each candidate cut looks this far at most, so a run of thousands of quotes
@@ -70,38 +80,72 @@ function codePointBefore(text: string, end: number): { char: string; at: number 
  */
 function beginsWell(text: string, i: number): boolean {
   let at = i;
+  let newLine = false;
   while (at < text.length && isSpace(text[at])) {
     if (at - i >= MOST_LOOKED_PAST) return true;
+    if (LINE_BREAK.test(text[at]!)) newLine = true;
     at++;
   }
   const first = text.codePointAt(at);
-  return first === undefined || !MUST_NOT_BEGIN_A_PART.test(String.fromCodePoint(first));
+  if (first === undefined) return true;
+  const char = String.fromCodePoint(first);
+  if (MUST_NOT_BEGIN_A_PART.test(char)) return false;
+  if (newLine) return true;
+  return !MUST_NOT_BEGIN_A_PART_IN_A_LINE.test(char) && !STANDS_ALONE.test(text.slice(at, at + 2));
+}
+
+/** A part of a reply, and where in the reply the text after it begins (past the break it trims). */
+export interface ReplyPart {
+  text: string;
+  next: number;
 }
 
 /**
  * The parts `reply` is sent as: itself when it fits in one message (unchanged), else consecutive
  * parts of at most `limit` code units, each trimmed at the cut (white space there is the break
- * itself, unless a combining mark rides on it), none empty; always at least one. A longer reply of white space alone is its first
- * `limit` characters, as a shorter one is sent as it is (probe 59c F1: it was no part at all, and
- * its row was neither sent nor given up, holding the sender's later messages back).
+ * itself, unless a combining mark rides on it), none empty, none of characters that show nothing
+ * (a run of zero-width spaces after the text was a blank message of its own: probe 62b F1b; its
+ * range goes with the part before it); always at least one. A longer reply of white space alone is
+ * its first `limit` characters, as a shorter one is sent as it is (probe 59c F1: it was no part at
+ * all, and its row was neither sent nor given up, holding the sender's later messages back).
  */
 export function replyParts(reply: string, limit = GRAPH_TEXT_LIMIT): string[] {
-  if (reply.length <= limit) return [reply];
-  if (reply.trim() === "") return [reply.slice(0, lastGraphemeBoundary(reply, limit))];
-  const parts: string[] = [];
+  return replyPieces(reply, limit).map((part) => part.text);
+}
+
+/**
+ * The parts of `reply` (replyParts), each with where the rest begins: what a send records as each
+ * is accepted, so the next try cuts the rest afresh from there rather than counting parts of a cut
+ * another release may make differently (probe 62b F2: a reply half sent across an upgrade that
+ * changed the cutting sent text twice, or lost it).
+ */
+export function replyPieces(reply: string, limit = GRAPH_TEXT_LIMIT): ReplyPart[] {
+  if (reply.length <= limit) return [{ text: reply, next: reply.length }];
+  if (reply.trim() === "") {
+    return [{ text: reply.slice(0, lastGraphemeBoundary(reply, limit)), next: reply.length }];
+  }
+  const pieces: ReplyPart[] = [];
   let rest = reply;
   while (rest.length > limit) {
     const cut = cutPoint(rest, limit);
     const head = rest.slice(0, cut).trimEnd();
-    if (head !== "") parts.push(head);
     // White space at a cut is the break itself, unless a mark rides on it (a cut between
     // characters, where nothing better was found): trimmed, the mark would begin the part alone.
     const after = rest.slice(cut);
     const trimmed = after.trimStart();
     rest = beginsWell(trimmed, 0) ? trimmed : after;
+    const next = reply.length - rest.length;
+    if (head !== "") pieces.push({ text: head, next });
+    else if (pieces.length > 0) pieces[pieces.length - 1]!.next = next;
   }
-  if (rest !== "") parts.push(rest);
-  return parts;
+  if (rest !== "") pieces.push({ text: rest, next: reply.length });
+  const shown: ReplyPart[] = [];
+  for (const piece of pieces) {
+    if (showsSomething(piece.text)) shown.push(piece);
+    else if (shown.length > 0) shown[shown.length - 1]!.next = piece.next;
+  }
+  if (shown.length === 0) return [{ text: pieces[0]!.text, next: reply.length }];
+  return shown;
 }
 
 /** The length of the next part of `text` (longer than `limit`): between 1 and `limit`. */

@@ -19,12 +19,7 @@ import { send, tempDir } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { cliInProcess } from "../../support/cli";
-import {
-  forgetMigrationsFrom,
-  migrationsUpTo,
-  migrationTagsFrom,
-  putBackBefore,
-} from "../../support/migrations";
+import { migrationsUpTo, migrationTagsFrom, putBackBefore } from "../../support/migrations";
 import {
   auditRows,
   buildPaymentsApp,
@@ -528,7 +523,7 @@ describe("upgrading a database stored before payment seals", () => {
     };
     expect(events("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
     const file = openDatabase(path);
-    forgetMigrationsFrom(file.$client, 28);
+    putBackBefore(file.$client, 28);
     file.$client.close();
     const again = await cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
     expect(again.stderr).toContain(

@@ -13,7 +13,7 @@ import { secondProcess, send } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
-import { forgetMigrationsFrom } from "../../support/migrations";
+import { migrationTagsFrom, putBackBefore } from "../../support/migrations";
 import {
   auditRows,
   buildPaymentsApp,
@@ -256,11 +256,11 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
       seal: sealer.undecidedRefunds(id, entries),
     });
     sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [oldList, id]);
-    forgetMigrationsFrom(sqlite, 28);
+    putBackBefore(sqlite, 28);
     const sealing = upgradeSealing(secret);
-    expect(applyMigrations(current.db, undefined, sealing.companions).appliedNow).toEqual([
-      "0028_refund_undecided_seals",
-    ]);
+    expect(applyMigrations(current.db, undefined, sealing.companions).appliedNow).toEqual(
+      migrationTagsFrom(28),
+    );
     expect(sealing.sealed().at(-1)).toMatchObject({
       event: { type: "payment.undecided_sealed", detail: { payments: 1 } },
       message: expect.stringContaining("sealed the undecided refunds of the 1 payments"),
@@ -288,7 +288,7 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
       JSON.stringify({ entries: [{ key, amount: 1000, before: 0 }], seal: "x" }),
       id,
     ]);
-    forgetMigrationsFrom(sqlite, 28);
+    putBackBefore(sqlite, 28);
     const sealing = upgradeSealing(current.config.audit.secretKey);
     applyMigrations(current.db, undefined, sealing.companions);
     expect(sealing.sealed().at(-1)).toMatchObject({
@@ -710,7 +710,7 @@ describe("probe 62a", () => {
     expect((await refund(id, admin, 1000)).status).toBe(200);
     const sqlite = current.db.$client;
     sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [saved, id]);
-    forgetMigrationsFrom(sqlite, 28);
+    putBackBefore(sqlite, 28);
     const sealing = upgradeSealing(current.config.audit.secretKey);
     applyMigrations(current.db, undefined, sealing.companions);
     expect(sealing.sealed().at(-1)).toMatchObject({

@@ -130,7 +130,7 @@ describe("cutting a reply into parts", () => {
   });
 
   test("no part begins with what a line may not begin with in its script: French `! ? : ;` after a no-break space, Japanese and Chinese commas, small kana, the long-vowel mark (probe 61b F3)", () => {
-    const mustNotBegin = /^[!?:;,.、，：；ぁぃぅぇぉっゃゅょァィゥェォッャュョー々]/u;
+    const mustNotBegin = /^[!?:;,.、，：；ぁぃぅぇぉっゃゅょァィゥェォッャュョー々ｰ､〜ๆ…]/u;
     const runs = [
       "Bonjour\u00a0! ",
       "Vraiment\u202f? ",
@@ -140,6 +140,11 @@ describe("cutting a reply into parts", () => {
       "ちょっと",
       "チョコレート",
       "字，字；",
+      "ﾁｮｺﾚｰﾄ",
+      "東京､",
+      "10時〜",
+      "ดี ๆ ",
+      "他说……",
     ];
     for (let offset = 0; offset < 6; offset++) {
       for (const run of runs) {
@@ -151,6 +156,21 @@ describe("cutting a reply into parts", () => {
           [],
         );
       }
+    }
+  });
+
+  test("a paragraph or a line may begin with a full stop, a comma or French high punctuation: `.NET`, `...and then`, `!important` (probe 62b F3)", () => {
+    const sentences = "A sentence of some length here. ".repeat(94).trim(); // 3,007 characters
+    for (const next of [
+      "...and then",
+      "![chart](x.png)",
+      ".NET runs",
+      "./configure",
+      ":)",
+      "!important",
+    ]) {
+      const reply = `${sentences}\n\n${next} ${"more words follow here ".repeat(100)}`;
+      expect(replyParts(reply)[0]).toBe(sentences);
     }
   });
 
@@ -171,15 +191,13 @@ describe("cutting a reply into parts", () => {
   });
 
   test("runs of closing quotes, marks and brackets are cut like any text: every part within the bound, nothing lost (probe 60a F-RP2)", () => {
-    for (const reply of [
-      "'".repeat(70_000),
-      "」".repeat(70_000),
-      `a${"\u0301".repeat(70_000)}`,
-      " '".repeat(35_000),
-    ]) {
+    for (const reply of ["'".repeat(70_000), "」".repeat(70_000), " '".repeat(35_000)]) {
       const parts = replyParts(reply);
       expectWellCut(reply, parts);
     }
+    // Marks past the first part are on nothing: parts of them alone show nothing, and are not sent.
+    const marks = replyParts(`a${"\u0301".repeat(70_000)}`);
+    expect(marks).toEqual([`a${"\u0301".repeat(GRAPH_TEXT_LIMIT - 1)}`]);
   });
 
   test("a longer reply of white space alone is still one part, as a shorter one is sent as it is (probe 59c F1: it was none)", () => {
@@ -270,6 +288,12 @@ describe("sending a long reply", () => {
 
   test.each([
     ["empty (probe 61b F2: Graph refused it for good, and the sender heard nothing)", ""],
+    ["of zero-width and filler characters (probe 62b F1)", "\u200b\u2060\u3164\u115f\u00ad"],
+    [
+      "of controls, tags and bidi marks (probe 62b F1)",
+      "\u0007\u001b\u{E0041}\u{E007F}\u200e\u202a",
+    ],
+    ["of zero-width spaces longer than a message (probe 62b F1)", " \u200b".repeat(3000)],
     [
       "white space alone, longer than a message (probe 59c F1)",
       "\n".repeat(2500) + " ".repeat(2500),
@@ -395,5 +419,74 @@ describe("sending a long reply", () => {
       expect(graph.sent.map((m) => m.body)).toEqual(replyParts(LONG_REPLY));
       expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 3 });
     }
+  });
+
+  test("where the rest begins is recorded with each part: the next try cuts the rest afresh from there, whatever a release before cut (probe 62b F2)", async () => {
+    const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
+    replying(chat, LONG_REPLY);
+    graph.failNext({ status: 200 }, { status: 503 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.LONG6", from: "16505551234", text: "tell me" }] }),
+    );
+    await worker.drain();
+    const parts = replyParts(LONG_REPLY);
+    const secondAt = LONG_REPLY.indexOf(parts[1]!);
+    const offsetOf = () =>
+      target.db.$client
+        .query<{ at: number | null }, []>("SELECT reply_sent_chars AS at FROM whatsapp_outbox")
+        .get()!.at;
+    expect(rowOf(target)).toMatchObject({ state: "pending", reply_parts_sent: 1 });
+    expect(offsetOf()).toBe(secondAt);
+    // As if the first part had been cut elsewhere (another release's rules): the rest from there.
+    const elsewhere = LONG_REPLY.indexOf("First paragraph.", secondAt - 600);
+    target.db.$client.run("UPDATE whatsapp_outbox SET reply_sent_chars = ?", [elsewhere]);
+    clock.advance(1300);
+    await worker.drain();
+    const rest = replyParts(LONG_REPLY.slice(elsewhere));
+    expect(graph.sent.map((m) => m.body)).toEqual([parts[0]!, ...rest]);
+    expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 1 + rest.length });
+  });
+
+  test("a row the release before left mid-send (a count, no offset) goes on from the end of that many parts; an offset the worker never writes sends the reply from its first part", async () => {
+    for (const [count, offset, from] of [
+      ["1", "NULL", 1],
+      ["1", "0", 0],
+      ["1", "-5", 0],
+      ["1", `${LONG_REPLY.length}`, 0],
+      ["1", "1e20", 0],
+      ["1", "'x'", 0],
+      ["0", "100", 0],
+    ] as const) {
+      const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
+      replying(chat, LONG_REPLY);
+      graph.failNext({ status: 503 });
+      await deliver(
+        target,
+        notification({ messages: [{ id: "wamid.LONG7", from: "16505551234", text: "tell me" }] }),
+      );
+      await worker.drain();
+      target.db.$client.run(
+        `UPDATE whatsapp_outbox SET reply_parts_sent = ${count}, reply_sent_chars = ${offset}`,
+      );
+      clock.advance(1300);
+      await worker.drain();
+      expect(graph.sent.map((m) => m.body)).toEqual(replyParts(LONG_REPLY).slice(from));
+      expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 3 });
+    }
+  });
+
+  test("a run of characters that show nothing after the text is no part of its own (probe 62b F1b)", () => {
+    expect(replyParts(`${"a".repeat(4095)} ${"\u200b".repeat(10)}`)).toEqual(["a".repeat(4095)]);
+    const answer = `Here is your answer.${"\u200b".repeat(5000)}`;
+    const parts = replyParts(answer);
+    expect(parts).toHaveLength(1);
+    expect(parts[0]).toStartWith("Here is your answer.");
+    // Between two parts of text, a part of it alone goes too; the text is all there.
+    const around = `${"word ".repeat(700)}${"\u2060".repeat(4200)} ${"more ".repeat(900)}`;
+    const split = replyParts(around);
+    expect(split.every((part) => /[a-z]/.test(part))).toBe(true);
+    expect(split.join(" ").match(/word/g)).toHaveLength(700);
+    expect(split.join(" ").match(/more/g)).toHaveLength(900);
   });
 });

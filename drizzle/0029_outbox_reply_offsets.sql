@@ -1,0 +1,1 @@
+ALTER TABLE `whatsapp_outbox` ADD `reply_sent_chars` integer;
