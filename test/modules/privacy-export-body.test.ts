@@ -84,6 +84,16 @@ test("a client that takes nothing more for the stall time is ended there: stalle
   expect(made.count).toBe(madeThen);
 });
 
+test("a client that never takes the first chunk is ended at the stall time too: stalled, nothing made (probe 60b note)", async () => {
+  const made = { count: 0 };
+  const seen = events();
+  const body = exportBody(slowPieces(2000, 0, made), seen, 50);
+  await Bun.sleep(150);
+  expect(seen.seen).toEqual(["stalled"]);
+  expect(made.count).toBe(0);
+  expect(await rejects(body.getReader().read())).toBe(true);
+});
+
 test("a client reading slower than a chunk a stall time apart is never ended; the whole document arrives", async () => {
   const seen = events();
   const body = exportBody(slowPieces(2000, 0, { count: 0 }), seen, 100);

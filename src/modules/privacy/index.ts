@@ -68,9 +68,20 @@ export function exportBody(
   // lines and stack, not a JSON log line: probe 29b F4); each end is logged by its event. The
   // connection is reset all the same.
   const cut = (controller: ReadableStreamDefaultController<Uint8Array>) => controller.error();
+  // Armed from the start, not from the first chunk: a client that never took even the first one
+  // (Bun's idle timeout is off for this answer) held the export open with no bound (probe 60b).
+  const armWatchdog = (controller: ReadableStreamDefaultController<Uint8Array>) => {
+    watchdog = setTimeout(() => {
+      end();
+      iterator.return?.();
+      events.stalled();
+      cut(controller);
+    }, stallMs);
+  };
   return new ReadableStream<Uint8Array>(
     {
       start(controller) {
+        armWatchdog(controller);
         forget = inFlight.add(() => {
           if (ended) return;
           end();
@@ -100,12 +111,7 @@ export function exportBody(
             }
           }
           controller.enqueue(encoder.encode(text));
-          watchdog = setTimeout(() => {
-            end();
-            iterator.return?.();
-            events.stalled();
-            cut(controller);
-          }, stallMs);
+          armWatchdog(controller);
           await nextTurn();
         } catch (error) {
           if (ended) return;
