@@ -3,7 +3,7 @@
  * What an upgrade seals. A release that adds a seal to rows already stored (credentials with
  * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017,
  * address blocks and lockouts with 0021, API key lineages with 0022, their rotation marks with 0023,
- * payments' undecided refunds with 0028)
+ * payments' undecided refunds with 0028, where the rest of WhatsApp replies half sent begins with 0029)
  * seals those rows in a
  * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
@@ -29,6 +29,10 @@ import {
   undecidedSealedMessage,
   undecidedSealing,
 } from "./modules/payments/undecided-seal-upgrade";
+import {
+  outboxOffsetSealing,
+  outboxOffsetsSealedMessage,
+} from "./modules/webhooks/outbox-offsets-upgrade";
 import {
   createOutboxSeal,
   outboxSealedMessage,
@@ -56,7 +60,9 @@ export function upgradeSealing(auditSecret: string): {
 } {
   const credentialSeal = createCredentialSeal(auditSecret);
   const credentials = credentialSealing(credentialSeal);
-  const outbox = outboxSealing(createOutboxSeal(auditSecret));
+  const outboxSeal = createOutboxSeal(auditSecret);
+  const outbox = outboxSealing(outboxSeal);
+  const outboxOffsets = outboxOffsetSealing(outboxSeal);
   const chat = chatSealing(createChatSeal(auditSecret));
   const paymentSeal = createPaymentSeal(auditSecret);
   const ledger = paymentSealing(paymentSeal);
@@ -74,6 +80,7 @@ export function upgradeSealing(auditSecret: string): {
       ...lineages.companions,
       ...successors.companions,
       ...undecided.companions,
+      ...outboxOffsets.companions,
     ]),
     sealed() {
       const said: UpgradeSealed[] = [];
@@ -104,6 +111,16 @@ export function upgradeSealing(auditSecret: string): {
       const refunds = undecided.sealed();
       if (refunds) {
         said.push(sealedOf("payment.undecided_sealed", undecidedSealedMessage(refunds), refunds));
+      }
+      const halfSent = outboxOffsets.sealed();
+      if (halfSent) {
+        said.push(
+          sealedOf(
+            "whatsapp.outbox_offsets_sealed",
+            outboxOffsetsSealedMessage(halfSent),
+            halfSent,
+          ),
+        );
       }
       return said;
     },
@@ -147,7 +164,8 @@ function sealedOf(
     | "ip.blocks_sealed"
     | "auth.lineages_sealed"
     | "auth.successors_sealed"
-    | "payment.undecided_sealed",
+    | "payment.undecided_sealed"
+    | "whatsapp.outbox_offsets_sealed",
   message: string,
   counts: object,
 ): UpgradeSealed {

@@ -147,6 +147,7 @@ test("on a new database the first start records its key, so a command without it
     { type: "auth.lineages_sealed", detail: '{"keys":0,"rotated":0}' },
     { type: "auth.successors_sealed", detail: '{"actingForUsers":0,"keys":0,"rotated":0}' },
     { type: "payment.undecided_sealed", detail: '{"payments":0}' },
+    { type: "whatsapp.outbox_offsets_sealed", detail: '{"replies":0}' },
   ]);
   const created = await cliInProcess(
     ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],
@@ -159,7 +160,7 @@ test("on a new database the first start records its key, so a command without it
   // A second start adds nothing: the log is no longer empty.
   const again = await startService({ DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
   await again.stop();
-  expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual([{ n: 9 }]);
+  expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual([{ n: 10 }]);
 });
 
 test("pinAuditKey writes the first row of an empty log only", () => {

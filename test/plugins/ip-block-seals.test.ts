@@ -448,6 +448,7 @@ async function expectSealedAgain(path: string, env: Record<string, string>) {
     { kind: "auth.lineages_sealed", earlier: 1, keys: 0, rotated: 0 },
     { kind: "auth.successors_sealed", earlier: 1, keys: 0, rotated: 0, actingForUsers: 0 },
     { kind: "payment.undecided_sealed", earlier: 1, payments: 0 },
+    { kind: "whatsapp.outbox_offsets_sealed", earlier: 1, replies: 0 },
   ]);
 }
 

@@ -16,10 +16,12 @@
  * answered by chat: it is marked failed (its number and text cleared, as for any reply given up),
  * logged, and audited as `whatsapp.outbox_tampered` (alert `PalisadeDatabaseTampered`).
  *
- * Not sealed: the bookkeeping (state, attempts, lease, next attempt, error, times, the count of a
- * long reply's parts sent) and the conversation id (a chat turn checks the conversation's owner
- * itself). Changing those can delay a reply or give it up, or send parts of it again to the same
- * number; not send anything else, or anywhere else (a sent row keeps no number). A
+ * Sealed too, once a part of a long reply is sent: where its rest begins. Not sealed: the
+ * bookkeeping (state, attempts, lease, next attempt, error, times, the count of a long reply's
+ * parts sent, which only numbers them) and the conversation id (a chat turn checks the
+ * conversation's owner itself). Changing those can delay a reply or give it up, or send it again
+ * from its first part to the same number; not send anything else, or anywhere else (a sent row
+ * keeps no number). A
  * copy of an older row of the same file, seal and all (a rollback), is not detected: a reply
  * already sent could be sent again.
  */
@@ -39,6 +41,12 @@ export interface SealedOutboxRow {
   kind: string;
   body: string | null;
   reply: string | null;
+  /**
+   * Where in a long reply the rest not yet sent begins (outbox.ts); sealed once a part is sent: a
+   * forged one sent any tail of the reply, cut mid-word, a one-message reply too (probe 63b F1).
+   * A row with none is sealed as before it existed.
+   */
+  replySentChars?: number | null;
 }
 
 export interface OutboxSeal {
@@ -63,6 +71,7 @@ export function createOutboxSeal(auditSecret: string): OutboxSeal {
       row.kind,
       row.body,
       row.reply,
+      ...(row.replySentChars == null ? [] : ["reply_sent_chars", row.replySentChars]),
     ]);
   return { of, intact: (row) => sealMatches(of(row), row.seal) };
 }

@@ -473,15 +473,17 @@ export class OutboxWorker {
    * then be sent again by the next claim.
    */
   private recordPartSent(row: OutboxRow, count: number, restAt: number): boolean {
+    const seal = this.options.seal.of({ ...row, replySentChars: restAt });
     const recorded = this.options.db
       .update(whatsappOutbox)
-      .set({ replyPartsSent: count, replySentChars: restAt })
+      .set({ replyPartsSent: count, replySentChars: restAt, seal })
       .where(this.mine(row))
       .returning({ id: whatsappOutbox.id })
       .all();
     if (recorded.length !== 1) return false;
     row.replyPartsSent = count;
     row.replySentChars = restAt;
+    row.seal = seal;
     return true;
   }
 
@@ -793,24 +795,18 @@ export class OutboxWorker {
 }
 
 /**
- * How many of the reply's parts Graph has accepted and where the rest begins, as the row records
- * them. Neither is sealed: values the worker never writes on a pending row (not a whole number, an
- * offset not inside the reply, one without the other) are read as none, so the genuine reply goes
- * to its genuine number from its first part rather than not at all. A row the release before wrote
- * mid-send records only the count: the rest begins where this release's cut puts the end of that
- * many parts.
+ * Where the reply's rest begins and how many parts were sent before it, as the row records them.
+ * The place is sealed with the row (outbox-seal.ts): a row that reached here matches its seal, so
+ * it is one the worker wrote; none (no part sent yet, or a row the release before left mid-send,
+ * which migration 0029 gave a place: outbox-offsets-upgrade.ts) is the start. The count is not
+ * sealed and only numbers the parts: one the worker never writes is read as one.
  */
 function resumePoint(row: OutboxRow, reply: string): { sent: number; at: number } {
-  const sent: unknown = row.replyPartsSent;
   const at: unknown = row.replySentChars;
-  if (typeof sent !== "number" || !Number.isSafeInteger(sent) || sent <= 0) {
+  if (typeof at !== "number" || !Number.isSafeInteger(at) || at <= 0 || at >= reply.length) {
     return { sent: 0, at: 0 };
   }
-  if (at === null) {
-    const pieces = replyPieces(reply);
-    return sent < pieces.length ? { sent, at: pieces[sent - 1]!.next } : { sent: 0, at: 0 };
-  }
-  return typeof at === "number" && Number.isSafeInteger(at) && at > 0 && at < reply.length
-    ? { sent, at }
-    : { sent: 0, at: 0 };
+  const sent: unknown = row.replyPartsSent;
+  const counted = typeof sent === "number" && Number.isSafeInteger(sent) && sent >= 1 && sent <= at;
+  return { sent: counted ? sent : 1, at };
 }

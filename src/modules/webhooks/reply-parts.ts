@@ -52,7 +52,7 @@ const MUST_NOT_BEGIN_A_PART =
  * a line may begin with `.NET`, `...and then` or `!important` (probe 62b F3: the rule passed over a
  * paragraph's end for a cut inside the next).
  */
-const MUST_NOT_BEGIN_A_PART_IN_A_LINE = /^[!?:;‼⁇⁈⁉…‥‐–]$/u;
+const MUST_NOT_BEGIN_A_PART_IN_A_LINE = /^[!?:;‼⁇⁈⁉…‥‐‒–—―⸺⸻]$/u;
 const STANDS_ALONE = /^[.,](?:\s|$)/u;
 /**
  * How far a look for a sentence's stop, or for where the next part begins, goes past closing
@@ -117,9 +117,14 @@ export function replyParts(reply: string, limit = GRAPH_TEXT_LIMIT): string[] {
  * The parts of `reply` (replyParts), each with where the rest begins: what a send records as each
  * is accepted, so the next try cuts the rest afresh from there rather than counting parts of a cut
  * another release may make differently (probe 62b F2: a reply half sent across an upgrade that
- * changed the cutting sent text twice, or lost it).
+ * changed the cutting sent text twice, or lost it). `keepInvisible`: parts that show nothing kept,
+ * as the release before sent them (outbox-offsets-upgrade.ts).
  */
-export function replyPieces(reply: string, limit = GRAPH_TEXT_LIMIT): ReplyPart[] {
+export function replyPieces(
+  reply: string,
+  limit = GRAPH_TEXT_LIMIT,
+  options: { keepInvisible?: boolean } = {},
+): ReplyPart[] {
   if (reply.length <= limit) return [{ text: reply, next: reply.length }];
   if (reply.trim() === "") {
     return [{ text: reply.slice(0, lastGraphemeBoundary(reply, limit)), next: reply.length }];
@@ -139,6 +144,7 @@ export function replyPieces(reply: string, limit = GRAPH_TEXT_LIMIT): ReplyPart[
     else if (pieces.length > 0) pieces[pieces.length - 1]!.next = next;
   }
   if (rest !== "") pieces.push({ text: rest, next: reply.length });
+  if (options.keepInvisible) return pieces;
   const shown: ReplyPart[] = [];
   for (const piece of pieces) {
     if (showsSomething(piece.text)) shown.push(piece);

@@ -88,6 +88,8 @@ export const AUDIT_EVENT_TYPES = [
   // (modules/webhooks/outbox-seal.ts; must not be lost).
   "whatsapp.outbox_tampered",
   "whatsapp.outbox_sealed",
+  // Where the rest of replies half sent before migration 0029 begins, sealed (outbox-offsets-upgrade.ts).
+  "whatsapp.outbox_offsets_sealed",
   // The log itself, and refusals past the bound of those audited each (batched).
   "audit.chain.keyed",
   "audit.refusals_unrecorded",

@@ -863,6 +863,7 @@ describe("upgrading a database stored before seals", () => {
       ["auth.lineages_sealed", null, { keys: 0, rotated: 0 }],
       ["auth.successors_sealed", null, { keys: 0, rotated: 0, actingForUsers: 0 }],
       ["payment.undecided_sealed", null, { payments: 0 }],
+      ["whatsapp.outbox_offsets_sealed", null, { replies: 0 }],
     ]);
   });
 
@@ -968,12 +969,17 @@ describe("upgrading a database stored before seals", () => {
         expect.objectContaining({ kind: "auth.lineages_sealed", earlier: 1, rotated: 0 }),
         expect.objectContaining({ kind: "auth.successors_sealed", earlier: 1, rotated: 0 }),
         expect.objectContaining({ kind: "payment.undecided_sealed", earlier: 1, payments: 0 }),
+        expect.objectContaining({
+          kind: "whatsapp.outbox_offsets_sealed",
+          earlier: 1,
+          replies: 0,
+        }),
       ]);
       const metrics = await fetch(new URL("/metrics", second.url), {
         headers: { "x-api-key": forged },
       });
       expect(metrics.status).toBe(200);
-      expect(await metrics.text()).toMatch(/^audit_events_total\{type="db\.resealed"\} 8$/m);
+      expect(await metrics.text()).toMatch(/^audit_events_total\{type="db\.resealed"\} 9$/m);
     } finally {
       expect(await second.stop()).toBe(0);
     }
@@ -989,7 +995,7 @@ describe("upgrading a database stored before seals", () => {
       outcome: "failure",
       detail: { kind: "auth.credentials_sealed", earlier: 1, accounts: 1, keys: 2, sessions: 0 },
     });
-    expect(rows).toHaveLength(8);
+    expect(rows).toHaveLength(9);
   });
 });
 

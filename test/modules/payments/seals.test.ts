@@ -497,6 +497,7 @@ describe("upgrading a database stored before payment seals", () => {
       { kind: "auth.lineages_sealed", earlier: 1, keys: 0, rotated: 0 },
       { kind: "auth.successors_sealed", earlier: 1, keys: 0, rotated: 0, actingForUsers: 0 },
       { kind: "payment.undecided_sealed", earlier: 1, payments: 0 },
+      { kind: "whatsapp.outbox_offsets_sealed", earlier: 1, replies: 0 },
     ]);
     file.$client.close();
   });

@@ -5,11 +5,15 @@
  * a reply was refused by Graph as a whole and given up unsent).
  */
 import { describe, expect, test } from "bun:test";
+import { applyMigrations } from "../../../src/db/migrate";
 import type { ChatTurnOutcome } from "../../../src/modules/chat/contract";
 import { EMPTY_CHAT_REPLY } from "../../../src/modules/webhooks/outbox";
+import { createOutboxSeal, type SealedOutboxRow } from "../../../src/modules/webhooks/outbox-seal";
 import { GRAPH_TEXT_LIMIT, replyParts } from "../../../src/modules/webhooks/reply-parts";
+import { upgradeSealing } from "../../../src/upgrade-sealing";
 import { send } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
+import { putBackBefore } from "../../support/migrations";
 import { drainInNextProcess, outboxSetup } from "../../support/outbox";
 import { auditedEvents, deliver, notification, type ScriptedChat } from "../../support/whatsapp";
 
@@ -130,7 +134,7 @@ describe("cutting a reply into parts", () => {
   });
 
   test("no part begins with what a line may not begin with in its script: French `! ? : ;` after a no-break space, Japanese and Chinese commas, small kana, the long-vowel mark (probe 61b F3)", () => {
-    const mustNotBegin = /^[!?:;,.、，：；ぁぃぅぇぉっゃゅょァィゥェォッャュョー々ｰ､〜ๆ…]/u;
+    const mustNotBegin = /^[!?:;,.、，：；ぁぃぅぇぉっゃゅょァィゥェォッャュョー々ｰ､〜ๆ…—―]/u;
     const runs = [
       "Bonjour\u00a0! ",
       "Vraiment\u202f? ",
@@ -145,6 +149,9 @@ describe("cutting a reply into parts", () => {
       "10時〜",
       "ดี ๆ ",
       "他说……",
+      "他说——",
+      "word — ",
+      "a ― b ",
     ];
     for (let offset = 0; offset < 6; offset++) {
       for (const run of runs) {
@@ -421,7 +428,7 @@ describe("sending a long reply", () => {
     }
   });
 
-  test("where the rest begins is recorded with each part: the next try cuts the rest afresh from there, whatever a release before cut (probe 62b F2)", async () => {
+  test("where the rest begins is recorded, and sealed, with each part; one written into the file is never sent (probes 62b F2, 63b F1)", async () => {
     const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
     replying(chat, LONG_REPLY);
     graph.failNext({ status: 200 }, { status: 503 });
@@ -431,49 +438,88 @@ describe("sending a long reply", () => {
     );
     await worker.drain();
     const parts = replyParts(LONG_REPLY);
-    const secondAt = LONG_REPLY.indexOf(parts[1]!);
     const offsetOf = () =>
       target.db.$client
         .query<{ at: number | null }, []>("SELECT reply_sent_chars AS at FROM whatsapp_outbox")
         .get()!.at;
     expect(rowOf(target)).toMatchObject({ state: "pending", reply_parts_sent: 1 });
-    expect(offsetOf()).toBe(secondAt);
-    // As if the first part had been cut elsewhere (another release's rules): the rest from there.
-    const elsewhere = LONG_REPLY.indexOf("First paragraph.", secondAt - 600);
-    target.db.$client.run("UPDATE whatsapp_outbox SET reply_sent_chars = ?", [elsewhere]);
+    expect(offsetOf()).toBe(LONG_REPLY.indexOf(parts[1]!));
+    // Moved in the file (a tail of the reply cut mid-sentence): the row fails its seal.
+    target.db.$client.run("UPDATE whatsapp_outbox SET reply_sent_chars = reply_sent_chars + 600");
     clock.advance(1300);
     await worker.drain();
-    const rest = replyParts(LONG_REPLY.slice(elsewhere));
-    expect(graph.sent.map((m) => m.body)).toEqual([parts[0]!, ...rest]);
-    expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 1 + rest.length });
+    expect(graph.sent.map((m) => m.body)).toEqual([parts[0]!]);
+    expect(rowOf(target)).toMatchObject({ state: "failed", recipient: null });
+    expect(auditedEvents(target, "whatsapp.outbox_tampered")).toHaveLength(1);
   });
 
-  test("a row the release before left mid-send (a count, no offset) goes on from the end of that many parts; an offset the worker never writes sends the reply from its first part", async () => {
-    for (const [count, offset, from] of [
-      ["1", "NULL", 1],
-      ["1", "0", 0],
-      ["1", "-5", 0],
-      ["1", `${LONG_REPLY.length}`, 0],
-      ["1", "1e20", 0],
-      ["1", "'x'", 0],
-      ["0", "100", 0],
+  test("a count of parts sent changed in the file only numbers them; with no place recorded the reply goes from its first part", async () => {
+    for (const [count, numbered] of [
+      ["2", 4],
+      ["99", 101],
+      ["'x'", 3],
     ] as const) {
       const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
       replying(chat, LONG_REPLY);
-      graph.failNext({ status: 503 });
+      graph.failNext({ status: 200 }, { status: 503 });
       await deliver(
         target,
         notification({ messages: [{ id: "wamid.LONG7", from: "16505551234", text: "tell me" }] }),
       );
       await worker.drain();
-      target.db.$client.run(
-        `UPDATE whatsapp_outbox SET reply_parts_sent = ${count}, reply_sent_chars = ${offset}`,
-      );
+      target.db.$client.run(`UPDATE whatsapp_outbox SET reply_parts_sent = ${count}`);
       clock.advance(1300);
       await worker.drain();
-      expect(graph.sent.map((m) => m.body)).toEqual(replyParts(LONG_REPLY).slice(from));
-      expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 3 });
+      expect(graph.sent.map((m) => m.body)).toEqual(replyParts(LONG_REPLY));
+      expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: numbered });
     }
+    // A count with no place (as no worker of this release writes it): from the first part.
+    const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
+    replying(chat, LONG_REPLY);
+    graph.failNext({ status: 503 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.LONG8", from: "16505551234", text: "tell me" }] }),
+    );
+    await worker.drain();
+    target.db.$client.run("UPDATE whatsapp_outbox SET reply_parts_sent = 1");
+    clock.advance(1300);
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body)).toEqual(replyParts(LONG_REPLY));
+  });
+
+  test("a reply the release before left half sent (a count, no place) is given its place by the upgrade, sealed, and goes on from there (migration 0029)", async () => {
+    const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
+    replying(chat, LONG_REPLY);
+    graph.failNext({ status: 200 }, { status: 503 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.LONG9", from: "16505551234", text: "tell me" }] }),
+    );
+    await worker.drain();
+    // As the release before left it: the count, the seal over no place.
+    const sqlite = target.db.$client;
+    const sealer = createOutboxSeal(target.config.audit.secretKey);
+    const row = sqlite
+      .query<SealedOutboxRow, []>(
+        `SELECT message_id AS messageId, phone_number_id AS phoneNumberId, recipient,
+           sender_hash AS senderHash, kind, body, reply FROM whatsapp_outbox`,
+      )
+      .get()!;
+    putBackBefore(sqlite, 29);
+    sqlite.run("UPDATE whatsapp_outbox SET seal = ?", [sealer.of(row)]);
+    const sealing = upgradeSealing(target.config.audit.secretKey);
+    applyMigrations(target.db, undefined, sealing.companions);
+    expect(
+      sealing.sealed().find((said) => said.event.type === "whatsapp.outbox_offsets_sealed"),
+    ).toMatchObject({
+      event: { detail: { replies: 1 } },
+      message: expect.stringContaining("sealed where the rest begins of the 1 WhatsApp replies"),
+    });
+    clock.advance(1300);
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body)).toEqual(replyParts(LONG_REPLY));
+    expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 3 });
   });
 
   test("a run of characters that show nothing after the text is no part of its own (probe 62b F1b)", () => {
