@@ -25,7 +25,8 @@ import {
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
 import { createSchemaGuard, schemaChangedMessage } from "./db/schema-guard";
 import { createLogger } from "./logging/logger";
-import { pinAuditKey } from "./plugins/audit/key-match";
+import { AuditKeys } from "./plugins/audit/chain";
+import { assertAuditKeyMatchesBeforeMigrating, pinAuditKey } from "./plugins/audit/key-match";
 import {
   listenForMetrics,
   type MetricsListener,
@@ -146,9 +147,15 @@ try {
   // Before the migrations, which a trigger in the file would run inside too; said at once.
   droppedTriggers = dropForeignTriggers(db.$client);
   reportDroppedTriggers(droppedTriggers, (fields, message) => logger.error(fields, message), null);
-  migrations = applyMigrations(db, undefined, sealing.companions);
+  // Another key is refused before its migrations seal anything with it (probe 63a F3).
+  const opened = db.$client;
+  const keyId = new AuditKeys(config.audit.secretKey).keyId;
+  migrations = applyMigrations(db, undefined, sealing.companions, () =>
+    assertAuditKeyMatchesBeforeMigrating(opened, keyId),
+  );
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
+  if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   fail(migrationsFailed(config.databasePath, error));
 }
 

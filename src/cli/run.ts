@@ -20,7 +20,8 @@ import { applyMigrations, migrationsFailed } from "../db/migrate";
 import { createSchemaGuard, schemaChangedMessage } from "../db/schema-guard";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
-import { UNKEYED_CHECK } from "../plugins/audit/upgrade";
+import { AuditKeys } from "../plugins/audit/chain";
+import { assertAuditKeyMatchesBeforeMigrating, holdsKeyedRows } from "../plugins/audit/key-match";
 import { createServices, type Services } from "../services";
 import { resealings, upgradeSealing } from "../upgrade-sealing";
 import {
@@ -117,7 +118,8 @@ export async function runCli(
         const path = context.config().databasePath;
         db = openDatabase(path);
         // Any command may be the first to open a file from before seals: it seals, as a start does.
-        const sealing = upgradeSealing(context.config().audit.secretKey);
+        const secretKey = context.config().audit.secretKey;
+        const sealing = upgradeSealing(secretKey);
         // And it drops what a start drops before migrating (db/foreign-triggers.ts).
         const dropped = dropForeignTriggers(db.$client);
         reportDroppedTriggers(
@@ -126,10 +128,17 @@ export async function runCli(
             io.err(more === undefined ? `${message}: ${trigger} on ${table}: ${sql}` : message),
           null,
         );
+        // Another key is refused before its migrations seal anything with it (probe 63a F3); a
+        // command that migrates nothing (`audit:verify` naming a wrong key) goes on.
+        const sqlite = db.$client;
+        const keyId = new AuditKeys(secretKey).keyId;
         let newerMigrations = 0;
         try {
-          newerMigrations = applyMigrations(db, undefined, sealing.companions).fromNewerReleases;
+          newerMigrations = applyMigrations(db, undefined, sealing.companions, () =>
+            assertAuditKeyMatchesBeforeMigrating(sqlite, keyId),
+          ).fromNewerReleases;
         } catch (error) {
+          if (error instanceof ConfigError) throw error;
           // One line, as the start says it: a tampered migrations table, or a migration that failed.
           throw new CliError(migrationsFailed(path, error), 1);
         }
@@ -143,12 +152,12 @@ export async function runCli(
         // Audited as the start audits it, through the same services (the chain's upgrade first),
         // by every command that applied the migration, a reading one too: a sealing that found
         // nothing and was not recorded left a second run of it, on a file put back before it, with
-        // no earlier one to be told from (probe 62a F1). But a reading command keys no chain the
-        // first start has yet to key (`audit:verify` reports its unkeyed rows): there, it records
-        // only a sealing that sealed something, as before.
-        const records =
-          command.database === "makes" ||
-          db.$client.query<{ found: number }, []>(UNKEYED_CHECK).get()?.found !== 1;
+        // no earlier one to be told from (probe 62a F1). But a reading command neither writes the
+        // first row of a new log (the start pins its key: 63a F4) nor keys a chain the first start
+        // has yet to key (`audit:verify` reports its unkeyed rows): on a log with no keyed row it
+        // records only a sealing that sealed something, as before. One unkeyed row planted beside
+        // keyed ones does not count (63a F1: it kept the first sealing unrecorded).
+        const records = command.database === "makes" || holdsKeyedRows(db.$client);
         for (const { event, message } of [...sealed, ...resealed]) {
           if (message !== null || records) context.services().audit.record(event);
         }

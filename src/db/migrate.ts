@@ -53,12 +53,14 @@ export type MigrationCompanions = ReadonlyMap<string, (db: AppDatabase) => void>
 /**
  * Applies the committed migrations this database has not seen yet: the ones embedded in the code
  * (`./migrations`), or those of `migrationsFolder` when one is given (tests of older layouts).
- * Returns what the table records then, and which migrations this call applied.
+ * Returns what the table records then, and which migrations this call applied. `beforeApplying`
+ * runs once, in the transaction, before the first of them: what it throws applies none.
  */
 export function applyMigrations(
   db: AppDatabase,
   migrationsFolder?: string,
   companions: MigrationCompanions = new Map(),
+  beforeApplying?: () => void,
 ): MigrationStatus {
   if (migrationsFolder !== undefined) {
     const before = appliedMigrationTimes(db);
@@ -83,8 +85,11 @@ export function applyMigrations(
     const record = sqlite.prepare(
       'INSERT INTO "__drizzle_migrations" ("hash", "created_at") VALUES (?, ?)',
     );
+    let first = true;
     for (const migration of embeddedMigrations()) {
       if (migration.folderMillis <= newest) continue;
+      if (first) beforeApplying?.();
+      first = false;
       for (const statement of migration.sql) sqlite.run(statement);
       record.run(migration.hash, migration.folderMillis);
       companions.get(MIGRATION_TAG_BY_MILLIS.get(migration.folderMillis) ?? "")?.(db);

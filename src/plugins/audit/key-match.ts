@@ -33,6 +33,36 @@ export function assertAuditKeyMatches(sqlite: Database, keyId: string): void {
 }
 
 /**
+ * The same check before a start or a command migrates the file: a migration's companion seals rows
+ * with the key it is given, so a process with another key that migrated first, then was refused,
+ * had sealed them with that key for good (probe 63a F3: a payment's undecided refunds resealed
+ * with no match, the payment refusing every refund). A file older than the keyed log (no key
+ * column yet) has no key to hold it to.
+ */
+export function assertAuditKeyMatchesBeforeMigrating(sqlite: Database, keyId: string): void {
+  const keyed = sqlite
+    .query<{ found: number }, []>(
+      "SELECT EXISTS (SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'key_id') AS found",
+    )
+    .get();
+  if (keyed?.found === 1) assertAuditKeyMatches(sqlite, keyId);
+}
+
+/**
+ * Whether the log holds a row or a checkpoint written with a key: false for a new log, and for one
+ * whose rows the first start with a key has yet to key (plugins/audit/upgrade.ts).
+ */
+export function holdsKeyedRows(sqlite: Database): boolean {
+  return (
+    sqlite
+      .query<{ found: number }, []>(
+        "SELECT EXISTS (SELECT 1 FROM audit_events WHERE key_id IS NOT NULL) OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE key_id IS NOT NULL) AS found",
+      )
+      .get()?.found === 1
+  );
+}
+
+/**
  * Writes the first row of a new audit log at a start: its key's id is then on record before any
  * CLI command writes, so a command run from a shell without the service's AUDIT_SECRET_KEY (which
  * in development makes a key file of its own) is refused on a new database too, not taken as the

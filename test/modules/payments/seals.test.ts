@@ -32,6 +32,7 @@ import {
   stripeEvent,
   succeed,
 } from "../../support/payments";
+import { runToExit, startService } from "../../support/process";
 
 const cleanups = cleanupsAfterEach();
 
@@ -502,7 +503,7 @@ describe("upgrading a database stored before payment seals", () => {
     file.$client.close();
   });
 
-  test("a reading command that applies a sealing migration records it, with nothing sealed too: the file put back before it is then seen sealed twice (probe 62a F1)", async () => {
+  test("a reading command on a log with keyed rows records the sealing it ran, with nothing sealed too, so a second run is seen (probe 62a F1); on a new log it writes no row, the start pins the key (63a F4)", async () => {
     const dir = tempDir();
     cleanups.push(dir.remove);
     const path = `${dir.path}/at-0027.db`;
@@ -510,7 +511,6 @@ describe("upgrading a database stored before payment seals", () => {
     applyMigrations(db, migrationsUpTo(dir.path, 27));
     db.$client.close();
     const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC" };
-    await cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
     const events = (type: string) => {
       const file = openDatabase(path);
       try {
@@ -522,16 +522,95 @@ describe("upgrading a database stored before payment seals", () => {
         file.$client.close();
       }
     };
-    expect(events("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
+    const read = () => cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
+    await read();
+    expect(events("payment.undecided_sealed")).toEqual([]);
+    expect(events("audit.chain.keyed")).toEqual([]);
+    // The service starts on it (and keys the log); put back before 0028, a reading command records
+    // the run, and the next run is said as tampering.
+    const service = await startService(env);
+    await service.stop();
+    expect(events("payment.undecided_sealed")).toEqual([]);
     const file = openDatabase(path);
     putBackBefore(file.$client, 28);
     file.$client.close();
-    const again = await cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
+    await read();
+    expect(events("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
+    const file2 = openDatabase(path);
+    putBackBefore(file2.$client, 28);
+    file2.$client.close();
+    const again = await read();
     expect(again.stderr).toContain(
       "the database file was sealed by this release before (1 earlier payment.undecided_sealed in its audit log)",
     );
-    expect(events("db.resealed")).toEqual([
-      { kind: "payment.undecided_sealed", earlier: 1, payments: 0 },
-    ]);
+    expect(events("db.resealed")).toContainEqual({
+      kind: "payment.undecided_sealed",
+      earlier: 1,
+      payments: 0,
+    });
+  });
+
+  describe("a list the release before wrote, on a file put back before 0028 (probe 63a)", () => {
+    /** A paid app whose payment holds a list as the release before wrote it, put back before 0028. */
+    async function beforeUndecidedSeals() {
+      const { target, id } = await paidApp();
+      target.services.audit.flush();
+      const entries = JSON.stringify([
+        { key: `palisade_refund_${id}_0_1000`, amount: 1000, before: 0 },
+      ]);
+      const sqlite = target.db.$client;
+      sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [
+        JSON.stringify({
+          entries: JSON.parse(entries),
+          seal: seal(target).undecidedRefunds(id, entries),
+        }),
+        id,
+      ]);
+      putBackBefore(sqlite, 28);
+      const env = {
+        DATABASE_PATH: target.databasePath,
+        AUDIT_SECRET_KEY: target.config.audit.secretKey,
+      };
+      return { target, env };
+    }
+    const sealedEvents = (target: PaymentsApp) => auditRows(target, "payment.undecided_sealed");
+
+    test("a command or a start with another AUDIT_SECRET_KEY is refused before it migrates: the upgrade then seals with the service's key (F3)", async () => {
+      const { target, env } = await beforeUndecidedSeals();
+      const other = { ...env, AUDIT_SECRET_KEY: "b8R3xF0yU2iP7oL4kJ9hG6fD1sZxCvBn" };
+      const refused = await cliInProcess(["users:list"], other);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toStartWith("palisade users:list: AUDIT_SECRET_KEY is not the key");
+      const start = await runToExit(["bun", "run", "src/index.ts"], {
+        ...other,
+        APP_ENV: "development",
+        PORT: "0",
+      });
+      expect(start.code).not.toBe(0);
+      expect(start.stderr + start.stdout).toContain(
+        "refusing to start: AUDIT_SECRET_KEY is not the key",
+      );
+      const upgraded = await cliInProcess(["users:list"], env);
+      expect(upgraded.code).toBe(0);
+      expect(upgraded.stderr).toContain("sealed the undecided refunds of the 1 payments");
+      expect(sealedEvents(target)).toHaveLength(1);
+    });
+
+    test("one unkeyed audit row planted beside keyed ones does not keep a reading command from recording the sealing it ran (F1)", async () => {
+      const { target, env } = await beforeUndecidedSeals();
+      target.db.$client.run("UPDATE payments SET refund_undecided = NULL");
+      const columns = target.db.$client
+        .query<{ name: string }, []>("SELECT name FROM pragma_table_info('audit_events')")
+        .all()
+        .map((column) => `"${column.name}"`)
+        .filter((name) => name !== '"id"' && name !== '"key_id"')
+        .join(", ");
+      target.db.$client.run(
+        `INSERT INTO audit_events (id, key_id, ${columns})
+         SELECT 0, NULL, ${columns} FROM audit_events LIMIT 1`,
+      );
+      await cliInProcess(["users:list"], env);
+      expect(sealedEvents(target).map((row) => JSON.parse(row.detail))).toEqual([{ payments: 0 }]);
+    });
   });
 });
