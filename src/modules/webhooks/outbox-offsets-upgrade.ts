@@ -17,6 +17,10 @@ import { replyPieces } from "./reply-parts";
 
 export const OUTBOX_OFFSETS_MIGRATION = "0029_outbox_reply_offsets";
 
+/** Why a reply half sent was given up by a second run of 0029 (its `last_error`). */
+export const RERUN_REASON =
+  "half sent when migration 0029 ran a second time on this file: its count of parts sent cannot be vouched for; not sent";
+
 /** What 0029 did: the replies half sent whose rest now has a place. */
 export interface OutboxOffsetsSealed {
   replies: number;
@@ -40,10 +44,30 @@ export function outboxOffsetSealing(seal: OutboxSeal): {
     const place = sqlite.prepare(
       "UPDATE whatsapp_outbox SET reply_sent_chars = ?, seal = ? WHERE message_id = ?",
     );
+    // A second run, on a file put back before 0029 (the log holds the first's event): its counts
+    // are anyone's, and sealed they sent a reply without its first parts (probe 64 F1). The
+    // replies are given up instead, as 0014 gives up what it cannot vouch for.
+    const rerun =
+      sqlite
+        .query<{ n: number }, []>(
+          "SELECT count(*) AS n FROM audit_events WHERE type = 'whatsapp.outbox_offsets_sealed'",
+        )
+        .get()!.n > 0;
+    const giveUp = sqlite.prepare(
+      `UPDATE whatsapp_outbox SET state = 'failed', recipient = NULL, body = NULL,
+         lease_until = NULL, lease_owner = NULL, last_error = ?, finished_at = ?, seal = ?
+       WHERE message_id = ?`,
+    );
     let replies = 0;
     for (const row of rows) {
       // Only a row Palisade wrote: any other stays as it is, and is refused at its claim.
       if (!seal.intact(row) || row.reply === null) continue;
+      if (rerun) {
+        const closed = { ...row, recipient: null, body: null };
+        giveUp.run(RERUN_REASON, Date.now(), seal.of(closed), row.messageId);
+        replies++;
+        continue;
+      }
       const { sent } = row;
       if (typeof sent !== "number" || !Number.isSafeInteger(sent)) continue;
       const pieces = replyPieces(row.reply, undefined, { keepInvisible: true });

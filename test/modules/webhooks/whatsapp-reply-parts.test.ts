@@ -522,6 +522,34 @@ describe("sending a long reply", () => {
     expect(rowOf(target)).toMatchObject({ state: "sent", reply_parts_sent: 3 });
   });
 
+  test("a second run of 0029 (the file put back before it, a count forged) gives half-sent replies up rather than seal a place from the count (probe 64 F1)", async () => {
+    const { target, graph, chat, clock, worker } = outboxSetup(cleanups);
+    replying(chat, LONG_REPLY);
+    graph.failNext({ status: 503 });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.LONG10", from: "16505551234", text: "tell me" }] }),
+    );
+    await worker.drain();
+    target.services.audit.record({
+      type: "whatsapp.outbox_offsets_sealed",
+      outcome: "success",
+      actor: "system",
+      detail: { replies: 0 },
+    });
+    target.services.audit.flush();
+    const sqlite = target.db.$client;
+    putBackBefore(sqlite, 29);
+    sqlite.run("UPDATE whatsapp_outbox SET reply_parts_sent = 2");
+    const sealing = upgradeSealing(target.config.audit.secretKey);
+    applyMigrations(target.db, undefined, sealing.companions);
+    clock.advance(1300);
+    await worker.drain();
+    expect(graph.sent).toEqual([]);
+    expect(rowOf(target)).toMatchObject({ state: "failed", recipient: null });
+    expect(rowOf(target).last_error).toContain("migration 0029 ran a second time");
+  });
+
   test("a run of characters that show nothing after the text is no part of its own (probe 62b F1b)", () => {
     expect(replyParts(`${"a".repeat(4095)} ${"\u200b".repeat(10)}`)).toEqual(["a".repeat(4095)]);
     const answer = `Here is your answer.${"\u200b".repeat(5000)}`;
