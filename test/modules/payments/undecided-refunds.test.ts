@@ -67,6 +67,14 @@ const storedUndecided = (target: PaymentsApp, id: string) =>
     )
     .get(id);
 
+/** Migration 0028 run again on the app's file, put back before it: what its sealing did. */
+function undecidedSealingRun(target: PaymentsApp) {
+  putBackBefore(target.db.$client, 28);
+  const sealing = upgradeSealing(target.config.audit.secretKey);
+  applyMigrations(target.db, undefined, sealing.companions);
+  return sealing.sealed().find((said) => said.event.type === "payment.undecided_sealed");
+}
+
 describe("a refund Stripe made whose answer Palisade never heard", () => {
   for (const [why, script] of [
     [
@@ -290,12 +298,7 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
       JSON.stringify({ entries: [{ key, amount: 1000, before: 0 }], seal: "x" }),
       id,
     ]);
-    putBackBefore(sqlite, 28);
-    const sealing = upgradeSealing(current.config.audit.secretKey);
-    applyMigrations(current.db, undefined, sealing.companions);
-    expect(
-      sealing.sealed().find((said) => said.event.type === "payment.undecided_sealed"),
-    ).toMatchObject({
+    expect(undecidedSealingRun(current)).toMatchObject({
       event: { type: "payment.undecided_sealed", detail: { payments: 0 } },
       message: null,
     });
@@ -714,12 +717,7 @@ describe("probe 62a", () => {
     expect((await refund(id, admin, 1000)).status).toBe(200);
     const sqlite = current.db.$client;
     sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [saved, id]);
-    putBackBefore(sqlite, 28);
-    const sealing = upgradeSealing(current.config.audit.secretKey);
-    applyMigrations(current.db, undefined, sealing.companions);
-    expect(
-      sealing.sealed().find((said) => said.event.type === "payment.undecided_sealed"),
-    ).toMatchObject({
+    expect(undecidedSealingRun(current)).toMatchObject({
       event: { type: "payment.undecided_sealed", detail: { payments: 0 } },
     });
     expect((await refund(id, admin, 1000)).status).toBe(404);
