@@ -138,7 +138,7 @@ export function createCore(options: CoreOptions): Core {
   const registry = createMetricsRegistry();
   registerQueryDurations(registry, sqlite);
   const auditKeys = new AuditKeys(config.audit.secretKey);
-  assertAuditKeyMatches(sqlite, auditKeys.keyId);
+  assertAuditKeyMatches(sqlite, auditKeys);
   const audit = new SqliteAuditLog({
     sqlite,
     clock,

@@ -35,7 +35,7 @@ import {
 import { PortUnavailable, startServer } from "./server";
 import { createServices } from "./services";
 import { stopSignals } from "./stop-signals";
-import { resealings, upgradeSealing } from "./upgrade-sealing";
+import { resealings, unrecordedSealings, upgradeSealing } from "./upgrade-sealing";
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -149,9 +149,9 @@ try {
   reportDroppedTriggers(droppedTriggers, (fields, message) => logger.error(fields, message), null);
   // Another key is refused before its migrations seal anything with it (probe 63a F3).
   const opened = db.$client;
-  const keyId = new AuditKeys(config.audit.secretKey).keyId;
+  const keys = new AuditKeys(config.audit.secretKey);
   migrations = applyMigrations(db, undefined, sealing.companions, () =>
-    assertAuditKeyMatchesBeforeMigrating(opened, keyId),
+    assertAuditKeyMatchesBeforeMigrating(opened, keys),
   );
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
@@ -223,6 +223,9 @@ try {
 pinAuditKey(db.$client, services.audit);
 for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);
 for (const sealed of [...sealedOnUpgrade, ...resealed]) services.audit.record(sealed.event);
+const late = unrecordedSealings(db.$client, migrations.appliedTags, sealedOnUpgrade);
+if (late.message !== null) logger.warn({ migrations: late.events.length }, late.message);
+for (const event of late.events) services.audit.record(event);
 // A Redis that may evict the limiter's keys refuses a production start (plugins/rate-limit/redis-start).
 const startRefused = await services.start();
 if (startRefused !== null) fail(`refusing to start: ${startRefused}`);

@@ -16,31 +16,51 @@ import type { Database } from "bun:sqlite";
 import type { MigrationCompanions } from "./db/migrate";
 import {
   credentialSealing,
+  LINEAGE_SEALS_MIGRATION,
   lineageSealing,
   lineagesSealedMessage,
+  SEALS_MIGRATION,
+  SUCCESSOR_SEALS_MIGRATION,
   sealedMessage,
   successorSealing,
   successorsSealedMessage,
 } from "./modules/auth/seal-upgrade";
 import { createChatSeal } from "./modules/chat/history-seal";
-import { chatSealedMessage, chatSealing } from "./modules/chat/history-seal-upgrade";
-import { createPaymentSeal, paymentSealing, paymentsSealedMessage } from "./modules/payments/seal";
 import {
+  CHAT_SEALS_MIGRATION,
+  chatSealedMessage,
+  chatSealing,
+} from "./modules/chat/history-seal-upgrade";
+import {
+  createPaymentSeal,
+  PAYMENT_SEALS_MIGRATION,
+  paymentSealing,
+  paymentsSealedMessage,
+} from "./modules/payments/seal";
+import {
+  UNDECIDED_SEALS_MIGRATION,
   undecidedSealedMessage,
   undecidedSealing,
 } from "./modules/payments/undecided-seal-upgrade";
 import {
+  OUTBOX_OFFSETS_MIGRATION,
   outboxOffsetSealing,
   outboxOffsetsSealedMessage,
 } from "./modules/webhooks/outbox-offsets-upgrade";
 import {
   createOutboxSeal,
+  OUTBOX_SEALS_MIGRATION,
   outboxSealedMessage,
   outboxSealing,
 } from "./modules/webhooks/outbox-seal";
 import type { AuditEvent } from "./plugins/audit/events";
 import { createCredentialSeal } from "./plugins/auth/seal";
-import { blockSealing, blocksSealedMessage, createBlockSeal } from "./plugins/ip-block/seal";
+import {
+  BLOCK_SEALS_MIGRATION,
+  blockSealing,
+  blocksSealedMessage,
+  createBlockSeal,
+} from "./plugins/ip-block/seal";
 
 /** One kind of row an upgrade sealed: the line to say, its fields, and the event to audit. */
 export interface UpgradeSealed {
@@ -154,21 +174,71 @@ export function resealings(
   return said;
 }
 
+type SealingEventType =
+  | "auth.credentials_sealed"
+  | "whatsapp.outbox_sealed"
+  | "chat.history_sealed"
+  | "payment.ledger_sealed"
+  | "ip.blocks_sealed"
+  | "auth.lineages_sealed"
+  | "auth.successors_sealed"
+  | "payment.undecided_sealed"
+  | "whatsapp.outbox_offsets_sealed";
+
+/** Each migration whose companion seals rows, and the event its sealing is recorded as. */
+const SEALING_EVENT_BY_MIGRATION: ReadonlyMap<string, SealingEventType> = new Map([
+  [SEALS_MIGRATION, "auth.credentials_sealed"],
+  [OUTBOX_SEALS_MIGRATION, "whatsapp.outbox_sealed"],
+  [CHAT_SEALS_MIGRATION, "chat.history_sealed"],
+  [PAYMENT_SEALS_MIGRATION, "payment.ledger_sealed"],
+  [BLOCK_SEALS_MIGRATION, "ip.blocks_sealed"],
+  [LINEAGE_SEALS_MIGRATION, "auth.lineages_sealed"],
+  [SUCCESSOR_SEALS_MIGRATION, "auth.successors_sealed"],
+  [UNDECIDED_SEALS_MIGRATION, "payment.undecided_sealed"],
+  [OUTBOX_OFFSETS_MIGRATION, "whatsapp.outbox_offsets_sealed"],
+]);
+
+/**
+ * The sealings the migrations table records as applied that the audit log holds no event of, and
+ * that this process did not just record (`recordedNow`): each to be recorded now, late. Two ways
+ * leave one unrecorded: a reading command that migrated a file whose audit log was still empty
+ * (it must not write a new log's first row; the start after it has nothing left to migrate: probe
+ * 64 F2), and a start or command refused after migrating (the schema guard: 63a F2). Without its
+ * event, a second run of that sealing on a file put back before it would not be said as
+ * `db.resealed`. Recorded by whoever records sealings (the start; a command on a keyed log).
+ */
+export function unrecordedSealings(
+  sqlite: Database,
+  appliedTags: readonly string[],
+  recordedNow: readonly UpgradeSealed[],
+): { message: string | null; events: AuditEvent[] } {
+  const justRecorded = new Set<string>(recordedNow.map(({ event }) => event.type));
+  const recorded = sqlite.query<{ found: number }, [string]>(
+    "SELECT EXISTS (SELECT 1 FROM audit_events WHERE type = ?) AS found",
+  );
+  const late: string[] = [];
+  const events: AuditEvent[] = [];
+  for (const tag of appliedTags) {
+    const type = SEALING_EVENT_BY_MIGRATION.get(tag);
+    if (type === undefined || justRecorded.has(type)) continue;
+    if (recorded.get(type)?.found === 1) continue;
+    late.push(tag);
+    events.push({
+      type,
+      outcome: "success",
+      actor: "system",
+      detail: { migration: tag, recordedLate: true },
+    });
+  }
+  const message =
+    late.length === 0
+      ? null
+      : `the database was migrated through ${late.join(", ")} by a process that recorded no sealing (a command before the first start, or a start refused after migrating): recorded now, so that a second sealing of this file is seen`;
+  return { message, events };
+}
+
 /** What one kind of row's sealing says: its line, the counts as its fields and as the event's detail. */
-function sealedOf(
-  type:
-    | "auth.credentials_sealed"
-    | "whatsapp.outbox_sealed"
-    | "chat.history_sealed"
-    | "payment.ledger_sealed"
-    | "ip.blocks_sealed"
-    | "auth.lineages_sealed"
-    | "auth.successors_sealed"
-    | "payment.undecided_sealed"
-    | "whatsapp.outbox_offsets_sealed",
-  message: string,
-  counts: object,
-): UpgradeSealed {
+function sealedOf(type: SealingEventType, message: string, counts: object): UpgradeSealed {
   const fields = { ...counts } as Record<string, number>;
   return {
     message: Object.values(fields).every((count) => count === 0) ? null : message,

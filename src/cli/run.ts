@@ -16,14 +16,14 @@ import {
   droppedTriggerEvents,
   reportDroppedTriggers,
 } from "../db/foreign-triggers";
-import { applyMigrations, migrationsFailed } from "../db/migrate";
+import { applyMigrations, type MigrationStatus, migrationsFailed } from "../db/migrate";
 import { createSchemaGuard, schemaChangedMessage } from "../db/schema-guard";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { AuditKeys } from "../plugins/audit/chain";
 import { assertAuditKeyMatchesBeforeMigrating, holdsKeyedRows } from "../plugins/audit/key-match";
 import { createServices, type Services } from "../services";
-import { resealings, upgradeSealing } from "../upgrade-sealing";
+import { resealings, unrecordedSealings, upgradeSealing } from "../upgrade-sealing";
 import {
   CliError,
   type Command,
@@ -131,12 +131,12 @@ export async function runCli(
         // Another key is refused before its migrations seal anything with it (probe 63a F3); a
         // command that migrates nothing (`audit:verify` naming a wrong key) goes on.
         const sqlite = db.$client;
-        const keyId = new AuditKeys(secretKey).keyId;
-        let newerMigrations = 0;
+        const keys = new AuditKeys(secretKey);
+        let migrated: MigrationStatus;
         try {
-          newerMigrations = applyMigrations(db, undefined, sealing.companions, () =>
-            assertAuditKeyMatchesBeforeMigrating(sqlite, keyId),
-          ).fromNewerReleases;
+          migrated = applyMigrations(db, undefined, sealing.companions, () =>
+            assertAuditKeyMatchesBeforeMigrating(sqlite, keys),
+          );
         } catch (error) {
           if (error instanceof ConfigError) throw error;
           // One line, as the start says it: a tampered migrations table, or a migration that failed.
@@ -144,7 +144,10 @@ export async function runCli(
         }
         const changedSchema = createSchemaGuard(db.$client).differences();
         if (changedSchema.length > 0) {
-          throw new CliError(schemaChangedMessage(path, changedSchema, newerMigrations), 1);
+          throw new CliError(
+            schemaChangedMessage(path, changedSchema, migrated.fromNewerReleases),
+            1,
+          );
         }
         const sealed = sealing.sealed();
         const resealed = resealings(db.$client, sealed);
@@ -160,6 +163,11 @@ export async function runCli(
         const records = command.database === "makes" || holdsKeyedRows(db.$client);
         for (const { event, message } of [...sealed, ...resealed]) {
           if (message !== null || records) context.services().audit.record(event);
+        }
+        if (records) {
+          const late = unrecordedSealings(sqlite, migrated.appliedTags, sealed);
+          if (late.message !== null) io.err(late.message);
+          for (const event of late.events) context.services().audit.record(event);
         }
         for (const event of droppedTriggerEvents(dropped)) context.services().audit.record(event);
       }

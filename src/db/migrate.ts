@@ -40,6 +40,8 @@ export interface MigrationStatus {
   fromNewerReleases: number;
   /** The tags this call applied, oldest first: what the database did not have before it. */
   appliedNow: readonly string[];
+  /** Every one of this release's tags the table records, oldest first. */
+  appliedTags: readonly string[];
 }
 
 /**
@@ -121,16 +123,18 @@ function statusOf(
   let count = 0;
   let newestTag: string | null = null;
   const appliedNow: string[] = [];
+  const appliedTags: string[] = [];
   for (const [millis, tag] of MIGRATION_TAG_BY_MILLIS) {
     if (applied.has(millis)) {
       count++;
       newestTag = tag;
+      appliedTags.push(tag);
       if (!before?.has(millis)) appliedNow.push(tag);
     }
   }
   let fromNewerReleases = 0;
   for (const millis of applied) if (millis > LATEST_MIGRATION_MILLIS) fromNewerReleases++;
-  return { applied: count, newestTag, fromNewerReleases, appliedNow };
+  return { applied: count, newestTag, fromNewerReleases, appliedNow, appliedTags };
 }
 
 /**

@@ -158,8 +158,15 @@ test("migrations from a newer release are counted, not refused: a rollback still
     newestTag: null,
     fromNewerReleases: 0,
     appliedNow: [],
+    appliedTags: [],
   });
-  const current = { applied: all, newestTag: latestTag, fromNewerReleases: 0, appliedNow: [] };
+  const current = {
+    applied: all,
+    newestTag: latestTag,
+    fromNewerReleases: 0,
+    appliedNow: [],
+    appliedTags: [...MIGRATION_TAG_BY_MILLIS.values()],
+  };
   // The first call applied every migration; later calls apply none.
   expect(applyMigrations(db)).toEqual({
     ...current,

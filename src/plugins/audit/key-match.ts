@@ -12,23 +12,69 @@
  */
 import type { Database } from "bun:sqlite";
 import { ConfigError } from "../../config";
+import { sealMatches } from "../../db/row-seal";
 import { spellOut } from "../../logging/spell-out";
+import type { AuditKeys, ChainedFields, CheckpointFields } from "./chain";
 import type { AuditLog } from "./log";
 
-export function assertAuditKeyMatches(sqlite: Database, keyId: string): void {
-  const newest = sqlite
-    .query<{ id: number; keyId: unknown }, []>(
-      "SELECT id, key_id AS keyId FROM audit_events WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT 1",
-    )
-    .get();
+export function assertAuditKeyMatches(sqlite: Database, keys: AuditKeys): void {
+  const { keyId } = keys;
+  // A log whose rows were all deleted but its checkpoints still names its key by them (probe 64
+  // F4: reduced to keyed checkpoints, it took any key).
+  const newest =
+    sqlite
+      .query<{ what: string; id: number; keyId: unknown }, []>(
+        "SELECT 'row' AS what, id, key_id AS keyId FROM audit_events WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+      )
+      .get() ??
+    sqlite
+      .query<{ what: string; id: number; keyId: unknown }, []>(
+        "SELECT 'checkpoint' AS what, id, key_id AS keyId FROM audit_checkpoints WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+      )
+      .get();
   if (newest === null || newest.keyId === keyId) return;
   const written = sqlite
-    .query<{ one: number }, [string]>("SELECT 1 AS one FROM audit_events WHERE key_id = ? LIMIT 1")
-    .get(keyId);
-  if (written !== null) return;
+    .query<{ found: number }, [string, string]>(
+      "SELECT EXISTS (SELECT 1 FROM audit_events WHERE key_id = ?) OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE key_id = ?) AS found",
+    )
+    .get(keyId, keyId);
+  if (written?.found === 1) return;
+  // The ids say another key, but a newest row's hash (or a checkpoint's MAC) is this key's: the ids
+  // were rewritten in the file, which audit:verify reports. Refusing the right key there also
+  // refused audit:verify itself whenever a migration was pending (probe 64 F5).
+  if (vouchedByKey(sqlite, keys)) return;
   throw new ConfigError(
     "AUDIT_SECRET_KEY",
-    `is not the key this database's audit log is written with (no row has this key's id, ${keyId}; the newest, id ${newest.id}, has ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY (if it has that key, the rows' key ids were changed in the file: audit:verify names the first)`,
+    `is not the key this database's audit log is written with (no row has this key's id, ${keyId}, and none of its newest rows is keyed with it; the newest ${newest.what}, id ${newest.id}, has ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY (if it has that key, the log's newest rows were changed in the file: restore it from a backup)`,
+  );
+}
+
+/** How many of the newest rows, and of the newest checkpoints, a key is tried against. */
+const VOUCHING_ROWS = 8;
+
+/** Whether one of the log's newest rows or checkpoints was written with `keys`, whatever its key id says. */
+function vouchedByKey(sqlite: Database, keys: AuditKeys): boolean {
+  const rows = sqlite
+    .query<ChainedFields & { prevHash: string; hash: string }, [number]>(
+      `SELECT id, at, type, route, request_id AS requestId, outcome, detail,
+              subject_commit AS subjectCommit, prev_hash AS prevHash, hash
+       FROM audit_events WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT ?`,
+    )
+    .all(VOUCHING_ROWS);
+  if (rows.some((row) => sealMatches(keys.rowHash(row.prevHash, row), String(row.hash)))) {
+    return true;
+  }
+  const checkpoints = sqlite
+    .query<CheckpointFields & { mac: unknown }, [number]>(
+      `SELECT created_at AS createdAt, last_deleted_id AS lastDeletedId, last_hash AS lastHash,
+              deleted_count AS deletedCount, mac
+       FROM audit_checkpoints WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT ?`,
+    )
+    .all(VOUCHING_ROWS);
+  return checkpoints.some(
+    (checkpoint) =>
+      typeof checkpoint.mac === "string" &&
+      sealMatches(keys.checkpointMac(checkpoint), checkpoint.mac),
   );
 }
 
@@ -39,13 +85,13 @@ export function assertAuditKeyMatches(sqlite: Database, keyId: string): void {
  * with no match, the payment refusing every refund). A file older than the keyed log (no key
  * column yet) has no key to hold it to.
  */
-export function assertAuditKeyMatchesBeforeMigrating(sqlite: Database, keyId: string): void {
+export function assertAuditKeyMatchesBeforeMigrating(sqlite: Database, keys: AuditKeys): void {
   const keyed = sqlite
     .query<{ found: number }, []>(
       "SELECT EXISTS (SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'key_id') AS found",
     )
     .get();
-  if (keyed?.found === 1) assertAuditKeyMatches(sqlite, keyId);
+  if (keyed?.found === 1) assertAuditKeyMatches(sqlite, keys);
 }
 
 /**

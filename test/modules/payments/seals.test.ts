@@ -503,7 +503,7 @@ describe("upgrading a database stored before payment seals", () => {
     file.$client.close();
   });
 
-  test("a reading command on a log with keyed rows records the sealing it ran, with nothing sealed too, so a second run is seen (probe 62a F1); on a new log it writes no row, the start pins the key (63a F4)", async () => {
+  test("a reading command on a log with keyed rows records the sealing it ran, with nothing sealed too, so a second run is seen (probe 62a F1); on a new log it writes no row, the start pins the key (63a F4) and records what it ran late (64 F2)", async () => {
     const dir = tempDir();
     cleanups.push(dir.remove);
     const path = `${dir.path}/at-0027.db`;
@@ -526,21 +526,29 @@ describe("upgrading a database stored before payment seals", () => {
     await read();
     expect(events("payment.undecided_sealed")).toEqual([]);
     expect(events("audit.chain.keyed")).toEqual([]);
-    // The service starts on it (and keys the log); put back before 0028, a reading command records
-    // the run, and the next run is said as tampering.
+    // The service starts on it, keys the log and records the sealings the command ran; put back
+    // before 0028, the next run of that sealing is said as tampering.
     const service = await startService(env);
     await service.stop();
-    expect(events("payment.undecided_sealed")).toEqual([]);
+    expect(service.stdout()).toContain(
+      "the database was migrated through 0013_credential_seals, 0014_outbox_seals",
+    );
+    expect(events("payment.undecided_sealed")).toEqual([
+      { migration: "0028_refund_undecided_seals", recordedLate: true },
+    ]);
+    expect(events("whatsapp.outbox_offsets_sealed")).toEqual([
+      { migration: "0029_outbox_reply_offsets", recordedLate: true },
+    ]);
+    // A second start has nothing left to record.
+    const again = await startService(env);
+    await again.stop();
+    expect(again.stdout()).not.toContain("recorded no sealing");
+    expect(events("payment.undecided_sealed")).toHaveLength(1);
     const file = openDatabase(path);
     putBackBefore(file.$client, 28);
     file.$client.close();
-    await read();
-    expect(events("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
-    const file2 = openDatabase(path);
-    putBackBefore(file2.$client, 28);
-    file2.$client.close();
-    const again = await read();
-    expect(again.stderr).toContain(
+    const rerun = await read();
+    expect(rerun.stderr).toContain(
       "the database file was sealed by this release before (1 earlier payment.undecided_sealed in its audit log)",
     );
     expect(events("db.resealed")).toContainEqual({
@@ -548,6 +556,39 @@ describe("upgrading a database stored before payment seals", () => {
       earlier: 1,
       payments: 0,
     });
+  });
+
+  test("a sealing a start applied before the schema guard refused it is recorded by the start after, so its second run is seen (probe 63a F2)", async () => {
+    const { target, id } = await paidApp();
+    target.services.audit.flush();
+    const sqlite = target.db.$client;
+    putBackBefore(sqlite, 28);
+    sqlite.run("CREATE INDEX planted ON payments (owner)");
+    const env = {
+      DATABASE_PATH: target.databasePath,
+      AUDIT_SECRET_KEY: target.config.audit.secretKey,
+      APP_ENV: "development",
+      PORT: "0",
+    };
+    const refused = await runToExit(["bun", "run", "src/index.ts"], env);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr + refused.stdout).toContain("schema was changed");
+    // Migrated and sealed, but the refusal came before anything was recorded.
+    expect(auditRows(target, "payment.undecided_sealed")).toHaveLength(0);
+    sqlite.run("DROP INDEX planted");
+    const service = await startService(env);
+    await service.stop();
+    expect(
+      auditRows(target, "payment.undecided_sealed").map((row) => JSON.parse(row.detail as string)),
+    ).toEqual([{ migration: "0028_refund_undecided_seals", recordedLate: true }]);
+    putBackBefore(sqlite, 28);
+    const rerun = await cliInProcess(["payments:undecided", id], env);
+    expect(rerun.stderr).toContain(
+      "the database file was sealed by this release before (1 earlier payment.undecided_sealed in its audit log)",
+    );
+    expect(
+      auditRows(target, "db.resealed").map((row) => JSON.parse(row.detail as string)),
+    ).toContainEqual(expect.objectContaining({ kind: "payment.undecided_sealed", earlier: 1 }));
   });
 
   describe("a list the release before wrote, on a file put back before 0028 (probe 63a)", () => {
