@@ -205,7 +205,7 @@ const SEALING_EVENT_BY_MIGRATION: ReadonlyMap<string, SealingEventType> = new Ma
  * (it must not write a new log's first row; the start after it has nothing left to migrate: probe
  * 64 F2), and a start or command refused after migrating (the schema guard: 63a F2). Without its
  * event, a second run of that sealing on a file put back before it would not be said as
- * `db.resealed`. Recorded by whoever records sealings (the start; a command on a keyed log).
+ * `db.resealed`. Recorded by the start, once its key is known to be the log's.
  */
 export function unrecordedSealings(
   sqlite: Database,

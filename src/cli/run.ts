@@ -23,7 +23,7 @@ import { createLogger } from "../logging/logger";
 import { AuditKeys } from "../plugins/audit/chain";
 import { assertAuditKeyMatchesBeforeMigrating, holdsKeyedRows } from "../plugins/audit/key-match";
 import { createServices, type Services } from "../services";
-import { resealings, unrecordedSealings, upgradeSealing } from "../upgrade-sealing";
+import { resealings, upgradeSealing } from "../upgrade-sealing";
 import {
   CliError,
   type Command,
@@ -163,11 +163,6 @@ export async function runCli(
         const records = command.database === "makes" || holdsKeyedRows(db.$client);
         for (const { event, message } of [...sealed, ...resealed]) {
           if (message !== null || records) context.services().audit.record(event);
-        }
-        if (records) {
-          const late = unrecordedSealings(sqlite, migrated.appliedTags, sealed);
-          if (late.message !== null) io.err(late.message);
-          for (const event of late.events) context.services().audit.record(event);
         }
         for (const event of droppedTriggerEvents(dropped)) context.services().audit.record(event);
       }
