@@ -205,7 +205,8 @@ const SEALING_EVENT_BY_MIGRATION: ReadonlyMap<string, SealingEventType> = new Ma
  * (it must not write a new log's first row; the start after it has nothing left to migrate: probe
  * 64 F2), and a start or command refused after migrating (the schema guard: 63a F2). Without its
  * event, a second run of that sealing on a file put back before it would not be said as
- * `db.resealed`. Recorded by the start, once its key is known to be the log's.
+ * `db.resealed`. So is an event retention has removed. Recorded by the start, once its key is known
+ * to be the log's.
  */
 export function unrecordedSealings(
   sqlite: Database,
@@ -233,7 +234,7 @@ export function unrecordedSealings(
   const message =
     late.length === 0
       ? null
-      : `the database was migrated through ${late.join(", ")} by a process that recorded no sealing (a command before the first start, or a start refused after migrating): recorded now, so that a second sealing of this file is seen`;
+      : `the audit log holds no event of the sealings of ${late.join(", ")}, which the database went through (migrated by a command before the first start, by a start refused after migrating, or the event since removed by retention): recorded now, so that a second sealing of this file is seen`;
   return { message, events };
 }
 
