@@ -4,11 +4,12 @@
  * — a CLI command run from a shell without the service's AUDIT_SECRET_KEY (in development it then
  * generates `DATABASE_PATH.audit-key` and uses that), or a service restarted with a new key — would
  * append rows the chain can never verify past, and refuse every stored credential as tampered. So
- * a process whose key has written no row of a log that holds keyed rows stops before it writes
- * anything, with one line naming the variable. Each row records its key's id (not a secret): the
- * newest row is looked at first; only when it is another key's is the log searched for this one,
- * so a row someone wrote into the file with another id (which `audit:verify` names) cannot stop a
- * service that has the right key.
+ * a process whose key made none of the newest rows (or, once retention emptied the log, its
+ * checkpoints) of a log that holds keyed ones stops before it writes anything, with one line naming
+ * the variable. Each row records its key's id (not a secret), which says where to look, never
+ * whether a key is the log's: that is the row's hash or the checkpoint's MAC. So a row someone
+ * wrote into the file with another id (which `audit:verify` names) cannot stop a service that has
+ * the right key, nor one with this key's id let another key in.
  */
 import type { Database } from "bun:sqlite";
 import { ConfigError } from "../../config";
@@ -32,49 +33,55 @@ export function assertAuditKeyMatches(sqlite: Database, keys: AuditKeys): void {
         "SELECT 'checkpoint' AS what, id, key_id AS keyId FROM audit_checkpoints WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT 1",
       )
       .get();
-  if (newest === null || newest.keyId === keyId) return;
-  const written = sqlite
-    .query<{ found: number }, [string, string]>(
-      "SELECT EXISTS (SELECT 1 FROM audit_events WHERE key_id = ?) OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE key_id = ?) AS found",
-    )
-    .get(keyId, keyId);
-  if (written?.found === 1) return;
-  // The ids say another key, but a newest row's hash (or a checkpoint's MAC) is this key's: the ids
-  // were rewritten in the file, which audit:verify reports. Refusing the right key there also
-  // refused audit:verify itself whenever a migration was pending (probe 64 F5).
-  if (vouchedByKey(sqlite, keys)) return;
+  if (newest === null) return;
+  // A key id names a key but proves nothing: it is no secret (a refusal prints it), and anyone
+  // with the file can write a row carrying it (probe 65 F4: one such row let another key migrate
+  // and seal). A key is the log's when a row or checkpoint is shown to be made with it: the
+  // newest carrying its id, else the newest of all, whatever their ids say (the ids were rewritten
+  // in the file, which audit:verify reports; refusing the right key there also refused
+  // audit:verify itself whenever a migration was pending: probe 64 F5).
+  if (vouchedByKey(sqlite, keys, keyId) || vouchedByKey(sqlite, keys, null)) return;
   throw new ConfigError(
     "AUDIT_SECRET_KEY",
-    `is not the key this database's audit log is written with (no row has this key's id, ${keyId}, and none of its newest rows is keyed with it; the newest ${newest.what}, id ${newest.id}, has ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY (if it has that key, the log's newest rows were changed in the file: restore it from a backup)`,
+    `is not the key this database's audit log is written with (none of its newest rows or checkpoints is made with this key, whose id is ${keyId}; the newest ${newest.what}, id ${newest.id}, names ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY (if it has that key, the log's newest rows were changed in the file: restore it from a backup)`,
   );
 }
 
 /** How many of the newest rows, and of the newest checkpoints, a key is tried against. */
 const VOUCHING_ROWS = 8;
 
-/** Whether one of the log's newest rows or checkpoints was written with `keys`, whatever its key id says. */
-function vouchedByKey(sqlite: Database, keys: AuditKeys): boolean {
+/**
+ * Whether one of the log's newest rows or checkpoints carrying `keyId` (any key id when null) was
+ * made with `keys`: its hash or MAC, compared in constant time.
+ */
+function vouchedByKey(sqlite: Database, keys: AuditKeys, keyId: string | null): boolean {
+  const carrying = keyId === null ? "key_id IS NOT NULL" : "key_id = ?1";
+  const bound = keyId === null ? [] : [keyId];
   const rows = sqlite
-    .query<ChainedFields & { prevHash: string; hash: string }, [number]>(
+    .query<ChainedFields & { prevHash: unknown; hash: unknown }, string[]>(
       `SELECT id, at, type, route, request_id AS requestId, outcome, detail,
               subject_commit AS subjectCommit, prev_hash AS prevHash, hash
-       FROM audit_events WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT ?`,
+       FROM audit_events WHERE ${carrying} ORDER BY id DESC LIMIT ${VOUCHING_ROWS}`,
     )
-    .all(VOUCHING_ROWS);
-  if (rows.some((row) => sealMatches(keys.rowHash(row.prevHash, row), String(row.hash)))) {
+    .all(...bound);
+  if (
+    rows.some(
+      (row) =>
+        typeof row.prevHash === "string" &&
+        sealMatches(keys.rowHash(row.prevHash, row), row.hash as string | null),
+    )
+  ) {
     return true;
   }
   const checkpoints = sqlite
-    .query<CheckpointFields & { mac: unknown }, [number]>(
+    .query<CheckpointFields & { mac: unknown }, string[]>(
       `SELECT created_at AS createdAt, last_deleted_id AS lastDeletedId, last_hash AS lastHash,
               deleted_count AS deletedCount, mac
-       FROM audit_checkpoints WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT ?`,
+       FROM audit_checkpoints WHERE ${carrying} ORDER BY id DESC LIMIT ${VOUCHING_ROWS}`,
     )
-    .all(VOUCHING_ROWS);
-  return checkpoints.some(
-    (checkpoint) =>
-      typeof checkpoint.mac === "string" &&
-      sealMatches(keys.checkpointMac(checkpoint), checkpoint.mac),
+    .all(...bound);
+  return checkpoints.some((checkpoint) =>
+    sealMatches(keys.checkpointMac(checkpoint), checkpoint.mac as string | null),
   );
 }
 

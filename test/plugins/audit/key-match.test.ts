@@ -123,3 +123,37 @@ test("a log whose key ids and newest rows' hashes were both rewritten refuses ev
   expect(refused.code).toBe(2);
   expect(refused.stderr).toContain("the log's newest rows were changed in the file");
 });
+
+test("a row written into the file with another key's id (which a refusal prints) does not let that key migrate; a row with the right key's id and a forged hash does not stop the right key (probe 65 F4)", async () => {
+  const path = logWith(() => {});
+  const other = { DATABASE_PATH: path, AUDIT_SECRET_KEY: OTHER_KEY };
+  const first = await cliInProcess(["users:list"], other);
+  expect(first.code).toBe(2);
+  const printedId = /(?:whose id is|this key's id,) ([0-9a-f]{16})/.exec(first.stderr)?.[1];
+  expect(printedId).toBeString();
+  const before = migrationsApplied(path);
+  const file = openDatabase(path);
+  const plant = (keyId: string) =>
+    file.$client.run(
+      `INSERT INTO audit_events (at, type, outcome, detail, subject_commit, prev_hash, hash, key_id)
+       VALUES (0, 'auth.logout', 'success', '{}', 'x', 'x', 'x', ?)`,
+      [keyId],
+    );
+  plant(printedId!);
+  const serviceKeyId = file.$client
+    .query<{ keyId: string }, []>("SELECT key_id AS keyId FROM audit_events WHERE id = 1")
+    .get()!.keyId;
+  plant(serviceKeyId);
+  file.$client.close();
+
+  const refused = await cliInProcess(["users:list"], other);
+  expect(refused.code).toBe(2);
+  expect(refused.stderr).toContain("AUDIT_SECRET_KEY is not the key");
+  expect(migrationsApplied(path)).toBe(before);
+  const served = await cliInProcess(["users:list"], {
+    DATABASE_PATH: path,
+    AUDIT_SECRET_KEY: SERVICE_KEY,
+  });
+  expect(served.code).toBe(0);
+  expect(migrationsApplied(path)).toBe(before + 1);
+});
