@@ -53,7 +53,7 @@ import {
   outboxSealedMessage,
   outboxSealing,
 } from "./modules/webhooks/outbox-seal";
-import type { AuditEvent } from "./plugins/audit/events";
+import type { AuditEvent, SealingEventType } from "./plugins/audit/events";
 import { createCredentialSeal } from "./plugins/auth/seal";
 import {
   BLOCK_SEALS_MIGRATION,
@@ -173,17 +173,6 @@ export function resealings(
   }
   return said;
 }
-
-type SealingEventType =
-  | "auth.credentials_sealed"
-  | "whatsapp.outbox_sealed"
-  | "chat.history_sealed"
-  | "payment.ledger_sealed"
-  | "ip.blocks_sealed"
-  | "auth.lineages_sealed"
-  | "auth.successors_sealed"
-  | "payment.undecided_sealed"
-  | "whatsapp.outbox_offsets_sealed";
 
 /** Each migration whose companion seals rows, and the event its sealing is recorded as. */
 const SEALING_EVENT_BY_MIGRATION: ReadonlyMap<string, SealingEventType> = new Map([

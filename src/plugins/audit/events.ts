@@ -118,6 +118,25 @@ export const TAMPER_EVENT_TYPES = [
   "db.resealed",
 ] as const satisfies readonly AuditEventType[];
 
+/**
+ * The events that say a file went through an upgrade's sealing (upgrade-sealing.ts): a second one
+ * of a kind is how a file put back into its shape before that sealing is seen (`db.resealed`). So
+ * retention never leaves the log without one of each kind it holds (log.ts, prune).
+ */
+export const SEALING_EVENT_TYPES = [
+  "auth.credentials_sealed",
+  "whatsapp.outbox_sealed",
+  "chat.history_sealed",
+  "payment.ledger_sealed",
+  "ip.blocks_sealed",
+  "auth.lineages_sealed",
+  "auth.successors_sealed",
+  "payment.undecided_sealed",
+  "whatsapp.outbox_offsets_sealed",
+] as const satisfies readonly AuditEventType[];
+
+export type SealingEventType = (typeof SEALING_EVENT_TYPES)[number];
+
 /** A detail value that is a principal as written: `user:<id>`, `key:<id>`, `whatsapp:<id>`. */
 const PRINCIPAL_VALUE = /^(user|key|whatsapp):/;
 

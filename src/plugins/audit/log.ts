@@ -57,9 +57,12 @@ import {
   AUDIT_EVENT_TYPES,
   type AuditDetail,
   type AuditEvent,
+  type AuditEventType,
   encodeDetail,
   mustNotLose,
   principalsNamed,
+  SEALING_EVENT_TYPES,
+  type SealingEventType,
   withPrincipalsReplaced,
 } from "./events";
 import {
@@ -160,6 +163,9 @@ export interface SqliteAuditLogOptions {
 }
 
 const MAX_QUEUED_EVENTS = 100_000;
+
+/** The sealing event types as an SQL list (fixed names, no client text). */
+const SEALING_TYPES_SQL = SEALING_EVENT_TYPES.map((type) => `'${type}'`).join(", ");
 
 /**
  * SQLite's own table of AUTOINCREMENT high-water marks, read (never written) by the chain. Declared
@@ -646,7 +652,8 @@ export class SqliteAuditLog implements AuditLog {
 
   prune(cutoff: number, now: number, maxRows = 5000): number {
     const db = this.db;
-    return db.transaction(
+    const countAfter: AuditEventType[] = [];
+    const deleted = db.transaction(
       () => {
         // The run of expired rows at the start of the chain, up to the first row that is not: a row
         // written while the clock stood back is not a reason to take the recent rows before it
@@ -680,6 +687,13 @@ export class SqliteAuditLog implements AuditLog {
           );
           return 0;
         }
+        // Each kind of sealing whose newest event is among the rows to go.
+        const lastSealings = this.sqlite
+          .query<{ type: SealingEventType; id: number }, [number]>(
+            `SELECT type, max(id) AS id FROM audit_events WHERE type IN (${SEALING_TYPES_SQL})
+             GROUP BY type HAVING max(id) <= ?1 ORDER BY id`,
+          )
+          .all(last.id);
         // Only a contiguous run from the start of the chain may go, or the chain would have a hole.
         const deleted = db
           .delete(auditEvents)
@@ -700,10 +714,28 @@ export class SqliteAuditLog implements AuditLog {
             mac: this.keys.checkpointMac(checkpoint),
           })
           .run();
+        // Written again on the chain, in this transaction: with the last event of a sealing gone,
+        // a file put back before that sealing would be sealed again unreported until the next
+        // start recorded it late (probe 65 F1).
+        const carried = lastSealings.map(
+          ({ type, id }): AuditEvent => ({
+            type,
+            outcome: "success",
+            actor: "system",
+            detail: { carriedForwardFrom: id },
+            at: now,
+          }),
+        );
+        if (carried.length > 0) {
+          this.write(carried);
+          for (const { type } of carried) countAfter.push(type);
+        }
         return deleted;
       },
       { behavior: "immediate" },
     );
+    for (const type of countAfter) this.counter?.labels(type).inc();
+    return deleted;
   }
 
   logHead(force = false): void {
