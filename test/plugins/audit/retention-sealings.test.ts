@@ -4,7 +4,7 @@
  * passed over the first one, is still said as `db.resealed` (probe 65 F1).
  */
 import { afterEach, expect, test } from "bun:test";
-import { SEALING_EVENT_TYPES } from "../../../src/plugins/audit/events";
+import type { SealingEventType } from "../../../src/plugins/audit/events";
 import { buildTestApp, type TestApp } from "../../support/app";
 import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
@@ -34,7 +34,7 @@ test("retention that deletes the last event of a sealing writes it again on the 
   current = buildTestApp({ env: { AUDIT_SECRET_KEY: AUDIT_KEY }, clock });
   const app = current;
   const { audit } = app.services;
-  const record = (type: (typeof SEALING_EVENT_TYPES)[number] | "auth.logout", n: number) =>
+  const record = (type: SealingEventType | "auth.logout", n: number) =>
     audit.record({ type, outcome: "success", actor: "system", detail: { n } });
   record("payment.undecided_sealed", 1);
   record("payment.undecided_sealed", 2);
