@@ -35,7 +35,12 @@ import {
 import { PortUnavailable, startServer } from "./server";
 import { createServices } from "./services";
 import { stopSignals } from "./stop-signals";
-import { resealings, unrecordedSealings, upgradeSealing } from "./upgrade-sealing";
+import {
+  recordBeforeRefusing,
+  resealings,
+  unrecordedSealings,
+  upgradeSealing,
+} from "./upgrade-sealing";
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -138,6 +143,7 @@ if (config.appEnv !== "development") {
 }
 
 let db: ReturnType<typeof openDatabase>;
+const keys = new AuditKeys(config.audit.secretKey);
 let migrations: MigrationStatus;
 let droppedTriggers: DroppedTrigger[] = [];
 // Rows stored before their seals existed are sealed with the migrations that add them.
@@ -149,7 +155,6 @@ try {
   reportDroppedTriggers(droppedTriggers, (fields, message) => logger.error(fields, message), null);
   // Another key is refused before its migrations seal anything with it (probe 63a F3).
   const opened = db.$client;
-  const keys = new AuditKeys(config.audit.secretKey);
   migrations = applyMigrations(db, undefined, sealing.companions, () =>
     assertAuditKeyMatchesBeforeMigrating(opened, keys),
   );
@@ -181,6 +186,11 @@ for (const again of resealed) logger.error(again.fields, again.message);
 const schemaGuard = createSchemaGuard(db.$client);
 const schemaDifferences = schemaGuard.changes();
 if (schemaDifferences.length > 0) {
+  const said = [...sealedOnUpgrade, ...resealed].map(({ event }) => event);
+  recordBeforeRefusing(db.$client, keys, logger, [
+    ...said,
+    ...droppedTriggerEvents(droppedTriggers),
+  ]);
   fail(
     `refusing to start: ${schemaChangedMessage(config.databasePath, schemaDifferences, migrations.fromNewerReleases)}`,
   );

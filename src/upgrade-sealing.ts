@@ -53,7 +53,11 @@ import {
   outboxSealedMessage,
   outboxSealing,
 } from "./modules/webhooks/outbox-seal";
+import type { Logger } from "./logging/logger";
+import type { AuditKeys } from "./plugins/audit/chain";
 import type { AuditEvent, SealingEventType } from "./plugins/audit/events";
+import { holdsKeyedRows } from "./plugins/audit/key-match";
+import { SqliteAuditLog } from "./plugins/audit/log";
 import { createCredentialSeal } from "./plugins/auth/seal";
 import {
   BLOCK_SEALS_MIGRATION,
@@ -225,6 +229,36 @@ export function unrecordedSealings(
       ? null
       : `the audit log holds no event of the sealings of ${late.join(", ")}, which the database went through (migrated by a command before the first start, by a start refused after migrating, or the event since removed by retention): recorded now, so that a second sealing of this file is seen`;
   return { message, events };
+}
+
+/**
+ * Records what a start or command said of the file before it is refused for a changed schema
+ * (db/schema-guard.ts), which stops it before its services exist: the sealings its migrations ran,
+ * a second sealing (`db.resealed`), the triggers dropped. Left to a later start they were lost
+ * (probe 65 F5: a file put back before a sealing, with an index planted so that the start would
+ * be refused, was sealed again with no event; the next start found the first sealing's event and
+ * recorded nothing). Only on a log that holds keyed rows, whose key was checked before migrating:
+ * a new log's first row is the start's to write, and a log from before keys the start's to key.
+ * Said, not thrown, when the file cannot take them: the refusal follows either way.
+ */
+export function recordBeforeRefusing(
+  sqlite: Database,
+  keys: AuditKeys,
+  logger: Logger,
+  events: readonly AuditEvent[],
+): void {
+  if (events.length === 0) return;
+  try {
+    if (!holdsKeyedRows(sqlite)) return;
+    const audit = new SqliteAuditLog({ sqlite, clock: { now: () => Date.now() }, logger, keys });
+    for (const event of events) audit.record(event);
+    audit.flush();
+  } catch (error) {
+    logger.error(
+      { err: error, events: events.map((event) => event.type) },
+      "the upgrade's audit events could not be recorded before the refusal",
+    );
+  }
 }
 
 /** What one kind of row's sealing says: its line, the counts as its fields and as the event's detail. */

@@ -23,7 +23,7 @@ import { createLogger } from "../logging/logger";
 import { AuditKeys } from "../plugins/audit/chain";
 import { assertAuditKeyMatchesBeforeMigrating, holdsKeyedRows } from "../plugins/audit/key-match";
 import { createServices, type Services } from "../services";
-import { resealings, upgradeSealing } from "../upgrade-sealing";
+import { recordBeforeRefusing, resealings, upgradeSealing } from "../upgrade-sealing";
 import {
   CliError,
   type Command,
@@ -142,16 +142,26 @@ export async function runCli(
           // One line, as the start says it: a tampered migrations table, or a migration that failed.
           throw new CliError(migrationsFailed(path, error), 1);
         }
+        // Said before the schema guard can refuse, and recorded before it does (probe 65 F5).
+        const sealed = sealing.sealed();
+        const resealed = resealings(db.$client, sealed);
+        for (const { message } of [...sealed, ...resealed]) if (message) io.err(message);
         const changedSchema = createSchemaGuard(db.$client).differences();
         if (changedSchema.length > 0) {
+          recordBeforeRefusing(
+            sqlite,
+            keys,
+            createLogger({ level: "warn", destination: fdDestination(2) }),
+            [
+              ...[...sealed, ...resealed].map(({ event }) => event),
+              ...droppedTriggerEvents(dropped),
+            ],
+          );
           throw new CliError(
             schemaChangedMessage(path, changedSchema, migrated.fromNewerReleases),
             1,
           );
         }
-        const sealed = sealing.sealed();
-        const resealed = resealings(db.$client, sealed);
-        for (const { message } of [...sealed, ...resealed]) if (message) io.err(message);
         // Audited as the start audits it, through the same services (the chain's upgrade first),
         // by every command that applied the migration, a reading one too: a sealing that found
         // nothing and was not recorded left a second run of it, on a file put back before it, with

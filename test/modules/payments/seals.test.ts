@@ -558,37 +558,105 @@ describe("upgrading a database stored before payment seals", () => {
     });
   });
 
-  test("a sealing a start applied before the schema guard refused it is recorded by the start after, so its second run is seen (probe 63a F2)", async () => {
+  test("a sealing a start applied on a new log before the schema guard refused it is recorded by the start after, so its second run is seen (probe 63a F2)", async () => {
+    const dir = tempDir();
+    cleanups.push(dir.remove);
+    const path = `${dir.path}/at-0027.db`;
+    const db = openDatabase(path);
+    applyMigrations(db, migrationsUpTo(dir.path, 27));
+    db.$client.run("CREATE INDEX planted ON payments (owner)");
+    db.$client.close();
+    const env = {
+      DATABASE_PATH: path,
+      AUDIT_SECRET_KEY: "c4W8eR2tY6uI0oP3aS7dF1gH5jK9lZxV",
+      APP_ENV: "development",
+      PORT: "0",
+    };
+    const events = (type: string) => {
+      const file = openDatabase(path);
+      try {
+        return file.$client
+          .query<{ detail: string }, [string]>("SELECT detail FROM audit_events WHERE type = ?")
+          .all(type)
+          .map((row) => JSON.parse(row.detail));
+      } finally {
+        file.$client.close();
+      }
+    };
+    const refused = await runToExit(["bun", "run", "src/index.ts"], env);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr + refused.stdout).toContain("schema was changed");
+    // Migrated and sealed; a new log's first row is the start's to write, once it starts.
+    expect(events("payment.undecided_sealed")).toEqual([]);
+    const file = openDatabase(path);
+    file.$client.run("DROP INDEX planted");
+    file.$client.close();
+    const service = await startService(env);
+    await service.stop();
+    expect(events("payment.undecided_sealed")).toEqual([
+      { migration: "0028_refund_undecided_seals", recordedLate: true },
+    ]);
+    const again = openDatabase(path);
+    putBackBefore(again.$client, 28);
+    again.$client.close();
+    const rerun = await cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
+    expect(rerun.stderr).toContain(
+      "the database file was sealed by this release before (1 earlier payment.undecided_sealed in its audit log)",
+    );
+    expect(events("db.resealed")).toContainEqual(
+      expect.objectContaining({ kind: "payment.undecided_sealed", earlier: 1 }),
+    );
+  });
+
+  test("a start or a command refused by the schema guard records the sealing it ran and a second one as db.resealed before it stops (probe 65 F5)", async () => {
     const { target, id } = await paidApp();
     target.services.audit.flush();
     const sqlite = target.db.$client;
-    putBackBefore(sqlite, 28);
-    sqlite.run("CREATE INDEX planted ON payments (owner)");
     const env = {
       DATABASE_PATH: target.databasePath,
       AUDIT_SECRET_KEY: target.config.audit.secretKey,
       APP_ENV: "development",
       PORT: "0",
     };
-    const refused = await runToExit(["bun", "run", "src/index.ts"], env);
-    expect(refused.code).not.toBe(0);
-    expect(refused.stderr + refused.stdout).toContain("schema was changed");
-    // Migrated and sealed, but the refusal came before anything was recorded.
-    expect(auditRows(target, "payment.undecided_sealed")).toHaveLength(0);
-    sqlite.run("DROP INDEX planted");
-    const service = await startService(env);
-    await service.stop();
-    expect(
-      auditRows(target, "payment.undecided_sealed").map((row) => JSON.parse(row.detail as string)),
-    ).toEqual([{ migration: "0028_refund_undecided_seals", recordedLate: true }]);
-    putBackBefore(sqlite, 28);
-    const rerun = await cliInProcess(["payments:undecided", id], env);
-    expect(rerun.stderr).toContain(
-      "the database file was sealed by this release before (1 earlier payment.undecided_sealed in its audit log)",
+    const details = (type: string) =>
+      auditRows(target, type).map((row) => JSON.parse(row.detail as string));
+    const putBackWithIndex = () => {
+      sqlite.run("DROP INDEX IF EXISTS planted");
+      putBackBefore(sqlite, 28);
+      sqlite.run("CREATE INDEX planted ON audit_events (outcome)");
+    };
+    putBackWithIndex();
+    const first = await runToExit(["bun", "run", "src/index.ts"], env);
+    expect(first.code).not.toBe(0);
+    expect(first.stderr + first.stdout).toContain("schema was changed");
+    expect(details("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
+    expect(details("db.resealed")).toEqual([]);
+
+    putBackWithIndex();
+    const second = await runToExit(["bun", "run", "src/index.ts"], env);
+    expect(second.code).not.toBe(0);
+    expect(second.stderr + second.stdout).toContain("sealed by this release before");
+    expect(details("db.resealed")).toContainEqual({
+      kind: "payment.undecided_sealed",
+      earlier: 1,
+      payments: 0,
+    });
+
+    putBackWithIndex();
+    const command = await cliInProcess(["payments:undecided", id], env);
+    expect(command.code).toBe(1);
+    expect(command.stderr).toContain(
+      "the database file was sealed by this release before (2 earlier payment.undecided_sealed in its audit log)",
     );
-    expect(
-      auditRows(target, "db.resealed").map((row) => JSON.parse(row.detail as string)),
-    ).toContainEqual(expect.objectContaining({ kind: "payment.undecided_sealed", earlier: 1 }));
+    expect(command.stderr).toContain("schema was changed");
+    expect(details("db.resealed")).toContainEqual({
+      kind: "payment.undecided_sealed",
+      earlier: 2,
+      payments: 0,
+    });
+    // What was recorded before the refusals verifies, as the service's own rows.
+    sqlite.run("DROP INDEX planted");
+    expect((await cliInProcess(["audit:verify"], env)).code).toBe(0);
   });
 
   describe("a list the release before wrote, on a file put back before 0028 (probe 63a)", () => {
