@@ -14,6 +14,7 @@
  */
 import type { Database } from "bun:sqlite";
 import type { MigrationCompanions } from "./db/migrate";
+import type { Logger } from "./logging/logger";
 import {
   credentialSealing,
   LINEAGE_SEALS_MIGRATION,
@@ -53,7 +54,6 @@ import {
   outboxSealedMessage,
   outboxSealing,
 } from "./modules/webhooks/outbox-seal";
-import type { Logger } from "./logging/logger";
 import type { AuditKeys } from "./plugins/audit/chain";
 import type { AuditEvent, SealingEventType } from "./plugins/audit/events";
 import { holdsKeyedRows } from "./plugins/audit/key-match";
