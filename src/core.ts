@@ -25,7 +25,7 @@ import { AuditKeys } from "./plugins/audit/chain";
 import { assertAuditKeyMatches } from "./plugins/audit/key-match";
 import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
 import { registerRecentTampering } from "./plugins/audit/recent-tampering";
-import { keyLegacyAuditRows } from "./plugins/audit/upgrade";
+import { reportUnkeyedRows } from "./plugins/audit/upgrade";
 import { CredentialVerifier } from "./plugins/auth/credentials";
 import { forgedTokenReporter } from "./plugins/auth/forged-token";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
@@ -147,7 +147,7 @@ export function createCore(options: CoreOptions): Core {
     keys: auditKeys,
     secretValues: config.secretValues,
   });
-  keyLegacyAuditRows(sqlite, auditKeys, audit, logger);
+  reportUnkeyedRows(sqlite, logger);
   registerRecentTampering(registry, sqlite, clock);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
   const redis = config.redisUrl ? redisClient(config.redisUrl) : null;

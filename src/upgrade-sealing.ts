@@ -13,6 +13,7 @@
  * audited as `db.resealed`, which pages (grafana/src/alerts.ts, PalisadeDatabaseTampered).
  */
 import type { Database } from "bun:sqlite";
+import type { AppDatabase } from "./db/client";
 import type { MigrationCompanions } from "./db/migrate";
 import type { Logger } from "./logging/logger";
 import {
@@ -54,10 +55,17 @@ import {
   outboxSealedMessage,
   outboxSealing,
 } from "./modules/webhooks/outbox-seal";
-import type { AuditKeys } from "./plugins/audit/chain";
+import { AuditKeys } from "./plugins/audit/chain";
 import type { AuditEvent, SealingEventType } from "./plugins/audit/events";
 import { holdsKeyedRows } from "./plugins/audit/key-match";
 import { SqliteAuditLog } from "./plugins/audit/log";
+import {
+  KEYED_CHAIN_MIGRATION,
+  keyLegacyRows,
+  type LegacyUpgrade,
+  legacyKeyedEvent,
+  legacyKeyedMessage,
+} from "./plugins/audit/upgrade";
 import { createCredentialSeal } from "./plugins/auth/seal";
 import {
   BLOCK_SEALS_MIGRATION,
@@ -94,8 +102,16 @@ export function upgradeSealing(auditSecret: string): {
   const blocks = blockSealing(createBlockSeal(auditSecret));
   const lineages = lineageSealing(credentialSeal);
   const successors = successorSealing(credentialSeal);
+  const auditKeys = new AuditKeys(auditSecret);
+  let legacyKeyed: LegacyUpgrade | null = null;
   return {
     companions: new Map([
+      [
+        KEYED_CHAIN_MIGRATION,
+        (db: AppDatabase) => {
+          legacyKeyed = keyLegacyRows(db.$client, auditKeys);
+        },
+      ],
       ...credentials.companions,
       ...outbox.companions,
       ...chat.companions,
@@ -108,6 +124,14 @@ export function upgradeSealing(auditSecret: string): {
     ]),
     sealed() {
       const said: UpgradeSealed[] = [];
+      if (legacyKeyed !== null) {
+        const event = legacyKeyedEvent(legacyKeyed);
+        said.push({
+          message: legacyKeyedMessage(legacyKeyed),
+          fields: { rows: legacyKeyed.keyed },
+          event,
+        });
+      }
       const counts = credentials.sealed();
       if (counts) said.push(sealedOf("auth.credentials_sealed", sealedMessage(counts), counts));
       const rows = outbox.sealed();

@@ -165,11 +165,11 @@ export async function runCli(
         // Audited as the start audits it, through the same services (the chain's upgrade first),
         // by every command that applied the migration, a reading one too: a sealing that found
         // nothing and was not recorded left a second run of it, on a file put back before it, with
-        // no earlier one to be told from (probe 62a F1). But a reading command neither writes the
-        // first row of a new log (the start pins its key: 63a F4) nor keys a chain the first start
-        // has yet to key (`audit:verify` reports its unkeyed rows): on a log with no keyed row it
-        // records only a sealing that sealed something, as before. One unkeyed row planted beside
-        // keyed ones does not count (63a F1: it kept the first sealing unrecorded).
+        // no earlier one to be told from (probe 62a F1). But a reading command does not write the
+        // first row of a new log (the start pins its key: 63a F4): on a log with no keyed row it
+        // records only a sealing that sealed something, as before (an old log that migration
+        // 0003 keyed has keyed rows by now). One unkeyed row planted beside keyed ones does not
+        // count (63a F1: it kept the first sealing unrecorded).
         const records = command.database === "makes" || holdsKeyedRows(db.$client);
         for (const { event, message } of [...sealed, ...resealed]) {
           if (message !== null || records) context.services().audit.record(event);

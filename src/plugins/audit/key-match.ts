@@ -33,7 +33,18 @@ export function assertAuditKeyMatches(sqlite: Database, keys: AuditKeys): void {
         "SELECT 'checkpoint' AS what, id, key_id AS keyId FROM audit_checkpoints WHERE key_id IS NOT NULL ORDER BY id DESC LIMIT 1",
       )
       .get();
-  if (newest === null) return;
+  if (newest === null) {
+    // No keyed row or checkpoint. A new log takes its first key; a log from before the keyed chain
+    // is keyed by migration 0003's companion, in the transaction that adds the key columns, so
+    // rows without a key in a file past it were written into the file (or had their key ids
+    // removed there: probe 65 F3, after which any key was taken, migrated and keyed the log for
+    // good). Such a log takes only the key one of its newest rows or checkpoints is made with.
+    if (!holdsRows(sqlite) || vouchedByKey(sqlite, keys, null)) return;
+    throw new ConfigError(
+      "AUDIT_SECRET_KEY",
+      `cannot be checked against this database's audit log: it holds rows but none with a key id, and none of its newest is made with this key (whose id is ${keyId}): the log was rewritten in the file (its key ids removed, or put into the form from before keyed logs); restore it from a backup`,
+    );
+  }
   // A key id names a key but proves nothing: it is no secret (a refusal prints it), and anyone
   // with the file can write a row carrying it (probe 65 F4: one such row let another key migrate
   // and seal). A key is the log's when a row or checkpoint is shown to be made with it: the
@@ -50,12 +61,23 @@ export function assertAuditKeyMatches(sqlite: Database, keys: AuditKeys): void {
 /** How many of the newest rows, and of the newest checkpoints, a key is tried against. */
 const VOUCHING_ROWS = 8;
 
+/** Whether the log holds any row or checkpoint, keyed or not. */
+function holdsRows(sqlite: Database): boolean {
+  return (
+    sqlite
+      .query<{ found: number }, []>(
+        "SELECT EXISTS (SELECT 1 FROM audit_events) OR EXISTS (SELECT 1 FROM audit_checkpoints) AS found",
+      )
+      .get()?.found === 1
+  );
+}
+
 /**
- * Whether one of the log's newest rows or checkpoints carrying `keyId` (any key id when null) was
- * made with `keys`: its hash or MAC, compared in constant time.
+ * Whether one of the log's newest rows or checkpoints carrying `keyId` (whatever key id, or none,
+ * when null) was made with `keys`: its hash or MAC, compared in constant time.
  */
 function vouchedByKey(sqlite: Database, keys: AuditKeys, keyId: string | null): boolean {
-  const carrying = keyId === null ? "key_id IS NOT NULL" : "key_id = ?1";
+  const carrying = keyId === null ? "1" : "key_id = ?1";
   const bound = keyId === null ? [] : [keyId];
   const rows = sqlite
     .query<ChainedFields & { prevHash: unknown; hash: unknown }, string[]>(
@@ -102,8 +124,8 @@ export function assertAuditKeyMatchesBeforeMigrating(sqlite: Database, keys: Aud
 }
 
 /**
- * Whether the log holds a row or a checkpoint written with a key: false for a new log, and for one
- * whose rows the first start with a key has yet to key (plugins/audit/upgrade.ts).
+ * Whether the log holds a row or a checkpoint written with a key: false for a new log (and for one
+ * whose key ids were removed in the file).
  */
 export function holdsKeyedRows(sqlite: Database): boolean {
   return (

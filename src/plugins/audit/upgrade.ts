@@ -1,13 +1,13 @@
 /**
  * @module
  * Keying a database written before AUDIT_SECRET_KEY existed. Migration 0003 adds the key columns
- * and leaves old rows with `key_id` NULL (they carry the unkeyed SHA-256 chain). The first start
- * with a key checks that old chain as the old `audit:verify` did, re-hashes those rows (and the
- * old checkpoints) with the key, and records an `audit.chain.keyed` event saying how many rows were
- * keyed and whether their old chain was intact. From then on they are protected like any row; what
- * happened to them before the upgrade is only as certain as the unkeyed chain could make it (anyone
- * able to write the file could have rewritten it). Until that first start, `audit:verify` reports
- * the unkeyed rows as a failure.
+ * and leaves old rows with `key_id` NULL (they carry the unkeyed SHA-256 chain). Its companion
+ * checks that old chain as the old `audit:verify` did, re-hashes those rows (and the old
+ * checkpoints) with the key, and the process that applied it records an `audit.chain.keyed` event
+ * saying how many rows were keyed and whether their old chain was intact. From then on they are
+ * protected like any row; what happened to them before the upgrade is only as certain as the
+ * unkeyed chain could make it: anyone able to write the file could have rewritten it, and could
+ * put a keyed file back into that shape (the logged head anchors tell).
  */
 import type { Database } from "bun:sqlite";
 import { asc, count, desc, eq, isNotNull, isNull, sql } from "drizzle-orm";
@@ -15,7 +15,7 @@ import { drizzleOf } from "../../db/client";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import { type AuditKeys, GENESIS_HASH, legacyRowHash, subjectCommit } from "./chain";
-import type { AuditLog } from "./log";
+import type { AuditEvent } from "./events";
 
 export interface LegacyUpgrade {
   keyed: number;
@@ -39,17 +39,21 @@ function hasUnkeyedRows(sqlite: Database): boolean {
 export const UNKEYED_CHECK =
   "SELECT EXISTS (SELECT 1 FROM audit_events WHERE key_id IS NULL) OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE key_id IS NULL) AS found";
 
-/** Keys the pre-upgrade rows and checkpoints; null when there was nothing to do. */
-export function keyLegacyAuditRows(
-  sqlite: Database,
-  keys: AuditKeys,
-  audit: AuditLog,
-  logger: Logger,
-): LegacyUpgrade | null {
+/** The migration that adds the key columns; its companion keys the rows stored before it. */
+export const KEYED_CHAIN_MIGRATION = "0003_keyed_audit_chain";
+
+/**
+ * Keys the pre-upgrade rows and checkpoints, in the transaction of migration 0003 (its companion,
+ * upgrade-sealing.ts): whichever process applies it — a start or any CLI command — keys them, so a
+ * file past 0003 never holds unkeyed rows of its own. Until this release the first start keyed
+ * them, whenever it came: someone with the file but not the key could set every row's `key_id` to
+ * NULL (or rewrite the whole log in the unkeyed form) and have the next start take any key and
+ * key their rows as genuine (probe 65 F2, F3). Null when there was nothing to key.
+ */
+export function keyLegacyRows(sqlite: Database, keys: AuditKeys): LegacyUpgrade | null {
   if (!hasUnkeyedRows(sqlite)) return null;
   const db = drizzleOf(sqlite);
-  const result = db.transaction(
-    (): LegacyUpgrade | null => {
+  return db.transaction((): LegacyUpgrade | null => {
       const legacy = db
         .select()
         .from(auditEvents)
@@ -76,13 +80,7 @@ export function keyLegacyAuditRows(
         .from(auditCheckpoints)
         .where(isNotNull(auditCheckpoints.keyId))
         .get()!.n;
-      if (keyedRows + keyedCheckpoints > 0) {
-        logger.error(
-          { rows: legacy.length, checkpoints: oldCheckpoints },
-          "unkeyed audit rows or checkpoints beside keyed ones; not keying them (audit:verify reports them)",
-        );
-        return null;
-      }
+      if (keyedRows + keyedCheckpoints > 0) return null;
       const checkpoint = db
         .select({
           lastHash: auditCheckpoints.lastHash,
@@ -138,23 +136,40 @@ export function keyLegacyAuditRows(
         prev = hash;
       }
       return { keyed: legacy.length, intact: firstBrokenId === null, firstBrokenId };
-    },
-    { behavior: "immediate" },
-  );
-  if (result) {
-    const log = result.intact ? logger.warn.bind(logger) : logger.error.bind(logger);
-    log(result, "audit rows written before AUDIT_SECRET_KEY existed were keyed");
-    audit.record({
-      type: "audit.chain.keyed",
-      outcome: result.intact ? "success" : "failure",
-      actor: "system",
-      detail: {
-        rows: result.keyed,
-        legacyChainIntact: result.intact,
-        firstBrokenId: result.firstBrokenId,
-      },
     });
-    audit.flush();
-  }
-  return result;
+}
+
+/** What the keying says: one line, at once, by whoever applied the migration. */
+export function legacyKeyedMessage(result: LegacyUpgrade): string {
+  const chain = result.intact
+    ? "their unkeyed chain was intact"
+    : `their unkeyed chain was already broken at row ${result.firstBrokenId}`;
+  return `keyed ${result.keyed} audit rows written before AUDIT_SECRET_KEY existed (${chain}); if this database was not written by a release from before the keyed audit log, someone rewrote its log in the file: check it against a logged head (audit:verify --head H --count N)`;
+}
+
+/** The keying's audit event (`audit.chain.keyed`), a failure when the old chain was broken. */
+export function legacyKeyedEvent(result: LegacyUpgrade): AuditEvent {
+  return {
+    type: "audit.chain.keyed",
+    outcome: result.intact ? "success" : "failure",
+    actor: "system",
+    detail: {
+      rows: result.keyed,
+      legacyChainIntact: result.intact,
+      firstBrokenId: result.firstBrokenId,
+    },
+  };
+}
+
+/**
+ * Said at every start that finds rows or checkpoints without a key: past migration 0003 they were
+ * written into the file (or turned back into the unkeyed form there), never keyed now; audit:verify
+ * names the first.
+ */
+export function reportUnkeyedRows(sqlite: Database, logger: Logger): void {
+  if (!hasUnkeyedRows(sqlite)) return;
+  logger.error(
+    {},
+    "audit rows or checkpoints without a key in a log keyed since migration 0003: written into the file, not keyed (audit:verify names the first)",
+  );
 }

@@ -1,9 +1,11 @@
 /**
  * Upgrading a database written before the chain was keyed: a real file migrated to 0002 with rows
- * in the old unkeyed form (one erased the old way, behind an old checkpoint), then migrated and
- * started with a key.
+ * in the old unkeyed form (one erased the old way, behind an old checkpoint), then migrated with a
+ * key (migration 0003's companion keys them) and started. And what someone with a keyed file but
+ * not the key gets from turning its log back into the unkeyed form (probe 65 F2, F3): nothing keyed,
+ * no other key taken.
  */
-import { afterEach, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { loadConfig } from "../../../src/config";
 import { openDatabase } from "../../../src/db/client";
@@ -16,6 +18,7 @@ import {
   subjectCommit,
 } from "../../../src/plugins/audit/chain";
 import { createServices } from "../../../src/services";
+import { upgradeSealing } from "../../../src/upgrade-sealing";
 import { LogCapture, tempDir } from "../../support/app";
 import { cliInProcess } from "../../support/cli";
 import { migrationsUpTo } from "../../support/migrations";
@@ -94,17 +97,19 @@ async function verify(path: string) {
   return cliInProcess(["audit:verify"], { DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
 }
 
+/** A start as src/index.ts makes it: migrated with the upgrade's companions, what they did said and audited. */
 function start(path: string) {
   const config = loadConfig({ DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
   const logs = new LogCapture();
+  const logger = createLogger({ level: "info", destination: logs });
   const db = openDatabase(path);
-  applyMigrations(db);
-  const services = createServices({
-    config,
-    db,
-    logger: createLogger({ level: "info", destination: logs }),
-    maintenanceIntervalMs: 0,
-  });
+  const sealing = upgradeSealing(AUDIT_KEY);
+  applyMigrations(db, undefined, sealing.companions);
+  const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
+  for (const { message, fields, event } of sealing.sealed()) {
+    if (message) logger.warn(fields, message);
+    services.audit.record(event);
+  }
   const close = () => {
     services.close();
     db.$client.close();
@@ -112,19 +117,17 @@ function start(path: string) {
   return { services, db, logs, close };
 }
 
-test("old rows fail verify until the first start keys them; then the chain verifies and says so", async () => {
+test("the start that migrates an old file keys its rows and says so; then the chain verifies", async () => {
   const path = legacyDatabase();
-  const before = await verify(path);
-  expect(before.code).toBe(1);
-  expect(before.stderr).toContain("checkpoint 1");
-
   const app = start(path);
   app.services.audit.record({ type: "auth.logout", outcome: "success", actor: "user:alice" });
   app.close();
-  expect(app.logs.text).toContain("audit rows written before AUDIT_SECRET_KEY existed were keyed");
+  expect(app.logs.text).toContain(
+    "keyed 4 audit rows written before AUDIT_SECRET_KEY existed (their unkeyed chain was intact)",
+  );
   const after = await verify(path);
+  expect(after.stderr).toBe("");
   expect(after.code).toBe(0);
-  expect(after.stdout).toContain("audit chain intact: 6 rows verified");
 
   const db = openDatabase(path);
   const keyed = db.$client
@@ -142,7 +145,28 @@ test("old rows fail verify until the first start keys them; then the chain verif
   // A second start has nothing left to key.
   const again = start(path);
   again.close();
-  expect(again.logs.text).not.toContain("were keyed");
+  expect(again.logs.text).not.toContain("keyed 4");
+  expect((await verify(path)).code).toBe(0);
+});
+
+test("a command that is the first to migrate an old file keys its rows, says so and records it; the start after keys nothing", async () => {
+  const path = legacyDatabase();
+  const first = await verify(path);
+  expect(first.stderr).toContain(
+    "keyed 4 audit rows written before AUDIT_SECRET_KEY existed (their unkeyed chain was intact)",
+  );
+  expect(first.code).toBe(0);
+  const app = start(path);
+  app.close();
+  expect(app.logs.text).not.toContain("audit rows written before");
+  expect(app.logs.text).not.toContain("without a key");
+  const db = openDatabase(path);
+  expect(
+    db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'audit.chain.keyed'")
+      .get(),
+  ).toEqual({ n: 1 });
+  db.$client.close();
   expect((await verify(path)).code).toBe(0);
 });
 
@@ -167,7 +191,9 @@ test("rows turned back into the unkeyed form after the upgrade are not keyed aga
   db.$client.close();
   const app = start(path);
   app.close();
-  expect(app.logs.text).toContain("beside keyed ones; not keying them");
+  expect(app.logs.text).toContain(
+    "audit rows or checkpoints without a key in a log keyed since migration 0003",
+  );
   const result = await verify(path);
   expect(result.code).toBe(1);
   expect(result.stderr).toContain("row 5");
@@ -198,8 +224,81 @@ test("an unkeyed checkpoint forged after the upgrade is not keyed at the next st
   db.$client.close();
   const restarted = start(path);
   restarted.close();
-  expect(restarted.logs.text).toContain("beside keyed ones; not keying them");
+  expect(restarted.logs.text).toContain("without a key in a log keyed since migration 0003");
   const result = await verify(path);
   expect(result.code).toBe(1);
   expect(result.stderr).toContain("checkpoint");
+});
+
+describe("a keyed log turned back into the unkeyed form in the file (probe 65)", () => {
+  const OTHER_KEY = "upgrade-test-other-9b3f1e6a2c8d4057aa31e9c4d7b06f25";
+  const as = (path: string, key: string, command = "users:list") =>
+    cliInProcess([command], { DATABASE_PATH: path, AUDIT_SECRET_KEY: key });
+  /** An upgraded, started file with a few more rows, whose log `rewrite` then changes. */
+  function keyedThenRewritten(rewrite: (sqlite: import("bun:sqlite").Database) => void) {
+    const path = legacyDatabase();
+    const app = start(path);
+    for (let i = 0; i < 3; i++) {
+      app.services.audit.record({ type: "auth.logout", outcome: "success", actor: "user:alice" });
+    }
+    app.close();
+    const db = openDatabase(path);
+    rewrite(db.$client);
+    db.$client.close();
+    return path;
+  }
+
+  test("every key id removed (hashes kept): another key is refused, the service's key is taken, audit:verify names the rows (F3)", async () => {
+    const path = keyedThenRewritten((sqlite) => {
+      sqlite.run("UPDATE audit_events SET key_id = NULL");
+      sqlite.run("UPDATE audit_checkpoints SET key_id = NULL");
+    });
+    const refused = await as(path, OTHER_KEY);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain(
+      "AUDIT_SECRET_KEY cannot be checked against this database's audit log",
+    );
+    const served = await as(path, AUDIT_KEY);
+    expect(served.code).toBe(0);
+    const verified = await as(path, AUDIT_KEY, "audit:verify");
+    expect(verified.code).toBe(1);
+    expect(verified.stderr).toContain("chain broken at checkpoint 1");
+    const db = openDatabase(path);
+    // Nothing was keyed again: the rows are as the file left them.
+    expect(
+      db.$client.query("SELECT count(*) AS n FROM audit_events WHERE key_id IS NOT NULL").get(),
+    ).toEqual({ n: 0 });
+    db.$client.close();
+  });
+
+  test("the whole log rewritten in the unkeyed form, its chain recomputed without the key: no key is taken, nothing keyed (F2)", async () => {
+    const path = keyedThenRewritten((sqlite) => {
+      const rows = sqlite
+        .query(
+          `SELECT id, at, type, route, request_id AS requestId, outcome, detail,
+                  subject_commit AS subjectCommit FROM audit_events ORDER BY id`,
+        )
+        .all() as (Parameters<typeof legacyRowHash>[1] & { id: number })[];
+      let prev = GENESIS_HASH;
+      for (const row of rows) {
+        const hash = legacyRowHash(prev, row);
+        sqlite.run(
+          "UPDATE audit_events SET key_id = NULL, erasure_mac = NULL, prev_hash = ?, hash = ? WHERE id = ?",
+          [prev, hash, row.id],
+        );
+        prev = hash;
+      }
+      sqlite.run("DELETE FROM audit_checkpoints");
+    });
+    for (const key of [AUDIT_KEY, OTHER_KEY]) {
+      const refused = await as(path, key);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain("the log was rewritten in the file");
+    }
+    const db = openDatabase(path);
+    expect(
+      db.$client.query("SELECT count(*) AS n FROM audit_events WHERE key_id IS NOT NULL").get(),
+    ).toEqual({ n: 0 });
+    db.$client.close();
+  });
 });
