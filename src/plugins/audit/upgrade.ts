@@ -54,89 +54,89 @@ export function keyLegacyRows(sqlite: Database, keys: AuditKeys): LegacyUpgrade 
   if (!hasUnkeyedRows(sqlite)) return null;
   const db = drizzleOf(sqlite);
   return db.transaction((): LegacyUpgrade | null => {
-      const legacy = db
-        .select()
-        .from(auditEvents)
-        .where(isNull(auditEvents.keyId))
-        .orderBy(asc(auditEvents.id))
-        .all();
-      const oldCheckpoints = db
-        .select({ n: count() })
-        .from(auditCheckpoints)
-        .where(isNull(auditCheckpoints.keyId))
-        .get()!.n;
-      if (legacy.length === 0 && oldCheckpoints === 0) return null;
-      // The upgrade happens once, on a database that has never been keyed. Unkeyed rows or
-      // checkpoints beside keyed ones cannot come from an upgrade — an attacker without the key
-      // can insert an unkeyed checkpoint, and keying it here would bury the rows it claims were
-      // pruned — so they are left for verify to report.
-      const keyedRows = db
-        .select({ n: count() })
-        .from(auditEvents)
-        .where(isNotNull(auditEvents.keyId))
-        .get()!.n;
-      const keyedCheckpoints = db
-        .select({ n: count() })
-        .from(auditCheckpoints)
-        .where(isNotNull(auditCheckpoints.keyId))
-        .get()!.n;
-      if (keyedRows + keyedCheckpoints > 0) return null;
-      const checkpoint = db
-        .select({
-          lastHash: auditCheckpoints.lastHash,
-          lastDeletedId: auditCheckpoints.lastDeletedId,
-        })
-        .from(auditCheckpoints)
-        .orderBy(desc(auditCheckpoints.id))
-        .limit(1)
-        .get();
-      // The old chain, checked as the old audit:verify did.
-      let oldPrev = checkpoint?.lastHash ?? GENESIS_HASH;
-      let firstBrokenId: number | null = null;
-      for (const row of legacy) {
-        const fine =
-          row.prevHash === oldPrev &&
-          legacyRowHash(row.prevHash, row) === row.hash &&
-          (row.subjectSalt === null ||
-            subjectCommit(row.subjectSalt, row.actor, row.ip) === row.subjectCommit);
-        if (!fine) {
-          firstBrokenId = row.id;
-          break;
-        }
-        oldPrev = row.hash;
+    const legacy = db
+      .select()
+      .from(auditEvents)
+      .where(isNull(auditEvents.keyId))
+      .orderBy(asc(auditEvents.id))
+      .all();
+    const oldCheckpoints = db
+      .select({ n: count() })
+      .from(auditCheckpoints)
+      .where(isNull(auditCheckpoints.keyId))
+      .get()!.n;
+    if (legacy.length === 0 && oldCheckpoints === 0) return null;
+    // The upgrade happens once, on a database that has never been keyed. Unkeyed rows or
+    // checkpoints beside keyed ones cannot come from an upgrade — an attacker without the key
+    // can insert an unkeyed checkpoint, and keying it here would bury the rows it claims were
+    // pruned — so they are left for verify to report.
+    const keyedRows = db
+      .select({ n: count() })
+      .from(auditEvents)
+      .where(isNotNull(auditEvents.keyId))
+      .get()!.n;
+    const keyedCheckpoints = db
+      .select({ n: count() })
+      .from(auditCheckpoints)
+      .where(isNotNull(auditCheckpoints.keyId))
+      .get()!.n;
+    if (keyedRows + keyedCheckpoints > 0) return null;
+    const checkpoint = db
+      .select({
+        lastHash: auditCheckpoints.lastHash,
+        lastDeletedId: auditCheckpoints.lastDeletedId,
+      })
+      .from(auditCheckpoints)
+      .orderBy(desc(auditCheckpoints.id))
+      .limit(1)
+      .get();
+    // The old chain, checked as the old audit:verify did.
+    let oldPrev = checkpoint?.lastHash ?? GENESIS_HASH;
+    let firstBrokenId: number | null = null;
+    for (const row of legacy) {
+      const fine =
+        row.prevHash === oldPrev &&
+        legacyRowHash(row.prevHash, row) === row.hash &&
+        (row.subjectSalt === null ||
+          subjectCommit(row.subjectSalt, row.actor, row.ip) === row.subjectCommit);
+      if (!fine) {
+        firstBrokenId = row.id;
+        break;
       }
-      for (const cp of db
-        .select()
-        .from(auditCheckpoints)
-        .where(isNull(auditCheckpoints.keyId))
-        .all()) {
-        db.update(auditCheckpoints)
-          .set({ keyId: keys.keyId, mac: keys.checkpointMac(cp) })
-          .where(eq(auditCheckpoints.id, cp.id))
-          .run();
-      }
-      // Re-hash in id order, continuing from the checkpoint; ids of the old rows are kept.
-      let prev = checkpoint?.lastHash ?? GENESIS_HASH;
-      const value = (name: string) => sql`${sql.placeholder(name)}`;
-      const update = db
-        .update(auditEvents)
-        .set({
-          prevHash: value("prevHash"),
-          hash: value("hash"),
-          keyId: keys.keyId,
-          erasureMac: value("erasureMac"),
-        })
-        .where(eq(auditEvents.id, sql.placeholder("id")))
-        .prepare();
-      for (const row of legacy) {
-        const hash = keys.rowHash(prev, row);
-        // Rows erased under the old scheme (salt dropped) get the erasure record they lacked.
-        const erasure = row.subjectSalt === null ? keys.erasureMac(row) : null;
-        update.run({ prevHash: prev, hash, erasureMac: erasure, id: row.id });
-        prev = hash;
-      }
-      return { keyed: legacy.length, intact: firstBrokenId === null, firstBrokenId };
-    });
+      oldPrev = row.hash;
+    }
+    for (const cp of db
+      .select()
+      .from(auditCheckpoints)
+      .where(isNull(auditCheckpoints.keyId))
+      .all()) {
+      db.update(auditCheckpoints)
+        .set({ keyId: keys.keyId, mac: keys.checkpointMac(cp) })
+        .where(eq(auditCheckpoints.id, cp.id))
+        .run();
+    }
+    // Re-hash in id order, continuing from the checkpoint; ids of the old rows are kept.
+    let prev = checkpoint?.lastHash ?? GENESIS_HASH;
+    const value = (name: string) => sql`${sql.placeholder(name)}`;
+    const update = db
+      .update(auditEvents)
+      .set({
+        prevHash: value("prevHash"),
+        hash: value("hash"),
+        keyId: keys.keyId,
+        erasureMac: value("erasureMac"),
+      })
+      .where(eq(auditEvents.id, sql.placeholder("id")))
+      .prepare();
+    for (const row of legacy) {
+      const hash = keys.rowHash(prev, row);
+      // Rows erased under the old scheme (salt dropped) get the erasure record they lacked.
+      const erasure = row.subjectSalt === null ? keys.erasureMac(row) : null;
+      update.run({ prevHash: prev, hash, erasureMac: erasure, id: row.id });
+      prev = hash;
+    }
+    return { keyed: legacy.length, intact: firstBrokenId === null, firstBrokenId };
+  });
 }
 
 /** What the keying says: one line, at once, by whoever applied the migration. */
