@@ -69,6 +69,21 @@ function everyRowSealed(target: PaymentsApp): boolean {
   );
 }
 
+/** The details of the audit events of `type` in the file at `path`, oldest first. */
+function eventDetails(path: string, type: string) {
+  const file = openDatabase(path);
+  try {
+    return file.$client
+      .query<{ detail: string }, [string]>(
+        "SELECT detail FROM audit_events WHERE type = ? ORDER BY id",
+      )
+      .all(type)
+      .map((row) => JSON.parse(row.detail));
+  } finally {
+    file.$client.close();
+  }
+}
+
 function tamperReports(target: PaymentsApp) {
   return auditRows(target, "payment.tampered").map((row) => JSON.parse(row.detail as string));
 }
@@ -511,17 +526,7 @@ describe("upgrading a database stored before payment seals", () => {
     applyMigrations(db, migrationsUpTo(dir.path, 27));
     db.$client.close();
     const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC" };
-    const events = (type: string) => {
-      const file = openDatabase(path);
-      try {
-        return file.$client
-          .query<{ detail: string }, [string]>("SELECT detail FROM audit_events WHERE type = ?")
-          .all(type)
-          .map((row) => JSON.parse(row.detail));
-      } finally {
-        file.$client.close();
-      }
-    };
+    const events = (type: string) => eventDetails(path, type);
     const read = () => cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
     await read();
     expect(events("payment.undecided_sealed")).toEqual([]);
@@ -572,17 +577,7 @@ describe("upgrading a database stored before payment seals", () => {
       APP_ENV: "development",
       PORT: "0",
     };
-    const events = (type: string) => {
-      const file = openDatabase(path);
-      try {
-        return file.$client
-          .query<{ detail: string }, [string]>("SELECT detail FROM audit_events WHERE type = ?")
-          .all(type)
-          .map((row) => JSON.parse(row.detail));
-      } finally {
-        file.$client.close();
-      }
-    };
+    const events = (type: string) => eventDetails(path, type);
     const refused = await runToExit(["bun", "run", "src/index.ts"], env);
     expect(refused.code).not.toBe(0);
     expect(refused.stderr + refused.stdout).toContain("schema was changed");

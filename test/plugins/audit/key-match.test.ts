@@ -41,6 +41,11 @@ function logWith(shape: (app: TestApp, clock: ManualClock) => void): string {
   return app.databasePath;
 }
 
+/** A CLI command on the file at `path` with `key` as AUDIT_SECRET_KEY. */
+function runAs(path: string, key: string, command: string) {
+  return cliInProcess([command], { DATABASE_PATH: path, AUDIT_SECRET_KEY: key });
+}
+
 function migrationsApplied(path: string): number {
   const file = openDatabase(path);
   try {
@@ -69,19 +74,13 @@ test("a log retention emptied, holding its checkpoint alone, still refuses anoth
   file.$client.close();
   const before = migrationsApplied(path);
 
-  const refused = await cliInProcess(["users:list"], {
-    DATABASE_PATH: path,
-    AUDIT_SECRET_KEY: OTHER_KEY,
-  });
+  const refused = await runAs(path, OTHER_KEY, "users:list");
   expect(refused.code).toBe(2);
   expect(refused.stderr).toStartWith("palisade users:list: AUDIT_SECRET_KEY is not the key");
   expect(refused.stderr).toContain("the newest checkpoint, id 1,");
   expect(migrationsApplied(path)).toBe(before);
 
-  const served = await cliInProcess(["users:list"], {
-    DATABASE_PATH: path,
-    AUDIT_SECRET_KEY: SERVICE_KEY,
-  });
+  const served = await runAs(path, SERVICE_KEY, "users:list");
   expect(served.code).toBe(0);
   expect(migrationsApplied(path)).toBe(before + 1);
 });
@@ -92,18 +91,12 @@ test("a log whose every key id was rewritten takes the key its rows' hashes are 
   });
   const before = migrationsApplied(path);
 
-  const refused = await cliInProcess(["audit:verify"], {
-    DATABASE_PATH: path,
-    AUDIT_SECRET_KEY: OTHER_KEY,
-  });
+  const refused = await runAs(path, OTHER_KEY, "audit:verify");
   expect(refused.code).toBe(2);
   expect(refused.stderr).toContain("AUDIT_SECRET_KEY is not the key");
   expect(migrationsApplied(path)).toBe(before);
 
-  const verified = await cliInProcess(["audit:verify"], {
-    DATABASE_PATH: path,
-    AUDIT_SECRET_KEY: SERVICE_KEY,
-  });
+  const verified = await runAs(path, SERVICE_KEY, "audit:verify");
   expect(verified.code).toBe(1);
   expect(verified.stderr).toContain("row 1");
   expect(verified.stderr).toContain("keyed with another AUDIT_SECRET_KEY (key id ffffffffffffffff");
@@ -116,10 +109,7 @@ test("a log whose key ids and newest rows' hashes were both rewritten refuses ev
       "UPDATE audit_events SET key_id = 'ffffffffffffffff', hash = (CASE WHEN substr(hash, 1, 1) = 'a' THEN 'b' ELSE 'a' END) || substr(hash, 2)",
     );
   });
-  const refused = await cliInProcess(["users:list"], {
-    DATABASE_PATH: path,
-    AUDIT_SECRET_KEY: SERVICE_KEY,
-  });
+  const refused = await runAs(path, SERVICE_KEY, "users:list");
   expect(refused.code).toBe(2);
   expect(refused.stderr).toContain("the log's newest rows were changed in the file");
 });
@@ -150,10 +140,7 @@ test("a row written into the file with another key's id (which a refusal prints)
   expect(refused.code).toBe(2);
   expect(refused.stderr).toContain("AUDIT_SECRET_KEY is not the key");
   expect(migrationsApplied(path)).toBe(before);
-  const served = await cliInProcess(["users:list"], {
-    DATABASE_PATH: path,
-    AUDIT_SECRET_KEY: SERVICE_KEY,
-  });
+  const served = await runAs(path, SERVICE_KEY, "users:list");
   expect(served.code).toBe(0);
   expect(migrationsApplied(path)).toBe(before + 1);
 });
