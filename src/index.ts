@@ -23,7 +23,12 @@ import {
   reportDroppedTriggers,
 } from "./db/foreign-triggers";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
-import { createSchemaGuard, schemaChangedMessage } from "./db/schema-guard";
+import {
+  assertSchemaUnchanged,
+  createSchemaGuard,
+  SchemaChangedError,
+  schemaChangedMessage,
+} from "./db/schema-guard";
 import { createLogger } from "./logging/logger";
 import { AuditKeys } from "./plugins/audit/chain";
 import { assertAuditKeyMatchesBeforeMigrating, pinAuditKey } from "./plugins/audit/key-match";
@@ -35,12 +40,7 @@ import {
 import { PortUnavailable, startServer } from "./server";
 import { createServices } from "./services";
 import { stopSignals } from "./stop-signals";
-import {
-  recordBeforeRefusing,
-  resealings,
-  unrecordedSealings,
-  upgradeSealing,
-} from "./upgrade-sealing";
+import { recordBeforeRefusing, unrecordedSealings, upgradeSealing } from "./upgrade-sealing";
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -155,11 +155,23 @@ try {
   reportDroppedTriggers(droppedTriggers, (fields, message) => logger.error(fields, message), null);
   // Another key is refused before its migrations seal anything with it (probe 63a F3).
   const opened = db.$client;
-  migrations = applyMigrations(db, undefined, sealing.companions, () =>
-    assertAuditKeyMatchesBeforeMigrating(opened, keys),
+  migrations = applyMigrations(
+    db,
+    undefined,
+    sealing.companions,
+    () => {
+      assertAuditKeyMatchesBeforeMigrating(opened, keys);
+      sealing.beforeMigrating(opened);
+    },
+    // A file the schema guard refuses is not migrated, nor sealed (probe 66 F3).
+    () => assertSchemaUnchanged(opened),
   );
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
+  if (error instanceof SchemaChangedError) {
+    recordBeforeRefusing(db!.$client, keys, logger, droppedTriggerEvents(droppedTriggers));
+    fail(`refusing to start: ${schemaChangedMessage(config.databasePath, error.differences, 0)}`);
+  }
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   fail(migrationsFailed(config.databasePath, error));
 }
@@ -178,7 +190,7 @@ if (databaseMode !== null && (databaseMode & 0o077) !== 0) {
 // rows without a word (the audit event follows once the services exist).
 const sealedOnUpgrade = sealing.sealed();
 for (const { fields, message } of sealedOnUpgrade) if (message) logger.warn(fields, message);
-const resealed = resealings(db.$client, sealedOnUpgrade);
+const resealed = sealing.resealed(sealedOnUpgrade);
 for (const again of resealed) logger.error(again.fields, again.message);
 
 // Every table and index as the migrations made them: a table rebuilt with a constraint that
@@ -186,11 +198,7 @@ for (const again of resealed) logger.error(again.fields, again.message);
 const schemaGuard = createSchemaGuard(db.$client);
 const schemaDifferences = schemaGuard.changes();
 if (schemaDifferences.length > 0) {
-  const said = [...sealedOnUpgrade, ...resealed].map(({ event }) => event);
-  recordBeforeRefusing(db.$client, keys, logger, [
-    ...said,
-    ...droppedTriggerEvents(droppedTriggers),
-  ]);
+  recordBeforeRefusing(db.$client, keys, logger, droppedTriggerEvents(droppedTriggers));
   fail(
     `refusing to start: ${schemaChangedMessage(config.databasePath, schemaDifferences, migrations.fromNewerReleases)}`,
   );

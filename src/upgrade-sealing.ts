@@ -57,7 +57,7 @@ import {
 } from "./modules/webhooks/outbox-seal";
 import { AuditKeys } from "./plugins/audit/chain";
 import type { AuditEvent, SealingEventType } from "./plugins/audit/events";
-import { holdsKeyedRows } from "./plugins/audit/key-match";
+import { holdsAuditRows } from "./plugins/audit/key-match";
 import { SqliteAuditLog } from "./plugins/audit/log";
 import {
   KEYED_CHAIN_MIGRATION,
@@ -66,6 +66,7 @@ import {
   legacyKeyedEvent,
   legacyKeyedMessage,
 } from "./plugins/audit/upgrade";
+import { describeFailure, verifyAuditChain } from "./plugins/audit/verify";
 import { createCredentialSeal } from "./plugins/auth/seal";
 import {
   BLOCK_SEALS_MIGRATION,
@@ -87,8 +88,16 @@ export interface UpgradeSealed {
 
 export function upgradeSealing(auditSecret: string): {
   companions: MigrationCompanions;
+  /**
+   * Reads what the audit log says of earlier sealings: run in the migrations' transaction before
+   * the first of them (`applyMigrations`'s `beforeApplying`), so no other writer can change it
+   * between that reading and the sealings.
+   */
+  beforeMigrating(sqlite: Database): void;
   /** What the migrations applied by this process sealed, each kind of row once its migration ran. */
   sealed(): UpgradeSealed[];
+  /** The sealings among `sealed` the log shows (or cannot rule out) were made before: `db.resealed`. */
+  resealed(sealed: readonly UpgradeSealed[]): (UpgradeSealed & { message: string })[];
 } {
   const credentialSeal = createCredentialSeal(auditSecret);
   const credentials = credentialSealing(credentialSeal);
@@ -104,7 +113,14 @@ export function upgradeSealing(auditSecret: string): {
   const successors = successorSealing(credentialSeal);
   const auditKeys = new AuditKeys(auditSecret);
   let legacyKeyed: LegacyUpgrade | null = null;
+  let before: AuditLogBeforeMigrating | null = null;
   return {
+    beforeMigrating(sqlite) {
+      before = auditLogBeforeMigrating(sqlite, auditKeys);
+    },
+    resealed(sealed) {
+      return before === null ? [] : resealings(before, sealed);
+    },
     companions: new Map([
       [
         KEYED_CHAIN_MIGRATION,
@@ -175,26 +191,75 @@ export function upgradeSealing(auditSecret: string): {
   };
 }
 
+/** What the audit log said before the migrations ran: earlier sealings, and whether it verified. */
+interface AuditLogBeforeMigrating {
+  earlier: ReadonlyMap<string, number>;
+  /** Why the chain did not verify, or null (it did, or the file is older than the keyed chain). */
+  fault: string | null;
+}
+
+function auditLogBeforeMigrating(sqlite: Database, keys: AuditKeys): AuditLogBeforeMigrating {
+  const exists =
+    sqlite
+      .query<{ found: number }, []>(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events') AS found",
+      )
+      .get()?.found === 1;
+  // A new file: nothing sealed before.
+  if (!exists) return { earlier: new Map(), fault: null };
+  const earlier = new Map(
+    sqlite
+      .query<{ type: string; n: number }, []>(
+        "SELECT type, count(*) AS n FROM audit_events GROUP BY type",
+      )
+      .all()
+      .map(({ type, n }) => [type, n]),
+  );
+  const keyed =
+    sqlite
+      .query<{ found: number }, []>(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'key_id') AS found",
+      )
+      .get()?.found === 1;
+  if (!keyed) return { earlier, fault: null };
+  // The whole chain, once per upgrade: an earlier sealing's event whose type was changed in the
+  // file for the upgrade, and changed back after, is not counted above, but it fails its row's
+  // hash here (probe 66 F1).
+  try {
+    const result = verifyAuditChain(sqlite, keys);
+    return { earlier, fault: result.ok ? null : describeFailure(result) };
+  } catch (error) {
+    return {
+      earlier,
+      fault: error instanceof Error ? error.message.split("\n")[0]! : "unreadable",
+    };
+  }
+}
+
 /**
- * The sealings among `sealed` that the file's audit log has already recorded an event of, each as
- * what to say and audit: read before this process records its own. Only someone who could write
- * the file (who cannot forge the audit log's rows, only leave them) gets a file through one
+ * The sealings among `sealed` that the file's audit log had already recorded an event of before
+ * the migrations ran, or whose log did not verify then (an earlier one may be hidden in it), each
+ * as what to say and audit. Only someone who could write the file gets a file through one
  * release's sealing twice.
  */
-export function resealings(
-  sqlite: Database,
+function resealings(
+  before: AuditLogBeforeMigrating,
   sealed: readonly UpgradeSealed[],
 ): (UpgradeSealed & { message: string })[] {
-  const earlierOf = sqlite.query<{ earlier: number }, [string]>(
-    "SELECT count(*) AS earlier FROM audit_events WHERE type = ?",
-  );
   const said: (UpgradeSealed & { message: string })[] = [];
   for (const { event, fields } of sealed) {
-    const earlier = earlierOf.get(event.type)?.earlier ?? 0;
-    if (earlier === 0) continue;
-    const detail = { kind: event.type, earlier, ...fields };
+    const earlier = before.earlier.get(event.type) ?? 0;
+    if (earlier === 0 && before.fault === null) continue;
+    const detail =
+      before.fault === null
+        ? { kind: event.type, earlier, ...fields }
+        : { kind: event.type, earlier, chain: "broken", ...fields };
+    const message =
+      earlier > 0
+        ? `the database file was sealed by this release before (${earlier} earlier ${event.type} in its audit log): someone put it back into its older shape so that rows written into it would be sealed; restore it from a backup taken before, and find who could write it`
+        : `the database file's audit log did not verify as this release sealed it (${before.fault}): an earlier ${event.type} may be hidden in it, of a file put back into its older shape so that rows written into it would be sealed; audit:verify names the row; restore it from a backup taken before, and find who could write it`;
     said.push({
-      message: `the database file was sealed by this release before (${earlier} earlier ${event.type} in its audit log): someone put it back into its older shape so that rows written into it would be sealed; restore it from a backup taken before, and find who could write it`,
+      message,
       fields: detail,
       event: { type: "db.resealed", outcome: "failure", actor: "system", detail },
     });
@@ -256,14 +321,11 @@ export function unrecordedSealings(
 }
 
 /**
- * Records what a start or command said of the file before it is refused for a changed schema
- * (db/schema-guard.ts), which stops it before its services exist: the sealings its migrations ran,
- * a second sealing (`db.resealed`), the triggers dropped. Left to a later start they were lost
- * (probe 65 F5: a file put back before a sealing, with an index planted so that the start would
- * be refused, was sealed again with no event; the next start found the first sealing's event and
- * recorded nothing). Only on a log that holds keyed rows, whose key was checked before migrating:
- * a new log's first row is the start's to write, and a log from before keys the start's to key.
- * Said, not thrown, when the file cannot take them: the refusal follows either way.
+ * Records the triggers a start or command dropped (db/foreign-triggers.ts) before it is refused
+ * for a changed schema (db/schema-guard.ts), which stops it before its services exist. Its
+ * migrations, and what their companions sealed, were undone with the refusal. Only on a log that
+ * holds rows, whose key was checked (a new log's first row is the start's to write); said, not
+ * thrown, when the file cannot take them: the refusal follows either way.
  */
 export function recordBeforeRefusing(
   sqlite: Database,
@@ -273,7 +335,7 @@ export function recordBeforeRefusing(
 ): void {
   if (events.length === 0) return;
   try {
-    if (!holdsKeyedRows(sqlite)) return;
+    if (!holdsAuditRows(sqlite)) return;
     const audit = new SqliteAuditLog({ sqlite, clock: { now: () => Date.now() }, logger, keys });
     for (const event of events) audit.record(event);
     audit.flush();

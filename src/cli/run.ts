@@ -17,13 +17,18 @@ import {
   reportDroppedTriggers,
 } from "../db/foreign-triggers";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "../db/migrate";
-import { createSchemaGuard, schemaChangedMessage } from "../db/schema-guard";
+import {
+  assertSchemaUnchanged,
+  createSchemaGuard,
+  SchemaChangedError,
+  schemaChangedMessage,
+} from "../db/schema-guard";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { AuditKeys } from "../plugins/audit/chain";
 import { assertAuditKeyMatchesBeforeMigrating, holdsKeyedRows } from "../plugins/audit/key-match";
 import { createServices, type Services } from "../services";
-import { recordBeforeRefusing, resealings, upgradeSealing } from "../upgrade-sealing";
+import { recordBeforeRefusing, upgradeSealing } from "../upgrade-sealing";
 import {
   CliError,
   type Command,
@@ -132,36 +137,35 @@ export async function runCli(
         // command that migrates nothing (`audit:verify` naming a wrong key) goes on.
         const sqlite = db.$client;
         const keys = new AuditKeys(secretKey);
+        const refuse = (differences: readonly string[], newerMigrations: number) => {
+          const logger = createLogger({ level: "warn", destination: fdDestination(2) });
+          recordBeforeRefusing(sqlite, keys, logger, droppedTriggerEvents(dropped));
+          return new CliError(schemaChangedMessage(path, differences, newerMigrations), 1);
+        };
         let migrated: MigrationStatus;
         try {
-          migrated = applyMigrations(db, undefined, sealing.companions, () =>
-            assertAuditKeyMatchesBeforeMigrating(sqlite, keys),
+          migrated = applyMigrations(
+            db,
+            undefined,
+            sealing.companions,
+            () => {
+              assertAuditKeyMatchesBeforeMigrating(sqlite, keys);
+              sealing.beforeMigrating(sqlite);
+            },
+            // A file the schema guard refuses is not migrated, nor sealed (probe 66 F3).
+            () => assertSchemaUnchanged(sqlite),
           );
         } catch (error) {
           if (error instanceof ConfigError) throw error;
+          if (error instanceof SchemaChangedError) throw refuse(error.differences, 0);
           // One line, as the start says it: a tampered migrations table, or a migration that failed.
           throw new CliError(migrationsFailed(path, error), 1);
         }
-        // Said before the schema guard can refuse, and recorded before it does (probe 65 F5).
-        const sealed = sealing.sealed();
-        const resealed = resealings(db.$client, sealed);
-        for (const { message } of [...sealed, ...resealed]) if (message) io.err(message);
         const changedSchema = createSchemaGuard(db.$client).differences();
-        if (changedSchema.length > 0) {
-          recordBeforeRefusing(
-            sqlite,
-            keys,
-            createLogger({ level: "warn", destination: fdDestination(2) }),
-            [
-              ...[...sealed, ...resealed].map(({ event }) => event),
-              ...droppedTriggerEvents(dropped),
-            ],
-          );
-          throw new CliError(
-            schemaChangedMessage(path, changedSchema, migrated.fromNewerReleases),
-            1,
-          );
-        }
+        if (changedSchema.length > 0) throw refuse(changedSchema, migrated.fromNewerReleases);
+        const sealed = sealing.sealed();
+        const resealed = sealing.resealed(sealed);
+        for (const { message } of [...sealed, ...resealed]) if (message) io.err(message);
         // Audited as the start audits it, through the same services (the chain's upgrade first),
         // by every command that applied the migration, a reading one too: a sealing that found
         // nothing and was not recorded left a second run of it, on a file put back before it, with

@@ -56,13 +56,15 @@ export type MigrationCompanions = ReadonlyMap<string, (db: AppDatabase) => void>
  * Applies the committed migrations this database has not seen yet: the ones embedded in the code
  * (`./migrations`), or those of `migrationsFolder` when one is given (tests of older layouts).
  * Returns what the table records then, and which migrations this call applied. `beforeApplying`
- * runs once, in the transaction, before the first of them: what it throws applies none.
+ * runs once, in the transaction, before the first of them, and `afterApplying` after the last
+ * (and its companion): what either throws applies none, and undoes what the companions did.
  */
 export function applyMigrations(
   db: AppDatabase,
   migrationsFolder?: string,
   companions: MigrationCompanions = new Map(),
   beforeApplying?: () => void,
+  afterApplying?: () => void,
 ): MigrationStatus {
   if (migrationsFolder !== undefined) {
     const before = appliedMigrationTimes(db);
@@ -96,6 +98,7 @@ export function applyMigrations(
       record.run(migration.hash, migration.folderMillis);
       companions.get(MIGRATION_TAG_BY_MILLIS.get(migration.folderMillis) ?? "")?.(db);
     }
+    if (!first) afterApplying?.();
     sqlite.run("COMMIT");
   } catch (error) {
     if (sqlite.inTransaction) sqlite.run("ROLLBACK");

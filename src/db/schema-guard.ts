@@ -151,6 +151,25 @@ export function schemaChangedMessage(
   return `DATABASE_PATH ${databasePath}: the schema was changed outside Palisade (${shown}${more}); ${remedy}`;
 }
 
+/** The schema differs from what the migrations made: `differences` says how. */
+export class SchemaChangedError extends Error {
+  override name = "SchemaChangedError";
+  constructor(readonly differences: readonly string[]) {
+    super(`the schema was changed outside Palisade (${differences.slice(0, 5).join("; ")})`);
+  }
+}
+
+/**
+ * Refuses a file whose schema differs, from inside the transaction that migrated it: thrown there,
+ * it undoes the migrations and what their companions sealed (probe 66 F3, 65 F5: a start refused
+ * after its migrations committed had sealed rows of a file put back before them, and what it
+ * recorded of that could be skipped or made to fail by the same file writer).
+ */
+export function assertSchemaUnchanged(sqlite: Database): void {
+  const differences = schemaDifferences(sqlite, expectedSchema());
+  if (differences.length > 0) throw new SchemaChangedError(differences);
+}
+
 export interface SchemaGuard {
   /** What differs now; the expected schema is made at the first call. */
   differences(): string[];

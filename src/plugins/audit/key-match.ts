@@ -39,7 +39,7 @@ export function assertAuditKeyMatches(sqlite: Database, keys: AuditKeys): void {
     // rows without a key in a file past it were written into the file (or had their key ids
     // removed there: probe 65 F3, after which any key was taken, migrated and keyed the log for
     // good). Such a log takes only the key one of its newest rows or checkpoints is made with.
-    if (!holdsRows(sqlite) || vouchedByKey(sqlite, keys, null)) return;
+    if (!holdsAuditRows(sqlite) || vouchedByKey(sqlite, keys, null)) return;
     throw new ConfigError(
       "AUDIT_SECRET_KEY",
       `cannot be checked against this database's audit log: it holds rows but none with a key id, and none of its newest is made with this key (whose id is ${keyId}): the log was rewritten in the file (its key ids removed, or put into the form from before keyed logs); restore it from a backup`,
@@ -62,7 +62,7 @@ export function assertAuditKeyMatches(sqlite: Database, keys: AuditKeys): void {
 const VOUCHING_ROWS = 8;
 
 /** Whether the log holds any row or checkpoint, keyed or not. */
-function holdsRows(sqlite: Database): boolean {
+export function holdsAuditRows(sqlite: Database): boolean {
   return (
     sqlite
       .query<{ found: number }, []>(

@@ -687,11 +687,13 @@ export class SqliteAuditLog implements AuditLog {
           );
           return 0;
         }
-        // Each kind of sealing whose newest event is among the rows to go.
+        // Each kind of sealing with an event among the rows to go (checked above), whether or not a
+        // later row says it too: a later row is not checked here, and one whose type was changed in
+        // the file for the deletion would have kept the kind from being carried (probe 66 F2).
         const lastSealings = this.sqlite
           .query<{ type: SealingEventType; id: number }, [number]>(
-            `SELECT type, max(id) AS id FROM audit_events WHERE type IN (${SEALING_TYPES_SQL})
-             GROUP BY type HAVING max(id) <= ?1 ORDER BY id`,
+            `SELECT type, max(id) AS id FROM audit_events
+             WHERE type IN (${SEALING_TYPES_SQL}) AND id <= ?1 GROUP BY type ORDER BY id`,
           )
           .all(last.id);
         // Only a contiguous run from the start of the chain may go, or the chain would have a hole.
@@ -714,7 +716,7 @@ export class SqliteAuditLog implements AuditLog {
             mac: this.keys.checkpointMac(checkpoint),
           })
           .run();
-        // Written again on the chain, in this transaction: with the last event of a sealing gone,
+        // Written again on the chain, in this transaction: with the events of a sealing gone,
         // a file put back before that sealing would be sealed again unreported until the next
         // start recorded it late (probe 65 F1).
         const carried = lastSealings.map(

@@ -5,6 +5,7 @@
  * replayed; each is reported once as `payment.tampered`. Every change Palisade makes reseals, and
  * the upgrade seals what an older release stored.
  */
+import type { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
@@ -67,6 +68,16 @@ function everyRowSealed(target: PaymentsApp): boolean {
     payments.every((row) => sealer.intact.payment(row)) &&
     keys.every((row) => sealer.intact.idempotencyKey(row))
   );
+}
+
+/** `use` on a connection of its own to `target`'s file, closed after. */
+function withFile<T>(target: PaymentsApp, use: (file: Database) => T): T {
+  const file = openDatabase(target.databasePath);
+  try {
+    return use(file.$client);
+  } finally {
+    file.$client.close();
+  }
 }
 
 /** The details of the audit events of `type` in the file at `path`, oldest first. */
@@ -563,95 +574,95 @@ describe("upgrading a database stored before payment seals", () => {
     });
   });
 
-  test("a sealing a start applied on a new log before the schema guard refused it is recorded by the start after, so its second run is seen (probe 63a F2)", async () => {
-    const dir = tempDir();
-    cleanups.push(dir.remove);
-    const path = `${dir.path}/at-0027.db`;
-    const db = openDatabase(path);
-    applyMigrations(db, migrationsUpTo(dir.path, 27));
-    db.$client.run("CREATE INDEX planted ON payments (owner)");
-    db.$client.close();
-    const env = {
-      DATABASE_PATH: path,
-      AUDIT_SECRET_KEY: "c4W8eR2tY6uI0oP3aS7dF1gH5jK9lZxV",
-      APP_ENV: "development",
-      PORT: "0",
-    };
-    const events = (type: string) => eventDetails(path, type);
-    const refused = await runToExit(["bun", "run", "src/index.ts"], env);
-    expect(refused.code).not.toBe(0);
-    expect(refused.stderr + refused.stdout).toContain("schema was changed");
-    // Migrated and sealed; a new log's first row is the start's to write, once it starts.
-    expect(events("payment.undecided_sealed")).toEqual([]);
-    const file = openDatabase(path);
-    file.$client.run("DROP INDEX planted");
-    file.$client.close();
-    const service = await startService(env);
-    await service.stop();
-    expect(events("payment.undecided_sealed")).toEqual([
-      { migration: "0028_refund_undecided_seals", recordedLate: true },
-    ]);
-    const again = openDatabase(path);
-    putBackBefore(again.$client, 28);
-    again.$client.close();
-    const rerun = await cliInProcess(["payments:undecided", "pi_NotThere0123456789"], env);
-    expect(rerun.stderr).toContain(
-      "the database file was sealed by this release before (1 earlier payment.undecided_sealed in its audit log)",
-    );
-    expect(events("db.resealed")).toContainEqual(
-      expect.objectContaining({ kind: "payment.undecided_sealed", earlier: 1 }),
-    );
-  });
-
-  test("a start or a command refused by the schema guard records the sealing it ran and a second one as db.resealed before it stops (probe 65 F5)", async () => {
+  test("a start or a command the schema guard refuses migrates and seals nothing: the file stays as it was, and the sealing of the start after it is told as a second one (probe 66 F3, 65 F5, 63a F2)", async () => {
     const { target, id } = await paidApp();
     target.services.audit.flush();
-    const sqlite = target.db.$client;
+    // A connection of its own each time: the app's keeps the schema it read before another
+    // connection added a column back.
+    const sqlite = {
+      run: (sql: string, params: unknown[] = []) =>
+        withFile(target, (file) => file.run(sql, params as never)),
+    };
     const env = {
       DATABASE_PATH: target.databasePath,
       AUDIT_SECRET_KEY: target.config.audit.secretKey,
       APP_ENV: "development",
       PORT: "0",
     };
-    const details = (type: string) =>
-      auditRows(target, type).map((row) => JSON.parse(row.detail as string));
-    const putBackWithIndex = () => {
-      sqlite.run("DROP INDEX IF EXISTS planted");
-      putBackBefore(sqlite, 28);
-      sqlite.run("CREATE INDEX planted ON audit_events (outcome)");
-    };
-    putBackWithIndex();
-    const first = await runToExit(["bun", "run", "src/index.ts"], env);
-    expect(first.code).not.toBe(0);
-    expect(first.stderr + first.stdout).toContain("schema was changed");
+    const details = (type: string) => eventDetails(target.databasePath, type);
+    const applied = () =>
+      withFile(
+        target,
+        (file) =>
+          file.query<{ n: number }, []>("SELECT count(*) AS n FROM __drizzle_migrations").get()!.n,
+      );
+    withFile(target, (file) => putBackBefore(file, 28));
+    expect((await cliInProcess(["payments:undecided", id], env)).code).toBe(0);
+    expect(details("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
+
+    withFile(target, (file) => putBackBefore(file, 28));
+    sqlite.run("CREATE INDEX planted ON audit_events (outcome)");
+    const pending = applied();
+    const start = await runToExit(["bun", "run", "src/index.ts"], env);
+    expect(start.code).toBe(2);
+    expect(start.stderr + start.stdout).toContain("schema was changed");
+    expect(start.stderr + start.stdout).not.toContain("sealed by this release before");
+    const command = await cliInProcess(["payments:undecided", id], env);
+    expect(command.code).toBe(1);
+    expect(command.stderr).toContain("schema was changed");
+    // Neither migrated nor sealed: the file is as the put-back left it.
+    expect(applied()).toBe(pending);
     expect(details("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
     expect(details("db.resealed")).toEqual([]);
 
-    putBackWithIndex();
-    const second = await runToExit(["bun", "run", "src/index.ts"], env);
-    expect(second.code).not.toBe(0);
-    expect(second.stderr + second.stdout).toContain("sealed by this release before");
+    sqlite.run("DROP INDEX planted");
+    const service = await startService(env);
+    await service.stop();
     expect(details("db.resealed")).toContainEqual({
       kind: "payment.undecided_sealed",
       earlier: 1,
       payments: 0,
     });
+    expect((await cliInProcess(["audit:verify"], env)).code).toBe(0);
+  });
 
-    putBackWithIndex();
-    const command = await cliInProcess(["payments:undecided", id], env);
-    expect(command.code).toBe(1);
-    expect(command.stderr).toContain(
-      "the database file was sealed by this release before (2 earlier payment.undecided_sealed in its audit log)",
+  test("an earlier sealing's event whose type was changed in the file while the sealing ran again, and changed back after, is told all the same: the log did not verify then (probe 66 F1)", async () => {
+    const { target, id } = await paidApp();
+    target.services.audit.flush();
+    // A connection of its own each time: the app's keeps the schema it read before another
+    // connection added a column back.
+    const sqlite = {
+      run: (sql: string, params: unknown[] = []) =>
+        withFile(target, (file) => file.run(sql, params as never)),
+    };
+    const env = {
+      DATABASE_PATH: target.databasePath,
+      AUDIT_SECRET_KEY: target.config.audit.secretKey,
+    };
+    withFile(target, (file) => putBackBefore(file, 28));
+    await cliInProcess(["payments:undecided", id], env);
+    const first = withFile(
+      target,
+      (file) =>
+        file
+          .query<{ id: number }, []>(
+            "SELECT id FROM audit_events WHERE type = 'payment.undecided_sealed'",
+          )
+          .get()!.id,
     );
-    expect(command.stderr).toContain("schema was changed");
-    expect(details("db.resealed")).toContainEqual({
+    withFile(target, (file) => putBackBefore(file, 28));
+    sqlite.run("UPDATE audit_events SET type = 'auth.logout' WHERE id = ?", [first]);
+    const rerun = await cliInProcess(["payments:undecided", id], env);
+    sqlite.run("UPDATE audit_events SET type = 'payment.undecided_sealed' WHERE id = ?", [first]);
+    expect(rerun.stderr).toContain(
+      "the database file's audit log did not verify as this release sealed it (chain broken at row",
+    );
+    expect(eventDetails(target.databasePath, "db.resealed")).toContainEqual({
       kind: "payment.undecided_sealed",
-      earlier: 2,
+      earlier: 0,
+      chain: "broken",
       payments: 0,
     });
-    // What was recorded before the refusals verifies, as the service's own rows.
-    sqlite.run("DROP INDEX planted");
-    expect((await cliInProcess(["audit:verify"], env)).code).toBe(0);
   });
 
   describe("a list the release before wrote, on a file put back before 0028 (probe 63a)", () => {

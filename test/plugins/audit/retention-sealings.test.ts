@@ -48,12 +48,13 @@ test("retention that deletes the last event of a sealing writes it again on the 
     type: "payment.undecided_sealed",
   });
 
-  // The first four expire: the newest payment.undecided_sealed (row 2) goes with them, while the
-  // outbox offsets' newest (row 5) stays.
+  // The first four expire: the newest payment.undecided_sealed (row 2) goes with them, and an
+  // outbox offsets' event (row 4) whose kind a later row (5) still says: each kind is carried once.
   expect(audit.prune(clock.now() - DAY_MS, clock.now())).toBe(4);
   expect(rowsOf(app).map(({ type, detail }) => ({ type, detail }))).toEqual([
     { type: "whatsapp.outbox_offsets_sealed", detail: { n: 5 } },
     { type: "payment.undecided_sealed", detail: { carriedForwardFrom: 2 } },
+    { type: "whatsapp.outbox_offsets_sealed", detail: { carriedForwardFrom: 4 } },
   ]);
   expect(await metricValue(app, "audit_events_total", { type: "payment.undecided_sealed" })).toBe(
     carriedBefore + 1,
@@ -65,10 +66,10 @@ test("retention that deletes the last event of a sealing writes it again on the 
 
   // Everything expired later: the carried event is carried again, the chain still verifies.
   clock.advance(20 * DAY_MS);
-  expect(audit.prune(clock.now() - DAY_MS, clock.now())).toBe(2);
+  expect(audit.prune(clock.now() - DAY_MS, clock.now())).toBe(3);
   expect(rowsOf(app).map(({ type, detail }) => ({ type, detail }))).toEqual([
-    { type: "whatsapp.outbox_offsets_sealed", detail: { carriedForwardFrom: 5 } },
     { type: "payment.undecided_sealed", detail: { carriedForwardFrom: 6 } },
+    { type: "whatsapp.outbox_offsets_sealed", detail: { carriedForwardFrom: 7 } },
   ]);
   expect((await cliInProcess(["audit:verify"], env)).code).toBe(0);
 
@@ -80,17 +81,25 @@ test("retention that deletes the last event of a sealing writes it again on the 
   expect(rowsOf(app).filter((row) => row.type === "db.resealed")).toHaveLength(2);
 });
 
-test("retention that deletes a sealing event older than its kind's newest writes nothing more", () => {
+test("retention carries a sealing event it deletes even when a later one of its kind is kept: that later row is not checked, and its type could have been changed in the file for the deletion (probe 66 F2)", async () => {
   const clock = new ManualClock();
   current = buildTestApp({ env: { AUDIT_SECRET_KEY: AUDIT_KEY }, clock });
-  const { audit } = current.services;
+  const app = current;
+  const { audit } = app.services;
   audit.record({ type: "payment.ledger_sealed", outcome: "success", actor: "system" });
   audit.record({ type: "auth.logout", outcome: "success", actor: "user:1" });
   audit.flush();
   clock.advance(10 * DAY_MS);
-  audit.record({ type: "payment.ledger_sealed", outcome: "success", actor: "system" });
   audit.record({ type: "auth.logout", outcome: "success", actor: "user:1" });
   audit.flush();
+  // Row 3 made to look like a later sealing event for the deletion, and put back after it.
+  app.db.$client.run("UPDATE audit_events SET type = 'payment.ledger_sealed' WHERE id = 3");
   expect(audit.prune(clock.now() - 5 * DAY_MS, clock.now())).toBe(2);
-  expect(rowsOf(current).map((row) => row.type)).toEqual(["payment.ledger_sealed", "auth.logout"]);
+  app.db.$client.run("UPDATE audit_events SET type = 'auth.logout' WHERE id = 3");
+  expect(rowsOf(app).map(({ type, detail }) => ({ type, detail }))).toEqual([
+    { type: "auth.logout", detail: {} },
+    { type: "payment.ledger_sealed", detail: { carriedForwardFrom: 1 } },
+  ]);
+  const env = { DATABASE_PATH: app.databasePath, AUDIT_SECRET_KEY: AUDIT_KEY };
+  expect((await cliInProcess(["audit:verify"], env)).code).toBe(0);
 });
