@@ -163,8 +163,12 @@ try {
       assertAuditKeyMatchesBeforeMigrating(opened, keys);
       sealing.beforeMigrating(opened);
     },
-    // A file the schema guard refuses is not migrated, nor sealed (probe 66 F3).
-    () => assertSchemaUnchanged(opened),
+    // A file the schema guard refuses is not migrated, nor sealed (probe 66 F3); what the
+    // sealings did is recorded with them (probe 67).
+    () => {
+      assertSchemaUnchanged(opened);
+      sealing.recordInMigration(opened, logger);
+    },
   );
 } catch (error) {
   if (error instanceof DatabaseOpenError) fail(error.message);
@@ -240,7 +244,11 @@ try {
 }
 pinAuditKey(db.$client, services.audit);
 for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);
-for (const sealed of [...sealedOnUpgrade, ...resealed]) services.audit.record(sealed.event);
+if (sealing.recordedInMigration()) {
+  services.audit.countWritten([...sealedOnUpgrade, ...resealed].map(({ event }) => event));
+} else {
+  for (const sealed of [...sealedOnUpgrade, ...resealed]) services.audit.record(sealed.event);
+}
 const late = unrecordedSealings(db.$client, migrations.appliedTags, sealedOnUpgrade);
 if (late.message !== null) logger.warn({ migrations: late.events.length }, late.message);
 for (const event of late.events) services.audit.record(event);

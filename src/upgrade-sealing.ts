@@ -98,6 +98,18 @@ export function upgradeSealing(auditSecret: string): {
   sealed(): UpgradeSealed[];
   /** The sealings among `sealed` the log shows (or cannot rule out) were made before: `db.resealed`. */
   resealed(sealed: readonly UpgradeSealed[]): (UpgradeSealed & { message: string })[];
+  /**
+   * Writes what the migrations sealed, and `db.resealed`, on the audit log of a file that holds
+   * one, in the migrations' transaction after the last of them (`applyMigrations`'s
+   * `afterApplying`): they commit together or not at all. Written after the commit, they were
+   * lost to a crash, a kill or a refusal in between, or to a write the file was made to refuse (an
+   * id sequence set near its end), and the start after found the first sealing's event and
+   * recorded nothing (probe 67 F1–F3). A new log's first row is the start's to write: there they
+   * are recorded once its services exist, as before.
+   */
+  recordInMigration(sqlite: Database, logger: Logger): void;
+  /** Whether `recordInMigration` wrote them: then no one records them again. */
+  recordedInMigration(): boolean;
 } {
   const credentialSeal = createCredentialSeal(auditSecret);
   const credentials = credentialSealing(credentialSeal);
@@ -114,10 +126,26 @@ export function upgradeSealing(auditSecret: string): {
   const auditKeys = new AuditKeys(auditSecret);
   let legacyKeyed: LegacyUpgrade | null = null;
   let before: AuditLogBeforeMigrating | null = null;
+  let recorded = false;
   return {
     beforeMigrating(sqlite) {
       before = auditLogBeforeMigrating(sqlite, auditKeys);
     },
+    recordInMigration(sqlite, logger) {
+      if (!holdsAuditRows(sqlite)) return;
+      const sealed = this.sealed();
+      const events = [...sealed, ...this.resealed(sealed)].map(({ event }) => event);
+      const audit = new SqliteAuditLog({
+        sqlite,
+        clock: { now: () => Date.now() },
+        logger,
+        keys: auditKeys,
+      });
+      // Throws what the file refuses, which undoes the whole upgrade.
+      audit.writeWith(events);
+      recorded = true;
+    },
+    recordedInMigration: () => recorded,
     resealed(sealed) {
       return before === null ? [] : resealings(before, sealed);
     },

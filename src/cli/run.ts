@@ -152,8 +152,15 @@ export async function runCli(
               assertAuditKeyMatchesBeforeMigrating(sqlite, keys);
               sealing.beforeMigrating(sqlite);
             },
-            // A file the schema guard refuses is not migrated, nor sealed (probe 66 F3).
-            () => assertSchemaUnchanged(sqlite),
+            // A file the schema guard refuses is not migrated, nor sealed (probe 66 F3); what the
+            // sealings did is recorded with them (probe 67).
+            () => {
+              assertSchemaUnchanged(sqlite);
+              sealing.recordInMigration(
+                sqlite,
+                createLogger({ level: "warn", destination: fdDestination(2) }),
+              );
+            },
           );
         } catch (error) {
           if (error instanceof ConfigError) throw error;
@@ -175,8 +182,10 @@ export async function runCli(
         // 0003 keyed has keyed rows by now). One unkeyed row planted beside keyed ones does not
         // count (63a F1: it kept the first sealing unrecorded).
         const records = command.database === "makes" || holdsKeyedRows(db.$client);
-        for (const { event, message } of [...sealed, ...resealed]) {
-          if (message !== null || records) context.services().audit.record(event);
+        if (!sealing.recordedInMigration()) {
+          for (const { event, message } of [...sealed, ...resealed]) {
+            if (message !== null || records) context.services().audit.record(event);
+          }
         }
         for (const event of droppedTriggerEvents(dropped)) context.services().audit.record(event);
       }

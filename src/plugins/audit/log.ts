@@ -92,6 +92,11 @@ export interface ErasureScanCursor {
 
 /** What the rest of the app needs from an audit log. */
 export interface AuditLog {
+  /**
+   * Counts in the metrics events written on this log by another writer of this process, in a
+   * transaction that has committed (an upgrade's, written with its migrations: upgrade-sealing.ts).
+   */
+  countWritten(events: readonly AuditEvent[]): void;
   record(event: AuditEvent): void;
   flush(): void;
   /**
@@ -498,6 +503,27 @@ export class SqliteAuditLog implements AuditLog {
       // A full or broken database must not crash a request; the events are logged instead.
       this.logger.error({ err: error, lost: batch.length }, "audit flush failed");
     }
+  }
+
+  countWritten(events: readonly AuditEvent[]): void {
+    for (const event of events) this.counter?.labels(event.type).inc();
+  }
+
+  /**
+   * Writes `events` at once, in the caller's transaction, and throws what the file refuses: for
+   * events that must commit with the caller's work or not at all (upgrade-sealing.ts). Not counted
+   * in the metrics: the caller may roll them back.
+   */
+  writeWith(events: readonly AuditEvent[]): void {
+    if (events.length === 0) return;
+    const now = this.clock.now();
+    this.write(
+      events.map((event) => ({
+        ...event,
+        detail: event.detail === undefined ? undefined : this.safeDetail(event.detail),
+        at: event.at ?? now,
+      })),
+    );
   }
 
   vouches(row: AuditRow): boolean {

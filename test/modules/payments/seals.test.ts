@@ -16,6 +16,7 @@ import {
   SEALED_PAYMENT_COLUMNS,
 } from "../../../src/modules/payments/seal";
 import { requestHash } from "../../../src/modules/payments/service";
+import { upgradeSealing } from "../../../src/upgrade-sealing";
 import { send, tempDir } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { cleanupsAfterEach } from "../../support/cleanups";
@@ -663,6 +664,58 @@ describe("upgrading a database stored before payment seals", () => {
       chain: "broken",
       payments: 0,
     });
+  });
+
+  test("the sealings and db.resealed commit with the migrations: nothing a process does after the commit can lose them, and a file that refuses them is not migrated (probe 67)", async () => {
+    const { target, id } = await paidApp();
+    target.services.audit.flush();
+    const key = target.config.audit.secretKey;
+    const env = {
+      DATABASE_PATH: target.databasePath,
+      AUDIT_SECRET_KEY: key,
+      APP_ENV: "development",
+      PORT: "0",
+    };
+    const applied = () =>
+      withFile(
+        target,
+        (file) =>
+          file.query<{ n: number }, []>("SELECT count(*) AS n FROM __drizzle_migrations").get()!.n,
+      );
+    withFile(target, (file) => putBackBefore(file, 28));
+    expect((await cliInProcess(["payments:undecided", id], env)).code).toBe(0);
+
+    // F2: a process killed right after the commit, before its services exist: the migration
+    // alone, as src/index.ts runs it, has left the events in the log.
+    withFile(target, (file) => putBackBefore(file, 28));
+    const file = openDatabase(target.databasePath);
+    const sealing = upgradeSealing(key);
+    applyMigrations(
+      file,
+      undefined,
+      sealing.companions,
+      () => sealing.beforeMigrating(file.$client),
+      () => sealing.recordInMigration(file.$client, target.logger),
+    );
+    file.$client.close();
+    expect(eventDetails(target.databasePath, "db.resealed")).toContainEqual({
+      kind: "payment.undecided_sealed",
+      earlier: 1,
+      payments: 0,
+    });
+
+    // F1: the audit log's id sequence set near its end, so no row can be written: the start
+    // refuses in one line and leaves the file unmigrated.
+    withFile(target, (file) => {
+      putBackBefore(file, 28);
+      file.run("UPDATE sqlite_sequence SET seq = 9007199254740990 WHERE name = 'audit_events'");
+    });
+    const pending = applied();
+    const refused = await runToExit(["bun", "run", "src/index.ts"], env);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain("migrations failed");
+    expect(refused.stderr).not.toContain("    at ");
+    expect(applied()).toBe(pending);
   });
 
   describe("a list the release before wrote, on a file put back before 0028 (probe 63a)", () => {
