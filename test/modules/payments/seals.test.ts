@@ -71,6 +71,27 @@ function everyRowSealed(target: PaymentsApp): boolean {
   );
 }
 
+/**
+ * A paid app whose file a test changes through connections of its own (the app's keeps the schema
+ * it read before another connection added a column back), and the environment of a start or
+ * command on it.
+ */
+async function paidFile() {
+  const { target, id } = await paidApp();
+  target.services.audit.flush();
+  const sqlite = {
+    run: (sql: string, params: unknown[] = []) =>
+      withFile(target, (file) => file.run(sql, params as never)),
+  };
+  const env = {
+    DATABASE_PATH: target.databasePath,
+    AUDIT_SECRET_KEY: target.config.audit.secretKey,
+    APP_ENV: "development",
+    PORT: "0",
+  };
+  return { target, id, sqlite, env };
+}
+
 /** `use` on a connection of its own to `target`'s file, closed after. */
 function withFile<T>(target: PaymentsApp, use: (file: Database) => T): T {
   const file = openDatabase(target.databasePath);
@@ -576,20 +597,7 @@ describe("upgrading a database stored before payment seals", () => {
   });
 
   test("a start or a command the schema guard refuses migrates and seals nothing: the file stays as it was, and the sealing of the start after it is told as a second one (probe 66 F3, 65 F5, 63a F2)", async () => {
-    const { target, id } = await paidApp();
-    target.services.audit.flush();
-    // A connection of its own each time: the app's keeps the schema it read before another
-    // connection added a column back.
-    const sqlite = {
-      run: (sql: string, params: unknown[] = []) =>
-        withFile(target, (file) => file.run(sql, params as never)),
-    };
-    const env = {
-      DATABASE_PATH: target.databasePath,
-      AUDIT_SECRET_KEY: target.config.audit.secretKey,
-      APP_ENV: "development",
-      PORT: "0",
-    };
+    const { target, id, sqlite, env } = await paidFile();
     const details = (type: string) => eventDetails(target.databasePath, type);
     const applied = () =>
       withFile(
@@ -628,18 +636,7 @@ describe("upgrading a database stored before payment seals", () => {
   });
 
   test("an earlier sealing's event whose type was changed in the file while the sealing ran again, and changed back after, is told all the same: the log did not verify then (probe 66 F1)", async () => {
-    const { target, id } = await paidApp();
-    target.services.audit.flush();
-    // A connection of its own each time: the app's keeps the schema it read before another
-    // connection added a column back.
-    const sqlite = {
-      run: (sql: string, params: unknown[] = []) =>
-        withFile(target, (file) => file.run(sql, params as never)),
-    };
-    const env = {
-      DATABASE_PATH: target.databasePath,
-      AUDIT_SECRET_KEY: target.config.audit.secretKey,
-    };
+    const { target, id, sqlite, env } = await paidFile();
     withFile(target, (file) => putBackBefore(file, 28));
     await cliInProcess(["payments:undecided", id], env);
     const first = withFile(
