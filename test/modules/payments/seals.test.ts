@@ -89,7 +89,13 @@ async function paidFile() {
     APP_ENV: "development",
     PORT: "0",
   };
-  return { target, id, sqlite, env };
+  const applied = () =>
+    withFile(
+      target,
+      (file) =>
+        file.query<{ n: number }, []>("SELECT count(*) AS n FROM __drizzle_migrations").get()!.n,
+    );
+  return { target, id, sqlite, env, applied };
 }
 
 /** `use` on a connection of its own to `target`'s file, closed after. */
@@ -597,14 +603,8 @@ describe("upgrading a database stored before payment seals", () => {
   });
 
   test("a start or a command the schema guard refuses migrates and seals nothing: the file stays as it was, and the sealing of the start after it is told as a second one (probe 66 F3, 65 F5, 63a F2)", async () => {
-    const { target, id, sqlite, env } = await paidFile();
+    const { target, id, sqlite, env, applied } = await paidFile();
     const details = (type: string) => eventDetails(target.databasePath, type);
-    const applied = () =>
-      withFile(
-        target,
-        (file) =>
-          file.query<{ n: number }, []>("SELECT count(*) AS n FROM __drizzle_migrations").get()!.n,
-      );
     withFile(target, (file) => putBackBefore(file, 28));
     expect((await cliInProcess(["payments:undecided", id], env)).code).toBe(0);
     expect(details("payment.undecided_sealed")).toEqual([{ payments: 0 }]);
@@ -664,21 +664,8 @@ describe("upgrading a database stored before payment seals", () => {
   });
 
   test("the sealings and db.resealed commit with the migrations: nothing a process does after the commit can lose them, and a file that refuses them is not migrated (probe 67)", async () => {
-    const { target, id } = await paidApp();
-    target.services.audit.flush();
+    const { target, id, env, applied } = await paidFile();
     const key = target.config.audit.secretKey;
-    const env = {
-      DATABASE_PATH: target.databasePath,
-      AUDIT_SECRET_KEY: key,
-      APP_ENV: "development",
-      PORT: "0",
-    };
-    const applied = () =>
-      withFile(
-        target,
-        (file) =>
-          file.query<{ n: number }, []>("SELECT count(*) AS n FROM __drizzle_migrations").get()!.n,
-      );
     withFile(target, (file) => putBackBefore(file, 28));
     expect((await cliInProcess(["payments:undecided", id], env)).code).toBe(0);
 
