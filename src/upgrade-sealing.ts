@@ -13,6 +13,7 @@
  * audited as `db.resealed`, which pages (grafana/src/alerts.ts, PalisadeDatabaseTampered).
  */
 import type { Database } from "bun:sqlite";
+import { systemClock } from "./clock";
 import type { AppDatabase } from "./db/client";
 import type { MigrationCompanions } from "./db/migrate";
 import type { Logger } from "./logging/logger";
@@ -57,7 +58,7 @@ import {
 } from "./modules/webhooks/outbox-seal";
 import { AuditKeys } from "./plugins/audit/chain";
 import type { AuditEvent, SealingEventType } from "./plugins/audit/events";
-import { holdsAuditRows } from "./plugins/audit/key-match";
+import { hasAuditKeyColumn, holdsAuditRows } from "./plugins/audit/key-match";
 import { SqliteAuditLog } from "./plugins/audit/log";
 import {
   KEYED_CHAIN_MIGRATION,
@@ -137,7 +138,7 @@ export function upgradeSealing(auditSecret: string): {
       const events = [...sealed, ...this.resealed(sealed)].map(({ event }) => event);
       const audit = new SqliteAuditLog({
         sqlite,
-        clock: { now: () => Date.now() },
+        clock: systemClock,
         logger,
         keys: auditKeys,
       });
@@ -243,13 +244,7 @@ function auditLogBeforeMigrating(sqlite: Database, keys: AuditKeys): AuditLogBef
       .all()
       .map(({ type, n }) => [type, n]),
   );
-  const keyed =
-    sqlite
-      .query<{ found: number }, []>(
-        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'key_id') AS found",
-      )
-      .get()?.found === 1;
-  if (!keyed) return { earlier, fault: null };
+  if (!hasAuditKeyColumn(sqlite)) return { earlier, fault: null };
   // The whole chain, once per upgrade: an earlier sealing's event whose type was changed in the
   // file for the upgrade, and changed back after, is not counted above, but it fails its row's
   // hash here (probe 66 F1).
@@ -310,13 +305,13 @@ const SEALING_EVENT_BY_MIGRATION: ReadonlyMap<string, SealingEventType> = new Ma
 
 /**
  * The sealings the migrations table records as applied that the audit log holds no event of, and
- * that this process did not just record (`recordedNow`): each to be recorded now, late. Two ways
- * leave one unrecorded: a reading command that migrated a file whose audit log was still empty
- * (it must not write a new log's first row; the start after it has nothing left to migrate: probe
- * 64 F2), and a start or command refused after migrating (the schema guard: 63a F2). Without its
+ * that this process did not just record (`recordedNow`): each to be recorded now, late. A reading
+ * command that migrated a file whose audit log was still empty leaves one unrecorded (it must not
+ * write a new log's first row; the start after it has nothing left to migrate: probe 64 F2); so
+ * did an earlier release's start or command refused after migrating (63a F2; a refusal now undoes
+ * the migration) and an earlier release's retention (it now carries them forward). Without its
  * event, a second run of that sealing on a file put back before it would not be said as
- * `db.resealed`. So is an event retention has removed. Recorded by the start, once its key is known
- * to be the log's.
+ * `db.resealed`. Recorded by the start, once its key is known to be the log's.
  */
 export function unrecordedSealings(
   sqlite: Database,
@@ -344,7 +339,7 @@ export function unrecordedSealings(
   const message =
     late.length === 0
       ? null
-      : `the audit log holds no event of the sealings of ${late.join(", ")}, which the database went through (migrated by a command before the first start, by a start refused after migrating, or the event since removed by retention): recorded now, so that a second sealing of this file is seen`;
+      : `the audit log holds no event of the sealings of ${late.join(", ")}, which the database went through (migrated by a command before the first start, or an earlier release's start refused after migrating or retention removed the event): recorded now, so that a second sealing of this file is seen`;
   return { message, events };
 }
 
@@ -364,7 +359,7 @@ export function recordBeforeRefusing(
   if (events.length === 0) return;
   try {
     if (!holdsAuditRows(sqlite)) return;
-    const audit = new SqliteAuditLog({ sqlite, clock: { now: () => Date.now() }, logger, keys });
+    const audit = new SqliteAuditLog({ sqlite, clock: systemClock, logger, keys });
     for (const event of events) audit.record(event);
     audit.flush();
   } catch (error) {

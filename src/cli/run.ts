@@ -137,8 +137,9 @@ export async function runCli(
         // command that migrates nothing (`audit:verify` naming a wrong key) goes on.
         const sqlite = db.$client;
         const keys = new AuditKeys(secretKey);
+        // Problems only, on stderr, as the command's services log them.
+        const logger = createLogger({ level: "warn", destination: fdDestination(2) });
         const refuse = (differences: readonly string[], newerMigrations: number) => {
-          const logger = createLogger({ level: "warn", destination: fdDestination(2) });
           recordBeforeRefusing(sqlite, keys, logger, droppedTriggerEvents(dropped));
           return new CliError(schemaChangedMessage(path, differences, newerMigrations), 1);
         };
@@ -156,10 +157,7 @@ export async function runCli(
             // sealings did is recorded with them (probe 67).
             () => {
               assertSchemaUnchanged(sqlite);
-              sealing.recordInMigration(
-                sqlite,
-                createLogger({ level: "warn", destination: fdDestination(2) }),
-              );
+              sealing.recordInMigration(sqlite, logger);
             },
           );
         } catch (error) {
@@ -181,8 +179,8 @@ export async function runCli(
         // records only a sealing that sealed something, as before (an old log that migration
         // 0003 keyed has keyed rows by now). One unkeyed row planted beside keyed ones does not
         // count (63a F1: it kept the first sealing unrecorded).
-        const records = command.database === "makes" || holdsKeyedRows(db.$client);
         if (!sealing.recordedInMigration()) {
+          const records = command.database === "makes" || holdsKeyedRows(db.$client);
           for (const { event, message } of [...sealed, ...resealed]) {
             if (message !== null || records) context.services().audit.record(event);
           }

@@ -115,12 +115,18 @@ function vouchedByKey(sqlite: Database, keys: AuditKeys, keyId: string | null): 
  * column yet) has no key to hold it to.
  */
 export function assertAuditKeyMatchesBeforeMigrating(sqlite: Database, keys: AuditKeys): void {
-  const keyed = sqlite
-    .query<{ found: number }, []>(
-      "SELECT EXISTS (SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'key_id') AS found",
-    )
-    .get();
-  if (keyed?.found === 1) assertAuditKeyMatches(sqlite, keys);
+  if (hasAuditKeyColumn(sqlite)) assertAuditKeyMatches(sqlite, keys);
+}
+
+/** Whether the file's audit log has its key columns (migration 0003) yet. */
+export function hasAuditKeyColumn(sqlite: Database): boolean {
+  return (
+    sqlite
+      .query<{ found: number }, []>(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'key_id') AS found",
+      )
+      .get()?.found === 1
+  );
 }
 
 /**
@@ -145,12 +151,7 @@ export function holdsKeyedRows(sqlite: Database): boolean {
  * keyed with this key.
  */
 export function pinAuditKey(sqlite: Database, audit: AuditLog): void {
-  const empty = sqlite
-    .query<{ empty: number }, []>(
-      "SELECT NOT EXISTS (SELECT 1 FROM audit_events) AND NOT EXISTS (SELECT 1 FROM audit_checkpoints) AS empty",
-    )
-    .get();
-  if (empty?.empty !== 1) return;
+  if (holdsAuditRows(sqlite)) return;
   audit.record({
     type: "audit.chain.keyed",
     outcome: "success",
