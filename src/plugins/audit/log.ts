@@ -57,7 +57,6 @@ import {
   AUDIT_EVENT_TYPES,
   type AuditDetail,
   type AuditEvent,
-  type AuditEventType,
   encodeDetail,
   mustNotLose,
   principalsNamed,
@@ -678,7 +677,8 @@ export class SqliteAuditLog implements AuditLog {
 
   prune(cutoff: number, now: number, maxRows = 5000): number {
     const db = this.db;
-    const countAfter: AuditEventType[] = [];
+    // Counted once the transaction has committed.
+    let carried: AuditEvent[] = [];
     const deleted = db.transaction(
       () => {
         // The run of expired rows at the start of the chain, up to the first row that is not: a row
@@ -745,7 +745,7 @@ export class SqliteAuditLog implements AuditLog {
         // Written again on the chain, in this transaction: with the events of a sealing gone,
         // a file put back before that sealing would be sealed again unreported until the next
         // start recorded it late (probe 65 F1).
-        const carried = lastSealings.map(
+        carried = lastSealings.map(
           ({ type, id }): AuditEvent => ({
             type,
             outcome: "success",
@@ -754,15 +754,12 @@ export class SqliteAuditLog implements AuditLog {
             at: now,
           }),
         );
-        if (carried.length > 0) {
-          this.write(carried);
-          for (const { type } of carried) countAfter.push(type);
-        }
+        if (carried.length > 0) this.write(carried);
         return deleted;
       },
       { behavior: "immediate" },
     );
-    for (const type of countAfter) this.counter?.labels(type).inc();
+    this.countWritten(carried);
     return deleted;
   }
 
