@@ -17,7 +17,8 @@
  *   `chunks`) with `pauseMs` between them, a finish chunk, a usage-only chunk when the client asked
  *   for `stream_options.include_usage`, then `data: [DONE]`; `pauses` sets the pause before each
  *   delta on its own (a stall mid-stream). `usage: false` sends no usage at all
- *   (as some local servers do); `delayMs` waits before answering.
+ *   (as some local servers do); `delayMs` waits before answering. A JSON reply comes after the
+ *   time its stream would take (`delayMs` and every pause), as a server generating it whole sends it.
  * - `error`: an OpenAI-style error body with `status`, and `Retry-After` / `retry-after-ms` headers.
  * - `hang`: never answers; the request ends only when the client gives up.
  * - `malformed`: 200 with a body that is not JSON (`body` to choose it, `contentType`); in a
@@ -481,7 +482,13 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         });
       case "reply": {
         if (record.stream) return sse(streamActions(body, step), record);
-        if (step.delayMs) await waitOrAbort(step.delayMs, request.signal);
+        // A JSON reply comes once it is generated whole: after the time its stream would take.
+        const pieces = step.chunks?.length ?? 1;
+        const generating = Array.from(
+          { length: pieces },
+          (_, i) => step.pauses?.[i] ?? step.pauseMs ?? 0,
+        ).reduce((sum, ms) => sum + ms, step.delayMs ?? 0);
+        if (generating > 0) await waitOrAbort(generating, request.signal);
         if (request.signal.aborted) return new Response(null, { status: 499 });
         const text = step.text ?? step.chunks?.join("") ?? "Hello from the local model.";
         return json(200, {

@@ -641,8 +641,9 @@ export class ChatService implements ChatTurns {
 
   /**
    * A call that produced nothing. Aborted after the upstream was sent the prompt (the client went
-   * away, however early): the prompt's estimate is charged, since the upstream bills it. Failed,
-   * or aborted before the call: the reservation is given back. Counted, and logged why.
+   * away, however early): the prompt's estimate is charged, since the upstream bills it. Failed
+   * after the upstream generated text (`billedReply`): the prompt and that text are charged. Failed
+   * otherwise, or aborted before the call: the reservation is given back. Counted, and logged why.
    */
   private async failed(
     turn: PreparedTurn,
@@ -662,7 +663,15 @@ export class ChatService implements ChatTurns {
       metrics.request(provider.name, "incomplete");
       return;
     }
-    await this.endReservation(turn, null);
+    if (error instanceof UpstreamFailure && error.billedReply !== undefined) {
+      // The upstream generated (and bills) text before it failed: nothing is stored, since the
+      // client is told the turn failed, but the turn is charged what the upstream billed.
+      const billed = this.estimatedUsage(turn, error.billedReply);
+      await this.endReservation(turn, billed.promptTokens + billed.completionTokens);
+      metrics.tokens(billed.promptTokens, billed.completionTokens);
+    } else {
+      await this.endReservation(turn, null);
+    }
     metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "error");
     this.logFailure(turn, error);
   }

@@ -142,7 +142,9 @@ describe("replies", () => {
     expect(request?.authorized).toBe(true);
     expect(request?.body.model).toBe("local-model");
     expect(request?.body.messages).toEqual(MESSAGES);
-    expect(request?.body.stream).toBe(false);
+    // Asked as a stream, as every turn is (probe 69b F1), with its usage in the last chunk.
+    expect(request?.body.stream).toBe(true);
+    expect(request?.body.stream_options).toEqual({ include_usage: true });
   });
 
   test("stream yields the text as it arrives, then the usage from the final chunk, last", async () => {
@@ -337,7 +339,7 @@ describe("the upstream's bytes (probe 54a F1)", () => {
         pauseMs: 50,
         maxBytes: 400,
       }) as const;
-    for (const [i, status] of [500, 429, 200].entries()) {
+    for (const [i, status] of [500, 429].entries()) {
       upstream.setDefault(trickle(status));
       const started = performance.now();
       const failure = await failureOf(provider.complete(MESSAGES));
@@ -348,14 +350,22 @@ describe("the upstream's bytes (probe 54a F1)", () => {
     upstream.setDefault(trickle(502));
     const { error } = await collectUntilError(provider.stream(MESSAGES));
     expect((error as UpstreamFailure).kind).toBe("unavailable");
-    expect(upstream.requests).toHaveLength(12);
+    expect(upstream.requests).toHaveLength(9);
     // An error labelled as a stream is an error all the same: read whole, under the deadline
     // (probe 57a F2).
     upstream.setDefault({ ...trickle(429), shape: "line" });
     const labelled = await collectUntilError(provider.stream(MESSAGES));
     expect((labelled.error as UpstreamFailure).kind).toBe("unavailable");
-    expect(upstream.requests).toHaveLength(15);
-    for (let index = 0; index < 15; index++) await upstream.waitForAbort(index);
+    expect(upstream.requests).toHaveLength(12);
+    // A 200 that trickles what is no stream of events: a turn answered whole asks for a stream
+    // too (probe 69b F1), so it is an unusable answer, closed at once and not retried.
+    upstream.setDefault(trickle(200));
+    const started = performance.now();
+    const opened = await failureOf(provider.complete(MESSAGES));
+    expect(opened.kind).toBe("bad_response");
+    expect(performance.now() - started).toBeLessThan(6_000);
+    expect(upstream.requests).toHaveLength(13);
+    for (let index = 0; index < 13; index++) await upstream.waitForAbort(index);
   }, 40_000);
 
   test("events with nothing in them, each just inside the timeout, do not end the upstream's silence: the stream times out (probe 56a note)", async () => {

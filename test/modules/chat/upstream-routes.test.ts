@@ -489,6 +489,47 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(target.db.select().from(chatUsage).all()[0]!.reservedTokens).toBe(0);
   });
 
+  test("a reply generated slowly, longer than OPENAI_TIMEOUT_MS in all but never silent that long, answers a JSON turn in one request; five leave the circuit closed (probe 69b F1)", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "300" });
+    upstream.setDefault({
+      kind: "reply",
+      chunks: ["One ", "word ", "at ", "a ", "time."],
+      pauseMs: 120,
+    });
+    for (let turn = 0; turn < 5; turn++) {
+      const response = await chat(target, asUser(alice), { message: `Long answer ${turn}` });
+      expect(response.status).toBe(200);
+      expect(((await response.json()) as { reply: string }).reply).toBe("One word at a time.");
+    }
+    // One request a turn: nothing timed out, nothing was retried, no failure counted.
+    expect(upstream.requests).toHaveLength(5);
+    expect(target.logs.entries.filter((e) => e.msg === "chat upstream failed")).toEqual([]);
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+    const bob = await signUp(target);
+    expect((await chat(target, asUser(bob), { message: "Hello" })).status).toBe(200);
+  }, 20_000);
+
+  test("a JSON turn whose upstream goes silent after some text: 503, nothing stored, not retried, charged the prompt and the text the upstream billed (probe 69b F2)", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "200" });
+    upstream.enqueue({
+      kind: "reply",
+      chunks: ["Fast ", "then ", "stalled."],
+      pauses: [0, 0, 2_000],
+    });
+    const response = await chat(target, asUser(alice), { message: "Hello" });
+    expect(response.status).toBe(503);
+    expect(((await response.json()) as Problem).code).toBe("UPSTREAM_UNAVAILABLE");
+    await upstream.waitForAbort(0);
+    expect(upstream.requests).toHaveLength(1);
+    expect(assistantRows(target)).toHaveLength(0);
+    const [usage] = target.db.select().from(chatUsage).all();
+    // The prompt's estimate and "Fast then " (10 characters, 3 tokens by the estimate).
+    expect(usage!.reservedTokens).toBe(0);
+    expect(usage!.usedTokens).toBeGreaterThan(3);
+    const text = await metricsText(target);
+    expect(text).toMatch(/chat_tokens_total\{[^}]*kind="completion"[^}]*\} 3/);
+  });
+
   test("an upstream that never answers: 503 once every attempt timed out", async () => {
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "150" });
     upstream.setDefault({ kind: "hang" });
@@ -578,7 +619,7 @@ describe("upstream failures reach Sentry with the request id, never the text or 
     const { requestId } = (await response.json()) as Problem;
     const raw = await expectOneUpstreamEvent(set, requestId, alice.userId);
     expect(raw).not.toContain("7731-zebra");
-    expect(raw).toContain("malformed JSON");
+    expect(raw).toContain("malformed chunk");
   });
 
   test("an event: error mid-stream, answered after the 200", async () => {

@@ -12,8 +12,10 @@
  *   jitter (within the cap) so clients told the same time do not return together; otherwise
  *   500 ms × 2^(n−1) with equal jitter (250–500 ms, then 500–1000 ms). An upstream asking for more
  *   than 10 s is not waited for: the request fails `unavailable` at once with that wait.
- * - **Timeout**: `timeoutMs` bounds each attempt until its full JSON body, and for a stream until
- *   the response opens and then between two chunks (an upstream gone silent mid-stream).
+ * - **Streams only**: a turn answered whole is read as a stream too (`complete`), so that a slow
+ *   generation is never taken for an upstream's failure (probe 69b F1).
+ * - **Timeout**: `timeoutMs` bounds each attempt until the stream opens (an error's body: until it
+ *   has arrived whole), then the silence between two chunks (an upstream gone silent mid-stream).
  * - **Circuit breaker** (circuit-breaker.ts) around each logical request, so it sees one verdict per
  *   request, never one per attempt. 4xx refusals prove the upstream is up and count as successes;
  *   malformed answers, cut streams and exhausted retries count as failures; a caller abort counts
@@ -25,7 +27,7 @@
  * - **Logs**: each failed request once, with request id, provider, model, upstream status, attempts
  *   and a reason we wrote. Never the messages, never the upstream's error text (OpenAI echoes part
  *   of a wrong key in it), never the key. The SDK's own console logging is off.
- * - **Usage**: the upstream's `usage` (the JSON body's, or the stream's final chunk with
+ * - **Usage**: the upstream's `usage` (the stream's final chunk with
  *   `stream_options.include_usage`); servers that send none, or a count that cannot be one of that
  *   text (past 10^8, under a fortieth of the estimate: zero for text that is not empty), get an
  *   estimate of one token per four characters (`estimateTokens`), never zero; a completion is
@@ -36,7 +38,7 @@
  *   characters a capped token (at least 64 Ki characters) is not kept: `bad_response` (→ 502; a
  *   stream is cut there, what arrived stored incomplete).
  * - **Bytes**: what the upstream sends is bounded as it arrives, before the SDK holds or parses it
- *   (`upstreamBounds`): a JSON body, and each line of a stream, at eight bytes a character of that
+ *   (`upstreamBounds`): an error's JSON body, and each line of a stream, at eight bytes a character of that
  *   reply plus 1 MiB; a whole stream at sixteen times that and at one event a character (plus
  *   1,024). Past a bound the request is closed and fails `bad_response` at once, never retried (probe
  *   54a F1: an endless body or SSE line was held until the timeout, 1.2 GB by 13 s, and events with
@@ -319,14 +321,6 @@ function classify(error: unknown): AttemptFailure {
       ofContent: refusal === "text",
     };
   }
-  if (error instanceof SyntaxError) {
-    return {
-      kind: "bad_response",
-      retryable: false,
-      upstreamFault: true,
-      reason: "malformed JSON",
-    };
-  }
   return {
     kind: "bad_response",
     retryable: false,
@@ -393,7 +387,7 @@ export function replyBound(maxCompletionTokens: number): number {
 }
 
 export interface UpstreamBounds {
-  /** Bytes of a JSON body, or of one line of a stream. */
+  /** Bytes of an error's JSON body, or of one line of a stream. */
   bodyBytes: number;
   /** Bytes of a whole stream. */
   streamBytes: number;
@@ -421,27 +415,12 @@ function readUsage(value: unknown): TokenUsage | undefined {
   return { promptTokens: prompt, completionTokens: completion };
 }
 
-/** The reply text of a chat.completion body, or undefined when the body is not that shape. */
-function readCompletionText(body: unknown): string | typeof FILTERED | undefined {
-  if (!isRecord(body) || !Array.isArray(body.choices)) return undefined;
-  const choice = body.choices[0];
-  if (!isRecord(choice) || !isRecord(choice.message)) return undefined;
-  const { content, refusal } = choice.message;
-  if (typeof content === "string" && content !== "") return content;
-  if (typeof refusal === "string" && refusal !== "") return refusal;
-  if (choice.finish_reason === CONTENT_FILTERED) return FILTERED;
-  // A completion that finished with nothing in it: an empty reply, as a stream gives it.
-  if (typeof choice.finish_reason === "string" || typeof content === "string") return "";
-  return undefined;
-}
-
 /**
  * The finish of a reply the upstream's output filter withheld (Azure OpenAI answers it 200 with no
  * content): a refusal of the request's content, like its 400, not an unusable answer. As a 502 and
  * a breaker failure, five at once from one user opened the circuit for everyone (probe 57a F5).
  */
 const CONTENT_FILTERED = "content_filter";
-const FILTERED = Symbol("filtered");
 /** A reply the content filter withheld whole: a refusal of what the message says. */
 function withheldReply(): UpstreamFailure {
   const failure = new UpstreamFailure("refused", "reply withheld by the upstream's content filter");
@@ -624,64 +603,34 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     return messages.map((message) => ({ role: message.role, content: message.content }));
   }
 
+  /**
+   * A turn answered whole (the JSON route, WhatsApp): read from the upstream as a stream all the
+   * same, and handed on once it has finished. Asked as a JSON reply, an upstream generating a long
+   * answer slowly (a local model on a CPU: 1,024 tokens at 20 a second) was a timeout when the
+   * whole body took longer than `timeoutMs`, retried twice and counted a failure: one user asking
+   * for long answers opened the circuit for everyone, and kept it open by taking each trial, while
+   * each such turn cost the upstream three generations and its owner nothing (probe 69b F1, F2).
+   * As a stream, only silence is a timeout (as for a streamed turn), a generation that progresses
+   * runs to its end (within the stream's bound), and a trial is decided by its first answer.
+   * A request that fails after the upstream generated text says what it generated (`billedReply`):
+   * the upstream bills it, and so does the turn.
+   */
   async function complete(
     messages: readonly ChatMessage[],
     opts: CompletionOptions = {},
   ): Promise<Completion> {
-    const { signal, requestId } = opts;
-    if (signal?.aborted) throw abortReason(signal);
-    const permit = admit(requestId);
-    if (!permit.trial) return completeWith(permit, messages, signal, requestId);
-    // A half-open circuit's one trial runs to its verdict whatever its caller does: a caller who
-    // took the trial and left would otherwise free it undecided, to take and leave again, and keep
-    // the circuit from closing for everyone (re-probes 15e F2, 15f F1). The caller gets its abort.
-    const verdict = completeWith(permit, messages, undefined, requestId);
-    verdict.catch(() => undefined);
-    return untilAborted(verdict, signal);
-  }
-
-  async function completeWith(
-    permit: CircuitPermit,
-    messages: readonly ChatMessage[],
-    signal: AbortSignal | undefined,
-    requestId: string | undefined,
-  ): Promise<Completion> {
-    let startedAt = performance.now();
-    const { value: body, attempts } = await withRetries(permit, signal, requestId, async () => {
-      startedAt = performance.now();
-      const body: unknown = await client.chat.completions.create(
-        { model, messages: toRequest(messages), stream: false, ...cap },
-        { signal },
-      );
-      return body;
-    });
-    observe(startedAt);
-    const text = readCompletionText(body);
-    if (text === FILTERED) {
-      const failure = withheldReply();
-      metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-      throw fail(permit, failure, false, { requestId, attempts, status: 200 });
+    let text = "";
+    let usage: TokenUsage | undefined;
+    try {
+      for await (const delta of stream(messages, opts)) {
+        if (delta.kind === "usage") usage = delta.usage;
+        else text += delta.text;
+      }
+    } catch (error) {
+      if (error instanceof UpstreamFailure && text !== "") error.billedReply = text;
+      throw error;
     }
-    if (text === undefined || text.length > maxReplyChars) {
-      const failure = new UpstreamFailure(
-        "bad_response",
-        text === undefined ? "response is not a chat completion" : "reply longer than its cap",
-      );
-      metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-      throw fail(permit, failure, true, { requestId, attempts, status: 200 });
-    }
-    permit.success();
-    if (attempts > 1) {
-      const line = { requestId: requestId ?? null, provider: PROVIDER, model, attempts };
-      logger.info(line, "chat upstream answered after a retry");
-    }
-    const usage = chargedUsage(
-      readUsage(isRecord(body) ? body.usage : undefined),
-      messages,
-      text,
-      maxCompletionTokens,
-    );
-    return { text, usage };
+    return { text, usage: usage ?? chargedUsage(undefined, messages, text, maxCompletionTokens) };
   }
 
   async function* stream(

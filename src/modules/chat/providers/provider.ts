@@ -88,4 +88,10 @@ export class UpstreamFailure extends Error {
    * failed request is one line.
    */
   logged = false;
+
+  /**
+   * The reply text the upstream had generated when the request failed (a stream gone silent or cut
+   * after some text), which it bills: a turn answered whole stores none of it but is charged it.
+   */
+  billedReply: string | undefined = undefined;
 }
