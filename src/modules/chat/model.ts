@@ -56,7 +56,10 @@ export const ConversationPage = t.Object({
 export const StoredMessageView = t.Object({
   role: t.UnionEnum(["user", "assistant"]),
   content: t.String(),
-  incomplete: t.Boolean({ description: "The reply was cut short (the client went away)" }),
+  incomplete: t.Boolean({
+    description:
+      "The reply was cut short: the client went away, the upstream cut it, or its content filter ended it part-way",
+  }),
   createdAt: t.String({ format: "date-time" }),
   usage: Nullable(TokenUsageView),
 });

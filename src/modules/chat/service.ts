@@ -552,7 +552,8 @@ export class ChatService implements ChatTurns {
     // The reply as stored and sealed: SQLite keeps a lone surrogate as U+FFFD, so stored as sent
     // it no longer matched its seal and the conversation read as tampered (probe 37b F1).
     const reply = completion.text.toWellFormed();
-    await this.store(turn, reply, completion.usage, false);
+    // A reply the upstream's content filter cut part-way is stored as cut short (probe 69b F3).
+    await this.store(turn, reply, completion.usage, completion.cut === true);
     return { conversationId: turn.conversationId, reply, usage: completion.usage };
   }
 
@@ -568,6 +569,8 @@ export class ChatService implements ChatTurns {
     // What the consumer was handed: a reply cut short is stored as far as this (below).
     let handed = "";
     let usage: TokenUsage | null = null;
+    // The upstream's content filter ended the reply part-way: stored as cut short (probe 69b F3).
+    let cut = false;
     let finished = false;
     let failure: unknown = null;
     // The pieces as the stored reply reads (well-formed, below): a lone surrogate is U+FFFD, and a
@@ -583,6 +586,7 @@ export class ChatService implements ChatTurns {
         if (signal?.aborted) break;
         if (delta.kind === "usage") {
           usage = delta.usage;
+          cut = delta.cut === true;
           continue;
         }
         text += delta.text;
@@ -610,7 +614,7 @@ export class ChatService implements ChatTurns {
       text = finished ? text.toWellFormed() : handed;
       if (finished) {
         const used = usage ?? this.estimatedUsage(turn, text);
-        await this.store(turn, text, used, false);
+        await this.store(turn, text, used, cut);
       } else if (text !== "") {
         // Cut short after some text: keep what was received, counted by estimate.
         await this.store(turn, text, usage ?? this.estimatedUsage(turn, text), true);

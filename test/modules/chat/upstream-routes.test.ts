@@ -530,6 +530,39 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(text).toMatch(/chat_tokens_total\{[^}]*kind="completion"[^}]*\} 3/);
   });
 
+  test("a reply the upstream's content filter cut part-way is answered as it came and stored as cut short, JSON and streamed (probe 69b F3)", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue(
+      { kind: "reply", chunks: ["Partly ", "filtered"], finishReason: "content_filter" },
+      { kind: "reply", chunks: ["Also ", "cut"], finishReason: "content_filter" },
+      { kind: "reply", chunks: ["Whole ", "answer."] },
+    );
+    const json = await chat(target, asUser(alice), { message: "One" });
+    expect(json.status).toBe(200);
+    const { conversationId, reply } = (await json.json()) as {
+      conversationId: string;
+      reply: string;
+    };
+    expect(reply).toBe("Partly filtered");
+    const streamed = await chat(target, asUser(alice), { message: "Two", conversationId }, SSE);
+    const events = parseSse(await streamed.text());
+    expect(events.map((e) => e.event)).toEqual(["message", "message", "done"]);
+    await chat(target, asUser(alice), { message: "Three", conversationId });
+    const page = await send(target, `/api/chat/conversations/${conversationId}`, {
+      headers: asUser(alice),
+    });
+    const { messages } = (await page.json()) as {
+      messages: { role: string; content: string; incomplete: boolean }[];
+    };
+    expect(
+      messages.filter((m) => m.role === "assistant").map((m) => [m.content, m.incomplete]),
+    ).toEqual([
+      ["Partly filtered", true],
+      ["Also cut", true],
+      ["Whole answer.", false],
+    ]);
+  });
+
   test("an upstream that never answers: 503 once every attempt timed out", async () => {
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "150" });
     upstream.setDefault({ kind: "hang" });

@@ -620,17 +620,18 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     opts: CompletionOptions = {},
   ): Promise<Completion> {
     let text = "";
-    let usage: TokenUsage | undefined;
+    let end: Extract<Delta, { kind: "usage" }> | undefined;
     try {
       for await (const delta of stream(messages, opts)) {
-        if (delta.kind === "usage") usage = delta.usage;
+        if (delta.kind === "usage") end = delta;
         else text += delta.text;
       }
     } catch (error) {
       if (error instanceof UpstreamFailure && text !== "") error.billedReply = text;
       throw error;
     }
-    return { text, usage: usage ?? chargedUsage(undefined, messages, text, maxCompletionTokens) };
+    const usage = end?.usage ?? chargedUsage(undefined, messages, text, maxCompletionTokens);
+    return end?.cut ? { text, usage, cut: true } : { text, usage };
   }
 
   async function* stream(
@@ -760,7 +761,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       else if (broken) failure = new UpstreamFailure("bad_response", broken);
       else if (!finished)
         failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
-      // Withheld whole: refused, as the JSON answer is (a reply cut by it part-way is kept).
+      // Withheld whole: a refusal of what the message says. Cut by it part-way: kept, and said to
+      // be cut (stored incomplete), so the history does not hold a fragment as a whole answer
+      // (probe 69b F3).
       else if (filtered && text === "") failure = withheldReply();
       settled = true;
       if (failure) {
@@ -772,7 +775,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         });
       }
       permit.success();
-      yield { kind: "usage", usage: chargedUsage(usage, messages, text, maxCompletionTokens) };
+      const charged = chargedUsage(usage, messages, text, maxCompletionTokens);
+      yield filtered
+        ? { kind: "usage", usage: charged, cut: true }
+        : { kind: "usage", usage: charged };
     } finally {
       // A consumer that stops reading, or a caller abort: close the upstream request, no verdict
       // (a trial's was given at its first chunk, or is still awaited by `trialStream`, which

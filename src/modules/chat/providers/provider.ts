@@ -27,10 +27,17 @@ export interface CompletionOptions {
 export interface Completion {
   text: string;
   usage: TokenUsage;
+  /** The upstream's content filter cut the reply part-way: `text` is not the whole answer. */
+  cut?: boolean;
 }
 
-/** One piece of a streamed reply: text as it arrives, then the usage once, at the end. */
-export type Delta = { kind: "text"; text: string } | { kind: "usage"; usage: TokenUsage };
+/**
+ * One piece of a streamed reply: text as it arrives, then the usage once, at the end (with `cut`
+ * when the upstream's content filter ended the reply part-way).
+ */
+export type Delta =
+  | { kind: "text"; text: string }
+  | { kind: "usage"; usage: TokenUsage; cut?: boolean };
 
 export interface ChatProvider {
   /** `openai` or `offline`: the label of the provider's metrics. */
