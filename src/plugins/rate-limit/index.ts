@@ -101,6 +101,12 @@ export function rateLimit(options: RateLimitOptions) {
     });
   };
 
+  /** For a request counted by address alone: refused (thrown) only if its principal is locked out. */
+  const addressAfterLockout = (found: Identification): null => {
+    principalOf(found);
+    return null;
+  };
+
   const keysOf = (
     applied: readonly RoutePolicy[],
     address: string,
@@ -186,26 +192,29 @@ export function rateLimit(options: RateLimitOptions) {
       // A request that may be counted against a principal needs its credential's verdict (known
       // at once unless a token must still be verified); any other is counted by address. With
       // its keys known, a lease of them admits it without waiting.
-      const countsPrincipal =
-        identify !== undefined &&
-        applied.some((policy) => policy.keyedBy === "principal") &&
-        identify.carriesCredential(request);
+      // A credential's lockout is asked on every route it is sent to, one counted by address
+      // alone too (`/metrics`: a locked-out key with the metrics scope read it on, probe 69c F1).
+      const carries = identify?.carriesCredential(request) === true;
+      const countsPrincipal = carries && applied.some((policy) => policy.keyedBy === "principal");
       if (allowRanges.length > 0 && client.address && inRanges(client.address, allowRanges)) {
         // Never limited, but a lockout is the credential's, not the address's: a locked-out key
         // is refused from inside the allow list too (probe 24 F1).
-        return countsPrincipal ? refuseIfLockedOut(request) : undefined;
+        return carries ? refuseIfLockedOut(request) : undefined;
       }
       const address = `ip:${client.key}`;
-      const found = countsPrincipal ? identify!.now(request) : undefined;
-      if (countsPrincipal && found === undefined) {
+      /** Counted against its principal where a policy counts by one, else by address alone. */
+      const counted = (known: Identification) =>
+        countsPrincipal ? countedAs(request, known) : addressAfterLockout(known);
+      const found = carries ? identify!.now(request) : undefined;
+      if (carries && found === undefined) {
         const verified = identify!(request);
         return limit(
           state,
           applied,
-          verified.then((settled) => countedKeys(applied, address, countedAs(request, settled))),
+          verified.then((settled) => countedKeys(applied, address, counted(settled))),
         );
       }
-      const principal = found === undefined ? null : countedAs(request, found);
+      const principal = found === undefined ? null : counted(found);
       const keys = keysOf(applied, address, principal);
       const headers = enforce.admitNow(applied, keys);
       if (headers !== undefined) {
