@@ -55,6 +55,50 @@ describe("audit log query", () => {
     expect(page2.events[0]!.id).toBeLessThan(page1.events[2]!.id);
   });
 
+  test("a row written or changed in the database file is listed as tampered; the others are not (probe 69d F2)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const { audit } = current.services;
+    for (let i = 0; i < 3; i++) {
+      audit.record({ type: "auth.login.failed", outcome: "failure", ip: `192.0.2.${i}` });
+    }
+    audit.flush();
+    const sqlite = current.db.$client;
+    const ids = (
+      sqlite
+        .query("SELECT id FROM audit_events WHERE type = 'auth.login.failed' ORDER BY id")
+        .all() as { id: number }[]
+    ).map((row) => row.id);
+    // Someone with the file but not the key: one row's address moved, one row's type changed, and
+    // a row copied in under a new id.
+    sqlite.run("UPDATE audit_events SET ip = '203.0.113.7' WHERE id = ?", [ids[0]!]);
+    sqlite.run("UPDATE audit_events SET type = 'csrf.failed' WHERE id = ?", [ids[1]!]);
+    sqlite.run(
+      `INSERT INTO audit_events (id, at, type, actor, ip, route, request_id, outcome, detail,
+         subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac)
+       SELECT id + 1000, at, type, actor, '198.51.100.9', route, request_id, outcome, detail,
+         subject_salt, subject_commit, prev_hash, hash, key_id, erasure_mac
+       FROM audit_events WHERE id = ?`,
+      [ids[2]!],
+    );
+    const response = await send(current, "/api/admin/audit?limit=500", {
+      headers: bearer(admin.accessToken),
+    });
+    expect(response.status).toBe(200);
+    const { events } = (await response.json()) as {
+      events: { id: number; ip: string | null; type: string; tampered: boolean }[];
+    };
+    const marked = Object.fromEntries(events.map((event) => [event.id, event.tampered]));
+    expect(marked[ids[0]!]).toBe(true);
+    expect(marked[ids[1]!]).toBe(true);
+    expect(marked[ids[2]! + 1000]).toBe(true);
+    expect(marked[ids[2]!]).toBe(false);
+    // Every row Palisade wrote and no one changed (the sign-up's, the query's own) is vouched for.
+    const untouched = events.filter((e) => ![ids[0], ids[1], ids[2]! + 1000].includes(e.id));
+    expect(untouched.length).toBeGreaterThan(1);
+    expect(untouched.every((event) => !event.tampered)).toBe(true);
+  });
+
   test("an address is found in any spelling of it; text that is no address is 422 (probe 32d F1)", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

@@ -8,6 +8,7 @@ import { and, desc, eq, gte, lt, lte } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
 import { auditEvents } from "../../db/schema";
 import { storedTimeText, storedValueText } from "../../db/stored-values";
+import type { AuditRow } from "../../plugins/audit/log";
 import type { AuditEventView as AuditEventViewSchema } from "./model";
 
 export interface AuditFilter {
@@ -38,27 +39,22 @@ function storedDetail(value: unknown): Record<string, unknown> {
   return { unreadableDetail: storedValueText(value) };
 }
 
-/** The columns an admin sees: not the chain's own (salt, commitment, hashes). */
-const VISIBLE = {
-  id: auditEvents.id,
-  at: auditEvents.at,
-  type: auditEvents.type,
-  actor: auditEvents.actor,
-  ip: auditEvents.ip,
-  route: auditEvents.route,
-  requestId: auditEvents.requestId,
-  outcome: auditEvents.outcome,
-  detail: auditEvents.detail,
-};
-
+/**
+ * The events an admin asked for, each marked `tampered` when `vouches` (the audit log's check of
+ * a row read alone: its hash, under this file's key, over what it holds) does not vouch for it:
+ * a row written or changed in the file was shown as genuine, its address or type forged, until
+ * someone ran `audit:verify` (probe 69d F2). The chain's own columns (salt, commitment, hashes)
+ * are read for that check, never shown.
+ */
 export function queryAuditEvents(
   sqlite: Database,
   filter: AuditFilter,
+  vouches: (row: AuditRow) => boolean,
 ): { events: AuditEventView[]; nextCursor: number | null } {
   const when = <T>(value: T | undefined, condition: (value: T) => ReturnType<typeof eq>) =>
     value === undefined ? undefined : condition(value);
   const rows = drizzleOf(sqlite)
-    .select(VISIBLE)
+    .select()
     .from(auditEvents)
     .where(
       and(
@@ -88,6 +84,7 @@ export function queryAuditEvents(
       requestId: storedValueText(row.requestId),
       outcome: storedValueText(row.outcome) ?? "",
       detail: storedDetail(row.detail),
+      tampered: !vouches(row),
     })),
     nextCursor: rows.length > filter.limit ? page.at(-1)!.id : null,
   };

@@ -342,15 +342,19 @@ export function adminModule(options: AdminModuleOptions) {
           query.ip === undefined
             ? undefined
             : formatAddress(addressOf(query.ip, "query/ip", "The request query is invalid."));
-        const page = queryAuditEvents(options.sqlite, {
-          type: query.type,
-          actor: query.actor,
-          ip,
-          since: query.since ? Date.parse(query.since) : undefined,
-          until: query.until ? Date.parse(query.until) : undefined,
-          cursor: query.cursor,
-          limit: query.limit ?? 100,
-        });
+        const page = queryAuditEvents(
+          options.sqlite,
+          {
+            type: query.type,
+            actor: query.actor,
+            ip,
+            since: query.since ? Date.parse(query.since) : undefined,
+            until: query.until ? Date.parse(query.until) : undefined,
+            cursor: query.cursor,
+            limit: query.limit ?? 100,
+          },
+          (row) => audit.vouches(row),
+        );
         record({ principal, request, client, requestId, route }, "admin.audit.queried", {
           filters: Object.keys(query).sort().join(","),
         });

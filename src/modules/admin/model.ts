@@ -99,6 +99,10 @@ export const AuditEventView = t.Object({
   requestId: Nullable(t.String()),
   outcome: t.String(),
   detail: t.Record(t.String(), t.Any()),
+  tampered: t.Boolean({
+    description:
+      "The row is not as Palisade wrote or erased it (its hash under this file's audit key does not match what it holds): written or changed in the database file. `bun run cli audit:verify` says where the chain breaks",
+  }),
 });
 
 export const AuditPage = t.Object({
