@@ -54,6 +54,7 @@ import {
 import { encodeMessageCursor } from "./message-cursor";
 import type { ChatMetrics } from "./metrics";
 import {
+  AbortedMidReply,
   type ChatMessage,
   type ChatProvider,
   type TokenUsage,
@@ -657,8 +658,13 @@ export class ChatService implements ChatTurns {
   ) {
     const { metrics, provider } = this.options;
     if (error === null || isAbort(error, signal)) {
-      // The upstream was sent the prompt, unless every attempt was refused before the caller left.
-      if (sent && !(error instanceof UnbilledAbort)) {
+      // The upstream was sent the prompt, unless every attempt was refused before the caller left;
+      // and it billed what it sent of the reply, when some had come (probe 69e F1).
+      if (error instanceof AbortedMidReply) {
+        const billed = this.estimatedUsage(turn, error.billedReply);
+        await this.endReservation(turn, billed.promptTokens + billed.completionTokens);
+        metrics.tokens(billed.promptTokens, billed.completionTokens);
+      } else if (sent && !(error instanceof UnbilledAbort)) {
         await this.endReservation(turn, turn.promptEstimate);
         metrics.tokens(turn.promptEstimate, 0);
       } else {

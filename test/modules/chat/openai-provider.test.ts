@@ -788,6 +788,45 @@ describe("circuit breaker", () => {
     expect((await provider.complete(MESSAGES)).text).toBe("back");
   });
 
+  test("a trial holds no more events than a stream may carry before its verdict: past them it fails, the request closed (probe 69e F3)", async () => {
+    await openTheCircuit();
+    clock.advance(30_000);
+    // Events with nothing of a reply in them, each within the silence timeout: held until the
+    // trial's first answer, they were held without bound (2.4 million, 450 MB).
+    upstream.enqueue({ kind: "flood", shape: "events", maxBytes: 16 * 1024 * 1024 });
+    const failure = await failureOf(provider.complete(MESSAGES));
+    expect([failure.kind, failure.reason]).toEqual(["bad_response", "stream longer than its cap"]);
+    await upstream.waitForAbort(5);
+    expect(upstream.requests[5]!.bytesSent).toBeLessThan(16 * 1024 * 1024);
+    expect(await circuitIs(1)).toBe(true);
+  });
+
+  test("timeouts while another stream makes progress are a busy upstream, not a failed one: five leave it closed; with no progress anywhere five open it (probe 69e F2)", async () => {
+    provider = build({ timeoutMs: 300 });
+    // An upstream that serves one request at a time: one long answer progresses, the requests
+    // queued behind it get no answer at all.
+    upstream.enqueue({
+      kind: "reply",
+      chunks: Array.from({ length: 40 }, (_, i) => `piece${i} `),
+      pauseMs: 100,
+    });
+    const long = provider.complete(MESSAGES);
+    await upstream.waitForRequests(1);
+    upstream.setDefault({ kind: "hang" });
+    const queued = await Promise.all(
+      Array.from({ length: 5 }, () => failureOf(provider.complete(MESSAGES))),
+    );
+    expect(queued.map((failure) => failure.kind)).toEqual(Array(5).fill("unavailable"));
+    expect(await circuitIs(0)).toBe(true);
+    expect((await long).text).toStartWith("piece0 piece1");
+    // Nothing progressing: the same five timeouts are the upstream's failures.
+    const stalled = await Promise.all(
+      Array.from({ length: 5 }, () => failureOf(provider.complete(MESSAGES))),
+    );
+    expect(stalled.map((failure) => failure.kind)).toEqual(Array(5).fill("unavailable"));
+    expect(await circuitIs(1)).toBe(true);
+  }, 30_000);
+
   const circuitIs = async (open: 0 | 1) =>
     (await registry.metrics()).includes(`upstream_circuit_open{provider="openai"} ${open}`);
 

@@ -286,6 +286,49 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     }
   }, 20_000);
 
+  test("a JSON turn whose client leaves while the reply arrives is charged the prompt and the text received, as a streamed one is (probe 69e F1)", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
+    const bob = await signUp(target);
+    const server = serveInProcess(target);
+    const usedBy = (userId: string) =>
+      target.db
+        .select()
+        .from(chatUsage)
+        .all()
+        .find((row) => row.ownerKind === "user" && row.ownerId === userId);
+    const words = Array.from({ length: 40 }, (_, i) => `word${i} `);
+    const leaveAfter = async (session: typeof alice, received: number) => {
+      const leaving = new AbortController();
+      const answer = fetch(new URL("/api/chat", server.url), {
+        method: "POST",
+        headers: { ...asUser(session), "content-type": "application/json" },
+        body: JSON.stringify({ message: "The same question" }),
+        signal: leaving.signal,
+      }).catch(() => null);
+      const index = upstream.requests.length;
+      await waitFor(() => upstream.requests.length > index, { what: "the upstream request" });
+      // Pieces come every 50 ms: leave after about `received` of them.
+      await Bun.sleep(received * 50 + 25);
+      leaving.abort();
+      await answer;
+      await waitFor(() => usedBy(session.userId)?.reservedTokens === 0, {
+        what: "the reservation ended",
+      });
+      return usedBy(session.userId)!.usedTokens;
+    };
+    upstream.setDefault({ kind: "reply", chunks: words, pauseMs: 50, delayMs: 200 });
+    try {
+      // Alice leaves before any text came (the prompt only); Bob after about twenty pieces.
+      const promptOnly = await leaveAfter(alice, -2);
+      const withText = await leaveAfter(bob, 20);
+      expect(promptOnly).toBeGreaterThan(0);
+      expect(withText).toBeGreaterThan(promptOnly + 10);
+      expect(assistantRows(target)).toHaveLength(0);
+    } finally {
+      await server.shutdown("test");
+    }
+  }, 20_000);
+
   test("429 with Retry-After, then success: 200 after waiting what the upstream asked", async () => {
     const { upstream, target, alice } = await setUp();
     upstream.enqueue(

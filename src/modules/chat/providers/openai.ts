@@ -58,6 +58,7 @@ import { estimateTokens } from "../tokens";
 import { CircuitBreaker, type CircuitPermit } from "./circuit-breaker";
 import type { UpstreamMetrics } from "./metrics";
 import {
+  AbortedMidReply,
   type ChatMessage,
   type ChatProvider,
   type Completion,
@@ -453,6 +454,15 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     // one, a connection failure.
     fetchOptions: { redirect: "error" },
   });
+  /**
+   * When a stream of this process last received something of an answer. A request that timed out
+   * while another made progress met an upstream that is up but busy (one that serves a request at
+   * a time, queueing the others without an answer): no failure for the circuit breaker, which one
+   * user's parallel long answers otherwise opened for everyone (probe 69e F2).
+   */
+  let lastProgressAt = Number.NEGATIVE_INFINITY;
+  const othersProgressedSince = (at: number) => lastProgressAt > at;
+
   const breaker = new CircuitBreaker({
     clock,
     onStateChange(state, previous) {
@@ -591,7 +601,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       }
       const failure = new UpstreamFailure(failed.kind, failed.reason, retryAfterSeconds);
       failure.ofContent = failed.ofContent === true;
-      throw fail(permit, failure, failed.upstreamFault, {
+      const busy = failed.reason === "timeout" && othersProgressedSince(startedAt);
+      throw fail(permit, failure, failed.upstreamFault && !busy, {
         requestId,
         attempts,
         status: failed.status,
@@ -627,7 +638,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         else text += delta.text;
       }
     } catch (error) {
-      if (error instanceof UpstreamFailure && text !== "") error.billedReply = text;
+      if (text !== "" && error instanceof UpstreamFailure) error.billedReply = text;
+      else if (text !== "" && opts.signal?.aborted) throw new AbortedMidReply(error, text);
       throw error;
     }
     const usage = end?.usage ?? chargedUsage(undefined, messages, text, maxCompletionTokens);
@@ -692,6 +704,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       let filtered = false;
       // The upstream's silence since its last chunk with something in it (progresses).
       let silentMs = 0;
+      // When this stream last progressed (or opened): another's progress after it is another's.
+      let silentSince = performance.now();
       // However it trickles: a second a capped token, after the timeout (probe 57a F3: a space or
       // a reasoning character every 29 s kept the silence timer from ever firing).
       const streamEndsBy = performance.now() + timeoutMs + maxCompletionTokens * 1000;
@@ -722,7 +736,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           clearTimeout(timer);
         }
         if (next.done) break;
-        silentMs = progresses(next.value) ? 0 : silentMs + (performance.now() - waitStarted);
+        if (progresses(next.value)) {
+          silentMs = 0;
+          lastProgressAt = performance.now();
+          silentSince = lastProgressAt;
+        } else silentMs += performance.now() - waitStarted;
         if (++events > bounds.streamEvents) {
           broken = "stream longer than its cap";
           break;
@@ -746,7 +764,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           }
           if (typeof choice.finish_reason === "string") {
             finished = true;
-            filtered = choice.finish_reason === CONTENT_FILTERED;
+            // Once cut by the filter, cut: a later finish does not make the reply whole (69e F4).
+            if (choice.finish_reason === CONTENT_FILTERED) filtered = true;
           }
         }
       }
@@ -768,7 +787,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       settled = true;
       if (failure) {
         metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-        throw fail(permit, failure, failure.kind !== "refused", {
+        const busy = idle && othersProgressedSince(silentSince);
+        throw fail(permit, failure, failure.kind !== "refused" && !busy, {
           requestId,
           attempts,
           status: 200,
@@ -823,19 +843,30 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       Math.max(0, startedAt + timeoutMs - performance.now()),
     );
     const read: IteratorResult<unknown>[] = [];
+    let tooLong = false;
     try {
       for (;;) {
         const next = await iterator.next();
         if (next.done) throw new Error("ended before it answered");
+        // Held until the trial's verdict: bounded as a stream's events are (probe 69e F3: 2.4
+        // million empty events held 450 MB).
+        if (read.length >= bounds.streamEvents) {
+          tooLong = true;
+          own.abort();
+          throw new Error("longer than its cap");
+        }
         read.push(next);
         if (answers(next.value)) break;
       }
     } catch {
-      const failure = late
-        ? new UpstreamFailure("unavailable", "no answer within the timeout")
-        : new UpstreamFailure("bad_response", "stream cut before it answered");
+      const failure = tooLong
+        ? new UpstreamFailure("bad_response", "stream longer than its cap")
+        : late
+          ? new UpstreamFailure("unavailable", "no answer within the timeout")
+          : new UpstreamFailure("bad_response", "stream cut before it answered");
       metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-      throw fail(permit, failure, true, { requestId, attempts, status: 200 });
+      const busy = late && othersProgressedSince(startedAt);
+      throw fail(permit, failure, !busy, { requestId, attempts, status: 200 });
     } finally {
       clearTimeout(timer);
     }

@@ -70,6 +70,22 @@ export class UnbilledAbort extends Error {
   }
 }
 
+/**
+ * The caller left after the upstream had sent part of the reply (a turn answered whole, which was
+ * still collecting it): an abort like any other (`AbortError`), for which the turn is charged its
+ * prompt and the text received, as a streamed turn cut short is (probe 69e F1).
+ */
+export class AbortedMidReply extends Error {
+  constructor(
+    readonly reason: unknown,
+    /** The reply text received before the caller left: the upstream bills it. */
+    readonly billedReply: string,
+  ) {
+    super("The caller left while the reply was arriving");
+    this.name = "AbortError";
+  }
+}
+
 export class UpstreamFailure extends Error {
   constructor(
     readonly kind: UpstreamFailureKind,
