@@ -52,6 +52,8 @@ export type UpstreamStep =
       /** `false`: no usage in the response; else these counts (default: words in and out). */
       usage?: false | { prompt: number; completion: number };
       finishReason?: string;
+      /** In a stream, a second finish chunk after the first, with this reason. */
+      thenFinish?: string;
     }
   | {
       kind: "error";
@@ -318,6 +320,12 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         { index: 0, delta: {}, logprobs: null, finish_reason: step.finishReason ?? "stop" },
       ]),
     });
+    if (step.kind === "reply" && step.thenFinish !== undefined) {
+      actions.push({
+        pauseMs: 0,
+        write: chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: step.thenFinish }]),
+      });
+    }
     if (includeUsage && step.usage !== false) {
       const usage = usageOf(body, pieces.join(""), step.usage);
       actions.push({ pauseMs: 0, write: chunk([], usage) });

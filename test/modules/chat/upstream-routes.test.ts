@@ -577,7 +577,13 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     const { upstream, target, alice } = await setUp();
     upstream.enqueue(
       { kind: "reply", chunks: ["Partly ", "filtered"], finishReason: "content_filter" },
-      { kind: "reply", chunks: ["Also ", "cut"], finishReason: "content_filter" },
+      // A later finish saying "stop" does not make the cut reply whole (probe 69e F4).
+      {
+        kind: "reply",
+        chunks: ["Also ", "cut"],
+        finishReason: "content_filter",
+        thenFinish: "stop",
+      },
       { kind: "reply", chunks: ["Whole ", "answer."] },
     );
     const json = await chat(target, asUser(alice), { message: "One" });
