@@ -817,6 +817,8 @@ describe("circuit breaker", () => {
       Array.from({ length: 5 }, () => failureOf(provider.complete(MESSAGES))),
     );
     expect(queued.map((failure) => failure.kind)).toEqual(Array(5).fill("unavailable"));
+    // Said so, and no verdict: a failure before them still counts after them (re-probe 69f F1).
+    expect(queued.every((failure) => failure.reason.includes("busy upstream"))).toBe(true);
     expect(await circuitIs(0)).toBe(true);
     expect((await long).text).toStartWith("piece0 piece1");
     // Nothing progressing: the same five timeouts are the upstream's failures.
@@ -826,6 +828,27 @@ describe("circuit breaker", () => {
     expect(stalled.map((failure) => failure.kind)).toEqual(Array(5).fill("unavailable"));
     expect(await circuitIs(1)).toBe(true);
   }, 30_000);
+
+  test("a trial that gets no answer fails, however busy another stream keeps the upstream: it never closes the circuit (re-probe 69f F1)", async () => {
+    provider = build({ timeoutMs: 300 });
+    upstream.enqueue({
+      kind: "reply",
+      chunks: Array.from({ length: 40 }, (_, i) => `piece${i} `),
+      pauseMs: 100,
+    });
+    // Read on in the background: its pieces are the progress the trial's wait sees.
+    const leave = new AbortController();
+    const long = collect(provider.stream(MESSAGES, { signal: leave.signal })).catch(() => null);
+    await upstream.waitForRequests(1);
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "hang" });
+    const trial = await failureOf(provider.complete(MESSAGES));
+    expect(trial.kind).toBe("unavailable");
+    expect(await circuitIs(1)).toBe(true);
+    leave.abort();
+    await long;
+  }, 20_000);
 
   const circuitIs = async (open: 0 | 1) =>
     (await registry.metrics()).includes(`upstream_circuit_open{provider="openai"} ${open}`);

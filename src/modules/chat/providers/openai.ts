@@ -330,6 +330,10 @@ function classify(error: unknown): AttemptFailure {
   };
 }
 
+/** Said of a timeout the circuit breaker does not count: the upstream was busy, not down. */
+const WHILE_BUSY =
+  "; another stream progressed meanwhile (busy upstream, not counted by the circuit breaker)";
+
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
@@ -460,6 +464,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
    * a time, queueing the others without an answer): no failure for the circuit breaker, which one
    * user's parallel long answers otherwise opened for everyone (probe 69e F2).
    */
+  // No verdict, not a success (re-probe 69f F1: one stream trickling for minutes beside an
+  // upstream that answers no new request kept resetting the count), and said in its log line.
   let lastProgressAt = Number.NEGATIVE_INFINITY;
   const othersProgressedSince = (at: number) => lastProgressAt > at;
 
@@ -511,11 +517,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
   function fail(
     permit: CircuitPermit,
     failure: UpstreamFailure,
-    upstreamFault: boolean,
+    verdict: "failure" | "success" | "none",
     context: { requestId: string | undefined; attempts: number; status?: number },
   ): UpstreamFailure {
-    if (upstreamFault) permit.failure();
-    else permit.success();
+    if (verdict === "failure") permit.failure();
+    else if (verdict === "success") permit.success();
+    else permit.release();
     logFailure(failure, context.requestId, context.attempts, context.status);
     return failure;
   }
@@ -599,10 +606,14 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         const asked = requestedWaitMs(failed.headers, clock.now());
         if (asked !== undefined) retryAfterSeconds = toldWait(asked);
       }
-      const failure = new UpstreamFailure(failed.kind, failed.reason, retryAfterSeconds);
+      const busy = !permit.trial && failed.reason === "timeout" && othersProgressedSince(startedAt);
+      const failure = new UpstreamFailure(
+        failed.kind,
+        busy ? `${failed.reason}${WHILE_BUSY}` : failed.reason,
+        retryAfterSeconds,
+      );
       failure.ofContent = failed.ofContent === true;
-      const busy = failed.reason === "timeout" && othersProgressedSince(startedAt);
-      throw fail(permit, failure, failed.upstreamFault && !busy, {
+      throw fail(permit, failure, busy ? "none" : failed.upstreamFault ? "failure" : "success", {
         requestId,
         attempts,
         status: failed.status,
@@ -776,7 +787,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       // trial's caller is not joined: the trial's end is its verdict whatever the caller did).
       if (callers?.aborted) throw abortReason(callers);
       let failure: UpstreamFailure | undefined;
-      if (idle) failure = new UpstreamFailure("unavailable", "timeout mid-stream");
+      const busy = idle && !permit.trial && othersProgressedSince(silentSince);
+      if (idle)
+        failure = new UpstreamFailure("unavailable", `timeout mid-stream${busy ? WHILE_BUSY : ""}`);
       else if (broken) failure = new UpstreamFailure("bad_response", broken);
       else if (!finished)
         failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
@@ -787,8 +800,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       settled = true;
       if (failure) {
         metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-        const busy = idle && othersProgressedSince(silentSince);
-        throw fail(permit, failure, failure.kind !== "refused" && !busy, {
+        const verdict = busy ? "none" : failure.kind === "refused" ? "success" : "failure";
+        throw fail(permit, failure, verdict, {
           requestId,
           attempts,
           status: 200,
@@ -865,8 +878,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           ? new UpstreamFailure("unavailable", "no answer within the timeout")
           : new UpstreamFailure("bad_response", "stream cut before it answered");
       metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-      const busy = late && othersProgressedSince(startedAt);
-      throw fail(permit, failure, !busy, { requestId, attempts, status: 200 });
+      // A trial that gave no answer never closes the circuit, however busy the upstream is with
+      // streams begun before it opened (re-probe 69f F1).
+      throw fail(permit, failure, "failure", { requestId, attempts, status: 200 });
     } finally {
       clearTimeout(timer);
     }
