@@ -496,6 +496,9 @@ describe("retries", () => {
     // random() = 0: the first backoff is 500 ms × ½.
     expect(gap).toBeGreaterThanOrEqual(240);
     expect(gap).toBeLessThan(1_500);
+    expect(logs.entries.filter((e) => e.msg === "chat upstream answered after a retry")).toEqual([
+      expect.objectContaining({ provider: "openai", attempts: 2 }),
+    ]);
   });
 
   test("three failed attempts: gives up after exactly 3, as one unavailable failure logged once", async () => {

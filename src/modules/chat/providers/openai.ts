@@ -140,6 +140,8 @@ interface AttemptFailure {
   headers?: Headers;
   /** A refusal of what the message says (UpstreamFailure.ofContent). */
   ofContent?: boolean;
+  /** No answer (or no whole error body) within the attempt's timeout. */
+  timedOut?: boolean;
 }
 
 /**
@@ -293,7 +295,13 @@ function classify(error: unknown): AttemptFailure {
     return { kind: "bad_response", retryable: false, upstreamFault: true, reason: refused };
   }
   if (error instanceof APIConnectionTimeoutError || error instanceof UpstreamBodyTimeout) {
-    return { kind: "unavailable", retryable: true, upstreamFault: true, reason: "timeout" };
+    return {
+      kind: "unavailable",
+      retryable: true,
+      upstreamFault: true,
+      reason: "timeout",
+      timedOut: true,
+    };
   }
   if (error instanceof APIConnectionError) {
     return {
@@ -462,12 +470,15 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
    * When a stream of this process last received something of an answer. A request that timed out
    * while another made progress met an upstream that is up but busy (one that serves a request at
    * a time, queueing the others without an answer): no failure for the circuit breaker, which one
-   * user's parallel long answers otherwise opened for everyone (probe 69e F2).
+   * user's parallel long answers otherwise opened for everyone (probe 69e F2); and no success
+   * either (re-probe 69f F1: one stream trickling for minutes beside an upstream that answered no
+   * new request kept resetting the count), but said in its log line. A trial is never judged busy.
    */
-  // No verdict, not a success (re-probe 69f F1: one stream trickling for minutes beside an
-  // upstream that answers no new request kept resetting the count), and said in its log line.
   let lastProgressAt = Number.NEGATIVE_INFINITY;
   const othersProgressedSince = (at: number) => lastProgressAt > at;
+  /** The breaker's verdict on a failed request: none when the upstream was only busy. */
+  const verdictOf = (upstreamFault: boolean, busy: boolean) =>
+    busy ? "none" : upstreamFault ? "failure" : "success";
 
   const breaker = new CircuitBreaker({
     clock,
@@ -606,14 +617,14 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         const asked = requestedWaitMs(failed.headers, clock.now());
         if (asked !== undefined) retryAfterSeconds = toldWait(asked);
       }
-      const busy = !permit.trial && failed.reason === "timeout" && othersProgressedSince(startedAt);
+      const busy = !permit.trial && failed.timedOut === true && othersProgressedSince(startedAt);
       const failure = new UpstreamFailure(
         failed.kind,
         busy ? `${failed.reason}${WHILE_BUSY}` : failed.reason,
         retryAfterSeconds,
       );
       failure.ofContent = failed.ofContent === true;
-      throw fail(permit, failure, busy ? "none" : failed.upstreamFault ? "failure" : "success", {
+      throw fail(permit, failure, verdictOf(failed.upstreamFault, busy), {
         requestId,
         attempts,
         status: failed.status,
@@ -653,8 +664,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       else if (text !== "" && opts.signal?.aborted) throw new AbortedMidReply(error, text);
       throw error;
     }
-    const usage = end?.usage ?? chargedUsage(undefined, messages, text, maxCompletionTokens);
-    return end?.cut ? { text, usage, cut: true } : { text, usage };
+    // A stream that ends without throwing has given its usage last.
+    const { usage, cut } = end!;
+    return cut ? { text, usage, cut } : { text, usage };
   }
 
   async function* stream(
@@ -800,14 +812,17 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       settled = true;
       if (failure) {
         metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-        const verdict = busy ? "none" : failure.kind === "refused" ? "success" : "failure";
-        throw fail(permit, failure, verdict, {
+        throw fail(permit, failure, verdictOf(failure.kind !== "refused", busy), {
           requestId,
           attempts,
           status: 200,
         });
       }
       permit.success();
+      if (attempts > 1) {
+        const line = { requestId: requestId ?? null, provider: PROVIDER, model, attempts };
+        logger.info(line, "chat upstream answered after a retry");
+      }
       const charged = chargedUsage(usage, messages, text, maxCompletionTokens);
       yield filtered
         ? { kind: "usage", usage: charged, cut: true }
