@@ -657,33 +657,31 @@ export class ChatService implements ChatTurns {
     sent: boolean,
   ) {
     const { metrics, provider } = this.options;
+    // Reply text the upstream sent (and bills) before the turn failed or its caller left: charged,
+    // never stored, since the client is told the turn failed (probes 69b F2, 69e F1).
+    const billedReply =
+      error instanceof AbortedMidReply || error instanceof UpstreamFailure
+        ? error.billedReply
+        : undefined;
     if (error === null || isAbort(error, signal)) {
-      // The upstream was sent the prompt, unless every attempt was refused before the caller left;
-      // and it billed what it sent of the reply, when some had come (probe 69e F1).
-      if (error instanceof AbortedMidReply) {
-        const billed = this.estimatedUsage(turn, error.billedReply);
-        await this.endReservation(turn, billed.promptTokens + billed.completionTokens);
-        metrics.tokens(billed.promptTokens, billed.completionTokens);
-      } else if (sent && !(error instanceof UnbilledAbort)) {
-        await this.endReservation(turn, turn.promptEstimate);
-        metrics.tokens(turn.promptEstimate, 0);
-      } else {
-        await this.endReservation(turn, null);
-      }
+      // The upstream was sent the prompt, unless every attempt was refused before the caller left.
+      if (billedReply !== undefined) await this.charge(turn, billedReply);
+      else if (sent && !(error instanceof UnbilledAbort)) await this.charge(turn, "");
+      else await this.endReservation(turn, null);
       metrics.request(provider.name, "incomplete");
       return;
     }
-    if (error instanceof UpstreamFailure && error.billedReply !== undefined) {
-      // The upstream generated (and bills) text before it failed: nothing is stored, since the
-      // client is told the turn failed, but the turn is charged what the upstream billed.
-      const billed = this.estimatedUsage(turn, error.billedReply);
-      await this.endReservation(turn, billed.promptTokens + billed.completionTokens);
-      metrics.tokens(billed.promptTokens, billed.completionTokens);
-    } else {
-      await this.endReservation(turn, null);
-    }
+    if (billedReply !== undefined) await this.charge(turn, billedReply);
+    else await this.endReservation(turn, null);
     metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "error");
     this.logFailure(turn, error);
+  }
+
+  /** Settles a turn that stored nothing to its prompt's estimate and that of `reply`, and counts it. */
+  private async charge(turn: PreparedTurn, reply: string) {
+    const billed = this.estimatedUsage(turn, reply);
+    await this.endReservation(turn, billed.promptTokens + billed.completionTokens);
+    this.options.metrics.tokens(billed.promptTokens, billed.completionTokens);
   }
 
   /**
