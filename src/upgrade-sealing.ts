@@ -15,6 +15,7 @@
 import type { Database } from "bun:sqlite";
 import { systemClock } from "./clock";
 import type { AppDatabase } from "./db/client";
+import { finds } from "./db/finds";
 import type { MigrationCompanions } from "./db/migrate";
 import type { Logger } from "./logging/logger";
 import {
@@ -228,12 +229,10 @@ interface AuditLogBeforeMigrating {
 }
 
 function auditLogBeforeMigrating(sqlite: Database, keys: AuditKeys): AuditLogBeforeMigrating {
-  const exists =
-    sqlite
-      .query<{ found: number }, []>(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events') AS found",
-      )
-      .get()?.found === 1;
+  const exists = finds(
+    sqlite,
+    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events') AS found",
+  );
   // A new file: nothing sealed before.
   if (!exists) return { earlier: new Map(), fault: null };
   const earlier = new Map(
@@ -319,15 +318,14 @@ export function unrecordedSealings(
   recordedNow: readonly UpgradeSealed[],
 ): { message: string | null; events: AuditEvent[] } {
   const justRecorded = new Set<string>(recordedNow.map(({ event }) => event.type));
-  const recorded = sqlite.query<{ found: number }, [string]>(
-    "SELECT EXISTS (SELECT 1 FROM audit_events WHERE type = ?) AS found",
-  );
   const late: string[] = [];
   const events: AuditEvent[] = [];
   for (const tag of appliedTags) {
     const type = SEALING_EVENT_BY_MIGRATION.get(tag);
     if (type === undefined || justRecorded.has(type)) continue;
-    if (recorded.get(type)?.found === 1) continue;
+    if (finds(sqlite, "SELECT EXISTS (SELECT 1 FROM audit_events WHERE type = ?) AS found", type)) {
+      continue;
+    }
     late.push(tag);
     events.push({
       type,

@@ -13,6 +13,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { ConfigError } from "../../config";
+import { finds } from "../../db/finds";
 import { sealMatches } from "../../db/row-seal";
 import { spellOut } from "../../logging/spell-out";
 import type { AuditKeys, ChainedFields, CheckpointFields } from "./chain";
@@ -63,12 +64,9 @@ const VOUCHING_ROWS = 8;
 
 /** Whether the log holds any row or checkpoint, keyed or not. */
 export function holdsAuditRows(sqlite: Database): boolean {
-  return (
-    sqlite
-      .query<{ found: number }, []>(
-        "SELECT EXISTS (SELECT 1 FROM audit_events) OR EXISTS (SELECT 1 FROM audit_checkpoints) AS found",
-      )
-      .get()?.found === 1
+  return finds(
+    sqlite,
+    "SELECT EXISTS (SELECT 1 FROM audit_events) OR EXISTS (SELECT 1 FROM audit_checkpoints) AS found",
   );
 }
 
@@ -120,12 +118,9 @@ export function assertAuditKeyMatchesBeforeMigrating(sqlite: Database, keys: Aud
 
 /** Whether the file's audit log has its key columns (migration 0003) yet. */
 export function hasAuditKeyColumn(sqlite: Database): boolean {
-  return (
-    sqlite
-      .query<{ found: number }, []>(
-        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'key_id') AS found",
-      )
-      .get()?.found === 1
+  return finds(
+    sqlite,
+    "SELECT EXISTS (SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'key_id') AS found",
   );
 }
 
@@ -134,12 +129,9 @@ export function hasAuditKeyColumn(sqlite: Database): boolean {
  * whose key ids were removed in the file).
  */
 export function holdsKeyedRows(sqlite: Database): boolean {
-  return (
-    sqlite
-      .query<{ found: number }, []>(
-        "SELECT EXISTS (SELECT 1 FROM audit_events WHERE key_id IS NOT NULL) OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE key_id IS NOT NULL) AS found",
-      )
-      .get()?.found === 1
+  return finds(
+    sqlite,
+    "SELECT EXISTS (SELECT 1 FROM audit_events WHERE key_id IS NOT NULL) OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE key_id IS NOT NULL) AS found",
   );
 }
 

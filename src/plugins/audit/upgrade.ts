@@ -12,6 +12,7 @@
 import type { Database } from "bun:sqlite";
 import { asc, count, desc, eq, isNotNull, isNull, sql } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
+import { finds } from "../../db/finds";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import { type AuditKeys, GENESIS_HASH, legacyRowHash, subjectCommit } from "./chain";
@@ -32,7 +33,7 @@ export interface LegacyUpgrade {
  * the partial index either form scanned the whole table: ~200 ms at a million rows.
  */
 function hasUnkeyedRows(sqlite: Database): boolean {
-  return sqlite.query<{ found: number }, []>(UNKEYED_CHECK).get()?.found === 1;
+  return finds(sqlite, UNKEYED_CHECK);
 }
 
 /** Reads the partial index `audit_events_unkeyed` (empty once keyed), never the whole table. */
