@@ -804,15 +804,18 @@ describe("circuit breaker", () => {
     expect(await circuitIs(1)).toBe(true);
   });
 
+  /** A long answer that progresses for 4 s: a piece every 100 ms. */
+  const LONG_ANSWER = {
+    kind: "reply",
+    chunks: Array.from({ length: 40 }, (_, i) => `piece${i} `),
+    pauseMs: 100,
+  } as const;
+
   test("timeouts while another stream makes progress are a busy upstream, not a failed one: five leave it closed; with no progress anywhere five open it (probe 69e F2)", async () => {
     provider = build({ timeoutMs: 300 });
     // An upstream that serves one request at a time: one long answer progresses, the requests
     // queued behind it get no answer at all.
-    upstream.enqueue({
-      kind: "reply",
-      chunks: Array.from({ length: 40 }, (_, i) => `piece${i} `),
-      pauseMs: 100,
-    });
+    upstream.enqueue(LONG_ANSWER);
     const long = provider.complete(MESSAGES);
     await upstream.waitForRequests(1);
     upstream.setDefault({ kind: "hang" });
@@ -834,11 +837,7 @@ describe("circuit breaker", () => {
 
   test("a trial that gets no answer fails, however busy another stream keeps the upstream: it never closes the circuit (re-probe 69f F1)", async () => {
     provider = build({ timeoutMs: 300 });
-    upstream.enqueue({
-      kind: "reply",
-      chunks: Array.from({ length: 40 }, (_, i) => `piece${i} `),
-      pauseMs: 100,
-    });
+    upstream.enqueue(LONG_ANSWER);
     // Read on in the background: its pieces are the progress the trial's wait sees.
     const leave = new AbortController();
     const long = collect(provider.stream(MESSAGES, { signal: leave.signal })).catch(() => null);
