@@ -360,7 +360,10 @@ describe("whose violation a refusal is", () => {
         ["GET", "/api/me/export"],
         ["POST", "/api/chat"],
         ["GET", "/metrics"],
+        ["HEAD", "/metrics"],
+        ["GET", "/metrics/"],
         ["POST", "/api/auth/login"],
+        ["POST", "/api/auth/login/"],
       ];
       for (const [method, path] of attempts) {
         const response = await send(current, path, {
