@@ -192,6 +192,32 @@ export async function streamFirstChunkThenHangUp(
 }
 
 /**
+ * A turn over a real socket (`serverUrl` from serveInProcess) whose client leaves once `leaveWhen`
+ * resolves, whatever it was answered by then, as a browser tab closed mid-request; resolves once
+ * the request has ended on the client's side. `headers` adds to the credential's (`SSE`).
+ */
+export async function chatThenLeave(
+  serverUrl: URL,
+  credential: Record<string, string>,
+  body: { message: string; conversationId?: string },
+  leaveWhen: () => Promise<unknown>,
+  headers: Record<string, string> = {},
+): Promise<void> {
+  const leaving = new AbortController();
+  const answer = fetch(new URL("/api/chat", serverUrl), {
+    method: "POST",
+    headers: { ...credential, ...headers, "content-type": "application/json" },
+    body: JSON.stringify(body),
+    signal: leaving.signal,
+  })
+    .then((response) => response.text())
+    .catch(() => null);
+  await leaveWhen();
+  leaving.abort();
+  await answer;
+}
+
+/**
  * A conversation of `turns` turns (`turn 0` …), the clock a minute on every ten so no limit
  * refuses one; its id.
  */

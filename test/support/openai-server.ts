@@ -16,7 +16,9 @@
  * - `reply`: a chat.completion (JSON), or for `stream: true` chunks of the text (one per word, or
  *   `chunks`) with `pauseMs` between them, a finish chunk, a usage-only chunk when the client asked
  *   for `stream_options.include_usage`, then `data: [DONE]`; `pauses` sets the pause before each
- *   delta on its own (a stall mid-stream). `usage: false` sends no usage at all
+ *   delta on its own (a stall mid-stream); `reasoning` streams those pieces of the model's reasoning
+ *   first (`delta.reasoning_content`, or `delta.reasoning` with `reasoningField`), `pauseMs` apart,
+ *   as reasoning models served by vLLM, DeepSeek, Ollama or OpenRouter do. `usage: false` sends no usage at all
  *   (as some local servers do); `delayMs` waits before answering. A JSON reply comes after the
  *   time its stream would take (`delayMs` and every pause), as a server generating it whole sends it.
  * - `error`: an OpenAI-style error body with `status`, and `Retry-After` / `retry-after-ms` headers.
@@ -54,6 +56,10 @@ export type UpstreamStep =
       finishReason?: string;
       /** In a stream, a second finish chunk after the first, with this reason. */
       thenFinish?: string;
+      /** In a stream, reasoning pieces sent before the reply's, each in a chunk of its own. */
+      reasoning?: string[];
+      /** The delta field the reasoning comes in. @default "reasoning_content" */
+      reasoningField?: "reasoning_content" | "reasoning";
     }
   | {
       kind: "error";
@@ -310,6 +316,17 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
       ];
     }
     const actions: Action[] = [{ pauseMs: delay, write: first }];
+    if (step.kind === "reply") {
+      const field = step.reasoningField ?? "reasoning_content";
+      for (const thought of step.reasoning ?? []) {
+        actions.push({
+          pauseMs: pause,
+          write: chunk([
+            { index: 0, delta: { [field]: thought }, logprobs: null, finish_reason: null },
+          ]),
+        });
+      }
+    }
     const pauses = step.kind === "reply" ? step.pauses : undefined;
     pieces.forEach((piece, i) => {
       actions.push({ pauseMs: pauses?.[i] ?? pause, write: delta(piece) });

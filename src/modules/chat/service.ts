@@ -16,9 +16,11 @@
  *    answer waits for its commit. A stream that stops early
  *    (the client went away: its signal aborts the provider) stores what was received, marked
  *    incomplete. A turn aborted before any text (the client went away after the upstream was
- *    called) stores nothing and is charged its prompt's estimate: the upstream was sent, and bills,
- *    the prompt. A failed call stores nothing (unless a stream had already sent text) and gives
- *    the reservation back; so does a turn aborted before the provider was called.
+ *    called) stores nothing and is charged its prompt's estimate and that of any reasoning the
+ *    model streamed: the upstream was sent, and bills, the prompt. A failed call stores nothing
+ *    (unless a stream had already sent text) and gives the reservation back, unless the upstream
+ *    had generated reply or reasoning, which is charged; a turn aborted before the provider was
+ *    called gives it back too.
  *
  * Every conversation and message is sealed as it is written (history-seal.ts). A turn continuing a
  * conversation whose row, or a message in the window the model will read, fails its seal is
@@ -70,7 +72,7 @@ import {
   type StoredConversation,
   shownUsage,
 } from "./readable-columns";
-import { estimatePromptTokens, estimateTokens } from "./tokens";
+import { estimatePromptTokens, estimateTokens, estimateTokensOf } from "./tokens";
 import { WellFormedPieces } from "./well-formed-pieces";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -569,6 +571,8 @@ export class ChatService implements ChatTurns {
     let text = "";
     // What the consumer was handed: a reply cut short is stored as far as this (below).
     let handed = "";
+    // The model's reasoning received, counted and never kept: billed with what was handed.
+    let reasoning = 0;
     let usage: TokenUsage | null = null;
     // The upstream's content filter ended the reply part-way: stored as cut short (probe 69b F3).
     let cut = false;
@@ -588,6 +592,10 @@ export class ChatService implements ChatTurns {
         if (delta.kind === "usage") {
           usage = delta.usage;
           cut = delta.cut === true;
+          continue;
+        }
+        if (delta.kind === "reasoning") {
+          reasoning += delta.characters;
           continue;
         }
         text += delta.text;
@@ -614,17 +622,18 @@ export class ChatService implements ChatTurns {
       // told failed (probe 54a F3).
       text = finished ? text.toWellFormed() : handed;
       if (finished) {
-        const used = usage ?? this.estimatedUsage(turn, text);
+        const used = usage ?? this.estimatedUsage(turn, text.length + reasoning);
         await this.store(turn, text, used, cut);
       } else if (text !== "") {
         // Cut short after some text: keep what was received, counted by estimate.
-        await this.store(turn, text, usage ?? this.estimatedUsage(turn, text), true);
+        const used = usage ?? this.estimatedUsage(turn, text.length + reasoning);
+        await this.store(turn, text, used, true);
         if (failure !== null && !isAbort(failure, signal)) this.logFailure(turn, failure);
       } else {
-        await this.failed(turn, failure, signal, sent);
+        await this.failed(turn, failure, signal, sent, reasoning);
       }
     }
-    const stored = usage ?? this.estimatedUsage(turn, text);
+    const stored = usage ?? this.estimatedUsage(turn, text.length + reasoning);
     yield {
       kind: "done",
       turn: { conversationId: turn.conversationId, reply: text, usage: stored },
@@ -632,54 +641,64 @@ export class ChatService implements ChatTurns {
   }
 
   /**
-   * The usage of text no upstream counted: one token per four characters, never past the
-   * provider's completion cap, as a counted reply is not. A stream cut short (at the kept-text
-   * bound, by the upstream, by the client) was stored and counted by its length alone: 16,384
-   * tokens against a cap of 200 (probe 34a F1).
+   * The usage of `generated` characters (of reply and reasoning) no upstream counted: one token per
+   * four characters, never past the provider's completion cap, as a counted reply is not. A stream
+   * cut short (at the kept-text bound, by the upstream, by the client) was stored and counted by its
+   * length alone: 16,384 tokens against a cap of 200 (probe 34a F1).
    */
-  private estimatedUsage(turn: PreparedTurn, text: string): TokenUsage {
+  private estimatedUsage(turn: PreparedTurn, generated: number): TokenUsage {
     return {
       promptTokens: turn.promptEstimate,
-      completionTokens: Math.min(estimateTokens(text), this.options.provider.maxCompletionTokens),
+      completionTokens: Math.min(
+        estimateTokensOf(generated),
+        this.options.provider.maxCompletionTokens,
+      ),
     };
   }
 
   /**
-   * A call that produced nothing. Aborted after the upstream was sent the prompt (the client went
+   * A call that stored nothing. Aborted after the upstream was sent the prompt (the client went
    * away, however early): the prompt's estimate is charged, since the upstream bills it. Failed
-   * after the upstream generated text (`billedReply`): the prompt and that text are charged. Failed
-   * otherwise, or aborted before the call: the reservation is given back. Counted, and logged why.
+   * or aborted after the upstream generated reply or reasoning (`reasoning` counted by a stream
+   * that handed no text, or the error's `billedCharacters`): the prompt and what it generated are
+   * charged. Failed otherwise, or aborted before the call: the reservation is given back. Counted,
+   * and logged why.
    */
   private async failed(
     turn: PreparedTurn,
     error: unknown,
     signal: AbortSignal | undefined,
     sent: boolean,
+    reasoning = 0,
   ) {
     const { metrics, provider } = this.options;
-    // Reply text the upstream sent (and bills) before the turn failed or its caller left: charged,
-    // never stored, since the client is told the turn failed (probes 69b F2, 69e F1).
-    const billedReply =
-      error instanceof AbortedMidReply || error instanceof UpstreamFailure
-        ? error.billedReply
-        : undefined;
+    // What the upstream generated (and bills) before the turn failed or its caller left: charged,
+    // never stored, since the client is told the turn failed (probes 69b F2, 69e F1, 69f F2).
+    const billed =
+      reasoning +
+      (error instanceof AbortedMidReply || error instanceof UpstreamFailure
+        ? error.billedCharacters
+        : 0);
     if (error === null || isAbort(error, signal)) {
       // The upstream was sent the prompt, unless every attempt was refused before the caller left.
-      if (billedReply !== undefined) await this.charge(turn, billedReply);
-      else if (sent && !(error instanceof UnbilledAbort)) await this.charge(turn, "");
+      if (billed > 0 || (sent && !(error instanceof UnbilledAbort)))
+        await this.charge(turn, billed);
       else await this.endReservation(turn, null);
       metrics.request(provider.name, "incomplete");
       return;
     }
-    if (billedReply !== undefined) await this.charge(turn, billedReply);
+    if (billed > 0) await this.charge(turn, billed);
     else await this.endReservation(turn, null);
     metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "error");
     this.logFailure(turn, error);
   }
 
-  /** Settles a turn that stored nothing to its prompt's estimate and that of `reply`, and counts it. */
-  private async charge(turn: PreparedTurn, reply: string) {
-    const billed = this.estimatedUsage(turn, reply);
+  /**
+   * Settles a turn that stored nothing to its prompt's estimate and that of the `generated`
+   * characters, and counts it.
+   */
+  private async charge(turn: PreparedTurn, generated: number) {
+    const billed = this.estimatedUsage(turn, generated);
     await this.endReservation(turn, billed.promptTokens + billed.completionTokens);
     this.options.metrics.tokens(billed.promptTokens, billed.completionTokens);
   }

@@ -9,7 +9,12 @@ import type { ChatMessage } from "./providers/provider";
 
 /** ⌈UTF-16 length / 4⌉; 0 for the empty string. */
 export function estimateTokens(text: string): number {
-  return Math.ceil(text.length / 4);
+  return estimateTokensOf(text.length);
+}
+
+/** The estimate of text known by its length alone (reasoning that is counted, never kept). */
+export function estimateTokensOf(characters: number): number {
+  return Math.ceil(characters / 4);
 }
 
 /** The prompt's estimate: the sum over its messages. */

@@ -185,6 +185,30 @@ describe("replies", () => {
     expect(estimateTokens("")).toBe(0);
     expect(estimateTokens("abcde")).toBe(2);
   });
+
+  test("streamed reasoning, in either field, is counted as it arrives and into an estimated usage, never as text (probe 69f F2)", async () => {
+    const messages: ChatMessage[] = [{ role: "user", content: "efghijklm" }];
+    for (const reasoningField of ["reasoning_content", "reasoning"] as const) {
+      upstream.enqueue({
+        kind: "reply",
+        reasoning: ["Think", "ing hard."],
+        reasoningField,
+        chunks: ["0123456789"],
+        usage: false,
+      });
+      const deltas = await collect(provider.stream(messages));
+      // 14 characters of reasoning and 10 of reply: 6 tokens, where the reply alone is 3.
+      expect(deltas).toEqual([
+        { kind: "reasoning", characters: 5 },
+        { kind: "reasoning", characters: 9 },
+        { kind: "text", text: "0123456789" },
+        { kind: "usage", usage: { promptTokens: 3, completionTokens: 6 } },
+      ]);
+    }
+    upstream.enqueue({ kind: "reply", reasoning: ["Thinking hard."], text: "0123456789" });
+    const completion = await provider.complete(messages);
+    expect(completion.text).toBe("0123456789");
+  });
 });
 
 describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => {

@@ -10,8 +10,19 @@ import { eq } from "drizzle-orm";
 import { chatMessages, chatUsage } from "../../../src/db/schema";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
-import { asUser, chat, parseSse, SSE, streamFirstChunkThenHangUp } from "../../support/chat";
-import { type OpenAiServer, startOpenAiServer } from "../../support/openai-server";
+import {
+  asUser,
+  chat,
+  chatThenLeave,
+  parseSse,
+  SSE,
+  streamFirstChunkThenHangUp,
+} from "../../support/chat";
+import {
+  type OpenAiServer,
+  startOpenAiServer,
+  type UpstreamStep,
+} from "../../support/openai-server";
 import { type SentryServer, startSentryServer } from "../../support/sentry-server";
 import { waitFor } from "../../support/wait";
 
@@ -43,6 +54,39 @@ async function setUp(env: Record<string, string> = {}) {
   });
   const alice = await signUp(target);
   return { upstream, target, alice };
+}
+
+/**
+ * The tokens `session`'s user was charged for a turn it left after about `received` pieces of an
+ * upstream sending one every 50 ms (-2: before the upstream's first piece), once settled.
+ */
+async function usedAfterLeaving(
+  app: TestApp,
+  server: OpenAiServer,
+  serverUrl: URL,
+  session: { accessToken: string; userId: string },
+  received: number,
+  headers: Record<string, string> = {},
+): Promise<number> {
+  const usedBy = () =>
+    app.db
+      .select()
+      .from(chatUsage)
+      .all()
+      .find((row) => row.ownerKind === "user" && row.ownerId === session.userId);
+  const index = server.requests.length;
+  await chatThenLeave(
+    serverUrl,
+    asUser(session),
+    { message: "The same question" },
+    async () => {
+      await waitFor(() => server.requests.length > index, { what: "the upstream request" });
+      await Bun.sleep(received * 50 + 25);
+    },
+    headers,
+  );
+  await waitFor(() => usedBy()?.reservedTokens === 0, { what: "the reservation ended" });
+  return usedBy()!.usedTokens;
 }
 
 const assistantRows = (app: TestApp) =>
@@ -251,34 +295,20 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     try {
       // 429, asked to wait 2 s: the client leaves during the wait. Nothing was generated.
       upstream.enqueue({ kind: "error", status: 429, retryAfter: "2" });
-      const leaving = new AbortController();
-      const waited = fetch(new URL("/api/chat", server.url), {
-        method: "POST",
-        headers: { ...asUser(alice), "content-type": "application/json" },
-        body: JSON.stringify({ message: "Hello" }),
-        signal: leaving.signal,
-      }).catch(() => null);
-      await waitFor(() => upstream.requests.length === 1, { what: "the refused attempt" });
-      await Bun.sleep(100);
-      leaving.abort();
-      await waited;
+      await chatThenLeave(server.url, asUser(alice), { message: "Hello" }, async () => {
+        await waitFor(() => upstream.requests.length === 1, { what: "the refused attempt" });
+        await Bun.sleep(100);
+      });
       await waitFor(() => usage()?.reservedTokens === 0, { what: "the reservation ended" });
       expect(usage()).toMatchObject({ usedTokens: 0, reservedTokens: 0 });
 
       // The upstream is generating (the reply comes in 2 s) when the client leaves: the prompt
       // was sent, and is billed.
       upstream.enqueue({ kind: "reply", text: "late", delayMs: 2_000 });
-      const midway = new AbortController();
-      const inFlight = fetch(new URL("/api/chat", server.url), {
-        method: "POST",
-        headers: { ...asUser(alice), "content-type": "application/json" },
-        body: JSON.stringify({ message: "Hello again" }),
-        signal: midway.signal,
-      }).catch(() => null);
       // The refused request was not retried once its client left: this is the second request.
-      await waitFor(() => upstream.requests.length === 2, { what: "the generating attempt" });
-      midway.abort();
-      await inFlight;
+      await chatThenLeave(server.url, asUser(alice), { message: "Hello again" }, () =>
+        waitFor(() => upstream.requests.length === 2, { what: "the generating attempt" }),
+      );
       await waitFor(() => usage()?.reservedTokens === 0, { what: "the reservation ended" });
       expect(usage()!.usedTokens).toBeGreaterThan(0);
     } finally {
@@ -290,32 +320,9 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
     const bob = await signUp(target);
     const server = serveInProcess(target);
-    const usedBy = (userId: string) =>
-      target.db
-        .select()
-        .from(chatUsage)
-        .all()
-        .find((row) => row.ownerKind === "user" && row.ownerId === userId);
     const words = Array.from({ length: 40 }, (_, i) => `word${i} `);
-    const leaveAfter = async (session: typeof alice, received: number) => {
-      const leaving = new AbortController();
-      const answer = fetch(new URL("/api/chat", server.url), {
-        method: "POST",
-        headers: { ...asUser(session), "content-type": "application/json" },
-        body: JSON.stringify({ message: "The same question" }),
-        signal: leaving.signal,
-      }).catch(() => null);
-      const index = upstream.requests.length;
-      await waitFor(() => upstream.requests.length > index, { what: "the upstream request" });
-      // Pieces come every 50 ms: leave after about `received` of them.
-      await Bun.sleep(received * 50 + 25);
-      leaving.abort();
-      await answer;
-      await waitFor(() => usedBy(session.userId)?.reservedTokens === 0, {
-        what: "the reservation ended",
-      });
-      return usedBy(session.userId)!.usedTokens;
-    };
+    const leaveAfter = (session: typeof alice, received: number) =>
+      usedAfterLeaving(target, upstream, server.url, session, received);
     upstream.setDefault({ kind: "reply", chunks: words, pauseMs: 50, delayMs: 200 });
     try {
       // Alice leaves before any text came (the prompt only); Bob after about twenty pieces.
@@ -328,6 +335,76 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
       await server.shutdown("test");
     }
   }, 20_000);
+
+  test("a turn whose client leaves while the model reasons, JSON or streamed, is charged the reasoning received too (probe 69f F2)", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
+    const bob = await signUp(target);
+    const carol = await signUp(target);
+    const server = serveInProcess(target);
+    // Forty pieces of reasoning, 24 characters each, 50 ms apart, before a one-word reply.
+    const thoughts = Array.from({ length: 40 }, (_, i) => `considering option ${i}. `.padEnd(24));
+    upstream.setDefault({
+      kind: "reply",
+      reasoning: thoughts,
+      chunks: ["Answer."],
+      pauseMs: 50,
+      delayMs: 200,
+    });
+    try {
+      const promptOnly = await usedAfterLeaving(target, upstream, server.url, alice, -2);
+      // About twenty pieces of reasoning: ~480 characters, ~120 tokens by the estimate.
+      const json = await usedAfterLeaving(target, upstream, server.url, bob, 20);
+      const streamed = await usedAfterLeaving(target, upstream, server.url, carol, 20, SSE);
+      expect(promptOnly).toBeGreaterThan(0);
+      expect(json).toBeGreaterThan(promptOnly + 60);
+      expect(streamed).toBeGreaterThan(promptOnly + 60);
+      // No reply text came: nothing is stored.
+      expect(assistantRows(target)).toHaveLength(0);
+    } finally {
+      await server.shutdown("test");
+    }
+  }, 20_000);
+
+  test("a turn whose upstream goes silent while reasoning fails as before and is charged the prompt and the reasoning; a finished one without usage is estimated with it (probe 69f F2)", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "200" });
+    // 4 pieces of 16 characters: 16 tokens of reasoning; then silence past the timeout.
+    const thoughts = [
+      "first, the facts",
+      "then the options",
+      "then the choice.",
+      "and its reasons.",
+    ];
+    const silent: UpstreamStep = {
+      kind: "reply",
+      reasoning: thoughts,
+      chunks: ["Never"],
+      pauses: [2_000],
+    };
+    upstream.enqueue(silent, silent);
+    const json = await chat(target, asUser(alice), { message: "Hello" });
+    expect(json.status).toBe(503);
+    await upstream.waitForAbort(0);
+    // A stream that failed before any reply text is answered with the failure's own status.
+    const streamed = await chat(target, asUser(alice), { message: "Hello" }, SSE);
+    expect(streamed.status).toBe(503);
+    expect(((await streamed.json()) as Problem).code).toBe("UPSTREAM_UNAVAILABLE");
+    await upstream.waitForAbort(1);
+    expect(upstream.requests).toHaveLength(2);
+    expect(assistantRows(target)).toHaveLength(0);
+    const [usage] = target.db.select().from(chatUsage).all();
+    expect(usage!.reservedTokens).toBe(0);
+    expect(await metricsText(target)).toMatch(
+      /chat_tokens_total\{[^}]*kind="completion"[^}]*\} 32\n/,
+    );
+
+    // Finished, with no usage reported: the reply's 5 characters and the reasoning's 64, 18 tokens.
+    upstream.enqueue({ kind: "reply", reasoning: thoughts, chunks: ["Done."], usage: false });
+    const finished = await chat(target, asUser(alice), { message: "Hello" });
+    expect(finished.status).toBe(200);
+    const body = (await finished.json()) as { reply: string; usage: { completionTokens: number } };
+    expect(body.reply).toBe("Done.");
+    expect(body.usage.completionTokens).toBe(18);
+  });
 
   test("429 with Retry-After, then success: 200 after waiting what the upstream asked", async () => {
     const { upstream, target, alice } = await setUp();

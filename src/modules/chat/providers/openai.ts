@@ -30,8 +30,9 @@
  * - **Usage**: the upstream's `usage` (the stream's final chunk with
  *   `stream_options.include_usage`); servers that send none, or a count that cannot be one of that
  *   text (past 10^8, under a fortieth of the estimate: zero for text that is not empty), get an
- *   estimate of one token per four characters (`estimateTokens`), never zero; a completion is
- *   never counted past the cap the request carried.
+ *   estimate of one token per four characters (`estimateTokens`) of the reply and of any reasoning
+ *   streamed beside it (counted as it arrives, never kept), never zero; a completion is never
+ *   counted past the cap the request carried.
  * - **Length**: every request carries CHAT_MAX_COMPLETION_TOKENS as the reply's cap
  *   (`completionCapField`: `max_completion_tokens` for api.openai.com, `max_tokens` elsewhere), so
  *   the completion a turn reserves against its budget is a real bound; a reply longer than 32
@@ -54,7 +55,7 @@ import {
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
-import { estimateTokens } from "../tokens";
+import { estimateTokens, estimateTokensOf } from "../tokens";
 import { CircuitBreaker, type CircuitPermit } from "./circuit-breaker";
 import type { UpstreamMetrics } from "./metrics";
 import {
@@ -237,6 +238,19 @@ function deltaText(choice: Record<string, unknown>): string {
   return typeof refusal === "string" ? refusal : "";
 }
 
+/**
+ * The characters of reasoning a stream chunk's choice carries (`reasoning_content` from DeepSeek,
+ * vLLM and llama.cpp; `reasoning` from Ollama and OpenRouter): never shown, but billed.
+ */
+function reasoningCharacters(choice: Record<string, unknown>): number {
+  if (!isRecord(choice.delta)) return 0;
+  const { reasoning_content: reasoningContent, reasoning } = choice.delta;
+  return (
+    (typeof reasoningContent === "string" ? reasoningContent.length : 0) +
+    (typeof reasoning === "string" ? reasoning.length : 0)
+  );
+}
+
 /** Whether a stream chunk answers: text of the reply, or its finish. */
 function answers(chunk: unknown): boolean {
   const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
@@ -378,14 +392,14 @@ function believed(reported: number | undefined, estimate: number): number {
 function chargedUsage(
   reported: TokenUsage | undefined,
   messages: readonly ChatMessage[],
-  text: string,
+  generated: number,
   maxCompletionTokens: number,
 ): TokenUsage {
   return {
     promptTokens: believed(reported?.promptTokens, estimatePromptTokens(messages)),
     completionTokens: Math.min(
       maxCompletionTokens,
-      believed(reported?.completionTokens, estimateTokens(text)),
+      believed(reported?.completionTokens, estimateTokensOf(generated)),
     ),
   };
 }
@@ -645,23 +659,26 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
    * each such turn cost the upstream three generations and its owner nothing (probe 69b F1, F2).
    * As a stream, only silence is a timeout (as for a streamed turn), a generation that progresses
    * runs to its end (within the stream's bound), and a trial is decided by its first answer.
-   * A request that fails after the upstream generated text says what it generated (`billedReply`):
-   * the upstream bills it, and so does the turn.
+   * A request that fails after the upstream generated text or reasoning says how much it generated
+   * (`billedCharacters`): the upstream bills it, and so does the turn.
    */
   async function complete(
     messages: readonly ChatMessage[],
     opts: CompletionOptions = {},
   ): Promise<Completion> {
     let text = "";
+    let reasoning = 0;
     let end: Extract<Delta, { kind: "usage" }> | undefined;
     try {
       for await (const delta of stream(messages, opts)) {
         if (delta.kind === "usage") end = delta;
+        else if (delta.kind === "reasoning") reasoning += delta.characters;
         else text += delta.text;
       }
     } catch (error) {
-      if (text !== "" && error instanceof UpstreamFailure) error.billedReply = text;
-      else if (text !== "" && opts.signal?.aborted) throw new AbortedMidReply(error, text);
+      const generated = text.length + reasoning;
+      if (generated > 0 && error instanceof UpstreamFailure) error.billedCharacters = generated;
+      else if (generated > 0 && opts.signal?.aborted) throw new AbortedMidReply(error, generated);
       throw error;
     }
     // A stream that ends without throwing has given its usage last.
@@ -720,6 +737,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       }
       const pending = read;
       let text = "";
+      // Characters of reasoning received: billed, so counted into an estimated usage.
+      let reasoning = 0;
       let finished = false;
       let usage: TokenUsage | undefined;
       let idle = false;
@@ -776,6 +795,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         usage = readUsage(chunk.usage) ?? usage;
         const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
         if (isRecord(choice)) {
+          const thought = reasoningCharacters(choice);
+          if (thought > 0) {
+            reasoning += thought;
+            yield { kind: "reasoning", characters: thought };
+          }
           const delta = deltaText(choice);
           if (delta !== "") {
             if (text.length + delta.length > maxReplyChars) {
@@ -823,7 +847,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         const line = { requestId: requestId ?? null, provider: PROVIDER, model, attempts };
         logger.info(line, "chat upstream answered after a retry");
       }
-      const charged = chargedUsage(usage, messages, text, maxCompletionTokens);
+      const charged = chargedUsage(usage, messages, text.length + reasoning, maxCompletionTokens);
       yield filtered
         ? { kind: "usage", usage: charged, cut: true }
         : { kind: "usage", usage: charged };

@@ -33,10 +33,13 @@ export interface Completion {
 
 /**
  * One piece of a streamed reply: text as it arrives, then the usage once, at the end (with `cut`
- * when the upstream's content filter ended the reply part-way).
+ * when the upstream's content filter ended the reply part-way). A model that streams its reasoning
+ * (`reasoning_content`, `reasoning`) has it counted as it arrives, never shown or kept: the
+ * upstream bills it, so a turn that ends before its usage is charged it (probe 69f F2).
  */
 export type Delta =
   | { kind: "text"; text: string }
+  | { kind: "reasoning"; characters: number }
   | { kind: "usage"; usage: TokenUsage; cut?: boolean };
 
 export interface ChatProvider {
@@ -71,15 +74,16 @@ export class UnbilledAbort extends Error {
 }
 
 /**
- * The caller left after the upstream had sent part of the reply (a turn answered whole, which was
- * still collecting it): an abort like any other (`AbortError`), for which the turn is charged its
- * prompt and the text received, as a streamed turn cut short is (probe 69e F1).
+ * The caller left after the upstream had sent part of the reply or of its reasoning (a turn
+ * answered whole, which was still collecting it): an abort like any other (`AbortError`), for which
+ * the turn is charged its prompt and what was received, as a streamed turn cut short is (probes
+ * 69e F1, 69f F2).
  */
 export class AbortedMidReply extends Error {
   constructor(
     readonly reason: unknown,
-    /** The reply text received before the caller left: the upstream bills it. */
-    readonly billedReply: string,
+    /** The characters of reply and reasoning received before the caller left: the upstream bills them. */
+    readonly billedCharacters: number,
   ) {
     super("The caller left while the reply was arriving");
     this.name = "AbortError";
@@ -113,8 +117,9 @@ export class UpstreamFailure extends Error {
   logged = false;
 
   /**
-   * The reply text the upstream had generated when the request failed (a stream gone silent or cut
-   * after some text), which it bills: a turn answered whole stores none of it but is charged it.
+   * The characters of reply and reasoning the upstream had generated when the request failed (a
+   * stream gone silent or cut after some), which it bills: a turn answered whole stores none of it
+   * but is charged it. 0 when nothing was generated.
    */
-  billedReply: string | undefined = undefined;
+  billedCharacters = 0;
 }
