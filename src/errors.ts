@@ -16,6 +16,7 @@ export const ERROR_CODES = [
   "FORBIDDEN",
   "RATE_LIMITED",
   "QUOTA_EXCEEDED",
+  "TOO_MANY_TURNS",
   "IP_BLOCKED",
   "CSRF_FAILED",
   "CROSS_SITE_REFUSED",
@@ -80,6 +81,7 @@ export function statusForCode(code: ErrorCode): number {
       return 415;
     case "RATE_LIMITED":
     case "QUOTA_EXCEEDED":
+    case "TOO_MANY_TURNS":
       return 429;
     case "INTERNAL":
       return 500;
@@ -122,6 +124,7 @@ const TITLES: Record<ErrorCode, string> = {
   FORBIDDEN: "Not allowed",
   RATE_LIMITED: "Too many requests",
   QUOTA_EXCEEDED: "A usage quota is spent",
+  TOO_MANY_TURNS: "Too many chat turns in flight",
   IP_BLOCKED: "This address is blocked",
   CSRF_FAILED: "CSRF check failed",
   CROSS_SITE_REFUSED: "Cross-site request refused",

@@ -129,11 +129,16 @@ export const SECURITY_DASHBOARD: DashboardSpec = {
           queries: [q(rateBy(METRIC.webhookSignatureFailures, "provider"), "{{provider}}")],
         },
         {
-          title: "Token budget refusals",
-          description: "Chat turns refused 429 QUOTA_EXCEEDED over CHAT_DAILY_TOKEN_BUDGET",
+          title: "Token budget and concurrent-turn refusals",
+          description:
+            "Chat turns refused 429 QUOTA_EXCEEDED over CHAT_DAILY_TOKEN_BUDGET, and 429 TOO_MANY_TURNS past CHAT_MAX_CONCURRENT_TURNS",
           unit: "reqps",
           queries: [
-            q(rateBy(METRIC.chatRequests, "provider", '{outcome="quota"}'), "{{provider}}"),
+            q(rateBy(METRIC.chatRequests, "provider", '{outcome="quota"}'), "{{provider}} budget"),
+            q(
+              rateBy(METRIC.chatRequests, "provider", '{outcome="concurrent"}'),
+              "{{provider}} concurrent",
+            ),
           ],
         },
       ],

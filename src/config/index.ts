@@ -105,6 +105,8 @@ export interface Config {
     contextTokens: number;
     /** Tokens per principal per UTC day; 0 turns the budget off. */
     dailyTokenBudget: number;
+    /** Turns one principal may have in flight at once, in every process on the file; 0: no limit. */
+    concurrentTurns: number;
     /** The most an upstream reply may produce (sent as its cap, reserved against the budget). */
     maxCompletionTokens: number;
   };
@@ -371,6 +373,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
         0,
         1_000_000_000,
       ),
+      concurrentTurns: integer("CHAT_MAX_CONCURRENT_TURNS", profile.chatConcurrentTurns, 0, 10_000),
     },
     stripe: {
       secretKey: stripeSecretKey(optionalSecret("STRIPE_SECRET_KEY"), appEnv),

@@ -63,6 +63,8 @@ export interface ProfileDefaults {
   chatRetentionDays: number;
   /** Tokens per principal per UTC day (0: no budget). */
   chatDailyTokenBudget: number;
+  /** Chat turns one principal may have in flight at once, across processes (0: no limit). */
+  chatConcurrentTurns: number;
 }
 
 const KIB = 1024;
@@ -108,6 +110,7 @@ const deployed: ProfileDefaults = {
   auditRetentionDays: 90,
   chatRetentionDays: 365,
   chatDailyTokenBudget: 200_000,
+  chatConcurrentTurns: 4,
 };
 
 export const PROFILES: Record<AppEnv, ProfileDefaults> = {
@@ -122,6 +125,7 @@ export const PROFILES: Record<AppEnv, ProfileDefaults> = {
     openapiPublic: true,
     generateMissingSecrets: true,
     chatDailyTokenBudget: 0,
+    chatConcurrentTurns: 0,
   },
   staging: { ...deployed, docsPage: true, openapiPublic: true },
   production: deployed,

@@ -73,6 +73,10 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("CHAT_CONTEXT_TOKENS", "estimated tokens of context sent upstream, at most"),
   v("CHAT_MAX_COMPLETION_TOKENS", "the most tokens one upstream reply may produce (its cap)"),
   v("CHAT_DAILY_TOKEN_BUDGET", "chat tokens per principal per UTC day (0: no budget)"),
+  v(
+    "CHAT_MAX_CONCURRENT_TURNS",
+    "chat turns one principal may have in flight at once (0: no limit)",
+  ),
   v("STRIPE_SECRET_KEY", "Stripe secret key", true),
   v("STRIPE_WEBHOOK_SECRET", "Stripe webhook signing secret (comma list during a roll)", true),
   v("STRIPE_API_URL", "a local Stripe-compatible server, for tests"),

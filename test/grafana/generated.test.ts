@@ -135,7 +135,7 @@ describe("generated files", () => {
       "Webhook signature failures by provider",
       "4xx and 5xx by route",
       "Audit events by type",
-      "Token budget refusals",
+      "Token budget and concurrent-turn refusals",
       "Request rate by route",
       "Latency by route (p50, p95, p99)",
       "Error ratio",

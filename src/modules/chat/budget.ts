@@ -15,6 +15,11 @@
  * 3. release: a call that failed before the upstream was sent anything gives its reservation back;
  *    an aborted one settles its prompt's estimate plus what it received (the upstream billed them).
  *
+ * `CHAT_MAX_CONCURRENT_TURNS` is decided in the same transaction, before the budget: a turn is
+ * refused when its owner already has that many reservation rows (turns in flight) in any process
+ * on the file, so one principal cannot hold every slot of an upstream that answers a few requests
+ * at a time, and the count is exact across processes as the budget is.
+ *
  * Each reservation is also a row naming the process that holds it (./reservations.ts): what a
  * process killed mid-turn reserved is given back by another's maintenance a minute later, and a
  * reservation a reset or an erasure cleared is not taken from `reserved` a second time when its
@@ -144,6 +149,7 @@ export interface Reservation {
 export type ReserveOutcome =
   | { kind: "reserved"; reservation: Reservation }
   | { kind: "over_budget"; retryAfterSeconds: number }
+  | { kind: "too_many_turns" }
   | { kind: "owner_gone" };
 
 /** A page of a day's usage: at most `limit` rows, after the position `after` when given. */
@@ -196,6 +202,8 @@ export interface ChatBudgetOptions {
   ownerExists?: (owner: ChatOwner) => boolean;
   /** This process's id in `chat_holders` and on its reservations; a random one when absent. */
   holder?: string;
+  /** CHAT_MAX_CONCURRENT_TURNS: turns one owner may have in flight at once; 0 or absent: no limit. */
+  concurrentTurns?: number;
 }
 
 export class ChatBudget {
@@ -286,6 +294,10 @@ export class ChatBudget {
       (owner: ChatOwner, tokens: number, now: number): ReserveOutcome => {
         const day = utcDay(now);
         const key = { kind: owner.kind, id: owner.id, day };
+        const concurrentTurns = options.concurrentTurns ?? 0;
+        if (concurrentTurns > 0 && this.turns.inFlight(owner) >= concurrentTurns) {
+          return { kind: "too_many_turns" };
+        }
         const attempt = () =>
           this.dailyTokens > 0
             ? this.statements.reserveWithin.get({

@@ -45,6 +45,8 @@ export type ChatTurnOutcome =
   | { kind: "refused" }
   | { kind: "not_found" }
   | { kind: "over_budget"; retryAfterSeconds: number }
+  /** The owner has CHAT_MAX_CONCURRENT_TURNS turns in flight already: asking again later may pass. */
+  | { kind: "too_many_turns" }
   /** The owner was erased (or its key revoked) while the turn was prepared: nothing is kept. */
   | { kind: "owner_gone" };
 

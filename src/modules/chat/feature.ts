@@ -51,6 +51,7 @@ export function chatFeature(core: Core, options: ChatFeatureOptions = {}): ChatF
   const provider = options.provider ?? createChatProvider(config, { logger, registry, clock });
   const budget = new ChatBudget(db.$client, config.chat.dailyTokenBudget, {
     ownerExists: options.ownerExists,
+    concurrentTurns: config.chat.concurrentTurns,
   });
   const metrics = chatMetrics(registry, provider.name);
   const service = new ChatService({

@@ -356,6 +356,14 @@ export function chatModule(options: ChatModuleOptions) {
             { "retry-after": String(prepared.retryAfterSeconds) },
           );
         }
+        if (prepared.kind === "too_many_turns") {
+          throw new AppError(
+            "TOO_MANY_TURNS",
+            "Too many of your chat turns are still being answered; send this one when one ends.",
+            undefined,
+            { "retry-after": "1" },
+          );
+        }
         if (wantsEventStream(request.headers.get("accept"))) {
           // A Response is sent as it is (no response-schema check); the 200 schema is the JSON one.
           return (await eventStream(service, prepared.turn, {

@@ -5,6 +5,7 @@
  *
  * Outcomes: `ok` (a full reply), `incomplete` (the client went away, or the upstream cut the
  * stream after some text: what arrived was stored), `quota` (over the daily budget),
+ * `concurrent` (the principal had CHAT_MAX_CONCURRENT_TURNS turns in flight already: 429),
  * `upstream_error` (the provider failed: 502/503), `not_found` (another's or no conversation),
  * `owner_gone` (the user was erased, or the key revoked, while the turn was prepared: 401),
  * `invalid` (a message the rules refuse), `error` (the provider failed unexpectedly: 500).
@@ -26,6 +27,7 @@ export const CHAT_OUTCOMES = [
   "ok",
   "incomplete",
   "quota",
+  "concurrent",
   "upstream_error",
   "not_found",
   "owner_gone",

@@ -160,6 +160,14 @@ export class TurnReservations {
           .where(eq(r.id, sql`CAST(${sql.placeholder("storedId")} AS INTEGER)`))
           .prepare(),
       endOfOwnerDay: () => db.delete(r).where(ownerDayPlaceholders(r)).prepare(),
+      inFlight: () =>
+        db
+          .select({ turns: sql<number>`count(*)` })
+          .from(r)
+          .where(
+            and(eq(r.ownerKind, sql.placeholder("kind")), eq(r.ownerId, sql.placeholder("id"))),
+          )
+          .prepare(),
       endOfOwner: () =>
         db
           .delete(r)
@@ -234,6 +242,14 @@ export class TurnReservations {
       statements.forgetGone.run(goneOutside(now));
       return { turns: orphans.length + gone.length, tokens };
     });
+  }
+
+  /**
+   * The owner's turns in flight, in every process on the file, whatever day they reserved on; a
+   * turn of a process killed mid-turn counts until its row is given back (a minute on).
+   */
+  inFlight(owner: ChatOwner): number {
+    return this.statements.inFlight.get({ kind: owner.kind, id: owner.id })?.turns ?? 0;
   }
 
   /**

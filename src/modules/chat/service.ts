@@ -492,6 +492,10 @@ export class ChatService implements ChatTurns {
       metrics.request(provider.name, "owner_gone");
       return reserved;
     }
+    if (reserved.kind === "too_many_turns") {
+      metrics.request(provider.name, "concurrent");
+      return reserved;
+    }
     if (reserved.kind === "over_budget") {
       metrics.request(provider.name, "quota");
       const actor = ownerRef(owner);

@@ -530,6 +530,9 @@ export class OutboxWorker {
           return { kind: "reply", reply: UPSTREAM_REFUSED_REPLY, conversationId: previous };
         case "not_found":
           return { kind: "transient", reason: "chat: conversation not found" };
+        // The sender's earlier messages are still being answered: this one waits its turn.
+        case "too_many_turns":
+          return { kind: "transient", reason: "chat: too many turns in flight" };
         // A WhatsApp sender is never erased from under a turn; were it, the row is tried again.
         case "owner_gone":
           return { kind: "transient", reason: "chat: owner gone" };

@@ -399,6 +399,23 @@ describe("chat turns", () => {
     clock.advance(1500);
     await worker.drain();
     expect(graph.sent.map((m) => m.body)).toEqual([OVER_BUDGET_REPLY, "reply to: q"]);
+
+    // The sender's earlier turns still in flight (CHAT_MAX_CONCURRENT_TURNS): waits, never lost.
+    chat.script.push({ kind: "too_many_turns" });
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.B3", from: "16505550001", text: "later" }] }),
+    );
+    await worker.drain();
+    expect(rows(target)[2]).toMatchObject({ state: "pending", reply: null, body: "later" });
+    expect(rows(target)[2]!.last_error).toContain("too many turns in flight");
+    clock.advance(1500);
+    await worker.drain();
+    expect(graph.sent.map((m) => m.body)).toEqual([
+      OVER_BUDGET_REPLY,
+      "reply to: q",
+      "reply to: later",
+    ]);
   });
 
   test("a text the chat model refuses for what it holds gets the fixed notice at once, not retried", async () => {
