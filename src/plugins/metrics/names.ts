@@ -50,6 +50,7 @@ export const METRIC = {
   upstreamCircuitOpen: "upstream_circuit_open",
   /** Counter `{provider, kind}`: upstream requests (attempts) that failed, whoever waited for them. */
   upstreamAttemptFailures: "upstream_attempt_failures_total",
+  upstreamBusyTimeouts: "upstream_busy_timeouts_total",
   /** Counter `{reason}`: error reports Sentry refused or that did not reach it (SENTRY_DSN set). */
   errorReportsFailed: "error_reports_failed_total",
   /** Counter `{status}`: payments by status. */

@@ -850,6 +850,7 @@ describe("circuit breaker", () => {
     // Said so, and no verdict: a failure before them still counts after them (re-probe 69f F1).
     expect(queued.every((failure) => failure.reason.includes("busy upstream"))).toBe(true);
     expect(await circuitIs(0)).toBe(true);
+    expect(await registry.metrics()).toContain('upstream_busy_timeouts_total{provider="openai"} 5');
     expect((await long).text).toStartWith("piece0 piece1");
     // Nothing progressing: the same five timeouts are the upstream's failures.
     const stalled = await Promise.all(
@@ -857,6 +858,7 @@ describe("circuit breaker", () => {
     );
     expect(stalled.map((failure) => failure.kind)).toEqual(Array(5).fill("unavailable"));
     expect(await circuitIs(1)).toBe(true);
+    expect(await registry.metrics()).toContain('upstream_busy_timeouts_total{provider="openai"} 5');
   }, 30_000);
 
   test("a trial that gets no answer fails, however busy another stream keeps the upstream: it never closes the circuit (re-probe 69f F1)", async () => {

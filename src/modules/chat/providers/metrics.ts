@@ -29,11 +29,18 @@ export interface UpstreamMetrics {
    * (whose requests end as 499) still shows (re-probe 15d).
    */
   attemptFailures: Counter<"provider" | "kind">;
+  /**
+   * Requests that timed out while another stream of the process progressed (a busy upstream): each
+   * also an attempt failure, but no verdict for the circuit breaker, so this is what says how often
+   * the rule kept the circuit closed.
+   */
+  busyTimeouts: Counter<"provider">;
 }
 
 const REQUEST_DURATION = METRIC.upstreamRequestDuration;
 const CIRCUIT_OPEN = METRIC.upstreamCircuitOpen;
 const ATTEMPT_FAILURES = METRIC.upstreamAttemptFailures;
+const BUSY_TIMEOUTS = METRIC.upstreamBusyTimeouts;
 
 /** LLM calls run from tens of milliseconds (a cached or local model) to a minute (a long stream). */
 export const UPSTREAM_DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60];
@@ -63,5 +70,11 @@ export function createUpstreamMetrics(registry: Registry, provider: string): Ups
     attemptFailures,
     everyCombination({ provider: [provider], kind: ATTEMPT_FAILURE_KINDS }),
   );
-  return { requestDuration, circuitOpen, attemptFailures };
+  const busyTimeouts = counterIn<"provider">(registry, {
+    name: BUSY_TIMEOUTS,
+    help: "Chat upstream requests that timed out while another stream progressed (a busy upstream): not counted by the circuit breaker",
+    labelNames: ["provider"],
+  });
+  startAtZero(busyTimeouts, [{ provider }]);
+  return { requestDuration, circuitOpen, attemptFailures, busyTimeouts };
 }

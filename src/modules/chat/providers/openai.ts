@@ -632,6 +632,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         if (asked !== undefined) retryAfterSeconds = toldWait(asked);
       }
       const busy = !permit.trial && failed.timedOut === true && othersProgressedSince(startedAt);
+      if (busy) metrics.busyTimeouts.labels(PROVIDER).inc();
       const failure = new UpstreamFailure(
         failed.kind,
         busy ? `${failed.reason}${WHILE_BUSY}` : failed.reason,
@@ -824,6 +825,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       if (callers?.aborted) throw abortReason(callers);
       let failure: UpstreamFailure | undefined;
       const busy = idle && !permit.trial && othersProgressedSince(silentSince);
+      if (busy) metrics.busyTimeouts.labels(PROVIDER).inc();
       if (idle)
         failure = new UpstreamFailure("unavailable", `timeout mid-stream${busy ? WHILE_BUSY : ""}`);
       else if (broken) failure = new UpstreamFailure("bad_response", broken);
