@@ -17,8 +17,9 @@
  *   `chunks`) with `pauseMs` between them, a finish chunk, a usage-only chunk when the client asked
  *   for `stream_options.include_usage`, then `data: [DONE]`; `pauses` sets the pause before each
  *   delta on its own (a stall mid-stream); `reasoning` streams those pieces of the model's reasoning
- *   first (`delta.reasoning_content`, or `delta.reasoning` with `reasoningField`), `pauseMs` apart,
- *   as reasoning models served by vLLM, DeepSeek, Ollama or OpenRouter do. `usage: false` sends no usage at all
+ *   first, `pauseMs` apart, in the shape `reasoningShape` names (`delta.reasoning_content` as vLLM
+ *   and DeepSeek send it by default; `delta.reasoning` as Ollama does; OpenRouter's
+ *   `reasoning_details` list; Mistral's `thinking` parts of a `content` list). `usage: false` sends no usage at all
  *   (as some local servers do); `delayMs` waits before answering. A JSON reply comes after the
  *   time its stream would take (`delayMs` and every pause), as a server generating it whole sends it.
  * - `error`: an OpenAI-style error body with `status`, and `Retry-After` / `retry-after-ms` headers.
@@ -58,8 +59,8 @@ export type UpstreamStep =
       thenFinish?: string;
       /** In a stream, reasoning pieces sent before the reply's, each in a chunk of its own. */
       reasoning?: string[];
-      /** The delta field the reasoning comes in. @default "reasoning_content" */
-      reasoningField?: "reasoning_content" | "reasoning";
+      /** The shape the reasoning comes in. @default "reasoning_content" */
+      reasoningShape?: ReasoningShape;
     }
   | {
       kind: "error";
@@ -99,6 +100,22 @@ export type UpstreamStep =
       pauseMs?: number;
       maxBytes?: number;
     };
+
+export type ReasoningShape = "reasoning_content" | "reasoning" | "reasoning_details" | "thinking";
+
+/** A stream delta carrying `piece` of the model's reasoning, as servers of each shape send it. */
+function reasoningDelta(shape: ReasoningShape, piece: string): Record<string, unknown> {
+  switch (shape) {
+    case "reasoning_content":
+      return { reasoning_content: piece };
+    case "reasoning":
+      return { reasoning: piece };
+    case "reasoning_details":
+      return { reasoning_details: [{ type: "reasoning.text", text: piece }] };
+    case "thinking":
+      return { content: [{ type: "thinking", thinking: [{ type: "text", text: piece }] }] };
+  }
+}
 
 export interface RecordedRequest {
   method: string;
@@ -317,13 +334,12 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
     }
     const actions: Action[] = [{ pauseMs: delay, write: first }];
     if (step.kind === "reply") {
-      const field = step.reasoningField ?? "reasoning_content";
+      const shape = step.reasoningShape ?? "reasoning_content";
       for (const thought of step.reasoning ?? []) {
+        const delta = reasoningDelta(shape, thought);
         actions.push({
           pauseMs: pause,
-          write: chunk([
-            { index: 0, delta: { [field]: thought }, logprobs: null, finish_reason: null },
-          ]),
+          write: chunk([{ index: 0, delta, logprobs: null, finish_reason: null }]),
         });
       }
     }

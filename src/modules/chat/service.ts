@@ -663,10 +663,10 @@ export class ChatService implements ChatTurns {
   /**
    * A call that stored nothing. Aborted after the upstream was sent the prompt (the client went
    * away, however early): the prompt's estimate is charged, since the upstream bills it. Failed
-   * or aborted after the upstream generated reply or reasoning (`reasoning` counted by a stream
-   * that handed no text, or the error's `billedCharacters`): the prompt and what it generated are
-   * charged. Failed otherwise, or aborted before the call: the reservation is given back. Counted,
-   * and logged why.
+   * or aborted once the upstream had opened its answer (the error's `billedCharacters`, or the
+   * `reasoning` a stream that handed no text counted before its caller left): the prompt and what
+   * it generated are charged. Failed otherwise, or aborted before the call: the reservation is
+   * given back. Counted, and logged why.
    */
   private async failed(
     turn: PreparedTurn,
@@ -677,21 +677,21 @@ export class ChatService implements ChatTurns {
   ) {
     const { metrics, provider } = this.options;
     // What the upstream generated (and bills) before the turn failed or its caller left: charged,
-    // never stored, since the client is told the turn failed (probes 69b F2, 69e F1, 69f F2).
-    const billed =
-      reasoning +
-      (error instanceof AbortedMidReply || error instanceof UpstreamFailure
-        ? error.billedCharacters
-        : 0);
+    // never stored, since the client is told the turn failed (probes 69b F2, 69e F1, 69f F2, 70a).
+    const carried =
+      error instanceof AbortedMidReply || error instanceof UpstreamFailure
+        ? await error.billedCharacters
+        : undefined;
+    const billed = carried ?? (reasoning > 0 ? reasoning : undefined);
     if (error === null || isAbort(error, signal)) {
       // The upstream was sent the prompt, unless every attempt was refused before the caller left.
-      if (billed > 0 || (sent && !(error instanceof UnbilledAbort)))
-        await this.charge(turn, billed);
-      else await this.endReservation(turn, null);
+      if (billed !== undefined || (sent && !(error instanceof UnbilledAbort))) {
+        await this.charge(turn, billed ?? 0);
+      } else await this.endReservation(turn, null);
       metrics.request(provider.name, "incomplete");
       return;
     }
-    if (billed > 0) await this.charge(turn, billed);
+    if (billed !== undefined) await this.charge(turn, billed);
     else await this.endReservation(turn, null);
     metrics.request(provider.name, error instanceof UpstreamFailure ? "upstream_error" : "error");
     this.logFailure(turn, error);

@@ -18,6 +18,7 @@ import {
   upstreamBounds,
 } from "../../../src/modules/chat/providers/openai";
 import {
+  AbortedMidReply,
   type ChatMessage,
   type ChatProvider,
   type Delta,
@@ -188,11 +189,11 @@ describe("replies", () => {
 
   test("streamed reasoning, in either field, is counted as it arrives and into an estimated usage, never as text (probe 69f F2)", async () => {
     const messages: ChatMessage[] = [{ role: "user", content: "efghijklm" }];
-    for (const reasoningField of ["reasoning_content", "reasoning"] as const) {
+    for (const reasoningShape of ["reasoning_content", "reasoning"] as const) {
       upstream.enqueue({
         kind: "reply",
         reasoning: ["Think", "ing hard."],
-        reasoningField,
+        reasoningShape,
         chunks: ["0123456789"],
         usage: false,
       });
@@ -208,6 +209,47 @@ describe("replies", () => {
     upstream.enqueue({ kind: "reply", reasoning: ["Thinking hard."], text: "0123456789" });
     const completion = await provider.complete(messages);
     expect(completion.text).toBe("0123456789");
+  });
+
+  test("reasoning in other shapes (OpenRouter's reasoning_details, Mistral's thinking parts) is counted too, never as text (probe 70a F3)", async () => {
+    const messages: ChatMessage[] = [{ role: "user", content: "efghijklm" }];
+    const thoughts = Array.from({ length: 10 }, () => "x".repeat(100));
+    for (const reasoningShape of ["reasoning_details", "thinking"] as const) {
+      upstream.enqueue({
+        kind: "reply",
+        reasoning: thoughts,
+        reasoningShape,
+        chunks: ["0123456789"],
+        usage: false,
+      });
+      const completion = await provider.complete(messages);
+      expect(completion.text).toBe("0123456789");
+      // 1,000 characters of reasoning (and its shape's few type names) and 10 of reply: the reply
+      // alone was 3 tokens.
+      expect(completion.usage.completionTokens).toBeGreaterThanOrEqual(253);
+      expect(completion.usage.completionTokens).toBeLessThan(300);
+    }
+  });
+
+  test("a stream that opened and then failed says the prompt was billed, and what was generated; one that never opened says nothing was (probe 70a F2)", async () => {
+    provider = build({ timeoutMs: 300 });
+    upstream.enqueue({ kind: "reply", chunks: ["never"], pauses: [2_000] });
+    const opened = await failureOf(provider.complete(MESSAGES));
+    expect([opened.kind, opened.billedCharacters]).toEqual(["unavailable", 0]);
+    upstream.enqueue({
+      kind: "reply",
+      reasoning: ["a".repeat(40)],
+      chunks: ["x"],
+      pauses: [2_000],
+    });
+    const reasoned = await failureOf(provider.complete(MESSAGES));
+    expect(reasoned.billedCharacters).toBe(40);
+    upstream.enqueue({ kind: "cut", text: "Some text here", afterChunks: 2 });
+    const cut = await failureOf(provider.complete(MESSAGES));
+    expect([cut.kind, cut.billedCharacters]).toEqual(["bad_response", "Some text ".length]);
+    upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
+    const refused = await failureOf(provider.complete(MESSAGES));
+    expect(refused.billedCharacters).toBeUndefined();
   });
 });
 
@@ -813,6 +855,36 @@ describe("circuit breaker", () => {
     clock.advance(30_000);
     upstream.enqueue({ kind: "reply", text: "back" });
     expect((await provider.complete(MESSAGES)).text).toBe("back");
+  });
+
+  test("a trial's reasoning is billed: a failed trial says what it read, a caller who leaves one is charged what it reads until its verdict (probe 70a F1)", async () => {
+    provider = build({ timeoutMs: 1_000 });
+    await openTheCircuit();
+    clock.advance(30_000);
+    // Reasoning 50 ms apart, then no answer within the timeout.
+    const thoughts = (count: number) => Array.from({ length: count }, () => "r".repeat(20));
+    upstream.enqueue({
+      kind: "reply",
+      reasoning: thoughts(5),
+      pauseMs: 50,
+      chunks: ["late"],
+      pauses: [2_000],
+    });
+    const failed = await failureOf(provider.complete(MESSAGES));
+    expect([failed.kind, failed.billedCharacters]).toEqual(["unavailable", 100]);
+
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "reply", reasoning: thoughts(8), pauseMs: 50, chunks: ["answer"] });
+    const leave = new AbortController();
+    const left = provider.complete(MESSAGES, { signal: leave.signal }).catch((error) => error);
+    await upstream.waitForRequests(7);
+    await Bun.sleep(100);
+    leave.abort();
+    const aborted = await left;
+    // Answered at once; its charge is what the trial read until its answer, once it has it.
+    expect(aborted).toBeInstanceOf(AbortedMidReply);
+    expect(await (aborted as AbortedMidReply).billedCharacters).toBe(160 + "answer".length);
+    expect(await circuitIs(0)).toBe(true);
   });
 
   test("a trial holds no more events than a stream may carry before its verdict: past them it fails, the request closed (probe 69e F3)", async () => {

@@ -406,6 +406,33 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(body.usage.completionTokens).toBe(18);
   });
 
+  test("a turn whose upstream opened its answer, then went silent or was cut before any text, is charged its prompt; one never answered is not (probe 70a F2)", async () => {
+    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "200" });
+    const bob = await signUp(target);
+    const carol = await signUp(target);
+    const usedBy = (userId: string) =>
+      target.db
+        .select()
+        .from(chatUsage)
+        .all()
+        .find((row) => row.ownerId === userId);
+    // Opened (its first chunk names the role), then silent past the timeout.
+    upstream.enqueue({ kind: "reply", chunks: ["Too ", "late."], pauseMs: 2_000 });
+    expect((await chat(target, asUser(alice), { message: "Hello" })).status).toBe(503);
+    // Opened, then ended with no finish.
+    upstream.enqueue({ kind: "cut", afterChunks: 0 });
+    expect((await chat(target, asUser(bob), { message: "Hello" }, SSE)).status).toBe(502);
+    // Never answered, any attempt: nothing generated, nothing billed.
+    upstream.setDefault({ kind: "hang" });
+    expect((await chat(target, asUser(carol), { message: "Hello" })).status).toBe(503);
+    for (const session of [alice, bob]) {
+      expect(usedBy(session.userId)).toMatchObject({ reservedTokens: 0, requests: 1 });
+      expect(usedBy(session.userId)!.usedTokens).toBeGreaterThan(0);
+    }
+    expect(usedBy(carol.userId)).toMatchObject({ usedTokens: 0, reservedTokens: 0 });
+    expect(assistantRows(target)).toHaveLength(0);
+  });
+
   test("429 with Retry-After, then success: 200 after waiting what the upstream asked", async () => {
     const { upstream, target, alice } = await setUp();
     upstream.enqueue(

@@ -239,15 +239,50 @@ function deltaText(choice: Record<string, unknown>): string {
 }
 
 /**
- * The characters of reasoning a stream chunk's choice carries (`reasoning_content` from DeepSeek,
- * vLLM and llama.cpp; `reasoning` from Ollama and OpenRouter): never shown, but billed.
+ * The characters a stream chunk's choice carries beside the reply's text: the model's reasoning in
+ * whatever shape the server streams it (`reasoning_content` from DeepSeek, vLLM and llama.cpp;
+ * `reasoning` from Ollama and OpenRouter, `reasoning_details` beside it; Mistral's `thinking`
+ * parts of a `content` list; …), counted as every string of the delta but its role and the text.
+ * Never shown, but billed: an upstream that reports no usage, or a turn that ends before its
+ * usage, is charged them by estimate (probes 69f F2, 70a F3).
  */
-function reasoningCharacters(choice: Record<string, unknown>): number {
+function besideTextCharacters(choice: Record<string, unknown>): number {
   if (!isRecord(choice.delta)) return 0;
-  const { reasoning_content: reasoningContent, reasoning } = choice.delta;
-  return (
-    (typeof reasoningContent === "string" ? reasoningContent.length : 0) +
-    (typeof reasoning === "string" ? reasoning.length : 0)
+  let characters = 0;
+  // Walked without recursion: one SSE line of the upstream's may nest lists a million deep.
+  const pending: unknown[] = Object.entries(choice.delta)
+    .filter(([field]) => field !== "role")
+    .map(([, value]) => value);
+  for (let value = pending.pop(); value !== undefined; value = pending.pop()) {
+    if (typeof value === "string") characters += value.length;
+    else if (typeof value === "object" && value !== null) {
+      for (const inner of Object.values(value)) pending.push(inner);
+    }
+  }
+  return characters - deltaText(choice).length;
+}
+
+/** The characters of reply and of all else a chunk's choice carries (besideTextCharacters). */
+function generatedCharacters(chunk: unknown): number {
+  const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  return isRecord(choice) ? besideTextCharacters(choice) + deltaText(choice).length : 0;
+}
+
+/** The characters generated in the chunks read of a stream. */
+function generatedIn(read: readonly IteratorResult<unknown>[]): number {
+  let characters = 0;
+  for (const next of read) if (!next.done) characters += generatedCharacters(next.value);
+  return characters;
+}
+
+/**
+ * What a half-open circuit's trial had the upstream generate, once it has its verdict: what it read
+ * until its answer, or until it failed (its failure's count).
+ */
+function billedByTrial(trial: Promise<{ read: IteratorResult<unknown>[] }>): Promise<number> {
+  return trial.then(
+    ({ read }) => generatedIn(read),
+    (failure) => (failure instanceof UpstreamFailure ? (failure.billedCharacters ?? 0) : 0),
   );
 }
 
@@ -660,27 +695,18 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
    * each such turn cost the upstream three generations and its owner nothing (probe 69b F1, F2).
    * As a stream, only silence is a timeout (as for a streamed turn), a generation that progresses
    * runs to its end (within the stream's bound), and a trial is decided by its first answer.
-   * A request that fails after the upstream generated text or reasoning says how much it generated
-   * (`billedCharacters`): the upstream bills it, and so does the turn.
+   * A request that fails, or whose caller leaves, once the upstream opened its answer says what it
+   * generated (`billedCharacters`, set by `stream`): the upstream bills it, and so does the turn.
    */
   async function complete(
     messages: readonly ChatMessage[],
     opts: CompletionOptions = {},
   ): Promise<Completion> {
     let text = "";
-    let reasoning = 0;
     let end: Extract<Delta, { kind: "usage" }> | undefined;
-    try {
-      for await (const delta of stream(messages, opts)) {
-        if (delta.kind === "usage") end = delta;
-        else if (delta.kind === "reasoning") reasoning += delta.characters;
-        else text += delta.text;
-      }
-    } catch (error) {
-      const generated = text.length + reasoning;
-      if (generated > 0 && error instanceof UpstreamFailure) error.billedCharacters = generated;
-      else if (generated > 0 && opts.signal?.aborted) throw new AbortedMidReply(error, generated);
-      throw error;
+    for await (const delta of stream(messages, opts)) {
+      if (delta.kind === "usage") end = delta;
+      else if (delta.kind === "text") text += delta.text;
     }
     // A stream that ends without throwing has given its usage last.
     const { usage, cut } = end!;
@@ -719,11 +745,16 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           { signal: joined },
         );
       });
-      const { iterator, read, attempts } = permit.trial
-        ? await untilAborted(
-            trialStream(opened, permit, own, signal, requestId, trialStarted),
-            signal,
-          )
+      const trial = permit.trial
+        ? trialStream(opened, permit, own, signal, requestId, trialStarted)
+        : undefined;
+      const { iterator, read, attempts } = trial
+        ? await untilAborted(trial, signal).catch((error) => {
+            // Left while the trial still reads for its verdict: charged what the trial reads
+            // until then, when it has it (probe 70a F1: it was the prompt alone).
+            if (!signal?.aborted) throw error;
+            throw new AbortedMidReply(error, billedByTrial(trial));
+          })
         : await opened.then(({ value, attempts }) => ({
             iterator: value[Symbol.asyncIterator]() as AsyncIterator<unknown>,
             read: [] as IteratorResult<unknown>[],
@@ -738,7 +769,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       }
       const pending = read;
       let text = "";
-      // Characters of reasoning received: billed, so counted into an estimated usage.
+      // Characters received beside the text (reasoning): billed, so counted into an estimate.
       let reasoning = 0;
       let finished = false;
       let usage: TokenUsage | undefined;
@@ -796,7 +827,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         usage = readUsage(chunk.usage) ?? usage;
         const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
         if (isRecord(choice)) {
-          const thought = reasoningCharacters(choice);
+          const thought = besideTextCharacters(choice);
           if (thought > 0) {
             reasoning += thought;
             yield { kind: "reasoning", characters: thought };
@@ -822,7 +853,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       observe(startedAt);
       // The SDK ends a stream quietly when its request is aborted: find out whose abort it was (a
       // trial's caller is not joined: the trial's end is its verdict whatever the caller did).
-      if (callers?.aborted) throw abortReason(callers);
+      // The stream had opened: the upstream bills the prompt and what it generated.
+      const generated = text.length + reasoning;
+      if (callers?.aborted) throw new AbortedMidReply(abortReason(callers), generated);
       let failure: UpstreamFailure | undefined;
       const busy = idle && !permit.trial && othersProgressedSince(silentSince);
       if (busy) metrics.busyTimeouts.labels(PROVIDER).inc();
@@ -837,6 +870,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       else if (filtered && text === "") failure = withheldReply();
       settled = true;
       if (failure) {
+        // Opened, then silent or cut, however early: the prompt was billed (probe 70a F2).
+        failure.billedCharacters = generated;
         metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
         throw fail(permit, failure, verdictOf(failure.kind !== "refused", busy), {
           requestId,
@@ -918,6 +953,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         : late
           ? new UpstreamFailure("unavailable", "no answer within the timeout")
           : new UpstreamFailure("bad_response", "stream cut before it answered");
+      // Opened: the prompt and what was read are billed (probe 70a F1: a failed trial's reasoning
+      // was charged nothing).
+      failure.billedCharacters = generatedIn(read);
       metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
       // A trial that gave no answer never closes the circuit, however busy the upstream is with
       // streams begun before it opened (re-probe 69f F1).

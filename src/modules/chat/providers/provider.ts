@@ -33,9 +33,9 @@ export interface Completion {
 
 /**
  * One piece of a streamed reply: text as it arrives, then the usage once, at the end (with `cut`
- * when the upstream's content filter ended the reply part-way). A model that streams its reasoning
- * (`reasoning_content`, `reasoning`) has it counted as it arrives, never shown or kept: the
- * upstream bills it, so a turn that ends before its usage is charged it (probe 69f F2).
+ * when the upstream's content filter ended the reply part-way). What a model streams beside the
+ * reply's text (its reasoning, in whatever field) is counted as it arrives, never shown or kept:
+ * the upstream bills it, so a turn that ends before its usage is charged it (probe 69f F2).
  */
 export type Delta =
   | { kind: "text"; text: string }
@@ -74,16 +74,18 @@ export class UnbilledAbort extends Error {
 }
 
 /**
- * The caller left after the upstream had sent part of the reply or of its reasoning (a turn
- * answered whole, which was still collecting it): an abort like any other (`AbortError`), for which
- * the turn is charged its prompt and what was received, as a streamed turn cut short is (probes
- * 69e F1, 69f F2).
+ * The caller left after the upstream had opened its answer: an abort like any other (`AbortError`),
+ * for which the turn is charged its prompt and what the upstream generated, as a streamed turn cut
+ * short is (probes 69e F1, 69f F2, 70a F1).
  */
 export class AbortedMidReply extends Error {
   constructor(
     readonly reason: unknown,
-    /** The characters of reply and reasoning received before the caller left: the upstream bills them. */
-    readonly billedCharacters: number,
+    /**
+     * The characters of reply and reasoning the upstream generated for the turn, which it bills;
+     * a promise while a half-open circuit's trial the caller left still reads them.
+     */
+    readonly billedCharacters: number | Promise<number>,
   ) {
     super("The caller left while the reply was arriving");
     this.name = "AbortError";
@@ -117,9 +119,10 @@ export class UpstreamFailure extends Error {
   logged = false;
 
   /**
-   * The characters of reply and reasoning the upstream had generated when the request failed (a
-   * stream gone silent or cut after some), which it bills: a turn answered whole stores none of it
-   * but is charged it. 0 when nothing was generated.
+   * Set when the upstream had opened its answer before the request failed (a stream gone silent or
+   * cut, however early): it bills the prompt and the characters of reply and reasoning it had
+   * generated, this many, and so is the turn, which stores none of it. Undefined when nothing was
+   * billed (an error status, no answer at all).
    */
-  billedCharacters = 0;
+  billedCharacters: number | undefined = undefined;
 }
