@@ -73,7 +73,7 @@ export interface EventEffect {
   /** Statuses entered (payments_total). */
   statuses: PaymentStatus[];
   audit: Omit<AuditEvent, "ip" | "route" | "requestId">[];
-  /** An alert-worthy event (a dispute), logged at error level. */
+  /** An alert-worthy event (a dispute, an event whose money is not the payment's), logged at error level. */
   alert?: string;
 }
 
@@ -96,6 +96,30 @@ const ignored = (reason: string): EventEffect => ({
   reason,
   statuses: [],
   audit: [],
+});
+
+/**
+ * Whether a signed event says of the money something other than the payment it names holds: an
+ * amount or a currency it carries that differs. Palisade makes each intent and never changes its
+ * amount, so Stripe never sends one; an event that does is not applied, and is logged as an alert
+ * (probe 70b F1: a 1000 USD payment was marked succeeded by an event for 50 EUR). Only what the
+ * event carries is compared: whoever could sign one without them could sign them matching.
+ */
+function moneyDiffers(object: Record<string, unknown>, row: PaymentRow): boolean {
+  const { amount, currency } = object;
+  if (amount !== undefined && amount !== row.amount) return true;
+  return (
+    currency !== undefined &&
+    (typeof currency !== "string" || currency.toLowerCase() !== row.currency)
+  );
+}
+
+const MONEY_DIFFERS = "the event's amount or currency is not the payment's";
+
+/** An event not applied because its money is not the payment's: ignored, and an alert. */
+const moneyMismatch = (): EventEffect => ({
+  ...ignored(MONEY_DIFFERS),
+  alert: `stripe event not applied: ${MONEY_DIFFERS}`,
 });
 
 /** One ledger per database, so the features that share it (payments, Stripe's webhook) share its reports. */
@@ -375,6 +399,7 @@ export class PaymentLedger {
       if (!isStripeId("pi", object.id)) return ignored("malformed payment intent id");
       const row = this.find(object.id);
       if (!row) return ignored("unknown payment");
+      if (moneyDiffers(object, row)) return moneyMismatch();
       if (!this.move(row, next, event.created, now)) return ignored("stale or repeated status");
       const type = AUDIT_OF[next];
       return {
@@ -409,6 +434,8 @@ export class PaymentLedger {
       }
       const row = this.find(intentId);
       if (!row) return ignored("unknown payment");
+      // The charge's amount is the intent's (one charge, captured whole); refunded, never more.
+      if (moneyDiffers(object, row) || refunded > row.amount) return moneyMismatch();
       if (refunded <= row.amountRefunded) return ignored("stale or repeated refund");
       const recorded = this.recordRefund(row.id, refunded, now, null);
       const entered = recorded.kind === "recorded" ? recorded.entered : null;

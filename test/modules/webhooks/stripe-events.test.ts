@@ -198,6 +198,55 @@ test("charge.refunded: the refunded total only grows; the full amount makes it r
   expect(auditRows(current, "payment.refunded")).toHaveLength(2);
 });
 
+test("an event whose amount or currency is not the payment's is acknowledged, not applied, and logged as an alert (probe 70b F1)", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current, 1000);
+  const other = await newPayment(current, 2000);
+  const intent = (fields: Record<string, unknown>) =>
+    stripeEvent("payment_intent.succeeded", { id, object: "payment_intent", ...fields });
+  const refund = (fields: Record<string, unknown>) =>
+    stripeEvent("charge.refunded", {
+      id: "ch_3Pdef",
+      object: "charge",
+      payment_intent: other,
+      amount: 2000,
+      amount_refunded: 2000,
+      currency: "usd",
+      ...fields,
+    });
+  const mismatched = [
+    intent({ amount: 50, currency: "usd" }),
+    intent({ amount: 1000, currency: "eur" }),
+    intent({ amount: "1000", currency: "usd" }),
+    intent({ amount: 1000, currency: 840 }),
+    refund({ currency: "eur" }),
+    refund({ amount: 5000 }),
+    refund({ amount_refunded: 2001 }),
+  ];
+  for (const event of mismatched) {
+    const response = await deliver(current, event);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ received: true, outcome: "ignored" });
+  }
+  expect(payment(current, id).status).toBe("requires_payment_method");
+  expect(payment(current, other)).toMatchObject({ status: "requires_payment_method", refunded: 0 });
+  const alerts = current.logs.entries.filter(
+    (entry) =>
+      entry.msg === "stripe event not applied: the event's amount or currency is not the payment's",
+  );
+  expect(alerts).toHaveLength(mismatched.length);
+  expect(alerts.every((entry) => entry.level === "error")).toBe(true);
+  // The same payment's own money, in Stripe's spelling or upper case: applied.
+  const own = await deliver(current, intent({ amount: 1000, currency: "USD" }));
+  expect(await own.json()).toEqual({ received: true, outcome: "processed" });
+  expect(payment(current, id).status).toBe("succeeded");
+  expect(await (await deliver(current, refund({}))).json()).toEqual({
+    received: true,
+    outcome: "processed",
+  });
+  expect(payment(current, other)).toMatchObject({ status: "refunded", refunded: 2000 });
+});
+
 test("charge.dispute.created is audited as payment.dispute.created and logged as an alert", async () => {
   current = buildPaymentsApp();
   const id = await newPayment(current);
