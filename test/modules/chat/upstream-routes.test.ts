@@ -316,54 +316,40 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     }
   }, 20_000);
 
-  test("a JSON turn whose client leaves while the reply arrives is charged the prompt and the text received, as a streamed one is (probe 69e F1)", async () => {
-    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
-    const bob = await signUp(target);
+  test("a turn whose client leaves mid-answer, JSON or streamed, is charged the prompt and what it received: reply text (probe 69e F1) or reasoning (probe 69f F2)", async () => {
+    const { upstream, target } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
     const server = serveInProcess(target);
-    const words = Array.from({ length: 40 }, (_, i) => `word${i} `);
-    const leaveAfter = (session: typeof alice, received: number) =>
-      usedAfterLeaving(target, upstream, server.url, session, received);
-    upstream.setDefault({ kind: "reply", chunks: words, pauseMs: 50, delayMs: 200 });
+    // Forty pieces of 24 characters, 50 ms apart, of the reply or of reasoning before a word.
+    const pieces = Array.from({ length: 40 }, (_, i) => `considering option ${i}. `.padEnd(24));
+    const answers: [string, UpstreamStep][] = [
+      ["text", { kind: "reply", chunks: pieces, pauseMs: 50, delayMs: 200 }],
+      [
+        "reasoning",
+        { kind: "reply", reasoning: pieces, chunks: ["Answer."], pauseMs: 50, delayMs: 200 },
+      ],
+    ];
     try {
-      // Alice leaves before any text came (the prompt only); Bob after about twenty pieces.
-      const promptOnly = await leaveAfter(alice, -2);
-      const withText = await leaveAfter(bob, 20);
-      expect(promptOnly).toBeGreaterThan(0);
-      expect(withText).toBeGreaterThan(promptOnly + 10);
-      expect(assistantRows(target)).toHaveLength(0);
+      for (const [what, answer] of answers) {
+        upstream.setDefault(answer);
+        const [early, json, streamed] = [
+          await signUp(target),
+          await signUp(target),
+          await signUp(target),
+        ];
+        const promptOnly = await usedAfterLeaving(target, upstream, server.url, early, -2);
+        // About twenty pieces: ~480 characters, ~120 tokens by the estimate.
+        const afterJson = await usedAfterLeaving(target, upstream, server.url, json, 20);
+        const afterStream = await usedAfterLeaving(target, upstream, server.url, streamed, 20, SSE);
+        expect([what, promptOnly > 0]).toEqual([what, true]);
+        expect([what, afterJson > promptOnly + 60]).toEqual([what, true]);
+        expect([what, afterStream > promptOnly + 60]).toEqual([what, true]);
+      }
+      // Nothing of a JSON turn left is stored; a streamed one keeps the reply text it handed on.
+      expect(assistantRows(target).map((row) => row.incomplete)).toEqual([true]);
     } finally {
       await server.shutdown("test");
     }
-  }, 20_000);
-
-  test("a turn whose client leaves while the model reasons, JSON or streamed, is charged the reasoning received too (probe 69f F2)", async () => {
-    const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "5000" });
-    const bob = await signUp(target);
-    const carol = await signUp(target);
-    const server = serveInProcess(target);
-    // Forty pieces of reasoning, 24 characters each, 50 ms apart, before a one-word reply.
-    const thoughts = Array.from({ length: 40 }, (_, i) => `considering option ${i}. `.padEnd(24));
-    upstream.setDefault({
-      kind: "reply",
-      reasoning: thoughts,
-      chunks: ["Answer."],
-      pauseMs: 50,
-      delayMs: 200,
-    });
-    try {
-      const promptOnly = await usedAfterLeaving(target, upstream, server.url, alice, -2);
-      // About twenty pieces of reasoning: ~480 characters, ~120 tokens by the estimate.
-      const json = await usedAfterLeaving(target, upstream, server.url, bob, 20);
-      const streamed = await usedAfterLeaving(target, upstream, server.url, carol, 20, SSE);
-      expect(promptOnly).toBeGreaterThan(0);
-      expect(json).toBeGreaterThan(promptOnly + 60);
-      expect(streamed).toBeGreaterThan(promptOnly + 60);
-      // No reply text came: nothing is stored.
-      expect(assistantRows(target)).toHaveLength(0);
-    } finally {
-      await server.shutdown("test");
-    }
-  }, 20_000);
+  }, 30_000);
 
   test("a turn whose upstream goes silent while reasoning fails as before and is charged the prompt and the reasoning; a finished one without usage is estimated with it (probe 69f F2)", async () => {
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "200" });
