@@ -19,7 +19,8 @@
  *   delta on its own (a stall mid-stream); `reasoning` streams those pieces of the model's reasoning
  *   first, `pauseMs` apart, in the shape `reasoningShape` names (`delta.reasoning_content` as vLLM
  *   and DeepSeek send it by default; `delta.reasoning` as Ollama does; OpenRouter's
- *   `reasoning_details` list; Mistral's `thinking` parts of a `content` list). `usage: false` sends no usage at all
+ *   `reasoning_details` list beside the same text in `reasoning`; Mistral's `thinking` parts of a
+ *   `content` list). `usage: false` sends no usage at all
  *   (as some local servers do); `delayMs` waits before answering. A JSON reply comes after the
  *   time its stream would take (`delayMs` and every pause), as a server generating it whole sends it.
  * - `error`: an OpenAI-style error body with `status`, and `Retry-After` / `retry-after-ms` headers.
@@ -111,7 +112,11 @@ function reasoningDelta(shape: ReasoningShape, piece: string): Record<string, un
     case "reasoning":
       return { reasoning: piece };
     case "reasoning_details":
-      return { reasoning_details: [{ type: "reasoning.text", text: piece }] };
+      // As OpenRouter sends it: the same text in `reasoning` and in a part of `reasoning_details`.
+      return {
+        reasoning: piece,
+        reasoning_details: [{ type: "reasoning.text", text: piece, format: "unknown", index: 0 }],
+      };
     case "thinking":
       return { content: [{ type: "thinking", thinking: [{ type: "text", text: piece }] }] };
   }

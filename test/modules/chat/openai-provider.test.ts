@@ -211,7 +211,7 @@ describe("replies", () => {
     expect(completion.text).toBe("0123456789");
   });
 
-  test("reasoning in other shapes (OpenRouter's reasoning_details, Mistral's thinking parts) is counted too, never as text (probe 70a F3)", async () => {
+  test("reasoning in other shapes (OpenRouter's reasoning_details, Mistral's thinking parts) is counted too, once, never as text (probes 70a F3, 70c F2)", async () => {
     const messages: ChatMessage[] = [{ role: "user", content: "efghijklm" }];
     const thoughts = Array.from({ length: 10 }, () => "x".repeat(100));
     for (const reasoningShape of ["reasoning_details", "thinking"] as const) {
@@ -224,11 +224,28 @@ describe("replies", () => {
       });
       const completion = await provider.complete(messages);
       expect(completion.text).toBe("0123456789");
-      // 1,000 characters of reasoning (and its shape's few type names) and 10 of reply: the reply
-      // alone was 3 tokens.
-      expect(completion.usage.completionTokens).toBeGreaterThanOrEqual(253);
-      expect(completion.usage.completionTokens).toBeLessThan(300);
+      // 1,000 characters of reasoning and 10 of reply, 253 tokens (the reply alone was 3):
+      // OpenRouter's text sent twice, in `reasoning` and in `reasoning_details`, is counted once.
+      expect([reasoningShape, completion.usage.completionTokens]).toEqual([reasoningShape, 253]);
     }
+  });
+
+  test("reasoning in any of its shapes is progress: a model reasoning longer than the timeout in all, never silent that long, answers (probe 70c F1)", async () => {
+    provider = build({ timeoutMs: 300 });
+    const thoughts = Array.from({ length: 6 }, () => "a thought. ");
+    const shapes = ["reasoning_content", "reasoning", "reasoning_details", "thinking"] as const;
+    for (const reasoningShape of shapes) {
+      upstream.enqueue({
+        kind: "reply",
+        reasoning: thoughts,
+        reasoningShape,
+        pauseMs: 150,
+        chunks: ["Answer."],
+      });
+      const completion = await provider.complete(MESSAGES);
+      expect([reasoningShape, completion.text]).toEqual([reasoningShape, "Answer."]);
+    }
+    expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
   });
 
   test("a stream that opened and then failed says the prompt was billed, and what was generated; one that never opened says nothing was (probe 70a F2)", async () => {

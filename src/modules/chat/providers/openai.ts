@@ -238,34 +238,64 @@ function deltaText(choice: Record<string, unknown>): string {
   return typeof refusal === "string" ? refusal : "";
 }
 
-/**
- * The characters a stream chunk's choice carries beside the reply's text: the model's reasoning in
- * whatever shape the server streams it (`reasoning_content` from DeepSeek, vLLM and llama.cpp;
- * `reasoning` from Ollama and OpenRouter, `reasoning_details` beside it; Mistral's `thinking`
- * parts of a `content` list; …), counted as every string of the delta but its role and the text.
- * Never shown, but billed: an upstream that reports no usage, or a turn that ends before its
- * usage, is charged them by estimate (probes 69f F2, 70a F3).
- */
-function besideTextCharacters(choice: Record<string, unknown>): number {
-  if (!isRecord(choice.delta)) return 0;
-  let characters = 0;
-  // Walked without recursion: one SSE line of the upstream's may nest lists a million deep.
-  const pending: unknown[] = Object.entries(choice.delta)
-    .filter(([field]) => field !== "role")
-    .map(([, value]) => value);
-  for (let value = pending.pop(); value !== undefined; value = pending.pop()) {
-    if (typeof value === "string") characters += value.length;
-    else if (typeof value === "object" && value !== null) {
-      for (const inner of Object.values(value)) pending.push(inner);
-    }
+/** The fields one server or another streams a model's reasoning in, as plain text. */
+const REASONING_FIELDS = ["reasoning_content", "reasoning", "thinking"] as const;
+
+/** The `text` (or `summary`) of each part of a list, joined: OpenRouter's `reasoning_details`. */
+function partsText(parts: unknown[], ofPart: (part: Record<string, unknown>) => unknown[]): string {
+  let text = "";
+  for (const part of parts) {
+    if (!isRecord(part)) continue;
+    for (const value of ofPart(part)) if (typeof value === "string") text += value;
   }
-  return characters - deltaText(choice).length;
+  return text;
 }
 
-/** The characters of reply and of all else a chunk's choice carries (besideTextCharacters). */
+/**
+ * The model's reasoning in a stream chunk's delta, once for each shape a server streams it in:
+ * `reasoning_content` (DeepSeek, vLLM, llama.cpp), `reasoning` (Ollama, OpenRouter, newer vLLM),
+ * `thinking`, OpenRouter's `reasoning_details` (the same text again, as `reasoning.text` or
+ * `reasoning.summary` parts) and Mistral's `thinking` parts of a `content` list. Servers send one
+ * text in several of them at once (OpenRouter, vLLM during its rename), so they are alternatives of
+ * one another, never summed (probe 70c F2: OpenRouter's reasoning was charged nine times over).
+ */
+function reasoningShapes(delta: Record<string, unknown>): string[] {
+  const shapes: string[] = [];
+  for (const field of REASONING_FIELDS) {
+    const value = delta[field];
+    if (typeof value === "string") shapes.push(value);
+  }
+  if (Array.isArray(delta.reasoning_details)) {
+    shapes.push(partsText(delta.reasoning_details, (part) => [part.text, part.summary]));
+  }
+  if (Array.isArray(delta.content)) {
+    shapes.push(
+      partsText(delta.content, (part) =>
+        part.type !== "thinking"
+          ? []
+          : Array.isArray(part.thinking)
+            ? [partsText(part.thinking, (inner) => [inner.text])]
+            : [part.thinking],
+      ),
+    );
+  }
+  return shapes;
+}
+
+/**
+ * The characters of the model's reasoning a stream chunk's choice carries (`reasoningShapes`, the
+ * longest of them). Never shown, but billed: an upstream that reports no usage, or a turn that ends
+ * before its usage, is charged them by estimate (probes 69f F2, 70a F3).
+ */
+function reasoningCharacters(choice: Record<string, unknown>): number {
+  if (!isRecord(choice.delta)) return 0;
+  return Math.max(0, ...reasoningShapes(choice.delta).map((shape) => shape.length));
+}
+
+/** The characters of reply and of reasoning a chunk's choice carries. */
 function generatedCharacters(chunk: unknown): number {
   const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
-  return isRecord(choice) ? besideTextCharacters(choice) + deltaText(choice).length : 0;
+  return isRecord(choice) ? reasoningCharacters(choice) + deltaText(choice).length : 0;
 }
 
 /** The characters generated in the chunks read of a stream. */
@@ -306,10 +336,11 @@ function progresses(chunk: unknown): boolean {
   if (!isRecord(choice)) return false;
   if (typeof choice.finish_reason === "string" && FINISHES.has(choice.finish_reason)) return true;
   if (!isRecord(choice.delta)) return false;
-  const { content, refusal, reasoning_content: reasoningContent, reasoning } = choice.delta;
+  const { content, refusal } = choice.delta;
   // Only what the answer is made of: a role, an unknown field, an empty list or object is not
-  // (probe 57a F3: each of them held a turn as the empty chunks had).
-  return [content, refusal, reasoningContent, reasoning].some(
+  // (probe 57a F3: each of them held a turn as the empty chunks had). Reasoning is, in every shape
+  // it is counted in (probe 70c F1: a model reasoning in `reasoning_details` timed out mid-thought).
+  return [content, refusal, ...reasoningShapes(choice.delta)].some(
     (value) => typeof value === "string" && value.trim() !== "",
   );
 }
@@ -827,7 +858,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         usage = readUsage(chunk.usage) ?? usage;
         const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
         if (isRecord(choice)) {
-          const thought = besideTextCharacters(choice);
+          const thought = reasoningCharacters(choice);
           if (thought > 0) {
             reasoning += thought;
             yield { kind: "reasoning", characters: thought };
