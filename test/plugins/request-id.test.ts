@@ -27,6 +27,23 @@ test("a short safe incoming id is kept and logged", async () => {
   expect(entry?.requestId).toBe("trace-abc.123");
 });
 
+test("an incoming id shaped as Palisade makes them is replaced: another request's id cannot be reused (probe 70d F1)", async () => {
+  current = buildTestApp();
+  const made = (await send(current, "/health")).headers.get("x-request-id")!;
+  for (const copied of [made, made.toUpperCase(), Bun.randomUUIDv7()]) {
+    const response = await send(current, "/nope", { headers: { "x-request-id": copied } });
+    const id = response.headers.get("x-request-id")!;
+    expect(id.toLowerCase()).not.toBe(copied.toLowerCase());
+    expect(((await response.json()) as { requestId: string }).requestId).toBe(id);
+  }
+  const logged = current.logs.entries.filter((e) => e.msg === "request" && e.requestId === made);
+  expect(logged).toHaveLength(1);
+  // An id of another shape, a UUIDv4 as other services make them, is still kept.
+  const v4 = crypto.randomUUID();
+  const kept = await send(current, "/health", { headers: { "x-request-id": v4 } });
+  expect(kept.headers.get("x-request-id")).toBe(v4);
+});
+
 test.each([
   ["too long", "a".repeat(65)],
   ["spaces", "abc def"],
