@@ -30,7 +30,7 @@ test("a short safe incoming id is kept and logged", async () => {
 test("an incoming id shaped as Palisade makes them is replaced: another request's id cannot be reused (probe 70d F1)", async () => {
   current = buildTestApp();
   const made = (await send(current, "/health")).headers.get("x-request-id")!;
-  for (const copied of [made, made.toUpperCase(), Bun.randomUUIDv7()]) {
+  for (const copied of [made, made.toUpperCase(), `x${made}`, `${made}.1`, Bun.randomUUIDv7()]) {
     const response = await send(current, "/nope", { headers: { "x-request-id": copied } });
     const id = response.headers.get("x-request-id")!;
     expect(id.toLowerCase()).not.toBe(copied.toLowerCase());

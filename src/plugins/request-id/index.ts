@@ -7,7 +7,7 @@
  * it can be logged and echoed without escaping and never carries a secret into the logs under a
  * field the scrubbers leave alone. Anything else is replaced, never trusted.
  *
- * Nor is an id shaped as Palisade makes them (a UUIDv7) kept: a client that copied another
+ * Nor is an id that holds one shaped as Palisade makes them (a UUIDv7) kept: a client that copied another
  * request's id (one it was answered, or saw) would file its own request under it, and an operator
  * looking up an admin's action by its id found an anonymous failed login beside it in the audit
  * log, the logs and Sentry (probe 70d F1). An id a client chose can still be chosen by another
@@ -20,8 +20,11 @@ const SAFE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 /** Replacement that cannot occur in a safe id, so any scrub shows as a change. */
 const MARK = "\u0000";
 const shapeScrubber = createTextScrubber([], MARK);
-/** The ids this stage makes (`Bun.randomUUIDv7`), in any case. */
-const MADE_HERE = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i;
+/**
+ * An id this stage makes (`Bun.randomUUIDv7`), in any case, anywhere in the value: one with a
+ * character added before or after it still turns up when an operator searches for the original.
+ */
+const MADE_HERE = /[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}/i;
 
 /** Safe characters and length, and not shaped like an API key, JWT or bearer credential. */
 export function acceptableRequestId(value: string | null): value is string {
