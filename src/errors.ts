@@ -184,7 +184,7 @@ const STATUS_MEANING: Record<number, string> = {
   414: "The URI is too long",
   415: "Unsupported content type",
   422: "The request did not pass validation; `errors` names the fields",
-  429: "Rate limited, or a quota is spent (see Retry-After)",
+  429: "Rate limited, a quota is spent, or too many chat turns in flight (see Retry-After)",
   500: "Internal error",
   501: "The feature this route belongs to is not configured on this service (`detail` names the setting)",
   502: "An upstream service is unavailable",
