@@ -62,6 +62,8 @@ export type UpstreamStep =
       reasoning?: string[];
       /** The shape the reasoning comes in. @default "reasoning_content" */
       reasoningShape?: ReasoningShape;
+      /** Each reply piece as a `text` part of a `content` list, as Mistral's reasoning models send it. */
+      textParts?: boolean;
     }
   | {
       kind: "error";
@@ -313,8 +315,16 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         choices,
         ...(includeUsage ? { usage: usage ?? null } : {}),
       })}\n\n`;
+    const asParts = step.kind === "reply" && step.textParts === true;
     const delta = (content: string) =>
-      chunk([{ index: 0, delta: { content }, logprobs: null, finish_reason: null }]);
+      chunk([
+        {
+          index: 0,
+          delta: { content: asParts ? [{ type: "text", text: content }] : content },
+          logprobs: null,
+          finish_reason: null,
+        },
+      ]);
     const first = chunk([
       { index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null },
     ]);

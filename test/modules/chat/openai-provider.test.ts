@@ -248,6 +248,23 @@ describe("replies", () => {
     expect(await registry.metrics()).toContain('upstream_circuit_open{provider="openai"} 0');
   });
 
+  test("a reply streamed as text parts of a content list, as Mistral's reasoning models send it, is the reply: shown, progress, charged (probe 70e F1)", async () => {
+    provider = build({ timeoutMs: 300 });
+    upstream.enqueue({
+      kind: "reply",
+      reasoning: ["Let me think."],
+      reasoningShape: "thinking",
+      textParts: true,
+      chunks: Array.from({ length: 6 }, (_, i) => `part${i} `),
+      pauseMs: 150,
+      usage: false,
+    });
+    const deltas = await collect(provider.stream(MESSAGES));
+    expect(textOf(deltas)).toBe("part0 part1 part2 part3 part4 part5 ");
+    // 13 characters of reasoning and 36 of reply: 13 tokens.
+    expect(deltas.at(-1)).toMatchObject({ kind: "usage", usage: { completionTokens: 13 } });
+  });
+
   test("a stream that opened and then failed says the prompt was billed, and what was generated; one that never opened says nothing was (probe 70a F2)", async () => {
     provider = build({ timeoutMs: 300 });
     upstream.enqueue({ kind: "reply", chunks: ["never"], pauses: [2_000] });

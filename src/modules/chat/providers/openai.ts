@@ -235,7 +235,16 @@ function deltaText(choice: Record<string, unknown>): string {
   if (!isRecord(choice.delta)) return "";
   const { content, refusal } = choice.delta;
   if (typeof content === "string" && content !== "") return content;
+  // Mistral's reasoning models stream a list: `thinking` parts, then the answer's `text` parts
+  // (probe 70e F1: the answer was dropped, never progress, never charged).
+  const parts = Array.isArray(content) ? textParts(content) : "";
+  if (parts !== "") return parts;
   return typeof refusal === "string" ? refusal : "";
+}
+
+/** The answer's text in a `content` list: its `text` parts, joined. */
+function textParts(content: unknown[]): string {
+  return partsText(content, (part) => (part.type === "text" ? [part.text] : []));
 }
 
 /** The fields one server or another streams a model's reasoning in, as plain text. */
@@ -340,7 +349,8 @@ function progresses(chunk: unknown): boolean {
   // Only what the answer is made of: a role, an unknown field, an empty list or object is not
   // (probe 57a F3: each of them held a turn as the empty chunks had). Reasoning is, in every shape
   // it is counted in (probe 70c F1: a model reasoning in `reasoning_details` timed out mid-thought).
-  return [content, refusal, ...reasoningShapes(choice.delta)].some(
+  const parts = Array.isArray(content) ? textParts(content) : undefined;
+  return [content, parts, refusal, ...reasoningShapes(choice.delta)].some(
     (value) => typeof value === "string" && value.trim() !== "",
   );
 }
