@@ -62,17 +62,21 @@ export interface Reclaimed {
   tokens: number;
 }
 
+/** A table's rows of an owner, by the placeholders `kind` and `id`. */
+function ownerPlaceholders(table: { ownerKind: SQLiteColumn; ownerId: SQLiteColumn }) {
+  return and(
+    eq(table.ownerKind, sql.placeholder("kind")),
+    eq(table.ownerId, sql.placeholder("id")),
+  );
+}
+
 /** A table's row of an owner's day, by the placeholders `kind`, `id` and `day`. */
 export function ownerDayPlaceholders(table: {
   ownerKind: SQLiteColumn;
   ownerId: SQLiteColumn;
   day: SQLiteColumn;
 }) {
-  return and(
-    eq(table.ownerKind, sql.placeholder("kind")),
-    eq(table.ownerId, sql.placeholder("id")),
-    eq(table.day, sql.placeholder("day")),
-  );
+  return and(ownerPlaceholders(table), eq(table.day, sql.placeholder("day")));
 }
 
 interface ReservationRow {
@@ -161,20 +165,8 @@ export class TurnReservations {
           .prepare(),
       endOfOwnerDay: () => db.delete(r).where(ownerDayPlaceholders(r)).prepare(),
       inFlight: () =>
-        db
-          .select({ turns: sql<number>`count(*)` })
-          .from(r)
-          .where(
-            and(eq(r.ownerKind, sql.placeholder("kind")), eq(r.ownerId, sql.placeholder("id"))),
-          )
-          .prepare(),
-      endOfOwner: () =>
-        db
-          .delete(r)
-          .where(
-            and(eq(r.ownerKind, sql.placeholder("kind")), eq(r.ownerId, sql.placeholder("id"))),
-          )
-          .prepare(),
+        db.select({ turns: sql<number>`count(*)` }).from(r).where(ownerPlaceholders(r)).prepare(),
+      endOfOwner: () => db.delete(r).where(ownerPlaceholders(r)).prepare(),
       // The turns in flight are among them: as many more as this process holds.
       own: () =>
         db
