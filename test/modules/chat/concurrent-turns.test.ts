@@ -31,7 +31,10 @@ interface Problem {
   requestId: string;
 }
 
-/** `count` turns of one credential at once; each response, also put in `answered` when it comes. */
+/**
+ * `count` turns of one credential at once, every other one to `/api/chat/` (a spelling that reaches
+ * the same handler); each response, also put in `answered` when it comes.
+ */
 function together(
   app: { app: { handle(request: Request): Promise<Response> } },
   credential: Record<string, string>,
@@ -40,7 +43,7 @@ function together(
   headers: Record<string, string> = {},
 ) {
   return Array.from({ length: count }, (_, i) =>
-    send(app, "/api/chat", {
+    send(app, i % 2 === 0 ? "/api/chat" : "/api/chat/", {
       body: { message: `question ${i}` },
       headers: { ...credential, ...headers },
     }).then((response) => {
