@@ -290,7 +290,7 @@ describe("replies", () => {
 describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => {
   const messages: ChatMessage[] = [{ role: "user", content: "efghijklm" }];
 
-  test("zero tokens for text that is not empty, or a count past 10^8, is replaced by the estimate", async () => {
+  test("zero tokens for text that is not empty, or a count past 10^8, is replaced by the estimate; a prompt count past the messages' ceiling is that ceiling", async () => {
     for (const usage of [
       { prompt: 0, completion: 0 },
       { prompt: 1e308, completion: 1e308 },
@@ -332,6 +332,24 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
       kind: "usage",
       usage: { promptTokens: 1, completionTokens: 100 },
     });
+    // A prompt count past what the messages can be (a byte a token, three bytes a character, and
+    // 16 a message plus 32,768 a template or gateway may add) is charged that ceiling (probe 70e):
+    // 27 + 16 + 32,768 for this 9-character prompt, JSON or streamed.
+    const ceiling = 9 * 3 + 16 + 32_768;
+    for (const prompt of [99_999_999, ceiling + 1]) {
+      upstream.enqueue({ kind: "reply", text: "short", usage: { prompt, completion: 2 } });
+      expect((await provider.complete(messages)).usage).toEqual({
+        promptTokens: ceiling,
+        completionTokens: 2,
+      });
+      upstream.enqueue({ kind: "reply", chunks: ["short"], usage: { prompt, completion: 2 } });
+      expect((await collect(provider.stream(messages))).at(-1)).toEqual({
+        kind: "usage",
+        usage: { promptTokens: ceiling, completionTokens: 2 },
+      });
+    }
+    upstream.enqueue({ kind: "reply", text: "short", usage: { prompt: ceiling, completion: 2 } });
+    expect((await provider.complete(messages)).usage.promptTokens).toBe(ceiling);
     // A real count is kept, and zero for an empty reply is one.
     upstream.enqueue({ kind: "reply", text: "0123456789", usage: { prompt: 7, completion: 9 } });
     expect((await provider.complete(messages)).usage).toEqual({

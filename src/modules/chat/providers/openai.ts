@@ -32,7 +32,8 @@
  *   text (past 10^8, under a fortieth of the estimate: zero for text that is not empty), get an
  *   estimate of one token per four characters (`estimateTokens`) of the reply and of any reasoning
  *   streamed beside it (counted as it arrives, never kept), never zero; a completion is never
- *   counted past the cap the request carried.
+ *   counted past the cap the request carried, nor a prompt past what its messages can be
+ *   (`promptCeiling`).
  * - **Length**: every request carries CHAT_MAX_COMPLETION_TOKENS as the reply's cap
  *   (`completionCapField`: `max_completion_tokens` for api.openai.com, `max_tokens` elsewhere), so
  *   the completion a turn reserves against its budget is a real bound; a reply longer than 32
@@ -461,6 +462,26 @@ function believed(reported: number | undefined, estimate: number): number {
 }
 
 /**
+ * Tokens a prompt template and an upstream's own instructions may add to the messages: a chat
+ * template's markers are a few tokens a message, a model's default system prompt tens, a
+ * gateway's added context (search results) a few thousand.
+ */
+const TOKENS_PER_MESSAGE = 16;
+const ADDED_PROMPT_TOKENS = 32_768;
+
+/**
+ * The most prompt tokens the messages can be: a token is at least one byte of text, and a UTF-16
+ * unit at most three bytes of UTF-8, plus what a template and the upstream add. A count past it is
+ * not one of this prompt (probe 70e: 99,999,999 a turn was shown to the client and counted in
+ * `chat_tokens_total`); the turn is charged the ceiling, as a completion is charged its cap.
+ */
+function promptCeiling(messages: readonly ChatMessage[]): number {
+  let units = 0;
+  for (const message of messages) units += message.content.length;
+  return units * 3 + messages.length * TOKENS_PER_MESSAGE + ADDED_PROMPT_TOKENS;
+}
+
+/**
  * What a turn is charged: the upstream's usage where it can be the usage of this text, the
  * estimate where not, and never more completion tokens than the request allowed (the cap it
  * carried).
@@ -472,7 +493,10 @@ function chargedUsage(
   maxCompletionTokens: number,
 ): TokenUsage {
   return {
-    promptTokens: believed(reported?.promptTokens, estimatePromptTokens(messages)),
+    promptTokens: Math.min(
+      promptCeiling(messages),
+      believed(reported?.promptTokens, estimatePromptTokens(messages)),
+    ),
     completionTokens: Math.min(
       maxCompletionTokens,
       believed(reported?.completionTokens, estimateTokensOf(generated)),
