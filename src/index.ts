@@ -8,6 +8,7 @@ import { createApp } from "./app";
 import { namedFirstLine, terminalSafe } from "./cli/terminal";
 import { ConfigError, databasePathOf, loadConfig } from "./config";
 import { leftoverDevelopmentKey } from "./config/development-key";
+import { executableEnvironment } from "./config/parse";
 import { looseSecretFileMessage } from "./config/secret-file-modes";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import {
@@ -57,9 +58,7 @@ declare const PALISADE_EXECUTABLE: boolean | undefined;
 // one missing its settings refuses (naming what is missing) instead of serving the development
 // profile with generated secrets. It reads no `.env` either (scripts/build.ts).
 const environment =
-  typeof PALISADE_EXECUTABLE !== "undefined" && process.env.APP_ENV === undefined
-    ? { ...process.env, APP_ENV: "production" }
-    : process.env;
+  typeof PALISADE_EXECUTABLE !== "undefined" ? executableEnvironment(process.env) : process.env;
 
 // A stop signalled while the service starts is carried out once it listens: killed by the default
 // action between its migrations and its first audit write, a first start left the file sealed with

@@ -13,6 +13,7 @@ import { developmentKeyPath, loadOrCreateDevelopmentKey } from "./development-ke
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
 import { ConfigError } from "./error";
 import {
+  executableEnvironment,
   isLoopbackHost,
   parseAllowCidrs,
   parseAllowedHosts,
@@ -50,6 +51,11 @@ export type { AppEnv, BodyLimits, LogLevel, PasswordPolicy } from "./profiles";
 
 export interface Config {
   appEnv: AppEnv;
+  /**
+   * Neither APP_ENV nor ENVIRONMENT named a profile (both unset or blank): the source entry serves
+   * the development profile, the production executable starts as production (executableEnvironment).
+   */
+  appEnvDefaulted: boolean;
   host: string;
   port: number;
   databasePath: string;
@@ -304,6 +310,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
 
   const config: Config = {
     appEnv,
+    appEnvDefaulted: executableEnvironment(rawEnv) !== rawEnv,
     host: listenHost("HOST", text("HOST")) ?? "127.0.0.1",
     port: integer("PORT", 3000, 0, 65535),
     databasePath,

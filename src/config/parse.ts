@@ -42,6 +42,20 @@ export function parseAppEnv(env: Record<string, string | undefined>): AppEnv {
   return parseEnum("APP_ENV", primary ?? "development", APP_ENVS);
 }
 
+/**
+ * The environment a start of the production executable reads: one that names no profile (neither
+ * APP_ENV nor its alias ENVIRONMENT, or each only blank, as `APP_ENV=` in an env file or a
+ * compose variable the host lacks gives it) is a production start. A blank APP_ENV is read as
+ * unset by parseAppEnv, so left as it was it served the development profile with generated
+ * secrets (probe 71a F1); an ENVIRONMENT of its own is honoured (71a F4).
+ */
+export function executableEnvironment(
+  env: Record<string, string | undefined>,
+): Record<string, string | undefined> {
+  const named = (value: string | undefined) => value !== undefined && value.trim() !== "";
+  return named(env.APP_ENV) || named(env.ENVIRONMENT) ? env : { ...env, APP_ENV: "production" };
+}
+
 /** Other tools' names for the log levels. */
 const LOG_LEVEL_ALIASES: Record<string, LogLevel> = { warning: "warn", critical: "fatal" };
 

@@ -64,7 +64,11 @@ describe("bun run cli", () => {
   });
 
   test("config:check names unknown variables on stderr, with the closest known one", async () => {
-    const result = await cli(["config:check"], { DATABASE_PATH: ":memory:", JWT_SECRET: "x" });
+    const result = await cli(["config:check"], {
+      APP_ENV: "development",
+      DATABASE_PATH: ":memory:",
+      JWT_SECRET: "x",
+    });
     expect(result.code).toBe(0);
     expect(result.stderr.trim()).toBe(
       "warning: unknown variable JWT_SECRET: did you mean JWT_SECRET_KEY?",
@@ -72,8 +76,33 @@ describe("bun run cli", () => {
     expect(JSON.parse(result.stdout).appEnv).toBe("development");
   });
 
+  test("config:check says so when no APP_ENV names the profile, blank included: the executable would start as production (probe 71a F4)", async () => {
+    const unnamed: Record<string, string>[] = [
+      {},
+      { APP_ENV: " " },
+      { APP_ENV: "", ENVIRONMENT: "" },
+    ];
+    for (const named of unnamed) {
+      const result = await cli(["config:check"], { DATABASE_PATH: ":memory:", ...named });
+      expect(result.code).toBe(0);
+      expect(JSON.parse(result.stdout).appEnv).toBe("development");
+      expect(result.stderr.trim()).toBe(
+        "warning: APP_ENV is not set: checked as the development profile `bun run start` serves; the executable (dist/palisade, the Docker image) starts as production: set APP_ENV=production to check what it needs",
+      );
+    }
+    const named: Record<string, string>[] = [
+      { APP_ENV: "development" },
+      { ENVIRONMENT: "development" },
+    ];
+    for (const profile of named) {
+      const result = await cli(["config:check"], { DATABASE_PATH: ":memory:", ...profile });
+      expect(result.stderr).toBe("");
+    }
+  });
+
   test("config:check names DATABASE_PATH_FILE as unknown: the path is no secret (probe 35c I5)", async () => {
     const result = await cli(["config:check"], {
+      APP_ENV: "development",
       DATABASE_PATH: ":memory:",
       DATABASE_PATH_FILE: "/run/secrets/db_path",
     });
@@ -89,7 +118,11 @@ describe("bun run cli", () => {
       const path = join(dir.path, "jwt_secret_key");
       writeFileSync(path, `${secret}\n`);
       chmodSync(path, 0o644);
-      const env = { DATABASE_PATH: join(dir.path, "app.db"), JWT_SECRET_KEY_FILE: path };
+      const env = {
+        APP_ENV: "development",
+        DATABASE_PATH: join(dir.path, "app.db"),
+        JWT_SECRET_KEY_FILE: path,
+      };
       const checked = await cli(["config:check"], env);
       expect(checked.code).toBe(0);
       expect(checked.stderr).toBe(

@@ -231,19 +231,36 @@ test("it reads neither the .env nor the bunfig.toml of its working directory", a
   expect(existsSync(PRELOAD_MARK)).toBe(false);
 });
 
-test("started with no APP_ENV it is a production start: without the secrets it refuses, naming them", () => {
+test("started with no APP_ENV, or a blank one, it is a production start: without the secrets it refuses, naming them", () => {
   const bare = tempDir();
   try {
-    const started = Bun.spawnSync([join(outdir, "exe", EXECUTABLE)], {
+    // `APP_ENV=` in an env file, or a compose variable the host lacks, is no profile either: it
+    // served the development profile with generated secrets (probe 71a F1).
+    for (const named of [
+      {},
+      { APP_ENV: "" },
+      { APP_ENV: "  " },
+      { APP_ENV: "", ENVIRONMENT: " " },
+    ]) {
+      const started = Bun.spawnSync([join(outdir, "exe", EXECUTABLE)], {
+        cwd: bare.path,
+        env: { PATH: process.env.PATH ?? "", PORT: "0", HOST: "127.0.0.1", ...named },
+        timeout: 10_000,
+      });
+      const said = started.stderr.toString();
+      expect([started.exitCode, said]).toEqual([2, expect.stringContaining("refusing to start")]);
+      expect(said).toContain("JWT_SECRET_KEY is required when APP_ENV=production");
+      expect(said).not.toContain("generated random development secrets");
+    }
+    // ENVIRONMENT alone names the profile (it was refused as differing from an APP_ENV the
+    // executable had set itself: probe 71a F4).
+    const staging = Bun.spawnSync([join(outdir, "exe", EXECUTABLE)], {
       cwd: bare.path,
-      env: { PATH: process.env.PATH ?? "", PORT: "0", HOST: "127.0.0.1" },
+      env: { PATH: process.env.PATH ?? "", PORT: "0", HOST: "127.0.0.1", ENVIRONMENT: "staging" },
       timeout: 10_000,
     });
-    expect(started.exitCode).toBe(2);
-    const said = started.stderr.toString();
-    expect(said).toContain("refusing to start");
-    expect(said).toContain("JWT_SECRET_KEY");
-    expect(said).not.toContain("generated random development secrets");
+    expect(staging.exitCode).toBe(2);
+    expect(staging.stderr.toString()).toContain("JWT_SECRET_KEY is required when APP_ENV=staging");
   } finally {
     bare.remove();
   }

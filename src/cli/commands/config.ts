@@ -50,6 +50,13 @@ export const configCheck: Command = {
     for (const loose of config.looseSecretFiles) {
       context.err(`warning: ${looseSecretFileMessage(loose)}`);
     }
+    // The executable reads the same environment as production (probe 71a F4): an "ok" here for
+    // the development profile said nothing of what `dist/palisade` would refuse.
+    if (config.appEnvDefaulted) {
+      context.err(
+        "warning: APP_ENV is not set: checked as the development profile `bun run start` serves; the executable (dist/palisade, the Docker image) starts as production: set APP_ENV=production to check what it needs",
+      );
+    }
     for (const line of JSON.stringify(describeConfig(config), null, 2).split("\n")) {
       context.out(line);
     }
