@@ -15,6 +15,9 @@ export class UnreadableFile extends Error {
   }
 }
 
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/** The file's text, UTF-8 as it must be (a BOM dropped). */
 export function readBoundedFile(path: string, maxBytes: number): string {
   let fd: number;
   try {
@@ -35,7 +38,14 @@ export function readBoundedFile(path: string, maxBytes: number): string {
       length += read;
       if (length > maxBytes) throw new UnreadableFile(`larger than ${maxBytes} bytes`);
     }
-    return buffer.toString("utf8", 0, length);
+    // Strictly: a lossy decode made every invalid byte U+FFFD, so a raw 20-byte random secret
+    // passed the 32-byte minimum as ~40 bytes of text, and two files differing in each high byte
+    // were one key (probe 71a F3).
+    try {
+      return STRICT_UTF8.decode(buffer.subarray(0, length));
+    } catch {
+      throw new UnreadableFile("not UTF-8 text");
+    }
   } catch (error) {
     if (error instanceof UnreadableFile) throw error;
     throw new UnreadableFile((error as NodeJS.ErrnoException).code ?? "unreadable");

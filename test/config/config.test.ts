@@ -793,6 +793,31 @@ describe("secrets from files (NAME_FILE)", () => {
     }
   });
 
+  test("refuses a secret file that is not UTF-8 text (raw random bytes), naming the variable, never decoding it lossily (probe 71a F3)", () => {
+    const dir = tempDir();
+    try {
+      const raw = join(dir.path, "raw");
+      // 20 bytes with invalid UTF-8 in them: read lossily, each became U+FFFD (three bytes), so it
+      // passed the 32-byte minimum, and another file differing in each high byte was the same key.
+      writeFileSync(
+        raw,
+        Buffer.from("a\x80b\x81c\x82d\x83e\x84f\x85g\x86h\x87i\x88j\x89", "latin1"),
+      );
+      for (const appEnv of ["development", "production"]) {
+        const error = refusal({ APP_ENV: appEnv, JWT_SECRET_KEY_FILE: raw });
+        expect(error.variable).toBe("JWT_SECRET_KEY_FILE");
+        expect(error.message).toBe("JWT_SECRET_KEY_FILE cannot be read (not UTF-8 text)");
+      }
+      // UTF-8 text is read as it was, a byte-order mark dropped.
+      const text = join(dir.path, "text");
+      writeFileSync(text, `\ufeffk3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j-é\n`);
+      const config = loadConfig({ APP_ENV: "development", JWT_SECRET_KEY_FILE: text });
+      expect(config.jwt.secretKey).toBe("k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j-é");
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("refuses an empty file and refuses NAME together with NAME_FILE", () => {
     const dir = tempDir();
     try {
