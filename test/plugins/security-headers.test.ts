@@ -1,5 +1,5 @@
 import { afterEach, expect, test } from "bun:test";
-import { API_CSP, DOCS_CSP } from "../../src/plugins/security-headers";
+import { API_CSP, DOCS_CSP, DOCS_SCRIPT } from "../../src/plugins/security-headers";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp } from "../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../support/auth";
 import { parseSse, SSE } from "../support/chat";
@@ -173,6 +173,14 @@ test("the HTML policy goes with the docs route in its every spelling, and never 
       "text/html",
     ]);
     expect(page.headers.get("content-security-policy")).toBe(DOCS_CSP);
+    // Its one script is Scalar's bundle at a named version, the only one the policy lets run
+    // (probe 71b F1: `@latest`, and any file of the CDN).
+    const scripts = [...(await page.text()).matchAll(/<script[^>]*\ssrc="([^"]+)"/g)].map(
+      (match) => match[1],
+    );
+    expect(scripts).toEqual([DOCS_SCRIPT]);
+    expect(DOCS_SCRIPT).toMatch(/@\d+\.\d+\.\d+\//);
+    expect(DOCS_CSP).toContain(`script-src ${DOCS_SCRIPT};`);
   }
   for (const method of ["POST", "DELETE"]) {
     const refused = await send(current, "/docs", { method });

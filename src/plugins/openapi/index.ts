@@ -21,6 +21,7 @@ import { PROBLEM_CONTENT_TYPE, problemResponses } from "../../errors";
 import { type authPlugin, ERRORS_DETAIL_KEY } from "../auth";
 import { BODY_MEDIA_TYPE, BODY_METHODS } from "../request-guard/checks";
 import type { RouteClass } from "../route-class";
+import { DOCS_SCRIPT } from "../security-headers";
 import { strictSchemaOf } from "../strict-body";
 
 export const OPENAPI_PATH = "/openapi.json";
@@ -192,6 +193,7 @@ function generatorOptions(docsPage: boolean, isPublic: boolean): Parameters<type
     path: DOCS_PATH,
     specPath: OPENAPI_PATH,
     provider: docsPage ? "scalar" : null,
+    scalar: { cdn: DOCS_SCRIPT },
     exclude: { paths: [DOCS_PATH] },
     documentation: {
       info: {

@@ -37,9 +37,17 @@ export const API_CSP =
   "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 const DOCS_CDN = "https://cdn.jsdelivr.net";
+/**
+ * The docs page's one script, Scalar's bundle at a version named here: `@latest` ran whatever was
+ * published next, and the policy allowed any file of the CDN (any npm package) on the origin whose
+ * cookies are the sessions (probe 71b F1). An npm version is never published twice; the CDN itself
+ * is still trusted (no integrity hash: computing one needs the file, which this build never
+ * fetches). Raise it with a release.
+ */
+export const DOCS_SCRIPT = `${DOCS_CDN}/npm/@scalar/api-reference@1.40.0/dist/browser/standalone.js`;
 export const DOCS_CSP = [
   "default-src 'none'",
-  `script-src ${DOCS_CDN}`,
+  `script-src ${DOCS_SCRIPT}`,
   `style-src 'unsafe-inline' ${DOCS_CDN}`,
   `font-src ${DOCS_CDN} https://fonts.scalar.com data:`,
   "img-src 'self' data: https:",
