@@ -200,9 +200,16 @@ export class RedisLimiterStore implements LeasableStore {
 
   async reset(policy: Policy, key: string): Promise<void> {
     // Without an offline queue a command fails until the client has connected: a CLI command
-    // resets right after it starts.
+    // resets right after it starts (bounded by the client's connection timeout).
     if (!this.client.connected) await this.client.connect();
-    await this.client.del(`${PREFIX}${policy.id}:${key}`);
+    // Within the decisions' deadline: an admin's lift of a block waited for it, and answered only
+    // when a stalled Redis resumed (probe 71c F3). A reset that misses it fails as any store
+    // failure does (the lift logs it); the DEL still queued runs when Redis does.
+    await withDeadline(
+      this.client.del(`${PREFIX}${policy.id}:${key}`),
+      this.options.deadlineMs ?? 500,
+      "rate-limit reset",
+    );
   }
 
   /** Redis expires each key itself when its windows have passed. */

@@ -455,6 +455,33 @@ describe.skipIf(!redisAvailable)("RedisLimiterStore (a real redis-server)", () =
     }
   });
 
+  test("lifting a block with Redis stalled answers within the deadline: the lift is not held for the stall (probe 71c F3)", async () => {
+    const own = await startRedis();
+    const target = buildTestApp({ env: { REDIS_URL: own.url } });
+    await target.services.start();
+    try {
+      const client = { ip: "192.0.2.35", key: "192.0.2.35", address: parseIp("192.0.2.35") };
+      let block = null;
+      for (let i = 0; i < 10; i++)
+        block = await target.services.ipBlocks.recordViolation("login", client);
+      expect(block).not.toBeNull();
+      own.pause();
+      const started = performance.now();
+      // Held until the resume before (25 s in the probe): the stall lasts until `finally` here.
+      const lifted = await Promise.race([
+        target.services.ipBlocks.lift(client.ip, null),
+        Bun.sleep(3_000).then(() => "still waiting"),
+      ]);
+      expect(lifted).toBe(1);
+      expect(performance.now() - started).toBeLessThan(5_000);
+      expect(target.services.ipBlocks.blockedUntil(client.ip)).toBeNull();
+    } finally {
+      own.resume();
+      target.close();
+      await own.stop();
+    }
+  });
+
   test("with Redis stalled on an open connection, answers come within the deadline, and it recovers", async () => {
     const own = await startRedis();
     const target = buildTestApp({ env: { REDIS_URL: own.url } });
