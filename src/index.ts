@@ -261,7 +261,12 @@ const app = createApp(services);
 let metricsListener: MetricsListener | null = null;
 if (config.metricsListener) {
   try {
-    metricsListener = listenForMetrics({ handle: app.handle, ...config.metricsListener, logger });
+    metricsListener = listenForMetrics({
+      handle: app.handle,
+      ...config.metricsListener,
+      logger,
+      hsts: config.requireTls,
+    });
   } catch (error) {
     if (error instanceof MetricsPortUnavailable) fail(`refusing to start: ${error.message}`);
     throw error;

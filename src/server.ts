@@ -18,7 +18,7 @@ export interface Listenable {
 
 export interface StartServerOptions {
   app: Listenable;
-  config: Pick<Readonly<Config>, "host" | "port" | "bodyLimits">;
+  config: Pick<Readonly<Config>, "host" | "port" | "bodyLimits" | "requireTls">;
   logger: Logger;
   /** Runs after the last request has been answered. */
   onClosed?: () => void | Promise<void>;
@@ -109,7 +109,7 @@ export function startServer(options: StartServerOptions): RunningServer {
     // Never Bun's development error page (source paths, source lines, stack), whatever NODE_ENV
     // says; what escapes the app's own error handler is a bare problem+json 500.
     development: false,
-    error: lastResortErrorHandler(logger),
+    error: lastResortErrorHandler(logger, config.requireTls),
   });
   const server = app.server!;
   const url = server.url;

@@ -4,6 +4,7 @@ import { statSync } from "node:fs";
 import { QUERY_DURATION_BUCKETS } from "../../src/db/timing";
 import { listenForMetrics } from "../../src/plugins/metrics/listener";
 import { CONTRACT_METRIC_NAMES, METRIC } from "../../src/plugins/metrics/names";
+import { API_CSP, buildSecurityHeaders } from "../../src/plugins/security-headers";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
 import { freePort, REPO_ROOT } from "../support/process";
@@ -350,6 +351,7 @@ test("with METRICS_PORT, /metrics is served only by the listener, which applies 
     handle: current.app.handle,
     ...current.config.metricsListener!,
     logger: current.logger,
+    hsts: false,
   });
   try {
     expect(listener.url.toString()).toBe(`http://127.0.0.1:${port}/metrics`);
@@ -362,7 +364,14 @@ test("with METRICS_PORT, /metrics is served only by the listener, which applies 
     const text = await scraped.text();
     expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="404"}')).toBe(1);
     expect(sample(text, 'http_requests_total{method="GET",route="/metrics",status="401"}')).toBe(2);
-    expect((await fetch(new URL("/health", listener.url))).status).toBe(404);
+    const elsewhere = await fetch(new URL("/health", listener.url));
+    expect(elsewhere.status).toBe(404);
+    // With the security headers every answer carries: it sent only nosniff and no-store (probe
+    // 71b F3).
+    for (const [name, value] of Object.entries(buildSecurityHeaders(false, API_CSP))) {
+      expect([name, elsewhere.headers.get(name)]).toEqual([name, value]);
+    }
+    expect(elsewhere.headers.get("vary")).toBe("Origin");
     // With a trailing slash as on the main port, where the router takes it for the same route.
     const slashed = await fetch(new URL("/metrics/", listener.url), {
       headers: { authorization: `Bearer ${TOKEN}` },
@@ -377,6 +386,7 @@ test("with METRICS_PORT, /metrics is served only by the listener, which applies 
         handle: current!.app.handle,
         ...current!.config.metricsListener!,
         logger: current!.logger,
+        hsts: false,
       }),
     ).toThrow(`METRICS_PORT ${port}: no port could be bound`);
   } finally {
@@ -399,6 +409,7 @@ test("the metrics listener hands every /metrics request to the app whatever its 
     handle: current.app.handle,
     ...current.config.metricsListener!,
     logger: current.logger,
+    hsts: false,
   });
   try {
     for (const [request, code] of [
@@ -459,6 +470,7 @@ test("whatever escapes the app on the metrics listener is a bare problem+json 50
     host: "127.0.0.1",
     ports: { first: port, last: port },
     logger: current.logger,
+    hsts: true,
   });
   try {
     for (const fail of ["sync", "async"]) {
@@ -471,6 +483,10 @@ test("whatever escapes the app on the metrics listener is a bare problem+json 50
       expect(response.status).toBe(500);
       expect(response.headers["content-type"]).toBe("application/problem+json");
       expect(JSON.parse(response.body).code).toBe("INTERNAL");
+      // The security headers every answer carries, HSTS where asked (probe 71b F3).
+      for (const [name, value] of Object.entries(buildSecurityHeaders(true, API_CSP))) {
+        expect([name, response.headers[name]]).toEqual([name, value]);
+      }
       // The operator still has the error, in the log, under the request id the client got.
       const requestId = response.headers["x-request-id"];
       const logged = current.logs.entries.find((entry) => entry.requestId === requestId);

@@ -8,25 +8,30 @@
  */
 import { type ErrorCode, PROBLEM_CONTENT_TYPE, statusForCode, toProblem } from "../../errors";
 import type { Logger } from "../../logging/logger";
+import { API_CSP, buildSecurityHeaders } from "../security-headers";
 
-export function problemResponse(code: ErrorCode, detail: string): Response {
+/**
+ * With the security headers every other answer carries (`hsts` where the service is reached over
+ * TLS): the metrics listener's 404 sent only nosniff and no-store (probe 71b F3).
+ */
+export function problemResponse(code: ErrorCode, detail: string, hsts: boolean): Response {
   const requestId = Bun.randomUUIDv7();
   const status = statusForCode(code);
   return new Response(JSON.stringify(toProblem(code, detail, requestId, undefined, status)), {
     status,
     headers: {
+      ...buildSecurityHeaders(hsts, API_CSP),
+      vary: "Origin",
       "content-type": PROBLEM_CONTENT_TYPE,
       "x-request-id": requestId,
-      "x-content-type-options": "nosniff",
-      "cache-control": "no-store",
     },
   });
 }
 
 /** Bun.serve's `error` callback: the error is logged (scrubbed), the client gets a bare 500. */
-export function lastResortErrorHandler(logger: Logger) {
+export function lastResortErrorHandler(logger: Logger, hsts: boolean) {
   return function answerServerError(error: unknown): Response {
-    const response = problemResponse("INTERNAL", "An unexpected error occurred.");
+    const response = problemResponse("INTERNAL", "An unexpected error occurred.", hsts);
     logger.error(
       { err: error, requestId: response.headers.get("x-request-id") },
       "request failed outside the app",

@@ -38,6 +38,8 @@ export interface MetricsListenerOptions {
   host: string;
   ports: { first: number; last: number };
   logger: Logger;
+  /** Strict-Transport-Security on its own answers, as on the app's (config.requireTls). */
+  hsts: boolean;
 }
 
 export interface MetricsListener {
@@ -62,9 +64,9 @@ function pathOf(request: Request): string {
   return end < 0 ? url.slice(start) : url.slice(start, start + end);
 }
 
-export function listenForMetrics({ handle, host, ports, logger }: MetricsListenerOptions) {
+export function listenForMetrics({ handle, host, ports, logger, hsts }: MetricsListenerOptions) {
   let lastError = "";
-  const answerServerError = lastResortErrorHandler(logger);
+  const answerServerError = lastResortErrorHandler(logger, hsts);
   for (let port = ports.first; port <= ports.last; port++) {
     let server: Bun.Server<unknown>;
     try {
@@ -79,7 +81,7 @@ export function listenForMetrics({ handle, host, ports, logger }: MetricsListene
           const path = pathOf(request);
           // As the main port's router takes it (a trailing slash is the same route there).
           if (path !== "/metrics" && path !== "/metrics/") {
-            return problemResponse("NOT_FOUND", "No route matches this path.");
+            return problemResponse("NOT_FOUND", "No route matches this path.", hsts);
           }
           handedOver.set(request, server.requestIP(request)?.address ?? null);
           return handle(request);
