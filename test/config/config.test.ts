@@ -207,8 +207,34 @@ describe("production profile", () => {
     ],
     // Runs of neighbouring characters pass the length and variety checks (probe 30d F2).
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "abcdefghijklmnopqrstuvwxyz012345" }, "neighbouring"],
-    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "01234567890123456789012345678901" }, "neighbouring"],
+    // Said again as well as a run: refused as the repetition it is first.
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "01234567890123456789012345678901" }, "too repetitive"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "ZYXWVUTSRQPONMLKJIHGFEDCBA987654" }, "neighbouring"],
+    // What else a person makes up passed every check (probe 71a F2): a block said again, a walk
+    // along the keyboard, a sentence or passphrase, emoji next to each other in Unicode.
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "aZ3$kL9!mQaZ3$kL9!mQaZ3$kL9!mQaZ3$kL9!mQ" },
+      "too repetitive",
+    ],
+    [
+      "CSRF_SECRET_KEY",
+      { CSRF_SECRET_KEY: "Xy7#pQ2w-Xy7#pQ2w-Xy7#pQ2w-Xy7#pQ2w" },
+      "too repetitive",
+    ],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "qwertyuiopasdfghjklzxcvbnmqwerty" }, "keys"],
+    ["METRICS_TOKEN", { METRICS_TOKEN: "1234567890-=QWERTYUIOP[]asdfghjkl;'" }, "keys"],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "the quick brown fox jumps over the lazy dog" },
+      "written phrase",
+    ],
+    [
+      "AUDIT_SECRET_KEY",
+      { AUDIT_SECRET_KEY: "Correct-Horse-Battery-Staple-Orange-Lamp" },
+      "written phrase",
+    ],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "😀😁😂🤣😃😄😅😆😉😊" }, "neighbouring"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
@@ -295,8 +321,8 @@ describe("production profile", () => {
     expect(error.message.split("\n")).toHaveLength(1);
   });
 
-  test("a generated secret is never taken for a run (a thousand of them), and a shared one is refused without its value", () => {
-    for (let i = 0; i < 1000; i++) {
+  test("a generated secret is never taken for a run, a repetition or a phrase (ten thousand of them), and a shared one is refused without its value", () => {
+    for (let i = 0; i < 10_000; i++) {
       const secret = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
       expect(secretWeakness(secret)).toBeNull();
       const hex = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex");
