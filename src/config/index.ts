@@ -13,8 +13,8 @@ import { developmentKeyPath, loadOrCreateDevelopmentKey } from "./development-ke
 import { type Environment, type ReadTextFile, resolveFileSecrets } from "./env-source";
 import { ConfigError } from "./error";
 import {
-  executableEnvironment,
   isLoopbackHost,
+  namesProfile,
   parseAllowCidrs,
   parseAllowedHosts,
   parseAppEnv,
@@ -310,7 +310,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
 
   const config: Config = {
     appEnv,
-    appEnvDefaulted: executableEnvironment(rawEnv) !== rawEnv,
+    appEnvDefaulted: !namesProfile(rawEnv),
     host: listenHost("HOST", text("HOST")) ?? "127.0.0.1",
     port: integer("PORT", 3000, 0, 65535),
     databasePath,

@@ -52,8 +52,12 @@ export function parseAppEnv(env: Record<string, string | undefined>): AppEnv {
 export function executableEnvironment(
   env: Record<string, string | undefined>,
 ): Record<string, string | undefined> {
-  const named = (value: string | undefined) => value !== undefined && value.trim() !== "";
-  return named(env.APP_ENV) || named(env.ENVIRONMENT) ? env : { ...env, APP_ENV: "production" };
+  return namesProfile(env) ? env : { ...env, APP_ENV: "production" };
+}
+
+/** Whether APP_ENV or its alias ENVIRONMENT names a profile (is set and not blank). */
+export function namesProfile(env: Record<string, string | undefined>): boolean {
+  return Boolean(env.APP_ENV?.trim() || env.ENVIRONMENT?.trim());
 }
 
 /** Other tools' names for the log levels. */
