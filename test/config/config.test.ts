@@ -844,6 +844,52 @@ describe("secrets from files (NAME_FILE)", () => {
     }
   });
 
+  test("refuses a secret file holding a control character: UTF-16 without a BOM (a NUL after each character), NUL padding, a tab or a line break inside (probe 71d F1)", () => {
+    const dir = tempDir();
+    try {
+      const write = (name: string, contents: Buffer | string): string => {
+        const path = join(dir.path, name);
+        writeFileSync(path, contents);
+        return path;
+      };
+      // Valid UTF-8 as bytes, twice the length of the text: `changeme-please!` started production.
+      const utf16 = write("utf16", Buffer.from("changeme-please!\n", "utf16le"));
+      const padded = write("padded", `k3J9xQ2mP7vL4nR8${"\0".repeat(20)}\n`);
+      const tab = write("tab", "k3J9xQ2mP7vL4nR8\tt1yZ6bC5dF0gH3jW8qE2rT4y\n");
+      const inner = write("inner", "k3J9xQ2mP7vL4nR8t\nW1yZ6bC5dF0gH3jW8qE2rT4y\n");
+      for (const appEnv of ["development", "production"]) {
+        for (const [path, point] of [
+          [utf16, "0000"],
+          [padded, "0000"],
+          [tab, "0009"],
+          [inner, "000A"],
+        ] as const) {
+          const error = refusal({
+            ...production({ APP_ENV: appEnv }),
+            JWT_SECRET_KEY: undefined,
+            JWT_SECRET_KEY_FILE: path,
+          });
+          expect(error.variable).toBe("JWT_SECRET_KEY_FILE");
+          expect(error.message).toStartWith(
+            `JWT_SECRET_KEY_FILE holds a control character (U+${point})`,
+          );
+          expect(error.message).toEndWith("write the secret as one line of UTF-8 text");
+        }
+      }
+      expect(refusal({ JWT_SECRET_KEY_FILE: utf16 }).message).toContain(", as a UTF-16 file does");
+      // Every line ending at the end is the file's, not the key's: LF, CR LF, two of them.
+      for (const ending of ["\n", "\r\n", "\n\n", "\r\n\r\n", ""]) {
+        const path = write("ending", `${STRONG}${ending}`);
+        expect(
+          loadConfig(production({ JWT_SECRET_KEY: undefined, JWT_SECRET_KEY_FILE: path })).jwt
+            .secretKey,
+        ).toBe(STRONG);
+      }
+    } finally {
+      dir.remove();
+    }
+  });
+
   test("refuses an empty file and refuses NAME together with NAME_FILE", () => {
     const dir = tempDir();
     try {
