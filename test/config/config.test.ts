@@ -234,7 +234,62 @@ describe("production profile", () => {
       { AUDIT_SECRET_KEY: "Correct-Horse-Battery-Staple-Orange-Lamp" },
       "written phrase",
     ],
-    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "😀😁😂🤣😃😄😅😆😉😊" }, "neighbouring"],
+    [
+      "JWT_SECRET_KEY",
+      {
+        JWT_SECRET_KEY: Array.from({ length: 32 }, (_, i) =>
+          String.fromCodePoint(0x1f600 + i),
+        ).join(""),
+      },
+      "neighbouring",
+    ],
+    // The shapes 71a's checks missed (probe 71d F2): counted as characters read, not bytes typed;
+    // walks down the columns and on other layouts; words with numbers, upper case, any
+    // punctuation, joined by capitals or not at all; emails, URLs; a script without case.
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "😀😁😂🤣😃😄😅😆😉😊" }, "shorter than 32 characters"],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "我的生产环境密钥是一个很长的句子" },
+      "shorter than 32 characters",
+    ],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "ｃｈａｎｇｅｍｅ－ｐｌｅａｓｅ－ｎｏｗ！" },
+      "shorter than 32 characters",
+    ],
+    [
+      "JWT_SECRET_KEY",
+      {
+        JWT_SECRET_KEY:
+          "我的生产环境密钥是一个很长很长的句子，请不要告诉任何人，谢谢你们大家的帮助",
+      },
+      "written phrase",
+    ],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "1qaz2wsx3edc4rfv5tgb6yhn7ujm8ik," }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "zaq12wsxcde34rfvbgt56yhnmju78ik," }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "azertyuiopqsdfghjklmwxcvbn123456" }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "qwertzuiopasdfghjklyxcvbnm123456" }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "aoeuidhtns',.pyfgcrlqjkxbmwvz123" }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "Correct-Horse-Battery-Staple-2024!" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "CORRECT HORSE BATTERY STAPLE NOW" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "correct|horse|battery|staple|2024|x" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "CorrectHorse+BatteryStaple/2024/ok" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "MyCompanyProductionJwtKey2024!!!" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "correcthorsebatterystapleisgreat" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "JohnSmith1985-04-12-Production!!" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "john.smith@mycompany.io:prod-2024" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "https://palisade.mycompany.io/key" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "Summer2024!Winter2025!Spring2026" }, "written phrase"],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "Правильная-Лошадь-Батарейка-Скрепка-42" },
+      "written phrase",
+    ],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "Das ist mein geheimes Passwort fuer die Produktion" },
+      "written phrase",
+    ],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
@@ -321,12 +376,32 @@ describe("production profile", () => {
     expect(error.message.split("\n")).toHaveLength(1);
   });
 
-  test("a generated secret is never taken for a run, a repetition or a phrase (ten thousand of them), and a shared one is refused without its value", () => {
-    for (let i = 0; i < 10_000; i++) {
-      const secret = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
-      expect(secretWeakness(secret)).toBeNull();
-      const hex = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex");
-      expect(secretWeakness(hex)).toBeNull();
+  test("a generated secret is never taken for a run, a repetition or a phrase (thousands of each common shape), and a shared one is refused without its value", () => {
+    const bytes = (n: number) => crypto.getRandomValues(new Uint8Array(n));
+    const drawn = (alphabet: string, length: number) =>
+      Array.from(bytes(length), (byte) => alphabet[byte % alphabet.length]).join("");
+    const letters = "abcdefghijklmnopqrstuvwxyz";
+    const base32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const printable = Array.from({ length: 94 }, (_, i) => String.fromCharCode(33 + i)).join("");
+    const shapes: [string, () => string][] = [
+      ["base64url", () => Buffer.from(bytes(32)).toString("base64url")],
+      ["hex", () => Buffer.from(bytes(32)).toString("hex")],
+      ["base64", () => Buffer.from(bytes(48)).toString("base64")],
+      ["base32", () => drawn(base32, 52)],
+      ["base32 lower case", () => drawn(base32, 52).toLowerCase()],
+      ["letters", () => drawn(letters, 40)],
+      ["letters and digits", () => drawn(`${letters}0123456789`, 32)],
+      ["printable ASCII", () => drawn(printable, 32)],
+      ["two UUIDs", () => crypto.randomUUID() + crypto.randomUUID()],
+      // A label of words before it is not a phrase: the generated part is most of the value.
+      ["labelled", () => `production-signing-key-${Buffer.from(bytes(32)).toString("base64url")}`],
+    ];
+    for (const [shape, generate] of shapes) {
+      for (let i = 0; i < (shape === "base64url" || shape === "hex" ? 10_000 : 3_000); i++) {
+        const secret = generate();
+        const weakness = secretWeakness(secret);
+        if (weakness !== null) throw new Error(`${shape} ${secret} ${weakness}`);
+      }
     }
     const error = refusal(production({ METRICS_TOKEN: STRONG_3 }));
     expect(error.message).not.toContain(STRONG_3);
