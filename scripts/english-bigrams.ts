@@ -8,7 +8,13 @@
 import * as common from "@zxcvbn-ts/language-common";
 import * as english from "@zxcvbn-ts/language-en";
 
-const LISTS = ["commonWords-en", "wikipedia-en", "firstnames-en", "lastnames-en", "diceware-common"];
+const LISTS = [
+  "commonWords-en",
+  "wikipedia-en",
+  "firstnames-en",
+  "lastnames-en",
+  "diceware-common",
+];
 const dictionary = { ...english.dictionary, ...common.dictionary } as Record<string, string[]>;
 // Row 0: the start of a word; row n: after the nth letter. Columns: the 26 letters.
 const counts = Array.from({ length: 27 }, () => new Float64Array(26));

@@ -5,6 +5,7 @@ import { RedisClient } from "bun";
 import { ConfigError, loadConfig } from "../../src/config";
 import { leftoverDevelopmentKey } from "../../src/config/development-key";
 import { looseSecretFileMessage, looseSecretFiles } from "../../src/config/secret-file-modes";
+import { ENGLISH_BIGRAMS } from "../../src/config/english-bigrams";
 import { secretWeakness } from "../../src/config/secrets";
 import { VARIABLES } from "../../src/config/variables";
 import { tempDir } from "../support/app";
@@ -409,6 +410,18 @@ describe("production profile", () => {
     expect(loadConfig({ JWT_SECRET_KEY: STRONG, CSRF_SECRET_KEY: STRONG }).csrf.secretKey).toBe(
       STRONG,
     );
+  });
+
+  test("the English letter-pair table is whole: a row for a word's start and one for each letter, each a distribution", () => {
+    expect(ENGLISH_BIGRAMS).toHaveLength(27 * 26);
+    for (let row = 0; row < 27; row++) {
+      let total = 0;
+      for (let letter = 0; letter < 26; letter++)
+        total += 2 ** (-ENGLISH_BIGRAMS[row * 26 + letter]! / 2);
+      // Rounded to half bits, each chance is within 19 % of the one learnt.
+      expect(total).toBeGreaterThan(0.8);
+      expect(total).toBeLessThan(1.2);
+    }
   });
 
   test("never echoes a refused secret's value", () => {
