@@ -23,7 +23,8 @@
  * all its messages. One that does not match is answered as one that
  * does not exist (`not_found`, 404, left out of the list), reported once per process
  * (`chat.conversation_tampered`), and never resealed. Deleting and erasing go by the owner columns
- * and still work on it.
+ * and still work on it; an erasure first gives back to its owners the conversations whose seal
+ * names them under other owner columns (service.ts `reclaimSealedTo`, probe 72a F1).
  *
  * Not sealed: the times and the usage columns, and the `chat_usage` table. Not covered: deleting a
  * conversation's newest or oldest messages, or whole conversations (as retention does), and a copy

@@ -31,14 +31,24 @@ export function chatContributor(service: ChatService): PrivacyContributor {
     // written since, and the usage.
     eraseAhead: (userId, { actors }) => {
       const owners = ownersOfUser(userId, actors);
-      // The parts the rows there now take, twice over (turns the user still makes meanwhile, an
-      // owner's part ending early), and a few: a trigger written into the file that puts back
-      // each row deleted had the erasure go on for ever, a part every 20 ms (probe 60c F7).
-      const partsAllowed =
-        2 * Math.ceil(service.chatRowsOf(owners) / CHAT_ROWS_AHEAD_PART) + owners.length + 2;
+      // First the conversations the file moved away from the owners, given back to them (probe
+      // 72a F1); then the owners' rows, a part at a time.
+      let reclaimFrom: string | null = null;
+      let reclaiming = true;
+      let partsAllowed = 0;
       let parts = 0;
       let next = 0;
       return () => {
+        if (reclaiming) {
+          reclaimFrom = service.reclaimSealedTo(owners, reclaimFrom, CHAT_ROWS_AHEAD_PART);
+          if (reclaimFrom !== null) return false;
+          reclaiming = false;
+          // The parts the rows there now take, twice over (turns the user still makes meanwhile,
+          // an owner's part ending early), and a few: a trigger written into the file that puts
+          // back each row deleted had the erasure go on for ever, a part every 20 ms (probe 60c F7).
+          partsAllowed =
+            2 * Math.ceil(service.chatRowsOf(owners) / CHAT_ROWS_AHEAD_PART) + owners.length + 2;
+        }
         if (parts++ >= partsAllowed) {
           throw new Error(
             `an erasure's parts ahead of it took ${partsAllowed} parts and the chat rows are not all gone: rows keep coming back (a trigger written into the database file?)`,

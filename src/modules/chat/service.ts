@@ -1335,6 +1335,47 @@ export class ChatService implements ChatTurns {
   }
 
   /**
+   * An erasure's first parts (privacy.ts): up to `batch` conversations from the rowid after
+   * `after` on, each whose row fails its seal but whose seal names one of the owners (its owner
+   * columns changed in the database file: probe 72a F1) given back to that owner, so the parts that
+   * follow erase it with the rest. Before, such a conversation was neither exported nor erased and
+   * the erasure answered 204 over its messages. The columns are put back to what the seal says,
+   * never resealed: a row Palisade did not write stays failing. Returns the rowid to go on after
+   * (as text: the file may hold rowids past 2^53), null when the table has been read to its end.
+   * One HMAC a conversation, outside the erasure's transaction.
+   */
+  reclaimSealedTo(
+    owners: readonly ChatOwner[],
+    after: string | null,
+    batch: number,
+  ): string | null {
+    const { sqlite, seal } = this.options;
+    const rows = sqlite
+      .query<
+        { at: string; id: string; ownerKind: string; ownerId: string; seal: string | null },
+        [string | null, number]
+      >(
+        `SELECT CAST(rowid AS TEXT) AS at, id, owner_kind AS ownerKind, owner_id AS ownerId, seal
+           FROM chat_conversations WHERE ?1 IS NULL OR rowid > CAST(?1 AS INTEGER)
+           ORDER BY rowid LIMIT ?2`,
+      )
+      .all(after, batch);
+    const putBack = sqlite.query<unknown, [string, string, string]>(
+      "UPDATE chat_conversations SET owner_kind = ?2, owner_id = ?3 WHERE rowid = CAST(?1 AS INTEGER)",
+    );
+    const held = owners.flatMap((owner) => heldIds(owner).map((id) => ({ kind: owner.kind, id })));
+    for (const row of rows) {
+      if (seal.intact.conversation(row)) continue;
+      const sealedTo = held.find(({ kind, id }) =>
+        seal.intact.conversation({ ...row, ownerKind: kind, ownerId: id }),
+      );
+      if (sealedTo === undefined) continue;
+      putBack.run(row.at, sealedTo.kind, sealedTo.id);
+    }
+    return rows.length < batch ? null : rows[rows.length - 1]!.at;
+  }
+
+  /**
    * How many chat rows (conversations and their messages) the owners hold now: what an erasure's
    * parts ahead of it are bounded by (privacy.ts).
    */

@@ -142,6 +142,26 @@ describe("export and erasure", () => {
     expect(row.revokedAt).not.toBeNull();
   });
 
+  test("a conversation whose owner the file moved to someone else or to no one is still erased with its owner, by what its seal names (probe 72a F1)", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    const { key } = createKey(target, ["chat"], alice.userId);
+    const hidden = await start(target, asUser(alice), "my secret diagnosis is XYZZY");
+    const hiddenKeys = await start(target, asKey(key), "the key's secret question");
+    const bobs = await start(target, asUser(bob), "bob's own question");
+    const move = "UPDATE chat_conversations SET owner_kind = ?, owner_id = ? WHERE id = ?";
+    target.db.$client.run(move, ["user", "not-a-user", hidden]);
+    target.db.$client.run(move, ["user", bob.userId, hiddenKeys]);
+    const erased = await send(target, "/api/me", { method: "DELETE", headers: asUser(alice) });
+    expect(erased.status).toBe(204);
+    expect(conversationIds(target)).toEqual([bobs]);
+    const left = target.db.select().from(chatMessages).all();
+    expect(left.map((m) => m.conversationId)).toEqual([bobs, bobs]);
+    expect(JSON.stringify(left)).not.toContain("XYZZY");
+    expect(JSON.stringify(left)).not.toContain("secret question");
+  });
+
   test("erasure deletes the user's and the user's keys' conversations, messages and usage", async () => {
     target = buildTestApp();
     const alice = await signUp(target);

@@ -1,5 +1,6 @@
 /** Payments without STRIPE_SECRET_KEY (501, /ready still ready), and what privacy does to payments. */
 import { afterEach, expect, test } from "bun:test";
+import { createPaymentSeal, SEALED_PAYMENT_COLUMNS } from "../../../src/modules/payments/seal";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { buildPaymentsApp, createIntent, ROOMY_LIMITS, succeed } from "../../support/payments";
@@ -174,4 +175,57 @@ test("erasure strips the user's payment whose seq the file put past 2^53, and no
       email: null,
     },
   ]);
+});
+
+test("erasure strips the user's payment whose owner the file moved to another user or to no one, by what its seal names, and resealed for the pseudonym (probe 72a F1)", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const intent = (accessToken: string, customerEmail: string) =>
+    createIntent(current!, bearer(accessToken), {
+      amount: 2500,
+      currency: "usd",
+      customerEmail,
+      description: customerEmail,
+    }).then(async (response) => ((await response.json()) as { id: string }).id);
+  const toNoOne = await intent(alice.accessToken, "alice.one@example.com");
+  const toBob = await intent(alice.accessToken, "alice.two@example.com");
+  const bobs = await intent(bob.accessToken, "bob.private@example.com");
+  const sqlite = current.db.$client;
+  sqlite.run("UPDATE payments SET owner = ? WHERE id = ?", [
+    "user:00000000-0000-0000-0000-000000000000",
+    toNoOne,
+  ]);
+  sqlite.run("UPDATE payments SET owner = ? WHERE id = ?", [`user:${bob.userId}`, toBob]);
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(alice.accessToken),
+    body: { password: STRONG_PASSWORD },
+  });
+  expect(erased.status).toBeLessThan(300);
+  const pseudonym = current.services.audit.pseudonymOf(`user:${alice.userId}`);
+  const rows = sqlite
+    .query(
+      "SELECT id, owner, customer_email AS email, description, client_secret AS secret FROM payments ORDER BY seq",
+    )
+    .all();
+  expect(rows).toEqual([
+    { id: toNoOne, owner: pseudonym, email: null, description: null, secret: null },
+    { id: toBob, owner: pseudonym, email: null, description: null, secret: null },
+    {
+      id: bobs,
+      owner: `user:${bob.userId}`,
+      email: "bob.private@example.com",
+      description: "bob.private@example.com",
+      secret: expect.any(String),
+    },
+  ]);
+  // Given back, stripped and resealed for the pseudonym: every row matches its seal again.
+  const sealer = createPaymentSeal(current.config.audit.secretKey);
+  const sealed = sqlite
+    .query(`SELECT ${SEALED_PAYMENT_COLUMNS}, seal FROM payments`)
+    .all() as Parameters<typeof sealer.intact.payment>[0][];
+  expect(sealed.map((row) => sealer.intact.payment(row))).toEqual([true, true, true]);
+  const bobsPayments = await send(current, "/api/payments", { headers: bearer(bob.accessToken) });
+  expect(((await bobsPayments.json()) as { payments: unknown[] }).payments).toHaveLength(1);
 });
