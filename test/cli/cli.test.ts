@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { chmodSync, writeFileSync } from "node:fs";
+import { chmodSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   CliError,
@@ -13,7 +13,7 @@ import { COMMANDS } from "../../src/cli/commands";
 import { MIGRATION_TAG_BY_MILLIS } from "../../src/db/migrations";
 import { tempDir } from "../support/app";
 import { cliInProcess } from "../support/cli";
-import { runToExit, startService } from "../support/process";
+import { REPO_ROOT, runToExit, startService } from "../support/process";
 
 /** The real entry point, in its own process. */
 const spawnCli = (args: string[], env: Record<string, string> = {}) =>
@@ -97,6 +97,47 @@ describe("bun run cli", () => {
     for (const profile of named) {
       const result = await cli(["config:check"], { DATABASE_PATH: ":memory:", ...profile });
       expect(result.stderr).toBe("");
+    }
+  });
+
+  test("config:check says so when a dotenv file sets APP_ENV or ENVIRONMENT: `bun run` reads it, the executable does not (probe 71d F4)", async () => {
+    const { path: dir, remove } = tempDir();
+    try {
+      const check = async () => {
+        const proc = Bun.spawn(["bun", join(REPO_ROOT, "src/cli/index.ts"), "config:check"], {
+          cwd: dir,
+          env: {
+            PATH: process.env.PATH ?? "",
+            HOME: process.env.HOME ?? "/tmp",
+            DATABASE_PATH: ":memory:",
+          },
+          stdout: "pipe",
+          stderr: "pipe",
+        });
+        const [stdout, stderr] = await Promise.all([
+          new Response(proc.stdout).text(),
+          new Response(proc.stderr).text(),
+        ]);
+        expect(await proc.exited).toBe(0);
+        return { appEnv: (JSON.parse(stdout) as { appEnv: string }).appEnv, stderr: stderr.trim() };
+      };
+      writeFileSync(
+        join(dir, ".env"),
+        "# made by hand\nexport APP_ENV=development\nLOG_LEVEL=info\n",
+      );
+      expect(await check()).toEqual({
+        appEnv: "development",
+        stderr:
+          "warning: .env sets APP_ENV: `bun run` reads it, the executable (dist/palisade, the Docker image) does not and starts as production without it: give the executable APP_ENV in its environment",
+      });
+      writeFileSync(join(dir, ".env"), "LOG_LEVEL=info\n");
+      writeFileSync(join(dir, ".env.local"), "ENVIRONMENT = development\n");
+      expect((await check()).stderr).toStartWith("warning: .env.local sets ENVIRONMENT:");
+      rmSync(join(dir, ".env.local"));
+      // Neither names the profile: the warning is the one for no APP_ENV at all.
+      expect((await check()).stderr).toStartWith("warning: APP_ENV is not set:");
+    } finally {
+      remove();
     }
   });
 

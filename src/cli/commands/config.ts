@@ -1,4 +1,5 @@
 import type { Config } from "../../config";
+import { dotenvProfileSettings } from "../../config/dotenv-profile";
 import { looseSecretFileMessage } from "../../config/secret-file-modes";
 import { loadFaq } from "../../modules/chat/providers/faq";
 import type { Command } from "../command";
@@ -55,6 +56,13 @@ export const configCheck: Command = {
     if (config.appEnvDefaulted) {
       context.err(
         "warning: APP_ENV is not set: checked as the development profile `bun run start` serves; the executable (dist/palisade, the Docker image) starts as production: set APP_ENV=production to check what it needs",
+      );
+    }
+    // `bun run cli` read these into the environment it checked; the executable reads none of them
+    // (probe 71d F4).
+    for (const { file, variable } of dotenvProfileSettings(process.cwd())) {
+      context.err(
+        `warning: ${file} sets ${variable}: \`bun run\` reads it, the executable (dist/palisade, the Docker image) does not and starts as production without it: give the executable ${variable} in its environment`,
       );
     }
     for (const line of JSON.stringify(describeConfig(config), null, 2).split("\n")) {
