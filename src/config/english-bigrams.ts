@@ -1,6 +1,6 @@
 /**
  * @module
- * Written by scripts/english-bigrams.ts from zxcvbn's English word lists; do not edit by hand.
+ * Written by scripts/english-model.ts from zxcvbn's English word lists; do not edit by hand.
  * `ENGLISH_BIGRAMS[row * 26 + letter]` is −log₂ of the chance of that letter (0 = a) at the start
  * of a word (row 0) or after the letter of row n (1 = a), in half bits.
  */

@@ -13,15 +13,22 @@ export type ReadTextFile = (path: string) => string;
 /** Far beyond any secret (a key is tens of bytes, a PEM a few KB). */
 export const MAX_SECRET_FILE_BYTES = 64 * 1024;
 
-/** C0 controls (a tab, a line break inside the value, a NUL) and DEL. */
-// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point.
-const CONTROL_CHARACTER = /[\u0000-\u001f\u007f]/;
+/**
+ * A character no secret holds: a control (C0 with the tab and a line break inside, DEL, C1 such as
+ * NEL), an invisible format character (a zero-width space, a byte-order mark inside, a soft
+ * hyphen, a bidirectional control) or a line or paragraph separator (probe 72b F8).
+ */
+const HIDDEN_CHARACTER = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+/** Line endings at the end of a value: the file's or the shell's, not the secret's. */
+const TRAILING_LINE_ENDINGS = /[\r\n]+$/;
 
 const readUtf8: ReadTextFile = (path) => readBoundedFile(path, MAX_SECRET_FILE_BYTES);
 
 /**
- * Returns the environment with each secret's `NAME_FILE` folded into `NAME`. Setting both is refused
- * rather than guessed at, since either could be the stale one.
+ * Returns the environment with each secret's `NAME_FILE` folded into `NAME`, every secret (from a
+ * file or the environment alike) without the line endings at its end and refused when it holds any
+ * other hidden character. Setting both `NAME` and `NAME_FILE` is refused rather than guessed at,
+ * since either could be the stale one.
  */
 export function resolveFileSecrets(
   env: Environment,
@@ -30,7 +37,14 @@ export function resolveFileSecrets(
   const resolved: Environment = { ...env };
   for (const name of SECRET_VARIABLES) {
     const filePath = env[`${name}_FILE`];
-    if (filePath === undefined || filePath === "") continue;
+    if (filePath === undefined || filePath === "") {
+      // The same value from the environment as from a file: `kubectl create secret --from-file`
+      // leaves the file's line ending in the variable, and replicas given the file and the
+      // variable signed with two keys (probe 72b F7).
+      const given = env[name];
+      if (given !== undefined && given !== "") resolved[name] = oneLine(name, given);
+      continue;
+    }
     if (env[name] !== undefined && env[name] !== "") {
       throw new ConfigError(`${name}_FILE`, `is set together with ${name}; set only one`);
     }
@@ -44,23 +58,30 @@ export function resolveFileSecrets(
           : ((error as NodeJS.ErrnoException).code ?? "unreadable");
       throw new ConfigError(`${name}_FILE`, `cannot be read (${reason})`);
     }
-    // Secret files are usually written with a trailing newline by `echo` or an editor (two by
-    // `echo "$KEY" >> file` on a file that ended with one, and CR LF on Windows).
-    const value = contents.replace(/[\r\n]+$/, "");
-    if (value === "") throw new ConfigError(`${name}_FILE`, "points to an empty file");
-    // No secret holds a control character, and one written as UTF-16 without a byte-order mark
-    // (`iconv -t UTF-16LE`, .NET's `Encoding.Unicode`) is valid UTF-8 with a NUL after each
-    // character: twice the bytes, and the pattern checks saw no words, so `changeme-please!`
-    // started production (probe 71d F1).
-    const control = CONTROL_CHARACTER.exec(value);
-    if (control !== null) {
-      const point = control[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
-      throw new ConfigError(
-        `${name}_FILE`,
-        `holds a control character (U+${point})${point === "0000" ? ", as a UTF-16 file does" : ""}: write the secret as one line of UTF-8 text`,
-      );
+    if (contents.replace(TRAILING_LINE_ENDINGS, "") === "") {
+      throw new ConfigError(`${name}_FILE`, "points to an empty file");
     }
-    resolved[name] = value;
+    resolved[name] = oneLine(`${name}_FILE`, contents);
   }
   return resolved;
+}
+
+/**
+ * The secret without the line endings at its end (an `echo` or an editor writes one, `echo "$KEY"
+ * >> file` two, Windows CR LF), refused, naming `variable`, when it holds another hidden character:
+ * one written as UTF-16 without a byte-order mark (`iconv -t UTF-16LE`, .NET's `Encoding.Unicode`)
+ * is valid UTF-8 with a NUL after each character, twice the bytes, and the pattern checks saw no
+ * words, so `changeme-please!` started production (probe 71d F1).
+ */
+function oneLine(variable: string, raw: string): string {
+  const value = raw.replace(TRAILING_LINE_ENDINGS, "");
+  const hidden = HIDDEN_CHARACTER.exec(value);
+  if (hidden !== null) {
+    const point = hidden[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
+    throw new ConfigError(
+      variable,
+      `holds a control or invisible character (U+${point})${point === "0000" ? ", as a UTF-16 file does" : ""}: write the secret as one line of UTF-8 text`,
+    );
+  }
+  return value;
 }

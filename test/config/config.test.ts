@@ -291,6 +291,45 @@ describe("production profile", () => {
       { JWT_SECRET_KEY: "Das ist mein geheimes Passwort fuer die Produktion" },
       "written phrase",
     ],
+    // What 71d's checks still let by (probe 72b F2–F6): a command or template never run, English
+    // words run together, a phrase with an acronym or beside CJK, shifted and three-key walks,
+    // and the same shapes as a secret a provider issues.
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "$(openssl rand -base64 48 | tr -d '\\n')" },
+      "is a command or template that was never run or filled in",
+    ],
+    [
+      "CSRF_SECRET_KEY",
+      { CSRF_SECRET_KEY: "{{ .Values.csrf.key | b64enc | quote }}" },
+      "is a command or template that was never run or filled in",
+    ],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "mydogsnameisbuddyandheisagoodboy" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "thisisthejwtkeyforourproductionapi" }, "written phrase"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "allworkandnoplaymakesjackadullboy" }, "written phrase"],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "Palisade-Production-JWTKey-2024-01-15" },
+      "written phrase",
+    ],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "我们公司的生产环境密钥 2024-12-04 version 1.0" },
+      "written phrase",
+    ],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "1qaz@WSX3edc$RFV5tgb^YHN7ujm*IK<" }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "!@#$%^&*()_+QWERTYUIOP{}ASDFGHJKL:" }, "neighbouring"],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "qazwsxedcrfvtgbyhnujmikolpqazwsxedc" }, "neighbouring"],
+    [
+      "WHATSAPP_APP_SECRET",
+      { WHATSAPP_APP_SECRET: "ｃｈａｎｇｅｍｅ-ｐｌｅａｓｅ" },
+      "shorter than 32 characters",
+    ],
+    [
+      "STRIPE_WEBHOOK_SECRET",
+      { STRIPE_WEBHOOK_SECRET: "whsec_ThisIsOurStripeWebhookKeyForProd" },
+      "has a secret that reads as a written phrase or a published default, not a generated secret (entry 1)",
+    ],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
@@ -394,8 +433,19 @@ describe("production profile", () => {
       ["letters and digits", () => drawn(`${letters}0123456789`, 32)],
       ["printable ASCII", () => drawn(printable, 32)],
       ["two UUIDs", () => crypto.randomUUID() + crypto.randomUUID()],
-      // A label of words before it is not a phrase: the generated part is most of the value.
-      ["labelled", () => `production-signing-key-${Buffer.from(bytes(32)).toString("base64url")}`],
+      ["base58", () => drawn("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz", 44)],
+      ["symbols", () => drawn(`${letters}${letters.toUpperCase()}0123456789!@#$%^&*`, 32)],
+      // A label of words before it is not a phrase, whatever alphabet follows (probe 72b F1).
+      [
+        "labelled base64url",
+        () => `palisade-production-signing-key-${Buffer.from(bytes(32)).toString("base64url")}`,
+      ],
+      ["labelled letters", () => `palisade-production-signing-key-${drawn(letters, 32)}`],
+      [
+        "labelled capitals",
+        () => `palisade-production-signing-key-${drawn(letters.toUpperCase(), 32)}`,
+      ],
+      ["labelled base32", () => `palisade-production-signing-key-${drawn(base32, 52)}`],
     ];
     for (const [shape, generate] of shapes) {
       for (let i = 0; i < (shape === "base64url" || shape === "hex" ? 10_000 : 3_000); i++) {
@@ -528,7 +578,6 @@ describe("parsed values", () => {
     ['"sk_live_4eC39HqLyjWDarjtT1zdp7dc"', "quoted"],
     ["SK_LIVE_4eC39HqLyjWDarjtT1zdp7dc", "upper-case"],
     [" sk_live_4eC39HqLyjWDarjtT1zdp7dc", "a space before it"],
-    ["sk_live_4eC39HqLyjWDarjtT1zdp7dc\n", "a line break after it"],
     ["sk_live_", "no key after the prefix"],
     ["pk_live_4eC39HqLyjWDarjtT1zdp7dc", "a publishable key"],
     ["whsec_4eC39HqLyjWDarjtT1zdp7dc", "a webhook secret"],
@@ -545,6 +594,8 @@ describe("parsed values", () => {
   test("a key as Stripe issues it is taken as it is", () => {
     for (const key of ["sk_test_4eC39HqLyjWDarjtT1zdp7dc", "rk_test_51HxY2eZvKYlo2C0aB"]) {
       expect(loadConfig({ STRIPE_SECRET_KEY: key }).stripe.secretKey).toBe(key);
+      // The line endings after it are the shell's, as a file's are (probe 72b F7).
+      expect(loadConfig({ STRIPE_SECRET_KEY: `${key}\r\n` }).stripe.secretKey).toBe(key);
     }
     const live = `sk_live_${"51HxY2eZvKYlo2C0aB".repeat(3)}`;
     expect(loadConfig(production({ STRIPE_SECRET_KEY: live })).stripe.secretKey).toBe(live);
@@ -959,7 +1010,7 @@ describe("secrets from files (NAME_FILE)", () => {
           });
           expect(error.variable).toBe("JWT_SECRET_KEY_FILE");
           expect(error.message).toStartWith(
-            `JWT_SECRET_KEY_FILE holds a control character (U+${point})`,
+            `JWT_SECRET_KEY_FILE holds a control or invisible character (U+${point})`,
           );
           expect(error.message).toEndWith("write the secret as one line of UTF-8 text");
         }
@@ -972,6 +1023,45 @@ describe("secrets from files (NAME_FILE)", () => {
           loadConfig(production({ JWT_SECRET_KEY: undefined, JWT_SECRET_KEY_FILE: path })).jwt
             .secretKey,
         ).toBe(STRONG);
+      }
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("a secret from the environment is held to the file's rule: its line endings dropped, any other control or invisible character refused, C1, format and separator characters too (probe 72b F7, F8)", () => {
+    const dir = tempDir();
+    try {
+      const file = join(dir.path, "jwt");
+      writeFileSync(file, `${STRONG}\n`);
+      const fromFile = loadConfig(
+        production({ JWT_SECRET_KEY: undefined, JWT_SECRET_KEY_FILE: file }),
+      );
+      const fromEnvironment = loadConfig(production({ JWT_SECRET_KEY: `${STRONG}\n` }));
+      // One key, however it was given: replicas given the file and the variable signed with two.
+      expect(fromEnvironment.jwt.secretKey).toBe(fromFile.jwt.secretKey);
+      for (const [hidden, point] of [
+        ["\t", "0009"],
+        ["\u001b[2J", "001B"],
+        ["\u0085", "0085"],
+        ["\u009b", "009B"],
+        ["\u200b", "200B"],
+        ["\ufeff", "FEFF"],
+        ["\u00ad", "00AD"],
+        ["\u2028", "2028"],
+        ["\n", "000A"],
+      ] as const) {
+        const value = `${STRONG.slice(0, 16)}${hidden}${STRONG.slice(16)}`;
+        for (const appEnv of ["development", "production"]) {
+          const error = refusal({ ...production({ APP_ENV: appEnv }), JWT_SECRET_KEY: value });
+          expect(error.message).toBe(
+            `JWT_SECRET_KEY holds a control or invisible character (U+${point}): write the secret as one line of UTF-8 text`,
+          );
+        }
+        writeFileSync(file, `${value}\n`);
+        expect(
+          refusal(production({ JWT_SECRET_KEY: undefined, JWT_SECRET_KEY_FILE: file })).message,
+        ).toStartWith(`JWT_SECRET_KEY_FILE holds a control or invisible character (U+${point})`);
       }
     } finally {
       dir.remove();

@@ -1,9 +1,11 @@
 /**
- * Writes src/config/english-bigrams.ts: how likely each letter is at the start of an English word
- * and after each letter, learnt from zxcvbn's English word lists (common words, Wikipedia, first and
- * last names, the diceware list), a word weighted by 1/√(its rank + 10) so common words count more.
- * `secretWeakness` compares a value against it to tell written words from generated letters.
- * Run again only to change the model: `bun run scripts/english-bigrams.ts`.
+ * Writes the two English models `secretWeakness` tells written words from generated letters by,
+ * both from zxcvbn's English word lists:
+ * - src/config/english-bigrams.ts: how likely each letter is at the start of a word and after each
+ *   letter (common words, Wikipedia, first and last names, the diceware list; a word weighted by
+ *   1/√(its rank + 10) so common words count more);
+ * - src/config/english-words.ts: the 5,000 most common words of three letters or more.
+ * Run again only to change a model: `bun run scripts/english-model.ts`.
  */
 import * as common from "@zxcvbn-ts/language-common";
 import * as english from "@zxcvbn-ts/language-en";
@@ -47,7 +49,7 @@ await Bun.write(
   new URL("../src/config/english-bigrams.ts", import.meta.url),
   `/**
  * @module
- * Written by scripts/english-bigrams.ts from zxcvbn's English word lists; do not edit by hand.
+ * Written by scripts/english-model.ts from zxcvbn's English word lists; do not edit by hand.
  * \`ENGLISH_BIGRAMS[row * 26 + letter]\` is −log₂ of the chance of that letter (0 = a) at the start
  * of a word (row 0) or after the letter of row n (1 = a), in half bits.
  */
@@ -55,5 +57,34 @@ await Bun.write(
 export const ENGLISH_BIGRAMS: readonly number[] = [
 ${rows}
 ];
+`,
+);
+
+/** Enough to read run-together phrases; more made random letters read as words (measured). */
+const COMMON_WORDS = 5_000;
+const commonWords = (dictionary["commonWords-en"] ?? [])
+  .filter((word) => /^[a-z]{3,}$/.test(word))
+  .slice(0, COMMON_WORDS);
+if (commonWords.length !== COMMON_WORDS) throw new Error("zxcvbn's common words are fewer than expected");
+const lines: string[] = [];
+let line = "";
+for (const word of commonWords) {
+  if (line.length + word.length + 1 > 96) {
+    lines.push(line);
+    line = "";
+  }
+  line = line === "" ? word : `${line} ${word}`;
+}
+lines.push(line);
+await Bun.write(
+  new URL("../src/config/english-words.ts", import.meta.url),
+  `/**
+ * @module
+ * Written by scripts/english-model.ts from zxcvbn's English common words; do not edit by hand.
+ * The ${COMMON_WORDS.toLocaleString("en")} most common English words of three letters or more, most common first, in lower case.
+ */
+export const ENGLISH_WORDS_TEXT = \`
+${lines.join("\n")}
+\`;
 `,
 );
