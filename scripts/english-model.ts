@@ -65,7 +65,8 @@ const COMMON_WORDS = 5_000;
 const commonWords = (dictionary["commonWords-en"] ?? [])
   .filter((word) => /^[a-z]{3,}$/.test(word))
   .slice(0, COMMON_WORDS);
-if (commonWords.length !== COMMON_WORDS) throw new Error("zxcvbn's common words are fewer than expected");
+if (commonWords.length !== COMMON_WORDS)
+  throw new Error("zxcvbn's common words are fewer than expected");
 const lines: string[] = [];
 let line = "";
 for (const word of commonWords) {
