@@ -116,6 +116,21 @@ function moneyDiffers(object: Record<string, unknown>, row: PaymentRow): boolean
 
 const MONEY_DIFFERS = "the event's amount or currency is not the payment's";
 
+/** Whether a dispute's currency is not the payment's, or its amount not a part of the payment's. */
+function disputeMoneyDiffers(object: Record<string, unknown>, row: PaymentRow): boolean {
+  const { amount, currency } = object;
+  if (
+    amount !== undefined &&
+    (typeof amount !== "number" || !Number.isInteger(amount) || amount <= 0 || amount > row.amount)
+  ) {
+    return true;
+  }
+  return (
+    currency !== undefined &&
+    (typeof currency !== "string" || currency.toLowerCase() !== row.currency)
+  );
+}
+
 /** An event not applied because its money is not the payment's: ignored, and an alert. */
 const moneyMismatch = (): EventEffect => ({
   ...ignored(MONEY_DIFFERS),
@@ -463,7 +478,12 @@ export class PaymentLedger {
       if (!isStripeId("dp", object.id) || !isStripeId("ch", object.charge)) {
         return ignored("malformed dispute or charge id");
       }
-      const row = isStripeId("pi", intentId) ? this.find(intentId) : undefined;
+      const found = isStripeId("pi", intentId) ? this.find(intentId) : undefined;
+      // A dispute's money must fit the payment's: its currency, and an amount of at most the
+      // payment's (a dispute may be for part of it). One that does not is still audited and
+      // alerted (it is money Stripe says leaves the account) but marks no payment of ours.
+      const fits = found !== undefined && !disputeMoneyDiffers(object, found);
+      const row = fits ? found : undefined;
       if (row && row.disputedAt === null) {
         this.db
           .update(payments)
@@ -496,7 +516,7 @@ export class PaymentLedger {
             },
           },
         ],
-        alert: "payment disputed",
+        alert: found && !fits ? `payment disputed: ${MONEY_DIFFERS}` : "payment disputed",
       };
     }
     return ignored("unhandled event type");

@@ -275,6 +275,50 @@ test("charge.dispute.created is audited as payment.dispute.created and logged as
   expect(alert?.level).toBe("error");
 });
 
+test("a dispute whose money is not the payment's (another currency, more than it, no whole amount) marks no payment, and is still audited and alerted as a dispute; a part of it does mark it", async () => {
+  current = buildPaymentsApp();
+  const id = await newPayment(current, 2000);
+  const dispute = (n: number, fields: Record<string, unknown>) =>
+    stripeEvent("charge.dispute.created", {
+      id: `dp_1Pmis${n}`,
+      object: "dispute",
+      charge: `ch_1Pmis${n}`,
+      payment_intent: id,
+      amount: 2000,
+      currency: "usd",
+      reason: "fraudulent",
+      ...fields,
+    });
+  const mismatched = [
+    dispute(1, { currency: "eur" }),
+    dispute(2, { amount: 2001 }),
+    dispute(3, { amount: "2000" }),
+    dispute(4, { amount: 0 }),
+    dispute(5, { currency: 840 }),
+  ];
+  for (const event of mismatched) {
+    const response = await deliver(current, event);
+    expect(await response.json()).toEqual({ received: true, outcome: "processed" });
+  }
+  expect(payment(current, id).disputedAt).toBeNull();
+  const audited = auditRows(current, "payment.dispute.created").map((row) =>
+    JSON.parse(row.detail),
+  );
+  expect(audited).toHaveLength(mismatched.length);
+  expect(audited.every((detail) => detail.paymentId === null)).toBe(true);
+  const alerts = current.logs.entries.filter(
+    (entry) =>
+      entry.msg === "payment disputed: the event's amount or currency is not the payment's",
+  );
+  expect(alerts).toHaveLength(mismatched.length);
+  expect(alerts.every((entry) => entry.level === "error")).toBe(true);
+  // A dispute of part of the payment, its currency in upper case: the payment's.
+  await deliver(current, dispute(6, { amount: 500, currency: "USD" }));
+  expect(payment(current, id).disputedAt).not.toBeNull();
+  const [, , , , , last] = auditRows(current, "payment.dispute.created");
+  expect(JSON.parse(last!.detail).paymentId).toBe(id);
+});
+
 test("a dispute's reason is cut at 64 between characters: never half an emoji in the audit detail (probe 38a F8)", async () => {
   current = buildPaymentsApp();
   const id = await newPayment(current);
