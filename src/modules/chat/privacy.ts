@@ -8,7 +8,7 @@
  */
 import type { PrivacyContributor } from "../privacy/contributor";
 import type { ChatOwner } from "./contract";
-import type { ChatService } from "./service";
+import type { ChatService, FailingConversation } from "./service";
 
 /** The user and the user's keys (the `key:<id>` actors the auth feature contributes). */
 export function ownersOfUser(userId: string, actors: readonly string[]): ChatOwner[] {
@@ -22,7 +22,13 @@ export function ownersOfUser(userId: string, actors: readonly string[]): ChatOwn
 /** Chat rows (messages, conversations) an erasure deletes in one transaction ahead of its own. */
 export const CHAT_ROWS_AHEAD_PART = 1_000;
 
+/** HMACs an erasure's part ahead of it spends at most finding conversations to give back. */
+export const RECLAIM_PART_HMACS = 2_000;
+
 export function chatContributor(service: ChatService): PrivacyContributor {
+  // The conversations each erasure's parts ahead found failing their seal and gave to no owner,
+  // for its transaction to try against the keys only it finds; dropped by the transaction.
+  const failingOf = new Map<string, FailingConversation[]>();
   return {
     name: "chat",
     export: (userId, { actors }) => service.exportOf(ownersOfUser(userId, actors)),
@@ -33,6 +39,8 @@ export function chatContributor(service: ChatService): PrivacyContributor {
       const owners = ownersOfUser(userId, actors);
       // First the conversations the file moved away from the owners, given back to them (probe
       // 72a F1); then the owners' rows, a part at a time.
+      const failing: FailingConversation[] = [];
+      failingOf.delete(userId);
       let reclaimFrom: string | null = null;
       let reclaiming = true;
       let partsAllowed = 0;
@@ -40,9 +48,17 @@ export function chatContributor(service: ChatService): PrivacyContributor {
       let next = 0;
       return () => {
         if (reclaiming) {
-          reclaimFrom = service.reclaimSealedTo(owners, reclaimFrom, CHAT_ROWS_AHEAD_PART);
+          const part = service.reclaimSealedTo(
+            owners,
+            reclaimFrom,
+            CHAT_ROWS_AHEAD_PART,
+            RECLAIM_PART_HMACS,
+          );
+          failing.push(...part.failing);
+          reclaimFrom = part.next;
           if (reclaimFrom !== null) return false;
           reclaiming = false;
+          if (failing.length > 0) failingOf.set(userId, failing);
           // The parts the rows there now take, twice over (turns the user still makes meanwhile,
           // an owner's part ending early), and a few: a trigger written into the file that puts
           // back each row deleted had the erasure go on for ever, a part every 20 ms (probe 60c F7).
@@ -58,7 +74,13 @@ export function chatContributor(service: ChatService): PrivacyContributor {
         return next >= owners.length;
       };
     },
-    erase: (userId, { actors }) => service.erase(ownersOfUser(userId, actors)),
+    erase: (userId, { actors }) => {
+      const owners = ownersOfUser(userId, actors);
+      const failing = failingOf.get(userId);
+      failingOf.delete(userId);
+      if (failing) service.reclaimFailing(owners, failing);
+      service.erase(owners);
+    },
     retain: (now) => service.retain(now),
   };
 }

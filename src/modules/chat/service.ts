@@ -220,6 +220,21 @@ function heldIds(owner: ChatOwner): readonly string[] {
   return owner.chain && owner.chain.length > 0 ? [owner.id, ...owner.chain] : [owner.id];
 }
 
+/** Every owner column pair the owners hold conversations under. */
+function heldOwners(owners: readonly ChatOwner[]): { kind: string; id: string }[] {
+  return owners.flatMap((owner) => heldIds(owner).map((id) => ({ kind: owner.kind, id })));
+}
+
+/** A conversation row as an erasure's reclaim reads it (service.ts `reclaimSealedTo`). */
+export interface FailingConversation {
+  /** Its rowid, as text. */
+  at: string;
+  id: string;
+  ownerKind: string;
+  ownerId: string;
+  seal: string | null;
+}
+
 /** The conversations `owner` holds: the one predicate every owner-scoped query uses. */
 function ownedBy(owner: ChatOwner) {
   const ids = heldIds(owner);
@@ -1335,44 +1350,74 @@ export class ChatService implements ChatTurns {
   }
 
   /**
-   * An erasure's first parts (privacy.ts): up to `batch` conversations from the rowid after
-   * `after` on, each whose row fails its seal but whose seal names one of the owners (its owner
-   * columns changed in the database file: probe 72a F1) given back to that owner, so the parts that
-   * follow erase it with the rest. Before, such a conversation was neither exported nor erased and
-   * the erasure answered 204 over its messages. The columns are put back to what the seal says,
-   * never resealed: a row Palisade did not write stays failing. Returns the rowid to go on after
-   * (as text: the file may hold rowids past 2^53), null when the table has been read to its end.
-   * One HMAC a conversation, outside the erasure's transaction.
+   * An erasure's first parts (privacy.ts): conversations from the rowid after `after` on, each
+   * whose row fails its seal but whose seal names one of the owners (its owner columns changed in
+   * the database file: probe 72a F1) given back to that owner, so the parts that follow erase it
+   * with the rest. Before, such a conversation was neither exported nor erased and the erasure
+   * answered 204 over its messages. The columns are put back to what the seal says, never
+   * resealed, and only while the row still holds the seal read: a row Palisade did not write stays
+   * failing. A part reads up to `batch` rows and spends about `budget` HMACs at most (one a row,
+   * and one an owner for each row failing its seal: a user with a thousand keys made each such
+   * row cost a thousand, and a part of them held the event loop ~0.3 s, probe 72c B3). Returns the
+   * rowid to go on after (as text: the file may hold rowids past 2^53), null when the table has
+   * been read to its end, and the rows failing their seal that it did not give back (for the
+   * erasure's transaction to try against the keys only it finds: `reclaimFailing`).
    */
   reclaimSealedTo(
     owners: readonly ChatOwner[],
     after: string | null,
     batch: number,
-  ): string | null {
+    budget: number,
+  ): { next: string | null; failing: FailingConversation[] } {
     const { sqlite, seal } = this.options;
     const rows = sqlite
-      .query<
-        { at: string; id: string; ownerKind: string; ownerId: string; seal: string | null },
-        [string | null, number]
-      >(
+      .query<FailingConversation, [string | null, number]>(
         `SELECT CAST(rowid AS TEXT) AS at, id, owner_kind AS ownerKind, owner_id AS ownerId, seal
            FROM chat_conversations WHERE ?1 IS NULL OR rowid > CAST(?1 AS INTEGER)
            ORDER BY rowid LIMIT ?2`,
       )
       .all(after, batch);
-    const putBack = sqlite.query<unknown, [string, string, string]>(
-      "UPDATE chat_conversations SET owner_kind = ?2, owner_id = ?3 WHERE rowid = CAST(?1 AS INTEGER)",
-    );
-    const held = owners.flatMap((owner) => heldIds(owner).map((id) => ({ kind: owner.kind, id })));
-    for (const row of rows) {
-      if (seal.intact.conversation(row)) continue;
-      const sealedTo = held.find(({ kind, id }) =>
-        seal.intact.conversation({ ...row, ownerKind: kind, ownerId: id }),
-      );
-      if (sealedTo === undefined) continue;
-      putBack.run(row.at, sealedTo.kind, sealedTo.id);
+    const held = heldOwners(owners);
+    const failing: FailingConversation[] = [];
+    let spent = 0;
+    for (let i = 0; i < rows.length; i++) {
+      const row = rows[i]!;
+      spent++;
+      if (!seal.intact.conversation(row)) {
+        spent += held.length;
+        if (!this.giveBack(row, held)) failing.push(row);
+      }
+      if (spent >= budget && i < rows.length - 1) return { next: row.at, failing };
     }
-    return rows.length < batch ? null : rows[rows.length - 1]!.at;
+    return { next: rows.length < batch ? null : rows[rows.length - 1]!.at, failing };
+  }
+
+  /**
+   * In the erasure's transaction: the rows `reclaimSealedTo` found failing their seal, tried again
+   * against the owners only the transaction finds (a key of the user moved to another account in
+   * the file: its sealed row still names the user; probe 72c B1), each given back if its seal names
+   * one of them and it still holds the seal read.
+   */
+  reclaimFailing(owners: readonly ChatOwner[], failing: readonly FailingConversation[]): void {
+    const held = heldOwners(owners);
+    for (const row of failing) this.giveBack(row, held);
+  }
+
+  /** Puts the row's owner back to the one of `held` its seal names; whether one did. */
+  private giveBack(row: FailingConversation, held: readonly { kind: string; id: string }[]) {
+    const { sqlite, seal } = this.options;
+    const sealedTo = held.find(({ kind, id }) =>
+      seal.intact.conversation({ ...row, ownerKind: kind, ownerId: id }),
+    );
+    if (sealedTo === undefined || row.seal === null) return false;
+    // Only the row read, as read: a rowid another row took since (the row deleted, its rowid
+    // given again) is not given away.
+    sqlite
+      .query<unknown, [string, string, string, string]>(
+        "UPDATE chat_conversations SET owner_kind = ?2, owner_id = ?3 WHERE rowid = CAST(?1 AS INTEGER) AND seal = ?4",
+      )
+      .run(row.at, sealedTo.kind, sealedTo.id, row.seal);
+    return true;
   }
 
   /**

@@ -6,7 +6,7 @@
  * and the client secret — and gives them to the erased user's pseudonym; the user's idempotency
  * keys (which hold first responses) are deleted.
  */
-import { asc, eq, getTableColumns, sql } from "drizzle-orm";
+import { and, asc, eq, getTableColumns, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { paymentIdempotencyKeys, payments } from "../../db/schema";
 import type { PrivacyContributor } from "../privacy/contributor";
@@ -52,9 +52,15 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
         for (const { at, ...row } of rows) {
           if (row.owner === owner || ledger.seal.intact.payment(row)) continue;
           if (!ledger.seal.intact.payment({ ...row, owner })) continue;
+          // Only the row read, as read: a rowid another row took since is not given away.
           db.update(payments)
             .set({ owner })
-            .where(sql`${payments}.rowid = CAST(${at} AS INTEGER)`)
+            .where(
+              and(
+                sql`${payments}.rowid = CAST(${at} AS INTEGER)`,
+                eq(payments.seal, row.seal ?? ""),
+              ),
+            )
             .run();
         }
         after = rows.length < PAYMENTS_AHEAD_PART ? null : rows[rows.length - 1]!.at;

@@ -162,6 +162,53 @@ describe("export and erasure", () => {
     expect(JSON.stringify(left)).not.toContain("secret question");
   });
 
+  test("a conversation of the user's key, both moved to another account in the file, is erased with the user: the transaction finds the key by its seal and gives the conversation back to it (probe 72c B1)", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    const { key, record } = createKey(target, ["chat"], alice.userId);
+    const moved = await start(target, asKey(key), "ALICE-KEY-PRIVATE");
+    const bobs = await start(target, asUser(bob), "bob's own question");
+    target.db.$client.run("UPDATE api_keys SET user_id = ? WHERE id = ?", [bob.userId, record.id]);
+    target.db.$client.run(
+      "UPDATE chat_conversations SET owner_kind = 'user', owner_id = ? WHERE id = ?",
+      [bob.userId, moved],
+    );
+    const erased = await send(target, "/api/me", { method: "DELETE", headers: asUser(alice) });
+    expect(erased.status).toBe(204);
+    expect(conversationIds(target)).toEqual([bobs]);
+    const left = JSON.stringify(target.db.select().from(chatMessages).all());
+    expect(left).not.toContain("ALICE-KEY-PRIVATE");
+  });
+
+  test("an erasure's part finding conversations to give back spends about its HMAC budget, however many keys the user has (probe 72c B3)", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    await start(target, asUser(alice), "one");
+    // 50 rows failing their seal: each costs an HMAC for every owner the user has.
+    const insert = target.db.$client.query(
+      "INSERT INTO chat_conversations (id, owner_kind, owner_id, seal, created_at, updated_at, message_count) VALUES (?, 'user', 'nobody', 'x', 0, 0, 0)",
+    );
+    for (let i = 0; i < 50; i++) insert.run(`forged-${i}`);
+    const owners = [
+      { kind: "user" as const, id: alice.userId },
+      ...Array.from({ length: 99 }, (_, i) => ({ kind: "key" as const, id: `key-${i}` })),
+    ];
+    const chat = (target.services.features.find((f) => f.name === "chat") as ChatFeature).service;
+    let after: string | null = null;
+    let parts = 0;
+    let failing = 0;
+    do {
+      const part = chat.reclaimSealedTo(owners, after, CHAT_ROWS_AHEAD_PART, 1_000);
+      after = part.next;
+      failing += part.failing.length;
+      parts++;
+    } while (after !== null);
+    // 1 + 100 HMACs a forged row: about ten rows a part, so six parts or so, not one.
+    expect(parts).toBeGreaterThanOrEqual(5);
+    expect(failing).toBe(50);
+  });
+
   test("erasure deletes the user's and the user's keys' conversations, messages and usage", async () => {
     target = buildTestApp();
     const alice = await signUp(target);
