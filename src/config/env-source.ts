@@ -19,6 +19,13 @@ export const MAX_SECRET_FILE_BYTES = 64 * 1024;
  * hyphen, a bidirectional control) or a line or paragraph separator (probe 72b F8).
  */
 const HIDDEN_CHARACTER = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+/** Why a secret most likely holds the character, where one cause is common. */
+const HINTS: Record<string, string> = {
+  "0000": ", as a UTF-16 file does",
+  // `openssl rand -base64 64` wraps at 64 characters (probe 72c A4).
+  "000A": ", as base64 wrapped over lines (openssl rand -base64 past 48 bytes: add -A) does",
+};
+
 /** Line endings at the end of a value: the file's or the shell's, not the secret's. */
 const TRAILING_LINE_ENDINGS = /[\r\n]+$/;
 
@@ -80,7 +87,7 @@ function oneLine(variable: string, raw: string): string {
     const point = hidden[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
     throw new ConfigError(
       variable,
-      `holds a control or invisible character (U+${point})${point === "0000" ? ", as a UTF-16 file does" : ""}: write the secret as one line of UTF-8 text`,
+      `holds a control or invisible character (U+${point})${HINTS[point] ?? ""}: write the secret as one line of UTF-8 text`,
     );
   }
   return value;

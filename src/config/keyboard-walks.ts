@@ -81,9 +81,18 @@ const MIN_WALK_STEPS = 2;
  * Whether more than two thirds of the value's steps (from one character to the next) are in walks:
  * runs of at least two steps each to the same character, the next or previous code point (`abc`,
  * `321`, emoji side by side in Unicode), or a key touching on one layout. Compared by code point,
- * so a character outside the BMP is one. Random values: see the config test's generated shapes.
+ * so a character outside the BMP is one; and two such walks woven together, every other character
+ * each (`a1b2c3…`, probe 72c A5). Random values: see the config test's generated shapes.
  */
 export function isMostlyWalk(points: readonly string[]): boolean {
+  if (walksAlone(points)) return true;
+  // Two walks woven together (`a1b2c3d4…`, `1q2w3e4r…`): each one of every other character.
+  const even = points.filter((_, i) => i % 2 === 0);
+  const odd = points.filter((_, i) => i % 2 === 1);
+  return walksAlone(even) && walksAlone(odd);
+}
+
+function walksAlone(points: readonly string[]): boolean {
   const steps = points.length - 1;
   return KEY_PLACES.some((places) => {
     let inWalks = 0;

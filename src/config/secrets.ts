@@ -41,9 +41,18 @@ function holdsDefaultsWord(text: string): boolean {
 
 // A command or template that was never run or filled in: `JWT_SECRET_KEY=$(openssl rand …)` in a
 // compose env file, a systemd EnvironmentFile or a manifest is that text, and the key is then the
-// README's own public command (probe 72b F2). Generated values hold no space, so the opener and a
-// space (or the generator's own words) are enough.
-const UNEXPANDED = /^\s*(?:\$\(|`|\$\{|\{\{|\{%|<%)\S*\s|openssl\s+rand|\/dev\/u?random/i;
+// README's own public command (probe 72b F2). The whole value wrapped in a command's or template's
+// marks with a word and a space inside (`openssl `, `quote }}`), or naming the generator: a random
+// printable value with spaces (KeePass's set) starts with a backtick and holds a space about once
+// in 170 (probe 72c A3), and with a lower-case word of three letters before the space far less.
+const UNEXPANDED_WRAPPED = /^\s*(?:\$\(.*\)|`.*`|\$\{.*\}|\{\{.*\}\}|\{%.*%\}|<%.*%>)\s*$/s;
+const COMMAND_WORD = /[a-z]{3,}\s/;
+const GENERATOR = /openssl\s+rand|\/dev\/u?random/i;
+
+/** Whether the value is a command or template someone meant to run or fill in. */
+function isUnexpanded(text: string): boolean {
+  return GENERATOR.test(text) || (UNEXPANDED_WRAPPED.test(text) && COMMAND_WORD.test(text));
+}
 
 /** Why a secret is too weak to use in a deployed profile, or `null` when it is acceptable. */
 export function secretWeakness(value: string): string | null {
@@ -77,7 +86,7 @@ function shortness(value: string): string | null {
 /** A placeholder, a command never run, a published default or a phrase (as read, NFKC). */
 function writtenWeakness(text: string): string | null {
   if (PLACEHOLDER.test(text)) return "is a placeholder, not a generated secret";
-  if (UNEXPANDED.test(text)) {
+  if (isUnexpanded(text)) {
     return "is a command or template that was never run or filled in, not a generated secret";
   }
   if (holdsDefaultsWord(text) || readsAsWritten(text))
@@ -107,10 +116,11 @@ function repeatsItself(points: readonly string[]): boolean {
 /**
  * Why a secret a provider issued (Meta's app secret, Stripe's `whsec_…`) is too weak to use in a
  * deployed profile, or `null`: too short, or a placeholder, command or phrase someone wrote in its
- * place, judged after the issuer's prefix and as read (probe 72b F6: `whsec_ThisIsOur…` and a
- * fullwidth `changeme` passed). The distinct-character and walk checks keep only the obvious (three
- * characters or fewer): they find values a person made up, and refused about one in 9,000 of
- * Meta's random 32 hexadecimal characters, which the operator cannot choose.
+ * place, or a block said again (`letmeinletmeinletmein…`), judged after the issuer's prefix and as
+ * read (probes 72b F6, 72c A5: `whsec_ThisIsOur…` and a fullwidth `changeme` passed). The
+ * distinct-character and walk checks keep only the obvious (three characters or fewer): they find
+ * values a person made up, and refused about one in 9,000 of Meta's random 32 hexadecimal
+ * characters, which the operator cannot choose.
  */
 export function issuedSecretWeakness(value: string): string | null {
   const short = shortness(value);
@@ -118,7 +128,7 @@ export function issuedSecretWeakness(value: string): string | null {
   const own = value.replace(ISSUER_PREFIX, "").normalize("NFKC");
   // Four: a random value of 32 characters has fewer by a chance of about 1e-21. Counted after the
   // issuer's prefix, whose own letters made `whsec_` and 32 `a`s pass (probe 45a).
-  if (new Set(own).size < 4) return "is too repetitive to be random";
+  if (new Set(own).size < 4 || repeatsItself([...own])) return "is too repetitive to be random";
   return writtenWeakness(own);
 }
 

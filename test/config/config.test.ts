@@ -21,7 +21,7 @@ const META_APP_SECRET = "3f9c1a7be04d2c85f61e9b0a47d3c2e8";
 // Meta's are: the strength check for secrets people make refused it.
 const META_APP_SECRET_2 = "a3a3b2a9c9c3dcdc9a3b3a2c9d3d2a9b";
 const STRIPE_WHSEC = "whsec_Qm7Tz2Kp9Vx4Lr8Nw1Yb6Cd5Fg0Hj3Ks";
-const STRIPE_CLI_WHSEC = `whsec_${"8f2ac4e19b07d6357e1a9c0b4d82f6e3".repeat(2).split("").reverse().join("")}`;
+const STRIPE_CLI_WHSEC = "whsec_1c0a85f1e27e2fdf68ec1a44508e5cf409bbf46dd39df563559c83580e4a7936";
 
 const production = (extra: Record<string, string | undefined> = {}) => ({
   APP_ENV: "production",
@@ -320,6 +320,13 @@ describe("production profile", () => {
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "1qaz@WSX3edc$RFV5tgb^YHN7ujm*IK<" }, "neighbouring"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "!@#$%^&*()_+QWERTYUIOP{}ASDFGHJKL:" }, "neighbouring"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "qazwsxedcrfvtgbyhnujmikolpqazwsxedc" }, "neighbouring"],
+    // Probe 72c A5: two walks woven together; an issued secret that says one block again.
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6q7r8" }, "neighbouring"],
+    [
+      "WHATSAPP_APP_SECRET",
+      { WHATSAPP_APP_SECRET: "letmeinletmeinletmein-2024-production" },
+      "too repetitive",
+    ],
     [
       "WHATSAPP_APP_SECRET",
       { WHATSAPP_APP_SECRET: "ｃｈａｎｇｅｍｅ-ｐｌｅａｓｅ" },
@@ -446,6 +453,16 @@ describe("production profile", () => {
         () => `palisade-production-signing-key-${drawn(letters.toUpperCase(), 32)}`,
       ],
       ["labelled base32", () => `palisade-production-signing-key-${drawn(base32, 52)}`],
+      // A short generated part after a label is a dozen letters: the label's words are not half
+      // of the value (probe 72c A1 refused a fifth of these).
+      [
+        "labelled 32 hex",
+        () => `palisade-production-signing-key-${Buffer.from(bytes(16)).toString("hex")}`,
+      ],
+      ["labelled UUID", () => `palisade-production-signing-key-${crypto.randomUUID()}`],
+      ["labelled joined", () => `PalisadeProductionKey${drawn(letters, 32)}`],
+      // KeePass's printable set holds the space.
+      ["printable with a space", () => drawn(` ${printable}`, 40)],
     ];
     for (const [shape, generate] of shapes) {
       for (let i = 0; i < (shape === "base64url" || shape === "hex" ? 10_000 : 3_000); i++) {
@@ -1054,8 +1071,13 @@ describe("secrets from files (NAME_FILE)", () => {
         const value = `${STRONG.slice(0, 16)}${hidden}${STRONG.slice(16)}`;
         for (const appEnv of ["development", "production"]) {
           const error = refusal({ ...production({ APP_ENV: appEnv }), JWT_SECRET_KEY: value });
+          // A line break inside is most often base64 wrapped by openssl: said so (probe 72c A4).
+          const hint =
+            point === "000A"
+              ? ", as base64 wrapped over lines (openssl rand -base64 past 48 bytes: add -A) does"
+              : "";
           expect(error.message).toBe(
-            `JWT_SECRET_KEY holds a control or invisible character (U+${point}): write the secret as one line of UTF-8 text`,
+            `JWT_SECRET_KEY holds a control or invisible character (U+${point})${hint}: write the secret as one line of UTF-8 text`,
           );
         }
         writeFileSync(file, `${value}\n`);
