@@ -30,6 +30,9 @@ const PIECE = /^(\p{L}*)(\p{N}*)$/u;
 const ONE_WORD = /^(?:\p{Lu}+|\p{Lu}?\p{Ll}+)$/u;
 /** Capitalised words joined: `WordWord`, `wordWord`. */
 const JOINED_WORDS = /^\p{Lu}?\p{Ll}+(?:\p{Lu}\p{Ll}+)+$/u;
+/** Digits a number between punctuation may have (a date, `20241204`), and after a word (a year). */
+const LONGEST_NUMBER = 8;
+const LONGEST_SUFFIX = 4;
 /** Letters past which a word must also read as one: a random part is often one case. */
 const LONG_WORD = 8;
 /** Letters past which a piece in one case is no word at all (a compound runs longer, rarely). */
@@ -48,8 +51,20 @@ function isWordsAndNumbers(text: string, length: number): boolean {
   let letters = 0;
   for (const piece of text.split(/[^\p{L}\p{N}]+/u)) {
     if (piece === "") continue;
-    const [, word = "", digits = ""] = PIECE.exec(piece) ?? [];
-    if (word === "" && digits === "") return false;
+    const shaped = PIECE.exec(piece);
+    if (shaped === null) {
+      // Words and numbers glued (`Summer2024Winter2025`): only common words count, since random
+      // letters and digits alternate so too.
+      const glued = commonWordsBetweenNumbers(piece);
+      if (glued === null) return false;
+      words += glued.words;
+      letters += glued.letters;
+      continue;
+    }
+    const [, word = "", digits = ""] = shaped;
+    // A number is a year, a date or a version (`2024`, `20241204`, `v2`); longer runs of digits are
+    // a generated part (`debc09579701` ends a UUID).
+    if (digits.length > (word === "" ? LONGEST_NUMBER : LONGEST_SUFFIX)) return false;
     if (word === "") continue;
     const wordLength = [...word].length;
     if (wordLength >= LONG_WORD && englishEvidence(latinWords(word)) < 0) return false;
@@ -75,22 +90,41 @@ function isWordsAndNumbers(text: string, length: number): boolean {
   return words >= 3 && letters * 2 >= length;
 }
 
+/**
+ * The common words (`COMMON_WORDS`, capitals splitting them) and their letters in a piece of
+ * letters and digits alternating, when every group of letters is such words; null otherwise.
+ */
+function commonWordsBetweenNumbers(piece: string): { words: number; letters: number } | null {
+  let words = 0;
+  let letters = 0;
+  for (const group of piece.match(/\p{L}+/gu) ?? []) {
+    const parts = latinWords(group);
+    if (parts.join("").length !== group.length) return null;
+    if (!parts.every((part) => COMMON_WORDS.has(part))) return null;
+    words += parts.length;
+    letters += group.length;
+  }
+  return { words, letters };
+}
+
 const COMMON_WORDS: ReadonlySet<string> = new Set(ENGLISH_WORDS_TEXT.split(/\s+/).filter(Boolean));
 const LONGEST_COMMON_WORD = Math.max(...[...COMMON_WORDS].map((word) => word.length));
 /** Of the value's Latin letters, the share the common words must cover. */
 const COVERED_SHARE = 0.7;
 /** Letters in a row no common word covers past which a part is not words (a generated part). */
 const LONGEST_UNCOVERED = 5;
-/** Characters of a run or piece from which it must be words itself, not only with the rest. */
+/** Letters of a run from which it must be mostly words itself, not only with the rest. */
 const OWN_RUN = 12;
+/** Characters of a piece between punctuation from which two thirds of it must be words. */
+const OWN_PIECE = 8;
 
 /**
  * Whether the value's Latin letters are mostly common English words of three letters or more
  * (`ENGLISH_WORDS_TEXT`), found in each run of letters as the most letters a sequence of such
  * words covers: at least 70 % of the letters and half of the value covered, no more than five
- * letters in a row uncovered, and no piece between punctuation of twelve characters or more that
- * is not half words itself (a generated part after a label of words: 32 hex digits, a UUID, base64;
- * probe 72c A1 refused a fifth of those with hex or a UUID). Generated values: see the config
+ * letters in a row uncovered, and no piece between punctuation of eight characters or more that
+ * is not two thirds words itself (a generated part after a label of words: 32 hex digits, a UUID,
+ * base64; probe 72c A1 refused a fifth of those with hex or a UUID). Generated values: see the config
  * test's shapes; written phrases cover 0.72 to 1 of their letters.
  */
 function isMostlyEnglishWords(text: string, length: number): boolean {
@@ -106,7 +140,7 @@ function isMostlyEnglishWords(text: string, length: number): boolean {
       letters += run.length;
       pieceCovered += cover.letters;
     }
-    if (piece.length >= OWN_RUN && pieceCovered * 2 < piece.length) return false;
+    if (piece.length >= OWN_PIECE && pieceCovered * 3 < piece.length * 2) return false;
     covered += pieceCovered;
   }
   return covered * 2 >= length && covered >= letters * COVERED_SHARE;
