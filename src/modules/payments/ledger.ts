@@ -116,12 +116,17 @@ function moneyDiffers(object: Record<string, unknown>, row: PaymentRow): boolean
 
 const MONEY_DIFFERS = "the event's amount or currency is not the payment's";
 
-/** Whether a dispute's currency is not the payment's, or its amount not a part of the payment's. */
+/**
+ * Whether a dispute's currency is not the payment's, or its amount is no amount at all. Its amount
+ * may differ from the payment's either way: Stripe documents it as "usually the amount of the
+ * charge, but it can differ (usually because of currency fluctuation …)" (probe 72d), and a
+ * dispute may be for part of it.
+ */
 function disputeMoneyDiffers(object: Record<string, unknown>, row: PaymentRow): boolean {
   const { amount, currency } = object;
   if (
     amount !== undefined &&
-    (typeof amount !== "number" || !Number.isInteger(amount) || amount <= 0 || amount > row.amount)
+    (typeof amount !== "number" || !Number.isInteger(amount) || amount <= 0)
   ) {
     return true;
   }
@@ -479,9 +484,8 @@ export class PaymentLedger {
         return ignored("malformed dispute or charge id");
       }
       const found = isStripeId("pi", intentId) ? this.find(intentId) : undefined;
-      // A dispute's money must fit the payment's: its currency, and an amount of at most the
-      // payment's (a dispute may be for part of it). One that does not is still audited and
-      // alerted (it is money Stripe says leaves the account) but marks no payment of ours.
+      // A dispute's money must be in the payment's currency, an amount. One that is not is still
+      // audited and alerted (it is money Stripe says leaves the account) but marks no payment.
       const fits = found !== undefined && !disputeMoneyDiffers(object, found);
       const row = fits ? found : undefined;
       if (row && row.disputedAt === null) {
