@@ -11,9 +11,12 @@ import { ENGLISH_WORDS_TEXT } from "./english-words";
  * Whether the value (as read: NFKC) reads as written:
  * - a fifth or more letters of a script without case (a Chinese, Japanese or Thai sentence);
  * - words and numbers between any punctuation (`Correct-Horse-Battery-Staple-42`,
- *   `john.smith@example.com:prod-2024`, `Das-ist-mein-Schlüssel`), `isWordsAndNumbers`;
- * - English words, run together or not (`correcthorsebatterystapleisgreat`,
- *   `Palisade-Production-JWTKey-2024`), `isMostlyEnglishWords`.
+ *   `john.smith@example.com:prod-2024`), `wordsAndNumbers`;
+ * - English words, run together or not (`correcthorsebatterystapleisgreat`), `englishWords`;
+ * the last two only while what the words leave could carry fewer than 100 bits (`guessBits`): a
+ * label of words before a generated value (`palisade-production-signing-key-` and 32 printable
+ * characters, 32 hex digits, a UUID) is as strong as its generated part, and looking only at the
+ * shares of words refused up to 1 % of such values (probes 72c A1, 72d F1).
  */
 export function readsAsWritten(text: string): boolean {
   const points = [...text];
@@ -21,7 +24,44 @@ export function readsAsWritten(text: string): boolean {
   // fifth of them is writing, whatever Latin words and numbers stand beside it (probe 72b F4).
   const uncased = points.filter((point) => /\p{Lo}/u.test(point)).length;
   if (uncased * 5 >= points.length) return true;
-  return isWordsAndNumbers(text, points.length) || isMostlyEnglishWords(text, points.length);
+  return [wordsAndNumbers(text), englishWords(text)].some(
+    (words) => words !== null && guessBits(text, words) < GENERATED_BITS,
+  );
+}
+
+/** Bits a generated part carries at least (32 hex digits ~120); a phrase and a year leave ~25. */
+const GENERATED_BITS = 100;
+
+/** Words found in a value: how many letters they take, and the bits they are counted for. */
+interface FoundWords {
+  letters: number;
+  bits: number;
+}
+
+/**
+ * At most how many bits the value carries, given the words found: the bits they are counted for
+ * (`writtenWordBits`), then each letter no word explains drawn from the letters of the cases the value holds (26 or 52),
+ * each digit from 10, each other character (punctuation, a space) from 33 the first time it is
+ * seen and a bit each time again (a separator said again is structure, not chance).
+ * `Correct-Horse-Battery-Staple-1733356800` ~60 bits; a generated part of 32 hex digits carries
+ * ~120 by itself, 32 printable characters ~190.
+ */
+function guessBits(text: string, words: FoundWords): number {
+  const points = [...text];
+  const letters = points.filter((point) => /\p{L}/u.test(point));
+  const digits = points.filter((point) => /\p{N}/u.test(point)).length;
+  const others = points.filter((point) => /[^\p{L}\p{N}]/u.test(point));
+  const cases =
+    (letters.some((point) => /\p{Lu}/u.test(point)) ? 26 : 0) +
+    (letters.some((point) => !/\p{Lu}/u.test(point)) ? 26 : 0);
+  const distinctOthers = new Set(others).size;
+  return (
+    words.bits +
+    Math.max(0, letters.length - words.letters) * Math.log2(Math.max(cases, 26)) +
+    digits * Math.log2(10) +
+    distinctOthers * Math.log2(33) +
+    (others.length - distinctOthers)
+  );
 }
 
 /** One piece between punctuation: letters, then digits if any (`v2`, `Summer2024`), or digits. */
@@ -30,25 +70,28 @@ const PIECE = /^(\p{L}*)(\p{N}*)$/u;
 const ONE_WORD = /^(?:\p{Lu}+|\p{Lu}?\p{Ll}+)$/u;
 /** Capitalised words joined: `WordWord`, `wordWord`. */
 const JOINED_WORDS = /^\p{Lu}?\p{Ll}+(?:\p{Lu}\p{Ll}+)+$/u;
-/** Digits a number between punctuation may have (a date, `20241204`), and after a word (a year). */
-const LONGEST_NUMBER = 8;
-const LONGEST_SUFFIX = 4;
 /** Letters past which a word must also read as one: a random part is often one case. */
 const LONG_WORD = 8;
 /** Letters past which a piece in one case is no word at all (a compound runs longer, rarely). */
 const LONGEST_WORD = 15;
+/** Letters from which a word that is not a common one counts if it reads no less English than chance. */
+const COUNTED_WORD = 4;
 
 /**
- * Whether every piece between punctuation is a word or a number, three words of two letters or
- * more, their letters at least half the value, and the letters no less English than chance
- * (`englishEvidence` ≥ 0: random printable ASCII cut into short pieces is words by case), nor any
- * word of eight letters or more, and none longer than fifteen (a generated part in one case after a
- * label of words, probe 72b F1).
+ * The letters of the words that count, when every piece between punctuation is a word or a
+ * number and those words are three or more and half the value; null otherwise. A word counts when it is a common English word
+ * (`COMMON_WORDS`) or has four letters or more and reads no less English than chance
+ * (`englishEvidence` ≥ 0, a word of another script too): generated printable ASCII after a label
+ * is cut by its punctuation into many short pieces shaped as words (`mx`, `OIOF`, `PWK0`), which
+ * made the label half of a value judged as one (probe 72d F1). No word of eight letters or more
+ * may read less English than chance, and none in one case be longer than fifteen (a generated part
+ * after a label, probe 72b F1). A number may be any length (a timestamp, a telephone number: probe
+ * 72d F2); it counts towards nothing.
  */
-function isWordsAndNumbers(text: string, length: number): boolean {
-  if (englishEvidence(latinWords(text)) < 0) return false;
+function wordsAndNumbers(text: string): FoundWords | null {
   let words = 0;
   let letters = 0;
+  let bits = 0;
   for (const piece of text.split(/[^\p{L}\p{N}]+/u)) {
     if (piece === "") continue;
     const shaped = PIECE.exec(piece);
@@ -56,43 +99,59 @@ function isWordsAndNumbers(text: string, length: number): boolean {
       // Words and numbers glued (`Summer2024Winter2025`): only common words count, since random
       // letters and digits alternate so too.
       const glued = commonWordsBetweenNumbers(piece);
-      if (glued === null) return false;
+      if (glued === null) return null;
       words += glued.words;
       letters += glued.letters;
       continue;
     }
-    const [, word = "", digits = ""] = shaped;
-    // A number is a year, a date or a version (`2024`, `20241204`, `v2`); longer runs of digits are
-    // a generated part (`debc09579701` ends a UUID).
-    if (digits.length > (word === "" ? LONGEST_NUMBER : LONGEST_SUFFIX)) return false;
+    const [, word = ""] = shaped;
     if (word === "") continue;
     const wordLength = [...word].length;
-    if (wordLength >= LONG_WORD && englishEvidence(latinWords(word)) < 0) return false;
+    if (wordLength >= LONG_WORD && englishEvidence(latinWords(word)) < 0) return null;
+    let parts: string[];
     if (ONE_WORD.test(word)) {
       // Longer than words are: a generated part in one case (`…-key-ASSASSTIOHYRCAUZBUKURAB…`).
-      if (wordLength > LONGEST_WORD) return false;
-      // A letter alone is a word too (`a`, `I`), but random punctuation leaves many of them.
-      if (wordLength < 2) continue;
-      words++;
+      if (wordLength > LONGEST_WORD) return null;
+      parts = [word];
     } else if (
       JOINED_WORDS.test(word) &&
       englishEvidence(latinWords(word)) >= 0 &&
       // Random letters glued to a label (`PalisadeProductionKeympbadlx…`) are no word.
       latinWords(word).every((part) => part.length <= LONGEST_WORD)
     ) {
-      words += word.match(/\p{Lu}/gu)?.length ?? 0;
-      if (/^\p{Ll}/u.test(word)) words++;
+      parts = word.match(/\p{Lu}?\p{Ll}+/gu) ?? [];
     } else {
-      return false;
+      return null;
     }
-    letters += wordLength;
+    for (const part of parts) {
+      const partBits = writtenWordBits(part);
+      if (partBits === null) continue;
+      words++;
+      letters += [...part].length;
+      bits += partBits;
+    }
   }
-  return words >= 3 && letters * 2 >= length;
+  return words >= 3 && letters * 2 >= [...text].length ? { letters, bits } : null;
 }
 
 /**
- * The common words (`COMMON_WORDS`, capitals splitting them) and their letters in a piece of
- * letters and digits alternating, when every group of letters is such words; null otherwise.
+ * The bits a word shaped as one is counted for, when it counts as a word written: none for a
+ * common word (the words are what is guessed first), the English letter model's (`englishBits`) for
+ * another of four letters or more that reads no less English than chance (so random letters that
+ * happen to, `UXZKO`, keep about the bits they have; a word of another script, none); null for one
+ * that does not count.
+ */
+function writtenWordBits(word: string): number | null {
+  const lower = word.toLowerCase();
+  if (COMMON_WORDS.has(lower)) return 0;
+  if ([...word].length < COUNTED_WORD) return null;
+  const latin = latinWords(lower);
+  return englishEvidence(latin) >= 0 ? englishBits(latin) : null;
+}
+
+/**
+ * The common words (`COMMON_WORDS`, capitals splitting them) of a piece of letters and digits
+ * alternating, when every group of letters is such words; null otherwise.
  */
 function commonWordsBetweenNumbers(piece: string): { words: number; letters: number } | null {
   let words = 0;
@@ -115,35 +174,28 @@ const COVERED_SHARE = 0.7;
 const LONGEST_UNCOVERED = 5;
 /** Letters of a run from which it must be mostly words itself, not only with the rest. */
 const OWN_RUN = 12;
-/** Characters of a piece between punctuation from which two thirds of it must be words. */
-const OWN_PIECE = 8;
 
 /**
- * Whether the value's Latin letters are mostly common English words of three letters or more
- * (`ENGLISH_WORDS_TEXT`), found in each run of letters as the most letters a sequence of such
- * words covers: at least 70 % of the letters and half of the value covered, no more than five
- * letters in a row uncovered, and no piece between punctuation of eight characters or more that
- * is not two thirds words itself (a generated part after a label of words: 32 hex digits, a UUID,
- * base64; probe 72c A1 refused a fifth of those with hex or a UUID). Generated values: see the config
- * test's shapes; written phrases cover 0.72 to 1 of their letters.
+ * The letters common English words of three letters or more (`ENGLISH_WORDS_TEXT`) cover, found in
+ * each run of letters as the most letters a sequence of such words covers, when they are at least
+ * 70 % of the letters and half of the value, no more than five letters in a row are left uncovered
+ * and no run of twelve letters or more is less than 70 % covered itself; null otherwise. Written
+ * phrases cover 0.72 to 1 of their letters.
  */
-function isMostlyEnglishWords(text: string, length: number): boolean {
+function englishWords(text: string): FoundWords | null {
   let letters = 0;
   let covered = 0;
-  for (const piece of text.split(/[^\p{L}\p{N}]+/u)) {
-    let pieceCovered = 0;
-    for (const run of latinWords(piece)) {
-      const cover = commonWordsCover(run);
-      if (cover.longestUncovered > LONGEST_UNCOVERED) return false;
-      // A run of its own that is not mostly words is a generated part beside a label of them.
-      if (run.length >= OWN_RUN && cover.letters < run.length * COVERED_SHARE) return false;
-      letters += run.length;
-      pieceCovered += cover.letters;
-    }
-    if (piece.length >= OWN_PIECE && pieceCovered * 3 < piece.length * 2) return false;
-    covered += pieceCovered;
+  for (const run of latinWords(text)) {
+    const cover = commonWordsCover(run);
+    if (cover.longestUncovered > LONGEST_UNCOVERED) return null;
+    // A run of its own that is not mostly words is a generated part beside a label of them.
+    if (run.length >= OWN_RUN && cover.letters < run.length * COVERED_SHARE) return null;
+    letters += run.length;
+    covered += cover.letters;
   }
-  return covered * 2 >= length && covered >= letters * COVERED_SHARE;
+  return covered * 2 >= [...text].length && covered >= letters * COVERED_SHARE
+    ? { letters: covered, bits: 0 }
+    : null;
 }
 
 /** The most letters of `run` common words cover, and the longest stretch then left uncovered. */
@@ -179,6 +231,20 @@ function commonWordsCover(run: string): { letters: number; longestUncovered: num
 /** The runs of Latin letters, split where a capital follows a small letter, in lower case. */
 function latinWords(text: string): string[] {
   return (text.match(/[A-Z]+(?![a-z])|[A-Z]?[a-z]+/g) ?? []).map((word) => word.toLowerCase());
+}
+
+/** The bits guessing the words takes by the English letter model (`ENGLISH_BIGRAMS`). */
+function englishBits(words: readonly string[]): number {
+  let halfBits = 0;
+  for (const word of words) {
+    let row = 0;
+    for (let i = 0; i < word.length; i++) {
+      const letter = word.charCodeAt(i) - 97;
+      halfBits += ENGLISH_BIGRAMS[row * 26 + letter]!;
+      row = letter + 1;
+    }
+  }
+  return halfBits / 2;
 }
 
 /**

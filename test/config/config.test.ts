@@ -279,16 +279,26 @@ describe("production profile", () => {
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "correcthorsebatterystapleisgreat" }, "written phrase"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "JohnSmith1985-04-12-Production!!" }, "written phrase"],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "john.smith@mycompany.io:prod-2024" }, "written phrase"],
-    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "https://palisade.mycompany.io/key" }, "written phrase"],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "https://www.company.com/production/signing/key/2024" },
+      "written phrase",
+    ],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "Summer2024!Winter2025!Spring2026" }, "written phrase"],
     [
       "JWT_SECRET_KEY",
       { JWT_SECRET_KEY: "Правильная-Лошадь-Батарейка-Скрепка-42" },
       "written phrase",
     ],
+    // A phrase with a timestamp or a long number after it (probe 72d F2).
     [
       "JWT_SECRET_KEY",
-      { JWT_SECRET_KEY: "Das ist mein geheimes Passwort fuer die Produktion" },
+      { JWT_SECRET_KEY: "Correct-Horse-Battery-Staple-1733356800" },
+      "written phrase",
+    ],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "thisisthejwtkeyforourproductionapi1733356800" },
       "written phrase",
     ],
     // What 71d's checks still let by (probe 72b F2–F6): a command or template never run, English
@@ -463,6 +473,16 @@ describe("production profile", () => {
       ["labelled joined", () => `PalisadeProductionKey${drawn(letters, 32)}`],
       // KeePass's printable set holds the space.
       ["printable with a space", () => drawn(` ${printable}`, 40)],
+      // Punctuation cuts a generated part into short pieces shaped as words (probe 72d F1).
+      ["labelled printable", () => `palisade-production-signing-key-${drawn(printable, 32)}`],
+      [
+        "labelled Django key",
+        () => `palisade-production-signing-key-${drawn(`${letters}0123456789!@#$%^&*(-_=+)`, 32)}`,
+      ],
+      [
+        "grouped capitals",
+        () => Array.from({ length: 8 }, () => drawn(letters.toUpperCase(), 5)).join("-"),
+      ],
     ];
     for (const [shape, generate] of shapes) {
       for (let i = 0; i < (shape === "base64url" || shape === "hex" ? 10_000 : 3_000); i++) {
