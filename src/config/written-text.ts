@@ -1,8 +1,8 @@
 /**
  * @module
  * Whether a secret reads as something a person wrote rather than something a generator made
- * (probes 71a F2, 71d F2, 72b F1, F3, F4). A check for the shapes people write, not a strength
- * meter: l33t (`c0rr3ct`), names, acronyms and words of other languages run together pass it.
+ * (probes 71a F2, 71d F2, 72b–72d). A check for the shapes people write, not a strength meter:
+ * l33t (`c0rr3ct`), names, acronyms and other languages' words pass it.
  */
 import { ENGLISH_BIGRAMS } from "./english-bigrams";
 import { ENGLISH_WORDS_TEXT } from "./english-words";
@@ -40,9 +40,9 @@ interface FoundWords {
 
 /**
  * At most how many bits the value carries, given the words found: the bits they are counted for
- * (`writtenWordBits`), then each letter no word explains drawn from the letters of the cases the value holds (26 or 52),
- * each digit from 10, each other character (punctuation, a space) from 33 the first time it is
- * seen and a bit each time again (a separator said again is structure, not chance).
+ * (`writtenWordBits`), then each letter no word explains drawn from the letters of the cases the
+ * value holds (26 or 52), each digit from 10, each other character (punctuation, a space) from 33
+ * the first time it is seen and a bit each time again (a separator said again is structure).
  * `Correct-Horse-Battery-Staple-1733356800` ~60 bits; a generated part of 32 hex digits carries
  * ~120 by itself, 32 printable characters ~190.
  */
@@ -74,13 +74,14 @@ const JOINED_WORDS = /^\p{Lu}?\p{Ll}+(?:\p{Lu}\p{Ll}+)+$/u;
 const LONG_WORD = 8;
 /** Letters past which a piece in one case is no word at all (a compound runs longer, rarely). */
 const LONGEST_WORD = 15;
-/** Letters from which a word that is not a common one counts if it reads no less English than chance. */
+/** Letters from which a word not among the common ones counts, if it reads as English. */
 const COUNTED_WORD = 4;
 
 /**
  * The letters of the words that count, when every piece between punctuation is a word or a
- * number and those words are three or more and half the value; null otherwise. A word counts when it is a common English word
- * (`COMMON_WORDS`) or has four letters or more and reads no less English than chance
+ * number and those words are three or more and half the value; null otherwise. A word counts when
+ * it is a common English word (`COMMON_WORDS`) or has four letters or more and reads no less
+ * English than chance
  * (`englishEvidence` ≥ 0, a word of another script too): generated printable ASCII after a label
  * is cut by its punctuation into many short pieces shaped as words (`mx`, `OIOF`, `PWK0`), which
  * made the label half of a value judged as one (probe 72d F1). No word of eight letters or more
@@ -255,16 +256,6 @@ function englishBits(words: readonly string[]): number {
  */
 function englishEvidence(words: readonly string[]): number {
   const chanceBits = words.every((word) => /^[a-f]*$/.test(word)) ? Math.log2(6) : Math.log2(26);
-  let halfBits = 0;
-  let letters = 0;
-  for (const word of words) {
-    let row = 0;
-    for (let i = 0; i < word.length; i++) {
-      const letter = word.charCodeAt(i) - 97;
-      halfBits += ENGLISH_BIGRAMS[row * 26 + letter]!;
-      row = letter + 1;
-    }
-    letters += word.length;
-  }
-  return letters * chanceBits - halfBits / 2;
+  const letters = words.reduce((sum, word) => sum + word.length, 0);
+  return letters * chanceBits - englishBits(words);
 }
