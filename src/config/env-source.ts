@@ -26,8 +26,16 @@ const HINTS: Record<string, string> = {
   "000A": ", as base64 wrapped over lines (openssl rand -base64 past 48 bytes: add -A) does",
 };
 
-/** Line endings at the end of a value: the file's or the shell's, not the secret's. */
-const TRAILING_LINE_ENDINGS = /[\r\n]+$/;
+/**
+ * The value without the line endings at its end: the file's or the shell's, not the secret's. A
+ * loop from the end, not `/[\r\n]+$/`, which tries again from each line break of a long run of
+ * them inside a value (quadratic in a 64 KiB file of them).
+ */
+function withoutTrailingLineEndings(value: string): string {
+  let end = value.length;
+  while (end > 0 && (value[end - 1] === "\n" || value[end - 1] === "\r")) end--;
+  return value.slice(0, end);
+}
 
 const readUtf8: ReadTextFile = (path) => readBoundedFile(path, MAX_SECRET_FILE_BYTES);
 
@@ -65,7 +73,7 @@ export function resolveFileSecrets(
           : ((error as NodeJS.ErrnoException).code ?? "unreadable");
       throw new ConfigError(`${name}_FILE`, `cannot be read (${reason})`);
     }
-    if (contents.replace(TRAILING_LINE_ENDINGS, "") === "") {
+    if (withoutTrailingLineEndings(contents) === "") {
       throw new ConfigError(`${name}_FILE`, "points to an empty file");
     }
     resolved[name] = oneLine(`${name}_FILE`, contents);
@@ -81,7 +89,7 @@ export function resolveFileSecrets(
  * words, so `changeme-please!` started production (probe 71d F1).
  */
 function oneLine(variable: string, raw: string): string {
-  const value = raw.replace(TRAILING_LINE_ENDINGS, "");
+  const value = withoutTrailingLineEndings(raw);
   const hidden = HIDDEN_CHARACTER.exec(value);
   if (hidden !== null) {
     const point = hidden[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
