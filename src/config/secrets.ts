@@ -56,10 +56,10 @@ function isUnexpanded(text: string): boolean {
 
 /** Why a secret is too weak to use in a deployed profile, or `null` when it is acceptable. */
 export function secretWeakness(value: string): string | null {
-  const short = shortness(value);
-  if (short) return short;
   const text = value.normalize("NFKC");
   const points = [...text];
+  const short = shortness(value, points);
+  if (short) return short;
   if (new Set(points).size < MIN_DISTINCT_CHARACTERS || repeatsItself(points)) {
     return "is too repetitive to be random";
   }
@@ -70,14 +70,14 @@ export function secretWeakness(value: string): string | null {
 }
 
 /**
- * Under 32 bytes, or under 32 characters as read: a fullwidth `ｃｈａｎｇｅｍｅ` is `changeme` at
+ * Under 32 bytes, or under 32 characters as read (`read`: the value NFKC, by code point): a fullwidth `ｃｈａｎｇｅｍｅ` is `changeme` at
  * three bytes a letter, and a sentence of eleven CJK characters is 33 bytes (probe 71d F2).
  */
-function shortness(value: string): string | null {
+function shortness(value: string, read: readonly string[]): string | null {
   if (Buffer.byteLength(value, "utf8") < MIN_SECRET_BYTES) {
     return `is shorter than ${MIN_SECRET_BYTES} bytes`;
   }
-  if ([...value.normalize("NFKC")].length < MIN_SECRET_BYTES) {
+  if (read.length < MIN_SECRET_BYTES) {
     return `is shorter than ${MIN_SECRET_BYTES} characters`;
   }
   return null;
@@ -123,7 +123,7 @@ function repeatsItself(points: readonly string[]): boolean {
  * characters, which the operator cannot choose.
  */
 export function issuedSecretWeakness(value: string): string | null {
-  const short = shortness(value);
+  const short = shortness(value, [...value.normalize("NFKC")]);
   if (short) return short;
   const own = value.replace(ISSUER_PREFIX, "").normalize("NFKC");
   // Four: a random value of 32 characters has fewer by a chance of about 1e-21. Counted after the
