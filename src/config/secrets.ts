@@ -12,7 +12,7 @@ export const MIN_SECRET_BYTES = 32;
 /** The prefix a provider writes before an issued secret (Stripe's `whsec_`): not the secret's own. */
 const ISSUER_PREFIX = /^whsec_/;
 const MIN_DISTINCT_CHARACTERS = 10;
-const PLACEHOLDER = /change[-_ ]?me|replace[-_ ]?me|example|placeholder|^x+$/i;
+const PLACEHOLDER = /change[-_. ]*me|replace[-_. ]*me|example|placeholder|^x+$/i;
 // Words of a value someone wrote rather than generated: the published defaults of tutorials and
 // other products (`super-secret-jwt-token-with-at-least-32-characters-long`, `your-…-key-here`)
 // pass the length and variety checks, and are the first an attacker tries (probe 35c F2). As
@@ -30,28 +30,42 @@ const WRITTEN_WORDS = new Set([
   "sample",
   "insecure",
 ]);
-const WRITTEN_PHRASE = /(?:^|[-_ .])(?:your|here|do[-_ ]?not[-_ ]?use)(?:[-_ .]|$)/i;
+const WRITTEN_PHRASE = /(?:^|[-_ .])(?:your|here|do[-_ .]*not[-_ .]*use)(?:[-_ .]|$)/i;
 
 /** Whether the value holds one of the words of published defaults (`WRITTEN_WORDS`). */
 function holdsDefaultsWord(text: string): boolean {
   if (WRITTEN_PHRASE.test(text)) return true;
   const words = text.match(/\p{Lu}+(?!\p{Ll})|\p{Lu}?\p{Ll}+/gu) ?? [];
-  return words.some((word) => WRITTEN_WORDS.has(word.toLowerCase()));
+  // A run of capitals before small letters is read as a word and the next one's capital
+  // (`JSONParser`), which split `jwtSECRETkey` into `SECRE` and `Tkey` (probe 73a F4): the whole
+  // run is a word too.
+  const capitals = text.match(/\p{Lu}+/gu) ?? [];
+  return [...words, ...capitals].some((word) => WRITTEN_WORDS.has(word.toLowerCase()));
 }
 
 // A command or template that was never run or filled in: `JWT_SECRET_KEY=$(openssl rand …)` in a
 // compose env file, a systemd EnvironmentFile or a manifest is that text, and the key is then the
 // README's own public command (probe 72b F2). The whole value wrapped in a command's or template's
-// marks with a word and a space inside (`openssl `, `quote }}`), or naming the generator: a random
-// printable value with spaces (KeePass's set) starts with a backtick and holds a space about once
-// in 170 (probe 72c A3), and with a lower-case word of three letters before the space far less.
-const UNEXPANDED_WRAPPED = /^\s*(?:\$\(.*\)|`.*`|\$\{.*\}|\{\{.*\}\}|\{%.*%\}|<%.*%>)\s*$/s;
-const COMMAND_WORD = /[a-z]{3,}\s/;
+// marks with a word and a space inside (`openssl `, `echo `), a template's with a word inside
+// (`{{ lookup('env', …) }}`, `<%= ENV.fetch(…) %>`, probe 73a F2), or naming the generator: a
+// random printable value with spaces (KeePass's set) starts with a backtick and holds a space
+// about once in 170 (probe 72c A3), and with a lower-case word of three letters before the space
+// far less; it starts and ends with a template's four marks about once in 80 million.
+const COMMAND_WRAPPED = /^\s*(?:\$\(.*\)|`.*`|\$\{.*\})\s*$/s;
+const TEMPLATE_WRAPPED = /^\s*(?:\{\{.*\}\}|\{%.*%\}|<%.*%>)\s*$/s;
+// Three letters, not three or more: `{3,}` tried every longer run from every letter of it, seconds
+// on a 64 KiB value of small letters (probe 73a F1); a match of one is a match of the other.
+const COMMAND_WORD = /[a-z]{3}\s/;
+const TEMPLATE_WORD = /[a-z]{3}/;
 const GENERATOR = /openssl\s+rand|\/dev\/u?random/i;
 
 /** Whether the value is a command or template someone meant to run or fill in. */
 function isUnexpanded(text: string): boolean {
-  return GENERATOR.test(text) || (UNEXPANDED_WRAPPED.test(text) && COMMAND_WORD.test(text));
+  return (
+    GENERATOR.test(text) ||
+    (COMMAND_WRAPPED.test(text) && COMMAND_WORD.test(text)) ||
+    (TEMPLATE_WRAPPED.test(text) && TEMPLATE_WORD.test(text))
+  );
 }
 
 /** Why a secret is too weak to use in a deployed profile, or `null` when it is acceptable. */

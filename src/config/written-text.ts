@@ -80,7 +80,7 @@ const COUNTED_WORD = 4;
 /**
  * The letters of the words that count, when every piece between punctuation is a word or a
  * number and those words are three or more and half the value; null otherwise. A word counts when
- * it is a common English word (`COMMON_WORDS`) or has four letters or more and reads no less
+ * it is a common English word (`COMMON_WORD_RANKS`) or has four letters or more and reads no less
  * English than chance
  * (`englishEvidence` ≥ 0, a word of another script too): generated printable ASCII after a label
  * is cut by its punctuation into many short pieces shaped as words (`mx`, `OIOF`, `PWK0`), which
@@ -103,6 +103,7 @@ function wordsAndNumbers(text: string): FoundWords | null {
       if (glued === null) return null;
       words += glued.words;
       letters += glued.letters;
+      bits += glued.bits;
       continue;
     }
     const [, word = ""] = shaped;
@@ -136,39 +137,78 @@ function wordsAndNumbers(text: string): FoundWords | null {
 }
 
 /**
- * The bits a word shaped as one is counted for, when it counts as a word written: none for a
- * common word (the words are what is guessed first), the English letter model's (`englishBits`) for
+ * The bits a word shaped as one is counted for, when it counts as a word written: a common word's
+ * by its rank (`commonWordBits`), the English letter model's (`englishBits`) for
  * another of four letters or more that reads no less English than chance (so random letters that
  * happen to, `UXZKO`, keep about the bits they have; a word of another script, none); null for one
  * that does not count.
  */
 function writtenWordBits(word: string): number | null {
   const lower = word.toLowerCase();
-  if (COMMON_WORDS.has(lower)) return 0;
+  const common = commonWordBits(lower);
+  if (common !== null) return common;
   if ([...word].length < COUNTED_WORD) return null;
   const latin = latinWords(lower);
   return englishEvidence(latin) >= 0 ? englishBits(latin) : null;
 }
 
 /**
- * The common words (`COMMON_WORDS`, capitals splitting them) of a piece of letters and digits
+ * The common words (`COMMON_WORD_RANKS`, capitals splitting them) of a piece of letters and digits
  * alternating, when every group of letters is such words; null otherwise.
  */
-function commonWordsBetweenNumbers(piece: string): { words: number; letters: number } | null {
+function commonWordsBetweenNumbers(
+  piece: string,
+): { words: number; letters: number; bits: number } | null {
   let words = 0;
   let letters = 0;
+  let bits = 0;
   for (const group of piece.match(/\p{L}+/gu) ?? []) {
     const parts = latinWords(group);
     if (parts.join("").length !== group.length) return null;
-    if (!parts.every((part) => COMMON_WORDS.has(part))) return null;
+    for (const part of parts) {
+      const partBits = commonWordBits(part);
+      if (partBits === null) return null;
+      bits += partBits;
+    }
     words += parts.length;
     letters += group.length;
   }
-  return { words, letters };
+  return { words, letters, bits };
 }
 
-const COMMON_WORDS: ReadonlySet<string> = new Set(ENGLISH_WORDS_TEXT.split(/\s+/).filter(Boolean));
-const LONGEST_COMMON_WORD = Math.max(...[...COMMON_WORDS].map((word) => word.length));
+/**
+ * The words of a web or mail address (`https://www.company.com/…`): structure, guessed with the
+ * most common words.
+ */
+const ADDRESS_WORDS = ["http", "https", "www", "com", "org", "net", "mail"];
+
+/**
+ * The common words, each with its rank: 1 for the most common (`you`), 5,000 for the least; an
+ * address's words (`ADDRESS_WORDS`) rank with the first.
+ */
+const COMMON_WORD_RANKS: ReadonlyMap<string, number> = new Map([
+  ...ENGLISH_WORDS_TEXT.split(/\s+/)
+    .filter(Boolean)
+    .map((word, index): [string, number] => [word, index + 1]),
+  ...ADDRESS_WORDS.map((word): [string, number] => [word, 1]),
+]);
+/** The most common words, which any sentence needs, count as nothing: the first sixteen. */
+const FREE_WORD_BITS = 4;
+const LONGEST_COMMON_WORD = Math.max(...[...COMMON_WORD_RANKS.keys()].map((word) => word.length));
+
+/**
+ * The bits a common word is counted for, or null for another: log2 of its rank, what guessing the
+ * common words most common first takes to reach it, less the four bits of the sixteen most
+ * common (`the` and `you` nothing, `key` ~5.6, `production` ~7.7). A phrase a person writes is
+ * mostly words near the top; a passphrase a generator draws from a list of thousands (EFF's
+ * 7,776, as Bitwarden's and 1Password's generators do) is mostly words far down it or off it.
+ * Counting every common word as nothing refused one in twenty-two ten-word passphrases of 129
+ * bits (probe 73a F5); counting them whole let a written URL and a phrase with a date pass.
+ */
+function commonWordBits(word: string): number | null {
+  const rank = COMMON_WORD_RANKS.get(word);
+  return rank === undefined ? null : Math.max(0, Math.log2(rank) - FREE_WORD_BITS);
+}
 /** Of the value's Latin letters, the share the common words must cover. */
 const COVERED_SHARE = 0.7;
 /** Letters in a row no common word covers past which a part is not words (a generated part). */
@@ -186,6 +226,7 @@ const OWN_RUN = 12;
 function englishWords(text: string): FoundWords | null {
   let letters = 0;
   let covered = 0;
+  let bits = 0;
   for (const run of latinWords(text)) {
     const cover = commonWordsCover(run);
     if (cover.longestUncovered > LONGEST_UNCOVERED) return null;
@@ -193,14 +234,22 @@ function englishWords(text: string): FoundWords | null {
     if (run.length >= OWN_RUN && cover.letters < run.length * COVERED_SHARE) return null;
     letters += run.length;
     covered += cover.letters;
+    bits += cover.bits;
   }
   return covered * 2 >= [...text].length && covered >= letters * COVERED_SHARE
-    ? { letters: covered, bits: 0 }
+    ? { letters: covered, bits }
     : null;
 }
 
-/** The most letters of `run` common words cover, and the longest stretch then left uncovered. */
-function commonWordsCover(run: string): { letters: number; longestUncovered: number } {
+/**
+ * The most letters of `run` common words cover, the bits of the words that cover them
+ * (`commonWordBits`), and the longest stretch then left uncovered.
+ */
+function commonWordsCover(run: string): {
+  letters: number;
+  bits: number;
+  longestUncovered: number;
+} {
   // best[i]: the most letters of run[0, i) covered; word[i]: the length of the word ending at i in
   // that cover, 0 for a letter left uncovered.
   const best = new Array<number>(run.length + 1).fill(0);
@@ -208,7 +257,10 @@ function commonWordsCover(run: string): { letters: number; longestUncovered: num
   for (let end = 1; end <= run.length; end++) {
     best[end] = best[end - 1]!;
     for (let size = 3; size <= Math.min(LONGEST_COMMON_WORD, end); size++) {
-      if (best[end - size]! + size > best[end]! && COMMON_WORDS.has(run.slice(end - size, end))) {
+      if (
+        best[end - size]! + size > best[end]! &&
+        COMMON_WORD_RANKS.has(run.slice(end - size, end))
+      ) {
         best[end] = best[end - size]! + size;
         word[end] = size;
       }
@@ -216,9 +268,11 @@ function commonWordsCover(run: string): { letters: number; longestUncovered: num
   }
   let stretch = 0;
   let longestUncovered = 0;
+  let bits = 0;
   for (let end = run.length; end > 0; ) {
     if (word[end]! > 0) {
       stretch = 0;
+      bits += commonWordBits(run.slice(end - word[end]!, end))!;
       end -= word[end]!;
     } else {
       stretch++;
@@ -226,7 +280,7 @@ function commonWordsCover(run: string): { letters: number; longestUncovered: num
       end--;
     }
   }
-  return { letters: best[run.length]!, longestUncovered };
+  return { letters: best[run.length]!, bits, longestUncovered };
 }
 
 /** The runs of Latin letters, split where a capital follows a small letter, in lower case. */

@@ -1,12 +1,13 @@
 import { describe, expect, test } from "bun:test";
 import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import EFF_WORDS from "@zxcvbn-ts/language-common/src/diceware.json";
 import { RedisClient } from "bun";
 import { ConfigError, loadConfig } from "../../src/config";
 import { leftoverDevelopmentKey } from "../../src/config/development-key";
 import { ENGLISH_BIGRAMS } from "../../src/config/english-bigrams";
 import { looseSecretFileMessage, looseSecretFiles } from "../../src/config/secret-file-modes";
-import { secretWeakness } from "../../src/config/secrets";
+import { issuedSecretWeakness, secretWeakness } from "../../src/config/secrets";
 import { VARIABLES } from "../../src/config/variables";
 import { tempDir } from "../support/app";
 
@@ -347,6 +348,30 @@ describe("production profile", () => {
       { STRIPE_WEBHOOK_SECRET: "whsec_ThisIsOurStripeWebhookKeyForProd" },
       "has a secret that reads as a written phrase or a published default, not a generated secret (entry 1)",
     ],
+    // Probe 73a: a template whose word is not followed by a space, `do not use` between dots, a
+    // default word in capitals before small letters, a placeholder between dots.
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "<%= ENV.fetch('JWT_KEY_PRODUCTION') %>" },
+      "is a command or template that was never run or filled in",
+    ],
+    [
+      "CSRF_SECRET_KEY",
+      { CSRF_SECRET_KEY: '{{env.Getenv("CSRF_SIGNING_KEY_PROD")}}' },
+      "is a command or template that was never run or filled in",
+    ],
+    [
+      "STRIPE_WEBHOOK_SECRET",
+      { STRIPE_WEBHOOK_SECRET: "whsec_<%= ENV.fetch('STRIPE_WHSEC') %>" },
+      "is a command or template that was never run or filled in, not a generated secret (entry 1)",
+    ],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "do.not.use.k8Jq2LmZp9XwR4tY7vBn3cHs" }, "written phrase"],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "jwtSECRETkey_k8Jq2LmZp9XwR4tY7vBn3cHs" },
+      "written phrase",
+    ],
+    ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "change.me.k8Jq2LmZp9XwR4tY7vBn3cHsaaa" }, "placeholder"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
@@ -440,6 +465,11 @@ describe("production profile", () => {
     const letters = "abcdefghijklmnopqrstuvwxyz";
     const base32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     const printable = Array.from({ length: 94 }, (_, i) => String.fromCharCode(33 + i)).join("");
+    const passphraseWords = EFF_WORDS.map((word) =>
+      /^(?:secrets?|passwords?|default|sample|example|placeholder|insecure)$/.test(word)
+        ? "meadow"
+        : word,
+    );
     const shapes: [string, () => string][] = [
       ["base64url", () => Buffer.from(bytes(32)).toString("base64url")],
       ["hex", () => Buffer.from(bytes(32)).toString("hex")],
@@ -483,6 +513,17 @@ describe("production profile", () => {
         "grouped capitals",
         () => Array.from({ length: 8 }, () => drawn(letters.toUpperCase(), 5)).join("-"),
       ],
+      // Ten words drawn from EFF's list, as Bitwarden's and 1Password's generators draw them
+      // (129 bits): one in twenty-two was refused when a common word counted as nothing (probe
+      // 73a F5). Without the list's few default words, which are refused as words anywhere.
+      [
+        "ten-word passphrase",
+        () =>
+          Array.from(
+            crypto.getRandomValues(new Uint32Array(10)),
+            (drawnIndex) => passphraseWords[drawnIndex % passphraseWords.length],
+          ).join("-"),
+      ],
     ];
     for (const [shape, generate] of shapes) {
       for (let i = 0; i < (shape === "base64url" || shape === "hex" ? 10_000 : 3_000); i++) {
@@ -510,6 +551,19 @@ describe("production profile", () => {
       expect(total).toBeLessThan(1.2);
     }
   });
+
+  test("a value in a command's marks is judged in work that grows with its length, not its square (probe 73a F1)", () => {
+    // 128 KiB of small letters, the most one environment variable holds on Linux: the check for a
+    // word before a space tried every longer run from every letter, ~6 s a value, beyond this
+    // test's time; now a fraction of a second for all six.
+    const letters = Array.from(crypto.getRandomValues(new Uint8Array(131_068)), (byte) =>
+      String.fromCharCode(97 + (byte % 26)),
+    ).join("");
+    for (const wrapped of [`$(${letters})`, `\`${letters}\``, `\${${letters}}`]) {
+      expect(secretWeakness(wrapped)).toBeNull();
+      expect(issuedSecretWeakness(wrapped)).toBeNull();
+    }
+  }, 10_000);
 
   test("never echoes a refused secret's value", () => {
     const error = refusal(production({ JWT_SECRET_KEY: "hunter2-is-my-password" }));
