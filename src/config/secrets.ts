@@ -74,7 +74,9 @@ export function secretWeakness(value: string): string | null {
   const points = [...text];
   const short = shortness(value, points);
   if (short) return short;
-  if (new Set(points).size < MIN_DISTINCT_CHARACTERS || repeatsItself(points)) {
+  // Repetition as read without case: a block said again in other capitals
+  // (`aZ3$kL9!mQAz3$Kl9!Mq…`) passed (probe 73a).
+  if (new Set(points).size < MIN_DISTINCT_CHARACTERS || repeatsItself([...text.toLowerCase()])) {
     return "is too repetitive to be random";
   }
   if (isMostlyWalk(points)) {

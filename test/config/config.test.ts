@@ -372,6 +372,11 @@ describe("production profile", () => {
       "written phrase",
     ],
     ["JWT_SECRET_KEY", { JWT_SECRET_KEY: "change.me.k8Jq2LmZp9XwR4tY7vBn3cHsaaa" }, "placeholder"],
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: "aZ3$kL9!mQAz3$Kl9!MqAZ3$KL9!MQaz3$kl9!mq" },
+      "too repetitive",
+    ],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
