@@ -41,15 +41,15 @@ interface FoundWords {
 /**
  * At most how many bits the value carries, given the words found: the bits they are counted for
  * (`writtenWordBits`), then each letter no word explains drawn from the letters of the cases the
- * value holds (26 or 52), each digit from 10, each other character (punctuation, a space) from 33
- * the first time it is seen and a bit each time again (a separator said again is structure).
+ * value holds (26 or 52), each number as its digits drawn from 10 unless it reads as a date
+ * (`numberBits`), each other character (punctuation, a space) from 33 the first time it is seen
+ * and a bit each time again (a separator said again is structure).
  * `Correct-Horse-Battery-Staple-1733356800` ~60 bits; a generated part of 32 hex digits carries
  * ~120 by itself, 32 printable characters ~190.
  */
 function guessBits(text: string, words: FoundWords): number {
   const points = [...text];
   const letters = points.filter((point) => /\p{L}/u.test(point));
-  const digits = points.filter((point) => /\p{N}/u.test(point)).length;
   const others = points.filter((point) => /[^\p{L}\p{N}]/u.test(point));
   const cases =
     (letters.some((point) => /\p{Lu}/u.test(point)) ? 26 : 0) +
@@ -58,10 +58,31 @@ function guessBits(text: string, words: FoundWords): number {
   return (
     words.bits +
     Math.max(0, letters.length - words.letters) * Math.log2(Math.max(cases, 26)) +
-    digits * Math.log2(10) +
+    numberBits(text) +
     distinctOthers * Math.log2(33) +
     (others.length - distinctOthers)
   );
+}
+
+/** A year of this century or the last, alone: 200 to guess from, not 10,000 (probe 73d F1). */
+const YEAR = /^(?:19|20)\d\d$/;
+/** A day written `YYYYMMDD`, alone: about 73,000 to guess from, not 100 million. */
+const DAY = /^(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])$/;
+
+/**
+ * The bits the value's numbers carry: a year (`2025`) or a day (`20250115`) as a date is
+ * guessed, any other number as its digits drawn from 10. A label's date is the first thing
+ * guessed after its words; counted as random digits it carried 13 or 27 bits, and labels of words
+ * and a date passed (`initech-prod-jwt-signing-key-20250115`, probe 73d F1).
+ */
+function numberBits(text: string): number {
+  let bits = 0;
+  for (const number of text.match(/\p{N}+/gu) ?? []) {
+    if (YEAR.test(number)) bits += Math.log2(200);
+    else if (DAY.test(number)) bits += Math.log2(200 * 366);
+    else bits += [...number].length * Math.log2(10);
+  }
+  return bits;
 }
 
 /** One piece between punctuation: letters, then digits if any (`v2`, `Summer2024`), or digits. */
@@ -79,22 +100,25 @@ const COUNTED_WORD = 4;
 
 /**
  * The letters of the words that count, when every piece between punctuation is a word or a
- * number and those words are three or more and half the value; null otherwise. A word counts when
- * it is a common English word (`COMMON_WORD_RANKS`) or has four letters or more and reads no less
- * English than chance
+ * number and those words are three or more and, with the numbers, half the value; null otherwise.
+ * A word counts when it is a common English word (`COMMON_WORD_RANKS`) or has four letters or more
+ * and reads no less English than chance
  * (`englishEvidence` ≥ 0, a word of another script too): generated printable ASCII after a label
  * is cut by its punctuation into many short pieces shaped as words (`mx`, `OIOF`, `PWK0`), which
  * made the label half of a value judged as one (probe 72d F1). No word of eight letters or more
  * may read less English than chance, and none in one case be longer than fifteen (a generated part
  * after a label, probe 72b F1). A number may be any length (a timestamp, a telephone number: probe
- * 72d F2); it counts towards nothing.
+ * 72d F2); its digits count towards the half, not the words (`acme-prod-auth-token-key-2025-01-15`
+ * had too few letters to be read as written, probe 73d F1).
  */
 function wordsAndNumbers(text: string): FoundWords | null {
   let words = 0;
   let letters = 0;
   let bits = 0;
+  let digits = 0;
   for (const piece of text.split(/[^\p{L}\p{N}]+/u)) {
     if (piece === "") continue;
+    digits += piece.match(/\p{N}/gu)?.length ?? 0;
     const shaped = PIECE.exec(piece);
     if (shaped === null) {
       // Words and numbers glued (`Summer2024Winter2025`): only common words count, since random
@@ -133,7 +157,7 @@ function wordsAndNumbers(text: string): FoundWords | null {
       bits += partBits;
     }
   }
-  return words >= 3 && letters * 2 >= [...text].length ? { letters, bits } : null;
+  return words >= 3 && (letters + digits) * 2 >= [...text].length ? { letters, bits } : null;
 }
 
 /**
@@ -147,6 +171,7 @@ function writtenWordBits(word: string): number | null {
   const lower = word.toLowerCase();
   const common = commonWordBits(lower);
   if (common !== null) return common;
+  if (TWO_LETTER_WORDS.has(lower)) return 0;
   if ([...word].length < COUNTED_WORD) return null;
   const latin = latinWords(lower);
   return englishEvidence(latin) >= 0 ? englishBits(latin) : null;
@@ -183,15 +208,44 @@ function commonWordsBetweenNumbers(
 const ADDRESS_WORDS = ["http", "https", "www", "com", "org", "net", "mail"];
 
 /**
+ * The words a secret's name is made of: what it is and is for, where and when it runs, what made
+ * it. A label of them (`acme-corp-production-jwt-signing-key-january-2025`) is what someone who
+ * knows the service guesses first, and counted by their rank (`production` ~7.7 bits) or as random
+ * letters (`jwt` ~14) such labels passed (probe 73d F1). Rare in a generator's passphrase: 26 of
+ * EFF's 7,776 words are among them.
+ */
+const LABEL_WORDS = `
+key keys token tokens jwt jws jwe hmac csrf xsrf api auth authentication authorization oauth
+signing sign signature verify verification encryption encrypt crypto access refresh session
+sessions cookie webhook webhooks credential credentials passphrase bearer client login admin user
+users app application service server backend frontend gateway payment payments billing stripe
+whatsapp meta palisade chat chatbot bot corp inc company team production prod staging stage
+development dev test testing live sandbox local env environment cloud cluster region east west
+north south internal primary secondary master main backup version rotated rotation created
+generated issued january february march april june july august september october november december
+`
+  .split(/\s+/)
+  .filter(Boolean);
+
+/**
  * The common words, each with its rank: 1 for the most common (`you`), 5,000 for the least; an
- * address's words (`ADDRESS_WORDS`) rank with the first.
+ * address's words (`ADDRESS_WORDS`) and a label's (`LABEL_WORDS`) rank with the first.
  */
 const COMMON_WORD_RANKS: ReadonlyMap<string, number> = new Map([
   ...ENGLISH_WORDS_TEXT.split(/\s+/)
     .filter(Boolean)
     .map((word, index): [string, number] => [word, index + 1]),
-  ...ADDRESS_WORDS.map((word): [string, number] => [word, 1]),
+  ...[...ADDRESS_WORDS, ...LABEL_WORDS].map((word): [string, number] => [word, 1]),
 ]);
+/**
+ * The two-letter words among the 150 most common (`to`, `of`, `is`), which the common words of
+ * three letters or more leave out: each counts as nothing, like the sixteen most common. Left
+ * out, `to be or not to be that is the question` was too few words to be read as written (probe
+ * 73d F2).
+ */
+const TWO_LETTER_WORDS = new Set(
+  "to it of is in me on we my be do he no up oh go at so if as us an or by am".split(" "),
+);
 /** The most common words, which any sentence needs, count as nothing: the first sixteen. */
 const FREE_WORD_BITS = 4;
 const LONGEST_COMMON_WORD = Math.max(...[...COMMON_WORD_RANKS.keys()].map((word) => word.length));
@@ -199,7 +253,7 @@ const LONGEST_COMMON_WORD = Math.max(...[...COMMON_WORD_RANKS.keys()].map((word)
 /**
  * The bits a common word is counted for, or null for another: log2 of its rank, what guessing the
  * common words most common first takes to reach it, less the four bits of the sixteen most
- * common (`the` and `you` nothing, `key` ~5.6, `production` ~7.7). A phrase a person writes is
+ * common (`the` and `you` nothing, `horse` ~5.7, `battery` ~7.9). A phrase a person writes is
  * mostly words near the top; a passphrase a generator draws from a list of thousands (EFF's
  * 7,776, as Bitwarden's and 1Password's generators do) is mostly words far down it or off it.
  * Counting every common word as nothing refused one in twenty-two ten-word passphrases of 129

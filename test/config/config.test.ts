@@ -377,6 +377,25 @@ describe("production profile", () => {
       { JWT_SECRET_KEY: "aZ3$kL9!mQAz3$Kl9!MqAZ3$KL9!MQaz3$kl9!mq" },
       "too repetitive",
     ],
+    // Probe 73d F1: labels of a secret's words and a date, each word counted by its rank or as
+    // random letters and the date as random digits; F2: a phrase of two-letter words.
+    ...[
+      "acme-corp-production-jwt-signing-key-january-2025",
+      "PalisadeProductionKeyRotatedOnTheFifthOfDecember",
+      "globex-prod-east-region-api-gateway-signing-key",
+      "initech-prod-jwt-signing-key-20250115",
+      "stark-production-auth-token-key-2025-01-15",
+      "acme-prod-auth-token-key-2025-01-15",
+      "Initech Payments Service Jwt Key Created March 2024",
+      "UmbrellaStagingJwtSigningKey20250115",
+      "mycompany.production.environment.authentication.key.2025!",
+      "to be or not to be that is the question",
+      "To-Be-Or-Not-To-Be-That-Is-The-Question",
+    ].map((label): [string, Record<string, string>, string] => [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: label },
+      "reads as a written phrase or a published default",
+    ]),
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
