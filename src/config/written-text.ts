@@ -41,9 +41,9 @@ interface FoundWords {
 /**
  * At most how many bits the value carries, given the words found: the bits they are counted for
  * (`writtenWordBits`), then each letter no word explains drawn from the letters of the cases the
- * value holds (26 or 52), each number as its digits drawn from 10 unless it reads as a date
- * (`numberBits`), each other character (punctuation, a space) from 33 the first time it is seen
- * and a bit each time again (a separator said again is structure).
+ * value holds (26 or 52) and the digits if it holds any, each number as `numberBits` counts it,
+ * each other character (punctuation, a space) from 33 the first time it is seen and a bit each
+ * time again (a separator said again is structure).
  * `Correct-Horse-Battery-Staple-1733356800` ~60 bits; a generated part of 32 hex digits carries
  * ~120 by itself, 32 printable characters ~190.
  */
@@ -55,15 +55,19 @@ function guessBits(text: string, words: FoundWords): number {
     (letters.some((point) => /\p{Lu}/u.test(point)) ? 26 : 0) +
     (letters.some((point) => !/\p{Lu}/u.test(point)) ? 26 : 0);
   const distinctOthers = new Set(others).size;
+  const hasDigits = /\p{N}/u.test(text);
+  const alphabet = Math.max(cases, 26) + (hasDigits ? 10 : 0);
   return (
     words.bits +
-    Math.max(0, letters.length - words.letters) * Math.log2(Math.max(cases, 26)) +
-    numberBits(text) +
+    Math.max(0, letters.length - words.letters) * Math.log2(alphabet) +
+    numberBits(text, letters.length > 0 ? alphabet : 10) +
     distinctOthers * Math.log2(33) +
     (others.length - distinctOthers)
   );
 }
 
+/** Digits in a row up to which a number may be part of a generated run of letters and digits. */
+const SHORT_NUMBER = 4;
 /** A year of this century or the last, alone: 200 to guess from, not 10,000 (probe 73d F1). */
 const YEAR = /^(?:19|20)\d\d$/;
 /** A day written `YYYYMMDD`, alone: about 73,000 to guess from, not 100 million. */
@@ -71,16 +75,23 @@ const DAY = /^(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])$/;
 
 /**
  * The bits the value's numbers carry: a year (`2025`) or a day (`20250115`) as a date is
- * guessed, any other number as its digits drawn from 10. A label's date is the first thing
- * guessed after its words; counted as random digits it carried 13 or 27 bits, and labels of words
- * and a date passed (`initech-prod-jwt-signing-key-20250115`, probe 73d F1).
+ * guessed, a longer number (a timestamp, a telephone number) as its digits drawn from 10, and a
+ * shorter one as drawn from the value's `alphabet`, as a generated run of letters and digits
+ * draws it (`k8z1X`). A label's date is the first thing guessed after its words; counted as
+ * random digits it carried 13 or 27 bits, and labels of words and a date passed
+ * (`initech-prod-jwt-signing-key-20250115`, probe 73d F1). Counted from 10, the few digits of 16
+ * random bytes in base64url after a label of such words (`PalisadeProductionSigningKey` and 22
+ * characters, 128 bits) were too few bits: about one in 150 was refused.
  */
-function numberBits(text: string): number {
+function numberBits(text: string, alphabet: number): number {
   let bits = 0;
   for (const number of text.match(/\p{N}+/gu) ?? []) {
     if (YEAR.test(number)) bits += Math.log2(200);
     else if (DAY.test(number)) bits += Math.log2(200 * 366);
-    else bits += [...number].length * Math.log2(10);
+    else {
+      const digits = [...number].length;
+      bits += digits * Math.log2(digits > SHORT_NUMBER ? 10 : alphabet);
+    }
   }
   return bits;
 }
@@ -216,13 +227,14 @@ const ADDRESS_WORDS = ["http", "https", "www", "com", "org", "net", "mail"];
  */
 const LABEL_WORDS = `
 key keys token tokens jwt jws jwe hmac csrf xsrf api auth authentication authorization oauth
-signing sign signature verify verification encryption encrypt crypto access refresh session
-sessions cookie webhook webhooks credential credentials passphrase bearer client login admin user
-users app application service server backend frontend gateway payment payments billing stripe
-whatsapp meta palisade chat chatbot bot corp inc company team production prod staging stage
-development dev test testing live sandbox local env environment cloud cluster region east west
-north south internal primary secondary master main backup version rotated rotation created
-generated issued january february march april june july august september october november december
+audit signing sign signature verify verification encryption encrypt crypto access refresh
+session sessions cookie webhook webhooks credential credentials passphrase bearer client login
+admin user users app application service server backend frontend gateway payment payments
+billing stripe metrics monitoring logging whatsapp meta palisade chat chatbot corp company team
+production prod staging stage development dev prd stg uat test testing live sandbox local env
+environment cloud cluster region east west north south internal primary secondary master main
+backup version rotated rotation created generated issued january february march april june july
+august september october november december
 `
   .split(/\s+/)
   .filter(Boolean);
