@@ -81,7 +81,7 @@ const DAY = /^(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])$/;
  * random digits it carried 13 or 27 bits, and labels of words and a date passed
  * (`initech-prod-jwt-signing-key-20250115`, probe 73d F1). Counted from 10, the few digits of 16
  * random bytes in base64url after a label of such words (`PalisadeProductionSigningKey` and 22
- * characters, 128 bits) were too few bits: about one in 150 was refused.
+ * characters, 128 bits) were too few bits: one in 130 to one in 400 was refused.
  */
 function numberBits(text: string, alphabet: number): number {
   let bits = 0;
