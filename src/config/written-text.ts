@@ -100,8 +100,15 @@ function numberBits(text: string, alphabet: number): number {
 const PIECE = /^(\p{L}*)(\p{N}*)$/u;
 /** Letters as words are written: `word`, `Word`, `WORD`. */
 const ONE_WORD = /^(?:\p{Lu}+|\p{Lu}?\p{Ll}+)$/u;
-/** Capitalised words joined: `WordWord`, `wordWord`. */
-const JOINED_WORDS = /^\p{Lu}?\p{Ll}+(?:\p{Lu}\p{Ll}+)+$/u;
+/**
+ * Capitalised words joined (`WordWord`, `wordWord`), and after them the capital of a version or a
+ * quarter (`…KeyV2`, `…TokenQ32024`): glued so, a label's words were no words at all and passed.
+ */
+const JOINED_WORDS = /^\p{Lu}?\p{Ll}+(?:\p{Lu}\p{Ll}+)+\p{Lu}?$/u;
+/** The words of `JOINED_WORDS`, a version's or quarter's capital on its own. */
+const JOINED_PART = /\p{Lu}?\p{Ll}+|\p{Lu}/gu;
+/** A version's or quarter's capital after a word (`KeyV`), which no word is spelled with. */
+const TRAILING_CAPITAL = /(?<=\p{Ll})\p{Lu}$/u;
 /** Letters past which a word must also read as one: a random part is often one case. */
 const LONG_WORD = 8;
 /** Letters past which a piece in one case is no word at all (a compound runs longer, rarely). */
@@ -143,23 +150,8 @@ function wordsAndNumbers(text: string): FoundWords | null {
     }
     const [, word = ""] = shaped;
     if (word === "") continue;
-    const wordLength = [...word].length;
-    if (wordLength >= LONG_WORD && englishEvidence(latinWords(word)) < 0) return null;
-    let parts: string[];
-    if (ONE_WORD.test(word)) {
-      // Longer than words are: a generated part in one case (`…-key-ASSASSTIOHYRCAUZBUKURAB…`).
-      if (wordLength > LONGEST_WORD) return null;
-      parts = [word];
-    } else if (
-      JOINED_WORDS.test(word) &&
-      englishEvidence(latinWords(word)) >= 0 &&
-      // Random letters glued to a label (`PalisadeProductionKeympbadlx…`) are no word.
-      latinWords(word).every((part) => part.length <= LONGEST_WORD)
-    ) {
-      parts = word.match(/\p{Lu}?\p{Ll}+/gu) ?? [];
-    } else {
-      return null;
-    }
+    const parts = wordsAsWritten(word);
+    if (parts === null) return null;
     for (const part of parts) {
       const partBits = writtenWordBits(part);
       if (partBits === null) continue;
@@ -169,6 +161,29 @@ function wordsAndNumbers(text: string): FoundWords | null {
     }
   }
   return words >= 3 && (letters + digits) * 2 >= [...text].length ? { letters, bits } : null;
+}
+
+/**
+ * The words of letters written as one word (`ONE_WORD`) or capitalised words joined
+ * (`JOINED_WORDS`), or null for letters not so written.
+ */
+function wordsAsWritten(word: string): string[] | null {
+  const wordLength = [...word].length;
+  const spelled = latinWords(word.replace(TRAILING_CAPITAL, ""));
+  if (wordLength >= LONG_WORD && englishEvidence(spelled) < 0) return null;
+  if (ONE_WORD.test(word)) {
+    // Longer than words are: a generated part in one case (`…-key-ASSASSTIOHYRCAUZBUKURAB…`).
+    return wordLength > LONGEST_WORD ? null : [word];
+  }
+  if (
+    JOINED_WORDS.test(word) &&
+    englishEvidence(spelled) >= 0 &&
+    // Random letters glued to a label (`PalisadeProductionKeympbadlx…`) are no word.
+    spelled.every((part) => part.length <= LONGEST_WORD)
+  ) {
+    return word.match(JOINED_PART) ?? [];
+  }
+  return null;
 }
 
 /**
@@ -189,8 +204,10 @@ function writtenWordBits(word: string): number | null {
 }
 
 /**
- * The common words (`COMMON_WORD_RANKS`, capitals splitting them) of a piece of letters and digits
- * alternating, when every group of letters is such words; null otherwise.
+ * The words of a piece of letters and digits alternating, when every group of letters is common
+ * words (`COMMON_WORD_RANKS`, capitals splitting them), capitalised words joined (`JOINED_WORDS`:
+ * `2024UmbrellaWhatsappVerifyToken`) or one letter (a version's or quarter's, `2025Q1`, which
+ * counts as no word); null otherwise.
  */
 function commonWordsBetweenNumbers(
   piece: string,
@@ -199,6 +216,19 @@ function commonWordsBetweenNumbers(
   let letters = 0;
   let bits = 0;
   for (const group of piece.match(/\p{L}+/gu) ?? []) {
+    if ([...group].length === 1) continue;
+    if (JOINED_WORDS.test(group)) {
+      const joined = wordsAsWritten(group);
+      if (joined === null) return null;
+      for (const part of joined) {
+        const partBits = writtenWordBits(part);
+        if (partBits === null) continue;
+        words++;
+        letters += [...part].length;
+        bits += partBits;
+      }
+      continue;
+    }
     const parts = latinWords(group);
     if (parts.join("").length !== group.length) return null;
     for (const part of parts) {
@@ -238,6 +268,8 @@ august september october november december
 `
   .split(/\s+/)
   .filter(Boolean);
+
+const LABEL_WORD_SET: ReadonlySet<string> = new Set(LABEL_WORDS);
 
 /**
  * The common words, each with its rank: 1 for the most common (`you`), 5,000 for the least; an
@@ -284,37 +316,62 @@ const OWN_RUN = 12;
 
 /**
  * The letters common English words of three letters or more (`ENGLISH_WORDS_TEXT`) cover, found in
- * each run of letters as the most letters a sequence of such words covers, when they are at least
- * 70 % of the letters and half of the value, no more than five letters in a row are left uncovered
- * and no run of twelve letters or more is less than 70 % covered itself; null otherwise. Written
- * phrases cover 0.72 to 1 of their letters.
+ * each run of letters as the most letters a sequence of such words covers (in a run of fewer than
+ * twelve letters they do not fill, words of four letters or more), with a label's one name, when
+ * they are at least 70 % of the letters and half of the value, no more than five letters in a row
+ * are left uncovered but the name and no run of twelve letters or more is less than 70 % covered
+ * itself; null otherwise. Written phrases cover 0.72 to 1 of their letters.
  */
 function englishWords(text: string): FoundWords | null {
   let letters = 0;
   let covered = 0;
   let bits = 0;
+  let labelWords = 0;
+  let names = 0;
   for (const run of latinWords(text)) {
-    const cover = commonWordsCover(run);
-    if (cover.longestUncovered > LONGEST_UNCOVERED) return null;
+    let cover = commonWordsCover(run, 3);
+    // Three letters in a short run they do not fill are as often chance as a word: a label run
+    // together before 16 random bytes in base64url (`…SigningKeyEbutHSgOFFSKA…`) found `but`,
+    // `off`, `org` and `www` in them and was refused one time in 4,000.
+    if (run.length < OWN_RUN && cover.letters < run.length) cover = commonWordsCover(run, 4);
+    labelWords += cover.words.filter((word) => LABEL_WORD_SET.has(word)).length;
+    let runCovered = cover.letters;
+    for (const stretch of cover.uncovered) {
+      if (stretch.length <= LONGEST_UNCOVERED) continue;
+      // A name (`umbrella`, `globex`) reads as English and is as long as words are; a generated
+      // part does not.
+      if (stretch.length > LONGEST_WORD || englishEvidence([stretch]) < 0) return null;
+      names++;
+      runCovered += stretch.length;
+      bits += englishBits([stretch]);
+    }
     // A run of its own that is not mostly words is a generated part beside a label of them.
-    if (run.length >= OWN_RUN && cover.letters < run.length * COVERED_SHARE) return null;
+    if (run.length >= OWN_RUN && runCovered < run.length * COVERED_SHARE) return null;
     letters += run.length;
-    covered += cover.letters;
+    covered += runCovered;
     bits += cover.bits;
   }
+  // A label (two of its words or more) may hold one name no common word covers
+  // (`umbrellaprodwhatsappverifytoken2025` passed); a passphrase run together holds many words
+  // none covers, and counted as names eight of EFF's were refused one time in 40.
+  if (names > (labelWords >= 2 ? 1 : 0)) return null;
   return covered * 2 >= [...text].length && covered >= letters * COVERED_SHARE
     ? { letters: covered, bits }
     : null;
 }
 
 /**
- * The most letters of `run` common words cover, the bits of the words that cover them
- * (`commonWordBits`), and the longest stretch then left uncovered.
+ * The most letters of `run` common words of `shortest` letters or more cover, those words and their
+ * bits (`commonWordBits`), and the stretches they leave uncovered.
  */
-function commonWordsCover(run: string): {
+function commonWordsCover(
+  run: string,
+  shortest: number,
+): {
   letters: number;
   bits: number;
-  longestUncovered: number;
+  words: string[];
+  uncovered: string[];
 } {
   // best[i]: the most letters of run[0, i) covered; word[i]: the length of the word ending at i in
   // that cover, 0 for a letter left uncovered.
@@ -322,7 +379,7 @@ function commonWordsCover(run: string): {
   const word = new Array<number>(run.length + 1).fill(0);
   for (let end = 1; end <= run.length; end++) {
     best[end] = best[end - 1]!;
-    for (let size = 3; size <= Math.min(LONGEST_COMMON_WORD, end); size++) {
+    for (let size = shortest; size <= Math.min(LONGEST_COMMON_WORD, end); size++) {
       if (
         best[end - size]! + size > best[end]! &&
         COMMON_WORD_RANKS.has(run.slice(end - size, end))
@@ -332,21 +389,24 @@ function commonWordsCover(run: string): {
       }
     }
   }
-  let stretch = 0;
-  let longestUncovered = 0;
+  const words: string[] = [];
+  const uncovered: string[] = [];
+  let stretchEnd = run.length;
   let bits = 0;
   for (let end = run.length; end > 0; ) {
     if (word[end]! > 0) {
-      stretch = 0;
-      bits += commonWordBits(run.slice(end - word[end]!, end))!;
+      if (stretchEnd > end) uncovered.push(run.slice(end, stretchEnd));
+      const found = run.slice(end - word[end]!, end);
+      words.push(found);
+      bits += commonWordBits(found)!;
       end -= word[end]!;
+      stretchEnd = end;
     } else {
-      stretch++;
-      longestUncovered = Math.max(longestUncovered, stretch);
       end--;
     }
   }
-  return { letters: best[run.length]!, bits, longestUncovered };
+  if (stretchEnd > 0) uncovered.push(run.slice(0, stretchEnd));
+  return { letters: best[run.length]!, bits, words, uncovered };
 }
 
 /** The runs of Latin letters, split where a capital follows a small letter, in lower case. */
