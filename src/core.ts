@@ -241,7 +241,10 @@ export function createCore(options: CoreOptions): Core {
       const address = principal ? ipBlocks.blockedUntilNow(client.key) : null;
       return own === null || address === null ? (own ?? address) : Math.max(own, address);
     },
-    refusalsBlock: (key) => ipBlocks.blocksOn(isPrincipalSubject(key) ? "principal" : "ratelimit"),
+    refusalsBlock: (key, client) =>
+      isPrincipalSubject(key)
+        ? ipBlocks.blocksOn("principal")
+        : ipBlocks.blocksOn("ratelimit") && !client.isTrustedProxy,
   });
 
   const errors = createErrorReporter({

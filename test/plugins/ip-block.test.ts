@@ -5,7 +5,7 @@ import { applyMigrations } from "../../src/db/migrate";
 import { parseIp } from "../../src/plugins/client-ip/address";
 import { SqliteLimiterStore } from "../../src/plugins/rate-limit/sqlite-store";
 import { buildTestApp, secondProcess, send, type TestApp, tempDir } from "../support/app";
-import { createKey } from "../support/auth";
+import { createKey, signUp } from "../support/auth";
 import { cliInProcess } from "../support/cli";
 import { ManualClock } from "../support/clock";
 
@@ -91,6 +91,68 @@ describe("automatic blocks", () => {
     const row = target.db.$client.query("SELECT address FROM ip_blocks").get();
     expect(row).toEqual({ address: "2001:db8:aa:bb::/64" });
   });
+});
+
+describe("a trusted proxy's own address (probe 75c F2)", () => {
+  for (const trustProxy of ["loopback", "1"]) {
+    test(`with TRUST_PROXY=${trustProxy} it is limited but never blocked automatically, for refusals or failed logins of requests without a usable X-Forwarded-For; a client behind it is blocked`, async () => {
+      current = buildTestApp({ env: { TRUST_PROXY: trustProxy } });
+      const target = current;
+      const user = await signUp(target, { peer: "198.51.100.20" });
+      const wrongLogins = async (
+        headers: Record<string, string>,
+        count: number,
+        email = user.email,
+      ) => {
+        const statuses: number[] = [];
+        for (let i = 0; i < count; i++) {
+          const login = await send(target, "/api/auth/login", {
+            headers,
+            peer: "127.0.0.1",
+            body: { email, password: "not the password at all" },
+          });
+          statuses.push(login.status);
+        }
+        return statuses;
+      };
+      // No header, an empty one, a last entry empty or not an address: the client is the proxy.
+      // Five failed logins, then the login limit's refusals: 25 refusals, 5 failed logins.
+      for (const forwarded of [null, "", "10.1.1.1,", "10.1.1.1, not-an-address"]) {
+        const headers: Record<string, string> =
+          forwarded === null ? {} : { "x-forwarded-for": forwarded };
+        const statuses = await wrongLogins(headers, 8);
+        expect({ forwarded, blocked: statuses.filter((status) => status === 403) }).toEqual({
+          forwarded,
+          blocked: [],
+        });
+        expect(statuses.at(-1)).toBe(429);
+      }
+      expect(target.services.ipBlocks.listActive()).toEqual([]);
+      // Refusals that block no one are audited once per key, policy and window, not each.
+      target.services.audit.flush();
+      const audited = target.db.$client
+        .query(
+          "SELECT ip, json_extract(detail, '$.policy') AS policy FROM audit_events WHERE type = 'ratelimit.rejected' ORDER BY policy",
+        )
+        .all();
+      // One for each policy that refused it: the account's sign-ins and the address's own.
+      expect(audited).toEqual([
+        { ip: "127.0.0.1", policy: "default" },
+        { ip: "127.0.0.1", policy: "login_account" },
+      ]);
+      // A client behind the proxy is its own address, blocked after five refusals as ever.
+      const another = "someone-else@example.test";
+      expect(await wrongLogins({ "x-forwarded-for": "203.0.113.7" }, 11, another)).toEqual([
+        401, 401, 401, 401, 401, 429, 429, 429, 429, 429, 403,
+      ]);
+      expect(target.services.ipBlocks.listActive().map((block) => block.address)).toEqual([
+        "203.0.113.7",
+      ]);
+      // The proxy's own requests are still limited by its address's window, never blocked.
+      const own = await send(target, "/openapi.json", { peer: "127.0.0.1" });
+      expect(((await own.json()) as { code: string }).code).toBe("RATE_LIMITED");
+    });
+  }
 });
 
 describe("manual blocks", () => {

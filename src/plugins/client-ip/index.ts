@@ -11,6 +11,7 @@ import {
   clientKeyOf,
   compileTrust,
   formatAddress,
+  inRanges,
   resolveClientAddress,
   UNKNOWN_CLIENT,
 } from "./resolve";
@@ -56,6 +57,12 @@ export interface ResolvedClient {
    * the client's own: the admin blocks API will not block one of them (probes 32d F2, 33b F2).
    */
   proxyKeys?: readonly string[];
+  /**
+   * The client is a proxy TRUST_PROXY trusts: a request it sent or passed on without a usable
+   * `X-Forwarded-For` (with a hop count, any request with none, whose peer is taken for the
+   * proxy). It is limited like any client but never blocked automatically (probe 75c F2).
+   */
+  isTrustedProxy?: boolean;
 }
 
 const MEMO_LIMIT = 10_000;
@@ -98,6 +105,11 @@ export function createClientResolver(
       ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
       key,
       address,
+      isTrustedProxy:
+        address !== null &&
+        (trust.kind === "cidrs"
+          ? inRanges(address, trust.ranges)
+          : trust.kind === "hops" && proxies.length === 0),
       proxyKeys:
         proxies.length === 0
           ? NO_PROXIES

@@ -665,7 +665,9 @@ export class IpBlockService {
     client: ResolvedClient,
     requestId: string | null = null,
   ): Promise<IpBlock | null> {
-    if (client.address === null) return null;
+    // A trusted proxy blocked refuses every client it passes on without a usable X-Forwarded-For
+    // (its health checks, a misconfigured hop's clients), as the admin API refuses to (probe 75c F2).
+    if (client.address === null || client.isTrustedProxy) return null;
     return this.countViolation(kind, client.key, `ip:${client.key}`, requestId);
   }
 

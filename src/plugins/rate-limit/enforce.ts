@@ -112,10 +112,10 @@ export interface LimitEnforcerOptions {
     requestId: string;
   }) => number | null | undefined | Promise<number | null | undefined>;
   /**
-   * Whether refusals of this key count towards a block (false when IP_BLOCK_RATE_LIMIT_REFUSALS is
-   * 0). Absent: they do.
+   * Whether refusals of this key, from this client, count towards a block (false when
+   * IP_BLOCK_RATE_LIMIT_REFUSALS is 0, or for a trusted proxy's address). Absent: they do.
    */
-  refusalsBlock?: (key: string) => boolean;
+  refusalsBlock?: (key: string, client: ResolvedClient) => boolean;
   /** QUIET_AUDIT_KEYS unless given (tests). */
   quietAuditKeys?: number;
 }
@@ -191,7 +191,7 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     // ends the flood. One that blocks nobody (webhooks; every refusal when automatic blocks are
     // off) would cost a chained audit row per request for as long as a flood lasts: such
     // refusals are audited once per key and window.
-    const blocking = violation && (refusalsBlock?.(key) ?? true);
+    const blocking = violation && (refusalsBlock?.(key, request.client) ?? true);
     if (blocking || firstQuietRefusal(policyId, key, now, refusedBy.windowMs)) {
       audit.record({
         type: "ratelimit.rejected",
