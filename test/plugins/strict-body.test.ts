@@ -427,3 +427,66 @@ describe("a key repeated in one object", () => {
     expect(target.stripe.created("/v1/payment_intents")).toBe(2);
   });
 });
+
+describe("a number written with more digits than JSON.parse keeps (probe 75c F3)", () => {
+  const imprecise =
+    "A number is written with more digits than it is read with, or is out of range (at most 15 significant digits, or a double's shortest spelling)";
+
+  test("is 422 on every JSON body with a schema, wherever it stands; nothing is done", async () => {
+    const { target, alice, admin } = await setUp();
+    for (const amount of [
+      // Each read as a whole number of cents within bounds that the text is not.
+      "1000.00000000000001",
+      "999.99999999999999999",
+      "9007199254740993",
+      "1e400",
+      "1e-400",
+    ]) {
+      const raw = `{"amount":${amount},"currency":"usd"}`;
+      const response = await createIntent(target, bearer(alice.accessToken), raw);
+      const body = (await response.json()) as { code: string; errors?: { message: string }[] };
+      expect([raw, response.status, body.code, body.errors?.[0]?.message]).toEqual([
+        raw,
+        422,
+        "VALIDATION_FAILED",
+        imprecise,
+      ]);
+    }
+    const keys = () => target.db.$client.query("SELECT COUNT(*) AS n FROM api_keys").get();
+    const before = keys();
+    for (const days of ["3650.0000000000001", "0.99999999999999999999", "1.0000000000000000001"]) {
+      const response = await send(target, "/api/admin/api-keys", {
+        body: `{"name":"ci","scopes":["chat"],"expiresInDays":${days}}`,
+        headers: bearer(admin.accessToken),
+      });
+      expect([days, response.status]).toEqual([days, 422]);
+    }
+    expect(keys()).toEqual(before);
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
+  });
+
+  test("a number as encoders write it is taken: trailing zeros, an exponent, a double's shortest spelling", async () => {
+    const { target, alice, admin } = await setUp();
+    for (const amount of ["1000.0", "1.000000000000000000e3", "1000.00000000000000000"]) {
+      const response = await createIntent(
+        target,
+        bearer(alice.accessToken),
+        `{"amount":${amount},"currency":"usd"}`,
+      );
+      expect([amount, response.status]).toEqual([amount, 201]);
+    }
+    const key = await send(target, "/api/admin/api-keys", {
+      body: '{"name":"ci","scopes":["chat"],"expiresInDays":3650.000000000000000}',
+      headers: bearer(admin.accessToken),
+    });
+    expect(key.status).toBe(201);
+    // 0.1 + 0.2 as JSON.stringify writes it: not a whole number, refused by the schema alone.
+    const fraction = await send(target, "/api/admin/api-keys", {
+      body: '{"name":"ci","scopes":["chat"],"expiresInDays":0.30000000000000004}',
+      headers: bearer(admin.accessToken),
+    });
+    const body = (await fraction.json()) as { errors?: { field: string; message: string }[] };
+    expect(fraction.status).toBe(422);
+    expect(body.errors?.[0]?.field).toBe("body/expiresInDays");
+  });
+});

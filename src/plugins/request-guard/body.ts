@@ -110,16 +110,21 @@ export const MAX_BODY_DEPTH = 32;
 /** Nested deeper than the limit (and not scanned further). */
 export const TOO_DEEP = -1;
 
+/** Holds a number written with more digits than JSON.parse keeps (see `numberDrifts`). */
+export const IMPRECISE_NUMBER = -2;
+
 /**
  * One pass over JSON text's characters: TOO_DEEP when it nests arrays and objects deeper than
- * `max`, else how many keys it spells out. In valid JSON every `:` outside a string follows one
- * key, so once the text has parsed, more keys here than in the parsed value means a key was
- * repeated in one object (JSON.parse keeps the last).
+ * `max`, else IMPRECISE_NUMBER when it writes a number JSON.parse reads as another
+ * (`numberDrifts`), else how many keys it spells out. In valid JSON every `:` outside a string
+ * follows one key, so once the text has parsed, more keys here than in the parsed value means a
+ * key was repeated in one object (JSON.parse keeps the last).
  */
 export function scanJsonText(text: string, max: number): number {
   let depth = 0;
   let keys = 0;
   let inString = false;
+  let imprecise = false;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (inString) {
@@ -134,7 +139,43 @@ export function scanJsonText(text: string, max: number): number {
       if (++depth > max) return TOO_DEEP;
     } else if (c === 0x5d || c === 0x7d) {
       depth--;
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      // Outside a string only a number has a digit or a minus (a key is a string, and `true`,
+      // `false` and `null` hold neither).
+      const start = i;
+      while (i + 1 < text.length && NUMBER_CHARACTER.test(text[i + 1]!)) i++;
+      if (!imprecise && numberDrifts(text.slice(start, i + 1))) imprecise = true;
     }
   }
-  return keys;
+  return imprecise ? IMPRECISE_NUMBER : keys;
+}
+
+const NUMBER_CHARACTER = /[0-9.eE+-]/;
+/** Digits every number of at most this many characters keeps through JSON.parse. */
+const EXACT_DIGITS = 15;
+
+/**
+ * Whether JSON.parse reads the number written as another: more digits than a double keeps
+ * (`3650.0000000000001` is 3650, `9007199254740993` is …992, `0.99999999999999999999` is 1), too
+ * large (`1e400`, Infinity) or too small (`1e-400`, 0) for one. A schema's bounds and whole-number
+ * rule are then checked on a number the client did not write, and what read the text in front (a
+ * filter with exact decimals, a log) saw another body (probe 75c F3). The shortest spelling of a
+ * double (`0.30000000000000004`, what every JSON encoder writes) is the number JSON.parse reads.
+ */
+function numberDrifts(written: string): boolean {
+  if (written.length <= EXACT_DIGITS && !/[eE]/.test(written)) return false;
+  const read = Number(written);
+  if (!Number.isFinite(read)) return true;
+  return decimalOf(written) !== decimalOf(String(read));
+}
+
+/** A decimal number's digits without the zeros around them, and its exponent: `1.50e3` is 15e2. */
+function decimalOf(text: string): string {
+  const [, sign = "", whole = "", fraction = "", exponent = "0"] =
+    /^(-?)(\d*)(?:\.(\d*))?(?:[eE]\+?(-?\d+))?$/.exec(text) ?? [];
+  const digits = `${whole}${fraction}`.replace(/^0+/, "");
+  if (digits === "") return "0";
+  const significant = digits.replace(/0+$/, "");
+  const power = Number(exponent) - fraction.length + (digits.length - significant.length);
+  return `${sign}${significant}e${power}`;
 }

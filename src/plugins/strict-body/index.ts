@@ -29,7 +29,7 @@ import { TransformKind, type TSchema } from "@sinclair/typebox";
 import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
-import { MAX_BODY_DEPTH } from "../request-guard/body";
+import { IMPRECISE_NUMBER, MAX_BODY_DEPTH } from "../request-guard/body";
 import { routeLookup } from "../route-lookup";
 
 export interface RouteBody {
@@ -149,7 +149,8 @@ function refuse(field: string, message: string): never {
  * the parsed value holds. JSON.parse keeps the last (`{"amount":"1000","amount":1000}` is 1000),
  * so what checked the first one (a filter in front, a log) and what acts on the last would read two
  * bodies, as with a repeated query parameter. Which key it was is not worked out: the text is
- * refused whole.
+ * refused whole. So is a text that writes a number JSON.parse reads as another (`keysSent` is
+ * IMPRECISE_NUMBER: request-guard/body.ts).
  */
 export function refuseKeysAsSent(sent: unknown, keysSent: number): void {
   const held = heldKeys(sent);
@@ -157,6 +158,12 @@ export function refuseKeysAsSent(sent: unknown, keysSent: number): void {
     refuse(
       fieldOf(held.reserved.slice(0, held.reserved.lastIndexOf("/"))),
       "Reserved key: names of Object.prototype's members (__proto__, constructor, toString, …) and prototype are refused",
+    );
+  }
+  if (keysSent === IMPRECISE_NUMBER) {
+    refuse(
+      "body",
+      "A number is written with more digits than it is read with, or is out of range (at most 15 significant digits, or a double's shortest spelling)",
     );
   }
   if (held.count !== keysSent) refuse("body", "A key is repeated within one object");
