@@ -133,6 +133,12 @@ test("/docs renders outside production and is absent in production", async () =>
   const docs = await send(current, "/docs");
   expect(docs.status).toBe(200);
   expect(docs.headers.get("content-type")).toContain("text/html");
+  // Served at /docs/ too, the page names the document by its absolute path: relative, it was
+  // /docs/openapi.json there, a 404, and the page showed no API (probe 75c N1).
+  for (const path of ["/docs", "/docs/"]) {
+    const page = await (await send(current, path)).text();
+    expect(page.match(/"url":"[^"]*"/g)).toEqual(['"url":"/openapi.json"']);
+  }
   current.close();
 
   current = buildTestApp({

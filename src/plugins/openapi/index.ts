@@ -193,7 +193,9 @@ function generatorOptions(docsPage: boolean, isPublic: boolean): Parameters<type
     path: DOCS_PATH,
     specPath: OPENAPI_PATH,
     provider: docsPage ? "scalar" : null,
-    scalar: { cdn: DOCS_SCRIPT },
+    // Absolute: the page is also served at `/docs/`, where the plugin's relative `openapi.json`
+    // named `/docs/openapi.json`, a 404, and showed no API (probe 75c N1).
+    scalar: { cdn: DOCS_SCRIPT, url: OPENAPI_PATH },
     exclude: { paths: [DOCS_PATH] },
     documentation: {
       info: {
