@@ -405,6 +405,26 @@ describe("production profile", () => {
       { JWT_SECRET_KEY: label },
       "reads as a written phrase or a published default",
     ]),
+    // Written text run through base64 or hex is that text: the encoding adds no bit.
+    [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: Buffer.from("Correct-Horse-Battery-Staple-2024!").toString("base64") },
+      "is base64 of text that reads as a written phrase",
+    ],
+    [
+      "JWT_SECRET_KEY",
+      {
+        JWT_SECRET_KEY: Buffer.from("acme-corp-production-jwt-signing-key-january-2025").toString(
+          "hex",
+        ),
+      },
+      "is hex of text that reads as a written phrase",
+    ],
+    [
+      "METRICS_TOKEN",
+      { METRICS_TOKEN: Buffer.from("letmein-2025-letmein-2025-letmein").toString("base64url") },
+      "is base64 of text that is too repetitive",
+    ],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
@@ -588,6 +608,18 @@ describe("production profile", () => {
     );
     // ~70,000 checks: 3.6 s alone on this machine, past bun's 5 s beside a running suite.
   }, 30_000);
+
+  test("a generated value run through base64 or hex again is still generated", () => {
+    for (let i = 0; i < 200; i++) {
+      const generated = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64");
+      for (const twice of [
+        Buffer.from(generated).toString("base64"),
+        Buffer.from(generated).toString("hex"),
+      ]) {
+        expect(loadConfig(production({ JWT_SECRET_KEY: twice })).jwt.secretKey).toBe(twice);
+      }
+    }
+  });
 
   test.each([
     "PalisadeProductionSigningKeyEbutHSgOFFSKA-1bPI9ftg",
