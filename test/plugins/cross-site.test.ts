@@ -105,6 +105,60 @@ describe("a browser request from another site's page", () => {
   });
 });
 
+describe("a page of a sibling subdomain (same-site, probe 75c F4)", () => {
+  test.each([
+    ["an image", { "sec-fetch-mode": "no-cors", "sec-fetch-dest": "image" }],
+    ["a script", { "sec-fetch-mode": "no-cors", "sec-fetch-dest": "script" }],
+    ["a frame", { "sec-fetch-mode": "navigate", "sec-fetch-dest": "iframe" }],
+    ["a no-cors fetch", { "sec-fetch-mode": "no-cors", "sec-fetch-dest": "empty" }],
+    ["a style sheet, in another case", { "sec-fetch-mode": "no-cors", "sec-fetch-dest": "style" }],
+  ])(
+    "loading %s is refused before it is counted: thirty neither spend nor block the visitor's address",
+    async (_label, kind) => {
+      const target = crossSiteApp();
+      const site = _label.includes("another case") ? "Same-Site" : "same-site";
+      for (let i = 0; i < 30; i++) {
+        const response = await send(target, `/api/auth/csrf?n=${i}`, {
+          peer: VISITOR,
+          headers: { ...kind, "sec-fetch-site": site },
+        });
+        expect(response.status).toBe(403);
+        expect(((await response.json()) as { code: string }).code).toBe("CROSS_SITE_REFUSED");
+      }
+      await Bun.sleep(20);
+      expect(countedFor(target, VISITOR)).toEqual({ n: 0 });
+      expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({
+        n: 0,
+      });
+    },
+  );
+
+  test("its CORS calls and links followed are served as before, and a same-origin image is not refused here", async () => {
+    const target = crossSiteApp();
+    const cors = await send(target, "/api/auth/csrf", {
+      peer: VISITOR,
+      headers: {
+        "sec-fetch-site": "same-site",
+        "sec-fetch-mode": "cors",
+        "sec-fetch-dest": "empty",
+        origin: ALLOWED,
+      },
+    });
+    expect(cors.status).toBe(200);
+    const link = await send(target, "/openapi.json", {
+      peer: VISITOR,
+      headers: { ...NAVIGATION, "sec-fetch-site": "same-site" },
+    });
+    expect(link.status).toBe(200);
+    // A browser's own favicon request on the documentation page: a 404, not a refusal.
+    const favicon = await send(target, "/favicon.ico", {
+      peer: VISITOR,
+      headers: { ...IMAGE, "sec-fetch-site": "same-origin" },
+    });
+    expect(favicon.status).toBe(404);
+  });
+});
+
 test("a page opening the API's URLs in a window of its own, one after another, neither spends nor blocks the visitor's address (probe 49a F2)", async () => {
   const target = crossSiteApp();
   for (let i = 0; i < 30; i++) {
@@ -189,7 +243,8 @@ describe("what is let through as before", () => {
   test.each([
     ["a client that is not a browser (no Sec-Fetch-Site)", {}],
     ["the service's own page", { "sec-fetch-site": "same-origin", "sec-fetch-mode": "cors" }],
-    ["a sibling site", { "sec-fetch-site": "same-site", "sec-fetch-mode": "no-cors" }],
+    // A sibling site's CORS call; what its pages load into themselves is refused (above).
+    ["a sibling site", { "sec-fetch-site": "same-site", "sec-fetch-mode": "cors" }],
     ["an address typed", { "sec-fetch-site": "none", "sec-fetch-mode": "navigate" }],
     [
       "the allowed front-end's call",

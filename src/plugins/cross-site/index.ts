@@ -16,8 +16,9 @@
  * documentation). A page could otherwise open the API's URLs one after another in a window it
  * opened, each a navigation counted against the visitor's address (probe 49a F2). Every
  * other request is unchanged: clients that are not browsers send no `Sec-Fetch-*` header (Stripe's
- * and Meta's webhooks, Prometheus, SDKs, curl), and same-origin and same-site requests are not
- * refused here. Not audited: anyone can send as many as they like, and each is counted by status in
+ * and Meta's webhooks, Prometheus, SDKs, curl), and same-origin requests are not refused here, nor
+ * same-site ones (a sibling subdomain's page) but what such a page loads into itself or fetches
+ * without CORS (an image, a script, a frame: probe 75c F4). Not audited: anyone can send as many as they like, and each is counted by status in
  * `http_requests_total`.
  */
 import { Elysia } from "elysia";
@@ -32,6 +33,22 @@ import type { RequestState } from "../request-state";
 export function isCrossSite(value: string | null): boolean {
   if (value === null) return false;
   return value.split(",").some((item) => item.trim().toLowerCase() === "cross-site");
+}
+
+/** Whether a browser said the request is another origin's of the same site (a sibling subdomain). */
+function isSameSite(value: string | null): boolean {
+  if (value === null) return false;
+  return value.split(",").some((item) => item.trim().toLowerCase() === "same-site");
+}
+
+/**
+ * What a page loads into itself (an image, a script, a style sheet, a frame, …) or fetches
+ * without CORS: no route of this API serves one, and the page cannot read the answer.
+ */
+function isPageLoad(request: Request): boolean {
+  if (request.headers.get("sec-fetch-mode") === "no-cors") return true;
+  const destination = request.headers.get("sec-fetch-dest");
+  return destination !== null && destination !== "empty" && destination !== "document";
 }
 
 /** A page the user opened (a link followed): not a frame or an embedding, and nothing sent. */
@@ -58,7 +75,16 @@ export function crossSiteRequests({ allowedOrigins }: { allowedOrigins: readonly
   return new Elysia({ name: "palisade.cross-site", seed: allowedOrigins })
     .onRequest(function refuseCrossSite(context) {
       const { request, routeClass } = context as unknown as RequestState;
-      if (!isCrossSite(request.headers.get("sec-fetch-site"))) return;
+      const site = request.headers.get("sec-fetch-site");
+      // A page on a sibling subdomain (a forum, a blog) is same-site: its image tags spent and
+      // blocked its visitors' addresses as another site's did (probe 75c F4).
+      if (isSameSite(site) && isPageLoad(request)) {
+        throw new AppError(
+          "CROSS_SITE_REFUSED",
+          "A browser request another origin's page made to load or embed this API (an image, a script, a frame, a no-cors fetch) is refused: it serves none.",
+        );
+      }
+      if (!isCrossSite(site)) return;
       const origin = request.headers.get("origin");
       if (origin !== null && allowed.has(origin)) return;
       if (routeClass.navigable && isTopLevelNavigation(request)) return;
