@@ -152,15 +152,31 @@ function wordsAndNumbers(text: string): FoundWords | null {
     if (word === "") continue;
     const parts = wordsAsWritten(word);
     if (parts === null) return null;
-    for (const part of parts) {
-      const partBits = writtenWordBits(part);
-      if (partBits === null) continue;
-      words++;
-      letters += [...part].length;
-      bits += partBits;
-    }
+    const written = writtenWordsOf(parts);
+    words += written.words;
+    letters += written.letters;
+    bits += written.bits;
   }
   return words >= 3 && (letters + digits) * 2 >= [...text].length ? { letters, bits } : null;
+}
+
+/** The words of `parts` that count as written (`writtenWordBits`): how many, their letters, bits. */
+function writtenWordsOf(parts: readonly string[]): {
+  words: number;
+  letters: number;
+  bits: number;
+} {
+  let words = 0;
+  let letters = 0;
+  let bits = 0;
+  for (const part of parts) {
+    const partBits = writtenWordBits(part);
+    if (partBits === null) continue;
+    words++;
+    letters += [...part].length;
+    bits += partBits;
+  }
+  return { words, letters, bits };
 }
 
 /**
@@ -220,13 +236,10 @@ function commonWordsBetweenNumbers(
     if (JOINED_WORDS.test(group)) {
       const joined = wordsAsWritten(group);
       if (joined === null) return null;
-      for (const part of joined) {
-        const partBits = writtenWordBits(part);
-        if (partBits === null) continue;
-        words++;
-        letters += [...part].length;
-        bits += partBits;
-      }
+      const written = writtenWordsOf(joined);
+      words += written.words;
+      letters += written.letters;
+      bits += written.bits;
       continue;
     }
     const parts = latinWords(group);

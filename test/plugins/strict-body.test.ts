@@ -39,6 +39,12 @@ async function problem(response: Response) {
   return { ...body, status: response.status } as Record<string, unknown> & { status: number };
 }
 
+/** A refusal's status, code and first message, beside the body that was sent. */
+async function refusalOf(raw: string, response: Response) {
+  const body = (await response.json()) as { code: string; errors?: { message: string }[] };
+  return [raw, response.status, body.code, body.errors?.[0]?.message];
+}
+
 const fieldsOf = (body: Record<string, unknown>) =>
   (body.errors as { field: string }[] | undefined)?.map((e) => e.field) ?? [];
 
@@ -392,8 +398,7 @@ describe("a key repeated in one object", () => {
       '{"amount":1000,"currency":"usd","metadata":{"order":"1","order":"2"}}',
     ]) {
       const response = await createIntent(target, bearer(alice.accessToken), raw);
-      const body = (await response.json()) as { code: string; errors?: { message: string }[] };
-      expect([raw, response.status, body.code, body.errors?.[0]?.message]).toEqual([
+      expect(await refusalOf(raw, response)).toEqual([
         raw,
         422,
         "VALIDATION_FAILED",
@@ -444,13 +449,7 @@ describe("a number written with more digits than JSON.parse keeps (probe 75c F3)
     ]) {
       const raw = `{"amount":${amount},"currency":"usd"}`;
       const response = await createIntent(target, bearer(alice.accessToken), raw);
-      const body = (await response.json()) as { code: string; errors?: { message: string }[] };
-      expect([raw, response.status, body.code, body.errors?.[0]?.message]).toEqual([
-        raw,
-        422,
-        "VALIDATION_FAILED",
-        imprecise,
-      ]);
+      expect(await refusalOf(raw, response)).toEqual([raw, 422, "VALIDATION_FAILED", imprecise]);
     }
     const keys = () => target.db.$client.query("SELECT COUNT(*) AS n FROM api_keys").get();
     const before = keys();
