@@ -142,17 +142,40 @@ export function scanJsonText(text: string, max: number): number {
     } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
       // Outside a string only a number has a digit or a minus (a key is a string, and `true`,
       // `false` and `null` hold neither).
+      // The digits from the first that is not 0, and the exponent's size: a number of at most
+      // fifteen such digits, well inside a double's range, is kept as written (nearly every
+      // number sent), and only another is read again to compare (`numberDrifts`).
       const start = i;
-      while (i + 1 < text.length && NUMBER_CHARACTER.test(text[i + 1]!)) i++;
-      if (!imprecise && numberDrifts(text.slice(start, i + 1))) imprecise = true;
+      let significant = c >= 0x31 && c <= 0x39 ? 1 : 0;
+      let exponent = -1;
+      for (; i + 1 < text.length; i++) {
+        const next = text.charCodeAt(i + 1);
+        if (next >= 0x30 && next <= 0x39) {
+          if (exponent >= 0) exponent = Math.min(exponent * 10 + next - 0x30, MAX_EXPONENT);
+          else if (significant > 0 || next !== 0x30) significant++;
+        } else if (next === 0x65 || next === 0x45) {
+          exponent = 0;
+        } else if (next !== 0x2e && next !== 0x2d && next !== 0x2b) {
+          break;
+        }
+      }
+      const length = i + 1 - start;
+      if (
+        !imprecise &&
+        (significant > EXACT_DIGITS || Math.max(exponent, 0) + length > SAFE_SCALE)
+      ) {
+        imprecise = numberDrifts(text.slice(start, i + 1));
+      }
     }
   }
   return imprecise ? IMPRECISE_NUMBER : keys;
 }
 
-const NUMBER_CHARACTER = /[0-9.eE+-]/;
-/** Digits every number of at most this many characters keeps through JSON.parse. */
+/** Significant digits every double keeps: a number of at most this many reads back as written. */
 const EXACT_DIGITS = 15;
+/** A scale (exponent and written length) well inside a double's range, 10^±308. */
+const SAFE_SCALE = 290;
+const MAX_EXPONENT = 100_000;
 
 /**
  * Whether JSON.parse reads the number written as another: more digits than a double keeps
@@ -163,10 +186,10 @@ const EXACT_DIGITS = 15;
  * double (`0.30000000000000004`, what every JSON encoder writes) is the number JSON.parse reads.
  */
 function numberDrifts(written: string): boolean {
-  if (written.length <= EXACT_DIGITS && !/[eE]/.test(written)) return false;
   const read = Number(written);
   if (!Number.isFinite(read)) return true;
-  return decimalOf(written) !== decimalOf(String(read));
+  const spelled = String(read);
+  return spelled !== written && decimalOf(written) !== decimalOf(spelled);
 }
 
 /** A decimal number's digits without the zeros around them, and its exponent: `1.50e3` is 15e2. */
