@@ -5,6 +5,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { apiKeys } from "../../src/db/schema";
+import { IMPRECISE_NUMBER, scanJsonText } from "../../src/plugins/request-guard/body";
 import { send } from "../support/app";
 import { bearer, createKey, type Session, STRONG_PASSWORD, signUp } from "../support/auth";
 import { buildPaymentsApp, createIntent, type PaymentsApp, succeed } from "../support/payments";
@@ -435,7 +436,7 @@ describe("a key repeated in one object", () => {
 
 describe("a number written with more digits than JSON.parse keeps (probe 75c F3)", () => {
   const imprecise =
-    "A number is written with more digits than it is read with, or is out of range (at most 15 significant digits, or a double's shortest spelling)";
+    "A number is written with more digits than it is read with, or is out of range (at most 15 significant digits, a double's shortest spelling, or its exact value)";
 
   test("is 422 on every JSON body with a schema, wherever it stands; nothing is done", async () => {
     const { target, alice, admin } = await setUp();
@@ -487,5 +488,51 @@ describe("a number written with more digits than JSON.parse keeps (probe 75c F3)
     const body = (await fraction.json()) as { errors?: { field: string; message: string }[] };
     expect(fraction.status).toBe(422);
     expect(body.errors?.[0]?.field).toBe("body/expiresInDays");
+  });
+
+  test("a number's exact value, however long, is the number read (probe 75e F3)", async () => {
+    const { target, alice, admin } = await setUp();
+    // 2^60 and Java's spelling of 282879384806159008 are exactly doubles: the schema's maximum
+    // judges them, not the number check.
+    for (const amount of ["1152921504606846976", "2.82879384806159008E17"]) {
+      const raw = `{"amount":${amount},"currency":"usd"}`;
+      const response = await createIntent(target, bearer(alice.accessToken), raw);
+      const body = (await response.json()) as { errors?: { field: string; message: string }[] };
+      expect([amount, response.status, body.errors?.[0]?.field]).toEqual([
+        amount,
+        422,
+        "body/amount",
+      ]);
+      expect(body.errors?.[0]?.message).not.toBe(imprecise);
+    }
+    // 0.1 as the double holds it, all 55 digits: a fraction, refused as one.
+    const exact = await send(target, "/api/admin/api-keys", {
+      body: '{"name":"ci","scopes":["chat"],"expiresInDays":0.1000000000000000055511151231257827021181583404541015625}',
+      headers: bearer(admin.accessToken),
+    });
+    const body = (await exact.json()) as { errors?: { field: string; message: string }[] };
+    expect([exact.status, body.errors?.[0]?.field]).toEqual([422, "body/expiresInDays"]);
+    expect(body.errors?.[0]?.message).not.toBe(imprecise);
+    // One digit more than the exact value is another number.
+    const raw = '{"amount":1000.0000000000000000000000001,"currency":"usd"}';
+    const response = await createIntent(target, bearer(alice.accessToken), raw);
+    expect(await refusalOf(raw, response)).toEqual([raw, 422, "VALIDATION_FAILED", imprecise]);
+  });
+
+  test("a number of thousands of zeros is read in one pass (probe 75e F2: a 250 KiB body froze the service for a minute)", async () => {
+    const { target, alice } = await setUp();
+    const zeros = "0".repeat(60 * 1024);
+    const raw = `{"amount":1000.${zeros}1,"currency":"usd"}`;
+    const response = await createIntent(target, bearer(alice.accessToken), raw);
+    expect(await refusalOf(raw, response)).toEqual([raw, 422, "VALIDATION_FAILED", imprecise]);
+    // Each shape a megabyte long, as a body limit raised that far lets through: before the fix
+    // the first took minutes.
+    const long = "0".repeat(1024 * 1024);
+    expect(scanJsonText(`{"a":0.1${long}1}`, 32)).toBe(IMPRECISE_NUMBER);
+    expect(scanJsonText(`{"a":0.${long}1}`, 32)).toBe(IMPRECISE_NUMBER);
+    expect(scanJsonText(`{"a":1${long}}`, 32)).toBe(IMPRECISE_NUMBER);
+    expect(scanJsonText(`{"a":1${long}e-${long.length}}`, 32)).toBe(1);
+    expect(scanJsonText(`{"a":1.${long}}`, 32)).toBe(1);
+    expect(target.stripe.created("/v1/payment_intents")).toBe(1);
   });
 });

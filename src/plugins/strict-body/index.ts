@@ -163,7 +163,7 @@ export function refuseKeysAsSent(sent: unknown, keysSent: number): void {
   if (keysSent === IMPRECISE_NUMBER) {
     refuse(
       "body",
-      "A number is written with more digits than it is read with, or is out of range (at most 15 significant digits, or a double's shortest spelling)",
+      "A number is written with more digits than it is read with, or is out of range (at most 15 significant digits, a double's shortest spelling, or its exact value)",
     );
   }
   if (held.count !== keysSent) refuse("body", "A key is repeated within one object");
