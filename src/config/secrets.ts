@@ -94,8 +94,13 @@ export function secretWeakness(value: string): string | null {
 
 const HEX = /^(?:[0-9a-f]{2})+$/i;
 const BASE64 = /^[A-Za-z0-9+/_-]+={0,2}$/;
-/** Text as people write it: no control, no unpaired surrogate, no replacement character. */
-const PRINTABLE_TEXT = /^[^\p{Cc}\p{Cs}\uFFFD]+$/u;
+/**
+ * Text as people write it: no control but a tab or a line break, no unpaired surrogate, no
+ * replacement character.
+ */
+const PRINTABLE_TEXT = /^(?:[\t\n\r]|[^\p{Cc}\p{Cs}\uFFFD])+$/u;
+/** A tab or a line break inside encoded text: the words either side of it are apart. */
+const TEXT_BREAKS = /[\t\r\n]+/g;
 
 /**
  * The text a hex or base64 value encodes, when it decodes to printable UTF-8 text (a phrase, a
@@ -113,7 +118,13 @@ function encodedText(text: string): { encoding: string; text: string } | null {
   } catch {
     return null;
   }
-  return PRINTABLE_TEXT.test(decoded) ? { encoding, text: decoded } : null;
+  // `echo 'phrase' | base64` encodes the phrase and echo's line ending (`\r\n` from Windows'
+  // echo), and a file of lines encodes its breaks: text all the same (probes 75b F4, 75e F5).
+  let end = decoded.length;
+  while (end > 0 && (decoded[end - 1] === "\n" || decoded[end - 1] === "\r")) end--;
+  const written = decoded.slice(0, end);
+  if (written === "" || !PRINTABLE_TEXT.test(written)) return null;
+  return { encoding, text: written.replace(TEXT_BREAKS, " ") };
 }
 
 /**

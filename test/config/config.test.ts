@@ -425,6 +425,19 @@ describe("production profile", () => {
       { METRICS_TOKEN: Buffer.from("letmein-2025-letmein-2025-letmein").toString("base64url") },
       "is base64 of text that is too repetitive",
     ],
+    // `echo … | base64` and `| xxd -p` encode echo's line ending too, and a file its lines
+    // (probes 75b F4, 75e F5).
+    ...[
+      ["Correct-Horse-Battery-Staple-2024!\n", "base64"],
+      ["Correct-Horse-Battery-Staple-2024!\r\n", "base64"],
+      ["acme-corp-production-jwt-signing-key-2025\n", "hex"],
+      ["acme corp production\njwt signing key\n", "base64"],
+      ["letmein-2025-letmein-2025-letmein\n\n", "base64url"],
+    ].map(([text, encoding]): [string, Record<string, string>, string] => [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: Buffer.from(text!).toString(encoding as BufferEncoding) },
+      `is ${encoding === "hex" ? "hex" : "base64"} of text that`,
+    ]),
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],
@@ -615,6 +628,7 @@ describe("production profile", () => {
       for (const twice of [
         Buffer.from(generated).toString("base64"),
         Buffer.from(generated).toString("hex"),
+        Buffer.from(`${generated}\n`).toString("base64"),
       ]) {
         expect(loadConfig(production({ JWT_SECRET_KEY: twice })).jwt.secretKey).toBe(twice);
       }
