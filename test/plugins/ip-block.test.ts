@@ -153,6 +153,37 @@ describe("a trusted proxy's own address (probe 75c F2)", () => {
       expect(((await own.json()) as { code: string }).code).toBe("RATE_LIMITED");
     });
   }
+
+  for (const trustProxy of ["2001:db8:1:1::1", "2001:db8:1:1::1/128", "2001:db8:1:1::/120"]) {
+    test(`an IPv6 neighbour in the /64 of a proxy TRUST_PROXY=${trustProxy} trusts is limited but not blocked, since its block would be the proxy's (probe 75e F1)`, async () => {
+      current = buildTestApp({ env: { TRUST_PROXY: trustProxy } });
+      const target = current;
+      const flood = async (peer: string, headers: Record<string, string> = {}) => {
+        const statuses = new Set<number>();
+        for (let i = 0; i < 80; i++) {
+          statuses.add((await send(target, "/openapi.json", { peer, headers })).status);
+        }
+        return [...statuses].sort();
+      };
+      // The neighbour shares the proxy's key, 2001:db8:1:1::/64: refused, never blocked.
+      expect(await flood("2001:db8:1:1::1:99")).toEqual([200, 429]);
+      expect(target.services.ipBlocks.listActive()).toEqual([]);
+      // The proxy's own requests are limited with it, not refused as blocked.
+      const own = await send(target, "/openapi.json", { peer: "2001:db8:1:1::1" });
+      expect(((await own.json()) as { code: string }).code).toBe("RATE_LIMITED");
+      // A client behind the proxy, and an address of another /64, are blocked as ever.
+      expect(await flood("2001:db8:1:1::1", { "x-forwarded-for": "2001:db8:9::5" })).toEqual([
+        200, 403, 429,
+      ]);
+      expect(await flood("2001:db8:1:2::99")).toEqual([200, 403, 429]);
+      expect(
+        target.services.ipBlocks
+          .listActive()
+          .map((block) => block.address)
+          .sort(),
+      ).toEqual(["2001:db8:1:2::/64", "2001:db8:9::/64"]);
+    });
+  }
 });
 
 describe("manual blocks", () => {

@@ -6,6 +6,7 @@
  */
 import { Elysia } from "elysia";
 import type { TrustProxy } from "../../config";
+import type { Range } from "./address";
 import {
   type Address,
   clientKeyOf,
@@ -58,9 +59,11 @@ export interface ResolvedClient {
    */
   proxyKeys?: readonly string[];
   /**
-   * The client is a proxy TRUST_PROXY trusts: a request it sent or passed on without a usable
-   * `X-Forwarded-For` (with a hop count, any request with none, whose peer is taken for the
-   * proxy). It is limited like any client but never blocked automatically (probe 75c F2).
+   * The client's key covers a proxy TRUST_PROXY trusts: a request the proxy sent or passed on
+   * without a usable `X-Forwarded-For` (with a hop count, any request with none, whose peer is
+   * taken for the proxy), or one from another address in an IPv6 proxy's /64, which shares its
+   * key. It is limited like any client but never blocked automatically: a block is made on the
+   * key, and would refuse the proxy's own requests (probes 75c F2, 75e F1).
    */
   isTrustedProxy?: boolean;
 }
@@ -108,7 +111,7 @@ export function createClientResolver(
       isTrustedProxy:
         address !== null &&
         (trust.kind === "cidrs"
-          ? inRanges(address, trust.ranges)
+          ? keyCoversRanges(address, trust.ranges)
           : trust.kind === "hops" && proxies.length === 0),
       proxyKeys:
         proxies.length === 0
@@ -162,4 +165,16 @@ export function clientIp({ trustProxy, peerAddress, listener, onShortChain }: Cl
       context.clientKey = resolved.key;
     })
     .as("global");
+}
+
+/**
+ * Whether the client's key (an IPv4 address, an IPv6 address's /64) shares an address with one of
+ * the ranges: a trusted proxy at `2001:db8::1` is inside the key `2001:db8::/64` of a neighbour.
+ */
+function keyCoversRanges(address: Address, ranges: readonly Range[]): boolean {
+  if (inRanges(address, ranges)) return true;
+  if (address.kind() !== "ipv6" || clientKeyOf(address).endsWith("/128")) return false;
+  return ranges.some(
+    ([network, bits]) => network.kind() === "ipv6" && network.match(address, 64) && bits >= 64,
+  );
 }
