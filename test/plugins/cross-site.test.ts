@@ -6,7 +6,8 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../support/app";
-import { createKey, signUp } from "../support/auth";
+import { createKey, STRONG_PASSWORD, signUp } from "../support/auth";
+import { cookieHeader, cookiesOf } from "../support/cookies";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -133,6 +134,92 @@ describe("a page of a sibling subdomain (same-site, probe 75c F4)", () => {
     },
   );
 
+  test("a fetch(), a form or a window from a sibling origin not allowed is refused before it is counted, as another site's (probe 75e F4)", async () => {
+    const target = crossSiteApp();
+    const forum = "https://forum.example.com";
+    const kinds: [string, string, Record<string, string>, string | undefined][] = [
+      // fetch()'s default mode: a simple GET, sent without a preflight, whatever its origin.
+      [
+        "GET",
+        "/openapi.json",
+        { "sec-fetch-mode": "cors", "sec-fetch-dest": "empty", origin: forum },
+        undefined,
+      ],
+      // A form posted to a route, as a navigation.
+      [
+        "POST",
+        "/api/auth/login",
+        {
+          "sec-fetch-mode": "navigate",
+          "sec-fetch-dest": "document",
+          origin: forum,
+          "content-type": "text/plain",
+        },
+        '{"email":"a@example.com","password":"x"}',
+      ],
+      // A window sent to a route no link leads to.
+      [
+        "GET",
+        "/api/auth/csrf",
+        { "sec-fetch-mode": "navigate", "sec-fetch-dest": "document" },
+        undefined,
+      ],
+    ];
+    for (const [method, path, kind, body] of kinds) {
+      for (let i = 0; i < 30; i++) {
+        const response = await send(target, `${path}?n=${i}`, {
+          method,
+          peer: VISITOR,
+          headers: { ...kind, "sec-fetch-site": "same-site" },
+          ...(body === undefined ? {} : { body }),
+        });
+        expect([method, path, response.status]).toEqual([method, path, 403]);
+        expect(((await response.json()) as { code: string }).code).toBe("CROSS_SITE_REFUSED");
+      }
+    }
+    await Bun.sleep(20);
+    expect(countedFor(target, VISITOR)).toEqual({ n: 0 });
+    expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({
+      n: 0,
+    });
+  });
+
+  test("its navigations to the documentation are counted but never block the visitor, nor lock out the user whose cookie the browser adds (probe 75e F4)", async () => {
+    const target = crossSiteApp();
+    const user = await signUp(target, { peer: "10.1.1.1" });
+    const login = await send(target, "/api/auth/login?mode=cookie", {
+      body: { email: user.email, password: STRONG_PASSWORD },
+      peer: "10.1.1.2",
+    });
+    const cookie = cookieHeader(cookiesOf(login));
+    const statuses = new Set<number>();
+    for (let i = 0; i < 30; i++) {
+      const response = await send(target, `/openapi.json?n=${i}`, {
+        peer: VISITOR,
+        headers: { ...NAVIGATION, "sec-fetch-site": "same-site", cookie },
+      });
+      statuses.add(response.status);
+    }
+    expect([...statuses].sort()).toEqual([200, 429]);
+    await Bun.sleep(20);
+    expect(target.db.$client.query("SELECT count(*) AS n FROM ip_blocks").get()).toEqual({
+      n: 0,
+    });
+    // A bearer token is the sender's own: its refusals lock its principal out (probe 58d F1).
+    const headers = {
+      ...NAVIGATION,
+      "sec-fetch-site": "same-site",
+      authorization: `Bearer ${user.accessToken}`,
+    };
+    for (let i = 0; i < 30; i++) {
+      await send(target, `/openapi.json?m=${i}`, { peer: "192.0.2.63", headers });
+    }
+    await Bun.sleep(20);
+    expect(target.db.$client.query("SELECT address FROM ip_blocks").all()).toEqual([
+      { address: `user:${user.userId}` },
+    ]);
+  });
+
   test("its CORS calls and links followed are served as before, and a same-origin image is not refused here", async () => {
     const target = crossSiteApp();
     const cors = await send(target, "/api/auth/csrf", {
@@ -243,8 +330,12 @@ describe("what is let through as before", () => {
   test.each([
     ["a client that is not a browser (no Sec-Fetch-Site)", {}],
     ["the service's own page", { "sec-fetch-site": "same-origin", "sec-fetch-mode": "cors" }],
-    // A sibling site's CORS call; what its pages load into themselves is refused (above).
-    ["a sibling site", { "sec-fetch-site": "same-site", "sec-fetch-mode": "cors" }],
+    // An allowed sibling origin's CORS call; what its pages load into themselves is refused
+    // (above), and another sibling's calls (below).
+    [
+      "an allowed sibling origin",
+      { "sec-fetch-site": "same-site", "sec-fetch-mode": "cors", origin: ALLOWED },
+    ],
     ["an address typed", { "sec-fetch-site": "none", "sec-fetch-mode": "navigate" }],
     [
       "the allowed front-end's call",

@@ -10,16 +10,18 @@
  * behind it (an office's NAT, a carrier's), for 15 minutes, then an hour, then a day (probe 46a F3).
  *
  * Browsers say where a request came from (`Sec-Fetch-Site`, what kind it is in `Sec-Fetch-Mode` and
- * `Sec-Fetch-Dest`). A request marked `cross-site` is let through only when it comes from an origin
- * in CORS_ALLOWED_ORIGINS (its `Origin` header: the browser front-end's calls and their preflights),
- * or is a top-level navigation by GET or HEAD to a route a link may open (`navigable`: the
- * documentation). A page could otherwise open the API's URLs one after another in a window it
- * opened, each a navigation counted against the visitor's address (probe 49a F2). Every
- * other request is unchanged: clients that are not browsers send no `Sec-Fetch-*` header (Stripe's
- * and Meta's webhooks, Prometheus, SDKs, curl), and same-origin requests are not refused here, nor
- * same-site ones (a sibling subdomain's page) but what such a page loads into itself or fetches
- * without CORS (an image, a script, a frame: probe 75c F4). Not audited: anyone can send as many as they like, and each is counted by status in
- * `http_requests_total`.
+ * `Sec-Fetch-Dest`). A request marked `cross-site` or `same-site` (a sibling subdomain's page: a
+ * forum, a blog) is let through only when it comes from an origin in CORS_ALLOWED_ORIGINS (its
+ * `Origin` header: the browser front-end's calls and their preflights), or is a top-level
+ * navigation by GET or HEAD to a route a link may open (`navigable`: the documentation). A page
+ * could otherwise open the API's URLs one after another in a window it opened, each a navigation
+ * counted against the visitor's address (probe 49a F2), and a sibling's page could do with
+ * `fetch()`, a form or a window what another site's could not (probe 75e F4). What a sibling's
+ * page loads into itself or fetches without CORS (an image, a script, a frame) is refused even
+ * from an allowed origin: no route serves one (probe 75c F4). Every other request is unchanged:
+ * clients that are not browsers send no `Sec-Fetch-*` header (Stripe's and Meta's webhooks,
+ * Prometheus, SDKs, curl), and same-origin requests are not refused here. Not audited: anyone can
+ * send as many as they like, and each is counted by status in `http_requests_total`.
  */
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
@@ -41,6 +43,11 @@ function isSameSite(value: string | null): boolean {
   return value.split(",").some((item) => item.trim().toLowerCase() === "same-site");
 }
 
+/** Whether a browser sent the request for a page of a sibling subdomain (same site). */
+export function isSameSiteRequest(request: Request): boolean {
+  return isSameSite(request.headers.get("sec-fetch-site"));
+}
+
 /**
  * What a page loads into itself (an image, a script, a style sheet, a frame, …) or fetches
  * without CORS: no route of this API serves one, and the page cannot read the answer.
@@ -60,14 +67,16 @@ function isTopLevelNavigation(request: Request): boolean {
 }
 
 /**
- * A top-level navigation from another site's page (the only cross-site request but the allowed
- * origins' that this stage lets through): a page can make its visitors open as many as it likes
- * (a window it opened, sent from URL to URL), so the rate limit counts it but its refusals are no
- * violation of the visitor's address (probe 58b F1: thirty navigations to `/openapi.json` blocked
- * the visitor, and everyone behind their address, for 15 minutes).
+ * A top-level navigation from another site's page or a sibling's (the only such request but the
+ * allowed origins' that this stage lets through): a page can make its visitors open as many as it
+ * likes (a window it opened, sent from URL to URL), so the rate limit counts it but its refusals
+ * are no violation of the visitor's address (probe 58b F1: thirty navigations to `/openapi.json`
+ * blocked the visitor, and everyone behind their address, for 15 minutes; probe 75e F4 from a
+ * sibling subdomain).
  */
 export function isCrossSiteNavigation(request: Request): boolean {
-  return isCrossSite(request.headers.get("sec-fetch-site")) && isTopLevelNavigation(request);
+  const site = request.headers.get("sec-fetch-site");
+  return (isCrossSite(site) || isSameSite(site)) && isTopLevelNavigation(request);
 }
 
 export function crossSiteRequests({ allowedOrigins }: { allowedOrigins: readonly string[] }) {
@@ -84,13 +93,16 @@ export function crossSiteRequests({ allowedOrigins }: { allowedOrigins: readonly
           "A browser request another origin's page made to load or embed this API (an image, a script, a frame, a no-cors fetch) is refused: it serves none.",
         );
       }
-      if (!isCrossSite(site)) return;
+      const crossSite = isCrossSite(site);
+      if (!crossSite && !isSameSite(site)) return;
       const origin = request.headers.get("origin");
       if (origin !== null && allowed.has(origin)) return;
       if (routeClass.navigable && isTopLevelNavigation(request)) return;
       throw new AppError(
         "CROSS_SITE_REFUSED",
-        "A browser request from a page of another site is refused: only the origins this service allows may call it.",
+        crossSite
+          ? "A browser request from a page of another site is refused: only the origins this service allows may call it."
+          : "A browser request from a page of another origin of this site is refused: only the origins this service allows may call it.",
       );
     })
     .as("global");

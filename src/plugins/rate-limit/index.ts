@@ -9,7 +9,7 @@
  * violation of whoever was refused: a principal (repeated refusals lock it out for a while) or an
  * address (repeated refusals block it), never the address of a principal's request — unless the
  * policy says its refusals are no violation (`webhooks`: signed providers that retry), or the request
- * is another site's page's navigation (cross-site/isCrossSiteNavigation). A request of
+ * is another site's or a sibling subdomain's page's navigation (cross-site/isCrossSiteNavigation). A request of
  * a principal that is locked out is refused before any policy counts it, and counts in
  * `rate_limit_rejections_total` under `policy="locked_out"` (its lockout was audited once, as
  * `auth.locked_out`, when it was made).
@@ -19,7 +19,8 @@ import { AppError } from "../../errors";
 import type { Identification, Identify } from "../auth/identify";
 import { limitNameOf, type Principal, principalRef } from "../auth/principal";
 import { inRanges, parseRange } from "../client-ip/resolve";
-import { isCrossSiteNavigation } from "../cross-site";
+import { isCrossSiteNavigation, isSameSiteRequest } from "../cross-site";
+import { sendsHeaderCredential } from "../csrf/cookies";
 import type { RequestState } from "../request-state";
 import type { ResolvedRouteClass } from "../route-class";
 import type { LimitCharge, LimitEnforcer, LimitKeys } from "./enforce";
@@ -166,10 +167,14 @@ export function rateLimit(options: RateLimitOptions) {
       // sending them escaped every block and lockout (probe 58c F1). And only without a
       // credential, which no browser puts on a navigation from another site (the session cookie
       // is SameSite=Strict): with one, a script escaped its principal's lockout (58d F1).
+      // A sibling subdomain is the same site, so the browser does send the session cookie on its
+      // page's navigation: there the cookie is the page's doing, and only a header is the sender's.
       sentForAnotherSite:
         state.routeClass.navigable === true &&
         isCrossSiteNavigation(request) &&
-        identify?.carriesCredential(request) !== true,
+        !(isSameSiteRequest(request)
+          ? sendsHeaderCredential(request.headers)
+          : identify?.carriesCredential(request) === true),
     };
     const decide = (known: Counted) => {
       context.actor = known.actor;
