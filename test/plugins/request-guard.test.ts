@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { t } from "elysia";
 import { users } from "../../src/db/schema";
-import { trimOptionalWhitespace } from "../../src/plugins/request-guard/checks";
+import { trimOptionalWhitespace } from "../../src/optional-whitespace";
+import { parseForwardedEntry } from "../../src/plugins/client-ip/resolve";
 import { buildTestApp, send, serveInProcess, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
@@ -436,5 +437,12 @@ describe("optional whitespace", () => {
     for (const [text, trimmed] of cases) {
       expect({ text, got: trimOptionalWhitespace(text) }).toEqual({ text, got: trimmed });
     }
+  });
+
+  test("a long run of it inside a value is passed over once (an X-Forwarded-For entry of 16,000 spaces took 140 ms a request)", () => {
+    const inside = " \t".repeat(500_000);
+    expect(trimOptionalWhitespace(`a${inside}b `)).toBe(`a${inside}b`);
+    expect(trimOptionalWhitespace(` 1.2.3.4${inside}x\t`)).toBe(`1.2.3.4${inside}x`);
+    expect(parseForwardedEntry(`1.2.3.4${inside}x `)).toBeNull();
   });
 });

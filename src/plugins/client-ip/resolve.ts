@@ -11,6 +11,7 @@
  */
 import ipaddr from "ipaddr.js";
 import type { TrustProxy } from "../../config";
+import { trimOptionalWhitespace } from "../../optional-whitespace";
 import { type Address, formatAddress, parseCidr, parseIp, type Range } from "./address";
 
 export type { Address } from "./address";
@@ -53,7 +54,7 @@ const BRACKETED = new RegExp(`^\\[([^\\]]+)\\](?::${PORT})?$`);
  * goes through parseIp.
  */
 export function parseForwardedEntry(raw: string): Address | null {
-  const text = raw.replace(/^[ \t]+|[ \t]+$/g, "");
+  const text = trimOptionalWhitespace(raw);
   // Without a colon it can only be a bare IPv4 address (or nothing): the common entry, read without
   // trying the port spellings.
   if (!text.includes(":")) return parseIp(text);

@@ -3,7 +3,9 @@
  * What no honest client sends, as plain functions over the raw request. Each returns the refusal
  * (code and reason) or null. They run before any parsing, on the raw URL as the client sent it.
  */
+
 import type { ErrorCode } from "../../errors";
+import { trimOptionalWhitespace } from "../../optional-whitespace";
 
 export interface Refusal {
   code: ErrorCode;
@@ -138,28 +140,6 @@ export function hasBody(request: Request): boolean {
 
 /** The one media type a request body may have: every other is refused with 415. */
 export const BODY_MEDIA_TYPE = "application/json";
-
-/**
- * `text` without the optional whitespace around it: space and tab only (RFC 9110 §5.6.3).
- * `String.prototype.trim` also strips U+00A0 and other Unicode spaces, which Bun hands over for
- * bytes such as 0xA0: `application/json<0xA0>` would then be JSON here and another type to a
- * filter in front that compares the bytes (probe 15a F3).
- */
-export function trimOptionalWhitespace(text: string): string {
-  // Most values have none: answered without running the expression (every body's Content-Type).
-  if (
-    text.length === 0 ||
-    (!isOptionalWhitespace(text, 0) && !isOptionalWhitespace(text, text.length - 1))
-  ) {
-    return text;
-  }
-  return text.replace(/^[ \t]+|[ \t]+$/g, "");
-}
-
-function isOptionalWhitespace(text: string, at: number): boolean {
-  const code = text.charCodeAt(at);
-  return code === 0x20 || code === 0x09;
-}
 
 /**
  * JSON only, and if a charset is named it must be UTF-8 (RFC 8259); and no content coding but

@@ -12,6 +12,7 @@
 import { Elysia } from "elysia";
 import type { BodyLimits } from "../../config";
 import { AppError } from "../../errors";
+import { trimOptionalWhitespace } from "../../optional-whitespace";
 import type { AuditLog } from "../audit/log";
 import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../audit/once-per-window";
 import { LARGE_BODIES_POLICY_LABEL, type RateLimitMetrics } from "../rate-limit/metrics";
@@ -36,7 +37,6 @@ import {
   type GuardLimits,
   hasBody,
   type Refusal,
-  trimOptionalWhitespace,
 } from "./checks";
 import { createHostCheck } from "./host";
 import { type LargeBodyReads, largeBodyReads, SMALL_BODY_BYTES } from "./large-bodies";
