@@ -85,6 +85,11 @@ const MIN_WALK_STEPS = 2;
  * each (`a1b2c3…`, probe 72c A5). Random values: see the config test's generated shapes.
  */
 export function isMostlyWalk(points: readonly string[]): boolean {
+  // In any letter case too: `AbCdEf…` and `A1b2C3…` are the alphabet's walk (probe 75b F7).
+  return walksOrWoven(points) || walksOrWoven(points.map((point) => point.toLowerCase()));
+}
+
+function walksOrWoven(points: readonly string[]): boolean {
   if (walksAlone(points)) return true;
   // Two walks woven together (`a1b2c3d4…`, `1q2w3e4r…`): each one of every other character.
   const even = points.filter((_, i) => i % 2 === 0);

@@ -6,6 +6,7 @@
  * written words (written-text.ts), or is hex or base64 of text that is weak so. It finds the shapes
  * people write; it does not measure strength.
  */
+import { readAsLatin, seenCharacters } from "../look-alikes";
 import { isMostlyWalk } from "./keyboard-walks";
 import { readsAsWritten } from "./written-text";
 
@@ -71,7 +72,9 @@ function isUnexpanded(text: string): boolean {
 
 /** Why a secret is too weak to use in a deployed profile, or `null` when it is acceptable. */
 export function secretWeakness(value: string): string | null {
-  const text = value.normalize("NFKC");
+  // As a reader sees it: what draws nothing (variation selectors, tags, blank letters) is no
+  // character, and ten of them made `hunter2` a 32-character secret (probe 75b F3).
+  const text = seenCharacters(value);
   const points = [...text];
   const short = shortness(value, points);
   if (short) return short;
@@ -141,8 +144,17 @@ function shortness(value: string, read: readonly string[]): string | null {
   return null;
 }
 
-/** A placeholder, a command never run, a published default or a phrase (as read, NFKC). */
-function writtenWeakness(text: string): string | null {
+/**
+ * A placeholder, a command never run, a published default or a phrase (as read, NFKC), its
+ * as spelt and with its letters that only look Latin read as Latin (`асme-рrоd-jwt-…` with
+ * Cyrillic а, с, р, о passed every word rule, probe 75b F2; a Russian phrase is read as spelt).
+ */
+function writtenWeakness(seen: string): string | null {
+  const latin = readAsLatin(seen);
+  return writtenWeaknessAsSpelt(seen) ?? (latin === seen ? null : writtenWeaknessAsSpelt(latin));
+}
+
+function writtenWeaknessAsSpelt(text: string): string | null {
   if (PLACEHOLDER.test(text)) return "is a placeholder, not a generated secret";
   if (isUnexpanded(text)) {
     return "is a command or template that was never run or filled in, not a generated secret";

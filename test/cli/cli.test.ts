@@ -52,7 +52,7 @@ describe("bun run cli", () => {
       ALLOWED_HOSTS: "api.example.test",
       METRICS_TOKEN: "m7T2kW9xQ4vR8nZ1yL6bP5cF0gH3jD2s",
       JWT_SECRET_KEY: secret,
-      CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+      CSRF_SECRET_KEY: "9Oud1KKpzyCWu6VCba0vvJNF7LxfbdFw",
       AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC",
     });
     expect(result.code).toBe(0);

@@ -19,7 +19,7 @@ const asRoot = process.getuid?.() === 0;
 const SECRETS = {
   AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC",
   JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
-  CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+  CSRF_SECRET_KEY: "9Oud1KKpzyCWu6VCba0vvJNF7LxfbdFw",
 };
 
 let cleanup: (() => void)[] = [];

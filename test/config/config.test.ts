@@ -12,7 +12,7 @@ import { VARIABLES } from "../../src/config/variables";
 import { tempDir } from "../support/app";
 
 const STRONG = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
-const STRONG_2 = "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4";
+const STRONG_2 = "9Oud1KKpzyCWu6VCba0vvJNF7LxfbdFw";
 const STRONG_3 = "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC";
 
 // Shaped as the providers issue them: a Meta app secret is 32 hex characters; a Stripe endpoint
@@ -438,6 +438,50 @@ describe("production profile", () => {
       { JWT_SECRET_KEY: Buffer.from(text!).toString(encoding as BufferEncoding) },
       `is ${encoding === "hex" ? "hex" : "base64"} of text that`,
     ]),
+    // A label of words before a generated part as short as 32 to 64 bits: the part is counted at
+    // what it carries, not taken for a sign that the whole value is generated (probe 75b F5).
+    ...[
+      "acme-prod-jwt-signing-key-geRfUw",
+      "acme-prod-jwt-signing-key-JKzcru-H",
+      "acme_corp_production_jwt_key_2025_VOtTaQ",
+      "acme-prod-jwt-signing-key-Z5Cge2B31_A",
+      // A label and a date and time: a day, an hour, a minute are guessed, not random characters
+      // (probes 75b F1, 75e F6).
+      "acme-prod-jwt-key-2025-01-15T10:00Z",
+      "acme-prod-jwt-signing-key-2025-01-15 10:00:00",
+      "acme-prod-jwt-signing-key-2025-01-15T10:00:00Z",
+      "globex-prod-audit-key-2025-12-05T10:00:00+01:00",
+      "acme-prod-jwt-key-2025-12-05T10:00:00.000Z",
+      "GlobexProductionJwtKey2025-01-15T10:00Z",
+      "acme-prod-jwt-key-20251205T100000Z",
+      // Letters that only look Latin (Cyrillic а, с, р, о, ѕ, е) read as Latin (probe 75b F2).
+      "асme-рrоd-jwt-ѕigning-kеy-jаnuаry-2025",
+    ].map((label): [string, Record<string, string>, string] => [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: label },
+      "reads as a written phrase or a published default",
+    ]),
+    // The alphabet's walk in alternating case, woven with digits or not (probe 75b F7).
+    ...[
+      "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+      "ZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210",
+      "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6",
+      "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+    ].map((walk): [string, Record<string, string>, string] => [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: walk },
+      "is a run of neighbouring characters or keys",
+    ]),
+    // Variation selectors draw nothing: `hunter2` and 25 of them is 7 characters (probe 75b F3).
+    [
+      "JWT_SECRET_KEY",
+      {
+        JWT_SECRET_KEY: `hunter2${Array.from({ length: 25 }, (_, i) =>
+          String.fromCodePoint(i % 2 ? 0xe0100 + i * 3 : 0xfe00 + (i % 16)),
+        ).join("")}`,
+      },
+      "is shorter than 32 characters",
+    ],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "https://a.test,*" }, "* is refused"],
     ["CORS_ALLOWED_ORIGINS", { CORS_ALLOWED_ORIGINS: "null" }, '"null" origin'],

@@ -34,7 +34,7 @@ export const TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuv
 export const PRODUCTION_ENV = {
   APP_ENV: "production",
   JWT_SECRET_KEY: "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j",
-  CSRF_SECRET_KEY: "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4",
+  CSRF_SECRET_KEY: "9Oud1KKpzyCWu6VCba0vvJNF7LxfbdFw",
   AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC",
   ALLOWED_HOSTS: "localhost",
   METRICS_TOKEN: "m7T2kW9xQ4vR8nZ1yL6bP5cF0gH3jD2s",
