@@ -110,6 +110,18 @@ describe("CORS", () => {
     expect(other.headers.get("ratelimit")).not.toBeNull();
   });
 
+  test("a preflight naming a method in another case is no allowed method's: methods are case-sensitive (probe 75c N3)", async () => {
+    corsApp();
+    for (const method of ["post", "Post", "delete"]) {
+      const response = await preflight(ALLOWED, method);
+      expect([method, response.status, corsHeadersOf(response)]).toEqual([method, 204, []]);
+      expect(response.headers.get("ratelimit")).not.toBeNull();
+    }
+    const upper = await preflight(ALLOWED, "POST");
+    expect(upper.headers.get("access-control-allow-methods")).not.toBeNull();
+    expect(upper.headers.get("ratelimit")).toBeNull();
+  });
+
   test("an allowed origin's preflight naming a Host the service does not answer for is counted and refused as any request", async () => {
     current = buildTestApp({
       env: { CORS_ALLOWED_ORIGINS: ALLOWED, ALLOWED_HOSTS: "api.example.com" },

@@ -86,7 +86,8 @@ export function corsPreflight({ allowedOrigins, allowedHosts = null }: Preflight
   return new Elysia({ name: "palisade.cors-preflight", seed: [allowedOrigins, allowedHosts] })
     .onRequest(function answerPreflight({ request, set }) {
       const method = preflightMethod(request);
-      if (method === null || !allowedMethodSet.has(method.toUpperCase())) return;
+      // Case-sensitive, as methods are (RFC 9110 §9.1): a browser asks for `POST`, never `post`.
+      if (method === null || !allowedMethodSet.has(method)) return;
       const origin = request.headers.get("origin");
       if (origin === null || !allowed.has(origin) || hostRefusal(request) !== null) return;
       delete set.headers["access-control-expose-headers"];
