@@ -16,7 +16,8 @@ import { ENGLISH_WORDS_TEXT } from "./english-words";
  * the last two only while what the words leave could carry fewer than 100 bits (`guessBits`): a
  * label of words before a generated value (`palisade-production-signing-key-` and 32 printable
  * characters, 32 hex digits, a UUID) is as strong as its generated part, and looking only at the
- * shares of words refused up to 1 % of such values (probes 72c A1, 72d F1).
+ * shares of words refused up to 1 % of such values (probes 72c A1, 72d F1). Its dates and times
+ * are counted as such (`withoutDateTimes`) before either reading.
  */
 export function readsAsWritten(text: string): boolean {
   const points = [...text];
@@ -148,16 +149,18 @@ const LONGEST_WORD = 15;
 const COUNTED_WORD = 4;
 
 /**
- * The letters of the words that count, when every piece between punctuation is a word or a
- * number and those words are three or more and, with the numbers, half the value; null otherwise.
- * A word counts when it is a common English word (`COMMON_WORD_RANKS`) or has four letters or more
- * and reads no less English than chance
- * (`englishEvidence` ≥ 0, a word of another script too): generated printable ASCII after a label
- * is cut by its punctuation into many short pieces shaped as words (`mx`, `OIOF`, `PWK0`), which
- * made the label half of a value judged as one (probe 72d F1). No word of eight letters or more
- * may read less English than chance, and none in one case be longer than fifteen (a generated part
- * after a label, probe 72b F1). A number may be any length (a timestamp, a telephone number: probe
- * 72d F2); its digits count towards the half, not the words (`acme-prod-auth-token-key-2025-01-15`
+ * The letters of the words that count among the pieces between punctuation, when those words are
+ * three or more and, with the numbers, a third of the value; null otherwise. A word counts when it
+ * is a common English word (`COMMON_WORD_RANKS`) or has four letters or more and reads no less
+ * English than chance (`englishEvidence` ≥ 0, a word of another script too): generated printable
+ * ASCII after a label is cut by its punctuation into many short pieces shaped as words (`mx`,
+ * `OIOF`, `PWK0`), which made the label half of a value judged as one (probe 72d F1). A piece that
+ * is no word (a word of eight letters or more that reads less English than chance, one in one case
+ * longer than fifteen, letters in no word's cases, letters and digits glued but not common words)
+ * is a generated part: its characters are left to `guessBits`, which counts them as drawn at
+ * random (until probe 75b F5 such a piece made the whole value unread, and a label before 32
+ * random bits passed). A number may be any length (a timestamp, a telephone number: probe 72d
+ * F2); its digits count towards the third, not the words (`acme-prod-auth-token-key-2025-01-15`
  * had too few letters to be read as written, probe 73d F1).
  */
 function wordsAndNumbers(text: string): FoundWords | null {
