@@ -25,40 +25,117 @@ export function readsAsWritten(text: string): boolean {
   // fifth of them is writing, whatever Latin words and numbers stand beside it (probe 72b F4).
   const uncased = points.filter((point) => /\p{Lo}/u.test(point)).length;
   if (uncased * 5 >= points.length) return true;
-  const { rest, bits: dateBits } = withoutDateTimes(text);
-  return [wordsAndNumbers(rest), englishWords(rest)].some(
-    (words) => words !== null && guessBits(rest, words) + dateBits < GENERATED_BITS,
+  const dated = withoutDateTimes(text);
+  const { rest, bits: hexBits } = withoutHex(dated.rest);
+  // A date stands as a word does in a label (`acme_prod_jwt_2025-01-15T10:00:00Z`, probe 76c F2).
+  return [wordsAndNumbers(rest, dated.dates), englishWords(rest)].some(
+    (words) => words !== null && guessBits(rest, words) + dated.bits + hexBits < GENERATED_BITS,
   );
 }
 
-/**
- * A date and time as ISO 8601 and RFC 3339 write them (`2025-01-15`, `2025/01/15`,
- * `2025-01-15T10:00:00Z`, `2025-01-15 10:00`, `…T10:00:00.000+01:00`, `20250115T100000Z`).
- */
-const DATE_TIME =
-  /(?:19|20)\d\d(?:([-/.])(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]\d|3[01])(?:[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:[.,](\d{1,9}))?)?)?|(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3])[0-5]\d(?:[0-5]\d)?)(Z|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?/g;
+/** A piece of hexadecimal digits in one case, a digit and a letter among them, eight or more. */
+const HEX_PIECE =
+  /(?<![\p{L}\p{N}])(?:(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}|(?=[0-9A-F]*\d)(?=[0-9A-F]*[A-F])[0-9A-F]{8,})(?![\p{L}\p{N}])/gu;
 
 /**
- * The value without its dates and times, and the bits they carry as such: a day of two hundred
- * years (~16), its hour and minute (~10.5), second (~5.9), each digit of a fraction (~3.3) and a
- * zone (~5.3; `Z`, none). Counted as the characters they are, the numbers and the `T` and `Z` of
- * `acme-prod-jwt-signing-key-2025-01-15T10:00:00Z` came to 120 bits, and it passed where the same
- * label with the day alone was refused (probes 75b F1, 75e F6).
+ * The value without its pieces of hexadecimal digits, and the four bits each of their digits
+ * carries: counted as drawn from the letters and digits, they came to 5.2 to 6 bits a digit, and a
+ * label before 8 random bytes in hex (`AcmeProdWebhookKeyV2-dcc543d236e41cc3`, 64 bits) was
+ * counted at 136 and passed (probe 76c F3).
  */
-function withoutDateTimes(text: string): { rest: string; bits: number } {
+function withoutHex(text: string): { rest: string; bits: number } {
   let bits = 0;
-  const rest = text.replace(DATE_TIME, (written, separator, fraction, zone) => {
-    const colons = written.split(":").length - 1 - (zone?.includes(":") ? 1 : 0);
-    const compactSeconds = separator === undefined && /T\d{6}/.test(written);
-    const time = written.includes("T") || written.includes(" ");
-    bits += Math.log2(200 * 366);
-    if (time) bits += Math.log2(24 * 60);
-    if (colons >= 2 || compactSeconds) bits += Math.log2(60);
-    bits += (fraction?.length ?? 0) * Math.log2(10);
-    if (zone !== undefined && zone !== "Z") bits += Math.log2(40);
+  const rest = text.replace(HEX_PIECE, (piece) => {
+    bits += piece.length * 4;
     return "-";
   });
   return { rest, bits };
+}
+
+const YEAR_TEXT = "(?:19|20)\\d\\d";
+const MONTH_NUMBER = "(?:0?[1-9]|1[0-2])";
+const DAY_NUMBER = "(?:0?[1-9]|[12]\\d|3[01])";
+const MONTH_NAME =
+  "(?:january|february|march|april|may|june|july|august|september|october|november|december|jan|feb|mar|apr|jun|jul|aug|sept|sep|oct|nov|dec)\\.?";
+const WEEKDAY =
+  "(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|tue|wed|thurs|thur|thu|fri|sat|sun)\\.?";
+const ORDINAL = "(?:st|nd|rd|th)?";
+/**
+ * A date as people and programs write one: ISO 8601 (`2025-01-15`, `2025/1/5`, `20250115` before a
+ * time, `2025-W49`), day and month either way round before the year (`05/12/2025`, `12.05.2025`),
+ * a month's name (`5 Dec 2025`, `Dec 5th, 2025`, `Fri, 05 Dec 2025`), and `date`'s own (`Fri Dec  5`
+ * before its time, its year after). Not inside a word or a number.
+ */
+const DATE = new RegExp(
+  [
+    `(?<!\\d)${YEAR_TEXT}([-/.])${MONTH_NUMBER}\\1${DAY_NUMBER}(?!\\d)`,
+    `(?<!\\d)${DAY_NUMBER}([-/.])${DAY_NUMBER}\\2${YEAR_TEXT}(?!\\d)`,
+    `(?<!\\d)${YEAR_TEXT}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\\d|3[01])(?=t\\d)`,
+    `(?<!\\d)${YEAR_TEXT}-?w(?:0[1-9]|[1-4]\\d|5[0-3])(?:-?[1-7])?(?!\\d)`,
+    `(?<!\\p{L})(?:${WEEKDAY},?\\s*)?${DAY_NUMBER}${ORDINAL}[\\s-]?${MONTH_NAME}[\\s,-]*${YEAR_TEXT}(?!\\d)`,
+    `(?<!\\p{L})(?:${WEEKDAY},?\\s*)?${MONTH_NAME}[\\s-]?${DAY_NUMBER}${ORDINAL},?[\\s-]*${YEAR_TEXT}(?!\\d)`,
+    `(?<!\\p{L})${WEEKDAY}\\s+${MONTH_NAME}\\s+${DAY_NUMBER}(?=\\s+\\d\\d?:\\d\\d)`,
+  ].join("|"),
+  "giu",
+);
+/** A time after a date: `T10:00`, ` 10:00:00.000`, `-10-00-00`, `T10.00`, `T100000`. */
+const TIME_AFTER =
+  /(?:[t\s_,-]+)?(?:(?:[01]?\d|2[0-3])[:.h-][0-5]\d(?:[:.-]([0-5]\d)(?:[.,](\d{1,9}))?)?|t(?:[01]\d|2[0-3])[0-5]\d([0-5]\d)?)(?!\d)/iy;
+/** A zone after a time: `Z`, ` UTC`, ` GMT`, `+01:00`, ` +0000`, ` CEST`. */
+const ZONE_AFTER =
+  /\s?(?:[+-](?:[01]\d|2[0-3]):?[0-5]\d(?!\d)|(?:z|utc|gmt|cet|cest|bst|ist|jst|aest|[ecmp][sd]t)(?!\p{L}))/iuy;
+/** `date`'s year, after its time and zone. */
+const YEAR_AFTER = /\s+(?:19|20)\d\d(?!\d)/y;
+/** A Unix time, in seconds (2001 to 2033) or milliseconds. */
+const UNIX_TIME = /(?<!\d)1\d{9}(\d{3})?(?!\d)/g;
+
+/**
+ * The value without its dates and times, how many there were, and the bits they carry as such: a
+ * day of two hundred years (~16; a week's ~13), its hour and minute (~10.5), second (~5.9), each
+ * digit of a fraction (~3.3) and a zone (~5.3 for an offset, ~1 for a name); a Unix time ~28 bits
+ * (a second of ten years), ~38 in milliseconds. Counted as the characters they are, the numbers
+ * and the `T` and `Z` of `acme-prod-jwt-signing-key-2025-01-15T10:00:00Z` came to 120 bits, and it
+ * passed where the same label with the day alone was refused (probes 75b F1, 75e F6), as did a
+ * label with `date`'s or a US date (`12/05/2025 10:00:00`, `Fri, 05 Dec 2025 10:00:00 GMT`,
+ * probe 76c F1).
+ */
+function withoutDateTimes(text: string): { rest: string; dates: number; bits: number } {
+  let bits = 0;
+  let dates = 0;
+  let rest = "";
+  let from = 0;
+  DATE.lastIndex = 0;
+  for (let found = DATE.exec(text); found !== null; found = DATE.exec(text)) {
+    let end = found.index + found[0].length;
+    bits += /w\d/i.test(found[0]) ? Math.log2(200 * 53) : Math.log2(200 * 366);
+    TIME_AFTER.lastIndex = end;
+    const time = TIME_AFTER.exec(text);
+    if (time !== null) {
+      end = TIME_AFTER.lastIndex;
+      bits += Math.log2(24 * 60);
+      if (time[1] !== undefined || time[3] !== undefined) bits += Math.log2(60);
+      bits += (time[2]?.length ?? 0) * Math.log2(10);
+      ZONE_AFTER.lastIndex = end;
+      const zone = ZONE_AFTER.exec(text);
+      if (zone !== null) {
+        end = ZONE_AFTER.lastIndex;
+        bits += /\d/.test(zone[0]) ? Math.log2(40) : 1;
+      }
+      YEAR_AFTER.lastIndex = end;
+      if (YEAR_AFTER.exec(text) !== null) end = YEAR_AFTER.lastIndex;
+    }
+    rest += `${text.slice(from, found.index)}-`;
+    from = end;
+    dates++;
+    DATE.lastIndex = end;
+  }
+  rest += text.slice(from);
+  const withoutUnixTimes = rest.replace(UNIX_TIME, (_, milliseconds) => {
+    bits += Math.log2(10 * 365 * 86_400) + (milliseconds === undefined ? 0 : Math.log2(1000));
+    dates++;
+    return "-";
+  });
+  return { rest: withoutUnixTimes, dates, bits };
 }
 
 /** Bits a generated part carries at least (32 hex digits ~120); a phrase and a year leave ~25. */
@@ -163,8 +240,8 @@ const COUNTED_WORD = 4;
  * F2); its digits count towards the third, not the words (`acme-prod-auth-token-key-2025-01-15`
  * had too few letters to be read as written, probe 73d F1).
  */
-function wordsAndNumbers(text: string): FoundWords | null {
-  let words = 0;
+function wordsAndNumbers(text: string, dates = 0): FoundWords | null {
+  let words = dates;
   let letters = 0;
   let bits = 0;
   let digits = 0;

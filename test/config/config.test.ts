@@ -12,6 +12,25 @@ import { VARIABLES } from "../../src/config/variables";
 import { tempDir } from "../support/app";
 
 const STRONG = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
+/** RFC 4648 base32 of the bytes, padded, as `base32` writes it. */
+function base32Of(bytes: Uint8Array, lowerCase = false): string {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let text = "";
+  let buffer = 0;
+  let bits = 0;
+  for (const byte of bytes) {
+    buffer = (buffer << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      text += alphabet[(buffer >> bits) & 31];
+    }
+  }
+  if (bits > 0) text += alphabet[(buffer << (5 - bits)) & 31];
+  text += "=".repeat((8 - (text.length % 8)) % 8);
+  return lowerCase ? text.toLowerCase() : text;
+}
+
 const STRONG_2 = "9Oud1KKpzyCWu6VCba0vvJNF7LxfbdFw";
 const STRONG_3 = "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC";
 
@@ -461,6 +480,62 @@ describe("production profile", () => {
       { JWT_SECRET_KEY: label },
       "reads as a written phrase or a published default",
     ]),
+    // A label and a date and time as programs and people write them, and a Unix time (probe 76c
+    // F1); a name and two label words with a date are a label too (76c F2).
+    ...[
+      "acme-prod-jwt-signing-key-12/05/2025 10:00:00",
+      "acme-prod-jwt-signing-key-05.12.2025 10:00:00",
+      "acme-prod-jwt-signing-key-Fri, 05 Dec 2025 10:00:00 GMT",
+      "acme-prod-jwt-signing-key-Fri Dec  5 10:00:00 UTC 2025",
+      "acme-prod-jwt-signing-key-Dec 5th, 2025 10:00",
+      "acme_prod_jwt_2025-12-05-10-00-00",
+      "acme-prod-jwt-signing-key-2025-1-5T10.00.00Z",
+      "acme-prod-jwt-signing-key-1733356800",
+      "acme-prod-jwt-key-1733356800123-x",
+      "acme-prod-jwt-signing-key-2025-W49",
+      "acme_prod_jwt_2025-01-15T10:00:00Z",
+      "acme.prod.auth.2025-01-15T10:00:00Z",
+      // Eight random bytes in hex are 64 bits, not 16 characters drawn from 36 (probe 76c F3).
+      "acme-prod-jwt-signing-key-BB1E13FB32B45221",
+      "palisade-production-signing-key-5fa20d822b9df0b1",
+      // Accents off, the label it shows (probe 76c F5).
+      "àcmè-pròd-jwt-sìgnìng-kèy-jànuàry-2025",
+    ].map((label): [string, Record<string, string>, string] => [
+      "JWT_SECRET_KEY",
+      { JWT_SECRET_KEY: label },
+      "reads as a written phrase or a published default",
+    ]),
+    // Weak text in base32, in UTF-16 (PowerShell's Unicode), ending in a NUL, after `0x`, or with
+    // a space around the base64 (probe 76c F4).
+    ...[
+      ["base32", "changeme-please-this-is-our-prod-key", "base32"],
+      ["base32 lower case", "changeme-please-this-is-our-prod-key", "base32"],
+      ["UTF-16 base64", "changeme-please-this-is-our-prod-key", "base64"],
+      ["base64", "changeme-please-this-is-our-prod-key\0", "base64"],
+      ["spaced base64", "changeme-please-this-is-our-prod-key", "base64"],
+      ["0x hex", "changeme-please-this-is-our-prod-key", "hex"],
+    ].map(([how, text, encoding]): [string, Record<string, string>, string] => {
+      const encoded =
+        how === "0x hex"
+          ? `0x${Buffer.from(text!).toString("hex")}`
+          : how === "UTF-16 base64"
+            ? Buffer.from(text!, "utf16le").toString("base64")
+            : how === "spaced base64"
+              ? ` ${Buffer.from(text!).toString("base64")} `
+              : how!.startsWith("base32")
+                ? base32Of(Buffer.from(text!), how === "base32 lower case")
+                : Buffer.from(text!).toString("base64");
+      return ["JWT_SECRET_KEY", { JWT_SECRET_KEY: encoded }, `is ${encoding} of text that`];
+    }),
+    // Combining marks on its letters add no character (probe 76c F5).
+    [
+      "JWT_SECRET_KEY",
+      {
+        JWT_SECRET_KEY:
+          "hunter2\u093c\u064b\u0320\u0330\u0591\u05a5\u08d3\u0300\u0310\u0343\u0350\u0483\u0610\u06d6\u0730\u07eb\u0816\u0360\u0e31\u0f18\u1ab0\u1dc0\u20d0\u2cef\u2de0",
+      },
+      "is shorter than 32 characters",
+    ],
     // The alphabet's walk in alternating case, woven with digits or not (probe 75b F7).
     ...[
       "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
@@ -621,6 +696,16 @@ describe("production profile", () => {
         2,
       ],
       ["labelled joined", () => `PalisadeProductionKey${drawn(letters, 32)}`],
+      // A date and time in a label, and hex after one, are counted as such (probe 76c F1, F3).
+      [
+        "labelled and dated base64url",
+        () =>
+          `acme-prod-jwt-${new Date(1.6e12 + Math.random() * 1e11).toISOString()}-${Buffer.from(bytes(32)).toString("base64url")}`,
+      ],
+      [
+        "labelled 32 hex in capitals",
+        () => `ACME-PROD-JWT-KEY-${Buffer.from(bytes(16)).toString("hex").toUpperCase()}`,
+      ],
       // KeePass's printable set holds the space.
       ["printable with a space", () => drawn(` ${printable}`, 40)],
       // Punctuation cuts a generated part into short pieces shaped as words (probe 72d F1).
