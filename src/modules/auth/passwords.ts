@@ -55,6 +55,14 @@ function characters(text: string): number {
   return count;
 }
 
+/**
+ * The characters (UTF-16 units) of a password zxcvbn judges, from its start: the strength of the
+ * first 64 is a floor for the whole, and a longer one that starts weak is judged by that start.
+ */
+export const STRENGTH_CHECKED_CHARACTERS = 64;
+/** The l33t spellings zxcvbn tries for one password (its default, 100, is what made it slow). */
+const L33T_SUBSTITUTIONS_TRIED = 10;
+
 /** Builds the checker once zxcvbn is loaded. */
 export async function createPasswordChecker(
   policy: PasswordPolicy,
@@ -65,6 +73,12 @@ export async function createPasswordChecker(
     dictionary: { ...zxcvbnCommon.dictionary, ...zxcvbnEnglish.dictionary },
     graphs: zxcvbnCommon.adjacencyGraphs,
     translations: zxcvbnEnglish.translations,
+    // zxcvbn's matching runs on the event loop, before the password-work queue, for anyone who
+    // registers; its l33t and date matching grows faster than the length: a 256-character
+    // `@dm1n1990…` took 2.5–4 s and held every other request that long (probe 76a F1). With
+    // these bounds the slowest shape found takes about 15 ms.
+    maxLength: STRENGTH_CHECKED_CHARACTERS,
+    l33tMaxSubstitutions: L33T_SUBSTITUTIONS_TRIED,
   });
 
   /**

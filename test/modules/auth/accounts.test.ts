@@ -123,6 +123,48 @@ describe("register", () => {
     },
   );
 
+  test("a long password of l33t spellings is judged without holding the service: each answered, /health answered beside them (probe 76a F1)", async () => {
+    current = buildTestApp();
+    const target = current;
+    // 256 characters each: zxcvbn's own bounds took 0.4 to 4 s apiece on them, twice a request.
+    const passwords = [
+      "@dm1n1990".repeat(30).slice(0, 256),
+      "p4ssw0rdl0v3l3tm31n".repeat(14).slice(0, 256),
+      "a1@3$5!0".repeat(32),
+      "4dm1n".repeat(52).slice(0, 256),
+    ];
+    const statuses = await Promise.all(
+      passwords.map(async (password, i) => {
+        const response = await send(target, "/api/auth/register", {
+          body: { email: `l33t-${i}@example.test`, password },
+          peer: `198.51.100.${60 + i}`,
+        });
+        return response.status;
+      }),
+    );
+    expect(statuses.every((status) => status === 201 || status === 422)).toBe(true);
+    expect((await send(target, "/health")).status).toBe(200);
+  });
+
+  test("a password longer than 64 characters is judged by its first 64: a weak start is refused whatever follows", async () => {
+    current = buildTestApp();
+    const weakStart = await send(current, "/api/auth/register", {
+      body: {
+        email: "long-weak@example.test",
+        password: `${"password".repeat(8)}${"Zq9!xK2#vB7$mN4&".repeat(4)}`,
+      },
+    });
+    expect(weakStart.status).toBe(422);
+    expect((await problem(weakStart)).errors?.[0]?.message).toStartWith("too_weak");
+    const strongStart = await send(current, "/api/auth/register", {
+      body: {
+        email: "long-strong@example.test",
+        password: `${"Zq9!xK2#vB7$mN4&wR6^".repeat(4)}${"password".repeat(10)}`,
+      },
+    });
+    expect(strongStart.status).toBe(201);
+  });
+
   test("zxcvbn's suggestion is in the message", async () => {
     current = buildTestApp();
     const response = await send(current, "/api/auth/register", {
