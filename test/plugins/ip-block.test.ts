@@ -184,6 +184,20 @@ describe("a trusted proxy's own address (probe 75c F2)", () => {
       ).toEqual(["2001:db8:1:2::/64", "2001:db8:9::/64"]);
     });
   }
+
+  test("a proxy at a translated IPv4 address has its own key: its /64's other addresses are blocked as ever (probe 76b F4)", async () => {
+    current = buildTestApp({ env: { TRUST_PROXY: "64:ff9b::a00:1" } });
+    const target = current;
+    const statuses = new Set<number>();
+    for (let i = 0; i < 80; i++) {
+      statuses.add((await send(target, "/openapi.json", { peer: "64:ff9b::1:a00:2" })).status);
+    }
+    expect([...statuses].sort()).toEqual([200, 403, 429]);
+    expect(target.services.ipBlocks.listActive().map((block) => block.address)).toEqual([
+      "64:ff9b::/64",
+    ]);
+    expect((await send(target, "/openapi.json", { peer: "64:ff9b::a00:1" })).status).toBe(200);
+  });
 });
 
 describe("manual blocks", () => {

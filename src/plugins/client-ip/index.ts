@@ -173,8 +173,13 @@ export function clientIp({ trustProxy, peerAddress, listener, onShortChain }: Cl
  */
 function keyCoversRanges(address: Address, ranges: readonly Range[]): boolean {
   if (inRanges(address, ranges)) return true;
-  if (address.kind() !== "ipv6" || clientKeyOf(address).endsWith("/128")) return false;
-  return ranges.some(
-    ([network, bits]) => network.kind() === "ipv6" && network.match(address, 64) && bits >= 64,
-  );
+  if (address.kind() !== "ipv6") return false;
+  const key = clientKeyOf(address);
+  if (key.endsWith("/128")) return false;
+  return ranges.some(([network, bits]) => {
+    if (network.kind() !== "ipv6" || bits < 64) return false;
+    // One address: its own key, which a translated IPv4 address's is not (`64:ff9b::a00:1/128`).
+    if (bits === 128) return clientKeyOf(network) === key;
+    return network.match(address, 64);
+  });
 }
