@@ -220,6 +220,30 @@ describe("a page of a sibling subdomain (same-site, probe 75c F4)", () => {
     ]);
   });
 
+  test("a list naming another site too is another site's: the cookie beside it is a credential, and its refusals block (probe 76b F3)", async () => {
+    const target = crossSiteApp();
+    const headers = {
+      ...NAVIGATION,
+      "sec-fetch-site": "cross-site, same-site",
+      cookie: "palisade_session=not-a-session",
+    };
+    const statuses = new Set<number>();
+    for (let i = 0; i < 45; i++) {
+      statuses.add((await send(target, `/openapi.json?n=${i}`, { peer: VISITOR, headers })).status);
+    }
+    expect(statuses.has(429)).toBe(true);
+    await Bun.sleep(20);
+    expect(target.db.$client.query("SELECT address FROM ip_blocks").all()).toEqual([
+      { address: VISITOR },
+    ]);
+    // However long the list, it is read once: a list of 15,000 commas before the item.
+    const long = await send(target, "/api/auth/csrf", {
+      peer: "192.0.2.64",
+      headers: { "sec-fetch-site": `${",".repeat(15_000)} cross-site` },
+    });
+    expect(((await long.json()) as { code: string }).code).toBe("CROSS_SITE_REFUSED");
+  });
+
   test("its CORS calls and links followed are served as before, and a same-origin image is not refused here", async () => {
     const target = crossSiteApp();
     const cors = await send(target, "/api/auth/csrf", {

@@ -33,19 +33,28 @@ import type { RequestState } from "../request-state";
  * says so (probe 15a F5).
  */
 export function isCrossSite(value: string | null): boolean {
-  if (value === null) return false;
-  return value.split(",").some((item) => item.trim().toLowerCase() === "cross-site");
+  return value !== null && CROSS_SITE_ITEM.test(value);
 }
+
+/**
+ * An item of a list, read in one pass without splitting: a value of 15,000 commas was split into
+ * as many strings by each of four checks, 4 ms a request (probe 76b F2).
+ */
+const CROSS_SITE_ITEM = /(?:^|,)[ \t]*cross-site[ \t]*(?=,|$)/i;
+const SAME_SITE_ITEM = /(?:^|,)[ \t]*same-site[ \t]*(?=,|$)/i;
 
 /** Whether a browser said the request is another origin's of the same site (a sibling subdomain). */
 function isSameSite(value: string | null): boolean {
-  if (value === null) return false;
-  return value.split(",").some((item) => item.trim().toLowerCase() === "same-site");
+  return value !== null && SAME_SITE_ITEM.test(value);
 }
 
-/** Whether a browser sent the request for a page of a sibling subdomain (same site). */
+/**
+ * Whether a browser sent the request for a page of a sibling subdomain (same site) and said
+ * nothing of another site: a list naming both is the stronger's (probe 76b F3).
+ */
 export function isSameSiteRequest(request: Request): boolean {
-  return isSameSite(request.headers.get("sec-fetch-site"));
+  const site = request.headers.get("sec-fetch-site");
+  return isSameSite(site) && !isCrossSite(site);
 }
 
 /**
