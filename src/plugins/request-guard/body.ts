@@ -125,6 +125,7 @@ export function scanJsonText(text: string, max: number): number {
   let keys = 0;
   let inString = false;
   let imprecise = false;
+  let lastChecked = "";
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (inString) {
@@ -164,7 +165,12 @@ export function scanJsonText(text: string, max: number): number {
         !imprecise &&
         (significant > EXACT_DIGITS || Math.max(exponent, 0) + length > SAFE_SCALE)
       ) {
-        imprecise = numberDrifts(text.slice(start, i + 1));
+        const written = text.slice(start, i + 1);
+        // A body repeats its numbers (an array of one value): each spelling is read once.
+        if (written !== lastChecked) {
+          imprecise = numberDrifts(written);
+          lastChecked = written;
+        }
       }
     }
   }
@@ -192,6 +198,9 @@ function numberDrifts(written: string): boolean {
   if (!Number.isFinite(read)) return true;
   const spelled = String(read);
   if (spelled === written) return false;
+  // A whole number (`144115188075855872`, 2^57 as Go and Jackson write it) is compared as one:
+  // read out in full, a finite double that JSON.parse made of digits alone is a whole number.
+  if (WHOLE_NUMBER.test(written)) return BigInt(written) !== BigInt(read);
   const value = decimalOf(written);
   if (value === undefined) return true;
   if (read === 0) return value.digits !== "";
@@ -206,6 +215,8 @@ function numberDrifts(written: string): boolean {
   }
   return !isExactly(value, read);
 }
+
+const WHOLE_NUMBER = /^-?\d{1,400}$/;
 
 /** A decimal number as its sign, its digits without the zeros around them, and a power of ten. */
 interface Decimal {
