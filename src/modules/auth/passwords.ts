@@ -60,8 +60,17 @@ function characters(text: string): number {
  * first 64 is a floor for the whole, and a longer one that starts weak is judged by that start.
  */
 export const STRENGTH_CHECKED_CHARACTERS = 64;
-/** The l33t spellings zxcvbn tries for one password (its default, 100, is what made it slow). */
-const L33T_SUBSTITUTIONS_TRIED = 10;
+/**
+ * A password of up to this many UTF-16 units is judged with zxcvbn's 100 l33t spellings; a longer
+ * one with ten. zxcvbn matches its dictionaries against every spelling it tries, so the cost grows
+ * with their count times the square of the length: 100 spellings of 64 characters held the event
+ * loop ~200 ms, of 20 characters ~25 ms, and ten of 64 ~20 ms. The l33t spellings of common
+ * passwords are short: with ten for every length, `jenn!fer1234` and `qw3r7y|_|!0p` scored 3 and
+ * passed production (probe 77b F1: 352 of 9,000 such spellings).
+ */
+export const FULL_L33T_CHARACTERS = 20;
+const L33T_SPELLINGS_OF_SHORT = 100;
+const L33T_SPELLINGS_OF_LONG = 10;
 
 /** Builds the checker once zxcvbn is loaded. */
 export async function createPasswordChecker(
@@ -69,17 +78,30 @@ export async function createPasswordChecker(
   load: () => Promise<PasswordStrengthModules> = loadPasswordStrength,
 ) {
   const [{ ZxcvbnFactory }, zxcvbnCommon, zxcvbnEnglish] = await load();
-  const zxcvbn = new ZxcvbnFactory({
+  const dictionaries = {
     dictionary: { ...zxcvbnCommon.dictionary, ...zxcvbnEnglish.dictionary },
     graphs: zxcvbnCommon.adjacencyGraphs,
     translations: zxcvbnEnglish.translations,
-    // zxcvbn's matching runs on the event loop, before the password-work queue, for anyone who
-    // registers; its l33t and date matching grows faster than the length: a 256-character
-    // `@dm1n1990…` took 2.5–4 s and held every other request that long (probe 76a F1). With
-    // these bounds the slowest shape found takes about 15 ms.
-    maxLength: STRENGTH_CHECKED_CHARACTERS,
-    l33tMaxSubstitutions: L33T_SUBSTITUTIONS_TRIED,
+  };
+  // zxcvbn's matching runs on the event loop, before the password-work queue, for anyone who
+  // registers; its l33t and date matching grows faster than the length: a 256-character
+  // `@dm1n1990…` took 2.5–4 s with its defaults and held every other request that long (probe
+  // 76a F1). Two checkers, as the spellings tried are an option of the checker, not of a check.
+  const shortChecker = new ZxcvbnFactory({
+    ...dictionaries,
+    maxLength: FULL_L33T_CHARACTERS,
+    l33tMaxSubstitutions: L33T_SPELLINGS_OF_SHORT,
   });
+  const longChecker = new ZxcvbnFactory({
+    ...dictionaries,
+    maxLength: STRENGTH_CHECKED_CHARACTERS,
+    l33tMaxSubstitutions: L33T_SPELLINGS_OF_LONG,
+  });
+  const strengthOf = (password: string, userInputs: string[]) =>
+    (password.length <= FULL_L33T_CHARACTERS ? shortChecker : longChecker).check(
+      password,
+      userInputs,
+    );
 
   /**
    * Names the first rule the password breaks and how to fix it; never echoes the password. The
@@ -134,8 +156,9 @@ export async function createPasswordChecker(
     // And as typed, the weaker verdict kept: NFKC makes one typed U+FDFA eighteen characters of an
     // Arabic phrase, which scores as random; twelve of them typed are one character repeated
     // (probe 40b F1).
-    const asRead = zxcvbn.check(skeleton, [email, localPart]);
-    const asTyped = zxcvbn.check(withoutUnseen(typed), [email, localPart]);
+    const asRead = strengthOf(skeleton, [email, localPart]);
+    const visible = withoutUnseen(typed);
+    const asTyped = visible === skeleton ? asRead : strengthOf(visible, [email, localPart]);
     const result = asTyped.score < asRead.score ? asTyped : asRead;
     if (result.score < policy.minScore) {
       const hints = [result.feedback.warning, ...result.feedback.suggestions].filter(Boolean);

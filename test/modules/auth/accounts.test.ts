@@ -185,6 +185,25 @@ describe("register", () => {
     expect(ok.status).toBe(201);
   });
 
+  test.each([
+    "jenn!fer1234",
+    "qw3r7y|_|!0p",
+    "f007b@111234",
+    "!10v3y0|_|12",
+    "tru5tn011234",
+    "p@55w0rd!2345678",
+  ])(
+    "a l33t spelling of a common password, %s, is refused in production: a password of up to 20 characters is tried with zxcvbn's 100 spellings (probe 77b F1)",
+    async (password) => {
+      current = buildTestApp({ env: PRODUCTION_ENV });
+      const response = await send(current, "/api/auth/register", {
+        body: { email: "leet@example.test", password },
+      });
+      expect(response.status).toBe(422);
+      expect((await problem(response)).errors?.[0]?.message).toStartWith("too_weak");
+    },
+  );
+
   test("the policy reads a password's NFKC spelling and counts characters: a fullwidth or mathematical spelling of a weak password is as weak, an emoji is one character (probe 38a F2)", async () => {
     current = buildTestApp({ env: PRODUCTION_ENV });
     const target = current;
