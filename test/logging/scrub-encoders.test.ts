@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { createLogger, REDACTED } from "../../src/logging/logger";
-import { createTextScrubber } from "../../src/logging/scrub";
+import { createTextScrubber, scrubAnySpelling } from "../../src/logging/scrub";
 import { buildTestApp, LogCapture, send, type TestApp } from "../support/app";
 
 let current: TestApp | null = null;
@@ -274,6 +274,33 @@ describe("probe 14h", () => {
     expect(text).not.toContain(twice.slice(0, 60));
     expect(text).not.toContain(full(PROBE_SECRET).slice(0, 30));
     expect(text.split(REDACTED).length - 1).toBeGreaterThanOrEqual(3);
+  });
+
+  test("beside an encoded secret, UTF-8 at the edges of RFC 3629's table is decoded and what is outside it kept as sent (probe 77b F2)", () => {
+    const secret = "Sup3rS3cr3tValue-abcdefghijkl";
+    const scrub = createTextScrubber([secret], REDACTED);
+    // Encoded twice: the scrubber knows a secret's once-encoded spelling, so only the decoded
+    // text shows it, and that text is what is logged.
+    const encoded = full(full(secret));
+    const edges: [string, string][] = [
+      ["%ED%9F%BF", "\uD7FF"],
+      ["%EE%80%80", "\uE000"],
+      ["%E0%A0%80", "\u0800"],
+      ["%F0%90%80%80", "\u{10000}"],
+      ["%F4%8F%BF%BF", "\u{10FFFF}"],
+      ["%C2%80", "\u0080"],
+      // A surrogate, overlong forms and a code point past U+10FFFF: no character, kept as sent.
+      ["%ED%A0%80", "%ED%A0%80"],
+      ["%E0%80%80", "%E0%80%80"],
+      ["%F0%80%80%80", "%F0%80%80%80"],
+      ["%F4%90%80%80", "%F4%90%80%80"],
+      ["%C0%80", "%C0%80"],
+    ];
+    for (const [sent, logged] of edges) {
+      expect(scrubAnySpelling(`${sent}${encoded}${sent}%41`, scrub)).toBe(
+        `${logged}${REDACTED}${logged}A`,
+      );
+    }
   });
 
   test("a credential name is still one run of name characters holding a word, followed by = (H2's rewrite)", () => {
