@@ -152,12 +152,19 @@ function textOf(bytes: Uint8Array): string | null {
   return written.replace(TEXT_BREAKS, " ");
 }
 
-/** `utf-16le` or `utf-16be` when every other byte is 0 (text of the first 256 code points). */
+/**
+ * `utf-16le` or `utf-16be` when every other byte is 0 (text of the first 256 code points), after
+ * a byte order mark if there is one (PowerShell's `Out-File -Encoding unicode` writes it; probe
+ * 77a F4), which the decoder then drops.
+ */
 function utf16Of(bytes: Uint8Array): "utf-16le" | "utf-16be" | null {
   if (bytes.length < 4 || bytes.length % 2 !== 0) return null;
-  let oddZero = true;
-  let evenZero = true;
-  for (let i = 0; i < bytes.length; i += 2) {
+  const littleMark = bytes[0] === 0xff && bytes[1] === 0xfe;
+  const bigMark = bytes[0] === 0xfe && bytes[1] === 0xff;
+  if ((littleMark || bigMark) && bytes.length < 6) return null;
+  let oddZero = !bigMark;
+  let evenZero = !littleMark;
+  for (let i = littleMark || bigMark ? 2 : 0; i < bytes.length; i += 2) {
     if (bytes[i] !== 0) evenZero = false;
     if (bytes[i + 1] !== 0) oddZero = false;
   }

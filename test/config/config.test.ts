@@ -511,6 +511,9 @@ describe("production profile", () => {
       ["base32", "changeme-please-this-is-our-prod-key", "base32"],
       ["base32 lower case", "changeme-please-this-is-our-prod-key", "base32"],
       ["UTF-16 base64", "changeme-please-this-is-our-prod-key", "base64"],
+      // With its byte order mark, as PowerShell's `Out-File -Encoding unicode` writes it (77a F4).
+      ["UTF-16 with a BOM, base64", "changeme-please-this-is-our-prod-key", "base64"],
+      ["UTF-16BE with a BOM, hex", "changeme-please-this-is-our-prod-key", "hex"],
       ["base64", "changeme-please-this-is-our-prod-key\0", "base64"],
       ["spaced base64", "changeme-please-this-is-our-prod-key", "base64"],
       ["0x hex", "changeme-please-this-is-our-prod-key", "hex"],
@@ -520,11 +523,15 @@ describe("production profile", () => {
           ? `0x${Buffer.from(text!).toString("hex")}`
           : how === "UTF-16 base64"
             ? Buffer.from(text!, "utf16le").toString("base64")
-            : how === "spaced base64"
-              ? ` ${Buffer.from(text!).toString("base64")} `
-              : how!.startsWith("base32")
-                ? base32Of(Buffer.from(text!), how === "base32 lower case")
-                : Buffer.from(text!).toString("base64");
+            : how === "UTF-16 with a BOM, base64"
+              ? Buffer.from(`\uFEFF${text}`, "utf16le").toString("base64")
+              : how === "UTF-16BE with a BOM, hex"
+                ? Buffer.from(`\uFEFF${text}`, "utf16le").swap16().toString("hex")
+                : how === "spaced base64"
+                  ? ` ${Buffer.from(text!).toString("base64")} `
+                  : how!.startsWith("base32")
+                    ? base32Of(Buffer.from(text!), how === "base32 lower case")
+                    : Buffer.from(text!).toString("base64");
       return ["JWT_SECRET_KEY", { JWT_SECRET_KEY: encoded }, `is ${encoding} of text that`];
     }),
     // Combining marks on its letters add no character (probe 76c F5).
