@@ -60,16 +60,20 @@ const MONTH_NAME =
 const WEEKDAY =
   "(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|tue|wed|thurs|thur|thu|fri|sat|sun)\\.?";
 const ORDINAL = "(?:st|nd|rd|th)?";
+/** The start of a time after a date: `-10.00`, ` 10:00`, `T10:00`. */
+const TIME_START = "[t\\s_,-]+(?:[01]?\\d|2[0-3])[:.h-][0-5]\\d";
 /**
  * A date as people and programs write one: ISO 8601 (`2025-01-15`, `2025/1/5`, `20250115` before a
- * time, `2025-W49`), day and month either way round before the year (`05/12/2025`, `12.05.2025`),
- * a month's name (`5 Dec 2025`, `Dec 5th, 2025`, `Fri, 05 Dec 2025`), and `date`'s own (`Fri Dec  5`
- * before its time, its year after). Not inside a word or a number.
+ * time, `2025-W49`), day and month either way round before the year (`05/12/2025`, `12.05.2025`;
+ * or its last two digits before a time, `15.01.25-10.00.00`, probe 77a F5), a month's name
+ * (`5 Dec 2025`, `Dec 5th, 2025`, `Fri, 05 Dec 2025`), and `date`'s own (`Fri Dec  5` before its
+ * time, its year after). Not inside a word or a number.
  */
 const DATE = new RegExp(
   [
     `(?<!\\d)${YEAR_TEXT}([-/.])${MONTH_NUMBER}\\1${DAY_NUMBER}(?!\\d)`,
     `(?<!\\d)${DAY_NUMBER}([-/.])${DAY_NUMBER}\\2${YEAR_TEXT}(?!\\d)`,
+    `(?<!\\d)${DAY_NUMBER}([-/.])${DAY_NUMBER}\\3\\d\\d(?!\\d)(?=${TIME_START})`,
     `(?<!\\d)${YEAR_TEXT}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\\d|3[01])(?=t\\d)`,
     `(?<!\\d)${YEAR_TEXT}-?w(?:0[1-9]|[1-4]\\d|5[0-3])(?:-?[1-7])?(?!\\d)`,
     `(?<!\\p{L})(?:${WEEKDAY},?\\s*)?${DAY_NUMBER}${ORDINAL}[\\s-]?${MONTH_NAME}[\\s,-]*${YEAR_TEXT}(?!\\d)`,

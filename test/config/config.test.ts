@@ -486,6 +486,9 @@ describe("production profile", () => {
       "acme-prod-jwt-signing-key-12/05/2025 10:00:00",
       "acme-prod-jwt-signing-key-05.12.2025 10:00:00",
       "acme-prod-jwt-signing-key-Fri, 05 Dec 2025 10:00:00 GMT",
+      // Two digits of the year before a time (probe 77a F5).
+      "acme-prod-jwt-signing-key-15.01.25-10.00.00",
+      "globex-production-webhook-key-01/15/25 10:00:00",
       "acme-prod-jwt-signing-key-Fri Dec  5 10:00:00 UTC 2025",
       "acme-prod-jwt-signing-key-Dec 5th, 2025 10:00",
       "acme_prod_jwt_2025-12-05-10-00-00",

@@ -101,7 +101,8 @@ function invalid(field: string, message: string, detail = "The request body is i
 /**
  * A failed Stripe call at the edge: 503 when worth retrying, 502 when Stripe will not do it. An
  * intent is retried with its Idempotency-Key; a refund takes none (its own Stripe key is derived
- * from the payment, so a retry of the same amount is not made twice).
+ * from the payment, its refunded total and the amount, so a retry of a refund that Stripe did not
+ * make, or whose answer from Stripe was lost, is not made twice; one sent after Palisade answered is).
  */
 function upstreamError(
   failure: GatewayFailure,
@@ -350,13 +351,12 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 `Only a succeeded payment can be refunded; this one is ${outcome.status}.`,
               );
             case "in_progress":
+              // No Retry-After: a refund takes no Idempotency-Key, so the same request sent once
+              // the running refund has ended is a second refund, and a Retry-After of a second
+              // invited exactly that (probe 78a F1).
               throw new AppError(
                 "CONFLICT",
-                "A refund of this payment is in progress.",
-                undefined,
-                {
-                  "retry-after": "1",
-                },
+                "A refund of this payment is in progress. Once it has ended, the same request is another refund: check what it made (the payment's refunds in Stripe's Dashboard) before asking again.",
               );
             case "too_much":
               return invalid(

@@ -213,6 +213,14 @@ test("two admins refunding one payment at once: one refund reaches Stripe, the o
   );
   expect(responses.map((r) => r.status).sort()).toEqual([200, 409, 409, 409, 409]);
   expect(target.stripe.calls.filter((c) => c.path === "/v1/refunds")).toHaveLength(1);
+  // The 409 does not invite the same request a second later: once the first has ended, it would
+  // be another refund (probe 78a F1).
+  for (const response of responses.filter((r) => r.status === 409)) {
+    expect(response.headers.get("retry-after")).toBeNull();
+    expect(((await response.json()) as { detail: string }).detail).toContain(
+      "Once it has ended, the same request is another refund",
+    );
+  }
 });
 
 test("a refund claim the file dates further ahead than a claim's lease, or not as a time, is no claim: the refund goes ahead; one within its lease still holds (probe 50b F2)", async () => {
