@@ -705,7 +705,10 @@ describe("production profile", () => {
         () => `palisade-production-signing-key-${Buffer.from(bytes(16)).toString("base64url")}`,
         2,
       ],
-      ["labelled joined", () => `PalisadeProductionKey${drawn(letters, 32)}`],
+      // Refused about once in a few million (none of 1,000,000 measured; one run of this test met
+      // `PalisadeProductionKeyqjecjhurtgapptoouforqcapdaotltal`, its letters spelling `hurt`,
+      // `app`, `too`, `four`): one refusal is allowed so that the tail is no flaky failure.
+      ["labelled joined", () => `PalisadeProductionKey${drawn(letters, 32)}`, 1],
       // A date and time in a label, and hex after one, are counted as such (probe 76c F1, F3).
       [
         "labelled and dated base64url",
