@@ -173,6 +173,14 @@ describe("register", () => {
     expect((await problem(response)).detail).toContain("commonly used password");
   });
 
+  test("a strong piece said again is still strong: judged by the piece, not refused for repeating (probe 78b F1)", async () => {
+    current = buildTestApp({ env: PRODUCTION_ENV });
+    const response = await send(current, "/api/auth/register", {
+      body: { email: "twice@example.test", password: "Zq9!xK2#vB7$mN4&Zq9!xK2#vB7$mN4&" },
+    });
+    expect(response.status).toBe(201);
+  });
+
   test("the production policy needs 12 characters and strength 3", async () => {
     current = buildTestApp({ env: PRODUCTION_ENV });
     const weak = await send(current, "/api/auth/register", {
@@ -192,8 +200,13 @@ describe("register", () => {
     "!10v3y0|_|12",
     "tru5tn011234",
     "p@55w0rd!2345678",
+    // Said again past 20 characters: judged by the piece (probe 78b F1).
+    "jenn!fer1234jenn!fer1234",
+    "w!11!@m1234w!11!@m1234",
+    "!|0vey0|_|1234!|0vey0|_|1234",
+    "jenn!fer1234jenn!fer12",
   ])(
-    "a l33t spelling of a common password, %s, is refused in production: a password of up to 20 characters is tried with zxcvbn's 100 spellings (probe 77b F1)",
+    "a l33t spelling of a common password, %s, is refused in production: a password of up to 20 characters, or one repeating such a piece, is tried with zxcvbn's 100 spellings (probe 77b F1)",
     async (password) => {
       current = buildTestApp({ env: PRODUCTION_ENV });
       const response = await send(current, "/api/auth/register", {
