@@ -13,6 +13,18 @@ import { tempDir } from "../support/app";
 
 const STRONG = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
 /** RFC 4648 base32 of the bytes, padded, as `base32` writes it. */
+/** UTF-32 of the text: little-endian after a byte order mark in base64, or big-endian in hex. */
+function utf32Of(text: string, bigInHex: boolean): string {
+  const points = bigInHex ? [...text] : ["\uFEFF", ...text];
+  const bytes = Buffer.alloc(points.length * 4);
+  points.forEach((point, i) =>
+    bigInHex
+      ? bytes.writeUInt32BE(point.codePointAt(0)!, i * 4)
+      : bytes.writeUInt32LE(point.codePointAt(0)!, i * 4),
+  );
+  return bigInHex ? bytes.toString("hex") : bytes.toString("base64");
+}
+
 function base32Of(bytes: Uint8Array, lowerCase = false): string {
   const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
   let text = "";
@@ -517,6 +529,10 @@ describe("production profile", () => {
       // With its byte order mark, as PowerShell's `Out-File -Encoding unicode` writes it (77a F4).
       ["UTF-16 with a BOM, base64", "changeme-please-this-is-our-prod-key", "base64"],
       ["UTF-16BE with a BOM, hex", "changeme-please-this-is-our-prod-key", "hex"],
+      // Past the first 256 code points after a mark, and UTF-32 (probe 78b F4, F5).
+      ["UTF-16 with a BOM, base64", "my jwt secret – don’t share it please!", "base64"],
+      ["UTF-32 with a BOM, base64", "changeme-please-this-is-our-prod-key", "base64"],
+      ["UTF-32BE, hex", "changeme-please-this-is-our-prod-key", "hex"],
       ["base64", "changeme-please-this-is-our-prod-key\0", "base64"],
       ["spaced base64", "changeme-please-this-is-our-prod-key", "base64"],
       ["0x hex", "changeme-please-this-is-our-prod-key", "hex"],
@@ -526,15 +542,17 @@ describe("production profile", () => {
           ? `0x${Buffer.from(text!).toString("hex")}`
           : how === "UTF-16 base64"
             ? Buffer.from(text!, "utf16le").toString("base64")
-            : how === "UTF-16 with a BOM, base64"
-              ? Buffer.from(`\uFEFF${text}`, "utf16le").toString("base64")
-              : how === "UTF-16BE with a BOM, hex"
-                ? Buffer.from(`\uFEFF${text}`, "utf16le").swap16().toString("hex")
-                : how === "spaced base64"
-                  ? ` ${Buffer.from(text!).toString("base64")} `
-                  : how!.startsWith("base32")
-                    ? base32Of(Buffer.from(text!), how === "base32 lower case")
-                    : Buffer.from(text!).toString("base64");
+            : how!.startsWith("UTF-32")
+              ? utf32Of(text!, how === "UTF-32BE, hex")
+              : how === "UTF-16 with a BOM, base64"
+                ? Buffer.from(`\uFEFF${text}`, "utf16le").toString("base64")
+                : how === "UTF-16BE with a BOM, hex"
+                  ? Buffer.from(`\uFEFF${text}`, "utf16le").swap16().toString("hex")
+                  : how === "spaced base64"
+                    ? ` ${Buffer.from(text!).toString("base64")} `
+                    : how!.startsWith("base32")
+                      ? base32Of(Buffer.from(text!), how === "base32 lower case")
+                      : Buffer.from(text!).toString("base64");
       return ["JWT_SECRET_KEY", { JWT_SECRET_KEY: encoded }, `is ${encoding} of text that`];
     }),
     // Combining marks on its letters add no character (probe 76c F5).
