@@ -28,6 +28,7 @@ import {
   IdempotencyHeaders,
   IntentBody,
   METADATA_KEY_MAX_LENGTH,
+  OptionalIdempotencyHeaders,
   Payment,
   PaymentIdParams,
   PaymentListQuery,
@@ -100,9 +101,9 @@ function invalid(field: string, message: string, detail = "The request body is i
 
 /**
  * A failed Stripe call at the edge: 503 when worth retrying, 502 when Stripe will not do it. An
- * intent is retried with its Idempotency-Key; a refund takes none (its own Stripe key is derived
- * from the payment, its refunded total and the amount, so a retry of a refund that Stripe did not
- * make, or whose answer from Stripe was lost, is not made twice; one sent after Palisade answered is).
+ * intent is retried with its Idempotency-Key, and so is a refund asked with one; a refund asked
+ * without one has a Stripe key derived from the payment, its refunded total and the amount, so a
+ * retry of it while that total stands is not made twice.
  */
 function upstreamError(
   failure: GatewayFailure,
@@ -316,11 +317,17 @@ export function paymentsModule(options: PaymentsModuleOptions) {
       )
       .post(
         "/api/admin/payments/:id/refund",
-        async ({ params, body, principal, request, route, clientIp, requestId }) => {
-          const outcome = await service.refund(params.id, body?.amount, {
-            ...acting(principal, request, route, clientIp, requestId),
-            stands: standing && (() => standing.stillAdmin(principal)),
-          });
+        async ({ params, body, headers, principal, request, route, clientIp, requestId, set }) => {
+          const idempotencyKey = headers["idempotency-key"];
+          const outcome = await service.refund(
+            params.id,
+            body?.amount,
+            {
+              ...acting(principal, request, route, clientIp, requestId),
+              stands: standing && (() => standing.stillAdmin(principal)),
+            },
+            idempotencyKey,
+          );
           switch (outcome.kind) {
             case "actor_gone":
               throw lostAdmin(
@@ -329,7 +336,13 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 { route: `${request.method} ${route}`, ip: clientIp, requestId },
               );
             case "refunded":
+              if (outcome.replayed) set.headers["idempotent-replayed"] = "true";
               return { refund: outcome.refund, payment: outcome.payment };
+            case "key_reused":
+              throw new AppError(
+                "CONFLICT",
+                "This Idempotency-Key was used for a refund of another amount of this payment.",
+              );
             case "not_found":
               throw new AppError("NOT_FOUND", "No payment has that id.");
             case "earlier_refund_made":
@@ -351,12 +364,21 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 `Only a succeeded payment can be refunded; this one is ${outcome.status}.`,
               );
             case "in_progress":
-              // No Retry-After: a refund takes no Idempotency-Key, so the same request sent once
-              // the running refund has ended is a second refund, and a Retry-After of a second
-              // invited exactly that (probe 78a F1).
+              // With an Idempotency-Key, a retry is the refund asked under it, whatever ran
+              // meanwhile. Without one, the same request sent once the running refund has ended
+              // is a second refund, and a Retry-After of a second invited exactly that (probe 78a
+              // F1).
+              if (idempotencyKey !== undefined) {
+                throw new AppError(
+                  "CONFLICT",
+                  "A refund of this payment is in progress; retry with the same Idempotency-Key shortly: if the refund in progress is this key's, the retry returns it.",
+                  undefined,
+                  { "retry-after": "1" },
+                );
+              }
               throw new AppError(
                 "CONFLICT",
-                "A refund of this payment is in progress. Once it has ended, the same request is another refund: check what it made (the payment's refunds in Stripe's Dashboard) before asking again.",
+                "A refund of this payment is in progress. Once it has ended, the same request without an Idempotency-Key is another refund: check what it made (the payment's refunds in Stripe's Dashboard) before asking again, or send one.",
               );
             case "too_much":
               return invalid(
@@ -375,11 +397,13 @@ export function paymentsModule(options: PaymentsModuleOptions) {
         {
           auth: { role: "admin" },
           params: PaymentIdParams,
+          headers: OptionalIdempotencyHeaders,
           body: t.Optional(RefundBody),
           response: { 200: RefundResult, ...problemResponses(404, 409, 422, 501, 502, 503) },
           detail: {
             tags: ["admin", ...tags],
-            summary: "Refund a payment, whole or in part (audited)",
+            summary:
+              "Refund a payment, whole or in part (audited; an Idempotency-Key makes a retry that refund)",
           },
         },
       )

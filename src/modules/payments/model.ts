@@ -55,6 +55,11 @@ export const IdempotencyHeaders = t.Object({
   }),
 });
 
+/** The refund route's: optional, the same shape; with it a retry returns the refund asked under it. */
+export const OptionalIdempotencyHeaders = t.Object({
+  "idempotency-key": t.Optional(IdempotencyHeaders.properties["idempotency-key"]),
+});
+
 export const CreatedIntent = t.Object({
   id: t.String({ description: "Stripe's PaymentIntent id, `pi_…`" }),
   clientSecret: t.String({ description: "For Stripe.js on the client: confirms this intent" }),

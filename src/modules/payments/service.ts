@@ -117,7 +117,11 @@ export type RefundOutcome =
       kind: "refunded";
       refund: { id: string; amount: number; status: string };
       payment: PaymentView;
+      /** The refund asked before under this request's Idempotency-Key. */
+      replayed?: boolean;
     }
+  /** The Idempotency-Key was used for a refund of another amount of the payment. */
+  | { kind: "key_reused" }
   /**
    * A refund of another amount whose answer was lost was found made by Stripe first: recorded and
    * audited, and this refund not asked for (the admin asks again, knowing of it).
@@ -257,6 +261,35 @@ function firstRefundKey(id: string, refundedBefore: number, amount: number): str
 }
 
 /**
+ * The first Stripe idempotency key of a refund asked with the admin's Idempotency-Key: derived from
+ * the payment and that key alone, so it names the one refund whatever the refunded total has
+ * become since (probe 78a F1). Hashed: the admin's key may hold any printable character.
+ */
+export function keyedRefundKey(id: string, idempotencyKey: string): string {
+  const digest = new Bun.CryptoHasher("sha256").update(idempotencyKey).digest("hex");
+  return `palisade_refund_${id}_key_${digest}`;
+}
+
+/** Whether a refund's first key came from an admin's Idempotency-Key (keyedRefundKey). */
+function isKeyedRefund(key: string): boolean {
+  return /_key_[0-9a-f]{64}$/.test(key);
+}
+
+/**
+ * Whether `entry`, found made, is the answer to this request: with an Idempotency-Key, the refund
+ * asked under it; without one, a refund asked without one that this is a retry of (isRetryOf).
+ */
+function answers(
+  entry: UndecidedRefund,
+  keyed: string | null,
+  amount: number | undefined,
+  row: PaymentRow,
+): boolean {
+  if (keyed !== null) return entry.key === keyed;
+  return !isKeyedRefund(entry.key) && isRetryOf(entry, amount, row);
+}
+
+/**
  * Whether a refund asked of `row` for `amount` (the rest when undefined) is a retry of `entry`: of
  * its amount, or, for the rest, of what was the rest when it started (probe 61a F2: once the
  * refund of the rest was recorded, the rest was 0, and its retry was refused).
@@ -286,12 +319,11 @@ const REFUND_WALKS_KEPT = 1_000;
 async function refundPastFailures(
   gateway: PaymentGateway,
   id: string,
-  refundedBefore: number,
+  first: string,
   amount: number,
   clock: Clock,
   walks: Map<string, string>,
 ): Promise<{ result: Awaited<ReturnType<PaymentGateway["refund"]>>; key: string }> {
-  const first = firstRefundKey(id, refundedBefore, amount);
   const walkUntil = clock.now() + WALK_MS;
   const remember = (place: string) => {
     if (walks.size >= REFUND_WALKS_KEPT && !walks.has(first)) walks.clear();
@@ -745,11 +777,20 @@ export class PaymentService {
     return { kind: "created", response, replayed: false };
   }
 
+  /**
+   * Refunds the payment, `amount` or the rest. With the admin's `idempotencyKey`, the refund is the
+   * one asked under that key: a request with it again is answered with that refund (for as long as
+   * it is kept among the payment's refunds, a day), whatever the refunded total has become since;
+   * with another amount, it is `key_reused`. Without one, a retry is that refund only while the
+   * refunded total stands.
+   */
   async refund(
     id: string,
     amount: number | undefined,
     acting: ActingRequest,
+    idempotencyKey?: string,
   ): Promise<RefundOutcome> {
+    const keyed = idempotencyKey === undefined ? null : keyedRefundKey(id, idempotencyKey);
     const gateway = this.gateway;
     if (gateway === null) throw new Error("payments are not configured");
     // A refund of this payment whose ledger write still waits for a lock in this process holds the
@@ -771,10 +812,27 @@ export class PaymentService {
         }
         const entries = this.undecidedRefunds(row, now);
         const wanted = amount ?? row.amount - row.amountRefunded;
+        // The refund asked under this Idempotency-Key before: of another amount, the key reused;
+        // made, its answer again, kept for the next retry (not audited again, as an intent's).
+        const own = keyed === null ? undefined : entries.find((entry) => entry.key === keyed);
+        if (own !== undefined && !isRetryOf(own, amount, row)) {
+          return { kind: "answer", outcome: { kind: "key_reused" } };
+        }
+        if (own?.made) {
+          return {
+            kind: "answer",
+            outcome: {
+              kind: "refunded",
+              refund: { id: own.made.id, amount: own.amount, status: own.made.status },
+              payment: viewOf(row),
+              replayed: true,
+            },
+          };
+        }
         // A retry of a refund found made since its answer was lost is answered with it, whatever
         // the payment's status: charge.refunded having counted it, a retry of a refund of the
         // whole rest was refused (probe 61a F2).
-        const retried = entries.find((entry) => entry.made && isRetryOf(entry, amount, row));
+        const retried = entries.find((entry) => entry.made && answers(entry, keyed, amount, row));
         if (retried?.made) {
           this.auditRequested(acting, row, wanted);
           this.ledger.writeUndecided(
@@ -800,14 +858,14 @@ export class PaymentService {
         if (row.status !== "succeeded") {
           return { kind: "answer", outcome: { kind: "not_refundable", status: row.status } };
         }
-        return this.startRefund(id, row, amount, entries, now, acting);
+        return this.startRefund(id, row, amount, entries, now, acting, keyed);
       },
       { behavior: "immediate" },
     );
     if (claimed.kind === "answer") return claimed.outcome;
     let start: RefundStart;
     if (claimed.kind === "settle") {
-      const settled = await this.settleUndecided(gateway, claimed, amount, now, acting);
+      const settled = await this.settleUndecided(gateway, claimed, amount, now, acting, keyed);
       if (settled.kind !== "start") return settled;
       start = settled;
     } else {
@@ -819,7 +877,7 @@ export class PaymentService {
     const { result } = await refundPastFailures(
       gateway,
       id,
-      start.refundedBefore,
+      start.key,
       start.amount,
       this.clock,
       this.refundWalks,
@@ -954,6 +1012,7 @@ export class PaymentService {
     entries: UndecidedRefund[],
     now: number,
     acting: ActingRequest,
+    keyed: string | null,
     claimed = false,
   ): RefundStart | { kind: "answer"; outcome: RefundOutcome } {
     const remaining = row.amount - row.amountRefunded;
@@ -966,7 +1025,7 @@ export class PaymentService {
     // Claimed by a settle, the claim is renewed: the reads of Stripe's refunds took part of its
     // lease, and the refund's own calls must end inside one (probe 61c F1).
     this.claimRefund(id, now);
-    const key = firstRefundKey(id, row.amountRefunded, wanted);
+    const key = keyed ?? firstRefundKey(id, row.amountRefunded, wanted);
     const own = { key, amount: wanted, before: row.amountRefunded, at: now };
     this.ledger.writeUndecided(row, [...entries.filter((entry) => entry.key !== key), own]);
     return {
@@ -994,6 +1053,7 @@ export class PaymentService {
     amount: number | undefined,
     claim: number,
     acting: ActingRequest,
+    keyed: string | null,
   ): Promise<RefundStart | RefundOutcome> {
     const { row } = claimed;
     const id = row.id;
@@ -1084,12 +1144,15 @@ export class PaymentService {
             this.ledger.releaseRefund(id, claim);
             return { kind: "answer", outcome: { kind: "not_found" } } as const;
           }
-          const retried = entries.find((entry) => entry.made && isRetryOf(entry, amount, current));
+          const retried = entries.find(
+            (entry) => entry.made && answers(entry, keyed, amount, current),
+          );
           const newlyMade = found[0];
           if (retried?.made || newlyMade) {
+            // One asked under an Idempotency-Key stays, the answer to the key's next retry too.
             this.ledger.writeUndecided(
               current,
-              entries.filter((entry) => entry !== retried),
+              entries.filter((entry) => entry !== retried || keyed !== null),
             );
             this.ledger.releaseRefund(id, claim);
             const shown = retried?.made ? retried : newlyMade!.entry;
@@ -1102,7 +1165,7 @@ export class PaymentService {
             return {
               kind: "answer",
               outcome: retried?.made
-                ? { kind: "refunded", refund, payment }
+                ? { kind: "refunded", refund, payment, replayed: keyed !== null }
                 : { kind: "earlier_refund_made", refund, payment },
             } as const;
           }
@@ -1118,7 +1181,7 @@ export class PaymentService {
           // goes on, which Stripe answers as that refund (probe 61a F1: dropped, it was made
           // after the refund asked for, and its retry made it again).
           const wanted = amount ?? current.amount - current.amountRefunded;
-          const key = firstRefundKey(id, current.amountRefunded, wanted);
+          const key = keyed ?? firstRefundKey(id, current.amountRefunded, wanted);
           if (unlisted.some((entry) => entry.key !== key)) {
             const until = Math.max(...unlisted.map((entry) => entry.at)) + UNLISTED_KEPT_MS;
             return leave({
@@ -1126,7 +1189,7 @@ export class PaymentService {
               retryAfterSeconds: Math.max(1, Math.ceil((until - now) / 1000)),
             });
           }
-          return this.startRefund(id, current, amount, entries, now, acting, true);
+          return this.startRefund(id, current, amount, entries, now, acting, keyed, true);
         },
         { behavior: "immediate" },
       );
@@ -1160,6 +1223,18 @@ export class PaymentService {
         this.ledger.releaseRefund(id, claim);
       },
       { behavior: "immediate" },
+    );
+  }
+
+  /** Marks the refund whose first key is `key` made, among the payment's refunds kept. */
+  private markMade(id: string, key: string, made: NonNullable<UndecidedRefund["made"]>): void {
+    const row = this.ledger.find(id);
+    if (!row || row.refundUndecided === null) return;
+    const entries = this.ledger.undecidedOf(id, row.refundUndecided);
+    if (entries === null) return;
+    this.ledger.writeUndecided(
+      row,
+      entries.map((entry) => (entry.key === key ? { ...entry, made } : entry)),
     );
   }
 
@@ -1199,7 +1274,16 @@ export class PaymentService {
       () => {
         const entered = this.db.transaction(
           () => {
-            this.dropUndecided(id, start.key);
+            // Asked under an Idempotency-Key, it stays, made: the answer to the key's retries.
+            if (isKeyedRefund(start.key)) {
+              this.markMade(id, start.key, {
+                id: result.id,
+                status: result.status,
+                at: this.clock.now(),
+              });
+            } else {
+              this.dropUndecided(id, start.key);
+            }
             if (!settled) return this.ledger.releaseRefund(id, claim);
             const recorded = this.ledger.recordRefund(id, refundedTotal, this.clock.now(), claim);
             if (recorded.kind === "absent") {

@@ -36,7 +36,7 @@ export interface UndecidedRefund {
   made?: { id: string; status: string; at: number };
 }
 
-/** At most this many are kept on a payment: the oldest go first. */
+/** At most this many are kept on a payment: the oldest found made go first, then the oldest. */
 export const MAX_UNDECIDED_REFUNDS = 10;
 
 /** How long a refund found made stays the answer to a retry of its amount: Stripe keeps a key a day. */
@@ -57,8 +57,20 @@ export function storedUndecided(
   seal: (paymentId: string, entries: string) => string,
 ): string | null {
   if (entries.length === 0) return null;
-  const kept = JSON.stringify(entries.slice(-MAX_UNDECIDED_REFUNDS));
+  const kept = JSON.stringify(keptOf(entries));
   return JSON.stringify({ entries: JSON.parse(kept), seal: seal(paymentId, kept) });
+}
+
+/**
+ * At most MAX_UNDECIDED_REFUNDS, the oldest found made going first: one whose outcome is not known
+ * yet is what keeps a refund Stripe may have made from being made again, while one made is only
+ * the answer to a retry.
+ */
+function keptOf(entries: readonly UndecidedRefund[]): readonly UndecidedRefund[] {
+  let excess = entries.length - MAX_UNDECIDED_REFUNDS;
+  if (excess <= 0) return entries;
+  const kept = entries.filter((entry) => !(entry.made && excess-- > 0));
+  return kept.slice(-MAX_UNDECIDED_REFUNDS);
 }
 
 const isCount = (value: unknown): value is number =>

@@ -218,7 +218,7 @@ test("two admins refunding one payment at once: one refund reaches Stripe, the o
   for (const response of responses.filter((r) => r.status === 409)) {
     expect(response.headers.get("retry-after")).toBeNull();
     expect(((await response.json()) as { detail: string }).detail).toContain(
-      "Once it has ended, the same request is another refund",
+      "Once it has ended, the same request without an Idempotency-Key is another refund",
     );
   }
 });

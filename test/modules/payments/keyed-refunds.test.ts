@@ -1,0 +1,200 @@
+/**
+ * A refund asked with an Idempotency-Key is the one refund of that key: a request sent again after
+ * Palisade answered it (a proxy that timed out, a second click) returns it, whatever the refunded
+ * total has become since. Without a key, the same request after the answer was a second refund,
+ * and the in-progress 409's `Retry-After: 1` invited it (probe 78a F1); a pending refund's retry
+ * was a second refund once `charge.refunded` had counted it (78a F1b).
+ */
+import { afterEach, expect, test } from "bun:test";
+import { send } from "../../support/app";
+import { bearer } from "../../support/auth";
+import {
+  auditRows,
+  buildPaymentsApp,
+  deliver,
+  type PaymentsApp,
+  paidPayment,
+  STRIPE_TEST_KEY,
+  stripeEvent,
+} from "../../support/payments";
+
+const REFUNDS = "/v1/refunds";
+
+let current: PaymentsApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+function refund(
+  target: PaymentsApp,
+  id: string,
+  admin: { accessToken: string },
+  body: unknown,
+  key?: string,
+) {
+  return send(target, `/api/admin/payments/${id}/refund`, {
+    body,
+    headers: {
+      ...bearer(admin.accessToken),
+      ...(key === undefined ? {} : { "idempotency-key": key }),
+    },
+  });
+}
+
+async function stripeRefundsOf(target: PaymentsApp, id: string) {
+  const listed = await fetch(`${target.stripe.url}${REFUNDS}?payment_intent=${id}&limit=100`, {
+    headers: { authorization: `Bearer ${STRIPE_TEST_KEY}` },
+  });
+  return ((await listed.json()) as { data: { id: string; amount: number }[] }).data;
+}
+
+const refunded = (target: PaymentsApp, id: string) =>
+  target.db.$client
+    .query<{ refunded: number }, [string]>(
+      "SELECT amount_refunded AS refunded FROM payments WHERE id = ?",
+    )
+    .get(id)?.refunded;
+
+type RefundAnswer = { refund: { id: string; amount: number; status: string } };
+
+test("the same request with its Idempotency-Key after the answer is that refund, not a second: one at Stripe, one in the ledger, audited once", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 3000);
+  const first = await refund(current, id, admin, { amount: 1000 }, "refund-order-17");
+  expect(first.status).toBe(200);
+  expect(first.headers.get("idempotent-replayed")).toBeNull();
+  const made = ((await first.json()) as RefundAnswer).refund;
+
+  for (const body of [{ amount: 1000 }, { amount: 1000 }]) {
+    const again = await refund(current, id, admin, body, "refund-order-17");
+    expect(again.status).toBe(200);
+    expect(again.headers.get("idempotent-replayed")).toBe("true");
+    expect(((await again.json()) as RefundAnswer).refund).toEqual(made);
+  }
+  expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  expect(refunded(current, id)).toBe(1000);
+  expect(auditRows(current, "payment.refund")).toHaveLength(1);
+
+  // Another key is another refund; the same amount without a key too (never the keyed one's).
+  expect((await refund(current, id, admin, { amount: 1000 }, "refund-order-18")).status).toBe(200);
+  const keyless = await refund(current, id, admin, { amount: 1000 });
+  expect(keyless.status).toBe(200);
+  expect(((await keyless.json()) as RefundAnswer).refund.id).not.toBe(made.id);
+  expect(await stripeRefundsOf(current, id)).toHaveLength(3);
+  expect(refunded(current, id)).toBe(3000);
+});
+
+test("a refund of the rest asked with a key is that refund again without an amount, and with its amount", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 3000);
+  const first = await refund(current, id, admin, {}, "whole");
+  expect(first.status).toBe(200);
+  const made = ((await first.json()) as RefundAnswer).refund;
+  expect(made.amount).toBe(3000);
+  for (const body of [{}, { amount: 3000 }]) {
+    const again = await refund(current, id, admin, body, "whole");
+    expect(again.status).toBe(200);
+    expect(((await again.json()) as RefundAnswer).refund.id).toBe(made.id);
+  }
+  expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+});
+
+test("the key with another amount is 409 and asks Stripe nothing", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 3000);
+  expect((await refund(current, id, admin, { amount: 1000 }, "k1")).status).toBe(200);
+  const other = await refund(current, id, admin, { amount: 500 }, "k1");
+  expect(other.status).toBe(409);
+  const problem = (await other.json()) as { code: string; detail: string };
+  expect(problem.code).toBe("CONFLICT");
+  expect(problem.detail).toContain("another amount");
+  expect(current.stripe.created(REFUNDS)).toBe(1);
+  expect(refunded(current, id)).toBe(1000);
+});
+
+test("five at once with one key: one refund at Stripe; those refused meanwhile are told to retry with the key, and the retry is that refund", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const { admin, id } = await paidPayment(target, 3000);
+  target.stripe.delayMs = 200;
+  const responses = await Promise.all(
+    Array.from({ length: 5 }, () => refund(target, id, admin, { amount: 1000 }, "burst")),
+  );
+  target.stripe.delayMs = 0;
+  expect(responses.map((r) => r.status).sort()).toEqual([200, 409, 409, 409, 409]);
+  const made = ((await responses.find((r) => r.status === 200)!.json()) as RefundAnswer).refund;
+  for (const response of responses.filter((r) => r.status === 409)) {
+    expect(response.headers.get("retry-after")).toBe("1");
+    const retried = await refund(target, id, admin, { amount: 1000 }, "burst");
+    expect(retried.status).toBe(200);
+    expect(((await retried.json()) as RefundAnswer).refund.id).toBe(made.id);
+  }
+  expect(target.stripe.created(REFUNDS)).toBe(1);
+  expect(refunded(target, id)).toBe(1000);
+});
+
+test("a pending refund asked with a key stays its answer after charge.refunded counted it (probe 78a F1b)", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 3000);
+  current.stripe.refundStatusNext("pending");
+  const first = await refund(current, id, admin, { amount: 1000 }, "slow-bank");
+  expect(first.status).toBe(200);
+  const made = ((await first.json()) as RefundAnswer).refund;
+  expect(made.status).toBe("pending");
+  const delivered = await deliver(
+    current,
+    stripeEvent("charge.refunded", {
+      id: `ch_${id.slice(3)}`,
+      object: "charge",
+      payment_intent: id,
+      amount_refunded: 1000,
+    }),
+  );
+  expect(delivered.status).toBe(200);
+  expect(refunded(current, id)).toBe(1000);
+  const again = await refund(current, id, admin, { amount: 1000 }, "slow-bank");
+  expect(again.status).toBe(200);
+  expect(((await again.json()) as RefundAnswer).refund.id).toBe(made.id);
+  expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  expect(refunded(current, id)).toBe(1000);
+});
+
+test("a keyed refund Stripe made whose answer was lost, then charge.refunded: the retry with the key is that refund", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 5000);
+  current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false, executed: true });
+  const first = await refund(current, id, admin, { amount: 1000 }, "lost");
+  expect(first.status).toBe(503);
+  const delivered = await deliver(
+    current,
+    stripeEvent("charge.refunded", {
+      id: `ch_${id.slice(3)}`,
+      object: "charge",
+      payment_intent: id,
+      amount_refunded: 1000,
+    }),
+  );
+  expect(delivered.status).toBe(200);
+  const retried = await refund(current, id, admin, { amount: 1000 }, "lost");
+  expect(retried.status).toBe(200);
+  const made = await stripeRefundsOf(current, id);
+  expect(made).toHaveLength(1);
+  expect(((await retried.json()) as RefundAnswer).refund.id).toBe(made[0]!.id);
+  expect(refunded(current, id)).toBe(1000);
+  // And again: still that refund.
+  const third = await refund(current, id, admin, { amount: 1000 }, "lost");
+  expect(((await third.json()) as RefundAnswer).refund.id).toBe(made[0]!.id);
+  expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  expect(auditRows(current, "payment.refund")).toHaveLength(1);
+});
+
+test("an Idempotency-Key that is not 1–255 printable ASCII characters is 422, and nothing is refunded", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 3000);
+  for (const key of ["x".repeat(256), "tab\there", " "]) {
+    const response = await refund(current, id, admin, { amount: 1000 }, key);
+    expect([key.length, response.status]).toEqual([key.length, 422]);
+  }
+  expect(current.stripe.created(REFUNDS)).toBe(0);
+});
