@@ -45,7 +45,12 @@ import {
   type PaymentGateway,
   REFUNDS_NOT_READ_WHOLE,
 } from "./stripe-client";
-import { MADE_KEPT_MS, UNLISTED_KEPT_MS, type UndecidedRefund } from "./undecided-refund";
+import {
+  isKeyedRefund,
+  MADE_KEPT_MS,
+  UNLISTED_KEPT_MS,
+  type UndecidedRefund,
+} from "./undecided-refund";
 
 export const CLAIM_LEASE_MS = 120_000;
 
@@ -268,11 +273,6 @@ function firstRefundKey(id: string, refundedBefore: number, amount: number): str
 export function keyedRefundKey(id: string, idempotencyKey: string): string {
   const digest = new Bun.CryptoHasher("sha256").update(idempotencyKey).digest("hex");
   return `palisade_refund_${id}_key_${digest}`;
-}
-
-/** Whether a refund's first key came from an admin's Idempotency-Key (keyedRefundKey). */
-function isKeyedRefund(key: string): boolean {
-  return /_key_[0-9a-f]{64}$/.test(key);
 }
 
 /**
@@ -1261,7 +1261,13 @@ export class PaymentService {
     result: CreatedRefund,
     acting: ActingRequest,
   ): RefundOutcome {
-    const settled = result.status === "succeeded";
+    // A refund asked under an Idempotency-Key that Stripe answers as made before is not counted
+    // here: its Stripe key holds whatever the refunded total has become, so a retry once its entry
+    // had gone (ten keyed refunds later, cleared, or past its day) counted it again on top of
+    // itself (probe 78c F1). Whether it was counted is not known here; its charge.refunded, whose
+    // total is Stripe's, records it if it was not.
+    const mayBeCounted = result.replayed && isKeyedRefund(start.key);
+    const settled = result.status === "succeeded" && !mayBeCounted;
     const refundedTotal = start.refundedBefore + result.amount;
     const made = {
       requestId: acting.requestId,
@@ -1307,6 +1313,7 @@ export class PaymentService {
     return {
       kind: "refunded",
       refund: { id: result.id, amount: result.amount, status: result.status },
+      replayed: isKeyedRefund(start.key) && result.replayed,
       // The payment as this refund leaves it, from the row verified when it started: not read
       // again, so neither a lock nor a row changed meanwhile turns a refund made into an error.
       payment: viewOf(settled ? this.ledger.afterRefund(start.row, refundedTotal) : start.row),

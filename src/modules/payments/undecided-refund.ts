@@ -36,7 +36,7 @@ export interface UndecidedRefund {
   made?: { id: string; status: string; at: number };
 }
 
-/** At most this many are kept on a payment: the oldest found made go first, then the oldest. */
+/** At most this many are kept on a payment (keptOf says which go first). */
 export const MAX_UNDECIDED_REFUNDS = 10;
 
 /** How long a refund found made stays the answer to a retry of its amount: Stripe keeps a key a day. */
@@ -61,16 +61,30 @@ export function storedUndecided(
   return JSON.stringify({ entries: JSON.parse(kept), seal: seal(paymentId, kept) });
 }
 
+/** Whether a refund's first key came from an admin's Idempotency-Key (service.ts keyedRefundKey). */
+export function isKeyedRefund(key: string): boolean {
+  return /_key_[0-9a-f]{64}$/.test(key);
+}
+
 /**
- * At most MAX_UNDECIDED_REFUNDS, the oldest found made going first: one whose outcome is not known
- * yet is what keeps a refund Stripe may have made from being made again, while one made is only
- * the answer to a retry.
+ * At most MAX_UNDECIDED_REFUNDS. The oldest asked under an Idempotency-Key and found made go first:
+ * their Stripe key holds, so a retry without the entry is Stripe's replay of the same refund. Then
+ * the oldest other ones found made, whose retry without the entry would derive a new key and make
+ * a second refund (probe 78c F2: ten keyed refunds pushed out the made entry a 503's retry needed).
+ * Last, the oldest whose outcome is not known, which keep a refund Stripe may have made from being
+ * made again.
  */
 function keptOf(entries: readonly UndecidedRefund[]): readonly UndecidedRefund[] {
   let excess = entries.length - MAX_UNDECIDED_REFUNDS;
   if (excess <= 0) return entries;
-  const kept = entries.filter((entry) => !(entry.made && excess-- > 0));
-  return kept.slice(-MAX_UNDECIDED_REFUNDS);
+  const without = (list: readonly UndecidedRefund[], goes: (entry: UndecidedRefund) => boolean) =>
+    list.filter((entry) => !(excess > 0 && goes(entry) && excess-- > 0));
+  const lessKeyed = without(
+    entries,
+    (entry) => entry.made !== undefined && isKeyedRefund(entry.key),
+  );
+  const lessMade = without(lessKeyed, (entry) => entry.made !== undefined);
+  return lessMade.slice(-MAX_UNDECIDED_REFUNDS);
 }
 
 const isCount = (value: unknown): value is number =>

@@ -6,6 +6,7 @@
  * was a second refund once `charge.refunded` had counted it (78a F1b).
  */
 import { afterEach, expect, test } from "bun:test";
+import type { PaymentsFeature } from "../../../src/modules/payments/feature";
 import { send } from "../../support/app";
 import { bearer } from "../../support/auth";
 import {
@@ -197,4 +198,54 @@ test("an Idempotency-Key that is not 1–255 printable ASCII characters is 422, 
     expect([key.length, response.status]).toEqual([key.length, 422]);
   }
   expect(current.stripe.created(REFUNDS)).toBe(0);
+});
+
+test("a keyed retry once its entry has gone (ten keyed refunds later) is Stripe's replay of that refund, not counted again (probe 78c F1)", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 20000);
+  const first = await refund(current, id, admin, { amount: 1000 }, "k0");
+  const made = ((await first.json()) as RefundAnswer).refund;
+  for (let i = 1; i <= 10; i++) {
+    expect((await refund(current, id, admin, { amount: 1000 }, `k${i}`)).status).toBe(200);
+  }
+  expect(refunded(current, id)).toBe(11000);
+  const again = await refund(current, id, admin, { amount: 1000 }, "k0");
+  expect(again.status).toBe(200);
+  expect(((await again.json()) as RefundAnswer).refund.id).toBe(made.id);
+  expect(await stripeRefundsOf(current, id)).toHaveLength(11);
+  expect(refunded(current, id)).toBe(11000);
+  expect(auditRows(current, "payment.refund")).toHaveLength(11);
+});
+
+test("a keyed retry after an operator cleared the payment's kept refunds is not counted twice (probe 78c F1)", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 3000);
+  expect((await refund(current, id, admin, { amount: 1000 }, "cleared")).status).toBe(200);
+  const payments = current.services.features.find(
+    (feature) => feature.name === "payments",
+  ) as PaymentsFeature;
+  const cleared = payments.service.clearUndecided(id);
+  expect(cleared.kind).toBe("cleared");
+  const again = await refund(current, id, admin, { amount: 1000 }, "cleared");
+  expect(again.status).toBe(200);
+  expect(await stripeRefundsOf(current, id)).toHaveLength(1);
+  expect(refunded(current, id)).toBe(1000);
+});
+
+test("ten keyed refunds do not push out the refund found made that a keyless 503's retry is answered with (probe 78c F2)", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 20000);
+  current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false, executed: true });
+  expect((await refund(current, id, admin, { amount: 1000 })).status).toBe(503);
+  // The next refund finds it made (409, told of it) and keeps it as the retry's answer.
+  expect((await refund(current, id, admin, { amount: 500 }, "k-first")).status).toBe(409);
+  for (let i = 1; i <= 10; i++) {
+    expect((await refund(current, id, admin, { amount: 500 }, `k${i}`)).status).toBe(200);
+  }
+  const retry = await refund(current, id, admin, { amount: 1000 });
+  expect(retry.status).toBe(200);
+  const ofThousand = (await stripeRefundsOf(current, id)).filter((r) => r.amount === 1000);
+  expect(ofThousand).toHaveLength(1);
+  expect(((await retry.json()) as RefundAnswer).refund.id).toBe(ofThousand[0]!.id);
+  expect(refunded(current, id)).toBe(6000);
 });
