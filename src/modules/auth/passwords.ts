@@ -120,7 +120,8 @@ export async function createPasswordChecker(
     const whole = longChecker.check(password, userInputs);
     // zxcvbn judges a repeat by its piece, with the checker's spellings: `jenn!fer1234` twice
     // had ten, scored 4 and passed (probe 78b F1). A piece said again adds next to nothing.
-    const piece = repeatedPiece(password);
+    // In any letter case: `Jenn!fer1234jenn!fer1234` and a second copy in capitals passed (78d P1).
+    const piece = repeatedPiece(password.toLowerCase());
     if (piece === null) return whole;
     const ofPiece = shortChecker.check(piece, userInputs);
     return ofPiece.score < whole.score ? ofPiece : whole;

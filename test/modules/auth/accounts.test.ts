@@ -205,6 +205,8 @@ describe("register", () => {
     "w!11!@m1234w!11!@m1234",
     "!|0vey0|_|1234!|0vey0|_|1234",
     "jenn!fer1234jenn!fer12",
+    "Jenn!fer1234jenn!fer1234",
+    "p@$$w0rd1234P@$$W0RD1234",
   ])(
     "a l33t spelling of a common password, %s, is refused in production: a password of up to 20 characters, or one repeating such a piece, is tried with zxcvbn's 100 spellings (probe 77b F1)",
     async (password) => {
