@@ -17,11 +17,10 @@ const STRONG = "k3J9xQ2mP7vL4nR8tW1yZ6bC5dF0gH3j";
 function utf32Of(text: string, bigInHex: boolean): string {
   const points = bigInHex ? [...text] : ["\uFEFF", ...text];
   const bytes = Buffer.alloc(points.length * 4);
-  points.forEach((point, i) =>
-    bigInHex
-      ? bytes.writeUInt32BE(point.codePointAt(0)!, i * 4)
-      : bytes.writeUInt32LE(point.codePointAt(0)!, i * 4),
-  );
+  for (const [i, point] of points.entries()) {
+    if (bigInHex) bytes.writeUInt32BE(point.codePointAt(0)!, i * 4);
+    else bytes.writeUInt32LE(point.codePointAt(0)!, i * 4);
+  }
   return bigInHex ? bytes.toString("hex") : bytes.toString("base64");
 }
 
