@@ -238,3 +238,25 @@ export async function refundMadeAtStripeUnder(
   expect(made.status).toBe(200);
   return ((await made.json()) as { id: string }).id;
 }
+
+/** The refunds the local Stripe holds of a payment, newest first, read as Stripe lists them. */
+export async function stripeRefundsOf(target: PaymentsApp, id: string) {
+  const listed = await fetch(`${target.stripe.url}/v1/refunds?payment_intent=${id}&limit=100`, {
+    headers: { authorization: `Bearer ${STRIPE_TEST_KEY}` },
+  });
+  return ((await listed.json()) as { data: { id: string; amount: number }[] }).data;
+}
+
+/** Stripe's `charge.refunded` for payment `id`, the charge's refunded total `total`, delivered. */
+export async function chargeRefunded(target: PaymentsApp, id: string, total: number) {
+  const delivered = await deliver(
+    target,
+    stripeEvent("charge.refunded", {
+      id: `ch_${id.slice(3)}`,
+      object: "charge",
+      payment_intent: id,
+      amount_refunded: total,
+    }),
+  );
+  expect(delivered.status).toBe(200);
+}

@@ -812,39 +812,31 @@ export class PaymentService {
         }
         const entries = this.undecidedRefunds(row, now);
         const wanted = amount ?? row.amount - row.amountRefunded;
-        // The refund asked under this Idempotency-Key before: of another amount, the key reused;
-        // made, its answer again, kept for the next retry (not audited again, as an intent's).
+        // The refund asked under this Idempotency-Key before, of another amount: the key reused.
         const own = keyed === null ? undefined : entries.find((entry) => entry.key === keyed);
         if (own !== undefined && !isRetryOf(own, amount, row)) {
           return { kind: "answer", outcome: { kind: "key_reused" } };
         }
-        if (own?.made) {
-          return {
-            kind: "answer",
-            outcome: {
-              kind: "refunded",
-              refund: { id: own.made.id, amount: own.amount, status: own.made.status },
-              payment: viewOf(row),
-              replayed: true,
-            },
-          };
-        }
         // A retry of a refund found made since its answer was lost is answered with it, whatever
         // the payment's status: charge.refunded having counted it, a retry of a refund of the
-        // whole rest was refused (probe 61a F2).
+        // whole rest was refused (probe 61a F2). One asked under this request's Idempotency-Key is
+        // its answer again, kept for the key's next retry and not audited again (as an intent's).
         const retried = entries.find((entry) => entry.made && answers(entry, keyed, amount, row));
         if (retried?.made) {
-          this.auditRequested(acting, row, wanted);
-          this.ledger.writeUndecided(
-            row,
-            entries.filter((entry) => entry !== retried),
-          );
+          if (keyed === null) {
+            this.auditRequested(acting, row, wanted);
+            this.ledger.writeUndecided(
+              row,
+              entries.filter((entry) => entry !== retried),
+            );
+          }
           return {
             kind: "answer",
             outcome: {
               kind: "refunded",
               refund: { id: retried.made.id, amount: retried.amount, status: retried.made.status },
               payment: viewOf(row),
+              replayed: keyed !== null,
             },
           };
         }
@@ -1228,26 +1220,26 @@ export class PaymentService {
 
   /** Marks the refund whose first key is `key` made, among the payment's refunds kept. */
   private markMade(id: string, key: string, made: NonNullable<UndecidedRefund["made"]>): void {
-    const row = this.ledger.find(id);
-    if (!row || row.refundUndecided === null) return;
-    const entries = this.ledger.undecidedOf(id, row.refundUndecided);
-    if (entries === null) return;
-    this.ledger.writeUndecided(
-      row,
+    this.rewriteUndecided(id, (entries) =>
       entries.map((entry) => (entry.key === key ? { ...entry, made } : entry)),
     );
   }
 
   /** Takes the refund whose first key is `key` off the payment's undecided ones. */
   private dropUndecided(id: string, key: string): void {
+    this.rewriteUndecided(id, (entries) => entries.filter((entry) => entry.key !== key));
+  }
+
+  /** Writes the payment's kept refunds as `change` makes them, when it has a list Palisade wrote. */
+  private rewriteUndecided(
+    id: string,
+    change: (entries: UndecidedRefund[]) => UndecidedRefund[],
+  ): void {
     const row = this.ledger.find(id);
     if (!row || row.refundUndecided === null) return;
     const entries = this.ledger.undecidedOf(id, row.refundUndecided);
     if (entries === null) return;
-    this.ledger.writeUndecided(
-      row,
-      entries.filter((entry) => entry.key !== key),
-    );
+    this.ledger.writeUndecided(row, change(entries));
   }
 
   /**

@@ -12,11 +12,10 @@ import { bearer } from "../../support/auth";
 import {
   auditRows,
   buildPaymentsApp,
-  deliver,
+  chargeRefunded,
   type PaymentsApp,
   paidPayment,
-  STRIPE_TEST_KEY,
-  stripeEvent,
+  stripeRefundsOf,
 } from "../../support/payments";
 
 const REFUNDS = "/v1/refunds";
@@ -41,13 +40,6 @@ function refund(
       ...(key === undefined ? {} : { "idempotency-key": key }),
     },
   });
-}
-
-async function stripeRefundsOf(target: PaymentsApp, id: string) {
-  const listed = await fetch(`${target.stripe.url}${REFUNDS}?payment_intent=${id}&limit=100`, {
-    headers: { authorization: `Bearer ${STRIPE_TEST_KEY}` },
-  });
-  return ((await listed.json()) as { data: { id: string; amount: number }[] }).data;
 }
 
 const refunded = (target: PaymentsApp, id: string) =>
@@ -143,16 +135,7 @@ test("a pending refund asked with a key stays its answer after charge.refunded c
   expect(first.status).toBe(200);
   const made = ((await first.json()) as RefundAnswer).refund;
   expect(made.status).toBe("pending");
-  const delivered = await deliver(
-    current,
-    stripeEvent("charge.refunded", {
-      id: `ch_${id.slice(3)}`,
-      object: "charge",
-      payment_intent: id,
-      amount_refunded: 1000,
-    }),
-  );
-  expect(delivered.status).toBe(200);
+  await chargeRefunded(current, id, 1000);
   expect(refunded(current, id)).toBe(1000);
   const again = await refund(current, id, admin, { amount: 1000 }, "slow-bank");
   expect(again.status).toBe(200);
@@ -167,16 +150,7 @@ test("a keyed refund Stripe made whose answer was lost, then charge.refunded: th
   current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false, executed: true });
   const first = await refund(current, id, admin, { amount: 1000 }, "lost");
   expect(first.status).toBe(503);
-  const delivered = await deliver(
-    current,
-    stripeEvent("charge.refunded", {
-      id: `ch_${id.slice(3)}`,
-      object: "charge",
-      payment_intent: id,
-      amount_refunded: 1000,
-    }),
-  );
-  expect(delivered.status).toBe(200);
+  await chargeRefunded(current, id, 1000);
   const retried = await refund(current, id, admin, { amount: 1000 }, "lost");
   expect(retried.status).toBe(200);
   const made = await stripeRefundsOf(current, id);

@@ -22,6 +22,7 @@ import {
   STRIPE_TEST_KEY,
   signStripe,
   stripeEvent,
+  stripeRefundsOf,
   succeed,
 } from "../../support/payments";
 
@@ -43,14 +44,6 @@ const refunding = (id: string, admin: { accessToken: string }) => () =>
     body: { amount: 1000 },
     headers: bearer(admin.accessToken),
   });
-
-/** The refunds the local Stripe holds of a payment, newest first, read as Stripe lists them. */
-async function stripeRefundsOf(target: PaymentsApp, id: string) {
-  const listed = await fetch(`${target.stripe.url}/v1/refunds?payment_intent=${id}&limit=100`, {
-    headers: { authorization: `Bearer ${STRIPE_TEST_KEY}` },
-  });
-  return ((await listed.json()) as { data: { id: string; amount: number }[] }).data;
-}
 
 /** Stripe made the refund Palisade's first call asked for, and its answer never came back. */
 const refundMadeAtStripe = (target: PaymentsApp, id: string) =>

@@ -17,12 +17,11 @@ import { migrationTagsFrom, putBackBefore } from "../../support/migrations";
 import {
   auditRows,
   buildPaymentsApp,
-  deliver,
+  chargeRefunded,
   type PaymentsApp,
   paidPayment,
   refundMadeAtStripeUnder,
-  STRIPE_TEST_KEY,
-  stripeEvent,
+  stripeRefundsOf,
 } from "../../support/payments";
 
 const REFUNDS = "/v1/refunds";
@@ -38,27 +37,6 @@ const refund = (id: string, admin: { accessToken: string }, amount: number) =>
     body: { amount },
     headers: bearer(admin.accessToken),
   });
-
-async function stripeRefundsOf(target: PaymentsApp, id: string) {
-  const listed = await fetch(`${target.stripe.url}${REFUNDS}?payment_intent=${id}&limit=100`, {
-    headers: { authorization: `Bearer ${STRIPE_TEST_KEY}` },
-  });
-  return ((await listed.json()) as { data: { id: string; amount: number }[] }).data;
-}
-
-/** Stripe's `charge.refunded` for payment `id`, the charge's refunded total `total`. */
-async function chargeRefunded(target: PaymentsApp, id: string, total: number) {
-  const delivered = await deliver(
-    target,
-    stripeEvent("charge.refunded", {
-      id: `ch_${id.slice(3)}`,
-      object: "charge",
-      payment_intent: id,
-      amount_refunded: total,
-    }),
-  );
-  expect(delivered.status).toBe(200);
-}
 
 const storedUndecided = (target: PaymentsApp, id: string) =>
   target.db.$client
