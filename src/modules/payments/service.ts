@@ -47,6 +47,7 @@ import {
 } from "./stripe-client";
 import {
   isKeyedRefund,
+  keyedRefundKey,
   MADE_KEPT_MS,
   UNLISTED_KEPT_MS,
   type UndecidedRefund,
@@ -263,16 +264,6 @@ async function intentPastKeptErrors(
 /** A refund's first Stripe idempotency key: the payment, its refunded total before, the amount. */
 function firstRefundKey(id: string, refundedBefore: number, amount: number): string {
   return `palisade_refund_${id}_${refundedBefore}_${amount}`;
-}
-
-/**
- * The first Stripe idempotency key of a refund asked with the admin's Idempotency-Key: derived from
- * the payment and that key alone, so it names the one refund whatever the refunded total has
- * become since (probe 78a F1). Hashed: the admin's key may hold any printable character.
- */
-export function keyedRefundKey(id: string, idempotencyKey: string): string {
-  const digest = new Bun.CryptoHasher("sha256").update(idempotencyKey).digest("hex");
-  return `palisade_refund_${id}_key_${digest}`;
 }
 
 /**

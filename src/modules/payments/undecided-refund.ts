@@ -61,7 +61,17 @@ export function storedUndecided(
   return JSON.stringify({ entries: JSON.parse(kept), seal: seal(paymentId, kept) });
 }
 
-/** Whether a refund's first key came from an admin's Idempotency-Key (service.ts keyedRefundKey). */
+/**
+ * The first Stripe idempotency key of a refund asked with the admin's Idempotency-Key: derived from
+ * the payment and that key alone, so it names the one refund whatever the refunded total has
+ * become since (probe 78a F1). Hashed: the admin's key may hold any printable character.
+ */
+export function keyedRefundKey(id: string, idempotencyKey: string): string {
+  const digest = new Bun.CryptoHasher("sha256").update(idempotencyKey).digest("hex");
+  return `palisade_refund_${id}_key_${digest}`;
+}
+
+/** Whether a refund's first key is one keyedRefundKey made. */
 export function isKeyedRefund(key: string): boolean {
   return /_key_[0-9a-f]{64}$/.test(key);
 }
@@ -78,7 +88,11 @@ function keptOf(entries: readonly UndecidedRefund[]): readonly UndecidedRefund[]
   let excess = entries.length - MAX_UNDECIDED_REFUNDS;
   if (excess <= 0) return entries;
   const without = (list: readonly UndecidedRefund[], goes: (entry: UndecidedRefund) => boolean) =>
-    list.filter((entry) => !(excess > 0 && goes(entry) && excess-- > 0));
+    list.filter((entry) => {
+      if (excess === 0 || !goes(entry)) return true;
+      excess--;
+      return false;
+    });
   const lessKeyed = without(
     entries,
     (entry) => entry.made !== undefined && isKeyedRefund(entry.key),
