@@ -262,6 +262,7 @@ export function createCore(options: CoreOptions): Core {
   const credentialSeal = createCredentialSeal(
     config.audit.secretKey,
     tamperReporter({ logger, audit }),
+    (principal) => audit.erasedAs(principal) !== null,
   );
   const credentials = new CredentialVerifier({
     sqlite,

@@ -28,6 +28,7 @@ import {
   type SealedPayment,
 } from "./modules/payments/seal";
 import { createOutboxSeal, type SealedOutboxRow } from "./modules/webhooks/outbox-seal";
+import { AuditKeys } from "./plugins/audit/chain";
 import {
   createCredentialSeal,
   type SealedAccount,
@@ -46,7 +47,7 @@ export interface SealFinding {
    * that hold what Palisade never writes, which the service reads as tampered or shows as no usage
    * (modules/chat/readable-columns.ts).
    */
-  part?: "lineage" | "rotation_mark" | "chain" | "times" | "usage";
+  part?: "lineage" | "rotation_mark" | "chain" | "times" | "usage" | "erased";
 }
 
 export type SweptTable =
@@ -85,6 +86,11 @@ export interface SealSweep {
    * `usage`): no seal covers those columns, so "does not match its seal" would not be true of them.
    */
   unreadable: number;
+  /**
+   * Of them, account rows and keys in force of a principal the audit log records erased: their seal
+   * holds (copied back, seal and all, from before the erasure), and the service refuses them.
+   */
+  restored: number;
   /** The first `maxFindings` failures, in the order found. */
   findings: SealFinding[];
 }
@@ -107,10 +113,17 @@ export function sweepSeals(
   const maxFindings = options.maxFindings ?? DEFAULT_MAX_FINDINGS;
   const zero = () =>
     Object.fromEntries(SWEPT_TABLES.map((table) => [table, 0])) as Record<SweptTable, number>;
-  const sweep: SealSweep = { checked: zero(), failed: zero(), unreadable: 0, findings: [] };
+  const sweep: SealSweep = {
+    checked: zero(),
+    failed: zero(),
+    unreadable: 0,
+    restored: 0,
+    findings: [],
+  };
   const fail = (table: SweptTable, rawId: unknown, part?: SealFinding["part"]) => {
     sweep.failed[table]++;
     if (part === "times" || part === "usage") sweep.unreadable++;
+    if (part === "erased") sweep.restored++;
     if (sweep.findings.length >= maxFindings) return;
     const id = namedId(rawId);
     sweep.findings.push(part === undefined ? { table, id } : { table, id, part });
@@ -123,13 +136,27 @@ export function sweepSeals(
     }
   };
 
-  const credentials = createCredentialSeal(auditSecret);
+  // Which of a credential's checks refused it: its seal, or its principal's erasure.
+  let erasedFound = false;
+  const credentials = createCredentialSeal(
+    auditSecret,
+    (_table, _id, part) => {
+      erasedFound ||= part === "erased";
+    },
+    erasedPrincipals(sqlite, auditSecret),
+  );
+  const credentialRefused = (intact: () => boolean): SealFinding["part"] | null => {
+    erasedFound = false;
+    if (intact()) return null;
+    return erasedFound ? "erased" : undefined;
+  };
   each<SealedAccount & { seal: string | null }>(
     "users",
     `SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal
      FROM users ORDER BY id`,
     (row) => {
-      if (!credentials.intact.account(row)) fail("users", row.id);
+      const refused = credentialRefused(() => credentials.intact.account(row));
+      if (refused !== null) fail("users", row.id, refused);
     },
   );
   each<
@@ -149,7 +176,8 @@ export function sweepSeals(
     (row) => {
       // One finding a row at most, the row's own seal first: a key whose own seal fails is refused
       // whatever its lineage says.
-      if (!credentials.intact.apiKey(row)) fail("api_keys", row.id);
+      const refused = credentialRefused(() => credentials.intact.apiKey(row));
+      if (refused !== null) fail("api_keys", row.id, refused);
       else if (!credentials.intact.lineage(row)) fail("api_keys", row.id, "lineage");
       else if (!credentials.intact.successor(row)) fail("api_keys", row.id, "rotation_mark");
     },
@@ -290,4 +318,16 @@ function sweepMessages(
       else if (unreadableUsage(row)) fail("chat_messages", id, "usage");
     },
   );
+}
+
+/**
+ * Whether the audit log records `principal` erased (`audit_erased_actors`, keyed by the principal's
+ * keyed pseudonym, which no one without AUDIT_SECRET_KEY can make for a living one).
+ */
+function erasedPrincipals(sqlite: Database, auditSecret: string): (principal: string) => boolean {
+  const keys = new AuditKeys(auditSecret);
+  const recorded = sqlite.query<{ one: number }, [string]>(
+    "SELECT 1 AS one FROM audit_erased_actors WHERE actor_key = ?1",
+  );
+  return (principal) => recorded.get(keys.pseudonym(principal)) !== null;
 }

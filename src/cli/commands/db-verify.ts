@@ -205,8 +205,8 @@ export function failedRows(sweep: SealSweep): number {
  * time or count Palisade never writes (their seal holds: probe 44a).
  */
 export function findingsPhrase(sweep: SealSweep): string {
-  const unreadable = sweep.unreadable;
-  const unsealed = failedRows(sweep) - unreadable;
+  const { unreadable, restored } = sweep;
+  const unsealed = failedRows(sweep) - unreadable - restored;
   const phrases: string[] = [];
   if (unsealed > 0) {
     phrases.push(
@@ -222,6 +222,9 @@ export function findingsPhrase(sweep: SealSweep): string {
         : `${unreadable} rows hold a time or count Palisade never writes`,
     );
   }
+  if (restored > 0) {
+    phrases.push(restored === 1 ? `1 row is ${RESTORED}` : `${restored} rows are ${RESTORED}`);
+  }
   return phrases.join(", and ");
 }
 
@@ -235,7 +238,7 @@ export function sweepLines(sweep: SealSweep): string[] {
   return [
     ...sweep.findings.map(findingLine),
     ...(unnamed > 0 ? [`… and ${unnamed} more not named`] : []),
-    `seals: ${failed - sweep.unreadable} of ${checked} rows do not match${sweep.unreadable > 0 ? `, ${sweep.unreadable} hold a time or count Palisade never writes` : ""} (${SWEPT_TABLES.filter(
+    `seals: ${failed - sweep.unreadable - sweep.restored} of ${checked} rows do not match${sweep.unreadable > 0 ? `, ${sweep.unreadable} hold a time or count Palisade never writes` : ""}${sweep.restored > 0 ? `, ${sweep.restored} ${sweep.restored === 1 ? "is" : "are"} ${RESTORED}` : ""} (${SWEPT_TABLES.filter(
       (table) => sweep.failed[table] > 0,
     )
       .map((table) => `${table} ${sweep.failed[table]}`)
@@ -245,8 +248,13 @@ export function sweepLines(sweep: SealSweep): string[] {
   ];
 }
 
+/** What an account or key row of an erased principal is: its seal holds. */
+const RESTORED = "of an erased account or key, copied back from before its erasure";
+
 function findingLine({ table, id, part }: SealFinding): string {
   switch (part) {
+    case "erased":
+      return `${table} ${id}: ${RESTORED} (the audit log records it erased): the service refuses it`;
     case "lineage":
       return `${table} ${id}: its lineage does not match its seal (the key works, but reaches no payments and cannot be rotated)`;
     case "rotation_mark":

@@ -152,7 +152,7 @@ export const dbBackup: Command = {
       // is. The exit status is what a cron job or a systemd unit sees.
       for (const line of sweepLines(rows.seals)) context.err(line);
       context.err(
-        rows.seals.unreadable === 0
+        rows.seals.unreadable === 0 && rows.seals.restored === 0
           ? `the copy holds ${tampered === 1 ? "1 row that does not match its seal" : `${tampered} rows that do not match their seals`}, as DATABASE_PATH does: run db:verify on it`
           : `the copy holds what DATABASE_PATH holds (${findingsPhrase(rows.seals)}): run db:verify on it`,
       );

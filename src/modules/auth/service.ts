@@ -330,8 +330,14 @@ export class AuthService {
           .all();
         const { seal } = this.options;
         for (const row of rows) {
-          const verdict = checkEmail(row.email);
-          if (!verdict.ok || this.statements.userByEmail.get({ value: verdict.key })) {
+          // A value read from the file may be anything: a BLOB written there stopped every start
+          // with a TypeError that named no row (probe 79c F2). It is no valid address.
+          const verdict = typeof row.email === "string" ? checkEmail(row.email) : null;
+          if (
+            verdict === null ||
+            !verdict.ok ||
+            this.statements.userByEmail.get({ value: verdict.key })
+          ) {
             setAside.push(row.id);
             continue;
           }

@@ -108,9 +108,10 @@ export type SealedTable = "users" | "api_keys" | "refresh_tokens" | "refresh_fam
 /**
  * What of a key row failed, when it was not the row's own seal: its lineage (the key then reaches
  * no payments and cannot be rotated) or its rotation mark (it cannot be rotated); the key itself
- * still works in both.
+ * still works in both. Or, of an account or a key, that the audit log records it erased
+ * (`erased`): the row, seal and all, was copied back from before the erasure, and is refused.
  */
-export type SealedPart = "lineage" | "rotation_mark";
+export type SealedPart = "lineage" | "rotation_mark" | "erased";
 
 /** A row (or part of one) whose seal does not match: logged and audited by whoever read it. */
 export type TamperReport = (table: SealedTable, id: string, part?: SealedPart) => void;
@@ -124,6 +125,16 @@ const KEY_LABEL = "palisade credential seal v1";
 export function createCredentialSeal(
   auditSecret: string,
   report: TamperReport = () => {},
+  /**
+   * Whether the audit log records this principal (`user:<id>`, `key:<id>`) erased. An erasure
+   * deletes the account and revokes its keys, and account ids are never reused, so an account row
+   * of an erased principal, or a key row of one not revoked, was copied back into the file from
+   * before the erasure (a backup): its seal still matches, but it is refused like a forged row
+   * (probe 79c F1: the erased admin signed in again and acted under the erasure's pseudonym, with
+   * no address, and nothing reported it). Absent, no row is taken for erased (the upgrade's
+   * sealing, which runs before the audit log exists).
+   */
+  erased: (principal: string) => boolean = () => false,
 ): CredentialSeal {
   const mac = createRowSealer(auditSecret, KEY_LABEL);
   const account = (row: SealedAccount) =>
@@ -158,8 +169,13 @@ export function createCredentialSeal(
     lineage,
     successor,
     intact: {
-      account: (row) => checked(sealMatches(account(row), row.seal), "users", row.id),
-      apiKey: (row) => checked(sealMatches(apiKey(row), row.seal), "api_keys", row.id),
+      account: (row) =>
+        checked(sealMatches(account(row), row.seal), "users", row.id) &&
+        checked(!erased(`user:${row.id}`), "users", row.id, "erased"),
+      apiKey: (row) =>
+        checked(sealMatches(apiKey(row), row.seal), "api_keys", row.id) &&
+        // An erasure leaves its keys revoked, as they were: only one in force again was copied back.
+        (row.revokedAt !== null || checked(!erased(`key:${row.id}`), "api_keys", row.id, "erased")),
       family: (row) => checked(sealMatches(family(row), row.seal), "refresh_families", row.id),
       refreshToken: (row) =>
         checked(sealMatches(refreshToken(row), row.seal), "refresh_tokens", row.id),
@@ -197,7 +213,9 @@ export function tamperReporter(deps: {
     const [table, part] = where.split(".") as [SealedTable, SealedPart | undefined];
     deps.logger.error(
       part === undefined ? { table, id } : { table, id, part },
-      `a credential row${part === undefined ? "" : `'s ${PART_NAMES[part]}`} does not match its seal: it was written into the database file, not by Palisade; ${part === undefined ? "it is refused" : PART_REFUSALS[part]}`,
+      part === "erased"
+        ? "a credential row of an erased account or key is in the database file again, copied back from before its erasure (a backup restored over it, or rows copied from one): it is refused"
+        : `a credential row${part === undefined ? "" : `'s ${PART_NAMES[part]}`} does not match its seal: it was written into the database file, not by Palisade; ${part === undefined ? "it is refused" : PART_REFUSALS[part]}`,
     );
     deps.audit.record({
       type: "auth.credential_tampered",
@@ -209,12 +227,12 @@ export function tamperReporter(deps: {
   return (table, id, part) => once(part === undefined ? table : `${table}.${part}`, id);
 }
 
-const PART_NAMES: Record<SealedPart, string> = {
+const PART_NAMES: Record<Exclude<SealedPart, "erased">, string> = {
   lineage: "lineage",
   rotation_mark: "rotation mark",
 };
 
-const PART_REFUSALS: Record<SealedPart, string> = {
+const PART_REFUSALS: Record<Exclude<SealedPart, "erased">, string> = {
   lineage: "the key reaches no payments and cannot be rotated; it still works for its other scopes",
   rotation_mark: "the key cannot be rotated; it still works",
 };

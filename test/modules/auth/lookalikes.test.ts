@@ -356,6 +356,25 @@ describe("rows stored before normalisation", () => {
       next.close();
     }
   });
+
+  test("an address that is no text (a BLOB written into the file) is set aside, and the service starts (probe 79c F2)", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    sqlite.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+       VALUES ('blob-address', CAST('bob@example.com' AS BLOB), NULL, 'x', 'user', 'x', 1, 1)`,
+    );
+    const next = secondProcess(target);
+    try {
+      expect(
+        sqlite.query("SELECT email_key AS emailKey FROM users WHERE id = 'blob-address'").get(),
+      ).toEqual({ emailKey: null });
+      expect((await send(next, "/health")).status).toBe(200);
+      expect(next.services.auth.findUserByEmail("bob@example.com")).toBeNull();
+    } finally {
+      next.close();
+    }
+  });
 });
 
 describe("the CLI finds accounts by the same normalisation", () => {

@@ -1,0 +1,157 @@
+/**
+ * An erased account's rows copied back into the file from a backup (seal and all) by someone who
+ * can write the file but does not hold AUDIT_SECRET_KEY (probe 79c F1): the erased admin signed in
+ * again, made keys and blocks, and every event was filed under the erasure's pseudonym with no
+ * address; neither the service nor `db:verify` said anything. The audit log's record of the
+ * erasure is what tells such a row from a living one.
+ */
+import { Database } from "bun:sqlite";
+import { afterEach, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { bearer, STRONG_PASSWORD, signUp } from "../../support/auth";
+import { cliInProcess as cli } from "../../support/cli";
+import { startOn } from "../../support/restart";
+
+let cleanups: (() => unknown)[] = [];
+afterEach(() => {
+  for (const step of cleanups.reverse()) step();
+  cleanups = [];
+});
+
+type Row = Record<string, unknown>;
+
+/** Every row of `table` matching `where`, as stored. */
+function rowsOf(path: string, table: string, where: string, ...values: string[]): Row[] {
+  const file = new Database(path, { readonly: true });
+  try {
+    return file.query(`SELECT * FROM ${table} WHERE ${where}`).all(...values) as Row[];
+  } finally {
+    file.close();
+  }
+}
+
+/** Writes `rows` back into `table` as they were (replacing any row of the same key). */
+function copyBack(path: string, table: string, rows: readonly Row[]): void {
+  const file = new Database(path);
+  try {
+    for (const row of rows) {
+      const columns = Object.keys(row);
+      file
+        .query(
+          `INSERT OR REPLACE INTO ${table} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`,
+        )
+        .run(...(columns.map((column) => row[column]) as string[]));
+    }
+  } finally {
+    file.close();
+  }
+}
+
+function fresh(): TestApp {
+  const target = buildTestApp();
+  cleanups.push(() => target.close());
+  return target;
+}
+
+test("an erased admin's account, session and key copied back from a backup are refused, reported and named by db:verify", async () => {
+  const first = fresh();
+  const admin = await signUp(first, { role: "admin" });
+  const created = await send(first, "/api/admin/api-keys", {
+    headers: bearer(admin.accessToken),
+    body: { name: "ops", scopes: ["admin"] },
+  });
+  expect(created.status).toBe(201);
+  const { key, apiKey } = (await created.json()) as { key: string; apiKey: { id: string } };
+  const path = first.databasePath;
+  const backup = {
+    users: rowsOf(path, "users", "id = ?", admin.userId),
+    apiKeys: rowsOf(path, "api_keys", "id = ?", apiKey.id),
+    families: rowsOf(path, "refresh_families", "user_id = ?", admin.userId),
+    tokens: rowsOf(path, "refresh_tokens", "user_id = ?", admin.userId),
+  };
+  expect(backup.users.length).toBe(1);
+  expect(backup.apiKeys[0]).toMatchObject({ revoked_at: null });
+
+  const erased = await send(first, "/api/me", {
+    method: "DELETE",
+    headers: bearer(admin.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  first.services.audit.flush();
+
+  copyBack(path, "users", backup.users);
+  copyBack(path, "api_keys", backup.apiKeys);
+  copyBack(path, "refresh_families", backup.families);
+  copyBack(path, "refresh_tokens", backup.tokens);
+
+  // The next start, on the file as left.
+  const next = startOn(path);
+  let nextOpen = true;
+  cleanups.push(() => nextOpen && next.close());
+  const login = await send(next, "/api/auth/login", {
+    body: { email: admin.email, password: STRONG_PASSWORD },
+    peer: "10.7.0.1",
+  });
+  expect(login.status).toBe(401);
+  const refresh = await send(next, "/api/auth/refresh", {
+    body: { refreshToken: admin.refreshToken },
+    peer: "10.7.0.2",
+  });
+  expect(refresh.status).toBe(401);
+  const byKey = await send(next, "/api/admin/blocks", { headers: { "x-api-key": key } });
+  expect(byKey.status).toBe(401);
+
+  next.services.audit.flush();
+  const reported = next.db.$client
+    .query(
+      "SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered' ORDER BY id",
+    )
+    .all() as { detail: string }[];
+  // Filed under the erasure's pseudonym, as the audit log names an erased principal anywhere.
+  const { actor: pseudonym, id: erasure } = next.db.$client
+    .query("SELECT actor, id FROM audit_events WHERE type = 'privacy.erased'")
+    .get() as { actor: string; id: number };
+  expect(reported.map((row) => JSON.parse(row.detail))).toEqual([
+    { table: "users", id: pseudonym, part: "erased" },
+    { table: "api_keys", id: pseudonym, part: "erased" },
+  ]);
+  expect(next.logs.text).toContain("a credential row of an erased account or key");
+  // Nothing succeeded under the erasure's pseudonym since it.
+  const since = next.db.$client
+    .query("SELECT type FROM audit_events WHERE id > ?1 AND actor = ?2 AND outcome = 'success'")
+    .all(erasure, pseudonym);
+  expect(since).toEqual([]);
+  next.close();
+  nextOpen = false;
+
+  const verified = await cli(["db:verify"], { DATABASE_PATH: path });
+  expect(verified.code).not.toBe(0);
+  expect(verified.stderr + verified.stdout).toContain(
+    `users ${admin.userId}: of an erased account or key, copied back from before its erasure`,
+  );
+  expect(verified.stderr + verified.stdout).toContain(
+    `api_keys ${apiKey.id}: of an erased account or key, copied back from before its erasure`,
+  );
+});
+
+test("a file an erasure left verifies whole, and the living accounts still sign in", async () => {
+  const target = fresh();
+  const alice = await signUp(target);
+  const bob = await signUp(target);
+  const key = target.services.apiKeys.create(
+    { name: "alice bot", scopes: ["chat"], userId: alice.userId },
+    "test",
+  );
+  expect(
+    (await send(target, "/api/me", { method: "DELETE", headers: bearer(alice.accessToken) }))
+      .status,
+  ).toBe(204);
+  expect(rowsOf(target.databasePath, "api_keys", "id = ?", key.record.id)).toEqual([]);
+  expect((await send(target, "/api/auth/me", { headers: bearer(bob.accessToken) })).status).toBe(
+    200,
+  );
+  target.services.audit.flush();
+  const verified = await cli(["db:verify"], { DATABASE_PATH: target.databasePath });
+  expect(verified.stdout).toContain("seals intact");
+  expect(verified.code).toBe(0);
+});
