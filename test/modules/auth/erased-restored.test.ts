@@ -103,9 +103,7 @@ test("an erased admin's account, session and key copied back from a backup are r
 
   next.services.audit.flush();
   const reported = next.db.$client
-    .query(
-      "SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered' ORDER BY id",
-    )
+    .query("SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered' ORDER BY id")
     .all() as { detail: string }[];
   // Filed under the erasure's pseudonym, as the audit log names an erased principal anywhere.
   const { actor: pseudonym, id: erasure } = next.db.$client
