@@ -289,6 +289,9 @@ describe("probe 14h", () => {
       ["%F0%90%80%80", "\u{10000}"],
       ["%F4%8F%BF%BF", "\u{10FFFF}"],
       ["%C2%80", "\u0080"],
+      // Hex digits in either case, decoded from their bytes (probe 79a F2).
+      ["%c3%a9%E2%82%aC", "\u00e9\u20ac"],
+      ["%fF", "%fF"],
       // A surrogate, overlong forms and a code point past U+10FFFF: no character, kept as sent.
       ["%ED%A0%80", "%ED%A0%80"],
       ["%E0%80%80", "%E0%80%80"],
