@@ -32,7 +32,7 @@ import {
 } from "./db/schema-guard";
 import { createLogger } from "./logging/logger";
 import { AuditKeys } from "./plugins/audit/chain";
-import { assertAuditKeyMatchesBeforeMigrating, pinAuditKey } from "./plugins/audit/key-match";
+import { assertAuditKeyMatchesBeforeMigrating, NEW_LOG_KEYED } from "./plugins/audit/key-match";
 import {
   listenForMetrics,
   type MetricsListener,
@@ -41,7 +41,12 @@ import {
 import { PortUnavailable, startServer } from "./server";
 import { createServices } from "./services";
 import { stopSignals } from "./stop-signals";
-import { recordBeforeRefusing, unrecordedSealings, upgradeSealing } from "./upgrade-sealing";
+import {
+  pinNewAuditLog,
+  recordBeforeRefusing,
+  unrecordedSealings,
+  upgradeSealing,
+} from "./upgrade-sealing";
 
 const EXIT_BAD_CONFIG = 2;
 
@@ -166,7 +171,7 @@ try {
     // sealings did is recorded with them (probe 67).
     () => {
       assertSchemaUnchanged(opened);
-      sealing.recordInMigration(opened, logger);
+      sealing.recordInMigration(opened, logger, NEW_LOG_KEYED);
     },
   );
 } catch (error) {
@@ -215,6 +220,14 @@ if (newerMigrations > 0) {
   );
 }
 
+// A new log's first row is this start's key, before anything its services write (its migrations
+// wrote it when they ran now).
+try {
+  pinNewAuditLog(db.$client, keys, logger, NEW_LOG_KEYED);
+} catch (error) {
+  fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
+}
+
 let services: ReturnType<typeof createServices>;
 try {
   // The unknown-email login's dummy argon2id hash is started once listening (below), not while the
@@ -241,7 +254,6 @@ try {
   // written into the file) in one line too, never a source listing (probe 58c F2).
   fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
 }
-pinAuditKey(db.$client, services.audit);
 for (const event of droppedTriggerEvents(droppedTriggers)) services.audit.record(event);
 if (sealing.recordedInMigration()) {
   services.audit.countWritten([...sealedOnUpgrade, ...resealed].map(({ event }) => event));

@@ -106,10 +106,13 @@ export function upgradeSealing(auditSecret: string): {
    * `afterApplying`): they commit together or not at all. Written after the commit, they were
    * lost to a crash, a kill or a refusal in between, or to a write the file was made to refuse (an
    * id sequence set near its end), and the start after found the first sealing's event and
-   * recorded nothing (probe 67 F1–F3). A new log's first row is the start's to write: there they
-   * are recorded once its services exist, as before.
+   * recorded nothing (probe 67 F1–F3). A new log's first row is the start's to write: a start
+   * passes it (`newLogFirst`, its key: key-match's NEW_LOG_KEYED) and it goes first; a command
+   * passes none, and on a new log the start after it records them late. Recorded once its
+   * services existed, a start's were missing from the file meanwhile, and processes starting
+   * together on a new file each recorded them again, late (probe 79b F1).
    */
-  recordInMigration(sqlite: Database, logger: Logger): void;
+  recordInMigration(sqlite: Database, logger: Logger, newLogFirst?: AuditEvent): void;
   /** Whether `recordInMigration` wrote them: then no one records them again. */
   recordedInMigration(): boolean;
 } {
@@ -133,10 +136,14 @@ export function upgradeSealing(auditSecret: string): {
     beforeMigrating(sqlite) {
       before = auditLogBeforeMigrating(sqlite, auditKeys);
     },
-    recordInMigration(sqlite, logger) {
-      if (!holdsAuditRows(sqlite)) return;
+    recordInMigration(sqlite, logger, newLogFirst) {
+      const newLog = !holdsAuditRows(sqlite);
+      if (newLog && newLogFirst === undefined) return;
       const sealed = this.sealed();
-      const events = [...sealed, ...this.resealed(sealed)].map(({ event }) => event);
+      const events = [
+        ...(newLog && newLogFirst !== undefined ? [newLogFirst] : []),
+        ...[...sealed, ...this.resealed(sealed)].map(({ event }) => event),
+      ];
       const audit = new SqliteAuditLog({
         sqlite,
         clock: systemClock,
@@ -366,6 +373,26 @@ export function recordBeforeRefusing(
       "the upgrade's audit events could not be recorded before the refusal",
     );
   }
+}
+
+/**
+ * Writes a new audit log's first row (`first`: the start's key) unless the log holds one: for a
+ * start on a file migrated without it (by a command), before its services write (API_KEYS' keys
+ * were the first rows, and the key was never pinned: probe 79b F2). In one transaction, so of
+ * processes starting together one writes it.
+ */
+export function pinNewAuditLog(
+  sqlite: Database,
+  keys: AuditKeys,
+  logger: Logger,
+  first: AuditEvent,
+): void {
+  const audit = new SqliteAuditLog({ sqlite, clock: systemClock, logger, keys });
+  sqlite
+    .transaction(() => {
+      if (!holdsAuditRows(sqlite)) audit.writeWith([first]);
+    })
+    .immediate();
 }
 
 /** What one kind of row's sealing says: its line, the counts as its fields and as the event's detail. */

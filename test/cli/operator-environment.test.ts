@@ -8,9 +8,14 @@ import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { ConfigError } from "../../src/config";
-import { pinAuditKey } from "../../src/plugins/audit/key-match";
+import { openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
+import { createLogger } from "../../src/logging/logger";
+import { AuditKeys } from "../../src/plugins/audit/chain";
+import { NEW_LOG_KEYED } from "../../src/plugins/audit/key-match";
 import { generateApiKey } from "../../src/plugins/auth/api-key-format";
-import { send } from "../support/app";
+import { pinNewAuditLog } from "../../src/upgrade-sealing";
+import { LogCapture, send } from "../support/app";
 import { cleanupsAfterEach, tempDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { startService } from "../support/process";
@@ -163,13 +168,57 @@ test("on a new database the first start records its key, so a command without it
   expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual([{ n: 10 }]);
 });
 
-test("pinAuditKey writes the first row of an empty log only", () => {
+test("pinNewAuditLog writes the first row of an empty log only", () => {
   const path = databaseFile();
-  const service = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
-  cleanups.push(service.close);
-  pinAuditKey(service.db.$client, service.services.audit);
-  pinAuditKey(service.db.$client, service.services.audit);
+  // Migrated by a command (no row written), as `db:migrate` leaves a new file.
+  const migrated = startOn(path, { AUDIT_SECRET_KEY: AUDIT_KEY });
+  migrated.db.$client.run("DELETE FROM audit_events");
+  const logger = createLogger({ level: "info", destination: new LogCapture() });
+  const keys = new AuditKeys(AUDIT_KEY);
+  pinNewAuditLog(migrated.db.$client, keys, logger, NEW_LOG_KEYED);
+  pinNewAuditLog(migrated.db.$client, keys, logger, NEW_LOG_KEYED);
+  migrated.close();
   expect(rows(path, "SELECT type, actor, detail FROM audit_events")).toEqual([
     { type: "audit.chain.keyed", actor: "system", detail: '{"rows":0}' },
+  ]);
+});
+
+test("with API_KEYS, a new file's first row is still the start's key: on a file a command migrated, and on one the start migrates (probe 79b F2)", async () => {
+  const key = generateApiKey("live");
+  const env = { AUDIT_SECRET_KEY: AUDIT_KEY, API_KEYS: `${key}:admin` };
+  const migratedFirst = databaseFile();
+  // Migrated by an earlier run, nothing written to its log.
+  const migrated = openDatabase(migratedFirst);
+  applyMigrations(migrated);
+  migrated.$client.close();
+  expect(rows(migratedFirst, "SELECT count(*) AS n FROM audit_events")).toEqual([{ n: 0 }]);
+  for (const path of [migratedFirst, databaseFile()]) {
+    const service = await startService({ ...env, DATABASE_PATH: path });
+    await service.stop();
+    const types = rows(path, "SELECT type FROM audit_events ORDER BY id") as { type: string }[];
+    expect(types[0]).toEqual({ type: "audit.chain.keyed" });
+    expect(types.map(({ type }) => type)).toContain("admin.key.created");
+  }
+});
+
+test("processes starting together on a new file record its sealings once, none of them late (probe 79b F1)", async () => {
+  const path = databaseFile();
+  const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY };
+  const services = await Promise.all([startService(env), startService(env), startService(env)]);
+  for (const service of services) await service.stop();
+  for (const service of services) {
+    expect(service.stdout()).not.toContain("holds no event of the sealings");
+  }
+  expect(
+    rows(
+      path,
+      "SELECT type, count(*) AS n FROM audit_events WHERE type LIKE '%sealed' GROUP BY type HAVING n > 1 OR max(detail LIKE '%recordedLate%') = 1",
+    ),
+  ).toEqual([]);
+  expect(
+    rows(path, "SELECT count(*) AS n FROM audit_events WHERE type = 'audit.chain.keyed'"),
+  ).toEqual([{ n: 1 }]);
+  expect(rows(path, "SELECT count(*) AS n FROM audit_events WHERE type LIKE '%sealed'")).toEqual([
+    { n: 9 },
   ]);
 });

@@ -17,7 +17,7 @@ import { finds } from "../../db/finds";
 import { sealMatches } from "../../db/row-seal";
 import { spellOut } from "../../logging/spell-out";
 import type { AuditKeys, ChainedFields, CheckpointFields } from "./chain";
-import type { AuditLog } from "./log";
+import type { AuditEvent } from "./events";
 
 export function assertAuditKeyMatches(sqlite: Database, keys: AuditKeys): void {
   const { keyId } = keys;
@@ -136,19 +136,17 @@ export function holdsKeyedRows(sqlite: Database): boolean {
 }
 
 /**
- * Writes the first row of a new audit log at a start: its key's id is then on record before any
+ * The first row of a new audit log, written by a start: its key's id is then on record before any
  * CLI command writes, so a command run from a shell without the service's AUDIT_SECRET_KEY (which
  * in development makes a key file of its own) is refused on a new database too, not taken as the
  * log's key because it wrote first. `audit.chain.keyed` with no rows keyed: the chain starts here,
- * keyed with this key.
+ * keyed with this key. A start writes it in its migrations' transaction, before what they sealed
+ * (upgrade-sealing's `recordInMigration`), or, on a file migrated without it, before its services
+ * write anything (`pinNewAuditLog`).
  */
-export function pinAuditKey(sqlite: Database, audit: AuditLog): void {
-  if (holdsAuditRows(sqlite)) return;
-  audit.record({
-    type: "audit.chain.keyed",
-    outcome: "success",
-    actor: "system",
-    detail: { rows: 0 },
-  });
-  audit.flush();
-}
+export const NEW_LOG_KEYED: AuditEvent = {
+  type: "audit.chain.keyed",
+  outcome: "success",
+  actor: "system",
+  detail: { rows: 0 },
+};
