@@ -22,6 +22,7 @@ import { createSchemaGuard, type SchemaGuard } from "./db/schema-guard";
 import type { Logger } from "./logging/logger";
 import type { ReadinessCheck } from "./modules/health/service";
 import { AuditKeys } from "./plugins/audit/chain";
+import { erasedPrincipals } from "./plugins/audit/erased-principals";
 import { assertAuditKeyMatches } from "./plugins/audit/key-match";
 import { type AuditLog, SqliteAuditLog } from "./plugins/audit/log";
 import { registerRecentTampering } from "./plugins/audit/recent-tampering";
@@ -262,7 +263,7 @@ export function createCore(options: CoreOptions): Core {
   const credentialSeal = createCredentialSeal(
     config.audit.secretKey,
     tamperReporter({ logger, audit }),
-    (principal) => audit.erasedAs(principal) !== null,
+    erasedPrincipals(sqlite, auditKeys),
   );
   const credentials = new CredentialVerifier({
     sqlite,

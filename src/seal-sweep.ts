@@ -29,6 +29,7 @@ import {
 } from "./modules/payments/seal";
 import { createOutboxSeal, type SealedOutboxRow } from "./modules/webhooks/outbox-seal";
 import { AuditKeys } from "./plugins/audit/chain";
+import { erasedPrincipals } from "./plugins/audit/erased-principals";
 import {
   createCredentialSeal,
   type SealedAccount,
@@ -143,7 +144,7 @@ export function sweepSeals(
     (_table, _id, part) => {
       erasedFound ||= part === "erased";
     },
-    erasedPrincipals(sqlite, auditSecret),
+    erasedPrincipals(sqlite, new AuditKeys(auditSecret)),
   );
   const credentialRefused = (intact: () => boolean): SealFinding["part"] | null => {
     erasedFound = false;
@@ -318,16 +319,4 @@ function sweepMessages(
       else if (unreadableUsage(row)) fail("chat_messages", id, "usage");
     },
   );
-}
-
-/**
- * Whether the audit log records `principal` erased (`audit_erased_actors`, keyed by the principal's
- * keyed pseudonym, which no one without AUDIT_SECRET_KEY can make for a living one).
- */
-function erasedPrincipals(sqlite: Database, auditSecret: string): (principal: string) => boolean {
-  const keys = new AuditKeys(auditSecret);
-  const recorded = sqlite.query<{ one: number }, [string]>(
-    "SELECT 1 AS one FROM audit_erased_actors WHERE actor_key = ?1",
-  );
-  return (principal) => recorded.get(keys.pseudonym(principal)) !== null;
 }

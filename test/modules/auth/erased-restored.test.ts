@@ -132,6 +132,55 @@ test("an erased admin's account, session and key copied back from a backup are r
   );
 });
 
+test("with the erasure's record deleted from the file too, the chained privacy.erased event still refuses the copied-back account and its key (probe 80a F1)", async () => {
+  const first = fresh();
+  const admin = await signUp(first, { role: "admin" });
+  const created = await send(first, "/api/admin/api-keys", {
+    headers: bearer(admin.accessToken),
+    body: { name: "ops", scopes: ["admin"] },
+  });
+  const { key, apiKey } = (await created.json()) as { key: string; apiKey: { id: string } };
+  const path = first.databasePath;
+  const backup = {
+    users: rowsOf(path, "users", "id = ?", admin.userId),
+    apiKeys: rowsOf(path, "api_keys", "id = ?", apiKey.id),
+    families: rowsOf(path, "refresh_families", "user_id = ?", admin.userId),
+    tokens: rowsOf(path, "refresh_tokens", "user_id = ?", admin.userId),
+  };
+  expect(
+    (await send(first, "/api/me", { method: "DELETE", headers: bearer(admin.accessToken) })).status,
+  ).toBe(204);
+  first.services.audit.flush();
+  copyBack(path, "users", backup.users);
+  copyBack(path, "api_keys", backup.apiKeys);
+  copyBack(path, "refresh_families", backup.families);
+  copyBack(path, "refresh_tokens", backup.tokens);
+  const file = new Database(path);
+  expect(file.run("DELETE FROM audit_erased_actors").changes).toBe(2);
+  file.close();
+
+  const next = startOn(path);
+  cleanups.push(() => next.close());
+  const login = await send(next, "/api/auth/login", {
+    body: { email: admin.email, password: STRONG_PASSWORD },
+    peer: "10.7.1.1",
+  });
+  expect(login.status).toBe(401);
+  const refresh = await send(next, "/api/auth/refresh", {
+    body: { refreshToken: admin.refreshToken },
+    peer: "10.7.1.2",
+  });
+  expect(refresh.status).toBe(401);
+  expect((await send(next, "/api/admin/blocks", { headers: { "x-api-key": key } })).status).toBe(
+    401,
+  );
+  const verified = await cli(["db:verify"], { DATABASE_PATH: path });
+  expect(verified.code).not.toBe(0);
+  expect(verified.stderr + verified.stdout).toContain(
+    `users ${admin.userId}: of an erased account or key, copied back from before its erasure`,
+  );
+});
+
 test("a file an erasure left verifies whole, and the living accounts still sign in", async () => {
   const target = fresh();
   const alice = await signUp(target);
