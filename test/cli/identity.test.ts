@@ -444,7 +444,7 @@ describe("users:list", () => {
     db.close();
     const tampered = await cli(["users:list"]);
     expect(tampered.stdout.trim().split("\n")[1]).toBe(
-      `${rows[1]!.id}  b@example.test  admin  created ${/created (\S+)/.exec(lines[1]!)![1]}  refused (does not match its seal)`,
+      `${rows[1]!.id}  b@example.test  admin  created ${/created (\S+)/.exec(lines[1]!)![1]}  refused (does not match its seal, or an erased account's copied back: db:verify says which)`,
     );
     // A creation time written into the file that is no time: shown as unknown, the rest listed.
     const noTime = new Database(path);

@@ -98,7 +98,7 @@ export const keysList: Command = {
     const now = clock.now();
     for (const { record: key, seals } of keys) {
       const state = seals.tampered
-        ? "refused (it or its owner's account does not match its seal: written into the database file)"
+        ? "refused (it or its owner's account does not match its seal: written into the database file, or an erased account's copied back from a backup; db:verify says which)"
         : key.revokedAt !== null
           ? "revoked"
           : key.expiresAt !== null && key.expiresAt <= now

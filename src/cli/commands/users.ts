@@ -119,7 +119,10 @@ export const usersList: Command = {
     }
     if (accounts.length === 0) context.out("no accounts");
     for (const { id, email, role: held, createdAt, intact } of accounts) {
-      const refused = intact ? "" : "  refused (does not match its seal)";
+      // An erased account's row copied back matches its seal but is refused too (probe 80a F2).
+      const refused = intact
+        ? ""
+        : "  refused (does not match its seal, or an erased account's copied back: db:verify says which)";
       context.out(`${id}  ${email}  ${held}  created ${when(createdAt) ?? "unknown"}${refused}`);
     }
     return 0;

@@ -130,6 +130,11 @@ test("an erased admin's account, session and key copied back from a backup are r
   expect(verified.stderr + verified.stdout).toContain(
     `api_keys ${apiKey.id}: of an erased account or key, copied back from before its erasure`,
   );
+  // The listings say it may be that, not only a row written into the file (probe 80a F2).
+  const listed = await cli(["users:list"], { DATABASE_PATH: path });
+  expect(listed.stdout).toContain(
+    "refused (does not match its seal, or an erased account's copied back",
+  );
 });
 
 test("with the erasure's record deleted from the file too, the chained privacy.erased event still refuses the copied-back account and its key (probe 80a F1)", async () => {
