@@ -26,6 +26,7 @@ const SERVERS: readonly TestServer[] = [
       "src/plugins/rate-limit/redis-store.ts",
       "src/plugins/rate-limit/redis-eviction.ts",
       "src/plugins/rate-limit/redis-start.ts",
+      "src/plugins/rate-limit/redis-connection.ts",
     ],
   },
   // test/observability/prometheus.test.ts and the promtool/amtool checks; no source file is

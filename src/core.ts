@@ -47,6 +47,7 @@ import { createLimitEnforcer, type LimitEnforcer } from "./plugins/rate-limit/en
 import { withLeases } from "./plugins/rate-limit/lease";
 import { createRateLimitMetrics, type RateLimitMetrics } from "./plugins/rate-limit/metrics";
 import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policies";
+import { keepRedisConnected } from "./plugins/rate-limit/redis-connection";
 import { createEvictionWatch } from "./plugins/rate-limit/redis-eviction";
 import { startRedisLimiter } from "./plugins/rate-limit/redis-start";
 import { RedisLimiterStore, withDeadline } from "./plugins/rate-limit/redis-store";
@@ -128,6 +129,11 @@ export interface CoreOptions {
    * Absent: only reported.
    */
   onSchemaChanged?: (differences: readonly string[]) => void;
+  /**
+   * How many times Bun's Redis client reconnects on its own before it gives up (its default when
+   * absent); a test makes it give up at once to see the service connect it again.
+   */
+  redisMaxRetries?: number;
 }
 
 export function createCore(options: CoreOptions): Core {
@@ -151,7 +157,8 @@ export function createCore(options: CoreOptions): Core {
   reportUnkeyedRows(sqlite, logger);
   registerRecentTampering(registry, sqlite, clock);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
-  const redis = config.redisUrl ? redisClient(config.redisUrl) : null;
+  const redis = config.redisUrl ? redisClient(config.redisUrl, options.redisMaxRetries) : null;
+  const redisConnection = redis ? keepRedisConnected(redis, { logger }) : null;
   const evictions = redis
     ? createEvictionWatch({ send: (command, args) => redis.send(command, args), logger })
     : null;
@@ -361,6 +368,7 @@ export function createCore(options: CoreOptions): Core {
       ipBlocks.prune(now);
     },
     close() {
+      redisConnection?.stop();
       limiter.close();
       audit.close();
     },
@@ -373,9 +381,13 @@ export function createCore(options: CoreOptions): Core {
  * configuration accepted (config/redis-url) is one Bun's client takes; were one not, it is refused
  * as the configuration refuses, in one line that does not quote the URL (its password).
  */
-function redisClient(url: string): RedisClient {
+function redisClient(url: string, maxRetries?: number): RedisClient {
   try {
-    return new RedisClient(url, { enableOfflineQueue: false, connectionTimeout: 2000 });
+    return new RedisClient(url, {
+      enableOfflineQueue: false,
+      connectionTimeout: 2000,
+      ...(maxRetries === undefined ? {} : { maxRetries }),
+    });
   } catch {
     throw new ConfigError("REDIS_URL", "is not a URL Bun's Redis client takes");
   }

@@ -103,6 +103,8 @@ export interface TestAppOptions {
   logRepeatIntervalMs?: number;
   /** How many password hashes run and wait at once (modules/auth/password-work). */
   passwordWork?: PasswordWorkLimits;
+  /** How many times the Redis client reconnects on its own before it gives up (core). */
+  redisMaxRetries?: number;
   /** How large bodies are read (plugins/request-guard/large-bodies): a shorter deadline, say. */
   largeBodies?: LargeBodyReads;
   /**
@@ -185,6 +187,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     loadPasswordStrength: options.loadPasswordStrength,
     freeDiskBytes: options.freeDiskBytes,
     passwordWork: options.passwordWork,
+    redisMaxRetries: options.redisMaxRetries,
   });
   const app = createApp({
     ...services,

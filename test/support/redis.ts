@@ -19,9 +19,14 @@ export interface RedisServer {
   resume(): void;
 }
 
-/** `settings`: more of redis-server's own arguments (`["--maxmemory-policy", "allkeys-lru"]`). */
-export async function startRedis(settings: readonly string[] = []): Promise<RedisServer> {
-  const port = freePort();
+/**
+ * `settings`: more of redis-server's own arguments (`["--maxmemory-policy", "allkeys-lru"]`);
+ * `port`: a free one when absent (a test restarting Redis gives the port it had).
+ */
+export async function startRedis(
+  settings: readonly string[] = [],
+  port = freePort(),
+): Promise<RedisServer> {
   const proc = Bun.spawn(
     [
       "redis-server",

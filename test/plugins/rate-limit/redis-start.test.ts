@@ -31,6 +31,30 @@ async function withRedis(
 describe.skipIf(!redisAvailable)(
   "the limiter's Redis at the start and in /ready (a real redis-server)",
   () => {
+    test("a Redis down longer than the client's own reconnecting is connected again once it is back (probe 80b F1)", async () => {
+      let redis = await startRedis();
+      const port = Number(new URL(redis.url).port);
+      // Bun's client gives up after its retries (about half a minute by default): here at once.
+      const target = buildTestApp({ env: { REDIS_URL: redis.url }, redisMaxRetries: 0 });
+      try {
+        expect(await target.services.start()).toBeNull();
+        expect((await readyRedis(target)).status).toBe(200);
+        await redis.stop();
+        await waitFor(async () => (await readyRedis(target)).status === 503, { intervalMs: 50 });
+        // Well past the client's giving up before Redis is back.
+        await Bun.sleep(1500);
+        redis = await startRedis([], port);
+        await waitFor(async () => (await readyRedis(target)).status === 200, { intervalMs: 50 });
+        const limited = await send(target, "/api/auth/csrf", { peer: "10.80.0.1" });
+        expect(limited.status).toBe(200);
+        expect(limited.headers.get("x-ratelimit-remaining")).not.toBeNull();
+        expect(target.logs.entries.some((entry) => entry.redis === "reconnected")).toBe(true);
+      } finally {
+        target.close();
+        await redis.stop();
+      }
+    });
+
     test("a Redis that may evict keys is said at the start and not ready, with the reason, whichever evicting policy; noeviction is ready (probe 46c F2)", async () => {
       await withRedis(["--maxmemory-policy", "allkeys-lru"], async (redis) => {
         const target = buildTestApp({ env: { REDIS_URL: redis.url } });
