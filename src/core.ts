@@ -50,7 +50,11 @@ import { buildPolicyTable, type PolicyTable } from "./plugins/rate-limit/policie
 import { keepRedisConnected } from "./plugins/rate-limit/redis-connection";
 import { createEvictionWatch } from "./plugins/rate-limit/redis-eviction";
 import { startRedisLimiter } from "./plugins/rate-limit/redis-start";
-import { RedisLimiterStore, withDeadline } from "./plugins/rate-limit/redis-store";
+import {
+  assertScriptsRun,
+  RedisLimiterStore,
+  withDeadline,
+} from "./plugins/rate-limit/redis-store";
 import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "./plugins/rate-limit/store";
 import { createErrorReporter, type ErrorReporter } from "./plugins/sentry";
@@ -188,6 +192,7 @@ export function createCore(options: CoreOptions): Core {
         Promise.all([
           redis.send("SET", ["palisade:ready", "1", "PX", "1000"]),
           evictions!.checkReady(),
+          assertScriptsRun((command, args) => redis.send(command, args)),
         ]),
         500,
         "SET",

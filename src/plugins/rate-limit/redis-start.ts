@@ -11,7 +11,7 @@ import type { AppEnv } from "../../config";
 import { redisDatabase, withoutDatabase } from "../../config/redis-url";
 import type { Logger } from "../../logging/logger";
 import { type EvictionWatch, evictingPolicyMessage, SAFE_POLICY } from "./redis-eviction";
-import { withDeadline } from "./redis-store";
+import { assertScriptsRun, withDeadline } from "./redis-store";
 
 const REDIS_START_WAIT_MS = 500;
 
@@ -59,6 +59,21 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
       );
     }
     return null;
+  }
+  try {
+    await withDeadline(
+      assertScriptsRun((command, args) => redis.send(command, args)),
+      REDIS_START_WAIT_MS,
+      "SCRIPT LOAD",
+    );
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    // Every decision would fail: production refuses, as for an evicting Redis; /ready says it.
+    if (appEnv === "production") return `REDIS_URL's ${reason}`;
+    logger.error(
+      { redis: "scripts refused" },
+      `${reason}: every limiter decision fails (open or closed by policy) until it runs them; /ready answers 503`,
+    );
   }
   // Said below: later looks tell only a change from it. The count evictions are told against from
   // now on.

@@ -393,3 +393,29 @@ export class RedisLimiterStore implements LeasableStore {
     }
   }
 }
+
+/**
+ * Throws, in the server's words, unless Redis runs what every decision needs: `SCRIPT LOAD` and
+ * `EVALSHA` (a decision) and `EVAL` (leases given back). A Redis whose ACL or `rename-command`
+ * refuses scripts stores keys and answers PING, and failed every decision while `/ready` said it
+ * was up (probe 80b F2). A script that only returns, so nothing is counted.
+ */
+export async function assertScriptsRun(
+  send: (command: string, args: string[]) => Promise<unknown>,
+): Promise<void> {
+  try {
+    const sha = String(await send("SCRIPT", ["LOAD", READY_SCRIPT]));
+    await send("EVALSHA", [sha, "0"]);
+    await send("EVAL", [READY_SCRIPT, "0"]);
+  } catch (error) {
+    throw new Error(
+      `Redis refuses the limiter's scripts (SCRIPT LOAD, EVALSHA and EVAL are needed: ${firstLine(error)})`,
+    );
+  }
+}
+
+const READY_SCRIPT = "return 1";
+
+function firstLine(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split("\n")[0]!;
+}

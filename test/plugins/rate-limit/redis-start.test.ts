@@ -267,6 +267,50 @@ describe.skipIf(!redisAvailable)(
       });
     });
 
+    test("a Redis whose ACL refuses scripts is said at the start and not ready; production refuses it (probe 80b F2)", async () => {
+      await withRedis([], async (redis) => {
+        const admin = new RedisClient(redis.url);
+        await admin.send("ACL", [
+          "SETUSER",
+          "default",
+          "on",
+          "nopass",
+          "~*",
+          "&*",
+          "+@all",
+          "-@scripting",
+        ]);
+        admin.close();
+        const target = buildTestApp({ env: { REDIS_URL: redis.url } });
+        try {
+          expect(await target.services.start()).toBeNull();
+          const said = target.logs.entries.filter((entry) => entry.redis === "scripts refused");
+          expect(said).toHaveLength(1);
+          expect(said[0]!.msg).toStartWith("Redis refuses the limiter's scripts (SCRIPT LOAD");
+          const ready = await readyRedis(target);
+          expect(ready.status).toBe(503);
+          expect(ready.redis.error).toStartWith("Redis refuses the limiter's scripts");
+        } finally {
+          target.close();
+        }
+        const dir = tempDir();
+        try {
+          const result = await runToExit(["bun", "run", "src/index.ts"], {
+            ...PRODUCTION_ENV,
+            DATABASE_PATH: join(dir.path, "scripts.db"),
+            PORT: "0",
+            REDIS_URL: redis.url,
+          });
+          expect(result.code).toBe(2);
+          expect(result.stderr.trim()).toStartWith(
+            "palisade: refusing to start: REDIS_URL's Redis refuses the limiter's scripts (SCRIPT LOAD, EVALSHA and EVAL are needed: ",
+          );
+        } finally {
+          dir.remove();
+        }
+      });
+    }, 30_000);
+
     test("production refuses to start on a Redis that may evict keys: exit 2, one line naming REDIS_URL (probe 46c F2)", async () => {
       await withRedis(["--maxmemory-policy", "volatile-lru"], async (redis) => {
         const dir = tempDir();
