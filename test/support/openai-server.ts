@@ -64,6 +64,8 @@ export type UpstreamStep =
       reasoningShape?: ReasoningShape;
       /** Each reply piece as a `text` part of a `content` list, as Mistral's reasoning models send it. */
       textParts?: boolean;
+      /** In a stream, tool-call argument pieces sent before the reply's, each in a chunk of its own. */
+      toolCalls?: string[];
     }
   | {
       kind: "error";
@@ -355,6 +357,23 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         actions.push({
           pauseMs: pause,
           write: chunk([{ index: 0, delta, logprobs: null, finish_reason: null }]),
+        });
+      }
+      for (const [i, piece] of (step.toolCalls ?? []).entries()) {
+        const call =
+          i === 0
+            ? { id: "call_1", type: "function", function: { name: "lookup", arguments: piece } }
+            : { function: { arguments: piece } };
+        actions.push({
+          pauseMs: pause,
+          write: chunk([
+            {
+              index: 0,
+              delta: { tool_calls: [{ index: 0, ...call }] },
+              logprobs: null,
+              finish_reason: null,
+            },
+          ]),
         });
       }
     }

@@ -366,12 +366,12 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
       promptTokens: 7,
       completionTokens: 62,
     });
+    // An empty reply is no answer (probe 80c F2): refused, whatever count it came with.
     upstream.enqueue({ kind: "reply", chunks: [], usage: { prompt: 7, completion: 0 } });
-    const empty = await collect(provider.stream(messages));
-    expect(empty.at(-1)).toEqual({
-      kind: "usage",
-      usage: { promptTokens: 7, completionTokens: 0 },
-    });
+    const { received, error } = await collectUntilError(provider.stream(messages));
+    expect(received).toEqual([]);
+    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect(failureLines().at(-1)).toMatchObject({ reason: "reply with no text" });
   });
 
   test("a reply longer than its cap allows is not kept: 502 bad_response, a stream cut there", async () => {

@@ -702,6 +702,68 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     ]);
   });
 
+  test("a reply the completion cap ended mid-sentence (finish_reason length) is answered as it came and stored as cut short, JSON and streamed (probe 80c F1)", async () => {
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue(
+      { kind: "reply", chunks: ["First open ", "the settings and then"], finishReason: "length" },
+      { kind: "reply", chunks: ["Streamed and ", "then"], finishReason: "length" },
+      { kind: "reply", chunks: ["Whole ", "answer."] },
+    );
+    const json = await chat(target, asUser(alice), { message: "One" });
+    expect(json.status).toBe(200);
+    const { conversationId, reply } = (await json.json()) as {
+      conversationId: string;
+      reply: string;
+    };
+    expect(reply).toBe("First open the settings and then");
+    const streamed = await chat(target, asUser(alice), { message: "Two", conversationId }, SSE);
+    expect(parseSse(await streamed.text()).map((e) => e.event)).toEqual([
+      "message",
+      "message",
+      "done",
+    ]);
+    await chat(target, asUser(alice), { message: "Three", conversationId });
+    const page = await send(target, `/api/chat/conversations/${conversationId}`, {
+      headers: asUser(alice),
+    });
+    const { messages } = (await page.json()) as {
+      messages: { role: string; content: string; incomplete: boolean }[];
+    };
+    expect(
+      messages.filter((m) => m.role === "assistant").map((m) => [m.content, m.incomplete]),
+    ).toEqual([
+      ["First open the settings and then", true],
+      ["Streamed and then", true],
+      ["Whole answer.", false],
+    ]);
+  });
+
+  test("an answer with no text (only tool calls, or an empty finish) is 502 and stored nowhere; the tool calls generated are charged (probe 80c F2)", async () => {
+    const { upstream, target, alice } = await setUp();
+    const argument = `{"query":"${"x".repeat(990)}"}`;
+    upstream.enqueue(
+      {
+        kind: "reply",
+        chunks: [],
+        toolCalls: Array.from({ length: 20 }, () => argument),
+        finishReason: "tool_calls",
+        usage: false,
+      },
+      { kind: "reply", chunks: [], finishReason: "stop", usage: false },
+    );
+    for (const headers of [undefined, SSE]) {
+      const response = await chat(target, asUser(alice), { message: "Hello" }, headers);
+      // Streamed too: no event was sent before the answer failed, so it is the problem document.
+      expect(response.status).toBe(502);
+      expect(((await response.json()) as Problem).code).toBe("UPSTREAM_UNAVAILABLE");
+    }
+    expect(assistantRows(target)).toHaveLength(0);
+    const [usage] = target.db.select().from(chatUsage).all();
+    expect(usage!.reservedTokens).toBe(0);
+    // 20 KB of arguments generated: charged by estimate, at most the completion cap (1,024).
+    expect(usage!.usedTokens).toBeGreaterThan(1024);
+  });
+
   test("an upstream that never answers: 503 once every attempt timed out", async () => {
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "150" });
     upstream.setDefault({ kind: "hang" });

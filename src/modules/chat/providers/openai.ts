@@ -299,7 +299,28 @@ function reasoningShapes(delta: Record<string, unknown>): string[] {
  */
 function reasoningCharacters(choice: Record<string, unknown>): number {
   if (!isRecord(choice.delta)) return 0;
-  return Math.max(0, ...reasoningShapes(choice.delta).map((shape) => shape.length));
+  return (
+    Math.max(0, ...reasoningShapes(choice.delta).map((shape) => shape.length)) +
+    toolCallText(choice.delta).length
+  );
+}
+
+/**
+ * The text of the tool calls a delta streams (`tool_calls[].function`, the older `function_call`):
+ * Palisade asks for none, but a gateway may answer with them, and what the model generated is
+ * billed, and is progress, like its reasoning; never the reply (probe 80c F2: 50 KB of them were
+ * charged nothing, and the empty reply was stored as an answer).
+ */
+function toolCallText(delta: Record<string, unknown>): string {
+  const calls = Array.isArray(delta.tool_calls) ? delta.tool_calls : [delta.function_call];
+  let text = "";
+  for (const call of calls) {
+    const called = isRecord(call) && isRecord(call.function) ? call.function : call;
+    if (!isRecord(called)) continue;
+    if (typeof called.name === "string") text += called.name;
+    if (typeof called.arguments === "string") text += called.arguments;
+  }
+  return text;
 }
 
 /** The characters of reply and of reasoning a chunk's choice carries. */
@@ -351,9 +372,13 @@ function progresses(chunk: unknown): boolean {
   // (probe 57a F3: each of them held a turn as the empty chunks had). Reasoning is, in every shape
   // it is counted in (probe 70c F1: a model reasoning in `reasoning_details` timed out mid-thought).
   const parts = Array.isArray(content) ? textParts(content) : undefined;
-  return [content, parts, refusal, ...reasoningShapes(choice.delta)].some(
-    (value) => typeof value === "string" && value.trim() !== "",
-  );
+  return [
+    content,
+    parts,
+    refusal,
+    ...reasoningShapes(choice.delta),
+    toolCallText(choice.delta),
+  ].some((value) => typeof value === "string" && value.trim() !== "");
 }
 
 /** The finishes OpenAI's API documents: any other (an empty one) is no finish. */
@@ -548,6 +573,8 @@ function readUsage(value: unknown): TokenUsage | undefined {
  * a breaker failure, five at once from one user opened the circuit for everyone (probe 57a F5).
  */
 const CONTENT_FILTERED = "content_filter";
+/** The finish of a reply the completion cap (`max_completion_tokens`) ended. */
+const CAPPED = "length";
 /** A reply the content filter withheld whole: a refusal of what the message says. */
 function withheldReply(): UpstreamFailure {
   const failure = new UpstreamFailure("refused", "reply withheld by the upstream's content filter");
@@ -841,6 +868,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       let idle = false;
       let events = 0;
       let filtered = false;
+      let capped = false;
       // The upstream's silence since its last chunk with something in it (progresses).
       let silentMs = 0;
       // When this stream last progressed (or opened): another's progress after it is another's.
@@ -910,6 +938,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             finished = true;
             // Once cut by the filter, cut: a later finish does not make the reply whole (69e F4).
             if (choice.finish_reason === CONTENT_FILTERED) filtered = true;
+            // Cut at the completion cap (CHAT_MAX_COMPLETION_TOKENS) mid-sentence: a fragment too,
+            // stored as one (probe 80c F1: it was stored as a whole answer).
+            if (choice.finish_reason === CAPPED) capped = true;
           }
         }
       }
@@ -933,6 +964,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       // be cut (stored incomplete), so the history does not hold a fragment as a whole answer
       // (probe 69b F3).
       else if (filtered && text === "") failure = withheldReply();
+      // Finished with no text at all (only tool calls, or nothing): no answer to show or to keep
+      // as history, where it was stored as one (probe 80c F2). Not usable as a reply: 502.
+      else if (text === "") failure = new UpstreamFailure("bad_response", "reply with no text");
       settled = true;
       if (failure) {
         // Opened, then silent or cut, however early: the prompt was billed (probe 70a F2).
@@ -950,7 +984,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         logger.info(line, "chat upstream answered after a retry");
       }
       const charged = chargedUsage(usage, messages, text.length + reasoning, maxCompletionTokens);
-      yield filtered
+      yield filtered || capped
         ? { kind: "usage", usage: charged, cut: true }
         : { kind: "usage", usage: charged };
     } finally {
