@@ -53,7 +53,12 @@ function fresh(): TestApp {
   return target;
 }
 
-test("an erased admin's account, session and key copied back from a backup are refused, reported and named by db:verify", async () => {
+/**
+ * An admin with an admin key erases itself, and its account, sessions and key rows are copied back
+ * from before (seals and all), as a backup restored over them would; `alsoThen` runs on the file
+ * after that (more tampering). Then the next start on the file.
+ */
+async function erasedAdminCopiedBack(alsoThen: (file: Database) => void = () => {}) {
   const first = fresh();
   const admin = await signUp(first, { role: "admin" });
   const created = await send(first, "/api/admin/api-keys", {
@@ -65,29 +70,38 @@ test("an erased admin's account, session and key copied back from a backup are r
   const path = first.databasePath;
   const backup = {
     users: rowsOf(path, "users", "id = ?", admin.userId),
-    apiKeys: rowsOf(path, "api_keys", "id = ?", apiKey.id),
-    families: rowsOf(path, "refresh_families", "user_id = ?", admin.userId),
-    tokens: rowsOf(path, "refresh_tokens", "user_id = ?", admin.userId),
+    api_keys: rowsOf(path, "api_keys", "id = ?", apiKey.id),
+    refresh_families: rowsOf(path, "refresh_families", "user_id = ?", admin.userId),
+    refresh_tokens: rowsOf(path, "refresh_tokens", "user_id = ?", admin.userId),
   };
   expect(backup.users.length).toBe(1);
-  expect(backup.apiKeys[0]).toMatchObject({ revoked_at: null });
-
+  expect(backup.api_keys[0]).toMatchObject({ revoked_at: null });
   const erased = await send(first, "/api/me", {
     method: "DELETE",
     headers: bearer(admin.accessToken),
   });
   expect(erased.status).toBe(204);
   first.services.audit.flush();
-
-  copyBack(path, "users", backup.users);
-  copyBack(path, "api_keys", backup.apiKeys);
-  copyBack(path, "refresh_families", backup.families);
-  copyBack(path, "refresh_tokens", backup.tokens);
-
-  // The next start, on the file as left.
+  for (const [table, rows] of Object.entries(backup)) copyBack(path, table, rows);
+  const file = new Database(path);
+  try {
+    alsoThen(file);
+  } finally {
+    file.close();
+  }
   const next = startOn(path);
-  let nextOpen = true;
-  cleanups.push(() => nextOpen && next.close());
+  let open = true;
+  const close = () => {
+    if (open) next.close();
+    open = false;
+  };
+  cleanups.push(close);
+  return { admin, key, apiKey, path, next, close };
+}
+
+/** What the next start answers the copied-back admin's password, refresh token and key. */
+async function refusedEverywhere(scenario: Awaited<ReturnType<typeof erasedAdminCopiedBack>>) {
+  const { admin, key, next } = scenario;
   const login = await send(next, "/api/auth/login", {
     body: { email: admin.email, password: STRONG_PASSWORD },
     peer: "10.7.0.1",
@@ -100,6 +114,12 @@ test("an erased admin's account, session and key copied back from a backup are r
   expect(refresh.status).toBe(401);
   const byKey = await send(next, "/api/admin/blocks", { headers: { "x-api-key": key } });
   expect(byKey.status).toBe(401);
+}
+
+test("an erased admin's account, session and key copied back from a backup are refused, reported and named by db:verify", async () => {
+  const scenario = await erasedAdminCopiedBack();
+  const { admin, apiKey, path, next } = scenario;
+  await refusedEverywhere(scenario);
 
   next.services.audit.flush();
   const reported = next.db.$client
@@ -119,8 +139,7 @@ test("an erased admin's account, session and key copied back from a backup are r
     .query("SELECT type FROM audit_events WHERE id > ?1 AND actor = ?2 AND outcome = 'success'")
     .all(erasure, pseudonym);
   expect(since).toEqual([]);
-  next.close();
-  nextOpen = false;
+  scenario.close();
 
   const verified = await cli(["db:verify"], { DATABASE_PATH: path });
   expect(verified.code).not.toBe(0);
@@ -138,47 +157,11 @@ test("an erased admin's account, session and key copied back from a backup are r
 });
 
 test("with the erasure's record deleted from the file too, the chained privacy.erased event still refuses the copied-back account and its key (probe 80a F1)", async () => {
-  const first = fresh();
-  const admin = await signUp(first, { role: "admin" });
-  const created = await send(first, "/api/admin/api-keys", {
-    headers: bearer(admin.accessToken),
-    body: { name: "ops", scopes: ["admin"] },
+  const scenario = await erasedAdminCopiedBack((file) => {
+    expect(file.run("DELETE FROM audit_erased_actors").changes).toBe(2);
   });
-  const { key, apiKey } = (await created.json()) as { key: string; apiKey: { id: string } };
-  const path = first.databasePath;
-  const backup = {
-    users: rowsOf(path, "users", "id = ?", admin.userId),
-    apiKeys: rowsOf(path, "api_keys", "id = ?", apiKey.id),
-    families: rowsOf(path, "refresh_families", "user_id = ?", admin.userId),
-    tokens: rowsOf(path, "refresh_tokens", "user_id = ?", admin.userId),
-  };
-  expect(
-    (await send(first, "/api/me", { method: "DELETE", headers: bearer(admin.accessToken) })).status,
-  ).toBe(204);
-  first.services.audit.flush();
-  copyBack(path, "users", backup.users);
-  copyBack(path, "api_keys", backup.apiKeys);
-  copyBack(path, "refresh_families", backup.families);
-  copyBack(path, "refresh_tokens", backup.tokens);
-  const file = new Database(path);
-  expect(file.run("DELETE FROM audit_erased_actors").changes).toBe(2);
-  file.close();
-
-  const next = startOn(path);
-  cleanups.push(() => next.close());
-  const login = await send(next, "/api/auth/login", {
-    body: { email: admin.email, password: STRONG_PASSWORD },
-    peer: "10.7.1.1",
-  });
-  expect(login.status).toBe(401);
-  const refresh = await send(next, "/api/auth/refresh", {
-    body: { refreshToken: admin.refreshToken },
-    peer: "10.7.1.2",
-  });
-  expect(refresh.status).toBe(401);
-  expect((await send(next, "/api/admin/blocks", { headers: { "x-api-key": key } })).status).toBe(
-    401,
-  );
+  const { admin, path } = scenario;
+  await refusedEverywhere(scenario);
   const verified = await cli(["db:verify"], { DATABASE_PATH: path });
   expect(verified.code).not.toBe(0);
   expect(verified.stderr + verified.stdout).toContain(

@@ -663,9 +663,36 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(text).toMatch(/chat_tokens_total\{[^}]*kind="completion"[^}]*\} 3/);
   });
 
-  test("a reply the upstream's content filter cut part-way is answered as it came and stored as cut short, JSON and streamed (probe 69b F3)", async () => {
+  /**
+   * Three turns on one conversation: the first two as `cut` (JSON, then streamed), the third a
+   * whole answer; what the conversation's page says of each assistant message.
+   */
+  async function storedAfter(cut: [UpstreamStep, UpstreamStep]) {
     const { upstream, target, alice } = await setUp();
-    upstream.enqueue(
+    upstream.enqueue(...cut, { kind: "reply", chunks: ["Whole ", "answer."] });
+    const json = await chat(target, asUser(alice), { message: "One" });
+    expect(json.status).toBe(200);
+    const { conversationId, reply } = (await json.json()) as {
+      conversationId: string;
+      reply: string;
+    };
+    const streamed = await chat(target, asUser(alice), { message: "Two", conversationId }, SSE);
+    const events = parseSse(await streamed.text()).map((e) => e.event);
+    await chat(target, asUser(alice), { message: "Three", conversationId });
+    const page = await send(target, `/api/chat/conversations/${conversationId}`, {
+      headers: asUser(alice),
+    });
+    const { messages } = (await page.json()) as {
+      messages: { role: string; content: string; incomplete: boolean }[];
+    };
+    const stored = messages
+      .filter((m) => m.role === "assistant")
+      .map((m) => [m.content, m.incomplete]);
+    return { reply, events, stored };
+  }
+
+  test("a reply the upstream's content filter cut part-way is answered as it came and stored as cut short, JSON and streamed (probe 69b F3)", async () => {
+    const { reply, events, stored } = await storedAfter([
       { kind: "reply", chunks: ["Partly ", "filtered"], finishReason: "content_filter" },
       // A later finish saying "stop" does not make the cut reply whole (probe 69e F4).
       {
@@ -674,28 +701,10 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
         finishReason: "content_filter",
         thenFinish: "stop",
       },
-      { kind: "reply", chunks: ["Whole ", "answer."] },
-    );
-    const json = await chat(target, asUser(alice), { message: "One" });
-    expect(json.status).toBe(200);
-    const { conversationId, reply } = (await json.json()) as {
-      conversationId: string;
-      reply: string;
-    };
+    ]);
     expect(reply).toBe("Partly filtered");
-    const streamed = await chat(target, asUser(alice), { message: "Two", conversationId }, SSE);
-    const events = parseSse(await streamed.text());
-    expect(events.map((e) => e.event)).toEqual(["message", "message", "done"]);
-    await chat(target, asUser(alice), { message: "Three", conversationId });
-    const page = await send(target, `/api/chat/conversations/${conversationId}`, {
-      headers: asUser(alice),
-    });
-    const { messages } = (await page.json()) as {
-      messages: { role: string; content: string; incomplete: boolean }[];
-    };
-    expect(
-      messages.filter((m) => m.role === "assistant").map((m) => [m.content, m.incomplete]),
-    ).toEqual([
+    expect(events).toEqual(["message", "message", "done"]);
+    expect(stored).toEqual([
       ["Partly filtered", true],
       ["Also cut", true],
       ["Whole answer.", false],
@@ -703,35 +712,13 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
   });
 
   test("a reply the completion cap ended mid-sentence (finish_reason length) is answered as it came and stored as cut short, JSON and streamed (probe 80c F1)", async () => {
-    const { upstream, target, alice } = await setUp();
-    upstream.enqueue(
+    const { reply, events, stored } = await storedAfter([
       { kind: "reply", chunks: ["First open ", "the settings and then"], finishReason: "length" },
       { kind: "reply", chunks: ["Streamed and ", "then"], finishReason: "length" },
-      { kind: "reply", chunks: ["Whole ", "answer."] },
-    );
-    const json = await chat(target, asUser(alice), { message: "One" });
-    expect(json.status).toBe(200);
-    const { conversationId, reply } = (await json.json()) as {
-      conversationId: string;
-      reply: string;
-    };
-    expect(reply).toBe("First open the settings and then");
-    const streamed = await chat(target, asUser(alice), { message: "Two", conversationId }, SSE);
-    expect(parseSse(await streamed.text()).map((e) => e.event)).toEqual([
-      "message",
-      "message",
-      "done",
     ]);
-    await chat(target, asUser(alice), { message: "Three", conversationId });
-    const page = await send(target, `/api/chat/conversations/${conversationId}`, {
-      headers: asUser(alice),
-    });
-    const { messages } = (await page.json()) as {
-      messages: { role: string; content: string; incomplete: boolean }[];
-    };
-    expect(
-      messages.filter((m) => m.role === "assistant").map((m) => [m.content, m.incomplete]),
-    ).toEqual([
+    expect(reply).toBe("First open the settings and then");
+    expect(events).toEqual(["message", "message", "done"]);
+    expect(stored).toEqual([
       ["First open the settings and then", true],
       ["Streamed and then", true],
       ["Whole answer.", false],

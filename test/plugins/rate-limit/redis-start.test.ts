@@ -28,6 +28,21 @@ async function withRedis(
   }
 }
 
+/** `bun run src/index.ts` in production on `redisUrl`, with a new database, to its exit. */
+async function productionStart(redisUrl: string) {
+  const dir = tempDir();
+  try {
+    return await runToExit(["bun", "run", "src/index.ts"], {
+      ...PRODUCTION_ENV,
+      DATABASE_PATH: join(dir.path, "production.db"),
+      PORT: "0",
+      REDIS_URL: redisUrl,
+    });
+  } finally {
+    dir.remove();
+  }
+}
+
 describe.skipIf(!redisAvailable)(
   "the limiter's Redis at the start and in /ready (a real redis-server)",
   () => {
@@ -293,42 +308,22 @@ describe.skipIf(!redisAvailable)(
         } finally {
           target.close();
         }
-        const dir = tempDir();
-        try {
-          const result = await runToExit(["bun", "run", "src/index.ts"], {
-            ...PRODUCTION_ENV,
-            DATABASE_PATH: join(dir.path, "scripts.db"),
-            PORT: "0",
-            REDIS_URL: redis.url,
-          });
-          expect(result.code).toBe(2);
-          expect(result.stderr.trim()).toStartWith(
-            "palisade: refusing to start: REDIS_URL's Redis refuses the limiter's scripts (SCRIPT LOAD, EVALSHA and EVAL are needed: ",
-          );
-        } finally {
-          dir.remove();
-        }
+        const result = await productionStart(redis.url);
+        expect(result.code).toBe(2);
+        expect(result.stderr.trim()).toStartWith(
+          "palisade: refusing to start: REDIS_URL's Redis refuses the limiter's scripts (SCRIPT LOAD, EVALSHA and EVAL are needed: ",
+        );
       });
     }, 30_000);
 
     test("production refuses to start on a Redis that may evict keys: exit 2, one line naming REDIS_URL (probe 46c F2)", async () => {
       await withRedis(["--maxmemory-policy", "volatile-lru"], async (redis) => {
-        const dir = tempDir();
-        try {
-          const result = await runToExit(["bun", "run", "src/index.ts"], {
-            ...PRODUCTION_ENV,
-            DATABASE_PATH: join(dir.path, "evicting.db"),
-            PORT: "0",
-            REDIS_URL: redis.url,
-          });
-          expect(result.code).toBe(2);
-          expect(result.stderr.trim()).toBe(
-            "palisade: refusing to start: REDIS_URL's Redis: maxmemory-policy is volatile-lru: Redis may evict lockouts, sign-in counts and limits (set maxmemory-policy noeviction on the limiter's Redis)",
-          );
-          expect(result.stdout).not.toContain('"msg":"listening"');
-        } finally {
-          dir.remove();
-        }
+        const result = await productionStart(redis.url);
+        expect(result.code).toBe(2);
+        expect(result.stderr.trim()).toBe(
+          "palisade: refusing to start: REDIS_URL's Redis: maxmemory-policy is volatile-lru: Redis may evict lockouts, sign-in counts and limits (set maxmemory-policy noeviction on the limiter's Redis)",
+        );
+        expect(result.stdout).not.toContain('"msg":"listening"');
       });
     }, 30_000);
   },
