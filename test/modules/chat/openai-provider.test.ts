@@ -370,7 +370,7 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
     upstream.enqueue({ kind: "reply", chunks: [], usage: { prompt: 7, completion: 0 } });
     const { received, error } = await collectUntilError(provider.stream(messages));
     expect(received).toEqual([]);
-    expect((error as UpstreamFailure).kind).toBe("bad_response");
+    expect((error as UpstreamFailure).kind).toBe("refused");
     expect(failureLines().at(-1)).toMatchObject({ reason: "reply with no text" });
   });
 

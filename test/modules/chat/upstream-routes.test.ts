@@ -725,7 +725,7 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     ]);
   });
 
-  test("an answer with no text (only tool calls, or an empty finish) is 502 and stored nowhere; the tool calls generated are charged (probe 80c F2)", async () => {
+  test("an answer with no text (only tool calls, or an empty finish) is 422 and stored nowhere; the tool calls generated are charged (probe 80c F2)", async () => {
     const { upstream, target, alice } = await setUp();
     const argument = `{"query":"${"x".repeat(990)}"}`;
     upstream.enqueue(
@@ -741,14 +741,35 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     for (const headers of [undefined, SSE]) {
       const response = await chat(target, asUser(alice), { message: "Hello" }, headers);
       // Streamed too: no event was sent before the answer failed, so it is the problem document.
-      expect(response.status).toBe(502);
-      expect(((await response.json()) as Problem).code).toBe("UPSTREAM_UNAVAILABLE");
+      expect(response.status).toBe(422);
+      expect(((await response.json()) as Problem).code).toBe("UPSTREAM_REFUSED");
     }
     expect(assistantRows(target)).toHaveLength(0);
     const [usage] = target.db.select().from(chatUsage).all();
     expect(usage!.reservedTokens).toBe(0);
     // 20 KB of arguments generated: charged by estimate, at most the completion cap (1,024).
     expect(usage!.usedTokens).toBeGreaterThan(1024);
+  });
+
+  test("answers with no text from an upstream that is up do not open its circuit for everyone (probe 80d F1)", async () => {
+    const { upstream, target, alice } = await setUp();
+    const bob = await signUp(target);
+    // A reasoning model that spent its whole completion cap thinking, five times over.
+    for (let i = 0; i < 5; i++) {
+      upstream.enqueue({
+        kind: "reply",
+        chunks: [],
+        reasoning: ["thinking ".repeat(50)],
+        finishReason: "length",
+      });
+    }
+    upstream.setDefault({ kind: "reply", chunks: ["Hello ", "Bob."] });
+    for (let i = 0; i < 5; i++) {
+      expect((await chat(target, asUser(alice), { message: `Think about ${i}` })).status).toBe(422);
+    }
+    const answered = await chat(target, asUser(bob), { message: "Hi" });
+    expect(answered.status).toBe(200);
+    expect(((await answered.json()) as { reply: string }).reply).toBe("Hello Bob.");
   });
 
   test("an upstream that never answers: 503 once every attempt timed out", async () => {

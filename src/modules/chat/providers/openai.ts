@@ -964,9 +964,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       // be cut (stored incomplete), so the history does not hold a fragment as a whole answer
       // (probe 69b F3).
       else if (filtered && text === "") failure = withheldReply();
-      // Finished with no text at all (only tool calls, or nothing): no answer to show or to keep
-      // as history, where it was stored as one (probe 80c F2). Not usable as a reply: 502.
-      else if (text === "") failure = new UpstreamFailure("bad_response", "reply with no text");
+      // Finished with no text at all (only tool calls, a reasoning model that spent its cap
+      // thinking, a model told to say nothing): no answer to show or to keep as history, where it
+      // was stored as one (probe 80c F2). The upstream answered what it was asked, so a refusal of
+      // this message, as a withheld reply is: as a bad response, five from one user opened the
+      // circuit for everyone (probe 80d F1).
+      else if (text === "") failure = new UpstreamFailure("refused", "reply with no text");
       settled = true;
       if (failure) {
         // Opened, then silent or cut, however early: the prompt was billed (probe 70a F2).
