@@ -127,9 +127,9 @@ export function createCredentialSeal(
   report: TamperReport = () => {},
   /**
    * Whether the audit log records this principal (`user:<id>`, `key:<id>`) erased. An erasure
-   * deletes the account and revokes its keys, and account ids are never reused, so an account row
-   * of an erased principal, or a key row of one not revoked, was copied back into the file from
-   * before the erasure (a backup): its seal still matches, but it is refused like a forged row
+   * revokes the account's keys and deletes the account (its keys' rows with it), and ids are never
+   * reused, so an account row of an erased principal, or a key row of one in force, was copied back
+   * into the file from before the erasure (a backup): its seal still matches, but it is refused like a forged row
    * (probe 79c F1: the erased admin signed in again and acted under the erasure's pseudonym, with
    * no address, and nothing reported it). Absent, no row is taken for erased (the upgrade's
    * sealing, which runs before the audit log exists).
