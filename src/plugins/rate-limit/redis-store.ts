@@ -13,7 +13,9 @@
  *
  * Failure (Redis unreachable, timeout): the checks reject; the plugin fails open or closed by policy.
  */
+
 import type { RedisClient } from "bun";
+import { firstLine } from "../../cli/terminal";
 import {
   CheckQueue,
   fail,
@@ -415,7 +417,3 @@ export async function assertScriptsRun(
 }
 
 const READY_SCRIPT = "return 1";
-
-function firstLine(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).split("\n")[0]!;
-}

@@ -960,16 +960,15 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       else if (broken) failure = new UpstreamFailure("bad_response", broken);
       else if (!finished)
         failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
-      // Withheld whole: a refusal of what the message says. Cut by it part-way: kept, and said to
-      // be cut (stored incomplete), so the history does not hold a fragment as a whole answer
-      // (probe 69b F3).
-      else if (filtered && text === "") failure = withheldReply();
-      // Finished with no text at all (only tool calls, a reasoning model that spent its cap
-      // thinking, a model told to say nothing): no answer to show or to keep as history, where it
-      // was stored as one (probe 80c F2). The upstream answered what it was asked, so a refusal of
-      // this message, as a withheld reply is: as a bad response, five from one user opened the
-      // circuit for everyone (probe 80d F1).
-      else if (text === "") failure = new UpstreamFailure("refused", "reply with no text");
+      // Finished with no text: a refusal of this message. Withheld whole by the content filter,
+      // of what it says. Otherwise (only tool calls, a reasoning model that spent its cap
+      // thinking, a model told to say nothing) no answer to show or keep as history, where it was
+      // stored as one (probe 80c F2); the upstream answered what it was asked, and as a bad
+      // response five from one user opened the circuit for everyone (probe 80d F1). Cut by the
+      // filter part-way: kept, and said to be cut (stored incomplete), so the history does not
+      // hold a fragment as a whole answer (probe 69b F3).
+      else if (text === "")
+        failure = filtered ? withheldReply() : new UpstreamFailure("refused", "reply with no text");
       settled = true;
       if (failure) {
         // Opened, then silent or cut, however early: the prompt was billed (probe 70a F2).
