@@ -15,6 +15,7 @@ import {
   serializeCookie,
 } from "../../plugins/csrf/cookies";
 import type { LimitCharge, LimitEnforcer } from "../../plugins/rate-limit/enforce";
+import { ADMITTED_RATE_LIMIT_HEADERS } from "../../plugins/rate-limit/headers";
 import { LOGIN_ACCOUNT_POLICY_LABEL } from "../../plugins/rate-limit/metrics";
 import type { PolicyTable } from "../../plugins/rate-limit/policies";
 import type { RequestState } from "../../plugins/request-state";
@@ -90,11 +91,11 @@ export function authModule(options: AuthModuleOptions) {
    */
   const refundedIfBusy = <T>(
     outcome: Promise<T>,
-    ...charges: (LimitCharge | undefined)[]
+    charges: () => (LimitCharge | undefined)[],
   ): Promise<T> =>
     outcome.catch((error: unknown) => {
       if (error instanceof PasswordWorkBusy) {
-        for (const charge of charges) if (charge) enforceLimits.refund(charge);
+        for (const charge of charges()) if (charge) enforceLimits.refund(charge);
       }
       throw error;
     });
@@ -123,7 +124,7 @@ export function authModule(options: AuthModuleOptions) {
             body.password,
             meta({ client, requestId }, "POST /api/auth/register"),
           ),
-          limitCharge,
+          () => [limitCharge],
         );
         switch (outcome.code) {
           case "INVALID_EMAIL":
@@ -174,33 +175,38 @@ export function authModule(options: AuthModuleOptions) {
         const refundAddress = () => {
           if (limitCharge) enforceLimits.refund(limitCharge, isSignInPolicy);
         };
-        const headers = await enforceLimits(accountLoginPolicy, accountKey, {
-          method: request.method,
-          path,
-          client,
-          requestId,
-          charged: (charge) => {
-            accountCharge = charge;
-          },
-        }).catch((error: unknown) => {
-          if (error instanceof AppError && error.code === "RATE_LIMITED") refundAddress();
-          throw error;
-        });
-        if (headers) Object.assign(set.headers, headers);
+        // Asked once the lock has room (service.login): a locked account's sign-in is told the
+        // lock's wait, not this limit's minute (probe 80b F3).
+        const accountLimit = async () => {
+          const headers = await enforceLimits(accountLoginPolicy, accountKey, {
+            method: request.method,
+            path,
+            client,
+            requestId,
+            charged: (charge) => {
+              accountCharge = charge;
+            },
+          }).catch((error: unknown) => {
+            if (error instanceof AppError && error.code === "RATE_LIMITED") refundAddress();
+            throw error;
+          });
+          if (headers) Object.assign(set.headers, headers);
+        };
         const outcome = await refundedIfBusy(
           service.login(
             body.email,
             body.password,
             meta({ client, requestId }, "POST /api/auth/login"),
+            accountLimit,
           ),
-          limitCharge,
-          accountCharge,
+          () => [limitCharge, accountCharge],
         );
         if (outcome.code === "LOCKED") {
           refundAddress();
           metrics.fail("locked");
-          // The per-account limit's headers said there was room; the lock's answer is Retry-After.
-          if (headers) for (const name in headers) delete set.headers[name];
+          // The address's sign-in limit said there was room; the lock's answer is Retry-After
+          // alone (probe 25f F4).
+          for (const name of ADMITTED_RATE_LIMIT_HEADERS) delete set.headers[name];
           throw new AppError(
             "RATE_LIMITED",
             "Too many failed sign-ins for this account; try again later.",

@@ -472,8 +472,19 @@ export class AuthService {
    * verdict every time a lock lifted (probe 24c F1), and the read and the count could round apart
    * (F3). Keyed by every spelling of the address, known or not, so the lock says nothing about
    * whether the account exists.
+   *
+   * `admitted`, when given, runs once the lock has given the sign-in its place and before the
+   * password is judged (the route's per-account sign-in limit); a locked account's sign-in is
+   * answered by the lock, with the lock's wait, without it. Asked first, the per-account limit
+   * refused a locked account's sign-ins with its own minute's wait, and a client retrying as told
+   * met the lock for minutes more (probe 80b F3). Throwing, it refuses the sign-in unjudged.
    */
-  async login(rawEmail: string, password: string, meta: RequestMeta): Promise<LoginOutcome> {
+  async login(
+    rawEmail: string,
+    password: string,
+    meta: RequestMeta,
+    admitted?: () => Promise<void>,
+  ): Promise<LoginOutcome> {
     const { audit, clock, limiter } = this.options;
     const now = clock.now();
     const policy = this.lockoutPolicy;
@@ -528,6 +539,16 @@ export class AuthService {
       if (judgingNow.size === 0 && this.judging.get(key) === judgingNow) this.judging.delete(key);
       judged();
     };
+    if (admitted) {
+      try {
+        await admitted();
+      } catch (error) {
+        // Refused after the lock had room (the account's sign-in limit): no verdict, nothing counted.
+        giveBack();
+        verdictGiven();
+        throw error;
+      }
+    }
 
     let user: UserRow | null;
     let valid: boolean;
