@@ -874,6 +874,12 @@ export class PaymentService {
       // stays among the payment's undecided ones.
       const decided = result.kind === "refused";
       this.writeOrWait(id, () => this.endClaim(id, claim, decided ? start.key : null), context);
+      // The admin's key was first sent with another amount, and Stripe holds it to that one: a
+      // refund it failed, whose entry went with its answer, so only Stripe still knew (probe 78c
+      // F3: a 502, where the key's other amount is otherwise a 409).
+      if (result.kind === "refused" && result.keyReused && isKeyedRefund(start.key)) {
+        return { kind: "key_reused" };
+      }
       return result;
     }
     // Only a `succeeded` refund is money returned. A `pending` one (or `requires_action`) is

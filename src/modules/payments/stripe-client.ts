@@ -57,7 +57,16 @@ export type GatewayFailure =
        */
       keptByStripe?: boolean;
     }
-  | { ok: false; kind: "refused"; reason: string }
+  | {
+      ok: false;
+      kind: "refused";
+      reason: string;
+      /**
+       * Stripe refused the idempotency key itself: it was first sent with other parameters
+       * (`idempotency_error`), so nothing was made and the same key never will make this request.
+       */
+      keyReused?: boolean;
+    }
   | { ok: false; kind: "bad_response"; reason: string };
 
 export type GatewayResult<T> = ({ ok: true } & T) | GatewayFailure;
@@ -196,6 +205,9 @@ async function failureOf(error: unknown): Promise<GatewayFailure> {
         status >= 500 &&
         headerOf(error.headers, "idempotent-replayed") === "true";
       return { ok: false, kind: "unavailable", reason, ...(keptByStripe ? { keptByStripe } : {}) };
+    }
+    if (error instanceof Stripe.errors.StripeIdempotencyError) {
+      return { ok: false, kind: "refused", reason, keyReused: true };
     }
     return { ok: false, kind: "refused", reason };
   }

@@ -106,6 +106,25 @@ test("the key with another amount is 409 and asks Stripe nothing", async () => {
   expect(refunded(current, id)).toBe(1000);
 });
 
+test("the key of a refund Stripe failed, sent with another amount, is 409: Stripe holds the key to its first amount and nothing is made (probe 78c F3)", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 3000);
+  current.stripe.refundStatusNext("failed");
+  const failed = await refund(current, id, admin, { amount: 1000 }, "k1");
+  expect(failed.status).toBe(502);
+  const other = await refund(current, id, admin, { amount: 500 }, "k1");
+  expect(other.status).toBe(409);
+  const problem = (await other.json()) as { code: string; detail: string };
+  expect(problem.code).toBe("CONFLICT");
+  expect(problem.detail).toContain("another amount");
+  // One refund at Stripe, the failed one; none recorded.
+  expect((await stripeRefundsOf(current, id)).map((listed) => listed.amount)).toEqual([1000]);
+  expect(refunded(current, id)).toBe(0);
+  // Another key refunds.
+  expect((await refund(current, id, admin, { amount: 500 }, "k2")).status).toBe(200);
+  expect(refunded(current, id)).toBe(500);
+});
+
 test("five at once with one key: one refund at Stripe; those refused meanwhile are told to retry with the key, and the retry is that refund", async () => {
   current = buildPaymentsApp();
   const target = current;
