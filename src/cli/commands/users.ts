@@ -76,6 +76,12 @@ export const usersRole: Command = {
     const { auth } = context.services();
     const user = auth.accountForOperator(email);
     if (!user) throw new CliError(`no account has the email ${email}`);
+    if (user.erased) {
+      // Changed, it would be named in the audit log its erasure pseudonymised (probe 80a F2).
+      throw new CliError(
+        `the account of ${email} was erased; its row is in the database file again, copied back from before its erasure (a backup): it is refused, and its role is not changed; erase it again with users:erase --email ${email} --yes`,
+      );
+    }
     if (!user.intact && role === "admin") {
       throw new CliError(
         `the account of ${email} does not match its seal (it was written into the database file); it is refused and cannot be promoted`,
@@ -141,7 +147,11 @@ export const usersErase: Command = {
     if (!user) throw new CliError(`no account has the email ${email}`);
     // Irreversible: the command says what it would erase until it is told to.
     if (args.flags.yes !== true) {
-      if (!user.intact) {
+      if (user.erased) {
+        context.err(
+          `the account of ${email} was erased; its row is in the database file again, copied back from before its erasure (a backup): erasing it again removes what was copied back`,
+        );
+      } else if (!user.intact) {
         context.err(
           `the account of ${email} does not match its seal (it was written into the database file): its address may not be its own; check that ${user.id} is the account to erase`,
         );
@@ -157,7 +167,11 @@ export const usersErase: Command = {
     context.out(
       `erased ${email} (${user.id}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
     );
-    if (!user.intact) {
+    if (user.erased) {
+      context.err(
+        `the account of ${email} had been erased before; what was copied back from before that erasure is erased again`,
+      );
+    } else if (!user.intact) {
       context.err(
         `the account of ${email} did not match its seal (it was written into the database file); it was erased all the same`,
       );

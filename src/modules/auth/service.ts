@@ -949,11 +949,14 @@ export class AuthService {
    * matches its seal (`intact`): an operator must still be able to demote an account whose row was
    * written into the file, and to be told so.
    */
-  accountForOperator(email: string): { id: string; role: Role; intact: boolean } | null {
+  accountForOperator(
+    email: string,
+  ): { id: string; role: Role; intact: boolean; erased: boolean } | null {
     const row = this.statements.userByEmail.get({ value: emailLookupKey(email) });
     if (!row) return null;
     const { seal } = this.options;
-    return { id: row.id, role: row.role, intact: seal.intact.account(row) };
+    const intact = seal.intact.account(row);
+    return { id: row.id, role: row.role, intact, erased: !intact && seal.erased(`user:${row.id}`) };
   }
 
   /**
@@ -971,6 +974,9 @@ export class AuthService {
         // A tampered row's role column proves nothing: a demotion always ends its sessions.
         if (intact && current.role === role) return false;
         if (!intact && role === "admin") return false;
+        // An erased account's row copied back is erased again, not changed: a change would name
+        // the erased account in the audit log its erasure pseudonymised.
+        if (!intact && seal.erased(`user:${userId}`)) return false;
         const change = { role, updatedAt: new Date(this.options.clock.now()) };
         this.db
           .update(users)

@@ -101,6 +101,11 @@ export interface CredentialSeal {
     /** A key's rotation mark as stored (`replaced_by`, `successor_seal`). */
     successor(row: SealedSuccessor & { successorSeal: string | null }): boolean;
   };
+  /**
+   * Whether the audit log records this principal (`user:<id>`, `key:<id>`) erased, reporting
+   * nothing: what an operator is told of a row `intact` refuses.
+   */
+  erased(principal: string): boolean;
 }
 
 export type SealedTable = "users" | "api_keys" | "refresh_tokens" | "refresh_families";
@@ -168,6 +173,7 @@ export function createCredentialSeal(
     refreshToken,
     lineage,
     successor,
+    erased,
     intact: {
       account: (row) =>
         checked(sealMatches(account(row), row.seal), "users", row.id) &&

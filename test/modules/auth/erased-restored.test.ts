@@ -156,6 +156,46 @@ test("an erased admin's account, session and key copied back from a backup are r
   );
 });
 
+test("users:role refuses an erased account's row copied back, naming no one in the audit log; users:erase erases it again (probe 80a F2)", async () => {
+  const scenario = await erasedAdminCopiedBack();
+  const { admin, path, close } = scenario;
+  close();
+  const rolesChanged = () => {
+    const file = new Database(path, { readonly: true });
+    try {
+      return file
+        .query("SELECT detail FROM audit_events WHERE type = 'admin.user.role_changed'")
+        .all();
+    } finally {
+      file.close();
+    }
+  };
+  const before = rolesChanged();
+  const demoted = await cli(["users:role", "--email", admin.email, "--role", "user"], {
+    DATABASE_PATH: path,
+  });
+  expect(demoted.code).not.toBe(0);
+  expect(demoted.stderr).toContain(`the account of ${admin.email} was erased`);
+  // Unchanged, seal and all: db:verify still names it for what it is.
+  expect(rowsOf(path, "users", "id = ?", admin.userId)[0]).toMatchObject({ role: "admin" });
+  expect(rolesChanged()).toEqual(before);
+  const verified = await cli(["db:verify"], { DATABASE_PATH: path });
+  expect(verified.stderr + verified.stdout).toContain(
+    `users ${admin.userId}: of an erased account or key, copied back from before its erasure`,
+  );
+
+  const erased = await cli(["users:erase", "--email", admin.email, "--yes"], {
+    DATABASE_PATH: path,
+  });
+  expect(erased.code).toBe(0);
+  expect(erased.stderr).toContain("had been erased before");
+  expect(rowsOf(path, "users", "id = ?", admin.userId)).toEqual([]);
+  expect(rowsOf(path, "api_keys", "user_id = ?", admin.userId)).toEqual([]);
+  expect(
+    rowsOf(path, "audit_events", "actor = ? OR detail LIKE ?", admin.userId, `%${admin.userId}%`),
+  ).toEqual([]);
+});
+
 test("with the erasure's record deleted from the file too, the chained privacy.erased event still refuses the copied-back account and its key (probe 80a F1)", async () => {
   const scenario = await erasedAdminCopiedBack((file) => {
     expect(file.run("DELETE FROM audit_erased_actors").changes).toBe(2);
