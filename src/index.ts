@@ -4,6 +4,7 @@
  * requests, then close the database. A configuration or database that cannot work stops the start
  * with one line naming the cause and exit code 2.
  */
+import { readFileSync } from "node:fs";
 import { createApp } from "./app";
 import { namedFirstLine, terminalSafe } from "./cli/terminal";
 import { ConfigError, databasePathOf, loadConfig } from "./config";
@@ -38,6 +39,7 @@ import {
   type MetricsListener,
   MetricsPortUnavailable,
 } from "./plugins/metrics/listener";
+import { watchScriptRunner } from "./script-runner";
 import { PortUnavailable, startServer } from "./server";
 import { createServices } from "./services";
 import { stopSignals } from "./stop-signals";
@@ -308,6 +310,24 @@ try {
 }
 // The server handles the signals from here on.
 started = true;
+watchScriptRunner({
+  env: process.env,
+  parentId: () => process.ppid,
+  commandLineOf: (pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    } catch {
+      return null;
+    }
+  },
+  onGone: (parent) => {
+    logger.warn(
+      { parent },
+      "the `bun run` that started this service has exited without stopping it (killed): stopping, as on SIGTERM",
+    );
+    void running.shutdown("script runner gone");
+  },
+});
 if (stopSignalledDuringStart !== null) {
   logger.warn(
     { signal: stopSignalledDuringStart },
