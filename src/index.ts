@@ -85,6 +85,26 @@ const duringStart = (signal: NodeJS.Signals) => {
 };
 for (const signal of stopSignals()) process.on(signal, duringStart);
 
+// The `bun run` this service may have been started by is watched from here (src/script-runner.ts):
+// one killed while the service starts is found at the first look, and the service stops once it
+// listens, as for a stop signalled during the start.
+let runnerGone: number | null = null;
+let onRunnerGone = (parent: number) => {
+  runnerGone = parent;
+};
+watchScriptRunner({
+  env: process.env,
+  parentId: () => process.ppid,
+  commandLineOf: (pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    } catch {
+      return null;
+    }
+  },
+  onGone: (parent) => onRunnerGone(parent),
+});
+
 // Before the configuration, which in development makes an audit key beside the file: a file that
 // holds another application's tables is refused with nothing written to it or beside it.
 try {
@@ -310,24 +330,14 @@ try {
 }
 // The server handles the signals from here on.
 started = true;
-watchScriptRunner({
-  env: process.env,
-  parentId: () => process.ppid,
-  commandLineOf: (pid) => {
-    try {
-      return readFileSync(`/proc/${pid}/cmdline`, "utf8");
-    } catch {
-      return null;
-    }
-  },
-  onGone: (parent) => {
-    logger.warn(
-      { parent },
-      "the `bun run` that started this service has exited without stopping it (killed): stopping, as on SIGTERM",
-    );
-    void running.shutdown("script runner gone");
-  },
-});
+onRunnerGone = (parent) => {
+  logger.warn(
+    { parent },
+    "the `bun run` that started this service has exited without stopping it (killed): stopping, as on SIGTERM",
+  );
+  void running.shutdown("script runner gone");
+};
+if (runnerGone !== null) onRunnerGone(runnerGone);
 if (stopSignalledDuringStart !== null) {
   logger.warn(
     { signal: stopSignalledDuringStart },
