@@ -1,5 +1,10 @@
 /** Payments without STRIPE_SECRET_KEY (501, /ready still ready), and what privacy does to payments. */
 import { afterEach, expect, test } from "bun:test";
+import { paymentLedgerOf } from "../../../src/modules/payments/ledger";
+import {
+  PAYMENTS_EXPORT_PAGE,
+  PAYMENTS_STRIPPED_PART,
+} from "../../../src/modules/payments/privacy";
 import { createPaymentSeal, SEALED_PAYMENT_COLUMNS } from "../../../src/modules/payments/seal";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../../support/auth";
@@ -228,4 +233,76 @@ test("erasure strips the user's payment whose owner the file moved to another us
   expect(sealed.map((row) => sealer.intact.payment(row))).toEqual([true, true, true]);
   const bobsPayments = await send(current, "/api/payments", { headers: bearer(bob.accessToken) });
   expect(((await bobsPayments.json()) as { payments: unknown[] }).payments).toHaveLength(1);
+});
+
+test("a long payment history is exported whole, in order, a page at a time, and erased a part at a time, other requests served between the parts (probe 81b F1)", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const ledger = paymentLedgerOf(current.services);
+  const now = Date.now();
+  const insert = (owner: string, i: number) => {
+    const id = `pi_history${owner === `user:${bob.userId}` ? "bob" : ""}${String(i).padStart(5, "0")}`;
+    ledger.insert({
+      id,
+      owner,
+      amount: 1000 + i,
+      currency: "usd",
+      status: "succeeded",
+      clientSecret: `${id}_secret_probe`,
+      description: `order ${i}`,
+      customerEmail: "alice.private@example.com",
+      createdAt: now,
+      updatedAt: now,
+    });
+    return id;
+  };
+  const total = 2 * PAYMENTS_EXPORT_PAGE + 7;
+  const mine = Array.from({ length: total }, (_, i) => insert(`user:${alice.userId}`, i));
+  insert(`user:${bob.userId}`, 0);
+
+  const exported = await send(current, "/api/me/export", { headers: bearer(alice.accessToken) });
+  expect(exported.status).toBe(200);
+  const document = (await exported.json()) as { payments: { id: string }[] };
+  expect(document.payments.map((payment) => payment.id)).toEqual(mine);
+
+  const sqlite = current.db.$client;
+  const owned = sqlite.query<{ n: number }, [string]>(
+    "SELECT count(*) AS n FROM payments WHERE owner = ?",
+  );
+  const account = sqlite.query<{ n: number }, [string]>(
+    "SELECT count(*) AS n FROM users WHERE id = ?",
+  );
+  // What other work finds between the erasure's steps: some stripped, the account still there.
+  const seenPartWay: number[] = [];
+  const sampler = setInterval(() => {
+    const left = owned.get(`user:${alice.userId}`)!.n;
+    if (left > 0 && left < total && account.get(alice.userId)!.n === 1) seenPartWay.push(left);
+  }, 1);
+  const erased = await send(current, "/api/me", {
+    method: "DELETE",
+    headers: bearer(alice.accessToken),
+    body: { password: STRONG_PASSWORD },
+  });
+  clearInterval(sampler);
+  expect(erased.status).toBe(204);
+  expect(seenPartWay.length).toBeGreaterThan(0);
+  expect(Math.min(...seenPartWay)).toBeLessThanOrEqual(total - PAYMENTS_STRIPPED_PART);
+
+  const pseudonym = current.services.audit.pseudonymOf(`user:${alice.userId}`);
+  expect(owned.get(`user:${alice.userId}`)!.n).toBe(0);
+  expect(owned.get(pseudonym)!.n).toBe(total);
+  const leftIdentifying = sqlite
+    .query<{ n: number }, [string]>(
+      "SELECT count(*) AS n FROM payments WHERE owner = ? AND (customer_email IS NOT NULL OR description IS NOT NULL OR client_secret IS NOT NULL)",
+    )
+    .get(pseudonym)!.n;
+  expect(leftIdentifying).toBe(0);
+  // Resealed for the pseudonym, every one; Bob's untouched.
+  const sealer = createPaymentSeal(current.config.audit.secretKey);
+  const sealed = sqlite
+    .query(`SELECT ${SEALED_PAYMENT_COLUMNS}, seal FROM payments`)
+    .all() as Parameters<typeof sealer.intact.payment>[0][];
+  expect(sealed.filter((row) => !sealer.intact.payment(row))).toEqual([]);
+  expect(owned.get(`user:${bob.userId}`)!.n).toBe(1);
 });
