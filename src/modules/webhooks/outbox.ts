@@ -367,8 +367,8 @@ export class OutboxWorker {
       if (this.pastGiveUp(row, clock.now())) {
         return this.failPermanent(
           row,
-          row.attempts > 0
-            ? `gave up after ${row.attempts} attempts: ${row.lastError ?? "no reason kept"}`
+          attemptsBefore(row) > 0
+            ? `gave up after ${attemptsBefore(row)} attempts: ${row.lastError ?? "no reason kept"}`
             : row.reply !== null
               ? "its reply, kept at a stop, was not sent within the give-up time of its arrival"
               : "not answered within the give-up time of its arrival",
@@ -668,7 +668,7 @@ export class OutboxWorker {
           seal: this.options.seal.of({ ...row, recipient: null, body: null }),
           leaseUntil: null,
           leaseOwner: null,
-          attempts: sql`${whatsappOutbox.attempts} + 1`,
+          attempts: attemptsBefore(row) + 1,
           finishedAt: this.options.clock.now(),
           lastError: null,
         })
@@ -712,13 +712,14 @@ export class OutboxWorker {
 
   private failTransient(row: OutboxRow, reason: string, retryAfterMs?: number): void {
     const now = this.options.clock.now();
-    const attempts = row.attempts + 1;
+    const attempts = attemptsBefore(row) + 1;
     if (this.pastGiveUp(row, now)) {
       this.failPermanent(row, `gave up after ${attempts} attempts: ${reason}`);
       return;
     }
     const { retryBaseMs, retryMaxMs } = this.settings;
     const backoff = Math.min(retryMaxMs, retryBaseMs * 2 ** Math.min(attempts - 1, 20));
+    // attemptsBefore keeps `attempts` at 1 or more, so the wait is never under the first one's.
     const jittered = backoff * (0.8 + Math.random() * 0.4);
     const delay = Math.max(jittered, retryAfterMs ?? 0);
     this.options.db
@@ -745,7 +746,7 @@ export class OutboxWorker {
       .update(whatsappOutbox)
       .set({
         state: "failed",
-        attempts: row.attempts + 1,
+        attempts: attemptsBefore(row) + 1,
         recipient: null,
         body: null,
         leaseUntil: null,
@@ -790,7 +791,7 @@ export class OutboxWorker {
       actor: `whatsapp:${row.senderHash}`,
       detail: {
         outbox: this.storedId(row),
-        attempts: row.attempts + 1,
+        attempts: attemptsBefore(row) + 1,
         reason: storedText(reason, 200),
       },
     });
@@ -812,4 +813,15 @@ function resumePoint(row: OutboxRow, reply: string): { sent: number; at: number 
   const sent: unknown = row.replyPartsSent;
   const counted = typeof sent === "number" && Number.isSafeInteger(sent) && sent >= 1 && sent <= at;
   return { sent: counted ? sent : 1, at };
+}
+
+/**
+ * The attempts a row has had. The count is not sealed: one no worker writes (negative, fractional,
+ * text) is read as none, as a schedule no worker writes is read as due (claim). Read as it stood,
+ * a count of -1,000,000,000 made each retry's backoff 2^-1e9 of a second, and a Graph answering
+ * 500 was asked ~500 times a second until the row's give-up time (probe 81a F1).
+ */
+function attemptsBefore(row: OutboxRow): number {
+  const stored: unknown = row.attempts;
+  return typeof stored === "number" && Number.isSafeInteger(stored) && stored >= 0 ? stored : 0;
 }

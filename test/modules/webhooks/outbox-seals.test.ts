@@ -354,6 +354,32 @@ describe("rows written into the file", () => {
     }
   });
 
+  test("a genuine row whose attempt count was written as no worker writes it (negative, fractional, a text) backs off from its first wait, not at once (probe 81a F1)", async () => {
+    for (const count of ["-1000000000", "-1", "1.5", "'x'"]) {
+      const { target, graph, worker, clock } = await waitingForRetry("wamid.N1");
+      target.db.$client.run(
+        `UPDATE whatsapp_outbox SET attempts = ${count} WHERE message_id = 'wamid.N1'`,
+      );
+      graph.failNext(...Array.from({ length: 50 }, () => ({ status: 500 })));
+      clock.advance(5_000);
+      const before = graph.received.length;
+      await worker.drain();
+      // One attempt, then a wait of at least the first backoff's (1 s, jittered down to 0.8 s):
+      // read as it stood, -1e9 made the wait 0 and the drain asked Graph again at once, without end.
+      const row = target.db.$client
+        .query<{ next: number; attempts: number; state: string }, []>(
+          "SELECT next_attempt_at AS next, attempts, state FROM whatsapp_outbox WHERE message_id = 'wamid.N1'",
+        )
+        .get()!;
+      expect({ count, asked: graph.received.length - before, row }).toEqual({
+        count,
+        asked: 1,
+        row: { next: expect.any(Number), attempts: 1, state: "pending" },
+      });
+      expect(row.next - clock.now()).toBeGreaterThanOrEqual(800);
+    }
+  });
+
   test("a genuine row whose arrival time was written as the intake never writes it (a text, 9e18) is given up, its number cleared, and its sender's next message answered (probe 29e F3)", async () => {
     for (const arrival of ["'x'", "9000000000000000000"]) {
       const { target, graph, worker, clock } = await waitingForRetry("wamid.A1");
