@@ -321,6 +321,58 @@ export class OutboxWorker {
   }
 
   /**
+   * For a service that sends no replies (WHATSAPP_ACCESS_TOKEN unset, so no worker runs): the
+   * pending rows past their give-up time, not leased, given up as a worker gives them up when it
+   * claims them (failed, number and text cleared, resealed if their seal held, audited), a batch a
+   * call. Kept pending, they kept every sender's number and text in clear for as long as the token
+   * stayed unset, past retention, and a token set later gave them up unanswered anyway (probe 81a
+   * F3). Returns how many it gave up.
+   */
+  giveUpOverdue(now: number): number {
+    const o = whatsappOutbox;
+    const { giveUpAfterMs, leaseMs, batchSize } = this.settings;
+    const overdue = this.options.db
+      .select({ id: o.id })
+      .from(o)
+      .where(
+        and(
+          eq(o.state, "pending"),
+          or(
+            isNull(o.leaseUntil),
+            lt(o.leaseUntil, now),
+            sql`typeof(${o.leaseUntil}) != 'integer'`,
+          ),
+          // As pastGiveUp reads an arrival: one no intake writes counts as past it.
+          or(
+            lte(o.receivedAt, now - giveUpAfterMs),
+            gt(o.receivedAt, now + ARRIVAL_AHEAD_LIMIT_MS),
+            sql`typeof(${o.receivedAt}) != 'integer'`,
+          ),
+        ),
+      )
+      .orderBy(asc(o.id))
+      .limit(batchSize);
+    const rows = this.options.db
+      .update(o)
+      .set({ leaseUntil: now + leaseMs, leaseOwner: this.owner })
+      .where(and(inArray(o.id, overdue), eq(o.state, "pending")))
+      .returning()
+      .all();
+    for (const row of rows) {
+      if (!this.options.seal.intact(row)) {
+        this.refuseTampered(row, { whoseLease: "mine" });
+        continue;
+      }
+      this.verified.add(row);
+      this.failPermanent(
+        row,
+        "not answered within the give-up time of its arrival: no reply is sent while WHATSAPP_ACCESS_TOKEN is unset",
+      );
+    }
+    return rows.length;
+  }
+
+  /**
    * A sender's messages are answered oldest first, so a pending row that is not due (a retry later,
    * or leased) holds up the sender's later ones. A row written into the file can be made to hold
    * them up for good, and is never claimed to be refused: so the oldest pending row of each sender

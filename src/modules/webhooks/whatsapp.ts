@@ -701,12 +701,16 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
         metrics,
         onAccepted: () => worker.kick(),
       }),
-    maintenance: (now) => intake.prune(now),
+    maintenance: (now) => {
+      // Without a worker nothing else gives up what can no longer be answered (probe 81a F3).
+      if (!configured) worker.giveUpOverdue(now);
+      intake.prune(now);
+    },
     start() {
       if (configured) worker.start();
       else if (config.whatsapp.appSecret !== null) {
         logger.warn(
-          "WHATSAPP_APP_SECRET is set but WHATSAPP_ACCESS_TOKEN is not: messages are accepted and kept, no reply is sent",
+          "WHATSAPP_APP_SECRET is set but WHATSAPP_ACCESS_TOKEN is not: messages are accepted and no reply is sent; each is given up 15 minutes after it arrived (set the token within that time for it to be answered)",
         );
       }
     },

@@ -14,6 +14,7 @@ import {
 } from "../../../src/modules/webhooks/outbox";
 import { buildTestApp, send, servicesTold, type TestApp } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
+import { ManualClock } from "../../support/clock";
 import { startGraphServer } from "../../support/graph-server";
 import { anotherInstance } from "../../support/instance";
 import {
@@ -768,4 +769,42 @@ describe("running with the app", () => {
     expect(target.logs.text).toContain("WHATSAPP_ACCESS_TOKEN is not");
     await target.services.stop();
   });
+});
+
+test("without WHATSAPP_ACCESS_TOKEN a kept message is given up at the maintenance after its give-up time, its number and text cleared, not kept past retention (probe 81a F3)", async () => {
+  const graph = startGraphServer();
+  cleanups.push(() => graph.close());
+  const { WHATSAPP_ACCESS_TOKEN: _token, ...withoutToken } = whatsappEnv(graph);
+  const clock = new ManualClock();
+  const chat = new ScriptedChat();
+  const target = buildTestApp({ env: withoutToken, clock, whatsapp: { chat } });
+  cleanups.push(() => target.close());
+  await target.services.start();
+  const response = await deliver(
+    target,
+    notification({ messages: [{ id: "wamid.KEPT", from: "16505550123", text: "hello?" }] }),
+  );
+  expect(response.status).toBe(200);
+  // Within its give-up time it is kept for a token set meanwhile.
+  clock.advance(14 * 60_000);
+  target.services.runMaintenance();
+  expect(rows(target)[0]).toMatchObject({ state: "pending", recipient: "16505550123" });
+  clock.advance(60_000);
+  target.services.runMaintenance();
+  expect(rows(target)[0]).toMatchObject({
+    state: "failed",
+    recipient: null,
+    body: null,
+    last_error:
+      "not answered within the give-up time of its arrival: no reply is sent while WHATSAPP_ACCESS_TOKEN is unset",
+  });
+  // Given up as a worker gives a row up: audited, resealed (no tampering reported), nothing sent.
+  expect(audited(target, "whatsapp.reply_failed")).toHaveLength(1);
+  expect(audited(target, "whatsapp.outbox_tampered")).toEqual([]);
+  expect(graph.received).toEqual([]);
+  expect(chat.turns).toHaveLength(0);
+  // And pruned with the other finished rows once retention has passed.
+  clock.advance(31 * 24 * 60 * 60_000);
+  target.services.runMaintenance();
+  expect(rows(target)).toEqual([]);
 });
