@@ -171,8 +171,10 @@ export class OutboxWorker {
   /** Whether runs are meeting another connection's write lock (said once until one gets through). */
   private lockedOut = false;
   private stopping = false;
-  /** The rows being processed, by batch (however the drain was started): what a stop waits for. */
+  /** The rows being processed (however the drain was started): what a stop waits for. */
   private readonly batches = new Set<Promise<unknown>>();
+  /** Wakes a drain waiting for a row to finish, to claim what has just come (kick). */
+  private wakeDrain: () => void = () => {};
   private readonly abort = new AbortController();
 
   constructor(options: OutboxWorkerOptions) {
@@ -216,6 +218,7 @@ export class OutboxWorker {
     if (!this.timer || this.stopping) return;
     if (this.running) {
       this.again = true;
+      this.wakeDrain();
       return;
     }
     this.running = this.drain()
@@ -234,23 +237,42 @@ export class OutboxWorker {
       });
   }
 
-  /** Claims and processes due rows until none is left; resolves to how many it processed. */
+  /**
+   * Claims and processes due rows until none is left and none is in hand; resolves to how many it
+   * processed. Up to `batchSize` rows are in hand at once, and more are claimed as soon as one is
+   * done or a message arrives (kick): claimed a batch at a time, each batch waited for whole, one
+   * sender's slow chat turn (a long answer from a slow model, up to the chat timeout) held every
+   * other sender's reply, 10 s behind a 10 s turn (probe 81a F2). A sender's own messages stay in
+   * order: a sender's next one is not claimed while an earlier one is pending (claim).
+   */
   async drain(): Promise<number> {
     let total = 0;
-    for (;;) {
-      if (this.stopping) return total;
-      const now = this.options.clock.now();
-      this.refuseForgedBlockers(now);
-      const rows = this.claim(now);
-      if (rows.length === 0) return total;
-      const batch = Promise.all(rows.map((row) => this.process(row)));
-      this.batches.add(batch);
-      try {
-        await batch;
-      } finally {
-        this.batches.delete(batch);
+    const inHand = new Set<Promise<void>>();
+    try {
+      for (;;) {
+        const room = this.settings.batchSize - inHand.size;
+        if (!this.stopping && room > 0) {
+          const now = this.options.clock.now();
+          this.refuseForgedBlockers(now);
+          for (const row of this.claim(now, room)) {
+            const processed: Promise<void> = this.process(row).finally(() => {
+              inHand.delete(processed);
+              this.batches.delete(processed);
+            });
+            inHand.add(processed);
+            this.batches.add(processed);
+            total++;
+          }
+        }
+        if (inHand.size === 0) return total;
+        const woken = new Promise<void>((resolve) => {
+          this.wakeDrain = resolve;
+        });
+        await Promise.race([...inHand, woken]);
       }
-      total += rows.length;
+    } finally {
+      // A claim that failed (a lock) ends the run once what it had in hand is done.
+      await Promise.all(inHand);
     }
   }
 
@@ -293,7 +315,7 @@ export class OutboxWorker {
    * is claimed, and answered or given up, instead of holding its sender's messages back for good
    * (probe 29c F2).
    */
-  claim(now: number): OutboxRow[] {
+  claim(now: number, limit = this.settings.batchSize): OutboxRow[] {
     const { db } = this.options;
     const o = whatsappOutbox;
     const horizon = now + this.settings.giveUpAfterMs;
@@ -311,7 +333,7 @@ export class OutboxWorker {
         ),
       )
       .orderBy(asc(o.id))
-      .limit(this.settings.batchSize);
+      .limit(limit);
     return db
       .update(o)
       .set({ leaseUntil: now + this.settings.leaseMs, leaseOwner: this.owner })

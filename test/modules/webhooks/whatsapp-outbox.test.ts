@@ -808,3 +808,48 @@ test("without WHATSAPP_ACCESS_TOKEN a kept message is given up at the maintenanc
   target.services.runMaintenance();
   expect(rows(target)).toEqual([]);
 });
+
+test("one sender's slow chat turn holds no other sender's reply: those that come meanwhile are answered while it runs, each sender in order (probe 81a F2)", async () => {
+  const world = setup();
+  let release = () => {};
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let slowStarted = false;
+  const converse = world.chat.converse.bind(world.chat);
+  world.chat.converse = async (input) => {
+    if (input.message.startsWith("slow")) {
+      slowStarted = true;
+      await held;
+    }
+    return converse(input);
+  };
+  world.worker.start();
+  await deliver(
+    world.target,
+    notification({ messages: [{ id: "wamid.SLOW", from: "16505550001", text: "slow essay" }] }),
+  );
+  while (!slowStarted) await Bun.sleep(5);
+  await deliver(
+    world.target,
+    notification({
+      messages: [
+        { id: "wamid.B1", from: "16505550002", text: "b one" },
+        { id: "wamid.C1", from: "16505550003", text: "c one" },
+        // The slow sender's next message waits for its first: one conversation, in order.
+        { id: "wamid.SLOW2", from: "16505550001", text: "after the essay" },
+      ],
+    }),
+  );
+  await world.graph.waitForSent(2, 5_000);
+  expect(world.graph.sent.map((message) => message.body).sort()).toEqual([
+    "reply to: b one",
+    "reply to: c one",
+  ]);
+  release();
+  await world.graph.waitForSent(4, 5_000);
+  expect(world.graph.sent.map((message) => message.body).slice(2)).toEqual([
+    "reply to: slow essay",
+    "reply to: after the essay",
+  ]);
+}, 20_000);
