@@ -112,6 +112,9 @@ export interface ReadNotification {
   ignored: number;
 }
 
+/** Message types that are no question to answer: counted as ignored, no reply. */
+const UNANSWERED_TYPES: ReadonlySet<string> = new Set(["reaction", "system"]);
+
 /** Phone number ids and WhatsApp ids (numbers) are digits; they go into a URL path and a body. */
 const DIGITS = /^[0-9]{1,32}$/;
 /** Message ids: printable ASCII, no spaces (they are our dedupe keys and are logged). */
@@ -172,6 +175,13 @@ export function readNotification(
           continue;
         }
         if (!MESSAGE_ID.test(message.id)) {
+          result.ignored++;
+          continue;
+        }
+        // A reaction (a 👍 to the assistant's own answer, most often) and a system message (the
+        // sender changed number) ask nothing: answered, each got the "please type your question"
+        // notice (probe 81a). Acknowledged and left alone.
+        if (UNANSWERED_TYPES.has(message.type)) {
           result.ignored++;
           continue;
         }

@@ -167,6 +167,25 @@ describe("accepting messages", () => {
     ]);
   });
 
+  test("a reaction or a system message is acknowledged and not answered: no row, no fixed reply (probe 81a)", async () => {
+    const target = build();
+    const response = await deliver(
+      target,
+      notification({
+        messages: [
+          { id: "wamid.REACT", from: "16505551234", type: "reaction" },
+          { id: "wamid.SYS", from: "16505551234", type: "system" },
+          { id: "wamid.STICKER", from: "16505551234", type: "sticker" },
+        ],
+      }),
+    );
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ accepted: 1, ignored: 2 });
+    expect(outbox(target).map((r) => [r.message_id, r.kind])).toEqual([
+      ["wamid.STICKER", "unsupported"],
+    ]);
+  });
+
   test("unusable items are skipped and counted; the rest of the delivery is accepted", async () => {
     const target = build();
     const payload = notification({
