@@ -65,6 +65,16 @@ function clearedCookies(names: CookieNames, secure: boolean): string[] {
   );
 }
 
+/** A sign-in refused while its account is locked: the lock's wait, and no RateLimit headers. */
+function lockedAnswer(retryAfterSeconds: number): AppError {
+  return new AppError(
+    "RATE_LIMITED",
+    "Too many failed sign-ins for this account; try again later.",
+    undefined,
+    { "retry-after": String(retryAfterSeconds) },
+  );
+}
+
 /** The auth routes' classes: sign-up, sign-in and refresh have policies of their own. */
 export const authRouteClasses: readonly RouteClass[] = [
   { routes: ["POST /api/auth/register"], policy: "register" },
@@ -91,11 +101,11 @@ export function authModule(options: AuthModuleOptions) {
    */
   const refundedIfBusy = <T>(
     outcome: Promise<T>,
-    charges: () => (LimitCharge | undefined)[],
+    ...charges: (LimitCharge | undefined)[]
   ): Promise<T> =>
     outcome.catch((error: unknown) => {
       if (error instanceof PasswordWorkBusy) {
-        for (const charge of charges()) if (charge) enforceLimits.refund(charge);
+        for (const charge of charges) if (charge) enforceLimits.refund(charge);
       }
       throw error;
     });
@@ -124,7 +134,7 @@ export function authModule(options: AuthModuleOptions) {
             body.password,
             meta({ client, requestId }, "POST /api/auth/register"),
           ),
-          () => [limitCharge],
+          limitCharge,
         );
         switch (outcome.code) {
           case "INVALID_EMAIL":
@@ -175,44 +185,44 @@ export function authModule(options: AuthModuleOptions) {
         const refundAddress = () => {
           if (limitCharge) enforceLimits.refund(limitCharge, isSignInPolicy);
         };
-        // Asked once the lock has room (service.login): a locked account's sign-in is told the
-        // lock's wait, not this limit's minute (probe 80b F3).
-        const accountLimit = async () => {
-          const headers = await enforceLimits(accountLoginPolicy, accountKey, {
-            method: request.method,
-            path,
-            client,
-            requestId,
-            charged: (charge) => {
-              accountCharge = charge;
-            },
-          }).catch((error: unknown) => {
-            if (error instanceof AppError && error.code === "RATE_LIMITED") refundAddress();
-            throw error;
-          });
-          if (headers) Object.assign(set.headers, headers);
-        };
+        const headers = await enforceLimits(accountLoginPolicy, accountKey, {
+          method: request.method,
+          path,
+          client,
+          requestId,
+          charged: (charge) => {
+            accountCharge = charge;
+          },
+        }).catch((error: unknown) => {
+          if (!(error instanceof AppError) || error.code !== "RATE_LIMITED") throw error;
+          refundAddress();
+          // Locked too, and for longer: told the lock's wait (probe 80b F3), as a locked
+          // sign-in the account's limit lets through is.
+          const locked = service.lockedForSeconds(body.email);
+          if (locked !== null && locked > Number(error.headers?.["retry-after"] ?? 0)) {
+            metrics.fail("locked");
+            // The address's sign-in limit said there was room (probe 25f F4).
+            for (const name of ADMITTED_RATE_LIMIT_HEADERS) delete set.headers[name];
+            throw lockedAnswer(locked);
+          }
+          throw error;
+        });
+        if (headers) Object.assign(set.headers, headers);
         const outcome = await refundedIfBusy(
           service.login(
             body.email,
             body.password,
             meta({ client, requestId }, "POST /api/auth/login"),
-            accountLimit,
           ),
-          () => [limitCharge, accountCharge],
+          limitCharge,
+          accountCharge,
         );
         if (outcome.code === "LOCKED") {
           refundAddress();
           metrics.fail("locked");
-          // The address's sign-in limit said there was room; the lock's answer is Retry-After
-          // alone (probe 25f F4).
-          for (const name of ADMITTED_RATE_LIMIT_HEADERS) delete set.headers[name];
-          throw new AppError(
-            "RATE_LIMITED",
-            "Too many failed sign-ins for this account; try again later.",
-            undefined,
-            { "retry-after": String(outcome.retryAfterSeconds) },
-          );
+          // The per-account limit's headers said there was room; the lock's answer is Retry-After.
+          if (headers) for (const name in headers) delete set.headers[name];
+          throw lockedAnswer(outcome.retryAfterSeconds);
         }
         if (outcome.code === "INVALID") {
           metrics.fail("bad_password");

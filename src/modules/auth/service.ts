@@ -465,6 +465,23 @@ export class AuthService {
   }
 
   /**
+   * Whole seconds until the account's lock lifts, when it is locked now (no failure counted, no
+   * place taken), else null; null too where the limiter store cannot tell without deciding (Redis).
+   * For a sign-in the account's own limit refused: told that limit's minute, a client retrying as
+   * told met the lock for minutes more (probe 80b F3). Asking the lock first, as briefly tried,
+   * took one of its places for each request the account's limit then refused, and a flood told an
+   * account that was not locked, its owner too, that it was (probe 81c F1).
+   */
+  lockedForSeconds(rawEmail: string): number | null {
+    const { clock, limiter } = this.options;
+    const now = clock.now();
+    const policy = this.lockoutPolicy;
+    const outcome = limiter.peek?.({ policy, key: accountLimitKey(rawEmail), now });
+    if (outcome === undefined || outcome.admitted) return null;
+    return refusedForSeconds(policy, outcome, now);
+  }
+
+  /**
    * The failure is counted before the password is judged, and given back when it was right: one
    * atomic grant in the limiter store decides whether a login gets a verdict, so logins side by
    * side, in this process or in others on the same file or Redis, never get more verdicts than
@@ -472,19 +489,8 @@ export class AuthService {
    * verdict every time a lock lifted (probe 24c F1), and the read and the count could round apart
    * (F3). Keyed by every spelling of the address, known or not, so the lock says nothing about
    * whether the account exists.
-   *
-   * `admitted`, when given, runs once the lock has given the sign-in its place and before the
-   * password is judged (the route's per-account sign-in limit); a locked account's sign-in is
-   * answered by the lock, with the lock's wait, without it. Asked first, the per-account limit
-   * refused a locked account's sign-ins with its own minute's wait, and a client retrying as told
-   * met the lock for minutes more (probe 80b F3). Throwing, it refuses the sign-in unjudged.
    */
-  async login(
-    rawEmail: string,
-    password: string,
-    meta: RequestMeta,
-    admitted?: () => Promise<void>,
-  ): Promise<LoginOutcome> {
+  async login(rawEmail: string, password: string, meta: RequestMeta): Promise<LoginOutcome> {
     const { audit, clock, limiter } = this.options;
     const now = clock.now();
     const policy = this.lockoutPolicy;
@@ -539,16 +545,6 @@ export class AuthService {
       if (judgingNow.size === 0 && this.judging.get(key) === judgingNow) this.judging.delete(key);
       judged();
     };
-    if (admitted) {
-      try {
-        await admitted();
-      } catch (error) {
-        // Refused after the lock had room (the account's sign-in limit): no verdict, nothing counted.
-        giveBack();
-        verdictGiven();
-        throw error;
-      }
-    }
 
     let user: UserRow | null;
     let valid: boolean;

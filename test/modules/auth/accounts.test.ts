@@ -522,6 +522,42 @@ describe("login", () => {
     expect(after.status).toBe(200);
   });
 
+  test("a flood of sign-ins to an account one failure short of its lock, its own limit spent, is never told it is locked, its owner neither (probe 81c F1)", async () => {
+    const clock = new ManualClock(1_000, 15 * 60_000);
+    current = buildTestApp({ clock, env: { IP_BLOCK_FAILED_LOGINS: "1000" } });
+    const session = await signUp(current);
+    clock.advance(120_000);
+    const signIn = (password: string, peer: string) =>
+      send(current!, "/api/auth/login", { body: { email: session.email, password }, peer });
+    // Four failures, then five more two minutes on: nine of the lock's ten, and the account's five
+    // a minute spent.
+    for (let i = 0; i < 4; i++)
+      expect((await signIn("nope-nope-nope", `198.51.100.${i + 1}`)).status).toBe(401);
+    clock.advance(120_000);
+    for (let i = 0; i < 5; i++)
+      expect((await signIn("nope-nope-nope", `198.51.100.${i + 10}`)).status).toBe(401);
+    const flood = await Promise.all([
+      ...Array.from({ length: 30 }, (_, i) => signIn("nope-nope-nope", `203.0.113.${i + 1}`)),
+      signIn(STRONG_PASSWORD, "198.51.100.200"),
+    ]);
+    const details = await Promise.all(
+      flood.map(async (response) => [response.status, (await problem(response)).detail]),
+    );
+    // Every one refused by the account's limit, none with a lock that is not there.
+    for (const [status, detail] of details) {
+      expect(status).toBe(429);
+      expect(detail).not.toContain("failed sign-ins");
+    }
+    current.services.audit.flush();
+    const locked = current.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'auth.login.locked'")
+      .get() as { n: number };
+    expect(locked.n).toBe(0);
+    // Once the account's limit has room again (its sliding minute passed), its owner signs in.
+    clock.advance(120_000);
+    expect((await signIn(STRONG_PASSWORD, "198.51.100.200")).status).toBe(200);
+  });
+
   /** The lockout alone: the per-address limits raised, its 15-minute windows aligned. */
   const lockoutOnlyApp = () => {
     current = buildTestApp({
