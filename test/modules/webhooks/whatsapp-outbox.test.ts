@@ -4,6 +4,7 @@
  * up after a bounded time, permanent ones given up at once, leases that keep two workers (two
  * processes on one file) from sending the same reply, and a graceful stop that lets a send finish.
  */
+import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { UpstreamFailure } from "../../../src/modules/chat/providers/provider";
 import {
@@ -852,4 +853,49 @@ test("one sender's slow chat turn holds no other sender's reply: those that come
     "reply to: slow essay",
     "reply to: after the essay",
   ]);
+}, 20_000);
+
+test("a lock another connection held while a slow turn is in hand is waited out: other senders are still answered while the turn runs (probe 81d F1)", async () => {
+  const world = setup();
+  let release = () => {};
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let slowStarted = false;
+  const converse = world.chat.converse.bind(world.chat);
+  world.chat.converse = async (input) => {
+    if (input.message.startsWith("slow")) {
+      slowStarted = true;
+      await held;
+    }
+    return converse(input);
+  };
+  world.worker.start();
+  await deliver(
+    world.target,
+    notification({ messages: [{ id: "wamid.SLOW", from: "16505550001", text: "slow essay" }] }),
+  );
+  while (!slowStarted) await Bun.sleep(5);
+  // Held past a poll (every second): at least one claim meets it.
+  const other = new Database(world.target.databasePath);
+  other.run("BEGIN IMMEDIATE");
+  await Bun.sleep(1_300);
+  other.run("COMMIT");
+  other.close();
+  await deliver(
+    world.target,
+    notification({
+      messages: [
+        { id: "wamid.B1", from: "16505550002", text: "b one" },
+        { id: "wamid.C1", from: "16505550003", text: "c one" },
+      ],
+    }),
+  );
+  await world.graph.waitForSent(2, 5_000);
+  expect(world.graph.sent.map((message) => message.body).sort()).toEqual([
+    "reply to: b one",
+    "reply to: c one",
+  ]);
+  release();
+  await world.graph.waitForSent(3, 5_000);
 }, 20_000);
