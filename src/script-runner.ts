@@ -20,8 +20,11 @@ export interface ScriptRunnerWatch {
 
 /**
  * Calls `onGone` once when the process that ran this one as a package script (`bun run start`:
- * `npm_lifecycle_event` set, and the parent's command line `bun run <script>`) has exited; null
- * when this process was not started so.
+ * `npm_lifecycle_event` set, and the parent's command line `bun … run [flags] <that script>`) has
+ * exited; null when this process was not started so. A runner killed before the first look (the
+ * service's modules load first, ~0.2 s) leaves this process adopted by init: with Bun's runner
+ * named in the environment (`npm_config_user_agent`) and init for a parent, it is taken as gone
+ * at once (probe 81c F2: killed in the first half second, the service went on serving).
  */
 export function watchScriptRunner(options: {
   env: Record<string, string | undefined>;
@@ -34,10 +37,12 @@ export function watchScriptRunner(options: {
   const script = options.env.npm_lifecycle_event;
   if (script === undefined || script === "") return null;
   const parent = options.parentId();
-  const words = options.commandLineOf(parent)?.split("\0") ?? [];
-  // `bun run start`, `/usr/local/bin/bun --smol run start`: Bun, then `run` and the script.
-  const runner = words.indexOf("run");
-  if (!/(^|\/)bun$/.test(words[0] ?? "") || runner < 1 || words[runner + 1] !== script) return null;
+  if (!runsScript(options.commandLineOf(parent), script)) {
+    const startedByBun = options.env.npm_config_user_agent?.startsWith("bun/") === true;
+    if (parent !== INIT || !startedByBun) return null;
+    options.onGone(parent);
+    return { stop: () => {} };
+  }
   const timer = setInterval(() => {
     if (options.parentId() === parent) return;
     clearInterval(timer);
@@ -45,4 +50,20 @@ export function watchScriptRunner(options: {
   }, options.intervalMs ?? PARENT_CHECK_MS);
   timer.unref();
   return { stop: () => clearInterval(timer) };
+}
+
+/** The process every orphan without a nearer subreaper is given to. */
+const INIT = 1;
+
+/**
+ * Whether a command line is Bun's runner of `script`: Bun, then `run`, its flags, and the script
+ * (`bun run start`, `/usr/local/bin/bun --smol run start`, `bun run --silent start`: probe 81c F3).
+ */
+function runsScript(commandLine: string | null, script: string): boolean {
+  const words = commandLine?.split("\0") ?? [];
+  if (!/(^|\/)bun$/.test(words[0] ?? "")) return false;
+  const run = words.indexOf("run");
+  if (run < 1) return false;
+  const named = words.slice(run + 1).find((word) => !word.startsWith("-"));
+  return named === script;
 }

@@ -65,6 +65,9 @@ test("only a parent that is `bun run <the script>` is watched", () => {
   const script = { npm_lifecycle_event: "start" };
   expect(watched(script, "bun\0run\0start\0")).toBe(true);
   expect(watched(script, "/usr/local/bin/bun\0--smol\0run\0start\0")).toBe(true);
+  // Flags after `run` (probe 81c F3).
+  expect(watched(script, "bun\0run\0--silent\0start\0")).toBe(true);
+  expect(watched(script, "bun\0run\0--watch\0--bun\0start\0")).toBe(true);
   // Not started by a package script, or by another program: a parent's exit means nothing.
   expect(watched({}, "bun\0run\0start\0")).toBe(false);
   expect(watched(script, "/usr/lib/systemd/systemd\0--user\0")).toBe(false);
@@ -72,6 +75,33 @@ test("only a parent that is `bun run <the script>` is watched", () => {
   expect(watched(script, "bun\0test\0")).toBe(false);
   expect(watched(script, "bunny\0run\0start\0")).toBe(false);
   expect(watched(script, null)).toBe(false);
+});
+
+test("a runner gone before the first look (the service adopted by init) is gone at once, when Bun's runner started it (probe 81c F2)", () => {
+  const gone: number[] = [];
+  const look = (env: Record<string, string>, commandLine: string) =>
+    watchScriptRunner({
+      env,
+      parentId: () => 1,
+      commandLineOf: () => commandLine,
+      onGone: (was) => gone.push(was),
+    });
+  const byBun = {
+    npm_lifecycle_event: "start",
+    npm_config_user_agent: "bun/1.4.5 npm/? node/v24.3.0 linux x64",
+  };
+  expect(look(byBun, "/sbin/init\0")).not.toBeNull();
+  expect(gone).toEqual([1]);
+  // npm's runner, or no runner named: nothing is inferred.
+  expect(
+    look({ ...byBun, npm_config_user_agent: "npm/10.8.0 node/v22.0.0" }, "/sbin/init\0"),
+  ).toBeNull();
+  expect(look({ npm_lifecycle_event: "start" }, "/sbin/init\0")).toBeNull();
+  // In a container whose first process is the runner itself, it is watched as any parent.
+  const watch = look(byBun, "bun\0run\0start\0");
+  expect(watch).not.toBeNull();
+  watch?.stop();
+  expect(gone).toEqual([1]);
 });
 
 test("the watch calls once, when the parent's id changes (the orphan is adopted)", async () => {
