@@ -341,7 +341,7 @@ export function paymentsModule(options: PaymentsModuleOptions) {
             case "key_reused":
               throw new AppError(
                 "CONFLICT",
-                "This Idempotency-Key was used for a refund of another amount of this payment.",
+                "This Idempotency-Key was used for a refund of another amount of this payment (a refund sent without an amount is of what was left to refund when its key was first used).",
               );
             case "not_found":
               throw new AppError("NOT_FOUND", "No payment has that id.");
