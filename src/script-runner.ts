@@ -39,7 +39,10 @@ export function watchScriptRunner(options: {
   const parent = options.parentId();
   if (!runsScript(options.commandLineOf(parent), script)) {
     const startedByBun = options.env.npm_config_user_agent?.startsWith("bun/") === true;
-    if (parent !== INIT || !startedByBun) return null;
+    // A script that puts the service in the background (`bun src/index.ts &`, `nohup …`) ends
+    // while it runs, as meant: its service was never the runner's to stop with it.
+    const backgrounds = BACKGROUNDING.test(options.env.npm_lifecycle_script ?? "");
+    if (parent !== INIT || !startedByBun || backgrounds) return null;
     options.onGone(parent);
     return { stop: () => {} };
   }
@@ -54,6 +57,9 @@ export function watchScriptRunner(options: {
 
 /** The process every orphan without a nearer subreaper is given to. */
 const INIT = 1;
+
+/** A lone `&` (not `&&`, nor a redirection's `2>&1`, `&>`), or a command that detaches. */
+const BACKGROUNDING = /(^|[^&>])&(?![&>])|\b(nohup|setsid|disown|daemon(ize)?)\b/;
 
 /**
  * Whether a command line is Bun's runner of `script`: Bun, then `run`, its flags, and the script

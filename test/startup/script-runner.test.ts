@@ -92,6 +92,19 @@ test("a runner gone before the first look (the service adopted by init) is gone 
   };
   expect(look(byBun, "/sbin/init\0")).not.toBeNull();
   expect(gone).toEqual([1]);
+  // A script that backgrounds the service ends while it runs, as meant: nothing is inferred.
+  for (const backgrounding of [
+    "bun src/index.ts &",
+    "nohup bun src/index.ts > log 2>&1 &",
+    "setsid bun src/index.ts",
+  ]) {
+    expect(look({ ...byBun, npm_lifecycle_script: backgrounding }, "/sbin/init\0")).toBeNull();
+  }
+  expect(
+    look({ ...byBun, npm_lifecycle_script: "bun run src/index.ts" }, "/sbin/init\0"),
+  ).not.toBeNull();
+  expect(gone).toEqual([1, 1]);
+  gone.length = 1;
   // npm's runner, or no runner named: nothing is inferred.
   expect(
     look({ ...byBun, npm_config_user_agent: "npm/10.8.0 node/v22.0.0" }, "/sbin/init\0"),
