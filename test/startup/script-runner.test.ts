@@ -100,10 +100,15 @@ test("a runner gone before the first look (the service adopted by init) is gone 
   ]) {
     expect(look({ ...byBun, npm_lifecycle_script: backgrounding }, "/sbin/init\0")).toBeNull();
   }
-  expect(
-    look({ ...byBun, npm_lifecycle_script: "bun run src/index.ts" }, "/sbin/init\0"),
-  ).not.toBeNull();
-  expect(gone).toEqual([1, 1]);
+  // In the foreground, a redirection's `&` included.
+  for (const foreground of [
+    "bun run src/index.ts",
+    "bun src/index.ts 2>&1 | tee log",
+    "bun src/index.ts &> log",
+  ]) {
+    expect(look({ ...byBun, npm_lifecycle_script: foreground }, "/sbin/init\0")).not.toBeNull();
+  }
+  expect(gone).toEqual([1, 1, 1, 1]);
   gone.length = 1;
   // npm's runner, or no runner named: nothing is inferred.
   expect(
