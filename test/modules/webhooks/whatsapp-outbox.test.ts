@@ -27,6 +27,7 @@ import {
 import {
   auditedEvents,
   deliver,
+  type InboundMessage,
   notification,
   ScriptedChat,
   sign,
@@ -810,7 +811,11 @@ test("without WHATSAPP_ACCESS_TOKEN a kept message is given up at the maintenanc
   expect(rows(target)).toEqual([]);
 });
 
-test("one sender's slow chat turn holds no other sender's reply: those that come meanwhile are answered while it runs, each sender in order (probe 81a F2)", async () => {
+/**
+ * The worker running, and sender 16505550001's "slow essay" in hand: its chat turn waits until
+ * `release` is called.
+ */
+async function slowTurnInHand() {
   const world = setup();
   let release = () => {};
   const held = new Promise<void>((resolve) => {
@@ -831,14 +836,18 @@ test("one sender's slow chat turn holds no other sender's reply: those that come
     notification({ messages: [{ id: "wamid.SLOW", from: "16505550001", text: "slow essay" }] }),
   );
   while (!slowStarted) await Bun.sleep(5);
+  return { world, release };
+}
+
+/** Two other senders' messages (and `more`), their replies sent while the slow turn is held. */
+async function othersAnsweredMeanwhile(world: OutboxSetup, more: InboundMessage[] = []) {
   await deliver(
     world.target,
     notification({
       messages: [
         { id: "wamid.B1", from: "16505550002", text: "b one" },
         { id: "wamid.C1", from: "16505550003", text: "c one" },
-        // The slow sender's next message waits for its first: one conversation, in order.
-        { id: "wamid.SLOW2", from: "16505550001", text: "after the essay" },
+        ...more,
       ],
     }),
   );
@@ -846,6 +855,14 @@ test("one sender's slow chat turn holds no other sender's reply: those that come
   expect(world.graph.sent.map((message) => message.body).sort()).toEqual([
     "reply to: b one",
     "reply to: c one",
+  ]);
+}
+
+test("one sender's slow chat turn holds no other sender's reply: those that come meanwhile are answered while it runs, each sender in order (probe 81a F2)", async () => {
+  const { world, release } = await slowTurnInHand();
+  // The slow sender's next message waits for its first: one conversation, in order.
+  await othersAnsweredMeanwhile(world, [
+    { id: "wamid.SLOW2", from: "16505550001", text: "after the essay" },
   ]);
   release();
   await world.graph.waitForSent(4, 5_000);
@@ -856,46 +873,14 @@ test("one sender's slow chat turn holds no other sender's reply: those that come
 }, 20_000);
 
 test("a lock another connection held while a slow turn is in hand is waited out: other senders are still answered while the turn runs (probe 81d F1)", async () => {
-  const world = setup();
-  let release = () => {};
-  const held = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  let slowStarted = false;
-  const converse = world.chat.converse.bind(world.chat);
-  world.chat.converse = async (input) => {
-    if (input.message.startsWith("slow")) {
-      slowStarted = true;
-      await held;
-    }
-    return converse(input);
-  };
-  world.worker.start();
-  await deliver(
-    world.target,
-    notification({ messages: [{ id: "wamid.SLOW", from: "16505550001", text: "slow essay" }] }),
-  );
-  while (!slowStarted) await Bun.sleep(5);
+  const { world, release } = await slowTurnInHand();
   // Held past a poll (every second): at least one claim meets it.
   const other = new Database(world.target.databasePath);
   other.run("BEGIN IMMEDIATE");
   await Bun.sleep(1_300);
   other.run("COMMIT");
   other.close();
-  await deliver(
-    world.target,
-    notification({
-      messages: [
-        { id: "wamid.B1", from: "16505550002", text: "b one" },
-        { id: "wamid.C1", from: "16505550003", text: "c one" },
-      ],
-    }),
-  );
-  await world.graph.waitForSent(2, 5_000);
-  expect(world.graph.sent.map((message) => message.body).sort()).toEqual([
-    "reply to: b one",
-    "reply to: c one",
-  ]);
+  await othersAnsweredMeanwhile(world);
   release();
   await world.graph.waitForSent(3, 5_000);
 }, 20_000);
