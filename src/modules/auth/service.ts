@@ -52,7 +52,7 @@ import {
   type RateLimitMetrics,
 } from "../../plugins/rate-limit/metrics";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
-import type { LimiterStore } from "../../plugins/rate-limit/store";
+import type { LimiterStore, LimitOutcome } from "../../plugins/rate-limit/store";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey } from "./email";
 import type { PasswordWork } from "./password-work";
@@ -476,7 +476,13 @@ export class AuthService {
     const { clock, limiter } = this.options;
     const now = clock.now();
     const policy = this.lockoutPolicy;
-    const outcome = limiter.peek?.({ policy, key: accountLimitKey(rawEmail), now });
+    let outcome: LimitOutcome | undefined;
+    try {
+      outcome = limiter.peek?.({ policy, key: accountLimitKey(rawEmail), now });
+    } catch {
+      // Only a better wait for a refusal already decided: a store that cannot be read leaves it.
+      return null;
+    }
     if (outcome === undefined || outcome.admitted) return null;
     return refusedForSeconds(policy, outcome, now);
   }
