@@ -15,7 +15,6 @@ import {
   serializeCookie,
 } from "../../plugins/csrf/cookies";
 import type { LimitCharge, LimitEnforcer } from "../../plugins/rate-limit/enforce";
-import { ADMITTED_RATE_LIMIT_HEADERS } from "../../plugins/rate-limit/headers";
 import { LOGIN_ACCOUNT_POLICY_LABEL } from "../../plugins/rate-limit/metrics";
 import type { PolicyTable } from "../../plugins/rate-limit/policies";
 import type { RequestState } from "../../plugins/request-state";
@@ -62,16 +61,6 @@ function sessionCookies(names: CookieNames, tokens: IssuedTokens, secure: boolea
 function clearedCookies(names: CookieNames, secure: boolean): string[] {
   return [names.session, names.refresh].map((name) =>
     serializeCookie(name, "", { maxAgeSeconds: 0, httpOnly: true, secure }),
-  );
-}
-
-/** A sign-in refused while its account is locked: the lock's wait, and no RateLimit headers. */
-function lockedAnswer(retryAfterSeconds: number): AppError {
-  return new AppError(
-    "RATE_LIMITED",
-    "Too many failed sign-ins for this account; try again later.",
-    undefined,
-    { "retry-after": String(retryAfterSeconds) },
   );
 }
 
@@ -194,17 +183,7 @@ export function authModule(options: AuthModuleOptions) {
             accountCharge = charge;
           },
         }).catch((error: unknown) => {
-          if (!(error instanceof AppError) || error.code !== "RATE_LIMITED") throw error;
-          refundAddress();
-          // Locked too, and for longer: told the lock's wait (probe 80b F3), as a locked
-          // sign-in the account's limit lets through is.
-          const locked = service.lockedForSeconds(body.email);
-          if (locked !== null && locked > Number(error.headers?.["retry-after"] ?? 0)) {
-            metrics.fail("locked");
-            // The address's sign-in limit said there was room (probe 25f F4).
-            for (const name of ADMITTED_RATE_LIMIT_HEADERS) delete set.headers[name];
-            throw lockedAnswer(locked);
-          }
+          if (error instanceof AppError && error.code === "RATE_LIMITED") refundAddress();
           throw error;
         });
         if (headers) Object.assign(set.headers, headers);
@@ -222,7 +201,12 @@ export function authModule(options: AuthModuleOptions) {
           metrics.fail("locked");
           // The per-account limit's headers said there was room; the lock's answer is Retry-After.
           if (headers) for (const name in headers) delete set.headers[name];
-          throw lockedAnswer(outcome.retryAfterSeconds);
+          throw new AppError(
+            "RATE_LIMITED",
+            "Too many failed sign-ins for this account; try again later.",
+            undefined,
+            { "retry-after": String(outcome.retryAfterSeconds) },
+          );
         }
         if (outcome.code === "INVALID") {
           metrics.fail("bad_password");

@@ -52,7 +52,7 @@ import {
   type RateLimitMetrics,
 } from "../../plugins/rate-limit/metrics";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
-import type { LimiterStore, LimitOutcome } from "../../plugins/rate-limit/store";
+import type { LimiterStore } from "../../plugins/rate-limit/store";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey } from "./email";
 import type { PasswordWork } from "./password-work";
@@ -462,29 +462,6 @@ export class AuthService {
         policy: "lockout",
       });
     }
-  }
-
-  /**
-   * Whole seconds until the account's lock lifts, when it is locked now (no failure counted, no
-   * place taken), else null; null too where the limiter store cannot tell without deciding (Redis).
-   * For a sign-in the account's own limit refused: told that limit's minute, a client retrying as
-   * told met the lock for minutes more (probe 80b F3). Asking the lock first, as briefly tried,
-   * took one of its places for each request the account's limit then refused, and a flood told an
-   * account that was not locked, its owner too, that it was (probe 81c F1).
-   */
-  lockedForSeconds(rawEmail: string): number | null {
-    const { clock, limiter } = this.options;
-    const now = clock.now();
-    const policy = this.lockoutPolicy;
-    let outcome: LimitOutcome | undefined;
-    try {
-      outcome = limiter.peek?.({ policy, key: accountLimitKey(rawEmail), now });
-    } catch {
-      // Only a better wait for a refusal already decided: a store that cannot be read leaves it.
-      return null;
-    }
-    if (outcome === undefined || outcome.admitted) return null;
-    return refusedForSeconds(policy, outcome, now);
   }
 
   /**

@@ -51,15 +51,6 @@ function windowsOf(policy: Policy, outcome: LimitOutcome, into: Window[]): void 
  */
 export const STEADY_RATE_LIMIT_HEADERS = ["ratelimit-policy", "x-ratelimit-limit"] as const;
 
-/** The headers an admitted request's answer carries (admittedHeaders). */
-export const ADMITTED_RATE_LIMIT_HEADERS = [
-  "x-ratelimit-limit",
-  "x-ratelimit-remaining",
-  "x-ratelimit-reset",
-  "ratelimit-policy",
-  "ratelimit",
-] as const;
-
 const policyHeaderCache = new WeakMap<readonly Policy[], string>();
 
 function renderPolicies(windows: readonly Window[]): string {

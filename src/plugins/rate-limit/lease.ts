@@ -185,11 +185,6 @@ export class LeasingStore implements LimiterStore {
     this.store.giveBack(permits);
   }
 
-  /** The store's: a policy that fails closed or limits under 100 is never leased, so it is exact. */
-  peek(check: LimitCheck): LimitOutcome | undefined {
-    return this.store.peek?.(check);
-  }
-
   /** Any lease of the key alone ends first (its unused permits would be given back after). */
   reset(policy: Policy, key: string): Promise<void> {
     const entry = this.demand.get(signatureOf([{ policy, key, now: 0 }]));

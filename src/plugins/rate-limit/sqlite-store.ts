@@ -200,12 +200,6 @@ export class SqliteLimiterStore implements LeasableStore {
     return this.sqlite.transaction(() => this.decideGroup([entry])[0]!).immediate();
   }
 
-  /** The row as it stands (a read of one row, no transaction: nothing is written). */
-  peek(check: LimitCheck): LimitOutcome {
-    const look = this.look(check, check.now);
-    return { ...look.state, admitted: look.room >= 1 };
-  }
-
   reset(policy: Policy, key: string): Promise<void> {
     this.sqlite
       .query("DELETE FROM rate_limit_counters WHERE policy = ? AND key = ?")

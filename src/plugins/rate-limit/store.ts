@@ -45,13 +45,6 @@ export interface LimiterStore {
    */
   giveBack(permits: readonly UnusedPermits[]): void;
   /**
-   * The outcome a check would have now, counting nothing (`admitted`: whether it has room), or
-   * undefined where the store cannot tell without a decision of its own (Redis decides on its own
-   * clock, in a script). For a refusal's answer, when another policy may refuse for longer (a
-   * sign-in refused by its account's limit while the account is locked).
-   */
-  peek?(check: LimitCheck): LimitOutcome | undefined;
-  /**
    * Forgets what (policy, key) has counted, as if it had never been checked: lifting a block starts
    * the violations that made it from zero.
    */
