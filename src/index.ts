@@ -86,8 +86,8 @@ const duringStart = (signal: NodeJS.Signals) => {
 for (const signal of stopSignals()) process.on(signal, duringStart);
 
 // The `bun run` this service may have been started by is watched from here (src/script-runner.ts):
-// one killed while the service starts is found at the first look, and the service stops once it
-// listens, as for a stop signalled during the start.
+// one killed while the service starts (after this first look) is found, and the service stops once
+// it listens, as for a stop signalled during the start.
 let runnerGone: number | null = null;
 let onRunnerGone = (parent: number) => {
   runnerGone = parent;

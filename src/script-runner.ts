@@ -21,10 +21,10 @@ export interface ScriptRunnerWatch {
 /**
  * Calls `onGone` once when the process that ran this one as a package script (`bun run start`:
  * `npm_lifecycle_event` set, and the parent's command line `bun … run [flags] <that script>`) has
- * exited; null when this process was not started so. A runner killed before the first look (the
- * service's modules load first, ~0.2 s) leaves this process adopted by init: with Bun's runner
- * named in the environment (`npm_config_user_agent`) and init for a parent, it is taken as gone
- * at once (probe 81c F2: killed in the first half second, the service went on serving).
+ * exited; null when this process was not started so. The first look is when src/index.ts starts
+ * to run (its modules load first, ~0.2 s): a runner killed before it is not seen. Inferring it
+ * from being adopted by init, as briefly tried, stopped services a wrapper script or a launcher
+ * had put in the background on purpose (probe 81e F2), and missed those a subreaper adopted (F3).
  */
 export function watchScriptRunner(options: {
   env: Record<string, string | undefined>;
@@ -37,15 +37,7 @@ export function watchScriptRunner(options: {
   const script = options.env.npm_lifecycle_event;
   if (script === undefined || script === "") return null;
   const parent = options.parentId();
-  if (!runsScript(options.commandLineOf(parent), script)) {
-    const startedByBun = options.env.npm_config_user_agent?.startsWith("bun/") === true;
-    // A script that puts the service in the background (`bun src/index.ts &`, `nohup …`) ends
-    // while it runs, as meant: its service was never the runner's to stop with it.
-    const backgrounds = BACKGROUNDING.test(options.env.npm_lifecycle_script ?? "");
-    if (parent !== INIT || !startedByBun || backgrounds) return null;
-    options.onGone(parent);
-    return { stop: () => {} };
-  }
+  if (!runsScript(options.commandLineOf(parent), script)) return null;
   const timer = setInterval(() => {
     if (options.parentId() === parent) return;
     clearInterval(timer);
@@ -54,12 +46,6 @@ export function watchScriptRunner(options: {
   timer.unref();
   return { stop: () => clearInterval(timer) };
 }
-
-/** The process every orphan without a nearer subreaper is given to. */
-const INIT = 1;
-
-/** A lone `&` (not `&&`, nor a redirection's `2>&1`, `&>`), or a command that detaches. */
-const BACKGROUNDING = /(^|[^&>])&(?![&>])|\b(nohup|setsid|disown|daemon(ize)?)\b/;
 
 /**
  * Whether a command line is Bun's runner of `script`: Bun, then `run`, its flags, and the script

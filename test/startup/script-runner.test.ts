@@ -77,49 +77,19 @@ test("only a parent that is `bun run <the script>` is watched", () => {
   expect(watched(script, null)).toBe(false);
 });
 
-test("a runner gone before the first look (the service adopted by init) is gone at once, when Bun's runner started it (probe 81c F2)", () => {
-  const gone: number[] = [];
-  const look = (env: Record<string, string>, commandLine: string) =>
-    watchScriptRunner({
-      env,
-      parentId: () => 1,
-      commandLineOf: () => commandLine,
-      onGone: (was) => gone.push(was),
-    });
-  const byBun = {
-    npm_lifecycle_event: "start",
-    npm_config_user_agent: "bun/1.4.5 npm/? node/v24.3.0 linux x64",
-  };
-  expect(look(byBun, "/sbin/init\0")).not.toBeNull();
-  expect(gone).toEqual([1]);
-  // A script that backgrounds the service ends while it runs, as meant: nothing is inferred.
-  for (const backgrounding of [
-    "bun src/index.ts &",
-    "nohup bun src/index.ts > log 2>&1 &",
-    "setsid bun src/index.ts",
-  ]) {
-    expect(look({ ...byBun, npm_lifecycle_script: backgrounding }, "/sbin/init\0")).toBeNull();
-  }
-  // In the foreground, a redirection's `&` included.
-  for (const foreground of [
-    "bun run src/index.ts",
-    "bun src/index.ts 2>&1 | tee log",
-    "bun src/index.ts &> log",
-  ]) {
-    expect(look({ ...byBun, npm_lifecycle_script: foreground }, "/sbin/init\0")).not.toBeNull();
-  }
-  expect(gone).toEqual([1, 1, 1, 1]);
-  gone.length = 1;
-  // npm's runner, or no runner named: nothing is inferred.
-  expect(
-    look({ ...byBun, npm_config_user_agent: "npm/10.8.0 node/v22.0.0" }, "/sbin/init\0"),
-  ).toBeNull();
-  expect(look({ npm_lifecycle_event: "start" }, "/sbin/init\0")).toBeNull();
-  // In a container whose first process is the runner itself, it is watched as any parent.
-  const watch = look(byBun, "bun\0run\0start\0");
-  expect(watch).not.toBeNull();
-  watch?.stop();
-  expect(gone).toEqual([1]);
+test("a parent already adopted by init (the runner killed before the first look) is not taken for a runner killed: a launcher may have put the service in the background on purpose (probe 81e F2)", () => {
+  const watch = watchScriptRunner({
+    env: {
+      npm_lifecycle_event: "start",
+      npm_config_user_agent: "bun/1.4.5 npm/? node/v24.3.0 linux x64",
+    },
+    parentId: () => 1,
+    commandLineOf: () => "/sbin/init\0",
+    onGone: () => {
+      throw new Error("not gone");
+    },
+  });
+  expect(watch).toBeNull();
 });
 
 test("the watch calls once, when the parent's id changes (the orphan is adopted)", async () => {
