@@ -185,21 +185,22 @@ export const UNRECOGNISED_STATUS = "unrecognised_status";
 /** What a thrown SDK error means for us; Stripe's own error code (never its message) as the reason. */
 async function failureOf(error: unknown): Promise<GatewayFailure> {
   const { default: Stripe } = await import("stripe");
+  // Stripe never answered (refused, reset, timed out): a network failure, not a code of Stripe's.
+  // Read as one of its errors, its SDK class name was shown and logged as `unrecognised_code`, and
+  // an outage read as an upstream writing odd codes (probe 81f F2).
+  if (error instanceof Stripe.errors.StripeConnectionError) {
+    return { ok: false, kind: "unavailable", reason: "network_error" };
+  }
   if (error instanceof Stripe.errors.StripeError) {
     const status = error.statusCode;
-    const reason = stripeErrorCode(error.code ?? error.type);
+    // The code, else the type Stripe wrote (`api_error`), not the SDK's class name for it.
+    const reason = stripeErrorCode(error.code || error.rawType);
     // A 409 is another request under the same idempotency key that Stripe is still working on
     // (the SDK's own retry of an attempt that timed out, `idempotency_key_in_use`): Stripe has
     // not said what it made of it. Taken as a refusal, the refund was taken off the payment's
     // undecided ones, and Stripe made it after; the retry, its key moved by charge.refunded, made
     // it again (probe 61a F1).
-    if (
-      status === undefined ||
-      status >= 500 ||
-      status === 429 ||
-      status === 409 ||
-      error instanceof Stripe.errors.StripeConnectionError
-    ) {
+    if (status === undefined || status >= 500 || status === 429 || status === 409) {
       const keptByStripe =
         status !== undefined &&
         status >= 500 &&

@@ -226,3 +226,24 @@ test("the codes kept are exactly those the Stripe SDK declares: a payment's last
   const declared = new Set([...quoted(codes[0]!), ...quoted(types![1]!)]);
   expect([...STRIPE_ERROR_CODES].sort()).toEqual([...declared].sort());
 });
+
+test("a Stripe that cannot be reached is logged as a network failure, not as an unrecognised code (probe 81f F2)", async () => {
+  const closed = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
+  const url = `http://127.0.0.1:${closed.port}`;
+  closed.stop(true);
+  current = buildPaymentsApp({ env: { STRIPE_API_URL: url } });
+  const user = await signUp(current);
+  const response = await createIntent(current, bearer(user.accessToken), {
+    amount: 4200,
+    currency: "usd",
+  });
+  expect(response.status).toBe(503);
+  const logged = current.logs.entries.filter((entry) => entry.kind === "unavailable");
+  expect(logged.map((entry) => entry.reason)).toEqual(["network_error"]);
+  // A 500 without a code is named by the type Stripe wrote, not by the SDK's class.
+  current.close();
+  current = buildPaymentsApp();
+  await intentMeeting(current, { status: 500, code: "" });
+  const typed = current.logs.entries.filter((entry) => entry.kind === "unavailable");
+  expect(typed.map((entry) => entry.reason)).toEqual(["api_error"]);
+});
