@@ -442,3 +442,35 @@ test("GET /metrics documents the credentials it takes, and each works with METRI
   const { key } = createKey(current, ["metrics"]);
   expect((await send(current, "/metrics", { headers: { "x-api-key": key } })).status).toBe(200);
 });
+
+test("what a route reads itself is in the document: the chat stream's media type and events, the webhooks' signature headers and Meta's query (probe 81f F1)", async () => {
+  current = buildTestApp();
+  const document = await documentOf(current);
+  const chat = document.paths["/api/chat"]!.post!;
+  const answered = chat.responses["200"]!.content!;
+  expect(Object.keys(answered).sort()).toEqual(["application/json", "text/event-stream"]);
+  expect(JSON.stringify(answered["text/event-stream"]!.schema)).toContain("event: done");
+  // And the stream is what the route serves with that Accept.
+  const user = await signUp(current);
+  const streamed = await send(current, "/api/chat", {
+    body: { message: "How do I connect OpenAI?" },
+    headers: { ...bearer(user.accessToken), accept: "text/event-stream" },
+  });
+  expect(streamed.status).toBe(200);
+  expect(streamed.headers.get("content-type")).toStartWith("text/event-stream");
+  await streamed.text();
+
+  const parameters = (path: string, method: string) =>
+    (document.paths[path]![method]!.parameters ?? []).map((p) => `${p.in} ${p.name}`);
+  expect(parameters("/webhooks/whatsapp", "get")).toEqual([
+    "query hub.mode",
+    "query hub.verify_token",
+    "query hub.challenge",
+  ]);
+  expect(parameters("/webhooks/whatsapp", "post")).toEqual(["header X-Hub-Signature-256"]);
+  expect(parameters("/webhooks/stripe", "post")).toEqual(["header Stripe-Signature"]);
+  // The marks the routes carry for it are not left in the document.
+  const text = JSON.stringify(document);
+  expect(text).not.toContain("x-palisade-parameters");
+  expect(text).not.toContain("x-palisade-event-stream");
+});

@@ -20,6 +20,7 @@ import type { AuditLog } from "../../plugins/audit/log";
 import type { authPlugin } from "../../plugins/auth";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import { storageRefusal } from "../../plugins/error-handler/storage";
+import { EVENT_STREAM_KEY } from "../../plugins/openapi";
 import type { RouteClass } from "../../plugins/route-class";
 import type { ErrorReporter } from "../../plugins/sentry";
 import {
@@ -407,6 +408,8 @@ export function chatModule(options: ChatModuleOptions) {
           tags,
           summary:
             "Send a message; the reply as JSON, or as Server-Sent Events with Accept: text/event-stream",
+          [EVENT_STREAM_KEY]:
+            'Server-Sent Events, when the request\'s Accept names text/event-stream: `data: {"delta":"…"}` for each piece of the reply, then `event: done` with `data: {"conversationId":"…","usage":{…}}`; a failure after the stream began (the status is 200 already) is `event: error` with the problem document (code, detail, requestId) as data',
         },
       },
     )

@@ -31,6 +31,7 @@ import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import { auditedOncePerWindow, REFUSAL_AUDIT_WINDOW_MS } from "../../plugins/audit/once-per-window";
 import type { authPlugin } from "../../plugins/auth";
+import { READ_PARAMETERS_KEY, type ReadParameter } from "../../plugins/openapi";
 import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
 import { isStripeId } from "../payments/ids";
@@ -282,6 +283,17 @@ export function stripeWebhook(options: StripeWebhookOptions) {
         detail: {
           tags: ["webhooks"],
           summary: "Stripe events (Stripe-Signature verified over the raw body; each id once)",
+          // Checked over the raw body, before it is parsed.
+          [READ_PARAMETERS_KEY]: [
+            {
+              name: "Stripe-Signature",
+              in: "header",
+              required: true,
+              description:
+                "`t=<unix time>,v1=<HMAC-SHA256 of t.body with an endpoint secret>`, as Stripe signs events (STRIPE_WEBHOOK_SECRET)",
+              schema: { type: "string" },
+            },
+          ] satisfies ReadParameter[],
         },
       },
     );

@@ -44,6 +44,7 @@ import {
   type FirstInWindow,
   REFUSAL_AUDIT_WINDOW_MS,
 } from "../../plugins/audit/once-per-window";
+import { READ_PARAMETERS_KEY, type ReadParameter } from "../../plugins/openapi";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import { exactBodyOf } from "../../plugins/request-guard/body";
 import type { RouteClass } from "../../plugins/route-class";
@@ -569,6 +570,30 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
           tags,
           summary:
             "WhatsApp subscription check (Meta sends hub.mode, hub.verify_token, hub.challenge)",
+          // Read from the raw query: the names hold dots, and one sent twice is refused.
+          [READ_PARAMETERS_KEY]: [
+            {
+              name: "hub.mode",
+              in: "query",
+              required: true,
+              description: "`subscribe`",
+              schema: { type: "string", enum: ["subscribe"] },
+            },
+            {
+              name: "hub.verify_token",
+              in: "query",
+              required: true,
+              description: "WHATSAPP_VERIFY_TOKEN, as set in the Meta app's webhook",
+              schema: { type: "string" },
+            },
+            {
+              name: "hub.challenge",
+              in: "query",
+              required: true,
+              description: "echoed as text/plain when the token matches",
+              schema: { type: "string", pattern: "^[A-Za-z0-9._~-]{1,128}$" },
+            },
+          ] satisfies ReadParameter[],
         },
       },
     )
@@ -632,6 +657,17 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
           tags,
           summary:
             "WhatsApp notifications (messages and statuses), signed with X-Hub-Signature-256",
+          // Checked over the raw body, before it is parsed.
+          [READ_PARAMETERS_KEY]: [
+            {
+              name: "X-Hub-Signature-256",
+              in: "header",
+              required: true,
+              description:
+                "`sha256=` and the HMAC-SHA256 of the raw body with WHATSAPP_APP_SECRET, in hex",
+              schema: { type: "string", pattern: "^sha256=[0-9a-fA-F]{64}$" },
+            },
+          ] satisfies ReadParameter[],
         },
       },
     );

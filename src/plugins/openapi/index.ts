@@ -130,6 +130,29 @@ function plainIntegerParameters(parameters: unknown): void {
 /** Marks, for `finish`, an operation whose body may be absent (`t.Optional`). */
 const OPTIONAL_BODY_KEY = "x-palisade-optional-body";
 
+/**
+ * In a route's `detail`: parameters the route reads itself rather than through a schema (a
+ * signature header checked over the raw body, Meta's dotted query names), added to the generated
+ * ones by `finish` (the generator replaces `detail.parameters` whenever it writes any; probe 81f F1).
+ */
+export const READ_PARAMETERS_KEY = "x-palisade-parameters";
+
+/**
+ * In a route's `detail`: what its 200 is as `text/event-stream` (asked with `Accept`), described
+ * by `finish` beside the JSON answer the response schema gives (probe 81f F1: the stream was in
+ * the summary alone, and a client generated from the document could not read it).
+ */
+export const EVENT_STREAM_KEY = "x-palisade-event-stream";
+
+/** A parameter as `READ_PARAMETERS_KEY` lists it. */
+export interface ReadParameter {
+  name: string;
+  in: "header" | "query";
+  required: boolean;
+  description: string;
+  schema: Record<string, unknown>;
+}
+
 const finishedDocuments = new WeakMap<object, unknown>();
 
 export function finish<T extends object>(document: T): T {
@@ -156,6 +179,18 @@ export function finish<T extends object>(document: T): T {
         delete op[OPTIONAL_BODY_KEY];
       }
       plainIntegerParameters(op.parameters);
+      const read = op[READ_PARAMETERS_KEY] as ReadParameter[] | undefined;
+      delete op[READ_PARAMETERS_KEY];
+      if (read) op.parameters = [...((op.parameters as unknown[] | undefined) ?? []), ...read];
+      const stream = op[EVENT_STREAM_KEY] as string | undefined;
+      delete op[EVENT_STREAM_KEY];
+      const answered = responses["200"];
+      if (stream !== undefined && answered) {
+        answered.content = {
+          ...answered.content,
+          "text/event-stream": { schema: { type: "string", description: stream } },
+        };
+      }
       // The request guard answers any route: a target or query too long (414) and, on a method
       // whose body it reads (whether the route declares a body or not), one too slow to arrive
       // (408), too large (413) or not JSON (415) (probes 27c F3, 27d F2, 30a F4). OpenAPI spells
