@@ -193,8 +193,17 @@ async function failureOf(error: unknown): Promise<GatewayFailure> {
   }
   if (error instanceof Stripe.errors.StripeError) {
     const status = error.statusCode;
-    // The code, else the type Stripe wrote (`api_error`), not the SDK's class name for it.
-    const reason = stripeErrorCode(error.code || error.rawType);
+    // The code, else the type (`api_error`), not the SDK's class name for it. A refused key and a
+    // rate limit come typed `invalid_request_error`, a client's mistake in a log line: named by
+    // their class instead (probe 81g F1).
+    const reason = stripeErrorCode(
+      error.code ||
+        (error instanceof Stripe.errors.StripeAuthenticationError
+          ? "authentication_error"
+          : error instanceof Stripe.errors.StripeRateLimitError
+            ? "rate_limit_error"
+            : error.rawType),
+    );
     // A 409 is another request under the same idempotency key that Stripe is still working on
     // (the SDK's own retry of an attempt that timed out, `idempotency_key_in_use`): Stripe has
     // not said what it made of it. Taken as a refusal, the refund was taken off the payment's

@@ -246,4 +246,8 @@ test("a Stripe that cannot be reached is logged as a network failure, not as an 
   await intentMeeting(current, { status: 500, code: "" });
   const typed = current.logs.entries.filter((entry) => entry.kind === "unavailable");
   expect(typed.map((entry) => entry.reason)).toEqual(["api_error"]);
+  // A refused key is named so, not as the client's invalid request (probe 81g F1).
+  await intentMeeting(current, { status: 401, code: "" });
+  const refused = current.logs.entries.filter((entry) => entry.kind === "refused");
+  expect(refused.map((entry) => entry.reason)).toEqual(["authentication_error"]);
 });
