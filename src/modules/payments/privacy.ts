@@ -34,12 +34,12 @@ const STRIPPED = {
 
 export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): PrivacyContributor {
   /**
-   * Up to `limit` of the owner's payments in `seq` order after `after` (the last one's `seq` as
-   * text, as `at`: one the file put past 2^53 reads rounded as a number, and a page after it
-   * would skip or repeat rows).
+   * Up to `limit` of the owner's payments in `seq` order after the cursor `after`, and the cursor
+   * past them (the last one's `seq` as text: one the file put past 2^53 reads rounded as a number,
+   * and a page after it would skip or repeat rows), null when this page is the last.
    */
-  const ownedPage = (owner: string, after: string | null, limit: number) =>
-    db
+  const ownedPage = (owner: string, after: string | null, limit: number) => {
+    const found = db
       .select({ at: sql<string>`CAST(${payments.seq} AS TEXT)`, ...getTableColumns(payments) })
       .from(payments)
       .where(
@@ -51,10 +51,19 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
       .orderBy(asc(payments.seq))
       .limit(limit)
       .all();
+    return {
+      rows: found.map(({ at: _at, ...row }): PaymentRow => row),
+      next: found.length < limit ? null : found[found.length - 1]!.at,
+    };
+  };
 
-  /** Each owned payment stripped and given to `pseudonym`; resealed only where its seal held. */
-  const strip = (rows: readonly PaymentRow[], pseudonym: string) => {
-    for (const row of rows) {
+  /**
+   * A part of the owner's payments after `after` stripped and given to `pseudonym`, each resealed
+   * only where its seal held; the cursor past the part, null once none is left.
+   */
+  const stripPart = (owner: string, after: string | null, pseudonym: string) => {
+    const part = ownedPage(owner, after, PAYMENTS_STRIPPED_PART);
+    for (const row of part.rows) {
       const next = { ...row, ...STRIPPED, owner: pseudonym };
       db.update(payments)
         .set({
@@ -67,6 +76,7 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
         .where(eq(payments.id, row.id))
         .run();
     }
+    return part.next;
   };
 
   return {
@@ -82,13 +92,13 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
         let after: string | null = null;
         for (;;) {
           const page = ownedPage(owner, after, PAYMENTS_EXPORT_PAGE);
-          const shown = page.filter(({ at: _at, ...row }) => ledger.intact(row));
+          const shown = page.rows.filter((row) => ledger.intact(row));
           if (shown.length > 0) {
-            yield comma + shown.map(({ at: _at, ...row }) => JSON.stringify(viewOf(row))).join(",");
+            yield comma + shown.map((row) => JSON.stringify(viewOf(row))).join(",");
             comma = ",";
           }
-          if (page.length < PAYMENTS_EXPORT_PAGE) break;
-          after = page[page.length - 1]!.at;
+          if (page.next === null) break;
+          after = page.next;
           yield "";
         }
         yield "]";
@@ -114,32 +124,19 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
           givenBack = giveBack();
           return false;
         }
-        const rows = db.$client
-          .transaction(() => {
-            const part = ownedPage(owner, after, PAYMENTS_STRIPPED_PART);
-            strip(
-              part.map(({ at: _at, ...row }) => row),
-              pseudonym,
-            );
-            return part;
-          })
-          .immediate();
+        const next = db.$client.transaction(() => stripPart(owner, after, pseudonym)).immediate();
         // Moved on only once the part commits: a part refused by a lock is asked again whole.
-        if (rows.length < PAYMENTS_STRIPPED_PART) return true;
-        after = rows[rows.length - 1]!.at;
+        if (next === null) return true;
+        after = next;
         return false;
       };
     },
     erase(userId, { pseudonym }) {
       const owner = `user:${userId}`;
       // What came since the parts ahead of it (or all of it, when they stopped).
-      for (let rows = ownedPage(owner, null, PAYMENTS_STRIPPED_PART); rows.length > 0; ) {
-        strip(
-          rows.map(({ at: _at, ...row }) => row),
-          pseudonym,
-        );
-        rows = ownedPage(owner, rows[rows.length - 1]!.at, PAYMENTS_STRIPPED_PART);
-      }
+      let after: string | null = null;
+      do after = stripPart(owner, after, pseudonym);
+      while (after !== null);
       db.delete(paymentIdempotencyKeys).where(eq(paymentIdempotencyKeys.owner, owner)).run();
     },
   };

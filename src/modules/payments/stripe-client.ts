@@ -182,6 +182,20 @@ export function stripeErrorCode(code: unknown): string {
 /** What stands for a refund status of another shape (it is answered to the admin and audited). */
 export const UNRECOGNISED_STATUS = "unrecognised_status";
 
+/**
+ * The type of a Stripe error without a code: a refused key and a rate limit come typed
+ * `invalid_request_error`, a client's mistake in a log line, and are named by their class instead
+ * (probe 81g F1); anything else by the type Stripe wrote.
+ */
+function typeOf(
+  error: Stripe.errors.StripeError,
+  errors: typeof Stripe.errors,
+): string | undefined {
+  if (error instanceof errors.StripeAuthenticationError) return "authentication_error";
+  if (error instanceof errors.StripeRateLimitError) return "rate_limit_error";
+  return error.rawType;
+}
+
 /** What a thrown SDK error means for us; Stripe's own error code (never its message) as the reason. */
 async function failureOf(error: unknown): Promise<GatewayFailure> {
   const { default: Stripe } = await import("stripe");
@@ -193,17 +207,8 @@ async function failureOf(error: unknown): Promise<GatewayFailure> {
   }
   if (error instanceof Stripe.errors.StripeError) {
     const status = error.statusCode;
-    // The code, else the type (`api_error`), not the SDK's class name for it. A refused key and a
-    // rate limit come typed `invalid_request_error`, a client's mistake in a log line: named by
-    // their class instead (probe 81g F1).
-    const reason = stripeErrorCode(
-      error.code ||
-        (error instanceof Stripe.errors.StripeAuthenticationError
-          ? "authentication_error"
-          : error instanceof Stripe.errors.StripeRateLimitError
-            ? "rate_limit_error"
-            : error.rawType),
-    );
+    // The code, else the type (`api_error`), not the SDK's class name for it.
+    const reason = stripeErrorCode(error.code || typeOf(error, Stripe.errors));
     // A 409 is another request under the same idempotency key that Stripe is still working on
     // (the SDK's own retry of an attempt that timed out, `idempotency_key_in_use`): Stripe has
     // not said what it made of it. Taken as a refusal, the refund was taken off the payment's

@@ -7,6 +7,7 @@
  * the reason the start refuses.
  */
 import { RedisClient } from "bun";
+import { firstLine } from "../../cli/terminal";
 import type { AppEnv } from "../../config";
 import { redisDatabase, withoutDatabase } from "../../config/redis-url";
 import type { Logger } from "../../logging/logger";
@@ -67,7 +68,7 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
       "SCRIPT LOAD",
     );
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = firstLine(error);
     // Every decision would fail: production refuses, as for an evicting Redis; /ready says it.
     if (appEnv === "production") return `REDIS_URL's ${reason}`;
     logger.error(

@@ -13,7 +13,6 @@
  *
  * Failure (Redis unreachable, timeout): the checks reject; the plugin fails open or closed by policy.
  */
-
 import type { RedisClient } from "bun";
 import { firstLine } from "../../cli/terminal";
 import {
