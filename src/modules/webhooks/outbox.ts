@@ -328,9 +328,7 @@ export class OutboxWorker {
   claim(now: number, limit = this.settings.batchSize): OutboxRow[] {
     const { db } = this.options;
     const o = whatsappOutbox;
-    const horizon = now + this.settings.giveUpAfterMs;
-    const unwritable = (column: typeof o.nextAttemptAt | typeof o.leaseUntil) =>
-      or(sql`typeof(${column}) != 'integer'`, gt(column, horizon));
+    const unwritable = this.unwritableAt(now);
     const due = db
       .select({ id: o.id })
       .from(o)
@@ -338,7 +336,7 @@ export class OutboxWorker {
         and(
           eq(o.state, "pending"),
           or(lte(o.nextAttemptAt, now), unwritable(o.nextAttemptAt)),
-          or(isNull(o.leaseUntil), lt(o.leaseUntil, now), unwritable(o.leaseUntil)),
+          this.unleased(now),
           sql`NOT EXISTS (SELECT 1 FROM whatsapp_outbox AS earlier WHERE earlier.sender_hash = ${o.senderHash} AND earlier.state = 'pending' AND earlier.id < ${o.id})`,
         ),
       )
@@ -350,6 +348,22 @@ export class OutboxWorker {
       .where(inArray(o.id, due))
       .returning()
       .all();
+  }
+
+  /**
+   * A schedule or lease no worker writes at `now`: not a whole number, or further ahead than any
+   * backoff, Graph's longest Retry-After or lease reaches (the give-up time is past all of them).
+   */
+  private unwritableAt(now: number) {
+    const horizon = now + this.settings.giveUpAfterMs;
+    return (column: typeof whatsappOutbox.nextAttemptAt | typeof whatsappOutbox.leaseUntil) =>
+      or(sql`typeof(${column}) != 'integer'`, gt(column, horizon));
+  }
+
+  /** A row no worker holds at `now`: no lease, one expired, or one no worker writes. */
+  private unleased(now: number) {
+    const o = whatsappOutbox;
+    return or(isNull(o.leaseUntil), lt(o.leaseUntil, now), this.unwritableAt(now)(o.leaseUntil));
   }
 
   /**
@@ -369,11 +383,7 @@ export class OutboxWorker {
       .where(
         and(
           eq(o.state, "pending"),
-          or(
-            isNull(o.leaseUntil),
-            lt(o.leaseUntil, now),
-            sql`typeof(${o.leaseUntil}) != 'integer'`,
-          ),
+          this.unleased(now),
           // As pastGiveUp reads an arrival: one no intake writes counts as past it.
           or(
             lte(o.receivedAt, now - giveUpAfterMs),

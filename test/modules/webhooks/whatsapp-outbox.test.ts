@@ -773,7 +773,8 @@ describe("running with the app", () => {
   });
 });
 
-test("without WHATSAPP_ACCESS_TOKEN a kept message is given up at the maintenance after its give-up time, its number and text cleared, not kept past retention (probe 81a F3)", async () => {
+/** The app with its WhatsApp webhook on but no WHATSAPP_ACCESS_TOKEN: no worker runs. */
+async function withoutAccessToken() {
   const graph = startGraphServer();
   cleanups.push(() => graph.close());
   const { WHATSAPP_ACCESS_TOKEN: _token, ...withoutToken } = whatsappEnv(graph);
@@ -782,6 +783,11 @@ test("without WHATSAPP_ACCESS_TOKEN a kept message is given up at the maintenanc
   const target = buildTestApp({ env: withoutToken, clock, whatsapp: { chat } });
   cleanups.push(() => target.close());
   await target.services.start();
+  return { graph, clock, chat, target };
+}
+
+test("without WHATSAPP_ACCESS_TOKEN a kept message is given up at the maintenance after its give-up time, its number and text cleared, not kept past retention (probe 81a F3)", async () => {
+  const { graph, clock, chat, target } = await withoutAccessToken();
   const response = await deliver(
     target,
     notification({ messages: [{ id: "wamid.KEPT", from: "16505550123", text: "hello?" }] }),
@@ -884,3 +890,22 @@ test("a lock another connection held while a slow turn is in hand is waited out:
   release();
   await world.graph.waitForSent(3, 5_000);
 }, 20_000);
+
+test("without WHATSAPP_ACCESS_TOKEN a kept message whose lease no worker writes (for good, a text) is given up all the same, as a worker's claim takes it", async () => {
+  for (const lease of ["9000000000000000000", "'x'"]) {
+    const { clock, target } = await withoutAccessToken();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.HELD", from: "16505550124", text: "hi" }] }),
+    );
+    target.db.$client.run(
+      `UPDATE whatsapp_outbox SET lease_until = ${lease}, lease_owner = 'ghost' WHERE message_id = 'wamid.HELD'`,
+    );
+    clock.advance(16 * 60_000);
+    target.services.runMaintenance();
+    expect({ lease, row: rows(target)[0] }).toMatchObject({
+      lease,
+      row: { state: "failed", recipient: null, body: null },
+    });
+  }
+});
