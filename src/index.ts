@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { createApp } from "./app";
-import { namedFirstLine, terminalSafe } from "./cli/terminal";
+import { terminalSafe } from "./cli/terminal";
 import { ConfigError, databasePathOf, loadConfig } from "./config";
 import { leftoverDevelopmentKey } from "./config/development-key";
 import { executableEnvironment } from "./config/parse";
@@ -31,6 +31,7 @@ import {
   SchemaChangedError,
   schemaChangedMessage,
 } from "./db/schema-guard";
+import { namedFirstLine } from "./error-line";
 import { createLogger } from "./logging/logger";
 import { AuditKeys } from "./plugins/audit/chain";
 import { assertAuditKeyMatchesBeforeMigrating, NEW_LOG_KEYED } from "./plugins/audit/key-match";

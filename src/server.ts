@@ -5,6 +5,7 @@
  * again, after which they are cut), runs the closers (flush logs, close the database) and exits 0.
  */
 import type { Config } from "./config";
+import { firstLine } from "./error-line";
 import type { Logger } from "./logging/logger";
 import { lastResortErrorHandler } from "./plugins/error-handler/last-resort";
 import { stopSignals } from "./stop-signals";
@@ -75,9 +76,7 @@ function listenOrExplain(
     const reason =
       typeof code === "string" && /^[A-Z_]{2,32}$/.test(code)
         ? code
-        : error instanceof Error
-          ? (error.message.split("\n")[0] ?? "").slice(0, 200)
-          : String(error).slice(0, 200);
+        : firstLine(error).slice(0, 200);
     // Bun reports a host name that does not resolve as EADDRINUSE or ENOENT: with a name, say so.
     throw new PortUnavailable(
       config.host,

@@ -17,6 +17,7 @@ import { systemClock } from "./clock";
 import type { AppDatabase } from "./db/client";
 import { finds } from "./db/finds";
 import type { MigrationCompanions } from "./db/migrate";
+import { firstLine } from "./error-line";
 import type { Logger } from "./logging/logger";
 import {
   credentialSealing,
@@ -258,10 +259,7 @@ function auditLogBeforeMigrating(sqlite: Database, keys: AuditKeys): AuditLogBef
     const result = verifyAuditChain(sqlite, keys);
     return { earlier, fault: result.ok ? null : describeFailure(result) };
   } catch (error) {
-    return {
-      earlier,
-      fault: error instanceof Error ? error.message.split("\n")[0]! : "unreadable",
-    };
+    return { earlier, fault: firstLine(error) };
   }
 }
 

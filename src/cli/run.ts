@@ -23,6 +23,7 @@ import {
   SchemaChangedError,
   schemaChangedMessage,
 } from "../db/schema-guard";
+import { namedFirstLine } from "../error-line";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { AuditKeys } from "../plugins/audit/chain";
@@ -39,7 +40,7 @@ import {
   parseArgs,
 } from "./command";
 import { checkDatabaseFile } from "./database-file";
-import { namedFirstLine, terminalSafe } from "./terminal";
+import { terminalSafe } from "./terminal";
 
 export interface CliIo {
   out(line: string): void;

@@ -31,14 +31,3 @@ export function terminalSafe(line: string): string {
   }
   return from === 0 ? line : safe + line.slice(from);
 }
-
-/** An error's message, its first line only (a stack or a source listing never follows it). */
-export function firstLine(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  return message.split("\n")[0] ?? "unknown error";
-}
-
-/** An error as one line, its name first: `SQLiteError: database or disk is full`. */
-export function namedFirstLine(error: unknown): string {
-  return error instanceof Error ? `${error.name}: ${firstLine(error)}` : firstLine(error);
-}

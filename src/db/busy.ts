@@ -11,6 +11,7 @@
  * handler recognises isDatabaseBusy); nothing answers 500 for a lock.
  */
 import type { Database } from "bun:sqlite";
+import { firstLine } from "../error-line";
 
 /** The longest one statement of the serving process waits for another's write lock. */
 export const REQUEST_BUSY_TIMEOUT_MS = 50;
@@ -54,10 +55,7 @@ export function setBusyTimeout(sqlite: Database, ms: number): void {
  */
 export function probeWritable(sqlite: Database): void {
   const notWritable = (error: unknown) =>
-    new Error(
-      `not writable: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`,
-      { cause: error },
-    );
+    new Error(`not writable: ${firstLine(error)}`, { cause: error });
   try {
     sqlite.run("BEGIN IMMEDIATE");
   } catch (error) {

@@ -21,6 +21,7 @@ import { dirname } from "node:path";
 import { getTableName, is } from "drizzle-orm";
 import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
 import { SQLiteTable } from "drizzle-orm/sqlite-core";
+import { firstLine } from "../error-line";
 import { isDatabaseBusy, probeWritable } from "./busy";
 import { whyNotPalisades } from "./foreign-database";
 import * as schema from "./schema";
@@ -103,20 +104,20 @@ export function whyUnusable(error: unknown, path?: string): string {
   if (path !== undefined && /^SQLITE_(READONLY|CANTOPEN)/.test(sqliteCode)) {
     const file = writeRefusal(path);
     if (file !== null) {
-      return `is read-only (${describe(error)}; writing it: ${file}): ${READ_ONLY_ADVICE}`;
+      return `is read-only (${firstLine(error)}; writing it: ${file}): ${READ_ONLY_ADVICE}`;
     }
     const directory = writeRefusal(dirname(path));
     if (directory !== null) {
-      return `is in a directory that cannot be written (${describe(error)}; writing ${dirname(path)}: ${directory}): SQLite makes its -wal and -shm beside the file; make the directory writable, or use a copy in one that is`;
+      return `is in a directory that cannot be written (${firstLine(error)}; writing ${dirname(path)}: ${directory}): SQLite makes its -wal and -shm beside the file; make the directory writable, or use a copy in one that is`;
     }
   }
   if (sqliteCode.startsWith("SQLITE_READONLY")) {
-    return `is read-only (${describe(error)}): ${READ_ONLY_ADVICE}`;
+    return `is read-only (${firstLine(error)}): ${READ_ONLY_ADVICE}`;
   }
   if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
-    return `is locked by another connection (${describe(error)}): try again when it is done`;
+    return `is locked by another connection (${firstLine(error)}): try again when it is done`;
   }
-  return `is not a usable SQLite database: ${describe(error)}`;
+  return `is not a usable SQLite database: ${firstLine(error)}`;
 }
 
 const READ_ONLY_ADVICE = "Palisade and its commands write to it; use a writable copy";
@@ -182,7 +183,7 @@ export function openDatabase(path: string): AppDatabase {
     }
     sqlite = new Database(path, { create: true, strict: true });
   } catch (error) {
-    throw new DatabaseOpenError(path, `cannot be opened: ${describe(error)}`);
+    throw new DatabaseOpenError(path, `cannot be opened: ${firstLine(error)}`);
   }
   try {
     // First: switching to WAL takes a lock too, and several processes starting together on a new
@@ -272,9 +273,4 @@ function sqliteErrorIn(error: unknown): SQLiteError | null {
     error = error.cause;
   }
   return null;
-}
-
-function describe(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  return message.split("\n")[0] ?? "unknown error";
 }

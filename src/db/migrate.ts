@@ -1,5 +1,6 @@
 import { fileURLToPath } from "node:url";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
+import { firstLine } from "../error-line";
 import type { AppDatabase } from "./client";
 import { embeddedMigrations, LATEST_MIGRATION_MILLIS, MIGRATION_TAG_BY_MILLIS } from "./migrations";
 
@@ -109,8 +110,7 @@ export function applyMigrations(
 
 /** The one line a start or `db:migrate` ends with when the migrations could not be applied. */
 export function migrationsFailed(databasePath: string, error: unknown): string {
-  const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
-  return `DATABASE_PATH ${databasePath}: migrations failed: ${reason}`;
+  return `DATABASE_PATH ${databasePath}: migrations failed: ${firstLine(error)}`;
 }
 
 /** What the migrations table records now (`db:migrate` prints it). */

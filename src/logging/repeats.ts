@@ -11,6 +11,7 @@
  * quiet for a whole interval is written whole again at its next line. Every such request still
  * has its access line (with its request id and status) and its metrics.
  */
+import { firstLine } from "../error-line";
 import type { LevelName } from "./logger";
 
 /** How long a key's repeats are counted instead of written, from its line written whole. */
@@ -132,7 +133,6 @@ export function createRepeatGate(options: {
 export function faultKind(error: unknown): string {
   if (!(error instanceof Error)) return typeof error;
   const code = (error as { code?: unknown }).code;
-  const firstLine = error.message.split("\n", 1)[0] ?? "";
-  const text = `${error.name}${typeof code === "string" || typeof code === "number" ? ` ${code}` : ""}: ${firstLine}`;
+  const text = `${error.name}${typeof code === "string" || typeof code === "number" ? ` ${code}` : ""}: ${firstLine(error)}`;
   return text.replace(/\d+/g, "#").slice(0, 80);
 }

@@ -15,13 +15,13 @@ import { listTriggers } from "../../db/foreign-triggers";
 import { type MigrationStatus, migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { expectedSchema, schemaDifferences } from "../../db/schema-guard";
+import { firstLine } from "../../error-line";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { type AuditHead, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { type SealFinding, type SealSweep, SWEPT_TABLES, sweepSeals } from "../../seal-sweep";
 import { CliError, type Command, type CommandContext, EXIT_USAGE } from "../command";
 import { checkDatabaseFile } from "../database-file";
-import { firstLine } from "../terminal";
 import { parseAnchor } from "./audit";
 
 export const dbVerify: Command = {
@@ -269,5 +269,3 @@ function findingLine({ table, id, part }: SealFinding): string {
       return `${table} ${id}: does not match its seal`;
   }
 }
-
-/** An error's first line: what one line of the CLI says of it. */

@@ -30,13 +30,13 @@ import { BUSY_TIMEOUT_MS, createOwnerOnly, DatabaseOpenError, writeRefusal } fro
 import { atRest, fileIdentity, openForALook } from "../../db/file-look";
 import { migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
+import { firstLine } from "../../error-line";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { sweepSeals } from "../../seal-sweep";
 import { stopSignals } from "../../stop-signals";
 import { CliError, type Command, EXIT_USAGE } from "../command";
-import { firstLine } from "../terminal";
 import { failedRows, findingsPhrase, integrityProblems, sweepLines } from "./db-verify";
 
 export const dbMigrate: Command = {

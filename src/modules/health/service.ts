@@ -1,3 +1,4 @@
+import { firstLine } from "../../error-line";
 import { logSafe } from "../../logging/logger";
 import type { DependencyState, ReadyResponse } from "./model";
 
@@ -25,8 +26,7 @@ export async function runChecks(
       } catch (error) {
         // The first line of a driver's message ("disk I/O error") tells the operator enough;
         // scrubbed, escaped and cut, as client-facing text from elsewhere always is.
-        const firstLine = error instanceof Error ? error.message.split("\n")[0]! : "failed";
-        const message = logSafe(firstLine, scrub)!;
+        const message = logSafe(firstLine(error), scrub)!;
         return [name, { status: "down", latencyMs: elapsed(started), error: message }];
       }
     }),

@@ -16,6 +16,7 @@
  * nothing it serves is ever Bun's error page. The main port answers `/metrics` with 404 while a
  * listener is configured.
  */
+import { firstLine } from "../../error-line";
 import type { Logger } from "../../logging/logger";
 import { lastResortErrorHandler, problemResponse } from "../error-handler/last-resort";
 import { withRealPath } from "../request-guard/host";
@@ -89,7 +90,7 @@ export function listenForMetrics({ handle, host, ports, logger, hsts }: MetricsL
         error: answerServerError,
       });
     } catch (error) {
-      lastError = error instanceof Error ? error.message.split("\n")[0]! : String(error);
+      lastError = firstLine(error);
       continue;
     }
     const url = new URL("/metrics", server.url);

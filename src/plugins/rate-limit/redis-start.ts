@@ -7,9 +7,9 @@
  * the reason the start refuses.
  */
 import { RedisClient } from "bun";
-import { firstLine } from "../../cli/terminal";
 import type { AppEnv } from "../../config";
 import { redisDatabase, withoutDatabase } from "../../config/redis-url";
+import { firstLine } from "../../error-line";
 import type { Logger } from "../../logging/logger";
 import { type EvictionWatch, evictingPolicyMessage, SAFE_POLICY } from "./redis-eviction";
 import { assertScriptsRun, withDeadline } from "./redis-store";

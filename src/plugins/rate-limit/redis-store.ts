@@ -14,7 +14,7 @@
  * Failure (Redis unreachable, timeout): the checks reject; the plugin fails open or closed by policy.
  */
 import type { RedisClient } from "bun";
-import { firstLine } from "../../cli/terminal";
+import { firstLine } from "../../error-line";
 import {
   CheckQueue,
   fail,

@@ -12,6 +12,7 @@
  * repeat itself once the interval ends (or at shutdown), so no counted repeat goes unreported.
  * Logs and metrics still see every one.
  */
+import { firstLine } from "../../error-line";
 import type { ErrorContext } from "./index";
 
 export const REPORT_INTERVAL_MS = 60_000;
@@ -110,9 +111,8 @@ export function createReportThrottle(
 /** The type, first message line (at most 200 characters) and throwing frame of one error. */
 function describe(error: unknown): string {
   if (!(error instanceof Error)) return `${typeof error}:${String(error).slice(0, 200)}`;
-  const firstLine = error.message.slice(0, 200).split("\n", 1)[0];
   const thrownAt = error.stack?.split("\n").find((line) => line.trimStart().startsWith("at "));
-  return `${error.name}:${firstLine}:${thrownAt ?? ""}`;
+  return `${error.name}:${firstLine(error).slice(0, 200)}:${thrownAt ?? ""}`;
 }
 
 /** What makes two reports the same failure. */
