@@ -6,11 +6,17 @@
  * around it or a character outside printable ASCII, a `pal_` key whose checksum is wrong or whose
  * shape is not whole), a key holding a
  * colon (a second one of `key:scope:scope`), a `pal_test_` key in production, and two entries that share
- * their first 16 characters (keys are found by that prefix, so one of them could never work).
+ * their lookup prefix (a key listed twice, or two `pal_` keys with the same first 16 characters:
+ * keys are found by that prefix, so one of them could never work).
  * Messages name entries by position, never by value: the keys are secrets.
  */
 import { API_KEY_SCOPES } from "../db/schema/auth";
-import { hasValidChecksum, KEY_PATTERN, PREFIX_LENGTH } from "../plugins/auth/api-key-format";
+import {
+  hasValidChecksum,
+  KEY_PATTERN,
+  keyPrefix,
+  PREFIX_LENGTH,
+} from "../plugins/auth/api-key-format";
 import { ConfigError } from "./error";
 import { parseList } from "./parse";
 import { secretWeakness } from "./secrets";
@@ -91,12 +97,15 @@ export function parseApiKeys(
   });
   const seen = new Map<string, number>();
   entries.forEach(({ key }, index) => {
-    const prefix = key.slice(0, PREFIX_LENGTH);
+    // A pal_ key is found by its first 16 characters, any other by its hash (./api-key-format).
+    const prefix = keyPrefix(key);
     const first = seen.get(prefix);
     if (first !== undefined) {
       throw new ConfigError(
         "API_KEYS",
-        `entries ${first + 1} and ${index + 1} share their first ${PREFIX_LENGTH} characters; keys are found by them, so each key must start differently`,
+        KEY_PATTERN.test(key)
+          ? `entries ${first + 1} and ${index + 1} share their first ${PREFIX_LENGTH} characters; pal_ keys are found by them, so each must start differently`
+          : `entries ${first + 1} and ${index + 1} are one key, or share its lookup prefix (the start of its SHA-256): use another key`,
       );
     }
     seen.set(prefix, index);

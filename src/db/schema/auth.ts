@@ -70,7 +70,7 @@ export const apiKeys = sqliteTable(
   {
     id: text("id").primaryKey(),
     name: text("name").notNull(),
-    /** The key's first 16 characters: shown to operators and used to find the row. */
+    /** What finds the row, shown to operators: a `pal_` key's first 16 characters, another's `sha256:` and the start of its hash. */
     prefix: text("prefix").notNull(),
     secretHash: text("secret_hash").notNull(),
     /** JSON array of scopes. */

@@ -27,6 +27,7 @@ import type { AuditLog } from "../../plugins/audit/log";
 import {
   generateApiKey,
   hashApiKey,
+  hashedPrefix,
   type KeyEnvironment,
   keyPrefix,
 } from "../../plugins/auth/api-key-format";
@@ -173,6 +174,7 @@ type KeyChange = Partial<{
   revokedAt: number | null;
   replacedBy: string | null;
   successorSeal: string;
+  prefix: string;
 }>;
 
 /** Keys with their owner's email: what every listing reads. */
@@ -762,15 +764,22 @@ export class ApiKeyService {
    * revoked; each change is audited (actor `system`) and dropped from every process's cache. A
    * bootstrap key revoked through the API or CLI stays revoked while it is still listed (a leaked
    * key must not come back at the next restart). An entry that is already a key made through the
-   * API or CLI, or that shares its first 16 characters with one, is refused with a ConfigError
+   * API or CLI, or that shares its lookup prefix with one, is refused with a ConfigError
    * naming API_KEYS. One immediate transaction, so processes starting together agree.
    */
   reconcileBootstrap(entries: readonly BootstrapKey[]): BootstrapOutcome {
-    const outcome: BootstrapOutcome = { added: 0, updated: 0, revoked: 0, stillRevoked: [] };
+    const outcome: BootstrapOutcome = {
+      added: 0,
+      updated: 0,
+      revoked: 0,
+      stillRevoked: [],
+      prefixesReplaced: 0,
+    };
     const changedKeys: string[] = [];
     this.db.transaction(
       () => {
         const stored = this.db.select(sealedKeyColumns).from(apiKeys).all();
+        outcome.prefixesReplaced = this.replaceClearPrefixes(stored);
         const byHash = new Map(stored.map((row) => [row.secretHash, row]));
         const byPrefix = new Map(stored.map((row) => [row.prefix, row]));
         const listed = new Set<string>();
@@ -789,10 +798,10 @@ export class ApiKeyService {
               `entry ${index + 1} is a key created through the API or CLI; remove it from API_KEYS`,
             );
           }
-          if (!row && byPrefix.has(keyPrefix(entry.key))) {
+          if (!row && byPrefix.has(keyPrefix(entry.key, hash))) {
             throw new ConfigError(
               "API_KEYS",
-              `entry ${index + 1} shares its first 16 characters with a stored API key; use another key`,
+              `entry ${index + 1} shares its lookup prefix (a pal_ key's first 16 characters) with a stored API key; use another key`,
             );
           }
           if (!row) {
@@ -801,7 +810,7 @@ export class ApiKeyService {
               {
                 id,
                 name: `bootstrap-${index + 1}`,
-                prefix: keyPrefix(entry.key),
+                prefix: keyPrefix(entry.key, hash),
                 secretHash: hash,
                 scopes,
                 userId: null,
@@ -858,6 +867,25 @@ export class ApiKeyService {
     );
     if (changedKeys.length > 0) this.credentials.applyRevocations();
     return outcome;
+  }
+
+  /**
+   * Rows stored before a key of no `pal_` shape was found by its hash hold its first 16 characters
+   * in clear (probe 82a F1): each gets the prefix its hash gives, resealed when its seal held (one
+   * that did not stays refused). `stored` is updated to match. Returns how many were replaced.
+   */
+  private replaceClearPrefixes(stored: Array<{ id: string; prefix: string; secretHash: string }>) {
+    let replaced = 0;
+    for (const row of stored) {
+      if (typeof row.prefix !== "string" || typeof row.secretHash !== "string") continue;
+      if (row.prefix.startsWith("pal_")) continue;
+      const prefix = hashedPrefix(row.secretHash);
+      if (row.prefix === prefix) continue;
+      this.change(row.id, { prefix });
+      row.prefix = prefix;
+      replaced++;
+    }
+    return replaced;
   }
 
   private insertSealed(
@@ -954,6 +982,8 @@ export interface BootstrapOutcome {
   revoked: number;
   /** API_KEYS entries (1-based) whose key was revoked and so stays revoked. */
   stillRevoked: number[];
+  /** Stored keys whose first characters were their lookup prefix, now read from their hash. */
+  prefixesReplaced: number;
 }
 
 /** The earlier of two ends, either of which may be none (null). */

@@ -141,6 +141,12 @@ function reconcileBootstrapKeys(core: Core, apiKeys: ApiKeyService): void {
     const { added, updated, revoked } = bootstrap;
     logger.info({ added, updated, revoked }, "bootstrap API keys reconciled with API_KEYS");
   }
+  if (bootstrap.prefixesReplaced > 0) {
+    logger.info(
+      { keys: bootstrap.prefixesReplaced },
+      "API keys of no pal_ shape are now found by their hash: their first characters are no longer stored (copies of the database file made before still hold them)",
+    );
+  }
   if (bootstrap.stillRevoked.length > 0) {
     logger.warn(
       { entries: bootstrap.stillRevoked },

@@ -11,6 +11,8 @@ const CHECKSUM_LENGTH = 6;
 export const KEY_PATTERN = /^pal_(live|test)_[0-9A-Za-z]{36}$/;
 /** What identifies a key row without the secret: enough characters to be unique. */
 export const PREFIX_LENGTH = 16;
+/** Marks a prefix read from the key's hash, which no `pal_` prefix starts with. */
+export const HASHED_PREFIX_MARK = "sha256:";
 
 export type KeyEnvironment = "live" | "test";
 
@@ -47,8 +49,21 @@ export function hasValidChecksum(key: string): boolean {
   return checksumOf(body) === key.slice(-CHECKSUM_LENGTH);
 }
 
-export function keyPrefix(key: string): string {
-  return key.slice(0, PREFIX_LENGTH);
+/**
+ * The column a key is found by. A `pal_` key's first 16 characters (its environment and 7 of its
+ * 36 random characters); any other key's (an `API_KEYS` entry of the operator's own making, such
+ * as `openssl rand -hex 16`) is read from its hash instead, since its first 16 characters would be
+ * half of it, in clear, in every backup and every admin's key list (probe 82a F1).
+ */
+export function keyPrefix(key: string, hash?: string): string {
+  return KEY_PATTERN.test(key)
+    ? key.slice(0, PREFIX_LENGTH)
+    : hashedPrefix(hash ?? hashApiKey(key));
+}
+
+/** A key's lookup prefix read from its SHA-256 (hex): what a key of no `pal_` shape is found by. */
+export function hashedPrefix(hash: string): string {
+  return `${HASHED_PREFIX_MARK}${hash.slice(0, PREFIX_LENGTH - HASHED_PREFIX_MARK.length)}`;
 }
 
 export function hashApiKey(key: string): string {

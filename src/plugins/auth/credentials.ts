@@ -318,7 +318,7 @@ export class CredentialVerifier {
       this.noteUse(cached.principal.id, now);
       return { ok: true, principal: cached.principal };
     }
-    const row = this.statements.findKey({ prefix: keyPrefix(key) });
+    const row = this.statements.findKey({ prefix: keyPrefix(key, hash) });
     if (!row || !timingSafeEqual(Buffer.from(row.secretHash), Buffer.from(hash))) {
       return { ok: false, reason: "invalid" };
     }

@@ -192,17 +192,38 @@ describe("bootstrap keys follow API_KEYS across restarts", () => {
   });
 });
 
+/**
+ * A pal_ key of another body with the same first 16 characters: its checksum made as the key
+ * format makes it (a base62 CRC-32 of what comes before it, six characters).
+ */
+function palTwin(key: string): string {
+  const body = `${key.slice(0, 16)}${"Q".repeat(23)}`;
+  const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  let n = Bun.hash.crc32(body);
+  let checksum = "";
+  for (let i = 0; i < 6; i++) {
+    checksum = base62[n % 62] + checksum;
+    n = Math.floor(n / 62);
+  }
+  return `${body}${checksum}`;
+}
+
 describe("an API_KEYS that cannot work is refused in one line", () => {
   const key = generateApiKey("live");
   const longKey = "a-long-bootstrap-key-0123456789-abcdef";
-  // Not a pal_ key: one that starts as one is refused unless it is whole.
-  const twin = `${longKey.slice(0, 16)}${"y".repeat(24)}`;
+  const twin = palTwin(key);
   const badChecksum = `${key.slice(0, -1)}${key.endsWith("A") ? "B" : "A"}`;
   test.each([
     ["the same key twice", `${key},${key}:chat`, {}, "share their first 16 characters"],
     [
-      "two keys sharing their first 16 characters",
-      `${longKey},${twin}`,
+      "a key of no pal_ shape twice",
+      `${longKey},${longKey}:chat`,
+      {},
+      "entries 1 and 2 are one key",
+    ],
+    [
+      "two pal_ keys sharing their first 16 characters",
+      `${key},${twin}`,
       {},
       "entries 1 and 2 share",
     ],
@@ -254,7 +275,7 @@ describe("an API_KEYS that cannot work is refused in one line", () => {
 
   test("config:check and the start both refuse a collision: one line, exit 2", async () => {
     const path = databaseFile();
-    const env = { DATABASE_PATH: path, API_KEYS: `${longKey},${twin}`, PORT: "0" };
+    const env = { DATABASE_PATH: path, API_KEYS: `${key},${twin}`, PORT: "0" };
     const check = await runToExit(["bun", "run", "src/cli/index.ts", "config:check"], env);
     expect(check.code).toBe(2);
     expect(check.stderr.trim().split("\n")).toHaveLength(1);
@@ -265,7 +286,81 @@ describe("an API_KEYS that cannot work is refused in one line", () => {
       "palisade: refusing to start: API_KEYS entries 1 and 2",
     );
     expect(started.stderr.trim().split("\n")).toHaveLength(1);
-    expect(started.stderr).not.toContain(longKey);
+    expect(started.stderr).not.toContain(key);
+  });
+
+  test("keys of no pal_ shape sharing their first 16 characters are two keys: each is found by its hash", async () => {
+    const other = `${longKey.slice(0, 16)}${"y".repeat(24)}`;
+    const started = start(databaseFile(), `${longKey}:chat,${other}:admin`);
+    expect(await powers(started, longKey)).toEqual({ me: 200, scopes: ["chat"], admin: 403 });
+    expect(await powers(started, other)).toEqual({ me: 200, scopes: ["admin"], admin: 200 });
+  });
+});
+
+describe("a bootstrap key of no pal_ shape is stored without any of its characters (probe 82a F1)", () => {
+  // What `openssl rand -hex 16` gives, which production accepts.
+  const hexKey = () => Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("hex");
+  const pieces = (key: string) => [0, 8, 16, 24].map((at) => key.slice(at, at + 8));
+
+  test("its lookup prefix is read from its hash: neither the file nor an admin's list holds its first characters", async () => {
+    const key = hexKey();
+    const started = start(databaseFile(), `${key}:admin`);
+    expect(await powers(started, key)).toEqual({ me: 200, scopes: ["admin"], admin: 200 });
+    const stored = started.db.$client.query("SELECT prefix, secret_hash FROM api_keys").all() as {
+      prefix: string;
+      secret_hash: string;
+    }[];
+    expect(stored).toEqual([
+      { prefix: `sha256:${stored[0]!.secret_hash.slice(0, 9)}`, secret_hash: expect.any(String) },
+    ]);
+    const listed = await (
+      await send(started, "/api/admin/api-keys", { headers: bearer(key) })
+    ).text();
+    expect(listed).toContain(`"prefix":"sha256:`);
+    for (const piece of pieces(key)) expect(listed).not.toContain(piece);
+    // A pal_ key keeps its first 16 characters as its prefix (7 of its 36 random ones).
+    const pal = generateApiKey("live");
+    const path = started.db.$client.filename;
+    started.close();
+    const again = start(path, `${key}:admin,${pal}`);
+    const palRow = again.db.$client
+      .query("SELECT prefix FROM api_keys WHERE name = 'bootstrap-2'")
+      .get() as { prefix: string };
+    expect(palRow.prefix).toBe(pal.slice(0, 16));
+    expect((await powers(again, pal)).me).toBe(200);
+  });
+
+  test("a row stored with its first 16 characters in clear, as before, gets its hashed prefix at the next start, sealed, and the key still works", async () => {
+    const key = hexKey();
+    const path = databaseFile();
+    const first = start(path, `${key}:admin`);
+    // The row as the release before wrote it: its first 16 characters, sealed with them.
+    const row = first.db.$client
+      .query(
+        "SELECT id, prefix, secret_hash AS secretHash, scopes, user_id AS userId, expires_at AS expiresAt, revoked_at AS revokedAt, origin FROM api_keys",
+      )
+      .get() as Parameters<typeof first.services.credentialSeal.apiKey>[0];
+    const before = { ...row, prefix: key.slice(0, 16) };
+    first.db.$client.run("UPDATE api_keys SET prefix = ?, seal = ? WHERE id = ?", [
+      before.prefix,
+      first.services.credentialSeal.apiKey(before),
+      row.id,
+    ]);
+    first.close();
+
+    const again = start(path, `${key}:admin`);
+    const after = again.db.$client.query("SELECT prefix FROM api_keys").get() as {
+      prefix: string;
+    };
+    expect(after.prefix).toBe(`sha256:${row.secretHash.slice(0, 9)}`);
+    expect(await powers(again, key)).toEqual({ me: 200, scopes: ["admin"], admin: 200 });
+    const listed = (await (
+      await send(again, "/api/admin/api-keys", { headers: bearer(key) })
+    ).json()) as { keys: { prefix: string; tampered: boolean }[] };
+    expect(listed.keys).toEqual([
+      expect.objectContaining({ prefix: after.prefix, tampered: false }),
+    ]);
+    expect(again.logs.text).toContain("found by their hash");
   });
 });
 
