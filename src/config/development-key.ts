@@ -7,12 +7,15 @@
  * run and by the CLI. An in-memory database gets a key for the run only. Deployed profiles never
  * come here: they require the variable.
  */
-import { linkSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { linkSync, mkdirSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
+import { readBoundedFile, UnreadableFile } from "./bounded-file";
 import { ConfigError } from "./error";
 import { generateSecret } from "./secrets";
 
 const VARIABLE = "AUDIT_SECRET_KEY";
+// A generated key is 64 characters and a line ending; a file of more was not written here.
+const KEY_FILE_MAX_BYTES = 4096;
 
 export function developmentKeyPath(databasePath: string): string | null {
   return databasePath === ":memory:" ? null : `${databasePath}.audit-key`;
@@ -31,7 +34,10 @@ export function leftoverDevelopmentKey(
   const file = developmentKeyPath(databasePath);
   if (file === null) return null;
   try {
-    return { file, sameKey: readFileSync(file, "utf8").trim() === auditSecret.trim() };
+    // Bounded and without blocking: a FIFO put there hung the production start with nothing said
+    // (probe 82a F2).
+    const key = readBoundedFile(file, KEY_FILE_MAX_BYTES);
+    return { file, sameKey: key.trim() === auditSecret.trim() };
   } catch {
     return null;
   }
@@ -72,7 +78,7 @@ function readKey(path: string): string {
       `is not set and the development key file ${path} is readable by other users (chmod 600 it)`,
     );
   }
-  const key = readFileSync(path, "utf8").trim();
+  const key = readBoundedFile(path, KEY_FILE_MAX_BYTES).trim();
   if (key === "") {
     throw new ConfigError(VARIABLE, `is not set and the development key file ${path} is empty`);
   }
@@ -81,7 +87,10 @@ function readKey(path: string): string {
 
 function asConfigError(path: string, error: unknown): ConfigError {
   if (error instanceof ConfigError) return error;
-  const reason = (error as NodeJS.ErrnoException).code ?? "unusable";
+  const reason =
+    error instanceof UnreadableFile
+      ? error.reason
+      : ((error as NodeJS.ErrnoException).code ?? "unusable");
   return new ConfigError(
     VARIABLE,
     `is not set and the development key file ${path} cannot be used (${reason})`,

@@ -1554,6 +1554,53 @@ describe("AUDIT_SECRET_KEY in development", () => {
     }
   });
 
+  test("a FIFO or a device at the key file is refused in one line, not waited on (probe 82a F2)", async () => {
+    const dir = tempDir();
+    try {
+      const path = join(dir.path, "p.db");
+      const fifo = `${path}.audit-key`;
+      expect(Bun.spawnSync(["mkfifo", "-m", "600", fifo]).exitCode).toBe(0);
+      // In other processes, killed if they wait: a read of the FIFO would block forever.
+      const run = async (cmd: string[], env: Record<string, string>) => {
+        const proc = Bun.spawn(cmd, {
+          cwd: join(import.meta.dir, "../.."),
+          env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", ...env },
+          stdout: "pipe",
+          stderr: "pipe",
+          timeout: 15_000,
+        });
+        const [stdout, stderr, code] = await Promise.all([
+          new Response(proc.stdout).text(),
+          new Response(proc.stderr).text(),
+          proc.exited,
+        ]);
+        return { code, stdout, stderr, killed: proc.signalCode !== null };
+      };
+      const check = await run(["bun", "run", "src/cli/index.ts", "config:check"], {
+        DATABASE_PATH: path,
+      });
+      expect(check.killed).toBe(false);
+      expect(check.code).toBe(2);
+      expect(check.stderr.trim().split("\n")).toHaveLength(1);
+      expect(check.stderr).toContain("AUDIT_SECRET_KEY");
+      expect(check.stderr).toContain("not a regular file");
+      // A deployed profile only looks for a leftover development key: none that can be read.
+      const leftover = await run(
+        [
+          "bun",
+          "-e",
+          `const { leftoverDevelopmentKey } = await import("./src/config/development-key");
+           console.log(JSON.stringify(leftoverDevelopmentKey(process.env.DB_PATH, "x")));`,
+        ],
+        { DB_PATH: path },
+      );
+      expect(leftover.killed).toBe(false);
+      expect(leftover.stdout.trim()).toBe("null");
+    } finally {
+      dir.remove();
+    }
+  }, 40_000);
+
   test("an in-memory database gets a key for the run; a set key is used as given", () => {
     const memory = loadConfig({ DATABASE_PATH: ":memory:" });
     expect(memory.generatedSecrets).toContain("AUDIT_SECRET_KEY");
