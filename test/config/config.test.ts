@@ -1494,6 +1494,39 @@ describe("configuration users will type", () => {
     expect(loadConfig({ JWT_SECRET_KEY_FILE: "" }).unknownVariables).toEqual([]);
   });
 
+  test("a near miss of a known name is named too, under any prefix; other programs' names are not (probe 82a F3)", () => {
+    const config = loadConfig({
+      // Lost silently before: the WAL still truncated under Litestream, the proxy's clients
+      // sharing one address.
+      WAL_TRUNCATE_MIB: "0",
+      TRUSTED_PROXY: "1",
+      TRUSTED_PROXIES: "10.0.0.0/8",
+      ALERT_EMAILS: "ops@example.com",
+      METRIC_TOKEN: "x",
+      PAYMENTS_MAX_AMOUNT: "100",
+      LOG_LEVELS: "debug",
+      // Other programs' settings, often beside ours.
+      DATABASE_URL: "postgres://elsewhere",
+      REDIS_HOST: "cache",
+      NODE_ENV: "production",
+      HOSTNAME: "web-1",
+      SSL_CERT_FILE: "/etc/ssl/cert.pem",
+      KUBERNETES_SERVICE_HOST: "10.0.0.1",
+      KUBERNETES_SERVICE_PORT: "443",
+      npm_config_user_agent: "bun/1.4.5",
+      XDG_RUNTIME_DIR: "/run/user/0",
+    });
+    expect(config.unknownVariables).toEqual([
+      { name: "ALERT_EMAILS", suggestion: "ALERT_EMAIL" },
+      { name: "LOG_LEVELS", suggestion: "LOG_LEVEL" },
+      { name: "METRIC_TOKEN", suggestion: "METRICS_TOKEN" },
+      { name: "PAYMENTS_MAX_AMOUNT", suggestion: "PAYMENT_MAX_AMOUNT" },
+      { name: "TRUSTED_PROXIES", suggestion: "TRUST_PROXY" },
+      { name: "TRUSTED_PROXY", suggestion: "TRUST_PROXY" },
+      { name: "WAL_TRUNCATE_MIB", suggestion: "WAL_TRUNCATE_MB" },
+    ]);
+  });
+
   test("CSRF_PREVIOUS_SECRET_KEY is accepted in rotation, strong and different from the current key", () => {
     const config = loadConfig(
       production({ CSRF_PREVIOUS_SECRET_KEY: "p7Q2mW9xL4vR8tZ1yK6bN5cF0gH3jD2s" }),
