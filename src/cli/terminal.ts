@@ -31,3 +31,16 @@ export function terminalSafe(line: string): string {
   }
   return from === 0 ? line : safe + line.slice(from);
 }
+
+/**
+ * A value as JSON the terminal can take as it is (one line, or indented by `space`): JSON.stringify
+ * leaves DEL and the C1 controls unescaped, which `terminalSafe` would spell `\x7f`, no JSON
+ * escape, so one stored value made a `--json` line no parser reads (probe 82a F4). They are
+ * written as JSON's `\u007f`.
+ */
+export function terminalJson(value: unknown, space?: number): string {
+  return JSON.stringify(value, null, space).replace(
+    /[\x7f-\x9f]/g,
+    (character) => `\\u${character.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}

@@ -96,3 +96,40 @@ test("rows written into the file with a time that is none, or a BLOB for text, a
     "x  auth.logout  success  actor=-  ip=-  route=-  request=-  {}",
   ]);
 });
+
+test("--json lines stay JSON a parser reads when the file holds DEL or C1 controls, still with no control character (probe 82a F4)", async () => {
+  const target = buildTestApp();
+  apps.push(target);
+  await target.services.auth.register("victim@example.com", "a-long-pass-phrase-0193", null);
+  const sqlite = target.db.$client;
+  sqlite.run("UPDATE users SET email = ? WHERE email = 'victim@example.com'", [
+    "vic\u007ftim\u009b31m\u0085@example.com",
+  ]);
+  target.services.audit.record({
+    type: "admin.ip.blocked",
+    outcome: "success",
+    actor: "system",
+    detail: { reason: "x" },
+  });
+  target.services.audit.flush();
+  sqlite.run("UPDATE audit_events SET detail = ? WHERE id = (SELECT max(id) FROM audit_events)", [
+    JSON.stringify({ x: "\u0085\u007f" }),
+  ]);
+  const env = { DATABASE_PATH: target.databasePath };
+  for (const argv of [
+    ["users:list", "--json"],
+    ["audit:tail", "--json"],
+  ]) {
+    const listed = await cliInProcess(argv, env);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/);
+    const rows = listed.stdout
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    const text = JSON.stringify(rows);
+    expect(text).toContain(
+      argv[0] === "users:list" ? "vic\u007ftim\u009b31m\u0085@" : "\u0085\u007f",
+    );
+  }
+});

@@ -11,6 +11,7 @@ import { AuditKeys } from "../../plugins/audit/chain";
 import { type AuditHead, recentAuditEvents, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
 import { CliError, type Command, EXIT_USAGE, wholeNumberFlag } from "../command";
+import { terminalJson } from "../terminal";
 
 export const auditTail: Command = {
   name: "audit:tail",
@@ -27,7 +28,7 @@ export const auditTail: Command = {
           erasureMac: _erasure,
           ...shown
         } = row;
-        context.out(JSON.stringify(shown));
+        context.out(terminalJson(shown));
         continue;
       }
       context.out(
@@ -101,7 +102,7 @@ export const auditTop: Command = {
       top: limit,
     });
     if (args.flags.json) {
-      context.out(JSON.stringify(presentSummary(summary)));
+      context.out(terminalJson(presentSummary(summary)));
       return 0;
     }
     context.out(

@@ -3,6 +3,7 @@ import { dotenvProfileSettings } from "../../config/dotenv-profile";
 import { looseSecretFileMessage } from "../../config/secret-file-modes";
 import { loadFaq } from "../../modules/chat/providers/faq";
 import type { Command } from "../command";
+import { terminalJson } from "../terminal";
 
 /** The effective configuration with every secret shown only as set or not set. */
 export function describeConfig(config: Readonly<Config>): Record<string, unknown> {
@@ -65,7 +66,7 @@ export const configCheck: Command = {
         `warning: ${file} sets ${variable}: \`bun run\` reads it, the executable (dist/palisade, the Docker image) does not and starts as production without it: give the executable ${variable} in its environment`,
       );
     }
-    for (const line of JSON.stringify(describeConfig(config), null, 2).split("\n")) {
+    for (const line of terminalJson(describeConfig(config), 2).split("\n")) {
       context.out(line);
     }
     return 0;

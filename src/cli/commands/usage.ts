@@ -1,6 +1,7 @@
 import { isCalendarDay } from "../../calendar";
 import { ChatBudget, parseOwnerRef, utcDay } from "../../modules/chat/budget";
 import { CliError, type Command, EXIT_USAGE, type ParsedArgs, requireFlag } from "../command";
+import { terminalJson } from "../terminal";
 
 /** `--day YYYY-MM-DD` (a real UTC day), today when absent. */
 function dayFlag(args: ParsedArgs): string {
@@ -36,7 +37,7 @@ export const usageShow: Command = {
     const budget = new ChatBudget(context.db().$client, context.config().chat.dailyTokenBudget);
     const rows = budget.usage(day, owner);
     if (args.flags.json) {
-      for (const row of rows) context.out(JSON.stringify({ ...row, budget: budget.dailyTokens }));
+      for (const row of rows) context.out(terminalJson({ ...row, budget: budget.dailyTokens }));
       return 0;
     }
     if (rows.length === 0) {

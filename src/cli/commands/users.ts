@@ -8,6 +8,7 @@ import {
   type ParsedArgs,
   requireFlag,
 } from "../command";
+import { terminalJson } from "../terminal";
 
 function roleFlag(args: ParsedArgs): Role {
   const role = args.flags.role ?? "user";
@@ -119,7 +120,7 @@ export const usersList: Command = {
     const when = (date: Date) => (Number.isNaN(date.getTime()) ? null : date.toISOString());
     if (args.flags.json) {
       for (const account of accounts) {
-        context.out(JSON.stringify({ ...account, createdAt: when(account.createdAt) }));
+        context.out(terminalJson({ ...account, createdAt: when(account.createdAt) }));
       }
       return 0;
     }
