@@ -106,7 +106,7 @@ test("--json lines stay JSON a parser reads when the file holds DEL or C1 contro
     "vic\u007ftim\u009b31m\u0085@example.com",
   ]);
   target.services.audit.record({
-    type: "admin.ip.blocked",
+    type: "admin.blocks.listed",
     outcome: "success",
     actor: "system",
     detail: { reason: "x" },
