@@ -374,9 +374,29 @@ describe("what an upstream reports that cannot be so (probe 26e F2, F3)", () => 
     expect(failureLines().at(-1)).toMatchObject({ reason: "reply with no text" });
   });
 
+  test("a reply of the longest tokens within the cap is a reply: five leave the circuit closed (probe 82d F2)", async () => {
+    // 600 tokens of 128 dashes each, as OpenAI's tokenizer holds them, under the default cap of
+    // 1,024: 76,800 characters, past the 32 a token the bound used to allow.
+    const dashes = "-".repeat(128);
+    for (let i = 0; i < 5; i++) {
+      upstream.enqueue({
+        kind: "reply",
+        chunks: Array.from({ length: 600 }, () => dashes),
+        usage: { prompt: 9, completion: 600 },
+      });
+      const { text, usage } = await provider.complete(messages);
+      expect(text).toHaveLength(600 * 128);
+      expect(usage.completionTokens).toBe(600);
+    }
+    expect(failureLines()).toEqual([]);
+    upstream.enqueue({ kind: "reply", text: "still closed" });
+    expect((await provider.complete(messages)).text).toBe("still closed");
+  });
+
   test("a reply longer than its cap allows is not kept: 502 bad_response, a stream cut there", async () => {
     const bound = replyBound(1024);
-    expect(bound).toBe(65_536);
+    // 128 characters a token, OpenAI's longest (probe 82d F2).
+    expect(bound).toBe(131_072);
     upstream.enqueue({ kind: "reply", text: "x".repeat(bound + 1) });
     const failure = await failureOf(provider.complete(messages));
     expect(failure.kind).toBe("bad_response");
@@ -913,31 +933,54 @@ describe("circuit breaker", () => {
     provider = build({ timeoutMs: 1_000 });
     await openTheCircuit();
     clock.advance(30_000);
-    // Reasoning 50 ms apart, then no answer within the timeout.
+    // Silence past the timeout, then reasoning: the trial has failed by then.
     const thoughts = (count: number) => Array.from({ length: count }, () => "r".repeat(20));
-    upstream.enqueue({
-      kind: "reply",
-      reasoning: thoughts(5),
-      pauseMs: 50,
-      chunks: ["late"],
-      pauses: [2_000],
-    });
+    upstream.enqueue({ kind: "reply", reasoning: thoughts(5), delayMs: 1_500 });
     const failed = await failureOf(provider.complete(MESSAGES));
-    expect([failed.kind, failed.billedCharacters]).toEqual(["unavailable", 100]);
+    expect([failed.kind, failed.billedCharacters ?? 0]).toEqual(["unavailable", 0]);
+    expect(await circuitIs(1)).toBe(true);
 
     clock.advance(30_000);
-    upstream.enqueue({ kind: "reply", reasoning: thoughts(8), pauseMs: 50, chunks: ["answer"] });
+    upstream.enqueue({
+      kind: "reply",
+      reasoning: thoughts(8),
+      pauseMs: 50,
+      chunks: ["answer"],
+      delayMs: 300,
+    });
     const leave = new AbortController();
     const left = provider.complete(MESSAGES, { signal: leave.signal }).catch((error) => error);
     await upstream.waitForRequests(7);
     await Bun.sleep(100);
     leave.abort();
     const aborted = await left;
-    // Answered at once; its charge is what the trial read until its answer, once it has it.
+    // Answered at once; its charge is what the trial read until its verdict (its first piece of
+    // reasoning), once it has it.
     expect(aborted).toBeInstanceOf(AbortedMidReply);
-    expect(await (aborted as AbortedMidReply).billedCharacters).toBe(160 + "answer".length);
+    expect(await (aborted as AbortedMidReply).billedCharacters).toBe(20);
     expect(await circuitIs(0)).toBe(true);
   });
+
+  test("a trial is decided by the upstream's reasoning as by its text: a model that thinks past the timeout before answering closes the circuit (probe 82d F1)", async () => {
+    provider = build({ timeoutMs: 1_000 });
+    // Reasoning for 2 s (a piece every 200 ms), then the answer: a turn while the circuit is
+    // closed, as it is in a trial.
+    const thinking = {
+      kind: "reply",
+      reasoning: Array.from({ length: 10 }, () => "thinking "),
+      pauseMs: 200,
+      chunks: ["The answer is 42."],
+    } as const;
+    upstream.enqueue(thinking);
+    expect((await provider.complete(MESSAGES)).text).toBe("The answer is 42.");
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue(thinking);
+    expect((await provider.complete(MESSAGES)).text).toBe("The answer is 42.");
+    expect(await circuitIs(0)).toBe(true);
+    upstream.enqueue({ kind: "reply", text: "closed" });
+    expect((await provider.complete(MESSAGES)).text).toBe("closed");
+  }, 15_000);
 
   test("a trial holds no more events than a stream may carry before its verdict: past them it fails, the request closed (probe 69e F3)", async () => {
     await openTheCircuit();

@@ -531,12 +531,19 @@ function chargedUsage(
 
 /**
  * The longest reply kept, in characters: the completion cap asks the upstream for at most that
- * many tokens, and no token is 32 characters on average; past it the upstream is not keeping to
- * the cap, and what it sends is not stored, shown or held in memory without bound.
+ * many tokens, and no token holds more than 128 characters (OpenAI's longest, runs of spaces or
+ * dashes); past it the upstream is not keeping to the cap, and what it sends is not stored, shown
+ * or held in memory without bound. At 32 characters a token, a reply of long tokens the user asked
+ * for ("print lines of 80 '='", within the cap) failed as the upstream's fault, and five opened the
+ * circuit for everyone (probe 82d F2).
  */
 export function replyBound(maxCompletionTokens: number): number {
-  return Math.max(65_536, maxCompletionTokens * 32);
+  return Math.max(65_536, maxCompletionTokens * LONGEST_TOKEN_CHARACTERS);
 }
+
+const LONGEST_TOKEN_CHARACTERS = 128;
+/** Characters a token of ordinary text holds at most on average: what bytes and events are sized by. */
+const TEXT_TOKEN_CHARACTERS = 32;
 
 export interface UpstreamBounds {
   /** Bytes of an error's JSON body, or of one line of a stream. */
@@ -548,13 +555,15 @@ export interface UpstreamBounds {
 }
 
 /**
- * What an upstream keeping to the cap can send for one reply: its text at the bound with every
- * character escaped as `\uXXXX` (six bytes) or spent on a reasoning field beside it, and 1 MiB of
- * envelope (ids, usage); in a stream, each event carries at least one character (of the reply or of
- * its reasoning), plus the role, finish and usage chunks, each event at most a few hundred bytes.
+ * What an upstream keeping to the cap can send for one reply: its text at 32 characters a token
+ * with every character escaped as `\uXXXX` (six bytes) or spent on a reasoning field beside it, and
+ * 1 MiB of envelope (ids, usage); in a stream, each event carries at least one character (of the
+ * reply or of its reasoning), plus the role, finish and usage chunks, each event at most a few
+ * hundred bytes. A reply of the longest tokens (runs of one character, a byte each, one token an
+ * event) is well within these; sized by them, the bytes held for a turn would be four times as many.
  */
 export function upstreamBounds(maxCompletionTokens: number): UpstreamBounds {
-  const chars = replyBound(maxCompletionTokens);
+  const chars = Math.max(65_536, maxCompletionTokens * TEXT_TOKEN_CHARACTERS);
   const bodyBytes = chars * 8 + 1024 * 1024;
   return { bodyBytes, streamBytes: bodyBytes * 16, streamEvents: chars + 1024 };
 }
@@ -1002,7 +1011,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
 
   /**
    * A half-open circuit's trial stream, to its verdict: opened in one attempt, and decided by the
-   * first chunk that answers (text, or a finish) — success — or by failing to give one within
+   * first chunk that answers or progresses (text, reasoning, a finish) — success — or by failing
+   * to give one within
    * `timeoutMs` of the attempt's start (silence, empty or role-only chunks, an error, a cut):
    * failure (re-probe 15h F1, F3). It is not joined to its caller, who may leave at any time and is
    * answered its abort at once: the trial still owes everyone its verdict, so a caller cannot free
@@ -1046,7 +1056,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           throw new Error("longer than its cap");
         }
         read.push(next);
-        if (answers(next.value)) break;
+        // Reasoning is the upstream at work as much as the reply's text: a trial waiting for text
+        // failed on a healthy reasoning model, and a user whose prompts made it think past the
+        // timeout kept the circuit open for everyone by taking each trial (probe 82d F1).
+        if (answers(next.value) || progresses(next.value)) break;
       }
     } catch {
       const failure = tooLong
