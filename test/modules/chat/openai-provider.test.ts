@@ -966,11 +966,11 @@ describe("circuit breaker", () => {
     // Reasoning for 2 s (a piece every 200 ms), then the answer: a turn while the circuit is
     // closed, as it is in a trial.
     const thinking = {
-      kind: "reply",
+      kind: "reply" as const,
       reasoning: Array.from({ length: 10 }, () => "thinking "),
       pauseMs: 200,
       chunks: ["The answer is 42."],
-    } as const;
+    };
     upstream.enqueue(thinking);
     expect((await provider.complete(MESSAGES)).text).toBe("The answer is 42.");
     await openTheCircuit();
