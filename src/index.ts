@@ -147,6 +147,19 @@ if (config.generatedSecrets.length > 0) {
   logger.warn({ generated: config.generatedSecrets }, "development secrets generated");
 }
 
+// The profile is APP_ENV's alone: a deployment that set only NODE_ENV=production (what Node and
+// Bun tooling reads) and every secret was served as development, /docs and localhost origins
+// included, with nothing said (probe 82a F6).
+if (config.appEnvDefaulted) {
+  const nodeProduction = environment.NODE_ENV === "production";
+  logger.warn(
+    { appEnv: config.appEnv, ...(nodeProduction ? { nodeEnv: "production" } : {}) },
+    nodeProduction
+      ? "APP_ENV is not set: serving the development profile although NODE_ENV=production; Palisade's profile is APP_ENV's alone: set APP_ENV=production"
+      : "APP_ENV is not set: serving the development profile (/docs, localhost origins, development secrets); set APP_ENV=staging or production for a deployment",
+  );
+}
+
 if (config.audit.developmentKeyFile) {
   logger.warn(
     { file: config.audit.developmentKeyFile },

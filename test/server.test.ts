@@ -285,6 +285,46 @@ describe("the service process", () => {
     }
   });
 
+  test("a start with no APP_ENV says it serves the development profile, and that NODE_ENV=production does not choose it (probe 82a F6)", async () => {
+    const dir = tempDir();
+    try {
+      let starts = 0;
+      const warned = async (env: Record<string, string>) => {
+        const databasePath = join(dir.path, `app-${++starts}.db`);
+        const service = await startService({ DATABASE_PATH: databasePath, ...env });
+        const docs = (await fetch(new URL("/docs", service.url))).status;
+        await service.stop();
+        const lines = service
+          .stdout()
+          .split("\n")
+          .filter((line) => line.includes("APP_ENV is not set"))
+          .map((line) => JSON.parse(line) as { level: string; msg: string; nodeEnv?: string });
+        return { docs, lines };
+      };
+      // Every secret set, as a deployment would: nothing else said the profile was development.
+      const { APP_ENV: _profile, ALLOWED_HOSTS: _hosts, ...secrets } = PRODUCTION_ENV;
+      const nodeProduction = await warned({ ...secrets, NODE_ENV: "production" });
+      expect(nodeProduction.docs).toBe(200);
+      expect(nodeProduction.lines).toEqual([
+        expect.objectContaining({
+          level: "warn",
+          nodeEnv: "production",
+          msg: expect.stringContaining("although NODE_ENV=production"),
+        }),
+      ]);
+      const none = await warned({});
+      expect(none.lines).toEqual([
+        expect.objectContaining({
+          msg: expect.stringContaining("serving the development profile"),
+        }),
+      ]);
+      const named = await warned({ APP_ENV: "development" });
+      expect(named.lines).toEqual([]);
+    } finally {
+      dir.remove();
+    }
+  }, 30_000);
+
   test("a production start warns of a development audit key file beside its database, saying whether it is AUDIT_SECRET_KEY (probe 35c F3)", async () => {
     const dir = tempDir();
     try {
