@@ -112,7 +112,7 @@ test("what a handler sets goes out with the fixed headers: its status, its conte
   });
   expect(login.status).toBe(200);
   expectSecurityHeaders(login);
-  expect(login.headers.getSetCookie()).toHaveLength(2);
+  expect(login.headers.getSetCookie()).toHaveLength(3);
 
   const csrf = await send(current, "/api/auth/csrf");
   expectSecurityHeaders(csrf);

@@ -6,7 +6,7 @@ import { Elysia, t } from "elysia";
 import { AppError, problemResponses } from "../../errors";
 import type { authPlugin } from "../../plugins/auth";
 import type { AuthMetrics } from "../../plugins/auth/metrics";
-import { CsrfTokenResponse, type createCsrfIssuer } from "../../plugins/csrf";
+import { type CsrfIssuer, CsrfTokenResponse } from "../../plugins/csrf";
 import {
   type CookieNames,
   cookieNames,
@@ -24,7 +24,7 @@ import { PasswordWorkBusy } from "./password-work";
 import { type AuthService, accountLimitKey, type IssuedTokens, type RequestMeta } from "./service";
 
 export interface AuthModuleOptions {
-  issueCsrf: ReturnType<typeof createCsrfIssuer>;
+  issueCsrf: CsrfIssuer;
   service: AuthService;
   auth: ReturnType<typeof authPlugin>;
   enforceLimits: LimitEnforcer;
@@ -101,8 +101,11 @@ export function authModule(options: AuthModuleOptions) {
 
   const respondWithTokens = (set: SetLike, tokens: IssuedTokens, mode: string | undefined) => {
     if (mode === "cookie") {
-      set.headers["set-cookie"] = sessionCookies(names, tokens, requireTls);
-      return { tokenType: "Cookie" as const, expiresIn: tokens.expiresIn };
+      // A token bound to the session cookie this answer sets: the page's token from before, bound
+      // to the session cookie it replaces, was refused from the first refresh on (probe 82c F2).
+      const csrf = options.issueCsrf.forSession(tokens.accessToken);
+      set.headers["set-cookie"] = [...sessionCookies(names, tokens, requireTls), csrf.cookie];
+      return { tokenType: "Cookie" as const, expiresIn: tokens.expiresIn, csrfToken: csrf.token };
     }
     return {
       accessToken: tokens.accessToken,
@@ -287,7 +290,7 @@ export function authModule(options: AuthModuleOptions) {
         detail: { tags: ["auth"], summary: "Revoke this session's refresh family" },
       },
     )
-    .get("/csrf", ({ request, set }) => options.issueCsrf(request, set), {
+    .get("/csrf", ({ request, set }) => options.issueCsrf.forRequest(request, set), {
       public: true,
       response: { 200: CsrfTokenResponse },
       detail: {

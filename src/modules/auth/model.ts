@@ -46,6 +46,10 @@ export const TokenPair = t.Object({
 export const CookieSession = t.Object({
   tokenType: t.Literal("Cookie"),
   expiresIn: JsonInteger(),
+  csrfToken: t.String({
+    description:
+      "X-CSRF-Token for the session cookie this answer sets (its palisade_csrf cookie is set beside it): a token held from before is bound to the session cookie this one replaces",
+  }),
 });
 
 export const LoginResponse = t.Union([TokenPair, CookieSession]);

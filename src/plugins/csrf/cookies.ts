@@ -30,15 +30,32 @@ export function sendsHeaderCredential(headers: Headers): boolean {
   return headers.has("authorization") || headers.has("x-api-key");
 }
 
-/** The value of one cookie from a Cookie header, or null. */
+/**
+ * The value of one cookie from a Cookie header, or null. Only the space and tab around a name or
+ * value are dropped, as RFC 6265 and browsers drop them: `trim()` also drops U+00A0, which Bun
+ * reads from a 0xA0 byte, so a cookie named `\xA0__Host-palisade_session` — which a browser does
+ * not hold to the `__Host-` rules, so a sibling subdomain can set it, sent first by its longer
+ * path — was read as the session cookie, signing the victim's page in as the attacker (probe
+ * 82c F1).
+ */
 export function readCookie(header: string | null, name: string): string | null {
   if (header === null) return null;
   for (const part of header.split(";")) {
     const equals = part.indexOf("=");
     if (equals < 0) continue;
-    if (part.slice(0, equals).trim() === name) return part.slice(equals + 1).trim();
+    if (withoutCookieSpace(part.slice(0, equals)) === name) {
+      return withoutCookieSpace(part.slice(equals + 1));
+    }
   }
   return null;
+}
+
+function withoutCookieSpace(text: string): string {
+  let from = 0;
+  let to = text.length;
+  while (from < to && (text[from] === " " || text[from] === "\t")) from++;
+  while (to > from && (text[to - 1] === " " || text[to - 1] === "\t")) to--;
+  return text.slice(from, to);
 }
 
 export interface CookieOptions {

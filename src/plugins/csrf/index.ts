@@ -50,22 +50,35 @@ export const CsrfTokenResponse = t.Object({
 });
 
 /**
- * Issues a CSRF token bound to the request's session cookie: the body's `token`, and the same
- * value as a cookie readable by the page's script (not HttpOnly: it copies it into the header).
+ * Issues CSRF tokens, each as the body's token and the same value as a cookie readable by the
+ * page's script (not HttpOnly: it copies it into the header): `forRequest` bound to the request's
+ * session cookie (`GET /api/auth/csrf`), `forSession` to a session cookie an answer is setting (a
+ * cookie-mode sign-in or refresh).
  */
 export function createCsrfIssuer(options: Pick<CsrfOptions, "secretKey" | "requireTls" | "clock">) {
   const names = cookieNames(options.requireTls);
-  return function issue(request: Request, set: { headers: Record<string, unknown> }) {
-    const session = readCookie(request.headers.get("cookie"), names.session);
+  const forSession = (session: string | null) => {
     const token = issueCsrfToken(options.secretKey, session, options.clock.now());
-    set.headers["set-cookie"] = serializeCookie(names.csrf, token, {
+    const cookie = serializeCookie(names.csrf, token, {
       maxAgeSeconds: CSRF_TOKEN_LIFETIME_MS / 1000,
       httpOnly: false,
       secure: options.requireTls,
     });
-    return { token };
+    return { token, cookie };
+  };
+  return {
+    forSession,
+    forRequest(request: Request, set: { headers: Record<string, unknown> }) {
+      const { token, cookie } = forSession(
+        readCookie(request.headers.get("cookie"), names.session),
+      );
+      set.headers["set-cookie"] = cookie;
+      return { token };
+    },
   };
 }
+
+export type CsrfIssuer = ReturnType<typeof createCsrfIssuer>;
 
 /**
  * Why a request that carries a session or refresh cookie does not prove it comes from the app's
