@@ -872,16 +872,21 @@ export class ApiKeyService {
   /**
    * Rows stored before a key of no `pal_` shape was found by its hash hold its first 16 characters
    * in clear (probe 82a F1): each gets the prefix its hash gives, resealed when its seal held (one
-   * that did not stays refused). `stored` is updated to match. Returns how many were replaced.
+   * that did not stays refused). `stored` is updated to match. Returns how many were replaced. A
+   * row whose hashed prefix another row holds already (two rows of one hash, written into the
+   * file) is left as it is: the prefix is unique, and the start would fail on it.
    */
   private replaceClearPrefixes(stored: Array<{ id: string; prefix: string; secretHash: string }>) {
+    const held = new Set(stored.map((row) => row.prefix));
     let replaced = 0;
     for (const row of stored) {
       if (typeof row.prefix !== "string" || typeof row.secretHash !== "string") continue;
       if (row.prefix.startsWith("pal_")) continue;
       const prefix = hashedPrefix(row.secretHash);
-      if (row.prefix === prefix) continue;
+      if (held.has(prefix)) continue;
       this.change(row.id, { prefix });
+      held.delete(row.prefix);
+      held.add(prefix);
       row.prefix = prefix;
       replaced++;
     }

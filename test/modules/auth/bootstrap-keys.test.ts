@@ -362,6 +362,27 @@ describe("a bootstrap key of no pal_ shape is stored without any of its characte
     ]);
     expect(again.logs.text).toContain("found by their hash");
   });
+
+  test("two rows of one hash written into the file stop no start: one gets the hashed prefix, the other is left as it is", async () => {
+    const key = hexKey();
+    const path = databaseFile();
+    const first = start(path, `${key}:chat`);
+    first.db.$client.run(
+      `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, expires_at, revoked_at, origin, seal)
+       SELECT 'copy', name, ?, secret_hash, scopes, user_id, created_at, expires_at, revoked_at, origin, seal FROM api_keys`,
+      [key.slice(0, 16)],
+    );
+    first.close();
+    const again = start(path, `${key}:chat`);
+    const prefixes = again.db.$client
+      .query("SELECT id, prefix FROM api_keys ORDER BY id = 'copy'")
+      .all() as { id: string; prefix: string }[];
+    expect(prefixes.map((row) => row.prefix)).toEqual([
+      expect.stringMatching(/^sha256:[0-9a-f]{9}$/),
+      key.slice(0, 16),
+    ]);
+    expect((await powers(again, key)).me).toBe(200);
+  });
 });
 
 test("a start whose API_KEYS change meets an id sequence written into the file refuses in one line, exit 2, and changes nothing (probe 58c F2)", async () => {
