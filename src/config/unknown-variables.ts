@@ -27,8 +27,10 @@ const PREFIXES = [
   "OPENAPI_",
   "ALLOWED_",
   // TRUSTED_PROXIES and TRUSTED_PROXY are other frameworks' names for TRUST_PROXY: lost, every
-  // client behind the proxy would share its address's limits and blocks (probe 82a F3).
-  "TRUST",
+  // client behind the proxy would share its address's limits and blocks (probe 82a F3). Not all
+  // of TRUST: TRUSTED_CA_FILE, TRUSTSTORE_PATH are other programs' (probe 82e).
+  "TRUST_",
+  "TRUSTED_PROX",
   "ALERT_",
   "WAL_",
   "API_KEY",

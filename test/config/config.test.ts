@@ -1515,6 +1515,8 @@ describe("configuration users will type", () => {
       KUBERNETES_SERVICE_PORT: "443",
       npm_config_user_agent: "bun/1.4.5",
       XDG_RUNTIME_DIR: "/run/user/0",
+      TRUSTED_CA_FILE: "/etc/ssl/ca.pem",
+      TRUSTSTORE_PATH: "/etc/ssl/store",
     });
     expect(config.unknownVariables).toEqual([
       { name: "ALERT_EMAILS", suggestion: "ALERT_EMAIL" },
