@@ -8,7 +8,18 @@
  */
 const hex4 = (code: number) => code.toString(16).padStart(4, "0");
 
-export function spellOut(text: string, max = 64): string {
+/**
+ * `value` spelt out and cut to `max` characters. Whatever a forged row holds in place of text is
+ * shown too, never thrown on: a blob as SQL's `x'…'` (a conversation id stored as one made the
+ * export's tamper report throw, cutting every export of that user: probe 82g F1), NULL as `NULL`,
+ * anything else as its text.
+ */
+export function spellOut(value: unknown, max = 64): string {
+  if (value instanceof Uint8Array) {
+    const hex = Buffer.from(value).toString("hex");
+    return hex.length > max ? `x'${hex.slice(0, max)}...'` : `x'${hex}'`;
+  }
+  const text = value === null || value === undefined ? "NULL" : String(value);
   const spelt = text
     .slice(0, max)
     .replace(/[^\x20-\x7e]/g, (char) => `\\u${hex4(char.charCodeAt(0))}`);

@@ -142,6 +142,47 @@ test("an export ends through 500 conversations written under ids that are no UTF
   }
 }, 20_000);
 
+test("a conversation whose id the file holds as a BLOB is left out of an export that comes whole, and reported as tampered (probe 82g F1)", async () => {
+  target = buildTestApp({ env });
+  const { alice, conversationId } = await userWithConversation(target);
+  const second = await chat(target, asUser(alice), { message: "And to log in?" });
+  const kept = ((await second.json()) as { conversationId: string }).conversationId;
+  // The same bytes, stored as a BLOB rather than text, by a tool that enforces no foreign keys
+  // (the sqlite3 shell's default): its messages still name the text.
+  const sqlite = target.db.$client;
+  sqlite.run("PRAGMA foreign_keys = OFF");
+  sqlite.run("UPDATE chat_conversations SET id = CAST(id AS BLOB) WHERE id = ?", [conversationId]);
+  sqlite.run("PRAGMA foreign_keys = ON");
+  const server = serveInProcess(target);
+  try {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const exported = await within(
+        fetch(new URL("/api/me/export", server.url), { headers: asUser(alice) }).then(
+          async (response) => ({ status: response.status, body: await response.text() }),
+        ),
+        10_000,
+      );
+      expect(exported).not.toBe("no answer");
+      if (exported === "no answer") return;
+      expect(exported.status).toBe(200);
+      const document = JSON.parse(exported.body) as { chat: { conversations: { id: string }[] } };
+      expect(document.chat.conversations.map((c) => c.id)).toEqual([kept]);
+    }
+  } finally {
+    await server.shutdown("test");
+  }
+  target.services.audit.flush();
+  expect(
+    count(
+      target,
+      "SELECT count(*) AS n FROM audit_events WHERE type = 'chat.conversation_tampered'",
+    ),
+  ).toBeGreaterThan(0);
+  expect(target.logs.text).toContain(
+    `x'${Buffer.from(conversationId).toString("hex").slice(0, 20)}`,
+  );
+}, 30_000);
+
 test("retention goes on past old messages written under ids JavaScript reads otherwise: every user's expired messages go, and those too", async () => {
   const clock = new ManualClock();
   target = buildTestApp({ env, clock });
