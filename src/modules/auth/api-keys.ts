@@ -19,7 +19,7 @@ import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { sealMatches } from "../../db/row-seal";
 import { API_KEY_SCOPES, apiKeys, users } from "../../db/schema";
-import { LAST_TIME_MS, orderableTime, readableTime } from "../../db/stored-values";
+import { LAST_TIME_MS, orderableTime, readableTime, storedValueText } from "../../db/stored-values";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
 import { secretScrubber, storedText } from "../../logging/logger";
 import { scrubAnySpelling, type TextScrubber } from "../../logging/scrub";
@@ -164,8 +164,10 @@ export function keyNameProblem(name: string): string | null {
  * and the owner's export showed what the audit log hid, probes 38a F1, 38c F3), then well-formed
  * and held to its bound between characters (a redaction can lengthen it).
  */
-function storedKeyName(name: string, scrub: TextScrubber): string {
-  return storedText(scrubAnySpelling(name, scrub), MAX_KEY_NAME_LENGTH);
+function storedKeyName(name: unknown, scrub: TextScrubber): string {
+  // A rotation names the new key after the old one's row, which the file may hold as a BLOB
+  // (probe 82g F2: the rotation was a 500).
+  return storedText(scrubAnySpelling(storedValueText(name) ?? "", scrub), MAX_KEY_NAME_LENGTH);
 }
 
 type KeyChange = Partial<{

@@ -27,15 +27,16 @@
  */
 
 import type { Database } from "bun:sqlite";
-import { timingSafeEqual } from "node:crypto";
 import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf, sqliteCodeOf } from "../../db/client";
 import { spentIdsIn } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
+import { sealMatches } from "../../db/row-seal";
 import { firstRowReader } from "../../db/rows";
 import { apiKeys, authRevocations, refreshFamilies, users } from "../../db/schema";
+import { storedValueText } from "../../db/stored-values";
 import { hashApiKey, hasValidChecksum, KEY_PATTERN, keyPrefix } from "./api-key-format";
 import type { ForgedTokenReport } from "./forged-token";
 import { bootstrapLimitName, boundScopes, type Principal, type Scope } from "./principal";
@@ -319,7 +320,10 @@ export class CredentialVerifier {
       return { ok: true, principal: cached.principal };
     }
     const row = this.statements.findKey({ prefix: keyPrefix(key, hash) });
-    if (!row || !timingSafeEqual(Buffer.from(row.secretHash), Buffer.from(hash))) {
+    // The stored hash as the file holds it: of another length or type (written into the file), a
+    // mismatch like any other, not timingSafeEqual's RangeError, a 500 on every route the key was
+    // sent to (probe 82g F3).
+    if (!row || !sealMatches(hash, row.secretHash)) {
       return { ok: false, reason: "invalid" };
     }
     // Written into the file rather than by Palisade: as good as no key at all.
@@ -338,7 +342,8 @@ export class CredentialVerifier {
     const principal = {
       kind: "key" as const,
       id: row.id,
-      name: row.name,
+      // A name written into the file as a BLOB or a number: its text (probe 82g F2: `/me` was 500).
+      name: storedValueText(row.name) ?? "",
       userId: row.userId,
       scopes: boundScopes(JSON.parse(row.scopes) as Scope[], row.ownerRole),
       ...(row.origin === "bootstrap" ? { limitName: bootstrapLimitName(row.secretHash) } : {}),

@@ -283,3 +283,50 @@ test("a revocation is stamped once it holds the write lock: what another process
   // Stamped after the wait for the lock, not when it was asked.
   expect(revokedAt - asked).toBeGreaterThanOrEqual(100);
 });
+
+describe("a key row written into the file with values Palisade never writes (probe 82g F2, F3)", () => {
+  test("a name held as a BLOB: the key answers /me with its text, and rotating it works", async () => {
+    current = buildTestApp();
+    const headers = await adminHeaders(current);
+    const made = createKey(current, ["chat"]);
+    current.db.$client.run("UPDATE api_keys SET name = CAST(name AS BLOB) WHERE id = ?", [
+      made.record.id,
+    ]);
+    const me = await send(current, "/api/auth/me", { headers: { "x-api-key": made.key } });
+    expect(me.status).toBe(200);
+    expect(((await me.json()) as { name: string }).name).toBe(made.record.name);
+    const rotated = await send(current, `/api/admin/api-keys/${made.record.id}/rotate`, {
+      headers,
+      body: { graceMinutes: 1 },
+    });
+    expect(rotated.status).toBe(201);
+    expect(((await rotated.json()) as { apiKey: { name: string } }).apiKey.name).toBe(
+      made.record.name,
+    );
+  });
+
+  test("a hash of another length or type is a key that does not match: 401 on every route, never 500", async () => {
+    current = buildTestApp();
+    for (const written of [
+      "zz",
+      `${"a".repeat(64)}é`,
+      new Uint8Array([1, 2]),
+      9007199254740991,
+      -1,
+    ]) {
+      const made = createKey(current, ["chat"]);
+      current.db.$client.run("UPDATE api_keys SET secret_hash = ? WHERE id = ?", [
+        written,
+        made.record.id,
+      ]);
+      for (const path of ["/api/auth/me", "/api/chat/conversations"]) {
+        const answered = await send(current, path, { headers: { "x-api-key": made.key } });
+        expect({ written: String(written), path, status: answered.status }).toEqual({
+          written: String(written),
+          path,
+          status: 401,
+        });
+      }
+    }
+  });
+});
