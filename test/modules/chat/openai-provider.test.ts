@@ -954,10 +954,10 @@ describe("circuit breaker", () => {
     await Bun.sleep(100);
     leave.abort();
     const aborted = await left;
-    // Answered at once; its charge is what the trial read until its verdict (its first piece of
-    // reasoning), once it has it.
+    // Answered at once; its charge is what the trial read until its verdict (its answer, the
+    // reasoning before it extending its wait), once it has it.
     expect(aborted).toBeInstanceOf(AbortedMidReply);
-    expect(await (aborted as AbortedMidReply).billedCharacters).toBe(20);
+    expect(await (aborted as AbortedMidReply).billedCharacters).toBe(160 + "answer".length);
     expect(await circuitIs(0)).toBe(true);
   });
 
@@ -980,6 +980,76 @@ describe("circuit breaker", () => {
     expect(await circuitIs(0)).toBe(true);
     upstream.enqueue({ kind: "reply", text: "closed" });
     expect((await provider.complete(MESSAGES)).text).toBe("closed");
+  }, 15_000);
+
+  /** One stream event, `count` times `pauseMs` apart, then the stream ends (no `[DONE]`). */
+  const events = (event: Record<string, unknown>, count = 1, pauseMs = 0) =>
+    ({
+      kind: "flood",
+      shape: "events",
+      event: JSON.stringify({ id: "c", object: "chat.completion.chunk", ...event }),
+      blockBytes: 1,
+      pauseMs,
+      maxBytes: count * (JSON.stringify(event).length + 60),
+    }) as const;
+
+  test("a trial is not decided by a chunk that carries no answer: a usage chunk alone, an empty finish (probe 82h F1)", async () => {
+    provider = build({ timeoutMs: 1_000 });
+    await openTheCircuit();
+    for (const chunk of [
+      { choices: [], usage: { prompt_tokens: 10, completion_tokens: 0 } },
+      { choices: [{ index: 0, delta: { role: "assistant" }, finish_reason: "" }] },
+    ]) {
+      clock.advance(30_000);
+      upstream.enqueue(events(chunk));
+      const failed = await failureOf(provider.complete(MESSAGES));
+      expect([failed.kind, failed.reason]).toEqual([
+        "bad_response",
+        "stream cut before it answered",
+      ]);
+      expect(await circuitIs(1)).toBe(true);
+    }
+  });
+
+  test("a trial whose upstream reasons and then fails fails: the circuit stays open for an upstream that does so every time (probe 82h F2)", async () => {
+    provider = build({ timeoutMs: 500 });
+    await openTheCircuit();
+    for (let round = 0; round < 2; round++) {
+      clock.advance(30_000);
+      // A piece of reasoning, then silence past the timeout.
+      upstream.enqueue({
+        kind: "reply",
+        reasoning: ["thinking it over"],
+        chunks: ["late"],
+        pauses: [2_000],
+      });
+      const failed = await failureOf(provider.complete(MESSAGES));
+      expect(failed.kind).toBe("unavailable");
+      expect(await circuitIs(1)).toBe(true);
+      // And refused at once until the next trial.
+      expect((await failureOf(provider.complete(MESSAGES))).reason).toBe("circuit open");
+    }
+  }, 15_000);
+
+  test("a trial still reasoning past twice the timeout is an upstream at work: it closes the circuit, so no prompt holds everyone refused longer", async () => {
+    provider = build({ timeoutMs: 400 });
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({
+      kind: "reply",
+      reasoning: Array.from({ length: 30 }, () => "still thinking "),
+      pauseMs: 100,
+      chunks: ["done"],
+    });
+    const trial = provider.complete(MESSAGES);
+    await upstream.waitForRequests(6);
+    // Decided within about twice the timeout, while the model still thinks (3 s in all).
+    await waitFor(() => circuitIs(0), {
+      timeoutMs: 1_500,
+      intervalMs: 25,
+      what: "the trial to close the circuit",
+    });
+    expect((await trial).text).toBe("done");
   }, 15_000);
 
   test("a trial holds no more events than a stream may carry before its verdict: past them it fails, the request closed (probe 69e F3)", async () => {
@@ -1294,6 +1364,28 @@ describe("bad responses", () => {
     expect(received.some((delta) => delta.kind === "usage")).toBe(false);
     expect((error as UpstreamFailure).kind).toBe("bad_response");
     expect(upstream.requests).toHaveLength(1);
+  });
+
+  test("a stream whose chunks carry an empty finish_reason and that ends without a finish is bad_response, not a whole answer (probe 82h F3)", async () => {
+    const piece = {
+      id: "c",
+      object: "chat.completion.chunk",
+      choices: [{ index: 0, delta: { content: "half " }, finish_reason: "" }],
+    };
+    upstream.enqueue({
+      kind: "flood",
+      shape: "events",
+      event: JSON.stringify(piece),
+      blockBytes: 1,
+      maxBytes: 3 * (JSON.stringify(piece).length + 8),
+    });
+    const { received, error } = await collectUntilError(provider.stream(MESSAGES));
+    expect(textOf(received)).toBe("half half half ");
+    expect(error).toBeInstanceOf(UpstreamFailure);
+    expect([(error as UpstreamFailure).kind, (error as UpstreamFailure).reason]).toEqual([
+      "bad_response",
+      "stream cut before a finish_reason",
+    ]);
   });
 
   test("a stream whose connection is reset mid-way is bad_response", async () => {

@@ -351,7 +351,17 @@ function billedByTrial(trial: Promise<{ read: IteratorResult<unknown>[] }>): Pro
 function answers(chunk: unknown): boolean {
   const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
   if (!isRecord(choice)) return false;
-  return deltaText(choice) !== "" || typeof choice.finish_reason === "string";
+  return deltaText(choice) !== "" || finishes(choice);
+}
+
+/**
+ * Whether a choice carries the reply's finish: any non-empty `finish_reason`. An empty one is none:
+ * some servers send `""` on every chunk before the last, and read as a finish, a stream cut after
+ * them was a whole answer, stored complete (probe 82h F3); a half-open trial closed the circuit on
+ * it (82h F1). A reason OpenAI does not document is still the upstream's own finish.
+ */
+function finishes(choice: Record<string, unknown>): boolean {
+  return typeof choice.finish_reason === "string" && choice.finish_reason !== "";
 }
 
 /**
@@ -362,7 +372,14 @@ function answers(chunk: unknown): boolean {
  */
 function progresses(chunk: unknown): boolean {
   if (!isRecord(chunk)) return false;
-  if (readUsage(chunk.usage) !== undefined) return true;
+  return readUsage(chunk.usage) !== undefined || carriesWork(chunk);
+}
+
+/**
+ * Whether a chunk carries something the model produced (`progresses` but the usage): what extends a
+ * half-open trial's wait for its answer.
+ */
+function carriesWork(chunk: Record<string, unknown>): boolean {
   const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
   if (!isRecord(choice)) return false;
   if (typeof choice.finish_reason === "string" && FINISHES.has(choice.finish_reason)) return true;
@@ -943,7 +960,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             text += delta;
             yield { kind: "text", text: delta };
           }
-          if (typeof choice.finish_reason === "string") {
+          if (finishes(choice)) {
             finished = true;
             // Once cut by the filter, cut: a later finish does not make the reply whole (69e F4).
             if (choice.finish_reason === CONTENT_FILTERED) filtered = true;
@@ -1035,13 +1052,26 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     const { value, attempts } = await opened;
     const iterator = value[Symbol.asyncIterator]();
     let late = false;
-    const timer = setTimeout(
-      () => {
-        late = true;
-        own.abort();
-      },
-      Math.max(0, startedAt + timeoutMs - performance.now()),
-    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waitUntil = (at: number) => {
+      clearTimeout(timer);
+      timer = setTimeout(
+        () => {
+          late = true;
+          own.abort();
+        },
+        Math.max(0, at - performance.now()),
+      );
+    };
+    waitUntil(startedAt + timeoutMs);
+    // Reasoning is the upstream at work: it extends the wait for the answer as it extends a turn's
+    // (a trial that waited for text from its start failed on a healthy reasoning model, and a
+    // user whose prompts made it think past the timeout held the circuit open for everyone:
+    // probe 82d F1), without deciding it (decided by it, an upstream that reasons once and then
+    // fails every request had the circuit closed at each trial: probe 82h F2). Still reasoning
+    // past twice the timeout, it is up: the trial succeeds, so no prompt holds the circuit
+    // half-open, everyone else refused, for longer than that and one silence.
+    const thinksLongEnoughAt = startedAt + 2 * timeoutMs;
     const read: IteratorResult<unknown>[] = [];
     let tooLong = false;
     try {
@@ -1056,10 +1086,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           throw new Error("longer than its cap");
         }
         read.push(next);
-        // Reasoning is the upstream at work as much as the reply's text: a trial waiting for text
-        // failed on a healthy reasoning model, and a user whose prompts made it think past the
-        // timeout kept the circuit open for everyone by taking each trial (probe 82d F1).
-        if (answers(next.value) || progresses(next.value)) break;
+        if (answers(next.value)) break;
+        if (isRecord(next.value) && carriesWork(next.value)) {
+          const now = performance.now();
+          if (now >= thinksLongEnoughAt) break;
+          waitUntil(now + timeoutMs);
+        }
       }
     } catch {
       const failure = tooLong
