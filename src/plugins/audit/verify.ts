@@ -15,6 +15,7 @@ import type { Database } from "bun:sqlite";
 import { and, asc, desc, gt, lte, type SQL, sql } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
 import { auditCheckpoints, auditEvents } from "../../db/schema";
+import { spellOut } from "../../logging/spell-out";
 import { type AuditKeys, commitsToDetail, GENESIS_HASH, matchesCommit } from "./chain";
 
 export type AuditRow = typeof auditEvents.$inferSelect;
@@ -78,7 +79,8 @@ function rowFault(keys: AuditKeys, row: AuditRow, expectedId: number, expectedPr
     return "it is in the unkeyed pre-upgrade form: written before the upgrade and not sealed by a start since, or altered";
   }
   if (row.keyId !== keys.keyId) {
-    return `it was keyed with another AUDIT_SECRET_KEY (key id ${row.keyId}, this one is ${keys.keyId}), or altered`;
+    // As the file holds it: a BLOB as `x'…'`, not its bytes joined by commas (probe 82i N1).
+    return `it was keyed with another AUDIT_SECRET_KEY (key id ${spellOut(row.keyId, 32)}, this one is ${keys.keyId}), or altered`;
   }
   if (row.id !== expectedId) {
     return row.id > expectedId

@@ -442,6 +442,14 @@ describe("audit:verify fails on tampering", () => {
     expect(result.stderr).toContain("keyed with another AUDIT_SECRET_KEY");
   });
 
+  test("a key id the file holds as a BLOB is named as SQL writes one, not as its bytes joined by commas (probe 82i N1)", async () => {
+    const { app } = seeded();
+    app.db.$client.run("UPDATE audit_events SET key_id = X'ff00' WHERE id = 2");
+    const result = await verify(app, []);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("key id x'ff00'");
+  });
+
   test("audit:tail shows the rows without salts, commitments or MACs", async () => {
     const { app } = seeded();
     const out: string[] = [];
