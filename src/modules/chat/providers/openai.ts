@@ -1028,10 +1028,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
 
   /**
    * A half-open circuit's trial stream, to its verdict: opened in one attempt, and decided by the
-   * first chunk that answers or progresses (text, reasoning, a finish) — success — or by failing
-   * to give one within
-   * `timeoutMs` of the attempt's start (silence, empty or role-only chunks, an error, a cut):
-   * failure (re-probe 15h F1, F3). It is not joined to its caller, who may leave at any time and is
+   * first chunk that answers (text, or a finish) — success — or by failing to give one within
+   * `timeoutMs` of the attempt's start or of its last piece of reasoning (silence, empty, usage or
+   * role-only chunks, an error, a cut): failure (re-probe 15h F1, F3); still reasoning past twice
+   * `timeoutMs`, success. It is not joined to its caller, who may leave at any time and is
    * answered its abort at once: the trial still owes everyone its verdict, so a caller cannot free
    * it undecided to take and leave again (re-probes 15e F2, 15f F1); and it never runs past its
    * answer for that verdict (re-probe 15g F1). A caller who left by then has the request closed;
