@@ -55,7 +55,7 @@ export function assertAuditKeyMatches(sqlite: Database, keys: AuditKeys): void {
   if (vouchedByKey(sqlite, keys, keyId) || vouchedByKey(sqlite, keys, null)) return;
   throw new ConfigError(
     "AUDIT_SECRET_KEY",
-    `is not the key this database's audit log is written with (none of its newest rows or checkpoints is made with this key, whose id is ${keyId}; the newest ${newest.what}, id ${newest.id}, names ${spellOut(String(newest.keyId), 32)}): give this process the service's AUDIT_SECRET_KEY (if it has that key, the log's newest rows were changed in the file: restore it from a backup)`,
+    `is not the key this database's audit log is written with (none of its newest rows or checkpoints is made with this key, whose id is ${keyId}; the newest ${newest.what}, id ${newest.id}, names ${spellOut(newest.keyId, 32)}): give this process the service's AUDIT_SECRET_KEY (if it has that key, the log's newest rows were changed in the file: restore it from a backup)`,
   );
 }
 

@@ -1011,6 +1011,16 @@ describe("circuit breaker", () => {
     }
   });
 
+  test("a trial is not decided by text that is only whitespace: an upstream that sends a line break and then stalls keeps the circuit open (probe 82j F1)", async () => {
+    provider = build({ timeoutMs: 500 });
+    await openTheCircuit();
+    clock.advance(30_000);
+    upstream.enqueue({ kind: "reply", chunks: ["\n\n", "late"], pauses: [0, 2_000] });
+    const failed = await failureOf(provider.complete(MESSAGES));
+    expect([failed.kind, failed.reason]).toEqual(["unavailable", "no answer within the timeout"]);
+    expect(await circuitIs(1)).toBe(true);
+  });
+
   test("a trial whose upstream reasons and then fails fails: the circuit stays open for an upstream that does so every time (probe 82h F2)", async () => {
     provider = build({ timeoutMs: 500 });
     await openTheCircuit();

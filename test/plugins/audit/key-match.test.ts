@@ -103,6 +103,18 @@ test("a log whose every key id was rewritten takes the key its rows' hashes are 
   expect(migrationsApplied(path)).toBe(before + 1);
 });
 
+test("another key's refusal names a key id the file holds as a BLOB as x'…', as audit:verify does (probe 82j F2)", async () => {
+  const path = logWith((app) => {
+    app.db.$client.run(
+      "UPDATE audit_events SET key_id = CAST(key_id AS BLOB) WHERE id = (SELECT max(id) FROM audit_events)",
+    );
+  });
+  const refused = await runAs(path, OTHER_KEY, "audit:verify");
+  expect(refused.code).toBe(2);
+  expect(refused.stderr).toMatch(/names x'[0-9a-f]+/);
+  expect(refused.stderr).not.toMatch(/names \d+,\d+/);
+});
+
 test("a log whose key ids and newest rows' hashes were both rewritten refuses every key: none is shown to be its own", async () => {
   const path = logWith((app) => {
     app.db.$client.run(

@@ -347,11 +347,15 @@ function billedByTrial(trial: Promise<{ read: IteratorResult<unknown>[] }>): Pro
   );
 }
 
-/** Whether a stream chunk answers: text of the reply, or its finish. */
+/**
+ * Whether a stream chunk answers, as a half-open trial is decided: text of the reply that is not
+ * only whitespace (a leading `"\n"`, which many servers send first, decided it: an upstream that
+ * sent one and then stalled had the circuit closed at every trial, probe 82j F1), or its finish.
+ */
 function answers(chunk: unknown): boolean {
   const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
   if (!isRecord(choice)) return false;
-  return deltaText(choice) !== "" || finishes(choice);
+  return deltaText(choice).trim() !== "" || finishes(choice);
 }
 
 /**
