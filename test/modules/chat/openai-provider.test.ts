@@ -1011,14 +1011,28 @@ describe("circuit breaker", () => {
     }
   });
 
-  test("a trial is not decided by text that is only whitespace: an upstream that sends a line break and then stalls keeps the circuit open (probe 82j F1)", async () => {
+  test("a trial is not decided by text that shows nothing: an upstream that sends a line break or a zero-width space and then stalls keeps the circuit open (probes 82j F1, 82k F3)", async () => {
     provider = build({ timeoutMs: 500 });
     await openTheCircuit();
-    clock.advance(30_000);
-    upstream.enqueue({ kind: "reply", chunks: ["\n\n", "late"], pauses: [0, 2_000] });
-    const failed = await failureOf(provider.complete(MESSAGES));
-    expect([failed.kind, failed.reason]).toEqual(["unavailable", "no answer within the timeout"]);
-    expect(await circuitIs(1)).toBe(true);
+    for (const first of ["\n\n", "\u200b", "\u00a0\ufeff"]) {
+      clock.advance(30_000);
+      upstream.enqueue({ kind: "reply", chunks: [first, "late"], pauses: [0, 2_000] });
+      const failed = await failureOf(provider.complete(MESSAGES));
+      expect([failed.kind, failed.reason]).toEqual(["unavailable", "no answer within the timeout"]);
+      expect(await circuitIs(1)).toBe(true);
+    }
+  }, 15_000);
+
+  test("a trial whose upstream aborts the request (vLLM's finish_reason abort) fails: the circuit stays open (probe 82k F1)", async () => {
+    provider = build({ timeoutMs: 500 });
+    await openTheCircuit();
+    for (const reason of ["abort", "null", "error"]) {
+      clock.advance(30_000);
+      upstream.enqueue({ kind: "reply", chunks: [], finishReason: reason });
+      const failed = await failureOf(provider.complete(MESSAGES));
+      expect(failed.kind).toBe("bad_response");
+      expect(await circuitIs(1)).toBe(true);
+    }
   });
 
   test("a trial whose upstream reasons and then fails fails: the circuit stays open for an upstream that does so every time (probe 82h F2)", async () => {
@@ -1396,6 +1410,27 @@ describe("bad responses", () => {
       "bad_response",
       "stream cut before a finish_reason",
     ]);
+  });
+
+  test("a reply the upstream aborted part-way (finish_reason abort) is bad_response, a failure five of which open the circuit, never a whole answer (probe 82k F1, F2)", async () => {
+    for (let i = 0; i < 5; i++) {
+      upstream.enqueue({
+        kind: "reply",
+        chunks: ["The first half of an answer, and"],
+        finishReason: "abort",
+      });
+      const { received, error } = await collectUntilError(provider.stream(MESSAGES));
+      expect(textOf(received)).toBe("The first half of an answer, and");
+      expect([(error as UpstreamFailure).kind, (error as UpstreamFailure).reason]).toEqual([
+        "bad_response",
+        "stream cut before a finish_reason",
+      ]);
+    }
+    expect((await failureOf(provider.complete(MESSAGES))).reason).toBe("circuit open");
+    // A finish OpenAI does not document, but which says the reply ended, is one.
+    provider = build();
+    upstream.enqueue({ kind: "reply", text: "Whole.", finishReason: "eos_token" });
+    expect((await provider.complete(MESSAGES)).text).toBe("Whole.");
   });
 
   test("a stream whose connection is reset mid-way is bad_response", async () => {

@@ -56,6 +56,7 @@ import {
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
+import { showsSomething } from "../../../visible-text";
 import { estimateTokens, estimateTokensOf } from "../tokens";
 import { CircuitBreaker, type CircuitPermit } from "./circuit-breaker";
 import type { UpstreamMetrics } from "./metrics";
@@ -348,25 +349,34 @@ function billedByTrial(trial: Promise<{ read: IteratorResult<unknown>[] }>): Pro
 }
 
 /**
- * Whether a stream chunk answers, as a half-open trial is decided: text of the reply that is not
- * only whitespace (a leading `"\n"`, which many servers send first, decided it: an upstream that
- * sent one and then stalled had the circuit closed at every trial, probe 82j F1), or its finish.
+ * Whether a stream chunk answers, as a half-open trial is decided: text of the reply that shows
+ * something (a leading `"\n"`, which many servers send first, decided it: an upstream that sent
+ * one and then stalled had the circuit closed at every trial, probe 82j F1; so did a zero-width
+ * space, 82k F3), or its finish.
  */
 function answers(chunk: unknown): boolean {
   const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
   if (!isRecord(choice)) return false;
-  return deltaText(choice).trim() !== "" || finishes(choice);
+  return showsSomething(deltaText(choice)) || finishes(choice);
 }
 
 /**
- * Whether a choice carries the reply's finish: any non-empty `finish_reason`. An empty one is none:
- * some servers send `""` on every chunk before the last, and read as a finish, a stream cut after
- * them was a whole answer, stored complete (probe 82h F3); a half-open trial closed the circuit on
- * it (82h F1). A reason OpenAI does not document is still the upstream's own finish.
+ * Whether a choice carries the reply's finish: a non-empty `finish_reason` that does not say the
+ * reply was not finished. An empty one is none: some servers send `""` on every chunk before the
+ * last, and read as a finish, a stream cut after them was a whole answer, stored complete (probe
+ * 82h F3); a half-open trial closed the circuit on it (82h F1). Nor is vLLM's `abort` (its engine
+ * dropped the request: shutdown, scale-down), an `error`, a cancellation or the text `null`: read as
+ * finishes, an upstream aborting every request closed the circuit at each trial and was never
+ * counted a failure, and a reply it cut part-way was a 200 stored whole (probe 82k F1, F2). Any
+ * other reason, one OpenAI does not document included (TGI's `eos_token`), is the upstream's finish.
  */
 function finishes(choice: Record<string, unknown>): boolean {
-  return typeof choice.finish_reason === "string" && choice.finish_reason !== "";
+  const reason = choice.finish_reason;
+  return typeof reason === "string" && reason !== "" && !UNFINISHED.has(reason.toLowerCase());
 }
+
+/** Finish reasons that say the reply was not finished. */
+const UNFINISHED = new Set(["abort", "aborted", "error", "cancelled", "canceled", "null"]);
 
 /**
  * Whether a stream chunk carries anything of the answer: text of the reply, of its refusal or of
@@ -399,7 +409,7 @@ function carriesWork(chunk: Record<string, unknown>): boolean {
     refusal,
     ...reasoningShapes(choice.delta),
     toolCallText(choice.delta),
-  ].some((value) => typeof value === "string" && value.trim() !== "");
+  ].some((value) => typeof value === "string" && showsSomething(value));
 }
 
 /** The finishes OpenAI's API documents: any other (an empty one) is no finish. */
