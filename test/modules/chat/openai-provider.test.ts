@@ -1413,11 +1413,13 @@ describe("bad responses", () => {
   });
 
   test("a reply the upstream aborted part-way (finish_reason abort) is bad_response, a failure five of which open the circuit, never a whole answer (probe 82k F1, F2)", async () => {
-    for (let i = 0; i < 5; i++) {
+    // vLLM's, and the other spellings of not finishing (probe 82l F1), padded or in capitals;
+    // the first five open the circuit.
+    for (const reason of [" abort", "Cancel", "TIMEOUT", "interrupted", "failed"]) {
       upstream.enqueue({
         kind: "reply",
         chunks: ["The first half of an answer, and"],
-        finishReason: "abort",
+        finishReason: reason,
       });
       const { received, error } = await collectUntilError(provider.stream(MESSAGES));
       expect(textOf(received)).toBe("The first half of an answer, and");

@@ -725,6 +725,18 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     ]);
   });
 
+  test("the cap's cut in other spellings (LENGTH, a gateway's MAX_TOKENS) is stored as cut short too (probe 82l F2)", async () => {
+    const { stored } = await storedAfter([
+      { kind: "reply", chunks: ["Capped ", "in capitals"], finishReason: "LENGTH" },
+      { kind: "reply", chunks: ["Capped as ", "Gemini says"], finishReason: " MAX_TOKENS" },
+    ]);
+    expect(stored).toEqual([
+      ["Capped in capitals", true],
+      ["Capped as Gemini says", true],
+      ["Whole answer.", false],
+    ]);
+  });
+
   test("an answer with no text (only tool calls, or an empty finish) is 422 and stored nowhere; the tool calls generated are charged (probe 80c F2)", async () => {
     const { upstream, target, alice } = await setUp();
     const argument = `{"query":"${"x".repeat(990)}"}`;

@@ -371,12 +371,25 @@ function answers(chunk: unknown): boolean {
  * other reason, one OpenAI does not document included (TGI's `eos_token`), is the upstream's finish.
  */
 function finishes(choice: Record<string, unknown>): boolean {
-  const reason = choice.finish_reason;
-  return typeof reason === "string" && reason !== "" && !UNFINISHED.has(reason.toLowerCase());
+  const reason = finishReason(choice);
+  return reason !== null && reason !== "" && !UNFINISHED.test(reason);
 }
 
-/** Finish reasons that say the reply was not finished. */
-const UNFINISHED = new Set(["abort", "aborted", "error", "cancelled", "canceled", "null"]);
+/**
+ * A choice's `finish_reason` as compared: without the space around it and in lower case (`LENGTH`,
+ * Gemini's `MAX_TOKENS` passed through by a gateway, were not read as the cap's cut: probe 82l F2),
+ * or null when it has none.
+ */
+function finishReason(choice: Record<string, unknown>): string | null {
+  const reason = choice.finish_reason;
+  return typeof reason === "string" ? reason.trim().toLowerCase() : null;
+}
+
+/**
+ * Finish reasons that say the reply was not finished, in any spelling around these words (probe
+ * 82l F1: `" abort"`, `cancel`, `timeout`, `interrupted` were read as finishes).
+ */
+const UNFINISHED = /^(abort|cancel|error|fail|interrupt|time[\s_-]?out|null$)/;
 
 /**
  * Whether a stream chunk carries anything of the answer: text of the reply, of its refusal or of
@@ -396,7 +409,8 @@ function progresses(chunk: unknown): boolean {
 function carriesWork(chunk: Record<string, unknown>): boolean {
   const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
   if (!isRecord(choice)) return false;
-  if (typeof choice.finish_reason === "string" && FINISHES.has(choice.finish_reason)) return true;
+  const reason = finishReason(choice);
+  if (reason !== null && FINISHES.has(reason)) return true;
   if (!isRecord(choice.delta)) return false;
   const { content, refusal } = choice.delta;
   // Only what the answer is made of: a role, an unknown field, an empty list or object is not
@@ -612,9 +626,9 @@ function readUsage(value: unknown): TokenUsage | undefined {
  * content): a refusal of the request's content, like its 400, not an unusable answer. As a 502 and
  * a breaker failure, five at once from one user opened the circuit for everyone (probe 57a F5).
  */
-const CONTENT_FILTERED = "content_filter";
+const CONTENT_FILTERED = new Set(["content_filter", "safety"]);
 /** The finish of a reply the completion cap (`max_completion_tokens`) ended. */
-const CAPPED = "length";
+const CAPPED = new Set(["length", "max_tokens"]);
 /** A reply the content filter withheld whole: a refusal of what the message says. */
 function withheldReply(): UpstreamFailure {
   const failure = new UpstreamFailure("refused", "reply withheld by the upstream's content filter");
@@ -977,10 +991,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           if (finishes(choice)) {
             finished = true;
             // Once cut by the filter, cut: a later finish does not make the reply whole (69e F4).
-            if (choice.finish_reason === CONTENT_FILTERED) filtered = true;
+            const reason = finishReason(choice) ?? "";
+            if (CONTENT_FILTERED.has(reason)) filtered = true;
             // Cut at the completion cap (CHAT_MAX_COMPLETION_TOKENS) mid-sentence: a fragment too,
             // stored as one (probe 80c F1: it was stored as a whole answer).
-            if (choice.finish_reason === CAPPED) capped = true;
+            if (CAPPED.has(reason)) capped = true;
           }
         }
       }
