@@ -1415,7 +1415,7 @@ describe("bad responses", () => {
   test("a reply the upstream aborted part-way (finish_reason abort) is bad_response, a failure five of which open the circuit, never a whole answer (probe 82k F1, F2)", async () => {
     // vLLM's, and the other spellings of not finishing (probe 82l F1), padded or in capitals;
     // the first five open the circuit.
-    for (const reason of [" abort", "Cancel", "TIMEOUT", "interrupted", "failed"]) {
+    for (const reason of [" abort", "\u200babort", "Cancel", "timed_out", "None"]) {
       upstream.enqueue({
         kind: "reply",
         chunks: ["The first half of an answer, and"],
@@ -1431,6 +1431,20 @@ describe("bad responses", () => {
     expect((await failureOf(provider.complete(MESSAGES))).reason).toBe("circuit open");
     // A finish OpenAI does not document, but which says the reply ended, is one.
     provider = build();
+    // A filter's cut in Cohere's name, which one user's messages bring about: kept as cut, never
+    // the upstream's failure (probe 82m F2); the cap's under other names too (82m F3).
+    for (const reason of [
+      "ERROR_TOXIC",
+      "ERROR_TOXIC",
+      "RECITATION",
+      "guardrail_intervened",
+      "ERROR_LIMIT",
+      "max_output_tokens",
+    ]) {
+      upstream.enqueue({ kind: "reply", text: "Part of it", finishReason: reason });
+      expect(await provider.complete(MESSAGES)).toMatchObject({ text: "Part of it", cut: true });
+    }
+    // Six of them, and the circuit is still closed.
     upstream.enqueue({ kind: "reply", text: "Whole.", finishReason: "eos_token" });
     expect((await provider.complete(MESSAGES)).text).toBe("Whole.");
   });

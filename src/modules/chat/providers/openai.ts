@@ -372,24 +372,44 @@ function answers(chunk: unknown): boolean {
  */
 function finishes(choice: Record<string, unknown>): boolean {
   const reason = finishReason(choice);
-  return reason !== null && reason !== "" && !UNFINISHED.test(reason);
+  return reason !== null && reason !== "" && !UNFINISHED.has(reason);
 }
 
 /**
- * A choice's `finish_reason` as compared: without the space around it and in lower case (`LENGTH`,
- * Gemini's `MAX_TOKENS` passed through by a gateway, were not read as the cap's cut: probe 82l F2),
- * or null when it has none.
+ * A choice's `finish_reason` as compared: with nothing in it that does not show (space, zero-width
+ * characters: probe 82m F1) and in lower case (`LENGTH`, Gemini's `MAX_TOKENS` passed through by a
+ * gateway, were not read as the cap's cut: probe 82l F2), or null when it has none.
  */
 function finishReason(choice: Record<string, unknown>): string | null {
   const reason = choice.finish_reason;
-  return typeof reason === "string" ? reason.trim().toLowerCase() : null;
+  return typeof reason === "string" ? reason.replace(UNSEEN, "").toLowerCase() : null;
 }
 
+const UNSEEN = /[\s\p{Z}\p{Cc}\p{Cf}]/gu;
+
 /**
- * Finish reasons that say the reply was not finished, in any spelling around these words (probe
- * 82l F1: `" abort"`, `cancel`, `timeout`, `interrupted` were read as finishes).
+ * The reasons that say the reply was not finished: the upstream gave up on it (vLLM's `abort` when
+ * its engine drops a request, a cancellation, an error, a timeout; `null` and `None` written as
+ * text). Named whole, not by how they begin: Cohere's `ERROR_TOXIC` is its filter's cut and
+ * `ERROR_LIMIT` its context's, which one user's messages bring about (probe 82m F2). A list, as
+ * every such list is, of the names met so far (probes 82k F1, 82l F1, 82m F1).
  */
-const UNFINISHED = /^(abort|cancel|error|fail|interrupt|time[\s_-]?out|null$)/;
+const UNFINISHED = new Set([
+  "abort",
+  "aborted",
+  "cancel",
+  "cancelled",
+  "canceled",
+  "user_cancel",
+  "error",
+  "failed",
+  "failure",
+  "interrupted",
+  "timeout",
+  "timed_out",
+  "null",
+  "none",
+]);
 
 /**
  * Whether a stream chunk carries anything of the answer: text of the reply, of its refusal or of
@@ -626,9 +646,30 @@ function readUsage(value: unknown): TokenUsage | undefined {
  * content): a refusal of the request's content, like its 400, not an unusable answer. As a 502 and
  * a breaker failure, five at once from one user opened the circuit for everyone (probe 57a F5).
  */
-const CONTENT_FILTERED = new Set(["content_filter", "safety"]);
-/** The finish of a reply the completion cap (`max_completion_tokens`) ended. */
-const CAPPED = new Set(["length", "max_tokens"]);
+const CONTENT_FILTERED = new Set([
+  "content_filter",
+  "content_filtered",
+  "safety",
+  "recitation",
+  "prohibited_content",
+  "blocklist",
+  "spii",
+  "guardrail_intervened",
+  "error_toxic",
+]);
+/**
+ * The finish of a reply the completion cap (`max_completion_tokens`), or the model's context, ended
+ * part-way, in the names OpenAI, Gemini, Mistral, Cohere, the Responses API and Anthropic's
+ * `pause_turn` give it (probe 82m F3: these were stored as whole answers).
+ */
+const CAPPED = new Set([
+  "length",
+  "max_tokens",
+  "max_output_tokens",
+  "model_length",
+  "error_limit",
+  "pause_turn",
+]);
 /** A reply the content filter withheld whole: a refusal of what the message says. */
 function withheldReply(): UpstreamFailure {
   const failure = new UpstreamFailure("refused", "reply withheld by the upstream's content filter");
