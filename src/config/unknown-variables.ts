@@ -44,16 +44,26 @@ const KNOWN = new Set([
   ...SECRET_VARIABLES.map((name) => `${name}_FILE`),
 ]);
 
-/** Levenshtein distance: how many single-character edits turn one name into the other. */
-function distance(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
+/**
+ * Levenshtein distance: how many single-character edits turn one name into the other; given up
+ * as soon as a row of the table is past `max` (then some number past it), since every name of the
+ * environment is compared with the known ones of about its length at each start.
+ */
+function distance(a: string, b: string, max = Number.POSITIVE_INFINITY): number {
+  let previous = new Int32Array(b.length + 1);
+  let current = new Int32Array(b.length + 1);
+  for (let j = 0; j <= b.length; j++) previous[j] = j;
   for (let i = 1; i <= a.length; i++) {
-    const current = [i];
+    current[0] = i;
+    let least = i;
     for (let j = 1; j <= b.length; j++) {
-      const substitution = previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1);
-      current.push(Math.min(previous[j]! + 1, current[j - 1]! + 1, substitution));
+      const substitution = previous[j - 1]! + (a.charCodeAt(i - 1) === b.charCodeAt(j - 1) ? 0 : 1);
+      const cell = Math.min(previous[j]! + 1, current[j - 1]! + 1, substitution);
+      current[j] = cell;
+      if (cell < least) least = cell;
     }
-    previous = current;
+    if (least > max) return least;
+    [previous, current] = [current, previous];
   }
   return previous[b.length]!;
 }
@@ -93,7 +103,7 @@ function isNearMiss(name: string): boolean {
   ) {
     for (const known of KNOWN_BY_LENGTH.get(length) ?? []) {
       if (!pieces.some((piece) => known.includes(piece))) continue;
-      if (withinDistance(name, known, NEAR_MISS_DISTANCE)) return true;
+      if (distance(name, known, NEAR_MISS_DISTANCE) <= NEAR_MISS_DISTANCE) return true;
     }
   }
   return false;
@@ -102,29 +112,6 @@ function isNearMiss(name: string): boolean {
 const KNOWN_BY_LENGTH = new Map<number, string[]>();
 for (const known of KNOWN) {
   KNOWN_BY_LENGTH.set(known.length, [...(KNOWN_BY_LENGTH.get(known.length) ?? []), known]);
-}
-
-/**
- * Whether `distance(a, b) <= max`, given up as soon as a row of the table is past it: every name
- * of the environment is compared with the known ones of about its length at each start.
- */
-function withinDistance(a: string, b: string, max: number): boolean {
-  let previous = new Int32Array(b.length + 1);
-  let current = new Int32Array(b.length + 1);
-  for (let j = 0; j <= b.length; j++) previous[j] = j;
-  for (let i = 1; i <= a.length; i++) {
-    current[0] = i;
-    let least = i;
-    for (let j = 1; j <= b.length; j++) {
-      const substitution = previous[j - 1]! + (a.charCodeAt(i - 1) === b.charCodeAt(j - 1) ? 0 : 1);
-      const cell = Math.min(previous[j]! + 1, current[j - 1]! + 1, substitution);
-      current[j] = cell;
-      if (cell < least) least = cell;
-    }
-    if (least > max) return false;
-    [previous, current] = [current, previous];
-  }
-  return previous[b.length]! <= max;
 }
 
 export function findUnknownVariables(
