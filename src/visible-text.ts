@@ -14,9 +14,16 @@
  * letters and symbols Unicode has no property for: the blank Braille pattern U+2800, the Khitan
  * blank U+18CFF and the null notehead U+1D159 (probe 38a F7).
  */
-const SHOWS =
-  /[^\s\p{Z}\p{Cc}\p{Cf}\p{M}\p{Co}\p{Cn}\p{Default_Ignorable_Code_Point}\u2800\uFFFC\uFFFD\u{18CFF}\u{1D159}]/u;
+const DRAWS_NOTHING =
+  "\\s\\p{Z}\\p{Cc}\\p{Cf}\\p{M}\\p{Co}\\p{Cn}\\p{Default_Ignorable_Code_Point}\\u2800\\uFFFC\\uFFFD\\u{18CFF}\\u{1D159}";
+const SHOWS = new RegExp(`[^${DRAWS_NOTHING}]`, "u");
+const SHOWS_NOTHING = new RegExp(`[${DRAWS_NOTHING}]`, "gu");
 
 export function showsSomething(text: string): boolean {
   return SHOWS.test(text);
+}
+
+/** `text` with every character that shows nothing left out. */
+export function visiblePart(text: string): string {
+  return text.replace(SHOWS_NOTHING, "");
 }

@@ -56,7 +56,7 @@ import {
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
-import { showsSomething } from "../../../visible-text";
+import { showsSomething, visiblePart } from "../../../visible-text";
 import { estimateTokens, estimateTokensOf } from "../tokens";
 import { CircuitBreaker, type CircuitPermit } from "./circuit-breaker";
 import type { UpstreamMetrics } from "./metrics";
@@ -371,21 +371,23 @@ function answers(chunk: unknown): boolean {
  * other reason, one OpenAI does not document included (TGI's `eos_token`), is the upstream's finish.
  */
 function finishes(choice: Record<string, unknown>): boolean {
-  const reason = finishReason(choice);
+  return isFinish(finishReason(choice));
+}
+
+/** `finishes`, given the reason as `finishReason` reads it. */
+function isFinish(reason: string | null): reason is string {
   return reason !== null && reason !== "" && !UNFINISHED.has(reason);
 }
 
 /**
- * A choice's `finish_reason` as compared: with nothing in it that does not show (space, zero-width
+ * A choice's `finish_reason` as compared: with nothing in it that shows nothing (space, zero-width
  * characters: probe 82m F1) and in lower case (`LENGTH`, Gemini's `MAX_TOKENS` passed through by a
  * gateway, were not read as the cap's cut: probe 82l F2), or null when it has none.
  */
 function finishReason(choice: Record<string, unknown>): string | null {
   const reason = choice.finish_reason;
-  return typeof reason === "string" ? reason.replace(UNSEEN, "").toLowerCase() : null;
+  return typeof reason === "string" ? visiblePart(reason).toLowerCase() : null;
 }
-
-const UNSEEN = /[\s\p{Z}\p{Cc}\p{Cf}]/gu;
 
 /**
  * The reasons that say the reply was not finished: the upstream gave up on it (vLLM's `abort` when
@@ -1029,10 +1031,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             text += delta;
             yield { kind: "text", text: delta };
           }
-          if (finishes(choice)) {
+          const reason = finishReason(choice);
+          if (isFinish(reason)) {
             finished = true;
             // Once cut by the filter, cut: a later finish does not make the reply whole (69e F4).
-            const reason = finishReason(choice) ?? "";
             if (CONTENT_FILTERED.has(reason)) filtered = true;
             // Cut at the completion cap (CHAT_MAX_COMPLETION_TOKENS) mid-sentence: a fragment too,
             // stored as one (probe 80c F1: it was stored as a whole answer).
