@@ -7,6 +7,7 @@
  * another. (The credential seals, plugins/auth/seal.ts; the WhatsApp outbox, modules/webhooks.)
  */
 import { createHmac, timingSafeEqual } from "node:crypto";
+import { spellOut } from "../logging/spell-out";
 
 /** The seal of a row's fields under the key derived from `auditSecret` for `label`. */
 export function createRowSealer(
@@ -53,15 +54,21 @@ const REPORTED_ID_LENGTH = 64;
  * `row`, what tells apart rows that share the id reported, such as an idempotency key's owner): a
  * file full of forged rows must not become a flood of reports, nor hide the next one, so once 1000
  * rows have been reported the memory is cleared and reports go on (a row may then be reported
- * again).
+ * again). An id the file holds as something other than text (a blob) is reported as SQL writes it,
+ * `x'…'`: as it was, the log and the audit event showed a blob as an object of its bytes.
  */
 export function oncePerRow<Table extends string>(
   report: (table: Table, id: string, row?: string) => void,
   limit = REPORTED_LIMIT,
-): (table: Table, rawId: string, row?: string) => void {
+): (table: Table, rawId: unknown, row?: string) => void {
   const reported = new Set<string>();
   return (table, rawId, row) => {
-    const id = rawId.length > REPORTED_ID_LENGTH ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…` : rawId;
+    const id =
+      typeof rawId !== "string"
+        ? spellOut(rawId, REPORTED_ID_LENGTH)
+        : rawId.length > REPORTED_ID_LENGTH
+          ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…`
+          : rawId;
     const key = `${table}:${id}\u0000${row ?? ""}`;
     if (reported.has(key)) return;
     if (reported.size >= limit) reported.clear();

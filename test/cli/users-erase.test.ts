@@ -168,3 +168,33 @@ describe("users:erase", () => {
     expect(missing.stderr).toBe("palisade users:erase: --email is required");
   });
 });
+
+describe("an account whose id the file holds as a blob (a forged row)", () => {
+  test("users:list and users:erase show the id as SQL writes a blob, not its bytes joined by commas", async () => {
+    const target = app();
+    await signUp(target, { email: "alice@example.test" });
+    // As someone editing the file would: the sessions still name the old id.
+    target.db.$client.run("PRAGMA foreign_keys = OFF");
+    target.db.$client.run("UPDATE users SET id = X'41424344' WHERE email = 'alice@example.test'");
+    target.db.$client.run("PRAGMA foreign_keys = ON");
+
+    const list = await cli(target, ["users:list"]);
+    expect(list.stdout).toStartWith("x'41424344'  alice@example.test  user  created ");
+    const json = await cli(target, ["users:list", "--json"]);
+    expect(JSON.parse(json.stdout).id).toBe("x'41424344'");
+
+    const asked = await cli(target, ["users:erase", "--email", "alice@example.test"]);
+    expect(asked.code).toBe(2);
+    expect(asked.stderr).toContain("check that x'41424344' is the account to erase");
+    expect(asked.stderr).toContain("this erases the account of alice@example.test (x'41424344')");
+
+    // The forged row is reported by its id as the commands show it (its audit event held an
+    // object of the blob's bytes).
+    target.services.audit.flush();
+    const reports = target.db.$client
+      .query("SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered'")
+      .all() as { detail: string }[];
+    expect(reports.length).toBeGreaterThan(0);
+    for (const { detail } of reports) expect(JSON.parse(detail).id).toBe("x'41424344'");
+  });
+});

@@ -1,4 +1,5 @@
 import { generateSecret } from "../../config/secrets";
+import { spellOut } from "../../logging/spell-out";
 import type { Role } from "../../plugins/auth/principal";
 import {
   CliError,
@@ -17,6 +18,12 @@ function roleFlag(args: ParsedArgs): Role {
   }
   return role;
 }
+
+/**
+ * An account's id as the file holds it: a forged row's blob is shown as SQL writes one, `x'…'` (it
+ * was printed as its bytes joined by commas, probe 80a), whatever else as its text.
+ */
+const shownId = (id: unknown): string => (typeof id === "string" ? id : spellOut(id));
 
 /** Said after a command took away the last admin account (probe 35c I4, 36a F8). */
 function warnIfNoAdmin(
@@ -120,7 +127,9 @@ export const usersList: Command = {
     const when = (date: Date) => (Number.isNaN(date.getTime()) ? null : date.toISOString());
     if (args.flags.json) {
       for (const account of accounts) {
-        context.out(terminalJson({ ...account, createdAt: when(account.createdAt) }));
+        context.out(
+          terminalJson({ ...account, id: shownId(account.id), createdAt: when(account.createdAt) }),
+        );
       }
       return 0;
     }
@@ -130,7 +139,9 @@ export const usersList: Command = {
       const refused = intact
         ? ""
         : "  refused (does not match its seal, or an erased account's copied back: db:verify says which)";
-      context.out(`${id}  ${email}  ${held}  created ${when(createdAt) ?? "unknown"}${refused}`);
+      context.out(
+        `${shownId(id)}  ${email}  ${held}  created ${when(createdAt) ?? "unknown"}${refused}`,
+      );
     }
     return 0;
   },
@@ -154,11 +165,11 @@ export const usersErase: Command = {
         );
       } else if (!user.intact) {
         context.err(
-          `the account of ${email} does not match its seal (it was written into the database file): its address may not be its own; check that ${user.id} is the account to erase`,
+          `the account of ${email} does not match its seal (it was written into the database file): its address may not be its own; check that ${shownId(user.id)} is the account to erase`,
         );
       }
       throw new CliError(
-        `this erases the account of ${email} (${user.id}) and everything held about it, for good; add --yes to erase it`,
+        `this erases the account of ${email} (${shownId(user.id)}) and everything held about it, for good; add --yes to erase it`,
         EXIT_USAGE,
       );
     }
@@ -166,7 +177,7 @@ export const usersErase: Command = {
       throw new CliError(`no account has the email ${email}`);
     }
     context.out(
-      `erased ${email} (${user.id}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
+      `erased ${email} (${shownId(user.id)}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
     );
     if (user.erased) {
       context.err(
