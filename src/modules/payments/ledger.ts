@@ -459,10 +459,31 @@ export class PaymentLedger {
       if (refunded <= row.amountRefunded) return ignored("stale or repeated refund");
       const recorded = this.recordRefund(row.id, refunded, now, null);
       const entered = recorded.kind === "recorded" ? recorded.entered : null;
+      // A charge refunded was a charge paid: a payment refunded whole before its success was heard
+      // of (Stripe delivers out of order) records that success here, as its own event would have,
+      // since the late `payment_intent.succeeded` then finds it refunded and is ignored. Without
+      // this the same history left a `payment.succeeded` row and a count, or neither, by the order
+      // of delivery (probe 83a F1).
+      const paidUnheard = entered === "refunded" && row.status !== "succeeded";
       return {
         outcome: "processed",
-        statuses: entered ? [entered] : [],
+        statuses: paidUnheard ? ["succeeded", "refunded"] : entered ? [entered] : [],
         audit: [
+          ...(paidUnheard
+            ? [
+                {
+                  type: "payment.succeeded" as const,
+                  outcome: "success" as const,
+                  actor: "stripe",
+                  detail: {
+                    paymentId: row.id,
+                    eventId: event.id,
+                    amount: row.amount,
+                    currency: row.currency,
+                  },
+                },
+              ]
+            : []),
           {
             type: "payment.refunded",
             outcome: "info",

@@ -198,6 +198,52 @@ test("charge.refunded: the refunded total only grows; the full amount makes it r
   expect(auditRows(current, "payment.refunded")).toHaveLength(2);
 });
 
+test("a whole refund heard of before the payment's success records that success once, whatever the order of delivery (probe 83a F1)", async () => {
+  const outcomes: Record<string, unknown> = {};
+  for (const order of ["succeeded first", "refund first", "partial refunds first"] as const) {
+    current = buildPaymentsApp();
+    const id = await newPayment(current, 2000);
+    const succeeded = intentEvent("payment_intent.succeeded", id, 1_800_000_000);
+    const refund = (amountRefunded: number, created: number) =>
+      stripeEvent(
+        "charge.refunded",
+        {
+          id: "ch_3Pabc",
+          object: "charge",
+          payment_intent: id,
+          amount: 2000,
+          currency: "usd",
+          amount_refunded: amountRefunded,
+        },
+        { created },
+      );
+    const events =
+      order === "succeeded first"
+        ? [succeeded, refund(2000, 1_800_000_060)]
+        : order === "refund first"
+          ? [refund(2000, 1_800_000_060), succeeded]
+          : [refund(500, 1_800_000_030), refund(2000, 1_800_000_060), succeeded];
+    for (const event of events) expect((await deliver(current, event)).status).toBe(200);
+    outcomes[order] = {
+      row: payment(current, id),
+      succeededAudited: auditRows(current, "payment.succeeded").map((row) => JSON.parse(row.detail)),
+      refundedAudited: auditRows(current, "payment.refunded").length,
+      succeededCounted: await metricValue(current, "payments_total", { status: "succeeded" }),
+      refundedCounted: await metricValue(current, "payments_total", { status: "refunded" }),
+    };
+    current.close();
+    current = null;
+  }
+  for (const order of ["succeeded first", "refund first", "partial refunds first"]) {
+    expect(outcomes[order]).toMatchObject({
+      row: { status: "refunded", refunded: 2000 },
+      succeededAudited: [expect.objectContaining({ amount: 2000, currency: "usd" })],
+      succeededCounted: 1,
+      refundedCounted: 1,
+    });
+  }
+});
+
 test("an event whose amount or currency is not the payment's is acknowledged, not applied, and logged as an alert (probe 70b F1)", async () => {
   current = buildPaymentsApp();
   const id = await newPayment(current, 1000);
