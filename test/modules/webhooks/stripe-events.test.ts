@@ -226,7 +226,9 @@ test("a whole refund heard of before the payment's success records that success 
     for (const event of events) expect((await deliver(current, event)).status).toBe(200);
     outcomes[order] = {
       row: payment(current, id),
-      succeededAudited: auditRows(current, "payment.succeeded").map((row) => JSON.parse(row.detail)),
+      succeededAudited: auditRows(current, "payment.succeeded").map((row) =>
+        JSON.parse(row.detail),
+      ),
       refundedAudited: auditRows(current, "payment.refunded").length,
       succeededCounted: await metricValue(current, "payments_total", { status: "succeeded" }),
       refundedCounted: await metricValue(current, "payments_total", { status: "refunded" }),
