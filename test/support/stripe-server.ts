@@ -180,6 +180,39 @@ export function startFakeStripe(): FakeStripe {
       intents.set(String(intent.id), intent);
       return { status: 200, body: intent };
     }
+    const cancel = /^\/v1\/payment_intents\/([^/]+)\/cancel$/.exec(path);
+    if (method === "POST" && cancel) {
+      const intent = intents.get(decodeURIComponent(cancel[1]!));
+      if (!intent) {
+        return {
+          status: 404,
+          body: {
+            error: {
+              type: "invalid_request_error",
+              code: "resource_missing",
+              message: "No such payment_intent",
+            },
+          },
+        };
+      }
+      // As Stripe: an intent paid, being paid or canceled cannot be canceled.
+      if (["succeeded", "processing", "canceled"].includes(String(intent.status))) {
+        return {
+          status: 400,
+          body: {
+            error: {
+              type: "invalid_request_error",
+              code: "payment_intent_unexpected_state",
+              message: `You cannot cancel this PaymentIntent because it has a status of ${intent.status}.`,
+            },
+          },
+        };
+      }
+      intent.status = "canceled";
+      intent.cancellation_reason = params.cancellation_reason ?? null;
+      intent.canceled_at = Math.floor(Date.now() / 1000);
+      return { status: 200, body: intent };
+    }
     if (method === "POST" && path === "/v1/refunds") {
       const intent = intents.get(params.payment_intent ?? "");
       if (!intent) {

@@ -47,6 +47,7 @@ export function trackedGateway(gateway: PaymentGateway): TrackedGateway {
         track(() => gateway.refund(paymentIntentId, amount, idempotencyKey)),
       refundMadeUnder: (paymentIntentId, amount, idempotencyKey, walked) =>
         track(() => gateway.refundMadeUnder(paymentIntentId, amount, idempotencyKey, walked)),
+      cancelIntent: (paymentIntentId) => track(() => gateway.cancelIntent(paymentIntentId)),
     },
     async settled(withinMs = STRIPE_DRAIN_MS) {
       const until = performance.now() + withinMs;

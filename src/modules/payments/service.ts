@@ -745,6 +745,7 @@ export class PaymentService {
       );
       return { ok: false, kind: "bad_response", reason: "payment intent of another payment" };
     }
+    if (erased) return await this.abandonedByErasure(result, inserted, owner, acting);
     if (!inserted) {
       // Stripe replayed an intent the ledger holds (its idempotency key's stored result was lost,
       // or failed its seal): nothing new was made, so nothing is counted or audited as made.
@@ -754,18 +755,57 @@ export class PaymentService {
       );
       return { kind: "created", response, replayed: true };
     }
-    this.metrics.payments.labels(result.status).inc();
+    this.recordCreated(result, acting.actor, acting);
+    return { kind: "created", response, replayed: false };
+  }
+
+  private recordCreated(
+    intent: { id: string; status: string; amount: number; currency: string },
+    actor: string | null,
+    acting: ActingRequest,
+    ip = acting.ip,
+  ): void {
+    this.metrics.payments.labels(intent.status).inc();
     this.audit.record({
       type: "payment.intent.created",
       outcome: "success",
-      // As erasure leaves the owner's earlier rows: under the pseudonym, without the address.
-      actor: erased ? this.audit.pseudonymOf(owner) : acting.actor,
-      ip: erased ? null : acting.ip,
+      actor,
+      ip,
       route: acting.route,
       requestId: acting.requestId,
-      detail: { paymentId: result.id, amount: result.amount, currency: result.currency },
+      detail: { paymentId: intent.id, amount: intent.amount, currency: intent.currency },
     });
-    return { kind: "created", response, replayed: false };
+  }
+
+  /**
+   * The intent Stripe made while its owner was erased: recorded as erasure leaves payments (under
+   * the pseudonym, without the address), canceled at Stripe, and answered as a request after the
+   * erasure is, 401. Its client secret was answered to the erased account's client, who could pay
+   * an intent Palisade holds with no owner, order or metadata (probe 83a F2). A cancel Stripe
+   * refuses or cannot take leaves the intent open there, payable by no one: no one holds its
+   * client secret.
+   */
+  private async abandonedByErasure(
+    intent: { id: string; status: string; amount: number; currency: string },
+    inserted: boolean,
+    owner: string,
+    acting: ActingRequest,
+  ): Promise<{ kind: "owner_gone" }> {
+    // As erasure leaves the owner's earlier rows: under the pseudonym, without the address.
+    if (inserted) this.recordCreated(intent, this.audit.pseudonymOf(owner), acting, null);
+    const canceled = await this.gateway!.cancelIntent(intent.id);
+    if (canceled.ok) {
+      this.logger.info(
+        { requestId: acting.requestId, paymentId: intent.id, status: canceled.status },
+        "payment intent canceled at Stripe: its owner was erased while Stripe made it",
+      );
+    } else {
+      this.logger.warn(
+        { requestId: acting.requestId, paymentId: intent.id, reason: canceled.reason },
+        "payment intent of an erased owner could not be canceled at Stripe: it stays open, its client secret held by no one",
+      );
+    }
+    return { kind: "owner_gone" };
   }
 
   /**

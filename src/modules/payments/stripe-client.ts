@@ -94,6 +94,11 @@ export interface PaymentGateway {
     idempotencyKey: string,
     walked?: boolean,
   ): Promise<GatewayResult<{ refund: CreatedRefund | null }>>;
+  /**
+   * Cancels an intent no one may pay (its owner was erased while Stripe made it); the status
+   * Stripe answers. Stripe refuses it for an intent already paid or being paid.
+   */
+  cancelIntent(paymentIntentId: string): Promise<GatewayResult<{ status: string }>>;
 }
 
 /** Why refundMadeUnder could not say: the payment has more refunds than one read holds. */
@@ -278,6 +283,20 @@ export class StripeGateway implements PaymentGateway {
       amount: intent.amount,
       currency: intent.currency,
     };
+  }
+
+  async cancelIntent(paymentIntentId: string): Promise<GatewayResult<{ status: string }>> {
+    let intent: Stripe.PaymentIntent;
+    try {
+      intent = await (await this.stripe).paymentIntents.cancel(paymentIntentId, {
+        cancellation_reason: "abandoned",
+      });
+    } catch (error) {
+      return await failureOf(error);
+    }
+    return typeof intent.status === "string"
+      ? { ok: true, status: intent.status }
+      : { ok: false, kind: "bad_response", reason: "status" };
   }
 
   async refund(

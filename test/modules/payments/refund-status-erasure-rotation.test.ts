@@ -475,9 +475,20 @@ describe("erasure and an intent in flight exclude each other", () => {
     });
     expect(erased.status).toBe(204);
     held.release();
-    await inFlight;
+    // Answered as a request after the erasure is: its client secret handed to the erased
+    // account's client made an intent it could pay with no owner or order left (probe 83a F2).
+    const answer = await inFlight;
+    expect(answer.status).toBe(401);
+    const body = await answer.text();
+    expect(JSON.parse(body).code).toBe("UNAUTHENTICATED");
+    expect(body).not.toContain("secret");
+    // And canceled at Stripe, so no one pays it.
+    const [atStripe] = [...target.stripe.intents.values()];
+    expect(atStripe).toMatchObject({ status: "canceled", cancellation_reason: "abandoned" });
     const rows = target.db.$client
-      .query("SELECT owner, customer_email, description, metadata, client_secret FROM payments")
+      .query(
+        "SELECT owner, customer_email, description, metadata, client_secret, status FROM payments",
+      )
       .all() as Record<string, string | null>[];
     expect(rows).toHaveLength(1);
     expect(rows[0]).toMatchObject({

@@ -133,6 +133,7 @@ test("the wait for calls in flight ends at its bound, and at once when none is i
     },
     refund: () => Promise.reject(new Error("unused")),
     refundMadeUnder: () => Promise.reject(new Error("unused")),
+    cancelIntent: () => Promise.reject(new Error("unused")),
   };
   const idle = trackedGateway(never);
   const started = performance.now();
