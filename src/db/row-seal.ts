@@ -69,7 +69,9 @@ export function oncePerRow<Table extends string>(
         : rawId.length > REPORTED_ID_LENGTH
           ? `${rawId.slice(0, REPORTED_ID_LENGTH)}…`
           : rawId;
-    const key = `${table}:${id}\u0000${row ?? ""}`;
+    // By what the id is, not how it reads: a text id spelt `x'41'` must not hide a blob's report
+    // (probe 83d F2).
+    const key = `${table}:${typeof rawId === "string" ? "text" : "other"}:${id}\u0000${row ?? ""}`;
     if (reported.has(key)) return;
     if (reported.size >= limit) reported.clear();
     reported.add(key);

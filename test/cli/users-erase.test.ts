@@ -197,4 +197,22 @@ describe("an account whose id the file holds as a blob (a forged row)", () => {
     expect(reports.length).toBeGreaterThan(0);
     for (const { detail } of reports) expect(JSON.parse(detail).id).toBe("x'41424344'");
   });
+
+  test("a text id spelt as a blob is its own row: both forged rows are reported (probe 83d F2)", async () => {
+    const target = app();
+    await signUp(target, { email: "alice@example.test" });
+    await signUp(target, { email: "bob@example.test" });
+    const sqlite = target.db.$client;
+    sqlite.run("PRAGMA foreign_keys = OFF");
+    sqlite.run("UPDATE users SET id = X'41424344' WHERE email = 'alice@example.test'");
+    sqlite.run("UPDATE users SET id = 'x''41424344''' WHERE email = 'bob@example.test'");
+    sqlite.run("PRAGMA foreign_keys = ON");
+    const list = await cli(target, ["users:list"]);
+    expect(list.stdout.split("\n")).toHaveLength(2);
+    target.services.audit.flush();
+    const reports = sqlite
+      .query("SELECT detail FROM audit_events WHERE type = 'auth.credential_tampered'")
+      .all();
+    expect(reports).toHaveLength(2);
+  });
 });

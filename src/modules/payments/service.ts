@@ -631,9 +631,10 @@ export class PaymentService {
     };
     const now = this.clock.now();
     // Erasure deletes the user's idempotency keys in its transaction; this one runs after it or
-    // before it, never between. A claim that is gone means the owner was erased while Stripe
-    // worked: the intent exists and accounting keeps its row, but as erasure leaves rows — under
-    // the pseudonym, without email, description, metadata or client secret.
+    // before it, never between. A claim that is gone and an owner that no longer stands mean the
+    // owner was erased while Stripe worked: the intent exists and accounting keeps its row, but as
+    // erasure leaves rows — under the pseudonym, without email, description, metadata or client
+    // secret.
     const store = () =>
       this.db.transaction(
         () => {
@@ -644,7 +645,11 @@ export class PaymentService {
               and(eq(paymentIdempotencyKeys.owner, owner), eq(paymentIdempotencyKeys.key, key)),
             )
             .get();
-          const gone = claimed === undefined;
+          // A claim gone is not proof of an erasure: a retry that took it over after its lease
+          // and gave it back deletes it too, and a live user's intent was then stored under a
+          // pseudonym and canceled at Stripe (probe 83d F1). The owner is asked, in this
+          // transaction, as the claim asks it.
+          const gone = claimed === undefined && !this.ownerStands(owner);
           const ownerAsStored = gone ? this.audit.pseudonymOf(owner) : owner;
           const inserted = this.ledger.insert({
             id: result.id,
@@ -802,7 +807,7 @@ export class PaymentService {
     } else {
       this.logger.warn(
         { requestId: acting.requestId, paymentId: intent.id, reason: canceled.reason },
-        "payment intent of an erased owner could not be canceled at Stripe: it stays open, its client secret held by no one",
+        "payment intent of an erased owner not canceled at Stripe: Stripe refused or did not answer; if it is still open there, no one holds its client secret",
       );
     }
     return { kind: "owner_gone" };

@@ -21,7 +21,7 @@ import {
 } from "../../../src/modules/payments/stripe-client";
 
 import { createServices } from "../../../src/services";
-import { LogCapture, secondProcess, TEST_PASSWORD_HASHING } from "../../support/app";
+import { LogCapture, secondProcess, send, TEST_PASSWORD_HASHING } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
 import {
@@ -238,6 +238,50 @@ test("a claim left by a process that died mid-call is taken over after its lease
   expect(current.stripe.calls.at(-1)!.idempotencyKey).toBe(
     stripeIdempotencyKey(owner, "crashed-1"),
   );
+});
+
+test("a claim taken over after its lease and given back by the retry that took it is no erasure: the first request's intent is the live user's, answered 201, never canceled (probe 83d F1)", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock });
+  const alice = await signUp(current);
+  const held = current.stripe.holdNext(INTENTS);
+  const first = createIntent(current, bearer(alice.accessToken), body, "slow-1");
+  await held.reached;
+  // Stripe is slow past the claim's lease (or the clock stepped): the retry takes the claim over,
+  // Stripe refuses it while the first is still with it, and the retry gives the claim back.
+  clock.advance(CLAIM_LEASE_MS + 1_000);
+  current.stripe.failNext(
+    INTENTS,
+    {
+      status: 409,
+      type: "idempotency_error",
+      code: "idempotency_key_in_use",
+      message: "in use",
+      kept: false,
+    },
+    5,
+  );
+  const retry = await createIntent(current, bearer(alice.accessToken), body, "slow-1");
+  expect(retry.status).toBe(503);
+  held.release();
+  const answer = await first;
+  expect(answer.status).toBe(201);
+  const made = (await answer.json()) as { id: string; clientSecret: string };
+  expect([...current.stripe.intents.values()].map((intent) => intent.status)).toEqual([
+    "requires_payment_method",
+  ]);
+  const row = current.db.$client
+    .query("SELECT owner, client_secret FROM payments WHERE id = ?")
+    .get(made.id) as { owner: string; client_secret: string | null };
+  expect(row).toEqual({ owner: `user:${alice.userId}`, client_secret: made.clientSecret });
+  const listed = await send(current, "/api/payments", { headers: bearer(alice.accessToken) });
+  expect(((await listed.json()) as { payments: { id: string }[] }).payments).toEqual([
+    expect.objectContaining({ id: made.id }),
+  ]);
+  // The key again is that intent (Stripe replays it for the owner's key).
+  const again = await createIntent(current, bearer(alice.accessToken), body, "slow-1");
+  expect(again.status).toBe(201);
+  expect(((await again.json()) as { id: string }).id).toBe(made.id);
 });
 
 test("a key is its owner's: another user's identical key and body is a new intent, never the first user's", async () => {
