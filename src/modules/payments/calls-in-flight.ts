@@ -4,12 +4,10 @@
  * 10 s; a payment still waiting on Stripe then had its connection cut with no answer at all, and
  * its Idempotency-Key answered 409 "in progress" for the two minutes of its claim, each retry
  * waiting 10 s (probe 30d F5), though Stripe had made or was making the intent. Now the stop waits
- * for such calls, at most STRIPE_DRAIN_MS more, and the payment is recorded and answered first.
+ * for such calls, at most one call's longest (every attempt of it: STRIPE_CALL_MAX_MS), and the
+ * payment is recorded and answered first.
  */
-import type { GatewayFailure, PaymentGateway } from "./stripe-client";
-
-/** How long a stop waits for Stripe calls in flight past the drain: one call's timeout. */
-export const STRIPE_DRAIN_MS = 20_000;
+import { type GatewayFailure, type PaymentGateway, STRIPE_CALL_MAX_MS } from "./stripe-client";
 
 export interface TrackedGateway {
   gateway: PaymentGateway;
@@ -20,7 +18,16 @@ export interface TrackedGateway {
   settled(withinMs?: number): Promise<void>;
 }
 
-export function trackedGateway(gateway: PaymentGateway): TrackedGateway {
+export function trackedGateway(
+  gateway: PaymentGateway,
+  options: {
+    /** The longest one call takes with the client's timeout and retries. */
+    callMaxMs?: number;
+    /** Told when a stop starts waiting for calls in flight: how many, and for how long at most. */
+    onWait?: (calls: number, withinMs: number) => void;
+  } = {},
+): TrackedGateway {
+  const { callMaxMs = STRIPE_CALL_MAX_MS, onWait } = options;
   const inFlight = new Set<Promise<unknown>>();
   // Once the stop has waited for the calls, none starts: a request that claimed an
   // Idempotency-Key given back meanwhile called Stripe as the process closed, its claim left
@@ -49,8 +56,9 @@ export function trackedGateway(gateway: PaymentGateway): TrackedGateway {
         track(() => gateway.refundMadeUnder(paymentIntentId, amount, idempotencyKey, walked)),
       cancelIntent: (paymentIntentId) => track(() => gateway.cancelIntent(paymentIntentId)),
     },
-    async settled(withinMs = STRIPE_DRAIN_MS) {
+    async settled(withinMs = callMaxMs) {
       const until = performance.now() + withinMs;
+      if (inFlight.size > 0) onWait?.(inFlight.size, withinMs);
       // A call answered may start another of the same request (a refund's kept server error, the
       // read of the payment's refunds; a refusal, the next key): it is waited for too, within the
       // bound. Waiting only for the calls in flight at the stop lost a refund Stripe made (probe

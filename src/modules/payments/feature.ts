@@ -42,7 +42,16 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
         ? null
         : new StripeGateway(createStripe({ secretKey, apiUrl }));
   // A stop waits for the calls still at Stripe (./calls-in-flight.ts).
-  const tracked = stripe === null ? null : trackedGateway(stripe);
+  const tracked =
+    stripe === null
+      ? null
+      : trackedGateway(stripe, {
+          onWait: (calls, withinMs) =>
+            logger.info(
+              { calls, withinMs },
+              "waiting for the calls still at Stripe before closing connections (each payment or refund is recorded and answered)",
+            ),
+        });
   const gateway = tracked?.gateway ?? null;
   const ledger = paymentLedgerOf(core);
   const service = new PaymentService({

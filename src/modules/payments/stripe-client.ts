@@ -21,6 +21,22 @@ import { STRIPE_ERROR_CODES } from "./stripe-error-codes";
 export const STRIPE_MAX_NETWORK_RETRIES = 2;
 export const STRIPE_TIMEOUT_MS = 20_000;
 
+/**
+ * The longest one call to Stripe can take: every attempt to its timeout, the SDK's waits between
+ * them (0.5 s, then 1 s at most: stripe-node's backoff from 0.5 s, doubling), and a second for the
+ * answers' reading. A stop waits this long for a call in flight: it waited one attempt's timeout,
+ * and a call on its retry was cut with no answer, made at Stripe and not recorded (probe 83c F1).
+ */
+export function stripeCallMaxMs(timeoutMs: number, retries: number): number {
+  let backoffMs = 0;
+  for (let retry = 1; retry <= retries; retry++)
+    backoffMs += Math.min(500 * 2 ** (retry - 1), 5_000);
+  return timeoutMs * (retries + 1) + backoffMs + 1_000;
+}
+
+/** One call's longest with the client's settings: 62.5 s. */
+export const STRIPE_CALL_MAX_MS = stripeCallMaxMs(STRIPE_TIMEOUT_MS, STRIPE_MAX_NETWORK_RETRIES);
+
 export interface IntentRequest {
   amount: number;
   currency: string;

@@ -5,10 +5,14 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { trackedGateway } from "../../../src/modules/payments/calls-in-flight";
-import type {
-  CreatedIntent,
-  GatewayResult,
-  PaymentGateway,
+import {
+  type CreatedIntent,
+  createStripe,
+  type GatewayResult,
+  type PaymentGateway,
+  STRIPE_MAX_NETWORK_RETRIES,
+  StripeGateway,
+  stripeCallMaxMs,
 } from "../../../src/modules/payments/stripe-client";
 import { serveInProcess } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
@@ -18,7 +22,9 @@ import {
   newIdempotencyKey,
   type PaymentsApp,
   paidPayment,
+  STRIPE_TEST_KEY,
 } from "../../support/payments";
+import { startFakeStripe } from "../../support/stripe-server";
 import { waitFor } from "../../support/wait";
 
 let current: PaymentsApp | null = null;
@@ -207,5 +213,53 @@ test("a request that claims an Idempotency-Key given back after the stop's wait 
     // are waited for, by design): its call was made, recorded and answered.
     expect(intentCalls).toHaveLength(2);
     expect(await b).toBe(201);
+  }
+}, 20_000);
+
+test("the stop waits for a call through every attempt the client makes: a call on its retry is answered, not cut (probe 83c F1)", async () => {
+  const stripe = startFakeStripe();
+  try {
+    // The client as the service makes it, with a short timeout so its retries come quickly.
+    const timeoutMs = 300;
+    const client = new StripeGateway(
+      createStripe({ secretKey: STRIPE_TEST_KEY, apiUrl: stripe.url, timeoutMs }),
+    );
+    const callOf = (callMaxMs: number) => {
+      const tracked = trackedGateway(client, { callMaxMs });
+      let answered: GatewayResult<CreatedIntent> | null = null;
+      const call = tracked.gateway
+        .createIntent({ amount: 4200, currency: "usd" }, newIdempotencyKey())
+        .then((result) => {
+          answered = result;
+        });
+      return { tracked, call, answered: () => answered };
+    };
+    // Two attempts time out (held past the timeout); the third is answered.
+    const twoSlowAttempts = async () => {
+      const first = stripe.holdNext("/v1/payment_intents");
+      await first.reached;
+      const second = stripe.holdNext("/v1/payment_intents");
+      return { second, release: () => first.release() };
+    };
+
+    // As before: the wait was one attempt's timeout, and the stop cut the call on its retry.
+    const before = callOf(timeoutMs);
+    const slowBefore = twoSlowAttempts();
+    await (await slowBefore).second.reached.then(() => {});
+    await before.tracked.settled();
+    expect(before.answered()).toBeNull();
+    await before.call;
+    (await slowBefore).release();
+    (await slowBefore).second.release();
+
+    // Now: as long as every attempt of the call can take.
+    const now = callOf(stripeCallMaxMs(timeoutMs, STRIPE_MAX_NETWORK_RETRIES));
+    const slowNow = await twoSlowAttempts();
+    await now.tracked.settled();
+    expect(now.answered()).toMatchObject({ ok: true, amount: 4200 });
+    slowNow.release();
+    slowNow.second.release();
+  } finally {
+    stripe.stop();
   }
 }, 20_000);
