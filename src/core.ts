@@ -11,6 +11,7 @@ import { type Config, ConfigError } from "./config";
 import { probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
 import { checkDiskRoom } from "./db/disk-space";
+import { type DatabaseFileWatch, databaseFileWatch } from "./db/file-identity";
 import {
   countTriggers,
   dropForeignTriggers,
@@ -95,6 +96,8 @@ export interface Core {
   signingKeys: SigningKeys;
   /** The core's own readiness: the database (writable), and Redis when the limiter uses it. */
   readiness: Record<string, ReadinessCheck>;
+  /** Whether DATABASE_PATH still names the files this process has open (db/file-identity). */
+  fileWatch: DatabaseFileWatch | null;
   /**
    * Connects what needs connecting (Redis) before the server takes requests; never throws. Resolves
    * to the reason the start must stop (production, a Redis that may evict the limiter's keys), or
@@ -171,11 +174,15 @@ export function createCore(options: CoreOptions): Core {
   const limiter =
     options.limiter ??
     withLeases(redis ? new RedisLimiterStore(redis) : new SqliteLimiterStore({ sqlite }));
+  const fileWatch = databaseFileWatch(sqlite);
   const readiness: Record<string, ReadinessCheck> = {
     // Ready means writable: a file another process holds locked (or that cannot be written)
     // answers reads but not a login. Takes the write lock for no work, waiting at most the short
     // busy timeout (db/busy); and a filesystem nearly full is reported before writes fail.
     database: () => {
+      // The open file answers even once DATABASE_PATH no longer names it (deleted, replaced).
+      const misplaced = fileWatch?.problem();
+      if (misplaced) throw new Error(misplaced);
       sqlite.query("SELECT 1").values();
       probeWritable(sqlite);
       checkDiskRoom(sqlite.filename, options.freeDiskBytes);
@@ -305,6 +312,7 @@ export function createCore(options: CoreOptions): Core {
     credentialSeal,
     signingKeys: keys,
     readiness,
+    fileWatch,
     async start() {
       if (!redis || !evictions || !config.redisUrl) return null;
       return startRedisLimiter({

@@ -4,7 +4,7 @@
  * requests, then close the database. A configuration or database that cannot work stops the start
  * with one line naming the cause and exit code 2.
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { createApp } from "./app";
 import { terminalSafe } from "./cli/terminal";
 import { ConfigError, databasePathOf, loadConfig } from "./config";
@@ -188,6 +188,9 @@ let migrations: MigrationStatus;
 let droppedTriggers: DroppedTrigger[] = [];
 // Rows stored before their seals existed are sealed with the migrations that add them.
 const sealing = upgradeSealing(config.audit.secretKey);
+// A start that makes the database is said: after a first start, it means the file was deleted or
+// moved, and the service would otherwise start over empty without a word (probe 83c F3).
+const madeNow = config.databasePath !== ":memory:" && !existsSync(config.databasePath);
 try {
   db = openDatabase(config.databasePath);
   // Before the migrations, which a trigger in the file would run inside too; said at once.
@@ -222,6 +225,13 @@ try {
 
 // A file an earlier release made under the usual umask (0644): every hash and the audit log,
 // readable by every local user. Left as the operator set it, but said (new files are 0600).
+if (madeNow) {
+  logger.warn(
+    { file: config.databasePath },
+    "no database at DATABASE_PATH: a new empty one was made; on a first start that is expected, otherwise the database was deleted or moved: stop, put it back (or restore a backup) and start again",
+  );
+}
+
 const databaseMode = databaseFileMode(config.databasePath);
 if (databaseMode !== null && (databaseMode & 0o077) !== 0) {
   logger.warn(

@@ -9,6 +9,7 @@
 import { type Core, type CoreOptions, createCore } from "./core";
 import { backgroundCheckpoints } from "./db/background-checkpoint";
 import { busyTimeoutOf, isDatabaseBusy, setBusyTimeout } from "./db/busy";
+import { startDatabaseFileWatch } from "./db/file-identity";
 import { startWalGuard } from "./db/wal-guard";
 import { createFeatures, type FeatureOptions } from "./features";
 import type { ApiKeyService } from "./modules/auth/api-keys";
@@ -124,6 +125,12 @@ export function createServices(options: ServiceOptions): Services {
         })
       : null;
   const countTruncateCheckpoint = registerWalMetrics(core.registry, sqlite);
+  // A database deleted or replaced while serving is said at once, not only at /ready.
+  const stopFileWatch = startDatabaseFileWatch(
+    core.fileWatch,
+    logger,
+    intervalMs > 0 ? undefined : 0,
+  );
   const stopWalGuard =
     intervalMs > 0
       ? startWalGuard(sqlite, {
@@ -162,6 +169,7 @@ export function createServices(options: ServiceOptions): Services {
     close() {
       if (timer) clearInterval(timer);
       stopWalGuard();
+      stopFileWatch();
       // Not stopped already (a test closing without stop()): ended without waiting.
       void checkpoints?.stop();
       for (const feature of features.list) feature.close?.();
