@@ -1750,3 +1750,52 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     expect(verifyAuditChain(sqlite, new AuditKeys(target.config.audit.secretKey)).ok).toBe(true);
   });
 });
+
+describe("an erasure in flight at the stop (probe 83c F2)", () => {
+  test("goes to its transaction at once and answers before the connections are cut: the account erased, nothing of it left, the rest left to the next start", async () => {
+    current = buildTestApp();
+    const target = current;
+    const alice = await signUp(target);
+    const sqlite = target.db.$client;
+    // A long history: many parts ahead of the transaction, 20 ms apart.
+    sqlite
+      .query(
+        "INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at) VALUES ('c-long', 'user', ?, 0, 0)",
+      )
+      .run(alice.userId);
+    sqlite.run(
+      `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
+       INSERT INTO chat_messages (conversation_id, role, content, tokens, created_at)
+       SELECT 'c-long', 'user', 'm' || i, 1, i FROM n`,
+    );
+    const messages = () =>
+      (sqlite.query("SELECT count(*) AS n FROM chat_messages").get() as { n: number }).n;
+    let answered = null as number | null;
+    const erasure = send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(alice.accessToken),
+    }).then((response) => {
+      answered = response.status;
+    });
+    // Part-way through the parts ahead when the stop's drain time is up.
+    while (messages() === 60_000) await Bun.sleep(5);
+    expect(messages()).toBeGreaterThan(0);
+    await target.services.endInFlight();
+    // Answered within the half second the stop then gives answers to leave (src/server.ts), not
+    // cut part-way with the account standing.
+    await Promise.race([erasure, Bun.sleep(500)]);
+    expect(answered).toBe(204);
+    await erasure;
+    expect(messages()).toBe(0);
+    expect(sqlite.query("SELECT count(*) AS n FROM users WHERE id = ?").get(alice.userId)).toEqual({
+      n: 0,
+    });
+    target.services.audit.flush();
+    expect(
+      sqlite.query("SELECT count(*) AS n FROM audit_events WHERE type = 'privacy.erased'").get(),
+    ).toEqual({ n: 1 });
+    expect(target.logs.text).toContain(
+      "finishing the erasures in flight before closing connections",
+    );
+  });
+});

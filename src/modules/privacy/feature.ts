@@ -50,7 +50,10 @@ export function privacyFeature(
     routeClasses: privacyRouteClasses,
     routes: ({ auth }) =>
       privacyModule({ auth, service, errors: core.errors, logger: core.logger, exportsInFlight }),
-    endInFlight: () => exportsInFlight.endAll(),
+    endInFlight: async () => {
+      exportsInFlight.endAll();
+      await service.hurry();
+    },
     maintenance: (now) => {
       service.retain(now);
       resumption.run(now);
