@@ -23,6 +23,7 @@ import { type BunSQLiteDatabase, drizzle } from "drizzle-orm/bun-sqlite";
 import { SQLiteTable } from "drizzle-orm/sqlite-core";
 import { firstLine } from "../error-line";
 import { isDatabaseBusy, probeWritable } from "./busy";
+import { fullFilesystem } from "./disk-space";
 import { whyNotPalisades } from "./foreign-database";
 import * as schema from "./schema";
 import { timeQueries } from "./timing";
@@ -117,6 +118,10 @@ export function whyUnusable(error: unknown, path?: string): string {
   if (isDatabaseBusy(error) || isDatabaseBusy((error as { cause?: unknown }).cause)) {
     return `is locked by another connection (${firstLine(error)}): try again when it is done`;
   }
+  const full = path === undefined ? null : fullFilesystem(sqliteCode, dirname(path));
+  if (full !== null) {
+    return `cannot be written: ${full} (${firstLine(error)}): free space there and start again; a full disk is no sign the file is damaged`;
+  }
   return `is not a usable SQLite database: ${firstLine(error)}`;
 }
 
@@ -158,7 +163,7 @@ export function refuseForeignDatabase(path: string): void {
   try {
     why = whyNotPalisades(path, BUSY_TIMEOUT_MS);
   } catch (error) {
-    throw new DatabaseOpenError(path, whyUnusable(error));
+    throw new DatabaseOpenError(path, whyUnusable(error, path));
   }
   if (why !== null) throw new DatabaseOpenError(path, why);
 }

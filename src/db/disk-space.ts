@@ -30,3 +30,29 @@ export function checkDiskRoom(
     );
   }
 }
+
+/** Below this much room, a write that failed failed for it. */
+export const FULL_BELOW_BYTES = 1024 * 1024;
+
+/**
+ * The filesystem holding `directory`, said full, when a SQLite failure (`sqliteCode`) was its being
+ * full; null otherwise. SQLite calls a `-wal` or `-shm` it cannot grow a "disk I/O error"
+ * (SQLITE_IOERR), which read as a damaged database: a start on a full disk was told its healthy
+ * database "is not a usable SQLite database" (probe 83c F6), and a backup into a full directory was
+ * told it could not read the database (F7).
+ */
+export function fullFilesystem(
+  sqliteCode: string,
+  directory: string,
+  freeBytes: (directory: string) => number = freeBytesAt,
+): string | null {
+  if (!/^SQLITE_(FULL|IOERR)/.test(sqliteCode)) return null;
+  let free: number;
+  try {
+    free = freeBytes(directory);
+  } catch {
+    return null;
+  }
+  if (free >= FULL_BELOW_BYTES) return null;
+  return `the filesystem that holds ${directory} is full (${Math.floor(free / 1024)} KB free)`;
+}

@@ -27,6 +27,7 @@ import {
 import { constants as osConstants } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { BUSY_TIMEOUT_MS, createOwnerOnly, DatabaseOpenError, writeRefusal } from "../../db/client";
+import { fullFilesystem } from "../../db/disk-space";
 import { atRest, fileIdentity, openForALook } from "../../db/file-look";
 import { migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
@@ -287,6 +288,12 @@ function snapshot(source: string, temporary: string): void {
     }
   } catch (error) {
     if (error instanceof SQLiteError) {
+      // The copy is what grows: a full filesystem where it is written is said as that, not as
+      // a failure to read the database (probe 83c F7).
+      const full = fullFilesystem(String(error.code ?? ""), dirname(temporary));
+      if (full !== null) {
+        throw new CliError(`cannot write the copy ${temporary}: ${full} (${firstLine(error)})`);
+      }
       throw new CliError(`cannot read DATABASE_PATH ${source}: ${firstLine(error)}`);
     }
     throw error;
