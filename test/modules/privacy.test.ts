@@ -7,6 +7,7 @@ import { KEYS_AHEAD_PART } from "../../src/modules/auth/privacy";
 import { auditEventsContributor } from "../../src/modules/privacy/audit-contributor";
 import { ERASURE_PART_ROWS } from "../../src/modules/privacy/erasure-parts";
 import { ErasureResumption } from "../../src/modules/privacy/erasure-resumption";
+import { EXPORTS_IN_FLIGHT_MAX } from "../../src/modules/privacy/index";
 import { PrivacyService } from "../../src/modules/privacy/service";
 import { AuditKeys } from "../../src/plugins/audit/chain";
 import { SqliteAuditLog, verifyAuditChain } from "../../src/plugins/audit/log";
@@ -364,14 +365,13 @@ test("3 exports per minute per user", async () => {
   const alice = await signUp(current);
   const statuses: number[] = [];
   for (let i = 0; i < 4; i++) {
-    statuses.push(
-      (
-        await send(current, "/api/me/export", {
-          headers: bearer(alice.accessToken),
-          peer: `10.3.0.${i}`,
-        })
-      ).status,
-    );
+    const response = await send(current, "/api/me/export", {
+      headers: bearer(alice.accessToken),
+      peer: `10.3.0.${i}`,
+    });
+    // Each read to its end: one export at a time is a user's (a second meanwhile is 409).
+    await response.text();
+    statuses.push(response.status);
   }
   expect(statuses).toEqual([200, 200, 200, 429]);
 });
@@ -1797,5 +1797,56 @@ describe("an erasure in flight at the stop (probe 83c F2)", () => {
     expect(target.logs.text).toContain(
       "finishing the erasures in flight before closing connections",
     );
+  });
+});
+
+describe("exports in flight (probe 83b F3: each held a page in memory while its client read slowly, with no bound on how many)", () => {
+  const exportOf = (target: TestApp, accessToken: string) =>
+    send(target, "/api/me/export", { headers: bearer(accessToken) });
+
+  test("a user has one at a time: a second while the first is still being sent is 409; once it ends, another is sent", async () => {
+    current = buildTestApp();
+    const target = current;
+    const alice = await signUp(target);
+    const first = await exportOf(target, alice.accessToken);
+    expect(first.status).toBe(200);
+    const reader = first.body!.getReader();
+    const second = await exportOf(target, alice.accessToken);
+    expect(second.status).toBe(409);
+    expect(await second.json()).toMatchObject({ code: "CONFLICT" });
+    // Another user is not held up by it.
+    const bob = await signUp(target);
+    const bobs = await exportOf(target, bob.accessToken);
+    expect(bobs.status).toBe(200);
+    await bobs.text();
+    // Closed by its client: over.
+    await reader.cancel();
+    const third = await exportOf(target, alice.accessToken);
+    expect(third.status).toBe(200);
+    // Read to its end: over too (bob's, read whole above, let his next one through).
+    expect(JSON.parse(await third.text()).profile).toBeDefined();
+    expect((await exportOf(target, bob.accessToken)).status).toBe(200);
+  });
+
+  test(`past ${EXPORTS_IN_FLIGHT_MAX} being sent at once, all users together, the next is 503 with Retry-After`, async () => {
+    current = buildTestApp();
+    const target = current;
+    const held: { cancel(): Promise<void> }[] = [];
+    for (let i = 0; i < EXPORTS_IN_FLIGHT_MAX; i++) {
+      const user = await signUp(target);
+      const response = await exportOf(target, user.accessToken);
+      expect(response.status).toBe(200);
+      held.push(response.body!.getReader());
+    }
+    const late = await signUp(target);
+    const refused = await exportOf(target, late.accessToken);
+    expect(refused.status).toBe(503);
+    expect(refused.headers.get("retry-after")).toBe("30");
+    expect(await refused.json()).toMatchObject({ code: "SERVICE_UNAVAILABLE" });
+    await held.pop()!.cancel();
+    const sent = await exportOf(target, late.accessToken);
+    expect(sent.status).toBe(200);
+    await sent.text();
+    for (const reader of held) await reader.cancel();
   });
 });

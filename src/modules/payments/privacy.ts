@@ -21,8 +21,12 @@ const PAYMENTS_AHEAD_PART = 1_000;
  */
 export const PAYMENTS_STRIPPED_PART = 100;
 
-/** Payments an export reads and checks at a time, a point to let other requests in after each. */
-export const PAYMENTS_EXPORT_PAGE = 500;
+/**
+ * Payments an export reads and checks at a time, a point to let other requests in after each. The
+ * page stays in memory while the client reads it: 500 payments of the largest description and
+ * metadata were ~17 MB an export held (probe 83b F3); 100 are ~3.5 MB.
+ */
+export const PAYMENTS_EXPORT_PAGE = 100;
 
 /** What an erasure strips from a payment: what identifies the person, and the client secret. */
 const STRIPPED = {

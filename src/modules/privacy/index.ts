@@ -25,6 +25,14 @@ const EXPORT_SLICE_MS = 8;
  * client taking less than a chunk in this time meets.
  */
 export const EXPORT_STALL_MS = 120_000;
+/**
+ * Exports one process sends at once, all users together; past it 503 with Retry-After. Each holds a
+ * page of a contributor's rows while its client reads (a few MB at most): a user reading four
+ * bytes a second held one open for days, and 25 of them took the process from 80 to 525 MB
+ * (probe 83b F3). A user has one at a time (409).
+ */
+export const EXPORTS_IN_FLIGHT_MAX = 8;
+const EXPORT_BUSY_RETRY_AFTER_S = 30;
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -37,6 +45,8 @@ interface ExportBodyEvents {
   closed(): void;
   /** The service's stop ended it at its drain time (EndsInFlight). */
   interrupted(): void;
+  /** It is over, however it ended (sent whole, or any of the above). */
+  over?(): void;
 }
 
 /**
@@ -63,6 +73,7 @@ export function exportBody(
     ended = true;
     clearTimeout(watchdog);
     forget();
+    events.over?.();
   };
   // Without a reason: Bun writes a stream's error reason to stderr as a multi-line dump (source
   // lines and stack, not a JSON log line: probe 29b F4); each end is logged by its event. The
@@ -157,18 +168,36 @@ export function privacyModule({
    */
   exportsInFlight?: EndsInFlight;
 }) {
+  // The users whose export this process is sending (EXPORTS_IN_FLIGHT_MAX).
+  const exporting = new Set<string>();
   return new Elysia({ name: "palisade.module.privacy", prefix: "/api/me" })
     .use(auth)
     .get(
       "/export",
       ({ principal, request, requestId, server }) => {
+        const sending = request.method !== "HEAD";
+        if (sending && exporting.has(principal.id)) {
+          throw new AppError(
+            "CONFLICT",
+            "An export of your account is still being sent: read it to its end or close it, then ask again.",
+          );
+        }
+        if (sending && exporting.size >= EXPORTS_IN_FLIGHT_MAX) {
+          throw new AppError(
+            "SERVICE_UNAVAILABLE",
+            "Too many exports are being sent now; retry shortly.",
+            undefined,
+            { "retry-after": String(EXPORT_BUSY_RETRY_AFTER_S) },
+          );
+        }
         const text = service.exportText(principal.id);
         if (!text) throw new AppError("NOT_FOUND", "The account no longer exists.");
         const headers = { "content-type": "application/json; charset=utf-8" };
         // A HEAD sends no body: none is read, and none is logged as not read to its end.
-        if (request.method === "HEAD") {
+        if (!sending) {
           return new Response(null, { headers }) as unknown as typeof ExportDocument.static;
         }
+        exporting.add(principal.id);
         const body = exportBody(
           text,
           {
@@ -211,6 +240,9 @@ export function privacyModule({
                 "privacy export cut by the service's stop at its drain time: the user must ask for it again",
               );
             },
+            over() {
+              exporting.delete(principal.id);
+            },
           },
           EXPORT_STALL_MS,
           exportsInFlight,
@@ -223,7 +255,7 @@ export function privacyModule({
       },
       {
         auth: "user",
-        response: { 200: ExportDocument, ...problemResponses(404) },
+        response: { 200: ExportDocument, ...problemResponses(404, 409) },
         detail: { tags: ["privacy"], summary: "Export all data held about you, as JSON" },
       },
     )
