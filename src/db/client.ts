@@ -81,9 +81,18 @@ export function createOwnerOnly(path: string): void {
 function createPrivately(path: string): void {
   try {
     createOwnerOnly(path);
-  } catch {
+  } catch (error) {
     // It exists (made before, or by another process a moment ago), or cannot be made here: then
-    // SQLite's open says why.
+    // SQLite's open says why. Or the path is a symbolic link to a file not made yet (a database
+    // put on another disk, linked before its first start): made there, as privately (probe 83e:
+    // SQLite made it 0644).
+    if ((error as NodeJS.ErrnoException).code === "EEXIST" && !existsSync(path)) {
+      try {
+        closeSync(openSync(path, "a", 0o600));
+      } catch {
+        // SQLite's open says why.
+      }
+    }
   }
 }
 

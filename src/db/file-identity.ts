@@ -11,7 +11,7 @@
  * them only when the last connection closes), so either one missing is someone's doing.
  */
 import type { Database } from "bun:sqlite";
-import { statSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import type { Logger } from "../logging/logger";
 
 /** How often the service looks (a stat of three files). */
@@ -42,9 +42,18 @@ export function databaseFileWatch(sqlite: Database): DatabaseFileWatch | null {
   if (!path || path === ":memory:") return null;
   const opened = identity(path);
   if (opened === null) return null;
+  // SQLite makes the -wal and -shm beside the file a symbolic link names, not beside the link
+  // (probe 83e F1: a DATABASE_PATH linked to a bigger disk was "-wal deleted" at every look).
+  let resolved = path;
+  try {
+    resolved = realpathSync(path);
+  } catch {
+    // Gone already: the look below says so.
+  }
   const companions = (["-wal", "-shm"] as const).map((suffix) => ({
     suffix,
-    opened: identity(`${path}${suffix}`),
+    path: `${resolved}${suffix}`,
+    opened: identity(`${resolved}${suffix}`),
   }));
   const same = (a: { dev: number; ino: number }, b: { dev: number; ino: number }) =>
     a.dev === b.dev && a.ino === b.ino;
@@ -57,10 +66,12 @@ export function databaseFileWatch(sqlite: Database): DatabaseFileWatch | null {
       if (!same(now, opened)) {
         return "DATABASE_PATH names another file than the database this process has open (replaced while it ran): what this process writes goes to the old one; restart to serve the new one";
       }
-      for (const { suffix, opened: companion } of companions) {
-        const current = identity(`${path}${suffix}`);
+      for (const { suffix, path: companionPath, opened: companion } of companions) {
+        // Only one there when this process looked first: where none was, none is missed.
+        if (companion === null) continue;
+        const current = identity(companionPath);
         // Made again by another process after a deletion: not the one this process writes.
-        if (current === null || (companion !== null && !same(current, companion))) {
+        if (current === null || !same(current, companion)) {
           return `the database's ${suffix} file was deleted or replaced while the service ran: writes since the last checkpoint are in no file another process or command sees, and are lost if this process dies; stop every process on the file gracefully (a checkpoint at the stop writes them back), then start again`;
         }
       }

@@ -5,7 +5,7 @@
  * a second, and a start that makes the database says it did.
  */
 import { describe, expect, test } from "bun:test";
-import { copyFileSync, renameSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/app";
 import { startService } from "../support/process";
@@ -83,6 +83,36 @@ describe("DATABASE_PATH no longer naming the open database", () => {
         "DATABASE_PATH names another file than the database this process has open",
       );
       await service.stop();
+    } finally {
+      dir.remove();
+    }
+  }, 30_000);
+});
+
+describe("DATABASE_PATH a symbolic link (probe 83e F1)", () => {
+  test("to a database on another disk: ready, its -wal and -shm looked for beside the file the link names", async () => {
+    const dir = tempDir();
+    try {
+      const bigger = join(dir.path, "bigger");
+      mkdirSync(bigger);
+      const target = join(bigger, "palisade.db");
+      const link = join(dir.path, "palisade.db");
+      // Linked before its first start, to a file not made yet: made there, owner-only.
+      symlinkSync(target, link);
+      const first = await startService({ DATABASE_PATH: link });
+      expect((await ready(first.url)).status).toBe(200);
+      expect(statSync(target).mode & 0o777).toBe(0o600);
+      await first.stop();
+      const second = await startService({ DATABASE_PATH: link });
+      await Bun.sleep(1_500);
+      expect(await ready(second.url)).toMatchObject({ status: 200, database: { status: "up" } });
+      expect(second.stdout()).not.toContain("was deleted or replaced");
+      // Its -wal deleted where it is: said.
+      rmSync(`${target}-wal`);
+      expect((await ready(second.url)).database.error).toStartWith(
+        "the database's -wal file was deleted or replaced",
+      );
+      await second.stop();
     } finally {
       dir.remove();
     }
