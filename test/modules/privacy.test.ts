@@ -16,6 +16,7 @@ import { bearer, createKey, signUp } from "../support/auth";
 import { asUser, chat } from "../support/chat";
 import { ManualClock } from "../support/clock";
 import { eraseWatching } from "../support/erasure";
+import { buildPaymentsApp } from "../support/payments";
 import { anotherInstance, untoldInstance } from "../support/instance";
 
 let current: TestApp | null = null;
@@ -1849,4 +1850,38 @@ describe("exports in flight (probe 83b F3: each held a page in memory while its 
     await sent.text();
     for (const reader of held) await reader.cancel();
   });
+});
+
+test("an erasure hurried by the stop still gives back what the file moved to another account, and erases it (probe 83e F2)", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const alice = await signUp(target);
+  const bob = await signUp(target);
+  const said = await chat(target, asUser(alice), { message: "my secret diagnosis is XYZZY" });
+  const moved = ((await said.json()) as { conversationId: string }).conversationId;
+  const sqlite = target.db.$client;
+  // Someone with the file moved it to bob; and alice has a long payment history, whose parts ahead
+  // run before the chat's (which give it back).
+  sqlite.query("UPDATE chat_conversations SET owner_id = ? WHERE id = ?").run(bob.userId, moved);
+  sqlite.run(
+    `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+     INSERT INTO payments (id, owner, amount, currency, status, client_secret, description, customer_email, created_at, updated_at)
+     SELECT 'pi_fake' || i, 'user:${alice.userId}', 100, 'usd', 'succeeded', 'pi_fake' || i || '_secret_x', 'alice', 'alice@example.com', i, i FROM n`,
+  );
+  const stripped = () =>
+    (
+      sqlite.query("SELECT count(*) AS n FROM payments WHERE customer_email IS NULL").get() as {
+        n: number;
+      }
+    ).n;
+  const erasure = send(target, "/api/me", { method: "DELETE", headers: bearer(alice.accessToken) });
+  while (stripped() === 0) await Bun.sleep(2);
+  expect(stripped()).toBeLessThan(5000);
+  await target.services.endInFlight();
+  expect((await erasure).status).toBe(204);
+  expect(stripped()).toBe(5000);
+  const texts = sqlite
+    .query("SELECT content FROM chat_messages WHERE content LIKE '%XYZZY%'")
+    .all();
+  expect(texts).toEqual([]);
 });
