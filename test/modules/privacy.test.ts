@@ -16,8 +16,8 @@ import { bearer, createKey, signUp } from "../support/auth";
 import { asUser, chat } from "../support/chat";
 import { ManualClock } from "../support/clock";
 import { eraseWatching } from "../support/erasure";
-import { buildPaymentsApp } from "../support/payments";
 import { anotherInstance, untoldInstance } from "../support/instance";
+import { buildPaymentsApp } from "../support/payments";
 
 let current: TestApp | null = null;
 afterEach(() => {
