@@ -16,6 +16,7 @@
  * row said so).
  */
 
+import { elapsedMs } from "../../clock";
 import type { AuditEventType } from "./events";
 import type { AuditLog } from "./log";
 
@@ -68,16 +69,18 @@ export function oncePerWindow(
     }
     const { until } = known;
     const expiry = until.get(key);
-    if (expiry !== undefined && expiry > now) return false;
+    // Within its window, unless the clock was stepped back past its start (the window would
+    // otherwise last the step too: probe 83f).
+    if (expiry !== undefined && expiry > now && expiry - windowMs <= now) return false;
     if (expiry === undefined && until.size >= maxKeys) {
       // Full: forget the keys whose window has passed (at most once a second, so a flood does not
       // sweep per request). Still full, this key goes unaudited until room is made: forgetting
       // live keys instead would let a flood cycling through more keys than the bound be audited
       // once per request again.
-      if (now - known.sweptAt >= 1000) {
+      if (elapsedMs(now, known.sweptAt) >= 1000) {
         known.sweptAt = now;
         for (const [remembered, end] of until) {
-          if (end <= now) until.delete(remembered);
+          if (end <= now || end - windowMs > now) until.delete(remembered);
         }
       }
       if (until.size >= maxKeys) {

@@ -28,7 +28,7 @@
 
 import type { Database } from "bun:sqlite";
 import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
-import type { Clock } from "../../clock";
+import { type Clock, elapsedMs } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf, sqliteCodeOf } from "../../db/client";
 import { spentIdsIn } from "../../db/id-sequence";
@@ -258,7 +258,7 @@ export class CredentialVerifier {
     if (cached === undefined || cached.expiresAt <= now) return null;
     if (this.revokedFamilies.has(cached.principal.familyId))
       return { ok: false, reason: "revoked" };
-    if (now - cached.checkedAt >= TOKEN_RECHECK_MS) {
+    if (elapsedMs(now, cached.checkedAt) >= TOKEN_RECHECK_MS) {
       const { familyId, id, role } = cached.principal;
       if (!this.sessionLive(familyId, id, role)) {
         this.tokens.delete(cacheKey);
@@ -312,7 +312,7 @@ export class CredentialVerifier {
     }
     const hash = hashApiKey(key);
     const cached = this.keys.get(hash);
-    if (cached && now - cached.cachedAt < KEY_CACHE_MS) {
+    if (cached && elapsedMs(now, cached.cachedAt) < KEY_CACHE_MS) {
       if (cached.expiresAt !== null && cached.expiresAt <= now) {
         return { ok: false, reason: "expired" };
       }
@@ -399,7 +399,7 @@ export class CredentialVerifier {
   }
 
   private pollIfDue(now: number): void {
-    if (now - this.lastPoll >= REVOCATION_POLL_MS) this.poll(now);
+    if (elapsedMs(now, this.lastPoll) >= REVOCATION_POLL_MS) this.poll(now);
   }
 
   private poll(now: number): void {
@@ -471,7 +471,7 @@ export class CredentialVerifier {
 
   private noteUse(keyId: string, now: number): void {
     const last = this.lastUsedWritten.get(keyId) ?? 0;
-    if (now - last < LAST_USED_WRITE_MS) return;
+    if (elapsedMs(now, last) < LAST_USED_WRITE_MS) return;
     this.lastUsedWritten.set(keyId, now);
     try {
       this.statements.touchKey.run({ now, id: keyId });

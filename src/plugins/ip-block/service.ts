@@ -19,7 +19,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { inArray, lt, or, sql } from "drizzle-orm";
-import type { Clock } from "../../clock";
+import { type Clock, elapsedMs } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
@@ -763,7 +763,7 @@ export class IpBlockService {
   }
 
   private refresh(now: number, force = false): void {
-    if (!force && now - this.loadedAt < this.settings.cacheTtlMs) return;
+    if (!force && elapsedMs(now, this.loadedAt) < this.settings.cacheTtlMs) return;
     const next = new Map<string, number>();
     const checked = new Map<string, boolean>();
     for (const row of this.statements.loadActive.all({ now })) {

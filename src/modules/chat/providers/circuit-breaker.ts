@@ -15,7 +15,7 @@
  * tested nor extend an open one. Time comes from an injected clock; the half-open transition is
  * computed when a call asks, so there is no timer to stop.
  */
-import type { Clock } from "../../../clock";
+import { type Clock, elapsedMs } from "../../../clock";
 
 export type CircuitState = "closed" | "open" | "half_open";
 
@@ -117,7 +117,7 @@ export class CircuitBreaker {
   }
 
   private advance(): void {
-    if (this.current === "open" && this.clock.now() - this.openedAt >= this.openMs) {
+    if (this.current === "open" && elapsedMs(this.clock.now(), this.openedAt) >= this.openMs) {
       this.trialRunning = false;
       this.transition("half_open");
     }
@@ -131,7 +131,7 @@ export class CircuitBreaker {
   }
 
   private secondsUntilHalfOpen(): number {
-    const remainingMs = this.openedAt + this.openMs - this.clock.now();
+    const remainingMs = this.openMs - elapsedMs(this.clock.now(), this.openedAt);
     return Math.max(1, Math.ceil(remainingMs / 1000));
   }
 }
