@@ -44,15 +44,29 @@ export const FULL_BELOW_BYTES = 1024 * 1024;
 export function fullFilesystem(
   sqliteCode: string,
   directory: string,
-  freeBytes: (directory: string) => number = freeBytesAt,
+  room: (directory: string) => { bytes: number; files: number } = roomAt,
 ): string | null {
-  if (!/^SQLITE_(FULL|IOERR)/.test(sqliteCode)) return null;
-  let free: number;
+  // A file that cannot be made (the -wal, the -shm, a copy) for want of an inode is CANTOPEN.
+  if (!/^SQLITE_(FULL|IOERR|CANTOPEN)/.test(sqliteCode)) return null;
+  let left: { bytes: number; files: number };
   try {
-    free = freeBytes(directory);
+    left = room(directory);
   } catch {
     return null;
   }
-  if (free >= FULL_BELOW_BYTES) return null;
-  return `the filesystem that holds ${directory} is full (${Math.floor(free / 1024)} KB free)`;
+  if (left.bytes < FULL_BELOW_BYTES) {
+    return `the filesystem that holds ${directory} is full (${Math.floor(left.bytes / 1024)} KB free)`;
+  }
+  // Out of inodes with bytes to spare (probe 83e F3: "unable to open database file" was called an
+  // unusable database).
+  if (left.files === 0) {
+    return `the filesystem that holds ${directory} has no room for another file (no free inodes)`;
+  }
+  return null;
+}
+
+/** Bytes this process's user may still write, and files it may still make, where `directory` is. */
+export function roomAt(directory: string): { bytes: number; files: number } {
+  const stats = statfsSync(directory);
+  return { bytes: stats.bavail * stats.bsize, files: stats.ffree };
 }

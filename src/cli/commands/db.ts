@@ -160,16 +160,22 @@ export const dbBackup: Command = {
       return EXIT_WRITTEN_WITH_FINDINGS;
     } finally {
       stop.release();
-      try {
-        unlinkSync(temporary);
-      } catch {}
+      // With the journal SQLite keeps beside a copy it could not finish (probe 83e F4: a backup
+      // into a full directory left `….partial-journal` there, one more each night).
+      for (const leftover of [temporary, ...JOURNALS.map((suffix) => `${temporary}${suffix}`)]) {
+        try {
+          unlinkSync(leftover);
+        } catch {}
+      }
     }
   },
 };
 
 const PARTIAL_SUFFIX = ".partial";
-/** `.NAME.PID.HEX.partial`: a copy being written, named by the process writing it. */
-const PARTIAL_NAME = /^\..+\.([1-9]\d{0,6})\.[0-9a-f]{8}\.partial$/;
+/** What SQLite may leave beside a copy it was writing. */
+const JOURNALS = ["-journal", "-wal", "-shm"] as const;
+/** `.NAME.PID.HEX.partial`: a copy being written, named by the process writing it; its journal. */
+const PARTIAL_NAME = /^\..+\.([1-9]\d{0,6})\.[0-9a-f]{8}\.partial(?:-journal|-wal|-shm)?$/;
 /** Linux's `pid_max` at most: process ids are below it, and a name at or past it no backup wrote. */
 const PID_LIMIT = 4_194_304;
 
