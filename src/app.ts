@@ -82,6 +82,7 @@ export function createApp(deps: AppDeps) {
     metrics: deps.metrics.auth,
     audit: deps.audit,
     standing: deps.standing,
+    clock,
   });
   const responseHeaders = securityResponseHeaders({
     hsts: config.requireTls,

@@ -1369,3 +1369,31 @@ describe("the admin lists page (api-keys, blocks)", () => {
     }
   });
 });
+
+test("a principal's 403s are audited once a minute each, counted every time (probe 83b F2: a row each, 90 days, ~5 GB a principal)", async () => {
+  const clock = new ManualClock();
+  const target = buildTestApp({ clock });
+  try {
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    const refused = async (accessToken: string) =>
+      (await send(target, "/api/admin/audit", { headers: bearer(accessToken) })).status;
+    for (let i = 0; i < 10; i++) expect(await refused(alice.accessToken)).toBe(403);
+    expect(await refused(bob.accessToken)).toBe(403);
+    const rows = () => {
+      target.services.audit.flush();
+      return target.db.$client
+        .query("SELECT actor FROM audit_events WHERE type = 'auth.forbidden' ORDER BY id")
+        .all()
+        .map((row) => (row as { actor: string }).actor);
+    };
+    expect(rows()).toEqual([`user:${alice.userId}`, `user:${bob.userId}`]);
+    clock.advance(61_000);
+    expect(await refused(alice.accessToken)).toBe(403);
+    expect(rows()).toEqual([`user:${alice.userId}`, `user:${bob.userId}`, `user:${alice.userId}`]);
+    const exported = await (await send(target, "/metrics")).text();
+    expect(exported).toContain('auth_failures_total{reason="forbidden"} 12');
+  } finally {
+    target.close();
+  }
+});

@@ -16,8 +16,14 @@
  * (`x-palisade-errors`), which the OpenAPI document turns into problem+json responses.
  */
 import { type DocumentDecoration, Elysia } from "elysia";
+import { type Clock, systemClock } from "../../clock";
 import { AppError } from "../../errors";
 import type { AuditLog } from "../audit/log";
+import {
+  auditedOncePerWindow,
+  type FirstInWindow,
+  REFUSAL_AUDIT_WINDOW_MS,
+} from "../audit/once-per-window";
 import { type RequestState, requestStateTypes } from "../request-state";
 import type { Identification, Identify } from "./identify";
 import type { AuthMetrics } from "./metrics";
@@ -31,6 +37,8 @@ export interface AuthPluginOptions {
   identify: Identify;
   metrics: AuthMetrics;
   audit: AuditLog;
+  /** For the once-a-minute audit of a principal's refusals (`auth.forbidden`); the wall clock by default. */
+  clock?: Clock;
   /**
    * What the database says of a credential now: asked before every admin request, reads too
    * (what an admin reads, the audit log and every key, is not for a credential demoted or revoked
@@ -119,18 +127,33 @@ export function endedCredential(metrics: AuthMetrics, principal: Principal): App
   });
 }
 
-/** The 403 of a credential that verifies but may not do what it asked: counted and audited. */
+/**
+ * The 403 of a credential that verifies but may not do what it asked: counted, and audited — once
+ * a minute per principal when `firstInWindow` is given (its later refusals in the minute counted by
+ * the metric alone, as the other refusals audited once a window are): a 403 refuses without
+ * counting towards any lockout, and a row each let one account write 60 rows a minute per key it
+ * held, kept 90 days (probe 83b F2: ~5 GB a principal).
+ */
 export function forbidden(
-  { metrics, audit }: Pick<AuthPluginOptions, "metrics" | "audit">,
+  {
+    metrics,
+    audit,
+    firstInWindow,
+    clock = systemClock,
+  }: Pick<AuthPluginOptions, "metrics" | "audit" | "clock"> & { firstInWindow?: FirstInWindow },
   principal: Principal,
   place: RequestPlace,
   requirement: AuthRequirement,
 ): AppError {
   metrics.fail("forbidden");
+  const actor = principalRef(principal);
+  if (firstInWindow?.("forbidden", actor, clock.now(), REFUSAL_AUDIT_WINDOW_MS) === false) {
+    return new AppError("FORBIDDEN", "This credential may not do that.");
+  }
   audit.record({
     type: "auth.forbidden",
     outcome: "denied",
-    actor: principalRef(principal),
+    actor,
     ip: place.ip,
     route: place.route,
     requestId: place.requestId,
@@ -157,6 +180,7 @@ export function lostAdmin(
 
 export function authPlugin(options: AuthPluginOptions) {
   const { identify, metrics, audit, standing } = options;
+  const forbiddenOnce = auditedOncePerWindow(audit, "auth.forbidden");
 
   /** The principal a request identified as, or 401 (counted) when it has none or a bad one. */
   const authenticated = (found: Identification): Principal => {
@@ -203,7 +227,12 @@ export function authPlugin(options: AuthPluginOptions) {
       // then, whichever process it reaches, not a 403 counted and audited as a refusal (probe
       // 41a F3). Asked of admin requests only, and only when refused.
       if (asksAdmin && !standing.stillValid(principal)) throw endedCredential(metrics, principal);
-      throw forbidden(options, principal, place(), requirement);
+      throw forbidden(
+        { ...options, firstInWindow: forbiddenOnce },
+        principal,
+        place(),
+        requirement,
+      );
     }
     if (asksAdmin && !standing.stillAdmin(principal)) {
       throw lostAdmin({ metrics, audit, standing }, principal, place());
