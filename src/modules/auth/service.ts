@@ -24,7 +24,7 @@
  *   back, so nothing is half done.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, eq, gt, inArray, isNull, lt, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, gt, inArray, isNull, lt, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
@@ -576,6 +576,7 @@ export class AuthService {
     const familyId = Bun.randomUUIDv7();
     let role = user.role;
     let tokens = await this.prepareTokens(user.id, role, familyId, now);
+    let sessionsEnded = 0;
     for (;;) {
       const stored = this.db.transaction(
         (): "STORED" | "GONE" | "ROLE_CHANGED" => {
@@ -596,6 +597,7 @@ export class AuthService {
             })
             .run();
           this.storeRefreshToken(user.id, familyId, tokens, now);
+          sessionsEnded = this.endSessionsPastCap(user.id, now);
           return "STORED";
         },
         { behavior: "immediate" },
@@ -604,6 +606,7 @@ export class AuthService {
       if (stored === "GONE") return { code: "INVALID" };
       tokens = await this.prepareTokens(user.id, role, familyId, now);
     }
+    if (sessionsEnded > 0) this.options.credentials.applyRevocations();
     audit.record({
       type: "auth.login.succeeded",
       outcome: "success",
@@ -611,6 +614,7 @@ export class AuthService {
       ip: meta.client.ip,
       route: meta.route,
       requestId: meta.requestId,
+      ...(sessionsEnded > 0 ? { detail: { sessionsEnded } } : {}),
     });
     return { code: "OK", user: publicUser({ ...user, role }), tokens: publicTokens(tokens) };
   }
@@ -978,6 +982,34 @@ export class AuthService {
     );
   }
 
+  /**
+   * Ends the user's oldest live sessions past SESSIONS_PER_ACCOUNT (a new sign-in's family just
+   * made among them); how many. Call inside the sign-in's transaction. Without a cap, an account
+   * signing in at its limit kept ~216,000 sessions live (5 a minute for 30 days), which its export
+   * read and checked before its first byte (1–3 s of the event loop) and its erasure revoked in one
+   * transaction (~23 s of the write lock; probe 83b F4).
+   */
+  private endSessionsPastCap(userId: string, now: number): number {
+    const past = this.db
+      .select({ id: refreshFamilies.id })
+      .from(refreshFamilies)
+      .where(
+        and(
+          eq(refreshFamilies.userId, userId),
+          isNull(refreshFamilies.revokedAt),
+          gt(refreshFamilies.expiresAt, now),
+        ),
+      )
+      .orderBy(desc(refreshFamilies.createdAt), desc(refreshFamilies.id))
+      // A sign-in adds one; more past the cap are those written into the file, ended a part at a
+      // time by the sign-ins after.
+      .limit(SESSIONS_ENDED_PER_TRANSACTION)
+      .offset(SESSIONS_PER_ACCOUNT)
+      .all();
+    for (const { id } of past) this.revokeFamilyRows(id, now);
+    return past.length;
+  }
+
   /** Marks a family revoked, its tokens too, and tells every process. Call inside a transaction. */
   private revokeFamilyRows(familyId: string, now: number): boolean {
     const family = this.db
@@ -1078,6 +1110,11 @@ const PRUNE_BATCH = 1000;
  * one 503 in ~250 refreshes while 50,000 sessions were ended).
  */
 const SESSIONS_ENDED_PER_TRANSACTION = 100;
+/**
+ * Live sessions (refresh families) one account keeps: a sign-in past it ends the oldest. Ample for a
+ * person's devices and browsers; bounds what its export reads and its erasure revokes.
+ */
+export const SESSIONS_PER_ACCOUNT = 100;
 
 /** Whether a refresh token may be presented at all: known, its family live, not expired. */
 function usable(row: RefreshRow, now: number): boolean {

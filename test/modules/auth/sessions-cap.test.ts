@@ -1,0 +1,67 @@
+/**
+ * An account keeps at most SESSIONS_PER_ACCOUNT live sessions: a sign-in past it ends the oldest.
+ * Without the cap, signing in at the account's limit for 30 days kept ~216,000 live, which its
+ * export read before its first byte and its erasure revoked in one transaction (probe 83b F4).
+ */
+import { afterEach, expect, test } from "bun:test";
+import { SESSIONS_PER_ACCOUNT } from "../../../src/modules/auth/service";
+import { buildTestApp, send, type TestApp } from "../../support/app";
+import { bearer, logIn, signUp } from "../../support/auth";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+test(`past ${SESSIONS_PER_ACCOUNT} live sessions a sign-in ends the oldest, said in its audit row`, async () => {
+  current = buildTestApp({
+    env: {
+      RATE_LIMIT_LOGIN: "100000",
+      RATE_LIMIT_BURST: "100000",
+      RATE_LIMIT_PER_MINUTE: "100000",
+    },
+  });
+  const target = current;
+  const alice = await signUp(target);
+  const sessions = [alice];
+  for (let i = 1; i < SESSIONS_PER_ACCOUNT; i++) {
+    sessions.push({ ...alice, ...(await logIn(target, alice.email, `10.4.${i % 250}.1`)) });
+  }
+  const live = () =>
+    (
+      target.db.$client
+        .query(
+          "SELECT count(*) AS n FROM refresh_families WHERE user_id = ? AND revoked_at IS NULL",
+        )
+        .get(alice.userId) as { n: number }
+    ).n;
+  expect(live()).toBe(SESSIONS_PER_ACCOUNT);
+  // The oldest still works until the next sign-in.
+  expect(
+    (await send(target, "/api/auth/me", { headers: bearer(sessions[0]!.accessToken) })).status,
+  ).toBe(200);
+  const newest = await logIn(target, alice.email, "10.4.251.1");
+  expect(live()).toBe(SESSIONS_PER_ACCOUNT);
+  // The oldest is ended: its refresh token and its access token refused; the one after it stands.
+  const refreshed = await send(target, "/api/auth/refresh", {
+    body: { refreshToken: sessions[0]!.refreshToken },
+    peer: "10.4.252.1",
+  });
+  expect(refreshed.status).toBe(401);
+  expect(
+    (await send(target, "/api/auth/me", { headers: bearer(sessions[0]!.accessToken) })).status,
+  ).toBe(401);
+  expect(
+    (await send(target, "/api/auth/me", { headers: bearer(sessions[1]!.accessToken) })).status,
+  ).toBe(200);
+  expect((await send(target, "/api/auth/me", { headers: bearer(newest.accessToken) })).status).toBe(
+    200,
+  );
+  target.services.audit.flush();
+  const details = target.db.$client
+    .query("SELECT detail FROM audit_events WHERE type = 'auth.login.succeeded' ORDER BY id")
+    .all()
+    .map((row) => (row as { detail: string | null }).detail);
+  expect(details.filter((detail) => detail !== "{}")).toEqual(['{"sessionsEnded":1}']);
+}, 60_000);
