@@ -127,6 +127,8 @@ export interface Config {
     maxAmount: number;
     /** ISO 4217 codes accepted, lower case. */
     currencies: string[];
+    /** New intents one owner may make in any 24 hours; 0: no bound. */
+    dailyIntents: number;
   };
   whatsapp: {
     appSecret: string | null;
@@ -389,6 +391,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     },
     payments: {
       maxAmount: integer("PAYMENT_MAX_AMOUNT", 1_000_000, 50, 99_999_999),
+      dailyIntents: integer("PAYMENT_DAILY_INTENTS", 200, 0, 1_000_000),
       currencies: parseCurrencies(
         "PAYMENT_CURRENCIES",
         text("PAYMENT_CURRENCIES") ?? "usd,eur,gbp",

@@ -82,6 +82,10 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("STRIPE_API_URL", "a local Stripe-compatible server, for tests"),
   v("PAYMENT_MAX_AMOUNT", "largest payment intent, in minor units"),
   v("PAYMENT_CURRENCIES", "comma list of ISO 4217 currencies accepted"),
+  v(
+    "PAYMENT_DAILY_INTENTS",
+    "new payment intents one account or key may make in 24 hours (0: no bound)",
+  ),
   v("WHATSAPP_APP_SECRET", "Meta app secret for webhook signatures", true),
   v("WHATSAPP_APP_SECRET_PREVIOUS", "the app secret before a rotation, still accepted", true),
   v("WHATSAPP_VERIFY_TOKEN", "token Meta echoes when subscribing the webhook", true),

@@ -64,6 +64,7 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
     gateway,
     inProgressWaitMs: options.inProgressWaitMs,
     ownerStands: options.ownerStands,
+    dailyIntents: config.payments.dailyIntents,
   });
   return {
     name: "payments",

@@ -249,6 +249,13 @@ export function paymentsModule(options: PaymentsModuleOptions) {
               );
             case "owner_gone":
               throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
+            case "over_daily":
+              throw new AppError(
+                "QUOTA_EXCEEDED",
+                "This account has made as many payment intents as it may in 24 hours; the next may be made when the oldest of them is a day old.",
+                undefined,
+                { "retry-after": String(outcome.retryAfterSeconds) },
+              );
             case "in_progress":
               if (outcome.retryAfterSeconds !== undefined) {
                 throw new AppError(

@@ -26,7 +26,7 @@
  * the refunded total before it and the amount, so a retried refund is not made twice.
  */
 import { createHash } from "node:crypto";
-import { and, eq, sql } from "drizzle-orm";
+import { and, desc, eq, gt, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
@@ -54,6 +54,9 @@ import {
 } from "./undecided-refund";
 
 export const CLAIM_LEASE_MS = 120_000;
+/** PAYMENT_DAILY_INTENTS' default. */
+export const DEFAULT_DAILY_INTENTS = 200;
+const DAY_MS = 24 * 60 * 60 * 1000;
 
 /**
  * Whether a claim (of an Idempotency-Key, of a refund) stamped at `startedAt` still runs at `now`:
@@ -116,6 +119,8 @@ export type IntentOutcome =
   | { kind: "owner_gone" }
   /** The credential that asked was revoked or logged out meanwhile (ActingRequest.stands). */
   | { kind: "actor_gone" }
+  /** The owner made PAYMENT_DAILY_INTENTS intents in the last 24 hours; the next may be made then. */
+  | { kind: "over_daily"; retryAfterSeconds: number }
   | GatewayFailure;
 
 export type RefundOutcome =
@@ -166,6 +171,8 @@ export interface PaymentServiceOptions {
    * transaction. Absent: every owner is.
    */
   ownerStands?: (owner: string) => boolean;
+  /** New intents one owner may make in any 24 hours (PAYMENT_DAILY_INTENTS; 0: no bound). */
+  dailyIntents?: number;
 }
 
 /** The SHA-256 of the request's canonical JSON: keys sorted at every level. */
@@ -207,7 +214,8 @@ type Claim =
   | { kind: "pending" }
   | { kind: "key_reused" }
   | { kind: "owner_gone" }
-  | { kind: "actor_gone" };
+  | { kind: "actor_gone" }
+  | { kind: "over_daily"; retryAfterSeconds: number };
 
 /** An owner's Idempotency-Key as one map key (JSON: no owner and key pair spells another's). */
 function unrecordedKey(owner: string, key: string): string {
@@ -395,6 +403,7 @@ export class PaymentService {
   private readonly gateway: PaymentGateway | null;
   private readonly inProgressWaitMs: number;
   private readonly ownerStands: (owner: string) => boolean;
+  private readonly dailyIntents: number;
   /** Per payment, a refund's ledger write that waits for the database lock (writeOrWait). */
   private readonly refundWrites = new WaitingWrites(RECORD_RETRY_MS);
   /** Per owner's key (unrecordedKey), the give-back of a failed intent's claim that waits for it. */
@@ -419,6 +428,7 @@ export class PaymentService {
     this.configured = options.gateway !== null;
     this.inProgressWaitMs = options.inProgressWaitMs ?? DEFAULT_IN_PROGRESS_WAIT_MS;
     this.ownerStands = options.ownerStands ?? (() => true);
+    this.dailyIntents = options.dailyIntents ?? DEFAULT_DAILY_INTENTS;
   }
 
   /** Claims `key` for `owner`, or says what holds it; one BEGIN IMMEDIATE transaction. */
@@ -452,6 +462,9 @@ export class PaymentService {
         } else if (row) {
           return this.claimHeld(row, hash, now, ours);
         }
+        // A new intent: within the owner's day (a replay of one made is not another).
+        const overDaily = this.overDaily(owner, now);
+        if (overDaily !== null) return overDaily;
         const pending = {
           owner,
           key,
@@ -492,6 +505,51 @@ export class PaymentService {
       },
       { behavior: "deferred" },
     );
+  }
+
+  /**
+   * The refusal of an owner's new intent past `dailyIntents` in the last 24 hours (the intents the
+   * ledger holds for it, and its claims still running), or null. Inside the claim's transaction,
+   * so processes on one file count each other's. Read by the owner's newest `dailyIntents` rows
+   * (its index), not by a scan of its history. The rate limit alone (10 a minute) let one owner
+   * store 14,400 intents a day of up to ~34 KB of description and metadata each, never deleted
+   * (probe 83b F1: ~500 MB a day).
+   */
+  private overDaily(
+    owner: string,
+    now: number,
+  ): { kind: "over_daily"; retryAfterSeconds: number } | null {
+    const cap = this.dailyIntents;
+    if (cap === 0) return null;
+    const since = now - DAY_MS;
+    const pending = this.db
+      .select({ claimedAt: paymentIdempotencyKeys.claimedAt })
+      .from(paymentIdempotencyKeys)
+      .where(
+        and(
+          eq(paymentIdempotencyKeys.owner, owner),
+          eq(paymentIdempotencyKeys.state, "pending"),
+          gt(paymentIdempotencyKeys.claimedAt, now - CLAIM_LEASE_MS),
+        ),
+      )
+      .limit(cap)
+      .all().length;
+    const recent = this.db
+      .select({ createdAt: payments.createdAt })
+      .from(payments)
+      .where(eq(payments.owner, owner))
+      .orderBy(desc(payments.seq))
+      .limit(cap)
+      .all()
+      .map((row) => Number(row.createdAt))
+      .filter((createdAt) => Number.isFinite(createdAt) && createdAt > since);
+    if (recent.length + pending < cap) return null;
+    // The next may be made once the oldest counted leaves the day.
+    const oldest = recent.length > 0 ? Math.min(...recent) : now;
+    return {
+      kind: "over_daily",
+      retryAfterSeconds: Math.max(1, Math.ceil((oldest + DAY_MS - now) / 1000)),
+    };
   }
 
   /** What a claim finds in a key already held by a row Palisade wrote. */
@@ -598,7 +656,12 @@ export class PaymentService {
         if (!isDatabaseBusy(error)) throw error;
       }
     }
-    if (claim.kind === "key_reused" || claim.kind === "owner_gone" || claim.kind === "actor_gone")
+    if (
+      claim.kind === "key_reused" ||
+      claim.kind === "owner_gone" ||
+      claim.kind === "actor_gone" ||
+      claim.kind === "over_daily"
+    )
       return claim;
     if (claim.kind === "done") return { kind: "created", response: claim.response, replayed: true };
 

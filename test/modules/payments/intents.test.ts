@@ -3,6 +3,7 @@ import { afterEach, expect, test } from "bun:test";
 import { stripeIdempotencyKey } from "../../../src/modules/payments/service";
 import { send } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 import {
   auditRows,
   buildPaymentsApp,
@@ -223,4 +224,36 @@ test("a redirect from the host at STRIPE_API_URL is not followed: the payment ne
   } finally {
     upstream.stop();
   }
+});
+
+test("an owner makes at most PAYMENT_DAILY_INTENTS new intents in 24 hours, its keys with it; a replay is not another (probe 83b F1)", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock, env: { PAYMENT_DAILY_INTENTS: "3" } });
+  const target = current;
+  const alice = await signUp(target);
+  const { key } = createKey(target, ["payments"], alice.userId);
+  const body = { amount: 1000, currency: "usd" };
+  const first = await createIntent(target, bearer(alice.accessToken), body, "daily-1");
+  expect(first.status).toBe(201);
+  expect((await createIntent(target, bearer(alice.accessToken), body)).status).toBe(201);
+  // A key acting for alice makes hers.
+  expect((await createIntent(target, { "x-api-key": key }, body)).status).toBe(201);
+  // The first again under its Idempotency-Key is that intent, not another: answered at the cap.
+  const replay = await createIntent(target, bearer(alice.accessToken), body, "daily-1");
+  expect(replay.status).toBe(201);
+  expect(replay.headers.get("idempotent-replayed")).toBe("true");
+  clock.advance(60 * 60_000);
+  // An hour on (the access token has expired: the key asks), alice's day is spent.
+  const over = await createIntent(target, { "x-api-key": key }, body);
+  expect(over.status).toBe(429);
+  expect(await over.json()).toMatchObject({ code: "QUOTA_EXCEEDED" });
+  // Until the oldest is a day old: 23 hours from here.
+  expect(Number(over.headers.get("retry-after"))).toBe(23 * 60 * 60);
+  // Another account has its own.
+  const bob = await signUp(target);
+  expect((await createIntent(target, bearer(bob.accessToken), body)).status).toBe(201);
+  expect(target.stripe.created("/v1/payment_intents")).toBe(4);
+  // A day after the first, one more.
+  clock.advance(23 * 60 * 60_000);
+  expect((await createIntent(target, { "x-api-key": key }, body)).status).toBe(201);
 });
