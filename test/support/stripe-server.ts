@@ -95,6 +95,13 @@ function metadataOf(params: Record<string, string>): Record<string, string> {
   return metadata;
 }
 
+/** The body of Stripe's answer to a request it refuses, as `handle` returns one. */
+function invalidRequest(status: number, code: string, message: string) {
+  return { status, body: { error: { type: "invalid_request_error", code, message } } };
+}
+
+const NO_SUCH_INTENT = invalidRequest(404, "resource_missing", "No such payment_intent");
+
 function stripeError(status: number, type: string, code: string, message: string, retry?: boolean) {
   const headers: Record<string, string> = { "request-id": `req_${randomId(14)}` };
   if (retry !== undefined) headers["stripe-should-retry"] = String(retry);
@@ -184,29 +191,15 @@ export function startFakeStripe(): FakeStripe {
     if (method === "POST" && cancel) {
       const intent = intents.get(decodeURIComponent(cancel[1]!));
       if (!intent) {
-        return {
-          status: 404,
-          body: {
-            error: {
-              type: "invalid_request_error",
-              code: "resource_missing",
-              message: "No such payment_intent",
-            },
-          },
-        };
+        return NO_SUCH_INTENT;
       }
       // As Stripe: an intent paid, being paid or canceled cannot be canceled.
       if (["succeeded", "processing", "canceled"].includes(String(intent.status))) {
-        return {
-          status: 400,
-          body: {
-            error: {
-              type: "invalid_request_error",
-              code: "payment_intent_unexpected_state",
-              message: `You cannot cancel this PaymentIntent because it has a status of ${intent.status}.`,
-            },
-          },
-        };
+        return invalidRequest(
+          400,
+          "payment_intent_unexpected_state",
+          `You cannot cancel this PaymentIntent because it has a status of ${intent.status}.`,
+        );
       }
       intent.status = "canceled";
       intent.cancellation_reason = params.cancellation_reason ?? null;
@@ -216,16 +209,7 @@ export function startFakeStripe(): FakeStripe {
     if (method === "POST" && path === "/v1/refunds") {
       const intent = intents.get(params.payment_intent ?? "");
       if (!intent) {
-        return {
-          status: 404,
-          body: {
-            error: {
-              type: "invalid_request_error",
-              code: "resource_missing",
-              message: "No such payment_intent",
-            },
-          },
-        };
+        return NO_SUCH_INTENT;
       }
       const amount = params.amount === undefined ? Number(intent.amount) : Number(params.amount);
       const refund = {

@@ -91,6 +91,21 @@ const AUDIT_OF: Partial<Record<PaymentStatus, AuditEvent["type"]>> = {
   refunded: "payment.refunded",
 };
 
+/** The audit row of a status Stripe's event moved a payment to. */
+function statusAudit(
+  type: AuditEvent["type"],
+  outcome: "success" | "info",
+  row: Pick<PaymentRow, "id" | "amount" | "currency">,
+  eventId: string,
+): EventEffect["audit"][number] {
+  return {
+    type,
+    outcome,
+    actor: "stripe",
+    detail: { paymentId: row.id, eventId, amount: row.amount, currency: row.currency },
+  };
+}
+
 const ignored = (reason: string): EventEffect => ({
   outcome: "ignored",
   reason,
@@ -428,19 +443,7 @@ export class PaymentLedger {
         audit:
           type === undefined
             ? []
-            : [
-                {
-                  type,
-                  outcome: next === "succeeded" ? "success" : "info",
-                  actor: "stripe",
-                  detail: {
-                    paymentId: row.id,
-                    eventId: event.id,
-                    amount: row.amount,
-                    currency: row.currency,
-                  },
-                },
-              ],
+            : [statusAudit(type, next === "succeeded" ? "success" : "info", row, event.id)],
       };
     }
     if (event.type === "charge.refunded") {
@@ -469,21 +472,7 @@ export class PaymentLedger {
         outcome: "processed",
         statuses: paidUnheard ? ["succeeded", "refunded"] : entered ? [entered] : [],
         audit: [
-          ...(paidUnheard
-            ? [
-                {
-                  type: "payment.succeeded" as const,
-                  outcome: "success" as const,
-                  actor: "stripe",
-                  detail: {
-                    paymentId: row.id,
-                    eventId: event.id,
-                    amount: row.amount,
-                    currency: row.currency,
-                  },
-                },
-              ]
-            : []),
+          ...(paidUnheard ? [statusAudit("payment.succeeded", "success", row, event.id)] : []),
           {
             type: "payment.refunded",
             outcome: "info",

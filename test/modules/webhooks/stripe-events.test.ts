@@ -42,6 +42,21 @@ function payment(target: PaymentsApp, id: string) {
 const intentEvent = (type: string, id: string, created: number, eventId?: string) =>
   stripeEvent(type, { id, object: "payment_intent" }, { created, id: eventId });
 
+/** `charge.refunded` for payment `id` of 2000, its refunded total `amountRefunded`. */
+const chargeRefunded = (id: string, amountRefunded: number, created: number) =>
+  stripeEvent(
+    "charge.refunded",
+    {
+      id: "ch_3Pabc",
+      object: "charge",
+      payment_intent: id,
+      amount: 2000,
+      currency: "usd",
+      amount_refunded: amountRefunded,
+    },
+    { created },
+  );
+
 test("payment_intent.succeeded moves the payment, audits payment.succeeded and counts it", async () => {
   current = buildPaymentsApp();
   const id = await newPayment(current);
@@ -176,17 +191,7 @@ test("charge.refunded: the refunded total only grows; the full amount makes it r
   const id = await newPayment(current, 2000);
   await deliver(current, intentEvent("payment_intent.succeeded", id, 1_800_000_000));
   const charge = (amountRefunded: number, created: number) =>
-    stripeEvent(
-      "charge.refunded",
-      {
-        id: "ch_3Pabc",
-        object: "charge",
-        payment_intent: id,
-        amount: 2000,
-        amount_refunded: amountRefunded,
-      },
-      { created },
-    );
+    chargeRefunded(id, amountRefunded, created);
   await deliver(current, charge(500, 1_800_000_100));
   expect(payment(current, id)).toMatchObject({ status: "succeeded", refunded: 500 });
   await deliver(current, charge(2000, 1_800_000_300));
@@ -205,18 +210,7 @@ test("a whole refund heard of before the payment's success records that success 
     const id = await newPayment(current, 2000);
     const succeeded = intentEvent("payment_intent.succeeded", id, 1_800_000_000);
     const refund = (amountRefunded: number, created: number) =>
-      stripeEvent(
-        "charge.refunded",
-        {
-          id: "ch_3Pabc",
-          object: "charge",
-          payment_intent: id,
-          amount: 2000,
-          currency: "usd",
-          amount_refunded: amountRefunded,
-        },
-        { created },
-      );
+      chargeRefunded(id, amountRefunded, created);
     const events =
       order === "succeeded first"
         ? [succeeded, refund(2000, 1_800_000_060)]
