@@ -1753,7 +1753,7 @@ describe("erasing a long audit history (probe 40a F3)", () => {
 });
 
 describe("an erasure in flight at the stop (probe 83c F2)", () => {
-  test("goes to its transaction at once and answers before the connections are cut: the account erased, nothing of it left, the rest left to the next start", async () => {
+  test("runs its parts back to back and its transaction, and answers before the connections are cut: the account erased, nothing of it left, the rest left to the next start", async () => {
     current = buildTestApp();
     const target = current;
     const alice = await signUp(target);

@@ -78,7 +78,7 @@ export class PrivacyService {
   private readonly erasingNow = new Set<string>();
   /** This process's erasures under way, until each has answered. */
   private readonly erasures = new Set<Promise<boolean>>();
-  /** Set by a stop: the parts ahead are left to the transaction, the rest to the maintenance. */
+  /** Set by a stop: the parts ahead run back to back, the rest is left to the maintenance. */
   private hurrying = false;
 
   constructor(private readonly options: PrivacyServiceOptions) {}
