@@ -1370,7 +1370,7 @@ describe("the admin lists page (api-keys, blocks)", () => {
   });
 });
 
-test("a principal's 403s are audited once a minute each, counted every time (probe 83b F2: a row each, 90 days, ~5 GB a principal)", async () => {
+test("a principal's 403s are audited once a minute per route, counted every time (probe 83b F2: a row each, 90 days, ~5 GB a principal)", async () => {
   const clock = new ManualClock();
   const target = buildTestApp({ clock });
   try {
@@ -1388,11 +1388,20 @@ test("a principal's 403s are audited once a minute each, counted every time (pro
         .map((row) => (row as { actor: string }).actor);
     };
     expect(rows()).toEqual([`user:${alice.userId}`, `user:${bob.userId}`]);
+    // Another route is another row: one refusal hides no other (probe 83g F4).
+    const blocks = await send(target, "/api/admin/blocks", { headers: bearer(alice.accessToken) });
+    expect(blocks.status).toBe(403);
+    expect(rows()).toEqual([`user:${alice.userId}`, `user:${bob.userId}`, `user:${alice.userId}`]);
     clock.advance(61_000);
     expect(await refused(alice.accessToken)).toBe(403);
-    expect(rows()).toEqual([`user:${alice.userId}`, `user:${bob.userId}`, `user:${alice.userId}`]);
+    expect(rows()).toEqual([
+      `user:${alice.userId}`,
+      `user:${bob.userId}`,
+      `user:${alice.userId}`,
+      `user:${alice.userId}`,
+    ]);
     const exported = await (await send(target, "/metrics")).text();
-    expect(exported).toContain('auth_failures_total{reason="forbidden"} 12');
+    expect(exported).toContain('auth_failures_total{reason="forbidden"} 13');
   } finally {
     target.close();
   }

@@ -1885,3 +1885,43 @@ test("an erasure hurried by the stop still gives back what the file moved to ano
     .all();
   expect(texts).toEqual([]);
 });
+
+test("a connection that read its export and then sends nothing, or half a request, is closed as any idle one is (probe 83g F2)", async () => {
+  current = buildTestApp();
+  const target = current;
+  const alice = await signUp(target);
+  const server = serveInProcess(target);
+  try {
+    let received = "";
+    let closedAt: number | null = null;
+    const socket = await Bun.connect({
+      hostname: "127.0.0.1",
+      port: Number(server.url.port),
+      socket: {
+        data(_socket, chunk) {
+          received += new TextDecoder().decode(chunk);
+        },
+        close() {
+          closedAt ??= performance.now();
+        },
+        error() {
+          closedAt ??= performance.now();
+        },
+      },
+    });
+    socket.write(
+      `GET /api/me/export HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${alice.accessToken}\r\n\r\n`,
+    );
+    // The whole answer (chunked: its last chunk), then half of another request and nothing more.
+    while (!received.endsWith("0\r\n\r\n")) await Bun.sleep(20);
+    expect(received).toStartWith("HTTP/1.1 200");
+    const idleFrom = performance.now();
+    socket.write("GET /api/auth/me HTTP/1.1\r\nHost: local");
+    while (closedAt === null && performance.now() - idleFrom < 25_000) await Bun.sleep(100);
+    // Bun's idle timeout (10 s) ends it; before, it stayed open for good.
+    expect(closedAt).not.toBeNull();
+    socket.end();
+  } finally {
+    await server.shutdown("test");
+  }
+}, 40_000);

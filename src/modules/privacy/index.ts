@@ -36,6 +36,21 @@ const EXPORT_BUSY_RETRY_AFTER_S = 30;
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** Bun's own idle timeout for a connection, in seconds (Bun.serve's `idleTimeout` default). */
+const BUN_IDLE_TIMEOUT_S = 10;
+
+/** Gives a connection whose idle timeout an answer turned off its timeout back. */
+function idleAgain(
+  server: { timeout(request: Request, seconds: number): void } | null | undefined,
+  request: Request,
+): void {
+  try {
+    server?.timeout(request, BUN_IDLE_TIMEOUT_S);
+  } catch {
+    // The connection is gone already.
+  }
+}
+
 interface ExportBodyEvents {
   /** A piece threw: the answer is cut there. */
   failed(error: unknown): void;
@@ -242,6 +257,10 @@ export function privacyModule({
             },
             over() {
               exporting.delete(principal.id);
+              // The connection's idle timeout back once the answer is over: left off, a client
+              // that read an export (or had it in its socket buffer) and then sent nothing, or
+              // half a request, kept the connection for good (probe 83g F2).
+              idleAgain(server, request);
             },
           },
           EXPORT_STALL_MS,
@@ -265,9 +284,13 @@ export function privacyModule({
         // A long history is rewritten in parts, the event loop running between them: Bun's 10 s
         // idle timeout would close the connection of an erasure that takes longer before its 204.
         server?.timeout(request, 0);
-        if (!(await service.erase(principal.id, { ip: client.ip, requestId }))) {
-          throw new AppError("NOT_FOUND", "The account no longer exists.");
+        let erased: boolean;
+        try {
+          erased = await service.erase(principal.id, { ip: client.ip, requestId });
+        } finally {
+          idleAgain(server, request);
         }
+        if (!erased) throw new AppError("NOT_FOUND", "The account no longer exists.");
         if (principal.kind === "user" && principal.role === "admin" && !service.adminsRemain()) {
           logger.warn(
             { requestId, route: "DELETE /api/me" },

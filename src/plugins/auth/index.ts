@@ -129,7 +129,7 @@ export function endedCredential(metrics: AuthMetrics, principal: Principal): App
 
 /**
  * The 403 of a credential that verifies but may not do what it asked: counted, and audited — once
- * a minute per principal when `firstInWindow` is given (its later refusals in the minute counted by
+ * a minute per principal and route when `firstInWindow` is given (its later refusals in the minute counted by
  * the metric alone, as the other refusals audited once a window are): a 403 refuses without
  * counting towards any lockout, and a row each let one account write 60 rows a minute per key it
  * held, kept 90 days (probe 83b F2: ~5 GB a principal).
@@ -147,7 +147,10 @@ export function forbidden(
 ): AppError {
   metrics.fail("forbidden");
   const actor = principalRef(principal);
-  if (firstInWindow?.("forbidden", actor, clock.now(), REFUSAL_AUDIT_WINDOW_MS) === false) {
+  // Per route too: one refusal must not hide the principal's next ones elsewhere for the minute
+  // (probe 83g F4: a 403 on a harmless route, then the admin routes tried unaudited).
+  const key = `${actor} ${place.route}`;
+  if (firstInWindow?.("forbidden", key, clock.now(), REFUSAL_AUDIT_WINDOW_MS) === false) {
     return new AppError("FORBIDDEN", "This credential may not do that.");
   }
   audit.record({

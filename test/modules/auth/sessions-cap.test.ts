@@ -7,6 +7,7 @@ import { afterEach, expect, test } from "bun:test";
 import { SESSIONS_PER_ACCOUNT } from "../../../src/modules/auth/service";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, logIn, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -64,4 +65,46 @@ test(`past ${SESSIONS_PER_ACCOUNT} live sessions a sign-in ends the oldest, said
     .all()
     .map((row) => (row as { detail: string | null }).detail);
   expect(details.filter((detail) => detail !== "{}")).toEqual(['{"sessionsEnded":1}']);
+}, 60_000);
+
+test("a sign-in at the cap after the clock stepped back keeps its own session (probe 83g F5); the ended ones leave the file with their tokens (83g F1)", async () => {
+  const clock = new ManualClock();
+  current = buildTestApp({
+    clock,
+    env: {
+      RATE_LIMIT_LOGIN: "100000",
+      RATE_LIMIT_BURST: "100000",
+      RATE_LIMIT_PER_MINUTE: "100000",
+    },
+  });
+  const target = current;
+  const alice = await signUp(target);
+  for (let i = 1; i < SESSIONS_PER_ACCOUNT; i++) {
+    await logIn(target, alice.email, `10.5.${i % 250}.1`);
+  }
+  clock.advance(-5 * 60_000);
+  const after = await logIn(target, alice.email, "10.5.251.1");
+  expect((await send(target, "/api/auth/me", { headers: bearer(after.accessToken) })).status).toBe(
+    200,
+  );
+  const refreshed = await send(target, "/api/auth/refresh", {
+    body: { refreshToken: after.refreshToken },
+    peer: "10.5.252.1",
+  });
+  expect(refreshed.status).toBe(200);
+  const rows = () =>
+    (
+      target.db.$client
+        .query("SELECT count(*) AS n FROM refresh_families WHERE user_id = ?")
+        .get(alice.userId) as { n: number }
+    ).n;
+  expect(rows()).toBe(SESSIONS_PER_ACCOUNT + 1);
+  // Once no token of the ended one can be used (an access token's life, and a minute), it goes.
+  const accessTtlMs = target.config.jwt.accessTokenExpireMinutes * 60_000;
+  clock.advance(accessTtlMs);
+  target.services.runMaintenance();
+  expect(rows()).toBe(SESSIONS_PER_ACCOUNT + 1);
+  clock.advance(5 * 60_000 + 61_000);
+  target.services.runMaintenance();
+  expect(rows()).toBe(SESSIONS_PER_ACCOUNT);
 }, 60_000);
