@@ -391,7 +391,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     },
     payments: {
       maxAmount: integer("PAYMENT_MAX_AMOUNT", 1_000_000, 50, 99_999_999),
-      dailyIntents: integer("PAYMENT_DAILY_INTENTS", 200, 0, 1_000_000),
+      dailyIntents: integer("PAYMENT_DAILY_INTENTS", 200, 0, 10_000),
       currencies: parseCurrencies(
         "PAYMENT_CURRENCIES",
         text("PAYMENT_CURRENCIES") ?? "usd,eur,gbp",

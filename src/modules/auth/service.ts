@@ -1011,7 +1011,10 @@ export class AuthService {
           ne(refreshFamilies.id, madeNow),
         ),
       )
-      .orderBy(desc(refreshFamilies.createdAt), desc(refreshFamilies.id))
+      // In the order they were written (SQLite's rowid), not by their time: after the clock stepped
+      // back every new session is dated before the others, and each sign-in ended the one made a
+      // moment before it (probe 83h F3).
+      .orderBy(desc(sql`rowid`))
       // A sign-in adds one; more past the cap are those written into the file, ended a part at a
       // time by the sign-ins after.
       .limit(SESSIONS_ENDED_PER_TRANSACTION)

@@ -511,7 +511,7 @@ export class PaymentService {
    * The refusal of an owner's new intent past `dailyIntents` in the last 24 hours (the intents the
    * ledger holds for it, and its claims still running), or null. Inside the claim's transaction,
    * so processes on one file count each other's. Read by the owner's newest `dailyIntents` rows
-   * (its index), not by a scan of its history. The rate limit alone (10 a minute) let one owner
+   * (its index): at most PAYMENT_DAILY_INTENTS' largest, 10,000, whatever its history. The rate limit alone (10 a minute) let one owner
    * store 14,400 intents a day of up to ~34 KB of description and metadata each, never deleted
    * (probe 83b F1: ~500 MB a day).
    */
@@ -522,7 +522,7 @@ export class PaymentService {
     const cap = this.dailyIntents;
     if (cap === 0) return null;
     const since = now - DAY_MS;
-    const pending = this.db
+    const running = this.db
       .select({ claimedAt: paymentIdempotencyKeys.claimedAt })
       .from(paymentIdempotencyKeys)
       .where(
@@ -533,7 +533,8 @@ export class PaymentService {
         ),
       )
       .limit(cap)
-      .all().length;
+      .all()
+      .map((row) => Number(row.claimedAt));
     const recent = this.db
       .select({ createdAt: payments.createdAt })
       .from(payments)
@@ -543,13 +544,16 @@ export class PaymentService {
       .all()
       .map((row) => Number(row.createdAt))
       .filter((createdAt) => Number.isFinite(createdAt) && createdAt > since);
-    if (recent.length + pending < cap) return null;
-    // The next may be made once the oldest counted leaves the day.
-    const oldest = recent.length > 0 ? Math.min(...recent) : now;
-    return {
-      kind: "over_daily",
-      retryAfterSeconds: Math.max(1, Math.ceil((oldest + DAY_MS - now) / 1000)),
-    };
+    if (recent.length + running.length < cap) return null;
+    // The next may be made once the oldest intent counted leaves the day, or a claim still running
+    // ends (Stripe may refuse it; its lease ends it at the latest): a cap held by claims alone
+    // said a day (probe 83h F1). Never more than a day, however the clock stepped (83h F2).
+    const frees = [
+      ...recent.map((createdAt) => createdAt + DAY_MS),
+      ...running.map((claimedAt) => claimedAt + CLAIM_LEASE_MS),
+    ];
+    const waitMs = Math.min(DAY_MS, Math.min(...frees) - now);
+    return { kind: "over_daily", retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)) };
   }
 
   /** What a claim finds in a key already held by a row Palisade wrote. */

@@ -108,3 +108,33 @@ test("a sign-in at the cap after the clock stepped back keeps its own session (p
   target.services.runMaintenance();
   expect(rows()).toBe(SESSIONS_PER_ACCOUNT);
 }, 60_000);
+
+test("at the cap after a clock step back, each sign-in ends the session written longest ago, not the one made a moment before (probe 83h F3)", async () => {
+  const clock = new ManualClock();
+  current = buildTestApp({
+    clock,
+    env: {
+      RATE_LIMIT_LOGIN: "100000",
+      RATE_LIMIT_BURST: "100000",
+      RATE_LIMIT_PER_MINUTE: "100000",
+    },
+  });
+  const target = current;
+  const alice = await signUp(target);
+  for (let i = 1; i < SESSIONS_PER_ACCOUNT; i++) {
+    await logIn(target, alice.email, `10.6.${i % 250}.1`);
+  }
+  clock.advance(-60 * 60_000);
+  const phone = await logIn(target, alice.email, "10.6.251.1");
+  clock.advance(1_000);
+  const laptop = await logIn(target, alice.email, "10.6.252.1");
+  for (const session of [phone, laptop]) {
+    expect(
+      (await send(target, "/api/auth/me", { headers: bearer(session.accessToken) })).status,
+    ).toBe(200);
+  }
+  // The first two written are the ones ended.
+  expect((await send(target, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+    401,
+  );
+}, 60_000);

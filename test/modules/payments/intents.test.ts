@@ -257,3 +257,30 @@ test("an owner makes at most PAYMENT_DAILY_INTENTS new intents in 24 hours, its 
   clock.advance(23 * 60 * 60_000);
   expect((await createIntent(target, { "x-api-key": key }, body)).status).toBe(201);
 });
+
+test("the daily cap's Retry-After: a running claim's lease when claims hold it, never more than a day after a clock step (probe 83h F1, F2)", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock, env: { PAYMENT_DAILY_INTENTS: "2" } });
+  const target = current;
+  const alice = await signUp(target);
+  const body = { amount: 1000, currency: "usd" };
+  // Two at Stripe, not answered yet: the cap is held by their claims.
+  const first = target.stripe.holdNext("/v1/payment_intents");
+  const a = createIntent(target, bearer(alice.accessToken), body);
+  await first.reached;
+  const second = target.stripe.holdNext("/v1/payment_intents");
+  const b = createIntent(target, bearer(alice.accessToken), body);
+  await second.reached;
+  const held = await createIntent(target, bearer(alice.accessToken), body);
+  expect(held.status).toBe(429);
+  expect(Number(held.headers.get("retry-after"))).toBeLessThanOrEqual(120);
+  first.release();
+  second.release();
+  expect((await a).status).toBe(201);
+  expect((await b).status).toBe(201);
+  // Made, they hold it for the day; with the clock stepped back two days, still a day at most.
+  clock.advance(-2 * 24 * 60 * 60_000);
+  const stepped = await createIntent(target, bearer(alice.accessToken), body);
+  expect(stepped.status).toBe(429);
+  expect(Number(stepped.headers.get("retry-after"))).toBe(24 * 60 * 60);
+});
