@@ -15,8 +15,13 @@ afterEach(() => {
   current = null;
 });
 
-test(`past ${SESSIONS_PER_ACCOUNT} live sessions a sign-in ends the oldest, said in its audit row`, async () => {
+/**
+ * Alice signed in SESSIONS_PER_ACCOUNT times (her sessions in the order made), limits raised so
+ * nothing is refused, on `clock`.
+ */
+async function atTheCap(clock?: ManualClock) {
   current = buildTestApp({
+    clock,
     env: {
       RATE_LIMIT_LOGIN: "100000",
       RATE_LIMIT_BURST: "100000",
@@ -29,6 +34,11 @@ test(`past ${SESSIONS_PER_ACCOUNT} live sessions a sign-in ends the oldest, said
   for (let i = 1; i < SESSIONS_PER_ACCOUNT; i++) {
     sessions.push({ ...alice, ...(await logIn(target, alice.email, `10.4.${i % 250}.1`)) });
   }
+  return { target, alice, sessions };
+}
+
+test(`past ${SESSIONS_PER_ACCOUNT} live sessions a sign-in ends the oldest, said in its audit row`, async () => {
+  const { target, alice, sessions } = await atTheCap();
   const live = () =>
     (
       target.db.$client
@@ -69,19 +79,7 @@ test(`past ${SESSIONS_PER_ACCOUNT} live sessions a sign-in ends the oldest, said
 
 test("a sign-in at the cap after the clock stepped back keeps its own session (probe 83g F5); the ended ones leave the file with their tokens (83g F1)", async () => {
   const clock = new ManualClock();
-  current = buildTestApp({
-    clock,
-    env: {
-      RATE_LIMIT_LOGIN: "100000",
-      RATE_LIMIT_BURST: "100000",
-      RATE_LIMIT_PER_MINUTE: "100000",
-    },
-  });
-  const target = current;
-  const alice = await signUp(target);
-  for (let i = 1; i < SESSIONS_PER_ACCOUNT; i++) {
-    await logIn(target, alice.email, `10.5.${i % 250}.1`);
-  }
+  const { target, alice } = await atTheCap(clock);
   clock.advance(-5 * 60_000);
   const after = await logIn(target, alice.email, "10.5.251.1");
   expect((await send(target, "/api/auth/me", { headers: bearer(after.accessToken) })).status).toBe(
@@ -111,19 +109,7 @@ test("a sign-in at the cap after the clock stepped back keeps its own session (p
 
 test("at the cap after a clock step back, each sign-in ends the session written longest ago, not the one made a moment before (probe 83h F3)", async () => {
   const clock = new ManualClock();
-  current = buildTestApp({
-    clock,
-    env: {
-      RATE_LIMIT_LOGIN: "100000",
-      RATE_LIMIT_BURST: "100000",
-      RATE_LIMIT_PER_MINUTE: "100000",
-    },
-  });
-  const target = current;
-  const alice = await signUp(target);
-  for (let i = 1; i < SESSIONS_PER_ACCOUNT; i++) {
-    await logIn(target, alice.email, `10.6.${i % 250}.1`);
-  }
+  const { target, alice } = await atTheCap(clock);
   clock.advance(-60 * 60_000);
   const phone = await logIn(target, alice.email, "10.6.251.1");
   clock.advance(1_000);
