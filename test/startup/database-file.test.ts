@@ -4,12 +4,24 @@
  * without a word (probe 83c F3). Now `/ready` is 503 naming the file, an error line says so within
  * a second, and a start that makes the database says it did.
  */
-import { describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, renameSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../support/app";
-import { startService } from "../support/process";
+import { type ServiceProcess, startService } from "../support/process";
 import { waitFor } from "../support/wait";
+
+// A service a failed assertion left running is stopped all the same (it outlived the test run).
+const running: ServiceProcess[] = [];
+afterEach(() => {
+  for (const service of running.splice(0)) service.proc.kill("SIGKILL");
+});
+
+async function started(env: Record<string, string>): Promise<ServiceProcess> {
+  const service = await startService(env);
+  running.push(service);
+  return service;
+}
 
 const MADE_NEW = "no database at DATABASE_PATH: a new empty one was made";
 
@@ -26,12 +38,12 @@ describe("DATABASE_PATH no longer naming the open database", () => {
     const dir = tempDir();
     try {
       const path = join(dir.path, "app.db");
-      const first = await startService({ DATABASE_PATH: path });
+      const first = await started({ DATABASE_PATH: path });
       expect(first.stdout()).toContain(MADE_NEW);
       expect((await ready(first.url)).status).toBe(200);
       await first.stop();
 
-      const second = await startService({ DATABASE_PATH: path });
+      const second = await started({ DATABASE_PATH: path });
       expect(second.stdout()).not.toContain(MADE_NEW);
       expect((await ready(second.url)).status).toBe(200);
       for (const suffix of ["", "-wal", "-shm"]) rmSync(`${path}${suffix}`, { force: true });
@@ -53,7 +65,7 @@ describe("DATABASE_PATH no longer naming the open database", () => {
       ).toEqual([expect.stringContaining('"level":"error"')]);
       await second.stop();
 
-      const third = await startService({ DATABASE_PATH: path });
+      const third = await started({ DATABASE_PATH: path });
       expect(third.stdout()).toContain(MADE_NEW);
       await third.stop();
     } finally {
@@ -65,7 +77,7 @@ describe("DATABASE_PATH no longer naming the open database", () => {
     const dir = tempDir();
     try {
       const path = join(dir.path, "app.db");
-      const service = await startService({ DATABASE_PATH: path });
+      const service = await started({ DATABASE_PATH: path });
       expect((await ready(service.url)).status).toBe(200);
       // Its -wal deleted (another process then makes a new one: deleted or not, not this one's).
       rmSync(`${path}-wal`);
@@ -99,11 +111,11 @@ describe("DATABASE_PATH a symbolic link (probe 83e F1)", () => {
       const link = join(dir.path, "palisade.db");
       // Linked before its first start, to a file not made yet: made there, owner-only.
       symlinkSync(target, link);
-      const first = await startService({ DATABASE_PATH: link });
+      const first = await started({ DATABASE_PATH: link });
       expect((await ready(first.url)).status).toBe(200);
       expect(statSync(target).mode & 0o777).toBe(0o600);
       await first.stop();
-      const second = await startService({ DATABASE_PATH: link });
+      const second = await started({ DATABASE_PATH: link });
       await Bun.sleep(1_500);
       expect(await ready(second.url)).toMatchObject({ status: 200, database: { status: "up" } });
       expect(second.stdout()).not.toContain("was deleted or replaced");
