@@ -5,6 +5,9 @@ export interface Clock {
 
 export const systemClock: Clock = { now: () => Date.now() };
 
+/** A day of a Clock's milliseconds: retention periods, daily budgets and quotas are counted in them. */
+export const DAY_MS = 24 * 60 * 60 * 1000;
+
 /**
  * Milliseconds from `then` to `now`, both read from a Clock, for what one process keeps timed with
  * it (a cache, a poll, a window, an open circuit). A wall clock stepped back (NTP, a VM resumed)

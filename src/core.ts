@@ -6,7 +6,7 @@
  * (`src/modules/feature.ts`); nothing here knows a feature.
  */
 import { RedisClient } from "bun";
-import { type Clock, systemClock } from "./clock";
+import { type Clock, DAY_MS, systemClock } from "./clock";
 import { type Config, ConfigError } from "./config";
 import { probeWritable } from "./db/busy";
 import type { AppDatabase } from "./db/client";
@@ -59,8 +59,6 @@ import {
 import { SqliteLimiterStore } from "./plugins/rate-limit/sqlite-store";
 import type { LimiterStore } from "./plugins/rate-limit/store";
 import { createErrorReporter, type ErrorReporter } from "./plugins/sentry";
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 export interface Core {
   config: Readonly<Config>;

@@ -7,6 +7,8 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { elapsedMs } from "../src/clock";
+import { conversationTamperReporter } from "../src/modules/chat/history-seal";
+import { blockTamperReporter } from "../src/plugins/ip-block/seal";
 import { buildTestApp, secondProcess, send, type TestApp } from "./support/app";
 import { createKey, signUp } from "./support/auth";
 import { asUser, chat } from "./support/chat";
@@ -95,4 +97,58 @@ test("the chat circuit opened before a step back lets its trial through 30 s lat
   clock.advance(31_000);
   const trial = await chat(target, asUser(alice), { message: "healthy now?" });
   expect(trial.status).toBe(200);
+});
+
+test("forged block rows read after a step back are summarised then, not once the clock is past the last summary", () => {
+  const clock = new ManualClock();
+  const lines: string[] = [];
+  const events: unknown[] = [];
+  const reporter = blockTamperReporter({
+    logger: { error: (fields) => lines.push(JSON.stringify(fields)) },
+    audit: { record: (event) => events.push(event.detail) },
+    clock,
+  });
+  const ids = (from: number, count: number) =>
+    Array.from({ length: count }, (_, index) => String(from + index));
+  reporter.report(ids(1, 101));
+  expect(lines.at(-1)).toBe(JSON.stringify({ table: "ip_blocks", more: 1 }));
+  clock.advance(-TEN_MINUTES);
+  reporter.report(ids(200, 3));
+  expect(lines.at(-1)).toBe(JSON.stringify({ table: "ip_blocks", more: 3 }));
+  expect(events.at(-1)).toEqual({ table: "ip_blocks", more: 3 });
+  // And once a minute after that, as before.
+  const summaries = lines.length;
+  reporter.report(ids(300, 2));
+  expect(lines.length).toBe(summaries);
+  clock.advance(60_000);
+  reporter.report(ids(400, 1));
+  expect(lines.slice(summaries)).toEqual([JSON.stringify({ table: "ip_blocks", more: 3 })]);
+});
+
+test("tampered conversations counted after a step back are summarised at once, not once the clock is past the last summary", () => {
+  const clock = new ManualClock();
+  const waits: number[] = [];
+  const summaries: unknown[] = [];
+  let run: () => void = () => {};
+  const report = conversationTamperReporter({
+    logger: { error: (fields) => summaries.push(fields) },
+    audit: { record: () => {} },
+    namedInBulk: 0,
+    now: () => clock.now(),
+    later: (summarise, ms) => {
+      waits.push(ms);
+      run = summarise;
+    },
+  });
+  report("forged-1", true);
+  run();
+  expect(waits).toEqual([0]);
+  clock.advance(-TEN_MINUTES);
+  report("forged-2", true);
+  expect(waits).toEqual([0, 0]);
+  run();
+  expect(summaries).toEqual([{ more: 1 }, { more: 1 }]);
+  clock.advance(20_000);
+  report("forged-3", true);
+  expect(waits).toEqual([0, 0, 40_000]);
 });

@@ -1546,6 +1546,27 @@ describe("erasing a long audit history (probe 40a F3)", () => {
     ).toHaveLength(1);
   });
 
+  test("an erasure another process stopped part-way is finished here after a step back of the clock, not once the clock is past the step (probe 83f's class)", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const target = current;
+    const user = await signUp(target);
+    history(target, user.userId, 3_000);
+    for (let run = 0; run < 3; run++) target.services.runMaintenance();
+    const actor = `user:${user.userId}`;
+    const other = anotherInstance(target, { clock });
+    try {
+      const pseudonym = other.services.audit.pseudonymOf(actor);
+      expect(other.services.audit.pseudonymiseSome(actor, pseudonym, 1_000)).toBe(1_000);
+    } finally {
+      other.close();
+    }
+    target.services.runMaintenance();
+    clock.advance(-10 * 60_000);
+    await maintainUntilErased(target, target, user.userId);
+    expect(leftOf(target, user.userId)).toEqual({ own: 0, named: 0, names: 0 });
+  });
+
   test("with the file: a row whose commitment was written as a BLOB, in the first part or a later one, neither stops the erasure nor breaks audit:verify or the maintenance; it is reported as altered (probe 41b F3)", async () => {
     const { target, user, sqlite, ids } = await withHistory(2_500);
     for (const poisoned of [ids[0]!.id, ids[2_000]!.id]) {

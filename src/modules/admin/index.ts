@@ -4,7 +4,9 @@
  * needs an admin (or a key with the `admin` scope), and every action is audited with the acting
  * principal.
  */
+
 import { Elysia, t } from "elysia";
+import { DAY_MS } from "../../clock";
 import { storedValueText, timeOrNull } from "../../db/stored-values";
 import { AppError, problemResponses } from "../../errors";
 import { cursorOfQuery, type ListCursor } from "../../list-cursor";
@@ -45,8 +47,6 @@ import {
   SecuritySummaryView,
 } from "./model";
 import { DEFAULT_TOP, parseSince, presentSummary, summarizeSecurity } from "./security-summary";
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 export interface AdminModuleOptions {
   auth: ReturnType<typeof authPlugin>;

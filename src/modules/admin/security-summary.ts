@@ -20,6 +20,7 @@
 import type { Database } from "bun:sqlite";
 import { and, asc, desc, gte, inArray, isNotNull, lte, sql } from "drizzle-orm";
 import { isCalendarDateTime } from "../../calendar";
+import { DAY_MS } from "../../clock";
 import { drizzleOf } from "../../db/client";
 import { auditEvents } from "../../db/schema";
 import { storedValueText } from "../../db/stored-values";
@@ -34,8 +35,8 @@ export const SUMMARY_CATEGORIES = {
 export type SummaryCategory = keyof typeof SUMMARY_CATEGORIES;
 
 /** The window reaches back 24 hours unless asked otherwise, and never more than 30 days. */
-export const DEFAULT_WINDOW_MS = 24 * 60 * 60 * 1000;
-export const MAX_WINDOW_MS = 30 * 24 * 60 * 60 * 1000;
+export const DEFAULT_WINDOW_MS = DAY_MS;
+export const MAX_WINDOW_MS = 30 * DAY_MS;
 export const DEFAULT_TOP = 10;
 export const MAX_TOP = 100;
 

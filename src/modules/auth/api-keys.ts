@@ -13,7 +13,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { and, desc, eq, inArray, isNull, lt, or, sql } from "drizzle-orm";
-import type { Clock } from "../../clock";
+import { type Clock, DAY_MS } from "../../clock";
 import { type BootstrapKey, ConfigError } from "../../config";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
@@ -105,7 +105,7 @@ export interface NewApiKey {
   environment?: KeyEnvironment;
 }
 
-export const MAX_ROTATION_GRACE_MS = 7 * 24 * 60 * 60 * 1000;
+export const MAX_ROTATION_GRACE_MS = 7 * DAY_MS;
 export const DEFAULT_ROTATION_GRACE_MS = 60 * 60 * 1000;
 
 /** Why a key may not be created as asked; the edge turns it into a 422 or a CLI usage error. */

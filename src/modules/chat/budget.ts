@@ -32,17 +32,17 @@
  * token) is charged its reservation; the message row keeps the upstream's own figures. With the
  * budget off (0) usage is still counted, for `GET /api/admin/usage`.
  */
+
 import type { Database } from "bun:sqlite";
 import { and, asc, eq, sql } from "drizzle-orm";
 import { isCalendarDay } from "../../calendar";
+import { DAY_MS } from "../../clock";
 import { drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { CHAT_OWNER_KINDS, chatUsage } from "../../db/schema";
 import type { ChatOwner } from "./contract";
 import { readableCount } from "./readable-columns";
 import { ownerDayPlaceholders, type Reclaimed, TurnReservations } from "./reservations";
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 /** `YYYY-MM-DD` of a time, in UTC. */
 export function utcDay(now: number): string {

@@ -31,6 +31,7 @@
  * of an older row of the same file, seal and all (a rollback of the file: restore from a backup).
  */
 
+import { elapsedMs } from "../../clock";
 import { createRowSealer, sealMatches } from "../../db/row-seal";
 import { spellOut } from "../../logging/spell-out";
 import type { AuditEvent } from "../../plugins/audit/events";
@@ -282,6 +283,6 @@ export function conversationTamperReporter(deps: {
     unreported++;
     if (pending) return;
     pending = true;
-    later(summarise, Math.max(0, summarisedAt + SUMMARY_EVERY_MS - now()));
+    later(summarise, Math.max(0, SUMMARY_EVERY_MS - elapsedMs(now(), summarisedAt)));
   };
 }

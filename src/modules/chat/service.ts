@@ -33,7 +33,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { and, asc, desc, eq, gt, inArray, lt, or, type SQL, sql } from "drizzle-orm";
-import type { Clock } from "../../clock";
+import { type Clock, DAY_MS } from "../../clock";
 import type { Config } from "../../config";
 import { isDatabaseBusy } from "../../db/busy";
 import { drizzleOf } from "../../db/client";
@@ -75,7 +75,6 @@ import {
 import { estimatePromptTokens, estimateTokens, estimateTokensOf } from "./tokens";
 import { WellFormedPieces } from "./well-formed-pieces";
 
-const DAY_MS = 24 * 60 * 60 * 1000;
 /** Principals whose over-budget refusal today this process remembers having audited. */
 const QUOTA_AUDITED_LIMIT = 10_000;
 /** Rows retention deletes per table per run: bounded work every 10 s. */

@@ -27,7 +27,7 @@
  */
 import { createHash } from "node:crypto";
 import { and, desc, eq, gt, sql } from "drizzle-orm";
-import type { Clock } from "../../clock";
+import { type Clock, DAY_MS } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
 import { auditEvents, paymentIdempotencyKeys, payments } from "../../db/schema";
@@ -56,7 +56,6 @@ import {
 export const CLAIM_LEASE_MS = 120_000;
 /** PAYMENT_DAILY_INTENTS' default. */
 export const DEFAULT_DAILY_INTENTS = 200;
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 /**
  * Whether a claim (of an Idempotency-Key, of a refund) stamped at `startedAt` still runs at `now`:
@@ -73,7 +72,7 @@ export function claimRuns(startedAt: unknown, now: number): boolean {
     startedAt - CLAIM_LEASE_MS <= now
   );
 }
-export const IDEMPOTENCY_RETENTION_MS = 24 * 60 * 60 * 1000;
+export const IDEMPOTENCY_RETENTION_MS = DAY_MS;
 const DEFAULT_IN_PROGRESS_WAIT_MS = 10_000;
 const POLL_MS = 20;
 /**

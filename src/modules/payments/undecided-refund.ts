@@ -18,6 +18,7 @@
  * file (a forged refund id answered as made, a `before` that raised the sealed refunded total,
  * emptied, or an earlier state: probes 60c F3, F4, 61a F3) fails the payment's seal.
  */
+import { DAY_MS } from "../../clock";
 import { sealMatches } from "../../db/row-seal";
 import { isStripeId } from "./ids";
 
@@ -40,7 +41,7 @@ export interface UndecidedRefund {
 export const MAX_UNDECIDED_REFUNDS = 10;
 
 /** How long a refund found made stays the answer to a retry of its amount: Stripe keeps a key a day. */
-export const MADE_KEPT_MS = 24 * 60 * 60 * 1000;
+export const MADE_KEPT_MS = DAY_MS;
 
 /**
  * How long after it was written a refund Stripe does not list is still taken as one Stripe may be

@@ -12,6 +12,7 @@
  * finds it rewrites as the erasure would have, a part every 20 ms, not a part per maintenance run
  * (probe 41b F8: 300,000 rows would have taken 25 minutes).
  */
+import { elapsedMs } from "../../clock";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog, ErasureScanCursor } from "../../plugins/audit/log";
 import { ERASURE_PART_PAUSE_MS, type ErasedActor, pseudonymisePart } from "./erasure-parts";
@@ -180,7 +181,7 @@ export class ErasureResumption {
       // for ever (probe 41d).
       this.newSince ??= now;
     }
-    if (this.newSince !== null && now - this.newSince >= OTHERS_ERASURE_GRACE_MS) {
+    if (this.newSince !== null && elapsedMs(now, this.newSince) >= OTHERS_ERASURE_GRACE_MS) {
       this.newSince = null;
       this.rescan();
     }

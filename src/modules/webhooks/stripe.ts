@@ -23,7 +23,7 @@
  *    Unknown types and payments we do not hold are acknowledged and counted `ignored`.
  */
 import { Elysia, t } from "elysia";
-import type { Clock } from "../../clock";
+import { type Clock, DAY_MS } from "../../clock";
 import type { AppDatabase } from "../../db/client";
 import { webhookEvents } from "../../db/schema";
 import { AppError, problemResponses } from "../../errors";
@@ -156,7 +156,6 @@ export interface StripeWebhookOptions {
 
 type Applied = EventEffect | { outcome: "duplicate" };
 
-const DAY_MS = 24 * 60 * 60 * 1000;
 /**
  * How long a Stripe event id is remembered. Stripe retries a delivery for up to 3 days and lets an
  * operator resend an event of the last 30 days from the Dashboard: a record kept past that would

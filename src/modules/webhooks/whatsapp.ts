@@ -29,9 +29,11 @@
  * The replies are sent by the outbox worker (outbox.ts): started with the app when both the app
  * secret and the access token are set, stopped at shutdown.
  */
+
 import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { and, eq, inArray, lt, notInArray, or, sql } from "drizzle-orm";
 import { Elysia, t } from "elysia";
+import { DAY_MS } from "../../clock";
 import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
@@ -67,7 +69,6 @@ import {
 export const WHATSAPP_PATH = "/webhooks/whatsapp";
 /** Meta's challenge is a number; anything longer or stranger is not echoed. */
 const CHALLENGE = /^[A-Za-z0-9._~-]{1,128}$/;
-const DAY_MS = 24 * 60 * 60 * 1000;
 /** Finished outbox rows, statuses and WhatsApp dedupe records are kept this long. */
 const RETENTION_MS = 30 * DAY_MS;
 /**

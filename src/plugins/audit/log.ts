@@ -31,7 +31,7 @@
 import type { Database } from "bun:sqlite";
 import { and, asc, desc, eq, isNull, lte, max, ne, or, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
-import type { Clock } from "../../clock";
+import { type Clock, DAY_MS } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
@@ -667,7 +667,7 @@ export class SqliteAuditLog implements AuditLog {
    * so an operator can see why old rows stay (probe 27g F2).
    */
   private noteRetentionHeldBy(first: { id: number; at: number }, now: number): void {
-    if (first.at <= now + 86_400_000 || this.retentionHeldBy === first.id) return;
+    if (first.at <= now + DAY_MS || this.retentionHeldBy === first.id) return;
     this.retentionHeldBy = first.id;
     this.logger.warn(
       { id: first.id, at: new Date(first.at).toISOString() },

@@ -21,6 +21,7 @@
  * stays in the audit log), and a copy of an older row of the same file, seal and all (a rollback:
  * a lifted block put back in force until its end).
  */
+import { elapsedMs } from "../../clock";
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
 import { createRowSealer, sealMatches } from "../../db/row-seal";
@@ -124,7 +125,7 @@ export function blockTamperReporter(deps: {
         });
       }
       const now = deps.clock.now();
-      if (more === 0 || now - summarizedAt < SUMMARY_EVERY_MS) return;
+      if (more === 0 || elapsedMs(now, summarizedAt) < SUMMARY_EVERY_MS) return;
       deps.logger.error(
         { table, more },
         "more block rows do not match their seals (each of the first 100 was reported; these are counted since the last report): they block nothing",
