@@ -23,7 +23,7 @@
  * Each reservation is also a row naming the process that holds it (./reservations.ts): what a
  * process killed mid-turn reserved is given back by another's maintenance a minute later, and a
  * reservation a reset or an erasure cleared is not taken from `reserved` a second time when its
- * turn ends (the row is gone).
+ * turn ends (a reset leaves the row, still a slot, with no tokens; an erasure deletes it).
  *
  * What it guarantees: `used` never passes the budget, whatever the concurrency: a turn is only
  * admitted when its largest possible charge fits in what the day has left, counting the turns
@@ -227,8 +227,9 @@ export class ChatBudget {
     this.turns = new TurnReservations(sqlite, options.holder);
     const owner = () => ownerDayPlaceholders(chatUsage);
     // A reservation leaves `reserved` unless a reset, an erasure or a reclaim took it already.
+    // What the turn's row still held: nothing once a reset, an erasure or a reclaim took it.
     const leaveReserved = () =>
-      sql`CASE WHEN ${sql.placeholder("held")} = 1 THEN max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("tokens")}) ELSE ${chatUsage.reservedTokens} END`;
+      sql`max(0, ${chatUsage.reservedTokens} - ${sql.placeholder("held")})`;
     const reserve = () => ({
       reservedTokens: sql`${chatUsage.reservedTokens} + ${sql.placeholder("estimate")}`,
       updatedAt: sql`${sql.placeholder("now")}`,
@@ -326,8 +327,9 @@ export class ChatBudget {
     this.endTransaction = sqlite.transaction(
       (reservation: Reservation, now: number, charged: number | null) => {
         const { owner, day, tokens, id } = reservation;
-        const held = this.turns.end(id) ? 1 : 0;
-        const key = { kind: owner.kind, id: owner.id, day, tokens, held, now };
+        // Never more than it reserved, whatever the file says the row held.
+        const held = Math.min(this.turns.end(id), tokens);
+        const key = { kind: owner.kind, id: owner.id, day, held, now };
         if (charged === null) this.statements.release.run(key);
         else this.statements.settle.run({ ...key, charged });
       },
@@ -425,10 +427,10 @@ export class ChatBudget {
   /**
    * Sets an owner's used and reserved tokens for a day back to 0; what was cleared, or null without
    * a row. Reservations too: a process killed mid-turn never settles or releases its turn's (its
-   * reservation is given back a minute later, see ./reservations.ts). A turn still in flight
-   * charges its usage to the day given back, and its reservation, already cleared (its row
-   * deleted here), is not taken from `reserved` again: the turns admitted after the reset keep
-   * theirs.
+   * row is given back a minute later, see ./reservations.ts). A turn still in flight charges its
+   * usage to the day given back, and its reservation, already cleared (its row's tokens set to 0
+   * here), is not taken from `reserved` again: the turns admitted after the reset keep theirs. Its
+   * row stays, so it still holds its slot of CHAT_MAX_CONCURRENT_TURNS until it ends.
    */
   reset(owner: ChatOwner, day: string, now: number): { used: number; reserved: number } | null {
     return this.db.transaction(
@@ -439,7 +441,7 @@ export class ChatBudget {
           .where(this.ownerDay(owner, day))
           .get();
         if (!row) return null;
-        this.turns.endAllOf(owner, day);
+        this.turns.clearTokensOf(owner, day);
         tx.update(chatUsage)
           .set({ usedTokens: 0, reservedTokens: 0, updatedAt: now })
           .where(this.ownerDay(owner, day))

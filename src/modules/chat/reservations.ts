@@ -155,7 +155,7 @@ export class TurnReservations {
         db
           .delete(r)
           .where(eq(r.id, sql.placeholder("id")))
-          .returning({ id: r.id })
+          .returning({ tokens: r.tokens })
           .prepare(),
       // A reclaimed row, by its id as stored (text, compared as the integer it spells).
       endReclaimed: () =>
@@ -163,7 +163,8 @@ export class TurnReservations {
           .delete(r)
           .where(eq(r.id, sql`CAST(${sql.placeholder("storedId")} AS INTEGER)`))
           .prepare(),
-      endOfOwnerDay: () => db.delete(r).where(ownerDayPlaceholders(r)).prepare(),
+      clearOfOwnerDay: () =>
+        db.update(r).set({ tokens: 0 }).where(ownerDayPlaceholders(r)).prepare(),
       inFlight: () =>
         db.select({ turns: sql<number>`count(*)` }).from(r).where(ownerPlaceholders(r)).prepare(),
       endOfOwner: () => db.delete(r).where(ownerPlaceholders(r)).prepare(),
@@ -263,15 +264,15 @@ export class TurnReservations {
   }
 
   /**
-   * Ends a turn's row; run it in the transaction that settles or releases the turn. True when the
-   * row was still there, so its tokens are to leave `reserved`: false when a reset, an erasure or
-   * another process's maintenance already took them.
+   * Ends a turn's row; run it in the transaction that settles or releases the turn. Returns the
+   * tokens the row still held, which are to leave `reserved`: 0 when a reset cleared them, or an
+   * erasure or another process's maintenance took the row.
    */
-  end(id: number): boolean {
+  end(id: number): number {
     // Before the statement: should it fail, or the transaction around it roll back, the row is
     // this process's and no turn's, and the next maintenance run gives it back.
     this.held.delete(id);
-    return this.statements.end.get({ id }) !== undefined;
+    return countedTokens(this.statements.end.get({ id })?.tokens);
   }
 
   /**
@@ -283,10 +284,19 @@ export class TurnReservations {
     this.held.delete(id);
   }
 
-  /** Ends every turn's row of an owner's day (a reset), or of every day (an erasure). */
-  endAllOf(owner: ChatOwner, day?: string): void {
-    if (day === undefined) this.statements.endOfOwner.run({ kind: owner.kind, id: owner.id });
-    else this.statements.endOfOwnerDay.run({ kind: owner.kind, id: owner.id, day });
+  /** Ends every turn's row of an owner (an erasure). */
+  endAllOf(owner: ChatOwner): void {
+    this.statements.endOfOwner.run({ kind: owner.kind, id: owner.id });
+  }
+
+  /**
+   * Clears the tokens of an owner's day's rows (a reset), keeping the rows: each is still a turn in
+   * flight, holding its slot of CHAT_MAX_CONCURRENT_TURNS until it ends (deleting them let the
+   * owner start as many again at each reset, probe 84b F1), and leaves nothing more to take from
+   * `reserved` when it does.
+   */
+  clearTokensOf(owner: ChatOwner, day: string): void {
+    this.statements.clearOfOwnerDay.run({ kind: owner.kind, id: owner.id, day });
   }
 
   /**

@@ -5,13 +5,14 @@
  * again the moment its turn ends, however it ends; each principal counts apart.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { chatReservations } from "../../../src/db/schema";
+import { chatReservations, chatUsage } from "../../../src/db/schema";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
 import { buildTestApp, PRODUCTION_ENV, send, type TestApp, testConfig } from "../../support/app";
 import { createKey, signUp } from "../../support/auth";
 import { asKey, asUser, chat, SSE } from "../../support/chat";
+import { cliInProcess } from "../../support/cli";
 import { anotherInstance } from "../../support/instance";
 import { waitFor } from "../../support/wait";
 
@@ -154,6 +155,39 @@ describe("CHAT_MAX_CONCURRENT_TURNS", () => {
     expect(await metricsText(target)).toContain(
       'chat_requests_total{provider="offline",outcome="concurrent"} 4',
     );
+  });
+
+  test("usage:reset gives the day's tokens back but not the slots of turns still running; each takes nothing from `reserved` when it ends (probe 84b F1)", async () => {
+    const provider = heldProvider();
+    target = buildTestApp({ env, chatProvider: provider });
+    const alice = await signUp(target);
+    const pending = together(target, asUser(alice), 2, []);
+    await waitFor(() => provider.running() === 2, { what: "two turns running" });
+    const cliEnv = { DATABASE_PATH: target.databasePath, CHAT_MAX_CONCURRENT_TURNS: "2" };
+    const reset = await cliInProcess(
+      ["usage:reset", "--principal", `user:${alice.userId}`],
+      cliEnv,
+    );
+    expect(reset.code).toBe(0);
+    expect(reset.stdout).toContain("reserved tokens cleared");
+    // The reset left both slots held: a third turn is refused, as before it.
+    const third = await chat(target, asUser(alice), { message: "a third" });
+    expect(third.status).toBe(429);
+    expect(((await third.json()) as Problem).code).toBe("TOO_MANY_TURNS");
+    expect(provider.running()).toBe(2);
+    expect(target.db.select().from(chatUsage).get()).toMatchObject({ reservedTokens: 0 });
+
+    provider.open();
+    expect((await Promise.all(pending)).map((response) => response.status)).toEqual([200, 200]);
+    await waitFor(() => reservationsOf(target!, "user").length === 0, {
+      what: "every reservation ended",
+    });
+    // Charged to the day given back; nothing taken from `reserved` twice.
+    expect(target.db.select().from(chatUsage).get()).toMatchObject({
+      reservedTokens: 0,
+      requests: 2,
+    });
+    expect((await chat(target, asUser(alice), { message: "again" })).status).toBe(200);
   });
 
   test("two instances on one file, three turns each at once: exactly two run in all", async () => {
