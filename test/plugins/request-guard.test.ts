@@ -375,6 +375,69 @@ describe("what no honest client sends", () => {
   });
 });
 
+describe("header bytes sent raw over a socket", () => {
+  /** The status line and whether the answer carries a request id (Palisade's) or not (Bun's own). */
+  const rawWithUserAgent = (port: number, userAgent: string) =>
+    new Promise<{ status: string; palisade: boolean }>((resolve) => {
+      let out = "";
+      Bun.connect({
+        hostname: "127.0.0.1",
+        port,
+        socket: {
+          open(socket) {
+            socket.write(
+              Buffer.from(
+                `GET /openapi.json HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ${userAgent}\r\nConnection: close\r\n\r\n`,
+                "latin1",
+              ),
+            );
+          },
+          data(_socket, data) {
+            out += data.toString("latin1");
+          },
+          close() {
+            resolve({
+              status: out.split("\r\n")[0] ?? "",
+              palisade: /\r\nx-request-id: /i.test(out),
+            });
+          },
+          error() {
+            resolve({ status: "error", palisade: false });
+          },
+        },
+      });
+    });
+
+  test("a C0 control in a header value is refused by Bun's parser (a bare 400, as README says), DEL by the guard (BAD_HEADER) (probe 84c F2)", async () => {
+    const target = guardedApp();
+    const running = serveInProcess(target);
+    const port = Number(running.url.port);
+    try {
+      for (let byte = 0; byte < 0x20; byte++) {
+        if (byte === 0x09 || byte === 0x0a || byte === 0x0d) continue;
+        expect({
+          byte,
+          ...(await rawWithUserAgent(port, `a${String.fromCharCode(byte)}b`)),
+        }).toEqual({
+          byte,
+          status: "HTTP/1.1 400 Bad Request",
+          palisade: false,
+        });
+      }
+      expect(await rawWithUserAgent(port, "a\u007fb")).toEqual({
+        status: "HTTP/1.1 400 Bad Request",
+        palisade: true,
+      });
+      expect(await rawWithUserAgent(port, "a\tb")).toEqual({
+        status: "HTTP/1.1 200 OK",
+        palisade: true,
+      });
+    } finally {
+      await running.shutdown("test");
+    }
+  });
+});
+
 describe("injection", () => {
   const hostile = [
     "'; DROP TABLE users; --",

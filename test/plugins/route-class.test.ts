@@ -235,14 +235,24 @@ describe("through the live server's router", () => {
     }
   });
 
-  test("a dot segment where a route has a parameter is refused 400 BAD_PATH before auth or validation (probe 32c F3)", async () => {
+  test("a dot segment or a backslash where a route has a parameter is refused 400 BAD_PATH before auth or validation (probe 32c F3, 84c F3)", async () => {
     const { running, port, target } = liveServer();
     let peer = 0;
     const withParams = routesOf(target).filter((route) => route.path.includes("/:"));
     expect(withParams.length).toBeGreaterThan(3);
     try {
       for (const route of withParams) {
-        for (const dots of ["..", "%2e%2e", ".%2E", "%2e.", ".", "%2e"]) {
+        for (const dots of [
+          "..",
+          "%2e%2e",
+          ".%2E",
+          "%2e.",
+          ".",
+          "%2e",
+          "..\\",
+          "..\\..\\x",
+          "a\\b",
+        ]) {
           const path = route.path.replace(/:[^/]+/, dots).replace(/:[^/]+/g, "12345");
           const response = await sendRaw(port, route.method, path, ++peer % 250);
           const code = response.status === 400 ? JSON.parse(response.body).code : null;

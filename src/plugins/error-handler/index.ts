@@ -20,6 +20,7 @@ import { type Principal, principalRef } from "../auth/principal";
 import type { ResponseHeaders } from "../security-headers/response";
 import type { ErrorContext } from "../sentry";
 import { EarlyAnswer } from "./early-answer";
+import { echoedField } from "./field-name";
 import { type RouteEntry, routeMethodIndex, routePatternIndex } from "./route-methods";
 import { storageRefusal } from "./storage";
 
@@ -102,13 +103,16 @@ export class ResponseSchemaMismatch extends Error {
   }
 }
 
-/** The failing fields of a schema error: JSON pointer and the rule, never the value sent. */
+/**
+ * The failing fields of a schema error: JSON pointer (up to a name not fit to echo) and the rule,
+ * never the value sent.
+ */
 export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
   const seen = new Set<string>();
   const fields: FieldError[] = [];
   for (const issue of error.all) {
     const path = "path" in issue && typeof issue.path === "string" ? issue.path : "";
-    const field = `${error.type}${path}`;
+    const field = echoedField(error.type, path);
     if (seen.has(field)) continue;
     seen.add(field);
     // Elysia's summary of a wrong type ends "… but found: <the value sent>" (a card number sent

@@ -54,18 +54,23 @@ export function checkUrl(url: string, limits: GuardLimits): Refusal | null {
 }
 
 /**
- * A route parameter that is a dot segment. Bun resolves dot segments (`..`, `%2e%2e`, `.%2e`) in
- * `request.url`, which every stage reads, but its router matches the path as sent: `POST
+ * A route parameter that is a dot segment, or holds a backslash. Bun resolves dot segments (`..`,
+ * `%2e%2e`, `.%2e`) in `request.url`, which every stage reads, and reads a `\` there as `/` (as
+ * WHATWG URLs do), but its router matches the path as sent: `POST
  * /api/admin/payments/%2e%2e/refund` reached the refund route with `id` "..", while the stages
- * before routing classified `/api/admin/refund` (probe 32c F3). Such a request is refused as one
- * whose dot segments the URL still shows is.
+ * before routing classified `/api/admin/refund` (probe 32c F3), and `..\` or `..\..\x` did the
+ * same (probe 84c F3). Such a request is refused as one whose dot segments or backslash the URL
+ * still shows is.
  */
 export function checkParams(params: Record<string, string> | undefined): Refusal | null {
   if (params === undefined) return null;
   for (const name in params) {
-    const value = params[name];
+    const value = params[name]!;
     if (value === "." || value === "..") {
       return { code: "BAD_PATH", reason: "dot segments in the path" };
+    }
+    if (value.includes("\\")) {
+      return { code: "BAD_PATH", reason: "encoded or control characters in the path" };
     }
   }
   return null;

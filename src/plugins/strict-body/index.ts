@@ -29,6 +29,7 @@ import { TransformKind, type TSchema } from "@sinclair/typebox";
 import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
+import { echoedField } from "../error-handler/field-name";
 import { IMPRECISE_NUMBER, MAX_BODY_DEPTH } from "../request-guard/body";
 import { routeLookup } from "../route-lookup";
 
@@ -128,17 +129,6 @@ function heldKeys(
   return held;
 }
 
-/** A field name fit to echo: a plain word, else the parent path alone. */
-function fieldOf(path: string): string {
-  const parts = path.split("/").filter((part) => part !== "");
-  const safe: string[] = [];
-  for (const part of parts) {
-    if (!/^[A-Za-z0-9_]{1,40}$/.test(part)) break;
-    safe.push(part);
-  }
-  return ["body", ...safe].join("/");
-}
-
 function refuse(field: string, message: string): never {
   throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [{ field, message }]);
 }
@@ -156,7 +146,7 @@ export function refuseKeysAsSent(sent: unknown, keysSent: number): void {
   const held = heldKeys(sent);
   if (held.reserved !== null) {
     refuse(
-      fieldOf(held.reserved.slice(0, held.reserved.lastIndexOf("/"))),
+      echoedField("body", held.reserved.slice(0, held.reserved.lastIndexOf("/"))),
       "Reserved key: names of Object.prototype's members (__proto__, constructor, toString, …) and prototype are refused",
     );
   }
@@ -183,10 +173,10 @@ export function checkSentBody(check: TypeCheck<TSchema>, sent: unknown): void {
         ? Object.keys(parent).find((key) => !allowed.includes(key))
         : undefined;
     if (extra !== undefined) {
-      refuse(fieldOf(`${first.path}/${extra}`), "Unknown field");
+      refuse(echoedField("body", `${first.path}/${extra}`), "Unknown field");
     }
   }
-  refuse(fieldOf(first.path), first.message);
+  refuse(echoedField("body", first.path), first.message);
 }
 
 function valueAt(value: unknown, pointer: string): unknown {

@@ -295,3 +295,23 @@ test("an intent Stripe replays for this owner's lost key, the same payment, is s
   expect(again.headers.get("idempotent-replayed")).toBe("true");
   expect(((await again.json()) as { id: string }).id).toBe(mine.id);
 });
+
+test("a metadata key is never echoed in a 422 unless a plain word: markup, controls or a long key name only its object (probe 84c F1)", async () => {
+  const long = "x".repeat(601);
+  for (const key of [
+    "<img src=x onerror=alert(1)>",
+    "k\u001b[31m",
+    "\u202ekey",
+    "k".repeat(3_000),
+  ]) {
+    const response = await createIntent(current, bearer(user.accessToken), {
+      ...valid,
+      metadata: { [key]: long },
+    });
+    expect(response.status).toBe(422);
+    const problem = (await response.json()) as { errors: { field: string }[] };
+    expect(problem.errors.map((e) => e.field)).toEqual(["body/metadata"]);
+  }
+  // A plain key is still named.
+  await expectRefused({ ...valid, metadata: { order_id: long } }, "body/metadata/order_id");
+});

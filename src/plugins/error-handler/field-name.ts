@@ -1,0 +1,28 @@
+/**
+ * @module
+ * Which part of a failing field's path a 422 may name. A path can hold names the client chose (an
+ * unknown field's, a key of `metadata`): those are echoed only when they are plain words, so an
+ * error never carries markup, controls or a 3,000-character key back (probe 75c N2, 84c F1).
+ */
+
+/**
+ * A name fit to echo: letters, digits, `_` and `-` (a header's name), at most 40 (array indices
+ * are digits).
+ */
+const ECHOABLE = /^[A-Za-z0-9_-]{1,40}$/;
+
+/**
+ * `root` (`body`, `query`, …) and the path's names up to the first one not fit to echo: that
+ * name's parent is what the error names. `path` is `/`-separated, as TypeBox's JSON pointers are.
+ */
+export function echoedField(root: string, path: string): string {
+  const names = path.split("/");
+  const shown = [root];
+  // The path's own leading "/" is no name.
+  for (let index = path.startsWith("/") ? 1 : 0; index < names.length; index++) {
+    const name = names[index]!;
+    if (!ECHOABLE.test(name)) break;
+    shown.push(name);
+  }
+  return shown.join("/");
+}
