@@ -14,7 +14,8 @@ import {
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
-import { tempDir } from "../support/app";
+import { buildTestApp, tempDir } from "../support/app";
+import { createKey } from "../support/auth";
 import { cliInProcess } from "../support/cli";
 import { REPO_ROOT, runToExit, type ServiceProcess, startService } from "../support/process";
 
@@ -362,5 +363,35 @@ describe("db:backup", () => {
     );
     const memory = await cli(["db:backup", join(dir, "copy.db")], { DATABASE_PATH: ":memory:" });
     expect(memory.code).toBe(2);
+  });
+});
+
+describe("what a restore brings back", () => {
+  test("a key rotated since the backup is listed `replaced by` in the moved file, so the restore's comparison revokes it; left, it works again with no end (probe 84d F1)", async () => {
+    const target = buildTestApp();
+    try {
+      const env = { DATABASE_PATH: target.databasePath };
+      const { record } = createKey(target, ["payments"]);
+      const backupPath = join(workDir(), "nightly.db");
+      expect((await cli(["db:backup", backupPath], env)).code).toBe(0);
+      // Rotated after the backup with no grace, as for a leaked key.
+      const successor = target.services.apiKeys.rotate(record.id, 0, "test")!.record;
+      const lineOf = async (path: string) =>
+        (await cli(["keys:list"], { DATABASE_PATH: path })).stdout
+          .split("\n")
+          .find((line) => line.startsWith(record.id))!;
+      const moved = await lineOf(target.databasePath);
+      expect(moved).toContain("  expired  ");
+      expect(moved).toEndWith(`  replaced by ${successor.id}`);
+      // The backup holds it as it was: active, with no end and no successor.
+      const restored = await lineOf(backupPath);
+      expect(restored).toContain("  active  ");
+      expect(restored).toContain("expires -");
+      expect(restored).not.toContain("replaced by");
+      expect((await cli(["keys:revoke", record.id], { DATABASE_PATH: backupPath })).code).toBe(0);
+      expect(await lineOf(backupPath)).toContain("  revoked  ");
+    } finally {
+      target.close();
+    }
   });
 });

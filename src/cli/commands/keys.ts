@@ -107,9 +107,13 @@ export const keysList: Command = {
       const lineage = seals.lineageTampered
         ? "  lineage refused (does not match its seal: no payments for a key acting for no user, no rotation)"
         : "";
+      // A rotated key ends only by its grace (expires), so a restored file, which holds it without
+      // either, brings it back for good: the restore's comparison needs to see it (probe 84d F1).
       const rotation = seals.rotationTampered
         ? "  rotation mark refused (replaced_by does not match its seal: no rotation)"
-        : "";
+        : key.replacedBy !== null
+          ? `  replaced by ${storedValueText(key.replacedBy)}`
+          : "";
       const owner =
         key.userId !== null
           ? `${storedValueText(key.ownerEmail)}`
