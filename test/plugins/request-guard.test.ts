@@ -305,6 +305,26 @@ describe("what no honest client sends", () => {
     });
   });
 
+  test("a header's name is quoted back only when a plain word (probe 84f F2)", async () => {
+    const target = guardedApp();
+    const long = `x-${"a".repeat(12_000)}`;
+    for (const [name, shown] of [
+      ["x-trace", "x-trace"],
+      [long, "a header"],
+      ["x-!#$%&'*+.^_`|~", "a header"],
+    ] as const) {
+      const response = await send(target, "/openapi.json", {
+        headers: { [name]: "evil\u007fvalue" },
+      });
+      expect(response.status).toBe(400);
+      const body = (await response.json()) as { code: string; detail: string };
+      expect(body).toMatchObject({
+        code: "BAD_HEADER",
+        detail: `Refused: control characters in ${shown}.`,
+      });
+    }
+  });
+
   test.each([
     ["authorization", "Bearer a, Bearer b"],
     ["x-api-key", "pal_live_a, pal_live_b"],
@@ -369,6 +389,9 @@ describe("what no honest client sends", () => {
       expect(await raw("/api/x%00y")).toBe("HTTP/1.1 400 Bad Request");
       // Plain dot segments are resolved by the server before routing: /api/../health is /health.
       expect(await raw("/api/../health")).toBe("HTTP/1.1 200 OK");
+      // A fragment, which no client sends, anywhere in the target (probe 84f F3, F4).
+      expect(await raw("/health#x")).toBe("HTTP/1.1 400 Bad Request");
+      expect(await raw("/api/admin/audit?x=#&limit=+3")).toBe("HTTP/1.1 400 Bad Request");
     } finally {
       await running.shutdown("test");
     }

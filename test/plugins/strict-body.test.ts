@@ -214,6 +214,23 @@ describe("unknown fields and reserved keys", () => {
     expect(target.stripe.created("/v1/payment_intents")).toBe(1);
   });
 
+  test("a key holding `/` is one name of the error's path, not several plain words: never echoed (probe 84f F1)", async () => {
+    const { target, alice } = await setUp();
+    const words = Array.from({ length: 60 }, (_, i) => `word${i}-${"w".repeat(30)}`).join("/");
+    for (const key of ["Session-expired/log-in-again-at/evil-example-com/now", words]) {
+      const raw = JSON.stringify({
+        amount: 1000,
+        currency: "usd",
+        metadata: { [key]: { a: 1 } },
+      }).replace('"a":1', '"__proto__":1');
+      const body = await problem(await createIntent(target, bearer(alice.accessToken), raw));
+      expect(body.status).toBe(422);
+      expect(fieldsOf(body)).toEqual(["body/metadata"]);
+      expect(JSON.stringify(body)).not.toContain("evil");
+      expect(JSON.stringify(body)).not.toContain("word1-");
+    }
+  });
+
   test("an anonymous caller still gets 401 before any body check", async () => {
     const { target } = await setUp();
     const response = await createIntent(target, {}, { amount: "1000", currency: "usd" });

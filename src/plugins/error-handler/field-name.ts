@@ -11,6 +11,19 @@
  */
 const ECHOABLE = /^[A-Za-z0-9_-]{1,40}$/;
 
+/** Whether a name the client chose (a key, a header's name) may be quoted back to it. */
+export function isEchoable(name: string): boolean {
+  return ECHOABLE.test(name);
+}
+
+/**
+ * A key as one name of a `/`-separated path (RFC 6901's escapes, as TypeBox writes its paths): a
+ * key holding `/` built by hand was read as several plain words and echoed whole (probe 84f F1).
+ */
+export function pathName(key: string): string {
+  return key.replaceAll("~", "~0").replaceAll("/", "~1");
+}
+
 /**
  * `root` (`body`, `query`, …) and the path's names up to the first one not fit to echo: that
  * name's parent is what the error names. `path` is `/`-separated, as TypeBox's JSON pointers are.

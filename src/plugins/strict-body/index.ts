@@ -29,7 +29,7 @@ import { TransformKind, type TSchema } from "@sinclair/typebox";
 import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { Elysia } from "elysia";
 import { AppError } from "../../errors";
-import { echoedField } from "../error-handler/field-name";
+import { echoedField, pathName } from "../error-handler/field-name";
 import { IMPRECISE_NUMBER, MAX_BODY_DEPTH } from "../request-guard/body";
 import { routeLookup } from "../route-lookup";
 
@@ -120,11 +120,13 @@ function heldKeys(
   for (const key of Object.keys(value)) {
     if (!isArray) {
       held.count++;
-      if (held.reserved === null && RESERVED_KEYS.has(key)) held.reserved = `${path}/${key}`;
+      if (held.reserved === null && RESERVED_KEYS.has(key)) {
+        held.reserved = `${path}/${pathName(key)}`;
+      }
     }
     const inner = (value as Record<string, unknown>)[key];
     if (inner !== null && typeof inner === "object")
-      heldKeys(inner, `${path}/${key}`, depth + 1, held);
+      heldKeys(inner, `${path}/${pathName(key)}`, depth + 1, held);
   }
   return held;
 }
@@ -173,7 +175,7 @@ export function checkSentBody(check: TypeCheck<TSchema>, sent: unknown): void {
         ? Object.keys(parent).find((key) => !allowed.includes(key))
         : undefined;
     if (extra !== undefined) {
-      refuse(echoedField("body", `${first.path}/${extra}`), "Unknown field");
+      refuse(echoedField("body", `${first.path}/${pathName(extra)}`), "Unknown field");
     }
   }
   refuse(echoedField("body", first.path), first.message);
