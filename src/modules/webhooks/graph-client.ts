@@ -157,6 +157,13 @@ function retryAfter(header: string | null): number | undefined {
   return Math.min(Number(header) * 1000, MAX_RETRY_AFTER_MS);
 }
 
+/**
+ * Statuses that say "not now" rather than "no": a timeout (408, Graph's or a proxy's in front of
+ * it, which a reply given up at once never got again: probe 84g F1), too early (425), too many
+ * (429). Every 5xx too.
+ */
+const RETRY_LATER_STATUSES: ReadonlySet<number> = new Set([408, 425, 429]);
+
 export function createGraphClient(options: GraphClientOptions): GraphClient {
   const doFetch = boundedFetch({ bodyBytes: GRAPH_ANSWER_BYTES }, options.fetch ?? fetch);
   const base = options.apiUrl.replace(/\/+$/, "");
@@ -220,7 +227,7 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
         };
       }
       if (
-        response.status === 429 ||
+        RETRY_LATER_STATUSES.has(response.status) ||
         response.status >= 500 ||
         (code !== null && TRANSIENT_GRAPH_CODES.has(code))
       ) {

@@ -154,3 +154,14 @@ test("an error text quoting the recipient's number or the text sent keeps both o
     expect((outcome as { reason: string }).reason).toBe(`graph 400 code 131026: ${kept}`);
   }
 });
+
+test("a 408 or 425 (a timeout, or too early: nothing was refused) is transient, as a 429 or a 5xx is; another 4xx is permanent (probe 84g F1)", async () => {
+  for (const status of [408, 425, 429, 500, 503]) {
+    const outcome = await answering(status, { error: { message: "try again" } }).sendText(message);
+    expect({ status, kind: outcome.kind }).toEqual({ status, kind: "transient" });
+  }
+  for (const status of [400, 403, 404, 409, 413, 422]) {
+    const outcome = await answering(status, { error: { message: "no" } }).sendText(message);
+    expect({ status, kind: outcome.kind }).toEqual({ status, kind: "permanent" });
+  }
+});
