@@ -235,7 +235,17 @@ async function failureOf(error: unknown): Promise<GatewayFailure> {
     // not said what it made of it. Taken as a refusal, the refund was taken off the payment's
     // undecided ones, and Stripe made it after; the retry, its key moved by charge.refunded, made
     // it again (probe 61a F1).
-    if (status === undefined || status >= 500 || status === 429 || status === 409) {
+    // A 408 or 425 (a timeout or too early, Stripe's or a proxy's before it) refused nothing
+    // either: answered as a refusal it was a 502, and a refund so answered left its undecided ones
+    // (probe 84g F1's class).
+    if (
+      status === undefined ||
+      status >= 500 ||
+      status === 429 ||
+      status === 409 ||
+      status === 408 ||
+      status === 425
+    ) {
       const keptByStripe =
         status !== undefined &&
         status >= 500 &&

@@ -332,6 +332,19 @@ test("a Stripe outage is 503 UPSTREAM_UNAVAILABLE with Retry-After and releases 
   expect(intentCalls(current)).toBe(2);
 });
 
+test("a 408 or 425 from Stripe (or a proxy before it: nothing was refused) is 503 UPSTREAM_UNAVAILABLE as an outage is, the key released (probe 84g F1's class)", async () => {
+  current = buildPaymentsApp();
+  const user = await signUp(current);
+  for (const status of [408, 425]) {
+    current.stripe.failNext(INTENTS, { status });
+    const failed = await createIntent(current, bearer(user.accessToken), body, `early-${status}`);
+    expect({ status, answered: failed.status }).toEqual({ status, answered: 503 });
+    expect(((await failed.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+    const retried = await createIntent(current, bearer(user.accessToken), body, `early-${status}`);
+    expect(retried.status).toBe(201);
+  }
+});
+
 test("a Stripe answer without end is read no further than its bound: 503 UPSTREAM_UNAVAILABLE, the key released for the retry (probe 54a F1's class)", async () => {
   current = buildPaymentsApp();
   const user = await signUp(current);
