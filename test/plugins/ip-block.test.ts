@@ -1,3 +1,4 @@
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../src/db/client";
@@ -392,6 +393,72 @@ describe("manual blocks", () => {
     await Bun.sleep(0);
     for (let i = 0; i < 9; i++) expect(await fail()).toBeNull();
     expect((await send(current, "/openapi.json", { peer: "192.0.2.82" })).status).toBe(200);
+  });
+});
+
+describe("many blocks in force (probe 84h F1)", () => {
+  /** Counts the rows statements on ip_blocks return, in every connection opened while it runs. */
+  function countingBlockReads() {
+    const originalQuery = Database.prototype.query;
+    const wrapped = new WeakSet<object>();
+    const counter = { rows: 0, restore: () => {} };
+    Database.prototype.query = function query(this: Database, sql: string) {
+      const statement = originalQuery.call(this, sql);
+      if (sql.includes("FROM ip_blocks") && !wrapped.has(statement)) {
+        wrapped.add(statement);
+        const all = statement.all.bind(statement);
+        statement.all = ((...params: Parameters<typeof all>) => {
+          const rows = all(...params);
+          counter.rows += rows.length;
+          return rows;
+        }) as typeof statement.all;
+      }
+      return statement;
+    } as typeof Database.prototype.query;
+    counter.restore = () => {
+      Database.prototype.query = originalQuery;
+    };
+    return counter;
+  }
+
+  test("a request reads its own address's blocks, at most once a second, never the whole table; the gauge counts them all over a few scrapes", async () => {
+    const reads = countingBlockReads();
+    try {
+      const clock = new ManualClock();
+      current = buildTestApp({ clock });
+      const target = current;
+      const blocks = 2_000;
+      for (let i = 0; i < blocks; i++) {
+        target.services.ipBlocks.block({
+          address: `2001:db8:1:${i.toString(16)}::/64`,
+          reason: "test",
+          ttlMs: 60 * MINUTE,
+          source: "auto",
+        });
+      }
+      // What this process knows of the blocks it made is a second old.
+      clock.advance(1_001);
+      reads.rows = 0;
+      expect((await send(target, "/openapi.json", { peer: "2001:db8:2::1" })).status).toBe(200);
+      expect(reads.rows).toBe(0);
+      expect((await send(target, "/openapi.json", { peer: "2001:db8:1:5::1" })).status).toBe(403);
+      expect(reads.rows).toBe(1);
+      // Within the second, no read; after it, that one row again.
+      expect((await send(target, "/openapi.json", { peer: "2001:db8:1:5::2" })).status).toBe(403);
+      expect(reads.rows).toBe(1);
+      clock.advance(1_001);
+      expect((await send(target, "/openapi.json", { peer: "2001:db8:1:5::1" })).status).toBe(403);
+      expect(reads.rows).toBe(2);
+
+      let gauge = "";
+      for (let scrape = 0; scrape < 50 && gauge !== `ip_blocks_active ${blocks}`; scrape++) {
+        const text = await (await send(target, "/metrics", { peer: "127.0.0.1" })).text();
+        gauge = /^ip_blocks_active \d+$/m.exec(text)?.[0] ?? "";
+      }
+      expect(gauge).toBe(`ip_blocks_active ${blocks}`);
+    } finally {
+      reads.restore();
+    }
   });
 });
 

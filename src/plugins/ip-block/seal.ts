@@ -91,7 +91,7 @@ export interface BlockTamperReporter {
  * as an error line and an `ip.block_tampered` audit event naming the row's id (never its subject,
  * whatever the file's writer put there); past them, at most once a minute, one line and one event
  * saying how many more were read. The whole table is read every second, so a file with thousands
- * of forged rows must not become thousands of lines and must-not-lose audit writes per reload.
+ * of forged rows must not become thousands of lines and must-not-lose audit writes per read.
  */
 export function blockTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
