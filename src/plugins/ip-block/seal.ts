@@ -90,8 +90,9 @@ export interface BlockTamperReporter {
  * Reports block rows that do not match their seals: each of the first 100 rows of a process once,
  * as an error line and an `ip.block_tampered` audit event naming the row's id (never its subject,
  * whatever the file's writer put there); past them, at most once a minute, one line and one event
- * saying how many more were read. The whole table is read every second, so a file with thousands
- * of forged rows must not become thousands of lines and must-not-lose audit writes per read.
+ * saying how many more were read. Every address's requests and the gauge's sweep read the table,
+ * so a file with thousands of forged rows must not become thousands of lines and must-not-lose
+ * audit writes.
  */
 export function blockTamperReporter(deps: {
   logger: { error(fields: Record<string, unknown>, message: string): void };
