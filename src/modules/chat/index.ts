@@ -450,8 +450,8 @@ export function chatModule(options: ChatModuleOptions) {
     )
     .delete(
       "/api/chat/conversations/:id",
-      ({ params, principal, set }) => {
-        if (!service.delete(ownerOf(principal), params.id)) {
+      async ({ params, principal, set }) => {
+        if (!(await service.delete(ownerOf(principal), params.id))) {
           throw new AppError("NOT_FOUND", "No conversation of yours has that id.");
         }
         set.status = 204;

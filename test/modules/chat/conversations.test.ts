@@ -17,6 +17,7 @@ import { createKey, type Session, signUp } from "../../support/auth";
 import { asKey, asUser, chat, conversation } from "../../support/chat";
 import { ManualClock } from "../../support/clock";
 import { putBackBefore } from "../../support/migrations";
+import { waitFor } from "../../support/wait";
 
 let target: TestApp;
 let clock: ManualClock;
@@ -551,6 +552,43 @@ describe("list, read, delete", () => {
     });
     expect(again.status).toBe(404);
   });
+});
+
+describe("deleting a long conversation (probe 84h F2)", () => {
+  test("its messages go the oldest first, a part at a time: between two parts what is left still reads, sealed; then all of it is gone", async () => {
+    const id = await conversation(target, clock, asUser(alice), 600);
+    const countLeft = () =>
+      target.db.select().from(chatMessages).where(eq(chatMessages.conversationId, id)).all().length;
+    expect(countLeft()).toBe(1_200);
+    const deleting = send(target, `/api/chat/conversations/${id}`, {
+      method: "DELETE",
+      headers: asUser(alice),
+    });
+    // One statement took all 1,200 at once, holding the event loop and the write lock for it.
+    await waitFor(
+      () => {
+        const left = countLeft();
+        return left > 0 && left < 1_200;
+      },
+      { what: "a part of the messages deleted, the rest still there", intervalMs: 1 },
+    );
+    const between = await send(target, `/api/chat/conversations/${id}`, { headers: asUser(alice) });
+    expect(between.status).toBe(200);
+    expect(((await between.json()) as { messageCount: number }).messageCount).toBe(200);
+    expect((await deleting).status).toBe(204);
+    expect(countLeft()).toBe(0);
+    target.services.audit.flush();
+    expect(
+      target.db.$client
+        .query("SELECT count(*) AS n FROM audit_events WHERE type = 'chat.conversation_tampered'")
+        .get(),
+    ).toEqual({ n: 0 });
+    const again = await send(target, `/api/chat/conversations/${id}`, {
+      method: "DELETE",
+      headers: asUser(alice),
+    });
+    expect(again.status).toBe(404);
+  }, 60_000);
 });
 
 describe("isolation: another's conversation is 404, never 403", () => {
