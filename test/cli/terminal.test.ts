@@ -91,10 +91,27 @@ test("rows written into the file with a time that is none, or a BLOB for text, a
   const tail = await cliInProcess(["audit:tail", "--limit", "100"], env);
   expect(tail.code).toBe(0);
   const forged = tail.stdout.split("\n").filter((row) => row.includes("auth.logout"));
+  // Marked as the admin API marks them (probe 84j F3); the rows Palisade wrote are not.
+  const mark =
+    "  TAMPERED (does not match its hash: changed in the database file; see audit:verify)";
   expect(forged.sort()).toEqual([
-    "1e+300  auth.logout  success  actor=-  ip=-  route=-  request=-  {}",
-    "x  auth.logout  success  actor=-  ip=-  route=-  request=-  {}",
+    `1e+300  auth.logout  success  actor=-  ip=-  route=-  request=-  {}${mark}`,
+    `x  auth.logout  success  actor=-  ip=-  route=-  request=-  {}${mark}`,
   ]);
+  const genuine = tail.stdout.split("\n").filter((row) => !row.includes("auth.logout"));
+  expect(genuine.length).toBeGreaterThan(0);
+  expect(genuine.filter((row) => row.includes("TAMPERED"))).toEqual([]);
+  const json = await cliInProcess(["audit:tail", "--limit", "100", "--json"], env);
+  const marks = json.stdout
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line) as { type: string; tampered: boolean })
+    .map((row) => [row.type, row.tampered]);
+  expect(marks.filter(([type]) => type === "auth.logout")).toEqual([
+    ["auth.logout", true],
+    ["auth.logout", true],
+  ]);
+  expect(marks.filter(([type, tampered]) => type !== "auth.logout" && tampered)).toEqual([]);
 });
 
 test("--json lines stay JSON a parser reads when the file holds DEL or C1 controls, still with no control character (probe 82a F4)", async () => {

@@ -141,6 +141,41 @@ describe("audit log query", () => {
     }
   });
 
+  test("a block of an IPv6 address and its lift are found by any address of its /64 (probe 84j F1)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const headers = bearer(admin.accessToken);
+    const made = await send(current, "/api/admin/blocks", {
+      headers,
+      body: { address: "2001:db8:84::7", reason: "probe", ttlMinutes: 60 },
+    });
+    expect(made.status).toBe(201);
+    const { id } = (await made.json()) as { id: number };
+    // An id spelt otherwise than the API shows it names no block.
+    for (const spelling of [`0${id}`, `${id}.0`, ` ${id}`]) {
+      const response = await send(current, `/api/admin/blocks/${encodeURIComponent(spelling)}`, {
+        method: "DELETE",
+        headers,
+      });
+      expect({ spelling, status: response.status }).toEqual({ spelling, status: 404 });
+    }
+    expect(
+      (await send(current, `/api/admin/blocks/${id}`, { method: "DELETE", headers })).status,
+    ).toBe(204);
+    current.services.audit.flush();
+    for (const ip of ["2001:db8:84::7", "2001:DB8:84:0::7", "2001:db8:84::1"]) {
+      const response = await send(
+        current,
+        `/api/admin/audit?ip=${encodeURIComponent(ip)}&limit=10`,
+        { headers },
+      );
+      const types = ((await response.json()) as { events: { type: string }[] }).events
+        .map((event) => event.type)
+        .sort();
+      expect({ ip, types }).toEqual({ ip, types: ["ip.blocked", "ip.unblocked"] });
+    }
+  });
+
   test("since and until on a day that does not exist are 422, not the next month's days", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });

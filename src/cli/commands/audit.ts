@@ -9,7 +9,7 @@ import {
 } from "../../modules/admin/security-summary";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { type AuditHead, recentAuditEvents, verifyAuditChain } from "../../plugins/audit/log";
-import { describeFailure } from "../../plugins/audit/verify";
+import { describeFailure, rowVouched } from "../../plugins/audit/verify";
 import { CliError, type Command, EXIT_USAGE, wholeNumberFlag } from "../command";
 import { terminalJson } from "../terminal";
 
@@ -19,7 +19,11 @@ export const auditTail: Command = {
   usage: "audit:tail [--limit N] [--json]",
   run(args, context) {
     const limit = wholeNumberFlag("limit", args.flags.limit ?? "20", 10_000);
+    // Each row checked alone, as the admin API marks it: a row changed in the file was printed
+    // as genuine (probe 84j F3).
+    const keys = new AuditKeys(context.config().audit.secretKey);
     for (const row of recentAuditEvents(context.db().$client, limit)) {
+      const tampered = !rowVouched(keys, row);
       if (args.flags.json) {
         const {
           subjectSalt: _salt,
@@ -28,7 +32,7 @@ export const auditTail: Command = {
           erasureMac: _erasure,
           ...shown
         } = row;
-        context.out(terminalJson(shown));
+        context.out(terminalJson({ ...shown, tampered }));
         continue;
       }
       context.out(
@@ -43,6 +47,9 @@ export const auditTail: Command = {
           `route=${storedValueText(row.route) ?? "-"}`,
           `request=${storedValueText(row.requestId) ?? "-"}`,
           storedValueText(row.detail),
+          ...(tampered
+            ? ["TAMPERED (does not match its hash: changed in the database file; see audit:verify)"]
+            : []),
         ].join("  "),
       );
     }

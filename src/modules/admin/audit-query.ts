@@ -4,7 +4,7 @@
  * an id cursor (stable while rows are appended, unlike an offset).
  */
 import type { Database } from "bun:sqlite";
-import { and, desc, eq, gte, lt, lte } from "drizzle-orm";
+import { and, desc, eq, gte, inArray, lt, lte } from "drizzle-orm";
 import { drizzleOf } from "../../db/client";
 import { auditEvents } from "../../db/schema";
 import { storedTimeText, storedValueText } from "../../db/stored-values";
@@ -14,7 +14,8 @@ import type { AuditEventView as AuditEventViewSchema } from "./model";
 export interface AuditFilter {
   type?: string;
   actor?: string;
-  ip?: string;
+  /** The spellings an address is recorded under: itself, and its blocks' subject (an IPv6 /64). */
+  ips?: readonly string[];
   since?: number;
   until?: number;
   cursor?: number;
@@ -60,7 +61,7 @@ export function queryAuditEvents(
       and(
         when(filter.type, (v) => eq(auditEvents.type, v)),
         when(filter.actor, (v) => eq(auditEvents.actor, v)),
-        when(filter.ip, (v) => eq(auditEvents.ip, v)),
+        when(filter.ips, (v) => inArray(auditEvents.ip, [...v])),
         when(filter.since, (v) => gte(auditEvents.at, v)),
         when(filter.until, (v) => lte(auditEvents.at, v)),
         when(filter.cursor, (v) => lt(auditEvents.id, v)),

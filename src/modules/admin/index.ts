@@ -337,17 +337,23 @@ export function adminModule(options: AdminModuleOptions) {
       ({ query, principal, request, client, requestId, route }) => {
         // Addresses are recorded in one spelling (IPv6 compressed and lower case, a mapped IPv4
         // as IPv4): the filter is read the same way, so any spelling finds its events, and text
-        // that is no address is refused rather than answered with nothing (probe 32d F1).
-        const ip =
+        // that is no address is refused rather than answered with nothing (probe 32d F1). A
+        // block's and its lift's rows name the subject blocked, an IPv6 address's /64: found too
+        // (probe 84j F1).
+        const address =
           query.ip === undefined
             ? undefined
-            : formatAddress(addressOf(query.ip, "query/ip", "The request query is invalid."));
+            : addressOf(query.ip, "query/ip", "The request query is invalid.");
+        const ips =
+          address === undefined
+            ? undefined
+            : [...new Set([formatAddress(address), clientKeyOf(address)])];
         const page = queryAuditEvents(
           options.sqlite,
           {
             type: query.type,
             actor: query.actor,
-            ip,
+            ips,
             since: query.since ? Date.parse(query.since) : undefined,
             until: query.until ? Date.parse(query.until) : undefined,
             cursor: query.cursor,
@@ -467,7 +473,7 @@ export function adminModule(options: AdminModuleOptions) {
     .delete(
       "/blocks/:id",
       async ({ params, principal, set, requestId, client, request, route }) => {
-        const block = ipBlocks.listActive().find((b) => String(b.id) === params.id);
+        const block = ipBlocks.activeBlock(params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
         try {
           await ipBlocks.lift(block.address, principalRef(principal), requestId, () =>

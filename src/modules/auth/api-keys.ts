@@ -748,7 +748,10 @@ export class ApiKeyService {
           detail: {
             keyId: id,
             replacedBy: fresh.record.id,
-            graceSeconds: Math.round(graceMs / 1000),
+            // The grace the old key has, cut at its own end: the one asked for said a leaked key
+            // worked days longer than it does (probe 84j F2).
+            graceSeconds: Math.round((graceEnds - now) / 1000),
+            ...(graceEnds < now + graceMs ? { graceAskedSeconds: Math.round(graceMs / 1000) } : {}),
           },
         });
         return fresh;

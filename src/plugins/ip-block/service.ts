@@ -197,6 +197,10 @@ function prepareStatements(db: AppDatabase) {
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
          WHERE address = $address AND ${IN_FORCE}`,
       ),
+    byId: () =>
+      sqlite.query<StoredBlock, { id: string; now: number }>(
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE id = $id AND ${IN_FORCE}`,
+      ),
     // Whether any block may be in force (a row Palisade wrote or not): none, and no address needs
     // a read of its own.
     anyInForce: () =>
@@ -662,6 +666,19 @@ export class IpBlockService {
       createdBy: row.createdBy,
       liftedAt: row.liftedAt,
     });
+  }
+
+  /**
+   * The block in force with this id (as the API names it), if Palisade made it: one indexed read, not
+   * the whole list (an admin's lift read every block in force to find one).
+   */
+  activeBlock(id: string): IpBlock | null {
+    // As the API shows ids: `0123` or `1e3` names no block, though SQLite would read them as one.
+    if (!/^[1-9][0-9]{0,15}$/.test(id) || !Number.isSafeInteger(Number(id))) return null;
+    const row = this.statements.byId.get({ id, now: this.options.clock.now() });
+    const found = row !== null && this.intact(row) ? shown(row) : null;
+    this.reportUnreported();
+    return found;
   }
 
   /** The blocks in force that Palisade made, newest first. */

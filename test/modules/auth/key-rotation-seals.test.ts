@@ -310,3 +310,24 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
   expect(later.sealed()).toBeNull();
   expect(seal.intact.successor(marks().at(-1)!)).toBe(false);
 });
+
+test("a rotation's audit row says the grace the old key has, cut at its own end, and the one asked for (probe 84j F2)", async () => {
+  current = buildTestApp();
+  const target = current;
+  const DAY = 86_400_000;
+  const { record } = target.services.apiKeys.create(
+    { name: "short", scopes: ["payments"], userId: null, expiresAt: Date.now() + DAY },
+    "test",
+  );
+  target.services.apiKeys.rotate(record.id, 7 * DAY, "test");
+  target.services.audit.flush();
+  const row = target.db.$client
+    .query<{ detail: string }, []>(
+      "SELECT detail FROM audit_events WHERE type = 'admin.key.rotated' ORDER BY id DESC LIMIT 1",
+    )
+    .get()!;
+  const detail = JSON.parse(row.detail) as { graceSeconds: number; graceAskedSeconds?: number };
+  expect(detail.graceSeconds).toBeLessThanOrEqual(86_400);
+  expect(detail.graceSeconds).toBeGreaterThan(86_000);
+  expect(detail.graceAskedSeconds).toBe(7 * 86_400);
+});
