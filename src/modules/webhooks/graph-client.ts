@@ -17,6 +17,7 @@
 
 import { boundedFetch } from "../../bounded-fetch";
 import { createTextScrubber } from "../../logging/scrub";
+import { retryAfterMs } from "../../retry-after";
 
 export type SendOutcome =
   | { kind: "sent"; messageId: string }
@@ -153,8 +154,8 @@ function describeError(
 export const GRAPH_ANSWER_BYTES = 64 * 1024;
 
 function retryAfter(header: string | null): number | undefined {
-  if (header === null || !/^[0-9]{1,6}$/.test(header)) return undefined;
-  return Math.min(Number(header) * 1000, MAX_RETRY_AFTER_MS);
+  const asked = retryAfterMs(header, Date.now());
+  return asked === undefined ? undefined : Math.min(asked, MAX_RETRY_AFTER_MS);
 }
 
 /**

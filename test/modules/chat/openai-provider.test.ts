@@ -614,6 +614,18 @@ describe("retries", () => {
     expect(failureLines()).toHaveLength(0);
   });
 
+  test("a 408, 409 or 425 (not now, rather than no) is tried again, as a 429 is (probe 84i F1)", async () => {
+    for (const status of [408, 409, 425]) {
+      const before = upstream.requests.length;
+      upstream.enqueue(
+        { kind: "error", status, retryAfter: "0" },
+        { kind: "reply", text: `after a ${status}` },
+      );
+      expect((await provider.complete(MESSAGES)).text).toBe(`after a ${status}`);
+      expect(upstream.requests.length - before).toBe(2);
+    }
+  });
+
   test("retry-after-ms is honoured, for a stream as well", async () => {
     upstream.enqueue(
       { kind: "error", status: 503, retryAfterMs: "400" },

@@ -165,3 +165,20 @@ test("a 408 or 425 (a timeout, or too early: nothing was refused) is transient, 
     expect({ status, kind: outcome.kind }).toEqual({ status, kind: "permanent" });
   }
 });
+
+test("a Retry-After given as an HTTP date is waited for as the seconds would be (probe 84i F2)", async () => {
+  const inTwoMinutes = new Date(Date.now() + 120_000).toUTCString();
+  const client = createGraphClient({
+    apiUrl: "http://graph.invalid/v21.0",
+    accessToken: TOKEN,
+    fetch: (async () =>
+      Response.json(
+        { error: { message: "busy", code: 2 } },
+        { status: 503, headers: { "retry-after": inTwoMinutes } },
+      )) as unknown as typeof fetch,
+  });
+  const outcome = (await client.sendText(message)) as { kind: string; retryAfterMs?: number };
+  expect(outcome.kind).toBe("transient");
+  expect(outcome.retryAfterMs).toBeGreaterThan(110_000);
+  expect(outcome.retryAfterMs).toBeLessThanOrEqual(120_000);
+});

@@ -56,6 +56,7 @@ import {
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
+import { retryAfterMs } from "../../../retry-after";
 import { showsSomething, visiblePart } from "../../../visible-text";
 import { estimateTokens, estimateTokensOf } from "../tokens";
 import { CircuitBreaker, type CircuitPermit } from "./circuit-breaker";
@@ -171,16 +172,14 @@ export function retryDelay(
   return { kind: "wait", ms: Math.round(exponential / 2 + (exponential / 2) * random()) };
 }
 
+/** Statuses a request is sent again after, with every 5xx. */
+const RETRY_LATER: ReadonlySet<number> = new Set([408, 409, 425, 429]);
+
 /** The wait an upstream asked for, in milliseconds, if it asked for a usable one. */
 export function requestedWaitMs(headers: Headers | undefined, now: number): number | undefined {
   const ms = headers?.get("retry-after-ms");
   if (ms && /^\d+(\.\d+)?$/.test(ms.trim())) return Number(ms.trim());
-  const value = headers?.get("retry-after")?.trim();
-  if (!value) return undefined;
-  if (/^\d+$/.test(value)) return Number(value) * 1000;
-  const date = Date.parse(value);
-  if (Number.isNaN(date)) return undefined;
-  return Math.max(0, date - now);
+  return retryAfterMs(headers?.get("retry-after"), now);
 }
 
 function abortReason(signal: AbortSignal): unknown {
@@ -497,7 +496,10 @@ function classify(error: unknown): AttemptFailure {
   if (error instanceof APIError && typeof error.status === "number") {
     const status = error.status;
     const headers = error.headers instanceof Headers ? error.headers : undefined;
-    if (status === 408 || status === 429 || status >= 500) {
+    // "Not now" rather than "no": a timeout, a conflict (the OpenAI SDK retries one too), too
+    // early, too many, a server's failure. A 409 or 425 was a refusal, 502 "unusable answer" and
+    // never tried again (probe 84i F1).
+    if (RETRY_LATER.has(status) || status >= 500) {
       const reason = status === 429 ? "rate limited by upstream" : `upstream status ${status}`;
       return { kind: "unavailable", retryable: true, upstreamFault: true, status, reason, headers };
     }
