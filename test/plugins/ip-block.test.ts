@@ -257,6 +257,51 @@ describe("manual blocks", () => {
     expect((await send(target, "/openapi.json", { peer: "192.0.2.70" })).status).toBe(403);
   });
 
+  test("the first block made elsewhere, just after this process read that none was in force, applies within that second, not two (probe 84k F1)", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp(clock);
+    const other = secondProcess(target, clock);
+    cleanups.push(() => other.close());
+    // This process reads that no block is in force anywhere.
+    expect((await send(target, "/openapi.json", { peer: "192.0.2.71" })).status).toBe(200);
+    clock.advance(30);
+    other.services.ipBlocks.block({
+      address: "192.0.2.72",
+      reason: "x",
+      ttlMs: 10 * MINUTE,
+      source: "admin",
+    });
+    clock.advance(950);
+    // Within the second of that reading: not yet seen here, as documented.
+    expect((await send(target, "/openapi.json", { peer: "192.0.2.72" })).status).toBe(200);
+    clock.advance(21);
+    expect((await send(target, "/openapi.json", { peer: "192.0.2.72" })).status).toBe(403);
+  });
+
+  test("ended blocks interleaved with blocks in force: the gauge counts the ones in force, once each address", async () => {
+    const clock = new ManualClock();
+    current = buildTestApp({ clock });
+    const target = current;
+    const block = (address: string, ttlMs: number) =>
+      target.services.ipBlocks.block({ address, reason: "x", ttlMs, source: "auto" });
+    for (let i = 0; i < 300; i++) block(`198.51.100.${i % 250}`, i % 2 === 0 ? 1_000 : 60 * MINUTE);
+    // A second block on an address already counted, and a lockout, which is no address.
+    block("198.51.100.1", 30 * MINUTE);
+    block("user:someone", 60 * MINUTE);
+    clock.advance(2_000);
+    const inForce = new Set(
+      Array.from({ length: 300 }, (_, i) => i)
+        .filter((i) => i % 2 === 1)
+        .map((i) => `198.51.100.${i % 250}`),
+    ).size;
+    let gauge = "";
+    for (let scrape = 0; scrape < 20 && gauge !== `ip_blocks_active ${inForce}`; scrape++) {
+      const text = await (await send(target, "/metrics", { peer: "127.0.0.1" })).text();
+      gauge = /^ip_blocks_active \d+$/m.exec(text)?.[0] ?? "";
+    }
+    expect(gauge).toBe(`ip_blocks_active ${inForce}`);
+  });
+
   test("failed logins feed the blocker: 10 within 15 minutes block", async () => {
     const target = blockingApp();
     const client = { ip: "192.0.2.80", key: "192.0.2.80", address: null };
