@@ -68,7 +68,7 @@ export const blocksRemove: Command = {
     const id = args.positional[0];
     if (!id) throw new CliError("the block id is required", EXIT_USAGE);
     const { ipBlocks } = context.services();
-    const block = ipBlocks.listActive().find((b) => String(b.id) === id);
+    const block = ipBlocks.activeBlock(id);
     if (!block) throw new CliError(`no block in force has the id ${id}`);
     await ipBlocks.lift(block.address, "cli");
     context.out(`lifted the block on ${block.address}`);
