@@ -231,6 +231,60 @@ describe("a block row written into the database file", () => {
   });
 });
 
+describe("the gauge's sweep and rows written into the file (probe 84l)", () => {
+  const gaugeOf = async (target: TestApp) =>
+    /^ip_blocks_active (\d+)$/m.exec(
+      await (await send(target, "/metrics", { peer: "127.0.0.1" })).text(),
+    )?.[1];
+
+  test("300 forged rows ending past 2^53 neither count nor hold the sweep: blocks made and lifted after them are counted (F1)", async () => {
+    const clock = new ManualClock();
+    const target = app(clock, true);
+    const block = (address: string) =>
+      target.services.ipBlocks.block({ address, reason: "r", ttlMs: 60 * MINUTE, source: "admin" });
+    block("192.0.2.201");
+    for (let i = 0; i < 300; i++) {
+      writeIntoFile(target, { address: `198.18.0.${i % 250}`, expiresAt: 2 ** 53 });
+    }
+    // Past what a JS number holds exactly: read back, it rounds to 2^53.
+    target.db.$client.run(
+      "UPDATE ip_blocks SET expires_at = 9007199254740993 WHERE address LIKE '198.18.%'",
+    );
+    await gaugeOf(target);
+    block("192.0.2.202");
+    block("192.0.2.203");
+    let gauge: string | undefined;
+    for (let scrape = 0; scrape < 20 && gauge !== "3"; scrape++) gauge = await gaugeOf(target);
+    expect(gauge).toBe("3");
+    await target.services.ipBlocks.lift("192.0.2.202", "test");
+    for (let scrape = 0; scrape < 20 && gauge !== "2"; scrape++) gauge = await gaugeOf(target);
+    expect(gauge).toBe("2");
+  });
+
+  test("a sealed row whose NULL creator is written as '' fails its seal for the gauge too, whose memory of checked rows knows them apart (F2)", async () => {
+    const clock = new ManualClock();
+    const target = app(clock, true);
+    const made = target.services.ipBlocks.block({
+      address: "192.0.2.210",
+      reason: "r",
+      ttlMs: 60 * MINUTE,
+      source: "auto",
+    });
+    target.services.ipBlocks.block({
+      address: "192.0.2.211",
+      reason: "r",
+      ttlMs: 60 * MINUTE,
+      source: "auto",
+    });
+    expect(await gaugeOf(target)).toBe("2");
+    target.db.$client.run("UPDATE ip_blocks SET created_by = '' WHERE id = ?", [made.id]);
+    let gauge: string | undefined;
+    for (let scrape = 0; scrape < 20 && gauge !== "1"; scrape++) gauge = await gaugeOf(target);
+    expect(gauge).toBe("1");
+    expect(tamperReports(target)).toEqual([{ table: "ip_blocks", id: String(made.id) }]);
+  });
+});
+
 describe("the file's ids and sizes (probe 19a)", () => {
   test("a sequence pushed past what JavaScript counts, or to its end, changes nothing: blocks are made, sealed and lifted; a copy at a huge id counts for nothing", async () => {
     const clock = new ManualClock();
