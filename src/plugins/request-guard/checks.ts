@@ -78,7 +78,7 @@ export function checkParams(params: Record<string, string> | undefined): Refusal
       return { code: "BAD_PATH", reason: "dot segments in the path" };
     }
     if (value.includes("\\")) {
-      return { code: "BAD_PATH", reason: "encoded or control characters in the path" };
+      return { code: "BAD_PATH", reason: "a backslash in the path" };
     }
   }
   return null;
