@@ -234,11 +234,11 @@ export interface FailingConversation {
   seal: string | null;
 }
 
-/** The conversations `owner` holds: the one predicate every owner-scoped query uses. */
 /** Messages a conversation's deletion takes at a time, and the pause between two (as an erasure's). */
 const DELETE_PART = 1_000;
 const DELETE_PART_PAUSE_MS = 20;
 
+/** The conversations `owner` holds: the one predicate every owner-scoped query uses. */
 function ownedBy(owner: ChatOwner) {
   const ids = heldIds(owner);
   return and(
