@@ -48,21 +48,25 @@ export interface BlockSeal {
 
 const KEY_LABEL = "palisade ip block seal v1";
 
+/** What a block's seal covers, in its order: every column but the seal itself. */
+export function sealedFields(row: SealedBlock): unknown[] {
+  return [
+    "ip_block",
+    row.id,
+    row.address,
+    row.reason,
+    row.source,
+    row.createdBy,
+    row.createdAt,
+    row.expiresAt,
+    row.liftedAt,
+  ];
+}
+
 /** The seal keyed from `auditSecret`. */
 export function createBlockSeal(auditSecret: string): BlockSeal {
   const mac = createRowSealer(auditSecret, KEY_LABEL);
-  const of = (row: SealedBlock) =>
-    mac([
-      "ip_block",
-      row.id,
-      row.address,
-      row.reason,
-      row.source,
-      row.createdBy,
-      row.createdAt,
-      row.expiresAt,
-      row.liftedAt,
-    ]);
+  const of = (row: SealedBlock) => mac(sealedFields(row));
   return { of, intact: (row) => sealMatches(of(row), row.seal) };
 }
 

@@ -49,6 +49,7 @@ import {
   blockTamperReporter,
   SEALED_BLOCK_COLUMNS,
   type SealedBlock,
+  sealedFields,
 } from "./seal";
 
 const MINUTE = 60_000;
@@ -415,18 +416,9 @@ export class IpBlockService {
       sweep.expiresAt = row.expiresAt;
       sweep.id = row.idText;
       if (row.liftedAt === null && Number.isInteger(row.expiresAt)) {
-        // Every column the seal covers, as JSON (a join read NULL and '' alike: 84l F2); cheaper
-        // than the seal itself.
-        const seen = JSON.stringify([
-          row.idText,
-          row.seal,
-          row.address,
-          row.reason,
-          row.source,
-          row.createdBy,
-          row.createdAt,
-          row.expiresAt,
-        ]);
+        // The row as its seal reads it, with the seal and the id as stored, as JSON (a join read
+        // NULL and '' alike: 84l F2); cheaper than the seal itself.
+        const seen = JSON.stringify([row.idText, row.seal, ...sealedFields(row)]);
         const intact = this.checked.get(seen) ?? this.checkedThisPass.get(seen) ?? this.intact(row);
         this.checkedThisPass.set(seen, intact);
         if (intact && !isPrincipalSubject(row.address)) sweep.addresses.add(row.address);
