@@ -150,18 +150,17 @@ export function forbidden(
   // Per route too: one refusal must not hide the principal's next ones elsewhere for the minute
   // (probe 83g F4: a 403 on a harmless route, then the admin routes tried unaudited).
   const key = `${actor} ${place.route}`;
-  if (firstInWindow?.("forbidden", key, clock.now(), REFUSAL_AUDIT_WINDOW_MS) === false) {
-    return new AppError("FORBIDDEN", "This credential may not do that.");
+  if (firstInWindow?.("forbidden", key, clock.now(), REFUSAL_AUDIT_WINDOW_MS) !== false) {
+    audit.record({
+      type: "auth.forbidden",
+      outcome: "denied",
+      actor,
+      ip: place.ip,
+      route: place.route,
+      requestId: place.requestId,
+      detail: { requires: describeRequirement(requirement) },
+    });
   }
-  audit.record({
-    type: "auth.forbidden",
-    outcome: "denied",
-    actor,
-    ip: place.ip,
-    route: place.route,
-    requestId: place.requestId,
-    detail: { requires: describeRequirement(requirement) },
-  });
   return new AppError("FORBIDDEN", "This credential may not do that.");
 }
 
