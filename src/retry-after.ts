@@ -5,6 +5,14 @@
  * (Graph's client, probe 84i F2).
  */
 
+/**
+ * Statuses that say "not now" rather than "no", from an upstream or a proxy before it: a timeout
+ * (408), too early (425), too many (429); with every 5xx, retried by each outbound client. A 408
+ * given up at once lost a WhatsApp reply, and Stripe's and the chat model's were refusals (probes
+ * 84g F1, 84i F1).
+ */
+export const NOT_NOW_STATUSES: ReadonlySet<number> = new Set([408, 425, 429]);
+
 /** The wait a `Retry-After` value asks for, in milliseconds from `now`, or undefined if unusable. */
 export function retryAfterMs(value: string | null | undefined, now: number): number | undefined {
   const trimmed = value?.trim();

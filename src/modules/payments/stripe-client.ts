@@ -12,8 +12,10 @@
  * carries our idempotency key, so a retry after a lost answer is replayed by Stripe, never done
  * twice. Timeout 20 s per attempt.
  */
+
 import type Stripe from "stripe";
 import { boundedFetch } from "../../bounded-fetch";
+import { NOT_NOW_STATUSES } from "../../retry-after";
 import { isClientSecretOf, isStripeId } from "./ids";
 import { isPaymentStatus, type PaymentStatus } from "./status";
 import { STRIPE_ERROR_CODES } from "./stripe-error-codes";
@@ -238,14 +240,7 @@ async function failureOf(error: unknown): Promise<GatewayFailure> {
     // A 408 or 425 (a timeout or too early, Stripe's or a proxy's before it) refused nothing
     // either: answered as a refusal it was a 502, and a refund so answered left its undecided ones
     // (probe 84g F1's class).
-    if (
-      status === undefined ||
-      status >= 500 ||
-      status === 429 ||
-      status === 409 ||
-      status === 408 ||
-      status === 425
-    ) {
+    if (status === undefined || status >= 500 || status === 409 || NOT_NOW_STATUSES.has(status)) {
       const keptByStripe =
         status !== undefined &&
         status >= 500 &&

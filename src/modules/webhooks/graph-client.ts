@@ -17,7 +17,7 @@
 
 import { boundedFetch } from "../../bounded-fetch";
 import { createTextScrubber } from "../../logging/scrub";
-import { retryAfterMs } from "../../retry-after";
+import { NOT_NOW_STATUSES, retryAfterMs } from "../../retry-after";
 
 export type SendOutcome =
   | { kind: "sent"; messageId: string }
@@ -158,13 +158,6 @@ function retryAfter(header: string | null): number | undefined {
   return asked === undefined ? undefined : Math.min(asked, MAX_RETRY_AFTER_MS);
 }
 
-/**
- * Statuses that say "not now" rather than "no": a timeout (408, Graph's or a proxy's in front of
- * it, which a reply given up at once never got again: probe 84g F1), too early (425), too many
- * (429). Every 5xx too.
- */
-const RETRY_LATER_STATUSES: ReadonlySet<number> = new Set([408, 425, 429]);
-
 export function createGraphClient(options: GraphClientOptions): GraphClient {
   const doFetch = boundedFetch({ bodyBytes: GRAPH_ANSWER_BYTES }, options.fetch ?? fetch);
   const base = options.apiUrl.replace(/\/+$/, "");
@@ -228,7 +221,7 @@ export function createGraphClient(options: GraphClientOptions): GraphClient {
         };
       }
       if (
-        RETRY_LATER_STATUSES.has(response.status) ||
+        NOT_NOW_STATUSES.has(response.status) ||
         response.status >= 500 ||
         (code !== null && TRANSIENT_GRAPH_CODES.has(code))
       ) {

@@ -56,7 +56,7 @@ import {
 import type { Clock } from "../../../clock";
 import { systemClock } from "../../../clock";
 import type { Logger } from "../../../logging/logger";
-import { retryAfterMs } from "../../../retry-after";
+import { NOT_NOW_STATUSES, retryAfterMs } from "../../../retry-after";
 import { showsSomething, visiblePart } from "../../../visible-text";
 import { estimateTokens, estimateTokensOf } from "../tokens";
 import { CircuitBreaker, type CircuitPermit } from "./circuit-breaker";
@@ -171,9 +171,6 @@ export function retryDelay(
   const exponential = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (attempt - 1));
   return { kind: "wait", ms: Math.round(exponential / 2 + (exponential / 2) * random()) };
 }
-
-/** Statuses a request is sent again after, with every 5xx. */
-const RETRY_LATER: ReadonlySet<number> = new Set([408, 409, 425, 429]);
 
 /** The wait an upstream asked for, in milliseconds, if it asked for a usable one. */
 export function requestedWaitMs(headers: Headers | undefined, now: number): number | undefined {
@@ -496,10 +493,9 @@ function classify(error: unknown): AttemptFailure {
   if (error instanceof APIError && typeof error.status === "number") {
     const status = error.status;
     const headers = error.headers instanceof Headers ? error.headers : undefined;
-    // "Not now" rather than "no": a timeout, a conflict (the OpenAI SDK retries one too), too
-    // early, too many, a server's failure. A 409 or 425 was a refusal, 502 "unusable answer" and
-    // never tried again (probe 84i F1).
-    if (RETRY_LATER.has(status) || status >= 500) {
+    // "Not now" rather than "no", and a conflict (the OpenAI SDK retries one too): a 409 or 425
+    // was a refusal, 502 "unusable answer" and never tried again (probe 84i F1).
+    if (NOT_NOW_STATUSES.has(status) || status === 409 || status >= 500) {
       const reason = status === 429 ? "rate limited by upstream" : `upstream status ${status}`;
       return { kind: "unavailable", retryable: true, upstreamFault: true, status, reason, headers };
     }
