@@ -505,6 +505,49 @@ describe("many blocks in force (probe 84h F1)", () => {
       reads.restore();
     }
   });
+
+  test("a page of the admin list is read in the order of an index, never by sorting every block in force (probe 84k F4)", () => {
+    const originalQuery = Database.prototype.query;
+    const listing: string[] = [];
+    Database.prototype.query = function query(this: Database, sql: string) {
+      if (sql.includes("FROM ip_blocks") && sql.includes("ORDER BY created_at DESC")) {
+        listing.push(sql);
+      }
+      return originalQuery.call(this, sql);
+    } as typeof Database.prototype.query;
+    try {
+      const clock = new ManualClock();
+      current = buildTestApp({ clock });
+      const blocks = current.services.ipBlocks;
+      for (let i = 0; i < 300; i++) {
+        blocks.block({
+          address: `10.0.${i >> 8}.${i & 255}`,
+          reason: "test",
+          ttlMs: 60 * MINUTE,
+          source: "admin",
+        });
+        clock.advance(1);
+      }
+      const first = blocks.activePage({ limit: 2 });
+      expect(first.blocks.map((block) => block.createdAt)).toEqual([
+        clock.now() - 1,
+        clock.now() - 2,
+      ]);
+      expect(first.nextCursor).not.toBeNull();
+      expect(listing.length).toBeGreaterThan(0);
+      for (const sql of new Set(listing)) {
+        const plan = current.db.$client
+          .query<{ detail: string }, Record<string, null>>(`EXPLAIN QUERY PLAN ${sql}`)
+          .all({ now: null, createdAt: null, id: null, limit: null })
+          .map((step) => step.detail)
+          .join("; ");
+        expect(plan).toContain("USING INDEX ip_blocks_created");
+        expect(plan).not.toContain("TEMP B-TREE");
+      }
+    } finally {
+      Database.prototype.query = originalQuery;
+    }
+  });
 });
 
 describe("configuration", () => {

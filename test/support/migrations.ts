@@ -38,7 +38,8 @@ export function forgetMigrationsFrom(sqlite: Database, firstIdx: number): void {
 /**
  * Puts a database back into its shape before migration `firstIdx`, as someone with the file could:
  * the columns that migration and every later one added (`ALTER TABLE … ADD …`) and the tables they
- * created dropped, and the migrations forgotten, so the next migrate applies them again (and its companions run again).
+ * created dropped, their indexes too, and the migrations forgotten, so the next migrate applies them
+ * again (and its companions run again).
  */
 export function putBackBefore(sqlite: Database, firstIdx: number): void {
   const texts = journalEntries()
@@ -53,6 +54,12 @@ export function putBackBefore(sqlite: Database, firstIdx: number): void {
   for (const column of dropped) {
     // Dropped from a shape older than `firstIdx`: its definition is not here to put back.
     if (!added.includes(column)) throw new Error(`cannot put back ${column}`);
+  }
+  // Indexes first: a column an index names cannot be dropped.
+  for (const text of texts) {
+    for (const [, index] of text.matchAll(/CREATE (?:UNIQUE )?INDEX `(\w+)`/g)) {
+      sqlite.run(`DROP INDEX IF EXISTS "${index}"`);
+    }
   }
   // A column added and dropped again within these migrations is already gone.
   for (const column of added.filter((each) => !dropped.has(each))) {

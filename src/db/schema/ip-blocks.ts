@@ -28,5 +28,8 @@ export const ipBlocks = sqliteTable(
   (table) => [
     index("ip_blocks_address").on(table.address, table.createdAt),
     index("ip_blocks_expires").on(table.expiresAt),
+    // The admin list's order, newest first (with the id, which is the rowid, as the tiebreak): a
+    // page read without it sorted every block in force (probe 84k F4).
+    index("ip_blocks_created").on(table.createdAt),
   ],
 );

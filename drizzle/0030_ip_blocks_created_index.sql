@@ -1,0 +1,1 @@
+CREATE INDEX `ip_blocks_created` ON `ip_blocks` (`created_at`);
