@@ -17,8 +17,23 @@ import type Stripe from "stripe";
 import { boundedFetch } from "../../bounded-fetch";
 import { NOT_NOW_STATUSES } from "../../retry-after";
 import { isClientSecretOf, isStripeId } from "./ids";
-import { isPaymentStatus, type PaymentStatus } from "./status";
+import type { PaymentStatus } from "./status";
 import { STRIPE_ERROR_CODES } from "./stripe-error-codes";
+
+/**
+ * What Stripe answers for an intent made as Palisade makes it, with no payment method and not
+ * confirmed (a replay of its key answers the same). Checked against the ledger's statuses, it took
+ * `succeeded` (paid, with no event: an integration ships on that), and `failed` and `refunded`,
+ * which are Palisade's own words for what events say later, not Stripe's (probe 85a F2).
+ */
+const NEW_INTENT_STATUSES: readonly PaymentStatus[] = [
+  "requires_payment_method",
+  "requires_confirmation",
+];
+
+function newIntentStatus(status: unknown): PaymentStatus | null {
+  return NEW_INTENT_STATUSES.find((each) => each === status) ?? null;
+}
 
 export const STRIPE_MAX_NETWORK_RETRIES = 2;
 export const STRIPE_TIMEOUT_MS = 20_000;
@@ -290,9 +305,8 @@ export class StripeGateway implements PaymentGateway {
     if (!isClientSecretOf(intent.id, intent.client_secret)) {
       return { ok: false, kind: "bad_response", reason: "client secret" };
     }
-    if (!isPaymentStatus(intent.status)) {
-      return { ok: false, kind: "bad_response", reason: "status" };
-    }
+    const status = newIntentStatus(intent.status);
+    if (status === null) return { ok: false, kind: "bad_response", reason: "status" };
     if (intent.amount !== request.amount || intent.currency !== request.currency) {
       return { ok: false, kind: "bad_response", reason: "amount or currency" };
     }
@@ -300,7 +314,7 @@ export class StripeGateway implements PaymentGateway {
       ok: true,
       id: intent.id,
       clientSecret: intent.client_secret,
-      status: intent.status,
+      status,
       amount: intent.amount,
       currency: intent.currency,
     };

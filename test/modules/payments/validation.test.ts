@@ -228,7 +228,7 @@ test("payment ids from clients must look like Stripe's (pi_ and [A-Za-z0-9_]); o
   expect(longestValid.status).toBe(404);
 });
 
-test("a Stripe answer whose id or client secret does not match Stripe's patterns is not trusted: 502, nothing stored", async () => {
+test("a Stripe answer whose id or client secret does not match Stripe's patterns, or whose status a new intent cannot have, is not trusted: 502, nothing stored (probe 85a F2)", async () => {
   const before = (
     current.db.$client.query("SELECT count(*) AS n FROM payments").get() as { n: number }
   ).n;
@@ -239,6 +239,15 @@ test("a Stripe answer whose id or client secret does not match Stripe's patterns
     { client_secret: "pi_other_secret_abc" },
     { amount: 1 },
     { status: "bogus" },
+    // Palisade's own words for what the events say later, not statuses Stripe gives an intent.
+    { status: "failed" },
+    { status: "refunded" },
+    // Statuses of an intent confirmed or paid: one made without a payment method has neither.
+    { status: "succeeded" },
+    { status: "processing" },
+    { status: "requires_capture" },
+    { status: "requires_action" },
+    { status: "canceled" },
   ]) {
     current.stripe.tamperNextIntent(fields);
     const response = await createIntent(current, bearer(user.accessToken), valid);
