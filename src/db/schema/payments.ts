@@ -49,6 +49,10 @@ export const payments = sqliteTable(
   (table) => [
     uniqueIndex("payments_id").on(table.id),
     index("payments_owner_seq").on(table.owner, table.seq),
+    // An owner's intents of the last day, for its daily cap: read by their time, not by `seq`,
+    // which is not sealed (rows written into the file with a higher one pushed real ones out of
+    // the count: probe 85a F1).
+    index("payments_owner_created").on(table.owner, table.createdAt),
   ],
 );
 

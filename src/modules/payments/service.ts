@@ -26,7 +26,7 @@
  * the refunded total before it and the amount, so a retried refund is not made twice.
  */
 import { createHash } from "node:crypto";
-import { and, desc, eq, gt, sql } from "drizzle-orm";
+import { and, eq, gt, lte, sql } from "drizzle-orm";
 import { type Clock, DAY_MS } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
@@ -36,7 +36,12 @@ import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
-import { reportedIdempotencyKey } from "./seal";
+import {
+  reportedIdempotencyKey,
+  SEALED_PAYMENT_COLUMNS,
+  type SealedIdempotencyKey,
+  type SealedPayment,
+} from "./seal";
 import {
   type CreatedIntent,
   type CreatedRefund,
@@ -73,6 +78,7 @@ export function claimRuns(startedAt: unknown, now: number): boolean {
   );
 }
 export const IDEMPOTENCY_RETENTION_MS = DAY_MS;
+
 const DEFAULT_IN_PROGRESS_WAIT_MS = 10_000;
 const POLL_MS = 20;
 /**
@@ -509,10 +515,11 @@ export class PaymentService {
   /**
    * The refusal of an owner's new intent past `dailyIntents` in the last 24 hours (the intents the
    * ledger holds for it, and its claims still running), or null. Inside the claim's transaction,
-   * so processes on one file count each other's. Read by the owner's newest `dailyIntents` rows
-   * (its index): at most PAYMENT_DAILY_INTENTS' largest, 10,000, whatever its history. The rate limit alone (10 a minute) let one owner
-   * store 14,400 intents a day of up to ~34 KB of description and metadata each, never deleted
-   * (probe 83b F1: ~500 MB a day).
+   * so processes on one file count each other's. Read by the owner's intents of the day (its index
+   * on owner and time): at most PAYMENT_DAILY_INTENTS' largest, 10,000, whatever its history,
+   * and one by one against their seals only when they reach the cap. The rate limit alone (10 a
+   * minute) let one owner store 14,400 intents a day of up to ~34 KB of description and metadata
+   * each, never deleted (probe 83b F1: ~500 MB a day).
    */
   private overDaily(
     owner: string,
@@ -521,28 +528,74 @@ export class PaymentService {
     const cap = this.dailyIntents;
     if (cap === 0) return null;
     const since = now - DAY_MS;
-    const running = this.db
-      .select({ claimedAt: paymentIdempotencyKeys.claimedAt })
-      .from(paymentIdempotencyKeys)
-      .where(
-        and(
-          eq(paymentIdempotencyKeys.owner, owner),
-          eq(paymentIdempotencyKeys.state, "pending"),
-          gt(paymentIdempotencyKeys.claimedAt, now - CLAIM_LEASE_MS),
-        ),
-      )
-      .limit(cap)
-      .all()
-      .map((row) => Number(row.claimedAt));
-    const recent = this.db
-      .select({ createdAt: payments.createdAt })
+    const ownIntents = and(eq(payments.owner, owner), gt(payments.createdAt, since));
+    const runningClaims = and(
+      eq(paymentIdempotencyKeys.owner, owner),
+      eq(paymentIdempotencyKeys.state, "pending"),
+      gt(paymentIdempotencyKeys.claimedAt, now - CLAIM_LEASE_MS),
+      lte(paymentIdempotencyKeys.claimedAt, now + CLAIM_LEASE_MS),
+    );
+    // Most owners are far from the cap: counted from the indexes alone, no row read whole. A row
+    // written into the file only adds to this count, so under the cap here is under it.
+    const intentsToday = this.db
+      .select({ at: payments.createdAt })
       .from(payments)
-      .where(eq(payments.owner, owner))
-      .orderBy(desc(payments.seq))
+      .where(ownIntents)
       .limit(cap)
-      .all()
-      .map((row) => Number(row.createdAt))
-      .filter((createdAt) => Number.isFinite(createdAt) && createdAt > since);
+      .all().length;
+    const claimsRunning = this.db
+      .select({ at: paymentIdempotencyKeys.claimedAt })
+      .from(paymentIdempotencyKeys)
+      .where(runningClaims)
+      .limit(cap)
+      .all().length;
+    const mayReach = intentsToday + claimsRunning >= cap;
+    if (!mayReach) return null;
+    // At the cap, or rows written into the file: only rows Palisade wrote count (probe 85a F1: 200
+    // forged intents dated ahead refused an owner's every intent for good, and forged claims for a
+    // day), each checked against its seal, newest first, until the cap is reached. Stepped one row
+    // at a time: no page cursor for a forged value to hold in place.
+    const recent: number[] = [];
+    const running: number[] = [];
+    const intents = this.db.$client.prepare<
+      SealedPayment & { seal: string | null },
+      [string, number]
+    >(
+      `SELECT ${SEALED_PAYMENT_COLUMNS}, seal FROM payments
+       WHERE owner = ? AND created_at > ? ORDER BY created_at DESC`,
+    );
+    try {
+      for (const row of intents.iterate(owner, since)) {
+        if (this.ledger.seal.intact.payment(row)) recent.push(Number(row.createdAt));
+        else this.ledger.reportTampered("payments", row.id);
+        if (recent.length === cap) break;
+      }
+    } finally {
+      intents.finalize();
+    }
+    const claims = this.db.$client.prepare<
+      SealedIdempotencyKey & { claimedAt: number; seal: string | null },
+      [string, number, number]
+    >(
+      `SELECT owner, key, request_hash AS requestHash, state, response, claimed_at AS claimedAt, seal
+       FROM payment_idempotency_keys
+       WHERE owner = ? AND state = 'pending' AND claimed_at > ? AND claimed_at <= ?`,
+    );
+    try {
+      for (const row of claims.iterate(owner, now - CLAIM_LEASE_MS, now + CLAIM_LEASE_MS)) {
+        if (recent.length + running.length === cap) break;
+        if (this.ledger.seal.intact.idempotencyKey(row)) running.push(Number(row.claimedAt));
+        else {
+          this.ledger.reportTampered(
+            "payment_idempotency_keys",
+            owner,
+            reportedIdempotencyKey(row.key),
+          );
+        }
+      }
+    } finally {
+      claims.finalize();
+    }
     if (recent.length + running.length < cap) return null;
     // The next may be made once the oldest intent counted leaves the day, or a claim still running
     // ends (Stripe may refuse it; its lease ends it at the latest): a cap held by claims alone

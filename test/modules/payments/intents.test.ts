@@ -284,3 +284,49 @@ test("the daily cap's Retry-After: a running claim's lease when claims hold it, 
   expect(stepped.status).toBe(429);
   expect(Number(stepped.headers.get("retry-after"))).toBe(24 * 60 * 60);
 });
+
+test("rows written into the database file count for nothing against the daily cap, and push none of the owner's own out of it (probe 85a F1)", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock, env: { PAYMENT_DAILY_INTENTS: "3" } });
+  const target = current;
+  const alice = await signUp(target);
+  const owner = `user:${alice.userId}`;
+  const file = target.db.$client;
+  // Intents dated ahead (in the day for good), claims running, and intents with a higher `seq`
+  // from long ago: none sealed.
+  for (let i = 0; i < 5; i++) {
+    file.run(
+      `INSERT INTO payments (id, owner, amount, currency, status, created_at, updated_at, seal)
+       VALUES (?, ?, 1000, 'usd', 'requires_payment_method', 9000000000000000, 0, 'forged')`,
+      [`pi_forgedahead${i}`, owner],
+    );
+    file.run(
+      `INSERT INTO payment_idempotency_keys (owner, key, request_hash, state, claimed_at, seal)
+       VALUES (?, ?, 'h', 'pending', ?, 'forged')`,
+      [owner, `forged-claim-${i}`, clock.now()],
+    );
+  }
+  const body = { amount: 1000, currency: "usd" };
+  for (let i = 0; i < 3; i++) {
+    expect((await createIntent(target, bearer(alice.accessToken), body)).status).toBe(201);
+  }
+  for (let i = 0; i < 5; i++) {
+    file.run(
+      `INSERT INTO payments (seq, id, owner, amount, currency, status, created_at, updated_at, seal)
+       VALUES (?, ?, ?, 1000, 'usd', 'requires_payment_method', 0, 0, 'forged')`,
+      [1_000_000 + i, `pi_forgedlater${i}`, owner],
+    );
+  }
+  const over = await createIntent(target, bearer(alice.accessToken), body);
+  expect(over.status).toBe(429);
+  expect(await over.json()).toMatchObject({ code: "QUOTA_EXCEEDED" });
+  // The day of the three made, not the forged rows' years.
+  expect(Number(over.headers.get("retry-after"))).toBe(24 * 60 * 60);
+  expect(target.stripe.created("/v1/payment_intents")).toBe(3);
+  const reported = file
+    .query<{ n: number }, []>(
+      "SELECT count(*) AS n FROM audit_events WHERE type = 'payment.tampered'",
+    )
+    .get()!.n;
+  expect(reported).toBeGreaterThan(0);
+});

@@ -1,0 +1,1 @@
+CREATE INDEX `payments_owner_created` ON `payments` (`owner`,`created_at`);
