@@ -53,6 +53,7 @@ import { createEvictionWatch } from "./plugins/rate-limit/redis-eviction";
 import { startRedisLimiter } from "./plugins/rate-limit/redis-start";
 import {
   assertScriptsRun,
+  READY_KEY,
   RedisLimiterStore,
   withDeadline,
 } from "./plugins/rate-limit/redis-store";
@@ -195,7 +196,7 @@ export function createCore(options: CoreOptions): Core {
     readiness.redis = async () => {
       await withDeadline(
         Promise.all([
-          redis.send("SET", ["palisade:ready", "1", "PX", "1000"]),
+          redis.send("SET", [READY_KEY, "1", "PX", "1000"]),
           evictions!.checkReady(),
           assertScriptsRun((command, args) => redis.send(command, args)),
         ]),

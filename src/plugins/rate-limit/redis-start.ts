@@ -72,8 +72,10 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
     // Every decision would fail: production refuses, as for an evicting Redis; /ready says it.
     if (appEnv === "production") return `REDIS_URL's ${reason}`;
     logger.error(
-      { redis: "scripts refused" },
-      `${reason}: every limiter decision fails (open or closed by policy) until it runs them; /ready answers 503`,
+      {
+        redis: reason.startsWith("Redis is a read-only replica") ? "read-only" : "scripts refused",
+      },
+      `${reason}. Until then every limiter decision fails (open or closed by policy); /ready answers 503`,
     );
   }
   // Said below: later looks tell only a change from it. The count evictions are told against from

@@ -397,22 +397,32 @@ export class RedisLimiterStore implements LeasableStore {
 
 /**
  * Throws, in the server's words, unless Redis runs what every decision needs: `SCRIPT LOAD` and
- * `EVALSHA` (a decision) and `EVAL` (leases given back). A Redis whose ACL or `rename-command`
- * refuses scripts stores keys and answers PING, and failed every decision while `/ready` said it
- * was up (probe 80b F2). A script that only returns, so nothing is counted.
+ * `EVALSHA` (a decision) and `EVAL` (leases given back), each writing a key as a decision does. A
+ * Redis whose ACL or `rename-command` refuses scripts stores keys and answers PING, and failed
+ * every decision while `/ready` said it was up (probe 80b F2); a read-only replica runs a script
+ * that writes nothing, so one that only returned let it pass the start unsaid (probe 85b F1). The
+ * key written is the readiness check's own, gone in a second; nothing is counted.
  */
 export async function assertScriptsRun(
   send: (command: string, args: string[]) => Promise<unknown>,
 ): Promise<void> {
   try {
     const sha = String(await send("SCRIPT", ["LOAD", READY_SCRIPT]));
-    await send("EVALSHA", [sha, "0"]);
-    await send("EVAL", [READY_SCRIPT, "0"]);
+    await send("EVALSHA", [sha, "1", READY_KEY]);
+    await send("EVAL", [READY_SCRIPT, "1", READY_KEY]);
   } catch (error) {
+    const reason = firstLine(error);
+    if (/^READONLY\b/.test(reason)) {
+      throw new Error(
+        `Redis is a read-only replica (${reason}): every limiter decision writes; name the primary in REDIS_URL`,
+      );
+    }
     throw new Error(
-      `Redis refuses the limiter's scripts (SCRIPT LOAD, EVALSHA and EVAL are needed: ${firstLine(error)})`,
+      `Redis refuses the limiter's scripts (SCRIPT LOAD, EVALSHA and EVAL are needed: ${reason})`,
     );
   }
 }
 
-const READY_SCRIPT = "return 1";
+/** The key readiness writes (src/core.ts), and the scripts' check with it. */
+export const READY_KEY = "palisade:ready";
+const READY_SCRIPT = "redis.call('SET', KEYS[1], '1', 'PX', 1000) return 1";

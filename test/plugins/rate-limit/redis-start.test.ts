@@ -316,6 +316,42 @@ describe.skipIf(!redisAvailable)(
       });
     }, 30_000);
 
+    test("a read-only replica is said at the start as one and not ready; production refuses it (probe 85b F1)", async () => {
+      await withRedis([], async (primary) => {
+        const replica = await startRedis(["--replicaof", "127.0.0.1", new URL(primary.url).port]);
+        try {
+          const target = buildTestApp({ env: { REDIS_URL: replica.url } });
+          try {
+            expect(await target.services.start()).toBeNull();
+            const said = target.logs.entries.filter((entry) => entry.redis === "read-only");
+            expect(said).toHaveLength(1);
+            expect(said[0]!.level).toBe("error");
+            expect(said[0]!.msg).toStartWith("Redis is a read-only replica (READONLY ");
+            expect(said[0]!.msg).toContain("name the primary in REDIS_URL");
+            expect((await readyRedis(target)).status).toBe(503);
+          } finally {
+            target.close();
+          }
+          const result = await productionStart(replica.url);
+          expect(result.code).toBe(2);
+          expect(result.stderr.trim()).toStartWith(
+            "palisade: refusing to start: REDIS_URL's Redis is a read-only replica (READONLY ",
+          );
+          // The primary itself is ready: the scripts' key is written and gone in a second.
+          const onPrimary = buildTestApp({ env: { REDIS_URL: primary.url } });
+          try {
+            expect(await onPrimary.services.start()).toBeNull();
+            expect(onPrimary.logs.entries.filter((entry) => entry.level === "error")).toEqual([]);
+            expect((await readyRedis(onPrimary)).status).toBe(200);
+          } finally {
+            onPrimary.close();
+          }
+        } finally {
+          await replica.stop();
+        }
+      });
+    }, 30_000);
+
     test("production refuses to start on a Redis that may evict keys: exit 2, one line naming REDIS_URL (probe 46c F2)", async () => {
       await withRedis(["--maxmemory-policy", "volatile-lru"], async (redis) => {
         const result = await productionStart(redis.url);
