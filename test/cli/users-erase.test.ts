@@ -67,11 +67,16 @@ describe("users:erase", () => {
     expect(conversations()).toBe(1);
     target.services.audit.flush();
 
-    // Any spelling of the address finds the account, as a sign-in does.
+    // Any spelling of the address finds the account, as a sign-in does; the account is named as
+    // it holds its address, before and after (probe 85c F2: the operator's spelling was echoed).
+    const asked = await cli(target, ["users:erase", "--email", "ALICE@Example.test"]);
+    expect(asked.stderr).toBe(
+      `palisade users:erase: this erases the account of alice@example.test (${alice.userId}) and everything held about it, for good; add --yes to erase it`,
+    );
     const result = await cli(target, ["users:erase", "--email", "ALICE@Example.test", "--yes"]);
     expect(result.code).toBe(0);
     expect(result.stdout).toBe(
-      `erased ALICE@Example.test (${alice.userId}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
+      `erased alice@example.test (${alice.userId}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
     );
     expect(result.stderr).toBe("");
 

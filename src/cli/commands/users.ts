@@ -84,19 +84,21 @@ export const usersRole: Command = {
     const { auth } = context.services();
     const user = auth.accountForOperator(email);
     if (!user) throw new CliError(`no account has the email ${email}`);
+    // Said as the account holds it: the operator's spelling only found it (probe 85c F2).
+    const shown = user.email;
     if (user.erased) {
       // Changed, it would be named in the audit log its erasure pseudonymised (probe 80a F2).
       throw new CliError(
-        `the account of ${email} was erased; its row is in the database file again, copied back from before its erasure (a backup): it is refused, and its role is not changed; erase it again with users:erase --email ${email} --yes`,
+        `the account of ${shown} was erased; its row is in the database file again, copied back from before its erasure (a backup): it is refused, and its role is not changed; erase it again with users:erase --email ${shown} --yes`,
       );
     }
     if (!user.intact && role === "admin") {
       throw new CliError(
-        `the account of ${email} does not match its seal (it was written into the database file); it is refused and cannot be promoted`,
+        `the account of ${shown} does not match its seal (it was written into the database file); it is refused and cannot be promoted`,
       );
     }
     const changed = auth.setRole(user.id, role, "cli");
-    context.out(changed ? `${email} is now ${role}` : `${email} was already ${role}`);
+    context.out(changed ? `${shown} is now ${role}` : `${shown} was already ${role}`);
     if (changed) warnIfNoAdmin(auth, context);
     if (!user.intact) {
       // A role written into the file, put back to the one the seal was made over, leaves the row
@@ -104,8 +106,8 @@ export const usersRole: Command = {
       const after = auth.accountForOperator(email);
       context.err(
         after?.intact
-          ? `the account of ${email} did not match its seal (its role was written into the database file); with the role it was sealed with, it matches it again and can sign in: its sessions were ended`
-          : `the account of ${email} does not match its seal (it was written into the database file): its sessions were ended and it cannot sign in`,
+          ? `the account of ${shown} did not match its seal (its role was written into the database file); with the role it was sealed with, it matches it again and can sign in: its sessions were ended`
+          : `the account of ${shown} does not match its seal (it was written into the database file): its sessions were ended and it cannot sign in`,
       );
     }
     return 0;
@@ -157,35 +159,37 @@ export const usersErase: Command = {
     const { auth, privacy } = context.services();
     const user = auth.accountForOperator(email);
     if (!user) throw new CliError(`no account has the email ${email}`);
+    // Said as the account holds it: the operator's spelling only found it (probe 85c F2).
+    const shown = user.email;
     // Irreversible: the command says what it would erase until it is told to.
     if (args.flags.yes !== true) {
       if (user.erased) {
         context.err(
-          `the account of ${email} was erased; its row is in the database file again, copied back from before its erasure (a backup): erasing it again removes what was copied back`,
+          `the account of ${shown} was erased; its row is in the database file again, copied back from before its erasure (a backup): erasing it again removes what was copied back`,
         );
       } else if (!user.intact) {
         context.err(
-          `the account of ${email} does not match its seal (it was written into the database file): its address may not be its own; check that ${shownId(user.id)} is the account to erase`,
+          `the account of ${shown} does not match its seal (it was written into the database file): its address may not be its own; check that ${shownId(user.id)} is the account to erase`,
         );
       }
       throw new CliError(
-        `this erases the account of ${email} (${shownId(user.id)}) and everything held about it, for good; add --yes to erase it`,
+        `this erases the account of ${shown} (${shownId(user.id)}) and everything held about it, for good; add --yes to erase it`,
         EXIT_USAGE,
       );
     }
     if (!(await privacy.erase(user.id, { ip: null, requestId: null, by: "operator" }))) {
-      throw new CliError(`no account has the email ${email}`);
+      throw new CliError(`no account has the email ${shown}`);
     }
     context.out(
-      `erased ${email} (${shownId(user.id)}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
+      `erased ${shown} (${shownId(user.id)}): sessions and API keys revoked, data deleted, audit rows pseudonymised`,
     );
     if (user.erased) {
       context.err(
-        `the account of ${email} had been erased before; what was copied back from before that erasure is erased again`,
+        `the account of ${shown} had been erased before; what was copied back from before that erasure is erased again`,
       );
     } else if (!user.intact) {
       context.err(
-        `the account of ${email} did not match its seal (it was written into the database file); it was erased all the same`,
+        `the account of ${shown} did not match its seal (it was written into the database file); it was erased all the same`,
       );
     }
     if (user.role === "admin") warnIfNoAdmin(auth, context);

@@ -942,12 +942,19 @@ export class AuthService {
    */
   accountForOperator(
     email: string,
-  ): { id: string; role: Role; intact: boolean; erased: boolean } | null {
+  ): { id: string; email: string; role: Role; intact: boolean; erased: boolean } | null {
     const row = this.statements.userByEmail.get({ value: emailLookupKey(email) });
     if (!row) return null;
     const { seal } = this.options;
     const intact = seal.intact.account(row);
-    return { id: row.id, role: row.role, intact, erased: !intact && seal.erased(`user:${row.id}`) };
+    return {
+      id: row.id,
+      // As stored, which the operator's spelling only found (case, width, a trailing dot…).
+      email: String(row.email),
+      role: row.role,
+      intact,
+      erased: !intact && seal.erased(`user:${row.id}`),
+    };
   }
 
   /**

@@ -12,7 +12,7 @@ import { trackedGateway } from "./calls-in-flight";
 import { paymentsModule, paymentsRouteClasses } from "./index";
 import { type PaymentLedger, paymentLedgerOf } from "./ledger";
 import { paymentMetrics } from "./metrics";
-import { paymentsContributor } from "./privacy";
+import { idempotencyKeysContributor, paymentsContributor } from "./privacy";
 import { PaymentService } from "./service";
 import { createStripe, type PaymentGateway, StripeGateway } from "./stripe-client";
 
@@ -91,6 +91,6 @@ export function paymentsFeature(core: Core, options: PaymentsFeatureOptions = {}
     maintenance: (now) => {
       service.prune(now);
     },
-    privacy: [paymentsContributor(db, ledger)],
+    privacy: [paymentsContributor(db, ledger), idempotencyKeysContributor(db, ledger)],
   };
 }

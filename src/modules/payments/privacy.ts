@@ -3,8 +3,9 @@
  * What the payments feature holds about a user. Export: every payment (without client secrets).
  * Erasure keeps the rows, which accounting needs, but strips what identifies the person — the
  * customer email, the description and the metadata (free text a client may have put a name in),
- * and the client secret — and gives them to the erased user's pseudonym; the user's idempotency
- * keys (which hold first responses) are deleted.
+ * and the client secret — and gives them to the erased user's pseudonym. The user's idempotency
+ * keys (which hold first responses) are exported, without those responses, and deleted
+ * (idempotencyKeysContributor).
  */
 import { and, asc, eq, getTableColumns, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
@@ -141,7 +142,6 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
       let after: string | null = null;
       do after = stripPart(owner, after, pseudonym);
       while (after !== null);
-      db.delete(paymentIdempotencyKeys).where(eq(paymentIdempotencyKeys.owner, owner)).run();
     },
   };
 
@@ -177,5 +177,59 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
       after = rows.length < PAYMENTS_AHEAD_PART ? null : rows[rows.length - 1]!.at;
       return after === null;
     };
+  }
+}
+
+/**
+ * The Idempotency-Keys the user's intents were asked under, kept a day: text the client chose,
+ * which may name a person (`order-for-Jane-Doe-42`), and the erasure deletes them, yet the export
+ * left them out (probe 85c F1). Each with its state, when it was claimed and the intent it made;
+ * never the first response stored with it, which holds the client secret. At most the day's
+ * intents and claims (PAYMENT_DAILY_INTENTS, 10,000 at most): one read. A row that fails its seal
+ * is not the user's (the daily cap reports it).
+ */
+export function idempotencyKeysContributor(
+  db: AppDatabase,
+  ledger: PaymentLedger,
+): PrivacyContributor {
+  return {
+    name: "paymentIdempotencyKeys",
+    export: (userId) =>
+      db
+        .select()
+        .from(paymentIdempotencyKeys)
+        .where(eq(paymentIdempotencyKeys.owner, `user:${userId}`))
+        .orderBy(asc(paymentIdempotencyKeys.claimedAt), asc(paymentIdempotencyKeys.key))
+        .all()
+        .filter((row) => ledger.seal.intact.idempotencyKey(row))
+        .map((row) => ({
+          key: row.key,
+          state: row.state,
+          // Not sealed: a time the file holds as none is shown as none.
+          claimedAt: isoTime(row.claimedAt),
+          paymentId: row.state === "done" ? paymentIdOf(row.response) : null,
+        })),
+    erase(userId) {
+      db.delete(paymentIdempotencyKeys)
+        .where(eq(paymentIdempotencyKeys.owner, `user:${userId}`))
+        .run();
+    },
+  };
+}
+
+function isoTime(value: unknown): string | null {
+  return typeof value === "number" && Math.abs(value) <= 8.64e15
+    ? new Date(value).toISOString()
+    : null;
+}
+
+/** The intent a stored first response names (sealed with the key, so as Palisade wrote it). */
+function paymentIdOf(response: string | null): string | null {
+  if (response === null) return null;
+  try {
+    const id = (JSON.parse(response) as { id?: unknown }).id;
+    return typeof id === "string" ? id : null;
+  } catch {
+    return null;
   }
 }

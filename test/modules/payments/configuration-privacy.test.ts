@@ -306,3 +306,41 @@ test("a long payment history is exported whole, in order, a page at a time, and 
   expect(sealed.filter((row) => !sealer.intact.payment(row))).toEqual([]);
   expect(owned.get(`user:${bob.userId}`)!.n).toBe(1);
 });
+
+test("the export lists the Idempotency-Keys the user's intents were asked under, with the intent each made, never the response stored with it; none of another's (probe 85c F1)", async () => {
+  current = buildPaymentsApp();
+  const alice = await signUp(current);
+  const bob = await signUp(current);
+  const body = { amount: 2500, currency: "usd" };
+  const made = await createIntent(
+    current,
+    bearer(alice.accessToken),
+    body,
+    "order-for-Jane-Doe-42",
+  );
+  const { id } = (await made.json()) as { id: string };
+  await createIntent(current, bearer(bob.accessToken), body, "bobs-order-7");
+
+  const exported = await send(current, "/api/me/export", { headers: bearer(alice.accessToken) });
+  expect(exported.status).toBe(200);
+  const text = await exported.text();
+  const document = JSON.parse(text) as { paymentIdempotencyKeys: Record<string, unknown>[] };
+  expect(document.paymentIdempotencyKeys).toEqual([
+    {
+      key: "order-for-Jane-Doe-42",
+      state: "done",
+      claimedAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+      paymentId: id,
+    },
+  ]);
+  expect(text).not.toContain("bobs-order-7");
+  expect(text).not.toContain("_secret_");
+  // A key written into the file for her is not hers.
+  current.db.$client.run(
+    `INSERT INTO payment_idempotency_keys (owner, key, request_hash, state, claimed_at, seal)
+     VALUES (?, 'forged-key', 'h', 'pending', 1, 'forged')`,
+    [`user:${alice.userId}`],
+  );
+  const again = await send(current, "/api/me/export", { headers: bearer(alice.accessToken) });
+  expect(await again.text()).not.toContain("forged-key");
+});
