@@ -215,6 +215,9 @@ try {
   log(
     `| IP-block lookup: hit among 1,000 blocks / miss | ${fmt(micro.ipBlockHit)}/s / ${fmt(micro.ipBlockMiss)}/s |`,
   );
+  log(
+    `| IP-block lookup: a new address each, 1,000 blocks in force | ${fmt(micro.ipBlockNewAddress)}/s |`,
+  );
   log(`| audit write: batched (refusal event) | ${fmt(micro.auditBatched)}/s |`);
   log(`| audit write: must-keep (written before record returns) | ${fmt(micro.auditMustKeep)}/s |`);
   log(`| HTTP metrics observe (one request) | ${fmt(micro.metricsObserve)}/s |`);

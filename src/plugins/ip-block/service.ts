@@ -43,6 +43,7 @@ import { limiterFailed } from "../rate-limit/enforce";
 import type { RateLimitMetrics } from "../rate-limit/metrics";
 import type { Policy } from "../rate-limit/policies";
 import type { LimiterStore, LimitOutcome } from "../rate-limit/store";
+import { RecentSubjects } from "./recent-subjects";
 import {
   type BlockSeal,
   type BlockTamperReporter,
@@ -53,7 +54,9 @@ import {
 } from "./seal";
 
 const MINUTE = 60_000;
-/** Subjects whose answer a process keeps (~100 B each): past it, the least recently read go. */
+/**
+ * Subjects whose answer a process keeps (~100 B each): past it, the older half goes (RecentSubjects).
+ */
 const SUBJECTS_REMEMBERED = 50_000;
 /** Rows the gauge's sweep reads at a time, and how long one scrape may move it on. */
 const SWEEP_PAGE = 256;
@@ -287,9 +290,11 @@ export class IpBlockService {
   private readonly violationPolicies: Record<ViolationKind, Policy>;
   /**
    * What the file said of each subject last asked about (when its longest block in force ends, or
-   * null) and when it was read, oldest read first; at most SUBJECTS_REMEMBERED.
+   * null) and when it was read; about the last SUBJECTS_REMEMBERED.
    */
-  private readonly known = new Map<string, { until: number | null; readAt: number }>();
+  private readonly known = new RecentSubjects<{ until: number | null; readAt: number }>(
+    SUBJECTS_REMEMBERED,
+  );
   /** Whether the file held any block in force when last asked, and when (see blocksMayApply). */
   private anyInForce = { value: true, readAt: Number.NEGATIVE_INFINITY };
   /** The gauge's sweep: where its pass is, what it has counted, and the last pass's count. */
@@ -451,12 +456,7 @@ export class IpBlockService {
 
   /** Keeps what the file said of a subject, the oldest subjects going past the bound. */
   private remember(subject: string, entry: { until: number | null; readAt: number }): void {
-    this.known.delete(subject);
     this.known.set(subject, entry);
-    if (this.known.size > SUBJECTS_REMEMBERED) {
-      const oldest = this.known.keys().next();
-      if (!oldest.done) this.known.delete(oldest.value);
-    }
   }
 
   /** A block this process wrote or read in force: applied here at once, until its end. */
