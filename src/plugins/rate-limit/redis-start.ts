@@ -12,7 +12,7 @@ import { redisDatabase, withoutDatabase } from "../../config/redis-url";
 import { firstLine } from "../../error-line";
 import type { Logger } from "../../logging/logger";
 import { type EvictionWatch, evictingPolicyMessage, SAFE_POLICY } from "./redis-eviction";
-import { assertScriptsRun, withDeadline } from "./redis-store";
+import { assertScriptsRun, assertWritable, withDeadline } from "./redis-store";
 
 const REDIS_START_WAIT_MS = 500;
 
@@ -61,21 +61,20 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
     }
     return null;
   }
+  const send = (command: string, args: string[]) => redis.send(command, args);
   try {
-    await withDeadline(
-      assertScriptsRun((command, args) => redis.send(command, args)),
-      REDIS_START_WAIT_MS,
-      "SCRIPT LOAD",
-    );
+    await withDeadline(assertScriptsRun(send), REDIS_START_WAIT_MS, "SCRIPT LOAD");
+    await withDeadline(assertWritable(send), REDIS_START_WAIT_MS, "EVAL");
   } catch (error) {
     const reason = firstLine(error);
     // Every decision would fail: production refuses, as for an evicting Redis; /ready says it.
     if (appEnv === "production") return `REDIS_URL's ${reason}`;
+    const replica = reason.startsWith("Redis is a read-only replica");
     logger.error(
-      {
-        redis: reason.startsWith("Redis is a read-only replica") ? "read-only" : "scripts refused",
-      },
-      `${reason}. Until then every limiter decision fails (open or closed by policy); /ready answers 503`,
+      { redis: replica ? "read-only" : "scripts refused" },
+      replica
+        ? `${reason}; /ready answers 503 meanwhile`
+        : `${reason}: every limiter decision fails (open or closed by policy) until it runs them; /ready answers 503`,
     );
   }
   // Said below: later looks tell only a change from it. The count evictions are told against from

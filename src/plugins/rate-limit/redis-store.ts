@@ -397,32 +397,51 @@ export class RedisLimiterStore implements LeasableStore {
 
 /**
  * Throws, in the server's words, unless Redis runs what every decision needs: `SCRIPT LOAD` and
- * `EVALSHA` (a decision) and `EVAL` (leases given back), each writing a key as a decision does. A
- * Redis whose ACL or `rename-command` refuses scripts stores keys and answers PING, and failed
- * every decision while `/ready` said it was up (probe 80b F2); a read-only replica runs a script
- * that writes nothing, so one that only returned let it pass the start unsaid (probe 85b F1). The
- * key written is the readiness check's own, gone in a second; nothing is counted.
+ * `EVALSHA` (a decision) and `EVAL` (leases given back). A Redis whose ACL or `rename-command`
+ * refuses scripts stores keys and answers PING, and failed every decision while `/ready` said it
+ * was up (probe 80b F2). A script that only returns, so nothing is counted: a write refused for a
+ * passing reason (full, replicas missing) is `/ready`'s to tell, not a refusal of scripts.
  */
 export async function assertScriptsRun(
   send: (command: string, args: string[]) => Promise<unknown>,
 ): Promise<void> {
   try {
     const sha = String(await send("SCRIPT", ["LOAD", READY_SCRIPT]));
-    await send("EVALSHA", [sha, "1", READY_KEY]);
-    await send("EVAL", [READY_SCRIPT, "1", READY_KEY]);
+    await send("EVALSHA", [sha, "0"]);
+    await send("EVAL", [READY_SCRIPT, "0"]);
   } catch (error) {
-    const reason = firstLine(error);
-    if (/^READONLY\b/.test(reason)) {
-      throw new Error(
-        `Redis is a read-only replica (${reason}): every limiter decision writes; name the primary in REDIS_URL`,
-      );
-    }
     throw new Error(
-      `Redis refuses the limiter's scripts (SCRIPT LOAD, EVALSHA and EVAL are needed: ${reason})`,
+      `Redis refuses the limiter's scripts (SCRIPT LOAD, EVALSHA and EVAL are needed: ${firstLine(error)})`,
     );
   }
 }
 
-/** The key readiness writes (src/core.ts), and the scripts' check with it. */
-export const READY_KEY = "palisade:ready";
-const READY_SCRIPT = "redis.call('SET', KEYS[1], '1', 'PX', 1000) return 1";
+/**
+ * Throws when Redis is a read-only replica: it runs scripts but refuses what they write, so every
+ * decision that admits a request fails, and that lasts until REDIS_URL names the primary (probe
+ * 85b F1: such a start said nothing). Asked by a script that writes the readiness key, as a
+ * decision writes its counts; any other refusal of the write (a full Redis, replicas missing) is
+ * left to `/ready`, since it may pass (probe 85d F4: refused at the start, it stopped production).
+ */
+export async function assertWritable(
+  send: (command: string, args: string[]) => Promise<unknown>,
+): Promise<void> {
+  try {
+    await send("EVAL", [WRITE_SCRIPT, "1", READY_KEY]);
+  } catch (error) {
+    const reason = firstLine(error);
+    if (/^READONLY\b/.test(reason)) {
+      throw new Error(
+        `Redis is a read-only replica (${reason}): the limiter's counts cannot be written, so every decision that admits a request fails; name the primary in REDIS_URL`,
+      );
+    }
+  }
+}
+
+/**
+ * The key readiness writes (src/core.ts), gone in a second: in the limiter's namespace, so an ACL
+ * that gives the limiter `~palisade:rl:*` lets it be written (probe 85d F4).
+ */
+export const READY_KEY = "palisade:rl:ready";
+const READY_SCRIPT = "return 1";
+const WRITE_SCRIPT = "redis.call('SET', KEYS[1], '1', 'PX', 1000) return 1";

@@ -352,6 +352,58 @@ describe.skipIf(!redisAvailable)(
       });
     }, 30_000);
 
+    test("a Redis that refuses writes for a passing reason (replicas missing) is not ready, and is no refusal at the start, production's included (probe 85d F4)", async () => {
+      await withRedis(["--min-replicas-to-write", "1"], async (redis) => {
+        for (const env of [{}, PRODUCTION_ENV]) {
+          const target = buildTestApp({ env: { ...env, REDIS_URL: redis.url } });
+          try {
+            expect(await target.services.start()).toBeNull();
+            expect(
+              target.logs.entries.filter(
+                (entry) => entry.redis === "read-only" || entry.redis === "scripts refused",
+              ),
+            ).toEqual([]);
+            const ready = await readyRedis(target);
+            expect(ready.status).toBe(503);
+            expect(ready.redis.error).toContain("NOREPLICAS");
+          } finally {
+            target.close();
+          }
+        }
+      });
+    }, 30_000);
+
+    test("an ACL user limited to the limiter's namespace (~palisade:rl:*) is ready and limits (probe 85d F4: the readiness key was outside it)", async () => {
+      await withRedis([], async (redis) => {
+        const admin = new RedisClient(redis.url);
+        await admin.send("ACL", [
+          "SETUSER",
+          "limiter",
+          "on",
+          ">limiter-pass-0123456789",
+          "~palisade:rl:*",
+          "+@all",
+        ]);
+        admin.close();
+        const url = `redis://limiter:limiter-pass-0123456789@${new URL(redis.url).host}`;
+        const target = buildTestApp({
+          env: { REDIS_URL: url, RATE_LIMIT_PER_MINUTE: "2", RATE_LIMIT_BURST: "100" },
+        });
+        try {
+          expect(await target.services.start()).toBeNull();
+          expect(target.logs.entries.filter((entry) => entry.level === "error")).toEqual([]);
+          expect((await readyRedis(target)).status).toBe(200);
+          const statuses: number[] = [];
+          for (let i = 0; i < 3; i++) {
+            statuses.push((await send(target, "/api/auth/csrf", { peer: "192.0.2.61" })).status);
+          }
+          expect(statuses).toEqual([200, 200, 429]);
+        } finally {
+          target.close();
+        }
+      });
+    }, 30_000);
+
     test("production refuses to start on a Redis that may evict keys: exit 2, one line naming REDIS_URL (probe 46c F2)", async () => {
       await withRedis(["--maxmemory-policy", "volatile-lru"], async (redis) => {
         const result = await productionStart(redis.url);
