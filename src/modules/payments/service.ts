@@ -34,6 +34,7 @@ import { auditEvents, paymentIdempotencyKeys, payments } from "../../db/schema";
 import { WaitingWrites } from "../../db/waiting-writes";
 import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
+import { RecentEntries } from "../../recent-entries";
 import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
 import type { PaymentMetrics } from "./metrics";
 import {
@@ -77,7 +78,22 @@ export function claimRuns(startedAt: unknown, now: number): boolean {
     startedAt - CLAIM_LEASE_MS <= now
   );
 }
+/** The daily cap's refusal, the next intent allowed at `until`: never more than a day ahead. */
+function overDailyUntil(until: number, now: number) {
+  return {
+    kind: "over_daily" as const,
+    retryAfterSeconds: Math.max(1, Math.ceil(Math.min(DAY_MS, until - now) / 1000)),
+  };
+}
+
 export const IDEMPOTENCY_RETENTION_MS = DAY_MS;
+/**
+ * Rows past the cap the daily count reads before it stops: rows written into the file beyond them
+ * are not read (probe 85d F1: 20,000 held each of the owner's requests, and the write lock, 5.8 s).
+ */
+const DAILY_CAP_SLACK = 256;
+/** Owners at their daily cap a process remembers (~200 B each). */
+const OWNERS_AT_CAP_REMEMBERED = 10_000;
 
 const DEFAULT_IN_PROGRESS_WAIT_MS = 10_000;
 const POLL_MS = 20;
@@ -419,6 +435,14 @@ export class PaymentService {
    * waiting for a claim nothing will finish. Entries end with their lease (`unrecordedRetryAt`).
    */
   private readonly unrecorded = new Map<string, number>();
+  /**
+   * Owners this process found at their daily cap, by what their rows looked like then, and until
+   * when: an owner asking again while nothing changed is answered without its rows checked again
+   * (probe 85d F2: each refusal read and checked the cap's rows whole, 175–416 ms at 1,000).
+   */
+  private readonly atDailyCap = new RecentEntries<{ rows: string; until: number }>(
+    OWNERS_AT_CAP_REMEMBERED,
+  );
   /** Per refund's first key, the key its walk past refusals stopped at (refundPastFailures). */
   private readonly refundWalks = new Map<string, string>();
 
@@ -549,23 +573,45 @@ export class PaymentService {
       .where(runningClaims)
       .limit(cap)
       .all().length;
-    const mayReach = intentsToday + claimsRunning >= cap;
-    if (!mayReach) return null;
+    if (intentsToday + claimsRunning < cap) {
+      this.atDailyCap.delete(owner);
+      return null;
+    }
+    // Found at the cap before, and no row made, gone or changed in time since: the same answer.
+    const intentRows = this.db
+      .select({ n: sql<number>`count(*)`, last: sql<string>`CAST(max(${payments.seq}) AS TEXT)` })
+      .from(payments)
+      .where(ownIntents)
+      .get();
+    const claimRows = this.db
+      .select({
+        n: sql<number>`count(*)`,
+        last: sql<string>`CAST(max(${paymentIdempotencyKeys.claimedAt}) AS TEXT)`,
+      })
+      .from(paymentIdempotencyKeys)
+      .where(runningClaims)
+      .get();
+    const rows = JSON.stringify([intentRows, claimRows]);
+    const known = this.atDailyCap.get(owner);
+    if (known !== undefined && known.rows === rows && known.until > now) {
+      return overDailyUntil(known.until, now);
+    }
     // At the cap, or rows written into the file: only rows Palisade wrote count (probe 85a F1: 200
     // forged intents dated ahead refused an owner's every intent for good, and forged claims for a
-    // day), each checked against its seal, newest first, until the cap is reached. Stepped one row
-    // at a time: no page cursor for a forged value to hold in place.
+    // day), each checked against its seal, newest first, until the cap is reached or DAILY_CAP_SLACK
+    // rows past it were read. Stepped one row at a time: no page cursor for a forged value to hold.
     const recent: number[] = [];
     const running: number[] = [];
+    const readAtMost = cap + DAILY_CAP_SLACK;
     const intents = this.db.$client.prepare<
       SealedPayment & { seal: string | null },
-      [string, number]
+      [string, number, number]
     >(
       `SELECT ${SEALED_PAYMENT_COLUMNS}, seal FROM payments
-       WHERE owner = ? AND created_at > ? ORDER BY created_at DESC`,
+       WHERE owner = ? AND created_at > ? ORDER BY created_at DESC LIMIT ?`,
     );
     try {
-      for (const row of intents.iterate(owner, since)) {
+      for (const row of intents.iterate(owner, since, readAtMost)) {
         if (this.ledger.seal.intact.payment(row)) recent.push(Number(row.createdAt));
         else this.ledger.reportTampered("payments", row.id);
         if (recent.length === cap) break;
@@ -575,14 +621,19 @@ export class PaymentService {
     }
     const claims = this.db.$client.prepare<
       SealedIdempotencyKey & { claimedAt: number; seal: string | null },
-      [string, number, number]
+      [string, number, number, number]
     >(
       `SELECT owner, key, request_hash AS requestHash, state, response, claimed_at AS claimedAt, seal
        FROM payment_idempotency_keys
-       WHERE owner = ? AND state = 'pending' AND claimed_at > ? AND claimed_at <= ?`,
+       WHERE owner = ? AND state = 'pending' AND claimed_at > ? AND claimed_at <= ? LIMIT ?`,
     );
     try {
-      for (const row of claims.iterate(owner, now - CLAIM_LEASE_MS, now + CLAIM_LEASE_MS)) {
+      for (const row of claims.iterate(
+        owner,
+        now - CLAIM_LEASE_MS,
+        now + CLAIM_LEASE_MS,
+        readAtMost,
+      )) {
         if (recent.length + running.length === cap) break;
         if (this.ledger.seal.intact.idempotencyKey(row)) running.push(Number(row.claimedAt));
         else {
@@ -596,7 +647,10 @@ export class PaymentService {
     } finally {
       claims.finalize();
     }
-    if (recent.length + running.length < cap) return null;
+    if (recent.length + running.length < cap) {
+      this.atDailyCap.delete(owner);
+      return null;
+    }
     // The next may be made once the oldest intent counted leaves the day, or a claim still running
     // ends (Stripe may refuse it; its lease ends it at the latest): a cap held by claims alone
     // said a day (probe 83h F1). Never more than a day, however the clock stepped (83h F2).
@@ -604,8 +658,9 @@ export class PaymentService {
       ...recent.map((createdAt) => createdAt + DAY_MS),
       ...running.map((claimedAt) => claimedAt + CLAIM_LEASE_MS),
     ];
-    const waitMs = Math.min(DAY_MS, Math.min(...frees) - now);
-    return { kind: "over_daily", retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)) };
+    const until = Math.min(...frees);
+    this.atDailyCap.set(owner, { rows, until });
+    return overDailyUntil(until, now);
   }
 
   /** What a claim finds in a key already held by a row Palisade wrote. */

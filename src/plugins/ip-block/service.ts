@@ -34,6 +34,7 @@ import { FIRST_TIME_MS, LAST_TIME_MS } from "../../db/stored-values";
 import { encodeCursor } from "../../list-cursor";
 import { type Logger, secretScrubber, storedText } from "../../logging/logger";
 import { scrubAnySpelling } from "../../logging/scrub";
+import { RecentEntries } from "../../recent-entries";
 import type { AuditLog } from "../audit/log";
 import { ActorGone, parsePrincipalRef } from "../auth/principal";
 import type { ResolvedClient } from "../client-ip";
@@ -43,7 +44,6 @@ import { limiterFailed } from "../rate-limit/enforce";
 import type { RateLimitMetrics } from "../rate-limit/metrics";
 import type { Policy } from "../rate-limit/policies";
 import type { LimiterStore, LimitOutcome } from "../rate-limit/store";
-import { RecentSubjects } from "./recent-subjects";
 import {
   type BlockSeal,
   type BlockTamperReporter,
@@ -55,7 +55,7 @@ import {
 
 const MINUTE = 60_000;
 /**
- * Subjects whose answer a process keeps (~100 B each): past it, the older half goes (RecentSubjects).
+ * Subjects whose answer a process keeps (~100 B each): past it, the older half goes (RecentEntries).
  */
 const SUBJECTS_REMEMBERED = 50_000;
 /** Rows the gauge's sweep reads at a time, and how long one scrape may move it on. */
@@ -292,7 +292,7 @@ export class IpBlockService {
    * What the file said of each subject last asked about (when its longest block in force ends, or
    * null) and when it was read; about the last SUBJECTS_REMEMBERED.
    */
-  private readonly known = new RecentSubjects<{ until: number | null; readAt: number }>(
+  private readonly known = new RecentEntries<{ until: number | null; readAt: number }>(
     SUBJECTS_REMEMBERED,
   );
   /** Whether the file held any block in force when last asked, and when (see blocksMayApply). */

@@ -330,3 +330,38 @@ test("rows written into the database file count for nothing against the daily ca
     .get()!.n;
   expect(reported).toBeGreaterThan(0);
 });
+
+test("thousands of rows written into the file for one owner are not all read by each of its intents: at most the cap and 256 more, each reported once (probe 85d F1)", async () => {
+  const clock = new ManualClock();
+  current = buildPaymentsApp({ clock, env: { PAYMENT_DAILY_INTENTS: "3" } });
+  const target = current;
+  const alice = await signUp(target);
+  const file = target.db.$client;
+  file.run(
+    `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+     INSERT INTO payments (id, owner, amount, currency, status, created_at, updated_at, seal)
+     SELECT 'pi_forged' || i, ?, 1000, 'usd', 'succeeded', ? - i, 0, 'forged' FROM n`,
+    [`user:${alice.userId}`, clock.now()],
+  );
+  const reported = () =>
+    file
+      .query<{ n: number }, []>(
+        "SELECT count(*) AS n FROM audit_events WHERE type = 'payment.tampered'",
+      )
+      .get()!.n;
+  const body = { amount: 1000, currency: "usd" };
+  expect((await createIntent(target, bearer(alice.accessToken), body)).status).toBe(201);
+  target.services.audit.flush();
+  const first = reported();
+  expect(first).toBeGreaterThan(0);
+  expect(first).toBeLessThanOrEqual(3 + 256);
+  for (let i = 0; i < 2; i++) {
+    expect((await createIntent(target, bearer(alice.accessToken), body)).status).toBe(201);
+  }
+  const over = await createIntent(target, bearer(alice.accessToken), body);
+  expect(over.status).toBe(429);
+  expect(Number(over.headers.get("retry-after"))).toBe(24 * 60 * 60);
+  // The same rows read again are not reported again.
+  target.services.audit.flush();
+  expect(reported()).toBeLessThanOrEqual(3 + 256);
+});

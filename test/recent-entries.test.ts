@@ -1,8 +1,8 @@
 import { expect, test } from "bun:test";
-import { RecentSubjects } from "../../src/plugins/ip-block/recent-subjects";
+import { RecentEntries } from "../src/recent-entries";
 
 test("remembers about the last `bound` subjects: never more, the newest half always, a subject set again counted as new", () => {
-  const known = new RecentSubjects<number>(10);
+  const known = new RecentEntries<number>(10);
   for (let i = 0; i < 40; i++) {
     known.set(`s${i}`, i);
     // s0 set again each time: always among the newest.
