@@ -192,6 +192,27 @@ const IN_FORCE = "expires_at > $now AND typeof(expires_at) = 'integer' AND lifte
  */
 const LISTABLE_TIME = `typeof(created_at) = 'integer' AND created_at BETWEEN ${FIRST_TIME_MS} AND ${LAST_TIME_MS}`;
 
+type ActivePageParams = { now: number; createdAt: number | null; id: string | null; limit: number };
+
+/**
+ * Blocks in force at or past which the admin list reads newest first rather than sorting them
+ * (a page sorted 65,536 in 33–48 ms; read newest first past 315,536 ended ones, 110 ms).
+ */
+const LIST_SORTED_UP_TO = 10_000;
+
+/**
+ * The admin list's page, the index named. The id also as text (SEALED_BLOCK_COLUMNS), exactly as
+ * stored (a forged one past 2^53 rounds as a JS number), and the cursor's id bound as text: SQLite
+ * compares it as the integer it spells (probe 48a F1).
+ */
+function activePageSql(index: "ip_blocks_expires" | "ip_blocks_created"): string {
+  return `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks INDEXED BY ${index}
+     WHERE ${IN_FORCE} AND ${LISTABLE_TIME}
+       AND ($createdAt IS NULL OR created_at < $createdAt
+            OR (created_at = $createdAt AND id < $id))
+     ORDER BY created_at DESC, id DESC LIMIT $limit`;
+}
+
 /** The statements of the request path (each address's read) and of automatic blocking, prepared once. */
 function prepareStatements(db: AppDatabase) {
   const sqlite = db.$client;
@@ -201,19 +222,17 @@ function prepareStatements(db: AppDatabase) {
       sqlite.query<StoredBlock, { now: number }>(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks WHERE ${IN_FORCE}`,
       ),
-    // The id also as text (SEALED_BLOCK_COLUMNS), exactly as stored (a forged one past 2^53 rounds
-    // as a JS number), and the cursor's id bound as text: SQLite compares it as the integer it
-    // spells (probe 48a F1).
-    activeAfter: () =>
-      sqlite.query<
-        StoredBlock,
-        { now: number; createdAt: number | null; id: string | null; limit: number }
-      >(
-        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
-         WHERE ${IN_FORCE} AND ${LISTABLE_TIME}
-           AND ($createdAt IS NULL OR created_at < $createdAt
-                OR (created_at = $createdAt AND id < $id))
-         ORDER BY created_at DESC, id DESC LIMIT $limit`,
+    // A page of the admin list, two ways (probe 85d F3): with few blocks in force, those read by
+    // the expiry index and sorted; with many, the blocks read newest first by ip_blocks_created
+    // until the page is full, which walks every ended block newer than the page's (kept a week).
+    activeAfterSorted: () =>
+      sqlite.query<StoredBlock, ActivePageParams>(activePageSql("ip_blocks_expires")),
+    activeAfterNewest: () =>
+      sqlite.query<StoredBlock, ActivePageParams>(activePageSql("ip_blocks_created")),
+    inForceUpTo: () =>
+      sqlite.query<{ n: number }, { now: number; limit: number }>(
+        `SELECT count(*) AS n FROM (SELECT 1 FROM ip_blocks INDEXED BY ip_blocks_expires
+         WHERE expires_at > $now LIMIT $limit)`,
       ),
     activeOn: () =>
       sqlite.query<StoredBlock, { address: string; now: number }>(
@@ -738,8 +757,13 @@ export class IpBlockService {
     nextCursor: string | null;
   } {
     const { cursor, limit } = page;
-    const rows = this.statements.activeAfter.all({
-      now: this.options.clock.now(),
+    const now = this.options.clock.now();
+    const many =
+      (this.statements.inForceUpTo.get({ now, limit: LIST_SORTED_UP_TO })?.n ?? 0) >=
+      LIST_SORTED_UP_TO;
+    const statement = many ? this.statements.activeAfterNewest : this.statements.activeAfterSorted;
+    const rows = statement.all({
+      now,
       createdAt: cursor?.createdAt ?? null,
       id: cursor?.id ?? null,
       limit: limit + 1,
