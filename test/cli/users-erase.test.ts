@@ -221,3 +221,31 @@ describe("an account whose id the file holds as a blob (a forged row)", () => {
     expect(reports).toHaveLength(2);
   });
 });
+
+describe("an account whose address the file holds as something else (a forged row)", () => {
+  test("users:erase and users:role show a long address cut, saying its length, and one that is no text as SQL writes it (probe 85d F6)", async () => {
+    const target = app();
+    const alice = await signUp(target, { email: "alice@example.test" });
+    target.db.$client.run("UPDATE users SET email = ? WHERE id = ?", [
+      `${"a".repeat(600_000)}@example.test`,
+      alice.userId,
+    ]);
+    const asked = await cli(target, ["users:erase", "--email", "alice@example.test"]);
+    expect(asked.code).toBe(2);
+    expect(asked.stderr.length).toBeLessThan(2_000);
+    expect(asked.stderr).toContain(
+      `this erases the account of ${"a".repeat(320)}… (600013 characters) (${alice.userId})`,
+    );
+    const role = await cli(target, [
+      "users:role",
+      "--email",
+      "alice@example.test",
+      "--role",
+      "user",
+    ]);
+    expect(role.stdout.length + role.stderr.length).toBeLessThan(2_000);
+    target.db.$client.run("UPDATE users SET email = X'414243' WHERE id = ?", [alice.userId]);
+    const blob = await cli(target, ["users:erase", "--email", "alice@example.test"]);
+    expect(blob.stderr).toContain(`this erases the account of x'414243' (${alice.userId})`);
+  });
+});

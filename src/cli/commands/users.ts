@@ -25,6 +25,19 @@ function roleFlag(args: ParsedArgs): Role {
  */
 const shownId = (id: unknown): string => (typeof id === "string" ? id : spellOut(id));
 
+/** The longest address shown whole: RFC 5321's 254, with room; a longer one was written into the file. */
+const SHOWN_ADDRESS_CHARACTERS = 320;
+
+/**
+ * An account's address as stored: a long one (written into the file) cut, saying how long it is,
+ * and one that is no text spelt as the file holds it (probe 85d F6: 600 KB printed twice whole).
+ */
+function shownAddress(address: unknown): string {
+  if (typeof address !== "string") return spellOut(address);
+  if (address.length <= SHOWN_ADDRESS_CHARACTERS) return address;
+  return `${address.slice(0, SHOWN_ADDRESS_CHARACTERS)}… (${address.length} characters)`;
+}
+
 /** Said after a command took away the last admin account (probe 35c I4, 36a F8). */
 function warnIfNoAdmin(
   auth: ReturnType<CommandContext["services"]>["auth"],
@@ -85,7 +98,7 @@ export const usersRole: Command = {
     const user = auth.accountForOperator(email);
     if (!user) throw new CliError(`no account has the email ${email}`);
     // Said as the account holds it: the operator's spelling only found it (probe 85c F2).
-    const shown = user.email;
+    const shown = shownAddress(user.email);
     if (user.erased) {
       // Changed, it would be named in the audit log its erasure pseudonymised (probe 80a F2).
       throw new CliError(
@@ -160,7 +173,7 @@ export const usersErase: Command = {
     const user = auth.accountForOperator(email);
     if (!user) throw new CliError(`no account has the email ${email}`);
     // Said as the account holds it: the operator's spelling only found it (probe 85c F2).
-    const shown = user.email;
+    const shown = shownAddress(user.email);
     // Irreversible: the command says what it would erase until it is told to.
     if (args.flags.yes !== true) {
       if (user.erased) {

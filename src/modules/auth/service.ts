@@ -942,15 +942,16 @@ export class AuthService {
    */
   accountForOperator(
     email: string,
-  ): { id: string; email: string; role: Role; intact: boolean; erased: boolean } | null {
+  ): { id: string; email: unknown; role: Role; intact: boolean; erased: boolean } | null {
     const row = this.statements.userByEmail.get({ value: emailLookupKey(email) });
     if (!row) return null;
     const { seal } = this.options;
     const intact = seal.intact.account(row);
     return {
       id: row.id,
-      // As stored, which the operator's spelling only found (case, width, a trailing dot…).
-      email: String(row.email),
+      // As stored, which the operator's spelling only found (case, width, a trailing dot…); as the
+      // file holds it, which may be no text (a row written into it).
+      email: row.email as unknown,
       role: row.role,
       intact,
       erased: !intact && seal.erased(`user:${row.id}`),
