@@ -206,6 +206,12 @@ type CheckedMessage = typeof chatMessages.$inferSelect;
 
 /** Messages the export reads at a time: a page of text, not the conversation. */
 const EXPORT_PAGE = 500;
+/**
+ * The text a page of the export's messages holds at most (one message past it is read alone): 500
+ * replies of the longest a turn stores (131,072 characters at the default cap) were ~200 MB read at
+ * once, and one export took a process from 78 to 922 MB (probe 85e F3).
+ */
+const EXPORT_PAGE_BYTES = 4 * 1024 * 1024;
 
 /** A conversation's messages failed their seals or their chain while the export read them. */
 class ChainBroken extends Error {
@@ -1265,18 +1271,38 @@ export class ChatService implements ChatTurns {
   private *checkedPages(conversationId: string): Generator<CheckedMessage[]> {
     let before: CheckedMessage | undefined;
     for (;;) {
-      const page = this.db
-        .select()
-        .from(chatMessages)
-        .where(
-          and(
-            eq(chatMessages.conversationId, conversationId),
-            before === undefined ? undefined : gt(chatMessages.id, before.id),
-          ),
-        )
-        .orderBy(asc(chatMessages.id))
-        .limit(EXPORT_PAGE)
-        .all();
+      const next = and(
+        eq(chatMessages.conversationId, conversationId),
+        before === undefined ? undefined : gt(chatMessages.id, before.id),
+      );
+      // How long each of the next messages is, read from the rows' headers, not their text; the
+      // page is as many as fit EXPORT_PAGE_BYTES. Both reads in one snapshot (a read transaction,
+      // ended with them), so another process's deletion between them cannot shorten the page.
+      const { fits, more, page } = this.db.transaction(
+        (tx) => {
+          const sizes = tx
+            .select({ bytes: sql<number | null>`octet_length(${chatMessages.content})` })
+            .from(chatMessages)
+            .where(next)
+            .orderBy(asc(chatMessages.id))
+            .limit(EXPORT_PAGE)
+            .all();
+          let fits = 0;
+          for (let bytes = 0; fits < sizes.length; fits++) {
+            bytes += Number(sizes[fits]!.bytes ?? 0);
+            if (fits > 0 && bytes > EXPORT_PAGE_BYTES) break;
+          }
+          const page = tx
+            .select()
+            .from(chatMessages)
+            .where(next)
+            .orderBy(asc(chatMessages.id))
+            .limit(Math.max(fits, 1))
+            .all();
+          return { fits, more: fits < sizes.length || sizes.length === EXPORT_PAGE, page };
+        },
+        { behavior: "deferred" },
+      );
       const holds =
         before === undefined
           ? this.check.chain(page)
@@ -1284,7 +1310,7 @@ export class ChatService implements ChatTurns {
             (this.isOldest(page[0]) && this.check.chain(page));
       if (!holds || !readableMessages(page)) throw new ChainBroken(conversationId);
       yield page;
-      if (page.length < EXPORT_PAGE) return;
+      if (!more || page.length < fits) return;
       before = page[page.length - 1];
     }
   }

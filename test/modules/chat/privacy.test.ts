@@ -973,3 +973,74 @@ test("a user with over a thousand API keys exports whole: one condition a kind, 
   };
   expect(document.chat.conversations.map((c) => c.id)).toEqual([chatted]);
 }, 60_000);
+
+describe("an export of long messages (probe 85e F3)", () => {
+  test("is read a few megabytes of text at a time, not 500 messages whatever their length, and comes whole and in order", async () => {
+    const REPLY = 100_000;
+    const longReplies: ChatProvider = {
+      name: "offline",
+      maxCompletionTokens: 1024,
+      async complete() {
+        return { text: "y".repeat(REPLY), usage: { promptTokens: 10, completionTokens: 1000 } };
+      },
+      async *stream() {
+        yield { kind: "text", text: "y".repeat(REPLY) };
+        yield { kind: "usage", usage: { promptTokens: 10, completionTokens: 1000 } };
+      },
+    };
+    target = buildTestApp({
+      env: {
+        RATE_LIMIT_CHAT: "1000",
+        RATE_LIMIT_BURST: "1000",
+        RATE_LIMIT_PER_MINUTE: "1000",
+        CHAT_DAILY_TOKEN_BUDGET: "10000000",
+      },
+      chatProvider: longReplies,
+    });
+    const alice = await signUp(target);
+    const id = await start(target, asUser(alice), "turn 0");
+    for (let turn = 1; turn < 60; turn++) {
+      const response = await chat(target, asUser(alice), {
+        message: `turn ${turn}`,
+        conversationId: id,
+      });
+      if (response.status !== 200) throw new Error(`turn ${turn}: ${await response.text()}`);
+    }
+    // The full reads of chat_messages the export makes (Drizzle prepares each statement), and
+    // how much text each returned.
+    const sqlite = target.db.$client;
+    const originalPrepare = sqlite.prepare;
+    const pages: number[] = [];
+    sqlite.prepare = function prepare(sql: string) {
+      const statement = originalPrepare.call(sqlite, sql);
+      if (/from "chat_messages"/.test(sql) && sql.includes('"content"')) {
+        // Drizzle reads a select's rows as arrays (`values`).
+        const values = statement.values.bind(statement);
+        statement.values = ((...params: Parameters<typeof values>) => {
+          const rows = values(...params);
+          pages.push(JSON.stringify(rows).length);
+          return rows;
+        }) as typeof statement.values;
+      }
+      return statement;
+    } as typeof sqlite.prepare;
+    let document: { chat: { conversations: { messages: { role: string; content: string }[] }[] } };
+    try {
+      const exported = await send(target, "/api/me/export", { headers: asUser(alice) });
+      expect(exported.status).toBe(200);
+      document = (await exported.json()) as typeof document;
+    } finally {
+      sqlite.prepare = originalPrepare;
+    }
+    const messages = document.chat.conversations[0]!.messages;
+    expect(messages).toHaveLength(120);
+    expect(messages.map((m) => m.content)).toEqual(
+      Array.from({ length: 120 }, (_, i) => (i % 2 === 0 ? `turn ${i / 2}` : "y".repeat(REPLY))),
+    );
+    // ~6 MB of replies: more than one page, none past 4 MB and one message.
+    expect(pages.length).toBeGreaterThan(1);
+    for (const characters of pages) {
+      expect(characters).toBeLessThanOrEqual(4 * 1024 * 1024 + 2 * REPLY);
+    }
+  }, 60_000);
+});
