@@ -240,6 +240,58 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
     });
   });
 
+  test("PalisadeLatencyP99High leaves chat turns out, which last as long as the model writes, and fires on slow other routes (promtool test rules; probe 85f F1)", async () => {
+    const rule = ALERT_RULES.find((each) => each.alert === "PalisadeLatencyP99High")!;
+    const histogram = (route: string, underOne: string, underThree: string, all: string) =>
+      [
+        ["1", underOne],
+        ["2.5", underThree],
+        ["+Inf", all],
+      ].map(([le, values]) => ({
+        series: `http_request_duration_seconds_bucket{instance="a",method="GET",route="${route}",le="${le}"}`,
+        values: values!,
+      }));
+    const tests = {
+      rule_files: [join(GRAFANA_DIR, "alerts.yml")],
+      evaluation_interval: "1m",
+      tests: [
+        {
+          // Every other request fast; one in eleven a chat turn of 1–2.5 s.
+          interval: "1m",
+          input_series: [
+            ...histogram("/api/chat", "0x30", "0+100x30", "0+100x30"),
+            ...histogram("/health", "0+1000x30", "0+1000x30", "0+1000x30"),
+          ],
+          alert_rule_test: [
+            { eval_time: "25m", alertname: "PalisadeLatencyP99High", exp_alerts: [] },
+          ],
+        },
+        {
+          // Another route slow: a ticket.
+          interval: "1m",
+          input_series: [
+            ...histogram("/api/chat", "0x30", "0+100x30", "0+100x30"),
+            ...histogram("/health", "0+900x30", "0+1000x30", "0+1000x30"),
+          ],
+          alert_rule_test: [
+            {
+              eval_time: "25m",
+              alertname: "PalisadeLatencyP99High",
+              exp_alerts: [
+                {
+                  exp_labels: { severity: "ticket" },
+                  // 90 % under a second, the rest under 2.5: the 99th at 2.35 s.
+                  exp_annotations: { ...rule.annotations, summary: "p99 latency is 2.35s" },
+                },
+              ],
+            },
+          ],
+        },
+      ],
+    };
+    await passesPromtoolTests(tests);
+  });
+
   test("PalisadeWalHeld fires when every TRUNCATE of the WAL is busy for 15 minutes, not when one truncated among them (promtool test rules; probe 46c F1)", async () => {
     const rule = ALERT_RULES.find((each) => each.alert === "PalisadeWalHeld")!;
     const checkpoints = (busy: string, truncated: string) => [
@@ -258,6 +310,8 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
           interval: "1m",
           input_series: checkpoints("0+2x30", "3x30"),
           alert_rule_test: [
+            // Ten minutes into the hold: not yet (probe 85f F2: it fired after five).
+            { eval_time: "10m", alertname: "PalisadeWalHeld", exp_alerts: [] },
             {
               eval_time: "20m",
               alertname: "PalisadeWalHeld",
