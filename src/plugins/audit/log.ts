@@ -31,7 +31,7 @@
 import type { Database } from "bun:sqlite";
 import { and, asc, desc, eq, isNull, lte, max, ne, or, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
-import { type Clock, DAY_MS } from "../../clock";
+import { type Clock, DAY_MS, elapsedMs } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
@@ -167,6 +167,8 @@ export interface SqliteAuditLogOptions {
 }
 
 const MAX_QUEUED_EVENTS = 100_000;
+/** How often a flush deferred by a locked database is said again while the lock lasts. */
+const DEFERRED_SAID_EVERY_MS = 10_000;
 
 /** The sealing event types as an SQL list (fixed names, no client text). */
 const SEALING_TYPES_SQL = SEALING_EVENT_TYPES.map((type) => `'${type}'`).join(", ");
@@ -376,6 +378,9 @@ export class SqliteAuditLog implements AuditLog {
   private lastLoggedHead: string | null = null;
   /** A batch met the lock and waits for the timer. */
   private deferred = false;
+  /** When "audit flush deferred" was last logged, and the tries since (see flush). */
+  private deferredSaidAt = Number.NEGATIVE_INFINITY;
+  private deferredTries = 0;
   private readonly sqlite: Database;
   private readonly db: AppDatabase;
   private readonly clock: Clock;
@@ -495,7 +500,19 @@ export class SqliteAuditLog implements AuditLog {
       if (this.sqlite.inTransaction) this.putBackUnlessCommitted(batch, last);
     } catch (error) {
       if (isDatabaseBusy(error) && !this.closed) {
-        this.logger.warn({ queued: batch.length }, "audit flush deferred: the database is locked");
+        // Said when it starts, then once every 10 s with the tries since: the timer tries several
+        // times a second, and a shell left in a transaction wrote ~24,000 lines an hour (probe
+        // 85f F5).
+        this.deferredTries++;
+        const now = this.clock.now();
+        if (!this.deferred || elapsedMs(now, this.deferredSaidAt) >= DEFERRED_SAID_EVERY_MS) {
+          this.logger.warn(
+            { queued: batch.length, tries: this.deferredTries },
+            "audit flush deferred: the database is locked",
+          );
+          this.deferredSaidAt = now;
+          this.deferredTries = 0;
+        }
         this.requeue(batch);
         return;
       }

@@ -510,3 +510,33 @@ describe("event types", () => {
     expect(new Set(AUDIT_EVENT_TYPES).size).toBe(AUDIT_EVENT_TYPES.length);
   });
 });
+
+describe("a database locked for a while (probe 85f F5)", () => {
+  test("a deferred flush is said when it starts, then once every 10 s with the tries since, not at every try", () => {
+    const { log, clock, sqlite, logs } = auditOn({ flushIntervalMs: 60_000 });
+    const other = new Database(current!.databasePath);
+    other.run("PRAGMA busy_timeout = 0");
+    other.run("BEGIN IMMEDIATE");
+    try {
+      sqlite.run("PRAGMA busy_timeout = 0");
+      log.record({ type: "ratelimit.rejected", outcome: "denied", ip: "192.0.2.1" });
+      // Seven tries a second for 25 s.
+      for (let i = 0; i < 175; i++) {
+        log.flush();
+        clock.advance(1000 / 7);
+      }
+    } finally {
+      other.run("ROLLBACK");
+      other.close();
+    }
+    const said = logs.entries.filter(
+      (entry) => entry.msg === "audit flush deferred: the database is locked",
+    );
+    expect(said.map((entry) => entry.tries)).toEqual([1, 70, 70]);
+    log.flush();
+    expect((sqlite.query("SELECT count(*) AS n FROM audit_events").get() as { n: number }).n).toBe(
+      1,
+    );
+    log.close();
+  });
+});
