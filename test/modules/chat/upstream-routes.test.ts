@@ -464,6 +464,22 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(target.db.select().from(chatUsage).all()[0]!.reservedTokens).toBe(0);
   });
 
+  test("the upstream's requests are exported at 0 from the start, as its failures are: the failure alerts' ratio is never over its requests (probe 85f F4)", async () => {
+    const { upstream, target, alice } = await setUp();
+    const before = await metricsText(target);
+    expect(before).toContain('upstream_request_duration_seconds_count{provider="openai"} 0');
+    expect(before).toContain(
+      'upstream_attempt_failures_total{provider="openai",kind="unavailable"} 0',
+    );
+    upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
+    expect((await chat(target, asUser(alice), { message: "Hello" })).status).toBe(503);
+    const after = await metricsText(target);
+    expect(after).toContain('upstream_request_duration_seconds_count{provider="openai"} 3');
+    expect(after).toContain(
+      'upstream_attempt_failures_total{provider="openai",kind="unavailable"} 3',
+    );
+  });
+
   test("five failed requests open the circuit: the sixth is 503 at once, no upstream request", async () => {
     const { upstream, target, alice } = await setUp();
     upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });

@@ -76,5 +76,17 @@ export function createUpstreamMetrics(registry: Registry, provider: string): Ups
     labelNames: ["provider"],
   });
   startAtZero(busyTimeouts, [{ provider }]);
+  // The requests are the failure alerts' denominator: exported at 0 as the failures are, or the
+  // first failures after a start were counted against fewer requests than were made (probe 85f
+  // F4: 160 % failing). A histogram has no inc(0), and zero() empties a series already counted.
+  if (!hasSeries(requestDuration, provider)) requestDuration.zero({ provider });
   return { requestDuration, circuitOpen, attemptFailures, busyTimeouts };
+}
+
+/** Whether the histogram holds a series for this provider (prom-client's map of them). */
+function hasSeries(histogram: Histogram<"provider">, provider: string): boolean {
+  const series = (histogram as unknown as { hashMap: Record<string, { labels?: object }> }).hashMap;
+  return Object.values(series).some(
+    (each) => (each.labels as { provider?: string } | undefined)?.provider === provider,
+  );
 }
