@@ -58,8 +58,10 @@ test("a credential in any place is verified, once per request, and never answere
     [{ authorization: "bearer h.good.s" }, "ok", "bearer:h.good.s"],
     [{ authorization: "BEARER h.good.s" }, "ok", "bearer:h.good.s"],
     [{ authorization: "Bearer h.bad.s" }, "bad", "bearer:h.bad.s"],
+    // One or more spaces after the scheme (RFC 9110's 1*SP; probe 85f F6: two were read as part
+    // of the credential). No API_KEYS entry begins with a space: each is trimmed.
+    [{ authorization: "Bearer  h.good.s" }, "ok", "bearer:h.good.s"],
     // Not a token's alphabet: looked up as a key, which a bootstrap key may be (probe 39b F1).
-    [{ authorization: "Bearer  h.good.s" }, "bad", "key: h.good.s"],
     [{ authorization: "Bearer h.good.s x" }, "bad", "key:h.good.s x"],
     [{ authorization: "Bearer scrape!key#0123$abc" }, "bad", "key:scrape!key#0123$abc"],
     [{ authorization: "Bearer " }, "bad", ""],
@@ -142,4 +144,29 @@ test("a verifier that throws: identify rejects (never throws at the caller), now
   expect(pending).toBeInstanceOf(Promise);
   await expect(pending).rejects.toThrow("database is locked");
   expect(() => identify.now(request({ authorization: "Bearer t" }))).toThrow("database is locked");
+});
+
+test("Authorization: Bearer with more than one space before the credential (RFC 9110's 1*SP) is the credential, on the API and on /metrics (probe 85f F6)", async () => {
+  const { buildTestApp, send } = await import("../support/app");
+  const { signUp } = await import("../support/auth");
+  const metricsToken = "m7T2kW9xQ4vR8nZ1yL6bP5cF0gH3jD2s";
+  const target = buildTestApp({ env: { METRICS_TOKEN: metricsToken } });
+  try {
+    const alice = await signUp(target);
+    for (const spaces of [" ", "  ", "   "]) {
+      const me = await send(target, "/api/auth/me", {
+        headers: { authorization: `Bearer${spaces}${alice.accessToken}` },
+      });
+      expect(me.status).toBe(200);
+      const scrape = await send(target, "/metrics", {
+        headers: { authorization: `bearer${spaces}${metricsToken}` },
+      });
+      expect(scrape.status).toBe(200);
+    }
+    // No credential after the spaces is none.
+    const empty = await send(target, "/api/auth/me", { headers: { authorization: "Bearer   " } });
+    expect(empty.status).toBe(401);
+  } finally {
+    target.close();
+  }
 });

@@ -51,10 +51,15 @@ function hasTokenShape(credential: string): boolean {
   );
 }
 
-/** The credential of `Authorization: Bearer <credential>` (the scheme in any case), else null. */
+/**
+ * The credential of `Authorization: Bearer <credential>` (the scheme in any case, one or more
+ * spaces after it, as RFC 9110 §11.4 writes `1*SP`), else null. Two spaces were read as part of the
+ * credential: a valid token refused, and on `/metrics` counted towards the address's block (probe
+ * 85f F6).
+ */
 export function bearerCredential(authorization: string | null): string | null {
   if (authorization === null || !BEARER_SCHEME.test(authorization)) return null;
-  return authorization.slice("bearer ".length);
+  return authorization.slice("bearer ".length).replace(/^ +/, "");
 }
 
 export interface Identify {
