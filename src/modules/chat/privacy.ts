@@ -62,8 +62,7 @@ export function chatContributor(service: ChatService): PrivacyContributor {
           // The parts the rows there now take, twice over (turns the user still makes meanwhile,
           // an owner's part ending early), and a few: a trigger written into the file that puts
           // back each row deleted had the erasure go on for ever, a part every 20 ms (probe 60c F7).
-          partsAllowed =
-            2 * Math.ceil(service.chatRowsOf(owners) / CHAT_ROWS_AHEAD_PART) + owners.length + 2;
+          partsAllowed = 2 * service.chatPartsOf(owners, CHAT_ROWS_AHEAD_PART) + owners.length + 2;
         }
         if (parts++ >= partsAllowed) {
           throw new Error(

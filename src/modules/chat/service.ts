@@ -242,6 +242,13 @@ export interface FailingConversation {
 
 /** Messages a conversation's deletion takes at a time, and the pause between two (as an erasure's). */
 const DELETE_PART = 1_000;
+/**
+ * The text one deletion of messages (a retention run, a part of a conversation's deletion or of an
+ * erasure) takes at most, beside its count of rows (one message past it goes alone): 1,000 replies of
+ * the longest a turn stores were ~400 MB, whose deletion (zeroed in the file: `secure_delete`) held
+ * every request 1–6 s (probe 85e F2).
+ */
+export const DELETE_PART_BYTES = 4 * 1024 * 1024;
 const DELETE_PART_PAUSE_MS = 20;
 
 /** The conversations `owner` holds: the one predicate every owner-scoped query uses. */
@@ -1077,20 +1084,31 @@ export class ChatService implements ChatTurns {
   async delete(owner: ChatOwner, conversationId: string): Promise<boolean> {
     const conversation = sql`(SELECT ${chatConversations.id} FROM ${chatConversations}
       WHERE ${and(eq(chatConversations.id, conversationId), ownedBy(owner))})`;
-    const held =
-      this.db
-        .select({ count: sql<number>`count(*)` })
-        .from(chatMessages)
-        .where(sql`${chatMessages.conversationId} = ${conversation}`)
-        .get()?.count ?? 0;
-    const partsAllowed = 2 * Math.ceil(held / DELETE_PART) + 2;
-    for (let part = 0; held > DELETE_PART && part < partsAllowed; part++) {
+    const held = this.db
+      .select({
+        rows: sql<number>`count(*)`,
+        bytes: sql<number>`coalesce(sum(octet_length(${chatMessages.content})), 0)`,
+      })
+      .from(chatMessages)
+      .where(sql`${chatMessages.conversationId} = ${conversation}`)
+      .get() ?? { rows: 0, bytes: 0 };
+    // The row goes last, with what is left of its messages (ON DELETE CASCADE): at most a part.
+    const left = { rows: Number(held.rows), bytes: Number(held.bytes) };
+    const partsAllowed =
+      2 * (Math.ceil(left.rows / DELETE_PART) + Math.ceil(left.bytes / DELETE_PART_BYTES)) + 2;
+    for (
+      let part = 0;
+      (left.rows > DELETE_PART || left.bytes > DELETE_PART_BYTES) && part < partsAllowed;
+      part++
+    ) {
       const gone = this.deleteMessages(
         sql`SELECT ${chatMessages.id} FROM ${chatMessages}
           WHERE ${chatMessages.conversationId} = ${conversation}
           ORDER BY ${chatMessages.id} LIMIT ${DELETE_PART}`,
       );
-      if (gone < DELETE_PART) break;
+      if (gone.rows === 0) break;
+      left.rows -= gone.rows;
+      left.bytes -= gone.bytes;
       await Bun.sleep(DELETE_PART_PAUSE_MS);
     }
     const deleted = this.db
@@ -1377,17 +1395,35 @@ export class ChatService implements ChatTurns {
    * read back into JavaScript: a message id past 2^53 reads rounded, a conversation id that is no
    * UTF-8 reads as U+FFFD, and a delete by what was read matched nothing (probe 60b F1, F3).
    */
-  private deleteMessages(which: SQL): number {
+  /**
+   * Deletes the messages `which` chooses, in id order up to `maxBytes` of text (the first always),
+   * and keeps their conversations' counts; what went, in rows and bytes.
+   */
+  private deleteMessages(
+    which: SQL,
+    maxBytes = DELETE_PART_BYTES,
+  ): { rows: number; bytes: number } {
+    // The lengths are read from the rows' headers, not their text (octet_length).
+    const within = sql`SELECT id FROM (
+        SELECT id, row_number() OVER (ORDER BY id) AS nth,
+          sum(coalesce(octet_length(content), 0)) OVER (ORDER BY id) AS upto
+        FROM ${chatMessages} WHERE id IN (${which}))
+      WHERE nth = 1 OR upto <= ${maxBytes}`;
     return this.db.transaction(
       (tx) => {
         const deleted = tx
           .delete(chatMessages)
-          .where(sql`${chatMessages.id} IN (${which})`)
-          .returning({ conversationId: chatMessages.conversationId })
+          .where(sql`${chatMessages.id} IN (${within})`)
+          .returning({
+            conversationId: chatMessages.conversationId,
+            bytes: sql<number | null>`octet_length(${chatMessages.content})`,
+          })
           .all();
         const byConversation = new Map<string, number>();
-        for (const { conversationId } of deleted) {
+        let bytes = 0;
+        for (const { conversationId, bytes: each } of deleted) {
           byConversation.set(conversationId, (byConversation.get(conversationId) ?? 0) + 1);
+          bytes += Number(each ?? 0);
         }
         for (const [conversationId, gone] of byConversation) {
           tx.update(chatConversations)
@@ -1397,7 +1433,7 @@ export class ChatService implements ChatTurns {
             .where(eq(chatConversations.id, conversationId))
             .run();
         }
-        return deleted.length;
+        return { rows: deleted.length, bytes };
       },
       { behavior: "immediate" },
     );
@@ -1475,21 +1511,28 @@ export class ChatService implements ChatTurns {
   }
 
   /**
-   * How many chat rows (conversations and their messages) the owners hold now: what an erasure's
-   * parts ahead of it are bounded by (privacy.ts).
+   * How many parts of `rowsPerPart` rows and DELETE_PART_BYTES of text the owners' chat rows
+   * (conversations and messages) take to delete: the erasure's bound on its parts ahead.
    */
-  chatRowsOf(owners: readonly ChatOwner[]): number {
+  chatPartsOf(owners: readonly ChatOwner[], rowsPerPart: number): number {
     const { sqlite } = this.options;
-    const count = sqlite.query<{ rows: number }, [string, string]>(
+    const count = sqlite.query<{ rows: number; bytes: number }, [string, string]>(
       `SELECT (SELECT count(*) FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2)
         + (SELECT count(*) FROM chat_messages WHERE conversation_id IN
-            (SELECT id FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2)) AS rows`,
+            (SELECT id FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2)) AS rows,
+        (SELECT coalesce(sum(octet_length(content)), 0) FROM chat_messages WHERE conversation_id IN
+            (SELECT id FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2)) AS bytes`,
     );
     let rows = 0;
+    let bytes = 0;
     for (const owner of owners) {
-      for (const id of heldIds(owner)) rows += count.get(owner.kind, id)!.rows;
+      for (const id of heldIds(owner)) {
+        const held = count.get(owner.kind, id)!;
+        rows += held.rows;
+        bytes += held.bytes;
+      }
     }
-    return rows;
+    return Math.ceil(rows / rowsPerPart) + Math.ceil(bytes / DELETE_PART_BYTES);
   }
 
   /**
@@ -1511,9 +1554,10 @@ export class ChatService implements ChatTurns {
     const { sqlite } = this.options;
     const OLDEST =
       "SELECT rowid FROM chat_conversations WHERE owner_kind = ?1 AND owner_id = ?2 ORDER BY created_at, id LIMIT 1";
-    const oldestHolds = sqlite.query<{ rows: number }, [string, string, number]>(
-      `SELECT count(*) AS rows FROM (SELECT 1 FROM chat_messages WHERE conversation_id =
-         (SELECT id FROM chat_conversations WHERE rowid = (${OLDEST})) LIMIT ?3)`,
+    const oldestHolds = sqlite.query<{ rows: number; bytes: number }, [string, string, number]>(
+      `SELECT count(*) AS rows, coalesce(sum(bytes), 0) AS bytes FROM (
+         SELECT octet_length(content) AS bytes FROM chat_messages WHERE conversation_id =
+           (SELECT id FROM chat_conversations WHERE rowid = (${OLDEST})) LIMIT ?3)`,
     );
     const anyLeft = sqlite.query<{ left: number }, [string, string]>(
       `SELECT EXISTS (${OLDEST}) AS left`,
@@ -1525,16 +1569,21 @@ export class ChatService implements ChatTurns {
       new Error(
         "an erasure's part deleted none of the chat rows it chose: the database file holds rows that cannot be deleted (a trigger written into it?)",
       );
+    /** What a part may still take: rows, and text (DELETE_PART_BYTES; probe 85e F2). */
+    type Budget = { rows: number; bytes: number };
     /**
-     * Up to `most` rows of the owner's oldest conversation (one over, for a conversation of exactly
-     * `most` messages, so none is left with none: probe 42b F4); how many went.
+     * Up to the budget's rows and text of the owner's oldest conversation (one row over, for a
+     * conversation of exactly that many messages, so none is left with none: probe 42b F4), taken
+     * from the budget.
      */
-    const takeOldest = (kind: string, id: string, most: number): number => {
-      const held = oldestHolds.get(kind, id, most + 1)!.rows;
-      if (held <= most) {
+    const takeOldest = (kind: string, id: string, budget: Budget): void => {
+      const held = oldestHolds.get(kind, id, budget.rows + 1)!;
+      if (held.rows <= budget.rows && held.bytes <= budget.bytes) {
         // Its messages go with it (ON DELETE CASCADE).
         if (dropOldest.run(kind, id).changes === 0) throw stuck();
-        return held + 1;
+        budget.rows -= held.rows + 1;
+        budget.bytes -= held.bytes;
+        return;
       }
       const gone = this.deleteMessages(
         sql`SELECT ${chatMessages.id} FROM ${chatMessages} WHERE ${chatMessages.conversationId} =
@@ -1542,29 +1591,36 @@ export class ChatService implements ChatTurns {
             (SELECT rowid FROM ${chatConversations} WHERE ${chatConversations.ownerKind} = ${kind}
               AND ${chatConversations.ownerId} = ${id}
               ORDER BY ${chatConversations.createdAt}, ${chatConversations.id} LIMIT 1))
-          ORDER BY ${chatMessages.id} LIMIT ${most}`,
+          ORDER BY ${chatMessages.id} LIMIT ${budget.rows}`,
+        Math.max(0, budget.bytes),
       );
-      if (gone === 0) throw stuck();
-      return gone;
+      if (gone.rows === 0) throw stuck();
+      budget.rows -= gone.rows;
+      budget.bytes -= gone.bytes;
     };
-    /** Up to `most` rows of the owner's chat; how many went (fewer: none is left). */
-    const takeOf = (owner: ChatOwner, most: number): number => {
-      let taken = 0;
+    /** The owner's chat, oldest conversation first, within the budget; whether none is left. */
+    const takeOf = (owner: ChatOwner, budget: Budget): boolean => {
+      let done = true;
       for (const id of heldIds(owner)) {
-        while (taken < most && anyLeft.get(owner.kind, id)!.left === 1) {
-          taken += takeOldest(owner.kind, id, most - taken);
+        while (anyLeft.get(owner.kind, id)!.left === 1) {
+          if (budget.rows <= 0 || budget.bytes <= 0) {
+            done = false;
+            break;
+          }
+          takeOldest(owner.kind, id, budget);
         }
       }
-      return taken;
+      return done;
     };
     return this.db.transaction(
       () => {
         let at = from;
-        let left = batch;
-        while (at < owners.length && left > 0) {
-          const taken = takeOf(owners[at]!, left);
-          if (taken < left) at++;
-          left -= Math.max(1, taken);
+        const budget: Budget = { rows: batch, bytes: DELETE_PART_BYTES };
+        while (at < owners.length && budget.rows > 0 && budget.bytes > 0) {
+          const before = budget.rows;
+          if (takeOf(owners[at]!, budget)) at++;
+          // Every owner asked counts one row at least.
+          if (budget.rows === before) budget.rows--;
         }
         return at;
       },
@@ -1599,7 +1655,7 @@ export class ChatService implements ChatTurns {
         GROUP BY conversation_id) AS expired
       ON m.conversation_id = expired.conversation_id AND m.id <= expired.upto
       ORDER BY m.id LIMIT ${batch}`;
-    const messages = this.deleteMessages(expiredPrefixes);
+    const messages = this.deleteMessages(expiredPrefixes).rows;
     const emptyConversations = this.db
       .select({ id: chatConversations.id })
       .from(chatConversations)

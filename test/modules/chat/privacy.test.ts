@@ -18,7 +18,7 @@ import { loadFaq } from "../../../src/modules/chat/providers/faq";
 import { createOfflineProvider } from "../../../src/modules/chat/providers/offline";
 import type { ChatProvider } from "../../../src/modules/chat/providers/provider";
 import { buildTestApp, send, type TestApp } from "../../support/app";
-import { createKey, signUp } from "../../support/auth";
+import { createKey, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { asKey, asUser, chat, conversation, gatedProvider, SSE } from "../../support/chat";
 import { ManualClock } from "../../support/clock";
 import { eraseWatching } from "../../support/erasure";
@@ -303,7 +303,8 @@ describe("a long history is deleted ahead of the erasure's transaction, a part a
     expect(left()).toEqual(ids.slice(50));
     let parts = 1;
     while (chatFeature.service.eraseSomeChat(owners, 0, 100) === 0) parts++;
-    expect(parts).toBe(6);
+    // The part that takes the last of them says none is left (no empty part after it).
+    expect(parts).toBe(6 - 1);
     expect(left()).toEqual([]);
     expect(conversationIds(app)).toEqual([bobs]);
   });
@@ -315,7 +316,8 @@ describe("a long history is deleted ahead of the erasure's transaction, a part a
     const id = await start(app, asUser(alice), "one");
     const chatFeature = app.services.features.find((f) => f.name === "chat") as ChatFeature;
     const owners = [{ kind: "user" as const, id: alice.userId }];
-    expect(chatFeature.service.eraseSomeChat(owners, 0, 2)).toBe(0);
+    // Whole in one part, which then says none is left.
+    expect(chatFeature.service.eraseSomeChat(owners, 0, 2)).toBe(1);
     expect(
       (await send(app, `/api/chat/conversations/${id}`, { headers: asUser(alice) })).status,
     ).toBe(404);
@@ -974,38 +976,50 @@ test("a user with over a thousand API keys exports whole: one condition a kind, 
   expect(document.chat.conversations.map((c) => c.id)).toEqual([chatted]);
 }, 60_000);
 
+const LONG_REPLY = 100_000;
+
+/** An app whose model answers every turn with LONG_REPLY characters, and `turns` of them by alice. */
+async function longHistory(turns: number, clock?: ManualClock, env: Record<string, string> = {}) {
+  const longReplies: ChatProvider = {
+    name: "offline",
+    maxCompletionTokens: 1024,
+    async complete() {
+      return { text: "y".repeat(LONG_REPLY), usage: { promptTokens: 10, completionTokens: 1000 } };
+    },
+    async *stream() {
+      yield { kind: "text", text: "y".repeat(LONG_REPLY) };
+      yield { kind: "usage", usage: { promptTokens: 10, completionTokens: 1000 } };
+    },
+  };
+  const app = buildTestApp({
+    env: {
+      RATE_LIMIT_CHAT: "1000",
+      RATE_LIMIT_BURST: "1000",
+      RATE_LIMIT_PER_MINUTE: "1000",
+      CHAT_DAILY_TOKEN_BUDGET: "10000000",
+      ...env,
+    },
+    chatProvider: longReplies,
+    ...(clock ? { clock } : {}),
+  });
+  target = app;
+  const alice = await signUp(app);
+  const id = await start(app, asUser(alice), "turn 0");
+  for (let turn = 1; turn < turns; turn++) {
+    const response = await chat(app, asUser(alice), {
+      message: `turn ${turn}`,
+      conversationId: id,
+    });
+    if (response.status !== 200) throw new Error(`turn ${turn}: ${await response.text()}`);
+  }
+  return { app, alice, id };
+}
+
 describe("an export of long messages (probe 85e F3)", () => {
   test("is read a few megabytes of text at a time, not 500 messages whatever their length, and comes whole and in order", async () => {
-    const REPLY = 100_000;
-    const longReplies: ChatProvider = {
-      name: "offline",
-      maxCompletionTokens: 1024,
-      async complete() {
-        return { text: "y".repeat(REPLY), usage: { promptTokens: 10, completionTokens: 1000 } };
-      },
-      async *stream() {
-        yield { kind: "text", text: "y".repeat(REPLY) };
-        yield { kind: "usage", usage: { promptTokens: 10, completionTokens: 1000 } };
-      },
-    };
-    target = buildTestApp({
-      env: {
-        RATE_LIMIT_CHAT: "1000",
-        RATE_LIMIT_BURST: "1000",
-        RATE_LIMIT_PER_MINUTE: "1000",
-        CHAT_DAILY_TOKEN_BUDGET: "10000000",
-      },
-      chatProvider: longReplies,
-    });
-    const alice = await signUp(target);
-    const id = await start(target, asUser(alice), "turn 0");
-    for (let turn = 1; turn < 60; turn++) {
-      const response = await chat(target, asUser(alice), {
-        message: `turn ${turn}`,
-        conversationId: id,
-      });
-      if (response.status !== 200) throw new Error(`turn ${turn}: ${await response.text()}`);
-    }
+    const REPLY = LONG_REPLY;
+    const { app, alice } = await longHistory(60);
+    target = app;
     // The full reads of chat_messages the export makes (Drizzle prepares each statement), and
     // how much text each returned.
     const sqlite = target.db.$client;
@@ -1041,6 +1055,80 @@ describe("an export of long messages (probe 85e F3)", () => {
     expect(pages.length).toBeGreaterThan(1);
     for (const characters of pages) {
       expect(characters).toBeLessThanOrEqual(4 * 1024 * 1024 + 2 * REPLY);
+    }
+  }, 60_000);
+});
+
+describe("deleting long messages (probe 85e F2)", () => {
+  /** The text of each DELETE of chat messages the app runs. */
+  function deletedText(app: TestApp) {
+    const sqlite = app.db.$client;
+    const originalPrepare = sqlite.prepare;
+    const parts: number[] = [];
+    sqlite.prepare = function prepare(sql: string) {
+      const statement = originalPrepare.call(sqlite, sql);
+      if (/^delete from "chat_messages"/.test(sql)) {
+        const values = statement.values.bind(statement);
+        statement.values = ((...params: Parameters<typeof values>) => {
+          const rows = values(...params) as unknown[][];
+          parts.push(rows.reduce((sum, row) => sum + Number(row[1] ?? 0), 0));
+          return rows;
+        }) as typeof statement.values;
+      }
+      return statement;
+    } as typeof sqlite.prepare;
+    return { parts, restore: () => (sqlite.prepare = originalPrepare) };
+  }
+  const PART = 4 * 1024 * 1024 + LONG_REPLY;
+
+  test("retention takes at most 4 MB of text a run", async () => {
+    const clock = new ManualClock();
+    const { app } = await longHistory(60, clock, { CHAT_RETENTION_DAYS: "30" });
+    const chatFeature = app.services.features.find((f) => f.name === "chat") as ChatFeature;
+    clock.advance(400 * DAY_MS);
+    const deleted = deletedText(app);
+    try {
+      const first = chatFeature.service.retain(clock.now());
+      expect(first).toBeGreaterThan(0);
+      expect(first).toBeLessThan(120);
+      let runs = 1;
+      while (chatFeature.service.retain(clock.now()) > 0) runs++;
+      expect(runs).toBeGreaterThan(1);
+      expect(app.db.select().from(chatMessages).all()).toHaveLength(0);
+      expect(Math.max(...deleted.parts)).toBeLessThanOrEqual(PART);
+    } finally {
+      deleted.restore();
+    }
+  }, 60_000);
+
+  test("a conversation's DELETE and an erasure's parts take at most 4 MB of text at a time", async () => {
+    const { app, alice, id } = await longHistory(60);
+    const second = await start(app, asUser(alice), "another");
+    for (let turn = 1; turn < 60; turn++) {
+      await chat(app, asUser(alice), { message: `again ${turn}`, conversationId: second });
+    }
+    const deleted = deletedText(app);
+    try {
+      const gone = await send(app, `/api/chat/conversations/${id}`, {
+        method: "DELETE",
+        headers: asUser(alice),
+      });
+      expect(gone.status).toBe(204);
+      // A part, then the row with what is left (ON DELETE CASCADE), under 4 MB too.
+      expect(deleted.parts.length).toBeGreaterThan(0);
+      expect(Math.max(...deleted.parts)).toBeLessThanOrEqual(PART);
+      deleted.parts.length = 0;
+      const erased = await send(app, "/api/me", {
+        method: "DELETE",
+        headers: asUser(alice),
+        body: { password: STRONG_PASSWORD },
+      });
+      expect(erased.status).toBe(204);
+      expect(app.db.select().from(chatMessages).all()).toHaveLength(0);
+      expect(deleted.parts.length).toBeGreaterThan(0);
+      expect(Math.max(...deleted.parts)).toBeLessThanOrEqual(PART);
+    } finally {
+      deleted.restore();
     }
   }, 60_000);
 });
