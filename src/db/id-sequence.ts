@@ -48,12 +48,17 @@ const STORED_ID = (value: string) =>
  * sequence says, and a sequence of `1e999` or `'+9223372036854775807'` does too (probes 58e F1,
  * 58f F1, F2). Null when neither is past what JavaScript counts exactly. Read on a failure only.
  */
-export function spentIdsIn(sqlite: Database, table: string, named: string): IdSequenceError | null {
+export function spentIdsIn(
+  sqlite: Database,
+  table: string,
+  named: string,
+  idColumn = "id",
+): IdSequenceError | null {
   const sequence = sqlite
     .query<StoredId, [string]>(`SELECT ${STORED_ID("seq")} FROM sqlite_sequence WHERE name = ?`)
     .get(table);
   const largestId = sqlite
-    .query<StoredId, []>(`SELECT ${STORED_ID("max(id)")} FROM "${table}"`)
+    .query<StoredId, []>(`SELECT ${STORED_ID(`max(${idColumn})`)} FROM "${table}"`)
     .get();
   const read = (id: StoredId | null) => id?.asInteger ?? 0;
   const spends = (value: number) => value + 2 > Number.MAX_SAFE_INTEGER;

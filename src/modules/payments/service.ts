@@ -30,6 +30,7 @@ import { and, eq, gt, lte, sql } from "drizzle-orm";
 import { type Clock, DAY_MS } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
+import { spentIdsIn } from "../../db/id-sequence";
 import { auditEvents, paymentIdempotencyKeys, payments } from "../../db/schema";
 import { WaitingWrites } from "../../db/waiting-writes";
 import type { Logger } from "../../logging/logger";
@@ -494,6 +495,11 @@ export class PaymentService {
         // A new intent: within the owner's day (a replay of one made is not another).
         const overDaily = this.overDaily(owner, now);
         if (overDaily !== null) return overDaily;
+        // Its row must have a `seq` to take, asked before Stripe makes it: a sequence written into
+        // the file at its end failed every insert after Stripe had made the intent, as "database or
+        // disk is full", and nothing named it (probe 85d F5).
+        const spent = spentIdsIn(this.db.$client, "payments", "the payments'", "seq");
+        if (spent !== null) throw spent;
         const pending = {
           owner,
           key,

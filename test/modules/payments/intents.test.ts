@@ -365,3 +365,21 @@ test("thousands of rows written into the file for one owner are not all read by 
   target.services.audit.flush();
   expect(reported()).toBeLessThanOrEqual(3 + 256);
 });
+
+test("a payments id sequence the file put at its end is named, and Stripe is not asked to make an intent its row could not record (probe 85d F5)", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const alice = await signUp(target);
+  target.db.$client.run(
+    "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('payments', 9223372036854775807)",
+  );
+  const made = await createIntent(target, bearer(alice.accessToken), {
+    amount: 1000,
+    currency: "usd",
+  });
+  expect(made.status).toBe(500);
+  expect(target.stripe.created("/v1/payment_intents")).toBe(0);
+  expect(JSON.stringify(target.logs.entries)).toContain(
+    "the payments' id sequence (sqlite_sequence) is 9223372036854775807",
+  );
+});

@@ -326,12 +326,11 @@ test("an intent Stripe made that the ledger cannot record for another reason (a 
   const target = current;
   const alice = await signUp(target);
   const sqlite = target.db.$client;
-  // The payments' AUTOINCREMENT at its end: the insert fails with SQLITE_FULL, as on a full disk.
-  const setSequence = (seq: number | bigint) => {
-    sqlite.run("DELETE FROM sqlite_sequence WHERE name = 'payments'");
-    sqlite.query("INSERT INTO sqlite_sequence (name, seq) VALUES ('payments', ?)").run(seq);
-  };
-  setSequence(9223372036854775807n);
+  // The payments' insert refused as on a full disk (the sequence at its end, which this test used,
+  // is now asked before Stripe is: probe 85d F5).
+  sqlite.run(
+    "CREATE TRIGGER full_disk BEFORE INSERT ON payments BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+  );
   const body = { amount: 4200, currency: "usd" };
   const response = await createIntent(target, bearer(alice.accessToken), body, "full-1");
   expect(response.status).toBe(503);
@@ -348,7 +347,7 @@ test("an intent Stripe made that the ledger cannot record for another reason (a 
   expect(early.status).toBe(409);
   expect(Number(early.headers.get("retry-after"))).toBeGreaterThan(CLAIM_LEASE_MS / 1000 - 30);
   expect(target.stripe.created("/v1/payment_intents")).toBe(1);
-  setSequence(0);
+  sqlite.run("DROP TRIGGER full_disk");
 });
 
 test("a refund Stripe made while the database is locked is answered, recorded once the lock goes, and audited", async () => {
