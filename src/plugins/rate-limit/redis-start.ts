@@ -70,9 +70,10 @@ export async function startRedisLimiter(start: RedisStart): Promise<string | nul
     // Every decision would fail: production refuses, as for an evicting Redis; /ready says it.
     if (appEnv === "production") return `REDIS_URL's ${reason}`;
     const replica = reason.startsWith("Redis is a read-only replica");
+    const keys = reason.startsWith("Redis refuses the limiter's keys");
     logger.error(
-      { redis: replica ? "read-only" : "scripts refused" },
-      replica
+      { redis: replica ? "read-only" : keys ? "keys refused" : "scripts refused" },
+      replica || keys
         ? `${reason}; /ready answers 503 meanwhile`
         : `${reason}: every limiter decision fails (open or closed by policy) until it runs them; /ready answers 503`,
     );

@@ -419,9 +419,10 @@ export async function assertScriptsRun(
 /**
  * Throws when Redis is a read-only replica: it runs scripts but refuses what they write, so every
  * decision that admits a request fails, and that lasts until REDIS_URL names the primary (probe
- * 85b F1: such a start said nothing). Asked by a script that writes the readiness key, as a
- * decision writes its counts; any other refusal of the write (a full Redis, replicas missing) is
- * left to `/ready`, since it may pass (probe 85d F4: refused at the start, it stopped production).
+ * 85b F1: such a start said nothing); so does an ACL that denies the limiter's keys (85g F3).
+ * Asked by a script that writes the readiness key, as a decision writes its counts; any other
+ * refusal of the write (a full Redis, replicas missing) is left to `/ready`, since it may pass
+ * (probe 85d F4: refused at the start, it stopped production).
  */
 export async function assertWritable(
   send: (command: string, args: string[]) => Promise<unknown>,
@@ -433,6 +434,12 @@ export async function assertWritable(
     if (/^READONLY\b/.test(reason)) {
       throw new Error(
         `Redis is a read-only replica (${reason}): the limiter's counts cannot be written, so every decision that admits a request fails; name the primary in REDIS_URL`,
+      );
+    }
+    // An ACL that denies the limiter's keys lasts as the replica does (probe 85g F3).
+    if (/^NOPERM\b/.test(reason)) {
+      throw new Error(
+        `Redis refuses the limiter's keys (${reason}): every limiter decision fails; give REDIS_URL's user the keys ~palisade:rl:*`,
       );
     }
   }

@@ -404,6 +404,37 @@ describe.skipIf(!redisAvailable)(
       });
     }, 30_000);
 
+    test("an ACL user denied the limiter's keys is said at the start and not ready; production refuses it (probe 85g F3)", async () => {
+      await withRedis([], async (redis) => {
+        const admin = new RedisClient(redis.url);
+        await admin.send("ACL", [
+          "SETUSER",
+          "other",
+          "on",
+          ">other-pass-0123456789",
+          "~other:*",
+          "+@all",
+        ]);
+        admin.close();
+        const url = `redis://other:other-pass-0123456789@${new URL(redis.url).host}`;
+        const target = buildTestApp({ env: { REDIS_URL: url } });
+        try {
+          expect(await target.services.start()).toBeNull();
+          const said = target.logs.entries.filter((entry) => entry.redis === "keys refused");
+          expect(said).toHaveLength(1);
+          expect(said[0]!.msg).toStartWith("Redis refuses the limiter's keys (NOPERM");
+          expect((await readyRedis(target)).status).toBe(503);
+        } finally {
+          target.close();
+        }
+        const result = await productionStart(url);
+        expect(result.code).toBe(2);
+        expect(result.stderr.trim()).toStartWith(
+          "palisade: refusing to start: REDIS_URL's Redis refuses the limiter's keys (NOPERM",
+        );
+      });
+    }, 30_000);
+
     test("production refuses to start on a Redis that may evict keys: exit 2, one line naming REDIS_URL (probe 46c F2)", async () => {
       await withRedis(["--maxmemory-policy", "volatile-lru"], async (redis) => {
         const result = await productionStart(redis.url);
