@@ -10,6 +10,7 @@
 import { and, asc, eq, getTableColumns, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { paymentIdempotencyKeys, payments } from "../../db/schema";
+import { readableTime } from "../../db/stored-values";
 import { type PrivacyContributor, StreamedJson } from "../privacy/contributor";
 import { type PaymentLedger, type PaymentRow, viewOf } from "./ledger";
 
@@ -206,7 +207,7 @@ export function idempotencyKeysContributor(
           key: row.key,
           state: row.state,
           // Not sealed: a time the file holds as none is shown as none.
-          claimedAt: isoTime(row.claimedAt),
+          claimedAt: readableTime(row.claimedAt) ? new Date(row.claimedAt).toISOString() : null,
           paymentId: row.state === "done" ? paymentIdOf(row.response) : null,
         })),
     erase(userId) {
@@ -215,12 +216,6 @@ export function idempotencyKeysContributor(
         .run();
     },
   };
-}
-
-function isoTime(value: unknown): string | null {
-  return typeof value === "number" && Math.abs(value) <= 8.64e15
-    ? new Date(value).toISOString()
-    : null;
 }
 
 /** The intent a stored first response names (sealed with the key, so as Palisade wrote it). */
