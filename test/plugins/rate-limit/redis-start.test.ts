@@ -28,6 +28,14 @@ async function withRedis(
   }
 }
 
+/** A Redis ACL user allowed every command on the keys `keys` only; its REDIS_URL. */
+async function aclUser(redis: RedisServer, name: string, keys: string): Promise<string> {
+  const admin = new RedisClient(redis.url);
+  await admin.send("ACL", ["SETUSER", name, "on", `>${name}-pass-0123456789`, keys, "+@all"]);
+  admin.close();
+  return `redis://${name}:${name}-pass-0123456789@${new URL(redis.url).host}`;
+}
+
 /** `bun run src/index.ts` in production on `redisUrl`, with a new database, to its exit. */
 async function productionStart(redisUrl: string) {
   const dir = tempDir();
@@ -375,17 +383,7 @@ describe.skipIf(!redisAvailable)(
 
     test("an ACL user limited to the limiter's namespace (~palisade:rl:*) is ready and limits (probe 85d F4: the readiness key was outside it)", async () => {
       await withRedis([], async (redis) => {
-        const admin = new RedisClient(redis.url);
-        await admin.send("ACL", [
-          "SETUSER",
-          "limiter",
-          "on",
-          ">limiter-pass-0123456789",
-          "~palisade:rl:*",
-          "+@all",
-        ]);
-        admin.close();
-        const url = `redis://limiter:limiter-pass-0123456789@${new URL(redis.url).host}`;
+        const url = await aclUser(redis, "limiter", "~palisade:rl:*");
         const target = buildTestApp({
           env: { REDIS_URL: url, RATE_LIMIT_PER_MINUTE: "2", RATE_LIMIT_BURST: "100" },
         });
@@ -406,17 +404,7 @@ describe.skipIf(!redisAvailable)(
 
     test("an ACL user denied the limiter's keys is said at the start and not ready; production refuses it (probe 85g F3)", async () => {
       await withRedis([], async (redis) => {
-        const admin = new RedisClient(redis.url);
-        await admin.send("ACL", [
-          "SETUSER",
-          "other",
-          "on",
-          ">other-pass-0123456789",
-          "~other:*",
-          "+@all",
-        ]);
-        admin.close();
-        const url = `redis://other:other-pass-0123456789@${new URL(redis.url).host}`;
+        const url = await aclUser(redis, "other", "~other:*");
         const target = buildTestApp({ env: { REDIS_URL: url } });
         try {
           expect(await target.services.start()).toBeNull();
