@@ -198,6 +198,7 @@ export function createApp(deps: AppDeps) {
           deps.metrics.auth.fail("metrics_token");
           return ipBlocks.recordViolation("login", client, requestId);
         },
+        onRefused: (reason) => deps.metrics.auth.fail(reason),
       }),
     )
     // The features' modules, in the order of the feature list.

@@ -108,6 +108,36 @@ test("with METRICS_TOKEN set, only a presented credential that is wrong counts a
   }
 });
 
+test("a refused scrape is counted in auth_failures_total under the reason any route counts it by: none, revoked, without the scope, a guess (probe 85f F6)", async () => {
+  current = buildTestApp({ env: { METRICS_TOKEN: TOKEN } });
+  const alice = await signUp(current);
+  const chatKey = createKey(current, ["chat"]).key;
+  const revoked = createKey(current, ["metrics"]);
+  current.services.apiKeys.revoke(revoked.record.id, null);
+  const cases: Array<[Record<string, string>, number]> = [
+    [{}, 401],
+    [bearer(alice.accessToken), 403],
+    [{ "x-api-key": chatKey }, 403],
+    [{ "x-api-key": revoked.key }, 401],
+    [{ authorization: `Bearer ${TOKEN}x` }, 401],
+  ];
+  for (const [headers, status] of cases) {
+    expect((await send(current, "/metrics", { headers, peer: "198.51.100.9" })).status).toBe(
+      status,
+    );
+  }
+  const text = await (
+    await send(current, "/metrics", { headers: { authorization: `Bearer ${TOKEN}` } })
+  ).text();
+  const failures = (reason: string) => sample(text, `auth_failures_total{reason="${reason}"}`);
+  expect({
+    missing: failures("missing_credentials"),
+    forbidden: failures("forbidden"),
+    revoked: failures("revoked_api_key"),
+    guessed: failures("metrics_token"),
+  }).toEqual({ missing: 1, forbidden: 2, revoked: 1, guessed: 1 });
+});
+
 test("a bootstrap metrics key of any spelling scrapes as a bearer, as Prometheus sends it: 200 every time, the address never blocked (probe 38c F2)", async () => {
   const scraper = "scrape-key-0123456789-abcdef";
   // Outside a token's alphabet, a space inside: API_KEYS takes it, so a bearer does (probe 39b F1).

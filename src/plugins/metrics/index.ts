@@ -10,7 +10,7 @@
  * A wrong token is a violation of the client's address (as a failed login is), the route is rate
  * limited per address, and a blocked address is refused before its token is looked at. No
  * credential, or a revoked or expired one, is 401 and a valid one without the scope 403, none of
- * them counted: none guesses.
+ * them a violation: none guesses (each is counted in `auth_failures_total`, as on any route).
  *
  * With METRICS_PORT the route answers only what the metrics listener hands over (listener.ts);
  * on the main port it is 404, as if it did not exist.
@@ -19,6 +19,7 @@ import { Elysia, t } from "elysia";
 import { AppError, problemResponses } from "../../errors";
 import type { authPlugin } from "../auth";
 import { bearerCredential, type Identify } from "../auth/identify";
+import type { AuthFailureReason } from "../auth/metrics";
 import type { ResolvedClient } from "../client-ip";
 import { constantTimeEqual } from "../csrf/token";
 import type { RouteClass } from "../route-class";
@@ -40,6 +41,12 @@ export interface MetricsOptions {
    * revoked key, an admin's own key must not block their address).
    */
   onAuthFailure?: (failure: { client: ResolvedClient; requestId: string }) => unknown;
+  /**
+   * Every other refusal, by the reason the auth stage counts it under on any route (no credential,
+   * revoked or expired, without the scope), so `auth_failures_total` sees a scraper's broken
+   * credential as it sees a user's (probe 85f F6).
+   */
+  onRefused?: (reason: AuthFailureReason) => unknown;
   /** `/metrics` is served by a listener of its own (METRICS_PORT): 404 on the main port. */
   ownListener?: boolean;
 }
@@ -74,24 +81,40 @@ export function registerInFlight(registry: Registry, server: () => Bun.Server<un
  * credential that verifies but is revoked or expired (a Prometheus still holding a revoked key, a
  * browser's old session) is `stale`: refused, but no guess at anything.
  */
-type MetricsAccess = "allowed" | "no_credential" | "not_permitted" | "stale" | "wrong";
+const ALLOWED = { verdict: "allowed" } as const;
+
+type MetricsAccess =
+  | { verdict: "allowed" | "wrong" }
+  | { verdict: "refused" | "not_permitted"; reason: AuthFailureReason };
 
 export function metrics(options: MetricsOptions) {
-  const { registry, token, identify, auth, onAuthFailure, ownListener = false } = options;
+  const {
+    registry,
+    token,
+    identify,
+    auth,
+    onAuthFailure,
+    onRefused,
+    ownListener = false,
+  } = options;
 
   const access = async (request: Request): Promise<MetricsAccess> => {
-    if (token === null) return "allowed";
+    if (token === null) return ALLOWED;
     const presented = bearerCredential(request.headers.get("authorization"));
-    if (presented !== null && constantTimeEqual(presented, token)) return "allowed";
+    if (presented !== null && constantTimeEqual(presented, token)) return ALLOWED;
     const identification = await identify(request);
-    if (identification.status === "none") return "no_credential";
+    if (identification.status === "none") {
+      return { verdict: "refused", reason: "missing_credentials" };
+    }
     if (identification.status === "bad") {
-      return identification.reason.startsWith("invalid_") ? "wrong" : "stale";
+      return identification.reason.startsWith("invalid_")
+        ? { verdict: "wrong" }
+        : { verdict: "refused", reason: identification.reason };
     }
     const { principal } = identification;
     return principal.kind === "key" && principal.scopes.includes("metrics")
-      ? "allowed"
-      : "not_permitted";
+      ? ALLOWED
+      : { verdict: "not_permitted", reason: "forbidden" };
   };
 
   return new Elysia({ name: "palisade.metrics" }).use(auth).get(
@@ -100,12 +123,15 @@ export function metrics(options: MetricsOptions) {
       if (ownListener && !viaMetricsListener(request)) {
         throw new AppError("NOT_FOUND", "No route matches this path.");
       }
-      const verdict = await access(request);
-      if (verdict === "not_permitted") {
+      const found = await access(request);
+      if (found.verdict === "refused" || found.verdict === "not_permitted") {
+        onRefused?.(found.reason);
+      }
+      if (found.verdict === "not_permitted") {
         throw new AppError("FORBIDDEN", "This credential may not read metrics.");
       }
-      if (verdict !== "allowed") {
-        if (verdict === "wrong") await onAuthFailure?.({ client, requestId });
+      if (found.verdict !== "allowed") {
+        if (found.verdict === "wrong") await onAuthFailure?.({ client, requestId });
         throw new AppError("UNAUTHENTICATED", "A valid metrics token is required.", undefined, {
           "www-authenticate": 'Bearer realm="metrics"',
         });
