@@ -552,6 +552,7 @@ describe("IP blocks", () => {
     const headers = bearer(admin.accessToken);
     const added = await send(current, "/api/admin/blocks", {
       headers,
+      peer: "198.51.100.20",
       body: { address: "2001:db8:5:6::99", ttlMinutes: 30, reason: "credential stuffing" },
     });
     expect(added.status).toBe(201);
@@ -578,15 +579,31 @@ describe("IP blocks", () => {
     const removed = await send(current, `/api/admin/blocks/${block.id}`, {
       method: "DELETE",
       headers,
+      peer: "198.51.100.21",
     });
     expect(removed.status).toBe(204);
     expect((await send(current, "/openapi.json", { peer: "2001:db8:5:6::1" })).status).toBe(200);
+    // The rows' address is the subject blocked; the admin's own, and the route, are kept too.
     const events = current.db.$client
-      .query("SELECT type, actor FROM audit_events WHERE type LIKE 'ip.%' ORDER BY id")
+      .query(
+        "SELECT type, actor, ip, route, json_extract(detail, '$.requestedFrom') AS requestedFrom FROM audit_events WHERE type LIKE 'ip.%' ORDER BY id",
+      )
       .all();
     expect(events).toEqual([
-      { type: "ip.blocked", actor: `user:${admin.userId}` },
-      { type: "ip.unblocked", actor: `user:${admin.userId}` },
+      {
+        type: "ip.blocked",
+        actor: `user:${admin.userId}`,
+        ip: "2001:db8:5:6::/64",
+        route: "POST /api/admin/blocks",
+        requestedFrom: "198.51.100.20",
+      },
+      {
+        type: "ip.unblocked",
+        actor: `user:${admin.userId}`,
+        ip: "2001:db8:5:6::/64",
+        route: "DELETE /api/admin/blocks/:id",
+        requestedFrom: "198.51.100.21",
+      },
     ]);
     expect(
       (await send(current, `/api/admin/blocks/${block.id}`, { method: "DELETE", headers })).status,

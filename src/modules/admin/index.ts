@@ -456,6 +456,7 @@ export function adminModule(options: AdminModuleOptions) {
             createdBy: creator,
             creatorStands: () => options.standing.stillAdmin(principal),
             requestId,
+            origin: { route: `${request.method} ${route}`, ip: client.ip },
           });
         } catch (error) {
           throw standing(error, { principal, request, client, requestId, route });
@@ -476,8 +477,12 @@ export function adminModule(options: AdminModuleOptions) {
         const block = ipBlocks.activeBlock(params.id);
         if (!block) throw new AppError("NOT_FOUND", "No block in force has that id.");
         try {
-          await ipBlocks.lift(block.address, principalRef(principal), requestId, () =>
-            options.standing.stillAdmin(principal),
+          await ipBlocks.lift(
+            block.address,
+            principalRef(principal),
+            requestId,
+            () => options.standing.stillAdmin(principal),
+            { route: `${request.method} ${route}`, ip: client.ip },
           );
         } catch (error) {
           throw standing(error, { principal, request, client, requestId, route });

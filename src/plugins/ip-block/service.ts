@@ -90,6 +90,11 @@ function storedReason(reason: string): string {
 
 export type ViolationKind = "ratelimit" | "login" | "principal";
 
+/** The admin's address as a block's or lift's audit detail names it; nothing when none asked. */
+function requestedFrom(origin: BlockOrigin | undefined): { requestedFrom?: string } {
+  return origin?.ip ? { requestedFrom: origin.ip } : {};
+}
+
 /** Whether a block's subject is a principal (a lockout) rather than a client address. */
 export function isPrincipalSubject(subject: string): boolean {
   return parsePrincipalRef(subject) !== null;
@@ -158,6 +163,17 @@ export interface NewBlock {
   /** Whether the account or key making the block is still there (asked in its transaction). */
   creatorStands?: () => boolean;
   requestId?: string | null;
+  /** The admin request that made it: its route and address, for the audit row (none: automatic, CLI). */
+  origin?: BlockOrigin;
+}
+
+/**
+ * Where an admin's block or lift came from. The audit row's `ip` is the subject blocked, so the
+ * admin's own address goes in its detail as `requestedFrom`, and the route in its `route`.
+ */
+export interface BlockOrigin {
+  route: string;
+  ip: string | null;
 }
 
 export interface IpBlockServiceOptions {
@@ -619,8 +635,14 @@ export class IpBlockService {
       // A lockout's subject is a principal: it is the actor the row is about, not an address.
       actor: lockout ? block.address : (block.createdBy ?? "system"),
       ip: lockout ? null : block.address,
+      route: block.origin?.route ?? null,
       requestId: block.requestId ?? null,
-      detail: { reason: row.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
+      detail: {
+        reason: row.reason,
+        source: block.source,
+        ttlSeconds: block.ttlMs / 1000,
+        ...requestedFrom(block.origin),
+      },
       at: now,
     });
     return shown(inserted);
@@ -653,8 +675,9 @@ export class IpBlockService {
     liftedBy: string | null,
     requestId?: string | null,
     liftedByStands?: () => boolean,
+    origin?: BlockOrigin,
   ): Promise<number> {
-    const lifted = this.liftNow(address, liftedBy, requestId, liftedByStands);
+    const lifted = this.liftNow(address, liftedBy, requestId, liftedByStands, origin);
     await this.forgetViolations(address);
     return lifted;
   }
@@ -681,6 +704,7 @@ export class IpBlockService {
     liftedBy: string | null,
     requestId?: string | null,
     liftedByStands?: () => boolean,
+    origin?: BlockOrigin,
   ): number {
     const now = this.options.clock.now();
     const { audit } = this.options;
@@ -701,7 +725,8 @@ export class IpBlockService {
             outcome: "success",
             actor: liftedBy ?? "system",
             ip: lockout ? null : address,
-            detail: lockout ? { subject: address } : undefined,
+            route: origin?.route ?? null,
+            detail: { ...(lockout ? { subject: address } : {}), ...requestedFrom(origin) },
             requestId: requestId ?? null,
             at: now,
           });
