@@ -77,6 +77,12 @@ const RETENTION_MS = 30 * DAY_MS;
  */
 export const OLDEST_MESSAGE_MS = RETENTION_MS - DAY_MS;
 const PRUNE_BATCH = 1000;
+/**
+ * The text a prune deletes at most at once (the first row always): a finished row keeps its reply,
+ * up to the longest a chat turn stores, and 1,000 of those with `secure_delete` held the write lock
+ * for seconds (as chat's deletes did: probe 85e F2).
+ */
+const PRUNE_BYTES = 4 * 1024 * 1024;
 /** A dedupe row still `message.claimed` this long after it was written was left by a crash. */
 export const CLAIM_LEASE_MS = 60_000;
 /** How often a claim that could not be given back (the database locked) is tried again. */
@@ -450,7 +456,10 @@ export class WhatsAppIntake {
     }
   }
 
-  /** Deletes finished rows, statuses and WhatsApp dedupe records past retention; bounded. */
+  /**
+   * Deletes finished rows, statuses and WhatsApp dedupe records past retention; bounded in rows, and
+   * the outbox's in text too (PRUNE_BYTES).
+   */
   prune(now: number): void {
     const { db, core } = this.options;
     const cutoff = now - RETENTION_MS;
@@ -499,8 +508,16 @@ export class WhatsAppIntake {
           or(lt(o.finishedAt, cutoff), sql`typeof(${o.finishedAt}) != 'integer'`),
         ),
       )
+      .orderBy(o.id)
       .limit(PRUNE_BATCH);
-    db.delete(o).where(inArray(o.id, finished)).run();
+    // Their lengths read from the rows' headers, not their text (octet_length).
+    const withinBytes = sql`SELECT id FROM (
+        SELECT id, row_number() OVER (ORDER BY id) AS nth,
+          sum(coalesce(octet_length(reply), 0) + coalesce(octet_length(body), 0))
+            OVER (ORDER BY id) AS upto
+        FROM ${o} WHERE ${o.id} IN (${finished}))
+      WHERE nth = 1 OR upto <= ${PRUNE_BYTES}`;
+    db.delete(o).where(sql`${o.id} IN (${withinBytes})`).run();
     // Each status row by its own rowid: a message has a row per status, and selecting by message
     // id took a message's recent statuses with its expired one (probe 27e F2).
     const statusRow = sql<number>`rowid`;

@@ -430,6 +430,47 @@ describe("rows written into the file", () => {
     ).toEqual({ n: 0 });
   });
 
+  test("a prune deletes at most 4 MB of finished rows' text at once, the first always, and the rest at the next runs (probe 85e, left: 1,000 long replies with secure_delete held the lock for seconds)", async () => {
+    const { target, worker, clock } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.L0", from: "16505551234", text: "hi" }] }),
+    );
+    await worker.drain();
+    const columns = (
+      target.db.$client.query("SELECT name FROM pragma_table_info('whatsapp_outbox')").all() as {
+        name: string;
+      }[]
+    )
+      .map((column) => column.name)
+      .filter((name) => !["id", "message_id", "reply"].includes(name));
+    // 20 sent rows of 1,000,000 bytes of reply each, and one of 6 MB: more than a part holds.
+    const copies = [...Array.from({ length: 20 }, () => 500_000), 3_000_000];
+    for (const [nth, half] of copies.entries()) {
+      target.db.$client.run(
+        `INSERT INTO whatsapp_outbox (message_id, reply, ${columns.join(", ")})
+         SELECT 'wamid.L${nth + 1}', hex(zeroblob(${half})), ${columns.join(", ")}
+         FROM whatsapp_outbox WHERE message_id = 'wamid.L0'`,
+      );
+    }
+    const left = () =>
+      (
+        target.db.$client.query("SELECT count(*) AS n FROM whatsapp_outbox").get() as {
+          n: number;
+        }
+      ).n;
+    expect(left()).toBe(22);
+    clock.advance(31 * 24 * 60 * 60_000);
+    const deletedPerRun: number[] = [];
+    for (let run = 0; run < 10 && left() > 0; run++) {
+      const before = left();
+      target.services.runMaintenance();
+      deletedPerRun.push(before - left());
+    }
+    // The small first row and four of 1 MB; then four each; the 6 MB row alone, first of its part.
+    expect(deletedPerRun).toEqual([5, 4, 4, 4, 4, 1]);
+  });
+
   test("a row in a state Palisade never writes is given up at the next maintenance: its number and text cleared, then pruned with the rest (probe 29c F2)", async () => {
     const { target } = await waitingForRetry("wamid.W");
     // Its id moved past 2^53 too: named as the file holds it (probe 58e F2), not rounded.
