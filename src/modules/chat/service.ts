@@ -1389,15 +1389,12 @@ export class ChatService implements ChatTurns {
   }
 
   /**
-   * Deletes the messages the query `which` selects (their ids), lowering their conversations'
-   * counts, in one transaction; how many went. What is chosen must be a prefix of each conversation
-   * (its oldest messages): the ones left still verify (history-seal.ts). Chosen in SQL, never by ids
-   * read back into JavaScript: a message id past 2^53 reads rounded, a conversation id that is no
-   * UTF-8 reads as U+FFFD, and a delete by what was read matched nothing (probe 60b F1, F3).
-   */
-  /**
-   * Deletes the messages `which` chooses, in id order up to `maxBytes` of text (the first always),
-   * and keeps their conversations' counts; what went, in rows and bytes.
+   * Deletes the messages the query `which` selects (their ids), in id order up to `maxBytes` of
+   * text (the first always), lowering their conversations' counts, in one transaction; what went,
+   * in rows and bytes. What is chosen must be a prefix of each conversation (its oldest messages):
+   * the ones left still verify (history-seal.ts). Chosen in SQL, never by ids read back into
+   * JavaScript: a message id past 2^53 reads rounded, a conversation id that is no UTF-8 reads as
+   * U+FFFD, and a delete by what was read matched nothing (probe 60b F1, F3).
    */
   private deleteMessages(
     which: SQL,
