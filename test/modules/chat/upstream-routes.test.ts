@@ -800,6 +800,40 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(((await answered.json()) as { reply: string }).reply).toBe("Hello Bob.");
   });
 
+  test("a refusal sent as an error event once the stream has begun is 422 as the 400 is, and never opens the circuit for everyone (probe 86b F1)", async () => {
+    const { upstream, target, alice } = await setUp();
+    const bob = await signUp(target);
+    const refusals = ["context_length_exceeded", "content_filter", "string_above_max_length"];
+    for (let i = 0; i < 6; i++) {
+      const code = refusals[i % refusals.length]!;
+      upstream.enqueue({
+        kind: "malformed",
+        body: JSON.stringify({ error: { message: "no", type: "invalid_request_error", code } }),
+      });
+      const response = await chat(target, asUser(alice), { message: `Long ${i}` });
+      expect({ code, status: response.status }).toEqual({ code, status: 422 });
+      expect(((await response.json()) as Problem).code).toBe("UPSTREAM_REFUSED");
+    }
+    // Asked as a stream: refused before any text, so the same 422, not a 200 then an error event.
+    upstream.enqueue({
+      kind: "malformed",
+      body: JSON.stringify({ error: { message: "no", code: "context_length_exceeded" } }),
+    });
+    const streamed = await chat(target, asUser(alice), { message: "S" }, SSE);
+    expect(streamed.status).toBe(422);
+    expect(((await streamed.json()) as Problem).code).toBe("UPSTREAM_REFUSED");
+    upstream.setDefault({ kind: "reply", chunks: ["Hello ", "Bob."] });
+    const answered = await chat(target, asUser(bob), { message: "Hi" });
+    expect(answered.status).toBe(200);
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+    // Any other error event is the upstream's failure, as before.
+    upstream.enqueue({
+      kind: "malformed",
+      body: JSON.stringify({ error: { message: "overloaded", type: "server_error" } }),
+    });
+    expect((await chat(target, asUser(alice), { message: "Again" })).status).toBe(502);
+  });
+
   test("an upstream that never answers: 503 once every attempt timed out", async () => {
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "150" });
     upstream.setDefault({ kind: "hang" });

@@ -221,7 +221,24 @@ function refusalOf(error: APIError & { status: number }): "text" | "size" | null
   const code = error.status === 400 && typeof error.code === "string" ? error.code : null;
   if (code !== null && TEXT_REFUSAL_CODES.has(code)) return "text";
   if (SIZE_REFUSAL_STATUSES.has(error.status)) return "size";
-  return code !== null && SIZE_REFUSAL_CODES.has(code) ? "size" : null;
+  return refusalByCode(code);
+}
+
+function refusalByCode(code: string | null): "text" | "size" | null {
+  if (code === null) return null;
+  if (TEXT_REFUSAL_CODES.has(code)) return "text";
+  return SIZE_REFUSAL_CODES.has(code) ? "size" : null;
+}
+
+/**
+ * The same refusal sent as an error event once the stream had begun (a 200, then `data:
+ * {"error": {...}}`; LiteLLM and other gateways do), which the SDK throws with no status: a
+ * refusal of what the request holds as the 400 is, never the upstream's failure (probe 86b F1:
+ * five such turns from one user opened the circuit for everyone).
+ */
+function streamedRefusalOf(error: unknown): "text" | "size" | null {
+  if (!(error instanceof APIError) || error.status !== undefined) return null;
+  return refusalByCode(typeof error.code === "string" ? error.code : null);
 }
 
 /**
@@ -972,6 +989,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       // a reasoning character every 29 s kept the silence timer from ever firing).
       const streamEndsBy = performance.now() + timeoutMs + maxCompletionTokens * 1000;
       let broken: string | undefined;
+      let refusedInStream: "text" | "size" | null = null;
       while (true) {
         // Only the upstream's silence is timed, not the time our consumer takes with a delta.
         const waitStarted = performance.now();
@@ -986,6 +1004,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         try {
           next = pending.shift() ?? (await iterator.next());
         } catch (error) {
+          refusedInStream = streamedRefusalOf(error);
+          if (refusedInStream !== null) break;
           broken =
             refusedAnswer(error) ??
             (error instanceof SyntaxError
@@ -1053,7 +1073,10 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       if (busy) metrics.busyTimeouts.labels(PROVIDER).inc();
       if (idle)
         failure = new UpstreamFailure("unavailable", `timeout mid-stream${busy ? WHILE_BUSY : ""}`);
-      else if (broken) failure = new UpstreamFailure("bad_response", broken);
+      else if (refusedInStream !== null) {
+        failure = new UpstreamFailure("refused", "upstream refused the request in its stream");
+        failure.ofContent = refusedInStream === "text";
+      } else if (broken) failure = new UpstreamFailure("bad_response", broken);
       else if (!finished)
         failure = new UpstreamFailure("bad_response", "stream cut before a finish_reason");
       // Finished with no text: a refusal of this message. Withheld whole by the content filter,
