@@ -206,6 +206,9 @@ async function eventStream(
   const upstream = new AbortController();
   const abort = () => upstream.abort(new DOMException("The client went away", "AbortError"));
   request.signal.addEventListener("abort", abort, { once: true });
+  // Gone before this handler ran (it closed right after sending): its abort has fired already, and
+  // a listener added now never hears it (probe 86b F3: the upstream was called, the turn stored).
+  if (request.signal.aborted) abort();
   const events = service.stream(turn, upstream.signal);
   let closed = false;
   const shutDown = () => upstream.abort(shutdownReason());

@@ -129,6 +129,28 @@ describe("Server-Sent Events", () => {
     }
   });
 
+  test("a streamed turn whose client had gone before its handler ran calls no upstream and stores nothing: 499, nothing charged (probe 86b F3)", async () => {
+    const provider = recordingProvider();
+    target = buildTestApp({ chatProvider: provider });
+    const alice = await signUp(target);
+    for (const accept of [SSE, {}]) {
+      const request = new Request("http://localhost/api/chat", {
+        method: "POST",
+        headers: { ...asUser(alice), ...accept, "content-type": "application/json" },
+        body: JSON.stringify({ message: "How do I sign up?" }),
+        signal: AbortSignal.abort(),
+      });
+      const response = await target.app.handle(request);
+      expect({ accept, status: response.status }).toEqual({ accept, status: 499 });
+    }
+    expect(provider.signals.every((signal) => signal?.aborted === true)).toBe(true);
+    expect(target.db.select().from(chatMessages).all()).toEqual([]);
+    const usage = target.db.select().from(chatUsage).all();
+    expect(usage.map((row) => [row.usedTokens, row.reservedTokens])).toEqual(
+      usage.map(() => [0, 0]),
+    );
+  });
+
   test("a stream still open when the shutdown's drain time is up ends with an error event (503, send again), not a cut connection; what arrived is stored incomplete (probe 15b, finding 2)", async () => {
     const provider = slowProvider(40);
     target = buildTestApp({ chatProvider: provider });
