@@ -2,8 +2,9 @@
  * @module
  * The rules a chat message must pass, wherever it comes from (`POST /api/chat`, a WhatsApp
  * message): trimmed, 1 to 4000 characters (code points), no control character but newline and
- * tab (no NUL, no CR, no C1 controls), well-formed Unicode, at least one visible character. The
- * failure names the rule, never the text. A message that fails is refused whole, never altered.
+ * tab (no NUL, no CR, no C1 controls), well-formed Unicode, at least one visible character, no chat
+ * template's control token. The failure names the rule, never the text. A message that fails is
+ * refused whole, never altered.
  */
 
 import { showsSomething } from "../../visible-text";
@@ -15,10 +16,28 @@ export type MessageCheck = { ok: true; message: string } | { ok: false; rule: st
 // Unicode's Cc category (C0, DEL, C1), but tab and newline.
 const FORBIDDEN_CONTROL = /[^\P{Cc}\t\n]/u;
 
+/**
+ * The role markers of the chat templates open-weight models are served with: ChatML and every
+ * `<|…|>` token (Qwen, Llama 3, Phi, gpt-oss's harmony), DeepSeek's `<｜…｜>`, Gemma's turns,
+ * Mistral's `[INST]` family. vLLM, llama.cpp and Hugging Face templates render the user's text into
+ * the prompt and tokenize these as the real markers, so a user's message could close its own turn
+ * and open a `system` one (probe 86b F2). `<s>` and `</s>` are left: they are HTML too.
+ */
+const TEMPLATE_TOKEN =
+  /<\|[^|<>\s]{1,64}\|>|<｜[^｜<>\s]{1,64}｜>|<\/?(?:start_of_turn|end_of_turn)>|\[\/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]/u;
+
+const TEMPLATE_TOKENS = new RegExp(TEMPLATE_TOKEN.source, "gu");
+
 export function checkChatMessage(raw: string): MessageCheck {
   if (!raw.isWellFormed()) return { ok: false, rule: "Must be well-formed Unicode" };
   if (FORBIDDEN_CONTROL.test(raw)) {
     return { ok: false, rule: "Must not contain control characters other than newline and tab" };
+  }
+  if (TEMPLATE_TOKEN.test(raw)) {
+    return {
+      ok: false,
+      rule: "Must not contain a chat template's control tokens (such as <|im_start|>)",
+    };
   }
   const message = raw.trim();
   if (message === "") return { ok: false, rule: "Must not be empty or only whitespace" };
@@ -36,4 +55,16 @@ export function checkChatMessage(raw: string): MessageCheck {
     }
   }
   return { ok: true, message };
+}
+
+/**
+ * `text` with every chat template's control token broken by a word joiner after its first
+ * character: what a stored message goes upstream as in a later turn's history. A reply can hold
+ * one (a model told to write it), and so can a message stored before the rule refused them; the
+ * stored text stays as it was, and the model reads the same characters but no role marker.
+ */
+export function defuseTemplateTokens(text: string): string {
+  return TEMPLATE_TOKEN.test(text)
+    ? text.replace(TEMPLATE_TOKENS, (token) => `${token.slice(0, 1)}\u2060${token.slice(1)}`)
+    : text;
 }

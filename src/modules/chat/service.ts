@@ -53,6 +53,7 @@ import {
   type HistoryCheck,
   historyCheck,
 } from "./history-seal";
+import { defuseTemplateTokens } from "./message";
 import { encodeMessageCursor } from "./message-cursor";
 import type { ChatMetrics } from "./metrics";
 import {
@@ -416,8 +417,9 @@ export class ChatService implements ChatTurns {
   }
 
   /**
-   * Earlier messages that fit the context window, oldest first; null when one of them does not
-   * match its seal (reported): the model must not read a history Palisade did not write.
+   * Earlier messages that fit the context window, oldest first, with any chat template's control
+   * token defused (message.ts); null when one of them does not match its seal (reported): the model
+   * must not read a history Palisade did not write.
    */
   contextOf(conversationId: string): ChatMessage[] | null {
     const { contextMessages, contextTokens } = this.options.chat;
@@ -440,7 +442,7 @@ export class ChatService implements ChatTurns {
     for (const row of newest.slice(0, contextMessages)) {
       if (tokens + row.tokens > contextTokens) break;
       tokens += row.tokens;
-      kept.push({ role: row.role, content: row.content });
+      kept.push({ role: row.role, content: defuseTemplateTokens(row.content) });
     }
     return kept.reverse();
   }
