@@ -88,6 +88,30 @@ describe("bun run cli alerts:config", () => {
     }
   });
 
+  test("--out replaces a configuration it wrote, never another file such as the database (probe 86d F2)", async () => {
+    const { path: dir, remove } = tempDir();
+    const database = join(dir, "palisade.db");
+    const other = new Uint8Array([...Buffer.from("SQLite format 3\0"), 1, 2, 3]);
+    await Bun.write(database, other);
+    const refused = await cliInProcess(["alerts:config", "--out", database], { ...BASE, ...MAIL });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toBe(
+      "palisade alerts:config: --out names a file this command did not write; remove it or choose another path",
+    );
+    expect(new Uint8Array(readFileSync(database))).toEqual(other);
+    const out = join(dir, "alertmanager.yml");
+    for (const email of ["first@example.org", "second@example.org"]) {
+      const wrote = await cliInProcess(["alerts:config", "--out", out], {
+        ...BASE,
+        ...MAIL,
+        ALERT_EMAIL: email,
+      });
+      expect({ email, code: wrote.code }).toEqual({ email, code: 0 });
+      expect(readFileSync(out, "utf8")).toContain(`to: ${email}`);
+    }
+    remove();
+  });
+
   test("writes a configuration mailing ALERT_EMAIL through the relay, the password only as a file", async () => {
     const result = await cliInProcess(["alerts:config", "--password-file", "/etc/am/smtp"], {
       ...BASE,

@@ -109,7 +109,7 @@ describe("users", () => {
   });
 
   test("users:create reads the password from stdin, checks it, and refuses duplicates", async () => {
-    const { cli } = workspace();
+    const { cli, query } = workspace();
     const weak = await cli(
       ["users:create", "--email", "a@example.test", "--password-stdin"],
       "password\n",
@@ -123,6 +123,24 @@ describe("users", () => {
     );
     expect(ok.code).toBe(0);
     expect(ok.stdout).not.toContain("shown once");
+    // However many line endings end it, they are the pipe's (probe 86d F4); one inside is refused.
+    const twoLines = await cli(
+      ["users:create", "--email", "two@example.test", "--password-stdin"],
+      `${STRONG_PASSWORD}\nsecond line\n`,
+    );
+    expect(twoLines.code).toBe(1);
+    expect(twoLines.stderr.trim()).toBe(
+      "palisade users:create: the password read from stdin must be one line",
+    );
+    const blankAfter = await cli(
+      ["users:create", "--email", "blank@example.test", "--password-stdin"],
+      `${STRONG_PASSWORD}\r\n\n\n`,
+    );
+    expect(blankAfter.code).toBe(0);
+    const [stored] = query<{ hash: string }>(
+      "SELECT password_hash AS hash FROM users WHERE email = 'blank@example.test'",
+    );
+    expect(await Bun.password.verify(STRONG_PASSWORD, stored!.hash)).toBe(true);
     const dup = await cli(
       ["users:create", "--email", "A@example.test", "--password-stdin"],
       `${STRONG_PASSWORD}\n`,

@@ -7,11 +7,11 @@
  * compose.yaml), so the generated file holds no secret. `grafana/alertmanager.yml` is this
  * command's output for the example values (a test keeps the two in step).
  */
-import { writeFileSync } from "node:fs";
+import { closeSync, openSync, readSync, writeFileSync } from "node:fs";
 import type { AlertSettings } from "../../config/alerts";
 import { ConfigError } from "../../config/error";
 import { isLoopbackHost } from "../../config/parse";
-import type { Command } from "../command";
+import { CliError, type Command } from "../command";
 
 /** Where compose.yaml mounts the relay password (the `smtp_password` secret). */
 export const DEFAULT_SMTP_PASSWORD_FILE = "/run/secrets/smtp_password";
@@ -113,6 +113,7 @@ export const alertsConfig: Command = {
     const text = renderAlertmanagerConfig(settings);
     const out = args.flags.out;
     if (typeof out === "string") {
+      refuseToOverwriteOther(out);
       writeFileSync(out, text, { mode: 0o644 });
       context.out(`wrote ${out}: alerts mailed to ${settings.email.join(", ")}`);
     } else {
@@ -121,3 +122,31 @@ export const alertsConfig: Command = {
     return 0;
   },
 };
+
+/** What every configuration this command writes begins with (renderAlertmanagerConfig). */
+const WRITTEN_HEADER = "# Alertmanager for Palisade:";
+
+/**
+ * `--out` replaces a configuration this command wrote (run again after a change), never any other
+ * file: a wrong path overwrote the live database with YAML, exit 0 (probe 86d F2).
+ */
+function refuseToOverwriteOther(path: string): void {
+  let descriptor: number;
+  try {
+    descriptor = openSync(path, "r");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw error;
+  }
+  const start = Buffer.alloc(WRITTEN_HEADER.length);
+  try {
+    readSync(descriptor, start, 0, start.length, 0);
+  } finally {
+    closeSync(descriptor);
+  }
+  if (start.toString("utf8") !== WRITTEN_HEADER) {
+    throw new CliError(
+      "--out names a file this command did not write; remove it or choose another path",
+    );
+  }
+}
