@@ -239,7 +239,7 @@ export function sweepSeals(
   each<SealedOutboxRow & { id: number; idText: string; seal: string | null }>(
     "whatsapp_outbox",
     `SELECT id, CAST(id AS TEXT) AS idText, message_id AS messageId, phone_number_id AS phoneNumberId, recipient,
-       sender_hash AS senderHash, kind, body, reply, seal
+       sender_hash AS senderHash, kind, body, reply, reply_sent_chars AS replySentChars, seal
      FROM whatsapp_outbox ORDER BY id`,
     (row) => {
       if (!outbox.intact(row)) fail("whatsapp_outbox", row.idText);

@@ -33,9 +33,10 @@ afterEach(async () => {
 async function populated(): Promise<PaymentsApp> {
   const graph = startGraphServer();
   cleanups.push(() => graph.close());
+  const scripted = new ScriptedChat();
   const target = buildPaymentsApp({
     env: whatsappEnv(graph),
-    whatsapp: { chat: new ScriptedChat() },
+    whatsapp: { chat: scripted },
   });
   cleanups.push(() => target.close());
   const admin = await signUp(target, { role: "admin" });
@@ -81,6 +82,23 @@ async function populated(): Promise<PaymentsApp> {
   );
   expect(sentReply.status).toBe(200);
   await whatsappOf(target.services).worker.drain();
+  // A reply longer than Graph takes in one message: sent in parts, where the rest begins sealed
+  // (probe 86a F1: the check left that column out and named every such row tampered).
+  scripted.script.push({
+    kind: "reply",
+    turn: {
+      conversationId: "conv-long",
+      reply: "word ".repeat(2000),
+      usage: { promptTokens: 3, completionTokens: 2500 },
+    },
+  });
+  const longReply = await deliver(
+    target,
+    notification({ messages: [{ id: "wamid.long", from: "16505554321", text: "tell me" }] }),
+  );
+  expect(longReply.status).toBe(200);
+  await whatsappOf(target.services).worker.drain();
+  expect(graph.sent.length).toBeGreaterThan(2);
   const pendingReply = await deliver(
     target,
     notification({ messages: [{ id: "wamid.pending", from: "16505559876", text: "hello" }] }),
@@ -136,7 +154,7 @@ describe("db:verify", () => {
       chat_messages: 4,
       payments: 1,
       payment_idempotency_keys: 1,
-      whatsapp_outbox: 2,
+      whatsapp_outbox: 3,
       ip_blocks: 1,
     });
     // The sent reply was finished (its number and text cleared) and the other is pending: both
@@ -145,7 +163,7 @@ describe("db:verify", () => {
       .query<{ state: string }, []>("SELECT state FROM whatsapp_outbox ORDER BY id")
       .all()
       .map((row) => row.state);
-    expect(states).toEqual(["sent", "pending"]);
+    expect(states).toEqual(["sent", "sent", "pending"]);
   });
 
   test("a row of each sealed kind changed in the file is named, and the command exits 1", async () => {
@@ -213,6 +231,20 @@ describe("db:verify", () => {
     expect(result.stderr).toBe("palisade db:verify: 10 rows do not match their seals");
     // The audit chain was not touched, and says so.
     expect(lines[2]).toMatch(/^audit chain intact/);
+  });
+
+  test("where the rest of a reply begins, written into the file, is named as the worker would refuse it (probe 86a F1)", async () => {
+    const target = await populated();
+    const sent = one<{ id: number }>(
+      target,
+      "SELECT id FROM whatsapp_outbox WHERE message_id = 'wamid.sent'",
+    );
+    tamper(target, `UPDATE whatsapp_outbox SET reply_sent_chars = 3 WHERE id = ${sent.id}`);
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    expect(result.stdout.split("\n")).toContain(
+      `whatsapp_outbox ${sent.id}: does not match its seal`,
+    );
   });
 
   test("a key's lineage or rotation mark changed, and a message deleted from the middle of a conversation, are named for what failed", async () => {
