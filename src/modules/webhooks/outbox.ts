@@ -603,7 +603,11 @@ export class OutboxWorker {
       AbortSignal.timeout(this.settings.chatTimeoutMs),
     ]);
     const owner = { kind: "whatsapp" as const, id: row.senderHash };
-    const input = { owner, message: row.body, requestId: row.messageId, signal };
+    // The turn's request id, which chat logs and audits, names the row as the worker's own lines do
+    // (`outboxId`), never the message id: Meta's `wamid.…` is base64 holding the sender's number
+    // (probe 86a F2: a budget refusal's audit row kept it 90 days).
+    const requestId = `whatsapp-outbox-${this.storedId(row)}`;
+    const input = { owner, message: row.body, requestId, signal };
     try {
       const previous = this.conversationOf(row.senderHash);
       let outcome = await this.options.chat.converse(

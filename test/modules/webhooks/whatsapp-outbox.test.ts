@@ -357,6 +357,21 @@ describe("refused texts", () => {
 });
 
 describe("chat turns", () => {
+  test("a turn's request id, which chat logs and audits, names the outbox row, never Meta's message id that holds the number (probe 86a F2)", async () => {
+    const { target, chat, worker } = setup();
+    // As Meta spells one: base64 of the sender's number among other bytes.
+    const messageId = `wamid.${Buffer.from("\u0018\u000b16505551234\u0015\u0002").toString("base64")}`;
+    await deliver(
+      target,
+      notification({ messages: [{ id: messageId, from: "16505551234", text: "one" }] }),
+    );
+    await worker.drain();
+    const [row] = target.db.$client.query("SELECT id FROM whatsapp_outbox").all() as {
+      id: number;
+    }[];
+    expect(chat.turns.map((turn) => turn.requestId)).toEqual([`whatsapp-outbox-${row!.id}`]);
+  });
+
   test("a sender's conversation is continued; a vanished one starts anew", async () => {
     const { target, chat, worker } = setup();
     const from = "16505551234";
