@@ -49,9 +49,16 @@ export function sessionsContributor(
           expiresAt,
           revokedAt,
         })),
+    // Used tokens first, a part at a time while the account stands (its sessions go on without
+    // them): the erasure's transaction then ends the sessions and deletes what is left, at most a
+    // token a session and those made since (probe 86c F2: 400,000 rows held the lock 12.9 s).
+    eraseAhead: (userId) => () => auth.deleteUsedTokens(userId, USED_TOKENS_AHEAD_PART),
     erase: (userId) => auth.revokeUserSessions(userId),
   };
 }
+
+/** Used refresh tokens an erasure deletes in one transaction ahead of its own. */
+export const USED_TOKENS_AHEAD_PART = 2000;
 
 /** API keys an erasure revokes in one transaction ahead of its own (~20–40 ms of the lock here). */
 export const KEYS_AHEAD_PART = 100;

@@ -667,6 +667,7 @@ export class AuthService {
           .where(eq(refreshFamilies.id, row.familyId))
           .run();
         this.storeRefreshToken(row.userId, row.familyId, tokens, now);
+        this.trimFamily(row.familyId);
         return "OK";
       },
       { behavior: "immediate" },
@@ -831,6 +832,25 @@ export class AuthService {
       .returning({ id: authRevocations.id })
       .all().length;
     return tokens + families + revocations;
+  }
+
+  /**
+   * Deletes at most `part` of the user's used refresh tokens, in a transaction of its own; whether
+   * none is left. What an erasure does ahead of its transaction (privacy.ts): a used token only
+   * tells its reuse, and its session stands without it.
+   */
+  deleteUsedTokens(userId: string, part: number): boolean {
+    const deleted = this.db.transaction(
+      () =>
+        this.db.$client
+          .prepare<unknown, [string, number]>(
+            `DELETE FROM refresh_tokens WHERE rowid IN (
+               SELECT rowid FROM refresh_tokens WHERE user_id = ? AND used_at IS NOT NULL LIMIT ?)`,
+          )
+          .run(userId, part).changes,
+      { behavior: "immediate" },
+    );
+    return deleted < part;
   }
 
   /**
@@ -1094,6 +1114,25 @@ export class AuthService {
     };
   }
 
+  /**
+   * Keeps a session's refresh-token rows within TOKENS_PER_FAMILY: its oldest used tokens go, a few
+   * at each refresh (a family the file swelled shrinks by as many each time). A used token is kept
+   * only to tell its reuse, and a client refreshing hourly uses ~720 in the 30 days a token lives;
+   * every refresh kept one, so one account refreshing from many /64s grew a session without bound,
+   * and its logout or erasure rewrote every row in one transaction (probe 86c F2: 400,000 rows, 1.3
+   * and 12.9 s of the write lock). Inside the refresh's transaction.
+   */
+  private trimFamily(familyId: string): void {
+    this.db.run(sql`
+      DELETE FROM ${refreshTokens} WHERE rowid IN (
+        SELECT rowid FROM ${refreshTokens}
+        WHERE ${refreshTokens.familyId} = ${familyId} AND ${refreshTokens.usedAt} IS NOT NULL
+        ORDER BY rowid LIMIT ${TRIMMED_PER_REFRESH})
+      AND EXISTS (
+        SELECT 1 FROM ${refreshTokens} WHERE ${refreshTokens.familyId} = ${familyId}
+        ORDER BY rowid DESC LIMIT 1 OFFSET ${TOKENS_PER_FAMILY})`);
+  }
+
   private storeRefreshToken(
     userId: string,
     familyId: string,
@@ -1124,6 +1163,10 @@ const FAMILY_GRACE_MS = 60_000;
  * rotation leaves the other holder two behind: reuse).
  */
 export const REPEAT_GRACE_MS = 10_000;
+/** The refresh-token rows one session keeps at most (trimFamily). */
+export const TOKENS_PER_FAMILY = 1000;
+/** The oldest used rows a refresh deletes past TOKENS_PER_FAMILY at most. */
+const TRIMMED_PER_REFRESH = 4;
 /** Rows each table gives up per prune call at most, so a prune never stalls the event loop. */
 const PRUNE_BATCH = 1000;
 /**
