@@ -3,7 +3,7 @@
  * `bun run cli audit:top`, from audit rows written by real refused requests.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { parseSince } from "../../src/modules/admin/security-summary";
+import { parseSince, SUMMARY_PART_ROWS } from "../../src/modules/admin/security-summary";
 import { buildTestApp, send, type TestApp } from "../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../support/auth";
 import { cliInProcess } from "../support/cli";
@@ -27,6 +27,7 @@ interface Category {
 interface Summary {
   since: string;
   until: string;
+  tampered: number;
   failedLogins: Category;
   rateLimitRefusals: Category;
   signatureFailures: Category;
@@ -167,37 +168,68 @@ describe("GET /api/admin/security/summary", () => {
     ]);
   });
 
-  test("an address or principal written into the file as a BLOB or a number is shown as the text it holds, by the route and the CLI (probe 58a F1)", async () => {
+  test("rows written into the file, whatever they hold (a BLOB, a number), are left out of every count and said as tampered, by the route and the CLI (probes 86d F1, 58a F1)", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });
+    current.services.audit.record({
+      type: "auth.login.failed",
+      outcome: "failure",
+      ip: "198.51.100.9",
+    });
+    current.services.audit.flush();
     const forge = (ip: string, actor: string) =>
       current!.db.$client.run(
         `INSERT INTO audit_events (at, type, actor, ip, route, request_id, outcome, detail, subject_salt, subject_commit, prev_hash, hash)
          VALUES (${Date.now()}, 'auth.login.failed', ${actor}, ${ip}, NULL, NULL, 'failure', '{}', NULL, 'c', 'p', 'h')`,
       );
+    // Fifty failed logins framing one address, and values no Palisade row holds.
+    for (let i = 0; i < 50; i++) forge("'203.0.113.5'", "NULL");
     forge("X'3139382E35312E3130302E39'", "X'757365723A3432'");
     forge("X'DEADBEEF'", "7");
     forge("3232235777", "NULL");
     const { response, body } = await summary(current, admin.accessToken);
     expect(response.status).toBe(200);
-    // In SQLite's order of types (numbers, text, BLOBs); a BLOB decoded as UTF-8.
-    expect(body.failedLogins.addresses).toEqual([
-      { address: "3232235777", count: 1 },
-      { address: "198.51.100.9", count: 1 },
-      { address: new TextDecoder().decode(new Uint8Array([0xde, 0xad, 0xbe, 0xef])), count: 1 },
-    ]);
-    expect(body.failedLogins.principals).toEqual([
-      { principal: "7", count: 1 },
-      { principal: "user:42", count: 1 },
-    ]);
+    expect(body.tampered).toBe(53);
+    expect(body.failedLogins).toEqual({
+      total: 1,
+      addresses: [{ address: "198.51.100.9", count: 1 }],
+      principals: [],
+    });
     const json = await cliInProcess(["audit:top", "--json"], {
       DATABASE_PATH: current.databasePath,
     });
     expect(json.code).toBe(0);
-    expect(JSON.parse(json.stdout).failedLogins).toEqual(body.failedLogins);
+    const printed = JSON.parse(json.stdout);
+    expect({ tampered: printed.tampered, failedLogins: printed.failedLogins }).toEqual({
+      tampered: 53,
+      failedLogins: body.failedLogins,
+    });
     const text = await cliInProcess(["audit:top"], { DATABASE_PATH: current.databasePath });
+    expect(text.stdout).toContain("53 events left out: they do not match their hash");
     expect(text.stdout).toContain("1  198.51.100.9");
-    expect(text.stdout).toContain("1  user:42");
+    expect(text.stdout).not.toContain("203.0.113.5");
+  });
+
+  test("a window longer than a part is read whole: every part counted, ranked across them", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const now = Date.now();
+    for (let i = 0; i < SUMMARY_PART_ROWS * 2 + 10; i++) {
+      current.services.audit.record({
+        type: "ratelimit.rejected",
+        outcome: "denied",
+        ip: i % 3 === 0 ? "198.51.100.1" : `203.0.113.${i % 200}`,
+        // Several rows at one time: the parts' order is (at, id), not the time alone.
+        at: now - 60_000 + Math.floor(i / 7),
+      });
+    }
+    current.services.audit.flush();
+    const { body } = await summary(current, admin.accessToken, "?limit=1");
+    expect(body.tampered).toBe(0);
+    expect(body.rateLimitRefusals.total).toBe(SUMMARY_PART_ROWS * 2 + 10);
+    expect(body.rateLimitRefusals.addresses).toEqual([
+      { address: "198.51.100.1", count: Math.ceil((SUMMARY_PART_ROWS * 2 + 10) / 3) },
+    ]);
   });
 
   test("since is a duration or an ISO date-time, bounded to 30 days back and not the future", async () => {
@@ -263,6 +295,7 @@ describe("bun run cli audit:top", () => {
     expect(Object.keys(parsed)).toEqual([
       "since",
       "until",
+      "tampered",
       "failedLogins",
       "rateLimitRefusals",
       "signatureFailures",

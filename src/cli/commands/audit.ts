@@ -96,18 +96,19 @@ export const auditTop: Command = {
   summary:
     "Top addresses and principals by failed logins, rate-limit refusals and webhook signature failures (--since 24h|7d|ISO, at most 30 days; --limit N; --json)",
   usage: "audit:top [--since 24h] [--limit 10] [--json]",
-  run(args, context) {
+  async run(args, context) {
     const now = Date.now();
     const rawSince = args.flags.since;
     if (rawSince === true) throw new CliError("--since needs a value", EXIT_USAGE);
     const since = parseSince(rawSince, now);
     if (!since.ok) throw new CliError(`--since: ${since.message}`, EXIT_USAGE);
     const limit = wholeNumberFlag("limit", args.flags.limit ?? String(DEFAULT_TOP), MAX_TOP);
-    const summary = summarizeSecurity(context.db().$client, {
-      since: since.at,
-      until: now,
-      top: limit,
-    });
+    const keys = new AuditKeys(context.config().audit.secretKey);
+    const summary = await summarizeSecurity(
+      context.db().$client,
+      { since: since.at, until: now, top: limit },
+      (row) => rowVouched(keys, row),
+    );
     if (args.flags.json) {
       context.out(terminalJson(presentSummary(summary)));
       return 0;
@@ -115,6 +116,11 @@ export const auditTop: Command = {
     context.out(
       `from ${new Date(summary.since).toISOString()} to ${new Date(summary.until).toISOString()}`,
     );
+    if (summary.tampered > 0) {
+      context.out(
+        `${summary.tampered} events left out: they do not match their hash (changed in the database file; see audit:verify)`,
+      );
+    }
     for (const [category, title] of CATEGORY_TITLES) {
       const { total, addresses, principals } = summary.categories[category];
       context.out("");

@@ -375,7 +375,7 @@ export function adminModule(options: AdminModuleOptions) {
     )
     .get(
       "/security/summary",
-      ({ query, principal, request, client, requestId, route }) => {
+      async ({ query, principal, request, client, requestId, route }) => {
         const now = options.now();
         const since = parseSince(query.since, now);
         if (!since.ok) {
@@ -383,11 +383,11 @@ export function adminModule(options: AdminModuleOptions) {
             { field: "query/since", message: since.message },
           ]);
         }
-        const summary = summarizeSecurity(options.sqlite, {
-          since: since.at,
-          until: now,
-          top: query.limit ?? DEFAULT_TOP,
-        });
+        const summary = await summarizeSecurity(
+          options.sqlite,
+          { since: since.at, until: now, top: query.limit ?? DEFAULT_TOP },
+          (row) => audit.vouches(row),
+        );
         record({ principal, request, client, requestId, route }, "admin.security.summarized", {
           since: new Date(since.at).toISOString(),
         });

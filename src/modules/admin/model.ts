@@ -177,6 +177,10 @@ const CategorySummary = t.Object({
 export const SecuritySummaryView = t.Object({
   since: t.String(),
   until: t.String(),
+  tampered: JsonInteger({
+    description:
+      "Events of the window that do not match their hash (written into the database file): left out of every count",
+  }),
   failedLogins: CategorySummary,
   rateLimitRefusals: CategorySummary,
   signatureFailures: CategorySummary,
