@@ -428,13 +428,18 @@ test("GET /metrics documents the credentials it takes, and each works with METRI
   const document = (await documentOf(current)) as unknown as {
     paths: Record<string, Record<string, { security: Record<string, string[]>[] }>>;
   };
-  // Optional ({}) only because a development server without the token serves it open.
-  expect(document.paths["/metrics"]!.get!.security).toEqual([
-    {},
-    { bearerAuth: [] },
-    { apiKey: [] },
-  ]);
+  // As this configuration checks it: with the token, never anonymous (probe 86d F5: `{}` was
+  // listed, anonymous allowed, where it is 401).
+  expect(document.paths["/metrics"]!.get!.security).toEqual([{ bearerAuth: [] }, { apiKey: [] }]);
   expect((await send(current, "/metrics")).status).toBe(401);
+  // Without it, open, and documented so.
+  current.close();
+  current = buildTestApp();
+  const open = (await documentOf(current)) as unknown as typeof document;
+  expect(open.paths["/metrics"]!.get!.security).toEqual([]);
+  expect((await send(current, "/metrics")).status).toBe(200);
+  current.close();
+  current = buildTestApp({ env: { METRICS_TOKEN: token } });
   const bearerScrape = await send(current, "/metrics", {
     headers: { authorization: `Bearer ${token}` },
   });
