@@ -544,7 +544,17 @@ function listenHost(name: string, value: string | undefined): string | undefined
   if (!/^[A-Za-z0-9._:%[\]-]{1,253}$/.test(value)) {
     throw new ConfigError(name, "must be an IP address or a host name");
   }
+  // Digits and dots are no host name: an IPv4 address, or the start told of a port "in use"
+  // (probe 86d F6: HOST=999.1.1.1 was refused as EADDRINUSE).
+  if (/^[0-9.]+$/.test(value) && !isDottedQuad(value)) {
+    throw new ConfigError(name, "is not an IPv4 address (four numbers from 0 to 255)");
+  }
   return value;
+}
+
+function isDottedQuad(value: string): boolean {
+  const parts = value.split(".");
+  return parts.length === 4 && parts.every((part) => /^\d{1,3}$/.test(part) && Number(part) <= 255);
 }
 
 /**

@@ -137,7 +137,16 @@ describe("production profile", () => {
       expect(error.variable).toBe(name);
       expect(error.message).toBe(`${name} must be an IP address or a host name`);
     }
+    // Digits and dots that make no IPv4 address (probe 86d F6: refused as a port in use).
+    for (const value of ["999.1.1.1", "1.2.3", "1.2.3.4.5", "256.0.0.1", "127.0.0.1."]) {
+      const error = refusal(production({ HOST: value }));
+      expect({ value, message: error.message }).toEqual({
+        value,
+        message: "HOST is not an IPv4 address (four numbers from 0 to 255)",
+      });
+    }
     for (const value of [
+      "10.0.0.255",
       "0.0.0.0",
       "::",
       "::1",
