@@ -36,6 +36,9 @@ export const auditEvents = sqliteTable(
     index("audit_events_at").on(table.at),
     index("audit_events_type_at").on(table.type, table.at),
     index("audit_events_actor").on(table.actor),
+    // The admin audit filter by address (`?ip=`): without it a walk of the whole table, 0.35–0.46 s
+    // of every request's time at a million rows (probe 86c F1).
+    index("audit_events_ip").on(table.ip),
     // Every start asks whether unkeyed rows exist (plugins/audit/upgrade); without this the answer
     // is a scan of the whole table (~200 ms at a million rows). Empty once keyed: no write cost.
     index("audit_events_unkeyed").on(table.id).where(isNull(table.keyId)),
