@@ -456,7 +456,7 @@ export function adminModule(options: AdminModuleOptions) {
             createdBy: creator,
             creatorStands: () => options.standing.stillAdmin(principal),
             requestId,
-            origin: { route: `${request.method} ${route}`, ip: client.ip },
+            origin: { route: `${request.method} ${route}` },
           });
         } catch (error) {
           throw standing(error, { principal, request, client, requestId, route });
@@ -482,7 +482,7 @@ export function adminModule(options: AdminModuleOptions) {
             principalRef(principal),
             requestId,
             () => options.standing.stillAdmin(principal),
-            { route: `${request.method} ${route}`, ip: client.ip },
+            { route: `${request.method} ${route}` },
           );
         } catch (error) {
           throw standing(error, { principal, request, client, requestId, route });

@@ -641,7 +641,7 @@ export class AuthService {
     // The decision, made again inside one write transaction: everything above may be stale.
     let successor: StoredSuccessor | undefined;
     const decision = db.transaction(
-      (): "OK" | "REPEATED" | "INVALID" | "REUSED" => {
+      (): "OK" | "REPEATED" | "INVALID" | "REUSED" | "FULL" => {
         const row = this.sealedRefresh(refreshByHash.get({ hash }));
         if (!row || !usable(row, now)) return "INVALID";
         // The role is in the access token: a change since it was signed refuses it (and the
@@ -661,19 +661,37 @@ export class AuthService {
           this.revokeFamilyRows(row.familyId, now);
           return "REUSED";
         }
+        // A session that used TOKENS_PER_FAMILY tokens ends here: sign in again (familyFull).
+        if (this.familyFull(row.familyId)) {
+          this.revokeFamilyRows(row.familyId, now);
+          return "FULL";
+        }
         db.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, row.id)).run();
         db.update(refreshFamilies)
           .set({ expiresAt: sql`max(${refreshFamilies.expiresAt}, ${tokens.lastExpiry})` })
           .where(eq(refreshFamilies.id, row.familyId))
           .run();
         this.storeRefreshToken(row.userId, row.familyId, tokens, now);
-        this.trimFamily(row.familyId);
         return "OK";
       },
       { behavior: "immediate" },
     );
 
     if (decision === "INVALID") return { code: "INVALID" };
+    if (decision === "FULL") {
+      this.options.credentials.applyRevocations();
+      audit.record({
+        // The session ended, as a logout ends one, by the service: its reason says why.
+        type: "auth.logout",
+        outcome: "info",
+        actor: `user:${seen.userId}`,
+        ip: meta.client.ip,
+        route: meta.route,
+        requestId: meta.requestId,
+        detail: { family: seen.familyId, reason: "token_limit" },
+      });
+      return { code: "INVALID" };
+    }
     if (decision === "REUSED") {
       this.options.credentials.applyRevocations();
       audit.record({
@@ -1115,22 +1133,21 @@ export class AuthService {
   }
 
   /**
-   * Keeps a session's refresh-token rows within TOKENS_PER_FAMILY: its oldest used tokens go, a few
-   * at each refresh (a family the file swelled shrinks by as many each time). A used token is kept
-   * only to tell its reuse, and a client refreshing hourly uses ~720 in the 30 days a token lives;
-   * every refresh kept one, so one account refreshing from many /64s grew a session without bound,
-   * and its logout or erasure rewrote every row in one transaction (probe 86c F2: 400,000 rows, 1.3
-   * and 12.9 s of the write lock). Inside the refresh's transaction.
+   * Whether a session holds TOKENS_PER_FAMILY refresh-token rows. Every refresh keeps the token it
+   * used, to tell its reuse, for the token's 30 days: one account refreshing from many /64s grew a
+   * session without bound, and its logout or erasure rewrote every row in one transaction (probe
+   * 86c F2: 400,000 rows, 1.3 and 12.9 s of the write lock). A full session ends instead: deleting
+   * its oldest used tokens deleted the evidence a thief's reuse is caught by (probe 86e F3: a thief
+   * rotating 1,010 times left the victim's token unknown, and kept the session).
    */
-  private trimFamily(familyId: string): void {
-    this.db.run(sql`
-      DELETE FROM ${refreshTokens} WHERE rowid IN (
-        SELECT rowid FROM ${refreshTokens}
-        WHERE ${refreshTokens.familyId} = ${familyId} AND ${refreshTokens.usedAt} IS NOT NULL
-        ORDER BY rowid LIMIT ${TRIMMED_PER_REFRESH})
-      AND EXISTS (
-        SELECT 1 FROM ${refreshTokens} WHERE ${refreshTokens.familyId} = ${familyId}
-        ORDER BY rowid DESC LIMIT 1 OFFSET ${TOKENS_PER_FAMILY})`);
+  private familyFull(familyId: string): boolean {
+    return (
+      this.db.$client
+        .prepare<unknown, [string, number]>(
+          "SELECT 1 FROM refresh_tokens WHERE family_id = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+        )
+        .get(familyId, TOKENS_PER_FAMILY - 1) !== null
+    );
   }
 
   private storeRefreshToken(
@@ -1163,10 +1180,12 @@ const FAMILY_GRACE_MS = 60_000;
  * rotation leaves the other holder two behind: reuse).
  */
 export const REPEAT_GRACE_MS = 10_000;
-/** The refresh-token rows one session keeps at most (trimFamily). */
-export const TOKENS_PER_FAMILY = 1000;
-/** The oldest used rows a refresh deletes past TOKENS_PER_FAMILY at most. */
-const TRIMMED_PER_REFRESH = 4;
+/**
+ * The refresh-token rows after which a session ends (familyFull): a client refreshing at every
+ * access token's end uses 720 in a refresh token's 30 days at the default 60 minutes, 8,640 at 5;
+ * at ACCESS_TOKEN_EXPIRE_MINUTES=1 it signs in again about once a week.
+ */
+export const TOKENS_PER_FAMILY = 10_000;
 /** Rows each table gives up per prune call at most, so a prune never stalls the event loop. */
 const PRUNE_BATCH = 1000;
 /**

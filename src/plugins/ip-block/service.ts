@@ -90,11 +90,6 @@ function storedReason(reason: string): string {
 
 export type ViolationKind = "ratelimit" | "login" | "principal";
 
-/** The admin's address as a block's or lift's audit detail names it; nothing when none asked. */
-function requestedFrom(origin: BlockOrigin | undefined): { requestedFrom?: string } {
-  return origin?.ip ? { requestedFrom: origin.ip } : {};
-}
-
 /** Whether a block's subject is a principal (a lockout) rather than a client address. */
 export function isPrincipalSubject(subject: string): boolean {
   return parsePrincipalRef(subject) !== null;
@@ -163,17 +158,18 @@ export interface NewBlock {
   /** Whether the account or key making the block is still there (asked in its transaction). */
   creatorStands?: () => boolean;
   requestId?: string | null;
-  /** The admin request that made it: its route and address, for the audit row (none: automatic, CLI). */
+  /** The admin request that made it: its route, for the audit row (none: automatic, CLI). */
   origin?: BlockOrigin;
 }
 
 /**
- * Where an admin's block or lift came from. The audit row's `ip` is the subject blocked, so the
- * admin's own address goes in its detail as `requestedFrom`, and the route in its `route`.
+ * Where an admin's block or lift came from: its route, in the audit row's `route`. The row's `ip`
+ * is the subject blocked; the admin's own address is not kept there (its detail is not rewritten
+ * by an erasure, which would leave it for the retention: probe 86e F4), the request id leads to the
+ * access log line that has it.
  */
 export interface BlockOrigin {
   route: string;
-  ip: string | null;
 }
 
 export interface IpBlockServiceOptions {
@@ -637,12 +633,7 @@ export class IpBlockService {
       ip: lockout ? null : block.address,
       route: block.origin?.route ?? null,
       requestId: block.requestId ?? null,
-      detail: {
-        reason: row.reason,
-        source: block.source,
-        ttlSeconds: block.ttlMs / 1000,
-        ...requestedFrom(block.origin),
-      },
+      detail: { reason: row.reason, source: block.source, ttlSeconds: block.ttlMs / 1000 },
       at: now,
     });
     return shown(inserted);
@@ -726,7 +717,7 @@ export class IpBlockService {
             actor: liftedBy ?? "system",
             ip: lockout ? null : address,
             route: origin?.route ?? null,
-            detail: { ...(lockout ? { subject: address } : {}), ...requestedFrom(origin) },
+            detail: lockout ? { subject: address } : undefined,
             requestId: requestId ?? null,
             at: now,
           });

@@ -826,6 +826,19 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     const answered = await chat(target, asUser(bob), { message: "Hi" });
     expect(answered.status).toBe(200);
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+    // The shapes gateways send a refusal in once streaming (probe 86e F2): LiteLLM's status as a
+    // text code, vLLM's as a number, the filter as a type or in capitals.
+    for (const error of [
+      { message: "policy", type: "invalid_request_error", code: "400" },
+      { message: "bad", object: "error", code: 400 },
+      { message: "filtered", type: "content_filter" },
+      { message: "filtered", code: "CONTENT_FILTER" },
+    ]) {
+      upstream.enqueue({ kind: "malformed", body: JSON.stringify({ error }) });
+      const response = await chat(target, asUser(alice), { message: "Shape" });
+      expect({ error, status: response.status }).toEqual({ error, status: 422 });
+    }
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
     // Any other error event is the upstream's failure, as before.
     upstream.enqueue({
       kind: "malformed",

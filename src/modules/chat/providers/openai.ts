@@ -238,7 +238,28 @@ function refusalByCode(code: string | null): "text" | "size" | null {
  */
 function streamedRefusalOf(error: unknown): "text" | "size" | null {
   if (!(error instanceof APIError) || error.status !== undefined) return null;
-  return refusalByCode(typeof error.code === "string" ? error.code : null);
+  const body = error.error as { code?: unknown; type?: unknown; status?: unknown } | undefined;
+  const named = (value: unknown) =>
+    typeof value === "string" ? refusalByCode(value.trim().toLowerCase()) : null;
+  const byName = named(body?.code) ?? named(body?.type);
+  if (byName !== null) return byName;
+  // A status in the body (LiteLLM sends `code: "400"`, vLLM `code: 400`): a refusal of the request
+  // as a 4xx answer is, whatever it names; never one the circuit counts (probe 86e F2: a content
+  // policy refusal mid-stream opened the circuit for everyone). A 401, 403, 408, 409, 425 or 429 stays
+  // a failure: the key, or "not now".
+  for (const value of [body?.code, body?.status]) {
+    const status =
+      typeof value === "string" && /^\d{3}$/.test(value.trim()) ? Number(value) : value;
+    if (
+      typeof status === "number" &&
+      status >= 400 &&
+      status < 500 &&
+      ![401, 403, 408, 409, 425, 429].includes(status)
+    ) {
+      return "size";
+    }
+  }
+  return null;
 }
 
 /**
