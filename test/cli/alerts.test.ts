@@ -109,6 +109,12 @@ describe("bun run cli alerts:config", () => {
       expect({ email, code: wrote.code }).toEqual({ email, code: 0 });
       expect(readFileSync(out, "utf8")).toContain(`to: ${email}`);
     }
+    // What is no regular file is written as asked, never read first (probe 86e F6).
+    const device = await cliInProcess(["alerts:config", "--out", "/dev/null"], {
+      ...BASE,
+      ...MAIL,
+    });
+    expect({ code: device.code, stderr: device.stderr }).toEqual({ code: 0, stderr: "" });
     remove();
   });
 

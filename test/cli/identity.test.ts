@@ -132,6 +132,20 @@ describe("users", () => {
     expect(twoLines.stderr.trim()).toBe(
       "palisade users:create: the password read from stdin must be one line",
     );
+    // Nor a character a sign-in form cannot type (probe 86e F7).
+    for (const odd of [
+      `${STRONG_PASSWORD}\t`,
+      `${STRONG_PASSWORD}\u0085`,
+      `x\u2028${STRONG_PASSWORD}`,
+      `${STRONG_PASSWORD}\u0000`,
+    ]) {
+      const refused = await cli(
+        ["users:create", "--email", "odd@example.test", "--password-stdin"],
+        `${odd}\n`,
+      );
+      expect({ odd, code: refused.code }).toEqual({ odd, code: 1 });
+      expect(refused.stderr).toContain("has a control character or a line separator");
+    }
     const blankAfter = await cli(
       ["users:create", "--email", "blank@example.test", "--password-stdin"],
       `${STRONG_PASSWORD}\r\n\n\n`,

@@ -7,7 +7,7 @@
  * compose.yaml), so the generated file holds no secret. `grafana/alertmanager.yml` is this
  * command's output for the example values (a test keeps the two in step).
  */
-import { closeSync, openSync, readSync, writeFileSync } from "node:fs";
+import { closeSync, openSync, readSync, statSync, writeFileSync } from "node:fs";
 import type { AlertSettings } from "../../config/alerts";
 import { ConfigError } from "../../config/error";
 import { isLoopbackHost } from "../../config/parse";
@@ -131,20 +131,24 @@ const WRITTEN_HEADER = "# Alertmanager for Palisade:";
  * file: a wrong path overwrote the live database with YAML, exit 0 (probe 86d F2).
  */
 function refuseToOverwriteOther(path: string): void {
-  let descriptor: number;
+  let found: ReturnType<typeof statSync>;
   try {
-    descriptor = openSync(path, "r");
+    found = statSync(path);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
     throw error;
   }
+  // Only a regular file is read: a FIFO would block the read, /dev/stdout is written as asked
+  // (probe 86e F6), and a directory is the write's own error.
+  if (!found.isFile()) return;
+  const descriptor = openSync(path, "r");
   const start = Buffer.alloc(WRITTEN_HEADER.length);
   try {
     readSync(descriptor, start, 0, start.length, 0);
   } finally {
     closeSync(descriptor);
   }
-  if (start.toString("utf8") !== WRITTEN_HEADER) {
+  if (found.size > 0 && start.toString("utf8") !== WRITTEN_HEADER) {
     throw new CliError(
       "--out names a file this command did not write; remove it or choose another path",
     );

@@ -247,5 +247,12 @@ function passwordOfStdin(read: string): string {
   if (/[\r\n]/.test(password)) {
     throw new CliError("the password read from stdin must be one line");
   }
+  // Nor anything else a form cannot type: a control character (a tab, NUL, UTF-16's NULs, NEL)
+  // or a line or paragraph separator (probe 86e F7).
+  if (/[\p{Cc}\u2028\u2029]/u.test(password)) {
+    throw new CliError(
+      "the password read from stdin has a control character or a line separator; send it as UTF-8 text on one line",
+    );
+  }
   return password;
 }

@@ -19,12 +19,27 @@ const FORBIDDEN_CONTROL = /[^\P{Cc}\t\n]/u;
 /**
  * The role markers of the chat templates open-weight models are served with: ChatML and every
  * `<|…|>` token (Qwen, Llama 3, Phi, gpt-oss's harmony), DeepSeek's `<｜…｜>`, Gemma's turns,
- * Mistral's `[INST]` family. vLLM, llama.cpp and Hugging Face templates render the user's text into
+ * Mistral's `[INST]` family, and those probe 86e F1 found past the first list. vLLM, llama.cpp and Hugging Face templates render the user's text into
  * the prompt and tokenize these as the real markers, so a user's message could close its own turn
  * and open a `system` one (probe 86b F2). `<s>` and `</s>` are left: they are HTML too.
  */
-const TEMPLATE_TOKEN =
-  /<\|[^|<>\s]{1,64}\|>|<｜[^｜<>\s]{1,64}｜>|<\/?(?:start_of_turn|end_of_turn)>|\[\/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]/u;
+const TEMPLATE_TOKEN = new RegExp(
+  [
+    // ChatML, Llama 3, Phi, harmony, GPT-2's <|endoftext|>: a name of two characters or more.
+    "<\\|[A-Za-z_][A-Za-z0-9_.:-]{1,63}\\|>",
+    "<｜[^｜<>\\s]{1,64}｜>",
+    "</?(?:start_of_turn|end_of_turn)>",
+    "\\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT|THINK|ARGS|CALL_ID|IMG)\\]",
+    // Llama 2's system block, MiniMax's role markers, Seed-OSS, Nemotron, Baichuan, InternLM2.
+    "<</?SYS>>",
+    "\\]~!?b\\[|\\]~b\\]|\\[e~\\[",
+    "<seed:[a-z_]{2,16}>",
+    "<extra_id_\\d{1,3}>",
+    "<reserved_\\d{1,4}>",
+    "\\[UNUSED_TOKEN_\\d{1,4}\\]",
+  ].join("|"),
+  "u",
+);
 
 const TEMPLATE_TOKENS = new RegExp(TEMPLATE_TOKEN.source, "gu");
 
