@@ -167,6 +167,16 @@ function prepareStatements(db: AppDatabase) {
         .leftJoin(refreshFamilies, eq(refreshFamilies.id, refreshTokens.familyId))
         .where(eq(refreshTokens.tokenHash, sql.placeholder("hash")))
         .prepare(),
+    /** A row of the family past its TOKENS_PER_FAMILY newest: the family is full (familyFull). */
+    familyRowPastLimit: () =>
+      db
+        .select({ one: sql<number>`1` })
+        .from(refreshTokens)
+        .where(eq(refreshTokens.familyId, sql.placeholder("familyId")))
+        .orderBy(desc(sql`rowid`))
+        .limit(1)
+        .offset(TOKENS_PER_FAMILY - 1)
+        .prepare(),
   });
 }
 
@@ -1141,13 +1151,7 @@ export class AuthService {
    * rotating 1,010 times left the victim's token unknown, and kept the session).
    */
   private familyFull(familyId: string): boolean {
-    return (
-      this.db.$client
-        .prepare<unknown, [string, number]>(
-          "SELECT 1 FROM refresh_tokens WHERE family_id = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
-        )
-        .get(familyId, TOKENS_PER_FAMILY - 1) !== null
-    );
+    return this.statements.familyRowPastLimit.get({ familyId }) !== undefined;
   }
 
   private storeRefreshToken(

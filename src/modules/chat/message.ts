@@ -19,9 +19,10 @@ const FORBIDDEN_CONTROL = /[^\P{Cc}\t\n]/u;
 /**
  * The role markers of the chat templates open-weight models are served with: ChatML and every
  * `<|…|>` token (Qwen, Llama 3, Phi, gpt-oss's harmony), DeepSeek's `<｜…｜>`, Gemma's turns,
- * Mistral's `[INST]` family, and those probe 86e F1 found past the first list. vLLM, llama.cpp and Hugging Face templates render the user's text into
- * the prompt and tokenize these as the real markers, so a user's message could close its own turn
- * and open a `system` one (probe 86b F2). `<s>` and `</s>` are left: they are HTML too.
+ * Mistral's `[INST]` family, and those probe 86e F1 found past the first list. vLLM, llama.cpp and
+ * Hugging Face templates render the user's text into the prompt and tokenize these as the real
+ * markers, so a user's message could close its own turn and open a `system` one (probe 86b F2).
+ * `<s>` and `</s>` are left: they are HTML too.
  */
 const TEMPLATE_TOKEN = new RegExp(
   [
@@ -79,7 +80,5 @@ export function checkChatMessage(raw: string): MessageCheck {
  * stored text stays as it was, and the model reads the same characters but no role marker.
  */
 export function defuseTemplateTokens(text: string): string {
-  return TEMPLATE_TOKEN.test(text)
-    ? text.replace(TEMPLATE_TOKENS, (token) => `${token.slice(0, 1)}\u2060${token.slice(1)}`)
-    : text;
+  return text.replace(TEMPLATE_TOKENS, (token) => `${token.slice(0, 1)}\u2060${token.slice(1)}`);
 }

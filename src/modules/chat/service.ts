@@ -41,6 +41,7 @@ import { type GroupedWrites, groupedWrites } from "../../db/grouped-writes";
 import { IdSequenceError, spentIdsIn } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
+import { DELETE_PART_BYTES, idsWithinBytes } from "../../db/text-bounded";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
@@ -243,13 +244,6 @@ export interface FailingConversation {
 
 /** Messages a conversation's deletion takes at a time, and the pause between two (as an erasure's). */
 const DELETE_PART = 1_000;
-/**
- * The text one deletion of messages (a retention run, a part of a conversation's deletion or of an
- * erasure) takes at most, beside its count of rows (one message past it goes alone): 1,000 replies of
- * the longest a turn stores were ~400 MB, whose deletion (zeroed in the file: `secure_delete`) held
- * every request 1–6 s (probe 85e F2).
- */
-export const DELETE_PART_BYTES = 4 * 1024 * 1024;
 const DELETE_PART_PAUSE_MS = 20;
 
 /** The conversations `owner` holds: the one predicate every owner-scoped query uses. */
@@ -1402,12 +1396,12 @@ export class ChatService implements ChatTurns {
     which: SQL,
     maxBytes = DELETE_PART_BYTES,
   ): { rows: number; bytes: number } {
-    // The lengths are read from the rows' headers, not their text (octet_length).
-    const within = sql`SELECT id FROM (
-        SELECT id, row_number() OVER (ORDER BY id) AS nth,
-          sum(coalesce(octet_length(content), 0)) OVER (ORDER BY id) AS upto
-        FROM ${chatMessages} WHERE id IN (${which}))
-      WHERE nth = 1 OR upto <= ${maxBytes}`;
+    const within = idsWithinBytes(
+      chatMessages,
+      sql`coalesce(octet_length(content), 0)`,
+      which,
+      maxBytes,
+    );
     return this.db.transaction(
       (tx) => {
         const deleted = tx

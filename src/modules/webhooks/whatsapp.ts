@@ -39,6 +39,7 @@ import type { AppDatabase } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
+import { idsWithinBytes } from "../../db/text-bounded";
 import { STOP_LOCK_WAIT_MS, WaitingWrites } from "../../db/waiting-writes";
 import { AppError, problemResponses } from "../../errors";
 import {
@@ -77,12 +78,6 @@ const RETENTION_MS = 30 * DAY_MS;
  */
 export const OLDEST_MESSAGE_MS = RETENTION_MS - DAY_MS;
 const PRUNE_BATCH = 1000;
-/**
- * The text a prune deletes at most at once (the first row always): a finished row keeps its reply,
- * up to the longest a chat turn stores, and 1,000 of those with `secure_delete` held the write lock
- * for seconds (as chat's deletes did: probe 85e F2).
- */
-const PRUNE_BYTES = 4 * 1024 * 1024;
 /** A dedupe row still `message.claimed` this long after it was written was left by a crash. */
 export const CLAIM_LEASE_MS = 60_000;
 /** How often a claim that could not be given back (the database locked) is tried again. */
@@ -458,7 +453,7 @@ export class WhatsAppIntake {
 
   /**
    * Deletes finished rows, statuses and WhatsApp dedupe records past retention; bounded in rows, and
-   * the outbox's in text too (PRUNE_BYTES).
+   * the outbox's in text too (DELETE_PART_BYTES).
    */
   prune(now: number): void {
     const { db, core } = this.options;
@@ -510,13 +505,12 @@ export class WhatsAppIntake {
       )
       .orderBy(o.id)
       .limit(PRUNE_BATCH);
-    // Their lengths read from the rows' headers, not their text (octet_length).
-    const withinBytes = sql`SELECT id FROM (
-        SELECT id, row_number() OVER (ORDER BY id) AS nth,
-          sum(coalesce(octet_length(reply), 0) + coalesce(octet_length(body), 0))
-            OVER (ORDER BY id) AS upto
-        FROM ${o} WHERE ${o.id} IN (${finished}))
-      WHERE nth = 1 OR upto <= ${PRUNE_BYTES}`;
+    // A finished row keeps its reply, up to the longest a chat turn stores (db/text-bounded).
+    const withinBytes = idsWithinBytes(
+      o,
+      sql`coalesce(octet_length(reply), 0) + coalesce(octet_length(body), 0)`,
+      sql`${finished}`,
+    );
     db.delete(o).where(sql`${o.id} IN (${withinBytes})`).run();
     // Each status row by its own rowid: a message has a row per status, and selecting by message
     // id took a message's recent statuses with its expired one (probe 27e F2).
