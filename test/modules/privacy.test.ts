@@ -359,6 +359,45 @@ describe("the ids other events' details name (probe 26b F1, F2)", () => {
     const login = document.auditEvents.find((event) => event.type === "auth.login.succeeded")!;
     expect(login.ip).not.toBeNull();
   });
+
+  test("an admin's erasure keeps the address it blocked and lifted on those rows, and drops its own address from the rest (probe 86e F4)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const blocked = await send(current, "/api/admin/blocks", {
+      headers: bearer(admin.accessToken),
+      body: { address: "198.51.100.7", ttlMinutes: 30, reason: "spam" },
+      peer: "203.0.113.9",
+    });
+    expect(blocked.status).toBe(201);
+    const block = (await blocked.json()) as { id: string };
+    const lifted = await send(current, `/api/admin/blocks/${block.id}`, {
+      method: "DELETE",
+      headers: bearer(admin.accessToken),
+      peer: "203.0.113.9",
+    });
+    expect(lifted.status).toBe(204);
+    const erased = await send(current, "/api/me", {
+      method: "DELETE",
+      headers: bearer(admin.accessToken),
+      peer: "203.0.113.9",
+    });
+    expect(erased.status).toBe(204);
+    current.services.audit.flush();
+    const rows = current.db.$client
+      .query("SELECT type, actor, ip FROM audit_events WHERE actor LIKE 'erased:%' ORDER BY id")
+      .all() as { type: string; actor: string; ip: string | null }[];
+    expect(rows.filter((row) => row.type === "ip.blocked").map((row) => row.ip)).toEqual([
+      "198.51.100.7",
+    ]);
+    expect(rows.filter((row) => row.type === "ip.unblocked").map((row) => row.ip)).toEqual([
+      "198.51.100.7",
+    ]);
+    expect(rows.some((row) => row.type === "auth.login.succeeded")).toBe(true);
+    expect(JSON.stringify(rows)).not.toContain("203.0.113.9");
+    expect(
+      verifyAuditChain(current.db.$client, new AuditKeys(current.config.audit.secretKey)).ok,
+    ).toBe(true);
+  });
 });
 
 test("3 exports per minute per user", async () => {

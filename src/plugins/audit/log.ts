@@ -62,6 +62,7 @@ import {
   principalsNamed,
   SEALING_EVENT_TYPES,
   type SealingEventType,
+  SUBJECT_ADDRESS_TYPES,
   withPrincipalsReplaced,
 } from "./events";
 import {
@@ -239,8 +240,11 @@ function prepareWrites(db: AppDatabase) {
 }
 
 /** The columns an erasure reads of a row it rewrites. */
+const SUBJECT_ADDRESS_TYPE_SET: ReadonlySet<string> = new Set(SUBJECT_ADDRESS_TYPES);
+
 const erasureColumns = {
   id: auditEvents.id,
+  type: auditEvents.type,
   actor: auditEvents.actor,
   ip: auditEvents.ip,
   detail: auditEvents.detail,
@@ -651,7 +655,9 @@ export class SqliteAuditLog implements AuditLog {
         id: row.id,
         subjectCommit: row.subjectCommit,
         actor: ownRow ? pseudonym : row.actor,
-        ip: ownRow ? null : row.ip,
+        // The actor's own address goes; a block's is the address blocked, someone else's, and the
+        // record of what was blocked stays (probe 86e F4).
+        ip: ownRow && !SUBJECT_ADDRESS_TYPE_SET.has(row.type) ? null : row.ip,
         detail,
       };
       rewriteRow.run({
