@@ -4,7 +4,8 @@
  * migration 0013, the WhatsApp outbox with 0014, the chat history with 0015, payments with 0017,
  * address blocks and lockouts with 0021, API key lineages with 0022, their rotation marks with 0023,
  * payments' undecided refunds with 0028, where the rest of WhatsApp replies half sent begins with 0029)
- * seals those rows in a
+ * seals those rows (and 0033, which stores WhatsApp message ids keyed, reseals the outbox rows it
+ * rewrites) in a
  * companion of its migration, in the migration's own transaction (db/migrate.ts). Whoever applied
  * it — the start, or the first CLI command to open the file — says so at once, one warning line per
  * kind of row, and records the audit event once its services exist: a second sealing of the same
@@ -47,6 +48,7 @@ import {
   undecidedSealedMessage,
   undecidedSealing,
 } from "./modules/payments/undecided-seal-upgrade";
+import { messageIdKeying } from "./modules/webhooks/message-id-upgrade";
 import {
   OUTBOX_OFFSETS_MIGRATION,
   outboxOffsetSealing,
@@ -58,6 +60,7 @@ import {
   outboxSealedMessage,
   outboxSealing,
 } from "./modules/webhooks/outbox-seal";
+import { messageIdKeyer } from "./modules/webhooks/whatsapp-crypto";
 import { AuditKeys } from "./plugins/audit/chain";
 import type { AuditEvent, SealingEventType } from "./plugins/audit/events";
 import { hasAuditKeyColumn, holdsAuditRows } from "./plugins/audit/key-match";
@@ -122,6 +125,8 @@ export function upgradeSealing(auditSecret: string): {
   const outboxSeal = createOutboxSeal(auditSecret);
   const outbox = outboxSealing(outboxSeal);
   const outboxOffsets = outboxOffsetSealing(outboxSeal);
+  // Not a sealing of its own: it reseals outbox rows whose seal matched, with their id keyed.
+  const messageIds = messageIdKeying(messageIdKeyer(auditSecret), outboxSeal);
   const chat = chatSealing(createChatSeal(auditSecret));
   const paymentSeal = createPaymentSeal(auditSecret);
   const ledger = paymentSealing(paymentSeal);
@@ -175,6 +180,7 @@ export function upgradeSealing(auditSecret: string): {
       ...successors.companions,
       ...undecided.companions,
       ...outboxOffsets.companions,
+      ...messageIds.companions,
     ]),
     sealed() {
       const said: UpgradeSealed[] = [];

@@ -39,6 +39,7 @@ import m0029 from "../../drizzle/0029_outbox_reply_offsets.sql" with { type: "te
 import m0030 from "../../drizzle/0030_ip_blocks_created_index.sql" with { type: "text" };
 import m0031 from "../../drizzle/0031_payments_owner_created_index.sql" with { type: "text" };
 import m0032 from "../../drizzle/0032_audit_events_ip_index.sql" with { type: "text" };
+import m0033 from "../../drizzle/0033_whatsapp_message_ids_keyed.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -75,6 +76,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0030_ip_blocks_created_index": m0030,
   "0031_payments_owner_created_index": m0031,
   "0032_audit_events_ip_index": m0032,
+  "0033_whatsapp_message_ids_keyed": m0033,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -16,7 +16,7 @@ import { cliInProcess as cli } from "../support/cli";
 import { startGraphServer } from "../support/graph-server";
 import { whatsappOf } from "../support/outbox";
 import { buildPaymentsApp, createIntent, type PaymentsApp } from "../support/payments";
-import { deliver, notification, ScriptedChat, whatsappEnv } from "../support/whatsapp";
+import { deliver, notification, ScriptedChat, storedId, whatsappEnv } from "../support/whatsapp";
 
 let cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -237,7 +237,7 @@ describe("db:verify", () => {
     const target = await populated();
     const sent = one<{ id: number }>(
       target,
-      "SELECT id FROM whatsapp_outbox WHERE message_id = 'wamid.sent'",
+      `SELECT id FROM whatsapp_outbox WHERE message_id = '${storedId(target, "wamid.sent")}'`,
     );
     tamper(target, `UPDATE whatsapp_outbox SET reply_sent_chars = 3 WHERE id = ${sent.id}`);
     const result = await verify(target);

@@ -6,6 +6,7 @@
 import { createHmac } from "node:crypto";
 import type { ChatTurnInput, ChatTurnOutcome, ChatTurns } from "../../src/modules/chat/contract";
 import { UpstreamFailure } from "../../src/modules/chat/providers/provider";
+import { messageIdKeyer } from "../../src/modules/webhooks/whatsapp-crypto";
 import { fromPeer } from "./app";
 import type { GraphServer } from "./graph-server";
 
@@ -45,6 +46,7 @@ export function notification(
   phoneNumberId = WA_PHONE_NUMBER_ID,
 ) {
   const timestamp = String(Math.floor(Date.now() / 1000));
+  for (const item of [...(items.messages ?? []), ...(items.statuses ?? [])]) idsSent.add(item.id);
   const value: Record<string, unknown> = {
     messaging_product: "whatsapp",
     metadata: { display_phone_number: "15550783881", phone_number_id: phoneNumberId },
@@ -156,4 +158,34 @@ export function auditedEvents(
     )
     .all(type)
     .map((row) => ({ ...JSON.parse(row.detail), actor: row.actor }));
+}
+
+type Keyed = { config: { audit: { secretKey: string } } };
+
+/** What a WhatsApp message id is stored as in `target`'s file: its keyed hash, never the id. */
+export function storedId(target: Keyed, id: string): string {
+  return messageIdKeyer(target.config.audit.secretKey)(id);
+}
+
+/** Every message id `notification` has put in a payload, so a stored key reads back as its id. */
+const idsSent = new Set<string>();
+const idsByKey = new Map<string, { keyed: number; ids: Map<string, string> }>();
+
+/**
+ * The id a notification sent that `stored` is the key of in `target`'s file (the key itself when
+ * none is): what the tests compare, as the file holds no id of Meta's.
+ */
+export function sentId(target: Keyed, stored: string): string {
+  const secret = target.config.audit.secretKey;
+  let known = idsByKey.get(secret);
+  if (known === undefined) {
+    known = { keyed: 0, ids: new Map() };
+    idsByKey.set(secret, known);
+  }
+  if (known.keyed < idsSent.size) {
+    const keyOf = messageIdKeyer(secret);
+    for (const id of [...idsSent].slice(known.keyed)) known.ids.set(keyOf(id), id);
+    known.keyed = idsSent.size;
+  }
+  return known.ids.get(stored) ?? stored;
 }

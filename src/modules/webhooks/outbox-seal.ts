@@ -81,7 +81,8 @@ const REPORTED_ID_LENGTH = 64;
 
 /**
  * Reports a tampered outbox row: an error line and a `whatsapp.outbox_tampered` audit event naming
- * the row (its id and inbound message id, cut to 64 characters; never its number or text). The
+ * the row (its id and inbound message id as the file holds it, a keyed hash for a row Palisade
+ * wrote, cut to 64 characters; never its number or text). The
  * worker reports a row once it has marked it failed, so each is reported once, whichever process
  * refused it.
  */

@@ -142,6 +142,8 @@ export interface OutboxWorkerOptions {
   db: AppDatabase;
   /** Checks each claimed row's seal before anything is done with it, and reseals each change. */
   seal: OutboxSeal;
+  /** What Graph's id of a reply is stored as (whatsapp-crypto.ts messageIdKeyer), as statuses name it. */
+  keyMessageId: (messageId: string) => string;
   /** Told of each row refused for its seal, once it is marked failed (outbox-seal.ts). */
   reportTampered: (row: { id: number | string; messageId: string }) => void;
   clock: Clock;
@@ -760,7 +762,7 @@ export class OutboxWorker {
         .set({
           state: "sent",
           replyPartsSent: parts,
-          replyMessageId: messageId || null,
+          replyMessageId: messageId ? this.options.keyMessageId(messageId) : null,
           recipient: null,
           body: null,
           seal: this.options.seal.of({ ...row, recipient: null, body: null }),

@@ -10,7 +10,8 @@
  * - The subscription's `hub.verify_token` is compared through SHA-256 digests of both sides, so
  *   the comparison is constant-time whatever the lengths.
  * - A sender's number is named everywhere but the outbox row by an HMAC under a key derived from
- *   AUDIT_SECRET_KEY: stable across restarts and processes, not reversible without the key.
+ *   AUDIT_SECRET_KEY: stable across restarts and processes, not reversible without the key. So is
+ *   every message id stored (Meta's ids hold the number too).
  */
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 
@@ -52,4 +53,15 @@ export function sameSecret(given: string, expected: string): boolean {
 export function senderHasher(auditSecret: string): (number: string) => string {
   const key = createHmac("sha256", auditSecret).update("palisade whatsapp sender v1").digest();
   return (number) => createHmac("sha256", key).update(number).digest("hex").slice(0, 32);
+}
+
+/**
+ * Names a WhatsApp message id by a keyed hash (32 hex characters), as it is stored: Meta's ids
+ * (`wamid.…`) are base64 that holds the number of the person on the other side, and they are kept
+ * 30 days as dedupe keys and to match delivery statuses, which equality of their hashes does as
+ * well (probe 86a F2).
+ */
+export function messageIdKeyer(auditSecret: string): (messageId: string) => string {
+  const key = createHmac("sha256", auditSecret).update("palisade whatsapp message id v1").digest();
+  return (messageId) => createHmac("sha256", key).update(messageId).digest("hex").slice(0, 32);
 }

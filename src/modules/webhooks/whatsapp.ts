@@ -58,7 +58,7 @@ import { createGraphClient } from "./graph-client";
 import { type WebhookMetrics, webhookMetrics } from "./metrics";
 import { type OutboxSettings, OutboxWorker } from "./outbox";
 import { createOutboxSeal, type OutboxSeal, outboxTamperReporter } from "./outbox-seal";
-import { sameSecret, senderHasher, verifyHubSignature } from "./whatsapp-crypto";
+import { messageIdKeyer, sameSecret, senderHasher, verifyHubSignature } from "./whatsapp-crypto";
 import { createWhatsAppMetrics, type WhatsAppMetrics } from "./whatsapp-metrics";
 import {
   type ReadNotification,
@@ -106,6 +106,8 @@ export interface IntakeOptions {
   core: Pick<Core, "clock" | "logger" | "audit" | "limiter">;
   senderLimit: number;
   hashSender: (number: string) => string;
+  /** What a message id is stored as (whatsapp-crypto.ts messageIdKeyer): never Meta's id itself. */
+  keyMessageId: (messageId: string) => string;
   /** Seals each outbox row written, so that only rows Palisade wrote are sent. */
   outboxSeal: OutboxSeal;
   metrics: WebhookMetrics;
@@ -259,9 +261,10 @@ export class WhatsAppIntake {
         metrics.events.labels("whatsapp", "ignored").inc();
         continue;
       }
+      const messageKey = this.options.keyMessageId(message.messageId);
       // A redelivery (or a concurrent copy) of a message id never reaches the limiter.
       const claimedAt = core.clock.now();
-      const claim = this.claim(message.messageId, claimedAt);
+      const claim = this.claim(messageKey, claimedAt);
       if (claim === "recorded") {
         ack.duplicates++;
         metrics.events.labels("whatsapp", "duplicate").inc();
@@ -279,11 +282,11 @@ export class WhatsAppIntake {
       // One transaction: the final dedupe record and the outbox row exist together or not at all.
       const store = db.$client.transaction(() => {
         const type = limited ? "message.limited" : `message.${message.kind}`;
-        const event = recordEvent.all({ id: message.messageId, type, claimedAt });
+        const event = recordEvent.all({ id: messageKey, type, claimedAt });
         if (event.length === 0) return false;
         if (limited) return true;
         const row = {
-          messageId: message.messageId,
+          messageId: messageKey,
           phoneNumberId: message.phoneNumberId,
           recipient: message.from,
           senderHash,
@@ -311,7 +314,7 @@ export class WhatsAppIntake {
         // Nothing of it was written, and the answer is not 200: Meta delivers it again, and that
         // delivery must find the id free, not claimed by this one, and the sender's count as it was
         // (probe 44a F2: counted twice, a sender within the limit lost messages as over it).
-        this.giveBack(message.messageId, claimedAt);
+        this.giveBack(messageKey, claimedAt);
         sender.giveBack();
         throw error;
       }
@@ -341,7 +344,7 @@ export class WhatsAppIntake {
 
     for (const status of read.statuses) {
       const result = this.statements.recordStatus.all({
-        id: status.messageId,
+        id: this.options.keyMessageId(status.messageId),
         status: status.status,
         at: status.at,
         errorCode: status.errorCode,
@@ -706,11 +709,13 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
   const metrics = webhookMetrics(core.registry);
   const whatsapp = createWhatsAppMetrics(core.registry, db.$client);
   const outboxSeal = createOutboxSeal(config.audit.secretKey);
+  const keyMessageId = messageIdKeyer(config.audit.secretKey);
   const intake = new WhatsAppIntake({
     db,
     core,
     senderLimit: config.rateLimit.whatsappSender,
     hashSender: senderHasher(config.audit.secretKey),
+    keyMessageId,
     outboxSeal,
     metrics,
     whatsapp,
@@ -718,6 +723,7 @@ export function whatsappWebhook(core: Core, options: WhatsAppWebhookOptions): Wh
   const worker = new OutboxWorker({
     db,
     seal: outboxSeal,
+    keyMessageId,
     reportTampered: outboxTamperReporter({ logger, audit: core.audit }),
     clock: core.clock,
     logger,

@@ -32,6 +32,7 @@ import {
   deliver,
   notification,
   ScriptedChat,
+  storedId,
   WA_PHONE_NUMBER_ID,
   whatsappEnv,
 } from "../../support/whatsapp";
@@ -67,10 +68,11 @@ interface Row {
   seal: string | null;
 }
 
+/** The row of a message delivered (stored by its key) or written into the file (by the id). */
 const rowOf = (target: TestApp, messageId: string) =>
   target.db.$client
-    .query<Row, [string]>("SELECT * FROM whatsapp_outbox WHERE message_id = ?")
-    .get(messageId)!;
+    .query<Row, [string, string]>("SELECT * FROM whatsapp_outbox WHERE message_id IN (?, ?)")
+    .get(storedId(target, messageId), messageId)!;
 
 const audited = auditedEvents;
 
@@ -108,7 +110,8 @@ function expectRefused(target: TestApp, messageId: string) {
   const reports = audited(target, "whatsapp.outbox_tampered");
   expect(reports).toContainEqual({
     outbox: row.id,
-    message: spellOut(messageId),
+    // The id as the file holds it: a delivered message's key, or what a forger wrote.
+    message: spellOut(row.message_id),
     actor: "system",
   });
   return row;
@@ -203,7 +206,7 @@ describe("rows written into the file", () => {
     expect(chat.turns).toHaveLength(0);
     expect(graph.sent).toHaveLength(0);
     expect(audited(target, "whatsapp.outbox_tampered")).toEqual([
-      { outbox: "9007199254740993", message: spellOut("wamid.MOVED"), actor: "system" },
+      { outbox: "9007199254740993", message: storedId(target, "wamid.MOVED"), actor: "system" },
     ]);
     const logged = target.logs.entries.filter((entry) =>
       String(entry.msg).includes("outbox row does not match its seal"),
@@ -231,7 +234,7 @@ describe("rows written into the file", () => {
     // Both replies are stored (and resealed by the worker), both sends failed and wait a retry.
     expect(rowOf(target, "wamid.A")).toMatchObject({ state: "pending", reply: "reply to: first" });
     target.db.$client.run(
-      "UPDATE whatsapp_outbox SET reply = 'Your account is locked: pay here' WHERE message_id = 'wamid.A'",
+      `UPDATE whatsapp_outbox SET reply = 'Your account is locked: pay here' WHERE message_id = '${storedId(target, "wamid.A")}'`,
     );
     clock.advance(5_000);
     await worker.drain();
@@ -267,7 +270,7 @@ describe("rows written into the file", () => {
     expect(graph.sent).toHaveLength(0);
     const states = sqlite
       .query<{ state: string; last_error: string | null }, []>(
-        "SELECT state, last_error FROM whatsapp_outbox WHERE message_id = 'wamid.C'",
+        `SELECT state, last_error FROM whatsapp_outbox WHERE message_id = '${storedId(target, "wamid.C")}'`,
       )
       .all();
     expect(states).toHaveLength(21);
@@ -284,7 +287,9 @@ describe("rows written into the file", () => {
     );
     // The forged row takes the sender's hash and an earlier id: the sender's messages are answered
     // in order, oldest first, so it is claimed first.
-    target.db.$client.run("UPDATE whatsapp_outbox SET id = 100 WHERE message_id = 'wamid.OWN'");
+    target.db.$client.run(
+      `UPDATE whatsapp_outbox SET id = 100 WHERE message_id = '${storedId(target, "wamid.OWN")}'`,
+    );
     const senderHash = rowOf(target, "wamid.OWN").sender_hash;
     target.db.$client.run(
       `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, recipient, sender_hash, kind,
@@ -316,7 +321,9 @@ describe("rows written into the file", () => {
          VALUES (50, 'wamid.HOLD', ?, '15550009999', ?, 'text', 'hello', 'pending', 0, ?, 'x')`,
         [WA_PHONE_NUMBER_ID, senderHash, Date.now()],
       );
-      target.db.$client.run(`UPDATE whatsapp_outbox SET ${hold} WHERE message_id = 'wamid.HOLD'`);
+      target.db.$client.run(
+        `UPDATE whatsapp_outbox SET ${hold} WHERE message_id = '${storedId(target, "wamid.HOLD")}'`,
+      );
       await deliver(
         target,
         notification({ messages: [{ id: "wamid.SECOND", from: "16505551234", text: "two" }] }),
@@ -337,7 +344,9 @@ describe("rows written into the file", () => {
       "lease_until = 'x', lease_owner = 'ghost'",
     ]) {
       const { target, graph, worker, clock } = await waitingForRetry("wamid.G1");
-      target.db.$client.run(`UPDATE whatsapp_outbox SET ${hold} WHERE message_id = 'wamid.G1'`);
+      target.db.$client.run(
+        `UPDATE whatsapp_outbox SET ${hold} WHERE message_id = '${storedId(target, "wamid.G1")}'`,
+      );
       await deliver(
         target,
         notification({ messages: [{ id: "wamid.G2", from: "16505551234", text: "two" }] }),
@@ -358,7 +367,7 @@ describe("rows written into the file", () => {
     for (const count of ["-1000000000", "-1", "1.5", "'x'"]) {
       const { target, graph, worker, clock } = await waitingForRetry("wamid.N1");
       target.db.$client.run(
-        `UPDATE whatsapp_outbox SET attempts = ${count} WHERE message_id = 'wamid.N1'`,
+        `UPDATE whatsapp_outbox SET attempts = ${count} WHERE message_id = '${storedId(target, "wamid.N1")}'`,
       );
       graph.failNext(...Array.from({ length: 50 }, () => ({ status: 500 })));
       clock.advance(5_000);
@@ -368,7 +377,7 @@ describe("rows written into the file", () => {
       // read as it stood, -1e9 made the wait 0 and the drain asked Graph again at once, without end.
       const row = target.db.$client
         .query<{ next: number; attempts: number; state: string }, []>(
-          "SELECT next_attempt_at AS next, attempts, state FROM whatsapp_outbox WHERE message_id = 'wamid.N1'",
+          `SELECT next_attempt_at AS next, attempts, state FROM whatsapp_outbox WHERE message_id = '${storedId(target, "wamid.N1")}'`,
         )
         .get()!;
       expect({ count, asked: graph.received.length - before, row }).toEqual({
@@ -384,7 +393,7 @@ describe("rows written into the file", () => {
     for (const arrival of ["'x'", "9000000000000000000"]) {
       const { target, graph, worker, clock } = await waitingForRetry("wamid.A1");
       target.db.$client.run(
-        `UPDATE whatsapp_outbox SET received_at = ${arrival} WHERE message_id = 'wamid.A1'`,
+        `UPDATE whatsapp_outbox SET received_at = ${arrival} WHERE message_id = '${storedId(target, "wamid.A1")}'`,
       );
       await deliver(
         target,
@@ -415,16 +424,16 @@ describe("rows written into the file", () => {
       await worker.drain();
     }
     target.db.$client.run(
-      "UPDATE whatsapp_outbox SET finished_at = NULL, recipient = '16505551234' WHERE message_id = 'wamid.F1'",
+      `UPDATE whatsapp_outbox SET finished_at = NULL, recipient = '16505551234' WHERE message_id = '${storedId(target, "wamid.F1")}'`,
     );
     target.db.$client.run(
-      "UPDATE whatsapp_outbox SET state = 'failed', finished_at = 'never', recipient = '16505551234' WHERE message_id = 'wamid.F2'",
+      `UPDATE whatsapp_outbox SET state = 'failed', finished_at = 'never', recipient = '16505551234' WHERE message_id = '${storedId(target, "wamid.F2")}'`,
     );
     target.services.runMaintenance();
     expect(
       target.db.$client
         .query(
-          "SELECT count(*) AS n FROM whatsapp_outbox WHERE message_id IN ('wamid.F1', 'wamid.F2')",
+          `SELECT count(*) AS n FROM whatsapp_outbox WHERE message_id IN ('${storedId(target, "wamid.F1")}', '${storedId(target, "wamid.F2")}')`,
         )
         .get(),
     ).toEqual({ n: 0 });
@@ -450,7 +459,7 @@ describe("rows written into the file", () => {
       target.db.$client.run(
         `INSERT INTO whatsapp_outbox (message_id, reply, ${columns.join(", ")})
          SELECT 'wamid.L${nth + 1}', hex(zeroblob(${half})), ${columns.join(", ")}
-         FROM whatsapp_outbox WHERE message_id = 'wamid.L0'`,
+         FROM whatsapp_outbox WHERE message_id = '${storedId(target, "wamid.L0")}'`,
       );
     }
     const left = () =>
@@ -475,7 +484,7 @@ describe("rows written into the file", () => {
     const { target } = await waitingForRetry("wamid.W");
     // Its id moved past 2^53 too: named as the file holds it (probe 58e F2), not rounded.
     target.db.$client.run(
-      "UPDATE whatsapp_outbox SET state = 'weird', id = 9007199254740993 WHERE message_id = 'wamid.W'",
+      `UPDATE whatsapp_outbox SET state = 'weird', id = 9007199254740993 WHERE message_id = '${storedId(target, "wamid.W")}'`,
     );
     target.services.runMaintenance();
     expect(rowOf(target, "wamid.W")).toMatchObject({

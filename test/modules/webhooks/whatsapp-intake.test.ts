@@ -12,7 +12,9 @@ import {
   deliver,
   notification,
   ScriptedChat,
+  sentId,
   sign,
+  storedId,
   WA_PHONE_NUMBER_ID,
   whatsappEnv,
 } from "../../support/whatsapp";
@@ -38,19 +40,34 @@ interface OutboxView {
   state: string;
 }
 
+/** The outbox's rows, each message id read back from its key (the file holds no id of Meta's). */
 const outbox = (target: TestApp) =>
   target.db.$client
     .query<OutboxView, []>(
       "SELECT message_id, phone_number_id, recipient, sender_hash, kind, body, state FROM whatsapp_outbox ORDER BY id",
     )
-    .all();
+    .all()
+    .map((row) => ({ ...row, message_id: sentId(target, row.message_id) }));
 
+/** The dedupe records, by the id each keys. */
 const events = (target: TestApp) =>
   target.db.$client
     .query<{ event_id: string; type: string }, []>(
-      "SELECT event_id, type FROM webhook_events WHERE provider = 'whatsapp' ORDER BY event_id",
+      "SELECT event_id, type FROM webhook_events WHERE provider = 'whatsapp'",
     )
-    .all();
+    .all()
+    .map((row) => ({ ...row, event_id: sentId(target, row.event_id) }))
+    .sort((a, b) => (a.event_id < b.event_id ? -1 : a.event_id > b.event_id ? 1 : 0));
+
+/** The delivery statuses, by the id each names. */
+const statuses = (target: TestApp) =>
+  target.db.$client
+    .query<{ message_id: string; status: string; error_code: number | null }, []>(
+      "SELECT message_id, status, error_code FROM whatsapp_statuses",
+    )
+    .all()
+    .map((row) => ({ ...row, message_id: sentId(target, row.message_id) }))
+    .sort((a, b) => (`${a.message_id} ${a.status}` < `${b.message_id} ${b.status}` ? -1 : 1));
 
 /**
  * Delivers as Meta does: again while the answer is 503 (a copy that met another delivery's claim
@@ -253,12 +270,9 @@ describe("accepting messages", () => {
     const response = await deliver(target, payload);
     expect(response.status).toBe(200);
     expect(await response.json()).toMatchObject({ statuses: 1, ignored: 5 });
-    const rows = target.db.$client
-      .query<{ message_id: string; status: string }, []>(
-        "SELECT message_id, status FROM whatsapp_statuses",
-      )
-      .all();
-    expect(rows).toEqual([{ message_id: "wamid.S1", status: "delivered" }]);
+    expect(statuses(target)).toEqual([
+      { message_id: "wamid.S1", status: "delivered", error_code: null },
+    ]);
   });
 
   test("a delivery of more than a hundred messages is accepted whole (Meta batches up to 1000)", async () => {
@@ -454,7 +468,7 @@ describe("redeliveries never spend the sender's limit", () => {
     current = target;
     target.db.$client.run(
       "INSERT INTO webhook_events (provider, event_id, type, received_at) VALUES ('whatsapp', ?, 'message.claimed', ?)",
-      [messageId, clock.now()],
+      [storedId(target, messageId), clock.now()],
     );
     return { target, clock };
   };
@@ -551,7 +565,7 @@ describe("redeliveries never spend the sender's limit", () => {
       const { target, clock } = withClaimStanding(id);
       target.db.$client.run("UPDATE webhook_events SET received_at = ? WHERE event_id = ?", [
         dated(clock.now()),
-        id,
+        storedId(target, id),
       ]);
       const response = await deliver(
         target,
@@ -625,9 +639,9 @@ describe("redeliveries never spend the sender's limit", () => {
     expect((await deliver(target, payload)).status).toBe(503);
     expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.READY"]);
     // The running delivery finishes its message.
-    target.db.$client.run(
-      "UPDATE webhook_events SET type = 'message.text' WHERE event_id = 'wamid.RUNNING'",
-    );
+    target.db.$client.run("UPDATE webhook_events SET type = 'message.text' WHERE event_id = ?", [
+      storedId(target, "wamid.RUNNING"),
+    ]);
     const again = await deliver(target, payload);
     expect(again.status).toBe(200);
     expect(await again.json()).toMatchObject({ accepted: 0, duplicates: 2 });
@@ -637,23 +651,18 @@ describe("redeliveries never spend the sender's limit", () => {
 describe("status callbacks", () => {
   test("sent, delivered, read and failed are recorded once each and counted", async () => {
     const target = build();
-    const statuses = [
+    const callbacks = [
       { id: "wamid.OUT1", status: "sent" },
       { id: "wamid.OUT1", status: "delivered" },
       { id: "wamid.OUT1", status: "read" },
       { id: "wamid.OUT2", status: "failed", errorCode: 131047 },
       { id: "wamid.OUT3", status: "deleted" },
     ];
-    const first = await deliver(target, notification({ statuses }));
+    const first = await deliver(target, notification({ statuses: callbacks }));
     expect(await first.json()).toMatchObject({ statuses: 4, ignored: 1 });
-    const again = await deliver(target, notification({ statuses: statuses.slice(0, 2) }));
+    const again = await deliver(target, notification({ statuses: callbacks.slice(0, 2) }));
     expect(await again.json()).toMatchObject({ statuses: 0, duplicates: 2 });
-    const rows = target.db.$client
-      .query<{ message_id: string; status: string; error_code: number | null }, []>(
-        "SELECT message_id, status, error_code FROM whatsapp_statuses ORDER BY message_id, status",
-      )
-      .all();
-    expect(rows).toEqual([
+    expect(statuses(target)).toEqual([
       { message_id: "wamid.OUT1", status: "delivered", error_code: null },
       { message_id: "wamid.OUT1", status: "read", error_code: null },
       { message_id: "wamid.OUT1", status: "sent", error_code: null },
@@ -705,12 +714,15 @@ describe("retention", () => {
     const old = Date.now() - 31 * 24 * 60 * 60 * 1000;
     const sqlite = target.db.$client;
     sqlite.run(
-      "UPDATE whatsapp_outbox SET state = 'sent', finished_at = ?, received_at = ? WHERE message_id = 'wamid.OLD'",
-      [old, old],
+      "UPDATE whatsapp_outbox SET state = 'sent', finished_at = ?, received_at = ? WHERE message_id = ?",
+      [old, old, storedId(target, "wamid.OLD")],
     );
     sqlite.run("UPDATE whatsapp_outbox SET received_at = ?", [old]);
     sqlite.run("UPDATE whatsapp_statuses SET received_at = ?", [old]);
-    sqlite.run("UPDATE webhook_events SET received_at = ? WHERE event_id = 'wamid.OLD'", [old]);
+    sqlite.run("UPDATE webhook_events SET received_at = ? WHERE event_id = ?", [
+      old,
+      storedId(target, "wamid.OLD"),
+    ]);
     target.services.runMaintenance();
     expect(outbox(target).map((r) => r.message_id)).toEqual(["wamid.NEW"]);
     expect(events(target).map((e) => e.event_id)).toEqual(["wamid.NEW"]);
@@ -732,9 +744,7 @@ describe("retention", () => {
     const old = Date.now() - 31 * 24 * 60 * 60 * 1000;
     sqlite.run("UPDATE whatsapp_statuses SET received_at = ? WHERE status = 'sent'", [old]);
     target.services.runMaintenance();
-    expect(sqlite.query("SELECT message_id, status FROM whatsapp_statuses").all()).toEqual([
-      { message_id: "wamid.Y", status: "read" },
-    ]);
+    expect(statuses(target)).toEqual([{ message_id: "wamid.Y", status: "read", error_code: null }]);
   });
 
   test("a message id redelivered after its dedupe record was pruned, while the outbox still holds it, is a duplicate, not a 500 (probe 32b F2)", async () => {
@@ -749,7 +759,10 @@ describe("retention", () => {
       "UPDATE whatsapp_outbox SET state = 'sent', recipient = NULL, body = NULL, received_at = ?, finished_at = ?",
       [arrived, arrived + 600_000],
     );
-    sqlite.run("UPDATE webhook_events SET received_at = ? WHERE event_id = 'wamid.GAP'", [arrived]);
+    sqlite.run("UPDATE webhook_events SET received_at = ? WHERE event_id = ?", [
+      arrived,
+      storedId(target, "wamid.GAP"),
+    ]);
     target.services.runMaintenance();
     expect(events(target)).toEqual([]);
     expect(outbox(target)).toHaveLength(1);

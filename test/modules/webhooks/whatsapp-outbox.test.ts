@@ -30,7 +30,9 @@ import {
   type InboundMessage,
   notification,
   ScriptedChat,
+  sentId,
   sign,
+  storedId,
   WA_APP_SECRET,
   WA_PHONE_NUMBER_ID,
   whatsappEnv,
@@ -54,8 +56,12 @@ interface Row {
   sender_hash: string;
 }
 
+/** The outbox's rows, each message id read back from its key (the file holds no id of Meta's). */
 const rows = (target: TestApp) =>
-  target.db.$client.query<Row, []>("SELECT * FROM whatsapp_outbox ORDER BY id").all();
+  target.db.$client
+    .query<Row, []>("SELECT * FROM whatsapp_outbox ORDER BY id")
+    .all()
+    .map((row) => ({ ...row, message_id: sentId(target, row.message_id) }));
 
 const audited = auditedEvents;
 
@@ -101,7 +107,7 @@ describe("sending replies", () => {
       recipient: null,
       body: null,
       reply: "reply to: hi",
-      reply_message_id: graph.sent[0]!.id,
+      reply_message_id: storedId(target, graph.sent[0]!.id),
       lease_owner: null,
     });
     expect(chat.turns).toHaveLength(1);
@@ -128,7 +134,7 @@ describe("sending replies", () => {
     for (const [i, id] of [9007199254740993n, 9007199254740994n, 9007199254740995n].entries()) {
       target.db.$client
         .query("UPDATE whatsapp_outbox SET id = ?1 WHERE message_id = ?2")
-        .run(id, `wamid.MOVED${i}`);
+        .run(id, storedId(target, `wamid.MOVED${i}`));
     }
     expect(await worker.drain()).toBe(3);
     expect(graph.sent.map((m) => [m.to, m.body]).sort()).toEqual(
@@ -914,7 +920,7 @@ test("without WHATSAPP_ACCESS_TOKEN a kept message whose lease no worker writes 
       notification({ messages: [{ id: "wamid.HELD", from: "16505550124", text: "hi" }] }),
     );
     target.db.$client.run(
-      `UPDATE whatsapp_outbox SET lease_until = ${lease}, lease_owner = 'ghost' WHERE message_id = 'wamid.HELD'`,
+      `UPDATE whatsapp_outbox SET lease_until = ${lease}, lease_owner = 'ghost' WHERE message_id = '${storedId(target, "wamid.HELD")}'`,
     );
     clock.advance(16 * 60_000);
     target.services.runMaintenance();

@@ -15,7 +15,13 @@ import { send } from "../../support/app";
 import { cleanupsAfterEach } from "../../support/cleanups";
 import { putBackBefore } from "../../support/migrations";
 import { drainInNextProcess, outboxSetup } from "../../support/outbox";
-import { auditedEvents, deliver, notification, type ScriptedChat } from "../../support/whatsapp";
+import {
+  auditedEvents,
+  deliver,
+  notification,
+  type ScriptedChat,
+  storedId,
+} from "../../support/whatsapp";
 
 const cleanups = cleanupsAfterEach();
 
@@ -284,7 +290,7 @@ describe("sending a long reply", () => {
       recipient: null,
       reply: LONG_REPLY,
       reply_parts_sent: 3,
-      reply_message_id: graph.sent[2]!.id,
+      reply_message_id: storedId(target, graph.sent[2]!.id),
       last_error: null,
     });
     expect(await worker.drain()).toBe(0);
