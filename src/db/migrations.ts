@@ -40,6 +40,7 @@ import m0030 from "../../drizzle/0030_ip_blocks_created_index.sql" with { type: 
 import m0031 from "../../drizzle/0031_payments_owner_created_index.sql" with { type: "text" };
 import m0032 from "../../drizzle/0032_audit_events_ip_index.sql" with { type: "text" };
 import m0033 from "../../drizzle/0033_whatsapp_message_ids_keyed.sql" with { type: "text" };
+import m0034 from "../../drizzle/0034_refresh_tokens_unused_index.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -77,6 +78,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0031_payments_owner_created_index": m0031,
   "0032_audit_events_ip_index": m0032,
   "0033_whatsapp_message_ids_keyed": m0033,
+  "0034_refresh_tokens_unused_index": m0034,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -1,3 +1,4 @@
+import { sql } from "drizzle-orm";
 import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 import { users } from "./users";
 
@@ -54,6 +55,11 @@ export const refreshTokens = sqliteTable(
     uniqueIndex("refresh_tokens_hash").on(table.tokenHash),
     index("refresh_tokens_family").on(table.familyId),
     index("refresh_tokens_user").on(table.userId),
+    // A session's tokens not used yet (one, or a few in a rotation's grace): what ending it
+    // revokes, found without reading its used ones (10,000 in a full session: probe 87a F1).
+    index("refresh_tokens_unused")
+      .on(table.familyId)
+      .where(sql`${table.usedAt} IS NULL AND ${table.revokedAt} IS NULL`),
   ],
 );
 

@@ -58,7 +58,7 @@ export function sessionsContributor(
 }
 
 /** Used refresh tokens an erasure deletes in one transaction ahead of its own. */
-export const USED_TOKENS_AHEAD_PART = 2000;
+export const USED_TOKENS_AHEAD_PART = 250;
 
 /** API keys an erasure revokes in one transaction ahead of its own (~20–40 ms of the lock here). */
 export const KEYS_AHEAD_PART = 100;

@@ -228,7 +228,8 @@ async function expectFamilyDead(world: World, minted: Minted) {
   world.clock.advance(REVOCATION_FEED_MS);
   await refused(world.targets);
 
-  // In the database: the family is revoked and no token of it was left unrevoked.
+  // In the database: the family is revoked and no token of it was left unused and unrevoked (a
+  // used one is refused by its family's revocation alone: probe 87a F1).
   const sqlite = world.main.db.$client;
   const family = sqlite
     .query<{ revokedAt: number | null }, [string]>(
@@ -238,7 +239,7 @@ async function expectFamilyDead(world: World, minted: Minted) {
   expect(family?.revokedAt).not.toBeNull();
   const live = sqlite
     .query<{ n: number }, [string]>(
-      "SELECT count(*) AS n FROM refresh_tokens WHERE family_id = ? AND revoked_at IS NULL",
+      "SELECT count(*) AS n FROM refresh_tokens WHERE family_id = ? AND revoked_at IS NULL AND used_at IS NULL",
     )
     .get(world.family);
   expect(live?.n).toBe(0);
@@ -249,6 +250,14 @@ async function expectFamilyDead(world: World, minted: Minted) {
   cleanup.push(() => restarted.close());
   world.main.services.runMaintenance();
   await refused([...world.targets, restarted]);
+  // Every token of it, used or not, is pruned then, and its family after them.
+  expect(
+    sqlite
+      .query<{ n: number }, [string]>(
+        "SELECT count(*) AS n FROM refresh_tokens WHERE family_id = ?",
+      )
+      .get(world.family)?.n,
+  ).toBe(0);
 }
 
 for (const instances of [1, 2] as const) {

@@ -5,9 +5,10 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { sessionsContributor, USED_TOKENS_AHEAD_PART } from "../../../src/modules/auth/privacy";
-import { TOKENS_PER_FAMILY } from "../../../src/modules/auth/service";
+import { REPEAT_GRACE_MS, TOKENS_PER_FAMILY } from "../../../src/modules/auth/service";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
+import { ManualClock } from "../../support/clock";
 
 /** Loopback is never rate limited here: these tests refresh far more than the route's limit. */
 const ENV = { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" };
@@ -76,7 +77,7 @@ test("an erasure deletes the used tokens in parts while the account stands: its 
   current = buildTestApp({ env: ENV });
   const alice = await signUp(current);
   current.db.$client.run(
-    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ${USED_TOKENS_AHEAD_PART + 500})
+    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ${USED_TOKENS_AHEAD_PART * 1.5})
      INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at)
      SELECT 'used-' || k, t.user_id, t.family_id, 'hash-' || k, t.created_at, t.expires_at, t.created_at
      FROM n, refresh_tokens t WHERE t.user_id = '${alice.userId}'`,
@@ -91,7 +92,7 @@ test("an erasure deletes the used tokens in parts while the account stands: its 
     requestedBy: `user:${alice.userId}`,
   });
   expect(step()).toBe(false);
-  expect(tokenRows(current, alice.userId)).toBe(501);
+  expect(tokenRows(current, alice.userId)).toBe(USED_TOKENS_AHEAD_PART / 2 + 1);
   expect(step()).toBe(true);
   // The login's token, unused, is all that is left, and the session still works.
   expect(tokenRows(current, alice.userId)).toBe(1);
@@ -106,4 +107,128 @@ test("an erasure deletes the used tokens in parts while the account stands: its 
   });
   expect(erased.status).toBeLessThan(300);
   expect(tokenRows(current, alice.userId)).toBe(0);
+});
+
+test("ending a session leaves its used tokens as they are (refused by the family's revocation), and the prune deletes them, then the family, once an access token's life has passed (probe 87a F1)", async () => {
+  const clock = new ManualClock();
+  current = buildTestApp({ env: ENV, clock });
+  const alice = await signUp(current);
+  const sqlite = current.db.$client;
+  sqlite.run(
+    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 2500)
+     INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at)
+     SELECT 'used-' || k, t.user_id, t.family_id, 'hash-' || k, t.created_at, t.expires_at, t.created_at
+     FROM n, refresh_tokens t WHERE t.user_id = '${alice.userId}'`,
+  );
+  const out = await send(current, "/api/auth/logout", {
+    method: "POST",
+    headers: bearer(alice.accessToken),
+  });
+  expect(out.status).toBe(204);
+  expect((await refreshed(current, alice.refreshToken)).status).toBe(401);
+  expect((await send(current, "/api/auth/me", { headers: bearer(alice.accessToken) })).status).toBe(
+    401,
+  );
+  // Only the token not used yet was written: rewriting 10,000 used ones held the lock 0.7 s.
+  const revoked = () =>
+    sqlite
+      .query<{ n: number }, []>(
+        "SELECT count(*) AS n FROM refresh_tokens WHERE revoked_at IS NOT NULL",
+      )
+      .get()!.n;
+  expect(revoked()).toBe(1);
+  const families = () =>
+    sqlite
+      .query<{ n: number }, [string]>(
+        "SELECT count(*) AS n FROM refresh_families WHERE user_id = ?",
+      )
+      .get(alice.userId)!.n;
+  // Within an access token's life, nothing goes.
+  current.services.runMaintenance();
+  expect(tokenRows(current, alice.userId)).toBe(2501);
+  clock.advance(current.config.jwt.accessTokenExpireMinutes * 60_000 + 2 * 60_000);
+  current.services.runMaintenance();
+  // A thousand a run; the family stays while any of its tokens does.
+  expect(tokenRows(current, alice.userId)).toBe(1501);
+  expect(families()).toBe(1);
+  current.services.runMaintenance();
+  current.services.runMaintenance();
+  expect(tokenRows(current, alice.userId)).toBe(0);
+  current.services.runMaintenance();
+  expect(families()).toBe(0);
+  expect((await refreshed(current, alice.refreshToken)).status).toBe(401);
+});
+
+test("ending a session finds its unused tokens by their own index (migration 0034), not by reading its used ones", async () => {
+  current = buildTestApp({ env: ENV });
+  const alice = await signUp(current);
+  const sqlite = current.db.$client;
+  const statements: string[] = [];
+  const prepare = sqlite.prepare.bind(sqlite);
+  sqlite.prepare = ((text: string, ...rest: unknown[]) => {
+    statements.push(text);
+    return (prepare as (...args: unknown[]) => unknown)(text, ...rest);
+  }) as typeof sqlite.prepare;
+  const out = await send(current, "/api/auth/logout", {
+    method: "POST",
+    headers: bearer(alice.accessToken),
+  });
+  sqlite.prepare = prepare;
+  expect(out.status).toBe(204);
+  const revoking = statements.find((text) =>
+    /^update "refresh_tokens" set "revoked_at"/i.test(text),
+  );
+  expect(revoking).toBeDefined();
+  const plan = sqlite
+    .query(`EXPLAIN QUERY PLAN ${revoking}`)
+    .all(...(revoking!.match(/\?/g) ?? []).map(() => "x"))
+    .map((row) => (row as { detail: string }).detail);
+  expect(plan[0]).toStartWith(
+    "SEARCH refresh_tokens USING INDEX refresh_tokens_unused (family_id=?)",
+  );
+});
+
+test("a thief's rotations that end the session at the token limit do not hide the victim's token: presented afterwards, it is reuse, audited and counted (probe 87a F6)", async () => {
+  const clock = new ManualClock();
+  current = buildTestApp({ env: ENV, clock });
+  const victim = await signUp(current);
+  current.db.$client.run(
+    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ${TOKENS_PER_FAMILY - 5})
+     INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at)
+     SELECT 'used-' || k, t.user_id, t.family_id, 'hash-' || k, t.created_at, t.expires_at, t.created_at
+     FROM n, refresh_tokens t WHERE t.user_id = '${victim.userId}'`,
+  );
+  // The thief rotates with the stolen token until the session is full.
+  let token = victim.refreshToken;
+  const statuses: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    clock.advance(1000);
+    const next = await refreshed(current, token);
+    statuses.push(next.status);
+    if (next.status !== 200) break;
+    token = next.body.refreshToken;
+  }
+  expect(statuses).toEqual([200, 200, 200, 200, 401]);
+  clock.advance(REPEAT_GRACE_MS + 1000);
+  // The victim's token, used by the thief first.
+  const presented = await refreshed(current, victim.refreshToken);
+  expect(presented.status).toBe(401);
+  current.services.audit.flush();
+  const reused = current.db.$client
+    .query<{ detail: string }, []>(
+      "SELECT detail FROM audit_events WHERE type = 'auth.refresh.reused'",
+    )
+    .all()
+    .map((row) => JSON.parse(row.detail));
+  expect(reused).toEqual([{ family: expect.any(String), sessionEnded: true }]);
+  const metrics = await (await send(current, "/metrics")).text();
+  expect(metrics).toMatch(/auth_failures_total\{[^}]*reason="refresh_reused"[^}]*\} 1/);
+  // The session's current token, never used, is refused as any token of an ended session.
+  expect((await refreshed(current, token)).status).toBe(401);
+  current.services.audit.flush();
+  expect(
+    current.db.$client
+      .query("SELECT count(*) AS n FROM audit_events WHERE type = 'auth.refresh.reused'")
+      .get(),
+  ).toEqual({ n: 1 });
 });

@@ -1,0 +1,1 @@
+CREATE INDEX `refresh_tokens_unused` ON `refresh_tokens` (`family_id`) WHERE "refresh_tokens"."used_at" IS NULL AND "refresh_tokens"."revoked_at" IS NULL;
