@@ -75,6 +75,11 @@ export function fromPeer(request: Request, address: string): Request {
 
 export interface TestAppOptions {
   env?: Record<string, string | undefined>;
+  /**
+   * The client's address read as `bun run start` reads it, from the socket (`serveInProcess`);
+   * `send`'s `peer` is not used then, and `app.handle`, with no socket, has none.
+   */
+  peerFromSocket?: boolean;
   clock?: Clock;
   ipBlockSettings?: Partial<IpBlockSettings>;
   limiter?: LimiterStore;
@@ -197,7 +202,9 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
           stillAdmin: options.authStageStillAdmin(services.standing.stillAdmin),
         }
       : services.standing,
-    peerAddress: (request) => peers.get(request) ?? "127.0.0.1",
+    peerAddress: options.peerFromSocket
+      ? undefined
+      : (request) => peers.get(request) ?? "127.0.0.1",
     accessLogBuffered: options.accessLogBuffered ?? false,
     extraRouteClasses: options.routeClasses,
     largeBodies: options.largeBodies,

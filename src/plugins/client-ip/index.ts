@@ -6,6 +6,7 @@
  */
 import { Elysia } from "elysia";
 import type { TrustProxy } from "../../config";
+import { AppError } from "../../errors";
 import type { Range } from "./address";
 import {
   type Address,
@@ -157,8 +158,23 @@ export function clientIp({ trustProxy, peerAddress, listener, onShortChain }: Cl
     .decorate("client", null as ResolvedClient | null)
     .onRequest(function resolveClientAddressOfRequest(context) {
       const given = peerAddress?.(context.request);
-      const peer =
-        given !== undefined ? given : (listener?.()?.requestIP(context.request)?.address ?? null);
+      let peer: string | null = given ?? null;
+      if (given === undefined) {
+        const server = listener?.();
+        peer = server?.requestIP(context.request)?.address ?? null;
+        // A socket has a peer until it closes: none means the client has gone (reset its
+        // connection right after sending). Served as `unknown`, such a request passed the address
+        // block, and its refusals blocked no one and were each audited (probe 87b F1). Nothing can
+        // reach the client now: 499, logged and counted, and no stage after this one runs.
+        if (server && peer === null) {
+          context.clientIp = UNKNOWN_CLIENT;
+          context.clientKey = UNKNOWN_CLIENT;
+          throw new AppError(
+            "CLIENT_CLOSED",
+            "The connection closed before the request could be served.",
+          );
+        }
+      }
       const resolved = resolve(peer, context.request.headers.get("x-forwarded-for"));
       context.client = resolved;
       context.clientIp = resolved.ip;
