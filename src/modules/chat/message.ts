@@ -19,18 +19,23 @@ const FORBIDDEN_CONTROL = /[^\P{Cc}\t\n]/u;
 /**
  * The role markers of the chat templates open-weight models are served with: ChatML and every
  * `<|…|>` token (Qwen, Llama 3, Phi, gpt-oss's harmony), DeepSeek's `<｜…｜>`, Gemma's turns,
- * Mistral's `[INST]` family, and those probe 86e F1 found past the first list. vLLM, llama.cpp and
+ * Mistral's `[INST]` family, EXAONE's `[|…|]`, and those probe 86e F1 found past the first list. vLLM, llama.cpp and
  * Hugging Face templates render the user's text into the prompt and tokenize these as the real
  * markers, so a user's message could close its own turn and open a `system` one (probe 86b F2).
  * `<s>` and `</s>` are left: they are HTML too.
  */
 const TEMPLATE_TOKEN = new RegExp(
   [
-    // ChatML, Llama 3, Phi, harmony, GPT-2's <|endoftext|>: a name of two characters or more.
-    "<\\|[A-Za-z_][A-Za-z0-9_.:-]{1,63}\\|>",
+    // ChatML, Llama 3, Phi (and Phi-4's closing `<|/tool|>`), harmony, GPT-2's <|endoftext|>: a
+    // name of two characters or more.
+    "<\\|/?[A-Za-z_][A-Za-z0-9_.:-]{1,63}\\|>",
     "<｜[^｜<>\\s]{1,64}｜>",
     "</?(?:start_of_turn|end_of_turn)>",
-    "\\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT|THINK|ARGS|CALL_ID|IMG)\\]",
+    // Mistral's role and tool markers; not `[IMG]` or `[ARGS]`, which are BBCode and every
+    // command-line tool's usage line too, and open no turn (probe 87a F5).
+    "\\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT|THINK|CALL_ID)\\]",
+    // EXAONE's `[|system|]`, `[|user|]`, `[|assistant|]`, `[|endofturn|]` (probe 87a F2).
+    "\\[\\|[A-Za-z_][A-Za-z0-9_]{1,31}\\|\\]",
     // Llama 2's system block, MiniMax's role markers, Seed-OSS, Nemotron, Baichuan, InternLM2.
     "<</?SYS>>",
     "\\]~!?b\\[|\\]~b\\]|\\[e~\\[",
