@@ -578,7 +578,11 @@ export class ChatService implements ChatTurns {
     const sent = signal?.aborted !== true;
     let completion: Awaited<ReturnType<ChatProvider["complete"]>>;
     try {
-      completion = await provider.complete(turn.prompt, { signal, requestId: turn.requestId });
+      completion = await provider.complete(turn.prompt, {
+        signal,
+        requestId: turn.requestId,
+        caller: callerOf(turn),
+      });
     } catch (error) {
       await this.failed(turn, error, signal, sent);
       throw error;
@@ -617,6 +621,7 @@ export class ChatService implements ChatTurns {
       for await (const delta of provider.stream(turn.prompt, {
         signal,
         requestId: turn.requestId,
+        caller: callerOf(turn),
       })) {
         // A provider that does not watch its signal is not read past the abort.
         if (signal?.aborted) break;
@@ -1677,4 +1682,9 @@ export class ChatService implements ChatTurns {
       .all().length;
     return messages + conversations + usage;
   }
+}
+
+/** The principal a turn is the provider's caller as: its owner. */
+function callerOf(turn: PreparedTurn): string {
+  return `${turn.owner.kind}:${turn.owner.id}`;
 }

@@ -30,6 +30,22 @@ function setup() {
 }
 
 describe("circuit breaker", () => {
+  test("one caller's failures never open it, however many; a second caller's failure in the streak does; a success starts a new streak", () => {
+    const { breaker } = setup();
+    for (let i = 0; i < 20; i++) permitOf(breaker.acquire("user:a")).failure();
+    expect(breaker.state).toBe("closed");
+    permitOf(breaker.acquire("user:b")).failure();
+    expect(breaker.state).toBe("open");
+
+    const other = setup();
+    permitOf(other.breaker.acquire("user:b")).failure();
+    permitOf(other.breaker.acquire("user:a")).success();
+    for (let i = 0; i < 10; i++) permitOf(other.breaker.acquire("user:a")).failure();
+    expect(other.breaker.state).toBe("closed");
+    permitOf(other.breaker.acquire("user:c")).failure();
+    expect(other.breaker.state).toBe("open");
+  });
+
   test("stays closed through four failures and opens on the fifth consecutive one", () => {
     const { breaker, changes, fail } = setup();
     fail(4);

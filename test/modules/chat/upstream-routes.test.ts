@@ -480,11 +480,14 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     );
   });
 
-  test("five failed requests open the circuit: the sixth is 503 at once, no upstream request", async () => {
+  test("five failed requests of more than one user open the circuit: the sixth is 503 at once, no upstream request", async () => {
     const { upstream, target, alice } = await setUp();
+    const bob = await signUp(target);
     upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
     for (let i = 0; i < 5; i++) {
-      const response = await chat(target, asUser(alice), { message: `Attempt ${i}` });
+      const response = await chat(target, asUser(i === 4 ? bob : alice), {
+        message: `Attempt ${i}`,
+      });
       expect(response.status).toBe(503);
     }
     expect(upstream.requests).toHaveLength(15);
@@ -498,6 +501,23 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(retryAfter).toBeLessThanOrEqual(30);
     expect(upstream.requests).toHaveLength(15);
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
+  });
+
+  test("one user's failed requests alone never open the circuit for everyone, whatever the upstream answers them; a second user's failure then does (probe 87a F3's class)", async () => {
+    const { upstream, target, alice } = await setUp({ RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" });
+    const bob = await signUp(target);
+    upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
+    for (let i = 0; i < 8; i++) {
+      expect((await chat(target, asUser(alice), { message: `Mine ${i}` })).status).toBe(503);
+    }
+    expect(upstream.requests).toHaveLength(24);
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+    // Another user's failure in the same streak: the upstream is down for more than one caller.
+    expect((await chat(target, asUser(bob), { message: "Mine too" })).status).toBe(503);
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
+    const refused = await chat(target, asUser(bob), { message: "Again" });
+    expect(refused.status).toBe(503);
+    expect(upstream.requests).toHaveLength(27);
   });
 
   test("malformed upstream JSON: 502 UPSTREAM_UNAVAILABLE, one attempt, nothing stored", async () => {
@@ -845,6 +865,57 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
       body: JSON.stringify({ error: { message: "overloaded", type: "server_error" } }),
     });
     expect((await chat(target, asUser(alice), { message: "Again" })).status).toBe(502);
+  });
+
+  test("more shapes of an error event once streaming (probe 87a F3, F4): refusals are 422 and never counted; an upstream turning the request away is 502 and proves it up; a failure is counted", async () => {
+    const { upstream, target, alice } = await setUp({ RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" });
+    const event = (body: unknown) =>
+      upstream.enqueue({ kind: "malformed", body: JSON.stringify(body) });
+    // Refusals, each six times over: the circuit never opens on them.
+    for (const body of [
+      { error: { error: { code: "content_filter" } } },
+      {
+        error: "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096",
+        error_type: "validation",
+      },
+      { error: { message: "bad", type: "invalid_request_error", code: null } },
+      { error: { message: "filtered", code: "\u200bcontent_filter" } },
+    ]) {
+      for (let i = 0; i < 6; i++) {
+        event(body);
+        const response = await chat(target, asUser(alice), { message: `Refused ${i}` });
+        expect({ body, status: response.status }).toEqual({ body, status: 422 });
+      }
+    }
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+    // The upstream turned the request away (a model not found, the key): 502, the upstream up.
+    for (const error of [
+      { message: "model not found", code: 404 },
+      { message: "no such model", type: "invalid_request_error", code: "model_not_found" },
+      { message: "key", code: "401", status: 400 },
+      { message: "key", type: "authentication_error" },
+      { message: "key", code: 403 },
+      { message: "gone", code: "404" },
+    ]) {
+      event({ error });
+      const response = await chat(target, asUser(alice), { message: "Rejected" });
+      expect({ error, status: response.status }).toEqual({ error, status: 502 });
+    }
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+    // Failures, whatever else they say: five in a row, of more than one user, open the circuit.
+    const bob = await signUp(target);
+    for (const [i, error] of [
+      { message: "slow down", code: "rate_limit_exceeded", status: 400 },
+      { message: "filtered?", code: 500, type: "content_filter" },
+      { message: "odd", code: 400.5 },
+      { message: "busy", code: 429 },
+      { message: "conflict", status: "409" },
+    ].entries()) {
+      event({ error });
+      const response = await chat(target, asUser(i === 4 ? bob : alice), { message: "Failed" });
+      expect({ error, status: response.status }).toEqual({ error, status: 502 });
+    }
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
   });
 
   test("an upstream that never answers: 503 once every attempt timed out", async () => {

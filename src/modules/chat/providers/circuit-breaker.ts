@@ -2,8 +2,11 @@
  * @module
  * A circuit breaker for one upstream, so an outage answers at once instead of piling requests up.
  *
- * - **closed**: every call goes through; `failureThreshold` (5) consecutive failed calls open it.
- *   A success resets the count.
+ * - **closed**: every call goes through; `failureThreshold` (5) consecutive failed calls open it,
+ *   once they are of more than one caller: one caller's requests (a user's turns, a WhatsApp
+ *   sender's retries) fail for that caller alone and never open it for everyone, whatever
+ *   upstream answer their text can provoke (probes 86b F1, 86e F2, 87a F3). A call that names no
+ *   caller counts as a caller of its own. A success resets the count.
  * - **open**: every call is refused without touching the network, for `openMs` (30 s).
  * - **half-open**: after `openMs`, ONE call is let through as a trial; the others are refused at
  *   once while it runs. The trial's success closes the circuit; its failure opens it for another
@@ -49,6 +52,9 @@ export class CircuitBreaker {
   private readonly onStateChange?: (state: CircuitState, previous: CircuitState) => void;
   private current: CircuitState = "closed";
   private consecutiveFailures = 0;
+  /** The caller of the streak's first failure, and whether another's has failed since. */
+  private streakCaller: string | symbol | null = null;
+  private streakOfMany = false;
   private openedAt = 0;
   private trialRunning = false;
   /** Bumped on every state change: a permit from an older generation settles nothing. */
@@ -67,8 +73,8 @@ export class CircuitBreaker {
     return this.current;
   }
 
-  /** Asks to make one call. Never throws; a refusal says how long to wait. */
-  acquire(): CircuitDecision {
+  /** Asks to make one call for `caller`. Never throws; a refusal says how long to wait. */
+  acquire(caller?: string): CircuitDecision {
     this.advance();
     if (this.current === "open") {
       return { kind: "refused", retryAfterSeconds: this.secondsUntilHalfOpen() };
@@ -77,12 +83,12 @@ export class CircuitBreaker {
       // One trial at a time; the others learn nothing by queueing behind it.
       if (this.trialRunning) return { kind: "refused", retryAfterSeconds: 1 };
       this.trialRunning = true;
-      return { kind: "allowed", permit: this.permit(true) };
+      return { kind: "allowed", permit: this.permit(true, caller ?? Symbol("caller")) };
     }
-    return { kind: "allowed", permit: this.permit(false) };
+    return { kind: "allowed", permit: this.permit(false, caller ?? Symbol("caller")) };
   }
 
-  private permit(trial: boolean): CircuitPermit {
+  private permit(trial: boolean, caller: string | symbol): CircuitPermit {
     const generation = this.generation;
     let settled = false;
     const settle = (verdict: "success" | "failure" | "release") => {
@@ -91,14 +97,16 @@ export class CircuitBreaker {
       if (generation !== this.generation) return;
       if (trial) this.trialRunning = false;
       if (verdict === "success") {
-        this.consecutiveFailures = 0;
+        this.resetStreak();
         if (this.current !== "closed") this.transition("closed");
       } else if (verdict === "failure") {
         if (trial) {
           this.open();
         } else {
           this.consecutiveFailures += 1;
-          if (this.consecutiveFailures >= this.failureThreshold) this.open();
+          if (this.streakCaller === null) this.streakCaller = caller;
+          else if (this.streakCaller !== caller) this.streakOfMany = true;
+          if (this.consecutiveFailures >= this.failureThreshold && this.streakOfMany) this.open();
         }
       }
     };
@@ -112,8 +120,14 @@ export class CircuitBreaker {
 
   private open(): void {
     this.openedAt = this.clock.now();
-    this.consecutiveFailures = 0;
+    this.resetStreak();
     this.transition("open");
+  }
+
+  private resetStreak(): void {
+    this.consecutiveFailures = 0;
+    this.streakCaller = null;
+    this.streakOfMany = false;
   }
 
   private advance(): void {

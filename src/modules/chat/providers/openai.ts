@@ -231,35 +231,94 @@ function refusalByCode(code: string | null): "text" | "size" | null {
 }
 
 /**
- * The same refusal sent as an error event once the stream had begun (a 200, then `data:
- * {"error": {...}}`; LiteLLM and other gateways do), which the SDK throws with no status: a
- * refusal of what the request holds as the 400 is, never the upstream's failure (probe 86b F1:
- * five such turns from one user opened the circuit for everyone).
+ * What an error event sent once the stream had begun (a 200, then `data: {"error": {...}}`;
+ * LiteLLM, vLLM, TGI and other gateways do), which the SDK throws with no status, says:
+ *
+ * - `text` or `size`: a refusal of what the request holds, as the 400 before a stream is, never
+ *   the upstream's failure (probes 86b F1, 86e F2, 87a F3: such turns from one user opened the
+ *   circuit for everyone): a refusal's code or type in any case, a 4xx status as `code` or
+ *   `status` (a number or its digits: LiteLLM sends `"400"`, vLLM `400`), OpenAI's and Ollama's
+ *   `invalid_request_error`, TGI's `Input validation error: …` (a bare string, its type beside it);
+ * - `rejected`: the upstream turned the request away for its own reasons (the key, the model, the
+ *   URL: 401, 403, 404, or a code that names one), 502 as that answer before a stream is, and
+ *   proof the upstream is up (probe 87a F4: a model not found was taken for a refusal);
+ * - null: a failure, counted by the circuit: a 5xx, 408, 409, 425 or 429, a code naming an
+ *   overload, a quota or a rate limit (whatever else it says), or anything unrecognised.
+ *
+ * A nested `{"error": {"error": {...}}}` is read one level in, and format characters (a zero-width
+ * space) are not part of a name.
  */
-function streamedRefusalOf(error: unknown): "text" | "size" | null {
+function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null {
   if (!(error instanceof APIError) || error.status !== undefined) return null;
-  const body = error.error as { code?: unknown; type?: unknown; status?: unknown } | undefined;
-  const named = (value: unknown) =>
-    typeof value === "string" ? refusalByCode(value.trim().toLowerCase()) : null;
-  const byName = named(body?.code) ?? named(body?.type);
-  if (byName !== null) return byName;
-  // A status in the body (LiteLLM sends `code: "400"`, vLLM `code: 400`): a refusal of the request
-  // as a 4xx answer is, whatever it names; never one the circuit counts (probe 86e F2: a content
-  // policy refusal mid-stream opened the circuit for everyone). A 401, 403, 408, 409, 425 or 429 stays
-  // a failure: the key, or "not now".
-  for (const value of [body?.code, body?.status]) {
-    const status =
-      typeof value === "string" && /^\d{3}$/.test(value.trim()) ? Number(value) : value;
-    if (
-      typeof status === "number" &&
-      status >= 400 &&
-      status < 500 &&
-      ![401, 403, 408, 409, 425, 429].includes(status)
-    ) {
-      return "size";
-    }
+  const outer: unknown = error.error;
+  const body = isRecord(outer) && isRecord(outer.error) ? outer.error : outer;
+  if (typeof body === "string") return TGI_VALIDATION.test(body.trim()) ? "size" : null;
+  if (!isRecord(body)) return null;
+  const names = [body.code, body.type].map(streamedName).filter((name) => name !== null);
+  const statuses = [body.code, body.status].map(streamedStatus).filter((code) => code !== null);
+  if (
+    names.some((name) => STREAMED_FAILURE_NAMES.has(name)) ||
+    statuses.some((status) => status >= 500 || STREAMED_LATER_STATUSES.has(status))
+  ) {
+    return null;
   }
-  return null;
+  if (
+    names.some((name) => REJECTED_NAMES.has(name)) ||
+    statuses.some((status) => REJECTED_STATUSES.has(status))
+  ) {
+    return "rejected";
+  }
+  for (const name of names) {
+    const refusal = refusalByCode(name);
+    if (refusal !== null) return refusal;
+  }
+  if (statuses.some((status) => status >= 400 && status < 500)) return "size";
+  return names.includes("invalid_request_error") ? "size" : null;
+}
+
+/** TGI's refusal of an input too long (or otherwise invalid), sent as a bare string. */
+const TGI_VALIDATION = /^input validation error\b/i;
+/** Codes and types an error event names a failure by: counted, whatever else it says. */
+const STREAMED_FAILURE_NAMES: ReadonlySet<string> = new Set([
+  "rate_limit_exceeded",
+  "rate_limit_error",
+  "insufficient_quota",
+  "server_error",
+  "api_error",
+  "overloaded_error",
+  "service_unavailable",
+  "timeout",
+]);
+/** Codes and types of an upstream that is up and turned the request away for its own reasons. */
+const REJECTED_NAMES: ReadonlySet<string> = new Set([
+  "invalid_api_key",
+  "authentication_error",
+  "permission_error",
+  "permission_denied",
+  "model_not_found",
+  "not_found_error",
+]);
+const REJECTED_STATUSES: ReadonlySet<number> = new Set([401, 403, 404]);
+/** "Not now" (NOT_NOW_STATUSES) and 409 Conflict: the upstream's state, not the request's. */
+const STREAMED_LATER_STATUSES: ReadonlySet<number> = new Set([...NOT_NOW_STATUSES, 409]);
+
+/** A code or type as a name: text, without format characters, trimmed, in lower case. */
+function streamedName(value: unknown): string | null {
+  if (typeof value !== "string") return null;
+  const name = value
+    .replace(/\p{Cf}/gu, "")
+    .trim()
+    .toLowerCase();
+  return name === "" ? null : name;
+}
+
+/** A code or status as an HTTP status: a whole number 100-599, or its three digits. */
+function streamedStatus(value: unknown): number | null {
+  const digits = typeof value === "string" ? value.replace(/\p{Cf}/gu, "").trim() : null;
+  const status = digits !== null && /^\d{3}$/.test(digits) ? Number(digits) : value;
+  return typeof status === "number" && Number.isInteger(status) && status >= 100 && status < 600
+    ? status
+    : null;
 }
 
 /**
@@ -786,8 +845,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
   }
 
   /** Takes a breaker permit, or throws (and logs) the refusal. */
-  function admit(requestId: string | undefined): CircuitPermit {
-    const decision = breaker.acquire();
+  function admit(requestId: string | undefined, caller: string | undefined): CircuitPermit {
+    const decision = breaker.acquire(caller);
     if (decision.kind === "allowed") return decision.permit;
     const failure = new UpstreamFailure("unavailable", "circuit open", decision.retryAfterSeconds);
     logFailure(failure, requestId, 0);
@@ -942,9 +1001,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
     messages: readonly ChatMessage[],
     opts: CompletionOptions = {},
   ): AsyncGenerator<Delta> {
-    const { signal, requestId } = opts;
+    const { signal, requestId, caller } = opts;
     if (signal?.aborted) throw abortReason(signal);
-    const permit = admit(requestId);
+    const permit = admit(requestId, caller);
     // Our own abort, for a stream gone silent or a consumer that stopped reading; the caller's
     // signal is joined to it, except for a half-open circuit's trial (see `trialStream`).
     const own = new AbortController();
@@ -1010,7 +1069,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       // a reasoning character every 29 s kept the silence timer from ever firing).
       const streamEndsBy = performance.now() + timeoutMs + maxCompletionTokens * 1000;
       let broken: string | undefined;
-      let refusedInStream: "text" | "size" | null = null;
+      let refusedInStream: "text" | "size" | "rejected" | null = null;
       while (true) {
         // Only the upstream's silence is timed, not the time our consumer takes with a delta.
         const waitStarted = performance.now();
@@ -1094,7 +1153,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       if (busy) metrics.busyTimeouts.labels(PROVIDER).inc();
       if (idle)
         failure = new UpstreamFailure("unavailable", `timeout mid-stream${busy ? WHILE_BUSY : ""}`);
-      else if (refusedInStream !== null) {
+      else if (refusedInStream === "rejected") {
+        failure = new UpstreamFailure(
+          "bad_response",
+          "upstream rejected the request in its stream",
+        );
+      } else if (refusedInStream !== null) {
         failure = new UpstreamFailure("refused", "upstream refused the request in its stream");
         failure.ofContent = refusedInStream === "text";
       } else if (broken) failure = new UpstreamFailure("bad_response", broken);
@@ -1114,7 +1178,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         // Opened, then silent or cut, however early: the prompt was billed (probe 70a F2).
         failure.billedCharacters = generated;
         metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
-        throw fail(permit, failure, verdictOf(failure.kind !== "refused", busy), {
+        // Rejected in the stream (the key, the model): up, as a 4xx before the stream proves it.
+        const upstreamFault = failure.kind !== "refused" && refusedInStream !== "rejected";
+        throw fail(permit, failure, verdictOf(upstreamFault, busy), {
           requestId,
           attempts,
           status: 200,

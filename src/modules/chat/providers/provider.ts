@@ -22,6 +22,11 @@ export interface CompletionOptions {
   signal?: AbortSignal;
   /** Logged with upstream failures, so an operator can find the request. */
   requestId?: string;
+  /**
+   * Who asked (`user:<id>`, `key:<id>`, `whatsapp:<hash>`): the circuit breaker opens only on
+   * failures of more than one caller, so no one caller's requests open it for everyone.
+   */
+  caller?: string;
 }
 
 export interface Completion {
