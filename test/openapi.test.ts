@@ -446,6 +446,13 @@ test("GET /metrics documents the credentials it takes, and each works with METRI
   expect(bearerScrape.status).toBe(200);
   const { key } = createKey(current, ["metrics"]);
   expect((await send(current, "/metrics", { headers: { "x-api-key": key } })).status).toBe(200);
+  // Served on a METRICS_PORT of its own: not on this port, so not in this port's document (probe
+  // 87a F7: listed as open, answered 404).
+  current.close();
+  current = buildTestApp({ env: { METRICS_PORT: "44999" } });
+  const elsewhere = (await documentOf(current)) as unknown as typeof document;
+  expect(elsewhere.paths["/metrics"]).toBeUndefined();
+  expect((await send(current, "/metrics")).status).toBe(404);
 });
 
 test("what a route reads itself is in the document: the chat stream's media type and events, the webhooks' signature headers and Meta's query (probe 81f F1)", async () => {

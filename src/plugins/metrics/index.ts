@@ -147,6 +147,9 @@ export function metrics(options: MetricsOptions) {
         ...problemResponses(401, 403, 404),
       },
       detail: {
+        // Served on METRICS_PORT's listener alone: this port's document does not list it, as
+        // this port answers it 404 (probe 87a F7).
+        ...(ownListener ? { hide: true } : {}),
         tags: ["meta"],
         summary: "Prometheus metrics (text exposition format)",
         description:
