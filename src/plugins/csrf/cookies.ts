@@ -39,15 +39,33 @@ export function sendsHeaderCredential(headers: Headers): boolean {
  * 82c F1).
  */
 export function readCookie(header: string | null, name: string): string | null {
-  if (header === null) return null;
-  for (const part of header.split(";")) {
-    const equals = part.indexOf("=");
-    if (equals < 0) continue;
-    if (withoutCookieSpace(part.slice(0, equals)) === name) {
-      return withoutCookieSpace(part.slice(equals + 1));
+  if (header === null || name === "") return null;
+  // Found by searching for the name, nothing split or copied but the value: read several times a
+  // request before the limiter can refuse it, a 16 KB header of 4,000 pairs cost 0.3 ms a read
+  // split into parts (probe 87b F2). A find counts where a part begins (after a `;` or the
+  // header's start, and space or tab) and is followed, past space or tab, by `=`: the first such.
+  const end = header.length;
+  for (let found = header.indexOf(name); found >= 0; found = header.indexOf(name, found + 1)) {
+    let before = found - 1;
+    while (before >= 0 && (header[before] === " " || header[before] === "\t")) before--;
+    if (before >= 0 && header.charCodeAt(before) !== SEMICOLON) continue;
+    const at = skipCookieSpace(header, found + name.length, end);
+    if (at < end && header.charCodeAt(at) === EQUALS) {
+      const stop = header.indexOf(";", at);
+      return withoutCookieSpace(header.slice(at + 1, stop < 0 ? end : stop));
     }
   }
   return null;
+}
+
+const SEMICOLON = 0x3b;
+const EQUALS = 0x3d;
+
+/** Where the space and tab from `from` end, at `stop` at most. */
+function skipCookieSpace(text: string, from: number, stop: number): number {
+  let at = from;
+  while (at < stop && (text[at] === " " || text[at] === "\t")) at++;
+  return at;
 }
 
 function withoutCookieSpace(text: string): string {
