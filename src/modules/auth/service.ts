@@ -641,15 +641,7 @@ export class AuthService {
       // Someone rotated on past this token before the session ended (a thief's rotations can end
       // it at the token limit first, probe 87a F6): its holder presenting it now is still the
       // sign of theft, not an unknown token.
-      audit.record({
-        type: "auth.refresh.reused",
-        outcome: "denied",
-        actor: `user:${seen.userId}`,
-        ip: meta.client.ip,
-        route: meta.route,
-        requestId: meta.requestId,
-        detail: { family: seen.familyId, sessionEnded: true },
-      });
+      this.auditReuse(seen, meta, { sessionEnded: true });
       return { code: "REUSED" };
     }
     if (!seen || !usable(seen, now)) return { code: "INVALID" };
@@ -719,15 +711,7 @@ export class AuthService {
     }
     if (decision === "REUSED") {
       this.options.credentials.applyRevocations();
-      audit.record({
-        type: "auth.refresh.reused",
-        outcome: "denied",
-        actor: `user:${seen.userId}`,
-        ip: meta.client.ip,
-        route: meta.route,
-        requestId: meta.requestId,
-        detail: { family: seen.familyId },
-      });
+      this.auditReuse(seen, meta);
       return { code: "REUSED" };
     }
     audit.record({
@@ -744,6 +728,23 @@ export class AuthService {
     const answered =
       decision === "REPEATED" && successor ? { ...tokens, refreshToken: successor.token } : tokens;
     return { code: "OK", tokens: publicTokens(answered) };
+  }
+
+  /** A refresh token presented again after its use: `auth.refresh.reused`, naming its session. */
+  private auditReuse(
+    seen: RefreshRow,
+    meta: RequestMeta,
+    detail: { sessionEnded: true } | Record<string, never> = {},
+  ): void {
+    this.options.audit.record({
+      type: "auth.refresh.reused",
+      outcome: "denied",
+      actor: `user:${seen.userId}`,
+      ip: meta.client.ip,
+      route: meta.route,
+      requestId: meta.requestId,
+      detail: { family: seen.familyId, ...detail },
+    });
   }
 
   /**

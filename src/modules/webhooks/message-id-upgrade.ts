@@ -36,37 +36,33 @@ const textOf = (value: unknown): string =>
   typeof value === "string" ? value : value instanceof Uint8Array ? "" : String(value);
 
 function keyEvents(sqlite: Database, keyMessageId: (id: string) => string): void {
-  const rows = sqlite
-    .query<{ rowid: number; eventId: unknown }, []>(
-      "SELECT rowid, event_id AS eventId FROM webhook_events WHERE provider = 'whatsapp'",
-    )
-    .all();
-  const rewrite = sqlite.prepare(
-    "UPDATE OR IGNORE webhook_events SET event_id = ? WHERE rowid = ?",
-  );
-  // Two rows that key alike (one written into the file as the other's key): the first stays.
-  const drop = sqlite.prepare("DELETE FROM webhook_events WHERE rowid = ?");
-  for (const row of rows) {
-    if (rewrite.run(keyMessageId(textOf(row.eventId)), row.rowid).changes === 0) {
-      drop.run(row.rowid);
-    }
-  }
+  keyIdColumn(sqlite, keyMessageId, "webhook_events", "event_id", "provider = 'whatsapp'");
 }
 
 function keyStatuses(sqlite: Database, keyMessageId: (id: string) => string): void {
+  keyIdColumn(sqlite, keyMessageId, "whatsapp_statuses", "message_id", "1");
+}
+
+/**
+ * Rewrites `column` of `table`'s rows (those `where` selects) to its key. Two rows that key alike
+ * (one written into the file as the other's key, which the unique key refuses): the first stays.
+ */
+function keyIdColumn(
+  sqlite: Database,
+  keyMessageId: (id: string) => string,
+  table: "webhook_events" | "whatsapp_statuses",
+  column: "event_id" | "message_id",
+  where: string,
+): void {
   const rows = sqlite
-    .query<{ rowid: number; messageId: unknown }, []>(
-      "SELECT rowid, message_id AS messageId FROM whatsapp_statuses",
+    .query<{ rowid: number; id: unknown }, []>(
+      `SELECT rowid, ${column} AS id FROM ${table} WHERE ${where}`,
     )
     .all();
-  const rewrite = sqlite.prepare(
-    "UPDATE OR IGNORE whatsapp_statuses SET message_id = ? WHERE rowid = ?",
-  );
-  const drop = sqlite.prepare("DELETE FROM whatsapp_statuses WHERE rowid = ?");
+  const rewrite = sqlite.prepare(`UPDATE OR IGNORE ${table} SET ${column} = ? WHERE rowid = ?`);
+  const drop = sqlite.prepare(`DELETE FROM ${table} WHERE rowid = ?`);
   for (const row of rows) {
-    if (rewrite.run(keyMessageId(textOf(row.messageId)), row.rowid).changes === 0) {
-      drop.run(row.rowid);
-    }
+    if (rewrite.run(keyMessageId(textOf(row.id)), row.rowid).changes === 0) drop.run(row.rowid);
   }
 }
 
