@@ -79,7 +79,13 @@ export function ownerOf(principal: Principal, ledger: Pick<PaymentLedger, "first
 const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).";
 
 const WELL_FORMED = "Must be well-formed Unicode (no unpaired surrogates)";
-const NO_NUL = "Must not contain NUL (U+0000)";
+const NO_CONTROL = "Must not contain control characters other than newline and tab";
+/**
+ * Unicode's Cc category (C0, DEL, C1) but tab and newline, as a chat message: NUL cuts the text in
+ * C-string tools (probe 29c F5), and each other control is six bytes of JSON in every list and
+ * export of the payment (probe 87d F1: 61 KB a payment of U+0001, 6.4 MB a page of the list).
+ */
+const PAYMENT_TEXT_CONTROL = /[^\P{Cc}\t\n]/u;
 /**
  * What a metadata key may not hold: square brackets (Stripe refuses them), and what does not show
  * or is no character: controls, line and paragraph separators, private-use, unassigned and
@@ -189,18 +195,19 @@ export function paymentsModule(options: PaymentsModuleOptions) {
           }
           // Text Stripe cannot take (the SDK fails encoding a lone surrogate, which answered 503 as
           // if Stripe were down, and every retry failed the same way) is the client's to mend.
-          // A NUL is refused too: C-string tools (a CSV export, a shell, Stripe's own pipeline)
-          // cut the text there, so what the Dashboard shows would not be what was sent (probe 29c F5).
+          // A control character is refused too (PAYMENT_TEXT_CONTROL).
           if (body.description !== undefined) {
             if (!body.description.isWellFormed()) invalid("body/description", WELL_FORMED);
-            if (body.description.includes("\u0000")) invalid("body/description", NO_NUL);
+            if (PAYMENT_TEXT_CONTROL.test(body.description)) {
+              invalid("body/description", NO_CONTROL);
+            }
           }
           if (body.metadata !== undefined) {
             for (const [key, value] of Object.entries(body.metadata)) {
               if (!key.isWellFormed() || !String(value).isWellFormed()) {
                 invalid("body/metadata", WELL_FORMED);
               }
-              if (String(value).includes("\u0000")) invalid("body/metadata", NO_NUL);
+              if (PAYMENT_TEXT_CONTROL.test(String(value))) invalid("body/metadata", NO_CONTROL);
               // Stripe refuses empty keys, keys over 40 characters and square brackets. A key is a
               // name a person reads in the Dashboard, so every character must show, words apart by
               // one space, in one normal form: two keys that read alike are two keys (probes 33a

@@ -28,7 +28,10 @@ export const IntentBody = t.Object(
       description: "ISO 4217, any case; one of PAYMENT_CURRENCIES",
     }),
     description: t.Optional(
-      t.String({ maxLength: DESCRIPTION_MAX_LENGTH, description: "No NUL (U+0000)" }),
+      t.String({
+        maxLength: DESCRIPTION_MAX_LENGTH,
+        description: "No control character but newline and tab",
+      }),
     ),
     customerEmail: t.Optional(
       t.String({ maxLength: 320, description: "Validated like account emails" }),
@@ -36,7 +39,7 @@ export const IntentBody = t.Object(
     metadata: t.Optional(
       t.Record(t.String(), t.String({ maxLength: METADATA_VALUE_MAX_LENGTH }), {
         maxProperties: METADATA_MAX_KEYS,
-        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters (characters that show, NFC, words apart by one space; no square brackets), string values of at most ${METADATA_VALUE_MAX_LENGTH} (no NUL)`,
+        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters (characters that show, NFC, words apart by one space; no square brackets), string values of at most ${METADATA_VALUE_MAX_LENGTH} (no control character but newline and tab)`,
       }),
     ),
   },

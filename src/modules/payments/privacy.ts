@@ -28,7 +28,7 @@ export const PAYMENTS_STRIPPED_PART = 100;
  * page stays in memory while the client reads it: 500 payments of the largest description and
  * metadata were ~17 MB an export held (probe 83b F3); 100 are ~3.5 MB.
  */
-export const PAYMENTS_EXPORT_PAGE = 100;
+export const PAYMENTS_EXPORT_PAGE = 20;
 
 /** What an erasure strips from a payment: what identifies the person, and the client secret. */
 const STRIPPED = {
@@ -98,9 +98,11 @@ export function paymentsContributor(db: AppDatabase, ledger: PaymentLedger): Pri
         let after: string | null = null;
         for (;;) {
           const page = ownedPage(owner, after, PAYMENTS_EXPORT_PAGE);
-          const shown = page.rows.filter((row) => ledger.intact(row));
-          if (shown.length > 0) {
-            yield comma + shown.map((row) => JSON.stringify(viewOf(row))).join(",");
+          // A payment a piece, 20 a read: a page of 100 payments of ~33 KB each was one piece
+          // of 3-6 MB, written in one go (probe 87d F1: the event loop held ~0.19 s).
+          for (const row of page.rows) {
+            if (!ledger.intact(row)) continue;
+            yield comma + JSON.stringify(viewOf(row));
             comma = ",";
           }
           if (page.next === null) break;

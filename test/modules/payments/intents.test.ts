@@ -1,5 +1,6 @@
 /** Creating, listing and reading payment intents through the real SDK against a local Stripe. */
 import { afterEach, expect, test } from "bun:test";
+import { LIST_PAGE_BYTES } from "../../../src/modules/payments/ledger";
 import { stripeIdempotencyKey } from "../../../src/modules/payments/service";
 import { send } from "../../support/app";
 import { bearer, createKey, signUp } from "../../support/auth";
@@ -111,6 +112,43 @@ test("an API key with the payments scope pays for its owner; one without it is 4
 
   const anonymous = await createIntent(current, {}, { amount: 500, currency: "usd" });
   expect(anonymous.status).toBe(401);
+});
+
+test("a page of GET /api/payments holds at most LIST_PAGE_BYTES of payments' text, its first always; the cursor goes on to the rest (probe 87d F1)", async () => {
+  current = buildPaymentsApp({ env: { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" } });
+  const user = await signUp(current);
+  // ~31 KB of text each (three bytes a character), the most a payment holds.
+  const metadata = Object.fromEntries(
+    Array.from({ length: 20 }, (_, i) => [`key ${i}`, "€".repeat(500)]),
+  );
+  const ids: string[] = [];
+  for (let i = 0; i < 40; i++) {
+    const response = await createIntent(current, bearer(user.accessToken), {
+      amount: 100 + i,
+      currency: "usd",
+      description: "€".repeat(500),
+      metadata,
+    });
+    expect(response.status).toBe(201);
+    ids.push(((await response.json()) as { id: string }).id);
+  }
+  const pages: string[][] = [];
+  let cursor: number | null = null;
+  do {
+    const query: string = cursor === null ? "?limit=100" : `?limit=100&cursor=${cursor}`;
+    const response = await send(current, `/api/payments${query}`, {
+      headers: bearer(user.accessToken),
+    });
+    expect(response.status).toBe(200);
+    const text = await response.text();
+    expect(text.length).toBeLessThan(LIST_PAGE_BYTES + 64 * 1024);
+    const page = JSON.parse(text) as { payments: { id: string }[]; nextCursor: number | null };
+    pages.push(page.payments.map((payment) => payment.id));
+    cursor = page.nextCursor;
+  } while (cursor !== null);
+  expect(pages.length).toBe(2);
+  expect(pages[0]!.length).toBeGreaterThan(20);
+  expect(pages.flat()).toEqual([...ids].reverse());
 });
 
 test("GET /api/payments lists the caller's payments newest first, a page at a time", async () => {

@@ -87,6 +87,12 @@ test("description and metadata: a NUL, or a control character in a metadata key,
   const calls = current.stripe.calls.length;
   await expectRefused({ ...valid, description: "order\u0000 42" }, "body/description");
   await expectRefused({ ...valid, metadata: { order: "42\u0000" } }, "body/metadata");
+  // Any other control in the text too: six bytes of JSON each in every list and export (probe
+  // 87d F1: 61 KB a payment of U+0001).
+  for (const control of ["\u0001", "\u001b", "\r", "\u007f", "\u0085", "\u009f"]) {
+    await expectRefused({ ...valid, description: `order${control}42` }, "body/description");
+    await expectRefused({ ...valid, metadata: { order: `42${control}` } }, "body/metadata");
+  }
   for (const control of [
     "\u0000",
     "\n",
