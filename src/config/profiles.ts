@@ -22,6 +22,8 @@ export interface BodyLimits {
   /** Bytes; the default for every route class not named below. */
   default: number;
   chat: number;
+  /** `POST /api/payments/intents`. */
+  payments: number;
   webhooks: number;
   /** Bun.serve's outer bound: no request body is read past this, whatever the route. */
   server: number;
@@ -79,6 +81,14 @@ const bodyLimits: BodyLimits = {
    * message 413). test/modules/chat/chat.test.ts holds the figure to the message rules.
    */
   chat: 48 * KIB,
+  /**
+   * The longest spelling of a legal intent, likewise: 20 metadata keys of 40 characters and values
+   * of 500, a 500-character description and a 320-character email, every character a `\uXXXX`
+   * escape (6 bytes; the keys' names too), the largest amount, the punctuation and a BOM: 70,181
+   * bytes (probe 87d F7: the default 64 KiB refused such an intent 413 where its UTF-8 took 22 KB).
+   * test/modules/payments/validation.test.ts holds the figure to the intent's rules.
+   */
+  payments: 69 * KIB,
   webhooks: 256 * KIB,
   server: 1024 * KIB,
 };

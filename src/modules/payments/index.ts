@@ -41,7 +41,7 @@ import type { GatewayFailure } from "./stripe-client";
 
 /** Intents and refunds spend money: the `payments` policy (per principal, fails closed). */
 export const paymentsRouteClasses: readonly RouteClass[] = [
-  { routes: ["POST /api/payments/intents"], policy: "payments" },
+  { routes: ["POST /api/payments/intents"], policy: "payments", bodyLimit: "payments" },
   { routes: ["GET /api/payments", "GET /api/payments/:id"] },
   { routes: ["POST /api/admin/payments/:id/refund"], policy: "payments" },
 ];

@@ -1526,7 +1526,27 @@ export class PaymentService {
       replayed: isKeyedRefund(start.key) && result.replayed,
       // The payment as this refund leaves it, from the row verified when it started: not read
       // again, so neither a lock nor a row changed meanwhile turns a refund made into an error.
-      payment: viewOf(settled ? this.ledger.afterRefund(start.row, refundedTotal) : start.row),
+      // Its owner's details as they are now, though: an erasure while Stripe worked stripped them,
+      // and the answer handed them back to the admin (probe 87d F5).
+      payment: viewOf(
+        this.withDetailsAsNow(
+          settled ? this.ledger.afterRefund(start.row, refundedTotal) : start.row,
+        ),
+      ),
+    };
+  }
+
+  /**
+   * `row` with the description, email and metadata its payment holds now: none when the row is
+   * gone, stripped or fails its seal (a read, which a lock never holds up).
+   */
+  private withDetailsAsNow(row: PaymentRow): PaymentRow {
+    const now = this.ledger.find(row.id);
+    return {
+      ...row,
+      description: now?.description ?? null,
+      customerEmail: now?.customerEmail ?? null,
+      metadata: now?.metadata ?? null,
     };
   }
 

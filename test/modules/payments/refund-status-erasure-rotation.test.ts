@@ -513,6 +513,46 @@ describe("erasure and an intent in flight exclude each other", () => {
     expect(auditRows(target, "payment.intent.created")[1]!.ip).not.toBeNull();
   });
 
+  test("a refund Stripe is making when the owner erases the account: the admin's answer holds none of what the erasure stripped (probe 87d F5)", async () => {
+    current = buildPaymentsApp();
+    const target = current;
+    const alice = await signUp(target);
+    const admin = await signUp(target, { role: "admin" });
+    const made = await createIntent(target, bearer(alice.accessToken), {
+      amount: 3000,
+      currency: "usd",
+      customerEmail: "private.person@example.org",
+      description: "for Jane Doe",
+      metadata: { name: "Jane Doe" },
+    });
+    const id = ((await made.json()) as { id: string }).id;
+    await succeed(target, id);
+    const held = target.stripe.holdNext("/v1/refunds");
+    const refund = send(target, `/api/admin/payments/${id}/refund`, {
+      body: { amount: 1000 },
+      headers: bearer(admin.accessToken),
+    });
+    await held.reached;
+    const erased = await send(target, "/api/me", {
+      method: "DELETE",
+      headers: bearer(alice.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    held.release();
+    const answer = await refund;
+    expect(answer.status).toBe(200);
+    const text = await answer.text();
+    expect(JSON.parse(text).payment).toMatchObject({
+      id,
+      amountRefunded: 1000,
+      description: null,
+      customerEmail: null,
+      metadata: null,
+    });
+    expect(text).not.toContain("Jane Doe");
+    expect(text).not.toContain("private.person");
+  });
+
   test("an intent asked for after the erasure, of a process not yet told of it, is refused 401 and stores nothing", async () => {
     current = buildPaymentsApp();
     const alice = await signUp(current);

@@ -330,3 +330,64 @@ test("a metadata key is never echoed in a 422 unless a plain word: markup, contr
   // A plain key is still named.
   await expectRefused({ ...valid, metadata: { order_id: long } }, "body/metadata/order_id");
 });
+
+/** Every UTF-16 unit of `text` as a `\uXXXX` escape, as a client's JSON library may write it. */
+const escaped = (text: string) =>
+  Array.from(
+    { length: text.length },
+    (_, i) => `\\u${text.charCodeAt(i).toString(16).padStart(4, "0")}`,
+  ).join("");
+
+/** An intent's JSON with every character of its keys and string values escaped, after a BOM. */
+function escapedIntent(fields: Record<string, number | string | Record<string, string>>): string {
+  const value = (field: number | string | Record<string, string>): string =>
+    typeof field === "number"
+      ? String(field)
+      : typeof field === "string"
+        ? `"${escaped(field)}"`
+        : `{${Object.entries(field)
+            .map(([key, text]) => `"${escaped(key)}":"${escaped(text)}"`)
+            .join(",")}}`;
+  return `\uFEFF{${Object.entries(fields)
+    .map(([key, field]) => `"${escaped(key)}":${value(field)}`)
+    .join(",")}}`;
+}
+
+test("the longest spelling of a legal intent fits the route's body limit: every character escaped is 201, not 413 (probe 87d F7)", async () => {
+  const metadata = Object.fromEntries(
+    Array.from({ length: 20 }, (_, i) => [`k${String(i).padStart(39, "0")}`, "é".repeat(500)]),
+  );
+  const body = escapedIntent({
+    amount: MAX,
+    currency: "usd",
+    description: "é".repeat(500),
+    metadata,
+  });
+  expect(new TextEncoder().encode(body).byteLength).toBeGreaterThan(64 * 1024);
+  // An app of its own: an earlier test leaves this file's local Stripe answering with one intent.
+  const own = buildPaymentsApp({ env: { PAYMENT_MAX_AMOUNT: String(MAX) } });
+  try {
+    const buyer = await signUp(own);
+    const made = await createIntent(own, bearer(buyer.accessToken), body);
+    expect(made.status).toBe(201);
+    const { id } = (await made.json()) as { id: string };
+    const read = await send(own, `/api/payments/${id}`, { headers: bearer(buyer.accessToken) });
+    const payment = (await read.json()) as { metadata: Record<string, string> };
+    expect(payment.metadata[`k${"0".repeat(38)}0`]).toBe("é".repeat(500));
+  } finally {
+    own.close();
+  }
+  // With the longest email too, every field at its bound: the figure the limit is sized to.
+  const longest = escapedIntent({
+    amount: Number.MAX_SAFE_INTEGER,
+    currency: "usd",
+    description: "é".repeat(500),
+    customerEmail: "e".repeat(320),
+    metadata,
+  });
+  const bytes = new TextEncoder().encode(longest).byteLength;
+  expect(bytes).toBe(70_181);
+  const limit = current.config.bodyLimits.payments;
+  expect(limit).toBeGreaterThanOrEqual(bytes);
+  expect(limit - 1024).toBeLessThan(bytes);
+});
