@@ -53,6 +53,7 @@ import {
 } from "../../plugins/rate-limit/metrics";
 import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
+import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey } from "./email";
 import type { PasswordWork } from "./password-work";
@@ -212,6 +213,8 @@ export class AuthService {
   private readonly db: AppDatabase;
   private readonly statements: ReturnType<typeof prepareStatements>;
   private readonly passwordWork: PasswordWork;
+  /** The used tokens of ended sessions whose presentation this process has audited (refresh). */
+  private readonly reusedAfterEnd = new RecentEntries<true>(10_000);
   /**
    * Sign-ins of this process whose failure is counted and whose verdict is not given yet, by
    * account key: each holds one of the lockout's places until its password is judged.
@@ -640,8 +643,12 @@ export class AuthService {
     if (seen && usedAfterItsSessionEnded(seen, now)) {
       // Someone rotated on past this token before the session ended (a thief's rotations can end
       // it at the token limit first, probe 87a F6): its holder presenting it now is still the
-      // sign of theft, not an unknown token.
-      this.auditReuse(seen, meta, { sessionEnded: true });
+      // sign of theft, not an unknown token. Audited once a token (in this process): the session
+      // is over, and each presentation of one token wrote a row (probe 87c F4); counted each time.
+      if (this.reusedAfterEnd.get(seen.id) === undefined) {
+        this.reusedAfterEnd.set(seen.id, true);
+        this.auditReuse(seen, meta, { sessionEnded: true });
+      }
       return { code: "REUSED" };
     }
     if (!seen || !usable(seen, now)) return { code: "INVALID" };

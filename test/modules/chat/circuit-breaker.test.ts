@@ -30,20 +30,50 @@ function setup() {
 }
 
 describe("circuit breaker", () => {
-  test("one caller's failures never open it, however many; a second caller's failure in the streak does; a success starts a new streak", () => {
+  test("a few callers' failures never open it, however many; a third caller's failure in the streak does; a success starts a new streak (probes 87a F3, 87c F1)", () => {
     const { breaker } = setup();
     for (let i = 0; i < 20; i++) permitOf(breaker.acquire("user:a")).failure();
+    for (let i = 0; i < 20; i++) permitOf(breaker.acquire("user:b")).failure();
     expect(breaker.state).toBe("closed");
-    permitOf(breaker.acquire("user:b")).failure();
+    permitOf(breaker.acquire("user:c")).failure();
     expect(breaker.state).toBe("open");
 
     const other = setup();
     permitOf(other.breaker.acquire("user:b")).failure();
+    permitOf(other.breaker.acquire("user:c")).failure();
     permitOf(other.breaker.acquire("user:a")).success();
     for (let i = 0; i < 10; i++) permitOf(other.breaker.acquire("user:a")).failure();
+    permitOf(other.breaker.acquire("user:b")).failure();
     expect(other.breaker.state).toBe("closed");
     permitOf(other.breaker.acquire("user:c")).failure();
     expect(other.breaker.state).toBe("open");
+  });
+
+  test("one caller failing every trial does not hold it open: its second failed trial in a row bars it for a period, and another caller's trial closes it (probe 87c F1)", () => {
+    const { breaker, clock } = setup();
+    for (const caller of ["user:a", "user:b", "user:c", "user:a", "user:b"]) {
+      permitOf(breaker.acquire(caller)).failure();
+    }
+    expect(breaker.state).toBe("open");
+    clock.advance(30_000);
+    permitOf(breaker.acquire("user:x")).failure();
+    expect(breaker.state).toBe("open");
+    clock.advance(30_000);
+    permitOf(breaker.acquire("user:x")).failure();
+    // Not reopened: x alone failed both, and is refused while others may try.
+    expect(breaker.state).toBe("half_open");
+    expect(breaker.acquire("user:x")).toEqual({ kind: "refused", retryAfterSeconds: 30 });
+    permitOf(breaker.acquire("user:y")).success();
+    expect(breaker.state).toBe("closed");
+    // Two callers failing trials in turn is an outage: reopened each time.
+    for (const caller of ["user:a", "user:b", "user:c", "user:a", "user:b"]) {
+      permitOf(breaker.acquire(caller)).failure();
+    }
+    clock.advance(30_000);
+    permitOf(breaker.acquire("user:x")).failure();
+    clock.advance(30_000);
+    permitOf(breaker.acquire("user:y")).failure();
+    expect(breaker.state).toBe("open");
   });
 
   test("stays closed through four failures and opens on the fifth consecutive one", () => {

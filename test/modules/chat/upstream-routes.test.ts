@@ -480,12 +480,13 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     );
   });
 
-  test("five failed requests of more than one user open the circuit: the sixth is 503 at once, no upstream request", async () => {
+  test("five failed requests of three users or more open the circuit: the sixth is 503 at once, no upstream request", async () => {
     const { upstream, target, alice } = await setUp();
     const bob = await signUp(target);
+    const carol = await signUp(target);
     upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
     for (let i = 0; i < 5; i++) {
-      const response = await chat(target, asUser(i === 4 ? bob : alice), {
+      const response = await chat(target, asUser([alice, bob, carol][i % 3]!), {
         message: `Attempt ${i}`,
       });
       expect(response.status).toBe(503);
@@ -503,19 +504,21 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
   });
 
-  test("one user's failed requests alone never open the circuit for everyone, whatever the upstream answers them; a second user's failure then does (probe 87a F3's class)", async () => {
+  test("two users' failed requests never open the circuit for everyone, whatever the upstream answers them; a third user's failure then does (probes 87a F3, 87c F1)", async () => {
     const { upstream, target, alice } = await setUp({ RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" });
     const bob = await signUp(target);
+    const carol = await signUp(target);
     upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
     for (let i = 0; i < 8; i++) {
-      expect((await chat(target, asUser(alice), { message: `Mine ${i}` })).status).toBe(503);
+      const caller = i % 2 === 0 ? alice : bob;
+      expect((await chat(target, asUser(caller), { message: `Mine ${i}` })).status).toBe(503);
     }
     expect(upstream.requests).toHaveLength(24);
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
-    // Another user's failure in the same streak: the upstream is down for more than one caller.
-    expect((await chat(target, asUser(bob), { message: "Mine too" })).status).toBe(503);
+    // A third user's failure in the same streak: the upstream is down for more than a few.
+    expect((await chat(target, asUser(carol), { message: "Mine too" })).status).toBe(503);
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
-    const refused = await chat(target, asUser(bob), { message: "Again" });
+    const refused = await chat(target, asUser(carol), { message: "Again" });
     expect(refused.status).toBe(503);
     expect(upstream.requests).toHaveLength(27);
   });
@@ -902,17 +905,23 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
       expect({ error, status: response.status }).toEqual({ error, status: 502 });
     }
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
-    // Failures, whatever else they say: five in a row, of more than one user, open the circuit.
+    // Failures, whatever else they say: five in a row, of three users or more, open the circuit.
     const bob = await signUp(target);
-    for (const [i, error] of [
+    const carol = await signUp(target);
+    const failures = [
       { message: "slow down", code: "rate_limit_exceeded", status: 400 },
       { message: "filtered?", code: 500, type: "content_filter" },
       { message: "odd", code: 400.5 },
       { message: "busy", code: 429 },
+      // Out of credit, a model gone: every user's failure, not one user's text (probe 87c F5).
+      { message: "Insufficient credits", code: 402 },
+      { message: "gone", code: 410 },
       { message: "conflict", status: "409" },
-    ].entries()) {
+    ];
+    for (const [i, error] of failures.entries()) {
       event({ error });
-      const response = await chat(target, asUser(i === 4 ? bob : alice), { message: "Failed" });
+      const caller = i === failures.length - 1 ? carol : i === failures.length - 2 ? bob : alice;
+      const response = await chat(target, asUser(caller), { message: "Failed" });
       expect({ error, status: response.status }).toEqual({ error, status: 502 });
     }
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');

@@ -3,14 +3,17 @@
  * A circuit breaker for one upstream, so an outage answers at once instead of piling requests up.
  *
  * - **closed**: every call goes through; `failureThreshold` (5) consecutive failed calls open it,
- *   once they are of more than one caller: one caller's requests (a user's turns, a WhatsApp
- *   sender's retries) fail for that caller alone and never open it for everyone, whatever
- *   upstream answer their text can provoke (probes 86b F1, 86e F2, 87a F3). A call that names no
- *   caller counts as a caller of its own. A success resets the count.
+ *   once they are of `minCallers` (3) callers or more: a few callers' requests (a user's turns, a
+ *   WhatsApp sender's retries, a second account) fail for them alone and never open it for
+ *   everyone, whatever upstream answer their text can provoke (probes 86b F1, 86e F2, 87a F3,
+ *   87c F1). A call that names no caller counts as a caller of its own. A success resets the count.
  * - **open**: every call is refused without touching the network, for `openMs` (30 s).
  * - **half-open**: after `openMs`, ONE call is let through as a trial; the others are refused at
  *   once while it runs. The trial's success closes the circuit; its failure opens it for another
- *   `openMs`. A trial that ends neither way (the caller went away) frees the slot for the next call.
+ *   `openMs`, unless the caller whose trial failed last is the one failing it again: then that
+ *   caller is refused for `openMs` and the circuit stays half-open for another caller's trial, so
+ *   one caller cannot hold it open for everyone by failing every trial (probe 87c F1). A trial
+ *   that ends neither way (the caller went away) frees the slot for the next call.
  *
  * A call is one logical request (retries included): the caller settles its permit once. Permits
  * carry the generation they were granted in, and a permit from an earlier generation (a slow call
@@ -26,6 +29,8 @@ export interface CircuitBreakerOptions {
   clock: Clock;
   /** Consecutive failed calls that open the circuit. @default 5 */
   failureThreshold?: number;
+  /** How many callers those failures must come from. @default 3 */
+  minCallers?: number;
   /** How long the circuit stays open before one trial call. @default 30_000 */
   openMs?: number;
   /** Told of every state change (metrics, logs). */
@@ -48,13 +53,17 @@ export type CircuitDecision =
 export class CircuitBreaker {
   private readonly clock: Clock;
   private readonly failureThreshold: number;
+  private readonly minCallers: number;
   private readonly openMs: number;
   private readonly onStateChange?: (state: CircuitState, previous: CircuitState) => void;
   private current: CircuitState = "closed";
   private consecutiveFailures = 0;
-  /** The caller of the streak's first failure, and whether another's has failed since. */
-  private streakCaller: string | symbol | null = null;
-  private streakOfMany = false;
+  /** The callers of the streak's failures (up to `minCallers` of them). */
+  private readonly streakCallers = new Set<string | symbol>();
+  /** The caller whose trial failed last, since the circuit last closed. */
+  private lastTrialFailedBy: string | symbol | null = null;
+  /** A caller that failed two trials in a row, refused a trial until `until`. */
+  private barred: { caller: string | symbol; until: number } | null = null;
   private openedAt = 0;
   private trialRunning = false;
   /** Bumped on every state change: a permit from an older generation settles nothing. */
@@ -63,6 +72,7 @@ export class CircuitBreaker {
   constructor(options: CircuitBreakerOptions) {
     this.clock = options.clock;
     this.failureThreshold = options.failureThreshold ?? 5;
+    this.minCallers = options.minCallers ?? 3;
     this.openMs = options.openMs ?? 30_000;
     this.onStateChange = options.onStateChange;
   }
@@ -82,6 +92,13 @@ export class CircuitBreaker {
     if (this.current === "half_open") {
       // One trial at a time; the others learn nothing by queueing behind it.
       if (this.trialRunning) return { kind: "refused", retryAfterSeconds: 1 };
+      const barred = this.barred;
+      if (barred !== null && barred.caller === caller && this.clock.now() < barred.until) {
+        return {
+          kind: "refused",
+          retryAfterSeconds: Math.max(1, Math.ceil((barred.until - this.clock.now()) / 1000)),
+        };
+      }
       this.trialRunning = true;
       return { kind: "allowed", permit: this.permit(true, caller ?? Symbol("caller")) };
     }
@@ -98,15 +115,26 @@ export class CircuitBreaker {
       if (trial) this.trialRunning = false;
       if (verdict === "success") {
         this.resetStreak();
+        this.lastTrialFailedBy = null;
+        this.barred = null;
         if (this.current !== "closed") this.transition("closed");
       } else if (verdict === "failure") {
         if (trial) {
-          this.open();
+          if (this.lastTrialFailedBy === caller) {
+            this.barred = { caller, until: this.clock.now() + this.openMs };
+          } else {
+            this.lastTrialFailedBy = caller;
+            this.open();
+          }
         } else {
           this.consecutiveFailures += 1;
-          if (this.streakCaller === null) this.streakCaller = caller;
-          else if (this.streakCaller !== caller) this.streakOfMany = true;
-          if (this.consecutiveFailures >= this.failureThreshold && this.streakOfMany) this.open();
+          if (this.streakCallers.size < this.minCallers) this.streakCallers.add(caller);
+          if (
+            this.consecutiveFailures >= this.failureThreshold &&
+            this.streakCallers.size >= this.minCallers
+          ) {
+            this.open();
+          }
         }
       }
     };
@@ -126,8 +154,7 @@ export class CircuitBreaker {
 
   private resetStreak(): void {
     this.consecutiveFailures = 0;
-    this.streakCaller = null;
-    this.streakOfMany = false;
+    this.streakCallers.clear();
   }
 
   private advance(): void {

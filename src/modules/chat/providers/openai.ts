@@ -236,14 +236,15 @@ function refusalByCode(code: string | null): "text" | "size" | null {
  *
  * - `text` or `size`: a refusal of what the request holds, as the 400 before a stream is, never
  *   the upstream's failure (probes 86b F1, 86e F2, 87a F3: such turns from one user opened the
- *   circuit for everyone): a refusal's code or type in any case, a 4xx status as `code` or
+ *   circuit for everyone): a refusal's code or type in any case, a 400, 413 or 422 as `code` or
  *   `status` (a number or its digits: LiteLLM sends `"400"`, vLLM `400`), OpenAI's and Ollama's
  *   `invalid_request_error`, TGI's `Input validation error: …` (a bare string, its type beside it);
  * - `rejected`: the upstream turned the request away for its own reasons (the key, the model, the
  *   URL: 401, 403, 404, or a code that names one), 502 as that answer before a stream is, and
  *   proof the upstream is up (probe 87a F4: a model not found was taken for a refusal);
- * - null: a failure, counted by the circuit: a 5xx, 408, 409, 425 or 429, a code naming an
- *   overload, a quota or a rate limit (whatever else it says), or anything unrecognised.
+ * - null: a failure, counted by the circuit: a 5xx or any other 4xx (402 out of credit, 408, 409,
+ *   410, 425, 429), a code naming an overload, a quota or a rate limit (whatever else it says), or
+ *   anything unrecognised.
  *
  * A nested `{"error": {"error": {...}}}` is read one level in, and format characters (a zero-width
  * space) are not part of a name.
@@ -272,9 +273,17 @@ function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null 
     const refusal = refusalByCode(name);
     if (refusal !== null) return refusal;
   }
-  if (statuses.some((status) => status >= 400 && status < 500)) return "size";
+  // The statuses a request's own content earns (400, 413, 422), and no other 4xx: a 402 is the
+  // upstream's account out of credit (OpenRouter sends it mid-stream), a 410 its model gone, each
+  // a failure for every user, not one user's text to change (probe 87c F5).
+  if (statuses.length > 0) {
+    return statuses.every((status) => STREAMED_REFUSAL_STATUSES.has(status)) ? "size" : null;
+  }
   return names.includes("invalid_request_error") ? "size" : null;
 }
+
+/** The statuses of an error event that refuse what the request holds. */
+const STREAMED_REFUSAL_STATUSES: ReadonlySet<number> = new Set([400, 413, 422]);
 
 /** TGI's refusal of an input too long (or otherwise invalid), sent as a bare string. */
 const TGI_VALIDATION = /^input validation error\b/i;
