@@ -27,6 +27,20 @@ async function refreshed(target: TestApp, refreshToken: string) {
   };
 }
 
+/**
+ * Adds `count` used refresh tokens to the session of `userId`'s one token, as rotations leave them
+ * (written into the file: tens of thousands of refreshes would take the suite minutes).
+ */
+function addUsedTokens(target: TestApp, userId: string, count: number): void {
+  target.db.$client.run(
+    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ${count})
+     INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at)
+     SELECT 'used-' || k, t.user_id, t.family_id, 'hash-' || k, t.created_at, t.expires_at, t.created_at
+     FROM n, refresh_tokens t WHERE t.user_id = ?`,
+    [userId],
+  );
+}
+
 const tokenRows = (target: TestApp, userId: string) =>
   (
     target.db.$client
@@ -38,12 +52,7 @@ test("a session that used TOKENS_PER_FAMILY refresh tokens ends at its next refr
   current = buildTestApp({ env: ENV });
   const alice = await signUp(current);
   // The login's token and used ones, as rotations leave them: one short of the limit.
-  current.db.$client.run(
-    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ${TOKENS_PER_FAMILY - 2})
-     INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at)
-     SELECT 'used-' || k, t.user_id, t.family_id, 'hash-' || k, t.created_at, t.expires_at, t.created_at
-     FROM n, refresh_tokens t WHERE t.user_id = '${alice.userId}'`,
-  );
+  addUsedTokens(current, alice.userId, TOKENS_PER_FAMILY - 2);
   const first = await refreshed(current, alice.refreshToken);
   expect(first.status).toBe(200);
   expect(tokenRows(current, alice.userId)).toBe(TOKENS_PER_FAMILY);
@@ -76,12 +85,7 @@ test("a session that used TOKENS_PER_FAMILY refresh tokens ends at its next refr
 test("an erasure deletes the used tokens in parts while the account stands: its sessions go on working between them", async () => {
   current = buildTestApp({ env: ENV });
   const alice = await signUp(current);
-  current.db.$client.run(
-    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ${USED_TOKENS_AHEAD_PART * 1.5})
-     INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at)
-     SELECT 'used-' || k, t.user_id, t.family_id, 'hash-' || k, t.created_at, t.expires_at, t.created_at
-     FROM n, refresh_tokens t WHERE t.user_id = '${alice.userId}'`,
-  );
+  addUsedTokens(current, alice.userId, USED_TOKENS_AHEAD_PART * 1.5);
   const sessions = sessionsContributor(current.db, current.services.auth, {
     intact: { family: () => true } as never,
   });
@@ -114,12 +118,7 @@ test("ending a session leaves its used tokens as they are (refused by the family
   current = buildTestApp({ env: ENV, clock });
   const alice = await signUp(current);
   const sqlite = current.db.$client;
-  sqlite.run(
-    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 2500)
-     INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at)
-     SELECT 'used-' || k, t.user_id, t.family_id, 'hash-' || k, t.created_at, t.expires_at, t.created_at
-     FROM n, refresh_tokens t WHERE t.user_id = '${alice.userId}'`,
-  );
+  addUsedTokens(current, alice.userId, 2500);
   const out = await send(current, "/api/auth/logout", {
     method: "POST",
     headers: bearer(alice.accessToken),
@@ -192,12 +191,7 @@ test("a thief's rotations that end the session at the token limit do not hide th
   const clock = new ManualClock();
   current = buildTestApp({ env: ENV, clock });
   const victim = await signUp(current);
-  current.db.$client.run(
-    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ${TOKENS_PER_FAMILY - 5})
-     INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at, used_at)
-     SELECT 'used-' || k, t.user_id, t.family_id, 'hash-' || k, t.created_at, t.expires_at, t.created_at
-     FROM n, refresh_tokens t WHERE t.user_id = '${victim.userId}'`,
-  );
+  addUsedTokens(current, victim.userId, TOKENS_PER_FAMILY - 5);
   // The thief rotates with the stolen token until the session is full.
   let token = victim.refreshToken;
   const statuses: number[] = [];

@@ -455,6 +455,21 @@ describe("only a succeeded refund is money returned", () => {
   });
 });
 
+/** `who` erases the account while `held` keeps a Stripe call's answer back; then it goes. */
+async function erasedWhileStripeHolds(
+  target: PaymentsApp,
+  who: { accessToken: string },
+  held: { reached: Promise<void>; release(): void },
+): Promise<void> {
+  await held.reached;
+  const erased = await send(target, "/api/me", {
+    method: "DELETE",
+    headers: bearer(who.accessToken),
+  });
+  expect(erased.status).toBe(204);
+  held.release();
+}
+
 describe("erasure and an intent in flight exclude each other", () => {
   test("an intent Stripe is still making when the user erases their account keeps no personal data", async () => {
     current = buildPaymentsApp();
@@ -468,13 +483,7 @@ describe("erasure and an intent in flight exclude each other", () => {
       description: "for Jane Doe",
       metadata: { name: "Jane Doe" },
     });
-    await held.reached;
-    const erased = await send(target, "/api/me", {
-      method: "DELETE",
-      headers: bearer(alice.accessToken),
-    });
-    expect(erased.status).toBe(204);
-    held.release();
+    await erasedWhileStripeHolds(target, alice, held);
     // Answered as a request after the erasure is: its client secret handed to the erased
     // account's client made an intent it could pay with no owner or order left (probe 83a F2).
     const answer = await inFlight;
@@ -532,13 +541,7 @@ describe("erasure and an intent in flight exclude each other", () => {
       body: { amount: 1000 },
       headers: bearer(admin.accessToken),
     });
-    await held.reached;
-    const erased = await send(target, "/api/me", {
-      method: "DELETE",
-      headers: bearer(alice.accessToken),
-    });
-    expect(erased.status).toBe(204);
-    held.release();
+    await erasedWhileStripeHolds(target, alice, held);
     const answer = await refund;
     expect(answer.status).toBe(200);
     const text = await answer.text();
