@@ -49,30 +49,37 @@ describe("circuit breaker", () => {
     expect(other.breaker.state).toBe("open");
   });
 
-  test("one caller failing every trial does not hold it open: its second failed trial in a row bars it for a period, and another caller's trial closes it (probe 87c F1)", () => {
+  test("callers failing the trials in turn do not hold it open: each is refused another trial for a period and it stays half-open, until the trials of three callers have failed (probes 87c F1, 87e F1)", () => {
     const { breaker, clock } = setup();
-    for (const caller of ["user:a", "user:b", "user:c", "user:a", "user:b"]) {
-      permitOf(breaker.acquire(caller)).failure();
-    }
-    expect(breaker.state).toBe("open");
-    clock.advance(30_000);
+    const openByOutage = () => {
+      for (const caller of ["user:a", "user:b", "user:c", "user:a", "user:b"]) {
+        permitOf(breaker.acquire(caller)).failure();
+      }
+      expect(breaker.state).toBe("open");
+      clock.advance(30_000);
+    };
+    openByOutage();
     permitOf(breaker.acquire("user:x")).failure();
-    expect(breaker.state).toBe("open");
-    clock.advance(30_000);
-    permitOf(breaker.acquire("user:x")).failure();
-    // Not reopened: x alone failed both, and is refused while others may try.
     expect(breaker.state).toBe("half_open");
     expect(breaker.acquire("user:x")).toEqual({ kind: "refused", retryAfterSeconds: 30 });
-    permitOf(breaker.acquire("user:y")).success();
-    expect(breaker.state).toBe("closed");
-    // Two callers failing trials in turn is an outage: reopened each time.
-    for (const caller of ["user:a", "user:b", "user:c", "user:a", "user:b"]) {
-      permitOf(breaker.acquire(caller)).failure();
-    }
+    permitOf(breaker.acquire("user:y")).failure();
+    expect(breaker.state).toBe("half_open");
+    expect(breaker.acquire("user:y")).toEqual({ kind: "refused", retryAfterSeconds: 30 });
+    // x and y taking turns: still half-open, and anyone else's trial closes it.
     clock.advance(30_000);
     permitOf(breaker.acquire("user:x")).failure();
-    clock.advance(30_000);
+    expect(breaker.state).toBe("half_open");
+    permitOf(breaker.acquire("user:z")).success();
+    expect(breaker.state).toBe("closed");
+    // An outage: the trials of three callers fail, and it reopens; then each failed trial does.
+    openByOutage();
+    permitOf(breaker.acquire("user:x")).failure();
     permitOf(breaker.acquire("user:y")).failure();
+    expect(breaker.state).toBe("half_open");
+    permitOf(breaker.acquire("user:z")).failure();
+    expect(breaker.state).toBe("open");
+    clock.advance(30_000);
+    permitOf(breaker.acquire("user:w")).failure();
     expect(breaker.state).toBe("open");
   });
 

@@ -849,11 +849,11 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     const answered = await chat(target, asUser(bob), { message: "Hi" });
     expect(answered.status).toBe(200);
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
-    // The shapes gateways send a refusal in once streaming (probe 86e F2): LiteLLM's status as a
-    // text code, vLLM's as a number, the filter as a type or in capitals.
+    // The shapes gateways send a refusal in once streaming (probe 86e F2): a size status as a
+    // text code or a number, the filter as a type or in capitals.
     for (const error of [
-      { message: "policy", type: "invalid_request_error", code: "400" },
-      { message: "bad", object: "error", code: 400 },
+      { message: "too long", code: "413" },
+      { message: "bad", object: "error", code: 422 },
       { message: "filtered", type: "content_filter" },
       { message: "filtered", code: "CONTENT_FILTER" },
     ]) {
@@ -881,7 +881,6 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
         error: "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096",
         error_type: "validation",
       },
-      { error: { message: "bad", type: "invalid_request_error", code: null } },
       { error: { message: "filtered", code: "\u200bcontent_filter" } },
     ]) {
       for (let i = 0; i < 6; i++) {
@@ -893,6 +892,12 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
     // The upstream turned the request away (a model not found, the key): 502, the upstream up.
     for (const error of [
+      // As before the stream: a 400 naming no refusal, an invalid request (a wrong model behind
+      // LiteLLM, billing off at Gemini, Mistral's too-long prompt: probe 87e F3, F4).
+      { message: "Invalid model name passed in model=gpt-x", code: "400" },
+      { message: "enable billing", code: 400, status: "FAILED_PRECONDITION" },
+      { message: "bad", type: "invalid_request_error", code: null },
+      { message: "too large", type: "invalid_request_message_error", code: "3051" },
       { message: "model not found", code: 404 },
       { message: "no such model", type: "invalid_request_error", code: "model_not_found" },
       { message: "key", code: "401", status: 400 },

@@ -10,10 +10,11 @@
  * - **open**: every call is refused without touching the network, for `openMs` (30 s).
  * - **half-open**: after `openMs`, ONE call is let through as a trial; the others are refused at
  *   once while it runs. The trial's success closes the circuit; its failure opens it for another
- *   `openMs`, unless the caller whose trial failed last is the one failing it again: then that
- *   caller is refused for `openMs` and the circuit stays half-open for another caller's trial, so
- *   one caller cannot hold it open for everyone by failing every trial (probe 87c F1). A trial
- *   that ends neither way (the caller went away) frees the slot for the next call.
+ *   `openMs` once the trials of `minCallers` callers have failed since it last closed; before
+ *   that, the failing caller is refused another trial for `openMs` and the circuit stays
+ *   half-open for anyone else's, so a few callers cannot hold it open for everyone by failing
+ *   the trials in turn (probes 87c F1, 87e F1). A trial that ends neither way (the caller went
+ *   away) frees the slot for the next call.
  *
  * A call is one logical request (retries included): the caller settles its permit once. Permits
  * carry the generation they were granted in, and a permit from an earlier generation (a slow call
@@ -60,10 +61,10 @@ export class CircuitBreaker {
   private consecutiveFailures = 0;
   /** The callers of the streak's failures (up to `minCallers` of them). */
   private readonly streakCallers = new Set<string | symbol>();
-  /** The caller whose trial failed last, since the circuit last closed. */
-  private lastTrialFailedBy: string | symbol | null = null;
-  /** A caller that failed two trials in a row, refused a trial until `until`. */
-  private barred: { caller: string | symbol; until: number } | null = null;
+  /** The callers whose trials failed since the circuit last closed (up to `minCallers`). */
+  private readonly trialFailedBy = new Set<string | symbol>();
+  /** Callers whose trial failed, each refused another trial until its time. */
+  private readonly barred = new Map<string | symbol, number>();
   private openedAt = 0;
   private trialRunning = false;
   /** Bumped on every state change: a permit from an older generation settles nothing. */
@@ -92,11 +93,11 @@ export class CircuitBreaker {
     if (this.current === "half_open") {
       // One trial at a time; the others learn nothing by queueing behind it.
       if (this.trialRunning) return { kind: "refused", retryAfterSeconds: 1 };
-      const barred = this.barred;
-      if (barred !== null && barred.caller === caller && this.clock.now() < barred.until) {
+      const barredUntil = caller === undefined ? undefined : this.barred.get(caller);
+      if (barredUntil !== undefined && this.clock.now() < barredUntil) {
         return {
           kind: "refused",
-          retryAfterSeconds: Math.max(1, Math.ceil((barred.until - this.clock.now()) / 1000)),
+          retryAfterSeconds: Math.max(1, Math.ceil((barredUntil - this.clock.now()) / 1000)),
         };
       }
       this.trialRunning = true;
@@ -115,16 +116,22 @@ export class CircuitBreaker {
       if (trial) this.trialRunning = false;
       if (verdict === "success") {
         this.resetStreak();
-        this.lastTrialFailedBy = null;
-        this.barred = null;
+        this.trialFailedBy.clear();
+        this.barred.clear();
         if (this.current !== "closed") this.transition("closed");
       } else if (verdict === "failure") {
         if (trial) {
-          if (this.lastTrialFailedBy === caller) {
-            this.barred = { caller, until: this.clock.now() + this.openMs };
-          } else {
-            this.lastTrialFailedBy = caller;
+          // As the streak: the trials of `minCallers` callers must have failed since the circuit
+          // last closed before one reopens it; until then the caller is refused another trial for
+          // a period and the circuit stays half-open for anyone else's (probe 87e F1: two
+          // callers taking turns held it open for good).
+          // A trial that names no caller reopens it, as before callers were told apart.
+          if (this.trialFailedBy.size < this.minCallers) this.trialFailedBy.add(caller);
+          if (typeof caller !== "string" || this.trialFailedBy.size >= this.minCallers) {
             this.open();
+          } else {
+            if (this.barred.size >= BARRED_MAX) this.barred.clear();
+            this.barred.set(caller, this.clock.now() + this.openMs);
           }
         } else {
           this.consecutiveFailures += 1;
@@ -176,3 +183,6 @@ export class CircuitBreaker {
     return Math.max(1, Math.ceil(remainingMs / 1000));
   }
 }
+
+/** Callers a half-open circuit remembers as barred; past it the list starts again. */
+const BARRED_MAX = 1000;

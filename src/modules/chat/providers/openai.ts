@@ -234,14 +234,15 @@ function refusalByCode(code: string | null): "text" | "size" | null {
  * What an error event sent once the stream had begun (a 200, then `data: {"error": {...}}`;
  * LiteLLM, vLLM, TGI and other gateways do), which the SDK throws with no status, says:
  *
- * - `text` or `size`: a refusal of what the request holds, as the 400 before a stream is, never
- *   the upstream's failure (probes 86b F1, 86e F2, 87a F3: such turns from one user opened the
- *   circuit for everyone): a refusal's code or type in any case, a 400, 413 or 422 as `code` or
- *   `status` (a number or its digits: LiteLLM sends `"400"`, vLLM `400`), OpenAI's and Ollama's
- *   `invalid_request_error`, TGI's `Input validation error: …` (a bare string, its type beside it);
- * - `rejected`: the upstream turned the request away for its own reasons (the key, the model, the
- *   URL: 401, 403, 404, or a code that names one), 502 as that answer before a stream is, and
- *   proof the upstream is up (probe 87a F4: a model not found was taken for a refusal);
+ * - `text` or `size`: a refusal of what the request holds, as the same refusal before a stream
+ *   is, never the upstream's failure (probes 86b F1, 86e F2, 87a F3: such turns opened the
+ *   circuit for everyone): a refusal's code or type in any case, a 413 or 422 as `code` or
+ *   `status` (a number or its digits: LiteLLM sends `"400"`, vLLM `400`), TGI's
+ *   `Input validation error: …` (a bare string, its type beside it);
+ * - `rejected`: the upstream turned the request away (the key, the model, the URL, the account:
+ *   401, 403, 404, a 400 naming no refusal, `invalid_request_error`, or a code that names one),
+ *   502 as that answer before a stream is, and proof the upstream is up (probe 87a F4: a model not
+ *   found was taken for a refusal);
  * - null: a failure, counted by the circuit: a 5xx or any other 4xx (402 out of credit, 408, 409,
  *   410, 425, 429), a code naming an overload, a quota or a rate limit (whatever else it says), or
  *   anything unrecognised.
@@ -273,17 +274,23 @@ function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null 
     const refusal = refusalByCode(name);
     if (refusal !== null) return refusal;
   }
-  // The statuses a request's own content earns (400, 413, 422), and no other 4xx: a 402 is the
-  // upstream's account out of credit (OpenRouter sends it mid-stream), a 410 its model gone, each
-  // a failure for every user, not one user's text to change (probe 87c F5).
+  // As the same status before the stream: 413 and 422 refuse the request's size; a 400 naming no
+  // refusal, or a request the upstream calls invalid, is turned away (a wrong model behind
+  // LiteLLM, billing off at Gemini: probe 87e F3 found them told to every user as theirs to
+  // reword; Mistral's too-long prompt, 87e F4); any other 4xx is the upstream's failure (a 402 out
+  // of credit, a 410 model gone: 87c F5).
   if (statuses.length > 0) {
-    return statuses.every((status) => STREAMED_REFUSAL_STATUSES.has(status)) ? "size" : null;
+    if (statuses.every((status) => SIZE_REFUSAL_STATUSES.has(status))) return "size";
+    return statuses.every((status) => status === 400) ? "rejected" : null;
   }
-  return names.includes("invalid_request_error") ? "size" : null;
+  return names.some((name) => INVALID_REQUEST_NAMES.has(name)) ? "rejected" : null;
 }
 
-/** The statuses of an error event that refuse what the request holds. */
-const STREAMED_REFUSAL_STATUSES: ReadonlySet<number> = new Set([400, 413, 422]);
+/** The types an upstream names a request it finds invalid by (OpenAI, Ollama; Mistral). */
+const INVALID_REQUEST_NAMES: ReadonlySet<string> = new Set([
+  "invalid_request_error",
+  "invalid_request_message_error",
+]);
 
 /** TGI's refusal of an input too long (or otherwise invalid), sent as a bare string. */
 const TGI_VALIDATION = /^input validation error\b/i;
