@@ -833,7 +833,10 @@ export class PaymentService {
             amount: result.amount,
             currency: result.currency,
             status: result.status,
-            clientSecret: gone ? null : result.clientSecret,
+            // Not kept: the 201 hands it to the client, and a replay answers from the key's stored
+            // response (a day) or Stripe's own; kept with the payment, it could confirm or read an
+            // open intent from any backup for good, and nothing read it (probe 87d F6).
+            clientSecret: null,
             description: gone ? null : (request.description ?? null),
             customerEmail: gone ? null : (request.customerEmail ?? null),
             metadata: gone || !request.metadata ? null : JSON.stringify(request.metadata),
