@@ -27,3 +27,13 @@ export function showsSomething(text: string): boolean {
 export function visiblePart(text: string): string {
   return text.replace(SHOWS_NOTHING, "");
 }
+
+/**
+ * Whether a text holds a control character (Unicode's Cc: C0, DEL, C1) other than tab and newline:
+ * what a chat message and a payment's description and metadata values refuse.
+ */
+export function hasControlBesidesTabAndNewline(text: string): boolean {
+  return CONTROL_BUT_TAB_AND_NEWLINE.test(text);
+}
+
+const CONTROL_BUT_TAB_AND_NEWLINE = /[^\P{Cc}\t\n]/u;

@@ -7,14 +7,11 @@
  * refused whole, never altered.
  */
 
-import { showsSomething } from "../../visible-text";
+import { hasControlBesidesTabAndNewline, showsSomething } from "../../visible-text";
 
 export const MAX_MESSAGE_CHARACTERS = 4000;
 
 export type MessageCheck = { ok: true; message: string } | { ok: false; rule: string };
-
-// Unicode's Cc category (C0, DEL, C1), but tab and newline.
-const FORBIDDEN_CONTROL = /[^\P{Cc}\t\n]/u;
 
 /**
  * The role markers of the chat templates open-weight models are served with: ChatML and every
@@ -51,7 +48,7 @@ const TEMPLATE_TOKENS = new RegExp(TEMPLATE_TOKEN.source, "gu");
 
 export function checkChatMessage(raw: string): MessageCheck {
   if (!raw.isWellFormed()) return { ok: false, rule: "Must be well-formed Unicode" };
-  if (FORBIDDEN_CONTROL.test(raw)) {
+  if (hasControlBesidesTabAndNewline(raw)) {
     return { ok: false, rule: "Must not contain control characters other than newline and tab" };
   }
   if (TEMPLATE_TOKEN.test(raw)) {

@@ -20,6 +20,7 @@ import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { type Principal, principalRef } from "../../plugins/auth/principal";
 import type { RouteClass } from "../../plugins/route-class";
 import { withoutShapingCharacters } from "../../shaping-characters";
+import { hasControlBesidesTabAndNewline } from "../../visible-text";
 import { checkEmail } from "../auth/email";
 import type { PaymentLedger } from "./ledger";
 import { viewOf } from "./ledger";
@@ -79,13 +80,10 @@ export function ownerOf(principal: Principal, ledger: Pick<PaymentLedger, "first
 const NOT_CONFIGURED = "Payments are not configured on this service (STRIPE_SECRET_KEY is unset).";
 
 const WELL_FORMED = "Must be well-formed Unicode (no unpaired surrogates)";
+// A control is refused as in a chat message (visible-text.ts): NUL cuts the text in C-string tools
+// (probe 29c F5), and each other control is six bytes of JSON in every list and export of the
+// payment (probe 87d F1: 61 KB a payment of U+0001, 6.4 MB a page of the list).
 const NO_CONTROL = "Must not contain control characters other than newline and tab";
-/**
- * Unicode's Cc category (C0, DEL, C1) but tab and newline, as a chat message: NUL cuts the text in
- * C-string tools (probe 29c F5), and each other control is six bytes of JSON in every list and
- * export of the payment (probe 87d F1: 61 KB a payment of U+0001, 6.4 MB a page of the list).
- */
-const PAYMENT_TEXT_CONTROL = /[^\P{Cc}\t\n]/u;
 /**
  * What a metadata key may not hold: square brackets (Stripe refuses them), and what does not show
  * or is no character: controls, line and paragraph separators, private-use, unassigned and
@@ -195,10 +193,10 @@ export function paymentsModule(options: PaymentsModuleOptions) {
           }
           // Text Stripe cannot take (the SDK fails encoding a lone surrogate, which answered 503 as
           // if Stripe were down, and every retry failed the same way) is the client's to mend.
-          // A control character is refused too (PAYMENT_TEXT_CONTROL).
+          // A control character but tab and newline is refused too (see NO_CONTROL).
           if (body.description !== undefined) {
             if (!body.description.isWellFormed()) invalid("body/description", WELL_FORMED);
-            if (PAYMENT_TEXT_CONTROL.test(body.description)) {
+            if (hasControlBesidesTabAndNewline(body.description)) {
               invalid("body/description", NO_CONTROL);
             }
           }
@@ -207,7 +205,8 @@ export function paymentsModule(options: PaymentsModuleOptions) {
               if (!key.isWellFormed() || !String(value).isWellFormed()) {
                 invalid("body/metadata", WELL_FORMED);
               }
-              if (PAYMENT_TEXT_CONTROL.test(String(value))) invalid("body/metadata", NO_CONTROL);
+              if (hasControlBesidesTabAndNewline(String(value)))
+                invalid("body/metadata", NO_CONTROL);
               // Stripe refuses empty keys, keys over 40 characters and square brackets. A key is a
               // name a person reads in the Dashboard, so every character must show, words apart by
               // one space, in one normal form: two keys that read alike are two keys (probes 33a
