@@ -41,6 +41,7 @@ import m0031 from "../../drizzle/0031_payments_owner_created_index.sql" with { t
 import m0032 from "../../drizzle/0032_audit_events_ip_index.sql" with { type: "text" };
 import m0033 from "../../drizzle/0033_whatsapp_message_ids_keyed.sql" with { type: "text" };
 import m0034 from "../../drizzle/0034_refresh_tokens_unused_index.sql" with { type: "text" };
+import m0035 from "../../drizzle/0035_refresh_tokens_prune_indexes.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -79,6 +80,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0032_audit_events_ip_index": m0032,
   "0033_whatsapp_message_ids_keyed": m0033,
   "0034_refresh_tokens_unused_index": m0034,
+  "0035_refresh_tokens_prune_indexes": m0035,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -24,7 +24,21 @@
  *   back, so nothing is half done.
  */
 import type { Database } from "bun:sqlite";
-import { and, asc, desc, eq, gt, inArray, isNull, lt, ne, notExists, or, sql } from "drizzle-orm";
+import {
+  and,
+  asc,
+  desc,
+  eq,
+  gt,
+  inArray,
+  isNull,
+  lt,
+  ne,
+  notExists,
+  or,
+  type SQLWrapper,
+  sql,
+} from "drizzle-orm";
 import type { Clock } from "../../clock";
 import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
@@ -828,33 +842,35 @@ export class AuthService {
     const { config } = this.options;
     const db = this.db;
     const accessTtlMs = config.jwt.accessTokenExpireMinutes * 60_000;
-    const tokens = db
-      .delete(refreshTokens)
-      .where(
-        inArray(
-          refreshTokens.id,
-          db
-            .select({ id: refreshTokens.id })
-            .from(refreshTokens)
-            .where(
-              or(
-                lt(refreshTokens.expiresAt, now),
-                lt(refreshTokens.revokedAt, now - accessTtlMs),
-                // The used tokens of a session ended that long ago (revokeFamilyRows leaves them).
-                inArray(
-                  refreshTokens.familyId,
-                  db
-                    .select({ id: refreshFamilies.id })
-                    .from(refreshFamilies)
-                    .where(lt(refreshFamilies.revokedAt, now - accessTtlMs)),
+    // Two statements, each on an index: one that read the table for either (an OR) scanned all of
+    // it, ~0.15 s of write lock every run among 720,000 rows (probe 87c). A token revoked is always
+    // one of a session ended then (revokeFamilyRows), so the second finds it; one whose row says
+    // revoked in a live session goes at its expiry.
+    const expired = this.deleteTokensAmong(
+      db
+        .select({ id: refreshTokens.id })
+        .from(refreshTokens)
+        .where(lt(refreshTokens.expiresAt, now))
+        .limit(PRUNE_BATCH),
+    );
+    const ended =
+      expired < PRUNE_BATCH
+        ? this.deleteTokensAmong(
+            // CROSS JOIN keeps this order: the sessions ended, then each one's tokens by its index.
+            db
+              .select({ id: refreshTokens.id })
+              .from(refreshFamilies)
+              .crossJoin(refreshTokens)
+              .where(
+                and(
+                  lt(refreshFamilies.revokedAt, now - accessTtlMs),
+                  eq(refreshTokens.familyId, refreshFamilies.id),
                 ),
-              ),
-            )
-            .limit(PRUNE_BATCH),
-        ),
-      )
-      .returning({ id: refreshTokens.id })
-      .all().length;
+              )
+              .limit(PRUNE_BATCH - expired),
+          )
+        : 0;
+    const tokens = expired + ended;
     // A family row goes only once no token of it can be valid, revoked or not: a token whose
     // family has no row is refused, so this never revives anything. An ended one goes with its
     // tokens (an access token's life after its end): kept for its 30 days, the sessions the cap
@@ -904,6 +920,15 @@ export class AuthService {
       .returning({ id: authRevocations.id })
       .all().length;
     return tokens + families + revocations;
+  }
+
+  /** Deletes the refresh tokens whose ids `chosen` selects; how many. */
+  private deleteTokensAmong(chosen: SQLWrapper): number {
+    return this.db
+      .delete(refreshTokens)
+      .where(inArray(refreshTokens.id, chosen))
+      .returning({ id: refreshTokens.id })
+      .all().length;
   }
 
   /**

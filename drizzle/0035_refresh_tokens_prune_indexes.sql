@@ -1,0 +1,2 @@
+CREATE INDEX `refresh_families_revoked` ON `refresh_families` (`revoked_at`) WHERE "refresh_families"."revoked_at" IS NOT NULL;--> statement-breakpoint
+CREATE INDEX `refresh_tokens_expires` ON `refresh_tokens` (`expires_at`);
