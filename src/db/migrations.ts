@@ -42,6 +42,7 @@ import m0032 from "../../drizzle/0032_audit_events_ip_index.sql" with { type: "t
 import m0033 from "../../drizzle/0033_whatsapp_message_ids_keyed.sql" with { type: "text" };
 import m0034 from "../../drizzle/0034_refresh_tokens_unused_index.sql" with { type: "text" };
 import m0035 from "../../drizzle/0035_refresh_tokens_prune_indexes.sql" with { type: "text" };
+import m0036 from "../../drizzle/0036_whatsapp_outbox_partial_indexes.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -81,6 +82,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0033_whatsapp_message_ids_keyed": m0033,
   "0034_refresh_tokens_unused_index": m0034,
   "0035_refresh_tokens_prune_indexes": m0035,
+  "0036_whatsapp_outbox_partial_indexes": m0036,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -47,7 +47,7 @@ import { and, asc, eq, gt, gte, inArray, isNotNull, isNull, lt, lte, or, sql } f
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
 import type { AppDatabase } from "../../db/client";
-import { whatsappOutbox } from "../../db/schema";
+import { outboxPending, whatsappOutbox } from "../../db/schema";
 import { type Logger, storedText } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import { showsSomething } from "../../visible-text";
@@ -336,7 +336,7 @@ export class OutboxWorker {
       .from(o)
       .where(
         and(
-          eq(o.state, "pending"),
+          outboxPending(o.state),
           or(lte(o.nextAttemptAt, now), unwritable(o.nextAttemptAt)),
           this.unleased(now),
           sql`NOT EXISTS (SELECT 1 FROM whatsapp_outbox AS earlier WHERE earlier.sender_hash = ${o.senderHash} AND earlier.state = 'pending' AND earlier.id < ${o.id})`,
@@ -384,7 +384,7 @@ export class OutboxWorker {
       .from(o)
       .where(
         and(
-          eq(o.state, "pending"),
+          outboxPending(o.state),
           this.unleased(now),
           // As pastGiveUp reads an arrival: one no intake writes counts as past it.
           or(
@@ -430,7 +430,7 @@ export class OutboxWorker {
       .from(o)
       .where(
         and(
-          eq(o.state, "pending"),
+          outboxPending(o.state),
           or(gt(o.nextAttemptAt, now), and(isNotNull(o.leaseUntil), gte(o.leaseUntil, now))),
           // The oldest pending row of its sender…
           sql`NOT EXISTS (SELECT 1 FROM whatsapp_outbox AS earlier WHERE earlier.sender_hash = ${o.senderHash} AND earlier.state = 'pending' AND earlier.id < ${o.id})`,

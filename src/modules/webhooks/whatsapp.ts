@@ -38,7 +38,13 @@ import type { Core } from "../../core";
 import type { AppDatabase } from "../../db/client";
 import { IdSequenceError } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { webhookEvents, whatsappOutbox, whatsappStatuses } from "../../db/schema";
+import {
+  outboxFinishUnwritten,
+  outboxStateUnwritten,
+  webhookEvents,
+  whatsappOutbox,
+  whatsappStatuses,
+} from "../../db/schema";
 import { idsWithinBytes } from "../../db/text-bounded";
 import { STOP_LOCK_WAIT_MS, WaitingWrites } from "../../db/waiting-writes";
 import { AppError, problemResponses } from "../../errors";
@@ -479,11 +485,7 @@ export class WhatsAppIntake {
       .where(
         inArray(
           o.id,
-          db
-            .select({ id: o.id })
-            .from(o)
-            .where(notInArray(o.state, ["pending", "sent", "failed"]))
-            .limit(PRUNE_BATCH),
+          db.select({ id: o.id }).from(o).where(outboxStateUnwritten(o.state)).limit(PRUNE_BATCH),
         ),
       )
       // Named as the file holds them: an id past 2^53 read as a number is another row's (58e F2).
@@ -495,24 +497,26 @@ export class WhatsAppIntake {
         "whatsapp outbox rows in a state Palisade never writes were given up",
       );
     }
-    const finished = db
+    // Finished past retention, by finish time; and any with a finish time no worker writes (none,
+    // a text: the column is not sealed), or the row would keep its number for good (probe 29e F3).
+    // Two selections, each on its own index: one with an OR read the whole outbox.
+    const pastRetention = db
       .select({ id: o.id })
       .from(o)
-      .where(
-        and(
-          or(eq(o.state, "sent"), eq(o.state, "failed")),
-          // A finish time no worker writes (none, a text: the column is not sealed) is pruned too,
-          // or the row would keep its number for good (probe 29e F3).
-          or(lt(o.finishedAt, cutoff), sql`typeof(${o.finishedAt}) != 'integer'`),
-        ),
-      )
-      .orderBy(o.id)
+      .where(and(lt(o.finishedAt, cutoff), inArray(o.state, ["sent", "failed"])))
+      .orderBy(o.finishedAt)
       .limit(PRUNE_BATCH);
+    const unwrittenFinish = db
+      .select({ id: o.id })
+      .from(o)
+      .where(outboxFinishUnwritten(o.state, o.finishedAt))
+      .limit(PRUNE_BATCH);
+    const finished = sql`SELECT id FROM (${pastRetention}) UNION ALL SELECT id FROM (${unwrittenFinish})`;
     // A finished row keeps its reply, up to the longest a chat turn stores (db/text-bounded).
     const withinBytes = idsWithinBytes(
       o,
       sql`coalesce(octet_length(reply), 0) + coalesce(octet_length(body), 0)`,
-      sql`${finished}`,
+      finished,
     );
     db.delete(o).where(sql`${o.id} IN (${withinBytes})`).run();
     // Each status row by its own rowid: a message has a row per status, and selecting by message

@@ -9,6 +9,7 @@ import { REPEAT_GRACE_MS, TOKENS_PER_FAMILY } from "../../../src/modules/auth/se
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, signUp } from "../../support/auth";
 import { ManualClock } from "../../support/clock";
+import { planOf, statementsPrepared } from "../../support/query-plans";
 
 /** Loopback is never rate limited here: these tests refresh far more than the route's limit. */
 const ENV = { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" };
@@ -162,27 +163,20 @@ test("ending a session finds its unused tokens by their own index (migration 003
   current = buildTestApp({ env: ENV });
   const alice = await signUp(current);
   const sqlite = current.db.$client;
-  const statements: string[] = [];
-  const prepare = sqlite.prepare.bind(sqlite);
-  sqlite.prepare = ((text: string, ...rest: unknown[]) => {
-    statements.push(text);
-    return (prepare as (...args: unknown[]) => unknown)(text, ...rest);
-  }) as typeof sqlite.prepare;
-  const out = await send(current, "/api/auth/logout", {
-    method: "POST",
-    headers: bearer(alice.accessToken),
+  let status = 0;
+  const statements = await statementsPrepared(sqlite, async () => {
+    const out = await send(current!, "/api/auth/logout", {
+      method: "POST",
+      headers: bearer(alice.accessToken),
+    });
+    status = out.status;
   });
-  sqlite.prepare = prepare;
-  expect(out.status).toBe(204);
+  expect(status).toBe(204);
   const revoking = statements.find((text) =>
     /^update "refresh_tokens" set "revoked_at"/i.test(text),
   );
   expect(revoking).toBeDefined();
-  const plan = sqlite
-    .query(`EXPLAIN QUERY PLAN ${revoking}`)
-    .all(...(revoking!.match(/\?/g) ?? []).map(() => "x"))
-    .map((row) => (row as { detail: string }).detail);
-  expect(plan[0]).toStartWith(
+  expect(planOf(sqlite, revoking!)[0]).toStartWith(
     "SEARCH refresh_tokens USING INDEX refresh_tokens_unused (family_id=?)",
   );
 });
@@ -197,24 +191,13 @@ test("the prune finds what it deletes through indexes (migration 0035), never by
   await send(current, "/api/auth/logout", { method: "POST", headers: bearer(alice.accessToken) });
   clock.advance(current.config.jwt.accessTokenExpireMinutes * 60_000 + 2 * 60_000);
   const sqlite = current.db.$client;
-  const statements: string[] = [];
-  const prepare = sqlite.prepare.bind(sqlite);
-  sqlite.prepare = ((text: string, ...rest: unknown[]) => {
-    statements.push(text);
-    return (prepare as (...args: unknown[]) => unknown)(text, ...rest);
-  }) as typeof sqlite.prepare;
-  current.services.runMaintenance();
-  sqlite.prepare = prepare;
+  const statements = await statementsPrepared(sqlite, () => current!.services.runMaintenance());
   const pruning = statements.filter((text) =>
     /^delete from "refresh_(tokens|families)"/i.test(text),
   );
   expect(pruning.length).toBeGreaterThanOrEqual(3);
   for (const text of pruning) {
-    const plan = sqlite
-      .query(`EXPLAIN QUERY PLAN ${text}`)
-      .all(...(text.match(/\?/g) ?? []).map(() => 1))
-      .map((row) => (row as { detail: string }).detail);
-    expect(plan.filter((step) => /^SCAN refresh_/.test(step))).toEqual([]);
+    expect(planOf(sqlite, text).filter((step) => /^SCAN refresh_/.test(step))).toEqual([]);
   }
   // And it still deletes: the ended session's tokens are gone, the family after them.
   expect(tokenRows(current, alice.userId)).toBe(0);
