@@ -9,7 +9,9 @@
  * transaction: a redelivery of a message received before the upgrade still finds its record, and a
  * status of a reply sent before it still finds its reply. An outbox row's seal covers its message
  * id, so a row that matched its seal is sealed again with the new id; one that did not keeps its
- * old seal and stays refused.
+ * old seal and stays refused. An id already keyed is left as it is: a file put back before 0033
+ * (its migration rows deleted) runs the companion again, and keying each id a second time lost
+ * every message's dedupe record, so a redelivery was answered twice (probe 88b F2).
  */
 import type { Database } from "bun:sqlite";
 import type { AppDatabase } from "../../db/client";
@@ -30,6 +32,17 @@ export function messageIdKeying(
   };
   return { companions: new Map([[MESSAGE_IDS_MIGRATION, keyAll]]) };
 }
+
+/**
+ * An id as this release stores it (messageIdKeyer's 32 hex characters, with `:<row>` when keyed
+ * apart below). No id of Meta's has that form: each begins `wamid.`.
+ */
+const alreadyKeyed = (value: unknown): boolean =>
+  typeof value === "string" && /^[0-9a-f]{32}(:[0-9]+)?$/.test(value);
+
+/** The key of a stored id: itself when it is one already. */
+const keyedOnce = (keyMessageId: (id: string) => string, value: unknown): string =>
+  alreadyKeyed(value) ? (value as string) : keyMessageId(textOf(value));
 
 /** A value the file holds as the id: text as Palisade wrote it, anything else as its text. */
 const textOf = (value: unknown): string =>
@@ -62,6 +75,7 @@ function keyIdColumn(
   const rewrite = sqlite.prepare(`UPDATE OR IGNORE ${table} SET ${column} = ? WHERE rowid = ?`);
   const drop = sqlite.prepare(`DELETE FROM ${table} WHERE rowid = ?`);
   for (const row of rows) {
+    if (alreadyKeyed(row.id)) continue;
     if (rewrite.run(keyMessageId(textOf(row.id)), row.rowid).changes === 0) drop.run(row.rowid);
   }
 }
@@ -82,9 +96,11 @@ function keyOutbox(sqlite: Database, keyMessageId: (id: string) => string, seal:
     "UPDATE whatsapp_outbox SET message_id = ?, reply_message_id = NULL WHERE id = ?",
   );
   for (const row of rows) {
-    const messageId = keyMessageId(textOf(row.messageId));
+    const replyKeyed = row.replyMessageId === null || alreadyKeyed(row.replyMessageId);
+    if (alreadyKeyed(row.messageId) && replyKeyed) continue;
+    const messageId = keyedOnce(keyMessageId, row.messageId);
     const replyMessageId =
-      row.replyMessageId === null ? null : keyMessageId(textOf(row.replyMessageId));
+      row.replyMessageId === null ? null : keyedOnce(keyMessageId, row.replyMessageId);
     // Only a row Palisade wrote is sealed again; any other keeps a seal that does not match.
     const resealed = seal.intact(row) ? seal.of({ ...row, messageId }) : row.seal;
     if (rewrite.run(messageId, replyMessageId, resealed, row.id).changes === 0) {

@@ -166,4 +166,36 @@ describe("message ids stored keyed (probe 86a F2)", () => {
       reply: "pay here",
     });
   });
+
+  test("0033 run again on a file put back before it (its migration rows deleted) leaves keyed ids as they are: a redelivery is still a duplicate, a reply's status still finds it (probe 88b F2)", async () => {
+    const { target, graph, worker } = outboxSetup(cleanups);
+    const sqlite = target.db.$client;
+    const message = notification({
+      messages: [{ id: "wamid.ONCE", from: "16505550001", text: "one" }],
+    });
+    await deliver(target, message);
+    await worker.drain();
+    const replyId = graph.sent[0]!.id;
+    await deliver(target, notification({ statuses: [{ id: replyId, status: "sent" }] }));
+    const before = storedIds(sqlite);
+    putBackBefore(sqlite, 33);
+    const status = applyMigrations(
+      target.db,
+      undefined,
+      upgradeSealing(target.config.audit.secretKey).companions,
+    );
+    expect(status.appliedNow).toContain("0033_whatsapp_message_ids_keyed");
+    expect(storedIds(sqlite)).toBe(before);
+    const again = await deliver(target, message);
+    expect(await again.json()).toMatchObject({ accepted: 0, duplicates: 1 });
+    await worker.drain();
+    expect(graph.sent).toHaveLength(1);
+    const statusAgain = await deliver(
+      target,
+      notification({ statuses: [{ id: replyId, status: "sent" }] }),
+    );
+    expect(await statusAgain.json()).toMatchObject({ statuses: 0, duplicates: 1 });
+    // The row the worker sent still matches its seal: read through the worker, not refused.
+    expect(outboxRow(sqlite, storedId(target, "wamid.ONCE"))?.state).toBe("sent");
+  });
 });
