@@ -1,4 +1,13 @@
-import { index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import { sql } from "drizzle-orm";
+import { type AnySQLiteColumn, index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+
+/**
+ * An end no block of Palisade's has (it writes only whole numbers): written into the file, it blocks
+ * nothing and never ends, so the prune deletes it. The partial index of those is made on these
+ * words, and the prune states them alike: SQLite uses a partial index only for a query that does.
+ */
+export const blockEndUnwritten = (expiresAt: AnySQLiteColumn) =>
+  sql`typeof(${expiresAt}) != 'integer'`;
 
 export const IP_BLOCK_SOURCES = ["auto", "admin"] as const;
 
@@ -31,5 +40,10 @@ export const ipBlocks = sqliteTable(
     // The admin list's order, newest first (with the id, which is the rowid, as the tiebreak): a
     // page read without it sorted every block in force (probe 84k F4).
     index("ip_blocks_created").on(table.createdAt),
+    // The prune's other two ways in (migration 0037): blocks lifted, and ends no block has. With
+    // the expiry's index, none of its statements reads every block (an attacker with many /64s
+    // makes a block each).
+    index("ip_blocks_lifted").on(table.liftedAt).where(sql`${table.liftedAt} IS NOT NULL`),
+    index("ip_blocks_end_unwritten").on(table.expiresAt).where(blockEndUnwritten(table.expiresAt)),
   ],
 );

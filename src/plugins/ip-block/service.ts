@@ -23,13 +23,13 @@
  * without AUDIT_SECRET_KEY, blocks nothing and is neither listed nor counted.
  */
 import type { Database } from "bun:sqlite";
-import { inArray, lt, or, sql } from "drizzle-orm";
+import { inArray, lt, type SQL, sql } from "drizzle-orm";
 import { type Clock, elapsedMs } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { insertWithRandomId } from "../../db/random-id";
-import { ipBlocks } from "../../db/schema";
+import { blockEndUnwritten, ipBlocks } from "../../db/schema";
 import { FIRST_TIME_MS, LAST_TIME_MS } from "../../db/stored-values";
 import { encodeCursor } from "../../list-cursor";
 import { type Logger, secretScrubber, storedText } from "../../logging/logger";
@@ -195,6 +195,8 @@ export interface IpBlockServiceOptions {
 }
 
 /** A block in force at `$now`: not expired (an expiry that is a whole number), not lifted. */
+/** Blocks a prune deletes at most. */
+const PRUNE_BATCH = 1000;
 const IN_FORCE = "expires_at > $now AND typeof(expires_at) = 'integer' AND lifted_at IS NULL";
 /**
  * A block the list can order and name in a cursor: made at a time Palisade writes (whole ms, years
@@ -951,20 +953,17 @@ export class IpBlockService {
   prune(now: number): number {
     const cutoff = now - this.settings.escalationLookbackMs;
     // Ended before the cutoff: expired, or lifted, before it. An end that is not a time (Palisade
-    // writes only integers) was written into the file, blocks nothing, and would never end.
-    const ended = or(
-      lt(ipBlocks.expiresAt, cutoff),
-      lt(ipBlocks.liftedAt, cutoff),
-      sql`typeof(${ipBlocks.expiresAt}) != 'integer'`,
-    );
+    // writes only integers) was written into the file, blocks nothing, and would never end. Each
+    // found through its own index: one statement with an OR read every block.
+    const among = (condition: SQL) =>
+      this.db.select({ id: ipBlocks.id }).from(ipBlocks).where(condition).limit(PRUNE_BATCH);
+    const ended = sql`SELECT id FROM (${among(lt(ipBlocks.expiresAt, cutoff))})
+      UNION SELECT id FROM (${among(lt(ipBlocks.liftedAt, cutoff))})
+      UNION SELECT id FROM (${among(blockEndUnwritten(ipBlocks.expiresAt))})
+      LIMIT ${PRUNE_BATCH}`;
     return this.db
       .delete(ipBlocks)
-      .where(
-        inArray(
-          ipBlocks.id,
-          this.db.select({ id: ipBlocks.id }).from(ipBlocks).where(ended).limit(1000),
-        ),
-      )
+      .where(sql`${ipBlocks.id} IN (${ended})`)
       .returning({ id: ipBlocks.id })
       .all().length;
   }

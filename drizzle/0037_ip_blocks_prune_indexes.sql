@@ -1,0 +1,2 @@
+CREATE INDEX `ip_blocks_lifted` ON `ip_blocks` (`lifted_at`) WHERE "ip_blocks"."lifted_at" IS NOT NULL;--> statement-breakpoint
+CREATE INDEX `ip_blocks_end_unwritten` ON `ip_blocks` (`expires_at`) WHERE typeof("ip_blocks"."expires_at") != 'integer';
