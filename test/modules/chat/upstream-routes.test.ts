@@ -18,6 +18,7 @@ import {
   SSE,
   streamFirstChunkThenHangUp,
 } from "../../support/chat";
+import { ManualClock } from "../../support/clock";
 import {
   type OpenAiServer,
   startOpenAiServer,
@@ -40,9 +41,10 @@ afterEach(() => {
   target = upstream = sentry = undefined;
 });
 
-async function setUp(env: Record<string, string> = {}) {
+async function setUp(env: Record<string, string> = {}, clock?: ManualClock) {
   upstream = await startOpenAiServer();
   target = buildTestApp({
+    clock,
     env: {
       OPENAI_API_KEY: upstream.apiKey,
       OPENAI_BASE_URL: upstream.url,
@@ -930,6 +932,51 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
       expect({ error, status: response.status }).toEqual({ error, status: 502 });
     }
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
+  });
+
+  test("a half-open trial that meets a refusal of its text in the stream is 422 and closes the circuit: the upstream answered (probe 88a F2)", async () => {
+    const clock = new ManualClock();
+    const { upstream, target, alice } = await setUp(
+      { RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" },
+      clock,
+    );
+    const bob = await signUp(target);
+    const carol = await signUp(target);
+    upstream.setDefault({ kind: "error", status: 500, retryAfterMs: "0" });
+    for (let i = 0; i < 5; i++) {
+      await chat(target, asUser([alice, bob, carol][i % 3]!), { message: `Down ${i}` });
+    }
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
+    clock.advance(30_000);
+    upstream.enqueue({
+      kind: "malformed",
+      body: JSON.stringify({ error: { message: "no", code: "content_policy_violation" } }),
+    });
+    const trial = await chat(target, asUser(alice), { message: "Refused as the trial" });
+    expect(trial.status).toBe(422);
+    expect(((await trial.json()) as Problem).code).toBe("UPSTREAM_REFUSED");
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+    // Not barred: the refusal was no failed trial.
+    upstream.setDefault({ kind: "reply", text: "Back." });
+    expect((await chat(target, asUser(alice), { message: "Hello" })).status).toBe(200);
+  });
+
+  test("a 4xx before the stream that no request's text explains (a 402 out of credit) is the upstream's failure: 502, not retried, and counted, so it opens the circuit (probe 88a F3)", async () => {
+    const { upstream, target, alice } = await setUp({ RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" });
+    const bob = await signUp(target);
+    const carol = await signUp(target);
+    upstream.setDefault({ kind: "error", status: 402, message: "Insufficient credits" });
+    for (let i = 0; i < 5; i++) {
+      const response = await chat(target, asUser([alice, bob, carol][i % 3]!), {
+        message: `No credit ${i}`,
+      });
+      expect(response.status).toBe(502);
+    }
+    expect(upstream.requests).toHaveLength(5);
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
+    const refused = await chat(target, asUser(alice), { message: "Sixth" });
+    expect(refused.status).toBe(503);
+    expect(upstream.requests).toHaveLength(5);
   });
 
   test("an upstream that never answers: 503 once every attempt timed out", async () => {

@@ -10,7 +10,7 @@
  * - **open**: every call is refused without touching the network, for `openMs` (30 s).
  * - **half-open**: after `openMs`, ONE call is let through as a trial; the others are refused at
  *   once while it runs. The trial's success closes the circuit; its failure opens it for another
- *   `openMs` once the trials of `minCallers` callers have failed since it last closed; before
+ *   `openMs` once the trials of `minCallers` callers have failed since it last opened; before
  *   that, the failing caller is refused another trial for `openMs` and the circuit stays
  *   half-open for anyone else's, so a few callers cannot hold it open for everyone by failing
  *   the trials in turn (probes 87c F1, 87e F1). A trial that ends neither way (the caller went
@@ -61,7 +61,7 @@ export class CircuitBreaker {
   private consecutiveFailures = 0;
   /** The callers of the streak's failures (up to `minCallers` of them). */
   private readonly streakCallers = new Set<string | symbol>();
-  /** The callers whose trials failed since the circuit last closed (up to `minCallers`). */
+  /** The callers whose trials failed since the circuit last opened (up to `minCallers`). */
   private readonly trialFailedBy = new Set<string | symbol>();
   /** Callers whose trial failed, each refused another trial until its time. */
   private readonly barred = new Map<string | symbol, number>();
@@ -122,12 +122,16 @@ export class CircuitBreaker {
       } else if (verdict === "failure") {
         if (trial) {
           // As the streak: the trials of `minCallers` callers must have failed since the circuit
-          // last closed before one reopens it; until then the caller is refused another trial for
+          // last opened before one reopens it; until then the caller is refused another trial for
           // a period and the circuit stays half-open for anyone else's (probe 87e F1: two
           // callers taking turns held it open for good).
           // A trial that names no caller reopens it, as before callers were told apart.
           if (this.trialFailedBy.size < this.minCallers) this.trialFailedBy.add(caller);
           if (typeof caller !== "string" || this.trialFailedBy.size >= this.minCallers) {
+            // Each opening asks for the three anew: kept until a success, one caller's failed
+            // trial after an outage reopened it at once, every time (probe 88a F1: one account
+            // held it open for good with a message a trial failed on).
+            this.trialFailedBy.clear();
             this.open();
           } else {
             if (this.barred.size >= BARRED_MAX) this.barred.clear();

@@ -613,12 +613,18 @@ function classify(error: unknown): AttemptFailure {
       return { kind: "unavailable", retryable: true, upstreamFault: true, status, reason, headers };
     }
     const refusal = refusalOf(error as APIError & { status: number });
+    // The statuses that show the upstream up and answering this request (as in a stream,
+    // streamedRefusalOf): any other 4xx (a 402 out of credit, a 410 model gone) is its failure,
+    // counted, where before a stream it was taken as proof the upstream was up, so an account out
+    // of credit never opened the circuit and every turn reached it (probe 88a F3).
+    const answered =
+      status === 400 || REJECTED_STATUSES.has(status) || SIZE_REFUSAL_STATUSES.has(status);
     return {
       // A refusal of what the request holds is the client's to change (422); any other (a wrong
       // key, model or URL) fails every request alike (502).
       kind: refusal !== null ? "refused" : "bad_response",
       retryable: false,
-      upstreamFault: false,
+      upstreamFault: refusal === null && !answered,
       status,
       reason: `upstream refused the request (status ${status})`,
       ofContent: refusal === "text",
@@ -1289,19 +1295,31 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           waitUntil(now + timeoutMs);
         }
       }
-    } catch {
-      const failure = tooLong
-        ? new UpstreamFailure("bad_response", "stream longer than its cap")
-        : late
-          ? new UpstreamFailure("unavailable", "no answer within the timeout")
-          : new UpstreamFailure("bad_response", "stream cut before it answered");
+    } catch (error) {
+      // An error event is read as in any stream (streamedRefusalOf): a refusal of the request's
+      // text or size, or the upstream turning it away (a key, a model), is an answer, so the trial
+      // shows the upstream up. Counted as a failed trial, one user's refused text held the circuit
+      // open for everyone (probe 88a F2).
+      const inStream = tooLong || late ? null : streamedRefusalOf(error);
+      const failure =
+        inStream === "rejected"
+          ? new UpstreamFailure("bad_response", "upstream rejected the request in its stream")
+          : inStream !== null
+            ? new UpstreamFailure("refused", "upstream refused the request in its stream")
+            : tooLong
+              ? new UpstreamFailure("bad_response", "stream longer than its cap")
+              : late
+                ? new UpstreamFailure("unavailable", "no answer within the timeout")
+                : new UpstreamFailure("bad_response", "stream cut before it answered");
+      if (inStream === "text" || inStream === "size") failure.ofContent = inStream === "text";
       // Opened: the prompt and what was read are billed (probe 70a F1: a failed trial's reasoning
       // was charged nothing).
       failure.billedCharacters = generatedIn(read);
       metrics.attemptFailures.labels(PROVIDER, failure.kind).inc();
       // A trial that gave no answer never closes the circuit, however busy the upstream is with
       // streams begun before it opened (re-probe 69f F1).
-      throw fail(permit, failure, "failure", { requestId, attempts, status: 200 });
+      const verdict = inStream === null ? "failure" : "success";
+      throw fail(permit, failure, verdict, { requestId, attempts, status: 200 });
     } finally {
       clearTimeout(timer);
     }
