@@ -8,6 +8,7 @@ import {
 } from "../../src/plugins/client-ip";
 import {
   compileTrust,
+  MAX_TRUSTED_PROXIES,
   parseForwardedEntry,
   resolveClientIp,
   UNKNOWN_CLIENT,
@@ -81,6 +82,23 @@ describe("trusting CIDRs", () => {
   test("IPv4-mapped peers match IPv4 ranges, and mapped ranges match IPv4 peers", () => {
     expect(resolve("::ffff:10.0.0.1", "203.0.113.5", "10.0.0.0/8")).toBe("203.0.113.5");
     expect(resolve("10.0.0.1", "203.0.113.5", "::ffff:10.0.0.0/104")).toBe("203.0.113.5");
+  });
+
+  test("a chain walks at most MAX_TRUSTED_PROXIES trusted entries: past them, the last one reached is the client (probe 88c F1: 2,000 trusted entries cost 10–15 ms a request, /health included)", () => {
+    const trusted = (count: number) =>
+      Array.from({ length: count }, (_, i) => `10.0.${Math.floor(i / 250)}.${(i % 250) + 1}`);
+    // Within the cap: walked to the untrusted entry on its left, as before.
+    const within = ["203.0.113.5", ...trusted(MAX_TRUSTED_PROXIES - 1)].join(", ");
+    expect(resolve("10.255.0.1", within, "10.0.0.0/8")).toBe("203.0.113.5");
+    // Past it: the walk stops at the cap, on a trusted entry; the leftmost is never read.
+    const entries = trusted(2000);
+    const past = ["203.0.113.5", ...entries].join(", ");
+    expect(resolve("10.255.0.1", past, "10.0.0.0/8")).toBe(
+      entries[entries.length - MAX_TRUSTED_PROXIES]!,
+    );
+    expect(resolve("10.255.0.1", ["garbage", ...entries].join(", "), "10.0.0.0/8")).toBe(
+      entries[entries.length - MAX_TRUSTED_PROXIES]!,
+    );
   });
 
   test("IPv6 ranges and the loopback name", () => {
