@@ -44,6 +44,32 @@ test("an incoming id shaped as Palisade makes them is replaced: another request'
   expect(kept.headers.get("x-request-id")).toBe(v4);
 });
 
+test("an id made here in another spelling (no dashes, other separators, any case) is replaced too; a client's 32-digit trace id is kept (probe 88c F2)", async () => {
+  current = buildTestApp();
+  const made = (await send(current, "/health")).headers.get("x-request-id")!;
+  const digits = made.replaceAll("-", "");
+  for (const spelled of [
+    digits,
+    digits.toUpperCase(),
+    made.replaceAll("-", "."),
+    made.replaceAll("-", ":"),
+    made.replaceAll("-", "_"),
+    `${made.slice(0, 8)}_${made.slice(9)}`,
+    `trace.${digits}.1`,
+  ]) {
+    const response = await send(current, "/nope", { headers: { "x-request-id": spelled } });
+    expect({ spelled, kept: response.headers.get("x-request-id") === spelled }).toEqual({
+      spelled,
+      kept: false,
+    });
+  }
+  // A W3C trace id that happens to carry UUIDv7's version and variant digits, with a time
+  // thousands of years off: a client's own, kept.
+  const traceId = "4bf92f3577b37da6a3ce929d0e0e4736";
+  const kept = await send(current, "/health", { headers: { "x-request-id": traceId } });
+  expect(kept.headers.get("x-request-id")).toBe(traceId);
+});
+
 test.each([
   ["too long", "a".repeat(65)],
   ["spaces", "abc def"],

@@ -25,6 +25,29 @@ const shapeScrubber = createTextScrubber([], MARK);
  * character added before or after it still turns up when an operator searches for the original.
  */
 const MADE_HERE = /[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}/i;
+/** The same id's 32 digits with its dashes left out or others put in their place. */
+const MADE_HERE_DIGITS = /^[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}/i;
+/** How far back an id made here may be dated (ten years), or ahead (a day of clock skew). */
+const MADE_HERE_SPAN_MS = { back: 10 * 365 * 24 * 60 * 60_000, ahead: 24 * 60 * 60_000 };
+
+/**
+ * Whether `value` holds an id made here in another spelling (its separators dropped or changed,
+ * probe 88c F2: filed under it, a request turns up in a search that ignores them). Its first 48 bits
+ * must be a time within MADE_HERE_SPAN_MS of `now`, so a client's own 32-digit trace id is kept
+ * (1 in 64 has UUIDv7's version and variant digits by chance; few of those a recent time).
+ */
+function spellsAnIdMadeHere(value: string, now: number): boolean {
+  const digits = value.replace(/[._:-]/g, "");
+  for (let start = 0; start + 32 <= digits.length; start++) {
+    const candidate = digits.slice(start, start + 32);
+    if (!MADE_HERE_DIGITS.test(candidate)) continue;
+    const madeAt = Number.parseInt(candidate.slice(0, 12), 16);
+    if (madeAt > now - MADE_HERE_SPAN_MS.back && madeAt < now + MADE_HERE_SPAN_MS.ahead) {
+      return true;
+    }
+  }
+  return false;
+}
 
 /** Safe characters and length, and not shaped like an API key, JWT or bearer credential. */
 export function acceptableRequestId(value: string | null): value is string {
@@ -39,7 +62,10 @@ export interface RequestIdOptions {
 export function requestId(options: RequestIdOptions = {}) {
   const scrub = createTextScrubber(options.secretValues ?? [], MARK);
   const acceptable = (value: string | null): value is string =>
-    acceptableRequestId(value) && scrub(value) === value && !MADE_HERE.test(value);
+    acceptableRequestId(value) &&
+    scrub(value) === value &&
+    !MADE_HERE.test(value) &&
+    !spellsAnIdMadeHere(value, Date.now());
   return new Elysia({ name: "palisade.request-id" })
     .decorate("requestId", "")
     .decorate("startedAt", 0)
