@@ -18,6 +18,7 @@ import { ManualClock } from "../support/clock";
 import { eraseWatching } from "../support/erasure";
 import { anotherInstance, untoldInstance } from "../support/instance";
 import { buildPaymentsApp } from "../support/payments";
+import { planOf, statementsPrepared } from "../support/query-plans";
 
 let current: TestApp | null = null;
 afterEach(() => {
@@ -884,6 +885,53 @@ test("the limiter's counts under the person's names are exported, and go with th
   });
   expect(erased.status).toBe(204);
   expect(heldKeys()).toEqual([]);
+});
+
+test("the export and the erasure find the person's limiter counts by seeks, never by reading every client's counter (a row per client of the last two windows)", async () => {
+  current = buildTestApp();
+  const alice = await signUp(current);
+  const sqlite = current.db.$client;
+  // Other clients' counters, in the policies hers are in.
+  sqlite.run(
+    `WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 2000)
+     INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+       burst_window_start, burst_current, burst_previous, admitted, expires_at)
+     SELECT p.policy, '198.18.' || (k / 250) || '.' || (k % 250), 0, 1, 0, 0, 0, 0, 1, 9e15
+     FROM n, (SELECT DISTINCT policy FROM rate_limit_counters) AS p`,
+  );
+  await send(current, "/api/auth/me", { headers: bearer(alice.accessToken) });
+  const statements = await statementsPrepared(sqlite, async () => {
+    const exported = await send(current!, "/api/me/export", { headers: bearer(alice.accessToken) });
+    expect(exported.status).toBe(200);
+    await exported.text();
+    const erased = await send(current!, "/api/me", {
+      method: "DELETE",
+      headers: bearer(alice.accessToken),
+    });
+    expect(erased.status).toBe(204);
+  });
+  const counters = statements.filter((text) => /rate_limit_counters/.test(text));
+  expect(counters.length).toBeGreaterThanOrEqual(2);
+  for (const text of counters) {
+    const reads = planOf(sqlite, text).filter((step) =>
+      /^SCAN (rate_limit_counters|counter)\b/.test(step),
+    );
+    expect({ text: text.slice(0, 60), reads }).toEqual({ text: text.slice(0, 60), reads: [] });
+  }
+  // Hers went, the others' stayed.
+  const left = sqlite
+    .query<{ n: number }, []>(
+      "SELECT count(*) AS n FROM rate_limit_counters WHERE key LIKE 'user:%'",
+    )
+    .get()!.n;
+  expect(left).toBe(0);
+  expect(
+    sqlite
+      .query<{ n: number }, []>(
+        "SELECT count(*) AS n FROM rate_limit_counters WHERE key LIKE '198.18.%'",
+      )
+      .get()!.n,
+  ).toBeGreaterThanOrEqual(2000);
 });
 
 test("an account set aside by the address upgrade (no address key) erases no other account's failed-login count (probe 19e F3)", async () => {
