@@ -5,18 +5,25 @@
  */
 import type { Database } from "bun:sqlite";
 
-/** The text of every statement `work` prepares on `sqlite`, in order. */
+/** The text of every statement `work` prepares or queries on `sqlite`, in order. */
 export async function statementsPrepared(sqlite: Database, work: () => unknown): Promise<string[]> {
   const statements: string[] = [];
   const prepare = sqlite.prepare.bind(sqlite);
+  const query = sqlite.query.bind(sqlite);
   sqlite.prepare = ((text: string, ...rest: unknown[]) => {
     statements.push(text);
     return (prepare as (...args: unknown[]) => unknown)(text, ...rest);
   }) as typeof sqlite.prepare;
+  // `query` keeps its statements (a second call returns the first one's): each call is told too.
+  sqlite.query = ((text: string) => {
+    statements.push(text);
+    return query(text);
+  }) as typeof sqlite.query;
   try {
     await work();
   } finally {
     sqlite.prepare = prepare;
+    sqlite.query = query;
   }
   return statements;
 }

@@ -44,6 +44,9 @@ export const ipBlocks = sqliteTable(
     // the expiry's index, none of its statements reads every block (an attacker with many /64s
     // makes a block each).
     index("ip_blocks_lifted").on(table.liftedAt).where(sql`${table.liftedAt} IS NOT NULL`),
+    // The blocks an admin made (automatic ones name no one): what an erasure of a person renames,
+    // found without reading every block (probe 88e F1; migration 0038).
+    index("ip_blocks_created_by").on(table.createdBy).where(sql`${table.createdBy} IS NOT NULL`),
     index("ip_blocks_end_unwritten").on(table.expiresAt).where(blockEndUnwritten(table.expiresAt)),
   ],
 );

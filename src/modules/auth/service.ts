@@ -44,7 +44,13 @@ import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
+import {
+  authRevocations,
+  refreshFamilies,
+  refreshTokens,
+  tokenExpiryUnwritten,
+  users,
+} from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
@@ -870,7 +876,18 @@ export class AuthService {
               .limit(PRUNE_BATCH - expired),
           )
         : 0;
-    const tokens = expired + ended;
+    // An expiry no token of Palisade's has (written into the file): refused, and never expired.
+    const unwritten =
+      expired + ended < PRUNE_BATCH
+        ? this.deleteTokensAmong(
+            db
+              .select({ id: refreshTokens.id })
+              .from(refreshTokens)
+              .where(tokenExpiryUnwritten(refreshTokens.expiresAt))
+              .limit(PRUNE_BATCH - expired - ended),
+          )
+        : 0;
+    const tokens = expired + ended + unwritten;
     // A family row goes only once no token of it can be valid, revoked or not: a token whose
     // family has no row is refused, so this never revives anything. An ended one goes with its
     // tokens (an access token's life after its end): kept for its 30 days, the sessions the cap

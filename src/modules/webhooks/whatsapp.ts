@@ -31,7 +31,7 @@
  */
 
 import { TypeCompiler } from "@sinclair/typebox/compiler";
-import { and, eq, inArray, lt, notInArray, or, sql } from "drizzle-orm";
+import { and, eq, inArray, lt, sql } from "drizzle-orm";
 import { Elysia, t } from "elysia";
 import { DAY_MS } from "../../clock";
 import type { Core } from "../../core";

@@ -197,10 +197,28 @@ test("the prune finds what it deletes through indexes (migration 0035), never by
   );
   expect(pruning.length).toBeGreaterThanOrEqual(3);
   for (const text of pruning) {
-    expect(planOf(sqlite, text).filter((step) => /^SCAN refresh_/.test(step))).toEqual([]);
+    // A partial index holds only the few rows its condition names (expiries no token has).
+    const wholeReads = planOf(sqlite, text).filter(
+      (step) => /^SCAN refresh_/.test(step) && !/INDEX refresh_tokens_expiry_unwritten$/.test(step),
+    );
+    expect(wholeReads).toEqual([]);
   }
   // And it still deletes: the ended session's tokens are gone, the family after them.
   expect(tokenRows(current, alice.userId)).toBe(0);
+});
+
+test("a token whose expiry is no time (written into the file) is refused and would never expire: the prune deletes it (probe 88e F3)", async () => {
+  current = buildTestApp({ env: ENV });
+  const bob = await signUp(current);
+  current.db.$client.run(
+    `INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
+     SELECT 'never-expiring', user_id, family_id, 'hash-never', created_at, 'never'
+     FROM refresh_tokens WHERE user_id = ?`,
+    [bob.userId],
+  );
+  expect(tokenRows(current, bob.userId)).toBe(2);
+  current.services.runMaintenance();
+  expect(tokenRows(current, bob.userId)).toBe(1);
 });
 
 test("a thief's rotations that end the session at the token limit do not hide the victim's token: presented afterwards, it is reuse, audited and counted (probe 87a F6)", async () => {
