@@ -1,4 +1,4 @@
-CREATE INDEX `whatsapp_outbox_pending` ON `whatsapp_outbox` (`id`) WHERE "whatsapp_outbox"."state" = 'pending';--> statement-breakpoint
-CREATE INDEX `whatsapp_outbox_pending_sender` ON `whatsapp_outbox` (`sender_hash`,`id`) WHERE "whatsapp_outbox"."state" = 'pending';--> statement-breakpoint
+CREATE INDEX `whatsapp_outbox_owed` ON `whatsapp_outbox` (`id`) WHERE "whatsapp_outbox"."state" = 'pending';--> statement-breakpoint
+CREATE INDEX `whatsapp_outbox_owed_sender` ON `whatsapp_outbox` (`sender_hash`,`id`) WHERE "whatsapp_outbox"."state" = 'pending';--> statement-breakpoint
 CREATE INDEX `whatsapp_outbox_state_unwritten` ON `whatsapp_outbox` (`id`) WHERE "whatsapp_outbox"."state" NOT IN ('pending', 'sent', 'failed');--> statement-breakpoint
 CREATE INDEX `whatsapp_outbox_finish_unwritten` ON `whatsapp_outbox` (`id`) WHERE "whatsapp_outbox"."state" IN ('sent', 'failed') AND typeof("whatsapp_outbox"."finished_at") != 'integer';

@@ -85,8 +85,8 @@ export const whatsappOutbox = sqliteTable(
     index("whatsapp_outbox_sender").on(table.senderHash, table.id),
     index("whatsapp_outbox_reply").on(table.replyMessageId),
     index("whatsapp_outbox_finished").on(table.finishedAt),
-    index("whatsapp_outbox_pending").on(table.id).where(outboxPending(table.state)),
-    index("whatsapp_outbox_pending_sender")
+    index("whatsapp_outbox_owed").on(table.id).where(outboxPending(table.state)),
+    index("whatsapp_outbox_owed_sender")
       .on(table.senderHash, table.id)
       .where(outboxPending(table.state)),
     index("whatsapp_outbox_state_unwritten").on(table.id).where(outboxStateUnwritten(table.state)),
