@@ -17,7 +17,9 @@ export type MessageCheck = { ok: true; message: string } | { ok: false; rule: st
  * The role markers of the chat templates open-weight models are served with: ChatML and every
  * `<|…|>` token (Qwen, Llama 3, Phi, gpt-oss's harmony), DeepSeek's `<｜…｜>`, Gemma's turns,
  * Mistral's `[INST]` family, EXAONE's `[|…|]`, MiniMax-M1's `<beginning_of_sentence>` and
- * TeleChat2's `<_user>` kin, and those probe 86e F1 found past the first list. vLLM, llama.cpp and
+ * TeleChat2's `<_user>` kin, Nemotron Nano 2's `<SPECIAL_N>`, openPangu's `[unusedN]`, Ling's
+ * `<role>SYSTEM</role>`, Seed-Coder's and MiniCPM's, and those probe 86e F1 found past the first
+ * list. vLLM, llama.cpp and
  * Hugging Face templates render the user's text into the prompt and tokenize these as the real
  * markers, so a user's message could close its own turn and open a `system` one (probe 86b F2).
  * `<s>` and `</s>` are left: they are HTML too.
@@ -40,6 +42,13 @@ const TEMPLATE_TOKEN = new RegExp(
     // MiniMax-M1 and Text-01's sentence and document markers; TeleChat2's roles (probe 88a F5).
     "<(?:beginning_of_sentence|end_of_sentence|begin_of_document|end_of_document)>",
     "<_(?:user|bot|system|end|start|tool)>",
+    // Nemotron Nano 2's `<SPECIAL_10>` kin, openPangu's `[unused9]`, Ling's roles, Seed-Coder's
+    // sentence markers, MiniCPM's `<用户>` and `<AI>` (probe 88d F1).
+    "<SPECIAL_\\d{1,4}>",
+    "\\[unused\\d{1,4}\\]",
+    "</?role>(?=(?:SYSTEM|HUMAN|ASSISTANT|OBSERVATION)\\b)|(?:SYSTEM|HUMAN|ASSISTANT|OBSERVATION)</role>",
+    "<\\[(?:begin|end)[▁_]of[▁_]sentence\\]>",
+    "<用户>|<AI>",
     "<seed:[a-z_]{2,16}>",
     "<extra_id_\\d{1,3}>",
     "<reserved_\\d{1,4}>",

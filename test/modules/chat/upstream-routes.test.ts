@@ -979,6 +979,30 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     expect(upstream.requests).toHaveLength(5);
   });
 
+  test("a gateway's guardrail refusing the text (Portkey's 446, DashScope's data_inspection_failed), before or in the stream, is 422 and never counted (probe 88d F2)", async () => {
+    const { upstream, target, alice } = await setUp({ RATE_LIMIT_ALLOW_CIDRS: "127.0.0.0/8" });
+    const bob = await signUp(target);
+    const carol = await signUp(target);
+    const refusals: UpstreamStep[] = [
+      { kind: "error", status: 446, message: "Guardrail checks failed (request denied)" },
+      { kind: "error", status: 400, code: "data_inspection_failed", message: "inappropriate" },
+      {
+        kind: "malformed",
+        body: JSON.stringify({ error: { message: "x", code: "data_inspection_failed" } }),
+      },
+      { kind: "malformed", body: JSON.stringify({ error: { message: "denied", code: 446 } }) },
+    ];
+    for (let i = 0; i < 8; i++) {
+      upstream.enqueue(refusals[i % refusals.length]!);
+      const response = await chat(target, asUser([alice, bob, carol][i % 3]!), {
+        message: `Guarded ${i}`,
+      });
+      expect({ i, status: response.status }).toEqual({ i, status: 422 });
+      expect(((await response.json()) as Problem).code).toBe("UPSTREAM_REFUSED");
+    }
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+  });
+
   test("an upstream that never answers: 503 once every attempt timed out", async () => {
     const { upstream, target, alice } = await setUp({ OPENAI_TIMEOUT_MS: "150" });
     upstream.setDefault({ kind: "hang" });

@@ -212,7 +212,15 @@ const TEXT_REFUSAL_CODES = new Set([
   "content_filter",
   "content_policy_violation",
   "invalid_prompt",
+  // Alibaba DashScope's content inspection of the input or output (probe 88d F2).
+  "data_inspection_failed",
 ]);
+/**
+ * Portkey's "guardrail checks failed, request denied": a gateway's policy on the message's text (a
+ * PII check, a banned word), any user's to cause, so a refusal of the text, never the upstream's
+ * failure (probe 88d F2: five such from three accounts opened the circuit for everyone).
+ */
+const GUARDRAIL_DENIED_STATUS = 446;
 /** The 400 codes that name its size, or a setting that may be the deployment's. */
 const SIZE_REFUSAL_CODES = new Set(["context_length_exceeded", "string_above_max_length"]);
 
@@ -220,6 +228,7 @@ const SIZE_REFUSAL_CODES = new Set(["context_length_exceeded", "string_above_max
 function refusalOf(error: APIError & { status: number }): "text" | "size" | null {
   const code = error.status === 400 && typeof error.code === "string" ? error.code : null;
   if (code !== null && TEXT_REFUSAL_CODES.has(code)) return "text";
+  if (error.status === GUARDRAIL_DENIED_STATUS) return "text";
   if (SIZE_REFUSAL_STATUSES.has(error.status)) return "size";
   return refusalByCode(code);
 }
@@ -280,6 +289,7 @@ function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null 
   // reword; Mistral's too-long prompt, 87e F4); any other 4xx is the upstream's failure (a 402 out
   // of credit, a 410 model gone: 87c F5).
   if (statuses.length > 0) {
+    if (statuses.every((status) => status === GUARDRAIL_DENIED_STATUS)) return "text";
     if (statuses.every((status) => SIZE_REFUSAL_STATUSES.has(status))) return "size";
     return statuses.every((status) => status === 400) ? "rejected" : null;
   }
@@ -618,7 +628,10 @@ function classify(error: unknown): AttemptFailure {
     // counted, where before a stream it was taken as proof the upstream was up, so an account out
     // of credit never opened the circuit and every turn reached it (probe 88a F3).
     const answered =
-      status === 400 || REJECTED_STATUSES.has(status) || SIZE_REFUSAL_STATUSES.has(status);
+      status === 400 ||
+      status === GUARDRAIL_DENIED_STATUS ||
+      REJECTED_STATUSES.has(status) ||
+      SIZE_REFUSAL_STATUSES.has(status);
     return {
       // A refusal of what the request holds is the client's to change (422); any other (a wrong
       // key, model or URL) fails every request alike (502).
