@@ -1,12 +1,5 @@
 import { sql } from "drizzle-orm";
-import {
-  type AnySQLiteColumn,
-  index,
-  integer,
-  sqliteTable,
-  text,
-  uniqueIndex,
-} from "drizzle-orm/sqlite-core";
+import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 import { users } from "./users";
 
 /**
@@ -42,13 +35,6 @@ export const refreshFamilies = sqliteTable(
 );
 
 /**
- * A token expiry no token of Palisade's has: the condition `refresh_tokens_expiry_unwritten` is made
- * on, which the prune states in the same words (SQLite uses a partial index only then).
- */
-export const tokenExpiryUnwritten = (expiresAt: AnySQLiteColumn) =>
-  sql`typeof(${expiresAt}) != 'integer'`;
-
-/**
  * Refresh tokens, stored as SHA-256 hashes. Each login starts a family; each refresh marks its
  * token used and adds the next one to the family. A used token presented again means it was
  * copied: the whole family is revoked.
@@ -76,11 +62,6 @@ export const refreshTokens = sqliteTable(
     // What the prune deletes first, found without reading the rest (probe 87c: a scan of 720,000
     // rows held the write lock 0.15 s every 10 s; migration 0035).
     index("refresh_tokens_expires").on(table.expiresAt),
-    // An expiry no token of Palisade's has (it writes whole numbers): written into the file, the
-    // token is refused and never expires, so the prune deletes it (probe 88e F3; migration 0038).
-    index("refresh_tokens_expiry_unwritten")
-      .on(table.expiresAt)
-      .where(tokenExpiryUnwritten(table.expiresAt)),
     // A session's tokens not used yet (one, or a few in a rotation's grace): what ending it
     // revokes, found without reading its used ones (10,000 in a full session: probe 87a F1).
     index("refresh_tokens_unused")

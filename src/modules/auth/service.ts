@@ -44,13 +44,7 @@ import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import {
-  authRevocations,
-  refreshFamilies,
-  refreshTokens,
-  tokenExpiryUnwritten,
-  users,
-} from "../../db/schema";
+import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
 import type { Logger } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
@@ -876,14 +870,16 @@ export class AuthService {
               .limit(PRUNE_BATCH - expired),
           )
         : 0;
-    // An expiry no token of Palisade's has (written into the file): refused, and never expired.
+    // An expiry no token of Palisade's has (written into the file: past any lifetime it allows, or
+    // not a number, which SQLite orders after every number): refused, and never expired, so kept
+    // for good with its session (probes 88e F3, 88f F3). Found on the expiry's own index.
     const unwritten =
       expired + ended < PRUNE_BATCH
         ? this.deleteTokensAmong(
             db
               .select({ id: refreshTokens.id })
               .from(refreshTokens)
-              .where(tokenExpiryUnwritten(refreshTokens.expiresAt))
+              .where(gt(refreshTokens.expiresAt, now + EXPIRY_HORIZON_MS))
               .limit(PRUNE_BATCH - expired - ended),
           )
         : 0;
@@ -922,6 +918,33 @@ export class AuthService {
       )
       .returning({ id: refreshFamilies.id })
       .all().length;
+    // As a token's: an end no session of Palisade's has, once none of its tokens is left (probe
+    // 88f F4: one written as text was never pruned, and counted as live against the cap of 100).
+    // A statement of its own: a third term in the OR above read every session.
+    const unendingFamilies = db
+      .delete(refreshFamilies)
+      .where(
+        inArray(
+          refreshFamilies.id,
+          db
+            .select({ id: refreshFamilies.id })
+            .from(refreshFamilies)
+            .where(
+              and(
+                gt(refreshFamilies.expiresAt, now + EXPIRY_HORIZON_MS),
+                notExists(
+                  db
+                    .select({ one: sql`1` })
+                    .from(refreshTokens)
+                    .where(eq(refreshTokens.familyId, refreshFamilies.id)),
+                ),
+              ),
+            )
+            .limit(PRUNE_BATCH),
+        ),
+      )
+      .returning({ id: refreshFamilies.id })
+      .all().length;
     const revocations = db
       .delete(authRevocations)
       .where(
@@ -936,7 +959,7 @@ export class AuthService {
       )
       .returning({ id: authRevocations.id })
       .all().length;
-    return tokens + families + revocations;
+    return tokens + families + unendingFamilies + revocations;
   }
 
   /** Deletes the refresh tokens whose ids `chosen` selects; how many. */
@@ -1286,6 +1309,12 @@ export const REPEAT_GRACE_MS = 10_000;
  * at ACCESS_TOKEN_EXPIRE_MINUTES=1 it signs in again about once a week.
  */
 export const TOKENS_PER_FAMILY = 10_000;
+/**
+ * How far ahead of now an expiry Palisade writes can lie: the longest refresh lifetime
+ * (REFRESH_TOKEN_EXPIRE_DAYS at most 365) and two days of clock skew. A token or session whose
+ * expiry lies past it, or is no number at all, was written into the file; the prune deletes it.
+ */
+const EXPIRY_HORIZON_MS = 367 * 24 * 60 * 60_000;
 /** Rows each table gives up per prune call at most, so a prune never stalls the event loop. */
 const PRUNE_BATCH = 1000;
 /**

@@ -197,28 +197,46 @@ test("the prune finds what it deletes through indexes (migration 0035), never by
   );
   expect(pruning.length).toBeGreaterThanOrEqual(3);
   for (const text of pruning) {
-    // A partial index holds only the few rows its condition names (expiries no token has).
-    const wholeReads = planOf(sqlite, text).filter(
-      (step) => /^SCAN refresh_/.test(step) && !/INDEX refresh_tokens_expiry_unwritten$/.test(step),
-    );
-    expect(wholeReads).toEqual([]);
+    expect(planOf(sqlite, text).filter((step) => /^SCAN refresh_/.test(step))).toEqual([]);
   }
   // And it still deletes: the ended session's tokens are gone, the family after them.
   expect(tokenRows(current, alice.userId)).toBe(0);
 });
 
-test("a token whose expiry is no time (written into the file) is refused and would never expire: the prune deletes it (probe 88e F3)", async () => {
+test("a token or a session whose expiry is past any lifetime Palisade allows, or no number (written into the file: refused, never expiring), is pruned; a genuine one is not (probes 88e F3, 88f F3, F4)", async () => {
   current = buildTestApp({ env: ENV });
   const bob = await signUp(current);
-  current.db.$client.run(
-    `INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
-     SELECT 'never-expiring', user_id, family_id, 'hash-never', created_at, 'never'
-     FROM refresh_tokens WHERE user_id = ?`,
-    [bob.userId],
-  );
-  expect(tokenRows(current, bob.userId)).toBe(2);
+  const carol = await signUp(current);
+  const sqlite = current.db.$client;
+  for (const [id, expiry] of [
+    ["never-expiring", "never"],
+    ["impossible", 9_000_000_000_000_000],
+  ] as const) {
+    sqlite.run(
+      `INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, created_at, expires_at)
+       SELECT ?, user_id, family_id, 'hash-' || ?, created_at, ?
+       FROM refresh_tokens WHERE user_id = ? LIMIT 1`,
+      [id, id, expiry, bob.userId],
+    );
+  }
+  expect(tokenRows(current, bob.userId)).toBe(3);
+  // Carol's session row says it never ends, and none of its tokens is left.
+  sqlite.run("DELETE FROM refresh_tokens WHERE user_id = ?", [carol.userId]);
+  sqlite.run("UPDATE refresh_families SET expires_at = '9999-forever' WHERE user_id = ?", [
+    carol.userId,
+  ]);
+  const families = (userId: string) =>
+    sqlite
+      .query<{ n: number }, [string]>(
+        "SELECT count(*) AS n FROM refresh_families WHERE user_id = ?",
+      )
+      .get(userId)!.n;
   current.services.runMaintenance();
   expect(tokenRows(current, bob.userId)).toBe(1);
+  expect(families(bob.userId)).toBe(1);
+  expect(families(carol.userId)).toBe(0);
+  // Bob's genuine token still refreshes.
+  expect((await refreshed(current, bob.refreshToken)).status).toBe(200);
 });
 
 test("a thief's rotations that end the session at the token limit do not hide the victim's token: presented afterwards, it is reuse, audited and counted (probe 87a F6)", async () => {

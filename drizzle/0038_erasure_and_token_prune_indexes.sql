@@ -1,2 +1,0 @@
-CREATE INDEX `refresh_tokens_expiry_unwritten` ON `refresh_tokens` (`expires_at`) WHERE typeof("refresh_tokens"."expires_at") != 'integer';--> statement-breakpoint
-CREATE INDEX `ip_blocks_created_by` ON `ip_blocks` (`created_by`) WHERE "ip_blocks"."created_by" IS NOT NULL;

@@ -1,0 +1,1 @@
+CREATE INDEX `ip_blocks_created_by` ON `ip_blocks` (`created_by`) WHERE "ip_blocks"."created_by" IS NOT NULL;
