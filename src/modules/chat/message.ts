@@ -46,7 +46,9 @@ const TEMPLATE_TOKEN = new RegExp(
     // sentence markers, MiniCPM's `<用户>` and `<AI>` (probe 88d F1).
     "<SPECIAL_\\d{1,4}>",
     "\\[unused\\d{1,4}\\]",
-    "</?role>(?=(?:SYSTEM|HUMAN|ASSISTANT|OBSERVATION)\\b)|(?:SYSTEM|HUMAN|ASSISTANT|OBSERVATION)</role>",
+    // Ling's `<role>` and `</role>` are tokens of their own around any role's name (probe 88f
+    // F1: `<role>TOOL</role>`, `<role> SYSTEM </role>` and lower case passed a list of names).
+    "</?role>",
     "<\\[(?:begin|end)[▁_]of[▁_]sentence\\]>",
     "<用户>|<AI>",
     "<seed:[a-z_]{2,16}>",

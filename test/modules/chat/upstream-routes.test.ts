@@ -1001,6 +1001,23 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
       expect(((await response.json()) as Problem).code).toBe("UPSTREAM_REFUSED");
     }
     expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 0');
+    // A 446 that names a quota, and a refusal's code beside a 402, are the upstream's failures:
+    // 502 and counted, five of three users opening the circuit (probe 88f F2).
+    const failures: UpstreamStep[] = [
+      { kind: "error", status: 446, code: "insufficient_quota", message: "quota" },
+      {
+        kind: "malformed",
+        body: JSON.stringify({ error: { code: "data_inspection_failed", status: 402 } }),
+      },
+    ];
+    for (let i = 0; i < 5; i++) {
+      upstream.enqueue(failures[i % failures.length]!);
+      const response = await chat(target, asUser([alice, bob, carol][i % 3]!), {
+        message: `Failed ${i}`,
+      });
+      expect({ i, status: response.status }).toEqual({ i, status: 502 });
+    }
+    expect(await metricsText(target)).toContain('upstream_circuit_open{provider="openai"} 1');
   });
 
   test("an upstream that never answers: 503 once every attempt timed out", async () => {

@@ -228,9 +228,17 @@ const SIZE_REFUSAL_CODES = new Set(["context_length_exceeded", "string_above_max
 function refusalOf(error: APIError & { status: number }): "text" | "size" | null {
   const code = error.status === 400 && typeof error.code === "string" ? error.code : null;
   if (code !== null && TEXT_REFUSAL_CODES.has(code)) return "text";
-  if (error.status === GUARDRAIL_DENIED_STATUS) return "text";
+  // A 446 naming a quota or a rate limit is the gateway's account, not the text (probe 88f F2).
+  if (error.status === GUARDRAIL_DENIED_STATUS) return namesAFailure(error) ? null : "text";
   if (SIZE_REFUSAL_STATUSES.has(error.status)) return "size";
   return refusalByCode(code);
+}
+
+/** Whether an error's code or type names a rate limit, a quota or an overload. */
+function namesAFailure(error: APIError): boolean {
+  return [error.code, error.type]
+    .map(streamedName)
+    .some((name) => name !== null && STREAMED_FAILURE_NAMES.has(name));
 }
 
 function refusalByCode(code: string | null): "text" | "size" | null {
@@ -269,7 +277,10 @@ function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null 
   const statuses = [body.code, body.status].map(streamedStatus).filter((code) => code !== null);
   if (
     names.some((name) => STREAMED_FAILURE_NAMES.has(name)) ||
-    statuses.some((status) => status >= 500 || STREAMED_LATER_STATUSES.has(status))
+    statuses.some(
+      (status) =>
+        status >= 500 || STREAMED_LATER_STATUSES.has(status) || !STREAMED_ANSWERED.has(status),
+    )
   ) {
     return null;
   }
@@ -325,6 +336,12 @@ const REJECTED_NAMES: ReadonlySet<string> = new Set([
   "not_found_error",
 ]);
 const REJECTED_STATUSES: ReadonlySet<number> = new Set([401, 403, 404]);
+/**
+ * The statuses an error event may carry and still be an answer to this request (a refusal, or the
+ * request turned away); any other (402 out of credit, 410 model gone) is a failure whatever code
+ * beside it names a refusal (probe 88f F2: `data_inspection_failed` with a 402 was a 422).
+ */
+const STREAMED_ANSWERED: ReadonlySet<number> = new Set([400, 401, 403, 404, 413, 422, 446]);
 /** "Not now" (NOT_NOW_STATUSES) and 409 Conflict: the upstream's state, not the request's. */
 const STREAMED_LATER_STATUSES: ReadonlySet<number> = new Set([...NOT_NOW_STATUSES, 409]);
 
@@ -629,7 +646,7 @@ function classify(error: unknown): AttemptFailure {
     // of credit never opened the circuit and every turn reached it (probe 88a F3).
     const answered =
       status === 400 ||
-      status === GUARDRAIL_DENIED_STATUS ||
+      (status === GUARDRAIL_DENIED_STATUS && !namesAFailure(error)) ||
       REJECTED_STATUSES.has(status) ||
       SIZE_REFUSAL_STATUSES.has(status);
     return {
