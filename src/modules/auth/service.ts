@@ -1311,10 +1311,12 @@ export const REPEAT_GRACE_MS = 10_000;
 export const TOKENS_PER_FAMILY = 10_000;
 /**
  * How far ahead of now an expiry Palisade writes can lie: the longest refresh lifetime
- * (REFRESH_TOKEN_EXPIRE_DAYS at most 365) and two days of clock skew. A token or session whose
- * expiry lies past it, or is no number at all, was written into the file; the prune deletes it.
+ * (REFRESH_TOKEN_EXPIRE_DAYS at most 365) and thirty days of a clock set back since it was written
+ * (probe 88g F1: with two days, a clock stepped back three ended real sessions at 365). A token or
+ * session whose expiry lies past it, or is no number at all, was written into the file; the prune
+ * deletes it.
  */
-const EXPIRY_HORIZON_MS = 367 * 24 * 60 * 60_000;
+const EXPIRY_HORIZON_MS = (365 + 30) * 24 * 60 * 60_000;
 /** Rows each table gives up per prune call at most, so a prune never stalls the event loop. */
 const PRUNE_BATCH = 1000;
 /**

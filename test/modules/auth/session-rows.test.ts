@@ -239,6 +239,17 @@ test("a token or a session whose expiry is past any lifetime Palisade allows, or
   expect((await refreshed(current, bob.refreshToken)).status).toBe(200);
 });
 
+test("at the longest refresh lifetime, a session made while the clock was ahead outlives the prune once the clock is set back (probe 88g F1)", async () => {
+  const clock = new ManualClock();
+  current = buildTestApp({ env: { ...ENV, REFRESH_TOKEN_EXPIRE_DAYS: "365" }, clock });
+  const day = 24 * 60 * 60_000;
+  clock.advance(20 * day);
+  const dave = await signUp(current);
+  clock.advance(-20 * day);
+  current.services.runMaintenance();
+  expect(tokenRows(current, dave.userId)).toBe(1);
+});
+
 test("a thief's rotations that end the session at the token limit do not hide the victim's token: presented afterwards, it is reuse, audited and counted (probe 87a F6)", async () => {
   const clock = new ManualClock();
   current = buildTestApp({ env: ENV, clock });

@@ -991,8 +991,13 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
         body: JSON.stringify({ error: { message: "x", code: "data_inspection_failed" } }),
       },
       { kind: "malformed", body: JSON.stringify({ error: { message: "denied", code: 446 } }) },
+      // 451, as gateways answer a blocked content (probe 88g F4).
+      {
+        kind: "malformed",
+        body: JSON.stringify({ error: { code: "content_filter", status: 451 } }),
+      },
     ];
-    for (let i = 0; i < 8; i++) {
+    for (let i = 0; i < 10; i++) {
       upstream.enqueue(refusals[i % refusals.length]!);
       const response = await chat(target, asUser([alice, bob, carol][i % 3]!), {
         message: `Guarded ${i}`,
@@ -1008,6 +1013,16 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
       {
         kind: "malformed",
         body: JSON.stringify({ error: { code: "data_inspection_failed", status: 402 } }),
+      },
+      // Read in any spelling, one level in, and beside a nested body (probe 88g F2, F3).
+      { kind: "error", status: 446, code: "quota_exceeded", message: "quota" },
+      {
+        kind: "malformed",
+        body: JSON.stringify({ error: { status: 402, error: { code: "content_filter" } } }),
+      },
+      {
+        kind: "malformed",
+        body: JSON.stringify({ error: { code: "data_inspection_failed", status_code: 402 } }),
       },
     ];
     for (let i = 0; i < 5; i++) {

@@ -216,11 +216,13 @@ const TEXT_REFUSAL_CODES = new Set([
   "data_inspection_failed",
 ]);
 /**
- * Portkey's "guardrail checks failed, request denied": a gateway's policy on the message's text (a
- * PII check, a banned word), any user's to cause, so a refusal of the text, never the upstream's
- * failure (probe 88d F2: five such from three accounts opened the circuit for everyone).
+ * Portkey's "guardrail checks failed, request denied" (446), and 451, which gateways answer a
+ * blocked content with: a policy on the message's text (a PII check, a banned word), any user's to
+ * cause, so a refusal of the text, never the upstream's failure (probe 88d F2: five such from three
+ * accounts opened the circuit for everyone; 88g F4 for 451) — unless it names a quota or a rate
+ * limit (88f F2, 88g F2).
  */
-const GUARDRAIL_DENIED_STATUS = 446;
+const TEXT_REFUSAL_STATUSES: ReadonlySet<number> = new Set([446, 451]);
 /** The 400 codes that name its size, or a setting that may be the deployment's. */
 const SIZE_REFUSAL_CODES = new Set(["context_length_exceeded", "string_above_max_length"]);
 
@@ -228,17 +230,35 @@ const SIZE_REFUSAL_CODES = new Set(["context_length_exceeded", "string_above_max
 function refusalOf(error: APIError & { status: number }): "text" | "size" | null {
   const code = error.status === 400 && typeof error.code === "string" ? error.code : null;
   if (code !== null && TEXT_REFUSAL_CODES.has(code)) return "text";
-  // A 446 naming a quota or a rate limit is the gateway's account, not the text (probe 88f F2).
-  if (error.status === GUARDRAIL_DENIED_STATUS) return namesAFailure(error) ? null : "text";
+  // One naming a quota or a rate limit is the gateway's account, not the text (probe 88f F2).
+  if (TEXT_REFUSAL_STATUSES.has(error.status)) return namesAFailure(error) ? null : "text";
   if (SIZE_REFUSAL_STATUSES.has(error.status)) return "size";
   return refusalByCode(code);
 }
 
-/** Whether an error's code or type names a rate limit, a quota or an overload. */
+/**
+ * Whether an error names a rate limit, a quota or an overload: by its code or type (a name, or a
+ * status such as 429 or 503), read in its body one level in as well (probe 88g F2: a numeric code
+ * and a nested body were not read).
+ */
 function namesAFailure(error: APIError): boolean {
-  return [error.code, error.type]
-    .map(streamedName)
-    .some((name) => name !== null && STREAMED_FAILURE_NAMES.has(name));
+  const body: unknown = error.error;
+  const inner = isRecord(body) && isRecord(body.error) ? body.error : undefined;
+  const values: unknown[] = [error.code, error.type];
+  for (const record of [body, inner]) {
+    if (isRecord(record)) values.push(record.code, record.type, record.status);
+  }
+  return values.some((value) => {
+    const name = streamedName(value);
+    if (name !== null && isFailureName(name)) return true;
+    const status = streamedStatus(value);
+    return status !== null && (status >= 500 || STREAMED_LATER_STATUSES.has(status));
+  });
+}
+
+/** A code or type that names a rate limit, a quota or an overload, in any of their spellings. */
+function isFailureName(name: string): boolean {
+  return STREAMED_FAILURE_NAMES.has(name) || /quota|rate_?limit|overload/.test(name);
 }
 
 function refusalByCode(code: string | null): "text" | "size" | null {
@@ -273,10 +293,19 @@ function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null 
   const body = isRecord(outer) && isRecord(outer.error) ? outer.error : outer;
   if (typeof body === "string") return TGI_VALIDATION.test(body.trim()) ? "size" : null;
   if (!isRecord(body)) return null;
-  const names = [body.code, body.type].map(streamedName).filter((name) => name !== null);
-  const statuses = [body.code, body.status].map(streamedStatus).filter((code) => code !== null);
+  // Both levels of a nested body are read (probe 88g F3: the outer 402 of {"status": 402, "error":
+  // {"code": "content_filter"}} was dropped), and `status_code` as `status`.
+  const levels = outer === body ? [body] : [body, outer as Record<string, unknown>];
+  const names = levels
+    .flatMap((level) => [level.code, level.type])
+    .map(streamedName)
+    .filter((name) => name !== null);
+  const statuses = levels
+    .flatMap((level) => [level.code, level.status, level.status_code])
+    .map(streamedStatus)
+    .filter((code) => code !== null);
   if (
-    names.some((name) => STREAMED_FAILURE_NAMES.has(name)) ||
+    names.some(isFailureName) ||
     statuses.some(
       (status) =>
         status >= 500 || STREAMED_LATER_STATUSES.has(status) || !STREAMED_ANSWERED.has(status),
@@ -300,7 +329,7 @@ function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null 
   // reword; Mistral's too-long prompt, 87e F4); any other 4xx is the upstream's failure (a 402 out
   // of credit, a 410 model gone: 87c F5).
   if (statuses.length > 0) {
-    if (statuses.every((status) => status === GUARDRAIL_DENIED_STATUS)) return "text";
+    if (statuses.every((status) => TEXT_REFUSAL_STATUSES.has(status))) return "text";
     if (statuses.every((status) => SIZE_REFUSAL_STATUSES.has(status))) return "size";
     return statuses.every((status) => status === 400) ? "rejected" : null;
   }
@@ -341,7 +370,7 @@ const REJECTED_STATUSES: ReadonlySet<number> = new Set([401, 403, 404]);
  * request turned away); any other (402 out of credit, 410 model gone) is a failure whatever code
  * beside it names a refusal (probe 88f F2: `data_inspection_failed` with a 402 was a 422).
  */
-const STREAMED_ANSWERED: ReadonlySet<number> = new Set([400, 401, 403, 404, 413, 422, 446]);
+const STREAMED_ANSWERED: ReadonlySet<number> = new Set([400, 401, 403, 404, 413, 422, 446, 451]);
 /** "Not now" (NOT_NOW_STATUSES) and 409 Conflict: the upstream's state, not the request's. */
 const STREAMED_LATER_STATUSES: ReadonlySet<number> = new Set([...NOT_NOW_STATUSES, 409]);
 
@@ -646,7 +675,7 @@ function classify(error: unknown): AttemptFailure {
     // of credit never opened the circuit and every turn reached it (probe 88a F3).
     const answered =
       status === 400 ||
-      (status === GUARDRAIL_DENIED_STATUS && !namesAFailure(error)) ||
+      (TEXT_REFUSAL_STATUSES.has(status) && !namesAFailure(error)) ||
       REJECTED_STATUSES.has(status) ||
       SIZE_REFUSAL_STATUSES.has(status);
     return {
