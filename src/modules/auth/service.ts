@@ -36,6 +36,7 @@ import {
   ne,
   notExists,
   or,
+  type SQL,
   type SQLWrapper,
   sql,
 } from "drizzle-orm";
@@ -889,62 +890,18 @@ export class AuthService {
     // tokens (an access token's life after its end): kept for its 30 days, the sessions the cap
     // ended filled an account's export all the same (probe 83g F1: 15,000 rows, 0.4 s before its
     // first byte).
-    const families = db
-      .delete(refreshFamilies)
-      .where(
-        inArray(
-          refreshFamilies.id,
-          db
-            .select({ id: refreshFamilies.id })
-            .from(refreshFamilies)
-            .where(
-              and(
-                or(
-                  lt(refreshFamilies.expiresAt, now - FAMILY_GRACE_MS),
-                  lt(refreshFamilies.revokedAt, now - accessTtlMs - FAMILY_GRACE_MS),
-                ),
-                // Its tokens first: a used token left without its family would be found by
-                // nothing but its expiry, 30 days on.
-                notExists(
-                  db
-                    .select({ one: sql`1` })
-                    .from(refreshTokens)
-                    .where(eq(refreshTokens.familyId, refreshFamilies.id)),
-                ),
-              ),
-            )
-            .limit(PRUNE_BATCH),
-        ),
-      )
-      .returning({ id: refreshFamilies.id })
-      .all().length;
+    const families = this.deleteFamiliesWithoutTokens(
+      or(
+        lt(refreshFamilies.expiresAt, now - FAMILY_GRACE_MS),
+        lt(refreshFamilies.revokedAt, now - accessTtlMs - FAMILY_GRACE_MS),
+      ),
+    );
     // As a token's: an end no session of Palisade's has, once none of its tokens is left (probe
     // 88f F4: one written as text was never pruned, and counted as live against the cap of 100).
     // A statement of its own: a third term in the OR above read every session.
-    const unendingFamilies = db
-      .delete(refreshFamilies)
-      .where(
-        inArray(
-          refreshFamilies.id,
-          db
-            .select({ id: refreshFamilies.id })
-            .from(refreshFamilies)
-            .where(
-              and(
-                gt(refreshFamilies.expiresAt, now + EXPIRY_HORIZON_MS),
-                notExists(
-                  db
-                    .select({ one: sql`1` })
-                    .from(refreshTokens)
-                    .where(eq(refreshTokens.familyId, refreshFamilies.id)),
-                ),
-              ),
-            )
-            .limit(PRUNE_BATCH),
-        ),
-      )
-      .returning({ id: refreshFamilies.id })
-      .all().length;
+    const unendingFamilies = this.deleteFamiliesWithoutTokens(
+      gt(refreshFamilies.expiresAt, now + EXPIRY_HORIZON_MS),
+    );
     const revocations = db
       .delete(authRevocations)
       .where(
@@ -960,6 +917,39 @@ export class AuthService {
       .returning({ id: authRevocations.id })
       .all().length;
     return tokens + families + unendingFamilies + revocations;
+  }
+
+  /**
+   * Deletes at most PRUNE_BATCH of the families `condition` selects that hold no token; how many.
+   * Their tokens first: a used token left without its family would be found by nothing but its
+   * expiry, 30 days on.
+   */
+  private deleteFamiliesWithoutTokens(condition: SQL | undefined): number {
+    const db = this.db;
+    return db
+      .delete(refreshFamilies)
+      .where(
+        inArray(
+          refreshFamilies.id,
+          db
+            .select({ id: refreshFamilies.id })
+            .from(refreshFamilies)
+            .where(
+              and(
+                condition,
+                notExists(
+                  db
+                    .select({ one: sql`1` })
+                    .from(refreshTokens)
+                    .where(eq(refreshTokens.familyId, refreshFamilies.id)),
+                ),
+              ),
+            )
+            .limit(PRUNE_BATCH),
+        ),
+      )
+      .returning({ id: refreshFamilies.id })
+      .all().length;
   }
 
   /** Deletes the refresh tokens whose ids `chosen` selects; how many. */
