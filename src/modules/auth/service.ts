@@ -916,7 +916,24 @@ export class AuthService {
       )
       .returning({ id: authRevocations.id })
       .all().length;
-    return tokens + families + unendingFamilies + revocations;
+    // A record stamped far ahead, or not with a time (written into the file): never old enough for
+    // the statement above, and read again at every start (probe 88g F5). The revocation itself is
+    // on its family's sealed row, and every process has read the record within a second of it.
+    const unstamped = db
+      .delete(authRevocations)
+      .where(
+        inArray(
+          authRevocations.id,
+          db
+            .select({ id: authRevocations.id })
+            .from(authRevocations)
+            .where(gt(authRevocations.createdAt, now + REVOCATION_AHEAD_LIMIT_MS))
+            .limit(PRUNE_BATCH),
+        ),
+      )
+      .returning({ id: authRevocations.id })
+      .all().length;
+    return tokens + families + unendingFamilies + revocations + unstamped;
   }
 
   /**
@@ -1307,6 +1324,8 @@ export const TOKENS_PER_FAMILY = 10_000;
  * deletes it.
  */
 const EXPIRY_HORIZON_MS = (365 + 30) * 24 * 60 * 60_000;
+/** How far ahead a revocation record a process wrote can be stamped: its clock's skew, a month. */
+const REVOCATION_AHEAD_LIMIT_MS = 30 * 24 * 60 * 60_000;
 /** Rows each table gives up per prune call at most, so a prune never stalls the event loop. */
 const PRUNE_BATCH = 1000;
 /**

@@ -231,10 +231,23 @@ test("a token or a session whose expiry is past any lifetime Palisade allows, or
         "SELECT count(*) AS n FROM refresh_families WHERE user_id = ?",
       )
       .get(userId)!.n;
+  // And revocation records stamped with no time, or far ahead (probe 88g F5).
+  sqlite.run(
+    `INSERT INTO auth_revocations (kind, subject, created_at)
+     VALUES ('family', 'forged-1', 'someday'), ('family', 'forged-2', 9e15)`,
+  );
+  const revocations = () =>
+    sqlite
+      .query<{ n: number }, []>(
+        "SELECT count(*) AS n FROM auth_revocations WHERE subject LIKE 'forged-%'",
+      )
+      .get()!.n;
+  expect(revocations()).toBe(2);
   current.services.runMaintenance();
   expect(tokenRows(current, bob.userId)).toBe(1);
   expect(families(bob.userId)).toBe(1);
   expect(families(carol.userId)).toBe(0);
+  expect(revocations()).toBe(0);
   // Bob's genuine token still refreshes.
   expect((await refreshed(current, bob.refreshToken)).status).toBe(200);
 });
