@@ -902,37 +902,15 @@ export class AuthService {
     const unendingFamilies = this.deleteFamiliesWithoutTokens(
       gt(refreshFamilies.expiresAt, now + EXPIRY_HORIZON_MS),
     );
-    const revocations = db
-      .delete(authRevocations)
-      .where(
-        inArray(
-          authRevocations.id,
-          db
-            .select({ id: authRevocations.id })
-            .from(authRevocations)
-            .where(lt(authRevocations.createdAt, now - accessTtlMs - 60 * 60_000))
-            .limit(PRUNE_BATCH),
-        ),
-      )
-      .returning({ id: authRevocations.id })
-      .all().length;
+    const revocations = this.deleteRevocationsWhere(
+      lt(authRevocations.createdAt, now - accessTtlMs - 60 * 60_000),
+    );
     // A record stamped far ahead, or not with a time (written into the file): never old enough for
     // the statement above, and read again at every start (probe 88g F5). The revocation itself is
     // on its family's sealed row, and every process has read the record within a second of it.
-    const unstamped = db
-      .delete(authRevocations)
-      .where(
-        inArray(
-          authRevocations.id,
-          db
-            .select({ id: authRevocations.id })
-            .from(authRevocations)
-            .where(gt(authRevocations.createdAt, now + REVOCATION_AHEAD_LIMIT_MS))
-            .limit(PRUNE_BATCH),
-        ),
-      )
-      .returning({ id: authRevocations.id })
-      .all().length;
+    const unstamped = this.deleteRevocationsWhere(
+      gt(authRevocations.createdAt, now + REVOCATION_AHEAD_LIMIT_MS),
+    );
     return tokens + families + unendingFamilies + revocations + unstamped;
   }
 
@@ -966,6 +944,25 @@ export class AuthService {
         ),
       )
       .returning({ id: refreshFamilies.id })
+      .all().length;
+  }
+
+  /** Deletes at most PRUNE_BATCH of the revocation records `condition` selects; how many. */
+  private deleteRevocationsWhere(condition: SQL): number {
+    const db = this.db;
+    return db
+      .delete(authRevocations)
+      .where(
+        inArray(
+          authRevocations.id,
+          db
+            .select({ id: authRevocations.id })
+            .from(authRevocations)
+            .where(condition)
+            .limit(PRUNE_BATCH),
+        ),
+      )
+      .returning({ id: authRevocations.id })
       .all().length;
   }
 
