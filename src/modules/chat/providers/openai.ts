@@ -308,7 +308,7 @@ function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null 
     names.some(isFailureName) ||
     statuses.some(
       (status) =>
-        status >= 500 || STREAMED_LATER_STATUSES.has(status) || !STREAMED_ANSWERED.has(status),
+        status >= 500 || STREAMED_LATER_STATUSES.has(status) || !ANSWERED_STATUSES.has(status),
     )
   ) {
     return null;
@@ -366,11 +366,16 @@ const REJECTED_NAMES: ReadonlySet<string> = new Set([
 ]);
 const REJECTED_STATUSES: ReadonlySet<number> = new Set([401, 403, 404]);
 /**
- * The statuses an error event may carry and still be an answer to this request (a refusal, or the
- * request turned away); any other (402 out of credit, 410 model gone) is a failure whatever code
+ * The statuses that are an answer to this request (a refusal, or the request turned away), before
+ * a stream or in one; any other (402 out of credit, 410 model gone) is a failure whatever code
  * beside it names a refusal (probe 88f F2: `data_inspection_failed` with a 402 was a 422).
  */
-const STREAMED_ANSWERED: ReadonlySet<number> = new Set([400, 401, 403, 404, 413, 422, 446, 451]);
+const ANSWERED_STATUSES: ReadonlySet<number> = new Set([
+  400,
+  ...REJECTED_STATUSES,
+  ...SIZE_REFUSAL_STATUSES,
+  ...TEXT_REFUSAL_STATUSES,
+]);
 /** "Not now" (NOT_NOW_STATUSES) and 409 Conflict: the upstream's state, not the request's. */
 const STREAMED_LATER_STATUSES: ReadonlySet<number> = new Set([...NOT_NOW_STATUSES, 409]);
 
@@ -674,10 +679,7 @@ function classify(error: unknown): AttemptFailure {
     // counted, where before a stream it was taken as proof the upstream was up, so an account out
     // of credit never opened the circuit and every turn reached it (probe 88a F3).
     const answered =
-      status === 400 ||
-      (TEXT_REFUSAL_STATUSES.has(status) && !namesAFailure(error)) ||
-      REJECTED_STATUSES.has(status) ||
-      SIZE_REFUSAL_STATUSES.has(status);
+      ANSWERED_STATUSES.has(status) && !(TEXT_REFUSAL_STATUSES.has(status) && namesAFailure(error));
     return {
       // A refusal of what the request holds is the client's to change (422); any other (a wrong
       // key, model or URL) fails every request alike (502).
