@@ -12,7 +12,7 @@ import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
 import { spellOut } from "../../../src/logging/spell-out";
 import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
-import { TAMPERED_REASON } from "../../../src/modules/webhooks/outbox";
+import { BLOCKER_WINDOW, TAMPERED_REASON } from "../../../src/modules/webhooks/outbox";
 import {
   createOutboxSeal,
   OUTBOX_SEALS_MIGRATION,
@@ -331,6 +331,49 @@ describe("rows written into the file", () => {
       await worker.drain();
       expectRefused(target, "wamid.HOLD");
       expect(graph.sent.map((m) => m.body)).toEqual(["reply to: one", "reply to: two"]);
+    }
+  });
+
+  test("a forged row holding a sender back is refused within one sweep of the pending rows, wherever it sits among them (probe 88e F4: the check now reads a window of them at a time)", async () => {
+    const { target, graph, worker, clock } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.FIRST", from: "16505551234", text: "one" }] }),
+    );
+    await worker.drain();
+    const senderHash = rowOf(target, "wamid.FIRST").sender_hash;
+    const notDue = clock.now() + 60_000;
+    // Three windows' worth of other senders' rows waiting for their retry, and nothing behind them.
+    const filler = target.db.$client.prepare(
+      `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, sender_hash, kind, state,
+         next_attempt_at, received_at) VALUES (?, ?, ?, ?, 'text', 'pending', ?, ?)`,
+    );
+    target.db.$client.transaction(() => {
+      for (let id = 1000; id < 1000 + 3 * BLOCKER_WINDOW; id++) {
+        filler.run(id, `wamid.OTHER${id}`, WA_PHONE_NUMBER_ID, `other-${id}`, notDue, clock.now());
+      }
+    })();
+    // A forged row ahead of the sender's next message, scheduled inside the give-up time (so no
+    // claim takes it as a schedule no worker writes), placed after the rows, then before them.
+    const sent = ["reply to: one"];
+    for (const [nth, id] of [5000, 500].entries()) {
+      target.db.$client.run(
+        `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, recipient, sender_hash, kind,
+           body, state, next_attempt_at, received_at, seal)
+         VALUES (?, ?, ?, '15550009999', ?, 'text', 'hello', 'pending', ?, ?, 'x')`,
+        [id, `wamid.HOLD${nth}`, WA_PHONE_NUMBER_ID, senderHash, notDue, clock.now()],
+      );
+      const text = `next ${nth}`;
+      await deliver(
+        target,
+        notification({ messages: [{ id: `wamid.NEXT${nth}`, from: "16505551234", text }] }),
+      );
+      sent.push(`reply to: ${text}`);
+      for (let drain = 0; drain < 5 && graph.sent.length < sent.length; drain++) {
+        await worker.drain();
+      }
+      expectRefused(target, `wamid.HOLD${nth}`);
+      expect(graph.sent.map((m) => m.body)).toEqual(sent);
     }
   });
 
