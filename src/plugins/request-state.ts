@@ -31,6 +31,11 @@ export interface RequestState {
    * not kept): a handler that refuses the request before any work of its own gives it back.
    */
   limitCharge?: LimitCharge;
+  /**
+   * How long the request guard waited for the JSON body to arrive, in ms: the client's time, not
+   * the service's, left out of the request-duration histogram (access-log).
+   */
+  bodyWaitMs?: number;
 }
 
 /** The fields the early stages set, as a handler reads them. */

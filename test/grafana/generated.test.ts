@@ -361,7 +361,7 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
     await passesPromtoolTests(tests);
   });
 
-  test("PalisadeErrorRatioHigh fires on 500s and 503s, and 501 NOT_CONFIGURED alone does not fire it (promtool test rules; probe 43c F1)", async () => {
+  test("PalisadeErrorRatioHigh fires on 500s and 503s, also beside a flood of probes, scrapes and refusals, and 501 NOT_CONFIGURED alone does not fire it (promtool test rules; probes 43c F1, 89a F2)", async () => {
     const rule = ALERT_RULES.find((each) => each.alert === "PalisadeErrorRatioHigh")!;
     // Half the responses have `status`, the other half are 200s: 25 of each a minute.
     const half = (status: string, route: string) => [
@@ -369,6 +369,22 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
       { series: 'http_requests_total{route="/api/auth/csrf",status="200"}', values: "0+25x20" },
     ];
     const at = ruleCase(rule, "15m", ["{{ $value | humanizePercentage }}", "50%"]);
+    // The same, with a flood of what anyone can send without bound beside it: 2,000 a minute
+    // each of probes, scrapes, 429s, 403s of a blocked address and 404s (probe 89a F2).
+    const flooded = (status: string, route: string) => [
+      ...half(status, route),
+      ...[
+        ["/health", "200"],
+        ["/ready", "200"],
+        ["/metrics", "200"],
+        ["/api/auth/login", "429"],
+        ["/api/chat", "403"],
+        ["<unmatched>", "404"],
+      ].map(([path, code]) => ({
+        series: `http_requests_total{route="${path}",status="${code}"}`,
+        values: "0+2000x20",
+      })),
+    ];
     const tests = {
       rule_files: [join(GRAFANA_DIR, "alerts.yml")],
       evaluation_interval: "1m",
@@ -377,6 +393,8 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
         at(half("501", "/webhooks/stripe"), false),
         at(half("500", "/api/chat"), true),
         at(half("503", "/api/auth/login"), true),
+        at(flooded("503", "/api/auth/login"), true),
+        at(flooded("501", "/webhooks/stripe"), false),
       ],
     };
     await passesPromtoolTests(tests);

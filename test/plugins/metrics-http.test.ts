@@ -8,7 +8,7 @@ test("the request metrics render exactly as prom-client's own counter and histog
   const reference = new Registry();
   const histogram = new Histogram({
     name: "http_request_duration_seconds",
-    help: "Time from receiving a request to sending its response",
+    help: "Time from receiving a request to sending its response, less the time its body took to arrive",
     labelNames: ["method", "route"],
     buckets: DURATION_BUCKETS,
     registers: [reference],

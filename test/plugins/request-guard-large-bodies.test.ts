@@ -9,7 +9,7 @@ import { AppError } from "../../src/errors";
 import { networkKeyOf } from "../../src/plugins/client-ip/resolve";
 import { largeBodyReads } from "../../src/plugins/request-guard/large-bodies";
 import type { RunningServer } from "../../src/server";
-import { buildTestApp, serveInProcess, type TestApp } from "../support/app";
+import { buildTestApp, send, serveInProcess, type TestApp } from "../support/app";
 import { type SentryServer, startSentryServer } from "../support/sentry-server";
 import { waitFor } from "../support/wait";
 
@@ -169,6 +169,27 @@ test("a small body is read as it comes, with no deadline of its own", async () =
   // Its ten last bytes took ~500 ms, past the large bodies' deadline: answered on its merits.
   expect(text).not.toStartWith("HTTP/1.1 408");
   expect(text).toMatch(/^HTTP\/1\.1 (400|422)/);
+});
+
+test("the time a body takes to arrive is the client's: in the access line's duration, never in the request-duration histogram the latency alert reads (probe 89a F3)", async () => {
+  const server = serve();
+  const target = current!.target;
+  // 40 bytes at 50 ms: ~2 s to arrive, then answered on its merits at once.
+  const slow = await trickle(Number(server.url.port), 1200, 1160, true);
+  const { text, afterMs } = await slow.answer;
+  expect(text).toMatch(/^HTTP\/1\.1 (400|422)/);
+  expect(afterMs).toBeGreaterThanOrEqual(1500);
+  await waitFor(() =>
+    target.logs.entries.some((e) => e.msg === "request" && e.route === "/api/auth/login"),
+  );
+  const line = target.logs.entries.find(
+    (e) => e.msg === "request" && e.route === "/api/auth/login",
+  )!;
+  expect(line.durationMs as number).toBeGreaterThanOrEqual(1500);
+  const metrics = await (await send(target, "/metrics")).text();
+  const series = 'method="POST",route="/api/auth/login"';
+  expect(metrics).toContain(`http_request_duration_seconds_count{${series}} 1`);
+  expect(metrics).toContain(`http_request_duration_seconds_bucket{le="0.5",${series}} 1`);
 });
 
 test("one client holds at most its share of the budget: its next large body is refused 429, another client's is read", async () => {

@@ -19,7 +19,9 @@
  * (error-handler/route-methods), and only a request that matches no route is `<unmatched>`.
  *
  * A streamed response (SSE) is measured to the end of its body, not to its first byte: the
- * handler registers it (stream-end.ts) and the line and the histogram wait for its end.
+ * handler registers it (stream-end.ts) and the line and the histogram wait for its end. The line's
+ * `durationMs` is the whole request; the histogram leaves out the time its body took to arrive
+ * (the request guard's `bodyWaitMs`), which the client decides.
  */
 import { Elysia } from "elysia";
 import { PIPE_BUF } from "../../logging/line-buffer";
@@ -102,12 +104,21 @@ export function accessLog(options: AccessLogOptions) {
   return new Elysia({ name: "palisade.access-log" })
     .onStop(() => destination.flush?.())
     .onAfterResponse(function observeRequest(context) {
-      const { request, startedAt, requestId, clientIp, path, route, responseValue, set } =
-        context as unknown as RequestState & {
-          route: string;
-          responseValue: unknown;
-          set: { status?: number | string };
-        };
+      const {
+        request,
+        startedAt,
+        bodyWaitMs,
+        requestId,
+        clientIp,
+        path,
+        route,
+        responseValue,
+        set,
+      } = context as unknown as RequestState & {
+        route: string;
+        responseValue: unknown;
+        set: { status?: number | string };
+      };
       const status = statusOf(responseValue, set.status);
       // A 503 is the service declining to serve (a queue or budget full, a lock waited out, a
       // stop, an upstream's circuit open), each cause logged by the stage that chose it, and a 501
@@ -119,7 +130,9 @@ export function accessLog(options: AccessLogOptions) {
         const seconds = (performance.now() - startedAt) / 1000;
         const routeLabel = route || routePatternOf(request.method, path) || UNMATCHED_ROUTE;
         const method = KNOWN_METHODS.has(request.method) ? request.method : "OTHER";
-        http.observe(method, routeLabel, status, seconds);
+        // The service's time: a body sent slowly is the client's, and any client could otherwise
+        // fill the slow buckets, and page PalisadeLatencyP99High, at will (probe 89a F3).
+        http.observe(method, routeLabel, status, seconds - (bodyWaitMs ?? 0) / 1000);
         if (trace) {
           const endMs = Date.now();
           trace({

@@ -66,7 +66,7 @@ export function createHttpMetrics(registry: Registry) {
   });
   registerHistogram(registry, {
     name: METRIC.httpRequestDuration,
-    help: "Time from receiving a request to sending its response",
+    help: "Time from receiving a request to sending its response, less the time its body took to arrive",
     bounds: DURATION_BUCKETS,
     series: () => durations.values(),
     reset: () => {

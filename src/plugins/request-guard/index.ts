@@ -142,6 +142,7 @@ export function requestGuard({
       const size = declared === null ? null : Number(declared);
       const bounded = size === null || size > SMALL_BODY_BYTES;
       let text: string;
+      const waitStarted = performance.now();
       try {
         if (routeClass.exactBytes) {
           // Webhook signatures are computed over the bytes, what was sent (exactBodyOf).
@@ -172,6 +173,8 @@ export function requestGuard({
           rateLimitMetrics?.rejections.labels(LARGE_BODIES_POLICY_LABEL).inc();
         }
         throw error;
+      } finally {
+        (context as unknown as RequestState).bodyWaitMs = performance.now() - waitStarted;
       }
       if (text === "") return undefined;
       const keysSent = scanJsonText(text, MAX_BODY_DEPTH);
