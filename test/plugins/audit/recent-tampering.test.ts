@@ -39,3 +39,37 @@ test("an event another process recorded is on this process's /metrics for an hou
   clock.advance(60 * 60 * 1000 + 1);
   expect(await scrape(target)).toContain('audit_tamper_events_recent{type="db.resealed"} 0');
 });
+
+test("a row written into the file with a tampering type counts for nothing, whenever it is stamped: only rows Palisade wrote page (probe 89a F4: one stamped ten years ahead kept the page firing for good)", async () => {
+  const clock = new ManualClock();
+  const target = appClosedAfter(cleanups, { clock });
+  target.services.audit.record({
+    type: "db.resealed",
+    outcome: "failure",
+    actor: "system",
+    detail: { kind: "ip.blocks_sealed", earlier: 1 },
+  });
+  target.services.audit.flush();
+  const sqlite = target.db.$client;
+  const genuine = sqlite
+    .query<{ id: number }, []>("SELECT id FROM audit_events WHERE type = 'db.resealed'")
+    .get()!;
+  // Copies of the genuine row under other ids and times (its hash no longer theirs), and a row
+  // with a made-up hash: now, an hour ahead and ten years ahead.
+  const columns = (
+    sqlite.query("SELECT name FROM pragma_table_info('audit_events')").all() as { name: string }[]
+  )
+    .map((column) => column.name)
+    .filter((name) => !["id", "at", "type"].includes(name));
+  for (const [nth, ahead] of [0, 60 * 60_000, 10 * 365 * 24 * 60 * 60_000].entries()) {
+    sqlite.run(
+      `INSERT INTO audit_events (id, at, type, ${columns.join(", ")})
+       SELECT ?, ?, 'auth.credential_tampered', ${columns.join(", ")} FROM audit_events WHERE id = ?`,
+      [1_000_000 + nth, clock.now() + ahead, genuine.id],
+    );
+  }
+  sqlite.run("UPDATE audit_events SET hash = ? WHERE id = 1000000", ["0".repeat(64)]);
+  const metrics = await scrape(target);
+  expect(metrics).toContain('audit_tamper_events_recent{type="auth.credential_tampered"} 0');
+  expect(metrics).toContain('audit_tamper_events_recent{type="db.resealed"} 1');
+});
