@@ -13,6 +13,7 @@ import { createLogger } from "../../src/logging/logger";
 import type { Feature } from "../../src/modules/feature";
 import { Registry } from "../../src/plugins/metrics/prom";
 import { createErrorReporter } from "../../src/plugins/sentry";
+import { RUN_QUIET_MS } from "../../src/plugins/sentry/delivery";
 import { createScrubber } from "../../src/plugins/sentry/scrub";
 import {
   createReportThrottle,
@@ -328,9 +329,10 @@ test("reports Sentry refuses, or that cannot reach it, are counted and said once
   const failedMetric = async (reason: string) => {
     const text = await (await send(target, "/metrics")).text();
     return Number(
-      new RegExp(`^error_reports_failed_total\\{reason="${reason}"\\} (\\d+)$`, "m").exec(
-        text,
-      )?.[1],
+      new RegExp(
+        `^error_reports_failed_total\\{reason="${reason}",kind="error"\\} (\\d+)$`,
+        "m",
+      ).exec(text)?.[1],
     );
   };
   expect(await failedMetric("refused")).toBe(0);
@@ -375,7 +377,7 @@ test("a DSN whose host refuses connections: counted as network, said once", asyn
   await target.services.errors.flush(5000);
   await waitFor(
     async () =>
-      /^error_reports_failed_total\{reason="network"\} 1$/m.test(
+      /^error_reports_failed_total\{reason="network",kind="error"\} 1$/m.test(
         await (await send(target, "/metrics")).text(),
       ),
     { what: "the failure counted" },
@@ -386,7 +388,9 @@ test("a DSN whose host refuses connections: counted as network, said once", asyn
 });
 
 /** A reporter of its own, as core.ts makes it, with its metrics and log lines in reach. */
-function standaloneReporter(options: { sendTimeoutMs?: number } = {}) {
+function standaloneReporter(
+  options: { sendTimeoutMs?: number; now?: () => number; tracesSampleRate?: number } = {},
+) {
   const logs = new LogCapture();
   const registry = new Registry();
   const reporter = createErrorReporter({
@@ -399,11 +403,12 @@ function standaloneReporter(options: { sendTimeoutMs?: number } = {}) {
     registry,
     ...options,
   });
-  const failed = async (reason: string) =>
+  const failed = async (reason: string, kind = "error") =>
     Number(
-      new RegExp(`^error_reports_failed_total\\{reason="${reason}"\\} (\\d+)$`, "m").exec(
-        await registry.metrics(),
-      )?.[1],
+      new RegExp(
+        `^error_reports_failed_total\\{reason="${reason}",kind="${kind}"\\} (\\d+)$`,
+        "m",
+      ).exec(await registry.metrics())?.[1],
     );
   const warnings = () =>
     logs.entries.filter((entry) => String(entry.msg).startsWith("sentry did not take"));
@@ -435,7 +440,11 @@ test("after a 429 the SDK drops reports without sending them: each is counted as
 });
 
 test("a Sentry that takes the connection and never answers: each report counted as timeout when its wait ends, those past the SDK's buffer as backlog (probe 57a F4)", async () => {
-  const { reporter, failed, warnings, logs } = standaloneReporter({ sendTimeoutMs: 300 });
+  const clock = new ManualClock();
+  const { reporter, failed, warnings, logs } = standaloneReporter({
+    sendTimeoutMs: 300,
+    now: () => clock.now(),
+  });
   sentry.hang = true;
   try {
     // More different failures at once than the SDK holds (64).
@@ -449,7 +458,8 @@ test("a Sentry that takes the connection and never answers: each report counted 
   } finally {
     sentry.hang = false;
   }
-  // Delivered again once Sentry answers, and the run's losses said.
+  // Delivered again once Sentry answers, and the run's losses said once it has been quiet a while.
+  clock.advance(RUN_QUIET_MS);
   reporter.report(new Error("after the outage"));
   await reporter.flush(5000);
   await waitFor(() => sentry.events().length === 1, { what: "the event Sentry took" });
@@ -464,6 +474,48 @@ test("a Sentry that takes the connection and never answers: each report counted 
       .filter((entry) => entry.msg === "sentry takes error reports again")
       .map((entry) => entry.lost),
   ).toEqual([70]);
+  // Each failure whose event was lost is sent again, with what it stood for (probe 89a F1): as
+  // many as the queue holds at once; the rest are dropped again (backlog) and wait their turn.
+  await reporter.flush(5000, { final: true });
+  await waitFor(() => sentry.events().length === 1 + 64, { what: "the lost failures sent again" });
+  const resent = sentry.events().slice(1);
+  expect(resent.every((event) => (event.extra as { repeats?: number }).repeats === 1)).toBe(true);
+  expect(await failed("backlog")).toBe(6 + 6);
+  await reporter.flush(5000, { final: true });
+  await waitFor(() => sentry.events().length === 1 + 70, { what: "the last six sent again" });
+});
+
+test("a flood of sampled requests does not crowd an error out: errors leave by a queue of their own, and the lost are counted by kind (probe 89a F1)", async () => {
+  const { reporter, failed, warnings } = standaloneReporter({ tracesSampleRate: 1 });
+  sentry.delayMs = 500;
+  try {
+    // (Sampled requests are traced once the SDK has loaded.)
+    await reporter.flush(100);
+    // More sampled requests at once than any queue holds, then a real failure.
+    for (let i = 0; i < 100; i++) {
+      reporter.traceRequest({
+        method: "GET",
+        route: "/health",
+        status: 200,
+        requestId: `r${i}`,
+        startMs: Date.now() - 1,
+        endMs: Date.now(),
+      });
+    }
+    reporter.report(new Error("the database is locked"), {
+      status: 503,
+      code: "SERVICE_UNAVAILABLE",
+    });
+    await reporter.flush(5000);
+    await waitFor(() => sentry.events().length === 1, { what: "the error delivered" });
+    expect(await failed("backlog", "transaction")).toBe(100 - 32);
+    expect(await failed("backlog", "error")).toBe(0);
+    expect(warnings().map((entry) => [entry.reason, entry.kind])).toEqual([
+      ["backlog", "transaction"],
+    ]);
+  } finally {
+    sentry.delayMs = 0;
+  }
 });
 
 test("an answer that fails its schema is reported by route and field paths, never with the answer's values (probe 30b F1)", async () => {

@@ -34,6 +34,8 @@ export interface SentryServer {
   refuseWith: number | null;
   /** While set, envelopes are read and never answered (a host that accepts and hangs). */
   hang: boolean;
+  /** How long each envelope waits for its answer (a slow ingestion), 0 by default. */
+  delayMs: number;
   stop(): void;
 }
 
@@ -87,7 +89,7 @@ export function parseEnvelope(bytes: Uint8Array): {
 
 export function startSentryServer(): SentryServer {
   const envelopes: ReceivedEnvelope[] = [];
-  const state = { refuseWith: null as number | null, hang: false };
+  const state = { refuseWith: null as number | null, hang: false, delayMs: 0 };
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
@@ -99,6 +101,7 @@ export function startSentryServer(): SentryServer {
         await request.arrayBuffer();
         return new Promise<Response>(() => {});
       }
+      if (state.delayMs > 0) await Bun.sleep(state.delayMs);
       if (state.refuseWith !== null) {
         return Response.json({ detail: "event submission rejected" }, { status: state.refuseWith });
       }
@@ -136,6 +139,12 @@ export function startSentryServer(): SentryServer {
     },
     set hang(value: boolean) {
       state.hang = value;
+    },
+    get delayMs() {
+      return state.delayMs;
+    },
+    set delayMs(value: number) {
+      state.delayMs = value;
     },
     stop: () => server.stop(true),
   };

@@ -111,20 +111,42 @@ export const disabledReporter: ErrorReporter = {
   flush: async () => true,
 };
 
-type Report = (error: unknown, context: ErrorContext) => void;
+/** The occurrences an error event stands for, and the failure they are (throttle.ts). */
+interface StandsFor {
+  fingerprint: string;
+  occurrences: PendingRepeats;
+}
+type Report = (error: unknown, context: ErrorContext, standsFor: StandsFor) => void;
+/** Error events awaiting their delivery's outcome, at most (the error queue holds 64). */
+const MAX_IN_FLIGHT = 1_000;
 
 const randomHex = (bytes: number) =>
   Buffer.from(crypto.getRandomValues(new Uint8Array(bytes))).toString("hex");
 
+/**
+ * The SDK marks each error object it captures and drops a second capture of it; a lost event's
+ * error is sent again as a copy (its prototype, message, stack, cause and own fields), not marked.
+ */
+function uncapturedCopy(error: unknown): unknown {
+  if (!(error instanceof Error)) return error;
+  const copy = Object.create(Object.getPrototypeOf(error)) as Error;
+  for (const key of Object.getOwnPropertyNames(error)) {
+    if (key === SENTRY_CAPTURED_MARK) continue;
+    Object.defineProperty(copy, key, Object.getOwnPropertyDescriptor(error, key)!);
+  }
+  return copy;
+}
+const SENTRY_CAPTURED_MARK = "__sentry_captured__";
+
 export function createErrorReporter(options: ErrorReporterOptions): ErrorReporter {
   const { dsn, logger } = options;
   // Registered without a DSN too (at 0): every deployment exports the same families.
-  const watch = createDeliveryWatch(logger, options.registry);
+  const now = options.now ?? Date.now;
+  const watch = createDeliveryWatch(logger, options.registry, now);
   if (dsn === null) return disabledReporter;
 
   const scrub = createScrubber([...options.secretValues, dsn]);
   const throttle = createReportThrottle();
-  const now = options.now ?? Date.now;
   const iso = (ms: number) => new Date(ms).toISOString();
   /** The count of repeats an event stands for, and over what time they came. */
   const withRepeats = (context: ErrorContext, pending: PendingRepeats): ErrorContext => ({
@@ -136,8 +158,26 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
       repeatsTo: iso(pending.lastAt),
     },
   });
-  let queue: [unknown, ErrorContext][] | null = [];
+  let queue: [unknown, ErrorContext, StandsFor][] | null = [];
   let send: Report | null = null;
+  /**
+   * The error events sent and not yet settled, by event id: what each stood for, counted again
+   * if it is not delivered (throttle.ts lost). Bounded: an event the SDK drops before its
+   * transport (none is, with every error sampled) would otherwise stay.
+   */
+  const inFlight = new Map<string, StandsFor>();
+  function errorSettled(eventId: string, delivered: boolean) {
+    const standsFor = inFlight.get(eventId);
+    if (standsFor === undefined) return;
+    inFlight.delete(eventId);
+    if (delivered) return;
+    const { occurrences } = standsFor;
+    throttle.lost(standsFor.fingerprint, now(), {
+      ...occurrences,
+      error: uncapturedCopy(occurrences.error),
+    });
+    scheduleDrain();
+  }
   let sendTrace: ((trace: RequestTrace) => void) | null = null;
   const rate = options.tracesSampleRate;
   let flushClient: ((timeoutMs: number) => Promise<boolean>) | null = null;
@@ -152,7 +192,7 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
         ): void {
           super.recordDroppedEvent(reason, category, count);
           const failure = failureOfDrop(reason, category);
-          if (failure !== null) watch.lost(failure, count);
+          if (failure !== null) watch.lost(failure.reason, failure.kind, count);
         }
       }
       const client = new WatchedClient({
@@ -162,7 +202,11 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
         tracesSampleRate: rate,
         // Transactions as whole events, so beforeSendTransaction (the scrubber) sees them.
         traceLifecycle: "static",
-        transport: guardedTransport(Sentry, watch, options.sendTimeoutMs),
+        transport: guardedTransport(Sentry, {
+          watch,
+          errorSettled,
+          timeoutMs: options.sendTimeoutMs,
+        }),
         stackParser: Sentry.defaultStackParser,
         integrations: [Sentry.linkedErrorsIntegration()],
         beforeSend: (event) => scrub(event),
@@ -172,7 +216,7 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
       const base = new Sentry.Scope();
       base.setClient(client);
       client.init();
-      send = function sendToSentry(error, context) {
+      send = function sendToSentry(error, context, standsFor) {
         const scope = base.clone();
         const tags: Record<string, string> = {};
         if (context.requestId) tags.request_id = context.requestId;
@@ -202,7 +246,11 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
           };
           scope.addEventProcessor((event) => ({ ...event, request: requestData }));
         }
-        scope.captureException(error);
+        const eventId = scope.captureException(error);
+        inFlight.set(eventId, standsFor);
+        if (inFlight.size > MAX_IN_FLIGHT) {
+          inFlight.delete(inFlight.keys().next().value as string);
+        }
       };
       sendTrace = function sendTransaction(trace) {
         const name = `${trace.method} ${trace.route}`;
@@ -227,7 +275,7 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
       flushClient = async (timeoutMs) => client.flush(timeoutMs);
       const pending = queue ?? [];
       queue = null;
-      for (const [error, context] of pending) send(error, context);
+      for (const [error, context, standsFor] of pending) send(error, context, standsFor);
     },
     (error: unknown) => {
       queue = null;
@@ -235,33 +283,42 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
     },
   );
 
-  function dispatch(error: unknown, context: ErrorContext) {
-    if (send) send(error, context);
-    else if (queue && queue.length < MAX_QUEUED) queue.push([error, context]);
+  function dispatch(error: unknown, context: ErrorContext, standsFor: StandsFor) {
+    if (send) send(error, context, standsFor);
+    else if (queue && queue.length < MAX_QUEUED) queue.push([error, context, standsFor]);
   }
   /** Repeats whose interval has ended with no new occurrence: sent as their last one. */
   let drainTimer: Timer | null = null;
   function sendDue(all: boolean) {
     try {
       for (const pending of throttle.drain(now(), all)) {
-        dispatch(pending.error, withRepeats(pending.context, pending));
+        dispatch(pending.error, withRepeats(pending.context, pending), {
+          fingerprint: fingerprintOf(pending.error, pending.context),
+          occurrences: { ...pending },
+        });
       }
     } catch (failure) {
       logger.warn({ err: failure }, "sentry report failed");
     }
     if (!all) scheduleDrain();
   }
+  /** When the drain timer fires (by `now`), while one is set. */
+  let drainAt = 0;
   function scheduleDrain() {
     const at = throttle.nextDrainAt();
-    if (drainTimer !== null || at === null) return;
-    drainTimer = setTimeout(
-      () => {
-        drainTimer = null;
-        sendDue(false);
-      },
-      // Never longer than an interval, even if the clock was set back since `at` was taken.
-      Math.min(Math.max(0, at - now()), REPORT_INTERVAL_MS) + 10,
-    );
+    if (at === null) return;
+    // A lost event's retry comes sooner than the interval a timer set may be waiting for.
+    if (drainTimer !== null) {
+      if (at >= drainAt) return;
+      clearTimeout(drainTimer);
+    }
+    // Never longer than an interval, even if the clock was set back since `at` was taken.
+    const delay = Math.min(Math.max(0, at - now()), REPORT_INTERVAL_MS);
+    drainAt = now() + delay;
+    drainTimer = setTimeout(() => {
+      drainTimer = null;
+      sendDue(false);
+    }, delay + 10);
     drainTimer.unref?.();
   }
 
@@ -274,12 +331,25 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
     },
     report(error, context = {}) {
       try {
-        const admitted = throttle.admit(fingerprintOf(error, context), now(), error, context);
+        const fingerprint = fingerprintOf(error, context);
+        const at = now();
+        const admitted = throttle.admit(fingerprint, at, error, context);
         if (admitted === null) {
           scheduleDrain();
           return;
         }
-        dispatch(error, admitted.repeats ? withRepeats(context, admitted.repeats) : context);
+        const prior = admitted.repeats;
+        dispatch(error, prior ? withRepeats(context, prior) : context, {
+          fingerprint,
+          // This occurrence and the repeats sent with it, as one lost would be counted again.
+          occurrences: {
+            error,
+            context,
+            repeats: 1 + (prior?.repeats ?? 0),
+            firstAt: prior?.firstAt ?? at,
+            lastAt: at,
+          },
+        });
       } catch (failure) {
         // Reporting must never turn one failure into two.
         logger.warn({ err: failure }, "sentry report failed");

@@ -16,6 +16,8 @@ import { firstLine } from "../../error-line";
 import type { ErrorContext } from "./index";
 
 export const REPORT_INTERVAL_MS = 60_000;
+/** How soon a failure whose event was lost is sent again (with what it stood for). */
+export const LOST_RETRY_MS = 10_000;
 /** Distinct failures tracked at once; past it (all still within their interval) new ones are sent. */
 const MAX_FINGERPRINTS = 1_000;
 /** How deep a cause chain is read for the fingerprint. */
@@ -47,6 +49,14 @@ export interface ReportThrottle {
     error: unknown,
     context: ErrorContext,
   ): { repeats: PendingRepeats | null } | null;
+  /**
+   * An event this throttle admitted was not delivered (refused, unanswered, dropped unsent): what
+   * it stood for — its own occurrence and the repeats it carried — is counted again as repeats, and
+   * sent by `drain` within `LOST_RETRY_MS`, so a failure whose first event was lost is not taken
+   * as reported for the rest of its interval (probe 89a F1). One event of a failure is in flight at
+   * a time, so while Sentry is down a failure is tried about once per send plus `LOST_RETRY_MS`.
+   */
+  lost(fingerprint: string, now: number, lostEvent: PendingRepeats): void;
   /** The counted repeats of failures whose interval has ended (all of them with `all`). */
   drain(now: number, all?: boolean): PendingRepeats[];
   /** When the earliest interval with counted repeats ends, or null when none has any. */
@@ -83,6 +93,22 @@ export function createReportThrottle(
         failures.set(fingerprint, { until: now + intervalMs, pending: null });
       }
       return { repeats };
+    },
+    lost(fingerprint, now, lostEvent) {
+      let failure = failures.get(fingerprint);
+      if (failure === undefined) {
+        if (failures.size >= maxFingerprints) return;
+        failure = { until: now + LOST_RETRY_MS, pending: null };
+        failures.set(fingerprint, failure);
+      }
+      const pending = failure.pending;
+      if (pending === null) failure.pending = { ...lostEvent };
+      else {
+        // The repeats counted since are newer: their last error and context stay the event's.
+        pending.repeats += lostEvent.repeats;
+        pending.firstAt = Math.min(pending.firstAt, lostEvent.firstAt);
+      }
+      failure.until = Math.min(failure.until, now + LOST_RETRY_MS);
     },
     drain(now, all = false) {
       const due: PendingRepeats[] = [];
