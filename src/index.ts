@@ -1,6 +1,6 @@
 /**
  * @module
- * Start: config → database → migrations → app → listen. SIGTERM, SIGINT and SIGHUP drain in-flight
+ * Start: config → database → migrations → app → listen → API_KEYS applied. SIGTERM, SIGINT and SIGHUP drain in-flight
  * requests, then close the database. A configuration or database that cannot work stops the start
  * with one line naming the cause and exit code 2.
  */
@@ -283,6 +283,9 @@ try {
     db,
     logger,
     prepareLogin: false,
+    // API_KEYS is checked now and applied once the ports are bound (below): a start refused for a
+    // port taken revoked the running processes' bootstrap keys for good (probe 89c F1).
+    deferBootstrapKeys: true,
     schemaGuard,
     migratedNow: migrations.appliedNow,
     // A schema changed while running stops the service, exit 2: the next start refuses the file.
@@ -351,6 +354,14 @@ try {
 } catch (error) {
   if (error instanceof PortUnavailable) fail(`refusing to start: ${error.message}`);
   throw error;
+}
+// In the same turn as the listen: no request is answered before API_KEYS is applied.
+try {
+  services.applyBootstrapKeys();
+} catch (error) {
+  // Another process's key made meanwhile (checked above): refused as before the listen.
+  if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
+  fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
 }
 // The server handles the signals from here on.
 started = true;

@@ -30,6 +30,11 @@ export interface Services extends Core {
   privacy: PrivacyService;
   /** Every readiness check: the core's and each feature's. */
   readiness: Record<string, ReadinessCheck>;
+  /**
+   * Makes the stored bootstrap keys match API_KEYS when `deferBootstrapKeys` left it for later: a
+   * start calls it once it listens (modules/auth/feature.ts).
+   */
+  applyBootstrapKeys(): void;
   /** Runs the background tasks once now (tests call this instead of waiting for timers). */
   runMaintenance(): void;
   /**
@@ -146,6 +151,7 @@ export function createServices(options: ServiceOptions): Services {
     features: features.list,
     auth: features.auth.service,
     apiKeys: features.auth.apiKeys,
+    applyBootstrapKeys: () => features.auth.applyBootstrapKeys(),
     standing: features.auth.standing,
     privacy: features.privacy.service,
     readiness,

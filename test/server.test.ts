@@ -493,6 +493,49 @@ describe("the service process", () => {
     }
   }, 30_000);
 
+  test("a start refused for its port changes no bootstrap key of the processes already running on the file: API_KEYS is applied once it listens (probe 89c F1)", async () => {
+    const dir = tempDir();
+    const key = `palisade-fleet-key-${"k".repeat(24)}`;
+    const other = `palisade-other-key-${"o".repeat(24)}`;
+    const env = { DATABASE_PATH: join(dir.path, "fleet.db") };
+    const running = await startService({ ...env, API_KEYS: key });
+    const taken = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    try {
+      const asKey = (secret: string) =>
+        fetch(new URL("/api/chat/conversations", running.url), {
+          headers: { authorization: `Bearer ${secret}` },
+        });
+      expect((await asKey(key)).status).toBe(200);
+      // A mis-set instance on the file: API_KEYS without the fleet's key (and with another), on
+      // a port it cannot have.
+      for (const apiKeys of [undefined, other]) {
+        const refused = await runToExit(["bun", "run", "src/index.ts"], {
+          ...env,
+          PORT: String(taken.port),
+          ...(apiKeys ? { API_KEYS: apiKeys } : {}),
+        });
+        expect(refused.code).toBe(2);
+        expect(refused.stderr).toContain(`PORT ${taken.port} on HOST 127.0.0.1 cannot be bound`);
+      }
+      // Past the running processes' cache (a revocation reaches them within a second).
+      await Bun.sleep(1_500);
+      expect((await asKey(key)).status).toBe(200);
+      expect((await asKey(other)).status).toBe(401);
+      const stored = new Database(env.DATABASE_PATH, { readonly: true });
+      try {
+        expect(
+          stored.query("SELECT count(*) AS n, count(revoked_at) AS revoked FROM api_keys").get(),
+        ).toEqual({ n: 1, revoked: 0 });
+      } finally {
+        stored.close();
+      }
+    } finally {
+      taken.stop(true);
+      await running.stop();
+      dir.remove();
+    }
+  }, 30_000);
+
   test("a SENTRY_DSN the Sentry SDK would reject exits 2 in one line naming SENTRY_DSN, never printing it", async () => {
     const dir = tempDir();
     try {

@@ -54,6 +54,9 @@ type KeyRow = Omit<
   ownerEmail: (typeof users.$inferSelect)["email"] | null;
 };
 
+/** A stored key as its seal reads it. */
+type StoredKeyRow = ReturnType<ApiKeyService["storedKeys"]>[number];
+
 export type ApiKeyRecord = Omit<KeyRow, "scopes"> & { scopes: Scope[] };
 
 /** A listed key and what of it fails its seal (each failure reported). */
@@ -772,6 +775,52 @@ export class ApiKeyService {
    * API or CLI, or that shares its lookup prefix with one, is refused with a ConfigError
    * naming API_KEYS. One immediate transaction, so processes starting together agree.
    */
+  /**
+   * What `reconcileBootstrap` would refuse, read without writing anything: a start checks API_KEYS
+   * against the stored keys before it binds its ports, and applies them only once it listens.
+   */
+  checkBootstrap(entries: readonly BootstrapKey[]): void {
+    const stored = this.storedKeys();
+    const byHash = new Map(stored.map((row) => [row.secretHash, row]));
+    const byPrefix = new Map(stored.map((row) => [row.prefix, row]));
+    entries.forEach((entry, index) => {
+      const hash = hashApiKey(entry.key);
+      this.refuseConflict(entry, index, hash, byHash.get(hash), byPrefix);
+    });
+  }
+
+  /**
+   * Throws the ConfigError an API_KEYS entry meets against the stored keys: an entry that is a key
+   * made through the API or CLI, or a new one sharing its lookup prefix with a stored key.
+   */
+  private refuseConflict(
+    entry: BootstrapKey,
+    index: number,
+    hash: string,
+    row: StoredKeyRow | undefined,
+    byPrefix: ReadonlyMap<string, unknown>,
+  ): void {
+    // A bootstrap row whose origin was changed in the file fails its seal (reported): it is
+    // refused as every such row is, and the start goes on; the configuration is not at fault.
+    if (row && row.origin !== "bootstrap" && !this.options.seal.intact.apiKey(row)) return;
+    if (row && row.origin !== "bootstrap") {
+      throw new ConfigError(
+        "API_KEYS",
+        `entry ${index + 1} is a key created through the API or CLI; remove it from API_KEYS`,
+      );
+    }
+    if (!row && byPrefix.has(keyPrefix(entry.key, hash))) {
+      throw new ConfigError(
+        "API_KEYS",
+        `entry ${index + 1} shares its lookup prefix (a pal_ key's first 16 characters) with a stored API key; use another key`,
+      );
+    }
+  }
+
+  private storedKeys() {
+    return this.db.select(sealedKeyColumns).from(apiKeys).all();
+  }
+
   reconcileBootstrap(entries: readonly BootstrapKey[]): BootstrapOutcome {
     const outcome: BootstrapOutcome = {
       added: 0,
@@ -783,7 +832,7 @@ export class ApiKeyService {
     const changedKeys: string[] = [];
     this.db.transaction(
       () => {
-        const stored = this.db.select(sealedKeyColumns).from(apiKeys).all();
+        const stored = this.storedKeys();
         outcome.prefixesReplaced = this.replaceClearPrefixes(stored);
         const byHash = new Map(stored.map((row) => [row.secretHash, row]));
         const byPrefix = new Map(stored.map((row) => [row.prefix, row]));
@@ -794,21 +843,8 @@ export class ApiKeyService {
           listed.add(hash);
           const row = byHash.get(hash);
           const scopes = JSON.stringify(entry.scopes);
-          // A bootstrap row whose origin was changed in the file fails its seal (reported): it is
-          // refused as every such row is, and the start goes on; the configuration is not at fault.
-          if (row && row.origin !== "bootstrap" && !this.options.seal.intact.apiKey(row)) return;
-          if (row && row.origin !== "bootstrap") {
-            throw new ConfigError(
-              "API_KEYS",
-              `entry ${index + 1} is a key created through the API or CLI; remove it from API_KEYS`,
-            );
-          }
-          if (!row && byPrefix.has(keyPrefix(entry.key, hash))) {
-            throw new ConfigError(
-              "API_KEYS",
-              `entry ${index + 1} shares its lookup prefix (a pal_ key's first 16 characters) with a stored API key; use another key`,
-            );
-          }
+          this.refuseConflict(entry, index, hash, row, byPrefix);
+          if (row && row.origin !== "bootstrap") return;
           if (!row) {
             const id = Bun.randomUUIDv7();
             this.insertSealed(

@@ -40,11 +40,20 @@ export interface AuthFeatureOptions {
    * for good (a revoked bootstrap key stays revoked).
    */
   reconcileBootstrapKeys?: boolean;
+  /**
+   * With `reconcileBootstrapKeys`: only check API_KEYS against the stored keys now (what would be
+   * refused), and make the changes when `applyBootstrapKeys` is called — by a start once it
+   * listens, so a start refused later (a port taken) has revoked no key of the running processes
+   * on the file (probe 89c F1).
+   */
+  deferBootstrapKeys?: boolean;
 }
 
 export interface AuthFeature extends Feature {
   service: AuthService;
   apiKeys: ApiKeyService;
+  /** Makes the stored bootstrap keys match API_KEYS, when the start deferred it (once). */
+  applyBootstrapKeys(): void;
   /**
    * A credential as the database reads it now rather than the caches a revocation made in another
    * process reaches within a second: still an admin's (a key that grants `admin`, not revoked or
@@ -88,7 +97,10 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     loadPasswordStrength: options.loadPasswordStrength,
     rateLimitMetrics: core.metrics.rateLimit,
   });
-  if (options.reconcileBootstrapKeys !== false) reconcileBootstrapKeys(core, apiKeys);
+  const reconciling = options.reconcileBootstrapKeys !== false;
+  if (reconciling && options.deferBootstrapKeys) apiKeys.checkBootstrap(core.config.apiKeys);
+  else if (reconciling) reconcileBootstrapKeys(core, apiKeys);
+  let bootstrapApplied = !reconciling || !options.deferBootstrapKeys;
   const sessionLive = ({ familyId, id, role }: Extract<Principal, { kind: "user" }>) =>
     credentials.sessionLive(familyId, id, role);
 
@@ -96,6 +108,11 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     name: "auth",
     service,
     apiKeys,
+    applyBootstrapKeys: () => {
+      if (bootstrapApplied) return;
+      bootstrapApplied = true;
+      reconcileBootstrapKeys(core, apiKeys);
+    },
     // A session is an admin's while it lives: a demotion ends it.
     standing: {
       stillAdmin: (principal) =>
