@@ -13,6 +13,7 @@ import { executableEnvironment } from "./config/parse";
 import { looseSecretFileMessage } from "./config/secret-file-modes";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import {
+  BUSY_TIMEOUT_MS,
   DatabaseOpenError,
   databaseFileMode,
   openDatabase,
@@ -339,6 +340,19 @@ try {
     app,
     config,
     logger,
+    // API_KEYS applied once the port is bound, before any request is answered or the start said
+    // (probe 89c F1), waiting out another connection's lock as a start does.
+    onBound: () => {
+      setBusyTimeout(db.$client, BUSY_TIMEOUT_MS);
+      try {
+        services.applyBootstrapKeys();
+      } catch (error) {
+        // Another process's key made meanwhile (checked above): refused as before the listen.
+        if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
+        fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
+      }
+      setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
+    },
     onDrainTimeout: () => services.endInFlight(),
     onForcedExit: () => services.reportUndone("the stop was signalled again"),
     onClosed: async () => {
@@ -354,14 +368,6 @@ try {
 } catch (error) {
   if (error instanceof PortUnavailable) fail(`refusing to start: ${error.message}`);
   throw error;
-}
-// In the same turn as the listen: no request is answered before API_KEYS is applied.
-try {
-  services.applyBootstrapKeys();
-} catch (error) {
-  // Another process's key made meanwhile (checked above): refused as before the listen.
-  if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
-  fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
 }
 // The server handles the signals from here on.
 started = true;

@@ -35,6 +35,11 @@ export interface StartServerOptions {
    * (services.reportUndone), as the graceful stop logs what it could not finish.
    */
   onForcedExit?: () => void;
+  /**
+   * Runs once the port is bound, before the `listening` line and before any request is answered
+   * (in the same turn): what a start does only once it is sure to serve (src/index.ts).
+   */
+  onBound?: () => void;
   /** How long in-flight requests may take to finish once shutdown starts. */
   drainTimeoutMs?: number;
   /** Exit the process after shutdown; tests that drive shutdown in-process pass false. */
@@ -193,6 +198,7 @@ export function startServer(options: StartServerOptions): RunningServer {
   for (const signal of signals) process.on(signal, onSignal);
   // Announced only once the signals are handled: a supervisor (or a test) that stops the service
   // as soon as it reads this line must get the graceful shutdown, not the default exit.
+  options.onBound?.();
   logger.info({ url: url.toString() }, "listening");
 
   return { url, shutdown };
