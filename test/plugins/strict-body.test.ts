@@ -5,10 +5,21 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { apiKeys } from "../../src/db/schema";
-import { IMPRECISE_NUMBER, scanJsonText } from "../../src/plugins/request-guard/body";
+import {
+  IMPRECISE_NUMBER,
+  MAX_BODY_VALUES,
+  scanJsonText,
+} from "../../src/plugins/request-guard/body";
 import { send } from "../support/app";
 import { bearer, createKey, type Session, STRONG_PASSWORD, signUp } from "../support/auth";
-import { buildPaymentsApp, createIntent, type PaymentsApp, succeed } from "../support/payments";
+import {
+  buildPaymentsApp,
+  createIntent,
+  deliver,
+  type PaymentsApp,
+  stripeEvent,
+  succeed,
+} from "../support/payments";
 
 let current: PaymentsApp | null = null;
 afterEach(() => {
@@ -354,6 +365,55 @@ describe("bodies nested too deep", () => {
       expect(((await response.json()) as { code: string }).code).toBe("VALIDATION_FAILED");
     }
     expect(current!.logs.text).not.toContain("Maximum call stack");
+  });
+});
+
+describe("bodies of too many values", () => {
+  test("are 422 before they are parsed, on every route with a schema, whatever the values; the signed webhooks take theirs (probe 89b F1)", async () => {
+    const { target, alice } = await setUp();
+    const many = (n: number, value: string) => Array.from({ length: n }, () => value).join(",");
+    // The probe's body: 900 arrays of 30 levels each (27,000 values in 55 KB, under the depth).
+    const nested = `${"[".repeat(30)}${"]".repeat(30)}`;
+    const cases = [
+      { path: "/api/auth/register", auth: {}, body: `{"email":[${many(900, nested)}]}` },
+      { path: "/api/auth/login", auth: {}, body: `{"email":[${many(MAX_BODY_VALUES, "1")}]}` },
+      {
+        path: "/api/payments/intents",
+        auth: { ...bearer(alice.accessToken), "idempotency-key": "many-1" },
+        body: `{"amount":1000,"currency":"usd","metadata":{${Array.from(
+          { length: MAX_BODY_VALUES },
+          (_, i) => `"k${i}":"v"`,
+        ).join(",")}}}`,
+      },
+    ];
+    for (const { path, auth, body } of cases) {
+      const response = await send(target, path, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...auth },
+        body,
+        peer: "10.41.0.1",
+      });
+      expect(await refusalOf(body.slice(0, 40), response)).toEqual([
+        body.slice(0, 40),
+        422,
+        "VALIDATION_FAILED",
+        `Holds more than ${MAX_BODY_VALUES} values`,
+      ]);
+    }
+    // At the limit, a body is judged on its merits as before (an email is no array of numbers).
+    const atLimit = `{"email":[${many(MAX_BODY_VALUES - 2, "1")}]}`;
+    const judged = await send(target, "/api/auth/login", { body: atLimit, peer: "10.41.0.2" });
+    expect(judged.status).toBe(422);
+    expect(await judged.text()).not.toContain("values");
+    // Commas in strings are not values: the longest chat message of commas is taken.
+    expect(scanJsonText(`{"message":"${",".repeat(4000)}"}`, 32, MAX_BODY_VALUES)).toBe(1);
+    // A signed webhook's event is its provider's, as large as it writes it.
+    const event = stripeEvent("payment_intent.processing", {
+      id: "pi_many_values",
+      object: "payment_intent",
+      metadata: Object.fromEntries(Array.from({ length: 3000 }, (_, i) => [`k${i}`, "v"])),
+    });
+    expect((await deliver(target, event)).status).toBe(200);
   });
 });
 

@@ -21,10 +21,12 @@ import { createSentBodyCheck, type RouteBody, type SentBodyState } from "../stri
 import {
   keepExactBody,
   MAX_BODY_DEPTH,
+  MAX_BODY_VALUES,
   readExactWithin,
   readTextWithin,
   scanJsonText,
   TOO_DEEP,
+  TOO_MANY_VALUES,
 } from "./body";
 import {
   BODY_MEDIA_TYPE,
@@ -177,10 +179,17 @@ export function requestGuard({
         (context as unknown as RequestState).bodyWaitMs = performance.now() - waitStarted;
       }
       if (text === "") return undefined;
-      const keysSent = scanJsonText(text, MAX_BODY_DEPTH);
+      // The signed webhooks have no schema, and only their provider can send them.
+      const maxValues = routeClass.exactBytes ? Number.POSITIVE_INFINITY : MAX_BODY_VALUES;
+      const keysSent = scanJsonText(text, MAX_BODY_DEPTH, maxValues);
       if (keysSent === TOO_DEEP) {
         throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
           { field: "body", message: `Nested more than ${MAX_BODY_DEPTH} levels deep` },
+        ]);
+      }
+      if (keysSent === TOO_MANY_VALUES) {
+        throw new AppError("VALIDATION_FAILED", "The request body is invalid.", [
+          { field: "body", message: `Holds more than ${MAX_BODY_VALUES} values` },
         ]);
       }
       let sent: unknown;
