@@ -260,12 +260,6 @@ export function createCore(options: CoreOptions): Core {
       const address = principal ? ipBlocks.blockedUntilNow(client.key) : null;
       return own === null || address === null ? (own ?? address) : Math.max(own, address);
     },
-    // An address-keyed refusal of a client whose address is unknown blocks no one (recordViolation
-    // counts none): audited once per key and window, as those are, not each time (probe 87b F1).
-    refusalsBlock: (key, client) =>
-      isPrincipalSubject(key)
-        ? ipBlocks.blocksOn("principal")
-        : ipBlocks.blocksOn("ratelimit") && !client.isTrustedProxy && client.address !== null,
   });
 
   const errors = createErrorReporter({

@@ -39,7 +39,13 @@ import { IdSequenceError, spentIdsIn } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { sealMatches } from "../../db/row-seal";
 import { auditCheckpoints, auditErasedActors, auditEventNames, auditEvents } from "../../db/schema";
-import { cutClientText, type Logger, logSafe, secretScrubber } from "../../logging/logger";
+import {
+  cutBetweenCharacters,
+  cutClientText,
+  type Logger,
+  logSafe,
+  secretScrubber,
+} from "../../logging/logger";
 import { scrubUrlPart } from "../../logging/scrub";
 import { METRIC } from "../metrics/names";
 import { Counter, everyCombination, type Registry, startAtZero } from "../metrics/prom";
@@ -372,6 +378,19 @@ export function recordDone(
   }
 }
 
+/**
+ * The longest route a row keeps, in characters as sent (then escaped): a route pattern is far
+ * shorter, and the path of a request refused before routing, at the log's 512, made a refusal's
+ * row ~1 KB (probe 89b F2).
+ */
+export const AUDITED_ROUTE_LENGTH = 256;
+
+function cutRoute(route: string): string {
+  return route.length > AUDITED_ROUTE_LENGTH
+    ? `${cutBetweenCharacters(route, AUDITED_ROUTE_LENGTH)}…`
+    : route;
+}
+
 export class SqliteAuditLog implements AuditLog {
   private queue: AuditEvent[] = [];
   private timer: Timer | null = null;
@@ -400,6 +419,11 @@ export class SqliteAuditLog implements AuditLog {
 
   private clientText(text: string): string {
     return logSafe(scrubUrlPart(text, this.scrub)) ?? "";
+  }
+
+  /** As clientText, cut shorter: scrubbed whole first, so a secret cut leaves nothing of itself. */
+  private routeText(route: string): string {
+    return logSafe(cutRoute(scrubUrlPart(route, this.scrub))) ?? "";
   }
 
   /** The detail itself when none of its texts changes, else a copy with them made safe. */
@@ -444,7 +468,7 @@ export class SqliteAuditLog implements AuditLog {
     // that can hold a secret, and as long as the URL. Detail texts can quote the client too (a
     // header's name, a key's name). Scrubbed and cut (the route also escaped, as the access log
     // writes it) before they are chained: a chained row cannot be redacted later.
-    const route = event.route == null ? event.route : this.clientText(event.route);
+    const route = event.route == null ? event.route : this.routeText(event.route);
     const detail = event.detail === undefined ? undefined : this.safeDetail(event.detail);
     const safe =
       route === event.route && detail === event.detail ? event : { ...event, route, detail };

@@ -18,11 +18,12 @@ import type { Policy } from "./policies";
 import type { LimiterStore, LimitOutcome, UnusedPermits } from "./store";
 
 /**
- * How many keys' quiet refusals (those that block nobody) one process remembers having audited in
- * their window, per policy: the most such refusals a window of a policy can add to the audit log,
- * per process.
+ * How many keys' refusals one process audits in a window, per policy: the most rows a window of a
+ * policy can add to the audit log, per process; the rest are counted in one row a window
+ * (`audit.refusals_unrecorded`). 10,000 let a flood from rotating IPv6 /64s write ~5 MB a minute
+ * of rows kept 90 days (probe 89b F2).
  */
-export const QUIET_AUDIT_KEYS = 10_000;
+export const QUIET_AUDIT_KEYS = 100;
 
 /**
  * A limiter store that could not answer: counted (`rate_limit_store_errors_total{mode}`) and
@@ -111,11 +112,6 @@ export interface LimitEnforcerOptions {
     key: string;
     requestId: string;
   }) => number | null | undefined | Promise<number | null | undefined>;
-  /**
-   * Whether refusals of this key, from this client, count towards a block (false when
-   * IP_BLOCK_RATE_LIMIT_REFUSALS is 0, or for a trusted proxy's address). Absent: they do.
-   */
-  refusalsBlock?: (key: string, client: ResolvedClient) => boolean;
   /** QUIET_AUDIT_KEYS unless given (tests). */
   quietAuditKeys?: number;
 }
@@ -150,7 +146,7 @@ export interface LimitEnforcer {
  * rendering of its policy header is cached on it.
  */
 export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforcer {
-  const { store, clock, logger, audit, metrics, onRefused, refusalsBlock } = options;
+  const { store, clock, logger, audit, metrics, onRefused } = options;
   const quietAuditKeys = options.quietAuditKeys ?? QUIET_AUDIT_KEYS;
   /**
    * Quiet refusals audited once per key and window, per policy: one bound per policy, so a flood
@@ -187,12 +183,10 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
       refusedBy.refusalIsViolation !== false &&
       !decidedAhead &&
       request.sentForAnotherSite !== true;
-    // A refusal that can block (the IP blocker counts it) is audited each time, until the block
-    // ends the flood. One that blocks nobody (webhooks; every refusal when automatic blocks are
-    // off) would cost a chained audit row per request for as long as a flood lasts: such
-    // refusals are audited once per key and window.
-    const blocking = violation && (refusalsBlock?.(key, request.client) ?? true);
-    if (blocking || firstQuietRefusal(policyId, key, now, refusedBy.windowMs)) {
+    // Audited once per key and window, whether it can block or not: a chained row per refusal
+    // up to a block was five or six rows for each IPv6 /64 a flood rotates through, kept 90 days
+    // (probe 89b F2); the block itself is audited (`ip.blocked`), and every refusal is counted.
+    if (firstQuietRefusal(policyId, key, now, refusedBy.windowMs)) {
       audit.record({
         type: "ratelimit.rejected",
         outcome: "denied",

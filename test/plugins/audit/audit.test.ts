@@ -9,7 +9,7 @@ import {
 } from "../../../src/plugins/audit/events";
 import { SqliteAuditLog, verifyAuditChain as verifyWith } from "../../../src/plugins/audit/log";
 import { createMetricsRegistry } from "../../../src/plugins/metrics/registry";
-import { buildTestApp, LogCapture, type TestApp } from "../../support/app";
+import { buildTestApp, LogCapture, send, type TestApp } from "../../support/app";
 import { ManualClock } from "../../support/clock";
 import { runToExit } from "../../support/process";
 import { waitFor } from "../../support/wait";
@@ -539,4 +539,25 @@ describe("a database locked for a while (probe 85f F5)", () => {
     );
     log.close();
   });
+});
+
+test("a refused request's path is kept in its row cut to 256 characters, scrubbed whole first (probe 89b F2: a 3,000-character path made each refusal's row ~1 KB)", async () => {
+  // A configured secret: the scrubber knows its value.
+  const secret = "Tq7vXz2LmW9pRk4sYb8nHc3dJf6gAe1u";
+  current = buildTestApp({
+    env: { RATE_LIMIT_PER_MINUTE: "1", RATE_LIMIT_BURST: "1", METRICS_TOKEN: secret },
+  });
+  const target = current;
+  // The secret straddles the cut: nothing of it may stay.
+  const path = `/${"p".repeat(240)}${secret}${"q".repeat(3000)}`;
+  for (let i = 0; i < 2; i++) await send(target, path, { peer: "203.0.113.90" });
+  target.services.audit.flush();
+  const row = target.db.$client
+    .query<{ route: string }, []>(
+      "SELECT route FROM audit_events WHERE type = 'ratelimit.rejected' ORDER BY id DESC LIMIT 1",
+    )
+    .get()!;
+  expect(row.route.length).toBeLessThanOrEqual(256 + 1);
+  expect(row.route).toStartWith(`GET /${"p".repeat(240)}`);
+  expect(row.route).not.toContain(secret.slice(0, 8));
 });

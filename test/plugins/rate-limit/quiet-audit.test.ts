@@ -56,7 +56,6 @@ function enforcer(quietAuditKeys: number) {
     logger: createLogger({ level: "warn", destination: new LogCapture() }),
     audit,
     metrics,
-    refusalsBlock: () => false,
     quietAuditKeys,
   });
   const request = async (ip: string, policy: Policy = POLICY) => {
