@@ -25,7 +25,7 @@
  * policy.
  */
 import type { Database, Statement } from "bun:sqlite";
-import { and, gte, inArray, lt, type SQL, sql } from "drizzle-orm";
+import { and, gt, gte, inArray, lt, type SQL, sql } from "drizzle-orm";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { rateLimitCounters as counters } from "../../db/schema";
@@ -118,6 +118,24 @@ function prepareStatements(db: AppDatabase) {
       )
       .returning({ policy: counters.policy })
       .prepare(),
+    // A `prune_after` no check or prune writes: text, or further ahead than any window reaches.
+    // The store never rewrites it, so such a row written into the file was kept for good, and its
+    // client's counts with it (probe 89b F3).
+    pruneUnwritable: db
+      .delete(counters)
+      .where(
+        inArray(
+          rowid,
+          db
+            .select({ rowid })
+            .from(counters)
+            .where(gt(counters.pruneAfter, sql.placeholder("horizon")))
+            .orderBy(counters.pruneAfter)
+            .limit(sql.placeholder("limit")),
+        ),
+      )
+      .returning({ policy: counters.policy })
+      .prepare(),
     moveOnLive: db
       .update(counters)
       .set({ pruneAfter: counters.expiresAt })
@@ -131,6 +149,12 @@ function prepareStatements(db: AppDatabase) {
       .prepare(),
   };
 }
+
+/**
+ * How far ahead a row's `prune_after` may lie: two of the longest window (15 minutes) is what the
+ * store writes; a day more allows for a clock set back since. Past it, the row is deleted.
+ */
+export const PRUNE_HORIZON_MS = 24 * 60 * 60_000 + 2 * 15 * 60_000;
 
 /** How long a check waits for another connection's write lock before the store gives up. */
 export const LIMITER_BUSY_WAIT_MS = 500;
@@ -229,7 +253,15 @@ export class SqliteLimiterStore implements LeasableStore {
     return this.sqlite
       .transaction(() => {
         const limit = this.pruneBatch;
-        const deleted = this.statements.pruneExpired.all({ before: now, limit }).length;
+        const unwritable = this.statements.pruneUnwritable.all({
+          horizon: now + PRUNE_HORIZON_MS,
+          limit,
+        }).length;
+        const deleted =
+          unwritable +
+          (unwritable < limit
+            ? this.statements.pruneExpired.all({ before: now, limit: limit - unwritable }).length
+            : 0);
         const moved =
           deleted < limit
             ? this.statements.moveOnLive.all({ before: now, limit: limit - deleted }).length

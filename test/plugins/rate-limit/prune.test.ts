@@ -79,6 +79,37 @@ describe("SqliteLimiterStore: pruning rows that checks keep alive", () => {
     expect(count(db)).toBe(0);
   });
 
+  test("a row whose prune_after no check writes (text, far ahead) is deleted by the next prune, a bounded batch at a time; a clock set back a day keeps its rows (probe 89b F3)", async () => {
+    const { db } = openFresh();
+    const store = new SqliteLimiterStore({ sqlite: db.$client, pruneBatch: 100 });
+    cleanup.push(() => store.close());
+    const t0 = minuteStart();
+    const limit = policy(10);
+    await store.check([{ policy: limit, key: "live", now: t0 }]);
+    // Rows written into the file: 250 with a prune_after that is text or years ahead, and one
+    // a live client of a clock a day ahead left (within the horizon).
+    const insert = db.$client.prepare(
+      `INSERT INTO rate_limit_counters (policy, key, window_start, current, previous,
+         burst_window_start, burst_current, burst_previous, admitted, expires_at, prune_after)
+       VALUES (?1, ?2, ?3, 1, 0, ?3, 1, 0, 1, ?4, ?5)`,
+    );
+    for (let i = 0; i < 250; i++) {
+      const pruneAfter = i % 2 === 0 ? "x" : 9e15;
+      insert.run(limit.id, `forged-${i}`, t0, i % 3 === 0 ? "y" : t0 + 120_000, pruneAfter);
+    }
+    const dayAhead = t0 + 24 * 60 * 60_000;
+    insert.run(limit.id, "clock-set-back", dayAhead, dayAhead + 120_000, dayAhead + 120_000);
+    // A check of a forged key rewrites its counts, never its prune_after: still pruned.
+    await store.check([{ policy: limit, key: "forged-0", now: t0 }]);
+    expect(store.prune(t0 + 1_000)).toBe(100);
+    await waitFor(() => count(db) === 2, { what: "the rest pruned on the next turns" });
+    const left = db.$client
+      .query("SELECT key FROM rate_limit_counters ORDER BY key")
+      .values()
+      .flat();
+    expect(left).toEqual(["clock-set-back", "live"]);
+  });
+
   test("a full batch of live rows does not stop the prune reaching the expired rows behind it", async () => {
     const { db } = openFresh();
     const store = new SqliteLimiterStore({ sqlite: db.$client, pruneBatch: 100 });
