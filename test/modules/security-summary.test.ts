@@ -129,14 +129,15 @@ describe("GET /api/admin/security/summary", () => {
       { principal: `user:${victim.userId}`, count: 4 },
     ]);
 
-    expect(body.rateLimitRefusals.total).toBe(4);
+    // Audited once per key and minute (probe 89b F2): two refusals of one key in a minute are one.
+    expect(body.rateLimitRefusals.total).toBe(2);
     // A tie, in address order (as text).
     expect(body.rateLimitRefusals.addresses).toEqual([
-      { address: "10.50.0.2", count: 2 },
-      { address: "198.51.100.200", count: 2 },
+      { address: "10.50.0.2", count: 1 },
+      { address: "198.51.100.200", count: 1 },
     ]);
     expect(body.rateLimitRefusals.principals).toEqual([
-      { principal: `user:${heavy.userId}`, count: 2 },
+      { principal: `user:${heavy.userId}`, count: 1 },
     ]);
 
     expect(body.signatureFailures).toEqual({
@@ -318,8 +319,8 @@ describe("bun run cli audit:top", () => {
         .map((line) => line.trim()),
     ).toEqual(["by address", "3  198.51.100.7", "2  192.0.2.4", "2  203.0.113.9"]);
     expect(text.stdout).toContain(`4  user:${victim.userId}`);
-    expect(text.stdout).toContain(`2  user:${heavy.userId}`);
-    expect(lines).toContain("rate-limit refusals: 4");
+    expect(text.stdout).toContain(`1  user:${heavy.userId}`);
+    expect(lines).toContain("rate-limit refusals: 2");
     expect(lines).toContain("webhook signature failures: 3");
   });
 
