@@ -626,11 +626,14 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
             "WhatsApp is not configured (WHATSAPP_APP_SECRET is not set).",
           );
         }
-        const check = verifyHubSignature(
-          request.headers.get("x-hub-signature-256"),
-          exactBodyOf(context).bytes,
-          { current: config.appSecret, previous: config.previousAppSecret },
-        );
+        // The request guard keeps the exact bytes and text it read (exactBodyOf), parsed here once
+        // they verify; `body` (the text) is named so that Elysia reads the body at all.
+        void body;
+        const exact = exactBodyOf(context);
+        const check = verifyHubSignature(request.headers.get("x-hub-signature-256"), exact.bytes, {
+          current: config.appSecret,
+          previous: config.previousAppSecret,
+        });
         if (!check.valid) {
           metrics.signatureFailures.labels("whatsapp").inc();
           // Audited once per address and minute (audit/once-per-window); the metric counts each.
@@ -647,15 +650,21 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
             });
           throw new AppError("BAD_SIGNATURE", "X-Hub-Signature-256 did not verify.");
         }
-        if (!checkNotification.Check(body)) {
+        let notification: unknown;
+        try {
+          notification = JSON.parse(exact.text);
+        } catch {
+          throw new AppError("MALFORMED_BODY", "The request body is not valid JSON.");
+        }
+        if (!checkNotification.Check(notification)) {
           metrics.events.labels("whatsapp", "failed").inc();
           throw new AppError("BAD_REQUEST", "Not a WhatsApp Business Account notification.");
         }
-        if (body.object !== "whatsapp_business_account") {
+        if (notification.object !== "whatsapp_business_account") {
           metrics.events.labels("whatsapp", "ignored").inc();
           return { received: true as const, accepted: 0, duplicates: 0, statuses: 0, ignored: 1 };
         }
-        const read = readNotification(body, Date.now());
+        const read = readNotification(notification, Date.now());
         const { ack, unfinished } = await intake.accept(read, { ip: client.ip, requestId });
         if (ack.accepted > 0) options.onAccepted();
         if (unfinished > 0) {

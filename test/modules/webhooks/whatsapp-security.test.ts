@@ -299,3 +299,28 @@ describe("POST /webhooks/whatsapp (signature)", () => {
     expect(outboxCount(target)).toBe(0);
   });
 });
+
+describe("a body is parsed only once its signature verifies (probe 89d F5)", () => {
+  test("unsigned, or signed with another secret, whatever it holds is 401 BAD_SIGNATURE, never parsed first; signed and not JSON is 400", async () => {
+    const target = build();
+    const nested = `${"[".repeat(30)}${"]".repeat(30)}`;
+    const bodies = [
+      // 87,000 values in 261 KB: parsed first, ~15 ms of the event loop before its 401.
+      `[${Array.from({ length: 2900 }, () => nested).join(",")}]`,
+      // Deeper than any route takes: it was 422 before its signature was looked at.
+      `{"object":${"[".repeat(100)}${"]".repeat(100)}}`,
+      "not json at all",
+    ];
+    for (const body of bodies) {
+      for (const signature of [null, sign(body, "another-secret-0123456789abcdef")]) {
+        const response = await deliver(target, body, { signature, peer: "203.0.113.77" });
+        expect(response.status).toBe(401);
+        expect(((await response.json()) as { code: string }).code).toBe("BAD_SIGNATURE");
+      }
+    }
+    const signedGarbage = await deliver(target, "not json at all", { peer: "203.0.113.78" });
+    expect(signedGarbage.status).toBe(400);
+    expect(((await signedGarbage.json()) as { code: string }).code).toBe("MALFORMED_BODY");
+    expect(outboxCount(target)).toBe(0);
+  });
+});
