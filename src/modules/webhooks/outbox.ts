@@ -180,8 +180,11 @@ export class OutboxWorker {
   /** Wakes a drain waiting for a row to finish, to claim what has just come (kick). */
   private wakeDrain: () => void = () => {};
   private readonly abort = new AbortController();
-  /** Where the forged-blocker check goes on from: the last pending row id it looked at. */
-  private blockerSweepAfter = 0;
+  /**
+   * Where the forged-blocker check goes on from: the last pending row id it looked at, as the file
+   * holds it (text), or null for the first.
+   */
+  private blockerSweepAfter: string | null = null;
 
   constructor(options: OutboxWorkerOptions) {
     this.options = options;
@@ -436,27 +439,40 @@ export class OutboxWorker {
   refuseForgedBlockers(now: number): void {
     const o = whatsappOutbox;
     const { db } = this.options;
+    // Ids as the file holds them: one past 2^53 read as a number is rounded, and a cursor left on
+    // a rounded id read the same window again for good (probe 89d F1); the first window starts
+    // below every id, 0 and negative ones too, which the claim takes as any other.
+    const idText = sql<string>`CAST(${o.id} AS TEXT)`;
+    const after = this.blockerSweepAfter;
     const window = db
-      .select({ id: o.id })
+      .select({ id: idText })
       .from(o)
-      .where(and(outboxPending(o.state), gt(o.id, this.blockerSweepAfter)))
+      .where(
+        and(
+          outboxPending(o.state),
+          // The first window from the least id SQLite holds: a range, as every later one.
+          after === null
+            ? sql`${o.id} >= -9223372036854775808`
+            : sql`${o.id} > CAST(${after} AS INTEGER)`,
+        ),
+      )
       .orderBy(asc(o.id))
       .limit(BLOCKER_WINDOW)
       .all();
     const first = window[0]?.id;
     const last = window.at(-1)?.id;
     if (first === undefined || last === undefined) {
-      this.blockerSweepAfter = 0;
+      this.blockerSweepAfter = null;
       return;
     }
     const blockers = db
-      .select()
+      .select({ row: o, idText })
       .from(o)
       .where(
         and(
           outboxPending(o.state),
-          gte(o.id, first),
-          lte(o.id, last),
+          sql`${o.id} >= CAST(${first} AS INTEGER)`,
+          sql`${o.id} <= CAST(${last} AS INTEGER)`,
           or(gt(o.nextAttemptAt, now), and(isNotNull(o.leaseUntil), gte(o.leaseUntil, now))),
           // The oldest pending row of its sender…
           sql`NOT EXISTS (SELECT 1 FROM whatsapp_outbox AS earlier WHERE earlier.sender_hash = ${o.senderHash} AND earlier.state = 'pending' AND earlier.id < ${o.id})`,
@@ -468,10 +484,9 @@ export class OutboxWorker {
       .limit(this.settings.batchSize)
       .all();
     // A full batch may leave more of the window behind it: the next call goes on after its last.
-    const lookedAt = blockers.length === this.settings.batchSize ? blockers.at(-1)?.id : last;
-    this.blockerSweepAfter =
-      window.length < BLOCKER_WINDOW && lookedAt === last ? 0 : (lookedAt ?? 0);
-    for (const row of blockers) {
+    const lookedAt = blockers.length === this.settings.batchSize ? blockers.at(-1)!.idText : last;
+    this.blockerSweepAfter = window.length < BLOCKER_WINDOW && lookedAt === last ? null : lookedAt;
+    for (const { row } of blockers) {
       if (!this.options.seal.intact(row)) this.refuseTampered(row, { whoseLease: "any" });
     }
   }

@@ -377,6 +377,54 @@ describe("rows written into the file", () => {
     }
   });
 
+  test("forged rows holding a sender back are found at id 0 or below, and past a window of ids beyond 2^53 that read rounded (probe 89d F1)", async () => {
+    const { target, graph, worker, clock } = setup();
+    await deliver(
+      target,
+      notification({ messages: [{ id: "wamid.FIRST", from: "16505551234", text: "one" }] }),
+    );
+    await worker.drain();
+    const senderHash = rowOf(target, "wamid.FIRST").sender_hash;
+    // The sender's next two messages, waiting (ids past 2^53 in the file stop any new intake).
+    await deliver(
+      target,
+      notification({
+        messages: [
+          { id: "wamid.TWO", from: "16505551234", text: "two" },
+          { id: "wamid.THREE", from: "16505551234", text: "three" },
+        ],
+      }),
+    );
+    const notDue = clock.now() + 60_000;
+    // Two forged rows ahead of them, and a full window of other senders' rows past 2^62, each
+    // id rounded as a JS number.
+    target.db.$client.transaction(() => {
+      for (const [nth, id] of [-5, 0].entries()) {
+        target.db.$client.run(
+          `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, recipient, sender_hash, kind,
+             body, state, next_attempt_at, received_at, seal)
+           VALUES (?, ?, ?, '15550009999', ?, 'text', 'hello', 'pending', ?, ?, 'x')`,
+          [id, `wamid.LOW${nth}`, WA_PHONE_NUMBER_ID, senderHash, notDue, clock.now()],
+        );
+      }
+      for (let i = 1; i <= BLOCKER_WINDOW; i++) {
+        target.db.$client.run(
+          `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, sender_hash, kind, state,
+             next_attempt_at, received_at) VALUES (${2n ** 62n + BigInt(i)}, ?, ?, ?, 'text', 'pending', ?, ?)`,
+          [`wamid.FAR${i}`, WA_PHONE_NUMBER_ID, `far-${i}`, notDue, clock.now()],
+        );
+      }
+    })();
+    for (let drain = 0; drain < 8 && graph.sent.length < 3; drain++) await worker.drain();
+    expectRefused(target, "wamid.LOW0");
+    expectRefused(target, "wamid.LOW1");
+    expect(graph.sent.map((m) => m.body)).toEqual([
+      "reply to: one",
+      "reply to: two",
+      "reply to: three",
+    ]);
+  });
+
   test("a genuine row whose schedule or lease was written into the file as no worker writes it (a text, Infinity, 9e18, a lease for good) is claimed and answered, and its sender's next message after it (probe 29c F2)", async () => {
     for (const hold of [
       "next_attempt_at = 'x'",
