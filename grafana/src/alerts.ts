@@ -55,12 +55,18 @@ const sinceRecentStart = (selector: string, by = "") =>
  */
 export const SERVER_ERRORS = 'status=~"5..",status!="501"';
 /**
+ * Neither a probe nor a scrape nor a CORS preflight: anyone can send those without bound (a
+ * preflight is answered 204 before any limit: probe 89d F2), and `/ready` and `/metrics` answer
+ * 503 for states that are not failures of a request (a disk nearly full, a lock held).
+ */
+export const NOT_PROBES = 'method!="OPTIONS",route!~"/health|/ready|/metrics"';
+/**
  * The requests the service set out to serve, which the 5xx are a share of: not a refusal (any
  * 4xx: a block, a rate limit, a bad credential or body, no such route) and not a probe or scrape,
  * each of which anyone can send without bound — one address sending `GET /health` or past its
  * limit kept 5xx under 5 % of all answers while every real request failed (probe 89a F2).
  */
-export const SERVED_REQUESTS = 'status!~"4..",route!~"/health|/ready|/metrics"';
+export const SERVED_REQUESTS = `status!~"4..",${NOT_PROBES}`;
 /** The tampering events other than a credential's (which has its own alert), as a label regex. */
 const FILE_TAMPERING = TAMPER_EVENT_TYPES.filter(
   (type) => type !== "auth.credential_tampered",
@@ -130,11 +136,11 @@ export const ALERT_RULES: readonly AlertRule[] = [
   ),
   rule(
     "PalisadeErrorRatioHigh",
-    `(sum(rate(${r.httpRequests}{${SERVER_ERRORS}}[5m])) or vector(0)) / sum(rate(${r.httpRequests}{${SERVED_REQUESTS}}[5m])) > 0.05`,
+    `(sum(rate(${r.httpRequests}{${SERVER_ERRORS},${NOT_PROBES}}[5m])) or vector(0)) / sum(rate(${r.httpRequests}{${SERVED_REQUESTS}}[5m])) > 0.05`,
     "5m",
     "page",
     "{{ $value | humanizePercentage }} of requests served are 5xx",
-    "More than 5 % of the requests the service set out to serve have been answered with a server error for 5 minutes. A 501 NOT_CONFIGURED (a feature this deployment has not configured, such as payments or a webhook) is not one and is not counted; refusals (4xx) and health probes and scrapes are not counted among the requests served, since anyone can send those without bound.",
+    "More than 5 % of the requests the service set out to serve have been answered with a server error for 5 minutes. A 501 NOT_CONFIGURED (a feature this deployment has not configured, such as payments or a webhook) is not one and is not counted; refusals (4xx), health probes, scrapes and CORS preflights are not counted among the requests served, since anyone can send those without bound, and a probe's or scrape's 503 (a disk nearly full, a lock held) is not counted as a server error of a request.",
   ),
   rule(
     "PalisadeLatencyP99High",

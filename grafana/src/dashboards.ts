@@ -21,7 +21,7 @@ import * as prometheus from "@grafana/grafana-foundation-sdk/prometheus";
 import * as stat from "@grafana/grafana-foundation-sdk/stat";
 import * as timeseries from "@grafana/grafana-foundation-sdk/timeseries";
 import { METRIC, PROCESS_METRIC } from "../../src/plugins/metrics/names";
-import { SERVED_REQUESTS, SERVER_ERRORS } from "./alerts";
+import { NOT_PROBES, SERVED_REQUESTS, SERVER_ERRORS } from "./alerts";
 
 /** The datasource every panel reads, as provisioned. */
 export const DATASOURCE = { type: "prometheus", uid: "prometheus" } as const;
@@ -189,11 +189,11 @@ export const SERVICE_DASHBOARD: DashboardSpec = {
         {
           title: "Error ratio",
           description:
-            "Share of the requests served (not refusals, 4xx, nor /health, /ready, /metrics) that are 5xx, but 501 NOT_CONFIGURED (a feature not configured), as the alert counts them (it fires over 5 %)",
+            "Share of the requests served (not refusals, 4xx, nor /health, /ready, /metrics, nor CORS preflights) that are 5xx, but 501 NOT_CONFIGURED (a feature not configured), as the alert counts them (it fires over 5 %)",
           unit: "percentunit",
           queries: [
             q(
-              `(sum(rate(${METRIC.httpRequests}{${SERVER_ERRORS}}[${RATE}])) or vector(0)) / sum(rate(${METRIC.httpRequests}{${SERVED_REQUESTS}}[${RATE}]))`,
+              `(sum(rate(${METRIC.httpRequests}{${SERVER_ERRORS},${NOT_PROBES}}[${RATE}])) or vector(0)) / sum(rate(${METRIC.httpRequests}{${SERVED_REQUESTS}}[${RATE}]))`,
               "5xx ratio",
             ),
           ],

@@ -384,6 +384,18 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
         series: `http_requests_total{route="${path}",status="${code}"}`,
         values: "0+2000x20",
       })),
+      // CORS preflights, answered before any limit (probe 89d F2).
+      {
+        series: 'http_requests_total{method="OPTIONS",route="<unmatched>",status="204"}',
+        values: "0+2000x20",
+      },
+    ];
+    // Every request served succeeds while probes and scrapes answer 503 (a disk nearly full):
+    // no request failed, no page.
+    const probesFailing = [
+      { series: 'http_requests_total{route="/api/auth/csrf",status="200"}', values: "0+25x20" },
+      { series: 'http_requests_total{route="/ready",status="503"}', values: "0+100x20" },
+      { series: 'http_requests_total{route="/metrics",status="503"}', values: "0+4x20" },
     ];
     const tests = {
       rule_files: [join(GRAFANA_DIR, "alerts.yml")],
@@ -395,6 +407,7 @@ describe.skipIf(!promtoolAvailable)("promtool", () => {
         at(half("503", "/api/auth/login"), true),
         at(flooded("503", "/api/auth/login"), true),
         at(flooded("501", "/webhooks/stripe"), false),
+        at(probesFailing, false),
       ],
     };
     await passesPromtoolTests(tests);
