@@ -161,7 +161,7 @@ export function createCore(options: CoreOptions): Core {
     secretValues: config.secretValues,
   });
   reportUnkeyedRows(sqlite, logger);
-  registerRecentTampering(registry, sqlite, clock, auditKeys);
+  registerRecentTampering(registry, sqlite, clock);
   // One VM: the SQLite file every process shares. Several VMs: REDIS_URL, one Redis for all.
   const redis = config.redisUrl ? redisClient(config.redisUrl, options.redisMaxRetries) : null;
   const redisConnection = redis ? keepRedisConnected(redis, { logger }) : null;

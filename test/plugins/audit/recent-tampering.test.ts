@@ -40,7 +40,7 @@ test("an event another process recorded is on this process's /metrics for an hou
   expect(await scrape(target)).toContain('audit_tamper_events_recent{type="db.resealed"} 0');
 });
 
-test("a row written into the file with a tampering type counts for nothing, whenever it is stamped: only rows Palisade wrote page (probe 89a F4: one stamped ten years ahead kept the page firing for good)", async () => {
+test("a row written into the file with a tampering type counts only within the last hour and five minutes ahead: one stamped years ahead fires nothing for good, and a thousand forged rows hide no real event (probes 89a F4, 89d F4)", async () => {
   const clock = new ManualClock();
   const target = appClosedAfter(cleanups, { clock });
   target.services.audit.record({
@@ -54,22 +54,33 @@ test("a row written into the file with a tampering type counts for nothing, when
   const genuine = sqlite
     .query<{ id: number }, []>("SELECT id FROM audit_events WHERE type = 'db.resealed'")
     .get()!;
-  // Copies of the genuine row under other ids and times (its hash no longer theirs), and a row
-  // with a made-up hash: now, an hour ahead and ten years ahead.
   const columns = (
     sqlite.query("SELECT name FROM pragma_table_info('audit_events')").all() as { name: string }[]
   )
     .map((column) => column.name)
     .filter((name) => !["id", "at", "type"].includes(name));
-  for (const [nth, ahead] of [0, 60 * 60_000, 10 * 365 * 24 * 60 * 60_000].entries()) {
+  const plant = (id: number, type: string, at: number) =>
     sqlite.run(
       `INSERT INTO audit_events (id, at, type, ${columns.join(", ")})
-       SELECT ?, ?, 'auth.credential_tampered', ${columns.join(", ")} FROM audit_events WHERE id = ?`,
-      [1_000_000 + nth, clock.now() + ahead, genuine.id],
+       SELECT ?, ?, ?, ${columns.join(", ")} FROM audit_events WHERE id = ?`,
+      [id, at, type, genuine.id],
     );
-  }
-  sqlite.run("UPDATE audit_events SET hash = ? WHERE id = 1000000", ["0".repeat(64)]);
+  // Stamped an hour and ten years ahead: neither counts.
+  plant(1_000_000, "auth.credential_tampered", clock.now() + 60 * 60_000);
+  plant(1_000_001, "auth.credential_tampered", clock.now() + 10 * 365 * 24 * 60 * 60_000);
+  // A thousand forged rows of another type stamped just before the real one: each counts (it is
+  // tampering itself), and the real one still does.
+  sqlite.transaction(() => {
+    for (let i = 0; i < 1000; i++) plant(2_000_000 + i, "ip.block_tampered", clock.now() - 1);
+  })();
   const metrics = await scrape(target);
   expect(metrics).toContain('audit_tamper_events_recent{type="auth.credential_tampered"} 0');
+  expect(metrics).toContain('audit_tamper_events_recent{type="ip.block_tampered"} 1000');
   expect(metrics).toContain('audit_tamper_events_recent{type="db.resealed"} 1');
+  // Two hours on, every one of them has resolved (the one an hour ahead counted in its own hour);
+  // the one ten years ahead never fires.
+  clock.advance(2 * 60 * 60_000 + 1);
+  const later = await scrape(target);
+  expect(later).toContain('audit_tamper_events_recent{type="auth.credential_tampered"} 0');
+  expect(later).toContain('audit_tamper_events_recent{type="ip.block_tampered"} 0');
 });
