@@ -18,6 +18,7 @@ import { createScrubber } from "../../src/plugins/sentry/scrub";
 import {
   createReportThrottle,
   fingerprintOf,
+  LOST_RETRY_MS,
   REPORT_INTERVAL_MS,
 } from "../../src/plugins/sentry/throttle";
 import { buildTestApp, LogCapture, send, type TestApp, tempDir } from "../support/app";
@@ -1036,4 +1037,30 @@ test("what is nested deeper than the limit is replaced by [Truncated], never pas
   }
   expect(node).toBe("[Truncated]");
   expect(depth).toBeGreaterThanOrEqual(15);
+});
+
+test("a failure whose events keep being lost is sent again after 10 s, then 20, 40, and once a minute, not every 10 s while Sentry is down; a delivery starts over (probe 89d F6)", () => {
+  const throttle = createReportThrottle();
+  const error = new Error("the database is locked");
+  const context = { status: 503, code: "SERVICE_UNAVAILABLE" };
+  let now = 1_000_000;
+  expect(throttle.admit("f", now, error, context)).toEqual({ repeats: null });
+  const waits: number[] = [];
+  for (let loss = 0; loss < 5; loss++) {
+    throttle.lost("f", now, { error, context, repeats: 1, firstAt: now, lastAt: now });
+    const at = throttle.nextDrainAt()!;
+    waits.push(at - now);
+    now = at;
+    expect(throttle.drain(now)).toHaveLength(1);
+  }
+  expect(waits).toEqual([
+    LOST_RETRY_MS,
+    2 * LOST_RETRY_MS,
+    4 * LOST_RETRY_MS,
+    REPORT_INTERVAL_MS,
+    REPORT_INTERVAL_MS,
+  ]);
+  throttle.delivered("f");
+  throttle.lost("f", now, { error, context, repeats: 1, firstAt: now, lastAt: now });
+  expect(throttle.nextDrainAt()! - now).toBe(LOST_RETRY_MS);
 });

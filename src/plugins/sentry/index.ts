@@ -170,7 +170,10 @@ export function createErrorReporter(options: ErrorReporterOptions): ErrorReporte
     const standsFor = inFlight.get(eventId);
     if (standsFor === undefined) return;
     inFlight.delete(eventId);
-    if (delivered) return;
+    if (delivered) {
+      throttle.delivered(standsFor.fingerprint);
+      return;
+    }
     const { occurrences } = standsFor;
     throttle.lost(standsFor.fingerprint, now(), {
       ...occurrences,

@@ -36,6 +36,8 @@ interface Failure {
   /** When this failure's interval ends. */
   until: number;
   pending: PendingRepeats | null;
+  /** Its events lost in a row since one was delivered: each waits twice as long, up to the interval. */
+  losses: number;
 }
 
 export interface ReportThrottle {
@@ -53,10 +55,13 @@ export interface ReportThrottle {
    * An event this throttle admitted was not delivered (refused, unanswered, dropped unsent): what
    * it stood for — its own occurrence and the repeats it carried — is counted again as repeats, and
    * sent by `drain` within `LOST_RETRY_MS`, so a failure whose first event was lost is not taken
-   * as reported for the rest of its interval (probe 89a F1). One event of a failure is in flight at
-   * a time, so while Sentry is down a failure is tried about once per send plus `LOST_RETRY_MS`.
+   * as reported for the rest of its interval (probe 89a F1). Each further loss in a row waits twice
+   * as long, up to the interval: while Sentry is down a failure is tried once a minute, as when it
+   * is up, not every 10 s (probe 89d F6).
    */
   lost(fingerprint: string, now: number, lostEvent: PendingRepeats): void;
+  /** An event of this failure was delivered: the next loss waits `LOST_RETRY_MS` again. */
+  delivered(fingerprint: string): void;
   /** The counted repeats of failures whose interval has ended (all of them with `all`). */
   drain(now: number, all?: boolean): PendingRepeats[];
   /** When the earliest interval with counted repeats ends, or null when none has any. */
@@ -90,7 +95,11 @@ export function createReportThrottle(
       const repeats = known?.pending ?? null;
       // Still full: sent untracked, rather than a new failure going unreported.
       if (known !== undefined || failures.size < maxFingerprints) {
-        failures.set(fingerprint, { until: now + intervalMs, pending: null });
+        failures.set(fingerprint, {
+          until: now + intervalMs,
+          pending: null,
+          losses: known?.losses ?? 0,
+        });
       }
       return { repeats };
     },
@@ -98,9 +107,11 @@ export function createReportThrottle(
       let failure = failures.get(fingerprint);
       if (failure === undefined) {
         if (failures.size >= maxFingerprints) return;
-        failure = { until: now + LOST_RETRY_MS, pending: null };
+        failure = { until: now + intervalMs, pending: null, losses: 0 };
         failures.set(fingerprint, failure);
       }
+      failure.losses++;
+      const wait = Math.min(LOST_RETRY_MS * 2 ** (failure.losses - 1), intervalMs);
       const pending = failure.pending;
       if (pending === null) failure.pending = { ...lostEvent };
       else {
@@ -108,7 +119,11 @@ export function createReportThrottle(
         pending.repeats += lostEvent.repeats;
         pending.firstAt = Math.min(pending.firstAt, lostEvent.firstAt);
       }
-      failure.until = Math.min(failure.until, now + LOST_RETRY_MS);
+      failure.until = Math.min(failure.until, now + wait);
+    },
+    delivered(fingerprint) {
+      const failure = failures.get(fingerprint);
+      if (failure !== undefined) failure.losses = 0;
     },
     drain(now, all = false) {
       const due: PendingRepeats[] = [];
