@@ -18,7 +18,12 @@ export function retryAfterMs(value: string | null | undefined, now: number): num
   const trimmed = value?.trim();
   if (!trimmed) return undefined;
   if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  // Every HTTP date begins with its day's name (IMF-fixdate, RFC 850, asctime). Date.parse reads
+  // far more: `2.5` and `-5` were dates in 2001, a wait of nothing (probe 89f F2).
+  if (!HTTP_DATE_START.test(trimmed)) return undefined;
   const date = Date.parse(trimmed);
   if (Number.isNaN(date)) return undefined;
   return Math.max(0, date - now);
 }
+
+const HTTP_DATE_START = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,? /;
