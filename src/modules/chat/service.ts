@@ -80,6 +80,12 @@ import { WellFormedPieces } from "./well-formed-pieces";
 /** Principals whose over-budget refusal today this process remembers having audited. */
 const QUOTA_AUDITED_LIMIT = 10_000;
 /** Rows retention deletes per table per run: bounded work every 10 s. */
+/**
+ * The most message text one page of a conversation holds, in characters as its answer writes them
+ * (JSON-escaped), past its newest message: the page is cut there and `nextCursor` goes on.
+ */
+export const PAGE_TEXT_BOUND = 1_000_000;
+
 export const RETENTION_BATCH = 1000;
 
 /** What the HTTP edge adds to a turn for its audit event. */
@@ -1016,28 +1022,46 @@ export class ChatService implements ChatTurns {
         .where(and(eq(chatConversations.id, conversationId), ownedBy(owner)))
         .get();
       if (!conversation) return null;
+      const onPage = and(
+        eq(chatMessages.conversationId, conversationId),
+        before === undefined ? undefined : lt(chatMessages.id, before),
+      );
+      // As many of the newest as fit in PAGE_TEXT_BOUND as the answer writes them (JSON-escaped:
+      // a control character is six), the newest always: a reply is kept up to ~131,000
+      // characters, and a page of 100 replies of control characters was 19.5 MB (probe 89f F1).
+      const sizes = tx
+        // Text only: json_quote refuses a BLOB, which the checks below report as written into the file.
+        .select({
+          size: sql<number>`CASE WHEN typeof(${chatMessages.content}) = 'text' THEN length(json_quote(${chatMessages.content})) ELSE 0 END`,
+        })
+        .from(chatMessages)
+        .where(onPage)
+        .orderBy(desc(chatMessages.id))
+        .limit(limit)
+        .all();
+      let fit = 0;
+      for (let total = 0; fit < sizes.length; fit++) {
+        total += Number(sizes[fit]!.size) || 0;
+        if (fit > 0 && total > PAGE_TEXT_BOUND) break;
+      }
       // One more than the page: the message before it, which its oldest is chained to.
       const newest = tx
         .select()
         .from(chatMessages)
-        .where(
-          and(
-            eq(chatMessages.conversationId, conversationId),
-            before === undefined ? undefined : lt(chatMessages.id, before),
-          ),
-        )
+        .where(onPage)
         .orderBy(desc(chatMessages.id))
-        .limit(limit + 1)
+        .limit(Math.max(fit, 1) + 1)
         .all();
-      return { conversation, inOrder: newest.reverse() };
+      return { conversation, inOrder: newest.reverse(), fit: Math.max(fit, 1) };
     });
     if (!read || !this.intactConversation(read.conversation)) return null;
     const { conversation, inOrder } = read;
+    const pageLimit = read.fit;
     if (!this.check.chain(inOrder) || !readableMessages(inOrder)) {
       this.options.reportTampered(conversationId);
       return null;
     }
-    const shown = inOrder.length > limit ? inOrder.slice(1) : inOrder;
+    const shown = inOrder.length > pageLimit ? inOrder.slice(1) : inOrder;
     const oldest = shown[0];
     return {
       id: conversation.id,
@@ -1045,7 +1069,7 @@ export class ChatService implements ChatTurns {
       updatedAt: iso(conversation.updatedAt),
       messageCount: this.countOf(conversation),
       messages: this.shownMessages(shown),
-      nextCursor: inOrder.length > limit && oldest ? encodeMessageCursor(oldest.id) : null,
+      nextCursor: inOrder.length > pageLimit && oldest ? encodeMessageCursor(oldest.id) : null,
     };
   }
 

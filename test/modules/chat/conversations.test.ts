@@ -672,3 +672,57 @@ describe("isolation: another's conversation is 404, never 403", () => {
     expect(conversation.messages[0]!.content).toBe("<script>alert(1)</script>");
   });
 });
+
+describe("a page's size (probe 89f F1)", () => {
+  test("a page holds as many of the newest messages as fit in a million characters as written, the newest always, and the cursor goes on to the rest", async () => {
+    // Replies of control characters, six characters each as the answer writes them.
+    const reply = "\u0001".repeat(60_000);
+    const provider = {
+      name: "offline",
+      maxCompletionTokens: 100,
+      complete: async () => ({ text: reply, usage: { promptTokens: 5, completionTokens: 5 } }),
+      async *stream() {
+        yield { text: reply };
+        yield { usage: { promptTokens: 5, completionTokens: 5 } };
+      },
+    };
+    const big = buildTestApp({ clock, chatProvider: provider as never });
+    try {
+      const carol = await signUp(big);
+      const credential = asUser(carol);
+      let id: string | undefined;
+      for (let turn = 0; turn < 6; turn++) {
+        const response = await chat(big, credential, {
+          message: `turn ${turn}`,
+          ...(id ? { conversationId: id } : {}),
+        });
+        expect(response.status).toBe(200);
+        id = ((await response.json()) as { conversationId: string }).conversationId;
+      }
+      const pages: MessagePage[] = [];
+      let query = "?limit=100";
+      for (;;) {
+        const response = await send(big, `/api/chat/conversations/${id}${query}`, {
+          headers: credential,
+        });
+        expect(response.status).toBe(200);
+        const text = await response.text();
+        expect(text.length).toBeLessThan(1_100_000);
+        const page = JSON.parse(text) as MessagePage;
+        pages.push(page);
+        if (page.nextCursor === null) break;
+        query = `?limit=100&cursor=${page.nextCursor}`;
+      }
+      expect(pages.length).toBeGreaterThan(1);
+      const all = pages.reverse().flatMap((page) => page.messages);
+      expect(all.map((message) => message.role)).toEqual(
+        Array.from({ length: 12 }, (_, i) => (i % 2 === 0 ? "user" : "assistant")),
+      );
+      expect(all.filter((m) => m.role === "user").map((m) => m.content)).toEqual(
+        Array.from({ length: 6 }, (_, i) => `turn ${i}`),
+      );
+    } finally {
+      big.close();
+    }
+  });
+});
