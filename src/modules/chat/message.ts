@@ -18,8 +18,8 @@ export type MessageCheck = { ok: true; message: string } | { ok: false; rule: st
  * `<|…|>` token (Qwen, Llama 3, Phi, gpt-oss's harmony), DeepSeek's `<｜…｜>`, Gemma's turns,
  * Mistral's `[INST]` family, EXAONE's `[|…|]`, MiniMax-M1's `<beginning_of_sentence>` and
  * TeleChat2's `<_user>` kin, Nemotron Nano 2's `<SPECIAL_N>`, openPangu's `[unusedN]`, Ling's
- * `<role>SYSTEM</role>`, Seed-Coder's and MiniCPM's, and those probe 86e F1 found past the first
- * list. vLLM, llama.cpp and
+ * `<role>SYSTEM</role>`, Seed-Coder's and MiniCPM's, Reka's `<sep>`, Idefics3's `<end_of_utterance>`,
+ * and those probe 86e F1 found past the first list. vLLM, llama.cpp and
  * Hugging Face templates render the user's text into the prompt and tokenize these as the real
  * markers, so a user's message could close its own turn and open a `system` one (probe 86b F2).
  * `<s>` and `</s>` are left: they are HTML too.
@@ -51,6 +51,9 @@ const TEMPLATE_TOKEN = new RegExp(
     "</?role>",
     "<\\[(?:begin|end)[▁_]of[▁_]sentence\\]>",
     "<用户>|<AI>",
+    // Reka Flash 3's turn separator (`human: … <sep> assistant:`) and Idefics3's and SmolVLM's
+    // end of a turn (`User: …<end_of_utterance>\nAssistant:`) (probe 89f F3).
+    "<sep>|<end_of_utterance>",
     "<seed:[a-z_]{2,16}>",
     "<extra_id_\\d{1,3}>",
     "<reserved_\\d{1,4}>",
