@@ -66,6 +66,10 @@ export type UpstreamStep =
       textParts?: boolean;
       /** In a stream, tool-call argument pieces sent before the reply's, each in a chunk of its own. */
       toolCalls?: string[];
+      /** In a stream, after each reply piece, a piece of another choice (index 1) in the same chunk. */
+      otherChoice?: string;
+      /** In a stream, text sent in a chunk after the finish. */
+      afterFinish?: string;
     }
   | {
       kind: "error";
@@ -378,8 +382,17 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
       }
     }
     const pauses = step.kind === "reply" ? step.pauses : undefined;
+    const other = step.kind === "reply" ? step.otherChoice : undefined;
     pieces.forEach((piece, i) => {
       actions.push({ pauseMs: pauses?.[i] ?? pause, write: delta(piece) });
+      if (other !== undefined) {
+        actions.push({
+          pauseMs: 0,
+          write: chunk([
+            { index: 1, delta: { content: other }, logprobs: null, finish_reason: null },
+          ]),
+        });
+      }
     });
     actions.push({
       pauseMs: pause,
@@ -387,6 +400,9 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         { index: 0, delta: {}, logprobs: null, finish_reason: step.finishReason ?? "stop" },
       ]),
     });
+    if (step.kind === "reply" && step.afterFinish !== undefined) {
+      actions.push({ pauseMs: 0, write: delta(step.afterFinish) });
+    }
     if (step.kind === "reply" && step.thenFinish !== undefined) {
       actions.push({
         pauseMs: 0,

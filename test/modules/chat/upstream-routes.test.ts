@@ -752,6 +752,19 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     ]);
   });
 
+  test("only the first choice is the reply, and nothing after its finish: another choice's text and text sent after the finish are neither answered nor stored (probe 89f F4)", async () => {
+    const { reply, stored } = await storedAfter([
+      { kind: "reply", chunks: ["zero ", "zero2"], otherChoice: "ONE-SECRET " },
+      { kind: "reply", chunks: ["Finished ", "here."], afterFinish: " and more after" },
+    ]);
+    expect(reply).toBe("zero zero2");
+    expect(stored).toEqual([
+      ["zero zero2", false],
+      ["Finished here.", false],
+      ["Whole answer.", false],
+    ]);
+  });
+
   test("a reply the completion cap ended mid-sentence (finish_reason length) is answered as it came and stored as cut short, JSON and streamed (probe 80c F1)", async () => {
     const { reply, events, stored } = await storedAfter([
       { kind: "reply", chunks: ["First open ", "the settings and then"], finishReason: "length" },

@@ -494,9 +494,21 @@ function toolCallText(delta: Record<string, unknown>): string {
   return text;
 }
 
+/**
+ * The choice of a chunk that is the reply: the one with index 0 (or none). Palisade asks for one
+ * choice; an upstream that sends others (`n`, or a server that numbers them its own way) had their
+ * text joined into the reply (probe 89f F4).
+ */
+function replyChoice(chunk: Record<string, unknown>): unknown {
+  if (!Array.isArray(chunk.choices)) return undefined;
+  return chunk.choices.find(
+    (choice) => isRecord(choice) && (choice.index === 0 || choice.index === undefined),
+  );
+}
+
 /** The characters of reply and of reasoning a chunk's choice carries. */
 function generatedCharacters(chunk: unknown): number {
-  const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  const choice = isRecord(chunk) ? replyChoice(chunk) : undefined;
   return isRecord(choice) ? reasoningCharacters(choice) + deltaText(choice).length : 0;
 }
 
@@ -525,7 +537,7 @@ function billedByTrial(trial: Promise<{ read: IteratorResult<unknown>[] }>): Pro
  * space, 82k F3), or its finish.
  */
 function answers(chunk: unknown): boolean {
-  const choice = isRecord(chunk) && Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  const choice = isRecord(chunk) ? replyChoice(chunk) : undefined;
   if (!isRecord(choice)) return false;
   return showsSomething(deltaText(choice)) || finishes(choice);
 }
@@ -599,7 +611,7 @@ function progresses(chunk: unknown): boolean {
  * half-open trial's wait for its answer.
  */
 function carriesWork(chunk: Record<string, unknown>): boolean {
-  const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  const choice = replyChoice(chunk);
   if (!isRecord(choice)) return false;
   const reason = finishReason(choice);
   if (reason !== null && FINISHES.has(reason)) return true;
@@ -1196,14 +1208,15 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           break;
         }
         usage = readUsage(chunk.usage) ?? usage;
-        const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+        const choice = replyChoice(chunk);
         if (isRecord(choice)) {
           const thought = reasoningCharacters(choice);
           if (thought > 0) {
             reasoning += thought;
             yield { kind: "reasoning", characters: thought };
           }
-          const delta = deltaText(choice);
+          // Text after the finish is no part of the reply (probe 89f F4: it was appended).
+          const delta = finished ? "" : deltaText(choice);
           if (delta !== "") {
             if (text.length + delta.length > maxReplyChars) {
               broken = "reply longer than its cap";
