@@ -253,6 +253,11 @@ export function paymentsModule(options: PaymentsModuleOptions) {
                 "CONFLICT",
                 "This Idempotency-Key was used with a different request body.",
               );
+            case "payment_gone":
+              throw new AppError(
+                "CONFLICT",
+                "The payment this Idempotency-Key made is not on record as it was made; it is not answered again. Use a new Idempotency-Key.",
+              );
             case "owner_gone":
               throw new AppError("UNAUTHENTICATED", "The account no longer exists.");
             case "over_daily":

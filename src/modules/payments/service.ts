@@ -126,6 +126,12 @@ export type IntentOutcome =
   | { kind: "created"; response: IntentResponse; replayed: boolean }
   | { kind: "key_reused" }
   /**
+   * The key made an intent whose payment the ledger no longer holds as Palisade wrote it (changed
+   * or deleted in the file): not replayed, since the payment is treated as absent everywhere else
+   * and the webhook would ignore what is paid on it (probe 89e F2).
+   */
+  | { kind: "payment_gone" }
+  /**
    * Another request holds the key: still with Stripe (`retryAfterSeconds` absent: retry shortly),
    * or — known to this process — its intent made but unrecorded, so nothing finishes it before its
    * lease ends, in `retryAfterSeconds`.
@@ -776,7 +782,14 @@ export class PaymentService {
       claim.kind === "over_daily"
     )
       return claim;
-    if (claim.kind === "done") return { kind: "created", response: claim.response, replayed: true };
+    if (claim.kind === "done") {
+      if (!this.ledger.findOwned(owner, claim.response.id)) {
+        // Deleted from the file, it is reported as one changed there is (once per row and process).
+        this.ledger.reportTampered("payments", claim.response.id);
+        return { kind: "payment_gone" };
+      }
+      return { kind: "created", response: claim.response, replayed: true };
+    }
 
     let result: Awaited<ReturnType<PaymentGateway["createIntent"]>>;
     try {

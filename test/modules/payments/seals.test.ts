@@ -766,3 +766,29 @@ describe("upgrading a database stored before payment seals", () => {
     });
   });
 });
+
+describe("an Idempotency-Key whose payment is not on record as it was made (probe 89e F2)", () => {
+  test("is not replayed once its payment row is changed or deleted in the file: 409, no client secret, reported", async () => {
+    for (const change of [
+      "UPDATE payments SET status = 'succeeded' WHERE id = ?",
+      "DELETE FROM payments WHERE id = ?",
+    ]) {
+      const target = app();
+      const user = await signUp(target);
+      const body = { amount: 2500, currency: "usd" };
+      const made = await createIntent(target, bearer(user.accessToken), body, "order-42");
+      expect(made.status).toBe(201);
+      const { id } = (await made.json()) as { id: string };
+      const replayed = await createIntent(target, bearer(user.accessToken), body, "order-42");
+      expect(replayed.status).toBe(201);
+      expect(replayed.headers.get("idempotent-replayed")).toBe("true");
+      target.db.$client.run(change, [id]);
+      const again = await createIntent(target, bearer(user.accessToken), body, "order-42");
+      expect(again.status).toBe(409);
+      const text = await again.text();
+      expect(JSON.parse(text).code).toBe("CONFLICT");
+      expect(text).not.toContain("secret");
+      expect(auditRows(target, "payment.tampered").length).toBeGreaterThanOrEqual(1);
+    }
+  });
+});
