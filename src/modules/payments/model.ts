@@ -37,9 +37,11 @@ export const IntentBody = t.Object(
       t.String({ maxLength: 320, description: "Validated like account emails" }),
     ),
     metadata: t.Optional(
-      t.Record(t.String(), t.String({ maxLength: METADATA_VALUE_MAX_LENGTH }), {
+      // An empty value unsets its key at Stripe: stored here, Palisade's record and Stripe's intent
+      // told two stories (probe 89e F3).
+      t.Record(t.String(), t.String({ minLength: 1, maxLength: METADATA_VALUE_MAX_LENGTH }), {
         maxProperties: METADATA_MAX_KEYS,
-        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters (characters that show, NFC, words apart by one space; no square brackets), string values of at most ${METADATA_VALUE_MAX_LENGTH} (no control character but newline and tab)`,
+        description: `At most ${METADATA_MAX_KEYS} keys of 1–${METADATA_KEY_MAX_LENGTH} characters (characters that show, NFC, words apart by one space; no square brackets), string values of 1–${METADATA_VALUE_MAX_LENGTH} characters (no control character but newline and tab; an empty one would unset its key at Stripe)`,
       }),
     ),
   },

@@ -69,6 +69,11 @@ test("description: at most 500 characters", async () => {
   await expectRefused({ ...valid, description: "d".repeat(501) }, "body/description");
 });
 
+test("metadata: an empty value is 422, never stored: Stripe would unset its key, and the two records would differ (probe 89e F3)", async () => {
+  await expectAccepted({ ...valid, metadata: { order: "x" } });
+  await expectRefused({ ...valid, metadata: { order: "" } }, "body/metadata/order");
+});
+
 test("description and metadata: an unpaired surrogate is 422, never a Stripe call (it was 503 'Stripe unavailable' on every retry)", async () => {
   await expectAccepted({ ...valid, description: "café 😀", metadata: { "clé 😀": "valeur 😀" } });
   for (const lone of ["\ud800", "\udc00", "a\ud83d", "\ude00b"]) {
