@@ -422,6 +422,26 @@ test("501 NOT_CONFIGURED is documented on exactly the routes of a feature that m
   expect(Value.Check(schema501, await answered.json())).toBe(true);
 });
 
+test("422 is documented on every operation whose body the request guard reads, but the signed webhooks', and answered there for a body nested too deep (probe 89e F4)", async () => {
+  current = buildTestApp();
+  const document = await documentOf(current);
+  const bodyWithout422: string[] = [];
+  for (const [path, item] of Object.entries(document.paths)) {
+    for (const [method, operation] of Object.entries(item)) {
+      if (!["post", "put", "patch", "delete"].includes(method)) continue;
+      if (operation.responses["422"] === undefined) bodyWithout422.push(`${method} ${path}`);
+    }
+  }
+  expect(bodyWithout422.sort()).toEqual(["post /webhooks/stripe", "post /webhooks/whatsapp"]);
+  const deep = `${"[".repeat(40)}${"]".repeat(40)}`;
+  const logout = await send(current, "/api/auth/logout", {
+    body: deep,
+    headers: { "content-type": "application/json" },
+  });
+  expect(logout.status).toBe(422);
+  expect(document.paths["/api/auth/logout"]!.post!.responses["422"]).toBeDefined();
+});
+
 test("GET /metrics documents the credentials it takes, and each works with METRICS_TOKEN set (probe 35a F2)", async () => {
   const token = "mtok_openapi_test_0123456789abcdef0123456789";
   current = buildTestApp({ env: { METRICS_TOKEN: token } });

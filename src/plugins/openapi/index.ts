@@ -195,7 +195,12 @@ export function finish<T extends object>(document: T): T {
       // whose body it reads (whether the route declares a body or not), one too slow to arrive
       // (408), too large (413) or not JSON (415) (probes 27c F3, 27d F2, 30a F4). OpenAPI spells
       // methods in lower case.
-      const guard = BODY_METHODS.has(method.toUpperCase()) ? [408, 413, 414, 415] : [414];
+      // And a JSON body nested past 32 levels or holding past 1,024 values is 422 on any of them
+      // but the signed webhooks', parsed only once their signature verifies (probe 89e F4).
+      const signed = read?.some((parameter) => /signature/i.test(parameter.name)) ?? false;
+      const guard = BODY_METHODS.has(method.toUpperCase())
+        ? [408, 413, 414, 415, ...(signed ? [] : [422])]
+        : [414];
       for (const status of [...(pipeline ?? []), ...guard]) {
         if (responses[status] !== undefined) continue;
         const schema = problemResponses(status)[status]!;
