@@ -98,6 +98,33 @@ function insertRow(target: TestApp, fields: { messageId: string; seal: string | 
   );
 }
 
+/** A sender's first message, answered: what a forged row is then placed ahead of the next one. */
+async function firstAnswered() {
+  const world = setup();
+  await deliver(
+    world.target,
+    notification({ messages: [{ id: "wamid.FIRST", from: "16505551234", text: "one" }] }),
+  );
+  await world.worker.drain();
+  return { ...world, senderHash: rowOf(world.target, "wamid.FIRST").sender_hash };
+}
+
+/** A row written into the file for `senderHash` at `id`, pending and due at `dueAt`, unsealed. */
+function insertHold(
+  target: TestApp,
+  id: number,
+  messageId: string,
+  senderHash: string,
+  dueAt: number,
+) {
+  target.db.$client.run(
+    `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, recipient, sender_hash, kind,
+       body, state, next_attempt_at, received_at, seal)
+     VALUES (?, ?, ?, '15550009999', ?, 'text', 'hello', 'pending', ?, ?, 'x')`,
+    [id, messageId, WA_PHONE_NUMBER_ID, senderHash, dueAt, Date.now()],
+  );
+}
+
 /** A refused row: given up, its number and text cleared, the forged reply kept as evidence. */
 function expectRefused(target: TestApp, messageId: string) {
   const row = rowOf(target, messageId);
@@ -335,13 +362,7 @@ describe("rows written into the file", () => {
   });
 
   test("a forged row holding a sender back is refused within one sweep of the pending rows, wherever it sits among them (probe 88e F4: the check now reads a window of them at a time)", async () => {
-    const { target, graph, worker, clock } = setup();
-    await deliver(
-      target,
-      notification({ messages: [{ id: "wamid.FIRST", from: "16505551234", text: "one" }] }),
-    );
-    await worker.drain();
-    const senderHash = rowOf(target, "wamid.FIRST").sender_hash;
+    const { target, graph, worker, clock, senderHash } = await firstAnswered();
     const notDue = clock.now() + 60_000;
     // Three windows' worth of other senders' rows waiting for their retry, and nothing behind them.
     const filler = target.db.$client.prepare(
@@ -357,12 +378,7 @@ describe("rows written into the file", () => {
     // claim takes it as a schedule no worker writes), placed after the rows, then before them.
     const sent = ["reply to: one"];
     for (const [nth, id] of [5000, 500].entries()) {
-      target.db.$client.run(
-        `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, recipient, sender_hash, kind,
-           body, state, next_attempt_at, received_at, seal)
-         VALUES (?, ?, ?, '15550009999', ?, 'text', 'hello', 'pending', ?, ?, 'x')`,
-        [id, `wamid.HOLD${nth}`, WA_PHONE_NUMBER_ID, senderHash, notDue, clock.now()],
-      );
+      insertHold(target, id, `wamid.HOLD${nth}`, senderHash, notDue);
       const text = `next ${nth}`;
       await deliver(
         target,
@@ -378,13 +394,7 @@ describe("rows written into the file", () => {
   });
 
   test("forged rows holding a sender back are found at id 0 or below, and past a window of ids beyond 2^53 that read rounded (probe 89d F1)", async () => {
-    const { target, graph, worker, clock } = setup();
-    await deliver(
-      target,
-      notification({ messages: [{ id: "wamid.FIRST", from: "16505551234", text: "one" }] }),
-    );
-    await worker.drain();
-    const senderHash = rowOf(target, "wamid.FIRST").sender_hash;
+    const { target, graph, worker, clock, senderHash } = await firstAnswered();
     // The sender's next two messages, waiting (ids past 2^53 in the file stop any new intake).
     await deliver(
       target,
@@ -400,12 +410,7 @@ describe("rows written into the file", () => {
     // id rounded as a JS number.
     target.db.$client.transaction(() => {
       for (const [nth, id] of [-5, 0].entries()) {
-        target.db.$client.run(
-          `INSERT INTO whatsapp_outbox (id, message_id, phone_number_id, recipient, sender_hash, kind,
-             body, state, next_attempt_at, received_at, seal)
-           VALUES (?, ?, ?, '15550009999', ?, 'text', 'hello', 'pending', ?, ?, 'x')`,
-          [id, `wamid.LOW${nth}`, WA_PHONE_NUMBER_ID, senderHash, notDue, clock.now()],
-        );
+        insertHold(target, id, `wamid.LOW${nth}`, senderHash, notDue);
       }
       for (let i = 1; i <= BLOCKER_WINDOW; i++) {
         target.db.$client.run(
