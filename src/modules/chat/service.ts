@@ -80,6 +80,16 @@ import { WellFormedPieces } from "./well-formed-pieces";
 /** Principals whose over-budget refusal today this process remembers having audited. */
 const QUOTA_AUDITED_LIMIT = 10_000;
 /** Rows retention deletes per table per run: bounded work every 10 s. */
+/** How many of `sizes`, from the first, fit within `bound` together: the first always. */
+function howManyFit(sizes: readonly number[], bound: number): number {
+  let fit = 0;
+  for (let total = 0; fit < sizes.length; fit++) {
+    total += sizes[fit]!;
+    if (fit > 0 && total > bound) break;
+  }
+  return fit;
+}
+
 /**
  * The most message text one page of a conversation holds, in characters as its answer writes them
  * (JSON-escaped), past its newest message: the page is cut there and `nextCursor` goes on.
@@ -1039,11 +1049,10 @@ export class ChatService implements ChatTurns {
         .orderBy(desc(chatMessages.id))
         .limit(limit)
         .all();
-      let fit = 0;
-      for (let total = 0; fit < sizes.length; fit++) {
-        total += Number(sizes[fit]!.size) || 0;
-        if (fit > 0 && total > PAGE_TEXT_BOUND) break;
-      }
+      const fit = howManyFit(
+        sizes.map((row) => Number(row.size) || 0),
+        PAGE_TEXT_BOUND,
+      );
       // One more than the page: the message before it, which its oldest is chained to.
       const newest = tx
         .select()
@@ -1330,11 +1339,10 @@ export class ChatService implements ChatTurns {
             .orderBy(asc(chatMessages.id))
             .limit(EXPORT_PAGE)
             .all();
-          let fits = 0;
-          for (let bytes = 0; fits < sizes.length; fits++) {
-            bytes += Number(sizes[fits]!.bytes ?? 0);
-            if (fits > 0 && bytes > EXPORT_PAGE_BYTES) break;
-          }
+          const fits = howManyFit(
+            sizes.map((row) => Number(row.bytes ?? 0)),
+            EXPORT_PAGE_BYTES,
+          );
           const page = tx
             .select()
             .from(chatMessages)
