@@ -18,12 +18,24 @@ export function retryAfterMs(value: string | null | undefined, now: number): num
   const trimmed = value?.trim();
   if (!trimmed) return undefined;
   if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
-  // Every HTTP date begins with its day's name (IMF-fixdate, RFC 850, asctime). Date.parse reads
-  // far more: `2.5` and `-5` were dates in 2001, a wait of nothing (probe 89f F2).
-  if (!HTTP_DATE_START.test(trimmed)) return undefined;
+  // An HTTP date in one of its three forms, whole (IMF-fixdate, RFC 850, asctime). Date.parse reads
+  // far more: `2.5` and `-5` were dates in 2001, a wait of nothing (probe 89f F2), and so were
+  // `Mon 5` and `Fri 2001` once only the day's name was asked for first (probe 89g F1).
+  if (!HTTP_DATE.test(trimmed)) return undefined;
   const date = Date.parse(trimmed);
   if (Number.isNaN(date)) return undefined;
   return Math.max(0, date - now);
 }
 
-const HTTP_DATE_START = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,? /;
+const DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)";
+const DAY_NAME = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)";
+const MONTH = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)";
+const TIME = "\\d{2}:\\d{2}:\\d{2}";
+/** RFC 9110 §5.6.7: `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`, `Sun Nov  6 08:49:37 1994`. */
+const HTTP_DATE = new RegExp(
+  [
+    `^${DAY}, \\d{2} ${MONTH} \\d{4} ${TIME} GMT$`,
+    `^${DAY_NAME}, \\d{2}-${MONTH}-\\d{2} ${TIME} GMT$`,
+    `^${DAY} ${MONTH} (?: \\d|\\d{2}) ${TIME} \\d{4}$`,
+  ].join("|"),
+);

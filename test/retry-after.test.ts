@@ -7,7 +7,7 @@ import { retryAfterMs } from "../src/retry-after";
 
 const now = Date.parse("2026-12-06T12:00:00Z");
 
-test("seconds and the three HTTP date forms are read; other spellings are no value, never a past date's zero wait (probe 89f F2)", () => {
+test("seconds and the three HTTP date forms are read; other spellings are no value, never a past date's zero wait (probes 89f F2, 89g F1)", () => {
   expect(retryAfterMs("30", now)).toBe(30_000);
   expect(retryAfterMs(" 0 ", now)).toBe(0);
   expect(retryAfterMs("Sun, 06 Dec 2026 12:00:30 GMT", now)).toBe(30_000);
@@ -25,6 +25,11 @@ test("seconds and the three HTTP date forms are read; other spellings are no val
     "12/06/2026",
     "tomorrow",
     "",
+    // A day's name before anything else Date.parse reads (probe 89g F1).
+    "Mon 5",
+    "Mon, 2.5",
+    "Monday -5",
+    "Fri 2001",
   ]) {
     expect([value, retryAfterMs(value, now)]).toEqual([value, undefined]);
   }

@@ -70,6 +70,8 @@ export type UpstreamStep =
       otherChoice?: string;
       /** In a stream, text sent in a chunk after the finish. */
       afterFinish?: string;
+      /** In a stream, reasoning pieces sent after the finish, each in a chunk of its own. */
+      reasoningAfterFinish?: string[];
     }
   | {
       kind: "error";
@@ -402,6 +404,19 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
     });
     if (step.kind === "reply" && step.afterFinish !== undefined) {
       actions.push({ pauseMs: 0, write: delta(step.afterFinish) });
+    }
+    for (const thought of step.kind === "reply" ? (step.reasoningAfterFinish ?? []) : []) {
+      actions.push({
+        pauseMs: 0,
+        write: chunk([
+          {
+            index: 0,
+            delta: reasoningDelta("reasoning_content", thought),
+            logprobs: null,
+            finish_reason: null,
+          },
+        ]),
+      });
     }
     if (step.kind === "reply" && step.thenFinish !== undefined) {
       actions.push({

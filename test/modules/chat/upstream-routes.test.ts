@@ -765,6 +765,30 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     ]);
   });
 
+  test("the first finish is the reply's: a later finish does not mark a whole reply cut, and reasoning after it is not charged (probe 89g F2, F3)", async () => {
+    const { stored } = await storedAfter([
+      { kind: "reply", chunks: ["Hello ", "there."], thenFinish: "content_filter" },
+      { kind: "reply", chunks: ["Also ", "whole."], thenFinish: "length" },
+    ]);
+    expect(stored).toEqual([
+      ["Hello there.", false],
+      ["Also whole.", false],
+      ["Whole answer.", false],
+    ]);
+    // No usage from the upstream: the turn is charged its estimate, the reply's alone.
+    const { upstream, target, alice } = await setUp();
+    upstream.enqueue({
+      kind: "reply",
+      chunks: ["Short."],
+      usage: false,
+      reasoningAfterFinish: Array.from({ length: 50 }, () => "r".repeat(4000)),
+    });
+    const response = await chat(target, asUser(alice), { message: "One" });
+    expect(response.status).toBe(200);
+    const { usage } = (await response.json()) as { usage: { completionTokens: number } };
+    expect(usage.completionTokens).toBeLessThan(10);
+  });
+
   test("a reply the completion cap ended mid-sentence (finish_reason length) is answered as it came and stored as cut short, JSON and streamed (probe 80c F1)", async () => {
     const { reply, events, stored } = await storedAfter([
       { kind: "reply", chunks: ["First open ", "the settings and then"], finishReason: "length" },

@@ -1210,7 +1210,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         usage = readUsage(chunk.usage) ?? usage;
         const choice = replyChoice(chunk);
         if (isRecord(choice)) {
-          const thought = reasoningCharacters(choice);
+          // Nothing after the finish is part of the reply, its reasoning neither (probe 89g F3:
+          // reasoning sent after it was counted, and charged up to the completion cap).
+          const thought = finished ? 0 : reasoningCharacters(choice);
           if (thought > 0) {
             reasoning += thought;
             yield { kind: "reasoning", characters: thought };
@@ -1226,7 +1228,9 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             yield { kind: "text", text: delta };
           }
           const reason = finishReason(choice);
-          if (isFinish(reason)) {
+          // The first finish is the reply's: a later one does not change it (probe 89g F2: a
+          // `content_filter` after `stop` stored a whole reply as cut; probe 69e F4, the other way).
+          if (!finished && isFinish(reason)) {
             finished = true;
             // Once cut by the filter, cut: a later finish does not make the reply whole (69e F4).
             if (CONTENT_FILTERED.has(reason)) filtered = true;
