@@ -888,11 +888,6 @@ export class IpBlockService {
     return this.countViolation("principal", principal, principal, requestId);
   }
 
-  /** Whether violations of this kind can block at all (its threshold is not 0). */
-  blocksOn(kind: ViolationKind): boolean {
-    return this.settings.thresholds[kind].count > 0;
-  }
-
   private async countViolation(
     kind: ViolationKind,
     subject: string,

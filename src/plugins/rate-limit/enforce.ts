@@ -23,7 +23,7 @@ import type { LimiterStore, LimitOutcome, UnusedPermits } from "./store";
  * (`audit.refusals_unrecorded`). 10,000 let a flood from rotating IPv6 /64s write ~5 MB a minute
  * of rows kept 90 days (probe 89b F2).
  */
-export const QUIET_AUDIT_KEYS = 100;
+export const REFUSAL_AUDIT_KEYS_PER_POLICY = 100;
 
 /**
  * A limiter store that could not answer: counted (`rate_limit_store_errors_total{mode}`) and
@@ -112,8 +112,8 @@ export interface LimitEnforcerOptions {
     key: string;
     requestId: string;
   }) => number | null | undefined | Promise<number | null | undefined>;
-  /** QUIET_AUDIT_KEYS unless given (tests). */
-  quietAuditKeys?: number;
+  /** REFUSAL_AUDIT_KEYS_PER_POLICY unless given (tests). */
+  auditedKeys?: number;
 }
 
 /** One key for every policy, or one key per policy (same order). */
@@ -147,12 +147,12 @@ export interface LimitEnforcer {
  */
 export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforcer {
   const { store, clock, logger, audit, metrics, onRefused } = options;
-  const quietAuditKeys = options.quietAuditKeys ?? QUIET_AUDIT_KEYS;
+  const auditedKeys = options.auditedKeys ?? REFUSAL_AUDIT_KEYS_PER_POLICY;
   /**
-   * Quiet refusals audited once per key and window, per policy: one bound per policy, so a flood
-   * on one route cannot keep another policy's refusals (a login brute force) out of the audit log.
+   * Refusals audited once per key and window, per policy: one bound per policy, so a flood on one
+   * route cannot keep another policy's refusals (a login brute force) out of the audit log.
    */
-  const firstQuietRefusal = auditedOncePerWindow(audit, "ratelimit.rejected", quietAuditKeys);
+  const firstRefusalInWindow = auditedOncePerWindow(audit, "ratelimit.rejected", auditedKeys);
 
   const checksOf = (policies: readonly Policy[], keys: LimitKeys, now: number) =>
     policies.map((policy, i) => ({ policy, key: keyOf(keys, i), now }));
@@ -186,7 +186,7 @@ export function createLimitEnforcer(options: LimitEnforcerOptions): LimitEnforce
     // Audited once per key and window, whether it can block or not: a chained row per refusal
     // up to a block was five or six rows for each IPv6 /64 a flood rotates through, kept 90 days
     // (probe 89b F2); the block itself is audited (`ip.blocked`), and every refusal is counted.
-    if (firstQuietRefusal(policyId, key, now, refusedBy.windowMs)) {
+    if (firstRefusalInWindow(policyId, key, now, refusedBy.windowMs)) {
       audit.record({
         type: "ratelimit.rejected",
         outcome: "denied",

@@ -1,7 +1,7 @@
 /**
- * Refusals that block nobody (the webhooks policy; every policy with automatic blocks off) are
- * audited once per key and window, and the keys remembered for that are bounded: a flood cycling
- * through more keys than the bound must not be audited once per request again.
+ * Rate-limit refusals (those that can block and those that block nobody alike, since probe 89b F2)
+ * are audited once per key and window, and the keys remembered for that are bounded: a flood
+ * cycling through more keys than the bound must not be audited once per request again.
  */
 import { afterEach, expect, test } from "bun:test";
 import { join } from "node:path";
@@ -32,7 +32,7 @@ const POLICY: Policy = {
   failClosed: false,
 };
 
-function enforcer(quietAuditKeys: number) {
+function enforcer(auditedKeys: number) {
   const dir = tempDir();
   const db = openDatabase(join(dir.path, "limits.db"));
   applyMigrations(db);
@@ -56,7 +56,7 @@ function enforcer(quietAuditKeys: number) {
     logger: createLogger({ level: "warn", destination: new LogCapture() }),
     audit,
     metrics,
-    quietAuditKeys,
+    auditedKeys,
   });
   const request = async (ip: string, policy: Policy = POLICY) => {
     const client = { ip, key: ip } as Parameters<typeof enforce>[2]["client"];
