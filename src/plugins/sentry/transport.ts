@@ -11,7 +11,7 @@
  * network refused.
  */
 import type * as SentryBun from "@sentry/bun";
-import type { DeliveryWatch, ReportKind } from "./delivery";
+import { type DeliveryWatch, failureOfStatus, type ReportKind } from "./delivery";
 
 type Sentry = Pick<typeof SentryBun, "createTransport" | "suppressTracing">;
 type TransportOptions = Parameters<typeof SentryBun.createTransport>[0] & {
@@ -99,8 +99,9 @@ export function guardedTransport(sentry: Sentry, hooks: TransportHooks) {
         };
         return errors.send(envelope).then(
           (response) => {
+            // No status: dropped unsent (a full queue, backing off after a 429).
             const status = response.statusCode;
-            settled(status !== undefined && status >= 200 && status < 300);
+            settled(status !== undefined && failureOfStatus(status) === null);
             return response;
           },
           (error: unknown) => {
