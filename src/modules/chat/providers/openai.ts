@@ -1209,16 +1209,16 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
         }
         usage = readUsage(chunk.usage) ?? usage;
         const choice = replyChoice(chunk);
-        if (isRecord(choice)) {
-          // Nothing after the finish is part of the reply, its reasoning neither (probe 89g F3:
-          // reasoning sent after it was counted, and charged up to the completion cap).
-          const thought = finished ? 0 : reasoningCharacters(choice);
+        // Only the usage is read after the reply's first finish: text after it was appended (probe
+        // 89f F4), reasoning after it charged up to the completion cap (89g F3), and a later finish
+        // marked a whole reply cut (89g F2; 69e F4 the other way).
+        if (isRecord(choice) && !finished) {
+          const thought = reasoningCharacters(choice);
           if (thought > 0) {
             reasoning += thought;
             yield { kind: "reasoning", characters: thought };
           }
-          // Text after the finish is no part of the reply (probe 89f F4: it was appended).
-          const delta = finished ? "" : deltaText(choice);
+          const delta = deltaText(choice);
           if (delta !== "") {
             if (text.length + delta.length > maxReplyChars) {
               broken = "reply longer than its cap";
@@ -1228,9 +1228,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             yield { kind: "text", text: delta };
           }
           const reason = finishReason(choice);
-          // The first finish is the reply's: a later one does not change it (probe 89g F2: a
-          // `content_filter` after `stop` stored a whole reply as cut; probe 69e F4, the other way).
-          if (!finished && isFinish(reason)) {
+          if (isFinish(reason)) {
             finished = true;
             // Once cut by the filter, cut: a later finish does not make the reply whole (69e F4).
             if (CONTENT_FILTERED.has(reason)) filtered = true;
