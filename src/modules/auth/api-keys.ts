@@ -767,15 +767,6 @@ export class ApiKeyService {
   }
 
   /**
-   * Makes the bootstrap keys follow API_KEYS: an entry not yet stored is added (as a hash), a
-   * stored one whose scopes changed is updated, and a stored bootstrap key no longer listed is
-   * revoked; each change is audited (actor `system`) and dropped from every process's cache. A
-   * bootstrap key revoked through the API or CLI stays revoked while it is still listed (a leaked
-   * key must not come back at the next restart). An entry that is already a key made through the
-   * API or CLI, or that shares its lookup prefix with one, is refused with a ConfigError
-   * naming API_KEYS. One immediate transaction, so processes starting together agree.
-   */
-  /**
    * What `reconcileBootstrap` would refuse, read without writing anything: a start checks API_KEYS
    * against the stored keys before it binds its ports, and applies them only once it listens.
    */
@@ -821,6 +812,15 @@ export class ApiKeyService {
     return this.db.select(sealedKeyColumns).from(apiKeys).all();
   }
 
+  /**
+   * Makes the bootstrap keys follow API_KEYS: an entry not yet stored is added (as a hash), a
+   * stored one whose scopes changed is updated, and a stored bootstrap key no longer listed is
+   * revoked; each change is audited (actor `system`) and dropped from every process's cache. A
+   * bootstrap key revoked through the API or CLI stays revoked while it is still listed (a leaked
+   * key must not come back at the next restart). An entry that is already a key made through the
+   * API or CLI, or that shares its lookup prefix with one, is refused with a ConfigError
+   * naming API_KEYS. One immediate transaction, so processes starting together agree.
+   */
   reconcileBootstrap(entries: readonly BootstrapKey[]): BootstrapOutcome {
     const outcome: BootstrapOutcome = {
       added: 0,
