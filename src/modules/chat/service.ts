@@ -79,7 +79,7 @@ import { WellFormedPieces } from "./well-formed-pieces";
 
 /** Principals whose over-budget refusal today this process remembers having audited. */
 const QUOTA_AUDITED_LIMIT = 10_000;
-/** Rows retention deletes per table per run: bounded work every 10 s. */
+
 /** How many of `sizes`, from the first, fit within `bound` together: the first always. */
 function howManyFit(sizes: readonly number[], bound: number): number {
   let fit = 0;
@@ -96,6 +96,7 @@ function howManyFit(sizes: readonly number[], bound: number): number {
  */
 export const PAGE_TEXT_BOUND = 1_000_000;
 
+/** Rows retention deletes per table per run: bounded work every 10 s. */
 export const RETENTION_BATCH = 1000;
 
 /** What the HTTP edge adds to a turn for its audit event. */
@@ -1059,18 +1060,17 @@ export class ChatService implements ChatTurns {
         .from(chatMessages)
         .where(onPage)
         .orderBy(desc(chatMessages.id))
-        .limit(Math.max(fit, 1) + 1)
+        .limit(fit + 1)
         .all();
-      return { conversation, inOrder: newest.reverse(), fit: Math.max(fit, 1) };
+      return { conversation, inOrder: newest.reverse(), fit };
     });
     if (!read || !this.intactConversation(read.conversation)) return null;
-    const { conversation, inOrder } = read;
-    const pageLimit = read.fit;
+    const { conversation, inOrder, fit } = read;
     if (!this.check.chain(inOrder) || !readableMessages(inOrder)) {
       this.options.reportTampered(conversationId);
       return null;
     }
-    const shown = inOrder.length > pageLimit ? inOrder.slice(1) : inOrder;
+    const shown = inOrder.length > fit ? inOrder.slice(1) : inOrder;
     const oldest = shown[0];
     return {
       id: conversation.id,
@@ -1078,7 +1078,7 @@ export class ChatService implements ChatTurns {
       updatedAt: iso(conversation.updatedAt),
       messageCount: this.countOf(conversation),
       messages: this.shownMessages(shown),
-      nextCursor: inOrder.length > pageLimit && oldest ? encodeMessageCursor(oldest.id) : null,
+      nextCursor: inOrder.length > fit && oldest ? encodeMessageCursor(oldest.id) : null,
     };
   }
 
