@@ -306,10 +306,8 @@ function streamedRefusalOf(error: unknown): "text" | "size" | "rejected" | null 
     .filter((code) => code !== null);
   if (
     names.some(isFailureName) ||
-    statuses.some(
-      (status) =>
-        status >= 500 || STREAMED_LATER_STATUSES.has(status) || !ANSWERED_STATUSES.has(status),
-    )
+    // A status that answers no request is a failure: every 5xx and "not now" among them.
+    statuses.some((status) => !ANSWERED_STATUSES.has(status))
   ) {
     return null;
   }
