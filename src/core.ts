@@ -33,6 +33,7 @@ import { forgedTokenReporter } from "./plugins/auth/forged-token";
 import { type AuthMetrics, createAuthMetrics } from "./plugins/auth/metrics";
 import { type CredentialSeal, createCredentialSeal, tamperReporter } from "./plugins/auth/seal";
 import { type SigningKeys, signingKeys } from "./plugins/auth/tokens";
+import { parseRange } from "./plugins/client-ip/resolve";
 import { type CsrfMetrics, createCsrfMetrics } from "./plugins/csrf/metrics";
 import { createBlockSeal } from "./plugins/ip-block/seal";
 import {
@@ -221,7 +222,15 @@ export function createCore(options: CoreOptions): Core {
     registry,
     rateLimitMetrics: metrics.rateLimit,
     secretValues: config.secretValues,
+    siteExemptRanges: [
+      ...(config.trustProxy.kind === "cidrs" ? config.trustProxy.cidrs : []),
+      ...config.rateLimit.allowCidrs,
+    ].map(parseRange),
     settings: {
+      siteBlocks: {
+        ...DEFAULT_IP_BLOCK_SETTINGS.siteBlocks,
+        count: config.ipBlock.ipv6SiteBlocks,
+      },
       thresholds: {
         ratelimit: {
           ...DEFAULT_IP_BLOCK_SETTINGS.thresholds.ratelimit,

@@ -15,6 +15,7 @@ import {
   formatAddress,
   inRanges,
   resolveClientAddress,
+  siteKeyOf,
   UNKNOWN_CLIENT,
 } from "./resolve";
 
@@ -67,6 +68,11 @@ export interface ResolvedClient {
    * key, and would refuse the proxy's own requests (probes 75c F2, 75e F1).
    */
   isTrustedProxy?: boolean;
+  /**
+   * The IPv6 /48 the client's /64 key lies in (siteKeyOf), or null: an automatic block on it
+   * refuses every /64 inside (ip-block).
+   */
+  siteKey?: string | null;
 }
 
 const MEMO_LIMIT = 10_000;
@@ -109,6 +115,7 @@ export function createClientResolver(
       ip: address === null ? UNKNOWN_CLIENT : formatAddress(address),
       key,
       address,
+      siteKey: siteKeyOf(address),
       isTrustedProxy:
         address !== null &&
         (trust.kind === "cidrs"

@@ -98,13 +98,36 @@ export function resolveClientIp(input: ClientAddressInput, trust: CompiledTrust)
 export function clientKeyOf(address: Address | null): string {
   if (address === null) return UNKNOWN_CLIENT;
   if (address.kind() === "ipv4") return address.toString();
-  const all = (address as ipaddr.IPv6).parts;
-  if (all[0] === 0x64 && all[1] === 0xff9b && all.slice(2, 6).every((part) => part === 0)) {
-    return `${formatAddress(address)}/128`;
-  }
-  const parts = all.slice(0, 4);
-  const prefix = ipaddr.IPv6.parse(`${parts.map((p) => p.toString(16)).join(":")}::`);
-  return `${prefix.toRFC5952String()}/64`;
+  if (isTranslatedIpv4(address as ipaddr.IPv6)) return `${formatAddress(address)}/128`;
+  return `${prefixText((address as ipaddr.IPv6).parts, 4)}/64`;
+}
+
+/** Whether an IPv6 address is in RFC 6052's well-known prefix, `64:ff9b::/96` (see clientKeyOf). */
+function isTranslatedIpv4(address: ipaddr.IPv6): boolean {
+  const all = address.parts;
+  return all[0] === 0x64 && all[1] === 0xff9b && all.slice(2, 6).every((part) => part === 0);
+}
+
+/** The first `groups` of an IPv6 address's parts, the rest zero, in RFC 5952 form. */
+function prefixText(parts: readonly number[], groups: number): string {
+  return ipaddr.IPv6.parse(
+    `${parts
+      .slice(0, groups)
+      .map((part) => part.toString(16))
+      .join(":")}::`,
+  ).toRFC5952String();
+}
+
+/**
+ * The IPv6 /48 (a site's usual assignment: 65,536 /64s) that a client's /64 key lies in, or null
+ * when its key is not a /64 (IPv4, an IPv4 address translated to IPv6). Automatic blocks escalate
+ * to it once several of its /64s are blocked: a client holding a /48 otherwise earned a block, and
+ * its audit row, for every /64 it rotated through (probe 89d F3).
+ */
+export function siteKeyOf(address: Address | null): string | null {
+  if (address === null || address.kind() !== "ipv6") return null;
+  const ipv6 = address as ipaddr.IPv6;
+  return isTranslatedIpv4(ipv6) ? null : `${prefixText(ipv6.parts, 3)}/48`;
 }
 
 /**
@@ -133,14 +156,7 @@ export function networkKeyOf(clientKey: string): string {
     const [a, b, c] = [parts[1]! >> 8, parts[1]! & 0xff, parts[2]! >> 8];
     return `${a}.${b}.${c}.0/24`;
   }
-  return `${formatAddress(
-    ipaddr.IPv6.parse(
-      `${parts
-        .slice(0, 3)
-        .map((p) => p.toString(16))
-        .join(":")}::`,
-    ),
-  )}/48`;
+  return `${prefixText(parts, 3)}/48`;
 }
 
 export function resolveClientAddress(

@@ -1,8 +1,8 @@
 /**
  * @module
- * The IP-block stage: a blocked address gets 403 IP_BLOCKED before any other work. Probe route
- * classes (/health, /ready) are exempt, so a container health check from an address that was
- * blocked does not take the service down with it. /metrics is not a probe here: it checks a token,
+ * The IP-block stage: a blocked address (or an IPv6 address in a blocked /48) gets 403 IP_BLOCKED
+ * before any other work. Probe route classes (/health, /ready) are exempt, so a container health
+ * check from an address that was blocked does not take the service down with it. /metrics is not a probe here: it checks a token,
  * and a blocked address must not keep guessing it.
  */
 import { Elysia } from "elysia";
@@ -14,9 +14,14 @@ import type { IpBlockService } from "./service";
 export function ipBlock({ service, clock }: { service: IpBlockService; clock: Clock }) {
   return new Elysia({ name: "palisade.ip-block" })
     .onRequest(function refuseBlockedAddress(context) {
-      const { routeClass, clientKey } = context as unknown as RequestState;
+      const { routeClass, clientKey, client } = context as unknown as RequestState;
       if (routeClass.probe) return;
-      const until = service.blockedUntil(clientKey);
+      // The /48 first: a flood rotating through a blocked site's /64s is refused by one subject
+      // remembered for them all, not a read and a remembered entry for each /64. A trusted proxy
+      // (with a hop count, any request without X-Forwarded-For) is never refused by its site's.
+      const site = client.siteKey && !client.isTrustedProxy ? client.siteKey : null;
+      const until =
+        (site === null ? null : service.blockedUntil(site)) ?? service.blockedUntil(clientKey);
       if (until === null) return;
       const seconds = Math.max(1, Math.ceil((until - clock.now()) / 1000));
       throw new AppError("IP_BLOCKED", "Requests from this address are blocked.", undefined, {

@@ -19,6 +19,13 @@
  * threshold locks the principal out (5 minutes, then 15, then 1 hour), stored as a block whose
  * subject is the principal (`user:…`, `key:…`), so it is shared, listed and lifted like the others.
  *
+ * An IPv6 client is keyed by its /64, and one holding a /48 (a site's usual assignment) has 65,536
+ * of them: rotating through them, it earned a block and an audit row for each (~5 MB a minute of
+ * rows: probe 89d F3). So the automatic blocks of a /48's /64s are themselves counted, as
+ * violations of the /48 (`siteBlocks`: 4 within an hour by default), and crossing that blocks the
+ * whole /48, on the same ladder. A /48 holding a trusted proxy or an address exempt from the limits
+ * is never blocked so: its block would refuse them.
+ *
  * Every row is sealed (seal.ts): one that does not match its seal, written into the file by someone
  * without AUDIT_SECRET_KEY, blocks nothing and is neither listed nor counted.
  */
@@ -38,6 +45,7 @@ import { RecentEntries } from "../../recent-entries";
 import type { AuditLog } from "../audit/log";
 import { ActorGone, parsePrincipalRef } from "../auth/principal";
 import type { ResolvedClient } from "../client-ip";
+import type { Range } from "../client-ip/address";
 import { METRIC } from "../metrics/names";
 import { Gauge, type Registry } from "../metrics/prom";
 import { limiterFailed } from "../rate-limit/enforce";
@@ -54,6 +62,8 @@ import {
 } from "./seal";
 
 const MINUTE = 60_000;
+/** The prefix an IPv6 site is blocked as, once enough of its /64s are (siteKeyOf). */
+const SITE_PREFIX_BITS = 48;
 /**
  * Subjects whose answer a process keeps (~100 B each): past it, the older half goes (RecentEntries).
  */
@@ -90,6 +100,13 @@ function storedReason(reason: string): string {
 
 export type ViolationKind = "ratelimit" | "login" | "principal";
 
+/** The limiter key a /48's blocked /64s are counted under. */
+function siteCounterKey(site: string): string {
+  return `site:${site}`;
+}
+/** What a subject's violations are counted as: the three kinds, or its /64s' blocks (a /48). */
+type CountedKind = ViolationKind | "site";
+
 /** Whether a block's subject is a principal (a lockout) rather than a client address. */
 export function isPrincipalSubject(subject: string): boolean {
   return parsePrincipalRef(subject) !== null;
@@ -103,6 +120,8 @@ export interface ViolationThreshold {
 
 export interface IpBlockSettings {
   thresholds: Record<ViolationKind, ViolationThreshold>;
+  /** Automatic blocks of an IPv6 /48's /64s within the window that block the /48; 0 never does. */
+  siteBlocks: ViolationThreshold;
   /** TTL of the first, second, third (and later) automatic block. */
   escalation: readonly number[];
   /** The same for principal lockouts: shorter, since a principal is one client, not an office. */
@@ -118,6 +137,7 @@ export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
     login: { count: 10, windowMs: 15 * MINUTE },
     principal: { count: 5, windowMs: 10 * MINUTE },
   },
+  siteBlocks: { count: 4, windowMs: HOUR },
   escalation: [15 * MINUTE, HOUR, 24 * HOUR],
   lockoutEscalation: [5 * MINUTE, 15 * MINUTE, HOUR],
   escalationLookbackMs: 7 * 24 * HOUR,
@@ -192,6 +212,11 @@ export interface IpBlockServiceOptions {
    * logs scrub, redacted, as its log line and audit row show it (probe 35d F1).
    */
   secretValues?: readonly string[];
+  /**
+   * The ranges no automatic block of a /48 may cover (the trusted proxies, the addresses exempt
+   * from the limits): such a block would refuse them too.
+   */
+  siteExemptRanges?: readonly Range[];
 }
 
 /** A block in force at `$now`: not expired (an expiry that is a whole number), not lifted. */
@@ -320,7 +345,7 @@ function shown({ id, address, reason, source, createdBy, createdAt, expiresAt }:
 
 export class IpBlockService {
   private readonly settings: IpBlockSettings;
-  private readonly violationPolicies: Record<ViolationKind, Policy>;
+  private readonly violationPolicies: Record<CountedKind, Policy>;
   /**
    * What the file said of each subject last asked about (when its longest block in force ends, or
    * null) and when it was read; about the last SUBJECTS_REMEMBERED.
@@ -351,8 +376,8 @@ export class IpBlockService {
   constructor(private readonly options: IpBlockServiceOptions) {
     this.settings = { ...DEFAULT_IP_BLOCK_SETTINGS, ...options.settings };
     this.scrub = secretScrubber(options.secretValues ?? []);
-    const policy = (kind: ViolationKind): Policy => {
-      const { count, windowMs } = this.settings.thresholds[kind];
+    const policy = (kind: CountedKind): Policy => {
+      const { count, windowMs } = this.thresholdOf(kind);
       // The count-th violation is the one refused, and refusal is what blocks: with a count of 1,
       // the first (it was admitted, and the address blocked only at its second: probe 50a F3).
       const limit = Math.max(0, count - 1);
@@ -368,6 +393,7 @@ export class IpBlockService {
       ratelimit: policy("ratelimit"),
       login: policy("login"),
       principal: policy("principal"),
+      site: policy("site"),
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
@@ -383,6 +409,10 @@ export class IpBlockService {
         },
       });
     }
+  }
+
+  private thresholdOf(kind: CountedKind): ViolationThreshold {
+    return kind === "site" ? this.settings.siteBlocks : this.settings.thresholds[kind];
   }
 
   /** When the block on this address ends, or null when it is not blocked. */
@@ -678,11 +708,17 @@ export class IpBlockService {
   /** Resets the violation counters of a block's subject; a store that fails is logged, not thrown. */
   private async forgetViolations(subject: string): Promise<void> {
     const principal = isPrincipalSubject(subject);
-    const kinds: ViolationKind[] = principal ? ["principal"] : ["ratelimit", "login"];
-    const counterKey = principal ? subject : `ip:${subject}`;
+    const counted: [CountedKind, string][] = principal
+      ? [["principal", subject]]
+      : subject.endsWith(`/${SITE_PREFIX_BITS}`)
+        ? [["site", siteCounterKey(subject)]]
+        : [
+            ["ratelimit", `ip:${subject}`],
+            ["login", `ip:${subject}`],
+          ];
     try {
       await Promise.all(
-        kinds.map((kind) => this.options.limiter.reset(this.violationPolicies[kind], counterKey)),
+        counted.map(([kind, key]) => this.options.limiter.reset(this.violationPolicies[kind], key)),
       );
     } catch (error) {
       this.options.logger.warn(
@@ -877,7 +913,24 @@ export class IpBlockService {
     // A trusted proxy blocked refuses every client it passes on without a usable X-Forwarded-For
     // (its health checks, a misconfigured hop's clients), as the admin API refuses to (probe 75c F2).
     if (client.address === null || client.isTrustedProxy) return null;
-    return this.countViolation(kind, client.key, `ip:${client.key}`, requestId);
+    const block = await this.countViolation(kind, client.key, `ip:${client.key}`, requestId);
+    if (block !== null && client.siteKey && this.siteMayBeBlocked(client.address)) {
+      await this.countViolation("site", client.siteKey, siteCounterKey(client.siteKey), requestId);
+    }
+    return block;
+  }
+
+  /** Whether the /48 around an IPv6 address covers none of the exempt ranges (see the module). */
+  private siteMayBeBlocked(address: NonNullable<ResolvedClient["address"]>): boolean {
+    for (const [start, bits] of this.options.siteExemptRanges ?? []) {
+      if (start.kind() !== "ipv6") continue;
+      const overlaps =
+        bits <= SITE_PREFIX_BITS
+          ? address.match(start, bits)
+          : start.match(address, SITE_PREFIX_BITS);
+      if (overlaps) return false;
+    }
+    return true;
   }
 
   /**
@@ -889,12 +942,12 @@ export class IpBlockService {
   }
 
   private async countViolation(
-    kind: ViolationKind,
+    kind: CountedKind,
     subject: string,
     counterKey: string,
     requestId: string | null,
   ): Promise<IpBlock | null> {
-    const { count, windowMs } = this.settings.thresholds[kind];
+    const { count, windowMs } = this.thresholdOf(kind);
     if (count === 0) return null;
     const now = this.options.clock.now();
     const policy = this.violationPolicies[kind];
@@ -925,7 +978,12 @@ export class IpBlockService {
     const ladder =
       kind === "principal" ? this.settings.lockoutEscalation : this.settings.escalation;
     // Wrong /metrics tokens count as failed logins (plugins/metrics): one counter, so the reason names both.
-    const what = kind === "login" ? "failed logins or /metrics tokens" : "rate-limit refusals";
+    const what =
+      kind === "login"
+        ? "failed logins or /metrics tokens"
+        : kind === "site"
+          ? "automatic blocks of its /64s"
+          : "rate-limit refusals";
     try {
       return this.autoBlock(
         subject,

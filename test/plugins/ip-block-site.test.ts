@@ -1,0 +1,209 @@
+/**
+ * An IPv6 site (/48) is blocked once enough of its /64s are (probe 89d F3): a client holding a /48
+ * rotated through its 65,536 /64s, earning a block and an audit row for each.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../support/app";
+import { ManualClock } from "../support/clock";
+
+let current: TestApp | null = null;
+afterEach(() => {
+  current?.close();
+  current = null;
+});
+
+const MINUTE = 60_000;
+
+/** One request a minute: an address's sixth request is its fifth refusal, which blocks it. */
+function blockingApp(env: Record<string, string> = {}, clock = new ManualClock()) {
+  current = buildTestApp({
+    env: { RATE_LIMIT_PER_MINUTE: "1", RATE_LIMIT_BURST: "100", ...env },
+    clock,
+  });
+  return current;
+}
+
+/** Sends from `peer` until it is refused as blocked; the statuses seen. */
+async function untilBlocked(target: TestApp, peer: string) {
+  const statuses: number[] = [];
+  while (statuses.at(-1) !== 403 && statuses.length < 20) {
+    statuses.push((await send(target, "/openapi.json", { peer })).status);
+  }
+  return statuses;
+}
+
+function blockRows(target: TestApp) {
+  return target.db.$client
+    .query(
+      "SELECT address, reason, expires_at - created_at AS ttl FROM ip_blocks ORDER BY created_at, address LIKE '%/48', address",
+    )
+    .all() as { address: string; reason: string; ttl: number }[];
+}
+
+function blockedAudits(target: TestApp) {
+  target.services.audit.flush();
+  return target.db.$client
+    .query("SELECT ip FROM audit_events WHERE type = 'ip.blocked' ORDER BY at, ip LIKE '%/48', ip")
+    .all()
+    .map((row) => (row as { ip: string }).ip);
+}
+
+describe("an IPv6 /48 whose /64s are blocked", () => {
+  test("the fourth /64 blocked within an hour blocks the whole /48: its other /64s are refused at once, and a flood through them writes no more rows", async () => {
+    const target = blockingApp();
+    for (const n of [1, 2, 3]) {
+      expect(await untilBlocked(target, `2001:db8:5:${n}::1`)).toEqual([
+        200, 429, 429, 429, 429, 429, 403,
+      ]);
+    }
+    // Three blocked: the site's next /64 is served.
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:5:99::1" })).status).toBe(200);
+    expect(await untilBlocked(target, "2001:db8:5:4::1")).toEqual([
+      200, 429, 429, 429, 429, 429, 403,
+    ]);
+    const site = await send(target, "/openapi.json", { peer: "2001:db8:5:abcd::7" });
+    expect(site.status).toBe(403);
+    expect(((await site.json()) as { code: string }).code).toBe("IP_BLOCKED");
+    expect(Number(site.headers.get("retry-after"))).toBe(15 * 60);
+    expect(blockRows(target).at(-1)).toEqual({
+      address: "2001:db8:5::/48",
+      reason: "4 automatic blocks of its /64s in 60 min",
+      ttl: 15 * MINUTE,
+    });
+    // A flood through the site's other /64s: refused, and nothing more written.
+    for (let n = 0x100; n < 0x140; n++) {
+      expect(
+        (await send(target, "/openapi.json", { peer: `2001:db8:5:${n.toString(16)}::1` })).status,
+      ).toBe(403);
+    }
+    expect(blockRows(target).map((row) => row.address)).toEqual([
+      "2001:db8:5:1::/64",
+      "2001:db8:5:2::/64",
+      "2001:db8:5:3::/64",
+      "2001:db8:5:4::/64",
+      "2001:db8:5::/48",
+    ]);
+    expect(blockedAudits(target)).toEqual(blockRows(target).map((row) => row.address));
+    // The /48's neighbours, IPv4 clients and the probes are not touched.
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:6::1" })).status).toBe(200);
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:4:ffff::1" })).status).toBe(200);
+    expect((await send(target, "/openapi.json", { peer: "203.0.113.9" })).status).toBe(200);
+    expect((await send(target, "/health", { peer: "2001:db8:5:abcd::7" })).status).toBe(200);
+    const metrics = await (await send(target, "/metrics", { peer: "127.0.0.1" })).text();
+    expect(metrics).toContain("ip_blocks_active 5");
+  });
+
+  test("/64s at /48 spellings that are not the first: a site whose fourth group is zero, and one with zero groups inside, are one /48 each", async () => {
+    const target = blockingApp();
+    // 2001:0:0:N::/64 are /64s of 2001::/48, as 2001::/64 itself is.
+    for (const peer of ["2001::1", "2001:0:0:1::1", "2001:0:0:2::1", "2001:0:0:ffff::1"]) {
+      expect((await untilBlocked(target, peer)).at(-1)).toBe(403);
+    }
+    expect(blockRows(target).at(-1)?.address).toBe("2001::/48");
+    expect((await send(target, "/openapi.json", { peer: "2001:0:0:1234:5::1" })).status).toBe(403);
+    // A neighbour /48 differing in the third group alone is its own.
+    expect((await send(target, "/openapi.json", { peer: "2001:0:1::1" })).status).toBe(200);
+  });
+
+  test("blocks of a /48's /64s more than an hour apart, or in several /48s, block no /48", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp({}, clock);
+    for (const n of [1, 2, 3]) await untilBlocked(target, `2001:db8:7:${n}::1`);
+    clock.advance(61 * MINUTE);
+    await untilBlocked(target, "2001:db8:7:4::1");
+    // One /64 from each of four /48s of one /32.
+    for (const n of [1, 2, 3, 4]) await untilBlocked(target, `2001:db8:${100 + n}::1`);
+    expect(blockRows(target).filter((row) => row.address.endsWith("/48"))).toEqual([]);
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:7:99::1" })).status).toBe(200);
+  });
+
+  test("refusals at once from eight of its /64s make one /48 block", async () => {
+    const target = blockingApp();
+    const peers = Array.from({ length: 8 }, (_, n) => `2001:db8:8:${n + 1}::1`);
+    await Promise.all(peers.map((peer) => untilBlocked(target, peer)));
+    const sites = blockRows(target).filter((row) => row.address.endsWith("/48"));
+    expect(sites.map((row) => row.address)).toEqual(["2001:db8:8::/48"]);
+    expect(blockedAudits(target).filter((ip) => ip.endsWith("/48"))).toEqual(["2001:db8:8::/48"]);
+  });
+
+  test("a /48 blocked again within the week is blocked a rung longer, and lifting it starts its count again", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp({}, clock);
+    const blockSite = async (from: number) => {
+      for (let n = from; n < from + 4; n++) await untilBlocked(target, `2001:db8:9:${n}::1`);
+    };
+    await blockSite(1);
+    expect(blockRows(target).at(-1)).toMatchObject({
+      address: "2001:db8:9::/48",
+      ttl: 15 * MINUTE,
+    });
+    clock.advance(61 * MINUTE);
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:9:99::1" })).status).toBe(200);
+    await blockSite(0x11);
+    expect(blockRows(target).at(-1)).toMatchObject({
+      address: "2001:db8:9::/48",
+      ttl: 60 * MINUTE,
+    });
+
+    // Lifted by an admin: the site's next /64 block is its first again, not its fifth.
+    const siteBlock = target.services.ipBlocks
+      .listActive()
+      .find((block) => block.address === "2001:db8:9::/48")!;
+    expect(await target.services.ipBlocks.lift(siteBlock.address, "user:admin")).toBe(1);
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:9:77::1" })).status).toBe(200);
+    await untilBlocked(target, "2001:db8:9:21::1");
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:9:78::1" })).status).toBe(200);
+  });
+
+  test("IPv4 addresses of one /24 and translated IPv4 addresses are blocked one by one, never as a network", async () => {
+    const target = blockingApp();
+    for (const n of [1, 2, 3, 4, 5]) await untilBlocked(target, `198.51.100.${n}`);
+    for (const n of [1, 2, 3, 4, 5]) await untilBlocked(target, `64:ff9b::c633:64${n}`);
+    expect(
+      blockRows(target).filter((row) => row.address.includes("/48") || row.address.includes("/24")),
+    ).toEqual([]);
+    expect((await send(target, "/openapi.json", { peer: "198.51.100.77" })).status).toBe(200);
+    expect((await send(target, "/openapi.json", { peer: "64:ff9b::c633:6477" })).status).toBe(200);
+  });
+});
+
+describe("a /48 never blocked as a whole", () => {
+  for (const [name, env, peerOf] of [
+    [
+      "one holding a trusted proxy",
+      { TRUST_PROXY: "2001:db8:a:ffff::1" },
+      (n: number) => `2001:db8:a:${n}::1`,
+    ],
+    [
+      "one holding an address exempt from the limits",
+      { RATE_LIMIT_ALLOW_CIDRS: "2001:db8:a:ffff::/64" },
+      (n: number) => `2001:db8:a:${n}::1`,
+    ],
+  ] as const) {
+    test(`${name}: its /64s are blocked one by one`, async () => {
+      const target = blockingApp(env);
+      for (const n of [1, 2, 3, 4, 5]) {
+        expect((await untilBlocked(target, peerOf(n))).at(-1)).toBe(403);
+      }
+      expect(blockRows(target).map((row) => row.address)).toEqual(
+        [1, 2, 3, 4, 5].map((n) => `${peerOf(n).slice(0, -3)}::/64`),
+      );
+      expect((await send(target, "/openapi.json", { peer: peerOf(0x99) })).status).toBe(200);
+    });
+  }
+
+  test("IP_BLOCK_IPV6_SITE_BLOCKS=0: never", async () => {
+    const target = blockingApp({ IP_BLOCK_IPV6_SITE_BLOCKS: "0" });
+    for (const n of [1, 2, 3, 4, 5, 6]) await untilBlocked(target, `2001:db8:c:${n}::1`);
+    expect(blockRows(target).filter((row) => row.address.endsWith("/48"))).toEqual([]);
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:c:99::1" })).status).toBe(200);
+  });
+
+  test("IP_BLOCK_IPV6_SITE_BLOCKS=2: the second", async () => {
+    const target = blockingApp({ IP_BLOCK_IPV6_SITE_BLOCKS: "2" });
+    await untilBlocked(target, "2001:db8:d:1::1");
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:d:99::1" })).status).toBe(200);
+    await untilBlocked(target, "2001:db8:d:2::1");
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:d:98::1" })).status).toBe(403);
+  });
+});
