@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../support/app";
+import { bearer, signUp } from "../support/auth";
 import { ManualClock } from "../support/clock";
 
 let current: TestApp | null = null;
@@ -153,6 +154,26 @@ describe("an IPv6 /48 whose /64s are blocked", () => {
     expect((await send(target, "/openapi.json", { peer: "2001:db8:9:77::1" })).status).toBe(200);
     await untilBlocked(target, "2001:db8:9:21::1");
     expect((await send(target, "/openapi.json", { peer: "2001:db8:9:78::1" })).status).toBe(200);
+  });
+
+  test("the admin audit filter finds a /48's block by any address inside it", async () => {
+    const target = blockingApp({ RATE_LIMIT_ALLOW_CIDRS: "203.0.113.50/32" });
+    const admin = await signUp(target, { role: "admin", peer: "203.0.113.50" });
+    for (const n of [1, 2, 3, 4]) await untilBlocked(target, `2001:db8:e:${n}::1`);
+    target.services.audit.flush();
+    const types = async (ip: string) => {
+      const response = await send(target, `/api/admin/audit?type=ip.blocked&ip=${ip}`, {
+        headers: bearer(admin.accessToken),
+        peer: "203.0.113.50",
+      });
+      return ((await response.json()) as { events: { ip: string }[] }).events.map((e) => e.ip);
+    };
+    expect(await types("2001:db8:e:ffff::9")).toEqual(["2001:db8:e::/48"]);
+    expect((await types("2001:db8:e:2::5")).sort()).toEqual([
+      "2001:db8:e:2::/64",
+      "2001:db8:e::/48",
+    ]);
+    expect(await types("2001:db8:f::1")).toEqual([]);
   });
 
   test("IPv4 addresses of one /24 and translated IPv4 addresses are blocked one by one, never as a network", async () => {

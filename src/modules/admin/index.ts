@@ -16,7 +16,7 @@ import { type authPlugin, type CredentialStanding, lostAdmin } from "../../plugi
 import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { ActorGone, type Principal, principalRef } from "../../plugins/auth/principal";
 import { type Address, formatAddress, parseIp } from "../../plugins/client-ip/address";
-import { clientKeyOf } from "../../plugins/client-ip/resolve";
+import { clientKeyOf, siteKeyOf } from "../../plugins/client-ip/resolve";
 import { blockReasonProblem, type IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
@@ -338,8 +338,8 @@ export function adminModule(options: AdminModuleOptions) {
         // Addresses are recorded in one spelling (IPv6 compressed and lower case, a mapped IPv4
         // as IPv4): the filter is read the same way, so any spelling finds its events, and text
         // that is no address is refused rather than answered with nothing (probe 32d F1). A
-        // block's and its lift's rows name the subject blocked, an IPv6 address's /64: found too
-        // (probe 84j F1).
+        // block's and its lift's rows name the subject blocked, an IPv6 address's /64 (probe 84j
+        // F1) or its /48: found too.
         const address =
           query.ip === undefined
             ? undefined
@@ -347,7 +347,9 @@ export function adminModule(options: AdminModuleOptions) {
         const ips =
           address === undefined
             ? undefined
-            : [...new Set([formatAddress(address), clientKeyOf(address)])];
+            : [
+                ...new Set([formatAddress(address), clientKeyOf(address), siteKeyOf(address)]),
+              ].filter((ip) => ip !== null);
         const page = queryAuditEvents(
           options.sqlite,
           {
