@@ -27,7 +27,7 @@
  */
 
 import type { Database } from "bun:sqlite";
-import { asc, eq, gt, gte, lt, max, or, sql } from "drizzle-orm";
+import { eq, lt, max, sql } from "drizzle-orm";
 import { type Clock, elapsedMs } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf, sqliteCodeOf } from "../../db/client";
@@ -111,18 +111,17 @@ function prepareStatements(db: AppDatabase) {
           .prepare(),
         keyFields,
       ),
+    // Two reads, each by its own index, merged. Raw SQL for INDEXED BY: `id > … OR created_at >=
+    // …` walked the whole table at every poll, a second's worth of polls a second (probe 88c: 8 ms
+    // a poll at 200,000 rows), and so did Drizzle's union of the two, its second half read in id
+    // order to skip the sort (0.006 ms with the index named).
     newRevocations: () =>
-      db
-        .select()
-        .from(authRevocations)
-        .where(
-          or(
-            gt(authRevocations.id, sql.placeholder("after")),
-            gte(authRevocations.createdAt, sql.placeholder("since")),
-          ),
-        )
-        .orderBy(asc(authRevocations.id))
-        .prepare(),
+      db.$client.query<typeof authRevocations.$inferSelect, { after: number; since: number }>(
+        `SELECT id, kind, subject, created_at AS createdAt FROM auth_revocations WHERE id > $after
+         UNION SELECT id, kind, subject, created_at AS createdAt
+           FROM auth_revocations INDEXED BY auth_revocations_created WHERE created_at >= $since
+         ORDER BY id`,
+      ),
     touchKey: () =>
       db
         .update(apiKeys)
