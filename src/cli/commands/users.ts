@@ -1,5 +1,6 @@
 import { generateSecret } from "../../config/secrets";
 import { spellOut } from "../../logging/spell-out";
+import { INVALID_EMAIL_MESSAGES } from "../../modules/auth/email";
 import type { Role } from "../../plugins/auth/principal";
 import {
   CliError,
@@ -66,12 +67,7 @@ export const usersCreate: Command = {
     const outcome = await context.services().auth.register(email, password, null, role);
     switch (outcome.code) {
       case "INVALID_EMAIL":
-        throw new CliError(
-          outcome.reason === "invisible_characters"
-            ? "--email has invisible, control or unpaired surrogate characters"
-            : "--email is not a valid email address",
-          EXIT_USAGE,
-        );
+        throw new CliError(`--email: ${INVALID_EMAIL_MESSAGES[outcome.reason]}`, EXIT_USAGE);
       case "WEAK_PASSWORD":
         throw new CliError(`the password is refused (${outcome.rule}): ${outcome.message}`);
       case "DUPLICATE":

@@ -27,6 +27,7 @@
  * (`String.normalize`, Unicode property escapes, node:url's IDNA).
  */
 import { domainToASCII } from "node:url";
+import { readAsLatin } from "../../look-alikes";
 
 const MAX_EMAIL_LENGTH = 254;
 const MAX_LOCAL_LENGTH = 64;
@@ -65,6 +66,14 @@ export type EmailVerdict =
   | ({ ok: true } & NormalizedEmail)
   | { ok: false; reason: "invisible_characters" | "not_an_address" };
 
+/** Why an address is refused, as the API's 422 and the CLI say it (never echoing the address). */
+export const INVALID_EMAIL_MESSAGES = {
+  invisible_characters: "Must not contain invisible, control or unpaired surrogate characters",
+  not_an_address: "Expected an email address",
+  mixed_scripts:
+    "Must not mix Latin, Cyrillic, Greek, Armenian, Cherokee or Lisu letters before the @ (their letters look alike)",
+} as const;
+
 export function foldCase(value: string): string {
   return value.normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC");
 }
@@ -95,6 +104,38 @@ export function checkEmail(raw: string): EmailVerdict {
   const email = `${local}@${ascii}`;
   if (email.length > MAX_EMAIL_LENGTH) return { ok: false, reason: "not_an_address" };
   return { ok: true, email, key: `${foldCase(local)}@${ascii}` };
+}
+
+/**
+ * Scripts whose letters copy Latin ones (look-alikes.ts): a local part mixing two of them
+ * (`аdmin`, its first letter Cyrillic) reads as an address it is not, in `users:list`, a key's
+ * owner and the audit log (probe 90b F2).
+ */
+const LOOK_ALIKE_SCRIPTS = [
+  /\p{Script=Latin}/u,
+  /\p{Script=Cyrillic}/u,
+  /\p{Script=Greek}/u,
+  /\p{Script=Armenian}/u,
+  /\p{Script=Cherokee}/u,
+  /\p{Script=Lisu}/u,
+];
+
+/** Whether a normalised address's local part mixes letters of scripts that look alike. */
+export function mixesLookAlikeScripts(email: string): boolean {
+  const local = email.slice(0, email.lastIndexOf("@"));
+  let scripts = 0;
+  for (const script of LOOK_ALIKE_SCRIPTS) if (script.test(local)) scripts++;
+  return scripts > 1;
+}
+
+/**
+ * The key of the address a reader takes a normalised one for, its look-alike letters read as the
+ * Latin ones they copy (`рау` in Cyrillic as `pay`), or null when it reads as itself.
+ */
+export function lookAlikeKey(address: NormalizedEmail): string | null {
+  const at = address.email.lastIndexOf("@");
+  const read = `${foldCase(readAsLatin(address.email.slice(0, at)))}${address.email.slice(at)}`;
+  return read === address.key ? null : read;
 }
 
 /** The normalised address and its key, or null when it is not one. */

@@ -19,6 +19,7 @@ import { LOGIN_ACCOUNT_POLICY_LABEL } from "../../plugins/rate-limit/metrics";
 import type { PolicyTable } from "../../plugins/rate-limit/policies";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
+import { INVALID_EMAIL_MESSAGES } from "./email";
 import { Credentials, LoginQuery, LoginResponse, Me, RefreshBody, RegisteredUser } from "./model";
 import { PasswordWorkBusy } from "./password-work";
 import { type AuthService, accountLimitKey, type IssuedTokens, type RequestMeta } from "./service";
@@ -134,10 +135,7 @@ export function authModule(options: AuthModuleOptions) {
             throw new AppError("VALIDATION_FAILED", "The email address is not valid.", [
               {
                 field: "body/email",
-                message:
-                  outcome.reason === "invisible_characters"
-                    ? "Must not contain invisible, control or unpaired surrogate characters"
-                    : "Expected an email address",
+                message: INVALID_EMAIL_MESSAGES[outcome.reason],
               },
             ]);
           case "WEAK_PASSWORD":

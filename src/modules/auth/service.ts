@@ -70,7 +70,7 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
-import { checkEmail, emailLookupKey } from "./email";
+import { checkEmail, emailLookupKey, lookAlikeKey, mixesLookAlikeScripts } from "./email";
 import type { PasswordWork } from "./password-work";
 import {
   createPasswordChecker,
@@ -104,7 +104,7 @@ export interface UserRecord {
 export type RegisterOutcome =
   | { code: "CREATED"; user: UserRecord }
   | { code: "DUPLICATE"; email: string }
-  | { code: "INVALID_EMAIL"; reason: "invisible_characters" | "not_an_address" }
+  | { code: "INVALID_EMAIL"; reason: "invisible_characters" | "not_an_address" | "mixed_scripts" }
   | { code: "WEAK_PASSWORD"; rule: string; message: string };
 
 export type LoginOutcome =
@@ -406,6 +406,9 @@ export class AuthService {
   ): Promise<RegisterOutcome> {
     const address = checkEmail(rawEmail);
     if (!address.ok) return { code: "INVALID_EMAIL", reason: address.reason };
+    if (mixesLookAlikeScripts(address.email)) {
+      return { code: "INVALID_EMAIL", reason: "mixed_scripts" };
+    }
     const { email, key } = address;
     // One load however many registrations arrive while zxcvbn is still being imported. A load that
     // failed is not kept: the registrations waiting on it fail, and the next one loads again.
@@ -422,13 +425,19 @@ export class AuthService {
     const passwordHash = await this.passwordWork.run(() =>
       hashPassword(password, this.options.passwordHashing),
     );
-    if (this.userByEmail(key)) {
+    // An address that reads as one already registered (`рау` in Cyrillic beside `pay`) is taken,
+    // answered as the same address is (probe 90b F2). The other way round, the Latin address
+    // registered after its look-alike, is not found: that needs every account's reading stored.
+    const readAs = lookAlikeKey(address);
+    const lookAlike = readAs !== null && this.userByEmail(readAs) !== null;
+    if (lookAlike || this.userByEmail(key)) {
       this.options.audit.record({
         type: "auth.register.duplicate",
         outcome: "failure",
         ip: meta?.client.ip ?? null,
         route: meta?.route ?? null,
         requestId: meta?.requestId ?? null,
+        detail: lookAlike ? { lookAlike: true } : undefined,
       });
       return { code: "DUPLICATE", email };
     }

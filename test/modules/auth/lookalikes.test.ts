@@ -248,6 +248,84 @@ describe("passwords with lone surrogates are refused", () => {
   });
 });
 
+describe("addresses that read as others (probe 90b)", () => {
+  test("a local part mixing Latin with Cyrillic, Greek, Armenian, Cherokee or Lisu letters is refused, naming the rule, never the address", async () => {
+    const target = app();
+    for (const email of [
+      "\u0430dmin@example.com", // Cyrillic а, then Latin
+      "adm\u03b9n@example.com", // Greek iota
+      "p\u0430y.\u0440al@example.com",
+      "\u0570ello@example.com", // Armenian h
+      "\u13aaBC@example.com", // Cherokee A
+      "\ua4eebc@example.com", // Lisu A
+      "\u0430\u03b1@example.com", // Cyrillic with Greek
+    ]) {
+      const refused = await register(target, email);
+      expect({ email, status: refused.status }).toEqual({ email, status: 422 });
+      const body = await refused.text();
+      expect(JSON.parse(body)).toMatchObject({
+        code: "VALIDATION_FAILED",
+        errors: [{ field: "body/email", message: expect.stringContaining("look alike") }],
+      });
+      expect(body).not.toContain(email.split("@")[0]!);
+    }
+    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 0 });
+    // One script each, with digits, punctuation and scripts that copy no Latin letter: accepted.
+    for (const email of [
+      "\u0432\u0435\u0440\u0430@example.com", // вера, all Cyrillic
+      "\u03b1\u03b8\u03b7\u03bd\u03b1-2@example.com", // Greek
+      "taro\u592a\u90ce@example.com", // Latin with Han
+      "\u0131\u015f\u0131k@example.com", // Turkish ışık: Latin
+      "\u00e9mile.o'neil+tag@example.com",
+    ]) {
+      expect({ email, status: (await register(target, email)).status }).toEqual({
+        email,
+        status: 201,
+      });
+    }
+  });
+
+  test("a one-script address that reads as one already registered is taken: 409 here, a new account's answer in staging, and no account", async () => {
+    const target = app();
+    expect((await register(target, "pay@example.com")).status).toBe(201);
+    expect((await register(target, "bepa@example.com")).status).toBe(201);
+    // рау and вера in Cyrillic read as pay and bepa.
+    for (const email of [
+      "\u0440\u0430\u0443@example.com",
+      "\u0412\u0415\u0420\u0410@example.com",
+    ]) {
+      const again = await register(target, email);
+      expect({ email, status: again.status }).toEqual({ email, status: 409 });
+    }
+    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 2 });
+    target.services.audit.flush();
+    expect(
+      target.db.$client
+        .query("SELECT detail FROM audit_events WHERE type = 'auth.register.duplicate'")
+        .all(),
+    ).toEqual([{ detail: '{"lookAlike":true}' }, { detail: '{"lookAlike":true}' }]);
+    // At another domain it is its own address.
+    expect((await register(target, "\u0440\u0430\u0443@example.org")).status).toBe(201);
+
+    const STAGING = { ...PRODUCTION_ENV, APP_ENV: "staging" };
+    const clock = new ManualClock();
+    const existing = app({ env: STAGING, clock });
+    const fresh = app({ env: STAGING, clock });
+    expect(
+      (await register(existing, "pay@example.com", STRONG_PASSWORD, "192.0.2.200")).status,
+    ).toBe(201);
+    const strip = async (response: Response) => ({
+      status: response.status,
+      body: await response.text(),
+    });
+    const lookAlike = "\u0440\u0430\u0443@example.com";
+    const asTaken = await strip(await register(existing, lookAlike, STRONG_PASSWORD, "192.0.2.10"));
+    const asNew = await strip(await register(fresh, lookAlike, STRONG_PASSWORD, "192.0.2.10"));
+    expect(asTaken).toEqual(asNew);
+    expect(existing.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 1 });
+  });
+});
+
 describe("enumeration resistance (staging and production)", () => {
   const STAGING = { ...PRODUCTION_ENV, APP_ENV: "staging" };
   /** Status, every header but the request id, and the body's bytes. */
