@@ -86,7 +86,7 @@ export async function verifyStripeSignature(
   header: string,
   secrets: readonly string[],
   receivedAtMs: number,
-): Promise<{ event: unknown } | null> {
+): Promise<{ event: unknown } | { malformed: true } | null> {
   // The SDK refuses a timestamp older than the tolerance but takes any in the future; a clock
   // that far ahead is not Stripe's, and a signature dated ahead would outlive the replay window.
   const signedAt = signedTimestamp(header);
@@ -95,22 +95,28 @@ export async function verifyStripeSignature(
   }
   // Loaded at the first delivery, not at start (a service without Stripe never loads the SDK).
   const { default: StripeSdk } = await import("stripe");
+  const signature = StripeSdk.webhooks.signature;
+  if (signature === null) throw new Error("the Stripe SDK has no webhook signature helper");
   for (const secret of secrets) {
     try {
-      // Wrapped: a verified body may parse to anything, `null` included, which is a verified
-      // body of the wrong shape, not a signature that failed.
-      return {
-        event: await StripeSdk.webhooks.constructEventAsync(
-          payload,
-          header,
-          secret,
-          STRIPE_SIGNATURE_TOLERANCE_S,
-          undefined,
-          receivedAtMs,
-        ),
-      };
+      await signature.verifyHeaderAsync(
+        payload,
+        header,
+        secret,
+        STRIPE_SIGNATURE_TOLERANCE_S,
+        undefined,
+        receivedAtMs,
+      );
     } catch {
-      // The next secret of a roll, if any.
+      continue; // The next secret of a roll, if any.
+    }
+    // Parsed here, not by the SDK's constructEventAsync, whose parse error came out as a
+    // signature that failed (probe 90c): a verified body that is not JSON is a broken body. It
+    // may also parse to anything, `null` included: wrapped, a verified body of the wrong shape.
+    try {
+      return { event: JSON.parse(payload) };
+    } catch {
+      return { malformed: true };
     }
   }
   return null;
@@ -245,6 +251,10 @@ export function stripeWebhook(options: StripeWebhookOptions) {
             undefined,
             400,
           );
+        }
+        if ("malformed" in verified) {
+          metrics.events.labels("stripe", "failed").inc();
+          throw new AppError("MALFORMED_BODY", "The request body is not valid JSON.");
         }
         const event = eventShape(verified.event);
         if (event === null) {

@@ -654,6 +654,8 @@ export function whatsappModule(options: WhatsAppModuleOptions) {
         try {
           notification = JSON.parse(exact.text);
         } catch {
+          // Verified, so Meta's (or a proxy's) broken body: counted failed, as a wrong shape is.
+          metrics.events.labels("whatsapp", "failed").inc();
           throw new AppError("MALFORMED_BODY", "The request body is not valid JSON.");
         }
         if (!checkNotification.Check(notification)) {

@@ -459,6 +459,32 @@ test("a signed event that is not shaped like one (id not evt_…, no type, null,
   expect(
     await metricValue(current, "webhook_signature_failures_total", { provider: "stripe" }),
   ).toBe(0);
+  // Signed and not JSON, or a thin event of the v2 API: a broken or foreign body, counted failed,
+  // never a signature failure (probe 90c: the SDK's parse error read as one).
+  for (const [body, code] of [
+    ["{not json", "MALFORMED_BODY"],
+    [
+      JSON.stringify({
+        id: "evt_thin",
+        object: "v2.core.event",
+        type: "v1.billing.meter.no_meter_found",
+        created: "2026-01-01T00:00:00Z",
+      }),
+      "BAD_REQUEST",
+    ],
+  ] as const) {
+    const response = await deliver(current, body);
+    expect({
+      status: response.status,
+      code: ((await response.json()) as { code: string }).code,
+    }).toEqual({ status: 400, code });
+  }
+  expect(
+    await metricValue(current, "webhook_events_total", { provider: "stripe", outcome: "failed" }),
+  ).toBe(events.length + 2);
+  expect(
+    await metricValue(current, "webhook_signature_failures_total", { provider: "stripe" }),
+  ).toBe(0);
 });
 
 test("a signed event whose metadata a merchant keyed like Object.prototype members is taken, not refused forever", async () => {

@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../../support/app";
+import { metricValue } from "../../support/payments";
 import { waitFor } from "../../support/wait";
 import {
   deliver,
@@ -322,5 +323,12 @@ describe("a body is parsed only once its signature verifies (probe 89d F5)", () 
     expect(signedGarbage.status).toBe(400);
     expect(((await signedGarbage.json()) as { code: string }).code).toBe("MALFORMED_BODY");
     expect(outboxCount(target)).toBe(0);
+    // Verified and refused: failed, as a signed body of the wrong shape is (probe 90c F1).
+    expect(
+      await metricValue(target, "webhook_events_total", {
+        provider: "whatsapp",
+        outcome: "failed",
+      }),
+    ).toBe(1);
   });
 });
