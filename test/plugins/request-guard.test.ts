@@ -217,6 +217,43 @@ describe("content types", () => {
     expect(utf8.status).toBe(200);
   });
 
+  test("a Content-Type parameter is read as RFC 9110 spells one: a malformed one is 415, as another charset is (probe 90e F2)", async () => {
+    const target = guardedApp();
+    const body = '{"text":"a"}';
+    const statusOf = async (contentType: string) =>
+      (await send(target, "/api/echo", { body, headers: { "content-type": contentType } })).status;
+    for (const contentType of [
+      'application/json; charset="utf-8',
+      'application/json; charset=utf-8"',
+      "application/json; charset=utf-8=latin1",
+      "application/json; charset",
+      "application/json; charset=",
+      "application/json; =utf-8",
+      "application/json; charset=utf 8",
+      'application/json; charset="utf-8"x',
+      "application/json; charset=utf-8; charset=latin1",
+      'application/json; x="a;charset=utf-8"',
+    ]) {
+      expect({ contentType, status: await statusOf(contentType) }).toEqual({
+        contentType,
+        status: 415,
+      });
+    }
+    for (const contentType of [
+      'application/json; charset="utf-8"',
+      'application/json; charset="UTF-8"; profile="a b"',
+      'application/json; charset="utf\\-8"',
+      "application/json;",
+      "application/json; ; charset=utf-8",
+      "Application/JSON;Charset=UTF-8",
+    ]) {
+      expect({ contentType, status: await statusOf(contentType) }).toEqual({
+        contentType,
+        status: 200,
+      });
+    }
+  });
+
   test("a body with a content coding is 415, whatever it holds; identity is the body as sent", async () => {
     const target = guardedApp();
     const plain = '{"text":"a"}';

@@ -158,6 +158,10 @@ export function hasBody(request: Request): boolean {
 /** The one media type a request body may have: every other is refused with 415. */
 export const BODY_MEDIA_TYPE = "application/json";
 
+/** A media type's parameter (lower-cased): its name, and its value as a token or a quoted string. */
+const MEDIA_TYPE_PARAMETER =
+  /^([!#$%&'*+.^_`|~0-9a-z-]+)=(?:([!#$%&'*+.^_`|~0-9a-z-]+)|"((?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*)")$/;
+
 /**
  * JSON only, and if a charset is named it must be UTF-8 (RFC 8259); and no content coding but
  * `identity`. Palisade decodes none (RFC 9110 §8.4 allows the 415): read as it is, a body labelled
@@ -180,9 +184,17 @@ export function checkContentType(headers: Headers): Refusal | null {
     return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "only application/json is accepted" };
   }
   for (const param of params) {
-    const [key, value] = param
-      .split("=")
-      .map((part) => trimOptionalWhitespace(part).replace(/^"|"$/g, ""));
+    const spelled = trimOptionalWhitespace(param);
+    if (spelled === "") continue;
+    // RFC 9110 §5.6.6: a token, `=`, a token or a quoted string. Read loosely, `charset="utf-8`
+    // and `charset=utf-8=latin1` were UTF-8 here, and may be another charset to a filter in
+    // front (probe 90e F2).
+    const parameter = MEDIA_TYPE_PARAMETER.exec(spelled);
+    if (parameter === null) {
+      return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "a Content-Type parameter is malformed" };
+    }
+    const [, key, token, quoted] = parameter;
+    const value = token ?? quoted!.replace(/\\(.)/g, "$1");
     if (key === "charset" && value !== "utf-8") {
       return { code: "UNSUPPORTED_MEDIA_TYPE", reason: "only UTF-8 JSON is accepted" };
     }
