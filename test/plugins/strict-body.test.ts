@@ -80,10 +80,19 @@ describe("a body that is not the schema's type", () => {
           body: raw,
           headers: { ...bearer(admin.accessToken), "idempotency-key": `k-${Math.random()}` },
         });
-        expect({ route: `${route.method} ${route.path}`, raw, status: response.status }).toEqual({
+        const body = (await response.json()) as { errors?: { field: string }[] };
+        // The body itself is named, not every field Elysia found missing once it read the body
+        // as `{}` (probe 90e F1).
+        expect({
+          route: `${route.method} ${route.path}`,
+          raw,
+          status: response.status,
+          fields: body.errors?.map((error) => error.field),
+        }).toEqual({
           route: `${route.method} ${route.path}`,
           raw,
           status: 422,
+          fields: ["body"],
         });
       }
     }

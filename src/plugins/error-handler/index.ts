@@ -19,6 +19,7 @@ import type { Logger } from "../../logging/logger";
 import { type Principal, principalRef } from "../auth/principal";
 import type { ResponseHeaders } from "../security-headers/response";
 import type { ErrorContext } from "../sentry";
+import type { SentBodyState } from "../strict-body";
 import { EarlyAnswer } from "./early-answer";
 import { echoedField } from "./field-name";
 import { type RouteEntry, routeMethodIndex, routePatternIndex } from "./route-methods";
@@ -126,6 +127,16 @@ export function fieldErrorsOf(error: Readonly<ValidationError>): FieldError[] {
   return fields;
 }
 
+/** Whether the body as sent was refused whole (strict-body: not of the schema's type). */
+function wholeBodyRefusal(error: Readonly<ValidationError>, sentBodyRefusal: unknown): boolean {
+  return (
+    error.type === "body" &&
+    sentBodyRefusal instanceof AppError &&
+    sentBodyRefusal.fieldErrors?.length === 1 &&
+    sentBodyRefusal.fieldErrors[0]!.field === "body"
+  );
+}
+
 export function errorHandler({
   logger,
   routes,
@@ -164,11 +175,13 @@ export function errorHandler({
         route,
         requestId: givenId,
         principal,
-      } = context as typeof context & {
-        path?: string;
-        requestId?: string;
-        principal?: Principal;
-      };
+        sentBodyRefusal,
+      } = context as typeof context &
+        SentBodyState & {
+          path?: string;
+          requestId?: string;
+          principal?: Principal;
+        };
       if (error instanceof EarlyAnswer) {
         set.status = error.status;
         return answer(set, null, error.status);
@@ -210,6 +223,11 @@ export function errorHandler({
         // chat text): error reports get the fields, as the log does (probe 30b F1).
         reported = new ResponseSchemaMismatch(routeOf(), fields);
         outcome = { code: "INTERNAL", detail: "An unexpected error occurred." };
+      } else if (code === "VALIDATION" && wholeBodyRefusal(error, sentBodyRefusal)) {
+        // Elysia validates a body that is not an object (`[]`, `7`, `"x"`) as `{}`, and named
+        // every required field missing: the check of the body as sent says what it is (90e F1).
+        const asSent = sentBodyRefusal as AppError;
+        outcome = { code: asSent.code, detail: asSent.detail, fieldErrors: asSent.fieldErrors };
       } else if (code === "VALIDATION") {
         // A conversion that failed (an integer query parameter out of its range) is reported by
         // Elysia as `property` with no path: named here from the query as sent.

@@ -170,8 +170,9 @@ export function checkSentBody(check: TypeCheck<TSchema>, sent: unknown): void {
   if (first.schema.additionalProperties === false && sent !== null && typeof sent === "object") {
     const parent = first.path === "" ? sent : valueAt(sent, first.path);
     const allowed = Object.keys((first.schema.properties as object | undefined) ?? {});
+    // An array is no object with unknown keys `0`, `1`…: it is of the wrong type (probe 90e F1).
     const extra =
-      parent !== null && typeof parent === "object"
+      parent !== null && typeof parent === "object" && !Array.isArray(parent)
         ? Object.keys(parent).find((key) => !allowed.includes(key))
         : undefined;
     if (extra !== undefined) {
