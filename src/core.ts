@@ -265,8 +265,10 @@ export function createCore(options: CoreOptions): Core {
       // twenty at once, only the one that made it was told when it ends), in this process or
       // another on the file (54b F1: read from the file, not this process's copy); for a
       // principal, its address's block too, which refuses its next request all the same (53a F1).
-      const own = block?.expiresAt ?? ipBlocks.blockedUntilNow(principal ? key : client.key);
-      const address = principal ? ipBlocks.blockedUntilNow(client.key) : null;
+      const own =
+        block?.expiresAt ??
+        (principal ? ipBlocks.blockedUntilNow(key) : ipBlocks.clientBlockedUntilNow(client));
+      const address = principal ? ipBlocks.clientBlockedUntilNow(client) : null;
       return own === null || address === null ? (own ?? address) : Math.max(own, address);
     },
   });

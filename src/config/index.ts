@@ -362,7 +362,7 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
     ipBlock: {
       rateLimitRefusals: integer("IP_BLOCK_RATE_LIMIT_REFUSALS", 5, 0, 10_000),
       failedLogins: integer("IP_BLOCK_FAILED_LOGINS", 10, 0, 10_000),
-      ipv6SiteBlocks: integer("IP_BLOCK_IPV6_SITE_BLOCKS", 4, 0, 10_000),
+      ipv6SiteBlocks: integer("IP_BLOCK_IPV6_SITE_BLOCKS", 16, 0, 10_000),
     },
     redisUrl: redisUrl(url("REDIS_URL", ["redis:", "rediss:"]), appEnv),
     openai: {

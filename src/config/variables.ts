@@ -64,7 +64,7 @@ export const VARIABLES: readonly VariableSpec[] = [
   v("IP_BLOCK_FAILED_LOGINS", "failed logins in 15 minutes that block an address (0: never)"),
   v(
     "IP_BLOCK_IPV6_SITE_BLOCKS",
-    "automatic blocks of one IPv6 /48's /64s in an hour that block the whole /48 (0: never)",
+    "distinct /64s of one IPv6 /48 blocked automatically in an hour that block it whole (0: never)",
   ),
   v("REDIS_URL", "shared rate-limiter store for several VMs", true),
   v("OPENAI_API_KEY", "key for the OpenAI-compatible chat provider", true),

@@ -1,6 +1,7 @@
 /**
- * An IPv6 site (/48) is blocked once enough of its /64s are (probe 89d F3): a client holding a /48
- * rotated through its 65,536 /64s, earning a block and an audit row for each.
+ * An IPv6 site (/48) is blocked once enough distinct /64s of it are (probe 89d F3): a client
+ * holding a /48 rotated through its 65,536 /64s, earning a block and an audit row for each. The
+ * tests set the threshold to 4 (IP_BLOCK_IPV6_SITE_BLOCKS; 16 by default) unless they say.
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../support/app";
@@ -18,7 +19,12 @@ const MINUTE = 60_000;
 /** One request a minute: an address's sixth request is its fifth refusal, which blocks it. */
 function blockingApp(env: Record<string, string> = {}, clock = new ManualClock()) {
   current = buildTestApp({
-    env: { RATE_LIMIT_PER_MINUTE: "1", RATE_LIMIT_BURST: "100", ...env },
+    env: {
+      RATE_LIMIT_PER_MINUTE: "1",
+      RATE_LIMIT_BURST: "100",
+      IP_BLOCK_IPV6_SITE_BLOCKS: "4",
+      ...env,
+    },
     clock,
   });
   return current;
@@ -68,7 +74,7 @@ describe("an IPv6 /48 whose /64s are blocked", () => {
     expect(Number(site.headers.get("retry-after"))).toBe(15 * 60);
     expect(blockRows(target).at(-1)).toEqual({
       address: "2001:db8:5::/48",
-      reason: "4 automatic blocks of its /64s in 60 min",
+      reason: "4 of its /64s blocked automatically in 60 min",
       ttl: 15 * MINUTE,
     });
     // A flood through the site's other /64s: refused, and nothing more written.
@@ -127,7 +133,7 @@ describe("an IPv6 /48 whose /64s are blocked", () => {
     expect(blockedAudits(target).filter((ip) => ip.endsWith("/48"))).toEqual(["2001:db8:8::/48"]);
   });
 
-  test("a /48 blocked again within the week is blocked a rung longer, and lifting it starts its count again", async () => {
+  test("a /48 blocked again within the week is blocked an hour, and never longer; lifting it starts its count again", async () => {
     const clock = new ManualClock();
     const target = blockingApp({}, clock);
     const blockSite = async (from: number) => {
@@ -145,6 +151,12 @@ describe("an IPv6 /48 whose /64s are blocked", () => {
       address: "2001:db8:9::/48",
       ttl: 60 * MINUTE,
     });
+    clock.advance(61 * MINUTE);
+    await blockSite(0x21);
+    expect(blockRows(target).at(-1)).toMatchObject({
+      address: "2001:db8:9::/48",
+      ttl: 60 * MINUTE,
+    });
 
     // Lifted by an admin: the site's next /64 block is its first again, not its fifth.
     const siteBlock = target.services.ipBlocks
@@ -152,8 +164,71 @@ describe("an IPv6 /48 whose /64s are blocked", () => {
       .find((block) => block.address === "2001:db8:9::/48")!;
     expect(await target.services.ipBlocks.lift(siteBlock.address, "user:admin")).toBe(1);
     expect((await send(target, "/openapi.json", { peer: "2001:db8:9:77::1" })).status).toBe(200);
-    await untilBlocked(target, "2001:db8:9:21::1");
+    await untilBlocked(target, "2001:db8:9:31::1");
     expect((await send(target, "/openapi.json", { peer: "2001:db8:9:78::1" })).status).toBe(200);
+  });
+
+  test("one /64 blocked again, or blocks an admin lifted, count once or not at all (probe 90a F1, F4)", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp({}, clock);
+    // Blocked, waited out, blocked again, four times over: one /64.
+    for (let round = 0; round < 4; round++) {
+      await untilBlocked(target, "2001:db8:3:1::1");
+      clock.advance(61 * MINUTE);
+    }
+    // Two more, blocked twice each within the hour: three /64s in all.
+    for (const n of [2, 3]) {
+      await untilBlocked(target, `2001:db8:3:${n}::1`);
+      clock.advance(16 * MINUTE);
+      await untilBlocked(target, `2001:db8:3:${n}::1`);
+    }
+    expect(blockRows(target).filter((row) => row.address.endsWith("/48"))).toEqual([]);
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:3:beef::1" })).status).toBe(200);
+    // Lifted by an admin, a /64's blocks are no offence of the /48's.
+    for (const block of target.services.ipBlocks.listActive()) {
+      await target.services.ipBlocks.lift(block.address, "user:admin");
+    }
+    await untilBlocked(target, "2001:db8:3:4::1");
+    expect(blockRows(target).filter((row) => row.address.endsWith("/48"))).toEqual([]);
+    // A fourth distinct /64 with a block no one lifted, within the hour: the /48.
+    for (const n of [5, 6, 7]) await untilBlocked(target, `2001:db8:3:${n}::1`);
+    expect(blockRows(target).filter((row) => row.address.endsWith("/48"))).toHaveLength(1);
+  });
+
+  test("Retry-After is the later end: a /64 blocked for a day inside a /48 blocked for 15 minutes, and the refusal that blocks the /48 for longer than its /64 (probe 90a F2, F3)", async () => {
+    const clock = new ManualClock();
+    const target = blockingApp({}, clock);
+    target.services.ipBlocks.block({
+      address: "2001:db8:2:9::/64",
+      reason: "abuse",
+      ttlMs: 24 * 60 * MINUTE,
+      source: "admin",
+    });
+    for (const n of [1, 2, 3, 4]) await untilBlocked(target, `2001:db8:2:${n}::1`);
+    const inBoth = await send(target, "/openapi.json", { peer: "2001:db8:2:9::1" });
+    expect(inBoth.status).toBe(403);
+    expect(Number(inBoth.headers.get("retry-after"))).toBe(24 * 60 * 60);
+    // The /48's second block is an hour, its /64s' first 15 minutes: the refusal that makes it
+    // says an hour.
+    clock.advance(16 * MINUTE);
+    for (const n of [5, 6, 7]) await untilBlocked(target, `2001:db8:2:${n}::1`);
+    const statuses: Response[] = [];
+    for (let i = 0; i < 6; i++)
+      statuses.push(await send(target, "/openapi.json", { peer: "2001:db8:2:8::1" }));
+    const last = statuses.at(-1)!;
+    expect(last.status).toBe(429);
+    expect(Number(last.headers.get("retry-after"))).toBe(60 * 60);
+    const sibling = await send(target, "/openapi.json", { peer: "2001:db8:2:77::1" });
+    expect(Number(sibling.headers.get("retry-after"))).toBe(60 * 60);
+  });
+
+  test("addresses of RFC 8215's local-use translation prefix are keyed one by one, as 64:ff9b::/96's are (probe 90a F6)", async () => {
+    const target = blockingApp();
+    await untilBlocked(target, "64:ff9b:1::c000:201");
+    expect(blockRows(target).map((row) => row.address)).toEqual(["64:ff9b:1::c000:201/128"]);
+    expect((await send(target, "/openapi.json", { peer: "64:ff9b:1::cb00:7101" })).status).toBe(
+      200,
+    );
   });
 
   test("the admin audit filter finds a /48's block by any address inside it", async () => {
@@ -212,6 +287,14 @@ describe("a /48 never blocked as a whole", () => {
       expect((await send(target, "/openapi.json", { peer: peerOf(0x99) })).status).toBe(200);
     });
   }
+
+  test("by default, the sixteenth distinct /64: fifteen leave the /48 open", async () => {
+    const target = blockingApp({ IP_BLOCK_IPV6_SITE_BLOCKS: "" });
+    for (let n = 1; n <= 15; n++) await untilBlocked(target, `2001:db8:f:${n}::1`);
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:f:99::1" })).status).toBe(200);
+    await untilBlocked(target, "2001:db8:f:16::1");
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:f:98::1" })).status).toBe(403);
+  });
 
   test("IP_BLOCK_IPV6_SITE_BLOCKS=0: never", async () => {
     const target = blockingApp({ IP_BLOCK_IPV6_SITE_BLOCKS: "0" });

@@ -90,7 +90,8 @@ export function resolveClientIp(input: ClientAddressInput, trust: CompiledTrust)
 /**
  * The key a client is counted and blocked under: the IPv4 address, or the IPv6 /64 prefix, since
  * a single host is usually given a whole /64 and can rotate through it at will. Except an address
- * in RFC 6052's well-known prefix, `64:ff9b::/96`: that is an IPv4 client translated to IPv6 (NAT64,
+ * in RFC 6052's well-known prefix, `64:ff9b::/96`, or RFC 8215's local-use `64:ff9b:1::/48` (see
+ * isTranslatedIpv4): that is an IPv4 client translated to IPv6 (NAT64,
  * SIIT-DC, in front of an IPv6-only service), one host per address, so it is keyed alone (/128);
  * under its /64 every IPv4 client of the translator would share one limit and one block (re-probe
  * 15c F6).
@@ -102,10 +103,15 @@ export function clientKeyOf(address: Address | null): string {
   return `${prefixText((address as ipaddr.IPv6).parts, 4)}/64`;
 }
 
-/** Whether an IPv6 address is in RFC 6052's well-known prefix, `64:ff9b::/96` (see clientKeyOf). */
+/**
+ * Whether an IPv6 address is an IPv4 one translated: in RFC 6052's well-known prefix,
+ * `64:ff9b::/96`, or RFC 8215's local-use one, `64:ff9b:1::/48`, where a network's own translator
+ * puts IPv4 hosts (probe 90a F6: keyed by /64 there, one host's block refused its neighbours).
+ */
 function isTranslatedIpv4(address: ipaddr.IPv6): boolean {
   const all = address.parts;
-  return all[0] === 0x64 && all[1] === 0xff9b && all.slice(2, 6).every((part) => part === 0);
+  if (all[0] !== 0x64 || all[1] !== 0xff9b) return false;
+  return all[2] === 1 || all.slice(2, 6).every((part) => part === 0);
 }
 
 /** The first `groups` of an IPv6 address's parts, the rest zero, in RFC 5952 form. */

@@ -21,16 +21,18 @@
  *
  * An IPv6 client is keyed by its /64, and one holding a /48 (a site's usual assignment) has 65,536
  * of them: rotating through them, it earned a block and an audit row for each (~5 MB a minute of
- * rows: probe 89d F3). So the automatic blocks of a /48's /64s are themselves counted, as
- * violations of the /48 (`siteBlocks`: 4 within an hour by default), and crossing that blocks the
- * whole /48, on the same ladder. A /48 holding a trusted proxy or an address exempt from the limits
- * is never blocked so: its block would refuse them.
+ * rows: probe 89d F3). So once `siteBlocks.count` distinct /64s of one /48 (16 by default) hold an
+ * automatic block made within the hour, none of them lifted, the whole /48 is blocked, for 15
+ * minutes and then an hour (never a day: a /48 may be shared, a carrier's devices or an ISP's
+ * customers, and its block refuses them all). A /48 holding a trusted proxy or an address exempt
+ * from the limits is never blocked so: its block would refuse them.
  *
  * Every row is sealed (seal.ts): one that does not match its seal, written into the file by someone
  * without AUDIT_SECRET_KEY, blocks nothing and is neither listed nor counted.
  */
 import type { Database } from "bun:sqlite";
 import { inArray, lt, type SQL, sql } from "drizzle-orm";
+import type ipaddr from "ipaddr.js";
 import { type Clock, elapsedMs } from "../../clock";
 import { afterTransaction } from "../../db/after-transaction";
 import { type AppDatabase, drizzleOf } from "../../db/client";
@@ -45,7 +47,8 @@ import { RecentEntries } from "../../recent-entries";
 import type { AuditLog } from "../audit/log";
 import { ActorGone, parsePrincipalRef } from "../auth/principal";
 import type { ResolvedClient } from "../client-ip";
-import type { Range } from "../client-ip/address";
+import { type Address, parseIp, type Range } from "../client-ip/address";
+import { siteKeyOf } from "../client-ip/resolve";
 import { METRIC } from "../metrics/names";
 import { Gauge, type Registry } from "../metrics/prom";
 import { limiterFailed } from "../rate-limit/enforce";
@@ -100,13 +103,6 @@ function storedReason(reason: string): string {
 
 export type ViolationKind = "ratelimit" | "login" | "principal";
 
-/** The limiter key a /48's blocked /64s are counted under. */
-function siteCounterKey(site: string): string {
-  return `site:${site}`;
-}
-/** What a subject's violations are counted as: the three kinds, or its /64s' blocks (a /48). */
-type CountedKind = ViolationKind | "site";
-
 /** Whether a block's subject is a principal (a lockout) rather than a client address. */
 export function isPrincipalSubject(subject: string): boolean {
   return parsePrincipalRef(subject) !== null;
@@ -120,8 +116,13 @@ export interface ViolationThreshold {
 
 export interface IpBlockSettings {
   thresholds: Record<ViolationKind, ViolationThreshold>;
-  /** Automatic blocks of an IPv6 /48's /64s within the window that block the /48; 0 never does. */
+  /**
+   * Distinct /64s of an IPv6 /48 with an automatic block made within the window that block the
+   * /48; 0 never does.
+   */
   siteBlocks: ViolationThreshold;
+  /** TTL of a /48's first, second (and later) automatic block. */
+  siteEscalation: readonly number[];
   /** TTL of the first, second, third (and later) automatic block. */
   escalation: readonly number[];
   /** The same for principal lockouts: shorter, since a principal is one client, not an office. */
@@ -137,7 +138,8 @@ export const DEFAULT_IP_BLOCK_SETTINGS: IpBlockSettings = {
     login: { count: 10, windowMs: 15 * MINUTE },
     principal: { count: 5, windowMs: 10 * MINUTE },
   },
-  siteBlocks: { count: 4, windowMs: HOUR },
+  siteBlocks: { count: 16, windowMs: HOUR },
+  siteEscalation: [15 * MINUTE, HOUR],
   escalation: [15 * MINUTE, HOUR, 24 * HOUR],
   lockoutEscalation: [5 * MINUTE, 15 * MINUTE, HOUR],
   escalationLookbackMs: 7 * 24 * HOUR,
@@ -309,6 +311,13 @@ function prepareStatements(db: AppDatabase) {
          WHERE address = $address AND (expires_at <= $now OR lifted_at <= $now)`,
       ),
     // A block an admin lifted was judged a mistake: it does not lengthen the next one.
+    // A /48's /64 keys, by the address index (blockSiteIfDue).
+    autoBlocksBetween: () =>
+      sqlite.query<StoredBlock, { from: string; to: string; since: number }>(
+        `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks INDEXED BY ip_blocks_address
+         WHERE address >= $from AND address < $to
+           AND source = 'auto' AND created_at > $since AND lifted_at IS NULL`,
+      ),
     priorAutoBlocks: () =>
       sqlite.query<StoredBlock, { address: string; since: number }>(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
@@ -345,7 +354,7 @@ function shown({ id, address, reason, source, createdBy, createdAt, expiresAt }:
 
 export class IpBlockService {
   private readonly settings: IpBlockSettings;
-  private readonly violationPolicies: Record<CountedKind, Policy>;
+  private readonly violationPolicies: Record<ViolationKind, Policy>;
   /**
    * What the file said of each subject last asked about (when its longest block in force ends, or
    * null) and when it was read; about the last SUBJECTS_REMEMBERED.
@@ -376,8 +385,8 @@ export class IpBlockService {
   constructor(private readonly options: IpBlockServiceOptions) {
     this.settings = { ...DEFAULT_IP_BLOCK_SETTINGS, ...options.settings };
     this.scrub = secretScrubber(options.secretValues ?? []);
-    const policy = (kind: CountedKind): Policy => {
-      const { count, windowMs } = this.thresholdOf(kind);
+    const policy = (kind: ViolationKind): Policy => {
+      const { count, windowMs } = this.settings.thresholds[kind];
       // The count-th violation is the one refused, and refusal is what blocks: with a count of 1,
       // the first (it was admitted, and the address blocked only at its second: probe 50a F3).
       const limit = Math.max(0, count - 1);
@@ -393,7 +402,6 @@ export class IpBlockService {
       ratelimit: policy("ratelimit"),
       login: policy("login"),
       principal: policy("principal"),
-      site: policy("site"),
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
@@ -409,10 +417,6 @@ export class IpBlockService {
         },
       });
     }
-  }
-
-  private thresholdOf(kind: CountedKind): ViolationThreshold {
-    return kind === "site" ? this.settings.siteBlocks : this.settings.thresholds[kind];
   }
 
   /** When the block on this address ends, or null when it is not blocked. */
@@ -708,14 +712,14 @@ export class IpBlockService {
   /** Resets the violation counters of a block's subject; a store that fails is logged, not thrown. */
   private async forgetViolations(subject: string): Promise<void> {
     const principal = isPrincipalSubject(subject);
-    const counted: [CountedKind, string][] = principal
+    // A /48's block counts no violations of its own: its count is its /64s' blocks since it ended.
+    if (subject.endsWith(`/${SITE_PREFIX_BITS}`)) return;
+    const counted: [ViolationKind, string][] = principal
       ? [["principal", subject]]
-      : subject.endsWith(`/${SITE_PREFIX_BITS}`)
-        ? [["site", siteCounterKey(subject)]]
-        : [
-            ["ratelimit", `ip:${subject}`],
-            ["login", `ip:${subject}`],
-          ];
+      : [
+          ["ratelimit", `ip:${subject}`],
+          ["login", `ip:${subject}`],
+        ];
     try {
       await Promise.all(
         counted.map(([kind, key]) => this.options.limiter.reset(this.violationPolicies[kind], key)),
@@ -913,11 +917,69 @@ export class IpBlockService {
     // A trusted proxy blocked refuses every client it passes on without a usable X-Forwarded-For
     // (its health checks, a misconfigured hop's clients), as the admin API refuses to (probe 75c F2).
     if (client.address === null || client.isTrustedProxy) return null;
+    const site = client.siteKey && this.siteMayBeBlocked(client.address) ? client.siteKey : null;
+    // A refusal in flight when its /48 was blocked makes no /64 block, nor its row (probe 90a F5).
+    if (site !== null && this.blockedUntilNow(site) !== null) return null;
     const block = await this.countViolation(kind, client.key, `ip:${client.key}`, requestId);
-    if (block !== null && client.siteKey && this.siteMayBeBlocked(client.address)) {
-      await this.countViolation("site", client.siteKey, siteCounterKey(client.siteKey), requestId);
+    if (block === null || site === null) return block;
+    let siteBlock: IpBlock | null = null;
+    try {
+      siteBlock = this.blockSiteIfDue(site, client.address, requestId);
+    } catch (error) {
+      this.lost(error, requestId, "violations.site", "a block was not made");
     }
-    return block;
+    // The refusal is told the later end: the /48's, if it was just blocked for longer (90a F3).
+    return siteBlock !== null && siteBlock.expiresAt > block.expiresAt ? siteBlock : block;
+  }
+
+  /**
+   * When the block on a client ends, its /64's or its /48's, whichever is later, as the file says
+   * now (null: neither): for a refusal's Retry-After.
+   */
+  clientBlockedUntilNow(client: ResolvedClient): number | null {
+    const own = this.blockedUntilNow(client.key);
+    const site = client.siteKey ? this.blockedUntilNow(client.siteKey) : null;
+    return own === null || site === null ? (own ?? site) : Math.max(own, site);
+  }
+
+  /**
+   * Blocks the /48 `site` (around `address`, one of its /64s just blocked) once `siteBlocks.count`
+   * distinct /64s of it hold an automatic block made within the window and since the /48's last
+   * block ended, none lifted: one /64 blocked again, or lifted by an admin, is not several (probe
+   * 90a F1, F4). Read from the blocks, so every process on the file counts the same ones.
+   */
+  private blockSiteIfDue(site: string, address: Address, requestId: string | null): IpBlock | null {
+    const { count, windowMs } = this.settings.siteBlocks;
+    if (count === 0) return null;
+    const now = this.options.clock.now();
+    const ended = this.lastBlockEnded(site, now);
+    const since = Math.max(now - windowMs, ended ?? Number.NEGATIVE_INFINITY);
+    // A /48's /64 keys are spelt as its three groups written out and a fourth (`2001:db8:0:5::/64`),
+    // or, the fourth zero, as the /48 is (`2001:db8::/64`): one range of the address index, and one
+    // address. Each row found is checked against the /48 all the same.
+    const groups = (address as ipaddr.IPv6).parts
+      .slice(0, 3)
+      .map((part) => part.toString(16))
+      .join(":");
+    const rows = [
+      ...this.statements.autoBlocksBetween.all({ from: `${groups}:`, to: `${groups};`, since }),
+      ...this.statements.priorAutoBlocks.all({ address: `${site.slice(0, -3)}/64`, since }),
+    ];
+    const blocked = new Set<string>();
+    for (const row of rows) {
+      if (!row.address.endsWith("/64") || blocked.has(row.address)) continue;
+      if (siteKeyOf(parseIp(row.address.slice(0, -3))) === site && this.intact(row)) {
+        blocked.add(row.address);
+      }
+    }
+    this.reportUnreported();
+    if (blocked.size < count) return null;
+    return this.autoBlock(
+      site,
+      `${blocked.size} of its /64s blocked automatically in ${windowMs / MINUTE} min`,
+      this.settings.siteEscalation,
+      requestId,
+    );
   }
 
   /** Whether the /48 around an IPv6 address covers none of the exempt ranges (see the module). */
@@ -942,12 +1004,12 @@ export class IpBlockService {
   }
 
   private async countViolation(
-    kind: CountedKind,
+    kind: ViolationKind,
     subject: string,
     counterKey: string,
     requestId: string | null,
   ): Promise<IpBlock | null> {
-    const { count, windowMs } = this.thresholdOf(kind);
+    const { count, windowMs } = this.settings.thresholds[kind];
     if (count === 0) return null;
     const now = this.options.clock.now();
     const policy = this.violationPolicies[kind];
@@ -978,12 +1040,7 @@ export class IpBlockService {
     const ladder =
       kind === "principal" ? this.settings.lockoutEscalation : this.settings.escalation;
     // Wrong /metrics tokens count as failed logins (plugins/metrics): one counter, so the reason names both.
-    const what =
-      kind === "login"
-        ? "failed logins or /metrics tokens"
-        : kind === "site"
-          ? "automatic blocks of its /64s"
-          : "rate-limit refusals";
+    const what = kind === "login" ? "failed logins or /metrics tokens" : "rate-limit refusals";
     try {
       return this.autoBlock(
         subject,

@@ -164,12 +164,14 @@ describe("the key a client is counted and blocked under", () => {
     expect(keyOf("203.0.113.9")).toBe("203.0.113.9");
     expect(keyOf("::ffff:203.0.113.9")).toBe("203.0.113.9");
   });
-  test("an IPv4 client translated into 64:ff9b::/96 (NAT64, SIIT-DC) is keyed alone, not with the translator's every client (re-probe 15c F6)", () => {
+  test("an IPv4 client translated into 64:ff9b::/96 or 64:ff9b:1::/48 (NAT64, SIIT-DC) is keyed alone, not with the translator's every client (re-probe 15c F6)", () => {
     expect(keyOf("64:ff9b::8.8.8.8")).toBe("64:ff9b::808:808/128");
     expect(keyOf("64:ff9b::1.1.1.1")).toBe("64:ff9b::101:101/128");
     expect(keyOf("64:FF9B:0:0:0:0:808:808")).toBe("64:ff9b::808:808/128");
-    // Outside the /96 (RFC 8215's local-use prefix, or a host in 64:ff9b::/64 beyond it): /64.
-    expect(keyOf("64:ff9b:1::8.8.8.8")).toBe("64:ff9b:1::/64");
+    // RFC 8215's local-use prefix, 64:ff9b:1::/48, where a network's own translator puts IPv4
+    // hosts, keyed alone too (probe 90a F6); a host in 64:ff9b::/64 beyond the /96: /64.
+    expect(keyOf("64:ff9b:1::8.8.8.8")).toBe("64:ff9b:1::808:808/128");
+    expect(keyOf("64:ff9b:1:abcd::8.8.8.8")).toBe("64:ff9b:1:abcd::808:808/128");
     expect(keyOf("64:ff9b::1:808:808")).toBe("64:ff9b::/64");
   });
 });
