@@ -6,6 +6,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../support/app";
 import { bearer, signUp } from "../support/auth";
+import { cliInProcess } from "../support/cli";
 import { ManualClock } from "../support/clock";
 
 let current: TestApp | null = null;
@@ -309,5 +310,56 @@ describe("a /48 never blocked as a whole", () => {
     expect((await send(target, "/openapi.json", { peer: "2001:db8:d:99::1" })).status).toBe(200);
     await untilBlocked(target, "2001:db8:d:2::1");
     expect((await send(target, "/openapi.json", { peer: "2001:db8:d:98::1" })).status).toBe(403);
+  });
+});
+
+describe("an admin's block of a /48 (probe 90a, the runbook's `blocks:add` of a /48)", () => {
+  test("the API and the CLI block a whole /48 written as one; other prefixes, a translated one, the admin's own /48 and a proxy's are refused", async () => {
+    const target = blockingApp({
+      RATE_LIMIT_ALLOW_CIDRS: "2001:db8:aa:1::/64",
+      TRUST_PROXY: "2001:db8:bb:1::1",
+    });
+    const admin = await signUp(target, { role: "admin", peer: "2001:db8:aa:1::5" });
+    const block = (address: string, peer = "2001:db8:aa:1::5", headers = {}) =>
+      send(target, "/api/admin/blocks", {
+        headers: { ...bearer(admin.accessToken), ...headers },
+        peer,
+        body: { address, ttlMinutes: 60, reason: "flood" },
+      });
+    const made = await block("2001:db8:6:abcd::1/48");
+    expect(made.status).toBe(201);
+    expect(await made.json()).toMatchObject({ address: "2001:db8:6::/48", source: "admin" });
+    const inside = await send(target, "/openapi.json", { peer: "2001:db8:6:ffff::9" });
+    expect(inside.status).toBe(403);
+    expect(Number(inside.headers.get("retry-after"))).toBe(60 * 60);
+    expect((await send(target, "/openapi.json", { peer: "2001:db8:7::9" })).status).toBe(200);
+    for (const address of [
+      "2001:db8:6::/47",
+      "2001:db8:6::/64",
+      "64:ff9b::/48",
+      "10.0.0.0/24",
+      "2001:db8:6::/048",
+    ]) {
+      const refused = await block(address);
+      expect({ address, status: refused.status }).toEqual({ address, status: 422 });
+    }
+    // The admin's own /48, and one holding a proxy the request came through.
+    expect((await block("2001:db8:aa::/48")).status).toBe(409);
+    const viaProxy = await block("2001:db8:bb::/48", "2001:db8:bb:1::1", {
+      "x-forwarded-for": "2001:db8:aa:1::5",
+    });
+    expect(viaProxy.status).toBe(409);
+
+    const cli = await cliInProcess(
+      ["blocks:add", "--address", "2001:db8:7::/48", "--ttl", "30m", "--reason", "flood"],
+      { DATABASE_PATH: target.databasePath },
+    );
+    expect(cli.code).toBe(0);
+    expect(cli.stdout).toContain("blocked 2001:db8:7::/48 until");
+    const wrong = await cliInProcess(
+      ["blocks:add", "--address", "2001:db8:7::/56", "--ttl", "30m", "--reason", "flood"],
+      { DATABASE_PATH: target.databasePath },
+    );
+    expect(wrong.code).toBe(2);
   });
 });

@@ -1,6 +1,5 @@
 import { MAX_BLOCK_MINUTES } from "../../modules/admin/model";
-import { parseIp } from "../../plugins/client-ip/address";
-import { clientKeyOf } from "../../plugins/client-ip/resolve";
+import { blockSubjectOf } from "../../plugins/client-ip/resolve";
 import { blockReasonProblem, MAX_BLOCK_REASON_LENGTH } from "../../plugins/ip-block/service";
 import {
   CliError,
@@ -34,20 +33,21 @@ export const blocksList: Command = {
 
 export const blocksAdd: Command = {
   name: "blocks:add",
-  summary: "Block an address (an IPv6 address blocks its /64) for a time, with a reason",
+  summary:
+    "Block an address (an IPv6 address blocks its /64; an IPv6 /48, as a::/48, all of it) for a time, with a reason",
   usage: "blocks:add --address A --ttl 60m --reason R",
   run(args, context) {
-    const address = parseIp(requireFlag(args, "address"));
-    if (address === null) {
+    const subject = blockSubjectOf(requireFlag(args, "address"));
+    if (subject === null) {
       throw new CliError(
-        "--address must be a canonical dotted-decimal IPv4 or an IPv6 address",
+        "--address must be a canonical dotted-decimal IPv4 or an IPv6 address, or an IPv6 /48",
         EXIT_USAGE,
       );
     }
     const ttlMs = parseDuration("ttl", requireFlag(args, "ttl"), MAX_BLOCK_MINUTES / (24 * 60));
     const reason = requireFlagWithin(args, "reason", MAX_BLOCK_REASON_LENGTH, blockReasonProblem);
     const block = context.services().ipBlocks.block({
-      address: clientKeyOf(address),
+      address: subject,
       reason,
       ttlMs,
       source: "admin",

@@ -16,7 +16,7 @@ import { type authPlugin, type CredentialStanding, lostAdmin } from "../../plugi
 import type { AuthMetrics } from "../../plugins/auth/metrics";
 import { ActorGone, type Principal, principalRef } from "../../plugins/auth/principal";
 import { type Address, formatAddress, parseIp } from "../../plugins/client-ip/address";
-import { clientKeyOf, siteKeyOf } from "../../plugins/client-ip/resolve";
+import { blockSubjectOf, clientKeyOf, siteKeyOf, siteOfKey } from "../../plugins/client-ip/resolve";
 import { blockReasonProblem, type IpBlockService } from "../../plugins/ip-block/service";
 import type { RequestState } from "../../plugins/request-state";
 import type { RouteClass } from "../../plugins/route-class";
@@ -428,11 +428,20 @@ export function adminModule(options: AdminModuleOptions) {
       "/blocks",
       ({ body, principal, set, requestId, client, request, route }) => {
         refuseText("body/reason", blockReasonProblem(body.reason));
-        const address = addressOf(body.address, "body/address", "Not an IP address.");
-        const subject = clientKeyOf(address);
-        // Blocking the address this request comes from shuts out every admin behind it, the one
-        // lifting it included (only the CLI on the server could): the API refuses; the CLI may.
-        if (subject === client.key) {
+        const subject = blockSubjectOf(body.address);
+        if (subject === null) {
+          throw new AppError("VALIDATION_FAILED", "Not an IP address.", [
+            {
+              field: "body/address",
+              message:
+                "Expected a canonical dotted-decimal IPv4 or an IPv6 address, or an IPv6 /48",
+            },
+          ]);
+        }
+        // Blocking the address this request comes from (or its /48) shuts out every admin behind
+        // it, the one lifting it included (only the CLI on the server could): the API refuses; the
+        // CLI may.
+        if (subject === client.key || subject === client.siteKey) {
           throw new AppError(
             "CONFLICT",
             "That block would cover the address this request comes from, and lock you out; add it with `bun run cli blocks:add` on the server if that is meant.",
@@ -441,7 +450,7 @@ export function adminModule(options: AdminModuleOptions) {
         // A trusted proxy this request came through (TRUST_PROXY): blocked, it refuses every
         // request it passes on without a usable X-Forwarded-For, its health checks and the clients
         // of a misconfigured hop among them (probes 32d F2, 33b F2: any hop, not the nearest alone).
-        if (client.proxyKeys?.includes(subject)) {
+        if (client.proxyKeys?.some((proxy) => proxy === subject || siteOfKey(proxy) === subject)) {
           throw new AppError(
             "CONFLICT",
             "That block would cover the proxy this request came through (TRUST_PROXY): every request reaching the service without a usable X-Forwarded-For would be refused; add it with `bun run cli blocks:add` on the server if that is meant.",
@@ -470,7 +479,10 @@ export function adminModule(options: AdminModuleOptions) {
         auth: admin,
         body: NewBlockBody,
         response: { 201: BlockView, ...problemResponses(409, 422) },
-        detail: { tags, summary: "Block an address (an IPv6 address blocks its /64)" },
+        detail: {
+          tags,
+          summary: "Block an address (an IPv6 address blocks its /64; an IPv6 /48, all of it)",
+        },
       },
     )
     .delete(

@@ -114,7 +114,8 @@ export const NewBlockBody = t.Object({
   address: t.String({
     minLength: 2,
     maxLength: 64,
-    description: "An IPv4 or IPv6 address; IPv6 blocks cover its /64",
+    description:
+      "An IPv4 or IPv6 address (IPv6 blocks cover its /64), or an IPv6 /48 written as one (2001:db8:6::/48), which blocks all of it",
   }),
   ttlMinutes: JsonInteger({ minimum: 1, maximum: MAX_BLOCK_MINUTES }),
   reason: t.String({ minLength: 1, maxLength: MAX_BLOCK_REASON_LENGTH }),

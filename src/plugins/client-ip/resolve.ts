@@ -137,6 +137,25 @@ export function siteKeyOf(address: Address | null): string | null {
 }
 
 /**
+ * What an admin's block of `text` is stored under: an address's client key (an IPv6 address's
+ * /64), or an IPv6 /48 written as one (`2001:db8:6::/48`, any address inside it), which refuses
+ * every /64 in it as an automatic /48 block does; null for anything else (other prefix lengths are
+ * no subject the request path reads, and a translated IPv4 prefix is no site).
+ */
+export function blockSubjectOf(text: string): string | null {
+  const address = parseIp(text);
+  if (address !== null) return clientKeyOf(address);
+  if (!text.endsWith("/48")) return null;
+  const range = parseCidr(text);
+  return range === null || range[1] !== 48 ? null : siteKeyOf(range[0]);
+}
+
+/** The /48 a client key (an IPv6 /64) lies in, or null (siteKeyOf). */
+export function siteOfKey(clientKey: string): string | null {
+  return clientKey.endsWith("/64") ? siteKeyOf(parseIp(clientKey.slice(0, -3))) : null;
+}
+
+/**
  * The network a client key belongs to, for a bound wider than one client: an IPv4 address's /24,
  * an IPv6 /64's /48 (a site's usual assignment), and for an IPv6 address that carries an IPv4 one
  * (translated, `64:ff9b::/96`; 6to4, `2002::/16`) that IPv4 address's /24. Anything else
