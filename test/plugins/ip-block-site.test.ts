@@ -336,7 +336,7 @@ describe("an admin's block of a /48 (probe 90a, the runbook's `blocks:add` of a 
     for (const address of [
       "2001:db8:6::/47",
       "2001:db8:6::/64",
-      "64:ff9b::/48",
+      "::ffff:10.0.0.0/48",
       "10.0.0.0/24",
       "2001:db8:6::/048",
     ]) {
@@ -350,6 +350,12 @@ describe("an admin's block of a /48 (probe 90a, the runbook's `blocks:add` of a 
     });
     expect(viaProxy.status).toBe(409);
 
+    // The well-known translation prefix's /48, which its non-translated /64s can earn
+    // automatically, may be blocked by hand too; its translated IPv4 clients are not refused.
+    expect(await (await block("64:ff9b::/48")).json()).toMatchObject({ address: "64:ff9b::/48" });
+    expect((await send(target, "/openapi.json", { peer: "64:ff9b:0:1::1" })).status).toBe(403);
+    expect((await send(target, "/openapi.json", { peer: "64:ff9b::102:304" })).status).toBe(200);
+
     const cli = await cliInProcess(
       ["blocks:add", "--address", "2001:db8:7::/48", "--ttl", "30m", "--reason", "flood"],
       { DATABASE_PATH: target.databasePath },
@@ -362,4 +368,26 @@ describe("an admin's block of a /48 (probe 90a, the runbook's `blocks:add` of a 
     );
     expect(wrong.code).toBe(2);
   });
+});
+
+test("a trusted proxy in a blocked /48 is neither refused by it nor told of it in a 429's Retry-After (probe 90h F2)", async () => {
+  const target = blockingApp({ TRUST_PROXY: "2001:db8:cc:1::1" });
+  target.services.ipBlocks.block({
+    address: "2001:db8:cc::/48",
+    reason: "flood",
+    ttlMs: 60 * MINUTE,
+    source: "admin",
+  });
+  const statuses: Response[] = [];
+  for (let i = 0; i < 3; i++) {
+    statuses.push(await send(target, "/openapi.json", { peer: "2001:db8:cc:1::1" }));
+  }
+  expect(statuses.map((response) => response.status)).toEqual([200, 429, 429]);
+  expect(Number(statuses[2]!.headers.get("retry-after"))).toBeLessThanOrEqual(120);
+  // A client behind it, in the same /48, is refused by the block.
+  const behind = await send(target, "/openapi.json", {
+    peer: "2001:db8:cc:1::1",
+    headers: { "x-forwarded-for": "2001:db8:cc:9::1" },
+  });
+  expect(behind.status).toBe(403);
 });

@@ -139,15 +139,17 @@ export function siteKeyOf(address: Address | null): string | null {
 /**
  * What an admin's block of `text` is stored under: an address's client key (an IPv6 address's
  * /64), or an IPv6 /48 written as one (`2001:db8:6::/48`, any address inside it), which refuses
- * every /64 in it as an automatic /48 block does; null for anything else (other prefix lengths are
- * no subject the request path reads, and a translated IPv4 prefix is no site).
+ * every /64 in it as an automatic /48 block does; null for anything else: other prefix lengths are
+ * no subject the request path reads, and a /48 written with an IPv4-mapped address
+ * (`::ffff:10.0.0.0/48`) would be `::/48`, no IPv4 client (probe 90h F5).
  */
 export function blockSubjectOf(text: string): string | null {
   const address = parseIp(text);
   if (address !== null) return clientKeyOf(address);
   if (!text.endsWith("/48")) return null;
-  const range = parseCidr(text);
-  return range === null || range[1] !== 48 ? null : siteKeyOf(range[0]);
+  const written = parseIp(text.slice(0, -3));
+  if (written === null || written.kind() !== "ipv6") return null;
+  return `${prefixText((written as ipaddr.IPv6).parts, 3)}/48`;
 }
 
 /** The /48 a client key (an IPv6 /64) lies in, or null (siteKeyOf). */

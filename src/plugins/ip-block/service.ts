@@ -938,7 +938,9 @@ export class IpBlockService {
    */
   clientBlockedUntilNow(client: ResolvedClient): number | null {
     const own = this.blockedUntilNow(client.key);
-    const site = client.siteKey ? this.blockedUntilNow(client.siteKey) : null;
+    // A trusted proxy is never refused by its /48's block (index.ts), so not told of it (90h F2).
+    const site =
+      client.siteKey && !client.isTrustedProxy ? this.blockedUntilNow(client.siteKey) : null;
     return own === null || site === null ? (own ?? site) : Math.max(own, site);
   }
 
