@@ -463,6 +463,8 @@ test("a signed event that is not shaped like one (id not evt_…, no type, null,
   // never a signature failure (probe 90c: the SDK's parse error read as one).
   for (const [body, code] of [
     ["{not json", "MALFORMED_BODY"],
+    // Refused by the request guard before its signature is read, as on every route: not counted.
+    ["", "MALFORMED_BODY"],
     [
       JSON.stringify({
         id: "evt_thin",

@@ -269,14 +269,15 @@ for (const contentType of [
   });
 }
 
-test("a POST with no body is a signature failure (400 BAD_SIGNATURE, counted, audited), never a 500 (probe 27c F2)", async () => {
+test("a POST with no body is a signature failure (400 BAD_SIGNATURE, counted, audited), never a 500 (probe 27c F2); signed, it is a malformed body (90h F3)", async () => {
   // The full app: the WhatsApp module is mounted beside this one, as in the service.
   current = buildPaymentsApp({ env: { WHATSAPP_APP_SECRET: "whatsapp-app-secret-0123456789" } });
   const bodiless: Record<string, string>[] = [
     {},
     { "content-length": "0" },
     { "stripe-signature": "t=1,v1=00" },
-    { "stripe-signature": await signStripe("") },
+    { "stripe-signature": await signStripe("", "whsec_another_secret_0123456789") },
+    { "stripe-signature": await signStripe("", undefined, Math.floor(Date.now() / 1000) - 600) },
   ];
   let failures = 0;
   for (const headers of bodiless) {
@@ -288,6 +289,21 @@ test("a POST with no body is a signature failure (400 BAD_SIGNATURE, counted, au
     );
   }
   expect(auditRows(current, "webhook.signature_failed")).toHaveLength(bodiless.length);
+  // Signed by the configured secret, no body is a verified body that is not JSON: no signature
+  // failure (the SDK verifies no empty payload, and its refusal read as one).
+  const signed = await send(current, "/webhooks/stripe", {
+    method: "POST",
+    headers: { "stripe-signature": await signStripe("") },
+    peer: "192.0.2.90",
+  });
+  expect(signed.status).toBe(400);
+  expect(((await signed.json()) as { code: string }).code).toBe("MALFORMED_BODY");
+  expect(
+    await metricValue(current, "webhook_signature_failures_total", { provider: "stripe" }),
+  ).toBe(bodiless.length);
+  expect(
+    await metricValue(current, "webhook_events_total", { provider: "stripe", outcome: "failed" }),
+  ).toBe(1);
   // An empty body sent as one is malformed JSON, as on the WhatsApp webhook.
   const empty = await send(current, "/webhooks/stripe", {
     headers: { "content-type": "application/json" },
