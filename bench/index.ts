@@ -250,7 +250,9 @@ try {
   log("\nWebhooks (in process, app.handle, 32 in flight)");
   log("| operation | rate |");
   log("| --- | ---: |");
-  log(`| Stripe signature: verifyHeaderAsync and JSON.parse, 1.5 KB event | ${fmt(stripe.verifyPerSecond)}/s |`);
+  log(
+    `| Stripe signature: verifyHeaderAsync and JSON.parse, 1.5 KB event | ${fmt(stripe.verifyPerSecond)}/s |`,
+  );
   log(
     `| Stripe delivery through every defence, verified and recorded once | ${fmt(stripe.deliveriesPerSecond)}/s${stripe.failed > 0 ? ` (${stripe.failed} not 200)` : ""} |`,
   );

@@ -417,11 +417,10 @@ export class SqliteAuditLog implements AuditLog {
 
   private readonly scrub: (text: string) => string;
 
-  private clientText(text: string): string {
-    return logSafe(scrubUrlPart(text, this.scrub)) ?? "";
-  }
-
-  /** As clientText, cut shorter: scrubbed whole first, so a secret cut leaves nothing of itself. */
+  /**
+   * A route as the client sent it, made safe to keep: scrubbed whole first, then cut, so a secret
+   * cut leaves nothing of itself, then escaped.
+   */
   private routeText(route: string): string {
     return logSafe(cutRoute(scrubUrlPart(route, this.scrub))) ?? "";
   }
