@@ -15,7 +15,7 @@ const UNSEEN = /[\p{Default_Ignorable_Code_Point}\p{Cf}\u2800\uFFFC\u{18CFF}\u{1
  * the scripts and forms a keyboard or an IME types: Cyrillic, Greek, Armenian, Cherokee and Lisu
  * capitals that copy Latin ones, and small capitals.
  */
-const LOOKS_LATIN: Readonly<Record<string, string>> = {
+const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   // Cyrillic
   а: "a",
   в: "b",
@@ -68,6 +68,9 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = {
   Ԝ: "W",
   Һ: "H",
   Ӏ: "I",
+  ѵ: "v",
+  Ѵ: "V",
+  Ԍ: "G",
   // Greek
   α: "a",
   β: "b",
@@ -96,6 +99,43 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = {
   Τ: "T",
   Υ: "Y",
   Χ: "X",
+  ϳ: "j",
+  Ϳ: "J",
+  ϲ: "c",
+  Ϲ: "C",
+  // Coptic (probe 90h F1: `ⲣⲁⲩ` read as itself beside `pay`)
+  Ⲁ: "A",
+  ⲁ: "a",
+  Ⲃ: "B",
+  ⲅ: "r",
+  Ⲉ: "E",
+  ⲉ: "e",
+  Ⲍ: "Z",
+  ⲍ: "z",
+  Ⲏ: "H",
+  ⲏ: "h",
+  Ⲓ: "I",
+  ⲓ: "i",
+  Ⲕ: "K",
+  ⲕ: "k",
+  Ⲙ: "M",
+  ⲙ: "m",
+  Ⲛ: "N",
+  ⲛ: "n",
+  Ⲟ: "O",
+  ⲟ: "o",
+  Ⲣ: "P",
+  ⲣ: "p",
+  Ⲥ: "C",
+  ⲥ: "c",
+  Ⲧ: "T",
+  ⲧ: "t",
+  Ⲩ: "Y",
+  ⲩ: "y",
+  Ⲭ: "X",
+  ⲭ: "x",
+  Ⲱ: "W",
+  ⲱ: "w",
   // Armenian
   օ: "o",
   ս: "u",
@@ -184,7 +224,21 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = {
   ɡ: "g",
   ɩ: "i",
   ʋ: "u",
-};
+});
+
+/**
+ * The list with Cherokee's small letters beside its capitals, read as the small Latin letters:
+ * they are the capitals' lower case (U+AB70…), drawn as small capitals, and case folding turns a
+ * capital into one (probe 90h F1).
+ */
+function withCherokeeSmallLetters(list: Record<string, string>): Record<string, string> {
+  for (const [letter, latin] of Object.entries(list)) {
+    const small = letter.toLowerCase();
+    if (small !== letter && /\p{Script=Cherokee}/u.test(letter))
+      list[small] ??= latin.toLowerCase();
+  }
+  return list;
+}
 
 /** The text without what draws nothing, spelt as it is otherwise. */
 export function withoutUnseen(text: string): string {

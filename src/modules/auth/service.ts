@@ -70,7 +70,7 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
-import { checkEmail, emailLookupKey, lookAlikeKey, mixesLookAlikeScripts } from "./email";
+import { checkEmail, emailLookupKey, lookAlikeKey, mixesScripts } from "./email";
 import type { PasswordWork } from "./password-work";
 import {
   createPasswordChecker,
@@ -406,7 +406,7 @@ export class AuthService {
   ): Promise<RegisterOutcome> {
     const address = checkEmail(rawEmail);
     if (!address.ok) return { code: "INVALID_EMAIL", reason: address.reason };
-    if (mixesLookAlikeScripts(address.email)) {
+    if (mixesScripts(address.email)) {
       return { code: "INVALID_EMAIL", reason: "mixed_scripts" };
     }
     const { email, key } = address;

@@ -259,6 +259,11 @@ describe("addresses that read as others (probe 90b)", () => {
       "\u13aaBC@example.com", // Cherokee A
       "\ua4eebc@example.com", // Lisu A
       "\u0430\u03b1@example.com", // Cyrillic with Greek
+      "\u2ca3aypal@example.com", // Coptic with Latin (probe 90h F1)
+      "\u1401bc@example.com", // Canadian Aboriginal with Latin
+      "\u2d30bc@example.com", // Tifinagh with Latin
+      "\u05d0bc@example.com", // Hebrew with Latin
+      "\u3042\uac00\u0430@example.com", // kana, Hangul and Cyrillic
     ]) {
       const refused = await register(target, email);
       expect({ email, status: refused.status }).toEqual({ email, status: 422 });
@@ -275,6 +280,9 @@ describe("addresses that read as others (probe 90b)", () => {
       "\u0432\u0435\u0440\u0430@example.com", // вера, all Cyrillic
       "\u03b1\u03b8\u03b7\u03bd\u03b1-2@example.com", // Greek
       "taro\u592a\u90ce@example.com", // Latin with Han
+      "\u305f\u308d\u3046\u592a\u90ce\u30bf\u30ed\u30a6@example.com", // kana and Han
+      "kim\uae40\u91d1@example.com", // Latin, Hangul and Han
+      "\u05d3\u05e0\u05d4@example.com", // Hebrew alone
       "\u0131\u015f\u0131k@example.com", // Turkish ışık: Latin
       "\u00e9mile.o'neil+tag@example.com",
     ]) {
@@ -289,21 +297,29 @@ describe("addresses that read as others (probe 90b)", () => {
     const target = app();
     expect((await register(target, "pay@example.com")).status).toBe(201);
     expect((await register(target, "bepa@example.com")).status).toBe(201);
-    // рау and вера in Cyrillic read as pay and bepa.
+    // рау and вера in Cyrillic read as pay and bepa; ⲣⲁⲩ in Coptic and ϳοε in Greek (with its
+    // yot), еѵа in Cyrillic (with its izhitsa) and ꮲꭺꭰ in Cherokee small letters as pad (90h F1).
+    for (const taken of ["joe", "eva", "pad"]) {
+      expect((await register(target, `${taken}@example.com`)).status).toBe(201);
+    }
     for (const email of [
       "\u0440\u0430\u0443@example.com",
       "\u0412\u0415\u0420\u0410@example.com",
+      "\u2ca3\u2c81\u2ca9@example.com",
+      "\u03f3\u03bf\u03b5@example.com",
+      "\u0435\u0475\u0430@example.com",
+      "\uabb2\uab7a\uab70@example.com",
     ]) {
       const again = await register(target, email);
       expect({ email, status: again.status }).toEqual({ email, status: 409 });
     }
-    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 2 });
+    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 5 });
     target.services.audit.flush();
     expect(
       target.db.$client
         .query("SELECT detail FROM audit_events WHERE type = 'auth.register.duplicate'")
         .all(),
-    ).toEqual([{ detail: '{"lookAlike":true}' }, { detail: '{"lookAlike":true}' }]);
+    ).toEqual(Array.from({ length: 6 }, () => ({ detail: '{"lookAlike":true}' })));
     // At another domain it is its own address.
     expect((await register(target, "\u0440\u0430\u0443@example.org")).status).toBe(201);
 
