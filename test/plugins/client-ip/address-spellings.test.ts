@@ -300,7 +300,7 @@ describe("the admin blocks API and CLI", () => {
         spelling: spellings[index],
         code: 2,
         err: [
-          "palisade blocks:add: --address must be a canonical dotted-decimal IPv4 or an IPv6 address",
+          "palisade blocks:add: --address must be a canonical dotted-decimal IPv4 or an IPv6 address, or an IPv6 /48",
         ],
       });
     }
@@ -325,7 +325,7 @@ describe("the admin blocks API and CLI", () => {
     );
     expect(result.code).toBe(2);
     expect(result.stderr.trim()).toBe(
-      "palisade blocks:add: --address must be a canonical dotted-decimal IPv4 or an IPv6 address",
+      "palisade blocks:add: --address must be a canonical dotted-decimal IPv4 or an IPv6 address, or an IPv6 /48",
     );
     expect(blockRows()).toEqual([]);
   });
