@@ -310,7 +310,6 @@ function prepareStatements(db: AppDatabase) {
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
          WHERE address = $address AND (expires_at <= $now OR lifted_at <= $now)`,
       ),
-    // A block an admin lifted was judged a mistake: it does not lengthen the next one.
     // A /48's /64 keys, by the address index (blockSiteIfDue).
     autoBlocksBetween: () =>
       sqlite.query<StoredBlock, { from: string; to: string; since: number }>(
@@ -318,6 +317,7 @@ function prepareStatements(db: AppDatabase) {
          WHERE address >= $from AND address < $to
            AND source = 'auto' AND created_at > $since AND lifted_at IS NULL`,
       ),
+    // A block an admin lifted was judged a mistake: it does not lengthen the next one.
     priorAutoBlocks: () =>
       sqlite.query<StoredBlock, { address: string; since: number }>(
         `SELECT ${SEALED_BLOCK_COLUMNS} FROM ip_blocks
