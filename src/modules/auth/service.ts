@@ -70,7 +70,8 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
-import { checkEmail, emailLookupKey, lookAlikeKey, mixesScripts } from "./email";
+import { checkEmail, emailLookupKey, lookAlikeKey } from "./email";
+import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
 import {
   createPasswordChecker,
