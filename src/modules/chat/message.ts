@@ -19,6 +19,7 @@ export type MessageCheck = { ok: true; message: string } | { ok: false; rule: st
  * Mistral's `[INST]` family, EXAONE's `[|…|]`, MiniMax-M1's `<beginning_of_sentence>` and
  * TeleChat2's `<_user>` kin, Nemotron Nano 2's `<SPECIAL_N>`, openPangu's `[unusedN]`, Ling's
  * `<role>SYSTEM</role>`, Seed-Coder's and MiniCPM's, Reka's `<sep>`, Idefics3's `<end_of_utterance>`,
+ * Baichuan's `<B_SYS>`, `<C_Q>` and `<H_A>`, InternLM's `<eoh>`,
  * and those probe 86e F1 found past the first list. vLLM, llama.cpp and
  * Hugging Face templates render the user's text into the prompt and tokenize these as the real
  * markers, so a user's message could close its own turn and open a `system` one (probe 86b F2).
@@ -54,6 +55,10 @@ const TEMPLATE_TOKEN = new RegExp(
     // Reka Flash 3's turn separator (`human: … <sep> assistant:`) and Idefics3's and SmolVLM's
     // end of a turn (`User: …<end_of_utterance>\nAssistant:`) (probe 89f F3).
     "<sep>|<end_of_utterance>",
+    // Baichuan's roles (`<B_SYS>`, `<B_USYS>`, `<H_Q>`, `<H_A>`; `<C_Q>`, `<C_A>` in Baichuan-M1,
+    // -Omni and -Audio, whose other markers end in `_baichuan`) and InternLM's first ends of a
+    // turn, `<eoh>`, `<eoa>`, `<eosys>` (probe 90k F1).
+    "</?B_(?:SYS|USYS|FUNC|CODE|APE)>|<[CH]_[QA]>|<[a-z_]{1,40}_baichuan>|<eo(?:h|a|sys)>",
     "<seed:[a-z_]{2,16}>",
     "<extra_id_\\d{1,3}>",
     "<reserved_\\d{1,4}>",
