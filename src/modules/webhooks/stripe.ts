@@ -89,10 +89,12 @@ export function signedTimestamp(header: string): number | null {
  * that failed: a signed empty body was audited as one (probe 90h F3).
  */
 function signsEmptyBody(header: string, secret: string, signedAt: number): boolean {
-  const expected = createHmac("sha256", secret).update(`${signedAt}.`).digest();
+  // Compared as the SDK compares: the hex text exactly (`Buffer.from(…, "hex")` stops at the
+  // first character that is not hex and takes either case: 90j F4).
+  const expected = Buffer.from(createHmac("sha256", secret).update(`${signedAt}.`).digest("hex"));
   for (const item of header.split(",")) {
     if (!item.startsWith("v1=")) continue;
-    const given = Buffer.from(item.slice(3), "hex");
+    const given = Buffer.from(item.slice(3));
     if (given.length === expected.length && timingSafeEqual(given, expected)) return true;
   }
   return false;
@@ -111,7 +113,8 @@ export async function verifyStripeSignature(
     return null;
   }
   if (payload === "") {
-    if (signedAt < receivedAtMs / 1000 - STRIPE_SIGNATURE_TOLERANCE_S) return null;
+    // The SDK's reading of the age: whole seconds, the current one rounded down.
+    if (Math.floor(receivedAtMs / 1000) - signedAt > STRIPE_SIGNATURE_TOLERANCE_S) return null;
     return secrets.some((secret) => signsEmptyBody(header, secret, signedAt))
       ? { malformed: true }
       : null;

@@ -278,6 +278,15 @@ test("a POST with no body is a signature failure (400 BAD_SIGNATURE, counted, au
     { "stripe-signature": "t=1,v1=00" },
     { "stripe-signature": await signStripe("", "whsec_another_secret_0123456789") },
     { "stripe-signature": await signStripe("", undefined, Math.floor(Date.now() / 1000) - 600) },
+    // The right signature spelt otherwise: upper case, or with a character more (probe 90j F4).
+    {
+      "stripe-signature": (await signStripe("")).replace(
+        /v1=([0-9a-f]+)/,
+        (_, hex: string) => `v1=${hex.toUpperCase()}`,
+      ),
+    },
+    { "stripe-signature": (await signStripe("")).replace(/v1=([0-9a-f]+)/, "v1=$10") },
+    { "stripe-signature": (await signStripe("")).replace(/v1=([0-9a-f]+)/, "v1=$1zz") },
   ];
   let failures = 0;
   for (const headers of bodiless) {
