@@ -350,11 +350,20 @@ describe("an admin's block of a /48 (probe 90a, the runbook's `blocks:add` of a 
     });
     expect(viaProxy.status).toBe(409);
 
-    // The well-known translation prefix's /48, which its non-translated /64s can earn
-    // automatically, may be blocked by hand too; its translated IPv4 clients are not refused.
-    expect(await (await block("64:ff9b::/48")).json()).toMatchObject({ address: "64:ff9b::/48" });
-    expect((await send(target, "/openapi.json", { peer: "64:ff9b:0:1::1" })).status).toBe(403);
-    expect((await send(target, "/openapi.json", { peer: "64:ff9b::102:304" })).status).toBe(200);
+    // A /48 of translated IPv4 clients, keyed one by one, which no /48 block would refuse, and
+    // `::/48` (loopback, IPv4-compatible addresses) are refused too (probe 90j F3).
+    for (const address of [
+      "64:ff9b::/48",
+      "64:ff9b:1::/48",
+      "64:ff9b::10.0.0.0/48",
+      "::10.0.0.0/48",
+      "::/48",
+      "0:1::/48",
+    ]) {
+      const refused = await block(address);
+      expect({ address, status: refused.status }).toEqual({ address, status: 422 });
+    }
+    expect((await block("64:ff9b:2::/48")).status).toBe(201);
 
     const cli = await cliInProcess(
       ["blocks:add", "--address", "2001:db8:7::/48", "--ttl", "30m", "--reason", "flood"],

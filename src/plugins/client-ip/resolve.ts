@@ -149,7 +149,12 @@ export function blockSubjectOf(text: string): string | null {
   if (!text.endsWith("/48")) return null;
   const written = parseIp(text.slice(0, -3));
   if (written === null || written.kind() !== "ipv6") return null;
-  return `${prefixText((written as ipaddr.IPv6).parts, 3)}/48`;
+  const parts = (written as ipaddr.IPv6).parts;
+  // Nor a /48 whose clients are no /64s: `::/16`'s (loopback, the IPv4-compatible `::10.0.0.0`,
+  // whose /48 is `::/48`) and the translation prefixes', whose IPv4 clients are keyed alone and
+  // were refused by no /48 block it made (probe 90j F3).
+  if (parts[0] === 0 || (parts[0] === 0x64 && parts[1] === 0xff9b && parts[2]! <= 1)) return null;
+  return `${prefixText(parts, 3)}/48`;
 }
 
 /** The /48 a client key (an IPv6 /64) lies in, or null (siteKeyOf). */
