@@ -20,10 +20,8 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   а: "a",
   в: "b",
   е: "e",
-  ё: "e",
   з: "3",
   і: "i",
-  ї: "i",
   ј: "j",
   к: "k",
   м: "m",
@@ -47,10 +45,8 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   А: "A",
   В: "B",
   Е: "E",
-  Ё: "E",
   З: "3",
   І: "I",
-  Ї: "I",
   Ј: "J",
   К: "K",
   М: "M",
@@ -69,6 +65,8 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   Һ: "H",
   Ӏ: "I",
   ѵ: "v",
+  ҽ: "e",
+  Ҽ: "E",
   Ѵ: "V",
   Ԍ: "G",
   // Greek
@@ -99,6 +97,7 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   Τ: "T",
   Υ: "Y",
   Χ: "X",
+  η: "n",
   ϳ: "j",
   Ϳ: "J",
   ϲ: "c",
@@ -139,6 +138,7 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   // Armenian
   օ: "o",
   ս: "u",
+  լ: "l",
   ո: "n",
   հ: "h",
   զ: "q",
@@ -224,6 +224,9 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   ɡ: "g",
   ɩ: "i",
   ʋ: "u",
+  ǀ: "l",
+  // Han's vertical stroke, which a Latin address may hold (probe 90j F2: `paypa丨`)
+  丨: "l",
 });
 
 /**
@@ -250,9 +253,23 @@ export function seenCharacters(text: string): string {
   return withoutUnseen(text.normalize("NFKC"));
 }
 
-/** The text as a reader takes it in (see the module's header). */
+/**
+ * The text as a reader takes it in (see the module's header). A letter with marks not in the list
+ * (Cyrillic `ӓ`, Greek `ό`) is read as its base letter's reading with the same marks (`ä`, `ó`):
+ * `һӓскег` read as itself beside `häcker` (probe 90j F2).
+ */
 export function readAsLatin(text: string): string {
   let read = "";
-  for (const character of seenCharacters(text)) read += LOOKS_LATIN[character] ?? character;
-  return read;
+  let marked = false;
+  for (const character of seenCharacters(text)) {
+    const [base, ...marks] = character.normalize("NFD");
+    const baseLatin = marks.length === 0 || base === undefined ? undefined : LOOKS_LATIN[base];
+    if (baseLatin !== undefined) {
+      read += baseLatin + marks.join("");
+      marked = true;
+    } else {
+      read += LOOKS_LATIN[character] ?? character;
+    }
+  }
+  return marked ? read.normalize("NFC") : read;
 }

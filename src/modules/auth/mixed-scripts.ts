@@ -49,7 +49,8 @@ const WITH_LATIN: readonly ReadonlySet<string>[] = [
 export function mixesScripts(email: string): boolean {
   const local = email.slice(0, email.lastIndexOf("@"));
   const scripts = new Set<string>();
-  for (const letter of local.match(/\p{L}/gu) ?? []) {
+  // Digits too: a Myanmar zero in `j၀e` is Myanmar's, as UTS #39 counts it (probe 90j F1).
+  for (const letter of local.match(/[\p{L}\p{N}]/gu) ?? []) {
     if (NO_SCRIPT.test(letter)) continue;
     scripts.add(SCRIPTS.find(([, script]) => script.test(letter))?.[0] ?? "unlisted");
   }

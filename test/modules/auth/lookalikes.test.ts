@@ -264,6 +264,8 @@ describe("addresses that read as others (probe 90b)", () => {
       "\u2d30bc@example.com", // Tifinagh with Latin
       "\u05d0bc@example.com", // Hebrew with Latin
       "\u3042\uac00\u0430@example.com", // kana, Hangul and Cyrillic
+      "j\u1040e@example.com", // a Myanmar digit zero among Latin letters (probe 90j F1)
+      "j\u0966e@example.com", // a Devanagari digit zero
     ]) {
       const refused = await register(target, email);
       expect({ email, status: refused.status }).toEqual({ email, status: 422 });
@@ -299,7 +301,7 @@ describe("addresses that read as others (probe 90b)", () => {
     expect((await register(target, "bepa@example.com")).status).toBe(201);
     // рау and вера in Cyrillic read as pay and bepa; ⲣⲁⲩ in Coptic and ϳοε in Greek (with its
     // yot), еѵа in Cyrillic (with its izhitsa) and ꮲꭺꭰ in Cherokee small letters as pad (90h F1).
-    for (const taken of ["joe", "eva", "pad"]) {
+    for (const taken of ["joe", "eva", "pad", "h\u00e4cker", "\u00f3ko", "not", "paypal"]) {
       expect((await register(target, `${taken}@example.com`)).status).toBe(201);
     }
     for (const email of [
@@ -309,17 +311,25 @@ describe("addresses that read as others (probe 90b)", () => {
       "\u03f3\u03bf\u03b5@example.com",
       "\u0435\u0475\u0430@example.com",
       "\uabb2\uab7a\uab70@example.com",
+      // Letters with marks read as their base letters' readings with the marks (probe 90j F2),
+      // and letters the list lacked.
+      "\u04bb\u04d3\u0441\u043a\u0435\u0433@example.com", // һӓскег
+      "\u03cc\u03ba\u03bf@example.com", // όκο
+      "\u03b7\u03bf\u03c4@example.com", // ηοτ
+      "\u04bd\u0475\u0430@example.com", // ҽѵа
+      "paypa\u01c0@example.com", // a Latin dental click for l
+      "paypa\u4e28@example.com", // Han's vertical stroke for l, beside Latin as Han may be
     ]) {
       const again = await register(target, email);
       expect({ email, status: again.status }).toEqual({ email, status: 409 });
     }
-    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 5 });
+    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 9 });
     target.services.audit.flush();
     expect(
       target.db.$client
         .query("SELECT detail FROM audit_events WHERE type = 'auth.register.duplicate'")
         .all(),
-    ).toEqual(Array.from({ length: 6 }, () => ({ detail: '{"lookAlike":true}' })));
+    ).toEqual(Array.from({ length: 12 }, () => ({ detail: '{"lookAlike":true}' })));
     // At another domain it is its own address.
     expect((await register(target, "\u0440\u0430\u0443@example.org")).status).toBe(201);
 
