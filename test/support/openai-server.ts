@@ -72,6 +72,8 @@ export type UpstreamStep =
       afterFinish?: string;
       /** In a stream, reasoning pieces sent after the finish, each in a chunk of its own. */
       reasoningAfterFinish?: string[];
+      /** In a stream, no `[DONE]` after the last chunk: the connection is held for a minute. */
+      holdOpen?: boolean;
     }
   | {
       kind: "error";
@@ -428,7 +430,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
       const usage = usageOf(body, pieces.join(""), step.usage);
       actions.push({ pauseMs: 0, write: chunk([], usage) });
     }
-    actions.push({ pauseMs: 0, write: "data: [DONE]\n\n" });
+    const hold = step.kind === "reply" && step.holdOpen === true;
+    actions.push({ pauseMs: hold ? 60_000 : 0, write: "data: [DONE]\n\n" });
     return actions;
   }
 

@@ -765,6 +765,25 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     ]);
   });
 
+  test("an upstream that holds the connection after the reply's finish and count ends no turn in a timeout: the reply is whole, answered at once, no failure counted (probe 90k F2)", async () => {
+    const { reply, events, stored } = await storedAfter([
+      { kind: "reply", chunks: ["Held ", "open."], holdOpen: true },
+      // No count at all, then silence: whole too, charged its estimate.
+      { kind: "reply", chunks: ["Also ", "whole."], usage: false, holdOpen: true },
+    ]);
+    expect(reply).toBe("Held open.");
+    expect(events).toEqual(["message", "message", "done"]);
+    expect(stored).toEqual([
+      ["Held open.", false],
+      ["Also whole.", false],
+      ["Whole answer.", false],
+    ]);
+    const metrics = await (await send(target!, "/metrics", { peer: "127.0.0.1" })).text();
+    expect(metrics).toContain(
+      'upstream_attempt_failures_total{provider="openai",kind="unavailable"} 0',
+    );
+  });
+
   test("the first finish is the reply's: a later finish does not mark a whole reply cut, and reasoning after it is not charged (probe 89g F2, F3)", async () => {
     const { stored } = await storedAfter([
       { kind: "reply", chunks: ["Hello ", "there."], thenFinish: "content_filter" },

@@ -1162,6 +1162,7 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       // a reasoning character every 29 s kept the silence timer from ever firing).
       const streamEndsBy = performance.now() + timeoutMs + maxCompletionTokens * 1000;
       let broken: string | undefined;
+      let complete = false;
       let refusedInStream: "text" | "size" | "rejected" | null = null;
       while (true) {
         // Only the upstream's silence is timed, not the time our consumer takes with a delta.
@@ -1205,7 +1206,8 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           broken = "malformed chunk";
           break;
         }
-        usage = readUsage(chunk.usage) ?? usage;
+        const chunkUsage = readUsage(chunk.usage);
+        usage = chunkUsage ?? usage;
         const choice = replyChoice(chunk);
         // Only the usage is read after the reply's first finish: text after it was appended (probe
         // 89f F4), reasoning after it charged up to the completion cap (89g F3), and a later finish
@@ -1235,9 +1237,17 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             if (CAPPED.has(reason)) capped = true;
           }
         }
+        // Finished, and its count arrived with the finish or after it (OpenAI's last chunk): the
+        // turn is over, whatever the upstream does next. Waiting for its `[DONE]`, an upstream that
+        // held the connection turned a whole reply into a timeout, a failure (probe 90k F2).
+        if (finished && chunkUsage !== undefined) {
+          complete = true;
+          break;
+        }
       }
-      // A stream left mid-way (a malformed chunk, a reply past its cap): the upstream stops sending.
-      if (broken !== undefined) own.abort();
+      // A stream left mid-way (a malformed chunk, a reply past its cap), or past its end: the
+      // upstream stops sending.
+      if (broken !== undefined || complete) own.abort();
       observe(startedAt);
       // The SDK ends a stream quietly when its request is aborted: find out whose abort it was (a
       // trial's caller is not joined: the trial's end is its verdict whatever the caller did).
@@ -1245,9 +1255,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
       const generated = text.length + reasoning;
       if (callers?.aborted) throw new AbortedMidReply(abortReason(callers), generated);
       let failure: UpstreamFailure | undefined;
-      const busy = idle && !permit.trial && othersProgressedSince(silentSince);
+      // Silent after the reply's finish, with no count yet: the reply is whole, charged its
+      // estimate; the silence is no failure of the upstream's to count (probe 90k F2).
+      const stalled = idle && !finished;
+      const busy = stalled && !permit.trial && othersProgressedSince(silentSince);
       if (busy) metrics.busyTimeouts.labels(PROVIDER).inc();
-      if (idle)
+      if (stalled)
         failure = new UpstreamFailure("unavailable", `timeout mid-stream${busy ? WHILE_BUSY : ""}`);
       else if (refusedInStream === "rejected") {
         failure = new UpstreamFailure(
