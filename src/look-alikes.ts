@@ -225,8 +225,17 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   ɩ: "i",
   ʋ: "u",
   ǀ: "l",
-  // Han's vertical stroke, which a Latin address may hold (probe 90j F2: `paypa丨`)
+  // Han's and Hangul's strokes and circles, which a Latin address may hold beside its letters
+  // (probes 90j F2, 90m F1: `paypa丨`, `g〇〇gle`, `john一smith`)
   丨: "l",
+  〡: "l",
+  〇: "o",
+  一: "-",
+  ー: "-",
+  // Hangul's compatibility letters are these after NFKC
+  ᅵ: "l",
+  ᅳ: "-",
+  ᄋ: "o",
 });
 
 /**

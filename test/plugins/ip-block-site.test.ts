@@ -223,6 +223,14 @@ describe("an IPv6 /48 whose /64s are blocked", () => {
     expect(Number(sibling.headers.get("retry-after"))).toBe(60 * 60);
   });
 
+  test("the /48s that are no one's site (::/16, the translation prefixes') are never blocked whole: their /64s one by one (probe 90m F5)", async () => {
+    const target = blockingApp();
+    for (const n of [1, 2, 3, 4, 5]) await untilBlocked(target, `64:ff9b:0:${n}::1`);
+    for (const n of [1, 2, 3, 4, 5]) await untilBlocked(target, `0:0:0:${n}::1`);
+    expect(blockRows(target).filter((row) => row.address.endsWith("/48"))).toEqual([]);
+    expect((await send(target, "/openapi.json", { peer: "64:ff9b:0:99::1" })).status).toBe(200);
+  });
+
   test("addresses of RFC 8215's local-use translation prefix are keyed one by one, as 64:ff9b::/96's are (probe 90a F6)", async () => {
     const target = blockingApp();
     await untilBlocked(target, "64:ff9b:1::c000:201");

@@ -74,6 +74,10 @@ export type UpstreamStep =
       reasoningAfterFinish?: string[];
       /** In a stream, no `[DONE]` after the last chunk: the connection is held for a minute. */
       holdOpen?: boolean;
+      /** In a stream, a count sent before the reply (in a chunk of its own, no choices). */
+      earlyUsage?: { prompt: number; completion: number };
+      /** In a stream, a count on the finish's own chunk (a running total, as some servers send). */
+      finishUsage?: { prompt: number; completion: number };
     }
   | {
       kind: "error";
@@ -385,6 +389,9 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         });
       }
     }
+    if (step.kind === "reply" && step.earlyUsage !== undefined) {
+      actions.push({ pauseMs: 0, write: chunk([], usageOf(body, "", step.earlyUsage)) });
+    }
     const pauses = step.kind === "reply" ? step.pauses : undefined;
     const other = step.kind === "reply" ? step.otherChoice : undefined;
     pieces.forEach((piece, i) => {
@@ -398,11 +405,13 @@ export async function startOpenAiServer(options: OpenAiServerOptions = {}): Prom
         });
       }
     });
+    const finishUsage = step.kind === "reply" ? step.finishUsage : undefined;
     actions.push({
       pauseMs: pause,
-      write: chunk([
-        { index: 0, delta: {}, logprobs: null, finish_reason: step.finishReason ?? "stop" },
-      ]),
+      write: chunk(
+        [{ index: 0, delta: {}, logprobs: null, finish_reason: step.finishReason ?? "stop" }],
+        finishUsage === undefined ? undefined : usageOf(body, pieces.join(""), finishUsage),
+      ),
     });
     if (step.kind === "reply" && step.afterFinish !== undefined) {
       actions.push({ pauseMs: 0, write: delta(step.afterFinish) });

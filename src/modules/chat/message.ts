@@ -105,5 +105,16 @@ export function checkChatMessage(raw: string): MessageCheck {
  * stored text stays as it was, and the model reads the same characters but no role marker.
  */
 export function defuseTemplateTokens(text: string): string {
-  return text.replace(TEMPLATE_TOKENS, (token) => `${token.slice(0, 1)}\u2060${token.slice(1)}`);
+  // Again until none is left: one pass finds markers that do not overlap, and MiniMax's `]~b]~b]`
+  // holds a second `]~b]` on the first one's last `]` (probe 90m F2). Each pass breaks at least
+  // one marker for good, so it ends.
+  let defused = text;
+  for (let before = ""; before !== defused; ) {
+    before = defused;
+    defused = defused.replace(
+      TEMPLATE_TOKENS,
+      (token) => `${token.slice(0, 1)}\u2060${token.slice(1)}`,
+    );
+  }
+  return defused;
 }

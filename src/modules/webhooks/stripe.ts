@@ -93,8 +93,10 @@ function signsEmptyBody(header: string, secret: string, signedAt: number): boole
   // first character that is not hex and takes either case: 90j F4).
   const expected = Buffer.from(createHmac("sha256", secret).update(`${signedAt}.`).digest("hex"));
   for (const item of header.split(",")) {
-    if (!item.startsWith("v1=")) continue;
-    const given = Buffer.from(item.slice(3));
+    // Read as the SDK reads an item: split on `=`, the second part the value (90m F4: `v1=…=x`).
+    const [scheme, value] = item.split("=");
+    if (scheme !== "v1" || value === undefined) continue;
+    const given = Buffer.from(value);
     if (given.length === expected.length && timingSafeEqual(given, expected)) return true;
   }
   return false;

@@ -126,14 +126,25 @@ function prefixText(parts: readonly number[], groups: number): string {
 
 /**
  * The IPv6 /48 (a site's usual assignment: 65,536 /64s) that a client's /64 key lies in, or null
- * when its key is not a /64 (IPv4, an IPv4 address translated to IPv6). Automatic blocks escalate
+ * when its key is not a /64 (IPv4, an IPv4 address translated to IPv6) or the /48 is no site
+ * (isSite). Automatic blocks escalate
  * to it once several of its /64s are blocked: a client holding a /48 otherwise earned a block, and
  * its audit row, for every /64 it rotated through (probe 89d F3).
  */
 export function siteKeyOf(address: Address | null): string | null {
   if (address === null || address.kind() !== "ipv6") return null;
-  const ipv6 = address as ipaddr.IPv6;
-  return isTranslatedIpv4(ipv6) ? null : `${prefixText(ipv6.parts, 3)}/48`;
+  const parts = (address as ipaddr.IPv6).parts;
+  return isSite(parts) ? `${prefixText(parts, 3)}/48` : null;
+}
+
+/**
+ * Whether the /48 of these parts is a site, blocked whole once enough of it is: not one of
+ * `::/16` (loopback `::1`, the IPv4-compatible `::10.0.0.1`: no one's assignment) nor of the
+ * translation prefixes, `64:ff9b::/48` and `64:ff9b:1::/48`, whose IPv4 clients are keyed alone
+ * (probes 90j F3, 90m F5: the admin route refused such a /48 that an automatic block could make).
+ */
+function isSite(parts: readonly number[]): boolean {
+  return parts[0] !== 0 && !(parts[0] === 0x64 && parts[1] === 0xff9b && parts[2]! <= 1);
 }
 
 /**
@@ -149,12 +160,7 @@ export function blockSubjectOf(text: string): string | null {
   if (!text.endsWith("/48")) return null;
   const written = parseIp(text.slice(0, -3));
   if (written === null || written.kind() !== "ipv6") return null;
-  const parts = (written as ipaddr.IPv6).parts;
-  // Nor a /48 whose clients are no /64s: `::/16`'s (loopback, the IPv4-compatible `::10.0.0.0`,
-  // whose /48 is `::/48`) and the translation prefixes', whose IPv4 clients are keyed alone and
-  // were refused by no /48 block it made (probe 90j F3).
-  if (parts[0] === 0 || (parts[0] === 0x64 && parts[1] === 0xff9b && parts[2]! <= 1)) return null;
-  return `${prefixText(parts, 3)}/48`;
+  return siteKeyOf(written);
 }
 
 /** The /48 a client key (an IPv6 /64) lies in, or null (siteKeyOf). */

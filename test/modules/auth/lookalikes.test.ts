@@ -301,7 +301,17 @@ describe("addresses that read as others (probe 90b)", () => {
     expect((await register(target, "bepa@example.com")).status).toBe(201);
     // рау and вера in Cyrillic read as pay and bepa; ⲣⲁⲩ in Coptic and ϳοε in Greek (with its
     // yot), еѵа in Cyrillic (with its izhitsa) and ꮲꭺꭰ in Cherokee small letters as pad (90h F1).
-    for (const taken of ["joe", "eva", "pad", "h\u00e4cker", "\u00f3ko", "not", "paypal"]) {
+    for (const taken of [
+      "joe",
+      "eva",
+      "pad",
+      "h\u00e4cker",
+      "\u00f3ko",
+      "not",
+      "paypal",
+      "google",
+      "john-smith",
+    ]) {
       expect((await register(target, `${taken}@example.com`)).status).toBe(201);
     }
     for (const email of [
@@ -319,17 +329,21 @@ describe("addresses that read as others (probe 90b)", () => {
       "\u04bd\u0475\u0430@example.com", // ҽѵа
       "paypa\u01c0@example.com", // a Latin dental click for l
       "paypa\u4e28@example.com", // Han's vertical stroke for l, beside Latin as Han may be
+      "g\u3007\u3007gle@example.com", // Han's circle for o (probe 90m F1)
+      "paypa\u3021@example.com", // a Hangzhou numeral one for l
+      "john\u4e00smith@example.com", // Han's one for a hyphen
+      "paypa\u3163@example.com", // a Hangul vowel for l, beside Latin as Hangul may be
     ]) {
       const again = await register(target, email);
       expect({ email, status: again.status }).toEqual({ email, status: 409 });
     }
-    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 9 });
+    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 11 });
     target.services.audit.flush();
     expect(
       target.db.$client
         .query("SELECT detail FROM audit_events WHERE type = 'auth.register.duplicate'")
         .all(),
-    ).toEqual(Array.from({ length: 12 }, () => ({ detail: '{"lookAlike":true}' })));
+    ).toEqual(Array.from({ length: 16 }, () => ({ detail: '{"lookAlike":true}' })));
     // At another domain it is its own address.
     expect((await register(target, "\u0440\u0430\u0443@example.org")).status).toBe(201);
 

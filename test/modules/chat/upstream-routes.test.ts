@@ -784,6 +784,37 @@ describe("POST /api/chat through the OpenAI provider chosen by configuration", (
     );
   });
 
+  test("the count charged is one sent with the finish or after it, the last such: a running total on the finish's chunk, or a count before the reply, is not the turn's (probe 90m F3)", async () => {
+    const { upstream, target, alice } = await setUp();
+    const reply = "Twelve characters and more of a whole reply.";
+    upstream.enqueue(
+      // A running total on the finish, then the final count, then the connection held.
+      {
+        kind: "reply",
+        chunks: [reply],
+        finishUsage: { prompt: 20, completion: 5 },
+        usage: { prompt: 20, completion: 11 },
+        holdOpen: true,
+      },
+      // A prompt's count before the reply, then a finish with none, then silence: the estimate.
+      {
+        kind: "reply",
+        chunks: [reply],
+        earlyUsage: { prompt: 50, completion: 1 },
+        usage: false,
+        holdOpen: true,
+      },
+    );
+    const charged = async () => {
+      const response = await chat(target, asUser(alice), { message: "One" });
+      expect(response.status).toBe(200);
+      return ((await response.json()) as { usage: { completionTokens: number } }).usage;
+    };
+    expect((await charged()).completionTokens).toBe(11);
+    // One token a four characters of the reply: not the 1 counted before it.
+    expect((await charged()).completionTokens).toBe(Math.ceil(reply.length / 4));
+  });
+
   test("the first finish is the reply's: a later finish does not mark a whole reply cut, and reasoning after it is not charged (probe 89g F2, F3)", async () => {
     const { stored } = await storedAfter([
       { kind: "reply", chunks: ["Hello ", "there."], thenFinish: "content_filter" },

@@ -288,6 +288,8 @@ test("a POST with no body is a signature failure (400 BAD_SIGNATURE, counted, au
     { "stripe-signature": (await signStripe("")).replace(/v1=([0-9a-f]+)/, "v1=$10") },
     { "stripe-signature": (await signStripe("")).replace(/v1=([0-9a-f]+)/, "v1=$1zz") },
   ];
+  // Read as the SDK reads an item, `v1=<hex>=x` is `<hex>`: verified (probe 90m F4).
+  const splitAtEquals = (await signStripe("")).replace(/v1=([0-9a-f]+)/, "v1=$1=x");
   let failures = 0;
   for (const headers of bodiless) {
     // Each from its own address: one address's failures are audited once a minute.
@@ -300,19 +302,21 @@ test("a POST with no body is a signature failure (400 BAD_SIGNATURE, counted, au
   expect(auditRows(current, "webhook.signature_failed")).toHaveLength(bodiless.length);
   // Signed by the configured secret, no body is a verified body that is not JSON: no signature
   // failure (the SDK verifies no empty payload, and its refusal read as one).
-  const signed = await send(current, "/webhooks/stripe", {
-    method: "POST",
-    headers: { "stripe-signature": await signStripe("") },
-    peer: "192.0.2.90",
-  });
-  expect(signed.status).toBe(400);
-  expect(((await signed.json()) as { code: string }).code).toBe("MALFORMED_BODY");
+  for (const [n, header] of [await signStripe(""), splitAtEquals].entries()) {
+    const signed = await send(current, "/webhooks/stripe", {
+      method: "POST",
+      headers: { "stripe-signature": header },
+      peer: `192.0.2.${90 + n}`,
+    });
+    expect(signed.status).toBe(400);
+    expect(((await signed.json()) as { code: string }).code).toBe("MALFORMED_BODY");
+  }
   expect(
     await metricValue(current, "webhook_signature_failures_total", { provider: "stripe" }),
   ).toBe(bodiless.length);
   expect(
     await metricValue(current, "webhook_events_total", { provider: "stripe", outcome: "failed" }),
-  ).toBe(1);
+  ).toBe(2);
   // An empty body sent as one is malformed JSON, as on the WhatsApp webhook.
   const empty = await send(current, "/webhooks/stripe", {
     headers: { "content-type": "application/json" },

@@ -1206,8 +1206,11 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
           broken = "malformed chunk";
           break;
         }
+        // A count is the turn's only once the reply has finished, in the finish's chunk or after
+        // it: one sent earlier (a prompt's alone, a running total) charged a fraction of a reply
+        // the upstream then went silent on (probe 90m F3).
+        const finishedBefore = finished;
         const chunkUsage = readUsage(chunk.usage);
-        usage = chunkUsage ?? usage;
         const choice = replyChoice(chunk);
         // Only the usage is read after the reply's first finish: text after it was appended (probe
         // 89f F4), reasoning after it charged up to the completion cap (89g F3), and a later finish
@@ -1237,10 +1240,12 @@ export function createOpenAiProvider(options: OpenAiProviderOptions): ChatProvid
             if (CAPPED.has(reason)) capped = true;
           }
         }
-        // Finished, and its count arrived with the finish or after it (OpenAI's last chunk): the
-        // turn is over, whatever the upstream does next. Waiting for its `[DONE]`, an upstream that
-        // held the connection turned a whole reply into a timeout, a failure (probe 90k F2).
-        if (finished && chunkUsage !== undefined) {
+        if (finished && chunkUsage !== undefined) usage = chunkUsage;
+        // Finished, and a count came in a chunk after the finish's (OpenAI's last): the turn is
+        // over, whatever the upstream does next. Waiting for its `[DONE]`, an upstream that held
+        // the connection turned a whole reply into a timeout, a failure (probe 90k F2). Not at a
+        // count in the finish's own chunk: a running total there was followed by the final one.
+        if (finishedBefore && chunkUsage !== undefined) {
           complete = true;
           break;
         }
