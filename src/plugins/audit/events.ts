@@ -93,6 +93,8 @@ export const AUDIT_EVENT_TYPES = [
   // The log itself, and refusals past the bound of those audited each (batched).
   "audit.chain.keyed",
   "audit.refusals_unrecorded",
+  // The chain's head went back below one this process logged (log.ts, logHead): must not be lost.
+  "audit.chain_went_back",
   // A trigger found in the database file and dropped (db/foreign-triggers.ts), a schema found
   // changed while running (db/schema-guard.ts), and rows sealed by an upgrade the file had already
   // been through (upgrade-sealing.ts); must not be lost.
@@ -116,6 +118,7 @@ export const TAMPER_EVENT_TYPES = [
   "db.trigger_dropped",
   "db.schema_changed",
   "db.resealed",
+  "audit.chain_went_back",
 ] as const satisfies readonly AuditEventType[];
 
 /**
@@ -231,6 +234,7 @@ export function mustNotLose(type: string): boolean {
     type.startsWith("privacy.") ||
     type.startsWith("ip.") ||
     type.startsWith("db.") ||
+    type === "audit.chain_went_back" ||
     type === "whatsapp.outbox_tampered" ||
     type === "whatsapp.outbox_sealed" ||
     type === "chat.conversation_tampered" ||

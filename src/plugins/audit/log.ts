@@ -42,6 +42,7 @@ import { auditCheckpoints, auditErasedActors, auditEventNames, auditEvents } fro
 import {
   cutBetweenCharacters,
   cutClientText,
+  type LogFn,
   type Logger,
   logSafe,
   secretScrubber,
@@ -398,7 +399,7 @@ export class SqliteAuditLog implements AuditLog {
   private readonly closing: (() => void)[] = [];
   /** The row id retention was last said to be held back by (noteRetentionHeldBy). */
   private retentionHeldBy: number | null = null;
-  private lastLoggedHead: string | null = null;
+  private lastLoggedHead: AuditHead | null = null;
   /** A batch met the lock and waits for the timer. */
   private deferred = false;
   /** When "audit flush deferred" was last logged, and the tries since (see flush). */
@@ -812,12 +813,49 @@ export class SqliteAuditLog implements AuditLog {
   logHead(force = false): void {
     try {
       const head = auditHead(this.sqlite);
-      if (!force && head.hash === this.lastLoggedHead) return;
-      this.lastLoggedHead = head.hash;
-      this.logger.info({ auditHead: head.hash, auditCount: head.count }, "audit chain head");
+      if (!force && head.hash === this.lastLoggedHead?.hash) return;
+      const earlier = this.lastLoggedHead;
+      this.lastLoggedHead = head;
+      // At the level the logs keep: at info, LOG_LEVEL=warn dropped every anchor, and with them
+      // any sign of the newest rows deleted (probe 90l F2).
+      anchorLog(this.logger)({ auditHead: head.hash, auditCount: head.count }, "audit chain head");
+      if (earlier !== null && !this.stillHolds(earlier, head)) this.wentBack(earlier, head);
     } catch (error) {
       this.logger.error({ err: error }, "audit chain head could not be read");
     }
+  }
+
+  /**
+   * Whether a head this process logged is still in the chain: the chain has not gone back below
+   * it, and its row holds the hash logged (or was taken by retention, which a checkpoint records).
+   */
+  private stillHolds(earlier: AuditHead, head: AuditHead): boolean {
+    if (head.count < earlier.count) return false;
+    if (head.count === earlier.count) return head.hash === earlier.hash;
+    const row = this.sqlite
+      .query<{ hash: string }, [number]>("SELECT hash FROM audit_events WHERE id = ?1")
+      .get(earlier.count);
+    if (row !== null) return row.hash === earlier.hash;
+    return (latestCheckpoint(this.sqlite)?.lastDeletedId ?? 0) >= earlier.count;
+  }
+
+  /**
+   * The chain went back below a head this process logged: its newest rows were deleted (and
+   * perhaps written again) by someone with the file. Logging the shorter chain's head as if
+   * nothing happened made the newest anchor vouch for it (probe 90l F1): said as an error, and
+   * recorded as tampering, which pages.
+   */
+  private wentBack(earlier: AuditHead, head: AuditHead): void {
+    this.logger.error(
+      { earlierCount: earlier.count, earlierHead: earlier.hash, auditCount: head.count },
+      "the audit chain went back: rows this process logged as its head were deleted or rewritten since; the anchor lines before this one are the ones to verify against (audit:verify --head --count)",
+    );
+    this.record({
+      type: "audit.chain_went_back",
+      outcome: "failure",
+      actor: "system",
+      detail: { earlierCount: earlier.count, earlierHead: earlier.hash, count: head.count },
+    });
   }
 
   /** Puts a batch back in front of the queue (keeping order) and schedules the next try. */
@@ -1084,6 +1122,20 @@ export class AuditNotStoredError extends Error {
 }
 
 /** The newest row's hash and id, or the newest checkpoint's when every row is gone. */
+/** The logger's method at the level its lines are kept at: info, or the configured one above it. */
+function anchorLog(logger: Logger): LogFn {
+  switch (logger.level) {
+    case "warn":
+      return logger.warn;
+    case "error":
+      return logger.error;
+    case "fatal":
+      return logger.fatal;
+    default:
+      return logger.info;
+  }
+}
+
 export function auditHead(sqlite: Database): AuditHead {
   const last = lastRowQuery(drizzleOf(sqlite)).get();
   if (last) return { hash: last.hash, count: last.id };

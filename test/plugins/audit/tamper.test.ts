@@ -417,6 +417,72 @@ describe("audit:verify fails on tampering", () => {
     expect(plain.stderr).toContain("rows 7 to 8 before it are missing");
   });
 
+  test("the service does not log the head of a chain cut below a head it logged as if nothing happened: an error, and tampering recorded, which pages (probe 90l F1)", async () => {
+    const { app, sqlite, audit } = seeded();
+    const anchor = loggedHead(app);
+    // The newest rows deleted and the sequence lowered, as someone with the file can: the ids
+    // are written again, with other hashes.
+    sqlite.run(`DELETE FROM audit_events WHERE id > ${anchor.count - 2}`);
+    sqlite.run(`UPDATE sqlite_sequence SET seq = ${anchor.count - 2} WHERE name = 'audit_events'`);
+    audit.logHead();
+    const wentBack = app.logs.entries.filter((e) => e.msg?.startsWith("the audit chain went back"));
+    expect(wentBack).toHaveLength(1);
+    expect(wentBack[0]).toMatchObject({
+      level: "error",
+      earlierCount: anchor.count,
+      auditCount: anchor.count - 2,
+    });
+    audit.flush();
+    const recorded = sqlite
+      .query("SELECT detail FROM audit_events WHERE type = 'audit.chain_went_back'")
+      .all() as { detail: string }[];
+    expect(recorded.map((row) => JSON.parse(row.detail))).toEqual([
+      { earlierCount: anchor.count, earlierHead: anchor.head, count: anchor.count - 2 },
+    ]);
+    const metrics = await (await send(app, "/metrics", { peer: "127.0.0.1" })).text();
+    expect(metrics).toContain('audit_tamper_events_recent{type="audit.chain_went_back"} 1');
+
+    app.close();
+    // Written again up to the same count, with other rows: the same head count, another hash.
+    const again = seeded();
+    const before = loggedHead(again.app);
+    again.sqlite.run(`DELETE FROM audit_events WHERE id = ${before.count}`);
+    again.sqlite.run(
+      `UPDATE sqlite_sequence SET seq = ${before.count - 1} WHERE name = 'audit_events'`,
+    );
+    again.audit.record({ type: "auth.logout", outcome: "success", actor: "user:mallory" });
+    again.audit.flush();
+    again.audit.logHead();
+    expect(
+      again.app.logs.entries.filter((e) => e.msg?.startsWith("the audit chain went back")),
+    ).toHaveLength(1);
+    again.app.close();
+    // An honest chain growing says nothing.
+    const honest = seeded();
+    honest.audit.record({ type: "auth.logout", outcome: "success", actor: "user:bob" });
+    honest.audit.flush();
+    honest.audit.logHead();
+    expect(
+      honest.app.logs.entries.filter((e) => e.msg?.startsWith("the audit chain went back")),
+    ).toEqual([]);
+  });
+
+  test("with LOG_LEVEL=warn or error the anchor lines are logged at that level, not dropped (probe 90l F2)", async () => {
+    for (const level of ["warn", "error"] as const) {
+      const app = buildTestApp({ env: { AUDIT_SECRET_KEY: AUDIT_KEY, LOG_LEVEL: level } });
+      try {
+        app.services.audit.record({ type: "auth.logout", outcome: "success", actor: "user:bob" });
+        app.services.audit.flush();
+        app.services.audit.logHead();
+        const anchors = app.logs.entries.filter((e) => e.msg === "audit chain head");
+        expect(anchors.length).toBeGreaterThan(0);
+        expect(anchors.at(-1)).toMatchObject({ level });
+      } finally {
+        app.close();
+      }
+    }
+  });
+
   test("an anchor that does not match an intact chain is said to be the anchor's fault, not a break before it (probe 26f F4)", async () => {
     const { app } = seeded();
     const anchor = loggedHead(app);
