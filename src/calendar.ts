@@ -11,7 +11,15 @@ export function isCalendarDay(day: string): boolean {
   return !Number.isNaN(time) && new Date(time).toISOString().slice(0, 10) === day;
 }
 
-/** An ISO 8601 date-time (already checked for its shape) whose date, as written, is a real day. */
+/**
+ * An instant written as RFC 3339 writes one: a `T`, at most milliseconds, and an offset. Without
+ * an offset `Date.parse` reads the server's local time, and JSON Schema's `date-time` format let
+ * a value with a `"` after it through, which `Date.parse` then read as nothing: an audit query
+ * answered an empty page (probe 90l F4).
+ */
+const INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}:\d{2})$/;
+
+/** An ISO 8601 date-time with an offset (INSTANT) whose date, as written, is a real day. */
 export function isCalendarDateTime(text: string): boolean {
-  return isCalendarDay(text.slice(0, 10));
+  return INSTANT.test(text) && !Number.isNaN(Date.parse(text)) && isCalendarDay(text.slice(0, 10));
 }

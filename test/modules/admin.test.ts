@@ -190,6 +190,23 @@ describe("audit log query", () => {
       expect(JSON.stringify(await response.json())).toContain(`query/${name}`);
     }
     expect((await get(`since=${encodeURIComponent("2026-02-28T00:00:00Z")}`)).status).toBe(200);
+    // A `"` after the time was read as no time, so the page was empty; a time without an offset
+    // was read in the server's zone (probe 90l F4): each is 422, as the summary's `since` is.
+    for (const [name, value] of [
+      ["since", '2026-12-07T02:09:00Z"'],
+      ["until", '2030-01-01T00:00:00Z"'],
+      ["since", '2026-12-07T02:09:00"Z'],
+      ["since", "2026-12-07 02:11"],
+      ["since", "2026-12-07T02:11:00"],
+      ["until", "2026-12-07 10:00 PM"],
+    ] as const) {
+      const response = await get(`${name}=${encodeURIComponent(value)}`);
+      expect({ value, status: response.status }).toEqual({ value, status: 422 });
+      expect(JSON.stringify(await response.json())).toContain(`query/${name}`);
+    }
+    expect((await get(`since=${encodeURIComponent("2026-02-28T00:00:00+02:00")}`)).status).toBe(
+      200,
+    );
   });
 
   test("a whole-number query parameter must be written in digits: every other spelling is 422", async () => {

@@ -86,8 +86,6 @@ export function presentSummary(summary: SecuritySummary) {
 const UNIT_MS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000 };
 // A full date-time with an explicit offset: a bare date or local time would be read in the
 // server's time zone, and an operator comparing with a log line would count the wrong hours.
-const ISO_DATE_TIME =
-  /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}:\d{2})$/;
 
 export type SinceResult = { ok: true; at: number } | { ok: false; message: string };
 
@@ -101,7 +99,7 @@ export function parseSince(raw: string | undefined, now: number): SinceResult {
   const duration = /^(\d{1,6})([mhd])$/.exec(raw);
   if (duration) {
     at = now - Number(duration[1]) * UNIT_MS[duration[2]!]!;
-  } else if (ISO_DATE_TIME.test(raw) && !Number.isNaN(Date.parse(raw)) && isCalendarDateTime(raw)) {
+  } else if (isCalendarDateTime(raw)) {
     at = Date.parse(raw);
   } else {
     return {

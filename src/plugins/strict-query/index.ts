@@ -63,10 +63,11 @@ const wholeNumber = (name: string): SentRule => ({
   valueOk: (raw) => DIGITS.test(raw),
 });
 
-// The format check takes 2026-02-30 (read as March 2): a day that does not exist is refused.
+// The format check takes 2026-02-30 (read as March 2), a time without an offset (read in the
+// server's zone) and one with a `"` after it (read as nothing): each is refused.
 const realDay = (name: string): SentRule => ({
   name,
-  message: "Expected one day that exists",
+  message: "Expected a date-time with an offset (2026-12-07T10:00:00Z) on a day that exists",
   valueOk: isCalendarDateTime,
 });
 

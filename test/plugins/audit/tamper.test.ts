@@ -425,7 +425,9 @@ describe("audit:verify fails on tampering", () => {
     sqlite.run(`DELETE FROM audit_events WHERE id > ${anchor.count - 2}`);
     sqlite.run(`UPDATE sqlite_sequence SET seq = ${anchor.count - 2} WHERE name = 'audit_events'`);
     audit.logHead();
-    const wentBack = app.logs.entries.filter((e) => e.msg?.startsWith("the audit chain went back"));
+    const wentBack = app.logs.entries.filter((e) =>
+      String(e.msg).startsWith("the audit chain went back"),
+    );
     expect(wentBack).toHaveLength(1);
     expect(wentBack[0]).toMatchObject({
       level: "error",
@@ -454,7 +456,7 @@ describe("audit:verify fails on tampering", () => {
     again.audit.flush();
     again.audit.logHead();
     expect(
-      again.app.logs.entries.filter((e) => e.msg?.startsWith("the audit chain went back")),
+      again.app.logs.entries.filter((e) => String(e.msg).startsWith("the audit chain went back")),
     ).toHaveLength(1);
     again.app.close();
     // An honest chain growing says nothing.
@@ -463,7 +465,7 @@ describe("audit:verify fails on tampering", () => {
     honest.audit.flush();
     honest.audit.logHead();
     expect(
-      honest.app.logs.entries.filter((e) => e.msg?.startsWith("the audit chain went back")),
+      honest.app.logs.entries.filter((e) => String(e.msg).startsWith("the audit chain went back")),
     ).toEqual([]);
   });
 
