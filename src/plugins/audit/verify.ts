@@ -171,6 +171,59 @@ function storedIdAfter(sqlite: Database, after: number | null): string {
   return row?.id ?? "?";
 }
 
+/**
+ * Rows put back from a copy taken before an erasure: each matches its own hash and commitment,
+ * so no row read alone tells (probe 90l F3: an erased account's rows copied back, the erasure's
+ * record deleted, and the log verified). The chain still holds the erasure's `privacy.erased`
+ * row, whose actor is the account's keyed pseudonym: a row naming the account by its id after
+ * that is one put back, unless the erasure is recorded as under way (`audit_erased_actors`, with
+ * its MAC), whose rows are rewritten a batch at a time. Accounts only: a key's rows name the key,
+ * whose owner the log does not say.
+ */
+class ErasuresPutBack {
+  private readonly erased = new Set<string>();
+  /** An account's keyed pseudonym, and the first row naming the account by its id. */
+  private readonly named = new Map<string, { actor: string; firstId: number }>();
+  private readonly pseudonyms = new Map<string, string>();
+
+  constructor(
+    private readonly sqlite: Database,
+    private readonly keys: AuditKeys,
+  ) {}
+
+  read(row: AuditRow): void {
+    if (row.actor === null) return;
+    if (row.type === "privacy.erased") {
+      this.erased.add(row.actor);
+      return;
+    }
+    if (!row.actor.startsWith("user:")) return;
+    let pseudonym = this.pseudonyms.get(row.actor);
+    if (pseudonym === undefined) {
+      pseudonym = this.keys.pseudonym(row.actor);
+      this.pseudonyms.set(row.actor, pseudonym);
+      this.named.set(pseudonym, { actor: row.actor, firstId: row.id });
+    }
+  }
+
+  /** The first row put back, or null. */
+  firstPutBack(): number | null {
+    const underWay = this.sqlite.query<{ pseudonym: string; mac: string }, [string]>(
+      "SELECT pseudonym, mac FROM audit_erased_actors WHERE actor_key = ?1",
+    );
+    let first: number | null = null;
+    for (const pseudonym of this.erased) {
+      const named = this.named.get(pseudonym);
+      if (named === undefined || (first !== null && named.firstId >= first)) continue;
+      const record = underWay.get(pseudonym);
+      const recorded =
+        record !== null && this.keys.vouchesForErasedActor(pseudonym, record.pseudonym, record.mac);
+      if (!recorded) first = named.firstId;
+    }
+    return first;
+  }
+}
+
 function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): VerifyResult {
   const checkpoint = latestCheckpoint(sqlite);
   const fail = (where: string, badId: number | null, reason: string, checked = 0) =>
@@ -195,6 +248,7 @@ function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): V
   let anchorHash: string | null = anchor && anchor.count === expectedId - 1 ? expectedPrev : null;
   let checked = 0;
   let lastId: number | null = null;
+  const erasures = new ErasuresPutBack(sqlite, keys);
   for (const row of rowsUpTo(sqlite, options.untilId ?? null)) {
     // Palisade writes ids from 1 up, one at a time: one past what JavaScript counts exactly (or
     // below it) was written into the file, and is named as the file holds it.
@@ -210,9 +264,19 @@ function walkChain(sqlite: Database, keys: AuditKeys, options: VerifyOptions): V
     const fault = rowFault(keys, row, expectedId, expectedPrev);
     if (fault) return fail(`row ${row.id}`, row.id, fault, checked);
     if (anchor && row.id === anchor.count) anchorHash = row.hash;
+    erasures.read(row);
     expectedPrev = row.hash;
     expectedId++;
     checked++;
+  }
+  const putBack = erasures.firstPutBack();
+  if (putBack !== null) {
+    return fail(
+      `row ${putBack}`,
+      putBack,
+      "it names an account whose erasure the chain records (privacy.erased), and no erasure is under way: it was put back from before the erasure",
+      checked,
+    );
   }
   const head = { hash: expectedPrev, count: expectedId - 1 };
   if (anchor) {

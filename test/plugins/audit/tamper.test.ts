@@ -532,6 +532,43 @@ describe("audit:verify fails on tampering", () => {
     expect(Object.keys(row)).not.toContain("subjectSalt");
   });
 
+  test("an erased account's rows put back from a copy taken before the erasure, with the erasure's record deleted, fail verification (probe 90l F3)", async () => {
+    current = buildTestApp({ env: { AUDIT_SECRET_KEY: AUDIT_KEY } });
+    const app = current;
+    const sqlite = app.db.$client;
+    const carol = await signUp(app);
+    app.services.audit.flush();
+    const before = sqlite
+      .query(
+        "SELECT id, actor, ip, detail, subject_salt AS salt FROM audit_events WHERE actor = ?1",
+      )
+      .all(`user:${carol.userId}`) as {
+      id: number;
+      actor: string;
+      ip: string | null;
+      detail: string | null;
+      salt: string | null;
+    }[];
+    expect(before.length).toBeGreaterThan(0);
+    const erased = await send(app, "/api/me", {
+      method: "DELETE",
+      headers: bearer(carol.accessToken),
+    });
+    expect(erased.status).toBe(204);
+    app.services.audit.flush();
+    expect((await verify(app)).code).toBe(0);
+    // Put back as the copy had them, and the erasure's record gone: each row matches its hash.
+    const putBack = sqlite.query(
+      "UPDATE audit_events SET actor = ?2, ip = ?3, detail = ?4, subject_salt = ?5, erasure_mac = NULL WHERE id = ?1",
+    );
+    for (const row of before) putBack.run(row.id, row.actor, row.ip, row.detail, row.salt);
+    sqlite.run("DELETE FROM audit_erased_actors");
+    const result = await verify(app);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(`row ${before[0]!.id}`);
+    expect(result.stderr).toContain("put back from before the erasure");
+  });
+
   test("--head and --count are checked as usage", async () => {
     const { app } = seeded();
     expect((await verify(app, ["--head", "zz", "--count", "3"])).code).toBe(2);
