@@ -58,6 +58,8 @@ export interface FakeStripe {
   tamperNextIntent(fields: Record<string, unknown>): void;
   /** The next refunds made are answered with these statuses, one each (then `succeeded`). */
   refundStatusNext(...statuses: string[]): void;
+  /** The next refund made is answered with these fields changed (not as stored). */
+  tamperNextRefund(fields: Record<string, unknown>): void;
   /** Every answer waits this long first (lets concurrent requests overlap). */
   delayMs: number;
   /**
@@ -143,6 +145,7 @@ export function startFakeStripe(): FakeStripe {
   const failures = new Map<string, ScriptedFailure[]>();
   const intents = new Map<string, Record<string, unknown>>();
   let tamper: Record<string, unknown> | null = null;
+  let tamperRefund: Record<string, unknown> | null = null;
   const refundStatuses: string[] = [];
   /** Every refund made, oldest first (`GET /v1/refunds` lists a payment's, newest first). */
   const refunds: Record<string, unknown>[] = [];
@@ -223,7 +226,9 @@ export function startFakeStripe(): FakeStripe {
         created: Math.floor(Date.now() / 1000),
       };
       refunds.push(refund);
-      return { status: 200, body: refund };
+      const answered = tamperRefund ? { ...refund, ...tamperRefund } : refund;
+      tamperRefund = null;
+      return { status: 200, body: answered };
     }
     if (method === "GET" && path === "/v1/refunds") {
       const limit = Math.min(Number(params.limit ?? 10), 100);
@@ -353,6 +358,9 @@ export function startFakeStripe(): FakeStripe {
     },
     refundStatusNext(...statuses) {
       refundStatuses.push(...statuses);
+    },
+    tamperNextRefund(fields) {
+      tamperRefund = fields;
     },
     holdNext(path) {
       const reached = Promise.withResolvers<void>();

@@ -354,6 +354,7 @@ export class StripeGateway implements PaymentGateway {
     }
     return checkedRefund(
       refund,
+      paymentIntentId,
       amount,
       headerOf(refund.lastResponse?.headers, "idempotent-replayed") === "true",
     );
@@ -398,12 +399,7 @@ export class StripeGateway implements PaymentGateway {
       }
       return { ok: true, refund: null };
     }
-    const ofPayment =
-      typeof made.payment_intent === "string" ? made.payment_intent : made.payment_intent?.id;
-    if (ofPayment !== paymentIntentId) {
-      return { ok: false, kind: "bad_response", reason: "refund of another payment" };
-    }
-    const checked = checkedRefund(made, amount, true);
+    const checked = checkedRefund(made, paymentIntentId, amount, true);
     return checked.ok ? { ok: true, refund: checked } : checked;
   }
 }
@@ -411,10 +407,18 @@ export class StripeGateway implements PaymentGateway {
 /** A refund Stripe answered, checked before it is shown, recorded or audited. */
 function checkedRefund(
   refund: Stripe.Refund,
+  paymentIntentId: string,
   amount: number,
   replayed: boolean,
 ): GatewayResult<CreatedRefund> {
   if (!isStripeId("re", refund.id)) return { ok: false, kind: "bad_response", reason: "refund id" };
+  // A refund of another payment is not this one's, whatever its amount: it was recorded as one
+  // (probe 90o F1; the read of a payment's refunds checked this already).
+  const ofPayment =
+    typeof refund.payment_intent === "string" ? refund.payment_intent : refund.payment_intent?.id;
+  if (ofPayment !== paymentIntentId) {
+    return { ok: false, kind: "bad_response", reason: "refund of another payment" };
+  }
   if (refund.amount !== amount) {
     return { ok: false, kind: "bad_response", reason: "refund amount" };
   }

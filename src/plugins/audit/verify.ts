@@ -208,19 +208,32 @@ class ErasuresPutBack {
 
   /** The first row put back, or null. */
   firstPutBack(): number | null {
-    const underWay = this.sqlite.query<{ pseudonym: string; mac: string }, [string]>(
-      "SELECT pseudonym, mac FROM audit_erased_actors WHERE actor_key = ?1",
-    );
     let first: number | null = null;
     for (const pseudonym of this.erased) {
       const named = this.named.get(pseudonym);
       if (named === undefined || (first !== null && named.firstId >= first)) continue;
-      const record = underWay.get(pseudonym);
+      const record = this.erasureRecord(pseudonym);
       const recorded =
         record !== null && this.keys.vouchesForErasedActor(pseudonym, record.pseudonym, record.mac);
       if (!recorded) first = named.firstId;
     }
     return first;
+  }
+
+  /**
+   * The erasure's record of an account, or null. Read only for a row found naming an erased
+   * account: a chain verified by a migration may predate the table (migration 0018 made it).
+   */
+  private erasureRecord(actorKey: string): { pseudonym: string; mac: string } | null {
+    const table = this.sqlite
+      .query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_erased_actors'")
+      .get();
+    if (table === null) return null;
+    return this.sqlite
+      .query<{ pseudonym: string; mac: string }, [string]>(
+        "SELECT pseudonym, mac FROM audit_erased_actors WHERE actor_key = ?1",
+      )
+      .get(actorKey);
   }
 }
 
