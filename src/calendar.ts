@@ -17,7 +17,10 @@ export function isCalendarDay(day: string): boolean {
  * a value with a `"` after it through, which `Date.parse` then read as nothing: an audit query
  * answered an empty page (probe 90l F4).
  */
-const INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}:\d{2})$/;
+// Hours 00–23 (`T24:00` was read as the next day: 90n F5), up to nine fraction digits (what Go and
+// Python write), an upper-case `T` and `Z` (Date.parse reads no other).
+const INSTANT =
+  /^\d{4}-\d{2}-\d{2}T(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,9})?)?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$/;
 
 /** An ISO 8601 date-time with an offset (INSTANT) whose date, as written, is a real day. */
 export function isCalendarDateTime(text: string): boolean {

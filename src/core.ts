@@ -160,6 +160,7 @@ export function createCore(options: CoreOptions): Core {
     registry,
     keys: auditKeys,
     secretValues: config.secretValues,
+    anchorLevel: config.logLevel,
   });
   reportUnkeyedRows(sqlite, logger);
   registerRecentTampering(registry, sqlite, clock);

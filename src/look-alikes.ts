@@ -236,6 +236,33 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   ᅵ: "l",
   ᅳ: "-",
   ᄋ: "o",
+  ᆼ: "o",
+  ᄂ: "L",
+  ᄃ: "c",
+  ᅮ: "T",
+  ᅡ: "t",
+  // More of Han's, Bopomofo's and katakana's (probe 90n F6)
+  ㄧ: "-",
+  ㄥ: "L",
+  乚: "L",
+  〢: "ll",
+  亅: "j",
+  口: "o",
+  ロ: "o",
+  匚: "c",
+  ㄈ: "c",
+  凵: "u",
+  ㄩ: "u",
+  乂: "x",
+  ㄨ: "x",
+  〤: "x",
+  丁: "T",
+  ㄒ: "T",
+  丫: "Y",
+  ㄚ: "Y",
+  エ: "I",
+  工: "I",
+  卜: "t",
 });
 
 /**
@@ -251,6 +278,8 @@ function withCherokeeSmallLetters(list: Record<string, string>): Record<string, 
   }
   return list;
 }
+
+const MARK = /^\p{M}$/u;
 
 /** The text without what draws nothing, spelt as it is otherwise. */
 export function withoutUnseen(text: string): string {
@@ -272,7 +301,11 @@ export function readAsLatin(text: string): string {
   let marked = false;
   for (const character of seenCharacters(text)) {
     const [base, ...marks] = character.normalize("NFD");
-    const baseLatin = marks.length === 0 || base === undefined ? undefined : LOOKS_LATIN[base];
+    // Marks only: a Hangul syllable decomposes into letters (이 into ᄋ and ᅵ), read as itself.
+    const baseLatin =
+      marks.length === 0 || base === undefined || !marks.every((mark) => MARK.test(mark))
+        ? undefined
+        : LOOKS_LATIN[base];
     if (baseLatin !== undefined) {
       read += baseLatin + marks.join("");
       marked = true;

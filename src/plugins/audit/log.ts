@@ -32,6 +32,7 @@ import type { Database } from "bun:sqlite";
 import { and, asc, desc, eq, isNull, lte, max, ne, or, sql } from "drizzle-orm";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import { type Clock, DAY_MS, elapsedMs } from "../../clock";
+import type { LogLevel } from "../../config";
 import { afterTransaction } from "../../db/after-transaction";
 import { isDatabaseBusy } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
@@ -172,6 +173,12 @@ export interface SqliteAuditLogOptions {
   registry?: Registry;
   flushIntervalMs?: number;
   flushBatchSize?: number;
+  /**
+   * LOG_LEVEL: anchor lines are written at it when it is above info, so the logs keep them. A CLI
+   * command's logger says only warnings, and no anchor is one of them there.
+   * @default the logger's level
+   */
+  anchorLevel?: LogLevel;
 }
 
 const MAX_QUEUED_EVENTS = 100_000;
@@ -417,6 +424,8 @@ export class SqliteAuditLog implements AuditLog {
   private readonly actorKeys = new Map<string, string>();
 
   private readonly scrub: (text: string) => string;
+  /** The level anchor lines are written at (SqliteAuditLogOptions.anchorLevel). */
+  private readonly anchorLevel: LogLevel;
 
   /**
    * A route as the client sent it, made safe to keep: scrubbed whole first, then cut, so a secret
@@ -447,6 +456,7 @@ export class SqliteAuditLog implements AuditLog {
     this.clock = options.clock;
     this.logger = options.logger;
     this.keys = options.keys;
+    this.anchorLevel = options.anchorLevel ?? options.logger.level;
     this.scrub = secretScrubber(options.secretValues ?? []);
     this.flushIntervalMs = options.flushIntervalMs ?? 100;
     this.flushBatchSize = options.flushBatchSize ?? 500;
@@ -818,7 +828,10 @@ export class SqliteAuditLog implements AuditLog {
       this.lastLoggedHead = head;
       // At the level the logs keep: at info, LOG_LEVEL=warn dropped every anchor, and with them
       // any sign of the newest rows deleted (probe 90l F2).
-      anchorLog(this.logger)({ auditHead: head.hash, auditCount: head.count }, "audit chain head");
+      anchorLog(this.logger, this.anchorLevel)(
+        { auditHead: head.hash, auditCount: head.count },
+        "audit chain head",
+      );
       if (earlier !== null && !this.stillHolds(earlier, head)) this.wentBack(earlier, head);
     } catch (error) {
       this.logger.error({ err: error }, "audit chain head could not be read");
@@ -836,7 +849,15 @@ export class SqliteAuditLog implements AuditLog {
       .query<{ hash: string }, [number]>("SELECT hash FROM audit_events WHERE id = ?1")
       .get(earlier.count);
     if (row !== null) return row.hash === earlier.hash;
-    return (latestCheckpoint(this.sqlite)?.lastDeletedId ?? 0) >= earlier.count;
+    // Taken by retention only if a checkpoint this key made says so: one written into the file
+    // covered a cut (90n F3).
+    const checkpoint = latestCheckpoint(this.sqlite);
+    return (
+      checkpoint !== null &&
+      checkpoint.keyId === this.keys.keyId &&
+      this.keys.checkpointMac(checkpoint) === checkpoint.mac &&
+      checkpoint.lastDeletedId >= earlier.count
+    );
   }
 
   /**
@@ -846,7 +867,8 @@ export class SqliteAuditLog implements AuditLog {
    * recorded as tampering, which pages.
    */
   private wentBack(earlier: AuditHead, head: AuditHead): void {
-    this.logger.error(
+    // At error, or fatal where the logs keep only that (90n F4).
+    (this.anchorLevel === "fatal" ? this.logger.fatal : this.logger.error)(
       { earlierCount: earlier.count, earlierHead: earlier.hash, auditCount: head.count },
       "the audit chain went back: rows this process logged as its head were deleted or rewritten since; the anchor lines before this one are the ones to verify against (audit:verify --head --count)",
     );
@@ -1123,8 +1145,8 @@ export class AuditNotStoredError extends Error {
 
 /** The newest row's hash and id, or the newest checkpoint's when every row is gone. */
 /** The logger's method at the level its lines are kept at: info, or the configured one above it. */
-function anchorLog(logger: Logger): LogFn {
-  switch (logger.level) {
+function anchorLog(logger: Logger, level: LogLevel): LogFn {
+  switch (level) {
     case "warn":
       return logger.warn;
     case "error":

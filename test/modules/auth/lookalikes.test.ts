@@ -284,6 +284,7 @@ describe("addresses that read as others (probe 90b)", () => {
       "taro\u592a\u90ce@example.com", // Latin with Han
       "\u305f\u308d\u3046\u592a\u90ce\u30bf\u30ed\u30a6@example.com", // kana and Han
       "kim\uae40\u91d1@example.com", // Latin, Hangul and Han
+      "\uc774\uc9c0\uc740@example.com", // 이지은: its syllables read as themselves, not as jamo
       "\u05d3\u05e0\u05d4@example.com", // Hebrew alone
       "\u0131\u015f\u0131k@example.com", // Turkish ışık: Latin
       "\u00e9mile.o'neil+tag@example.com",
@@ -333,6 +334,9 @@ describe("addresses that read as others (probe 90b)", () => {
       "paypa\u3021@example.com", // a Hangzhou numeral one for l
       "john\u4e00smith@example.com", // Han's one for a hyphen
       "paypa\u3163@example.com", // a Hangul vowel for l, beside Latin as Hangul may be
+      "john\u3127smith@example.com", // Bopomofo's i, drawn as Han's one (probe 90n F6)
+      "PAYPA\u3125@example.com", // Bopomofo's eng for L
+      "g\u11bc\u11bcgle@example.com", // Hangul's final ieung for o
     ]) {
       const again = await register(target, email);
       expect({ email, status: again.status }).toEqual({ email, status: 409 });
@@ -343,7 +347,7 @@ describe("addresses that read as others (probe 90b)", () => {
       target.db.$client
         .query("SELECT detail FROM audit_events WHERE type = 'auth.register.duplicate'")
         .all(),
-    ).toEqual(Array.from({ length: 16 }, () => ({ detail: '{"lookAlike":true}' })));
+    ).toEqual(Array.from({ length: 19 }, () => ({ detail: '{"lookAlike":true}' })));
     // At another domain it is its own address.
     expect((await register(target, "\u0440\u0430\u0443@example.org")).status).toBe(201);
 

@@ -459,6 +459,21 @@ describe("audit:verify fails on tampering", () => {
       again.app.logs.entries.filter((e) => String(e.msg).startsWith("the audit chain went back")),
     ).toHaveLength(1);
     again.app.close();
+    // The cut covered by a checkpoint written into the file, not made with the key (90n F3).
+    const covered = seeded();
+    const head = loggedHead(covered.app);
+    covered.sqlite.run(`DELETE FROM audit_events WHERE id > ${head.count - 3}`);
+    covered.sqlite.run(
+      `INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count, key_id, mac)
+       VALUES (1, ${head.count}, '${head.head}', ${head.count}, 'k', '00')`,
+    );
+    covered.audit.record({ type: "auth.logout", outcome: "success", actor: "user:mallory" });
+    covered.audit.flush();
+    covered.audit.logHead();
+    expect(
+      covered.app.logs.entries.filter((e) => String(e.msg).startsWith("the audit chain went back")),
+    ).toHaveLength(1);
+    covered.app.close();
     // An honest chain growing says nothing.
     const honest = seeded();
     honest.audit.record({ type: "auth.logout", outcome: "success", actor: "user:bob" });
@@ -532,12 +547,24 @@ describe("audit:verify fails on tampering", () => {
     expect(Object.keys(row)).not.toContain("subjectSalt");
   });
 
-  test("an erased account's rows put back from a copy taken before the erasure, with the erasure's record deleted, fail verification (probe 90l F3)", async () => {
+  test("an erased account's rows put back from a copy taken before the erasure fail verification, the erasure's record kept or not, a row naming it in its detail alone too (probes 90l F3, 90n F1, F2)", async () => {
     current = buildTestApp({ env: { AUDIT_SECRET_KEY: AUDIT_KEY } });
     const app = current;
     const sqlite = app.db.$client;
     const carol = await signUp(app);
+    // A row naming the account in its detail alone, as an admin's read of its usage does.
+    app.services.audit.record({
+      type: "admin.usage.queried",
+      outcome: "success",
+      actor: "user:an-admin",
+      detail: { principal: `user:${carol.userId}` },
+    });
     app.services.audit.flush();
+    const namingRow = sqlite
+      .query(
+        "SELECT id, actor, ip, detail, subject_salt AS salt FROM audit_events WHERE type = 'admin.usage.queried'",
+      )
+      .get() as { id: number; actor: string; ip: string | null; detail: string; salt: string };
     const before = sqlite
       .query(
         "SELECT id, actor, ip, detail, subject_salt AS salt FROM audit_events WHERE actor = ?1",
@@ -557,16 +584,41 @@ describe("audit:verify fails on tampering", () => {
     expect(erased.status).toBe(204);
     app.services.audit.flush();
     expect((await verify(app)).code).toBe(0);
-    // Put back as the copy had them, and the erasure's record gone: each row matches its hash.
+    // Put back as the copy had them, the erasure's record left in place (90n F1): each row
+    // matches its hash.
     const putBack = sqlite.query(
       "UPDATE audit_events SET actor = ?2, ip = ?3, detail = ?4, subject_salt = ?5, erasure_mac = NULL WHERE id = ?1",
     );
+    type Columns = {
+      id: number;
+      actor: string | null;
+      ip: string | null;
+      detail: string | null;
+      salt: string | null;
+      mac: string | null;
+    };
+    const erasedRows = sqlite
+      .query(
+        "SELECT id, actor, ip, detail, subject_salt AS salt, erasure_mac AS mac FROM audit_events",
+      )
+      .all() as Columns[];
     for (const row of before) putBack.run(row.id, row.actor, row.ip, row.detail, row.salt);
-    sqlite.run("DELETE FROM audit_erased_actors");
     const result = await verify(app);
     expect(result.code).toBe(1);
     expect(result.stderr).toContain(`row ${before[0]!.id}`);
-    expect(result.stderr).toContain("put back from before the erasure");
+    expect(result.stderr).toContain("put back from a copy taken before the erasure");
+    // As the erasure left them again; then the row naming the account in its detail alone, put
+    // back alone (90n F2).
+    const erasedAgain = sqlite.query(
+      "UPDATE audit_events SET actor = ?2, ip = ?3, detail = ?4, subject_salt = ?5, erasure_mac = ?6 WHERE id = ?1",
+    );
+    for (const row of erasedRows)
+      erasedAgain.run(row.id, row.actor, row.ip, row.detail, row.salt, row.mac);
+    expect((await verify(app)).code).toBe(0);
+    putBack.run(namingRow.id, namingRow.actor, namingRow.ip, namingRow.detail, namingRow.salt);
+    const detailOnly = await verify(app);
+    expect(detailOnly.code).toBe(1);
+    expect(detailOnly.stderr).toContain(`row ${namingRow.id}`);
   });
 
   test("--head and --count are checked as usage", async () => {
