@@ -1143,7 +1143,6 @@ export class AuditNotStoredError extends Error {
   }
 }
 
-/** The newest row's hash and id, or the newest checkpoint's when every row is gone. */
 /** The logger's method at the level its lines are kept at: info, or the configured one above it. */
 function anchorLog(logger: Logger, level: LogLevel): LogFn {
   switch (level) {
@@ -1158,6 +1157,7 @@ function anchorLog(logger: Logger, level: LogLevel): LogFn {
   }
 }
 
+/** The newest row's hash and id, or the newest checkpoint's when every row is gone. */
 export function auditHead(sqlite: Database): AuditHead {
   const last = lastRowQuery(drizzleOf(sqlite)).get();
   if (last) return { hash: last.hash, count: last.id };
