@@ -62,10 +62,6 @@ export const stripeWebhookRouteClasses: readonly RouteClass[] = [
 ];
 
 /**
- * The event, if `header` signs `payload` with one of `secrets` within the tolerance at
- * `receivedAtMs`, either way (not older, nor dated further ahead); null otherwise. The SDK does the comparison (constant time) and the timestamp.
- */
-/**
  * The `t` of a `Stripe-Signature` header, read as the SDK reads the header (its items split on
  * commas, the key before the first `=` compared exactly) but stricter: exactly one `t`, all digits.
  * The SDK takes the last `t` and `parseInt`s it (`t=<future>a`, `t=+<future>`, `t=now,t=<future>`),
@@ -102,6 +98,12 @@ function signsEmptyBody(header: string, secret: string, signedAt: number): boole
   return false;
 }
 
+/**
+ * The event, if `header` signs `payload` with one of `secrets` within the tolerance at
+ * `receivedAtMs`, either way (not older, nor dated further ahead); `malformed` when it signs a
+ * body that is not JSON; null otherwise. The SDK does the comparison (constant time) and the
+ * timestamp, but for an empty body (signsEmptyBody).
+ */
 export async function verifyStripeSignature(
   payload: string,
   header: string,
