@@ -12,8 +12,10 @@ const UNSEEN = /[\p{Default_Ignorable_Code_Point}\p{Cf}\u2800\uFFFC\u{18CFF}\u{1
 
 /**
  * Letters read as the Latin letter they look like, in the spirit of UTS #39's confusables, kept to
- * the scripts and forms a keyboard or an IME types: Cyrillic, Greek, Armenian, Cherokee and Lisu
- * capitals that copy Latin ones, and small capitals.
+ * the scripts and forms a keyboard or an IME types: Cyrillic, Greek, Armenian, Coptic, Cherokee
+ * and Lisu letters that copy Latin ones, small capitals, and the strokes and circles of Han,
+ * Bopomofo, katakana and Hangul that a Latin address may hold beside its letters (an address may
+ * mix Latin with those scripts: modules/auth/mixed-scripts.ts). A list, not the whole table.
  */
 const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   // Cyrillic
