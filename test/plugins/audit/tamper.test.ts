@@ -41,6 +41,18 @@ function loggedHead(app: TestApp): { head: string; count: number } {
   return { head: last.auditHead as string, count: last.auditCount as number };
 }
 
+/** The lines saying the chain went back below a head the service logged. */
+function wentBackLines(app: TestApp) {
+  return app.logs.entries.filter((e) => String(e.msg).startsWith("the audit chain went back"));
+}
+
+/** One more event, written, and the head logged as the service's timer logs it. */
+function oneMoreEvent(audit: TestApp["services"]["audit"], actor: string) {
+  audit.record({ type: "auth.logout", outcome: "success", actor });
+  audit.flush();
+  audit.logHead();
+}
+
 /**
  * A log with eight rows: two users' events with addresses, an admin action, and the first user
  * erased (rows 1 and 2 rewritten by an authenticated erasure). The head is logged at the end.
@@ -425,9 +437,7 @@ describe("audit:verify fails on tampering", () => {
     sqlite.run(`DELETE FROM audit_events WHERE id > ${anchor.count - 2}`);
     sqlite.run(`UPDATE sqlite_sequence SET seq = ${anchor.count - 2} WHERE name = 'audit_events'`);
     audit.logHead();
-    const wentBack = app.logs.entries.filter((e) =>
-      String(e.msg).startsWith("the audit chain went back"),
-    );
+    const wentBack = wentBackLines(app);
     expect(wentBack).toHaveLength(1);
     expect(wentBack[0]).toMatchObject({
       level: "error",
@@ -452,12 +462,8 @@ describe("audit:verify fails on tampering", () => {
     again.sqlite.run(
       `UPDATE sqlite_sequence SET seq = ${before.count - 1} WHERE name = 'audit_events'`,
     );
-    again.audit.record({ type: "auth.logout", outcome: "success", actor: "user:mallory" });
-    again.audit.flush();
-    again.audit.logHead();
-    expect(
-      again.app.logs.entries.filter((e) => String(e.msg).startsWith("the audit chain went back")),
-    ).toHaveLength(1);
+    oneMoreEvent(again.audit, "user:mallory");
+    expect(wentBackLines(again.app)).toHaveLength(1);
     again.app.close();
     // The cut covered by a checkpoint written into the file, not made with the key (90n F3).
     const covered = seeded();
@@ -467,21 +473,13 @@ describe("audit:verify fails on tampering", () => {
       `INSERT INTO audit_checkpoints (created_at, last_deleted_id, last_hash, deleted_count, key_id, mac)
        VALUES (1, ${head.count}, '${head.head}', ${head.count}, 'k', '00')`,
     );
-    covered.audit.record({ type: "auth.logout", outcome: "success", actor: "user:mallory" });
-    covered.audit.flush();
-    covered.audit.logHead();
-    expect(
-      covered.app.logs.entries.filter((e) => String(e.msg).startsWith("the audit chain went back")),
-    ).toHaveLength(1);
+    oneMoreEvent(covered.audit, "user:mallory");
+    expect(wentBackLines(covered.app)).toHaveLength(1);
     covered.app.close();
     // An honest chain growing says nothing.
     const honest = seeded();
-    honest.audit.record({ type: "auth.logout", outcome: "success", actor: "user:bob" });
-    honest.audit.flush();
-    honest.audit.logHead();
-    expect(
-      honest.app.logs.entries.filter((e) => String(e.msg).startsWith("the audit chain went back")),
-    ).toEqual([]);
+    oneMoreEvent(honest.audit, "user:bob");
+    expect(wentBackLines(honest.app)).toEqual([]);
   });
 
   test("with LOG_LEVEL=warn or error the anchor lines are logged at that level, not dropped (probe 90l F2)", async () => {
