@@ -41,6 +41,7 @@ import {
   IpBlockService,
   type IpBlockSettings,
   isPrincipalSubject,
+  laterEnd,
 } from "./plugins/ip-block/service";
 import { registerQueryDurations } from "./plugins/metrics/database";
 import { createHttpMetrics, type HttpMetrics } from "./plugins/metrics/http";
@@ -270,7 +271,7 @@ export function createCore(options: CoreOptions): Core {
         block?.expiresAt ??
         (principal ? ipBlocks.blockedUntilNow(key) : ipBlocks.clientBlockedUntilNow(client));
       const address = principal ? ipBlocks.clientBlockedUntilNow(client) : null;
-      return own === null || address === null ? (own ?? address) : Math.max(own, address);
+      return laterEnd(own, address);
     },
   });
 

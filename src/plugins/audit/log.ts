@@ -868,7 +868,7 @@ export class SqliteAuditLog implements AuditLog {
    */
   private wentBack(earlier: AuditHead, head: AuditHead): void {
     // At error, or fatal where the logs keep only that (90n F4).
-    (this.anchorLevel === "fatal" ? this.logger.fatal : this.logger.error)(
+    this.logger[this.anchorLevel === "fatal" ? "fatal" : "error"](
       { earlierCount: earlier.count, earlierHead: earlier.hash, auditCount: head.count },
       "the audit chain went back: rows this process logged as its head were deleted or rewritten since; the anchor lines before this one are the ones to verify against (audit:verify --head --count)",
     );
@@ -1145,16 +1145,7 @@ export class AuditNotStoredError extends Error {
 
 /** The logger's method at the level its lines are kept at: info, or the configured one above it. */
 function anchorLog(logger: Logger, level: LogLevel): LogFn {
-  switch (level) {
-    case "warn":
-      return logger.warn;
-    case "error":
-      return logger.error;
-    case "fatal":
-      return logger.fatal;
-    default:
-      return logger.info;
-  }
+  return level === "warn" || level === "error" || level === "fatal" ? logger[level] : logger.info;
 }
 
 /** The newest row's hash and id, or the newest checkpoint's when every row is gone. */

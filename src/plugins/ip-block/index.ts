@@ -14,15 +14,10 @@ import type { IpBlockService } from "./service";
 export function ipBlock({ service, clock }: { service: IpBlockService; clock: Clock }) {
   return new Elysia({ name: "palisade.ip-block" })
     .onRequest(function refuseBlockedAddress(context) {
-      const { routeClass, clientKey, client } = context as unknown as RequestState;
+      const { routeClass, client } = context as unknown as RequestState;
       if (routeClass.probe) return;
-      // Its /48's block too (a trusted proxy, with a hop count any request without
-      // X-Forwarded-For, is never refused by its /48's), whichever ends later: a /64 blocked for a
-      // day inside a /48 blocked for 15 minutes was told to come back in 15 (probe 90a F2).
-      const own = service.blockedUntil(clientKey);
-      const site =
-        client.siteKey && !client.isTrustedProxy ? service.blockedUntil(client.siteKey) : null;
-      const until = own === null || site === null ? (own ?? site) : Math.max(own, site);
+      // Its /64's block or its /48's, whichever ends later.
+      const until = service.clientBlockedUntil(client);
       if (until === null) return;
       const seconds = Math.max(1, Math.ceil((until - clock.now()) / 1000));
       throw new AppError("IP_BLOCKED", "Requests from this address are blocked.", undefined, {

@@ -47,8 +47,8 @@ import { RecentEntries } from "../../recent-entries";
 import type { AuditLog } from "../audit/log";
 import { ActorGone, parsePrincipalRef } from "../auth/principal";
 import type { ResolvedClient } from "../client-ip";
-import { type Address, parseIp, type Range } from "../client-ip/address";
-import { siteKeyOf } from "../client-ip/resolve";
+import type { Address, Range } from "../client-ip/address";
+import { siteOfKey } from "../client-ip/resolve";
 import { METRIC } from "../metrics/names";
 import { Gauge, type Registry } from "../metrics/prom";
 import { limiterFailed } from "../rate-limit/enforce";
@@ -102,6 +102,20 @@ function storedReason(reason: string): string {
 }
 
 export type ViolationKind = "ratelimit" | "login" | "principal";
+
+/** The later of two block ends, either of which may be none. */
+export function laterEnd(a: number | null, b: number | null): number | null {
+  return a === null || b === null ? (a ?? b) : Math.max(a, b);
+}
+
+/**
+ * The /48 whose block refuses a client: none for a trusted proxy (with a hop count, any request
+ * without X-Forwarded-For), which its /48's block would cut off with everyone it passes on, so it
+ * is neither refused by it nor told of it (probe 90h F2).
+ */
+function refusingSite(client: ResolvedClient): string | null {
+  return client.siteKey && !client.isTrustedProxy ? client.siteKey : null;
+}
 
 /** Whether a block's subject is a principal (a lockout) rather than a client address. */
 export function isPrincipalSubject(subject: string): boolean {
@@ -933,15 +947,22 @@ export class IpBlockService {
   }
 
   /**
-   * When the block on a client ends, its /64's or its /48's, whichever is later, as the file says
-   * now (null: neither): for a refusal's Retry-After.
+   * When the block on a client ends, its /64's or its /48's, whichever is later (null: neither),
+   * as this process last read them (blockedUntil): what refuses its request. A /64 blocked for a
+   * day inside a /48 blocked for 15 minutes was told to come back in 15 (probe 90a F2).
    */
+  clientBlockedUntil(client: ResolvedClient): number | null {
+    const site = refusingSite(client);
+    return laterEnd(this.blockedUntil(client.key), site === null ? null : this.blockedUntil(site));
+  }
+
+  /** The same, as the file says now (blockedUntilNow): for a refusal's Retry-After. */
   clientBlockedUntilNow(client: ResolvedClient): number | null {
-    const own = this.blockedUntilNow(client.key);
-    // A trusted proxy is never refused by its /48's block (index.ts), so not told of it (90h F2).
-    const site =
-      client.siteKey && !client.isTrustedProxy ? this.blockedUntilNow(client.siteKey) : null;
-    return own === null || site === null ? (own ?? site) : Math.max(own, site);
+    const site = refusingSite(client);
+    return laterEnd(
+      this.blockedUntilNow(client.key),
+      site === null ? null : this.blockedUntilNow(site),
+    );
   }
 
   /**
@@ -970,7 +991,7 @@ export class IpBlockService {
     const blocked = new Set<string>();
     for (const row of rows) {
       if (!row.address.endsWith("/64") || blocked.has(row.address)) continue;
-      if (siteKeyOf(parseIp(row.address.slice(0, -3))) === site && this.intact(row)) {
+      if (siteOfKey(row.address) === site && this.intact(row)) {
         blocked.add(row.address);
       }
     }
