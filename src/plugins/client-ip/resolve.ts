@@ -9,7 +9,7 @@
  * that is not an address ends the walk: the client is the trusted hop that handed it over, never a
  * guess at what the spelling meant.
  */
-import ipaddr from "ipaddr.js";
+import type ipaddr from "ipaddr.js";
 import type { TrustProxy } from "../../config";
 import { trimOptionalWhitespace } from "../../optional-whitespace";
 import { type Address, formatAddress, parseCidr, parseIp, type Range } from "./address";
@@ -116,12 +116,14 @@ function isTranslatedIpv4(address: ipaddr.IPv6): boolean {
 
 /** The first `groups` of an IPv6 address's parts, the rest zero, in RFC 5952 form. */
 function prefixText(parts: readonly number[], groups: number): string {
-  return ipaddr.IPv6.parse(
-    `${parts
-      .slice(0, groups)
-      .map((part) => part.toString(16))
-      .join(":")}::`,
-  ).toRFC5952String();
+  // Written out, not parsed and formatted again (a parse a new client, twice with its /48): the
+  // zeros after the prefix are at least four groups, longer than any run of zeros inside its
+  // three or four, so RFC 5952 compresses them and whatever zero groups end the prefix.
+  let last = groups;
+  while (last > 0 && parts[last - 1] === 0) last--;
+  let text = "";
+  for (let i = 0; i < last; i++) text += `${i === 0 ? "" : ":"}${parts[i]!.toString(16)}`;
+  return `${text}::`;
 }
 
 /**
