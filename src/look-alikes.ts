@@ -283,6 +283,22 @@ function withCherokeeSmallLetters(list: Record<string, string>): Record<string, 
 
 const MARK = /^\p{M}$/u;
 
+/**
+ * Raised by a change in how readAsLatin or seenCharacters read a text other than the list's
+ * entries (which are versioned by themselves): a stored reading's version is taken of both
+ * (readingRulesText; modules/auth/readings.ts).
+ */
+const READING_CODE_REVISION = 1;
+
+/**
+ * The reading's rules as text: the list, each letter and its reading, and the revision of the code
+ * that applies it. What a stored reading's version is taken of, so that a release that reads a
+ * text otherwise finds the readings stored by an older one out of date.
+ */
+export function readingRulesText(): string {
+  return JSON.stringify([READING_CODE_REVISION, UNSEEN.source, Object.entries(LOOKS_LATIN)]);
+}
+
 /** The text without what draws nothing, spelt as it is otherwise. */
 export function withoutUnseen(text: string): string {
   return text.replace(UNSEEN, "");
@@ -296,7 +312,8 @@ export function seenCharacters(text: string): string {
 /**
  * The text as a reader takes it in (see the module's header). A letter with marks not in the list
  * (Cyrillic `ӓ`, Greek `ό`) is read as its base letter's reading with the same marks (`ä`, `ó`):
- * `һӓскег` read as itself beside `häcker` (probe 90j F2).
+ * `һӓскег` read as itself beside `häcker` (probe 90j F2). Reading any text otherwise than the
+ * list says: raise READING_CODE_REVISION.
  */
 export function readAsLatin(text: string): string {
   let read = "";

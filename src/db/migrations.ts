@@ -45,6 +45,7 @@ import m0035 from "../../drizzle/0035_refresh_tokens_prune_indexes.sql" with { t
 import m0036 from "../../drizzle/0036_whatsapp_outbox_partial_indexes.sql" with { type: "text" };
 import m0037 from "../../drizzle/0037_ip_blocks_prune_indexes.sql" with { type: "text" };
 import m0038 from "../../drizzle/0038_erasure_blocks_index.sql" with { type: "text" };
+import m0039 from "../../drizzle/0039_users_reading.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -87,6 +88,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0036_whatsapp_outbox_partial_indexes": m0036,
   "0037_ip_blocks_prune_indexes": m0037,
   "0038_erasure_blocks_index": m0038,
+  "0039_users_reading": m0039,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -43,6 +43,13 @@ describe("audit log query", () => {
       `since=${encodeURIComponent("2026-01-01T00:02:00Z")}&until=${encodeURIComponent("2026-01-01T00:04:00Z")}&type=ratelimit.rejected`,
     );
     expect(window.events.map((e) => e.ip)).toEqual(["192.0.2.4", "192.0.2.2"]);
+    // A window read a page at a time.
+    const inWindow = `since=${encodeURIComponent("2026-01-01T00:01:00Z")}&until=${encodeURIComponent("2026-01-01T00:04:00Z")}&limit=2`;
+    const windowPage1 = await get(inWindow);
+    expect(windowPage1.events.map((e) => e.ip)).toEqual(["192.0.2.4", "192.0.2.3"]);
+    const windowPage2 = await get(`${inWindow}&cursor=${windowPage1.nextCursor}`);
+    expect(windowPage2.events.map((e) => e.ip)).toEqual(["192.0.2.2", "192.0.2.1"]);
+    expect(windowPage2.nextCursor).toBeNull();
 
     const first = await get("limit=3&ip=192.0.2.6");
     expect(first.events).toHaveLength(1);

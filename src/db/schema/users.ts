@@ -1,4 +1,4 @@
-import { sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+import { index, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 import { timestamps } from "./columns";
 
 export const USER_ROLES = ["user", "admin"] as const;
@@ -19,7 +19,17 @@ export const users = sqliteTable(
     role: text("role", { enum: USER_ROLES }).notNull().default("user"),
     /** HMAC of id, password hash and role (plugins/auth/seal.ts): a row without a match is refused. */
     seal: text("seal"),
+    /**
+     * How a reader takes the address (modules/auth/readings.ts): its key with look-alike letters
+     * read as the Latin ones they copy, behind the version of that reading. A new address whose
+     * reading an account holds is taken, whichever of the two was registered first. Derived from
+     * `email`, so not sealed: changed in the file it can only hide or claim a reading.
+     */
+    reading: text("reading"),
     ...timestamps,
   },
-  (table) => [uniqueIndex("users_email_key_unique").on(table.emailKey)],
+  (table) => [
+    uniqueIndex("users_email_key_unique").on(table.emailKey),
+    index("users_reading").on(table.reading),
+  ],
 );

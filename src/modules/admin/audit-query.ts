@@ -54,23 +54,46 @@ export function queryAuditEvents(
 ): { events: AuditEventView[]; nextCursor: number | null } {
   const when = <T>(value: T | undefined, condition: (value: T) => ReturnType<typeof eq>) =>
     value === undefined ? undefined : condition(value);
-  const rows = drizzleOf(sqlite)
-    .select()
-    .from(auditEvents)
-    .where(
-      and(
-        when(filter.type, (v) => eq(auditEvents.type, v)),
-        when(filter.actor, (v) => eq(auditEvents.actor, v)),
-        when(filter.ips, (v) => inArray(auditEvents.ip, [...v])),
-        when(filter.since, (v) => gte(auditEvents.at, v)),
-        when(filter.until, (v) => lte(auditEvents.at, v)),
-        when(filter.cursor, (v) => lt(auditEvents.id, v)),
-      ),
-    )
-    .orderBy(desc(auditEvents.id))
-    // One more than asked tells whether there is a next page.
-    .limit(filter.limit + 1)
-    .all();
+  const db = drizzleOf(sqlite);
+  const matching = and(
+    when(filter.type, (v) => eq(auditEvents.type, v)),
+    when(filter.actor, (v) => eq(auditEvents.actor, v)),
+    when(filter.ips, (v) => inArray(auditEvents.ip, [...v])),
+    when(filter.since, (v) => gte(auditEvents.at, v)),
+    when(filter.until, (v) => lte(auditEvents.at, v)),
+    when(filter.cursor, (v) => lt(auditEvents.id, v)),
+  );
+  // One more than asked tells whether there is a next page.
+  const wanted = filter.limit + 1;
+  const windowed = filter.since !== undefined || filter.until !== undefined;
+  // A time window is read by the time index and its rows put in id order: asked for whole rows,
+  // SQLite read and sorted every row of the window for each page (874 ms a page over a window of
+  // 300,000 rows: probe 90l F5). The page's ids come from the index alone, the newest kept as
+  // they are read, and only the page's rows are read whole.
+  const rows = windowed
+    ? db
+        .select()
+        .from(auditEvents)
+        .where(
+          inArray(
+            auditEvents.id,
+            db
+              .select({ id: auditEvents.id })
+              .from(auditEvents)
+              .where(matching)
+              .orderBy(desc(auditEvents.id))
+              .limit(wanted),
+          ),
+        )
+        .orderBy(desc(auditEvents.id))
+        .all()
+    : db
+        .select()
+        .from(auditEvents)
+        .where(matching)
+        .orderBy(desc(auditEvents.id))
+        .limit(wanted)
+        .all();
   const page = rows.slice(0, filter.limit);
   return {
     // A value written into the file as a BLOB, a number or text where Palisade writes another is

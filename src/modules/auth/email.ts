@@ -108,12 +108,11 @@ export function checkEmail(raw: string): EmailVerdict {
 
 /**
  * The key of the address a reader takes a normalised one for, its look-alike letters read as the
- * Latin ones they copy (`рау` in Cyrillic as `pay`), or null when it reads as itself.
+ * Latin ones they copy (`рау` in Cyrillic as `pay`); its own key when it has none.
  */
-export function lookAlikeKey(address: NormalizedEmail): string | null {
-  const at = address.email.lastIndexOf("@");
-  const read = `${foldCase(readAsLatin(address.email.slice(0, at)))}${address.email.slice(at)}`;
-  return read === address.key ? null : read;
+export function readKey(email: string): string {
+  const at = email.lastIndexOf("@");
+  return `${foldCase(readAsLatin(email.slice(0, at)))}${email.slice(at)}`;
 }
 
 /** The normalised address and its key, or null when it is not one. */

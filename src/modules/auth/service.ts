@@ -70,7 +70,7 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
-import { checkEmail, emailLookupKey, lookAlikeKey } from "./email";
+import { checkEmail, emailLookupKey } from "./email";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
 import {
@@ -80,6 +80,7 @@ import {
   type PasswordStrengthModules,
   verifyPassword,
 } from "./passwords";
+import { fillReadings, storedReading } from "./readings";
 import { type RefreshSuccessor, unprefixedSuccessor } from "./refresh-successor";
 
 export interface RequestMeta {
@@ -163,6 +164,13 @@ function prepareStatements(db: AppDatabase) {
   return preparedOnUse({
     userByEmail: () => userBy(users.emailKey),
     userById: () => userBy(users.id),
+    /** The accounts whose address reads as one (./readings.ts): several only in an older file. */
+    usersByReading: () =>
+      db
+        .select()
+        .from(users)
+        .where(eq(users.reading, sql.placeholder("value")))
+        .prepare(),
     /** A refresh token by its hash, with its family's state (null family: no row, refused). */
     refreshByHash: () =>
       db
@@ -252,6 +260,13 @@ export class AuthService {
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
     this.reconcileEmailKeys();
+    const written = fillReadings(options.sqlite);
+    if (written > 0) {
+      options.logger.info(
+        { accounts: written },
+        "accounts' readings written (look-alike addresses)",
+      );
+    }
   }
 
   private userById(id: string): UserRow | null {
@@ -426,34 +441,41 @@ export class AuthService {
     const passwordHash = await this.passwordWork.run(() =>
       hashPassword(password, this.options.passwordHashing),
     );
-    // An address that reads as one already registered (`рау` in Cyrillic beside `pay`) is taken,
-    // answered as the same address is (probe 90b F2). The other way round, the Latin address
-    // registered after its look-alike, is not found: that needs every account's reading stored.
-    const readAs = lookAlikeKey(address);
-    const lookAlike = readAs !== null && this.userByEmail(readAs) !== null;
-    if (lookAlike || this.userByEmail(key)) {
+    const reading = storedReading(email);
+    const duplicate = () => {
+      // An address that reads as an account's (`рау` in Cyrillic beside `pay`, either registered
+      // first) is taken, answered as the same address is (probe 90b F2).
+      const taken = this.statements.usersByReading
+        .all({ value: reading })
+        .some((row) => this.sealed(row) !== null);
+      const same = this.userByEmail(key) !== null;
+      if (!taken && !same) return false;
       this.options.audit.record({
         type: "auth.register.duplicate",
         outcome: "failure",
         ip: meta?.client.ip ?? null,
         route: meta?.route ?? null,
         requestId: meta?.requestId ?? null,
-        detail: lookAlike ? { lookAlike: true } : undefined,
+        detail: same ? undefined : { lookAlike: true },
       });
-      return { code: "DUPLICATE", email };
-    }
+      return true;
+    };
     const now = this.options.clock.now();
     const id = Bun.randomUUIDv7();
     try {
       // The account and its audit event commit together: a copy or a crash never has one alone.
-      this.db.transaction(
+      // The look-up is in the same immediate transaction: two look-alikes registered at once, in
+      // one process or several, are one account (the unique index decides only the same key).
+      const created = this.db.transaction(
         () => {
+          if (duplicate()) return false;
           this.db
             .insert(users)
             .values({
               id,
               email,
               emailKey: key,
+              reading,
               passwordHash,
               role,
               seal: this.options.seal.account({ id, email, emailKey: key, passwordHash, role }),
@@ -470,11 +492,13 @@ export class AuthService {
             requestId: meta?.requestId ?? null,
             detail: { role },
           });
+          return true;
         },
         { behavior: "immediate" },
       );
+      if (!created) return { code: "DUPLICATE", email };
     } catch (error) {
-      // Two registrations raced past the lookup; the unique index decided.
+      // A row written into the file with this key, which the look-up does not trust (no seal).
       if (sqliteCodeOf(error) === "SQLITE_CONSTRAINT_UNIQUE") return { code: "DUPLICATE", email };
       throw error;
     }

@@ -29,3 +29,31 @@ test("GET /api/admin/audit?ip= searches the address index", () => {
   expect(plan[0]).toStartWith("SEARCH audit_events USING INDEX audit_events_ip (ip=?)");
   db.$client.close();
 });
+
+test("GET /api/admin/audit?since=&until= reads the window's ids from the time index alone", () => {
+  const db = openDatabase(":memory:");
+  applyMigrations(db);
+  const sqlite: Database = db.$client;
+  const statements: string[] = [];
+  const prepare = sqlite.prepare.bind(sqlite);
+  sqlite.prepare = ((sql: string, ...rest: unknown[]) => {
+    statements.push(sql);
+    return (prepare as (...args: unknown[]) => unknown)(sql, ...rest);
+  }) as typeof sqlite.prepare;
+  queryAuditEvents(sqlite, { since: 0, until: 2e12, limit: 100 }, () => true);
+  const select = statements.find((sql) => sql.includes('from "audit_events"'));
+  expect(select).toBeDefined();
+  const plan = sqlite
+    .query(`EXPLAIN QUERY PLAN ${select}`)
+    .all(0, 2e12, 101)
+    .map((row) => (row as { detail: string }).detail);
+  // The window is searched in the index, which holds each row's id; only the page's rows are
+  // read whole, each by its id.
+  expect(plan).toContain(
+    "SEARCH audit_events USING COVERING INDEX audit_events_at (at>? AND at<?)",
+  );
+  expect(
+    plan.filter((step) => step.includes("audit_events") && !step.includes("COVERING")),
+  ).toEqual(["SEARCH audit_events USING INTEGER PRIMARY KEY (rowid=?)"]);
+  db.$client.close();
+});

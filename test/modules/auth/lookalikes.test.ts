@@ -370,6 +370,90 @@ describe("addresses that read as others (probe 90b)", () => {
   });
 });
 
+describe("an address registered after its look-alike", () => {
+  const cyrillicPay = "\u0440\u0430\u0443@example.com"; // рау
+  const greekPay = "\u03c1\u03b1\u0443@example.com"; // ρα and a Cyrillic у: mixed, refused
+  const readings = (target: TestApp) =>
+    target.db.$client.query("SELECT email, reading FROM users ORDER BY email").all();
+
+  test("the Latin address, or another script's look-alike, is taken once the look-alike is", async () => {
+    const target = app();
+    expect((await register(target, cyrillicPay)).status).toBe(201);
+    expect((await register(target, "pay@example.com")).status).toBe(409);
+    expect((await register(target, "PAY@example.com")).status).toBe(409);
+    // ρау mixes Greek with Cyrillic: refused as such, not as a duplicate.
+    expect((await register(target, greekPay)).status).toBe(422);
+    // ⲣⲁⲩ in Coptic reads as pay too.
+    expect((await register(target, "\u2ca3\u2c81\u2ca9@example.com")).status).toBe(409);
+    expect((await register(target, "pay@example.org")).status).toBe(201);
+    expect(target.db.$client.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 2 });
+    target.services.audit.flush();
+    expect(
+      target.db.$client
+        .query("SELECT detail FROM audit_events WHERE type = 'auth.register.duplicate'")
+        .all(),
+    ).toEqual(Array.from({ length: 3 }, () => ({ detail: '{"lookAlike":true}' })));
+    // The same address again is a duplicate, not a look-alike.
+    expect((await register(target, cyrillicPay)).status).toBe(409);
+    target.services.audit.flush();
+    expect(
+      target.db.$client
+        .query(
+          "SELECT detail FROM audit_events WHERE type = 'auth.register.duplicate' ORDER BY id DESC LIMIT 1",
+        )
+        .get(),
+    ).toEqual({ detail: "{}" });
+    // The first account still signs in; nothing was made for the look-alikes.
+    expect((await login(target, cyrillicPay)).status).toBe(200);
+    expect((await login(target, "pay@example.com")).status).toBe(401);
+  });
+
+  test("an older file's accounts, and readings of another version, are read again at start", async () => {
+    const target = app();
+    expect((await register(target, cyrillicPay)).status).toBe(201);
+    expect((await register(target, "joe@example.com")).status).toBe(201);
+    const [current] = readings(target) as { reading: string }[];
+    const version = current!.reading.slice(0, current!.reading.indexOf(":"));
+    expect(version).toMatch(/^[0-9a-f]{12}$/);
+    // As a file from before readings were stored, and one stored by a release that read otherwise.
+    target.db.$client.run(`UPDATE users SET reading = NULL WHERE email = '${cyrillicPay}'`);
+    target.db.$client.run("UPDATE users SET reading = '000000000000:joe' WHERE email LIKE 'joe@%'");
+    const restarted = secondProcess(target);
+    try {
+      expect(readings(target)).toEqual([
+        { email: "joe@example.com", reading: `${version}:joe@example.com` },
+        { email: cyrillicPay, reading: `${version}:pay@example.com` },
+      ]);
+      const again = await restarted.app.handle(
+        new Request("http://localhost/api/auth/register", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ email: "pay@example.com", password: STRONG_PASSWORD }),
+        }),
+      );
+      expect(again.status).toBe(409);
+    } finally {
+      restarted.close();
+    }
+  });
+
+  test("a row written into the file with a reading takes no address", async () => {
+    const target = app();
+    expect((await register(target, "joe@example.com")).status).toBe(201);
+    const { reading } = target.db.$client
+      .query<{ reading: string }, []>("SELECT reading FROM users")
+      .get()!;
+    const payReading = reading.replace("joe@", "pay@");
+    target.db.$client
+      .query(
+        `INSERT INTO users (id, email, email_key, password_hash, role, reading, created_at, updated_at)
+         VALUES ('forged', 'x@example.com', 'x@example.com', 'h', 'user', ?, 0, 0)`,
+      )
+      .run(payReading);
+    expect((await register(target, "pay@example.com")).status).toBe(201);
+  });
+});
+
 describe("enumeration resistance (staging and production)", () => {
   const STAGING = { ...PRODUCTION_ENV, APP_ENV: "staging" };
   /** Status, every header but the request id, and the body's bytes. */

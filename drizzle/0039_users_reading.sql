@@ -1,0 +1,2 @@
+ALTER TABLE `users` ADD `reading` text;--> statement-breakpoint
+CREATE INDEX `users_reading` ON `users` (`reading`);

@@ -1,0 +1,58 @@
+/**
+ * @module
+ * Each account's reading: its address's key as a reader takes it (email.ts `readKey`), stored
+ * behind the version of the reading, so that a new address that reads as an account's is taken
+ * whichever was registered first (probe 90b F2 found only the look-alike registered second; a
+ * Latin address registered after its Cyrillic look-alike was a second account).
+ *
+ * The version is a hash of the reading's rules (the look-alike list and the revision of the code
+ * that applies it) and the runtime's Unicode version (NFKC and the script properties are the runtime's): a release
+ * that reads a letter otherwise, or a Bun with newer Unicode tables, finds every stored reading out of date and writes them again at its first
+ * start, in one immediate transaction (processes starting together do it once).
+ */
+import type { Database } from "bun:sqlite";
+import { readingRulesText } from "../../look-alikes";
+import { readKey } from "./email";
+
+/** The stored readings' version: 12 hex digits of the SHA-256 of the rules and Unicode's version. */
+export const READING_VERSION = new Bun.CryptoHasher("sha256")
+  .update(JSON.stringify([process.versions.unicode ?? "", readingRulesText()]))
+  .digest("hex")
+  .slice(0, 12);
+
+/** What an account with this normalised address stores as its reading. */
+export function storedReading(email: string): string {
+  return `${READING_VERSION}:${readKey(email)}`;
+}
+
+/**
+ * Writes the reading of every account whose reading is missing or of another version; returns
+ * how many. Read through the index: this version's readings are one text range, the rest are
+ * before or after it. A row whose address is not text (written into the file) gets this version
+ * with nothing after it, which no address reads as.
+ */
+export function fillReadings(sqlite: Database): number {
+  const thisVersion = `${READING_VERSION}:`;
+  // ';' follows ':' in ASCII: every reading of this version is in [thisVersion, pastVersion).
+  const pastVersion = `${READING_VERSION};`;
+  return sqlite
+    .transaction(() => {
+      const stale = sqlite
+        .query<{ rowid: string; email: unknown }, [string, string]>(
+          `SELECT CAST(rowid AS TEXT) AS rowid, email FROM users INDEXED BY users_reading
+            WHERE reading IS NULL OR reading < ?1 OR reading >= ?2`,
+        )
+        .all(thisVersion, pastVersion);
+      const write = sqlite.query<unknown, [string, string]>(
+        "UPDATE users SET reading = ?1 WHERE rowid = CAST(?2 AS INTEGER)",
+      );
+      for (const row of stale) {
+        write.run(
+          typeof row.email === "string" ? storedReading(row.email) : thisVersion,
+          row.rowid,
+        );
+      }
+      return stale.length;
+    })
+    .immediate();
+}
