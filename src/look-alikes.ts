@@ -227,6 +227,18 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   ɩ: "i",
   ʋ: "u",
   ǀ: "l",
+  // Letters drawn as ASCII punctuation, which a local part may hold (probe 91a F6: `o'brien`
+  // beside `oʼbrien`, `john_smith` beside `johnˍsmith`)
+  ʼ: "'",
+  ʹ: "'",
+  ˈ: "'",
+  ʻ: "'",
+  ʽ: "'",
+  ˋ: "`",
+  ˍ: "_",
+  ǃ: "!",
+  ʔ: "?",
+  ـ: "_",
   // Han's and Hangul's strokes and circles, which a Latin address may hold beside its letters
   // (probes 90j F2, 90m F1: `paypa丨`, `g〇〇gle`, `john一smith`)
   丨: "l",
@@ -282,13 +294,15 @@ function withCherokeeSmallLetters(list: Record<string, string>): Record<string, 
 }
 
 const MARK = /^\p{M}$/u;
+/** A dot above on a letter that has a dot (i, j, Cyrillic і, ј): drawn as that dot. */
+const DOT_ON_DOTTED = /(\p{Soft_Dotted})\u0307/gu;
 
 /**
  * Raised by a change in how readAsLatin or seenCharacters read a text other than the list's
  * entries (which are versioned by themselves): a stored reading's version is taken of both
  * (readingRulesText; modules/auth/readings.ts).
  */
-const READING_CODE_REVISION = 1;
+const READING_CODE_REVISION = 2;
 
 /**
  * The reading's rules as text: the list, each letter and its reading, and the revision of the code
@@ -332,5 +346,8 @@ export function readAsLatin(text: string): string {
       read += LOOKS_LATIN[character] ?? character;
     }
   }
-  return marked ? read.normalize("NFC") : read;
+  // `ѕкі̇` (a Cyrillic і with a combining dot above) is drawn as `ski`: Latin's `i̇` is refused in
+  // an address, the Cyrillic one was read as it and not as `i` (probe 91a F3).
+  const dotted = read.replace(DOT_ON_DOTTED, "$1");
+  return marked ? dotted.normalize("NFC") : dotted;
 }

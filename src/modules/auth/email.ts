@@ -29,7 +29,7 @@
 import { domainToASCII } from "node:url";
 import { readAsLatin } from "../../look-alikes";
 
-const MAX_EMAIL_LENGTH = 254;
+export const MAX_EMAIL_LENGTH = 254;
 const MAX_LOCAL_LENGTH = 64;
 /** Characters that are invisible, control or otherwise not part of any real address. */
 const FORBIDDEN =
@@ -108,11 +108,21 @@ export function checkEmail(raw: string): EmailVerdict {
 
 /**
  * The key of the address a reader takes a normalised one for, its look-alike letters read as the
- * Latin ones they copy (`рау` in Cyrillic as `pay`); its own key when it has none.
+ * Latin ones they copy (`рау` in Cyrillic as `pay`); its own key when it has none. Case is folded
+ * before the letters are read as well as after, until neither changes anything: read first, a
+ * capital not in the list folded into a small letter that is (`Ɪan`, U+A7AE, into `ɪan`), which
+ * nothing read again; and one fold leaves the capital `ẞ` as `ß`, which a second makes `ss` (probe
+ * 91a F1, F2: `STRAẞE` beside `strasse`).
  */
 export function readKey(email: string): string {
   const at = email.lastIndexOf("@");
-  return `${foldCase(readAsLatin(email.slice(0, at)))}${email.slice(at)}`;
+  let read = email.slice(0, at);
+  for (let pass = 0; pass < 4; pass++) {
+    const again = foldCase(readAsLatin(foldCase(read)));
+    if (again === read) break;
+    read = again;
+  }
+  return `${read}${email.slice(at)}`;
 }
 
 /** The normalised address and its key, or null when it is not one. */

@@ -444,10 +444,13 @@ export class AuthService {
     const reading = storedReading(email);
     const duplicate = () => {
       // An address that reads as an account's (`рау` in Cyrillic beside `pay`, either registered
-      // first) is taken, answered as the same address is (probe 90b F2).
-      const taken = this.statements.usersByReading
-        .all({ value: reading })
-        .some((row) => this.sealed(row) !== null);
+      // first) is taken, answered as the same address is (probe 90b F2). The reading is the one
+      // of the account's sealed address, not the column's: moved in the file, a reading took any
+      // free address (probe 91a F4).
+      const taken = this.statements.usersByReading.all({ value: reading }).some((row) => {
+        const account = this.sealed(row);
+        return account !== null && storedReading(account.email) === reading;
+      });
       const same = this.userByEmail(key) !== null;
       if (!taken && !same) return false;
       this.options.audit.record({

@@ -408,6 +408,62 @@ describe("an address registered after its look-alike", () => {
     expect((await login(target, "pay@example.com")).status).toBe(401);
   });
 
+  test("capitals, a second fold, a dot on a dotted letter and letters drawn as punctuation are read too (probe 91a)", async () => {
+    const target = app();
+    const pairs: [string, string][] = [
+      ["ian", "\ua7aean"], // Ɪan: a capital whose small letter is listed
+      ["google", "\ua7acoogle"], // Ɡoogle
+      ["lol", "\u053c\u0555\u053c"], // ԼՕԼ, Armenian capitals
+      ["pop", "\u0440\u1c82\u0440"], // рᲂр, a Cyrillic narrow o
+      ["strasse", "STRA\u1e9eE"], // STRAẞE: one fold leaves ß
+      ["ski", "\u0455\u043a\u0456\u0307"], // ѕкі̇: a dot above a dotted і
+      ["jax", "\u0458\u0307\u0430\u0445"], // ј̇ах
+      ["o'brien", "o\u02bcbrien"], // a modifier letter apostrophe
+      ["john_smith", "john\u02cdsmith"], // a modifier letter low macron
+      ["pay!", "pay\u01c3"], // a Latin retroflex click
+    ];
+    for (const [latin] of pairs) {
+      expect((await register(target, `${latin}@example.com`)).status).toBe(201);
+    }
+    for (const [latin, lookAlike] of pairs) {
+      const again = await register(target, `${lookAlike}@example.com`);
+      expect({ latin, status: again.status }).toEqual({ latin, status: 409 });
+    }
+    // And the other way round, each look-alike first.
+    const other = app();
+    for (const [, lookAlike] of pairs) {
+      expect((await register(other, `${lookAlike}@example.com`)).status).toBe(201);
+    }
+    for (const [latin] of pairs) {
+      const again = await register(other, `${latin}@example.com`);
+      expect({ latin, status: again.status }).toEqual({ latin, status: 409 });
+    }
+  });
+
+  test("a reading moved in the file takes no free address; an address too long for one gets none (probe 91a F4, F5)", async () => {
+    const target = app();
+    expect((await register(target, "lol@example.com")).status).toBe(201);
+    const sqlite = target.db.$client;
+    const { reading } = sqlite.query<{ reading: string }, []>("SELECT reading FROM users").get()!;
+    const version = reading.slice(0, reading.indexOf(":"));
+    sqlite.run(`UPDATE users SET reading = '${version}:ceo@example.com'`);
+    expect((await register(target, "ceo@example.com")).status).toBe(201);
+    expect((await register(target, "CEO@example.com")).status).toBe(409);
+
+    // A row written into the file with an address of a million characters and no reading.
+    sqlite
+      .query(
+        `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
+         VALUES ('long', ?, NULL, 'h', 'user', 0, 0)`,
+      )
+      .run(`${"\u04d3".repeat(1_000_000)}@example.com`);
+    const restarted = secondProcess(target);
+    restarted.close();
+    expect(sqlite.query("SELECT reading FROM users WHERE id = 'long'").get()).toEqual({
+      reading: `${version}:`,
+    });
+  });
+
   test("an older file's accounts, and readings of another version, are read again at start", async () => {
     const target = app();
     expect((await register(target, cyrillicPay)).status).toBe(201);
