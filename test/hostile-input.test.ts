@@ -176,7 +176,8 @@ test("GET /api/admin/audit?limit=1.5 is 422, not a database error", async () => 
     "cursor=2.5",
     "limit=0",
     "limit=501",
-    "cursor=-1",
+    "cursor=-1.5",
+    "cursor=--1",
     "limit=1e3",
   ]) {
     const response = await send(current, `/api/admin/audit?${query}`, {

@@ -506,3 +506,17 @@ test("what a route reads itself is in the document: the chat stream's media type
   expect(text).not.toContain("x-palisade-parameters");
   expect(text).not.toContain("x-palisade-event-stream");
 });
+
+test("the audit query's parameters are documented as the route takes them (probe 91b F3, F4)", async () => {
+  current = buildTestApp();
+  const parameters = (await documentOf(current)).paths["/api/admin/audit"]!.get!.parameters!;
+  const schemaOf = (name: string) =>
+    parameters.find((parameter) => parameter.name === name)!.schema;
+  expect(schemaOf("cursor")).toMatchObject({
+    minimum: Number.MIN_SAFE_INTEGER,
+    maximum: Number.MAX_SAFE_INTEGER,
+  });
+  expect(String(schemaOf("since").description)).toContain("upper-case T and Z");
+  expect(String(schemaOf("until").description)).toContain("no leap second");
+  expect(String(schemaOf("ip").description)).toContain("IPv4 or IPv6 address");
+});

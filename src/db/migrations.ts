@@ -46,6 +46,7 @@ import m0036 from "../../drizzle/0036_whatsapp_outbox_partial_indexes.sql" with 
 import m0037 from "../../drizzle/0037_ip_blocks_prune_indexes.sql" with { type: "text" };
 import m0038 from "../../drizzle/0038_erasure_blocks_index.sql" with { type: "text" };
 import m0039 from "../../drizzle/0039_users_reading.sql" with { type: "text" };
+import m0040 from "../../drizzle/0040_audit_events_type_id_index.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -89,6 +90,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0037_ip_blocks_prune_indexes": m0037,
   "0038_erasure_blocks_index": m0038,
   "0039_users_reading": m0039,
+  "0040_audit_events_type_id_index": m0040,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

@@ -62,6 +62,55 @@ describe("audit log query", () => {
     expect(page2.events[0]!.id).toBeLessThan(page1.events[2]!.id);
   });
 
+  test("every page is reached when the ids were moved past fifteen digits, or rows written at 0 and below (probe 91b F2, F4)", async () => {
+    current = buildTestApp();
+    const admin = await signUp(current, { role: "admin" });
+    const { audit } = current.services;
+    const sqlite = current.db.$client;
+    audit.flush();
+    sqlite.run("UPDATE sqlite_sequence SET seq = 1000000000000000 WHERE name = 'audit_events'");
+    for (let i = 0; i < 3; i++) {
+      audit.record({ type: "auth.login.failed", outcome: "failure", ip: `192.0.2.${i}` });
+    }
+    audit.flush();
+    // Rows written into the file under ids SQLite never hands out.
+    for (const id of [0, -5]) {
+      sqlite.run(
+        `INSERT INTO audit_events (id, at, type, outcome, ip, detail, subject_commit, prev_hash, hash)
+         VALUES (${id}, 0, 'auth.login.failed', 'failure', '203.0.113.${-id}', '{}', 'c', 'p', 'h')`,
+      );
+    }
+    const seen: { id: number; ip: string; tampered: boolean }[] = [];
+    let cursor: number | null = null;
+    do {
+      const query: string = `type=auth.login.failed&limit=1${cursor === null ? "" : `&cursor=${cursor}`}`;
+      const response = await send(current, `/api/admin/audit?${query}`, {
+        headers: bearer(admin.accessToken),
+      });
+      expect({ query, status: response.status }).toEqual({ query, status: 200 });
+      const page = (await response.json()) as {
+        events: { id: number; ip: string; tampered: boolean }[];
+        nextCursor: number | null;
+      };
+      seen.push(...page.events.map(({ id, ip, tampered }) => ({ id, ip, tampered })));
+      cursor = page.nextCursor;
+    } while (cursor !== null);
+    expect(seen).toEqual([
+      { id: 1000000000000003, ip: "192.0.2.2", tampered: false },
+      { id: 1000000000000002, ip: "192.0.2.1", tampered: false },
+      { id: 1000000000000001, ip: "192.0.2.0", tampered: false },
+      { id: 0, ip: "203.0.113.0", tampered: true },
+      { id: -5, ip: "203.0.113.5", tampered: true },
+    ]);
+    // A minus before a zero is 0's second spelling; the other integers take no minus.
+    for (const query of ["cursor=-0", "cursor=-00", "limit=-1", "cursor=9007199254740992"]) {
+      const response = await send(current, `/api/admin/audit?${query}`, {
+        headers: bearer(admin.accessToken),
+      });
+      expect({ query, status: response.status }).toEqual({ query, status: 422 });
+    }
+  });
+
   test("a row written or changed in the database file is listed as tampered; the others are not (probe 69d F2)", async () => {
     current = buildTestApp();
     const admin = await signUp(current, { role: "admin" });
@@ -260,7 +309,7 @@ describe("audit log query", () => {
     const user = await signUp(current);
     const cases = [
       [admin, "/api/admin/audit?limit=50123", "query/limit", "from 1 to 500"],
-      [admin, "/api/admin/audit?cursor=0", "query/cursor", "of at least 1"],
+      [user, "/api/payments?cursor=0", "query/cursor", "of at least 1"],
       [admin, "/api/admin/api-keys?limit=0", "query/limit", "from 1 to 500"],
       [admin, "/api/admin/blocks?limit=987654", "query/limit", "from 1 to 500"],
       [admin, "/api/admin/security/summary?limit=10177", "query/limit", "from 1 to 100"],
@@ -286,8 +335,8 @@ describe("audit log query", () => {
       if (sent.length > 1) expect(JSON.stringify(problem)).not.toContain(sent);
     }
     // Two out of range: both named.
-    const both = await send(current, "/api/admin/audit?limit=600&cursor=0", {
-      headers: bearer(admin.accessToken),
+    const both = await send(current, "/api/payments?limit=600&cursor=0", {
+      headers: bearer(user.accessToken),
     });
     const problem = (await both.json()) as { errors: { field: string }[] };
     expect(problem.errors.map((error) => error.field).sort()).toEqual([

@@ -35,6 +35,9 @@ export const auditEvents = sqliteTable(
   (table) => [
     index("audit_events_at").on(table.at),
     index("audit_events_type_at").on(table.type, table.at),
+    // The admin audit filter by type, newest first: by (type, at) SQLite read every row of the
+    // type whole and sorted them by id for each page (0.5–0.6 s at a million rows, probe 91b F1).
+    index("audit_events_type_id").on(table.type, table.id),
     index("audit_events_actor").on(table.actor),
     // The admin audit filter by address (`?ip=`): without it a walk of the whole table, 0.35–0.46 s
     // of every request's time at a million rows (probe 86c F1).

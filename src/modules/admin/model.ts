@@ -79,13 +79,27 @@ export const CreatedKey = t.Object({
 
 export const IdParams = t.Object({ id: t.String({ minLength: 1, maxLength: 64 }) });
 
+/** What the strict-query rule takes of a date-time (calendar.ts), narrower than the format. */
+const INSTANT =
+  "An RFC 3339 instant: upper-case T and Z or an offset, hours 00–23, no leap second, up to nine fraction digits, on a day that exists";
+
 export const AuditQuery = t.Object({
   type: t.Optional(t.String({ maxLength: 100 })),
   actor: t.Optional(t.String({ maxLength: 200 })),
-  ip: t.Optional(t.String({ maxLength: 64 })),
-  since: t.Optional(t.String({ format: "date-time" })),
-  until: t.Optional(t.String({ format: "date-time" })),
-  cursor: t.Optional(t.Integer({ minimum: 1 })),
+  ip: t.Optional(
+    t.String({
+      maxLength: 64,
+      description: "An IPv4 or IPv6 address: its rows, and those of its blocks' /64 and /48",
+    }),
+  ),
+  since: t.Optional(t.String({ format: "date-time", description: INSTANT })),
+  until: t.Optional(t.String({ format: "date-time", description: INSTANT })),
+  // Any id a row may have: SQLite hands out ids from 1, but a row written into the file at 0 or
+  // below is still listed (as tampered), and the cursor past it must be one the route takes
+  // (probe 91b F4).
+  cursor: t.Optional(
+    t.Integer({ minimum: Number.MIN_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }),
+  ),
   limit: t.Optional(t.Integer({ minimum: 1, maximum: 500 })),
 });
 

@@ -255,8 +255,8 @@ export class PaymentLedger {
   }
 
   /**
-   * The owner's payments, newest first, `limit` from before the cursor (a `seq`). A `seq` longer
-   * than a query's 15 digits, or below 1, is none SQLite handed out here (it counts from 1):
+   * The owner's payments, newest first, `limit` from before the cursor (a `seq`). A `seq` larger
+   * than a query carries (2^53 − 1), or below 1, is none SQLite handed out here (it counts from 1):
    * written into the file (the column is not sealed), it would be a cursor no request can send
    * back, and every older payment out of reach (probes 29c F3, 29e F2, 29f F4). Such a row is left
    * out of the list; it is still read by its id.

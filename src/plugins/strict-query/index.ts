@@ -23,9 +23,26 @@ export interface RouteQuery {
   hooks?: { query?: unknown };
 }
 
-const DIGITS = /^[0-9]{1,15}$/;
-/** The largest whole number a query parameter can carry (15 digits): a cursor must fit. */
-export const MAX_QUERY_INTEGER = 999_999_999_999_999;
+const DIGITS = /^[0-9]{1,16}$/;
+/**
+ * The largest whole number a query parameter can carry, 2^53 − 1: a cursor must fit, and every id
+ * SQLite hands out below it does (the audit log writes none past it). Fifteen digits until this
+ * release: an audit log whose id sequence was moved past them in the file handed out cursors its
+ * own route refused (probe 91b F2).
+ */
+export const MAX_QUERY_INTEGER = Number.MAX_SAFE_INTEGER;
+
+/**
+ * Digits only, of a number a query parameter can carry; a minus first where the parameter may be
+ * below zero (`signed`: the audit log's cursor, since a row written into the file may have any
+ * id), but not before a zero, one number's second spelling.
+ */
+function isQueryInteger(raw: string, signed = false): boolean {
+  const digits = signed && raw.startsWith("-") ? raw.slice(1) : raw;
+  if (!DIGITS.test(digits)) return false;
+  const value = Number(digits);
+  return value <= MAX_QUERY_INTEGER && (digits === raw || value !== 0);
+}
 const DECIMAL_DIGITS_MESSAGE = "Expected one whole number written in decimal digits";
 
 type Property = {
@@ -57,11 +74,14 @@ function refusedRules(rules: readonly SentRule[], sent: URLSearchParams): SentRu
   return rules.filter((rule) => refuses(rule, sent.getAll(rule.name)));
 }
 
-const wholeNumber = (name: string): SentRule => ({
+const wholeNumber = (name: string, signed: boolean): SentRule => ({
   name,
   message: DECIMAL_DIGITS_MESSAGE,
-  valueOk: (raw) => DIGITS.test(raw),
+  valueOk: (raw) => isQueryInteger(raw, signed),
 });
+
+/** An integer that may be below zero, as its schema's minimum says. */
+const isSigned = (property: Property): boolean => (boundsOf(property).minimum ?? 0) < 0;
 
 // The format check takes 2026-02-30 (read as March 2), a time without an offset (read in the
 // server's zone) and one with a `"` after it (read as nothing): each is refused.
@@ -93,7 +113,7 @@ function rulesOf(schema: unknown): SentRule[] {
   const rules: SentRule[] = [];
   for (const name of Object.keys(properties)) {
     const property = properties[name];
-    if (isInteger(property)) rules.push(wholeNumber(name));
+    if (property && isInteger(property)) rules.push(wholeNumber(name, isSigned(property)));
     else if (property?.type === "string" && property.format === "date-time") {
       rules.push(realDay(name));
     } else if (property?.type !== "array") rules.push(once(name));
@@ -145,7 +165,7 @@ export function queryRangeErrors(routes: () => readonly RouteQuery[]) {
       // Elysia converts `-1`, `1e3` or twenty digits and refuses the number's range before
       // strict-query's own rule runs: the rule that refuses their spelling names them here
       // (probe 27d F4).
-      if (!DIGITS.test(raw)) {
+      if (!isQueryInteger(raw, (integer.minimum ?? 0) < 0)) {
         errors.push({ field: `query/${integer.name}`, message: DECIMAL_DIGITS_MESSAGE });
         continue;
       }

@@ -57,3 +57,24 @@ test("GET /api/admin/audit?since=&until= reads the window's ids from the time in
   ).toEqual(["SEARCH audit_events USING INTEGER PRIMARY KEY (rowid=?)"]);
   db.$client.close();
 });
+
+test("GET /api/admin/audit?type= walks the type's rows newest first, no sort (probe 91b F1)", () => {
+  const db = openDatabase(":memory:");
+  applyMigrations(db);
+  const sqlite: Database = db.$client;
+  const statements: string[] = [];
+  const prepare = sqlite.prepare.bind(sqlite);
+  sqlite.prepare = ((sql: string, ...rest: unknown[]) => {
+    statements.push(sql);
+    return (prepare as (...args: unknown[]) => unknown)(sql, ...rest);
+  }) as typeof sqlite.prepare;
+  queryAuditEvents(sqlite, { type: "request.rejected", cursor: 1000, limit: 100 }, () => true);
+  const select = statements.find((sql) => sql.includes('from "audit_events"'));
+  expect(select).toBeDefined();
+  const plan = sqlite
+    .query(`EXPLAIN QUERY PLAN ${select}`)
+    .all("request.rejected", 1000, 101)
+    .map((row) => (row as { detail: string }).detail);
+  expect(plan).toEqual(["SEARCH audit_events USING INDEX audit_events_type_id (type=? AND id<?)"]);
+  db.$client.close();
+});

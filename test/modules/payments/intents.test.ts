@@ -194,7 +194,7 @@ test("GET /api/payments lists the caller's payments newest first, a page at a ti
   });
 });
 
-test("a payment whose seq was written into the file past what a cursor carries (past 2^53, or 16 digits) is left out of the list, and every other page still reached (probes 29c F3, 29e F2)", async () => {
+test("a payment whose seq was written into the file past what a cursor carries (past 2^53 − 1) is left out of the list, and every other page still reached (probes 29c F3, 29e F2)", async () => {
   current = buildPaymentsApp();
   const user = await signUp(current);
   const ids: string[] = [];
@@ -205,12 +205,16 @@ test("a payment whose seq was written into the file past what a cursor carries (
     });
     ids.push(((await response.json()) as { id: string }).id);
   }
-  for (const seq of ["9007199254740993", "1000000000000000", "0", "-5"]) {
-    // The second made now sorts first, under a seq no cursor can carry back (past 2^53, rounded;
-    // or 16 digits, more than a query takes: probe 29e F2; or below the 1 a cursor starts at: 29f
-    // F4).
+  for (const seq of ["9007199254740993", "9007199254740992", "0", "-5"]) {
+    // The second made now sorts first, under a seq no cursor can carry back (past 2^53 − 1, read
+    // rounded: probe 29e F2; or below the 1 a cursor starts at: 29f F4).
     current.db.$client.query(`UPDATE payments SET seq = ${seq} WHERE id = ?`).run(ids[1]!);
     await expectListed(current, user, [ids[3]!, ids[2]!, ids[0]!]);
+  }
+  // Sixteen digits up to 2^53 − 1 are a cursor like any other (probe 91b F2).
+  for (const seq of ["1000000000000000", "9007199254740991"]) {
+    current.db.$client.query(`UPDATE payments SET seq = ${seq} WHERE id = ?`).run(ids[1]!);
+    await expectListed(current, user, [ids[1]!, ids[3]!, ids[2]!, ids[0]!]);
   }
   // Still read by its id.
   const moved = await send(current, `/api/payments/${ids[1]}`, {
