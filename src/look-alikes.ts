@@ -7,17 +7,23 @@
  * and the scrubber looks for a secret in a name or reason this way (probes 39b F2, F6; 40b F1, F2).
  */
 
+import { CONFUSABLE_ASCII_TEXT } from "./confusables";
+
 /** What draws nothing. */
 const UNSEEN = /[\p{Default_Ignorable_Code_Point}\p{Cf}\u2800\uFFFC\u{18CFF}\u{1D159}]/gu;
 
 /**
- * Letters read as the Latin letter they look like, in the spirit of UTS #39's confusables, kept to
- * the scripts and forms a keyboard or an IME types: Cyrillic, Greek, Armenian, Coptic, Cherokee
- * and Lisu letters that copy Latin ones, small capitals, and the strokes and circles of Han,
- * Bopomofo, katakana and Hangul that a Latin address may hold beside its letters (an address may
- * mix Latin with those scripts: modules/auth/mixed-scripts.ts). A list, not the whole table.
+ * Letters read as the Latin letter they look like: every letter and digit UTS #39's confusables
+ * list draws as ASCII an address may hold (src/confusables.ts, Unicode 10's list), and over it a
+ * hand-made list of the scripts and forms a keyboard or an IME types: Cyrillic, Greek, Armenian,
+ * Coptic, Cherokee and Lisu letters that copy Latin ones, small capitals, and the strokes and
+ * circles of Han, Bopomofo, katakana and Hangul that a Latin address may hold beside its letters
+ * (an address may mix Latin with those scripts: modules/auth/mixed-scripts.ts). Letters of newer
+ * scripts, and shapes Unicode's list does not name, are not read.
  */
 const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
+  // Unicode's own list first (scripts/confusables.ts); the entries below are read over it.
+  ...confusableAscii(),
   // Cyrillic
   а: "a",
   в: "b",
@@ -278,6 +284,16 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   工: "I",
   卜: "t",
 });
+
+/** The letters and digits Unicode's confusables list draws as ASCII (src/confusables.ts). */
+function confusableAscii(): Record<string, string> {
+  const list: Record<string, string> = {};
+  for (const entry of CONFUSABLE_ASCII_TEXT.split(/[ \n]/)) {
+    const [character, ...drawn] = entry;
+    if (character !== undefined) list[character] = drawn.join("").replace("\u0000", "");
+  }
+  return list;
+}
 
 /**
  * The list with Cherokee's small letters beside its capitals, read as the small Latin letters:

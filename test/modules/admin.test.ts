@@ -102,8 +102,17 @@ describe("audit log query", () => {
       { id: 0, ip: "203.0.113.0", tampered: true },
       { id: -5, ip: "203.0.113.5", tampered: true },
     ]);
-    // A minus before a zero is 0's second spelling; the other integers take no minus.
-    for (const query of ["cursor=-0", "cursor=-00", "limit=-1", "cursor=9007199254740992"]) {
+    // A minus before a zero, or a leading zero, is a number's second spelling (probe 91d F5); the
+    // other integers take no minus.
+    for (const query of [
+      "cursor=-0",
+      "cursor=-00",
+      "cursor=-05",
+      "cursor=01",
+      "limit=007",
+      "limit=-1",
+      "cursor=9007199254740992",
+    ]) {
       const response = await send(current, `/api/admin/audit?${query}`, {
         headers: bearer(admin.accessToken),
       });
@@ -292,7 +301,9 @@ describe("audit log query", () => {
     expect((await get("limit=16&cursor=999")).status).toBe(200);
     // Once each: with two, the route reads one and a filter in front may read the other.
     expect((await get("limit=5&limit=6")).status).toBe(422);
-    expect((await get("limit=016")).status).toBe(200);
+    // A leading zero is the number's second spelling (probe 91d F5).
+    expect((await get("limit=016")).status).toBe(422);
+    expect((await get("limit=0")).status).toBe(422);
     // Anonymous is 401 first, whatever the query; a user is 403.
     expect((await get("limit=0x10", {})).status).toBe(401);
     // The other routes with whole-number parameters are held to it too.
@@ -309,7 +320,7 @@ describe("audit log query", () => {
     const user = await signUp(current);
     const cases = [
       [admin, "/api/admin/audit?limit=50123", "query/limit", "from 1 to 500"],
-      [user, "/api/payments?cursor=0", "query/cursor", "of at least 1"],
+      [user, "/api/payments?cursor=0", "query/cursor", "from 1 to 9007199254740991"],
       [admin, "/api/admin/api-keys?limit=0", "query/limit", "from 1 to 500"],
       [admin, "/api/admin/blocks?limit=987654", "query/limit", "from 1 to 500"],
       [admin, "/api/admin/security/summary?limit=10177", "query/limit", "from 1 to 100"],

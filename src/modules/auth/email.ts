@@ -108,17 +108,18 @@ export function checkEmail(raw: string): EmailVerdict {
 
 /**
  * The key of the address a reader takes a normalised one for, its look-alike letters read as the
- * Latin ones they copy (`рау` in Cyrillic as `pay`); its own key when it has none. Case is folded
- * before the letters are read as well as after, until neither changes anything: read first, a
- * capital not in the list folded into a small letter that is (`Ɪan`, U+A7AE, into `ɪan`), which
- * nothing read again; and one fold leaves the capital `ẞ` as `ß`, which a second makes `ss` (probe
- * 91a F1, F2: `STRAẞE` beside `strasse`).
+ * Latin ones they copy (`рау` in Cyrillic as `pay`); its own key when it has none. Read, folded,
+ * and read again until nothing changes: once, a capital not in the list folded into a small
+ * letter that is (`Ɪan`, U+A7AE, into `ɪan`) which nothing read again, and one fold leaves the
+ * capital `ẞ` as `ß`, which a second makes `ss` (probe 91a F1, F2: `STRAẞE` beside `strasse`).
+ * Folded before it is read, a listed capital whose small letter reads otherwise was lost (`Η`,
+ * listed as `H`, folded to `η`, which reads `n`: probe 91d F1).
  */
 export function readKey(email: string): string {
   const at = email.lastIndexOf("@");
   let read = email.slice(0, at);
   for (let pass = 0; pass < 4; pass++) {
-    const again = foldCase(readAsLatin(foldCase(read)));
+    const again = foldCase(readAsLatin(read));
     if (again === read) break;
     read = again;
   }

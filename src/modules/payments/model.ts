@@ -93,7 +93,7 @@ export const PaymentPage = t.Object({
 });
 
 export const PaymentListQuery = t.Object({
-  cursor: t.Optional(t.Integer({ minimum: 1 })),
+  cursor: t.Optional(t.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER })),
   limit: t.Optional(t.Integer({ minimum: 1, maximum: 100 })),
 });
 

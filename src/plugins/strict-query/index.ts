@@ -23,7 +23,8 @@ export interface RouteQuery {
   hooks?: { query?: unknown };
 }
 
-const DIGITS = /^[0-9]{1,16}$/;
+/** One spelling a number: no leading zero (`007` is 7's second spelling; probe 91d F5). */
+const DIGITS = /^(?:0|[1-9][0-9]{0,15})$/;
 /**
  * The largest whole number a query parameter can carry, 2^53 − 1: a cursor must fit, and every id
  * SQLite hands out below it does (the audit log writes none past it). Fifteen digits until this

@@ -1,0 +1,50 @@
+/**
+ * An address's reading (modules/auth/email.ts `readKey`): each look-alike in the list reads as
+ * what it is drawn as, in either case, whatever the other entries are, so that a new address in
+ * one script that copies a registered one is taken (lookalikes.test.ts tries that through the
+ * API). Probe 91d F1: folding case before reading lost ten listed capitals (`Η`, listed as `H`,
+ * folded to `η`, which reads `n`).
+ */
+import { expect, test } from "bun:test";
+import { readingRulesText } from "../../../src/look-alikes";
+import { foldCase, readKey } from "../../../src/modules/auth/email";
+
+const [, , entries] = JSON.parse(readingRulesText()) as [number, string, [string, string][]];
+const LETTER_OR_DIGIT = /^[\p{L}\p{N}]$/u;
+
+test("every letter and digit in the list reads as what it is drawn as", () => {
+  // A character NFKC changes is read as what NFKC makes it (ϲ as σ), never as itself.
+  const read = entries.filter(
+    ([character]) => LETTER_OR_DIGIT.test(character) && character.normalize("NFKC") === character,
+  );
+  expect(read.length).toBeGreaterThan(550);
+  const wrong = read
+    .map(([character, drawn]) => ({
+      character,
+      drawn: foldCase(drawn),
+      read: readKey(`${character}@example.com`).slice(0, -"@example.com".length),
+    }))
+    .filter((entry) => entry.read !== entry.drawn);
+  expect(wrong).toEqual([]);
+});
+
+test("Unicode's confusables are read: digits, punctuation, capitals of every listed script (probe 91d F2)", () => {
+  for (const [address, reading] of [
+    ["окб", "ok6"],
+    ["roomƷ", "room3"],
+    ["okȣ", "ok8"],
+    ["o\ua78cbrien", "o'brien"],
+    ["ꓙꓳꓧꓠꓸꓓꓳꓰ", "john.doe"],
+    ["ΤΗΕΟ", "theo"],
+    ["ΗΑΝΝΑ", "hanna"],
+    ["ՏՕՏ", "sos"],
+    ["ԌОԌ", "gog"],
+    ["ⲂⲞⲂ", "bob"],
+    ["\u13a1\u13c2\u13a5", "rhi"], // Cherokee Ꭱ Ꮒ Ꭵ
+  ] as const) {
+    expect({ address, read: readKey(`${address}@example.com`) }).toEqual({
+      address,
+      read: `${reading}@example.com`,
+    });
+  }
+});
