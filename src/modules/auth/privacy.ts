@@ -13,7 +13,7 @@ import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedFamilyColumns } from "../../plugins/auth/sealed-columns";
 import type { PrivacyContributor } from "../privacy/contributor";
 import type { PrivacyAccount } from "../privacy/service";
-import type { ApiKeyService } from "./api-keys";
+import type { ApiKeyService, SealScan } from "./api-keys";
 import { type AuthService, accountLimitKey } from "./service";
 
 export function sessionsContributor(
@@ -63,6 +63,9 @@ export const USED_TOKENS_AHEAD_PART = 250;
 /** API keys an erasure revokes in one transaction ahead of its own (~20–40 ms of the lock here). */
 export const KEYS_AHEAD_PART = 100;
 
+/** Keys whose seal an erasure compares with the user's in one part ahead of its transaction. */
+export const SEAL_SCAN_PART = 1_000;
+
 /** The reason on a revocation made ahead of an erasure's transaction. */
 const ERASURE_REASON = "account_erasure";
 
@@ -78,6 +81,11 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
   // every export ~150 ms). Every key the file says is theirs is still revoked with the erasure.
   const listedKeysOf = (userId: string) =>
     apiKeys.list(userId).filter((key) => apiKeys.intact(key.id));
+  // What the scan of every key's seal found ahead of each erasure under way here: the transaction
+  // compares only what came after it (probe 91e F1). Taken by the transaction; a scan whose
+  // erasure then found no account is replaced by the next erasure of that user, or dropped with
+  // the oldest past a few.
+  const scans = new Map<string, SealScan>();
   return {
     name: "apiKeys",
     export: (userId) => {
@@ -91,10 +99,12 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
           key.replacedBy === null || own.has(key.replacedBy) ? key.replacedBy : WITHHELD_PRINCIPAL,
       }));
     },
-    actors: (userId, forErasure) =>
-      (forErasure ? apiKeys.sealedKeysOf(userId) : listedKeysOf(userId)).map(
-        (key) => `key:${key.id}`,
-      ),
+    actors: (userId, forErasure) => {
+      if (!forErasure) return listedKeysOf(userId).map((key) => `key:${key.id}`);
+      const scanned = scans.get(userId);
+      scans.delete(userId);
+      return apiKeys.sealedKeysOf(userId, scanned).map((key) => `key:${key.id}`);
+    },
     // Revoked KEYS_AHEAD_PART at a time before the erasure's transaction (each revocation sealed
     // and audited: 2,000 keys held every request ~0.6–1.8 s in it; probe 41b F5), by whoever
     // asked for the erasure, not its pseudonym (probe 42a F2): the keys listed under the user whose
@@ -102,7 +112,8 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
     // user but the file lists under another (its row fails its seal, which a revocation leaves as
     // it was, so with `revoked_at` set the transaction's seal scan would no longer find it theirs,
     // nor its conversations and audit rows), one listed whose seal fails (reported there), and one
-    // created since.
+    // created since. Then the scan of every key's seal for the user, SEAL_SCAN_PART keys a part,
+    // which the transaction's `actors` takes up (probe 91e F1).
     eraseAhead(userId, { requestedBy, requestId, actors }) {
       const sealedToThem = new Set(actors);
       const active = apiKeys
@@ -110,11 +121,26 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
         .filter((key) => key.revokedAt === null && sealedToThem.has(`key:${key.id}`))
         .map((key) => key.id);
       let next = 0;
+      // Then every key's seal, a part at a time, read outside any write lock.
+      const found: string[] = [];
+      let after = "0";
+      scans.delete(userId);
       return () => {
-        const part = active.slice(next, next + KEYS_AHEAD_PART);
-        apiKeys.revokeMany(part, requestedBy, ERASURE_REASON, erasureOrigin(requestId));
-        next += part.length;
-        return next >= active.length;
+        if (next < active.length) {
+          const part = active.slice(next, next + KEYS_AHEAD_PART);
+          apiKeys.revokeMany(part, requestedBy, ERASURE_REASON, erasureOrigin(requestId));
+          next += part.length;
+          return false;
+        }
+        const part = apiKeys.sealScanPart(userId, after, SEAL_SCAN_PART);
+        found.push(...part.ids);
+        if (part.lastRowid !== null) {
+          after = part.lastRowid;
+          return false;
+        }
+        if (scans.size >= 16) scans.delete(scans.keys().next().value as string);
+        scans.set(userId, { ids: found, throughRowid: after });
+        return true;
       };
     },
     erase(userId, { pseudonym, requestId, actors }) {

@@ -193,9 +193,9 @@ export class PrivacyService {
     const requestedBy = byOperator ? "cli" : `user:${userId}`;
     const ahead = {
       pseudonym,
-      // As an export finds them (the keys listed under the user whose seal names them): not the
-      // scan of every key's seal (~0.3 s with 20,000 keys in the file, probe 42a F5), which the
-      // transaction makes, and does what it alone finds.
+      // As an export finds them (the keys listed under the user whose seal names them): the scan
+      // of every key's seal (~0.3 s with 20,000 keys in the file, probe 42a F5) is made by the
+      // keys' step ahead, a part at a time, and the transaction looks at what came after it.
       actors: this.actorsOf(userId, false),
       requestId: meta.requestId,
       requestedBy,

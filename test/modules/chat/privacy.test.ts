@@ -142,6 +142,47 @@ describe("export and erasure", () => {
     expect(row.revokedAt).not.toBeNull();
   });
 
+  test("every key's seal is compared ahead of the erasure's transaction, a part at a time; the transaction compares what the scan found and what came after it (probe 91e F1)", async () => {
+    target = buildTestApp();
+    const alice = await signUp(target);
+    const bob = await signUp(target);
+    const alices = createKey(target, ["chat"], alice.userId);
+    const asked = await start(target, asKey(alices.key), "alice's key's question");
+    for (let i = 0; i < 2_500; i++) createKey(target, ["chat"], bob.userId);
+    // Alice's key moved to Bob in the file: only her key's seal says it is hers.
+    target.db.$client.run("UPDATE api_keys SET user_id = ? WHERE id = ?", [
+      bob.userId,
+      alices.record.id,
+    ]);
+    const { apiKeys } = target.services;
+    const parts: number[] = [];
+    const scanPart = apiKeys.sealScanPart.bind(apiKeys);
+    apiKeys.sealScanPart = (userId, after, limit) => {
+      const part = scanPart(userId, after, limit);
+      parts.push(part.ids.length);
+      return part;
+    };
+    const compared: unknown[] = [];
+    const sealedKeysOf = apiKeys.sealedKeysOf.bind(apiKeys);
+    apiKeys.sealedKeysOf = (userId, scanned) => {
+      compared.push(scanned);
+      return sealedKeysOf(userId, scanned);
+    };
+    const lastRowid = target.db.$client
+      .query<{ rowid: string }, []>("SELECT CAST(max(rowid) AS TEXT) AS rowid FROM api_keys")
+      .get()!.rowid;
+    const erased = await send(target, "/api/me", { method: "DELETE", headers: asUser(alice) });
+    expect(erased.status).toBe(204);
+    // 2,501 keys in three parts and the one past the end; the transaction's look is the scan's.
+    expect(parts).toEqual([1, 0, 0, 0]);
+    expect(compared).toEqual([{ ids: [alices.record.id], throughRowid: lastRowid }]);
+    expect(conversationIds(target)).not.toContain(asked);
+    const row = target.db.$client
+      .query("SELECT revoked_at AS revokedAt FROM api_keys WHERE id = ?")
+      .get(alices.record.id) as { revokedAt: number | null };
+    expect(row.revokedAt).not.toBeNull();
+  });
+
   test("a conversation whose owner the file moved to someone else or to no one is still erased with its owner, by what its seal names (probe 72a F1)", async () => {
     target = buildTestApp();
     const alice = await signUp(target);
