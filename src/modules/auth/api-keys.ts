@@ -150,11 +150,11 @@ const KEY_NAME_REFUSED = /[\p{Cc}\p{Cs}\p{Cn}\p{Zl}\p{Zp}\p{Cf}\p{Default_Ignora
 
 /**
  * What a scan of every key's seal ahead of an erasure found: the keys sealed to the user, and the
- * last rowid it read (text; "0" when the file held no key).
+ * last rowid it read (text; null when the file held no key).
  */
 export interface SealScan {
   ids: readonly string[];
-  throughRowid: string;
+  throughRowid: string | null;
 }
 
 /** Why a key's name is refused (the API's 422, the CLI's usage error), or null (probe 38a F1). */
@@ -479,7 +479,9 @@ export class ApiKeyService {
         : candidates
             .where(
               or(
-                sql`${apiKeys}.rowid > CAST(${scanned.throughRowid} AS INTEGER)`,
+                scanned.throughRowid === null
+                  ? sql`1`
+                  : sql`${apiKeys}.rowid > CAST(${scanned.throughRowid} AS INTEGER)`,
                 eq(apiKeys.userId, userId),
                 scanned.ids.length === 0 ? undefined : inArray(apiKeys.id, [...scanned.ids]),
               ),
@@ -498,19 +500,22 @@ export class ApiKeyService {
 
   /**
    * One part of the scan of every key's seal for the user (`sealedKeysOf`): the next `limit` keys
-   * in the file after `afterRowid` (text: a rowid past 2^53 read as a number is another), the ids
+   * in the file after `afterRowid` (text: a rowid past 2^53 read as a number is another), from the
+   * first when null (a row the file moved to rowid 0 or below is a key too: probe 91f F1), the ids
    * of those sealed to the user, and the last rowid read (null once none is left).
    */
   sealScanPart(
     userId: string,
-    afterRowid: string,
+    afterRowid: string | null,
     limit: number,
   ): { ids: string[]; lastRowid: string | null } {
     const { seal } = this.options;
     const rows = this.db
       .select({ ...sealedKeyColumns, rowid: sql<string>`CAST(${apiKeys}.rowid AS TEXT)` })
       .from(apiKeys)
-      .where(sql`${apiKeys}.rowid > CAST(${afterRowid} AS INTEGER)`)
+      .where(
+        afterRowid === null ? undefined : sql`${apiKeys}.rowid > CAST(${afterRowid} AS INTEGER)`,
+      )
       .orderBy(sql`${apiKeys}.rowid`)
       .limit(limit)
       .all();

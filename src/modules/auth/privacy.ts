@@ -123,7 +123,7 @@ export function apiKeysContributor(apiKeys: ApiKeyService): PrivacyContributor {
       let next = 0;
       // Then every key's seal, a part at a time, read outside any write lock.
       const found: string[] = [];
-      let after = "0";
+      let after: string | null = null;
       scans.delete(userId);
       return () => {
         if (next < active.length) {

@@ -142,15 +142,16 @@ describe("export and erasure", () => {
     expect(row.revokedAt).not.toBeNull();
   });
 
-  test("every key's seal is compared ahead of the erasure's transaction, a part at a time; the transaction compares what the scan found and what came after it (probe 91e F1)", async () => {
+  test("every key's seal is compared ahead of the erasure's transaction, a part at a time, whatever its rowid; the transaction compares what the scan found and what came after it (probes 91e F1, 91f F1)", async () => {
     target = buildTestApp();
     const alice = await signUp(target);
     const bob = await signUp(target);
     const alices = createKey(target, ["chat"], alice.userId);
     const asked = await start(target, asKey(alices.key), "alice's key's question");
     for (let i = 0; i < 2_500; i++) createKey(target, ["chat"], bob.userId);
-    // Alice's key moved to Bob in the file: only her key's seal says it is hers.
-    target.db.$client.run("UPDATE api_keys SET user_id = ? WHERE id = ?", [
+    // Alice's key moved to Bob in the file, and to rowid -1 (probe 91f F1: the scan started past
+    // 0): only her key's seal says it is hers.
+    target.db.$client.run("UPDATE api_keys SET user_id = ?, rowid = -1 WHERE id = ?", [
       bob.userId,
       alices.record.id,
     ]);
