@@ -7,14 +7,15 @@
  * and the scrubber looks for a secret in a name or reason this way (probes 39b F2, F6; 40b F1, F2).
  */
 
-import { CONFUSABLE_ASCII_TEXT } from "./confusables";
+import { CONFUSABLE_TEXT } from "./confusables";
 
 /** What draws nothing. */
 const UNSEEN = /[\p{Default_Ignorable_Code_Point}\p{Cf}\u2800\uFFFC\u{18CFF}\u{1D159}]/gu;
 
 /**
  * Letters read as the Latin letter they look like: every letter and digit UTS #39's confusables
- * list draws as ASCII an address may hold (src/confusables.ts, Unicode 10's list), and over it a
+ * list maps to a prototype an address may hold (src/confusables.ts, Unicode 10's list: `ç` and
+ * Cyrillic `ҫ` both as `c̦`), and over it a
  * hand-made list of the scripts and forms a keyboard or an IME types: Cyrillic, Greek, Armenian,
  * Coptic, Cherokee and Lisu letters that copy Latin ones, small capitals, and the strokes and
  * circles of Han, Bopomofo, katakana and Hangul that a Latin address may hold beside its letters
@@ -285,12 +286,12 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = withCherokeeSmallLetters({
   卜: "t",
 });
 
-/** The letters and digits Unicode's confusables list draws as ASCII (src/confusables.ts). */
+/** The letters and digits Unicode's confusables list draws as another (src/confusables.ts). */
 function confusableAscii(): Record<string, string> {
   const list: Record<string, string> = {};
-  for (const entry of CONFUSABLE_ASCII_TEXT.split(/[ \n]/)) {
+  for (const entry of CONFUSABLE_TEXT.split(/[ \n]/)) {
     const [character, ...drawn] = entry;
-    if (character !== undefined) list[character] = drawn.join("").replace("\u0000", "");
+    if (character !== undefined) list[character] = drawn.join("");
   }
   return list;
 }
@@ -318,7 +319,7 @@ const DOT_ON_DOTTED = /(\p{Soft_Dotted})\u0307/gu;
  * entries (which are versioned by themselves): a stored reading's version is taken of both
  * (readingRulesText; modules/auth/readings.ts).
  */
-const READING_CODE_REVISION = 2;
+const READING_CODE_REVISION = 3;
 
 /**
  * The reading's rules as text: the list, each letter and its reading, and the revision of the code
@@ -349,6 +350,13 @@ export function readAsLatin(text: string): string {
   let read = "";
   let marked = false;
   for (const character of seenCharacters(text)) {
+    const listed = LOOKS_LATIN[character];
+    if (listed !== undefined) {
+      // Its own entry first: Unicode's list names many letters with marks (`ѝ`, `ǧ`) whole.
+      read += listed;
+      marked = true;
+      continue;
+    }
     const [base, ...marks] = character.normalize("NFD");
     // Marks only: a Hangul syllable decomposes into letters (이 into ᄋ and ᅵ), read as itself.
     const baseLatin =
@@ -359,7 +367,7 @@ export function readAsLatin(text: string): string {
       read += baseLatin + marks.join("");
       marked = true;
     } else {
-      read += LOOKS_LATIN[character] ?? character;
+      read += character;
     }
   }
   // `ѕкі̇` (a Cyrillic і with a combining dot above) is drawn as `ski`: Latin's `i̇` is refused in
