@@ -319,7 +319,7 @@ const DOT_ON_DOTTED = /(\p{Soft_Dotted})\u0307/gu;
  * entries (which are versioned by themselves): a stored reading's version is taken of both
  * (readingRulesText; modules/auth/readings.ts).
  */
-const READING_CODE_REVISION = 3;
+const READING_CODE_REVISION = 4;
 
 /**
  * The reading's rules as text: the list, each letter and its reading, and the revision of the code
@@ -352,23 +352,25 @@ export function readAsLatin(text: string): string {
   for (const character of seenCharacters(text)) {
     const listed = LOOKS_LATIN[character];
     if (listed !== undefined) {
-      // Its own entry first: Unicode's list names many letters with marks (`ѝ`, `ǧ`) whole.
+      // Its own entry first: a letter with marks the hand-made list names whole.
       read += listed;
       marked = true;
       continue;
     }
     const [base, ...marks] = character.normalize("NFD");
     // Marks only: a Hangul syllable decomposes into letters (이 into ᄋ and ᅵ), read as itself.
-    const baseLatin =
-      marks.length === 0 || base === undefined || !marks.every((mark) => MARK.test(mark))
-        ? undefined
-        : LOOKS_LATIN[base];
-    if (baseLatin !== undefined) {
-      read += baseLatin + marks.join("");
-      marked = true;
-    } else {
-      read += character;
+    if (marks.length > 0 && base !== undefined && marks.every((mark) => MARK.test(mark))) {
+      // Its base letter's reading with its marks, each mark read too (`ӓ` as `ä`, probe 90j F2;
+      // `ş` as `ș`, a cedilla read as a comma below, 91h F2).
+      const seen =
+        (LOOKS_LATIN[base] ?? base) + marks.map((mark) => LOOKS_LATIN[mark] ?? mark).join("");
+      if (seen !== base + marks.join("")) {
+        read += seen;
+        marked = true;
+        continue;
+      }
     }
+    read += character;
   }
   // `ѕкі̇` (a Cyrillic і with a combining dot above) is drawn as `ski`: Latin's `i̇` is refused in
   // an address, the Cyrillic one was read as it and not as `i` (probe 91a F3).

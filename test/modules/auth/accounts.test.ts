@@ -259,6 +259,12 @@ describe("register", () => {
       "passw\u0585rd1234",
       "ꓑꓮꓢꓢꓪꓳꓣꓓ1234",
       "pássword1234",
+      // Letters Unicode's confusables list names whole were read as their odd prototypes there
+      // (`ö` as Arabic `ة`), and the accents kept (probe 91h F4).
+      "passwörd1234!",
+      "mönkeymönkey12",
+      "fööţball2024!",
+      "\u0162est\u0163est2024",
       // One expanding character repeated: one character, as typed.
       "\ufdfa".repeat(12),
       "\ufdfb".repeat(12),

@@ -17,7 +17,7 @@ test("every letter and digit in the list reads as what it is drawn as", () => {
   const read = entries.filter(
     ([character]) => LETTER_OR_DIGIT.test(character) && character.normalize("NFKC") === character,
   );
-  expect(read.length).toBeGreaterThan(1_500);
+  expect(read.length).toBeGreaterThan(1_400);
   const readingOf = (text: string) => readKey(`${text}@example.com`);
   // Drawn as ASCII, it reads as that ASCII; drawn as another letter, as that letter reads.
   const wrong = read
@@ -51,7 +51,7 @@ test("Unicode's confusables are read: digits, punctuation, capitals of every lis
   }
 });
 
-test("letters whose prototype is no ASCII read alike: one UTS #39 skeleton, one reading (probe 91f F2)", () => {
+test("letters whose prototype is no ASCII, and marks Unicode reads as others, read alike: one UTS #39 skeleton, one reading (probes 91f F2, 91h F2)", () => {
   for (const [latin, other] of [
     ["çelik", "ҫеӏік"], // Latin ç, Cyrillic ҫ: both c̦
     ["əcem", "әсем"], // Latin and Cyrillic schwa
@@ -61,6 +61,9 @@ test("letters whose prototype is no ASCII read alike: one UTS #39 skeleton, one 
     ["φοο", "фоо"],
     ["ǧul", "ğul"], // caron, breve
     ["ǎna", "ăna"],
+    ["ştefan", "ștefan"], // cedilla, comma below (probe 91h F2)
+    ["mureşan", "mureșan"],
+    ["âdam", "ȃdam"], // circumflex, inverted breve
   ] as const) {
     expect({ latin, other, read: readKey(`${other}@example.com`) }).toEqual({
       latin,
@@ -71,6 +74,8 @@ test("letters whose prototype is no ASCII read alike: one UTS #39 skeleton, one 
   // Names that differ to a reader still read apart.
   for (const [one, another] of [
     ["maria", "marta"],
+    ["sơn", "so'n"], // probe 91h F5: `ơ` was read as `o'`
+    ["nguyễn", "nguyen"],
     ["şahin", "sahin"],
     ["müller", "muller"],
     ["søren", "soren"],
