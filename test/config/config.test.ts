@@ -495,6 +495,9 @@ describe("production profile", () => {
       "acme-prod-jwt-key-20251205T100000Z",
       // Letters that only look Latin (Cyrillic а, с, р, о, ѕ, е) read as Latin (probe 75b F2).
       "асme-рrоd-jwt-ѕigning-kеy-jаnuаry-2025",
+      // Cherokee small letters Unicode draws as Latin small capitals, read on to the letters
+      // those copy (probe 91i F1).
+      "ꭻwt-ꮪꭼcrꭼt-kꭼy-ꭲhꭺt-ꮋꭺs-ꭺt-lꭼꭺst-32-chꭺrꭺctꭼrs",
     ].map((label): [string, Record<string, string>, string] => [
       "JWT_SECRET_KEY",
       { JWT_SECRET_KEY: label },

@@ -265,6 +265,10 @@ describe("register", () => {
       "mönkeymönkey12",
       "fööţball2024!",
       "\u0162est\u0163est2024",
+      // Cherokee small letters Unicode draws as small capitals, read once (probe 91i F1).
+      "ꮲꭺssword1234",
+      "ꮐoogle123456",
+      "ꭻennifer1234",
       // One expanding character repeated: one character, as typed.
       "\ufdfa".repeat(12),
       "\ufdfb".repeat(12),

@@ -6,11 +6,18 @@
  * folded to `η`, which reads `n`).
  */
 import { expect, test } from "bun:test";
-import { readingRulesText } from "../../../src/look-alikes";
+import { readAsLatin, readingRulesText } from "../../../src/look-alikes";
 import { foldCase, readKey } from "../../../src/modules/auth/email";
 
 const [, , entries] = JSON.parse(readingRulesText()) as [number, string, [string, string][]];
 const LETTER_OR_DIGIT = /^[\p{L}\p{N}]$/u;
+
+test("a letter's reading is read to its end: reading it again changes nothing (probe 91i F1)", () => {
+  const again = entries
+    .map(([character]) => readAsLatin(character))
+    .filter((read) => readAsLatin(read) !== read && read.normalize("NFD") === read);
+  expect(again).toEqual([]);
+});
 
 test("every letter and digit in the list reads as what it is drawn as", () => {
   // A character NFKC changes is read as what NFKC makes it (ϲ as σ), never as itself.
@@ -64,6 +71,10 @@ test("letters whose prototype is no ASCII, and marks Unicode reads as others, re
     ["ştefan", "ștefan"], // cedilla, comma below (probe 91h F2)
     ["mureşan", "mureșan"],
     ["âdam", "ȃdam"], // circumflex, inverted breve
+    // Letters Unicode draws as one the hand-made list reads: read as it (probe 91i F2).
+    ["ɛvo", "ενο"],
+    ["єо", "εο"],
+    ["ƞo", "ηο"],
   ] as const) {
     expect({ latin, other, read: readKey(`${other}@example.com`) }).toEqual({
       latin,
