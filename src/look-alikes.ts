@@ -22,10 +22,11 @@ const UNSEEN = /[\p{Default_Ignorable_Code_Point}\p{Cf}\u2800\uFFFC\u{18CFF}\u{1
  * (an address may mix Latin with those scripts: modules/auth/mixed-scripts.ts). Letters of newer
  * scripts, and shapes Unicode's list does not name, are not read.
  */
-const LOOKS_LATIN: Readonly<Record<string, string>> = readToTheEnd(
-  withCherokeeSmallLetters(
-    // Unicode's own list (scripts/confusables.ts), the entries below read over it.
-    overUnicode(confusableAscii(), {
+const lookAlikeList = (): Record<string, string> =>
+  readToTheEnd(
+    withCherokeeSmallLetters({
+      // Unicode's own list (scripts/confusables.ts); the entries below are read over it.
+      ...confusableAscii(),
       // Cyrillic
       а: "a",
       в: "b",
@@ -286,8 +287,14 @@ const LOOKS_LATIN: Readonly<Record<string, string>> = readToTheEnd(
       工: "I",
       卜: "t",
     }),
-  ),
-);
+  );
+
+/**
+ * The list, built at its first use: ~2,000 readings each read on to its end took 10–20 ms of every
+ * start and CLI command, which a development start never reads (probe 91j F3).
+ */
+let builtList: Readonly<Record<string, string>> | null = null;
+const looksLatin = (): Readonly<Record<string, string>> => (builtList ??= lookAlikeList());
 
 /** The letters and digits Unicode's confusables list draws as another (src/confusables.ts). */
 function confusableAscii(): Record<string, string> {
@@ -295,31 +302,6 @@ function confusableAscii(): Record<string, string> {
   for (const entry of CONFUSABLE_TEXT.split(/[ \n]/)) {
     const [character, ...drawn] = entry;
     if (character !== undefined) list[character] = drawn.join("");
-  }
-  return list;
-}
-
-/**
- * Unicode's readings with the hand-made ones over them, and each hand-made reading also given to
- * the other letters Unicode draws as that letter does, where that is no ASCII (Greek `ε` read as
- * `e`, so Latin `ɛ` and Cyrillic `є`, which Unicode draws as `ε` is, `ꞓ`, too): read over Unicode's
- * alone, `ɛvo` and Greek `ενο` were two accounts (probe 91i F2).
- */
-function overUnicode(
-  unicode: Record<string, string>,
-  hand: Record<string, string>,
-): Record<string, string> {
-  const list = { ...unicode, ...hand };
-  const drawnAs = new Map<string, string[]>();
-  for (const [letter, prototype] of Object.entries(unicode)) {
-    const alike = drawnAs.get(prototype);
-    if (alike === undefined) drawnAs.set(prototype, [letter]);
-    else alike.push(letter);
-  }
-  for (const [letter, reading] of Object.entries(hand)) {
-    const prototype = unicode[letter];
-    if (prototype === undefined || /^[\x21-\x7e]+$/.test(prototype)) continue;
-    for (const other of drawnAs.get(prototype) ?? []) if (!(other in hand)) list[other] = reading;
   }
   return list;
 }
@@ -333,7 +315,10 @@ function readToTheEnd(list: Record<string, string>): Record<string, string> {
   for (const [letter, first] of Object.entries(list)) {
     let reading = first;
     for (let pass = 0; pass < 4; pass++) {
-      const again = [...reading].map((c) => (c === letter ? c : (list[c] ?? c))).join("");
+      // Taken apart first, as a text is read (`ҋ` is drawn as `й̦`, whose `и` is listed: 91j F4).
+      const again = [...reading.normalize("NFD")]
+        .map((c) => (c === letter ? c : (list[c] ?? c)))
+        .join("");
       if (again === reading) break;
       reading = again;
     }
@@ -365,7 +350,7 @@ const DOT_ON_DOTTED = /(\p{Soft_Dotted})\u0307/gu;
  * entries (which are versioned by themselves): a stored reading's version is taken of both
  * (readingRulesText; modules/auth/readings.ts).
  */
-const READING_CODE_REVISION = 5;
+const READING_CODE_REVISION = 6;
 
 /**
  * The reading's rules as text: the list, each letter and its reading, and the revision of the code
@@ -373,7 +358,7 @@ const READING_CODE_REVISION = 5;
  * text otherwise finds the readings stored by an older one out of date.
  */
 export function readingRulesText(): string {
-  return JSON.stringify([READING_CODE_REVISION, UNSEEN.source, Object.entries(LOOKS_LATIN)]);
+  return JSON.stringify([READING_CODE_REVISION, UNSEEN.source, Object.entries(looksLatin())]);
 }
 
 /** The text without what draws nothing, spelt as it is otherwise. */
@@ -396,7 +381,8 @@ export function readAsLatin(text: string): string {
   let read = "";
   let marked = false;
   for (const character of seenCharacters(text)) {
-    const listed = LOOKS_LATIN[character];
+    const list = looksLatin();
+    const listed = list[character];
     if (listed !== undefined) {
       // Its own entry first: a letter with marks the hand-made list names whole.
       read += listed;
@@ -408,8 +394,7 @@ export function readAsLatin(text: string): string {
     if (marks.length > 0 && base !== undefined && marks.every((mark) => MARK.test(mark))) {
       // Its base letter's reading with its marks, each mark read too (`ӓ` as `ä`, probe 90j F2;
       // `ş` as `ș`, a cedilla read as a comma below, 91h F2).
-      const seen =
-        (LOOKS_LATIN[base] ?? base) + marks.map((mark) => LOOKS_LATIN[mark] ?? mark).join("");
+      const seen = (list[base] ?? base) + marks.map((mark) => list[mark] ?? mark).join("");
       if (seen !== base + marks.join("")) {
         read += seen;
         marked = true;
