@@ -5,10 +5,11 @@
  * whichever was registered first (probe 90b F2 found only the look-alike registered second; a
  * Latin address registered after its Cyrillic look-alike was a second account).
  *
- * The version is a hash of the reading's rules (the look-alike list and the revision of the code
- * that applies it) and the runtime's Unicode version (NFKC and the script properties are the runtime's): a release
- * that reads a letter otherwise, or a Bun with newer Unicode tables, finds every stored reading out of date and writes them again at its first
- * start, in one immediate transaction (processes starting together do it once).
+ * The version is a hash of the reading's rules (the look-alike lists and the revision of the code
+ * that applies them) and the runtime's Unicode version (NFKC and the script properties are the
+ * runtime's): a release that reads a letter otherwise, or a Bun with newer Unicode tables, finds
+ * every stored reading out of date and writes them again at its first start, in one immediate
+ * transaction (processes starting together do it once).
  */
 import type { Database } from "bun:sqlite";
 import { readingRulesText } from "../../look-alikes";

@@ -6,10 +6,10 @@
  * folded to `η`, which reads `n`).
  */
 import { expect, test } from "bun:test";
-import { readAsLatin, readingRulesText } from "../../../src/look-alikes";
+import { lookAlikeReadings, readAsLatin } from "../../../src/look-alikes";
 import { foldCase, readKey } from "../../../src/modules/auth/email";
 
-const [, , entries] = JSON.parse(readingRulesText()) as [number, string, [string, string][]];
+const entries = lookAlikeReadings();
 const LETTER_OR_DIGIT = /^[\p{L}\p{N}]$/u;
 
 test("a letter's reading is read to its end: reading it again changes nothing (probe 91i F1)", () => {
