@@ -70,12 +70,12 @@ export function queryAuditEvents(
   // SQLite read and sorted every row of the window for each page (874 ms a page over a window of
   // 300,000 rows: probe 90l F5). The page's ids come from the index alone, the newest kept as
   // they are read, and only the page's rows are read whole.
-  const rows = windowed
-    ? db
-        .select()
-        .from(auditEvents)
-        .where(
-          inArray(
+  const rows = db
+    .select()
+    .from(auditEvents)
+    .where(
+      windowed
+        ? inArray(
             auditEvents.id,
             db
               .select({ id: auditEvents.id })
@@ -83,17 +83,12 @@ export function queryAuditEvents(
               .where(matching)
               .orderBy(desc(auditEvents.id))
               .limit(wanted),
-          ),
-        )
-        .orderBy(desc(auditEvents.id))
-        .all()
-    : db
-        .select()
-        .from(auditEvents)
-        .where(matching)
-        .orderBy(desc(auditEvents.id))
-        .limit(wanted)
-        .all();
+          )
+        : matching,
+    )
+    .orderBy(desc(auditEvents.id))
+    .limit(wanted)
+    .all();
   const page = rows.slice(0, filter.limit);
   return {
     // A value written into the file as a BLOB, a number or text where Palisade writes another is
