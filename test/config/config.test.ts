@@ -696,8 +696,11 @@ describe("production profile", () => {
     );
     // [shape, generate, refusals allowed in 3,000]: two for the shapes the README says are refused
     // about once in 50,000 or more; none for the rest.
+    // base64url's `-` and `_` frame `your` or `here` (the documented word rule) about once in ten
+    // million values (a CI run met `…-yoUR_8GUmw…` after a label): one refusal is allowed in each
+    // base64url shape so that this tail is no flaky failure; two would be a change of rate.
     const shapes: [string, () => string, number?][] = [
-      ["base64url", () => Buffer.from(bytes(32)).toString("base64url")],
+      ["base64url", () => Buffer.from(bytes(32)).toString("base64url"), 1],
       ["hex", () => Buffer.from(bytes(32)).toString("hex")],
       ["base64", () => Buffer.from(bytes(48)).toString("base64")],
       ["base32", () => drawn(base32, 52)],
@@ -712,6 +715,7 @@ describe("production profile", () => {
       [
         "labelled base64url",
         () => `palisade-production-signing-key-${Buffer.from(bytes(32)).toString("base64url")}`,
+        1,
       ],
       ["labelled letters", () => `palisade-production-signing-key-${drawn(letters, 32)}`],
       [
@@ -743,6 +747,7 @@ describe("production profile", () => {
         "labelled and dated base64url",
         () =>
           `acme-prod-jwt-${new Date(1.6e12 + Math.random() * 1e11).toISOString()}-${Buffer.from(bytes(32)).toString("base64url")}`,
+        1,
       ],
       [
         "labelled 32 hex in capitals",
