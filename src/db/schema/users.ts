@@ -1,3 +1,4 @@
+import { sql } from "drizzle-orm";
 import { index, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 import { timestamps } from "./columns";
 
@@ -31,5 +32,10 @@ export const users = sqliteTable(
   (table) => [
     uniqueIndex("users_email_key_unique").on(table.emailKey),
     index("users_reading").on(table.reading),
+    /**
+     * The keys an earlier release folded once, which a second fold changes (`ß`, from the capital
+     * `ẞ`; email.ts `foldCase`): found at start without reading every row, and folded again.
+     */
+    index("users_key_folds_again").on(table.id).where(sql`instr(${table.emailKey}, 'ß') > 0`),
   ],
 );

@@ -21,7 +21,7 @@
  *    `xn--`), and checked as a host name;
  * 6. the local part is kept as typed (it is the mailbox owner's, and may be case-sensitive), but
  *    uniqueness and every lookup compare the `key`: the local part case-folded (upper then lower, so
- *    `ß` meets `SS`) and NFKC again, at the ASCII domain.
+ *    `ß` meets `SS`, and NFKC again, until stable: `ẞ` meets both) at the ASCII domain.
  *
  * Written here because no small library does exactly this; the Unicode work is the platform's
  * (`String.normalize`, Unicode property escapes, node:url's IDNA).
@@ -74,8 +74,20 @@ export const INVALID_EMAIL_MESSAGES = {
     "Must not mix letters of different scripts before the @, but Latin with Han, kana or Hangul (letters of different scripts look alike)",
 } as const;
 
+/**
+ * Upper then lower case, NFKC, until nothing changes: once is not stable for the capital `ẞ`,
+ * which one pass leaves as `ß` and a second makes `ss` (probe 91i F4: an account registered as
+ * `straße` could not sign in as `STRAẞE`). Over every code point of Bun's Unicode, `ẞ` is the only
+ * one a second pass changes; no text needs a third.
+ */
 export function foldCase(value: string): string {
-  return value.normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC");
+  let folded = value;
+  for (let pass = 0; pass < 3; pass++) {
+    const again = folded.normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC");
+    if (again === folded) break;
+    folded = again;
+  }
+  return folded;
 }
 
 export function checkEmail(raw: string): EmailVerdict {

@@ -71,6 +71,7 @@ import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey } from "./email";
+import { refoldEmailKeys } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
 import {
@@ -259,6 +260,13 @@ export class AuthService {
     this.statements = prepareStatements(this.db);
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
+    const refoldedAside = refoldEmailKeys(this.db, options.seal);
+    if (refoldedAside.length > 0) {
+      options.logger.warn(
+        { users: refoldedAside },
+        "accounts whose address folds again (capital ẞ) onto another account's cannot sign in by email until resolved",
+      );
+    }
     this.reconcileEmailKeys();
     const written = fillReadings(options.sqlite);
     if (written > 0) {
@@ -399,7 +407,7 @@ export class AuthService {
     if (setAside.length > 0) {
       logger.warn(
         { users: setAside },
-        "accounts stored before email normalisation collide with another account or are not valid addresses; they cannot sign in by email until resolved",
+        "accounts stored before email normalisation (or set aside when their key was folded again) collide with another account or are not valid addresses; they cannot sign in by email until resolved",
       );
     }
   }

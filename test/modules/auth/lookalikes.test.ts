@@ -28,11 +28,21 @@ interface Problem {
 let peerCounter = 0;
 const nextPeer = () => `198.51.${Math.floor(++peerCounter / 250)}.${peerCounter % 250}`;
 
-function register(target: TestApp, email: string, password = STRONG_PASSWORD, peer = nextPeer()) {
+function register(
+  target: Parameters<typeof send>[0],
+  email: string,
+  password = STRONG_PASSWORD,
+  peer = nextPeer(),
+) {
   return send(target, "/api/auth/register", { body: { email, password }, peer });
 }
 
-function login(target: TestApp, email: string, password = STRONG_PASSWORD, peer = nextPeer()) {
+function login(
+  target: Parameters<typeof send>[0],
+  email: string,
+  password = STRONG_PASSWORD,
+  peer = nextPeer(),
+) {
   return send(target, "/api/auth/login", { body: { email, password }, peer });
 }
 
@@ -74,7 +84,12 @@ const LOOK_ALIKES: [string, string[]][] = [
   ],
   [
     "strasse@example.com",
-    ["STRASSE@example.com", "stra\u00dfe@example.com"], // ß folds to ss
+    [
+      "STRASSE@example.com",
+      "stra\u00dfe@example.com", // ß folds to ss
+      "STRA\u1e9eE@example.com", // the capital ẞ folds to ß, which folds again (probe 91i F4)
+      "Stra\u1e9ee@example.com",
+    ],
   ],
 ];
 
@@ -614,6 +629,77 @@ describe("rows stored before normalisation", () => {
         peer: nextPeer(),
       });
       expect(duplicate.status).toBe(409);
+    } finally {
+      next.close();
+    }
+  });
+
+  test("keys an earlier release folded once (capital ẞ kept as ß) are folded again at start; a collision is set aside (probe 91i F4)", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const { credentialSeal } = target.services;
+    // What an earlier release stored for an address typed with ẞ: its key folded once, sealed.
+    const asFoldedOnce = (email: string, keptKey: string) => {
+      const row = sqlite
+        .query<{ id: string; passwordHash: string; role: string }, [string]>(
+          "SELECT id, password_hash AS passwordHash, role FROM users WHERE email = ?",
+        )
+        .get(email)!;
+      sqlite.run("UPDATE users SET email_key = ?, seal = ? WHERE id = ?", [
+        keptKey,
+        credentialSeal.account({ ...row, email, emailKey: keptKey }),
+        row.id,
+      ]);
+      return row.id;
+    };
+    expect((await register(target, "GRO\u1e9eE@example.com")).status).toBe(201);
+    const once = asFoldedOnce("GRO\u1e9eE@example.com", "gro\u00dfe@example.com");
+    // Two accounts an earlier release let be: `strasse` and `STRAẞE` had two keys.
+    expect((await register(target, "strasse@example.com")).status).toBe(201);
+    sqlite.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
+       SELECT 'second', 'STRA\u1e9eE@example.com', 'stra\u00dfe@example.com', password_hash, role,
+              created_at, updated_at FROM users WHERE email = 'strasse@example.com'`,
+    );
+    asFoldedOnce("STRA\u1e9eE@example.com", "stra\u00dfe@example.com");
+    // Written into the file without its seal: folded again, still refused.
+    sqlite.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+       SELECT 'forged', 'KLA\u1e9eE@example.com', 'kla\u00dfe@example.com', password_hash, role,
+              seal, created_at, updated_at FROM users WHERE email = 'strasse@example.com'`,
+    );
+    // Before the next start, `große` finds no account by any spelling but the capital's.
+    expect((await login(target, "gro\u00dfe@example.com")).status).toBe(401);
+    const next = secondProcess(target);
+    try {
+      expect(
+        sqlite.query("SELECT id, email_key AS emailKey FROM users ORDER BY email").all(),
+      ).toEqual([
+        { id: once, emailKey: "grosse@example.com" },
+        { id: "forged", emailKey: "klasse@example.com" },
+        { id: "second", emailKey: null },
+        { id: expect.any(String), emailKey: "strasse@example.com" },
+      ]);
+      for (const spelling of ["GRO\u1e9eE", "gro\u00dfe", "GROSSE", "grosse"]) {
+        const signedIn = await login(next, `${spelling}@example.com`);
+        expect({ spelling, status: signedIn.status }).toEqual({ spelling, status: 200 });
+      }
+      expect(next.services.auth.findUser(once)?.email).toBe("GRO\u1e9eE@example.com");
+      // The account that held `strasse` keeps it; the other is set aside, sealed as it is now.
+      expect(next.services.auth.findUserByEmail("STRA\u1e9eE@example.com")?.email).toBe(
+        "strasse@example.com",
+      );
+      expect(next.services.auth.findUser("second")?.email).toBe("STRA\u1e9eE@example.com");
+      expect((await login(next, "kla\u00dfe@example.com")).status).toBe(401);
+      expect(sqlite.query("SELECT seal FROM users WHERE id = 'forged'").get()).toEqual(
+        sqlite.query("SELECT seal FROM users WHERE email = 'strasse@example.com'").get(),
+      );
+      // Nothing is left to fold: a third start changes nothing.
+      const third = secondProcess(target);
+      third.close();
+      expect(
+        sqlite.query("SELECT count(*) AS n FROM users WHERE instr(email_key, '\u00df') > 0").get(),
+      ).toEqual({ n: 0 });
     } finally {
       next.close();
     }

@@ -1,0 +1,1 @@
+CREATE INDEX `users_key_folds_again` ON `users` (`id`) WHERE instr("users"."email_key", 'ß') > 0;
