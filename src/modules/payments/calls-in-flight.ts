@@ -50,10 +50,12 @@ export function trackedGateway(
     gateway: {
       createIntent: (request, idempotencyKey) =>
         track(() => gateway.createIntent(request, idempotencyKey)),
-      refund: (paymentIntentId, amount, idempotencyKey) =>
-        track(() => gateway.refund(paymentIntentId, amount, idempotencyKey)),
-      refundMadeUnder: (paymentIntentId, amount, idempotencyKey, walked) =>
-        track(() => gateway.refundMadeUnder(paymentIntentId, amount, idempotencyKey, walked)),
+      refund: (paymentIntentId, amount, currency, idempotencyKey) =>
+        track(() => gateway.refund(paymentIntentId, amount, currency, idempotencyKey)),
+      refundMadeUnder: (paymentIntentId, amount, currency, idempotencyKey, walked) =>
+        track(() =>
+          gateway.refundMadeUnder(paymentIntentId, amount, currency, idempotencyKey, walked),
+        ),
       cancelIntent: (paymentIntentId) => track(() => gateway.cancelIntent(paymentIntentId)),
     },
     async settled(withinMs = callMaxMs) {

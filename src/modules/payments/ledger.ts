@@ -410,13 +410,17 @@ export class PaymentLedger {
     return changed.length === 1;
   }
 
-  /** The row as recordRefund would leave it (what a refund answers while its write waits). */
-  afterRefund(row: PaymentRow, refundedTotal: number): PaymentRow {
+  /**
+   * The row as recordRefund at `now` would leave it (what a refund answers, its write done or
+   * waiting): its `updatedAt` too, which the answer showed from before the refund (probe 90o).
+   */
+  afterRefund(row: PaymentRow, refundedTotal: number, now: number): PaymentRow {
     const total = Math.min(row.amount, Math.max(row.amountRefunded, refundedTotal));
     return {
       ...row,
       amountRefunded: total,
       status: total === row.amount ? "refunded" : row.status,
+      updatedAt: now,
     };
   }
 
@@ -434,7 +438,7 @@ export class PaymentLedger {
   ): { kind: "recorded"; entered: PaymentStatus | null } | { kind: "absent" } {
     const row = this.find(id);
     if (!row) return { kind: "absent" };
-    const total = this.afterRefund(row, refundedTotal).amountRefunded;
+    const total = this.afterRefund(row, refundedTotal, now).amountRefunded;
     this.db
       .update(payments)
       .set({

@@ -347,7 +347,7 @@ async function refundPastFailures(
   gateway: PaymentGateway,
   id: string,
   first: string,
-  amount: number,
+  { amount, currency }: { amount: number; currency: string },
   clock: Clock,
   walks: Map<string, string>,
 ): Promise<{ result: Awaited<ReturnType<PaymentGateway["refund"]>>; key: string }> {
@@ -362,11 +362,13 @@ async function refundPastFailures(
     key: askedKey,
   });
   for (let attempt = 1; ; attempt++) {
-    const answered = await gateway.refund(id, amount, key);
+    const answered = await gateway.refund(id, amount, currency, key);
     // A kept server error answered past the walk's time: the retry reads the refunds.
     const kept = !answered.ok && answered.kind === "unavailable" && answered.keptByStripe;
     if (kept && clock.now() >= walkUntil) return asked(OUT_OF_TIME);
-    const result = answered.ok ? answered : await pastKeptError(gateway, id, amount, key, answered);
+    const result = answered.ok
+      ? answered
+      : await pastKeptError(gateway, id, { amount, currency }, key, answered);
     if (result === "not made") {
       // Stripe keeps a server error for this key and made no refund under it: the next key, in
       // this request or, out of attempts or time, in the next retry.
@@ -405,12 +407,12 @@ async function refundPastFailures(
 async function pastKeptError(
   gateway: PaymentGateway,
   id: string,
-  amount: number,
+  { amount, currency }: { amount: number; currency: string },
   key: string,
   failure: GatewayFailure,
 ): Promise<Awaited<ReturnType<PaymentGateway["refund"]>> | "not made"> {
   if (failure.kind !== "unavailable" || !failure.keptByStripe) return failure;
-  const found = await gateway.refundMadeUnder(id, amount, key);
+  const found = await gateway.refundMadeUnder(id, amount, currency, key);
   // A read that failed for now (Stripe down, a 429) is retried shortly: the refund is left
   // undecided, and the retry reads them again (probe 60a F-LIST: it was the 24-hour answer).
   if (!found.ok && found.kind === "unavailable" && found.reason !== REFUNDS_NOT_READ_WHOLE) {
@@ -1098,7 +1100,7 @@ export class PaymentService {
       gateway,
       id,
       start.key,
-      start.amount,
+      start,
       this.clock,
       this.refundWalks,
     );
@@ -1300,7 +1302,7 @@ export class PaymentService {
         release();
         return OUT_OF_TIME;
       }
-      const listed = await gateway.refundMadeUnder(id, entry.amount, entry.key, true);
+      const listed = await gateway.refundMadeUnder(id, entry.amount, row.currency, entry.key, true);
       if (!listed.ok && listed.kind === "unavailable") {
         release();
         return listed;
@@ -1495,6 +1497,8 @@ export class PaymentService {
     const mayBeCounted = result.replayed && isKeyedRefund(start.key);
     const settled = result.status === "succeeded" && !mayBeCounted;
     const refundedTotal = start.refundedBefore + result.amount;
+    // One time for the row and the answer, however long the write waits for a lock.
+    const recordedAt = this.clock.now();
     const made = {
       requestId: acting.requestId,
       paymentId: id,
@@ -1517,7 +1521,7 @@ export class PaymentService {
               this.dropUndecided(id, start.key);
             }
             if (!settled) return this.ledger.releaseRefund(id, claim);
-            const recorded = this.ledger.recordRefund(id, refundedTotal, this.clock.now(), claim);
+            const recorded = this.ledger.recordRefund(id, refundedTotal, recordedAt, claim);
             if (recorded.kind === "absent") {
               // Changed in the file while Stripe worked: the refund is made (audited below, its
               // id in this line), the row is not trusted with it; the claim ends all the same.
@@ -1546,7 +1550,7 @@ export class PaymentService {
       // and the answer handed them back to the admin (probe 87d F5).
       payment: viewOf(
         this.withDetailsAsNow(
-          settled ? this.ledger.afterRefund(start.row, refundedTotal) : start.row,
+          settled ? this.ledger.afterRefund(start.row, refundedTotal, recordedAt) : start.row,
         ),
       ),
     };

@@ -109,21 +109,25 @@ export interface PaymentGateway {
     request: IntentRequest,
     idempotencyKey: string,
   ): Promise<GatewayResult<CreatedIntent>>;
+  /** A refund of `amount` of the payment, which is in `currency` (an answer in another is refused). */
   refund(
     paymentIntentId: string,
     amount: number,
+    currency: string,
     idempotencyKey: string,
   ): Promise<GatewayResult<CreatedRefund>>;
   /**
    * The refund of `amount` Stripe made under `idempotencyKey` (each refund carries its key in its
    * metadata), found among the payment's refunds; null when Stripe holds none: the request behind
    * a server error Stripe keeps did not make one. A failure when the payment's refunds cannot all
-   * be read, or the one under the key is not a refund of the payment and the amount asked for.
+   * be read, or the one under the key is not a refund of the payment, the amount asked for and
+   * the payment's currency.
    * `walked`: a refund made under a key walked to from this one counts too (a made one first).
    */
   refundMadeUnder(
     paymentIntentId: string,
     amount: number,
+    currency: string,
     idempotencyKey: string,
     walked?: boolean,
   ): Promise<GatewayResult<{ refund: CreatedRefund | null }>>;
@@ -337,6 +341,7 @@ export class StripeGateway implements PaymentGateway {
   async refund(
     paymentIntentId: string,
     amount: number,
+    currency: string,
     idempotencyKey: string,
   ): Promise<GatewayResult<CreatedRefund>> {
     let refund: Stripe.Response<Stripe.Refund>;
@@ -354,8 +359,7 @@ export class StripeGateway implements PaymentGateway {
     }
     return checkedRefund(
       refund,
-      paymentIntentId,
-      amount,
+      { paymentIntentId, amount, currency },
       headerOf(refund.lastResponse?.headers, "idempotent-replayed") === "true",
     );
   }
@@ -363,6 +367,7 @@ export class StripeGateway implements PaymentGateway {
   async refundMadeUnder(
     paymentIntentId: string,
     amount: number,
+    currency: string,
     idempotencyKey: string,
     walked = false,
   ): Promise<GatewayResult<{ refund: CreatedRefund | null }>> {
@@ -399,7 +404,7 @@ export class StripeGateway implements PaymentGateway {
       }
       return { ok: true, refund: null };
     }
-    const checked = checkedRefund(made, paymentIntentId, amount, true);
+    const checked = checkedRefund(made, { paymentIntentId, amount, currency }, true);
     return checked.ok ? { ok: true, refund: checked } : checked;
   }
 }
@@ -407,10 +412,10 @@ export class StripeGateway implements PaymentGateway {
 /** A refund Stripe answered, checked before it is shown, recorded or audited. */
 function checkedRefund(
   refund: Stripe.Refund,
-  paymentIntentId: string,
-  amount: number,
+  asked: { paymentIntentId: string; amount: number; currency: string },
   replayed: boolean,
 ): GatewayResult<CreatedRefund> {
+  const { paymentIntentId, amount, currency } = asked;
   if (!isStripeId("re", refund.id)) return { ok: false, kind: "bad_response", reason: "refund id" };
   // A refund of another payment is not this one's, whatever its amount: it was recorded as one
   // (probe 90o F1; the read of a payment's refunds checked this already).
@@ -421,6 +426,11 @@ function checkedRefund(
   }
   if (refund.amount !== amount) {
     return { ok: false, kind: "bad_response", reason: "refund amount" };
+  }
+  // 300 of another currency is not 300 of the payment's: recorded, it counted as such (probe 90o
+  // F1's currency half). Stripe writes currencies in lower case, as the payment's is stored.
+  if (typeof refund.currency !== "string" || refund.currency.toLowerCase() !== currency) {
+    return { ok: false, kind: "bad_response", reason: "refund currency" };
   }
   // Any status but `succeeded` leaves the refund to be settled by `charge.refunded`; one of
   // another shape than Stripe's words is not shown nor audited as the upstream wrote it.

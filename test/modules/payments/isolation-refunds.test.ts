@@ -218,6 +218,39 @@ test("a refund Stripe answers as one of another payment is not recorded as this 
   expect(auditRows(target, "payment.refund")).toHaveLength(0);
 });
 
+test("a refund Stripe answers in another currency than the payment's is not recorded: 502, nothing refunded on the row, nothing audited (probe 90o F1's currency half)", async () => {
+  const { target, admin, id } = await paidApp();
+  target.stripe.tamperNextRefund({ currency: "jpy" });
+  const answered = await refund(target, id, bearer(admin.accessToken), { amount: 300 });
+  expect(answered.status).toBe(502);
+  expect(((await answered.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+  const row = target.db.$client
+    .query("SELECT amount_refunded AS refunded FROM payments WHERE id = ?1")
+    .get(id) as { refunded: number };
+  expect(row.refunded).toBe(0);
+  expect(auditRows(target, "payment.refund")).toHaveLength(0);
+});
+
+test("a refund's answer shows the payment as the refund left it, its updatedAt the one stored (probe 90o)", async () => {
+  const clock = new ManualClock();
+  const start = clock.now();
+  const target = buildPaymentsApp({ clock });
+  current = target;
+  const { alice, admin, id } = await paidPayment(target);
+  clock.advance(60_000);
+  const answered = await refund(target, id, bearer(admin.accessToken), { amount: 300 });
+  expect(answered.status).toBe(200);
+  const { payment } = (await answered.json()) as {
+    payment: { amountRefunded: number; updatedAt: string };
+  };
+  const stored = (await (
+    await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) })
+  ).json()) as { amountRefunded: number; updatedAt: string };
+  expect(payment).toEqual(stored);
+  expect(payment.updatedAt).toBe(new Date(start + 60_000).toISOString());
+  expect(payment.amountRefunded).toBe(300);
+});
+
 test("two admins refunding one payment at once: one refund reaches Stripe, the other is 409", async () => {
   const { target, admin, id } = await paidApp();
   target.stripe.delayMs = 200;

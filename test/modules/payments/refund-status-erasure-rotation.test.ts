@@ -202,23 +202,32 @@ describe("only a succeeded refund is money returned", () => {
     expect(audited.map((detail) => detail.refundId)).toEqual([made!.id]);
   });
 
-  test("the refund found under a key must be of the payment and of the amount asked for; the list must be read whole", async () => {
+  test("the refund found under a key must be of the payment, of the amount asked for and in its currency; the list must be read whole", async () => {
     current = buildPaymentsApp();
     const { id } = await paidPayment(current, 3000);
     const gateway = new StripeGateway(
       createStripe({ secretKey: STRIPE_TEST_KEY, apiUrl: current.stripe.url }),
     );
     const key = `palisade_refund_${id}_0_1000`;
-    expect(await gateway.refundMadeUnder(id, 1000, key)).toEqual({ ok: true, refund: null });
+    expect(await gateway.refundMadeUnder(id, 1000, "usd", key)).toEqual({
+      ok: true,
+      refund: null,
+    });
     const made = await refundMadeAtStripe(current, id);
-    expect(await gateway.refundMadeUnder(id, 1000, key)).toMatchObject({
+    expect(await gateway.refundMadeUnder(id, 1000, "usd", key)).toMatchObject({
       ok: true,
       refund: { id: made, amount: 1000, replayed: true },
     });
     // The same key asked with another amount: not this refund, and no walk past it.
-    expect(await gateway.refundMadeUnder(id, 500, key)).toMatchObject({
+    expect(await gateway.refundMadeUnder(id, 500, "usd", key)).toMatchObject({
       ok: false,
       kind: "bad_response",
+    });
+    // Of the amount asked for, but in another currency than the payment's.
+    expect(await gateway.refundMadeUnder(id, 1000, "eur", key)).toEqual({
+      ok: false,
+      kind: "bad_response",
+      reason: "refund currency",
     });
   });
 
