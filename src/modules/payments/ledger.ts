@@ -233,14 +233,27 @@ export class PaymentLedger {
     return row && this.intact(row) ? row : undefined;
   }
 
-  /** Whether the ledger holds intent `id`, intact, for `owner` with this amount and currency. */
-  holdsAs(id: string, owner: string, made: { amount: number; currency: string }): boolean {
+  /**
+   * Whether the ledger holds intent `id`, intact, for `owner` with the amount and currency Stripe
+   * answered and the description, email and metadata asked for: what Stripe replays a key for
+   * only when each is the same (one of the same owner and amount but other details was taken as
+   * this one, probe 90o F2).
+   */
+  holdsAs(
+    id: string,
+    owner: string,
+    made: { amount: number; currency: string },
+    asked: Pick<PaymentRow, "description" | "customerEmail" | "metadata">,
+  ): boolean {
     const row = this.find(id);
     return (
       row !== undefined &&
       row.owner === owner &&
       row.amount === made.amount &&
-      row.currency === made.currency
+      row.currency === made.currency &&
+      row.description === asked.description &&
+      row.customerEmail === asked.customerEmail &&
+      row.metadata === asked.metadata
     );
   }
 

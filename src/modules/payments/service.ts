@@ -821,6 +821,11 @@ export class PaymentService {
       currency: result.currency,
     };
     const now = this.clock.now();
+    const details = {
+      description: request.description ?? null,
+      customerEmail: request.customerEmail ?? null,
+      metadata: request.metadata ? JSON.stringify(request.metadata) : null,
+    };
     // Erasure deletes the user's idempotency keys in its transaction; this one runs after it or
     // before it, never between. A claim that is gone and an owner that no longer stands mean the
     // owner was erased while Stripe worked: the intent exists and accounting keeps its row, but as
@@ -842,6 +847,10 @@ export class PaymentService {
           // transaction, as the claim asks it.
           const gone = claimed === undefined && !this.ownerStands(owner);
           const ownerAsStored = gone ? this.audit.pseudonymOf(owner) : owner;
+          // Stored as erasure leaves rows when the owner is gone: no details.
+          const detailsAsStored = gone
+            ? { description: null, customerEmail: null, metadata: null }
+            : details;
           const inserted = this.ledger.insert({
             id: result.id,
             owner: ownerAsStored,
@@ -852,9 +861,7 @@ export class PaymentService {
             // response (a day) or Stripe's own; kept with the payment, it could confirm or read an
             // open intent from any backup for good, and nothing read it (probe 87d F6).
             clientSecret: null,
-            description: gone ? null : (request.description ?? null),
-            customerEmail: gone ? null : (request.customerEmail ?? null),
-            metadata: gone || !request.metadata ? null : JSON.stringify(request.metadata),
+            ...detailsAsStored,
             createdAt: now,
             updatedAt: now,
           });
@@ -862,7 +869,10 @@ export class PaymentService {
           // currency. An answer naming another owner's intent (an upstream that writes what it
           // likes, probe 32b F3) would hand this caller that payment's client secret, and store it
           // as this key's result: nothing is written, and the answer is not trusted.
-          if (!inserted && !this.ledger.holdsAs(result.id, ownerAsStored, result)) {
+          if (
+            !inserted &&
+            !this.ledger.holdsAs(result.id, ownerAsStored, result, detailsAsStored)
+          ) {
             return { gone, inserted, foreign: true };
           }
           if (!gone) {
@@ -940,7 +950,7 @@ export class PaymentService {
       this.release(owner, key, claim.claimedAt, acting.requestId);
       this.logger.error(
         { requestId: acting.requestId, paymentId: result.id },
-        "stripe answered a new payment intent with one the ledger holds for another owner, amount or currency: not trusted",
+        "stripe answered a new payment intent with one the ledger holds for another owner, amount, currency or details: not trusted",
       );
       return { ok: false, kind: "bad_response", reason: "payment intent of another payment" };
     }

@@ -304,6 +304,33 @@ test("a Stripe answer naming an intent the ledger holds for another owner, amoun
   expect(row).toEqual({ owner: `user:${other.userId}`, amount: 1000 });
 });
 
+test("a Stripe answer naming this owner's intent of the same amount but other details is not trusted: 502, the key given back (probe 90o F2)", async () => {
+  const first = { ...valid, description: "order 1", metadata: { order: "1" } };
+  const made = await createIntent(current, bearer(user.accessToken), first, "order-1");
+  expect(made.status).toBe(201);
+  const mine = (await made.json()) as { id: string; clientSecret: string };
+  for (const [key, body] of [
+    ["order-2", { ...valid, description: "order 2", metadata: { order: "1" } }],
+    ["order-2-metadata", { ...valid, description: "order 1", metadata: { order: "2" } }],
+    ["order-2-email", { ...first, customerEmail: "buyer@example.com" }],
+    ["order-2-bare", valid],
+  ] as const) {
+    current.stripe.tamperNextIntent({ id: mine.id, client_secret: mine.clientSecret });
+    const response = await createIntent(current, bearer(user.accessToken), body, key);
+    expect({ key, status: response.status }).toEqual({ key, status: 502 });
+    expect(await response.text()).not.toContain(mine.clientSecret);
+    const stored = current.db.$client
+      .query("SELECT count(*) AS n FROM payment_idempotency_keys WHERE key = ?")
+      .get(key) as { n: number };
+    expect(stored.n).toBe(0);
+  }
+  // The same details again (its stored result lost): Stripe replays that key's intent, the payment.
+  current.db.$client.query("DELETE FROM payment_idempotency_keys WHERE key = 'order-1'").run();
+  const again = await createIntent(current, bearer(user.accessToken), first, "order-1");
+  expect(again.status).toBe(201);
+  expect(((await again.json()) as { id: string }).id).toBe(mine.id);
+});
+
 test("an intent Stripe replays for this owner's lost key, the same payment, is still answered as a replay", async () => {
   const made = await createIntent(current, bearer(user.accessToken), valid, "replayed-own");
   const mine = (await made.json()) as { id: string; clientSecret: string };
