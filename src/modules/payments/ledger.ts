@@ -65,6 +65,27 @@ export function viewOf(row: PaymentRow): PaymentView {
   };
 }
 
+/**
+ * Whether two stored metadata texts hold the same keys and values, in any order: a retry may send
+ * its keys in another order under the same Idempotency-Key (whose hash sorts them).
+ */
+function sameMetadata(stored: string | null, asked: string | null): boolean {
+  if (stored === null || asked === null) return stored === asked;
+  const sorted = (text: string) => {
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (typeof parsed !== "object" || parsed === null) return null;
+      return JSON.stringify(
+        Object.entries(parsed).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+      );
+    } catch {
+      return null;
+    }
+  };
+  const storedSorted = sorted(stored);
+  return storedSorted !== null && storedSorted === sorted(asked);
+}
+
 /** The fields of a verified Stripe event the ledger reads (`Stripe.Event`, narrowed). */
 export interface StripeEventLike {
   id: string;
@@ -253,7 +274,7 @@ export class PaymentLedger {
       row.currency === made.currency &&
       row.description === asked.description &&
       row.customerEmail === asked.customerEmail &&
-      row.metadata === asked.metadata
+      sameMetadata(row.metadata, asked.metadata)
     );
   }
 

@@ -324,7 +324,20 @@ test("a Stripe answer naming this owner's intent of the same amount but other de
       .get(key) as { n: number };
     expect(stored.n).toBe(0);
   }
-  // The same details again (its stored result lost): Stripe replays that key's intent, the payment.
+  // The same details again (its stored result lost), the metadata's keys in another order: Stripe
+  // replays that key's intent, the payment.
+  const twoKeys = { ...valid, metadata: { order: "3", cart: "9" } };
+  const withTwo = await createIntent(current, bearer(user.accessToken), twoKeys, "order-3");
+  const three = (await withTwo.json()) as { id: string };
+  current.db.$client.query("DELETE FROM payment_idempotency_keys WHERE key = 'order-3'").run();
+  const reordered = await createIntent(
+    current,
+    bearer(user.accessToken),
+    { ...valid, metadata: { cart: "9", order: "3" } },
+    "order-3",
+  );
+  expect(reordered.status).toBe(201);
+  expect(((await reordered.json()) as { id: string }).id).toBe(three.id);
   current.db.$client.query("DELETE FROM payment_idempotency_keys WHERE key = 'order-1'").run();
   const again = await createIntent(current, bearer(user.accessToken), first, "order-1");
   expect(again.status).toBe(201);
