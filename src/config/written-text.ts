@@ -232,7 +232,7 @@ const COUNTED_WORD = 4;
 /**
  * The letters of the words that count among the pieces between punctuation, when those words are
  * three or more and, with the numbers, a third of the value; null otherwise. A word counts when it
- * is a common English word (`COMMON_WORD_RANKS`) or has four letters or more and reads no less
+ * is a common English word (`commonWords`) or has four letters or more and reads no less
  * English than chance (`englishEvidence` ≥ 0, a word of another script too): generated printable
  * ASCII after a label is cut by its punctuation into many short pieces shaped as words (`mx`,
  * `OIOF`, `PWK0`), which made the label half of a value judged as one (probe 72d F1). A piece that
@@ -345,7 +345,7 @@ function writtenWordBits(word: string): number | null {
 
 /**
  * The words of a piece of letters and digits alternating, when every group of letters is common
- * words (`COMMON_WORD_RANKS`, capitals splitting them), capitalised words joined (`JOINED_WORDS`:
+ * words (`commonWords`, capitals splitting them), capitalised words joined (`JOINED_WORDS`:
  * `2024UmbrellaWhatsappVerifyToken`) or one letter (a version's or quarter's, `2025Q1`, which
  * counts as no word); null otherwise.
  */
@@ -408,16 +408,37 @@ august september october november december
 
 const LABEL_WORD_SET: ReadonlySet<string> = new Set(LABEL_WORDS);
 
+interface CommonWords {
+  /**
+   * The common words, each with its rank: 1 for the most common (`you`), 5,000 for the least; an
+   * address's words (`ADDRESS_WORDS`) and a label's (`LABEL_WORDS`) rank with the first.
+   */
+  ranks: ReadonlyMap<string, number>;
+  longest: number;
+}
+
 /**
- * The common words, each with its rank: 1 for the most common (`you`), 5,000 for the least; an
- * address's words (`ADDRESS_WORDS`) and a label's (`LABEL_WORDS`) rank with the first.
+ * Built when a secret is judged and held only while something judges: only the configuration
+ * reads it, once at start (and a CLI command), so a running service does not keep its 5,000
+ * strings (~1 MB of heap) for good (issue #13's idle RSS).
  */
-const COMMON_WORD_RANKS: ReadonlyMap<string, number> = new Map([
-  ...ENGLISH_WORDS_TEXT.split(/\s+/)
-    .filter(Boolean)
-    .map((word, index): [string, number] => [word, index + 1]),
-  ...[...ADDRESS_WORDS, ...LABEL_WORDS].map((word): [string, number] => [word, 1]),
-]);
+let commonWordsHeld: WeakRef<CommonWords> | null = null;
+
+function commonWords(): CommonWords {
+  const held = commonWordsHeld?.deref();
+  if (held !== undefined) return held;
+  const ranks = new Map([
+    ...ENGLISH_WORDS_TEXT.split(/\s+/)
+      .filter(Boolean)
+      .map((word, index): [string, number] => [word, index + 1]),
+    ...[...ADDRESS_WORDS, ...LABEL_WORDS].map((word): [string, number] => [word, 1]),
+  ]);
+  let longest = 0;
+  for (const word of ranks.keys()) longest = Math.max(longest, word.length);
+  const built = { ranks, longest };
+  commonWordsHeld = new WeakRef(built);
+  return built;
+}
 /**
  * The two-letter words among the 150 most common (`to`, `of`, `is`), which the common words of
  * three letters or more leave out: each counts as nothing, like the sixteen most common. Left
@@ -429,7 +450,6 @@ const TWO_LETTER_WORDS = new Set(
 );
 /** The most common words, which any sentence needs, count as nothing: the first sixteen. */
 const FREE_WORD_BITS = 4;
-const LONGEST_COMMON_WORD = Math.max(...[...COMMON_WORD_RANKS.keys()].map((word) => word.length));
 
 /**
  * The bits a common word is counted for, or null for another: log2 of its rank, what guessing the
@@ -441,7 +461,7 @@ const LONGEST_COMMON_WORD = Math.max(...[...COMMON_WORD_RANKS.keys()].map((word)
  * bits (probe 73a F5); counting them whole let a written URL and a phrase with a date pass.
  */
 function commonWordBits(word: string): number | null {
-  const rank = COMMON_WORD_RANKS.get(word);
+  const rank = commonWords().ranks.get(word);
   return rank === undefined ? null : Math.max(0, Math.log2(rank) - FREE_WORD_BITS);
 }
 /** Of the value's Latin letters, the share the common words must cover. */
@@ -514,13 +534,11 @@ function commonWordsCover(
   // that cover, 0 for a letter left uncovered.
   const best = new Array<number>(run.length + 1).fill(0);
   const word = new Array<number>(run.length + 1).fill(0);
+  const { ranks, longest } = commonWords();
   for (let end = 1; end <= run.length; end++) {
     best[end] = best[end - 1]!;
-    for (let size = shortest; size <= Math.min(LONGEST_COMMON_WORD, end); size++) {
-      if (
-        best[end - size]! + size > best[end]! &&
-        COMMON_WORD_RANKS.has(run.slice(end - size, end))
-      ) {
+    for (let size = shortest; size <= Math.min(longest, end); size++) {
+      if (best[end - size]! + size > best[end]! && ranks.has(run.slice(end - size, end))) {
         best[end] = best[end - size]! + size;
         word[end] = size;
       }
