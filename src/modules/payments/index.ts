@@ -37,7 +37,12 @@ import {
   RefundBody,
   RefundResult,
 } from "./model";
-import type { ActingRequest, PaymentService } from "./service";
+import {
+  type ActingRequest,
+  INTENT_OF_ANOTHER_PAYMENT,
+  type PaymentService,
+  UNDECIDED_NOT_THAT_REFUND,
+} from "./service";
 import type { GatewayFailure } from "./stripe-client";
 
 /** Intents and refunds spend money: the `payments` policy (per principal, fails closed). */
@@ -123,6 +128,19 @@ function upstreamError(
     return new AppError(
       "UPSTREAM_UNAVAILABLE",
       `The payment provider answered this request with a server error it keeps for 24 hours; ${keptError}.`,
+    ).causedBy(cause, "stripe");
+  }
+  // Stripe answers a key as it answered it first, for 24 hours: the same key is this again.
+  if (failure.reason === INTENT_OF_ANOTHER_PAYMENT) {
+    return new AppError(
+      "UPSTREAM_UNAVAILABLE",
+      "The payment provider answered with a payment this request did not ask for (another owner's, amount, currency or details), and answers this Idempotency-Key so for 24 hours: nothing was made here; send the request with a new Idempotency-Key.",
+    ).causedBy(cause, "stripe");
+  }
+  if (failure.reason === UNDECIDED_NOT_THAT_REFUND) {
+    return new AppError(
+      "UPSTREAM_UNAVAILABLE",
+      "An earlier refund of this payment is in doubt: the payment provider lists a refund under its key that is not that refund. No refund of this payment starts until an operator resolves it (bun run cli payments:undecided).",
     ).causedBy(cause, "stripe");
   }
   if (failure.kind === "unavailable") {

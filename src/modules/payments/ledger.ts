@@ -374,13 +374,14 @@ export class PaymentLedger {
     if (!mayMove(row.status as PaymentStatus, row.statusEventAt, next, eventAt)) return false;
     // Compare-and-set on the status read: another writer in between makes this a no-op.
     const statusEventAt = Math.max(eventAt, row.statusEventAt);
+    const updatedAt = Math.max(row.updatedAt, now);
     const moved = this.db
       .update(payments)
       .set({
         status: next,
         statusEventAt,
-        updatedAt: now,
-        ...this.resealed(row, { status: next, statusEventAt, updatedAt: now }),
+        updatedAt,
+        ...this.resealed(row, { status: next, statusEventAt, updatedAt }),
       })
       .where(and(eq(payments.id, row.id), eq(payments.status, row.status)))
       .returning({ id: payments.id })
@@ -446,7 +447,8 @@ export class PaymentLedger {
 
   /**
    * The row as recordRefund at `now` would leave it (what a refund answers, its write done or
-   * waiting): its `updatedAt` too, which the answer showed from before the refund (probe 90o).
+   * waiting): its `updatedAt` too, which the answer showed from before the refund (probe 90o), and
+   * which never goes back.
    */
   afterRefund(row: PaymentRow, refundedTotal: number, now: number): PaymentRow {
     const total = Math.min(row.amount, Math.max(row.amountRefunded, refundedTotal));
@@ -454,7 +456,7 @@ export class PaymentLedger {
       ...row,
       amountRefunded: total,
       status: total === row.amount ? "refunded" : row.status,
-      updatedAt: now,
+      updatedAt: Math.max(row.updatedAt, now),
     };
   }
 
@@ -472,19 +474,23 @@ export class PaymentLedger {
   ): { kind: "recorded"; entered: PaymentStatus | null } | { kind: "absent" } {
     const row = this.find(id);
     if (!row) return { kind: "absent" };
+    // A refund's time is taken when Stripe answered; its write may wait for a lock, behind a
+    // webhook's newer one: `updatedAt` never goes back (probe 92b F1: a client syncing on it
+    // missed the refund).
+    const at = Math.max(row.updatedAt, now);
     const total = this.afterRefund(row, refundedTotal, now).amountRefunded;
     this.db
       .update(payments)
       .set({
         amountRefunded: total,
-        updatedAt: now,
+        updatedAt: at,
         ...(claim !== null && row.refundStartedAt === claim ? { refundStartedAt: null } : {}),
-        ...this.resealed(row, { amountRefunded: total, updatedAt: now }),
+        ...this.resealed(row, { amountRefunded: total, updatedAt: at }),
       })
       .where(eq(payments.id, id))
       .run();
-    const refunded = { ...row, amountRefunded: total, updatedAt: now };
-    const moved = total === row.amount && this.move(refunded, "refunded", row.statusEventAt, now);
+    const refunded = { ...row, amountRefunded: total, updatedAt: at };
+    const moved = total === row.amount && this.move(refunded, "refunded", row.statusEventAt, at);
     return { kind: "recorded", entered: moved ? "refunded" : null };
   }
 
@@ -564,12 +570,13 @@ export class PaymentLedger {
       const fits = found !== undefined && !disputeMoneyDiffers(object, found);
       const row = fits ? found : undefined;
       if (row && row.disputedAt === null) {
+        const updatedAt = Math.max(row.updatedAt, now);
         this.db
           .update(payments)
           .set({
             disputedAt: now,
-            updatedAt: now,
-            ...this.resealed(row, { disputedAt: now, updatedAt: now }),
+            updatedAt,
+            ...this.resealed(row, { disputedAt: now, updatedAt }),
           })
           .where(eq(payments.id, row.id))
           .run();

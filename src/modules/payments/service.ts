@@ -422,6 +422,12 @@ async function pastKeptError(
   return found.refund === null ? "not made" : { ok: true, ...found.refund };
 }
 
+/** Why a new intent's answer is not trusted: it names a payment the ledger holds otherwise. */
+export const INTENT_OF_ANOTHER_PAYMENT = "payment intent of another payment";
+
+/** Why a refund is refused while an undecided one's key lists another refund (settleUndecided). */
+export const UNDECIDED_NOT_THAT_REFUND = "undecided refund not that refund";
+
 export class PaymentService {
   readonly configured: boolean;
   private readonly db: AppDatabase;
@@ -952,7 +958,7 @@ export class PaymentService {
         { requestId: acting.requestId, paymentId: result.id },
         "stripe answered a new payment intent with one the ledger holds for another owner, amount, currency or details: not trusted",
       );
-      return { ok: false, kind: "bad_response", reason: "payment intent of another payment" };
+      return { ok: false, kind: "bad_response", reason: INTENT_OF_ANOTHER_PAYMENT };
     }
     if (erased) return await this.abandonedByErasure(result, inserted, owner, acting);
     if (!inserted) {
@@ -1325,7 +1331,9 @@ export class PaymentService {
           "the refund Stripe lists under an undecided refund's key is not that refund; it is kept, and no other refund of the payment starts until an operator clears it (payments:undecided)",
         );
         release();
-        return { ok: false, kind: "unavailable", reason: "undecided refund not that refund" };
+        // Not Stripe down: retried, it is this answer again (probe 92b F2: a 503 said "retry
+        // shortly" for as long as no operator looked).
+        return { ok: false, kind: "bad_response", reason: UNDECIDED_NOT_THAT_REFUND };
       }
       const refund = listed.refund;
       const now = this.clock.now();

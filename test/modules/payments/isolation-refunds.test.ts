@@ -4,6 +4,7 @@ import { afterEach, expect, test } from "bun:test";
 import { createApp } from "../../../src/app";
 import { createLogger } from "../../../src/logging/logger";
 import type { PaymentsFeature } from "../../../src/modules/payments/feature";
+import { paymentLedgerOf } from "../../../src/modules/payments/ledger";
 import { CLAIM_LEASE_MS, RECORD_RETRY_MS } from "../../../src/modules/payments/service";
 import { createServices } from "../../../src/services";
 import { LogCapture, send, TEST_PASSWORD_HASHING } from "../../support/app";
@@ -249,6 +250,42 @@ test("a refund's answer shows the payment as the refund left it, its updatedAt t
   expect(payment).toEqual(stored);
   expect(payment.updatedAt).toBe(new Date(start + 60_000).toISOString());
   expect(payment.amountRefunded).toBe(300);
+});
+
+test("a refund recorded after a newer write (its record waited for a lock behind a webhook) leaves updatedAt where it was: it never goes back (probe 92b F1)", async () => {
+  const { target, alice, id } = await paidApp();
+  const ledger = paymentLedgerOf(target.services);
+  const stored = () =>
+    send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) }).then(
+      (response) =>
+        response.json() as Promise<{
+          amountRefunded: number;
+          disputed: boolean;
+          updatedAt: string;
+        }>,
+    );
+  // A dispute written at 10:00 (the webhook's time), then a refund Stripe answered at 09:59 whose
+  // record had to wait for the lock the webhook held.
+  const at = (time: string) => Date.parse(`2030-01-01T${time}Z`);
+  target.db.transaction(() => {
+    ledger.applyStripeEvent(
+      stripeEvent("charge.dispute.created", {
+        id: "dp_Late1",
+        object: "dispute",
+        charge: "ch_Late1",
+        payment_intent: id,
+        amount: 100,
+        currency: "usd",
+      }) as Parameters<typeof ledger.applyStripeEvent>[0],
+      at("10:00:00"),
+    );
+  });
+  expect(await stored()).toMatchObject({ disputed: true, updatedAt: "2030-01-01T10:00:00.000Z" });
+  target.db.transaction(() => ledger.recordRefund(id, 3000, at("09:59:00"), null));
+  expect(await stored()).toMatchObject({
+    amountRefunded: 3000,
+    updatedAt: "2030-01-01T10:00:00.000Z",
+  });
 });
 
 test("two admins refunding one payment at once: one refund reaches Stripe, the other is 409", async () => {

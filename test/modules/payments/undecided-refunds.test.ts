@@ -499,7 +499,12 @@ test("a refund Stripe lists under an undecided refund's key that is not that ref
   // Under the first refund's key, a refund of 1000.
   await refundMadeAtStripeUnder(current, id, firstRefundKeyAsked(current));
   const other = await refund(id, admin, 300);
-  expect(other.status).toBe(503);
+  // Not "retry shortly": a retry is this answer again until an operator looks (probe 92b F2).
+  expect(other.status).toBe(502);
+  expect(other.headers.get("retry-after")).toBeNull();
+  expect(((await other.json()) as { detail: string }).detail).toContain(
+    "until an operator resolves it (bun run cli payments:undecided)",
+  );
   expect(storedUndecided(current, id)).toEqual({ undecided: kept, refunded: 0 });
   expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([1000]);
   expect(current.logs.text).toContain("it is kept, and no other refund of the payment starts");

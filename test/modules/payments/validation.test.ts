@@ -318,7 +318,9 @@ test("a Stripe answer naming this owner's intent of the same amount but other de
     current.stripe.tamperNextIntent({ id: mine.id, client_secret: mine.clientSecret });
     const response = await createIntent(current, bearer(user.accessToken), body, key);
     expect({ key, status: response.status }).toEqual({ key, status: 502 });
-    expect(await response.text()).not.toContain(mine.clientSecret);
+    const text = await response.text();
+    expect(text).not.toContain(mine.clientSecret);
+    expect(JSON.parse(text).detail).toContain("send the request with a new Idempotency-Key");
     const stored = current.db.$client
       .query("SELECT count(*) AS n FROM payment_idempotency_keys WHERE key = ?")
       .get(key) as { n: number };
